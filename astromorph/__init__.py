@@ -1,0 +1,28 @@
+"""astromorph: packaged ONNX models for astronomical images and tables.
+
+Quick start::
+
+    >>> import astromorph
+    >>> astromorph.list_models()                       # doctest: +SKIP
+    ['morphology', 'radio-morphology', 'real-bogus']
+    >>> model = astromorph.load_model("morphology")    # doctest: +SKIP
+    >>> model.predict(stamps)["probabilities"]          # doctest: +SKIP
+"""
+from ._version import __version__
+from ._registry import list_models, model_card
+from ._model import Model, Prediction, load_model
+from ._session import available_providers, clear_session_cache
+from .exceptions import AstromorphError, AstromorphWarning
+
+__all__ = [
+    "__version__",
+    "list_models",
+    "model_card",
+    "load_model",
+    "Model",
+    "Prediction",
+    "available_providers",
+    "clear_session_cache",
+    "AstromorphError",
+    "AstromorphWarning",
+]

@@ -1,0 +1,216 @@
+"""`Model`: one packaged ONNX network, its card, and batched prediction."""
+import logging
+import re
+from collections.abc import Mapping
+
+import numpy as np
+
+from ._registry import resolve_model, verify_checksum
+from ._session import get_session
+from ._progress import progress_bar
+from .exceptions import InputShapeError
+
+__all__ = ["Model", "Prediction", "load_model"]
+
+log = logging.getLogger(__name__)
+
+#: Substrings of ONNX Runtime errors that mean "not enough device memory".
+_OOM = re.compile(r"out of memory|failed to allocate|bad_alloc|alloc_failed|"
+                  r"cudaErrorMemoryAllocation|CUBLAS_STATUS_ALLOC_FAILED|BFCArena", re.I)
+
+
+def load_model(name_or_path, *, providers=None, threads=None):
+    """Load a shipped model (by name) or a model file with its card (by path).
+
+    The file's sha256 is checked against its card before any session is made.
+
+    Parameters
+    ----------
+    name_or_path : str or os.PathLike
+        A name from `list_models` or a path; see `astromorph.model_card`.
+    providers : None, str or list of str, optional
+        Execution providers: ``"auto"`` (TensorRT, CUDA, then CPU, among those
+        available), ``"cpu"``, ``"cuda"``, ``"tensorrt"``, or a list in order
+        of preference. ``None`` reads ``$ASTROMORPH_PROVIDERS`` (default
+        ``"auto"``). A requested provider that is unavailable or fails gives a
+        `~astromorph.exceptions.ProviderFallbackWarning` and a CPU session.
+    threads : int, optional
+        ONNX Runtime intra-op threads (default: ``$ASTROMORPH_NUM_THREADS`` or
+        ONNX Runtime's own choice).
+
+    Returns
+    -------
+    Model
+
+    Raises
+    ------
+    astromorph.exceptions.ModelNotFoundError
+    astromorph.exceptions.InvalidModelNameError
+    astromorph.exceptions.ModelCardError
+    astromorph.exceptions.ChecksumMismatchError
+    astromorph.exceptions.MissingRuntimeError
+    """
+    return Model(name_or_path, providers=providers, threads=threads)
+
+
+class Prediction(Mapping):
+    """Named outputs of one `Model.predict` call.
+
+    Behaves as a read-only mapping from output name to array (first axis =
+    input rows). For classification outputs, `labels` gives the class names
+    and `label` the most probable class of each row.
+    """
+
+    def __init__(self, arrays, outputs):
+        self._arrays = dict(arrays)
+        self._outputs = {o["name"]: o for o in outputs}
+
+    def __getitem__(self, key):
+        return self._arrays[key]
+
+    def __iter__(self):
+        return iter(self._arrays)
+
+    def __len__(self):
+        return len(self._arrays)
+
+    def __repr__(self):
+        shapes = ", ".join(f"{k}: {v.shape}" for k, v in self._arrays.items())
+        return f"<Prediction {shapes}>"
+
+    def _probabilities(self):
+        for name, spec in self._outputs.items():
+            if spec.get("kind") == "probabilities":
+                return name, spec
+        raise AttributeError("this model has no class-probability output")
+
+    @property
+    def labels(self):
+        """Class names of the probability output, in column order."""
+        return list(self._probabilities()[1]["labels"])
+
+    @property
+    def label(self):
+        """Most probable class name of each row (numpy array of str)."""
+        name, spec = self._probabilities()
+        return np.asarray(spec["labels"])[np.argmax(self._arrays[name], axis=1)]
+
+
+class Model:
+    """A packaged ONNX model with its card.
+
+    Use `load_model` to make one. Attributes: ``name``, ``version``, ``task``,
+    ``card`` (dict), ``path`` (ONNX file), ``sha256`` (verified),
+    ``input_shape`` ``(C, H, W)``, ``output_names``, ``labels`` (class names
+    or ``None``) and ``providers`` (the execution providers the session
+    actually uses).
+    """
+
+    def __init__(self, name_or_path, *, providers=None, threads=None):
+        self.path, self.card = resolve_model(name_or_path)
+        self.sha256 = verify_checksum(self.path, self.card)
+        self._session = get_session(self.path, providers=providers, threads=threads,
+                                    sha256=self.sha256)
+        self.providers = list(self._session.get_providers())
+        self._input_name = self._session.get_inputs()[0].name
+        self.output_names = [o["name"] for o in self.card["outputs"]]
+        session_outputs = [o.name for o in self._session.get_outputs()]
+        missing = [n for n in self.output_names if n not in session_outputs]
+        if missing:
+            from .exceptions import ModelCardError
+            raise ModelCardError(f"card of {self.path} lists outputs {missing} that the ONNX "
+                                 f"graph lacks (graph outputs: {session_outputs})")
+
+    # -- card shortcuts --------------------------------------------------------
+    name = property(lambda self: self.card["name"])
+    version = property(lambda self: self.card["version"])
+    task = property(lambda self: self.card["task"])
+    input_shape = property(lambda self: tuple(self.card["input"]["shape"]))
+
+    @property
+    def labels(self):
+        """Class names of the probability output, or ``None``."""
+        for o in self.card["outputs"]:
+            if o.get("kind") == "probabilities":
+                return list(o["labels"])
+        return None
+
+    def __repr__(self):
+        return (f"<Model {self.name} v{self.version} ({self.task}) input {self.input_shape} "
+                f"on {', '.join(self.providers)}>")
+
+    # -- prediction ------------------------------------------------------------
+    def _as_input(self, x):
+        """Validate ``x`` against the card; return native float32 (N, C, H, W)."""
+        x = np.asarray(x)
+        if x.dtype.kind not in "biuf":
+            raise TypeError(f"model input must be a real numeric array, got dtype {x.dtype}")
+        c, h, w = self.input_shape
+        single = self.card["input"].get("single_band", "invalid")
+        if x.ndim == 3 and (c == 1 or single == "replicate"):
+            x = x[:, None]
+        if x.ndim != 4 or x.shape[1:] not in ((c, h, w), (1, h, w) if single == "replicate" else ()):
+            accepted = f"(N, {c}, {h}, {w})"
+            if c == 1 or single == "replicate":
+                accepted += f" or (N, {h}, {w})"
+            raise InputShapeError(f"model {self.name!r} expects input of shape {accepted}, "
+                                  f"got {np.shape(x)}")
+        if x.shape[1] != c:
+            x = np.broadcast_to(x, (x.shape[0], c, h, w))
+        # astype handles any real dtype and either byte order (">f4" -> native "<f4").
+        return np.ascontiguousarray(x, dtype=np.float32)
+
+    def _run(self, batch):
+        return self._session.run(self.output_names, {self._input_name: batch})
+
+    def predict(self, x, *, batch_size=256, progress=None):
+        """Run the model on network-ready arrays.
+
+        Parameters
+        ----------
+        x : array_like
+            ``(N, C, H, W)`` with ``(C, H, W)`` the card's input shape, or
+            ``(N, H, W)`` where the model has one channel or its card says a
+            single band is replicated. Any real dtype and byte order.
+        batch_size : int, optional
+            Rows per session call. After an out-of-memory or allocation error
+            from the execution provider, the batch is halved and retried down
+            to one row before the error is re-raised.
+        progress : bool or None, optional
+            Show a progress bar (default: on a terminal, for many batches).
+
+        Returns
+        -------
+        Prediction
+            Mapping of output name to array with ``N`` rows.
+        """
+        if int(batch_size) < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        x = self._as_input(x)
+        n = len(x)
+        if n == 0:
+            empty = self._run(np.zeros((1, *self.input_shape), np.float32))
+            return Prediction({k: v[:0] for k, v in zip(self.output_names, empty)},
+                              self.card["outputs"])
+        batch_size = int(batch_size)
+        chunks = {k: [] for k in self.output_names}
+        start = 0
+        with progress_bar(n, desc=self.name, unit="stamp", enabled=progress,
+                          min_total=4 * batch_size) as bar:
+            while start < n:
+                stop = min(start + batch_size, n)
+                try:
+                    outs = self._run(x[start:stop])
+                except Exception as exc:  # noqa: BLE001 - ORT raises generic errors
+                    if not _OOM.search(str(exc)) or batch_size == 1:
+                        raise
+                    batch_size = max(1, batch_size // 2)
+                    log.warning("%s: allocation failure (%s); retrying with batch_size=%d",
+                                self.name, str(exc).splitlines()[0][:200], batch_size)
+                    continue
+                for k, v in zip(self.output_names, outs):
+                    chunks[k].append(v)
+                bar.update(stop - start)
+                start = stop
+        return Prediction({k: np.concatenate(v) for k, v in chunks.items()},
+                          self.card["outputs"])

@@ -1,0 +1,46 @@
+"""Opt-out progress bars (tqdm when installed, nothing otherwise)."""
+import os
+import sys
+
+__all__ = ["progress_bar"]
+
+#: Set to ``0`` to silence every progress bar.
+PROGRESS_ENV = "ASTROMORPH_PROGRESS"
+
+
+class _NoBar:
+    def update(self, n=1):
+        pass
+
+    def close(self):
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def progress_bar(total, *, desc="", unit="it", enabled=None, min_total=2):
+    """A context manager with ``update(n)``: a tqdm bar, or a silent stand-in.
+
+    Parameters
+    ----------
+    total : int
+        Expected number of units.
+    enabled : bool or None
+        ``None`` shows the bar when stderr is a terminal, ``total >= min_total``
+        and ``$ASTROMORPH_PROGRESS`` is not ``0``; ``True`` forces it (where
+        tqdm is installed), ``False`` hides it.
+    """
+    if enabled is None:
+        enabled = (os.environ.get(PROGRESS_ENV, "1") != "0" and total >= min_total
+                   and sys.stderr.isatty())
+    if not enabled:
+        return _NoBar()
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        return _NoBar()
+    return tqdm(total=total, desc=desc, unit=unit, leave=False)

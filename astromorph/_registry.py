@@ -1,0 +1,172 @@
+"""The model registry: shipped models, their cards, and sha256 verification."""
+import hashlib
+import json
+import logging
+import os
+import re
+from pathlib import Path
+
+from .exceptions import (ChecksumMismatchError, InvalidModelNameError, ModelCardError,
+                         ModelNotFoundError)
+
+__all__ = ["list_models", "model_card", "models_dir", "resolve_model", "verify_checksum",
+           "REQUIRED_CARD_KEYS"]
+
+log = logging.getLogger(__name__)
+
+#: A registry name: lower-case letters, digits, ``-`` and ``_``; never a path.
+_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+
+#: Keys every card must have (see ``docs/model-cards.md``).
+REQUIRED_CARD_KEYS = ("name", "version", "task", "input", "outputs", "training", "metrics",
+                      "sha256")
+
+#: Environment variable naming an extra directory of models (``<dir>/<name>/model.onnx``).
+MODELS_ENV = "ASTROMORPH_MODELS_DIR"
+
+
+def models_dir():
+    """Directory that holds the shipped models.
+
+    In an installed wheel the models live in ``astromorph/models/``; in a
+    source checkout (editable install) in ``models/`` beside the package.
+    ``$ASTROMORPH_MODELS_DIR`` overrides both.
+    """
+    env = os.environ.get(MODELS_ENV)
+    if env:
+        return Path(env)
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "models", here.parent / "models"):
+        if candidate.is_dir():
+            return candidate
+    return here / "models"
+
+
+def _read_card(path):
+    try:
+        card = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise ModelCardError(f"model card {path} does not exist") from None
+    except (OSError, ValueError) as exc:
+        raise ModelCardError(f"model card {path} cannot be read: {exc}") from exc
+    if not isinstance(card, dict):
+        raise ModelCardError(f"model card {path} is not a JSON object")
+    missing = [k for k in REQUIRED_CARD_KEYS if k not in card]
+    if missing:
+        raise ModelCardError(f"model card {path} lacks required field(s): {', '.join(missing)}")
+    shape = card["input"].get("shape") if isinstance(card["input"], dict) else None
+    if not (isinstance(shape, list) and len(shape) == 3 and all(isinstance(s, int) for s in shape)):
+        raise ModelCardError(f"model card {path}: input.shape must be [C, H, W], got {shape!r}")
+    if not isinstance(card["outputs"], list) or not card["outputs"]:
+        raise ModelCardError(f"model card {path}: outputs must be a non-empty list")
+    return card
+
+
+def _shipped():
+    """Mapping name -> model directory of every complete shipped model."""
+    root = models_dir()
+    if not root.is_dir():
+        return {}
+    return {d.name: d for d in sorted(root.iterdir())
+            if _NAME.match(d.name) and (d / "model.onnx").is_file() and (d / "card.json").is_file()}
+
+
+def list_models():
+    """Names of the shipped models.
+
+    Returns
+    -------
+    list of str
+        Sorted names; each can be passed to `load_model`.
+    """
+    return list(_shipped())
+
+
+def model_card(name_or_path):
+    """The card (a dict) of a shipped model or of a model file/directory."""
+    return resolve_model(name_or_path)[1]
+
+
+def _is_path_like(value):
+    if isinstance(value, os.PathLike):
+        return True
+    text = str(value)
+    return (os.sep in text or (os.altsep and os.altsep in text) or text.endswith(".onnx")
+            or text.startswith("."))
+
+
+def resolve_model(name_or_path):
+    """Find a model file and its card.
+
+    Parameters
+    ----------
+    name_or_path : str or os.PathLike
+        A registry name (``"morphology"``), a directory holding ``model.onnx``
+        and ``card.json``, or an ``.onnx`` file whose card is ``card.json`` or
+        ``<stem>.json`` beside it. Strings containing a path separator or
+        ending in ``.onnx`` are paths; anything else must be a registry name.
+
+    Returns
+    -------
+    path : pathlib.Path
+        The ONNX file.
+    card : dict
+    """
+    if not isinstance(name_or_path, (str, os.PathLike)):
+        raise TypeError(f"model must be a name or a path, not {type(name_or_path).__name__}")
+    if _is_path_like(name_or_path):
+        path = Path(name_or_path).expanduser()
+        if path.is_dir():
+            onnx_path, cards = path / "model.onnx", [path / "card.json"]
+        else:
+            onnx_path = path
+            cards = [path.with_suffix(".json"), path.parent / "card.json"]
+        if not onnx_path.is_file():
+            raise ModelNotFoundError(f"no ONNX model file at {str(onnx_path)!r}")
+        card_path = next((c for c in cards if c.is_file()), None)
+        if card_path is None:
+            raise ModelCardError(
+                f"no model card beside {onnx_path} (looked for {', '.join(str(c) for c in cards)})")
+        return onnx_path.resolve(), _read_card(card_path)
+
+    name = str(name_or_path)
+    if not _NAME.match(name):
+        raise InvalidModelNameError(
+            f"{name!r} is not a valid model name (lower-case letters, digits, '-' and '_'); "
+            "pass a path (with a directory part or an .onnx suffix) to load a file")
+    shipped = _shipped()
+    if name not in shipped:
+        available = ", ".join(shipped) or "none"
+        raise ModelNotFoundError(f"no shipped model named {name!r}; available: {available}")
+    directory = shipped[name]
+    return (directory / "model.onnx").resolve(), _read_card(directory / "card.json")
+
+
+_HASHES = {}
+
+
+def _sha256(path):
+    stat = path.stat()
+    key = (str(path), stat.st_mtime_ns, stat.st_size)
+    if key not in _HASHES:
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+        _HASHES[key] = h.hexdigest()
+    return _HASHES[key]
+
+
+def verify_checksum(path, card):
+    """Raise `ChecksumMismatchError` unless ``path`` has the card's sha256.
+
+    Returns
+    -------
+    str
+        The verified hex digest.
+    """
+    expected = str(card.get("sha256", "")).lower()
+    actual = _sha256(Path(path))
+    if actual != expected:
+        raise ChecksumMismatchError(path, expected, actual)
+    return actual

@@ -1,0 +1,155 @@
+"""ONNX Runtime sessions: provider choice, fallback with a warning, and caching."""
+import logging
+import os
+import threading
+import warnings
+
+from .exceptions import MissingRuntimeError, ProviderFallbackWarning
+
+__all__ = ["onnxruntime", "available_providers", "resolve_providers", "get_session",
+           "clear_session_cache", "PROVIDER_ALIASES"]
+
+log = logging.getLogger(__name__)
+
+#: Short names accepted for ``providers=``.
+PROVIDER_ALIASES = {
+    "cpu": "CPUExecutionProvider",
+    "cuda": "CUDAExecutionProvider",
+    "tensorrt": "TensorrtExecutionProvider",
+    "trt": "TensorrtExecutionProvider",
+}
+#: Order tried by ``providers="auto"``.
+AUTO_ORDER = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
+GPU_PROVIDERS = frozenset({"TensorrtExecutionProvider", "CUDAExecutionProvider"})
+CPU = "CPUExecutionProvider"
+
+#: Environment variables used when the arguments are not given.
+PROVIDERS_ENV = "ASTROMORPH_PROVIDERS"
+THREADS_ENV = "ASTROMORPH_NUM_THREADS"
+
+
+def onnxruntime():
+    """Import ONNX Runtime lazily, with an error that names both extras."""
+    try:
+        import onnxruntime as ort
+    except ImportError as exc:
+        raise MissingRuntimeError(
+            "ONNX Runtime is not installed; install it with `pip install 'astromorph[cpu]'` "
+            "(CPU) or `pip install 'astromorph[gpu]'` (CUDA/TensorRT), never both") from exc
+    return ort
+
+
+def available_providers():
+    """Execution providers this ONNX Runtime build offers, e.g. ``['CPUExecutionProvider']``."""
+    return list(onnxruntime().get_available_providers())
+
+
+def resolve_providers(providers=None):
+    """Turn a ``providers=`` argument into ``(requested, usable)`` provider lists.
+
+    Parameters
+    ----------
+    providers : None, str or sequence of str
+        ``None`` reads ``$ASTROMORPH_PROVIDERS`` and defaults to ``"auto"``.
+        ``"auto"`` means TensorRT, then CUDA, then CPU, among those available,
+        and requests nothing explicitly. Otherwise a name (``"cpu"``,
+        ``"cuda"``, ``"tensorrt"`` or a full ONNX Runtime provider name) or a
+        comma-separated string or list of them, in order of preference.
+
+    Returns
+    -------
+    requested : list of str
+        Providers the caller asked for explicitly (empty for ``"auto"``).
+    usable : list of str
+        Providers to hand to ONNX Runtime, always ending with the CPU provider.
+    """
+    if providers is None:
+        providers = os.environ.get(PROVIDERS_ENV, "auto")
+    if isinstance(providers, str):
+        providers = [p.strip() for p in providers.split(",") if p.strip()]
+    providers = list(providers)
+    available = available_providers()
+    if [p.lower() for p in providers] in ([], ["auto"]):
+        return [], [p for p in AUTO_ORDER if p in available]
+    requested = []
+    for p in providers:
+        if not isinstance(p, str):
+            raise TypeError(f"execution provider names must be strings, got {p!r}")
+        full = PROVIDER_ALIASES.get(p.lower(), p)
+        if not full.endswith("ExecutionProvider"):
+            raise ValueError(f"unknown execution provider {p!r}; use 'auto', 'cpu', 'cuda', "
+                             "'tensorrt' or an ONNX Runtime provider name")
+        if full not in requested:
+            requested.append(full)
+    usable = [p for p in requested if p in available]
+    missing = [p for p in requested if p not in available]
+    if missing:
+        warnings.warn(
+            f"execution provider(s) {', '.join(missing)} requested but not available in this "
+            f"ONNX Runtime build (available: {', '.join(available)}); "
+            + ("falling back to CPUExecutionProvider" if CPU not in usable else
+               f"using {', '.join(usable)}")
+            + ". For GPU support install `astromorph[gpu]` (onnxruntime-gpu) with CUDA.",
+            ProviderFallbackWarning, stacklevel=5)
+    if CPU not in usable:
+        usable.append(CPU)
+    return requested, usable
+
+
+_CACHE = {}
+_LOCK = threading.Lock()
+
+
+def clear_session_cache():
+    """Forget every cached ONNX Runtime session."""
+    with _LOCK:
+        _CACHE.clear()
+
+
+def get_session(path, *, providers=None, threads=None, sha256=None):
+    """A (cached) ONNX Runtime session for a model file.
+
+    Sessions are cached on (file, sha256, providers, threads) and reused. A GPU
+    provider that was requested (or offered by ``"auto"``) but fails to
+    initialise gives a `ProviderFallbackWarning` and a session on the
+    providers that did initialise, down to CPU.
+
+    Returns
+    -------
+    session : onnxruntime.InferenceSession
+    """
+    ort = onnxruntime()
+    requested, usable = resolve_providers(providers)
+    if threads is None and os.environ.get(THREADS_ENV):
+        threads = int(os.environ[THREADS_ENV])
+    key = (str(path), sha256, tuple(usable), threads)
+    with _LOCK:
+        if key in _CACHE:
+            return _CACHE[key]
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if threads is not None:
+            if int(threads) < 0:
+                raise ValueError(f"threads must be >= 0 (0 = ONNX Runtime default), got {threads}")
+            opts.intra_op_num_threads = int(threads)
+            opts.inter_op_num_threads = 1
+        try:
+            session = ort.InferenceSession(str(path), sess_options=opts, providers=usable)
+        except Exception as exc:  # noqa: BLE001 - ORT raises plain RuntimeError/Fail
+            if usable == [CPU]:
+                raise
+            warnings.warn(
+                f"could not create a session with {', '.join(usable)} ({exc}); "
+                "falling back to CPUExecutionProvider", ProviderFallbackWarning, stacklevel=4)
+            session = ort.InferenceSession(str(path), sess_options=opts, providers=[CPU])
+            usable = [CPU]
+        got = session.get_providers()
+        failed = [p for p in usable if p in GPU_PROVIDERS and p not in got]
+        if failed:
+            warnings.warn(
+                f"execution provider(s) {', '.join(failed)} failed to initialise for "
+                f"{os.path.basename(str(path))}; running on {', '.join(got)}",
+                ProviderFallbackWarning, stacklevel=4)
+        log.debug("session for %s on %s (requested %s)", path, got, requested or "auto")
+        _CACHE[key] = session
+        return session

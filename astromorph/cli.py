@@ -1,0 +1,104 @@
+"""The ``astromorph`` command line."""
+import argparse
+import logging
+import sys
+
+from ._version import __version__
+from .exceptions import AstromorphError
+
+__all__ = ["main"]
+
+log = logging.getLogger(__name__)
+
+
+def _describe_input(card):
+    spec = card["input"]
+    text = "x".join(str(s) for s in spec["shape"])
+    size = spec.get("angular_size") or {}
+    if "pixel_scale_arcsec" in size:
+        text += f" @ {size['pixel_scale_arcsec']}\"/px"
+    elif size.get("kind"):
+        text += f" ({size['kind']}-scaled)"
+    return text
+
+
+def _cmd_models(args):
+    from ._registry import list_models, resolve_model, verify_checksum
+    from ._session import available_providers
+    from .exceptions import ChecksumMismatchError
+
+    names = list_models()
+    rows, bad = [], 0
+    for name in names:
+        try:
+            path, card = resolve_model(name)
+            row = [name, str(card["version"]), str(card["task"]), _describe_input(card)]
+        except AstromorphError as exc:
+            rows.append([name, "?", "?", "?", f"BAD CARD: {exc}"])
+            bad += 1
+            continue
+        if args.verify:
+            try:
+                verify_checksum(path, card)
+                row.append("sha256 OK")
+            except ChecksumMismatchError as exc:
+                row.append(f"SHA256 MISMATCH (file {exc.actual[:12]}..., card {exc.expected[:12]}...)")
+                bad += 1
+        rows.append(row)
+    header = ["name", "version", "task", "input"] + (["checksum"] if args.verify else [])
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    for r in [header, ["-" * w for w in widths], *rows]:
+        print("  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip())
+    try:
+        providers = ", ".join(available_providers())
+    except AstromorphError as exc:
+        providers = f"none ({exc})"
+    print(f"\n{len(names)} model(s); execution providers available: {providers}")
+    if args.verify:
+        print("every checksum matches" if not bad else f"{bad} model(s) FAILED verification")
+    return 1 if bad else 0
+
+
+def build_parser():
+    """The argument parser of the ``astromorph`` command."""
+    parser = argparse.ArgumentParser(
+        prog="astromorph",
+        description="Apply packaged ONNX models to astronomical images, stamps and tables.")
+    parser.add_argument("--version", action="version", version=f"astromorph {__version__}")
+    parser.add_argument("-v", "--verbose", action="count", default=0,
+                        help="more log output (repeat for debug)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("models", help="list the shipped models",
+                       description="List the shipped models; --verify checks every sha256.")
+    p.add_argument("--verify", action="store_true",
+                   help="check each model file against its card's sha256 (exit 1 on mismatch)")
+    p.set_defaults(func=_cmd_models)
+
+    for register in _EXTRA_COMMANDS:
+        register(sub)
+    return parser
+
+
+#: Functions ``register(subparsers)`` adding further sub-commands.
+_EXTRA_COMMANDS = []
+
+
+def main(argv=None):
+    """Run the command line; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=[logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)],
+                        format="%(levelname)s %(name)s: %(message)s")
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return args.func(args)
+    except AstromorphError as exc:
+        print(f"astromorph: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,66 @@
+"""Exceptions and warnings raised by astromorph.
+
+Every error astromorph raises on purpose derives from `AstromorphError`; every
+warning from `AstromorphWarning`, itself an
+`~astropy.utils.exceptions.AstropyUserWarning`.
+"""
+from astropy.utils.exceptions import AstropyUserWarning
+
+__all__ = [
+    "AstromorphError",
+    "AstromorphWarning",
+    "ProviderFallbackWarning",
+    "ModelNotFoundError",
+    "InvalidModelNameError",
+    "ModelCardError",
+    "ChecksumMismatchError",
+    "MissingRuntimeError",
+    "InputShapeError",
+    "InputError",
+]
+
+
+class AstromorphError(Exception):
+    """Base class of the errors astromorph raises."""
+
+
+class AstromorphWarning(AstropyUserWarning):
+    """Base class of the warnings astromorph emits."""
+
+
+class ProviderFallbackWarning(AstromorphWarning):
+    """A requested execution provider is unavailable or failed; another one is used."""
+
+
+class ModelNotFoundError(AstromorphError, LookupError):
+    """No shipped model has this name, or no model file exists at this path."""
+
+
+class InvalidModelNameError(AstromorphError, ValueError):
+    """A model name that is not a plain registry name (e.g. contains ``..`` or ``/``)."""
+
+
+class ModelCardError(AstromorphError, ValueError):
+    """A model card is missing, unreadable or lacks a required field."""
+
+
+class ChecksumMismatchError(AstromorphError):
+    """The sha256 of a model file differs from the one recorded in its card."""
+
+    def __init__(self, path, expected, actual):
+        self.path, self.expected, self.actual = str(path), expected, actual
+        super().__init__(
+            f"model file {self.path} has sha256 {actual}, but its card records {expected}; "
+            "the file was modified or corrupted: refusing to load it")
+
+
+class MissingRuntimeError(AstromorphError, ImportError):
+    """ONNX Runtime is not installed."""
+
+
+class InputShapeError(AstromorphError, ValueError):
+    """An input array's shape does not match the model card."""
+
+
+class InputError(AstromorphError, ValueError):
+    """An input (array, file, table, image) cannot be used; the message names it."""

@@ -1,0 +1,99 @@
+"""Shared fixtures: tiny ONNX models built with onnx.helper, and synthetic data."""
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import astromorph
+
+REPO = Path(__file__).resolve().parents[1]
+DATA_DIR = Path(os.environ.get("ASTROMORPH_DATA", REPO.parent / "shared" / "data"))
+
+
+def sha256(path):
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def tiny_classifier_onnx(path, *, channels=2, size=4, labels=("a", "b")):
+    """Write an ONNX graph: per-channel spatial mean -> softmax, output ``probabilities``.
+
+    With ``channels == len(labels)`` the most probable class is the channel
+    with the largest mean, which makes outputs easy to predict in tests.
+    """
+    import onnx
+    from onnx import TensorProto, helper
+
+    k = len(labels)
+    inp = helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", channels, size, size])
+    out = helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["batch", k])
+    axes = helper.make_tensor("axes", TensorProto.INT64, [2], [2, 3])
+    nodes = [
+        helper.make_node("ReduceMean", ["input", "axes"], ["mean"], keepdims=0),
+        helper.make_node("Softmax", ["mean"], ["probabilities"], axis=1),
+    ]
+    if channels != k:
+        weight = helper.make_tensor("w", TensorProto.FLOAT, [channels, k],
+                                    np.ones((channels, k), np.float32).ravel().tolist())
+        nodes = [nodes[0], helper.make_node("MatMul", ["mean", "w"], ["logits"]),
+                 helper.make_node("Softmax", ["logits"], ["probabilities"], axis=1)]
+        inits = [axes, weight]
+    else:
+        inits = [axes]
+    graph = helper.make_graph(nodes, "tiny", [inp], [out], initializer=inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 9
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return path
+
+
+def make_card(onnx_path, *, name="tiny", channels=2, size=4, labels=("a", "b"),
+              single_band="invalid", **extra):
+    card = {
+        "name": name, "version": "0.0.1", "task": "classification",
+        "summary": "test model: softmax of per-channel means",
+        "column_prefix": "tiny",
+        "input": {"name": "input", "shape": [channels, size, size], "dtype": "float32",
+                  "channels": [f"c{i}" for i in range(channels)], "single_band": single_band,
+                  "preprocessing": None, "normalisation": "none",
+                  "angular_size": {"kind": "fixed", "pixel_scale_arcsec": 1.0, "size_pix": size}},
+        "outputs": [{"name": "probabilities", "kind": "probabilities", "labels": list(labels)}],
+        "training": {"data": "none (test fixture)"},
+        "metrics": {},
+        "sha256": sha256(onnx_path),
+    }
+    card.update(extra)
+    return card
+
+
+@pytest.fixture
+def tiny_model_dir(tmp_path):
+    """A models directory holding one model, ``tiny``; registry pointed at it."""
+    root = tmp_path / "models"
+    d = root / "tiny"
+    d.mkdir(parents=True)
+    tiny_classifier_onnx(d / "model.onnx")
+    (d / "card.json").write_text(json.dumps(make_card(d / "model.onnx")))
+    return root
+
+
+@pytest.fixture
+def tiny_registry(tiny_model_dir, monkeypatch):
+    monkeypatch.setenv("ASTROMORPH_MODELS_DIR", str(tiny_model_dir))
+    astromorph.clear_session_cache()
+    yield tiny_model_dir
+    astromorph.clear_session_cache()
+
+
+def cuda_available():
+    try:
+        import onnxruntime
+    except ImportError:
+        return False
+    return "CUDAExecutionProvider" in onnxruntime.get_available_providers()
+
+
+requires_data = pytest.mark.skipif(not DATA_DIR.is_dir(), reason=f"no real data at {DATA_DIR}")

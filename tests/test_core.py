@@ -1,0 +1,361 @@
+"""Inference core: registry, checksums, sessions, providers, predict, CLI."""
+import json
+import re
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import astromorph
+from astromorph import cli
+from astromorph.exceptions import (ChecksumMismatchError, InputShapeError, InvalidModelNameError,
+                                   MissingRuntimeError, ModelCardError, ModelNotFoundError,
+                                   ProviderFallbackWarning, AstromorphWarning)
+from astropy.utils.exceptions import AstropyUserWarning
+
+from conftest import REPO, cuda_available, make_card, tiny_classifier_onnx
+
+
+def test_warning_hierarchy():
+    assert issubclass(ProviderFallbackWarning, AstromorphWarning)
+    assert issubclass(AstromorphWarning, AstropyUserWarning)
+
+
+# ---------------------------------------------------------------------- registry
+def test_list_and_load_by_name(tiny_registry):
+    assert astromorph.list_models() == ["tiny"]
+    model = astromorph.load_model("tiny", providers="cpu")
+    assert model.name == "tiny" and model.version == "0.0.1"
+    assert model.input_shape == (2, 4, 4)
+    assert model.labels == ["a", "b"]
+    assert model.providers == ["CPUExecutionProvider"]
+    assert re.fullmatch(r"[0-9a-f]{64}", model.sha256)
+    assert "tiny" in repr(model)
+
+
+def test_incomplete_model_dir_not_listed(tiny_registry):
+    (tiny_registry / "half").mkdir()
+    tiny_classifier_onnx(tiny_registry / "half" / "model.onnx")  # no card
+    assert astromorph.list_models() == ["tiny"]
+
+
+def test_load_by_directory_and_file(tmp_path):
+    tiny_classifier_onnx(tmp_path / "net.onnx")
+    (tmp_path / "net.json").write_text(json.dumps(make_card(tmp_path / "net.onnx", name="mine")))
+    by_file = astromorph.load_model(tmp_path / "net.onnx")
+    by_str = astromorph.load_model(str(tmp_path / "net.onnx"))
+    assert by_file.name == by_str.name == "mine"
+    d = tmp_path / "dir"
+    d.mkdir()
+    tiny_classifier_onnx(d / "model.onnx")
+    (d / "card.json").write_text(json.dumps(make_card(d / "model.onnx", name="dirmodel")))
+    assert astromorph.load_model(d).name == "dirmodel"
+
+
+def test_tampered_file_refused(tiny_registry):
+    path = tiny_registry / "tiny" / "model.onnx"
+    path.write_bytes(path.read_bytes() + b"\0")
+    with pytest.raises(ChecksumMismatchError, match="sha256") as info:
+        astromorph.load_model("tiny")
+    assert info.value.actual != info.value.expected
+    assert cli.main(["models", "--verify"]) == 1
+
+
+@pytest.mark.parametrize("name", ["..", "../tiny", "tiny/../../etc", "Tiny", "a b", "", "x" * 80])
+def test_names_cannot_traverse(tiny_registry, name):
+    with pytest.raises((InvalidModelNameError, ModelNotFoundError)):
+        astromorph.load_model(name)
+
+
+def test_plain_invalid_name_is_name_error(tiny_registry):
+    with pytest.raises(InvalidModelNameError, match="not a valid model name"):
+        astromorph.load_model("Tiny")
+
+
+def test_unknown_name_lists_available(tiny_registry):
+    with pytest.raises(ModelNotFoundError, match="available: tiny"):
+        astromorph.load_model("nonexistent")
+
+
+def test_bad_cards(tmp_path):
+    tiny_classifier_onnx(tmp_path / "model.onnx")
+    with pytest.raises(ModelCardError, match="no model card"):
+        astromorph.load_model(tmp_path)
+    (tmp_path / "card.json").write_text("{not json")
+    with pytest.raises(ModelCardError, match="cannot be read"):
+        astromorph.load_model(tmp_path)
+    card = make_card(tmp_path / "model.onnx")
+    del card["sha256"], card["metrics"]
+    (tmp_path / "card.json").write_text(json.dumps(card))
+    with pytest.raises(ModelCardError, match="metrics, sha256"):
+        astromorph.load_model(tmp_path)
+    card = make_card(tmp_path / "model.onnx")
+    card["outputs"][0]["name"] = "nope"
+    (tmp_path / "card.json").write_text(json.dumps(card))
+    with pytest.raises(ModelCardError, match="nope"):
+        astromorph.load_model(tmp_path)
+
+
+def test_model_must_be_name_or_path():
+    with pytest.raises(TypeError):
+        astromorph.load_model(3)
+
+
+# ----------------------------------------------------------------------- predict
+def _inputs(n, rng=np.random.default_rng(1)):
+    return rng.normal(size=(n, 2, 4, 4)).astype(np.float32)
+
+
+def test_predict_values_and_labels(tiny_registry):
+    model = astromorph.load_model("tiny")
+    x = np.zeros((3, 2, 4, 4), np.float32)
+    x[0, 0] = 5  # channel 0 brightest -> class "a"
+    x[1, 1] = 5
+    out = model.predict(x)
+    assert set(out) == {"probabilities"} and out["probabilities"].shape == (3, 2)
+    np.testing.assert_allclose(out["probabilities"].sum(axis=1), 1, rtol=1e-6)
+    np.testing.assert_allclose(out["probabilities"][2], [0.5, 0.5], rtol=1e-6)
+    assert list(out.label[:2]) == ["a", "b"]
+    assert out.labels == ["a", "b"]
+
+
+@pytest.mark.parametrize("dtype", ["<f8", ">f8", ">f4", "f2", "i2", ">i4", "u1", "bool"])
+def test_predict_any_real_dtype_and_byte_order(tiny_registry, dtype):
+    model = astromorph.load_model("tiny")
+    x = (np.random.default_rng(0).normal(size=(5, 2, 4, 4)) * 10).astype(dtype)
+    expected = model.predict(x.astype(np.float32))["probabilities"]
+    np.testing.assert_allclose(model.predict(x)["probabilities"], expected, rtol=1e-6)
+
+
+def test_predict_rejects_complex(tiny_registry):
+    with pytest.raises(TypeError, match="complex"):
+        astromorph.load_model("tiny").predict(np.zeros((1, 2, 4, 4), complex))
+
+
+@pytest.mark.parametrize("shape", [(2, 4, 4), (1, 3, 4, 4), (1, 2, 5, 4), (4, 4), (1, 1, 2, 4, 4)])
+def test_shape_errors_state_expected_and_received(tiny_registry, shape):
+    model = astromorph.load_model("tiny")
+    with pytest.raises(InputShapeError) as info:
+        model.predict(np.zeros(shape))
+    assert "(N, 2, 4, 4)" in str(info.value) and str(shape) in str(info.value)
+
+
+def test_single_band_replicated_where_card_says_so(tmp_path):
+    tiny_classifier_onnx(tmp_path / "model.onnx", channels=3, labels=("a", "b", "c"))
+    card = make_card(tmp_path / "model.onnx", channels=3, labels=("a", "b", "c"),
+                     single_band="replicate")
+    (tmp_path / "card.json").write_text(json.dumps(card))
+    model = astromorph.load_model(tmp_path)
+    grey = np.random.default_rng(0).normal(size=(4, 4, 4))
+    rgb = np.repeat(grey[:, None], 3, axis=1)
+    np.testing.assert_allclose(model.predict(grey)["probabilities"],
+                               model.predict(rgb)["probabilities"])
+    np.testing.assert_allclose(model.predict(grey[:, None])["probabilities"],
+                               model.predict(rgb)["probabilities"])
+
+
+def test_one_channel_model_accepts_nhw(tmp_path):
+    tiny_classifier_onnx(tmp_path / "model.onnx", channels=1)
+    (tmp_path / "card.json").write_text(json.dumps(make_card(tmp_path / "model.onnx", channels=1)))
+    out = astromorph.load_model(tmp_path).predict(np.ones((3, 4, 4)))
+    assert out["probabilities"].shape == (3, 2)
+
+
+@pytest.mark.parametrize("batch_size", [1, 3, 7, 256])
+def test_batching_gives_same_result(tiny_registry, batch_size):
+    model = astromorph.load_model("tiny")
+    x = _inputs(17)
+    ref = model.predict(x, batch_size=17)["probabilities"]
+    np.testing.assert_array_equal(model.predict(x, batch_size=batch_size)["probabilities"], ref)
+
+
+def test_empty_input(tiny_registry):
+    out = astromorph.load_model("tiny").predict(np.zeros((0, 2, 4, 4)))
+    assert out["probabilities"].shape == (0, 2)
+
+
+def test_bad_batch_size(tiny_registry):
+    with pytest.raises(ValueError, match="batch_size"):
+        astromorph.load_model("tiny").predict(_inputs(2), batch_size=0)
+
+
+def test_allocation_failure_halves_batch(tiny_registry):
+    model = astromorph.load_model("tiny")
+    x = _inputs(20)
+    ref = model.predict(x)["probabilities"]
+    real_run, sizes = model._run, []
+
+    def flaky(batch):
+        sizes.append(len(batch))
+        if len(batch) > 4:
+            raise RuntimeError("[ONNXRuntimeError] : 6 : RUNTIME_EXCEPTION : "
+                               "CUDA failure 2: out of memory ; BFCArena::AllocateRawInternal")
+        return real_run(batch)
+
+    model._run = flaky
+    out = model.predict(x, batch_size=16)["probabilities"]
+    np.testing.assert_array_equal(out, ref)
+    assert sizes[:3] == [16, 8, 4] and max(sizes[2:]) <= 4
+
+
+def test_other_errors_are_not_retried(tiny_registry):
+    model = astromorph.load_model("tiny")
+    calls = []
+
+    def broken(batch):
+        calls.append(len(batch))
+        raise RuntimeError("invalid argument")
+
+    model._run = broken
+    with pytest.raises(RuntimeError, match="invalid argument"):
+        model.predict(_inputs(8), batch_size=8)
+    assert calls == [8]
+
+
+def test_allocation_failure_at_batch_one_raises(tiny_registry):
+    model = astromorph.load_model("tiny")
+
+    def oom(batch):
+        raise RuntimeError("Failed to allocate memory for requested buffer")
+
+    model._run = oom
+    with pytest.raises(RuntimeError, match="allocate"):
+        model.predict(_inputs(4), batch_size=4)
+
+
+# --------------------------------------------------------------------- sessions
+def test_sessions_are_cached(tiny_registry):
+    a = astromorph.load_model("tiny", providers="cpu")
+    b = astromorph.load_model("tiny", providers="cpu")
+    assert a._session is b._session
+    c = astromorph.load_model("tiny", providers="cpu", threads=1)
+    assert c._session is not a._session
+
+
+def test_auto_is_silent_without_gpu(tiny_registry):
+    if cuda_available():
+        pytest.skip("a GPU provider is present")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model = astromorph.load_model("tiny", providers="auto")
+    assert model.providers == ["CPUExecutionProvider"]
+
+
+@pytest.mark.parametrize("providers", ["cuda", "tensorrt", ["CUDAExecutionProvider", "cpu"]])
+def test_missing_gpu_provider_warns_and_falls_back(tiny_registry, providers):
+    if cuda_available():
+        pytest.skip("a GPU provider is present")
+    with pytest.warns(ProviderFallbackWarning, match="not available"):
+        model = astromorph.load_model("tiny", providers=providers)
+    assert model.providers == ["CPUExecutionProvider"]
+
+
+def test_providers_from_environment(tiny_registry, monkeypatch):
+    if cuda_available():
+        pytest.skip("a GPU provider is present")
+    monkeypatch.setenv("ASTROMORPH_PROVIDERS", "cuda")
+    with pytest.warns(ProviderFallbackWarning):
+        astromorph.load_model("tiny")
+
+
+def test_failing_gpu_session_falls_back(tiny_registry, monkeypatch):
+    """A provider listed as available whose session creation fails -> warning + CPU."""
+    import onnxruntime
+    from astromorph import _session
+
+    real = onnxruntime.InferenceSession
+
+    def fake_session(path, sess_options=None, providers=None):
+        if providers and providers[0] == "CUDAExecutionProvider":
+            raise RuntimeError("CUDA driver version is insufficient")
+        return real(path, sess_options=sess_options, providers=providers)
+
+    monkeypatch.setattr(onnxruntime, "get_available_providers",
+                        lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    monkeypatch.setattr(onnxruntime, "InferenceSession", fake_session)
+    _session.clear_session_cache()
+    with pytest.warns(ProviderFallbackWarning, match="insufficient"):
+        model = astromorph.load_model("tiny", providers="cuda")
+    assert model.providers == ["CPUExecutionProvider"]
+
+
+def test_unknown_provider_name(tiny_registry):
+    with pytest.raises(ValueError, match="unknown execution provider"):
+        astromorph.load_model("tiny", providers="quantum")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not cuda_available(), reason="needs the CUDA execution provider")
+def test_cuda_session_matches_cpu(tiny_registry):
+    gpu = astromorph.load_model("tiny", providers="cuda")
+    cpu = astromorph.load_model("tiny", providers="cpu")
+    assert gpu.providers[0] == "CUDAExecutionProvider"
+    x = _inputs(64)
+    np.testing.assert_allclose(gpu.predict(x)["probabilities"], cpu.predict(x)["probabilities"],
+                               atol=1e-5)
+
+
+def test_missing_runtime_names_both_extras(tiny_registry, monkeypatch):
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)
+    astromorph.clear_session_cache()
+    with pytest.raises(MissingRuntimeError) as info:
+        astromorph.load_model("tiny")
+    assert "astromorph[cpu]" in str(info.value) and "astromorph[gpu]" in str(info.value)
+
+
+def test_import_without_onnxruntime_or_torch():
+    code = ("import sys; sys.modules['onnxruntime'] = None; import astromorph, astromorph.cli; "
+            "assert 'torch' not in sys.modules; print(astromorph.__version__)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == astromorph.__version__
+
+
+def test_package_never_imports_torch():
+    offenders = [str(p) for p in (REPO / "astromorph").rglob("*.py")
+                 if re.search(r"^\s*(import torch|from torch)", p.read_text(), re.M)]
+    assert offenders == []
+
+
+# -------------------------------------------------------------------------- CLI
+def test_cli_version(capsys):
+    with pytest.raises(SystemExit) as info:
+        cli.main(["--version"])
+    assert info.value.code == 0
+    assert astromorph.__version__ in capsys.readouterr().out
+
+
+def test_cli_models_table(tiny_registry, capsys):
+    assert cli.main(["models"]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"^tiny\s+0\.0\.1\s+classification\s+2x4x4", out, re.M)
+    assert "CPUExecutionProvider" in out
+
+
+def test_cli_verify_ok(tiny_registry, capsys):
+    assert cli.main(["models", "--verify"]) == 0
+    assert "sha256 OK" in capsys.readouterr().out
+
+
+def test_cli_console_script(tiny_registry):
+    out = subprocess.run([sys.executable, "-m", "astromorph.cli", "models", "--verify"],
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert "tiny" in out.stdout
+
+
+# ------------------------------------------------------------------ shipped models
+@pytest.mark.parametrize("name", astromorph.list_models())
+def test_shipped_model_cards(name):
+    card = astromorph.model_card(name)
+    for key in ("task", "input", "outputs", "training", "metrics", "sha256", "version"):
+        assert card[key], f"{name}: empty {key}"
+    assert card["name"] == name
+    assert card["metrics"].get("command"), f"{name}: card does not say how metrics were measured"
+    model = astromorph.load_model(name, providers="cpu")
+    assert Path(model.path).stat().st_size < 20e6
+    x = np.zeros((2, *model.input_shape), np.float32)
+    out = model.predict(x)
+    assert all(len(v) == 2 and np.all(np.isfinite(v)) for v in out.values())

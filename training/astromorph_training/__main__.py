@@ -1,0 +1,69 @@
+"""Command line: ``python -m astromorph_training MODEL STEP [options]``."""
+import argparse
+import importlib
+import logging
+import sys
+import time
+
+from ._common import repo_root, resolve_data_dir
+
+#: Shipped model name -> module of this package that trains it.
+MODULES = {
+    "morphology": "morphology",
+    "radio-morphology": "radio",
+    "real-bogus": "realbogus",
+    "embedding": "embedding",
+    "morphology-gz2": "gz2",
+}
+STEPS = ("train", "evaluate", "export")
+
+
+def _load(model):
+    try:
+        return importlib.import_module(f"astromorph_training.{MODULES[model]}")
+    except ModuleNotFoundError as exc:
+        if exc.name == f"astromorph_training.{MODULES[model]}":
+            raise SystemExit(f"no training module for model {model!r} yet") from exc
+        raise
+
+
+def build_parser(model=None):
+    parser = argparse.ArgumentParser(
+        prog="python -m astromorph_training",
+        description="Train, evaluate and export the models shipped in models/.",
+    )
+    parser.add_argument("model", choices=sorted(MODULES))
+    parser.add_argument("step", choices=STEPS)
+    parser.add_argument("--data-dir", default=None,
+                        help="real data directory (default: $ASTROMORPH_DATA or ../shared/data)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    parser.add_argument("--epochs", type=int, default=None, help="override the model's default epochs")
+    parser.add_argument("--smoke", action="store_true",
+                        help="tiny run on a handful of images (CI); never overwrites models/")
+    parser.add_argument("--out-dir", default=None,
+                        help="repository root to write models/ and training/reports/ into")
+    if model is not None:
+        add = getattr(_load(model), "add_arguments", None)
+        if add is not None:
+            add(parser)
+    return parser
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    pre = [a for a in argv if not a.startswith("-")]
+    model = pre[0] if pre and pre[0] in MODULES else None
+    args = build_parser(model).parse_args(argv)
+    args.data_dir = resolve_data_dir(args.data_dir)
+    args.out_dir = repo_root() if args.out_dir is None else __import__("pathlib").Path(args.out_dir)
+    module = _load(args.model)
+    start = time.perf_counter()
+    result = getattr(module, args.step)(args)
+    logging.getLogger("astromorph_training").info(
+        "%s %s finished in %.1f s", args.model, args.step, time.perf_counter() - start)
+    return result
+
+
+if __name__ == "__main__":
+    main()

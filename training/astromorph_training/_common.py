@@ -1,0 +1,362 @@
+"""Pieces every model's training module shares.
+
+Paths, seeds, calibration (temperature scaling), classification metrics and
+figures, ONNX export, model cards, and the torch-versus-ONNX parity check.
+"""
+import hashlib
+import json
+import logging
+import os
+import random
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+__all__ = [
+    "repo_root", "resolve_data_dir", "set_seed", "checkpoint_dir", "cache_dir",
+    "report_dir", "model_dir", "fit_temperature", "softmax",
+    "expected_calibration_error", "classification_report", "plot_confusion_matrix",
+    "plot_reliability", "export_onnx", "write_card", "write_metrics", "check_parity",
+    "sha256sum", "onnx_throughput",
+]
+
+log = logging.getLogger(__name__)
+
+
+# --------------------------------------------------------------------------- paths
+def repo_root():
+    """The astromorph repository this subproject lives in (``training/..``)."""
+    return Path(__file__).resolve().parents[2]
+
+
+def resolve_data_dir(arg=None):
+    """Real data directory: ``arg``, else ``$ASTROMORPH_DATA``, else ``../shared/data``.
+
+    The default is resolved next to the repository (``<repo>/../shared/data``).
+    """
+    if arg is None:
+        arg = os.environ.get("ASTROMORPH_DATA") or repo_root().parent / "shared" / "data"
+    path = Path(arg).expanduser().resolve()
+    if not path.is_dir():
+        raise SystemExit(f"data directory {str(path)!r} does not exist; "
+                         "pass --data-dir or set ASTROMORPH_DATA")
+    return path
+
+
+def _subdir(*parts, root=None):
+    path = Path(root or repo_root()).joinpath(*parts)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def checkpoint_dir(name, root=None):
+    """``training/checkpoints/<name>/`` (git-ignored)."""
+    return _subdir("training", "checkpoints", name, root=root)
+
+
+def cache_dir(root=None):
+    """``training/cache/`` (git-ignored) for preprocessed arrays."""
+    return _subdir("training", "cache", root=root)
+
+
+def report_dir(name, root=None):
+    """``training/reports/<name>/`` for metrics.json and figures (committed)."""
+    return _subdir("training", "reports", name, root=root)
+
+
+def model_dir(name, root=None):
+    """``models/<name>/`` for ``model.onnx`` and ``card.json``."""
+    return _subdir("models", name, root=root)
+
+
+def set_seed(seed):
+    """Seed Python, numpy and torch (CPU), and ask torch for deterministic kernels."""
+    random.seed(seed)
+    np.random.seed(seed)
+    try:
+        import torch
+    except ImportError:  # pragma: no cover - torch is a dependency of this subproject
+        return
+    torch.manual_seed(seed)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+# --------------------------------------------------------------------- calibration
+def softmax(logits, temperature=1.0):
+    """Numerically stable softmax over the last axis of ``logits / temperature``."""
+    z = np.asarray(logits, dtype=np.float64) / temperature
+    z = z - z.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def fit_temperature(logits, labels, *, bounds=(0.05, 20.0)):
+    """Temperature that minimises the negative log-likelihood (Guo et al. 2017).
+
+    Parameters
+    ----------
+    logits : array_like, shape (N, K)
+        Uncalibrated logits on validation data. For a binary score pass
+        ``np.stack([np.zeros_like(z), z], axis=1)``.
+    labels : array_like of int, shape (N,)
+        True class indices.
+
+    Returns
+    -------
+    float
+        The temperature ``T``; calibrated probabilities are ``softmax(logits / T)``.
+    """
+    from scipy.optimize import minimize_scalar
+
+    logits = np.asarray(logits, dtype=np.float64)
+    labels = np.asarray(labels, dtype=np.int64)
+
+    def nll(log_t):
+        p = softmax(logits, np.exp(log_t))[np.arange(len(labels)), labels]
+        return -np.mean(np.log(np.clip(p, 1e-12, None)))
+
+    res = minimize_scalar(nll, bounds=np.log(bounds), method="bounded")
+    return float(np.exp(res.x))
+
+
+def expected_calibration_error(probs, labels, n_bins=15):
+    """Top-label expected calibration error with equal-width confidence bins.
+
+    Parameters
+    ----------
+    probs : array_like, shape (N, K)
+        Class probabilities (for a binary score, ``(1 - s, s)``).
+    labels : array_like of int, shape (N,)
+    n_bins : int
+    """
+    probs = np.asarray(probs, dtype=np.float64)
+    labels = np.asarray(labels)
+    conf = probs.max(axis=1)
+    correct = probs.argmax(axis=1) == labels
+    bins = np.minimum((conf * n_bins).astype(int), n_bins - 1)
+    ece = 0.0
+    for b in range(n_bins):
+        sel = bins == b
+        if sel.any():
+            ece += sel.mean() * abs(correct[sel].mean() - conf[sel].mean())
+    return float(ece)
+
+
+# ------------------------------------------------------------------------- metrics
+def classification_report(probs, labels, class_names):
+    """Accuracy, macro recall, per-class recall and precision, confusion matrix, ECE.
+
+    Returns a JSON-serialisable dict. ``confusion_matrix[i][j]`` counts true
+    class ``i`` predicted as ``j``.
+    """
+    probs = np.asarray(probs)
+    labels = np.asarray(labels)
+    k = len(class_names)
+    pred = probs.argmax(axis=1)
+    cm = np.zeros((k, k), dtype=int)
+    np.add.at(cm, (labels, pred), 1)
+    support = cm.sum(axis=1)
+    predicted = cm.sum(axis=0)
+    recall = np.divide(np.diag(cm), support, out=np.full(k, np.nan), where=support > 0)
+    precision = np.divide(np.diag(cm), predicted, out=np.full(k, np.nan), where=predicted > 0)
+    return {
+        "n": int(len(labels)),
+        "accuracy": float((pred == labels).mean()),
+        "macro_recall": float(np.nanmean(recall)),
+        "per_class": {
+            name: {"recall": _num(recall[i]), "precision": _num(precision[i]),
+                   "support": int(support[i])}
+            for i, name in enumerate(class_names)
+        },
+        "confusion_matrix": cm.tolist(),
+        "class_names": list(class_names),
+        "ece": expected_calibration_error(probs, labels),
+    }
+
+
+def _num(x):
+    return None if not np.isfinite(x) else round(float(x), 4)
+
+
+def plot_confusion_matrix(cm, class_names, path, title=""):
+    """Save a confusion matrix (counts, shaded by row-normalised recall) as PNG."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cm = np.asarray(cm)
+    norm = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
+    fig, ax = plt.subplots(figsize=(1.2 * len(class_names) + 2, 1.1 * len(class_names) + 1.5))
+    ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    for i in range(cm.shape[0]):
+        for j in range(cm.shape[1]):
+            ax.text(j, i, f"{cm[i, j]}\n{norm[i, j]:.0%}", ha="center", va="center",
+                    color="white" if norm[i, j] > 0.6 else "black", fontsize=9)
+    ax.set_xticks(range(len(class_names)), class_names, rotation=30, ha="right")
+    ax.set_yticks(range(len(class_names)), class_names)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return Path(path)
+
+
+def plot_reliability(probs, labels, path, title="", n_bins=15):
+    """Save a reliability diagram (top-label accuracy against confidence) as PNG."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    probs = np.asarray(probs)
+    labels = np.asarray(labels)
+    conf = probs.max(axis=1)
+    correct = probs.argmax(axis=1) == labels
+    edges = np.linspace(0, 1, n_bins + 1)
+    idx = np.minimum((conf * n_bins).astype(int), n_bins - 1)
+    centres, accs, counts = [], [], []
+    for b in range(n_bins):
+        sel = idx == b
+        if sel.any():
+            centres.append(conf[sel].mean())
+            accs.append(correct[sel].mean())
+            counts.append(sel.sum())
+    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    ax.plot([0, 1], [0, 1], "k--", lw=1, label="perfect calibration")
+    ax.bar(edges[:-1], np.bincount(idx, weights=correct, minlength=n_bins)
+           / np.maximum(np.bincount(idx, minlength=n_bins), 1),
+           width=1 / n_bins, align="edge", alpha=0.3, edgecolor="C0")
+    ax.plot(centres, accs, "o-", color="C0", label="model")
+    ax.set_xlabel("confidence")
+    ax.set_ylabel("accuracy")
+    ax.set_title(f"{title}\nECE = {expected_calibration_error(probs, labels, n_bins):.3f}")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.legend(loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return Path(path)
+
+
+def write_metrics(name, metrics, root=None):
+    """Write ``training/reports/<name>/metrics.json`` and return its path."""
+    path = report_dir(name, root) / "metrics.json"
+    path.write_text(json.dumps(metrics, indent=2, sort_keys=False) + "\n")
+    return path
+
+
+# -------------------------------------------------------------------------- export
+def export_onnx(module, example_input, path, *, input_name="input", output_names=("output",),
+                opset=18):
+    """Export a torch module to ONNX with a dynamic batch dimension.
+
+    The module is exported in eval mode on CPU with the legacy TorchScript
+    exporter (stable for small CNNs) and the result is checked with
+    ``onnx.checker``.
+    """
+    import onnx
+    import torch
+
+    module = module.eval().cpu()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    example = torch.as_tensor(np.asarray(example_input, dtype=np.float32))
+    dynamic = {input_name: {0: "batch"}}
+    dynamic.update({name: {0: "batch"} for name in output_names})
+    tmp = path.with_suffix(".tmp.onnx")
+    with torch.no_grad():
+        torch.onnx.export(module, (example,), str(tmp), input_names=[input_name],
+                          output_names=list(output_names), dynamic_axes=dynamic,
+                          opset_version=opset, dynamo=False, do_constant_folding=True)
+    model = onnx.load(str(tmp))
+    onnx.checker.check_model(model)
+    os.replace(tmp, path)
+    log.info("exported %s (%.2f MB)", path, path.stat().st_size / 1e6)
+    return path
+
+
+def sha256sum(path):
+    """Hex sha256 of a file."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def write_card(name, card, root=None):
+    """Write ``models/<name>/card.json`` with the sha256 of ``model.onnx`` filled in.
+
+    The card is written atomically. Returns its path.
+    """
+    directory = model_dir(name, root)
+    onnx_path = directory / "model.onnx"
+    card = dict(card)
+    card["name"] = name
+    card["sha256"] = sha256sum(onnx_path)
+    card["file_size_bytes"] = onnx_path.stat().st_size
+    fd, tmp = tempfile.mkstemp(dir=directory, suffix=".json.tmp")
+    with os.fdopen(fd, "w") as f:
+        json.dump(card, f, indent=2)
+        f.write("\n")
+    os.replace(tmp, directory / "card.json")
+    return directory / "card.json"
+
+
+def check_parity(torch_module, x, name_or_path, *, atol=1e-4, rtol=1e-3, output=None):
+    """Compare a torch module with the exported ONNX model run through astromorph.
+
+    Parameters
+    ----------
+    torch_module : torch.nn.Module
+        The module that was exported (including any calibration layer).
+    x : numpy.ndarray
+        Network input, exactly as astromorph's preprocessing returns it.
+    name_or_path : str or Path
+        Passed to `astromorph.load_model`.
+    output : str, optional
+        Output to compare; default the first output in the card.
+
+    Returns
+    -------
+    float
+        Largest absolute difference. Raises ``AssertionError`` beyond tolerance.
+    """
+    import astromorph
+    import torch
+
+    model = astromorph.load_model(name_or_path, providers="cpu")
+    onnx_out = model.predict(x, progress=False)
+    key = output or model.output_names[0]
+    with torch.no_grad():
+        ref = torch_module.eval()(torch.as_tensor(np.asarray(x, dtype=np.float32)))
+    if isinstance(ref, (tuple, list)):
+        ref = ref[0]
+    ref = ref.numpy().reshape(np.shape(onnx_out[key]))
+    diff = float(np.max(np.abs(ref - onnx_out[key]))) if ref.size else 0.0
+    np.testing.assert_allclose(onnx_out[key], ref, atol=atol, rtol=rtol)
+    return diff
+
+
+def onnx_throughput(path, shape, *, batch=256, threads=2, repeats=5):
+    """Stamps per second through onnxruntime on ``threads`` CPU threads (model only)."""
+    import time
+
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    name = sess.get_inputs()[0].name
+    x = np.random.default_rng(0).standard_normal((batch, *shape)).astype(np.float32)
+    sess.run(None, {name: x})
+    best = np.inf
+    for _ in range(repeats):
+        t = time.perf_counter()
+        sess.run(None, {name: x})
+        best = min(best, time.perf_counter() - t)
+    return batch / best
