@@ -11,6 +11,8 @@ Quick start::
 from ._version import __version__
 from ._registry import list_models, model_card
 from ._model import Model, Prediction, load_model
+from ._flags import Flag, describe_flags
+from ._annotate import annotate
 from ._session import available_providers, clear_session_cache
 from .exceptions import AstromorphError, AstromorphWarning
 
@@ -21,6 +23,9 @@ __all__ = [
     "load_model",
     "Model",
     "Prediction",
+    "annotate",
+    "Flag",
+    "describe_flags",
     "available_providers",
     "clear_session_cache",
     "AstromorphError",

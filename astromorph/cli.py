@@ -75,13 +75,16 @@ def build_parser():
                    help="check each model file against its card's sha256 (exit 1 on mismatch)")
     p.set_defaults(func=_cmd_models)
 
-    for register in _EXTRA_COMMANDS:
+    for register in _extra_commands():
         register(sub)
     return parser
 
 
-#: Functions ``register(subparsers)`` adding further sub-commands.
-_EXTRA_COMMANDS = []
+def _extra_commands():
+    """Functions ``register(subparsers)`` adding the other sub-commands."""
+    from . import _cli_annotate
+
+    return [_cli_annotate.register]
 
 
 def main(argv=None):

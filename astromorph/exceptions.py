@@ -17,6 +17,11 @@ __all__ = [
     "MissingRuntimeError",
     "InputShapeError",
     "InputError",
+    "InputNotFoundError",
+    "InvalidArgumentError",
+    "OutputExistsError",
+    "MissingDependencyError",
+    "UnusableInputWarning",
 ]
 
 
@@ -64,3 +69,23 @@ class InputShapeError(AstromorphError, ValueError):
 
 class InputError(AstromorphError, ValueError):
     """An input (array, file, table, image) cannot be used; the message names it."""
+
+
+class InputNotFoundError(AstromorphError, FileNotFoundError):
+    """An input path, directory or glob pattern matched no readable file."""
+
+
+class InvalidArgumentError(AstromorphError, ValueError):
+    """An argument value that cannot be used (the message names it)."""
+
+
+class OutputExistsError(AstromorphError, FileExistsError):
+    """An output file exists and overwriting was not asked for."""
+
+
+class MissingDependencyError(AstromorphError, ImportError):
+    """An optional dependency needed for this input or output is not installed."""
+
+
+class UnusableInputWarning(AstromorphWarning):
+    """Some inputs could not be scored; their rows are flagged and say why."""

@@ -1,0 +1,277 @@
+"""From raw stamps to network input and from network output to table columns.
+
+Every path into a model (`annotate`, `predict_files`, the command line) goes
+through `prepare`, which calls the model family's function in
+`astromorph.preprocessing` (the same function its training used), and through
+`result_columns`, which names the outputs by task.
+
+Raw stamps come in three kinds (`RawStamps.kind`):
+
+``"colour"``
+    8-bit RGB display images ``(N, H, W, 3)`` (JPEG/PNG cutouts).
+``"bands"``
+    Images in physical units ``(N, B, H, W)``, one plane per band, with
+    band names (``None`` where unknown) and optionally a pixel scale.
+``"triplet"``
+    Difference-imaging triplets ``(N, 3, H, W)``: science, reference, difference.
+"""
+import warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+from astropy.table import MaskedColumn, Table
+
+from ._flags import Flag
+from .exceptions import InputError
+
+__all__ = ["RawStamps", "prepare", "model_family", "result_columns", "BLANK_THRESHOLD",
+           "model_angular_grid"]
+
+#: Rows whose fraction of NaN/inf/blank pixels exceeds this get `Flag.BLANK`.
+BLANK_THRESHOLD = 0.05
+
+
+@dataclass
+class RawStamps:
+    """A batch of raw stamps of one kind (see the module docstring)."""
+
+    kind: str
+    data: np.ndarray
+    bands: tuple = None
+    #: Pixel scale in arcsec/pixel, scalar or (N,), or None when unknown.
+    pixel_scale: object = None
+    #: Per-row flags already known (e.g. EDGE from the cutout stage).
+    flags: np.ndarray = field(default=None)
+
+    def __post_init__(self):
+        if self.kind not in ("colour", "bands", "triplet"):
+            raise ValueError(f"unknown stamp kind {self.kind!r}")
+        if self.flags is None:
+            self.flags = np.zeros(len(self.data), dtype=np.int32)
+
+
+def model_family(card):
+    """``"optical"``, ``"radio"`` or ``"triplet"``: which preprocessing feeds a model."""
+    spec = card["input"]
+    family = spec.get("family")
+    if family:
+        return family
+    text = str(spec.get("preprocessing", "")).lower()
+    for key, fam in (("triplet", "triplet"), ("radio", "radio"), ("first", "radio"),
+                     ("optical", "optical"), ("colour", "optical"), ("gri", "optical")):
+        if key in text:
+            return fam
+    raise InputError(f"model {card['name']!r}: its card does not say which preprocessing "
+                     f"feeds it (input.preprocessing = {spec.get('preprocessing')!r})")
+
+
+def model_angular_grid(card):
+    """``(size_pix, pixel_scale_arcsec or None, kind)`` of the model's stamp on the sky.
+
+    For galaxy-scaled models (``kind == "petrosian"``) the pixel scale depends
+    on each galaxy and is ``None`` here; see `astromorph.annotate`.
+    """
+    size = card["input"].get("angular_size") or {}
+    kind = size.get("kind", "fixed")
+    npix = int(size.get("size_pix", card["input"]["shape"][-1]))
+    scale = size.get("pixel_scale_arcsec")
+    return npix, (None if scale is None else float(scale)), kind
+
+
+def _clean(data, flags):
+    """Fill non-finite pixels with the row median (0 where none is finite); flag them."""
+    data = np.asarray(data, dtype=np.float32)
+    bad = ~np.isfinite(data)
+    if bad.any():
+        axes = tuple(range(1, data.ndim))
+        frac = bad.mean(axis=axes)
+        flags |= np.where(frac > BLANK_THRESHOLD, int(Flag.BLANK), 0).astype(flags.dtype)
+        with warnings.catch_warnings():  # all-NaN rows: median NaN -> filled with 0 below
+            warnings.simplefilter("ignore", RuntimeWarning)
+            med = np.nanmedian(np.where(bad, np.nan, data).reshape(len(data), -1), axis=1)
+        med = np.nan_to_num(np.asarray(med, dtype=np.float32))
+        data = np.where(bad, med.reshape((-1,) + (1,) * (data.ndim - 1)), data)
+    flat = data.reshape(len(data), -1)
+    if flat.size:
+        constant = np.ptp(flat, axis=1) == 0
+        flags |= np.where(constant, int(Flag.CONSTANT), 0).astype(flags.dtype)
+    return data, flags
+
+
+def _optical(raw, card, crop_fraction):
+    from .preprocessing import _optical as opt
+
+    kw = {"size": card["input"]["shape"][-1]}
+    if crop_fraction is not None:
+        kw["crop_fraction"] = crop_fraction
+    flags = raw.flags.copy()
+    if raw.kind == "colour":
+        return opt.preprocess_colour_cutout(np.asarray(raw.data), **kw), flags
+    if raw.kind != "bands":
+        raise InputError(f"model {card['name']!r} takes colour images or g, r, i bands, "
+                         f"not {raw.kind} stamps")
+    data, flags = _clean(raw.data, flags)
+    nb = data.shape[1]
+    if nb == 1:
+        return opt.preprocess_single_band(data[:, 0], **kw), flags
+    if nb == 3:
+        names = [str(b).lower() if b else None for b in (raw.bands or (None,) * 3)]
+        if set(names) == {"g", "r", "i"}:
+            g, r, i = (data[:, names.index(b)] for b in "gri")
+        elif any(names):
+            raise InputError(f"model {card['name']!r} needs bands g, r, i; got {raw.bands}")
+        else:
+            g, r, i = data[:, 0], data[:, 1], data[:, 2]
+        return opt.preprocess_gri(g, r, i, **kw), flags
+    raise InputError(f"model {card['name']!r} takes 1 band or 3 bands (g, r, i); "
+                     f"got {nb} planes")
+
+
+def _radio(raw, card, crop_fraction):
+    from .preprocessing import _radio as rad
+
+    flags = raw.flags.copy()
+    data = np.asarray(raw.data)
+    if raw.kind == "colour":  # data-set style 8-bit grey PNG/JPEG
+        return rad.preprocess_dataset_image(data[..., 0]), flags
+    if raw.kind != "bands" or data.shape[1] != 1:
+        raise InputError(f"model {card['name']!r} takes one radio image per stamp; got "
+                         f"{raw.kind} stamps of shape {data.shape[1:]}")
+    if data.dtype == np.uint8:
+        return rad.preprocess_dataset_image(data[:, 0]), flags
+    data, flags = _clean(data, flags)
+    images = data[:, 0]
+    scale = raw.pixel_scale
+    if scale is not None:
+        scales = np.broadcast_to(np.asarray(scale, dtype=float), (len(images),))
+        resample = ~np.isclose(scales, rad.FIRST_PIXEL_SCALE_ARCSEC, rtol=1e-3)
+        if resample.any() or images.shape[-1] != rad.DATASET_IMAGE_PIXELS:
+            images = np.stack([rad.resample_to_first_grid(im, s) for im, s in zip(images, scales)])
+            flags |= np.where(scales > 2 * rad.FIRST_PIXEL_SCALE_ARCSEC,
+                              int(Flag.EXTRAPOLATED), 0).astype(flags.dtype)
+    return rad.preprocess_first_cutout(images), flags
+
+
+def _triplet(raw, card, crop_fraction):
+    from .preprocessing import _triplet as tri
+
+    flags = raw.flags.copy()
+    if raw.kind not in ("triplet", "bands") or np.shape(raw.data)[1] != 3:
+        raise InputError(f"model {card['name']!r} takes (science, reference, difference) "
+                         f"triplets; got {raw.kind} stamps of shape {np.shape(raw.data)[1:]}")
+    data = np.asarray(raw.data)
+    size = card["input"]["shape"][-1]
+    if raw.pixel_scale is not None or data.shape[-1] != size or data.shape[-2] != size:
+        scale = tri.TRIPLET_PIXEL_SCALE if raw.pixel_scale is None else raw.pixel_scale
+        scale = float(np.atleast_1d(scale)[0])
+        data, coverage = tri.resample_triplet(data, scale)
+        flags |= np.where(coverage < 0.999, int(Flag.EXTRAPOLATED), 0).astype(flags.dtype)
+    x, nan_fraction = tri.preprocess_triplet(data)
+    flags |= np.where(nan_fraction > BLANK_THRESHOLD, int(Flag.BLANK), 0).astype(flags.dtype)
+    flat = np.asarray(data, dtype=np.float32).reshape(len(data), 3, -1)
+    constant = np.any(np.nanmax(flat, axis=2) == np.nanmin(flat, axis=2), axis=1) \
+        if flat.size else np.zeros(0, bool)
+    flags |= np.where(constant, int(Flag.CONSTANT), 0).astype(flags.dtype)
+    return x, flags
+
+
+_FAMILIES = {"optical": _optical, "radio": _radio, "triplet": _triplet}
+
+
+def prepare(model, raw, *, crop_fraction=None):
+    """Network input and per-row flags for a batch of raw stamps.
+
+    Parameters
+    ----------
+    model : Model
+    raw : RawStamps
+    crop_fraction : float, optional
+        For galaxy-morphology models: fraction of the stamp kept around the
+        centre (default: the card's convention for full cutouts; `annotate`
+        passes 1.0 because it cuts exactly the network's field).
+
+    Returns
+    -------
+    x : numpy.ndarray, float32, (N, C, H, W)
+    flags : numpy.ndarray, int32, (N,)
+    """
+    family = model_family(model.card)
+    if family not in _FAMILIES:
+        raise InputError(f"model {model.name!r}: unknown preprocessing family {family!r}")
+    if len(raw.data) == 0:
+        return np.zeros((0, *model.input_shape), np.float32), raw.flags.copy()
+    with np.errstate(invalid="ignore", divide="ignore"):  # blank stamps in colour stretches
+        x, flags = _FAMILIES[family](raw, model.card, crop_fraction)
+    return np.asarray(x, dtype=np.float32), np.asarray(flags, dtype=np.int32)
+
+
+def result_columns(model, prediction, flags, valid):
+    """Table of the model's output columns, one row per input row.
+
+    Parameters
+    ----------
+    model : Model
+    prediction : Prediction or None
+        Outputs for the rows where ``valid`` is true (in order).
+    flags : numpy.ndarray of int, (N,)
+    valid : numpy.ndarray of bool, (N,)
+        Rows that were scored; the others get masked values.
+
+    Returns
+    -------
+    astropy.table.Table
+        Columns named by task: ``<prefix>_p_<label>`` and ``<prefix>_label``
+        for classifiers, ``<prefix>_score`` (e.g. ``rb_score``) for scores,
+        ``embedding`` (multidimensional float32) for embeddings,
+        ``<prefix>_<label>`` for regression outputs, and ``<prefix>_flags``.
+    """
+    n = len(flags)
+    valid = np.asarray(valid, dtype=bool)
+    prefix = model.card.get("column_prefix", model.name.replace("-", "_"))
+    table = Table()
+
+    def put(name, values, description, unit=None, fill=np.nan):
+        values = np.asarray(values)
+        full = np.zeros((n, *values.shape[1:]), dtype=values.dtype)
+        if values.dtype.kind == "f":
+            full[...] = fill
+        full[valid] = values
+        mask = np.broadcast_to(~valid.reshape((-1,) + (1,) * (full.ndim - 1)), full.shape)
+        table[name] = MaskedColumn(full, mask=mask.copy(), description=description, unit=unit)
+
+    for spec in model.card["outputs"]:
+        name, kind = spec["name"], spec.get("kind", "values")
+        values = prediction[name] if prediction is not None and valid.any() else \
+            np.zeros((0, *_output_tail(model, spec)), np.float32)
+        if kind == "probabilities":
+            for j, label in enumerate(spec["labels"]):
+                put(f"{prefix}_p_{label}", values[:, j].astype(np.float32),
+                    f"{model.name} probability of class {label!r}")
+            labels = np.asarray(spec["labels"])
+            best = labels[np.argmax(values, axis=1)] if len(values) else \
+                np.zeros(0, dtype=labels.dtype)
+            put(f"{prefix}_label", best, f"{model.name} most probable class")
+        elif kind == "score":
+            put(f"{prefix}_score", values.reshape(len(values)).astype(np.float32),
+                spec.get("description", f"{model.name} score in [0, 1]"))
+        elif kind == "embedding":
+            put("embedding", values.astype(np.float32),
+                spec.get("description", f"{model.name} L2-normalised embedding vector"))
+        else:
+            labels = spec.get("labels") or [str(j) for j in range(values.shape[1])]
+            for j, label in enumerate(labels):
+                put(f"{prefix}_{label}", values[:, j].astype(np.float32),
+                    f"{model.name} output {label!r}")
+    table[f"{prefix}_flags"] = np.asarray(flags, dtype=np.int32)
+    table[f"{prefix}_flags"].description = (
+        "astromorph quality bits (astromorph.Flag): 1 off image, 2 edge, 4 blank/NaN pixels, "
+        "8 no WCS, 16 extrapolated, 32 bad input, 64 constant stamp, 128 missing band")
+    return table
+
+
+def _output_tail(model, spec):
+    if spec.get("kind") == "probabilities":
+        return (len(spec["labels"]),)
+    if spec.get("kind") == "score":
+        return ()
+    return (int(spec.get("size", len(spec.get("labels", [])) or 1)),)

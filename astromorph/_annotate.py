@@ -1,0 +1,327 @@
+"""`annotate`: catalogue + images with WCS -> a copy of the table with model columns."""
+import logging
+import warnings
+
+import numpy as np
+from astropy import units as u
+from astropy.coordinates import SkyCoord
+from astropy.table import QTable, Table
+from astropy.wcs.utils import wcs_to_celestial_frame
+
+from ._adapters import RawStamps, model_family, prepare, result_columns, BLANK_THRESHOLD
+from ._cutouts import cut_stamps
+from ._flags import Flag
+from ._images import parse_sky_images
+from ._model import Model, load_model
+from ._progress import progress_bar
+from ._version import __version__
+from .exceptions import AstromorphWarning, InputError
+
+__all__ = ["annotate", "ANNOTATE_CHUNK"]
+
+log = logging.getLogger(__name__)
+
+#: Sources cut, preprocessed and scored together (bounds memory).
+ANNOTATE_CHUNK = 4096
+
+_RA_NAMES = ("ra", "RA", "RAJ2000", "ra_deg", "RA_deg", "ALPHA_J2000", "alpha", "raMean")
+_DEC_NAMES = ("dec", "DEC", "Dec", "DEJ2000", "dec_deg", "DEC_deg", "DELTA_J2000", "delta",
+              "decMean")
+#: Stamp pixels that must come from at least this many image pixels per stamp pixel
+#: (below, the stamp is upsampled by more than 2x: flagged EXTRAPOLATED).
+MIN_ZOOM = 0.5
+
+
+def _positions(table, ra_col, dec_col, coord_col):
+    """SkyCoord of every row and a mask of rows without a usable position."""
+    if coord_col is not None:
+        if coord_col not in table.colnames:
+            raise InputError(f"no column {coord_col!r} in the catalogue (columns: {table.colnames})")
+        coords = SkyCoord(table[coord_col])
+        return coords, np.zeros(len(coords), bool)
+    if ra_col is None and dec_col is None:
+        sky = [n for n in table.colnames if isinstance(table[n], SkyCoord)]
+        if sky:
+            return table[sky[0]], np.zeros(len(table), bool)
+    ra_col = ra_col or next((n for n in _RA_NAMES if n in table.colnames), None)
+    dec_col = dec_col or next((n for n in _DEC_NAMES if n in table.colnames), None)
+    missing = [name for name, col in (("RA", ra_col), ("Dec", dec_col)) if col is None]
+    if missing:
+        raise InputError(f"the catalogue has no {' or '.join(missing)} column (columns: "
+                         f"{table.colnames}); pass ra_col=/dec_col= or a SkyCoord column")
+    for col in (ra_col, dec_col):
+        if col not in table.colnames:
+            raise InputError(f"no column {col!r} in the catalogue (columns: {table.colnames})")
+
+    def degrees(col):
+        c = table[col]
+        unit = getattr(c, "unit", None)
+        values = np.asarray(getattr(c, "value", c), dtype=float)
+        if hasattr(c, "mask"):
+            values = np.where(np.ma.getmaskarray(c), np.nan, np.ma.getdata(values))
+        return (values * (unit or u.deg)).to_value(u.deg)
+
+    ra, dec = degrees(ra_col), degrees(dec_col)
+    bad = ~(np.isfinite(ra) & np.isfinite(dec)) | (np.abs(dec) > 90)
+    ra, dec = np.where(bad, 0.0, ra), np.where(bad, 0.0, dec)
+    return SkyCoord(ra * u.deg, dec * u.deg), bad
+
+
+def _size_values(table, size_col, n):
+    if size_col is None:
+        return None
+    if size_col not in table.colnames:
+        raise InputError(f"no size column {size_col!r} in the catalogue (columns: {table.colnames})")
+    col = table[size_col]
+    unit = getattr(col, "unit", None)
+    values = np.ma.filled(np.ma.asarray(getattr(col, "value", col), dtype=float), np.nan)
+    return (values * (unit or u.arcsec)).to_value(u.arcsec)
+
+
+def _grid(model, family, n, sizes, stamp_size):
+    """Stamp side in pixels, per-source pixel scale (arcsec), crop fraction, bad rows."""
+    spec = model.card["input"].get("angular_size") or {}
+    bad = np.zeros(n, bool)
+    if family == "optical":
+        from .preprocessing import _optical
+
+        npix = model.input_shape[-1]
+        if stamp_size is not None:
+            side = np.full(n, u.Quantity(stamp_size, u.arcsec).to_value(u.arcsec))
+        elif sizes is not None:
+            factor = spec.get("stamp_size_per_petro_r90",
+                              _optical.stamp_size_from_petrosian(1.0))
+            side = factor * sizes
+        elif spec.get("pixel_scale_arcsec"):
+            side = np.full(n, spec["pixel_scale_arcsec"] * npix)
+        else:
+            raise InputError(
+                f"model {model.name!r} expects galaxy-scaled stamps ({spec.get('kind')}): pass "
+                "size_col= (a Petrosian R90 radius column) or stamp_size= (the stamp side)")
+        bad = ~(np.isfinite(side) & (side > 0))
+        return npix, np.where(bad, 1.0, side) / npix, 1.0, bad
+    if family == "radio":
+        from .preprocessing import _radio
+
+        npix = int(spec.get("size_pix", _radio.DATASET_IMAGE_PIXELS))
+        scale = float(spec.get("pixel_scale_arcsec", _radio.FIRST_PIXEL_SCALE_ARCSEC))
+        return npix, np.full(n, scale), None, bad
+    npix = int(spec.get("size_pix", model.input_shape[-1]))
+    scale = float(spec.get("pixel_scale_arcsec", 1.0))
+    return npix, np.full(n, scale), None, bad
+
+
+def _band_plan(model, family, groups):
+    """Bands (image groups) to cut, in the order the preprocessing wants them."""
+    names = list(groups)
+    if family == "triplet":
+        need = ["science", "reference", "difference"]
+        missing = [b for b in need if b not in groups]
+        if missing:
+            raise InputError(f"model {model.name!r} needs science, reference and difference "
+                             f"images; missing {missing} (image bands found: {names}; set "
+                             "EXTNAME/BAND in the headers or pass a dict of images)")
+        return need
+    if family == "optical" and {"g", "r", "i"} <= set(groups):
+        return ["g", "r", "i"]
+    if len(names) == 1:
+        return names
+    pick = next((b for b in ("r", "i", "g") if b in groups), names[0])
+    warnings.warn(f"model {model.name!r}: images of bands {names} given; using band {pick!r} "
+                  "alone (the model takes g, r and i together, or one band)",
+                  AstromorphWarning, stacklevel=3)
+    return [pick]
+
+
+def _cut_band(images, coords, npix, scale, rows):
+    """Stamps of the sources ``rows`` from the best image of one band (mosaic aware)."""
+    n = len(rows)
+    stamps = np.full((n, npix, npix), np.nan, np.float32)
+    flags = np.zeros(n, np.int32)
+    best_margin = np.full(n, -np.inf)
+    best_image = np.full(n, -1)
+    frames = {}
+    sky = []
+    for k, image in enumerate(images):
+        frame = wcs_to_celestial_frame(image.wcs)
+        key = frame.name + str(getattr(frame, "equinox", ""))
+        if key not in frames:
+            c = coords[rows].transform_to(frame)
+            frames[key] = (c.spherical.lon.deg, c.spherical.lat.deg)
+        lon, lat = frames[key]
+        sky.append((lon, lat))
+        px, py = image.wcs.world_to_pixel_values(lon, lat)
+        ny, nx = image.shape
+        margin = np.minimum.reduce([px + 0.5, nx - 0.5 - px, py + 0.5, ny - 0.5 - py])
+        margin = np.where(np.isfinite(margin), margin, -np.inf)
+        better = margin > best_margin
+        best_margin[better] = margin[better]
+        best_image[better] = k
+    off = best_margin < 0
+    flags[off] |= Flag.OFF_IMAGE
+    for k, image in enumerate(images):
+        sel = np.flatnonzero((best_image == k) & ~off)
+        if not len(sel):
+            continue
+        lon, lat = sky[k]
+        res = cut_stamps(image, lon[sel], lat[sel], size=npix, pixel_scale=scale[rows][sel])
+        stamps[sel] = res.stamps
+        flags[sel] |= np.where(res.outside > 0, int(Flag.EDGE), 0).astype(np.int32)
+        flags[sel] |= np.where(res.blank > BLANK_THRESHOLD, int(Flag.BLANK), 0).astype(np.int32)
+        flags[sel] |= np.where(res.zoom < MIN_ZOOM, int(Flag.EXTRAPOLATED), 0).astype(np.int32)
+    return stamps, flags
+
+
+def annotate(table, images, *, model, ra_col=None, dec_col=None, coord_col=None,
+             size_col=None, stamp_size=None, bands=None, on_conflict="error",
+             batch_size=256, providers=None, threads=None, progress=None):
+    """Add model columns to a copy of a catalogue, from images with a WCS.
+
+    Each source gets a stamp resampled from the image that contains it (the
+    one where it lies farthest from the edge, so tiled mosaics just work) onto
+    the model's angular grid, with the WCS honoured (rotation, flips, SIP
+    distortion); the stamps are preprocessed exactly as in training and
+    scored in batches.
+
+    Parameters
+    ----------
+    table : astropy.table.Table or QTable
+        The catalogue; it is not modified.
+    images : path, HDU, HDUList, NDData, (array, WCS), list of these, or dict
+        Images with a celestial WCS. A dict maps bands (``"g"``, ``"r"``,
+        ``"i"``; ``"science"``, ``"reference"``, ``"difference"``) to an
+        image or a list of tiles; otherwise bands come from the FITS headers
+        or ``bands=``. FITS files are memory-mapped.
+    model : str, path or Model
+        A shipped model name (e.g. ``"morphology"``), a model path, or a
+        loaded `Model`.
+    ra_col, dec_col : str, optional
+        RA and Dec columns (degrees, or Quantity). Default: the first
+        SkyCoord column, else common names (``ra``/``dec``, ``RAJ2000``...).
+    coord_col : str, optional
+        A SkyCoord column to use.
+    size_col : str, optional
+        For galaxy-scaled models: a column of Petrosian R90 radii (arcsec
+        unless it has a unit); the stamp spans the multiple of it that the
+        model card records (``angular_size.stamp_size_per_petro_r90``).
+    stamp_size : Quantity or float, optional
+        Stamp side (arcsec) for every source, instead of ``size_col``.
+    bands : sequence of str, optional
+        Band of each image in a list of images.
+    on_conflict : {"error", "suffix", "replace"}
+        What to do when a new column name already exists: raise
+        `~astromorph.exceptions.InputError` (default), add ``_2``, ``_3``...
+        to the new name, or replace the existing column.
+    batch_size, providers, threads : optional
+        Passed to `load_model` and `Model.predict`.
+    progress : bool or None
+        Progress bar (default: on a terminal, for long runs).
+
+    Returns
+    -------
+    Table or QTable
+        A copy of ``table`` with the model's columns (see
+        `astromorph.predict_files` for their names) and ``<prefix>_flags``
+        (bits of `astromorph.Flag`). Rows that could not be scored (off
+        every image, missing band, bad size) have masked outputs.
+    """
+    if not isinstance(table, Table):
+        raise InputError(f"annotate needs an astropy Table or QTable, got {type(table).__name__}")
+    if on_conflict not in ("error", "suffix", "replace"):
+        raise ValueError(f"on_conflict must be 'error', 'suffix' or 'replace', got {on_conflict!r}")
+    if not isinstance(model, Model):
+        model = load_model(model, providers=providers, threads=threads)
+    family = model_family(model.card)
+    out = table.copy()
+    n = len(out)
+    sky_images = parse_sky_images(images, bands=bands)
+    groups = {}
+    for im in sky_images:
+        groups.setdefault(im.band or "unknown", []).append(im)
+    plan = _band_plan(model, family, groups)
+
+    coords, bad_pos = _positions(out, ra_col, dec_col, coord_col)
+    sizes = _size_values(out, size_col, n)
+    npix, scale, crop, bad_size = _grid(model, family, n, sizes, stamp_size)
+
+    flags = np.zeros(n, np.int32)
+    flags[bad_pos | bad_size] |= Flag.BAD_INPUT
+    valid = np.zeros(n, bool)
+    predictions = []
+    with progress_bar(n, desc=f"annotate {model.name}", unit="src", enabled=progress,
+                      min_total=ANNOTATE_CHUNK) as bar:
+        for start in range(0, n, ANNOTATE_CHUNK):
+            rows = np.arange(start, min(start + ANNOTATE_CHUNK, n))
+            stack, chunk_flags = [], np.zeros(len(rows), np.int32)
+            for band in plan:
+                stamps, f = _cut_band(groups[band], coords, npix, scale, rows)
+                stack.append(stamps)
+                chunk_flags |= f
+            chunk_flags |= flags[rows]
+            usable = (chunk_flags & int(Flag.unusable())) == 0
+            kind = "triplet" if family == "triplet" else "bands"
+            raw = RawStamps(kind, np.stack(stack, axis=1)[usable], bands=tuple(plan),
+                            pixel_scale=scale[rows][usable], flags=chunk_flags[usable])
+            x, prepared_flags = prepare(model, raw, crop_fraction=crop)
+            chunk_flags[usable] = prepared_flags
+            flags[rows] = chunk_flags
+            if len(x):
+                predictions.append(model.predict(x, batch_size=batch_size, progress=False))
+            valid[rows[usable]] = True
+            bar.update(len(rows))
+    prediction = _concat(predictions)
+    columns = result_columns(model, prediction, flags, valid)
+    _add_columns(out, columns, on_conflict)
+    out.meta.update(_provenance(model, sky_images))
+    n_off = int(np.count_nonzero(flags & Flag.OFF_IMAGE))
+    if n_off:
+        log.info("%d of %d sources lie outside every image", n_off, n)
+    return out
+
+
+def _concat(predictions):
+    if not predictions:
+        return None
+    if len(predictions) == 1:
+        return predictions[0]
+    from ._model import Prediction
+
+    keys = list(predictions[0])
+    return Prediction({k: np.concatenate([p[k] for p in predictions]) for k in keys},
+                      list(predictions[0]._outputs.values()))
+
+
+def _add_columns(table, columns, on_conflict):
+    clashes = [c for c in columns.colnames if c in table.colnames]
+    if clashes and on_conflict == "error":
+        raise InputError(f"the catalogue already has column(s) {clashes}; pass "
+                         "on_conflict='suffix' (or 'replace') to annotate anyway")
+    for name in columns.colnames:
+        new = name
+        if name in table.colnames:
+            if on_conflict == "replace":
+                table.remove_column(name)
+            else:
+                k = 2
+                while f"{name}_{k}" in table.colnames:
+                    k += 1
+                new = f"{name}_{k}"
+        col = columns[name]
+        if isinstance(table, QTable) and getattr(col, "unit", None) is not None:
+            table[new] = col.quantity if hasattr(col, "quantity") else col
+        else:
+            table[new] = col
+
+
+def _provenance(model, images=()):
+    """Flat, FITS-friendly provenance keywords for table meta."""
+    meta = {
+        "astromorph_version": __version__,
+        "astromorph_model": model.name,
+        "astromorph_model_version": str(model.version),
+        "astromorph_model_sha256": model.sha256,
+        "astromorph_providers": ",".join(model.providers),
+    }
+    if images:
+        meta["astromorph_images"] = ",".join(sorted({im.name.split("[")[0] for im in images}))
+    return meta

@@ -1,0 +1,265 @@
+"""Vectorised, WCS-aware stamps of many sources from (memory-mapped) images.
+
+Each stamp is a square grid of ``size`` pixels of ``pixel_scale`` arcsec on
+the tangent plane of its source, north up and east left (FITS orientation:
+row 0 at the bottom). Its pixel centres are mapped into the image in one go:
+
+1. the exact WCS transform (`astropy.wcs.WCS.world_to_pixel_values`, SIP and
+   other distortions included) is evaluated on a 3 x 3 grid of nodes per
+   stamp (corners, edge mid-points, centre);
+2. those node positions are interpolated quadratically to every stamp pixel
+   (exact for a WCS that is locally quadratic over the stamp, far below
+   0.01 pixel for TAN/SIP images on stamp scales);
+3. the image is sampled by bilinear interpolation, as ``reproject_interp``
+   does, with a vectorised gather of the four neighbours from the flat,
+   memory-mapped data; where a stamp pixel covers several image pixels the
+   image is first block-averaged by that factor (an image pyramid, made once
+   per image and factor) so that downsampling does not alias.
+
+No step loops over sources in Python: sources are processed in chunks of
+array operations, and only the image pages under the stamps are read.
+"""
+import logging
+
+import numpy as np
+
+__all__ = ["SkyImage", "StampResult", "cut_stamps", "STAMP_CHUNK"]
+
+log = logging.getLogger(__name__)
+
+#: Sources per vectorised chunk (bounds memory: chunk * size**2 * ~100 bytes).
+STAMP_CHUNK = 512
+
+_ARCSEC = np.pi / (180.0 * 3600.0)
+
+
+class SkyImage:
+    """A 2D image with a celestial WCS, readable without loading it whole.
+
+    Parameters
+    ----------
+    data : numpy.ndarray
+        2D pixel array; may be a `numpy.memmap`. For integer FITS data pass the
+        raw (unscaled) array with ``bscale``, ``bzero`` and ``blank``.
+    wcs : astropy.wcs.WCS
+        Celestial WCS of the image (2 pixel axes).
+    name : str
+        For messages and provenance.
+    band : str or None
+        Band or role (``"g"``, ``"science"``...), where known.
+    """
+
+    def __init__(self, data, wcs, *, name="image", band=None, bscale=1.0, bzero=0.0, blank=None,
+                 hold=None):
+        if data.ndim != 2:
+            raise ValueError(f"{name}: expected a 2D image, got shape {data.shape}")
+        self.data, self.wcs, self.name, self.band = data, wcs, name, band
+        self.bscale, self.bzero, self.blank = float(bscale), float(bzero), blank
+        self.shape = data.shape
+        #: Float data needing no scaling or BLANK handling (sampled directly).
+        self.plain = (data.dtype.kind == "f" and blank is None and self.bscale == 1.0
+                      and self.bzero == 0.0)
+        self._flat = data.reshape(-1) if data.flags.c_contiguous else None
+        self._levels = {1: self}
+        self._hold = hold  # keeps an HDUList (and its memory map) open
+
+    def __repr__(self):
+        return f"<SkyImage {self.name} {self.shape[1]}x{self.shape[0]} band={self.band}>"
+
+    def take(self, flat_index):
+        """Pixel values (float32, scaled, BLANK -> NaN) at flat indices."""
+        if self._flat is not None:
+            raw = self._flat[flat_index]
+        else:
+            raw = self.data[np.unravel_index(flat_index, self.shape)]
+        values = raw.astype(np.float32)
+        if self.blank is not None:
+            values[raw == self.blank] = np.nan
+        if self.bscale != 1.0 or self.bzero != 0.0:
+            values = values * np.float32(self.bscale) + np.float32(self.bzero)
+        return values
+
+    def level(self, factor):
+        """This image block-averaged by ``factor`` (NaN-aware), cached."""
+        if factor not in self._levels:
+            ny, nx = self.shape[0] // factor, self.shape[1] // factor
+            out = np.empty((ny, nx), np.float32)
+            strip = max(1, (1 << 22) // max(self.shape[1], 1) // factor) * factor
+            for y0 in range(0, ny * factor, strip):  # row strips: bounded memory
+                y1 = min(y0 + strip, ny * factor)
+                rows = np.arange(y0, y1)[:, None] * self.shape[1] + np.arange(nx * factor)[None]
+                block = self.take(rows.ravel()).reshape(y1 - y0, nx * factor)
+                block = block.reshape((y1 - y0) // factor, factor, nx, factor)
+                good = np.isfinite(block)
+                total = np.where(good, block, 0).sum(axis=(1, 3))
+                count = good.sum(axis=(1, 3))
+                with np.errstate(invalid="ignore", divide="ignore"):
+                    out[y0 // factor:y1 // factor] = np.where(count > 0, total / count, np.nan)
+            binned = SkyImage(out, None, name=f"{self.name}/{factor}", band=self.band)
+            self._levels[factor] = binned
+        return self._levels[factor]
+
+
+class StampResult:
+    """Stamps and per-stamp diagnostics from `cut_stamps`.
+
+    Attributes
+    ----------
+    stamps : numpy.ndarray, float32, (N, size, size)
+        NaN where the stamp falls outside the image or on blank pixels.
+    outside : numpy.ndarray, (N,)
+        Fraction of stamp pixels outside the image.
+    blank : numpy.ndarray, (N,)
+        Fraction of stamp pixels inside the image that are NaN/inf/BLANK.
+    zoom : numpy.ndarray, (N,)
+        Image pixels per stamp pixel (>1 downsampling, <1 upsampling).
+    """
+
+    def __init__(self, stamps, outside, blank, zoom):
+        self.stamps, self.outside, self.blank, self.zoom = stamps, outside, blank, zoom
+
+
+def _tangent_to_sky(lon0, lat0, xi, eta):
+    """Inverse gnomonic projection (radians) about (lon0, lat0); arrays broadcast."""
+    rho = np.hypot(xi, eta)
+    c = np.arctan(rho)
+    sin_c, cos_c = np.sin(c), np.cos(c)
+    sin_d0, cos_d0 = np.sin(lat0), np.cos(lat0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ratio = np.where(rho > 0, eta * sin_c / np.where(rho > 0, rho, 1), 0.0)
+    lat = np.arcsin(np.clip(cos_c * sin_d0 + ratio * cos_d0, -1, 1))
+    lon = lon0 + np.arctan2(xi * sin_c, rho * cos_d0 * cos_c - eta * sin_d0 * sin_c)
+    return lon, lat
+
+
+def _lagrange3(u):
+    """Quadratic Lagrange weights for nodes at -1, 0, 1; shape (len(u), 3)."""
+    u = np.asarray(u, dtype=np.float64)
+    return np.stack([0.5 * u * (u - 1), 1 - u * u, 0.5 * u * (u + 1)], axis=-1)
+
+
+def _pixel_maps(wcs, lon, lat, size, scale_arcsec):
+    """Image pixel coordinates (x, y) of every stamp pixel: two (N, size, size) arrays."""
+    c = (size - 1) / 2.0
+    nodes = np.array([-1.0, 0.0, 1.0])
+    # node (a, b): stamp row offset nodes[a]*c, column offset nodes[b]*c (pixels).
+    half = (c * scale_arcsec * _ARCSEC)[:, None, None]
+    eta = nodes[None, :, None] * half                   # north: rows increase
+    xi = -nodes[None, None, :] * half                   # east: columns decrease
+    lon0 = np.radians(lon)[:, None, None]
+    lat0 = np.radians(lat)[:, None, None]
+    nlon, nlat = _tangent_to_sky(lon0, lat0, xi * np.ones_like(eta), eta * np.ones_like(xi))
+    nx, ny = wcs.world_to_pixel_values(np.degrees(nlon).ravel(), np.degrees(nlat).ravel())
+    nx = np.asarray(nx).reshape(-1, 3, 3)
+    ny = np.asarray(ny).reshape(-1, 3, 3)
+    # interpolate offsets from the central node in float32 (exact enough, twice as fast)
+    x0, y0 = nx[:, 1, 1, None, None], ny[:, 1, 1, None, None]
+    weights = _lagrange3((np.arange(size) - c) / c if c else np.zeros(size)).astype(np.float32)
+    dxn = (nx - x0).astype(np.float32)
+    dyn = (ny - y0).astype(np.float32)
+    # float32 coordinates: 6e-3 pixel precision even 10^5 pixels from the origin
+    xy = np.empty((2, len(nx), size, size), np.float32)
+    np.matmul(weights @ dxn, weights.T, out=xy[0])  # sum_ab w_ia d_nab w_jb
+    np.matmul(weights @ dyn, weights.T, out=xy[1])
+    xy[0] += x0.astype(np.float32)
+    xy[1] += y0.astype(np.float32)
+    # image pixels per stamp pixel, from the node spacing (mean of both axes)
+    dx = np.hypot(nx[:, 1, 2] - nx[:, 1, 0], ny[:, 1, 2] - ny[:, 1, 0])
+    dy = np.hypot(nx[:, 2, 1] - nx[:, 0, 1], ny[:, 2, 1] - ny[:, 0, 1])
+    zoom = 0.5 * (dx + dy) / max(size - 1, 1)
+    return xy, zoom
+
+
+def _bilinear(image, xy):
+    """Bilinear samples at pixel coordinates (0-based centres); NaN outside [-0.5, n-0.5].
+
+    Like ``reproject_interp``, points in the outer half pixel take the edge
+    value. Plain float data go through `scipy.ndimage.map_coordinates`, which
+    reads a memory map page by page; scaled integer data through `SkyImage.take`.
+    """
+    ny, nx = image.shape
+    x, y = xy
+    # the stamp grids are smooth: a stamp is inside when its border is
+    border = np.concatenate([x[:, [0, -1], :].reshape(len(x), -1), x[:, :, [0, -1]].reshape(len(x), -1)], 1), \
+        np.concatenate([y[:, [0, -1], :].reshape(len(y), -1), y[:, :, [0, -1]].reshape(len(y), -1)], 1)
+    edge = ((border[0].min(1) < -0.5) | (border[0].max(1) > nx - 0.5)
+            | (border[1].min(1) < -0.5) | (border[1].max(1) > ny - 0.5))
+    inside = np.ones(x.shape, bool)
+    if edge.any():
+        xe, ye = x[edge], y[edge]
+        inside[edge] = (xe >= -0.5) & (xe <= nx - 0.5) & (ye >= -0.5) & (ye <= ny - 0.5)
+    if image.plain:
+        from scipy.ndimage import map_coordinates
+
+        out = np.empty(x.shape, np.float32)
+        map_coordinates(image.data, xy[::-1].reshape(2, -1), output=out.reshape(-1),
+                        order=1, mode="nearest", prefilter=False)
+    else:
+        xc = np.clip(x, 0, nx - 1)
+        yc = np.clip(y, 0, ny - 1)
+        x0 = np.minimum(np.floor(xc).astype(np.int64), max(nx - 2, 0))
+        y0 = np.minimum(np.floor(yc).astype(np.int64), max(ny - 2, 0))
+        fx = (xc - x0).astype(np.float32)
+        fy = (yc - y0).astype(np.float32)
+        base = y0 * nx + x0
+        step_x = 1 if nx > 1 else 0
+        step_y = nx if ny > 1 else 0
+        v00 = image.take(base)
+        v01 = image.take(base + step_x)
+        v10 = image.take(base + step_y)
+        v11 = image.take(base + step_x + step_y)
+        top = v00 + fx * (v01 - v00)
+        out = top + fy * (v10 + fx * (v11 - v10) - top)
+    if edge.any():
+        out[~inside] = np.nan
+    return out, inside
+
+
+def cut_stamps(image, lon, lat, *, size, pixel_scale, chunk=STAMP_CHUNK, antialias=True):
+    """Resample stamps of many sources from one image onto their tangent-plane grids.
+
+    Parameters
+    ----------
+    image : SkyImage
+    lon, lat : array_like, (N,)
+        Source positions in degrees, in the celestial frame of ``image.wcs``.
+    size : int
+        Stamp side in pixels.
+    pixel_scale : float or array_like (N,)
+        Stamp pixel scale in arcsec/pixel (per source for galaxy-scaled stamps).
+    antialias : bool
+        Block-average the image before sampling where stamp pixels cover
+        two or more image pixels.
+
+    Returns
+    -------
+    StampResult
+    """
+    lon = np.atleast_1d(np.asarray(lon, dtype=np.float64))
+    lat = np.atleast_1d(np.asarray(lat, dtype=np.float64))
+    scale = np.broadcast_to(np.asarray(pixel_scale, dtype=np.float64), lon.shape)
+    n = len(lon)
+    stamps = np.empty((n, size, size), np.float32)  # every row is written below
+    outside = np.zeros(n)
+    blank = np.zeros(n)
+    zoom = np.ones(n)
+    for start in range(0, n, chunk):
+        sl = slice(start, min(start + chunk, n))
+        xy, z = _pixel_maps(image.wcs, lon[sl], lat[sl], size, scale[sl])
+        zoom[sl] = z
+        factor = np.maximum(np.floor(z), 1).astype(int) if antialias else np.ones(len(z), int)
+        for f in np.unique(factor):  # a handful of pyramid levels, not sources
+            rows = np.flatnonzero(factor == f)
+            level = image.level(int(f))
+            # centre of block k of the binned image is at original pixel f*k + (f-1)/2
+            sub = xy[:, rows] if f > 1 or len(rows) < len(z) else xy
+            if f > 1:
+                sub = (sub - np.float32((f - 1) / 2.0)) / np.float32(f)
+            values, inside = _bilinear(level, sub)
+            stamps[start + rows] = values
+            n_in = inside.sum(axis=(1, 2))
+            outside[start + rows] = 1 - n_in / size ** 2
+            n_nan = np.isnan(values).sum(axis=(1, 2))  # NaN inside = blank pixels
+            blank[start + rows] = np.where(
+                n_in > 0, (n_nan - (size ** 2 - n_in)) / np.maximum(n_in, 1), 0)
+    return StampResult(stamps, outside, blank, zoom)

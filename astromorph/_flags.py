@@ -1,0 +1,36 @@
+"""Per-row quality flags shared by `annotate` and `predict_files`."""
+import enum
+
+__all__ = ["Flag", "describe_flags"]
+
+
+class Flag(enum.IntFlag):
+    """Bits of the ``<prefix>_flags`` column. Zero means a clean stamp."""
+
+    #: The source lies outside every image (no stamp; outputs masked).
+    OFF_IMAGE = 1
+    #: The stamp runs over the image edge; the missing part was filled.
+    EDGE = 2
+    #: NaN, inf or BLANK pixels (or masked ones) above the threshold, filled before scoring.
+    BLANK = 4
+    #: The image has no (celestial) WCS, so the stamp could not be placed or scaled.
+    NO_WCS = 8
+    #: Resampling extrapolated: the model grid is much finer than the data, or the
+    #: stamp does not cover the model's field.
+    EXTRAPOLATED = 16
+    #: The input could not be used at all (unreadable, corrupt, wrong shape); outputs masked.
+    BAD_INPUT = 32
+    #: The stamp is constant (e.g. all zero): outputs are not meaningful.
+    CONSTANT = 64
+    #: A band or triplet member is missing.
+    MISSING_BAND = 128
+
+    @classmethod
+    def unusable(cls):
+        """Flags that leave no stamp to score (outputs are masked)."""
+        return cls.OFF_IMAGE | cls.BAD_INPUT | cls.MISSING_BAND
+
+
+def describe_flags(value):
+    """Names of the bits set in ``value``, e.g. ``'EDGE|BLANK'`` (``''`` for 0)."""
+    return "|".join(f.name for f in Flag if int(value) & f)

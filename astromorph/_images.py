@@ -1,0 +1,178 @@
+"""One parser for every way of passing sky images: paths, HDUs, NDData, (array, WCS)."""
+import logging
+import os
+import re
+import warnings
+
+import numpy as np
+from astropy.io import fits
+from astropy.utils.exceptions import AstropyWarning
+from astropy.wcs import WCS, FITSFixedWarning
+
+from ._cutouts import SkyImage
+from .exceptions import InputError
+
+__all__ = ["parse_sky_images", "band_of_header"]
+
+log = logging.getLogger(__name__)
+
+_BAND_KEYS = ("BAND", "FILTER", "FILTNAM1", "FILTER1", "FILTNAME")
+_ROLE_NAMES = {"science": "science", "sci": "science", "new": "science",
+               "reference": "reference", "ref": "reference", "template": "reference",
+               "templ": "reference", "difference": "difference", "diff": "difference"}
+
+
+def band_of_header(header):
+    """Band (``"g"``, ``"r"``...) or triplet role from a FITS header, else ``None``."""
+    extname = str(header.get("EXTNAME", "")).strip().lower()
+    if extname in _ROLE_NAMES:
+        return _ROLE_NAMES[extname]
+    for key in _BAND_KEYS:
+        value = str(header.get(key, "")).strip()
+        if value:
+            m = re.search(r"(?:^|[\s_'.-])([ugrizyUGRIZY])(?:$|[\s_'.-]|\d)", f" {value} ")
+            if m:
+                return m.group(1).lower()
+            return value.lower()
+    return None
+
+
+def _celestial_wcs(header, name):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FITSFixedWarning)
+        try:
+            wcs = WCS(header, naxis=2) if header else None
+        except Exception as exc:  # noqa: BLE001 - astropy raises many WCS error types
+            raise InputError(f"{name}: its WCS cannot be parsed: {exc}") from exc
+    if wcs is None or not wcs.has_celestial:
+        raise InputError(f"{name}: no celestial WCS (CTYPE = "
+                         f"{None if wcs is None else list(wcs.wcs.ctype)}); annotate needs "
+                         "RA/Dec axes to place sources")
+    return wcs.celestial
+
+
+def _from_hdu(hdu, name, hold=None):
+    if hdu.data is None or hdu.header.get("NAXIS", 0) < 2:
+        raise InputError(f"{name}: the HDU holds no image")
+    data = hdu.data
+    if data.ndim > 2:
+        squeezed = np.squeeze(data)
+        if squeezed.ndim != 2:
+            raise InputError(f"{name}: expected a 2D image, got shape {data.shape}")
+        data = squeezed
+    header = hdu.header
+    wcs = _celestial_wcs(header, name)
+    scaled = (data.dtype.kind in "iu" and ("BSCALE" in header or "BZERO" in header
+                                           or "BLANK" in header))
+    return SkyImage(data, wcs, name=name, band=band_of_header(header),
+                    bscale=header.get("BSCALE", 1.0) if scaled else 1.0,
+                    bzero=header.get("BZERO", 0.0) if scaled else 0.0,
+                    blank=header.get("BLANK") if scaled else None, hold=hold)
+
+
+def _from_path(path):
+    name = os.fspath(path)
+    if not os.path.exists(name):
+        raise InputError(f"image {name!r} does not exist")
+    try:
+        # raw (unscaled) data stay memory-mapped; SkyImage applies BSCALE/BZERO/BLANK
+        hdul = fits.open(name, memmap=True, do_not_scale_image_data=True, mode="readonly",
+                         lazy_load_hdus=False)
+    except (OSError, ValueError) as exc:
+        raise InputError(f"{name}: not a readable FITS file ({exc})") from exc
+    images = []
+    errors = []
+    for k, hdu in enumerate(hdul):
+        if not isinstance(hdu, (fits.PrimaryHDU, fits.ImageHDU, fits.CompImageHDU)):
+            continue
+        if hdu.header.get("NAXIS", 0) < 2:
+            continue
+        try:
+            images.append(_from_hdu(hdu, f"{name}[{k}]", hold=hdul))
+        except InputError as exc:
+            errors.append(str(exc))
+        except (OSError, ValueError, TypeError) as exc:
+            errors.append(f"{name}[{k}]: cannot read the data ({exc})")
+    if not images:
+        raise InputError("; ".join(errors) or f"{name}: no image HDU")
+    return images
+
+
+def _parse_one(obj, band=None):
+    if isinstance(obj, (str, os.PathLike)):
+        images = _from_path(obj)
+    elif isinstance(obj, fits.HDUList):
+        images = [_from_hdu(h, f"HDUList[{k}]") for k, h in enumerate(obj)
+                  if h.is_image and h.header.get("NAXIS", 0) >= 2]
+    elif isinstance(obj, (fits.PrimaryHDU, fits.ImageHDU, fits.CompImageHDU)):
+        # astropy has applied BSCALE/BZERO already: no scaling here
+        hdu = obj
+        header = hdu.header
+        images = [SkyImage(np.asarray(hdu.data), _celestial_wcs(header, "HDU"), name="HDU",
+                           band=band_of_header(header))]
+    elif isinstance(obj, tuple) and len(obj) == 2:
+        data, wcs = obj
+        if isinstance(wcs, fits.Header):
+            wcs = _celestial_wcs(wcs, "(array, header)")
+        if not isinstance(wcs, WCS) or not wcs.has_celestial:
+            raise InputError("an (array, wcs) image needs a celestial astropy.wcs.WCS, got "
+                             f"{type(wcs).__name__}")
+        images = [SkyImage(np.asarray(data), wcs.celestial, name="array")]
+    elif hasattr(obj, "data") and hasattr(obj, "wcs"):  # NDData, CCDData
+        if obj.wcs is None:
+            raise InputError(f"{type(obj).__name__} image has no WCS")
+        wcs = obj.wcs if isinstance(obj.wcs, WCS) else getattr(obj.wcs, "low_level_wcs", None)
+        if not isinstance(wcs, WCS) or not wcs.has_celestial:
+            raise InputError(f"{type(obj).__name__} image needs a celestial FITS WCS")
+        data = np.asarray(obj.data, dtype=float)
+        mask = getattr(obj, "mask", None)
+        if mask is not None:
+            data = np.where(np.asarray(mask, bool), np.nan, data)
+        images = [SkyImage(data, wcs.celestial, name=type(obj).__name__,
+                           band=(obj.meta or {}).get("band"))]
+    else:
+        raise InputError(f"cannot use {type(obj).__name__} as an image: pass a FITS path, an "
+                         "HDU/HDUList, an NDData with WCS, or an (array, WCS) pair")
+    if band is not None:
+        for im in images:
+            im.band = band
+    return images
+
+
+def parse_sky_images(images, *, bands=None):
+    """Turn every accepted way of giving images into a list of `SkyImage`.
+
+    Parameters
+    ----------
+    images : path, HDU, HDUList, NDData, (array, WCS), a list of these, or a dict
+        A dict maps band (or triplet role) names to an image or a list of
+        images (mosaic tiles), e.g. ``{"g": "g.fits", "r": [...], "i": ...}``.
+        Otherwise bands come from the FITS headers (BAND/FILTER keywords or an
+        EXTNAME such as SCIENCE/REFERENCE/DIFFERENCE).
+    bands : sequence of str, optional
+        Band of each entry of a list of images, in order.
+
+    Returns
+    -------
+    list of SkyImage
+    """
+    if isinstance(images, dict):
+        out = []
+        for band, value in images.items():
+            values = value if isinstance(value, (list, tuple)) and not (
+                isinstance(value, tuple) and len(value) == 2 and isinstance(value[1], WCS)) \
+                else [value]
+            for v in values:
+                out.extend(_parse_one(v, str(band).lower()))
+        return out
+    if not isinstance(images, (list, tuple)) or (
+            isinstance(images, tuple) and len(images) == 2 and isinstance(images[1], (WCS, fits.Header))):
+        images = [images]
+    if bands is not None and len(bands) != len(images):
+        raise InputError(f"got {len(bands)} band names for {len(images)} images")
+    out = []
+    for k, obj in enumerate(images):
+        out.extend(_parse_one(obj, None if bands is None else str(bands[k]).lower()))
+    if not out:
+        raise InputError("no images given")
+    return out

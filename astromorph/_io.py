@@ -1,0 +1,167 @@
+"""Atomic file output: tables (by extension) and any file written through a temp file.
+
+Every file astromorph writes goes through `atomic_output`: the content is
+written to a temporary file in the destination directory, flushed and
+fsync'ed, and moved over the destination with `os.replace`, so a reader sees
+either the old file or the complete new one, never a partial file, and a
+failure leaves the destination untouched.
+"""
+import contextlib
+import logging
+import os
+import warnings
+from pathlib import Path
+
+from .exceptions import InvalidArgumentError, MissingDependencyError, OutputExistsError
+
+__all__ = ["atomic_output", "table_format", "write_table", "TABLE_FORMATS"]
+
+log = logging.getLogger(__name__)
+
+#: Output table formats by file-name ending (checked longest first).
+TABLE_FORMATS = {
+    ".ecsv": "ascii.ecsv",
+    ".csv": "ascii.csv",
+    ".fits": "fits",
+    ".fit": "fits",
+    ".fits.gz": "fits",
+    ".parquet": "parquet",
+}
+
+
+def table_format(path):
+    """The astropy ``format=`` for an output table path, from its extension.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+
+    Returns
+    -------
+    str
+        One of the values of `TABLE_FORMATS`.
+
+    Raises
+    ------
+    astromorph.exceptions.InvalidArgumentError
+        For an extension that is not in `TABLE_FORMATS`.
+    astromorph.exceptions.MissingDependencyError
+        For ``.parquet`` without pyarrow.
+    """
+    name = Path(path).name.lower()
+    for ext in sorted(TABLE_FORMATS, key=len, reverse=True):
+        if name.endswith(ext):
+            fmt = TABLE_FORMATS[ext]
+            if fmt == "parquet":
+                try:
+                    import pyarrow  # noqa: F401
+                except ImportError as exc:
+                    raise MissingDependencyError(
+                        f"writing {str(path)!r} needs pyarrow; install it with "
+                        "`pip install 'astromorph[parquet]'`") from exc
+            return fmt
+    raise InvalidArgumentError(
+        f"cannot tell the table format of {str(path)!r} from its extension; use one of "
+        f"{', '.join(TABLE_FORMATS)}")
+
+
+def _fsync_dir(directory):
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:  # pragma: no cover - e.g. platforms without directory fds
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # pragma: no cover
+        pass
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_output(path, *, overwrite=False, mode=None):
+    """Write a file atomically through a temporary path.
+
+    Yields a temporary path in the destination directory whose name ends
+    with the destination's name (so format detection by extension, e.g. of
+    ``.fits.gz``, works on it). When the block exits normally the file is
+    fsync'ed and moved over ``path`` with `os.replace`; when it raises, the
+    temporary file is removed and ``path`` is left as it was.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        Destination.
+    overwrite : bool, optional
+        Replace an existing ``path`` (default: raise `OutputExistsError`).
+    mode : int, optional
+        Permission bits for the new file (default: those of the file it
+        replaces, or the process default for a new file).
+
+    Yields
+    ------
+    pathlib.Path
+        The temporary path to write to.
+    """
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise OutputExistsError(f"{str(path)!r} exists; pass overwrite=True (--overwrite) "
+                                "to replace it")
+    directory = path.parent if str(path.parent) else Path(".")
+    if not directory.is_dir():
+        raise InvalidArgumentError(f"output directory {str(directory)!r} does not exist")
+    if mode is None and path.exists():
+        mode = path.stat().st_mode & 0o7777
+    tmp = directory / f".{os.getpid()}-{os.urandom(4).hex()}.tmp-{path.name}"
+    try:
+        yield tmp
+        if not tmp.exists():
+            raise OSError(f"nothing was written to the temporary file for {path}")
+        with open(tmp, "rb+") as f:
+            f.flush()
+            os.fsync(f.fileno())
+        if mode is not None:
+            os.chmod(tmp, mode)
+        os.replace(tmp, path)
+        _fsync_dir(directory)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def write_table(table, path, *, overwrite=False, format=None):
+    """Write a table atomically, in the format given by the file extension.
+
+    Parameters
+    ----------
+    table : astropy.table.Table
+    path : str or os.PathLike
+        ``.ecsv`` (recommended: keeps units, descriptions, masks and
+        multidimensional columns), ``.fits``/``.fit``/``.fits.gz``, ``.csv``
+        or ``.parquet`` (needs pyarrow, extra ``astromorph[parquet]``).
+    overwrite : bool, optional
+        Replace an existing file (default: raise `OutputExistsError`).
+    format : str, optional
+        An astropy table format overriding the extension.
+
+    Returns
+    -------
+    pathlib.Path
+        The written path.
+    """
+    path = Path(path)
+    fmt = format or table_format(path)
+    if fmt == "ascii.csv":
+        multi = [c for c in table.colnames if table[c].ndim > 1]
+        if multi:
+            raise InvalidArgumentError(
+                f"CSV cannot hold the multidimensional column(s) {', '.join(multi)} of this "
+                f"table; write {str(path)!r} as .ecsv, .fits or .parquet instead")
+    with atomic_output(path, overwrite=overwrite) as tmp:
+        with warnings.catch_warnings():
+            # Long meta keys become HIERARCH cards in FITS: expected, not worth a warning.
+            warnings.filterwarnings("ignore", message=".*greater than 8 characters.*")
+            warnings.filterwarnings("ignore", message=".*HIERARCH card will be created.*")
+            table.write(tmp, format=fmt, overwrite=True)
+    log.info("wrote %d rows to %s", len(table), path)
+    return path

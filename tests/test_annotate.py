@@ -1,0 +1,325 @@
+"""annotate(): WCS cutouts, mosaics, bands, flags, catalogue handling, CLI."""
+import json
+
+import numpy as np
+import pytest
+from astropy import units as u
+from astropy.coordinates import SkyCoord
+from astropy.io import fits
+from astropy.nddata import NDData
+from astropy.table import QTable, Table
+from astropy.wcs import WCS, Sip
+
+import astromorph
+from astromorph import Flag, cli
+from astromorph._cutouts import SkyImage, cut_stamps
+from astromorph._images import parse_sky_images
+from astromorph.exceptions import InputError
+
+from conftest import make_card, tiny_classifier_onnx
+
+SIZE = 16        # tiny model stamp side (pixels)
+SCALE = 0.5      # tiny model pixel scale (arcsec)
+
+
+def sky_wcs(n=200, *, rot=20.0, scale=0.4, flip=False, sip=False, crval=(150.0, 2.2), crpix=None,
+            sip_strength=1.0):
+    w = WCS(naxis=2)
+    w.wcs.ctype = ["RA---TAN-SIP", "DEC--TAN-SIP"] if sip else ["RA---TAN", "DEC--TAN"]
+    w.wcs.crval = list(crval)
+    w.wcs.crpix = list(crpix or (n / 2, n / 2))
+    t, s = np.radians(rot), scale / 3600
+    cd = np.array([[-s * np.cos(t), s * np.sin(t)], [s * np.sin(t), s * np.cos(t)]])
+    if flip:
+        cd[:, 0] *= -1
+    w.wcs.cd = cd
+    if sip:
+        a, b = np.zeros((4, 4)), np.zeros((4, 4))
+        a[2, 0], a[0, 2], b[1, 1], a[3, 0] = 3e-5, -2e-5, 4e-5, 1e-8
+        a, b = a * sip_strength, b * sip_strength
+        w.sip = Sip(a, b, None, None, w.wcs.crpix)
+    return w
+
+
+def blobs(n=200, seed=0, count=40):
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:n, :n]
+    img = np.full((n, n), 0.05, np.float32)
+    for _ in range(count):
+        cx, cy = rng.uniform(0, n, 2)
+        s = rng.uniform(1.5, 5)
+        img += rng.uniform(1, 5) * np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / (2 * s * s))
+    return img.astype(np.float32)
+
+
+@pytest.fixture
+def optical_model(tmp_path):
+    d = tmp_path / "opt"
+    d.mkdir()
+    labels = ("a", "b", "c")
+    tiny_classifier_onnx(d / "model.onnx", channels=3, size=SIZE, labels=labels)
+    card = make_card(d / "model.onnx", name="opt", channels=3, size=SIZE, labels=labels,
+                     single_band="replicate", column_prefix="opt")
+    card["input"].update(family="optical", preprocessing="astromorph.preprocessing.preprocess_optical",
+                         angular_size={"kind": "fixed", "pixel_scale_arcsec": SCALE, "size_pix": SIZE})
+    (d / "card.json").write_text(json.dumps(card))
+    return astromorph.load_model(d)
+
+
+def _is_memory_mapped(a):
+    import mmap
+
+    while a is not None:
+        if isinstance(a, (np.memmap, mmap.mmap)):
+            return True
+        a = getattr(a, "base", None)
+    return False
+
+
+def catalogue(w, pix):
+    c = w.pixel_to_world(*np.asarray(pix, float).T)
+    return Table({"id": np.arange(len(pix)), "ra": c.ra.deg, "dec": c.dec.deg})
+
+
+# ------------------------------------------------------------------- cutouts
+@pytest.mark.parametrize("flip", [False, True])
+@pytest.mark.parametrize("sip", [False, True])
+def test_cutouts_match_reproject_interp(flip, sip):
+    """Stated tolerance: 1e-4 of the image maximum (float32 coordinates)."""
+    from reproject import reproject_interp
+
+    n = 300
+    img = blobs(n, count=80)
+    w = sky_wcs(n, flip=flip, sip=sip)
+    rng = np.random.default_rng(3)
+    src = w.pixel_to_world(rng.uniform(40, n - 40, 6), rng.uniform(40, n - 40, 6))
+    res = cut_stamps(SkyImage(img, w), src.ra.deg, src.dec.deg, size=SIZE * 2, pixel_scale=SCALE,
+                     antialias=False)
+    for k in range(len(src)):
+        o = WCS(naxis=2)
+        o.wcs.ctype = ["RA---TAN", "DEC--TAN"]
+        o.wcs.crval = [src.ra.deg[k], src.dec.deg[k]]
+        o.wcs.crpix = [(2 * SIZE + 1) / 2] * 2
+        o.wcs.cdelt = [-SCALE / 3600, SCALE / 3600]
+        ref, _ = reproject_interp((img, w), o, shape_out=(2 * SIZE, 2 * SIZE), order="bilinear")
+        np.testing.assert_allclose(res.stamps[k], ref, atol=1e-4 * img.max())
+    assert np.all(res.outside == 0) and np.all(res.blank == 0)
+    np.testing.assert_allclose(res.zoom, SCALE / 0.4, rtol=0.02 if sip else 1e-3)
+
+
+def test_sip_is_honoured():
+    """A blob at a distorted position is centred only when SIP is applied."""
+    n = 300
+    yy, xx = np.mgrid[:n, :n]
+    img = np.exp(-((xx - 260.0) ** 2 + (yy - 250.0) ** 2) / (2 * 2.0 ** 2)).astype(np.float32)
+    w_sip, w_plain = sky_wcs(n, sip=True, sip_strength=10), sky_wcs(n, sip=False)
+    src = w_sip.pixel_to_world([260.0], [250.0])
+    px, py = w_plain.world_to_pixel(src)
+    shift = float(np.hypot(px[0] - 260.0, py[0] - 250.0))
+    assert shift > 2  # the distortion moves the source by pixels here
+    a = cut_stamps(SkyImage(img, w_sip), src.ra.deg, src.dec.deg, size=SIZE + 1, pixel_scale=0.2)
+    b = cut_stamps(SkyImage(img, w_plain), src.ra.deg, src.dec.deg, size=SIZE + 1, pixel_scale=0.2)
+    c = SIZE // 2
+    assert a.stamps[0, c, c] == pytest.approx(a.stamps[0].max()) and a.stamps[0, c, c] > 0.95
+    assert b.stamps[0, c, c] < 0.8
+
+
+def test_antialiasing_preserves_mean():
+    rng = np.random.default_rng(0)
+    img = (10 + rng.normal(size=(400, 400))).astype(np.float32)
+    w = sky_wcs(400, rot=0, scale=0.1)
+    c = w.pixel_to_world(200, 200)
+    res = cut_stamps(SkyImage(img, w), [c.ra.deg], [c.dec.deg], size=16, pixel_scale=1.0)
+    assert res.zoom[0] == pytest.approx(10, rel=1e-3)
+    # 10x10 block means: noise drops from 1 to ~0.1
+    assert res.stamps.std() < 0.2 and res.stamps.mean() == pytest.approx(10, abs=0.05)
+
+
+def test_edge_and_off_image_fractions():
+    img = blobs(100)
+    w = sky_wcs(100, rot=0)
+    c = w.pixel_to_world([50.0, 0.0, 500.0], [50.0, 50.0, 50.0])
+    res = cut_stamps(SkyImage(img, w), c.ra.deg, c.dec.deg, size=SIZE, pixel_scale=SCALE)
+    assert res.outside[0] == 0
+    assert 0.3 < res.outside[1] < 0.7
+    assert res.outside[2] == 1 and np.isnan(res.stamps[2]).all()
+
+
+# ------------------------------------------------------------------ annotate
+def test_annotate_columns_flags_and_meta(optical_model):
+    n = 200
+    img = blobs(n)
+    img[150:180, 20:60] = np.nan
+    w = sky_wcs(n)
+    cat = catalogue(w, [(100, 100), (1, 100), (40, 165), (5000, 5000), (60, 60)])
+    out = astromorph.annotate(cat, (img, w), model=optical_model)
+    assert out is not cat and cat.colnames == ["id", "ra", "dec"]
+    for name in ("opt_p_a", "opt_p_b", "opt_p_c", "opt_label", "opt_flags"):
+        assert name in out.colnames
+    flags = np.asarray(out["opt_flags"])
+    assert flags[0] == 0 and flags[4] == 0
+    assert flags[1] & Flag.EDGE
+    assert flags[2] & Flag.BLANK
+    assert flags[3] & Flag.OFF_IMAGE
+    assert out["opt_p_a"].mask.tolist() == [False, False, False, True, False]
+    p = np.stack([out[f"opt_p_{k}"].filled(np.nan) for k in "abc"], 1)
+    np.testing.assert_allclose(p[[0, 1, 2, 4]].sum(1), 1, rtol=1e-5)
+    assert out.meta["astromorph_model"] == "opt"
+    assert out.meta["astromorph_model_sha256"] == optical_model.sha256
+    assert out["opt_p_a"].description
+
+
+def test_annotate_matches_direct_prediction(optical_model):
+    """annotate == cut_stamps + the model's preprocessing + predict."""
+    from astromorph.preprocessing._optical import preprocess_single_band
+
+    img, w = blobs(), sky_wcs()
+    cat = catalogue(w, [(100, 100), (70, 120)])
+    out = astromorph.annotate(cat, (img, w), model=optical_model)
+    res = cut_stamps(SkyImage(img, w), cat["ra"], cat["dec"], size=SIZE, pixel_scale=SCALE)
+    x = preprocess_single_band(res.stamps, size=SIZE, crop_fraction=1.0)
+    ref = optical_model.predict(x)["probabilities"]
+    got = np.stack([out[f"opt_p_{k}"].filled(np.nan) for k in "abc"], 1)
+    np.testing.assert_allclose(got, ref, rtol=1e-5)
+
+
+def test_mosaic_equals_single_image(optical_model):
+    n = 240
+    img = blobs(n, count=60)
+    w = sky_wcs(n, rot=0)
+    cat = catalogue(w, [(60, 60), (180, 60), (118, 120), (60, 200)])
+    whole = astromorph.annotate(cat, (img, w), model=optical_model)
+    tiles = []
+    for y0 in (0, 110):
+        for x0 in (0, 110):
+            tw = w.deepcopy()
+            tw.wcs.crpix = [w.wcs.crpix[0] - x0, w.wcs.crpix[1] - y0]
+            tiles.append((img[y0:y0 + 130, x0:x0 + 130], tw))
+    mosaic = astromorph.annotate(cat, tiles, model=optical_model)
+    np.testing.assert_allclose(mosaic["opt_p_a"], whole["opt_p_a"], rtol=1e-5)
+    assert np.all(np.asarray(mosaic["opt_flags"]) == 0)
+
+
+def test_three_bands_by_dict_and_headers(optical_model, tmp_path):
+    img, w = blobs(), sky_wcs()
+    cat = catalogue(w, [(100, 100), (80, 90)])
+    by_dict = astromorph.annotate(cat, {"g": (img, w), "r": (img * 2, w), "i": (img * 3, w)},
+                                  model=optical_model)
+    paths = []
+    for band, f in (("i", 3), ("g", 1), ("r", 2)):  # order must not matter
+        hdr = w.to_header()
+        hdr["FILTER"] = band
+        paths.append(tmp_path / f"{band}.fits")
+        fits.writeto(paths[-1], img * f, hdr)
+    by_header = astromorph.annotate(cat, [str(p) for p in paths], model=optical_model)
+    np.testing.assert_allclose(by_header["opt_p_a"], by_dict["opt_p_a"], rtol=1e-5)
+    single = astromorph.annotate(cat, (img, w), model=optical_model)
+    assert not np.allclose(single["opt_p_a"], by_dict["opt_p_a"])
+
+
+def test_fits_scaled_integers_blank_and_big_endian(optical_model, tmp_path):
+    img, w = blobs(), sky_wcs()
+    cat = catalogue(w, [(100, 100), (30, 40)])
+    ref = astromorph.annotate(cat, (img, w), model=optical_model)
+    scaled = tmp_path / "scaled.fits"
+    hdu = fits.PrimaryHDU(img.astype(np.float64), header=w.to_header())
+    hdu.scale("int16", bscale=1e-3, bzero=10.0)
+    hdu.header["BLANK"] = -32768
+    hdu.writeto(scaled)
+    out = astromorph.annotate(cat, str(scaled), model=optical_model)
+    np.testing.assert_allclose(out["opt_p_a"], ref["opt_p_a"], atol=1e-4)
+    [im] = parse_sky_images(str(scaled))
+    assert _is_memory_mapped(im.data)
+    big = tmp_path / "big.fits"
+    fits.writeto(big, img.astype(">f4"), w.to_header())
+    out = astromorph.annotate(cat, str(big), model=optical_model)
+    np.testing.assert_allclose(out["opt_p_a"], ref["opt_p_a"], rtol=1e-6)
+
+
+def test_positions_from_skycoord_and_quantities(optical_model):
+    img, w = blobs(), sky_wcs()
+    cat = catalogue(w, [(100, 100), (80, 90)])
+    ref = astromorph.annotate(cat, (img, w), model=optical_model)
+    q = QTable({"RAJ2000": cat["ra"] * u.deg, "DEJ2000": (cat["dec"] * u.deg).to(u.arcmin)})
+    np.testing.assert_allclose(astromorph.annotate(q, (img, w), model=optical_model)["opt_p_a"],
+                               ref["opt_p_a"], rtol=1e-6)
+    s = Table({"pos": SkyCoord(cat["ra"], cat["dec"], unit="deg").galactic})
+    np.testing.assert_allclose(astromorph.annotate(s, (img, w), model=optical_model)["opt_p_a"],
+                               ref["opt_p_a"], rtol=1e-5)
+    named = Table({"alpha": cat["ra"], "delta": cat["dec"]})
+    out = astromorph.annotate(named, NDData(img, wcs=w), model=optical_model, ra_col="alpha",
+                              dec_col="delta")
+    np.testing.assert_allclose(out["opt_p_a"], ref["opt_p_a"], rtol=1e-6)
+
+
+def test_nan_positions_are_flagged_not_fatal(optical_model):
+    img, w = blobs(), sky_wcs()
+    cat = catalogue(w, [(100, 100), (80, 90)])
+    cat["ra"][1] = np.nan
+    out = astromorph.annotate(cat, (img, w), model=optical_model)
+    assert out["opt_flags"][1] & Flag.BAD_INPUT and out["opt_p_a"].mask[1]
+    assert not out["opt_p_a"].mask[0]
+
+
+def test_catalogue_errors(optical_model):
+    img, w = blobs(), sky_wcs()
+    with pytest.raises(InputError, match="no RA or Dec column"):
+        astromorph.annotate(Table({"x": [1.0]}), (img, w), model=optical_model)
+    with pytest.raises(InputError, match="no column 'nope'"):
+        astromorph.annotate(catalogue(w, [(1, 1)]), (img, w), model=optical_model, ra_col="nope")
+    with pytest.raises(InputError, match="Table"):
+        astromorph.annotate({"ra": [1]}, (img, w), model=optical_model)
+
+
+def test_empty_catalogue(optical_model):
+    img, w = blobs(), sky_wcs()
+    out = astromorph.annotate(Table({"ra": np.zeros(0), "dec": np.zeros(0)}), (img, w),
+                              model=optical_model)
+    assert len(out) == 0 and "opt_p_a" in out.colnames
+
+
+def test_missing_and_non_celestial_wcs(optical_model, tmp_path):
+    img = blobs()
+    cat = catalogue(sky_wcs(), [(100, 100)])
+    fits.writeto(tmp_path / "nowcs.fits", img)
+    with pytest.raises(InputError, match="no celestial WCS"):
+        astromorph.annotate(cat, str(tmp_path / "nowcs.fits"), model=optical_model)
+    lin = WCS(naxis=2)
+    lin.wcs.ctype = ["LINEAR", "LINEAR"]
+    fits.writeto(tmp_path / "linear.fits", img, lin.to_header())
+    with pytest.raises(InputError, match="no celestial WCS"):
+        astromorph.annotate(cat, str(tmp_path / "linear.fits"), model=optical_model)
+    with pytest.raises(InputError, match="does not exist"):
+        astromorph.annotate(cat, str(tmp_path / "missing.fits"), model=optical_model)
+    (tmp_path / "corrupt.fits").write_bytes(b"SIMPLE  = T" + b"\0" * 100)
+    with pytest.raises(InputError, match="corrupt.fits"):
+        astromorph.annotate(cat, str(tmp_path / "corrupt.fits"), model=optical_model)
+
+
+def test_column_conflicts(optical_model):
+    img, w = blobs(), sky_wcs()
+    cat = catalogue(w, [(100, 100)])
+    cat["opt_label"] = ["mine"]
+    with pytest.raises(InputError, match="opt_label"):
+        astromorph.annotate(cat, (img, w), model=optical_model)
+    out = astromorph.annotate(cat, (img, w), model=optical_model, on_conflict="suffix")
+    assert out["opt_label"][0] == "mine" and "opt_label_2" in out.colnames
+    out = astromorph.annotate(cat, (img, w), model=optical_model, on_conflict="replace")
+    assert out["opt_label"][0] in "abc"
+
+
+def test_cli_annotate(optical_model, tmp_path):
+    img, w = blobs(), sky_wcs()
+    fits.writeto(tmp_path / "img.fits", img, w.to_header())
+    cat = catalogue(w, [(100, 100), (5000, 0)])
+    cat.write(tmp_path / "cat.ecsv")
+    for ext in ("ecsv", "fits", "csv"):
+        out = tmp_path / f"out.{ext}"
+        assert cli.main(["annotate", str(tmp_path / "cat.ecsv"), "-i", str(tmp_path / "img.fits"),
+                         "-m", str(optical_model.path), "-o", str(out), "--no-progress"]) == 0
+        t = Table.read(out)
+        assert "opt_p_a" in t.colnames and len(t) == 2
+        assert int(t["opt_flags"][1]) & Flag.OFF_IMAGE
+    # an existing output is not overwritten silently
+    assert cli.main(["annotate", str(tmp_path / "cat.ecsv"), "-i", str(tmp_path / "img.fits"),
+                     "-m", str(optical_model.path), "-o", str(tmp_path / "out.ecsv")]) != 0
