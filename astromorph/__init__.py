@@ -13,8 +13,11 @@ from ._registry import list_models, model_card
 from ._model import Model, Prediction, load_model
 from ._flags import Flag, describe_flags
 from ._annotate import annotate
+from ._dask import annotate_dask
 from ._session import available_providers, clear_session_cache
 from .exceptions import AstromorphError, AstromorphWarning
+from ._predict import predict_files
+from .embeddings import GaussianMixture, LabelHead, SimilarityIndex, cluster_table
 
 __all__ = [
     "__version__",
@@ -24,10 +27,16 @@ __all__ = [
     "Model",
     "Prediction",
     "annotate",
+    "annotate_dask",
     "Flag",
     "describe_flags",
     "available_providers",
     "clear_session_cache",
     "AstromorphError",
     "AstromorphWarning",
+    "predict_files",
+    "SimilarityIndex",
+    "LabelHead",
+    "GaussianMixture",
+    "cluster_table",
 ]

@@ -157,6 +157,10 @@ def write_table(table, path, *, overwrite=False, format=None):
             raise InvalidArgumentError(
                 f"CSV cannot hold the multidimensional column(s) {', '.join(multi)} of this "
                 f"table; write {str(path)!r} as .ecsv, .fits or .parquet instead")
+    if fmt == "fits" and any(isinstance(v, (list, tuple)) for v in table.meta.values()):
+        table = table.copy(copy_data=False)
+        table.meta = {k: ",".join(map(str, v)) if isinstance(v, (list, tuple)) else v
+                      for k, v in table.meta.items()}
     with atomic_output(path, overwrite=overwrite) as tmp:
         with warnings.catch_warnings():
             # Long meta keys become HIERARCH cards in FITS: expected, not worth a warning.

@@ -82,9 +82,9 @@ def build_parser():
 
 def _extra_commands():
     """Functions ``register(subparsers)`` adding the other sub-commands."""
-    from . import _cli_annotate
+    from . import _cli_annotate, _demo, _predict
 
-    return [_cli_annotate.register]
+    return [_cli_annotate.register, _predict.register, _demo.register]
 
 
 def main(argv=None):

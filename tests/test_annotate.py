@@ -323,3 +323,30 @@ def test_cli_annotate(optical_model, tmp_path):
     # an existing output is not overwritten silently
     assert cli.main(["annotate", str(tmp_path / "cat.ecsv"), "-i", str(tmp_path / "img.fits"),
                      "-m", str(optical_model.path), "-o", str(tmp_path / "out.ecsv")]) != 0
+
+
+@pytest.mark.parametrize("scheduler", ["synchronous", "threads"])
+def test_annotate_dask_equals_annotate(optical_model, tmp_path, scheduler):
+    pytest.importorskip("dask")
+    img, w = blobs(), sky_wcs()
+    fits.writeto(tmp_path / "img.fits", img, w.to_header())
+    rng = np.random.default_rng(5)
+    cat = catalogue(w, rng.uniform(-20, 220, (37, 2)))
+    ref = astromorph.annotate(cat, str(tmp_path / "img.fits"), model=optical_model)
+    out = astromorph.annotate_dask(cat, str(tmp_path / "img.fits"), model=str(optical_model.path),
+                                   partition_size=10, scheduler=scheduler)
+    assert len(out) == len(cat) and out.colnames == ref.colnames
+    np.testing.assert_array_equal(out["opt_flags"], ref["opt_flags"])
+    np.testing.assert_allclose(out["opt_p_a"].filled(-1), ref["opt_p_a"].filled(-1), rtol=1e-6)
+    assert out.meta["astromorph_model_sha256"] == optical_model.sha256
+    parts = astromorph.annotate_dask(cat, str(tmp_path / "img.fits"),
+                                     model=str(optical_model.path), partition_size=10,
+                                     compute=False)
+    assert len(parts) == 4
+
+
+def test_annotate_dask_needs_paths(optical_model):
+    pytest.importorskip("dask")
+    img, w = blobs(), sky_wcs()
+    with pytest.raises(InputError, match="paths"):
+        astromorph.annotate_dask(catalogue(w, [(1, 1)]), (img, w), model=str(optical_model.path))

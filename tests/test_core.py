@@ -359,3 +359,13 @@ def test_shipped_model_cards(name):
     x = np.zeros((2, *model.input_shape), np.float32)
     out = model.predict(x)
     assert all(len(v) == 2 and np.all(np.isfinite(v)) for v in out.values())
+
+
+def test_every_model_in_the_repository_is_shipped():
+    """In CI astromorph is installed from a wheel: its registry must hold every model."""
+    in_repo = sorted(d.name for d in (REPO / "models").iterdir()
+                     if (d / "model.onnx").is_file() and (d / "card.json").is_file())
+    assert astromorph.list_models() == in_repo
+    for name in in_repo:
+        assert astromorph.model_card(name)["sha256"] == \
+            json.loads((REPO / "models" / name / "card.json").read_text())["sha256"]

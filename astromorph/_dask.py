@@ -1,0 +1,90 @@
+"""Annotate catalogues larger than one machine handles, with Dask.
+
+The catalogue is cut into partitions of rows; each partition becomes one
+`dask.delayed` call of `astromorph.annotate` that opens the images by path
+(memory-mapped, so every worker reads only the pages under its stamps) and
+loads the model by name (sessions are cached per worker process). Dask's
+scheduler does the rest: the threaded one by default, or a
+``dask.distributed`` cluster when a ``Client`` is active.
+"""
+import logging
+import os
+
+import numpy as np
+
+__all__ = ["annotate_dask"]
+
+log = logging.getLogger(__name__)
+
+
+def _annotate_partition(table, images, model, kwargs):
+    from ._annotate import annotate
+
+    return annotate(table, images, model=model, progress=False, **kwargs)
+
+
+def annotate_dask(table, images, *, model, partition_size=50_000, compute=True, scheduler=None,
+                  **kwargs):
+    """`astromorph.annotate` over row partitions of a catalogue, run by Dask.
+
+    Parameters
+    ----------
+    table : astropy.table.Table or QTable
+        The catalogue (it is not modified).
+    images : path, list of paths, or dict of band -> path(s)
+        FITS files; given by path so that each worker memory-maps them itself.
+    model : str or path
+        Model name or path, loaded on each worker (not a `Model` object).
+    partition_size : int
+        Rows per Dask task.
+    compute : bool
+        ``True`` (default): compute and return the annotated table.
+        ``False``: return the list of `dask.delayed` partitions.
+    scheduler : str, optional
+        Passed to `dask.compute` (e.g. ``"threads"``, ``"processes"``,
+        ``"synchronous"``); default: Dask's current scheduler (a
+        ``dask.distributed.Client`` when one is active).
+    **kwargs
+        Other `annotate` options (``size_col``, ``ra_col``...).
+
+    Returns
+    -------
+    Table or QTable, or list of dask.delayed.Delayed
+    """
+    try:
+        import dask
+    except ImportError as exc:
+        from .exceptions import MissingDependencyError
+
+        raise MissingDependencyError("annotate_dask needs dask: pip install 'dask[distributed]'") \
+            from exc
+    from astropy.table import vstack
+
+    from .exceptions import InputError
+
+    def as_paths(value):
+        if isinstance(value, (list, tuple)):
+            return [as_paths(v) for v in value]
+        if isinstance(value, dict):
+            return {k: as_paths(v) for k, v in value.items()}
+        if not isinstance(value, (str, os.PathLike)):
+            raise InputError("annotate_dask takes images as FITS paths (each worker opens them), "
+                             f"not {type(value).__name__}")
+        return os.fspath(value)
+
+    images = as_paths(images)
+    if not isinstance(model, (str, os.PathLike)):
+        raise InputError("annotate_dask takes the model by name or path, so each worker loads it")
+    if int(partition_size) < 1:
+        raise ValueError(f"partition_size must be >= 1, got {partition_size}")
+    bounds = list(range(0, max(len(table), 1), int(partition_size)))
+    parts = [dask.delayed(_annotate_partition)(table[start:start + partition_size], images,
+                                               os.fspath(model), kwargs)
+             for start in bounds]
+    if not compute:
+        return parts
+    log.info("annotating %d rows in %d Dask partitions", len(table), len(parts))
+    results = dask.compute(*parts, scheduler=scheduler)
+    out = vstack(list(results), join_type="exact", metadata_conflicts="silent")
+    out.meta.update(results[0].meta)
+    return out

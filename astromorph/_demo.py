@@ -1,0 +1,107 @@
+"""``astromorph demo``: the main job on the packaged input (a Hubble Deep Field crop)."""
+import sys
+from collections import Counter
+from pathlib import Path
+
+__all__ = ["demo_paths", "run_demo", "register"]
+
+DATA = Path(__file__).resolve().parent / "data"
+
+
+def demo_paths():
+    """``(image, catalogue)`` paths of the packaged demo input."""
+    return DATA / "hdf_crop.fits", DATA / "hdf_sources.ecsv"
+
+
+def run_demo(*, model="morphology", output="astromorph_demo.ecsv", gallery=None, overwrite=True,
+             progress=None):
+    """Annotate the packaged HDF sources with a galaxy model; write the table (and a gallery).
+
+    Returns
+    -------
+    astropy.table.QTable
+    """
+    from astropy.table import QTable
+
+    from ._annotate import annotate
+    from ._io import write_table
+
+    image, catalogue = demo_paths()
+    table = QTable.read(catalogue)
+    result = annotate(table, str(image), model=model, size_col="r90", progress=progress)
+    if output:
+        write_table(result, output, overwrite=overwrite)
+    if gallery:
+        _gallery(result, image, gallery)
+    return result
+
+
+def _gallery(table, image, path, n=24):
+    """Colour thumbnails of the most confident sources of each class, labelled."""
+    import numpy as np
+    from astropy.io import fits
+    from astropy.nddata import Cutout2D
+    from astropy.visualization import make_lupton_rgb
+    from astropy.wcs import WCS
+
+    from ._io import atomic_output
+
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    label_col = next(c for c in table.colnames if c.endswith("_label"))
+    prefix = label_col[:-len("_label")]
+    with fits.open(image) as hdul:
+        planes = {h.header.get("BAND"): h for h in hdul if h.data is not None}
+        wcs = WCS(planes["r"].header)
+        order = np.argsort(-np.asarray(table["r90"]))[:n]
+        fig, axes = plt.subplots(4, 6, figsize=(12, 8.6))
+        for ax, k in zip(axes.ravel(), order):
+            pos = wcs.pixel_to_world(*wcs.world_to_pixel_values(table["ra"][k].value,
+                                                                table["dec"][k].value))
+            side = max(24, int(8 * table["r90"][k].value / 0.14))
+            cut = [Cutout2D(planes[b].data, pos, side, wcs=wcs, mode="partial", fill_value=0).data
+                   for b in "irg"]
+            ax.imshow(make_lupton_rgb(*cut, Q=8, stretch=0.5), origin="lower")
+            p = table[f"{prefix}_p_{table[label_col][k]}"][k]
+            ax.set_title(f"#{table['id'][k]} {table[label_col][k]} {p:.2f}", fontsize=9)
+            ax.set_axis_off()
+        for ax in axes.ravel()[len(order):]:
+            ax.set_axis_off()
+        fig.suptitle(f"astromorph {prefix}: largest sources of the packaged HDF crop")
+        fig.tight_layout()
+        with atomic_output(path, overwrite=True) as tmp:
+            fig.savefig(tmp, dpi=90, format="png")
+        plt.close(fig)
+
+
+def _run(args):
+    result = run_demo(model=args.model, output=args.output, gallery=args.gallery,
+                      progress=False if args.no_progress else None)
+    label_col = next(c for c in result.colnames if c.endswith("_label"))
+    counts = Counter(str(v) for v in result[label_col] if v is not None and str(v) != "--")
+    print(f"{len(result)} sources of the packaged Hubble Deep Field crop, model {args.model}:")
+    for label, count in counts.most_common():
+        print(f"  {label:12s} {count}")
+    cols = ["id", "r90", label_col] + [c for c in result.colnames if "_p_" in c] + \
+        [c for c in result.colnames if c.endswith("_flags")]
+    result[cols][:10].pprint(max_width=-1)
+    if args.output:
+        print(f"wrote {args.output}", file=sys.stderr)
+    if args.gallery:
+        print(f"wrote {args.gallery}", file=sys.stderr)
+    return 0
+
+
+def register(sub):
+    p = sub.add_parser("demo", help="annotate the packaged Hubble Deep Field crop",
+                       description="Run annotate on the packaged demo input (a crop of the "
+                                   "Hubble eXtreme Deep Field picture with a nominal WCS, and "
+                                   "the sources detected in it) and write the table.")
+    p.add_argument("-m", "--model", default="morphology")
+    p.add_argument("-o", "--output", default="astromorph_demo.ecsv",
+                   help="output table (default: astromorph_demo.ecsv)")
+    p.add_argument("--gallery", help="also write a PNG gallery of labelled thumbnails")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=_run)

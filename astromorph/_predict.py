@@ -1,0 +1,600 @@
+"""`predict_files`: files of stamps (FITS, JPEG/PNG, alert packets) -> one table row each.
+
+Stamps are read by `astromorph._readers.read_file` (in a background thread,
+ahead of the model), fitted to what the model takes (`_conform`), grouped by
+kind and shape across files, turned into network input by
+`astromorph._adapters.prepare` and scored ``batch_size`` at a time, so that
+many small files make few model calls. Rows that cannot be scored are kept
+with masked outputs, a flag and a reason.
+"""
+import logging
+import os
+import queue
+import threading
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from ._flags import Flag, describe_flags
+from ._io import atomic_output, table_format, write_table
+from ._progress import progress_bar
+from ._readers import expand_inputs, read_file
+from ._version import __version__
+from .exceptions import (InputError, InvalidArgumentError, OutputExistsError,
+                         UnusableInputWarning)
+
+__all__ = ["predict_files", "write_results_to_header", "register"]
+
+log = logging.getLogger(__name__)
+
+#: Files read ahead of the model by the reader thread.
+_READ_AHEAD = 256
+#: Read files in a background thread (overlaps decoding with preprocessing and the model).
+_PREFETCH = True
+_MEMBERS = ("science", "reference", "difference")
+#: Longest string value written to a header card.
+_MAX_REASON = 60
+
+
+# ----------------------------------------------------------------------------- public API
+def predict_files(model, inputs, *, batch_size=256, progress=None, write_header=None,
+                  in_place=False, overwrite=False, providers=None, threads=None,
+                  crop_fraction=None):
+    """Score every stamp in a set of files; one table row per stamp.
+
+    Parameters
+    ----------
+    model : str, os.PathLike or Model
+        A shipped model name, a model path (see `astromorph.load_model`) or a
+        loaded `Model`.
+    inputs : str, os.PathLike or list of them
+        Files, directories (their FITS/JPEG/PNG/Avro files, sorted) and glob
+        patterns. Accepted files: FITS images, cubes (one plane per band or
+        triplet member) and multi-extension files (one HDU per band or triplet
+        member); JPEG/PNG cutouts (needs Pillow, ``astromorph[images]``); ZTF
+        and Rubin Avro alert packets (needs fastavro, ``astromorph[alerts]``).
+    batch_size : int, optional
+        Stamps per model call; stamps of many files are batched together.
+    progress : bool or None, optional
+        Progress bar over files (default: on a terminal, for many files).
+    write_header : str or os.PathLike, optional
+        Directory (created if needed) that receives a copy of every FITS
+        input with the results as ``HIERARCH ASTROMORPH <MODEL> ...`` header
+        keywords. The inputs are never modified.
+    in_place : bool, optional
+        Add the keywords to the FITS inputs themselves. Each file is replaced
+        atomically (a complete temporary copy in the same directory, fsync'ed,
+        then `os.replace`), so a failure leaves the original as it was.
+    overwrite : bool, optional
+        Let ``write_header`` replace existing files in its directory.
+    providers, threads : optional
+        Passed to `astromorph.load_model` when ``model`` is not loaded yet.
+    crop_fraction : float, optional
+        Passed to the galaxy-morphology preprocessing (see
+        `astromorph._adapters.prepare`).
+
+    Returns
+    -------
+    astropy.table.Table
+        Columns ``source`` (file path, ``path[i]`` for the i-th stamp of a
+        file holding several, or the alert id: ZTF ``candid``, Rubin
+        ``diaSourceId``), the model's output columns, ``<prefix>_flags``
+        (`astromorph.Flag` bits) and ``reason`` (empty for clean rows).
+        Outputs of unusable rows (`Flag.unusable`) are masked. ``meta`` holds
+        the model name, version, sha256, execution providers and the
+        astromorph version.
+
+    Raises
+    ------
+    astromorph.exceptions.ModelNotFoundError
+        Unknown model.
+    astromorph.exceptions.InputNotFoundError
+        An input path, directory or pattern that matches no file.
+    astromorph.exceptions.InvalidArgumentError
+        A bad option value (named in the message).
+    astromorph.exceptions.MissingDependencyError
+        Pillow or fastavro is needed for an input and is not installed.
+
+    Warns
+    -----
+    astromorph.exceptions.UnusableInputWarning
+        When some stamps could not be scored (their rows say why).
+    """
+    from ._adapters import model_family, result_columns
+    from ._model import Model, Prediction, load_model
+
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) \
+            or batch_size < 1:
+        raise InvalidArgumentError(f"batch_size must be a positive integer, got {batch_size!r}")
+    if write_header is not None and in_place:
+        raise InvalidArgumentError("write_header and in_place exclude each other: write copies "
+                                   f"to {str(write_header)!r} or update the inputs, not both")
+    if crop_fraction is not None and not 0 < float(crop_fraction) <= 1:
+        raise InvalidArgumentError(f"crop_fraction must be in (0, 1], got {crop_fraction!r}")
+    if not isinstance(model, Model):
+        model = load_model(model, providers=providers, threads=threads)
+    paths = expand_inputs(inputs)
+    targets = _header_targets(paths, write_header, in_place, overwrite)
+    family = model_family(model.card)
+    runner = _Runner(model, family, int(batch_size), crop_fraction)
+
+    with progress_bar(len(paths), desc=f"{model.name}", unit="file", enabled=progress,
+                      min_total=16) as bar:
+        for stamps in _read_all(paths, family, model.card):
+            for stamp in stamps:
+                runner.add(stamp)
+            bar.update(1)
+        runner.finish()
+
+    n = len(runner.sources)
+    valid = np.asarray(runner.valid, dtype=bool)
+    prediction = None
+    if runner.results:
+        rows = np.concatenate([r for r, _ in runner.results])
+        order = np.argsort(rows, kind="stable")
+        arrays = {name: np.concatenate([o[name] for _, o in runner.results])[order]
+                  for name in model.output_names}
+        prediction = Prediction(arrays, model.card["outputs"])
+    flags = np.asarray(runner.flags, dtype=np.int32)
+    cols = result_columns(model, prediction, flags, valid)
+
+    from astropy.table import Column, Table
+
+    table = Table(meta={
+        "model": model.name, "model_version": str(model.version),
+        "model_sha256": model.sha256, "providers": list(model.providers),
+        "astromorph_version": __version__,
+    })
+    width = max([len(s) for s in runner.sources] + [1])
+    table["source"] = Column(np.array(runner.sources, dtype=f"U{width}"),
+                             description="input file (path[i]: i-th stamp of the file) or "
+                                         "alert id (ZTF candid, Rubin diaSourceId)")
+    for name in cols.colnames:
+        table[name] = cols[name]
+    reasons = ["; ".join(r) for r in runner.reasons]
+    table["reason"] = Column(np.array(reasons, dtype=f"U{max([len(r) for r in reasons] + [1])}"),
+                             description="why the row is flagged or was not scored "
+                                         "(empty when clean)")
+    _summarise(table, flags, valid, n)
+
+    if targets:
+        write_results_to_header(model, table, runner.origins, targets, overwrite=overwrite
+                                or in_place)
+    return table
+
+
+def _summarise(table, flags, valid, n):
+    bad = int((~valid).sum())
+    flagged = int(((flags != 0) & valid).sum())
+    if bad:
+        first = next(r for r, v in zip(table["reason"], valid) if not v)
+        warnings.warn(f"{bad} of {n} stamp(s) could not be scored (first: {first}); their "
+                      "outputs are masked and the 'reason' column says why",
+                      UnusableInputWarning, stacklevel=3)
+    if flagged:
+        log.info("%d of %d scored stamp(s) carry quality flags", flagged, n)
+
+
+# ----------------------------------------------------------------------------- reading
+def _read_all(paths, family, card):
+    """Yield the conformed stamps of each path, read ahead in a thread."""
+    want_scale = family in ("radio", "triplet")
+
+    def one(path):
+        stamps = read_file(path, want_scale=want_scale, triplet_hint=family == "triplet")
+        for s in stamps:
+            _conform(s, family, card)
+        return stamps
+
+    if not _PREFETCH or len(paths) < 4:
+        for p in paths:
+            yield one(p)
+        return
+    q = queue.Queue(maxsize=_READ_AHEAD)
+    stop = threading.Event()
+    done = object()
+
+    def work():
+        try:
+            for p in paths:
+                if stop.is_set():
+                    return
+                q.put(one(p))
+            q.put(done)
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer
+            q.put(exc)
+
+    thread = threading.Thread(target=work, name="astromorph-reader", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = q.get()
+            if item is done:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        while thread.is_alive():  # unblock a producer waiting on a full queue
+            try:
+                q.get_nowait()
+            except queue.Empty:
+                thread.join(0.01)
+
+
+def _conform(stamp, family, card):
+    """Fit a stamp to what a model family takes, or flag why it cannot be."""
+    if not stamp.usable:
+        return stamp
+    name = card["name"]
+    data, kind = stamp.data, stamp.kind
+    h, w = data.shape[:2] if kind == "colour" else data.shape[-2:]
+    if min(h, w) < 2:
+        return stamp.flag(Flag.BAD_INPUT, f"stamp is only {w}x{h} pixels")
+    if kind == "colour" and family == "triplet":
+        return stamp.flag(Flag.BAD_INPUT, f"{name} needs science, reference and difference "
+                          "stamps (a FITS triplet or an alert packet), not a colour picture")
+    if kind == "triplet" and family != "triplet":
+        return stamp.flag(Flag.BAD_INPUT, f"a difference-imaging triplet cannot feed {name} "
+                          f"({family} model)")
+    if kind == "bands":
+        _conform_bands(stamp, family, name)
+        if not stamp.usable:
+            return stamp
+    # Pixel grid: radio and triplet models resample by the WCS pixel scale.
+    if stamp.pixel_scale is None and not stamp.native_grid:
+        grid = None
+        if family == "radio" and stamp.kind == "bands":
+            from .preprocessing._radio import DATASET_IMAGE_PIXELS, FIRST_PIXEL_SCALE_ARCSEC
+            grid, scale = DATASET_IMAGE_PIXELS, FIRST_PIXEL_SCALE_ARCSEC
+        elif family == "triplet":
+            from .preprocessing._triplet import TRIPLET_PIXEL_SCALE
+            grid, scale = card["input"]["shape"][-1], TRIPLET_PIXEL_SCALE
+        if grid is not None and (h, w) != (grid, grid):
+            stamp.flag(Flag.NO_WCS, f"no celestial WCS and the {w}x{h} stamp is not the model's "
+                       f"{grid}x{grid} grid: assumed {scale:g} arcsec/pixel")
+    if stamp.kind == "triplet":
+        template = stamp.data[1]
+        finite = template[np.isfinite(template)]
+        if finite.size and finite.max() <= 0 and finite.min() < 0:
+            return stamp.flag(Flag.BAD_INPUT, "reference (template) stamp has no positive pixel "
+                              f"(max {finite.max():.4g}): not a usable template")
+    return stamp
+
+
+def _conform_bands(stamp, family, name):
+    data = stamp.data
+    nb = data.shape[0]
+    names = tuple(stamp.bands) if stamp.bands else (None,) * nb
+    shown = ", ".join(b or "?" for b in names)
+    if family == "optical":
+        named = [b for b in names if b]
+        if nb == 1 or (nb == 3 and (not named or set(names) == {"g", "r", "i"})):
+            return
+        if nb > 3 and {"g", "r", "i"} <= set(names):
+            idx = [names.index(b) for b in "gri"]
+            stamp.data, stamp.bands = data[idx], ("g", "r", "i")
+            return
+        if named and nb >= 2:
+            missing = [b for b in "gri" if b not in names]
+            if missing:
+                stamp.flag(Flag.MISSING_BAND, f"bands {shown}: no {', '.join(missing)} band "
+                           f"({name} needs g, r, i or a single band)")
+                return
+        if nb == 2:
+            stamp.flag(Flag.MISSING_BAND, f"2 planes ({shown}): {name} needs 3 bands (g, r, i) "
+                       "or a single band")
+            return
+        stamp.flag(Flag.BAD_INPUT, f"{nb} planes ({shown}): {name} takes 1 band or 3 (g, r, i)")
+    elif family == "radio":
+        if nb != 1:
+            stamp.flag(Flag.BAD_INPUT, f"{nb} planes: {name} takes a single radio image")
+    elif family == "triplet":
+        if nb == 3:
+            stamp.kind = "triplet"  # planes in the order science, reference, difference
+        elif nb < 3:
+            stamp.flag(Flag.MISSING_BAND, f"{nb} plane(s): a triplet needs science, reference "
+                       "and difference images")
+        else:
+            stamp.flag(Flag.BAD_INPUT, f"{nb} planes: a triplet has 3 (science, reference, "
+                       "difference)")
+
+
+# ----------------------------------------------------------------------------- batching
+class _Runner:
+    """Groups stamps by kind and shape, scores full groups, keeps per-row results."""
+
+    def __init__(self, model, family, batch_size, crop_fraction):
+        self.model, self.family = model, family
+        self.batch_size, self.crop_fraction = batch_size, crop_fraction
+        self.sources, self.flags, self.reasons, self.valid, self.origins = [], [], [], [], []
+        self.groups = {}
+        self.results = []  # (rows, {output: array})
+
+    def add(self, stamp):
+        row = len(self.sources)
+        self.sources.append(stamp.source)
+        self.flags.append(stamp.flags)
+        self.reasons.append(list(stamp.reason))
+        self.valid.append(False)
+        self.origins.append((stamp.path, stamp.header_hdu, stamp.index))
+        if not stamp.usable:
+            return
+        scale = None if stamp.pixel_scale is None else round(float(stamp.pixel_scale), 6)
+        key = (stamp.kind, stamp.data.shape, stamp.data.dtype.str, stamp.bands, scale)
+        group = self.groups.setdefault(key, [])
+        group.append((row, stamp))
+        if len(group) >= self.batch_size:
+            self._score(self.groups.pop(key))
+
+    def finish(self):
+        for key in list(self.groups):
+            self._score(self.groups.pop(key))
+
+    def _score(self, items):
+        from ._adapters import RawStamps, prepare
+
+        first = items[0][1]
+        raw = RawStamps(first.kind, np.stack([s.data for _, s in items]), bands=first.bands,
+                        pixel_scale=first.pixel_scale,
+                        flags=np.array([s.flags for _, s in items], dtype=np.int32))
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN slices etc.
+                x, flags = prepare(self.model, raw, crop_fraction=self.crop_fraction)
+        except (InputError, ValueError, TypeError) as exc:
+            if len(items) > 1:  # find the stamp(s) at fault
+                for item in items:
+                    self._score([item])
+                return
+            row, stamp = items[0]
+            self.flags[row] |= int(Flag.BAD_INPUT)
+            self.reasons[row].append(f"cannot be preprocessed: {exc}")
+            return
+        pred = self.model.predict(x, batch_size=max(len(x), 1), progress=False)
+        rows = np.array([r for r, _ in items])
+        self.results.append((rows, {k: np.asarray(pred[k]) for k in self.model.output_names}))
+        for (row, stamp), f in zip(items, flags):
+            new = int(f) & ~stamp.flags
+            self.flags[row] = int(f)
+            self.valid[row] = True
+            if new:
+                self.reasons[row].extend(_explain(stamp, new))
+            stamp.data = None  # release the pixels
+
+
+def _explain(stamp, bits):
+    """Words for flag bits that preprocessing set."""
+    out = []
+    data = np.asarray(stamp.data)
+    if stamp.kind == "colour":
+        planes, names = [data], ["image"]
+    elif stamp.kind == "triplet":
+        planes, names = list(data), [f"{m} stamp" for m in _MEMBERS]
+    else:
+        planes = list(data)
+        names = [f"band {b}" if b else (f"plane {i + 1}" if len(data) > 1 else "image")
+                 for i, b in enumerate(stamp.bands or (None,) * len(data))]
+    if bits & Flag.BLANK:
+        fracs = [float(np.mean(~np.isfinite(p))) for p in planes]
+        j = int(np.argmax(fracs))
+        where = f" of the {names[j]}" if len(planes) > 1 else ""
+        out.append(f"{fracs[j]:.0%} of the pixels{where} are NaN/inf/BLANK (filled)")
+    if bits & Flag.CONSTANT:
+        parts = []
+        for p, nm in zip(planes, names):
+            finite = p[np.isfinite(p)]
+            if finite.size == 0:
+                parts.append(f"{nm} has no finite pixel")
+            elif finite.min() == finite.max():
+                value = finite.flat[0]
+                parts.append(f"{nm} is all zero" if value == 0 else
+                             f"{nm} is constant ({value:.4g})")
+        out.append("; ".join(parts) if parts else "constant stamp")
+    if bits & Flag.EXTRAPOLATED:
+        out.append("the stamp does not cover the model's field at the model's pixel scale "
+                   "(resampling extrapolated; missing area filled)")
+    rest = bits & ~(Flag.BLANK | Flag.CONSTANT | Flag.EXTRAPOLATED)
+    if rest:
+        out.append(describe_flags(rest))
+    return out
+
+
+# ----------------------------------------------------------------------------- headers
+def _header_targets(paths, write_header, in_place, overwrite):
+    """Mapping input path -> output path for header writing (checked before any work)."""
+    if write_header is None and not in_place:
+        return {}
+    fits_paths = [p for p in paths if _is_fits_name(p)]
+    if in_place:
+        return {p: p for p in fits_paths}
+    out_dir = Path(write_header).expanduser()
+    if out_dir.exists() and not out_dir.is_dir():
+        raise InvalidArgumentError(f"write_header={str(write_header)!r} is not a directory")
+    targets, seen = {}, {}
+    for p in fits_paths:
+        target = out_dir / p.name
+        if os.path.realpath(target) == os.path.realpath(p):
+            raise InvalidArgumentError(
+                f"write_header={str(write_header)!r} is the directory of the input {str(p)!r}: "
+                "copies would replace the originals (use in_place=True for that)")
+        if p.name in seen:
+            raise InvalidArgumentError(
+                f"inputs {str(seen[p.name])!r} and {str(p)!r} have the same file name; their "
+                f"copies in {str(write_header)!r} would collide")
+        if target.exists() and not overwrite:
+            raise OutputExistsError(f"{str(target)!r} exists; pass overwrite=True "
+                                    "(--overwrite) to replace it")
+        seen[p.name] = p
+        targets[p] = target
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return targets
+
+
+def _is_fits_name(path):
+    name = Path(path).name.lower()
+    if any(name.endswith(e) for e in (".fits", ".fit", ".fts", ".fits.gz", ".fit.gz", ".fz")):
+        return True
+    try:
+        with open(path, "rb") as f:
+            return f.read(9) == b"SIMPLE  ="
+    except OSError:
+        return False
+
+
+def _card(key, value, comment):
+    """A header card that fits in 80 characters (comment dropped, strings cut if need be)."""
+    from astropy.io import fits
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for com in (comment, ""):
+            card = fits.Card(f"HIERARCH {key}", value, com)
+            if len(str(card)) <= 80:
+                return card
+        if isinstance(value, str):
+            while value and len(str(fits.Card(f"HIERARCH {key}", value))) > 80:
+                value = value[:-1]
+            return fits.Card(f"HIERARCH {key}", value)
+    return None
+
+
+def _result_cards(model, table, row, index):
+    prefix = model.card.get("column_prefix", model.name.replace("-", "_"))
+    base = f"ASTROMORPH {model.name.upper()}" + (f" S{index}" if index is not None else "")
+    cards = []
+    for name in table.colnames:
+        if name in ("source", "reason"):
+            continue
+        col = table[name]
+        if col.ndim > 1:
+            continue  # embeddings do not fit in header cards
+        value = col[row]
+        if np.ma.is_masked(value):
+            continue
+        suffix = name[len(prefix) + 1:] if name.startswith(prefix + "_") else name
+        if isinstance(value, (np.floating, float)):
+            value = float(f"{float(value):.7g}")
+        elif isinstance(value, (np.integer, int)):
+            value = int(value)
+        else:
+            value = str(value)
+        desc = (getattr(col, "description", "") or "")[:40]
+        cards.append(_card(f"{base} {suffix.upper()}", value, desc))
+    reason = str(table["reason"][row])
+    if reason:
+        cards.append(_card(f"{base} REASON", reason[:_MAX_REASON], "why flagged"))
+    return [c for c in cards if c is not None]
+
+
+def write_results_to_header(model, table, origins, targets, *, overwrite=False):
+    """Write each FITS input's results into a header copy (or the input itself).
+
+    Parameters
+    ----------
+    model : Model
+    table : astropy.table.Table
+        The `predict_files` table.
+    origins : list of (path, header_hdu, index)
+        Per row: input file, the HDU whose header gets the keywords (``None``
+        for rows that came from no readable FITS file) and the stamp index for
+        files holding several stamps.
+    targets : dict
+        Input path -> output path (the same path for in-place updates).
+    overwrite : bool
+        Replace existing outputs.
+    """
+    from astropy.io import fits
+
+    rows_by_path = {}
+    for row, (path, hdu, index) in enumerate(origins):
+        if hdu is not None and path in targets:
+            rows_by_path.setdefault(path, []).append((row, hdu, index))
+    name = model.name.upper()
+    for path, rows in rows_by_path.items():
+        target = targets[path]
+        with atomic_output(target, overwrite=overwrite or target == path) as tmp:
+            with fits.open(path, mode="readonly", memmap=True,
+                           do_not_scale_image_data=True) as hdul:
+                touched = set()
+                for row, hdu, index in rows:
+                    header = hdul[hdu].header
+                    if hdu not in touched:
+                        for key in [k for k in header.keys()
+                                    if k.startswith(f"ASTROMORPH {name} ")
+                                    or k == "ASTROMORPH VERSION"]:
+                            header.remove(key, ignore_missing=True, remove_all=True)
+                        for card in (
+                                _card(f"ASTROMORPH {name} VERSION", str(model.version),
+                                      "model version"),
+                                _card(f"ASTROMORPH {name} SHA256", model.sha256[:16],
+                                      "model file sha256 prefix"),
+                                _card("ASTROMORPH VERSION", __version__, "astromorph version")):
+                            header.append(card, end=True)
+                        touched.add(hdu)
+                    for card in _result_cards(model, table, row, index):
+                        header.append(card, end=True)
+                checksum = any("CHECKSUM" in h.header for h in hdul)
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", fits.verify.VerifyWarning)
+                    hdul.writeto(tmp, output_verify="silentfix", checksum=checksum)
+        log.info("results written to the header of %s", target)
+
+
+# ----------------------------------------------------------------------------- command line
+def register(subparsers):
+    """Add the ``predict`` sub-command to the ``astromorph`` command line."""
+    p = subparsers.add_parser(
+        "predict", help="score FITS/JPEG/PNG stamps and alert packets: one row per stamp",
+        description="Apply a model to files of stamps (FITS images, cubes and "
+                    "multi-extension files, JPEG/PNG cutouts, ZTF/Rubin Avro alert packets) "
+                    "and write one table row per stamp.")
+    p.add_argument("model", metavar="MODEL", help="model name (see `astromorph models`) or path")
+    p.add_argument("inputs", metavar="INPUT", nargs="+",
+                   help="files, directories or glob patterns (quote patterns)")
+    p.add_argument("-o", "--output", metavar="OUT",
+                   help="output table; format from the extension: .ecsv, .fits, .csv, .parquet "
+                        "(default: print the table)")
+    p.add_argument("--batch-size", type=int, default=256, metavar="N",
+                   help="stamps per model call (default 256)")
+    p.add_argument("--write-header", metavar="DIR",
+                   help="write copies of the FITS inputs with the results as header keywords "
+                        "into DIR")
+    p.add_argument("--in-place", action="store_true",
+                   help="add the result keywords to the FITS inputs themselves (atomically)")
+    p.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    p.add_argument("--providers", default=None,
+                   help="execution providers: auto (default), cpu, cuda, tensorrt")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_predict)
+    return p
+
+
+def _cmd_predict(args):
+    import sys
+
+    if args.output:
+        table_format(args.output)  # fail on a bad extension before any work
+        if Path(args.output).exists() and not args.overwrite:
+            raise OutputExistsError(f"{args.output!r} exists; pass --overwrite to replace it")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UnusableInputWarning)  # summarised below
+        table = predict_files(args.model, args.inputs, batch_size=args.batch_size,
+                              progress=False if args.no_progress else None,
+                              write_header=args.write_header, in_place=args.in_place,
+                              overwrite=args.overwrite, providers=args.providers)
+    if args.output:
+        write_table(table, args.output, overwrite=args.overwrite)
+    else:
+        for line in table.pformat(max_lines=-1, max_width=-1):
+            print(line)
+    flag_col = next(c for c in table.colnames if c.endswith("_flags"))
+    n, flagged = len(table), int((np.asarray(table[flag_col]) != 0).sum())
+    unusable = int((np.asarray(table[flag_col]) & int(Flag.unusable()) != 0).sum())
+    print(f"{n} row(s), model {table.meta['model']} {table.meta['model_version']}: "
+          f"{n - unusable} scored, {flagged} flagged, {unusable} unusable"
+          + (f"; table written to {args.output}" if args.output else ""), file=sys.stderr)
+    return 0
+

@@ -1,0 +1,878 @@
+"""predict_files / `astromorph predict`: files of stamps -> one row each."""
+import gzip
+import hashlib
+import io
+import json
+import os
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+from astropy.io import fits
+from astropy.table import Table
+
+import astromorph
+from astromorph import Flag, cli
+from astromorph._adapters import RawStamps, prepare, result_columns
+from astromorph._io import write_table
+from astromorph._readers import _read_fits_astropy, parse_fits_bytes, read_file
+from astromorph.exceptions import (InputNotFoundError, InvalidArgumentError,
+                                   MissingDependencyError, ModelNotFoundError, OutputExistsError,
+                                   UnusableInputWarning)
+
+from conftest import DATA_DIR, requires_data, sha256, tiny_classifier_onnx
+
+ALERTS = DATA_DIR / "alerts"
+RNG = np.random.default_rng(42)
+
+
+# ----------------------------------------------------------------------------- tiny models
+def _score_onnx(path, *, channels=3, size=63):
+    """ONNX graph: sigmoid of the mean of the input -> ``rb_score`` (N,)."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    inp = helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", channels, size, size])
+    out = helper.make_tensor_value_info("rb_score", TensorProto.FLOAT, ["batch"])
+    axes = helper.make_tensor("axes", TensorProto.INT64, [3], [1, 2, 3])
+    nodes = [helper.make_node("ReduceMean", ["input", "axes"], ["m"], keepdims=0),
+             helper.make_node("Sigmoid", ["m"], ["rb_score"])]
+    graph = helper.make_graph(nodes, "rb", [inp], [out], initializer=[axes])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 9
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+
+
+def _card(path, name, prefix, shape, family, preprocessing, outputs, task="classification"):
+    return {"name": name, "version": "0.0.1", "task": task, "column_prefix": prefix,
+            "input": {"name": "input", "shape": list(shape), "dtype": "float32",
+                      "family": family, "preprocessing": preprocessing,
+                      "single_band": "invalid"},
+            "outputs": outputs, "training": {"data": "test fixture"}, "metrics": {},
+            "sha256": sha256(path)}
+
+
+@pytest.fixture
+def models(tmp_path_factory, monkeypatch):
+    """Registry with three tiny models, one per preprocessing family."""
+    root = tmp_path_factory.mktemp("models")
+    specs = {
+        "morphology": dict(prefix="morph", shape=(3, 64, 64), family="optical",
+                           pre="astromorph.preprocessing.preprocess_colour_cutout",
+                           labels=("red", "green", "blue")),
+        "radio-morphology": dict(prefix="radio", shape=(1, 80, 80), family="radio",
+                                 pre="astromorph.preprocessing.preprocess_first_cutout",
+                                 labels=("FRI", "FRII", "compact", "bent")),
+    }
+    for name, s in specs.items():
+        d = root / name
+        d.mkdir(parents=True)
+        tiny_classifier_onnx(d / "model.onnx", channels=s["shape"][0], size=s["shape"][1],
+                             labels=s["labels"])
+        card = _card(d / "model.onnx", name, s["prefix"], s["shape"], s["family"], s["pre"],
+                     [{"name": "probabilities", "kind": "probabilities",
+                       "labels": list(s["labels"])}])
+        (d / "card.json").write_text(json.dumps(card))
+    d = root / "real-bogus"
+    d.mkdir()
+    _score_onnx(d / "model.onnx")
+    card = _card(d / "model.onnx", "real-bogus", "rb", (3, 63, 63), "triplet",
+                 "astromorph.preprocessing.preprocess_triplet",
+                 [{"name": "rb_score", "kind": "score"}], task="score")
+    (d / "card.json").write_text(json.dumps(card))
+    monkeypatch.setenv("ASTROMORPH_MODELS_DIR", str(root))
+    astromorph.clear_session_cache()
+    yield root
+    astromorph.clear_session_cache()
+
+
+# ----------------------------------------------------------------------------- file makers
+def _celestial(header, scale_arcsec, shape):
+    ny, nx = shape[-2:]
+    header.update({"CTYPE1": "RA---TAN", "CTYPE2": "DEC--TAN", "CRVAL1": 150.0,
+                   "CRVAL2": 2.0, "CRPIX1": nx / 2 + 0.5, "CRPIX2": ny / 2 + 0.5,
+                   "CD1_1": -scale_arcsec / 3600, "CD1_2": 0.0, "CD2_1": 0.0,
+                   "CD2_2": scale_arcsec / 3600})
+    return header
+
+
+def write_fits(path, data, *, scale=None, **cards):
+    header = fits.Header()
+    if scale is not None:
+        _celestial(header, scale, np.shape(data))
+    header.update(cards)
+    fits.PrimaryHDU(np.asarray(data), header=header).writeto(path, overwrite=True)
+    return path
+
+
+def write_mef(path, planes, names, *, key="EXTNAME", scale=None):
+    hdus = [fits.PrimaryHDU()]
+    for plane, name in zip(planes, names):
+        h = fits.Header()
+        if scale is not None:
+            _celestial(h, scale, plane.shape)
+        hdu = fits.ImageHDU(np.asarray(plane, np.float32), header=h)
+        hdu.header[key] = name
+        if key != "EXTNAME":
+            hdu.header["EXTNAME"] = f"IMG{len(hdus)}"
+        hdus.append(hdu)
+    fits.HDUList(hdus).writeto(path, overwrite=True)
+    return path
+
+
+def galaxy(n=32, seed=0):
+    y, x = np.mgrid[:n, :n] - (n - 1) / 2
+    rng = np.random.default_rng(seed)
+    return (np.exp(-(x ** 2 + y ** 2) / (2 * (n / 8) ** 2)) * 5
+            + rng.normal(0, 0.05, (n, n))).astype(np.float32)
+
+
+def triplet(n=63, seed=0, flux=300.0):
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[:n, :n] - n // 2
+    psf = np.exp(-(x ** 2 + y ** 2) / (2 * 1.5 ** 2))
+    ref = 200 + rng.normal(0, 5, (n, n)) + 500 * np.exp(-((x - 8) ** 2 + y ** 2) / 8)
+    sci = ref + flux * psf + rng.normal(0, 5, (n, n))
+    return np.stack([sci, ref, sci - ref]).astype(np.float32)
+
+
+def write_picture(path, arr):
+    from PIL import Image
+
+    Image.fromarray(np.asarray(arr, np.uint8)).save(path)
+    return path
+
+
+def colour_picture(n=40, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 256, (n, n, 3), dtype=np.uint8)
+
+
+def _fits_bytes(data, *, scale=None, extensions=False, gz=False):
+    header = fits.Header()
+    if scale is not None:
+        _celestial(header, scale, data.shape)
+    hdus = [fits.PrimaryHDU(np.asarray(data, np.float32), header=header)]
+    if extensions:  # astropy CCDData layout (Rubin cutouts)
+        hdus += [fits.ImageHDU(np.zeros(data.shape, np.int16), name="MASK"),
+                 fits.ImageHDU(np.ones(data.shape, np.float32), name="UNCERT")]
+    buf = io.BytesIO()
+    fits.HDUList(hdus).writeto(buf)
+    raw = buf.getvalue()
+    return gzip.compress(raw) if gz else raw
+
+
+ZTF_SCHEMA = {
+    "type": "record", "name": "alert", "namespace": "ztf", "fields": [
+        {"name": "schemavsn", "type": "string"},
+        {"name": "objectId", "type": "string"},
+        {"name": "candid", "type": "long"},
+        {"name": "candidate", "type": {"type": "record", "name": "candidate",
+                                       "namespace": "ztf.alert", "fields": [
+            {"name": "candid", "type": "long"}, {"name": "isdiffpos", "type": "string"},
+            {"name": "xpos", "type": ["null", "float"], "default": None},
+            {"name": "ypos", "type": ["null", "float"], "default": None},
+            {"name": "magpsf", "type": "float"}]}},
+        {"name": "prv_candidates", "type": ["null", {"type": "array", "items": {
+            "type": "record", "name": "prv_candidate", "namespace": "ztf.alert",
+            "fields": [{"name": "jd", "type": "double"}, {"name": "magpsf",
+                                                           "type": ["null", "float"]}]}}],
+         "default": None},
+        {"name": "cutoutScience", "type": ["null", {
+            "type": "record", "name": "cutout", "namespace": "ztf.alert",
+            "fields": [{"name": "fileName", "type": "string"},
+                       {"name": "stampData", "type": "bytes"}]}], "default": None},
+        {"name": "cutoutTemplate", "type": ["null", "ztf.alert.cutout"], "default": None},
+        {"name": "cutoutDifference", "type": ["null", "ztf.alert.cutout"], "default": None},
+    ]}
+
+# Minimal Rubin schema with the field names of the published lsst.v7_0 alert schema.
+RUBIN_SCHEMA = {
+    "type": "record", "name": "alert", "namespace": "lsst.v7_0", "fields": [
+        {"name": "alertId", "type": "long"},
+        {"name": "diaSource", "type": {"type": "record", "name": "diaSource",
+                                       "namespace": "lsst.v7_0", "fields": [
+            {"name": "diaSourceId", "type": "long"}, {"name": "visit", "type": "long"},
+            {"name": "detector", "type": "int"}, {"name": "midpointMjdTai", "type": "double"},
+            {"name": "ra", "type": "double"}, {"name": "dec", "type": "double"},
+            {"name": "x", "type": "float"}, {"name": "y", "type": "float"},
+            {"name": "psfFlux", "type": ["null", "float"], "default": None},
+            {"name": "flags", "type": "long"},
+            {"name": "band", "type": ["null", "string"], "default": None}]}},
+        {"name": "prvDiaSources", "type": ["null", {"type": "array",
+                                                    "items": "lsst.v7_0.diaSource"}],
+         "default": None},
+        {"name": "diaObject", "type": ["null", {"type": "record", "name": "diaObject",
+                                                "fields": [{"name": "diaObjectId",
+                                                            "type": "long"}]}],
+         "default": None},
+        {"name": "cutoutDifference", "type": ["null", "bytes"], "default": None},
+        {"name": "cutoutScience", "type": ["null", "bytes"], "default": None},
+        {"name": "cutoutTemplate", "type": ["null", "bytes"], "default": None},
+    ]}
+
+
+def ztf_alert(candid, trip=None, *, isdiffpos="t", diffname=None, drop=(), raw=None,
+              xpos=1500.0, ypos=1500.0):
+    trip = triplet(seed=candid % 1000) if trip is None else trip
+    kinds = ("sci", "ref", "scimref" if isdiffpos == "t" else "refmsci")
+    rec = {"schemavsn": "3.3", "objectId": f"ZTF{candid}", "candid": candid,
+           "candidate": {"candid": candid, "isdiffpos": isdiffpos, "xpos": xpos, "ypos": ypos,
+                         "magpsf": 18.0},
+           "prv_candidates": [{"jd": 2459000.5 + i, "magpsf": 19.0} for i in range(5)]}
+    for i, key in enumerate(("cutoutScience", "cutoutTemplate", "cutoutDifference")):
+        name = f"candid{candid}_{kinds[i]}.fits.gz"
+        if i == 2 and diffname:
+            name = diffname
+        data = (raw or {}).get(key) or _fits_bytes(trip[i], gz=True)
+        rec[key] = None if key in drop else {"fileName": name, "stampData": data}
+    return rec
+
+
+def rubin_alert(source_id, trip=None, *, psf_flux=1000.0, drop=(), scale=0.2):
+    trip = triplet(n=31, seed=source_id % 1000) if trip is None else trip
+    rec = {"alertId": source_id + 1, "prvDiaSources": None, "diaObject": None,
+           "diaSource": {"diaSourceId": source_id, "visit": 1, "detector": 2,
+                         "midpointMjdTai": 60000.0, "ra": 150.0, "dec": 2.0, "x": 10.0,
+                         "y": 10.0, "psfFlux": psf_flux, "flags": 0, "band": "r"}}
+    for i, key in enumerate(("cutoutScience", "cutoutTemplate", "cutoutDifference")):
+        rec[key] = None if key in drop else _fits_bytes(trip[i], scale=scale, extensions=True)
+    return rec
+
+
+def write_avro(path, records, schema=ZTF_SCHEMA, codec="null"):
+    import fastavro
+
+    with open(path, "wb") as f:
+        fastavro.writer(f, fastavro.parse_schema(schema), records, codec=codec)
+    return path
+
+
+def digest(path):
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def row(table, source):
+    idx = [i for i, s in enumerate(table["source"]) if s == str(source)]
+    assert len(idx) == 1, (source, list(table["source"]))
+    return table[idx[0]]
+
+
+def quiet(fn, *args, **kwargs):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UnusableInputWarning)
+        return fn(*args, **kwargs)
+
+
+# ----------------------------------------------------------------------------- table layout
+def test_columns_meta_and_values_match_adapters(models, tmp_path):
+    pic = colour_picture()
+    write_picture(tmp_path / "a.png", pic)
+    table = astromorph.predict_files("morphology", tmp_path / "a.png")
+    model = astromorph.load_model("morphology")
+    x, flags = prepare(model, RawStamps("colour", pic[None]))
+    expected = result_columns(model, model.predict(x), flags, np.ones(1, bool))
+    assert table.colnames == ["source", *expected.colnames, "reason"]
+    for name in expected.colnames:
+        assert np.allclose(table[name], expected[name]) if table[name].dtype.kind == "f" \
+            else list(table[name]) == list(expected[name])
+        assert table[name].description == expected[name].description
+    assert table["source"][0] == str(tmp_path / "a.png") and table["reason"][0] == ""
+    assert table.meta["model"] == "morphology" and table.meta["model_version"] == "0.0.1"
+    assert table.meta["model_sha256"] == model.sha256
+    assert table.meta["providers"] == ["CPUExecutionProvider"]
+    assert table.meta["astromorph_version"] == astromorph.__version__
+
+
+def test_accepts_loaded_model(models, tmp_path):
+    write_picture(tmp_path / "a.png", colour_picture())
+    model = astromorph.load_model("morphology")
+    assert len(astromorph.predict_files(model, [tmp_path / "a.png"])) == 1
+
+
+# ----------------------------------------------------------------------------- optical inputs
+def test_optical_inputs(models, tmp_path):
+    write_fits(tmp_path / "single.fits", galaxy())
+    write_picture(tmp_path / "colour.jpg", colour_picture())
+    write_picture(tmp_path / "colour.png", colour_picture(seed=1))
+    write_picture(tmp_path / "grey.png", colour_picture()[..., 0])
+    g, r, i = galaxy(seed=1), galaxy(seed=2) * 1.5, galaxy(seed=3) * 2
+    cube = write_fits(tmp_path / "cube.fits", np.stack([g, r, i]), BAND1="g", BAND2="r",
+                      BAND3="i")
+    write_mef(tmp_path / "mef.fits", [i, g, r], ["SDSS i", "SDSS g", "SDSS r"], key="FILTER")
+    write_mef(tmp_path / "ugriz.fits", [g * 0, g, r, i, i * 0], list("ugriz"))
+    table = astromorph.predict_files("morphology", sorted(tmp_path.iterdir()))
+    assert len(table) == 7
+    assert not table["morph_flags"].any() and not any(table["reason"])
+    assert not np.any(table["morph_p_red"].mask)
+    # The same bands in any HDU order, or with extra bands, give the same result.
+    ref = row(table, cube)["morph_p_red"]
+    assert row(table, tmp_path / "mef.fits")["morph_p_red"] == pytest.approx(ref, abs=1e-6)
+    assert row(table, tmp_path / "ugriz.fits")["morph_p_red"] == pytest.approx(ref, abs=1e-6)
+    # A grey picture is grey: equal channel means.
+    grey = row(table, tmp_path / "grey.png")
+    assert grey["morph_p_red"] == pytest.approx(grey["morph_p_blue"], abs=1e-6)
+
+
+def test_missing_band_and_wrong_number_of_planes(models, tmp_path):
+    write_mef(tmp_path / "gr.fits", [galaxy(), galaxy(seed=1)], ["g", "r"], key="FILTER")
+    write_fits(tmp_path / "five.fits", np.stack([galaxy(seed=s) for s in range(5)]))
+    write_fits(tmp_path / "two.fits", np.stack([galaxy(), galaxy(seed=1)]))
+    write_mef(tmp_path / "grz.fits", [galaxy(), galaxy(seed=1), galaxy(seed=2)], list("grz"))
+    with pytest.warns(UnusableInputWarning, match="4 of 4"):
+        table = astromorph.predict_files("morphology", tmp_path)
+    gr = row(table, tmp_path / "gr.fits")
+    assert gr["morph_flags"] == Flag.MISSING_BAND and "no i band" in gr["reason"]
+    assert row(table, tmp_path / "two.fits")["morph_flags"] == Flag.MISSING_BAND
+    assert row(table, tmp_path / "grz.fits")["morph_flags"] == Flag.MISSING_BAND
+    five = row(table, tmp_path / "five.fits")
+    assert five["morph_flags"] == Flag.BAD_INPUT and "5 planes" in five["reason"]
+    assert table["morph_p_red"].mask.all() and table["morph_label"].mask.all()
+
+
+def test_nan_and_constant_stamps_are_flagged_but_scored(models, tmp_path):
+    img = galaxy()
+    img[:8] = np.nan  # 25 per cent
+    img[8, :4] = np.inf
+    write_fits(tmp_path / "nan.fits", img)
+    write_fits(tmp_path / "zero.fits", np.zeros((32, 32), np.float32))
+    write_fits(tmp_path / "allnan.fits", np.full((32, 32), np.nan, np.float32))
+    table = astromorph.predict_files("morphology", tmp_path)
+    nan = row(table, tmp_path / "nan.fits")
+    assert nan["morph_flags"] == Flag.BLANK and "25%" in nan["reason"]
+    assert not np.ma.is_masked(nan["morph_p_red"])
+    zero = row(table, tmp_path / "zero.fits")
+    assert zero["morph_flags"] == Flag.CONSTANT and "all zero" in zero["reason"]
+    allnan = row(table, tmp_path / "allnan.fits")
+    assert allnan["morph_flags"] & Flag.BLANK and allnan["morph_flags"] & Flag.CONSTANT
+    assert "no finite pixel" in allnan["reason"]
+
+
+@pytest.mark.parametrize("dtype,bscale,bzero", [
+    (np.uint8, 1.0, 0.0), (np.int16, 1.0, 0.0), (np.int16, 0.5, 100.0),
+    (np.int16, 1.0, 32768.0), (np.int32, 2.0, -3.0), (np.float32, 1.0, 0.0),
+    (np.float64, 1.0, 0.0), (np.float32, 2.0, 1.0)])
+def test_fits_scaling_blank_and_byte_order(tmp_path, dtype, bscale, bzero):
+    raw = np.arange(12 * 10).reshape(12, 10).astype(dtype)
+    hdu = fits.PrimaryHDU(raw)  # scaling keywords set after the data: raw values stored
+    hdu.header["BSCALE"], hdu.header["BZERO"] = bscale, bzero
+    blank = None
+    if np.dtype(dtype).kind in "iu":
+        blank = int(raw[3, 4])
+        hdu.header["BLANK"] = blank
+    hdu.writeto(tmp_path / "s.fits")
+    assert fits.getheader(tmp_path / "s.fits")["BZERO"] == bzero
+    expected = raw.astype(np.float64) * bscale + bzero
+    if blank is not None:
+        expected[3, 4] = np.nan
+    for stamps in (read_file(tmp_path / "s.fits"),
+                   _read_fits_astropy(tmp_path / "s.fits", want_scale=True, triplet_hint=False)):
+        (stamp,) = stamps
+        assert stamp.data.dtype == np.float32 and stamp.data.dtype.isnative
+        np.testing.assert_allclose(stamp.data[0], expected, rtol=1e-6, equal_nan=True)
+
+
+def test_fast_and_astropy_fits_paths_agree_on_wcs(tmp_path):
+    data = galaxy(40)
+    h = fits.Header({"CTYPE1": "RA---TAN", "CTYPE2": "DEC--TAN", "CRVAL1": 10.0, "CRVAL2": -5.0,
+                     "CRPIX1": 20, "CRPIX2": 20, "CDELT1": -0.5 / 3600, "CDELT2": 0.5 / 3600,
+                     "PC1_1": 0.8, "PC1_2": -0.6, "PC2_1": 0.6, "PC2_2": 0.8})
+    fits.PrimaryHDU(data, header=h).writeto(tmp_path / "pc.fits")
+    write_fits(tmp_path / "cd.fits", data, scale=1.8)
+    write_fits(tmp_path / "none.fits", data)
+    for name, expected in (("pc", 0.5), ("cd", 1.8), ("none", None)):
+        fast = read_file(tmp_path / f"{name}.fits")[0]
+        slow = _read_fits_astropy(tmp_path / f"{name}.fits", want_scale=True,
+                                  triplet_hint=False)[0]
+        assert fast.pixel_scale == pytest.approx(expected, rel=1e-6) if expected else \
+            fast.pixel_scale is None
+        assert slow.pixel_scale == pytest.approx(expected, rel=1e-6) if expected else \
+            slow.pixel_scale is None
+        np.testing.assert_array_equal(fast.data, slow.data)
+
+
+def test_memmapped_multi_extension_and_compressed(tmp_path):
+    g = galaxy()
+    write_mef(tmp_path / "m.fits", [g, g * 2, g * 3], ["SCIENCE", "REFERENCE", "DIFFERENCE"])
+    (stamp,) = read_file(tmp_path / "m.fits")
+    assert stamp.kind == "triplet" and stamp.header_hdu == 0
+    fits.HDUList([fits.PrimaryHDU(), fits.CompImageHDU(g)]).writeto(tmp_path / "c.fits.fz")
+    (stamp,) = read_file(tmp_path / "c.fits.fz")
+    np.testing.assert_allclose(stamp.data[0], g, atol=0.05)  # lossy float quantisation
+
+
+def test_four_d_stack_gives_one_row_per_stamp(models, tmp_path):
+    stack = np.stack([colour_picture(seed=s).transpose(2, 0, 1).astype(np.float32)
+                      for s in range(3)])
+    write_fits(tmp_path / "stack.fits", stack)
+    table = astromorph.predict_files("morphology", tmp_path / "stack.fits")
+    assert list(table["source"]) == [f"{tmp_path / 'stack.fits'}[{i}]" for i in range(3)]
+
+
+@pytest.mark.parametrize("case", ["truncated", "garbage", "empty", "gzip", "one_d", "table",
+                                  "jpeg", "png", "unknown", "six_d", "tiny"])
+def test_bad_files_give_flagged_rows_and_the_run_goes_on(models, tmp_path, case):
+    write_picture(tmp_path / "good.png", colour_picture())
+    good = fits.PrimaryHDU(galaxy(64))
+    raw = good.copy()
+    if case == "truncated":
+        good.writeto(tmp_path / "bad.fits")
+        data = (tmp_path / "bad.fits").read_bytes()
+        (tmp_path / "bad.fits").write_bytes(data[:len(data) // 2])
+    elif case == "garbage":
+        (tmp_path / "bad.fits").write_bytes(b"not a fits file at all" * 50)
+    elif case == "empty":
+        (tmp_path / "bad.fits").write_bytes(b"")
+    elif case == "gzip":
+        buf = io.BytesIO()
+        good.writeto(buf)
+        (tmp_path / "bad.fits.gz").write_bytes(gzip.compress(buf.getvalue())[:3000])
+    elif case == "one_d":
+        write_fits(tmp_path / "bad.fits", np.arange(100.0))
+    elif case == "table":
+        fits.BinTableHDU(Table({"a": [1, 2]})).writeto(tmp_path / "bad.fits")
+    elif case == "jpeg":
+        write_picture(tmp_path / "full.jpg", colour_picture(64))
+        (tmp_path / "bad.jpg").write_bytes((tmp_path / "full.jpg").read_bytes()[:600])
+        (tmp_path / "full.jpg").unlink()
+    elif case == "png":
+        write_picture(tmp_path / "full.png", colour_picture(64))
+        (tmp_path / "bad.png").write_bytes((tmp_path / "full.png").read_bytes()[:200])
+        (tmp_path / "full.png").unlink()
+    elif case == "unknown":
+        (tmp_path / "bad.dat").write_bytes(b"\x00\x01\x02" * 100)
+    elif case == "six_d":
+        write_fits(tmp_path / "bad.fits", np.ones((2, 2, 2, 2, 4, 4), np.float32))
+    elif case == "tiny":
+        write_fits(tmp_path / "bad.fits", np.ones((1, 5), np.float32))
+    del raw
+    bad = next(p for p in tmp_path.iterdir() if p.name.startswith("bad"))
+    with pytest.warns(UnusableInputWarning, match="1 of 2"):
+        table = astromorph.predict_files("morphology", [tmp_path / "good.png", bad])
+    assert len(table) == 2
+    assert table["morph_flags"][0] == 0 and not np.ma.is_masked(table["morph_p_red"][0])
+    assert table["morph_flags"][1] == Flag.BAD_INPUT
+    assert np.ma.is_masked(table["morph_p_red"][1]) and table["reason"][1]
+
+
+# ----------------------------------------------------------------------------- radio
+def test_radio_inputs_and_pixel_scales(models, tmp_path):
+    rng = np.random.default_rng(1)
+    img = rng.normal(0, 1.5e-4, (300, 300)).astype(np.float32)
+    img[140:160, 140:160] += 0.01
+    write_fits(tmp_path / "first.fits", img)                  # FIRST grid, no WCS: fine
+    coarse = rng.normal(0, 1.5e-4, (170, 170)).astype(np.float32)
+    coarse[80:90, 80:90] += 0.01
+    write_fits(tmp_path / "coarse.fits", coarse, scale=3.4)    # resampled by its WCS
+    write_fits(tmp_path / "nowcs.fits", img[90:210, 90:210])  # other size, no WCS
+    write_picture(tmp_path / "dataset.png", (img / img.max() * 255).clip(0, 255))
+    write_fits(tmp_path / "cube.fits", np.stack([img, img, img]))
+    table = quiet(astromorph.predict_files, "radio-morphology", tmp_path)
+    assert table.colnames[1:5] == ["radio_p_FRI", "radio_p_FRII", "radio_p_compact",
+                                   "radio_p_bent"]
+    assert row(table, tmp_path / "first.fits")["radio_flags"] == 0
+    assert row(table, tmp_path / "coarse.fits")["radio_flags"] == 0
+    assert row(table, tmp_path / "dataset.png")["radio_flags"] == 0
+    nowcs = row(table, tmp_path / "nowcs.fits")
+    assert nowcs["radio_flags"] == Flag.NO_WCS and "120x120" in nowcs["reason"]
+    assert not np.ma.is_masked(nowcs["radio_p_FRI"])
+    assert row(table, tmp_path / "cube.fits")["radio_flags"] == Flag.BAD_INPUT
+
+
+def test_radio_degenerate_axes_squeezed(models, tmp_path):
+    img = np.random.default_rng(2).normal(0, 1e-4, (1, 1, 300, 300)).astype(np.float32)
+    write_fits(tmp_path / "vlass.fits", img)
+    table = astromorph.predict_files("radio-morphology", tmp_path / "vlass.fits")
+    assert table["radio_flags"][0] == 0
+
+
+# ----------------------------------------------------------------------------- triplets (FITS)
+def test_triplet_fits_layouts(models, tmp_path):
+    t = triplet()
+    write_fits(tmp_path / "cube.fits", t)
+    write_mef(tmp_path / "shuffled.fits", [t[2], t[0], t[1]],
+              ["DIFFERENCE", "SCIENCE", "TEMPLATE"])
+    write_mef(tmp_path / "nodiff.fits", [t[0], t[1]], ["SCIENCE", "REFERENCE"])
+    write_mef(tmp_path / "shapes.fits", [t[0], t[1], t[2][:50, :50]],
+              ["SCIENCE", "REFERENCE", "DIFFERENCE"])
+    write_fits(tmp_path / "two.fits", t[:2])
+    table = quiet(astromorph.predict_files, "real-bogus", tmp_path)
+    cube = row(table, tmp_path / "cube.fits")
+    assert cube["rb_flags"] == 0
+    assert row(table, tmp_path / "shuffled.fits")["rb_score"] == pytest.approx(cube["rb_score"])
+    nodiff = row(table, tmp_path / "nodiff.fits")
+    assert nodiff["rb_flags"] == Flag.MISSING_BAND and "difference" in nodiff["reason"]
+    assert np.ma.is_masked(nodiff["rb_score"])
+    assert row(table, tmp_path / "shapes.fits")["rb_flags"] == Flag.BAD_INPUT
+    assert row(table, tmp_path / "two.fits")["rb_flags"] == Flag.MISSING_BAND
+
+
+def test_triplet_pixel_scale_and_no_wcs(models, tmp_path):
+    t = triplet(51)
+    write_fits(tmp_path / "des_wcs.fits", t, scale=0.27)
+    write_fits(tmp_path / "des_nowcs.fits", t)
+    table = astromorph.predict_files("real-bogus", tmp_path)
+    wcs = row(table, tmp_path / "des_wcs.fits")
+    # 51 x 0.27" covers a fraction of the 63" field: the rest is NaN-filled.
+    assert wcs["rb_flags"] == Flag.EXTRAPOLATED | Flag.BLANK
+    assert "does not cover" in wcs["reason"] and "NaN" in wcs["reason"]
+    nowcs = row(table, tmp_path / "des_nowcs.fits")
+    assert nowcs["rb_flags"] & Flag.NO_WCS and "51x51" in nowcs["reason"]
+
+
+def test_bad_templates(models, tmp_path):
+    t = triplet()
+    neg, zero = t.copy(), t.copy()
+    neg[1] = -np.abs(neg[1]) - 1
+    zero[1] = 0
+    write_fits(tmp_path / "neg.fits", neg)
+    write_fits(tmp_path / "zero.fits", zero)
+    table = quiet(astromorph.predict_files, "real-bogus", tmp_path)
+    neg_row = row(table, tmp_path / "neg.fits")
+    assert neg_row["rb_flags"] == Flag.BAD_INPUT and "no positive pixel" in neg_row["reason"]
+    zero_row = row(table, tmp_path / "zero.fits")
+    assert zero_row["rb_flags"] == Flag.CONSTANT
+    assert "reference stamp is all zero" in zero_row["reason"]
+
+
+def test_colour_picture_cannot_feed_triplet_model(models, tmp_path):
+    write_picture(tmp_path / "a.png", colour_picture())
+    table = quiet(astromorph.predict_files, "real-bogus", tmp_path / "a.png")
+    assert table["rb_flags"][0] == Flag.BAD_INPUT and "colour" in table["reason"][0]
+
+
+# ----------------------------------------------------------------------------- alert packets
+def test_ztf_packets(models, tmp_path):
+    pytest.importorskip("fastavro")
+    good = [ztf_alert(1000 + i) for i in range(3)]
+    write_avro(tmp_path / "many.avro", good)                         # 3 alerts in one file
+    write_avro(tmp_path / "deflate.avro", [ztf_alert(2000)], codec="deflate")
+    write_avro(tmp_path / "notmpl.avro", [ztf_alert(3000, drop=("cutoutTemplate",))])
+    write_avro(tmp_path / "none.avro", [ztf_alert(4000, drop=(
+        "cutoutScience", "cutoutTemplate", "cutoutDifference"))])
+    corrupt = {"cutoutDifference": gzip.compress(b"x" * 5000)[:100]}
+    write_avro(tmp_path / "corrupt.avro", [ztf_alert(5000, raw=corrupt)])
+    write_avro(tmp_path / "trunc.avro", [ztf_alert(6000)])
+    data = (tmp_path / "trunc.avro").read_bytes()
+    (tmp_path / "trunc.avro").write_bytes(data[:len(data) - 3000])
+    nan = triplet(seed=7)
+    nan[2, :20] = np.nan
+    write_avro(tmp_path / "nan.avro", [ztf_alert(7000, nan)])
+    table = quiet(astromorph.predict_files, "real-bogus", tmp_path)
+    assert len(table) == 9
+    for i in range(3):
+        assert row(table, 1000 + i)["rb_flags"] == 0
+    assert row(table, 2000)["rb_flags"] == 0
+    r = row(table, 3000)
+    assert r["rb_flags"] == Flag.MISSING_BAND and "lacks cutoutTemplate" in r["reason"]
+    r = row(table, 4000)
+    assert r["rb_flags"] == Flag.MISSING_BAND and "no cutouts" in r["reason"]
+    r = row(table, 5000)
+    assert r["rb_flags"] == Flag.BAD_INPUT and "cutoutDifference" in r["reason"]
+    r = row(table, tmp_path / "trunc.avro")
+    assert r["rb_flags"] == Flag.BAD_INPUT and "Avro" in r["reason"]
+    r = row(table, 7000)
+    assert r["rb_flags"] == Flag.BLANK and "difference stamp" in r["reason"]
+
+
+def test_ztf_difference_orientation(tmp_path):
+    pytest.importorskip("fastavro")
+    t = triplet()
+    t_f = t.copy()
+    t_f[2] = -t_f[2]  # as stored by a (mislabelled) sci-minus-ref packet with isdiffpos 'f'
+    write_avro(tmp_path / "a.avro", [
+        ztf_alert(1, t, isdiffpos="t"),
+        ztf_alert(2, t, isdiffpos="f"),  # file *_refmsci: stored positive already
+        ztf_alert(3, t_f, isdiffpos="f", diffname="candid3_pid3_scimref.fits.gz")])
+    stamps = read_file(tmp_path / "a.avro")
+    for s in stamps:
+        np.testing.assert_allclose(s.data, t)
+        assert s.data[2, 31, 31] > 0
+
+
+def test_ztf_edge_cutouts_are_padded(models, tmp_path):
+    pytest.importorskip("fastavro")
+    t = triplet()[:, :, 10:]  # 63 x 53: cut at the left CCD edge
+    write_avro(tmp_path / "edge.avro", [ztf_alert(9, t, xpos=20.0)])
+    (stamp,) = read_file(tmp_path / "edge.avro")
+    assert stamp.data.shape == (3, 63, 63) and stamp.flags == Flag.EDGE
+    assert np.isnan(stamp.data[:, :, :10]).all()
+    np.testing.assert_allclose(stamp.data[:, :, 10:], t)
+    table = astromorph.predict_files("real-bogus", tmp_path / "edge.avro")
+    assert table["rb_flags"][0] == Flag.EDGE | Flag.BLANK and "CCD edge" in table["reason"][0]
+
+
+def test_rubin_packets(models, tmp_path):
+    pytest.importorskip("fastavro")
+    t = triplet(31)
+    write_avro(tmp_path / "rubin.avro", [
+        rubin_alert(11, t), rubin_alert(12, t * np.array([1, 1, -1])[:, None, None],
+                                        psf_flux=-500.0),
+        rubin_alert(13, t, drop=("cutoutScience",))], schema=RUBIN_SCHEMA)
+    stamps = read_file(tmp_path / "rubin.avro")
+    assert [s.source for s in stamps] == ["11", "12", "13"]
+    assert stamps[0].pixel_scale == pytest.approx(0.2)
+    np.testing.assert_allclose(stamps[0].data, t)
+    np.testing.assert_allclose(stamps[1].data, t)  # negative source: difference negated
+    table = quiet(astromorph.predict_files, "real-bogus", tmp_path / "rubin.avro")
+    assert table["rb_score"][0] == pytest.approx(table["rb_score"][1])
+    assert table["rb_flags"][0] == Flag.EXTRAPOLATED | Flag.BLANK  # 31 x 0.2" << 63"
+    assert table["rb_flags"][2] == Flag.MISSING_BAND
+    assert "lacks cutoutScience" in table["reason"][2]
+
+
+def test_alert_without_fastavro(models, tmp_path, monkeypatch):
+    pytest.importorskip("fastavro")
+    write_avro(tmp_path / "a.avro", [ztf_alert(1)])
+    monkeypatch.setitem(sys.modules, "fastavro", None)
+    with pytest.raises(MissingDependencyError, match=r"astromorph\[alerts\]"):
+        astromorph.predict_files("real-bogus", tmp_path / "a.avro")
+
+
+def test_picture_without_pillow(models, tmp_path, monkeypatch):
+    write_picture(tmp_path / "a.png", colour_picture())
+    monkeypatch.setitem(sys.modules, "PIL", None)
+    with pytest.raises(MissingDependencyError, match=r"astromorph\[images\]"):
+        astromorph.predict_files("morphology", tmp_path / "a.png")
+
+
+@requires_data
+def test_real_ztf_alerts(models):
+    import fastavro
+
+    paths = sorted(ALERTS.glob("*.avro"))
+    if not paths:
+        pytest.skip("no ZTF alert packets")
+    table = astromorph.predict_files("real-bogus", ALERTS)
+    candids = []
+    for p in paths:
+        with open(p, "rb") as f:
+            for rec in fastavro.reader(f):
+                candids.append(str(rec["candid"]))
+                # The fast FITS parser agrees with astropy on every real cutout.
+                for key in ("cutoutScience", "cutoutTemplate", "cutoutDifference"):
+                    blob = rec[key]["stampData"]
+                    fast, _ = parse_fits_bytes(blob)
+                    with warnings.catch_warnings():
+                        warnings.simplefilter("ignore")
+                        slow = fits.getdata(io.BytesIO(gzip.decompress(blob)))
+                    np.testing.assert_array_equal(fast, slow)
+    assert sorted(table["source"]) == sorted(candids)
+    assert not table["rb_flags"].any() and not np.any(table["rb_score"].mask)
+    # The candidate is positive in the difference fed to the model, whatever isdiffpos.
+    for s in read_file(paths[0]) + read_file(paths[-1]):
+        assert s.data[2, 31, 31] > 0
+
+
+# ----------------------------------------------------------------------------- batching
+def test_stamps_of_many_files_are_batched(models, tmp_path, monkeypatch):
+    for i in range(40):
+        write_fits(tmp_path / f"t{i:02d}.fits", triplet(seed=i))
+    model = astromorph.load_model("real-bogus")
+    calls = []
+    run = model._run
+    monkeypatch.setattr(model, "_run", lambda batch: calls.append(len(batch)) or run(batch))
+    table = astromorph.predict_files(model, tmp_path, batch_size=16)
+    assert calls == [16, 16, 8]
+    one = astromorph.predict_files("real-bogus", tmp_path, batch_size=1)
+    np.testing.assert_allclose(table["rb_score"], one["rb_score"], rtol=1e-6)
+    assert list(table["source"]) == sorted(str(p) for p in tmp_path.iterdir())
+
+
+def test_mixed_shapes_keep_input_order(models, tmp_path):
+    for i in range(6):
+        write_fits(tmp_path / f"t{i}.fits", triplet(63 if i % 2 else 51, seed=i), scale=1.0)
+    table = astromorph.predict_files("real-bogus", tmp_path, batch_size=2)
+    assert list(table["source"]) == [str(tmp_path / f"t{i}.fits") for i in range(6)]
+    for i in range(6):
+        single = astromorph.predict_files("real-bogus", tmp_path / f"t{i}.fits")
+        assert table["rb_score"][i] == pytest.approx(single["rb_score"][0], rel=1e-6)
+
+
+# ----------------------------------------------------------------------------- inputs & misuse
+def test_directories_and_globs(models, tmp_path):
+    sub = tmp_path / "d"
+    sub.mkdir()
+    for name in ("b.png", "a.png", "c.jpg"):
+        write_picture(sub / name, colour_picture())
+    (sub / "notes.txt").write_text("ignored")
+    table = astromorph.predict_files("morphology", sub)
+    assert [Path(s).name for s in table["source"]] == ["a.png", "b.png", "c.jpg"]
+    table = astromorph.predict_files("morphology", str(sub / "*.png"))
+    assert [Path(s).name for s in table["source"]] == ["a.png", "b.png"]
+    table = astromorph.predict_files("morphology", [str(tmp_path / "**" / "*.jpg"), sub / "a.png",
+                                                    sub / "a.png"])
+    assert [Path(s).name for s in table["source"]] == ["c.jpg", "a.png"]
+
+
+@pytest.mark.parametrize("kwargs,error,match", [
+    (dict(model="nope"), ModelNotFoundError, "nope"),
+    (dict(inputs="missing.fits"), InputNotFoundError, "missing.fits"),
+    (dict(inputs="*.nothing"), InputNotFoundError, r"\*\.nothing"),
+    (dict(inputs=[]), InputNotFoundError, "no inputs"),
+    (dict(inputs=3), InvalidArgumentError, "int"),
+    (dict(batch_size=0), InvalidArgumentError, "batch_size"),
+    (dict(batch_size=2.5), InvalidArgumentError, "2.5"),
+    (dict(write_header="out", in_place=True), InvalidArgumentError, "exclude"),
+])
+def test_misuse_raises_typed_errors(models, tmp_path, monkeypatch, kwargs, error, match):
+    monkeypatch.chdir(tmp_path)
+    write_picture(tmp_path / "a.png", colour_picture())
+    (tmp_path / "empty").mkdir()
+    args = dict(model="morphology", inputs="a.png")
+    args.update(kwargs)
+    with pytest.raises(error, match=match):
+        astromorph.predict_files(args.pop("model"), args.pop("inputs"), **args)
+    with pytest.raises(InputNotFoundError, match="empty"):
+        astromorph.predict_files("morphology", tmp_path / "empty")
+
+
+# ----------------------------------------------------------------------------- headers
+def test_write_header_copies(models, tmp_path):
+    src = tmp_path / "in"
+    src.mkdir()
+    raw = np.arange(32 * 32, dtype=np.int16).reshape(32, 32)
+    hdu = fits.PrimaryHDU(raw)
+    hdu.header["BSCALE"], hdu.header["BZERO"] = 0.01, 5.0
+    hdu.writeto(src / "int.fits")
+    write_fits(src / "g.fits", galaxy())
+    write_picture(src / "p.png", colour_picture())
+    write_fits(src / "bad.fits", np.arange(10.0))
+    before = {p.name: digest(p) for p in src.iterdir()}
+    out = tmp_path / "out"
+    table = quiet(astromorph.predict_files, "morphology", src, write_header=out)
+    assert {p.name: digest(p) for p in src.iterdir()} == before  # originals untouched
+    # No copy of the PNG (not FITS) nor of the unreadable 1-D FITS file.
+    assert sorted(p.name for p in out.iterdir()) == ["g.fits", "int.fits"]
+    model = astromorph.load_model("morphology")
+    with fits.open(out / "g.fits") as hdul:
+        h = hdul[0].header
+        r = row(table, src / "g.fits")
+        assert h["HIERARCH ASTROMORPH MORPHOLOGY P_RED"] == pytest.approx(r["morph_p_red"],
+                                                                          rel=1e-6)
+        assert h["HIERARCH ASTROMORPH MORPHOLOGY LABEL"] == r["morph_label"]
+        assert h["HIERARCH ASTROMORPH MORPHOLOGY FLAGS"] == 0
+        assert h["HIERARCH ASTROMORPH MORPHOLOGY VERSION"] == "0.0.1"
+        assert h["HIERARCH ASTROMORPH MORPHOLOGY SHA256"] == model.sha256[:16]
+        assert h["HIERARCH ASTROMORPH VERSION"] == astromorph.__version__
+        np.testing.assert_array_equal(hdul[0].data, galaxy())
+    with fits.open(out / "int.fits", do_not_scale_image_data=True) as hdul:
+        np.testing.assert_array_equal(hdul[0].data, raw)  # raw integers and scaling kept
+        assert hdul[0].header["BSCALE"] == 0.01
+    with pytest.raises(OutputExistsError, match="g.fits"):
+        astromorph.predict_files("morphology", src / "g.fits", write_header=out)
+    astromorph.predict_files("morphology", src / "g.fits", write_header=out, overwrite=True)
+    with pytest.raises(InvalidArgumentError, match="originals"):
+        astromorph.predict_files("morphology", src / "g.fits", write_header=src)
+
+
+def test_write_header_name_collision(models, tmp_path):
+    for d in ("a", "b"):
+        (tmp_path / d).mkdir()
+        write_fits(tmp_path / d / "x.fits", galaxy())
+    with pytest.raises(InvalidArgumentError, match="same file name"):
+        astromorph.predict_files("morphology", [tmp_path / "a" / "x.fits",
+                                                tmp_path / "b" / "x.fits"],
+                                 write_header=tmp_path / "out")
+
+
+def test_in_place_update_and_rerun(models, tmp_path):
+    write_fits(tmp_path / "t.fits", triplet())
+    os.chmod(tmp_path / "t.fits", 0o640)
+    table = astromorph.predict_files("real-bogus", tmp_path / "t.fits", in_place=True)
+    astromorph.predict_files("real-bogus", tmp_path / "t.fits", in_place=True)
+    with fits.open(tmp_path / "t.fits") as hdul:
+        h = hdul[0].header
+        assert h["HIERARCH ASTROMORPH REAL-BOGUS SCORE"] == pytest.approx(table["rb_score"][0],
+                                                                          rel=1e-6)
+        assert list(h.keys()).count("ASTROMORPH REAL-BOGUS SCORE") == 1  # replaced, not added
+        np.testing.assert_array_equal(hdul[0].data, triplet())
+    assert (tmp_path / "t.fits").stat().st_mode & 0o777 == 0o640
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["t.fits"]
+
+
+def test_in_place_failure_leaves_original(models, tmp_path, monkeypatch):
+    write_fits(tmp_path / "t.fits", triplet())
+    before = digest(tmp_path / "t.fits")
+    real = fits.HDUList.writeto
+
+    def broken(self, fileobj, *args, **kwargs):
+        real(self, fileobj, *args, **kwargs)
+        with open(fileobj, "r+b") as f:  # a half-written file, then a crash
+            f.truncate(5000)
+        raise OSError("disk full")
+
+    monkeypatch.setattr(fits.HDUList, "writeto", broken)
+    with pytest.raises(OSError, match="disk full"):
+        astromorph.predict_files("real-bogus", tmp_path / "t.fits", in_place=True)
+    assert digest(tmp_path / "t.fits") == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["t.fits"]  # no temp file left
+
+
+def test_multi_stamp_file_header_keywords(models, tmp_path):
+    write_fits(tmp_path / "s.fits", np.stack([triplet(seed=s) for s in range(2)]))
+    table = astromorph.predict_files("real-bogus", tmp_path / "s.fits", in_place=True)
+    h = fits.getheader(tmp_path / "s.fits")
+    for i in range(2):
+        assert h[f"HIERARCH ASTROMORPH REAL-BOGUS S{i} SCORE"] == \
+            pytest.approx(table["rb_score"][i], rel=1e-6)
+
+
+# ----------------------------------------------------------------------------- output tables
+@pytest.mark.parametrize("ext", [".ecsv", ".fits", ".csv", ".parquet"])
+def test_output_formats_round_trip(models, tmp_path, ext):
+    if ext == ".parquet":
+        pytest.importorskip("pyarrow")
+    write_picture(tmp_path / "a.png", colour_picture())
+    write_fits(tmp_path / "b.fits", np.arange(5.0))
+    table = quiet(astromorph.predict_files, "morphology", tmp_path)
+    out = tmp_path / f"out{ext}"
+    write_table(table, out)
+    back = Table.read(out)
+    assert back.colnames == table.colnames
+    assert list(back["source"]) == list(table["source"])
+    assert list(back["morph_flags"]) == list(table["morph_flags"])
+    assert back["morph_p_red"][0] == pytest.approx(table["morph_p_red"][0])
+    assert np.ma.is_masked(back["morph_p_red"][1]) or np.isnan(back["morph_p_red"][1])
+    assert str(back["reason"][1]) == str(table["reason"][1])
+    if ext in (".ecsv", ".fits"):
+        assert back.meta["model_sha256"] == table.meta["model_sha256"]
+    with pytest.raises(OutputExistsError):
+        write_table(table, out)
+    write_table(table, out, overwrite=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png", "b.fits", f"out{ext}"]
+
+
+def test_write_table_rejects_unknown_extension(tmp_path):
+    with pytest.raises(InvalidArgumentError, match="out.xlsx"):
+        write_table(Table({"a": [1]}), tmp_path / "out.xlsx")
+    with pytest.raises(InvalidArgumentError, match="multidimensional"):
+        write_table(Table({"e": np.ones((2, 3))}), tmp_path / "out.csv")
+
+
+# ----------------------------------------------------------------------------- command line
+def test_cli_predict(models, tmp_path, capsys):
+    for i in range(3):
+        write_fits(tmp_path / f"t{i}.fits", triplet(seed=i))
+    out = tmp_path / "res" / "scores.ecsv"
+    out.parent.mkdir()
+    assert cli.main(["predict", "real-bogus", str(tmp_path / "t*.fits"), "-o", str(out),
+                     "--batch-size", "2", "--no-progress"]) == 0
+    table = Table.read(out)
+    assert len(table) == 3 and table.meta["model"] == "real-bogus"
+    assert "3 row(s)" in capsys.readouterr().err
+    assert cli.main(["predict", "real-bogus", str(tmp_path / "t0.fits"), "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert "rb_score" in printed and "t0.fits" in printed
+    assert cli.main(["predict", "real-bogus", str(tmp_path / "t0.fits"), "-o",
+                     str(tmp_path / "x.xlsx")]) == 2
+    assert "x.xlsx" in capsys.readouterr().err
+    assert cli.main(["predict", "real-bogus", str(tmp_path / "t0.fits"), "-o", str(out)]) == 2
+    assert cli.main(["predict", "nope", str(tmp_path / "t0.fits")]) == 2
+    hdr = tmp_path / "hdr"
+    assert cli.main(["predict", "real-bogus", str(tmp_path / "t1.fits"), "--write-header",
+                     str(hdr), "--no-progress"]) == 0
+    assert "ASTROMORPH REAL-BOGUS SCORE" in fits.getheader(hdr / "t1.fits")
