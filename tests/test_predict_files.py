@@ -826,6 +826,7 @@ def test_multi_stamp_file_header_keywords(models, tmp_path):
 def test_output_formats_round_trip(models, tmp_path, ext):
     if ext == ".parquet":
         pytest.importorskip("pyarrow")
+        pytest.importorskip("pandas")
     write_picture(tmp_path / "a.png", colour_picture())
     write_fits(tmp_path / "b.fits", np.arange(5.0))
     table = quiet(astromorph.predict_files, "morphology", tmp_path)
