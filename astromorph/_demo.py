@@ -63,7 +63,9 @@ def _gallery(table, image, path, n=24):
             side = max(24, int(8 * table["r90"][k].value / 0.14))
             cut = [Cutout2D(planes[b].data, pos, side, wcs=wcs, mode="partial", fill_value=0).data
                    for b in "irg"]
-            ax.imshow(make_lupton_rgb(*cut, Q=8, stretch=0.5), origin="lower")
+            with np.errstate(invalid="ignore", divide="ignore"):
+                rgb = make_lupton_rgb(*cut, Q=8, stretch=0.5)
+            ax.imshow(rgb, origin="lower")
             p = table[f"{prefix}_p_{table[label_col][k]}"][k]
             ax.set_title(f"#{table['id'][k]} {table[label_col][k]} {p:.2f}", fontsize=9)
             ax.set_axis_off()

@@ -1,0 +1,28 @@
+"""The README's main command: `astromorph demo` on the packaged input."""
+import numpy as np
+import pytest
+from astropy.table import Table
+
+import astromorph
+from astromorph import cli
+from astromorph._demo import demo_paths
+
+pytestmark = pytest.mark.skipif("morphology" not in astromorph.list_models(),
+                                reason="the morphology model is not shipped")
+
+
+def test_packaged_demo_input_is_in_the_package():
+    image, catalogue = demo_paths()
+    assert image.is_file() and catalogue.is_file()
+    assert image.stat().st_size < 2e6
+
+
+def test_demo_command(tmp_path, capsys):
+    out, png = tmp_path / "demo.ecsv", tmp_path / "demo.png"
+    assert cli.main(["demo", "-o", str(out), "--gallery", str(png), "--no-progress"]) == 0
+    table = Table.read(out)
+    assert len(table) == 146
+    probs = np.stack([table[f"morph_p_{k}"] for k in astromorph.load_model("morphology").labels], 1)
+    np.testing.assert_allclose(probs.sum(1), 1, rtol=1e-4)
+    assert png.stat().st_size > 10_000
+    assert "146 sources" in capsys.readouterr().out

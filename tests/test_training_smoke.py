@@ -1,0 +1,49 @@
+"""CI smoke test of the training pipeline: every step of every model on a handful of images.
+
+Runs ``python -m astromorph_training MODEL STEP --smoke`` in a subprocess with the real data
+(skipped where ../shared/data or torch is absent). A smoke run never writes into models/.
+"""
+import hashlib
+import importlib.util
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import DATA_DIR, REPO
+
+pytestmark = [
+    pytest.mark.training,
+    pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="needs torch"),
+    pytest.mark.skipif(importlib.util.find_spec("astromorph_training") is None,
+                       reason="needs the training/ subproject installed"),
+    pytest.mark.skipif(not DATA_DIR.is_dir(), reason=f"no real data at {DATA_DIR}"),
+]
+
+MODELS = ["morphology", "radio-morphology", "real-bogus", "embedding", "morphology-gz2"]
+
+
+def _models_state():
+    state = {}
+    for path in sorted((REPO / "models").rglob("*")):
+        if path.is_file():
+            state[str(path)] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return state
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_smoke_pipeline(model, tmp_path):
+    from astromorph_training.__main__ import MODULES
+
+    if importlib.util.find_spec(f"astromorph_training.{MODULES[model]}") is None:
+        pytest.skip(f"no training module for {model} yet")
+    before = _models_state()
+    env = dict(os.environ, ASTROMORPH_DATA=str(DATA_DIR), PYTHONUNBUFFERED="1")
+    for step in ("train", "evaluate", "export"):
+        run = subprocess.run(
+            [sys.executable, "-m", "astromorph_training", model, step, "--smoke",
+             "--data-dir", str(DATA_DIR), "--out-dir", str(tmp_path)],
+            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+        assert run.returncode == 0, f"{model} {step} --smoke failed:\n{run.stdout[-3000:]}\n{run.stderr[-3000:]}"
+    assert _models_state() == before, "a smoke run changed files in models/"
