@@ -51,16 +51,20 @@ class RawStamps:
 
 
 def model_family(card):
-    """``"optical"``, ``"radio"`` or ``"triplet"``: which preprocessing feeds a model."""
+    """``"optical"``, ``"radio"`` or ``"triplet"``: which preprocessing feeds a model.
+
+    Read from the card's ``input.family`` or, failing that, from the
+    `astromorph.preprocessing` namespace that defines ``input.preprocessing``.
+    """
+    from . import preprocessing
+
     spec = card["input"]
-    family = spec.get("family")
-    if family:
-        return family
-    text = str(spec.get("preprocessing", "")).lower()
-    for key, fam in (("triplet", "triplet"), ("radio", "radio"), ("first", "radio"),
-                     ("optical", "optical"), ("colour", "optical"), ("gri", "optical")):
-        if key in text:
-            return fam
+    if spec.get("family"):
+        return spec["family"]
+    function = str(spec.get("preprocessing") or "").rsplit(".", 1)[-1]
+    for family in ("optical", "radio", "triplet"):
+        if function in getattr(preprocessing, family).__all__:
+            return family
     raise InputError(f"model {card['name']!r}: its card does not say which preprocessing "
                      f"feeds it (input.preprocessing = {spec.get('preprocessing')!r})")
 
@@ -132,13 +136,14 @@ def _radio(raw, card, crop_fraction):
 
     flags = raw.flags.copy()
     data = np.asarray(raw.data)
+    options = dict(card["input"].get("preprocessing_options") or {})
     if raw.kind == "colour":  # data-set style 8-bit grey PNG/JPEG
-        return rad.preprocess_dataset_image(data[..., 0]), flags
+        return rad.preprocess_dataset_image(data[..., 0], **options), flags
     if raw.kind != "bands" or data.shape[1] != 1:
         raise InputError(f"model {card['name']!r} takes one radio image per stamp; got "
                          f"{raw.kind} stamps of shape {data.shape[1:]}")
     if data.dtype == np.uint8:
-        return rad.preprocess_dataset_image(data[:, 0]), flags
+        return rad.preprocess_dataset_image(data[:, 0], **options), flags
     data, flags = _clean(data, flags)
     images = data[:, 0]
     scale = raw.pixel_scale
@@ -149,7 +154,7 @@ def _radio(raw, card, crop_fraction):
             images = np.stack([rad.resample_to_first_grid(im, s) for im, s in zip(images, scales)])
             flags |= np.where(scales > 2 * rad.FIRST_PIXEL_SCALE_ARCSEC,
                               int(Flag.EXTRAPOLATED), 0).astype(flags.dtype)
-    return rad.preprocess_first_cutout(images), flags
+    return rad.preprocess_first_cutout(images, **options), flags
 
 
 def _triplet(raw, card, crop_fraction):

@@ -83,8 +83,9 @@ def build_parser():
 def _extra_commands():
     """Functions ``register(subparsers)`` adding the other sub-commands."""
     from . import _cli_annotate, _demo, _predict
+    from .embeddings import _cli as _embeddings_cli
 
-    return [_cli_annotate.register, _predict.register, _demo.register]
+    return [_cli_annotate.register, _predict.register, _demo.register, _embeddings_cli.register]
 
 
 def main(argv=None):

@@ -140,10 +140,11 @@ def main(argv=None):
         per_naive = naive(model, path, cat, args.naive)
 
     staged_total = sum(stages.values())
+    flag_col = f"{model.card.get('column_prefix', model.name)}_flags"
+    n_flagged = int(np.count_nonzero(np.asarray(out[flag_col])))
     naive_total = per_naive * args.n
     print(f"\nannotate, {args.n} sources end to end: {fast_total:.2f} s "
-          f"({args.n / fast_total:.0f} sources/s); flagged rows: "
-          f"{int(np.count_nonzero(np.asarray(out[f'{model.card.get('column_prefix')}_flags'])))}")
+          f"({args.n / fast_total:.0f} sources/s); flagged rows: {n_flagged}")
     print("stages (timed separately, same code):")
     for k, v in stages.items():
         print(f"  {k:16s} {v:7.2f} s  {v / staged_total:6.1%}")

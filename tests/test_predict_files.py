@@ -10,6 +10,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+from astromorph.preprocessing import radio as _radio_pre
+
+RADIO_STAMP = _radio_pre.STAMP_SIZE
 from astropy.io import fits
 from astropy.table import Table
 
@@ -63,7 +67,7 @@ def models(tmp_path_factory, monkeypatch):
         "morphology": dict(prefix="morph", shape=(3, 64, 64), family="optical",
                            pre="astromorph.preprocessing.preprocess_colour_cutout",
                            labels=("red", "green", "blue")),
-        "radio-morphology": dict(prefix="radio", shape=(1, 80, 80), family="radio",
+        "radio-morphology": dict(prefix="radio", shape=(1, RADIO_STAMP, RADIO_STAMP), family="radio",
                                  pre="astromorph.preprocessing.preprocess_first_cutout",
                                  labels=("FRI", "FRII", "compact", "bent")),
     }

@@ -39,7 +39,8 @@ def test_smoke_pipeline(model, tmp_path):
     if importlib.util.find_spec(f"astromorph_training.{MODULES[model]}") is None:
         pytest.skip(f"no training module for {model} yet")
     before = _models_state()
-    env = dict(os.environ, ASTROMORPH_DATA=str(DATA_DIR), PYTHONUNBUFFERED="1")
+    # a fresh TMPDIR: smoke runs write below tempfile.gettempdir(), never into models/
+    env = dict(os.environ, ASTROMORPH_DATA=str(DATA_DIR), PYTHONUNBUFFERED="1", TMPDIR=str(tmp_path))
     for step in ("train", "evaluate", "export"):
         run = subprocess.run(
             [sys.executable, "-m", "astromorph_training", model, step, "--smoke",

@@ -302,6 +302,7 @@ def write_card(name, card, root=None):
     with os.fdopen(fd, "w") as f:
         json.dump(card, f, indent=2)
         f.write("\n")
+    os.chmod(tmp, 0o644)  # mkstemp makes 0600; the card ships in the wheel for every user
     os.replace(tmp, directory / "card.json")
     return directory / "card.json"
 

@@ -1,0 +1,192 @@
+"""``astromorph similar``, ``astromorph cluster`` and ``astromorph classify``: embedding tables."""
+import logging
+import sys
+
+import numpy as np
+
+__all__ = ["register"]
+
+log = logging.getLogger(__name__)
+
+
+def _read(path):
+    from .._cli_annotate import _read_catalogue
+
+    return _read_catalogue(path)
+
+
+def _write_or_print(table, output, overwrite, what):
+    from .._io import write_table
+
+    if output:
+        write_table(table, output, overwrite=overwrite)
+        print(f"wrote {len(table)} {what} to {output}", file=sys.stderr)
+    else:
+        show = table.copy(copy_data=False)
+        for name in list(show.colnames):
+            if show[name].ndim > 1:
+                show.remove_column(name)
+        show.pprint(max_lines=-1 if len(show) <= 100 else 60, max_width=-1)
+
+
+def _check_outputs(args, *paths):
+    from pathlib import Path
+
+    from .._io import table_format
+    from ..exceptions import OutputExistsError
+
+    if getattr(args, "output", None):
+        table_format(args.output)  # fail on a bad extension before any work
+    for p in paths:
+        if p and Path(p).exists() and not args.overwrite:
+            raise OutputExistsError(f"{p!r} exists; pass --overwrite to replace it")
+
+
+def _cmd_similar(args):
+    import astropy.units as u
+
+    from ._index import SimilarityIndex
+    from ..exceptions import InvalidArgumentError
+
+    _check_outputs(args, args.output, args.gallery)
+    given = [n for n in ("query", "ra", "image") if getattr(args, n) is not None]
+    if len(given) != 1 or (args.ra is None) != (args.dec is None):
+        raise InvalidArgumentError("give exactly one query: --query ROW, --ra/--dec or --image FILE")
+    table = _read(args.table)
+    index = SimilarityIndex.from_table(table, column=args.column, backend=args.backend)
+    kwargs = dict(k=args.k, include_query=args.include_query, model=args.model)
+    if args.query is not None:
+        result = index.query(row=args.query, **kwargs)
+    elif args.ra is not None:
+        result = index.query(position=(args.ra, args.dec), max_separation=(
+            None if args.max_separation is None else args.max_separation * u.arcsec), **kwargs)
+    else:
+        result = index.query(image=args.image, **kwargs)
+    if "query_separation_arcsec" in result.meta:
+        print(f"query: row {result.meta['query_row']} "
+              f"({result.meta['query_separation_arcsec']:.2f} arcsec from the position)",
+              file=sys.stderr)
+    _write_or_print(result, args.output, args.overwrite, "neighbours")
+    if args.gallery:
+        index.gallery(result, args.gallery, source_column=args.source_column,
+                      overwrite=args.overwrite)
+        print(f"wrote gallery {args.gallery}", file=sys.stderr)
+    return 0
+
+
+def _cmd_cluster(args):
+    from ._mixture import cluster_table
+    from ._plots import plot_map
+
+    _check_outputs(args, args.output, args.map)
+    table = _read(args.table)
+    kwargs = {"k_range": range(2, args.k_max + 1)} if args.k is None else {}
+    out, mixture = cluster_table(table, column=args.column, n_components=args.k,
+                                 prefix=args.prefix, n_pca=args.pca, seed=args.seed, **kwargs)
+    if mixture.bic_ and len(mixture.bic_) > 1:
+        print("BIC: " + ", ".join(f"k={k}: {v:.0f}" for k, v in mixture.bic_.items()),
+              file=sys.stderr)
+    counts = np.bincount(np.ma.filled(out[args.prefix], -1)[~np.ma.getmaskarray(out[args.prefix])],
+                         minlength=mixture.n_components_)
+    print(f"{mixture.n_components_} clusters; members: "
+          + ", ".join(f"{i}: {c}" for i, c in enumerate(counts)), file=sys.stderr)
+    _write_or_print(out, args.output, args.overwrite, "rows")
+    if args.map:
+        from ._common import table_embeddings
+
+        x, valid = table_embeddings(out, args.column)
+        labels = np.where(valid, np.ma.filled(out[args.prefix], -1), -1)
+        x = np.where(valid[:, None], x, np.nan)
+        plot_map(x, args.map, labels=labels, method=args.map_method,
+                 title=f"{args.table}: {mixture.n_components_} Gaussian-mixture clusters",
+                 overwrite=args.overwrite)
+        print(f"wrote map {args.map}", file=sys.stderr)
+    return 0
+
+
+def _cmd_classify(args):
+    from ._common import table_embeddings
+    from ._head import LabelHead
+    from ..exceptions import InputError
+
+    _check_outputs(args, args.output)
+    table = _read(args.table)
+    if args.labels not in table.colnames:
+        raise InputError(f"no label column {args.labels!r} (columns: {table.colnames})")
+    x, valid = table_embeddings(table, args.column)
+    col = table[args.labels]
+    missing = np.ma.getmaskarray(col)
+    values = np.asarray(np.ma.getdata(col)).astype(str)
+    labelled = valid & ~missing & (np.char.strip(values) != "")
+    if labelled.sum() < 2:
+        raise InputError(f"column {args.labels!r} labels fewer than two rows with embeddings")
+    head = LabelHead(class_weight="balanced" if args.balanced else None, C=args.C)
+    head.fit(x[labelled], values[labelled])
+    out = head.annotate(table, column=args.column, prefix=args.prefix)
+    print(f"fitted on {int(labelled.sum())} labelled rows, classes {head.classes_.tolist()}, "
+          f"C={head.C_:.3g}; applied to {int(valid.sum())} rows", file=sys.stderr)
+    _write_or_print(out, args.output, args.overwrite, "rows")
+    return 0
+
+
+def register(sub):
+    """Add ``similar``, ``cluster`` and ``classify`` to the ``astromorph`` command line."""
+    p = sub.add_parser(
+        "similar", help="nearest neighbours of a row, position or image in an embedding table",
+        description="Find the rows of a table most similar (cosine similarity of the "
+                    "'embedding' column, e.g. from `astromorph predict embedding ...`) to a "
+                    "query row, the row nearest a sky position, or an image.")
+    p.add_argument("table", metavar="TABLE", help="table with an embedding column (ECSV, FITS, Parquet)")
+    p.add_argument("--query", type=int, metavar="ROW", help="query by this row number (0-based)")
+    p.add_argument("--ra", type=float, help="query by the row nearest this RA (deg)")
+    p.add_argument("--dec", type=float, help="... and Dec (deg)")
+    p.add_argument("--image", metavar="FILE", help="query by an image file (embedded with --model)")
+    p.add_argument("-k", type=int, default=25, help="number of neighbours (default 25)")
+    p.add_argument("-o", "--output", metavar="OUT", help="output table (default: print)")
+    p.add_argument("--gallery", metavar="PNG", help="save a picture of the query and neighbours")
+    p.add_argument("--column", default="embedding", help="embedding column (default embedding)")
+    p.add_argument("--source-column", default=None,
+                   help="column of image paths for --gallery (default: source, path, file)")
+    p.add_argument("--model", default="embedding", help="model embedding --image (default embedding)")
+    p.add_argument("--backend", default="exact", choices=["exact", "auto", "faiss", "hnswlib"],
+                   help="search backend (default exact)")
+    p.add_argument("--max-separation", type=float, metavar="ARCSEC",
+                   help="with --ra/--dec: fail when the nearest row is farther")
+    p.add_argument("--include-query", action="store_true", help="keep the query row in the results")
+    p.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    p.set_defaults(func=_cmd_similar)
+
+    p = sub.add_parser(
+        "cluster", help="Gaussian-mixture clusters of an embedding table",
+        description="Cluster the 'embedding' vectors of a table with a Gaussian mixture "
+                    "(number of clusters by BIC unless -k) and add 'cluster' and "
+                    "'cluster_prob' columns.")
+    p.add_argument("table", metavar="TABLE")
+    p.add_argument("-o", "--output", metavar="OUT", help="output table (default: print)")
+    p.add_argument("-k", type=int, default=None, help="number of clusters (default: by BIC)")
+    p.add_argument("--k-max", type=int, default=12, help="largest k tried by BIC (default 12)")
+    p.add_argument("--pca", type=int, default=16, help="principal components kept (default 16)")
+    p.add_argument("--column", default="embedding")
+    p.add_argument("--prefix", default="cluster", help="name of the new columns (default cluster)")
+    p.add_argument("--map", metavar="PNG", help="save a 2-d map coloured by cluster")
+    p.add_argument("--map-method", default="auto", choices=["auto", "umap", "tsne", "pca"])
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=_cmd_cluster)
+
+    p = sub.add_parser(
+        "classify", help="few-label classifier on an embedding table",
+        description="Fit a logistic-regression head on the rows of a table that have a label "
+                    "and apply it to every row: <prefix>_p_<class> and <prefix>_label columns.")
+    p.add_argument("table", metavar="TABLE")
+    p.add_argument("--labels", required=True, metavar="COLUMN",
+                   help="column of labels; empty or masked entries are unlabelled")
+    p.add_argument("-o", "--output", metavar="OUT", help="output table (default: print)")
+    p.add_argument("--prefix", default="head", help="prefix of the new columns (default head)")
+    p.add_argument("--balanced", action="store_true", help="weight classes equally")
+    p.add_argument("-C", type=float, default=None,
+                   help="inverse L2 strength (default: by cross-validation)")
+    p.add_argument("--column", default="embedding")
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=_cmd_classify)
+    return p

@@ -1,0 +1,68 @@
+"""Helpers shared by the embedding tools: embedding columns in, masked columns out."""
+import numpy as np
+
+from ..exceptions import InputError, InvalidArgumentError
+
+__all__ = ["embedding_matrix", "table_embeddings", "put_column"]
+
+
+def embedding_matrix(embeddings, *, allow_masked=False, dtype=np.float64):
+    """A 2-d float array from an embedding column or array.
+
+    Parameters
+    ----------
+    embeddings : array_like or Column, (N, D)
+    allow_masked : bool
+        Accept masked rows (filled with NaN); otherwise raise on them.
+    """
+    mask = np.ma.getmaskarray(embeddings) if np.ma.isMaskedArray(embeddings) or \
+        hasattr(embeddings, "mask") else None
+    x = np.asarray(np.ma.getdata(embeddings), dtype=dtype)
+    if x.ndim == 1:  # a single vector
+        x = x[None]
+        mask = None if mask is None else np.asarray(mask)[None]
+    if x.ndim != 2:
+        raise InvalidArgumentError(f"embeddings must be a 2-d array (N, D), got shape {x.shape}")
+    if mask is not None and np.any(mask):
+        if not allow_masked:
+            raise InvalidArgumentError("embeddings have masked rows; select the rows with "
+                                       "embeddings first")
+        x = x.copy()
+        x[np.asarray(mask).reshape(len(x), -1).any(axis=1)] = np.nan
+    return x
+
+
+def table_embeddings(table, column="embedding", *, dtype=np.float64):
+    """Embedding matrix of a table column and the rows that have a usable embedding.
+
+    Returns
+    -------
+    x : numpy.ndarray, (N, D)
+        Masked or non-finite rows hold NaN.
+    valid : numpy.ndarray of bool, (N,)
+    """
+    if column not in table.colnames:
+        raise InputError(f"the table has no {column!r} column (columns: {table.colnames}); "
+                         "make one with `astromorph predict embedding ...` or "
+                         "`astromorph.annotate(..., model='embedding')`")
+    col = table[column]
+    x = embedding_matrix(col, allow_masked=True, dtype=dtype)
+    if x.shape[0] != len(table):
+        raise InputError(f"column {column!r} is not one vector per row (shape {np.shape(col)})")
+    valid = np.all(np.isfinite(x), axis=1)
+    return x, valid
+
+
+def put_column(table, name, values, valid, description):
+    """Set a masked column: ``values`` for the rows where ``valid``, masked elsewhere."""
+    from astropy.table import MaskedColumn
+
+    values = np.asarray(values)
+    n = len(valid)
+    full = np.zeros((n, *values.shape[1:]), dtype=values.dtype)
+    if values.dtype.kind == "f":
+        full[...] = np.nan
+    full[valid] = values
+    if name in table.colnames:
+        table.remove_column(name)
+    table[name] = MaskedColumn(full, mask=~np.asarray(valid), description=description)

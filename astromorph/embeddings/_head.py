@@ -1,0 +1,249 @@
+"""`LabelHead`: a few-label classifier (multinomial logistic regression) on embeddings."""
+import logging
+
+import numpy as np
+
+from ._common import embedding_matrix, put_column
+from ..exceptions import InvalidArgumentError
+
+__all__ = ["LabelHead"]
+
+log = logging.getLogger(__name__)
+
+#: Inverse regularisation strengths tried by cross-validation when ``C`` is not given.
+DEFAULT_CS = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0)
+
+
+def _log_softmax(z):
+    z = z - z.max(axis=1, keepdims=True)
+    return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+
+
+def _fit_logistic(x, y, k, weights, c, init=None, max_iter=500):
+    """Minimise ``sum_i w_i CE_i + ||W||^2 / (2 C)`` (bias not penalised) with L-BFGS."""
+    from scipy.optimize import minimize
+
+    n, d = x.shape
+    onehot = np.zeros((n, k))
+    onehot[np.arange(n), y] = 1.0
+
+    def objective(theta):
+        w = theta[:d * k].reshape(d, k)
+        b = theta[d * k:]
+        logp = _log_softmax(x @ w + b)
+        loss = -np.sum(weights * np.sum(onehot * logp, axis=1)) + 0.5 / c * np.sum(w * w)
+        g = (np.exp(logp) - onehot) * weights[:, None]
+        grad_w = x.T @ g + w / c
+        return loss, np.concatenate([grad_w.ravel(), g.sum(axis=0)])
+
+    theta0 = np.zeros(d * k + k) if init is None else init
+    res = minimize(objective, theta0, jac=True, method="L-BFGS-B",
+                   options={"maxiter": max_iter, "gtol": 1e-5})
+    return res.x
+
+
+class LabelHead:
+    """Few-label classifier: multinomial logistic regression on embedding vectors.
+
+    Fit it on the embeddings of a handful of labelled rows and apply it to a
+    whole table (`annotate`). Features are standardised with the labelled
+    rows' mean and spread; the L2 strength is chosen by stratified
+    cross-validation (log-loss) unless ``C`` is given.
+
+    Parameters
+    ----------
+    C : float, optional
+        Inverse L2 regularisation strength (as in scikit-learn). Default:
+        chosen among `DEFAULT_CS` by cross-validation.
+    Cs : sequence of float, optional
+        Candidates for the cross-validation.
+    cv : int, optional
+        Folds of the cross-validation (fewer when a class has fewer members).
+    class_weight : None or "balanced", optional
+        ``"balanced"`` weights each class by ``n / (k * n_c)``, which favours
+        macro recall over accuracy when classes are unequal.
+    max_iter : int, optional
+        L-BFGS iterations.
+
+    Attributes
+    ----------
+    classes_ : numpy.ndarray
+        The labels seen in `fit`, in column order of `predict_proba`.
+    C_ : float
+        The regularisation strength used.
+    cv_scores_ : dict
+        Mean held-out log-loss per candidate ``C`` (when cross-validated).
+
+    Examples
+    --------
+    >>> head = LabelHead().fit(table["embedding"][labelled], table["my_class"][labelled])  # doctest: +SKIP
+    >>> out = head.annotate(table, prefix="mine")          # doctest: +SKIP
+    """
+
+    def __init__(self, *, C=None, Cs=DEFAULT_CS, cv=5, class_weight=None, max_iter=300):
+        if class_weight not in (None, "balanced"):
+            raise InvalidArgumentError(f"class_weight must be None or 'balanced', got {class_weight!r}")
+        if C is not None and not C > 0:
+            raise InvalidArgumentError(f"C must be positive, got {C!r}")
+        self.C = C
+        self.Cs = tuple(float(c) for c in Cs)
+        self.cv = int(cv)
+        self.class_weight = class_weight
+        self.max_iter = int(max_iter)
+        self.classes_ = None
+
+    def __repr__(self):
+        state = (f"{len(self.classes_)} classes, C={self.C_:.3g}" if self.classes_ is not None
+                 else "not fitted")
+        return f"<LabelHead {state}>"
+
+    # ------------------------------------------------------------------ fitting
+    def _weights(self, y, k):
+        if self.class_weight != "balanced":
+            return np.ones(len(y))
+        counts = np.bincount(y, minlength=k).astype(float)
+        return len(y) / (k * counts[y])
+
+    def _folds(self, y, rng):
+        """Stratified fold number of every row (classes dealt round-robin after a shuffle)."""
+        folds = np.empty(len(y), dtype=int)
+        n_folds = min(self.cv, max(2, np.bincount(y).max()))
+        start = 0
+        for c in np.unique(y):
+            idx = rng.permutation(np.flatnonzero(y == c))
+            folds[idx] = (start + np.arange(len(idx))) % n_folds
+            start += len(idx)
+        return folds, n_folds
+
+    def fit(self, embeddings, labels):
+        """Fit on labelled rows.
+
+        Parameters
+        ----------
+        embeddings : array_like, (N, D)
+            Embedding vectors (e.g. a table's ``embedding`` column).
+        labels : array_like, (N,)
+            Class of each row (strings or integers). Masked or empty labels
+            are not allowed here: select the labelled rows first.
+
+        Returns
+        -------
+        LabelHead
+            ``self``.
+        """
+        x = embedding_matrix(embeddings, allow_masked=False)
+        labels = np.asarray(labels)
+        if labels.ndim != 1 or len(labels) != len(x):
+            raise InvalidArgumentError(f"labels must be 1-d with one entry per embedding row "
+                                       f"({len(x)}), got shape {labels.shape}")
+        self.classes_, y = np.unique(labels, return_inverse=True)
+        k = len(self.classes_)
+        if k < 2:
+            raise InvalidArgumentError(f"need at least two classes to fit a head, got {k}")
+        self.mean_ = x.mean(axis=0)
+        self.scale_ = np.maximum(x.std(axis=0), 1e-6)
+        z = (x - self.mean_) / self.scale_
+        weights = self._weights(y, k)
+        self.cv_scores_ = {}
+        if self.C is not None:
+            self.C_ = float(self.C)
+        else:
+            rng = np.random.default_rng(0)
+            folds, n_folds = self._folds(y, rng)
+            warm = {}  # each fold starts from its solution for the previous (smaller) C
+            for c in sorted(self.Cs):
+                losses = []
+                for f in range(n_folds):
+                    tr, te = folds != f, folds == f
+                    if not te.any():
+                        continue
+                    theta = _fit_logistic(z[tr], y[tr], k, weights[tr], c, init=warm.get(f),
+                                          max_iter=self.max_iter)
+                    warm[f] = theta
+                    w = theta[:z.shape[1] * k].reshape(-1, k)
+                    logp = _log_softmax(z[te] @ w + theta[z.shape[1] * k:])
+                    losses.append(-np.sum(weights[te] * np.maximum(logp[np.arange(te.sum()), y[te]],
+                                                                   np.log(1e-6))))
+                self.cv_scores_[c] = float(np.sum(losses) / np.sum(weights))
+            self.C_ = min(self.cv_scores_, key=self.cv_scores_.get)
+        theta = _fit_logistic(z, y, k, weights, self.C_, max_iter=self.max_iter)
+        d = z.shape[1]
+        self.coef_ = theta[:d * k].reshape(d, k)
+        self.intercept_ = theta[d * k:]
+        log.debug("LabelHead: %d rows, %d classes, C=%.3g", len(y), k, self.C_)
+        return self
+
+    # --------------------------------------------------------------- prediction
+    def _check(self):
+        if self.classes_ is None:
+            raise InvalidArgumentError("this LabelHead is not fitted yet; call fit() first")
+
+    def decision_function(self, embeddings, *, chunk_rows=65536):
+        """Logits ``(N, K)`` for embedding rows."""
+        self._check()
+        x = embedding_matrix(embeddings, allow_masked=False)
+        out = np.empty((len(x), len(self.classes_)))
+        for s in range(0, len(x), chunk_rows):
+            z = (x[s:s + chunk_rows] - self.mean_) / self.scale_
+            out[s:s + chunk_rows] = z @ self.coef_ + self.intercept_
+        return out
+
+    def predict_proba(self, embeddings):
+        """Class probabilities ``(N, K)``, columns in the order of `classes_`."""
+        return np.exp(_log_softmax(self.decision_function(embeddings)))
+
+    def predict(self, embeddings):
+        """Most probable class (values of `classes_`) of each row."""
+        return self.classes_[np.argmax(self.decision_function(embeddings), axis=1)]
+
+    def annotate(self, table, *, column="embedding", prefix="head"):
+        """A copy of ``table`` with ``<prefix>_p_<class>`` and ``<prefix>_label`` columns.
+
+        Rows whose embedding is masked or not finite get masked outputs.
+
+        Parameters
+        ----------
+        table : astropy.table.Table
+        column : str
+            The embedding column.
+        prefix : str
+            Prefix of the new columns (existing columns of those names are
+            replaced).
+
+        Returns
+        -------
+        astropy.table.Table
+        """
+        self._check()
+        from ._common import table_embeddings
+
+        x, valid = table_embeddings(table, column)
+        out = table.copy(copy_data=False)
+        probs = self.predict_proba(x[valid]) if valid.any() else np.zeros((0, len(self.classes_)))
+        for j, c in enumerate(self.classes_):
+            put_column(out, f"{prefix}_p_{c}", probs[:, j].astype(np.float32), valid,
+                       f"LabelHead probability of class {c!r}")
+        best = self.classes_[np.argmax(probs, axis=1)] if len(probs) else self.classes_[:0]
+        put_column(out, f"{prefix}_label", best, valid, "LabelHead most probable class")
+        return out
+
+    # ------------------------------------------------------------- persistence
+    def to_dict(self):
+        """JSON-serialisable state (for `from_dict`)."""
+        self._check()
+        return {"classes": self.classes_.tolist(), "C": self.C_, "mean": self.mean_.tolist(),
+                "scale": self.scale_.tolist(), "coef": self.coef_.tolist(),
+                "intercept": self.intercept_.tolist(), "class_weight": self.class_weight}
+
+    @classmethod
+    def from_dict(cls, state):
+        """A fitted head from the output of `to_dict`."""
+        head = cls(C=state["C"], class_weight=state.get("class_weight"))
+        head.classes_ = np.asarray(state["classes"])
+        head.C_ = float(state["C"])
+        head.mean_ = np.asarray(state["mean"], dtype=float)
+        head.scale_ = np.asarray(state["scale"], dtype=float)
+        head.coef_ = np.asarray(state["coef"], dtype=float)
+        head.intercept_ = np.asarray(state["intercept"], dtype=float)
+        head.cv_scores_ = {}
+        return head

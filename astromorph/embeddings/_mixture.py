@@ -1,0 +1,281 @@
+"""Gaussian-mixture clustering in embedding space (numpy EM, number of clusters by BIC)."""
+import logging
+
+import numpy as np
+
+from ._common import embedding_matrix, put_column, table_embeddings
+from ..exceptions import InvalidArgumentError
+
+__all__ = ["GaussianMixture", "cluster_table"]
+
+log = logging.getLogger(__name__)
+
+_LOG_2PI = np.log(2 * np.pi)
+
+
+def _logsumexp(a, axis):
+    m = np.max(a, axis=axis, keepdims=True)
+    m = np.where(np.isfinite(m), m, 0.0)
+    return np.squeeze(m, axis=axis) + np.log(np.sum(np.exp(a - m), axis=axis))
+
+
+class GaussianMixture:
+    """Gaussian mixture model of embedding vectors, fitted by EM.
+
+    The vectors are first projected on their ``n_pca`` leading principal
+    components (embeddings are unit vectors in 64-256 dimensions; a mixture
+    with full covariances needs fewer dimensions than that). The number of
+    components is the one with the lowest Bayesian information criterion
+    among ``k_range`` unless ``n_components`` is given.
+
+    Parameters
+    ----------
+    n_components : int, optional
+        Number of clusters; default: chosen by BIC over ``k_range``.
+    k_range : sequence of int, optional
+        Candidates for the BIC choice (default 2 to 12).
+    covariance_type : {"full", "diag"}
+    n_pca : int or None
+        Principal components kept before the mixture (``None``: all dimensions).
+    n_init : int
+        EM runs from different k-means++ starts; the best likelihood is kept.
+    max_iter, tol : int, float
+        EM stopping rule (change of the mean log-likelihood per row).
+    reg_covar : float
+        Added to the covariance diagonals (in units of the mean variance).
+    max_fit_rows : int
+        Fit on a random subset of at most this many rows (all rows are
+        assigned afterwards).
+    seed : int
+
+    Attributes
+    ----------
+    n_components_ : int
+    bic_ : dict
+        BIC of every number of components tried.
+    weights_, means_, covariances_ : numpy.ndarray
+        Mixture parameters in the PCA space.
+    """
+
+    def __init__(self, n_components=None, *, k_range=range(2, 13), covariance_type="full",
+                 n_pca=16, n_init=3, max_iter=300, tol=1e-5, reg_covar=1e-3,
+                 max_fit_rows=100_000, seed=0):
+        if covariance_type not in ("full", "diag"):
+            raise InvalidArgumentError(f"covariance_type must be 'full' or 'diag', got "
+                                       f"{covariance_type!r}")
+        if n_components is not None and int(n_components) < 1:
+            raise InvalidArgumentError(f"n_components must be >= 1, got {n_components}")
+        self.n_components = None if n_components is None else int(n_components)
+        self.k_range = [int(k) for k in k_range]
+        self.covariance_type = covariance_type
+        self.n_pca = n_pca
+        self.n_init = int(n_init)
+        self.max_iter = int(max_iter)
+        self.tol = float(tol)
+        self.reg_covar = float(reg_covar)
+        self.max_fit_rows = int(max_fit_rows)
+        self.seed = seed
+        self.n_components_ = None
+
+    def __repr__(self):
+        if self.n_components_ is None:
+            return "<GaussianMixture not fitted>"
+        return f"<GaussianMixture {self.n_components_} components in {self.mean_.size}->{self.dim_} dims>"
+
+    # ------------------------------------------------------------------ helpers
+    def _project(self, x):
+        z = x - self.mean_
+        return z @ self.components_.T if self.components_ is not None else z
+
+    def _log_prob(self, z, weights, means, covs):
+        """log(w_j N(z | mu_j, S_j)) for every row and component, (N, K)."""
+        n, d = z.shape
+        out = np.empty((n, len(weights)))
+        for j in range(len(weights)):
+            diff = z - means[j]
+            if self.covariance_type == "diag":
+                var = covs[j]
+                maha = np.sum(diff * diff / var, axis=1)
+                logdet = np.sum(np.log(var))
+            else:
+                chol = np.linalg.cholesky(covs[j])
+                sol = _solve_lower(chol, diff.T)
+                maha = np.sum(sol * sol, axis=0)
+                logdet = 2 * np.sum(np.log(np.diag(chol)))
+            out[:, j] = np.log(weights[j]) - 0.5 * (d * _LOG_2PI + logdet + maha)
+        return out
+
+    def _m_step(self, z, resp, reg):
+        nk = resp.sum(axis=0) + 1e-10
+        weights = nk / nk.sum()
+        means = (resp.T @ z) / nk[:, None]
+        if self.covariance_type == "diag":
+            covs = np.stack([(resp[:, j] @ (z - means[j]) ** 2) / nk[j] + reg
+                             for j in range(len(nk))])
+        else:
+            eye = np.eye(z.shape[1]) * reg
+            covs = np.stack([((resp[:, j, None] * (z - means[j])).T @ (z - means[j])) / nk[j]
+                             + eye for j in range(len(nk))])
+        return weights, means, covs
+
+    def _kmeans_pp(self, z, k, rng, iters=10):
+        centres = [z[rng.integers(len(z))]]
+        d2 = np.sum((z - centres[0]) ** 2, axis=1)
+        for _ in range(1, k):
+            p = d2 / d2.sum() if d2.sum() > 0 else None
+            centres.append(z[rng.choice(len(z), p=p)])
+            d2 = np.minimum(d2, np.sum((z - centres[-1]) ** 2, axis=1))
+        centres = np.array(centres)
+        for _ in range(iters):
+            dist = ((z[:, None, :] - centres[None]) ** 2).sum(-1) if len(z) * k < 4_000_000 else \
+                np.stack([np.sum((z - c) ** 2, axis=1) for c in centres], axis=1)
+            lab = dist.argmin(1)
+            for j in range(k):
+                if np.any(lab == j):
+                    centres[j] = z[lab == j].mean(0)
+        resp = np.zeros((len(z), k))
+        resp[np.arange(len(z)), lab] = 1.0
+        return resp
+
+    def _em(self, z, k, rng):
+        reg = self.reg_covar * float(np.mean(np.var(z, axis=0)))
+        params = self._m_step(z, self._kmeans_pp(z, k, rng), reg)
+        prev = -np.inf
+        for it in range(self.max_iter):
+            logp = self._log_prob(z, *params)
+            norm = _logsumexp(logp, axis=1)
+            ll = float(norm.mean())
+            resp = np.exp(logp - norm[:, None])
+            params = self._m_step(z, resp, reg)
+            if abs(ll - prev) < self.tol:
+                break
+            prev = ll
+        ll = float(_logsumexp(self._log_prob(z, *params), axis=1).sum())
+        return params, ll, it + 1
+
+    def _n_parameters(self, k, d):
+        cov = k * d if self.covariance_type == "diag" else k * d * (d + 1) // 2
+        return k - 1 + k * d + cov
+
+    # --------------------------------------------------------------------- fit
+    def fit(self, embeddings):
+        """Fit the mixture (and the PCA) to embedding vectors.
+
+        Parameters
+        ----------
+        embeddings : array_like, (N, D)
+            Masked or non-finite rows are ignored.
+
+        Returns
+        -------
+        GaussianMixture
+            ``self``.
+        """
+        x = embedding_matrix(embeddings, allow_masked=True)
+        x = x[np.all(np.isfinite(x), axis=1)]
+        rng = np.random.default_rng(self.seed)
+        if len(x) > self.max_fit_rows:
+            x = x[np.sort(rng.choice(len(x), self.max_fit_rows, replace=False))]
+        candidates = [self.n_components] if self.n_components else self.k_range
+        if len(x) < 2 * max(candidates):
+            raise InvalidArgumentError(f"{len(x)} usable rows are too few for "
+                                       f"{max(candidates)} clusters")
+        self.mean_ = x.mean(axis=0)
+        if self.n_pca is not None and self.n_pca < x.shape[1]:
+            _, s, vt = np.linalg.svd(x - self.mean_, full_matrices=False)
+            self.components_ = vt[:self.n_pca]
+            self.explained_variance_ratio_ = float(np.sum(s[:self.n_pca] ** 2) / np.sum(s ** 2))
+        else:
+            self.components_ = None
+            self.explained_variance_ratio_ = 1.0
+        z = self._project(x)
+        n, d = z.shape
+        self.dim_ = d
+        self.bic_ = {}
+        best = None
+        for k in candidates:
+            runs = [self._em(z, k, rng) for _ in range(self.n_init)]
+            params, ll, iters = max(runs, key=lambda r: r[1])
+            bic = -2 * ll + self._n_parameters(k, d) * np.log(n)
+            self.bic_[k] = float(bic)
+            log.info("GaussianMixture k=%d: log-likelihood %.1f, BIC %.1f (%d EM iterations)",
+                     k, ll, bic, iters)
+            if best is None or bic < best[0]:
+                best = (bic, k, params)
+        _, self.n_components_, (self.weights_, self.means_, self.covariances_) = best
+        return self
+
+    # ----------------------------------------------------------------- predict
+    def _check(self):
+        if self.n_components_ is None:
+            raise InvalidArgumentError("this GaussianMixture is not fitted yet; call fit() first")
+
+    def predict_proba(self, embeddings, *, chunk_rows=65536):
+        """Membership probabilities ``(N, K)`` (NaN rows for masked/non-finite input)."""
+        self._check()
+        x = embedding_matrix(embeddings, allow_masked=True)
+        out = np.full((len(x), self.n_components_), np.nan)
+        ok = np.flatnonzero(np.all(np.isfinite(x), axis=1))
+        for s in range(0, len(ok), chunk_rows):
+            rows = ok[s:s + chunk_rows]
+            logp = self._log_prob(self._project(x[rows]), self.weights_, self.means_,
+                                  self.covariances_)
+            out[rows] = np.exp(logp - _logsumexp(logp, axis=1)[:, None])
+        return out
+
+    def predict(self, embeddings):
+        """Most probable component of each row (-1 for unusable rows)."""
+        p = self.predict_proba(embeddings)
+        ok = np.all(np.isfinite(p), axis=1)
+        return np.where(ok, np.argmax(np.nan_to_num(p, nan=-1.0), axis=1), -1)
+
+    def annotate(self, table, *, column="embedding", prefix="cluster"):
+        """A copy of ``table`` with ``<prefix>`` (cluster id) and ``<prefix>_prob`` columns.
+
+        ``<prefix>_prob`` is the membership probability of the assigned
+        cluster. Rows without a usable embedding get masked values.
+        """
+        self._check()
+        x, valid = table_embeddings(table, column)
+        p = self.predict_proba(x[valid]) if valid.any() else np.zeros((0, self.n_components_))
+        out = table.copy(copy_data=False)
+        put_column(out, prefix, np.argmax(p, axis=1).astype(np.int16), valid,
+                   f"Gaussian-mixture cluster of the {column!r} vector "
+                   f"({self.n_components_} clusters)")
+        put_column(out, f"{prefix}_prob", p.max(axis=1).astype(np.float32) if len(p) else
+                   np.zeros(0, np.float32), valid, "membership probability of that cluster")
+        out.meta[f"{prefix}_n_components"] = int(self.n_components_)
+        return out
+
+
+def _solve_lower(chol, b):
+    from scipy.linalg import solve_triangular
+
+    return solve_triangular(chol, b, lower=True, check_finite=False)
+
+
+def cluster_table(table, *, column="embedding", n_components=None, prefix="cluster", **kwargs):
+    """Cluster a table's embedding vectors with a `GaussianMixture`.
+
+    Parameters
+    ----------
+    table : astropy.table.Table
+    column : str
+        Embedding column.
+    n_components : int, optional
+        Number of clusters (default: by BIC).
+    prefix : str
+        Names of the new columns: ``<prefix>`` and ``<prefix>_prob``.
+    **kwargs
+        Other `GaussianMixture` options.
+
+    Returns
+    -------
+    table : astropy.table.Table
+        A copy with the cluster columns.
+    mixture : GaussianMixture
+        The fitted mixture (``bic_`` holds the BIC of each k tried).
+    """
+    x, valid = table_embeddings(table, column)
+    mixture = GaussianMixture(n_components, **kwargs).fit(x[valid])
+    return mixture.annotate(table, column=column, prefix=prefix), mixture

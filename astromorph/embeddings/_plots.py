@@ -1,0 +1,320 @@
+"""Pictures of embedding results: neighbour galleries and 2-d maps (matplotlib, lazily).
+
+`embedding_map` reduces vectors to two dimensions with UMAP (when
+``umap-learn`` is installed), an exact t-SNE written in numpy (up to a few
+thousand points) or PCA.
+"""
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+
+from ._common import embedding_matrix
+from .._io import atomic_output
+from ..exceptions import InputError, InvalidArgumentError, MissingDependencyError
+
+__all__ = ["gallery", "embedding_map", "plot_map", "display_image"]
+
+log = logging.getLogger(__name__)
+
+_SOURCE_COLUMNS = ("source", "path", "file", "filename")
+#: Largest number of points of the exact t-SNE (its cost grows as N^2).
+TSNE_MAX_POINTS = 5000
+
+
+def _pyplot():
+    try:
+        import matplotlib
+    except ImportError as exc:
+        raise MissingDependencyError("drawing needs matplotlib; install it with "
+                                     "`pip install 'astromorph[plot]'`") from exc
+    if matplotlib.get_backend().lower() not in ("agg", "module://matplotlib_inline.backend_inline"):
+        try:
+            matplotlib.use("Agg")
+        except Exception:  # noqa: BLE001 - an interactive backend already in use is fine
+            pass
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def display_image(image):
+    """An RGB float picture ``(H, W, 3)`` in [0, 1] for any stamp astromorph handles.
+
+    Accepts colour cutouts ``(H, W, 3)`` (uint8 or [0, 1] floats), network
+    stamps ``(3, H, W)``, single bands ``(H, W)`` and band stacks ``(B, H, W)``
+    (flux images get a per-stamp asinh stretch; three bands are shown as
+    R, G, B = last, middle, first).
+    """
+    arr = np.asarray(image)
+    if arr.ndim == 3 and arr.shape[-1] == 3 and arr.shape[0] != 3:
+        return arr.astype(np.float32) / 255.0 if arr.dtype == np.uint8 else \
+            np.clip(arr.astype(np.float32), 0, 1)
+    if arr.dtype == np.uint8:
+        arr = arr.astype(np.float32) / 255.0
+        planes = arr[None] if arr.ndim == 2 else arr
+        return np.moveaxis(planes if len(planes) == 3 else np.repeat(planes[:1], 3, 0), 0, -1)
+    arr = np.asarray(arr, dtype=np.float64)
+    planes = arr[None] if arr.ndim == 2 else arr
+    if planes.ndim != 3:
+        raise InputError(f"cannot display an image of shape {np.shape(image)}")
+    finite = np.isfinite(planes)
+    if finite.any() and np.nanmin(planes) >= 0 and np.nanmax(planes) <= 1 and len(planes) == 3:
+        rgb = planes  # network stamp: display values already
+    else:
+        vals = planes[finite]
+        lo, hi = (np.percentile(vals, [1, 99.5]) if vals.size else (0.0, 1.0))
+        scale = max(hi - lo, 1e-12)
+        rgb = np.arcsinh(np.clip((np.nan_to_num(planes, nan=lo) - lo) / scale, 0, None) * 10) \
+            / np.arcsinh(10)
+        if len(rgb) == 3:
+            rgb = rgb[::-1]  # (g, r, i) -> (i, r, g) = (R, G, B)
+    if len(rgb) != 3:
+        rgb = np.repeat(rgb[:1], 3, axis=0)
+    return np.clip(np.moveaxis(rgb, 0, -1), 0, 1).astype(np.float32)
+
+
+def _read_picture(path):
+    from .._readers import read_file
+
+    stamps = [s for s in read_file(Path(path), want_scale=False) if s.usable]
+    if not stamps:
+        return None
+    s = stamps[0]
+    return s.data
+
+
+def _row_images(index, rows, images, source_column):
+    """Pictures of the indexed rows ``rows`` (None where there is none)."""
+    if images is not None:
+        if callable(images):
+            return list(images(rows))
+        return [images[r] for r in rows]
+    table = index.table
+    if table is None:
+        raise InvalidArgumentError("the gallery needs images=: the index has no table with "
+                                   "file paths")
+    col = source_column or next((c for c in _SOURCE_COLUMNS if c in table.colnames), None)
+    if col is None or col not in table.colnames:
+        raise InvalidArgumentError(
+            f"the gallery needs pictures of the rows: pass images= (an array or a function), "
+            f"or a column of file paths with source_column= (table columns: {table.colnames})")
+    out = []
+    for r in rows:
+        path = str(table[col][r])
+        path = path.split("[")[0] if not os.path.exists(path) else path  # "file.fits[3]"
+        out.append(_read_picture(path) if os.path.exists(path) else None)
+    return out
+
+
+def gallery(index, result, path, *, images=None, source_column=None, query_image=None,
+            ncols=None, title=None, dpi=110, overwrite=True):
+    """PNG of a query and its neighbours (see `SimilarityIndex.gallery`).
+
+    Returns
+    -------
+    pathlib.Path
+    """
+    plt = _pyplot()
+    rows = [int(r) for r in result["row"]]
+    meta = result.meta
+    query_row = meta.get("query_row")
+    pictures = _row_images(index, ([query_row] if query_row is not None else []) + rows,
+                           images, source_column)
+    if query_row is not None:
+        query_pic, pictures = pictures[0], pictures[1:]
+    elif query_image is not None:
+        query_pic = _read_picture(query_image) if isinstance(query_image, (str, os.PathLike)) \
+            else query_image
+    elif meta.get("query_image") and os.path.exists(str(meta["query_image"])):
+        query_pic = _read_picture(meta["query_image"])
+    else:
+        query_pic = None
+    tiles = [(query_pic, "query" + (f" (row {query_row})" if query_row is not None else ""))]
+    tiles += [(pic, f"#{rank}  row {row}\nsim {sim:.3f}") for pic, rank, row, sim in
+              zip(pictures, result["rank"], rows, result["similarity"])]
+    n = len(tiles)
+    ncols = ncols or int(min(8, np.ceil(np.sqrt(n))))
+    nrows = int(np.ceil(n / ncols))
+    fig, axes = plt.subplots(nrows, ncols, figsize=(1.6 * ncols, 1.75 * nrows), squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for ax, (pic, label) in zip(axes.ravel(), tiles):
+        if pic is not None:
+            ax.imshow(display_image(pic), origin="upper", interpolation="nearest")
+        else:
+            ax.text(0.5, 0.5, "no image", ha="center", va="center", transform=ax.transAxes)
+        ax.set_title(label, fontsize=7, color="C3" if label.startswith("query") else "black")
+    axes.ravel()[0].axis("on")
+    axes.ravel()[0].set_xticks([])
+    axes.ravel()[0].set_yticks([])
+    for spine in axes.ravel()[0].spines.values():
+        spine.set_edgecolor("C3")
+        spine.set_linewidth(2)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    path = Path(path)
+    with atomic_output(path, overwrite=overwrite) as tmp:
+        fig.savefig(tmp, dpi=dpi, format="png")
+    plt.close(fig)
+    log.info("wrote gallery %s", path)
+    return path
+
+
+# ------------------------------------------------------------------------------- maps
+def _pca2(x):
+    z = x - x.mean(0)
+    _, _, vt = np.linalg.svd(z, full_matrices=False)
+    return z @ vt[:2].T
+
+
+def _tsne(x, *, perplexity=30.0, n_iter=750, seed=0):
+    """Exact t-SNE (van der Maaten & Hinton 2008) in numpy; O(N^2) memory and time."""
+    n = len(x)
+    rng = np.random.default_rng(seed)
+    z = x - x.mean(0)
+    if z.shape[1] > 50:
+        _, _, vt = np.linalg.svd(z, full_matrices=False)
+        z = z @ vt[:50].T
+    sq = np.sum(z * z, axis=1)
+    d2 = np.maximum(sq[:, None] + sq[None, :] - 2 * z @ z.T, 0)
+    np.fill_diagonal(d2, np.inf)
+    perplexity = min(perplexity, (n - 1) / 3)
+    target = np.log(perplexity)
+    lo, hi = np.full(n, -50.0), np.full(n, 50.0)  # bisection on log(beta) for every row at once
+    dmin = d2.min(axis=1, keepdims=True)
+    for _ in range(60):
+        beta = np.exp((lo + hi) / 2)[:, None]
+        p = np.exp(-(d2 - dmin) * beta)
+        s = p.sum(1, keepdims=True)
+        p /= s
+        entropy = -np.sum(np.where(p > 0, p * np.log(np.maximum(p, 1e-300)), 0), axis=1)
+        too_flat = entropy > target  # entropy too high -> increase beta
+        lo = np.where(too_flat, (lo + hi) / 2, lo)
+        hi = np.where(too_flat, hi, (lo + hi) / 2)
+    p = (p + p.T) / (2 * n)
+    p = np.maximum(p, 1e-12)
+    y = rng.normal(0, 1e-4, (n, 2))
+    velocity = np.zeros_like(y)
+    gains = np.ones_like(y)
+    lr = max(n / 12.0 / 4.0, 50.0)
+    for it in range(n_iter):
+        exaggeration = 12.0 if it < 250 else 1.0
+        momentum = 0.5 if it < 250 else 0.8
+        sy = np.sum(y * y, axis=1)
+        num = 1.0 / (1.0 + np.maximum(sy[:, None] + sy[None, :] - 2 * y @ y.T, 0))
+        np.fill_diagonal(num, 0.0)
+        q = np.maximum(num / num.sum(), 1e-12)
+        pq = (exaggeration * p - q) * num
+        grad = 4.0 * (np.diag(pq.sum(1)) - pq) @ y
+        gains = np.where(np.sign(grad) != np.sign(velocity), gains + 0.2, gains * 0.8)
+        gains = np.maximum(gains, 0.01)
+        velocity = momentum * velocity - lr * gains * grad
+        y = y + velocity
+        y -= y.mean(0)
+    return y
+
+
+def embedding_map(embeddings, *, method="auto", seed=0, perplexity=30.0):
+    """Two-dimensional coordinates of embedding vectors.
+
+    Parameters
+    ----------
+    embeddings : array_like, (N, D)
+    method : {"auto", "umap", "tsne", "pca"}
+        ``"auto"``: UMAP when umap-learn is installed, else t-SNE for up to
+        `TSNE_MAX_POINTS` rows, else PCA.
+    seed : int
+    perplexity : float
+        t-SNE perplexity.
+
+    Returns
+    -------
+    coords : numpy.ndarray, (N, 2)
+    method : str
+        The method used.
+    """
+    x = embedding_matrix(embeddings, allow_masked=False)
+    if method == "auto":
+        import importlib.util
+
+        if importlib.util.find_spec("umap") is not None:
+            method = "umap"
+        else:
+            method = "tsne" if len(x) <= TSNE_MAX_POINTS else "pca"
+    if method == "umap":
+        try:
+            import umap
+        except ImportError as exc:
+            raise MissingDependencyError("method='umap' needs umap-learn") from exc
+        return umap.UMAP(n_components=2, random_state=seed, metric="cosine").fit_transform(x), method
+    if method == "tsne":
+        if len(x) > 4 * TSNE_MAX_POINTS:
+            raise InvalidArgumentError(f"the exact t-SNE is too slow for {len(x)} rows; use "
+                                       "method='pca' or install umap-learn, or subsample")
+        return _tsne(x, perplexity=perplexity, seed=seed), method
+    if method == "pca":
+        return _pca2(x), method
+    raise InvalidArgumentError(f"method must be auto, umap, tsne or pca, got {method!r}")
+
+
+def plot_map(embeddings, path, *, labels=None, method="auto", max_points=TSNE_MAX_POINTS,
+             title=None, seed=0, dpi=120, overwrite=True):
+    """Save a 2-d map of embedding vectors coloured by ``labels`` (e.g. cluster ids).
+
+    Parameters
+    ----------
+    embeddings : array_like, (N, D)
+        Rows with masked or non-finite values are left out.
+    path : str or os.PathLike
+        Output PNG.
+    labels : array_like, (N,), optional
+        Category of each row (cluster id, class name...).
+    method : {"auto", "umap", "tsne", "pca"}
+        See `embedding_map`.
+    max_points : int
+        At most this many random rows are drawn.
+
+    Returns
+    -------
+    coords : numpy.ndarray, (M, 2)
+        Coordinates of the plotted rows.
+    rows : numpy.ndarray of int, (M,)
+        Their row numbers.
+    """
+    plt = _pyplot()
+    x = embedding_matrix(embeddings, allow_masked=True)
+    rows = np.flatnonzero(np.all(np.isfinite(x), axis=1))
+    if labels is not None:
+        labels = np.asarray(np.ma.filled(np.ma.asarray(labels).astype(object), None))
+        rows = rows[np.array([labels[r] is not None for r in rows], dtype=bool)] \
+            if len(rows) else rows
+    rng = np.random.default_rng(seed)
+    if len(rows) > max_points:
+        rows = np.sort(rng.choice(rows, max_points, replace=False))
+    coords, used = embedding_map(x[rows], method=method, seed=seed)
+    fig, ax = plt.subplots(figsize=(6.4, 5.6))
+    if labels is None:
+        ax.scatter(coords[:, 0], coords[:, 1], s=4, alpha=0.7)
+    else:
+        lab = labels[rows]
+        cats = sorted(set(lab.tolist()), key=lambda v: (str(type(v)), v))
+        cmap = plt.get_cmap("tab10" if len(cats) <= 10 else "tab20")
+        for i, c in enumerate(cats):
+            sel = lab == c
+            ax.scatter(coords[sel, 0], coords[sel, 1], s=4, alpha=0.75, color=cmap(i % cmap.N),
+                       label=f"{c} ({int(sel.sum())})")
+        ax.legend(markerscale=3, fontsize=7, loc="best", frameon=False)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.set_xlabel(f"{used} 1")
+    ax.set_ylabel(f"{used} 2")
+    ax.set_title(title or f"embedding map ({used}, {len(rows)} rows)", fontsize=9)
+    fig.tight_layout()
+    path = Path(path)
+    with atomic_output(path, overwrite=overwrite) as tmp:
+        fig.savefig(tmp, dpi=dpi, format="png")
+    plt.close(fig)
+    return coords, rows

@@ -1,0 +1,341 @@
+"""Preprocessing for the optical galaxy morphology model (``morphology``).
+
+The network was trained on Galaxy Zoo 1 (GZ1) colour cutouts from the SDSS
+ImgCutout service: 423 x 423 pixel gri composites (i, r, g as red, green,
+blue; asinh stretch of Lupton et al. 2004) whose pixel scale is proportional
+to the galaxy's Petrosian radius, so that every galaxy fills the middle of
+its cutout. Every accepted raw input is turned into that kind of picture and
+then into the network input by one function, `preprocess_colour_cutout`:
+
+1. keep the central `CROP_FRACTION` of the cutout (a square window centred
+   on the image centre; the galaxy fills it, the outer sky is dropped, as in
+   Dieleman, Willett & Dambre 2015),
+2. area-average that window down to `STAMP_SIZE` x `STAMP_SIZE` pixels
+   (exact fractional-pixel area weights, so any input size works),
+3. scale the 8-bit display values to ``[0, 1]`` (``value / 255``) and move
+   the colour axis first: float32 ``(3, S, S)``.
+
+Other raw inputs are mapped onto a colour cutout first:
+
+* three calibrated FITS bands g, r, i (e.g. SDSS nanomaggies) go through
+  `astropy.visualization.make_lupton_rgb` with the fixed `LUPTON_Q`,
+  `LUPTON_STRETCH`, `LUPTON_MINIMUM` and per-band `LUPTON_BAND_SCALES`
+  (`gri_to_rgb`, `preprocess_gri`);
+* a single band (greyscale) is stretched the same way with the band used for
+  all three colours and so gives a grey picture (`single_band_to_rgb`,
+  `preprocess_single_band`). The network was trained with random greyscale
+  augmentation (20 per cent of the training stamps were turned grey), so a
+  single band is a fair input, if a less informative one.
+
+Angular size convention
+-----------------------
+GZ1 / SDSS ImgCutout cutouts are 423 pixels wide with a pixel scale of
+``0.024 * petroR90_r`` arcsec per pixel (Lintott et al. 2008, section 2;
+``petroR90_r`` is the SDSS r-band radius containing 90 per cent of the
+Petrosian flux). A full cutout thus spans ``423 * 0.024 = 10.152 petroR90_r``
+and the network stamp (the central `CROP_FRACTION` of it) spans
+``0.35 * 10.152 = 3.553 petroR90_r``. To classify a galaxy in other imaging,
+cut a square image of side `cutout_size_from_petrosian` (any number of
+pixels) centred on the galaxy and pass it with the default crop fraction, or
+cut `stamp_size_from_petrosian` and pass ``crop_fraction=1.0``.
+"""
+import numpy as np
+
+__all__ = [
+    "STAMP_SIZE",
+    "CROP_FRACTION",
+    "GZ1_CUTOUT_PIXELS",
+    "GZ1_PIXEL_SCALE_PER_PETRO_R90",
+    "LUPTON_Q",
+    "LUPTON_STRETCH",
+    "LUPTON_MINIMUM",
+    "LUPTON_BAND_SCALES",
+    "area_resample",
+    "preprocess_colour_cutout",
+    "gri_to_rgb",
+    "preprocess_gri",
+    "single_band_to_rgb",
+    "preprocess_single_band",
+    "preprocess_optical",
+    "cutout_size_from_petrosian",
+    "stamp_size_from_petrosian",
+]
+
+#: Side of the network stamp in pixels.
+STAMP_SIZE = 64
+#: Fraction of the cutout width (centred) kept for the network stamp.
+CROP_FRACTION = 0.35
+#: Width in pixels of the Galaxy Zoo 1 SDSS cutouts the model was trained on.
+GZ1_CUTOUT_PIXELS = 423
+#: GZ1 cutout pixel scale in units of petroR90_r (arcsec / pixel per arcsec).
+GZ1_PIXEL_SCALE_PER_PETRO_R90 = 0.024
+#: Softening parameter ``Q`` of the Lupton et al. (2004) asinh stretch.
+LUPTON_Q = 8.0
+#: Linear range ``stretch`` of the asinh stretch, in the input flux unit
+#: (SDSS nanomaggies: 0.5 nmgy/pixel, about 10 times the r-band sky noise).
+LUPTON_STRETCH = 0.5
+#: Flux mapped to black (sky level after background subtraction).
+LUPTON_MINIMUM = 0.0
+#: Multipliers applied to the g, r, i fluxes before the stretch (i -> red,
+#: r -> green, g -> blue). They roughly balance the colours of typical galaxies
+#: as in SDSS colour composites.
+LUPTON_BAND_SCALES = {"g": 1.8, "r": 1.25, "i": 1.0}
+
+
+def area_resample(n_in, n_out, crop_fraction=1.0):
+    """Matrix that area-averages the centred crop of a 1-d pixel axis.
+
+    The crop window has width ``crop_fraction * n_in`` pixels, is centred on
+    the axis centre and may start and end inside pixels; each output pixel is
+    the mean of the input over its footprint, fractional pixels weighted by the
+    overlapping length.
+
+    Parameters
+    ----------
+    n_in : int
+        Number of input pixels along the axis.
+    n_out : int
+        Number of output pixels.
+    crop_fraction : float, optional
+        Width of the window as a fraction of ``n_in`` (0 < f <= 1).
+
+    Returns
+    -------
+    numpy.ndarray, shape (n_out, n_in), float64
+        Weights; each row sums to one.
+    """
+    if not 0 < crop_fraction <= 1:
+        raise ValueError(f"crop_fraction must be in (0, 1], got {crop_fraction}")
+    width = crop_fraction * n_in
+    start = 0.5 * (n_in - width)
+    edges = start + width * np.arange(n_out + 1) / n_out
+    lo, hi = edges[:-1, None], edges[1:, None]
+    pix = np.arange(n_in)[None, :]
+    overlap = np.clip(np.minimum(hi, pix + 1) - np.maximum(lo, pix), 0.0, None)
+    return overlap / overlap.sum(axis=1, keepdims=True)
+
+
+def preprocess_colour_cutout(images, *, size=STAMP_SIZE, crop_fraction=CROP_FRACTION):
+    """Turn SDSS-style colour cutouts into network input.
+
+    Parameters
+    ----------
+    images : array_like, shape (H, W, 3) or (N, H, W, 3)
+        RGB colour cutouts (R, G, B = i, r, g for SDSS composites) centred on
+        the galaxy. ``uint8`` arrays are 8-bit display values (as read from a
+        JPEG or PNG); floating-point arrays are taken to be display values
+        already scaled to ``[0, 1]``.
+    size : int, optional
+        Side of the output stamp (the model expects `STAMP_SIZE`).
+    crop_fraction : float, optional
+        Fraction of the cutout width kept around the centre before area
+        averaging (the model expects `CROP_FRACTION` for a cutout of
+        `cutout_size_from_petrosian`, or 1.0 for one of
+        `stamp_size_from_petrosian`).
+
+    Returns
+    -------
+    numpy.ndarray, float32, shape (3, size, size) or (N, 3, size, size)
+        Display values in ``[0, 1]``, colour axis first.
+    """
+    arr = np.asarray(images)
+    if arr.ndim not in (3, 4) or arr.shape[-1] != 3:
+        raise ValueError(f"expected colour cutouts of shape (H, W, 3) or (N, H, W, 3), got {arr.shape}")
+    scale = 1.0 / 255.0 if arr.dtype == np.uint8 else 1.0
+    single = arr.ndim == 3
+    if single:
+        arr = arr[None]
+    rows = area_resample(arr.shape[1], size, crop_fraction)
+    cols = area_resample(arr.shape[2], size, crop_fraction)
+    # Only the pixels inside the window matter: slice them before the products.
+    r0, r1 = np.flatnonzero(rows.any(0))[[0, -1]]
+    c0, c1 = np.flatnonzero(cols.any(0))[[0, -1]]
+    window = arr[:, r0:r1 + 1, c0:c1 + 1, :].astype(np.float32)
+    rows = (rows[:, r0:r1 + 1] * scale).astype(np.float32)
+    cols = cols[:, c0:c1 + 1].astype(np.float32)
+    # two batched matrix products (BLAS): out[n, c] = rows @ window[n, :, :, c] @ cols.T
+    out = np.matmul(np.matmul(rows, np.moveaxis(window, 3, 1)), cols.T)
+    out = np.ascontiguousarray(out, dtype=np.float32)
+    return out[0] if single else out
+
+
+def gri_to_rgb(g, r, i, *, q=LUPTON_Q, stretch=LUPTON_STRETCH, minimum=LUPTON_MINIMUM,
+               band_scales=None):
+    """Make an SDSS-like 8-bit colour composite from calibrated g, r, i images.
+
+    Uses `astropy.visualization.make_lupton_rgb` (Lupton et al. 2004) with
+    red = i, green = r, blue = g after multiplying each band by its entry in
+    `LUPTON_BAND_SCALES`.
+
+    Parameters
+    ----------
+    g, r, i : array_like, shape (H, W) or (N, H, W)
+        Background-subtracted images on a common pixel grid, in a linear flux
+        unit (the constants are set for SDSS nanomaggies). NaNs become 0.
+    q, stretch, minimum : float, optional
+        Asinh stretch parameters (defaults `LUPTON_Q`, `LUPTON_STRETCH`,
+        `LUPTON_MINIMUM`).
+    band_scales : dict, optional
+        Flux multipliers ``{"g": .., "r": .., "i": ..}``; default
+        `LUPTON_BAND_SCALES`.
+
+    Returns
+    -------
+    numpy.ndarray, uint8, shape (H, W, 3) or (N, H, W, 3)
+    """
+    from astropy.visualization import make_lupton_rgb
+
+    scales = dict(LUPTON_BAND_SCALES if band_scales is None else band_scales)
+    bands = [np.nan_to_num(np.asarray(b, dtype=np.float64)) * scales[k]
+             for k, b in (("i", i), ("r", r), ("g", g))]
+    if not bands[0].shape == bands[1].shape == bands[2].shape:
+        raise ValueError("g, r and i must have the same shape")
+    if bands[0].ndim == 2:
+        return make_lupton_rgb(*bands, minimum=minimum, stretch=stretch, Q=q)
+    if bands[0].ndim != 3:
+        raise ValueError(f"expected (H, W) or (N, H, W) images, got {bands[0].shape}")
+    # make_lupton_rgb takes 2-d images and works pixel by pixel (fixed minimum,
+    # stretch and Q): calling it on chunks of the batch stacked into tall images
+    # is identical, and chunks small enough to stay in cache are fastest.
+    n, h, w = bands[0].shape
+    out = np.empty((n, h, w, 3), np.uint8)
+    step = max(1, (1 << 18) // (h * w))
+    for start in range(0, n, step):
+        chunk = [b[start:start + step].reshape(-1, w) for b in bands]
+        out[start:start + step] = make_lupton_rgb(*chunk, minimum=minimum, stretch=stretch,
+                                                  Q=q).reshape(-1, h, w, 3)
+    return out
+
+
+def preprocess_gri(g, r, i, *, size=STAMP_SIZE, crop_fraction=CROP_FRACTION, **lupton):
+    """Network input from calibrated g, r, i images (`gri_to_rgb` then
+    `preprocess_colour_cutout`).
+
+    Parameters
+    ----------
+    g, r, i : array_like, shape (H, W) or (N, H, W)
+        See `gri_to_rgb`.
+    size, crop_fraction : optional
+        See `preprocess_colour_cutout`.
+    **lupton
+        ``q``, ``stretch``, ``minimum``, ``band_scales`` for `gri_to_rgb`.
+
+    Returns
+    -------
+    numpy.ndarray, float32, shape (3, size, size) or (N, 3, size, size)
+    """
+    return preprocess_colour_cutout(gri_to_rgb(g, r, i, **lupton), size=size,
+                                    crop_fraction=crop_fraction)
+
+
+def single_band_to_rgb(image, *, q=LUPTON_Q, stretch=LUPTON_STRETCH, minimum=LUPTON_MINIMUM):
+    """Grey 8-bit colour picture from one band.
+
+    ``uint8`` input is taken to be an 8-bit greyscale display image and is
+    replicated into three channels. Any other dtype is a linear flux image and
+    gets the asinh stretch of `gri_to_rgb` (band scale 1) with the same image
+    as red, green and blue.
+
+    Parameters
+    ----------
+    image : array_like, shape (H, W) or (N, H, W)
+    q, stretch, minimum : float, optional
+        Asinh stretch parameters for flux images.
+
+    Returns
+    -------
+    numpy.ndarray, uint8, shape (H, W, 3) or (N, H, W, 3)
+    """
+    arr = np.asarray(image)
+    if arr.ndim not in (2, 3):
+        raise ValueError(f"expected a band of shape (H, W) or (N, H, W), got {arr.shape}")
+    if arr.dtype == np.uint8:
+        return np.repeat(arr[..., None], 3, axis=-1)
+    unit = {"g": 1.0, "r": 1.0, "i": 1.0}
+    return gri_to_rgb(arr, arr, arr, q=q, stretch=stretch, minimum=minimum, band_scales=unit)
+
+
+def preprocess_single_band(image, *, size=STAMP_SIZE, crop_fraction=CROP_FRACTION, **lupton):
+    """Network input from a single band (`single_band_to_rgb` then
+    `preprocess_colour_cutout`).
+
+    Parameters
+    ----------
+    image : array_like, shape (H, W) or (N, H, W)
+        ``uint8`` greyscale display image(s) or linear flux image(s).
+    size, crop_fraction : optional
+        See `preprocess_colour_cutout`.
+    **lupton
+        ``q``, ``stretch``, ``minimum`` for flux images.
+
+    Returns
+    -------
+    numpy.ndarray, float32, shape (3, size, size) or (N, 3, size, size)
+    """
+    return preprocess_colour_cutout(single_band_to_rgb(image, **lupton), size=size,
+                                    crop_fraction=crop_fraction)
+
+
+def preprocess_optical(images, *, size=STAMP_SIZE, crop_fraction=CROP_FRACTION):
+    """Network input for the ``morphology`` model from colour or single-band cutouts.
+
+    Dispatches on the shape: an array whose last axis has length 3 and that
+    has 3 or 4 dimensions, ``(H, W, 3)`` or ``(N, H, W, 3)``, is an RGB colour
+    cutout (`preprocess_colour_cutout`); ``(H, W)`` or ``(N, H, W)`` is a
+    single band (`preprocess_single_band`). For three separate g, r, i flux
+    images use `preprocess_gri`.
+
+    Parameters
+    ----------
+    images : array_like
+        Cutouts centred on the galaxy, of angular size
+        `cutout_size_from_petrosian` (or `stamp_size_from_petrosian` with
+        ``crop_fraction=1.0``).
+    size, crop_fraction : optional
+        See `preprocess_colour_cutout`.
+
+    Returns
+    -------
+    numpy.ndarray, float32, shape (3, size, size) or (N, 3, size, size)
+    """
+    arr = np.asarray(images)
+    if arr.ndim in (3, 4) and arr.shape[-1] == 3:
+        return preprocess_colour_cutout(arr, size=size, crop_fraction=crop_fraction)
+    return preprocess_single_band(arr, size=size, crop_fraction=crop_fraction)
+
+
+def cutout_size_from_petrosian(petro_r90_arcsec):
+    """Angular width of a GZ1-equivalent full cutout.
+
+    Parameters
+    ----------
+    petro_r90_arcsec : float or array_like
+        SDSS r-band ``petroR90_r`` (or an equivalent 90 per cent light radius)
+        in arcsec.
+
+    Returns
+    -------
+    float or numpy.ndarray
+        Side of the square cutout in arcsec, ``423 * 0.024 * petroR90_r``
+        (= 10.152 petroR90_r). Feed such cutouts with the default
+        `CROP_FRACTION`.
+    """
+    return GZ1_CUTOUT_PIXELS * GZ1_PIXEL_SCALE_PER_PETRO_R90 * np.asarray(petro_r90_arcsec, dtype=float)
+
+
+def stamp_size_from_petrosian(petro_r90_arcsec):
+    """Angular width of the network stamp.
+
+    Parameters
+    ----------
+    petro_r90_arcsec : float or array_like
+        SDSS r-band ``petroR90_r`` in arcsec.
+
+    Returns
+    -------
+    float or numpy.ndarray
+        Side of the square region the network sees, in arcsec:
+        ``CROP_FRACTION * 423 * 0.024 * petroR90_r`` (= 3.553 petroR90_r).
+        Cutouts of this size are fed with ``crop_fraction=1.0``.
+    """
+    return CROP_FRACTION * cutout_size_from_petrosian(petro_r90_arcsec)

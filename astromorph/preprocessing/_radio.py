@@ -1,0 +1,384 @@
+"""Preprocessing for the radio galaxy morphology model (``radio-morphology``).
+
+The network was trained on the FIRST radio galaxy data set of Griese et al.
+(2023, Data in Brief 47, 108974; PyPI package ``firstgalaxydata``): 2,158
+images from the VLA FIRST survey (1.4 GHz, 5.4 arcsec beam, typical noise
+0.15 mJy/beam) labelled FRI, FRII, compact or bent. Each data-set image was
+made from a FIRST cutout as follows (the data-set paper; the image statistics
+of the released files confirm every step, see `first_cutout_to_uint8`):
+
+1. a 300 x 300 pixel SkyView cutout at the native FIRST pixel scale of
+   1.8 arcsec (`FIRST_PIXEL_SCALE_ARCSEC`), i.e. 9 x 9 arcmin centred on the
+   source (`DATASET_IMAGE_PIXELS`),
+2. every pixel below three times the local noise RMS
+   (`DATASET_THRESHOLD_SIGMA`) is set to that threshold,
+3. the image is scaled linearly so that the threshold maps to 0 and the
+   brightest pixel of the cutout to 255, and stored as an 8-bit grey image.
+
+The network input is made from such an 8-bit image by one function,
+`preprocess_dataset_image`:
+
+1. keep the central `CROP_PIXELS` x `CROP_PIXELS` pixels (3.84 arcmin; the
+   sources are centred and nearly all are smaller than this),
+2. area-average blocks of `BIN_FACTOR` x `BIN_FACTOR` pixels (1: the native
+   1.8 arcsec pixels, 3 per FIRST beam, are kept; the option exists for
+   coarser variants), giving `STAMP_SIZE` x `STAMP_SIZE` pixels,
+3. divide by 255 and take the square root (`STRETCH`), which lifts the faint
+   lobes and jets that the linear 8-bit scale crushes: float32
+   ``(1, STAMP_SIZE, STAMP_SIZE)`` in ``[0, 1]``.
+
+Radio images in surface brightness (Jy/beam) take one more step in front:
+`first_cutout_to_uint8` reproduces the data-set procedure (noise estimate,
+threshold, linear scaling to 0-255, 8-bit quantisation) on a FIRST cutout
+at 1.8 arcsec per pixel, and `preprocess_first_cutout` chains it with
+`preprocess_dataset_image`. Images on other pixel grids (with a WCS) are
+resampled to 1.8 arcsec per pixel first by `preprocess_radio_image`
+(`resample_to_first_grid`; ``reproject`` onto a 300 x 300 grid of that scale
+does the same for arbitrary projections); the network sees
+``STAMP_ANGULAR_SIZE_ARCSEC`` = 230.4 arcsec around the centre.
+
+The noise RMS is measured on the 300 x 300 cutout by iterative 3-sigma
+clipping about the median (`sigma_clipped_rms`); pass ``rms=`` to use a known
+value (e.g. from the FIRST RMS maps) instead.
+"""
+import numpy as np
+
+__all__ = [
+    "FIRST_PIXEL_SCALE_ARCSEC",
+    "FIRST_BEAM_FWHM_ARCSEC",
+    "FIRST_TYPICAL_RMS_JY",
+    "DATASET_IMAGE_PIXELS",
+    "DATASET_ANGULAR_SIZE_ARCSEC",
+    "DATASET_THRESHOLD_SIGMA",
+    "CROP_PIXELS",
+    "BIN_FACTOR",
+    "STAMP_SIZE",
+    "STAMP_PIXEL_SCALE_ARCSEC",
+    "STAMP_ANGULAR_SIZE_ARCSEC",
+    "STRETCH",
+    "RADIO_LABELS",
+    "sigma_clipped_rms",
+    "first_cutout_to_uint8",
+    "preprocess_dataset_image",
+    "preprocess_first_cutout",
+    "preprocess_radio_image",
+    "resample_to_first_grid",
+    "pixel_scale_from_wcs",
+]
+
+#: Native FIRST image pixel scale (arcsec per pixel) of the training images.
+FIRST_PIXEL_SCALE_ARCSEC = 1.8
+#: FIRST restoring beam FWHM in arcsec (Becker, White & Helfand 1995).
+FIRST_BEAM_FWHM_ARCSEC = 5.4
+#: Typical FIRST noise level in Jy/beam (0.15 mJy/beam).
+FIRST_TYPICAL_RMS_JY = 1.5e-4
+#: Side in pixels of the data-set images (300 x 300 at 1.8 arcsec).
+DATASET_IMAGE_PIXELS = 300
+#: Side of the data-set images in arcsec (540 arcsec = 9 arcmin).
+DATASET_ANGULAR_SIZE_ARCSEC = DATASET_IMAGE_PIXELS * FIRST_PIXEL_SCALE_ARCSEC
+#: Pixels below this many times the noise RMS are set to the threshold.
+DATASET_THRESHOLD_SIGMA = 3.0
+#: Side in pixels of the central window of a data-set image fed to the network.
+CROP_PIXELS = 128
+#: Block size of the area-averaging of that window.
+BIN_FACTOR = 1
+#: Side of the network stamp in pixels.
+STAMP_SIZE = CROP_PIXELS // BIN_FACTOR
+#: Pixel scale of the network stamp in arcsec (1.8).
+STAMP_PIXEL_SCALE_ARCSEC = FIRST_PIXEL_SCALE_ARCSEC * BIN_FACTOR
+#: Side of the network stamp in arcsec (230.4 arcsec = 3.84 arcmin).
+STAMP_ANGULAR_SIZE_ARCSEC = CROP_PIXELS * FIRST_PIXEL_SCALE_ARCSEC
+#: Intensity stretch applied to the [0, 1] scaled stamp.
+STRETCH = "sqrt"
+#: Class labels of the model outputs, in order.
+RADIO_LABELS = ("FRI", "FRII", "compact", "bent")
+
+
+def sigma_clipped_rms(image, sigma=3.0, maxiters=10):
+    """Noise RMS of an image by iterative sigma clipping about the median.
+
+    Parameters
+    ----------
+    image : array_like
+        Image (any shape); non-finite values are ignored.
+    sigma : float, optional
+        Clipping threshold in units of the current standard deviation.
+    maxiters : int, optional
+        Maximum number of clipping iterations.
+
+    Returns
+    -------
+    float
+        Standard deviation of the pixels that survive clipping (0 when there
+        are none).
+    """
+    values = np.asarray(image, dtype=np.float64).ravel()
+    values = values[np.isfinite(values)]
+    if values.size == 0:
+        return 0.0
+    for _ in range(maxiters):
+        centre = np.median(values)
+        std = values.std()
+        keep = np.abs(values - centre) <= sigma * std
+        if keep.all() or keep.sum() < 2:
+            break
+        values = values[keep]
+    return float(values.std())
+
+
+def _centre_window(image, size, fill):
+    """Central ``size`` x ``size`` window of the last two axes, padded with
+    ``fill`` where the image is smaller (the centre pixel of an even-sized
+    window is ``size // 2``, as for SkyView cutouts)."""
+    image = np.asarray(image)
+    ny, nx = image.shape[-2:]
+    out = np.full(image.shape[:-2] + (size, size), fill, dtype=image.dtype)
+    cy, cx = ny // 2, nx // 2
+    y0, x0 = cy - size // 2, cx - size // 2
+    sy0, sx0 = max(y0, 0), max(x0, 0)
+    sy1, sx1 = min(y0 + size, ny), min(x0 + size, nx)
+    out[..., sy0 - y0:sy1 - y0, sx0 - x0:sx1 - x0] = image[..., sy0:sy1, sx0:sx1]
+    return out
+
+
+def first_cutout_to_uint8(image, *, rms=None, threshold_sigma=DATASET_THRESHOLD_SIGMA,
+                          size=DATASET_IMAGE_PIXELS, quantize=True):
+    """Turn a FIRST cutout in Jy/beam into a data-set style 8-bit image.
+
+    Reproduces the procedure of the FIRST radio galaxy data set (Griese et
+    al. 2023): centre the cutout on a ``size`` x ``size`` grid (1.8 arcsec
+    pixels; missing or non-finite pixels count as empty sky), clip every
+    pixel below ``threshold_sigma`` times the noise RMS to that threshold,
+    scale linearly so that the threshold becomes 0 and the brightest pixel
+    255, and truncate to integers.
+
+    Parameters
+    ----------
+    image : array_like
+        2-D surface brightness image (Jy/beam, any linear unit works since the
+        result is normalised) at `FIRST_PIXEL_SCALE_ARCSEC`, centred on the
+        source. Use `resample_to_first_grid` for other pixel scales. A stack
+        ``(N, H, W)`` is processed image by image.
+    rms : float or array_like, optional
+        Noise RMS in the unit of ``image``; by default measured on the
+        ``size`` x ``size`` window with `sigma_clipped_rms`.
+    threshold_sigma : float, optional
+        Threshold in units of the RMS (3 in the data set).
+    size : int, optional
+        Side of the data-set grid in pixels (300 in the data set).
+    quantize : bool, optional
+        Truncate to integers 0-255 and return ``uint8`` like the released
+        PNG/HDF5 images (default); otherwise return the unquantised float32
+        values in ``[0, 255]``.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(size, size)`` (or ``(N, size, size)``) ``uint8`` image, or float32
+        when ``quantize`` is false. An image with nothing above the threshold
+        is all zeros.
+    """
+    image = np.asarray(image, dtype=np.float64)
+    if image.ndim == 3:
+        rmss = np.broadcast_to(np.asarray(np.nan if rms is None else rms, dtype=float),
+                               (image.shape[0],))
+        return np.stack([
+            first_cutout_to_uint8(im, rms=None if rms is None else r,
+                                  threshold_sigma=threshold_sigma, size=size,
+                                  quantize=quantize)
+            for im, r in zip(image, rmss)])
+    if image.ndim != 2:
+        raise ValueError(f"expected a 2-D image or a stack of them, got shape {image.shape}")
+    window = _centre_window(image, size, np.nan)
+    if rms is None:
+        rms = sigma_clipped_rms(window)
+    threshold = threshold_sigma * float(rms)
+    window = np.where(np.isfinite(window), window, threshold)
+    clipped = np.maximum(window, threshold)
+    peak = clipped.max()
+    if peak > threshold:
+        scaled = (clipped - threshold) * (255.0 / (peak - threshold))
+    else:
+        scaled = np.zeros_like(clipped)
+    if quantize:
+        return np.clip(np.floor(scaled + 1e-6), 0, 255).astype(np.uint8)
+    return scaled.astype(np.float32)
+
+
+def preprocess_dataset_image(image, *, crop_pixels=CROP_PIXELS, bin_factor=BIN_FACTOR,
+                             stretch=STRETCH):
+    """Turn data-set style 8-bit images into the network input.
+
+    Parameters
+    ----------
+    image : array_like
+        ``(H, W)`` or ``(N, H, W)`` grey image(s) on the data-set scale
+        (0-255, threshold at 0, brightest pixel 255) at 1.8 arcsec per pixel,
+        centred on the source; normally 300 x 300 ``uint8``. Smaller images
+        are zero-padded around the centre.
+    crop_pixels : int, optional
+        Side of the central window kept (default `CROP_PIXELS`).
+    bin_factor : int, optional
+        Side of the blocks that are averaged (default `BIN_FACTOR`);
+        ``crop_pixels`` must be a multiple of it.
+    stretch : {"sqrt", "linear"}, optional
+        Intensity stretch after scaling to ``[0, 1]`` (default `STRETCH`).
+
+    Returns
+    -------
+    numpy.ndarray
+        float32 ``(1, S, S)`` (or ``(N, 1, S, S)``) with
+        ``S = crop_pixels // bin_factor``, values in ``[0, 1]``.
+    """
+    image = np.asarray(image)
+    single = image.ndim == 2
+    if single:
+        image = image[None]
+    if image.ndim != 3:
+        raise ValueError(f"expected (H, W) or (N, H, W) images, got shape {image.shape}")
+    if crop_pixels % bin_factor:
+        raise ValueError("crop_pixels must be a multiple of bin_factor")
+    window = _centre_window(image.astype(np.float32), crop_pixels, 0.0)
+    s = crop_pixels // bin_factor
+    binned = window.reshape(len(window), s, bin_factor, s, bin_factor).mean(axis=(2, 4))
+    binned = np.clip(binned * np.float32(1.0 / 255.0), 0.0, 1.0)
+    if stretch == "sqrt":
+        binned = np.sqrt(binned)
+    elif stretch != "linear":
+        raise ValueError(f"unknown stretch {stretch!r}")
+    out = binned[:, None].astype(np.float32)
+    return out[0] if single else out
+
+
+def preprocess_first_cutout(image, *, rms=None, threshold_sigma=DATASET_THRESHOLD_SIGMA,
+                            quantize=True, **options):
+    """Turn FIRST cutouts in Jy/beam (1.8 arcsec pixels) into the network input.
+
+    Equivalent to ``preprocess_dataset_image(first_cutout_to_uint8(image))``.
+
+    Parameters
+    ----------
+    image : array_like
+        ``(H, W)`` or ``(N, H, W)`` surface brightness image(s) at
+        `FIRST_PIXEL_SCALE_ARCSEC`, centred on the source.
+    rms : float or array_like, optional
+        Noise RMS (same unit as ``image``); measured when omitted.
+    threshold_sigma : float, optional
+        Noise threshold in units of the RMS (default 3, as in the data set).
+    quantize : bool, optional
+        Quantise to 8 bits like the data set (default true).
+    **options
+        Passed on to `preprocess_dataset_image`.
+
+    Returns
+    -------
+    numpy.ndarray
+        float32 ``(1, S, S)`` (or ``(N, 1, S, S)``).
+    """
+    grey = first_cutout_to_uint8(image, rms=rms, threshold_sigma=threshold_sigma,
+                                 quantize=quantize)
+    return preprocess_dataset_image(grey, **options)
+
+
+def preprocess_radio_image(image, *, wcs=None, pixel_scale_arcsec=None, rms=None,
+                           quantize=True, **options):
+    """Turn a centred radio image in Jy/beam on any pixel grid into the network input.
+
+    Resamples to the FIRST grid when the pixel scale (from ``wcs`` or
+    ``pixel_scale_arcsec``) is not 1.8 arcsec, then runs
+    `preprocess_first_cutout`.
+
+    Parameters
+    ----------
+    image : array_like
+        2-D surface brightness image centred on the source (or a stack
+        ``(N, H, W)`` sharing one pixel scale).
+    wcs : astropy.wcs.WCS, optional
+        Celestial WCS of ``image``; gives the pixel scale.
+    pixel_scale_arcsec : float, optional
+        Pixel scale when no WCS is given (default: 1.8, the FIRST scale).
+    rms : float or array_like, optional
+        Noise RMS in the unit of ``image``; measured on the resampled image
+        when omitted.
+    quantize : bool, optional
+        Quantise to 8 bits like the data set (default true).
+    **options
+        Passed on to `preprocess_dataset_image`.
+
+    Returns
+    -------
+    numpy.ndarray
+        float32 ``(1, S, S)`` (or ``(N, 1, S, S)``).
+    """
+    if wcs is not None:
+        pixel_scale_arcsec = pixel_scale_from_wcs(wcs)
+    image = np.asarray(image, dtype=np.float64)
+    if pixel_scale_arcsec is not None and not np.isclose(
+            float(pixel_scale_arcsec), FIRST_PIXEL_SCALE_ARCSEC, rtol=1e-3):
+        if image.ndim == 3:
+            image = np.stack([resample_to_first_grid(im, pixel_scale_arcsec) for im in image])
+        else:
+            image = resample_to_first_grid(image, pixel_scale_arcsec)
+    return preprocess_first_cutout(image, rms=rms, quantize=quantize, **options)
+
+
+def pixel_scale_from_wcs(wcs):
+    """Pixel scale in arcsec of a celestial WCS (geometric mean of the axes).
+
+    Parameters
+    ----------
+    wcs : astropy.wcs.WCS
+        WCS with two celestial axes (degrees).
+
+    Returns
+    -------
+    float
+        Pixel scale in arcsec per pixel.
+    """
+    from astropy.wcs.utils import proj_plane_pixel_scales
+
+    scales = proj_plane_pixel_scales(wcs.celestial)
+    return float(np.sqrt(abs(scales[0] * scales[1])) * 3600.0)
+
+
+def resample_to_first_grid(image, pixel_scale_arcsec, *, size=DATASET_IMAGE_PIXELS):
+    """Resample a centred radio image onto the FIRST grid (1.8 arcsec pixels).
+
+    Bilinear interpolation of the surface brightness (Jy/beam stays
+    Jy/beam) onto a ``size`` x ``size`` grid of `FIRST_PIXEL_SCALE_ARCSEC`
+    pixels sharing the image centre; points outside the image are NaN (empty
+    sky for `first_cutout_to_uint8`). For images with a full WCS and a known
+    sky position, ``reproject`` onto a FIRST-like WCS is the better choice.
+
+    Parameters
+    ----------
+    image : array_like
+        2-D image, centred on the source.
+    pixel_scale_arcsec : float
+        Pixel scale of ``image`` in arcsec (see `pixel_scale_from_wcs`).
+    size : int, optional
+        Side of the output grid (default 300).
+
+    Returns
+    -------
+    numpy.ndarray
+        float64 ``(size, size)`` image at 1.8 arcsec per pixel.
+    """
+    image = np.asarray(image, dtype=np.float64)
+    if image.ndim != 2 or min(image.shape) < 2:
+        raise ValueError("expected a 2-D image of at least 2 x 2 pixels")
+    ny, nx = image.shape
+    step = FIRST_PIXEL_SCALE_ARCSEC / float(pixel_scale_arcsec)
+    offsets = (np.arange(size) - size // 2) * step
+    y = ny // 2 + offsets
+    x = nx // 2 + offsets
+    y0 = np.clip(np.floor(y).astype(int), 0, ny - 2)
+    x0 = np.clip(np.floor(x).astype(int), 0, nx - 2)
+    fy = np.clip(y - y0, 0.0, 1.0)[:, None]
+    fx = np.clip(x - x0, 0.0, 1.0)[None, :]
+    iy, ix = y0[:, None], x0[None, :]
+    out = (image[iy, ix] * (1 - fy) * (1 - fx) + image[iy, ix + 1] * (1 - fy) * fx
+           + image[iy + 1, ix] * fy * (1 - fx) + image[iy + 1, ix + 1] * fy * fx)
+    inside = ((y >= 0) & (y <= ny - 1))[:, None] & ((x >= 0) & (x <= nx - 1))[None, :]
+    out[~inside] = np.nan
+    return out

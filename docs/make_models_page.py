@@ -1,0 +1,67 @@
+"""Write docs/models.md from the shipped model cards (so the page never drifts from them).
+
+Run after any ``python -m astromorph_training MODEL export``::
+
+    python docs/make_models_page.py
+"""
+import json
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+#: Headline numbers per task, looked up in a card's "metrics" (first match wins).
+HEADLINE = ("accuracy", "macro_recall", "ece", "rmse", "roc_auc", "fnr", "fpr",
+            "linear_probe_accuracy", "precision_at_25")
+
+
+def _fmt(value):
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def _flatten(metrics, prefix=""):
+    for key, value in metrics.items():
+        if isinstance(value, dict):
+            yield from _flatten(value, f"{prefix}{key}.")
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            yield f"{prefix}{key}", value
+
+
+def main():
+    lines = ["# Shipped models", "",
+             "Generated from `models/*/card.json` by `docs/make_models_page.py`; the cards are",
+             "the reference. Metrics are on held-out data the models never saw in training.", ""]
+    for card_path in sorted((ROOT / "models").glob("*/card.json")):
+        card = json.loads(card_path.read_text())
+        spec = card["input"]
+        lines += [f"## `{card['name']}` v{card['version']} ({card['task']})", "",
+                  card.get("summary", ""), "",
+                  f"- input: `{spec['shape']}` {spec.get('normalisation', '')}".rstrip(),
+                  f"- preprocessing: `{spec.get('preprocessing')}`",
+                  f"- angular size: `{json.dumps(spec.get('angular_size'))}`"]
+        for out in card["outputs"]:
+            labels = out.get("labels") or []
+            shown = ", ".join(labels[:8]) + (" ..." if len(labels) > 8 else "")
+            lines.append(f"- output `{out['name']}` ({out.get('kind')})"
+                         + (f": {shown}" if shown else ""))
+        training = card.get("training", {})
+        if isinstance(training, dict):
+            for key in ("data", "terms", "split", "command", "time", "machine"):
+                if training.get(key):
+                    lines.append(f"- training {key}: {_fmt(training[key])}")
+        if card.get("licence"):
+            lines.append(f"- licence: {card['licence']}")
+        metrics = card.get("metrics", {})
+        lines += ["", f"Held-out metrics (`{metrics.get('command', '?')}`):", "",
+                  "| metric | value |", "|---|---|"]
+        shown = [(k, v) for k, v in _flatten(metrics)
+                 if any(h in k for h in HEADLINE) and "per_class" not in k][:24]
+        lines += [f"| {k} | {_fmt(v)} |" for k, v in shown]
+        lines += ["", f"sha256 `{card['sha256']}`", ""]
+    (ROOT / "docs" / "models.md").write_text("\n".join(lines) + "\n")
+    print(f"wrote {ROOT / 'docs' / 'models.md'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,482 @@
+"""The ``embedding`` model and the embedding tools (`astromorph.embeddings`).
+
+* `SimilarityIndex`: exact search equals brute force (chunk boundaries,
+  exclusions, unusable rows, k larger than the table); queries by row, sky
+  position, image (array and file, through a tiny ONNX embedding model) and
+  vector; result tables; galleries; approximate backends when installed;
+* `LabelHead`: few-label logistic regression on synthetic blobs, tables with
+  masked rows, persistence;
+* `GaussianMixture` / `cluster_table`: BIC finds the number of synthetic
+  blobs, cluster columns, maps;
+* the ``similar``, ``cluster`` and ``classify`` commands;
+* the shipped model: sha256 and card, L2-normalised output, torch/ONNX parity
+  (skipped without torch or the checkpoint).
+"""
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from astropy.coordinates import SkyCoord
+from astropy.table import MaskedColumn, Table
+import astropy.units as u
+
+import astromorph
+from astromorph import GaussianMixture, LabelHead, SimilarityIndex, cluster_table
+from astromorph.cli import main
+from astromorph.embeddings import embedding_map, plot_map
+from astromorph.exceptions import InputError, InvalidArgumentError
+from astromorph.preprocessing import _optical as opt
+
+REPO = Path(__file__).resolve().parents[1]
+MODEL_DIR = REPO / "models" / "embedding"
+CHECKPOINT = REPO / "training" / "checkpoints" / "embedding" / "last.pt"
+PCA = REPO / "training" / "checkpoints" / "embedding" / "pca.npz"
+
+requires_model = pytest.mark.skipif(not (MODEL_DIR / "model.onnx").is_file(),
+                                    reason="models/embedding not exported yet")
+
+
+def unit_rows(n, d, seed=0):
+    x = np.random.default_rng(seed).standard_normal((n, d)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def blobs(n_per=80, k=4, d=32, spread=0.15, seed=0):
+    """Unit vectors in ``k`` tight groups and their group labels."""
+    rng = np.random.default_rng(seed)
+    centres = unit_rows(k, d, seed + 1)
+    x = np.concatenate([c + spread * rng.standard_normal((n_per, d)) / np.sqrt(d) * 4
+                        for c in centres])
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32), \
+        np.repeat(np.arange(k), n_per)
+
+
+def nmi(a, b):
+    _, ai = np.unique(a, return_inverse=True)
+    _, bi = np.unique(b, return_inverse=True)
+    joint = np.zeros((ai.max() + 1, bi.max() + 1))
+    np.add.at(joint, (ai, bi), 1)
+    p = joint / joint.sum()
+    pa, pb = p.sum(1), p.sum(0)
+    nz = p > 0
+    mi = np.sum(p[nz] * np.log(p[nz] / np.outer(pa, pb)[nz]))
+    h = lambda q: -np.sum(q[q > 0] * np.log(q[q > 0]))  # noqa: E731
+    return mi / ((h(pa) + h(pb)) / 2)
+
+
+# ------------------------------------------------------------------- tiny ONNX model
+def tiny_embedding_onnx(path, dim=4, size=64):
+    """ONNX graph: (N, 3, size, size) -> spatial means (N, 3) -> MatMul (N, dim) -> L2 norm."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    w = np.array([[1.0, 0.2, -0.5, 0.3], [0.1, 1.0, 0.4, -0.2], [0.3, -0.4, 1.0, 0.6]],
+                 np.float32)[:, :dim]
+    inp = helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 3, size, size])
+    out = helper.make_tensor_value_info("embedding", TensorProto.FLOAT, ["batch", dim])
+    nodes = [
+        helper.make_node("ReduceMean", ["input", "axes"], ["mean"], keepdims=0),
+        helper.make_node("Sub", ["mean", "half"], ["centred"]),
+        helper.make_node("MatMul", ["centred", "w"], ["z"]),
+        helper.make_node("LpNormalization", ["z"], ["embedding"], axis=1, p=2),
+    ]
+    inits = [helper.make_tensor("axes", TensorProto.INT64, [2], [2, 3]),
+             helper.make_tensor("half", TensorProto.FLOAT, [1], [0.3]),
+             helper.make_tensor("w", TensorProto.FLOAT, list(w.shape), w.ravel().tolist())]
+    graph = helper.make_graph(nodes, "tiny_embedding", [inp], [out], initializer=inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 9
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return path
+
+
+@pytest.fixture
+def tiny_embedding(tmp_path, monkeypatch):
+    """Registry with one model ``tinyemb`` (optical input, 4-d embedding)."""
+    import hashlib
+
+    pytest.importorskip("onnx")
+    root = tmp_path / "models"
+    d = root / "tinyemb"
+    d.mkdir(parents=True)
+    tiny_embedding_onnx(d / "model.onnx")
+    card = {
+        "name": "tinyemb", "version": "0.0.1", "task": "embedding", "summary": "test",
+        "column_prefix": "emb",
+        "input": {"name": "input", "shape": [3, 64, 64], "dtype": "float32", "family": "optical",
+                  "single_band": "replicate",
+                  "preprocessing": "astromorph.preprocessing.preprocess_optical",
+                  "angular_size": {"kind": "petrosian",
+                                   "stamp_size_per_petro_r90": float(opt.stamp_size_from_petrosian(1.0))},
+                  "normalisation": "display values / 255"},
+        "outputs": [{"name": "embedding", "kind": "embedding", "size": 4}],
+        "training": {}, "metrics": {},
+        "sha256": hashlib.sha256((d / "model.onnx").read_bytes()).hexdigest(),
+    }
+    (d / "card.json").write_text(json.dumps(card))
+    monkeypatch.setenv("ASTROMORPH_MODELS_DIR", str(root))
+    astromorph.clear_session_cache()
+    yield "tinyemb"
+    astromorph.clear_session_cache()
+
+
+def colour_cutout(seed, size=100):
+    rng = np.random.default_rng(seed)
+    base = rng.integers(20, 230, size=3)
+    img = np.clip(base + rng.normal(0, 10, (size, size, 3)), 0, 255)
+    return img.astype(np.uint8)
+
+
+# ------------------------------------------------------------------------ exact search
+@pytest.mark.parametrize("chunk", [63, 576, 1 << 24])  # 7, 64 and all rows per block
+def test_exact_search_matches_brute_force(chunk):
+    x = unit_rows(1000, 24)
+    q = unit_rows(9, 24, seed=5)
+    index = SimilarityIndex(x, chunk_elements=chunk)
+    rows, sim = index.search(q, k=17)
+    full = q @ x.T
+    expect = np.argsort(-full, axis=1, kind="stable")[:, :17]
+    np.testing.assert_array_equal(rows, expect)
+    np.testing.assert_allclose(sim, np.take_along_axis(full, expect, 1), rtol=1e-5, atol=1e-6)
+    assert np.all(np.diff(sim, axis=1) <= 1e-7)
+
+
+def test_search_normalises_excludes_and_skips_unusable_rows():
+    x = unit_rows(300, 8) * np.random.default_rng(1).uniform(0.5, 3, (300, 1)).astype(np.float32)
+    x[10] = np.nan
+    x[11] = 0.0
+    masked = MaskedColumn(x, mask=np.zeros_like(x, bool))
+    masked.mask[12] = True
+    index = SimilarityIndex(masked, chunk_elements=50)
+    assert index.valid.sum() == 297
+    rows, sim = index.search(x[20] * 7.0, k=5, exclude=[[20]])
+    assert 20 not in rows[0] and not set(rows[0]) & {10, 11, 12}
+    with np.errstate(invalid="ignore"):
+        xn = x / np.linalg.norm(x, axis=1, keepdims=True)
+    ref = np.nan_to_num(xn @ xn[20], nan=-np.inf)
+    ref[[10, 11, 12, 20]] = -np.inf
+    np.testing.assert_array_equal(rows[0], np.argsort(-ref)[:5])
+    # k larger than the usable rows: padded with -1 / -inf
+    small = SimilarityIndex(np.array([[1.0, 0.0], [0.0, 1.0], [np.nan, 1.0]], np.float32))
+    rows, sim = small.search([1.0, 0.1], k=4)
+    assert rows[0].tolist() == [0, 1, -1, -1] and np.isneginf(sim[0, 2:]).all()
+
+
+def test_search_rejects_bad_queries():
+    index = SimilarityIndex(unit_rows(10, 4))
+    with pytest.raises(InvalidArgumentError):
+        index.search(np.zeros(4), k=3)
+    with pytest.raises(InvalidArgumentError):
+        index.search(np.ones(5), k=3)
+    with pytest.raises(InvalidArgumentError):
+        index.search(np.ones(4), k=0)
+    with pytest.raises(InvalidArgumentError):
+        SimilarityIndex(unit_rows(10, 4), backend="nope")
+
+
+def catalogue(n=200, d=16, seed=0):
+    rng = np.random.default_rng(seed)
+    t = Table()
+    t["id"] = np.arange(n)
+    t["ra"] = rng.uniform(150, 151, n) * u.deg
+    t["dec"] = rng.uniform(2, 3, n) * u.deg
+    t["embedding"] = unit_rows(n, d, seed)
+    return t
+
+
+def test_query_by_row_position_and_vector():
+    t = catalogue()
+    index = SimilarityIndex.from_table(t)
+    res = index.query(row=7, k=10)
+    assert res.colnames[:4] == ["rank", "row", "similarity", "distance"]
+    assert "embedding" not in res.colnames and "ra" in res.colnames
+    assert res["rank"].tolist() == list(range(1, 11)) and 7 not in res["row"]
+    np.testing.assert_array_equal(res["id"], res["row"])
+    np.testing.assert_allclose(res["distance"], 1 - res["similarity"], atol=1e-6)
+    brute = np.argsort(-(t["embedding"] @ t["embedding"][7]))
+    assert res["row"].tolist() == [r for r in brute if r != 7][:10]
+    assert res.meta["query_row"] == 7 and res.meta["query_kind"] == "row"
+    with_self = index.query(row=7, k=3, include_query=True)
+    assert with_self["row"][0] == 7 and with_self["similarity"][0] == pytest.approx(1.0)
+    # position: nearest row, with separation, limit and (ra, dec) tuples
+    target = SkyCoord(t["ra"].quantity[42] + 0.5 * u.arcsec, t["dec"].quantity[42])
+    res = index.query(position=target, k=5)
+    assert res.meta["query_row"] == 42 and 42 not in res["row"]
+    assert res.meta["query_separation_arcsec"] == pytest.approx(
+        0.5 * np.cos(np.deg2rad(t["dec"][42])), rel=1e-3)
+    res2 = index.query(position=(float(target.ra.deg), float(target.dec.deg)), k=5)
+    assert res2["row"].tolist() == res["row"].tolist()
+    with pytest.raises(InputError, match="max_separation"):
+        index.query(position=(10.0, -40.0), k=5, max_separation=5 * u.arcsec)
+    # vector
+    res = index.query(vector=t["embedding"][3], k=1)
+    assert res["row"][0] == 3
+    with pytest.raises(InvalidArgumentError):
+        index.query(row=1, vector=t["embedding"][3])
+    with pytest.raises(InvalidArgumentError):
+        index.query(row=10_000)
+    with pytest.raises(InvalidArgumentError, match="table"):
+        SimilarityIndex(t["embedding"]).query(position=(150.5, 2.5))
+
+
+def test_query_row_without_embedding_and_missing_column():
+    t = catalogue(20)
+    t["embedding"] = MaskedColumn(t["embedding"], mask=np.zeros(t["embedding"].shape, bool))
+    t["embedding"].mask[4] = True
+    index = SimilarityIndex.from_table(t)
+    with pytest.raises(InputError, match="no usable embedding"):
+        index.query(row=4)
+    assert 4 not in index.query(row=0, k=19)["row"]
+    with pytest.raises(InputError, match="no 'vec' column"):
+        SimilarityIndex.from_table(t, column="vec")
+
+
+def test_query_by_image_array_and_file(tiny_embedding, tmp_path):
+    from PIL import Image
+
+    model = astromorph.load_model(tiny_embedding)
+    images = np.stack([colour_cutout(s) for s in range(30)])
+    from astromorph._adapters import RawStamps, prepare
+
+    x, _ = prepare(model, RawStamps("colour", images))
+    emb = model.predict(x)["embedding"]
+    np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1, atol=1e-5)
+    t = Table({"id": np.arange(30), "embedding": emb})
+    index = SimilarityIndex.from_table(t)
+    res = index.query(image=images[12], k=3, model=tiny_embedding)
+    assert res["row"][0] == 12 and res["similarity"][0] == pytest.approx(1.0, abs=1e-5)
+    assert res.meta["query_kind"] == "image"
+    # network-ready stamp and a JPEG-free PNG file
+    assert index.query(image=x[5], k=1, model=model)["row"][0] == 5
+    png = tmp_path / "q.png"
+    Image.fromarray(images[20]).save(png)
+    res = index.query(image=png, k=2, model=tiny_embedding)
+    assert res["row"][0] == 20 and res.meta["query_image"] == str(png)
+    with pytest.raises(InputError):
+        index.query(image=np.zeros((5, 5, 5)), model=tiny_embedding)
+
+
+def test_gallery_png(tmp_path):
+    pytest.importorskip("matplotlib")
+    t = catalogue(40)
+    pictures = np.stack([colour_cutout(s, 32) for s in range(40)])
+    index = SimilarityIndex.from_table(t)
+    res = index.query(row=3, k=7)
+    out = index.gallery(res, tmp_path / "g.png", images=pictures)
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # network stamps, single bands and a function also work
+    index.gallery(res, tmp_path / "g2.png", images=lambda rows: [np.random.rand(3, 8, 8) for _ in rows])
+    index.gallery(res, tmp_path / "g3.png", images=np.random.rand(40, 16, 16))
+    with pytest.raises(InvalidArgumentError, match="images="):
+        index.gallery(res, tmp_path / "g4.png")
+
+
+@pytest.mark.parametrize("backend", ["faiss", "hnswlib"])
+def test_approximate_backend(backend):
+    pytest.importorskip(backend)
+    x = unit_rows(3000, 32)
+    exact = SimilarityIndex(x)
+    approx = SimilarityIndex(x, backend=backend)
+    q = unit_rows(20, 32, seed=9)
+    e_rows, _ = exact.search(q, k=10)
+    a_rows, a_sim = approx.search(q, k=10)
+    recall = np.mean([len(set(a) & set(e)) / 10 for a, e in zip(a_rows, e_rows)])
+    assert recall > 0.9
+    rows, _ = approx.search(x[5], k=5, exclude=[[5]])
+    assert 5 not in rows[0]
+
+
+def test_auto_backend_falls_back_to_exact(monkeypatch):
+    import astromorph.embeddings._index as idx
+
+    monkeypatch.setattr(idx, "_installed", lambda name: False)
+    assert SimilarityIndex(unit_rows(5, 3), backend="auto").backend == "exact"
+    with pytest.raises(astromorph.exceptions.MissingDependencyError):
+        SimilarityIndex(unit_rows(5, 3), backend="faiss")
+
+
+# ------------------------------------------------------------------------- label head
+def test_label_head_on_blobs_and_table():
+    x, y = blobs(n_per=60, k=3, d=16)
+    names = np.array(["disc", "edge", "round"])[y]
+    rng = np.random.default_rng(0)
+    few = rng.choice(len(x), 24, replace=False)
+    head = LabelHead().fit(x[few], names[few])
+    assert head.classes_.tolist() == ["disc", "edge", "round"]
+    assert np.mean(head.predict(x) == names) > 0.95
+    p = head.predict_proba(x)
+    np.testing.assert_allclose(p.sum(1), 1, atol=1e-9)
+    assert head.C_ in head.cv_scores_
+    t = Table({"embedding": MaskedColumn(x, mask=np.zeros(x.shape, bool))})
+    t["embedding"].mask[0] = True
+    out = head.annotate(t, prefix="m")
+    assert {"m_p_disc", "m_p_edge", "m_p_round", "m_label"} <= set(out.colnames)
+    assert out["m_label"].mask[0] and not out["m_label"].mask[1:].any()
+    assert "m_label" not in t.colnames
+    again = LabelHead.from_dict(json.loads(json.dumps(head.to_dict())))
+    np.testing.assert_allclose(again.predict_proba(x), p)
+
+
+def test_label_head_options_and_errors():
+    x, y = blobs(n_per=40, k=2, d=8)
+    head = LabelHead(C=1.0, class_weight="balanced").fit(x, y)
+    assert head.C_ == 1.0 and head.cv_scores_ == {}
+    with pytest.raises(InvalidArgumentError):
+        LabelHead().fit(x, np.zeros(len(x)))
+    with pytest.raises(InvalidArgumentError):
+        LabelHead().fit(x, y[:-1])
+    with pytest.raises(InvalidArgumentError):
+        LabelHead().predict(x)
+    with pytest.raises(InvalidArgumentError):
+        LabelHead(class_weight="auto")
+
+
+# ------------------------------------------------------------------------- clustering
+def test_gmm_bic_finds_blobs():
+    x, y = blobs(n_per=120, k=4, d=32, seed=3)
+    gmm = GaussianMixture(k_range=range(2, 8), n_pca=8).fit(x)
+    assert gmm.n_components_ == 4
+    assert min(gmm.bic_, key=gmm.bic_.get) == 4
+    pred = gmm.predict(x)
+    assert nmi(pred, y) > 0.95
+    p = gmm.predict_proba(x)
+    np.testing.assert_allclose(p.sum(1), 1, atol=1e-9)
+    fixed = GaussianMixture(3, covariance_type="diag", n_pca=None).fit(x)
+    assert fixed.n_components_ == 3 and fixed.predict_proba(x).shape == (len(x), 3)
+
+
+def test_cluster_table_columns_and_masked_rows():
+    x, y = blobs(n_per=50, k=3, d=16, seed=4)
+    x[0] = np.nan
+    t = Table({"id": np.arange(len(x)), "embedding": x})
+    out, gmm = cluster_table(t, n_components=3, n_pca=6)
+    assert out["cluster"].mask[0] and out["cluster_prob"].mask[0]
+    assert set(np.unique(out["cluster"][1:])) == {0, 1, 2}
+    assert np.all((out["cluster_prob"][1:] > 0.3) & (out["cluster_prob"][1:] <= 1))
+    assert out.meta["cluster_n_components"] == 3
+    assert nmi(np.asarray(out["cluster"][1:]), y[1:]) > 0.95
+    with pytest.raises(InvalidArgumentError):
+        GaussianMixture(k_range=range(2, 50)).fit(x[:20])
+
+
+def test_maps(tmp_path):
+    pytest.importorskip("matplotlib")
+    x, y = blobs(n_per=40, k=3, d=16)
+    coords, method = embedding_map(x, method="tsne")
+    assert coords.shape == (120, 2) and method == "tsne"
+    # t-SNE keeps the blobs apart: nearest 2-d neighbour shares the blob
+    d2 = ((coords[:, None] - coords[None]) ** 2).sum(-1)
+    np.fill_diagonal(d2, np.inf)
+    assert np.mean(y[d2.argmin(1)] == y) > 0.95
+    coords, rows = plot_map(x, tmp_path / "m.png", labels=y, method="pca", max_points=50)
+    assert coords.shape == (50, 2) and len(rows) == 50
+    assert (tmp_path / "m.png").read_bytes()[:4] == b"\x89PNG"
+
+
+# ------------------------------------------------------------------------- command line
+def test_cli_similar_cluster_classify(tmp_path, capsys):
+    t = catalogue(120, d=16)
+    x, y = blobs(n_per=40, k=3, d=16)
+    t["embedding"] = x
+    t["label"] = np.where(np.arange(120) % 6 == 0, np.array(["a", "b", "c"])[y], "")
+    src = tmp_path / "emb.ecsv"
+    t.write(src)
+    out = tmp_path / "nn.ecsv"
+    assert main(["similar", str(src), "--query", "5", "-k", "8", "-o", str(out)]) == 0
+    res = Table.read(out)
+    assert len(res) == 8 and 5 not in res["row"] and res.meta["query_row"] == 5
+    assert main(["similar", str(src), "--query", "5", "-k", "8", "-o", str(out)]) == 2  # exists
+    assert main(["similar", str(src), "--ra", str(t["ra"][9]), "--dec",
+                 str(t["dec"][9]), "-k", "3"]) == 0
+    assert "query: row 9" in capsys.readouterr().err
+    assert main(["similar", str(src), "-k", "3"]) == 2  # no query
+    cl = tmp_path / "cl.ecsv"
+    assert main(["cluster", str(src), "-o", str(cl), "--k-max", "6", "--pca", "6"]) == 0
+    clustered = Table.read(cl)
+    assert nmi(np.asarray(clustered["cluster"]), y) > 0.95
+    assert main(["cluster", str(src), "-k", "3", "-o", str(tmp_path / "c3.ecsv"),
+                 "--map", str(tmp_path / "map.png"), "--map-method", "pca"]) == 0
+    assert (tmp_path / "map.png").exists()
+    lab = tmp_path / "lab.ecsv"
+    assert main(["classify", str(src), "--labels", "label", "-o", str(lab)]) == 0
+    classified = Table.read(lab)
+    assert np.mean(np.asarray(classified["head_label"]) == np.array(["a", "b", "c"])[y]) > 0.95
+
+
+def test_cli_similar_gallery_from_files(tiny_embedding, tmp_path):
+    pytest.importorskip("matplotlib")
+    from PIL import Image
+
+    for s in range(12):
+        Image.fromarray(colour_cutout(s)).save(tmp_path / f"g{s:02d}.png")
+    table = tmp_path / "emb.ecsv"
+    assert main(["predict", tiny_embedding, str(tmp_path / "*.png"), "-o", str(table),
+                 "--no-progress"]) == 0
+    png = tmp_path / "gallery.png"
+    assert main(["similar", str(table), "--query", "0", "-k", "5", "--gallery", str(png)]) == 0
+    assert png.read_bytes()[:4] == b"\x89PNG"
+    assert main(["similar", str(table), "--image", str(tmp_path / "g03.png"), "-k", "2",
+                 "--model", tiny_embedding, "-o", str(tmp_path / "q.ecsv")]) == 0
+    assert Table.read(tmp_path / "q.ecsv")["row"][0] == 3
+
+
+# ------------------------------------------------------------------------ shipped model
+@requires_model
+def test_shipped_card_and_checksum():
+    import hashlib
+
+    card = json.loads((MODEL_DIR / "card.json").read_text())
+    assert card["sha256"] == hashlib.sha256((MODEL_DIR / "model.onnx").read_bytes()).hexdigest()
+    assert card["task"] == "embedding" and card["name"] == "embedding"
+    spec = card["input"]
+    assert spec["shape"] == [3, opt.STAMP_SIZE, opt.STAMP_SIZE]
+    assert spec["family"] == "optical" and spec["single_band"] == "replicate"
+    assert spec["preprocessing"] == "astromorph.preprocessing.preprocess_optical"
+    assert spec["angular_size"]["kind"] == "petrosian"
+    assert spec["angular_size"]["stamp_size_per_petro_r90"] == pytest.approx(
+        float(opt.stamp_size_from_petrosian(1.0)), abs=1e-3)
+    (out,) = card["outputs"]
+    assert out["kind"] == "embedding" and 64 <= out["size"] <= 256
+    assert (MODEL_DIR / "model.onnx").stat().st_size < 20e6
+    assert "embedding" in astromorph.list_models()
+
+
+@requires_model
+def test_shipped_model_outputs_unit_vectors():
+    model = astromorph.load_model("embedding", providers="cpu")
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 1, (5, 3, 64, 64)).astype(np.float32)
+    emb = model.predict(x)["embedding"]
+    assert emb.shape == (5, model.card["outputs"][0]["size"]) and emb.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1, atol=1e-5)
+    grey = model.predict(x[:, 0])["embedding"]  # single band -> replicated
+    np.testing.assert_allclose(grey, model.predict(np.repeat(x[:, :1], 3, 1))["embedding"],
+                               atol=1e-6)
+
+
+@requires_model
+@pytest.mark.training
+def test_torch_onnx_parity():
+    torch = pytest.importorskip("torch")
+    if not (CHECKPOINT.is_file() and PCA.is_file()):
+        pytest.skip("no embedding checkpoint / pca.npz")
+    import sys
+
+    sys.path.insert(0, str(REPO / "training"))
+    from astromorph_training import embedding as E
+
+    state = torch.load(CHECKPOINT, map_location="cpu", weights_only=False)
+    method = E.build_method(state["method"])
+    method.load_state_dict(state["model"])
+    pca = np.load(PCA)
+    deployed = E.DeployedEmbedding(method.encoder.eval(), pca["mean"], pca["components"],
+                                   int(pca["tta"]), bool(pca["stages"])).eval()
+    images = np.stack([opt.gri_to_rgb(*[np.random.default_rng(s).gamma(2, 0.05, (120, 120))
+                                        for _ in range(3)]) for s in range(6)])
+    x = opt.preprocess_colour_cutout(images)
+    with torch.no_grad():
+        ref = deployed(torch.from_numpy(x)).numpy()
+    onnx = astromorph.load_model("embedding", providers="cpu").predict(x)["embedding"]
+    np.testing.assert_allclose(onnx, ref, atol=2e-5)

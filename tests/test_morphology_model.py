@@ -1,0 +1,258 @@
+"""The optical galaxy morphology model (``morphology``) and its preprocessing.
+
+* preprocessing: shapes and dtypes for colour cutouts, stacks, single bands
+  (8-bit and flux) and g, r, i flux images (also through a FITS file); exact
+  area averaging; the training cache geometry equals the inference geometry;
+  the Petrosian angular size convention;
+* the shipped model's sha256 matches its card, the card describes the input;
+* raw JPEG-like uint8 input -> preprocessing -> torch checkpoint == shipped
+  ONNX through astromorph (skipped without torch or the checkpoint);
+* the card's test accuracy is reproduced from the raw GZ1 JPEGs with the
+  shipped ONNX (skipped without the real data or torch).
+"""
+import hashlib
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from astropy.io import fits
+from astropy.visualization import make_lupton_rgb
+
+import astromorph
+from astromorph.preprocessing import _optical as opt
+
+REPO = Path(__file__).resolve().parents[1]
+MODEL_DIR = REPO / "models" / "morphology"
+CHECKPOINT = REPO / "training" / "checkpoints" / "morphology" / "last.pt"
+METRICS = REPO / "training" / "reports" / "morphology" / "metrics.json"
+DATA_DIR = Path(__import__("os").environ.get("ASTROMORPH_DATA", REPO.parent / "shared" / "data"))
+LABELS = ["elliptical", "spiral", "edge_on", "merger", "artifact"]
+
+requires_model = pytest.mark.skipif(not (MODEL_DIR / "model.onnx").is_file(),
+                                    reason="models/morphology not exported yet")
+
+
+def galaxy_flux(size=423, seed=0, *, q=0.5, angle=0.6, peak=(2.0, 4.0, 5.5), noise=0.01):
+    """Synthetic g, r, i images in nanomaggies: a Sersic-like disc plus sky noise."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size] - (size - 1) / 2
+    c, s = np.cos(angle), np.sin(angle)
+    u, v = c * xx + s * yy, (-s * xx + c * yy) / q
+    r = np.hypot(u, v) / (size / 20)
+    profile = np.exp(-r)
+    return [p * profile + noise * rng.standard_normal((size, size)) for p in peak]
+
+
+def jpeg_like(size=423, seed=0, **kw):
+    """An SDSS-like 8-bit colour cutout (what a GZ1 JPEG decodes to)."""
+    return opt.gri_to_rgb(*galaxy_flux(size, seed, **kw))
+
+
+# ----------------------------------------------------------------------- preprocessing
+def test_constants_and_all():
+    assert set(opt.__all__) <= set(dir(opt))
+    assert opt.STAMP_SIZE == 64 and 0 < opt.CROP_FRACTION <= 1
+    assert opt.GZ1_CUTOUT_PIXELS == 423
+    assert opt.cutout_size_from_petrosian(1.0) == pytest.approx(423 * 0.024)
+    assert opt.stamp_size_from_petrosian(2.0) == pytest.approx(2 * opt.CROP_FRACTION * 423 * 0.024)
+    np.testing.assert_allclose(opt.stamp_size_from_petrosian([1.0, 3.0]),
+                               [opt.CROP_FRACTION * 10.152, opt.CROP_FRACTION * 30.456], rtol=1e-6)
+
+
+def test_colour_shapes_dtypes_and_range():
+    img = jpeg_like()
+    assert img.dtype == np.uint8 and img.shape == (423, 423, 3)
+    x = opt.preprocess_colour_cutout(img)
+    assert x.shape == (3, 64, 64) and x.dtype == np.float32
+    assert 0.0 <= x.min() and x.max() <= 1.0
+    stack = opt.preprocess_colour_cutout(np.stack([img, jpeg_like(seed=1)]))
+    assert stack.shape == (2, 3, 64, 64) and stack.dtype == np.float32
+    np.testing.assert_allclose(stack[0], x, atol=1e-6)
+    # floats are display values in [0, 1]
+    np.testing.assert_allclose(opt.preprocess_colour_cutout(img / 255.0), x, atol=1e-6)
+    # the galaxy is in the middle: the centre is brighter than the corners
+    assert x[:, 28:36, 28:36].mean() > 3 * x[:, :8, :8].mean()
+    # other cutout sizes work (GZ2 cutouts are 424 pixels)
+    assert opt.preprocess_colour_cutout(jpeg_like(size=424)).shape == (3, 64, 64)
+    with pytest.raises(ValueError):
+        opt.preprocess_colour_cutout(np.zeros((4, 4)))
+
+
+def test_area_averaging_is_exact():
+    rng = np.random.default_rng(1)
+    img = rng.integers(0, 256, (192, 192, 3), dtype=np.uint8)
+    x = opt.preprocess_colour_cutout(img, crop_fraction=1.0)
+    ref = img.reshape(64, 3, 64, 3, 3).mean(axis=(1, 3)).transpose(2, 0, 1) / 255.0
+    np.testing.assert_allclose(x, ref, atol=1e-6)
+    w = opt.area_resample(423, 64, 0.45)
+    np.testing.assert_allclose(w.sum(1), 1.0)
+    flat = opt.preprocess_colour_cutout(np.full((423, 423, 3), 100, np.uint8))
+    np.testing.assert_allclose(flat, 100 / 255.0, atol=1e-6)
+
+
+def test_training_cache_geometry_matches_inference():
+    """Training cuts its stamps from 96 px stamps with 1.5 x the field of view:
+    their central 64 pixels are exactly the inference input."""
+    img = jpeg_like(seed=2)
+    big = opt.preprocess_colour_cutout(img, size=96, crop_fraction=opt.CROP_FRACTION * 1.5)
+    np.testing.assert_allclose(big[:, 16:80, 16:80], opt.preprocess_colour_cutout(img), atol=1e-6)
+
+
+def test_single_band_paths():
+    rng = np.random.default_rng(3)
+    grey = rng.integers(0, 256, (423, 423), dtype=np.uint8)
+    x = opt.preprocess_single_band(grey)
+    assert x.shape == (3, 64, 64) and x.dtype == np.float32
+    np.testing.assert_array_equal(x[0], x[1])
+    np.testing.assert_array_equal(x[0], x[2])
+    np.testing.assert_allclose(x, opt.preprocess_colour_cutout(np.repeat(grey[..., None], 3, -1)))
+    # a flux image: asinh stretch, grey, same as using it for g, r and i at unit scale
+    r = galaxy_flux()[1]
+    xf = opt.preprocess_single_band(r)
+    assert xf.shape == (3, 64, 64) and xf.dtype == np.float32 and xf.max() > 0.2
+    np.testing.assert_array_equal(xf[0], xf[2])
+    unit = {"g": 1.0, "r": 1.0, "i": 1.0}
+    np.testing.assert_allclose(xf, opt.preprocess_gri(r, r, r, band_scales=unit), atol=1e-6)
+    stack = opt.preprocess_single_band(np.stack([r, r]))
+    assert stack.shape == (2, 3, 64, 64)
+    np.testing.assert_allclose(stack[1], xf, atol=1e-6)
+    # the dispatcher
+    np.testing.assert_allclose(opt.preprocess_optical(grey), x)
+    np.testing.assert_allclose(opt.preprocess_optical(np.stack([r, r])), stack)
+    img = jpeg_like()
+    np.testing.assert_allclose(opt.preprocess_optical(img), opt.preprocess_colour_cutout(img))
+
+
+def test_gri_path_uses_documented_lupton_stretch():
+    g, r, i = galaxy_flux(seed=4)
+    rgb = opt.gri_to_rgb(g, r, i)
+    s = opt.LUPTON_BAND_SCALES
+    ref = make_lupton_rgb(i * s["i"], r * s["r"], g * s["g"], minimum=opt.LUPTON_MINIMUM,
+                          stretch=opt.LUPTON_STRETCH, Q=opt.LUPTON_Q)
+    np.testing.assert_array_equal(rgb, ref)
+    x = opt.preprocess_gri(g, r, i)
+    assert x.shape == (3, 64, 64) and x.dtype == np.float32
+    np.testing.assert_allclose(x, opt.preprocess_colour_cutout(ref), atol=1e-6)
+    # red galaxy (i brighter than g) -> red channel brighter than blue in the centre
+    assert x[0, 24:40, 24:40].mean() > x[2, 24:40, 24:40].mean()
+    stack = opt.preprocess_gri(np.stack([g, g]), np.stack([r, r]), np.stack([i, i]))
+    assert stack.shape == (2, 3, 64, 64)
+    np.testing.assert_allclose(stack[0], x, atol=1e-6)
+    g[0, 0] = np.nan  # masked pixels do not poison the stamp
+    assert np.isfinite(opt.preprocess_gri(g, r, i)).all()
+
+
+def test_gri_path_through_fits_files(tmp_path):
+    bands = dict(zip("gri", galaxy_flux(seed=5)))
+    for b, data in bands.items():
+        hdu = fits.PrimaryHDU(data.astype(">f4"))
+        hdu.header["BUNIT"] = "nanomaggy"
+        hdu.header["FILTER"] = b
+        hdu.writeto(tmp_path / f"{b}.fits")
+    read = {}
+    for b in "gri":
+        with fits.open(tmp_path / f"{b}.fits") as hdul:
+            read[b] = hdul[0].data.copy()
+    assert read["g"].dtype.byteorder == ">"
+    x = opt.preprocess_gri(read["g"], read["r"], read["i"])
+    ref = opt.preprocess_gri(*(bands[b].astype(np.float32) for b in "gri"))
+    np.testing.assert_allclose(x, ref, atol=1e-6)
+
+
+# ----------------------------------------------------------------------- shipped model
+@requires_model
+def test_sha256_matches_card():
+    card = json.loads((MODEL_DIR / "card.json").read_text())
+    digest = hashlib.sha256((MODEL_DIR / "model.onnx").read_bytes()).hexdigest()
+    assert card["sha256"] == digest
+    assert (MODEL_DIR / "model.onnx").stat().st_size < 20e6
+
+
+@requires_model
+def test_card_and_model_io():
+    card = json.loads((MODEL_DIR / "card.json").read_text())
+    spec = card["input"]
+    assert spec["shape"] == [3, opt.STAMP_SIZE, opt.STAMP_SIZE]
+    assert spec["single_band"] == "replicate"
+    assert spec["preprocessing_options"]["crop_fraction"] == opt.CROP_FRACTION
+    assert spec["preprocessing_options"]["lupton"]["Q"] == opt.LUPTON_Q
+    assert spec["angular_size"]["kind"] == "petrosian"
+    assert spec["angular_size"]["stamp_size_per_petro_r90"] == pytest.approx(
+        opt.stamp_size_from_petrosian(1.0), abs=1e-4)
+    func = spec["preprocessing"].rsplit(".", 1)[-1]
+    assert func in opt.__all__
+    assert card["outputs"][0]["name"] == "probabilities"
+    assert card["outputs"][0]["labels"] == LABELS
+    assert "Lintott" in card["training"]["terms"] and "SDSS" in card["training"]["terms"]
+
+    model = astromorph.load_model("morphology", providers="cpu")
+    x = opt.preprocess_colour_cutout(np.stack([jpeg_like(seed=s) for s in range(3)]))
+    p = np.asarray(model.predict(x, progress=False)["probabilities"])
+    assert p.shape == (3, 5) and p.dtype == np.float32
+    np.testing.assert_allclose(p.sum(1), 1.0, atol=1e-5)
+    # single-band network input (N, H, W) is replicated by the model
+    grey = opt.preprocess_single_band(galaxy_flux()[1])[0]
+    pg = np.asarray(model.predict(grey[None], progress=False)["probabilities"])
+    np.testing.assert_allclose(pg.sum(1), 1.0, atol=1e-5)
+
+
+def _training_module():
+    pytest.importorskip("torch")
+    try:
+        from astromorph_training import morphology
+    except ImportError:
+        sys.path.insert(0, str(REPO / "training"))
+        from astromorph_training import morphology
+    return morphology
+
+
+@requires_model
+def test_torch_onnx_parity():
+    """Raw 8-bit colour cutouts -> preprocessing -> torch checkpoint vs shipped ONNX.
+
+    Tolerance: 1e-5 absolute on probabilities (float32 round-off of two
+    implementations of the same graph; measured differences are ~1e-7).
+    """
+    if not (CHECKPOINT.is_file() and METRICS.is_file()):
+        pytest.skip("no training checkpoint / metrics (training/checkpoints is not shipped)")
+    morphology = _training_module()
+    import torch
+
+    state = torch.load(CHECKPOINT, map_location="cpu", weights_only=False)
+    net = morphology.MorphologyNet(widths=tuple(state.get("widths", morphology.DEFAULT_WIDTHS)))
+    net.load_state_dict(state["ema"])
+    calibration = json.loads(METRICS.read_text())["calibration"]
+    module = morphology.build_deployed(net.eval(), calibration)
+    rng = np.random.default_rng(0)
+    raw = np.concatenate([np.stack([jpeg_like(seed=s, q=0.3 + 0.2 * s) for s in range(4)]),
+                          rng.integers(0, 256, (4, 423, 423, 3), dtype=np.uint8)])
+    images = sorted((DATA_DIR / "gz1" / "images").glob("*.jpeg"))[:8]
+    if images:
+        raw = np.concatenate([raw, morphology.load_jpegs(images)])
+    x = opt.preprocess_colour_cutout(raw)
+    model = astromorph.load_model("morphology", providers="cpu")
+    onnx_p = np.asarray(model.predict(x, progress=False)["probabilities"])
+    with torch.no_grad():
+        torch_p = module(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(onnx_p, torch_p, atol=1e-5)
+
+
+@requires_model
+@pytest.mark.skipif(not (DATA_DIR / "gz1" / "labels.csv").is_file(), reason="no GZ1 data")
+def test_card_accuracy_reproduced():
+    """The card's test accuracy, from the raw JPEGs of the test split."""
+    card = json.loads((MODEL_DIR / "card.json").read_text())
+    if "accuracy" not in card["metrics"]:
+        pytest.skip("card has no metrics yet")
+    morphology = _training_module()
+    ids, labels = morphology.read_labels(DATA_DIR)
+    test = morphology.stratified_split(labels)[2]
+    assert len(test) == card["metrics"]["n"]
+    files = [DATA_DIR / "gz1" / "images" / f"{i}.jpeg" for i in ids[test]]
+    x = np.concatenate([opt.preprocess_colour_cutout(morphology.load_jpegs(files[k:k + 200]))
+                        for k in range(0, len(files), 200)])
+    model = astromorph.load_model("morphology", providers="cpu")
+    p = np.asarray(model.predict(x, progress=False)["probabilities"])
+    assert (p.argmax(1) == labels[test]).mean() == pytest.approx(card["metrics"]["accuracy"], abs=1e-4)

@@ -1,0 +1,248 @@
+"""The radio galaxy morphology model (``radio-morphology``) and its preprocessing.
+
+* the FITS path (FIRST cutout in Jy/beam with a WCS) and the data-set path
+  (the 8-bit image the data-set procedure of Griese et al. 2023 makes from
+  the same cutout) give the same network input;
+* shapes and dtypes of the preprocessing and of the shipped model;
+* the shipped model's sha256 matches its card;
+* torch checkpoint == shipped ONNX (skipped without torch or the checkpoint);
+* the card's test accuracy is reproduced from the shipped ONNX (skipped
+  without the FIRST data cache).
+"""
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from astropy.io import fits
+from astropy.stats import sigma_clipped_stats
+from astropy.wcs import WCS
+
+import astromorph
+from astromorph.preprocessing import _radio as radio
+
+REPO = Path(__file__).resolve().parents[1]
+MODEL_DIR = REPO / "models" / "radio-morphology"
+CACHE = REPO / "training" / "cache" / "radio-morphology" / "first_galaxy_data.npz"
+CHECKPOINT = REPO / "training" / "checkpoints" / "radio-morphology" / "best.pt"
+
+#: FIRST map noise (Jy/beam) and beam (arcsec).
+RMS = 1.5e-4
+BEAM = 5.4
+
+requires_model = pytest.mark.skipif(not (MODEL_DIR / "model.onnx").is_file(),
+                                    reason="models/radio-morphology not exported yet")
+
+
+def first_like_hdu(size=300, pixel_scale=1.8, seed=1, angle_deg=30.0):
+    """A FIRST-like cutout: FRII-like double (two lobes + core) plus beam-correlated noise.
+
+    Surface brightness in Jy/beam on a TAN grid of ``pixel_scale`` arcsec,
+    centred on the core, with a celestial WCS in the header.
+    """
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size].astype(float)
+    c = size // 2
+    sig_beam = BEAM / 2.3548 / pixel_scale  # beam sigma in pixels
+    sep = 45.0 / pixel_scale                # lobes +-45 arcsec from the core
+    t = np.deg2rad(angle_deg)
+    img = np.zeros((size, size))
+    for dx, dy, peak, width in [(sep, 0, 0.012, 1.6), (-sep, 0, 0.009, 1.9), (0, 0, 0.003, 1.0)]:
+        x0 = c + dx * np.cos(t) - dy * np.sin(t)
+        y0 = c + dx * np.sin(t) + dy * np.cos(t)
+        s = sig_beam * width
+        img += peak * np.exp(-((xx - x0) ** 2 + (yy - y0) ** 2) / (2 * s ** 2))
+    # noise correlated on the beam scale, scaled to RMS Jy/beam
+    white = rng.standard_normal((size, size))
+    k = np.fft.fftfreq(size)
+    kern = np.exp(-2 * (np.pi * sig_beam) ** 2 * (k[:, None] ** 2 + k[None, :] ** 2))
+    noise = np.real(np.fft.ifft2(np.fft.fft2(white) * kern))
+    img += noise * (RMS / noise.std())
+    w = WCS(naxis=2)
+    w.wcs.ctype = ["RA---TAN", "DEC--TAN"]
+    w.wcs.crval = [150.0, 20.0]
+    w.wcs.crpix = [c + 1, c + 1]
+    w.wcs.cdelt = [-pixel_scale / 3600.0, pixel_scale / 3600.0]
+    header = w.to_header()
+    header["BUNIT"] = "JY/BEAM"
+    return fits.PrimaryHDU(img.astype(np.float32), header=header)
+
+
+def dataset_procedure(image_jy):
+    """Reference re-implementation of the data-set procedure (Griese et al. 2023).
+
+    Pixels below 3 x the noise RMS (astropy sigma-clipped standard deviation)
+    are set to that threshold, the image is scaled linearly so the threshold is
+    0 and the peak 255, and stored as 8-bit integers.
+    """
+    _, _, rms = sigma_clipped_stats(image_jy, sigma=3.0, maxiters=10)
+    thr = 3.0 * rms
+    clipped = np.maximum(image_jy.astype(np.float64), thr)
+    return ((clipped - thr) / (clipped.max() - thr) * 255.0).astype(np.uint8), rms
+
+
+def fits_path(hdu):
+    """The FITS route: data + WCS (pixel scale, resampled if not 1.8") -> network input."""
+    return radio.preprocess_radio_image(hdu.data, wcs=WCS(hdu.header))
+
+
+# ----------------------------------------------------------------------- preprocessing
+def test_constants_consistent():
+    assert radio.STAMP_SIZE * radio.BIN_FACTOR == radio.CROP_PIXELS
+    assert radio.STAMP_PIXEL_SCALE_ARCSEC == pytest.approx(1.8 * radio.BIN_FACTOR)
+    assert radio.STAMP_ANGULAR_SIZE_ARCSEC == pytest.approx(1.8 * radio.CROP_PIXELS)
+    assert radio.DATASET_ANGULAR_SIZE_ARCSEC == pytest.approx(540.0)
+    assert set(radio.__all__) <= set(dir(radio))
+
+
+def test_fits_path_matches_dataset_path():
+    """FITS cutout in Jy/beam -> network input == data-set 8-bit image -> network input.
+
+    Tolerance: the reference measures the noise with astropy's sigma clipping,
+    the package with its own numpy implementation; the two RMS values agree to
+    better than 1 per cent, which can move a few pixels near the 3-sigma
+    threshold by one 8-bit level. After the square root a single level next
+    to empty sky is sqrt(1 / 255) = 0.063 (divided by the square root of the
+    number of pixels averaged when BIN_FACTOR > 1), so we require
+    max |diff| <= 0.07 and mean |diff| <= 1e-3. With the same RMS
+    the two paths must agree exactly (they do here: the numpy clipping gives
+    astropy's RMS to rounding).
+    """
+    hdu = first_like_hdu()
+    grey, rms = dataset_procedure(np.asarray(hdu.data, dtype=np.float64))
+    assert grey.dtype == np.uint8 and grey.shape == (300, 300)
+    assert grey.max() == 255 and grey.min() == 0
+    # like the released images, most of the field is empty (below threshold)
+    assert 0.001 < (grey > 0).mean() < 0.2
+
+    from_dataset = radio.preprocess_dataset_image(grey)
+    from_fits = fits_path(hdu)
+    assert from_fits.shape == from_dataset.shape == (1, radio.STAMP_SIZE, radio.STAMP_SIZE)
+    diff = np.abs(from_fits - from_dataset)
+    assert diff.max() <= 0.07
+    assert diff.mean() <= 1e-3
+    assert radio.sigma_clipped_rms(hdu.data) == pytest.approx(rms, rel=0.01)
+
+    # same RMS -> identical 8-bit image and identical network input
+    same = radio.first_cutout_to_uint8(np.asarray(hdu.data, np.float64), rms=rms)
+    assert np.array_equal(same, grey)
+    np.testing.assert_allclose(radio.preprocess_first_cutout(hdu.data, rms=rms), from_dataset,
+                               atol=1e-6)
+
+
+def test_fits_path_through_file(tmp_path):
+    """The same through a FITS file on disk (big-endian data, header WCS)."""
+    hdu = first_like_hdu(seed=3)
+    path = tmp_path / "first.fits"
+    hdu.writeto(path)
+    with fits.open(path) as hdul:
+        x = fits_path(hdul[0])
+    grey, _ = dataset_procedure(np.asarray(hdu.data, np.float64))
+    assert np.abs(x - radio.preprocess_dataset_image(grey)).mean() <= 1e-3
+
+
+def test_other_pixel_scale_is_resampled():
+    """A 1.0 arcsec/pixel image of the same sky resampled to 1.8 arcsec/pixel
+    gives nearly the same network input as the native FIRST grid."""
+    native = fits_path(first_like_hdu(size=300, pixel_scale=1.8, seed=5))
+    fine = fits_path(first_like_hdu(size=560, pixel_scale=1.0, seed=5))
+    assert fine.shape == native.shape
+    corr = np.corrcoef(native.ravel(), fine.ravel())[0, 1]
+    assert corr > 0.9
+
+
+def test_larger_and_smaller_cutouts_are_centred():
+    hdu = first_like_hdu(size=300)
+    big = np.pad(hdu.data, 20, constant_values=np.nan)  # blank border, e.g. survey edge
+    np.testing.assert_allclose(radio.first_cutout_to_uint8(big), radio.first_cutout_to_uint8(hdu.data))
+    small = radio.first_cutout_to_uint8(hdu.data[40:260, 40:260])
+    assert small.shape == (300, 300)
+
+
+def test_shapes_and_dtypes():
+    rng = np.random.default_rng(0)
+    grey = rng.integers(0, 256, (300, 300), dtype=np.uint8)
+    x = radio.preprocess_dataset_image(grey)
+    assert x.shape == (1, radio.STAMP_SIZE, radio.STAMP_SIZE) and x.dtype == np.float32
+    assert 0.0 <= x.min() and x.max() <= 1.0
+    stack = radio.preprocess_dataset_image(np.stack([grey, grey[::-1]]))
+    assert stack.shape == (2, 1, radio.STAMP_SIZE, radio.STAMP_SIZE) and stack.dtype == np.float32
+    np.testing.assert_array_equal(stack[0], x)
+    jy = first_like_hdu().data
+    assert radio.first_cutout_to_uint8(jy).dtype == np.uint8
+    f = radio.first_cutout_to_uint8(jy, quantize=False)
+    assert f.dtype == np.float32 and f.max() == pytest.approx(255.0)
+    assert radio.preprocess_first_cutout(np.stack([jy, jy])).shape == (
+        2, 1, radio.STAMP_SIZE, radio.STAMP_SIZE)
+    # all-empty field: no source above the threshold -> zeros, no NaN
+    assert not radio.preprocess_first_cutout(np.zeros((300, 300))).any()
+    with pytest.raises(ValueError):
+        radio.preprocess_dataset_image(np.zeros((2, 2, 3, 3)))
+
+
+# ----------------------------------------------------------------------- shipped model
+@requires_model
+def test_sha256_matches_card():
+    card = json.loads((MODEL_DIR / "card.json").read_text())
+    digest = hashlib.sha256((MODEL_DIR / "model.onnx").read_bytes()).hexdigest()
+    assert card["sha256"] == digest
+    assert (MODEL_DIR / "model.onnx").stat().st_size < 20e6
+
+
+@requires_model
+def test_card_and_model_io():
+    card = json.loads((MODEL_DIR / "card.json").read_text())
+    assert card["input"]["shape"] == [1, radio.STAMP_SIZE, radio.STAMP_SIZE]
+    assert card["input"]["preprocessing"] == "astromorph.preprocessing.preprocess_dataset_image"
+    assert card["input"]["angular_size"]["pixel_scale_arcsec"] == radio.FIRST_PIXEL_SCALE_ARCSEC
+    assert card["outputs"][0]["labels"] == list(radio.RADIO_LABELS)
+    assert "non-commercial" in card["training"]["terms"]
+    model = astromorph.load_model("radio-morphology", providers="cpu")
+    x = np.stack([fits_path(first_like_hdu(seed=s)) for s in range(3)])
+    out = model.predict(x, progress=False)
+    p = np.asarray(out["probabilities"])
+    assert p.shape == (3, 4) and p.dtype == np.float32
+    np.testing.assert_allclose(p.sum(1), 1.0, atol=1e-5)
+    # a bright, well separated double is an FR II
+    assert p[:, 1].mean() > 0.5
+
+
+@requires_model
+def test_torch_onnx_parity():
+    torch = pytest.importorskip("torch")
+    if not CHECKPOINT.is_file():
+        pytest.skip("no training checkpoint (training/checkpoints is not shipped)")
+    try:
+        from astromorph_training import radio as train_radio
+    except ImportError:  # training/ subproject not installed: use the checkout
+        import sys
+        sys.path.insert(0, str(REPO / "training"))
+        from astromorph_training import radio as train_radio
+
+    net, _ = train_radio._load_best(CHECKPOINT.parent)
+    temperature = json.loads((CHECKPOINT.parent / "temperature.json").read_text())["temperature"]
+    module = train_radio._calibrated(net, temperature)
+    rng = np.random.default_rng(0)
+    x = np.concatenate([np.stack([fits_path(first_like_hdu(seed=s)) for s in range(4)]),
+                        radio.preprocess_dataset_image(
+                            rng.integers(0, 256, (4, 300, 300), dtype=np.uint8))])
+    model = astromorph.load_model("radio-morphology", providers="cpu")
+    onnx_p = np.asarray(model.predict(x, progress=False)["probabilities"])
+    with torch.no_grad():
+        torch_p = module(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(onnx_p, torch_p, atol=1e-5)
+
+
+@requires_model
+@pytest.mark.skipif(not CACHE.is_file(), reason="FIRST data cache not built")
+def test_card_accuracy_reproduced():
+    card = json.loads((MODEL_DIR / "card.json").read_text())
+    if "accuracy" not in card["metrics"]:
+        pytest.skip("card has no metrics yet")
+    with np.load(CACHE) as f:
+        test = f["split"] == "test"
+        images, labels = f["images"][test], f["labels"][test]
+    model = astromorph.load_model("radio-morphology", providers="cpu")
+    p = np.asarray(model.predict(radio.preprocess_dataset_image(images), progress=False)["probabilities"])
+    assert (p.argmax(1) == labels).mean() == pytest.approx(card["metrics"]["accuracy"], abs=1e-9)

@@ -1,0 +1,304 @@
+"""The real/bogus model (``real-bogus``), its preprocessing and its training simulator.
+
+* preprocessing: NaNs flagged and zero-filled, wrong sizes rejected, any
+  dtype / byte order gives the same input, resampling of other pixel scales;
+* the shipped model: sha256 matches the card, scores in [0, 1] on raw
+  triplets with NaNs, torch checkpoint == ONNX (skipped without torch or the
+  checkpoint);
+* the simulator's physics on tiny inputs: an unchanged scene subtracts to
+  noise, injected flux is recovered in the difference image.
+"""
+import hashlib
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import astromorph
+from astromorph.preprocessing._triplet import (TRIPLET_SIZE, preprocess_triplet,
+                                               resample_triplet)
+
+REPO = Path(__file__).resolve().parents[1]
+MODEL_DIR = REPO / "models" / "real-bogus"
+CKPT_DIR = REPO / "training" / "checkpoints" / "real-bogus"
+
+requires_model = pytest.mark.skipif(not (MODEL_DIR / "model.onnx").is_file(),
+                                    reason="models/real-bogus not exported yet")
+
+
+def _sim():
+    """The training simulator (numpy/scipy only), from the training/ subproject."""
+    try:
+        from astromorph_training import _simulate_transients as sim
+    except ImportError:
+        sys.path.insert(0, str(REPO / "training"))
+        from astromorph_training import _simulate_transients as sim
+    return sim
+
+
+def raw_triplets(n=6, seed=0, nan_rows=(1,)):
+    """ZTF-like raw triplets: sky ~150 counts, sci noise 12, ref noise 2, a source at the centre."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:63, :63]
+    psf = np.exp(-((yy - 31) ** 2 + (xx - 31) ** 2) / (2 * 1.0 ** 2))
+    x = np.empty((n, 3, 63, 63), np.float32)
+    for i in range(n):
+        amp = 50 * (i + 1)
+        sci = 150 + rng.normal(0, 12, (63, 63)) + amp * psf
+        ref = 150 + rng.normal(0, 2, (63, 63))
+        x[i] = [sci, ref, sci - ref]
+    for r in nan_rows:
+        x[r, :, :10, :] = np.nan  # CCD edge, shared by the 3 stamps as in ZTF alerts
+    return x
+
+
+# ---------------------------------------------------------------- preprocessing
+def test_preprocess_shapes_and_nan_flags():
+    raw = raw_triplets()
+    out, nan_fraction = preprocess_triplet(raw)
+    assert out.shape == (6, 3, 63, 63) and out.dtype == np.float32
+    assert out.flags.c_contiguous
+    assert np.isfinite(out).all()
+    np.testing.assert_allclose(nan_fraction[1], 10 / 63, rtol=1e-6)
+    assert (nan_fraction[[0, 2, 3, 4, 5]] == 0).all()
+    assert (out[1, :, :10, :] == 0).all()  # zero-filled
+    # robust normalisation: background ~0, noise ~ asinh(1/3) ~ 0.33 per sigma
+    assert abs(np.median(out[0, 0])) < 0.05
+    assert 0.25 < np.std(out[0, 0, 40:, 40:]) < 0.4
+    # infinities are invalid pixels too
+    raw[2, 0, 5, 5] = np.inf
+    _, nf = preprocess_triplet(raw)
+    assert nf[2] == pytest.approx(1 / 63**2)
+
+
+def test_preprocess_masking_sentinel():
+    """ZTF reference cutouts can carry -3.4e38 (-FLT_MAX) instead of NaN in masked pixels."""
+    raw = raw_triplets(2, nan_rows=())
+    clean, _ = preprocess_triplet(raw)
+    raw[0, 1, 20:25, 20:25] = -3.4028235e38
+    out, nf = preprocess_triplet(raw)
+    assert nf[0] == pytest.approx(25 / 63**2) and nf[1] == 0
+    assert (out[0, 1, 20:25, 20:25] == 0).all()
+    assert np.abs(out).max() < 20
+    np.testing.assert_allclose(out[1], clean[1])
+
+
+def test_preprocess_all_nan_stamp():
+    raw = raw_triplets(2, nan_rows=())
+    raw[0, 1] = np.nan  # missing reference
+    out, nf = preprocess_triplet(raw)
+    assert np.isfinite(out).all() and (out[0, 1] == 0).all()
+    assert nf[0] == 1.0 and nf[1] == 0.0
+
+
+def test_preprocess_single_triplet_and_return_flags():
+    raw = raw_triplets(1, nan_rows=())
+    out = preprocess_triplet(raw[0], return_flags=False)
+    assert out.shape == (1, 3, 63, 63)
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 51, 51), (2, 3, 63, 64), (2, 2, 63, 63), (63, 63)])
+def test_preprocess_wrong_size(shape):
+    with pytest.raises(ValueError):
+        preprocess_triplet(np.zeros(shape, np.float32))
+
+
+def test_preprocess_rejects_non_numeric():
+    with pytest.raises(TypeError):
+        preprocess_triplet(np.full((1, 3, 63, 63), "a"))
+
+
+@pytest.mark.parametrize("dtype", [">f4", "<f8", ">f8", "<i4", ">i2"])
+def test_preprocess_dtype_and_byte_order(dtype):
+    raw = np.round(raw_triplets(3, nan_rows=()))
+    ref, _ = preprocess_triplet(raw.astype(np.float32))
+    if np.dtype(dtype).kind == "i":
+        raw = raw.astype(dtype)
+    else:
+        raw = raw.astype(dtype)
+    out, _ = preprocess_triplet(raw)
+    assert out.dtype == np.float32 and out.dtype.byteorder in ("=", "<", "|")
+    np.testing.assert_allclose(out, ref, atol=1e-5)
+
+
+def test_preprocess_scale_invariance():
+    """Per-stamp normalisation: photometric scale and offset of each stamp do not matter."""
+    raw = raw_triplets(3, nan_rows=()).astype(np.float64)
+    a, _ = preprocess_triplet(raw)
+    raw2 = raw.copy()
+    raw2[:, 1] = raw2[:, 1] * 37.0 + 1000.0
+    raw2[:, 0] = raw2[:, 0] * 0.01
+    b, _ = preprocess_triplet(raw2)
+    np.testing.assert_allclose(a, b, atol=1e-4)
+
+
+def test_resample_identity_and_des():
+    raw = raw_triplets(2)
+    same, cov = resample_triplet(raw, 1.0)
+    np.testing.assert_allclose(same, raw, equal_nan=True, atol=1e-4)
+    assert (cov == 1).all()
+    # DES: 51x51 at 0.27"/px covers only the central 13.8" of the 63" model field
+    des = np.random.default_rng(0).normal(0, 1, (4, 3, 51, 51)).astype(">f4")
+    out, cov = resample_triplet(des, 0.27)
+    assert out.shape == (4, 3, TRIPLET_SIZE, TRIPLET_SIZE)
+    assert cov[0] == pytest.approx((13.77 / 63) ** 2, rel=0.05)
+    assert np.isnan(out[:, :, 0, 0]).all() and np.isfinite(out[:, :, 31, 31]).all()
+    x, nf = preprocess_triplet(out)
+    assert (nf > 0.9).all() and np.isfinite(x).all()
+
+
+def test_resample_rubin_flux_density_and_nan():
+    # Rubin-like 0.2"/px, 400x400 (80"): covers the field; a constant stays constant
+    img = np.full((1, 3, 400, 400), 7.0)
+    img[0, 2, 200, 200] = np.nan
+    out, cov = resample_triplet(img, 0.2)
+    assert cov[0] == 1.0
+    np.testing.assert_allclose(out[0, :2], 7.0, rtol=1e-6)
+    assert np.isfinite(out).all()  # one NaN among 25 input pixels does not blank the output pixel
+    # integrated flux of a point source is conserved (surface brightness x area)
+    src = np.zeros((1, 3, 315, 315))
+    src[0, :, 157, 157] = 1.0
+    out, _ = resample_triplet(src, 0.2)
+    assert out[0, 0].sum() * 1.0**2 == pytest.approx(1.0 * 0.2**2, rel=1e-6)
+
+
+# ---------------------------------------------------------------- shipped model
+@requires_model
+def test_sha256_matches_card():
+    card = json.loads((MODEL_DIR / "card.json").read_text())
+    digest = hashlib.sha256((MODEL_DIR / "model.onnx").read_bytes()).hexdigest()
+    assert card["sha256"] == digest
+    assert card["input"]["shape"] == [3, 63, 63]
+    assert [o["name"] for o in card["outputs"]] == ["rb_score"]
+    assert 0 < card["recommended_threshold"] < 1
+
+
+@requires_model
+def test_model_scores_raw_triplets():
+    model = astromorph.load_model("real-bogus", providers="cpu")
+    x, nf = preprocess_triplet(raw_triplets(6))
+    rb = np.asarray(model.predict(x, progress=False)["rb_score"])
+    assert rb.shape == (6,) and rb.dtype == np.float32
+    assert np.isfinite(rb).all() and (rb >= 0).all() and (rb <= 1).all()
+    # a bright isolated point source on a clean subtraction is real
+    assert rb[-1] > 0.5
+
+
+@requires_model
+def test_torch_onnx_parity_on_raw_triplets():
+    torch = pytest.importorskip("torch")
+    if not (CKPT_DIR / "best.pt").is_file() or not (CKPT_DIR / "calibration.json").is_file():
+        pytest.skip("no training checkpoint (training/checkpoints is not shipped)")
+    try:
+        from astromorph_training import realbogus
+    except ImportError:
+        sys.path.insert(0, str(REPO / "training"))
+        from astromorph_training import realbogus
+    net = realbogus.RBNet()
+    net.load_state_dict(torch.load(CKPT_DIR / "best.pt", map_location="cpu", weights_only=False)["model"])
+    cal = json.loads((CKPT_DIR / "calibration.json").read_text())
+    module = realbogus.ScoreModel(net, cal["platt_a"], cal["platt_b"])
+    raw = raw_triplets(8, seed=3, nan_rows=(0, 5))
+    raw[2, 0, 31, 31] = 5e4  # hot pixel / saturation
+    x, _ = preprocess_triplet(raw.astype(">f8"))
+    onnx_rb = np.asarray(astromorph.load_model("real-bogus", providers="cpu").predict(x, progress=False)["rb_score"])
+    with torch.no_grad():
+        torch_rb = module(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(onnx_rb, torch_rb, atol=1e-5)
+
+
+# ---------------------------------------------------------------- simulator physics
+def _scene(rng, n_stars=12, fwhm=2.2, sky=150.0):
+    sim = _sim()
+    img = np.full((63, 63), sky)
+    for _ in range(n_stars):
+        yx = rng.uniform(4, 59, 2)
+        if np.hypot(*(yx - 31)) < 8:
+            continue
+        img += sim.psf_image(fwhm, tuple(yx), flux=rng.uniform(2e3, 2e4))
+    return img
+
+
+def _psf_flux(diff, fwhm, sigma_noise):
+    """Optimal PSF-fit flux at the centre (known Gaussian PSF) and its error."""
+    sim = _sim()
+    p = sim.psf_image(fwhm)
+    f = (diff * p).sum() / (p * p).sum()
+    return f, sigma_noise / np.sqrt((p * p).sum())
+
+
+@pytest.mark.parametrize("fwhm_sci, fwhm_ref", [(3.0, 2.2), (2.0, 2.8)])
+def test_unchanged_scene_subtracts_to_noise(fwhm_sci, fwhm_ref):
+    sim = _sim()
+    rng = np.random.default_rng(1)
+    f2s = 1 / 2.3548
+    base = 1.8
+    s_sci = np.sqrt((fwhm_sci * f2s) ** 2 - (base * f2s) ** 2)
+    s_ref = np.sqrt((fwhm_ref * f2s) ** 2 - (base * f2s) ** 2)
+    scene = _scene(rng, fwhm=base)
+    sig_s, sig_r = 10.0, 2.0
+    sci = sim._convolve(scene, s_sci) + rng.normal(0, sig_s, scene.shape)
+    ref = sim._convolve(scene, s_ref) + rng.normal(0, sig_r, scene.shape)
+    conv_ref = fwhm_sci >= fwhm_ref
+    sk = np.sqrt(abs((fwhm_sci * f2s) ** 2 - (fwhm_ref * f2s) ** 2))
+    diff = sim.subtract_images(sci, ref, sigma_k=sk, convolve_ref=conv_ref)
+    inner = diff[4:-4, 4:-4]
+    if conv_ref:
+        expected = sig_s  # reference noise is smoothed away
+    else:  # the noisy science image is convolved: its noise shrinks by the kernel's L2 norm
+        k = sim.psf_image(sk / f2s)  # unit Gaussian kernel of sigma sk
+        expected = np.hypot(sig_s * np.sqrt((k ** 2).sum()), sig_r)
+    assert abs(np.mean(inner)) < 0.2 * expected
+    assert np.std(inner) == pytest.approx(expected, rel=0.15)
+    # no structure left at the stars: chi^2 per pixel ~ 1 everywhere
+    smooth = sim.ndimage.uniform_filter(inner, 5)
+    assert np.max(np.abs(smooth)) < 7 * expected / 5 * (1 if conv_ref else 2)
+
+
+@pytest.mark.parametrize("flux_snr", [20.0, 200.0])
+def test_injected_flux_recovered_in_difference(flux_snr):
+    sim = _sim()
+    rng = np.random.default_rng(2)
+    f2s = 1 / 2.3548
+    base, fwhm_sci = 2.0, 2.8
+    s_sci = np.sqrt((fwhm_sci * f2s) ** 2 - (base * f2s) ** 2)
+    scene = _scene(rng, fwhm=base)
+    sig = 10.0
+    area = 4 * np.pi * (fwhm_sci * f2s) ** 2
+    flux = flux_snr * sig * np.sqrt(area)
+    sci = sim._convolve(scene + sim.psf_image(base, flux=flux), s_sci) + rng.normal(0, sig, scene.shape)
+    ref = scene + rng.normal(0, 1.0, scene.shape)
+    diff = sim.subtract_images(sci, ref, sigma_k=s_sci, convolve_ref=True)
+    f, err = _psf_flux(diff, fwhm_sci, sig)
+    assert abs(f - flux) < 3 * err + 0.02 * flux
+    assert f / err == pytest.approx(flux_snr, rel=0.25, abs=3)
+
+
+def test_simulate_one_on_synthetic_sky():
+    sim = _sim()
+    rng = np.random.default_rng(0)
+    X = np.empty((3, 3, 63, 63), np.float32)
+    for i in range(3):
+        s = _scene(rng)
+        X[i] = [s + rng.normal(0, 12, s.shape), s + rng.normal(0, 2, s.shape), rng.normal(0, 12, s.shape)]
+    X[2, :, :8] = np.nan
+    sky = sim.SkyBank(X, [0, 1, 2])
+    gals = sim.GalaxyBank([])
+    for lab, kinds in ((1, sim.REAL_KINDS), (0, sim.BOGUS_KINDS)):
+        for kind in kinds:
+            trip, info = sim.simulate_one(rng, sky, gals, label=lab, kind=kind)
+            assert trip.shape == (3, 63, 63) and trip.dtype == np.float32
+            assert info["label"] == lab and info["kind"] == kind
+            # masks never cover the candidate (CCD edges may come within 1 px for 'edge_mask')
+            r = 0 if kind == "edge_mask" else 3
+            assert np.isfinite(trip[:, 31 - r:32 + r, 31 - r:32 + r]).all()
+            x, _ = preprocess_triplet(trip)
+            assert np.isfinite(x).all()
+    # a bright real transient is a positive point source at the centre of the difference
+    trip, info = sim.simulate_one(np.random.default_rng(5), sky, gals, label=1, kind="hostless")
+    d = trip[2]
+    noise = 1.4826 * np.nanmedian(np.abs(d - np.nanmedian(d)))
+    if info["snr"] > 30:
+        assert d[30:33, 30:33].max() > 5 * noise

@@ -1,0 +1,36 @@
+"""Every shipped model takes exactly what its own preprocessing makes from raw stamps."""
+import numpy as np
+import pytest
+
+import astromorph
+from astromorph._adapters import RawStamps, model_family, prepare
+
+RNG = np.random.default_rng(0)
+
+
+def raw_inputs(family):
+    """Raw stamps of every kind the family accepts."""
+    if family == "optical":
+        yield RawStamps("colour", RNG.integers(0, 255, (2, 423, 423, 3), dtype=np.uint8))
+        yield RawStamps("bands", RNG.normal(0, 0.05, (2, 3, 64, 64)).astype(np.float32),
+                        bands=("g", "r", "i"))
+        yield RawStamps("bands", RNG.normal(0, 0.05, (2, 1, 64, 64)).astype(">f4"))
+    elif family == "radio":
+        yield RawStamps("colour", RNG.integers(0, 255, (2, 300, 300, 3), dtype=np.uint8))
+        yield RawStamps("bands", RNG.normal(0, 1.5e-4, (2, 1, 300, 300)), pixel_scale=1.8)
+    elif family == "triplet":
+        yield RawStamps("triplet", RNG.normal(100, 10, (2, 3, 63, 63)))
+    else:  # pragma: no cover
+        raise AssertionError(family)
+
+
+@pytest.mark.parametrize("name", astromorph.list_models())
+def test_preprocessing_feeds_the_model(name):
+    model = astromorph.load_model(name, providers="cpu")
+    for raw in raw_inputs(model_family(model.card)):
+        x, flags = prepare(model, raw)
+        assert x.shape == (2, *model.input_shape), (name, raw.kind, x.shape)
+        assert x.dtype == np.float32 and np.isfinite(x).all()
+        out = model.predict(x)
+        for value in out.values():
+            assert len(value) == 2 and np.isfinite(value).all()

@@ -1,0 +1,813 @@
+"""Optical galaxy morphology (``morphology``): Galaxy Zoo 1 SDSS cutouts, 5 classes.
+
+Data: ``<data-dir>/gz1/images/<objid>.jpeg`` (423 x 423 SDSS gri composites)
+with the Galaxy Zoo 1 leaf class in ``gz1/labels.csv``. Classes, in output
+order: elliptical, spiral (clockwise and anticlockwise merged), edge_on,
+merger, artifact (GZ1 "star / don't know").
+
+Steps
+-----
+``train``
+    Stratified 70/15/15 train/validation/test split with a fixed seed
+    (`SPLIT_SEED`, independent of ``--seed``). Every image goes once through
+    `astromorph.preprocessing._optical.preprocess_colour_cutout` at 1.5 times
+    the network field of view (96 x 96 pixels) and at the network field of
+    view (64 x 64); both are cached as ``.npy`` under ``training/cache/``.
+    Training stamps are cut from the larger cache by a random affine
+    resampling (any rotation, flips, shifts, zooms) and then blurred, noised,
+    re-stretched, colour-jittered and turned grey at random. Class imbalance:
+    square-root class-balanced sampling; the prior shift it introduces is
+    undone at export by a logit adjustment. AdamW with cosine learning rate,
+    exponential moving average (EMA) of the weights; checkpoints every epoch
+    in ``training/checkpoints/morphology/`` (``last.pt``; rerun to resume).
+``evaluate``
+    Builds the deployed network (EMA weights, logit adjustment, the 8 flips
+    and 90 degree rotations averaged inside the graph, temperature fitted on
+    the validation split, softmax), exports it to
+    ``models/morphology/model.onnx`` and evaluates *that file* with
+    onnxruntime on the held-out test split: ``training/reports/morphology/``
+    ``metrics.json``, ``confusion_matrix.png``, ``reliability.png``.
+``export``
+    Re-exports the same ONNX graph (deterministic), checks torch/ONNX parity,
+    measures throughput and writes ``models/morphology/card.json`` quoting
+    ``metrics.json``.
+"""
+import copy
+import csv
+import json
+import logging
+import math
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from astromorph.preprocessing._optical import (
+    CROP_FRACTION,
+    GZ1_CUTOUT_PIXELS,
+    GZ1_PIXEL_SCALE_PER_PETRO_R90,
+    LUPTON_BAND_SCALES,
+    LUPTON_MINIMUM,
+    LUPTON_Q,
+    LUPTON_STRETCH,
+    STAMP_SIZE,
+    preprocess_colour_cutout,
+)
+
+from . import _common
+
+log = logging.getLogger(__name__)
+
+NAME = "morphology"
+CLASS_NAMES = ("elliptical", "spiral", "edge_on", "merger", "artifact")
+#: GZ1 ``class_id`` -> index into `CLASS_NAMES`.
+GZ1_TO_CLASS = {0: 0, 1: 1, 2: 1, 3: 2, 4: 4, 5: 3}
+#: Seed of the train/validation/test split (fixed, independent of ``--seed``).
+SPLIT_SEED = 20240601
+SPLIT_FRACTIONS = (0.70, 0.15, 0.15)
+#: Side of the cached training stamps: 1.5 x the network stamp, same pixel scale.
+CACHE_SIZE = 96
+CACHE_CROP_FRACTION = CROP_FRACTION * CACHE_SIZE / STAMP_SIZE
+CACHE_VERSION = 1
+DEFAULT_EPOCHS = 60
+GREY_PROBABILITY = 0.2
+DEFAULT_WIDTHS = (32, 48, 80, 160)
+#: Orientations averaged inside the exported graph, as (transpose, flip rows, flip
+#: columns): the 8 symmetries of the square. The first 4 are the identity, the
+#: two flips and the 180 degree rotation; ``--tta 2`` uses identity and 180 degrees.
+TTA_ORIENTATIONS = tuple((t, fr, fc) for t in (False, True) for fr in (False, True)
+                         for fc in (False, True))
+
+
+# ------------------------------------------------------------------------ arguments
+def add_arguments(parser):
+    """Options of the morphology model."""
+    g = parser.add_argument_group("morphology")
+    g.add_argument("--batch-size", type=int, default=64)
+    g.add_argument("--lr", type=float, default=2e-3, help="peak AdamW learning rate")
+    g.add_argument("--weight-decay", type=float, default=0.05)
+    g.add_argument("--ema-decay", type=float, default=0.995)
+    g.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    g.add_argument("--restart", action="store_true",
+                   help="ignore an existing last.pt and train from scratch")
+    g.add_argument("--widths", type=int, nargs=4, default=None, metavar="C",
+                   help=f"channel widths of the four CNN stages (default {DEFAULT_WIDTHS})")
+    g.add_argument("--tta", type=int, default=2, choices=(1, 2, 4, 8),
+                   help="orientations averaged inside the exported graph")
+
+
+def _get(args, name, default):
+    return getattr(args, name, default) if getattr(args, name, None) is not None else default
+
+
+# ----------------------------------------------------------------------------- data
+def read_labels(data_dir):
+    """Object ids (str) and class indices of the GZ1 set, in ``labels.csv`` order."""
+    ids, labels = [], []
+    with open(Path(data_dir) / "gz1" / "labels.csv", newline="") as f:
+        for row in csv.DictReader(f):
+            ids.append(row["objid"])
+            labels.append(GZ1_TO_CLASS[int(row["class_id"])])
+    return np.array(ids), np.array(labels, dtype=np.int64)
+
+
+def stratified_split(labels, fractions=SPLIT_FRACTIONS, seed=SPLIT_SEED):
+    """Indices of a stratified train/validation/test split.
+
+    Every class is shuffled with a fixed generator and cut in the given
+    fractions (validation and test rounded, at least one each where a class
+    has three or more members).
+    """
+    rng = np.random.default_rng(seed)
+    parts = ([], [], [])
+    for c in np.unique(labels):
+        idx = rng.permutation(np.flatnonzero(labels == c))
+        n_val = max(1, round(fractions[1] * len(idx))) if len(idx) >= 3 else 0
+        n_test = max(1, round(fractions[2] * len(idx))) if len(idx) >= 3 else 0
+        parts[2].append(idx[:n_test])
+        parts[1].append(idx[n_test:n_test + n_val])
+        parts[0].append(idx[n_test + n_val:])
+    return tuple(np.sort(np.concatenate(p)) for p in parts)
+
+
+def load_jpegs(paths):
+    """Decode JPEG/PNG files into a uint8 ``(N, H, W, 3)`` array."""
+    from PIL import Image
+
+    return np.stack([np.asarray(Image.open(p).convert("RGB")) for p in paths])
+
+
+def _preprocess_files(paths, chunk=256):
+    """Network stamps (float32, 64 px) and training stamps (float16, 96 px)."""
+    stamps, big = [], []
+    for start in range(0, len(paths), chunk):
+        images = load_jpegs(paths[start:start + chunk])
+        stamps.append(preprocess_colour_cutout(images))
+        big.append(preprocess_colour_cutout(images, size=CACHE_SIZE,
+                                            crop_fraction=CACHE_CROP_FRACTION).astype(np.float16))
+    return np.concatenate(stamps), np.concatenate(big)
+
+
+def load_dataset(args):
+    """All GZ1 stamps, labels and the split, from the cache (built on first use).
+
+    Returns
+    -------
+    dict
+        ``ids``, ``labels``, ``stamps`` (N, 3, 64, 64) float32 network input,
+        ``big`` (N, 3, 96, 96) float16 training stamps, ``split`` (train,
+        val, test index arrays). In smoke mode: 4 images per class, nothing
+        cached, every split = all of them.
+    """
+    ids, labels = read_labels(args.data_dir)
+    image_dir = Path(args.data_dir) / "gz1" / "images"
+    if args.smoke:
+        rng = np.random.default_rng(0)
+        keep = np.sort(np.concatenate([rng.permutation(np.flatnonzero(labels == c))[:4]
+                                       for c in range(len(CLASS_NAMES))]))
+        ids, labels = ids[keep], labels[keep]
+        stamps, big = _preprocess_files([image_dir / f"{i}.jpeg" for i in ids])
+        everything = np.arange(len(ids))
+        return dict(ids=ids, labels=labels, stamps=stamps, big=big,
+                    split=(everything, everything, everything))
+    cache = _common.cache_dir(args.out_dir)
+    stem = f"morphology_gz1_v{CACHE_VERSION}_s{STAMP_SIZE}_c{CROP_FRACTION:g}"
+    f_ids, f_stamps, f_big = (cache / f"{stem}_{k}.npy" for k in ("ids", "stamps", f"big{CACHE_SIZE}"))
+    if f_ids.exists() and f_stamps.exists() and f_big.exists() and \
+            np.array_equal(np.load(f_ids), ids):
+        stamps, big = np.load(f_stamps), np.load(f_big)
+    else:
+        log.info("preprocessing %d GZ1 images into %s", len(ids), cache)
+        t0 = time.perf_counter()
+        stamps, big = _preprocess_files([image_dir / f"{i}.jpeg" for i in ids])
+        for path, arr in ((f_stamps, stamps), (f_big, big), (f_ids, ids)):
+            tmp = path.with_suffix(".tmp.npy")
+            np.save(tmp, arr)
+            os.replace(tmp, path)
+        log.info("cached in %.0f s", time.perf_counter() - t0)
+    return dict(ids=ids, labels=labels, stamps=stamps, big=big, split=stratified_split(labels))
+
+
+# ---------------------------------------------------------------------------- model
+def _cbr(c_in, c_out, stride=1):
+    return [nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False), nn.BatchNorm2d(c_out),
+            nn.ReLU(inplace=True)]
+
+
+class MorphologyNet(nn.Module):
+    """Small VGG-style CNN: (N, 3, 64, 64) display values in [0, 1] -> logits (N, 5).
+
+    A stride-2 stem, a 3x3 convolution at 32x32, two stages of two 3x3
+    convolutions at 16x16 and 8x8 (each stage after 2x2 max pooling), one
+    wider convolution at 4x4, global average pooling, dropout and a linear
+    classifier (0.92 M parameters with the default widths).
+    """
+
+    def __init__(self, n_classes=len(CLASS_NAMES), widths=DEFAULT_WIDTHS, dropout=0.3):
+        super().__init__()
+        a, b, c, d = widths
+        self.features = nn.Sequential(
+            *_cbr(3, a, 2),                                           # 32 x 32
+            *_cbr(a, b), nn.MaxPool2d(2),                             # 16 x 16
+            *_cbr(b, c), *_cbr(c, c), nn.MaxPool2d(2),                # 8 x 8
+            *_cbr(c, d), *_cbr(d, d), nn.MaxPool2d(2),                # 4 x 4
+            *_cbr(d, 2 * d),
+        )
+        self.head = nn.Sequential(nn.Flatten(), nn.Dropout(dropout), nn.Linear(2 * d, n_classes))
+
+    def forward(self, x):
+        # Centre the [0, 1] display values; the first BatchNorm does the rest.
+        x = self.features(x - 0.5)
+        return self.head(F.adaptive_avg_pool2d(x, 1))
+
+
+class DeployedMorphology(nn.Module):
+    """The shipped graph: orientation-averaged, prior-adjusted, calibrated probabilities.
+
+    ``probabilities = softmax((mean_o logits(o(x)) + bias) / T)`` where ``o``
+    runs over the first ``tta`` of `TTA_ORIENTATIONS` (flips, transposes and
+    their combinations = rotations by multiples of 90 degrees with or without
+    a mirror).
+    """
+
+    def __init__(self, net, bias, temperature, tta=8):
+        super().__init__()
+        self.net = net
+        self.orientations = TTA_ORIENTATIONS[:tta] if tta != 2 else TTA_ORIENTATIONS[0:4:3]
+        self.register_buffer("bias", torch.as_tensor(np.asarray(bias), dtype=torch.float32))
+        self.register_buffer("inv_temperature", torch.tensor(1.0 / float(temperature)))
+
+    def logits(self, x):
+        """Orientation-averaged logits plus the prior adjustment (before temperature)."""
+        views = []
+        for transpose, flip_rows, flip_cols in self.orientations:
+            v = x.transpose(2, 3) if transpose else x
+            dims = (2,) * flip_rows + (3,) * flip_cols
+            views.append(torch.flip(v, dims=dims) if dims else v)
+        n = x.shape[0]
+        z = self.net(torch.cat(views, 0))
+        z = z.reshape(len(views), n, -1).mean(0)
+        return z + self.bias
+
+    def forward(self, x):
+        return torch.softmax(self.logits(x) * self.inv_temperature, dim=1)
+
+
+# --------------------------------------------------------------------- augmentation
+def _gaussian_kernels(sigma, radius=3):
+    t = torch.arange(-radius, radius + 1, dtype=torch.float32)
+    k = torch.exp(-0.5 * (t[None, :] / sigma[:, None]) ** 2)
+    return k / k.sum(1, keepdim=True)
+
+
+def augment(big, gen, *, grey_p=GREY_PROBABILITY):
+    """Random network stamps from cached 96 px stamps.
+
+    Parameters
+    ----------
+    big : torch.Tensor, (B, 3, 96, 96) float32
+        Cached training stamps (display values in [0, 1]).
+    gen : torch.Generator
+
+    Returns
+    -------
+    torch.Tensor, (B, 3, 64, 64) float32
+        With probability 1 each: rotation by any angle, random flip, shift of
+        up to 3 px, zoom by up to +-12 per cent (bilinear resampling). Then a
+        Gaussian PSF blur (p=0.3, sigma 0.3-1.3 px), brightness gain and
+        gamma stretch (+-25 per cent), per-channel colour gains (sigma 6 per
+        cent), Gaussian noise (sigma 0-0.03) and, with ``grey_p``, the
+        channel mean in all three channels.
+    """
+    b = big.shape[0]
+
+    def u(lo, hi, *shape):
+        return lo + (hi - lo) * torch.rand(*(shape or (b,)), generator=gen)
+
+    angle = u(0, 2 * math.pi)
+    zoom = torch.exp(u(-0.12, 0.12))
+    flip = torch.where(torch.rand(b, generator=gen) < 0.5, -1.0, 1.0)
+    k = STAMP_SIZE / CACHE_SIZE / zoom
+    cos, sin = torch.cos(angle) * k, torch.sin(angle) * k
+    shift = u(-3, 3, b, 2) * 2 / CACHE_SIZE
+    theta = torch.stack([torch.stack([cos * flip, -sin, shift[:, 0]], 1),
+                         torch.stack([sin * flip, cos, shift[:, 1]], 1)], 1)
+    grid = F.affine_grid(theta, (b, 3, STAMP_SIZE, STAMP_SIZE), align_corners=False)
+    x = F.grid_sample(big, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+
+    blur = torch.rand(b, generator=gen) < 0.3
+    if blur.any():
+        kern = _gaussian_kernels(u(0.3, 1.3, int(blur.sum())))
+        xb = x[blur]
+        n, r = xb.shape[0], kern.shape[1] // 2
+        xb = xb.reshape(1, n * 3, STAMP_SIZE, STAMP_SIZE)
+        kh = kern.repeat_interleave(3, 0)[:, None, None, :]
+        xb = F.conv2d(F.pad(xb, (r, r, 0, 0), mode="reflect"), kh, groups=n * 3)
+        xb = F.conv2d(F.pad(xb, (0, 0, r, r), mode="reflect"), kh.transpose(2, 3), groups=n * 3)
+        x = x.clone()
+        x[blur] = xb.reshape(n, 3, STAMP_SIZE, STAMP_SIZE)
+
+    gain = torch.exp(u(-0.25, 0.25))[:, None, None, None]
+    gamma = torch.exp(u(-0.25, 0.25))[:, None, None, None]
+    colour = torch.exp(0.06 * torch.randn(b, 3, 1, 1, generator=gen))
+    x = (x.clamp(0, 1) * gain * colour).clamp(0, 1) ** gamma
+    x = x + u(0, 0.03)[:, None, None, None] * torch.randn(x.shape, generator=gen)
+    grey = (torch.rand(b, generator=gen) < grey_p)[:, None, None, None]
+    x = torch.where(grey, x.mean(1, keepdim=True).expand_as(x), x)
+    return x.clamp(0, 1)
+
+
+# ---------------------------------------------------------------------------- train
+def _lr_at(step, total, peak, warmup):
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    t = (step - warmup) / max(1, total - warmup)
+    return peak * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
+
+
+@torch.no_grad()
+def predict_logits(net, x, batch=512):
+    """Logits of ``net`` (a module, put in eval mode, or a callable) for numpy stamps."""
+    if isinstance(net, nn.Module):
+        net.eval()
+    out = [net(torch.from_numpy(np.ascontiguousarray(x[i:i + batch])))
+           for i in range(0, len(x), batch)]
+    return torch.cat(out).numpy() if out else np.zeros((0, len(CLASS_NAMES)), np.float32)
+
+
+def _quick_metrics(logits, labels):
+    pred = logits.argmax(1)
+    recalls = [np.mean(pred[labels == c] == c) for c in range(len(CLASS_NAMES)) if (labels == c).any()]
+    nll = float(np.mean(-np.log(np.clip(_common.softmax(logits)[np.arange(len(labels)), labels],
+                                        1e-12, None))))
+    return float(np.mean(pred == labels)), float(np.mean(recalls)), nll, recalls
+
+
+def sampling_weights(labels, n_classes=len(CLASS_NAMES), power=0.5):
+    """Per-example sampling probabilities giving class ``c`` a share ``∝ n_c**power``."""
+    counts = np.bincount(labels, minlength=n_classes).astype(float)
+    w = counts[labels] ** (power - 1.0)
+    return w / w.sum()
+
+
+def train(args):
+    """Train the morphology CNN (resumes from ``last.pt`` unless ``--restart``)."""
+    torch.set_num_threads(_get(args, "threads", 1))
+    _common.set_seed(args.seed)
+    epochs = args.epochs or (2 if args.smoke else DEFAULT_EPOCHS)
+    batch_size = _get(args, "batch_size", 64) if not args.smoke else 8
+    data = load_dataset(args)
+    tr, va, _ = data["split"]
+    labels = data["labels"]
+    log.info("split train/val/test = %d/%d/%d; train class counts %s", len(tr), len(va),
+             len(data["split"][2]), np.bincount(labels[tr], minlength=len(CLASS_NAMES)).tolist())
+
+    ckdir = _common.checkpoint_dir(NAME, _root(args))
+    widths = tuple(_get(args, "widths", DEFAULT_WIDTHS))
+    net = MorphologyNet(widths=widths)
+    ema = copy.deepcopy(net)
+    for p in ema.parameters():
+        p.requires_grad_(False)
+    opt = torch.optim.AdamW(net.parameters(), lr=_get(args, "lr", 2e-3),
+                            weight_decay=_get(args, "weight_decay", 0.05))
+    start_epoch, history = 0, []
+    last = ckdir / "last.pt"
+    if last.exists() and not _get(args, "restart", False) and not args.smoke:
+        state = torch.load(last, map_location="cpu", weights_only=False)
+        net.load_state_dict(state["model"])
+        ema.load_state_dict(state["ema"])
+        opt.load_state_dict(state["optimizer"])
+        start_epoch, history = state["epoch"] + 1, state["history"]
+        if tuple(state.get("widths", DEFAULT_WIDTHS)) != widths:
+            raise SystemExit(f"{last} has widths {state.get('widths')}; pass --restart")
+        log.info("resumed from %s at epoch %d", last, start_epoch)
+
+    probs = sampling_weights(labels[tr])
+    steps_per_epoch = max(1, len(tr) // batch_size)
+    total = epochs * steps_per_epoch
+    warmup = min(2 * steps_per_epoch, total // 10 + 1)
+    decay = _get(args, "ema_decay", 0.995)
+    big = data["big"]
+    val_x, val_y = data["stamps"][va], labels[va]
+    for epoch in range(start_epoch, epochs):
+        t0 = time.perf_counter()
+        rng = np.random.default_rng([args.seed, epoch])
+        gen = torch.Generator().manual_seed(int(rng.integers(2 ** 62)))
+        order = rng.choice(tr, size=steps_per_epoch * batch_size, p=probs)
+        net.train()
+        running = 0.0
+        for s in range(steps_per_epoch):
+            step = epoch * steps_per_epoch + s
+            for group in opt.param_groups:
+                group["lr"] = _lr_at(step, total, _get(args, "lr", 2e-3), warmup)
+            idx = order[s * batch_size:(s + 1) * batch_size]
+            x = augment(torch.from_numpy(big[idx].astype(np.float32)), gen)
+            y = torch.from_numpy(labels[idx])
+            loss = F.cross_entropy(net(x), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            running += loss.item()
+            d = min(decay, (1 + step) / (10 + step))
+            with torch.no_grad():
+                for pe, pn in zip(ema.parameters(), net.parameters()):
+                    pe.mul_(d).add_(pn.detach(), alpha=1 - d)
+                for be, bn in zip(ema.buffers(), net.buffers()):
+                    be.copy_(bn)
+        acc, mrec, nll, recalls = _quick_metrics(predict_logits(ema, val_x), val_y)
+        row = dict(epoch=epoch, train_loss=running / steps_per_epoch, val_accuracy=acc,
+                   val_macro_recall=mrec, val_nll=nll, val_recalls=[round(float(r), 3) for r in recalls],
+                   lr=opt.param_groups[0]["lr"], seconds=time.perf_counter() - t0)
+        history.append(row)
+        log.info("epoch %d/%d loss %.4f | val (EMA, sampled prior) acc %.4f macro-recall %.4f "
+                 "nll %.3f recalls %s | %.0f s", epoch + 1, epochs, row["train_loss"], acc, mrec,
+                 nll, row["val_recalls"], row["seconds"])
+        state = dict(epoch=epoch, model=net.state_dict(), ema=ema.state_dict(),
+                     optimizer=opt.state_dict(), history=history, epochs=epochs,
+                     train_counts=np.bincount(labels[tr], minlength=len(CLASS_NAMES)).tolist(),
+                     sampling_power=0.5, widths=list(widths), crop_fraction=CROP_FRACTION,
+                     args={k: str(v) for k, v in vars(args).items()})
+        tmp = ckdir / "last.tmp.pt"
+        torch.save(state, tmp)
+        os.replace(tmp, last)
+    (ckdir / "history.json").write_text(json.dumps(history, indent=1) + "\n")
+    return ckdir
+
+
+# ------------------------------------------------------------------------- deploy
+def _smoke_root():
+    """Stand-in repository root for ``--smoke`` runs (never the real models/)."""
+    root = Path(tempfile.gettempdir()) / "astromorph_smoke_morphology"
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
+def _root(args):
+    return _smoke_root() if args.smoke else Path(args.out_dir)
+
+
+def load_trained(args):
+    """The EMA network of ``last.pt`` and the checkpoint dict (trains first in smoke mode)."""
+    last = _common.checkpoint_dir(NAME, _root(args)) / "last.pt"
+    if args.smoke and not last.exists():
+        train(args)
+    if not last.exists():
+        raise SystemExit(f"no checkpoint {last}; run `python -m astromorph_training {NAME} train`")
+    state = torch.load(last, map_location="cpu", weights_only=False)
+    if state.get("crop_fraction", CROP_FRACTION) != CROP_FRACTION:
+        raise SystemExit(f"{last} was trained with crop_fraction {state['crop_fraction']}, "
+                         f"astromorph.preprocessing uses {CROP_FRACTION}")
+    net = MorphologyNet(widths=tuple(state.get("widths", DEFAULT_WIDTHS)))
+    net.load_state_dict(state["ema"])
+    return net.eval(), state
+
+
+def prior_bias(train_counts, power, tau):
+    """Logit adjustment undoing a fraction ``tau`` of the sampling prior shift.
+
+    Training drew class ``c`` with probability ``∝ n_c**power`` instead of
+    ``∝ n_c``; adding ``(1 - power) * log n_c`` to the logits restores the
+    natural prior (Menon et al. 2021). ``tau`` scales that term (negative values favour the rare classes further).
+    """
+    log_n = np.log(np.asarray(train_counts, dtype=np.float64))
+    b = tau * (1.0 - power) * log_n
+    return (b - b.mean()).astype(np.float32)
+
+
+def calibrate(net, state, val_x, val_y, tta, taus=(-0.5, -0.25, 0.0, 0.25, 0.5, 0.75, 1.0)):
+    """Choose the logit adjustment and fit the temperature on the validation split.
+
+    The adjustment strength ``tau`` maximises accuracy + macro recall of the
+    orientation-averaged validation predictions; the temperature then
+    minimises their negative log-likelihood.
+
+    Returns
+    -------
+    dict
+        ``tau``, ``bias`` (list), ``temperature``, ``tta`` and the validation
+        scores of every ``tau`` tried.
+    """
+    deployed = DeployedMorphology(net, np.zeros(len(CLASS_NAMES)), 1.0, tta).eval()
+    z = predict_logits(deployed.logits, val_x, batch=128)
+    scores = {}
+    for tau in taus:
+        b = prior_bias(state["train_counts"], state["sampling_power"], tau)
+        acc, mrec, _, _ = _quick_metrics(z + b, val_y)
+        scores[tau] = dict(accuracy=round(acc, 4), macro_recall=round(mrec, 4))
+    tau = max(taus, key=lambda t: (scores[t]["accuracy"] + scores[t]["macro_recall"], t))
+    bias = prior_bias(state["train_counts"], state["sampling_power"], tau)
+    temperature = _common.fit_temperature(z + bias, val_y)
+    return dict(tau=tau, bias=[float(v) for v in bias], temperature=temperature, tta=tta,
+                validation_scores={str(k): v for k, v in scores.items()})
+
+
+def build_deployed(net, calibration):
+    """`DeployedMorphology` from a network and the dict returned by `calibrate`."""
+    return DeployedMorphology(net, calibration["bias"], calibration["temperature"],
+                              calibration["tta"]).eval()
+
+
+def export_model(deployed, root):
+    """Export the deployed graph to ``<root>/models/morphology/model.onnx``."""
+    path = _common.model_dir(NAME, root) / "model.onnx"
+    example = np.zeros((2, 3, STAMP_SIZE, STAMP_SIZE), dtype=np.float32)
+    _common.export_onnx(deployed, example, path, input_name="input",
+                        output_names=("probabilities",), opset=18)
+    return path
+
+
+def run_onnx(path, x, batch=256, threads=2):
+    """Run an ONNX file with onnxruntime on CPU; returns the first output."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    name = sess.get_inputs()[0].name
+    out = [sess.run(None, {name: x[i:i + batch]})[0] for i in range(0, len(x), batch)]
+    return np.concatenate(out)
+
+
+def cpu_time_throughput(path, batch=256, repeats=4):
+    """Stamps per CPU-second of one onnxruntime thread (robust to a shared, loaded machine)."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    opts.inter_op_num_threads = 1
+    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(0).random((batch, 3, STAMP_SIZE, STAMP_SIZE), dtype=np.float32)
+    sess.run(None, {"input": x})
+    best = np.inf
+    for _ in range(repeats):
+        t = time.process_time()
+        sess.run(None, {"input": x})
+        best = min(best, time.process_time() - t)
+    return batch / best
+
+
+def _grey(x):
+    return np.repeat(x.mean(axis=1, keepdims=True), 3, axis=1)
+
+
+# ------------------------------------------------------------------------- evaluate
+def evaluate(args):
+    """Calibrate on validation, export the ONNX graph and score it on the test split.
+
+    All test numbers come from ``models/morphology/model.onnx`` run through
+    onnxruntime, i.e. the file that is shipped.
+    """
+    torch.set_num_threads(_get(args, "threads", 1))
+    _common.set_seed(args.seed)
+    root = _root(args)
+    net, state = load_trained(args)
+    data = load_dataset(args)
+    _, va, te = data["split"]
+    stamps, labels = data["stamps"], data["labels"]
+    tta = _get(args, "tta", 2)
+
+    calibration = calibrate(net, state, stamps[va], labels[va], tta)
+    log.info("calibration: tau %.2f bias %s T %.3f", calibration["tau"],
+             np.round(calibration["bias"], 3).tolist(), calibration["temperature"])
+    deployed = build_deployed(net, calibration)
+    onnx_path = export_model(deployed, root)
+
+    t = calibration["temperature"]
+    report = {}
+    for split, idx in (("validation", va), ("test", te)):
+        probs = run_onnx(onnx_path, stamps[idx])
+        uncal = _common.softmax(t * np.log(np.clip(probs, 1e-30, None)))  # = softmax(z + bias)
+        rep = _common.classification_report(probs, labels[idx], CLASS_NAMES)
+        rep["ece_before_temperature"] = _common.expected_calibration_error(uncal, labels[idx])
+        rep["ece_after_temperature"] = rep["ece"]
+        report[split] = rep
+        if split == "test":
+            test_probs, test_uncal = probs, uncal
+            grey = _common.classification_report(run_onnx(onnx_path, _grey(stamps[idx])),
+                                                 labels[idx], CLASS_NAMES)
+            with torch.no_grad():
+                ref = deployed(torch.from_numpy(stamps[idx][:256])).numpy()
+            parity = float(np.max(np.abs(ref - probs[:256])))
+
+    test = report["test"]
+    metrics = {
+        "model": NAME,
+        "split": "test",
+        "command": f"python -m astromorph_training {NAME} evaluate",
+        "source": "models/morphology/model.onnx run with onnxruntime (CPU) on the held-out test split",
+        "class_names": list(CLASS_NAMES),
+        "n_test": test["n"],
+        "accuracy": test["accuracy"],
+        "macro_recall": test["macro_recall"],
+        "per_class": test["per_class"],
+        "confusion_matrix": test["confusion_matrix"],
+        "ece_before_temperature": test["ece_before_temperature"],
+        "ece_after_temperature": test["ece_after_temperature"],
+        "greyscale_input": {"accuracy": grey["accuracy"], "macro_recall": grey["macro_recall"],
+                            "note": "test stamps replaced by their channel mean (single-band use)"},
+        "validation": {k: report["validation"][k] for k in
+                       ("n", "accuracy", "macro_recall", "ece_before_temperature",
+                        "ece_after_temperature", "per_class")},
+        "calibration": calibration,
+        "torch_onnx_max_abs_diff": parity,
+        "onnx_sha256": _common.sha256sum(onnx_path),
+        "split_definition": {"seed": SPLIT_SEED, "fractions": list(SPLIT_FRACTIONS),
+                             "stratified": True, "counts": [int(len(i)) for i in data["split"]]},
+        "training": {"epochs": state["epochs"], "seed": args.seed,
+                     "train_seconds": round(sum(h["seconds"] for h in state["history"]), 1),
+                     "last_epoch": state["history"][-1] if state["history"] else None},
+        "smoke": bool(args.smoke),
+    }
+    path = _common.write_metrics(NAME, metrics, root)
+    rdir = _common.report_dir(NAME, root)
+    title = f"morphology, GZ1 test split (n={test['n']})"
+    _common.plot_confusion_matrix(np.array(test["confusion_matrix"]), CLASS_NAMES,
+                                  rdir / "confusion_matrix.png", title)
+    _common.plot_reliability(test_probs, labels[te], rdir / "reliability.png",
+                             title + ", after temperature scaling")
+    _common.plot_reliability(test_uncal, labels[te], rdir / "reliability_before_temperature.png",
+                             title + ", before temperature scaling")
+    log.info("test: accuracy %.4f macro recall %.4f ECE %.4f -> %.4f | recalls %s | wrote %s",
+             test["accuracy"], test["macro_recall"], test["ece_before_temperature"],
+             test["ece_after_temperature"],
+             {k: v["recall"] for k, v in test["per_class"].items()}, path)
+    return metrics
+
+
+# --------------------------------------------------------------------------- export
+def _card(metrics, calibration, state, throughput, cpu_rate, size_bytes, n_params):
+    from astromorph import __version__ as astromorph_version
+
+    def pc(name):
+        p = metrics["per_class"][name] if metrics else None
+        return {"recall": p["recall"], "precision": p["precision"], "support": p["support"]} if p else None
+
+    history = state["history"]
+    train_min = sum(h["seconds"] for h in history) / 60
+    return {
+        "name": NAME,
+        "version": "1.0.0",
+        "task": "classification",
+        "summary": "Galaxy Zoo 1 morphology (elliptical, spiral, edge-on, merger, artifact) "
+                   "from SDSS-like gri colour cutouts",
+        "description": " ".join([
+            f"Small CNN ({n_params / 1e6:.2f} M parameters) trained on Galaxy Zoo 1 SDSS gri",
+            "colour cutouts to give the probabilities of the five GZ1 leaf classes: elliptical,",
+            "spiral (clockwise and anticlockwise merged), edge_on (edge-on disc), merger,",
+            "artifact (GZ1 'star / don't know': stars, artefacts, unclassifiable). The graph",
+            f"averages the logits over {calibration['tta']} orientations of the stamp (flips /",
+            "90-degree rotations), adds a logit adjustment for the class-balanced training",
+            "sampler and applies temperature scaling fitted on a validation split, so the",
+            "probabilities are calibrated for the GZ1 class mix (70 per cent elliptical).",
+            "Inputs are cutouts centred on the galaxy whose angular size scales with the",
+            "galaxy's Petrosian radius (see input.angular_size). Colour (SDSS-style i/r/g ->",
+            "R/G/B) input is best; single-band input is accepted (replicated grey) at lower",
+            "accuracy; g, r, i flux images are turned into a colour composite with a fixed",
+            "Lupton et al. (2004) asinh stretch, which was not part of training (no FITS",
+            "training data). GZ1 labels are volunteer majority classes and are noisy between",
+            "elliptical, spiral and edge_on (see metrics).",
+        ]),
+        "column_prefix": "morph",
+        "input": {
+            "name": "input",
+            "shape": [3, STAMP_SIZE, STAMP_SIZE],
+            "dtype": "float32",
+            "channels": ["R: SDSS i (display value in [0, 1])", "G: SDSS r (display value in [0, 1])",
+                         "B: SDSS g (display value in [0, 1])"],
+            "single_band": "replicate",
+            "preprocessing": "astromorph.preprocessing.preprocess_optical",
+            "preprocessing_options": {
+                "size": STAMP_SIZE,
+                "crop_fraction": CROP_FRACTION,
+                "colour_function": "astromorph.preprocessing.preprocess_colour_cutout",
+                "gri_function": "astromorph.preprocessing.preprocess_gri",
+                "single_band_function": "astromorph.preprocessing.preprocess_single_band",
+                "lupton": {"Q": LUPTON_Q, "stretch": LUPTON_STRETCH, "minimum": LUPTON_MINIMUM,
+                           "band_scales": dict(LUPTON_BAND_SCALES),
+                           "flux_unit": "SDSS nanomaggies (linear flux, sky subtracted)",
+                           "mapping": "R = i, G = r, B = g (astropy.visualization.make_lupton_rgb)"},
+            },
+            "angular_size": {
+                "kind": "petrosian",
+                "radius_column": "petroR90_r",
+                "radius_unit": "arcsec",
+                "cutout_size_per_petro_r90": round(GZ1_CUTOUT_PIXELS * GZ1_PIXEL_SCALE_PER_PETRO_R90, 4),
+                "stamp_size_per_petro_r90": round(CROP_FRACTION * GZ1_CUTOUT_PIXELS
+                                               * GZ1_PIXEL_SCALE_PER_PETRO_R90, 4),
+                "functions": ["astromorph.preprocessing.cutout_size_from_petrosian",
+                              "astromorph.preprocessing.stamp_size_from_petrosian"],
+                "convention": (
+                    "GZ1/SDSS ImgCutout cutouts are 423 pixels wide at 0.024 * petroR90_r arcsec per "
+                    "pixel (Lintott et al. 2008), i.e. 10.152 petroR90_r across; the network sees the "
+                    f"central {CROP_FRACTION:g} of that ({CROP_FRACTION * 10.152:.3f} petroR90_r). "
+                    "Cut a square of cutout_size_per_petro_r90 * petroR90_r arcsec centred on the "
+                    "galaxy (any pixel count) and use the default crop_fraction, or a square of "
+                    "stamp_size_per_petro_r90 * petroR90_r with crop_fraction=1.0."),
+            },
+            "normalisation": ("8-bit display values / 255 after cropping the central crop_fraction "
+                              f"and area-averaging to {STAMP_SIZE} x {STAMP_SIZE}; "
+                              "colour axis first; no further scaling"),
+        },
+        "outputs": [{
+            "name": "probabilities",
+            "kind": "probabilities",
+            "labels": list(CLASS_NAMES),
+            "description": (f"calibrated class probabilities, softmax((mean over {calibration['tta']} "
+                            "orientations of logits + prior adjustment) / T); rows sum to 1"),
+        }],
+        "training": {
+            "data": ("Galaxy Zoo 1 subset of 5,338 SDSS DR7 galaxies: SDSS ImgCutout gri colour JPEGs "
+                     "(423 x 423) with the GZ1 leaf class (Eggochi/Proyecto_Galaxias collection); "
+                     "class counts elliptical 3731, spiral 683 (331 cw + 352 acw), edge_on 792, "
+                     "merger 89, artifact 43"),
+            "terms": ("Images: Sloan Digital Sky Survey public data (acknowledge SDSS, "
+                      "https://www.sdss.org/collaboration/citing-sdss/). Labels: Galaxy Zoo 1, "
+                      "Lintott et al. 2008, MNRAS 389, 1179 and Lintott et al. 2011, MNRAS 410, 166."),
+            "split": (f"stratified {'/'.join(str(int(f * 100)) for f in SPLIT_FRACTIONS)} "
+                      f"train/validation/test, seed {SPLIT_SEED}"),
+            "command": f"python -m astromorph_training {NAME} train",
+            "epochs": state["epochs"],
+            "method": ("AdamW, cosine learning rate, EMA weights, square-root class-balanced sampling; "
+                       "augmentation: any rotation, flips, shifts, zooms, PSF blur, noise, stretch "
+                       f"and colour jitter, greyscale (p={GREY_PROBABILITY})"),
+            "time": f"{train_min:.0f} min",
+            "machine": f"CPU only ({platform.processor() or platform.machine()}, shared 2 cores), "
+                       f"torch {torch.__version__}, 1 thread",
+        },
+        "metrics": {
+            "split": "test",
+            "command": f"python -m astromorph_training {NAME} evaluate",
+            "n": metrics["n_test"],
+            "accuracy": round(metrics["accuracy"], 4),
+            "macro_recall": round(metrics["macro_recall"], 4),
+            "per_class": {c: pc(c) for c in CLASS_NAMES},
+            "ece_before_temperature": round(metrics["ece_before_temperature"], 4),
+            "ece_after_temperature": round(metrics["ece_after_temperature"], 4),
+            "temperature": round(calibration["temperature"], 4),
+            "greyscale_accuracy": round(metrics["greyscale_input"]["accuracy"], 4),
+            "greyscale_macro_recall": round(metrics["greyscale_input"]["macro_recall"], 4),
+            "report": "training/reports/morphology/metrics.json",
+        } if metrics else {"split": "test", "command": f"python -m astromorph_training {NAME} evaluate",
+                           "note": "not evaluated"},
+        "performance": {
+            "onnxruntime_cpu_threads": 2, "batch": 256,
+            "stamps_per_second": round(throughput),
+            "stamps_per_cpu_second_one_thread": round(cpu_rate),
+            "onnx_bytes": size_bytes,
+            "note": ("wall-clock rate measured at export on a shared 2-core machine (other jobs "
+                     "running); the CPU-time rate of one thread is the load-independent figure, "
+                     "about half the rate of 2 dedicated threads"),
+        },
+        "astromorph_version": astromorph_version,
+        "licence": ("model: BSD-3-Clause (as astromorph); trained on SDSS public data and Galaxy Zoo 1 "
+                    "classifications, to be acknowledged as in training.terms"),
+    }
+
+
+def export(args):
+    """Export ``models/morphology/model.onnx`` (the evaluated graph) and write its card."""
+    torch.set_num_threads(_get(args, "threads", 1))
+    root = _root(args)
+    net, state = load_trained(args)
+    metrics_path = _common.report_dir(NAME, root) / "metrics.json"
+    metrics = json.loads(metrics_path.read_text()) if metrics_path.exists() else None
+    if metrics is None:
+        log.warning("%s missing: calibrating now; the card will carry no test metrics "
+                    "(run `evaluate` and then `export` again)", metrics_path)
+        data = load_dataset(args)
+        va = data["split"][1]
+        calibration = calibrate(net, state, data["stamps"][va], data["labels"][va],
+                                _get(args, "tta", 2))
+    else:
+        calibration = metrics["calibration"]
+    deployed = build_deployed(net, calibration)
+    path = export_model(deployed, root)
+    sha = _common.sha256sum(path)
+    if metrics is not None and metrics.get("onnx_sha256") != sha:
+        log.warning("exported graph differs from the evaluated one (sha256 %s vs %s); "
+                    "run evaluate again", sha, metrics.get("onnx_sha256"))
+    throughput = _common.onnx_throughput(path, (3, STAMP_SIZE, STAMP_SIZE), batch=256, threads=2)
+    cpu_rate = cpu_time_throughput(path)
+    log.info("onnxruntime throughput: %.0f stamps/s (2 threads, batch 256, wall clock), "
+             "%.0f stamps per CPU-second (1 thread); %.2f MB",
+             throughput, cpu_rate, path.stat().st_size / 1e6)
+    n_params = sum(p.numel() for p in net.parameters())
+    card_path = _common.write_card(NAME, _card(metrics, calibration, state, throughput, cpu_rate,
+                                               path.stat().st_size, n_params), root)
+    # Parity through astromorph itself: real JPEGs -> preprocessing -> ONNX vs torch.
+    ids, _ = read_labels(args.data_dir)
+    files = [Path(args.data_dir) / "gz1" / "images" / f"{i}.jpeg" for i in ids[:16]]
+    x = preprocess_colour_cutout(load_jpegs(files))
+    try:
+        diff = _common.check_parity(deployed, x, str(card_path.parent), atol=1e-5, rtol=1e-4)
+        log.info("torch vs astromorph ONNX parity: max abs diff %.2e", diff)
+    except (ImportError, AttributeError) as exc:  # astromorph core not ready yet
+        log.warning("astromorph parity check skipped: %s", exc)
+    log.info("wrote %s and %s", path, card_path)
+    return card_path
