@@ -264,9 +264,10 @@ def result_columns(model, prediction, flags, valid):
                 spec.get("description", f"{model.name} L2-normalised embedding vector"))
         else:
             labels = spec.get("labels") or [str(j) for j in range(values.shape[1])]
-            for j, label in enumerate(labels):
+            names = spec.get("names") or [None] * len(labels)
+            for j, (label, readable) in enumerate(zip(labels, names)):
                 put(f"{prefix}_{label}", values[:, j].astype(np.float32),
-                    f"{model.name} output {label!r}")
+                    f"{model.name} output {label!r}" + (f" ({readable})" if readable else ""))
     table[f"{prefix}_flags"] = np.asarray(flags, dtype=np.int32)
     table[f"{prefix}_flags"].description = (
         "astromorph quality bits (astromorph.Flag): 1 off image, 2 edge, 4 blank/NaN pixels, "
