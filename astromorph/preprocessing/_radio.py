@@ -23,11 +23,8 @@ The network input is made from such an 8-bit image by one function,
 2. area-average blocks of `BIN_FACTOR` x `BIN_FACTOR` pixels (1: the native
    1.8 arcsec pixels, 3 per FIRST beam, are kept; the option exists for
    coarser variants), giving `STAMP_SIZE` x `STAMP_SIZE` pixels,
-3. divide by 255, rescale so that the brightest stamp pixel is 1
-   (`NORMALISE`; the data-set scale refers to the brightest pixel of the
-   whole 9 arcmin field, in 12 per cent of the images an unrelated source
-   outside the stamp) and take the square root (`STRETCH`), which lifts the
-   faint lobes and jets that the linear 8-bit scale crushes: float32
+3. divide by 255 and take the square root (`STRETCH`), which lifts the faint
+   lobes and jets that the linear 8-bit scale crushes: float32
    ``(1, STAMP_SIZE, STAMP_SIZE)`` in ``[0, 1]``.
 
 Radio images in surface brightness (Jy/beam) take one more step in front:
@@ -58,7 +55,6 @@ __all__ = [
     "STAMP_SIZE",
     "STAMP_PIXEL_SCALE_ARCSEC",
     "STAMP_ANGULAR_SIZE_ARCSEC",
-    "NORMALISE",
     "STRETCH",
     "RADIO_LABELS",
     "sigma_clipped_rms",
@@ -92,8 +88,6 @@ STAMP_SIZE = CROP_PIXELS // BIN_FACTOR
 STAMP_PIXEL_SCALE_ARCSEC = FIRST_PIXEL_SCALE_ARCSEC * BIN_FACTOR
 #: Side of the network stamp in arcsec (230.4 arcsec = 3.84 arcmin).
 STAMP_ANGULAR_SIZE_ARCSEC = CROP_PIXELS * FIRST_PIXEL_SCALE_ARCSEC
-#: Per-stamp intensity normalisation: the brightest stamp pixel becomes 1.
-NORMALISE = "peak"
 #: Intensity stretch applied to the [0, 1] scaled stamp.
 STRETCH = "sqrt"
 #: Class labels of the model outputs, in order.
@@ -212,7 +206,7 @@ def first_cutout_to_uint8(image, *, rms=None, threshold_sigma=DATASET_THRESHOLD_
 
 
 def preprocess_dataset_image(image, *, crop_pixels=CROP_PIXELS, bin_factor=BIN_FACTOR,
-                             normalise=NORMALISE, stretch=STRETCH):
+                             stretch=STRETCH):
     """Turn data-set style 8-bit images into the network input.
 
     Parameters
@@ -227,11 +221,6 @@ def preprocess_dataset_image(image, *, crop_pixels=CROP_PIXELS, bin_factor=BIN_F
     bin_factor : int, optional
         Side of the blocks that are averaged (default `BIN_FACTOR`);
         ``crop_pixels`` must be a multiple of it.
-    normalise : {"peak", "none"}, optional
-        ``"peak"`` (default `NORMALISE`) rescales each stamp so that its
-        brightest pixel is 1: the data-set scale puts 255 at the brightest
-        pixel of the whole 9 arcmin field, which can be an unrelated source
-        outside the stamp. ``"none"`` keeps ``value / 255``.
     stretch : {"sqrt", "linear"}, optional
         Intensity stretch after scaling to ``[0, 1]`` (default `STRETCH`).
 
@@ -253,11 +242,6 @@ def preprocess_dataset_image(image, *, crop_pixels=CROP_PIXELS, bin_factor=BIN_F
     s = crop_pixels // bin_factor
     binned = window.reshape(len(window), s, bin_factor, s, bin_factor).mean(axis=(2, 4))
     binned = np.clip(binned * np.float32(1.0 / 255.0), 0.0, 1.0)
-    if normalise == "peak":
-        peak = binned.max(axis=(1, 2), keepdims=True)
-        binned = np.clip(binned / np.where(peak > 0, peak, np.float32(1.0)), 0.0, 1.0)
-    elif normalise != "none":
-        raise ValueError(f"unknown normalise {normalise!r}")
     if stretch == "sqrt":
         binned = np.sqrt(binned)
     elif stretch != "linear":
