@@ -799,6 +799,8 @@ def _cv_summary(dirs):
         if h.exists():
             epochs.append(len(json.loads(h.read_text())["history"]))
     out["epochs"] = epochs
+    if epochs and len(set(epochs)) == 1 and epochs[0] != DEFAULT_CV_EPOCHS:
+        out["command"] += f" --epochs {epochs[0]}"
     out["folds"] = [{k: f[k] for k in ("fold", "accuracy", "macro_recall", "ece", "ece_uncalibrated",
                                         "temperature", "best_epoch", "per_class")} for f in folds]
     return out
