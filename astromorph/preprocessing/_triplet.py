@@ -124,17 +124,39 @@ def preprocess_triplet(x, *, return_flags=True):
         bad = ~(np.abs(flat) < _SENTINEL)  # NaN, +-inf and masking sentinels
     flat[bad] = np.nan
     nan_frac = bad.mean(axis=2)  # (N, 3)
-    with np.errstate(all="ignore"):
+    # Median and MAD per stamp: np.median (partition) on the stamps without
+    # invalid pixels, np.nanmedian (much slower) only on the others.
+    med = np.empty((n, 3, 1))
+    mad = np.empty((n, 3, 1))
+    has_bad = nan_frac > 0
+    clean = ~has_bad
+    if clean.any():
+        # 63 x 63 = 3969 pixels (odd): the median is the middle order statistic
+        fc = flat[clean]
+        k = fc.shape[1] // 2
+        m = np.partition(fc, k, axis=1)[:, k:k + 1]
+        med[clean] = m
+        mad[clean] = np.partition(np.abs(fc - m), k, axis=1)[:, k:k + 1]
+    if has_bad.any():
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN stamps
+            fb = flat[has_bad]
+            m = np.nanmedian(fb, axis=1, keepdims=True)
+            med[has_bad] = m
+            mad[has_bad] = np.nanmedian(np.abs(fb - m), axis=1, keepdims=True)
+    sigma = 1.4826 * mad
+    # Fallback for stamps with > 50% identical pixels (MAD == 0): the
+    # standard deviation, then 1 (all-constant or all-invalid stamp).
+    weak = ~(np.isfinite(sigma) & (sigma > 0))
+    std = np.ones_like(sigma)
+    if weak.any():
         import warnings
 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
-            med = np.nanmedian(flat, axis=2, keepdims=True)
-            mad = np.nanmedian(np.abs(flat - med), axis=2, keepdims=True)
-            sigma = 1.4826 * mad
-            # Fallback for stamps with > 50% identical pixels (MAD == 0):
-            # the standard deviation, then 1 (all-constant stamp).
-            std = np.nanstd(flat, axis=2, keepdims=True)
+            std[weak] = np.nanstd(flat[weak[..., 0]], axis=1)
     sigma = np.where(np.isfinite(sigma) & (sigma > 0), sigma, std)
     sigma = np.where(np.isfinite(sigma) & (sigma > 0), sigma, 1.0)
     med = np.where(np.isfinite(med), med, 0.0)
