@@ -190,9 +190,7 @@ def test_torch_onnx_parity():
     gz2 = _training_module()
     import torch
 
-    state = torch.load(CHECKPOINT, map_location="cpu", weights_only=False)
-    net = gz2.GZ2Net(dropout=state.get("dropout", 0.2))
-    net.load_state_dict(state["ema"])
+    net, _ = gz2._load_net(CHECKPOINT)  # EMA weights, widths from the checkpoint
     card = json.loads((MODEL_DIR / "card.json").read_text())
     module = gz2.DeployedGZ2(net.eval(), card["outputs"][0]["orientations_averaged"]).eval()
     rng = np.random.default_rng(0)

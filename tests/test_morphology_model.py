@@ -144,6 +144,46 @@ def test_gri_path_uses_documented_lupton_stretch():
     assert np.isfinite(opt.preprocess_gri(g, r, i)).all()
 
 
+@pytest.mark.parametrize("q, stretch, minimum", [(8.0, 0.5, 0.0), (3.0, 0.1, -0.02),
+                                                  (0.0, 2.0, 0.0), (1e12, 5.0, 0.01),
+                                                  (8.0, 0.5, (0.01, -0.03, 0.0))])
+def test_fast_lupton_is_make_lupton_rgb_bit_for_bit(q, stretch, minimum):
+    """The chunked stretch used for batches equals astropy's make_lupton_rgb exactly,
+    including its guards on Q, per-channel minima, negative and zero intensity,
+    saturated pixels and the truncating uint8 cast."""
+    rng = np.random.default_rng(7)
+    g, r, i = (b * 3 for b in galaxy_flux(96, seed=8))
+    r = r + rng.normal(0, 0.05, r.shape)
+    g[:4] = 0.0                       # zero intensity
+    i[4:8] = -1.0                     # negative intensity
+    r[10:12] = 1e6                    # saturated
+    ref = make_lupton_rgb(i, r, g, minimum=minimum, stretch=stretch, Q=q)
+    got = opt._lupton_uint8(i, r, g, q=q, stretch=stretch, minimum=minimum, chunk=1000)
+    np.testing.assert_array_equal(got, ref)
+    # the same stamps as a batch, and the single-band (grey) path
+    batch = opt._lupton_uint8(*(np.stack([b, b[::-1]]) for b in (i, r, g)), q=q,
+                              stretch=stretch, minimum=minimum)
+    np.testing.assert_array_equal(batch[0], ref)
+    if np.ndim(minimum) == 0:
+        grey_ref = make_lupton_rgb(r, r, r, minimum=minimum, stretch=stretch, Q=q)
+        np.testing.assert_array_equal(opt.single_band_to_rgb(r, q=q, stretch=stretch,
+                                                             minimum=minimum), grey_ref)
+        x = opt.preprocess_single_band(np.stack([r, r]), q=q, stretch=stretch, minimum=minimum)
+        np.testing.assert_array_equal(x[1], opt.preprocess_colour_cutout(grey_ref))
+
+
+def test_identity_resampling_shortcut_is_exact():
+    """Stamps already on the network grid skip the resampling products, same values."""
+    rng = np.random.default_rng(3)
+    u8 = rng.integers(0, 256, (5, 64, 64, 3), dtype=np.uint8)
+    rows = opt.area_resample(64, 64, 1.0).astype(np.float32) / np.float32(255)
+    ref = np.matmul(np.matmul(rows, np.moveaxis(u8.astype(np.float32), 3, 1)), np.eye(64, dtype=np.float32))
+    np.testing.assert_array_equal(opt.preprocess_colour_cutout(u8, crop_fraction=1.0), ref)
+    f = rng.random((64, 64, 3)).astype(np.float64)
+    np.testing.assert_array_equal(opt.preprocess_colour_cutout(f, crop_fraction=1.0),
+                                  np.moveaxis(f.astype(np.float32), 2, 0))
+
+
 def test_gri_path_through_fits_files(tmp_path):
     bands = dict(zip("gri", galaxy_flux(seed=5)))
     for b, data in bands.items():

@@ -115,7 +115,8 @@ def area_resample(n_in, n_out, crop_fraction=1.0):
     return overlap / overlap.sum(axis=1, keepdims=True)
 
 
-def preprocess_colour_cutout(images, *, size=STAMP_SIZE, crop_fraction=CROP_FRACTION):
+def preprocess_colour_cutout(images, *, size=STAMP_SIZE, crop_fraction=CROP_FRACTION,
+                             _channels=3):
     """Turn SDSS-style colour cutouts into network input.
 
     Parameters
@@ -139,12 +140,19 @@ def preprocess_colour_cutout(images, *, size=STAMP_SIZE, crop_fraction=CROP_FRAC
         Display values in ``[0, 1]``, colour axis first.
     """
     arr = np.asarray(images)
-    if arr.ndim not in (3, 4) or arr.shape[-1] != 3:
+    if arr.ndim not in (3, 4) or arr.shape[-1] != _channels:
         raise ValueError(f"expected colour cutouts of shape (H, W, 3) or (N, H, W, 3), got {arr.shape}")
     scale = 1.0 / 255.0 if arr.dtype == np.uint8 else 1.0
     single = arr.ndim == 3
     if single:
         arr = arr[None]
+    if arr.shape[1] == arr.shape[2] == size and crop_fraction == 1:
+        # The resampling matrices are the identity: the products below would
+        # only multiply by the scale (same float32 values, no BLAS work).
+        lut = np.arange(256, dtype=np.float32) * np.float32(scale)
+        flt = lut[arr] if arr.dtype == np.uint8 else arr.astype(np.float32) * np.float32(scale)
+        out = np.ascontiguousarray(np.moveaxis(flt, 3, 1))
+        return out[0] if single else out
     rows = area_resample(arr.shape[1], size, crop_fraction)
     cols = area_resample(arr.shape[2], size, crop_fraction)
     # Only the pixels inside the window matter: slice them before the products.
@@ -159,13 +167,70 @@ def preprocess_colour_cutout(images, *, size=STAMP_SIZE, crop_fraction=CROP_FRAC
     return out[0] if single else out
 
 
+def _lupton_uint8(red, green=None, blue=None, *, q, stretch, minimum, chunk=1 << 15):
+    """The Lupton et al. (2004) asinh colour mapping of `~astropy.visualization.make_lupton_rgb`.
+
+    Gives, bit for bit, ``make_lupton_rgb(red, green, blue, minimum=minimum,
+    stretch=stretch, Q=q)`` (astropy's default ``interval`` and ``uint8``
+    output; tested in ``tests/test_core.py``), for arrays of any shape, in
+    cache-sized chunks and without the per-call temporaries: about ten times
+    faster on batches of stamps. With ``green`` and ``blue`` None, ``red`` is
+    one band used as red, green and blue, and only the (identical) grey
+    channel is computed and returned.
+
+    Parameters
+    ----------
+    red, green, blue : numpy.ndarray, float64, same shape
+        Linear flux arrays (no NaNs).
+    q, stretch : float
+        Softening ``Q`` and linear range of the asinh stretch.
+    minimum : float or sequence of 3 floats
+        Flux mapped to black, per channel.
+
+    Returns
+    -------
+    numpy.ndarray, uint8, shape ``red.shape + (3,)`` (or ``red.shape`` for one band)
+    """
+    # LuptonAsinhStretch's constants, including its guards on Q.
+    q = 0.1 if abs(q) < 1.0 / 2 ** 23 else min(q, 1e10)
+    soften, slope = q / float(stretch), 0.1 / np.arcsinh(0.1 * q)
+    grey = green is None and blue is None
+    mins = np.broadcast_to(np.asarray(minimum, dtype=np.float64), (3,))
+    if grey and not mins[0] == mins[1] == mins[2]:
+        raise ValueError(f"one band needs one minimum, got {minimum}")
+    bands = [red] if grey else [red, green, blue]
+    flat = [np.ascontiguousarray(b, dtype=np.float64).reshape(-1) for b in bands]
+    n = flat[0].size
+    out = np.empty((n, len(flat)), np.uint8)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        for s in range(0, n, chunk):
+            c = np.stack([f[s:s + chunk] for f in flat])            # (channels, m) copy
+            c -= mins[:len(flat), None]
+            # intensity (r + g + b) / 3 exactly as astropy sums it
+            inten = ((c[0] + c[0] + c[0]) if grey else (c[0] + c[1] + c[2])) / 3.0
+            ratio = np.arcsinh(inten * soften)
+            ratio *= slope
+            ratio /= inten
+            ratio[inten <= 0] = 0.0                                 # f(I) / I, 0 where I <= 0
+            c *= ratio
+            np.maximum(c, 0.0, out=c)
+            peak = c.max(axis=0)
+            over = peak > 1.0                                       # scale the brightest channel to 1
+            np.divide(c, peak, out=c, where=over)
+            c *= 255.0
+            out[s:s + chunk] = c.T                                  # truncating cast, like astype
+    shape = np.shape(red)
+    return out.reshape(shape) if grey else out.reshape(shape + (3,))
+
+
 def gri_to_rgb(g, r, i, *, q=LUPTON_Q, stretch=LUPTON_STRETCH, minimum=LUPTON_MINIMUM,
                band_scales=None):
     """Make an SDSS-like 8-bit colour composite from calibrated g, r, i images.
 
-    Uses `astropy.visualization.make_lupton_rgb` (Lupton et al. 2004) with
-    red = i, green = r, blue = g after multiplying each band by its entry in
-    `LUPTON_BAND_SCALES`.
+    Gives what `astropy.visualization.make_lupton_rgb` (Lupton et al. 2004)
+    gives, bit for bit, with red = i, green = r, blue = g after multiplying
+    each band by its entry in `LUPTON_BAND_SCALES`, for single images or
+    batches.
 
     Parameters
     ----------
@@ -183,28 +248,14 @@ def gri_to_rgb(g, r, i, *, q=LUPTON_Q, stretch=LUPTON_STRETCH, minimum=LUPTON_MI
     -------
     numpy.ndarray, uint8, shape (H, W, 3) or (N, H, W, 3)
     """
-    from astropy.visualization import make_lupton_rgb
-
     scales = dict(LUPTON_BAND_SCALES if band_scales is None else band_scales)
     bands = [np.nan_to_num(np.asarray(b, dtype=np.float64)) * scales[k]
              for k, b in (("i", i), ("r", r), ("g", g))]
     if not bands[0].shape == bands[1].shape == bands[2].shape:
         raise ValueError("g, r and i must have the same shape")
-    if bands[0].ndim == 2:
-        return make_lupton_rgb(*bands, minimum=minimum, stretch=stretch, Q=q)
-    if bands[0].ndim != 3:
+    if bands[0].ndim not in (2, 3):
         raise ValueError(f"expected (H, W) or (N, H, W) images, got {bands[0].shape}")
-    # make_lupton_rgb takes 2-d images and works pixel by pixel (fixed minimum,
-    # stretch and Q): calling it on chunks of the batch stacked into tall images
-    # is identical, and chunks small enough to stay in cache are fastest.
-    n, h, w = bands[0].shape
-    out = np.empty((n, h, w, 3), np.uint8)
-    step = max(1, (1 << 18) // (h * w))
-    for start in range(0, n, step):
-        chunk = [b[start:start + step].reshape(-1, w) for b in bands]
-        out[start:start + step] = make_lupton_rgb(*chunk, minimum=minimum, stretch=stretch,
-                                                  Q=q).reshape(-1, h, w, 3)
-    return out
+    return _lupton_uint8(*bands, q=q, stretch=stretch, minimum=minimum)
 
 
 def preprocess_gri(g, r, i, *, size=STAMP_SIZE, crop_fraction=CROP_FRACTION, **lupton):
@@ -228,6 +279,18 @@ def preprocess_gri(g, r, i, *, size=STAMP_SIZE, crop_fraction=CROP_FRACTION, **l
                                     crop_fraction=crop_fraction)
 
 
+def _grey_uint8(image, *, q=LUPTON_Q, stretch=LUPTON_STRETCH, minimum=LUPTON_MINIMUM):
+    """The grey channel of `single_band_to_rgb`, shape (H, W) or (N, H, W)."""
+    arr = np.asarray(image)
+    if arr.ndim not in (2, 3):
+        raise ValueError(f"expected a band of shape (H, W) or (N, H, W), got {arr.shape}")
+    if arr.dtype == np.uint8:
+        return arr
+    # gri_to_rgb with unit band scales and the same image as r, g and b
+    band = np.nan_to_num(np.asarray(arr, dtype=np.float64)) * 1.0
+    return _lupton_uint8(band, q=q, stretch=stretch, minimum=minimum)
+
+
 def single_band_to_rgb(image, *, q=LUPTON_Q, stretch=LUPTON_STRETCH, minimum=LUPTON_MINIMUM):
     """Grey 8-bit colour picture from one band.
 
@@ -246,13 +309,8 @@ def single_band_to_rgb(image, *, q=LUPTON_Q, stretch=LUPTON_STRETCH, minimum=LUP
     -------
     numpy.ndarray, uint8, shape (H, W, 3) or (N, H, W, 3)
     """
-    arr = np.asarray(image)
-    if arr.ndim not in (2, 3):
-        raise ValueError(f"expected a band of shape (H, W) or (N, H, W), got {arr.shape}")
-    if arr.dtype == np.uint8:
-        return np.repeat(arr[..., None], 3, axis=-1)
-    unit = {"g": 1.0, "r": 1.0, "i": 1.0}
-    return gri_to_rgb(arr, arr, arr, q=q, stretch=stretch, minimum=minimum, band_scales=unit)
+    grey = _grey_uint8(image, q=q, stretch=stretch, minimum=minimum)
+    return np.repeat(grey[..., None], 3, axis=-1)
 
 
 def preprocess_single_band(image, *, size=STAMP_SIZE, crop_fraction=CROP_FRACTION, **lupton):
@@ -272,8 +330,11 @@ def preprocess_single_band(image, *, size=STAMP_SIZE, crop_fraction=CROP_FRACTIO
     -------
     numpy.ndarray, float32, shape (3, size, size) or (N, 3, size, size)
     """
-    return preprocess_colour_cutout(single_band_to_rgb(image, **lupton), size=size,
-                                    crop_fraction=crop_fraction)
+    # The three channels are equal: resample one and repeat it (same values).
+    grey = _grey_uint8(image, **lupton)
+    one = preprocess_colour_cutout(grey[..., None], size=size,
+                                   crop_fraction=crop_fraction, _channels=1)
+    return np.repeat(one, 3, axis=-3)
 
 
 def preprocess_optical(images, *, size=STAMP_SIZE, crop_fraction=CROP_FRACTION):

@@ -161,9 +161,10 @@ def add_arguments(parser):
     g.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     g.add_argument("--restart", action="store_true",
                    help="ignore an existing last.pt and train from scratch")
-    g.add_argument("--init", default="none",
-                   help="'none', 'morphology' (the GZ1 model's checkpoint) or a checkpoint path "
-                        "whose 'ema' or 'model' entry is a morphology-style network")
+    g.add_argument("--init", default="morphology",
+                   help="'morphology' (default: the GZ1 model's training checkpoint, so run "
+                        "'morphology train' first), 'none' (random initialisation) or a "
+                        "checkpoint path whose 'ema' or 'model' entry is a morphology-style network")
     g.add_argument("--student-epochs", type=int, default=0,
                    help="epochs of the noisy-student stage on labelled + pseudo-labelled images "
                         "(0: train only on the labelled images)")
@@ -343,7 +344,8 @@ class GZ2Net(nn.Module):
     """(N, 3, 64, 64) display values in [0, 1] -> (N, 37) tree-consistent vote fractions.
 
     The ``morphology`` model's small VGG-style CNN
-    (`astromorph_training.morphology.MorphologyNet`, about 0.6 M parameters)
+    (`astromorph_training.morphology.MorphologyNet`; 0.6 M parameters with ``WIDTHS``,
+    1.0 M with the widths of the shipped GZ1 model, which ``--init morphology`` takes)
     with 37 outputs, followed by `DecisionTree`.
     """
 
@@ -453,15 +455,26 @@ def _ckdir(args):
     return d
 
 
-def _init_weights(net, init, root):
-    """Load a morphology-style backbone (all but the last linear layer) into ``net``."""
+def _init_checkpoint(init, root, *, smoke=False):
+    """Path and contents of the ``--init`` checkpoint (None, None for ``none``)."""
     if init in (None, "", "none"):
         return None, None
     path = Path(init) if init != "morphology" else \
         _common.checkpoint_dir(_gz1.NAME, root) / "last.pt"
     if not path.exists():
-        raise SystemExit(f"--init {init}: no checkpoint {path}")
-    state = torch.load(path, map_location="cpu", weights_only=False)
+        if smoke:
+            log.info("--init %s: no checkpoint %s in smoke mode; random initialisation", init, path)
+            return None, None
+        raise SystemExit(f"--init {init}: no checkpoint {path} (run 'python -m astromorph_training "
+                         "morphology train' first, or pass --init none)")
+    return path, torch.load(path, map_location="cpu", weights_only=False)
+
+
+def _init_weights(net, path, state, root):
+    """Load a morphology-style backbone (all but the last linear layer) into ``net``."""
+    if path is None:
+        return None, None
+    init = path
     weights = state.get("ema") or state.get("model")
     own = net.backbone.state_dict()
     take = {k: v for k, v in weights.items()
@@ -499,10 +512,18 @@ def _fit(args, ckdir, data, tr, *, epochs, pseudo=None, start=None, lr=None):
     if pseudo is not None:
         pool_big = np.concatenate([pool_big, pseudo["big"]])
         pool_y = np.concatenate([pool_y, pseudo["y"]]).astype(np.float32)
-    net = GZ2Net(dropout=_get(args, "dropout", 0.2))
+    init_path, init_state = (None, None) if start is not None else \
+        _init_checkpoint(_get(args, "init", "morphology"), Path(args.out_dir),
+                         smoke=args.smoke)
+    # The backbone takes the widths of the network it starts from (the GZ1
+    # model's checkpoint records them; older checkpoints used WIDTHS).
+    widths = tuple((init_state or {}).get("widths") or WIDTHS)
+    if start is not None:
+        widths = tuple(torch.load(start, map_location="cpu", weights_only=False).get("widths", WIDTHS))
+    net = GZ2Net(widths=widths, dropout=_get(args, "dropout", 0.2))
     net.set_prior(y[tr])
     if start is None:
-        init, init_sha = _init_weights(net, _get(args, "init", "none"), Path(args.out_dir))
+        init, init_sha = _init_weights(net, init_path, init_state, Path(args.out_dir))
     else:
         net.load_state_dict(torch.load(start, map_location="cpu", weights_only=False)["ema"])
         init, init_sha = f"{start} (teacher)", _common.sha256sum(start)
@@ -562,7 +583,7 @@ def _fit(args, ckdir, data, tr, *, epochs, pseudo=None, start=None, lr=None):
                      optimizer=opt.state_dict(), history=history, epochs=epochs, init=init,
                      init_sha256=init_sha, n_train=int(len(tr)),
                      n_pseudo=0 if pseudo is None else int(len(pseudo["y"])),
-                     dropout=_get(args, "dropout", 0.2),
+                     dropout=_get(args, "dropout", 0.2), widths=list(widths),
                      args={k: str(v) for k, v in vars(args).items()})
         tmp = ckdir / "last.tmp.pt"
         torch.save(state, tmp)
@@ -629,7 +650,7 @@ def train(args):
 def _load_net(path):
     """EMA network of a checkpoint file and the checkpoint dict."""
     state = torch.load(path, map_location="cpu", weights_only=False)
-    net = GZ2Net(dropout=state.get("dropout", 0.2))
+    net = GZ2Net(widths=tuple(state.get("widths") or WIDTHS), dropout=state.get("dropout", 0.2))
     net.load_state_dict(state["ema"])
     return net.eval(), state
 
@@ -1065,8 +1086,8 @@ def train_command(state):
     """The ``train`` command line that produced a checkpoint (from its stored arguments)."""
     a = state.get("args", {})
     cmd = f"python -m astromorph_training {NAME} train"
-    if a.get("init", "none") not in ("none", "None", ""):
-        cmd += f" --init {a['init']}"
+    if a.get("init", "morphology") != "morphology":  # the default
+        cmd += f" --init {a.get('init') or 'none'}"
     if a.get("epochs") not in (None, "None"):
         cmd += f" --epochs {a['epochs']}"
     if state.get("stage") == "student" or a.get("student_epochs", "0") not in ("0", "None"):
@@ -1074,6 +1095,12 @@ def train_command(state):
         if a.get("student_from_teacher") == "True":
             cmd += " --student-from-teacher"
     return cmd
+
+
+def _n_params(state):
+    """Parameters (millions) of the network stored in a checkpoint."""
+    net = GZ2Net(widths=tuple(state.get("widths") or WIDTHS))
+    return sum(p.numel() for p in net.parameters()) / 1e6
 
 
 def _card(metrics, state, tta, throughput, size_bytes):
@@ -1107,7 +1134,8 @@ def _card(metrics, state, tta, throughput, size_bytes):
         "summary": "Galaxy Zoo 2 decision-tree vote fractions (37 answers to 11 questions) from "
                    "SDSS-like gri colour cutouts",
         "description": (
-            "Small CNN (about 0.6 M parameters, the morphology model's architecture, started from "
+            f"Small CNN (about {_n_params(state):.1f} M parameters, the morphology model's "
+            "architecture, started from "
             "its Galaxy Zoo 1 weights) trained on "
             "Galaxy Zoo 2 (Kaggle 'Galaxy Challenge') SDSS gri colour cutouts to predict the 37 "
             "weighted vote fractions of the GZ2 decision tree (Willett et al. 2013): smooth / "
