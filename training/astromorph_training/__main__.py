@@ -1,4 +1,7 @@
-"""Command line: ``python -m astromorph_training MODEL STEP [options]``."""
+"""Command line: ``python -m astromorph_training MODEL STEP [options]``.
+
+``STEP`` is ``train``, ``evaluate``, ``export`` or ``build`` (the three in turn).
+"""
 import argparse
 import importlib
 import logging
@@ -15,7 +18,9 @@ MODULES = {
     "embedding": "embedding",
     "morphology-gz2": "gz2",
 }
-STEPS = ("train", "evaluate", "export")
+STEPS = ("train", "evaluate", "export", "build")
+#: ``build`` runs these steps in order with the same options.
+BUILD = ("train", "evaluate", "export")
 
 
 def _load(model):
@@ -58,10 +63,11 @@ def main(argv=None):
     args.data_dir = resolve_data_dir(args.data_dir)
     args.out_dir = repo_root() if args.out_dir is None else __import__("pathlib").Path(args.out_dir)
     module = _load(args.model)
-    start = time.perf_counter()
-    result = getattr(module, args.step)(args)
-    logging.getLogger("astromorph_training").info(
-        "%s %s finished in %.1f s", args.model, args.step, time.perf_counter() - start)
+    for step in (BUILD if args.step == "build" else (args.step,)):
+        start = time.perf_counter()
+        result = getattr(module, step)(args)
+        logging.getLogger("astromorph_training").info(
+            "%s %s finished in %.1f s", args.model, step, time.perf_counter() - start)
     return result
 
 

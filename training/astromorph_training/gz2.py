@@ -1232,7 +1232,10 @@ def _card(metrics, state, tta, throughput, size_bytes):
                       f"train/validation/test, seed {SPLIT_SEED}"),
             "command": train_command(state),
             "initialisation": (f"convolutional layers from the morphology (GZ1) model's training "
-                               f"checkpoint {state.get('init')} (sha256 {state.get('init_sha256')})"
+                               f"checkpoint {state.get('init')} (sha256 {state.get('init_sha256')}), "
+                               "written by 'python -m astromorph_training morphology train'; "
+                               "'morphology build' then 'morphology-gz2 build --epochs "
+                               f"{state['epochs']}' rebuild both models"
                                if state.get("init") else "random"),
             "epochs": state["epochs"],
             "selected_epoch": state["epoch"] + 1,
