@@ -167,7 +167,8 @@ def preprocess_colour_cutout(images, *, size=STAMP_SIZE, crop_fraction=CROP_FRAC
     return out[0] if single else out
 
 
-def _lupton_uint8(red, green=None, blue=None, *, q, stretch, minimum, chunk=1 << 15):
+def _lupton_uint8(red, green=None, blue=None, *, q, stretch, minimum, scales=(1.0, 1.0, 1.0),
+                  chunk=1 << 15):
     """The Lupton et al. (2004) asinh colour mapping of `~astropy.visualization.make_lupton_rgb`.
 
     Gives, bit for bit, ``make_lupton_rgb(red, green, blue, minimum=minimum,
@@ -180,12 +181,15 @@ def _lupton_uint8(red, green=None, blue=None, *, q, stretch, minimum, chunk=1 <<
 
     Parameters
     ----------
-    red, green, blue : numpy.ndarray, float64, same shape
-        Linear flux arrays (no NaNs).
+    red, green, blue : array_like, same shape
+        Linear flux arrays; taken as float64, NaNs become 0 (`numpy.nan_to_num`),
+        then each is multiplied by its entry of ``scales``.
     q, stretch : float
         Softening ``Q`` and linear range of the asinh stretch.
     minimum : float or sequence of 3 floats
         Flux mapped to black, per channel.
+    scales : sequence of 3 floats, optional
+        Flux multipliers of the red, green and blue inputs.
 
     Returns
     -------
@@ -199,12 +203,19 @@ def _lupton_uint8(red, green=None, blue=None, *, q, stretch, minimum, chunk=1 <<
     if grey and not mins[0] == mins[1] == mins[2]:
         raise ValueError(f"one band needs one minimum, got {minimum}")
     bands = [red] if grey else [red, green, blue]
-    flat = [np.ascontiguousarray(b, dtype=np.float64).reshape(-1) for b in bands]
+    flat = [np.asarray(b).reshape(-1) for b in bands]
+    gain = np.asarray(scales, dtype=np.float64)[:len(flat), None]
     n = flat[0].size
     out = np.empty((n, len(flat)), np.uint8)
-    with np.errstate(divide="ignore", invalid="ignore"):
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         for s in range(0, n, chunk):
-            c = np.stack([f[s:s + chunk] for f in flat])            # (channels, m) copy
+            m = min(chunk, n - s)
+            c = np.empty((len(flat), m))
+            for k, f in enumerate(flat):
+                c[k] = f[s:s + m]
+            if not np.isfinite(c).all():
+                np.nan_to_num(c, copy=False)
+            c *= gain
             c -= mins[:len(flat), None]
             # intensity (r + g + b) / 3 exactly as astropy sums it
             inten = ((c[0] + c[0] + c[0]) if grey else (c[0] + c[1] + c[2])) / 3.0
@@ -249,13 +260,13 @@ def gri_to_rgb(g, r, i, *, q=LUPTON_Q, stretch=LUPTON_STRETCH, minimum=LUPTON_MI
     numpy.ndarray, uint8, shape (H, W, 3) or (N, H, W, 3)
     """
     scales = dict(LUPTON_BAND_SCALES if band_scales is None else band_scales)
-    bands = [np.nan_to_num(np.asarray(b, dtype=np.float64)) * scales[k]
-             for k, b in (("i", i), ("r", r), ("g", g))]
+    bands = [np.asarray(b) for b in (i, r, g)]
     if not bands[0].shape == bands[1].shape == bands[2].shape:
         raise ValueError("g, r and i must have the same shape")
     if bands[0].ndim not in (2, 3):
         raise ValueError(f"expected (H, W) or (N, H, W) images, got {bands[0].shape}")
-    return _lupton_uint8(*bands, q=q, stretch=stretch, minimum=minimum)
+    return _lupton_uint8(*bands, q=q, stretch=stretch, minimum=minimum,
+                         scales=[scales[k] for k in "irg"])
 
 
 def preprocess_gri(g, r, i, *, size=STAMP_SIZE, crop_fraction=CROP_FRACTION, **lupton):
@@ -287,8 +298,7 @@ def _grey_uint8(image, *, q=LUPTON_Q, stretch=LUPTON_STRETCH, minimum=LUPTON_MIN
     if arr.dtype == np.uint8:
         return arr
     # gri_to_rgb with unit band scales and the same image as r, g and b
-    band = np.nan_to_num(np.asarray(arr, dtype=np.float64)) * 1.0
-    return _lupton_uint8(band, q=q, stretch=stretch, minimum=minimum)
+    return _lupton_uint8(arr, q=q, stretch=stretch, minimum=minimum)
 
 
 def single_band_to_rgb(image, *, q=LUPTON_Q, stretch=LUPTON_STRETCH, minimum=LUPTON_MINIMUM):

@@ -883,8 +883,11 @@ def load_encoder(args):
     return method.encoder.eval(), state
 
 
-def fit_pca(encoder, data, tta, *, stages=False, n=4000, seed=3):
+def fit_pca(encoder, data, tta, *, stages=False, n=4000, seed=3, reduce=True):
     """Mean and the `EMBED_DIM` leading principal axes of training-cutout features.
+
+    With ``reduce=False`` the axes are the identity (all features kept, only
+    the training mean is subtracted before the L2 normalisation).
 
     Uses up to ``n`` random cutouts of the training pool (GZ1 training split
     and GZ2; never held-out galaxies), at the network field of view. With
@@ -910,20 +913,27 @@ def fit_pca(encoder, data, tta, *, stages=False, n=4000, seed=3):
         edges = np.cumsum([0] + widths)
         for lo, hi in zip(edges[:-1], edges[1:]):
             scale[lo:hi] = np.sqrt(np.mean(z[:, lo:hi] ** 2) * (hi - lo))
+    if not reduce:
+        return {"mean": mean.astype(np.float32), "components": np.eye(dim_in, dtype=np.float32),
+                "explained_variance": 1.0, "n": int(len(idx)), "tta": int(tta),
+                "stages": bool(stages), "pca": False}
     _, s, vt = np.linalg.svd(z / scale, full_matrices=False)
     dim = min(EMBED_DIM, vt.shape[0])
     components = vt[:dim].T / scale[:, None]
     return {"mean": mean.astype(np.float32), "components": components.astype(np.float32),
             "explained_variance": float(np.sum(s[:dim] ** 2) / np.sum(s ** 2)),
-            "n": int(len(idx)), "tta": int(tta), "stages": bool(stages)}
+            "n": int(len(idx)), "tta": int(tta), "stages": bool(stages), "pca": True}
 
 
 def select_features(encoder, data, tta, *, smoke=False):
-    """Choose the pooled features (last stage or all stages) on the monitoring galaxies.
+    """Choose the pooled features on the monitoring galaxies.
 
-    Both variants get their PCA from training cutouts; each is scored by the
-    200-label probe (10 draws) on GZ1 *training-split* galaxies
-    (`monitor_split`), never on held-out ones.
+    Variants: the last stage's pooled features projected on their `EMBED_DIM`
+    leading principal axes, the three stages' pooled features (per-stage
+    scaled) likewise, and the last stage's `FEATURE_DIM` features without a
+    projection. Means and axes come from training cutouts; each variant is
+    scored by the 200-label probe (10 draws) on GZ1 *training-split*
+    galaxies (`monitor_split`), never on held-out ones.
 
     Returns
     -------
@@ -935,8 +945,9 @@ def select_features(encoder, data, tta, *, smoke=False):
     y = data["labels"][idx]
     x = data["gz1_stamps"][idx]
     out, fits = {}, {}
-    for name, stages in (("last_stage", False), ("all_stages", True)):
-        pca = fit_pca(encoder, data, tta, stages=stages, n=64 if smoke else 4000)
+    for name, stages, reduce in (("last_stage", False, True), ("all_stages", True, True),
+                                 ("last_stage_no_pca", False, False)):
+        pca = fit_pca(encoder, data, tta, stages=stages, n=64 if smoke else 4000, reduce=reduce)
         deployed = DeployedEmbedding(encoder, pca["mean"], pca["components"], tta, stages).eval()
         with torch.no_grad():
             emb = np.concatenate([deployed(torch.from_numpy(x[i:i + 256])).numpy()
@@ -945,7 +956,8 @@ def select_features(encoder, data, tta, *, smoke=False):
                             draws=2 if smoke else PROBE_DRAWS)
         out[name] = {"probe_accuracy": probe["accuracy_mean"],
                      "probe_macro_recall": probe["macro_recall_mean"],
-                     "explained_variance": pca["explained_variance"]}
+                     "explained_variance": pca["explained_variance"],
+                     "dimensions": int(pca["components"].shape[1])}
         fits[name] = pca
         log.info("features %s: monitoring probe accuracy %.4f macro recall %.4f", name,
                  probe["accuracy_mean"], probe["macro_recall_mean"])
@@ -1276,14 +1288,14 @@ def evaluate(args):
         "smoke": bool(args.smoke),
     }
     np.savez(_common.checkpoint_dir(NAME, root) / "pca.npz", mean=pca["mean"],
-             components=pca["components"], tta=tta, stages=pca["stages"])
+             components=pca["components"], tta=tta, stages=pca["stages"], pca=pca.get("pca", True))
     path = _common.write_metrics(NAME, metrics, root)
     log.info("wrote %s", path)
     return metrics
 
 
 # --------------------------------------------------------------------------- export
-def _card(metrics, state, throughput, size_bytes, tta, stages, root):
+def _card(metrics, state, throughput, size_bytes, tta, stages, root, *, dim=EMBED_DIM, pca=True):
     from astromorph import __version__ as astromorph_version
 
     comparison_path = None
@@ -1309,7 +1321,7 @@ def _card(metrics, state, throughput, size_bytes, tta, stages, root):
         "name": NAME,
         "version": "1.0.0",
         "task": "embedding",
-        "summary": "Self-supervised 128-d galaxy embedding of SDSS-like gri colour cutouts "
+        "summary": f"Self-supervised {dim}-d galaxy embedding of SDSS-like gri colour cutouts "
                    "(similarity search, few-label classification, clustering)",
         "description": (
             "Small ResNet encoder (about 1.2 M parameters) trained without labels on about 11,400 "
@@ -1321,8 +1333,10 @@ def _card(metrics, state, throughput, size_bytes, tta, stages, root):
             "single-band input is in distribution. The graph averages the "
             + ("globally pooled outputs of the three residual stages" if stages else
                "globally pooled encoder features")
-            + f" over {tta} rotation(s) by multiples of 90 degrees, projects them on the "
-            f"{EMBED_DIM} leading principal axes of the training features and L2-normalises, so "
+            + f" over {tta} rotation(s) by multiples of 90 degrees, "
+            + (f"projects them on the {dim} leading principal axes of the training features "
+               if pca else f"subtracts the mean of the training features ({dim} values) ")
+            + "and L2-normalises, so "
             "cosine similarity is a dot product. Use it with astromorph.SimilarityIndex, "
             "astromorph.LabelHead and astromorph.GaussianMixture (docs/embedding.md)."),
         "column_prefix": "emb",
@@ -1353,9 +1367,10 @@ def _card(metrics, state, throughput, size_bytes, tta, stages, root):
         "outputs": [{
             "name": "embedding",
             "kind": "embedding",
-            "size": EMBED_DIM,
-            "description": (f"L2-normalised {EMBED_DIM}-d embedding (rotation-averaged encoder "
-                            "features, PCA); cosine similarity = dot product"),
+            "size": dim,
+            "description": (f"L2-normalised {dim}-d embedding (rotation-averaged encoder "
+                            f"features{', PCA' if pca else ', training mean subtracted'}); "
+                            "cosine similarity = dot product"),
             "features": "pooled outputs of all three stages" if stages else "pooled last stage",
             "rotations_averaged": int(tta),
         }],
@@ -1434,7 +1449,8 @@ def export(args):
     if pca_path.exists():
         saved = np.load(pca_path)
         pca = {"mean": saved["mean"], "components": saved["components"],
-               "stages": bool(saved["stages"])}
+               "stages": bool(saved["stages"]),
+               "pca": bool(saved["pca"]) if "pca" in saved else True}
         tta = int(saved["tta"])
     else:
         log.warning("%s missing: fitting the PCA now; run `evaluate` for metrics", pca_path)
@@ -1452,7 +1468,9 @@ def export(args):
     log.info("onnxruntime throughput: %.0f stamps/s (2 threads, batch 256); %.2f MB",
              throughput, path.stat().st_size / 1e6)
     card_path = _common.write_card(NAME, _card(metrics, state, throughput, path.stat().st_size,
-                                               tta, pca["stages"], root), root)
+                                               tta, pca["stages"], root,
+                                               dim=int(pca["components"].shape[1]),
+                                               pca=pca.get("pca", True)), root)
     ids, _ = read_labels(args.data_dir)
     files = [Path(args.data_dir) / "gz1" / "images" / f"{i}.jpeg" for i in ids[:16]]
     x = preprocess_colour_cutout(load_jpegs(files))
