@@ -81,6 +81,11 @@ DEFAULT_WIDTHS = (32, 48, 80, 160)
 #: Orientations averaged inside the exported graph, as (transpose, flip rows, flip
 #: columns): the 8 symmetries of the square. The first 4 are the identity, the
 #: two flips and the 180 degree rotation; ``--tta 2`` uses identity and 180 degrees.
+#: Orientations averaged by the shipped graph. One: on validation galaxies two
+#: (identity + 180 degrees) gave accuracy / macro recall 0.864 / 0.776 and one
+#: gave 0.863 / 0.806, at half the cost per stamp (so ``annotate`` of large
+#: catalogues runs twice as fast).
+DEFAULT_TTA = 1
 TTA_ORIENTATIONS = tuple((t, fr, fc) for t in (False, True) for fr in (False, True)
                          for fc in (False, True))
 
@@ -98,8 +103,8 @@ def add_arguments(parser):
                    help="ignore an existing last.pt and train from scratch")
     g.add_argument("--widths", type=int, nargs=4, default=None, metavar="C",
                    help=f"channel widths of the four CNN stages (default {DEFAULT_WIDTHS})")
-    g.add_argument("--tta", type=int, default=2, choices=(1, 2, 4, 8),
-                   help="orientations averaged inside the exported graph")
+    g.add_argument("--tta", type=int, default=DEFAULT_TTA, choices=(1, 2, 4, 8),
+                   help=f"orientations averaged inside the exported graph (default {DEFAULT_TTA})")
 
 
 def _get(args, name, default):
@@ -570,7 +575,7 @@ def evaluate(args):
     data = load_dataset(args)
     _, va, te = data["split"]
     stamps, labels = data["stamps"], data["labels"]
-    tta = _get(args, "tta", 2)
+    tta = _get(args, "tta", DEFAULT_TTA)
 
     calibration = calibrate(net, state, stamps[va], labels[va], tta)
     log.info("calibration: tau %.2f bias %s T %.3f", calibration["tau"],
@@ -652,7 +657,11 @@ def _card(metrics, calibration, state, throughput, cpu_rate, size_bytes, n_param
     train_min = sum(h["seconds"] for h in history) / 60
     return {
         "name": NAME,
-        "version": "1.0.0",
+        "version": "1.1.0",
+        "changes": ("1.1.0: the graph averages 1 orientation instead of 2 (same network "
+                    "weights, recalibrated on validation): validation accuracy / macro recall "
+                    "0.8638 / 0.776 -> 0.8625 / 0.806; held-out test 0.8638 / 0.727 -> 0.8575 / "
+                    "0.721, ECE 0.025 -> 0.016; twice the stamps per second"),
         "task": "classification",
         "summary": "Galaxy Zoo 1 morphology (elliptical, spiral, edge-on, merger, artifact) "
                    "from SDSS-like gri colour cutouts",
@@ -783,7 +792,7 @@ def export(args):
         data = load_dataset(args)
         va = data["split"][1]
         calibration = calibrate(net, state, data["stamps"][va], data["labels"][va],
-                                _get(args, "tta", 2))
+                                _get(args, "tta", DEFAULT_TTA))
     else:
         calibration = metrics["calibration"]
     deployed = build_deployed(net, calibration)
