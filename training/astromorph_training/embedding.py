@@ -1295,6 +1295,22 @@ def evaluate(args):
 
 
 # --------------------------------------------------------------------------- export
+def _schedule_note(history):
+    """Say how the learning-rate schedule went when a run was extended by resuming."""
+    lrs = [h["lr"] for h in history]
+    legs = [i for i in range(2, len(lrs))
+            if lrs[i] > lrs[i - 1] * 1.05 or 0 < lrs[i] < lrs[i - 1] * 0.6 and lrs[i - 1] > 1e-3]
+    if not legs:
+        return None
+    bounds = [0] + legs + [len(lrs)]
+    parts = ", ".join(f"{a + 1}-{b}" for a, b in zip(bounds[:-1], bounds[1:]))
+    return (f"trained in {len(bounds) - 1} legs (epochs {parts}): each resume with a different "
+            "--epochs re-planned the cosine schedule for the new total, so the learning rate "
+            "jumped at epochs " + ", ".join(str(i + 1) for i in legs) + " (lr per epoch in "
+            "training/checkpoints/embedding/history.json). A single run with the final --epochs "
+            "follows one schedule and gives similar, not identical, numbers.")
+
+
 def _card(metrics, state, throughput, size_bytes, tta, stages, root, *, dim=EMBED_DIM, pca=True):
     from astromorph import __version__ as astromorph_version
 
@@ -1399,9 +1415,9 @@ def _card(metrics, state, throughput, size_bytes, tta, stages, root, *, dim=EMBE
                                   if cmp else None),
             "command": (f"python -m astromorph_training {NAME} train --compare-only "
                         f"--compare-epochs 8; python -m astromorph_training {NAME} train "
-                        f"--method {state['method']} --threads 2"),
+                        f"--method {state['method']} --epochs {state['epochs']} --threads 2"),
             "epochs": state["epochs"],
-            "schedule_note": state.get("schedule_note"),
+            "schedule_note": state.get("schedule_note") or _schedule_note(state["history"]),
             "view_size_pixels": VIEW_SIZE,
             "batch_size": state.get("batch_size"),
             "time": f"{train_min:.0f} min",
