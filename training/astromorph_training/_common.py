@@ -342,6 +342,30 @@ def check_parity(torch_module, x, name_or_path, *, atol=1e-4, rtol=1e-3, output=
     return diff
 
 
+def run_onnx(path, x, batch=256, threads=2):
+    """Run an ONNX file with onnxruntime on CPU in batches; returns its first output.
+
+    Parameters
+    ----------
+    path : str or Path
+    x : numpy.ndarray, (N, ...)
+        Network input (cast to contiguous float32 batch by batch).
+    batch, threads : int, optional
+    """
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    name = sess.get_inputs()[0].name
+    out = [sess.run(None, {name: np.ascontiguousarray(x[i:i + batch], dtype=np.float32)})[0]
+           for i in range(0, len(x), batch)]
+    if not out:
+        shape = [d if isinstance(d, int) else 0 for d in sess.get_outputs()[0].shape]
+        return np.zeros([0] + shape[1:], np.float32)
+    return np.concatenate(out)
+
+
 def onnx_throughput(path, shape, *, batch=256, threads=2, repeats=5):
     """Stamps per second through onnxruntime on ``threads`` CPU threads (model only)."""
     import time

@@ -81,8 +81,10 @@ from astromorph.preprocessing._optical import (
 from . import _common
 from .morphology import (
     CLASS_NAMES,
+    OPTICAL_CHANNELS,
     _gaussian_kernels,
     load_jpegs,
+    optical_preprocessing_options,
     read_labels,
     stratified_split,
 )
@@ -979,16 +981,8 @@ def export_model(deployed, root):
 
 
 def run_onnx(path, x, batch=256, threads=2):
-    """Run an ONNX file with onnxruntime on CPU; returns the first output."""
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-    name = sess.get_inputs()[0].name
-    out = [sess.run(None, {name: np.ascontiguousarray(x[i:i + batch], dtype=np.float32)})[0]
-           for i in range(0, len(x), batch)]
-    return np.concatenate(out)
+    """Run an ONNX file on CPU (`astromorph_training._common.run_onnx`)."""
+    return _common.run_onnx(path, x, batch=batch, threads=threads)
 
 
 # ---------------------------------------------------------------------- baselines
@@ -1361,12 +1355,11 @@ def _card(metrics, state, throughput, size_bytes, tta, stages, root, *, dim=EMBE
             "shape": [3, STAMP_SIZE, STAMP_SIZE],
             "dtype": "float32",
             "family": "optical",
-            "channels": ["R: SDSS i (display value in [0, 1])", "G: SDSS r (display value in [0, 1])",
-                         "B: SDSS g (display value in [0, 1])"],
+            "channels": list(OPTICAL_CHANNELS),
             "single_band": "replicate",
             "preprocessing": "astromorph.preprocessing.preprocess_optical",
-            "preprocessing_options": {"size": STAMP_SIZE, "crop_fraction": CROP_FRACTION,
-                                      "note": "identical to the morphology model's input"},
+            "preprocessing_options": optical_preprocessing_options(
+                note="identical to the morphology model's input"),
             "angular_size": {
                 "kind": "petrosian",
                 "radius_column": "petroR90_r",

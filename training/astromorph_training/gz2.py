@@ -77,10 +77,6 @@ from astromorph.preprocessing._optical import (
     CROP_FRACTION,
     GZ1_CUTOUT_PIXELS,
     GZ1_PIXEL_SCALE_PER_PETRO_R90,
-    LUPTON_BAND_SCALES,
-    LUPTON_MINIMUM,
-    LUPTON_Q,
-    LUPTON_STRETCH,
     STAMP_SIZE,
     preprocess_colour_cutout,
     stamp_size_from_petrosian,
@@ -703,16 +699,8 @@ def export_model(deployed, root):
 
 
 def run_onnx(path, x, batch=256, threads=2):
-    """Run an ONNX file with onnxruntime on CPU; returns the first output."""
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-    name = sess.get_inputs()[0].name
-    out = [sess.run(None, {name: np.ascontiguousarray(x[i:i + batch], dtype=np.float32)})[0]
-           for i in range(0, len(x), batch)]
-    return np.concatenate(out) if out else np.zeros((0, len(LABELS)), np.float32)
+    """Run an ONNX file on CPU (`astromorph_training._common.run_onnx`)."""
+    return _common.run_onnx(path, x, batch=batch, threads=threads)
 
 
 # ------------------------------------------------------------------------- evaluate
@@ -1155,22 +1143,10 @@ def _card(metrics, state, tta, throughput, size_bytes):
             "shape": [3, STAMP_SIZE, STAMP_SIZE],
             "dtype": "float32",
             "family": "optical",
-            "channels": ["R: SDSS i (display value in [0, 1])",
-                         "G: SDSS r (display value in [0, 1])",
-                         "B: SDSS g (display value in [0, 1])"],
+            "channels": list(_gz1.OPTICAL_CHANNELS),
             "single_band": "replicate",
             "preprocessing": "astromorph.preprocessing.preprocess_optical",
-            "preprocessing_options": {
-                "size": STAMP_SIZE,
-                "crop_fraction": CROP_FRACTION,
-                "colour_function": "astromorph.preprocessing.preprocess_colour_cutout",
-                "gri_function": "astromorph.preprocessing.preprocess_gri",
-                "single_band_function": "astromorph.preprocessing.preprocess_single_band",
-                "lupton": {"Q": LUPTON_Q, "stretch": LUPTON_STRETCH, "minimum": LUPTON_MINIMUM,
-                           "band_scales": dict(LUPTON_BAND_SCALES),
-                           "flux_unit": "SDSS nanomaggies (linear flux, sky subtracted)",
-                           "mapping": "R = i, G = r, B = g (astropy.visualization.make_lupton_rgb)"},
-            },
+            "preprocessing_options": _gz1.optical_preprocessing_options(),
             "angular_size": {
                 "kind": "petrosian",
                 "radius_column": "petroR90_r",

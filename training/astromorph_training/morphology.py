@@ -91,6 +91,27 @@ TTA_ORIENTATIONS = tuple((t, fr, fc) for t in (False, True) for fr in (False, Tr
 
 
 # ------------------------------------------------------------------------ arguments
+
+#: Input channels of the optical models (``morphology``, ``morphology-gz2``, ``embedding``).
+OPTICAL_CHANNELS = ("R: SDSS i (display value in [0, 1])", "G: SDSS r (display value in [0, 1])",
+                    "B: SDSS g (display value in [0, 1])")
+
+
+def optical_preprocessing_options(**extra):
+    """The cards' ``input.preprocessing_options`` of the optical models (one definition)."""
+    return {
+        "size": STAMP_SIZE,
+        "crop_fraction": CROP_FRACTION,
+        "colour_function": "astromorph.preprocessing.preprocess_colour_cutout",
+        "gri_function": "astromorph.preprocessing.preprocess_gri",
+        "single_band_function": "astromorph.preprocessing.preprocess_single_band",
+        "lupton": {"Q": LUPTON_Q, "stretch": LUPTON_STRETCH, "minimum": LUPTON_MINIMUM,
+                   "band_scales": dict(LUPTON_BAND_SCALES),
+                   "flux_unit": "SDSS nanomaggies (linear flux, sky subtracted)",
+                   "mapping": "R = i, G = r, B = g (astropy.visualization.make_lupton_rgb)"},
+        **extra,
+    }
+
 def add_arguments(parser):
     """Options of the morphology model."""
     g = parser.add_argument_group("morphology")
@@ -528,15 +549,8 @@ def export_model(deployed, root):
 
 
 def run_onnx(path, x, batch=256, threads=2):
-    """Run an ONNX file with onnxruntime on CPU; returns the first output."""
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-    name = sess.get_inputs()[0].name
-    out = [sess.run(None, {name: x[i:i + batch]})[0] for i in range(0, len(x), batch)]
-    return np.concatenate(out)
+    """Run an ONNX file on CPU (`astromorph_training._common.run_onnx`)."""
+    return _common.run_onnx(path, x, batch=batch, threads=threads)
 
 
 def cpu_time_throughput(path, batch=256, repeats=4):
@@ -687,21 +701,10 @@ def _card(metrics, calibration, state, throughput, cpu_rate, size_bytes, n_param
             "name": "input",
             "shape": [3, STAMP_SIZE, STAMP_SIZE],
             "dtype": "float32",
-            "channels": ["R: SDSS i (display value in [0, 1])", "G: SDSS r (display value in [0, 1])",
-                         "B: SDSS g (display value in [0, 1])"],
+            "channels": list(OPTICAL_CHANNELS),
             "single_band": "replicate",
             "preprocessing": "astromorph.preprocessing.preprocess_optical",
-            "preprocessing_options": {
-                "size": STAMP_SIZE,
-                "crop_fraction": CROP_FRACTION,
-                "colour_function": "astromorph.preprocessing.preprocess_colour_cutout",
-                "gri_function": "astromorph.preprocessing.preprocess_gri",
-                "single_band_function": "astromorph.preprocessing.preprocess_single_band",
-                "lupton": {"Q": LUPTON_Q, "stretch": LUPTON_STRETCH, "minimum": LUPTON_MINIMUM,
-                           "band_scales": dict(LUPTON_BAND_SCALES),
-                           "flux_unit": "SDSS nanomaggies (linear flux, sky subtracted)",
-                           "mapping": "R = i, G = r, B = g (astropy.visualization.make_lupton_rgb)"},
-            },
+            "preprocessing_options": optical_preprocessing_options(),
             "angular_size": {
                 "kind": "petrosian",
                 "radius_column": "petroR90_r",
