@@ -39,7 +39,7 @@ from . import _simulate_transients as sim
 
 NAME = "real-bogus"
 CACHE_VERSION = "realbogus-v3"
-DEFAULT_EPOCHS = 10
+DEFAULT_EPOCHS = 30
 log = logging.getLogger("astromorph_training.realbogus")
 
 __all__ = ["add_arguments", "train", "evaluate", "export", "RBNet", "ScoreModel"]
@@ -54,6 +54,7 @@ def add_arguments(parser):
     g.add_argument("--n-test", type=int, default=12000, help="held-out test simulations (default 12000)")
     g.add_argument("--batch-size", type=int, default=128)
     g.add_argument("--lr", type=float, default=2e-3)
+    g.add_argument("--threads", type=int, default=1, help="torch CPU threads for training")
     g.add_argument("--restart", action="store_true", help="ignore existing checkpoints")
     g.add_argument("--regenerate", action="store_true", help="re-simulate the cached data set")
 
@@ -290,18 +291,22 @@ def _predict_logits(net, x, batch=512):
 
 # ----------------------------------------------------------------------------- train
 def _augment(torch, xb):
-    """Random flip / 90-degree rotation of the whole batch (sky orientation is arbitrary)."""
-    k = int(torch.randint(4, ()))
-    if k:
-        xb = torch.rot90(xb, k, dims=(2, 3))
-    if bool(torch.randint(2, ())):
-        xb = torch.flip(xb, dims=(3,))
-    return xb
+    """An independent random flip / 90-degree rotation of each triplet (sky orientation is
+    arbitrary); the three stamps of a triplet turn together."""
+    k = torch.randint(8, (xb.shape[0],))
+    out = xb.clone()
+    for t in range(1, 8):
+        m = k == t
+        if bool(m.any()):
+            y = torch.flip(xb[m], dims=(3,)) if t >= 4 else xb[m]
+            out[m] = torch.rot90(y, t % 4, dims=(2, 3))
+    return out
 
 
 def train(args):
     """Simulate (cached), train, then fit calibration and threshold on validation sims."""
     torch = _torch()
+    torch.set_num_threads(_get(args, "threads", 1))
     common.set_seed(args.seed)
     torch.use_deterministic_algorithms(False)
     dirs = _dirs(args)
@@ -391,7 +396,8 @@ def train(args):
              "val_rates_at_recommended_all": rates(pva, yva, thr5),
              "val_rates_at_recommended_snr_ge_5": rates(pva[snr_ok], yva[snr_ok], thr5),
              "train_seconds": time.perf_counter() - t_start, "epochs": epochs, "history": history,
-             "n_train": int(len(xtr)), "n_val": int(len(xva))}
+             "n_train": int(len(xtr)), "n_val": int(len(xva)),
+             "threads": int(_get(args, "threads", 1))}
     (dirs["ckpt"] / "calibration.json").write_text(json.dumps(calib, indent=2))
     log.info("calibration: %s", json.dumps({k: v for k, v in calib.items() if k != "history"}))
     return calib
@@ -683,6 +689,12 @@ def export(args):
     return onnx_info
 
 
+def _rates_pct(metrics):
+    """FNR and FPR (per cent) at the recommended threshold on held-out sims with S/N >= 5."""
+    m = ((metrics or {}).get("held_out_simulations") or {}).get("real_snr_ge_5") or {}
+    return 100 * m.get("fnr_at_recommended", float("nan")), 100 * m.get("fpr_at_recommended", float("nan"))
+
+
 def _card(calib, metrics, args):
     thr = calib["recommended_threshold"]
     ms = metrics.get("held_out_simulations", {})
@@ -704,7 +716,10 @@ def _card(calib, metrics, args):
         mets["throughput_triplets_per_s_2_cpu_threads_batch_256"] = round(metrics["onnx"]["throughput_triplets_per_s_2_threads_batch_256"])
     return {
         "name": NAME,
-        "version": "1.0.0",
+        "version": "1.1.0",
+        "changes": ("1.1.0: 30 training epochs instead of 10 and an independent flip/rotation per "
+                    "triplet (was one per batch), same simulations: held-out sims AUC 0.986 -> "
+                    "0.991, real alerts AUC vs drb 0.908 -> 0.915"),
         "task": "score",
         "summary": "Real/bogus score for difference-imaging candidates (science, reference, difference 63x63 stamps at ~1\"/px, ZTF alert convention).",
         "description": (
@@ -752,7 +767,8 @@ def _card(calib, metrics, args):
             "command": "python -m astromorph_training real-bogus train",
             "time": "%.0f min of training epochs (sum of epoch wall times) + ~8 min to simulate and cache 64k triplets" % (
                 sum(h["seconds"] for h in calib["history"]) / 60),
-            "machine": "CPU only, torch.set_num_threads(1), 2 cores shared with other training jobs",
+            "machine": ("CPU only, torch threads: %s (--threads), 2 cores shared with other jobs"
+                        % calib.get("threads", 1)),
             "epochs": calib["epochs"],
             "best_epoch": calib["best_epoch"],
             "calibration": {"method": "Platt", "a": calib["platt_a"], "b": calib["platt_b"]},
@@ -763,10 +779,12 @@ def _card(calib, metrics, args):
             "ZTF-like data (1\"/px, FWHM ~2-3\"); other surveys need resample_triplet and are out of the training distribution",
             "the 209 real alerts used for evaluation also provided the sky backgrounds of the simulations",
             "drb is a machine score, not ground truth; only 22 of the 209 alerts have drb < 0.5",
-            "does not meet the FNR = FPR <= 1.5 % goal on held-out simulations (~5-6 % at S/N >= 5): "
-            "faint reals (S/N < 10), cosmic rays / hot pixels hidden on stars and noise peaks dominate the errors",
+            "does not meet the FNR = FPR <= 1.5 %% goal on held-out simulations (FNR %.1f %%, FPR %.1f %% "
+            "at S/N >= 5 and the recommended threshold): faint reals (S/N < 10), cosmic rays / hot pixels "
+            "hidden on stars and noise peaks dominate the errors" % _rates_pct(metrics),
             "on real alerts it disagrees with braai mostly on faint variable stars in crowded Galactic-plane "
-            "fields (global subtraction residuals that braai calls bogus and this model real, or the reverse), "
+            "fields (global subtraction residuals that braai calls bogus and this model real, or the reverse; "
+            "faint negative 'f' candidates are scored below the threshold more often than braai does), "
             "bright stars observed in bad seeing (broad difference blob), and stamps with large masked areas",
         ],
         "licence": "model weights: same licence as astromorph; training data terms above",
