@@ -90,11 +90,15 @@ def _clean(data, flags):
         axes = tuple(range(1, data.ndim))
         frac = bad.mean(axis=axes)
         flags |= np.where(frac > BLANK_THRESHOLD, int(Flag.BLANK), 0).astype(flags.dtype)
+        # only rows with bad pixels need a median (nanmedian loops over rows in Python)
+        rows = np.flatnonzero(bad.reshape(len(data), -1).any(axis=1))
+        sub, sub_bad = data[rows], bad[rows]
         with warnings.catch_warnings():  # all-NaN rows: median NaN -> filled with 0 below
             warnings.simplefilter("ignore", RuntimeWarning)
-            med = np.nanmedian(np.where(bad, np.nan, data).reshape(len(data), -1), axis=1)
+            med = np.nanmedian(np.where(sub_bad, np.nan, sub).reshape(len(rows), -1), axis=1)
         med = np.nan_to_num(np.asarray(med, dtype=np.float32))
-        data = np.where(bad, med.reshape((-1,) + (1,) * (data.ndim - 1)), data)
+        data = data.copy()  # never modify the caller's array
+        data[rows] = np.where(sub_bad, med.reshape((-1,) + (1,) * (data.ndim - 1)), sub)
     flat = data.reshape(len(data), -1)
     if flat.size:
         constant = np.ptp(flat, axis=1) == 0
