@@ -115,8 +115,7 @@ def area_resample(n_in, n_out, crop_fraction=1.0):
     return overlap / overlap.sum(axis=1, keepdims=True)
 
 
-def preprocess_colour_cutout(images, *, size=STAMP_SIZE, crop_fraction=CROP_FRACTION,
-                             _channels=3):
+def preprocess_colour_cutout(images, *, size=STAMP_SIZE, crop_fraction=CROP_FRACTION):
     """Turn SDSS-style colour cutouts into network input.
 
     Parameters
@@ -140,8 +139,13 @@ def preprocess_colour_cutout(images, *, size=STAMP_SIZE, crop_fraction=CROP_FRAC
         Display values in ``[0, 1]``, colour axis first.
     """
     arr = np.asarray(images)
-    if arr.ndim not in (3, 4) or arr.shape[-1] != _channels:
+    if arr.ndim not in (3, 4) or arr.shape[-1] != 3:
         raise ValueError(f"expected colour cutouts of shape (H, W, 3) or (N, H, W, 3), got {arr.shape}")
+    return _display_to_network(arr, size, crop_fraction)
+
+
+def _display_to_network(arr, size, crop_fraction):
+    """`preprocess_colour_cutout` for display images with any number of channels (last axis)."""
     scale = 1.0 / 255.0 if arr.dtype == np.uint8 else 1.0
     single = arr.ndim == 3
     if single:
@@ -342,8 +346,7 @@ def preprocess_single_band(image, *, size=STAMP_SIZE, crop_fraction=CROP_FRACTIO
     """
     # The three channels are equal: resample one and repeat it (same values).
     grey = _grey_uint8(image, **lupton)
-    one = preprocess_colour_cutout(grey[..., None], size=size,
-                                   crop_fraction=crop_fraction, _channels=1)
+    one = _display_to_network(grey[..., None], size, crop_fraction)
     return np.repeat(one, 3, axis=-3)
 
 

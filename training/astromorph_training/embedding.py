@@ -980,11 +980,6 @@ def export_model(deployed, root):
     return path
 
 
-def run_onnx(path, x, batch=256, threads=2):
-    """Run an ONNX file on CPU (`astromorph_training._common.run_onnx`)."""
-    return _common.run_onnx(path, x, batch=batch, threads=threads)
-
-
 # ---------------------------------------------------------------------- baselines
 def supervised_cnn_draws(data, pool, test, *, n_labels=PROBE_LABELS, draws=PROBE_DRAWS,
                          seed=0, epochs=60, smoke=False):
@@ -1134,7 +1129,7 @@ def evaluate(args):
     draws = 2 if args.smoke else _get(args, "probe_draws", PROBE_DRAWS)
     n_labels = 4 if args.smoke else PROBE_LABELS
     t0 = time.perf_counter()
-    emb_all = run_onnx(onnx_path, data["gz1_stamps"])  # every GZ1 galaxy, network input
+    emb_all = _common.run_onnx(onnx_path, data["gz1_stamps"])  # every GZ1 galaxy, network input
     onnx_seconds = time.perf_counter() - t0
     with torch.no_grad():
         ref = deployed(torch.from_numpy(data["gz1_stamps"][test[:128]])).numpy()

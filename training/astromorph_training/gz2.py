@@ -470,14 +470,13 @@ def _init_weights(net, path, state, root):
     """Load a morphology-style backbone (all but the last linear layer) into ``net``."""
     if path is None:
         return None, None
-    init = path
     weights = state.get("ema") or state.get("model")
     own = net.backbone.state_dict()
     take = {k: v for k, v in weights.items()
             if k in own and not k.startswith("head.") and own[k].shape == v.shape}
     skipped = [k for k in own if k not in take and not k.startswith("head.")]
     if skipped:
-        raise SystemExit(f"--init {init}: checkpoint does not fit the network ({skipped[:4]} ...)")
+        raise SystemExit(f"--init {path}: checkpoint does not fit the network ({skipped[:4]} ...)")
     net.backbone.load_state_dict(take, strict=False)
     log.info("initialised %d backbone tensors from %s", len(take), path)
     return str(path.relative_to(root) if path.is_relative_to(root) else path), \
@@ -508,20 +507,20 @@ def _fit(args, ckdir, data, tr, *, epochs, pseudo=None, start=None, lr=None):
     if pseudo is not None:
         pool_big = np.concatenate([pool_big, pseudo["big"]])
         pool_y = np.concatenate([pool_y, pseudo["y"]]).astype(np.float32)
-    init_path, init_state = (None, None) if start is not None else \
-        _init_checkpoint(_get(args, "init", "morphology"), Path(args.out_dir),
-                         smoke=args.smoke)
+    if start is None:
+        init_path, init_state = _init_checkpoint(_get(args, "init", "morphology"),
+                                                 Path(args.out_dir), smoke=args.smoke)
+    else:
+        init_path, init_state = None, torch.load(start, map_location="cpu", weights_only=False)
     # The backbone takes the widths of the network it starts from (the GZ1
     # model's checkpoint records them; older checkpoints used WIDTHS).
     widths = tuple((init_state or {}).get("widths") or WIDTHS)
-    if start is not None:
-        widths = tuple(torch.load(start, map_location="cpu", weights_only=False).get("widths", WIDTHS))
     net = GZ2Net(widths=widths, dropout=_get(args, "dropout", 0.2))
     net.set_prior(y[tr])
     if start is None:
         init, init_sha = _init_weights(net, init_path, init_state, Path(args.out_dir))
     else:
-        net.load_state_dict(torch.load(start, map_location="cpu", weights_only=False)["ema"])
+        net.load_state_dict(init_state["ema"])
         init, init_sha = f"{start} (teacher)", _common.sha256sum(start)
     ema = copy.deepcopy(net)
     for p in ema.parameters():
@@ -696,11 +695,6 @@ def export_model(deployed, root):
     _common.export_onnx(deployed, example, path, input_name="input",
                         output_names=("fractions",), opset=18)
     return path
-
-
-def run_onnx(path, x, batch=256, threads=2):
-    """Run an ONNX file on CPU (`astromorph_training._common.run_onnx`)."""
-    return _common.run_onnx(path, x, batch=batch, threads=threads)
 
 
 # ------------------------------------------------------------------------- evaluate
@@ -979,7 +973,7 @@ def evaluate(args):
     mean = y[tr].mean(0)
     report = {}
     for split, idx in (("validation", va), ("test", te)):
-        pred = run_onnx(onnx_path, stamps[idx])
+        pred = _common.run_onnx(onnx_path, stamps[idx])
         rep = rmse_report(pred, y[idx])
         rep["trivial"] = rmse_report(np.broadcast_to(mean, y[idx].shape), y[idx])
         rep["n"] = int(len(idx))
@@ -989,7 +983,7 @@ def evaluate(args):
             test_pred = pred
     test = report["test"]
     no_tta = rmse_report(predict(net, stamps[te]), y[te])["rmse"]
-    grey = rmse_report(run_onnx(onnx_path, _grey(stamps[te])), y[te])["rmse"]
+    grey = rmse_report(_common.run_onnx(onnx_path, _grey(stamps[te])), y[te])["rmse"]
     with torch.no_grad():
         ref = deployed(torch.from_numpy(stamps[te][:128])).numpy()
     parity = float(np.max(np.abs(ref - test_pred[:128])))
@@ -1274,7 +1268,7 @@ def export(args):
              throughput["cpu"], path.stat().st_size / 1e6)
     # The tree property on the shipped file, for arbitrary inputs.
     rnd = np.random.default_rng(0).uniform(-0.5, 1.5, (64, 3, STAMP_SIZE, STAMP_SIZE))
-    viol = tree_violation(run_onnx(path, rnd.astype(np.float32)))
+    viol = tree_violation(_common.run_onnx(path, rnd.astype(np.float32)))
     if viol["min_value"] < 0 or viol["max_sum_error"] > 1e-5:
         raise SystemExit(f"exported graph violates the decision tree: {viol}")
     card_path = _common.write_card(NAME, _card(metrics, state, tta, throughput,

@@ -548,11 +548,6 @@ def export_model(deployed, root):
     return path
 
 
-def run_onnx(path, x, batch=256, threads=2):
-    """Run an ONNX file on CPU (`astromorph_training._common.run_onnx`)."""
-    return _common.run_onnx(path, x, batch=batch, threads=threads)
-
-
 def cpu_time_throughput(path, batch=256, repeats=4):
     """Stamps per CPU-second of one onnxruntime thread (robust to a shared, loaded machine)."""
     import onnxruntime as ort
@@ -600,7 +595,7 @@ def evaluate(args):
     t = calibration["temperature"]
     report = {}
     for split, idx in (("validation", va), ("test", te)):
-        probs = run_onnx(onnx_path, stamps[idx])
+        probs = _common.run_onnx(onnx_path, stamps[idx])
         uncal = _common.softmax(t * np.log(np.clip(probs, 1e-30, None)))  # = softmax(z + bias)
         rep = _common.classification_report(probs, labels[idx], CLASS_NAMES)
         rep["ece_before_temperature"] = _common.expected_calibration_error(uncal, labels[idx])
@@ -608,8 +603,8 @@ def evaluate(args):
         report[split] = rep
         if split == "test":
             test_probs, test_uncal = probs, uncal
-            grey = _common.classification_report(run_onnx(onnx_path, _grey(stamps[idx])),
-                                                 labels[idx], CLASS_NAMES)
+            grey_probs = _common.run_onnx(onnx_path, _grey(stamps[idx]))
+            grey = _common.classification_report(grey_probs, labels[idx], CLASS_NAMES)
             with torch.no_grad():
                 ref = deployed(torch.from_numpy(stamps[idx][:256])).numpy()
             parity = float(np.max(np.abs(ref - probs[:256])))
