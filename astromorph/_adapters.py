@@ -15,7 +15,6 @@ Raw stamps come in three kinds (`RawStamps.kind`):
 ``"triplet"``
     Difference-imaging triplets ``(N, 3, H, W)``: science, reference, difference.
 """
-import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -93,10 +92,13 @@ def _clean(data, flags):
         # only rows with bad pixels need a median (nanmedian loops over rows in Python)
         rows = np.flatnonzero(bad.reshape(len(data), -1).any(axis=1))
         sub, sub_bad = data[rows], bad[rows]
-        with warnings.catch_warnings():  # all-NaN rows: median NaN -> filled with 0 below
-            warnings.simplefilter("ignore", RuntimeWarning)
-            med = np.nanmedian(np.where(sub_bad, np.nan, sub).reshape(len(rows), -1), axis=1)
-        med = np.nan_to_num(np.asarray(med, dtype=np.float32))
+        # all-bad rows are filled with 0; the others with their median (computed
+        # only where defined, so no warning: catch_warnings is not thread-safe)
+        some = ~sub_bad.reshape(len(rows), -1).all(axis=1)
+        med = np.zeros(len(rows), np.float32)
+        if some.any():
+            med[some] = np.nanmedian(np.where(sub_bad[some], np.nan, sub[some])
+                                     .reshape(int(some.sum()), -1), axis=1)
         data = data.copy()  # never modify the caller's array
         data[rows] = np.where(sub_bad, med.reshape((-1,) + (1,) * (data.ndim - 1)), sub)
     flat = data.reshape(len(data), -1)
@@ -121,6 +123,9 @@ def _optical(raw, card, crop_fraction):
     data, flags = _clean(raw.data, flags)
     nb = data.shape[1]
     if nb == 1:
+        if card["input"].get("single_band") == "replicate":  # Model.predict replicates it
+            crop = kw.get("crop_fraction", opt.CROP_FRACTION)
+            return opt._single_band_plane(data[:, 0], kw["size"], crop), flags
         return opt.preprocess_single_band(data[:, 0], **kw), flags
     if nb == 3:
         names = [str(b).lower() if b else None for b in (raw.bands or (None,) * 3)]
@@ -202,6 +207,8 @@ def prepare(model, raw, *, crop_fraction=None):
     Returns
     -------
     x : numpy.ndarray, float32, (N, C, H, W)
+        ``C`` is 1 for single-band stamps of models whose card says
+        ``single_band: replicate`` (`Model.predict` replicates the plane).
     flags : numpy.ndarray, int32, (N,)
     """
     family = model_family(model.card)

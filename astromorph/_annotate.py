@@ -1,6 +1,8 @@
 """`annotate`: catalogue + images with WCS -> a copy of the table with model columns."""
 import logging
+import os
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 from astropy import units as u
@@ -9,7 +11,7 @@ from astropy.table import QTable, Table
 from astropy.wcs.utils import wcs_to_celestial_frame
 
 from ._adapters import RawStamps, model_family, prepare, result_columns, BLANK_THRESHOLD
-from ._cutouts import cut_stamps
+from ._cutouts import STAMP_CHUNK, cut_stamps
 from ._flags import Flag
 from ._images import parse_sky_images
 from ._model import Model, load_model
@@ -133,24 +135,34 @@ def _band_plan(model, family, groups):
     return [pick]
 
 
-def _cut_band(images, coords, npix, scale, rows):
-    """Stamps of the sources ``rows`` from the best image of one band (mosaic aware)."""
+def _sky_positions(images, coords):
+    """Longitude and latitude (degrees) of every source in the celestial frame of each image."""
+    frames, sky = {}, []
+    for image in images:
+        with image.lock:
+            frame = wcs_to_celestial_frame(image.wcs)
+        key = frame.name + str(getattr(frame, "equinox", ""))
+        if key not in frames:
+            c = coords.transform_to(frame)
+            frames[key] = (c.spherical.lon.deg, c.spherical.lat.deg)
+        sky.append(frames[key])
+    return sky
+
+
+def _cut_band(images, sky, npix, scale, rows):
+    """Stamps of the sources ``rows`` from the best image of one band (mosaic aware).
+
+    ``sky`` holds the positions of all sources in each image's frame
+    (`_sky_positions`).
+    """
     n = len(rows)
-    stamps = np.full((n, npix, npix), np.nan, np.float32)
+    stamps = None
     flags = np.zeros(n, np.int32)
     best_margin = np.full(n, -np.inf)
     best_image = np.full(n, -1)
-    frames = {}
-    sky = []
     for k, image in enumerate(images):
-        frame = wcs_to_celestial_frame(image.wcs)
-        key = frame.name + str(getattr(frame, "equinox", ""))
-        if key not in frames:
-            c = coords[rows].transform_to(frame)
-            frames[key] = (c.spherical.lon.deg, c.spherical.lat.deg)
-        lon, lat = frames[key]
-        sky.append((lon, lat))
-        px, py = image.wcs.world_to_pixel_values(lon, lat)
+        lon, lat = sky[k][0][rows], sky[k][1][rows]
+        px, py = image.world_to_pixel(lon, lat)
         ny, nx = image.shape
         margin = np.minimum.reduce([px + 0.5, nx - 0.5 - px, py + 0.5, ny - 0.5 - py])
         margin = np.where(np.isfinite(margin), margin, -np.inf)
@@ -163,18 +175,25 @@ def _cut_band(images, coords, npix, scale, rows):
         sel = np.flatnonzero((best_image == k) & ~off)
         if not len(sel):
             continue
-        lon, lat = sky[k]
-        res = cut_stamps(image, lon[sel], lat[sel], size=npix, pixel_scale=scale[rows][sel])
-        stamps[sel] = res.stamps
+        lon, lat = sky[k][0][rows[sel]], sky[k][1][rows[sel]]
+        res = cut_stamps(image, lon, lat, size=npix, pixel_scale=scale[rows][sel])
+        if len(sel) == n:  # all from one image (no copy)
+            stamps = res.stamps
+        else:
+            if stamps is None:
+                stamps = np.full((n, npix, npix), np.nan, np.float32)
+            stamps[sel] = res.stamps
         flags[sel] |= np.where(res.outside > 0, int(Flag.EDGE), 0).astype(np.int32)
         flags[sel] |= np.where(res.blank > BLANK_THRESHOLD, int(Flag.BLANK), 0).astype(np.int32)
         flags[sel] |= np.where(res.zoom < MIN_ZOOM, int(Flag.EXTRAPOLATED), 0).astype(np.int32)
+    if stamps is None:  # every source off every image
+        stamps = np.full((n, npix, npix), np.nan, np.float32)
     return stamps, flags
 
 
 def annotate(table, images, *, model, ra_col=None, dec_col=None, coord_col=None,
              size_col=None, stamp_size=None, bands=None, on_conflict="error",
-             batch_size=256, providers=None, threads=None, progress=None):
+             batch_size=256, providers=None, threads=None, precision=None, progress=None):
     """Add model columns to a copy of a catalogue, from images with a WCS.
 
     Each source gets a stamp resampled from the image that contains it (the
@@ -212,8 +231,15 @@ def annotate(table, images, *, model, ra_col=None, dec_col=None, coord_col=None,
         What to do when a new column name already exists: raise
         `~astromorph.exceptions.InputError` (default), add ``_2``, ``_3``...
         to the new name, or replace the existing column.
-    batch_size, providers, threads : optional
-        Passed to `load_model` and `Model.predict`.
+    batch_size, providers : optional
+        Passed to `Model.predict` and `load_model`.
+    threads : int, optional
+        ONNX Runtime intra-op threads (passed to `load_model`), and the
+        number of threads that cut and preprocess stamps (default: the CPU
+        count, at most 8).
+    precision : {None, "float32", "int8"}, optional
+        Model variant (passed to `load_model`): ``"int8"`` is a quantised
+        copy that is faster on CPUs (its card gives its own held-out metrics).
     progress : bool or None
         Progress bar (default: on a terminal, for long runs).
 
@@ -230,7 +256,7 @@ def annotate(table, images, *, model, ra_col=None, dec_col=None, coord_col=None,
     if on_conflict not in ("error", "suffix", "replace"):
         raise ValueError(f"on_conflict must be 'error', 'suffix' or 'replace', got {on_conflict!r}")
     if not isinstance(model, Model):
-        model = load_model(model, providers=providers, threads=threads)
+        model = load_model(model, providers=providers, threads=threads, precision=precision)
     family = model_family(model.card)
     out = table.copy()
     n = len(out)
@@ -247,28 +273,40 @@ def annotate(table, images, *, model, ra_col=None, dec_col=None, coord_col=None,
     flags = np.zeros(n, np.int32)
     flags[bad_pos | bad_size] |= Flag.BAD_INPUT
     valid = np.zeros(n, bool)
+    sky = {band: _sky_positions(groups[band], coords) for band in plan}
+    kind = "triplet" if family == "triplet" else "bands"
+
+    def stamps_to_input(rows):
+        """Cut, check and preprocess the sources ``rows`` (runs in worker threads)."""
+        stack, row_flags = [], flags[rows].copy()
+        for band in plan:
+            stamps, f = _cut_band(groups[band], sky[band], npix, scale, rows)
+            stack.append(stamps)
+            row_flags |= f
+        usable = (row_flags & int(Flag.unusable())) == 0
+        data = stack[0][:, None] if len(stack) == 1 else np.stack(stack, axis=1)
+        raw = RawStamps(kind, data if usable.all() else data[usable], bands=tuple(plan),
+                        pixel_scale=scale[rows][usable], flags=row_flags[usable])
+        x, row_flags[usable] = prepare(model, raw, crop_fraction=crop)
+        return rows, x, row_flags, usable
+
     predictions = []
-    with progress_bar(n, desc=f"annotate {model.name}", unit="src", enabled=progress,
-                      min_total=ANNOTATE_CHUNK) as bar:
+    workers = _workers(threads)
+    with ThreadPoolExecutor(workers) as pool, \
+            progress_bar(n, desc=f"annotate {model.name}", unit="src", enabled=progress,
+                         min_total=ANNOTATE_CHUNK) as bar:
         for start in range(0, n, ANNOTATE_CHUNK):
-            rows = np.arange(start, min(start + ANNOTATE_CHUNK, n))
-            stack, chunk_flags = [], np.zeros(len(rows), np.int32)
-            for band in plan:
-                stamps, f = _cut_band(groups[band], coords, npix, scale, rows)
-                stack.append(stamps)
-                chunk_flags |= f
-            chunk_flags |= flags[rows]
-            usable = (chunk_flags & int(Flag.unusable())) == 0
-            kind = "triplet" if family == "triplet" else "bands"
-            raw = RawStamps(kind, np.stack(stack, axis=1)[usable], bands=tuple(plan),
-                            pixel_scale=scale[rows][usable], flags=chunk_flags[usable])
-            x, prepared_flags = prepare(model, raw, crop_fraction=crop)
-            chunk_flags[usable] = prepared_flags
-            flags[rows] = chunk_flags
-            if len(x):
-                predictions.append(model.predict(x, batch_size=batch_size, progress=False))
-            valid[rows[usable]] = True
-            bar.update(len(rows))
+            stop = min(start + ANNOTATE_CHUNK, n)
+            # the model-free work of a chunk is shared among threads (numpy,
+            # scipy and ONNX Runtime release the GIL); the model scores each
+            # part as soon as it is ready
+            parts = [np.arange(s, min(s + STAMP_CHUNK, stop)) for s in range(start, stop, STAMP_CHUNK)]
+            for rows, x, row_flags, usable in pool.map(stamps_to_input, parts):
+                flags[rows] = row_flags
+                valid[rows[usable]] = True
+                if len(x):
+                    predictions.append(model.predict(x, batch_size=batch_size, progress=False))
+                bar.update(len(rows))
     prediction = _concat(predictions)
     columns = result_columns(model, prediction, flags, valid)
     _add_columns(out, columns, on_conflict)
@@ -277,6 +315,13 @@ def annotate(table, images, *, model, ra_col=None, dec_col=None, coord_col=None,
     if n_off:
         log.info("%d of %d sources lie outside every image", n_off, n)
     return out
+
+
+def _workers(threads):
+    """Threads for the model-free stages: ``threads`` if given, else the CPU count (at most 8)."""
+    if threads:
+        return max(1, int(threads))
+    return max(1, min(8, os.cpu_count() or 1))
 
 
 def _concat(predictions):
@@ -320,6 +365,7 @@ def _provenance(model, images=()):
         "astromorph_model": model.name,
         "astromorph_model_version": str(model.version),
         "astromorph_model_sha256": model.sha256,
+        "astromorph_model_precision": model.precision,
         "astromorph_providers": ",".join(model.providers),
     }
     if images:

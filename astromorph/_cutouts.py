@@ -20,6 +20,7 @@ No step loops over sources in Python: sources are processed in chunks of
 array operations, and only the image pages under the stamps are read.
 """
 import logging
+import threading
 
 import numpy as np
 
@@ -29,6 +30,10 @@ log = logging.getLogger(__name__)
 
 #: Sources per vectorised chunk (bounds memory: chunk * size**2 * ~100 bytes).
 STAMP_CHUNK = 512
+
+#: Largest native float32 copy of an image (bytes) that `SkyImage` makes
+#: once its stamps have sampled as many points as the image has pixels.
+RESIDENT_MAX_BYTES = 1 << 30
 
 _ARCSEC = np.pi / (180.0 * 3600.0)
 
@@ -62,6 +67,19 @@ class SkyImage:
         self._flat = data.reshape(-1) if data.flags.c_contiguous else None
         self._levels = {1: self}
         self._hold = hold  # keeps an HDUList (and its memory map) open
+        self._sampled = 0
+        # data sampled directly: plain native floats (an in-memory array), or
+        # the copy made by `resident`
+        self._resident = data if self.plain and data.dtype.isnative and not isinstance(
+            data, np.memmap) else None
+        # astropy.wcs is not thread-safe, and pyramid levels are made once:
+        # threads that cut stamps from one image take turns for both.
+        self.lock = threading.RLock()
+
+    def world_to_pixel(self, lon, lat):
+        """``wcs.world_to_pixel_values`` (degrees -> 0-based pixels), thread-safe."""
+        with self.lock:
+            return self.wcs.world_to_pixel_values(lon, lat)
 
     def __repr__(self):
         return f"<SkyImage {self.name} {self.shape[1]}x{self.shape[0]} band={self.band}>"
@@ -72,6 +90,10 @@ class SkyImage:
             raw = self._flat[flat_index]
         else:
             raw = self.data[np.unravel_index(flat_index, self.shape)]
+        return self._scaled(raw)
+
+    def _scaled(self, raw):
+        """Raw pixel values -> native float32, BLANK -> NaN, times BSCALE plus BZERO."""
         values = raw.astype(np.float32)
         if self.blank is not None:
             values[raw == self.blank] = np.nan
@@ -79,25 +101,58 @@ class SkyImage:
             values = values * np.float32(self.bscale) + np.float32(self.bzero)
         return values
 
+    def resident(self, n_samples):
+        """The array to sample with `scipy.ndimage.map_coordinates`, or None (use `take`).
+
+        Plain float data held in memory are sampled where they are. Other data
+        (scaled integers, big-endian memory maps, whose byte swapping slows
+        sampling) are read once, whole, into native float32 when the stamps
+        have asked for as many samples (``n_samples`` per call) as the image
+        has pixels, if that copy is at most `RESIDENT_MAX_BYTES`; a sparse
+        catalogue on a large image keeps reading only the pages under its
+        stamps.
+        """
+        with self.lock:
+            self._sampled += int(n_samples)
+            if (self._resident is None and self._sampled >= self.data.size
+                    and 4 * self.data.size <= RESIDENT_MAX_BYTES):
+                log.debug("%s: reading the image whole into memory", self.name)
+                self._resident = self._strips(1)
+            if self._resident is not None:
+                return self._resident
+            return self.data if self.plain else None
+
     def level(self, factor):
         """This image block-averaged by ``factor`` (NaN-aware), cached."""
-        if factor not in self._levels:
-            ny, nx = self.shape[0] // factor, self.shape[1] // factor
-            out = np.empty((ny, nx), np.float32)
-            strip = max(1, (1 << 22) // max(self.shape[1], 1) // factor) * factor
-            for y0 in range(0, ny * factor, strip):  # row strips: bounded memory
-                y1 = min(y0 + strip, ny * factor)
-                rows = np.arange(y0, y1)[:, None] * self.shape[1] + np.arange(nx * factor)[None]
-                block = self.take(rows.ravel()).reshape(y1 - y0, nx * factor)
-                block = block.reshape((y1 - y0) // factor, factor, nx, factor)
-                good = np.isfinite(block)
-                total = np.where(good, block, 0).sum(axis=(1, 3))
-                count = good.sum(axis=(1, 3))
-                with np.errstate(invalid="ignore", divide="ignore"):
-                    out[y0 // factor:y1 // factor] = np.where(count > 0, total / count, np.nan)
-            binned = SkyImage(out, None, name=f"{self.name}/{factor}", band=self.band)
-            self._levels[factor] = binned
-        return self._levels[factor]
+        with self.lock:
+            if factor not in self._levels:
+                binned = SkyImage(self._strips(factor), None, name=f"{self.name}/{factor}",
+                                  band=self.band)
+                self._levels[factor] = binned
+            return self._levels[factor]
+
+    def _strips(self, factor):
+        """Float32 copy of the image, block-averaged (NaN-aware) by ``factor`` > 1."""
+        ny, nx = self.shape[0] // factor, self.shape[1] // factor
+        out = np.empty((ny, nx), np.float32)
+        strip = max(1, (1 << 22) // max(self.shape[1], 1) // factor) * factor
+        for y0 in range(0, ny * factor, strip):  # row strips: bounded memory
+            y1 = min(y0 + strip, ny * factor)
+            raw = self.data[y0:y1, :nx * factor]
+            if factor == 1:  # the values `take` gives, as they are
+                if self.plain:
+                    out[y0:y1] = raw  # one pass: cast and byte swap
+                else:
+                    out[y0:y1] = self._scaled(raw)
+                continue
+            block = self._scaled(raw)
+            block = block.reshape((y1 - y0) // factor, factor, nx, factor)
+            good = np.isfinite(block)
+            total = np.where(good, block, 0).sum(axis=(1, 3))
+            count = good.sum(axis=(1, 3))
+            with np.errstate(invalid="ignore", divide="ignore"):
+                out[y0 // factor:y1 // factor] = np.where(count > 0, total / count, np.nan)
+        return out
 
 
 class StampResult:
@@ -138,7 +193,7 @@ def _lagrange3(u):
     return np.stack([0.5 * u * (u - 1), 1 - u * u, 0.5 * u * (u + 1)], axis=-1)
 
 
-def _pixel_maps(wcs, lon, lat, size, scale_arcsec):
+def _pixel_maps(image, lon, lat, size, scale_arcsec):
     """Image pixel coordinates (x, y) of every stamp pixel: two (N, size, size) arrays."""
     c = (size - 1) / 2.0
     nodes = np.array([-1.0, 0.0, 1.0])
@@ -149,7 +204,7 @@ def _pixel_maps(wcs, lon, lat, size, scale_arcsec):
     lon0 = np.radians(lon)[:, None, None]
     lat0 = np.radians(lat)[:, None, None]
     nlon, nlat = _tangent_to_sky(lon0, lat0, xi * np.ones_like(eta), eta * np.ones_like(xi))
-    nx, ny = wcs.world_to_pixel_values(np.degrees(nlon).ravel(), np.degrees(nlat).ravel())
+    nx, ny = image.world_to_pixel(np.degrees(nlon).ravel(), np.degrees(nlat).ravel())
     nx = np.asarray(nx).reshape(-1, 3, 3)
     ny = np.asarray(ny).reshape(-1, 3, 3)
     # interpolate offsets from the central node in float32 (exact enough, twice as fast)
@@ -170,12 +225,16 @@ def _pixel_maps(wcs, lon, lat, size, scale_arcsec):
     return xy, zoom
 
 
-def _bilinear(image, xy):
+def _bilinear(image, xy, out=None):
     """Bilinear samples at pixel coordinates (0-based centres); NaN outside [-0.5, n-0.5].
 
     Like ``reproject_interp``, points in the outer half pixel take the edge
-    value. Plain float data go through `scipy.ndimage.map_coordinates`, which
-    reads a memory map page by page; scaled integer data through `SkyImage.take`.
+    value. Float data go through `scipy.ndimage.map_coordinates`, which reads
+    a memory map page by page, scaled integer data through `SkyImage.take`,
+    until `SkyImage.resident` has read the image whole.
+
+    Returns the samples (written into ``out`` if given), shape ``xy.shape[1:]``,
+    and the number of points of each stamp that lie inside the image.
     """
     ny, nx = image.shape
     x, y = xy
@@ -184,15 +243,17 @@ def _bilinear(image, xy):
         np.concatenate([y[:, [0, -1], :].reshape(len(y), -1), y[:, :, [0, -1]].reshape(len(y), -1)], 1)
     edge = ((border[0].min(1) < -0.5) | (border[0].max(1) > nx - 0.5)
             | (border[1].min(1) < -0.5) | (border[1].max(1) > ny - 0.5))
-    inside = np.ones(x.shape, bool)
+    n_inside = np.full(len(x), x[0].size if len(x) else 0)
     if edge.any():
         xe, ye = x[edge], y[edge]
-        inside[edge] = (xe >= -0.5) & (xe <= nx - 0.5) & (ye >= -0.5) & (ye <= ny - 0.5)
-    if image.plain:
+        inside = (xe >= -0.5) & (xe <= nx - 0.5) & (ye >= -0.5) & (ye <= ny - 0.5)
+        n_inside[edge] = inside.sum(axis=(1, 2))
+    source = image.resident(x.size)
+    if source is not None:
         from scipy.ndimage import map_coordinates
 
-        out = np.empty(x.shape, np.float32)
-        map_coordinates(image.data, xy[::-1].reshape(2, -1), output=out.reshape(-1),
+        out = np.empty(x.shape, np.float32) if out is None else out
+        map_coordinates(source, xy[::-1].reshape(2, -1), output=out.reshape(-1),
                         order=1, mode="nearest", prefilter=False)
     else:
         xc = np.clip(x, 0, nx - 1)
@@ -209,10 +270,16 @@ def _bilinear(image, xy):
         v10 = image.take(base + step_y)
         v11 = image.take(base + step_x + step_y)
         top = v00 + fx * (v01 - v00)
-        out = top + fy * (v10 + fx * (v11 - v10) - top)
+        value = top + fy * (v10 + fx * (v11 - v10) - top)
+        if out is None:
+            out = value
+        else:
+            out[...] = value
     if edge.any():
-        out[~inside] = np.nan
-    return out, inside
+        on_edge = out[edge]
+        on_edge[~inside] = np.nan
+        out[edge] = on_edge
+    return out, n_inside
 
 
 def cut_stamps(image, lon, lat, *, size, pixel_scale, chunk=STAMP_CHUNK, antialias=True):
@@ -245,7 +312,7 @@ def cut_stamps(image, lon, lat, *, size, pixel_scale, chunk=STAMP_CHUNK, antiali
     zoom = np.ones(n)
     for start in range(0, n, chunk):
         sl = slice(start, min(start + chunk, n))
-        xy, z = _pixel_maps(image.wcs, lon[sl], lat[sl], size, scale[sl])
+        xy, z = _pixel_maps(image, lon[sl], lat[sl], size, scale[sl])
         zoom[sl] = z
         factor = np.maximum(np.floor(z), 1).astype(int) if antialias else np.ones(len(z), int)
         for f in np.unique(factor):  # a handful of pyramid levels, not sources
@@ -255,9 +322,11 @@ def cut_stamps(image, lon, lat, *, size, pixel_scale, chunk=STAMP_CHUNK, antiali
             sub = xy[:, rows] if f > 1 or len(rows) < len(z) else xy
             if f > 1:
                 sub = (sub - np.float32((f - 1) / 2.0)) / np.float32(f)
-            values, inside = _bilinear(level, sub)
-            stamps[start + rows] = values
-            n_in = inside.sum(axis=(1, 2))
+            if len(rows) == len(z):  # the usual case: sampled straight into the output
+                values, n_in = _bilinear(level, sub, out=stamps[sl])
+            else:
+                values, n_in = _bilinear(level, sub)
+                stamps[start + rows] = values
             outside[start + rows] = 1 - n_in / size ** 2
             n_nan = np.isnan(values).sum(axis=(1, 2))  # NaN inside = blank pixels
             blank[start + rows] = np.where(

@@ -10,7 +10,7 @@ from .exceptions import (ChecksumMismatchError, InvalidModelNameError, ModelCard
                          ModelNotFoundError)
 
 __all__ = ["list_models", "model_card", "models_dir", "resolve_model", "verify_checksum",
-           "REQUIRED_CARD_KEYS"]
+           "REQUIRED_CARD_KEYS", "PRECISIONS"]
 
 log = logging.getLogger(__name__)
 
@@ -20,6 +20,10 @@ _NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 #: Keys every card must have (see ``docs/model-cards.md``).
 REQUIRED_CARD_KEYS = ("name", "version", "task", "input", "outputs", "training", "metrics",
                       "sha256")
+
+#: Numeric precisions a model file may have: the card's main file is float32;
+#: ``card["variants"]`` may list others (e.g. a statically quantised int8 copy).
+PRECISIONS = ("float32", "int8")
 
 #: Environment variable naming an extra directory of models (``<dir>/<name>/model.onnx``).
 MODELS_ENV = "ASTROMORPH_MODELS_DIR"
@@ -82,9 +86,12 @@ def list_models():
     return list(_shipped())
 
 
-def model_card(name_or_path):
-    """The card (a dict) of a shipped model or of a model file/directory."""
-    return resolve_model(name_or_path)[1]
+def model_card(name_or_path, *, precision=None):
+    """The card (a dict) of a shipped model or of a model file/directory.
+
+    With ``precision`` (see `resolve_model`), the card as seen by that variant.
+    """
+    return resolve_model(name_or_path, precision=precision)[1]
 
 
 def _is_path_like(value):
@@ -95,7 +102,7 @@ def _is_path_like(value):
             or text.startswith("."))
 
 
-def resolve_model(name_or_path):
+def resolve_model(name_or_path, *, precision=None):
     """Find a model file and its card.
 
     Parameters
@@ -105,13 +112,41 @@ def resolve_model(name_or_path):
         and ``card.json``, or an ``.onnx`` file whose card is ``card.json`` or
         ``<stem>.json`` beside it. Strings containing a path separator or
         ending in ``.onnx`` are paths; anything else must be a registry name.
+    precision : {None, "float32", "int8"}, optional
+        A variant the card lists under ``variants`` (default: the main file).
 
     Returns
     -------
     path : pathlib.Path
         The ONNX file.
     card : dict
+        For a variant, a copy of the card whose ``sha256``, ``precision`` and
+        ``metrics`` are the variant's (the main file's metrics under
+        ``metrics["reference"]``).
     """
+    if precision is not None and precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    path, card = _resolve(name_or_path)
+    main = card.get("precision", PRECISIONS[0])
+    if precision is None or precision == main:
+        return path, card
+    variants = card.get("variants") or {}
+    if precision not in variants:
+        raise ModelNotFoundError(
+            f"model {card['name']!r} has no {precision!r} variant (precisions: "
+            f"{', '.join([main, *variants])})")
+    spec = variants[precision]
+    variant_path = (path.parent / spec["file"]).resolve()
+    if not variant_path.is_file():
+        raise ModelNotFoundError(f"the {precision} variant of {card['name']!r} lists file "
+                                 f"{spec['file']!r}, which is missing from {path.parent}")
+    variant = dict(card, sha256=spec["sha256"], precision=precision,
+                   metrics=dict(spec.get("metrics", {}), reference=card["metrics"]))
+    variant.pop("variants", None)
+    return variant_path, variant
+
+
+def _resolve(name_or_path):
     if not isinstance(name_or_path, (str, os.PathLike)):
         raise TypeError(f"model must be a name or a path, not {type(name_or_path).__name__}")
     if _is_path_like(name_or_path):

@@ -2,6 +2,7 @@
 import argparse
 import logging
 import sys
+from pathlib import Path
 
 from ._version import __version__
 from .exceptions import AstromorphError
@@ -32,20 +33,27 @@ def _cmd_models(args):
     for name in names:
         try:
             path, card = resolve_model(name)
-            row = [name, str(card["version"]), str(card["task"]), _describe_input(card)]
+            variants = list(card.get("variants") or {})
+            row = [name, str(card["version"]), str(card["task"]), _describe_input(card),
+                   ", ".join([card.get("precision", "float32"), *variants])]
         except AstromorphError as exc:
-            rows.append([name, "?", "?", "?", f"BAD CARD: {exc}"])
+            rows.append([name, "?", "?", "?", "?", f"BAD CARD: {exc}"])
             bad += 1
             continue
         if args.verify:
-            try:
-                verify_checksum(path, card)
-                row.append("sha256 OK")
-            except ChecksumMismatchError as exc:
-                row.append(f"SHA256 MISMATCH (file {exc.actual[:12]}..., card {exc.expected[:12]}...)")
-                bad += 1
+            problems = []
+            for precision in [None, *variants]:
+                try:
+                    verify_checksum(*resolve_model(name, precision=precision))
+                except ChecksumMismatchError as exc:
+                    problems.append(f"SHA256 MISMATCH {Path(exc.path).name} (file "
+                                    f"{exc.actual[:12]}..., card {exc.expected[:12]}...)")
+                except AstromorphError as exc:
+                    problems.append(f"BAD VARIANT {precision}: {exc}")
+            row.append("; ".join(problems) or "sha256 OK")
+            bad += bool(problems)
         rows.append(row)
-    header = ["name", "version", "task", "input"] + (["checksum"] if args.verify else [])
+    header = ["name", "version", "task", "input", "precision"] + (["checksum"] if args.verify else [])
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
     for r in [header, ["-" * w for w in widths], *rows]:
         print("  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip())

@@ -10,9 +10,16 @@ Compares, in one run and on the same machine:
   one model call. It is timed on ``--naive`` sources (default 300) and its
   per-source time is scaled to the full catalogue.
 
+annotate shares the cutting and preprocessing among threads (one per core)
+while the model scores the parts already done; the stages are timed the
+same way. Every precision of the model runs in turn (float32, and the int8
+variant where the card lists one), each against the naive way with the same
+model file.
+
 Usage::
 
-    python benchmarks/bench_annotate.py [--model morphology] [--n 10000] [--naive 300]
+    python benchmarks/bench_annotate.py [--model morphology] [--precision float32 int8]
+                                        [--n 10000] [--naive 300]
 
 Prints the speed-up of annotate over the naive way and the fraction of
 annotate's time spent cutting and resampling, and splits the speed-up into
@@ -24,6 +31,7 @@ import argparse
 import os
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 from astropy import units as u
@@ -34,7 +42,8 @@ from astropy.wcs import WCS
 
 import astromorph
 from astromorph._adapters import RawStamps, model_family, prepare
-from astromorph._annotate import _cut_band, _grid
+from astromorph._annotate import _cut_band, _grid, _sky_positions, _workers
+from astromorph._cutouts import STAMP_CHUNK
 from astromorph._images import parse_sky_images
 
 PIXEL_SCALE = 0.396  # arcsec/pixel, SDSS-like
@@ -99,73 +108,95 @@ def naive(model, path, cat, n_naive):
         return (time.perf_counter() - start) / n_naive, in_model / n_naive
 
 
-def staged(model, path, cat):
-    """annotate's stages timed one by one (same code paths as annotate)."""
+def staged(model, path, cat, workers):
+    """annotate's stages timed one by one (same code paths and threads as annotate)."""
     family = model_family(model.card)
     images = parse_sky_images(path)
     n = len(cat)
     coords = __import__("astropy.coordinates", fromlist=["SkyCoord"]).SkyCoord(
         cat["ra"], cat["dec"], unit="deg")
     npix, scale, crop, _ = _grid(model, family, n, np.asarray(cat["petroR90_r"]), None)
-    t0 = time.perf_counter()
-    stamps, flags = _cut_band(images, coords, npix, scale, np.arange(n))
-    t1 = time.perf_counter()
-    x, flags = prepare(model, RawStamps("bands", stamps[:, None], bands=("r",), flags=flags),
-                       crop_fraction=crop)
-    t2 = time.perf_counter()
-    model.predict(x, batch_size=256, progress=False)
-    t3 = time.perf_counter()
+    parts = [np.arange(s, min(s + STAMP_CHUNK, n)) for s in range(0, n, STAMP_CHUNK)]
+    with ThreadPoolExecutor(workers) as pool:
+        t0 = time.perf_counter()
+        sky = _sky_positions(images, coords)
+        cut = list(pool.map(lambda rows: _cut_band(images, sky, npix, scale, rows), parts))
+        t1 = time.perf_counter()
+        xs = list(pool.map(lambda c: prepare(model, RawStamps("bands", c[0][:, None], bands=("r",),
+                                                               flags=c[1]), crop_fraction=crop)[0],
+                           cut))
+        t2 = time.perf_counter()
+        for x in xs:
+            model.predict(x, batch_size=256, progress=False)
+        t3 = time.perf_counter()
     return {"cutout+resample": t1 - t0, "preprocess": t2 - t1, "model": t3 - t2}
+
+
+def run(model, path, cat, n_naive, repeats):
+    """Print annotate's end-to-end time, its stages and the naive way for one model."""
+    model.predict(np.zeros((8, *model.input_shape), np.float32))  # warm the session
+    n = len(cat)
+    totals = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        out = astromorph.annotate(cat, path, model=model, size_col="petroR90_r", progress=False)
+        totals.append(time.perf_counter() - t)
+    fast_total = min(totals)
+    stages = staged(model, path, cat, _workers(None))
+    per_naive, per_naive_model = naive(model, path, cat, n_naive)
+
+    staged_total = sum(stages.values())
+    flag_col = f"{model.card.get('column_prefix', model.name)}_flags"
+    n_flagged = int(np.count_nonzero(np.asarray(out[flag_col])))
+    naive_total = per_naive * n
+    print(f"\n== {model.name} v{model.version}, precision {model.precision}")
+    print(f"annotate, {n} sources end to end: {fast_total:.2f} s ({n / fast_total:.0f} sources/s; "
+          f"best of {repeats}: {', '.join(f'{t:.2f}' for t in totals)} s); flagged rows: "
+          f"{n_flagged}")
+    print(f"stages (timed separately, same code, {_workers(None)} worker threads):")
+    for k, v in stages.items():
+        print(f"  {k:16s} {v:7.2f} s  {v / staged_total:6.1%}")
+    print(f"naive (Cutout2D + reproject_interp + 1 model call per source), timed on "
+          f"{n_naive} sources: {per_naive * 1e3:.1f} ms/source -> {naive_total:.0f} s for {n}")
+    print(f"  of which the model call: {per_naive_model * 1e3:.2f} ms/source")
+    tag = f"[{model.precision}]"
+    print(f"RATIO {tag} naive / annotate (end to end): {naive_total / fast_total:.1f}x")
+    other_naive = (per_naive - per_naive_model) * n
+    other_fast = stages["cutout+resample"] + stages["preprocess"]
+    print(f"RATIO {tag} naive / annotate without the model (cutout, resample, preprocessing): "
+          f"{other_naive / other_fast:.1f}x")
+    print(f"RATIO {tag} model alone, one call per source / batches of 256: "
+          f"{per_naive_model * n / stages['model']:.1f}x")
+    print(f"FRACTION {tag} of annotate time in cutout+resample: "
+          f"{stages['cutout+resample'] / staged_total:.1%}")
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", default="morphology")
+    parser.add_argument("--precision", nargs="+", default=None,
+                        help="model precisions to run (default: float32 and every variant "
+                             "the card lists, e.g. int8)")
     parser.add_argument("--n", type=int, default=10_000)
     parser.add_argument("--naive", type=int, default=300)
     parser.add_argument("--size", type=int, default=4096)
+    parser.add_argument("--repeats", type=int, default=2, help="annotate runs (best is kept)")
     args = parser.parse_args(argv)
     if args.model not in astromorph.list_models() and not os.path.exists(args.model):
         raise SystemExit(f"model {args.model!r} is not shipped (have {astromorph.list_models()})")
-    model = astromorph.load_model(args.model, providers="cpu")
-    print(f"model {model.name} v{model.version}, input {model.input_shape}, "
-          f"providers {model.providers}, {os.cpu_count()} CPU cores")
+    card = astromorph.model_card(args.model)
+    precisions = args.precision or ["float32", *(card.get("variants") or {})]
+    models = [astromorph.load_model(args.model, providers="cpu", precision=p) for p in precisions]
+    print(f"model {card['name']} v{card['version']} ({', '.join(precisions)}), input "
+          f"{models[0].input_shape}, providers {models[0].providers}, {os.cpu_count()} CPU cores")
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "image.fits")
         t = time.perf_counter()
         w = make_image(path, args.size)
         print(f"made {args.size}x{args.size} float32 image in {time.perf_counter() - t:.1f} s")
         cat = catalogue(w, args.n, args.size)
-        model.predict(np.zeros((8, *model.input_shape), np.float32))  # warm the session
-
-        t = time.perf_counter()
-        out = astromorph.annotate(cat, path, model=model, size_col="petroR90_r", progress=False)
-        fast_total = time.perf_counter() - t
-        stages = staged(model, path, cat)
-        per_naive, per_naive_model = naive(model, path, cat, args.naive)
-
-    staged_total = sum(stages.values())
-    flag_col = f"{model.card.get('column_prefix', model.name)}_flags"
-    n_flagged = int(np.count_nonzero(np.asarray(out[flag_col])))
-    naive_total = per_naive * args.n
-    print(f"\nannotate, {args.n} sources end to end: {fast_total:.2f} s "
-          f"({args.n / fast_total:.0f} sources/s); flagged rows: {n_flagged}")
-    print("stages (timed separately, same code):")
-    for k, v in stages.items():
-        print(f"  {k:16s} {v:7.2f} s  {v / staged_total:6.1%}")
-    print(f"naive (Cutout2D + reproject_interp + 1 model call per source), timed on "
-          f"{args.naive} sources: {per_naive * 1e3:.1f} ms/source -> {naive_total:.0f} s "
-          f"for {args.n}")
-    print(f"  of which the model call: {per_naive_model * 1e3:.1f} ms/source")
-    print(f"\nRATIO naive / annotate (end to end): {naive_total / fast_total:.1f}x")
-    other_naive = (per_naive - per_naive_model) * args.n
-    other_fast = stages["cutout+resample"] + stages["preprocess"]
-    print(f"RATIO naive / annotate without the model (cutout, resample, preprocessing): "
-          f"{other_naive / other_fast:.1f}x")
-    print(f"RATIO model alone, one call per source / batches of 256: "
-          f"{per_naive_model * args.n / stages['model']:.1f}x")
-    print(f"FRACTION of annotate time in cutout+resample: "
-          f"{stages['cutout+resample'] / staged_total:.1%}")
+        for model in models:
+            run(model, path, cat, args.naive, args.repeats)
 
 
 if __name__ == "__main__":

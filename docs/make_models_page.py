@@ -59,6 +59,19 @@ def main():
                  if any(h in k for h in HEADLINE) and "per_class" not in k][:24]
         lines += [f"| {k} | {_fmt(v)} |" for k, v in shown]
         lines += ["", f"sha256 `{card['sha256']}`", ""]
+        for precision, variant in (card.get("variants") or {}).items():
+            vm = variant.get("metrics", {})
+            lines += [f"Variant `{precision}` (`{variant['file']}`, "
+                      f"`load_model({card['name']!r}, precision={precision!r})`): "
+                      f"{variant.get('quantization', '')}", "",
+                      "| metric | value |", "|---|---|"]
+            lines += [f"| {k} | {_fmt(v)} |" for k, v in _flatten(vm)
+                      if (any(h in k for h in HEADLINE) or "agreement" in k)
+                      and "per_class" not in k][:12]
+            rate = (variant.get("performance") or {}).get("stamps_per_second")
+            if rate:
+                lines += [f"| stamps per second (2 CPU threads) | {rate} |"]
+            lines += ["", f"sha256 `{variant['sha256']}`", ""]
     (ROOT / "docs" / "models.md").write_text("\n".join(lines) + "\n")
     print(f"wrote {ROOT / 'docs' / 'models.md'}")
 

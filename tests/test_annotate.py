@@ -350,3 +350,50 @@ def test_annotate_dask_needs_paths(optical_model):
     img, w = blobs(), sky_wcs()
     with pytest.raises(InputError, match="paths"):
         astromorph.annotate_dask(catalogue(w, [(1, 1)]), (img, w), model=str(optical_model.path))
+
+
+# ------------------------------------------------------------- threads, reads
+def test_threads_give_the_same_table(optical_model, monkeypatch):
+    """Stamps cut and preprocessed by several threads: the same table as one thread."""
+    import warnings
+
+    from astromorph import _annotate
+
+    monkeypatch.setattr(_annotate, "STAMP_CHUNK", 7)  # many parts per chunk
+    img, w = blobs(), sky_wcs()
+    img[90:110, 90:110] = np.nan  # blank pixels: the NaN-median path runs in the threads
+    rng = np.random.default_rng(5)
+    cat = catalogue(w, rng.uniform(-10, 210, (60, 2)))
+    filters = list(warnings.filters)
+    one = astromorph.annotate(cat, (img, w), model=optical_model, threads=1)
+    many = astromorph.annotate(cat, (img, w), model=optical_model, threads=3)
+    assert warnings.filters == filters  # no warning filter left behind by worker threads
+    assert np.any(one["opt_flags"] & Flag.BLANK) and np.any(one["opt_flags"] & Flag.OFF_IMAGE)
+    for name in one.colnames:
+        np.testing.assert_array_equal(np.ma.filled(one[name], -1), np.ma.filled(many[name], -1))
+
+
+@pytest.mark.parametrize("dtype", [">f4", "int16"])
+def test_whole_image_read_gives_the_same_stamps(tmp_path, monkeypatch, dtype):
+    """A memory-mapped image read whole once the stamps have sampled as many points
+    as it has pixels (`SkyImage.resident`) gives the stamps of page-by-page reads."""
+    from astromorph import _cutouts
+
+    img, w = blobs(), sky_wcs()
+    path = tmp_path / "image.fits"
+    hdu = fits.PrimaryHDU(img.astype(np.float64) if dtype == "int16" else img.astype(dtype),
+                          header=w.to_header())
+    if dtype == "int16":
+        hdu.scale("int16", bscale=1e-3, bzero=10.0)
+    hdu.writeto(path)
+    rng = np.random.default_rng(1)
+    src = w.pixel_to_world(*rng.uniform(-5, 205, (2, 400)))
+    stamps = {}
+    for limit in (0, 1 << 30):  # never / as soon as worthwhile
+        monkeypatch.setattr(_cutouts, "RESIDENT_MAX_BYTES", limit)
+        [im] = parse_sky_images(str(path))
+        stamps[limit] = cut_stamps(im, src.ra.deg, src.dec.deg, size=SIZE, pixel_scale=SCALE,
+                                   chunk=50).stamps
+        assert (im._resident is not None) == bool(limit)
+    np.testing.assert_allclose(stamps[0], stamps[1 << 30], rtol=1e-6, atol=1e-6, equal_nan=True)
+    assert np.isnan(stamps[0]).any() and np.isfinite(stamps[0]).any()

@@ -238,6 +238,51 @@ def test_card_and_model_io():
     np.testing.assert_allclose(pg.sum(1), 1.0, atol=1e-5)
 
 
+@requires_model
+def test_int8_variant(tmp_path):
+    """The quantised variant: checked sha256, its own metrics, close to float32.
+
+    Stated tolerance on SDSS-like cutouts: the same label, probabilities within
+    0.1 (the card gives the held-out agreement, 99 per cent of test galaxies).
+    """
+    import shutil
+
+    from astromorph.exceptions import ChecksumMismatchError, ModelNotFoundError
+
+    card = json.loads((MODEL_DIR / "card.json").read_text())
+    spec = card["variants"]["int8"]
+    path = MODEL_DIR / spec["file"]
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == spec["sha256"]
+    assert path.stat().st_size < (MODEL_DIR / "model.onnx").stat().st_size
+    m8 = astromorph.load_model("morphology", precision="int8", providers="cpu")
+    m32 = astromorph.load_model("morphology", precision="float32", providers="cpu")
+    assert m8.precision == "int8" and m32.precision == "float32"
+    assert m8.sha256 == spec["sha256"] and m32.sha256 == card["sha256"]
+    assert m8.card["metrics"]["accuracy"] == spec["metrics"]["accuracy"]
+    assert m8.card["metrics"]["reference"]["accuracy"] == card["metrics"]["accuracy"]
+    assert "int8" in repr(m8)
+    x = opt.preprocess_colour_cutout(np.stack([jpeg_like(seed=s, q=0.2 + 0.15 * s, angle=s)
+                                               for s in range(6)]))
+    p8 = np.asarray(m8.predict(x)["probabilities"])
+    p32 = np.asarray(m32.predict(x)["probabilities"])
+    np.testing.assert_array_equal(p8.argmax(1), p32.argmax(1))
+    np.testing.assert_allclose(p8, p32, atol=0.1)
+    assert spec["metrics"]["label_agreement_with_float32"] >= 0.97
+    # a modified variant file is refused; unknown variants are typed errors
+    copy = tmp_path / "morphology"
+    shutil.copytree(MODEL_DIR, copy)
+    data = bytearray((copy / spec["file"]).read_bytes())
+    data[-1] ^= 1
+    (copy / spec["file"]).write_bytes(bytes(data))
+    with pytest.raises(ChecksumMismatchError):
+        astromorph.load_model(copy, precision="int8")
+    astromorph.load_model(copy)  # the float32 file is untouched
+    with pytest.raises(ModelNotFoundError, match="no 'int8' variant"):
+        astromorph.load_model("real-bogus", precision="int8")
+    with pytest.raises(ValueError, match="float16"):
+        astromorph.load_model("morphology", precision="float16")
+
+
 def _training_module():
     pytest.importorskip("torch")
     try:
@@ -296,3 +341,10 @@ def test_card_accuracy_reproduced():
     model = astromorph.load_model("morphology", providers="cpu")
     p = np.asarray(model.predict(x, progress=False)["probabilities"])
     assert (p.argmax(1) == labels[test]).mean() == pytest.approx(card["metrics"]["accuracy"], abs=1e-4)
+    if "int8" in card.get("variants", {}):
+        m8 = card["variants"]["int8"]["metrics"]
+        p8 = np.asarray(astromorph.load_model("morphology", precision="int8", providers="cpu")
+                        .predict(x, progress=False)["probabilities"])
+        assert (p8.argmax(1) == labels[test]).mean() == pytest.approx(m8["accuracy"], abs=1e-4)
+        assert (p8.argmax(1) == p.argmax(1)).mean() == pytest.approx(
+            m8["label_agreement_with_float32"], abs=1e-4)

@@ -29,7 +29,13 @@ def test_preprocessing_feeds_the_model(name):
     model = astromorph.load_model(name, providers="cpu")
     for raw in raw_inputs(model_family(model.card)):
         x, flags = prepare(model, raw)
-        assert x.shape == (2, *model.input_shape), (name, raw.kind, x.shape)
+        c, h, w = model.input_shape
+        # one plane for a single band where the card says Model.predict replicates it
+        channels = (c, 1) if model.card["input"].get("single_band") == "replicate" else (c,)
+        assert x.shape[0] == 2 and x.shape[2:] == (h, w) and x.shape[1] in channels, \
+            (name, raw.kind, x.shape)
+        if raw.kind == "bands" and raw.data.shape[1] == 1:
+            assert x.shape[1] == channels[-1]
         assert x.dtype == np.float32 and np.isfinite(x).all()
         out = model.predict(x)
         for value in out.values():

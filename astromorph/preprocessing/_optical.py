@@ -344,10 +344,18 @@ def preprocess_single_band(image, *, size=STAMP_SIZE, crop_fraction=CROP_FRACTIO
     -------
     numpy.ndarray, float32, shape (3, size, size) or (N, 3, size, size)
     """
-    # The three channels are equal: resample one and repeat it (same values).
+    return np.repeat(_single_band_plane(image, size, crop_fraction, **lupton), 3, axis=-3)
+
+
+def _single_band_plane(image, size, crop_fraction, **lupton):
+    """One plane of `preprocess_single_band`, shape (1, size, size) or (N, 1, size, size).
+
+    The three channels are equal, so only one is computed; `Model.predict`
+    replicates it batch by batch for models whose card says
+    ``single_band: replicate``.
+    """
     grey = _grey_uint8(image, **lupton)
-    one = _display_to_network(grey[..., None], size, crop_fraction)
-    return np.repeat(one, 3, axis=-3)
+    return _display_to_network(grey[..., None], size, crop_fraction)
 
 
 def preprocess_optical(images, *, size=STAMP_SIZE, crop_fraction=CROP_FRACTION):

@@ -138,25 +138,17 @@ def preprocess_triplet(x, *, return_flags=True):
         med[clean] = m
         mad[clean] = np.partition(np.abs(fc - m), k, axis=1)[:, k:k + 1]
     if has_bad.any():
-        import warnings
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN stamps
-            fb = flat[has_bad]
-            m = np.nanmedian(fb, axis=1, keepdims=True)
-            med[has_bad] = m
-            mad[has_bad] = np.nanmedian(np.abs(fb - m), axis=1, keepdims=True)
+        fb = flat[has_bad]
+        m = _finite_rows(np.nanmedian, fb)
+        med[has_bad] = m
+        mad[has_bad] = _finite_rows(np.nanmedian, np.abs(fb - m))
     sigma = 1.4826 * mad
     # Fallback for stamps with > 50% identical pixels (MAD == 0): the
     # standard deviation, then 1 (all-constant or all-invalid stamp).
     weak = ~(np.isfinite(sigma) & (sigma > 0))
     std = np.ones_like(sigma)
     if weak.any():
-        import warnings
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
-            std[weak] = np.nanstd(flat[weak[..., 0]], axis=1)
+        std[weak] = _finite_rows(np.nanstd, flat[weak[..., 0]])[:, 0]
     sigma = np.where(np.isfinite(sigma) & (sigma > 0), sigma, std)
     sigma = np.where(np.isfinite(sigma) & (sigma > 0), sigma, 1.0)
     med = np.where(np.isfinite(med), med, 0.0)
@@ -166,6 +158,17 @@ def preprocess_triplet(x, *, return_flags=True):
     out = np.ascontiguousarray(out.reshape(x.shape), dtype=np.float32)
     if return_flags:
         return out, nan_frac.max(axis=1).astype(np.float32)
+    return out
+
+
+def _finite_rows(func, a):
+    """``func(a, axis=1, keepdims=True)`` (a NaN-aware reduction) on the rows of ``a``
+    with a finite value, NaN on the others, without the all-NaN warnings (no
+    ``warnings.catch_warnings``, which is not thread-safe)."""
+    out = np.full((len(a), 1), np.nan)
+    some = np.isfinite(a).any(axis=1)
+    if some.any():
+        out[some] = func(a[some], axis=1, keepdims=True)
     return out
 
 

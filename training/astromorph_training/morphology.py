@@ -548,6 +548,41 @@ def export_model(deployed, root):
     return path
 
 
+#: Training-split stamps whose activation ranges calibrate the int8 variant.
+INT8_CALIBRATION_STAMPS = 1024
+
+
+def export_int8(onnx_path, data):
+    """Quantise the exported graph to ``model.int8.onnx`` beside it (calibrated on training stamps)."""
+    train = data["split"][0]
+    rng = np.random.default_rng(SPLIT_SEED)
+    pick = np.sort(rng.choice(train, min(INT8_CALIBRATION_STAMPS, len(train)), replace=False))
+    return _common.quantize_int8(onnx_path, Path(onnx_path).parent / "model.int8.onnx",
+                                 data["stamps"][pick])
+
+
+def _int8_report(int8_path, stamps, labels, float_probs, n_calibration):
+    """Held-out metrics of the int8 variant and its agreement with the float model."""
+    probs = _common.run_onnx(int8_path, stamps)
+    rep = _common.classification_report(probs, labels, CLASS_NAMES)
+    diff = np.abs(probs - float_probs)
+    return {
+        "source": "models/morphology/model.int8.onnx run with onnxruntime (CPU) on the test split",
+        "n_test": rep["n"],
+        "accuracy": rep["accuracy"],
+        "macro_recall": rep["macro_recall"],
+        "per_class": rep["per_class"],
+        "confusion_matrix": rep["confusion_matrix"],
+        "ece": rep["ece"],
+        "label_agreement_with_float32": float(np.mean(probs.argmax(1) == float_probs.argmax(1))),
+        "probability_abs_diff_vs_float32": {"mean": float(diff.mean()),
+                                            "p99": float(np.quantile(diff, 0.99)),
+                                            "max": float(diff.max())},
+        "calibration_stamps": int(n_calibration),
+        "onnx_sha256": _common.sha256sum(int8_path),
+    }
+
+
 def cpu_time_throughput(path, batch=256, repeats=4):
     """Stamps per CPU-second of one onnxruntime thread (robust to a shared, loaded machine)."""
     import onnxruntime as ort
@@ -603,6 +638,9 @@ def evaluate(args):
         report[split] = rep
         if split == "test":
             test_probs, test_uncal = probs, uncal
+            int8_path = export_int8(onnx_path, data)
+            int8 = _int8_report(int8_path, stamps[idx], labels[idx], probs,
+                                min(INT8_CALIBRATION_STAMPS, len(data["split"][0])))
             grey_probs = _common.run_onnx(onnx_path, _grey(stamps[idx]))
             grey = _common.classification_report(grey_probs, labels[idx], CLASS_NAMES)
             with torch.no_grad():
@@ -631,6 +669,7 @@ def evaluate(args):
         "calibration": calibration,
         "torch_onnx_max_abs_diff": parity,
         "onnx_sha256": _common.sha256sum(onnx_path),
+        "int8": int8,
         "split_definition": {"seed": SPLIT_SEED, "fractions": list(SPLIT_FRACTIONS),
                              "stratified": True, "counts": [int(len(i)) for i in data["split"]]},
         "training": {"epochs": state["epochs"], "seed": args.seed,
@@ -651,23 +690,64 @@ def evaluate(args):
              test["accuracy"], test["macro_recall"], test["ece_before_temperature"],
              test["ece_after_temperature"],
              {k: v["recall"] for k, v in test["per_class"].items()}, path)
+    log.info("int8 variant: accuracy %.4f macro recall %.4f ECE %.4f, labels as float32 for "
+             "%.2f%% of test galaxies", int8["accuracy"], int8["macro_recall"], int8["ece"],
+             100 * int8["label_agreement_with_float32"])
     return metrics
 
 
 # --------------------------------------------------------------------------- export
+def _card_test_metrics(m):
+    """The headline test-split numbers of a metrics dict (float32 or int8), for a card."""
+    return {
+        "split": "test",
+        "command": f"python -m astromorph_training {NAME} evaluate",
+        "n": m["n_test"],
+        "accuracy": round(m["accuracy"], 4),
+        "macro_recall": round(m["macro_recall"], 4),
+        "per_class": {c: {k: m["per_class"][c][k] for k in ("recall", "precision", "support")}
+                      for c in CLASS_NAMES},
+    }
+
+
+def _int8_card(m, path, sha, rate, cpu_rate):
+    """The ``variants["int8"]`` entry of the card."""
+    return {
+        "file": path.name,
+        "sha256": sha,
+        "file_size_bytes": path.stat().st_size,
+        "precision": "int8",
+        "quantization": (f"{_common.INT8_RECIPE}; {m['calibration_stamps']} calibration stamps; "
+                         f"made from model.onnx by `python -m astromorph_training {NAME} "
+                         "evaluate` (and again, identically, by `export`)"),
+        "use": ("astromorph.load_model('morphology', precision='int8'), or precision='int8' / "
+                "--precision int8 in annotate and predict; for CPUs (GPU providers run the "
+                "float32 file faster)"),
+        "metrics": {
+            **_card_test_metrics(m),
+            "ece_after_temperature": round(m["ece"], 4),
+            "label_agreement_with_float32": round(m["label_agreement_with_float32"], 4),
+            "probability_abs_diff_vs_float32": {k: round(v, 4) for k, v in
+                                                m["probability_abs_diff_vs_float32"].items()},
+            "report": "training/reports/morphology/metrics.json (key int8)",
+        },
+        "performance": {"onnxruntime_cpu_threads": 2, "batch": 256,
+                        "stamps_per_second": round(rate),
+                        "stamps_per_cpu_second_one_thread": round(cpu_rate)},
+    }
+
+
 def _card(metrics, calibration, state, throughput, cpu_rate, size_bytes, n_params):
     from astromorph import __version__ as astromorph_version
-
-    def pc(name):
-        p = metrics["per_class"][name] if metrics else None
-        return {"recall": p["recall"], "precision": p["precision"], "support": p["support"]} if p else None
 
     history = state["history"]
     train_min = sum(h["seconds"] for h in history) / 60
     return {
         "name": NAME,
-        "version": "1.1.0",
-        "changes": ("1.1.0: the graph averages 1 orientation instead of 2 (same network "
+        "version": "1.2.0",
+        "changes": ("1.2.0: adds the int8 variant model.int8.onnx (variants.int8, with its own "
+                    "held-out metrics); model.onnx is unchanged. "
+                    "1.1.0: the graph averages 1 orientation instead of 2 (same network "
                     "weights, recalibrated on validation): validation accuracy / macro recall "
                     "0.8638 / 0.776 -> 0.8625 / 0.806; held-out test 0.8638 / 0.727 -> 0.8575 / "
                     "0.721, ECE 0.025 -> 0.016; twice the stamps per second"),
@@ -748,12 +828,7 @@ def _card(metrics, calibration, state, throughput, cpu_rate, size_bytes, n_param
                        f"torch {torch.__version__}, 1 thread",
         },
         "metrics": {
-            "split": "test",
-            "command": f"python -m astromorph_training {NAME} evaluate",
-            "n": metrics["n_test"],
-            "accuracy": round(metrics["accuracy"], 4),
-            "macro_recall": round(metrics["macro_recall"], 4),
-            "per_class": {c: pc(c) for c in CLASS_NAMES},
+            **_card_test_metrics(metrics),
             "ece_before_temperature": round(metrics["ece_before_temperature"], 4),
             "ece_after_temperature": round(metrics["ece_after_temperature"], 4),
             "temperature": round(calibration["temperature"], 4),
@@ -804,9 +879,25 @@ def export(args):
     log.info("onnxruntime throughput: %.0f stamps/s (2 threads, batch 256, wall clock), "
              "%.0f stamps per CPU-second (1 thread); %.2f MB",
              throughput, cpu_rate, path.stat().st_size / 1e6)
+    variants = {}
+    if metrics is not None and "int8" in metrics:
+        int8_path = export_int8(path, load_dataset(args))
+        int8_sha = _common.sha256sum(int8_path)
+        if metrics["int8"].get("onnx_sha256") != int8_sha:
+            log.warning("int8 graph differs from the evaluated one (sha256 %s vs %s); "
+                        "run evaluate again", int8_sha, metrics["int8"].get("onnx_sha256"))
+        int8_rate = _common.onnx_throughput(int8_path, (3, STAMP_SIZE, STAMP_SIZE), batch=256,
+                                            threads=2)
+        int8_cpu_rate = cpu_time_throughput(int8_path)
+        log.info("int8 variant: %.0f stamps/s (2 threads), %.0f stamps per CPU-second; %.2f MB",
+                 int8_rate, int8_cpu_rate, int8_path.stat().st_size / 1e6)
+        variants["int8"] = _int8_card(metrics["int8"], int8_path, int8_sha, int8_rate,
+                                      int8_cpu_rate)
     n_params = sum(p.numel() for p in net.parameters())
-    card_path = _common.write_card(NAME, _card(metrics, calibration, state, throughput, cpu_rate,
-                                               path.stat().st_size, n_params), root)
+    card = _card(metrics, calibration, state, throughput, cpu_rate, path.stat().st_size, n_params)
+    if variants:
+        card["variants"] = variants
+    card_path = _common.write_card(NAME, card, root)
     # Parity through astromorph itself: real JPEGs -> preprocessing -> ONNX vs torch.
     ids, _ = read_labels(args.data_dir)
     files = [Path(args.data_dir) / "gz1" / "images" / f"{i}.jpeg" for i in ids[:16]]
