@@ -149,6 +149,15 @@ def _sky_positions(images, coords):
     return sky
 
 
+def _plan_reads(images, sky, npix):
+    """Tell each image how many stamp pixels it will give (dense images are read whole at once)."""
+    for image, (lon, lat) in zip(images, sky):
+        px, py = image.world_to_pixel(lon, lat)
+        ny, nx = image.shape
+        inside = (px > -0.5) & (px < nx - 0.5) & (py > -0.5) & (py < ny - 0.5)
+        image.plan_samples(int(np.count_nonzero(inside)) * npix ** 2)
+
+
 def _cut_band(images, sky, npix, scale, rows):
     """Stamps of the sources ``rows`` from the best image of one band (mosaic aware).
 
@@ -274,6 +283,8 @@ def annotate(table, images, *, model, ra_col=None, dec_col=None, coord_col=None,
     flags[bad_pos | bad_size] |= Flag.BAD_INPUT
     valid = np.zeros(n, bool)
     sky = {band: _sky_positions(groups[band], coords) for band in plan}
+    for band in plan:
+        _plan_reads(groups[band], sky[band], npix)
     kind = "triplet" if family == "triplet" else "bands"
 
     def stamps_to_input(rows):

@@ -55,7 +55,7 @@ class SkyImage:
     """
 
     def __init__(self, data, wcs, *, name="image", band=None, bscale=1.0, bzero=0.0, blank=None,
-                 hold=None):
+                 hold=None, file_span=None):
         if data.ndim != 2:
             raise ValueError(f"{name}: expected a 2D image, got shape {data.shape}")
         self.data, self.wcs, self.name, self.band = data, wcs, name, band
@@ -68,6 +68,9 @@ class SkyImage:
         self._levels = {1: self}
         self._hold = hold  # keeps an HDUList (and its memory map) open
         self._sampled = 0
+        self._planned = 0
+        # (path, byte offset) of uncompressed FITS data: read whole with one read call
+        self._file_span = file_span
         # data sampled directly: plain native floats (an in-memory array), or
         # the copy made by `resident`
         self._resident = data if self.plain and data.dtype.isnative and not isinstance(
@@ -101,23 +104,31 @@ class SkyImage:
             values = values * np.float32(self.bscale) + np.float32(self.bzero)
         return values
 
+    def plan_samples(self, n_samples):
+        """Announce ``n_samples`` stamp pixels to come (lets `resident` read the image at once)."""
+        with self.lock:
+            self._planned += int(n_samples)
+
     def resident(self, n_samples):
         """The array to sample with `scipy.ndimage.map_coordinates`, or None (use `take`).
 
         Plain float data held in memory are sampled where they are. Other data
         (scaled integers, big-endian memory maps, whose byte swapping slows
         sampling) are read once, whole, into native float32 when the stamps
-        have asked for as many samples (``n_samples`` per call) as the image
-        has pixels, if that copy is at most `RESIDENT_MAX_BYTES`; a sparse
-        catalogue on a large image keeps reading only the pages under its
-        stamps.
+        have asked (``n_samples`` per call), or are planned to ask
+        (`plan_samples`), for as many samples as the image has pixels, if that
+        copy is at most `RESIDENT_MAX_BYTES`; a sparse catalogue on a large
+        image keeps reading only the pages under its stamps.
         """
         with self.lock:
             self._sampled += int(n_samples)
-            if (self._resident is None and self._sampled >= self.data.size
+            if (self._resident is None
+                    and max(self._sampled, self._planned) >= self.data.size
                     and 4 * self.data.size <= RESIDENT_MAX_BYTES):
                 log.debug("%s: reading the image whole into memory", self.name)
-                self._resident = self._strips(1)
+                self._resident = self._read_whole()
+                if self._resident is None:
+                    self._resident = self._strips(1)
             if self._resident is not None:
                 return self._resident
             return self.data if self.plain else None
@@ -130,6 +141,29 @@ class SkyImage:
                                   band=self.band)
                 self._levels[factor] = binned
             return self._levels[factor]
+
+    def _read_whole(self):
+        """Native float32 copy of an uncompressed FITS image by one read call, or None.
+
+        Faster than touching every page of the memory map; None where the
+        file cannot be read so (then `_strips` reads the memory map).
+        """
+        if self._file_span is None:
+            return None
+        path, offset = self._file_span
+        raw = np.empty(self.data.shape, self.data.dtype)
+        try:
+            with open(path, "rb") as f:
+                f.seek(offset)
+                if f.readinto(memoryview(raw).cast("B")) != raw.nbytes:
+                    return None
+        except (OSError, ValueError, TypeError):
+            return None
+        if not raw.dtype.isnative:
+            raw = raw.byteswap(inplace=True).view(raw.dtype.newbyteorder())
+        if self.plain:
+            return raw.astype(np.float32, copy=False)
+        return self._scaled(raw)
 
     def _strips(self, factor):
         """Float32 copy of the image, block-averaged (NaN-aware) by ``factor`` > 1."""

@@ -51,7 +51,7 @@ def _celestial_wcs(header, name):
     return wcs.celestial
 
 
-def _from_hdu(hdu, name, hold=None):
+def _from_hdu(hdu, name, hold=None, file_span=None):
     if hdu.data is None or hdu.header.get("NAXIS", 0) < 2:
         raise InputError(f"{name}: the HDU holds no image")
     data = hdu.data
@@ -67,7 +67,8 @@ def _from_hdu(hdu, name, hold=None):
     return SkyImage(data, wcs, name=name, band=band_of_header(header),
                     bscale=header.get("BSCALE", 1.0) if scaled else 1.0,
                     bzero=header.get("BZERO", 0.0) if scaled else 0.0,
-                    blank=header.get("BLANK") if scaled else None, hold=hold)
+                    blank=header.get("BLANK") if scaled else None, hold=hold,
+                    file_span=file_span)
 
 
 def _from_path(path):
@@ -87,8 +88,11 @@ def _from_path(path):
             continue
         if hdu.header.get("NAXIS", 0) < 2:
             continue
+        span = None
+        if not isinstance(hdu, fits.CompImageHDU):  # uncompressed: the bytes are the array
+            span = (name, hdul.fileinfo(k)["datLoc"])
         try:
-            images.append(_from_hdu(hdu, f"{name}[{k}]", hold=hdul))
+            images.append(_from_hdu(hdu, f"{name}[{k}]", hold=hdul, file_span=span))
         except InputError as exc:
             errors.append(str(exc))
         except (OSError, ValueError, TypeError) as exc:

@@ -42,7 +42,7 @@ from astropy.wcs import WCS
 
 import astromorph
 from astromorph._adapters import RawStamps, model_family, prepare
-from astromorph._annotate import _cut_band, _grid, _sky_positions, _workers
+from astromorph._annotate import _cut_band, _grid, _plan_reads, _sky_positions, _workers
 from astromorph._cutouts import STAMP_CHUNK
 from astromorph._images import parse_sky_images
 
@@ -120,6 +120,7 @@ def staged(model, path, cat, workers):
     with ThreadPoolExecutor(workers) as pool:
         t0 = time.perf_counter()
         sky = _sky_positions(images, coords)
+        _plan_reads(images, sky, npix)
         cut = list(pool.map(lambda rows: _cut_band(images, sky, npix, scale, rows), parts))
         t1 = time.perf_counter()
         xs = list(pool.map(lambda c: prepare(model, RawStamps("bands", c[0][:, None], bands=("r",),
