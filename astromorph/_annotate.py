@@ -266,6 +266,9 @@ def annotate(table, images, *, model, ra_col=None, dec_col=None, coord_col=None,
         raise ValueError(f"on_conflict must be 'error', 'suffix' or 'replace', got {on_conflict!r}")
     if not isinstance(model, Model):
         model = load_model(model, providers=providers, threads=threads, precision=precision)
+    elif precision not in (None, model.precision):
+        raise InputError(f"precision={precision!r} asked for, but the model passed is loaded "
+                         f"with precision {model.precision!r}; pass its name instead")
     family = model_family(model.card)
     out = table.copy()
     n = len(out)

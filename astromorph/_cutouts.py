@@ -21,6 +21,7 @@ array operations, and only the image pages under the stamps are read.
 """
 import logging
 import threading
+import weakref
 
 import numpy as np
 
@@ -31,9 +32,26 @@ log = logging.getLogger(__name__)
 #: Sources per vectorised chunk (bounds memory: chunk * size**2 * ~100 bytes).
 STAMP_CHUNK = 512
 
-#: Largest native float32 copy of an image (bytes) that `SkyImage` makes
-#: once its stamps have sampled as many points as the image has pixels.
+#: Bytes that the whole-image copies of `SkyImage.resident` may hold together
+#: (all images alive at once: the tiles of a mosaic share the budget).
 RESIDENT_MAX_BYTES = 1 << 30
+
+_resident_bytes = [0]  # held by live copies; released when their SkyImage is collected
+_resident_lock = threading.Lock()
+
+
+def _reserve(nbytes):
+    """Take ``nbytes`` of the whole-image budget; False if it would be exceeded."""
+    with _resident_lock:
+        if _resident_bytes[0] + nbytes > RESIDENT_MAX_BYTES:
+            return False
+        _resident_bytes[0] += nbytes
+        return True
+
+
+def _release(nbytes):
+    with _resident_lock:
+        _resident_bytes[0] -= nbytes
 
 _ARCSEC = np.pi / (180.0 * 3600.0)
 
@@ -65,10 +83,11 @@ class SkyImage:
         self.plain = (data.dtype.kind == "f" and blank is None and self.bscale == 1.0
                       and self.bzero == 0.0)
         self._flat = data.reshape(-1) if data.flags.c_contiguous else None
-        self._levels = {1: self}
+        self._levels = {}  # block-averaged copies by factor (> 1)
         self._hold = hold  # keeps an HDUList (and its memory map) open
         self._sampled = 0
         self._planned = 0
+        self._declined = False
         # (path, byte offset) of uncompressed FITS data: read whole with one read call
         self._file_span = file_span
         # data sampled directly: plain native floats (an in-memory array), or
@@ -116,25 +135,35 @@ class SkyImage:
         (scaled integers, big-endian memory maps, whose byte swapping slows
         sampling) are read once, whole, into native float32 when the stamps
         have asked (``n_samples`` per call), or are planned to ask
-        (`plan_samples`), for as many samples as the image has pixels, if that
-        copy is at most `RESIDENT_MAX_BYTES`; a sparse catalogue on a large
-        image keeps reading only the pages under its stamps.
+        (`plan_samples`), for as many samples as the image has pixels, while
+        all such copies together stay within `RESIDENT_MAX_BYTES` (the tiles
+        of a large mosaic share it); a sparse catalogue on a large image
+        keeps reading only the pages under its stamps.
         """
         with self.lock:
             self._sampled += int(n_samples)
-            if (self._resident is None
-                    and max(self._sampled, self._planned) >= self.data.size
-                    and 4 * self.data.size <= RESIDENT_MAX_BYTES):
-                log.debug("%s: reading the image whole into memory", self.name)
-                self._resident = self._read_whole()
-                if self._resident is None:
-                    self._resident = self._strips(1)
+            if (self._resident is None and not self._declined
+                    and max(self._sampled, self._planned) >= self.data.size):
+                nbytes = 4 * self.data.size
+                if _reserve(nbytes):
+                    log.debug("%s: reading the image whole into memory", self.name)
+                    try:
+                        resident = self._read_whole()
+                        self._resident = self._strips(1) if resident is None else resident
+                    except BaseException:
+                        _release(nbytes)
+                        raise
+                    weakref.finalize(self, _release, nbytes)
+                else:  # the budget is spent (other images): stay page by page
+                    self._declined = True
             if self._resident is not None:
                 return self._resident
             return self.data if self.plain else None
 
     def level(self, factor):
         """This image block-averaged by ``factor`` (NaN-aware), cached."""
+        if factor == 1:
+            return self
         with self.lock:
             if factor not in self._levels:
                 binned = SkyImage(self._strips(factor), None, name=f"{self.name}/{factor}",

@@ -115,6 +115,10 @@ def predict_files(model, inputs, *, batch_size=256, progress=None, write_header=
         raise InvalidArgumentError(f"crop_fraction must be in (0, 1], got {crop_fraction!r}")
     if not isinstance(model, Model):
         model = load_model(model, providers=providers, threads=threads, precision=precision)
+    elif precision not in (None, model.precision):
+        raise InvalidArgumentError(f"precision={precision!r} asked for, but the model passed is "
+                                   f"loaded with precision {model.precision!r}; pass its name "
+                                   "instead")
     paths = expand_inputs(inputs)
     targets = _header_targets(paths, write_header, in_place, overwrite)
     family = model_family(model.card)

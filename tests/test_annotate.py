@@ -397,3 +397,24 @@ def test_whole_image_read_gives_the_same_stamps(tmp_path, monkeypatch, dtype):
         assert (im._resident is not None) == bool(limit)
     np.testing.assert_allclose(stamps[0], stamps[1 << 30], rtol=1e-6, atol=1e-6, equal_nan=True)
     assert np.isnan(stamps[0]).any() and np.isfinite(stamps[0]).any()
+
+
+def test_whole_image_copies_share_one_budget(tmp_path, monkeypatch):
+    """Tiles read whole share RESIDENT_MAX_BYTES; a collected image gives its share back."""
+    import gc
+
+    from astromorph import _cutouts
+
+    img, w = blobs(), sky_wcs()
+    path = tmp_path / "tile.fits"
+    fits.writeto(path, img.astype(">f4"), w.to_header())
+    monkeypatch.setattr(_cutouts, "RESIDENT_MAX_BYTES", int(1.5 * 4 * img.size))
+    monkeypatch.setattr(_cutouts, "_resident_bytes", [0])
+    [a], [b] = parse_sky_images(str(path)), parse_sky_images(str(path))
+    assert a.resident(img.size) is not None and a.resident(0).dtype == np.float32
+    assert b.resident(img.size) is b.data  # over the budget: sampled from the memory map
+    del a
+    gc.collect()
+    assert _cutouts._resident_bytes == [0]
+    [c] = parse_sky_images(str(path))
+    assert c.resident(img.size) is not None and c.resident(0) is not c.data

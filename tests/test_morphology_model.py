@@ -247,7 +247,9 @@ def test_int8_variant(tmp_path):
     """
     import shutil
 
-    from astromorph.exceptions import ChecksumMismatchError, ModelNotFoundError
+    from astropy.table import Table
+
+    from astromorph.exceptions import ChecksumMismatchError, InputError, ModelNotFoundError
 
     card = json.loads((MODEL_DIR / "card.json").read_text())
     spec = card["variants"]["int8"]
@@ -281,6 +283,8 @@ def test_int8_variant(tmp_path):
         astromorph.load_model("real-bogus", precision="int8")
     with pytest.raises(ValueError, match="float16"):
         astromorph.load_model("morphology", precision="float16")
+    with pytest.raises(InputError, match="precision"):
+        astromorph.annotate(Table({"ra": [0.0], "dec": [0.0]}), [], model=m32, precision="int8")
 
 
 def _training_module():
