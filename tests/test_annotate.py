@@ -323,6 +323,32 @@ def test_cli_annotate(optical_model, tmp_path):
     # an existing output is not overwritten silently
     assert cli.main(["annotate", str(tmp_path / "cat.ecsv"), "-i", str(tmp_path / "img.fits"),
                      "-m", str(optical_model.path), "-o", str(tmp_path / "out.ecsv")]) != 0
+    # a precision the model's card does not list is a clear error, not a crash
+    assert cli.main(["annotate", str(tmp_path / "cat.ecsv"), "-i", str(tmp_path / "img.fits"),
+                     "-m", str(optical_model.path), "--precision", "int8",
+                     "-o", str(tmp_path / "int8.ecsv")]) != 0
+    assert not (tmp_path / "int8.ecsv").exists()
+
+
+def test_cli_annotate_int8_on_the_packaged_input(tmp_path):
+    """--precision int8 with the shipped morphology model on the packaged HDF crop."""
+    from importlib.resources import files
+
+    data = files("astromorph") / "data"
+    card = astromorph.model_card("morphology")
+    if "int8" not in card.get("variants", {}):
+        pytest.skip("no int8 variant")
+    out = {}
+    for precision in ("float32", "int8"):
+        path = tmp_path / f"{precision}.ecsv"
+        assert cli.main(["annotate", str(data / "hdf_sources.ecsv"), "-i", str(data / "hdf_crop.fits"),
+                         "-m", "morphology", "--size-col", "r90", "--precision", precision,
+                         "-o", str(path), "--no-progress"]) == 0
+        out[precision] = Table.read(path)
+        assert out[precision].meta["astromorph_model_precision"] == precision
+    assert out["int8"].meta["astromorph_model_sha256"] == card["variants"]["int8"]["sha256"]
+    # out-of-domain single-band HST data: most labels still agree with float32
+    assert np.mean(out["int8"]["morph_label"] == out["float32"]["morph_label"]) > 0.9
 
 
 @pytest.mark.parametrize("scheduler", ["synchronous", "threads"])
