@@ -124,8 +124,7 @@ def _optical(raw, card, crop_fraction):
     nb = data.shape[1]
     if nb == 1:
         if card["input"].get("single_band") == "replicate":  # Model.predict replicates it
-            crop = kw.get("crop_fraction", opt.CROP_FRACTION)
-            return opt._single_band_plane(data[:, 0], kw["size"], crop), flags
+            return opt._single_band_plane(data[:, 0], **kw), flags
         return opt.preprocess_single_band(data[:, 0], **kw), flags
     if nb == 3:
         names = [str(b).lower() if b else None for b in (raw.bands or (None,) * 3)]

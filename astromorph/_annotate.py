@@ -136,7 +136,12 @@ def _band_plan(model, family, groups):
 
 
 def _sky_positions(images, coords):
-    """Longitude and latitude (degrees) of every source in the celestial frame of each image."""
+    """Every source in each image: ``(lon, lat, x, y)`` per image.
+
+    Longitude and latitude in degrees in the image's celestial frame, and the
+    0-based pixel position from its WCS (one transform per image, shared by
+    all the parts that `_cut_band` cuts).
+    """
     frames, sky = {}, []
     for image in images:
         with image.lock:
@@ -145,17 +150,23 @@ def _sky_positions(images, coords):
         if key not in frames:
             c = coords.transform_to(frame)
             frames[key] = (c.spherical.lon.deg, c.spherical.lat.deg)
-        sky.append(frames[key])
+        lon, lat = frames[key]
+        px, py = image.world_to_pixel(lon, lat)
+        sky.append((lon, lat, np.asarray(px), np.asarray(py)))
     return sky
+
+
+def _margins(image, px, py):
+    """Distance (pixels) of each position inside the image's border; negative outside."""
+    ny, nx = image.shape
+    margin = np.minimum.reduce([px + 0.5, nx - 0.5 - px, py + 0.5, ny - 0.5 - py])
+    return np.where(np.isfinite(margin), margin, -np.inf)
 
 
 def _plan_reads(images, sky, npix):
     """Tell each image how many stamp pixels it will give (dense images are read whole at once)."""
-    for image, (lon, lat) in zip(images, sky):
-        px, py = image.world_to_pixel(lon, lat)
-        ny, nx = image.shape
-        inside = (px > -0.5) & (px < nx - 0.5) & (py > -0.5) & (py < ny - 0.5)
-        image.plan_samples(int(np.count_nonzero(inside)) * npix ** 2)
+    for image, (_, _, px, py) in zip(images, sky):
+        image.plan_samples(int(np.count_nonzero(_margins(image, px, py) > 0)) * npix ** 2)
 
 
 def _cut_band(images, sky, npix, scale, rows):
@@ -170,11 +181,7 @@ def _cut_band(images, sky, npix, scale, rows):
     best_margin = np.full(n, -np.inf)
     best_image = np.full(n, -1)
     for k, image in enumerate(images):
-        lon, lat = sky[k][0][rows], sky[k][1][rows]
-        px, py = image.world_to_pixel(lon, lat)
-        ny, nx = image.shape
-        margin = np.minimum.reduce([px + 0.5, nx - 0.5 - px, py + 0.5, ny - 0.5 - py])
-        margin = np.where(np.isfinite(margin), margin, -np.inf)
+        margin = _margins(image, sky[k][2][rows], sky[k][3][rows])
         better = margin > best_margin
         best_margin[better] = margin[better]
         best_image[better] = k

@@ -195,7 +195,8 @@ class SkyImage:
         return self._scaled(raw)
 
     def _strips(self, factor):
-        """Float32 copy of the image, block-averaged (NaN-aware) by ``factor`` > 1."""
+        """Float32 copy of the image read from ``data`` in row strips: as it is
+        (``factor`` 1, the values `take` gives) or block-averaged (NaN-aware)."""
         ny, nx = self.shape[0] // factor, self.shape[1] // factor
         out = np.empty((ny, nx), np.float32)
         strip = max(1, (1 << 22) // max(self.shape[1], 1) // factor) * factor

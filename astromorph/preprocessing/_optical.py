@@ -344,10 +344,11 @@ def preprocess_single_band(image, *, size=STAMP_SIZE, crop_fraction=CROP_FRACTIO
     -------
     numpy.ndarray, float32, shape (3, size, size) or (N, 3, size, size)
     """
-    return np.repeat(_single_band_plane(image, size, crop_fraction, **lupton), 3, axis=-3)
+    return np.repeat(_single_band_plane(image, size=size, crop_fraction=crop_fraction, **lupton),
+                     3, axis=-3)
 
 
-def _single_band_plane(image, size, crop_fraction, **lupton):
+def _single_band_plane(image, *, size=STAMP_SIZE, crop_fraction=CROP_FRACTION, **lupton):
     """One plane of `preprocess_single_band`, shape (1, size, size) or (N, 1, size, size).
 
     The three channels are equal, so only one is computed; `Model.predict`
