@@ -58,6 +58,12 @@ def main():
         shown = [(k, v) for k, v in _flatten(metrics)
                  if any(h in k for h in HEADLINE) and "per_class" not in k][:24]
         lines += [f"| {k} | {_fmt(v)} |" for k, v in shown]
+        noise = metrics.get("label_noise_context")
+        if noise:
+            counts = ", ".join(f"n = {k}: {_fmt(v)}" for k, v in noise.items() if k != "summary")
+            lines += ["", f"Label noise: {noise['summary']}: {counts}."]
+        if metrics.get("figures"):
+            lines += ["", "Figures: " + ", ".join(f"`{f}`" for f in metrics["figures"]) + "."]
         lines += ["", f"sha256 `{card['sha256']}`", ""]
         for precision, variant in (card.get("variants") or {}).items():
             vm = variant.get("metrics", {})

@@ -352,3 +352,39 @@ def test_card_accuracy_reproduced():
         assert (p8.argmax(1) == labels[test]).mean() == pytest.approx(m8["accuracy"], abs=1e-4)
         assert (p8.argmax(1) == p.argmax(1)).mean() == pytest.approx(
             m8["label_agreement_with_float32"], abs=1e-4)
+
+
+def test_label_resampling(tmp_path):
+    """Unanimous votes survive every re-vote; a 50/50 split survives about half of them."""
+    morphology = _training_module()
+    assert morphology.label_resampling(tmp_path) is None  # no gz2/votes.csv
+    (tmp_path / "gz2").mkdir()
+    rows = ["GalaxyID,Class1.1,Class1.2,Class1.3"]
+    rows += [f"{i},0.9,0.0,0.0" for i in range(50)]      # unanimous (fractions need not sum to 1)
+    rows += [f"{i},0.4,0.4,0.0" for i in range(50, 100)]  # a tie
+    rows += ["100,0,0,0"]                                  # nobody answered: left out
+    (tmp_path / "gz2" / "votes.csv").write_text("\n".join(rows) + "\n")
+    out = morphology.label_resampling(tmp_path, sizes=(41,), n_draws=400)
+    assert out["n_galaxies"] == 100
+    kept = out["plurality_kept_by_a_revote_of_n_volunteers"]["41"]
+    assert kept == pytest.approx(0.5 + 0.5 * 0.5, abs=0.02)
+    assert out["fraction_with_plurality_below_0.6"] == pytest.approx(0.5)
+
+
+def test_error_gallery(tmp_path):
+    morphology = _training_module()
+    from astromorph_training import _common
+
+    rng = np.random.default_rng(0)
+    images = rng.random((12, 3, 16, 16)).astype(np.float32)
+    labels = np.arange(12) % 5
+    probs = np.full((12, 5), 0.05)
+    probs[np.arange(12), (labels + (np.arange(12) % 3 == 0)) % 5] = 0.8  # 4 errors
+    path = _common.plot_error_gallery(images, probs, labels, morphology.CLASS_NAMES,
+                                      tmp_path / "errors.png", "test")
+    assert path.stat().st_size > 1000
+    _common.plot_error_gallery(images[:, :1], probs, labels, morphology.CLASS_NAMES,
+                               tmp_path / "grey.png")  # one channel
+    _common.plot_error_gallery(images, np.eye(5)[labels], labels, morphology.CLASS_NAMES,
+                               tmp_path / "none.png")  # no errors: an empty gallery, no crash
+    assert (tmp_path / "none.png").is_file()

@@ -208,18 +208,55 @@ def test_card_and_model_io():
     assert p[:, 1].mean() > 0.5
 
 
-@requires_model
-def test_torch_onnx_parity():
-    torch = pytest.importorskip("torch")
-    if not CHECKPOINT.is_file():
-        pytest.skip("no training checkpoint (training/checkpoints is not shipped)")
+@pytest.fixture
+def train_radio():
+    """The training module (needs torch), from the installed subproject or the checkout."""
+    pytest.importorskip("torch")
     try:
-        from astromorph_training import radio as train_radio
+        from astromorph_training import radio as module
     except ImportError:  # training/ subproject not installed: use the checkout
         import sys
         sys.path.insert(0, str(REPO / "training"))
-        from astromorph_training import radio as train_radio
+        from astromorph_training import radio as module
+    return module
 
+
+@pytest.mark.parametrize("mode", ["full", "rotflip"])
+def test_augmentations_keep_a_centred_source(train_radio, mode):
+    import torch
+
+    size = train_radio.FULL_SIZE
+    yy, xx = np.mgrid[:size, :size] - (size - 1) / 2
+    full = np.exp(-0.5 * (xx ** 2 + yy ** 2) / 8.0 ** 2).astype(np.float32)  # smooth, peak 1
+    full = torch.from_numpy(np.stack([full * 0.5] * 16)[:, None])
+    out = train_radio._augment(full, torch.Generator().manual_seed(0), mode).numpy()
+    identity = train_radio._stamp_from_full(full[:1], train_radio._identity_theta(1)).numpy()
+    assert out.shape == (16, 1, train_radio.STAMP_SIZE, train_radio.STAMP_SIZE)
+    assert np.isfinite(out).all() and out.min() >= 0 and out.max() <= 1
+    c = (train_radio.STAMP_SIZE - 1) / 2
+    grid = np.arange(train_radio.STAMP_SIZE)
+    w = out[:, 0] ** 2  # back to linear brightness
+    centroids = np.stack([(w.sum(2) * grid).sum(1), (w.sum(1) * grid).sum(1)], 1) / w.sum((1, 2))[:, None]
+    limit = 0.25 if mode == "rotflip" else 3.5  # rotflip: rotations about the centre, no shifts
+    assert np.abs(centroids - c).max() <= limit
+    if mode == "rotflip":  # brightness goes up (gain 1 to 1.5), never down
+        assert (out.max(axis=(1, 2, 3)) >= identity.max() - 1e-3).all()
+        assert (out.max(axis=(1, 2, 3)) <= np.sqrt(0.75) + 1e-6).all()
+
+
+def test_unknown_augmentation_is_refused(train_radio):
+    import torch
+
+    with pytest.raises(ValueError, match="zoom"):
+        train_radio._augment(torch.zeros(2, 1, 8, 8), torch.Generator(), "zoom")
+
+
+@requires_model
+def test_torch_onnx_parity(train_radio):
+    import torch
+
+    if not CHECKPOINT.is_file():
+        pytest.skip("no training checkpoint (training/checkpoints is not shipped)")
     net, _ = train_radio._load_best(CHECKPOINT.parent)
     temperature = json.loads((CHECKPOINT.parent / "temperature.json").read_text())["temperature"]
     module = train_radio._calibrated(net, temperature)

@@ -204,6 +204,52 @@ def plot_confusion_matrix(cm, class_names, path, title=""):
     return Path(path)
 
 
+def plot_error_gallery(images, probs, labels, class_names, path, title="", *, n=30, cmap=None):
+    """Save a gallery of the most confident misclassifications as PNG.
+
+    Parameters
+    ----------
+    images : ndarray (N, C, H, W)
+        Network inputs in [0, 1]; one channel is shown with ``cmap``, three
+        as an RGB image.
+    probs : ndarray (N, K)
+        Predicted class probabilities.
+    labels : ndarray (N,)
+        True classes.
+    class_names : list of str
+    path : path-like
+    n : int
+        Most errors shown, most confident first.
+    """
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    probs, labels = np.asarray(probs), np.asarray(labels)
+    pred = probs.argmax(1)
+    wrong = np.flatnonzero(pred != labels)
+    wrong = wrong[np.argsort(-probs[wrong, pred[wrong]], kind="stable")][:n]
+    cols = 6
+    rows = max(1, int(np.ceil(len(wrong) / cols)))
+    fig, axes = plt.subplots(rows, cols, figsize=(2 * cols, 2.15 * rows + 0.4), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, i in zip(axes.flat, wrong):
+        img = np.asarray(images[i], dtype=np.float32)
+        if img.shape[0] == 3:
+            ax.imshow(np.clip(np.moveaxis(img, 0, -1), 0, 1), origin="lower")
+        else:
+            ax.imshow(img[0], cmap=cmap or "inferno", origin="lower", vmin=0, vmax=1)
+        ax.set_title(f"{class_names[labels[i]]} -> {class_names[pred[i]]} "
+                     f"({probs[i, pred[i]]:.2f})", fontsize=8)
+    fig.suptitle(f"{title}\n{len(wrong)} of {int((pred != labels).sum())} errors, "
+                 "most confident first: true -> predicted (probability)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return Path(path)
+
+
 def plot_reliability(probs, labels, path, title="", n_bins=15):
     """Save a reliability diagram (top-label accuracy against confidence) as PNG."""
     import matplotlib

@@ -606,6 +606,55 @@ def _grey(x):
 
 
 # ------------------------------------------------------------------------- evaluate
+#: Volunteer counts for `label_resampling`: Galaxy Zoo 1 and 2 galaxies were classified
+#: by a few tens of volunteers each (Lintott et al. 2011; Willett et al. 2013).
+REVOTE_SIZES = (20, 40, 60)
+
+
+def label_resampling(data_dir, sizes=REVOTE_SIZES, n_draws=200, seed=0):
+    """How often a fresh vote keeps the plurality answer: context for the test accuracy.
+
+    GZ1 labels are the plurality of a few tens of volunteer votes; the GZ1
+    folder has no vote fractions, the GZ2 one does. For the first GZ2
+    question (smooth / features or disk / star or artefact, the same split
+    as GZ1's elliptical / spiral / don't know) this draws ``n`` new votes
+    from each galaxy's observed fractions and counts how often their
+    plurality equals the observed one. That is the accuracy a perfect
+    predictor of volunteer opinion would reach against a re-vote, for this
+    one question; the five-class leaf label (edge-on vs spiral, merger) is
+    noisier still.
+
+    Returns
+    -------
+    dict or None
+        None where ``gz2/votes.csv`` is missing.
+    """
+    path = Path(data_dir) / "gz2" / "votes.csv"
+    if not path.is_file():
+        return None
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    p = np.array([[float(r[f"Class1.{k}"]) for k in (1, 2, 3)] for r in rows])
+    p = p[p.sum(1) > 0]
+    p /= p.sum(1, keepdims=True)
+    truth = p.argmax(1)
+    rng = np.random.default_rng(seed)
+    out = {}
+    for n in sizes:
+        counts = rng.multinomial(n, p, size=(n_draws, len(p))).astype(float)
+        counts += rng.random(counts.shape) * 0.5  # ties broken at random
+        out[str(n)] = round(float((counts.argmax(-1) == truth).mean()), 4)
+    return {"question": "GZ2 question 1: smooth / features or disk / star or artefact",
+            "n_galaxies": int(len(p)),
+            "plurality_kept_by_a_revote_of_n_volunteers": out,
+            "fraction_with_plurality_below_0.6": round(float((p.max(1) < 0.6).mean()), 4),
+            "note": ("new votes drawn from each GZ2 galaxy's observed vote fractions; the "
+                     "fraction whose plurality answer is unchanged is what a perfect predictor "
+                     "of volunteer opinion would score against a re-vote on this one question. "
+                     "The five-class GZ1 leaf label adds the edge-on / spiral / merger answers "
+                     "and is noisier still.")}
+
+
 def evaluate(args):
     """Calibrate on validation, export the ONNX graph and score it on the test split.
 
@@ -675,6 +724,7 @@ def evaluate(args):
         "training": {"epochs": state["epochs"], "seed": args.seed,
                      "train_seconds": round(sum(h["seconds"] for h in state["history"]), 1),
                      "last_epoch": state["history"][-1] if state["history"] else None},
+        "label_noise_context": label_resampling(args.data_dir),
         "smoke": bool(args.smoke),
     }
     path = _common.write_metrics(NAME, metrics, root)
@@ -686,6 +736,8 @@ def evaluate(args):
                              title + ", after temperature scaling")
     _common.plot_reliability(test_uncal, labels[te], rdir / "reliability_before_temperature.png",
                              title + ", before temperature scaling")
+    _common.plot_error_gallery(stamps[te], test_probs, labels[te], CLASS_NAMES, rdir / "errors.png",
+                               title + ", network input")
     log.info("test: accuracy %.4f macro recall %.4f ECE %.4f -> %.4f | recalls %s | wrote %s",
              test["accuracy"], test["macro_recall"], test["ece_before_temperature"],
              test["ece_after_temperature"],
@@ -835,6 +887,15 @@ def _card(metrics, calibration, state, throughput, cpu_rate, size_bytes, n_param
             "greyscale_accuracy": round(metrics["greyscale_input"]["accuracy"], 4),
             "greyscale_macro_recall": round(metrics["greyscale_input"]["macro_recall"], 4),
             "report": "training/reports/morphology/metrics.json",
+            "figures": [f"training/reports/morphology/{f}.png" for f in
+                        ("confusion_matrix", "reliability", "reliability_before_temperature",
+                         "errors")],
+            **({"label_noise_context": {
+                "summary": ("the labels are volunteer pluralities: a re-vote of n volunteers "
+                            "keeps the plurality answer to the first Galaxy Zoo question "
+                            "(GZ2 vote fractions) for this fraction of galaxies"),
+                **metrics["label_noise_context"]["plurality_kept_by_a_revote_of_n_volunteers"]}}
+               if metrics.get("label_noise_context") else {}),
         } if metrics else {"split": "test", "command": f"python -m astromorph_training {NAME} evaluate",
                            "note": "not evaluated"},
         "performance": {
@@ -842,9 +903,9 @@ def _card(metrics, calibration, state, throughput, cpu_rate, size_bytes, n_param
             "stamps_per_second": round(throughput),
             "stamps_per_cpu_second_one_thread": round(cpu_rate),
             "onnx_bytes": size_bytes,
-            "note": ("wall-clock rate measured at export on a shared 2-core machine (other jobs "
-                     "running); the CPU-time rate of one thread is the load-independent figure, "
-                     "about half the rate of 2 dedicated threads"),
+            "note": ("wall-clock rate measured at export on the 2-core training machine, which "
+                     "depends on what else runs there; the CPU-time rate of one thread is the "
+                     "load-independent figure, about half the rate of 2 dedicated threads"),
         },
         "astromorph_version": astromorph_version,
         "licence": ("model: BSD-3-Clause (as astromorph); trained on SDSS public data and Galaxy Zoo 1 "
