@@ -465,6 +465,12 @@ def run_onnx(path, x, batch=256, threads=2):
     return np.concatenate(out)
 
 
+#: What the wall-clock and CPU-time throughput figures in model cards mean.
+THROUGHPUT_NOTE = ("wall-clock rate measured at export on the 2-core training machine, which "
+                   "depends on what else runs there; the CPU-time rate of one thread is the "
+                   "load-independent figure, about half the rate of 2 dedicated threads")
+
+
 def onnx_throughput(path, shape, *, batch=256, threads=2, repeats=5):
     """Stamps per second through onnxruntime on ``threads`` CPU threads (model only)."""
     import time

@@ -1230,9 +1230,7 @@ def _card(metrics, state, tta, throughput, size_bytes):
             "stamps_per_second": round(throughput["wall"]),
             "stamps_per_cpu_second_one_thread": round(throughput["cpu"]),
             "onnx_bytes": size_bytes,
-            "note": ("wall-clock rate measured at export on the 2-core training machine, which "
-                     "depends on what else runs there; the CPU-time rate of one thread is the "
-                     "load-independent figure, about half the rate of 2 dedicated threads"),
+            "note": _common.THROUGHPUT_NOTE,
         },
         "astromorph_version": astromorph_version,
         "licence": ("model: BSD-3-Clause (as astromorph); trained on SDSS public data and Galaxy Zoo 2 "

@@ -789,6 +789,17 @@ def _int8_card(m, path, sha, rate, cpu_rate):
     }
 
 
+def _label_noise_card(context):
+    """The card's summary of `label_resampling` (empty without GZ2 votes)."""
+    if not context:
+        return {}
+    return {"label_noise_context": {
+        "summary": ("the labels are volunteer pluralities: a re-vote of n volunteers keeps the "
+                    "plurality answer to the first Galaxy Zoo question (GZ2 vote fractions) for "
+                    "this fraction of galaxies"),
+        **context["plurality_kept_by_a_revote_of_n_volunteers"]}}
+
+
 def _card(metrics, calibration, state, throughput, cpu_rate, size_bytes, n_params):
     from astromorph import __version__ as astromorph_version
 
@@ -890,12 +901,7 @@ def _card(metrics, calibration, state, throughput, cpu_rate, size_bytes, n_param
             "figures": [f"training/reports/morphology/{f}.png" for f in
                         ("confusion_matrix", "reliability", "reliability_before_temperature",
                          "errors")],
-            **({"label_noise_context": {
-                "summary": ("the labels are volunteer pluralities: a re-vote of n volunteers "
-                            "keeps the plurality answer to the first Galaxy Zoo question "
-                            "(GZ2 vote fractions) for this fraction of galaxies"),
-                **metrics["label_noise_context"]["plurality_kept_by_a_revote_of_n_volunteers"]}}
-               if metrics.get("label_noise_context") else {}),
+            **_label_noise_card(metrics.get("label_noise_context")),
         } if metrics else {"split": "test", "command": f"python -m astromorph_training {NAME} evaluate",
                            "note": "not evaluated"},
         "performance": {
@@ -903,9 +909,7 @@ def _card(metrics, calibration, state, throughput, cpu_rate, size_bytes, n_param
             "stamps_per_second": round(throughput),
             "stamps_per_cpu_second_one_thread": round(cpu_rate),
             "onnx_bytes": size_bytes,
-            "note": ("wall-clock rate measured at export on the 2-core training machine, which "
-                     "depends on what else runs there; the CPU-time rate of one thread is the "
-                     "load-independent figure, about half the rate of 2 dedicated threads"),
+            "note": _common.THROUGHPUT_NOTE,
         },
         "astromorph_version": astromorph_version,
         "licence": ("model: BSD-3-Clause (as astromorph); trained on SDSS public data and Galaxy Zoo 1 "

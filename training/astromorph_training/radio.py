@@ -146,7 +146,7 @@ def add_arguments(parser):
                             "pixels; default %(default)s); 0 = the 3-stage v1.0 network")
     group.add_argument("--label-smoothing", type=float, default=DEFAULT_LABEL_SMOOTHING,
                        help="train: label smoothing of the cross-entropy (default %(default)s)")
-    group.add_argument("--augment", choices=("full", "rotflip"), default=DEFAULT_AUGMENT,
+    group.add_argument("--augment", choices=sorted(AUGMENTATION_TEXT), default=DEFAULT_AUGMENT,
                        help="train: augmentation recipe (default %(default)s; rotflip = rotation, "
                             "flip and brightness increase only; full = also shifts, zooms, "
                             "dimming and noise, v1.0)")
@@ -375,39 +375,40 @@ def _identity_theta(n):
     return theta
 
 
+def _rotation_theta(angle, flip, scale, shift=None):
+    """Affine grids (N, 2, 3) for `_stamp_from_full`: rotate, mirror, scale, shift."""
+    cos, sin = torch.cos(angle) * scale, torch.sin(angle) * scale
+    theta = torch.zeros(len(angle), 2, 3)
+    theta[:, 0, 0] = cos * flip
+    theta[:, 0, 1] = -sin
+    theta[:, 1, 0] = sin * flip
+    theta[:, 1, 1] = cos
+    if shift is not None:
+        theta[:, :, 2] = shift
+    return theta
+
+
 def _augment(full, gen, mode="full"):
     """Random augmentation of a batch of full fields, returned as network stamps.
 
-    ``mode="full"`` (the shipped v1.0 recipe): rotation, flip, shift (+-3 px),
+    ``mode="full"`` (the v1.0 recipe): rotation, flip, shift (+-3 px),
     zoom (+-12 per cent), noise threshold, gain (both ways) and pixel noise.
-    ``mode="rotflip"``: rotation, flip and a brightness *increase* only (gain
+    ``mode="rotflip"`` (v1.1): rotation, flip and a brightness *increase* only (gain
     1 to 1.5, clipped at the peak), the set Maslej-Kresnakova et al. (2021,
     MNRAS 505, 1464) found best on FIRST; shifts, zooms and dimming hurt them.
     """
+    if mode not in AUGMENTATION_TEXT:
+        raise ValueError(f"unknown augmentation mode {mode!r}")
     n = len(full)
     angle = torch.rand(n, generator=gen) * (2 * np.pi)
     flip = torch.where(torch.rand(n, generator=gen) < 0.5, -1.0, 1.0)
     if mode == "rotflip":
         gain = 1.0 + 0.5 * torch.rand(n, 1, 1, 1, generator=gen)
-        theta = _identity_theta(n)
-        cos, sin = torch.cos(angle) * theta[:, 0, 0], torch.sin(angle) * theta[:, 0, 0]
-        theta[:, 0, 0] = cos * flip
-        theta[:, 0, 1] = -sin
-        theta[:, 1, 0] = sin * flip
-        theta[:, 1, 1] = cos
+        theta = _rotation_theta(angle, flip, _identity_theta(n)[:, 0, 0])
         return _stamp_from_full((full * gain).clamp(0.0, 1.0), theta)
-    if mode != "full":
-        raise ValueError(f"unknown augmentation mode {mode!r}")
     zoom = torch.exp((torch.rand(n, generator=gen) * 2 - 1) * np.log(1.12))
     shift = (torch.rand(n, 2, generator=gen) * 2 - 1) * (3.0 * 2 / FULL_SIZE)  # +-3 px
-    scale = STAMP_SIZE / FULL_SIZE / zoom
-    cos, sin = torch.cos(angle) * scale, torch.sin(angle) * scale
-    theta = torch.zeros(n, 2, 3)
-    theta[:, 0, 0] = cos * flip
-    theta[:, 0, 1] = -sin
-    theta[:, 1, 0] = sin * flip
-    theta[:, 1, 1] = cos
-    theta[:, :, 2] = shift
+    theta = _rotation_theta(angle, flip, STAMP_SIZE / FULL_SIZE / zoom, shift)
     x = full
     # a slightly higher noise threshold (up to one 8-bit level, as for a noisier
     # map; more would erase the faint lobes, which are a few levels above 0)
