@@ -225,3 +225,20 @@ def test_card_rmse_reproduced():
     f = np.asarray(model.predict(x, progress=False)["fractions"])
     rmse = float(np.sqrt(np.mean((f - y[test]) ** 2)))
     assert rmse == pytest.approx(card["metrics"]["rmse"], abs=1e-4)
+
+
+def test_initialisation_text_gives_the_rebuild_commands():
+    """The card names the morphology recipe the backbone started from, 1.x or 2.x."""
+    gz2 = _training_module()
+    from astromorph_training import morphology
+
+    state = {"init": "training/checkpoints/morphology/last.pt", "init_sha256": "ab" * 32,
+             "epochs": 60, "widths": list(morphology.WIDTHS_1X)}  # no "stem": a 1.x checkpoint
+    text = gz2._initialisation_text(state)
+    assert morphology.RECIPE_1X in text and "--init DIR/training/checkpoints/morphology/last.pt" in text
+    state.update(widths=[32, 48, 64, 128], stem="strided")
+    text = gz2._initialisation_text(state)
+    assert "--stem strided --widths 32 48 64 128" in text and "conv-pool" not in text
+    assert gz2._initialisation_text({"epochs": 60}) == "random"
+    net = gz2.GZ2Net(widths=(32, 48, 64, 128), stem="strided")
+    assert net.backbone.features[3].stride == (2, 2)

@@ -310,7 +310,8 @@ def test_torch_onnx_parity():
     import torch
 
     state = torch.load(CHECKPOINT, map_location="cpu", weights_only=False)
-    net = morphology.MorphologyNet(widths=tuple(state.get("widths", morphology.DEFAULT_WIDTHS)))
+    net = morphology.MorphologyNet(widths=tuple(state.get("widths", morphology.WIDTHS_1X)),
+                                   stem=state.get("stem", "conv-pool"))
     net.load_state_dict(state["ema"])
     calibration = json.loads(METRICS.read_text())["calibration"]
     module = morphology.build_deployed(net.eval(), calibration)
@@ -388,3 +389,51 @@ def test_error_gallery(tmp_path):
     _common.plot_error_gallery(images, np.eye(5)[labels], labels, morphology.CLASS_NAMES,
                                tmp_path / "none.png")  # no errors: an empty gallery, no crash
     assert (tmp_path / "none.png").is_file()
+
+
+def test_network_stems():
+    """Both ways to 16x16 give the same feature map sizes; the 2.x one is cheaper; bad stems refused."""
+    morphology = _training_module()
+    import torch
+
+    x = torch.zeros(2, 3, 64, 64)
+    new = morphology.MorphologyNet().eval()  # the shipped 2.x network
+    old = morphology.MorphologyNet(widths=morphology.WIDTHS_1X, stem="conv-pool").eval()
+    # stem (conv, BN, ReLU) then the way to 16x16: conv, BN, ReLU (+ max pooling for conv-pool)
+    for net, n_layers in ((new, 6), (old, 7)):
+        assert net(x).shape == (2, len(morphology.CLASS_NAMES))
+        assert net.features[:n_layers](x).shape == (2, net.features[3].out_channels, 16, 16)
+
+    def multiply_adds(net):
+        total, h = 0, x[:1]
+        for layer in net.features:
+            out = layer(h)
+            if isinstance(layer, torch.nn.Conv2d):
+                total += out.numel() * layer.in_channels * 9
+            h = out
+        return total
+
+    assert multiply_adds(new) < 0.6 * multiply_adds(old)
+    assert sum(p.numel() for p in new.parameters()) < sum(p.numel() for p in old.parameters())
+    with pytest.raises(ValueError, match="stem"):
+        morphology.MorphologyNet(stem="avgpool")
+    # RECIPE_1X is a valid command line for the 1.x network
+    parser = __import__("argparse").ArgumentParser()
+    morphology.add_arguments(parser)
+    args = parser.parse_args(morphology.RECIPE_1X.split())
+    assert (tuple(args.widths), args.stem, args.label_smoothing, args.threads) == (
+        morphology.WIDTHS_1X, "conv-pool", 0.0, 1)
+
+
+def test_ece_noise_floor():
+    """Finite-sample ECE of a perfectly calibrated model: zero when certain, ~1/sqrt(n) at 50/50."""
+    _training_module()
+    from astromorph_training import _common
+
+    certain = np.eye(3)[np.arange(300) % 3]
+    assert _common.ece_noise_floor(certain, n_sim=20)["p95"] == 0.0
+    coin = np.full((1000, 2), 0.5)
+    floor = _common.ece_noise_floor(coin, n_sim=200)
+    # |binomial(1000, 0.5) / 1000 - 0.5| has mean sqrt(2 / pi) * 0.5 / sqrt(1000) = 0.0126
+    assert floor["mean"] == pytest.approx(0.0126, abs=0.003)
+    assert floor["p95"] > floor["mean"]

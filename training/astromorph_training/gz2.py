@@ -340,14 +340,16 @@ class GZ2Net(nn.Module):
     """(N, 3, 64, 64) display values in [0, 1] -> (N, 37) tree-consistent vote fractions.
 
     The ``morphology`` model's small VGG-style CNN
-    (`astromorph_training.morphology.MorphologyNet`; 0.6 M parameters with ``WIDTHS``,
-    1.0 M with the widths of the shipped GZ1 model, which ``--init morphology`` takes)
+    (`astromorph_training.morphology.MorphologyNet`; 0.6 M parameters with ``WIDTHS``;
+    ``--init`` gives it the widths and stem of the checkpoint it starts from: 1.0 M for
+    the morphology 1.x network that started the shipped 1.1.0)
     with 37 outputs, followed by `DecisionTree`.
     """
 
-    def __init__(self, widths=WIDTHS, dropout=0.2):
+    def __init__(self, widths=WIDTHS, dropout=0.2, stem="conv-pool"):
         super().__init__()
-        self.backbone = _gz1.MorphologyNet(n_classes=len(LABELS), widths=widths, dropout=dropout)
+        self.backbone = _gz1.MorphologyNet(n_classes=len(LABELS), widths=widths, dropout=dropout,
+                                           stem=stem)
         self.tree = DecisionTree()
 
     def scores(self, x):
@@ -512,10 +514,12 @@ def _fit(args, ckdir, data, tr, *, epochs, pseudo=None, start=None, lr=None):
                                                  Path(args.out_dir), smoke=args.smoke)
     else:
         init_path, init_state = None, torch.load(start, map_location="cpu", weights_only=False)
-    # The backbone takes the widths of the network it starts from (the GZ1
-    # model's checkpoint records them; older checkpoints used WIDTHS).
+    # The backbone takes the widths and stem of the network it starts from
+    # (the GZ1 model's checkpoint records them; older checkpoints used WIDTHS
+    # and the conv-pool stem).
     widths = tuple((init_state or {}).get("widths") or WIDTHS)
-    net = GZ2Net(widths=widths, dropout=_get(args, "dropout", 0.2))
+    stem = (init_state or {}).get("stem", "conv-pool")
+    net = GZ2Net(widths=widths, dropout=_get(args, "dropout", 0.2), stem=stem)
     net.set_prior(y[tr])
     if start is None:
         init, init_sha = _init_weights(net, init_path, init_state, Path(args.out_dir))
@@ -578,7 +582,7 @@ def _fit(args, ckdir, data, tr, *, epochs, pseudo=None, start=None, lr=None):
                      optimizer=opt.state_dict(), history=history, epochs=epochs, init=init,
                      init_sha256=init_sha, n_train=int(len(tr)),
                      n_pseudo=0 if pseudo is None else int(len(pseudo["y"])),
-                     dropout=_get(args, "dropout", 0.2), widths=list(widths),
+                     dropout=_get(args, "dropout", 0.2), widths=list(widths), stem=stem,
                      args={k: str(v) for k, v in vars(args).items()})
         tmp = ckdir / "last.tmp.pt"
         torch.save(state, tmp)
@@ -645,7 +649,8 @@ def train(args):
 def _load_net(path):
     """EMA network of a checkpoint file and the checkpoint dict."""
     state = torch.load(path, map_location="cpu", weights_only=False)
-    net = GZ2Net(widths=tuple(state.get("widths") or WIDTHS), dropout=state.get("dropout", 0.2))
+    net = GZ2Net(widths=tuple(state.get("widths") or WIDTHS), dropout=state.get("dropout", 0.2),
+                 stem=state.get("stem", "conv-pool"))
     net.load_state_dict(state["ema"])
     return net.eval(), state
 
@@ -1079,9 +1084,24 @@ def train_command(state):
     return cmd
 
 
+def _initialisation_text(state):
+    """The card's account of where the backbone started, with the commands that rebuild it."""
+    if not state.get("init"):
+        return "random"
+    widths = list(state.get("widths") or WIDTHS)
+    stem = state.get("stem", "conv-pool")
+    options = (f" {_gz1.RECIPE_1X}" if (stem, widths) == ("conv-pool", list(_gz1.WIDTHS_1X))
+               else f" --stem {stem} --widths {' '.join(map(str, widths))}")
+    return (f"convolutional layers from the morphology (GZ1) model's training checkpoint "
+            f"{state.get('init')} (sha256 {state.get('init_sha256')}), written by "
+            f"'python -m astromorph_training morphology train{options} --out-dir DIR'; that, then "
+            f"'morphology-gz2 build --epochs {state['epochs']} --init "
+            "DIR/training/checkpoints/morphology/last.pt', rebuild this model")
+
+
 def _n_params(state):
     """Parameters (millions) of the network stored in a checkpoint."""
-    net = GZ2Net(widths=tuple(state.get("widths") or WIDTHS))
+    net = GZ2Net(widths=tuple(state.get("widths") or WIDTHS), stem=state.get("stem", "conv-pool"))
     return sum(p.numel() for p in net.parameters()) / 1e6
 
 
@@ -1204,12 +1224,7 @@ def _card(metrics, state, tta, throughput, size_bytes):
             "split": (f"random {'/'.join(str(int(f * 100)) for f in SPLIT_FRACTIONS)} "
                       f"train/validation/test, seed {SPLIT_SEED}"),
             "command": train_command(state),
-            "initialisation": (f"convolutional layers from the morphology (GZ1) model's training "
-                               f"checkpoint {state.get('init')} (sha256 {state.get('init_sha256')}), "
-                               "written by 'python -m astromorph_training morphology train'; "
-                               "'morphology build' then 'morphology-gz2 build --epochs "
-                               f"{state['epochs']}' rebuild both models"
-                               if state.get("init") else "random"),
+            "initialisation": _initialisation_text(state),
             "epochs": state["epochs"],
             "selected_epoch": state["epoch"] + 1,
             "stage": state["stage"],

@@ -622,24 +622,6 @@ def _report(probs, labels, temperature):
     return rep
 
 
-def _ece_noise_floor(probs, n_sim=500, seed=0):
-    """ECE a perfectly calibrated model with these probabilities would show on this many images.
-
-    Labels are drawn from ``probs`` themselves, so any ECE measured is pure
-    finite-sample noise; returns its mean and 95th percentile.
-    """
-    rng = np.random.default_rng(seed)
-    cum = np.cumsum(probs, axis=1)
-    eces = []
-    for _ in range(n_sim):
-        u = rng.random((len(probs), 1))
-        labels = np.minimum((u > cum).sum(axis=1), probs.shape[1] - 1)
-        eces.append(_common.expected_calibration_error(probs, labels))
-    return {"mean": float(np.mean(eces)), "p95": float(np.percentile(eces, 95)),
-            "note": "ECE of a perfectly calibrated model with the same confidences on the same "
-                    "number of images (labels drawn from its own probabilities)"}
-
-
 def _onnx_session(path, threads=ONNX_THREADS):
     import onnxruntime as ort
 
@@ -932,7 +914,7 @@ def evaluate(args):
            "model": f"models/{NAME}/model.onnx", "sha256": _common.sha256sum(path),
            "temperature": temperature}
     rep.update(_report(probs, y, temperature))
-    rep["ece_noise_floor"] = _ece_noise_floor(probs)
+    rep["ece_noise_floor"] = _common.ece_noise_floor(probs)
     vprobs = np.asarray(model.predict(preprocess_dataset_image(data["images"][va]),
                                       progress=False)["probabilities"])
     vrep = _report(vprobs, data["labels"][va], temperature)
