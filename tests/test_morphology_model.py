@@ -310,8 +310,8 @@ def test_torch_onnx_parity():
     import torch
 
     state = torch.load(CHECKPOINT, map_location="cpu", weights_only=False)
-    net = morphology.MorphologyNet(widths=tuple(state.get("widths", morphology.WIDTHS_1X)),
-                                   stem=state.get("stem", "conv-pool"))
+    widths, stem = morphology.network_of(state)
+    net = morphology.MorphologyNet(widths=widths, stem=stem)
     net.load_state_dict(state["ema"])
     calibration = json.loads(METRICS.read_text())["calibration"]
     module = morphology.build_deployed(net.eval(), calibration)
@@ -398,7 +398,7 @@ def test_network_stems():
 
     x = torch.zeros(2, 3, 64, 64)
     new = morphology.MorphologyNet().eval()  # the shipped 2.x network
-    old = morphology.MorphologyNet(widths=morphology.WIDTHS_1X, stem="conv-pool").eval()
+    old = morphology.MorphologyNet(widths=morphology.WIDTHS_1X, stem=morphology.STEM_1X).eval()
     # stem (conv, BN, ReLU) then the way to 16x16: conv, BN, ReLU (+ max pooling for conv-pool)
     for net, n_layers in ((new, 6), (old, 7)):
         assert net(x).shape == (2, len(morphology.CLASS_NAMES))

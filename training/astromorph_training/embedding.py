@@ -991,7 +991,7 @@ def supervised_cnn_draws(data, pool, test, *, n_labels=PROBE_LABELS, draws=PROBE
     galaxies, no validation set (there is none with 200 labels), last weights.
     ``pool`` and ``test`` index GZ1.
     """
-    from .morphology import WIDTHS_1X, MorphologyNet
+    from .morphology import STEM_1X, WIDTHS_1X, MorphologyNet
     from .morphology import augment as morph_augment
 
     labels, big, stamps = data["labels"], data["gz1_big"], data["gz1_stamps"]
@@ -1001,7 +1001,7 @@ def supervised_cnn_draws(data, pool, test, *, n_labels=PROBE_LABELS, draws=PROBE
         rng = np.random.default_rng([seed, d])
         lab = rng.choice(pool, size=min(n_labels, len(pool)), replace=False)  # = probe draw
         torch.manual_seed(1000 + d)
-        net = MorphologyNet(widths=WIDTHS_1X, stem="conv-pool")  # the 1.x network
+        net = MorphologyNet(widths=WIDTHS_1X, stem=STEM_1X)  # the 1.x network
         opt = torch.optim.AdamW(net.parameters(), lr=2e-3, weight_decay=0.05)
         bs = 32
         steps = max(1, len(lab) // bs)

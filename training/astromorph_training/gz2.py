@@ -346,7 +346,7 @@ class GZ2Net(nn.Module):
     with 37 outputs, followed by `DecisionTree`.
     """
 
-    def __init__(self, widths=WIDTHS, dropout=0.2, stem="conv-pool"):
+    def __init__(self, widths=WIDTHS, dropout=0.2, stem=_gz1.STEM_1X):
         super().__init__()
         self.backbone = _gz1.MorphologyNet(n_classes=len(LABELS), widths=widths, dropout=dropout,
                                            stem=stem)
@@ -518,7 +518,7 @@ def _fit(args, ckdir, data, tr, *, epochs, pseudo=None, start=None, lr=None):
     # (the GZ1 model's checkpoint records them; older checkpoints used WIDTHS
     # and the conv-pool stem).
     widths = tuple((init_state or {}).get("widths") or WIDTHS)
-    stem = (init_state or {}).get("stem", "conv-pool")
+    stem = (init_state or {}).get("stem", _gz1.STEM_1X)
     net = GZ2Net(widths=widths, dropout=_get(args, "dropout", 0.2), stem=stem)
     net.set_prior(y[tr])
     if start is None:
@@ -650,7 +650,7 @@ def _load_net(path):
     """EMA network of a checkpoint file and the checkpoint dict."""
     state = torch.load(path, map_location="cpu", weights_only=False)
     net = GZ2Net(widths=tuple(state.get("widths") or WIDTHS), dropout=state.get("dropout", 0.2),
-                 stem=state.get("stem", "conv-pool"))
+                 stem=state.get("stem", _gz1.STEM_1X))
     net.load_state_dict(state["ema"])
     return net.eval(), state
 
@@ -1089,8 +1089,8 @@ def _initialisation_text(state):
     if not state.get("init"):
         return "random"
     widths = list(state.get("widths") or WIDTHS)
-    stem = state.get("stem", "conv-pool")
-    options = (f" {_gz1.RECIPE_1X}" if (stem, widths) == ("conv-pool", list(_gz1.WIDTHS_1X))
+    stem = state.get("stem", _gz1.STEM_1X)
+    options = (f" {_gz1.RECIPE_1X}" if (stem, widths) == (_gz1.STEM_1X, list(_gz1.WIDTHS_1X))
                else f" --stem {stem} --widths {' '.join(map(str, widths))}")
     return (f"convolutional layers from the morphology (GZ1) model's training checkpoint "
             f"{state.get('init')} (sha256 {state.get('init_sha256')}), written by "
@@ -1101,7 +1101,7 @@ def _initialisation_text(state):
 
 def _n_params(state):
     """Parameters (millions) of the network stored in a checkpoint."""
-    net = GZ2Net(widths=tuple(state.get("widths") or WIDTHS), stem=state.get("stem", "conv-pool"))
+    net = GZ2Net(widths=tuple(state.get("widths") or WIDTHS), stem=state.get("stem", _gz1.STEM_1X))
     return sum(p.numel() for p in net.parameters()) / 1e6
 
 

@@ -82,6 +82,7 @@ GREY_PROBABILITY = 0.2
 #: (`RECIPE_1X`): 68 M multiply-adds per stamp against 40 M.
 DEFAULT_WIDTHS = (32, 48, 64, 128)
 WIDTHS_1X = (32, 48, 80, 160)
+STEM_1X = "conv-pool"
 #: Ways from the 32x32 stem output to 16x16 (see `MorphologyNet`).
 STEMS = ("conv-pool", "strided")
 DEFAULT_STEM = "strided"
@@ -89,7 +90,7 @@ DEFAULT_LABEL_SMOOTHING = 0.1
 DEFAULT_THREADS = 2
 #: ``train`` options that reproduce the 1.x network (morphology 1.2.0, the
 #: ``morphology-gz2`` 1.1.0 initialisation).
-RECIPE_1X = (f"--stem conv-pool --widths {' '.join(map(str, WIDTHS_1X))} "
+RECIPE_1X = (f"--stem {STEM_1X} --widths {' '.join(map(str, WIDTHS_1X))} "
              "--label-smoothing 0 --threads 1")
 #: Orientations averaged inside the exported graph, as (transpose, flip rows, flip
 #: columns): the 8 symmetries of the square. The first 4 are the identity, the
@@ -436,9 +437,8 @@ def train(args):
         ema.load_state_dict(state["ema"])
         opt.load_state_dict(state["optimizer"])
         start_epoch, history = state["epoch"] + 1, state["history"]
-        if (tuple(state.get("widths", WIDTHS_1X)), state.get("stem", "conv-pool")) != (widths, stem):
-            raise SystemExit(f"{last} has widths {state.get('widths')} and stem "
-                             f"{state.get('stem', 'conv-pool')}; pass --restart")
+        if network_of(state) != (widths, stem):
+            raise SystemExit(f"{last} has widths and stem {network_of(state)}; pass --restart")
         log.info("resumed from %s at epoch %d", last, start_epoch)
 
     probs = sampling_weights(labels[tr])
@@ -506,6 +506,11 @@ def _root(args):
     return _smoke_root() if args.smoke else Path(args.out_dir)
 
 
+def network_of(state):
+    """Widths and stem of the network in a checkpoint (1.x checkpoints record neither)."""
+    return tuple(state.get("widths", WIDTHS_1X)), state.get("stem", STEM_1X)
+
+
 def load_trained(args):
     """The EMA network of ``last.pt`` and the checkpoint dict (trains first in smoke mode)."""
     last = _common.checkpoint_dir(NAME, _root(args)) / "last.pt"
@@ -517,8 +522,8 @@ def load_trained(args):
     if state.get("crop_fraction", CROP_FRACTION) != CROP_FRACTION:
         raise SystemExit(f"{last} was trained with crop_fraction {state['crop_fraction']}, "
                          f"astromorph.preprocessing uses {CROP_FRACTION}")
-    net = MorphologyNet(widths=tuple(state.get("widths", WIDTHS_1X)),
-                        stem=state.get("stem", "conv-pool"))
+    widths, stem = network_of(state)
+    net = MorphologyNet(widths=widths, stem=stem)
     net.load_state_dict(state["ema"])
     return net.eval(), state
 
@@ -843,6 +848,7 @@ def _card(metrics, calibration, state, throughput, cpu_rate, size_bytes, n_param
 
     history = state["history"]
     train_min = sum(h["seconds"] for h in history) / 60
+    threads = _state_option(state, "threads", 1)
     return {
         "name": NAME,
         "version": "2.0.0",
@@ -929,16 +935,15 @@ def _card(metrics, calibration, state, throughput, cpu_rate, size_bytes, n_param
                       f"train/validation/test, seed {SPLIT_SEED}"),
             "command": f"python -m astromorph_training {NAME} train",
             "epochs": state["epochs"],
-            "network": (f"MorphologyNet, stem {state.get('stem', 'conv-pool')}, widths "
-                        f"{'/'.join(str(w) for w in state.get('widths', WIDTHS_1X))}"),
+            "network": (f"MorphologyNet, stem {network_of(state)[1]}, widths "
+                        f"{'/'.join(str(w) for w in network_of(state)[0])}"),
             "method": ("AdamW, cosine learning rate, EMA weights, square-root class-balanced sampling, "
                        f"label smoothing {_state_option(state, 'label_smoothing', 0.0):g}; "
                        "augmentation: any rotation, flips, shifts, zooms, PSF blur, noise, stretch "
                        f"and colour jitter, greyscale (p={GREY_PROBABILITY})"),
             "time": f"{train_min:.0f} min",
             "machine": f"CPU only ({platform.processor() or platform.machine()}, shared 2 cores), "
-                       f"torch {torch.__version__}, {_state_option(state, 'threads', 1)} thread"
-                       f"{'s' if _state_option(state, 'threads', 1) > 1 else ''}",
+                       f"torch {torch.__version__}, {threads} thread{'s' if threads > 1 else ''}",
         },
         "metrics": {
             **_card_test_metrics(metrics),
