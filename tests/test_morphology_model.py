@@ -172,6 +172,39 @@ def test_fast_lupton_is_make_lupton_rgb_bit_for_bit(q, stretch, minimum):
         np.testing.assert_array_equal(x[1], opt.preprocess_colour_cutout(grey_ref))
 
 
+@pytest.mark.parametrize("q, stretch, minimum, scale", [(8.0, 0.5, 0.0, 1.0), (3.0, 0.1, -0.02, 1.0),
+                                                         (8.0, 0.5, 0.01, 1.7), (1e12, 5.0, 0.0, 1.0)])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, ">f4"])
+def test_float32_grey_stretch_is_exact_at_level_boundaries(q, stretch, minimum, scale, dtype):
+    """The grey (single-band) stretch runs in float32 but must truncate every pixel to the
+    same 8-bit level as astropy's float64 make_lupton_rgb, including fluxes a few float32
+    steps either side of each level's threshold, where the two precisions could disagree."""
+    soften, slope = opt._lupton_constants(q, stretch)
+    levels = np.arange(1, 256)
+    threshold = (np.sinh(levels / (255.0 * slope)) / soften + minimum) / scale  # flux of level k
+    t32 = threshold.astype(np.float32)
+    steps = np.arange(-3, 4, dtype=np.float32)[:, None]
+    near = np.nextafter(t32, np.float32(np.inf)) - t32          # one float32 step
+    flux = (t32[None, :] + steps * near[None, :]).ravel()
+    rng = np.random.default_rng(11)
+    flux = np.concatenate([flux, rng.normal(0, 0.3, 5000).astype(np.float32),
+                           np.float32([np.nan, np.inf, -np.inf, 0.0, -0.0, 3e38, -3e38, 1e-30])])
+    flux = flux.astype(dtype)
+    exact = opt._lupton_uint8_float64(flux, None, None, q=q, stretch=stretch,
+                                      minimum=np.full(3, minimum), scales=(scale,) * 3, chunk=999)
+    got = opt._lupton_uint8(flux, q=q, stretch=stretch, minimum=minimum, scales=(scale,) * 3,
+                            chunk=999)
+    np.testing.assert_array_equal(got, exact)
+    assert got.dtype == np.uint8 and got.shape == flux.shape
+    # and astropy itself, on the values it handles without overflow
+    ok = np.isfinite(flux) & (np.abs(flux.astype(np.float64)) < 1e30)
+    band = (flux[ok].astype(np.float64) * scale)[None, :]
+    ref = make_lupton_rgb(band, band, band, minimum=minimum, stretch=stretch, Q=q)[0, :, 0]
+    np.testing.assert_array_equal(got[ok], ref)
+    # every level whose threshold is a float32 number was reached
+    assert set(np.unique(got).tolist()) >= set(levels[np.isfinite(t32)].tolist())
+
+
 def test_identity_resampling_shortcut_is_exact():
     """Stamps already on the network grid skip the resampling products, same values."""
     rng = np.random.default_rng(3)
