@@ -240,6 +240,7 @@ def _grey_lupton_uint8(band, *, q, stretch, minimum, scale, chunk):
     exact_input = scale == 1.0 and minimum == 0.0
     soften32, gain32 = np.float32(soften), np.float32(255.0 * slope)
     out = np.empty(flat.size, np.uint8)
+    redo = []  # pixels for the float64 reference
     with np.errstate(over="ignore", invalid="ignore"):
         for s in range(0, flat.size, chunk):
             part = flat[s:s + chunk]
@@ -258,13 +259,13 @@ def _grey_lupton_uint8(band, *, q, stretch, minimum, scale, chunk):
             near |= bad
             near |= np.isinf(y)  # soften * flux beyond the float32 range
             np.clip(y, 0.0, 255.0, out=y)
-            level = y.astype(np.uint8)
-            if near.any():
-                idx = np.flatnonzero(near)
-                level[idx] = _lupton_uint8_float64(part[idx], None, None, q=q, stretch=stretch,
-                                                   minimum=np.full(3, minimum),
-                                                   scales=(scale,) * 3, chunk=chunk)
-            out[s:s + chunk] = level
+            out[s:s + chunk] = y  # truncating cast
+            redo.append(np.flatnonzero(near) + s)
+    redo = np.concatenate(redo) if redo else np.zeros(0, np.intp)
+    if redo.size:  # one call of the reference for all of them
+        out[redo] = _lupton_uint8_float64(flat[redo], None, None, q=q, stretch=stretch,
+                                          minimum=np.full(3, minimum), scales=(scale,) * 3,
+                                          chunk=chunk)
     return out.reshape(np.shape(band))
 
 
