@@ -82,9 +82,11 @@ from . import _common
 from .morphology import (
     CLASS_NAMES,
     OPTICAL_CHANNELS,
-    _gaussian_kernels,
+    _uniform,
     load_jpegs,
     optical_preprocessing_options,
+    random_blur,
+    random_views,
     read_labels,
     stratified_split,
 )
@@ -516,33 +518,9 @@ def augment(big, gen, size=VIEW_SIZE):
         colour is part of a galaxy's morphology.
     """
     b = big.shape[0]
-
-    def u(lo, hi, *shape):
-        return lo + (hi - lo) * torch.rand(*(shape or (b,)), generator=gen)
-
-    angle = u(0, 2 * math.pi)
-    zoom = torch.exp(u(-0.2, 0.2))
-    flip = torch.where(torch.rand(b, generator=gen) < 0.5, -1.0, 1.0)
-    k = size / CACHE_SIZE / zoom
-    cos, sin = torch.cos(angle) * k, torch.sin(angle) * k
-    reach = 4 + (STAMP_SIZE - size) / 2
-    shift = u(-reach, reach, b, 2) * 2 / CACHE_SIZE
-    theta = torch.stack([torch.stack([cos * flip, -sin, shift[:, 0]], 1),
-                         torch.stack([sin * flip, cos, shift[:, 1]], 1)], 1)
-    grid = F.affine_grid(theta, (b, 3, size, size), align_corners=False)
-    x = F.grid_sample(big, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
-
-    blur = torch.rand(b, generator=gen) < 0.5
-    if blur.any():
-        kern = _gaussian_kernels(u(0.3, 1.5, int(blur.sum())))
-        xb = x[blur]
-        n, r = xb.shape[0], kern.shape[1] // 2
-        xb = xb.reshape(1, n * 3, size, size)
-        kh = kern.repeat_interleave(3, 0)[:, None, None, :]
-        xb = F.conv2d(F.pad(xb, (r, r, 0, 0), mode="reflect"), kh, groups=n * 3)
-        xb = F.conv2d(F.pad(xb, (0, 0, r, r), mode="reflect"), kh.transpose(2, 3), groups=n * 3)
-        x = x.clone()
-        x[blur] = xb.reshape(n, 3, size, size)
+    u = _uniform(gen, b)
+    x = random_views(big, gen, size=size, zoom=0.2, shift=4 + (STAMP_SIZE - size) / 2)
+    x = random_blur(x, gen, p=0.5, sigma=(0.3, 1.5))
 
     gain = torch.exp(u(-0.2, 0.2))[:, None, None, None]
     gamma = torch.exp(u(-0.2, 0.2))[:, None, None, None]

@@ -317,6 +317,50 @@ def _gaussian_kernels(sigma, radius=3):
     return k / k.sum(1, keepdim=True)
 
 
+def _uniform(gen, b):
+    """``u(lo, hi, *shape)``: uniform draws from ``gen``, shape ``(b,)`` by default."""
+    def u(lo, hi, *shape):
+        return lo + (hi - lo) * torch.rand(*(shape or (b,)), generator=gen)
+    return u
+
+
+def random_views(big, gen, *, size, zoom, shift):
+    """Views of side ``size`` of cached stamps: rotation by any angle, a random flip, a zoom by
+    up to ``exp(+-zoom)`` and a shift by up to ``shift`` cached pixels (bilinear resampling,
+    reflected edges). Shared by the supervised and self-supervised augmentations."""
+    b = big.shape[0]
+    u = _uniform(gen, b)
+    angle = u(0, 2 * math.pi)
+    scale = torch.exp(u(-zoom, zoom))
+    flip = torch.where(torch.rand(b, generator=gen) < 0.5, -1.0, 1.0)
+    k = size / CACHE_SIZE / scale
+    cos, sin = torch.cos(angle) * k, torch.sin(angle) * k
+    offset = u(-shift, shift, b, 2) * 2 / CACHE_SIZE
+    theta = torch.stack([torch.stack([cos * flip, -sin, offset[:, 0]], 1),
+                         torch.stack([sin * flip, cos, offset[:, 1]], 1)], 1)
+    grid = F.affine_grid(theta, (b, 3, size, size), align_corners=False)
+    return F.grid_sample(big, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+
+
+def random_blur(x, gen, *, p, sigma):
+    """A Gaussian PSF blur (``sigma`` = (lo, hi) pixels, uniform) of a random fraction ``p`` of
+    the stamps ``x`` (B, C, H, W), separable, reflected edges."""
+    b, c, h, w = x.shape
+    blur = torch.rand(b, generator=gen) < p
+    if not blur.any():
+        return x
+    kern = _gaussian_kernels(_uniform(gen, b)(*sigma, int(blur.sum())))
+    xb = x[blur]
+    n, r = xb.shape[0], kern.shape[1] // 2
+    xb = xb.reshape(1, n * c, h, w)
+    kh = kern.repeat_interleave(c, 0)[:, None, None, :]
+    xb = F.conv2d(F.pad(xb, (r, r, 0, 0), mode="reflect"), kh, groups=n * c)
+    xb = F.conv2d(F.pad(xb, (0, 0, r, r), mode="reflect"), kh.transpose(2, 3), groups=n * c)
+    x = x.clone()
+    x[blur] = xb.reshape(n, c, h, w)
+    return x
+
+
 def augment(big, gen, *, grey_p=GREY_PROBABILITY):
     """Random network stamps from cached 96 px stamps.
 
@@ -337,33 +381,9 @@ def augment(big, gen, *, grey_p=GREY_PROBABILITY):
         channel mean in all three channels.
     """
     b = big.shape[0]
-
-    def u(lo, hi, *shape):
-        return lo + (hi - lo) * torch.rand(*(shape or (b,)), generator=gen)
-
-    angle = u(0, 2 * math.pi)
-    zoom = torch.exp(u(-0.12, 0.12))
-    flip = torch.where(torch.rand(b, generator=gen) < 0.5, -1.0, 1.0)
-    k = STAMP_SIZE / CACHE_SIZE / zoom
-    cos, sin = torch.cos(angle) * k, torch.sin(angle) * k
-    shift = u(-3, 3, b, 2) * 2 / CACHE_SIZE
-    theta = torch.stack([torch.stack([cos * flip, -sin, shift[:, 0]], 1),
-                         torch.stack([sin * flip, cos, shift[:, 1]], 1)], 1)
-    grid = F.affine_grid(theta, (b, 3, STAMP_SIZE, STAMP_SIZE), align_corners=False)
-    x = F.grid_sample(big, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
-
-    blur = torch.rand(b, generator=gen) < 0.3
-    if blur.any():
-        kern = _gaussian_kernels(u(0.3, 1.3, int(blur.sum())))
-        xb = x[blur]
-        n, r = xb.shape[0], kern.shape[1] // 2
-        xb = xb.reshape(1, n * 3, STAMP_SIZE, STAMP_SIZE)
-        kh = kern.repeat_interleave(3, 0)[:, None, None, :]
-        xb = F.conv2d(F.pad(xb, (r, r, 0, 0), mode="reflect"), kh, groups=n * 3)
-        xb = F.conv2d(F.pad(xb, (0, 0, r, r), mode="reflect"), kh.transpose(2, 3), groups=n * 3)
-        x = x.clone()
-        x[blur] = xb.reshape(n, 3, STAMP_SIZE, STAMP_SIZE)
-
+    u = _uniform(gen, b)
+    x = random_views(big, gen, size=STAMP_SIZE, zoom=0.12, shift=3)
+    x = random_blur(x, gen, p=0.3, sigma=(0.3, 1.3))
     gain = torch.exp(u(-0.25, 0.25))[:, None, None, None]
     gamma = torch.exp(u(-0.25, 0.25))[:, None, None, None]
     colour = torch.exp(0.06 * torch.randn(b, 3, 1, 1, generator=gen))
