@@ -311,7 +311,8 @@ def annotate(table, images, *, model, ra_col=None, dec_col=None, coord_col=None,
         x, row_flags[usable] = prepare(model, raw, crop_fraction=crop)
         return rows, x, row_flags, usable
 
-    predictions = []
+    predictions, scored = [], []
+    order = _processing_order(sky[plan[0]])
     workers = _workers(threads)
     with ThreadPoolExecutor(workers) as pool, \
             progress_bar(n, desc=f"annotate {model.name}", unit="src", enabled=progress,
@@ -321,14 +322,17 @@ def annotate(table, images, *, model, ra_col=None, dec_col=None, coord_col=None,
             # the model-free work of a chunk is shared among threads (numpy,
             # scipy and ONNX Runtime release the GIL); the model scores each
             # part as soon as it is ready
-            parts = [np.arange(s, min(s + STAMP_CHUNK, stop)) for s in range(start, stop, STAMP_CHUNK)]
+            parts = [order[s:min(s + STAMP_CHUNK, stop)] for s in range(start, stop, STAMP_CHUNK)]
             for rows, x, row_flags, usable in pool.map(stamps_to_input, parts):
                 flags[rows] = row_flags
                 valid[rows[usable]] = True
                 if len(x):
                     predictions.append(model.predict(x, batch_size=batch_size, progress=False))
+                    scored.append(rows[usable])
                 bar.update(len(rows))
     prediction = _concat(predictions)
+    if prediction is not None:  # back to catalogue order (the rows of `valid`)
+        prediction = _take(prediction, np.argsort(np.concatenate(scored), kind="stable"))
     columns = result_columns(model, prediction, flags, valid)
     _add_columns(out, columns, on_conflict)
     out.meta.update(_provenance(model, sky_images))
@@ -343,6 +347,24 @@ def _workers(threads):
     if threads:
         return max(1, int(threads))
     return max(1, min(8, os.cpu_count() or 1))
+
+
+def _processing_order(sky):
+    """Sources in order of their pixel row in the first image of a band (``sky`` from
+    `_sky_positions`), positions outside its WCS last.
+
+    Consecutive parts then cut neighbouring image rows: fewer cache and TLB misses when
+    sampling, and a memory-mapped image is read nearly in sequence, not at random.
+    """
+    py = sky[0][3]
+    return np.argsort(np.where(np.isfinite(py), py, np.inf), kind="stable")
+
+
+def _take(prediction, index):
+    from ._model import Prediction
+
+    return Prediction({k: prediction[k][index] for k in prediction},
+                      list(prediction._outputs.values()))
 
 
 def _concat(predictions):

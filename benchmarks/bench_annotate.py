@@ -42,7 +42,8 @@ from astropy.wcs import WCS
 
 import astromorph
 from astromorph._adapters import RawStamps, model_family, prepare
-from astromorph._annotate import _cut_band, _grid, _plan_reads, _sky_positions, _workers
+from astromorph._annotate import (_cut_band, _grid, _plan_reads, _processing_order,
+                                  _sky_positions, _workers)
 from astromorph._cutouts import STAMP_CHUNK
 from astromorph._images import parse_sky_images
 
@@ -116,11 +117,12 @@ def staged(model, path, cat, workers):
     coords = __import__("astropy.coordinates", fromlist=["SkyCoord"]).SkyCoord(
         cat["ra"], cat["dec"], unit="deg")
     npix, scale, crop, _ = _grid(model, family, n, np.asarray(cat["petroR90_r"]), None)
-    parts = [np.arange(s, min(s + STAMP_CHUNK, n)) for s in range(0, n, STAMP_CHUNK)]
     with ThreadPoolExecutor(workers) as pool:
         t0 = time.perf_counter()
         sky = _sky_positions(images, coords)
         _plan_reads(images, sky, npix)
+        order = _processing_order(sky)  # annotate's order: by image row
+        parts = [order[s:s + STAMP_CHUNK] for s in range(0, n, STAMP_CHUNK)]
         cut = list(pool.map(lambda rows: _cut_band(images, sky, npix, scale, rows), parts))
         t1 = time.perf_counter()
         xs = list(pool.map(lambda c: prepare(model, RawStamps("bands", c[0][:, None], bands=("r",),
