@@ -17,11 +17,14 @@ def sha256(path):
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
-def tiny_classifier_onnx(path, *, channels=2, size=4, labels=("a", "b")):
+def tiny_classifier_onnx(path, *, channels=2, size=4, labels=("a", "b"), spatial=False):
     """Write an ONNX graph: per-channel spatial mean -> softmax, output ``probabilities``.
 
     With ``channels == len(labels)`` the most probable class is the channel
     with the largest mean, which makes outputs easy to predict in tests.
+    With ``spatial=True`` the logits are instead fixed random pixel weightings
+    of the whole stamp (one full-size convolution), so that every stamp,
+    single-band (replicated) ones included, gets its own probabilities.
     """
     import onnx
     from onnx import TensorProto, helper
@@ -34,7 +37,15 @@ def tiny_classifier_onnx(path, *, channels=2, size=4, labels=("a", "b")):
         helper.make_node("ReduceMean", ["input", "axes"], ["mean"], keepdims=0),
         helper.make_node("Softmax", ["mean"], ["probabilities"], axis=1),
     ]
-    if channels != k:
+    if spatial:
+        w = np.random.default_rng(0).normal(0, 4.0 / size, (k, channels, size, size))
+        weight = helper.make_tensor("w", TensorProto.FLOAT, list(w.shape),
+                                    w.astype(np.float32).ravel().tolist())
+        nodes = [helper.make_node("Conv", ["input", "w"], ["conv"]),
+                 helper.make_node("Flatten", ["conv"], ["logits"], axis=1),
+                 helper.make_node("Softmax", ["logits"], ["probabilities"], axis=1)]
+        inits = [weight]
+    elif channels != k:
         weight = helper.make_tensor("w", TensorProto.FLOAT, [channels, k],
                                     np.ones((channels, k), np.float32).ravel().tolist())
         nodes = [nodes[0], helper.make_node("MatMul", ["mean", "w"], ["logits"]),
