@@ -60,7 +60,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     x = np.random.default_rng(0).random((args.n, 3, 64, 64), dtype=np.float32)
     print(f"{args.n} random stamps, batches of {args.batch}, ONNX Runtime {ort.__version__} CPU, "
-          f"{args.threads} threads, {os.cpu_count()} CPU cores; 2.0 widths {DEFAULT_WIDTHS}")
+          f"{args.threads} threads, {os.cpu_count()} CPU cores; shipped widths {DEFAULT_WIDTHS}")
     with tempfile.TemporaryDirectory() as tmp:
         for spec in args.widths:
             widths = tuple(int(w) for w in spec.split(","))
