@@ -5,7 +5,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from ._registry import resolve_model, verify_checksum
+from ._registry import resolve_model, resolve_single_band_graph, verify_checksum
 from ._session import get_session
 from ._progress import progress_bar
 from .exceptions import InputShapeError
@@ -114,8 +114,9 @@ class Model:
     def __init__(self, name_or_path, *, providers=None, threads=None, precision=None):
         self.path, self.card = resolve_model(name_or_path, precision=precision)
         self.sha256 = verify_checksum(self.path, self.card)
-        self._session = get_session(self.path, providers=providers, threads=threads,
-                                    sha256=self.sha256)
+        self._session_options = {"providers": providers, "threads": threads}
+        self._session = get_session(self.path, sha256=self.sha256, **self._session_options)
+        self._single_band = None  # session of the card's single-band graph, made when needed
         self.providers = list(self._session.get_providers())
         self._input_name = self._session.get_inputs()[0].name
         self.output_names = [o["name"] for o in self.card["outputs"]]
@@ -162,15 +163,24 @@ class Model:
                 accepted += f" or (N, {h}, {w})"
             raise InputShapeError(f"model {self.name!r} expects input of shape {accepted}, "
                                   f"got {np.shape(x)}")
-        if x.shape[1] != c:
-            # a view: the replicated planes are materialised one batch at a time
-            x = np.broadcast_to(x, (x.shape[0], c, h, w))
         return x
 
-    def _run(self, batch):
+    def _single_band_session(self):
+        """Session of the card's single-band graph (checksum verified), or None."""
+        if self._single_band is None:
+            found = resolve_single_band_graph(self.path, self.card)
+            if found is None:
+                self._single_band = False
+            else:
+                path, card = found
+                self._single_band = get_session(path, sha256=verify_checksum(path, card),
+                                                **self._session_options)
+        return self._single_band or None
+
+    def _run(self, batch, session=None):
         # astype handles any real dtype and either byte order (">f4" -> native "<f4").
         batch = np.ascontiguousarray(batch, dtype=np.float32)
-        return self._session.run(self.output_names, {self._input_name: batch})
+        return (session or self._session).run(self.output_names, {self._input_name: batch})
 
     def predict(self, x, *, batch_size=256, progress=None):
         """Run the model on network-ready arrays.
@@ -179,8 +189,10 @@ class Model:
         ----------
         x : array_like
             ``(N, C, H, W)`` with ``(C, H, W)`` the card's input shape, or
-            ``(N, H, W)`` where the model has one channel or its card says a
-            single band is replicated. Any real dtype and byte order.
+            ``(N, H, W)`` / ``(N, 1, H, W)`` where the model has one channel or
+            its card says a single band is replicated (through the card's
+            ``single_band_graph`` where it lists one: the same outputs without
+            copying the band). Any real dtype and byte order.
         batch_size : int, optional
             Rows per session call. After an out-of-memory or allocation error
             from the execution provider, the batch is halved and retried down
@@ -201,6 +213,12 @@ class Model:
             empty = self._run(np.zeros((1, *self.input_shape), np.float32))
             return Prediction({k: v[:0] for k, v in zip(self.output_names, empty)},
                               self.card["outputs"])
+        session = None
+        if x.shape[1] != self.input_shape[0]:  # one band for a model that replicates it
+            session = self._single_band_session()
+            if session is None:
+                # a view: the replicated planes are materialised one batch at a time
+                x = np.broadcast_to(x, (n, *self.input_shape))
         batch_size = int(batch_size)
         chunks = {k: [] for k in self.output_names}
         start = 0
@@ -209,7 +227,7 @@ class Model:
             while start < n:
                 stop = min(start + batch_size, n)
                 try:
-                    outs = self._run(x[start:stop])
+                    outs = self._run(x[start:stop], session)
                 except Exception as exc:  # noqa: BLE001 - ORT raises generic errors
                     if not _OOM.search(str(exc)) or batch_size == 1:
                         raise

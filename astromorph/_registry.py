@@ -10,7 +10,7 @@ from .exceptions import (ChecksumMismatchError, InvalidModelNameError, ModelCard
                          ModelNotFoundError)
 
 __all__ = ["list_models", "model_card", "models_dir", "resolve_model", "verify_checksum",
-           "REQUIRED_CARD_KEYS", "PRECISIONS"]
+           "resolve_single_band_graph", "REQUIRED_CARD_KEYS", "PRECISIONS"]
 
 log = logging.getLogger(__name__)
 
@@ -143,7 +143,32 @@ def resolve_model(name_or_path, *, precision=None):
     variant = dict(card, sha256=spec["sha256"], precision=precision,
                    metrics=dict(spec.get("metrics", {}), reference=card["metrics"]))
     variant.pop("variants", None)
+    variant.pop("single_band_graph", None)  # folded from the float32 file only
     return variant_path, variant
+
+
+def resolve_single_band_graph(path, card):
+    """The single-band copy of a model listed in its card, if any.
+
+    Cards of models that replicate one band into their colour channels may
+    list ``single_band_graph``: a file beside the model whose first
+    convolution is folded over the channels (same outputs, one input plane).
+
+    Returns
+    -------
+    (path, card) or None
+        The file and a copy of the card with that file's ``sha256`` and input
+        shape; None when the card lists no such file.
+    """
+    spec = card.get("single_band_graph")
+    if not spec:
+        return None
+    grey_path = (Path(path).parent / spec["file"]).resolve()
+    if not grey_path.is_file():
+        raise ModelNotFoundError(f"the single-band graph of {card['name']!r} lists file "
+                                 f"{spec['file']!r}, which is missing from {Path(path).parent}")
+    return grey_path, dict(card, sha256=spec["sha256"],
+                           input=dict(card["input"], shape=list(spec["input_shape"])))
 
 
 def _resolve(name_or_path):

@@ -24,7 +24,7 @@ def _describe_input(card):
 
 
 def _cmd_models(args):
-    from ._registry import list_models, resolve_model, verify_checksum
+    from ._registry import list_models, resolve_model, resolve_single_band_graph, verify_checksum
     from ._session import available_providers
     from .exceptions import ChecksumMismatchError
 
@@ -50,6 +50,15 @@ def _cmd_models(args):
                                     f"{exc.actual[:12]}..., card {exc.expected[:12]}...)")
                 except AstromorphError as exc:
                     problems.append(f"BAD VARIANT {precision}: {exc}")
+            try:
+                grey = resolve_single_band_graph(path, card)
+                if grey is not None:
+                    verify_checksum(*grey)
+            except ChecksumMismatchError as exc:
+                problems.append(f"SHA256 MISMATCH {Path(exc.path).name} (file "
+                                f"{exc.actual[:12]}..., card {exc.expected[:12]}...)")
+            except AstromorphError as exc:
+                problems.append(f"BAD SINGLE-BAND GRAPH: {exc}")
             row.append("; ".join(problems) or "sha256 OK")
             bad += bool(problems)
         rows.append(row)

@@ -188,12 +188,12 @@ def test_allocation_failure_halves_batch(tiny_registry):
     ref = model.predict(x)["probabilities"]
     real_run, sizes = model._run, []
 
-    def flaky(batch):
+    def flaky(batch, session=None):
         sizes.append(len(batch))
         if len(batch) > 4:
             raise RuntimeError("[ONNXRuntimeError] : 6 : RUNTIME_EXCEPTION : "
                                "CUDA failure 2: out of memory ; BFCArena::AllocateRawInternal")
-        return real_run(batch)
+        return real_run(batch, session)
 
     model._run = flaky
     out = model.predict(x, batch_size=16)["probabilities"]
@@ -205,7 +205,7 @@ def test_other_errors_are_not_retried(tiny_registry):
     model = astromorph.load_model("tiny")
     calls = []
 
-    def broken(batch):
+    def broken(batch, session=None):
         calls.append(len(batch))
         raise RuntimeError("invalid argument")
 
@@ -218,7 +218,7 @@ def test_other_errors_are_not_retried(tiny_registry):
 def test_allocation_failure_at_batch_one_raises(tiny_registry):
     model = astromorph.load_model("tiny")
 
-    def oom(batch):
+    def oom(batch, session=None):
         raise RuntimeError("Failed to allocate memory for requested buffer")
 
     model._run = oom

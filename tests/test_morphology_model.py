@@ -322,6 +322,48 @@ def test_int8_variant(tmp_path):
         astromorph.annotate(Table({"ra": [0.0], "dec": [0.0]}), [], model=m32, precision="int8")
 
 
+def test_single_band_graph(tmp_path, monkeypatch):
+    """The folded single-band graph: checked sha256, used for one-band input only, and the
+    same outputs as model.onnx fed the band in R, G and B (stated tolerance 1e-5, the limit
+    `fold_single_band` enforces at export)."""
+    import shutil
+
+    from astromorph import cli
+    from astromorph._registry import resolve_single_band_graph
+    from astromorph.exceptions import ChecksumMismatchError
+
+    card = json.loads((MODEL_DIR / "card.json").read_text())
+    spec = card["single_band_graph"]
+    assert hashlib.sha256((MODEL_DIR / spec["file"]).read_bytes()).hexdigest() == spec["sha256"]
+    assert spec["input_shape"] == [1, 64, 64] and spec["max_abs_diff_vs_replicated_band"] <= 1e-5
+    m = astromorph.load_model("morphology", providers="cpu")
+    rng = np.random.default_rng(2)
+    flux = rng.normal(0, 0.05, (40, 64, 64)).astype(np.float32) + galaxy_flux(64, seed=3)[1]
+    plane = opt.preprocess_single_band(flux, crop_fraction=1.0)[:, :1]   # (N, 1, 64, 64)
+    colour = np.repeat(plane, 3, axis=1)
+    p3 = np.asarray(m.predict(colour)["probabilities"])
+    assert m._single_band is None                                        # not needed yet
+    p1 = np.asarray(m.predict(plane)["probabilities"])
+    assert m._single_band                                                # now in use
+    np.testing.assert_allclose(p1, p3, atol=1e-5, rtol=0)
+    np.testing.assert_allclose(np.asarray(m.predict(plane[:, 0])["probabilities"]), p1)
+    # the int8 variant has no folded graph: it replicates the band
+    assert resolve_single_band_graph(*astromorph._registry.resolve_model(
+        "morphology", precision="int8")) is None
+    # a modified single-band file is refused when first needed, and by `models --verify`
+    copy = tmp_path / "models" / "morphology"
+    shutil.copytree(MODEL_DIR, copy)
+    data = bytearray((copy / spec["file"]).read_bytes())
+    data[-1] ^= 1
+    (copy / spec["file"]).write_bytes(bytes(data))
+    tampered = astromorph.load_model(copy)
+    tampered.predict(colour[:2])                                         # colour input: fine
+    with pytest.raises(ChecksumMismatchError):
+        tampered.predict(plane[:2])
+    monkeypatch.setenv("ASTROMORPH_MODELS_DIR", str(copy.parent))
+    assert cli.main(["models", "--verify"]) == 1
+
+
 def _training_module():
     pytest.importorskip("torch")
     try:

@@ -678,7 +678,8 @@ def test_stamps_of_many_files_are_batched(models, tmp_path, monkeypatch):
     model = astromorph.load_model("real-bogus")
     calls = []
     run = model._run
-    monkeypatch.setattr(model, "_run", lambda batch: calls.append(len(batch)) or run(batch))
+    monkeypatch.setattr(model, "_run", lambda batch, session=None:
+                        calls.append(len(batch)) or run(batch, session))
     table = astromorph.predict_files(model, tmp_path, batch_size=16)
     assert calls == [16, 16, 8]
     one = astromorph.predict_files("real-bogus", tmp_path, batch_size=1)

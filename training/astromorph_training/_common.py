@@ -330,6 +330,66 @@ INT8_RECIPE = ("static post-training quantisation with onnxruntime.quantization 
                "uint8 activations; MinMax ranges from a calibration set of training-split stamps)")
 
 
+#: Largest output difference allowed between a single-band graph and its model fed the band
+#: replicated into every channel (`fold_single_band`).
+SINGLE_BAND_ATOL = 1e-5
+
+
+def fold_single_band(src, dst, *, size, n_check=64, seed=0):
+    """Write a copy of an image model that takes one band instead of identical channels.
+
+    A model whose card says ``single_band: replicate`` is fed a single band
+    copied into each of its C input channels. When the ops between the graph
+    input and the first convolution treat every channel alike (here: an
+    orientation concat along the batch axis and subtracting a constant),
+    convolving C identical planes with weights ``W`` equals convolving one
+    plane with ``W`` summed over its input channels. The copy has those summed
+    weights and an input of shape ``(batch, 1, H, W)``: the same outputs
+    without the replication and with a C-th of the first convolution's work.
+    The fold is checked, not assumed: on ``n_check`` random stamps the copy
+    must agree with ``src`` fed the replicated band within `SINGLE_BAND_ATOL`,
+    else `RuntimeError`.
+
+    Returns
+    -------
+    max_abs_diff : float
+        Largest output difference found by the check.
+    """
+    import onnx
+    import onnxruntime as ort
+    from onnx import numpy_helper
+
+    model = onnx.load(str(src))
+    graph = model.graph
+    dims = graph.input[0].type.tensor_type.shape.dim
+    channels = dims[1].dim_value
+    conv = next(n for n in graph.node if n.op_type == "Conv")
+    weights = {t.name: t for t in graph.initializer}[conv.input[1]]
+    w = numpy_helper.to_array(weights)
+    weights.CopyFrom(numpy_helper.from_array(w.sum(axis=1, keepdims=True).astype(w.dtype),
+                                             weights.name))
+    dims[1].dim_value = 1
+    onnx.checker.check_model(model)
+    tmp = Path(dst).with_suffix(".tmp")
+    onnx.save(model, str(tmp))
+    band = np.random.default_rng(seed).random((n_check, 1, size, size), dtype=np.float32)
+    name = graph.input[0].name
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    full = ort.InferenceSession(str(src), opts, providers=["CPUExecutionProvider"])
+    grey = ort.InferenceSession(str(tmp), opts, providers=["CPUExecutionProvider"])
+    a = full.run(None, {name: np.repeat(band, channels, axis=1)})
+    b = grey.run(None, {name: band})
+    diff = max(float(np.max(np.abs(x - y))) for x, y in zip(a, b))
+    if not diff <= SINGLE_BAND_ATOL:
+        tmp.unlink()
+        raise RuntimeError(f"folding the channels of {src} changes its outputs by {diff:.2e}: "
+                           "the ops before its first convolution do not treat channels alike")
+    tmp.replace(dst)
+    log.info("single-band graph %s: max abs diff %.1e vs the replicated band", dst, diff)
+    return diff
+
+
 def quantize_int8(src, dst, calibration, *, input_name="input", batch=64):
     """Write a statically quantised (int8) copy of the float ONNX graph ``src`` to ``dst``.
 
