@@ -1450,10 +1450,10 @@ def export(args):
     throughput = _common.onnx_throughput(path, (3, STAMP_SIZE, STAMP_SIZE), batch=256, threads=2)
     log.info("onnxruntime throughput: %.0f stamps/s (2 threads, batch 256); %.2f MB",
              throughput, path.stat().st_size / 1e6)
-    card_path = _common.write_card(NAME, _card(metrics, state, throughput, path.stat().st_size,
-                                               tta, pca["stages"], root,
-                                               dim=int(pca["components"].shape[1]),
-                                               pca=pca.get("pca", True)), root)
+    card = _card(metrics, state, throughput, path.stat().st_size, tta, pca["stages"], root,
+                 dim=int(pca["components"].shape[1]), pca=pca.get("pca", True))
+    card["single_band_graph"] = _common.single_band_graph(path, size=STAMP_SIZE)
+    card_path = _common.write_card(NAME, card, root)
     ids, _ = read_labels(args.data_dir)
     files = [Path(args.data_dir) / "gz1" / "images" / f"{i}.jpeg" for i in ids[:16]]
     x = preprocess_colour_cutout(load_jpegs(files))

@@ -1284,8 +1284,9 @@ def export(args):
     viol = tree_violation(_common.run_onnx(path, rnd.astype(np.float32)))
     if viol["min_value"] < 0 or viol["max_sum_error"] > 1e-5:
         raise SystemExit(f"exported graph violates the decision tree: {viol}")
-    card_path = _common.write_card(NAME, _card(metrics, state, tta, throughput,
-                                               path.stat().st_size), root)
+    card = _card(metrics, state, tta, throughput, path.stat().st_size)
+    card["single_band_graph"] = _common.single_band_graph(path, size=STAMP_SIZE)
+    card_path = _common.write_card(NAME, card, root)
     ids, _ = read_votes(args.data_dir)
     x = preprocess_colour_cutout(_gz1.load_jpegs(image_paths(args.data_dir, ids[:16])))
     diff = _common.check_parity(deployed, x, str(card_path.parent), atol=1e-5, rtol=1e-4)

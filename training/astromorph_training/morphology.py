@@ -1046,30 +1046,13 @@ def export(args):
                  int8_rate, int8_cpu_rate, int8_path.stat().st_size / 1e6)
         variants["int8"] = _int8_card(metrics["int8"], int8_path, int8_sha, int8_rate,
                                       int8_cpu_rate)
-    grey_path = path.parent / "model.grey.onnx"
-    grey_diff = _common.fold_single_band(path, grey_path, size=STAMP_SIZE)
-    grey_rate = _common.onnx_throughput(grey_path, (1, STAMP_SIZE, STAMP_SIZE), batch=256,
-                                        threads=2)
-    log.info("single-band graph: %.0f stamps/s (2 threads)", grey_rate)
+    grey = _common.single_band_graph(path, size=STAMP_SIZE,
+                                     note=" (float32 only; the int8 variant replicates the band)")
     n_params = sum(p.numel() for p in net.parameters())
     card = _card(metrics, calibration, state, throughput, cpu_rate, path.stat().st_size, n_params)
     if variants:
         card["variants"] = variants
-    card["single_band_graph"] = {
-        "file": grey_path.name,
-        "sha256": _common.sha256sum(grey_path),
-        "file_size_bytes": grey_path.stat().st_size,
-        "input_shape": [1, STAMP_SIZE, STAMP_SIZE],
-        "description": ("model.onnx with its first convolution's weights summed over the three "
-                        "colour channels: for a single band it gives the outputs of model.onnx "
-                        "fed that band in R, G and B, without the copying and with a third of "
-                        "that convolution's work; Model.predict uses it for single-band input "
-                        "(float32 only; the int8 variant replicates the band)"),
-        "max_abs_diff_vs_replicated_band": float(f"{grey_diff:.2g}"),
-        "stamps_per_second": round(grey_rate),
-        "made_by": "python -m astromorph_training morphology export "
-                   "(astromorph_training._common.fold_single_band)",
-    }
+    card["single_band_graph"] = grey
     card_path = _common.write_card(NAME, card, root)
     # Parity through astromorph itself: real JPEGs -> preprocessing -> ONNX vs torch.
     ids, _ = read_labels(args.data_dir)
