@@ -37,14 +37,20 @@ def run_demo(*, model="morphology", output="astromorph_demo.ecsv", gallery=None,
 
 
 def _gallery(table, image, path, n=24):
-    """Colour thumbnails of the most confident sources of each class, labelled."""
+    """Colour thumbnails of the largest sources clear of the crop's edges, labelled.
+
+    Each thumbnail spans the field the network saw (the card's stamp size for the source's
+    ``r90``), at the image's own pixels.
+    """
     import numpy as np
     from astropy.io import fits
     from astropy.nddata import Cutout2D
     from astropy.visualization import make_lupton_rgb
     from astropy.wcs import WCS
 
+    from ._flags import Flag
     from ._io import atomic_output
+    from .preprocessing import stamp_size_from_petrosian
 
     import matplotlib
     matplotlib.use("Agg")
@@ -55,12 +61,15 @@ def _gallery(table, image, path, n=24):
     with fits.open(image) as hdul:
         planes = {h.header.get("BAND"): h for h in hdul if h.data is not None}
         wcs = WCS(planes["r"].header)
-        order = np.argsort(-np.asarray(table["r90"]))[:n]
+        scale = wcs.proj_plane_pixel_scales()[0].to_value("arcsec")
+        r90 = np.asarray(table["r90"])
+        on_edge = (np.asarray(table[f"{prefix}_flags"]) & (Flag.EDGE | Flag.OFF_IMAGE)) != 0
+        order = np.lexsort((-r90, on_edge))[:n]  # clear of the edges first, largest first
         fig, axes = plt.subplots(4, 6, figsize=(12, 8.6))
         for ax, k in zip(axes.ravel(), order):
             pos = wcs.pixel_to_world(*wcs.world_to_pixel_values(table["ra"][k].value,
                                                                 table["dec"][k].value))
-            side = max(24, int(8 * table["r90"][k].value / 0.14))
+            side = max(24, int(round(stamp_size_from_petrosian(r90[k]) / scale)))
             cut = [Cutout2D(planes[b].data, pos, side, wcs=wcs, mode="partial", fill_value=0).data
                    for b in "irg"]
             with np.errstate(invalid="ignore", divide="ignore"):
@@ -71,7 +80,8 @@ def _gallery(table, image, path, n=24):
             ax.set_axis_off()
         for ax in axes.ravel()[len(order):]:
             ax.set_axis_off()
-        fig.suptitle(f"astromorph {prefix}: largest sources of the packaged HDF crop")
+        fig.suptitle(f"astromorph {prefix}: largest sources of the packaged HDF crop "
+                     "(the field each stamp covered)")
         fig.tight_layout()
         with atomic_output(path, overwrite=True) as tmp:
             fig.savefig(tmp, dpi=90, format="png")
