@@ -330,9 +330,7 @@ def annotate(table, images, *, model, ra_col=None, dec_col=None, coord_col=None,
                     predictions.append(model.predict(x, batch_size=batch_size, progress=False))
                     scored.append(rows[usable])
                 bar.update(len(rows))
-    prediction = _concat(predictions)
-    if prediction is not None:  # back to catalogue order (the rows of `valid`)
-        prediction = _take(prediction, np.argsort(np.concatenate(scored), kind="stable"))
+    prediction = _concat(predictions, scored)
     columns = result_columns(model, prediction, flags, valid)
     _add_columns(out, columns, on_conflict)
     out.meta.update(_provenance(model, sky_images))
@@ -360,22 +358,16 @@ def _processing_order(sky):
     return np.argsort(np.where(np.isfinite(py), py, np.inf), kind="stable")
 
 
-def _take(prediction, index):
-    from ._model import Prediction
-
-    return Prediction({k: prediction[k][index] for k in prediction},
-                      list(prediction._outputs.values()))
-
-
-def _concat(predictions):
+def _concat(predictions, rows):
+    """One `Prediction` in catalogue order (the rows of ``valid``) from the parts'
+    predictions and the catalogue rows each part scored."""
     if not predictions:
         return None
-    if len(predictions) == 1:
-        return predictions[0]
     from ._model import Prediction
 
-    keys = list(predictions[0])
-    return Prediction({k: np.concatenate([p[k] for p in predictions]) for k in keys},
+    back = np.argsort(np.concatenate(rows), kind="stable")
+    return Prediction({k: np.concatenate([p[k] for p in predictions])[back]
+                       for k in predictions[0]},
                       list(predictions[0]._outputs.values()))
 
 

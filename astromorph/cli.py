@@ -42,23 +42,20 @@ def _cmd_models(args):
             continue
         if args.verify:
             problems = []
-            for precision in [None, *variants]:
+            # every file the card lists: the main one, its variants, its single-band graph
+            files = [(f"VARIANT {p}", lambda p=p: resolve_model(name, precision=p))
+                     for p in [None, *variants]]
+            files.append(("SINGLE-BAND GRAPH", lambda: resolve_single_band_graph(path, card)))
+            for what, resolve in files:
                 try:
-                    verify_checksum(*resolve_model(name, precision=precision))
+                    found = resolve()
+                    if found is not None:
+                        verify_checksum(*found)
                 except ChecksumMismatchError as exc:
                     problems.append(f"SHA256 MISMATCH {Path(exc.path).name} (file "
                                     f"{exc.actual[:12]}..., card {exc.expected[:12]}...)")
                 except AstromorphError as exc:
-                    problems.append(f"BAD VARIANT {precision}: {exc}")
-            try:
-                grey = resolve_single_band_graph(path, card)
-                if grey is not None:
-                    verify_checksum(*grey)
-            except ChecksumMismatchError as exc:
-                problems.append(f"SHA256 MISMATCH {Path(exc.path).name} (file "
-                                f"{exc.actual[:12]}..., card {exc.expected[:12]}...)")
-            except AstromorphError as exc:
-                problems.append(f"BAD SINGLE-BAND GRAPH: {exc}")
+                    problems.append(f"BAD {what}: {exc}")
             row.append("; ".join(problems) or "sha256 OK")
             bad += bool(problems)
         rows.append(row)

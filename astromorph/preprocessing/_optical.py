@@ -238,14 +238,14 @@ def _grey_lupton_uint8(band, *, q, stretch, minimum, scale, chunk):
     """
     soften, slope = _lupton_constants(q, stretch)
     flat = np.asarray(band).reshape(-1)
-    exact_input = scale == 1.0 and minimum == 0.0
+    unscaled = scale == 1.0 and minimum == 0.0
     soften32, gain32 = np.float32(soften), np.float32(255.0 * slope)
     out = np.empty(flat.size, np.uint8)
     redo = []  # pixels for the float64 reference
     with np.errstate(over="ignore", invalid="ignore"):
         for s in range(0, flat.size, chunk):
             part = flat[s:s + chunk]
-            if exact_input:  # float32 inputs pass through unchanged
+            if unscaled:  # the values themselves (float32 ones unchanged)
                 c = part.astype(np.float32)
             else:  # scale and subtract in float64 like the reference, round once
                 c = (part.astype(np.float64) * scale - minimum).astype(np.float32)
