@@ -9,7 +9,7 @@ injected point sources (real) and realistic artefacts (bogus); see
 Steps (``python -m astromorph_training real-bogus <step>``):
 
 train
-    Simulate the data set once (cached in ``training/cache/realbogus-v3/``,
+    Simulate the data set once (cached in ``training/cache/realbogus-v4/``,
     preprocessed with :func:`astromorph.preprocessing._triplet.preprocess_triplet`,
     float16), train the CNN (checkpoint every epoch in
     ``training/checkpoints/real-bogus/``, resumable), then fit Platt scaling
@@ -38,7 +38,8 @@ from . import _common as common
 from . import _simulate_transients as sim
 
 NAME = "real-bogus"
-CACHE_VERSION = "realbogus-v3"
+CACHE_VERSION = "realbogus-v4"
+MIN_DET_SNR = 5.0
 DEFAULT_EPOCHS = 30
 log = logging.getLogger("astromorph_training.realbogus")
 
@@ -152,14 +153,20 @@ def _info_arrays(infos):
         "alert": np.array([i["alert"] for i in infos], np.int16),
         "negative": np.array([i["isdiffpos"] == "f" for i in infos], bool),
         "host": np.array([i["has_host"] for i in infos], bool),
+        "snr_det": np.array([i["snr_det"] for i in infos], np.float32),
     }
 
 
 KIND_NAMES = list(sim.REAL_KINDS) + list(sim.BOGUS_KINDS)
 
 
-def _simulate_split(split, n, data_dir, seed, out, smoke=False, keep_raw=0):
-    """Simulate ``n`` triplets of one split into ``out`` (folder) or memory."""
+def _simulate_split(split, n, data_dir, seed, out, smoke=False, keep_raw=0, min_det_snr=MIN_DET_SNR):
+    """Simulate ``n`` candidates of one split into ``out`` (folder) or memory.
+
+    Only triplets whose centre is a detection (``snr_det >= min_det_snr``, see
+    :func:`~astromorph_training._simulate_transients.detection_snr`) are kept, half
+    real and half bogus: what a survey's real/bogus classifier actually sees.
+    """
     X, meta = sim.load_ztf_triplets(data_dir)
     alerts = sim.split_alerts(meta, seed=seed)[split]
     sky = sim.SkyBank(X, alerts)
@@ -167,7 +174,6 @@ def _simulate_split(split, n, data_dir, seed, out, smoke=False, keep_raw=0):
     base_seed = {"train": 11, "val": 22, "test": 33}[split] + 1000 * seed
     t0 = time.perf_counter()
     chunk = 2000
-    xs = None
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         xs = np.lib.format.open_memmap(out / f"{split}_x.tmp.npy", mode="w+",
@@ -176,15 +182,28 @@ def _simulate_split(split, n, data_dir, seed, out, smoke=False, keep_raw=0):
     else:
         xs = np.empty((n, 3, sim.SIZE, sim.SIZE), np.float32)
     infos, raw_keep = [], []
-    for start in range(0, n, chunk):
-        m = min(chunk, n - start)
-        raw, inf = sim.simulate_batch(m, sky, gals, seed=base_seed * 100003 + start)
-        if len(raw_keep) * chunk < keep_raw:
-            raw_keep.append(raw[: max(0, keep_raw - start)])
+    quota = {1: (n + 1) // 2, 0: n // 2}
+    n_sim = 0
+    while len(infos) < n:
+        raw, inf = sim.simulate_batch(chunk, sky, gals, seed=base_seed * 100003 + n_sim)
+        n_sim += chunk
+        keep = []
+        for i, f in enumerate(inf):
+            if f["snr_det"] >= min_det_snr and quota[f["label"]] > 0:
+                quota[f["label"]] -= 1
+                keep.append(i)
+        if not keep:
+            continue
+        raw = raw[keep]
+        start, m = len(infos), len(keep)
+        if sum(len(r) for r in raw_keep) < keep_raw:
+            raw_keep.append(raw)
         xs[start:start + m] = preprocess_triplet(raw)[0]
-        infos += inf
-        log.info("simulated %s %d/%d (%.0f s)", split, start + m, n, time.perf_counter() - t0)
+        infos += [inf[i] for i in keep]
+        log.info("simulated %s %d/%d candidates (%d triplets, %.0f s)", split, len(infos), n, n_sim,
+                 time.perf_counter() - t0)
     arrays = _info_arrays(infos)
+    arrays["n_simulated"] = np.array(n_sim)
     if out is not None:
         xs.flush()
         del xs
@@ -384,17 +403,19 @@ def train(args):
     a, b = fit_platt(zva, yva)
     pva = _sigmoid(a * zva + b)
     T = common.fit_temperature(np.stack([np.zeros_like(zva), zva], 1), yva)
+    # every validation triplet is a detected candidate (snr_det >= 5): the threshold is their
+    # equal-error point
     snr_ok = ~(iva["label"] == 1) | (iva["snr"] >= 5)
     thr_all = best_threshold(pva, yva)
     thr5 = best_threshold(pva[snr_ok], yva[snr_ok])
     calib = {"platt_a": a, "platt_b": b, "temperature_alt": T, "best_epoch": int(ck["epoch"]),
-             "threshold_all_snr": thr_all, "threshold_snr_ge_5": thr5,
-             "recommended_threshold": thr5,
+             "threshold_candidates": thr_all, "threshold_injected_snr_ge_5": thr5,
+             "recommended_threshold": thr_all,
              "val_ece_uncalibrated": common.expected_calibration_error(
                  np.stack([1 - _sigmoid(zva), _sigmoid(zva)], 1), yva),
              "val_ece_calibrated": common.expected_calibration_error(np.stack([1 - pva, pva], 1), yva),
-             "val_rates_at_recommended_all": rates(pva, yva, thr5),
-             "val_rates_at_recommended_snr_ge_5": rates(pva[snr_ok], yva[snr_ok], thr5),
+             "val_rates_at_recommended_all": rates(pva, yva, thr_all),
+             "val_rates_at_recommended_snr_ge_5": rates(pva[snr_ok], yva[snr_ok], thr_all),
              "train_seconds": time.perf_counter() - t_start, "epochs": epochs, "history": history,
              "n_train": int(len(xtr)), "n_val": int(len(xva)),
              "threads": int(_get(args, "threads", 1))}
