@@ -302,3 +302,25 @@ def test_simulate_one_on_synthetic_sky():
     noise = 1.4826 * np.nanmedian(np.abs(d - np.nanmedian(d)))
     if info["snr"] > 30:
         assert d[30:33, 30:33].max() > 5 * noise
+
+
+def test_detection_snr_matches_psf_photometry():
+    """detection_snr: ~N(0, 1) on pure noise, the injected S/N for a point source on white
+    noise, and lower when the source's Poisson variance is added."""
+    sim = _sim()
+    rng = np.random.default_rng(4)
+    fwhm, sig = 2.4, 7.0
+    area = 4 * np.pi * (fwhm / 2.3548) ** 2
+    noise_only = [sim.detection_snr(rng.normal(0, sig, (63, 63)), fwhm, radius=0.0) for _ in range(200)]
+    assert abs(np.mean(noise_only)) < 0.25 and np.std(noise_only) == pytest.approx(1.0, rel=0.2)
+    for snr in (6.0, 40.0):
+        psf = sim.psf_image(fwhm, flux=snr * sig * np.sqrt(area))
+        got = [sim.detection_snr(psf + rng.normal(0, sig, psf.shape), fwhm) for _ in range(40)]
+        assert np.median(got) == pytest.approx(snr, abs=1.2 + 0.05 * snr)
+    # the source's own Poisson variance (here equal to the sky variance at the peak) lowers it
+    d = psf + rng.normal(0, sig, psf.shape)
+    assert sim.detection_snr(d, fwhm, poisson_var=psf / psf.max() * sig**2) < 0.85 * sim.detection_snr(d, fwhm)
+    # NaN pixels count as zero and stay out of the sky estimate
+    d2 = d.copy()
+    d2[:5] = np.nan
+    assert np.isfinite(sim.detection_snr(d2, fwhm))

@@ -467,10 +467,10 @@ def evaluate(args):
     pte = _sigmoid(a * zte + b)
     y = ite["label"].astype(int)
     snr = ite["snr"]
-    ge5 = (y == 0) | (snr >= 5)
+    snr_det = ite["snr_det"]
 
-    def block(sel):
-        s, l = pte[sel], y[sel]
+    def block(p, z, lab, sel):
+        s, l = p[sel], lab[sel]
         fnr, fpr = rates(s, l, thr)
         fnr05, fpr05 = rates(s, l, 0.5)
         eer_t = best_threshold(s, l)
@@ -480,9 +480,11 @@ def evaluate(args):
                 "equal_error_threshold_oracle": eer_t, "max_fnr_fpr_at_oracle": max(rates(s, l, eer_t)),
                 "ece_calibrated": common.expected_calibration_error(np.stack([1 - s, s], 1), l),
                 "ece_uncalibrated": common.expected_calibration_error(
-                    np.stack([1 - _sigmoid(zte[sel]), _sigmoid(zte[sel])], 1), l)}
+                    np.stack([1 - _sigmoid(z[sel]), _sigmoid(z[sel])], 1), l)}
 
-    m_sim = {"all_snr_3_to_1000": block(np.ones(len(y), bool)), "real_snr_ge_5": block(ge5)}
+    everything = np.ones(len(y), bool)
+    m_sim = {"candidates": block(pte, zte, y, everything),
+             "candidates_injected_snr_ge_5": block(pte, zte, y, (y == 0) | (snr >= 5))}
     # per kind
     per_kind = {}
     for k, name in enumerate(KIND_NAMES):
@@ -493,31 +495,51 @@ def evaluate(args):
             per_kind[name] = {"label": "real" if lab else "bogus", "n": int(sel.sum()),
                               ("fnr" if lab else "fpr"): float(wrong.mean())}
     m_sim["per_kind_at_recommended"] = per_kind
-    # missed-detection rate vs S/N
-    edges = np.array([3, 4, 5, 6, 8, 10, 15, 20, 30, 50, 100, 200, 1000])
+    # missed-detection rate vs S/N (injected, and as measured at detection)
+    edges = np.array([3, 4, 5, 6, 8, 10, 15, 20, 30, 50, 100, 200, 1000, np.inf])
     real = y == 1
-    md = []
-    for lo, hi in zip(edges[:-1], edges[1:]):
-        sel = real & (snr >= lo) & (snr < hi)
-        md.append({"snr_lo": float(lo), "snr_hi": float(hi), "n": int(sel.sum()),
-                   "missed_at_recommended": float(np.mean(pte[sel] < thr)) if sel.any() else None,
-                   "missed_at_0.5": float(np.mean(pte[sel] < 0.5)) if sel.any() else None})
-    m_sim["missed_detection_vs_snr"] = md
+
+    def missed(v):
+        out = []
+        for lo, hi in zip(edges[:-1], edges[1:]):
+            sel = real & (v >= lo) & (v < hi)
+            if sel.any():
+                out.append({"snr_lo": float(lo), "snr_hi": float(hi), "n": int(sel.sum()),
+                            "missed_at_recommended": float(np.mean(pte[sel] < thr)),
+                            "missed_at_0.5": float(np.mean(pte[sel] < 0.5))})
+        return out
+
+    m_sim["missed_detection_vs_injected_snr"] = missed(snr)
+    m_sim["missed_detection_vs_detection_snr"] = missed(snr_det)
     for host in (True, False):
-        sel = real & (ite["host"] == host) & (snr >= 5)
-        m_sim[f"fnr_snr_ge_5_{'with' if host else 'without'}_host_galaxy"] = float(np.mean(pte[sel] < thr))
+        sel = real & (ite["host"] == host)
+        m_sim[f"fnr_{'with' if host else 'without'}_host_galaxy"] = float(np.mean(pte[sel] < thr))
+    # the protocol of model 1.1 (realbogus-v3): every simulated triplet, detected or not,
+    # reals with injected S/N >= 5 against all bogus
+    if not args.smoke:
+        xall, iall = _simulate_split("test", _get(args, "n_test", 12000), args.data_dir, args.seed, None,
+                                     min_det_snr=-np.inf)
+        zall = _predict_logits(net, xall)
+        del xall
+        pall, yall = _sigmoid(a * zall + b), iall["label"].astype(int)
+        m_sim["all_triplets_injected_snr_ge_5"] = block(pall, zall, yall, (yall == 0) | (iall["snr"] >= 5))
+        m_sim["all_triplets_injected_snr_ge_5"]["note"] = (
+            "the protocol of 1.1: all simulated test triplets, detected or not (not only candidates), reals "
+            "with injected S/N >= 5 against every bogus triplet")
+    m_sim["n_simulated_for_candidates"] = int(ite.get("n_simulated", len(y)))
     log.info("sims evaluated (%.0f s)", time.perf_counter() - t0)
 
     # ---- figures on sims ----
     fig, ax = plt.subplots(figsize=(5, 4.5))
-    for sel, lab in ((np.ones(len(y), bool), "held-out sims, S/N 3-1000"), (ge5, "held-out sims, real S/N >= 5")):
+    for sel, lab in ((everything, "held-out candidates (detected at >= 5 sigma)"),
+                     ((y == 0) | (snr >= 5), "same, reals with injected S/N >= 5")):
         f, t = roc_curve(pte[sel], y[sel])
         ax.plot(f, t, label=f"{lab} (AUC {roc_auc(pte[sel], y[sel]):.4f})")
     ax.set_xscale("log")
     ax.set_xlim(1e-4, 1)
     ax.set_xlabel("false positive rate (bogus kept)")
     ax.set_ylabel("true positive rate (real kept)")
-    ax.axvline(m_sim["real_snr_ge_5"]["fpr_at_recommended"], color="gray", ls=":", lw=1)
+    ax.axvline(m_sim["candidates"]["fpr_at_recommended"], color="gray", ls=":", lw=1)
     ax.set_title(f"real-bogus ROC (threshold {thr:.3f})")
     ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
@@ -525,15 +547,17 @@ def evaluate(args):
     plt.close(fig)
 
     fig, ax = plt.subplots(figsize=(5, 3.8))
-    cen = np.sqrt(edges[:-1] * edges[1:])
-    ax.plot(cen, [d["missed_at_recommended"] for d in md], "o-", label=f"threshold {thr:.3f}")
-    ax.plot(cen, [d["missed_at_0.5"] for d in md], "s--", label="threshold 0.5")
+    for key, lab, mk in (("missed_detection_vs_injected_snr", "injected S/N", "o-"),
+                         ("missed_detection_vs_detection_snr", "measured detection S/N", "s--")):
+        md = m_sim[key]
+        cen = [math.sqrt(d["snr_lo"] * d["snr_hi"]) if np.isfinite(d["snr_hi"]) else 2 * d["snr_lo"] for d in md]
+        ax.plot(cen, [d["missed_at_recommended"] for d in md], mk, label=lab)
     ax.set_xscale("log")
     ax.set_yscale("symlog", linthresh=0.01)
-    ax.set_xlabel("injected S/N (PSF photometry on the difference)")
-    ax.set_ylabel("missed-detection rate (FNR)")
+    ax.set_xlabel("S/N of the real candidate (PSF photometry on the difference)")
+    ax.set_ylabel(f"missed-detection rate at {thr:.3f}")
     ax.axhline(0.015, color="gray", ls=":", lw=1)
-    ax.set_title("held-out simulations: missed detections vs S/N")
+    ax.set_title("held-out candidates: missed reals vs S/N")
     ax.legend()
     fig.tight_layout()
     fig.savefig(rep / "missed_vs_snr.png", dpi=120)
@@ -641,8 +665,8 @@ def evaluate(args):
         "model": NAME,
         "command": "python -m astromorph_training real-bogus evaluate",
         "recommended_threshold": thr,
-        "threshold_choice": ("minimises max(FNR, FPR) on the validation simulations with real S/N >= 5 "
-                             "(ZTF's detection threshold); all bogus kinds included"),
+        "threshold_choice": ("minimises max(FNR, FPR) on the validation candidates (simulated triplets "
+                             "detected at >= 5 sigma in the difference, half real, half bogus)"),
         "calibration": {"method": "Platt scaling sigmoid(a*logit+b) fitted on validation simulations",
                         "a": a, "b": b, "best_epoch": calib["best_epoch"],
                         "val_ece_uncalibrated": calib["val_ece_uncalibrated"],
@@ -664,7 +688,7 @@ def evaluate(args):
         except json.JSONDecodeError:
             pass
     (rep / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    log.info("sims: %s", json.dumps({k: m_sim[k] for k in ("all_snr_3_to_1000", "real_snr_ge_5")}))
+    log.info("sims: %s", json.dumps({k: m_sim[k] for k in ("candidates", "candidates_injected_snr_ge_5")}))
     log.info("real alerts: %s", json.dumps({k: m_real[k] for k in ("all_209", "held_out_sky_alerts")}))
     return metrics
 
@@ -711,8 +735,8 @@ def export(args):
 
 
 def _rates_pct(metrics):
-    """FNR and FPR (per cent) at the recommended threshold on held-out sims with S/N >= 5."""
-    m = ((metrics or {}).get("held_out_simulations") or {}).get("real_snr_ge_5") or {}
+    """FNR and FPR (per cent) at the recommended threshold on the held-out candidates."""
+    m = ((metrics or {}).get("held_out_simulations") or {}).get("candidates") or {}
     return 100 * m.get("fnr_at_recommended", float("nan")), 100 * m.get("fpr_at_recommended", float("nan"))
 
 
@@ -720,16 +744,21 @@ def _card(calib, metrics, args):
     thr = calib["recommended_threshold"]
     ms = metrics.get("held_out_simulations", {})
     mr = metrics.get("real_ztf_alerts", {})
-    g5 = ms.get("real_snr_ge_5", {})
-    gall = ms.get("all_snr_3_to_1000", {})
+    gc = ms.get("candidates", {})
+    g5 = ms.get("candidates_injected_snr_ge_5", {})
+    gold = ms.get("all_triplets_injected_snr_ge_5", {})
     ra = mr.get("all_209", {})
     rh = mr.get("held_out_sky_alerts", {})
+    keys = ("n", "roc_auc", "fnr_at_recommended", "fpr_at_recommended", "ece_calibrated")
     mets = {
         "split": "test (held-out simulations on the sky of held-out alerts and held-out Galaxy Zoo hosts) + 209 real ZTF alerts vs braai drb",
         "command": "python -m astromorph_training real-bogus evaluate",
         "threshold": thr,
-        "sims_real_snr_ge_5": {k: g5.get(k) for k in ("n", "roc_auc", "fnr_at_recommended", "fpr_at_recommended", "ece_calibrated")},
-        "sims_all_snr_3_to_1000": {k: gall.get(k) for k in ("n", "roc_auc", "fnr_at_recommended", "fpr_at_recommended", "ece_calibrated")},
+        "sims_candidates": {k: gc.get(k) for k in keys},
+        "sims_candidates_injected_snr_ge_5": {k: g5.get(k) for k in keys},
+        "sims_all_triplets_injected_snr_ge_5": dict(
+            {k: gold.get(k) for k in keys},
+            note="1.1's protocol: every simulated test triplet, detected or not, reals with injected S/N >= 5"),
         "real_alerts_209": {k: ra.get(k) for k in ("n", "roc_auc_vs_drb_ge_0.5", "spearman_vs_drb", "agreement_at_0.5", "agreement_at_recommended")},
         "real_alerts_held_out_sky": {k: rh.get(k) for k in ("n", "n_drb_bogus", "roc_auc_vs_drb_ge_0.5", "spearman_vs_drb", "agreement_at_recommended")},
     }
@@ -769,14 +798,14 @@ def _card(calib, metrics, args):
         "outputs": [{"name": "rb_score", "kind": "score",
                      "description": "calibrated probability that the candidate is real (sigmoid(a*logit+b), Platt scaling on validation simulations)"}],
         "recommended_threshold": round(float(thr), 4),
-        "threshold_note": ("minimises max(FNR, FPR) on validation simulations with real S/N >= 5; "
+        "threshold_note": ("minimises max(FNR, FPR) on the validation candidates (detected at >= 5 sigma); "
                            "at 0.5 the score is a calibrated probability for the simulated class mix (50/50)"),
         "training": {
             "data": ("simulated triplets: %d train / %d validation / %d test; backgrounds = science/reference "
                      "stamps of the 209 ZTF alerts, split by objectId (train/val/test 70/10/20 %%), and Galaxy "
                      "Zoo 1 + 2 SDSS JPEG cutouts as hosts (split 70/10/20 %%). The same 209 alerts are also "
                      "the real-data evaluation set (vs braai drb)." % (
-                         calib["n_train"], calib["n_val"], metrics.get("held_out_simulations", {}).get("all_snr_3_to_1000", {}).get("n", 0))),
+                         calib["n_train"], calib["n_val"], gc.get("n", 0))),
             "simulation_recipe": sim.__doc__.strip(),
             "real_kinds": sim.REAL_KINDS,
             "bogus_kinds": sim.BOGUS_KINDS,
