@@ -575,9 +575,15 @@ def evaluate(args):
     held = np.zeros(len(meta), bool)
     held[sp["test"]] = True
 
+    def auc_interval(s, lab, n_boot=2000):
+        """95 % bootstrap interval of the AUC (alerts resampled with replacement)."""
+        boot = np.random.default_rng(0).integers(0, len(s), (n_boot, len(s)))
+        return [float(v) for v in np.nanpercentile([roc_auc(s[i], lab[i]) for i in boot], [2.5, 97.5])]
+
     def rblock(sel):
         return {"n": int(sel.sum()), "n_drb_real": int(dl[sel].sum()), "n_drb_bogus": int((~dl[sel]).sum()),
                 "roc_auc_vs_drb_ge_0.5": roc_auc(rb[sel], dl[sel]),
+                "roc_auc_vs_drb_bootstrap_95": auc_interval(rb[sel], dl[sel]),
                 "spearman_vs_drb": float(spearmanr(rb[sel], drb[sel]).statistic),
                 "agreement_at_0.5": float(np.mean((rb[sel] >= 0.5) == dl[sel])),
                 "agreement_at_recommended": float(np.mean((rb[sel] >= thr) == dl[sel])),
@@ -739,7 +745,7 @@ def _card(calib, metrics, args):
                                       "ece_calibrated")},
             note=("the triplets of either class detected at >= 5 sigma in the difference (snr_det), i.e. those "
                   "a survey pipeline would pass to the classifier, as in braai's evaluation")),
-        "real_alerts_209": {k: ra.get(k) for k in ("n", "roc_auc_vs_drb_ge_0.5", "spearman_vs_drb", "agreement_at_0.5", "agreement_at_recommended")},
+        "real_alerts_209": {k: ra.get(k) for k in ("n", "roc_auc_vs_drb_ge_0.5", "roc_auc_vs_drb_bootstrap_95", "spearman_vs_drb", "agreement_at_0.5", "agreement_at_recommended")},
         "real_alerts_held_out_sky": {k: rh.get(k) for k in ("n", "n_drb_bogus", "roc_auc_vs_drb_ge_0.5", "spearman_vs_drb", "agreement_at_recommended")},
     }
     if "onnx" in metrics:
