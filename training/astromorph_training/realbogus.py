@@ -211,8 +211,9 @@ def _load_split(args, split, dirs):
               "n_test": _get(args, "n_test", 12000), "seed": args.seed}
     stale = meta_f.exists() and json.loads(meta_f.read_text()) != params
     info_f = folder / f"{split}_info.npz"
-    if f.exists() and info_f.exists() and "snr_det" not in np.load(info_f).files:
-        stale = True  # cached before detection S/N was recorded
+    if f.exists() and info_f.exists():
+        with np.load(info_f) as cached:
+            stale = stale or "snr_det" not in cached.files  # cached before detection S/N was recorded
     if not f.exists() or _get(args, "regenerate", False) or stale:
         if stale or _get(args, "regenerate", False):
             for p in folder.glob("*.np*"):
@@ -734,15 +735,15 @@ def _card(calib, metrics, args):
     gdet = ms.get("candidates_detected_snr_det_ge_5", {})
     ra = mr.get("all_209", {})
     rh = mr.get("held_out_sky_alerts", {})
+    keys = ("n", "roc_auc", "fnr_at_recommended", "fpr_at_recommended", "ece_calibrated")
     mets = {
         "split": "test (held-out simulations on the sky of held-out alerts and held-out Galaxy Zoo hosts) + 209 real ZTF alerts vs braai drb",
         "command": "python -m astromorph_training real-bogus evaluate",
         "threshold": thr,
-        "sims_real_snr_ge_5": {k: g5.get(k) for k in ("n", "roc_auc", "fnr_at_recommended", "fpr_at_recommended", "ece_calibrated")},
-        "sims_all_snr_3_to_1000": {k: gall.get(k) for k in ("n", "roc_auc", "fnr_at_recommended", "fpr_at_recommended", "ece_calibrated")},
+        "sims_real_snr_ge_5": {k: g5.get(k) for k in keys},
+        "sims_all_snr_3_to_1000": {k: gall.get(k) for k in keys},
         "sims_candidates_detected_snr_det_ge_5": dict(
-            {k: gdet.get(k) for k in ("n", "n_real", "n_bogus", "roc_auc", "fnr_at_recommended", "fpr_at_recommended",
-                                      "ece_calibrated")},
+            {k: gdet.get(k) for k in ("n", "n_real", "n_bogus", *keys[1:])},
             note=("the triplets of either class detected at >= 5 sigma in the difference (snr_det), i.e. those "
                   "a survey pipeline would pass to the classifier, as in braai's evaluation")),
         "real_alerts_209": {k: ra.get(k) for k in ("n", "roc_auc_vs_drb_ge_0.5", "roc_auc_vs_drb_bootstrap_95", "spearman_vs_drb", "agreement_at_0.5", "agreement_at_recommended")},
