@@ -283,3 +283,63 @@ def test_card_accuracy_reproduced():
     model = astromorph.load_model("radio-morphology", providers="cpu")
     p = np.asarray(model.predict(radio.preprocess_dataset_image(images), progress=False)["probabilities"])
     assert (p.argmax(1) == labels).mean() == pytest.approx(card["metrics"]["accuracy"], abs=1e-9)
+
+
+def test_d4_network_is_invariant_and_folds_into_plain_layers(train_radio, tmp_path):
+    """GroupNet gives the same logits for the 8 rotations / flips of a stamp, and its
+    folded plain-convolution form (what is exported) computes the same function."""
+    import torch
+
+    from astromorph_training import _gconv
+
+    torch.manual_seed(0)
+    net = train_radio._make_net({"kind": "d4", "widths": [2, 2, 4, 4, 8]})
+    for m in net.modules():  # non-trivial batch-norm statistics and affine parameters
+        if isinstance(m, torch.nn.BatchNorm3d):
+            m.running_mean.uniform_(-0.2, 0.2)
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.uniform_(-0.2, 0.2)
+    net.eval()
+    # asymmetric sources: a bright blob and a fainter elongated one, placed differently per stamp
+    size = train_radio.STAMP_SIZE
+    yy, xx = np.mgrid[:size, :size].astype(np.float32)
+    stamps = []
+    for k in range(3):
+        a = np.exp(-0.5 * ((xx - 40 - 10 * k) ** 2 + (yy - 70) ** 2) / 4.0 ** 2)
+        b = 0.4 * np.exp(-0.5 * ((xx - 90) ** 2 / 12.0 ** 2 + (yy - 30 - 15 * k) ** 2 / 3.0 ** 2))
+        stamps.append(a + b)
+    x = torch.from_numpy(np.sqrt(np.stack(stamps)[:, None]).astype(np.float32))
+    with torch.no_grad():
+        ref = net(x)
+        for g in range(_gconv.N_ELEMENTS):
+            np.testing.assert_allclose(net(_gconv.transform(x, g)).numpy(), ref.numpy(), atol=1e-5)
+        plain = train_radio._plain(net)
+        assert not any(isinstance(m, torch.nn.BatchNorm3d) for m in plain.modules())
+        np.testing.assert_allclose(plain(x).numpy(), ref.numpy(), atol=1e-5)
+        # the stamps are not symmetric: the feature maps before the group pooling change
+        feats, turned = net.features(x), net.features(_gconv.transform(x, 1))
+        assert (feats - turned).abs().max() > 0.1 * feats.abs().max()
+    # the exported graph (temperature and softmax included) agrees with the torch module
+    path = tmp_path / "d4.onnx"
+    train_radio._export_onnx(train_radio._calibrated(plain, 0.8), path)
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    onnx_p = sess.run(["probabilities"], {"input": x.numpy()})[0]
+    np.testing.assert_allclose(onnx_p, torch.softmax(ref / 0.8, 1).numpy(), atol=1e-5)
+
+
+def test_d4_group_tables():
+    """The D4 multiplication table is a group table: closed, associative, with inverses."""
+    pytest.importorskip("torch")
+    from astromorph_training import _gconv
+
+    prod, inv = _gconv._PROD, _gconv._INVERSE
+    n = _gconv.N_ELEMENTS
+    assert sorted(map(sorted, prod.tolist())) == [list(range(n))] * n  # Latin square
+    for a in range(n):
+        assert prod[a, inv[a]] == 0 and prod[inv[a], a] == 0
+        for b in range(n):
+            for c in range(n):
+                assert prod[prod[a, b], c] == prod[a, prod[b, c]]

@@ -56,6 +56,7 @@ from astromorph.preprocessing._radio import (
 )
 
 from . import _common
+from ._gconv import GroupNet
 
 __all__ = ["add_arguments", "train", "evaluate", "export", "RadioNet", "Calibrated", "load_dataset"]
 
@@ -70,6 +71,9 @@ CLASS_NAMES = list(RADIO_LABELS)
 DEFAULT_EPOCHS = 150
 #: Channels of the fourth (4 x 4 pixel) stage of `RadioNet`; 0 leaves it out (v1.0).
 DEFAULT_STAGE4 = 256
+#: Channels per orientation of the D4-equivariant network (``--arch d4``): lifting
+#: layer, then the stages at 32, 16, 8 and 4 pixels (8 times as many plain channels each).
+DEFAULT_D4_WIDTHS = (2, 4, 8, 16, 32)
 #: Training augmentation recipe (see `_augment`): "rotflip" (v1.1) or "full" (v1.0).
 DEFAULT_AUGMENT = "rotflip"
 DEFAULT_LABEL_SMOOTHING = 0.1
@@ -144,6 +148,12 @@ def add_arguments(parser):
     group.add_argument("--stage4", type=int, default=DEFAULT_STAGE4,
                        help="train: channels of the fourth stage (two 3x3 convolutions at 4 x 4 "
                             "pixels; default %(default)s); 0 = the 3-stage v1.0 network")
+    group.add_argument("--arch", choices=("plain", "d4"), default="plain",
+                       help="train: network, plain = RadioNet (default), d4 = the rotation- and "
+                            "flip-equivariant GroupNet (exported as a plain CNN)")
+    group.add_argument("--d4-widths", type=int, nargs="+", default=list(DEFAULT_D4_WIDTHS),
+                       help="train --arch d4: channels per orientation of the lifting layer and "
+                            "the four stages (default %(default)s)")
     group.add_argument("--label-smoothing", type=float, default=DEFAULT_LABEL_SMOOTHING,
                        help="train: label smoothing of the cross-entropy (default %(default)s)")
     group.add_argument("--augment", choices=sorted(AUGMENTATION_TEXT), default=DEFAULT_AUGMENT,
@@ -353,6 +363,19 @@ def _calibrated(net, temperature):
     return Calibrated(net, temperature).eval()
 
 
+def _make_net(arch=None):
+    """`RadioNet` or, for ``arch["kind"] == "d4"``, the equivariant `GroupNet`."""
+    arch = dict(arch or {"stage4": 0})  # v1.0 checkpoints carry no "arch"
+    if arch.pop("kind", "plain") == "d4":
+        return GroupNet(len(CLASS_NAMES), **arch)
+    return RadioNet(len(CLASS_NAMES), **arch)
+
+
+def _plain(net):
+    """The network as exported: a `GroupNet` folded into plain layers."""
+    return net.to_plain() if isinstance(net, GroupNet) else net
+
+
 # --------------------------------------------------------------------------- augmentation
 def _full_field(images):
     """Full data-set images, area-averaged like the stamps, (N, 1, F, F), linear [0, 1]."""
@@ -488,7 +511,7 @@ def _fit(train_x, train_y, valid_x, valid_y, ckpt_dir, *, epochs, seed, batch_si
     counts = np.bincount(train_y, minlength=len(CLASS_NAMES)).astype(float)
     weights = torch.tensor(counts.sum() / (len(counts) * np.maximum(counts, 1)), dtype=torch.float32)
 
-    net = RadioNet(len(CLASS_NAMES), **(arch or {}))
+    net = _make_net(arch)
     ema = copy.deepcopy(net)
     for p in ema.parameters():
         p.requires_grad_(False)
@@ -560,9 +583,15 @@ def _fit(train_x, train_y, valid_x, valid_y, ckpt_dir, *, epochs, seed, batch_si
 
 def _load_best(ckpt_dir):
     ck = torch.load(ckpt_dir / "best.pt", weights_only=False)
-    net = RadioNet(len(CLASS_NAMES), **ck.get("arch", {"stage4": 0}))  # v1.0: no "arch"
+    net = _make_net(ck.get("arch"))
     net.load_state_dict(ck["net"])
     return net.eval(), ck["record"]
+
+
+def _arch_option(args):
+    if getattr(args, "arch", "plain") == "d4":
+        return {"kind": "d4", "widths": list(getattr(args, "d4_widths", DEFAULT_D4_WIDTHS))}
+    return {"stage4": getattr(args, "stage4", DEFAULT_STAGE4)}
 
 
 def train(args):
@@ -587,7 +616,7 @@ def train(args):
     kw = dict(epochs=epochs, seed=args.seed, batch_size=getattr(args, "batch_size", 64),
               lr=getattr(args, "lr", 2e-3), weight_decay=getattr(args, "weight_decay", 5e-4),
               restart=getattr(args, "restart", False) or smoke,
-              arch={"stage4": getattr(args, "stage4", DEFAULT_STAGE4)},
+              arch=_arch_option(args),
               augment=getattr(args, "augment", DEFAULT_AUGMENT),
               label_smoothing=getattr(args, "label_smoothing", DEFAULT_LABEL_SMOOTHING))
     imgs, labels = data["images"], data["labels"]
@@ -655,7 +684,7 @@ def _calibrate_and_export(net, valid_x, valid_y, path):
     """Fit T on the validation logits, export softmax(logits / T) to ``path``."""
     logits = _logits(net, preprocess_dataset_image(valid_x))
     temperature = _common.fit_temperature(logits, valid_y) if len(valid_y) > 1 else 1.0
-    _export_onnx(_calibrated(net, temperature), path)
+    _export_onnx(_calibrated(_plain(net), temperature), path)
     return temperature
 
 
@@ -684,6 +713,13 @@ def _stamp_text():
                f", {BIN_FACTOR} x {BIN_FACTOR} area-average to {STAMP_SIZE} x {STAMP_SIZE}")
     return (f"central {CROP_PIXELS} x {CROP_PIXELS} pixels ({STAMP_ANGULAR_SIZE_ARCSEC / 60:.2f} "
             f"arcmin at {STAMP_PIXEL_SCALE_ARCSEC:g} arcsec/pixel){binning}")
+
+
+def _network_text(arch):
+    if arch.get("kind") == "d4":
+        return ("GroupNet: D4 (rotation and flip) equivariant CNN, channels per orientation "
+                f"{'/'.join(map(str, arch['widths']))}, exported folded into plain convolutions")
+    return f"RadioNet, fourth stage {arch.get('stage4', 0)} channels"
 
 
 def _card(temperature, record, metrics, smoke, n_params):
@@ -760,7 +796,7 @@ def _card(temperature, record, metrics, smoke, n_params):
             "machine": f"CPU only, 2 cores, {record.get('threads', 1)} torch thread(s)",
             "epochs": record.get("epochs"),
             "best_epoch": record.get("epoch"),
-            "network": f"RadioNet, fourth stage {record.get('arch', {}).get('stage4', 0)} channels",
+            "network": _network_text(record.get("arch", {})),
             "augmentation": AUGMENTATION_TEXT[record.get("augment", "full")],
             "loss": ("class-balanced cross-entropy, label smoothing "
                      f"{record.get('label_smoothing', 0.0):g}; AdamW, one-cycle learning rate, "
