@@ -40,6 +40,9 @@ from . import _simulate_transients as sim
 NAME = "real-bogus"
 CACHE_VERSION = "realbogus-v3"
 DEFAULT_EPOCHS = 30
+#: Training simulations (1.3.0; 56,000 for 1.1.0): twice as many lowered the validation
+#: error (training/reports/real-bogus/preregistration_1_3.md).
+DEFAULT_N_TRAIN = 112000
 log = logging.getLogger("astromorph_training.realbogus")
 
 __all__ = ["add_arguments", "train", "evaluate", "export", "RBNet", "ScoreModel"]
@@ -49,7 +52,8 @@ __all__ = ["add_arguments", "train", "evaluate", "export", "RBNet", "ScoreModel"
 def add_arguments(parser):
     """Options of the real-bogus model."""
     g = parser.add_argument_group("real-bogus")
-    g.add_argument("--n-train", type=int, default=56000, help="training simulations (default 56000)")
+    g.add_argument("--n-train", type=int, default=DEFAULT_N_TRAIN,
+                   help="training simulations (default %(default)s)")
     g.add_argument("--n-val", type=int, default=8000, help="validation simulations (default 8000)")
     g.add_argument("--n-test", type=int, default=12000, help="held-out test simulations (default 12000)")
     g.add_argument("--batch-size", type=int, default=128)
@@ -199,7 +203,7 @@ def _simulate_split(split, n, data_dir, seed, out, smoke=False, keep_raw=0):
 
 def _load_split(args, split, dirs):
     """Return (x, info) for one split, simulating and caching if needed."""
-    n = {"train": _get(args, "n_train", 56000), "val": _get(args, "n_val", 8000),
+    n = {"train": _get(args, "n_train", DEFAULT_N_TRAIN), "val": _get(args, "n_val", 8000),
          "test": _get(args, "n_test", 12000)}[split]
     if args.smoke:
         return _simulate_split(split, {"train": 48, "val": 24, "test": 24}[split], args.data_dir,
@@ -207,7 +211,7 @@ def _load_split(args, split, dirs):
     folder = dirs["cache"]
     f = folder / f"{split}_x.npy"
     meta_f = folder / "params.json"
-    params = {"n_train": _get(args, "n_train", 56000), "n_val": _get(args, "n_val", 8000),
+    params = {"n_train": _get(args, "n_train", DEFAULT_N_TRAIN), "n_val": _get(args, "n_val", 8000),
               "n_test": _get(args, "n_test", 12000), "seed": args.seed}
     stale = meta_f.exists() and json.loads(meta_f.read_text()) != params
     info_f = folder / f"{split}_info.npz"
@@ -753,8 +757,13 @@ def _card(calib, metrics, args):
         mets["throughput_triplets_per_s_2_cpu_threads_batch_256"] = round(metrics["onnx"]["throughput_triplets_per_s_2_threads_batch_256"])
     return {
         "name": NAME,
-        "version": "1.1.0",
-        "changes": ("1.1.0: 30 training epochs instead of 10 and an independent flip/rotation per "
+        "version": "1.3.0",
+        "changes": ("1.3.0: twice the training simulations (112,000; same v3 recipe, same validation and "
+                    "test sets), shipped under a rule written down before the run "
+                    "(training/reports/real-bogus/preregistration_1_3.md): on the validation simulations "
+                    "AUC 0.9917 -> 0.9942, max(FNR, FPR) at the S/N >= 5 threshold 3.9 -> 3.3 per cent and "
+                    "on the detected candidates 2.5 -> 2.0 per cent. "
+                    "1.1.0: 30 training epochs instead of 10 and an independent flip/rotation per "
                     "triplet (was one per batch), same simulations: held-out sims AUC 0.986 -> "
                     "0.991, real alerts AUC vs drb 0.908 -> 0.915"),
         "task": "score",
