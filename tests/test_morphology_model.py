@@ -514,3 +514,26 @@ def test_ece_noise_floor():
     # |binomial(1000, 0.5) / 1000 - 0.5| has mean sqrt(2 / pi) * 0.5 / sqrt(1000) = 0.0126
     assert floor["mean"] == pytest.approx(0.0126, abs=0.003)
     assert floor["p95"] > floor["mean"]
+
+
+def test_synthetic_mergers_add_an_offset_companion():
+    """A synthetic merger keeps the primary, adds light only (no pasted background edges) and
+    puts the companion 10-25 per cent of the stamp away from the centre."""
+    morphology = _training_module()
+    import torch
+
+    n = morphology.CACHE_SIZE
+    yy, xx = np.mgrid[:n, :n] - (n - 1) / 2
+    blob = np.exp(-0.5 * (xx ** 2 + yy ** 2) / 5.0 ** 2)
+    background = 0.08
+    primary = torch.from_numpy(np.broadcast_to(background + 0.8 * blob, (6, 3, n, n)).astype(np.float32))
+    out = morphology.synthetic_mergers(primary, primary.clone(), torch.Generator().manual_seed(3))
+    assert out.shape == primary.shape and float(out.min()) >= 0 and float(out.max()) <= 1
+    added = (out - primary).numpy()
+    assert added.min() > -1e-6  # light is only added
+    far = np.hypot(xx, yy) > 0.45 * n  # the stamp's outskirts: the companion's background is removed
+    assert np.abs(added[..., far]).max() < 1e-3
+    for img in added[:, 0]:
+        cy, cx = np.unravel_index(np.argmax(img), img.shape)
+        sep = np.hypot(cy - (n - 1) / 2, cx - (n - 1) / 2) / n
+        assert 0.08 <= sep <= 0.27, sep

@@ -141,6 +141,9 @@ def add_arguments(parser):
                    help=f"channel widths of the four CNN stages (default {DEFAULT_WIDTHS})")
     g.add_argument("--stem", choices=STEMS, default=None,
                    help=f"32x32 -> 16x16 step of the network (default {DEFAULT_STEM}; see MorphologyNet)")
+    g.add_argument("--synthetic-mergers", type=float, default=0.0, metavar="P",
+                   help="replace each sampled merger by a composite of two real galaxies with "
+                        "probability P (default %(default)s: none; see synthetic_mergers)")
     g.add_argument("--label-smoothing", type=float, default=None,
                    help=f"label smoothing of the cross-entropy loss (default {DEFAULT_LABEL_SMOOTHING})")
     g.add_argument("--tta", type=int, default=DEFAULT_TTA, choices=(1, 2, 4, 8),
@@ -394,6 +397,43 @@ def augment(big, gen, *, grey_p=GREY_PROBABILITY):
     return x.clamp(0, 1)
 
 
+def synthetic_mergers(primary, secondary, gen):
+    """Close pairs built from two real cached stamps, for the rare merger class.
+
+    The ``secondary`` galaxy, background-subtracted (median of its border), is
+    shrunk to 0.5-1.0 of its size, dimmed to 0.4-1.0 of its brightness, turned
+    and flipped at random and placed 10-25 per cent of the stamp width from the
+    centre, then added to ``primary`` with a screen blend ``1 - (1 - a)(1 - b)``
+    (light added in display units).
+
+    Parameters
+    ----------
+    primary, secondary : torch.Tensor, (B, 3, 96, 96) float32
+        Cached training stamps (display values in [0, 1]).
+    gen : torch.Generator
+
+    Returns
+    -------
+    torch.Tensor, (B, 3, 96, 96) float32
+    """
+    b = primary.shape[0]
+    u = _uniform(gen, b)
+    border = torch.cat([secondary[..., :4, :].flatten(2), secondary[..., -4:, :].flatten(2),
+                        secondary[..., :, :4].flatten(2), secondary[..., :, -4:].flatten(2)], 2)
+    sec = (secondary - border.median(2).values[..., None, None]).clamp_min(0)
+    size, angle, sep, direction = u(0.5, 1.0), u(0, 2 * math.pi), u(0.1, 0.25), u(0, 2 * math.pi)
+    flip = torch.where(torch.rand(b, generator=gen) < 0.5, -1.0, 1.0)
+    cos, sin = torch.cos(angle) / size, torch.sin(angle) / size
+    # the secondary's centre lands 2 * sep (normalised units) from the stamp centre
+    tx, ty = -2 * sep * torch.cos(direction) / size, -2 * sep * torch.sin(direction) / size
+    theta = torch.stack([torch.stack([cos * flip, -sin, tx], 1),
+                         torch.stack([sin * flip, cos, ty], 1)], 1)
+    grid = F.affine_grid(theta, tuple(sec.shape), align_corners=False)
+    sec = F.grid_sample(sec, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    sec = sec * u(0.4, 1.0)[:, None, None, None]
+    return 1 - (1 - primary.clamp(0, 1)) * (1 - sec.clamp(0, 1))
+
+
 # ---------------------------------------------------------------------------- train
 def _lr_at(step, total, peak, warmup):
     if step < warmup:
@@ -468,6 +508,9 @@ def train(args):
     decay = _get(args, "ema_decay", 0.995)
     big = data["big"]
     val_x, val_y = data["stamps"][va], labels[va]
+    p_synthetic = _get(args, "synthetic_mergers", 0.0)
+    merger = CLASS_NAMES.index("merger")
+    donors = tr[np.isin(labels[tr], [CLASS_NAMES.index(c) for c in ("elliptical", "spiral", "edge_on")])]
     for epoch in range(start_epoch, epochs):
         t0 = time.perf_counter()
         rng = np.random.default_rng([args.seed, epoch])
@@ -480,7 +523,14 @@ def train(args):
             for group in opt.param_groups:
                 group["lr"] = _lr_at(step, total, _get(args, "lr", 2e-3), warmup)
             idx = order[s * batch_size:(s + 1) * batch_size]
-            x = augment(torch.from_numpy(big[idx].astype(np.float32)), gen)
+            x = torch.from_numpy(big[idx].astype(np.float32))
+            if p_synthetic > 0:
+                swap = np.flatnonzero((labels[idx] == merger) & (rng.random(len(idx)) < p_synthetic))
+                if len(swap):
+                    pair = rng.choice(donors, size=(2, len(swap)))
+                    x[swap] = synthetic_mergers(torch.from_numpy(big[pair[0]].astype(np.float32)),
+                                                torch.from_numpy(big[pair[1]].astype(np.float32)), gen)
+            x = augment(x, gen)
             y = torch.from_numpy(labels[idx])
             loss = F.cross_entropy(net(x), y, label_smoothing=smoothing)
             opt.zero_grad(set_to_none=True)
@@ -505,7 +555,7 @@ def train(args):
                      optimizer=opt.state_dict(), history=history, epochs=epochs,
                      train_counts=np.bincount(labels[tr], minlength=len(CLASS_NAMES)).tolist(),
                      sampling_power=0.5, widths=list(widths), stem=stem,
-                     label_smoothing=smoothing, threads=torch.get_num_threads(), crop_fraction=CROP_FRACTION,
+                     label_smoothing=smoothing, synthetic_mergers=p_synthetic, threads=torch.get_num_threads(), crop_fraction=CROP_FRACTION,
                      args={k: str(v) for k, v in vars(args).items()})
         tmp = ckdir / "last.tmp.pt"
         torch.save(state, tmp)
