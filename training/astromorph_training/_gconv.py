@@ -63,11 +63,11 @@ class _LiftConv(nn.Module):
     def __init__(self, cin, cout, k):
         super().__init__()
         self.weight = nn.Parameter(torch.randn(cout, cin, k, k) * (2.0 / (cin * k * k)) ** 0.5)
-        self.cout = cout
 
     def expanded(self):
+        cout, cin, k, _ = self.weight.shape
         w = torch.stack([transform(self.weight, g) for g in range(N_ELEMENTS)], dim=1)
-        return w.reshape(self.cout * N_ELEMENTS, *self.weight.shape[1:])
+        return w.reshape(cout * N_ELEMENTS, cin, k, k)
 
     def forward(self, x):
         return nn.functional.conv2d(x, self.expanded(), padding=self.weight.shape[-1] // 2)
@@ -116,14 +116,15 @@ class GroupNet(nn.Module):
         Number of output logits.
     widths : sequence of int
         Channels per orientation: the lifting layer, then each stage (each
-        layer is ``8 * width`` ordinary channels wide).
+        layer is ``8 * width`` ordinary channels wide); the training default
+        is ``radio.DEFAULT_D4_WIDTHS``.
     first_pool : int, optional
         Size of the max-pool after the lifting convolution.
     dropout : float, optional
         Dropout before the linear layer.
     """
 
-    def __init__(self, n_classes, *, widths=(4, 4, 8, 16, 32), first_pool=4, dropout=0.3):
+    def __init__(self, n_classes, *, widths, first_pool=4, dropout=0.3):
         super().__init__()
         widths = [int(w) for w in widths]
         layers = [*_block(_LiftConv(1, widths[0], 5), widths[0]), nn.MaxPool2d(first_pool)]

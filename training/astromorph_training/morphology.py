@@ -555,7 +555,8 @@ def train(args):
                      optimizer=opt.state_dict(), history=history, epochs=epochs,
                      train_counts=np.bincount(labels[tr], minlength=len(CLASS_NAMES)).tolist(),
                      sampling_power=0.5, widths=list(widths), stem=stem,
-                     label_smoothing=smoothing, synthetic_mergers=p_synthetic, threads=torch.get_num_threads(), crop_fraction=CROP_FRACTION,
+                     label_smoothing=smoothing, synthetic_mergers=p_synthetic,
+                     threads=torch.get_num_threads(), crop_fraction=CROP_FRACTION,
                      args={k: str(v) for k, v in vars(args).items()})
         tmp = ckdir / "last.tmp.pt"
         torch.save(state, tmp)
