@@ -537,3 +537,39 @@ def test_synthetic_mergers_add_an_offset_companion():
         cy, cx = np.unravel_index(np.argmax(img), img.shape)
         sep = np.hypot(cy - (n - 1) / 2, cx - (n - 1) / 2) / n
         assert 0.08 <= sep <= 0.27, sep
+
+
+def test_gz2_leaf_labels_follow_the_largest_mapped_fraction():
+    """GZ2 vote fractions -> GZ1 leaf classes: merger (Class8.6) against the other four
+    scaled by (1 - Class8.6), then the largest wins."""
+    morphology = _training_module()
+    columns = ["Class1.1", "Class1.2", "Class1.3", "Class2.1", "Class2.2", "Class8.6"]
+
+    def row(c11, c13, c21, c22, c86):
+        return [c11, c21 + c22, c13, c21, c22, c86]
+
+    fractions = np.array([
+        row(0.8, 0.0, 0.0, 0.2, 0.0),   # smooth -> elliptical
+        row(0.2, 0.0, 0.1, 0.7, 0.1),   # features, not edge-on -> spiral
+        row(0.1, 0.0, 0.8, 0.1, 0.0),   # edge-on
+        row(0.6, 0.0, 0.0, 0.4, 0.55),  # merger 0.55 beats 0.45 * 0.6 = 0.27
+        row(0.6, 0.0, 0.0, 0.4, 0.35),  # 0.35 < 0.65 * 0.6 = 0.39 -> elliptical
+        row(0.1, 0.7, 0.0, 0.2, 0.0),   # star or artifact
+    ])
+    got = morphology.gz2_leaf_labels(fractions, columns)
+    assert [morphology.CLASS_NAMES[i] for i in got] == [
+        "elliptical", "spiral", "edge_on", "merger", "elliptical", "artifact"]
+
+
+def test_sampling_weights_keep_class_shares_when_the_pool_grows():
+    """Extra examples of a class share its draws; the class shares stay sqrt(n_c) of the
+    given counts, and without counts the weights are the GZ1-only ones."""
+    morphology = _training_module()
+    labels = np.array([0] * 16 + [1] * 4 + [2] * 1)
+    base = morphology.sampling_weights(labels, n_classes=3)
+    shares = np.bincount(labels, weights=base, minlength=3)
+    np.testing.assert_allclose(shares, np.sqrt([16, 4, 1]) / 7)
+    pooled = np.concatenate([labels, [1] * 12])  # 12 extra members of class 1
+    w = morphology.sampling_weights(pooled, n_classes=3, counts=[16, 4, 1])
+    np.testing.assert_allclose(np.bincount(pooled, weights=w, minlength=3), shares)
+    np.testing.assert_allclose(w[pooled == 1], shares[1] / 16)  # uniform within the class

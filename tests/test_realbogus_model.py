@@ -324,3 +324,20 @@ def test_detection_snr_matches_psf_photometry():
     d2 = d.copy()
     d2[:5] = np.nan
     assert np.isfinite(sim.detection_snr(d2, fwhm))
+
+
+def test_training_threads_option_takes_effect():
+    """Building the network leaves torch's thread count alone (it used to reset it to one,
+    so ``--threads`` had no effect)."""
+    torch = pytest.importorskip("torch")
+    _sim()  # puts training/ on the path if the subproject is not installed
+    from astromorph_training import realbogus as rb
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        rb.RBNet()
+        rb.ScoreModel(rb.RBNet())
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

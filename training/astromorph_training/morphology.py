@@ -144,6 +144,10 @@ def add_arguments(parser):
     g.add_argument("--synthetic-mergers", type=float, default=0.0, metavar="P",
                    help="replace each sampled merger by a composite of two real galaxies with "
                         "probability P (default %(default)s: none; see synthetic_mergers)")
+    g.add_argument("--gz2-labels", action="store_true",
+                   help="add the morphology-gz2 training split of the GZ2 galaxies with vote "
+                        "fractions to the training pool, labelled by `gz2_leaf_labels` "
+                        "(default: GZ1 only)")
     g.add_argument("--label-smoothing", type=float, default=None,
                    help=f"label smoothing of the cross-entropy loss (default {DEFAULT_LABEL_SMOOTHING})")
     g.add_argument("--tta", type=int, default=DEFAULT_TTA, choices=(1, 2, 4, 8),
@@ -240,6 +244,71 @@ def load_dataset(args):
             os.replace(tmp, path)
         log.info("cached in %.0f s", time.perf_counter() - t0)
     return dict(ids=ids, labels=labels, stamps=stamps, big=big, split=stratified_split(labels))
+
+
+def gz2_leaf_labels(fractions, columns):
+    """GZ1-style leaf classes (indices into `CLASS_NAMES`) from GZ2 vote fractions.
+
+    The largest of: merger = Class8.6 (odd feature: merger); elliptical, spiral,
+    edge_on and artifact = (1 - Class8.6) times Class1.1 (smooth), Class2.2
+    (features or disk, not edge-on), Class2.1 (edge-on) and Class1.3 (star or
+    artifact). GZ1 leaf labels are plurality classes too.
+
+    Parameters
+    ----------
+    fractions : numpy.ndarray, (N, 37)
+        Willett et al. (2013) weighted vote fractions.
+    columns : sequence of str
+        Their column names (``ClassN.M``).
+    """
+    col = {c: fractions[:, list(columns).index(c)] for c in
+           ("Class1.1", "Class1.3", "Class2.1", "Class2.2", "Class8.6")}
+    merger = col["Class8.6"]
+    scores = np.zeros((len(fractions), len(CLASS_NAMES)))
+    for name, c in (("elliptical", "Class1.1"), ("spiral", "Class2.2"), ("edge_on", "Class2.1"),
+                    ("artifact", "Class1.3")):
+        scores[:, CLASS_NAMES.index(name)] = (1 - merger) * col[c]
+    scores[:, CLASS_NAMES.index("merger")] = merger
+    return scores.argmax(1)
+
+
+def load_gz2_extra(args, gz1_big, heldout):
+    """Extra training galaxies from GZ2 (``--gz2-labels``), at the GZ1 field of view.
+
+    The morphology-gz2 model's training split of the GZ2 galaxies with votes,
+    labelled by `gz2_leaf_labels`, minus cutouts that duplicate a held-out GZ1
+    galaxy (``embedding.find_duplicates``).
+
+    Returns
+    -------
+    dict
+        ``ids``, ``labels``, ``big`` (N, 3, 96, 96) float16 training stamps,
+        ``dropped`` (ids of duplicates removed).
+    """
+    from . import embedding, gz2  # both import this module
+
+    ids, fractions = gz2.read_votes(args.data_dir)
+    tr = gz2.split_indices(len(ids))[0]
+    if args.smoke:
+        tr = tr[:12]
+    ids, labels = ids[tr], gz2_leaf_labels(fractions[tr], gz2.LABELS)
+    paths = gz2.image_paths(args.data_dir, ids)
+    make = lambda: embedding.preprocess_files(paths, "gz2", size=CACHE_SIZE).astype(np.float16)  # noqa: E731
+    if args.smoke:
+        big = make()
+    else:
+        big = embedding._cached(_common.cache_dir(args.out_dir)
+                                / f"morphology_gz2train_v{CACHE_VERSION}_c{CROP_FRACTION:g}_big{CACHE_SIZE}.npy",
+                                make, key=ids.astype(np.int64))
+
+    def u8(x):
+        return np.round(np.asarray(x, np.float32) * 255).clip(0, 255).astype(np.uint8)
+
+    dup, _, _ = embedding.find_duplicates(u8(big), u8(gz1_big[heldout]))
+    log.info("GZ2 extra training galaxies: %d, class counts %s, %d dropped as duplicates of "
+             "held-out GZ1 galaxies", int((~dup).sum()),
+             np.bincount(labels[~dup], minlength=len(CLASS_NAMES)).tolist(), int(dup.sum()))
+    return dict(ids=ids[~dup], labels=labels[~dup], big=big[~dup], dropped=ids[dup].tolist())
 
 
 # ---------------------------------------------------------------------------- model
@@ -460,10 +529,17 @@ def _quick_metrics(logits, labels):
     return float(np.mean(pred == labels)), float(np.mean(recalls)), nll, recalls
 
 
-def sampling_weights(labels, n_classes=len(CLASS_NAMES), power=0.5):
-    """Per-example sampling probabilities giving class ``c`` a share ``∝ n_c**power``."""
-    counts = np.bincount(labels, minlength=n_classes).astype(float)
-    w = counts[labels] ** (power - 1.0)
+def sampling_weights(labels, n_classes=len(CLASS_NAMES), power=0.5, counts=None):
+    """Per-example sampling probabilities giving class ``c`` a share ``∝ n_c**power``.
+
+    ``n_c`` are ``counts`` (default: the class counts of ``labels``); within a
+    class every example is equally likely.
+    """
+    members = np.bincount(labels, minlength=n_classes).astype(float)
+    if counts is None:
+        w = members[labels] ** (power - 1.0)
+    else:
+        w = np.asarray(counts, dtype=float)[labels] ** power / members[labels]
     return w / w.sum()
 
 
@@ -501,13 +577,28 @@ def train(args):
             raise SystemExit(f"{last} has widths and stem {network_of(state)}; pass --restart")
         log.info("resumed from %s at epoch %d", last, start_epoch)
 
-    probs = sampling_weights(labels[tr])
+    train_counts = np.bincount(labels[tr], minlength=len(CLASS_NAMES))
     steps_per_epoch = max(1, len(tr) // batch_size)
     total = epochs * steps_per_epoch
     warmup = min(2 * steps_per_epoch, total // 10 + 1)
     decay = _get(args, "ema_decay", 0.995)
     big = data["big"]
     val_x, val_y = data["stamps"][va], labels[va]
+    gz2_info = None
+    if _get(args, "gz2_labels", False):
+        # Extra galaxies widen the pool of each class; the class shares of the batches
+        # (from the GZ1 counts) and the steps per epoch stay those of GZ1 alone.
+        extra = load_gz2_extra(args, big, np.concatenate(data["split"][1:]))
+        n1 = len(labels)
+        big = np.concatenate([big, extra["big"]])
+        labels = np.concatenate([labels, extra["labels"]])
+        tr = np.concatenate([tr, n1 + np.arange(len(extra["labels"]))])
+        probs = sampling_weights(labels[tr], counts=train_counts)
+        gz2_info = {"galaxies": int(len(extra["labels"])),
+                    "class_counts": np.bincount(extra["labels"], minlength=len(CLASS_NAMES)).tolist(),
+                    "dropped_as_heldout_duplicates": extra["dropped"]}
+    else:
+        probs = sampling_weights(labels[tr])
     p_synthetic = _get(args, "synthetic_mergers", 0.0)
     merger = CLASS_NAMES.index("merger")
     donors = tr[np.isin(labels[tr], [CLASS_NAMES.index(c) for c in ("elliptical", "spiral", "edge_on")])]
@@ -553,7 +644,7 @@ def train(args):
                  nll, row["val_recalls"], row["seconds"])
         state = dict(epoch=epoch, model=net.state_dict(), ema=ema.state_dict(),
                      optimizer=opt.state_dict(), history=history, epochs=epochs,
-                     train_counts=np.bincount(labels[tr], minlength=len(CLASS_NAMES)).tolist(),
+                     train_counts=train_counts.tolist(), gz2_labels=gz2_info,
                      sampling_power=0.5, widths=list(widths), stem=stem,
                      label_smoothing=smoothing, synthetic_mergers=p_synthetic,
                      threads=torch.get_num_threads(), crop_fraction=CROP_FRACTION,
