@@ -559,6 +559,16 @@ def test_gz2_leaf_labels_follow_the_largest_mapped_fraction():
     got = morphology.gz2_leaf_labels(fractions, columns)
     assert [morphology.CLASS_NAMES[i] for i in got] == [
         "elliptical", "spiral", "edge_on", "merger", "elliptical", "artifact"]
+    # spiral="arms": only featured discs with arms (Class4.1) are spirals, the rest elliptical
+    columns += ["Class4.1", "Class4.2"]
+    arms = np.array([[0.2, 0.8, 0.0, 0.0, 0.8, 0.0, 0.7, 0.1],    # arms -> spiral
+                     [0.3, 0.7, 0.0, 0.0, 0.7, 0.0, 0.1, 0.6]])   # no arms: 0.3 + 0.6 -> elliptical
+    got = morphology.gz2_leaf_labels(arms, columns, spiral="arms")
+    assert [morphology.CLASS_NAMES[i] for i in got] == ["spiral", "elliptical"]
+    assert [morphology.CLASS_NAMES[i] for i in morphology.gz2_leaf_labels(arms, columns)] == [
+        "spiral", "spiral"]
+    with pytest.raises(ValueError, match="spiral must be one of"):
+        morphology.gz2_leaf_labels(arms, columns, spiral="bars")
 
 
 def test_sampling_weights_keep_class_shares_when_the_pool_grows():

@@ -100,6 +100,8 @@ RECIPE_1X = (f"--stem {STEM_1X} --widths {' '.join(map(str, WIDTHS_1X))} "
 #: gave 0.863 / 0.806, at half the cost per stamp (so ``annotate`` of large
 #: catalogues runs twice as fast).
 DEFAULT_TTA = 1
+#: What counts as a GZ1 spiral among GZ2 galaxies (`gz2_leaf_labels`, ``--gz2-labels``).
+GZ2_SPIRAL_MAPPINGS = ("features", "arms")
 TTA_ORIENTATIONS = tuple((t, fr, fc) for t in (False, True) for fr in (False, True)
                          for fc in (False, True))
 
@@ -144,9 +146,11 @@ def add_arguments(parser):
     g.add_argument("--synthetic-mergers", type=float, default=0.0, metavar="P",
                    help="replace each sampled merger by a composite of two real galaxies with "
                         "probability P (default %(default)s: none; see synthetic_mergers)")
-    g.add_argument("--gz2-labels", action="store_true",
+    g.add_argument("--gz2-labels", nargs="?", const="features", default=None,
+                   choices=GZ2_SPIRAL_MAPPINGS, metavar="SPIRAL",
                    help="add the morphology-gz2 training split of the GZ2 galaxies with vote "
-                        "fractions to the training pool, labelled by `gz2_leaf_labels` "
+                        "fractions to the training pool, labelled by `gz2_leaf_labels` with "
+                        "spiral = SPIRAL (features: Class2.2, the default; arms: Class4.1) "
                         "(default: GZ1 only)")
     g.add_argument("--label-smoothing", type=float, default=None,
                    help=f"label smoothing of the cross-entropy loss (default {DEFAULT_LABEL_SMOOTHING})")
@@ -246,13 +250,15 @@ def load_dataset(args):
     return dict(ids=ids, labels=labels, stamps=stamps, big=big, split=stratified_split(labels))
 
 
-def gz2_leaf_labels(fractions, columns):
+def gz2_leaf_labels(fractions, columns, spiral="features"):
     """GZ1-style leaf classes (indices into `CLASS_NAMES`) from GZ2 vote fractions.
 
     The largest of: merger = Class8.6 (odd feature: merger); elliptical, spiral,
     edge_on and artifact = (1 - Class8.6) times Class1.1 (smooth), Class2.2
     (features or disk, not edge-on), Class2.1 (edge-on) and Class1.3 (star or
-    artifact). GZ1 leaf labels are plurality classes too.
+    artifact). With ``spiral="arms"`` spiral is Class4.1 (features, not
+    edge-on, spiral arms) and Class4.2 (no arms) counts as elliptical. GZ1 leaf
+    labels are plurality classes too.
 
     Parameters
     ----------
@@ -260,13 +266,20 @@ def gz2_leaf_labels(fractions, columns):
         Willett et al. (2013) weighted vote fractions.
     columns : sequence of str
         Their column names (``ClassN.M``).
+    spiral : {"features", "arms"}
     """
-    col = {c: fractions[:, list(columns).index(c)] for c in
-           ("Class1.1", "Class1.3", "Class2.1", "Class2.2", "Class8.6")}
+    if spiral not in GZ2_SPIRAL_MAPPINGS:
+        raise ValueError(f"spiral must be one of {GZ2_SPIRAL_MAPPINGS}, got {spiral!r}")
+    needed = ("Class1.1", "Class1.3", "Class2.1", "Class2.2", "Class8.6") + (
+        ("Class4.1", "Class4.2") if spiral == "arms" else ())
+    col = {c: fractions[:, list(columns).index(c)] for c in needed}
+    if spiral == "arms":
+        col["Class1.1"] = col["Class1.1"] + col["Class4.2"]
     merger = col["Class8.6"]
     scores = np.zeros((len(fractions), len(CLASS_NAMES)))
-    for name, c in (("elliptical", "Class1.1"), ("spiral", "Class2.2"), ("edge_on", "Class2.1"),
-                    ("artifact", "Class1.3")):
+    for name, c in (("elliptical", "Class1.1"),
+                    ("spiral", "Class2.2" if spiral == "features" else "Class4.1"),
+                    ("edge_on", "Class2.1"), ("artifact", "Class1.3")):
         scores[:, CLASS_NAMES.index(name)] = (1 - merger) * col[c]
     scores[:, CLASS_NAMES.index("merger")] = merger
     return scores.argmax(1)
@@ -291,7 +304,7 @@ def load_gz2_extra(args, gz1_big, heldout):
     tr = gz2.split_indices(len(ids))[0]
     if args.smoke:
         tr = tr[:12]
-    ids, labels = ids[tr], gz2_leaf_labels(fractions[tr], gz2.LABELS)
+    ids, labels = ids[tr], gz2_leaf_labels(fractions[tr], gz2.LABELS, args.gz2_labels)
     paths = gz2.image_paths(args.data_dir, ids)
     make = lambda: embedding.preprocess_files(paths, "gz2", size=CACHE_SIZE).astype(np.float16)  # noqa: E731
     if args.smoke:
@@ -594,7 +607,7 @@ def train(args):
         labels = np.concatenate([labels, extra["labels"]])
         tr = np.concatenate([tr, n1 + np.arange(len(extra["labels"]))])
         probs = sampling_weights(labels[tr], counts=train_counts)
-        gz2_info = {"galaxies": int(len(extra["labels"])),
+        gz2_info = {"galaxies": int(len(extra["labels"])), "spiral": args.gz2_labels,
                     "class_counts": np.bincount(extra["labels"], minlength=len(CLASS_NAMES)).tolist(),
                     "dropped_as_heldout_duplicates": extra["dropped"]}
     else:
