@@ -270,18 +270,20 @@ def gz2_leaf_labels(fractions, columns, spiral="features"):
     """
     if spiral not in GZ2_SPIRAL_MAPPINGS:
         raise ValueError(f"spiral must be one of {GZ2_SPIRAL_MAPPINGS}, got {spiral!r}")
-    needed = ("Class1.1", "Class1.3", "Class2.1", "Class2.2", "Class8.6") + (
-        ("Class4.1", "Class4.2") if spiral == "arms" else ())
-    col = {c: fractions[:, list(columns).index(c)] for c in needed}
+    columns = list(columns)
+
+    def col(name):
+        return fractions[:, columns.index(name)]
+
     if spiral == "arms":
-        col["Class1.1"] = col["Class1.1"] + col["Class4.2"]
-    merger = col["Class8.6"]
-    scores = np.zeros((len(fractions), len(CLASS_NAMES)))
-    for name, c in (("elliptical", "Class1.1"),
-                    ("spiral", "Class2.2" if spiral == "features" else "Class4.1"),
-                    ("edge_on", "Class2.1"), ("artifact", "Class1.3")):
-        scores[:, CLASS_NAMES.index(name)] = (1 - merger) * col[c]
-    scores[:, CLASS_NAMES.index("merger")] = merger
+        elliptical, spirals = col("Class1.1") + col("Class4.2"), col("Class4.1")
+    else:
+        elliptical, spirals = col("Class1.1"), col("Class2.2")
+    merger = col("Class8.6")
+    by_class = {"elliptical": (1 - merger) * elliptical, "spiral": (1 - merger) * spirals,
+                "edge_on": (1 - merger) * col("Class2.1"), "merger": merger,
+                "artifact": (1 - merger) * col("Class1.3")}
+    scores = np.stack([by_class[name] for name in CLASS_NAMES], axis=1)
     return scores.argmax(1)
 
 
@@ -314,10 +316,8 @@ def load_gz2_extra(args, gz1_big, heldout):
                                 / f"morphology_gz2train_v{CACHE_VERSION}_c{CROP_FRACTION:g}_big{CACHE_SIZE}.npy",
                                 make, key=ids.astype(np.int64))
 
-    def u8(x):
-        return np.round(np.asarray(x, np.float32) * 255).clip(0, 255).astype(np.uint8)
-
-    dup, _, _ = embedding.find_duplicates(u8(big), u8(gz1_big[heldout]))
+    dup, _, _ = embedding.find_duplicates(embedding._to_uint8(big.astype(np.float32)),
+                                          embedding._to_uint8(gz1_big[heldout].astype(np.float32)))
     log.info("GZ2 extra training galaxies: %d, class counts %s, %d dropped as duplicates of "
              "held-out GZ1 galaxies", int((~dup).sum()),
              np.bincount(labels[~dup], minlength=len(CLASS_NAMES)).tolist(), int(dup.sum()))
