@@ -8,7 +8,7 @@ import numpy as np
 from ._registry import resolve_model, resolve_single_band_graph, verify_checksum
 from ._session import get_session
 from ._progress import progress_bar
-from .exceptions import InputShapeError
+from .exceptions import InputError, InputShapeError
 
 __all__ = ["Model", "Prediction", "load_model"]
 
@@ -182,6 +182,29 @@ class Model:
         batch = np.ascontiguousarray(batch, dtype=np.float32)
         return (session or self._session).run(self.output_names, {self._input_name: batch})
 
+    #: Largest magnitude accepted in network-ready input: beyond it are masking
+    #: sentinels (ZTF stores masked pixels as -3.4e38), never real pixel values.
+    _MAX_ABS_INPUT = 1e30
+
+    def _check_finite(self, batch, start):
+        """Raise `InputError` naming the rows of ``batch`` (offset ``start``) with NaN,
+        infinite or masking-sentinel values."""
+        if batch.dtype.kind != "f" or not batch.size:
+            return
+        lo, hi = float(batch.min()), float(batch.max())  # NaN propagates
+        if np.isfinite(lo) and np.isfinite(hi) and max(-lo, hi) <= self._MAX_ABS_INPUT:
+            return
+        with np.errstate(invalid="ignore"):
+            ok = np.abs(batch.reshape(len(batch), -1).astype(np.float64)) <= self._MAX_ABS_INPUT
+        rows = [start + int(i) for i in np.flatnonzero(~ok.all(axis=1))]
+        shown = ", ".join(map(str, rows[:10])) + (", ..." if len(rows) > 10 else "")
+        prep = self.card["input"].get("preprocessing")
+        hint = (f"; prepare raw stamps with {prep} (the card's input.preprocessing), which "
+                "replaces NaN or masked pixels and reports them" if prep else "")
+        raise InputError(f"model {self.name!r} got NaN, infinite or masking-sentinel (|x| > 1e30) "
+                         f"values in input row(s) {shown}; predict() takes network-ready "
+                         f"arrays{hint}")
+
     def predict(self, x, *, batch_size=256, progress=None):
         """Run the model on network-ready arrays.
 
@@ -204,6 +227,18 @@ class Model:
         -------
         Prediction
             Mapping of output name to array with ``N`` rows.
+
+        Raises
+        ------
+        astromorph.exceptions.InputShapeError
+            ``x`` does not have the card's input shape.
+        astromorph.exceptions.InputError
+            Rows holding NaN, infinite or masking-sentinel values (magnitude above
+            1e30, such as ZTF's -3.4e38), which would give undefined outputs; the
+            message lists them. Raw stamps go through the card's
+            ``input.preprocessing`` function first (e.g.
+            `astromorph.preprocessing.preprocess_triplet`), or through
+            `astromorph.predict_files` / `astromorph.annotate`, which flag such rows.
         """
         if int(batch_size) < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -226,6 +261,7 @@ class Model:
                           min_total=4 * batch_size) as bar:
             while start < n:
                 stop = min(start + batch_size, n)
+                self._check_finite(x[start:stop], start)
                 try:
                     outs = self._run(x[start:stop], session)
                 except Exception as exc:  # noqa: BLE001 - ORT raises generic errors

@@ -11,7 +11,7 @@ import pytest
 
 import astromorph
 from astromorph import cli
-from astromorph.exceptions import (ChecksumMismatchError, InputShapeError, InvalidModelNameError,
+from astromorph.exceptions import (ChecksumMismatchError, InputError, InputShapeError, InvalidModelNameError,
                                    MissingRuntimeError, ModelCardError, ModelNotFoundError,
                                    ProviderFallbackWarning, AstromorphWarning)
 from astropy.utils.exceptions import AstropyUserWarning
@@ -133,6 +133,32 @@ def test_predict_any_real_dtype_and_byte_order(tiny_registry, dtype):
 def test_predict_rejects_complex(tiny_registry):
     with pytest.raises(TypeError, match="complex"):
         astromorph.load_model("tiny").predict(np.zeros((1, 2, 4, 4), complex))
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf, -3.4e38])
+def test_predict_non_finite_rows_are_named(tiny_registry, bad):
+    model = astromorph.load_model("tiny")
+    x = _inputs(7)
+    x[2, 1, 0, 3] = bad
+    x[5, 0, 2, 2] = bad
+    with pytest.raises(InputError, match=r"row\(s\) 2, 5;") as info:
+        model.predict(x)
+    assert "network-ready" in str(info.value)
+    with pytest.raises(InputError, match=r"row\(s\) 2;"):
+        model.predict(x, batch_size=3)  # stops at the first batch holding one
+    x[[2, 5]] = 0.0
+    assert np.isfinite(model.predict(x)["probabilities"]).all()
+
+
+def test_predict_non_finite_error_names_card_preprocessing(tmp_path):
+    tiny_classifier_onnx(tmp_path / "model.onnx")
+    card = make_card(tmp_path / "model.onnx")
+    card["input"]["preprocessing"] = "astromorph.preprocessing.preprocess_triplet"
+    (tmp_path / "card.json").write_text(json.dumps(card))
+    x = _inputs(2)
+    x[1] = np.nan
+    with pytest.raises(InputError, match="row\\(s\\) 1; .*preprocess_triplet"):
+        astromorph.load_model(tmp_path).predict(x)
 
 
 @pytest.mark.parametrize("shape", [(2, 4, 4), (1, 3, 4, 4), (1, 2, 5, 4), (4, 4), (1, 1, 2, 4, 4)])
