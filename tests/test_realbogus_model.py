@@ -304,6 +304,36 @@ def test_simulate_one_on_synthetic_sky():
         assert d[30:33, 30:33].max() > 5 * noise
 
 
+def test_recipe_v5_masks_near_centre_of_reals_only_where_asked():
+    """Recipe v5 puts a mask edge 2-6 px from some reals (as close as the bogus 'edge_mask'
+    kind); v3, the recipe of the validation and test sets, never does, and ``recipe`` left
+    at its default draws the same numbers as ``recipe="v3"``."""
+    sim = _sim()
+    rng = np.random.default_rng(1)
+    X = np.stack([np.stack([s + rng.normal(0, 12, s.shape), s + rng.normal(0, 2, s.shape),
+                            rng.normal(0, 12, s.shape)]) for s in (_scene(rng) for _ in range(3))])
+    X = X.astype(np.float32)
+    sky = sim.SkyBank(X, [0, 1, 2])
+    gals = sim.GalaxyBank([])
+    r = np.hypot(*(np.mgrid[:63, :63] - 31))
+
+    def nearest_mask(batch):
+        return np.array([r[~np.isfinite(t).all(axis=0)].min() if not np.isfinite(t).all() else 99
+                         for t in batch])
+
+    v3, i3 = sim.simulate_batch(60, sky, gals, seed=7, label=1, recipe="v3")
+    default, _ = sim.simulate_batch(60, sky, gals, seed=7, label=1)
+    np.testing.assert_array_equal(np.isnan(v3), np.isnan(default))
+    np.testing.assert_array_equal(np.nan_to_num(v3), np.nan_to_num(default))
+    assert (nearest_mask(v3) >= 6).all()
+    v5, i5 = sim.simulate_batch(60, sky, gals, seed=7, label=1, recipe="v5")
+    d5 = nearest_mask(v5)
+    assert ((d5 >= 2) & (d5 < 6.5)).sum() >= 1 and (d5 >= 2).all()
+    assert all(i["label"] == 1 for i in i5)
+    with pytest.raises(ValueError, match="recipe"):
+        sim.simulate_one(rng, sky, gals, label=1, recipe="v9")
+
+
 def test_detection_snr_matches_psf_photometry():
     """detection_snr: ~N(0, 1) on pure noise, the injected S/N for a point source on white
     noise, and lower when the source's Poisson variance is added."""

@@ -43,6 +43,9 @@ DEFAULT_EPOCHS = 30
 #: Training simulations (1.4.0; 112,000 for 1.3.0, 56,000 for 1.1.0): each doubling lowered
 #: the validation error (training/reports/real-bogus/preregistration_1_3.md, _1_4.md).
 DEFAULT_N_TRAIN = 224000
+#: Simulation recipe of the training set (`_simulate_transients.RECIPES`); validation and
+#: test sets are always "v3", so that candidates are compared on the same simulations.
+DEFAULT_RECIPE = "v3"
 #: Simulation speed on this project's 2-core machine, one thread (112,000 in 400 s for 1.3.0;
 #: 224,000 in 837 s for 1.4.0, beside another job).
 SIMULATIONS_PER_S = 280
@@ -66,6 +69,10 @@ def add_arguments(parser):
                    help="data-parallel training processes (torch.distributed, gloo): each takes "
                         "1/N of every batch; on 2 cores 2 processes of 1 thread train about twice "
                         "as fast as one process (default 1)")
+    g.add_argument("--recipe", choices=sim.RECIPES, default=DEFAULT_RECIPE,
+                   help="simulation recipe of the training set (default %(default)s; v5 = v3 plus "
+                        "masks near the centre of some reals, see _simulate_transients); validation "
+                        "and test sets are always v3")
     g.add_argument("--restart", action="store_true", help="ignore existing checkpoints")
     g.add_argument("--regenerate", action="store_true", help="re-simulate the cached data set")
 
@@ -172,7 +179,7 @@ def _info_arrays(infos):
 KIND_NAMES = list(sim.REAL_KINDS) + list(sim.BOGUS_KINDS)
 
 
-def _simulate_split(split, n, data_dir, seed, out, smoke=False, keep_raw=0):
+def _simulate_split(split, n, data_dir, seed, out, smoke=False, keep_raw=0, recipe="v3"):
     """Simulate ``n`` triplets of one split into ``out`` (folder) or memory."""
     X, meta = sim.load_ztf_triplets(data_dir)
     alerts = sim.split_alerts(meta, seed=seed)[split]
@@ -192,7 +199,7 @@ def _simulate_split(split, n, data_dir, seed, out, smoke=False, keep_raw=0):
     infos, raw_keep = [], []
     for start in range(0, n, chunk):
         m = min(chunk, n - start)
-        raw, inf = sim.simulate_batch(m, sky, gals, seed=base_seed * 100003 + start)
+        raw, inf = sim.simulate_batch(m, sky, gals, seed=base_seed * 100003 + start, recipe=recipe)
         if len(raw_keep) * chunk < keep_raw:
             raw_keep.append(raw[: max(0, keep_raw - start)])
         xs[start:start + m] = preprocess_triplet(raw)[0]
@@ -214,14 +221,18 @@ def _load_split(args, split, dirs):
     """Return (x, info) for one split, simulating and caching if needed."""
     n = {"train": _get(args, "n_train", DEFAULT_N_TRAIN), "val": _get(args, "n_val", 8000),
          "test": _get(args, "n_test", 12000)}[split]
+    recipe = _get(args, "recipe", DEFAULT_RECIPE)
+    split_recipe = recipe if split == "train" else "v3"
     if args.smoke:
         return _simulate_split(split, {"train": 48, "val": 24, "test": 24}[split], args.data_dir,
-                               args.seed, None, smoke=True)
+                               args.seed, None, smoke=True, recipe=split_recipe)
     folder = dirs["cache"]
     f = folder / f"{split}_x.npy"
     meta_f = folder / "params.json"
     params = {"n_train": _get(args, "n_train", DEFAULT_N_TRAIN), "n_val": _get(args, "n_val", 8000),
               "n_test": _get(args, "n_test", 12000), "seed": args.seed}
+    if recipe != "v3":  # v3 folders keep their old params (and caches)
+        params["recipe"] = recipe
     stale = meta_f.exists() and json.loads(meta_f.read_text()) != params
     info_f = folder / f"{split}_info.npz"
     if f.exists() and info_f.exists():
@@ -233,7 +244,8 @@ def _load_split(args, split, dirs):
                 p.unlink()
         folder.mkdir(parents=True, exist_ok=True)
         meta_f.write_text(json.dumps(params))
-        _simulate_split(split, n, args.data_dir, args.seed, folder, keep_raw=512 if split == "test" else 0)
+        _simulate_split(split, n, args.data_dir, args.seed, folder, keep_raw=512 if split == "test" else 0,
+                        recipe=split_recipe)
     x = np.load(f, mmap_mode="r")
     info = dict(np.load(folder / f"{split}_info.npz"))
     return x, info
@@ -473,7 +485,8 @@ def train(args):
              "val_rates_at_recommended_snr_ge_5": rates(pva[snr_ok], yva[snr_ok], thr5),
              "train_seconds": time.perf_counter() - t_start, "epochs": epochs, "history": history,
              "n_train": int(len(xtr)), "n_val": int(len(xva)),
-             "threads": int(_get(args, "threads", 1)), "processes": world}
+             "threads": int(_get(args, "threads", 1)), "processes": world,
+             "recipe": _get(args, "recipe", DEFAULT_RECIPE)}
     (dirs["ckpt"] / "calibration.json").write_text(json.dumps(calib, indent=2))
     log.info("calibration: %s", json.dumps({k: v for k, v in calib.items() if k != "history"}))
     return calib
@@ -664,6 +677,11 @@ def evaluate(args):
 
     m_real = {"all_209": rblock(np.ones(len(meta), bool)),
               "held_out_sky_alerts": rblock(held), "training_sky_alerts": rblock(~held),
+              # where the disagreements come from: stamps with masked pixels, fading candidates
+              "stamps_without_masked_pixels": rblock(nanf == 0),
+              "stamps_with_masked_pixels": rblock(nanf > 0),
+              "isdiffpos_t": rblock(np.array([m["isdiffpos"] == "t" for m in meta])),
+              "isdiffpos_f": rblock(np.array([m["isdiffpos"] == "f" for m in meta])),
               "note": ("the science/reference stamps of these alerts are also the sky backgrounds of the "
                        "simulations (the 'held_out_sky_alerts' subset was only used for test sims, never "
                        "for training); drb is braai's machine score, not a human label")}
@@ -883,7 +901,9 @@ def _card(calib, metrics, args):
                       "Kaggle challenge (Willett et al. 2013); braai drb scores (Duev et al. 2019) for evaluation only."),
             "split": "by alert objectId (sky never seen in training for the test simulations) and by galaxy",
             "command": "python -m astromorph_training real-bogus train" + (
-                " --processes %d" % calib["processes"] if calib.get("processes", 1) > 1 else ""),
+                " --processes %d" % calib["processes"] if calib.get("processes", 1) > 1 else "") + (
+                " --recipe %s" % calib.get("recipe", "v3") if calib.get("recipe", "v3") != DEFAULT_RECIPE else ""),
+            "simulation_recipe_version": "%s for the training set, v3 for validation and test" % calib.get("recipe", "v3"),
             "time": ("%.0f min of training epochs (sum of epoch wall times) + about %.0f min to simulate and "
                      "cache the %d training and validation triplets (one thread, about %d per second)" % (
                          sum(h["seconds"] for h in calib["history"]) / 60,
