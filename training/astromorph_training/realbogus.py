@@ -362,7 +362,10 @@ def _train_worker(rank, args, world, port, data=None):
     bs = 16 if smoke else _get(args, "batch_size", 128)
     steps_per_epoch = 2 if smoke else int(math.ceil(len(xtr) / bs))
 
-    net = RBNet()
+    # channels-last tensors: oneDNN's convolutions run a training step about 1.4 times as
+    # fast on CPU (docs/training.md); the weights and checkpoints are the same either way
+    cl = torch.channels_last
+    net = RBNet().to(memory_format=cl)
     opt = torch.optim.AdamW(net.parameters(), lr=_get(args, "lr", 2e-3), weight_decay=1e-4)
     total = epochs * steps_per_epoch
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=_get(args, "lr", 2e-3), total_steps=total,
@@ -396,7 +399,7 @@ def _train_worker(rank, args, world, port, data=None):
             if len(idx) == 0:
                 break
             xb = torch.from_numpy(np.asarray(xtr[idx], dtype=np.float32))
-            xb = _augment(torch, xb)
+            xb = _augment(torch, xb).contiguous(memory_format=cl)
             yb = torch.from_numpy(ytr[idx])
             loss = lossf(model(xb)[:, 0], yb)
             opt.zero_grad()
