@@ -17,6 +17,7 @@ from ._dask import annotate_dask
 from ._session import available_providers, clear_session_cache
 from .exceptions import AstromorphError, AstromorphWarning
 from ._predict import predict_files
+from ._stamp_table import annotate_stamps
 from .embeddings import GaussianMixture, LabelHead, SimilarityIndex, cluster_table
 
 __all__ = [
@@ -28,6 +29,7 @@ __all__ = [
     "Prediction",
     "annotate",
     "annotate_dask",
+    "annotate_stamps",
     "Flag",
     "describe_flags",
     "available_providers",

@@ -14,10 +14,10 @@ from ._adapters import RawStamps, model_family, prepare, result_columns, BLANK_T
 from ._cutouts import STAMP_CHUNK, cut_stamps
 from ._flags import Flag
 from ._images import parse_sky_images
-from ._model import Model, load_model
+from ._model import as_model
 from ._progress import progress_bar
 from ._version import __version__
-from .exceptions import AstromorphWarning, InputError
+from .exceptions import AstromorphWarning, InputError, InvalidArgumentError
 
 __all__ = ["annotate", "ANNOTATE_CHUNK"]
 
@@ -269,13 +269,8 @@ def annotate(table, images, *, model, ra_col=None, dec_col=None, coord_col=None,
     """
     if not isinstance(table, Table):
         raise InputError(f"annotate needs an astropy Table or QTable, got {type(table).__name__}")
-    if on_conflict not in ("error", "suffix", "replace"):
-        raise ValueError(f"on_conflict must be 'error', 'suffix' or 'replace', got {on_conflict!r}")
-    if not isinstance(model, Model):
-        model = load_model(model, providers=providers, threads=threads, precision=precision)
-    elif precision not in (None, model.precision):
-        raise InputError(f"precision={precision!r} asked for, but the model passed is loaded "
-                         f"with precision {model.precision!r}; pass its name instead")
+    check_on_conflict(on_conflict)
+    model = as_model(model, providers=providers, threads=threads, precision=precision)
     family = model_family(model.card)
     out = table.copy()
     n = len(out)
@@ -369,6 +364,13 @@ def _concat(predictions, rows):
     return Prediction({k: np.concatenate([p[k] for p in predictions])[back]
                        for k in predictions[0]},
                       list(predictions[0]._outputs.values()))
+
+
+def check_on_conflict(on_conflict):
+    """Raise `InvalidArgumentError` unless ``on_conflict`` is a known policy."""
+    if on_conflict not in ("error", "suffix", "replace"):
+        raise InvalidArgumentError(f"on_conflict must be 'error', 'suffix' or 'replace', got "
+                                   f"{on_conflict!r}")
 
 
 def _add_columns(table, columns, on_conflict):

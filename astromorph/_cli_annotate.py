@@ -26,14 +26,34 @@ def _run(args):
 
     from ._annotate import annotate
     from ._io import write_table
+    from ._stamp_table import annotate_stamps
+    from .exceptions import InvalidArgumentError
 
     table = _read_catalogue(args.catalog)
-    result = annotate(
-        table, args.image, model=args.model, ra_col=args.ra_col, dec_col=args.dec_col,
-        size_col=args.size_col, stamp_size=None if args.stamp_size is None else args.stamp_size * u.arcsec,
-        bands=args.band, on_conflict=args.on_conflict, batch_size=args.batch_size,
-        providers=args.providers, precision=args.precision,
-        progress=False if args.no_progress else None)
+    common = dict(model=args.model, on_conflict=args.on_conflict, batch_size=args.batch_size,
+                  providers=args.providers, precision=args.precision,
+                  progress=False if args.no_progress else None)
+    if args.image:
+        stamp_only = [o for o, v in (("--stamp-col", args.stamp_col),
+                                     ("--pixel-scale", args.pixel_scale),
+                                     ("--negative-col", args.negative_col)) if v]
+        if stamp_only:
+            raise InvalidArgumentError(f"{', '.join(stamp_only)}: for tables that hold their "
+                                       "own stamps, not with --image")
+        result = annotate(
+            table, args.image, ra_col=args.ra_col, dec_col=args.dec_col,
+            size_col=args.size_col,
+            stamp_size=None if args.stamp_size is None else args.stamp_size * u.arcsec,
+            bands=args.band, **common)
+    else:
+        scale = args.pixel_scale
+        if scale is not None:
+            try:
+                scale = float(scale)
+            except ValueError:
+                pass  # a column name
+        result = annotate_stamps(table, columns=args.stamp_col, pixel_scale=scale,
+                                 negative=args.negative_col, **common)
     if args.output:
         write_table(result, args.output, overwrite=args.overwrite)
         print(f"wrote {len(result)} rows to {args.output}", file=sys.stderr)
@@ -44,12 +64,15 @@ def _run(args):
 
 def register(sub):
     p = sub.add_parser(
-        "annotate", help="add model columns to a catalogue from FITS images with WCS",
-        description="Cut a stamp of every catalogue source from the images (resampled with "
-                    "their WCS to the model's grid), score it, and write the catalogue with new "
-                    "columns. Formats by extension: .ecsv .fits .csv .parquet.")
+        "annotate", help="add model columns to a catalogue, from FITS images with WCS or from "
+                         "the stamps its rows hold",
+        description="With --image: cut a stamp of every catalogue source from the images "
+                    "(resampled with their WCS to the model's grid), score it, and write the "
+                    "catalogue with new columns. Without: score the stamps the rows hold "
+                    "(array columns or FITS bytes, e.g. science/reference/difference; see "
+                    "--stamp-col). Formats by extension: .ecsv .fits .csv .parquet.")
     p.add_argument("catalog", help="input catalogue (ECSV, FITS, CSV or Parquet)")
-    p.add_argument("-i", "--image", action="append", required=True,
+    p.add_argument("-i", "--image", action="append",
                    help="FITS image with a celestial WCS (repeat for bands or mosaic tiles)")
     p.add_argument("-m", "--model", required=True, help="model name or path")
     p.add_argument("-o", "--output", help="output catalogue (default: print the table)")
@@ -59,6 +82,15 @@ def register(sub):
     p.add_argument("--dec-col", help="Dec column (default: dec, DEC, DEJ2000, ...)")
     p.add_argument("--size-col", help="Petrosian R90 radius column (arcsec) for galaxy-scaled models")
     p.add_argument("--stamp-size", type=float, help="stamp side in arcsec for every source")
+    p.add_argument("--stamp-col", action="append",
+                   help="without --image: column holding the stamps (repeat for one column per "
+                        "plane: science, reference, difference; default: found by name)")
+    p.add_argument("--pixel-scale",
+                   help="without --image: pixel scale of the stamps in arcsec/pixel, or a "
+                        "column holding it (default: from FITS WCS, else the model's)")
+    p.add_argument("--negative-col",
+                   help="without --image: boolean column of rows whose difference holds a "
+                        "negative candidate (negated before scoring; not for ZTF stamps)")
     p.add_argument("--on-conflict", choices=["error", "suffix", "replace"], default="error",
                    help="when a new column already exists (default: error)")
     p.add_argument("--batch-size", type=int, default=256)

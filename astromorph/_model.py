@@ -8,9 +8,9 @@ import numpy as np
 from ._registry import resolve_model, resolve_single_band_graph, verify_checksum
 from ._session import get_session
 from ._progress import progress_bar
-from .exceptions import InputError, InputShapeError
+from .exceptions import InputError, InputShapeError, InvalidArgumentError
 
-__all__ = ["Model", "Prediction", "load_model"]
+__all__ = ["Model", "Prediction", "load_model", "as_model"]
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +55,21 @@ def load_model(name_or_path, *, providers=None, threads=None, precision=None):
     astromorph.exceptions.MissingRuntimeError
     """
     return Model(name_or_path, providers=providers, threads=threads, precision=precision)
+
+
+def as_model(model, *, providers=None, threads=None, precision=None):
+    """A loaded `Model` from a shipped name, a path or a `Model`.
+
+    Names and paths are loaded with the options of `load_model`; a `Model` is returned as it
+    is, and must already have the ``precision`` asked for (it cannot be changed after loading).
+    """
+    if not isinstance(model, Model):
+        return load_model(model, providers=providers, threads=threads, precision=precision)
+    if precision not in (None, model.precision):
+        raise InvalidArgumentError(f"precision={precision!r} asked for, but the model passed is "
+                                   f"loaded with precision {model.precision!r}; pass its name "
+                                   "instead")
+    return model
 
 
 class Prediction(Mapping):

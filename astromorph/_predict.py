@@ -103,22 +103,15 @@ def predict_files(model, inputs, *, batch_size=256, progress=None, write_header=
         When some stamps could not be scored (their rows say why).
     """
     from ._adapters import model_family, result_columns
-    from ._model import Model, Prediction, load_model
+    from ._model import as_model
 
-    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) \
-            or batch_size < 1:
-        raise InvalidArgumentError(f"batch_size must be a positive integer, got {batch_size!r}")
+    check_batch_size(batch_size)
     if write_header is not None and in_place:
         raise InvalidArgumentError("write_header and in_place exclude each other: write copies "
                                    f"to {str(write_header)!r} or update the inputs, not both")
     if crop_fraction is not None and not 0 < float(crop_fraction) <= 1:
         raise InvalidArgumentError(f"crop_fraction must be in (0, 1], got {crop_fraction!r}")
-    if not isinstance(model, Model):
-        model = load_model(model, providers=providers, threads=threads, precision=precision)
-    elif precision not in (None, model.precision):
-        raise InvalidArgumentError(f"precision={precision!r} asked for, but the model passed is "
-                                   f"loaded with precision {model.precision!r}; pass its name "
-                                   "instead")
+    model = as_model(model, providers=providers, threads=threads, precision=precision)
     paths = expand_inputs(inputs)
     targets = _header_targets(paths, write_header, in_place, overwrite)
     family = model_family(model.card)
@@ -133,15 +126,7 @@ def predict_files(model, inputs, *, batch_size=256, progress=None, write_header=
         runner.finish()
 
     n = len(runner.sources)
-    valid = np.asarray(runner.valid, dtype=bool)
-    prediction = None
-    if runner.results:
-        rows = np.concatenate([r for r, _ in runner.results])
-        order = np.argsort(rows, kind="stable")
-        arrays = {name: np.concatenate([o[name] for _, o in runner.results])[order]
-                  for name in model.output_names}
-        prediction = Prediction(arrays, model.card["outputs"])
-    flags = np.asarray(runner.flags, dtype=np.int32)
+    prediction, flags, valid = runner.collect()
     cols = result_columns(model, prediction, flags, valid)
 
     from astropy.table import Column, Table
@@ -168,6 +153,13 @@ def predict_files(model, inputs, *, batch_size=256, progress=None, write_header=
         write_results_to_header(model, table, runner.origins, targets, overwrite=overwrite
                                 or in_place)
     return table
+
+
+def check_batch_size(batch_size):
+    """Raise `InvalidArgumentError` unless ``batch_size`` is a positive integer."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) \
+            or batch_size < 1:
+        raise InvalidArgumentError(f"batch_size must be a positive integer, got {batch_size!r}")
 
 
 def _summarise(table, flags, valid, n):
@@ -338,6 +330,21 @@ class _Runner:
     def finish(self):
         for key in list(self.groups):
             self._score(self.groups.pop(key))
+
+    def collect(self):
+        """``(prediction, flags, valid)`` in row order once `finish` has run; ``prediction``
+        (a `Prediction` of the valid rows, or None) as `result_columns` takes it."""
+        from ._model import Prediction
+
+        valid = np.asarray(self.valid, dtype=bool)
+        prediction = None
+        if self.results:
+            rows = np.concatenate([r for r, _ in self.results])
+            order = np.argsort(rows, kind="stable")
+            arrays = {name: np.concatenate([o[name] for _, o in self.results])[order]
+                      for name in self.model.output_names}
+            prediction = Prediction(arrays, self.model.card["outputs"])
+        return prediction, np.asarray(self.flags, dtype=np.int32), valid
 
     def _score(self, items):
         from ._adapters import RawStamps, prepare

@@ -1,0 +1,298 @@
+"""`annotate_stamps`: a table whose rows hold stamps -> the same table with model columns.
+
+Alert brokers and stamp archives hand out tables in which every row carries its own
+cutouts: three array columns (science, reference, difference), one column of ``(3, H, W)``
+cubes, or the gzipped FITS bytes of alert packets. Each row becomes a `Stamp` as if it had
+been read from a file, and goes through the same checks (`_predict._conform`), batching,
+preprocessing and flags as `astromorph.predict_files`.
+"""
+import functools
+import logging
+import warnings
+
+import numpy as np
+from astropy.table import Column, Table
+
+from ._flags import Flag
+from ._progress import progress_bar
+from ._readers import Stamp, parse_fits_bytes
+from .exceptions import InputError, InvalidArgumentError, UnusableInputWarning
+
+__all__ = ["annotate_stamps"]
+
+log = logging.getLogger(__name__)
+
+#: Column names looked for when ``columns`` is not given, by model family; the first
+#: complete set in the table is used.
+_DEFAULT_COLUMNS = {
+    "triplet": (("science", "reference", "difference"), ("sci", "ref", "diff"),
+                ("cutoutScience", "cutoutTemplate", "cutoutDifference"),
+                ("triplet",), ("stamps",), ("stamp",)),
+    "optical": (("stamp",), ("stamps",), ("image",), ("cutout",), ("g", "r", "i")),
+    "radio": (("stamp",), ("stamps",), ("image",), ("cutout",)),
+}
+
+
+def annotate_stamps(table, *, model, columns=None, pixel_scale=None, negative=None,
+                    on_conflict="error", batch_size=256, providers=None, threads=None,
+                    precision=None, progress=None):
+    """Add model columns to a copy of a table whose rows hold their own stamps.
+
+    Parameters
+    ----------
+    table : astropy.table.Table or QTable
+        One row per candidate or source; it is not modified.
+    model : str, os.PathLike or Model
+        A shipped model name (e.g. ``"real-bogus"``), a model path or a loaded `Model`.
+    columns : str or sequence of str, optional
+        Where the stamps are. One column holding a whole stamp per row: a 2-D image, a
+        ``(B, H, W)`` cube (a triplet in the order science, reference, difference, or
+        bands g, r, i) or an ``(H, W, 3)`` 8-bit colour picture. Or one column per plane:
+        science, reference and difference for ``real-bogus``; g, r and i for the optical
+        models. Cells may be numeric arrays (masked values count as NaN) or FITS bytes,
+        gzipped or not (the ``stampData`` of ZTF alert cutouts; a ``{"stampData": ...}``
+        dict also works), whose WCS gives the pixel scale. Default: the first complete set
+        among ``science/reference/difference``, ``sci/ref/diff``,
+        ``cutoutScience/cutoutTemplate/cutoutDifference``, ``triplet``, ``stamps``,
+        ``stamp`` (and ``image``, ``cutout``, ``g/r/i`` for the other models).
+    pixel_scale : float, Quantity or str, optional
+        Pixel scale of the stamps (arcsec/pixel, or an angle per pixel), or the name of a
+        column holding one per row. It takes precedence over a scale read from FITS bytes.
+        Stamps of another size than the model's grid are resampled to it; without any scale
+        they are assumed to be on the model's pixel scale and flagged `Flag.NO_WCS`.
+    negative : str or array of bool, optional
+        Difference-imaging models: rows (a boolean column name or array) whose difference
+        stamp holds the candidate as a *negative* source, e.g. Rubin's ``isNegative``; they
+        are negated, as the model takes the candidate positive. ZTF stamps (alert packets,
+        brokers) already store it positive for ``isdiffpos = 'f'``: leave them alone.
+    on_conflict : {"error", "suffix", "replace"}
+        What to do when a new column name already exists (see `astromorph.annotate`).
+    batch_size, providers, threads, precision, progress : optional
+        As for `astromorph.predict_files`.
+
+    Returns
+    -------
+    Table or QTable
+        A copy of ``table`` with the model's columns (e.g. ``rb_score``),
+        ``<prefix>_flags`` (bits of `astromorph.Flag`) and ``<prefix>_reason`` (why a row
+        is flagged; empty when clean). Rows that could not be scored (missing or corrupt
+        stamp, wrong shape, template without a positive pixel) have masked outputs.
+
+    Raises
+    ------
+    astromorph.exceptions.InputError
+        ``table`` is not a table, a named column does not exist, or no stamp columns are
+        found; new column names clash (``on_conflict="error"``).
+    astromorph.exceptions.InvalidArgumentError
+        A bad option value (named in the message).
+
+    Warns
+    -----
+    astromorph.exceptions.UnusableInputWarning
+        When some rows could not be scored.
+    """
+    from ._adapters import model_family
+    from ._annotate import _add_columns, _provenance, check_on_conflict
+    from ._model import as_model
+    from ._predict import _conform, _Runner, check_batch_size
+
+    if not isinstance(table, Table):
+        raise InputError(f"annotate_stamps needs an astropy Table or QTable, got "
+                         f"{type(table).__name__}")
+    check_on_conflict(on_conflict)
+    check_batch_size(batch_size)
+    model = as_model(model, providers=providers, threads=threads, precision=precision)
+    family = model_family(model.card)
+    names = _stamp_columns(table, columns, family)
+    n = len(table)
+    scales = _row_values(table, pixel_scale, n, "pixel_scale", _arcsec)
+    flip = _row_values(table, negative, n, "negative", _bools)
+    if flip is not None and family != "triplet":
+        raise InvalidArgumentError(f"negative= applies to difference-imaging models; "
+                                   f"{model.name!r} is a {family} model")
+
+    runner = _Runner(model, family, int(batch_size), None)
+    getters = [_cell_getter(table[c]) for c in names]
+    with progress_bar(n, desc=f"{model.name}", unit="row", enabled=progress,
+                      min_total=4 * batch_size) as bar:
+        for i in range(n):
+            stamp = _row_stamp(i, [functools.partial(get, i) for get in getters], names,
+                               family)
+            if stamp.usable:
+                if scales is not None and np.isfinite(scales[i]):
+                    stamp.pixel_scale = float(scales[i])
+                if flip is not None and flip[i] and stamp.kind in ("triplet", "bands") \
+                        and len(stamp.data) == 3:
+                    stamp.data = np.concatenate([stamp.data[:2], -stamp.data[2:]])
+                _conform(stamp, family, model.card)
+            runner.add(stamp)
+            bar.update(1)
+        runner.finish()
+
+    prediction, flags, valid = runner.collect()
+    from ._adapters import result_columns
+
+    new = result_columns(model, prediction, flags, valid)
+    prefix = model.card.get("column_prefix", model.name.replace("-", "_"))
+    reasons = ["; ".join(r) for r in runner.reasons]
+    new[f"{prefix}_reason"] = Column(
+        np.array(reasons, dtype=f"U{max([len(r) for r in reasons] + [1])}"),
+        description="why the row is flagged or was not scored (empty when clean)")
+    out = table.copy()
+    _add_columns(out, new, on_conflict)
+    out.meta.update(_provenance(model))
+    out.meta["astromorph_stamp_columns"] = ",".join(names)
+    bad = int((~valid).sum())
+    if bad:
+        first = next(r for r, v in zip(reasons, valid) if not v)
+        warnings.warn(f"{bad} of {n} row(s) could not be scored (first: {first}); their outputs "
+                      f"are masked and '{prefix}_reason' says why", UnusableInputWarning,
+                      stacklevel=2)
+    return out
+
+
+# ----------------------------------------------------------------------------- columns
+def _stamp_columns(table, columns, family):
+    """Names of the stamp columns: given (checked) or the first default set present."""
+    if columns is None:
+        for names in _DEFAULT_COLUMNS.get(family, ()):
+            if all(c in table.colnames for c in names):
+                return list(names)
+        tried = " or ".join("/".join(c) for c in _DEFAULT_COLUMNS.get(family, ()))
+        raise InputError(f"no stamp columns found (looked for {tried}); name them with "
+                         f"columns=; the table has {table.colnames}")
+    names = [columns] if isinstance(columns, str) else list(columns)
+    if not names or not all(isinstance(c, str) for c in names):
+        raise InvalidArgumentError(f"columns must be a column name or a sequence of them, got "
+                                   f"{columns!r}")
+    missing = [c for c in names if c not in table.colnames]
+    if missing:
+        raise InputError(f"stamp column(s) {missing} not in the table (columns: "
+                         f"{table.colnames})")
+    need = {"triplet": (1, 3), "optical": (1, 3), "radio": (1,)}.get(family, (1,))
+    if len(names) not in need:
+        raise InvalidArgumentError(f"a {family} model takes its stamps from "
+                                   f"{' or '.join(map(str, need))} column(s), got {names}")
+    return names
+
+
+def _arcsec(values):
+    import astropy.units as u
+
+    if isinstance(values, u.Quantity):
+        if values.unit.physical_type == "angle":
+            return values.to_value(u.arcsec)
+        return (values * u.pixel).to_value(u.arcsec)  # angle / pixel
+    return np.asarray(values, dtype=float)
+
+
+def _bools(values):
+    values = np.asarray(getattr(values, "filled", lambda v: values)(False))
+    if values.dtype.kind != "b":
+        raise InvalidArgumentError(f"negative must be boolean (True: the difference holds a "
+                                   f"negative candidate), got dtype {values.dtype}")
+    return values
+
+
+def _row_values(table, value, n, what, convert):
+    """Per-row values of an option: None, a scalar, a column name or an array."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        if value not in table.colnames:
+            raise InputError(f"{what} column {value!r} not in the table")
+        value = table[value]
+        if getattr(value, "unit", None) is not None and not hasattr(value, "to_value"):
+            value = value.quantity
+    try:
+        out = convert(value)
+    except Exception as exc:  # noqa: BLE001 - unit or dtype errors
+        if isinstance(exc, InvalidArgumentError):
+            raise
+        raise InvalidArgumentError(f"{what}={value!r} cannot be used: {exc}") from None
+    out = np.broadcast_to(out, (n,)) if np.ndim(out) == 0 else np.asarray(out)
+    if out.shape != (n,):
+        raise InvalidArgumentError(f"{what} has {out.shape} values for a table of {n} rows")
+    return out
+
+
+# ----------------------------------------------------------------------------- cells
+def _cell_getter(col):
+    """``get(i)``: the raw cell ``i`` of a stamp column.
+
+    Fixed-width bytes columns (``Table(rows=...)`` makes them from bytes values) are read
+    at their full width: astropy would hand back ``str`` and numpy strips trailing NUL
+    bytes, which belong to gzip and FITS data; trailing padding is harmless to both.
+    """
+    data = np.asarray(col)
+    mask = np.ma.getmaskarray(col) if hasattr(col, "mask") else None
+    if data.dtype.kind == "S":
+        def get(i):
+            return None if mask is not None and mask[i] else data[i:i + 1].tobytes()
+        return get
+    if data.dtype.kind == "U":
+        def get(i):
+            raise ValueError("holds text, not an image or FITS bytes")
+        return get
+    return col.__getitem__
+
+
+def _cell(value):
+    """``(array, pixel_scale)`` of one table cell; ``(None, None)`` when empty."""
+    if value is None or value is np.ma.masked:
+        return None, None
+    if isinstance(value, dict):
+        value = value.get("stampData")
+        if value is None:
+            return None, None
+    if isinstance(value, (bytes, bytearray, np.bytes_, memoryview)):
+        blob = bytes(value)
+        return (parse_fits_bytes(blob) if blob else (None, None))
+    data = value.filled(np.nan) if isinstance(value, np.ma.MaskedArray) and \
+        np.asarray(value).dtype.kind == "f" else np.asarray(value)
+    if data.dtype.kind not in "biuf":
+        raise ValueError(f"cell of dtype {data.dtype} is neither an image nor FITS bytes")
+    return data, None
+
+
+def _row_stamp(i, cells, names, family):
+    """The `Stamp` of row ``i`` from its cells (one callable per stamp column, so that a
+    cell that cannot even be read flags the row)."""
+    stamp = Stamp(str(i), None, index=i)
+    planes, scale = [], None
+    for name, get_value in zip(names, cells):
+        try:
+            data, s = _cell(get_value())
+        except ValueError as exc:
+            return stamp.flag(Flag.BAD_INPUT, f"{name}: {exc}")
+        if data is None:
+            planes.append(None)
+            continue
+        if len(names) > 1 and np.ndim(data) != 2:
+            return stamp.flag(Flag.BAD_INPUT, f"{name}: shape {np.shape(data)}, not a 2-D image")
+        planes.append(data)
+        scale = s if scale is None else scale
+    missing = [nm for nm, p in zip(names, planes) if p is None]
+    if missing:
+        return stamp.flag(Flag.MISSING_BAND, f"no stamp in {', '.join(missing)}")
+    if len(planes) > 1:
+        shapes = {p.shape for p in planes}
+        if len(shapes) > 1:
+            return stamp.flag(Flag.BAD_INPUT, "stamps differ in shape (" + ", ".join(
+                f"{nm} {'x'.join(map(str, p.shape[::-1]))}" for nm, p in zip(names, planes)) + ")")
+        data = np.stack(planes).astype(np.float32, copy=False)
+        stamp.kind = "triplet" if family == "triplet" else "bands"
+        stamp.bands = None if family == "triplet" else tuple(names) if set(names) == set("gri") \
+            else None
+    else:
+        data = planes[0]
+        if data.ndim == 3 and data.shape[-1] == 3 and data.dtype == np.uint8:
+            stamp.kind = "colour"
+        elif data.ndim in (2, 3):
+            data = data[None] if data.ndim == 2 else data
+            stamp.kind = "bands"
+        else:
+            return stamp.flag(Flag.BAD_INPUT, f"{names[0]}: shape {data.shape}, not an image, "
+                              "cube or colour picture")
+    stamp.data, stamp.pixel_scale = data, scale
+    return stamp

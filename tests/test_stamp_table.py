@@ -1,0 +1,231 @@
+"""`annotate_stamps`: tables whose rows hold their own stamps (array columns, cubes, FITS bytes).
+
+Scores must equal those of the array path (`preprocess_triplet` + `Model.predict`); bad
+cells give flagged rows with masked outputs and a reason, never an exception for the batch.
+"""
+import gzip
+import io
+import warnings
+
+import astropy.units as u
+import numpy as np
+import pytest
+from astropy.io import fits
+from astropy.table import MaskedColumn, QTable, Table
+
+import astromorph
+from astromorph import Flag
+from astromorph._adapters import RawStamps, prepare
+from astromorph.exceptions import InputError, InvalidArgumentError, UnusableInputWarning
+from astromorph.preprocessing import preprocess_triplet
+
+
+def _triplets(n, size=63, seed=0):
+    """Sky + a star in science and reference, a point source in the difference."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size] - size // 2
+    psf = np.exp(-(xx**2 + yy**2) / (2 * 1.1**2))
+    x = rng.normal(0, 5, (n, 3, size, size)).astype(np.float32)
+    x[:, :2] += 100
+    amp = rng.uniform(20, 400, n)[:, None, None]
+    x[:, 0] += amp * psf
+    x[:, 2] += amp * psf
+    return x
+
+
+@pytest.fixture(scope="module")
+def rb():
+    return astromorph.load_model("real-bogus")
+
+
+def _direct(model, x):
+    return np.asarray(model.predict(preprocess_triplet(x)[0])["rb_score"])
+
+
+def _cells(images):
+    """An object column: one array (or bytes, or None) per row."""
+    out = np.empty(len(images), dtype=object)
+    for i, im in enumerate(images):
+        out[i] = im
+    return out
+
+
+def _fits_bytes(image, *, gz=True, cdelt_deg=None):
+    hdu = fits.PrimaryHDU(np.asarray(image, np.float32))
+    if cdelt_deg is not None:
+        hdu.header.update(CTYPE1="RA---TAN", CTYPE2="DEC--TAN", CRPIX1=1, CRPIX2=1, CRVAL1=10.0,
+                          CRVAL2=20.0, CDELT1=-cdelt_deg, CDELT2=cdelt_deg)
+    buf = io.BytesIO()
+    hdu.writeto(buf)
+    return gzip.compress(buf.getvalue()) if gz else buf.getvalue()
+
+
+def test_array_columns_and_cube_column_score_like_the_array_path(rb):
+    x = _triplets(9)
+    t = Table({"id": np.arange(9), "science": x[:, 0], "reference": x[:, 1],
+               "difference": x[:, 2]})
+    before = t.copy()
+    out = astromorph.annotate_stamps(t, model=rb)
+    np.testing.assert_allclose(out["rb_score"], _direct(rb, x), rtol=0, atol=1e-6)
+    assert not out["rb_flags"].any() and not any(out["rb_reason"])
+    assert out.meta["astromorph_model"] == "real-bogus"
+    assert out.meta["astromorph_stamp_columns"] == "science,reference,difference"
+    assert t.colnames == before.colnames and np.array_equal(t["science"], before["science"])
+    cube = astromorph.annotate_stamps(Table({"stamps": x}), model=rb)
+    np.testing.assert_array_equal(cube["rb_score"], out["rb_score"])
+    named = astromorph.annotate_stamps(Table({"s": x[:, 0], "r": x[:, 1], "d": x[:, 2]}),
+                                       model=rb, columns=("s", "r", "d"))
+    np.testing.assert_array_equal(named["rb_score"], out["rb_score"])
+
+
+def test_gzipped_fits_bytes_as_in_alert_packets(rb):
+    x = _triplets(4, seed=1)
+    cols = {k: _cells([_fits_bytes(im, gz=j != 1) for im in x[:, j]])
+            for j, k in enumerate(("cutoutScience", "cutoutTemplate", "cutoutDifference"))}
+    cols["cutoutScience"][3] = {"stampData": cols["cutoutScience"][3]}  # as Avro readers give it
+    out = astromorph.annotate_stamps(Table(cols), model=rb)
+    np.testing.assert_allclose(out["rb_score"], _direct(rb, x), rtol=0, atol=1e-6)
+    # Table(rows=...) stores bytes in a fixed-width column, whose elements lose their
+    # trailing NUL bytes (gzip's size field ends in them) and come back as str
+    rows = [{k: _fits_bytes(im) for k, im in zip(("science", "reference", "difference"), trip)}
+            for trip in x]
+    fixed = Table(rows=rows)
+    assert fixed["science"].dtype.kind == "S" and rows[0]["science"].endswith(b"\0")
+    out = astromorph.annotate_stamps(fixed, model=rb)
+    np.testing.assert_allclose(out["rb_score"], _direct(rb, x), rtol=0, atol=1e-6)
+
+
+def test_bad_rows_are_flagged_never_fatal(rb):
+    x = _triplets(7, seed=2)
+    sci, ref, diff = (_cells(list(x[:, j])) for j in range(3))
+    sci[1] = None                                   # missing stamp
+    ref[2] = b"\x1f\x8b" + b"\0" * 40               # corrupt gzip
+    diff[3] = x[3, 2, :40, :40]                     # wrong shape
+    ref[4] = -np.abs(x[4, 1]) - 1                   # no positive template pixel
+    sci[5] = x[5, 0].copy()
+    sci[5][:30] = np.nan                            # half NaN: flagged, still scored
+    t = Table({"science": sci, "reference": ref, "difference": diff})
+    with pytest.warns(UnusableInputWarning, match="4 of 7 row"):
+        out = astromorph.annotate_stamps(t, model=rb)
+    flags = np.asarray(out["rb_flags"])
+    assert flags[1] & Flag.MISSING_BAND and "science" in out["rb_reason"][1]
+    assert flags[2] & Flag.BAD_INPUT and "gzip" in out["rb_reason"][2]
+    assert flags[3] & Flag.BAD_INPUT and "differ in shape" in out["rb_reason"][3]
+    assert flags[4] & Flag.BAD_INPUT and "template" in out["rb_reason"][4]
+    assert list(out["rb_score"].mask) == [False, True, True, True, True, False, False]
+    assert flags[5] == Flag.BLANK and "NaN" in out["rb_reason"][5]
+    good = [0, 6]
+    np.testing.assert_allclose(np.asarray(out["rb_score"])[good], _direct(rb, x[good]),
+                               rtol=0, atol=1e-6)
+
+
+def test_masked_multidimensional_column_counts_as_nan(rb):
+    x = _triplets(3, seed=3)
+    mask = np.zeros(x[:, 0].shape, bool)
+    mask[1, :, :25] = True
+    t = Table({"science": MaskedColumn(x[:, 0], mask=mask), "reference": x[:, 1],
+               "difference": x[:, 2]})
+    out = astromorph.annotate_stamps(t, model=rb)
+    y = x.copy()
+    y[1, 0, :, :25] = np.nan
+    np.testing.assert_allclose(out["rb_score"], _direct(rb, y), rtol=0, atol=1e-6)
+    assert out["rb_flags"][1] & Flag.BLANK and not out["rb_flags"][0]
+
+
+def test_negative_rows_are_negated(rb):
+    x = _triplets(4, seed=4)
+    flipped = x.copy()
+    flipped[[1, 3], 2] *= -1
+    t = Table({"triplet": flipped, "isNegative": [False, True, False, True]})
+    out = astromorph.annotate_stamps(t, model=rb, negative="isNegative")
+    np.testing.assert_allclose(out["rb_score"], _direct(rb, x), rtol=0, atol=1e-6)
+    with pytest.raises(InvalidArgumentError, match="boolean"):
+        astromorph.annotate_stamps(Table({"triplet": x, "f": ["t", "f", "t", "f"]}), model=rb,
+                                   negative="f")
+
+
+def test_pixel_scale_resamples_and_flags(rb):
+    x = _triplets(2, size=127, seed=5)
+    t = QTable({"triplet": x, "scale": [0.5, 0.5] * u.arcsec})
+    with_scale = astromorph.annotate_stamps(t, model=rb, pixel_scale="scale")
+    raw = RawStamps("triplet", x, pixel_scale=0.5)
+    expected = np.asarray(rb.predict(prepare(rb, raw)[0])["rb_score"])
+    np.testing.assert_allclose(with_scale["rb_score"], expected, rtol=0, atol=1e-6)
+    assert not with_scale["rb_flags"].any()
+    same = astromorph.annotate_stamps(t, model=rb, pixel_scale=0.5 * u.arcsec / u.pixel)
+    np.testing.assert_array_equal(same["rb_score"], with_scale["rb_score"])
+    # FITS bytes carry their own scale (WCS); without any scale the grid is assumed and flagged
+    wcs_cols = {k: _cells([_fits_bytes(im, cdelt_deg=0.5 / 3600) for im in x[:, j]])
+                for j, k in enumerate(("science", "reference", "difference"))}
+    from_wcs = astromorph.annotate_stamps(Table(wcs_cols), model=rb)
+    np.testing.assert_allclose(from_wcs["rb_score"], expected, rtol=0, atol=1e-5)
+    assumed = astromorph.annotate_stamps(Table({"triplet": x}), model=rb)
+    assert (np.asarray(assumed["rb_flags"]) & Flag.NO_WCS).all()
+
+
+def test_optical_model_takes_colour_and_band_columns():
+    model = astromorph.load_model("morphology")
+    rng = np.random.default_rng(6)
+    colour = rng.integers(0, 255, (3, 80, 80, 3), dtype=np.uint8)
+    out = astromorph.annotate_stamps(Table({"cutout": colour}), model=model)
+    x, _ = prepare(model, RawStamps("colour", colour))
+    np.testing.assert_allclose(out["morph_p_spiral"],
+                               model.predict(x)["probabilities"][:, model.labels.index("spiral")],
+                               rtol=0, atol=1e-6)
+    bands = rng.normal(10, 2, (2, 3, 64, 64)).astype(np.float32)
+    out = astromorph.annotate_stamps(Table({"g": bands[:, 0], "r": bands[:, 1],
+                                            "i": bands[:, 2]}), model=model)
+    x, _ = prepare(model, RawStamps("bands", bands, bands=("g", "r", "i")))
+    np.testing.assert_allclose(out["morph_p_spiral"],
+                               model.predict(x)["probabilities"][:, model.labels.index("spiral")],
+                               rtol=0, atol=1e-6)
+
+
+def test_misuse_raises_typed_errors(rb):
+    x = _triplets(2)
+    t = Table({"triplet": x})
+    with pytest.raises(InputError, match="Table"):
+        astromorph.annotate_stamps(x, model=rb)
+    with pytest.warns(UnusableInputWarning, match="text"):
+        text = astromorph.annotate_stamps(Table({"triplet": ["abc", "def"]}), model=rb)
+    assert (np.asarray(text["rb_flags"]) == Flag.BAD_INPUT).all()
+    with pytest.raises(InputError, match="no stamp columns"):
+        astromorph.annotate_stamps(Table({"a": x}), model=rb)
+    with pytest.raises(InputError, match=r"\['nope'\]"):
+        astromorph.annotate_stamps(t, model=rb, columns="nope")
+    with pytest.raises(InvalidArgumentError, match="1 or 3 column"):
+        astromorph.annotate_stamps(Table({"a": x[:, 0], "b": x[:, 1]}), model=rb,
+                                   columns=["a", "b"])
+    with pytest.raises(InvalidArgumentError, match="negative"):
+        astromorph.annotate_stamps(Table({"stamp": x[:, 0]}), model="morphology",
+                                   negative=[True, False])
+    with pytest.raises(InvalidArgumentError, match="2 rows"):
+        astromorph.annotate_stamps(t, model=rb, pixel_scale=[1.0, 1.0, 1.0])
+    out = astromorph.annotate_stamps(t, model=rb)
+    with pytest.raises(InputError, match="rb_score"):
+        astromorph.annotate_stamps(out, model=rb)
+    again = astromorph.annotate_stamps(out, model=rb, on_conflict="suffix")
+    np.testing.assert_array_equal(again["rb_score_2"], out["rb_score"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a clean table warns nothing
+        astromorph.annotate_stamps(t, model=rb)
+
+
+def test_cli_annotate_without_images_scores_the_rows_stamps(rb, tmp_path, capsys):
+    from astromorph import cli
+
+    x = _triplets(3, seed=7)
+    Table({"candid": [11, 12, 13], "science": x[:, 0], "reference": x[:, 1],
+           "difference": x[:, 2]}).write(tmp_path / "cands.fits")
+    assert cli.main(["annotate", str(tmp_path / "cands.fits"), "-m", "real-bogus",
+                     "-o", str(tmp_path / "scored.fits"), "--no-progress"]) == 0
+    scored = Table.read(tmp_path / "scored.fits")
+    np.testing.assert_allclose(scored["rb_score"], _direct(rb, x), rtol=0, atol=1e-6)
+    assert list(scored["candid"]) == [11, 12, 13]
+    assert cli.main(["annotate", str(tmp_path / "cands.fits"), "-m", "real-bogus",
+                     "--stamp-col", "science", "--stamp-col", "reference", "--stamp-col",
+                     "difference", "--pixel-scale", "1.0", "--no-progress"]) == 0
+    assert "rb_score" in capsys.readouterr().out
+    rc = cli.main(["annotate", str(tmp_path / "cands.fits"), "-m", "real-bogus", "-i",
+                   str(tmp_path / "cands.fits"), "--stamp-col", "science"])
+    assert rc != 0 and "--stamp-col" in capsys.readouterr().err
