@@ -10,8 +10,6 @@ scheduler does the rest: the threaded one by default, or a
 import logging
 import os
 
-import numpy as np
-
 __all__ = ["annotate_dask"]
 
 log = logging.getLogger(__name__)

@@ -6,7 +6,6 @@ import warnings
 
 import numpy as np
 from astropy.io import fits
-from astropy.utils.exceptions import AstropyWarning
 from astropy.wcs import WCS, FITSFixedWarning
 
 from ._cutouts import SkyImage
