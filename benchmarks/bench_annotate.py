@@ -84,8 +84,6 @@ def naive(model, path, cat, n_naive):
     """Cutout2D + reproject_interp + preprocessing + one model call, per source."""
     from reproject import reproject_interp
 
-    from astromorph.preprocessing import _optical
-
     family = model_family(model.card)
     with fits.open(path, memmap=True) as hdul:
         data, w = hdul[0].data, WCS(hdul[0].header)
