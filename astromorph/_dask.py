@@ -16,21 +16,26 @@ log = logging.getLogger(__name__)
 
 
 def _annotate_partition(table, images, model, kwargs):
+    if images is None:
+        from ._stamp_table import annotate_stamps
+
+        return annotate_stamps(table, model=model, progress=False, **kwargs)
     from ._annotate import annotate
 
     return annotate(table, images, model=model, progress=False, **kwargs)
 
 
-def annotate_dask(table, images, *, model, partition_size=50_000, compute=True, scheduler=None,
-                  **kwargs):
-    """`astromorph.annotate` over row partitions of a catalogue, run by Dask.
+def annotate_dask(table, images=None, *, model, partition_size=50_000, compute=True,
+                  scheduler=None, **kwargs):
+    """`astromorph.annotate` (or `astromorph.annotate_stamps`) over row partitions, run by Dask.
 
     Parameters
     ----------
     table : astropy.table.Table or QTable
         The catalogue (it is not modified).
-    images : path, list of paths, or dict of band -> path(s)
+    images : path, list of paths, or dict of band -> path(s), optional
         FITS files; given by path so that each worker memory-maps them itself.
+        ``None``: the rows hold their own stamps, scored by `astromorph.annotate_stamps`.
     model : str or path
         Model name or path, loaded on each worker (not a `Model` object).
     partition_size : int
@@ -43,7 +48,8 @@ def annotate_dask(table, images, *, model, partition_size=50_000, compute=True, 
         ``"synchronous"``); default: Dask's current scheduler (a
         ``dask.distributed.Client`` when one is active).
     **kwargs
-        Other `annotate` options (``size_col``, ``ra_col``...).
+        Other `annotate` options (``size_col``, ``ra_col``...), or `annotate_stamps` options
+        (``columns``, ``pixel_scale``...) without ``images``.
 
     Returns
     -------
@@ -70,7 +76,7 @@ def annotate_dask(table, images, *, model, partition_size=50_000, compute=True, 
                              f"not {type(value).__name__}")
         return os.fspath(value)
 
-    images = as_paths(images)
+    images = None if images is None else as_paths(images)
     if not isinstance(model, (str, os.PathLike)):
         raise InputError("annotate_dask takes the model by name or path, so each worker loads it")
     if int(partition_size) < 1:

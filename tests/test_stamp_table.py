@@ -229,3 +229,12 @@ def test_cli_annotate_without_images_scores_the_rows_stamps(rb, tmp_path, capsys
     rc = cli.main(["annotate", str(tmp_path / "cands.fits"), "-m", "real-bogus", "-i",
                    str(tmp_path / "cands.fits"), "--stamp-col", "science"])
     assert rc != 0 and "--stamp-col" in capsys.readouterr().err
+
+
+def test_dask_partitions_of_a_stamp_table(rb):
+    pytest.importorskip("dask")
+    x = _triplets(7, seed=8)
+    t = Table({"id": np.arange(7), "triplet": x})
+    out = astromorph.annotate_dask(t, model="real-bogus", partition_size=3, scheduler="threads")
+    assert list(out["id"]) == list(range(7))
+    np.testing.assert_allclose(out["rb_score"], _direct(rb, x), rtol=0, atol=1e-6)
