@@ -284,7 +284,7 @@ def test_int8_variant(tmp_path):
 
     from astropy.table import Table
 
-    from astromorph.exceptions import ChecksumMismatchError, InputError, ModelNotFoundError
+    from astromorph.exceptions import ChecksumMismatchError, InvalidArgumentError, ModelNotFoundError
 
     card = json.loads((MODEL_DIR / "card.json").read_text())
     spec = card["variants"]["int8"]
@@ -318,7 +318,7 @@ def test_int8_variant(tmp_path):
         astromorph.load_model("real-bogus", precision="int8")
     with pytest.raises(ValueError, match="float16"):
         astromorph.load_model("morphology", precision="float16")
-    with pytest.raises(InputError, match="precision"):
+    with pytest.raises(InvalidArgumentError, match="precision"):
         astromorph.annotate(Table({"ra": [0.0], "dec": [0.0]}), [], model=m32, precision="int8")
 
 
