@@ -334,6 +334,52 @@ def test_recipe_v5_masks_near_centre_of_reals_only_where_asked():
         sim.simulate_one(rng, sky, gals, label=1, recipe="v9")
 
 
+def test_zogy_difference_keeps_flux_white_noise_and_the_science_psf():
+    """ZOGY (recipe v5): a point source in a science image sharper than the reference keeps
+    its flux and nearly the science PSF in the difference, on white noise; the Alard-Lupton
+    step convolves the science to the reference's width, which correlates its noise."""
+    sim = _sim()
+    rng = np.random.default_rng(2)
+    fs, fr, flux = 2.2, 2.8, 20000.0
+    sci = 100 + sim.psf_image(fs, flux=flux) + rng.normal(0, 5, (63, 63))
+    ref = 100 + rng.normal(0, 2, (63, 63))
+    yy, xx = np.mgrid[:63, :63] - 31
+    r = np.hypot(yy, xx)
+
+    def stats(d):
+        bg = d[r > 12]
+        w = (d - np.median(bg)) * (r < 6)
+        fwhm = 2.3548 * np.sqrt((w * (yy**2 + xx**2)).sum() / w.sum() / 2)
+        lag1 = np.corrcoef(d[:, 1:][r[:, 1:] > 12], d[:, :-1][r[:, 1:] > 12])[0, 1]
+        return d[r < 8].sum() - np.median(bg) * (r < 8).sum(), fwhm, lag1
+
+    f, fwhm, lag1 = stats(sim.subtract_zogy(sci, ref, fwhm_sci=fs, fwhm_ref=fr))
+    assert f == pytest.approx(flux, rel=0.03) and abs(lag1) < 0.06
+    sigma_k = np.sqrt((fr * sim._F2S) ** 2 - (fs * sim._F2S) ** 2)
+    _, fwhm_al, lag1_al = stats(sim.subtract_images(sci, ref, sigma_k=sigma_k, convolve_ref=False))
+    assert fwhm_al == pytest.approx(fr, rel=0.05) and lag1_al > 0.15
+    # between the two PSFs, nearer the science one (the deep reference's noise sets where)
+    assert fs < fwhm < (fs + fr) / 2
+    # an empty scene subtracts to noise; a wrong science PSF model leaves a residual
+    star = 100 + sim.psf_image(2.4, flux=20000)
+    clean = sim.subtract_zogy(star, star, fwhm_sci=2.4, fwhm_ref=2.4)
+    bad = sim.subtract_zogy(star, star, fwhm_sci=2.4, fwhm_ref=2.4, width_error=1.0)
+    assert np.abs(clean).max() < 1e-6 * 20000 < np.abs(bad).max()
+
+
+def test_recipe_v5_subtracts_half_with_zogy():
+    sim = _sim()
+    rng = np.random.default_rng(3)
+    X = np.stack([np.stack([s + rng.normal(0, 12, s.shape), s + rng.normal(0, 2, s.shape),
+                            rng.normal(0, 12, s.shape)]) for s in (_scene(rng) for _ in range(3))])
+    sky = sim.SkyBank(X.astype(np.float32), [0, 1, 2])
+    _, infos = sim.simulate_batch(80, sky, sim.GalaxyBank([]), seed=9, recipe="v5")
+    zogy = np.mean([i["subtraction"] == "zogy" for i in infos])
+    assert 0.3 < zogy < 0.7
+    _, infos = sim.simulate_batch(20, sky, sim.GalaxyBank([]), seed=9)
+    assert all(i["subtraction"] == "al" for i in infos)
+
+
 def test_detection_snr_matches_psf_photometry():
     """detection_snr: ~N(0, 1) on pure noise, the injected S/N for a point source on white
     noise, and lower when the source's Poisson variance is added."""

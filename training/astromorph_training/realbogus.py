@@ -70,9 +70,10 @@ def add_arguments(parser):
                         "1/N of every batch; on 2 cores 2 processes of 1 thread train about twice "
                         "as fast as one process (default 1)")
     g.add_argument("--recipe", choices=sim.RECIPES, default=DEFAULT_RECIPE,
-                   help="simulation recipe of the training set (default %(default)s; v5 = v3 plus "
-                        "masks near the centre of some reals, see _simulate_transients); validation "
-                        "and test sets are always v3")
+                   help="simulation recipe of the training set (default %(default)s; v5 = masks "
+                        "near the centre of some reals, ZOGY subtraction for half the triplets, "
+                        "PSF widths of the real alerts; see _simulate_transients); validation and "
+                        "test sets are always v3")
     g.add_argument("--restart", action="store_true", help="ignore existing checkpoints")
     g.add_argument("--regenerate", action="store_true", help="re-simulate the cached data set")
 
@@ -173,6 +174,7 @@ def _info_arrays(infos):
         "negative": np.array([i["isdiffpos"] == "f" for i in infos], bool),
         "host": np.array([i["has_host"] for i in infos], bool),
         "snr_det": np.array([i["snr_det"] for i in infos], np.float32),
+        "zogy": np.array([i.get("subtraction") == "zogy" for i in infos], bool),
     }
 
 
