@@ -125,7 +125,6 @@ def predict_files(model, inputs, *, batch_size=256, progress=None, write_header=
             bar.update(1)
         runner.finish()
 
-    n = len(runner.sources)
     prediction, flags, valid = runner.collect()
     cols = result_columns(model, prediction, flags, valid)
 
@@ -143,11 +142,8 @@ def predict_files(model, inputs, *, batch_size=256, progress=None, write_header=
                                          "alert id (ZTF candid, Rubin diaSourceId)")
     for name in cols.colnames:
         table[name] = cols[name]
-    reasons = ["; ".join(r) for r in runner.reasons]
-    table["reason"] = Column(np.array(reasons, dtype=f"U{max([len(r) for r in reasons] + [1])}"),
-                             description="why the row is flagged or was not scored "
-                                         "(empty when clean)")
-    _summarise(table, flags, valid, n)
+    table["reason"] = runner.reason_column()
+    summarise(table["reason"], flags, valid, what="stamp", where="the 'reason' column")
 
     if targets:
         write_results_to_header(model, table, runner.origins, targets, overwrite=overwrite
@@ -162,16 +158,22 @@ def check_batch_size(batch_size):
         raise InvalidArgumentError(f"batch_size must be a positive integer, got {batch_size!r}")
 
 
-def _summarise(table, flags, valid, n):
+def summarise(reasons, flags, valid, *, what, where):
+    """Warn once (`UnusableInputWarning`) when rows could not be scored; log flagged ones.
+
+    ``reasons`` are the rows' reason texts, ``what`` names a row ("stamp", "row") and
+    ``where`` the column that says why. The warning points at the public function's caller.
+    """
+    n = len(flags)
     bad = int((~valid).sum())
     flagged = int(((flags != 0) & valid).sum())
     if bad:
-        first = next(r for r, v in zip(table["reason"], valid) if not v)
-        warnings.warn(f"{bad} of {n} stamp(s) could not be scored (first: {first}); their "
-                      "outputs are masked and the 'reason' column says why",
+        first = next(r for r, v in zip(reasons, valid) if not v)
+        warnings.warn(f"{bad} of {n} {what}(s) could not be scored (first: {first}); their "
+                      f"outputs are masked and {where} says why",
                       UnusableInputWarning, stacklevel=3)
     if flagged:
-        log.info("%d of %d scored stamp(s) carry quality flags", flagged, n)
+        log.info("%d of %d scored %s(s) carry quality flags", flagged, n, what)
 
 
 # ----------------------------------------------------------------------------- reading
@@ -345,6 +347,14 @@ class _Runner:
                       for name in self.model.output_names}
             prediction = Prediction(arrays, self.model.card["outputs"])
         return prediction, np.asarray(self.flags, dtype=np.int32), valid
+
+    def reason_column(self):
+        """Column of the rows' reasons, joined by "; " (empty for clean rows)."""
+        from astropy.table import Column
+
+        reasons = ["; ".join(r) for r in self.reasons]
+        return Column(np.array(reasons, dtype=f"U{max([len(r) for r in reasons] + [1])}"),
+                      description="why the row is flagged or was not scored (empty when clean)")
 
     def _score(self, items):
         from ._adapters import RawStamps, prepare

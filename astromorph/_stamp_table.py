@@ -6,17 +6,15 @@ cubes, or the gzipped FITS bytes of alert packets. Each row becomes a `Stamp` as
 been read from a file, and goes through the same checks (`_predict._conform`), batching,
 preprocessing and flags as `astromorph.predict_files`.
 """
-import functools
 import logging
-import warnings
 
 import numpy as np
-from astropy.table import Column, Table
+from astropy.table import Table
 
 from ._flags import Flag
 from ._progress import progress_bar
 from ._readers import Stamp, parse_fits_bytes
-from .exceptions import InputError, InvalidArgumentError, UnusableInputWarning
+from .exceptions import InputError, InvalidArgumentError
 
 __all__ = ["annotate_stamps"]
 
@@ -91,10 +89,10 @@ def annotate_stamps(table, *, model, columns=None, pixel_scale=None, negative=No
     astromorph.exceptions.UnusableInputWarning
         When some rows could not be scored.
     """
-    from ._adapters import model_family
+    from ._adapters import model_family, result_columns
     from ._annotate import _add_columns, _provenance, check_on_conflict
     from ._model import as_model
-    from ._predict import _conform, _Runner, check_batch_size
+    from ._predict import _conform, _Runner, check_batch_size, summarise
 
     if not isinstance(table, Table):
         raise InputError(f"annotate_stamps needs an astropy Table or QTable, got "
@@ -116,8 +114,7 @@ def annotate_stamps(table, *, model, columns=None, pixel_scale=None, negative=No
     with progress_bar(n, desc=f"{model.name}", unit="row", enabled=progress,
                       min_total=4 * batch_size) as bar:
         for i in range(n):
-            stamp = _row_stamp(i, [functools.partial(get, i) for get in getters], names,
-                               family)
+            stamp = _row_stamp(i, [get(i) for get in getters], names, family)
             if stamp.usable:
                 if scales is not None and np.isfinite(scales[i]):
                     stamp.pixel_scale = float(scales[i])
@@ -130,24 +127,14 @@ def annotate_stamps(table, *, model, columns=None, pixel_scale=None, negative=No
         runner.finish()
 
     prediction, flags, valid = runner.collect()
-    from ._adapters import result_columns
-
     new = result_columns(model, prediction, flags, valid)
     prefix = model.card.get("column_prefix", model.name.replace("-", "_"))
-    reasons = ["; ".join(r) for r in runner.reasons]
-    new[f"{prefix}_reason"] = Column(
-        np.array(reasons, dtype=f"U{max([len(r) for r in reasons] + [1])}"),
-        description="why the row is flagged or was not scored (empty when clean)")
+    new[f"{prefix}_reason"] = runner.reason_column()
     out = table.copy()
     _add_columns(out, new, on_conflict)
     out.meta.update(_provenance(model))
     out.meta["astromorph_stamp_columns"] = ",".join(names)
-    bad = int((~valid).sum())
-    if bad:
-        first = next(r for r, v in zip(reasons, valid) if not v)
-        warnings.warn(f"{bad} of {n} row(s) could not be scored (first: {first}); their outputs "
-                      f"are masked and '{prefix}_reason' says why", UnusableInputWarning,
-                      stacklevel=2)
+    summarise(new[f"{prefix}_reason"], flags, valid, what="row", where=f"'{prefix}_reason'")
     return out
 
 
@@ -224,23 +211,22 @@ def _cell_getter(col):
     at their full width: astropy would hand back ``str`` and numpy strips trailing NUL
     bytes, which belong to gzip and FITS data; trailing padding is harmless to both.
     """
+    if col.dtype.kind != "S":
+        return col.__getitem__
     data = np.asarray(col)
     mask = np.ma.getmaskarray(col) if hasattr(col, "mask") else None
-    if data.dtype.kind == "S":
-        def get(i):
-            return None if mask is not None and mask[i] else data[i:i + 1].tobytes()
-        return get
-    if data.dtype.kind == "U":
-        def get(i):
-            raise ValueError("holds text, not an image or FITS bytes")
-        return get
-    return col.__getitem__
+
+    def get(i):
+        return None if mask is not None and mask[i] else data[i:i + 1].tobytes()
+    return get
 
 
 def _cell(value):
     """``(array, pixel_scale)`` of one table cell; ``(None, None)`` when empty."""
     if value is None or value is np.ma.masked:
         return None, None
+    if isinstance(value, str):
+        raise ValueError("holds text, not an image or FITS bytes")
     if isinstance(value, dict):
         value = value.get("stampData")
         if value is None:
@@ -256,13 +242,12 @@ def _cell(value):
 
 
 def _row_stamp(i, cells, names, family):
-    """The `Stamp` of row ``i`` from its cells (one callable per stamp column, so that a
-    cell that cannot even be read flags the row)."""
+    """The `Stamp` of row ``i`` from its cells (one per stamp column)."""
     stamp = Stamp(str(i), None, index=i)
     planes, scale = [], None
-    for name, get_value in zip(names, cells):
+    for name, value in zip(names, cells):
         try:
-            data, s = _cell(get_value())
+            data, s = _cell(value)
         except ValueError as exc:
             return stamp.flag(Flag.BAD_INPUT, f"{name}: {exc}")
         if data is None:

@@ -418,11 +418,6 @@ def _gaussian_otf(fwhm, shape):
     return np.exp(-2.0 * (np.pi * s) ** 2 * (ky**2 + kx**2))
 
 
-def _robust_sigma(img, mask):
-    v = img[mask]
-    return 1.4826 * float(np.median(np.abs(v - np.median(v))))
-
-
 def subtract_zogy(sci, ref, *, fwhm_sci, fwhm_ref, phot=1.0, width_error=0.0, pad=24):
     """ZOGY proper difference image (Zackay, Ofek & Gal-Yam 2016), as ZTF's pipeline makes it.
 
@@ -453,10 +448,10 @@ def subtract_zogy(sci, ref, *, fwhm_sci, fwhm_ref, phot=1.0, width_error=0.0, pa
         ``D`` scaled to science-image flux units (a source of science flux ``f`` keeps
         flux ``f``), science - reference orientation.
     """
-    n = np.pad(sci - np.median(sci[_FIT_MASK_CENTRE]), pad, mode="reflect")
-    r = np.pad(ref - np.median(ref[_FIT_MASK_CENTRE]), pad, mode="reflect")
-    s_n = max(_robust_sigma(sci, _FIT_MASK_CENTRE), 1e-12)
-    s_r = max(_robust_sigma(ref, _FIT_MASK_CENTRE), 1e-12)
+    m_n, s_n = _robust(sci[_FIT_MASK_CENTRE])
+    m_r, s_r = _robust(ref[_FIT_MASK_CENTRE])
+    n = np.pad(sci - m_n, pad, mode="reflect")
+    r = np.pad(ref - m_r, pad, mode="reflect")
     var_n = max((fwhm_sci * _F2S) ** 2 + width_error, 0.01)
     pn = _gaussian_otf(np.sqrt(var_n) / _F2S, n.shape)
     pr = _gaussian_otf(fwhm_ref, n.shape)

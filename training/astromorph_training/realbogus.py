@@ -364,7 +364,7 @@ def _train_worker(rank, args, world, port, data=None):
     bs = 16 if smoke else _get(args, "batch_size", 128)
     steps_per_epoch = 2 if smoke else int(math.ceil(len(xtr) / bs))
 
-    # channels-last tensors: oneDNN's convolutions run a training step about 1.4 times as
+    # channels-last tensors: oneDNN's convolutions run a training step about 1.2 times as
     # fast on CPU (docs/training.md); the weights and checkpoints are the same either way
     cl = torch.channels_last
     net = RBNet().to(memory_format=cl)
