@@ -78,6 +78,9 @@ the v3 simulations get wrong (``docs/training.md``):
   ratio 0.77-1.68 (median 1.16), where v3 drew broader science PSFs (ratio
   U(0.75, 1.75), F0 ~ U(2.0, 2.8)).
 
+Recipe ``"v6"`` is v5 without ZOGY: the near-centre masks and the PSF widths,
+every triplet subtracted with the Alard-Lupton step (as in v3).
+
 (The name "v4" belonged to the detected-candidates data set of the rejected
 candidate 1.2.)
 
@@ -112,9 +115,12 @@ __all__ = [
 ]
 
 #: Simulation recipes: "v3" (the shipped models' training sets and every validation and
-#: test set) and "v5" (near-centre masks on reals, ZOGY subtraction, PSF widths of the
-#: real alerts; see the module docstring).
-RECIPES = ("v3", "v5")
+#: test set), "v5" (near-centre masks on reals, ZOGY subtraction, PSF widths of the
+#: real alerts; see the module docstring) and "v6" (v5 without ZOGY).
+RECIPES = ("v3", "v5", "v6")
+#: What each recipe changes from v3.
+_RECIPE_CHANGES = {"v3": frozenset(), "v5": frozenset({"near_masks", "zogy", "real_psf"}),
+                   "v6": frozenset({"near_masks", "real_psf"})}
 #: Fraction of triplets subtracted with ZOGY instead of Alard-Lupton in recipe "v5".
 ZOGY_FRACTION = 0.5
 #: Fraction of reals with a mask 2-6 px from the centre in recipe "v5" (the rate of the
@@ -537,7 +543,7 @@ def simulate_one(rng, sky, gals, label=None, kind=None, recipe="v3"):
         1 real, 0 bogus, None random (50/50).
     kind : str or None
         Sub-type (see ``REAL_KINDS`` / ``BOGUS_KINDS``); random if None.
-    recipe : {"v3", "v5"}
+    recipe : {"v3", "v5", "v6"}
         Simulation recipe (see the module docstring). ``"v3"`` draws the same random
         numbers as before ``recipe`` existed, so its data sets are unchanged.
 
@@ -548,6 +554,7 @@ def simulate_one(rng, sky, gals, label=None, kind=None, recipe="v3"):
     """
     if recipe not in RECIPES:
         raise ValueError(f"recipe must be one of {RECIPES}, got {recipe!r}")
+    changes = _RECIPE_CHANGES[recipe]
     if label is None:
         label = int(rng.random() < 0.5)
     kinds = REAL_KINDS if label == 1 else BOGUS_KINDS
@@ -578,7 +585,7 @@ def simulate_one(rng, sky, gals, label=None, kind=None, recipe="v3"):
     # ---- PSFs ----
     # measured on the real alerts (Gaussian fits to stars): reference FWHM 2.1-2.8 px,
     # science / reference FWHM ratio 0.76-1.68 (5-95 %)
-    if recipe == "v5":  # the widths measured on stars of the real alert cutouts
+    if "real_psf" in changes:  # the widths measured on stars of the real alert cutouts
         F0 = rng.uniform(2.0, 2.6)
         ratio = float(np.clip(np.exp(rng.normal(np.log(1.16), 0.22)), 0.7, 1.9))
         extra = rng.uniform(0.0, 0.3)
@@ -797,7 +804,7 @@ def simulate_one(rng, sky, gals, label=None, kind=None, recipe="v3"):
             sub_kw = dict(width_error=float(rng.choice([-1, 1]) * rng.uniform(0.15, 0.6) * (F_sci * _F2S) ** 2))
         else:
             sub_kw = dict(fit=rng.random() < 0.5, ridge=10.0)
-    zogy = recipe == "v5" and rng.random() < ZOGY_FRACTION
+    zogy = "zogy" in changes and rng.random() < ZOGY_FRACTION
     if zogy:  # the pipeline's PSF models are circular Gaussians of the nominal widths
         diff = subtract_zogy(sci, ref, fwhm_sci=F_sci, fwhm_ref=F_ref, phot=phot,
                              width_error=sub_kw.get("width_error", 0.0))
@@ -851,7 +858,7 @@ def simulate_one(rng, sky, gals, label=None, kind=None, recipe="v3"):
         else:
             ref = ref + glow
         diff = diff + glow
-    elif recipe == "v5" and label == 1 and rng.random() < NEAR_MASK_REAL:
+    elif "near_masks" in changes and label == 1 and rng.random() < NEAR_MASK_REAL:
         # a mask edge as close to a real candidate as the 'edge_mask' bogus get, no glow
         mask = _synthetic_mask(rng, min_dist=2.0, edge_dist=rng.uniform(2.0, 6.0)) | scene_mask
     elif rng.random() < (0.14 if label == 1 else 0.05):  # balances the bogus 'edge_mask' kind

@@ -72,8 +72,13 @@ def add_arguments(parser):
     g.add_argument("--recipe", choices=sim.RECIPES, default=DEFAULT_RECIPE,
                    help="simulation recipe of the training set (default %(default)s; v5 = masks "
                         "near the centre of some reals, ZOGY subtraction for half the triplets, "
-                        "PSF widths of the real alerts; see _simulate_transients); validation and "
+                        "PSF widths of the real alerts; v6 = v5 without ZOGY; see _simulate_transients); "
+                        "validation and "
                         "test sets are always v3")
+    g.add_argument("--amp", choices=("fp32", "bf16"), default="fp32",
+                   help="arithmetic of the training forward and backward passes: fp32 (default) or "
+                        "bfloat16 autocast (about twice as fast on CPUs with AMX; weights, optimiser, "
+                        "validation and export stay float32)")
     g.add_argument("--restart", action="store_true", help="ignore existing checkpoints")
     g.add_argument("--regenerate", action="store_true", help="re-simulate the cached data set")
 
@@ -391,6 +396,7 @@ def _train_worker(rank, args, world, port, data=None):
     for _ in range(start_epoch):  # keep the shuffles reproducible on resume
         rng.permutation(len(xtr))
     lossf = torch.nn.BCEWithLogitsLoss()
+    bf16 = _get(args, "amp", "fp32") == "bf16"
     for epoch in range(start_epoch, epochs):
         t0 = time.perf_counter()
         net.train()
@@ -403,7 +409,9 @@ def _train_worker(rank, args, world, port, data=None):
             xb = torch.from_numpy(np.asarray(xtr[idx], dtype=np.float32))
             xb = _augment(torch, xb).contiguous(memory_format=cl)
             yb = torch.from_numpy(ytr[idx])
-            loss = lossf(model(xb)[:, 0], yb)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                logits = model(xb)[:, 0]
+            loss = lossf(logits.float(), yb)
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -491,6 +499,7 @@ def train(args):
              "train_seconds": time.perf_counter() - t_start, "epochs": epochs, "history": history,
              "n_train": int(len(xtr)), "n_val": int(len(xva)),
              "threads": int(_get(args, "threads", 1)), "processes": world,
+             "amp": _get(args, "amp", "fp32"),
              "recipe": _get(args, "recipe", DEFAULT_RECIPE)}
     (dirs["ckpt"] / "calibration.json").write_text(json.dumps(calib, indent=2))
     log.info("calibration: %s", json.dumps({k: v for k, v in calib.items() if k != "history"}))
@@ -907,7 +916,8 @@ def _card(calib, metrics, args):
             "split": "by alert objectId (sky never seen in training for the test simulations) and by galaxy",
             "command": "python -m astromorph_training real-bogus train" + (
                 " --processes %d" % calib["processes"] if calib.get("processes", 1) > 1 else "") + (
-                " --recipe %s" % calib.get("recipe", "v3") if calib.get("recipe", "v3") != DEFAULT_RECIPE else ""),
+                " --recipe %s" % calib.get("recipe", "v3") if calib.get("recipe", "v3") != DEFAULT_RECIPE else "") + (
+                " --amp %s" % calib["amp"] if calib.get("amp", "fp32") != "fp32" else ""),
             "simulation_recipe_version": "%s for the training set, v3 for validation and test" % calib.get("recipe", "v3"),
             "time": ("%.0f min of training epochs (sum of epoch wall times) + about %.0f min to simulate and "
                      "cache the %d training and validation triplets (one thread, about %d per second)" % (
