@@ -330,6 +330,10 @@ def test_recipe_v5_masks_near_centre_of_reals_only_where_asked():
     d5 = nearest_mask(v5)
     assert ((d5 >= 2) & (d5 < 6.5)).sum() >= 1 and (d5 >= 2).all()
     assert all(i["label"] == 1 for i in i5)
+    v6, i6 = sim.simulate_batch(60, sky, gals, seed=7, label=1, recipe="v6")  # v5 without ZOGY
+    d6 = nearest_mask(v6)
+    assert ((d6 >= 2) & (d6 < 6.5)).sum() >= 1 and (d6 >= 2).all()
+    assert all(i["subtraction"] == "al" for i in i6)
     with pytest.raises(ValueError, match="recipe"):
         sim.simulate_one(rng, sky, gals, label=1, recipe="v9")
 
