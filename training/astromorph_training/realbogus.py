@@ -77,8 +77,9 @@ def add_arguments(parser):
                         "test sets are always v3")
     g.add_argument("--amp", choices=("fp32", "bf16"), default="fp32",
                    help="arithmetic of the training forward and backward passes: fp32 (default) or "
-                        "bfloat16 autocast (about twice as fast on CPUs with AMX; weights, optimiser, "
-                        "validation and export stay float32)")
+                        "bfloat16 autocast (1.75 times as fast per step on this AMX CPU; weights, optimiser, "
+                        "validation and export stay float32; not the default: its one trial run lost "
+                        "accuracy, see docs/training.md)")
     g.add_argument("--restart", action="store_true", help="ignore existing checkpoints")
     g.add_argument("--regenerate", action="store_true", help="re-simulate the cached data set")
 
