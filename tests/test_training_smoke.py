@@ -5,6 +5,8 @@ Runs ``python -m astromorph_training MODEL STEP --smoke`` in a subprocess with t
 """
 import hashlib
 import importlib.util
+import json
+import math
 import os
 import subprocess
 import sys
@@ -43,12 +45,22 @@ def test_smoke_pipeline(model, tmp_path):
     env = dict(os.environ, ASTROMORPH_DATA=str(DATA_DIR), PYTHONUNBUFFERED="1", TMPDIR=str(tmp_path))
     # one model goes through the 'build' step (train, evaluate, export in one command)
     steps = ("build",) if model == "morphology-gz2" else ("train", "evaluate", "export")
+    if model == "real-bogus":  # the shipped model against this run, on fresh simulations
+        steps += ("compare",)
     for step in steps:
         run = subprocess.run(
             [sys.executable, "-m", "astromorph_training", model, step, "--smoke",
-             "--data-dir", str(DATA_DIR), "--out-dir", str(tmp_path)],
+             "--data-dir", str(DATA_DIR), "--out-dir", str(tmp_path)]
+            + (["--val-seed", "5"] if step == "compare" else []),
             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
         assert run.returncode == 0, f"{model} {step} --smoke failed:\n{run.stdout[-3000:]}\n{run.stderr[-3000:]}"
+        if step == "compare":  # JSON on stdout: the shipped model and this run
+            out = json.loads(run.stdout)
+            assert out["validation_set"] == "fresh, seed 5" and len(out) == 3
+            for measures in list(out.values())[1:]:
+                assert 0 <= measures["R_real_alerts_auc_vs_drb"] <= 1
+                # a 24-triplet smoke set may hold candidates of one class only (AUC nan)
+                assert math.isnan(measures["V1_candidates_auc"]) or 0 <= measures["V1_candidates_auc"] <= 1
         if step == "build":
             for done in ("train", "evaluate", "export"):
                 assert f"{model} {done} finished" in run.stderr, run.stderr[-3000:]

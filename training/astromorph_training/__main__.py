@@ -1,6 +1,7 @@
 """Command line: ``python -m astromorph_training MODEL STEP [options]``.
 
-``STEP`` is ``train``, ``evaluate``, ``export`` or ``build`` (the three in turn).
+``STEP`` is ``train``, ``evaluate``, ``export`` or ``build`` (the three in turn);
+``real-bogus compare`` scores the shipped model and candidate runs for a pre-registered rule.
 """
 import argparse
 import importlib
@@ -18,7 +19,7 @@ MODULES = {
     "embedding": "embedding",
     "morphology-gz2": "gz2",
 }
-STEPS = ("train", "evaluate", "export", "build")
+STEPS = ("train", "evaluate", "export", "build", "compare")
 #: ``build`` runs these steps in order with the same options.
 BUILD = ("train", "evaluate", "export")
 
@@ -63,6 +64,8 @@ def main(argv=None):
     args.data_dir = resolve_data_dir(args.data_dir)
     args.out_dir = repo_root() if args.out_dir is None else __import__("pathlib").Path(args.out_dir)
     module = _load(args.model)
+    if args.step == "compare" and not hasattr(module, "compare"):
+        raise SystemExit(f"no compare step for model {args.model!r}")
     for step in (BUILD if args.step == "build" else (args.step,)):
         start = time.perf_counter()
         result = getattr(module, step)(args)

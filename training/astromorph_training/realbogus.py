@@ -29,6 +29,7 @@ import math
 import tempfile
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 
@@ -51,7 +52,7 @@ DEFAULT_RECIPE = "v3"
 SIMULATIONS_PER_S = 280
 log = logging.getLogger("astromorph_training.realbogus")
 
-__all__ = ["add_arguments", "train", "evaluate", "export", "RBNet", "ScoreModel"]
+__all__ = ["add_arguments", "train", "evaluate", "export", "compare", "RBNet", "ScoreModel"]
 
 
 # ----------------------------------------------------------------------------- args / dirs
@@ -80,6 +81,12 @@ def add_arguments(parser):
                         "bfloat16 autocast (1.75 times as fast per step on this AMX CPU; weights, optimiser, "
                         "validation and export stay float32; not the default: its one trial run lost "
                         "accuracy, see docs/training.md)")
+    g.add_argument("--candidates", nargs="+", default=None, metavar="DIR",
+                   help="compare: the --out-dir folders of the candidate runs (default: this "
+                        "repository's own checkpoint)")
+    g.add_argument("--val-seed", type=int, default=None,
+                   help="compare: score a fresh v3 validation set simulated with this seed on the "
+                        "validation sky and galaxies (default: the cached validation set)")
     g.add_argument("--restart", action="store_true", help="ignore existing checkpoints")
     g.add_argument("--regenerate", action="store_true", help="re-simulate the cached data set")
 
@@ -950,3 +957,89 @@ def _card(calib, metrics, args):
         ],
         "licence": "model weights: same licence as astromorph; training data terms above",
     }
+
+
+# ----------------------------------------------------------------------------- compare
+def _fresh_validation_set(args, seed):
+    """``n_val`` new v3 triplets on the validation sky and galaxies, drawn with ``seed``."""
+    X, meta = sim.load_ztf_triplets(args.data_dir)
+    sky = sim.SkyBank(X, sim.split_alerts(meta, seed=args.seed)["val"])
+    gals = sim.GalaxyBank(_galaxy_split(args.data_dir, args.seed, smoke=args.smoke)["val"])
+    n = 24 if args.smoke else _get(args, "n_val", 8000)
+    xs, infos = [], []
+    for start in range(0, n, 2000):
+        raw, inf = sim.simulate_batch(min(2000, n - start), sky, gals, seed=seed * 100003 + start)
+        xs.append(preprocess_triplet(raw)[0].astype(np.float16))  # as the cached sets
+        infos += inf
+    return np.concatenate(xs), _info_arrays(infos)
+
+
+def _rule_measures(p_val, info, p_real, drb, nanf, negative, threshold):
+    """The measures the pre-registered rules use (``training/reports/real-bogus/``)."""
+    y = info["label"].astype(int)
+    det = info["snr_det"] >= 5  # detected candidates
+    ge5 = (y == 0) | (info["snr"] >= 5)  # reals of injected S/N >= 5 against all bogus
+    dl = drb >= 0.5
+
+    def eer(sel):
+        return max(rates(p_val[sel], y[sel], best_threshold(p_val[sel], y[sel])))
+
+    def r_auc(sel):
+        return roc_auc(p_real[sel], dl[sel])
+
+    return {"V1_candidates_max_fnr_fpr": eer(det), "V1_candidates_auc": roc_auc(p_val[det], y[det]),
+            "V2_snr_ge_5_max_fnr_fpr": eer(ge5), "V3_all_auc": roc_auc(p_val, y),
+            "R_real_alerts_auc_vs_drb": r_auc(np.ones(len(dl), bool)),
+            "R_unmasked": r_auc(nanf == 0), "R_masked": r_auc(nanf > 0),
+            "R_isdiffpos_t": r_auc(~negative), "R_isdiffpos_f": r_auc(negative),
+            "agreement_with_braai_at_threshold": float(np.mean((p_real >= threshold) == dl)),
+            "threshold": float(threshold), "n_val": int(len(y)), "n_val_candidates": int(det.sum())}
+
+
+def compare(args):
+    """The shipped model against candidate runs, on the same simulations and real alerts.
+
+    Prints (and returns) one JSON object: the measures of ``_rule_measures`` for the shipped
+    model ("shipped") and for each candidate folder, plus the paired bootstrap interval
+    (2.5, 50, 97.5 %) of each candidate's real-alert AUC minus the shipped model's.
+    """
+    import astromorph
+
+    dirs = _dirs(args)
+    seed = _get(args, "val_seed", None)
+    if seed is None:
+        xva, iva = _load_split(args, "val", dirs)
+    else:
+        xva, iva = _fresh_validation_set(args, seed)
+    X, meta = sim.load_ztf_triplets(args.data_dir)
+    xr, nanf = preprocess_triplet(X)
+    drb = np.array([m["drb"] for m in meta], float)
+    neg = np.array([m["isdiffpos"] == "f" for m in meta])
+    shipped = astromorph.load_model(NAME)
+
+    def onnx(x):
+        return np.concatenate([shipped.predict(np.asarray(x[s:s + 1024], np.float32))["rb_score"]
+                               for s in range(0, len(x), 1024)])
+
+    p_real_s = onnx(xr)
+    out = {"validation_set": "cached" if seed is None else f"fresh, seed {seed}",
+           "shipped": dict(_rule_measures(onnx(xva), iva, p_real_s, drb, nanf, neg,
+                                          shipped.card["recommended_threshold"]),
+                           version=shipped.card.get("version"))}
+    boot = np.random.default_rng(0).integers(0, len(xr), (2000, len(xr)))
+    dl = drb >= 0.5
+    for folder in (_get(args, "candidates", None) or [dirs["root"]]):
+        cdirs = _dirs(SimpleNamespace(out_dir=folder, smoke=False)) if not args.smoke else dirs
+        net, calib = _load_trained(cdirs)
+
+        def score(x):
+            return _sigmoid(calib["platt_a"] * _predict_logits(net, x) + calib["platt_b"])
+
+        p_real = score(xr)
+        m = _rule_measures(score(xva), iva, p_real, drb, nanf, neg, calib["recommended_threshold"])
+        d = [roc_auc(p_real[i], dl[i]) - roc_auc(p_real_s[i], dl[i]) for i in boot]
+        m["R_minus_shipped_bootstrap_2.5_50_97.5"] = [float(v) for v in np.nanpercentile(d, [2.5, 50, 97.5])]
+        m["best_epoch"] = calib["best_epoch"]
+        out[str(folder)] = m
+    print(json.dumps(out, indent=1))
+    return out
