@@ -73,9 +73,8 @@ def add_arguments(parser):
     g.add_argument("--recipe", choices=sim.RECIPES, default=DEFAULT_RECIPE,
                    help="simulation recipe of the training set (default %(default)s; v5 = masks "
                         "near the centre of some reals, ZOGY subtraction for half the triplets, "
-                        "PSF widths of the real alerts; v6 = v5 without ZOGY; see _simulate_transients); "
-                        "validation and "
-                        "test sets are always v3")
+                        "PSF widths of the real alerts; v6 = v5 without ZOGY; see "
+                        "_simulate_transients); validation and test sets are always v3")
     g.add_argument("--amp", choices=("fp32", "bf16"), default="fp32",
                    help="arithmetic of the training forward and backward passes: fp32 (default) or "
                         "bfloat16 autocast (1.75 times as fast per step on this AMX CPU; weights, optimiser, "
@@ -194,13 +193,17 @@ def _info_arrays(infos):
 KIND_NAMES = list(sim.REAL_KINDS) + list(sim.BOGUS_KINDS)
 
 
-def _simulate_split(split, n, data_dir, seed, out, smoke=False, keep_raw=0, recipe="v3"):
-    """Simulate ``n`` triplets of one split into ``out`` (folder) or memory."""
+def _simulate_split(split, n, data_dir, seed, out, smoke=False, keep_raw=0, recipe="v3",
+                    base_seed=None):
+    """Simulate ``n`` triplets of one split into ``out`` (folder) or memory.
+
+    ``base_seed`` replaces the split's own random seed (a fresh set on the same sky)."""
     X, meta = sim.load_ztf_triplets(data_dir)
     alerts = sim.split_alerts(meta, seed=seed)[split]
     sky = sim.SkyBank(X, alerts)
     gals = sim.GalaxyBank(_galaxy_split(data_dir, seed, smoke=smoke)[split])
-    base_seed = {"train": 11, "val": 22, "test": 33}[split] + 1000 * seed
+    if base_seed is None:
+        base_seed = {"train": 11, "val": 22, "test": 33}[split] + 1000 * seed
     t0 = time.perf_counter()
     chunk = 2000
     xs = None
@@ -962,16 +965,10 @@ def _card(calib, metrics, args):
 # ----------------------------------------------------------------------------- compare
 def _fresh_validation_set(args, seed):
     """``n_val`` new v3 triplets on the validation sky and galaxies, drawn with ``seed``."""
-    X, meta = sim.load_ztf_triplets(args.data_dir)
-    sky = sim.SkyBank(X, sim.split_alerts(meta, seed=args.seed)["val"])
-    gals = sim.GalaxyBank(_galaxy_split(args.data_dir, args.seed, smoke=args.smoke)["val"])
     n = 24 if args.smoke else _get(args, "n_val", 8000)
-    xs, infos = [], []
-    for start in range(0, n, 2000):
-        raw, inf = sim.simulate_batch(min(2000, n - start), sky, gals, seed=seed * 100003 + start)
-        xs.append(preprocess_triplet(raw)[0].astype(np.float16))  # as the cached sets
-        infos += inf
-    return np.concatenate(xs), _info_arrays(infos)
+    x, info = _simulate_split("val", n, args.data_dir, args.seed, None, smoke=args.smoke,
+                              base_seed=seed)
+    return x.astype(np.float16), info  # as the cached sets
 
 
 def _rule_measures(p_val, info, p_real, drb, nanf, negative, threshold):
