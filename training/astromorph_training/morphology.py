@@ -74,6 +74,8 @@ SPLIT_FRACTIONS = (0.70, 0.15, 0.15)
 #: Side of the cached training stamps: 1.5 x the network stamp, same pixel scale.
 CACHE_SIZE = 96
 CACHE_CROP_FRACTION = CROP_FRACTION * CACHE_SIZE / STAMP_SIZE
+#: The cached training stamps cover this multiple of the network stamp's field.
+CACHE_FIELD = CACHE_SIZE / STAMP_SIZE
 CACHE_VERSION = 1
 DEFAULT_EPOCHS = 60
 GREY_PROBABILITY = 0.2
@@ -83,8 +85,8 @@ GREY_PROBABILITY = 0.2
 DEFAULT_WIDTHS = (32, 48, 48, 128)
 WIDTHS_1X = (32, 48, 80, 160)
 STEM_1X = "conv-pool"
-#: Ways from the 32x32 stem output to 16x16 (see `MorphologyNet`).
-STEMS = ("conv-pool", "strided")
+#: Ways from the input to the 16x16 stage (see `MorphologyNet`).
+STEMS = ("conv-pool", "strided", "stride3")
 DEFAULT_STEM = "strided"
 DEFAULT_LABEL_SMOOTHING = 0.1
 DEFAULT_THREADS = 2
@@ -142,7 +144,10 @@ def add_arguments(parser):
     g.add_argument("--widths", type=int, nargs=4, default=None, metavar="C",
                    help=f"channel widths of the four CNN stages (default {DEFAULT_WIDTHS})")
     g.add_argument("--stem", choices=STEMS, default=None,
-                   help=f"32x32 -> 16x16 step of the network (default {DEFAULT_STEM}; see MorphologyNet)")
+                   help=f"input -> 16x16 steps of the network (default {DEFAULT_STEM}; see MorphologyNet)")
+    g.add_argument("--stamp-size", type=int, default=None, metavar="PX",
+                   help=f"network input side in pixels over the same field (default {STAMP_SIZE}; "
+                        "training only for now: export needs the default)")
     g.add_argument("--synthetic-mergers", type=float, default=0.0, metavar="P",
                    help="replace each sampled merger by a composite of two real galaxies with "
                         "probability P (default %(default)s: none; see synthetic_mergers)")
@@ -199,13 +204,15 @@ def load_jpegs(paths):
     return np.stack([np.asarray(Image.open(p).convert("RGB")) for p in paths])
 
 
-def _preprocess_files(paths, chunk=256):
-    """Network stamps (float32, 64 px) and training stamps (float16, 96 px)."""
+def _preprocess_files(paths, chunk=256, size=STAMP_SIZE):
+    """Network stamps (float32, ``size`` px, default 64) and training stamps (float16,
+    ``CACHE_FIELD`` times the field at the same pixel scale: 96 px by default)."""
     stamps, big = [], []
+    big_size = round(CACHE_FIELD * size)
     for start in range(0, len(paths), chunk):
         images = load_jpegs(paths[start:start + chunk])
-        stamps.append(preprocess_colour_cutout(images))
-        big.append(preprocess_colour_cutout(images, size=CACHE_SIZE,
+        stamps.append(preprocess_colour_cutout(images, size=size))
+        big.append(preprocess_colour_cutout(images, size=big_size,
                                             crop_fraction=CACHE_CROP_FRACTION).astype(np.float16))
     return np.concatenate(stamps), np.concatenate(big)
 
@@ -218,9 +225,11 @@ def load_dataset(args):
     dict
         ``ids``, ``labels``, ``stamps`` (N, 3, 64, 64) float32 network input,
         ``big`` (N, 3, 96, 96) float16 training stamps, ``split`` (train,
-        val, test index arrays). In smoke mode: 4 images per class, nothing
-        cached, every split = all of them.
+        val, test index arrays); other sides with ``--stamp-size``. In smoke
+        mode: 4 images per class, nothing cached, every split = all of them.
     """
+    size = _get(args, "stamp_size", None) or STAMP_SIZE
+    big_size = round(CACHE_FIELD * size)
     ids, labels = read_labels(args.data_dir)
     image_dir = Path(args.data_dir) / "gz1" / "images"
     if args.smoke:
@@ -228,20 +237,20 @@ def load_dataset(args):
         keep = np.sort(np.concatenate([rng.permutation(np.flatnonzero(labels == c))[:4]
                                        for c in range(len(CLASS_NAMES))]))
         ids, labels = ids[keep], labels[keep]
-        stamps, big = _preprocess_files([image_dir / f"{i}.jpeg" for i in ids])
+        stamps, big = _preprocess_files([image_dir / f"{i}.jpeg" for i in ids], size=size)
         everything = np.arange(len(ids))
         return dict(ids=ids, labels=labels, stamps=stamps, big=big,
                     split=(everything, everything, everything))
     cache = _common.cache_dir(args.out_dir)
-    stem = f"morphology_gz1_v{CACHE_VERSION}_s{STAMP_SIZE}_c{CROP_FRACTION:g}"
-    f_ids, f_stamps, f_big = (cache / f"{stem}_{k}.npy" for k in ("ids", "stamps", f"big{CACHE_SIZE}"))
+    stem = f"morphology_gz1_v{CACHE_VERSION}_s{size}_c{CROP_FRACTION:g}"
+    f_ids, f_stamps, f_big = (cache / f"{stem}_{k}.npy" for k in ("ids", "stamps", f"big{big_size}"))
     if f_ids.exists() and f_stamps.exists() and f_big.exists() and \
             np.array_equal(np.load(f_ids), ids):
         stamps, big = np.load(f_stamps), np.load(f_big)
     else:
         log.info("preprocessing %d GZ1 images into %s", len(ids), cache)
         t0 = time.perf_counter()
-        stamps, big = _preprocess_files([image_dir / f"{i}.jpeg" for i in ids])
+        stamps, big = _preprocess_files([image_dir / f"{i}.jpeg" for i in ids], size=size)
         for path, arr in ((f_stamps, stamps), (f_big, big), (f_ids, ids)):
             tmp = path.with_suffix(".tmp.npy")
             np.save(tmp, arr)
@@ -325,8 +334,8 @@ def load_gz2_extra(args, gz1_big, heldout):
 
 
 # ---------------------------------------------------------------------------- model
-def _cbr(c_in, c_out, stride=1):
-    return [nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False), nn.BatchNorm2d(c_out),
+def _cbr(c_in, c_out, stride=1, kernel=3):
+    return [nn.Conv2d(c_in, c_out, kernel, stride, kernel // 2, bias=False), nn.BatchNorm2d(c_out),
             nn.ReLU(inplace=True)]
 
 
@@ -336,7 +345,9 @@ class MorphologyNet(nn.Module):
     A stride-2 stem to 32x32, then to 16x16 either a 3x3 convolution at 32x32
     and 2x2 max pooling (``stem="conv-pool"``, the 1.x models) or one stride-2
     3x3 convolution (``stem="strided"``, a sixth of the multiply-adds at that
-    step), two stages of two 3x3 convolutions at 16x16 and 8x8 (2x2 max
+    step). ``stem="stride3"`` is for 96 px stamps: a 5x5 stride-3 first
+    convolution to 32x32, then as ``strided``, so that the rest of the network
+    costs what it costs on 64 px stamps. Then two stages of two 3x3 convolutions at 16x16 and 8x8 (2x2 max
     pooling after each), one wider convolution at 4x4, global average pooling,
     dropout and a linear classifier.
     """
@@ -348,8 +359,9 @@ class MorphologyNet(nn.Module):
         if stem not in STEMS:
             raise ValueError(f"stem must be one of {STEMS}, got {stem!r}")
         to16 = [*_cbr(a, b), nn.MaxPool2d(2)] if stem == "conv-pool" else _cbr(a, b, 2)
+        first = _cbr(3, a, 3, kernel=5) if stem == "stride3" else _cbr(3, a, 2)
         self.features = nn.Sequential(
-            *_cbr(3, a, 2),                                           # 32 x 32
+            *first,                                                   # 32 x 32 (64 px input)
             *to16,                                                    # 16 x 16
             *_cbr(b, c), *_cbr(c, c), nn.MaxPool2d(2),                # 8 x 8
             *_cbr(c, d), *_cbr(d, d), nn.MaxPool2d(2),                # 4 x 4
@@ -418,9 +430,10 @@ def random_views(big, gen, *, size, zoom, shift):
     angle = u(0, 2 * math.pi)
     scale = torch.exp(u(-zoom, zoom))
     flip = torch.where(torch.rand(b, generator=gen) < 0.5, -1.0, 1.0)
-    k = size / CACHE_SIZE / scale
+    side = big.shape[-1]
+    k = size / side / scale
     cos, sin = torch.cos(angle) * k, torch.sin(angle) * k
-    offset = u(-shift, shift, b, 2) * 2 / CACHE_SIZE
+    offset = u(-shift, shift, b, 2) * 2 / side
     theta = torch.stack([torch.stack([cos * flip, -sin, offset[:, 0]], 1),
                          torch.stack([sin * flip, cos, offset[:, 1]], 1)], 1)
     grid = F.affine_grid(theta, (b, 3, size, size), align_corners=False)
@@ -446,14 +459,18 @@ def random_blur(x, gen, *, p, sigma):
     return x
 
 
-def augment(big, gen, *, grey_p=GREY_PROBABILITY):
+def augment(big, gen, *, grey_p=GREY_PROBABILITY, size=STAMP_SIZE):
     """Random network stamps from cached 96 px stamps.
 
     Parameters
     ----------
     big : torch.Tensor, (B, 3, 96, 96) float32
-        Cached training stamps (display values in [0, 1]).
+        Cached training stamps (display values in [0, 1]), ``CACHE_FIELD``
+        times the network field.
     gen : torch.Generator
+    size : int
+        Side of the output stamps (the shifts and blur widths below are for
+        64 px and scale with ``size``).
 
     Returns
     -------
@@ -467,8 +484,9 @@ def augment(big, gen, *, grey_p=GREY_PROBABILITY):
     """
     b = big.shape[0]
     u = _uniform(gen, b)
-    x = random_views(big, gen, size=STAMP_SIZE, zoom=0.12, shift=3)
-    x = random_blur(x, gen, p=0.3, sigma=(0.3, 1.3))
+    px = size / STAMP_SIZE  # pixels of this stamp per pixel of a 64 px stamp
+    x = random_views(big, gen, size=size, zoom=0.12, shift=3 * px)
+    x = random_blur(x, gen, p=0.3, sigma=(0.3 * px, 1.3 * px))
     gain = torch.exp(u(-0.25, 0.25))[:, None, None, None]
     gamma = torch.exp(u(-0.25, 0.25))[:, None, None, None]
     colour = torch.exp(0.06 * torch.randn(b, 3, 1, 1, generator=gen))
@@ -572,6 +590,9 @@ def train(args):
     widths = tuple(_get(args, "widths", DEFAULT_WIDTHS))
     stem = _get(args, "stem", DEFAULT_STEM)
     smoothing = _get(args, "label_smoothing", DEFAULT_LABEL_SMOOTHING)
+    size = _get(args, "stamp_size", None) or STAMP_SIZE
+    if size != STAMP_SIZE and _get(args, "gz2_labels", False):
+        raise SystemExit("--gz2-labels needs the default --stamp-size")
     net = MorphologyNet(widths=widths, stem=stem)
     ema = copy.deepcopy(net)
     for p in ema.parameters():
@@ -586,8 +607,9 @@ def train(args):
         ema.load_state_dict(state["ema"])
         opt.load_state_dict(state["optimizer"])
         start_epoch, history = state["epoch"] + 1, state["history"]
-        if network_of(state) != (widths, stem):
-            raise SystemExit(f"{last} has widths and stem {network_of(state)}; pass --restart")
+        if network_of(state) != (widths, stem) or state.get("stamp_size", STAMP_SIZE) != size:
+            raise SystemExit(f"{last} has widths and stem {network_of(state)} and stamp size "
+                             f"{state.get('stamp_size', STAMP_SIZE)}; pass --restart")
         log.info("resumed from %s at epoch %d", last, start_epoch)
 
     train_counts = np.bincount(labels[tr], minlength=len(CLASS_NAMES))
@@ -634,7 +656,7 @@ def train(args):
                     pair = rng.choice(donors, size=(2, len(swap)))
                     x[swap] = synthetic_mergers(torch.from_numpy(big[pair[0]].astype(np.float32)),
                                                 torch.from_numpy(big[pair[1]].astype(np.float32)), gen)
-            x = augment(x, gen)
+            x = augment(x, gen, size=size)
             y = torch.from_numpy(labels[idx])
             loss = F.cross_entropy(net(x), y, label_smoothing=smoothing)
             opt.zero_grad(set_to_none=True)
@@ -661,7 +683,7 @@ def train(args):
                      sampling_power=0.5, widths=list(widths), stem=stem,
                      label_smoothing=smoothing, synthetic_mergers=p_synthetic,
                      threads=torch.get_num_threads(), crop_fraction=CROP_FRACTION,
-                     args={k: str(v) for k, v in vars(args).items()})
+                     stamp_size=size, args={k: str(v) for k, v in vars(args).items()})
         tmp = ckdir / "last.tmp.pt"
         torch.save(state, tmp)
         os.replace(tmp, last)
@@ -697,6 +719,9 @@ def load_trained(args):
     if state.get("crop_fraction", CROP_FRACTION) != CROP_FRACTION:
         raise SystemExit(f"{last} was trained with crop_fraction {state['crop_fraction']}, "
                          f"astromorph.preprocessing uses {CROP_FRACTION}")
+    if state.get("stamp_size", STAMP_SIZE) != STAMP_SIZE:
+        raise SystemExit(f"{last} was trained on {state['stamp_size']} px stamps; evaluate and "
+                         f"export support {STAMP_SIZE} px only")
     widths, stem = network_of(state)
     net = MorphologyNet(widths=widths, stem=stem)
     net.load_state_dict(state["ema"])

@@ -10,6 +10,7 @@ multiply-adds per stamp. No numbers are asserted.
 Usage::
 
     python training/benchmarks/network_shapes.py [--widths 32,48,64,128 32,48,64,96 ...]
+                                                 [--stem STEM] [--size PX]
                                                  [--n 4096] [--batch 64] [--repeats 3]
 """
 import argparse
@@ -53,21 +54,23 @@ def main(argv=None):
     parser.add_argument("--widths", nargs="+", default=list(CANDIDATES),
                         help="comma-separated widths of the four stages, one shape per argument")
     parser.add_argument("--stem", default=DEFAULT_STEM)
+    parser.add_argument("--size", type=int, default=64, help="input side in pixels")
     parser.add_argument("--n", type=int, default=4096)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
-    x = np.random.default_rng(0).random((args.n, 3, 64, 64), dtype=np.float32)
+    x = np.random.default_rng(0).random((args.n, 3, args.size, args.size), dtype=np.float32)
     print(f"{args.n} random stamps, batches of {args.batch}, ONNX Runtime {ort.__version__} CPU, "
-          f"{args.threads} threads, {os.cpu_count()} CPU cores; shipped widths {DEFAULT_WIDTHS}")
+          f"{args.threads} threads, {os.cpu_count()} CPU cores; stem {args.stem}, {args.size} px; "
+          f"shipped widths {DEFAULT_WIDTHS}")
     with tempfile.TemporaryDirectory() as tmp:
         for spec in args.widths:
             widths = tuple(int(w) for w in spec.split(","))
             torch.manual_seed(0)
             net = MorphologyNet(widths=widths, stem=args.stem).eval()
             path = os.path.join(tmp, "net.onnx")
-            torch.onnx.export(net, (torch.zeros(1, 3, 64, 64),), path, input_names=["input"],
+            torch.onnx.export(net, (torch.zeros(1, 3, args.size, args.size),), path, input_names=["input"],
                               output_names=["logits"], dynamic_axes={"input": {0: "batch"}},
                               opset_version=17, dynamo=False)
             opts = ort.SessionOptions()
@@ -84,7 +87,7 @@ def main(argv=None):
             n_params = sum(p.numel() for p in net.parameters())
             print(f"widths {'/'.join(map(str, widths)):>14s}: "
                   f"{' / '.join(f'{r:,.0f}' for r in rates)} stamps/s; "
-                  f"{n_params / 1e6:.2f} M parameters, {multiply_adds(net) / 1e6:.0f} M multiply-adds")
+                  f"{n_params / 1e6:.2f} M parameters, {multiply_adds(net, args.size) / 1e6:.0f} M multiply-adds")
 
 
 if __name__ == "__main__":
