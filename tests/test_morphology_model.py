@@ -502,6 +502,34 @@ def test_network_stems():
         morphology.WIDTHS_1X, "conv-pool", 0.0, 1)
 
 
+def test_stride3_stem_and_96_pixel_views():
+    """``--stamp-size 96 --stem stride3``: the 5x5 stride-3 stem brings 96 px stamps to the
+    16x16 stage of a 64 px stamp; training views of 96 px come from 144 px cached stamps of
+    1.5 x the field, whose central 96 pixels are exactly the inference stamp."""
+    morphology = _training_module()
+    import torch
+
+    net = morphology.MorphologyNet(stem="stride3").eval()
+    x = torch.zeros(2, 3, 96, 96)
+    assert net(x).shape == (2, len(morphology.CLASS_NAMES))
+    assert net.features[:6](x).shape == (2, net.features[3].out_channels, 16, 16)
+    assert net.features[0].kernel_size == (5, 5) and net.features[0].stride == (3, 3)
+
+    img = jpeg_like(seed=3)
+    big = opt.preprocess_colour_cutout(img, size=144, crop_fraction=opt.CROP_FRACTION * 1.5)
+    stamp = opt.preprocess_colour_cutout(img, size=96)
+    np.testing.assert_allclose(big[:, 24:120, 24:120], stamp, atol=1e-6)
+    gen = torch.Generator().manual_seed(0)
+    views = morphology.random_views(torch.from_numpy(np.stack([big] * 64)), gen, size=96,
+                                    zoom=0.0, shift=0.0)
+    assert views.shape == (64, 3, 96, 96)
+    aug = morphology.augment(torch.from_numpy(np.stack([big] * 4)), gen, size=96)
+    assert aug.shape == (4, 3, 96, 96) and 0 <= float(aug.min()) and float(aug.max()) <= 1
+    parser = __import__("argparse").ArgumentParser()
+    morphology.add_arguments(parser)
+    assert parser.parse_args(["--stamp-size", "96"]).stamp_size == 96
+
+
 def test_ece_noise_floor():
     """Finite-sample ECE of a perfectly calibrated model: zero when certain, ~1/sqrt(n) at 50/50."""
     _training_module()

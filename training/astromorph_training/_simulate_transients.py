@@ -668,7 +668,8 @@ def simulate_one(rng, sky, gals, label=None, kind=None, recipe="v3"):
             add_ref += psf_image(F0, cen, flux=flux)
             isdiffpos = "f"
         elif kind == "variable":
-            base = flux * _loguniform(rng, 0.1, 20)
+            info["base_ratio"] = _loguniform(rng, 0.1, 20)  # constant flux / flux change
+            base = flux * info["base_ratio"]
             add_ref += psf_image(F0, cen, flux=base)
             if rng.random() < 0.5:  # fading variable: ref brighter
                 add_sci += psf_image(F0, cen, flux=base)

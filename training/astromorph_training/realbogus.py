@@ -187,6 +187,7 @@ def _info_arrays(infos):
         "host": np.array([i["has_host"] for i in infos], bool),
         "snr_det": np.array([i["snr_det"] for i in infos], np.float32),
         "zogy": np.array([i.get("subtraction") == "zogy" for i in infos], bool),
+        "base_ratio": np.array([i.get("base_ratio", np.nan) for i in infos], np.float32),
     }
 
 
@@ -984,13 +985,28 @@ def _rule_measures(p_val, info, p_real, drb, nanf, negative, threshold):
     def r_auc(sel):
         return roc_auc(p_real[sel], dl[sel])
 
+    # where the candidate errors are, at the threshold that balances FNR and FPR on them
+    wrong = det & ((p_val >= best_threshold(p_val[det], y[det])) != (y == 1))
+    by_kind = {name: [int(wrong[det & (info["kind"] == k)].sum()), int((det & (info["kind"] == k)).sum())]
+               for k, name in enumerate(KIND_NAMES)}
+    errors = {"by_kind_errors_of_candidates": by_kind,
+              "snr_det_ge_15": [int(wrong[info["snr_det"] >= 15].sum()), int(wrong.sum())]}
+    if "base_ratio" in info and np.isfinite(info["base_ratio"]).any():  # not in older caches
+        variable = det & (info["kind"] == KIND_NAMES.index("variable"))
+        edges = (0.1, 1, 5, 20)
+        errors["variable_by_base_ratio"] = {
+            f"{lo:g}-{hi:g}": [int(wrong[sel].sum()), int(sel.sum())]
+            for lo, hi in zip(edges[:-1], edges[1:])
+            for sel in [variable & (info["base_ratio"] >= lo) & (info["base_ratio"] < hi)]}
+
     return {"V1_candidates_max_fnr_fpr": eer(det), "V1_candidates_auc": roc_auc(p_val[det], y[det]),
             "V2_snr_ge_5_max_fnr_fpr": eer(ge5), "V3_all_auc": roc_auc(p_val, y),
             "R_real_alerts_auc_vs_drb": r_auc(np.ones(len(dl), bool)),
             "R_unmasked": r_auc(nanf == 0), "R_masked": r_auc(nanf > 0),
             "R_isdiffpos_t": r_auc(~negative), "R_isdiffpos_f": r_auc(negative),
             "agreement_with_braai_at_threshold": float(np.mean((p_real >= threshold) == dl)),
-            "threshold": float(threshold), "n_val": int(len(y)), "n_val_candidates": int(det.sum())}
+            "threshold": float(threshold), "n_val": int(len(y)), "n_val_candidates": int(det.sum()),
+            "V1_errors": errors}
 
 
 def compare(args):
