@@ -77,6 +77,8 @@ DEFAULT_D4_WIDTHS = (2, 4, 8, 16, 32)
 #: Training augmentation recipe (see `_augment`): "rotflip" (v1.1) or "full" (v1.0).
 DEFAULT_AUGMENT = "rotflip"
 DEFAULT_LABEL_SMOOTHING = 0.1
+#: Mixup strength (Beta(alpha, alpha) mixing weights; 0 = none, as in 1.1).
+DEFAULT_MIXUP = 0.0
 DEFAULT_CV_EPOCHS = DEFAULT_EPOCHS
 #: Version written into the card by `export`.
 VERSION = "1.1.0"
@@ -160,6 +162,9 @@ def add_arguments(parser):
                        help="train: augmentation recipe (default %(default)s; rotflip = rotation, "
                             "flip and brightness increase only; full = also shifts, zooms, "
                             "dimming and noise, v1.0)")
+    group.add_argument("--mixup", type=float, default=DEFAULT_MIXUP, metavar="ALPHA",
+                       help="train: mixup of pairs of stamps with Beta(ALPHA, ALPHA) weights "
+                            "(default %(default)s: none)")
 
 
 # --------------------------------------------------------------------------- data
@@ -483,10 +488,21 @@ def _nll(logits, labels):
     return float(-logp[np.arange(len(labels)), labels].mean())
 
 
+def _beta(gen, alpha, n):
+    """``n`` draws of Beta(alpha, alpha) (float32 tensor), reproducible from ``gen``."""
+    seed = int(torch.randint(0, 2 ** 62, (1,), generator=gen))
+    return torch.from_numpy(np.random.default_rng(seed).beta(alpha, alpha, n).astype(np.float32))
+
+
 def _fit(train_x, train_y, valid_x, valid_y, ckpt_dir, *, epochs, seed, batch_size, lr,
          weight_decay, restart=False, label="", arch=None, augment=DEFAULT_AUGMENT,
-         label_smoothing=DEFAULT_LABEL_SMOOTHING):
-    """Train one network with per-epoch checkpoints and resume; return the best state."""
+         label_smoothing=DEFAULT_LABEL_SMOOTHING, mixup=DEFAULT_MIXUP):
+    """Train one network with per-epoch checkpoints and resume; return the best state.
+
+    ``mixup`` > 0 trains on convex combinations of pairs of augmented stamps of a batch,
+    ``lam * a + (1 - lam) * b`` with ``lam ~ Beta(mixup, mixup)`` per stamp, and the
+    same combination of the two losses (Zhang et al. 2018).
+    """
     _common.set_seed(seed)
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     last, best_path = ckpt_dir / "last.pt", ckpt_dir / "best.pt"
@@ -545,8 +561,20 @@ def _fit(train_x, train_y, valid_x, valid_y, ckpt_dir, *, epochs, seed, batch_si
             if len(idx) < 2:
                 continue
             xb = _augment(full[idx], gen, augment)
-            loss = torch.nn.functional.cross_entropy(net(xb), y[idx], weight=weights,
-                                                     label_smoothing=label_smoothing)
+            if mixup > 0:
+                lam = _beta(gen, mixup, len(idx))
+                pair = torch.randperm(len(idx), generator=gen)
+                xb = lam[:, None, None, None] * xb + (1 - lam[:, None, None, None]) * xb[pair]
+                z = net(xb)
+                ce = [torch.nn.functional.cross_entropy(z, t, weight=weights, reduction="none",
+                                                        label_smoothing=label_smoothing)
+                      for t in (y[idx], y[idx][pair])]
+                # weighted mean as cross_entropy(weight=...) takes it: by the targets' weights
+                w = lam * weights[y[idx]] + (1 - lam) * weights[y[idx][pair]]
+                loss = (lam * ce[0] + (1 - lam) * ce[1]).sum() / w.sum()
+            else:
+                loss = torch.nn.functional.cross_entropy(net(xb), y[idx], weight=weights,
+                                                         label_smoothing=label_smoothing)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -618,7 +646,8 @@ def train(args):
               restart=getattr(args, "restart", False) or smoke,
               arch=_arch_option(args),
               augment=getattr(args, "augment", DEFAULT_AUGMENT),
-              label_smoothing=getattr(args, "label_smoothing", DEFAULT_LABEL_SMOOTHING))
+              label_smoothing=getattr(args, "label_smoothing", DEFAULT_LABEL_SMOOTHING),
+              mixup=getattr(args, "mixup", DEFAULT_MIXUP))
     imgs, labels = data["images"], data["labels"]
     if not cv:
         tr, va = data["split"] == "train", data["split"] == "valid"
@@ -627,7 +656,7 @@ def train(args):
         state["wall_seconds_this_run"] = time.perf_counter() - t0
         (dirs["ckpt"] / "train_summary.json").write_text(json.dumps(
             {"epochs": epochs, "best": state["best"], "seed": args.seed, "arch": kw["arch"],
-             "augment": kw["augment"], "label_smoothing": kw["label_smoothing"],
+             "augment": kw["augment"], "label_smoothing": kw["label_smoothing"], "mixup": kw["mixup"],
              "threads": torch.get_num_threads(),
              "train_seconds": sum(r["seconds"] for r in state["history"])}, indent=1))
         return state
@@ -799,7 +828,9 @@ def _card(temperature, record, metrics, smoke, n_params):
             "network": _network_text(record.get("arch", {})),
             "augmentation": AUGMENTATION_TEXT[record.get("augment", "full")],
             "loss": ("class-balanced cross-entropy, label smoothing "
-                     f"{record.get('label_smoothing', 0.0):g}; AdamW, one-cycle learning rate, "
+                     f"{record.get('label_smoothing', 0.0):g}"
+                     + (f", mixup Beta({record['mixup']:g}, {record['mixup']:g})" if record.get("mixup") else "")
+                     + "; AdamW, one-cycle learning rate, "
                      "EMA weights with recomputed batch-norm statistics"),
             "selection": "epoch with the best validation accuracy (ties: lower validation loss)",
             "smoke": bool(smoke),
@@ -844,7 +875,7 @@ def export(args):
         summary = json.loads((dirs["ckpt"] / "train_summary.json").read_text())
     info = dict(record)
     info["epochs"] = summary.get("epochs")
-    for key in ("arch", "augment", "label_smoothing", "threads"):
+    for key in ("arch", "augment", "label_smoothing", "mixup", "threads"):
         if key in summary:
             info[key] = summary[key]
     if "train_seconds" in summary:
