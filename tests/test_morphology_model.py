@@ -447,6 +447,19 @@ def test_label_resampling(tmp_path):
     kept = out["plurality_kept_by_a_revote_of_n_volunteers"]["41"]
     assert kept == pytest.approx(0.5 + 0.5 * 0.5, abs=0.02)
     assert out["fraction_with_plurality_below_0.6"] == pytest.approx(0.5)
+    assert "five_class_leaf" not in out  # needs the edge-on and merger columns
+
+    # the five-class leaf label: unanimous ellipticals, and discs split evenly between
+    # edge-on and not (a tie between spiral and edge_on)
+    rows = ["GalaxyID,Class1.1,Class1.2,Class1.3,Class2.1,Class2.2,Class8.6"]
+    rows += [f"{i},1.0,0.0,0.0,0.0,0.0,0.0" for i in range(50)]
+    rows += [f"{i},0.0,1.0,0.0,0.5,0.5,0.0" for i in range(50, 100)]
+    (tmp_path / "gz2" / "votes.csv").write_text("\n".join(rows) + "\n")
+    leaf = morphology.label_resampling(tmp_path, sizes=(41,), n_draws=400)["five_class_leaf"]
+    assert leaf["class_counts"]["elliptical"] == 50
+    assert leaf["accuracy_of_a_perfect_predictor_against_a_revote_of_n"]["41"] == pytest.approx(0.75, abs=0.02)
+    recall = leaf["recall_of_a_perfect_predictor_against_a_revote_of_n"]["41"]
+    assert recall["elliptical"] == 1.0 and set(recall) == {"elliptical", "spiral", "edge_on"}
 
 
 def test_error_gallery(tmp_path):
