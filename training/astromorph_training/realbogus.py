@@ -1014,7 +1014,8 @@ def compare(args):
 
     Prints (and returns) one JSON object: the measures of ``_rule_measures`` for the shipped
     model ("shipped") and for each candidate folder, plus the paired bootstrap interval
-    (2.5, 50, 97.5 %) of each candidate's real-alert AUC minus the shipped model's.
+    (2.5, 50, 97.5 %) of each candidate's real-alert AUC minus the shipped model's, and
+    of each later candidate's minus the first candidate's.
     """
     import astromorph
 
@@ -1041,6 +1042,7 @@ def compare(args):
                            version=shipped.card.get("version"))}
     boot = np.random.default_rng(0).integers(0, len(xr), (2000, len(xr)))
     dl = drb >= 0.5
+    first = None  # the first candidate's real-alert scores
     for folder in (_get(args, "candidates", None) or [dirs["root"]]):
         cdirs = _dirs(SimpleNamespace(out_dir=folder, smoke=False)) if not args.smoke else dirs
         net, calib = _load_trained(cdirs)
@@ -1052,6 +1054,12 @@ def compare(args):
         m = _rule_measures(score(xva), iva, p_real, drb, nanf, neg, calib["recommended_threshold"])
         d = [roc_auc(p_real[i], dl[i]) - roc_auc(p_real_s[i], dl[i]) for i in boot]
         m["R_minus_shipped_bootstrap_2.5_50_97.5"] = [float(v) for v in np.nanpercentile(d, [2.5, 50, 97.5])]
+        if first is None:
+            first = p_real
+        else:  # paired against the first candidate, on the same bootstrap draws
+            d = [roc_auc(p_real[i], dl[i]) - roc_auc(first[i], dl[i]) for i in boot]
+            m["R_minus_first_candidate_bootstrap_2.5_50_97.5"] = [
+                float(v) for v in np.nanpercentile(d, [2.5, 50, 97.5])]
         m["best_epoch"] = calib["best_epoch"]
         out[str(folder)] = m
     print(json.dumps(out, indent=1))
