@@ -251,6 +251,27 @@ def test_unknown_augmentation_is_refused(train_radio):
         train_radio._augment(torch.zeros(2, 1, 8, 8), torch.Generator(), "zoom")
 
 
+def test_mixup_loss(train_radio):
+    """``--mixup``: lam = 1 is the plain class-weighted loss, the two labels enter
+    symmetrically, and the Beta draws are reproducible from the training generator."""
+    import torch
+
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(6, 4, generator=gen)
+    y_a, y_b = torch.tensor([0, 1, 2, 3, 0, 1]), torch.tensor([3, 2, 1, 0, 0, 2])
+    weights = torch.tensor([0.5, 1.0, 2.0, 1.5])
+    plain = torch.nn.functional.cross_entropy(logits, y_a, weight=weights, label_smoothing=0.1)
+    one = torch.ones(6)
+    assert torch.allclose(train_radio._mixup_loss(logits, y_a, y_b, one, weights, 0.1), plain)
+    lam = torch.rand(6, generator=gen)
+    assert torch.allclose(train_radio._mixup_loss(logits, y_a, y_b, lam, weights, 0.1),
+                          train_radio._mixup_loss(logits, y_b, y_a, 1 - lam, weights, 0.1))
+    draws = [train_radio._beta(torch.Generator().manual_seed(3), 0.2, 1000) for _ in range(2)]
+    assert torch.equal(draws[0], draws[1])
+    assert 0 <= float(draws[0].min()) and float(draws[0].max()) <= 1
+    assert abs(float(draws[0].mean()) - 0.5) < 0.05  # Beta(a, a) is symmetric about 1/2
+
+
 @requires_model
 def test_torch_onnx_parity(train_radio):
     import torch

@@ -494,6 +494,20 @@ def _beta(gen, alpha, n):
     return torch.from_numpy(np.random.default_rng(seed).beta(alpha, alpha, n).astype(np.float32))
 
 
+def _mixup_loss(logits, y_a, y_b, lam, weights, label_smoothing):
+    """Class-weighted, label-smoothed cross-entropy of stamps mixed ``lam * a + (1 - lam) * b``.
+
+    The two per-stamp losses are combined with the mixing weights and normalised, as
+    ``cross_entropy(weight=...)`` does, by the correspondingly mixed class weights; with
+    ``lam = 1`` this is ``cross_entropy(logits, y_a, weight=weights)``.
+    """
+    ce_a, ce_b = (torch.nn.functional.cross_entropy(logits, t, weight=weights, reduction="none",
+                                                    label_smoothing=label_smoothing)
+                  for t in (y_a, y_b))
+    norm = lam * weights[y_a] + (1 - lam) * weights[y_b]
+    return (lam * ce_a + (1 - lam) * ce_b).sum() / norm.sum()
+
+
 def _fit(train_x, train_y, valid_x, valid_y, ckpt_dir, *, epochs, seed, batch_size, lr,
          weight_decay, restart=False, label="", arch=None, augment=DEFAULT_AUGMENT,
          label_smoothing=DEFAULT_LABEL_SMOOTHING, mixup=DEFAULT_MIXUP):
@@ -565,13 +579,7 @@ def _fit(train_x, train_y, valid_x, valid_y, ckpt_dir, *, epochs, seed, batch_si
                 lam = _beta(gen, mixup, len(idx))
                 pair = torch.randperm(len(idx), generator=gen)
                 xb = lam[:, None, None, None] * xb + (1 - lam[:, None, None, None]) * xb[pair]
-                z = net(xb)
-                ce = [torch.nn.functional.cross_entropy(z, t, weight=weights, reduction="none",
-                                                        label_smoothing=label_smoothing)
-                      for t in (y[idx], y[idx][pair])]
-                # weighted mean as cross_entropy(weight=...) takes it: by the targets' weights
-                w = lam * weights[y[idx]] + (1 - lam) * weights[y[idx][pair]]
-                loss = (lam * ce[0] + (1 - lam) * ce[1]).sum() / w.sum()
+                loss = _mixup_loss(net(xb), y[idx], y[idx][pair], lam, weights, label_smoothing)
             else:
                 loss = torch.nn.functional.cross_entropy(net(xb), y[idx], weight=weights,
                                                          label_smoothing=label_smoothing)
