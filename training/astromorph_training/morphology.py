@@ -73,9 +73,9 @@ SPLIT_SEED = 20240601
 SPLIT_FRACTIONS = (0.70, 0.15, 0.15)
 #: Side of the cached training stamps: 1.5 x the network stamp, same pixel scale.
 CACHE_SIZE = 96
-CACHE_CROP_FRACTION = CROP_FRACTION * CACHE_SIZE / STAMP_SIZE
 #: The cached training stamps cover this multiple of the network stamp's field.
 CACHE_FIELD = CACHE_SIZE / STAMP_SIZE
+CACHE_CROP_FRACTION = CROP_FRACTION * CACHE_FIELD
 CACHE_VERSION = 1
 DEFAULT_EPOCHS = 60
 GREY_PROBABILITY = 0.2
@@ -903,11 +903,9 @@ def label_resampling(data_dir, sizes=REVOTE_SIZES, n_draws=200, seed=0):
                        "of volunteer opinion would score against a re-vote on this one question. "
                        "The five-class GZ1 leaf label adds the edge-on / spiral / merger answers "
                        "and is noisier still.")}
-    columns = list(rows[0])
+    columns = [c for c in rows[0] if c.startswith("Class")]
     if all(c in columns for c in ("Class1.1", "Class1.3", "Class2.1", "Class2.2", "Class8.6")):
-        leaf = gz2_leaf_scores(np.array([[float(r[c] or 0) for c in columns if c.startswith("Class")]
-                                         for r in rows]),
-                               [c for c in columns if c.startswith("Class")])
+        leaf = gz2_leaf_scores(np.array([[float(r[c] or 0) for c in columns] for r in rows]), columns)
         leaf = leaf[leaf.sum(1) > 0]
         leaf /= leaf.sum(1, keepdims=True)
         truth, kept, recall = revote(leaf, CLASS_NAMES)

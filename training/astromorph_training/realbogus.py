@@ -980,14 +980,18 @@ def _rule_measures(p_val, info, p_real, drb, nanf, negative, threshold):
     ge5 = (y == 0) | (info["snr"] >= 5)  # reals of injected S/N >= 5 against all bogus
     dl = drb >= 0.5
 
-    def eer(sel):
-        return max(rates(p_val[sel], y[sel], best_threshold(p_val[sel], y[sel])))
+    def eer_threshold(sel):
+        return best_threshold(p_val[sel], y[sel])
+
+    def eer(sel, thr):
+        return max(rates(p_val[sel], y[sel], thr))
 
     def r_auc(sel):
         return roc_auc(p_real[sel], dl[sel])
 
     # where the candidate errors are, at the threshold that balances FNR and FPR on them
-    wrong = det & ((p_val >= best_threshold(p_val[det], y[det])) != (y == 1))
+    thr_det = eer_threshold(det)
+    wrong = det & ((p_val >= thr_det) != (y == 1))
     by_kind = {name: [int(wrong[det & (info["kind"] == k)].sum()), int((det & (info["kind"] == k)).sum())]
                for k, name in enumerate(KIND_NAMES)}
     errors = {"by_kind_errors_of_candidates": by_kind,
@@ -1000,8 +1004,8 @@ def _rule_measures(p_val, info, p_real, drb, nanf, negative, threshold):
             for lo, hi in zip(edges[:-1], edges[1:])
             for sel in [variable & (info["base_ratio"] >= lo) & (info["base_ratio"] < hi)]}
 
-    return {"V1_candidates_max_fnr_fpr": eer(det), "V1_candidates_auc": roc_auc(p_val[det], y[det]),
-            "V2_snr_ge_5_max_fnr_fpr": eer(ge5), "V3_all_auc": roc_auc(p_val, y),
+    return {"V1_candidates_max_fnr_fpr": eer(det, thr_det), "V1_candidates_auc": roc_auc(p_val[det], y[det]),
+            "V2_snr_ge_5_max_fnr_fpr": eer(ge5, eer_threshold(ge5)), "V3_all_auc": roc_auc(p_val, y),
             "R_real_alerts_auc_vs_drb": r_auc(np.ones(len(dl), bool)),
             "R_unmasked": r_auc(nanf == 0), "R_masked": r_auc(nanf > 0),
             "R_isdiffpos_t": r_auc(~negative), "R_isdiffpos_f": r_auc(negative),
@@ -1043,7 +1047,16 @@ def compare(args):
                            version=shipped.card.get("version"))}
     boot = np.random.default_rng(0).integers(0, len(xr), (2000, len(xr)))
     dl = drb >= 0.5
-    first = None  # the first candidate's real-alert scores
+
+    def boot_auc(p):
+        """Real-alert AUC on each bootstrap draw (the same draws for every model)."""
+        return np.array([roc_auc(p[i], dl[i]) for i in boot])
+
+    def interval(d):
+        return [float(v) for v in np.nanpercentile(d, [2.5, 50, 97.5])]
+
+    auc_s = boot_auc(p_real_s)
+    first = None  # the first candidate's bootstrap AUCs
     for folder in (_get(args, "candidates", None) or [dirs["root"]]):
         cdirs = _dirs(SimpleNamespace(out_dir=folder, smoke=False)) if not args.smoke else dirs
         net, calib = _load_trained(cdirs)
@@ -1053,14 +1066,12 @@ def compare(args):
 
         p_real = score(xr)
         m = _rule_measures(score(xva), iva, p_real, drb, nanf, neg, calib["recommended_threshold"])
-        d = [roc_auc(p_real[i], dl[i]) - roc_auc(p_real_s[i], dl[i]) for i in boot]
-        m["R_minus_shipped_bootstrap_2.5_50_97.5"] = [float(v) for v in np.nanpercentile(d, [2.5, 50, 97.5])]
+        auc = boot_auc(p_real)
+        m["R_minus_shipped_bootstrap_2.5_50_97.5"] = interval(auc - auc_s)
         if first is None:
-            first = p_real
+            first = auc
         else:  # paired against the first candidate, on the same bootstrap draws
-            d = [roc_auc(p_real[i], dl[i]) - roc_auc(first[i], dl[i]) for i in boot]
-            m["R_minus_first_candidate_bootstrap_2.5_50_97.5"] = [
-                float(v) for v in np.nanpercentile(d, [2.5, 50, 97.5])]
+            m["R_minus_first_candidate_bootstrap_2.5_50_97.5"] = interval(auc - first)
         m["best_epoch"] = calib["best_epoch"]
         out[str(folder)] = m
     print(json.dumps(out, indent=1))
