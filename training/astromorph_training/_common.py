@@ -50,6 +50,12 @@ def _subdir(*parts, root=None):
     return path
 
 
+def smoke_root(name):
+    """Stand-in repository root for ``--smoke`` runs of model ``name`` (never the real
+    ``models/``): ``<tempdir>/astromorph-smoke/<name>/``."""
+    return _subdir("astromorph-smoke", name, root=tempfile.gettempdir())
+
+
 def checkpoint_dir(name, root=None):
     """``training/checkpoints/<name>/`` (git-ignored)."""
     return _subdir("training", "checkpoints", name, root=root)

@@ -59,7 +59,6 @@ import logging
 import math
 import os
 import platform
-import tempfile
 import time
 from pathlib import Path
 
@@ -179,9 +178,7 @@ def _get(args, name, default):
 def _root(args):
     """Repository root to write into (for ``--smoke`` without ``--out-dir``: a scratch one)."""
     if args.smoke and Path(args.out_dir).resolve() == _common.repo_root().resolve():
-        root = Path(tempfile.gettempdir()) / "astromorph_smoke_embedding"
-        root.mkdir(parents=True, exist_ok=True)
-        return root
+        return _common.smoke_root(NAME)
     return Path(args.out_dir)
 
 

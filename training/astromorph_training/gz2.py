@@ -64,7 +64,6 @@ import logging
 import math
 import os
 import platform
-import tempfile
 import time
 from pathlib import Path
 
@@ -433,15 +432,8 @@ def predict(net, x, batch=256):
 
 
 # ---------------------------------------------------------------------------- train
-def _smoke_root():
-    """Stand-in repository root for ``--smoke`` runs (never the real models/)."""
-    root = Path(tempfile.gettempdir()) / "astromorph_smoke_morphology_gz2"
-    root.mkdir(parents=True, exist_ok=True)
-    return root
-
-
 def _root(args):
-    return _smoke_root() if args.smoke else Path(args.out_dir)
+    return _common.smoke_root(NAME) if args.smoke else Path(args.out_dir)
 
 
 def _ckdir(args):

@@ -39,7 +39,6 @@ import logging
 import math
 import os
 import platform
-import tempfile
 import time
 from pathlib import Path
 
@@ -698,15 +697,8 @@ def train(args):
 
 
 # ------------------------------------------------------------------------- deploy
-def _smoke_root():
-    """Stand-in repository root for ``--smoke`` runs (never the real models/)."""
-    root = Path(tempfile.gettempdir()) / "astromorph_smoke_morphology"
-    root.mkdir(parents=True, exist_ok=True)
-    return root
-
-
 def _root(args):
-    return _smoke_root() if args.smoke else Path(args.out_dir)
+    return _common.smoke_root(NAME) if args.smoke else Path(args.out_dir)
 
 
 def network_of(state):

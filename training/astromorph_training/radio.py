@@ -103,10 +103,6 @@ torch.set_num_threads(1)
 
 
 # --------------------------------------------------------------------------- paths
-def _smoke_root():
-    return Path(tempfile.gettempdir()) / "astromorph-smoke" / NAME
-
-
 def _dirs(args):
     """Paths of a run: cache, checkpoints, model and report folders.
 
@@ -114,7 +110,7 @@ def _dirs(args):
     """
     cache = _common.repo_root() / "training" / "cache" / NAME
     if getattr(args, "smoke", False):
-        root = _smoke_root()
+        root = _common.smoke_root(NAME)
     else:
         root = Path(getattr(args, "out_dir", None) or _common.repo_root())
     return {"cache": cache, "root": root,

@@ -26,7 +26,6 @@ export
 import json
 import logging
 import math
-import tempfile
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -98,8 +97,7 @@ def _get(args, key, default):
 def _dirs(args):
     """Output folders; in smoke mode everything goes to a temporary folder."""
     if getattr(args, "smoke", False):
-        root = Path(tempfile.gettempdir()) / "astromorph-smoke" / NAME
-        root.mkdir(parents=True, exist_ok=True)
+        root = common.smoke_root(NAME)
     else:
         root = Path(getattr(args, "out_dir", None) or common.repo_root())
     return {
