@@ -70,15 +70,21 @@ def test_smoke_pipeline(model, tmp_path):
 def test_real_bogus_data_parallel_smoke(tmp_path):
     """``--processes 2``: two gloo processes share every batch; rank 0 validates, checkpoints
     and logs each epoch once, and the parent calibrates from its checkpoint (here on a
-    ``--recipe v5`` training set and in bfloat16 autocast, which the calibration records)."""
+    ``--recipe v5`` training set and in bfloat16 autocast, which the calibration records).
+    ``--epochs 2 --cycles 2``: the second epoch restarts the learning-rate schedule."""
     env = dict(os.environ, ASTROMORPH_DATA=str(DATA_DIR), PYTHONUNBUFFERED="1", TMPDIR=str(tmp_path))
     run = subprocess.run(
         [sys.executable, "-m", "astromorph_training", "real-bogus", "train", "--smoke",
-         "--processes", "2", "--recipe", "v5", "--amp", "bf16", "--data-dir", str(DATA_DIR), "--out-dir", str(tmp_path)],
+         "--processes", "2", "--epochs", "2", "--cycles", "2", "--recipe", "v5", "--amp", "bf16", "--data-dir", str(DATA_DIR), "--out-dir", str(tmp_path)],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
     assert "realbogus[0] INFO data ready" in run.stderr and "realbogus[1] INFO data ready" in run.stderr
     assert run.stderr.count('INFO epoch 0: {"epoch": 0') == 1
     assert "realbogus[1] INFO epoch 0:" not in run.stderr
     assert "calibration:" in run.stderr and '"processes": 2' in run.stderr
-    assert '"recipe": "v5"' in run.stderr and '"amp": "bf16"' in run.stderr
+    assert '"recipe": "v5"' in run.stderr and '"amp": "bf16"' in run.stderr and '"cycles": 2' in run.stderr
+    epochs = [json.loads(line.split("INFO epoch %d: " % e)[1]) for e in (0, 1)
+              for line in run.stderr.splitlines() if "INFO epoch %d: " % e in line]
+    assert len(epochs) == 2
+    # each cycle's schedule starts afresh (one cycle would have annealed by the second epoch)
+    assert epochs[0]["lr_first_step"] == epochs[1]["lr_first_step"] > 0

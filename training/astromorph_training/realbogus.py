@@ -85,6 +85,11 @@ def add_arguments(parser):
     g.add_argument("--val-seed", type=int, default=None,
                    help="compare: score a fresh v3 validation set simulated with this seed on the "
                         "validation sky and galaxies (default: the cached validation set)")
+    g.add_argument("--cycles", type=int, default=1,
+                   help="one-cycle learning-rate schedules in a row over the epochs (warm restarts; "
+                        "the optimiser state carries over; default 1). With --epochs 2E --cycles 2 "
+                        "the first E epochs are exactly the run --epochs E, so such a run can "
+                        "continue from that run's checkpoint")
     g.add_argument("--restart", action="store_true", help="ignore existing checkpoints")
     g.add_argument("--regenerate", action="store_true", help="re-simulate the cached data set")
 
@@ -385,9 +390,18 @@ def _train_worker(rank, args, world, port, data=None):
     cl = torch.channels_last
     net = RBNet().to(memory_format=cl)
     opt = torch.optim.AdamW(net.parameters(), lr=_get(args, "lr", 2e-3), weight_decay=1e-4)
-    total = epochs * steps_per_epoch
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=_get(args, "lr", 2e-3), total_steps=total,
-                                                pct_start=0.15)
+    cycles = _get(args, "cycles", 1)
+    if cycles < 1 or epochs % cycles:
+        raise SystemExit(f"--cycles {cycles} must be >= 1 and divide --epochs {epochs}")
+    cycle_epochs = epochs // cycles
+
+    def one_cycle():
+        """The learning-rate schedule of one cycle (``cycle_epochs`` epochs)."""
+        return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=_get(args, "lr", 2e-3),
+                                                   total_steps=cycle_epochs * steps_per_epoch,
+                                                   pct_start=0.15)
+
+    sched = one_cycle()
     start_epoch, best = 0, {"val_loss": float("inf"), "epoch": -1}
     history = []
     last = dirs["ckpt"] / "last.pt"
@@ -395,8 +409,9 @@ def _train_worker(rank, args, world, port, data=None):
         ck = torch.load(last, map_location="cpu", weights_only=False)
         net.load_state_dict(ck["model"])
         opt.load_state_dict(ck["opt"])
-        sched.load_state_dict(ck["sched"])
         start_epoch, best, history = ck["epoch"] + 1, ck["best"], ck["history"]
+        if start_epoch % cycle_epochs:  # within a cycle: its schedule goes on
+            sched.load_state_dict(ck["sched"])
         log.info("resumed from epoch %d", start_epoch)
     model = net
     if world > 1:
@@ -410,6 +425,11 @@ def _train_worker(rank, args, world, port, data=None):
     bf16 = _get(args, "amp", "fp32") == "bf16"
     for epoch in range(start_epoch, epochs):
         t0 = time.perf_counter()
+        if epoch % cycle_epochs == 0 and epoch > 0:
+            for group in opt.param_groups:  # OneCycleLR starts from the optimiser's lr
+                group["lr"] = _get(args, "lr", 2e-3)
+            sched = one_cycle()
+        lr_first = opt.param_groups[0]["lr"]
         net.train()
         perm = rng.permutation(len(xtr))
         tot, nb = 0.0, 0
@@ -443,7 +463,8 @@ def _train_worker(rank, args, world, port, data=None):
         vloss = float(np.mean(np.logaddexp(0, zva) - yva * zva))
         vauc = roc_auc(zva, yva)
         rec = {"epoch": epoch, "train_loss": tot / max(nb, 1), "val_loss": vloss, "val_auc": vauc,
-               "val_fnr_fpr_at_0": rates(zva, yva, 0.0), "seconds": time.perf_counter() - t0}
+               "val_fnr_fpr_at_0": rates(zva, yva, 0.0), "seconds": time.perf_counter() - t0,
+               "lr_first_step": lr_first}
         history.append(rec)
         log.info("epoch %d: %s", epoch, json.dumps(rec))
         if vloss < best["val_loss"]:
@@ -511,7 +532,7 @@ def train(args):
              "n_train": int(len(xtr)), "n_val": int(len(xva)),
              "threads": int(_get(args, "threads", 1)), "processes": world,
              "amp": _get(args, "amp", "fp32"),
-             "recipe": _get(args, "recipe", DEFAULT_RECIPE)}
+             "recipe": _get(args, "recipe", DEFAULT_RECIPE), "cycles": _get(args, "cycles", 1)}
     (dirs["ckpt"] / "calibration.json").write_text(json.dumps(calib, indent=2))
     log.info("calibration: %s", json.dumps({k: v for k, v in calib.items() if k != "history"}))
     return calib
@@ -926,6 +947,9 @@ def _card(calib, metrics, args):
                       "Kaggle challenge (Willett et al. 2013); braai drb scores (Duev et al. 2019) for evaluation only."),
             "split": "by alert objectId (sky never seen in training for the test simulations) and by galaxy",
             "command": "python -m astromorph_training real-bogus train" + (
+                " --n-train %d" % calib["n_train"] if calib["n_train"] != DEFAULT_N_TRAIN else "") + (
+                " --epochs %d" % calib["epochs"] if calib["epochs"] != DEFAULT_EPOCHS else "") + (
+                " --cycles %d" % calib["cycles"] if calib.get("cycles", 1) > 1 else "") + (
                 " --processes %d" % calib["processes"] if calib.get("processes", 1) > 1 else "") + (
                 " --recipe %s" % calib.get("recipe", "v3") if calib.get("recipe", "v3") != DEFAULT_RECIPE else "") + (
                 " --amp %s" % calib["amp"] if calib.get("amp", "fp32") != "fp32" else ""),
