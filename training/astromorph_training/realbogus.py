@@ -426,8 +426,8 @@ def _train_worker(rank, args, world, port, data=None):
     for epoch in range(start_epoch, epochs):
         t0 = time.perf_counter()
         if epoch % cycle_epochs == 0 and epoch > 0:
-            for group in opt.param_groups:  # OneCycleLR starts from the optimiser's lr
-                group["lr"] = _get(args, "lr", 2e-3)
+            # a new cycle (also on a resume at a cycle's start: the schedule built above
+            # predates the checkpoint's optimiser state); it sets the learning rate itself
             sched = one_cycle()
         lr_first = opt.param_groups[0]["lr"]
         net.train()
