@@ -863,6 +863,14 @@ def _rates_pct(metrics, key="real_snr_ge_5"):
     return 100 * m.get("fnr_at_recommended", float("nan")), 100 * m.get("fpr_at_recommended", float("nan"))
 
 
+def _nondefault_options(calib):
+    """The ``train`` options of a run (its calibration record) that differ from the defaults."""
+    options = (("--n-train", calib["n_train"], DEFAULT_N_TRAIN), ("--epochs", calib["epochs"], DEFAULT_EPOCHS),
+               ("--cycles", calib.get("cycles", 1), 1), ("--processes", calib.get("processes", 1), 1),
+               ("--recipe", calib.get("recipe", "v3"), DEFAULT_RECIPE), ("--amp", calib.get("amp", "fp32"), "fp32"))
+    return "".join(f" {flag} {value}" for flag, value, default in options if value != default)
+
+
 def _card(calib, metrics, args):
     thr = calib["recommended_threshold"]
     ms = metrics.get("held_out_simulations", {})
@@ -955,13 +963,7 @@ def _card(calib, metrics, args):
                       "acknowledge SDSS) via Galaxy Zoo 1 (Lintott et al. 2008, 2011) and the Galaxy Zoo 2 "
                       "Kaggle challenge (Willett et al. 2013); braai drb scores (Duev et al. 2019) for evaluation only."),
             "split": "by alert objectId (sky never seen in training for the test simulations) and by galaxy",
-            "command": "python -m astromorph_training real-bogus train" + (
-                " --n-train %d" % calib["n_train"] if calib["n_train"] != DEFAULT_N_TRAIN else "") + (
-                " --epochs %d" % calib["epochs"] if calib["epochs"] != DEFAULT_EPOCHS else "") + (
-                " --cycles %d" % calib["cycles"] if calib.get("cycles", 1) > 1 else "") + (
-                " --processes %d" % calib["processes"] if calib.get("processes", 1) > 1 else "") + (
-                " --recipe %s" % calib.get("recipe", "v3") if calib.get("recipe", "v3") != DEFAULT_RECIPE else "") + (
-                " --amp %s" % calib["amp"] if calib.get("amp", "fp32") != "fp32" else ""),
+            "command": "python -m astromorph_training real-bogus train" + _nondefault_options(calib),
             "simulation_recipe_version": "%s for the training set, v3 for validation and test" % calib.get("recipe", "v3"),
             "time": ("%.0f min of training epochs (sum of epoch wall times) + about %.0f min to simulate and "
                      "cache the %d training and validation triplets (one thread, about %d per second)" % (
