@@ -225,11 +225,11 @@ def main(argv=None):
         trip = timed("gunzip + FITS parse", lambda: np.stack(
             [[parse_fits_bytes(r[k]["stampData"])[0] for k in CUTOUTS] for r in records]))
         cutout_bytes = [[r[k]["stampData"] for k in CUTOUTS] for r in records]
-        del blobs, records
+        blobs = records = None  # free the packets before the next stages
         xs = timed("preprocess", lambda: [prepare(model, RawStamps("triplet", trip[i:i + bs]))[0]
                                           for i in range(0, n, bs)])
         timed("model", lambda: [model.predict(x, batch_size=bs, progress=False) for x in xs])
-        del xs
+        xs = None
         total, total_cpu = sum(stages.values()), sum(cpu.values())
         print(f"\nalert stages, one after the other ({n} alerts, batch {bs}); wall-clock time, "
               "and the process's CPU time (all its threads), which the machine's load "
