@@ -21,7 +21,8 @@ import astromorph
 from astromorph import Flag, cli
 from astromorph._adapters import RawStamps, prepare, result_columns
 from astromorph._io import write_table
-from astromorph._readers import _read_fits_astropy, parse_fits_bytes, read_file
+from astromorph._readers import parse_fits_bytes, read_file
+from astromorph._readers._fits import _read_fits_astropy
 from astromorph.exceptions import (InputNotFoundError, InvalidArgumentError,
                                    MissingDependencyError, ModelNotFoundError, OutputExistsError,
                                    UnusableInputWarning)

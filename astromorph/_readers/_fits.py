@@ -1,0 +1,423 @@
+"""FITS stamps: a fast parser for simple images, astropy for the rest."""
+import io
+import re
+import warnings
+import zlib
+
+import numpy as np
+
+from .._flags import Flag
+from ._stamp import Stamp
+
+__all__ = ["normalise_band", "parse_fits_bytes", "read_fits"]
+
+_MEMBERS = ("science", "reference", "difference")
+
+#: EXTNAME (or plane name) -> triplet member index.
+_TRIPLET_NAMES = {"SCIENCE": 0, "SCI": 0, "NEW": 0, "SEARCH": 0,
+                  "REFERENCE": 1, "REF": 1, "TEMPLATE": 1, "TEMPL": 1, "TMPL": 1,
+                  "DIFFERENCE": 2, "DIFF": 2, "DIF": 2}
+#: HDUs that hold auxiliary planes, never a band.
+_AUX_EXTNAMES = frozenset({"MASK", "UNCERT", "UNCERTAINTY", "VARIANCE", "VAR", "WEIGHT", "WHT",
+                           "ERR", "ERROR", "DQ", "IVAR", "INVVAR", "SIGMA", "PSF", "BPM",
+                           "FLAGS", "EXPMAP", "EXPOSURE"})
+_BAND_RE = re.compile(r"(?:^|[^a-z])([ugrizy])(?:$|[^a-z])")
+
+#: Files up to this size that hold a single simple HDU are parsed without astropy.
+_FAST_MAX_BYTES = 16 << 20
+
+
+def normalise_band(name):
+    """A one-letter band (``"g"``) from a filter name such as ``"SDSS g"``, ``"HSC-G"``
+    or ``"g.MP9401"``; the stripped name itself when there is no such letter, ``None``
+    for an empty name."""
+    if name is None:
+        return None
+    text = str(name).strip()
+    if not text:
+        return None
+    low = text.lower()
+    m = _BAND_RE.search(low)
+    return m.group(1) if m else low
+
+
+def _card_value(raw):
+    """Python value of a FITS card value field (text after ``= ``)."""
+    raw = raw.strip()
+    if raw.startswith("'"):
+        out, i = [], 1
+        while i < len(raw):
+            c = raw[i]
+            if c == "'":
+                if raw[i + 1:i + 2] == "'":
+                    out.append("'")
+                    i += 2
+                    continue
+                break
+            out.append(c)
+            i += 1
+        return "".join(out).rstrip()
+    raw = raw.split("/", 1)[0].strip()
+    if raw == "T":
+        return True
+    if raw == "F":
+        return False
+    try:
+        return int(raw)
+    except ValueError:
+        pass
+    try:
+        return float(raw.replace("D", "E"))
+    except ValueError:
+        return raw
+
+
+def _parse_header(buf, start):
+    """Cards (key -> raw value text, first occurrence) and the end of the header."""
+    cards, keys = {}, []
+    pos, n = start, len(buf)
+    while True:
+        if pos + 2880 > n:
+            raise ValueError(f"truncated FITS header ({n - start} bytes, no END card)")
+        block = buf[pos:pos + 2880]
+        pos += 2880
+        for i in range(0, 2880, 80):
+            key = block[i:i + 8].rstrip()
+            if key == b"END":
+                return cards, keys, pos
+            if block[i + 8:i + 10] == b"= ":
+                k = key.decode("ascii", "replace")
+                keys.append(k)
+                if k not in cards:
+                    cards[k] = block[i + 10:i + 80].decode("ascii", "replace")
+
+
+_FAST_DTYPES = {8: ">u1", 16: ">i2", 32: ">i4", 64: ">i8", -32: ">f4", -64: ">f8"}
+_CELESTIAL = ("RA--", "DEC-", "GLON", "GLAT", "ELON", "ELAT", "SLON", "SLAT", "HPLN", "HPLT")
+
+
+def _scale_from_cards(get):
+    """Pixel scale (arcsec) from linear celestial WCS keywords; None if not celestial;
+    ``"astropy"`` when only a full WCS parse can tell."""
+    c1, c2 = str(get("CTYPE1", "")), str(get("CTYPE2", ""))
+    if not (c1[:4] in _CELESTIAL and c2[:4] in _CELESTIAL):
+        if any(str(get(f"CTYPE{i}", ""))[:4] in _CELESTIAL for i in range(3, 5)):
+            return "astropy"
+        return None
+    for k in ("CUNIT1", "CUNIT2"):
+        unit = get(k, None)
+        if unit is not None and str(unit).strip().lower() not in ("deg", "degree", "degrees", ""):
+            return "astropy"
+    if any(get(k, None) is not None for k in ("CD1_1", "CD1_2", "CD2_1", "CD2_2")):
+        cd = np.array([[get("CD1_1", 0.0), get("CD1_2", 0.0)],
+                       [get("CD2_1", 0.0), get("CD2_2", 0.0)]], dtype=float)
+    else:
+        pc = np.array([[get("PC1_1", 1.0), get("PC1_2", 0.0)],
+                       [get("PC2_1", 0.0), get("PC2_2", 1.0)]], dtype=float)
+        cd = np.diag([float(get("CDELT1", 1.0)), float(get("CDELT2", 1.0))]) @ pc
+    scale = float(np.sqrt(abs(np.linalg.det(cd))) * 3600.0)
+    return scale if np.isfinite(scale) and scale > 0 else None
+
+
+def _physical(raw, bscale=1.0, bzero=0.0, blank=None):
+    """Physical values of FITS data: BSCALE/BZERO applied, BLANK -> NaN; native float32."""
+    if raw.dtype.kind in "iu":
+        blank_mask = (raw == blank) if blank is not None else None
+        if bscale != 1 or bzero != 0:
+            out = (raw.astype(np.float64) * bscale + bzero).astype(np.float32)
+        else:
+            out = raw.astype(np.float32)
+        if blank_mask is not None and blank_mask.any():
+            out[blank_mask] = np.nan
+        return out
+    out = raw.astype(np.float32)
+    if bscale != 1 or bzero != 0:
+        out = out * np.float32(bscale) + np.float32(bzero)
+    return out
+
+
+def _fast_fits(buf, *, primary_only, want_scale):
+    """Parse a simple FITS primary image without astropy.
+
+    Returns ``(data, pixel_scale, header_text_getter)`` or ``None`` when the
+    file is not simple enough (extensions unless ``primary_only``, random
+    groups, unusual WCS): the caller then uses astropy. Raises `ValueError`
+    for a truncated file.
+    """
+    cards, keys, end = _parse_header(buf, 0)
+    if not keys or keys[0] != "SIMPLE" or _card_value(cards["SIMPLE"]) is not True:
+        return None
+    values = {}
+
+    def get(key, default=None):
+        if key not in values:
+            values[key] = _card_value(cards[key]) if key in cards else default
+        return values[key] if values[key] is not None else default
+
+    bitpix, naxis = get("BITPIX"), get("NAXIS")
+    if bitpix not in _FAST_DTYPES or not isinstance(naxis, int) or not 2 <= naxis <= 4 \
+            or get("GROUPS") is True or "ZIMAGE" in cards:
+        return None
+    shape = [get(f"NAXIS{i}") for i in range(1, naxis + 1)]
+    if not all(isinstance(s, int) and s > 0 for s in shape):
+        return None
+    count = int(np.prod(shape))
+    nbytes = count * abs(bitpix) // 8
+    padded = -(-nbytes // 2880) * 2880
+    if len(buf) < end + nbytes:
+        raise ValueError(f"truncated FITS data: {len(buf) - end} of {nbytes} bytes present")
+    if not primary_only and len(buf) > end + padded and get("EXTEND") is True:
+        return None  # extensions follow: let astropy look at every HDU
+    scale = None
+    if want_scale:
+        scale = _scale_from_cards(get)
+        if scale == "astropy":
+            return None
+    raw = np.frombuffer(buf, dtype=_FAST_DTYPES[bitpix], count=count, offset=end)
+    raw = raw.reshape(shape[::-1])
+    data = _physical(raw, float(get("BSCALE", 1.0)), float(get("BZERO", 0.0)),
+                     get("BLANK") if bitpix > 0 else None)
+    return data, scale, get
+
+
+def _header_scale(header):
+    from ..preprocessing._radio import pixel_scale_from_wcs
+    from astropy.wcs import WCS, FITSFixedWarning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FITSFixedWarning)
+        try:
+            wcs = WCS(header)
+            if not wcs.has_celestial:
+                return None
+            scale = pixel_scale_from_wcs(wcs)
+        except Exception:  # noqa: BLE001 - malformed WCS keywords: no usable WCS
+            return None
+    return scale if np.isfinite(scale) and scale > 0 else None
+
+
+def _hdu_data(hdu):
+    """Physical data of an image HDU opened with ``do_not_scale_image_data``."""
+    raw = hdu.data
+    h = hdu.header
+    blank = h.get("BLANK") if raw.dtype.kind in "iu" else None
+    from astropy.io.fits import CompImageHDU
+
+    if isinstance(hdu, CompImageHDU):  # astropy has already applied the scaling
+        return _physical(raw)
+    return _physical(raw, float(h.get("BSCALE", 1.0)), float(h.get("BZERO", 0.0)), blank)
+
+
+def _squeeze(data):
+    while data.ndim > 2 and data.shape[0] == 1:
+        data = data[0]
+    return data
+
+
+def _plane_names(header, n):
+    """Per-plane names of a cube from BANDi / FILTERi / PLANEi keywords."""
+    for stem in ("BAND", "FILTER", "PLANE", "EXTNAME"):
+        names = [header.get(f"{stem}{i}") for i in range(1, n + 1)]
+        if any(names):
+            return [None if v is None else str(v) for v in names]
+    return [None] * n
+
+
+def _triplet_order(names):
+    """Member indices of triplet-like names (None for others)."""
+    return [_TRIPLET_NAMES.get(str(n).strip().upper()) if n is not None else None
+            for n in names]
+
+
+def _band_of(header):
+    for key in ("FILTER", "BAND", "FILTNAM1", "FILTER1"):
+        if header.get(key):
+            return normalise_band(header[key])
+    name = header.get("EXTNAME")
+    if name and str(name).strip().upper() not in ("PRIMARY", "IMAGE", "SCI", "DATA"):
+        return normalise_band(name)
+    return None
+
+
+def _stamps_from_array(path, data, header_get, scale, header_hdu, triplet_hint):
+    """Stamps from one image array (2-D, 3-D cube or 4-D stack of stamps)."""
+    source = str(path)
+    data = _squeeze(data)
+    if data.ndim == 2:
+        band = _band_of(_GetDict(header_get))
+        return [Stamp(source, path, "bands", data[None], (band,), scale, header_hdu=header_hdu)]
+    if data.ndim == 3:
+        names = _plane_names(_GetDict(header_get), data.shape[0])
+        return [_planes_stamp(source, path, data, names, scale, header_hdu, triplet_hint)]
+    if data.ndim == 4:
+        names = _plane_names(_GetDict(header_get), data.shape[1])
+        return [_planes_stamp(f"{source}[{i}]", path, stamp, names, scale, header_hdu,
+                              triplet_hint, index=i)
+                for i, stamp in enumerate(data)]
+    return [Stamp(source, path).flag(
+        Flag.BAD_INPUT, f"image of shape {data.shape} is not a 2-D image, a 3-D cube or a "
+        "4-D stack of stamps")]
+
+
+class _GetDict:
+    """Adapter giving a ``.get`` of a card getter (fast path) or a Header."""
+
+    def __init__(self, get):
+        self._get = get
+
+    def get(self, key, default=None):
+        return self._get(key, default)
+
+    def __getitem__(self, key):
+        return self._get(key, None)
+
+
+def _planes_stamp(source, path, planes, names, scale, header_hdu, triplet_hint, index=None):
+    order = _triplet_order(names)
+    roles = {o for o in order if o is not None}
+    if len(roles) >= 2 or (triplet_hint and roles):
+        return _triplet_stamp(source, path, list(planes), order, scale, header_hdu, index)
+    bands = tuple(normalise_band(n) for n in names)
+    return Stamp(source, path, "bands", planes, bands, scale, header_hdu=header_hdu, index=index)
+
+
+def _triplet_stamp(source, path, planes, order, scale, header_hdu, index=None):
+    stamp = Stamp(source, path, header_hdu=header_hdu, index=index, pixel_scale=scale)
+    chosen = [None, None, None]
+    for plane, role in zip(planes, order):
+        if role is not None and chosen[role] is None:
+            chosen[role] = plane
+    missing = [_MEMBERS[i] for i in range(3) if chosen[i] is None]
+    if missing:
+        return stamp.flag(Flag.MISSING_BAND, f"no {' or '.join(missing)} image "
+                          "(triplet members come from EXTNAME SCIENCE/REFERENCE/DIFFERENCE)")
+    shapes = {c.shape for c in chosen}
+    if len(shapes) > 1:
+        return stamp.flag(Flag.BAD_INPUT, f"triplet members differ in shape: "
+                          f"{', '.join('x'.join(map(str, c.shape)) for c in chosen)}")
+    stamp.kind, stamp.data = "triplet", np.stack(chosen)
+    return stamp
+
+
+def read_fits(path, *, want_scale, triplet_hint):
+    source = str(path)
+    try:
+        size = path.stat().st_size
+        if size <= _FAST_MAX_BYTES:
+            buf = path.read_bytes()
+            if buf[:2] == b"\x1f\x8b":
+                try:
+                    buf = zlib.decompress(buf, 31)
+                except zlib.error as exc:
+                    return [Stamp(source, path).flag(Flag.BAD_INPUT,
+                                                     f"corrupt or truncated gzip: {exc}")]
+            if buf.startswith(b"SIMPLE  ="):
+                fast = _fast_fits(buf, primary_only=False, want_scale=want_scale)
+                if fast is not None:
+                    data, scale, get = fast
+                    return _stamps_from_array(path, data, get, scale, 0, triplet_hint)
+            else:
+                return [Stamp(source, path).flag(Flag.BAD_INPUT,
+                                                 "not a FITS file (no SIMPLE card)")]
+    except (ValueError, OSError) as exc:
+        return [Stamp(source, path).flag(Flag.BAD_INPUT, f"cannot read FITS: {exc}")]
+    return _read_fits_astropy(path, want_scale=want_scale, triplet_hint=triplet_hint)
+
+
+def _read_fits_astropy(path, *, want_scale, triplet_hint):
+    from astropy.io import fits
+
+    source = str(path)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            with fits.open(path, memmap=True, do_not_scale_image_data=True,
+                           lazy_load_hdus=False) as hdul:
+                images = []
+                for i, hdu in enumerate(hdul):
+                    if not hdu.is_image or not hdu.header.get("NAXIS", 0) or hdu.data is None:
+                        continue
+                    if str(hdu.name).strip().upper() in _AUX_EXTNAMES:
+                        continue
+                    images.append((i, hdu, _squeeze(_hdu_data(hdu)),
+                                   _header_scale(hdu.header) if want_scale else None))
+                headers = {i: hdu.header.copy() for i, hdu, _, _ in images}
+        truncated = [str(w.message) for w in caught if "truncat" in str(w.message).lower()]
+        if truncated:
+            raise ValueError(truncated[0])
+    except Exception as exc:  # noqa: BLE001 - astropy raises many kinds for corrupt files
+        return [Stamp(source, path).flag(Flag.BAD_INPUT, f"cannot read FITS: {exc}")]
+    if not images:
+        return [Stamp(source, path).flag(Flag.BAD_INPUT, "no image HDU with data")]
+    if len(images) == 1:
+        i, _, data, scale = images[0]
+        return _stamps_from_array(path, data, headers[i].get, scale, i, triplet_hint)
+    # One HDU per band or triplet member.
+    if any(d.ndim != 2 for _, _, d, _ in images):
+        return [Stamp(source, path).flag(
+            Flag.BAD_INPUT, f"{len(images)} image HDUs, not all 2-D (shapes "
+            f"{', '.join(str(d.shape) for _, _, d, _ in images)}); expected one 2-D image "
+            "per band or triplet member")]
+    scale = next((s for _, _, _, s in images if s is not None), None)
+    names = [headers[i].get("EXTNAME") for i, _, _, _ in images]
+    order = _triplet_order(names)
+    roles = {o for o in order if o is not None}
+    planes = [d for _, _, d, _ in images]
+    if len(roles) >= 2 or (triplet_hint and roles):
+        return [_triplet_stamp(source, path, planes, order, scale, 0)]
+    if len({p.shape for p in planes}) > 1:
+        return [Stamp(source, path).flag(
+            Flag.BAD_INPUT, "band images differ in shape: "
+            f"{', '.join('x'.join(map(str, p.shape)) for p in planes)}")]
+    bands = tuple(_band_of(headers[i]) for i, _, _, _ in images)
+    return [Stamp(source, path, "bands", np.stack(planes), bands, scale, header_hdu=0)]
+
+
+def parse_fits_bytes(blob, *, want_scale=True):
+    """Image and pixel scale of a FITS stamp held in bytes (gzipped or not).
+
+    Uses a fast parser for simple images (primary HDU with data; trailing
+    extensions such as Rubin's ``MASK``/``UNCERT`` are ignored) and astropy
+    otherwise (first image HDU with data).
+
+    Returns
+    -------
+    data : numpy.ndarray, float32, 2-D
+    pixel_scale : float or None
+
+    Raises
+    ------
+    ValueError
+        For corrupt, truncated or empty stamps.
+    """
+    if not blob:
+        raise ValueError("empty stamp")
+    if blob[:2] == b"\x1f\x8b":
+        try:
+            blob = zlib.decompress(blob, 31)
+        except zlib.error as exc:
+            raise ValueError(f"corrupt or truncated gzip stamp: {exc}") from None
+    if not blob.startswith(b"SIMPLE  ="):
+        raise ValueError(f"stamp is not FITS (starts with {bytes(blob[:8])!r})")
+    fast = _fast_fits(blob, primary_only=True, want_scale=want_scale)
+    if fast is not None:
+        data, scale, _ = fast
+        data = _squeeze(data)
+    else:
+        from astropy.io import fits
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with fits.open(io.BytesIO(blob), do_not_scale_image_data=True) as hdul:
+                for hdu in hdul:
+                    if hdu.is_image and hdu.header.get("NAXIS", 0) and hdu.data is not None \
+                            and str(hdu.name).strip().upper() not in _AUX_EXTNAMES:
+                        data = _squeeze(_hdu_data(hdu))
+                        scale = _header_scale(hdu.header) if want_scale else None
+                        break
+                else:
+                    raise ValueError("no image data in stamp")
+    if data.ndim != 2:
+        raise ValueError(f"stamp has shape {data.shape}, not a 2-D image")
+    return data, scale
+

@@ -1,0 +1,48 @@
+"""JPEG and PNG cutouts, read with Pillow (extra ``images``)."""
+import warnings
+
+import numpy as np
+
+from .._flags import Flag
+from ..exceptions import MissingDependencyError
+from ._stamp import Stamp
+
+__all__ = ["read_picture"]
+
+
+def _pillow():
+    try:
+        from PIL import Image
+    except ImportError as exc:
+        raise MissingDependencyError(
+            "reading JPEG/PNG stamps needs Pillow; install it with "
+            "`pip install 'astromorph[images]'`") from exc
+    return Image
+
+
+def read_picture(path):
+    image_mod = _pillow()
+    source = str(path)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # DecompressionBombWarning etc. -> errors below
+            with image_mod.open(path) as im:
+                im.load()
+                mode = im.mode
+                if mode in ("RGB", "L"):
+                    arr = np.asarray(im)
+                elif mode.startswith("I"):
+                    arr = np.asarray(im).astype(np.int64)
+                    arr = (np.clip(arr, 0, 65535) >> 8).astype(np.uint8)
+                elif mode in ("RGBA", "P", "PA", "LA", "CMYK", "YCbCr", "1", "LAB", "HSV"):
+                    conv = im.convert("L" if mode in ("LA", "1") else "RGB")
+                    arr = np.asarray(conv)
+                else:
+                    return [Stamp(source, path).flag(
+                        Flag.BAD_INPUT, f"unsupported image mode {mode!r}")]
+    except Exception as exc:  # noqa: BLE001 - Pillow raises OSError, SyntaxError, ...
+        return [Stamp(source, path).flag(Flag.BAD_INPUT, f"cannot read image: {exc}")]
+    if arr.ndim == 2:
+        arr = np.repeat(arr[..., None], 3, axis=-1)
+    return [Stamp(source, path, "colour", np.ascontiguousarray(arr, dtype=np.uint8))]
+

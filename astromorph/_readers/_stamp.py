@@ -1,0 +1,50 @@
+"""`Stamp`: what every reader returns, a raw stamp or the record of why there is none."""
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .._flags import Flag
+
+__all__ = ["Stamp"]
+
+
+@dataclass
+class Stamp:
+    """One raw stamp read from a file, or the record of why there is none.
+
+    ``kind`` is ``"colour"`` (``data`` uint8 ``(H, W, 3)``), ``"bands"``
+    (``data`` ``(B, H, W)``, ``bands`` the band names or ``None`` each) or
+    ``"triplet"`` (``data`` ``(3, H, W)``: science, reference, difference);
+    ``None`` when the input is unusable (``flags`` then has an unusable bit).
+    """
+
+    source: str
+    path: Path
+    kind: str = None
+    data: np.ndarray = None
+    bands: tuple = None
+    #: Pixel scale in arcsec/pixel from the WCS, or None.
+    pixel_scale: float = None
+    flags: int = 0
+    reason: list = field(default_factory=list)
+    #: HDU whose header gets the results (FITS files only), else None.
+    header_hdu: int = None
+    #: Stamp index inside a file holding several stamps, else None.
+    index: int = None
+    #: The stamp is on the survey's native grid although it has no WCS (ZTF alerts).
+    native_grid: bool = False
+
+    def flag(self, bit, reason=None):
+        """Set ``bit`` and record ``reason``; return self."""
+        self.flags |= int(bit)
+        if reason:
+            self.reason.append(reason)
+        if int(bit) & int(Flag.unusable()):
+            self.kind, self.data = None, None
+        return self
+
+    @property
+    def usable(self):
+        return self.kind is not None and not self.flags & int(Flag.unusable())
+
