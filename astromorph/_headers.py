@@ -1,0 +1,164 @@
+"""Results of `predict_files` written into FITS headers: copies in a directory, or in place.
+
+Each FITS input that gave rows gets ``HIERARCH ASTROMORPH <MODEL> ...`` keywords (model
+version, file checksum prefix, and one card per scalar output column) in the header of the
+HDU its stamp came from; earlier keywords of the same model are replaced. Files are written
+atomically, and only once every target has been checked (`header_targets`).
+"""
+import logging
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from ._io import atomic_output
+from ._version import __version__
+from .exceptions import InvalidArgumentError, OutputExistsError
+
+__all__ = ["header_targets", "write_results_to_header"]
+
+log = logging.getLogger(__name__)
+
+#: Longest string value written to a header card.
+_MAX_REASON = 60
+
+
+def header_targets(paths, write_header, in_place, overwrite):
+    """Mapping input path -> output path for header writing (checked before any work)."""
+    if write_header is None and not in_place:
+        return {}
+    fits_paths = [p for p in paths if _is_fits_name(p)]
+    if in_place:
+        return {p: p for p in fits_paths}
+    out_dir = Path(write_header).expanduser()
+    if out_dir.exists() and not out_dir.is_dir():
+        raise InvalidArgumentError(f"write_header={str(write_header)!r} is not a directory")
+    targets, seen = {}, {}
+    for p in fits_paths:
+        target = out_dir / p.name
+        if os.path.realpath(target) == os.path.realpath(p):
+            raise InvalidArgumentError(
+                f"write_header={str(write_header)!r} is the directory of the input {str(p)!r}: "
+                "copies would replace the originals (use in_place=True for that)")
+        if p.name in seen:
+            raise InvalidArgumentError(
+                f"inputs {str(seen[p.name])!r} and {str(p)!r} have the same file name; their "
+                f"copies in {str(write_header)!r} would collide")
+        if target.exists() and not overwrite:
+            raise OutputExistsError(f"{str(target)!r} exists; pass overwrite=True "
+                                    "(--overwrite) to replace it")
+        seen[p.name] = p
+        targets[p] = target
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return targets
+
+
+def _is_fits_name(path):
+    name = Path(path).name.lower()
+    if any(name.endswith(e) for e in (".fits", ".fit", ".fts", ".fits.gz", ".fit.gz", ".fz")):
+        return True
+    try:
+        with open(path, "rb") as f:
+            return f.read(9) == b"SIMPLE  ="
+    except OSError:
+        return False
+
+
+def _card(key, value, comment):
+    """A header card that fits in 80 characters (comment dropped, strings cut if need be)."""
+    from astropy.io import fits
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for com in (comment, ""):
+            card = fits.Card(f"HIERARCH {key}", value, com)
+            if len(str(card)) <= 80:
+                return card
+        if isinstance(value, str):
+            while value and len(str(fits.Card(f"HIERARCH {key}", value))) > 80:
+                value = value[:-1]
+            return fits.Card(f"HIERARCH {key}", value)
+    return None
+
+
+def _result_cards(model, table, row, index):
+    prefix = model.card.get("column_prefix", model.name.replace("-", "_"))
+    base = f"ASTROMORPH {model.name.upper()}" + (f" S{index}" if index is not None else "")
+    cards = []
+    for name in table.colnames:
+        if name in ("source", "reason"):
+            continue
+        col = table[name]
+        if col.ndim > 1:
+            continue  # embeddings do not fit in header cards
+        value = col[row]
+        if np.ma.is_masked(value):
+            continue
+        suffix = name[len(prefix) + 1:] if name.startswith(prefix + "_") else name
+        if isinstance(value, (np.floating, float)):
+            value = float(f"{float(value):.7g}")
+        elif isinstance(value, (np.integer, int)):
+            value = int(value)
+        else:
+            value = str(value)
+        desc = (getattr(col, "description", "") or "")[:40]
+        cards.append(_card(f"{base} {suffix.upper()}", value, desc))
+    reason = str(table["reason"][row])
+    if reason:
+        cards.append(_card(f"{base} REASON", reason[:_MAX_REASON], "why flagged"))
+    return [c for c in cards if c is not None]
+
+
+def write_results_to_header(model, table, origins, targets, *, overwrite=False):
+    """Write each FITS input's results into a header copy (or the input itself).
+
+    Parameters
+    ----------
+    model : Model
+    table : astropy.table.Table
+        The `predict_files` table.
+    origins : list of (path, header_hdu, index)
+        Per row: input file, the HDU whose header gets the keywords (``None``
+        for rows that came from no readable FITS file) and the stamp index for
+        files holding several stamps.
+    targets : dict
+        Input path -> output path (the same path for in-place updates).
+    overwrite : bool
+        Replace existing outputs.
+    """
+    from astropy.io import fits
+
+    rows_by_path = {}
+    for row, (path, hdu, index) in enumerate(origins):
+        if hdu is not None and path in targets:
+            rows_by_path.setdefault(path, []).append((row, hdu, index))
+    name = model.name.upper()
+    for path, rows in rows_by_path.items():
+        target = targets[path]
+        with atomic_output(target, overwrite=overwrite or target == path) as tmp:
+            with fits.open(path, mode="readonly", memmap=True,
+                           do_not_scale_image_data=True) as hdul:
+                touched = set()
+                for row, hdu, index in rows:
+                    header = hdul[hdu].header
+                    if hdu not in touched:
+                        for key in [k for k in header.keys()
+                                    if k.startswith(f"ASTROMORPH {name} ")
+                                    or k == "ASTROMORPH VERSION"]:
+                            header.remove(key, ignore_missing=True, remove_all=True)
+                        for card in (
+                                _card(f"ASTROMORPH {name} VERSION", str(model.version),
+                                      "model version"),
+                                _card(f"ASTROMORPH {name} SHA256", model.sha256[:16],
+                                      "model file sha256 prefix"),
+                                _card("ASTROMORPH VERSION", __version__, "astromorph version")):
+                            header.append(card, end=True)
+                        touched.add(hdu)
+                    for card in _result_cards(model, table, row, index):
+                        header.append(card, end=True)
+                checksum = any("CHECKSUM" in h.header for h in hdul)
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", fits.verify.VerifyWarning)
+                    hdul.writeto(tmp, output_verify="silentfix", checksum=checksum)
+        log.info("results written to the header of %s", target)
