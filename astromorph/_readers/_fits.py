@@ -420,4 +420,3 @@ def parse_fits_bytes(blob, *, want_scale=True):
     if data.ndim != 2:
         raise ValueError(f"stamp has shape {data.shape}, not a 2-D image")
     return data, scale
-

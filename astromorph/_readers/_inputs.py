@@ -157,4 +157,3 @@ def read_file(path, *, want_scale=True, triplet_hint=False):
     return [Stamp(str(path), path).flag(
         Flag.BAD_INPUT, f"unrecognised file format (first bytes {head[:8]!r}); expected FITS, "
         "JPEG, PNG or Avro")]
-

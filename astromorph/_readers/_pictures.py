@@ -45,4 +45,3 @@ def read_picture(path):
     if arr.ndim == 2:
         arr = np.repeat(arr[..., None], 3, axis=-1)
     return [Stamp(source, path, "colour", np.ascontiguousarray(arr, dtype=np.uint8))]
-

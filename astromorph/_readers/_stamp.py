@@ -47,4 +47,3 @@ class Stamp:
     @property
     def usable(self):
         return self.kind is not None and not self.flags & int(Flag.unusable())
-
