@@ -25,7 +25,10 @@ def run_demo(*, model="morphology", output="astromorph_demo.ecsv", gallery=None,
 
     from ._annotate import annotate
     from ._io import write_table
+    from ._plotting import pyplot
 
+    if gallery:
+        pyplot()  # a missing matplotlib fails here, before any work
     image, catalogue = demo_paths()
     table = QTable.read(catalogue)
     result = annotate(table, str(image), model=model, size_col="r90", progress=progress)
@@ -50,11 +53,10 @@ def _gallery(table, image, path, n=24):
 
     from ._flags import Flag
     from ._io import atomic_output
+    from ._plotting import pyplot
     from .preprocessing import stamp_size_from_petrosian
 
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     label_col = next(c for c in table.colnames if c.endswith("_label"))
     prefix = label_col[:-len("_label")]

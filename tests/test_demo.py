@@ -1,4 +1,6 @@
 """The README's main command: `astromorph demo` on the packaged input."""
+import sys
+
 import numpy as np
 import pytest
 from astropy.table import Table
@@ -26,3 +28,14 @@ def test_demo_command(tmp_path, capsys):
     np.testing.assert_allclose(probs.sum(1), 1, rtol=1e-4)
     assert png.stat().st_size > 10_000
     assert "146 sources" in capsys.readouterr().out
+
+
+def test_demo_gallery_without_matplotlib_fails_before_any_work(tmp_path, monkeypatch):
+    from astromorph._demo import run_demo
+    from astromorph.exceptions import MissingDependencyError
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # `import matplotlib` now fails
+    out = tmp_path / "demo.ecsv"
+    with pytest.raises(MissingDependencyError, match=r"astromorph\[plot\]"):
+        run_demo(output=out, gallery=tmp_path / "demo.png", progress=False)
+    assert not out.exists()

@@ -12,6 +12,7 @@ import numpy as np
 
 from ._common import embedding_matrix
 from .._io import atomic_output
+from .._plotting import pyplot
 from ..exceptions import InputError, InvalidArgumentError, MissingDependencyError
 
 __all__ = ["gallery", "embedding_map", "plot_map", "display_image"]
@@ -21,22 +22,6 @@ log = logging.getLogger(__name__)
 _SOURCE_COLUMNS = ("source", "path", "file", "filename")
 #: Largest number of points of the exact t-SNE (its cost grows as N^2).
 TSNE_MAX_POINTS = 5000
-
-
-def _pyplot():
-    try:
-        import matplotlib
-    except ImportError as exc:
-        raise MissingDependencyError("drawing needs matplotlib; install it with "
-                                     "`pip install 'astromorph[plot]'`") from exc
-    if matplotlib.get_backend().lower() not in ("agg", "module://matplotlib_inline.backend_inline"):
-        try:
-            matplotlib.use("Agg")
-        except Exception:  # noqa: BLE001 - an interactive backend already in use is fine
-            pass
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def display_image(image):
@@ -116,7 +101,7 @@ def gallery(index, result, path, *, images=None, source_column=None, query_image
     -------
     pathlib.Path
     """
-    plt = _pyplot()
+    plt = pyplot()
     rows = [int(r) for r in result["row"]]
     meta = result.meta
     query_row = meta.get("query_row")
@@ -284,7 +269,7 @@ def plot_map(embeddings, path, *, labels=None, method="auto", max_points=TSNE_MA
     rows : numpy.ndarray of int, (M,)
         Their row numbers.
     """
-    plt = _pyplot()
+    plt = pyplot()
     x = embedding_matrix(embeddings, allow_masked=True)
     rows = np.flatnonzero(np.all(np.isfinite(x), axis=1))
     if labels is not None:
