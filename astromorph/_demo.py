@@ -3,6 +3,8 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+from ._plotting import pyplot
+
 __all__ = ["demo_paths", "run_demo", "register"]
 
 DATA = Path(__file__).resolve().parent / "data"
@@ -25,7 +27,6 @@ def run_demo(*, model="morphology", output="astromorph_demo.ecsv", gallery=None,
 
     from ._annotate import annotate
     from ._io import write_table
-    from ._plotting import pyplot
 
     if gallery:
         pyplot()  # a missing matplotlib fails here, before any work
@@ -53,7 +54,6 @@ def _gallery(table, image, path, n=24):
 
     from ._flags import Flag
     from ._io import atomic_output
-    from ._plotting import pyplot
     from .preprocessing import stamp_size_from_petrosian
 
     plt = pyplot()
