@@ -45,15 +45,32 @@ def test_smoke_pipeline(model, tmp_path):
     env = dict(os.environ, ASTROMORPH_DATA=str(DATA_DIR), PYTHONUNBUFFERED="1", TMPDIR=str(tmp_path))
     # one model goes through the 'build' step (train, evaluate, export in one command)
     steps = ("build",) if model == "morphology-gz2" else ("train", "evaluate", "export")
-    if model == "real-bogus":  # the shipped model against this run, on fresh simulations
-        steps += ("compare",)
+    extra = {}
+    if model == "real-bogus":
+        # calibrate redoes train's calibration; evaluate also scores a fresh test draw;
+        # compare scores the shipped model against this run, on fresh simulations
+        steps = ("train", "calibrate", "evaluate", "export", "compare")
+        extra = {"evaluate": ["--test-seed", "9"], "compare": ["--val-seed", "5"]}
+    calibrations = []
     for step in steps:
         run = subprocess.run(
             [sys.executable, "-m", "astromorph_training", model, step, "--smoke",
-             "--data-dir", str(DATA_DIR), "--out-dir", str(tmp_path)]
-            + (["--val-seed", "5"] if step == "compare" else []),
+             "--data-dir", str(DATA_DIR), "--out-dir", str(tmp_path)] + extra.get(step, []),
             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
         assert run.returncode == 0, f"{model} {step} --smoke failed:\n{run.stdout[-3000:]}\n{run.stderr[-3000:]}"
+        if model == "real-bogus" and step in ("train", "calibrate"):
+            (path,) = tmp_path.rglob("checkpoints/real-bogus/calibration.json")
+            calibrations.append(json.loads(path.read_text()))
+        if step == "calibrate":  # the same fit and thresholds as at the end of train
+            for key in ("platt_a", "platt_b", "threshold_snr_ge_5", "threshold_candidates",
+                        "recommended_threshold", "epochs", "best_epoch"):
+                assert calibrations[1][key] == calibrations[0][key], key
+            assert calibrations[1]["recommended_threshold"] == calibrations[1]["threshold_candidates"]
+        if step == "evaluate" and model == "real-bogus":
+            (path,) = tmp_path.rglob("reports/real-bogus/metrics.json")
+            fresh = json.loads(path.read_text())["held_out_simulations"]["fresh_draw"]
+            assert fresh["seed"] == 9 and fresh["n"] == 24
+            assert fresh["all_snr_3_to_1000"]["n"] == 24
         if step == "compare":  # JSON on stdout: the shipped model and this run
             out = json.loads(run.stdout)
             assert out["validation_set"] == "fresh, seed 5" and len(out) == 3

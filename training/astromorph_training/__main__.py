@@ -1,7 +1,8 @@
 """Command line: ``python -m astromorph_training MODEL STEP [options]``.
 
 ``STEP`` is ``train``, ``evaluate``, ``export`` or ``build`` (the three in turn);
-``real-bogus compare`` scores the shipped model and candidate runs for a pre-registered rule.
+``real-bogus compare`` scores the shipped model and candidate runs for a pre-registered rule;
+``real-bogus calibrate`` refits the calibration and threshold of a trained run.
 """
 import argparse
 import importlib
@@ -19,7 +20,9 @@ MODULES = {
     "embedding": "embedding",
     "morphology-gz2": "gz2",
 }
-STEPS = ("train", "evaluate", "export", "build", "compare")
+STEPS = ("train", "evaluate", "export", "build", "compare", "calibrate")
+#: Steps only some models have.
+OPTIONAL_STEPS = ("compare", "calibrate")
 #: ``build`` runs these steps in order with the same options.
 BUILD = ("train", "evaluate", "export")
 
@@ -64,8 +67,8 @@ def main(argv=None):
     args.data_dir = resolve_data_dir(args.data_dir)
     args.out_dir = repo_root() if args.out_dir is None else __import__("pathlib").Path(args.out_dir)
     module = _load(args.model)
-    if args.step == "compare" and not hasattr(module, "compare"):
-        raise SystemExit(f"no compare step for model {args.model!r}")
+    if args.step in OPTIONAL_STEPS and not hasattr(module, args.step):
+        raise SystemExit(f"no {args.step} step for model {args.model!r}")
     for step in (BUILD if args.step == "build" else (args.step,)):
         start = time.perf_counter()
         result = getattr(module, step)(args)

@@ -55,7 +55,7 @@ DEFAULT_RECIPE = "v3"
 SIMULATIONS_PER_S = 280
 log = logging.getLogger("astromorph_training.realbogus")
 
-__all__ = ["add_arguments", "train", "evaluate", "export", "compare", "RBNet", "ScoreModel"]
+__all__ = ["add_arguments", "train", "calibrate", "evaluate", "export", "compare", "RBNet", "ScoreModel"]
 
 
 # ----------------------------------------------------------------------------- args / dirs
@@ -89,6 +89,11 @@ def add_arguments(parser):
     g.add_argument("--val-seed", type=int, default=None,
                    help="compare: score a fresh v3 validation set simulated with this seed on the "
                         "validation sky and galaxies (default: the cached validation set)")
+    g.add_argument("--test-seed", type=int, default=None, metavar="SEED",
+                   help="evaluate: also score a fresh draw of test simulations with this seed "
+                        "(in memory, --n-fresh-test triplets)")
+    g.add_argument("--n-fresh-test", type=int, default=24000,
+                   help="size of the --test-seed draw (default 24000)")
     g.add_argument("--cycles", type=int, default=1,
                    help="one-cycle learning-rate schedules in a row over the epochs (warm restarts; "
                         "the optimiser state carries over; default 1). With --epochs 2E --cycles 2 "
@@ -499,7 +504,7 @@ def train(args):
     With ``--processes N`` the epochs run in N data-parallel processes
     (`_train_worker`); simulation, calibration and the threshold stay here.
     """
-    torch = _torch(1)
+    _torch(1)
     dirs = _dirs(args)
     t_start = time.perf_counter()
     xtr, itr = _load_split(args, "train", dirs)  # simulated and cached before any worker starts
@@ -512,34 +517,72 @@ def train(args):
     else:
         _train_worker(0, args, 1, None, data=(xtr, itr, xva, iva))
     epochs = args.epochs or (1 if args.smoke else DEFAULT_EPOCHS)
-    history = json.loads((dirs["ckpt"] / "history.json").read_text())
-    net = RBNet()
-    # ---- calibration (Platt) and threshold on validation sims ----
-    ck = torch.load(dirs["ckpt"] / "best.pt", map_location="cpu", weights_only=False)
-    net.load_state_dict(ck["model"])
-    zva = _predict_logits(net, xva)
-    yva = iva["label"]
+    run = {"train_seconds": time.perf_counter() - t_start, "epochs": epochs, "n_train": int(len(xtr)),
+           "threads": int(_get(args, "threads", 1)), "processes": world,
+           "amp": _get(args, "amp", "fp32"), "recipe": _get(args, "recipe", DEFAULT_RECIPE),
+           "cycles": _get(args, "cycles", 1)}
+    return _calibrate_run(dirs, xva, iva, run)
+
+
+def _calibration(zva, info):
+    """Platt scaling and thresholds from validation logits ``zva`` and their ``info``.
+
+    The recommended threshold minimises max(FNR, FPR) on the detected candidates
+    (``snr_det >= 5``, either class), the population a survey thresholds and the one
+    issue #5's bar is measured on (``preregistration_1_13.md``). Up to real-bogus 1.7.0 it
+    balanced reals of injected S/N >= 5 against all bogus (``threshold_snr_ge_5``, kept).
+    """
+    yva = info["label"]
     a, b = fit_platt(zva, yva)
     pva = _sigmoid(a * zva + b)
     T = common.fit_temperature(np.stack([np.zeros_like(zva), zva], 1), yva)
-    snr_ok = ~(iva["label"] == 1) | (iva["snr"] >= 5)
-    thr_all = best_threshold(pva, yva)
+    snr_ok = ~(yva == 1) | (info["snr"] >= 5)
+    detected = info["snr_det"] >= 5
+    thr_det = best_threshold(pva[detected], yva[detected])
     thr5 = best_threshold(pva[snr_ok], yva[snr_ok])
-    calib = {"platt_a": a, "platt_b": b, "temperature_alt": T, "best_epoch": int(ck["epoch"]),
-             "threshold_all_snr": thr_all, "threshold_snr_ge_5": thr5,
-             "recommended_threshold": thr5,
-             "val_ece_uncalibrated": common.expected_calibration_error(
-                 np.stack([1 - _sigmoid(zva), _sigmoid(zva)], 1), yva),
-             "val_ece_calibrated": common.expected_calibration_error(np.stack([1 - pva, pva], 1), yva),
-             "val_rates_at_recommended_all": rates(pva, yva, thr5),
-             "val_rates_at_recommended_snr_ge_5": rates(pva[snr_ok], yva[snr_ok], thr5),
-             "train_seconds": time.perf_counter() - t_start, "epochs": epochs, "history": history,
-             "n_train": int(len(xtr)), "n_val": int(len(xva)),
-             "threads": int(_get(args, "threads", 1)), "processes": world,
-             "amp": _get(args, "amp", "fp32"),
-             "recipe": _get(args, "recipe", DEFAULT_RECIPE), "cycles": _get(args, "cycles", 1)}
+    return {"platt_a": a, "platt_b": b, "temperature_alt": T,
+            "threshold_all_snr": best_threshold(pva, yva), "threshold_snr_ge_5": thr5,
+            "threshold_candidates": thr_det, "recommended_threshold": thr_det,
+            "threshold_rule": "candidates",
+            "val_ece_uncalibrated": common.expected_calibration_error(
+                np.stack([1 - _sigmoid(zva), _sigmoid(zva)], 1), yva),
+            "val_ece_calibrated": common.expected_calibration_error(np.stack([1 - pva, pva], 1), yva),
+            "val_rates_at_recommended_all": rates(pva, yva, thr_det),
+            "val_rates_at_recommended_snr_ge_5": rates(pva[snr_ok], yva[snr_ok], thr_det),
+            "val_rates_at_recommended_candidates": rates(pva[detected], yva[detected], thr_det),
+            "n_val": int(len(yva)), "n_val_candidates": int(detected.sum())}
+
+
+def _calibrate_run(dirs, xva, iva, run):
+    """Calibrate ``best.pt`` of a run on the validation sims; write ``calibration.json``."""
+    history = json.loads((dirs["ckpt"] / "history.json").read_text())
+    net = RBNet()
+    ck = _torch().load(dirs["ckpt"] / "best.pt", map_location="cpu", weights_only=False)
+    net.load_state_dict(ck["model"])
+    calib = _calibration(_predict_logits(net, xva), iva)
+    calib.update(run, best_epoch=int(ck["epoch"]), history=history)
     (dirs["ckpt"] / "calibration.json").write_text(json.dumps(calib, indent=2))
     log.info("calibration: %s", json.dumps({k: v for k, v in calib.items() if k != "history"}))
+    return calib
+
+
+def calibrate(args):
+    """Redo the calibration of a trained run (its ``best.pt``) without training.
+
+    Platt scaling and the thresholds are refitted on the cached validation set exactly as
+    at the end of `train`; the run's other records (epochs, timing, options) are kept
+    from its ``calibration.json``.
+    """
+    _torch(1)  # one thread, as train's calibration: the same arithmetic, the same fit
+    dirs = _dirs(args)
+    old = json.loads((dirs["ckpt"] / "calibration.json").read_text())
+    xva, iva = _load_split(args, "val", dirs)
+    run = {k: old[k] for k in ("train_seconds", "epochs", "n_train", "threads", "processes", "amp",
+                                "recipe", "cycles") if k in old}
+    calib = _calibrate_run(dirs, xva, iva, run)
+    for key in ("platt_a", "platt_b", "threshold_snr_ge_5", "recommended_threshold"):
+        if key in old and old[key] != calib[key]:
+            log.info("%s: %r -> %r", key, old[key], calib[key])
     return calib
 
 
@@ -566,6 +609,56 @@ def _imshow_stamp(ax, img, title=None, fs=6):
         ax.set_title(title, fontsize=fs)
 
 
+def _binomial_interval(k, n):
+    """Clopper-Pearson 95 % interval of a rate ``k / n``."""
+    from scipy.stats import binomtest
+
+    if n == 0:
+        return [float("nan"), float("nan")]
+    ci = binomtest(int(k), int(n)).proportion_ci(0.95)
+    return [float(ci.low), float(ci.high)]
+
+
+def _population_blocks(p, z, info, thr):
+    """Measures of calibrated scores ``p`` (logits ``z``) on the three populations reported.
+
+    ``all_snr_3_to_1000``: every triplet; ``real_snr_ge_5``: reals of injected S/N >= 5
+    against all bogus; ``candidates_detected_snr_det_ge_5``: triplets of either class detected
+    at >= 5 sigma in the difference (what a survey's classifier is given; braai's FNR / FPR
+    were measured on such candidates).
+    """
+    y = info["label"].astype(int)
+
+    def block(sel):
+        s, l = p[sel], y[sel]
+        fnr, fpr = rates(s, l, thr)
+        fnr05, fpr05 = rates(s, l, 0.5)
+        eer_t = best_threshold(s, l)
+        n_real, n_bogus = int(l.sum()), int((1 - l).sum())
+        return {"n": int(sel.sum()), "n_real": n_real, "n_bogus": n_bogus,
+                "roc_auc": roc_auc(s, l), "fnr_at_recommended": fnr, "fpr_at_recommended": fpr,
+                "fnr_at_recommended_95": _binomial_interval(round(fnr * n_real), n_real),
+                "fpr_at_recommended_95": _binomial_interval(round(fpr * n_bogus), n_bogus),
+                "fnr_at_0.5": fnr05, "fpr_at_0.5": fpr05,
+                "equal_error_threshold_oracle": eer_t, "max_fnr_fpr_at_oracle": max(rates(s, l, eer_t)),
+                "ece_calibrated": common.expected_calibration_error(np.stack([1 - s, s], 1), l),
+                "ece_uncalibrated": common.expected_calibration_error(
+                    np.stack([1 - _sigmoid(z[sel]), _sigmoid(z[sel])], 1), l)}
+
+    return {"all_snr_3_to_1000": block(np.ones(len(y), bool)),
+            "real_snr_ge_5": block((y == 0) | (info["snr"] >= 5)),
+            "candidates_detected_snr_det_ge_5": block(info["snr_det"] >= 5)}
+
+
+def _fresh_test_set(args, seed):
+    """``--n-fresh-test`` new v3 triplets on the test sky and galaxies, drawn with ``seed``.
+
+    Simulated in memory, never cached: the usual test set (``_load_split``) stays as it is.
+    """
+    n = 24 if args.smoke else _get(args, "n_fresh_test", 24000)
+    return _simulate_split("test", n, args.data_dir, args.seed, None, smoke=args.smoke, base_seed=seed)
+
+
 def evaluate(args):
     """Held-out simulations + the 209 real ZTF alerts; metrics.json and figures."""
     import matplotlib
@@ -588,24 +681,8 @@ def evaluate(args):
     snr = ite["snr"]
     ge5 = (y == 0) | (snr >= 5)
 
-    def block(sel):
-        s, l = pte[sel], y[sel]
-        fnr, fpr = rates(s, l, thr)
-        fnr05, fpr05 = rates(s, l, 0.5)
-        eer_t = best_threshold(s, l)
-        return {"n": int(sel.sum()), "n_real": int(l.sum()), "n_bogus": int((1 - l).sum()),
-                "roc_auc": roc_auc(s, l), "fnr_at_recommended": fnr, "fpr_at_recommended": fpr,
-                "fnr_at_0.5": fnr05, "fpr_at_0.5": fpr05,
-                "equal_error_threshold_oracle": eer_t, "max_fnr_fpr_at_oracle": max(rates(s, l, eer_t)),
-                "ece_calibrated": common.expected_calibration_error(np.stack([1 - s, s], 1), l),
-                "ece_uncalibrated": common.expected_calibration_error(
-                    np.stack([1 - _sigmoid(zte[sel]), _sigmoid(zte[sel])], 1), l)}
-
-    # the candidates: triplets of either class detected at >= 5 sigma in the difference
-    # (what a survey's classifier is given; braai's FNR / FPR were measured on such candidates)
     detected = ite["snr_det"] >= 5
-    m_sim = {"all_snr_3_to_1000": block(np.ones(len(y), bool)), "real_snr_ge_5": block(ge5),
-             "candidates_detected_snr_det_ge_5": block(detected)}
+    m_sim = _population_blocks(pte, zte, ite, thr)
     # per kind
     per_kind = {}
     for k, name in enumerate(KIND_NAMES):
@@ -637,6 +714,17 @@ def evaluate(args):
         sel = real & (ite["host"] == host) & (snr >= 5)
         m_sim[f"fnr_snr_ge_5_{'with' if host else 'without'}_host_galaxy"] = float(np.mean(pte[sel] < thr))
     log.info("sims evaluated (%.0f s)", time.perf_counter() - t0)
+    test_seed = _get(args, "test_seed", None)
+    if test_seed is not None:
+        xf, inf_f = _fresh_test_set(args, test_seed)
+        zf = _predict_logits(net, xf)
+        del xf
+        m_sim["fresh_draw"] = dict(_population_blocks(_sigmoid(a * zf + b), zf, inf_f, thr),
+                                   seed=int(test_seed), n=int(len(zf)), recipe="v3",
+                                   note="a fresh draw of test simulations (evaluate --test-seed), "
+                                        "scored once for the version it was drawn for")
+        log.info("fresh draw (seed %d): %s", test_seed, json.dumps(
+            m_sim["fresh_draw"]["candidates_detected_snr_det_ge_5"]))
 
     # ---- figures on sims ----
     fig, ax = plt.subplots(figsize=(5, 4.5))
