@@ -877,10 +877,10 @@ def evaluate(args):
 
     metrics = {
         "model": NAME,
-        "command": "python -m astromorph_training real-bogus evaluate",
+        "command": "python -m astromorph_training real-bogus evaluate" + (
+            "" if test_seed is None else f" --test-seed {test_seed}"),
         "recommended_threshold": thr,
-        "threshold_choice": ("minimises max(FNR, FPR) on the validation simulations with real S/N >= 5 "
-                             "(ZTF's detection threshold); all bogus kinds included"),
+        "threshold_choice": _threshold_text(calib),
         "calibration": {"method": "Platt scaling sigmoid(a*logit+b) fitted on validation simulations",
                         "a": a, "b": b, "best_epoch": calib["best_epoch"],
                         "val_ece_uncalibrated": calib["val_ece_uncalibrated"],
@@ -954,6 +954,37 @@ def _rates_pct(metrics, key="real_snr_ge_5"):
     return 100 * m.get("fnr_at_recommended", float("nan")), 100 * m.get("fpr_at_recommended", float("nan"))
 
 
+def _goal_text(metrics):
+    """Where the held-out simulations stand against issue #5's FNR = FPR <= 1.5 per cent goal."""
+    snr5 = _rates_pct(metrics)
+    cand = _rates_pct(metrics, "candidates_detected_snr_det_ge_5")
+    fresh = ((metrics or {}).get("held_out_simulations") or {}).get("fresh_draw")
+    text = ("FNR %.1f %%, FPR %.1f %% for reals with injected S/N >= 5 against all simulated bogus (the "
+            "bogus include artefacts no pipeline would detect); FNR %.1f %%, FPR %.1f %% on the test set's "
+            "candidates (either class detected at >= 5 sigma)" % (snr5 + cand))
+    if fresh:
+        fd = fresh["candidates_detected_snr_det_ge_5"]
+        f = (100 * fd["fnr_at_recommended"], 100 * fd["fpr_at_recommended"])
+        text += " and FNR %.2f %%, FPR %.2f %% on those of a fresh test draw (seed %d)" % (f + (fresh["seed"],))
+        met = max(f) <= 1.5
+    else:
+        met = False
+    head = ("meets the FNR, FPR <= 1.5 %% goal on the candidates of a fresh test draw at the recommended "
+            "threshold, not on every population: " if met else
+            "does not meet the FNR, FPR <= 1.5 %% goal on held-out simulations at the recommended threshold: ")
+    return (head.replace("%%", "%") + text + ". Faint reals (S/N < 10), cosmic rays / hot pixels hidden on "
+            "stars, noise peaks, ghosts and dipoles dominate the errors")
+
+
+def _threshold_text(calib):
+    """How the recommended threshold of a run (its calibration record) was chosen."""
+    if calib.get("threshold_rule") == "candidates":
+        return ("minimises max(FNR, FPR) on the detected candidates (either class at snr_det >= 5) of "
+                "the validation simulations")
+    return ("minimises max(FNR, FPR) on the validation simulations with real S/N >= 5 "
+            "(ZTF's detection threshold); all bogus kinds included")
+
+
 def _nondefault_options(calib):
     """The ``train`` options of a run (its calibration record) that differ from the defaults."""
     options = (("--n-train", calib["n_train"], DEFAULT_N_TRAIN), ("--epochs", calib["epochs"], DEFAULT_EPOCHS),
@@ -974,7 +1005,7 @@ def _card(calib, metrics, args):
     keys = ("n", "roc_auc", "fnr_at_recommended", "fpr_at_recommended", "ece_calibrated")
     mets = {
         "split": "test (held-out simulations on the sky of held-out alerts and held-out Galaxy Zoo hosts) + 209 real ZTF alerts vs braai drb",
-        "command": "python -m astromorph_training real-bogus evaluate",
+        "command": metrics.get("command", "python -m astromorph_training real-bogus evaluate"),
         "threshold": thr,
         "sims_real_snr_ge_5": {k: g5.get(k) for k in keys},
         "sims_all_snr_3_to_1000": {k: gall.get(k) for k in keys},
@@ -985,12 +1016,29 @@ def _card(calib, metrics, args):
         "real_alerts_209": {k: ra.get(k) for k in ("n", "roc_auc_vs_drb_ge_0.5", "roc_auc_vs_drb_bootstrap_95", "spearman_vs_drb", "agreement_at_0.5", "agreement_at_recommended")},
         "real_alerts_held_out_sky": {k: rh.get(k) for k in ("n", "n_drb_bogus", "roc_auc_vs_drb_ge_0.5", "spearman_vs_drb", "agreement_at_recommended")},
     }
+    fresh = ms.get("fresh_draw")
+    if fresh:
+        fd = fresh["candidates_detected_snr_det_ge_5"]
+        mets["sims_fresh_draw"] = dict(
+            {k: fresh[k] for k in ("seed", "n")},
+            candidates_detected_snr_det_ge_5={k: fd.get(k) for k in (
+                "n", "n_real", "n_bogus", "roc_auc", "fnr_at_recommended", "fnr_at_recommended_95",
+                "fpr_at_recommended", "fpr_at_recommended_95", "max_fnr_fpr_at_oracle")},
+            real_snr_ge_5={k: fresh["real_snr_ge_5"].get(k) for k in keys},
+            all_snr_3_to_1000={k: fresh["all_snr_3_to_1000"].get(k) for k in keys},
+            note=("test simulations drawn afresh (evaluate --test-seed %d) after the threshold was fixed "
+                  "and scored once; the usual test set has been scored for every version" % fresh["seed"]))
     if "onnx" in metrics:
         mets["throughput_triplets_per_s_2_cpu_threads_batch_256"] = round(metrics["onnx"]["throughput_triplets_per_s_2_threads_batch_256"])
     return {
         "name": NAME,
-        "version": "1.7.0",
-        "changes": ("1.7.0: a fourth 15-epoch learning-rate cycle (--epochs 60 --cycles 4), shipped "
+        "version": "1.8.0",
+        "changes": ("1.8.0: 1.7.0's network and calibration with the threshold balanced on the "
+                    "population issue #5's bar and a survey's classifier see, the detected candidates "
+                    "(either class at snr_det >= 5) of the validation simulations: 0.700 -> 0.663, "
+                    "candidates FNR / FPR on validation 1.27 / 1.24 per cent "
+                    "(training/reports/real-bogus/preregistration_1_13.md). "
+                    "1.7.0: a fourth 15-epoch learning-rate cycle (--epochs 60 --cycles 4), shipped "
                     "under the same pre-registered rule (training/reports/real-bogus/preregistration_1_12.md): "
                     "pooled over two validation sets, max(FNR, FPR) on the detected candidates 1.21 -> 1.20 "
                     "per cent and at the S/N >= 5 threshold 1.93 -> 1.85 per cent, AUC 0.99789 -> 0.99803; "
@@ -1049,8 +1097,8 @@ def _card(calib, metrics, args):
         "outputs": [{"name": "rb_score", "kind": "score",
                      "description": "calibrated probability that the candidate is real (sigmoid(a*logit+b), Platt scaling on validation simulations)"}],
         "recommended_threshold": round(float(thr), 4),
-        "threshold_note": ("minimises max(FNR, FPR) on validation simulations with real S/N >= 5; "
-                           "at 0.5 the score is a calibrated probability for the simulated class mix (50/50)"),
+        "threshold_note": (_threshold_text(calib) + "; at 0.5 the score is a calibrated probability "
+                           "for the simulated class mix (50/50)"),
         "training": {
             "data": ("simulated triplets: %d train / %d validation / %d test; backgrounds = science/reference "
                      "stamps of the 209 ZTF alerts, split by objectId (train/val/test 70/10/20 %%), and Galaxy "
@@ -1085,11 +1133,7 @@ def _card(calib, metrics, args):
             "ZTF-like data (1\"/px, FWHM ~2-3\"); other surveys need resample_triplet and are out of the training distribution",
             "the 209 real alerts used for evaluation also provided the sky backgrounds of the simulations",
             "drb is a machine score, not ground truth; only 22 of the 209 alerts have drb < 0.5",
-            ("does not meet the FNR = FPR <= 1.5 %% goal on held-out simulations at the recommended threshold: "
-             "FNR %.1f %%, FPR %.1f %% for reals with injected S/N >= 5 against all simulated bogus; "
-             "FNR %.1f %%, FPR %.1f %% on the candidates (either class detected at >= 5 sigma). Faint reals "
-             "(S/N < 10), cosmic rays / hot pixels hidden on stars, noise peaks, ghosts and dipoles dominate "
-             "the errors" % (_rates_pct(metrics) + _rates_pct(metrics, "candidates_detected_snr_det_ge_5"))),
+            _goal_text(metrics),
             "on real alerts it disagrees with braai mostly on faint variable stars in crowded Galactic-plane "
             "fields (global subtraction residuals that braai calls bogus and this model real, or the reverse; "
             "faint negative 'f' candidates are scored below the threshold more often than braai does), "
