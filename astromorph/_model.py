@@ -1,6 +1,7 @@
 """`Model`: one packaged ONNX network, its card, and batched prediction."""
 import logging
 import re
+import warnings
 from collections.abc import Mapping
 
 import numpy as np
@@ -8,7 +9,7 @@ import numpy as np
 from ._registry import resolve_model, resolve_single_band_graph, verify_checksum
 from ._session import get_session
 from ._progress import progress_bar
-from .exceptions import InputError, InputShapeError, InvalidArgumentError
+from .exceptions import AmbiguousInputWarning, InputError, InputShapeError, InvalidArgumentError
 
 __all__ = ["Model", "Prediction", "load_model", "as_model"]
 
@@ -171,13 +172,20 @@ class Model:
         c, h, w = self.input_shape
         single = self.card["input"].get("single_band", "invalid")
         if x.ndim == 3 and (c == 1 or single == "replicate"):
+            if c > 1 and x.shape == (c, h, w):
+                warnings.warn(
+                    f"model {self.name!r}: input of shape {x.shape} is read as {c} single-band "
+                    f"stamps of {h}x{w}; for one {c}-band stamp add a batch axis (x[None]), for "
+                    f"{c} single-band stamps pass shape ({c}, 1, {h}, {w}) to silence this warning",
+                    AmbiguousInputWarning, stacklevel=3)
             x = x[:, None]
         if x.ndim != 4 or x.shape[1:] not in ((c, h, w), (1, h, w) if single == "replicate" else ()):
             accepted = f"(N, {c}, {h}, {w})"
             if c == 1 or single == "replicate":
                 accepted += f" or (N, {h}, {w})"
+            hint = "; for one stamp add a batch axis (x[None])" if np.shape(x) == (c, h, w) else ""
             raise InputShapeError(f"model {self.name!r} expects input of shape {accepted}, "
-                                  f"got {np.shape(x)}")
+                                  f"got {np.shape(x)}{hint}")
         return x
 
     def _single_band_session(self):
@@ -230,7 +238,10 @@ class Model:
             ``(N, H, W)`` / ``(N, 1, H, W)`` where the model has one channel or
             its card says a single band is replicated (through the card's
             ``single_band_graph`` where it lists one: the same outputs without
-            copying the band). Any real dtype and byte order.
+            copying the band). Any real dtype and byte order. A
+            ``(C, H, W)`` array for such a model is read as ``C`` single-band
+            stamps, with an `~astromorph.exceptions.AmbiguousInputWarning`:
+            pass one ``C``-band stamp as ``x[None]``.
         batch_size : int, optional
             Rows per session call. After an out-of-memory or allocation error
             from the execution provider, the batch is halved and retried down

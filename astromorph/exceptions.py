@@ -22,6 +22,7 @@ __all__ = [
     "OutputExistsError",
     "MissingDependencyError",
     "UnusableInputWarning",
+    "AmbiguousInputWarning",
 ]
 
 
@@ -89,3 +90,7 @@ class MissingDependencyError(AstromorphError, ImportError):
 
 class UnusableInputWarning(AstromorphWarning):
     """Some inputs could not be scored; their rows are flagged and say why."""
+
+
+class AmbiguousInputWarning(AstromorphWarning):
+    """An input's shape can be read in two ways; the message says which one is used."""

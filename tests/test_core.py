@@ -11,7 +11,7 @@ import pytest
 
 import astromorph
 from astromorph import cli
-from astromorph.exceptions import (ChecksumMismatchError, InputError, InputShapeError, InvalidModelNameError,
+from astromorph.exceptions import (AmbiguousInputWarning, ChecksumMismatchError, InputError, InputShapeError, InvalidModelNameError,
                                    MissingRuntimeError, ModelCardError, ModelNotFoundError,
                                    ProviderFallbackWarning, AstromorphWarning)
 from astropy.utils.exceptions import AstropyUserWarning
@@ -167,6 +167,26 @@ def test_shape_errors_state_expected_and_received(tiny_registry, shape):
     with pytest.raises(InputShapeError) as info:
         model.predict(np.zeros(shape))
     assert "(N, 2, 4, 4)" in str(info.value) and str(shape) in str(info.value)
+    # one stamp without its batch axis: the message says how to pass it
+    assert ("x[None]" in str(info.value)) == (shape == (2, 4, 4))
+
+
+def test_one_colour_stamp_without_batch_axis_warns(tmp_path):
+    """(3, H, W) for a 3-band model that takes single bands: read as three grey stamps,
+    with a warning that says so and how to pass one colour stamp instead."""
+    tiny_classifier_onnx(tmp_path / "model.onnx", channels=3, labels=("a", "b", "c"))
+    card = make_card(tmp_path / "model.onnx", channels=3, labels=("a", "b", "c"),
+                     single_band="replicate")
+    (tmp_path / "card.json").write_text(json.dumps(card))
+    model = astromorph.load_model(tmp_path)
+    rgb = np.random.default_rng(1).normal(size=(3, 4, 4))
+    with pytest.warns(AmbiguousInputWarning, match=r"read as 3 single-band stamps.*x\[None\]"):
+        assert model.predict(rgb)["probabilities"].shape == (3, 3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert model.predict(rgb[None])["probabilities"].shape == (1, 3)
+        assert model.predict(np.zeros((4, 4, 4)))["probabilities"].shape == (4, 3)
+        assert model.predict(rgb[:, None])["probabilities"].shape == (3, 3)  # unambiguous
 
 
 def test_single_band_replicated_where_card_says_so(tmp_path):

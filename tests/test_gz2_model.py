@@ -147,7 +147,7 @@ def test_tree_property_on_shipped_onnx():
     assert f.shape == (len(x), 37) and f.dtype == np.float32
     assert_tree(f, atol=1e-5)
     # single-band network input (N, H, W) is replicated by the model
-    grey = model.predict(x[:3].mean(1), progress=False)["fractions"]
+    grey = model.predict(x[:4].mean(1), progress=False)["fractions"]
     assert_tree(grey, atol=1e-5)
 
 
