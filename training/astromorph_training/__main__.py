@@ -2,7 +2,8 @@
 
 ``STEP`` is ``train``, ``evaluate``, ``export`` or ``build`` (the three in turn);
 ``real-bogus compare`` scores the shipped model and candidate runs for a pre-registered rule;
-``real-bogus calibrate`` refits the calibration and threshold of a trained run.
+``real-bogus calibrate`` refits the calibration and threshold of a trained run;
+``real-bogus average`` averages the final checkpoints of earlier runs (weights or logits).
 """
 import argparse
 import importlib
@@ -20,9 +21,9 @@ MODULES = {
     "embedding": "embedding",
     "morphology-gz2": "gz2",
 }
-STEPS = ("train", "evaluate", "export", "build", "compare", "calibrate")
+STEPS = ("train", "evaluate", "export", "build", "compare", "calibrate", "average")
 #: Steps only some models have.
-OPTIONAL_STEPS = ("compare", "calibrate")
+OPTIONAL_STEPS = ("compare", "calibrate", "average")
 #: ``build`` runs these steps in order with the same options.
 BUILD = ("train", "evaluate", "export")
 

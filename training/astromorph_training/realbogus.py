@@ -55,7 +55,8 @@ DEFAULT_RECIPE = "v3"
 SIMULATIONS_PER_S = 280
 log = logging.getLogger("astromorph_training.realbogus")
 
-__all__ = ["add_arguments", "train", "calibrate", "evaluate", "export", "compare", "RBNet", "ScoreModel"]
+__all__ = ["add_arguments", "train", "calibrate", "average", "evaluate", "export", "compare", "RBNet",
+           "ScoreModel", "MeanLogits"]
 
 
 # ----------------------------------------------------------------------------- args / dirs
@@ -94,6 +95,12 @@ def add_arguments(parser):
                         "(in memory, --n-fresh-test triplets)")
     g.add_argument("--n-fresh-test", type=int, default=24000,
                    help="size of the --test-seed draw (default 24000)")
+    g.add_argument("--sources", nargs="+", default=None, metavar="DIR",
+                   help="average: --out-dir folders of earlier runs whose last.pt are averaged")
+    g.add_argument("--ensemble", action="store_true",
+                   help="average: keep the networks and average their logits instead of their weights")
+    g.add_argument("--bn-samples", type=int, default=32000,
+                   help="average: training simulations the batch-norm statistics are recomputed on")
     g.add_argument("--cycles", type=int, default=1,
                    help="one-cycle learning-rate schedules in a row over the epochs (warm restarts; "
                         "the optimiser state carries over; default 1). With --epochs 2E --cycles 2 "
@@ -176,6 +183,34 @@ def ScoreModel(net, a=1.0, b=0.0):
             return torch.sigmoid(self.net(x)[:, 0] * self.a + self.b)
 
     return _Score().eval()
+
+
+def MeanLogits(nets):
+    """The mean of the logits of several networks (a snapshot ensemble), shape (N, 1)."""
+    torch = _torch()
+
+    class _MeanLogits(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.nets = torch.nn.ModuleList(nets)
+
+        def forward(self, x):
+            return torch.stack([net(x) for net in self.nets]).mean(0)
+
+    return _MeanLogits().eval()
+
+
+def _network(checkpoint):
+    """The network of a ``best.pt`` checkpoint: one `RBNet`, or the `MeanLogits` of several."""
+    if "ensemble" in checkpoint:
+        nets = []
+        for state in checkpoint["ensemble"]:
+            nets.append(RBNet())
+            nets[-1].load_state_dict(state)
+        return MeanLogits(nets)
+    net = RBNet()
+    net.load_state_dict(checkpoint["model"])
+    return net
 
 
 # ----------------------------------------------------------------------------- data
@@ -282,6 +317,73 @@ def _load_split(args, split, dirs):
     x = np.load(f, mmap_mode="r")
     info = dict(np.load(folder / f"{split}_info.npz"))
     return x, info
+
+
+def _recompute_batch_norm(net, x, batch=512):
+    """Batch-norm running statistics of ``net`` recomputed on ``x`` (cumulative average,
+    train-mode forward passes without augmentation), as SWA needs after averaging weights."""
+    torch = _torch()
+    bns = [m for m in net.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    net.eval()
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None
+        m.train()
+    with torch.no_grad():
+        for s in range(0, len(x), batch):
+            net(torch.from_numpy(np.array(x[s:s + batch], dtype=np.float32)))
+    net.eval()
+    return net
+
+
+def average(args):
+    """Average the final checkpoints (``last.pt``) of trained runs into this run's ``best.pt``.
+
+    ``--sources DIR [DIR ...]`` are ``--out-dir`` folders of earlier ``train`` runs, e.g. the
+    ends of successive learning-rate cycles. By default their weights are averaged
+    (stochastic weight averaging) and the batch-norm statistics recomputed on the first
+    ``--bn-samples`` cached training simulations; with ``--ensemble`` the networks are kept
+    and their logits averaged (a snapshot ensemble: one graph, their summed cost). The run is
+    then calibrated as at the end of `train`; its records (epochs, timing) are those of the
+    last source.
+    """
+    torch = _torch(1)
+    dirs = _dirs(args)
+    sources = _get(args, "sources", None)
+    if not sources:
+        raise SystemExit("average needs --sources DIR [DIR ...] (run folders of earlier trainings)")
+    ckpts, records = [], None
+    for folder in sources:
+        sdirs = _dirs(SimpleNamespace(out_dir=folder, smoke=args.smoke))
+        ckpts.append(torch.load(sdirs["ckpt"] / "last.pt", map_location="cpu", weights_only=False))
+        records = sdirs
+    states = [c["model"] for c in ckpts]
+    epochs = [int(c["epoch"]) for c in ckpts]
+    history = json.loads((records["ckpt"] / "history.json").read_text())
+    old = json.loads((records["ckpt"] / "calibration.json").read_text())
+    xva, iva = _load_split(args, "val", dirs)
+    if _get(args, "ensemble", False):
+        ck = {"ensemble": states, "epoch": max(epochs)}
+        how = "ensemble"
+    else:
+        mean = {k: (sum(sd[k].double() for sd in states) / len(states)).to(states[0][k].dtype)
+                if states[0][k].is_floating_point() else states[-1][k] for k in states[0]}
+        net = RBNet()
+        net.load_state_dict(mean)
+        xtr, _ = _load_split(args, "train", dirs)
+        n_bn = min(len(xtr), 64 if args.smoke else _get(args, "bn_samples", 32000))
+        _recompute_batch_norm(net, xtr[:n_bn])
+        ck = {"model": net.state_dict(), "epoch": max(epochs)}
+        how = "weights (batch norm recomputed on %d training simulations)" % n_bn
+    dirs["ckpt"].mkdir(parents=True, exist_ok=True)
+    torch.save(ck, dirs["ckpt"] / "best.pt")
+    (dirs["ckpt"] / "history.json").write_text(json.dumps(history, indent=1))
+    log.info("averaged %s of epochs %s from %s", how, epochs, [str(s) for s in sources])
+    run = {k: old[k] for k in ("train_seconds", "epochs", "n_train", "threads", "processes", "amp",
+                                "recipe", "cycles") if k in old}
+    run["averaged"] = {"kind": "ensemble" if _get(args, "ensemble", False) else "weights",
+                       "epochs": epochs, "bn_samples": None if _get(args, "ensemble", False) else n_bn}
+    return _calibrate_run(dirs, xva, iva, run)
 
 
 # ----------------------------------------------------------------------------- metrics helpers
@@ -556,10 +658,8 @@ def _calibration(zva, info):
 def _calibrate_run(dirs, xva, iva, run):
     """Calibrate ``best.pt`` of a run on the validation sims; write ``calibration.json``."""
     history = json.loads((dirs["ckpt"] / "history.json").read_text())
-    net = RBNet()
     ck = _torch().load(dirs["ckpt"] / "best.pt", map_location="cpu", weights_only=False)
-    net.load_state_dict(ck["model"])
-    calib = _calibration(_predict_logits(net, xva), iva)
+    calib = _calibration(_predict_logits(_network(ck), xva), iva)
     calib.update(run, best_epoch=int(ck["epoch"]), history=history)
     (dirs["ckpt"] / "calibration.json").write_text(json.dumps(calib, indent=2))
     log.info("calibration: %s", json.dumps({k: v for k, v in calib.items() if k != "history"}))
@@ -587,12 +687,9 @@ def calibrate(args):
 
 
 def _load_trained(dirs):
-    torch = _torch()
-    net = RBNet()
-    ck = torch.load(dirs["ckpt"] / "best.pt", map_location="cpu", weights_only=False)
-    net.load_state_dict(ck["model"])
+    ck = _torch().load(dirs["ckpt"] / "best.pt", map_location="cpu", weights_only=False)
     calib = json.loads((dirs["ckpt"] / "calibration.json").read_text())
-    return net.eval(), calib
+    return _network(ck).eval(), calib
 
 
 # ----------------------------------------------------------------------------- evaluate
