@@ -105,3 +105,36 @@ def test_real_bogus_data_parallel_smoke(tmp_path):
     assert len(epochs) == 2
     # each cycle's schedule starts afresh (one cycle would have annealed by the second epoch)
     assert epochs[0]["lr_first_step"] == epochs[1]["lr_first_step"] > 0
+
+
+def test_real_bogus_average_smoke(tmp_path):
+    """``average`` builds a run from earlier runs' final checkpoints: the weight average of a
+    run with itself is that run (batch norm recomputed), the logit ensemble exports and
+    evaluates like one network."""
+    import torch
+
+    env = dict(os.environ, ASTROMORPH_DATA=str(DATA_DIR), PYTHONUNBUFFERED="1", TMPDIR=str(tmp_path))
+
+    def step(*args):
+        run = subprocess.run([sys.executable, "-m", "astromorph_training", "real-bogus", *args, "--smoke",
+                              "--data-dir", str(DATA_DIR), "--out-dir", str(tmp_path)],
+                             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+        assert run.returncode == 0, f"{args}:\n{run.stderr[-3000:]}"
+        return run.stderr
+
+    step("train")
+    (ckpt,) = tmp_path.rglob("checkpoints/real-bogus")
+    last = torch.load(ckpt / "last.pt", weights_only=False)["model"]
+    log = step("average", "--sources", str(tmp_path), str(tmp_path))
+    assert "averaged weights (batch norm recomputed on 48 training simulations)" in log
+    best = torch.load(ckpt / "best.pt", weights_only=False)["model"]
+    for key, value in last.items():
+        if "running" not in key and "num_batches" not in key:  # learned weights: unchanged
+            torch.testing.assert_close(best[key], value)
+    assert not torch.equal(best["1.running_mean"], last["1.running_mean"])  # recomputed
+    calib = json.loads((ckpt / "calibration.json").read_text())
+    assert calib["averaged"]["kind"] == "weights" and calib["averaged"]["bn_samples"] == 48  # the smoke training set
+    step("average", "--ensemble", "--sources", str(tmp_path), str(tmp_path))
+    assert len(torch.load(ckpt / "best.pt", weights_only=False)["ensemble"]) == 2
+    step("evaluate")
+    step("export")
