@@ -171,14 +171,20 @@ def test_shape_errors_state_expected_and_received(tiny_registry, shape):
     assert ("x[None]" in str(info.value)) == (shape == (2, 4, 4))
 
 
-def test_one_colour_stamp_without_batch_axis_warns(tmp_path):
-    """(3, H, W) for a 3-band model that takes single bands: read as three grey stamps,
-    with a warning that says so and how to pass one colour stamp instead."""
+@pytest.fixture
+def replicating_model(tmp_path):
+    """A tiny 3-band classifier whose card says a single band is replicated."""
     tiny_classifier_onnx(tmp_path / "model.onnx", channels=3, labels=("a", "b", "c"))
     card = make_card(tmp_path / "model.onnx", channels=3, labels=("a", "b", "c"),
                      single_band="replicate")
     (tmp_path / "card.json").write_text(json.dumps(card))
-    model = astromorph.load_model(tmp_path)
+    return astromorph.load_model(tmp_path)
+
+
+def test_one_colour_stamp_without_batch_axis_warns(replicating_model):
+    """(3, H, W) for a 3-band model that takes single bands: read as three grey stamps,
+    with a warning that says so and how to pass one colour stamp instead."""
+    model = replicating_model
     rgb = np.random.default_rng(1).normal(size=(3, 4, 4))
     with pytest.warns(AmbiguousInputWarning, match=r"read as 3 single-band stamps.*x\[None\]"):
         assert model.predict(rgb)["probabilities"].shape == (3, 3)
@@ -189,12 +195,8 @@ def test_one_colour_stamp_without_batch_axis_warns(tmp_path):
         assert model.predict(rgb[:, None])["probabilities"].shape == (3, 3)  # unambiguous
 
 
-def test_single_band_replicated_where_card_says_so(tmp_path):
-    tiny_classifier_onnx(tmp_path / "model.onnx", channels=3, labels=("a", "b", "c"))
-    card = make_card(tmp_path / "model.onnx", channels=3, labels=("a", "b", "c"),
-                     single_band="replicate")
-    (tmp_path / "card.json").write_text(json.dumps(card))
-    model = astromorph.load_model(tmp_path)
+def test_single_band_replicated_where_card_says_so(replicating_model):
+    model = replicating_model
     grey = np.random.default_rng(0).normal(size=(4, 4, 4))
     rgb = np.repeat(grey[:, None], 3, axis=1)
     np.testing.assert_allclose(model.predict(grey)["probabilities"],
