@@ -182,8 +182,12 @@ def _triplet(raw, card, crop_fraction):
     x, nan_fraction = tri.preprocess_triplet(data)
     flags |= np.where(nan_fraction > BLANK_THRESHOLD, int(Flag.BLANK), 0).astype(flags.dtype)
     flat = np.asarray(data, dtype=np.float32).reshape(len(data), 3, -1)
-    constant = np.any(np.nanmax(flat, axis=2) == np.nanmin(flat, axis=2), axis=1) \
-        if flat.size else np.zeros(0, bool)
+    # a member with no valid pixel (NaN, inf or masking sentinel) or one value only
+    # carries no information; no all-NaN reductions (they warn)
+    valid = np.abs(flat) < tri._SENTINEL
+    hi = np.where(valid, flat, -np.inf).max(axis=2, initial=-np.inf)
+    lo = np.where(valid, flat, np.inf).min(axis=2, initial=np.inf)
+    constant = (~valid.any(axis=2) | (hi == lo)).any(axis=1)
     flags |= np.where(constant, int(Flag.CONSTANT), 0).astype(flags.dtype)
     return x, flags
 

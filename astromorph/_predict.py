@@ -22,6 +22,7 @@ from ._io import table_format, write_table
 from ._progress import progress_bar
 from ._readers import expand_inputs, read_file
 from ._version import __version__
+from .preprocessing._triplet import _SENTINEL
 from .exceptions import (InputError, InvalidArgumentError, OutputExistsError,
                          UnusableInputWarning)
 
@@ -399,15 +400,17 @@ def _explain(stamp, bits):
         planes = list(data)
         names = [f"band {b}" if b else (f"plane {i + 1}" if len(data) > 1 else "image")
                  for i, b in enumerate(stamp.bands or (None,) * len(data))]
+    # NaN, inf and masking sentinels (|value| >= 1e30, e.g. ZTF's -3.4e38) are not data
+    valid = [np.abs(np.asarray(p, dtype=np.float64)) < _SENTINEL for p in planes]
     if bits & Flag.BLANK:
-        fracs = [float(np.mean(~np.isfinite(p))) for p in planes]
+        fracs = [float(np.mean(~v)) for v in valid]
         j = int(np.argmax(fracs))
         where = f" of the {names[j]}" if len(planes) > 1 else ""
         out.append(f"{fracs[j]:.0%} of the pixels{where} are NaN/inf/BLANK (filled)")
     if bits & Flag.CONSTANT:
         parts = []
-        for p, nm in zip(planes, names):
-            finite = p[np.isfinite(p)]
+        for p, v, nm in zip(planes, valid, names):
+            finite = p[v]
             if finite.size == 0:
                 parts.append(f"{nm} has no finite pixel")
             elif finite.min() == finite.max():

@@ -543,6 +543,25 @@ def test_bad_templates(models, tmp_path):
     assert "reference stamp is all zero" in zero_row["reason"]
 
 
+def test_triplet_stamp_without_valid_pixel_is_constant(models, tmp_path):
+    """A triplet member with no valid pixel (all NaN, or all ZTF's -3.4e38 mask value)
+    carries no information: flagged CONSTANT as well as BLANK, like an all-zero one, and
+    the reason names it; no RuntimeWarning from all-NaN reductions."""
+    t = triplet()
+    blank, masked = t.copy(), t.copy()
+    blank[1] = np.nan
+    masked[0] = -3.4e38
+    write_fits(tmp_path / "blank.fits", blank)
+    write_fits(tmp_path / "masked.fits", masked)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        table = quiet(astromorph.predict_files, "real-bogus", tmp_path)
+    for name, member in (("blank", "reference"), ("masked", "science")):
+        r = row(table, tmp_path / f"{name}.fits")
+        assert r["rb_flags"] == Flag.BLANK | Flag.CONSTANT, name
+        assert f"{member} stamp has no finite pixel" in r["reason"], r["reason"]
+
+
 def test_colour_picture_cannot_feed_triplet_model(models, tmp_path):
     write_picture(tmp_path / "a.png", colour_picture())
     table = quiet(astromorph.predict_files, "real-bogus", tmp_path / "a.png")
