@@ -269,6 +269,8 @@ def _conform_bands(stamp, family, name):
     nb = data.shape[0]
     names = tuple(stamp.bands) if stamp.bands else (None,) * nb
     shown = ", ".join(b or "?" for b in names)
+    # "5 planes (g, r, ?, ?, z)" where some bands are named, "5 planes" where none is
+    planes = f"{nb} planes ({shown})" if any(names) else f"{nb} planes"
     if family == "optical":
         named = [b for b in names if b]
         if nb == 1 or (nb == 3 and (not named or set(names) == {"g", "r", "i"})):
@@ -284,10 +286,10 @@ def _conform_bands(stamp, family, name):
                            f"({name} needs g, r, i or a single band)")
                 return
         if nb == 2:
-            stamp.flag(Flag.MISSING_BAND, f"2 planes ({shown}): {name} needs 3 bands (g, r, i) "
+            stamp.flag(Flag.MISSING_BAND, f"{planes}: {name} needs 3 bands (g, r, i) "
                        "or a single band")
             return
-        stamp.flag(Flag.BAD_INPUT, f"{nb} planes ({shown}): {name} takes 1 band or 3 (g, r, i)")
+        stamp.flag(Flag.BAD_INPUT, f"{planes}: {name} takes 1 band or 3 (g, r, i)")
     elif family == "radio":
         if nb != 1:
             stamp.flag(Flag.BAD_INPUT, f"{nb} planes: {name} takes a single radio image")

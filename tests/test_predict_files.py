@@ -334,7 +334,9 @@ def test_missing_band_and_wrong_number_of_planes(models, tmp_path):
     assert row(table, tmp_path / "two.fits")["morph_flags"] == Flag.MISSING_BAND
     assert row(table, tmp_path / "grz.fits")["morph_flags"] == Flag.MISSING_BAND
     five = row(table, tmp_path / "five.fits")
-    assert five["morph_flags"] == Flag.BAD_INPUT and "5 planes" in five["reason"]
+    assert five["morph_flags"] == Flag.BAD_INPUT and "5 planes: " in five["reason"]
+    assert "?" not in five["reason"]  # no band is named: no list of unknowns
+    assert "2 planes: " in row(table, tmp_path / "two.fits")["reason"]
     assert table["morph_p_red"].mask.all() and table["morph_label"].mask.all()
 
 
