@@ -34,6 +34,46 @@ _DEC_NAMES = ("dec", "DEC", "Dec", "DEJ2000", "dec_deg", "DEC_deg", "DELTA_J2000
 MIN_ZOOM = 0.5
 
 
+def _float_values(col):
+    """A column's values as floats; masked entries and text that is not a number -> NaN."""
+    data = np.ma.getdata(getattr(col, "value", col))
+    try:
+        values = np.array(data, dtype=float)
+    except (TypeError, ValueError):  # text, e.g. from a CSV with a stray word
+        values = np.array([_to_float(v) for v in data], dtype=float)
+    if hasattr(col, "mask"):
+        values[np.ma.getmaskarray(col)] = np.nan
+    return values
+
+
+def _to_float(value):
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return np.nan
+
+
+def _sexagesimal(col, values, unit):
+    """Fill ``values`` (degrees) where a text column holds angles such as '10:00:00.0'
+    (``unit``: hours for RA, degrees for Dec); entries that do not parse stay NaN."""
+    from astropy.coordinates import Angle
+
+    if np.asarray(col).dtype.kind not in "USO":
+        return values
+    text = np.char.strip(np.asarray(np.ma.getdata(col)).astype(str))
+    todo = np.flatnonzero(np.isnan(values) & ~np.ma.getmaskarray(col) & (text != ""))
+    if len(todo):
+        try:  # one call for the usual all-sexagesimal column
+            values[todo] = Angle(text[todo], unit=unit).deg
+        except (ValueError, TypeError, u.UnitsError):
+            for i in todo:
+                try:
+                    values[i] = Angle(text[i], unit=unit).deg
+                except (ValueError, TypeError, u.UnitsError):
+                    pass
+    return values
+
+
 def _positions(table, ra_col, dec_col, coord_col):
     """SkyCoord of every row and a mask of rows without a usable position."""
     if coord_col is not None:
@@ -55,15 +95,13 @@ def _positions(table, ra_col, dec_col, coord_col):
         if col not in table.colnames:
             raise InputError(f"no column {col!r} in the catalogue (columns: {table.colnames})")
 
-    def degrees(col):
+    def degrees(col, text_unit):
+        """Degrees; numbers in the column's unit (default deg), text angles in ``text_unit``."""
         c = table[col]
-        unit = getattr(c, "unit", None)
-        values = np.asarray(getattr(c, "value", c), dtype=float)
-        if hasattr(c, "mask"):
-            values = np.where(np.ma.getmaskarray(c), np.nan, np.ma.getdata(values))
-        return (values * (unit or u.deg)).to_value(u.deg)
+        values = (_float_values(c) * (getattr(c, "unit", None) or u.deg)).to_value(u.deg)
+        return _sexagesimal(c, values, text_unit)
 
-    ra, dec = degrees(ra_col), degrees(dec_col)
+    ra, dec = degrees(ra_col, u.hourangle), degrees(dec_col, u.deg)
     bad = ~(np.isfinite(ra) & np.isfinite(dec)) | (np.abs(dec) > 90)
     ra, dec = np.where(bad, 0.0, ra), np.where(bad, 0.0, dec)
     return SkyCoord(ra * u.deg, dec * u.deg), bad
@@ -75,9 +113,7 @@ def _size_values(table, size_col, n):
     if size_col not in table.colnames:
         raise InputError(f"no size column {size_col!r} in the catalogue (columns: {table.colnames})")
     col = table[size_col]
-    unit = getattr(col, "unit", None)
-    values = np.ma.filled(np.ma.asarray(getattr(col, "value", col), dtype=float), np.nan)
-    return (values * (unit or u.arcsec)).to_value(u.arcsec)
+    return (_float_values(col) * (getattr(col, "unit", None) or u.arcsec)).to_value(u.arcsec)
 
 
 def _grid(model, family, n, sizes, stamp_size):
@@ -299,6 +335,9 @@ def annotate(table, images, *, model, ra_col=None, dec_col=None, coord_col=None,
             stamps, f = _cut_band(groups[band], sky[band], npix, scale, rows)
             stack.append(stamps)
             row_flags |= f
+        # rows without a usable position or size were cut at a placeholder: their only
+        # flag is BAD_INPUT (not the edge or extrapolation bits of the placeholder)
+        row_flags[(flags[rows] & int(Flag.BAD_INPUT)) != 0] = int(Flag.BAD_INPUT)
         usable = (row_flags & int(Flag.unusable())) == 0
         data = stack[0][:, None] if len(stack) == 1 else np.stack(stack, axis=1)
         raw = RawStamps(kind, data if usable.all() else data[usable], bands=tuple(plan),

@@ -285,6 +285,31 @@ def test_positions_from_skycoord_and_quantities(optical_model):
     np.testing.assert_allclose(out["opt_p_a"], ref["opt_p_a"], rtol=1e-6)
 
 
+def test_text_columns_from_csv(optical_model, tmp_path):
+    """Positions and sizes read as text (a CSV with sexagesimal angles or a stray word):
+    sexagesimal RA is hours, Dec degrees, decimal text is degrees; what does not parse is a
+    flagged row (BAD_INPUT only), never a crash."""
+    img, w = blobs(), sky_wcs()
+    cat = catalogue(w, [(100, 100), (80, 90), (120, 60), (90, 90)])
+    c = SkyCoord(cat["ra"], cat["dec"], unit="deg")
+    ra = [c[0].ra.to_string(u.hourangle, sep=":", precision=7),
+          f"{cat['ra'][1]:.8f}", "not an angle", c[3].ra.to_string(u.hourangle, sep="hms", precision=7)]
+    dec = [c[0].dec.to_string(u.deg, sep=":", precision=6, alwayssign=True),
+           f"{cat['dec'][1]:.8f}", f"{cat['dec'][2]:.8f}", c[3].dec.to_string(u.deg, precision=6)]
+    size = ["3", "3", "3", "n/a"]
+    (tmp_path / "cat.csv").write_text("id,ra,dec,size\n" + "".join(
+        f"{i},{r},{d},{z}\n" for i, r, d, z in zip(cat["id"], ra, dec, size)))
+    text = Table.read(tmp_path / "cat.csv")
+    assert text["ra"].dtype.kind == "U" and text["size"].dtype.kind == "U"
+    out = astromorph.annotate(text, (img, w), model=optical_model)
+    ref = astromorph.annotate(cat, (img, w), model=optical_model)
+    for i in (0, 1, 3):  # the same sources as from the numeric columns
+        np.testing.assert_allclose(out["opt_p_a"][i], ref["opt_p_a"][i], rtol=1e-4)
+    assert out["opt_flags"][2] == Flag.BAD_INPUT and out["opt_p_a"].mask[2]
+    sized = astromorph.annotate(text, (img, w), model="morphology", size_col="size", progress=False)
+    assert sized["morph_flags"][3] == Flag.BAD_INPUT and sized["morph_label"].mask[3]
+
+
 def test_nan_positions_are_flagged_not_fatal(optical_model):
     img, w = blobs(), sky_wcs()
     cat = catalogue(w, [(100, 100), (80, 90)])
