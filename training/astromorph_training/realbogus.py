@@ -352,17 +352,17 @@ def average(args):
     sources = _get(args, "sources", None)
     if not sources:
         raise SystemExit("average needs --sources DIR [DIR ...] (run folders of earlier trainings)")
-    ckpts, records = [], None
-    for folder in sources:
-        sdirs = _dirs(SimpleNamespace(out_dir=folder, smoke=args.smoke))
-        ckpts.append(torch.load(sdirs["ckpt"] / "last.pt", map_location="cpu", weights_only=False))
-        records = sdirs
+    ensemble = bool(_get(args, "ensemble", False))
+    ckpts = [torch.load(_dirs(SimpleNamespace(out_dir=folder, smoke=args.smoke))["ckpt"] / "last.pt",
+                        map_location="cpu", weights_only=False) for folder in sources]
     states = [c["model"] for c in ckpts]
     epochs = [int(c["epoch"]) for c in ckpts]
-    history = json.loads((records["ckpt"] / "history.json").read_text())
-    old = json.loads((records["ckpt"] / "calibration.json").read_text())
+    last_run = _dirs(SimpleNamespace(out_dir=sources[-1], smoke=args.smoke))["ckpt"]
+    history = json.loads((last_run / "history.json").read_text())
+    recorded = json.loads((last_run / "calibration.json").read_text())
     xva, iva = _load_split(args, "val", dirs)
-    if _get(args, "ensemble", False):
+    n_bn = None
+    if ensemble:
         ck = {"ensemble": states, "epoch": max(epochs)}
         how = "ensemble"
     else:
@@ -379,10 +379,9 @@ def average(args):
     torch.save(ck, dirs["ckpt"] / "best.pt")
     (dirs["ckpt"] / "history.json").write_text(json.dumps(history, indent=1))
     log.info("averaged %s of epochs %s from %s", how, epochs, [str(s) for s in sources])
-    run = {k: old[k] for k in ("train_seconds", "epochs", "n_train", "threads", "processes", "amp",
-                                "recipe", "cycles") if k in old}
-    run["averaged"] = {"kind": "ensemble" if _get(args, "ensemble", False) else "weights",
-                       "epochs": epochs, "bn_samples": None if _get(args, "ensemble", False) else n_bn}
+    run = {k: recorded[k] for k in _RUN_RECORDS if k in recorded}
+    run["averaged"] = {"kind": "ensemble" if ensemble else "weights", "epochs": epochs,
+                       "bn_samples": n_bn}
     return _calibrate_run(dirs, xva, iva, run)
 
 
@@ -655,6 +654,12 @@ def _calibration(zva, info):
             "n_val": int(len(yva)), "n_val_candidates": int(detected.sum())}
 
 
+#: What a run's ``calibration.json`` records about its training, kept by `calibrate`
+#: and `average`.
+_RUN_RECORDS = ("train_seconds", "epochs", "n_train", "threads", "processes", "amp", "recipe",
+                "cycles")
+
+
 def _calibrate_run(dirs, xva, iva, run):
     """Calibrate ``best.pt`` of a run on the validation sims; write ``calibration.json``."""
     history = json.loads((dirs["ckpt"] / "history.json").read_text())
@@ -677,8 +682,7 @@ def calibrate(args):
     dirs = _dirs(args)
     old = json.loads((dirs["ckpt"] / "calibration.json").read_text())
     xva, iva = _load_split(args, "val", dirs)
-    run = {k: old[k] for k in ("train_seconds", "epochs", "n_train", "threads", "processes", "amp",
-                                "recipe", "cycles") if k in old}
+    run = {k: old[k] for k in _RUN_RECORDS if k in old}
     calib = _calibrate_run(dirs, xva, iva, run)
     for key in ("platt_a", "platt_b", "threshold_snr_ge_5", "recommended_threshold"):
         if key in old and old[key] != calib[key]:
