@@ -971,9 +971,9 @@ def evaluate(args):
     dirs = _dirs(args)
     smoke = getattr(args, "smoke", False)
     path = dirs["model"] / "model.onnx"
-    if not path.exists():
-        if not smoke:
-            raise SystemExit(f"{path} missing: run the export step first")
+    if not path.exists():  # e.g. `build` (train, evaluate, export) in a fresh folder
+        LOG.info("%s missing: exporting it first (export again after evaluate for a card "
+                 "with the test metrics)", path)
         export(args)
     data = load_dataset(args)
     temperature = json.loads((dirs["ckpt"] / "temperature.json").read_text())["temperature"]
