@@ -71,6 +71,9 @@ def _sexagesimal(col, values, unit):
                     values[i] = Angle(text[i], unit=unit).deg
                 except (ValueError, TypeError, u.UnitsError):
                     pass
+        if unit == u.hourangle:  # 24h or more is no right ascension (degrees written as hours?)
+            parsed = values[todo]
+            values[todo] = np.where((parsed >= 0) & (parsed < 360), parsed, np.nan)
     return values
 
 

@@ -306,6 +306,9 @@ def test_text_columns_from_csv(optical_model, tmp_path):
     for i in (0, 1, 3):  # the same sources as from the numeric columns
         np.testing.assert_allclose(out["opt_p_a"][i], ref["opt_p_a"][i], rtol=1e-4)
     assert out["opt_flags"][2] == Flag.BAD_INPUT and out["opt_p_a"].mask[2]
+    # sexagesimal RA is hours: '150:00:00' (degrees written as hours) is no position
+    text["ra"][0] = "150:00:00"
+    assert astromorph.annotate(text, (img, w), model=optical_model)["opt_flags"][0] == Flag.BAD_INPUT
     sized = astromorph.annotate(text, (img, w), model="morphology", size_col="size", progress=False)
     assert sized["morph_flags"][3] == Flag.BAD_INPUT and sized["morph_label"].mask[3]
 
