@@ -357,8 +357,13 @@ def test_cluster_table_columns_and_masked_rows():
     assert np.all((out["cluster_prob"][1:] > 0.3) & (out["cluster_prob"][1:] <= 1))
     assert out.meta["cluster_n_components"] == 3
     assert nmi(np.asarray(out["cluster"][1:]), y[1:]) > 0.95
-    with pytest.raises(InvalidArgumentError):
-        GaussianMixture(k_range=range(2, 50)).fit(x[:20])
+    # the BIC choice stops at the clusters the rows can support; a fixed number does not
+    capped = GaussianMixture(k_range=range(2, 50), n_pca=4).fit(x[1:21])
+    assert max(capped.bic_) == 10 and min(capped.bic_) == 2
+    with pytest.raises(InvalidArgumentError, match="20 usable rows are too few for 11 clusters"):
+        GaussianMixture(11).fit(x[1:21])
+    with pytest.raises(InvalidArgumentError, match="at least 4 needed"):
+        GaussianMixture().fit(x[1:4])
 
 
 def test_maps(tmp_path):

@@ -176,7 +176,17 @@ class GaussianMixture:
         rng = np.random.default_rng(self.seed)
         if len(x) > self.max_fit_rows:
             x = x[np.sort(rng.choice(len(x), self.max_fit_rows, replace=False))]
-        candidates = [self.n_components] if self.n_components else self.k_range
+        if self.n_components:
+            candidates = [self.n_components]
+        else:  # the BIC choice: only as many clusters as the rows can support
+            candidates = [k for k in self.k_range if 2 * k <= len(x)]
+            if not candidates:
+                raise InvalidArgumentError(
+                    f"{len(x)} usable rows are too few to choose a number of clusters "
+                    f"(at least {2 * min(self.k_range)} needed)")
+            if len(candidates) < len(self.k_range):
+                log.info("%d usable rows: BIC choice among %d to %d clusters", len(x),
+                         min(candidates), max(candidates))
         if len(x) < 2 * max(candidates):
             raise InvalidArgumentError(f"{len(x)} usable rows are too few for "
                                        f"{max(candidates)} clusters")
