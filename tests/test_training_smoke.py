@@ -78,6 +78,8 @@ def test_smoke_pipeline(model, tmp_path):
                 assert 0 <= measures["R_real_alerts_auc_vs_drb"] <= 1
                 # a 24-triplet smoke set may hold candidates of one class only (AUC nan)
                 assert math.isnan(measures["V1_candidates_auc"]) or 0 <= measures["V1_candidates_auc"] <= 1
+                assert len(measures["V1_candidates_rates_at_threshold"]) == 2  # (FNR, FPR)
+                assert "V1_candidates_balance_threshold" in measures
         if step == "build":
             for done in ("train", "evaluate", "export"):
                 assert f"{model} {done} finished" in run.stderr, run.stderr[-3000:]

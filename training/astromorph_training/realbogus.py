@@ -1285,6 +1285,8 @@ def _rule_measures(p_val, info, p_real, drb, nanf, negative, threshold):
             for sel in [variable & (info["base_ratio"] >= lo) & (info["base_ratio"] < hi)]}
 
     return {"V1_candidates_max_fnr_fpr": eer(det, thr_det), "V1_candidates_auc": roc_auc(p_val[det], y[det]),
+            "V1_candidates_balance_threshold": thr_det,
+            "V1_candidates_rates_at_threshold": list(rates(p_val[det], y[det], threshold)),
             "V2_snr_ge_5_max_fnr_fpr": eer(ge5, eer_threshold(ge5)), "V3_all_auc": roc_auc(p_val, y),
             "R_real_alerts_auc_vs_drb": r_auc(np.ones(len(dl), bool)),
             "R_unmasked": r_auc(nanf == 0), "R_masked": r_auc(nanf > 0),
