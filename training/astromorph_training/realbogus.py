@@ -663,9 +663,9 @@ _RUN_RECORDS = ("train_seconds", "epochs", "n_train", "threads", "processes", "a
 def _calibrate_run(dirs, xva, iva, run):
     """Calibrate ``best.pt`` of a run on the validation sims; write ``calibration.json``."""
     history = json.loads((dirs["ckpt"] / "history.json").read_text())
-    ck = _torch().load(dirs["ckpt"] / "best.pt", map_location="cpu", weights_only=False)
-    calib = _calibration(_predict_logits(_network(ck), xva), iva)
-    calib.update(run, best_epoch=int(ck["epoch"]), history=history)
+    net, epoch = _load_network(dirs)
+    calib = _calibration(_predict_logits(net, xva), iva)
+    calib.update(run, best_epoch=epoch, history=history)
     (dirs["ckpt"] / "calibration.json").write_text(json.dumps(calib, indent=2))
     log.info("calibration: %s", json.dumps({k: v for k, v in calib.items() if k != "history"}))
     return calib
@@ -690,10 +690,15 @@ def calibrate(args):
     return calib
 
 
-def _load_trained(dirs):
+def _load_network(dirs):
+    """The network of a run's ``best.pt`` (in eval mode) and its epoch."""
     ck = _torch().load(dirs["ckpt"] / "best.pt", map_location="cpu", weights_only=False)
+    return _network(ck).eval(), int(ck["epoch"])
+
+
+def _load_trained(dirs):
     calib = json.loads((dirs["ckpt"] / "calibration.json").read_text())
-    return _network(ck).eval(), calib
+    return _load_network(dirs)[0], calib
 
 
 # ----------------------------------------------------------------------------- evaluate
@@ -751,13 +756,11 @@ def _population_blocks(p, z, info, thr):
             "candidates_detected_snr_det_ge_5": block(info["snr_det"] >= 5)}
 
 
-def _fresh_test_set(args, seed):
-    """``--n-fresh-test`` new v3 triplets on the test sky and galaxies, drawn with ``seed``.
-
-    Simulated in memory, never cached: the usual test set (``_load_split``) stays as it is.
-    """
-    n = 24 if args.smoke else _get(args, "n_fresh_test", 24000)
-    return _simulate_split("test", n, args.data_dir, args.seed, None, smoke=args.smoke, base_seed=seed)
+def _fresh_set(args, split, seed, n):
+    """``n`` new v3 triplets (24 with ``--smoke``) on the sky and galaxies of ``split``, drawn
+    with ``seed``, in memory: the cached sets of `_load_split` stay as they are."""
+    return _simulate_split(split, 24 if args.smoke else n, args.data_dir, args.seed, None,
+                           smoke=args.smoke, base_seed=seed)
 
 
 def evaluate(args):
@@ -817,7 +820,7 @@ def evaluate(args):
     log.info("sims evaluated (%.0f s)", time.perf_counter() - t0)
     test_seed = _get(args, "test_seed", None)
     if test_seed is not None:
-        xf, inf_f = _fresh_test_set(args, test_seed)
+        xf, inf_f = _fresh_set(args, "test", test_seed, _get(args, "n_fresh_test", 24000))
         zf = _predict_logits(net, xf)
         del xf
         m_sim["fresh_draw"] = dict(_population_blocks(_sigmoid(a * zf + b), zf, inf_f, thr),
@@ -1070,10 +1073,10 @@ def _goal_text(metrics):
         met = max(f) <= 1.5
     else:
         met = False
-    head = ("meets the FNR, FPR <= 1.5 %% goal on the candidates of a fresh test draw at the recommended "
+    head = ("meets the FNR, FPR <= 1.5 % goal on the candidates of a fresh test draw at the recommended "
             "threshold, not on every population: " if met else
-            "does not meet the FNR, FPR <= 1.5 %% goal on held-out simulations at the recommended threshold: ")
-    return (head.replace("%%", "%") + text + ". Faint reals (S/N < 10), cosmic rays / hot pixels hidden on "
+            "does not meet the FNR, FPR <= 1.5 % goal on held-out simulations at the recommended threshold: ")
+    return (head + text + ". Faint reals (S/N < 10), cosmic rays / hot pixels hidden on "
             "stars, noise peaks, ghosts and dipoles dominate the errors")
 
 
@@ -1245,14 +1248,6 @@ def _card(calib, metrics, args):
 
 
 # ----------------------------------------------------------------------------- compare
-def _fresh_validation_set(args, seed):
-    """``n_val`` new v3 triplets on the validation sky and galaxies, drawn with ``seed``."""
-    n = 24 if args.smoke else _get(args, "n_val", 8000)
-    x, info = _simulate_split("val", n, args.data_dir, args.seed, None, smoke=args.smoke,
-                              base_seed=seed)
-    return x.astype(np.float16), info  # as the cached sets
-
-
 def _rule_measures(p_val, info, p_real, drb, nanf, negative, threshold):
     """The measures the pre-registered rules use (``training/reports/real-bogus/``)."""
     y = info["label"].astype(int)
@@ -1311,7 +1306,8 @@ def compare(args):
     if seed is None:
         xva, iva = _load_split(args, "val", dirs)
     else:
-        xva, iva = _fresh_validation_set(args, seed)
+        xva, iva = _fresh_set(args, "val", seed, _get(args, "n_val", 8000))
+        xva = xva.astype(np.float16)  # as the cached validation set
     X, meta = sim.load_ztf_triplets(args.data_dir)
     xr, nanf = preprocess_triplet(X)
     drb = np.array([m["drb"] for m in meta], float)
