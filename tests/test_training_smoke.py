@@ -140,3 +140,49 @@ def test_real_bogus_average_smoke(tmp_path):
     assert len(torch.load(ckpt / "best.pt", weights_only=False)["ensemble"]) == 2
     step("evaluate")
     step("export")
+
+
+def test_radio_average_smoke(tmp_path):
+    """radio-morphology ``average``: two runs of different seeds (main split and CV fold 0)
+    become one logit-averaging network that evaluates, exports and is carded as an ensemble."""
+    import torch
+
+    def step(folder, *args):
+        env = dict(os.environ, ASTROMORPH_DATA=str(DATA_DIR), PYTHONUNBUFFERED="1",
+                   TMPDIR=str(tmp_path / folder))
+        (tmp_path / folder).mkdir(exist_ok=True)
+        run = subprocess.run([sys.executable, "-m", "astromorph_training", "radio-morphology", *args,
+                              "--smoke", "--data-dir", str(DATA_DIR)],
+                             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+        assert run.returncode == 0, f"{args}:\n{run.stderr[-3000:]}"
+        return run.stderr
+
+    roots = []
+    for seed in (0, 1):
+        step(f"seed{seed}", "train", "--seed", str(seed))
+        step(f"seed{seed}", "train", "--cv", "--folds", "0", "--seed", str(seed))
+        roots.append(tmp_path / f"seed{seed}" / "astromorph-smoke" / "radio-morphology")
+    log = step("ens", "average", "--sources", *map(str, roots))
+    assert "main split: 2 networks" in log and "cv0: 2 networks" in log
+    assert "CV test accuracy of the ensemble over 1 folds" in log
+    (ckpt,) = (tmp_path / "ens").rglob("checkpoints/radio-morphology")
+    best = torch.load(ckpt / "best.pt", weights_only=False)
+    member = torch.load(roots[1] / "training/checkpoints/radio-morphology/best.pt", weights_only=False)
+    assert len(best["ensemble"]) == 2
+    for key, value in member["net"].items():
+        assert torch.equal(best["ensemble"][1]["net"][key], value)
+    # a source that is itself an ensemble is refused
+    run = subprocess.run([sys.executable, "-m", "astromorph_training", "radio-morphology", "average",
+                          "--smoke", "--sources", str(roots[0]), str(ckpt.parents[2])],
+                         cwd=tmp_path, env=dict(os.environ, TMPDIR=str(tmp_path / "x")),
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode != 0 and "single networks" in run.stderr
+    step("ens", "export")
+    step("ens", "evaluate")
+    (card_path,) = (tmp_path / "ens").rglob("models/radio-morphology/card.json")
+    card = json.loads(card_path.read_text())
+    assert card["training"]["network"].startswith("mean logits of 2 x RadioNet")
+    assert "average --sources runs/seed0 runs/seed1" in card["training"]["command"]
+    assert card["metrics"]["cross_validation"]["command"].endswith("average --sources runs/seed0 runs/seed1")
+    metrics = json.loads(next((tmp_path / "ens").rglob("reports/radio-morphology/metrics.json")).read_text())
+    assert metrics["torch_onnx_max_abs_diff"] < 1e-4

@@ -3,7 +3,8 @@
 ``STEP`` is ``train``, ``evaluate``, ``export`` or ``build`` (the three in turn);
 ``real-bogus compare`` scores the shipped model and candidate runs for a pre-registered rule;
 ``real-bogus calibrate`` refits the calibration and threshold of a trained run;
-``real-bogus average`` averages the final checkpoints of earlier runs (weights or logits).
+``real-bogus average`` averages the final checkpoints of earlier runs (weights or logits);
+``radio-morphology average`` combines runs of different seeds into one logit-averaging network.
 """
 import argparse
 import importlib

@@ -161,6 +161,10 @@ def add_arguments(parser):
     group.add_argument("--mixup", type=float, default=DEFAULT_MIXUP, metavar="ALPHA",
                        help="train: mixup of pairs of stamps with Beta(ALPHA, ALPHA) weights "
                             "(default %(default)s: none)")
+    group.add_argument("--sources", nargs="+", default=None, metavar="DIR",
+                       help="average: --out-dir folders of runs trained with different seeds; "
+                            "their networks (main split and every CV fold all of them have) "
+                            "are combined into one whose logits are the members' mean")
 
 
 # --------------------------------------------------------------------------- data
@@ -360,6 +364,23 @@ class Calibrated(nn.Module):
         return torch.softmax(self.net(x) * self.inv_t, dim=1)
 
 
+class LogitMean(nn.Module):
+    """Mean of the logits of several networks: an ensemble exported as one graph.
+
+    Parameters
+    ----------
+    nets : list of torch.nn.Module
+        Member networks returning logits (e.g. the same recipe from different seeds).
+    """
+
+    def __init__(self, nets):
+        super().__init__()
+        self.members = nn.ModuleList(nets)
+
+    def forward(self, x):
+        return torch.stack([m(x) for m in self.members]).mean(0)
+
+
 def _calibrated(net, temperature):
     return Calibrated(net, temperature).eval()
 
@@ -374,6 +395,8 @@ def _make_net(arch=None):
 
 def _plain(net):
     """The network as exported: a `GroupNet` folded into plain layers."""
+    if isinstance(net, LogitMean):
+        return LogitMean([_plain(m) for m in net.members]).eval()
     return net.to_plain() if isinstance(net, GroupNet) else net
 
 
@@ -614,7 +637,14 @@ def _fit(train_x, train_y, valid_x, valid_y, ckpt_dir, *, epochs, seed, batch_si
 
 
 def _load_best(ckpt_dir):
+    """The selected network of a run folder (a `LogitMean` for `average`'s ensembles)."""
     ck = torch.load(ckpt_dir / "best.pt", weights_only=False)
+    if "ensemble" in ck:
+        nets = []
+        for member in ck["ensemble"]:
+            nets.append(_make_net(member.get("arch")))
+            nets[-1].load_state_dict(member["net"])
+        return LogitMean([n.eval() for n in nets]).eval(), ck["record"]
     net = _make_net(ck.get("arch"))
     net.load_state_dict(ck["net"])
     return net.eval(), ck["record"]
@@ -673,6 +703,90 @@ def train(args):
                          label=f"[fold {k}] ", **kw)
         _cv_fold_report(args, data, k, dirs)
     return states
+
+
+def _run_dirs(folder):
+    return _dirs(argparse.Namespace(out_dir=folder, smoke=False))
+
+
+def average(args):
+    """Combine networks trained with different seeds into one logit-averaging ensemble.
+
+    ``--sources DIR [DIR ...]`` are ``--out-dir`` folders of ``train`` runs of one recipe
+    (e.g. ``--seed 0`` and ``--seed 1``). For the main split and for every
+    cross-validation fold that all sources have, this run's ``best.pt`` becomes a
+    `LogitMean` of their selected networks (its validation accuracy recorded); each fold
+    is then exported and scored on the common CV test set as ``train --cv`` does, so
+    `evaluate` and the card report the ensemble's cross-validation. ``export`` and
+    ``evaluate`` treat the ensemble like one network (one graph, the members' summed
+    cost).
+
+    Parameters
+    ----------
+    args : argparse.Namespace
+        Command line arguments.
+
+    Returns
+    -------
+    dict or None
+        Cross-validation summary of the ensemble (None without CV folds).
+    """
+    sources = [Path(s) for s in (getattr(args, "sources", None) or [])]
+    if len(sources) < 2:
+        raise SystemExit("average needs --sources DIR DIR [...]: run folders of trainings "
+                         "with different seeds")
+    dirs = _dirs(args)
+    src_ckpts = [_run_dirs(folder)["ckpt"] for folder in sources]
+    if any(c.resolve() == dirs["ckpt"].resolve() for c in src_ckpts):
+        raise SystemExit("average: --out-dir must differ from every source folder")
+    data = load_dataset(args)
+    parts = [("", data["split"])] + [(f"cv{k}", data["cv_split"][k]) for k in range(CV_FOLDS)]
+    done = []
+    for sub, split in parts:
+        paths = [c / sub / "best.pt" for c in src_ckpts]
+        if not all(path.exists() for path in paths):
+            continue
+        cks = [torch.load(path, weights_only=False) for path in paths]
+        if any("ensemble" in ck for ck in cks):
+            raise SystemExit("average: the sources must be single networks, not ensembles")
+        va = split == "valid"
+        net = LogitMean([_load_best(path.parent)[0] for path in paths])
+        logits = _logits(net, preprocess_dataset_image(data["images"][va]))
+        labels = data["labels"][va]
+        record = {"epoch": [ck["record"]["epoch"] for ck in cks],
+                  "valid_acc": float((logits.argmax(1) == labels).mean()),
+                  "valid_nll": _nll(logits, labels),
+                  "member_valid_acc": [ck["record"]["valid_acc"] for ck in cks]}
+        out = dirs["ckpt"] / sub
+        out.mkdir(parents=True, exist_ok=True)
+        torch.save({"ensemble": [{"net": ck["net"], "arch": ck.get("arch")} for ck in cks],
+                    "record": record, "sources": [str(folder) for folder in sources]},
+                   out / "best.pt")
+        LOG.info("%s: %d networks, validation accuracy %.4f (members %s)", sub or "main split",
+                 len(cks), record["valid_acc"],
+                 ", ".join(f"{a:.4f}" for a in record["member_valid_acc"]))
+        if sub:
+            _cv_fold_report(args, data, int(sub[2:]), dirs)
+        else:
+            summaries = [json.loads((c / "train_summary.json").read_text()) for c in src_ckpts]
+            first = summaries[0]
+            summary = {key: first[key] for key in ("epochs", "arch", "augment", "label_smoothing",
+                                                   "mixup") if key in first}
+            summary["members"] = [{"seed": m.get("seed"), "threads": m.get("threads", 1),
+                                   "best_epoch": m["best"]["epoch"],
+                                   "train_seconds": m.get("train_seconds")} for m in summaries]
+            summary["train_seconds"] = sum(m.get("train_seconds") or 0.0 for m in summaries)
+            (out / "train_summary.json").write_text(json.dumps(summary, indent=1))
+        done.append(sub or "main")
+    if not done:
+        raise SystemExit("average: no main-split or CV-fold checkpoint common to all sources")
+    cv = _cv_summary(dirs)
+    if cv is not None:
+        (dirs["ckpt"] / "cv_summary.json").write_text(json.dumps(cv, indent=1))
+        LOG.info("CV test accuracy of the ensemble over %d folds: %.4f +- %.4f (%s)", cv["n_folds"],
+                 cv["accuracy"]["mean"], cv["accuracy"]["std"],
+                 ", ".join(f"{f['accuracy']:.4f}" for f in cv["folds"]))
+    return cv
 
 
 # --------------------------------------------------------------------------- calibration / metrics
@@ -748,6 +862,18 @@ def _stamp_text():
             f"arcmin at {STAMP_PIXEL_SCALE_ARCSEC:g} arcsec/pixel){binning}")
 
 
+def _ensemble_command(n_members, *, cv=False, threads=None):
+    """The commands that rebuild an `average` ensemble of ``n_members`` seeds."""
+    base = "python -m astromorph_training radio-morphology"
+    runs = []
+    for seed in range(n_members):
+        t = (threads or [1] * n_members)[seed]
+        runs.append(f"{base} train{' --cv' if cv else ''} --seed {seed}"
+                    f"{f' --threads {t}' if t != 1 else ''} --out-dir runs/seed{seed}")
+    return "; ".join(runs + [f"{base} average --sources "
+                             + " ".join(f"runs/seed{seed}" for seed in range(n_members))])
+
+
 def _network_text(arch):
     if arch.get("kind") == "d4":
         return ("GroupNet: D4 (rotation and flip) equivariant CNN, channels per orientation "
@@ -762,8 +888,11 @@ def _card(temperature, record, metrics, smoke, n_params):
         "task": "classification",
         "summary": "Radio galaxy morphology (FRI / FRII / compact / bent) from FIRST 1.4 GHz images.",
         "description": (
-            f"Small CNN ({n_params / 1e6:.2f} M parameters) trained on the FIRST radio galaxy data set of "
-            "Griese et al. "
+            (f"Small CNN ({n_params / 1e6:.2f} M parameters)" if not record.get("members") else
+             f"Mean of the logits of {len(record['members'])} small CNNs ({n_params / 1e6:.2f} M "
+             "parameters in all), one recipe trained from seeds "
+             + ", ".join(str(m["seed"]) for m in record["members"]))
+            + " trained on the FIRST radio galaxy data set of Griese et al. "
             "(2023): 300 x 300 pixel VLA FIRST cutouts at 1.8 arcsec/pixel, noise-thresholded at 3 sigma "
             "and scaled to 8 bits, labelled FRI, FRII, compact or bent from six literature catalogues "
             "(MiraBest, CoNFIG, FRICAT, FRIICAT, FR0CAT, Proctor 2011 WAT/NAT). The network sees the "
@@ -823,13 +952,20 @@ def _card(temperature, record, metrics, smoke, n_params):
             "split": ("official split of galaxy_data_h5: train 1,758 (FRI 395, FRII 824, compact 291, "
                       "bent 248), valid 200 (50 per class: epoch selection and temperature), test 200 "
                       "(50 per class: reported)"),
-            "command": ("python -m astromorph_training radio-morphology train"
+            "command": (_ensemble_command(len(record["members"]),
+                                          threads=[m["threads"] for m in record["members"]])
+                        if record.get("members") else
+                        "python -m astromorph_training radio-morphology train"
                         + (f" --threads {record['threads']}" if record.get("threads", 1) != 1 else "")),
             "time": record.get("time", ""),
-            "machine": f"CPU only, 2 cores, {record.get('threads', 1)} torch thread(s)",
+            "machine": ("CPU only, 2 cores, "
+                        + ("/".join(str(m["threads"]) for m in record["members"])
+                           if record.get("members") else str(record.get("threads", 1)))
+                        + " torch thread(s)"),
             "epochs": record.get("epochs"),
             "best_epoch": record.get("epoch"),
-            "network": _network_text(record.get("arch", {})),
+            "network": (f"mean logits of {len(record['members'])} x " if record.get("members") else "")
+                       + _network_text(record.get("arch", {})),
             "augmentation": AUGMENTATION_TEXT[record.get("augment", "full")],
             "loss": ("class-balanced cross-entropy, label smoothing "
                      f"{record.get('label_smoothing', 0.0):g}"
@@ -879,7 +1015,7 @@ def export(args):
         summary = json.loads((dirs["ckpt"] / "train_summary.json").read_text())
     info = dict(record)
     info["epochs"] = summary.get("epochs")
-    for key in ("arch", "augment", "label_smoothing", "mixup", "threads"):
+    for key in ("arch", "augment", "label_smoothing", "mixup", "threads", "members"):
         if key in summary:
             info[key] = summary[key]
     if "train_seconds" in summary:
@@ -932,6 +1068,9 @@ def _cv_summary(dirs):
     out["epochs"] = epochs
     if epochs and len(set(epochs)) == 1 and epochs[0] != DEFAULT_CV_EPOCHS:
         out["command"] += f" --epochs {epochs[0]}"
+    n_members = {len(f["best_epoch"]) for f in folds if isinstance(f.get("best_epoch"), list)}
+    if n_members:  # folds of an `average` ensemble
+        out["command"] = _ensemble_command(max(n_members), cv=True)
     out["folds"] = [{k: f[k] for k in ("fold", "accuracy", "macro_recall", "ece", "ece_uncalibrated",
                                         "temperature", "best_epoch", "per_class")} for f in folds]
     return out
