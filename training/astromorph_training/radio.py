@@ -972,7 +972,8 @@ def _card(temperature, record, metrics, smoke, n_params):
                      + (f", mixup Beta({record['mixup']:g}, {record['mixup']:g})" if record.get("mixup") else "")
                      + "; AdamW, one-cycle learning rate, "
                      "EMA weights with recomputed batch-norm statistics"),
-            "selection": "epoch with the best validation accuracy (ties: lower validation loss)",
+            "selection": (("each member: " if record.get("members") else "")
+                          + "epoch with the best validation accuracy (ties: lower validation loss)"),
             "smoke": bool(smoke),
         },
         "metrics": metrics,
