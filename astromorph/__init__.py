@@ -4,7 +4,7 @@ Quick start::
 
     >>> import astromorph
     >>> astromorph.list_models()                       # doctest: +SKIP
-    ['morphology', 'radio-morphology', 'real-bogus']
+    ['embedding', 'morphology', 'morphology-gz2', 'radio-morphology', 'real-bogus']
     >>> model = astromorph.load_model("morphology")    # doctest: +SKIP
     >>> model.predict(stamps)["probabilities"]          # doctest: +SKIP
 """
