@@ -177,6 +177,14 @@ def test_radio_average_smoke(tmp_path):
                          cwd=tmp_path, env=dict(os.environ, TMPDIR=str(tmp_path / "x")),
                          capture_output=True, text=True, timeout=300)
     assert run.returncode != 0 and "single networks" in run.stderr
+    # and so are runs of another recipe
+    step("other", "train", "--seed", "2", "--label-smoothing", "0")
+    other = tmp_path / "other" / "astromorph-smoke" / "radio-morphology"
+    run = subprocess.run([sys.executable, "-m", "astromorph_training", "radio-morphology", "average",
+                          "--smoke", "--sources", str(roots[0]), str(other)],
+                         cwd=tmp_path, env=dict(os.environ, TMPDIR=str(tmp_path / "x")),
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode != 0 and "different recipes" in run.stderr
     step("ens", "export")
     step("ens", "evaluate")
     (card_path,) = (tmp_path / "ens").rglob("models/radio-morphology/card.json")

@@ -739,6 +739,13 @@ def average(args):
     src_ckpts = [_run_dirs(folder)["ckpt"] for folder in sources]
     if any(c.resolve() == dirs["ckpt"].resolve() for c in src_ckpts):
         raise SystemExit("average: --out-dir must differ from every source folder")
+    summaries = [c / "train_summary.json" for c in src_ckpts]
+    if all(path.exists() for path in summaries):  # main-split runs: one recipe, other seeds
+        recipe_keys = ("epochs", "arch", "augment", "label_smoothing", "mixup")
+        recipes = [{key: json.loads(path.read_text()).get(key) for key in recipe_keys}
+                   for path in summaries]
+        if any(r != recipes[0] for r in recipes[1:]):
+            raise SystemExit(f"average: the sources were trained with different recipes: {recipes}")
     data = load_dataset(args)
     parts = [("", data["split"])] + [(f"cv{k}", data["cv_split"][k]) for k in range(CV_FOLDS)]
     done = []
@@ -749,6 +756,9 @@ def average(args):
         cks = [torch.load(path, weights_only=False) for path in paths]
         if any("ensemble" in ck for ck in cks):
             raise SystemExit("average: the sources must be single networks, not ensembles")
+        if len({json.dumps(ck.get("arch"), sort_keys=True) for ck in cks}) > 1:
+            raise SystemExit(f"average: the {sub or 'main split'} networks differ in architecture: "
+                             + "; ".join(str(ck.get("arch")) for ck in cks))
         va = split == "valid"
         net = LogitMean([_load_best(path.parent)[0] for path in paths])
         logits = _logits(net, preprocess_dataset_image(data["images"][va]))
@@ -780,7 +790,12 @@ def average(args):
         done.append(sub or "main")
     if not done:
         raise SystemExit("average: no main-split or CV-fold checkpoint common to all sources")
-    cv = _cv_summary(dirs)
+    folds_done = [int(sub[2:]) for sub in done if sub.startswith("cv")]
+    stale = [k for k in range(CV_FOLDS) if k not in folds_done
+             and (dirs["ckpt"] / f"cv{k}" / "result.json").exists()]
+    if stale:
+        LOG.warning("ignoring folds %s of %s: not common to these sources", stale, dirs["ckpt"])
+    cv = _cv_summary(dirs, folds_done) if folds_done else None
     if cv is not None:
         (dirs["ckpt"] / "cv_summary.json").write_text(json.dumps(cv, indent=1))
         LOG.info("CV test accuracy of the ensemble over %d folds: %.4f +- %.4f (%s)", cv["n_folds"],
@@ -1048,9 +1063,10 @@ def _card_metrics(m):
     return out
 
 
-def _cv_summary(dirs):
+def _cv_summary(dirs, folds_done=None):
+    """Summary of the fold results in a run folder (only ``folds_done`` if given)."""
     folds = []
-    for k in range(CV_FOLDS):
+    for k in (range(CV_FOLDS) if folds_done is None else folds_done):
         p = dirs["ckpt"] / f"cv{k}" / "result.json"
         if p.exists():
             folds.append(json.loads(p.read_text()))
