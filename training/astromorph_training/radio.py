@@ -636,18 +636,19 @@ def _fit(train_x, train_y, valid_x, valid_y, ckpt_dir, *, epochs, seed, batch_si
     return state
 
 
+def _network(ck):
+    """The network of a checkpoint entry (``net`` state dict and ``arch``), in eval mode."""
+    net = _make_net(ck.get("arch"))
+    net.load_state_dict(ck["net"])
+    return net.eval()
+
+
 def _load_best(ckpt_dir):
     """The selected network of a run folder (a `LogitMean` for `average`'s ensembles)."""
     ck = torch.load(ckpt_dir / "best.pt", weights_only=False)
     if "ensemble" in ck:
-        nets = []
-        for member in ck["ensemble"]:
-            nets.append(_make_net(member.get("arch")))
-            nets[-1].load_state_dict(member["net"])
-        return LogitMean([n.eval() for n in nets]).eval(), ck["record"]
-    net = _make_net(ck.get("arch"))
-    net.load_state_dict(ck["net"])
-    return net.eval(), ck["record"]
+        return LogitMean([_network(member) for member in ck["ensemble"]]).eval(), ck["record"]
+    return _network(ck), ck["record"]
 
 
 def _arch_option(args):
@@ -705,6 +706,10 @@ def train(args):
     return states
 
 
+#: train_summary.json entries that define a recipe: `average`'s members must share them.
+RECIPE_KEYS = ("epochs", "arch", "augment", "label_smoothing", "mixup")
+
+
 def _run_dirs(folder):
     return _dirs(argparse.Namespace(out_dir=folder, smoke=False))
 
@@ -739,11 +744,10 @@ def average(args):
     src_ckpts = [_run_dirs(folder)["ckpt"] for folder in sources]
     if any(c.resolve() == dirs["ckpt"].resolve() for c in src_ckpts):
         raise SystemExit("average: --out-dir must differ from every source folder")
-    summaries = [c / "train_summary.json" for c in src_ckpts]
-    if all(path.exists() for path in summaries):  # main-split runs: one recipe, other seeds
-        recipe_keys = ("epochs", "arch", "augment", "label_smoothing", "mixup")
-        recipes = [{key: json.loads(path.read_text()).get(key) for key in recipe_keys}
-                   for path in summaries]
+    summaries = None
+    if all((c / "train_summary.json").exists() for c in src_ckpts):  # main-split runs
+        summaries = [json.loads((c / "train_summary.json").read_text()) for c in src_ckpts]
+        recipes = [{key: m.get(key) for key in RECIPE_KEYS} for m in summaries]
         if any(r != recipes[0] for r in recipes[1:]):
             raise SystemExit(f"average: the sources were trained with different recipes: {recipes}")
     data = load_dataset(args)
@@ -760,7 +764,7 @@ def average(args):
             raise SystemExit(f"average: the {sub or 'main split'} networks differ in architecture: "
                              + "; ".join(str(ck.get("arch")) for ck in cks))
         va = split == "valid"
-        net = LogitMean([_load_best(path.parent)[0] for path in paths])
+        net = LogitMean([_network(ck) for ck in cks]).eval()
         logits = _logits(net, preprocess_dataset_image(data["images"][va]))
         labels = data["labels"][va]
         record = {"epoch": [ck["record"]["epoch"] for ck in cks],
@@ -777,11 +781,8 @@ def average(args):
                  ", ".join(f"{a:.4f}" for a in record["member_valid_acc"]))
         if sub:
             _cv_fold_report(args, data, int(sub[2:]), dirs)
-        else:
-            summaries = [json.loads((c / "train_summary.json").read_text()) for c in src_ckpts]
-            first = summaries[0]
-            summary = {key: first[key] for key in ("epochs", "arch", "augment", "label_smoothing",
-                                                   "mixup") if key in first}
+        elif summaries is not None:
+            summary = {key: summaries[0][key] for key in RECIPE_KEYS if key in summaries[0]}
             summary["members"] = [{"seed": m.get("seed"), "threads": m.get("threads", 1),
                                    "best_epoch": m["best"]["epoch"],
                                    "train_seconds": m.get("train_seconds")} for m in summaries]
@@ -897,16 +898,17 @@ def _network_text(arch):
 
 
 def _card(temperature, record, metrics, smoke, n_params):
+    members = record.get("members")  # an `average` ensemble
     return {
         "name": NAME,
         "version": VERSION,
         "task": "classification",
         "summary": "Radio galaxy morphology (FRI / FRII / compact / bent) from FIRST 1.4 GHz images.",
         "description": (
-            (f"Small CNN ({n_params / 1e6:.2f} M parameters)" if not record.get("members") else
-             f"Mean of the logits of {len(record['members'])} small CNNs ({n_params / 1e6:.2f} M "
+            (f"Small CNN ({n_params / 1e6:.2f} M parameters)" if not members else
+             f"Mean of the logits of {len(members)} small CNNs ({n_params / 1e6:.2f} M "
              "parameters in all), one recipe trained from seeds "
-             + ", ".join(str(m["seed"]) for m in record["members"]))
+             + ", ".join(str(m["seed"]) for m in members))
             + " trained on the FIRST radio galaxy data set of Griese et al. "
             "(2023): 300 x 300 pixel VLA FIRST cutouts at 1.8 arcsec/pixel, noise-thresholded at 3 sigma "
             "and scaled to 8 bits, labelled FRI, FRII, compact or bent from six literature catalogues "
@@ -967,19 +969,18 @@ def _card(temperature, record, metrics, smoke, n_params):
             "split": ("official split of galaxy_data_h5: train 1,758 (FRI 395, FRII 824, compact 291, "
                       "bent 248), valid 200 (50 per class: epoch selection and temperature), test 200 "
                       "(50 per class: reported)"),
-            "command": (_ensemble_command(len(record["members"]),
-                                          threads=[m["threads"] for m in record["members"]])
-                        if record.get("members") else
+            "command": (_ensemble_command(len(members), threads=[m["threads"] for m in members])
+                        if members else
                         "python -m astromorph_training radio-morphology train"
                         + (f" --threads {record['threads']}" if record.get("threads", 1) != 1 else "")),
             "time": record.get("time", ""),
             "machine": ("CPU only, 2 cores, "
-                        + ("/".join(str(m["threads"]) for m in record["members"])
-                           if record.get("members") else str(record.get("threads", 1)))
+                        + ("/".join(str(m["threads"]) for m in members)
+                           if members else str(record.get("threads", 1)))
                         + " torch thread(s)"),
             "epochs": record.get("epochs"),
             "best_epoch": record.get("epoch"),
-            "network": (f"mean logits of {len(record['members'])} x " if record.get("members") else "")
+            "network": (f"mean logits of {len(members)} x " if members else "")
                        + _network_text(record.get("arch", {})),
             "augmentation": AUGMENTATION_TEXT[record.get("augment", "full")],
             "loss": ("class-balanced cross-entropy, label smoothing "
@@ -987,7 +988,7 @@ def _card(temperature, record, metrics, smoke, n_params):
                      + (f", mixup Beta({record['mixup']:g}, {record['mixup']:g})" if record.get("mixup") else "")
                      + "; AdamW, one-cycle learning rate, "
                      "EMA weights with recomputed batch-norm statistics"),
-            "selection": (("each member: " if record.get("members") else "")
+            "selection": (("each member: " if members else "")
                           + "epoch with the best validation accuracy (ties: lower validation loss)"),
             "smoke": bool(smoke),
         },
