@@ -157,6 +157,14 @@ def test_radio_average_smoke(tmp_path):
         assert run.returncode == 0, f"{args}:\n{run.stderr[-3000:]}"
         return run.stderr
 
+    def refused(*sources):
+        run = subprocess.run([sys.executable, "-m", "astromorph_training", "radio-morphology", "average",
+                              "--smoke", "--data-dir", str(DATA_DIR), "--sources", *sources],
+                             cwd=tmp_path, env=dict(os.environ, TMPDIR=str(tmp_path / "x")),
+                             capture_output=True, text=True, timeout=300)
+        assert run.returncode != 0
+        return run.stderr
+
     roots = []
     for seed in (0, 1):
         step(f"seed{seed}", "train", "--seed", str(seed))
@@ -172,19 +180,11 @@ def test_radio_average_smoke(tmp_path):
     for key, value in member["net"].items():
         assert torch.equal(best["ensemble"][1]["net"][key], value)
     # a source that is itself an ensemble is refused
-    run = subprocess.run([sys.executable, "-m", "astromorph_training", "radio-morphology", "average",
-                          "--smoke", "--sources", str(roots[0]), str(ckpt.parents[2])],
-                         cwd=tmp_path, env=dict(os.environ, TMPDIR=str(tmp_path / "x")),
-                         capture_output=True, text=True, timeout=300)
-    assert run.returncode != 0 and "single networks" in run.stderr
+    assert "single networks" in refused(str(roots[0]), str(ckpt.parents[2]))
     # and so are runs of another recipe
     step("other", "train", "--seed", "2", "--label-smoothing", "0")
     other = tmp_path / "other" / "astromorph-smoke" / "radio-morphology"
-    run = subprocess.run([sys.executable, "-m", "astromorph_training", "radio-morphology", "average",
-                          "--smoke", "--sources", str(roots[0]), str(other)],
-                         cwd=tmp_path, env=dict(os.environ, TMPDIR=str(tmp_path / "x")),
-                         capture_output=True, text=True, timeout=300)
-    assert run.returncode != 0 and "different recipes" in run.stderr
+    assert "different recipes" in refused(str(roots[0]), str(other))
     step("ens", "export")
     step("ens", "evaluate")
     (card_path,) = (tmp_path / "ens").rglob("models/radio-morphology/card.json")
