@@ -146,6 +146,9 @@ def add_arguments(parser):
     group.add_argument("--stage4", type=int, default=DEFAULT_STAGE4,
                        help="train: channels of the fourth stage (two 3x3 convolutions at 4 x 4 "
                             "pixels; default %(default)s); 0 = the 3-stage v1.0 network")
+    group.add_argument("--stage0", type=int, default=0,
+                       help="train: channels of an extra pair of 3x3 convolutions at the stem's "
+                            "64 x 64 pixels, before the first max-pool (default 0: none, v1.1)")
     group.add_argument("--arch", choices=("plain", "d4"), default="plain",
                        help="train: network, plain = RadioNet (default), d4 = the rotation- and "
                             "flip-equivariant GroupNet (exported as a plain CNN)")
@@ -322,19 +325,27 @@ class RadioNet(nn.Module):
         Number of output logits.
     stage4 : int, optional
         Channels of the fourth stage; 0 leaves it out.
+    stage0 : int, optional
+        Channels of an extra pair of 3 x 3 convolutions at the stem's 64 x 64
+        pixels, before the first max-pool; 0 (the default, v1.1) leaves it out.
     """
 
-    def __init__(self, n_classes=len(RADIO_LABELS), *, stage4=DEFAULT_STAGE4):
+    def __init__(self, n_classes=len(RADIO_LABELS), *, stage4=DEFAULT_STAGE4, stage0=0):
         super().__init__()
-        layers = [
-            *_cbr(1, 16, 5, 2), nn.MaxPool2d(2),                # 64 -> 32
-            *_cbr(16, 32), *_cbr(32, 32), nn.MaxPool2d(2),      # 16
+        layers = [*_cbr(1, 16, 5, 2)]                           # 128 -> 64
+        if stage0:  # optional stage at the stem's 64 x 64 pixels (2.6 arcsec)
+            layers += [*_cbr(16, stage0), *_cbr(stage0, stage0)]
+        layers += [
+            nn.MaxPool2d(2),                                    # 32
+            *_cbr(stage0 or 16, 32), *_cbr(32, 32), nn.MaxPool2d(2),  # 16
             *_cbr(32, 64), *_cbr(64, 64), nn.MaxPool2d(2),      # 8
             *_cbr(64, 128), *_cbr(128, 128),
         ]
         if stage4:  # optional fourth stage at 4 x 4 pixels
             layers += [nn.MaxPool2d(2), *_cbr(128, stage4), *_cbr(stage4, stage4)]
         self.arch = {"stage4": int(stage4)}
+        if stage0:  # checkpoints without the key are stage0 = 0
+            self.arch["stage0"] = int(stage0)
         self.features = nn.Sequential(*layers)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.dropout = nn.Dropout(0.3)
@@ -654,7 +665,10 @@ def _load_best(ckpt_dir):
 def _arch_option(args):
     if getattr(args, "arch", "plain") == "d4":
         return {"kind": "d4", "widths": list(getattr(args, "d4_widths", DEFAULT_D4_WIDTHS))}
-    return {"stage4": getattr(args, "stage4", DEFAULT_STAGE4)}
+    arch = {"stage4": getattr(args, "stage4", DEFAULT_STAGE4)}
+    if getattr(args, "stage0", 0):
+        arch["stage0"] = args.stage0
+    return arch
 
 
 def train(args):
@@ -894,7 +908,8 @@ def _network_text(arch):
     if arch.get("kind") == "d4":
         return ("GroupNet: D4 (rotation and flip) equivariant CNN, channels per orientation "
                 f"{'/'.join(map(str, arch['widths']))}, exported folded into plain convolutions")
-    return f"RadioNet, fourth stage {arch.get('stage4', 0)} channels"
+    text = f"RadioNet, fourth stage {arch.get('stage4', 0)} channels"
+    return text + (f", 64-pixel stage {arch['stage0']} channels" if arch.get("stage0") else "")
 
 
 def _card(temperature, record, metrics, smoke, n_params):
