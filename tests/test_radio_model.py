@@ -251,6 +251,27 @@ def test_unknown_augmentation_is_refused(train_radio):
         train_radio._augment(torch.zeros(2, 1, 8, 8), torch.Generator(), "zoom")
 
 
+def test_stage0_option_keeps_v11_layout(train_radio):
+    """``--stage0 C`` adds two convolutions at 64 x 64 pixels and is recorded in the arch;
+    without it the layer names are v1.1's, so shipped checkpoints still load."""
+    import torch
+
+    plain, hires = train_radio._make_net({"stage4": 8}), train_radio._make_net({"stage4": 8, "stage0": 4})
+    assert "stage0" not in plain.arch and hires.arch == {"stage4": 8, "stage0": 4}
+    x = torch.randn(2, 1, 128, 128)
+    with torch.no_grad():
+        assert hires.eval()(x).shape == plain.eval()(x).shape == (2, 4)
+    convs = [m for m in hires.features if isinstance(m, torch.nn.Conv2d)]
+    assert [c.out_channels for c in convs[:4]] == [16, 4, 4, 32]
+    v11 = train_radio.RadioNet(stage4=8)
+    assert plain.state_dict().keys() == v11.state_dict().keys()
+    reloaded = train_radio._network({"net": hires.state_dict(), "arch": hires.arch})
+    with torch.no_grad():
+        assert torch.equal(reloaded(x), hires(x))
+    args = train_radio.argparse.Namespace(stage4=8, stage0=4)
+    assert train_radio._arch_option(args) == hires.arch
+
+
 def test_mixup_loss(train_radio):
     """``--mixup``: lam = 1 is the plain class-weighted loss, the two labels enter
     symmetrically, and the Beta draws are reproducible from the training generator."""
