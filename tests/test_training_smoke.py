@@ -194,3 +194,24 @@ def test_radio_average_smoke(tmp_path):
     assert card["metrics"]["cross_validation"]["command"].endswith("average --sources runs/seed0 runs/seed1")
     metrics = json.loads(next((tmp_path / "ens").rglob("reports/radio-morphology/metrics.json")).read_text())
     assert metrics["torch_onnx_max_abs_diff"] < 1e-4
+
+
+def test_repo_root_of_an_installed_copy(tmp_path, monkeypatch):
+    """``pip install ./training`` (as the docs and CI do) puts the package in site-packages:
+    `repo_root` is then the checkout the command runs in, not a folder of the virtual
+    environment (``export`` must write the repository's ``models/``)."""
+    from astromorph_training import _common
+
+    site = tmp_path / "venv" / "lib" / "python3.11" / "site-packages" / "astromorph_training"
+    monkeypatch.setattr(_common, "__file__", str(site / "_common.py"))
+    _common._find_repo_root.cache_clear()
+    try:
+        monkeypatch.chdir(REPO / "docs")
+        assert _common.repo_root() == REPO.resolve()
+        monkeypatch.chdir(tmp_path)  # outside any checkout: the working directory
+        assert _common.repo_root() == tmp_path.resolve()
+        monkeypatch.setenv("ASTROMORPH_DATA", str(tmp_path / "nowhere"))
+        with pytest.raises(SystemExit, match="nowhere"):
+            _common.resolve_data_dir()
+    finally:
+        _common._find_repo_root.cache_clear()

@@ -3,6 +3,7 @@
 Paths, seeds, calibration (temperature scaling), classification metrics and
 figures, ONNX export, model cards, and the torch-versus-ONNX parity check.
 """
+import functools
 import hashlib
 import json
 import logging
@@ -25,15 +26,39 @@ log = logging.getLogger(__name__)
 
 
 # --------------------------------------------------------------------------- paths
+def _is_checkout(folder):
+    return (folder / "training" / "astromorph_training").is_dir() and (folder / "models").is_dir()
+
+
+@functools.lru_cache(maxsize=None)
+def _find_repo_root(cwd):
+    here = Path(__file__).resolve().parents[2]  # training/.. when run from the checkout
+    if _is_checkout(here):
+        return here
+    for folder in (cwd, *cwd.parents):  # an installed copy: the checkout we are run in
+        if _is_checkout(folder):
+            return folder
+    log.warning("astromorph_training is installed outside an astromorph checkout and %s is not "
+                "inside one: models/, training/ and ../shared/data are taken relative to it", cwd)
+    return cwd
+
+
 def repo_root():
-    """The astromorph repository this subproject lives in (``training/..``)."""
-    return Path(__file__).resolve().parents[2]
+    """The astromorph repository whose ``models/`` and ``training/`` are rebuilt.
+
+    ``training/..`` when the package runs from the checkout (an editable install);
+    for an installed copy (``pip install ./training``), the nearest folder at or
+    above the working directory holding ``training/astromorph_training`` and
+    ``models/``; failing both, the working directory itself.
+    """
+    return _find_repo_root(Path.cwd().resolve())
 
 
 def resolve_data_dir(arg=None):
     """Real data directory: ``arg``, else ``$ASTROMORPH_DATA``, else ``../shared/data``.
 
-    The default is resolved next to the repository (``<repo>/../shared/data``).
+    The default is resolved next to the repository (``<repo>/../shared/data``, see
+    `repo_root`).
     """
     if arg is None:
         arg = os.environ.get("ASTROMORPH_DATA") or repo_root().parent / "shared" / "data"
