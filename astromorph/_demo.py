@@ -15,9 +15,22 @@ def demo_paths():
     return DATA / "hdf_crop.fits", DATA / "hdf_sources.ecsv"
 
 
-def run_demo(*, model="morphology", output="astromorph_demo.ecsv", gallery=None, overwrite=True,
+def run_demo(*, model="morphology", output="astromorph_demo.ecsv", gallery=None, overwrite=False,
              progress=None):
     """Annotate the packaged HDF sources with a galaxy model; write the table (and a gallery).
+
+    Parameters
+    ----------
+    model : str, optional
+        Model name or folder (a galaxy-morphology model, which takes a size column).
+    output : str or os.PathLike, optional
+        Output table (its extension picks the format); ``None`` writes none.
+    gallery : str or os.PathLike, optional
+        Also write a PNG gallery of labelled colour thumbnails.
+    overwrite : bool, optional
+        Replace existing output files (default: raise `OutputExistsError` before any work).
+    progress : bool, optional
+        Show a progress bar (default: on a terminal).
 
     Returns
     -------
@@ -27,7 +40,12 @@ def run_demo(*, model="morphology", output="astromorph_demo.ecsv", gallery=None,
 
     from ._annotate import annotate
     from ._io import write_table
+    from .exceptions import OutputExistsError
 
+    for path in (output, gallery):
+        if path and Path(path).exists() and not overwrite:
+            raise OutputExistsError(f"{str(path)!r} exists; pass overwrite=True (--overwrite) "
+                                    "to replace it")
     if gallery:
         pyplot()  # a missing matplotlib fails here, before any work
     image, catalogue = demo_paths()
@@ -36,11 +54,11 @@ def run_demo(*, model="morphology", output="astromorph_demo.ecsv", gallery=None,
     if output:
         write_table(result, output, overwrite=overwrite)
     if gallery:
-        _gallery(result, image, gallery)
+        _gallery(result, image, gallery, overwrite=overwrite)
     return result
 
 
-def _gallery(table, image, path, n=24):
+def _gallery(table, image, path, n=24, *, overwrite=False):
     """Colour thumbnails of the largest sources clear of the crop's edges, labelled.
 
     Each thumbnail spans the field the network saw (the card's stamp size for the source's
@@ -85,14 +103,14 @@ def _gallery(table, image, path, n=24):
         fig.suptitle(f"astromorph {prefix}: largest sources of the packaged HDF crop "
                      "(the field each stamp covered)")
         fig.tight_layout()
-        with atomic_output(path, overwrite=True) as tmp:
+        with atomic_output(path, overwrite=overwrite) as tmp:
             fig.savefig(tmp, dpi=90, format="png")
         plt.close(fig)
 
 
 def _run(args):
     result = run_demo(model=args.model, output=args.output, gallery=args.gallery,
-                      progress=False if args.no_progress else None)
+                      overwrite=args.overwrite, progress=False if args.no_progress else None)
     label_col = next(c for c in result.colnames if c.endswith("_label"))
     counts = Counter(str(v) for v in result[label_col] if v is not None and str(v) != "--")
     print(f"{len(result)} sources of the packaged Hubble Deep Field crop, model {args.model}:")
@@ -117,5 +135,7 @@ def register(sub):
     p.add_argument("-o", "--output", default="astromorph_demo.ecsv",
                    help="output table (default: astromorph_demo.ecsv)")
     p.add_argument("--gallery", help="also write a PNG gallery of labelled thumbnails")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace existing output files (default: refuse before any work)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_run)

@@ -9,7 +9,7 @@ from astropy.io import fits
 from astropy.wcs import WCS, FITSFixedWarning
 
 from ._cutouts import SkyImage
-from .exceptions import InputError
+from .exceptions import InputError, UnusableInputWarning
 
 __all__ = ["parse_sky_images", "band_of_header"]
 
@@ -70,43 +70,71 @@ def _from_hdu(hdu, name, hold=None, file_span=None):
                     file_span=file_span)
 
 
-def _from_path(path):
-    name = os.fspath(path)
-    if not os.path.exists(name):
-        raise InputError(f"image {name!r} does not exist")
-    try:
-        # raw (unscaled) data stay memory-mapped; SkyImage applies BSCALE/BZERO/BLANK
-        hdul = fits.open(name, memmap=True, do_not_scale_image_data=True, mode="readonly",
-                         lazy_load_hdus=False)
-    except (OSError, ValueError) as exc:
-        raise InputError(f"{name}: not a readable FITS file ({exc})") from exc
-    images = []
-    errors = []
+def _open_fits(name):
+    """Open a FITS file for `SkyImage`: raw (unscaled) data memory-mapped, every HDU read.
+
+    A truncated file raises `InputError` (astropy only warns, and drops the HDUs past the
+    end, which would lose bands silently).
+    """
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            # SkyImage applies BSCALE/BZERO/BLANK itself
+            hdul = fits.open(name, memmap=True, do_not_scale_image_data=True, mode="readonly",
+                             lazy_load_hdus=False)
+        except (OSError, ValueError) as exc:
+            raise InputError(f"{name}: not a readable FITS file ({exc})") from exc
+    for w in caught:
+        if "truncated" in str(w.message):
+            hdul.close()
+            raise InputError(f"{name}: the FITS file is truncated ({w.message})")
+        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    return hdul
+
+
+def _from_hdul(hdul, name, *, hold=None, spans=None):
+    """The 2D image HDUs of ``hdul`` with a celestial WCS, as `SkyImage`.
+
+    HDUs that cannot be used are skipped with an `UnusableInputWarning` naming the
+    reason, or, when none is usable, reported in one `InputError`.
+    """
+    images, errors = [], []
     for k, hdu in enumerate(hdul):
         if not isinstance(hdu, (fits.PrimaryHDU, fits.ImageHDU, fits.CompImageHDU)):
             continue
         if hdu.header.get("NAXIS", 0) < 2:
             continue
-        span = None
-        if not isinstance(hdu, fits.CompImageHDU):  # uncompressed: the bytes are the array
-            span = (name, hdul.fileinfo(k)["datLoc"])
         try:
-            images.append(_from_hdu(hdu, f"{name}[{k}]", hold=hdul, file_span=span))
+            images.append(_from_hdu(hdu, f"{name}[{k}]", hold=hold,
+                                    file_span=None if spans is None else spans(k, hdu)))
         except InputError as exc:
             errors.append(str(exc))
         except (OSError, ValueError, TypeError) as exc:
             errors.append(f"{name}[{k}]: cannot read the data ({exc})")
     if not images:
         raise InputError("; ".join(errors) or f"{name}: no image HDU")
+    for error in errors:
+        warnings.warn(f"skipping an image HDU: {error}", UnusableInputWarning, stacklevel=4)
     return images
+
+
+def _from_path(path):
+    name = os.fspath(path)
+    if not os.path.exists(name):
+        raise InputError(f"image {name!r} does not exist")
+    hdul = _open_fits(name)
+
+    def span(k, hdu):  # uncompressed HDUs: the bytes in the file are the array
+        return None if isinstance(hdu, fits.CompImageHDU) else (name, hdul.fileinfo(k)["datLoc"])
+
+    return _from_hdul(hdul, name, hold=hdul, spans=span)
 
 
 def _parse_one(obj, band=None):
     if isinstance(obj, (str, os.PathLike)):
         images = _from_path(obj)
     elif isinstance(obj, fits.HDUList):
-        images = [_from_hdu(h, f"HDUList[{k}]") for k, h in enumerate(obj)
-                  if h.is_image and h.header.get("NAXIS", 0) >= 2]
+        images = _from_hdul(obj, "HDUList")
     elif isinstance(obj, (fits.PrimaryHDU, fits.ImageHDU, fits.CompImageHDU)):
         # astropy has applied BSCALE/BZERO already: no scaling here
         hdu = obj
@@ -163,12 +191,13 @@ def parse_sky_images(images, *, bands=None):
         out = []
         for band, value in images.items():
             values = value if isinstance(value, (list, tuple)) and not (
-                isinstance(value, tuple) and len(value) == 2 and isinstance(value[1], WCS)) \
+                isinstance(value, fits.HDUList)
+                or isinstance(value, tuple) and len(value) == 2 and isinstance(value[1], WCS)) \
                 else [value]
             for v in values:
                 out.extend(_parse_one(v, str(band).lower()))
         return out
-    if not isinstance(images, (list, tuple)) or (
+    if not isinstance(images, (list, tuple)) or isinstance(images, fits.HDUList) or (
             isinstance(images, tuple) and len(images) == 2 and isinstance(images[1], (WCS, fits.Header))):
         images = [images]
     if bands is not None and len(bands) != len(images):

@@ -29,6 +29,10 @@ TABLE_FORMATS = {
 }
 
 
+#: Meta keys astropy writes to FITS as one card per list entry.
+_FITS_LIST_KEYS = ("comments", "comment", "history")
+
+
 def table_format(path):
     """The astropy ``format=`` for an output table path, from its extension.
 
@@ -157,9 +161,13 @@ def write_table(table, path, *, overwrite=False, format=None):
             raise InvalidArgumentError(
                 f"CSV cannot hold the multidimensional column(s) {', '.join(multi)} of this "
                 f"table; write {str(path)!r} as .ecsv, .fits or .parquet instead")
-    if fmt == "fits" and any(isinstance(v, (list, tuple)) for v in table.meta.values()):
+    if fmt == "fits" and any(isinstance(v, (list, tuple)) and k.lower() not in _FITS_LIST_KEYS
+                             for k, v in table.meta.items()):
+        # a FITS card holds one value: join lists, except comments and history (one
+        # card per entry, and astropy appends to ``comments`` for mixin columns)
         table = table.copy(copy_data=False)
-        table.meta = {k: ",".join(map(str, v)) if isinstance(v, (list, tuple)) else v
+        table.meta = {k: ",".join(map(str, v)) if isinstance(v, (list, tuple))
+                      and k.lower() not in _FITS_LIST_KEYS else v
                       for k, v in table.meta.items()}
     with atomic_output(path, overwrite=overwrite) as tmp:
         with warnings.catch_warnings():

@@ -14,7 +14,7 @@ import astromorph
 from astromorph import Flag, cli
 from astromorph._cutouts import SkyImage, cut_stamps
 from astromorph._images import parse_sky_images
-from astromorph.exceptions import InputError
+from astromorph.exceptions import AstromorphWarning, InputError, UnusableInputWarning
 
 from conftest import make_card, tiny_classifier_onnx
 
@@ -355,6 +355,39 @@ def test_missing_and_non_celestial_wcs(optical_model, tmp_path):
     (tmp_path / "corrupt.fits").write_bytes(b"SIMPLE  = T" + b"\0" * 100)
     with pytest.raises(InputError, match="corrupt.fits"):
         astromorph.annotate(cat, str(tmp_path / "corrupt.fits"), model=optical_model)
+
+
+def test_hdulist_and_multi_extension_files(optical_model, tmp_path):
+    """An HDUList is one image source (not a list of HDUs); an unusable extension is skipped
+    with a warning that says why, and a truncated file is an error, not fewer bands."""
+    img, w = blobs(), sky_wcs()
+    cat = catalogue(w, [(100, 100), (80, 90)])
+    hdus = [fits.PrimaryHDU()]
+    for band, f in (("i", 3), ("r", 2), ("g", 1)):
+        hdr = w.to_header()
+        hdr["FILTER"] = band
+        hdus.append(fits.ImageHDU(img * f, hdr, name=band))
+    path = tmp_path / "gri.fits"
+    fits.HDUList(hdus).writeto(path)
+    ref = astromorph.annotate(cat, {"g": (img, w), "r": (img * 2, w), "i": (img * 3, w)},
+                              model=optical_model)
+    with fits.open(path) as hdul:
+        for images in (hdul, {"g": hdul[3], "r": hdul[2], "i": hdul[1]}):
+            out = astromorph.annotate(cat, images, model=optical_model)
+            np.testing.assert_allclose(out["opt_p_a"], ref["opt_p_a"], rtol=1e-5)
+    out = astromorph.annotate(cat, str(path), model=optical_model)
+    np.testing.assert_allclose(out["opt_p_a"], ref["opt_p_a"], rtol=1e-5)
+    # one extension without a celestial WCS: skipped, and the warning names it
+    with fits.open(path) as hdul:
+        hdul[2].header["CTYPE1"], hdul[2].header["CTYPE2"] = "LINEAR", "LINEAR"
+        hdul.writeto(tmp_path / "bad_r.fits")
+    with pytest.warns(UnusableInputWarning, match=r"bad_r.fits\[2\]: no celestial WCS"):
+        with pytest.warns(AstromorphWarning, match="using band"):
+            astromorph.annotate(cat, str(tmp_path / "bad_r.fits"), model=optical_model)
+    # a truncated file loses its last extensions: an error, never a silent single band
+    (tmp_path / "cut.fits").write_bytes(path.read_bytes()[:path.stat().st_size // 2])
+    with pytest.raises(InputError, match="truncated"):
+        astromorph.annotate(cat, str(tmp_path / "cut.fits"), model=optical_model)
 
 
 def test_column_conflicts(optical_model):

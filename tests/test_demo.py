@@ -30,6 +30,25 @@ def test_demo_command(tmp_path, capsys):
     assert "146 sources" in capsys.readouterr().out
 
 
+def test_demo_refuses_to_overwrite_and_writes_fits(tmp_path, capsys):
+    """Existing outputs are kept unless --overwrite (checked before any work); a .fits table
+    with the catalogue's Quantity columns is written and reads back."""
+    from astromorph._demo import run_demo
+    from astromorph.exceptions import OutputExistsError
+
+    out = tmp_path / "demo.fits"
+    out.write_text("keep me")
+    with pytest.raises(OutputExistsError, match="demo.fits"):
+        run_demo(output=out, progress=False)
+    assert cli.main(["demo", "-o", str(out), "--no-progress"]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert out.read_text() == "keep me"
+    assert cli.main(["demo", "-o", str(out), "--no-progress", "--overwrite"]) == 0
+    table = Table.read(out)
+    assert len(table) == 146 and table["ra"].unit == "deg"
+    assert "morph_label" in table.colnames
+
+
 def test_demo_gallery_without_matplotlib_fails_before_any_work(tmp_path, monkeypatch):
     from astromorph._demo import run_demo
     from astromorph.exceptions import MissingDependencyError
