@@ -82,13 +82,19 @@ def model_angular_grid(card):
 
 
 def _clean(data, flags):
-    """Fill non-finite pixels with the row median (0 where none is finite); flag them."""
+    """Fill non-finite pixels with the row median (0 where none is finite); flag them.
+
+    A row with a plane (band) that has no finite pixel at all gets `Flag.BAD_INPUT`:
+    there is nothing to score.
+    """
     data = np.asarray(data, dtype=np.float32)
     bad = ~np.isfinite(data)
     if bad.any():
         axes = tuple(range(1, data.ndim))
         frac = bad.mean(axis=axes)
         flags |= np.where(frac > BLANK_THRESHOLD, int(Flag.BLANK), 0).astype(flags.dtype)
+        planes = bad.reshape(len(data), data.shape[1] if data.ndim == 4 else 1, -1)
+        flags |= np.where(planes.all(axis=2).any(axis=1), int(Flag.BAD_INPUT), 0).astype(flags.dtype)
         # only rows with bad pixels need a median (nanmedian loops over rows in Python)
         rows = np.flatnonzero(bad.reshape(len(data), -1).any(axis=1))
         sub, sub_bad = data[rows], bad[rows]
@@ -101,11 +107,24 @@ def _clean(data, flags):
                                      .reshape(int(some.sum()), -1), axis=1)
         data = data.copy()  # never modify the caller's array
         data[rows] = np.where(sub_bad, med.reshape((-1,) + (1,) * (data.ndim - 1)), sub)
-    flat = data.reshape(len(data), -1)
+    return data, _flag_constant(data, flags)
+
+
+def _flag_constant(data, flags):
+    """Set `Flag.CONSTANT` on rows of ``data`` holding a single value."""
+    flat = np.asarray(data).reshape(len(data), -1)
     if flat.size:
         constant = np.ptp(flat, axis=1) == 0
         flags |= np.where(constant, int(Flag.CONSTANT), 0).astype(flags.dtype)
-    return data, flags
+    return flags
+
+
+def _flag_upsampled(flags, height, width, size, crop_fraction):
+    """Set `Flag.EXTRAPOLATED` when the field given to the network spans fewer than half its
+    ``size`` pixels: the model grid is then much finer than the data."""
+    if min(height, width) * (1.0 if crop_fraction is None else crop_fraction) < size / 2:
+        flags |= flags.dtype.type(int(Flag.EXTRAPOLATED))
+    return flags
 
 
 def _optical(raw, card, crop_fraction):
@@ -115,8 +134,12 @@ def _optical(raw, card, crop_fraction):
     if crop_fraction is not None:
         kw["crop_fraction"] = crop_fraction
     flags = raw.flags.copy()
+    height, width = np.shape(raw.data)[-3:-1] if raw.kind == "colour" else np.shape(raw.data)[-2:]
+    flags = _flag_upsampled(flags, height, width, kw["size"],
+                            kw.get("crop_fraction", opt.CROP_FRACTION))
     if raw.kind == "colour":
-        return opt.preprocess_colour_cutout(np.asarray(raw.data), **kw), flags
+        data = np.asarray(raw.data)
+        return opt.preprocess_colour_cutout(data, **kw), _flag_constant(data, flags)
     if raw.kind != "bands":
         raise InputError(f"model {card['name']!r} takes colour images or g, r, i bands, "
                          f"not {raw.kind} stamps")
@@ -146,12 +169,14 @@ def _radio(raw, card, crop_fraction):
     data = np.asarray(raw.data)
     options = dict(card["input"].get("preprocessing_options") or {})
     if raw.kind == "colour":  # data-set style 8-bit grey PNG/JPEG
-        return rad.preprocess_dataset_image(data[..., 0], **options), flags
+        flags = _flag_upsampled(flags, *data.shape[1:3], rad.DATASET_IMAGE_PIXELS, 1.0)
+        return rad.preprocess_dataset_image(data[..., 0], **options), _flag_constant(data, flags)
     if raw.kind != "bands" or data.shape[1] != 1:
         raise InputError(f"model {card['name']!r} takes one radio image per stamp; got "
                          f"{raw.kind} stamps of shape {data.shape[1:]}")
     if data.dtype == np.uint8:
-        return rad.preprocess_dataset_image(data[:, 0], **options), flags
+        flags = _flag_upsampled(flags, *data.shape[2:], rad.DATASET_IMAGE_PIXELS, 1.0)
+        return rad.preprocess_dataset_image(data[:, 0], **options), _flag_constant(data, flags)
     data, flags = _clean(data, flags)
     images = data[:, 0]
     scale = raw.pixel_scale
@@ -187,7 +212,9 @@ def _triplet(raw, card, crop_fraction):
     valid = np.abs(flat) < tri._SENTINEL
     hi = np.where(valid, flat, -np.inf).max(axis=2, initial=-np.inf)
     lo = np.where(valid, flat, np.inf).min(axis=2, initial=np.inf)
-    constant = (~valid.any(axis=2) | (hi == lo)).any(axis=1)
+    empty = (~valid.any(axis=2)).any(axis=1)  # nothing to score: outputs masked
+    flags |= np.where(empty, int(Flag.BAD_INPUT), 0).astype(flags.dtype)
+    constant = (valid.any(axis=2) & (hi == lo)).any(axis=1)
     flags |= np.where(constant, int(Flag.CONSTANT), 0).astype(flags.dtype)
     return x, flags
 

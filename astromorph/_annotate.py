@@ -346,6 +346,9 @@ def annotate(table, images, *, model, ra_col=None, dec_col=None, coord_col=None,
         raw = RawStamps(kind, data if usable.all() else data[usable], bands=tuple(plan),
                         pixel_scale=scale[rows][usable], flags=row_flags[usable])
         x, row_flags[usable] = prepare(model, raw, crop_fraction=crop)
+        scored = (row_flags[usable] & int(Flag.unusable())) == 0  # e.g. an all-NaN band
+        if not scored.all():
+            x, usable = x[scored], usable & ((row_flags & int(Flag.unusable())) == 0)
         return rows, x, row_flags, usable
 
     predictions, scored = [], []

@@ -378,13 +378,15 @@ class _Runner:
             self.flags[row] |= int(Flag.BAD_INPUT)
             self.reasons[row].append(f"cannot be preprocessed: {exc}")
             return
-        pred = self.model.predict(x, batch_size=max(len(x), 1), progress=False)
-        rows = np.array([r for r, _ in items])
-        self.results.append((rows, {k: np.asarray(pred[k]) for k in self.model.output_names}))
-        for (row, stamp), f in zip(items, flags):
+        scored = (flags & int(Flag.unusable())) == 0  # e.g. a plane without a finite pixel
+        if scored.any():
+            pred = self.model.predict(x[scored], batch_size=max(len(x), 1), progress=False)
+            rows = np.array([r for (r, _), ok in zip(items, scored) if ok])
+            self.results.append((rows, {k: np.asarray(pred[k]) for k in self.model.output_names}))
+        for (row, stamp), f, ok in zip(items, flags, scored):
             new = int(f) & ~stamp.flags
             self.flags[row] = int(f)
-            self.valid[row] = True
+            self.valid[row] = bool(ok)
             if new:
                 self.reasons[row].extend(_explain(stamp, new))
             stamp.data = None  # release the pixels
@@ -404,25 +406,30 @@ def _explain(stamp, bits):
                  for i, b in enumerate(stamp.bands or (None,) * len(data))]
     # NaN, inf and masking sentinels (|value| >= 1e30, e.g. ZTF's -3.4e38) are not data
     valid = [np.abs(np.asarray(p, dtype=np.float64)) < _SENTINEL for p in planes]
-    if bits & Flag.BLANK:
-        fracs = [float(np.mean(~v)) for v in valid]
+    fracs = [float(np.mean(~v)) for v in valid]
+    if bits & Flag.BLANK and max(fracs) > 0:  # else the fill is the extrapolated area
         j = int(np.argmax(fracs))
         where = f" of the {names[j]}" if len(planes) > 1 else ""
         out.append(f"{fracs[j]:.0%} of the pixels{where} are NaN/inf/BLANK (filled)")
+    empty = [nm for v, nm in zip(valid, names) if not v.any()]
+    if bits & Flag.BAD_INPUT and empty:
+        out.append(f"{' and '.join(empty)} {'has' if len(empty) == 1 else 'have'} no finite "
+                   "pixel: not scored")
+        bits &= ~Flag.BAD_INPUT
     if bits & Flag.CONSTANT:
         parts = []
         for p, v, nm in zip(planes, valid, names):
             finite = p[v]
             if finite.size == 0:
-                parts.append(f"{nm} has no finite pixel")
+                continue
             elif finite.min() == finite.max():
                 value = finite.flat[0]
                 parts.append(f"{nm} is all zero" if value == 0 else
                              f"{nm} is constant ({value:.4g})")
         out.append("; ".join(parts) if parts else "constant stamp")
     if bits & Flag.EXTRAPOLATED:
-        out.append("the stamp does not cover the model's field at the model's pixel scale "
-                   "(resampling extrapolated; missing area filled)")
+        out.append("the stamp's pixels are much coarser than the model's grid, or it does not "
+                   "cover the model's field (resampling extrapolated; any missing area filled)")
     rest = bits & ~(Flag.BLANK | Flag.CONSTANT | Flag.EXTRAPOLATED)
     if rest:
         out.append(describe_flags(rest))

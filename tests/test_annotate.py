@@ -150,9 +150,10 @@ def test_edge_and_off_image_fractions():
 def test_annotate_columns_flags_and_meta(optical_model):
     n = 200
     img = blobs(n)
-    img[150:180, 20:60] = np.nan
+    img[150:180, 15:45] = np.nan
     w = sky_wcs(n)
-    cat = catalogue(w, [(100, 100), (1, 100), (40, 165), (5000, 5000), (60, 60)])
+    # stamps: clean, at the edge, partly NaN, off the image, clean, all NaN
+    cat = catalogue(w, [(100, 100), (1, 100), (45, 165), (5000, 5000), (60, 60), (30, 165)])
     out = astromorph.annotate(cat, (img, w), model=optical_model)
     assert out is not cat and cat.colnames == ["id", "ra", "dec"]
     for name in ("opt_p_a", "opt_p_b", "opt_p_c", "opt_label", "opt_flags"):
@@ -160,9 +161,11 @@ def test_annotate_columns_flags_and_meta(optical_model):
     flags = np.asarray(out["opt_flags"])
     assert flags[0] == 0 and flags[4] == 0
     assert flags[1] & Flag.EDGE
-    assert flags[2] & Flag.BLANK
+    assert flags[2] & Flag.BLANK and not flags[2] & Flag.BAD_INPUT
     assert flags[3] & Flag.OFF_IMAGE
-    assert out["opt_p_a"].mask.tolist() == [False, False, False, True, False]
+    assert flags[5] & Flag.BLANK and flags[5] & Flag.BAD_INPUT  # nothing left to score
+    assert out["opt_p_a"].mask.tolist() == [False, False, False, True, False, True]
+    assert out["opt_label"].mask.tolist() == [False, False, False, True, False, True]
     p = np.stack([out[f"opt_p_{k}"].filled(np.nan) for k in "abc"], 1)
     np.testing.assert_allclose(p[[0, 1, 2, 4]].sum(1), 1, rtol=1e-5)
     assert out.meta["astromorph_model"] == "opt"

@@ -128,7 +128,7 @@ def write_mef(path, planes, names, *, key="EXTNAME", scale=None):
     return path
 
 
-def galaxy(n=32, seed=0):
+def galaxy(n=192, seed=0):
     y, x = np.mgrid[:n, :n] - (n - 1) / 2
     rng = np.random.default_rng(seed)
     return (np.exp(-(x ** 2 + y ** 2) / (2 * (n / 8) ** 2)) * 5
@@ -151,7 +151,7 @@ def write_picture(path, arr):
     return path
 
 
-def colour_picture(n=40, seed=0):
+def colour_picture(n=200, seed=0):
     rng = np.random.default_rng(seed)
     return rng.integers(0, 256, (n, n, 3), dtype=np.uint8)
 
@@ -340,22 +340,43 @@ def test_missing_band_and_wrong_number_of_planes(models, tmp_path):
     assert table["morph_p_red"].mask.all() and table["morph_label"].mask.all()
 
 
+@pytest.mark.parametrize("model", ["morphology", "radio-morphology"])
+def test_pictures_get_the_quality_flags(models, tmp_path, model):
+    """JPEG/PNG stamps are checked as FITS ones are: a constant picture is flagged, and one
+    far smaller than the field the network sees is flagged as upsampled (extrapolated)."""
+    write_picture(tmp_path / "black.png", np.zeros((300, 300, 3), np.uint8))
+    write_picture(tmp_path / "tiny.png", colour_picture(3))
+    write_picture(tmp_path / "fine.png", colour_picture(300))
+    table = quiet(astromorph.predict_files, model, tmp_path)
+    prefix = "morph" if model == "morphology" else "radio"
+    assert row(table, tmp_path / "black.png")[f"{prefix}_flags"] == Flag.CONSTANT
+    assert "all zero" in row(table, tmp_path / "black.png")["reason"]
+    tiny = row(table, tmp_path / "tiny.png")
+    assert tiny[f"{prefix}_flags"] == Flag.EXTRAPOLATED and "coarser" in tiny["reason"]
+    assert row(table, tmp_path / "fine.png")[f"{prefix}_flags"] == 0
+    assert not table[f"{prefix}_p_{'red' if model == 'morphology' else 'FRI'}"].mask.any()
+
+
 def test_nan_and_constant_stamps_are_flagged_but_scored(models, tmp_path):
+    """NaN pixels are filled and flagged, a constant stamp is flagged, both still scored;
+    a stamp with no finite pixel at all has nothing to score: BAD_INPUT, outputs masked."""
     img = galaxy()
-    img[:8] = np.nan  # 25 per cent
-    img[8, :4] = np.inf
+    img[:48] = np.nan  # 25 per cent
+    img[48, :4] = np.inf
     write_fits(tmp_path / "nan.fits", img)
-    write_fits(tmp_path / "zero.fits", np.zeros((32, 32), np.float32))
-    write_fits(tmp_path / "allnan.fits", np.full((32, 32), np.nan, np.float32))
-    table = astromorph.predict_files("morphology", tmp_path)
+    write_fits(tmp_path / "zero.fits", np.zeros_like(img))
+    write_fits(tmp_path / "allnan.fits", np.full_like(img, np.nan))
+    table = quiet(astromorph.predict_files, "morphology", tmp_path)
     nan = row(table, tmp_path / "nan.fits")
     assert nan["morph_flags"] == Flag.BLANK and "25%" in nan["reason"]
     assert not np.ma.is_masked(nan["morph_p_red"])
     zero = row(table, tmp_path / "zero.fits")
     assert zero["morph_flags"] == Flag.CONSTANT and "all zero" in zero["reason"]
+    assert not np.ma.is_masked(zero["morph_p_red"])
     allnan = row(table, tmp_path / "allnan.fits")
-    assert allnan["morph_flags"] & Flag.BLANK and allnan["morph_flags"] & Flag.CONSTANT
-    assert "no finite pixel" in allnan["reason"]
+    assert allnan["morph_flags"] & Flag.BLANK and allnan["morph_flags"] & Flag.BAD_INPUT
+    assert "image has no finite pixel: not scored" in allnan["reason"]
+    assert np.ma.is_masked(allnan["morph_p_red"]) and np.ma.is_masked(allnan["morph_label"])
 
 
 @pytest.mark.parametrize("dtype,bscale,bzero", [
@@ -525,7 +546,8 @@ def test_triplet_pixel_scale_and_no_wcs(models, tmp_path):
     wcs = row(table, tmp_path / "des_wcs.fits")
     # 51 x 0.27" covers a fraction of the 63" field: the rest is NaN-filled.
     assert wcs["rb_flags"] == Flag.EXTRAPOLATED | Flag.BLANK
-    assert "does not cover" in wcs["reason"] and "NaN" in wcs["reason"]
+    # the fill is the area outside the stamp, not NaN pixels of it: one reason, not "0% NaN"
+    assert "does not cover" in wcs["reason"] and "NaN" not in wcs["reason"]
     nowcs = row(table, tmp_path / "des_nowcs.fits")
     assert nowcs["rb_flags"] & Flag.NO_WCS and "51x51" in nowcs["reason"]
 
@@ -545,10 +567,10 @@ def test_bad_templates(models, tmp_path):
     assert "reference stamp is all zero" in zero_row["reason"]
 
 
-def test_triplet_stamp_without_valid_pixel_is_constant(models, tmp_path):
+def test_triplet_stamp_without_valid_pixel_is_not_scored(models, tmp_path):
     """A triplet member with no valid pixel (all NaN, or all ZTF's -3.4e38 mask value)
-    carries no information: flagged CONSTANT as well as BLANK, like an all-zero one, and
-    the reason names it; no RuntimeWarning from all-NaN reductions."""
+    carries no information: BAD_INPUT (as well as BLANK), the score masked (never a number
+    above the threshold), and the reason names it; no RuntimeWarning from all-NaN reductions."""
     t = triplet()
     blank, masked = t.copy(), t.copy()
     blank[1] = np.nan
@@ -560,8 +582,10 @@ def test_triplet_stamp_without_valid_pixel_is_constant(models, tmp_path):
         table = quiet(astromorph.predict_files, "real-bogus", tmp_path)
     for name, member in (("blank", "reference"), ("masked", "science")):
         r = row(table, tmp_path / f"{name}.fits")
-        assert r["rb_flags"] == Flag.BLANK | Flag.CONSTANT, name
-        assert f"{member} stamp has no finite pixel" in r["reason"], r["reason"]
+        assert r["rb_flags"] == Flag.BLANK | Flag.BAD_INPUT, name
+        assert f"{member} stamp has no finite pixel: not scored" in r["reason"], r["reason"]
+        assert np.ma.is_masked(r["rb_score"])
+    assert len(table) == 2
 
 
 def test_colour_picture_cannot_feed_triplet_model(models, tmp_path):
