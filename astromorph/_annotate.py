@@ -116,7 +116,24 @@ def _size_values(table, size_col, n):
     if size_col not in table.colnames:
         raise InputError(f"no size column {size_col!r} in the catalogue (columns: {table.colnames})")
     col = table[size_col]
-    return (_float_values(col) * (getattr(col, "unit", None) or u.arcsec)).to_value(u.arcsec)
+    unit = getattr(col, "unit", None) or u.arcsec
+    try:
+        return (_float_values(col) * unit).to_value(u.arcsec)
+    except u.UnitsError as exc:
+        raise InputError(f"size column {size_col!r} is in {unit}, not an angle ({exc})") from None
+
+
+def _stamp_side(stamp_size):
+    """``stamp_size`` (a number in arcsec or an angle Quantity) in arcsec, checked."""
+    try:
+        side = u.Quantity(stamp_size, u.arcsec)
+        side = float(side.to_value(u.arcsec))
+    except (u.UnitsError, TypeError, ValueError):
+        side = None
+    if side is None or not (np.isfinite(side) and side > 0):
+        raise InvalidArgumentError(f"stamp_size must be a positive angle (a number in arcsec or "
+                                   f"an angular Quantity), got {stamp_size!r}")
+    return side
 
 
 def _grid(model, family, n, sizes, stamp_size):
@@ -128,7 +145,7 @@ def _grid(model, family, n, sizes, stamp_size):
 
         npix = model.input_shape[-1]
         if stamp_size is not None:
-            side = np.full(n, u.Quantity(stamp_size, u.arcsec).to_value(u.arcsec))
+            side = np.full(n, _stamp_side(stamp_size))
         elif sizes is not None:
             factor = spec.get("stamp_size_per_petro_r90",
                               _optical.stamp_size_from_petrosian(1.0))

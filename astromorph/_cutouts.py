@@ -25,6 +25,8 @@ import weakref
 
 import numpy as np
 
+from .exceptions import InputError
+
 __all__ = ["SkyImage", "StampResult", "cut_stamps", "STAMP_CHUNK"]
 
 log = logging.getLogger(__name__)
@@ -75,7 +77,7 @@ class SkyImage:
     def __init__(self, data, wcs, *, name="image", band=None, bscale=1.0, bzero=0.0, blank=None,
                  hold=None, file_span=None):
         if data.ndim != 2:
-            raise ValueError(f"{name}: expected a 2D image, got shape {data.shape}")
+            raise InputError(f"{name}: expected a 2D image, got shape {data.shape}")
         self.data, self.wcs, self.name, self.band = data, wcs, name, band
         self.bscale, self.bzero, self.blank = float(bscale), float(bzero), blank
         self.shape = data.shape

@@ -64,7 +64,7 @@ def annotate_dask(table, images=None, *, model, partition_size=50_000, compute=T
             from exc
     from astropy.table import vstack
 
-    from .exceptions import InputError
+    from .exceptions import InputError, InvalidArgumentError
 
     def as_paths(value):
         if isinstance(value, (list, tuple)):
@@ -80,7 +80,7 @@ def annotate_dask(table, images=None, *, model, partition_size=50_000, compute=T
     if not isinstance(model, (str, os.PathLike)):
         raise InputError("annotate_dask takes the model by name or path, so each worker loads it")
     if int(partition_size) < 1:
-        raise ValueError(f"partition_size must be >= 1, got {partition_size}")
+        raise InvalidArgumentError(f"partition_size must be >= 1, got {partition_size}")
     bounds = list(range(0, max(len(table), 1), int(partition_size)))
     parts = [dask.delayed(_annotate_partition)(table[start:start + partition_size], images,
                                                os.fspath(model), kwargs)

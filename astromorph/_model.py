@@ -166,6 +166,9 @@ class Model:
     # -- prediction ------------------------------------------------------------
     def _as_input(self, x):
         """Validate ``x`` against the card; return it as ``(N, C, H, W)`` (maybe a view)."""
+        if np.ma.isMaskedArray(x) and np.ma.getmaskarray(x).any():
+            # masked pixels are not data: NaN, so the rows holding them are named below
+            x = np.ma.filled(np.ma.asarray(x).astype(np.float32), np.nan)
         x = np.asarray(x)
         if x.dtype.kind not in "biuf":
             raise TypeError(f"model input must be a real numeric array, got dtype {x.dtype}")
@@ -267,7 +270,7 @@ class Model:
             `astromorph.predict_files` / `astromorph.annotate`, which flag such rows.
         """
         if int(batch_size) < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+            raise InvalidArgumentError(f"batch_size must be >= 1, got {batch_size}")
         x = self._as_input(x)
         n = len(x)
         if n == 0:

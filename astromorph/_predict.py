@@ -23,8 +23,8 @@ from ._progress import progress_bar
 from ._readers import expand_inputs, read_file
 from ._version import __version__
 from .preprocessing._triplet import _SENTINEL
-from .exceptions import (InputError, InvalidArgumentError, OutputExistsError,
-                         UnusableInputWarning)
+from .exceptions import (AmbiguousInputWarning, InputError, InvalidArgumentError,
+                         OutputExistsError, UnusableInputWarning)
 
 __all__ = ["predict_files", "register"]
 
@@ -119,11 +119,18 @@ def predict_files(model, inputs, *, batch_size=256, progress=None, write_header=
 
     with progress_bar(len(paths), desc=f"{model.name}", unit="file", enabled=progress,
                       min_total=16) as bar:
+        assumed = []
         for stamps in _read_all(paths, family, model.card):
             for stamp in stamps:
+                if stamp.assumption:
+                    assumed.append(stamp)
                 runner.add(stamp)
             bar.update(1)
         runner.finish()
+    if assumed:
+        warnings.warn(f"{len(assumed)} stamp(s) read by assumption (first: {assumed[0].source}: "
+                      f"{assumed[0].assumption}); name the bands (BAND or FILTER keywords, or "
+                      "EXTNAMEs) to be sure", AmbiguousInputWarning, stacklevel=2)
 
     prediction, flags, valid = runner.collect()
     cols = result_columns(model, prediction, flags, valid)
@@ -273,6 +280,8 @@ def _conform_bands(stamp, family, name):
     planes = f"{nb} planes ({shown})" if any(names) else f"{nb} planes"
     if family == "optical":
         named = [b for b in names if b]
+        if nb == 3 and not named:
+            stamp.assumption = "3 planes without band names read as g, r, i"
         if nb == 1 or (nb == 3 and (not named or set(names) == {"g", "r", "i"})):
             return
         if nb > 3 and {"g", "r", "i"} <= set(names):

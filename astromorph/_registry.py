@@ -6,8 +6,8 @@ import os
 import re
 from pathlib import Path
 
-from .exceptions import (ChecksumMismatchError, InvalidModelNameError, ModelCardError,
-                         ModelNotFoundError)
+from .exceptions import (ChecksumMismatchError, InvalidArgumentError, InvalidModelNameError,
+                         ModelCardError, ModelNotFoundError)
 
 __all__ = ["list_models", "model_card", "models_dir", "resolve_model", "verify_checksum",
            "resolve_single_band_graph", "REQUIRED_CARD_KEYS", "PRECISIONS"]
@@ -125,7 +125,7 @@ def resolve_model(name_or_path, *, precision=None):
         ``metrics["reference"]``).
     """
     if precision is not None and precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+        raise InvalidArgumentError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     path, card = _resolve(name_or_path)
     main = card.get("precision", PRECISIONS[0])
     if precision is None or precision == main:
@@ -197,7 +197,9 @@ def _resolve(name_or_path):
     shipped = _shipped()
     if name not in shipped:
         available = ", ".join(shipped) or "none"
-        raise ModelNotFoundError(f"no shipped model named {name!r}; available: {available}")
+        hint = f"; to load the folder {name!r} here, pass it with a directory part: './{name}'" \
+            if Path(name).is_dir() else ""
+        raise ModelNotFoundError(f"no shipped model named {name!r}; available: {available}{hint}")
     directory = shipped[name]
     return (directory / "model.onnx").resolve(), _read_card(directory / "card.json")
 

@@ -4,7 +4,7 @@ import os
 import threading
 import warnings
 
-from .exceptions import MissingRuntimeError, ProviderFallbackWarning
+from .exceptions import InvalidArgumentError, MissingRuntimeError, ProviderFallbackWarning
 
 __all__ = ["onnxruntime", "available_providers", "resolve_providers", "get_session",
            "clear_session_cache", "PROVIDER_ALIASES"]
@@ -15,6 +15,7 @@ log = logging.getLogger(__name__)
 PROVIDER_ALIASES = {
     "cpu": "CPUExecutionProvider",
     "cuda": "CUDAExecutionProvider",
+    "gpu": "CUDAExecutionProvider",  # the name of the install extra
     "tensorrt": "TensorrtExecutionProvider",
     "trt": "TensorrtExecutionProvider",
 }
@@ -77,8 +78,11 @@ def resolve_providers(providers=None):
             raise TypeError(f"execution provider names must be strings, got {p!r}")
         full = PROVIDER_ALIASES.get(p.lower(), p)
         if not full.endswith("ExecutionProvider"):
-            raise ValueError(f"unknown execution provider {p!r}; use 'auto', 'cpu', 'cuda', "
-                             "'tensorrt' or an ONNX Runtime provider name")
+            raise InvalidArgumentError(
+                f"unknown execution provider {p!r}; use 'auto', 'cpu', 'cuda' (or 'gpu'), "
+                "'tensorrt' or an ONNX Runtime provider name"
+                + (f" (from ${PROVIDERS_ENV})" if os.environ.get(PROVIDERS_ENV) and p in
+                   os.environ[PROVIDERS_ENV] else ""))
         if full not in requested:
             requested.append(full)
     usable = [p for p in requested if p in available]
@@ -121,7 +125,11 @@ def get_session(path, *, providers=None, threads=None, sha256=None):
     ort = onnxruntime()
     requested, usable = resolve_providers(providers)
     if threads is None and os.environ.get(THREADS_ENV):
-        threads = int(os.environ[THREADS_ENV])
+        try:
+            threads = int(os.environ[THREADS_ENV])
+        except ValueError:
+            raise InvalidArgumentError(f"${THREADS_ENV} must be a whole number of threads, "
+                                       f"got {os.environ[THREADS_ENV]!r}") from None
     key = (str(path), sha256, tuple(usable), threads)
     with _LOCK:
         if key in _CACHE:
@@ -130,7 +138,8 @@ def get_session(path, *, providers=None, threads=None, sha256=None):
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if threads is not None:
             if int(threads) < 0:
-                raise ValueError(f"threads must be >= 0 (0 = ONNX Runtime default), got {threads}")
+                raise InvalidArgumentError(f"threads must be >= 0 (0 = ONNX Runtime default), "
+                                           f"got {threads}")
             opts.intra_op_num_threads = int(threads)
             opts.inter_op_num_threads = 1
         try:

@@ -14,7 +14,8 @@ import astromorph
 from astromorph import Flag, cli
 from astromorph._cutouts import SkyImage, cut_stamps
 from astromorph._images import parse_sky_images
-from astromorph.exceptions import AstromorphWarning, InputError, UnusableInputWarning
+from astromorph.exceptions import (AstromorphWarning, InputError, InvalidArgumentError,
+                                   UnusableInputWarning)
 
 from conftest import make_card, tiny_classifier_onnx
 
@@ -333,6 +334,16 @@ def test_catalogue_errors(optical_model):
         astromorph.annotate(catalogue(w, [(1, 1)]), (img, w), model=optical_model, ra_col="nope")
     with pytest.raises(InputError, match="Table"):
         astromorph.annotate({"ra": [1]}, (img, w), model=optical_model)
+    # a stamp size that is no angle is a mistake in the call, not a flag on every row
+    cat = catalogue(w, [(100, 100)])
+    for bad in (-3, 0, np.nan, "abc", 2 * u.kg):
+        with pytest.raises(InvalidArgumentError, match="stamp_size"):
+            astromorph.annotate(cat, (img, w), model=optical_model, stamp_size=bad)
+    out = astromorph.annotate(cat, (img, w), model=optical_model, stamp_size=8 * u.arcsec)
+    assert out["opt_flags"][0] == 0
+    cat["r90"] = [2.0] * u.kg
+    with pytest.raises(InputError, match="'r90' is in kg, not an angle"):
+        astromorph.annotate(cat, (img, w), model=optical_model, size_col="r90")
 
 
 def test_empty_catalogue(optical_model):

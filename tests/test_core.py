@@ -11,7 +11,8 @@ import pytest
 
 import astromorph
 from astromorph import cli
-from astromorph.exceptions import (AmbiguousInputWarning, ChecksumMismatchError, InputError, InputShapeError, InvalidModelNameError,
+from astromorph.exceptions import (AmbiguousInputWarning, ChecksumMismatchError, InputError, InputShapeError,
+                                   InvalidArgumentError, InvalidModelNameError,
                                    MissingRuntimeError, ModelCardError, ModelNotFoundError,
                                    ProviderFallbackWarning, AstromorphWarning)
 from astropy.utils.exceptions import AstropyUserWarning
@@ -97,6 +98,13 @@ def test_bad_cards(tmp_path):
     (tmp_path / "card.json").write_text(json.dumps(card))
     with pytest.raises(ModelCardError, match="nope"):
         astromorph.load_model(tmp_path)
+
+
+def test_local_folder_named_like_a_model_gets_a_hint(tiny_model_dir, monkeypatch):
+    monkeypatch.chdir(tiny_model_dir)  # holds the folder tiny/, not a shipped model
+    with pytest.raises(ModelNotFoundError, match="pass it with a directory part: './tiny'"):
+        astromorph.load_model("tiny")
+    assert astromorph.load_model("./tiny").labels == ["a", "b"]
 
 
 def test_model_must_be_name_or_path():
@@ -292,7 +300,7 @@ def test_auto_is_silent_without_gpu(tiny_registry):
     assert model.providers == ["CPUExecutionProvider"]
 
 
-@pytest.mark.parametrize("providers", ["cuda", "tensorrt", ["CUDAExecutionProvider", "cpu"]])
+@pytest.mark.parametrize("providers", ["cuda", "gpu", "tensorrt", ["CUDAExecutionProvider", "cpu"]])
 def test_missing_gpu_provider_warns_and_falls_back(tiny_registry, providers):
     if cuda_available():
         pytest.skip("a GPU provider is present")
@@ -331,8 +339,39 @@ def test_failing_gpu_session_falls_back(tiny_registry, monkeypatch):
 
 
 def test_unknown_provider_name(tiny_registry):
-    with pytest.raises(ValueError, match="unknown execution provider"):
+    with pytest.raises(InvalidArgumentError, match="unknown execution provider 'quantum'"):
         astromorph.load_model("tiny", providers="quantum")
+
+
+def test_bad_option_values_are_typed_errors(tiny_registry, monkeypatch, capsys, tmp_path):
+    """Misuse raises InvalidArgumentError naming the value (so the command line prints one
+    line, not a traceback), whether it comes from an argument or an environment variable."""
+    with pytest.raises(InvalidArgumentError, match="'fp16'"):
+        astromorph.load_model("tiny", precision="fp16")
+    with pytest.raises(InvalidArgumentError, match="-3"):
+        astromorph.load_model("tiny", threads=-3)
+    with pytest.raises(InvalidArgumentError, match="batch_size"):
+        astromorph.load_model("tiny").predict(_inputs(2), batch_size=0)
+    monkeypatch.setenv("ASTROMORPH_NUM_THREADS", "abc")
+    with pytest.raises(InvalidArgumentError, match=r"\$ASTROMORPH_NUM_THREADS .*'abc'"):
+        astromorph.load_model("tiny", threads=None)
+    monkeypatch.delenv("ASTROMORPH_NUM_THREADS")
+    monkeypatch.setenv("ASTROMORPH_PROVIDERS", "quantum")
+    with pytest.raises(InvalidArgumentError, match=r"'quantum'.*\$ASTROMORPH_PROVIDERS"):
+        astromorph.load_model("tiny")
+    assert cli.main(["predict", "tiny", str(Path(__file__)), "-o", str(tmp_path / "x.ecsv")]) == 2
+    assert "astromorph: error: unknown execution provider 'quantum'" in capsys.readouterr().err
+
+
+def test_masked_array_input_is_not_data(tiny_registry):
+    """Model.predict on a masked array: masked pixels are not scored as their fill values;
+    the rows holding them are named, as NaN rows are."""
+    x = np.ma.masked_array(_inputs(4), mask=False)
+    x[1, 0, 0, 0] = np.ma.masked
+    with pytest.raises(InputError, match=r"row\(s\) 1;"):
+        astromorph.load_model("tiny").predict(x)
+    clean = astromorph.load_model("tiny").predict(np.ma.masked_array(_inputs(4), mask=False))
+    assert clean["probabilities"].shape == (4, 2)
 
 
 @pytest.mark.gpu

@@ -23,7 +23,7 @@ from astromorph._adapters import RawStamps, prepare, result_columns
 from astromorph._io import write_table
 from astromorph._readers import parse_fits_bytes, read_file
 from astromorph._readers._fits import _read_fits_astropy
-from astromorph.exceptions import (InputNotFoundError, InvalidArgumentError,
+from astromorph.exceptions import (AmbiguousInputWarning, InputNotFoundError, InvalidArgumentError,
                                    MissingDependencyError, ModelNotFoundError, OutputExistsError,
                                    UnusableInputWarning)
 
@@ -436,8 +436,14 @@ def test_four_d_stack_gives_one_row_per_stamp(models, tmp_path):
     stack = np.stack([colour_picture(seed=s).transpose(2, 0, 1).astype(np.float32)
                       for s in range(3)])
     write_fits(tmp_path / "stack.fits", stack)
-    table = astromorph.predict_files("morphology", tmp_path / "stack.fits")
+    # the planes carry no band names: read as g, r, i, and the warning says so
+    with pytest.warns(AmbiguousInputWarning, match=r"3 stamp\(s\) .*without band names read as g, r, i"):
+        table = astromorph.predict_files("morphology", tmp_path / "stack.fits")
     assert list(table["source"]) == [f"{tmp_path / 'stack.fits'}[{i}]" for i in range(3)]
+    write_fits(tmp_path / "named.fits", stack[0], BAND1="g", BAND2="r", BAND3="i")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", AmbiguousInputWarning)
+        astromorph.predict_files("morphology", tmp_path / "named.fits")
 
 
 @pytest.mark.parametrize("case", ["truncated", "garbage", "empty", "gzip", "one_d", "table",

@@ -34,6 +34,8 @@ class Stamp:
     index: int = None
     #: The stamp is on the survey's native grid although it has no WCS (ZTF alerts).
     native_grid: bool = False
+    #: How an ambiguous stamp was read (e.g. unnamed planes taken as g, r, i), else None.
+    assumption: str = None
 
     def flag(self, bit, reason=None):
         """Set ``bit`` and record ``reason``; return self."""
