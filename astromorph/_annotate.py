@@ -93,7 +93,8 @@ def _positions(table, ra_col, dec_col, coord_col):
     missing = [name for name, col in (("RA", ra_col), ("Dec", dec_col)) if col is None]
     if missing:
         raise InputError(f"the catalogue has no {' or '.join(missing)} column (columns: "
-                         f"{table.colnames}); pass ra_col=/dec_col= or a SkyCoord column")
+                         f"{table.colnames}); pass ra_col=/dec_col= (--ra-col/--dec-col) or a "
+                         "SkyCoord column")
     for col in (ra_col, dec_col):
         if col not in table.colnames:
             raise InputError(f"no column {col!r} in the catalogue (columns: {table.colnames})")
@@ -155,7 +156,8 @@ def _grid(model, family, n, sizes, stamp_size):
         else:
             raise InputError(
                 f"model {model.name!r} expects galaxy-scaled stamps ({spec.get('kind')}): pass "
-                "size_col= (a Petrosian R90 radius column) or stamp_size= (the stamp side)")
+                "size_col= (--size-col: a Petrosian R90 radius column) or stamp_size= "
+                "(--stamp-size: the stamp side)")
         bad = ~(np.isfinite(side) & (side > 0))
         return npix, np.where(bad, 1.0, side) / npix, 1.0, bad
     if family == "radio":

@@ -94,7 +94,7 @@ def register(sub):
     p.add_argument("--on-conflict", choices=["error", "suffix", "replace"], default="error",
                    help="when a new column already exists (default: error)")
     p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--providers", default=None, help="auto, cpu, cuda or tensorrt")
+    p.add_argument("--providers", default=None, help="auto, cpu, cuda (or gpu) or tensorrt")
     p.add_argument("--precision", choices=["float32", "int8"], default=None,
                    help="model variant: int8 is a quantised copy, faster on CPUs, where the "
                         "card lists one (default: float32)")
