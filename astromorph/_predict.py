@@ -468,7 +468,7 @@ def register(subparsers):
                    help="add the result keywords to the FITS inputs themselves (atomically)")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     p.add_argument("--providers", default=None,
-                   help="execution providers: auto (default), cpu, cuda, tensorrt")
+                   help="execution providers: auto (default), cpu, cuda (or gpu), tensorrt")
     p.add_argument("--precision", choices=["float32", "int8"], default=None,
                    help="model variant: int8 is a quantised copy, faster on CPUs, where the "
                         "card lists one (default: float32)")
