@@ -81,20 +81,23 @@ def model_angular_grid(card):
     return npix, (None if scale is None else float(scale)), kind
 
 
-def _clean(data, flags):
-    """Fill non-finite pixels with the row median (0 where none is finite); flag them.
+def _flag_non_finite(data, bad, flags):
+    """`Flag.BLANK` for rows with many non-finite pixels (``bad``); `Flag.BAD_INPUT` for
+    rows with a plane (band) that has no finite pixel at all: nothing to score."""
+    frac = bad.mean(axis=tuple(range(1, data.ndim)))
+    flags |= np.where(frac > BLANK_THRESHOLD, int(Flag.BLANK), 0).astype(flags.dtype)
+    planes = bad.reshape(len(data), data.shape[1] if data.ndim == 4 else 1, -1)
+    flags |= np.where(planes.all(axis=2).any(axis=1), int(Flag.BAD_INPUT), 0).astype(flags.dtype)
+    return flags
 
-    A row with a plane (band) that has no finite pixel at all gets `Flag.BAD_INPUT`:
-    there is nothing to score.
-    """
+
+def _clean(data, flags):
+    """Fill non-finite pixels with the row median (0 where none is finite); flag them
+    (`_flag_non_finite`)."""
     data = np.asarray(data, dtype=np.float32)
     bad = ~np.isfinite(data)
     if bad.any():
-        axes = tuple(range(1, data.ndim))
-        frac = bad.mean(axis=axes)
-        flags |= np.where(frac > BLANK_THRESHOLD, int(Flag.BLANK), 0).astype(flags.dtype)
-        planes = bad.reshape(len(data), data.shape[1] if data.ndim == 4 else 1, -1)
-        flags |= np.where(planes.all(axis=2).any(axis=1), int(Flag.BAD_INPUT), 0).astype(flags.dtype)
+        flags = _flag_non_finite(data, bad, flags)
         # only rows with bad pixels need a median (nanmedian loops over rows in Python)
         rows = np.flatnonzero(bad.reshape(len(data), -1).any(axis=1))
         sub, sub_bad = data[rows], bad[rows]
@@ -177,16 +180,26 @@ def _radio(raw, card, crop_fraction):
     if data.dtype == np.uint8:
         flags = _flag_upsampled(flags, *data.shape[2:], rad.DATASET_IMAGE_PIXELS, 1.0)
         return rad.preprocess_dataset_image(data[:, 0], **options), _flag_constant(data, flags)
-    data, flags = _clean(data, flags)
+    # Non-finite pixels stay NaN: the data-set procedure counts them as empty sky and
+    # measures the noise on the finite ones (a median fill would shrink the noise estimate
+    # and let noise through the 3-sigma threshold).
+    data = np.asarray(data, dtype=np.float32)
+    bad = ~np.isfinite(data)
+    if bad.any():
+        flags = _flag_non_finite(data, bad, flags)
+    flags = _flag_constant(np.where(bad, 0, data), flags)
     images = data[:, 0]
-    scale = raw.pixel_scale
-    if scale is not None:
-        scales = np.broadcast_to(np.asarray(scale, dtype=float), (len(images),))
+    scales = np.broadcast_to(np.asarray(rad.FIRST_PIXEL_SCALE_ARCSEC if raw.pixel_scale is None
+                                        else raw.pixel_scale, dtype=float), (len(images),))
+    # the stamp must span the network's field (CROP_PIXELS at 1.8"): else extrapolated
+    side = np.minimum(*images.shape[-2:]) * scales
+    short = side < rad.STAMP_ANGULAR_SIZE_ARCSEC * (1 - 1e-6)
+    coarse = scales > 2 * rad.FIRST_PIXEL_SCALE_ARCSEC
+    flags |= np.where(short | coarse, int(Flag.EXTRAPOLATED), 0).astype(flags.dtype)
+    if raw.pixel_scale is not None:
         resample = ~np.isclose(scales, rad.FIRST_PIXEL_SCALE_ARCSEC, rtol=1e-3)
         if resample.any() or images.shape[-1] != rad.DATASET_IMAGE_PIXELS:
             images = np.stack([rad.resample_to_first_grid(im, s) for im, s in zip(images, scales)])
-            flags |= np.where(scales > 2 * rad.FIRST_PIXEL_SCALE_ARCSEC,
-                              int(Flag.EXTRAPOLATED), 0).astype(flags.dtype)
     return rad.preprocess_first_cutout(images, **options), flags
 
 

@@ -347,8 +347,11 @@ def resample_to_first_grid(image, pixel_scale_arcsec, *, size=DATASET_IMAGE_PIXE
     Bilinear interpolation of the surface brightness (Jy/beam stays
     Jy/beam) onto a ``size`` x ``size`` grid of `FIRST_PIXEL_SCALE_ARCSEC`
     pixels sharing the image centre; points outside the image are NaN (empty
-    sky for `first_cutout_to_uint8`). For images with a full WCS and a known
-    sky position, ``reproject`` onto a FIRST-like WCS is the better choice.
+    sky for `first_cutout_to_uint8`). An image finer than the grid by a factor
+    ``f >= 2`` is first block-averaged by ``floor(f)`` (NaN-aware), so that
+    downsampling does not alias, as `astromorph.annotate` cuts stamps. For
+    images with a full WCS and a known sky position, ``reproject`` onto a
+    FIRST-like WCS is the better choice.
 
     Parameters
     ----------
@@ -372,6 +375,18 @@ def resample_to_first_grid(image, pixel_scale_arcsec, *, size=DATASET_IMAGE_PIXE
     offsets = (np.arange(size) - size // 2) * step
     y = ny // 2 + offsets
     x = nx // 2 + offsets
+    # inside the image's own extent (the edge half-blocks of a binned image included)
+    inside = ((y >= 0) & (y <= ny - 1))[:, None] & ((x >= 0) & (x <= nx - 1))[None, :]
+    factor = int(np.floor(step + 1e-9))
+    if factor >= 2 and min(ny, nx) >= 2 * factor:
+        # block k of the binned image is centred on original pixel factor * k + (factor - 1) / 2
+        ny, nx = ny // factor, nx // factor
+        block = image[:ny * factor, :nx * factor].reshape(ny, factor, nx, factor)
+        good = np.isfinite(block)
+        count = good.sum(axis=(1, 3))
+        total = np.where(good, block, 0.0).sum(axis=(1, 3))
+        image = np.where(count > 0, total / np.maximum(count, 1), np.nan)
+        y, x = (y - (factor - 1) / 2) / factor, (x - (factor - 1) / 2) / factor
     y0 = np.clip(np.floor(y).astype(int), 0, ny - 2)
     x0 = np.clip(np.floor(x).astype(int), 0, nx - 2)
     fy = np.clip(y - y0, 0.0, 1.0)[:, None]
@@ -379,6 +394,5 @@ def resample_to_first_grid(image, pixel_scale_arcsec, *, size=DATASET_IMAGE_PIXE
     iy, ix = y0[:, None], x0[None, :]
     out = (image[iy, ix] * (1 - fy) * (1 - fx) + image[iy, ix + 1] * (1 - fy) * fx
            + image[iy + 1, ix] * fy * (1 - fx) + image[iy + 1, ix + 1] * fy * fx)
-    inside = ((y >= 0) & (y <= ny - 1))[:, None] & ((x >= 0) & (x <= nx - 1))[None, :]
     out[~inside] = np.nan
     return out
