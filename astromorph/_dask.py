@@ -79,9 +79,17 @@ def annotate_dask(table, images=None, *, model, partition_size=50_000, compute=T
     images = None if images is None else as_paths(images)
     if not isinstance(model, (str, os.PathLike)):
         raise InputError("annotate_dask takes the model by name or path, so each worker loads it")
-    if int(partition_size) < 1:
-        raise InvalidArgumentError(f"partition_size must be >= 1, got {partition_size}")
-    bounds = list(range(0, max(len(table), 1), int(partition_size)))
+    import operator
+
+    try:
+        size = operator.index(partition_size)
+    except TypeError:
+        size = 0
+    if size < 1:
+        raise InvalidArgumentError(f"partition_size must be a whole number >= 1, got "
+                                   f"{partition_size!r}")
+    partition_size = size
+    bounds = list(range(0, max(len(table), 1), partition_size))
     parts = [dask.delayed(_annotate_partition)(table[start:start + partition_size], images,
                                                os.fspath(model), kwargs)
              for start in bounds]

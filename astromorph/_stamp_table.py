@@ -104,6 +104,9 @@ def annotate_stamps(table, *, model, columns=None, pixel_scale=None, negative=No
     names = _stamp_columns(table, columns, family)
     n = len(table)
     scales = _row_values(table, pixel_scale, n, "pixel_scale", _arcsec)
+    if scales is not None and not isinstance(pixel_scale, str) and np.ndim(pixel_scale) == 0 \
+            and n and not (np.isfinite(scales[0]) and scales[0] > 0):
+        raise InvalidArgumentError(f"pixel_scale must be positive, got {pixel_scale!r}")
     flip = _row_values(table, negative, n, "negative", _bools)
     if flip is not None and family != "triplet":
         raise InvalidArgumentError(f"negative= applies to difference-imaging models; "

@@ -144,7 +144,7 @@ def base_packets():
                 records.extend(reader)
         return fastavro.parse_schema(schema), records, f"{len(records)} real ZTF packets"
     sys.path.insert(0, str(REPO / "tests"))
-    from test_predict_files import ZTF_SCHEMA, ztf_alert  # synthetic, same layout
+    from synthetic_alerts import ZTF_SCHEMA, ztf_alert  # synthetic, same layout
 
     return (fastavro.parse_schema(ZTF_SCHEMA), [ztf_alert(1 + i) for i in range(2)],
             "synthetic ZTF-like packets (no real packets found)")

@@ -28,6 +28,8 @@ from astromorph.exceptions import (AmbiguousInputWarning, InputNotFoundError, In
                                    UnusableInputWarning)
 
 from conftest import DATA_DIR, requires_data, sha256, tiny_classifier_onnx
+from synthetic_alerts import (RUBIN_SCHEMA, celestial_header, rubin_alert, triplet, write_avro,
+                              ztf_alert)
 
 ALERTS = DATA_DIR / "alerts"
 RNG = np.random.default_rng(42)
@@ -95,19 +97,10 @@ def models(tmp_path_factory, monkeypatch):
 
 
 # ----------------------------------------------------------------------------- file makers
-def _celestial(header, scale_arcsec, shape):
-    ny, nx = shape[-2:]
-    header.update({"CTYPE1": "RA---TAN", "CTYPE2": "DEC--TAN", "CRVAL1": 150.0,
-                   "CRVAL2": 2.0, "CRPIX1": nx / 2 + 0.5, "CRPIX2": ny / 2 + 0.5,
-                   "CD1_1": -scale_arcsec / 3600, "CD1_2": 0.0, "CD2_1": 0.0,
-                   "CD2_2": scale_arcsec / 3600})
-    return header
-
-
 def write_fits(path, data, *, scale=None, **cards):
     header = fits.Header()
     if scale is not None:
-        _celestial(header, scale, np.shape(data))
+        celestial_header(header, scale, np.shape(data))
     header.update(cards)
     fits.PrimaryHDU(np.asarray(data), header=header).writeto(path, overwrite=True)
     return path
@@ -118,7 +111,7 @@ def write_mef(path, planes, names, *, key="EXTNAME", scale=None):
     for plane, name in zip(planes, names):
         h = fits.Header()
         if scale is not None:
-            _celestial(h, scale, plane.shape)
+            celestial_header(h, scale, plane.shape)
         hdu = fits.ImageHDU(np.asarray(plane, np.float32), header=h)
         hdu.header[key] = name
         if key != "EXTNAME":
@@ -135,15 +128,6 @@ def galaxy(n=192, seed=0):
             + rng.normal(0, 0.05, (n, n))).astype(np.float32)
 
 
-def triplet(n=63, seed=0, flux=300.0):
-    rng = np.random.default_rng(seed)
-    y, x = np.mgrid[:n, :n] - n // 2
-    psf = np.exp(-(x ** 2 + y ** 2) / (2 * 1.5 ** 2))
-    ref = 200 + rng.normal(0, 5, (n, n)) + 500 * np.exp(-((x - 8) ** 2 + y ** 2) / 8)
-    sci = ref + flux * psf + rng.normal(0, 5, (n, n))
-    return np.stack([sci, ref, sci - ref]).astype(np.float32)
-
-
 def write_picture(path, arr):
     from PIL import Image
 
@@ -154,106 +138,6 @@ def write_picture(path, arr):
 def colour_picture(n=200, seed=0):
     rng = np.random.default_rng(seed)
     return rng.integers(0, 256, (n, n, 3), dtype=np.uint8)
-
-
-def _fits_bytes(data, *, scale=None, extensions=False, gz=False):
-    header = fits.Header()
-    if scale is not None:
-        _celestial(header, scale, data.shape)
-    hdus = [fits.PrimaryHDU(np.asarray(data, np.float32), header=header)]
-    if extensions:  # astropy CCDData layout (Rubin cutouts)
-        hdus += [fits.ImageHDU(np.zeros(data.shape, np.int16), name="MASK"),
-                 fits.ImageHDU(np.ones(data.shape, np.float32), name="UNCERT")]
-    buf = io.BytesIO()
-    fits.HDUList(hdus).writeto(buf)
-    raw = buf.getvalue()
-    return gzip.compress(raw) if gz else raw
-
-
-ZTF_SCHEMA = {
-    "type": "record", "name": "alert", "namespace": "ztf", "fields": [
-        {"name": "schemavsn", "type": "string"},
-        {"name": "objectId", "type": "string"},
-        {"name": "candid", "type": "long"},
-        {"name": "candidate", "type": {"type": "record", "name": "candidate",
-                                       "namespace": "ztf.alert", "fields": [
-            {"name": "candid", "type": "long"}, {"name": "isdiffpos", "type": "string"},
-            {"name": "xpos", "type": ["null", "float"], "default": None},
-            {"name": "ypos", "type": ["null", "float"], "default": None},
-            {"name": "magpsf", "type": "float"}]}},
-        {"name": "prv_candidates", "type": ["null", {"type": "array", "items": {
-            "type": "record", "name": "prv_candidate", "namespace": "ztf.alert",
-            "fields": [{"name": "jd", "type": "double"}, {"name": "magpsf",
-                                                           "type": ["null", "float"]}]}}],
-         "default": None},
-        {"name": "cutoutScience", "type": ["null", {
-            "type": "record", "name": "cutout", "namespace": "ztf.alert",
-            "fields": [{"name": "fileName", "type": "string"},
-                       {"name": "stampData", "type": "bytes"}]}], "default": None},
-        {"name": "cutoutTemplate", "type": ["null", "ztf.alert.cutout"], "default": None},
-        {"name": "cutoutDifference", "type": ["null", "ztf.alert.cutout"], "default": None},
-    ]}
-
-# Minimal Rubin schema with the field names of the published lsst.v7_0 alert schema.
-RUBIN_SCHEMA = {
-    "type": "record", "name": "alert", "namespace": "lsst.v7_0", "fields": [
-        {"name": "alertId", "type": "long"},
-        {"name": "diaSource", "type": {"type": "record", "name": "diaSource",
-                                       "namespace": "lsst.v7_0", "fields": [
-            {"name": "diaSourceId", "type": "long"}, {"name": "visit", "type": "long"},
-            {"name": "detector", "type": "int"}, {"name": "midpointMjdTai", "type": "double"},
-            {"name": "ra", "type": "double"}, {"name": "dec", "type": "double"},
-            {"name": "x", "type": "float"}, {"name": "y", "type": "float"},
-            {"name": "psfFlux", "type": ["null", "float"], "default": None},
-            {"name": "flags", "type": "long"},
-            {"name": "band", "type": ["null", "string"], "default": None}]}},
-        {"name": "prvDiaSources", "type": ["null", {"type": "array",
-                                                    "items": "lsst.v7_0.diaSource"}],
-         "default": None},
-        {"name": "diaObject", "type": ["null", {"type": "record", "name": "diaObject",
-                                                "fields": [{"name": "diaObjectId",
-                                                            "type": "long"}]}],
-         "default": None},
-        {"name": "cutoutDifference", "type": ["null", "bytes"], "default": None},
-        {"name": "cutoutScience", "type": ["null", "bytes"], "default": None},
-        {"name": "cutoutTemplate", "type": ["null", "bytes"], "default": None},
-    ]}
-
-
-def ztf_alert(candid, trip=None, *, isdiffpos="t", diffname=None, drop=(), raw=None,
-              xpos=1500.0, ypos=1500.0):
-    trip = triplet(seed=candid % 1000) if trip is None else trip
-    kinds = ("sci", "ref", "scimref" if isdiffpos == "t" else "refmsci")
-    rec = {"schemavsn": "3.3", "objectId": f"ZTF{candid}", "candid": candid,
-           "candidate": {"candid": candid, "isdiffpos": isdiffpos, "xpos": xpos, "ypos": ypos,
-                         "magpsf": 18.0},
-           "prv_candidates": [{"jd": 2459000.5 + i, "magpsf": 19.0} for i in range(5)]}
-    for i, key in enumerate(("cutoutScience", "cutoutTemplate", "cutoutDifference")):
-        name = f"candid{candid}_{kinds[i]}.fits.gz"
-        if i == 2 and diffname:
-            name = diffname
-        data = (raw or {}).get(key) or _fits_bytes(trip[i], gz=True)
-        rec[key] = None if key in drop else {"fileName": name, "stampData": data}
-    return rec
-
-
-def rubin_alert(source_id, trip=None, *, psf_flux=1000.0, drop=(), scale=0.2):
-    trip = triplet(n=31, seed=source_id % 1000) if trip is None else trip
-    rec = {"alertId": source_id + 1, "prvDiaSources": None, "diaObject": None,
-           "diaSource": {"diaSourceId": source_id, "visit": 1, "detector": 2,
-                         "midpointMjdTai": 60000.0, "ra": 150.0, "dec": 2.0, "x": 10.0,
-                         "y": 10.0, "psfFlux": psf_flux, "flags": 0, "band": "r"}}
-    for i, key in enumerate(("cutoutScience", "cutoutTemplate", "cutoutDifference")):
-        rec[key] = None if key in drop else _fits_bytes(trip[i], scale=scale, extensions=True)
-    return rec
-
-
-def write_avro(path, records, schema=ZTF_SCHEMA, codec="null"):
-    import fastavro
-
-    with open(path, "wb") as f:
-        fastavro.writer(f, fastavro.parse_schema(schema), records, codec=codec)
-    return path
 
 
 def digest(path):

@@ -35,11 +35,17 @@ def _check_outputs(args, *paths):
     from .._io import table_format
     from ..exceptions import OutputExistsError
 
+    from ..exceptions import InvalidArgumentError
+
     if getattr(args, "output", None):
         table_format(args.output)  # fail on a bad extension before any work
-    for p in paths:
-        if p and Path(p).exists() and not args.overwrite:
+    for p in paths:  # every output is checked before any is written
+        if not p:
+            continue
+        if Path(p).exists() and not args.overwrite:
             raise OutputExistsError(f"{p!r} exists; pass --overwrite to replace it")
+        if not Path(p).resolve().parent.is_dir():
+            raise InvalidArgumentError(f"output directory {str(Path(p).parent)!r} does not exist")
 
 
 def _cmd_similar(args):
@@ -106,7 +112,7 @@ def _cmd_cluster(args):
 
 def _cmd_classify(args):
     from ._common import table_embeddings
-    from ._head import LabelHead
+    from ._head import LabelHead, _missing_labels
     from ..exceptions import InputError
 
     _check_outputs(args, args.output)
@@ -115,9 +121,8 @@ def _cmd_classify(args):
         raise InputError(f"no label column {args.labels!r} (columns: {table.colnames})")
     x, valid = table_embeddings(table, args.column)
     col = table[args.labels]
-    missing = np.ma.getmaskarray(col)
     values = np.asarray(np.ma.getdata(col)).astype(str)
-    labelled = valid & ~missing & (np.char.strip(values) != "")
+    labelled = valid & ~_missing_labels(col)  # masked, empty, None or NaN: unlabelled
     if labelled.sum() < 2:
         raise InputError(f"column {args.labels!r} labels fewer than two rows with embeddings")
     head = LabelHead(class_weight="balanced" if args.balanced else None, C=args.C)

@@ -17,7 +17,11 @@ def embedding_matrix(embeddings, *, allow_masked=False, dtype=np.float64):
     """
     mask = np.ma.getmaskarray(embeddings) if np.ma.isMaskedArray(embeddings) or \
         hasattr(embeddings, "mask") else None
-    x = np.asarray(np.ma.getdata(embeddings), dtype=dtype)
+    try:
+        x = np.asarray(np.ma.getdata(embeddings), dtype=dtype)
+    except (TypeError, ValueError) as exc:
+        raise InvalidArgumentError(f"embeddings must be numbers, got "
+                                   f"{np.asarray(np.ma.getdata(embeddings)).dtype} values ({exc})") from None
     if x.ndim == 1:  # a single vector
         x = x[None]
         mask = None if mask is None else np.asarray(mask)[None]

@@ -14,6 +14,19 @@ log = logging.getLogger(__name__)
 DEFAULT_CS = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0)
 
 
+def _missing_labels(labels):
+    """Rows of ``labels`` with no label: masked, None, NaN or an empty string."""
+    mask = np.ma.getmaskarray(labels) if np.ma.isMaskedArray(labels) or hasattr(labels, "mask") \
+        else np.zeros(len(labels), bool)
+    values = np.ma.getdata(labels) if np.ma.isMaskedArray(labels) else np.asarray(labels, dtype=object)
+    if values.ndim != 1:
+        return np.zeros(len(labels), bool)
+    empty = np.array([v is None or (isinstance(v, (float, np.floating)) and np.isnan(v))
+                      or (isinstance(v, (str, np.str_, bytes)) and not str(v).strip())
+                      for v in values.tolist()], dtype=bool)
+    return np.asarray(mask, bool).reshape(len(empty)) | empty
+
+
 def _log_softmax(z):
     z = z - z.max(axis=1, keepdims=True)
     return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
@@ -83,8 +96,8 @@ class LabelHead:
     def __init__(self, *, C=None, Cs=DEFAULT_CS, cv=5, class_weight=None, max_iter=300):
         if class_weight not in (None, "balanced"):
             raise InvalidArgumentError(f"class_weight must be None or 'balanced', got {class_weight!r}")
-        if C is not None and not C > 0:
-            raise InvalidArgumentError(f"C must be positive, got {C!r}")
+        if C is not None and not (isinstance(C, (int, float, np.integer, np.floating)) and C > 0):
+            raise InvalidArgumentError(f"C must be a positive number, got {C!r}")
         self.C = C
         self.Cs = tuple(float(c) for c in Cs)
         self.cv = int(cv)
@@ -132,10 +145,17 @@ class LabelHead:
             ``self``.
         """
         x = embedding_matrix(embeddings, allow_masked=False)
+        missing = _missing_labels(labels)
         labels = np.asarray(labels)
         if labels.ndim != 1 or len(labels) != len(x):
             raise InvalidArgumentError(f"labels must be 1-d with one entry per embedding row "
                                        f"({len(x)}), got shape {labels.shape}")
+        if missing.any():
+            rows = np.flatnonzero(missing)
+            raise InvalidArgumentError(
+                f"{len(rows)} label(s) are masked, empty, None or NaN (rows "
+                f"{', '.join(map(str, rows[:10]))}{', ...' if len(rows) > 10 else ''}): select "
+                "the labelled rows first")
         self.classes_, y = np.unique(labels, return_inverse=True)
         k = len(self.classes_)
         if k < 2:
@@ -182,6 +202,9 @@ class LabelHead:
         """Logits ``(N, K)`` for embedding rows."""
         self._check()
         x = embedding_matrix(embeddings, allow_masked=False)
+        if x.shape[1] != len(self.mean_):
+            raise InvalidArgumentError(f"embeddings have {x.shape[1]} dimensions; this head was "
+                                       f"fitted on {len(self.mean_)}")
         out = np.empty((len(x), len(self.classes_)))
         for s in range(0, len(x), chunk_rows):
             z = (x[s:s + chunk_rows] - self.mean_) / self.scale_
@@ -238,6 +261,10 @@ class LabelHead:
     @classmethod
     def from_dict(cls, state):
         """A fitted head from the output of `to_dict`."""
+        missing = [k for k in ("classes", "C", "mean", "scale", "coef", "intercept")
+                   if k not in state]
+        if missing:
+            raise InvalidArgumentError(f"not a LabelHead state (from to_dict): no {missing}")
         head = cls(C=state["C"], class_weight=state.get("class_weight"))
         head.classes_ = np.asarray(state["classes"])
         head.C_ = float(state["C"])

@@ -21,6 +21,19 @@ log = logging.getLogger(__name__)
 BACKENDS = ("exact", "faiss", "hnswlib")
 
 
+def _whole(value, name):
+    """``value`` as an int when it is a whole number, else `InvalidArgumentError`."""
+    import operator
+
+    try:
+        return operator.index(value)
+    except TypeError:
+        pass
+    if isinstance(value, (float, np.floating)) and np.isfinite(value) and float(value).is_integer():
+        return int(value)
+    raise InvalidArgumentError(f"{name} must be a whole number, got {value!r}")
+
+
 def _topk(sim, k):
     """Column indices of the ``k`` largest entries of every row of ``sim``, best first."""
     n = sim.shape[1]
@@ -229,7 +242,7 @@ class SimilarityIndex:
         similarity : numpy.ndarray of float32, (Q, k)
             Cosine similarities (``-inf`` for missing neighbours).
         """
-        k = int(k)
+        k = _whole(k, "k")
         if k < 1:
             raise InvalidArgumentError(f"k must be >= 1, got {k}")
         q = np.atleast_2d(np.asarray(vectors, dtype=np.float32))
@@ -243,7 +256,12 @@ class SimilarityIndex:
         if exclude is not None and len(exclude) != len(q):
             raise InvalidArgumentError("exclude needs one collection of rows per query")
         if exclude is not None:
-            exclude = [{int(r) % len(self) for r in e} for e in exclude]
+            exclude = [{_whole(r, "an excluded row") for r in e} for e in exclude]
+            bad = sorted({r for e in exclude for r in e if not -len(self) <= r < len(self)})
+            if bad:
+                raise InvalidArgumentError(f"excluded row(s) {bad[:5]} out of range (the index "
+                                           f"has {len(self)} rows)")
+            exclude = [{r % len(self) for r in e} for e in exclude]
         if self.backend == "exact":
             idx, sim = self._backend.search(q, k, exclude)
             missing = ~np.isfinite(sim)
@@ -292,10 +310,26 @@ class SimilarityIndex:
         if self.table is None:
             raise InvalidArgumentError("querying by position needs the index's table; build "
                                        "it with SimilarityIndex.from_table(table)")
-        if not isinstance(position, SkyCoord):
-            ra, dec = position
-            position = SkyCoord(ra * u.deg if not hasattr(ra, "unit") else ra,
-                                dec * u.deg if not hasattr(dec, "unit") else dec)
+        try:
+            if not isinstance(position, SkyCoord):
+                ra, dec = position
+                position = SkyCoord(ra, dec, unit=u.deg)
+        except (ValueError, TypeError, u.UnitsError) as exc:
+            raise InvalidArgumentError(f"cannot read the position {position!r}: give a SkyCoord "
+                                       f"or (ra, dec) in degrees ({exc})") from None
+        if not position.isscalar:
+            raise InvalidArgumentError(f"query one position at a time, got {len(position)}")
+        if not (np.isfinite(position.spherical.lon.deg) and np.isfinite(position.spherical.lat.deg)):
+            raise InvalidArgumentError(f"the position {position!r} is not finite")
+        limit = None
+        if max_separation is not None:
+            try:
+                limit = u.Quantity(max_separation, u.arcsec)
+            except (TypeError, ValueError, u.UnitsError):
+                limit = None
+            if limit is None or not limit.isscalar or not (np.isfinite(limit.value) and limit.value >= 0):
+                raise InvalidArgumentError(f"max_separation must be a non-negative angle (arcsec), "
+                                           f"got {max_separation!r}")
         coords, bad = _positions(self.table, ra_col, dec_col, coord_col)
         ok = np.flatnonzero(~bad & self.valid)
         if not len(ok):
@@ -303,9 +337,8 @@ class SimilarityIndex:
         sep = position.separation(coords[ok])
         best = int(np.argmin(sep.deg))
         row, separation = int(ok[best]), sep[best].to(u.arcsec)
-        if max_separation is not None:
-            limit = u.Quantity(max_separation, u.arcsec)
-            if separation > limit:
+        if limit is not None:
+            if not separation <= limit:
                 raise InputError(f"the nearest row with an embedding (row {row}) is "
                                  f"{separation:.2f} from {position.to_string('decimal')}, more "
                                  f"than max_separation={limit}")
@@ -421,7 +454,7 @@ class SimilarityIndex:
         if len(given) != 1:
             raise InvalidArgumentError(f"give exactly one of row, position, image or vector "
                                        f"(got {given or 'none'})")
-        meta = {"query_kind": given[0], "k": int(k), "backend": self.backend}
+        meta = {"query_kind": given[0], "k": _whole(k, "k"), "backend": self.backend}
         query_row = None
         if position is not None:
             query_row, separation = self.row_of_position(
@@ -429,7 +462,7 @@ class SimilarityIndex:
                 coord_col=coord_col)
             meta["query_separation_arcsec"] = round(float(separation.value), 4)
         elif row is not None:
-            query_row = int(row)
+            query_row = _whole(row, "row")
             if not -len(self) <= query_row < len(self):
                 raise InvalidArgumentError(f"row {row} is out of range (the index has "
                                            f"{len(self)} rows)")
@@ -447,6 +480,9 @@ class SimilarityIndex:
             exclude = None
         else:
             q = np.asarray(vector, dtype=np.float32)
+            if q.ndim != 1:
+                raise InvalidArgumentError(f"vector must be one ({self.dim},) vector, got shape "
+                                           f"{q.shape}; use search() for several")
             exclude = None
         idx, sim = self.search(q, k, exclude=exclude)
         keep = idx[0] >= 0
@@ -472,7 +508,7 @@ class SimilarityIndex:
 
     # ---------------------------------------------------------------- picture
     def gallery(self, result, path, *, images=None, source_column=None, query_image=None,
-                ncols=None, title=None, dpi=110, overwrite=True):
+                ncols=None, title=None, dpi=110, overwrite=False):
         """Save a PNG of the query and its neighbours (needs matplotlib).
 
         Parameters
@@ -493,6 +529,8 @@ class SimilarityIndex:
         query_image : path or array, optional
             Picture of the query for image queries (default: the query
             file recorded in ``result.meta["query_image"]``, if any).
+        overwrite : bool, optional
+            Replace an existing ``path`` (default: raise `OutputExistsError`).
         """
         from ._plots import gallery
 

@@ -4,7 +4,7 @@ import logging
 import numpy as np
 
 from ._common import embedding_matrix, put_column, table_embeddings
-from ..exceptions import InvalidArgumentError
+from ..exceptions import InputError, InvalidArgumentError
 
 __all__ = ["GaussianMixture", "cluster_table"]
 
@@ -67,6 +67,13 @@ class GaussianMixture:
             raise InvalidArgumentError(f"n_components must be >= 1, got {n_components}")
         self.n_components = None if n_components is None else int(n_components)
         self.k_range = [int(k) for k in k_range]
+        if n_components is None and (not self.k_range or min(self.k_range) < 1):
+            raise InvalidArgumentError(f"k_range must hold numbers of clusters >= 1, got "
+                                       f"{list(k_range)} (e.g. k_max >= 2)")
+        if n_pca is not None and int(n_pca) < 1:
+            raise InvalidArgumentError(f"n_pca must be >= 1 (or None: no projection), got {n_pca!r}")
+        if int(n_init) < 1:
+            raise InvalidArgumentError(f"n_init must be >= 1, got {n_init!r}")
         self.covariance_type = covariance_type
         self.n_pca = n_pca
         self.n_init = int(n_init)
@@ -200,6 +207,9 @@ class GaussianMixture:
             self.explained_variance_ratio_ = 1.0
         z = self._project(x)
         n, d = z.shape
+        if not np.mean(np.var(z, axis=0)) > 0:
+            raise InputError(f"the {n} usable embeddings are all the same vector (e.g. blank "
+                             "stamps): there is nothing to cluster")
         self.dim_ = d
         self.bic_ = {}
         best = None

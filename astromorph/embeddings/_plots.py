@@ -60,6 +60,15 @@ def display_image(image):
     return np.clip(np.moveaxis(rgb, 0, -1), 0, 1).astype(np.float32)
 
 
+def _check_new(path, overwrite):
+    """Refuse an existing output before any work (`atomic_output` checks again at the end)."""
+    from ..exceptions import OutputExistsError
+
+    if Path(path).exists() and not overwrite:
+        raise OutputExistsError(f"{str(path)!r} exists; pass overwrite=True (--overwrite) "
+                                "to replace it")
+
+
 def _read_picture(path):
     from .._readers import read_file
 
@@ -75,6 +84,9 @@ def _row_images(index, rows, images, source_column):
     if images is not None:
         if callable(images):
             return list(images(rows))
+        if len(images) != len(index):
+            raise InvalidArgumentError(f"images= holds {len(images)} pictures for an index of "
+                                       f"{len(index)} rows: give one per indexed row")
         return [images[r] for r in rows]
     table = index.table
     if table is None:
@@ -94,13 +106,14 @@ def _row_images(index, rows, images, source_column):
 
 
 def gallery(index, result, path, *, images=None, source_column=None, query_image=None,
-            ncols=None, title=None, dpi=110, overwrite=True):
+            ncols=None, title=None, dpi=110, overwrite=False):
     """PNG of a query and its neighbours (see `SimilarityIndex.gallery`).
 
     Returns
     -------
     pathlib.Path
     """
+    _check_new(path, overwrite)
     plt = pyplot()
     rows = [int(r) for r in result["row"]]
     meta = result.meta
@@ -246,7 +259,7 @@ def embedding_map(embeddings, *, method="auto", seed=0, perplexity=30.0):
 
 
 def plot_map(embeddings, path, *, labels=None, method="auto", max_points=TSNE_MAX_POINTS,
-             title=None, seed=0, dpi=120, overwrite=True):
+             title=None, seed=0, dpi=120, overwrite=False):
     """Save a 2-d map of embedding vectors coloured by ``labels`` (e.g. cluster ids).
 
     Parameters
@@ -261,6 +274,8 @@ def plot_map(embeddings, path, *, labels=None, method="auto", max_points=TSNE_MA
         See `embedding_map`.
     max_points : int
         At most this many random rows are drawn.
+    overwrite : bool, optional
+        Replace an existing ``path`` (default: raise `OutputExistsError`).
 
     Returns
     -------
@@ -269,13 +284,20 @@ def plot_map(embeddings, path, *, labels=None, method="auto", max_points=TSNE_MA
     rows : numpy.ndarray of int, (M,)
         Their row numbers.
     """
+    _check_new(path, overwrite)
+    if int(max_points) < 2:
+        raise InvalidArgumentError(f"max_points must be at least 2, got {max_points!r}")
     plt = pyplot()
     x = embedding_matrix(embeddings, allow_masked=True)
     rows = np.flatnonzero(np.all(np.isfinite(x), axis=1))
     if labels is not None:
+        if len(labels) != len(x):
+            raise InvalidArgumentError(f"labels has {len(labels)} entries for {len(x)} rows")
         labels = np.asarray(np.ma.filled(np.ma.asarray(labels).astype(object), None))
         rows = rows[np.array([labels[r] is not None for r in rows], dtype=bool)] \
             if len(rows) else rows
+    if len(rows) < 3:
+        raise InputError(f"a map needs at least 3 rows with finite embeddings, got {len(rows)}")
     rng = np.random.default_rng(seed)
     if len(rows) > max_points:
         rows = np.sort(rng.choice(rows, max_points, replace=False))
