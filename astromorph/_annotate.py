@@ -13,7 +13,7 @@ from astropy.wcs.utils import wcs_to_celestial_frame
 from ._adapters import RawStamps, model_family, prepare, result_columns, BLANK_THRESHOLD
 from ._cutouts import STAMP_CHUNK, cut_stamps
 from ._flags import Flag
-from ._images import parse_sky_images
+from ._images import closing_files, parse_sky_images
 from ._model import as_model
 from ._progress import progress_bar
 from ._version import __version__
@@ -333,70 +333,71 @@ def annotate(table, images, *, model, ra_col=None, dec_col=None, coord_col=None,
     out = table.copy()
     n = len(out)
     sky_images = parse_sky_images(images, bands=bands)
-    groups = {}
-    for im in sky_images:
-        groups.setdefault(im.band or "unknown", []).append(im)
-    plan = _band_plan(model, family, groups)
+    with closing_files(sky_images):  # the FITS files opened here are closed at the end
+        groups = {}
+        for im in sky_images:
+            groups.setdefault(im.band or "unknown", []).append(im)
+        plan = _band_plan(model, family, groups)
 
-    coords, bad_pos = _positions(out, ra_col, dec_col, coord_col)
-    sizes = _size_values(out, size_col, n)
-    npix, scale, crop, bad_size = _grid(model, family, n, sizes, stamp_size)
+        coords, bad_pos = _positions(out, ra_col, dec_col, coord_col)
+        sizes = _size_values(out, size_col, n)
+        npix, scale, crop, bad_size = _grid(model, family, n, sizes, stamp_size)
 
-    flags = np.zeros(n, np.int32)
-    flags[bad_pos | bad_size] |= Flag.BAD_INPUT
-    valid = np.zeros(n, bool)
-    sky = {band: _sky_positions(groups[band], coords) for band in plan}
-    for band in plan:
-        _plan_reads(groups[band], sky[band], npix)
-    kind = "triplet" if family == "triplet" else "bands"
-
-    def stamps_to_input(rows):
-        """Cut, check and preprocess the sources ``rows`` (runs in worker threads)."""
-        stack, row_flags = [], flags[rows].copy()
+        flags = np.zeros(n, np.int32)
+        flags[bad_pos | bad_size] |= Flag.BAD_INPUT
+        valid = np.zeros(n, bool)
+        sky = {band: _sky_positions(groups[band], coords) for band in plan}
         for band in plan:
-            stamps, f = _cut_band(groups[band], sky[band], npix, scale, rows)
-            stack.append(stamps)
-            row_flags |= f
-        # rows without a usable position or size were cut at a placeholder: their only
-        # flag is BAD_INPUT (not the edge or extrapolation bits of the placeholder)
-        row_flags[(flags[rows] & int(Flag.BAD_INPUT)) != 0] = int(Flag.BAD_INPUT)
-        usable = (row_flags & int(Flag.unusable())) == 0
-        data = stack[0][:, None] if len(stack) == 1 else np.stack(stack, axis=1)
-        raw = RawStamps(kind, data if usable.all() else data[usable], bands=tuple(plan),
-                        pixel_scale=scale[rows][usable], flags=row_flags[usable])
-        x, row_flags[usable] = prepare(model, raw, crop_fraction=crop)
-        scored = (row_flags[usable] & int(Flag.unusable())) == 0  # e.g. an all-NaN band
-        if not scored.all():
-            x, usable = x[scored], usable & ((row_flags & int(Flag.unusable())) == 0)
-        return rows, x, row_flags, usable
+            _plan_reads(groups[band], sky[band], npix)
+        kind = "triplet" if family == "triplet" else "bands"
 
-    predictions, scored = [], []
-    order = _processing_order(sky[plan[0]])
-    workers = _workers(threads)
-    with ThreadPoolExecutor(workers) as pool, \
-            progress_bar(n, desc=f"annotate {model.name}", unit="src", enabled=progress,
-                         min_total=ANNOTATE_CHUNK) as bar:
-        for start in range(0, n, ANNOTATE_CHUNK):
-            stop = min(start + ANNOTATE_CHUNK, n)
-            # the model-free work of a chunk is shared among threads (numpy,
-            # scipy and ONNX Runtime release the GIL); the model scores each
-            # part as soon as it is ready
-            parts = [order[s:min(s + STAMP_CHUNK, stop)] for s in range(start, stop, STAMP_CHUNK)]
-            for rows, x, row_flags, usable in pool.map(stamps_to_input, parts):
-                flags[rows] = row_flags
-                valid[rows[usable]] = True
-                if len(x):
-                    predictions.append(model.predict(x, batch_size=batch_size, progress=False))
-                    scored.append(rows[usable])
-                bar.update(len(rows))
-    prediction = _concat(predictions, scored)
-    columns = result_columns(model, prediction, flags, valid)
-    _add_columns(out, columns, on_conflict)
-    out.meta.update(_provenance(model, sky_images))
-    n_off = int(np.count_nonzero(flags & Flag.OFF_IMAGE))
-    if n_off:
-        log.info("%d of %d sources lie outside every image", n_off, n)
-    return out
+        def stamps_to_input(rows):
+            """Cut, check and preprocess the sources ``rows`` (runs in worker threads)."""
+            stack, row_flags = [], flags[rows].copy()
+            for band in plan:
+                stamps, f = _cut_band(groups[band], sky[band], npix, scale, rows)
+                stack.append(stamps)
+                row_flags |= f
+            # rows without a usable position or size were cut at a placeholder: their only
+            # flag is BAD_INPUT (not the edge or extrapolation bits of the placeholder)
+            row_flags[(flags[rows] & int(Flag.BAD_INPUT)) != 0] = int(Flag.BAD_INPUT)
+            usable = (row_flags & int(Flag.unusable())) == 0
+            data = stack[0][:, None] if len(stack) == 1 else np.stack(stack, axis=1)
+            raw = RawStamps(kind, data if usable.all() else data[usable], bands=tuple(plan),
+                            pixel_scale=scale[rows][usable], flags=row_flags[usable])
+            x, row_flags[usable] = prepare(model, raw, crop_fraction=crop)
+            scored = (row_flags[usable] & int(Flag.unusable())) == 0  # e.g. an all-NaN band
+            if not scored.all():
+                x, usable = x[scored], usable & ((row_flags & int(Flag.unusable())) == 0)
+            return rows, x, row_flags, usable
+
+        predictions, scored = [], []
+        order = _processing_order(sky[plan[0]])
+        workers = _workers(threads)
+        with ThreadPoolExecutor(workers) as pool, \
+                progress_bar(n, desc=f"annotate {model.name}", unit="src", enabled=progress,
+                             min_total=ANNOTATE_CHUNK) as bar:
+            for start in range(0, n, ANNOTATE_CHUNK):
+                stop = min(start + ANNOTATE_CHUNK, n)
+                # the model-free work of a chunk is shared among threads (numpy,
+                # scipy and ONNX Runtime release the GIL); the model scores each
+                # part as soon as it is ready
+                parts = [order[s:min(s + STAMP_CHUNK, stop)] for s in range(start, stop, STAMP_CHUNK)]
+                for rows, x, row_flags, usable in pool.map(stamps_to_input, parts):
+                    flags[rows] = row_flags
+                    valid[rows[usable]] = True
+                    if len(x):
+                        predictions.append(model.predict(x, batch_size=batch_size, progress=False))
+                        scored.append(rows[usable])
+                    bar.update(len(rows))
+        prediction = _concat(predictions, scored)
+        columns = result_columns(model, prediction, flags, valid)
+        _add_columns(out, columns, on_conflict)
+        out.meta.update(_provenance(model, sky_images))
+        n_off = int(np.count_nonzero(flags & Flag.OFF_IMAGE))
+        if n_off:
+            log.info("%d of %d sources lie outside every image", n_off, n)
+        return out
 
 
 def _workers(threads):

@@ -1,4 +1,5 @@
 """One parser for every way of passing sky images: paths, HDUs, NDData, (array, WCS)."""
+import contextlib
 import logging
 import os
 import re
@@ -11,7 +12,7 @@ from astropy.wcs import WCS, FITSFixedWarning
 from ._cutouts import SkyImage
 from .exceptions import InputError, UnusableInputWarning
 
-__all__ = ["parse_sky_images", "band_of_header"]
+__all__ = ["parse_sky_images", "band_of_header", "closing_files"]
 
 log = logging.getLogger(__name__)
 
@@ -168,6 +169,17 @@ def _parse_one(obj, band=None):
         for im in images:
             im.band = band
     return images
+
+
+@contextlib.contextmanager
+def closing_files(images):
+    """Close, on exit, the FITS files that `parse_sky_images` opened for ``images``
+    (HDULists the caller passed in stay open)."""
+    try:
+        yield images
+    finally:
+        for hdul in {id(im._hold): im._hold for im in images if im._hold is not None}.values():
+            hdul.close()
 
 
 def parse_sky_images(images, *, bands=None):

@@ -8,7 +8,7 @@ From one run it prints:
   stamps, so preprocessing is not included), best and median of repeats;
 * similarity search: building a `astromorph.SimilarityIndex` (exact numpy
   backend) over ``--rows`` (default 1,000,000) random unit vectors of the
-  model's dimension (128), then the time of one 25-nearest-neighbour query
+  model's dimension (256), then the time of one 25-nearest-neighbour query
   (median and worst of ``--queries`` queries by row), and of a batch of 100
   query vectors. BLAS uses ``--threads`` threads too.
 

@@ -477,6 +477,10 @@ def test_annotate_dask_equals_annotate(optical_model, tmp_path, scheduler):
                                      model=str(optical_model.path), partition_size=10,
                                      compute=False)
     assert len(parts) == 4
+    for bad in (0, 2.5, "10"):
+        with pytest.raises(InvalidArgumentError, match="partition_size"):
+            astromorph.annotate_dask(cat, str(tmp_path / "img.fits"),
+                                     model=str(optical_model.path), partition_size=bad)
 
 
 def test_annotate_dask_needs_paths(optical_model):

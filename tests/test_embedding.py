@@ -25,7 +25,7 @@ import astromorph
 from astromorph import GaussianMixture, LabelHead, SimilarityIndex, cluster_table
 from astromorph.cli import main
 from astromorph.embeddings import embedding_map, plot_map
-from astromorph.exceptions import InputError, InvalidArgumentError
+from astromorph.exceptions import InputError, InvalidArgumentError, OutputExistsError
 from astromorph.preprocessing import _optical as opt
 
 REPO = Path(__file__).resolve().parents[1]
@@ -174,6 +174,12 @@ def test_search_rejects_bad_queries():
         index.search(np.ones(4), k=0)
     with pytest.raises(InvalidArgumentError):
         SimilarityIndex(unit_rows(10, 4), backend="nope")
+    # never a silently changed request: fractional k, rows out of range (they used to wrap)
+    with pytest.raises(InvalidArgumentError, match="k must be a whole number"):
+        index.search(np.ones(4), k=2.7)
+    with pytest.raises(InvalidArgumentError, match=r"out of range"):
+        index.search(np.ones(4), k=3, exclude=[[0, 15]])
+    assert index.search(np.ones(4), k=3.0)[0].shape == (1, 3)
 
 
 def catalogue(n=200, d=16, seed=0):
@@ -219,6 +225,19 @@ def test_query_by_row_position_and_vector():
         index.query(row=10_000)
     with pytest.raises(InvalidArgumentError, match="table"):
         SimilarityIndex(t["embedding"]).query(position=(150.5, 2.5))
+    # positions that are no position, limits that are no limit, several vectors, row 3.7
+    for bad in [(np.nan, 2.5), (150.0, 95.0), SkyCoord([150, 151] * u.deg, [2, 3] * u.deg)]:
+        with pytest.raises(InvalidArgumentError):
+            index.query(position=bad, k=2)
+    sexagesimal = (target.ra.to_string(u.hour), target.dec.to_string(u.deg))
+    assert index.query(position=sexagesimal, k=5)["row"].tolist() == res2["row"].tolist()
+    for limit in (-1, np.nan, "x"):
+        with pytest.raises(InvalidArgumentError, match="max_separation"):
+            index.query(position=target, k=2, max_separation=limit)
+    with pytest.raises(InvalidArgumentError, match="one"):
+        index.query(vector=t["embedding"][:2], k=2)
+    with pytest.raises(InvalidArgumentError, match="row must be a whole number"):
+        index.query(row=3.7)
 
 
 def test_query_row_without_embedding_and_missing_column():
@@ -271,6 +290,13 @@ def test_gallery_png(tmp_path):
     index.gallery(res, tmp_path / "g3.png", images=np.random.rand(40, 16, 16))
     with pytest.raises(InvalidArgumentError, match="images="):
         index.gallery(res, tmp_path / "g4.png")
+    with pytest.raises(InvalidArgumentError, match="one per indexed row"):
+        index.gallery(res, tmp_path / "g4.png", images=pictures[:3])
+    before = out.read_bytes()  # an existing picture is kept unless overwrite=True
+    with pytest.raises(OutputExistsError):
+        index.gallery(res, out, images=pictures[::-1])
+    assert out.read_bytes() == before
+    index.gallery(res, out, images=pictures[::-1], overwrite=True)
 
 
 @pytest.mark.parametrize("backend", ["faiss", "hnswlib"])
@@ -331,6 +357,20 @@ def test_label_head_options_and_errors():
         LabelHead().predict(x)
     with pytest.raises(InvalidArgumentError):
         LabelHead(class_weight="auto")
+    # a missing label is never a class of its own
+    names = np.array(["a", "b"])[y]
+    for missing in (MaskedColumn(names, mask=np.arange(len(y)) == 5),
+                    np.where(np.arange(len(y)) == 5, np.nan, y.astype(float)),
+                    np.where(np.arange(len(y)) == 5, "", names),
+                    [None if i == 5 else v for i, v in enumerate(names)]):
+        with pytest.raises(InvalidArgumentError, match=r"rows 5\)"):
+            LabelHead(C=1.0).fit(x, missing)
+    with pytest.raises(InvalidArgumentError, match="fitted on 8"):
+        head.predict(np.ones((2, 5)))
+    with pytest.raises(InvalidArgumentError, match="positive number"):
+        LabelHead(C="1")
+    with pytest.raises(InvalidArgumentError, match="not a LabelHead state"):
+        LabelHead.from_dict({})
 
 
 # ------------------------------------------------------------------------- clustering
@@ -364,6 +404,11 @@ def test_cluster_table_columns_and_masked_rows():
         GaussianMixture(11).fit(x[1:21])
     with pytest.raises(InvalidArgumentError, match="at least 4 needed"):
         GaussianMixture().fit(x[1:4])
+    for kwargs in ({"k_range": range(2, 2)}, {"n_pca": 0}, {"n_pca": -5}, {"n_init": 0}):
+        with pytest.raises(InvalidArgumentError):
+            GaussianMixture(**kwargs)
+    with pytest.raises(InputError, match="all the same vector"):  # e.g. blank stamps
+        GaussianMixture(2).fit(np.ones((20, 8)))
 
 
 def test_maps(tmp_path):
@@ -378,6 +423,13 @@ def test_maps(tmp_path):
     coords, rows = plot_map(x, tmp_path / "m.png", labels=y, method="pca", max_points=50)
     assert coords.shape == (50, 2) and len(rows) == 50
     assert (tmp_path / "m.png").read_bytes()[:4] == b"\x89PNG"
+    with pytest.raises(OutputExistsError):  # checked before any work
+        plot_map(x, tmp_path / "m.png", method="pca")
+    plot_map(x, tmp_path / "m.png", method="pca", overwrite=True)
+    with pytest.raises(InvalidArgumentError, match="labels has 3 entries"):
+        plot_map(x, tmp_path / "m2.png", labels=y[:3], method="pca")
+    with pytest.raises(InputError, match="at least 3 rows"):
+        plot_map(x[:1], tmp_path / "m2.png", method="pca")
 
 
 # ------------------------------------------------------------------------- command line
@@ -404,6 +456,15 @@ def test_cli_similar_cluster_classify(tmp_path, capsys):
     assert main(["cluster", str(src), "-k", "3", "-o", str(tmp_path / "c3.ecsv"),
                  "--map", str(tmp_path / "map.png"), "--map-method", "pca"]) == 0
     assert (tmp_path / "map.png").exists()
+    # a missing output folder fails before anything is written
+    assert main(["cluster", str(src), "-k", "3", "-o", str(tmp_path / "c4.ecsv"),
+                 "--map", str(tmp_path / "nodir" / "map.png")]) == 2
+    assert "nodir" in capsys.readouterr().err and not (tmp_path / "c4.ecsv").exists()
+    # NaN labels are unlabelled rows, not a class 'nan'
+    t["number"] = np.where(np.arange(120) % 6 == 0, y.astype(float), np.nan)
+    t.write(tmp_path / "num.ecsv")
+    assert main(["classify", str(tmp_path / "num.ecsv"), "--labels", "number", "-C", "1"]) == 0
+    assert "classes ['0.0', '1.0', '2.0']" in capsys.readouterr().err
     lab = tmp_path / "lab.ecsv"
     assert main(["classify", str(src), "--labels", "label", "-o", str(lab)]) == 0
     classified = Table.read(lab)
