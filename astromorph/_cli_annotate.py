@@ -25,10 +25,13 @@ def _run(args):
     import astropy.units as u
 
     from ._annotate import annotate
-    from ._io import write_table
+    from ._io import check_output, write_table
     from ._stamp_table import annotate_stamps
     from .exceptions import InvalidArgumentError
 
+    if args.output:  # fail before any work
+        check_output(args.output, overwrite=args.overwrite, table=True,
+                     inputs=[args.catalog, *(args.image or [])])
     table = _read_catalogue(args.catalog)
     common = dict(model=args.model, on_conflict=args.on_conflict, batch_size=args.batch_size,
                   providers=args.providers, precision=args.precision,

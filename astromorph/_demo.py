@@ -39,13 +39,11 @@ def run_demo(*, model="morphology", output="astromorph_demo.ecsv", gallery=None,
     from astropy.table import QTable
 
     from ._annotate import annotate
-    from ._io import write_table
-    from .exceptions import OutputExistsError
+    from ._io import check_output, write_table
 
-    for path in (output, gallery):
-        if path and Path(path).exists() and not overwrite:
-            raise OutputExistsError(f"{str(path)!r} exists; pass overwrite=True (--overwrite) "
-                                    "to replace it")
+    for path in (output, gallery):  # before any work
+        if path:
+            check_output(path, overwrite=overwrite, table=path == output)
     if gallery:
         pyplot()  # a missing matplotlib fails here, before any work
     image, catalogue = demo_paths()

@@ -14,7 +14,7 @@ import numpy as np
 
 from ._io import atomic_output
 from ._version import __version__
-from .exceptions import InvalidArgumentError, OutputExistsError
+from .exceptions import AstromorphWarning, InvalidArgumentError, OutputExistsError
 
 __all__ = ["header_targets", "write_results_to_header"]
 
@@ -29,8 +29,16 @@ def header_targets(paths, write_header, in_place, overwrite):
     if write_header is None and not in_place:
         return {}
     fits_paths = [p for p in paths if _is_fits_name(p)]
-    if in_place:
-        return {p: p for p in fits_paths}
+    if len(fits_paths) < len(paths):
+        what = "in_place" if in_place else "write_header"
+        warnings.warn(f"{what}: {len(paths) - len(fits_paths)} of {len(paths)} input(s) are not "
+                      f"FITS files (JPEG, PNG, Avro alerts) and carry no header to write to"
+                      + ("; nothing will be written" if not fits_paths else ""),
+                      AstromorphWarning, stacklevel=3)
+    if not fits_paths:
+        return {}
+    if in_place:  # the file itself, through any symbolic link
+        return {p: Path(os.path.realpath(p)) for p in fits_paths}
     out_dir = Path(write_header).expanduser()
     if out_dir.exists() and not out_dir.is_dir():
         raise InvalidArgumentError(f"write_header={str(write_header)!r} is not a directory")
@@ -137,8 +145,10 @@ def write_results_to_header(model, table, origins, targets, *, overwrite=False):
     for path, rows in rows_by_path.items():
         target = targets[path]
         with atomic_output(target, overwrite=overwrite or target == path) as tmp:
-            with fits.open(path, mode="readonly", memmap=True,
-                           do_not_scale_image_data=True) as hdul:
+            # raw data, and tile-compressed images as their binary tables: the pixels are
+            # copied byte for byte (re-compressing floats would quantise them again)
+            with fits.open(path, mode="readonly", memmap=True, do_not_scale_image_data=True,
+                           disable_image_compression=True) as hdul:
                 touched = set()
                 for row, hdu, index in rows:
                     header = hdul[hdu].header

@@ -12,9 +12,10 @@ import os
 import warnings
 from pathlib import Path
 
-from .exceptions import InvalidArgumentError, MissingDependencyError, OutputExistsError
+from .exceptions import (AstromorphError, InvalidArgumentError, MissingDependencyError,
+                         OutputError, OutputExistsError)
 
-__all__ = ["atomic_output", "table_format", "write_table", "TABLE_FORMATS"]
+__all__ = ["atomic_output", "check_output", "table_format", "write_table", "TABLE_FORMATS"]
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +83,44 @@ def _fsync_dir(directory):
         os.close(fd)
 
 
+def check_output(path, *, overwrite=False, table=False, inputs=()):
+    """Check, before any work, that ``path`` can be written as an output.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+    overwrite : bool, optional
+        An existing file may be replaced.
+    table : bool, optional
+        ``path`` is a table: its extension must name a format (`table_format`).
+    inputs : iterable of paths, optional
+        Files this run reads: the output must not be one of them.
+
+    Raises
+    ------
+    OutputExistsError, InvalidArgumentError, OutputError
+    """
+    path = Path(path)
+    if table:
+        table_format(path)
+    if path.is_dir():
+        raise InvalidArgumentError(f"output {str(path)!r} is a directory")
+    real = os.path.realpath(path)
+    for p in inputs:
+        if os.path.realpath(p) == real:
+            raise InvalidArgumentError(f"output {str(path)!r} is one of the inputs; write the "
+                                       "results elsewhere")
+    if path.exists() and not overwrite:
+        raise OutputExistsError(f"{str(path)!r} exists; pass overwrite=True (--overwrite) "
+                                "to replace it")
+    directory = path.parent if str(path.parent) else Path(".")
+    if not directory.is_dir():
+        raise InvalidArgumentError(f"output directory {str(directory)!r} does not exist")
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise OutputError(f"cannot write into {str(directory)!r} (permission denied or a "
+                          "read-only file system)")
+
+
 @contextlib.contextmanager
 def atomic_output(path, *, overwrite=False, mode=None):
     """Write a file atomically through a temporary path.
@@ -116,6 +155,8 @@ def atomic_output(path, *, overwrite=False, mode=None):
         raise InvalidArgumentError(f"output directory {str(directory)!r} does not exist")
     if mode is None and path.exists():
         mode = path.stat().st_mode & 0o7777
+    if path.is_dir():
+        raise InvalidArgumentError(f"output {str(path)!r} is a directory")
     tmp = directory / f".{os.getpid()}-{os.urandom(4).hex()}.tmp-{path.name}"
     try:
         yield tmp
@@ -128,9 +169,18 @@ def atomic_output(path, *, overwrite=False, mode=None):
             os.chmod(tmp, mode)
         os.replace(tmp, path)
         _fsync_dir(directory)
+    except OSError as exc:
+        if isinstance(exc, AstromorphError):
+            raise
+        raise OutputError(f"cannot write {str(path)!r}: {exc.strerror or exc}; "
+                          f"{'the old file is unchanged' if path.exists() else 'nothing was written'}") \
+            from exc
     finally:
-        if tmp.exists():
-            tmp.unlink()
+        try:
+            if tmp.exists():
+                tmp.unlink()
+        except OSError:  # pragma: no cover - e.g. the directory went read-only
+            pass
 
 
 def write_table(table, path, *, overwrite=False, format=None):

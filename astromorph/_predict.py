@@ -12,19 +12,18 @@ import logging
 import queue
 import threading
 import warnings
-from pathlib import Path
 
 import numpy as np
 
 from ._flags import Flag, describe_flags
 from ._headers import header_targets, write_results_to_header
-from ._io import table_format, write_table
+from ._io import check_output, write_table
 from ._progress import progress_bar
 from ._readers import expand_inputs, read_file
 from ._version import __version__
 from .preprocessing._triplet import _SENTINEL
 from .exceptions import (AmbiguousInputWarning, InputError, InvalidArgumentError,
-                         OutputExistsError, UnusableInputWarning)
+                         UnusableInputWarning)
 
 __all__ = ["predict_files", "register"]
 
@@ -480,10 +479,9 @@ def register(subparsers):
 def _cmd_predict(args):
     import sys
 
-    if args.output:
-        table_format(args.output)  # fail on a bad extension before any work
-        if Path(args.output).exists() and not args.overwrite:
-            raise OutputExistsError(f"{args.output!r} exists; pass --overwrite to replace it")
+    if args.output:  # fail before any work: bad extension, existing file, an input...
+        check_output(args.output, overwrite=args.overwrite, table=True,
+                     inputs=expand_inputs(args.inputs))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UnusableInputWarning)  # summarised below
         table = predict_files(args.model, args.inputs, batch_size=args.batch_size,

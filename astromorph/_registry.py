@@ -38,6 +38,8 @@ def models_dir():
     """
     env = os.environ.get(MODELS_ENV)
     if env:
+        if not Path(env).is_dir():
+            raise ModelNotFoundError(f"${MODELS_ENV}={env!r} is not a directory")
         return Path(env)
     here = Path(__file__).resolve().parent
     for candidate in (here / "models", here.parent / "models"):
@@ -73,6 +75,21 @@ def _shipped():
         return {}
     return {d.name: d for d in sorted(root.iterdir())
             if _NAME.match(d.name) and (d / "model.onnx").is_file() and (d / "card.json").is_file()}
+
+
+def incomplete_models():
+    """Mapping name -> what is missing, for model folders holding only one of
+    ``model.onnx`` and ``card.json`` (a broken install)."""
+    root = models_dir()
+    if not root.is_dir():
+        return {}
+    out = {}
+    for d in sorted(root.iterdir()):
+        if d.is_dir() and _NAME.match(d.name):
+            have = [(d / f).is_file() for f in ("model.onnx", "card.json")]
+            if any(have) and not all(have):
+                out[d.name] = "model.onnx" if not have[0] else "card.json"
+    return out
 
 
 def list_models():

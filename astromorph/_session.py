@@ -4,7 +4,8 @@ import os
 import threading
 import warnings
 
-from .exceptions import InvalidArgumentError, MissingRuntimeError, ProviderFallbackWarning
+from .exceptions import (InvalidArgumentError, MissingRuntimeError, ModelLoadError,
+                         ProviderFallbackWarning)
 
 __all__ = ["onnxruntime", "available_providers", "resolve_providers", "get_session",
            "clear_session_cache", "PROVIDER_ALIASES"]
@@ -146,11 +147,15 @@ def get_session(path, *, providers=None, threads=None, sha256=None):
             session = ort.InferenceSession(str(path), sess_options=opts, providers=usable)
         except Exception as exc:  # noqa: BLE001 - ORT raises plain RuntimeError/Fail
             if usable == [CPU]:
-                raise
+                raise ModelLoadError(f"ONNX Runtime cannot load {str(path)!r}: {exc}") from exc
             warnings.warn(
                 f"could not create a session with {', '.join(usable)} ({exc}); "
                 "falling back to CPUExecutionProvider", ProviderFallbackWarning, stacklevel=4)
-            session = ort.InferenceSession(str(path), sess_options=opts, providers=[CPU])
+            try:
+                session = ort.InferenceSession(str(path), sess_options=opts, providers=[CPU])
+            except Exception as cpu_exc:  # noqa: BLE001
+                raise ModelLoadError(f"ONNX Runtime cannot load {str(path)!r}: {cpu_exc}") \
+                    from cpu_exc
             usable = [CPU]
         got = session.get_providers()
         failed = [p for p in usable if p in GPU_PROVIDERS and p not in got]

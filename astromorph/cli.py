@@ -24,12 +24,16 @@ def _describe_input(card):
 
 
 def _cmd_models(args):
-    from ._registry import list_models, resolve_model, resolve_single_band_graph, verify_checksum
+    from ._registry import (incomplete_models, list_models, models_dir, resolve_model,
+                            resolve_single_band_graph, verify_checksum)
     from ._session import available_providers
     from .exceptions import ChecksumMismatchError
 
     names = list_models()
     rows, bad = [], 0
+    for name, missing in incomplete_models().items():  # a broken install never passes
+        rows.append([name, "?", "?", "?", "?"] + [f"MISSING {missing}"] * bool(args.verify))
+        bad += 1
     for name in names:
         try:
             path, card = resolve_model(name)
@@ -69,6 +73,9 @@ def _cmd_models(args):
         providers = f"none ({exc})"
     print(f"\n{len(names)} model(s); execution providers available: {providers}")
     if args.verify:
+        if not names:
+            print(f"no model found in {models_dir()}: verification FAILED")
+            return 1
         print("every checksum matches" if not bad else f"{bad} model(s) FAILED verification")
     return 1 if bad else 0
 

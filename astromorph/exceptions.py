@@ -20,6 +20,8 @@ __all__ = [
     "InputNotFoundError",
     "InvalidArgumentError",
     "OutputExistsError",
+    "OutputError",
+    "ModelLoadError",
     "MissingDependencyError",
     "UnusableInputWarning",
     "AmbiguousInputWarning",
@@ -82,6 +84,15 @@ class InvalidArgumentError(AstromorphError, ValueError):
 
 class OutputExistsError(AstromorphError, FileExistsError):
     """An output file exists and overwriting was not asked for."""
+
+
+class OutputError(AstromorphError, OSError):
+    """An output cannot be written (read-only or full disk, a directory in the way...);
+    the destination is left as it was."""
+
+
+class ModelLoadError(AstromorphError, RuntimeError):
+    """ONNX Runtime cannot load a model file (e.g. corrupt, or not an ONNX graph)."""
 
 
 class MissingDependencyError(AstromorphError, ImportError):

@@ -50,6 +50,9 @@ def main():
             for key in ("data", "terms", "split", "command", "time", "machine"):
                 if training.get(key):
                     lines.append(f"- training {key}: {_fmt(training[key])}")
+        if card.get("recommended_threshold") is not None:
+            lines.append(f"- recommended threshold: {card['recommended_threshold']}"
+                         + (f" ({card['threshold_note']})" if card.get("threshold_note") else ""))
         if card.get("licence"):
             lines.append(f"- licence: {card['licence']}")
         metrics = card.get("metrics", {})

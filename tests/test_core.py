@@ -12,12 +12,12 @@ import pytest
 import astromorph
 from astromorph import cli
 from astromorph.exceptions import (AmbiguousInputWarning, ChecksumMismatchError, InputError, InputShapeError,
-                                   InvalidArgumentError, InvalidModelNameError,
+                                   InvalidArgumentError, InvalidModelNameError, ModelLoadError,
                                    MissingRuntimeError, ModelCardError, ModelNotFoundError,
                                    ProviderFallbackWarning, AstromorphWarning)
 from astropy.utils.exceptions import AstropyUserWarning
 
-from conftest import REPO, cuda_available, make_card, tiny_classifier_onnx
+from conftest import REPO, cuda_available, make_card, sha256, tiny_classifier_onnx
 
 
 def test_warning_hierarchy():
@@ -424,6 +424,32 @@ def test_cli_models_table(tiny_registry, capsys):
 def test_cli_verify_ok(tiny_registry, capsys):
     assert cli.main(["models", "--verify"]) == 0
     assert "sha256 OK" in capsys.readouterr().out
+
+
+def test_cli_verify_fails_on_a_broken_install(tiny_registry, monkeypatch, tmp_path, capsys):
+    """A model folder missing its ONNX file, an empty or missing models folder: not a pass."""
+    (tiny_registry / "half").mkdir()
+    (tiny_registry / "half" / "card.json").write_text("{}")
+    assert cli.main(["models", "--verify"]) == 1
+    assert "MISSING model.onnx" in capsys.readouterr().out
+    (tmp_path / "empty").mkdir()
+    monkeypatch.setenv("ASTROMORPH_MODELS_DIR", str(tmp_path / "empty"))
+    assert cli.main(["models", "--verify"]) == 1
+    assert "no model found" in capsys.readouterr().out
+    monkeypatch.setenv("ASTROMORPH_MODELS_DIR", str(tmp_path / "nowhere"))
+    assert cli.main(["models", "--verify"]) == 2
+    assert "is not a directory" in capsys.readouterr().err
+
+
+def test_unloadable_onnx_file_is_a_typed_error(tmp_path):
+    """A file whose sha256 matches its card but that is no ONNX graph (a user's folder)."""
+    (tmp_path / "model.onnx").write_bytes(b"not an onnx graph")
+    tiny_classifier_onnx(tmp_path / "real.onnx")
+    card = make_card(tmp_path / "real.onnx")
+    card["sha256"] = sha256(tmp_path / "model.onnx")
+    (tmp_path / "card.json").write_text(json.dumps(card))
+    with pytest.raises(ModelLoadError, match="cannot load"):
+        astromorph.load_model(tmp_path).predict(_inputs(1))
 
 
 def test_cli_console_script(tiny_registry):

@@ -23,7 +23,7 @@ from astromorph._adapters import RawStamps, prepare, result_columns
 from astromorph._io import write_table
 from astromorph._readers import parse_fits_bytes, read_file
 from astromorph._readers._fits import _read_fits_astropy
-from astromorph.exceptions import (AmbiguousInputWarning, InputNotFoundError, InvalidArgumentError,
+from astromorph.exceptions import (AmbiguousInputWarning, AstromorphWarning, InputNotFoundError, InvalidArgumentError,
                                    MissingDependencyError, ModelNotFoundError, OutputExistsError,
                                    UnusableInputWarning)
 
@@ -685,7 +685,8 @@ def test_write_header_copies(models, tmp_path):
     write_fits(src / "bad.fits", np.arange(10.0))
     before = {p.name: digest(p) for p in src.iterdir()}
     out = tmp_path / "out"
-    table = quiet(astromorph.predict_files, "morphology", src, write_header=out)
+    with pytest.warns(AstromorphWarning, match="1 of 4 input.* not FITS"):
+        table = quiet(astromorph.predict_files, "morphology", src, write_header=out)
     assert {p.name: digest(p) for p in src.iterdir()} == before  # originals untouched
     # No copy of the PNG (not FITS) nor of the unreadable 1-D FITS file.
     assert sorted(p.name for p in out.iterdir()) == ["g.fits", "int.fits"]
@@ -752,6 +753,65 @@ def test_in_place_failure_leaves_original(models, tmp_path, monkeypatch):
         astromorph.predict_files("real-bogus", tmp_path / "t.fits", in_place=True)
     assert digest(tmp_path / "t.fits") == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["t.fits"]  # no temp file left
+
+
+def test_in_place_keeps_compressed_pixels_and_follows_links(models, tmp_path):
+    """Header keywords only: a tile-compressed float image keeps its compressed bytes
+    (re-compressing would quantise the pixels again), and an input reached through a
+    symbolic link is updated where it lives, the link kept."""
+    data = triplet()
+    fits.HDUList([fits.PrimaryHDU(), fits.CompImageHDU(data)]).writeto(tmp_path / "c.fits.fz")
+    with fits.open(tmp_path / "c.fits.fz", disable_image_compression=True) as hdul:
+        before = bytes(hdul[1].data.tobytes())
+    pixels = fits.getdata(tmp_path / "c.fits.fz", 1)
+    (tmp_path / "real").mkdir()
+    write_fits(tmp_path / "real" / "t.fits", data)
+    (tmp_path / "link.fits").symlink_to(tmp_path / "real" / "t.fits")
+    table = astromorph.predict_files("real-bogus", [tmp_path / "c.fits.fz", tmp_path / "link.fits"],
+                                     in_place=True)
+    with fits.open(tmp_path / "c.fits.fz", disable_image_compression=True) as hdul:
+        assert bytes(hdul[1].data.tobytes()) == before
+    with fits.open(tmp_path / "c.fits.fz") as hdul:
+        assert isinstance(hdul[1], fits.CompImageHDU)
+        np.testing.assert_array_equal(hdul[1].data, pixels)
+        assert hdul[1].header["HIERARCH ASTROMORPH REAL-BOGUS SCORE"] == \
+            pytest.approx(table["rb_score"][0], rel=1e-6)
+    assert (tmp_path / "link.fits").is_symlink()
+    assert "HIERARCH ASTROMORPH REAL-BOGUS SCORE" in fits.getheader(tmp_path / "real" / "t.fits")
+
+
+def test_header_options_warn_for_inputs_without_headers(models, tmp_path):
+    write_picture(tmp_path / "a.png", colour_picture())
+    with pytest.warns(AstromorphWarning, match="nothing will be written"):
+        astromorph.predict_files("morphology", tmp_path / "a.png", write_header=tmp_path / "h")
+    assert not (tmp_path / "h").exists()
+
+
+def test_cli_output_never_replaces_an_input(models, tmp_path, capsys):
+    write_fits(tmp_path / "t.fits", triplet())
+    before = digest(tmp_path / "t.fits")
+    assert cli.main(["predict", "real-bogus", str(tmp_path), "-o", str(tmp_path / "t.fits"),
+                     "--overwrite"]) == 2
+    assert "is one of the inputs" in capsys.readouterr().err
+    assert digest(tmp_path / "t.fits") == before
+    (tmp_path / "dir.ecsv").mkdir()
+    assert cli.main(["predict", "real-bogus", str(tmp_path / "t.fits"), "-o",
+                     str(tmp_path / "dir.ecsv"), "--overwrite"]) == 2
+    assert "is a directory" in capsys.readouterr().err
+
+
+def test_write_errors_are_typed_and_leave_the_old_file(tmp_path):
+    """A failing write (full disk, say) is an OutputError naming the file; the old file stays."""
+    from astromorph._io import atomic_output
+    from astromorph.exceptions import OutputError
+
+    out = tmp_path / "t.ecsv"
+    out.write_text("old")
+    with pytest.raises(OutputError, match=r"t.ecsv.*No space left.*old file is unchanged"):
+        with atomic_output(out, overwrite=True) as tmp:
+            tmp.write_text("half")
+            raise OSError(28, "No space left on device")
+    assert out.read_text() == "old" and sorted(p.name for p in tmp_path.iterdir()) == ["t.ecsv"]
 
 
 def test_multi_stamp_file_header_keywords(models, tmp_path):

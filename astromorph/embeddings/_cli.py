@@ -30,22 +30,14 @@ def _write_or_print(table, output, overwrite, what):
 
 
 def _check_outputs(args, *paths):
-    from pathlib import Path
+    """Every output checked before any work or any write (extension, existing file,
+    folder, one of the inputs)."""
+    from .._io import check_output
 
-    from .._io import table_format
-    from ..exceptions import OutputExistsError
-
-    from ..exceptions import InvalidArgumentError
-
-    if getattr(args, "output", None):
-        table_format(args.output)  # fail on a bad extension before any work
-    for p in paths:  # every output is checked before any is written
-        if not p:
-            continue
-        if Path(p).exists() and not args.overwrite:
-            raise OutputExistsError(f"{p!r} exists; pass --overwrite to replace it")
-        if not Path(p).resolve().parent.is_dir():
-            raise InvalidArgumentError(f"output directory {str(Path(p).parent)!r} does not exist")
+    for p in paths:
+        if p:
+            check_output(p, overwrite=args.overwrite, table=p == getattr(args, "output", None),
+                         inputs=[args.table])
 
 
 def _cmd_similar(args):

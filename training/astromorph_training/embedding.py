@@ -9,7 +9,7 @@ Held-out galaxies
 The GZ1 set is split exactly as the ``morphology`` model splits it
 (`astromorph_training.morphology.stratified_split`, stratified 70/15/15,
 fixed seed). The encoder never sees the validation and test galaxies of that
-split (30 per cent, 1,601 galaxies): the validation part is the pool from
+split (30 per cent, 1,600 galaxies): the validation part is the pool from
 which the few labels of the linear probe are drawn, the test part is where
 every number is measured (the same galaxies the ``morphology`` model is
 tested on). GZ2 cutouts that look like a held-out GZ1 galaxy (near-duplicate
@@ -1284,6 +1284,8 @@ def _card(metrics, state, throughput, size_bytes, tta, stages, root, *, dim=EMBE
     ss = metrics["similarity_search"]["per_class"] if metrics else None
     cl = metrics["clustering"] if metrics else None
     train_min = sum(h["seconds"] for h in state["history"]) / 60
+    # the held-out GZ1 galaxies (morphology validation + test splits), as evaluate counted them
+    held = (metrics or {}).get("heldout") or {"n": 1600, "test": 800}
     cmp = None
     path = _common.report_dir(NAME, root) / "method_comparison.json"
     if path.exists():
@@ -1365,8 +1367,8 @@ def _card(metrics, state, throughput, size_bytes, tta, stages, root, *, dim=EMBE
                       "MNRAS 410, 166; Willett et al. 2013, MNRAS 435, 2835 (Kaggle Galaxy Zoo "
                       "challenge). GZ1 labels used for evaluation only."),
             "split": ("held out (never seen by the encoder): the GZ1 validation + test split of the "
-                      "morphology model (stratified 70/15/15, seed 20240601), 1,601 galaxies, and "
-                      "GZ2 cutouts that duplicate them"),
+                      f"morphology model (stratified 70/15/15, seed 20240601), {held['n']:,} "
+                      "galaxies, and GZ2 cutouts that duplicate them"),
             "method": method_text,
             "method_comparison": ({"report": comparison_path, "winner": cmp["winner"],
                                    "protocol": cmp["protocol"],
@@ -1379,7 +1381,8 @@ def _card(metrics, state, throughput, size_bytes, tta, stages, root, *, dim=EMBE
                                   if cmp else None),
             "command": (f"python -m astromorph_training {NAME} train --compare-only "
                         f"--compare-epochs 8; python -m astromorph_training {NAME} train "
-                        f"--method {state['method']} --epochs {state['epochs']} --threads 2"),
+                        f"--method {state['method']} --epochs {state['epochs']} "
+                        f"--threads {state.get('threads', 1)}"),
             "epochs": state["epochs"],
             "schedule_note": state.get("schedule_note") or _schedule_note(state["history"]),
             "view_size_pixels": VIEW_SIZE,
@@ -1389,7 +1392,8 @@ def _card(metrics, state, throughput, size_bytes, tta, stages, root, *, dim=EMBE
                        f"torch {torch.__version__}, {state.get('threads', 1)} thread(s)",
         },
         "metrics": {
-            "split": "held-out GZ1 test galaxies (801); labels from the held-out validation pool",
+            "split": (f"held-out GZ1 test galaxies ({held['test']}); labels from the held-out "
+                      "validation pool"),
             "command": f"python -m astromorph_training {NAME} evaluate",
             "linear_probe_200_labels": {
                 "accuracy_mean": r4(lp["embedding"]["accuracy_mean"]),
