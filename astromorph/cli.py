@@ -123,6 +123,9 @@ def main(argv=None):
     except AstromorphError as exc:
         print(f"astromorph: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # outputs are atomic: nothing half-written is left
+        print("astromorph: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":  # pragma: no cover
