@@ -1,5 +1,6 @@
 """`Model`: one packaged ONNX network, its card, and batched prediction."""
 import logging
+import os
 import re
 import warnings
 from collections.abc import Mapping
@@ -116,6 +117,10 @@ class Prediction(Mapping):
         return np.asarray(spec["labels"])[np.argmax(self._arrays[name], axis=1)]
 
 
+def _reload(name_or_path, providers, threads, precision):
+    return Model(name_or_path, providers=providers, threads=threads, precision=precision)
+
+
 class Model:
     """A packaged ONNX model with its card.
 
@@ -128,6 +133,8 @@ class Model:
     """
 
     def __init__(self, name_or_path, *, providers=None, threads=None, precision=None):
+        self._origin = (name_or_path if isinstance(name_or_path, str) else os.fspath(name_or_path),
+                        precision)
         self.path, self.card = resolve_model(name_or_path, precision=precision)
         self.sha256 = verify_checksum(self.path, self.card)
         self._session_options = {"providers": providers, "threads": threads}
@@ -143,12 +150,23 @@ class Model:
             raise ModelCardError(f"card of {self.path} lists outputs {missing} that the ONNX "
                                  f"graph lacks (graph outputs: {session_outputs})")
 
+    def __reduce__(self):
+        """Pickle as the way to load it again (e.g. for Dask or multiprocessing workers):
+        the model is re-resolved and its checksum verified where it is unpickled; the
+        ONNX Runtime session, which cannot be pickled, is made (or reused) there."""
+        name_or_path, precision = self._origin
+        return (_reload, (name_or_path, self._session_options["providers"],
+                          self._session_options["threads"], precision))
+
     # -- card shortcuts --------------------------------------------------------
-    name = property(lambda self: self.card["name"])
-    version = property(lambda self: self.card["version"])
-    task = property(lambda self: self.card["task"])
-    input_shape = property(lambda self: tuple(self.card["input"]["shape"]))
-    precision = property(lambda self: self.card.get("precision", "float32"))
+    name = property(lambda self: self.card["name"], doc="Model name (the card's ``name``).")
+    version = property(lambda self: self.card["version"], doc="Model version (the card's).")
+    task = property(lambda self: self.card["task"],
+                    doc="Task, e.g. ``classification``, ``score`` or ``embedding``.")
+    input_shape = property(lambda self: tuple(self.card["input"]["shape"]),
+                           doc="``(C, H, W)`` of one network-ready stamp.")
+    precision = property(lambda self: self.card.get("precision", "float32"),
+                         doc="``float32`` or the variant loaded (e.g. ``int8``).")
 
     @property
     def labels(self):
@@ -166,6 +184,9 @@ class Model:
     # -- prediction ------------------------------------------------------------
     def _as_input(self, x):
         """Validate ``x`` against the card; return it as ``(N, C, H, W)`` (maybe a view)."""
+        if isinstance(x, tuple) and len(x) == 2 and np.ndim(x[1]) == 1 and np.ndim(x[0]) >= 3:
+            raise InputError("got a tuple (stamps, flags), as preprocess_triplet returns by "
+                             "default: pass its first element, or return_flags=False")
         if np.ma.isMaskedArray(x) and np.ma.getmaskarray(x).any():
             # masked pixels are not data: NaN, so the rows holding them are named below
             x = np.ma.filled(np.ma.asarray(x).astype(np.float32), np.nan)
@@ -174,21 +195,23 @@ class Model:
             raise TypeError(f"model input must be a real numeric array, got dtype {x.dtype}")
         c, h, w = self.input_shape
         single = self.card["input"].get("single_band", "invalid")
-        if x.ndim == 3 and (c == 1 or single == "replicate"):
-            if c > 1 and x.shape == (c, h, w):
+        if x.ndim == 3 and c > 1 and x.shape == (c, h, w):
+            # one stamp, as the card's preprocessing returns it for one image
+            if single == "replicate":
                 warnings.warn(
-                    f"model {self.name!r}: input of shape {x.shape} is read as {c} single-band "
-                    f"stamps of {h}x{w}; for one {c}-band stamp add a batch axis (x[None]), for "
-                    f"{c} single-band stamps pass shape ({c}, 1, {h}, {w}) to silence this warning",
+                    f"model {self.name!r}: input of shape {x.shape} is read as one {c}-band "
+                    f"stamp; for {c} single-band stamps pass shape ({c}, 1, {h}, {w}), for one "
+                    f"{c}-band stamp x[None], to silence this warning",
                     AmbiguousInputWarning, stacklevel=3)
+            x = x[None]
+        elif x.ndim == 3 and (c == 1 or single == "replicate"):
             x = x[:, None]
         if x.ndim != 4 or x.shape[1:] not in ((c, h, w), (1, h, w) if single == "replicate" else ()):
             accepted = f"(N, {c}, {h}, {w})"
             if c == 1 or single == "replicate":
                 accepted += f" or (N, {h}, {w})"
-            hint = "; for one stamp add a batch axis (x[None])" if np.shape(x) == (c, h, w) else ""
             raise InputShapeError(f"model {self.name!r} expects input of shape {accepted}, "
-                                  f"got {np.shape(x)}{hint}")
+                                  f"got {np.shape(x)}")
         return x
 
     def _single_band_session(self):
@@ -241,10 +264,13 @@ class Model:
             ``(N, H, W)`` / ``(N, 1, H, W)`` where the model has one channel or
             its card says a single band is replicated (through the card's
             ``single_band_graph`` where it lists one: the same outputs without
-            copying the band). Any real dtype and byte order. A
-            ``(C, H, W)`` array for such a model is read as ``C`` single-band
-            stamps, with an `~astromorph.exceptions.AmbiguousInputWarning`:
-            pass one ``C``-band stamp as ``x[None]``.
+            copying the band). Any real dtype and byte order. One stamp
+            ``(C, H, W)`` (as the card's preprocessing returns it for one
+            image) is read as a batch of one; for a model that also takes
+            single bands this comes with an
+            `~astromorph.exceptions.AmbiguousInputWarning` (pass ``x[None]``
+            for one ``C``-band stamp, ``(C, 1, H, W)`` for ``C`` single-band
+            stamps).
         batch_size : int, optional
             Rows per session call. After an out-of-memory or allocation error
             from the execution provider, the batch is halved and retried down

@@ -169,14 +169,35 @@ def test_predict_non_finite_error_names_card_preprocessing(tmp_path):
         astromorph.load_model(tmp_path).predict(x)
 
 
-@pytest.mark.parametrize("shape", [(2, 4, 4), (1, 3, 4, 4), (1, 2, 5, 4), (4, 4), (1, 1, 2, 4, 4)])
+@pytest.mark.parametrize("shape", [(3, 4, 4), (1, 3, 4, 4), (1, 2, 5, 4), (4, 4), (1, 1, 2, 4, 4)])
 def test_shape_errors_state_expected_and_received(tiny_registry, shape):
     model = astromorph.load_model("tiny")
     with pytest.raises(InputShapeError) as info:
         model.predict(np.zeros(shape))
     assert "(N, 2, 4, 4)" in str(info.value) and str(shape) in str(info.value)
-    # one stamp without its batch axis: the message says how to pass it
-    assert ("x[None]" in str(info.value)) == (shape == (2, 4, 4))
+
+
+def test_model_pickles_as_a_reload(tiny_registry):
+    """A Model goes to Dask / multiprocessing workers as the way to load it again."""
+    import pickle
+
+    model = astromorph.load_model("tiny", threads=1)
+    again = pickle.loads(pickle.dumps(model))
+    assert again.name == "tiny" and again.sha256 == model.sha256
+    x = _inputs(3)
+    np.testing.assert_array_equal(again.predict(x)["probabilities"],
+                                  model.predict(x)["probabilities"])
+
+
+def test_one_stamp_without_batch_axis(tiny_registry):
+    """(C, H, W), as a preprocessing function returns it for one image, is one stamp; the
+    (stamps, flags) tuple of preprocess_triplet is refused with a word on what to pass."""
+    model = astromorph.load_model("tiny")
+    x = _inputs(1)
+    np.testing.assert_array_equal(model.predict(x[0])["probabilities"],
+                                  model.predict(x)["probabilities"])
+    with pytest.raises(InputError, match="return_flags=False"):
+        model.predict((x, np.zeros(1, np.int32)))
 
 
 @pytest.fixture
@@ -190,12 +211,15 @@ def replicating_model(tmp_path):
 
 
 def test_one_colour_stamp_without_batch_axis_warns(replicating_model):
-    """(3, H, W) for a 3-band model that takes single bands: read as three grey stamps,
-    with a warning that says so and how to pass one colour stamp instead."""
+    """(3, H, W) for a 3-band model that also takes single bands: read as one colour stamp
+    (what the preprocessing returns for one image), with a warning that says how to pass
+    three grey stamps instead."""
     model = replicating_model
     rgb = np.random.default_rng(1).normal(size=(3, 4, 4))
-    with pytest.warns(AmbiguousInputWarning, match=r"read as 3 single-band stamps.*x\[None\]"):
-        assert model.predict(rgb)["probabilities"].shape == (3, 3)
+    with pytest.warns(AmbiguousInputWarning, match=r"read as one 3-band stamp.*\(3, 1, 4, 4\)"):
+        one = model.predict(rgb)["probabilities"]
+    assert one.shape == (1, 3)
+    np.testing.assert_array_equal(one, model.predict(rgb[None])["probabilities"])
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert model.predict(rgb[None])["probabilities"].shape == (1, 3)

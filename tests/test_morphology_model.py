@@ -61,6 +61,15 @@ def test_constants_and_all():
                                [opt.CROP_FRACTION * 10.152, opt.CROP_FRACTION * 30.456], rtol=1e-6)
 
 
+def test_petrosian_sizes_take_angles():
+    import astropy.units as u
+
+    assert opt.cutout_size_from_petrosian(1 * u.arcmin) == pytest.approx(609.12)
+    assert opt.stamp_size_from_petrosian(2.0) == pytest.approx(opt.CROP_FRACTION * 20.304)
+    np.testing.assert_allclose(opt.stamp_size_from_petrosian([1.0, np.nan]),
+                               [opt.CROP_FRACTION * 10.152, np.nan])  # a row's problem
+
+
 def test_colour_shapes_dtypes_and_range():
     img = jpeg_like()
     assert img.dtype == np.uint8 and img.shape == (423, 423, 3)
@@ -78,6 +87,15 @@ def test_colour_shapes_dtypes_and_range():
     assert opt.preprocess_colour_cutout(jpeg_like(size=424)).shape == (3, 64, 64)
     with pytest.raises(ValueError):
         opt.preprocess_colour_cutout(np.zeros((4, 4)))
+    # 8-bit values in any integer type are 8-bit values; floats above 1 are not display
+    # values in [0, 1] (they used to be scored as such: every galaxy an 'artifact')
+    for dtype in (np.int16, np.int64, np.uint16):
+        np.testing.assert_array_equal(opt.preprocess_colour_cutout(img.astype(dtype)), x)
+    from astromorph.exceptions import InputError
+
+    for bad in (img.astype(np.float64), img.astype(np.int16) * 4, img.astype(complex)):
+        with pytest.raises(InputError):
+            opt.preprocess_colour_cutout(bad)
 
 
 def test_area_averaging_is_exact():

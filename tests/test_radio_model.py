@@ -458,3 +458,35 @@ def test_d4_group_tables():
         for b in range(n):
             for c in range(n):
                 assert prod[prod[a, b], c] == prod[a, prod[b, c]]
+
+
+def test_radio_preprocessing_options_are_checked():
+    """Angles may be Quantities; a scale, rms or crop that cannot be right is an error
+    naming it, never a silently odd stamp; a WCS without sky axes says so; N = 0 works."""
+    import astropy.units as u
+
+    from astromorph.exceptions import InputError, InvalidArgumentError
+
+    img = first_like_hdu(size=200, pixel_scale=1.0).data
+    np.testing.assert_array_equal(radio.resample_to_first_grid(img, 1 * u.arcsec),
+                                  radio.resample_to_first_grid(img, 1.0))
+    np.testing.assert_array_equal(radio.resample_to_first_grid(img, (1 / 60) * u.arcmin),
+                                  radio.resample_to_first_grid(img, 1.0))
+    for bad in (0, -1.0, np.nan, 2 * u.kg):
+        with pytest.raises(InvalidArgumentError, match="pixel_scale"):
+            radio.resample_to_first_grid(img, bad)
+    for rms in (0, -1e-4, np.nan):
+        with pytest.raises(InvalidArgumentError, match="rms"):
+            radio.first_cutout_to_uint8(img, rms=rms)
+    with pytest.raises(InvalidArgumentError, match="both as Quantities"):
+        radio.first_cutout_to_uint8(img, rms=0.15 * u.mJy)
+    np.testing.assert_array_equal(radio.first_cutout_to_uint8(img * u.Jy, rms=0.15 * u.mJy),
+                                  radio.first_cutout_to_uint8(img, rms=1.5e-4))
+    with pytest.raises(InvalidArgumentError, match="bin_factor"):
+        radio.preprocess_dataset_image(np.zeros((300, 300), np.uint8), bin_factor=0)
+    w = WCS(naxis=2)
+    w.wcs.ctype = ["X", "Y"]
+    with pytest.raises(InputError, match="no celestial axes"):
+        radio.preprocess_radio_image(img, wcs=w)
+    assert radio.preprocess_first_cutout(np.zeros((0, 300, 300))).shape == \
+        (0, 1, radio.STAMP_SIZE, radio.STAMP_SIZE)

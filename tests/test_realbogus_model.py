@@ -421,3 +421,23 @@ def test_training_threads_option_takes_effect():
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
+
+
+def test_triplet_preprocessing_options_are_checked():
+    """resample_triplet takes angular Quantities and refuses sizes and scales that cannot be
+    right; an empty batch gives empty outputs (not a reshape error)."""
+    import astropy.units as u
+
+    from astromorph.exceptions import InvalidArgumentError
+    from astromorph.preprocessing import resample_triplet
+
+    des = np.random.default_rng(0).normal(size=(2, 3, 51, 51))
+    ref, cov = resample_triplet(des, 0.27)
+    out, cov2 = resample_triplet(des, 0.27 * u.arcsec)
+    np.testing.assert_array_equal(out, ref)
+    for kwargs in ({"pixel_scale": 0}, {"pixel_scale": np.nan}, {"pixel_scale": 1 * u.s},
+                   {"pixel_scale": 0.27, "size": 0}, {"pixel_scale": 0.27, "min_cover": 2}):
+        with pytest.raises(InvalidArgumentError):
+            resample_triplet(des, **kwargs)
+    x, flags = preprocess_triplet(np.zeros((0, 3, TRIPLET_SIZE, TRIPLET_SIZE)))
+    assert x.shape == (0, 3, TRIPLET_SIZE, TRIPLET_SIZE) and flags.shape == (0,)

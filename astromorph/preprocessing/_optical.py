@@ -41,6 +41,9 @@ cut `stamp_size_from_petrosian` and pass ``crop_fraction=1.0``.
 """
 import numpy as np
 
+from ..exceptions import InputError, InputShapeError, InvalidArgumentError
+from ._units import to_arcsec
+
 __all__ = [
     "STAMP_SIZE",
     "CROP_FRACTION",
@@ -105,7 +108,7 @@ def area_resample(n_in, n_out, crop_fraction=1.0):
         Weights; each row sums to one.
     """
     if not 0 < crop_fraction <= 1:
-        raise ValueError(f"crop_fraction must be in (0, 1], got {crop_fraction}")
+        raise InvalidArgumentError(f"crop_fraction must be in (0, 1], got {crop_fraction}")
     width = crop_fraction * n_in
     start = 0.5 * (n_in - width)
     edges = start + width * np.arange(n_out + 1) / n_out
@@ -122,9 +125,11 @@ def preprocess_colour_cutout(images, *, size=STAMP_SIZE, crop_fraction=CROP_FRAC
     ----------
     images : array_like, shape (H, W, 3) or (N, H, W, 3)
         RGB colour cutouts (R, G, B = i, r, g for SDSS composites) centred on
-        the galaxy. ``uint8`` arrays are 8-bit display values (as read from a
-        JPEG or PNG); floating-point arrays are taken to be display values
-        already scaled to ``[0, 1]``.
+        the galaxy. Integer arrays are 8-bit display values 0-255 (as read
+        from a JPEG or PNG, in any integer type); floating-point arrays are
+        display values already scaled to ``[0, 1]``. Anything else (integers
+        above 255, floats above 1, complex, booleans) raises
+        `~astromorph.exceptions.InputError`.
     size : int, optional
         Side of the output stamp (the model expects `STAMP_SIZE`).
     crop_fraction : float, optional
@@ -140,7 +145,22 @@ def preprocess_colour_cutout(images, *, size=STAMP_SIZE, crop_fraction=CROP_FRAC
     """
     arr = np.asarray(images)
     if arr.ndim not in (3, 4) or arr.shape[-1] != 3:
-        raise ValueError(f"expected colour cutouts of shape (H, W, 3) or (N, H, W, 3), got {arr.shape}")
+        raise InputShapeError(f"expected colour cutouts of shape (H, W, 3) or (N, H, W, 3), "
+                              f"got {arr.shape}")
+    if arr.dtype.kind in "iu" and arr.dtype != np.uint8:
+        if arr.size and (arr.min() < 0 or arr.max() > 255):
+            raise InputError(f"integer colour cutouts must hold 8-bit display values 0-255; got "
+                             f"{arr.min()} to {arr.max()} ({arr.dtype})")
+        arr = arr.astype(np.uint8)
+    elif arr.dtype.kind == "f":
+        top = np.nanmax(arr) if arr.size else 0.0
+        if top > 1.0 + 1e-6:
+            raise InputError(f"floating-point colour cutouts must be display values in [0, 1]; "
+                             f"the largest is {top:g} (divide 8-bit values by 255, or pass them "
+                             "as integers)")
+    elif arr.dtype != np.uint8:
+        raise InputError(f"colour cutouts must be integers 0-255 or floats in [0, 1], got "
+                         f"dtype {arr.dtype}")
     return _display_to_network(arr, size, crop_fraction)
 
 
@@ -202,7 +222,7 @@ def _lupton_uint8(red, green=None, blue=None, *, q, stretch, minimum, scales=(1.
     grey = green is None and blue is None
     mins = np.broadcast_to(np.asarray(minimum, dtype=np.float64), (3,))
     if grey and not mins[0] == mins[1] == mins[2]:
-        raise ValueError(f"one band needs one minimum, got {minimum}")
+        raise InvalidArgumentError(f"one band needs one minimum, got {minimum}")
     if grey:
         return _grey_lupton_uint8(red, q=q, stretch=stretch, minimum=float(mins[0]),
                                   scale=float(np.asarray(scales, dtype=np.float64).ravel()[0]),
@@ -335,9 +355,9 @@ def gri_to_rgb(g, r, i, *, q=LUPTON_Q, stretch=LUPTON_STRETCH, minimum=LUPTON_MI
     scales = dict(LUPTON_BAND_SCALES if band_scales is None else band_scales)
     bands = [np.asarray(b) for b in (i, r, g)]
     if not bands[0].shape == bands[1].shape == bands[2].shape:
-        raise ValueError("g, r and i must have the same shape")
+        raise InputShapeError("g, r and i must have the same shape")
     if bands[0].ndim not in (2, 3):
-        raise ValueError(f"expected (H, W) or (N, H, W) images, got {bands[0].shape}")
+        raise InputShapeError(f"expected (H, W) or (N, H, W) images, got {bands[0].shape}")
     return _lupton_uint8(*bands, q=q, stretch=stretch, minimum=minimum,
                          scales=[scales[k] for k in "irg"])
 
@@ -367,7 +387,7 @@ def _grey_uint8(image, *, q=LUPTON_Q, stretch=LUPTON_STRETCH, minimum=LUPTON_MIN
     """The grey channel of `single_band_to_rgb`, shape (H, W) or (N, H, W)."""
     arr = np.asarray(image)
     if arr.ndim not in (2, 3):
-        raise ValueError(f"expected a band of shape (H, W) or (N, H, W), got {arr.shape}")
+        raise InputShapeError(f"expected a band of shape (H, W) or (N, H, W), got {arr.shape}")
     if arr.dtype == np.uint8:
         return arr
     # gri_to_rgb with unit band scales and the same image as r, g and b
@@ -461,9 +481,11 @@ def cutout_size_from_petrosian(petro_r90_arcsec):
 
     Parameters
     ----------
-    petro_r90_arcsec : float or array_like
+    petro_r90_arcsec : float, array_like or Quantity
         SDSS r-band ``petroR90_r`` (or an equivalent 90 per cent light radius)
-        in arcsec.
+        in arcsec, or an angular `~astropy.units.Quantity`. Non-finite or
+        negative radii give NaN or negative sizes (per-row problems for the
+        caller to flag), never an error.
 
     Returns
     -------
@@ -472,7 +494,8 @@ def cutout_size_from_petrosian(petro_r90_arcsec):
         (= 10.152 petroR90_r). Feed such cutouts with the default
         `CROP_FRACTION`.
     """
-    return GZ1_CUTOUT_PIXELS * GZ1_PIXEL_SCALE_PER_PETRO_R90 * np.asarray(petro_r90_arcsec, dtype=float)
+    r90 = to_arcsec(petro_r90_arcsec, "petro_r90_arcsec", positive=False)
+    return GZ1_CUTOUT_PIXELS * GZ1_PIXEL_SCALE_PER_PETRO_R90 * r90
 
 
 def stamp_size_from_petrosian(petro_r90_arcsec):
@@ -480,8 +503,8 @@ def stamp_size_from_petrosian(petro_r90_arcsec):
 
     Parameters
     ----------
-    petro_r90_arcsec : float or array_like
-        SDSS r-band ``petroR90_r`` in arcsec.
+    petro_r90_arcsec : float, array_like or Quantity
+        SDSS r-band ``petroR90_r`` in arcsec, or an angular Quantity.
 
     Returns
     -------

@@ -43,6 +43,9 @@ value (e.g. from the FIRST RMS maps) instead.
 """
 import numpy as np
 
+from ..exceptions import InputError, InputShapeError, InvalidArgumentError
+from ._units import to_arcsec
+
 __all__ = [
     "FIRST_PIXEL_SCALE_ARCSEC",
     "FIRST_BEAM_FWHM_ARCSEC",
@@ -178,7 +181,18 @@ def first_cutout_to_uint8(image, *, rms=None, threshold_sigma=DATASET_THRESHOLD_
         when ``quantize`` is false. An image with nothing above the threshold
         is all zeros.
     """
+    if rms is not None and hasattr(rms, "unit"):
+        if not hasattr(image, "unit"):
+            raise InvalidArgumentError(f"rms={rms!r} has a unit but the image has none: pass "
+                                       "both as Quantities or both as numbers")
+        rms = rms.to_value(image.unit)
+    if hasattr(image, "unit"):
+        image = image.value
+    if rms is not None and not np.all(np.asarray(rms, dtype=float) > 0):
+        raise InvalidArgumentError(f"rms must be positive and finite, got {rms!r}")
     image = np.asarray(image, dtype=np.float64)
+    if image.ndim == 3 and image.shape[0] == 0:
+        return np.zeros((0, size, size), np.uint8 if quantize else np.float32)
     if image.ndim == 3:
         rmss = np.broadcast_to(np.asarray(np.nan if rms is None else rms, dtype=float),
                                (image.shape[0],))
@@ -188,7 +202,7 @@ def first_cutout_to_uint8(image, *, rms=None, threshold_sigma=DATASET_THRESHOLD_
                                   quantize=quantize)
             for im, r in zip(image, rmss)])
     if image.ndim != 2:
-        raise ValueError(f"expected a 2-D image or a stack of them, got shape {image.shape}")
+        raise InputShapeError(f"expected a 2-D image or a stack of them, got shape {image.shape}")
     window = _centre_window(image, size, np.nan)
     if rms is None:
         rms = sigma_clipped_rms(window)
@@ -235,9 +249,12 @@ def preprocess_dataset_image(image, *, crop_pixels=CROP_PIXELS, bin_factor=BIN_F
     if single:
         image = image[None]
     if image.ndim != 3:
-        raise ValueError(f"expected (H, W) or (N, H, W) images, got shape {image.shape}")
-    if crop_pixels % bin_factor:
-        raise ValueError("crop_pixels must be a multiple of bin_factor")
+        raise InputShapeError(f"expected (H, W) or (N, H, W) images, got shape {image.shape}")
+    if int(bin_factor) != bin_factor or bin_factor < 1 or int(crop_pixels) != crop_pixels \
+            or crop_pixels < 1 or crop_pixels % bin_factor:
+        raise InvalidArgumentError(f"crop_pixels ({crop_pixels!r}) must be a positive multiple of "
+                                   f"bin_factor ({bin_factor!r}), a positive whole number")
+    crop_pixels, bin_factor = int(crop_pixels), int(bin_factor)
     window = _centre_window(image.astype(np.float32), crop_pixels, 0.0)
     s = crop_pixels // bin_factor
     binned = window.reshape(len(window), s, bin_factor, s, bin_factor).mean(axis=(2, 4))
@@ -245,7 +262,7 @@ def preprocess_dataset_image(image, *, crop_pixels=CROP_PIXELS, bin_factor=BIN_F
     if stretch == "sqrt":
         binned = np.sqrt(binned)
     elif stretch != "linear":
-        raise ValueError(f"unknown stretch {stretch!r}")
+        raise InvalidArgumentError(f"unknown stretch {stretch!r}")
     out = binned[:, None].astype(np.float32)
     return out[0] if single else out
 
@@ -312,6 +329,8 @@ def preprocess_radio_image(image, *, wcs=None, pixel_scale_arcsec=None, rms=None
     """
     if wcs is not None:
         pixel_scale_arcsec = pixel_scale_from_wcs(wcs)
+    elif pixel_scale_arcsec is not None:
+        pixel_scale_arcsec = to_arcsec(pixel_scale_arcsec, "pixel_scale_arcsec")
     image = np.asarray(image, dtype=np.float64)
     if pixel_scale_arcsec is not None and not np.isclose(
             float(pixel_scale_arcsec), FIRST_PIXEL_SCALE_ARCSEC, rtol=1e-3):
@@ -337,6 +356,9 @@ def pixel_scale_from_wcs(wcs):
     """
     from astropy.wcs.utils import proj_plane_pixel_scales
 
+    if not getattr(wcs, "has_celestial", False):
+        raise InputError(f"the WCS has no celestial axes (CTYPE = {list(wcs.wcs.ctype)}): no "
+                         "pixel scale in arcsec")
     scales = proj_plane_pixel_scales(wcs.celestial)
     return float(np.sqrt(abs(scales[0] * scales[1])) * 3600.0)
 
@@ -369,9 +391,10 @@ def resample_to_first_grid(image, pixel_scale_arcsec, *, size=DATASET_IMAGE_PIXE
     """
     image = np.asarray(image, dtype=np.float64)
     if image.ndim != 2 or min(image.shape) < 2:
-        raise ValueError("expected a 2-D image of at least 2 x 2 pixels")
+        raise InputShapeError(f"expected a 2-D image of at least 2 x 2 pixels, got shape "
+                              f"{image.shape}")
     ny, nx = image.shape
-    step = FIRST_PIXEL_SCALE_ARCSEC / float(pixel_scale_arcsec)
+    step = FIRST_PIXEL_SCALE_ARCSEC / to_arcsec(pixel_scale_arcsec, "pixel_scale_arcsec")
     offsets = (np.arange(size) - size // 2) * step
     y = ny // 2 + offsets
     x = nx // 2 + offsets

@@ -20,6 +20,9 @@ Both are pure numpy and vectorised over the batch.
 
 import numpy as np
 
+from ..exceptions import InputShapeError, InvalidArgumentError
+from ._units import to_arcsec
+
 __all__ = [
     "TRIPLET_SIZE",
     "TRIPLET_PIXEL_SCALE",
@@ -50,7 +53,7 @@ def _as_float_batch(x):
     if x.ndim == 3:
         x = x[None]
     if x.ndim != 4 or x.shape[1] != 3:
-        raise ValueError(
+        raise InputShapeError(
             "triplets must have shape (N, 3, H, W) or (3, H, W) with channels "
             f"(science, reference, difference); got shape {x.shape}"
         )
@@ -113,12 +116,15 @@ def preprocess_triplet(x, *, return_flags=True):
     """
     x = _as_float_batch(x)
     if x.shape[2:] != (TRIPLET_SIZE, TRIPLET_SIZE):
-        raise ValueError(
+        raise InputShapeError(
             f"real-bogus stamps must be {TRIPLET_SIZE}x{TRIPLET_SIZE} pixels, got "
             f"{x.shape[2]}x{x.shape[3]}; use resample_triplet() to bring other "
             "sizes / pixel scales to the model grid"
         )
     n = x.shape[0]
+    if n == 0:
+        out = np.zeros(x.shape, np.float32)
+        return (out, np.zeros(0, np.float32)) if return_flags else out
     flat = x.reshape(n, 3, -1)
     with np.errstate(invalid="ignore"):
         bad = ~(np.abs(flat) < _SENTINEL)  # NaN, +-inf and masking sentinels
@@ -215,10 +221,12 @@ def resample_triplet(x, pixel_scale, *, size=TRIPLET_SIZE, model_pixel_scale=TRI
     ----------
     x : array_like, shape (N, 3, H, W) or (3, H, W)
         Raw triplets (science, reference, difference), any numeric dtype.
-        NaNs propagate to the output pixels they touch.
-    pixel_scale : float or (float, float)
-        Pixel scale of the input in arcsec per pixel, either one value or
-        (scale_y, scale_x). For example 0.27 for DES stamps (51 x 51), 0.2
+        Invalid pixels (NaN, inf, masking sentinels) get zero weight: an
+        output pixel is the mean of the valid ones it overlaps, NaN where
+        less than half of its weight is valid.
+    pixel_scale : float, (float, float) or Quantity
+        Pixel scale of the input in arcsec per pixel (or an angular
+        Quantity), either one value or (scale_y, scale_x). For example 0.27 for DES stamps (51 x 51), 0.2
         for Rubin cutouts, 1.01 for ZTF.
     size : int, optional
         Output side in pixels (default 63, the model grid).
@@ -249,9 +257,14 @@ def resample_triplet(x, pixel_scale, *, size=TRIPLET_SIZE, model_pixel_scale=TRI
     ((4, 3, 63, 63), True)
     """
     x = _as_float_batch(x)
-    sy, sx = (float(pixel_scale), float(pixel_scale)) if np.ndim(pixel_scale) == 0 else map(float, pixel_scale)
-    if sy <= 0 or sx <= 0 or model_pixel_scale <= 0:
-        raise ValueError("pixel scales must be positive")
+    scale = to_arcsec(pixel_scale, "pixel_scale")
+    sy, sx = (scale, scale) if np.ndim(scale) == 0 else map(float, scale)
+    model_pixel_scale = to_arcsec(model_pixel_scale, "model_pixel_scale")
+    if int(size) != size or size < 1:
+        raise InvalidArgumentError(f"size must be a positive whole number of pixels, got {size!r}")
+    if not 0 < float(min_cover) <= 1:
+        raise InvalidArgumentError(f"min_cover must be in (0, 1], got {min_cover!r}")
+    size = int(size)
     wy, cy = _rebin_matrix(x.shape[2], sy, size, model_pixel_scale, min_cover)
     wx, cx = _rebin_matrix(x.shape[3], sx, size, model_pixel_scale, min_cover)
     # Separable rebinning. Invalid input pixels get zero weight (the output is

@@ -1,0 +1,43 @@
+"""Angles given as numbers (arcsec) or as astropy Quantities, checked in one place."""
+import numpy as np
+
+from ..exceptions import InvalidArgumentError
+
+__all__ = ["to_arcsec"]
+
+
+def to_arcsec(value, name, *, positive=True):
+    """``value`` in arcsec as floats: a number or array (arcsec) or an angular `Quantity`.
+
+    Parameters
+    ----------
+    value : float, array_like or astropy.units.Quantity
+    name : str
+        Parameter name for the error message.
+    positive : bool, optional
+        Require finite values above zero (pixel scales); else only real numbers.
+
+    Returns
+    -------
+    float or numpy.ndarray
+
+    Raises
+    ------
+    astromorph.exceptions.InvalidArgumentError
+        For a non-angular unit, non-numbers, or (with ``positive``) values that are
+        not finite and positive.
+    """
+    if hasattr(value, "unit"):
+        import astropy.units as u
+
+        try:
+            value = u.Quantity(value).to_value(u.arcsec)
+        except u.UnitsError:
+            raise InvalidArgumentError(f"{name} must be an angle (arcsec), got {value!r}") from None
+    try:
+        out = np.asarray(value, dtype=float)
+    except (TypeError, ValueError):
+        raise InvalidArgumentError(f"{name} must be a number of arcsec, got {value!r}") from None
+    if positive and not (np.all(np.isfinite(out)) and np.all(out > 0)):
+        raise InvalidArgumentError(f"{name} must be positive and finite, got {value!r}")
+    return float(out) if out.ndim == 0 else out
