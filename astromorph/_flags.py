@@ -32,5 +32,22 @@ class Flag(enum.IntFlag):
 
 
 def describe_flags(value):
-    """Names of the bits set in ``value``, e.g. ``'EDGE|BLANK'`` (``''`` for 0)."""
-    return "|".join(f.name for f in Flag if int(value) & f)
+    """Names of the bits set in ``value``.
+
+    Parameters
+    ----------
+    value : int
+        A ``<prefix>_flags`` value.
+
+    Returns
+    -------
+    str
+        E.g. ``'EDGE|BLANK'``; ``''`` for 0; bits that are no `Flag` show as
+        ``'0x...'`` (e.g. from a newer astromorph).
+    """
+    value = int(value)
+    names = [f.name for f in Flag if value & f]
+    unknown = value & ~sum(int(f) for f in Flag)
+    if unknown:
+        names.append(hex(unknown))
+    return "|".join(names)

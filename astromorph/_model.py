@@ -55,6 +55,12 @@ def load_model(name_or_path, *, providers=None, threads=None, precision=None):
     astromorph.exceptions.ModelCardError
     astromorph.exceptions.ChecksumMismatchError
     astromorph.exceptions.MissingRuntimeError
+    astromorph.exceptions.ModelLoadError
+        ONNX Runtime cannot load the file.
+    astromorph.exceptions.InvalidArgumentError
+        An unknown ``precision`` or provider name, or negative ``threads``.
+    TypeError
+        ``name_or_path`` is neither a string nor a path.
     """
     return Model(name_or_path, providers=providers, threads=threads, precision=precision)
 

@@ -106,7 +106,21 @@ def list_models():
 def model_card(name_or_path, *, precision=None):
     """The card (a dict) of a shipped model or of a model file/directory.
 
-    With ``precision`` (see `resolve_model`), the card as seen by that variant.
+    Parameters
+    ----------
+    name_or_path : str or os.PathLike
+        A shipped model name (see `list_models`), a model directory or an ONNX file.
+    precision : str, optional
+        A variant listed in the card (e.g. ``"int8"``): the card as seen by that variant.
+
+    Returns
+    -------
+    dict
+
+    Raises
+    ------
+    astromorph.exceptions.ModelNotFoundError, astromorph.exceptions.ModelCardError,
+    astromorph.exceptions.InvalidModelNameError, astromorph.exceptions.InvalidArgumentError
     """
     return resolve_model(name_or_path, precision=precision)[1]
 
