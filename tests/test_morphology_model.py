@@ -70,6 +70,21 @@ def test_petrosian_sizes_take_angles():
                                [opt.CROP_FRACTION * 10.152, np.nan])  # a row's problem
 
 
+def test_band_inputs_are_checked():
+    """Complex or boolean bands, missing band scales, a zero stretch: errors, not pictures."""
+    from astromorph.exceptions import InputError, InvalidArgumentError
+
+    band = np.ones((8, 8))
+    with pytest.raises(InputError, match="real numbers"):
+        opt.preprocess_gri(band, band, band.astype(complex))
+    with pytest.raises(InputError, match="real numbers"):
+        opt.preprocess_single_band(band > 0)
+    with pytest.raises(InvalidArgumentError, match="band_scales"):
+        opt.preprocess_gri(band, band, band, band_scales={"g": 1.0})
+    with pytest.raises(InvalidArgumentError, match="stretch"):
+        opt.preprocess_single_band(band, stretch=0)
+
+
 def test_colour_shapes_dtypes_and_range():
     img = jpeg_like()
     assert img.dtype == np.uint8 and img.shape == (423, 423, 3)

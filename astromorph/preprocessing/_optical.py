@@ -42,7 +42,7 @@ cut `stamp_size_from_petrosian` and pass ``crop_fraction=1.0``.
 import numpy as np
 
 from ..exceptions import InputError, InputShapeError, InvalidArgumentError
-from ._units import to_arcsec
+from ._checks import real_array, to_arcsec
 
 __all__ = [
     "STAMP_SIZE",
@@ -353,7 +353,12 @@ def gri_to_rgb(g, r, i, *, q=LUPTON_Q, stretch=LUPTON_STRETCH, minimum=LUPTON_MI
     numpy.ndarray, uint8, shape (H, W, 3) or (N, H, W, 3)
     """
     scales = dict(LUPTON_BAND_SCALES if band_scales is None else band_scales)
-    bands = [np.asarray(b) for b in (i, r, g)]
+    if set(scales) < {"g", "r", "i"}:
+        raise InvalidArgumentError(f"band_scales needs g, r and i, got {sorted(scales)}")
+    if not stretch > 0 or not q >= 0:
+        raise InvalidArgumentError(f"stretch must be positive and q non-negative, got "
+                                   f"{stretch!r}, {q!r}")
+    bands = [real_array(b, name) for b, name in ((i, "i"), (r, "r"), (g, "g"))]
     if not bands[0].shape == bands[1].shape == bands[2].shape:
         raise InputShapeError("g, r and i must have the same shape")
     if bands[0].ndim not in (2, 3):
@@ -385,7 +390,10 @@ def preprocess_gri(g, r, i, *, size=STAMP_SIZE, crop_fraction=CROP_FRACTION, **l
 
 def _grey_uint8(image, *, q=LUPTON_Q, stretch=LUPTON_STRETCH, minimum=LUPTON_MINIMUM):
     """The grey channel of `single_band_to_rgb`, shape (H, W) or (N, H, W)."""
-    arr = np.asarray(image)
+    if not stretch > 0 or not q >= 0:
+        raise InvalidArgumentError(f"stretch must be positive and q non-negative, got "
+                                   f"{stretch!r}, {q!r}")
+    arr = real_array(image, "image")
     if arr.ndim not in (2, 3):
         raise InputShapeError(f"expected a band of shape (H, W) or (N, H, W), got {arr.shape}")
     if arr.dtype == np.uint8:

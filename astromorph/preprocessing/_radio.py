@@ -44,7 +44,7 @@ value (e.g. from the FIRST RMS maps) instead.
 import numpy as np
 
 from ..exceptions import InputError, InputShapeError, InvalidArgumentError
-from ._units import to_arcsec
+from ._checks import real_array, to_arcsec
 
 __all__ = [
     "FIRST_PIXEL_SCALE_ARCSEC",
@@ -190,7 +190,7 @@ def first_cutout_to_uint8(image, *, rms=None, threshold_sigma=DATASET_THRESHOLD_
         image = image.value
     if rms is not None and not np.all(np.asarray(rms, dtype=float) > 0):
         raise InvalidArgumentError(f"rms must be positive and finite, got {rms!r}")
-    image = np.asarray(image, dtype=np.float64)
+    image = real_array(image, "image").astype(np.float64)
     if image.ndim == 3 and image.shape[0] == 0:
         return np.zeros((0, size, size), np.uint8 if quantize else np.float32)
     if image.ndim == 3:

@@ -21,7 +21,7 @@ Both are pure numpy and vectorised over the batch.
 import numpy as np
 
 from ..exceptions import InputShapeError, InvalidArgumentError
-from ._units import to_arcsec
+from ._checks import to_arcsec
 
 __all__ = [
     "TRIPLET_SIZE",

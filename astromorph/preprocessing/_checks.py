@@ -1,9 +1,10 @@
-"""Angles given as numbers (arcsec) or as astropy Quantities, checked in one place."""
+"""Argument checks shared by the preprocessing functions: angles given as numbers (arcsec)
+or as astropy Quantities, and images that must hold real numbers."""
 import numpy as np
 
-from ..exceptions import InvalidArgumentError
+from ..exceptions import InputError, InvalidArgumentError
 
-__all__ = ["to_arcsec"]
+__all__ = ["to_arcsec", "real_array"]
 
 
 def to_arcsec(value, name, *, positive=True):
@@ -41,3 +42,18 @@ def to_arcsec(value, name, *, positive=True):
     if positive and not (np.all(np.isfinite(out)) and np.all(out > 0)):
         raise InvalidArgumentError(f"{name} must be positive and finite, got {value!r}")
     return float(out) if out.ndim == 0 else out
+
+
+def real_array(images, name="images"):
+    """``images`` as a numpy array of real numbers (integers or floats, any byte order).
+
+    Raises
+    ------
+    astromorph.exceptions.InputError
+        For complex, boolean, string or object data (a complex image would lose its
+        imaginary part silently).
+    """
+    arr = np.asarray(images)
+    if arr.dtype.kind not in "iuf":
+        raise InputError(f"{name} must hold real numbers, got dtype {arr.dtype}")
+    return arr
