@@ -113,8 +113,12 @@ class Prediction(Mapping):
 
     @property
     def labels(self):
-        """Class names of the probability output, in column order."""
-        return list(self._probabilities()[1]["labels"])
+        """Class names of the probability output, in column order (``None`` for models
+        without one, as `Model.labels`)."""
+        try:
+            return list(self._probabilities()[1]["labels"])
+        except AttributeError:
+            return None
 
     @property
     def label(self):

@@ -109,6 +109,11 @@ def area_resample(n_in, n_out, crop_fraction=1.0):
     """
     if not 0 < crop_fraction <= 1:
         raise InvalidArgumentError(f"crop_fraction must be in (0, 1], got {crop_fraction}")
+    for value, name in ((n_in, "n_in"), (n_out, "n_out")):
+        if int(value) != value or value < 1:
+            raise InvalidArgumentError(f"{name} must be a positive whole number of pixels, "
+                                       f"got {value!r}")
+    n_in, n_out = int(n_in), int(n_out)
     width = crop_fraction * n_in
     start = 0.5 * (n_in - width)
     edges = start + width * np.arange(n_out + 1) / n_out
@@ -147,6 +152,8 @@ def preprocess_colour_cutout(images, *, size=STAMP_SIZE, crop_fraction=CROP_FRAC
     if arr.ndim not in (3, 4) or arr.shape[-1] != 3:
         raise InputShapeError(f"expected colour cutouts of shape (H, W, 3) or (N, H, W, 3), "
                               f"got {arr.shape}")
+    if int(size) != size or size < 1:
+        raise InvalidArgumentError(f"size must be a positive whole number of pixels, got {size!r}")
     if arr.dtype.kind in "iu" and arr.dtype != np.uint8:
         if arr.size and (arr.min() < 0 or arr.max() > 255):
             raise InputError(f"integer colour cutouts must hold 8-bit display values 0-255; got "
