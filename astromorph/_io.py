@@ -83,6 +83,19 @@ def _fsync_dir(directory):
         os.close(fd)
 
 
+def _destination_directory(path, overwrite):
+    """The folder of output ``path``, after checking the path can take a new file."""
+    if path.is_dir():
+        raise InvalidArgumentError(f"output {str(path)!r} is a directory")
+    if path.exists() and not overwrite:
+        raise OutputExistsError(f"{str(path)!r} exists; pass overwrite=True (--overwrite) "
+                                "to replace it")
+    directory = path.parent if str(path.parent) else Path(".")
+    if not directory.is_dir():
+        raise InvalidArgumentError(f"output directory {str(directory)!r} does not exist")
+    return directory
+
+
 def check_output(path, *, overwrite=False, table=False, inputs=()):
     """Check, before any work, that ``path`` can be written as an output.
 
@@ -103,19 +116,12 @@ def check_output(path, *, overwrite=False, table=False, inputs=()):
     path = Path(path)
     if table:
         table_format(path)
-    if path.is_dir():
-        raise InvalidArgumentError(f"output {str(path)!r} is a directory")
     real = os.path.realpath(path)
     for p in inputs:
         if os.path.realpath(p) == real:
             raise InvalidArgumentError(f"output {str(path)!r} is one of the inputs; write the "
                                        "results elsewhere")
-    if path.exists() and not overwrite:
-        raise OutputExistsError(f"{str(path)!r} exists; pass overwrite=True (--overwrite) "
-                                "to replace it")
-    directory = path.parent if str(path.parent) else Path(".")
-    if not directory.is_dir():
-        raise InvalidArgumentError(f"output directory {str(directory)!r} does not exist")
+    directory = _destination_directory(path, overwrite)
     if not os.access(directory, os.W_OK | os.X_OK):
         raise OutputError(f"cannot write into {str(directory)!r} (permission denied or a "
                           "read-only file system)")
@@ -147,16 +153,9 @@ def atomic_output(path, *, overwrite=False, mode=None):
         The temporary path to write to.
     """
     path = Path(path)
-    if path.exists() and not overwrite:
-        raise OutputExistsError(f"{str(path)!r} exists; pass overwrite=True (--overwrite) "
-                                "to replace it")
-    directory = path.parent if str(path.parent) else Path(".")
-    if not directory.is_dir():
-        raise InvalidArgumentError(f"output directory {str(directory)!r} does not exist")
+    directory = _destination_directory(path, overwrite)
     if mode is None and path.exists():
         mode = path.stat().st_mode & 0o7777
-    if path.is_dir():
-        raise InvalidArgumentError(f"output {str(path)!r} is a directory")
     tmp = directory / f".{os.getpid()}-{os.urandom(4).hex()}.tmp-{path.name}"
     try:
         yield tmp
