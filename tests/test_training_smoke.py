@@ -86,6 +86,18 @@ def test_smoke_pipeline(model, tmp_path):
     assert _models_state() == before, "a smoke run changed files in models/"
 
 
+def test_radio_evaluate_exports_a_new_checkpoint_first(tmp_path):
+    """A run retrained beside an exported model.onnx (as in the checkout, beside the shipped
+    file) is exported again before evaluate scores it: evaluate never scores a stale file."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1", TMPDIR=str(tmp_path))
+    for args in (["build"], ["train", "--seed", "7"], ["evaluate"]):
+        run = subprocess.run([sys.executable, "-m", "astromorph_training", "radio-morphology",
+                              *args, "--smoke", "--data-dir", str(DATA_DIR)],
+                             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+        assert run.returncode == 0, f"{args}:\n{run.stderr[-3000:]}"
+    assert "changed since" in run.stderr and "exporting the checkpoint first" in run.stderr
+
+
 def test_real_bogus_data_parallel_smoke(tmp_path):
     """``--processes 2``: two gloo processes share every batch; rank 0 validates, checkpoints
     and logs each epoch once, and the parent calibrates from its checkpoint (here on a

@@ -63,8 +63,9 @@ def build_parser(model=None):
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    pre = [a for a in argv if not a.startswith("-")]
-    model = pre[0] if pre and pre[0] in MODULES else None
+    # the model's own options need its module: the first argument naming a model (global
+    # options such as --data-dir DIR may come before it)
+    model = next((a for a in argv if a in MODULES), None)
     args = build_parser(model).parse_args(argv)
     args.data_dir = resolve_data_dir(args.data_dir)
     args.out_dir = repo_root() if args.out_dir is None else __import__("pathlib").Path(args.out_dir)
@@ -73,7 +74,12 @@ def main(argv=None):
         raise SystemExit(f"no {args.step} step for model {args.model!r}")
     for step in (BUILD if args.step == "build" else (args.step,)):
         start = time.perf_counter()
-        result = getattr(module, step)(args)
+        try:
+            result = getattr(module, step)(args)
+        except FileNotFoundError as exc:  # missing data or checkpoint files: one line
+            raise SystemExit(f"{args.model} {step}: {exc.strerror or exc}: "
+                             f"{exc.filename or ''} (see --data-dir, --out-dir, or run the "
+                             "earlier steps first)") from None
         logging.getLogger("astromorph_training").info(
             "%s %s finished in %.1f s", args.model, step, time.perf_counter() - start)
     return result

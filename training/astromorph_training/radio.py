@@ -1052,7 +1052,10 @@ def export(args):
             info[key] = summary[key]
     if "train_seconds" in summary:
         info["time"] = f"{summary['train_seconds'] / 60:.1f} min of training epochs"
-    (dirs["ckpt"] / "temperature.json").write_text(json.dumps({"temperature": temperature}))
+    # which checkpoint and file this export made: `evaluate` re-exports when they changed
+    (dirs["ckpt"] / "temperature.json").write_text(json.dumps({
+        "temperature": temperature, "checkpoint_sha256": _common.sha256sum(dirs["ckpt"] / "best.pt"),
+        "onnx_sha256": _common.sha256sum(path)}))
     metrics_path = dirs["report"] / "metrics.json"
     metrics = {"split": "test", "command": "python -m astromorph_training radio-morphology evaluate"}
     if metrics_path.exists():
@@ -1120,8 +1123,25 @@ def _plots(rep, probs, labels, report_dir, images):
                              "radio-morphology: FIRST test split, calibrated")
 
 
+def _stale_export(dirs, path):
+    """Why ``path`` is not the export of the run's current checkpoint, or ``None`` if it is."""
+    if not path.exists():
+        return f"{path} missing"
+    record = dirs["ckpt"] / "temperature.json"
+    if not record.exists():
+        return f"{record} missing"
+    made = json.loads(record.read_text())
+    if "checkpoint_sha256" not in made:  # written before exports recorded their inputs
+        return None
+    if made["checkpoint_sha256"] != _common.sha256sum(dirs["ckpt"] / "best.pt"):
+        return f"{dirs['ckpt'] / 'best.pt'} changed since {path} was exported"
+    if made["onnx_sha256"] != _common.sha256sum(path):
+        return f"{path} is not the file exported from {dirs['ckpt'] / 'best.pt'}"
+    return None
+
+
 def evaluate(args):
-    """Score the shipped ONNX model on the test split; write metrics.json and figures.
+    """Score the exported ONNX model on the test split; write metrics.json and figures.
 
     The numbers come from ``models/radio-morphology/model.onnx`` run through
     onnxruntime on the output of `preprocess_dataset_image`; the torch
@@ -1143,9 +1163,10 @@ def evaluate(args):
     dirs = _dirs(args)
     smoke = getattr(args, "smoke", False)
     path = dirs["model"] / "model.onnx"
-    if not path.exists():  # e.g. `build` (train, evaluate, export) in a fresh folder
-        LOG.info("%s missing: exporting it first (export again after evaluate for a card "
-                 "with the test metrics)", path)
+    stale = _stale_export(dirs, path)
+    if stale:  # e.g. `build` in a fresh folder, or a new training run beside the shipped file
+        LOG.info("%s: exporting the checkpoint first (export again after evaluate for a card "
+                 "with the test metrics)", stale)
         export(args)
     data = load_dataset(args)
     temperature = json.loads((dirs["ckpt"] / "temperature.json").read_text())["temperature"]
