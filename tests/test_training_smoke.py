@@ -227,3 +227,19 @@ def test_repo_root_of_an_installed_copy(tmp_path, monkeypatch):
             _common.resolve_data_dir()
     finally:
         _common._find_repo_root.cache_clear()
+
+
+def test_resume_refuses_another_recipe():
+    """A checkpoint is continued only under the options it was trained with (epochs and
+    threads may change); anything else needs --restart."""
+    import argparse
+
+    from astromorph_training._common import check_resume
+
+    stored = {"seed": "0", "lr": "0.002", "label_smoothing": "0.1"}
+    check_resume("last.pt", stored, argparse.Namespace(seed=0, lr=0.002, label_smoothing=0.1,
+                                                       epochs=90), ("seed", "lr", "label_smoothing"))
+    check_resume("last.pt", {}, argparse.Namespace(seed=5), ("seed",))  # older checkpoints
+    with pytest.raises(SystemExit, match="--label-smoothing 0.1, this run asks for 0.0"):
+        check_resume("last.pt", stored, argparse.Namespace(seed=0, lr=0.002, label_smoothing=0.0),
+                     ("seed", "lr", "label_smoothing"))

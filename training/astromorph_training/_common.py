@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 __all__ = [
-    "repo_root", "resolve_data_dir", "set_seed", "checkpoint_dir", "cache_dir",
+    "repo_root", "resolve_data_dir", "set_seed", "check_resume", "checkpoint_dir", "cache_dir",
     "report_dir", "model_dir", "fit_temperature", "softmax",
     "expected_calibration_error", "ece_noise_floor", "classification_report", "plot_confusion_matrix",
     "plot_reliability", "export_onnx", "write_card", "write_metrics", "check_parity",
@@ -99,6 +99,22 @@ def report_dir(name, root=None):
 def model_dir(name, root=None):
     """``models/<name>/`` for ``model.onnx`` and ``card.json``."""
     return _subdir("models", name, root=root)
+
+
+def check_resume(checkpoint, stored_args, args, keys):
+    """Refuse to resume ``checkpoint`` with a different recipe.
+
+    ``stored_args`` are the options saved with the checkpoint (values as strings);
+    ``keys`` the ones a resumed run must share (the seed, learning rate, loss...;
+    ``epochs`` and ``threads`` may change). Raises `SystemExit` naming the first
+    difference, so a checkpoint is never continued under a command it did not run.
+    """
+    for key in keys:
+        if key in stored_args and str(getattr(args, key, None)) != stored_args[key]:
+            option = "--" + key.replace("_", "-")
+            raise SystemExit(f"{checkpoint} was trained with {option} {stored_args[key]}, this "
+                             f"run asks for {getattr(args, key, None)}: pass --restart to start "
+                             "again, or the same options to resume")
 
 
 def set_seed(seed):

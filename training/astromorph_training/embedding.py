@@ -790,6 +790,7 @@ def train(args):
         return monitor_scores(encoder, data, mon, draws=draws, n_labels=n_labels)
 
     ckdir = _common.checkpoint_dir(NAME, _root(args))
+    log.info("checkpoints in %s", ckdir)
     history = run_ssl(method, pool, epochs=epochs,
                       batch_size=16 if args.smoke else _get(args, "batch_size", 256), lr=lr,
                       seed=args.seed, ckpt=ckdir / "last.pt",

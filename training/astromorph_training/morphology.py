@@ -579,6 +579,11 @@ def sampling_weights(labels, n_classes=len(CLASS_NAMES), power=0.5, counts=None)
     return w / w.sum()
 
 
+#: Options a resumed run must share with its checkpoint (`_common.check_resume`).
+RECIPE_KEYS = ("seed", "lr", "weight_decay", "batch_size", "ema_decay", "label_smoothing",
+               "synthetic_mergers", "gz2_labels")
+
+
 def train(args):
     """Train the morphology CNN (resumes from ``last.pt`` unless ``--restart``)."""
     torch.set_num_threads(_get(args, "threads", DEFAULT_THREADS))
@@ -592,6 +597,7 @@ def train(args):
              len(data["split"][2]), np.bincount(labels[tr], minlength=len(CLASS_NAMES)).tolist())
 
     ckdir = _common.checkpoint_dir(NAME, _root(args))
+    log.info("checkpoints in %s", ckdir)
     widths = tuple(_get(args, "widths", DEFAULT_WIDTHS))
     stem = _get(args, "stem", DEFAULT_STEM)
     smoothing = _get(args, "label_smoothing", DEFAULT_LABEL_SMOOTHING)
@@ -615,6 +621,7 @@ def train(args):
         if network_of(state) != (widths, stem) or state.get("stamp_size", STAMP_SIZE) != size:
             raise SystemExit(f"{last} has widths and stem {network_of(state)} and stamp size "
                              f"{state.get('stamp_size', STAMP_SIZE)}; pass --restart")
+        _common.check_resume(last, state.get("args", {}), args, RECIPE_KEYS)
         log.info("resumed from %s at epoch %d", last, start_epoch)
 
     train_counts = np.bincount(labels[tr], minlength=len(CLASS_NAMES))

@@ -581,8 +581,14 @@ def _fit(train_x, train_y, valid_x, valid_y, ckpt_dir, *, epochs, seed, batch_si
                                                 pct_start=0.15)
     gen = torch.Generator().manual_seed(seed)
     state = {"epoch": 0, "history": [], "best": None}
+    recipe = {"seed": str(seed), "batch_size": str(batch_size), "lr": str(lr),
+              "weight_decay": str(weight_decay), "arch": json.dumps(arch, sort_keys=True),
+              "augment": str(augment), "label_smoothing": str(label_smoothing),
+              "mixup": str(mixup)}
     if last.exists() and not restart:
         ck = torch.load(last, weights_only=False)
+        _common.check_resume(last, ck.get("recipe", {}), argparse.Namespace(**recipe),
+                             tuple(recipe))
         if ck.get("epochs") == epochs:
             net.load_state_dict(ck["net"])
             ema.load_state_dict(ck["ema"])
@@ -640,8 +646,8 @@ def _fit(train_x, train_y, valid_x, valid_y, ckpt_dir, *, epochs, seed, batch_si
                  state["best"]["valid_acc"], rec["seconds"])
         torch.save({"net": net.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
                     "sched": sched.state_dict(), "gen": gen.get_state(),
-                    "torch_rng": torch.get_rng_state(), "state": state, "epochs": epochs},
-                   ckpt_dir / "last.tmp")
+                    "torch_rng": torch.get_rng_state(), "state": state, "epochs": epochs,
+                    "recipe": recipe}, ckpt_dir / "last.tmp")
         os.replace(ckpt_dir / "last.tmp", last)
     (ckpt_dir / "history.json").write_text(json.dumps(state, indent=1))
     return state
@@ -686,6 +692,7 @@ def train(args):
     """
     torch.set_num_threads(max(1, getattr(args, "threads", 1)))
     dirs = _dirs(args)
+    LOG.info("checkpoints in %s", dirs["ckpt"])
     data = load_dataset(args)
     smoke = getattr(args, "smoke", False)
     cv = getattr(args, "cv", False)

@@ -607,6 +607,7 @@ def train(args):
     """
     _torch(1)
     dirs = _dirs(args)
+    log.info("checkpoints in %s", dirs["ckpt"])
     t_start = time.perf_counter()
     xtr, itr = _load_split(args, "train", dirs)  # simulated and cached before any worker starts
     xva, iva = _load_split(args, "val", dirs)
