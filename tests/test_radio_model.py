@@ -318,6 +318,24 @@ def test_stage0_option_keeps_v11_layout(train_radio):
     assert train_radio._arch_option(args) == hires.arch
 
 
+def test_card_command_repeats_the_run(train_radio):
+    """The card's train command is built from the run's recorded options: the shipped v1.1
+    (all defaults, 2 threads) keeps its command, and a v1.0-like run names every option."""
+    v11 = {"epochs": 150, "arch": {"stage4": 256}, "augment": "rotflip", "label_smoothing": 0.1,
+           "mixup": 0.0, "threads": 2, "seed": 0}
+    assert train_radio._train_options(v11) == " --threads 2"
+    v10 = dict(v11, epochs=90, arch={"stage4": 0}, augment="full", label_smoothing=0.0, seed=1,
+               threads=1)
+    assert train_radio._train_options(v10) == (" --seed 1 --epochs 90 --stage4 0 --augment full "
+                                               "--label-smoothing 0.0")
+    parser = train_radio.argparse.ArgumentParser()
+    train_radio.add_arguments(parser)
+    parser.add_argument("--seed", type=int)
+    parser.add_argument("--epochs", type=int)
+    parsed = parser.parse_args(train_radio._train_options(v10).split())
+    assert (parsed.seed, parsed.epochs, parsed.stage4, parsed.augment) == (1, 90, 0, "full")
+
+
 def test_mixup_loss(train_radio):
     """``--mixup``: lam = 1 is the plain class-weighted loss, the two labels enter
     symmetrically, and the Beta draws are reproducible from the training generator."""

@@ -243,3 +243,18 @@ def test_resume_refuses_another_recipe():
     with pytest.raises(SystemExit, match="--label-smoothing 0.1, this run asks for 0.0"):
         check_resume("last.pt", stored, argparse.Namespace(seed=0, lr=0.002, label_smoothing=0.0),
                      ("seed", "lr", "label_smoothing"))
+
+
+def test_card_train_command_repeats_the_run():
+    """The morphology card's command is built from the options the checkpoint recorded:
+    defaults give the bare command (the shipped card), others are spelled out."""
+    from astromorph_training._common import train_command
+    from astromorph_training.morphology import TRAIN_COMMAND_KEYS
+
+    defaults = {"seed": "0", "epochs": "None", "widths": "None", "lr": "0.002", "threads": "None"}
+    assert train_command("morphology", defaults, TRAIN_COMMAND_KEYS) == \
+        "python -m astromorph_training morphology train"
+    run = dict(defaults, seed="3", widths="[32, 48, 80, 160]", stem="conv-pool", lr="0.001")
+    assert train_command("morphology", run, TRAIN_COMMAND_KEYS) == (
+        "python -m astromorph_training morphology train --seed 3 --widths 32 48 80 160 "
+        "--stem conv-pool --lr 0.001")

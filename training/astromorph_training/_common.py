@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 __all__ = [
-    "repo_root", "resolve_data_dir", "set_seed", "check_resume", "checkpoint_dir", "cache_dir",
+    "repo_root", "resolve_data_dir", "set_seed", "check_resume", "train_command", "checkpoint_dir", "cache_dir",
     "report_dir", "model_dir", "fit_temperature", "softmax",
     "expected_calibration_error", "ece_noise_floor", "classification_report", "plot_confusion_matrix",
     "plot_reliability", "export_onnx", "write_card", "write_metrics", "check_parity",
@@ -115,6 +115,28 @@ def check_resume(checkpoint, stored_args, args, keys):
             raise SystemExit(f"{checkpoint} was trained with {option} {stored_args[key]}, this "
                              f"run asks for {getattr(args, key, None)}: pass --restart to start "
                              "again, or the same options to resume")
+
+
+def train_command(model, stored_args, keys):
+    """``python -m astromorph_training MODEL train`` with the options of ``keys`` whose
+    recorded values (``stored_args``: the run's options as strings, as checkpoints keep
+    them) differ from the command line's defaults: the command that repeats the run."""
+    import ast
+
+    from .__main__ import build_parser
+
+    parser = build_parser(model)
+    opts = []
+    for key in keys:
+        if key not in stored_args:
+            continue
+        value, default = stored_args[key], parser.get_default(key)
+        if value in ("None", str(default)):
+            continue
+        if value.startswith(("[", "(")):
+            value = " ".join(str(v) for v in ast.literal_eval(value))
+        opts.append(f"--{key.replace('_', '-')} {value}")
+    return " ".join([f"python -m astromorph_training {model} train", *opts])
 
 
 def set_seed(seed):

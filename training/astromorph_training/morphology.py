@@ -584,6 +584,12 @@ RECIPE_KEYS = ("seed", "lr", "weight_decay", "batch_size", "ema_decay", "label_s
                "synthetic_mergers", "gz2_labels")
 
 
+#: Options the card's train command repeats when a run set them.
+TRAIN_COMMAND_KEYS = ("seed", "epochs", "widths", "stem", "stamp_size", "label_smoothing",
+                      "synthetic_mergers", "gz2_labels", "lr", "weight_decay", "batch_size",
+                      "ema_decay", "threads")
+
+
 def train(args):
     """Train the morphology CNN (resumes from ``last.pt`` unless ``--restart``)."""
     torch.set_num_threads(_get(args, "threads", DEFAULT_THREADS))
@@ -1175,7 +1181,7 @@ def _card(metrics, calibration, state, throughput, cpu_rate, size_bytes, n_param
                       "Lintott et al. 2008, MNRAS 389, 1179 and Lintott et al. 2011, MNRAS 410, 166."),
             "split": (f"stratified {'/'.join(str(int(f * 100)) for f in SPLIT_FRACTIONS)} "
                       f"train/validation/test, seed {SPLIT_SEED}"),
-            "command": f"python -m astromorph_training {NAME} train",
+            "command": _common.train_command(NAME, state.get("args", {}), TRAIN_COMMAND_KEYS),
             "epochs": state["epochs"],
             "network": (f"MorphologyNet, stem {network_of(state)[1]}, widths "
                         f"{'/'.join(str(w) for w in network_of(state)[0])}"),

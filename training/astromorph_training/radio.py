@@ -911,6 +911,33 @@ def _ensemble_command(n_members, *, cv=False, threads=None):
                              + " ".join(f"runs/seed{seed}" for seed in range(n_members))])
 
 
+def _train_options(record):
+    """The ``train`` options (those that differ from the defaults) that produced ``record``
+    (the run's ``train_summary.json`` as `export` reads it), for the card's command."""
+    opts = []
+    if record.get("seed", 0) != 0:
+        opts.append(f"--seed {record['seed']}")
+    if record.get("epochs") not in (None, DEFAULT_EPOCHS):
+        opts.append(f"--epochs {record['epochs']}")
+    arch = record.get("arch") or {}
+    if arch.get("kind") == "d4":
+        opts.append("--arch d4")
+        if list(arch.get("widths", DEFAULT_D4_WIDTHS)) != list(DEFAULT_D4_WIDTHS):
+            opts.append("--d4-widths " + " ".join(map(str, arch["widths"])))
+    else:
+        if arch.get("stage4", DEFAULT_STAGE4) != DEFAULT_STAGE4:
+            opts.append(f"--stage4 {arch['stage4']}")
+        if arch.get("stage0"):
+            opts.append(f"--stage0 {arch['stage0']}")
+    for key, default in (("augment", DEFAULT_AUGMENT), ("label_smoothing", DEFAULT_LABEL_SMOOTHING),
+                         ("mixup", DEFAULT_MIXUP)):
+        if record.get(key, default) != default:
+            opts.append(f"--{key.replace('_', '-')} {record[key]}")
+    if record.get("threads", 1) != 1:
+        opts.append(f"--threads {record['threads']}")
+    return "".join(" " + o for o in opts)
+
+
 def _network_text(arch):
     if arch.get("kind") == "d4":
         return ("GroupNet: D4 (rotation and flip) equivariant CNN, channels per orientation "
@@ -994,7 +1021,7 @@ def _card(temperature, record, metrics, smoke, n_params):
             "command": (_ensemble_command(len(members), threads=[m["threads"] for m in members])
                         if members else
                         "python -m astromorph_training radio-morphology train"
-                        + (f" --threads {record['threads']}" if record.get("threads", 1) != 1 else "")),
+                        + _train_options(record)),
             "time": record.get("time", ""),
             "machine": ("CPU only, 2 cores, "
                         + ("/".join(str(m["threads"]) for m in members)
@@ -1054,7 +1081,7 @@ def export(args):
         summary = json.loads((dirs["ckpt"] / "train_summary.json").read_text())
     info = dict(record)
     info["epochs"] = summary.get("epochs")
-    for key in ("arch", "augment", "label_smoothing", "mixup", "threads", "members"):
+    for key in ("arch", "augment", "label_smoothing", "mixup", "threads", "members", "seed"):
         if key in summary:
             info[key] = summary[key]
     if "train_seconds" in summary:
