@@ -50,7 +50,9 @@ def build_parser(model=None):
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument("--epochs", type=int, default=None, help="override the model's default epochs")
     parser.add_argument("--smoke", action="store_true",
-                        help="tiny run on a handful of images (CI); never overwrites models/")
+                        help="tiny run on a handful of images (CI): writes below "
+                             "$TMPDIR/astromorph-smoke/MODEL/ whatever --out-dir says, never "
+                             "into models/")
     parser.add_argument("--out-dir", default=None,
                         help="repository root to write models/ and training/reports/ into")
     if model is not None:
