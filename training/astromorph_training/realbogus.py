@@ -104,8 +104,11 @@ def add_arguments(parser):
     g.add_argument("--cycles", type=int, default=1,
                    help="one-cycle learning-rate schedules in a row over the epochs (warm restarts; "
                         "the optimiser state carries over; default 1). With --epochs 2E --cycles 2 "
-                        "the first E epochs are exactly the run --epochs E, so such a run can "
-                        "continue from that run's checkpoint")
+                        "the first E epochs follow the run --epochs E (same schedule and data "
+                        "order), so such a run can continue from that run's checkpoint; the "
+                        "augmentation draws after a resume differ (torch's generator is seeded "
+                        "afresh), so the result is close to, not bit-identical with, an "
+                        "uninterrupted run")
     g.add_argument("--restart", action="store_true", help="ignore existing checkpoints")
     g.add_argument("--regenerate", action="store_true", help="re-simulate the cached data set")
 
@@ -622,7 +625,7 @@ def train(args):
     run = {"train_seconds": time.perf_counter() - t_start, "epochs": epochs, "n_train": int(len(xtr)),
            "threads": int(_get(args, "threads", 1)), "processes": world,
            "amp": _get(args, "amp", "fp32"), "recipe": _get(args, "recipe", DEFAULT_RECIPE),
-           "cycles": _get(args, "cycles", 1)}
+           "cycles": _get(args, "cycles", 1), "seed": int(args.seed)}
     return _calibrate_run(dirs, xva, iva, run)
 
 
@@ -658,7 +661,7 @@ def _calibration(zva, info):
 #: What a run's ``calibration.json`` records about its training, kept by `calibrate`
 #: and `average`.
 _RUN_RECORDS = ("train_seconds", "epochs", "n_train", "threads", "processes", "amp", "recipe",
-                "cycles")
+                "cycles", "seed")
 
 
 def _calibrate_run(dirs, xva, iva, run):
@@ -1092,7 +1095,8 @@ def _threshold_text(calib):
 
 def _nondefault_options(calib):
     """The ``train`` options of a run (its calibration record) that differ from the defaults."""
-    options = (("--n-train", calib["n_train"], DEFAULT_N_TRAIN), ("--epochs", calib["epochs"], DEFAULT_EPOCHS),
+    options = (("--seed", calib.get("seed", 0), 0),
+               ("--n-train", calib["n_train"], DEFAULT_N_TRAIN), ("--epochs", calib["epochs"], DEFAULT_EPOCHS),
                ("--cycles", calib.get("cycles", 1), 1), ("--processes", calib.get("processes", 1), 1),
                ("--recipe", calib.get("recipe", "v3"), DEFAULT_RECIPE), ("--amp", calib.get("amp", "fp32"), "fp32"))
     return "".join(f" {flag} {value}" for flag, value, default in options if value != default)
