@@ -449,12 +449,17 @@ def _init_checkpoint(init, root, *, smoke=False):
     """Path and contents of the ``--init`` checkpoint (None, None for ``none``)."""
     if init in (None, "", "none"):
         return None, None
-    path = Path(init) if init != "morphology" else \
-        _common.checkpoint_dir(_gz1.NAME, root) / "last.pt"
-    if not path.exists():
-        if smoke:
-            log.info("--init %s: no checkpoint %s in smoke mode; random initialisation", init, path)
+    if init == "morphology":
+        # the morphology checkpoint of this run's root (a smoke run's own, never the
+        # repository's: smoke runs stay sealed off from it)
+        path = root / "training" / "checkpoints" / _gz1.NAME / "last.pt"
+        if smoke and not path.exists():
+            log.info("--init morphology: no checkpoint %s in smoke mode; random initialisation",
+                     path)
             return None, None
+    else:
+        path = Path(init)
+    if not path.exists():
         raise SystemExit(f"--init {init}: no checkpoint {path} (run 'python -m astromorph_training "
                          "morphology train' first, or pass --init none)")
     return path, torch.load(path, map_location="cpu", weights_only=False)
