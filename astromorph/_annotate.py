@@ -354,10 +354,15 @@ def annotate(table, images, *, model, ra_col=None, dec_col=None, coord_col=None,
         def stamps_to_input(rows):
             """Cut, check and preprocess the sources ``rows`` (runs in worker threads)."""
             stack, row_flags = [], flags[rows].copy()
-            for band in plan:
+            off = np.zeros((len(plan), len(rows)), bool)
+            for k, band in enumerate(plan):
                 stamps, f = _cut_band(groups[band], sky[band], npix, scale, rows)
                 stack.append(stamps)
                 row_flags |= f
+                off[k] = (f & int(Flag.OFF_IMAGE)) != 0
+            # on the images of some bands but not of others: a missing band, not off the sky
+            some = off.any(axis=0) & ~off.all(axis=0)
+            row_flags[some] = (row_flags[some] & ~int(Flag.OFF_IMAGE)) | int(Flag.MISSING_BAND)
             # rows without a usable position or size were cut at a placeholder: their only
             # flag is BAD_INPUT (not the edge or extrapolation bits of the placeholder)
             row_flags[(flags[rows] & int(Flag.BAD_INPUT)) != 0] = int(Flag.BAD_INPUT)

@@ -49,7 +49,8 @@ def annotate_dask(table, images=None, *, model, partition_size=50_000, compute=T
         ``dask.distributed.Client`` when one is active).
     **kwargs
         Other `annotate` options (``size_col``, ``ra_col``...), or `annotate_stamps` options
-        (``columns``, ``pixel_scale``...) without ``images``.
+        (``columns``, ``pixel_scale``...) without ``images``. ``progress`` is not passed on:
+        partitions run without progress bars (Dask's diagnostics show the tasks).
 
     Returns
     -------
@@ -63,8 +64,8 @@ def annotate_dask(table, images=None, *, model, partition_size=50_000, compute=T
     except ImportError as exc:
         from .exceptions import MissingDependencyError
 
-        raise MissingDependencyError("annotate_dask needs dask: pip install 'dask[distributed]'") \
-            from exc
+        raise MissingDependencyError("annotate_dask needs dask: pip install 'astromorph[dask]' "
+                                     "(and 'dask[distributed]' for a cluster)") from exc
     from astropy.table import vstack
 
     from .exceptions import InputError, InvalidArgumentError
@@ -79,6 +80,7 @@ def annotate_dask(table, images=None, *, model, partition_size=50_000, compute=T
                              f"not {type(value).__name__}")
         return os.fspath(value)
 
+    kwargs.pop("progress", None)  # each partition runs without a bar
     images = None if images is None else as_paths(images)
     if not isinstance(model, (str, os.PathLike)):
         raise InputError("annotate_dask takes the model by name or path, so each worker loads it")

@@ -22,7 +22,8 @@ class Flag(enum.IntFlag):
     BAD_INPUT = 32
     #: The stamp is constant (e.g. all zero): outputs are not meaningful.
     CONSTANT = 64
-    #: A band or triplet member is missing.
+    #: A band or triplet member is missing (e.g. the source is on the images of some bands
+    #: only); outputs masked.
     MISSING_BAND = 128
 
     @classmethod

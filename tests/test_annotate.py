@@ -252,6 +252,21 @@ def test_three_bands_by_dict_and_headers(optical_model, tmp_path):
     assert not np.allclose(single["opt_p_a"], by_dict["opt_p_a"])
 
 
+def test_source_on_some_bands_only_is_a_missing_band(optical_model):
+    """A source that the r and i images cover but the g image does not is MISSING_BAND
+    (masked), not OFF_IMAGE, which stays for sources outside every image."""
+    img, w = blobs(), sky_wcs()
+    small = w.deepcopy()  # the g image covers only the lower-left 100 x 100 pixels
+    cat = catalogue(w, [(50, 50), (150, 150), (5000, 5000)])
+    out = astromorph.annotate(cat, {"g": (img[:100, :100], small), "r": (img, w), "i": (img, w)},
+                              model=optical_model)
+    flags = np.asarray(out["opt_flags"])
+    assert flags[0] == 0
+    assert flags[1] & Flag.MISSING_BAND and not flags[1] & Flag.OFF_IMAGE
+    assert flags[2] & Flag.OFF_IMAGE and not flags[2] & Flag.MISSING_BAND
+    assert out["opt_p_a"].mask.tolist() == [False, True, True]
+
+
 def test_fits_scaled_integers_blank_and_big_endian(optical_model, tmp_path):
     img, w = blobs(), sky_wcs()
     cat = catalogue(w, [(100, 100), (30, 40)])
