@@ -140,6 +140,13 @@ class Model:
     or ``None``), ``precision`` (``"float32"`` or a variant such as
     ``"int8"``) and ``providers`` (the execution providers the session
     actually uses).
+
+    Parameters
+    ----------
+    name_or_path : str or os.PathLike
+        A shipped model name, a model directory or an ONNX file with its card.
+    providers, threads, precision : optional
+        As for `load_model`.
     """
 
     def __init__(self, name_or_path, *, providers=None, threads=None, precision=None):

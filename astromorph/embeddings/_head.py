@@ -199,7 +199,19 @@ class LabelHead:
             raise InvalidArgumentError("this LabelHead is not fitted yet; call fit() first")
 
     def decision_function(self, embeddings, *, chunk_rows=65536):
-        """Logits ``(N, K)`` for embedding rows."""
+        """Logits ``(N, K)`` for embedding rows.
+
+        Parameters
+        ----------
+        embeddings : array_like, (N, D)
+            Embedding vectors (a table's ``embedding`` column or an array).
+        chunk_rows : int, optional
+            Rows per block (bounds the memory).
+
+        Returns
+        -------
+        numpy.ndarray, (N, K)
+        """
         self._check()
         x = embedding_matrix(embeddings, allow_masked=False)
         if x.shape[1] != len(self.mean_):
@@ -212,11 +224,31 @@ class LabelHead:
         return out
 
     def predict_proba(self, embeddings):
-        """Class probabilities ``(N, K)``, columns in the order of `classes_`."""
+        """Class probabilities ``(N, K)``, columns in the order of `classes_`.
+
+        Parameters
+        ----------
+        embeddings : array_like, (N, D)
+            Embedding vectors (a table's ``embedding`` column or an array).
+
+        Returns
+        -------
+        numpy.ndarray, (N, K)
+        """
         return np.exp(_log_softmax(self.decision_function(embeddings)))
 
     def predict(self, embeddings):
-        """Most probable class (values of `classes_`) of each row."""
+        """Most probable class (values of `classes_`) of each row.
+
+        Parameters
+        ----------
+        embeddings : array_like, (N, D)
+            Embedding vectors (a table's ``embedding`` column or an array).
+
+        Returns
+        -------
+        numpy.ndarray, (N,)
+        """
         return self.classes_[np.argmax(self.decision_function(embeddings), axis=1)]
 
     def annotate(self, table, *, column="embedding", prefix="head"):

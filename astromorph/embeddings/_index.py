@@ -211,7 +211,21 @@ class SimilarityIndex:
 
     @classmethod
     def from_table(cls, table, *, column="embedding", **kwargs):
-        """Index the ``column`` vectors of ``table`` (rows without one are skipped)."""
+        """Index the ``column`` vectors of ``table`` (rows without one are skipped).
+
+        Parameters
+        ----------
+        table : astropy.table.Table
+            A table with an embedding column (e.g. from ``astromorph predict embedding``).
+        column : str, optional
+            The embedding column.
+        **kwargs
+            `SimilarityIndex` options (``backend``, ``chunk_elements``).
+
+        Returns
+        -------
+        SimilarityIndex
+        """
         x, _ = table_embeddings(table, column, dtype=np.float32)
         return cls(x, table=table, **kwargs)
 
@@ -529,6 +543,12 @@ class SimilarityIndex:
         query_image : path or array, optional
             Picture of the query for image queries (default: the query
             file recorded in ``result.meta["query_image"]``, if any).
+        ncols : int, optional
+            Tiles per row (default: about the square root of the number of tiles, at most 8).
+        title : str, optional
+            Figure title.
+        dpi : int, optional
+            Resolution of the PNG.
         overwrite : bool, optional
             Replace an existing ``path`` (default: raise `OutputExistsError`).
         """

@@ -231,7 +231,19 @@ class GaussianMixture:
             raise InvalidArgumentError("this GaussianMixture is not fitted yet; call fit() first")
 
     def predict_proba(self, embeddings, *, chunk_rows=65536):
-        """Membership probabilities ``(N, K)`` (NaN rows for masked/non-finite input)."""
+        """Membership probabilities ``(N, K)`` (NaN rows for masked/non-finite input).
+
+        Parameters
+        ----------
+        embeddings : array_like, (N, D)
+            Embedding vectors (a table's ``embedding`` column or an array).
+        chunk_rows : int, optional
+            Rows per block (bounds the memory).
+
+        Returns
+        -------
+        numpy.ndarray, (N, K)
+        """
         self._check()
         x = embedding_matrix(embeddings, allow_masked=True)
         out = np.full((len(x), self.n_components_), np.nan)
@@ -244,7 +256,17 @@ class GaussianMixture:
         return out
 
     def predict(self, embeddings):
-        """Most probable component of each row (-1 for unusable rows)."""
+        """Most probable component of each row (-1 for unusable rows).
+
+        Parameters
+        ----------
+        embeddings : array_like, (N, D)
+            Embedding vectors (a table's ``embedding`` column or an array).
+
+        Returns
+        -------
+        numpy.ndarray of int, (N,)
+        """
         p = self.predict_proba(embeddings)
         ok = np.all(np.isfinite(p), axis=1)
         return np.where(ok, np.argmax(np.nan_to_num(p, nan=-1.0), axis=1), -1)
