@@ -16,15 +16,21 @@ DEFAULT_CS = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0)
 
 def _missing_labels(labels):
     """Rows of ``labels`` with no label: masked, None, NaN or an empty string."""
-    mask = np.ma.getmaskarray(labels) if np.ma.isMaskedArray(labels) or hasattr(labels, "mask") \
-        else np.zeros(len(labels), bool)
-    values = np.ma.getdata(labels) if np.ma.isMaskedArray(labels) else np.asarray(labels, dtype=object)
+    values = np.asarray(np.ma.getdata(labels))
+    missing = np.ma.getmaskarray(labels).reshape(-1) if hasattr(labels, "mask") \
+        else np.zeros(len(values), bool)
     if values.ndim != 1:
-        return np.zeros(len(labels), bool)
-    empty = np.array([v is None or (isinstance(v, (float, np.floating)) and np.isnan(v))
-                      or (isinstance(v, (str, np.str_, bytes)) and not str(v).strip())
-                      for v in values.tolist()], dtype=bool)
-    return np.asarray(mask, bool).reshape(len(empty)) | empty
+        return np.zeros(len(values), bool)
+    if values.dtype.kind == "f":
+        missing = missing | np.isnan(values)
+    elif values.dtype.kind in "US":
+        missing = missing | (np.char.strip(values.astype(str)) == "")
+    elif values.dtype.kind == "O":  # mixed Python objects (e.g. None among strings)
+        missing = missing | np.array([v is None or (isinstance(v, (float, np.floating)) and
+                                                    np.isnan(v))
+                                      or (isinstance(v, (str, bytes)) and not str(v).strip())
+                                      for v in values.tolist()], dtype=bool)
+    return missing
 
 
 def _log_softmax(z):

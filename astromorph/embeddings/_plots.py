@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from ._common import embedding_matrix
-from .._io import atomic_output
+from .._io import atomic_output, check_output
 from .._plotting import pyplot
 from ..exceptions import InputError, InvalidArgumentError, MissingDependencyError
 
@@ -60,15 +60,6 @@ def display_image(image):
     return np.clip(np.moveaxis(rgb, 0, -1), 0, 1).astype(np.float32)
 
 
-def _check_new(path, overwrite):
-    """Refuse an existing output before any work (`atomic_output` checks again at the end)."""
-    from ..exceptions import OutputExistsError
-
-    if Path(path).exists() and not overwrite:
-        raise OutputExistsError(f"{str(path)!r} exists; pass overwrite=True (--overwrite) "
-                                "to replace it")
-
-
 def _read_picture(path):
     from .._readers import read_file
 
@@ -113,7 +104,7 @@ def gallery(index, result, path, *, images=None, source_column=None, query_image
     -------
     pathlib.Path
     """
-    _check_new(path, overwrite)
+    check_output(path, overwrite=overwrite)
     plt = pyplot()
     rows = [int(r) for r in result["row"]]
     meta = result.meta
@@ -284,7 +275,7 @@ def plot_map(embeddings, path, *, labels=None, method="auto", max_points=TSNE_MA
     rows : numpy.ndarray of int, (M,)
         Their row numbers.
     """
-    _check_new(path, overwrite)
+    check_output(path, overwrite=overwrite)
     if int(max_points) < 2:
         raise InvalidArgumentError(f"max_points must be at least 2, got {max_points!r}")
     plt = pyplot()
