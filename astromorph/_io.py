@@ -9,6 +9,8 @@ failure leaves the destination untouched.
 import contextlib
 import logging
 import os
+import shutil
+import tempfile
 import warnings
 from pathlib import Path
 
@@ -156,7 +158,15 @@ def atomic_output(path, *, overwrite=False, mode=None):
     directory = _destination_directory(path, overwrite)
     if mode is None and path.exists():
         mode = path.stat().st_mode & 0o7777
-    tmp = directory / f".{os.getpid()}-{os.urandom(4).hex()}.tmp-{path.name}"
+    # A private folder beside the destination holds the temporary file under the
+    # destination's own name: writers that record the file name (gzip's header) record
+    # the right one, and os.replace stays within one file system.
+    try:
+        tmpdir = Path(tempfile.mkdtemp(prefix=".astromorph-tmp-", dir=directory))
+    except OSError as exc:
+        raise OutputError(f"cannot write into {str(directory)!r}: {exc.strerror or exc}") \
+            from exc
+    tmp = tmpdir / path.name
     try:
         yield tmp
         if not tmp.exists():
@@ -175,11 +185,7 @@ def atomic_output(path, *, overwrite=False, mode=None):
                           f"{'the old file is unchanged' if path.exists() else 'nothing was written'}") \
             from exc
     finally:
-        try:
-            if tmp.exists():
-                tmp.unlink()
-        except OSError:  # pragma: no cover - e.g. the directory went read-only
-            pass
+        shutil.rmtree(tmpdir, ignore_errors=True)
 
 
 def write_table(table, path, *, overwrite=False, format=None):

@@ -814,6 +814,19 @@ def test_write_errors_are_typed_and_leave_the_old_file(tmp_path):
     assert out.read_text() == "old" and sorted(p.name for p in tmp_path.iterdir()) == ["t.ecsv"]
 
 
+def test_gzipped_output_records_its_own_name(tmp_path):
+    """A ``.fits.gz`` table written atomically names itself, not a temporary file, in
+    the gzip header (what ``gunzip -N`` restores)."""
+    out = tmp_path / "cat.fits.gz"
+    write_table(Table({"a": [1, 2]}), out)
+    raw = out.read_bytes()
+    assert raw[:2] == b"\x1f\x8b" and raw[3] & 0x08  # gzip with an FNAME field
+    name = raw[10:raw.index(b"\0", 10)].decode()
+    assert name == "cat.fits"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cat.fits.gz"]
+    assert list(Table.read(out)["a"]) == [1, 2]
+
+
 def test_multi_stamp_file_header_keywords(models, tmp_path):
     write_fits(tmp_path / "s.fits", np.stack([triplet(seed=s) for s in range(2)]))
     table = astromorph.predict_files("real-bogus", tmp_path / "s.fits", in_place=True)
