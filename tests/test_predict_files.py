@@ -892,3 +892,15 @@ def test_cli_predict(models, tmp_path, capsys):
     assert cli.main(["predict", "real-bogus", str(tmp_path / "t1.fits"), "--write-header",
                      str(hdr), "--no-progress"]) == 0
     assert "ASTROMORPH REAL-BOGUS SCORE" in fits.getheader(hdr / "t1.fits")
+
+
+def test_cli_prints_each_warning_once(models, tmp_path):
+    # astropy's logger prints AstropyUserWarnings itself; the command's root log handler
+    # printed them a second time ("WARNING astropy: ...")
+    import subprocess
+
+    fits.PrimaryHDU(RNG.random((3, 64, 64)).astype(np.float32)).writeto(tmp_path / "c.fits")
+    run = subprocess.run([sys.executable, "-m", "astromorph.cli", "predict", "morphology",
+                          str(tmp_path / "c.fits"), "--no-progress"],
+                         capture_output=True, text=True, check=True)
+    assert run.stderr.count("AmbiguousInputWarning") == 1, run.stderr
