@@ -71,8 +71,11 @@ def predict_files(model, inputs, *, batch_size=256, progress=None, write_header=
         Passed to `astromorph.load_model` when ``model`` is not loaded yet
         (``precision="int8"``: the quantised variant, faster on CPUs).
     crop_fraction : float, optional
-        Passed to the galaxy-morphology preprocessing (see
-        `astromorph._adapters.prepare`).
+        Galaxy models (``morphology``, ``morphology-gz2``, ``embedding``): the central
+        fraction of each cutout that the network sees. Default: the card's (0.35), for
+        cutouts spanning the card's ``cutout_size_per_petro_r90`` x petroR90_r (GZ1:
+        `astromorph.preprocessing.cutout_size_from_petrosian`); ``1.0`` for stamps already
+        cut to ``stamp_size_per_petro_r90`` x petroR90_r. Ignored by the other models.
 
     Returns
     -------
@@ -471,6 +474,11 @@ def register(subparsers):
     p.add_argument("--precision", choices=["float32", "int8"], default=None,
                    help="model variant: int8 is a quantised copy, faster on CPUs, where the "
                         "card lists one (default: float32)")
+    p.add_argument("--crop-fraction", type=float, default=None, metavar="F",
+                   help="galaxy models: central fraction of each cutout the network sees "
+                        "(default 0.35, for cutouts of cutout_size_from_petrosian(petroR90_r) = "
+                        "10.15 petroR90_r; 1.0 for stamps already cut to "
+                        "stamp_size_from_petrosian)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_predict)
     return p
@@ -488,7 +496,7 @@ def _cmd_predict(args):
                               progress=False if args.no_progress else None,
                               write_header=args.write_header, in_place=args.in_place,
                               overwrite=args.overwrite, providers=args.providers,
-                              precision=args.precision)
+                              precision=args.precision, crop_fraction=args.crop_fraction)
     if args.output:
         write_table(table, args.output, overwrite=args.overwrite)
     else:

@@ -904,3 +904,17 @@ def test_cli_prints_each_warning_once(models, tmp_path):
                           str(tmp_path / "c.fits"), "--no-progress"],
                          capture_output=True, text=True, check=True)
     assert run.stderr.count("AmbiguousInputWarning") == 1, run.stderr
+
+
+def test_cli_predict_crop_fraction(models, tmp_path):
+    # a 64 x 64 stamp already cut to the network's field: with the default crop (0.35) the
+    # network would see 22 of its pixels upsampled (EXTRAPOLATED); --crop-fraction 1 keeps all
+    hdr = fits.Header({"BAND1": "g", "BAND2": "r", "BAND3": "i"})
+    fits.PrimaryHDU(RNG.random((3, 64, 64)).astype(np.float32), hdr).writeto(tmp_path / "s.fits")
+    for extra, flags in (([], int(Flag.EXTRAPOLATED)), (["--crop-fraction", "1"], 0)):
+        out = tmp_path / f"o{len(extra)}.ecsv"
+        assert cli.main(["predict", "morphology", str(tmp_path / "s.fits"), "-o", str(out),
+                         "--no-progress", *extra]) == 0
+        assert Table.read(out)["morph_flags"][0] == flags
+    assert cli.main(["predict", "morphology", str(tmp_path / "s.fits"),
+                     "--crop-fraction", "1.5"]) == 2
