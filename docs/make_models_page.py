@@ -55,6 +55,8 @@ def main():
                          + (f" ({card['threshold_note']})" if card.get("threshold_note") else ""))
         if card.get("licence"):
             lines.append(f"- licence: {card['licence']}")
+        for limitation in card.get("limitations") or []:
+            lines.append(f"- limitation: {limitation}")
         metrics = card.get("metrics", {})
         lines += ["", f"Held-out metrics (`{metrics.get('command', '?')}`):", "",
                   "| metric | value |", "|---|---|"]
