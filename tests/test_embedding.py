@@ -546,3 +546,19 @@ def test_torch_onnx_parity():
         ref = deployed(torch.from_numpy(x)).numpy()
     onnx = astromorph.load_model("embedding", providers="cpu").predict(x)["embedding"]
     np.testing.assert_allclose(onnx, ref, atol=2e-5)
+
+
+def test_cli_similar_position_columns_by_name(tmp_path, capsys):
+    # the error for unrecognised position columns tells the user to pass --ra-col/--dec-col;
+    # `similar` must have them
+    t = catalogue(30, d=8)
+    t["embedding"] = unit_rows(30, 8)
+    t.rename_columns(["ra", "dec"], ["lon_icrs", "lat_icrs"])
+    src = tmp_path / "emb.ecsv"
+    t.write(src)
+    query = ["similar", str(src), "--ra", str(t["lon_icrs"][4]), "--dec", str(t["lat_icrs"][4]),
+             "-k", "3"]
+    assert main(query) == 2
+    assert "--ra-col" in capsys.readouterr().err
+    assert main(query + ["--ra-col", "lon_icrs", "--dec-col", "lat_icrs"]) == 0
+    assert "query: row 4" in capsys.readouterr().err

@@ -57,7 +57,8 @@ def _cmd_similar(args):
         result = index.query(row=args.query, **kwargs)
     elif args.ra is not None:
         result = index.query(position=(args.ra, args.dec), max_separation=(
-            None if args.max_separation is None else args.max_separation * u.arcsec), **kwargs)
+            None if args.max_separation is None else args.max_separation * u.arcsec),
+            ra_col=args.ra_col, dec_col=args.dec_col, **kwargs)
     else:
         result = index.query(image=args.image, **kwargs)
     if "query_separation_arcsec" in result.meta:
@@ -149,6 +150,10 @@ def register(sub):
                    help="search backend (default exact)")
     p.add_argument("--max-separation", type=float, metavar="ARCSEC",
                    help="with --ra/--dec: fail when the nearest row is farther")
+    p.add_argument("--ra-col", default=None,
+                   help="with --ra/--dec: the table's RA column (default: ra, RA, RAJ2000, ...)")
+    p.add_argument("--dec-col", default=None,
+                   help="with --ra/--dec: the table's Dec column (default: dec, DEC, DEJ2000, ...)")
     p.add_argument("--include-query", action="store_true", help="keep the query row in the results")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     p.set_defaults(func=_cmd_similar)
