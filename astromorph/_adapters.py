@@ -200,7 +200,14 @@ def _radio(raw, card, crop_fraction):
         resample = ~np.isclose(scales, rad.FIRST_PIXEL_SCALE_ARCSEC, rtol=1e-3)
         if resample.any() or images.shape[-1] != rad.DATASET_IMAGE_PIXELS:
             images = np.stack([rad.resample_to_first_grid(im, s) for im, s in zip(images, scales)])
-    return rad.preprocess_first_cutout(images, **options), flags
+    # the noise is measured once, for the detection check and the data-set scaling
+    rms = np.array([rad.sigma_clipped_rms(rad._centre_window(im, rad.DATASET_IMAGE_PIXELS,
+                                                              np.nan)) for im in images])
+    faint = ~(rad.peak_significance(images, rms=rms) >= rad.DETECTION_SIGMA)
+    flags |= np.where(faint, int(Flag.NO_SOURCE), 0).astype(flags.dtype)
+    # (an image without noise, e.g. a constant one, is left to measure its own, as before)
+    return rad.preprocess_first_cutout(images, rms=rms if np.all(rms > 0) else None,
+                                       **options), flags
 
 
 def _triplet(raw, card, crop_fraction):

@@ -25,6 +25,9 @@ class Flag(enum.IntFlag):
     #: A band or triplet member is missing (e.g. the source is on the images of some bands
     #: only); outputs masked.
     MISSING_BAND = 128
+    #: No significant source in the stamp (radio images in flux units: no pixel of the
+    #: network's field reaches 5 times the noise RMS); the class is not meaningful.
+    NO_SOURCE = 256
 
     @classmethod
     def unusable(cls):

@@ -441,7 +441,10 @@ def _explain(stamp, bits):
     if bits & Flag.EXTRAPOLATED:
         out.append("the stamp's pixels are much coarser than the model's grid, or it does not "
                    "cover the model's field (resampling extrapolated; any missing area filled)")
-    rest = bits & ~(Flag.BLANK | Flag.CONSTANT | Flag.EXTRAPOLATED)
+    if bits & Flag.NO_SOURCE:
+        out.append("no pixel of the model's field reaches 5 times the noise RMS: no source to "
+                   "classify")
+    rest = bits & ~(Flag.BLANK | Flag.CONSTANT | Flag.EXTRAPOLATED | Flag.NO_SOURCE)
     if rest:
         out.append(describe_flags(rest))
     return out

@@ -403,6 +403,7 @@ def test_radio_inputs_and_pixel_scales(models, tmp_path):
 
 def test_radio_degenerate_axes_squeezed(models, tmp_path):
     img = np.random.default_rng(2).normal(0, 1e-4, (1, 1, 300, 300)).astype(np.float32)
+    img[..., 148:153, 148:153] += 5e-3  # a source, else the stamp is NO_SOURCE
     write_fits(tmp_path / "vlass.fits", img)
     table = astromorph.predict_files("radio-morphology", tmp_path / "vlass.fits")
     assert table["radio_flags"][0] == 0

@@ -35,8 +35,9 @@ requires_model = pytest.mark.skipif(not (MODEL_DIR / "model.onnx").is_file(),
                                     reason="models/radio-morphology not exported yet")
 
 
-def first_like_hdu(size=300, pixel_scale=1.8, seed=1, angle_deg=30.0):
-    """A FIRST-like cutout: FRII-like double (two lobes + core) plus beam-correlated noise.
+def first_like_hdu(size=300, pixel_scale=1.8, seed=1, angle_deg=30.0, source=True):
+    """A FIRST-like cutout: FRII-like double (two lobes + core) plus beam-correlated noise
+    (the noise alone with ``source=False``).
 
     Surface brightness in Jy/beam on a TAN grid of ``pixel_scale`` arcsec,
     centred on the core, with a celestial WCS in the header.
@@ -48,7 +49,8 @@ def first_like_hdu(size=300, pixel_scale=1.8, seed=1, angle_deg=30.0):
     sep = 45.0 / pixel_scale                # lobes +-45 arcsec from the core
     t = np.deg2rad(angle_deg)
     img = np.zeros((size, size))
-    for dx, dy, peak, width in [(sep, 0, 0.012, 1.6), (-sep, 0, 0.009, 1.9), (0, 0, 0.003, 1.0)]:
+    for dx, dy, peak, width in [(sep, 0, 0.012, 1.6), (-sep, 0, 0.009, 1.9),
+                                (0, 0, 0.003, 1.0)][:3 if source else 0]:
         x0 = c + dx * np.cos(t) - dy * np.sin(t)
         y0 = c + dx * np.sin(t) + dy * np.cos(t)
         s = sig_beam * width
@@ -508,3 +510,35 @@ def test_radio_preprocessing_options_are_checked():
         radio.preprocess_radio_image(img, wcs=w)
     assert radio.preprocess_first_cutout(np.zeros((0, 300, 300))).shape == \
         (0, 1, radio.STAMP_SIZE, radio.STAMP_SIZE)
+
+
+def test_noise_only_stamp_is_flagged_no_source(tmp_path):
+    """A FIRST-like image with no source is stretched to full range by the data-set
+    scaling and gets a confident class (the model has no 'empty sky' class): it is flagged
+    NO_SOURCE, through files and through `annotate`; the same sky with a double of 9-12 mJy lobes is not.
+    `peak_significance` agrees with the data-set noise estimate."""
+    from astropy.table import Table
+
+    from astromorph import Flag
+
+    if "radio-morphology" not in astromorph.list_models():
+        pytest.skip("radio-morphology is not shipped")
+    hdu = first_like_hdu(seed=11)
+    noise = first_like_hdu(seed=11, source=False)
+    hdu.writeto(tmp_path / "src.fits")
+    noise.writeto(tmp_path / "noise.fits")
+    snr = radio.peak_significance(np.stack([noise.data, hdu.data]))
+    assert snr[0] < 6 and snr[1] > radio.DETECTION_SIGMA * 10
+    files = [str(tmp_path / "noise.fits"), str(tmp_path / "src.fits")]
+    table = astromorph.predict_files("radio-morphology", files, progress=False)
+    assert list(table["radio_flags"]) == [Flag.NO_SOURCE, 0]
+    assert "5 times the noise RMS" in table["reason"][0]
+    assert not np.ma.is_masked(table["radio_p_FRI"][0])  # scored, not hidden
+    centre = WCS(hdu.header).pixel_to_world(150, 150)
+    cat = Table({"ra": [centre.ra.deg], "dec": [centre.dec.deg]})
+    by_sky = astromorph.annotate(cat, str(tmp_path / "noise.fits"), model="radio-morphology",
+                                 progress=False)
+    assert by_sky["radio_flags"][0] == Flag.NO_SOURCE
+    # a known RMS is used as given; a NaN-only field has no significance
+    assert radio.peak_significance(noise.data, rms=1.0) < 0.1
+    assert np.isnan(radio.peak_significance(np.full((300, 300), np.nan)))

@@ -60,7 +60,9 @@ __all__ = [
     "STAMP_ANGULAR_SIZE_ARCSEC",
     "STRETCH",
     "RADIO_LABELS",
+    "DETECTION_SIGMA",
     "sigma_clipped_rms",
+    "peak_significance",
     "first_cutout_to_uint8",
     "preprocess_dataset_image",
     "preprocess_first_cutout",
@@ -93,6 +95,11 @@ STAMP_PIXEL_SCALE_ARCSEC = FIRST_PIXEL_SCALE_ARCSEC * BIN_FACTOR
 STAMP_ANGULAR_SIZE_ARCSEC = CROP_PIXELS * FIRST_PIXEL_SCALE_ARCSEC
 #: Intensity stretch applied to the [0, 1] scaled stamp.
 STRETCH = "sqrt"
+#: Peak signal-to-noise a source must reach in the network's field to count as detected
+#: (the FIRST catalogue's 5-sigma limit): every source of the training data is a catalogued
+#: FIRST source, so a stamp without one holds only noise peaks, which the data-set scaling
+#: would stretch to full range like a source.
+DETECTION_SIGMA = 5.0
 #: Class labels of the model outputs, in order.
 RADIO_LABELS = ("FRI", "FRII", "compact", "bent")
 
@@ -127,6 +134,44 @@ def sigma_clipped_rms(image, sigma=3.0, maxiters=10):
             break
         values = values[keep]
     return float(values.std())
+
+
+def peak_significance(image, *, rms=None):
+    """Peak signal-to-noise ratio inside the field the network sees.
+
+    Parameters
+    ----------
+    image : array_like
+        ``(H, W)`` or ``(N, H, W)`` surface brightness image(s) at
+        `FIRST_PIXEL_SCALE_ARCSEC`, centred on the source, as given to
+        `first_cutout_to_uint8`.
+    rms : float or array_like, optional
+        Noise RMS (same unit as ``image``); by default measured as
+        `first_cutout_to_uint8` does, with `sigma_clipped_rms` on the central
+        `DATASET_IMAGE_PIXELS` x `DATASET_IMAGE_PIXELS` window.
+
+    Returns
+    -------
+    float or numpy.ndarray
+        Brightest finite pixel of the central `CROP_PIXELS` x `CROP_PIXELS`
+        window divided by the RMS: compare with `DETECTION_SIGMA`. NaN where
+        that window has no finite pixel or the RMS is zero.
+    """
+    image = real_array(image, "image").astype(np.float64)
+    if image.ndim not in (2, 3):
+        raise InputShapeError(f"expected a 2-D image or a stack of them, got shape {image.shape}")
+    single = image.ndim == 2
+    stack = image[None] if single else image
+    if rms is None:
+        rms = [sigma_clipped_rms(_centre_window(im, DATASET_IMAGE_PIXELS, np.nan))
+               for im in stack]
+    rms = np.broadcast_to(np.asarray(rms, dtype=float), (len(stack),))
+    field = _centre_window(stack, CROP_PIXELS, np.nan).reshape(len(stack), -1)
+    finite = np.isfinite(field)
+    peak = np.where(finite, field, -np.inf).max(axis=1, initial=-np.inf)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out = np.where(finite.any(axis=1) & (rms > 0), peak / np.where(rms > 0, rms, 1.0), np.nan)
+    return float(out[0]) if single else out
 
 
 def _centre_window(image, size, fill):
