@@ -56,3 +56,100 @@ def test_single_band_graph_equals_replicated_band(name):
     assert model._single_band
     for key in full:
         np.testing.assert_allclose(grey[key], full[key], atol=1e-5, rtol=0)
+
+
+# ------------------------------------------------- training data path == inference preprocessing
+def _training_module(name):
+    pytest.importorskip("torch")
+    import importlib
+    import sys
+
+    from conftest import REPO
+    try:
+        return importlib.import_module(f"astromorph_training.{name}")
+    except ImportError:
+        sys.path.insert(0, str(REPO / "training"))
+        return importlib.import_module(f"astromorph_training.{name}")
+
+
+def _jpeg_files(tmp_path, n, side, suffix):
+    """Galaxy-like colour JPEGs (a blob on a noisy sky), written and read back as files."""
+    pil = pytest.importorskip("PIL.Image")
+    rng = np.random.default_rng(7)
+    yy, xx = np.mgrid[:side, :side] - side / 2
+    paths = []
+    for i in range(n):
+        r = np.hypot(yy * (1 + 0.3 * i), xx) / (8 + 6 * i)
+        img = 200 * np.exp(-r)[..., None] * np.array([1.0, 0.8 - 0.1 * i, 0.6]) \
+            + rng.normal(20, 6, (side, side, 3))
+        path = tmp_path / f"g{i}{suffix}"
+        pil.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(path, quality=90)
+        paths.append(path)
+    return paths
+
+
+def _inference_input(name, paths):
+    """What `predict_files` feeds the shipped model for these picture files."""
+    from astromorph._readers._pictures import read_picture
+
+    model = astromorph.load_model(name, providers="cpu")
+    raw = np.stack([read_picture(p)[0].data for p in paths])
+    x, flags = prepare(model, RawStamps("colour", raw))
+    assert not flags.any()
+    return model, x
+
+
+@pytest.mark.parametrize("name, side, suffix", [("morphology", 423, ".jpeg"),
+                                                ("morphology-gz2", 424, ".jpg")])
+def test_optical_training_stamps_are_the_inference_input(tmp_path, name, side, suffix):
+    """The arrays the training code caches (``_preprocess_files``, shared by morphology and
+    morphology-gz2) are what inference makes of the same files: the validation / test stamps
+    exactly, and the centre of the 1.5x-field augmentation stamps to float16 rounding. A
+    crop, size or stretch changed on the training side only fails here (the torch-vs-ONNX
+    parity tests feed both networks the same array and cannot see it)."""
+    morphology = _training_module("morphology")
+    paths = _jpeg_files(tmp_path, 3, side, suffix)
+    stamps, big = morphology._preprocess_files(paths)
+    model, x = _inference_input(name, paths)
+    np.testing.assert_allclose(stamps, x, atol=1e-6, rtol=0)
+    o = (big.shape[-1] - x.shape[-1]) // 2
+    np.testing.assert_allclose(big[:, :, o:o + x.shape[-1], o:o + x.shape[-1]].astype(np.float32),
+                               x, atol=2e-3, rtol=0)
+
+
+def test_embedding_training_stamps_are_the_inference_input(tmp_path):
+    """The embedding's training and evaluation stamps of GZ1 cutouts equal the inference input;
+    its 96-pixel training cache is the same field at the same scale (8-bit rounding)."""
+    embedding = _training_module("embedding")
+    paths = _jpeg_files(tmp_path, 3, 423, ".jpeg")
+    _, x = _inference_input("embedding", paths)
+    np.testing.assert_allclose(embedding.preprocess_files(paths, "gz1"), x, atol=1e-6, rtol=0)
+    big = embedding._to_uint8(embedding.preprocess_files(paths, "gz1", size=embedding.CACHE_SIZE))
+    np.testing.assert_allclose(embedding.centre(big), x, atol=1.0 / 255, rtol=0)
+
+
+def test_radio_and_realbogus_training_use_the_inference_functions():
+    """radio-morphology: the training augmentation at the identity gives the card's
+    preprocessing function's output; real-bogus: simulations go through the card's function."""
+    import torch
+
+    from astromorph import preprocessing
+
+    radio = _training_module("radio")
+    realbogus = _training_module("realbogus")
+    assert realbogus.preprocess_triplet is preprocessing.preprocess_triplet
+    card = astromorph.model_card("radio-morphology")
+    assert card["input"]["preprocessing"] == "astromorph.preprocessing.preprocess_dataset_image"
+    images = RNG.integers(0, 256, (3, 300, 300), dtype=np.uint8)
+    images[:, :100] = 0  # thresholded sky, as in the data set
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        stamp = radio._stamp_from_full(torch.from_numpy(radio._full_field(images)),
+                                       radio._identity_theta(len(images))).numpy()
+    finally:
+        torch.set_num_threads(threads)
+    # compared before the square root (as train does); bilinear sampling in float32 next to
+    # sharp pixel steps rounds to ~3e-5, far below one 8-bit level (3.9e-3)
+    np.testing.assert_allclose(stamp ** 2, preprocessing.preprocess_dataset_image(images) ** 2,
+                               atol=1e-4, rtol=0)
