@@ -25,3 +25,104 @@ def test_design_card_layout():
     for path in ("pyproject.toml", "astromorph", "models", "training/pyproject.toml", "tests",
                  "docs", "benchmarks"):
         assert (REPO / path).exists(), path
+
+
+# ------------------------------------------------------------- model cards vs files and reports
+import hashlib  # noqa: E402
+import json  # noqa: E402
+import shutil  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+
+import pytest  # noqa: E402
+
+MODEL_DIRS = sorted(d for d in (REPO / "models").iterdir() if (d / "card.json").is_file())
+
+
+def _card(d):
+    return json.loads((d / "card.json").read_text())
+
+
+def _listed_files(card):
+    """File name -> (sha256, expected input shape) of every ONNX file a card names."""
+    files = {"model.onnx": (card["sha256"], card["input"]["shape"])}
+    grey = card.get("single_band_graph")
+    if grey:
+        files[grey["file"]] = (grey["sha256"], grey["input_shape"])
+    for variant in (card.get("variants") or {}).values():
+        files[variant["file"]] = (variant["sha256"], card["input"]["shape"])
+    return files
+
+
+@pytest.mark.parametrize("d", MODEL_DIRS, ids=lambda d: d.name)
+def test_card_names_its_directory_and_every_onnx_file(d):
+    card = _card(d)
+    assert card["name"] == d.name
+    files = _listed_files(card)
+    assert set(files) == {p.name for p in d.glob("*.onnx")}, "ONNX file without a card entry"
+    for name, (digest, _) in files.items():
+        assert hashlib.sha256((d / name).read_bytes()).hexdigest() == digest, name
+
+
+@pytest.mark.parametrize("d", MODEL_DIRS, ids=lambda d: d.name)
+def test_card_fields_are_filled(d):
+    card = _card(d)
+    for key in ("summary", "description", "column_prefix", "licence"):
+        assert card.get(key), key
+    for key in ("name", "shape", "channels", "normalisation", "angular_size", "preprocessing"):
+        assert card["input"].get(key), f"input.{key}"
+    for key in ("data", "terms", "split", "command"):
+        assert card["training"].get(key), f"training.{key}"
+    for key in ("split", "command"):
+        assert card["metrics"].get(key), f"metrics.{key}"
+
+
+@pytest.mark.parametrize("d", MODEL_DIRS, ids=lambda d: d.name)
+def test_card_inputs_and_outputs_are_the_graphs(d):
+    """Input name and shape, output names and sizes (class lists) as in every ONNX file."""
+    onnx = pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    import numpy as np
+
+    card = _card(d)
+    outputs = {o["name"]: o for o in card["outputs"]}
+    for name, (_, shape) in _listed_files(card).items():
+        graph = onnx.load(str(d / name)).graph
+        inits = {i.name for i in graph.initializer}
+        (inp,) = [i for i in graph.input if i.name not in inits]
+        assert inp.name == card["input"]["name"], name
+        dims = [x.dim_value for x in inp.type.tensor_type.shape.dim[1:]]
+        assert dims == list(shape), name
+        assert {o.name for o in graph.output} == set(outputs), name
+        session = ort.InferenceSession(str(d / name), providers=["CPUExecutionProvider"])
+        result = session.run(None, {inp.name: np.zeros((2, *shape), np.float32)})
+        for out, value in zip(session.get_outputs(), result):
+            spec = outputs[out.name]
+            size = len(spec["labels"]) if spec.get("labels") else spec.get("size")
+            assert value.shape == ((2, size) if size else (2,)), (name, out.name)
+            if spec.get("names"):
+                assert len(spec["names"]) == len(spec["labels"])
+
+
+@pytest.mark.parametrize("d", MODEL_DIRS, ids=lambda d: d.name)
+def test_report_measured_the_shipped_file(d):
+    """Where the report records the sha256 of the file it measured, it is the card's."""
+    card = _card(d)
+    report = json.loads((REPO / "training" / "reports" / d.name / "metrics.json").read_text())
+    recorded = report.get("onnx_sha256") or report.get("sha256")
+    if recorded:
+        assert recorded == card["sha256"]
+    for precision, variant in (card.get("variants") or {}).items():
+        if (report.get(precision) or {}).get("onnx_sha256"):
+            assert report[precision]["onnx_sha256"] == variant["sha256"]
+
+
+def test_models_page_is_generated_from_the_cards(tmp_path):
+    """docs/models.md is what docs/make_models_page.py writes from the cards today."""
+    shutil.copytree(REPO / "models", tmp_path / "models")
+    (tmp_path / "docs").mkdir()
+    shutil.copy(REPO / "docs" / "make_models_page.py", tmp_path / "docs")
+    subprocess.run([sys.executable, str(tmp_path / "docs" / "make_models_page.py")], check=True,
+                   capture_output=True)
+    assert (tmp_path / "docs" / "models.md").read_text() == \
+        (REPO / "docs" / "models.md").read_text(), "run python docs/make_models_page.py"
