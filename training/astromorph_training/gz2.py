@@ -340,7 +340,7 @@ class GZ2Net(nn.Module):
 
     The ``morphology`` model's small VGG-style CNN
     (`astromorph_training.morphology.MorphologyNet`; 0.6 M parameters with ``WIDTHS``;
-    ``--init`` gives it the widths and stem of the checkpoint it starts from: 1.0 M for
+    ``--init`` gives it the widths and stem of the checkpoint it starts from: 0.93 M for
     the morphology 1.x network that started the shipped 1.1.0)
     with 37 outputs, followed by `DecisionTree`.
     """
@@ -1130,7 +1130,7 @@ def _card(metrics, state, tta, throughput, size_bytes):
         "name": NAME,
         "version": "1.1.0",
         "changes": ("1.1.0: retrained from the shipped morphology model's checkpoint with its "
-                    "widths (1.0 M parameters; 1.0.0 started from a copied earlier GZ1 "
+                    "widths (0.93 M parameters; 1.0.0 started from a copied earlier GZ1 "
                     "checkpoint with 0.6 M): held-out RMSE 0.0975 -> 0.0971"),
         "task": "regression",
         "summary": "Galaxy Zoo 2 decision-tree vote fractions (37 answers to 11 questions) from "
