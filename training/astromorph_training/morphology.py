@@ -21,8 +21,8 @@ Steps
     exponential moving average (EMA) of the weights; checkpoints every epoch
     in ``training/checkpoints/morphology/`` (``last.pt``; rerun to resume).
 ``evaluate``
-    Builds the deployed network (EMA weights, logit adjustment, the 8 flips
-    and 90 degree rotations averaged inside the graph, temperature fitted on
+    Builds the deployed network (EMA weights, logit adjustment, `DEFAULT_TTA`
+    orientations averaged inside the graph (1 since 1.1.0), temperature fitted on
     the validation split, softmax), exports it to
     ``models/morphology/model.onnx`` and evaluates *that file* with
     onnxruntime on the held-out test split: ``training/reports/morphology/``
