@@ -3,7 +3,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-from ._plotting import pyplot
+from ._plotting import figure, matplotlib
 
 __all__ = ["demo_paths", "run_demo", "register"]
 
@@ -45,7 +45,7 @@ def run_demo(*, model="morphology", output="astromorph_demo.ecsv", gallery=None,
         if path:
             check_output(path, overwrite=overwrite, table=path == output)
     if gallery:
-        pyplot()  # a missing matplotlib fails here, before any work
+        matplotlib()  # a missing matplotlib fails here, before any work
     image, catalogue = demo_paths()
     table = QTable.read(catalogue)
     result = annotate(table, str(image), model=model, size_col="r90", progress=progress)
@@ -72,8 +72,6 @@ def _gallery(table, image, path, n=24, *, overwrite=False):
     from ._io import atomic_output
     from .preprocessing import stamp_size_from_petrosian
 
-    plt = pyplot()
-
     label_col = next(c for c in table.colnames if c.endswith("_label"))
     prefix = label_col[:-len("_label")]
     with fits.open(image) as hdul:
@@ -83,7 +81,8 @@ def _gallery(table, image, path, n=24, *, overwrite=False):
         r90 = np.asarray(table["r90"])
         on_edge = (np.asarray(table[f"{prefix}_flags"]) & (Flag.EDGE | Flag.OFF_IMAGE)) != 0
         order = np.lexsort((-r90, on_edge))[:n]  # clear of the edges first, largest first
-        fig, axes = plt.subplots(4, 6, figsize=(12, 8.6))
+        fig = figure(figsize=(12, 8.6))
+        axes = fig.subplots(4, 6)
         for ax, k in zip(axes.ravel(), order):
             pos = wcs.pixel_to_world(*wcs.world_to_pixel_values(table["ra"][k].value,
                                                                 table["dec"][k].value))
@@ -103,7 +102,6 @@ def _gallery(table, image, path, n=24, *, overwrite=False):
         fig.tight_layout()
         with atomic_output(path, overwrite=overwrite) as tmp:
             fig.savefig(tmp, dpi=90, format="png")
-        plt.close(fig)
 
 
 def _run(args):

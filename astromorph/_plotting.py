@@ -1,25 +1,32 @@
-"""matplotlib, imported lazily, with a non-interactive backend unless one is already in use."""
+"""matplotlib, imported lazily; figures made without pyplot, so the user's backend,
+interactive state and open figures are never touched."""
 from .exceptions import MissingDependencyError
 
-__all__ = ["pyplot"]
+__all__ = ["matplotlib", "figure", "colormap"]
 
 
-def pyplot():
-    """``matplotlib.pyplot``, or `MissingDependencyError` naming the ``plot`` extra.
-
-    Selects the Agg backend unless Agg or the notebook inline backend is already active, so
-    figures can be saved on machines without a display.
-    """
+def matplotlib():
+    """The ``matplotlib`` module, or `MissingDependencyError` naming the ``plot`` extra."""
     try:
-        import matplotlib
+        import matplotlib as mpl
     except ImportError as exc:
         raise MissingDependencyError("drawing needs matplotlib; install it with "
                                      "`pip install 'astromorph[plot]'`") from exc
-    if matplotlib.get_backend().lower() not in ("agg", "module://matplotlib_inline.backend_inline"):
-        try:
-            matplotlib.use("Agg")
-        except Exception:  # noqa: BLE001 - an interactive backend already in use is fine
-            pass
-    import matplotlib.pyplot as plt
+    return mpl
 
-    return plt
+
+def figure(**kwargs):
+    """A new `matplotlib.figure.Figure` that is not registered with pyplot.
+
+    It renders with Agg when saved (``fig.savefig(..., format="png")``), works on machines
+    without a display and needs no ``plt.close``; the active backend is left as it is.
+    """
+    matplotlib()
+    from matplotlib.figure import Figure
+
+    return Figure(**kwargs)
+
+
+def colormap(name):
+    """A registered matplotlib colormap by name (no pyplot)."""
+    return matplotlib().colormaps[name]

@@ -432,6 +432,26 @@ def test_maps(tmp_path):
         plot_map(x[:1], tmp_path / "m2.png", method="pca")
 
 
+
+def test_plots_leave_the_users_matplotlib_state_alone(tmp_path):
+    """Drawing must not switch the user's backend (it used to force Agg, which closes an
+    interactive session's windows) nor leave figures registered with pyplot."""
+    mpl = pytest.importorskip("matplotlib")
+    import matplotlib.pyplot as plt
+
+    before = mpl.get_backend()
+    try:
+        plt.switch_backend("svg")  # a non-Agg backend the user chose
+        user_fig = plt.figure()
+        x, y = blobs(n_per=10, k=2, d=8)
+        plot_map(x, tmp_path / "m.png", labels=y, method="pca")
+        assert (tmp_path / "m.png").read_bytes()[:4] == b"\x89PNG"
+        assert mpl.get_backend() == "svg"
+        assert plt.get_fignums() == [user_fig.number]
+    finally:
+        plt.close("all")
+        plt.switch_backend(before)
+
 # ------------------------------------------------------------------------- command line
 def test_cli_similar_cluster_classify(tmp_path, capsys):
     t = catalogue(120, d=16)

@@ -12,7 +12,7 @@ import numpy as np
 
 from ._common import embedding_matrix
 from .._io import atomic_output, check_output
-from .._plotting import pyplot
+from .._plotting import colormap, figure, matplotlib
 from ..exceptions import InputError, InvalidArgumentError, MissingDependencyError
 
 __all__ = ["gallery", "embedding_map", "plot_map", "display_image"]
@@ -105,7 +105,7 @@ def gallery(index, result, path, *, images=None, source_column=None, query_image
     pathlib.Path
     """
     check_output(path, overwrite=overwrite)
-    plt = pyplot()
+    matplotlib()  # a missing matplotlib fails here, before any work
     rows = [int(r) for r in result["row"]]
     meta = result.meta
     query_row = meta.get("query_row")
@@ -126,7 +126,8 @@ def gallery(index, result, path, *, images=None, source_column=None, query_image
     n = len(tiles)
     ncols = ncols or int(min(8, np.ceil(np.sqrt(n))))
     nrows = int(np.ceil(n / ncols))
-    fig, axes = plt.subplots(nrows, ncols, figsize=(1.6 * ncols, 1.75 * nrows), squeeze=False)
+    fig = figure(figsize=(1.6 * ncols, 1.75 * nrows))
+    axes = fig.subplots(nrows, ncols, squeeze=False)
     for ax in axes.ravel():
         ax.axis("off")
     for ax, (pic, label) in zip(axes.ravel(), tiles):
@@ -147,7 +148,6 @@ def gallery(index, result, path, *, images=None, source_column=None, query_image
     path = Path(path)
     with atomic_output(path, overwrite=overwrite) as tmp:
         fig.savefig(tmp, dpi=dpi, format="png")
-    plt.close(fig)
     log.info("wrote gallery %s", path)
     return path
 
@@ -278,7 +278,7 @@ def plot_map(embeddings, path, *, labels=None, method="auto", max_points=TSNE_MA
     check_output(path, overwrite=overwrite)
     if int(max_points) < 2:
         raise InvalidArgumentError(f"max_points must be at least 2, got {max_points!r}")
-    plt = pyplot()
+    matplotlib()  # a missing matplotlib fails here, before any work
     x = embedding_matrix(embeddings, allow_masked=True)
     rows = np.flatnonzero(np.all(np.isfinite(x), axis=1))
     if labels is not None:
@@ -293,13 +293,14 @@ def plot_map(embeddings, path, *, labels=None, method="auto", max_points=TSNE_MA
     if len(rows) > max_points:
         rows = np.sort(rng.choice(rows, max_points, replace=False))
     coords, used = embedding_map(x[rows], method=method, seed=seed)
-    fig, ax = plt.subplots(figsize=(6.4, 5.6))
+    fig = figure(figsize=(6.4, 5.6))
+    ax = fig.subplots()
     if labels is None:
         ax.scatter(coords[:, 0], coords[:, 1], s=4, alpha=0.7)
     else:
         lab = labels[rows]
         cats = sorted(set(lab.tolist()), key=lambda v: (str(type(v)), v))
-        cmap = plt.get_cmap("tab10" if len(cats) <= 10 else "tab20")
+        cmap = colormap("tab10" if len(cats) <= 10 else "tab20")
         for i, c in enumerate(cats):
             sel = lab == c
             ax.scatter(coords[sel, 0], coords[sel, 1], s=4, alpha=0.75, color=cmap(i % cmap.N),
@@ -314,5 +315,4 @@ def plot_map(embeddings, path, *, labels=None, method="auto", max_points=TSNE_MA
     path = Path(path)
     with atomic_output(path, overwrite=overwrite) as tmp:
         fig.savefig(tmp, dpi=dpi, format="png")
-    plt.close(fig)
     return coords, rows
