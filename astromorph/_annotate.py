@@ -6,7 +6,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 from astropy import units as u
-from astropy.coordinates import SkyCoord
+from astropy.coordinates import SkyCoord, UnitSphericalRepresentation
 from astropy.table import QTable, Table
 from astropy.wcs.utils import wcs_to_celestial_frame
 
@@ -82,12 +82,11 @@ def _positions(table, ra_col, dec_col, coord_col):
     if coord_col is not None:
         if coord_col not in table.colnames:
             raise InputError(f"no column {coord_col!r} in the catalogue (columns: {table.colnames})")
-        coords = SkyCoord(table[coord_col])
-        return coords, np.zeros(len(coords), bool)
+        return _checked_coords(SkyCoord(table[coord_col]))
     if ra_col is None and dec_col is None:
         sky = [n for n in table.colnames if isinstance(table[n], SkyCoord)]
         if sky:
-            return table[sky[0]], np.zeros(len(table), bool)
+            return _checked_coords(table[sky[0]])
     ra_col = ra_col or next((n for n in _RA_NAMES if n in table.colnames), None)
     dec_col = dec_col or next((n for n in _DEC_NAMES if n in table.colnames), None)
     missing = [name for name, col in (("RA", ra_col), ("Dec", dec_col)) if col is None]
@@ -109,6 +108,30 @@ def _positions(table, ra_col, dec_col, coord_col):
     bad = ~(np.isfinite(ra) & np.isfinite(dec)) | (np.abs(dec) > 90)
     ra, dec = np.where(bad, 0.0, ra), np.where(bad, 0.0, dec)
     return SkyCoord(ra * u.deg, dec * u.deg), bad
+
+
+def _checked_coords(coords):
+    """A SkyCoord column and the mask of its rows without a usable position (masked or
+    non-finite); those rows are moved to a placeholder so that they are flagged `BAD_INPUT`
+    only, as rows with bad RA/Dec values are."""
+    sph = coords.represent_as(UnitSphericalRepresentation)
+    bad = np.zeros(len(coords), bool)
+    values = []
+    for angle in (sph.lon, sph.lat):
+        if getattr(angle, "mask", None) is not None:
+            bad |= np.broadcast_to(np.asarray(angle.mask), bad.shape)
+            angle = angle.unmasked
+        deg = np.asarray(angle.to_value(u.deg), dtype=float)
+        bad |= ~np.isfinite(deg)
+        values.append(deg)
+    if not bad.any():
+        return coords, bad
+    lon, lat = (np.where(bad, 0.0, v) * u.deg for v in values)
+    fixed = coords.copy()
+    fixed[bad] = SkyCoord(fixed.frame.realize_frame(
+        UnitSphericalRepresentation(lon[bad], lat[bad])), **{
+            a: getattr(fixed, a) for a in fixed._extra_frameattr_names})
+    return fixed, bad
 
 
 def _size_values(table, size_col, n):

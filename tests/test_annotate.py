@@ -341,6 +341,25 @@ def test_nan_positions_are_flagged_not_fatal(optical_model):
     assert not out["opt_p_a"].mask[0]
 
 
+def test_nan_or_masked_skycoord_positions_are_bad_input(optical_model):
+    """A SkyCoord column with a NaN or masked position is BAD_INPUT (and nothing else), as
+    RA/Dec columns are; it used to come out as OFF_IMAGE."""
+    from astropy.utils.masked import Masked
+
+    img, w = blobs(), sky_wcs()
+    cat = catalogue(w, [(100, 100), (80, 90), (120, 60)])
+    ref = astromorph.annotate(cat, (img, w), model=optical_model)
+    ra = np.array(cat["ra"], dtype=float)
+    ra[1] = np.nan
+    for pos in (SkyCoord(ra * u.deg, cat["dec"] * u.deg).galactic,
+                SkyCoord(Masked(np.array(cat["ra"]) * u.deg, mask=[False, True, False]),
+                         cat["dec"] * u.deg)):
+        out = astromorph.annotate(Table({"pos": pos}), (img, w), model=optical_model)
+        assert out["opt_flags"][1] == Flag.BAD_INPUT and out["opt_p_a"].mask[1]
+        np.testing.assert_allclose(out["opt_p_a"][[0, 2]], ref["opt_p_a"][[0, 2]], rtol=1e-5)
+        assert list(out["opt_flags"][[0, 2]]) == list(ref["opt_flags"][[0, 2]])
+
+
 def test_catalogue_errors(optical_model):
     img, w = blobs(), sky_wcs()
     with pytest.raises(InputError, match="no RA or Dec column"):
