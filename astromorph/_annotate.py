@@ -82,7 +82,11 @@ def _positions(table, ra_col, dec_col, coord_col):
     if coord_col is not None:
         if coord_col not in table.colnames:
             raise InputError(f"no column {coord_col!r} in the catalogue (columns: {table.colnames})")
-        return _checked_coords(SkyCoord(table[coord_col]))
+        if not isinstance(table[coord_col], SkyCoord):
+            raise InputError(f"coord_col {coord_col!r} is not a SkyCoord column (it holds "
+                             f"{type(table[coord_col]).__name__}); use ra_col=/dec_col= for "
+                             "separate RA and Dec columns")
+        return _checked_coords(table[coord_col])
     if ra_col is None and dec_col is None:
         sky = [n for n in table.colnames if isinstance(table[n], SkyCoord)]
         if sky:
@@ -101,7 +105,11 @@ def _positions(table, ra_col, dec_col, coord_col):
     def degrees(col, text_unit):
         """Degrees; numbers in the column's unit (default deg), text angles in ``text_unit``."""
         c = table[col]
-        values = (_float_values(c) * (getattr(c, "unit", None) or u.deg)).to_value(u.deg)
+        unit = getattr(c, "unit", None) or u.deg
+        try:
+            values = (_float_values(c) * unit).to_value(u.deg)
+        except u.UnitsError:
+            raise InputError(f"position column {col!r} is in {unit}, not an angle") from None
         return _sexagesimal(c, values, text_unit)
 
     ra, dec = degrees(ra_col, u.hourangle), degrees(dec_col, u.deg)

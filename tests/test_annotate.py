@@ -368,6 +368,15 @@ def test_catalogue_errors(optical_model):
         astromorph.annotate(catalogue(w, [(1, 1)]), (img, w), model=optical_model, ra_col="nope")
     with pytest.raises(InputError, match="Table"):
         astromorph.annotate({"ra": [1]}, (img, w), model=optical_model)
+    # position columns that are no angles, or a coord_col that is no SkyCoord: InputError
+    # naming the column, not astropy's UnitConversionError / SkyCoord's ValueError
+    bad_unit = QTable(catalogue(w, [(100, 100)]))
+    bad_unit["ra"] = bad_unit["ra"] * u.mag
+    with pytest.raises(InputError, match="position column 'ra' is in mag, not an angle"):
+        astromorph.annotate(bad_unit, (img, w), model=optical_model)
+    with pytest.raises(InputError, match="coord_col 'ra' is not a SkyCoord column"):
+        astromorph.annotate(catalogue(w, [(100, 100)]), (img, w), model=optical_model,
+                            coord_col="ra")
     # a stamp size that is no angle is a mistake in the call, not a flag on every row
     cat = catalogue(w, [(100, 100)])
     for bad in (-3, 0, np.nan, "abc", 2 * u.kg):
