@@ -359,6 +359,9 @@ def annotate(table, images, *, model, ra_col=None, dec_col=None, coord_col=None,
     if not isinstance(table, Table):
         raise InputError(f"annotate needs an astropy Table or QTable, got {type(table).__name__}")
     check_on_conflict(on_conflict)
+    from ._predict import check_batch_size
+
+    check_batch_size(batch_size)  # before any image is opened or stamp cut
     model = as_model(model, providers=providers, threads=threads, precision=precision)
     family = model_family(model.card)
     out = table.copy()

@@ -312,8 +312,9 @@ class Model:
             `astromorph.preprocessing.preprocess_triplet`), or through
             `astromorph.predict_files` / `astromorph.annotate`, which flag such rows.
         """
-        if int(batch_size) < 1:
-            raise InvalidArgumentError(f"batch_size must be >= 1, got {batch_size}")
+        from ._predict import check_batch_size
+
+        check_batch_size(batch_size)
         x = self._as_input(x)
         n = len(x)
         if n == 0:

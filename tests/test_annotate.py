@@ -374,6 +374,9 @@ def test_catalogue_errors(optical_model):
     bad_unit["ra"] = bad_unit["ra"] * u.mag
     with pytest.raises(InputError, match="position column 'ra' is in mag, not an angle"):
         astromorph.annotate(bad_unit, (img, w), model=optical_model)
+    with pytest.raises(InvalidArgumentError, match="batch_size must be a positive integer"):
+        astromorph.annotate(catalogue(w, [(100, 100)]), (img, w), model=optical_model,
+                            batch_size=0)
     with pytest.raises(InputError, match="coord_col 'ra' is not a SkyCoord column"):
         astromorph.annotate(catalogue(w, [(100, 100)]), (img, w), model=optical_model,
                             coord_col="ra")

@@ -260,6 +260,13 @@ def test_empty_input(tiny_registry):
 def test_bad_batch_size(tiny_registry):
     with pytest.raises(ValueError, match="batch_size"):
         astromorph.load_model("tiny").predict(_inputs(2), batch_size=0)
+    # the same rule as predict_files/annotate_stamps: a float is not silently truncated,
+    # a string or a bool is not a batch size
+    from astromorph.exceptions import InvalidArgumentError
+
+    for bad in (2.5, "8", True, -1):
+        with pytest.raises(InvalidArgumentError, match="batch_size must be a positive integer"):
+            astromorph.load_model("tiny").predict(_inputs(2), batch_size=bad)
 
 
 def test_allocation_failure_halves_batch(tiny_registry):
