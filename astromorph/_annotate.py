@@ -17,7 +17,7 @@ from ._images import closing_files, parse_sky_images
 from ._model import as_model
 from ._progress import progress_bar
 from ._version import __version__
-from .exceptions import AstromorphWarning, InputError, InvalidArgumentError
+from .exceptions import AmbiguousInputWarning, InputError, InvalidArgumentError
 
 __all__ = ["annotate", "ANNOTATE_CHUNK"]
 
@@ -220,7 +220,7 @@ def _band_plan(model, family, groups):
     pick = next((b for b in ("r", "i", "g") if b in groups), names[0])
     warnings.warn(f"model {model.name!r}: images of bands {names} given; using band {pick!r} "
                   "alone (the model takes g, r and i together, or one band)",
-                  AstromorphWarning, stacklevel=3)
+                  AmbiguousInputWarning, stacklevel=3)
     return [pick]
 
 
