@@ -85,8 +85,11 @@ def predict_files(model, inputs, *, batch_size=256, progress=None, write_header=
         ``diaSourceId``), the model's output columns, ``<prefix>_flags``
         (`astromorph.Flag` bits) and ``reason`` (empty for clean rows).
         Outputs of unusable rows (`Flag.unusable`) are masked. ``meta`` holds
-        the model name, version, sha256, execution providers and the
-        astromorph version.
+        the provenance keys `astromorph.annotate` writes (``astromorph_version``,
+        ``astromorph_model``, ``astromorph_model_version``,
+        ``astromorph_model_sha256``, ``astromorph_model_precision``,
+        ``astromorph_providers``) and, as before, ``model``, ``model_version``,
+        ``model_sha256``, ``model_precision`` and ``providers`` (a list).
 
     Raises
     ------
@@ -139,11 +142,16 @@ def predict_files(model, inputs, *, batch_size=256, progress=None, write_header=
 
     from astropy.table import Column, Table
 
+    from ._annotate import _provenance
+
     table = Table(meta={
+        # the provenance keys of annotate/annotate_stamps tables, so that one key reads
+        # the model of any astromorph table...
+        **_provenance(model),
+        # ...and the keys this function has always written
         "model": model.name, "model_version": str(model.version),
         "model_sha256": model.sha256, "model_precision": model.precision,
         "providers": list(model.providers),
-        "astromorph_version": __version__,
     })
     width = max([len(s) for s in runner.sources] + [1])
     table["source"] = Column(np.array(runner.sources, dtype=f"U{width}"),

@@ -174,6 +174,13 @@ def test_columns_meta_and_values_match_adapters(models, tmp_path):
     assert table.meta["model_sha256"] == model.sha256
     assert table.meta["providers"] == ["CPUExecutionProvider"]
     assert table.meta["astromorph_version"] == astromorph.__version__
+    # the same provenance keys as annotate/annotate_stamps tables
+    from astromorph._annotate import _provenance
+
+    for key, value in _provenance(model).items():
+        assert table.meta[key] == value
+    assert table.meta["astromorph_model"] == "morphology"
+    assert table.meta["astromorph_providers"] == "CPUExecutionProvider"
 
 
 def test_accepts_loaded_model(models, tmp_path):
