@@ -527,6 +527,34 @@ def test_ztf_packets(models, tmp_path):
     assert r["rb_flags"] == Flag.BLANK and "difference stamp" in r["reason"]
 
 
+def test_alert_record_that_cannot_be_interpreted_flags_only_itself(models, tmp_path,
+                                                                    monkeypatch):
+    """An error while interpreting one decoded record is reported as such on its row; it is
+    not "corrupt or truncated Avro" and the records after it are still scored."""
+    pytest.importorskip("fastavro")
+    from astromorph._readers import _alerts
+
+    write_avro(tmp_path / "many.avro", [ztf_alert(1000 + i) for i in range(3)])
+    real = _alerts._ztf_stamp
+
+    def picky(path, i, rec):
+        if rec["candid"] == 1001:
+            raise TypeError("candidate is a list")  # e.g. a field of an unexpected type
+        return real(path, i, rec)
+
+    monkeypatch.setattr(_alerts, "_ztf_stamp", picky)
+    table = quiet(astromorph.predict_files, "real-bogus", tmp_path / "many.avro")
+    assert len(table) == 3
+    assert table["rb_flags"][0] == 0 and table["rb_flags"][2] == 0
+    assert table["rb_flags"][1] == Flag.BAD_INPUT
+    assert "cannot be interpreted (TypeError: candidate is a list)" in table["reason"][1]
+    assert "corrupt" not in table["reason"][1]
+
+    # a genuine bug (not a content error) is not hidden behind a flag
+    monkeypatch.setattr(_alerts, "_ztf_stamp", lambda *a: undefined_name)  # noqa: F821
+    with pytest.raises(NameError):
+        astromorph.predict_files("real-bogus", tmp_path / "many.avro", progress=False)
+
 def test_ztf_difference_orientation(tmp_path):
     pytest.importorskip("fastavro")
     t = triplet()

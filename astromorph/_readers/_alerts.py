@@ -1,6 +1,7 @@
 """Avro alert packets (extra ``alerts``): ZTF and Rubin triplets of FITS cutouts."""
 import copy
 import io
+import itertools
 import json
 import zlib
 
@@ -165,15 +166,30 @@ def read_alerts(path):
     except OSError as exc:
         return [Stamp(source, path).flag(Flag.BAD_INPUT, f"cannot read file: {exc}")]
     stamps = []
-    try:
-        for i, rec in enumerate(iter_avro_records(buf)):
+    records = iter_avro_records(buf)
+    for i in itertools.count():
+        # only the decoding is guarded broadly (fastavro raises many kinds for bad data);
+        # an error while interpreting a decoded record is not "corrupt Avro", and must not
+        # drop the records after it
+        try:
+            rec = next(records)
+        except StopIteration:
+            break
+        except MissingDependencyError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - fastavro raises many kinds for bad data
+            where = f" after {len(stamps)} good record(s)" if stamps else ""
+            stamps.append(Stamp(source if not stamps else f"{source}[{len(stamps)}]",
+                                path).flag(Flag.BAD_INPUT,
+                                           f"corrupt or truncated Avro{where}: {exc}"))
+            break
+        try:
             stamps.append(_alert_stamp(path, i, rec))
-    except MissingDependencyError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - fastavro raises many kinds for bad data
-        where = f" after {len(stamps)} good record(s)" if stamps else ""
-        stamps.append(Stamp(source if not stamps else f"{source}[{len(stamps)}]", path).flag(
-            Flag.BAD_INPUT, f"corrupt or truncated Avro{where}: {exc}"))
+        except (KeyError, IndexError, TypeError, ValueError, AttributeError) as exc:
+            # a record of an unexpected layout (e.g. a field of another type)
+            stamps.append(Stamp(f"{path}[{i}]", path, index=i).flag(
+                Flag.BAD_INPUT, f"alert record {i} cannot be interpreted "
+                f"({type(exc).__name__}: {exc})"))
     if not stamps:
         stamps.append(Stamp(source, path).flag(Flag.BAD_INPUT, "Avro file holds no records"))
     return stamps
