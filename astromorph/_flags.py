@@ -31,7 +31,13 @@ class Flag(enum.IntFlag):
 
     @classmethod
     def unusable(cls):
-        """Flags that leave no stamp to score (outputs are masked)."""
+        """Flags that leave no stamp to score (outputs are masked).
+
+        Returns
+        -------
+        Flag
+            ``OFF_IMAGE | BAD_INPUT | MISSING_BAND``.
+        """
         return cls.OFF_IMAGE | cls.BAD_INPUT | cls.MISSING_BAND
 
 

@@ -290,7 +290,13 @@ class LabelHead:
 
     # ------------------------------------------------------------- persistence
     def to_dict(self):
-        """JSON-serialisable state (for `from_dict`)."""
+        """JSON-serialisable state (for `from_dict`).
+
+        Returns
+        -------
+        dict
+            Classes, regularisation, standardisation and weights of the fitted head.
+        """
         self._check()
         return {"classes": self.classes_.tolist(), "C": self.C_, "mean": self.mean_.tolist(),
                 "scale": self.scale_.tolist(), "coef": self.coef_.tolist(),
@@ -298,7 +304,22 @@ class LabelHead:
 
     @classmethod
     def from_dict(cls, state):
-        """A fitted head from the output of `to_dict`."""
+        """A fitted head from the output of `to_dict`.
+
+        Parameters
+        ----------
+        state : dict
+            What `to_dict` returned (e.g. read back from JSON).
+
+        Returns
+        -------
+        LabelHead
+
+        Raises
+        ------
+        astromorph.exceptions.InvalidArgumentError
+            ``state`` lacks one of the fitted quantities.
+        """
         missing = [k for k in ("classes", "C", "mean", "scale", "coef", "intercept")
                    if k not in state]
         if missing:

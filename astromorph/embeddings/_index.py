@@ -315,6 +315,21 @@ class SimilarityIndex:
             an embedding is farther (default: no limit).
         ra_col, dec_col, coord_col : str, optional
             Position columns (default: as `astromorph.annotate` finds them).
+
+        Returns
+        -------
+        row : int
+            Row number in the indexed table.
+        separation : astropy.units.Quantity
+            Its distance from ``position`` (arcsec).
+
+        Raises
+        ------
+        astromorph.exceptions.InvalidArgumentError
+            No table, or a position that cannot be read.
+        astromorph.exceptions.InputError
+            No row has both a position and an embedding, or the nearest is farther than
+            ``max_separation``.
         """
         import astropy.units as u
         from astropy.coordinates import SkyCoord
@@ -551,6 +566,11 @@ class SimilarityIndex:
             Resolution of the PNG.
         overwrite : bool, optional
             Replace an existing ``path`` (default: raise `OutputExistsError`).
+
+        Returns
+        -------
+        pathlib.Path
+            The PNG written.
         """
         from ._plots import gallery
 

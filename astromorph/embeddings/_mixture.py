@@ -276,6 +276,29 @@ class GaussianMixture:
 
         ``<prefix>_prob`` is the membership probability of the assigned
         cluster. Rows without a usable embedding get masked values.
+
+        Parameters
+        ----------
+        table : astropy.table.Table
+            A table with an embedding column.
+        column : str, optional
+            The embedding column.
+        prefix : str, optional
+            Name of the cluster-id column, and prefix of ``<prefix>_prob`` (existing
+            columns of those names are replaced).
+
+        Returns
+        -------
+        astropy.table.Table
+            A copy of ``table`` (sharing its data) with the two columns and
+            ``meta["<prefix>_n_components"]``.
+
+        Raises
+        ------
+        astromorph.exceptions.InvalidArgumentError
+            The mixture is not fitted yet.
+        astromorph.exceptions.InputError
+            ``table`` has no such column.
         """
         self._check()
         x, valid = table_embeddings(table, column)

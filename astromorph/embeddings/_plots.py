@@ -31,6 +31,20 @@ def display_image(image):
     stamps ``(3, H, W)``, single bands ``(H, W)`` and band stacks ``(B, H, W)``
     (flux images get a per-stamp asinh stretch; three bands are shown as
     R, G, B = last, middle, first).
+
+    Parameters
+    ----------
+    image : array_like
+        The stamp, in one of the layouts above.
+
+    Returns
+    -------
+    numpy.ndarray of float32, (H, W, 3)
+
+    Raises
+    ------
+    astromorph.exceptions.InputError
+        For an array of another number of dimensions.
     """
     arr = np.asarray(image)
     if arr.ndim == 3 and arr.shape[-1] == 3 and arr.shape[0] != 3:
@@ -265,6 +279,12 @@ def plot_map(embeddings, path, *, labels=None, method="auto", max_points=TSNE_MA
         See `embedding_map`.
     max_points : int
         At most this many random rows are drawn.
+    title : str, optional
+        Figure title (default: the method and number of rows).
+    seed : int, optional
+        Seed of the row subset and of the map method.
+    dpi : int, optional
+        Resolution of the PNG.
     overwrite : bool, optional
         Replace an existing ``path`` (default: raise `OutputExistsError`).
 
