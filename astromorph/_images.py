@@ -10,6 +10,7 @@ from astropy.io import fits
 from astropy.wcs import WCS, FITSFixedWarning
 
 from ._cutouts import SkyImage
+from ._warnings import warn
 from .exceptions import InputError, UnusableInputWarning
 
 __all__ = ["parse_sky_images", "band_of_header", "closing_files"]
@@ -115,7 +116,7 @@ def _from_hdul(hdul, name, *, hold=None, spans=None):
     if not images:
         raise InputError("; ".join(errors) or f"{name}: no image HDU")
     for error in errors:
-        warnings.warn(f"skipping an image HDU: {error}", UnusableInputWarning, stacklevel=4)
+        warn(f"skipping an image HDU: {error}", UnusableInputWarning)
     return images
 
 

@@ -2,8 +2,8 @@
 import logging
 import os
 import threading
-import warnings
 
+from ._warnings import warn
 from .exceptions import (InvalidArgumentError, MissingRuntimeError, ModelLoadError,
                          ProviderFallbackWarning)
 
@@ -89,13 +89,13 @@ def resolve_providers(providers=None):
     usable = [p for p in requested if p in available]
     missing = [p for p in requested if p not in available]
     if missing:
-        warnings.warn(
+        warn(
             f"execution provider(s) {', '.join(missing)} requested but not available in this "
             f"ONNX Runtime build (available: {', '.join(available)}); "
             + ("falling back to CPUExecutionProvider" if CPU not in usable else
                f"using {', '.join(usable)}")
             + ". For GPU support install `astromorph[gpu]` (onnxruntime-gpu) with CUDA.",
-            ProviderFallbackWarning, stacklevel=5)
+            ProviderFallbackWarning)
     if CPU not in usable:
         usable.append(CPU)
     return requested, usable
@@ -148,9 +148,8 @@ def get_session(path, *, providers=None, threads=None, sha256=None):
         except Exception as exc:  # noqa: BLE001 - ORT raises plain RuntimeError/Fail
             if usable == [CPU]:
                 raise ModelLoadError(f"ONNX Runtime cannot load {str(path)!r}: {exc}") from exc
-            warnings.warn(
-                f"could not create a session with {', '.join(usable)} ({exc}); "
-                "falling back to CPUExecutionProvider", ProviderFallbackWarning, stacklevel=4)
+            warn(f"could not create a session with {', '.join(usable)} ({exc}); "
+                 "falling back to CPUExecutionProvider", ProviderFallbackWarning)
             try:
                 session = ort.InferenceSession(str(path), sess_options=opts, providers=[CPU])
             except Exception as cpu_exc:  # noqa: BLE001
@@ -160,10 +159,9 @@ def get_session(path, *, providers=None, threads=None, sha256=None):
         got = session.get_providers()
         failed = [p for p in usable if p in GPU_PROVIDERS and p not in got]
         if failed:
-            warnings.warn(
-                f"execution provider(s) {', '.join(failed)} failed to initialise for "
-                f"{os.path.basename(str(path))}; running on {', '.join(got)}",
-                ProviderFallbackWarning, stacklevel=4)
+            warn(f"execution provider(s) {', '.join(failed)} failed to initialise for "
+                 f"{os.path.basename(str(path))}; running on {', '.join(got)}",
+                 ProviderFallbackWarning)
         log.debug("session for %s on %s (requested %s)", path, got, requested or "auto")
         _CACHE[key] = session
         return session

@@ -441,11 +441,13 @@ def test_hdulist_and_multi_extension_files(optical_model, tmp_path):
     with fits.open(path) as hdul:
         hdul[2].header["CTYPE1"], hdul[2].header["CTYPE2"] = "LINEAR", "LINEAR"
         hdul.writeto(tmp_path / "bad_r.fits")
-    with pytest.warns(UnusableInputWarning, match=r"bad_r.fits\[2\]: no celestial WCS"):
+    with pytest.warns(UnusableInputWarning, match=r"bad_r.fits\[2\]: no celestial WCS") as rec:
         # images can be read in two ways (g+i, or one band): the category predict_files
         # uses for its own guesses, so one filter covers both
         with pytest.warns(AmbiguousInputWarning, match="using band"):
             astromorph.annotate(cat, str(tmp_path / "bad_r.fits"), model=optical_model)
+    # attributed to the caller's line, not to astromorph/_images.py
+    assert {w.filename for w in rec if w.category is UnusableInputWarning} == {__file__}
     # a truncated file loses its last extensions: an error, never a silent single band
     (tmp_path / "cut.fits").write_bytes(path.read_bytes()[:path.stat().st_size // 2])
     with pytest.raises(InputError, match="truncated"):

@@ -369,6 +369,26 @@ def test_failing_gpu_session_falls_back(tiny_registry, monkeypatch):
     assert model.providers == ["CPUExecutionProvider"]
 
 
+def test_fallback_warning_points_at_the_callers_line():
+    """Through annotate_stamps/predict_files the provider warning is raised deeper than
+    through load_model; it must still name the caller's line, not astromorph/_model.py
+    (where the default filter would also show it once per session only)."""
+    import warnings
+
+    from astropy.table import Table
+
+    if cuda_available():
+        pytest.skip("a GPU provider is present")
+    astromorph.clear_session_cache()
+    table = Table({"triplet": np.random.default_rng(0).normal(size=(1, 3, 63, 63))})
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        astromorph.annotate_stamps(table, model="real-bogus", providers="cuda", progress=False)
+    astromorph.clear_session_cache()
+    fallback = [w for w in caught if issubclass(w.category, ProviderFallbackWarning)]
+    assert fallback and {w.filename for w in fallback} == {__file__}
+
+
 def test_unknown_provider_name(tiny_registry):
     with pytest.raises(InvalidArgumentError, match="unknown execution provider 'quantum'"):
         astromorph.load_model("tiny", providers="quantum")
