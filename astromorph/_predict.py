@@ -114,8 +114,14 @@ def predict_files(model, inputs, *, batch_size=256, progress=None, write_header=
     if write_header is not None and in_place:
         raise InvalidArgumentError("write_header and in_place exclude each other: write copies "
                                    f"to {str(write_header)!r} or update the inputs, not both")
-    if crop_fraction is not None and not 0 < float(crop_fraction) <= 1:
-        raise InvalidArgumentError(f"crop_fraction must be in (0, 1], got {crop_fraction!r}")
+    if crop_fraction is not None:
+        try:
+            ok = 0 < float(crop_fraction) <= 1
+        except (TypeError, ValueError):
+            ok = False
+        if not ok:
+            raise InvalidArgumentError(f"crop_fraction must be a number in (0, 1], got "
+                                       f"{crop_fraction!r}")
     model = as_model(model, providers=providers, threads=threads, precision=precision)
     paths = expand_inputs(inputs)
     targets = header_targets(paths, write_header, in_place, overwrite)

@@ -695,6 +695,9 @@ def test_directories_and_globs(models, tmp_path):
     (dict(batch_size=0), InvalidArgumentError, "batch_size"),
     (dict(batch_size=2.5), InvalidArgumentError, "2.5"),
     (dict(write_header="out", in_place=True), InvalidArgumentError, "exclude"),
+    (dict(crop_fraction=1.5), InvalidArgumentError, "crop_fraction"),
+    (dict(crop_fraction="abc"), InvalidArgumentError, "crop_fraction"),  # was a ValueError
+    (dict(crop_fraction=[0.5]), InvalidArgumentError, "crop_fraction"),  # was a TypeError
 ])
 def test_misuse_raises_typed_errors(models, tmp_path, monkeypatch, kwargs, error, match):
     monkeypatch.chdir(tmp_path)
