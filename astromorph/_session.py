@@ -46,7 +46,7 @@ def available_providers():
     return list(onnxruntime().get_available_providers())
 
 
-def resolve_providers(providers=None):
+def resolve_providers(providers=None, *, warn_missing=True):
     """Turn a ``providers=`` argument into ``(requested, usable)`` provider lists.
 
     Parameters
@@ -57,6 +57,8 @@ def resolve_providers(providers=None):
         and requests nothing explicitly. Otherwise a name (``"cpu"``,
         ``"cuda"``, ``"tensorrt"`` or a full ONNX Runtime provider name) or a
         comma-separated string or list of them, in order of preference.
+    warn_missing : bool, optional
+        Give a `ProviderFallbackWarning` for requested providers this build lacks.
 
     Returns
     -------
@@ -88,17 +90,20 @@ def resolve_providers(providers=None):
             requested.append(full)
     usable = [p for p in requested if p in available]
     missing = [p for p in requested if p not in available]
-    if missing:
-        warn(
-            f"execution provider(s) {', '.join(missing)} requested but not available in this "
-            f"ONNX Runtime build (available: {', '.join(available)}); "
-            + ("falling back to CPUExecutionProvider" if CPU not in usable else
-               f"using {', '.join(usable)}")
-            + ". For GPU support install `astromorph[gpu]` (onnxruntime-gpu) with CUDA.",
-            ProviderFallbackWarning)
+    if missing and warn_missing:
+        _warn_missing(missing, requested, usable, available)
     if CPU not in usable:
         usable.append(CPU)
     return requested, usable
+
+
+def _warn_missing(missing, requested, usable, available):
+    kept = [p for p in usable if p in requested]
+    warn(f"execution provider(s) {', '.join(missing)} requested but not available in this "
+         f"ONNX Runtime build (available: {', '.join(available)}); "
+         + (f"using {', '.join(kept)}" if kept else "falling back to CPUExecutionProvider")
+         + ". For GPU support install `astromorph[gpu]` (onnxruntime-gpu) with CUDA.",
+         ProviderFallbackWarning)
 
 
 _CACHE = {}
@@ -114,27 +119,36 @@ def clear_session_cache():
 def get_session(path, *, providers=None, threads=None, sha256=None):
     """A (cached) ONNX Runtime session for a model file.
 
-    Sessions are cached on (file, sha256, providers, threads) and reused. A GPU
-    provider that was requested (or offered by ``"auto"``) but fails to
-    initialise gives a `ProviderFallbackWarning` and a session on the
-    providers that did initialise, down to CPU.
+    Sessions are cached on (file, sha256, providers asked for and used, threads) and
+    reused. A
+    requested provider that this ONNX Runtime build lacks, or a GPU provider
+    that was requested (or offered by ``"auto"``) but fails to initialise, gives
+    a `ProviderFallbackWarning` and a session on the providers that did
+    initialise, down to CPU. The warning comes when the session is made, not
+    again when the cached session is reused (e.g. by every Dask partition or
+    every `annotate` call of a process).
 
     Returns
     -------
     session : onnxruntime.InferenceSession
     """
     ort = onnxruntime()
-    requested, usable = resolve_providers(providers)
+    requested, usable = resolve_providers(providers, warn_missing=False)
     if threads is None and os.environ.get(THREADS_ENV):
         try:
             threads = int(os.environ[THREADS_ENV])
         except ValueError:
             raise InvalidArgumentError(f"${THREADS_ENV} must be a whole number of threads, "
                                        f"got {os.environ[THREADS_ENV]!r}") from None
-    key = (str(path), sha256, tuple(usable), threads)
+    # what was asked for is part of the key: a "cuda" request that falls back to the CPU
+    # must not silently reuse the session made for "cpu" (it warns when it is made)
+    key = (str(path), sha256, tuple(requested), tuple(usable), threads)
     with _LOCK:
         if key in _CACHE:
             return _CACHE[key]
+        missing = [p for p in requested if p not in usable]
+        if missing:  # once per session made, not on every reuse of the cached one
+            _warn_missing(missing, requested, usable, available_providers())
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if threads is not None:

@@ -340,6 +340,25 @@ def test_missing_gpu_provider_warns_and_falls_back(tiny_registry, providers):
     assert model.providers == ["CPUExecutionProvider"]
 
 
+def test_missing_provider_warns_once_per_session(tiny_registry):
+    """The fallback warning comes when the session is made, not on every reuse of the cached
+    session (each annotate call, each annotate_dask partition); a "cuda" request never reuses
+    the CPU session made for "cpu" without its warning."""
+    if cuda_available():
+        pytest.skip("a GPU provider is present")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        astromorph.load_model("tiny", providers="cpu")
+        for _ in range(3):
+            model = astromorph.load_model("tiny", providers="cuda")
+        model.predict(_inputs(8), batch_size=2)
+    fallbacks = [w for w in caught if issubclass(w.category, ProviderFallbackWarning)]
+    assert len(fallbacks) == 1
+    assert "CUDAExecutionProvider" in str(fallbacks[0].message)
+    assert "falling back to CPUExecutionProvider" in str(fallbacks[0].message)
+    assert model.providers == ["CPUExecutionProvider"]
+
+
 def test_providers_from_environment(tiny_registry, monkeypatch):
     if cuda_available():
         pytest.skip("a GPU provider is present")
