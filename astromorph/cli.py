@@ -121,6 +121,11 @@ def main(argv=None):
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    # astropy's logger prints the warnings it captures (every AstromorphWarning is an
+    # AstropyUserWarning) with its own handler; passed on to the root handler set up above
+    # as well, each would be printed twice
+    astropy_log = logging.getLogger("astropy")
+    propagate, astropy_log.propagate = astropy_log.propagate, False
     try:
         return args.func(args)
     except AstromorphError as exc:
@@ -129,6 +134,8 @@ def main(argv=None):
     except KeyboardInterrupt:  # outputs are atomic: nothing half-written is left
         print("astromorph: interrupted", file=sys.stderr)
         return 130
+    finally:
+        astropy_log.propagate = propagate
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -477,6 +477,23 @@ def test_package_never_imports_torch():
 
 
 # -------------------------------------------------------------------------- CLI
+def test_cli_prints_each_warning_once():
+    """astropy's logger prints the warnings it captures; the command line's own logging set-up
+    must not print them a second time."""
+    code = ("import sys, warnings\n"
+            "from astromorph import cli\n"
+            "from astromorph.exceptions import UnusableInputWarning\n"
+            "def fake(args):\n"
+            "    warnings.warn('a warning for the test', UnusableInputWarning)\n"
+            "    return 0\n"
+            "cli._cmd_models = fake\n"
+            "sys.exit(cli.main(['models']))\n")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=REPO, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert run.stderr.count("a warning for the test") == 1, run.stderr
+
+
 def test_cli_version(capsys):
     with pytest.raises(SystemExit) as info:
         cli.main(["--version"])
