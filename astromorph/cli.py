@@ -1,7 +1,9 @@
 """The ``astromorph`` command line."""
 import argparse
 import logging
+import signal
 import sys
+import threading
 from pathlib import Path
 
 from ._version import __version__
@@ -109,8 +111,18 @@ def _extra_commands():
     return [_cli_annotate.register, _predict.register, _demo.register, _embeddings_cli.register]
 
 
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread: like Ctrl-C, it unwinds the run, so that the
+    temporary file of an output being written is removed (the default action of SIGTERM ends
+    the process at once and leaves it behind)."""
+
+
+def _on_sigterm(signum, frame):
+    raise _Terminated
+
+
 def main(argv=None):
-    """Run the command line; returns the exit status."""
+    """Run the command line; returns the exit status (143 after SIGTERM, 130 after Ctrl-C)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=[logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)],
@@ -126,16 +138,24 @@ def main(argv=None):
     # as well, each would be printed twice
     astropy_log = logging.getLogger("astropy")
     propagate, astropy_log.propagate = astropy_log.propagate, False
+    sigterm = None
+    if threading.current_thread() is threading.main_thread():
+        sigterm = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         return args.func(args)
     except AstromorphError as exc:
         print(f"astromorph: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:  # outputs are atomic: nothing half-written is left
+    except _Terminated:  # outputs are atomic: nothing half-written is left
+        print("astromorph: terminated (SIGTERM)", file=sys.stderr)
+        return 143
+    except KeyboardInterrupt:
         print("astromorph: interrupted", file=sys.stderr)
         return 130
     finally:
         astropy_log.propagate = propagate
+        if sigterm is not None:
+            signal.signal(signal.SIGTERM, sigterm)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -494,6 +494,28 @@ def test_cli_prints_each_warning_once():
     assert run.stderr.count("a warning for the test") == 1, run.stderr
 
 
+def test_cli_sigterm_leaves_no_partial_output(tmp_path):
+    """SIGTERM while an output is being written: exit status 143, a message, and neither the
+    output nor the temporary folder holding its partial file is left behind."""
+    out = tmp_path / "out.fits"
+    code = ("import os, signal, sys, time\n"
+            "from astromorph import cli\n"
+            "from astromorph._io import atomic_output\n"
+            "def fake(args):\n"
+            f"    with atomic_output({str(out)!r}) as tmp:\n"
+            "        tmp.write_bytes(b'partial' * 100)\n"
+            "        os.kill(os.getpid(), signal.SIGTERM)\n"
+            "        time.sleep(30)\n"
+            "    return 0\n"
+            "cli._cmd_models = fake\n"
+            "sys.exit(cli.main(['models']))\n")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=REPO, timeout=60)
+    assert run.returncode == 143, run.stderr
+    assert "astromorph: terminated" in run.stderr and "Traceback" not in run.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_cli_version(capsys):
     with pytest.raises(SystemExit) as info:
         cli.main(["--version"])
