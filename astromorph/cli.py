@@ -74,12 +74,32 @@ def _cmd_models(args):
     except AstromorphError as exc:
         providers = f"none ({exc})"
     print(f"\n{len(names)} model(s); execution providers available: {providers}")
+    print(f"default providers: {_default_providers()}")
     if args.verify:
         if not names:
             print(f"no model found in {models_dir()}: verification FAILED")
             return 1
         print("every checksum matches" if not bad else f"{bad} model(s) FAILED verification")
     return 1 if bad else 0
+
+
+def _default_providers():
+    """What a model loaded without ``providers=`` would run on, and why (``"auto"`` or
+    ``$ASTROMORPH_PROVIDERS``), in words."""
+    import os
+
+    from ._session import PROVIDERS_ENV, resolve_providers
+
+    setting = os.environ.get(PROVIDERS_ENV)
+    source = f"${PROVIDERS_ENV}={setting}" if setting else "auto"
+    try:
+        requested, usable = resolve_providers(None, warn=False)
+    except AstromorphError as exc:
+        return f"none: {exc}"
+    missing = [p for p in requested if p not in usable]
+    return (f"{', '.join(usable)} ({source}"
+            + (f"; {', '.join(missing)} not available in this ONNX Runtime build" if missing
+               else "") + ")")
 
 
 def build_parser():

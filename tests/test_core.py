@@ -528,6 +528,23 @@ def test_cli_models_table(tiny_registry, capsys):
     out = capsys.readouterr().out
     assert re.search(r"^tiny\s+0\.0\.1\s+classification\s+2x4x4", out, re.M)
     assert "CPUExecutionProvider" in out
+    assert re.search(r"^default providers: .*CPUExecutionProvider \(auto\)$", out, re.M)
+
+
+def test_cli_models_reports_the_providers_setting(tiny_registry, capsys, monkeypatch):
+    """`astromorph models` says what $ASTROMORPH_PROVIDERS gives: a fallback, or why it is
+    unusable, before any model is loaded with it."""
+    if cuda_available():
+        pytest.skip("a GPU provider is present")
+    monkeypatch.setenv("ASTROMORPH_PROVIDERS", "cuda")
+    assert cli.main(["models"]) == 0
+    out = capsys.readouterr().out
+    assert ("default providers: CPUExecutionProvider ($ASTROMORPH_PROVIDERS=cuda; "
+            "CUDAExecutionProvider not available in this ONNX Runtime build)") in out
+    monkeypatch.setenv("ASTROMORPH_PROVIDERS", "quantum")
+    assert cli.main(["models"]) == 0
+    assert "default providers: none: unknown execution provider 'quantum'" in \
+        capsys.readouterr().out
 
 
 def test_cli_verify_ok(tiny_registry, capsys):
