@@ -95,8 +95,13 @@ def annotate_dask(table, images=None, *, model, partition_size=50_000, compute=T
                                    f"{partition_size!r}")
     partition_size = size
     bounds = list(range(0, max(len(table), 1), partition_size))
+    from ._registry import _is_path_like
+
+    model = os.fspath(model)
+    if _is_path_like(model):  # a worker may run in another folder
+        model = os.path.abspath(os.path.expanduser(model))
     parts = [dask.delayed(_annotate_partition)(table[start:start + partition_size], images,
-                                               os.fspath(model), kwargs)
+                                               model, kwargs)
              for start in bounds]
     if not compute:
         return parts

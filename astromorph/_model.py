@@ -7,7 +7,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from ._registry import resolve_model, resolve_single_band_graph, verify_checksum
+from ._registry import _is_path_like, resolve_model, resolve_single_band_graph, verify_checksum
 from ._session import get_session
 from ._progress import progress_bar
 from .exceptions import AmbiguousInputWarning, InputError, InputShapeError, InvalidArgumentError
@@ -150,8 +150,10 @@ class Model:
     """
 
     def __init__(self, name_or_path, *, providers=None, threads=None, precision=None):
-        self._origin = (name_or_path if isinstance(name_or_path, str) else os.fspath(name_or_path),
-                        precision)
+        origin = name_or_path if isinstance(name_or_path, str) else os.fspath(name_or_path)
+        if _is_path_like(origin):  # absolute, so that a worker in another folder loads it too
+            origin = os.path.abspath(os.path.expanduser(origin))
+        self._origin = (origin, precision)
         self.path, self.card = resolve_model(name_or_path, precision=precision)
         self.sha256 = verify_checksum(self.path, self.card)
         self._session_options = {"providers": providers, "threads": threads}

@@ -189,6 +189,16 @@ def test_model_pickles_as_a_reload(tiny_registry):
                                   model.predict(x)["probabilities"])
 
 
+def test_model_by_relative_path_unpickles_in_another_folder(tiny_registry, monkeypatch, tmp_path):
+    """A worker whose working folder differs from the client's still finds the model."""
+    import pickle
+
+    monkeypatch.chdir(tiny_registry)
+    data = pickle.dumps(astromorph.load_model("./tiny"))
+    monkeypatch.chdir(tmp_path)
+    assert pickle.loads(data).sha256 == sha256(tiny_registry / "tiny" / "model.onnx")
+
+
 def test_one_stamp_without_batch_axis(tiny_registry):
     """(C, H, W), as a preprocessing function returns it for one image, is one stamp; the
     (stamps, flags) tuple of preprocess_triplet is refused with a word on what to pass."""
