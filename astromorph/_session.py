@@ -134,7 +134,8 @@ def get_session(path, *, providers=None, threads=None, sha256=None):
     """
     ort = onnxruntime()
     requested, usable = resolve_providers(providers, warn_missing=False)
-    if threads is None and os.environ.get(THREADS_ENV):
+    from_env = threads is None and bool(os.environ.get(THREADS_ENV))
+    if from_env:
         try:
             threads = int(os.environ[THREADS_ENV])
         except ValueError:
@@ -153,8 +154,9 @@ def get_session(path, *, providers=None, threads=None, sha256=None):
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if threads is not None:
             if int(threads) < 0:
-                raise InvalidArgumentError(f"threads must be >= 0 (0 = ONNX Runtime default), "
-                                           f"got {threads}")
+                raise InvalidArgumentError(
+                    f"threads must be >= 0 (0 = ONNX Runtime default), got {threads}"
+                    + (f" (from ${THREADS_ENV})" if from_env else ""))
             opts.intra_op_num_threads = int(threads)
             opts.inter_op_num_threads = 1
         try:

@@ -435,6 +435,9 @@ def test_bad_option_values_are_typed_errors(tiny_registry, monkeypatch, capsys, 
     monkeypatch.setenv("ASTROMORPH_NUM_THREADS", "abc")
     with pytest.raises(InvalidArgumentError, match=r"\$ASTROMORPH_NUM_THREADS .*'abc'"):
         astromorph.load_model("tiny", threads=None)
+    monkeypatch.setenv("ASTROMORPH_NUM_THREADS", "-2")
+    with pytest.raises(InvalidArgumentError, match=r"-2 \(from \$ASTROMORPH_NUM_THREADS\)"):
+        astromorph.load_model("tiny", threads=None)
     monkeypatch.delenv("ASTROMORPH_NUM_THREADS")
     monkeypatch.setenv("ASTROMORPH_PROVIDERS", "quantum")
     with pytest.raises(InvalidArgumentError, match=r"'quantum'.*\$ASTROMORPH_PROVIDERS"):
