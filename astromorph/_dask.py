@@ -81,6 +81,15 @@ def annotate_dask(table, images=None, *, model, partition_size=50_000, compute=T
         return os.fspath(value)
 
     kwargs.pop("progress", None)  # each partition runs without a bar
+    # options every partition would refuse: refused here, before any task is sent
+    from ._session import provider_names
+
+    if kwargs.get("providers") is not None:
+        provider_names(kwargs["providers"])
+    if "batch_size" in kwargs:
+        from ._predict import check_batch_size
+
+        check_batch_size(kwargs["batch_size"])
     images = None if images is None else as_paths(images)
     if not isinstance(model, (str, os.PathLike)):
         raise InputError("annotate_dask takes the model by name or path, so each worker loads it")

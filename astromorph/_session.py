@@ -7,7 +7,7 @@ from ._warnings import warn
 from .exceptions import (InvalidArgumentError, MissingRuntimeError, ModelLoadError,
                          ProviderFallbackWarning)
 
-__all__ = ["onnxruntime", "available_providers", "resolve_providers", "get_session",
+__all__ = ["onnxruntime", "available_providers", "resolve_providers", "provider_names", "get_session",
            "clear_session_cache", "PROVIDER_ALIASES"]
 
 log = logging.getLogger(__name__)
@@ -67,14 +67,29 @@ def resolve_providers(providers=None, *, warn_missing=True):
     usable : list of str
         Providers to hand to ONNX Runtime, always ending with the CPU provider.
     """
+    requested = provider_names(providers)
+    available = available_providers()
+    if not requested:
+        return [], [p for p in AUTO_ORDER if p in available]
+    usable = [p for p in requested if p in available]
+    missing = [p for p in requested if p not in available]
+    if missing and warn_missing:
+        _warn_missing(missing, requested, usable, available)
+    if CPU not in usable:
+        usable.append(CPU)
+    return requested, usable
+
+
+def provider_names(providers=None):
+    """The full provider names a ``providers=`` argument asks for (``[]`` for ``"auto"``),
+    checked without ONNX Runtime; `InvalidArgumentError` for an unknown name."""
     if providers is None:
         providers = os.environ.get(PROVIDERS_ENV, "auto")
     if isinstance(providers, str):
         providers = [p.strip() for p in providers.split(",") if p.strip()]
     providers = list(providers)
-    available = available_providers()
-    if [p.lower() for p in providers] in ([], ["auto"]):
-        return [], [p for p in AUTO_ORDER if p in available]
+    if [p.lower() if isinstance(p, str) else p for p in providers] in ([], ["auto"]):
+        return []
     requested = []
     for p in providers:
         if not isinstance(p, str):
@@ -88,13 +103,7 @@ def resolve_providers(providers=None, *, warn_missing=True):
                    os.environ[PROVIDERS_ENV] else ""))
         if full not in requested:
             requested.append(full)
-    usable = [p for p in requested if p in available]
-    missing = [p for p in requested if p not in available]
-    if missing and warn_missing:
-        _warn_missing(missing, requested, usable, available)
-    if CPU not in usable:
-        usable.append(CPU)
-    return requested, usable
+    return requested
 
 
 def _warn_missing(missing, requested, usable, available):

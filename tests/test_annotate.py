@@ -531,6 +531,11 @@ def test_annotate_dask_equals_annotate(optical_model, tmp_path, scheduler):
         with pytest.raises(InvalidArgumentError, match="partition_size"):
             astromorph.annotate_dask(cat, str(tmp_path / "img.fits"),
                                      model=str(optical_model.path), partition_size=bad)
+    # options every partition would refuse are refused before any task is made
+    for bad, match in ((dict(providers="quantum"), "quantum"), (dict(batch_size=0), "batch_size")):
+        with pytest.raises(InvalidArgumentError, match=match):
+            astromorph.annotate_dask(cat, str(tmp_path / "img.fits"),
+                                     model=str(optical_model.path), compute=False, **bad)
 
 
 def test_annotate_dask_needs_paths(optical_model):
