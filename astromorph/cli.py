@@ -147,9 +147,6 @@ def main(argv=None):
     args = parser.parse_args(argv)
     logging.basicConfig(level=[logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)],
                         format="%(levelname)s %(name)s: %(message)s")
-    # astropy's logger prints warnings (ours are AstropyUserWarnings) with its own handler;
-    # propagating them to the root handler above printed every warning twice
-    logging.getLogger("astropy").propagate = False
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
