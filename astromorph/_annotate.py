@@ -477,11 +477,21 @@ def check_on_conflict(on_conflict):
                                    f"{on_conflict!r}")
 
 
-def _add_columns(table, columns, on_conflict):
-    clashes = [c for c in columns.colnames if c in table.colnames]
+def check_clashes(table, names, on_conflict):
+    """Raise `InputError` naming the columns of ``table`` that new columns ``names`` would
+    overwrite, when ``on_conflict`` is ``"error"`` (callers check before costly work)."""
+    clashes = [c for c in names if c in table.colnames]
     if clashes and on_conflict == "error":
-        raise InputError(f"the catalogue already has column(s) {clashes}; pass "
-                         "on_conflict='suffix' (or 'replace') to annotate anyway")
+        raise InputError(f"the table already has column(s) {clashes}; pass "
+                         "on_conflict='suffix' or 'replace' (--on-conflict on the command "
+                         "line) to add the new ones anyway")
+
+
+def _add_columns(table, columns, on_conflict):
+    """Add the columns of the table ``columns`` to ``table`` (in place) by the policy
+    ``on_conflict`` (see `check_on_conflict`); return {new column name: name used}."""
+    check_clashes(table, columns.colnames, on_conflict)
+    used = {}
     for name in columns.colnames:
         new = name
         if name in table.colnames:
@@ -497,6 +507,8 @@ def _add_columns(table, columns, on_conflict):
             table[new] = col.quantity if hasattr(col, "quantity") else col
         else:
             table[new] = col
+        used[name] = new
+    return used
 
 
 def _provenance(model, images=()):

@@ -452,6 +452,58 @@ def test_plots_leave_the_users_matplotlib_state_alone(tmp_path):
         plt.close("all")
         plt.switch_backend(before)
 
+def _same_table(a, b):
+    """``a`` and ``b`` hold the same columns, values and meta."""
+    assert a.colnames == b.colnames and dict(a.meta) == dict(b.meta)
+    for name in a.colnames:
+        np.testing.assert_array_equal(np.asarray(a[name]), np.asarray(b[name]))
+
+
+def test_embedding_tools_never_overwrite_columns_silently(monkeypatch):
+    """LabelHead.annotate, GaussianMixture.annotate and cluster_table follow annotate's rule:
+    on_conflict='error' (default) refuses, naming the column; 'suffix' adds _2; 'replace'."""
+    x, y = blobs(n_per=30, k=3, d=8, seed=5)
+    names = np.array(["a", "b", "c"])[y]
+    head = LabelHead(C=1.0).fit(x, names)
+    t = Table({"embedding": x, "m_label": names, "cluster": np.full(len(x), 7)},
+              meta={"cluster_n_components": 99})
+    before = t.copy()
+    with pytest.raises(InputError, match="'m_label'"):
+        head.annotate(t, prefix="m")
+    _same_table(t, before)
+    out = head.annotate(t, prefix="m", on_conflict="suffix")
+    assert out["m_label"].tolist() == names.tolist()  # the user's column, kept
+    assert np.mean(np.asarray(out["m_label_2"]) == names) > 0.95 and "m_p_a" in out.colnames
+    out = head.annotate(t, prefix="m", on_conflict="replace")
+    assert "m_label_2" not in out.colnames and isinstance(out["m_label"], MaskedColumn)
+    assert np.mean(np.asarray(out["m_label"]) == names) > 0.95
+    _same_table(t, before)
+    with pytest.raises(InvalidArgumentError, match="on_conflict"):
+        head.annotate(t, prefix="m", on_conflict="overwrite")
+
+    gmm = GaussianMixture(3, n_pca=4).fit(x)
+    with pytest.raises(InputError, match="'cluster'"):
+        gmm.annotate(t)
+    fit = GaussianMixture.fit
+    with monkeypatch.context() as m:  # cluster_table refuses before fitting
+        m.setattr(GaussianMixture, "fit", lambda *a: pytest.fail("fitted before refusing"))
+        with pytest.raises(InputError, match="'cluster'"):
+            cluster_table(t, n_components=3)
+        with pytest.raises(InvalidArgumentError, match="on_conflict"):
+            cluster_table(t, n_components=3, on_conflict="overwrite")
+    assert GaussianMixture.fit is fit
+    _same_table(t, before)
+    out, _ = cluster_table(t, n_components=3, n_pca=4, on_conflict="suffix")
+    assert out["cluster"].tolist() == [7] * len(x) and out.meta["cluster_n_components"] == 99
+    assert {"cluster_2", "cluster_prob"} <= set(out.colnames)
+    assert out.meta["cluster_2_n_components"] == 3
+    assert nmi(np.asarray(out["cluster_2"]), y) > 0.95
+    out = gmm.annotate(t, on_conflict="replace")
+    assert "cluster_2" not in out.colnames and out.meta["cluster_n_components"] == 3
+    assert nmi(np.asarray(out["cluster"]), y) > 0.95
+    _same_table(t, before)
+
+
 # ------------------------------------------------------------------------- command line
 def test_cli_similar_cluster_classify(tmp_path, capsys):
     t = catalogue(120, d=16)
@@ -489,6 +541,27 @@ def test_cli_similar_cluster_classify(tmp_path, capsys):
     assert main(["classify", str(src), "--labels", "label", "-o", str(lab)]) == 0
     classified = Table.read(lab)
     assert np.mean(np.asarray(classified["head_label"]) == np.array(["a", "b", "c"])[y]) > 0.95
+    # new columns that exist already: refused (exit 2, naming them), unless --on-conflict
+    capsys.readouterr()
+    assert main(["classify", str(lab), "--labels", "label", "-o", str(tmp_path / "x.ecsv")]) == 2
+    assert "'head_label'" in capsys.readouterr().err and not (tmp_path / "x.ecsv").exists()
+    assert main(["classify", str(lab), "--labels", "label", "-o", str(tmp_path / "x.ecsv"),
+                 "--on-conflict", "suffix"]) == 0
+    again = Table.read(tmp_path / "x.ecsv")
+    np.testing.assert_array_equal(again["head_label"], classified["head_label"])
+    assert "head_label_2" in again.colnames and "head_p_a_2" in again.colnames
+    assert main(["cluster", str(cl), "-k", "3", "-o", str(tmp_path / "c5.ecsv")]) == 2
+    assert "'cluster'" in capsys.readouterr().err and not (tmp_path / "c5.ecsv").exists()
+    assert main(["cluster", str(cl), "-k", "3", "-o", str(tmp_path / "c5.ecsv"),
+                 "--on-conflict", "suffix", "--map", str(tmp_path / "map5.png"),
+                 "--map-method", "pca"]) == 0
+    assert "3 clusters; members" in capsys.readouterr().err
+    again = Table.read(tmp_path / "c5.ecsv")
+    np.testing.assert_array_equal(again["cluster"], clustered["cluster"])
+    assert nmi(np.asarray(again["cluster_2"]), y) > 0.95
+    assert main(["cluster", str(cl), "-k", "3", "-o", str(tmp_path / "c6.ecsv"),
+                 "--on-conflict", "replace"]) == 0
+    assert "cluster_2" not in Table.read(tmp_path / "c6.ecsv").colnames
 
 
 def test_cli_similar_gallery_from_files(tiny_embedding, tmp_path):

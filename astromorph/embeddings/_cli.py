@@ -74,18 +74,19 @@ def _cmd_similar(args):
 
 
 def _cmd_cluster(args):
-    from ._mixture import cluster_table
+    from ._mixture import _cluster_table
     from ._plots import plot_map
 
     _check_outputs(args, args.output, args.map)
     table = _read(args.table)
     kwargs = {"k_range": range(2, args.k_max + 1)} if args.k is None else {}
-    out, mixture = cluster_table(table, column=args.column, n_components=args.k,
-                                 prefix=args.prefix, n_pca=args.pca, seed=args.seed, **kwargs)
+    out, mixture, name = _cluster_table(table, args.column, args.k, args.prefix,
+                                        args.on_conflict,
+                                        dict(n_pca=args.pca, seed=args.seed, **kwargs))
     if mixture.bic_ and len(mixture.bic_) > 1:
         print("BIC: " + ", ".join(f"k={k}: {v:.0f}" for k, v in mixture.bic_.items()),
               file=sys.stderr)
-    counts = np.bincount(np.ma.filled(out[args.prefix], -1)[~np.ma.getmaskarray(out[args.prefix])],
+    counts = np.bincount(np.ma.filled(out[name], -1)[~np.ma.getmaskarray(out[name])],
                          minlength=mixture.n_components_)
     print(f"{mixture.n_components_} clusters; members: "
           + ", ".join(f"{i}: {c}" for i, c in enumerate(counts)), file=sys.stderr)
@@ -94,7 +95,7 @@ def _cmd_cluster(args):
         from ._common import table_embeddings
 
         x, valid = table_embeddings(out, args.column)
-        labels = np.where(valid, np.ma.filled(out[args.prefix], -1), -1)
+        labels = np.where(valid, np.ma.filled(out[name], -1), -1)
         x = np.where(valid[:, None], x, np.nan)
         plot_map(x, args.map, labels=labels, method=args.map_method,
                  title=f"{args.table}: {mixture.n_components_} Gaussian-mixture clusters",
@@ -104,6 +105,7 @@ def _cmd_cluster(args):
 
 
 def _cmd_classify(args):
+    from .._annotate import check_clashes, check_on_conflict
     from ._common import table_embeddings
     from ._head import LabelHead, _missing_labels
     from ..exceptions import InputError
@@ -118,9 +120,13 @@ def _cmd_classify(args):
     labelled = valid & ~_missing_labels(col)  # masked, empty, None or NaN: unlabelled
     if labelled.sum() < 2:
         raise InputError(f"column {args.labels!r} labels fewer than two rows with embeddings")
+    check_on_conflict(args.on_conflict)
+    check_clashes(table, [f"{args.prefix}_p_{c}" for c in np.unique(values[labelled])]
+                  + [f"{args.prefix}_label"], args.on_conflict)  # before the fit
     head = LabelHead(class_weight="balanced" if args.balanced else None, C=args.C)
     head.fit(x[labelled], values[labelled])
-    out = head.annotate(table, column=args.column, prefix=args.prefix)
+    out = head.annotate(table, column=args.column, prefix=args.prefix,
+                        on_conflict=args.on_conflict)
     print(f"fitted on {int(labelled.sum())} labelled rows, classes {head.classes_.tolist()}, "
           f"C={head.C_:.3g}; applied to {int(valid.sum())} rows", file=sys.stderr)
     _write_or_print(out, args.output, args.overwrite, "rows")
@@ -170,6 +176,8 @@ def register(sub):
     p.add_argument("--pca", type=int, default=16, help="principal components kept (default 16)")
     p.add_argument("--column", default="embedding")
     p.add_argument("--prefix", default="cluster", help="name of the new columns (default cluster)")
+    p.add_argument("--on-conflict", choices=["error", "suffix", "replace"], default="error",
+                   help="when a new column already exists (default: error)")
     p.add_argument("--map", metavar="PNG", help="save a 2-d map coloured by cluster")
     p.add_argument("--map-method", default="auto", choices=["auto", "umap", "tsne", "pca"])
     p.add_argument("--seed", type=int, default=0)
@@ -185,6 +193,8 @@ def register(sub):
                    help="column of labels; empty or masked entries are unlabelled")
     p.add_argument("-o", "--output", metavar="OUT", help="output table (default: print)")
     p.add_argument("--prefix", default="head", help="prefix of the new columns (default head)")
+    p.add_argument("--on-conflict", choices=["error", "suffix", "replace"], default="error",
+                   help="when a new column already exists (default: error)")
     p.add_argument("--balanced", action="store_true", help="weight classes equally")
     p.add_argument("-C", type=float, default=None,
                    help="inverse L2 strength (default: by cross-validation)")

@@ -3,7 +3,7 @@ import numpy as np
 
 from ..exceptions import InputError, InvalidArgumentError
 
-__all__ = ["embedding_matrix", "table_embeddings", "put_column"]
+__all__ = ["embedding_matrix", "table_embeddings", "masked_column", "add_columns"]
 
 
 def embedding_matrix(embeddings, *, allow_masked=False, dtype=np.float64):
@@ -57,8 +57,9 @@ def table_embeddings(table, column="embedding", *, dtype=np.float64):
     return x, valid
 
 
-def put_column(table, name, values, valid, description):
-    """Set a masked column: ``values`` for the rows where ``valid``, masked elsewhere."""
+def masked_column(values, valid, description):
+    """A masked column of ``len(valid)`` rows: ``values`` for the rows where ``valid``,
+    masked elsewhere."""
     from astropy.table import MaskedColumn
 
     values = np.asarray(values)
@@ -67,6 +68,17 @@ def put_column(table, name, values, valid, description):
     if values.dtype.kind == "f":
         full[...] = np.nan
     full[valid] = values
-    if name in table.colnames:
-        table.remove_column(name)
-    table[name] = MaskedColumn(full, mask=~np.asarray(valid), description=description)
+    return MaskedColumn(full, mask=~np.asarray(valid), description=description)
+
+
+def add_columns(table, columns, on_conflict):
+    """A copy of ``table`` (sharing its data) with ``columns`` (a dict name -> column) added
+    by the policy ``on_conflict`` of `astromorph.annotate`; the copy and
+    {new column name: name used}. ``table`` itself is never modified."""
+    from astropy.table import Table
+
+    from .._annotate import _add_columns
+
+    out = table.copy(copy_data=False)
+    used = _add_columns(out, Table(columns), on_conflict)
+    return out, used

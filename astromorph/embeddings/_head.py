@@ -3,7 +3,7 @@ import logging
 
 import numpy as np
 
-from ._common import embedding_matrix, put_column
+from ._common import embedding_matrix, masked_column
 from ..exceptions import InvalidArgumentError
 
 __all__ = ["LabelHead"]
@@ -257,7 +257,7 @@ class LabelHead:
         """
         return self.classes_[np.argmax(self.decision_function(embeddings), axis=1)]
 
-    def annotate(self, table, *, column="embedding", prefix="head"):
+    def annotate(self, table, *, column="embedding", prefix="head", on_conflict="error"):
         """A copy of ``table`` with ``<prefix>_p_<class>`` and ``<prefix>_label`` columns.
 
         Rows whose embedding is masked or not finite get masked outputs.
@@ -265,28 +265,44 @@ class LabelHead:
         Parameters
         ----------
         table : astropy.table.Table
-        column : str
+            A table with an embedding column; it is not modified.
+        column : str, optional
             The embedding column.
-        prefix : str
-            Prefix of the new columns (existing columns of those names are
-            replaced).
+        prefix : str, optional
+            Prefix of the new columns.
+        on_conflict : {"error", "suffix", "replace"}, optional
+            What to do when a new column name already exists in ``table``: raise
+            `~astromorph.exceptions.InputError` (default), add ``_2``, ``_3``... to the new
+            name, or replace the existing column (as in `astromorph.annotate`).
 
         Returns
         -------
         astropy.table.Table
-        """
-        self._check()
-        from ._common import table_embeddings
+            A copy of ``table`` (sharing its data) with the new columns.
 
+        Raises
+        ------
+        astromorph.exceptions.InvalidArgumentError
+            The head is not fitted yet, or ``on_conflict`` is not a known policy.
+        astromorph.exceptions.InputError
+            ``table`` has no such column, or already has a column of a new name
+            (``on_conflict="error"``).
+        """
+        from .._annotate import check_clashes, check_on_conflict
+        from ._common import add_columns, table_embeddings
+
+        self._check()
+        check_on_conflict(on_conflict)
+        names = [f"{prefix}_p_{c}" for c in self.classes_] + [f"{prefix}_label"]
+        check_clashes(table, names, on_conflict)  # before any work
         x, valid = table_embeddings(table, column)
-        out = table.copy(copy_data=False)
         probs = self.predict_proba(x[valid]) if valid.any() else np.zeros((0, len(self.classes_)))
-        for j, c in enumerate(self.classes_):
-            put_column(out, f"{prefix}_p_{c}", probs[:, j].astype(np.float32), valid,
-                       f"LabelHead probability of class {c!r}")
+        columns = {name: masked_column(probs[:, j].astype(np.float32), valid,
+                                       f"LabelHead probability of class {c!r}")
+                   for j, (name, c) in enumerate(zip(names, self.classes_))}
         best = self.classes_[np.argmax(probs, axis=1)] if len(probs) else self.classes_[:0]
-        put_column(out, f"{prefix}_label", best, valid, "LabelHead most probable class")
-        return out
+        columns[names[-1]] = masked_column(best, valid, "LabelHead most probable class")
+        return add_columns(table, columns, on_conflict)[0]
 
     # ------------------------------------------------------------- persistence
     def to_dict(self):

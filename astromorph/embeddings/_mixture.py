@@ -3,7 +3,7 @@ import logging
 
 import numpy as np
 
-from ._common import embedding_matrix, put_column, table_embeddings
+from ._common import add_columns, embedding_matrix, masked_column, table_embeddings
 from ..exceptions import InputError, InvalidArgumentError
 
 __all__ = ["GaussianMixture", "cluster_table"]
@@ -271,7 +271,7 @@ class GaussianMixture:
         ok = np.all(np.isfinite(p), axis=1)
         return np.where(ok, np.argmax(np.nan_to_num(p, nan=-1.0), axis=1), -1)
 
-    def annotate(self, table, *, column="embedding", prefix="cluster"):
+    def annotate(self, table, *, column="embedding", prefix="cluster", on_conflict="error"):
         """A copy of ``table`` with ``<prefix>`` (cluster id) and ``<prefix>_prob`` columns.
 
         ``<prefix>_prob`` is the membership probability of the assigned
@@ -280,37 +280,52 @@ class GaussianMixture:
         Parameters
         ----------
         table : astropy.table.Table
-            A table with an embedding column.
+            A table with an embedding column; it is not modified.
         column : str, optional
             The embedding column.
         prefix : str, optional
-            Name of the cluster-id column, and prefix of ``<prefix>_prob`` (existing
-            columns of those names are replaced).
+            Name of the cluster-id column, and prefix of ``<prefix>_prob``.
+        on_conflict : {"error", "suffix", "replace"}, optional
+            What to do when a new column name already exists in ``table``: raise
+            `~astromorph.exceptions.InputError` (default), add ``_2``, ``_3``... to the new
+            name, or replace the existing column (as in `astromorph.annotate`).
 
         Returns
         -------
         astropy.table.Table
             A copy of ``table`` (sharing its data) with the two columns and
-            ``meta["<prefix>_n_components"]``.
+            ``meta["<name>_n_components"]``, ``<name>`` being the name the cluster-id
+            column got (``<prefix>``, or e.g. ``<prefix>_2`` with ``on_conflict="suffix"``).
 
         Raises
         ------
         astromorph.exceptions.InvalidArgumentError
-            The mixture is not fitted yet.
+            The mixture is not fitted yet, or ``on_conflict`` is not a known policy.
         astromorph.exceptions.InputError
-            ``table`` has no such column.
+            ``table`` has no such column, or already has a column of a new name
+            (``on_conflict="error"``).
         """
+        return self._annotate(table, column, prefix, on_conflict)[0]
+
+    def _annotate(self, table, column, prefix, on_conflict):
+        """`annotate`, and the name the cluster-id column got."""
+        from .._annotate import check_clashes, check_on_conflict
+
         self._check()
+        check_on_conflict(on_conflict)
+        check_clashes(table, [prefix, f"{prefix}_prob"], on_conflict)  # before any work
         x, valid = table_embeddings(table, column)
         p = self.predict_proba(x[valid]) if valid.any() else np.zeros((0, self.n_components_))
-        out = table.copy(copy_data=False)
-        put_column(out, prefix, np.argmax(p, axis=1).astype(np.int16), valid,
-                   f"Gaussian-mixture cluster of the {column!r} vector "
-                   f"({self.n_components_} clusters)")
-        put_column(out, f"{prefix}_prob", p.max(axis=1).astype(np.float32) if len(p) else
-                   np.zeros(0, np.float32), valid, "membership probability of that cluster")
-        out.meta[f"{prefix}_n_components"] = int(self.n_components_)
-        return out
+        columns = {
+            prefix: masked_column(np.argmax(p, axis=1).astype(np.int16), valid,
+                                  f"Gaussian-mixture cluster of the {column!r} vector "
+                                  f"({self.n_components_} clusters)"),
+            f"{prefix}_prob": masked_column(p.max(axis=1).astype(np.float32) if len(p) else
+                                            np.zeros(0, np.float32), valid,
+                                            "membership probability of that cluster")}
+        out, used = add_columns(table, columns, on_conflict)
+        out.meta[f"{used[prefix]}_n_components"] = int(self.n_components_)
+        return out, used[prefix]
 
 
 def _solve_lower(chol, b):
@@ -319,28 +334,54 @@ def _solve_lower(chol, b):
     return solve_triangular(chol, b, lower=True, check_finite=False)
 
 
-def cluster_table(table, *, column="embedding", n_components=None, prefix="cluster", **kwargs):
+def cluster_table(table, *, column="embedding", n_components=None, prefix="cluster",
+                  on_conflict="error", **kwargs):
     """Cluster a table's embedding vectors with a `GaussianMixture`.
 
     Parameters
     ----------
     table : astropy.table.Table
-    column : str
+        A table with an embedding column; it is not modified.
+    column : str, optional
         Embedding column.
     n_components : int, optional
         Number of clusters (default: by BIC).
-    prefix : str
+    prefix : str, optional
         Names of the new columns: ``<prefix>`` and ``<prefix>_prob``.
+    on_conflict : {"error", "suffix", "replace"}, optional
+        What to do when a new column name already exists in ``table``: raise
+        `~astromorph.exceptions.InputError` (default; before the mixture is fitted), add
+        ``_2``, ``_3``... to the new name, or replace the existing column (as in
+        `astromorph.annotate`).
     **kwargs
         Other `GaussianMixture` options.
 
     Returns
     -------
     table : astropy.table.Table
-        A copy with the cluster columns.
+        A copy with the cluster columns (see `GaussianMixture.annotate`).
     mixture : GaussianMixture
         The fitted mixture (``bic_`` holds the BIC of each k tried).
+
+    Raises
+    ------
+    astromorph.exceptions.InputError
+        ``table`` has no such column, or already has a column of a new name
+        (``on_conflict="error"``).
+    astromorph.exceptions.InvalidArgumentError
+        A bad option, or too few usable rows for the clusters asked for.
     """
+    out, mixture, _ = _cluster_table(table, column, n_components, prefix, on_conflict, kwargs)
+    return out, mixture
+
+
+def _cluster_table(table, column, n_components, prefix, on_conflict, kwargs):
+    """`cluster_table`, and the name the cluster-id column got (for the command line)."""
+    from .._annotate import check_clashes, check_on_conflict
+
+    check_on_conflict(on_conflict)
+    check_clashes(table, [prefix, f"{prefix}_prob"], on_conflict)  # before the fit
     x, valid = table_embeddings(table, column)
     mixture = GaussianMixture(n_components, **kwargs).fit(x[valid])
-    return mixture.annotate(table, column=column, prefix=prefix), mixture
+    out, name = mixture._annotate(table, column, prefix, on_conflict)
+    return out, mixture, name
