@@ -211,7 +211,7 @@ def _display_to_network(arr, size, crop_fraction):
 
 
 def _lupton_uint8(red, green=None, blue=None, *, q, stretch, minimum, scales=(1.0, 1.0, 1.0),
-                  chunk=1 << 15):
+                  chunk=1 << 15, planar=False):
     """The Lupton et al. (2004) asinh colour mapping of `~astropy.visualization.make_lupton_rgb`.
 
     Gives, bit for bit, ``make_lupton_rgb(red, green, blue, minimum=minimum,
@@ -234,6 +234,11 @@ def _lupton_uint8(red, green=None, blue=None, *, q, stretch, minimum, scales=(1.
     scales : sequence of 3 floats, optional
         Flux multipliers of the red, green and blue inputs.
 
+    planar : bool, optional
+        Return the three channels as planes, shape ``(3,) + red.shape`` (same values; the
+        interleaved layout costs a strided store per chunk, and network input is colour
+        first anyway).
+
     Returns
     -------
     numpy.ndarray, uint8, shape ``red.shape + (3,)`` (or ``red.shape`` for one band)
@@ -247,7 +252,7 @@ def _lupton_uint8(red, green=None, blue=None, *, q, stretch, minimum, scales=(1.
                                   scale=float(np.asarray(scales, dtype=np.float64).ravel()[0]),
                                   chunk=chunk)
     return _lupton_uint8_float64(red, green, blue, q=q, stretch=stretch, minimum=mins,
-                                 scales=scales, chunk=chunk)
+                                 scales=scales, chunk=chunk, planar=planar)
 
 
 def _lupton_constants(q, stretch):
@@ -309,7 +314,8 @@ def _grey_lupton_uint8(band, *, q, stretch, minimum, scale, chunk):
     return out.reshape(np.shape(band))
 
 
-def _lupton_uint8_float64(red, green, blue, *, q, stretch, minimum, scales, chunk):
+def _lupton_uint8_float64(red, green, blue, *, q, stretch, minimum, scales, chunk,
+                          planar=False):
     """`_lupton_uint8` in float64, the reference (``minimum``: 3 floats)."""
     soften, slope = _lupton_constants(q, stretch)
     grey = green is None and blue is None
@@ -318,7 +324,7 @@ def _lupton_uint8_float64(red, green, blue, *, q, stretch, minimum, scales, chun
     flat = [np.asarray(b).reshape(-1) for b in bands]
     gain = np.asarray(scales, dtype=np.float64)[:len(flat), None]
     n = flat[0].size
-    out = np.empty((n, len(flat)), np.uint8)
+    out = np.empty((len(flat), n), np.uint8)  # planes: contiguous stores
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         for s in range(0, n, chunk):
             m = min(chunk, n - s)
@@ -341,13 +347,16 @@ def _lupton_uint8_float64(red, green, blue, *, q, stretch, minimum, scales, chun
             over = peak > 1.0                                       # scale the brightest channel to 1
             np.divide(c, peak, out=c, where=over)
             c *= 255.0
-            out[s:s + chunk] = c.T                                  # truncating cast, like astype
+            out[:, s:s + chunk] = c                                 # truncating cast, like astype
     shape = np.shape(red)
-    return out.reshape(shape) if grey else out.reshape(shape + (3,))
+    if grey:
+        return out.reshape(shape)
+    out = out.reshape((3,) + shape)
+    return out if planar else np.ascontiguousarray(np.moveaxis(out, 0, -1))
 
 
 def gri_to_rgb(g, r, i, *, q=LUPTON_Q, stretch=LUPTON_STRETCH, minimum=LUPTON_MINIMUM,
-               band_scales=None):
+               band_scales=None, _planar=False):
     """Make an SDSS-like 8-bit colour composite from calibrated g, r, i images.
 
     Gives what `astropy.visualization.make_lupton_rgb` (Lupton et al. 2004)
@@ -383,7 +392,7 @@ def gri_to_rgb(g, r, i, *, q=LUPTON_Q, stretch=LUPTON_STRETCH, minimum=LUPTON_MI
     if bands[0].ndim not in (2, 3):
         raise InputShapeError(f"expected (H, W) or (N, H, W) images, got {bands[0].shape}")
     return _lupton_uint8(*bands, q=q, stretch=stretch, minimum=minimum,
-                         scales=[scales[k] for k in "irg"])
+                         scales=[scales[k] for k in "irg"], planar=_planar)
 
 
 def preprocess_gri(g, r, i, *, size=STAMP_SIZE, crop_fraction=CROP_FRACTION, **lupton):
@@ -403,8 +412,9 @@ def preprocess_gri(g, r, i, *, size=STAMP_SIZE, crop_fraction=CROP_FRACTION, **l
     -------
     numpy.ndarray, float32, shape (3, size, size) or (N, 3, size, size)
     """
-    return preprocess_colour_cutout(gri_to_rgb(g, r, i, **lupton), size=size,
-                                    crop_fraction=crop_fraction)
+    # the colour planes as an (N, H, W, 3) view: no interleaving only to undo it
+    rgb = np.moveaxis(gri_to_rgb(g, r, i, _planar=True, **lupton), 0, -1)
+    return preprocess_colour_cutout(rgb, size=size, crop_fraction=crop_fraction)
 
 
 def _grey_uint8(image, *, q=LUPTON_Q, stretch=LUPTON_STRETCH, minimum=LUPTON_MINIMUM):
