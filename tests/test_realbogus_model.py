@@ -164,6 +164,58 @@ def test_resample_rubin_flux_density_and_nan():
     assert out[0, 0].sum() * 1.0**2 == pytest.approx(1.0 * 0.2**2, rel=1e-6)
 
 
+def test_preprocess_is_the_documented_robust_normalisation():
+    """Each stamp: (x - median) / (1.4826 MAD), then asinh(z / 3), with the exact median
+    (the middle order statistic of the 3969 pixels), as numpy computes it."""
+    raw = raw_triplets(2, nan_rows=()).astype(np.float64)
+    out, _ = preprocess_triplet(raw)
+    for n in range(2):
+        for c in range(3):
+            x = raw[n, c]
+            med = np.median(x)
+            sigma = 1.4826 * np.median(np.abs(x - med))
+            np.testing.assert_allclose(out[n, c], np.arcsinh((x - med) / (3 * sigma)),
+                                       rtol=1e-5, atol=1e-6)
+
+
+def test_resample_even_stamps_are_centred_on_pixel_n_over_2():
+    """Stamps of even size are centred on pixel n // 2 (ZTF/DES convention): a source there
+    lands on the central model pixel, not split between two."""
+    x = np.zeros((1, 3, 64, 64))
+    x[0, :, 32, 32] = 1.0
+    out, cov = resample_triplet(x, 1.0)
+    assert out[0, 0, 31, 31] == pytest.approx(1.0)
+    assert np.nansum(out[0, 0]) == pytest.approx(1.0)
+
+
+def test_resample_output_pixel_needs_half_its_weight_valid():
+    """An output pixel is the mean of the valid input pixels it overlaps, NaN where less
+    than half of its weight is valid (3 x 3 input pixels per output pixel here)."""
+    x = np.full((1, 3, 189, 189), 5.0)
+    block = x[0, 0, 93:96, 93:96]          # the input pixels of output pixel (31, 31)
+    block.flat[:4] = np.nan                # 5 of 9 valid: kept
+    x[0, 1, 93:96, 93:96].flat[:5] = np.nan  # 4 of 9 valid: NaN
+    out, cov = resample_triplet(x, 1 / 3)
+    assert cov[0] == pytest.approx(1.0)
+    assert out[0, 0, 31, 31] == pytest.approx(5.0)
+    assert np.isnan(out[0, 1, 31, 31])
+    assert np.isfinite(out[0, 1, 31, 30]) and np.isfinite(out[0, 2]).all()
+
+
+def test_resample_anisotropic_pixel_scale():
+    """pixel_scale=(scale_y, scale_x): 63 rows of 1" cover the model field, 63 columns of
+    0.5" only its middle half (NaN columns either side, coverage 0.5)."""
+    rng = np.random.default_rng(1)
+    x = rng.normal(0, 1, (1, 3, 63, 63))
+    out, cov = resample_triplet(x, (1.0, 0.5))
+    assert cov[0] == pytest.approx(0.5, abs=0.02)
+    assert np.isnan(out[0, :, :, :10]).all() and np.isnan(out[0, :, :, -10:]).all()
+    assert np.isfinite(out[0, :, :, 20:43]).all()  # every row: y is fully covered
+    # along y the grid is the input's: each output pixel averages two input columns
+    np.testing.assert_allclose(out[0, 0, :, 31], x[0, 0, :, 30:33] @ [0.25, 0.5, 0.25],
+                               rtol=1e-5, atol=1e-6)
+
+
 # ---------------------------------------------------------------- shipped model
 @requires_model
 def test_sha256_matches_card():
