@@ -167,6 +167,35 @@ def test_finer_images_are_block_averaged_before_resampling():
     np.testing.assert_allclose(flat, 2.5)
 
 
+@pytest.mark.parametrize("pixel_scale", [0.9, 1.2])
+def test_resampling_keeps_the_centre_on_both_axes(pixel_scale):
+    """On a non-square image holding its own x (or y) pixel coordinate, the resampled grid
+    reads back exactly the positions n // 2 + (k - 150) * 1.8 / scale along each axis, with
+    and without the block averaging (a linear ramp survives both exactly)."""
+    ny, nx = 620, 680
+    yy, xx = np.mgrid[:ny, :nx].astype(np.float64)
+    step = radio.FIRST_PIXEL_SCALE_ARCSEC / pixel_scale
+    offsets = (np.arange(300) - 150) * step
+    inside = lambda n: (n // 2 + offsets >= 0) & (n // 2 + offsets <= n - 1)  # noqa: E731
+    out_x = radio.resample_to_first_grid(xx, pixel_scale)
+    out_y = radio.resample_to_first_grid(yy, pixel_scale)
+    rows, cols = inside(ny), inside(nx)
+    np.testing.assert_allclose(out_x[np.ix_(rows, cols)],
+                               np.broadcast_to(nx // 2 + offsets[cols], (rows.sum(), cols.sum())),
+                               atol=1e-6)
+    np.testing.assert_allclose(out_y[np.ix_(rows, cols)],
+                               np.broadcast_to((ny // 2 + offsets[rows])[:, None],
+                                               (rows.sum(), cols.sum())), atol=1e-6)
+
+
+def test_pixel_scale_from_wcs_is_the_geometric_mean():
+    w = WCS(naxis=2)
+    w.wcs.ctype = ["RA---SIN", "DEC--SIN"]
+    w.wcs.crval = [150.0, 2.0]
+    w.wcs.cdelt = [-2.0 / 3600, 0.5 / 3600]
+    assert radio.pixel_scale_from_wcs(w) == pytest.approx(1.0, rel=1e-9)
+
+
 def test_annotate_equals_predict_on_small_cutouts(tmp_path):
     """`annotate` (a 300-pixel stamp cut through the WCS, NaN beyond the image) and
     `predict_files` (the file as it is) give the same network input for a FIRST cutout that
