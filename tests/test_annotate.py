@@ -147,6 +147,95 @@ def test_edge_and_off_image_fractions():
     assert res.outside[2] == 1 and np.isnan(res.stamps[2]).all()
 
 
+def test_edges_on_every_side_and_blank_counts_only_pixels_inside():
+    """A stamp over any of the four image edges is part outside (NaN there); ``blank`` is the
+    fraction of the pixels inside the image that are NaN, so a clean edge stamp has none."""
+    img = blobs(100)
+    img[40:60, 40:50] = np.nan
+    w = sky_wcs(100, rot=0)
+    c = w.pixel_to_world([0.0, 99.0, 50.0, 50.0, 45.0, 90.8], [50.0, 50.0, 0.0, 99.0, 50.0, 20.0])
+    res = cut_stamps(SkyImage(img, w), c.ra.deg, c.dec.deg, size=SIZE, pixel_scale=SCALE)
+    # the last stamp column (1.25 image pixels apart) lies 0.7 pixel past the last pixel centre
+    assert res.outside[5] == pytest.approx(1 / SIZE) and np.isnan(res.stamps[5][:, -1]).all()
+    assert ((0.3 < res.outside[:4]) & (res.outside[:4] < 0.7)).all()
+    assert np.isnan(res.stamps[:4]).sum(axis=(1, 2)).tolist() == \
+        np.round(res.outside[:4] * SIZE ** 2).astype(int).tolist()
+    assert (res.blank[:4] == 0).all()
+    assert res.outside[4] == 0
+    assert res.blank[4] == pytest.approx(np.isnan(res.stamps[4]).mean())
+    assert 0 < res.blank[4] < 1
+
+
+def test_block_averaged_stamps_stay_centred():
+    """With block averaging (zoom 10 here) a linear ramp is sampled exactly: the stamp centre
+    reads the ramp at the source position (block centres at f*k + (f-1)/2)."""
+    yy, xx = np.mgrid[:400, :400].astype(np.float32)
+    w = sky_wcs(400, rot=0, scale=0.1)
+    px, py = np.array([200.3, 151.0, 260.5]), np.array([180.7, 222.2, 199.0])
+    c = w.pixel_to_world(px, py)
+    for img, want in ((xx, px), (yy, py)):
+        res = cut_stamps(SkyImage(img, w), c.ra.deg, c.dec.deg, size=17, pixel_scale=1.0)
+        assert res.zoom == pytest.approx(10, rel=1e-3)
+        np.testing.assert_allclose(res.stamps[:, 8, 8], want, atol=0.02)
+
+
+def test_block_averaging_ignores_nan_and_starts_at_two_pixels():
+    rng = np.random.default_rng(0)
+    img = (10 + rng.normal(size=(400, 400))).astype(np.float32)
+    w = sky_wcs(400, rot=0, scale=0.1)
+    c = w.pixel_to_world([200.0], [200.0])
+    # one NaN pixel under a 10 x 10 block: the block is the mean of the other 99
+    img[203, 198] = np.nan
+    res = cut_stamps(SkyImage(img, w), c.ra.deg, c.dec.deg, size=16, pixel_scale=1.0)
+    assert np.isfinite(res.stamps).all() and res.blank[0] == 0
+    # stamp pixels covering fewer than 2 image pixels (zoom 1.6): plain bilinear sampling
+    img[203, 198] = 10.0
+    a = cut_stamps(SkyImage(img, w), c.ra.deg, c.dec.deg, size=16, pixel_scale=0.16)
+    b = cut_stamps(SkyImage(img, w), c.ra.deg, c.dec.deg, size=16, pixel_scale=0.16,
+                   antialias=False)
+    assert a.zoom[0] == pytest.approx(1.6, rel=1e-3)
+    np.testing.assert_array_equal(a.stamps, b.stamps)
+
+
+def test_chunks_with_mixed_block_factors():
+    """Sources of one chunk sampled at different pyramid levels land in their own rows, in
+    every chunk."""
+    img, w = blobs(300, count=80), sky_wcs(300, scale=0.1)
+    rng = np.random.default_rng(5)
+    c = w.pixel_to_world(*rng.uniform(80, 220, (2, 11)))
+    scale = np.where(np.arange(11) % 3 == 0, 0.6, 0.12)  # zoom 6 and 1.2
+    one = cut_stamps(SkyImage(img, w), c.ra.deg, c.dec.deg, size=SIZE, pixel_scale=scale)
+    for k in range(11):
+        alone = cut_stamps(SkyImage(img, w), c.ra.deg[k:k + 1], c.dec.deg[k:k + 1], size=SIZE,
+                           pixel_scale=scale[k])
+        np.testing.assert_array_equal(one.stamps[k], alone.stamps[0])
+    parts = cut_stamps(SkyImage(img, w), c.ra.deg, c.dec.deg, size=SIZE, pixel_scale=scale,
+                       chunk=4)
+    np.testing.assert_array_equal(parts.stamps, one.stamps)
+
+
+def test_page_by_page_sampling_of_a_non_square_scaled_image(tmp_path, monkeypatch):
+    """Scaled integer data read page by page (`SkyImage.take`) give the stamps of the same
+    image in memory, on a non-square image (rows are nx pixels apart)."""
+    from astromorph import _cutouts
+
+    img, w = blobs(), sky_wcs()
+    img, w = img[:130], w[:130, :]
+    path = tmp_path / "image.fits"
+    hdu = fits.PrimaryHDU(img.astype(np.float64), header=w.to_header())
+    hdu.scale("int16", bscale=1e-3, bzero=10.0)
+    hdu.writeto(path)
+    monkeypatch.setattr(_cutouts, "RESIDENT_MAX_BYTES", 0)
+    [im] = parse_sky_images(str(path))
+    assert im.shape == (130, 200) and not im.plain
+    c = w.pixel_to_world(*np.random.default_rng(2).uniform(10, 120, (2, 20)))
+    got = cut_stamps(im, c.ra.deg, c.dec.deg, size=SIZE, pixel_scale=SCALE)
+    assert im._resident is None
+    ref = cut_stamps(SkyImage(fits.getdata(path).astype(np.float32), w), c.ra.deg, c.dec.deg,
+                     size=SIZE, pixel_scale=SCALE)
+    np.testing.assert_allclose(got.stamps, ref.stamps, rtol=1e-6, atol=1e-5, equal_nan=True)
+
+
 # ------------------------------------------------------------------ annotate
 def test_annotate_columns_flags_and_meta(optical_model):
     n = 200
