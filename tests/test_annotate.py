@@ -421,6 +421,54 @@ def test_text_columns_from_csv(optical_model, tmp_path):
     assert sized["morph_flags"][3] == Flag.BAD_INPUT and sized["morph_label"].mask[3]
 
 
+def test_size_column_scales_stamps_by_the_card_factor(optical_model, tmp_path):
+    """size_col: the stamp side is the card's stamp_size_per_petro_r90 times the radius
+    (arcsec when the column has no unit, else converted): the same as stamp_size= that side."""
+    import shutil
+
+    d = tmp_path / "petro"
+    d.mkdir()
+    shutil.copy(optical_model.path, d / "model.onnx")
+    card = json.loads(json.dumps(optical_model.card))
+    card["input"]["angular_size"] = {"kind": "petrosian", "stamp_size_per_petro_r90": 3.0}
+    (d / "card.json").write_text(json.dumps(card))
+    model = astromorph.load_model(d)
+    img, w = blobs(), sky_wcs()
+    cat = catalogue(w, [(100, 100), (70, 120)])
+    cat["r90"] = [2.0, 2.0]                             # arcsec
+    cat["r90_arcmin"] = [2.0 / 60, 2.0 / 60] * u.arcmin
+    cols = [f"opt_p_{k}" for k in "abc"]
+    fixed = astromorph.annotate(cat, (img, w), model=model, stamp_size=6.0 * u.arcsec)
+    other = astromorph.annotate(cat, (img, w), model=model, stamp_size=8.0 * u.arcsec)
+    assert max(abs(fixed[c][0] - other[c][0]) for c in cols) > 1e-3  # the side matters
+    for size_col in ("r90", "r90_arcmin"):
+        sized = astromorph.annotate(cat, (img, w), model=model, size_col=size_col)
+        for c in cols:
+            np.testing.assert_allclose(sized[c], fixed[c], rtol=1e-5)
+
+
+def test_extrapolated_and_small_edge_overhang_are_flagged(optical_model):
+    """EXTRAPOLATED where a stamp pixel covers less than half an image pixel (zoom < 0.5);
+    EDGE for a stamp with a single column off the image."""
+    img, w = blobs(), sky_wcs(rot=0)
+    cat = catalogue(w, [(100, 100), (8.5, 100)])
+    coarse = astromorph.annotate(cat, (img, w), model=optical_model)  # 0.5" on 0.4" pixels
+    assert coarse["opt_flags"][0] == 0
+    assert coarse["opt_flags"][1] & Flag.EDGE                         # 1 of 16 columns off
+    fine = astromorph.annotate(cat, (img, w), model=optical_model, stamp_size=2 * u.arcsec)
+    assert fine["opt_flags"][0] == Flag.EXTRAPOLATED                  # 0.125" on 0.4" pixels
+    assert not fine["opt_p_a"].mask[0]
+
+
+def test_declination_beyond_the_pole_is_a_flagged_row(optical_model):
+    img, w = blobs(), sky_wcs()
+    cat = catalogue(w, [(100, 100), (80, 90)])
+    cat["dec"][1] = 95.0
+    out = astromorph.annotate(cat, (img, w), model=optical_model)
+    assert out["opt_flags"][1] == Flag.BAD_INPUT and out["opt_p_a"].mask[1]
+    assert out["opt_flags"][0] == 0 and not out["opt_p_a"].mask[0]
+
+
 def test_nan_positions_are_flagged_not_fatal(optical_model):
     img, w = blobs(), sky_wcs()
     cat = catalogue(w, [(100, 100), (80, 90)])
