@@ -1,5 +1,6 @@
 """Inference core: registry, checksums, sessions, providers, predict, CLI."""
 import json
+import os
 import re
 import subprocess
 import sys
@@ -63,6 +64,31 @@ def test_tampered_file_refused(tiny_registry):
         astromorph.load_model("tiny")
     assert info.value.actual != info.value.expected
     assert cli.main(["models", "--verify"]) == 1
+
+
+def test_file_changed_after_a_first_load_is_refused(tiny_registry):
+    """The sha256 is cached per file version: a model file replaced after a first load in the
+    same process is hashed again, and refused."""
+    astromorph.load_model("tiny")
+    path = tiny_registry / "tiny" / "model.onnx"
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 1  # same size
+    path.write_bytes(bytes(data))
+    os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 10**9))
+    with pytest.raises(ChecksumMismatchError):
+        astromorph.load_model("tiny")
+
+
+def test_flag_bits_and_names():
+    """The bit values are a file format (they are written to catalogues and documented)."""
+    from astromorph import Flag, describe_flags
+
+    assert {f.name: int(f) for f in Flag} == {
+        "OFF_IMAGE": 1, "EDGE": 2, "BLANK": 4, "NO_WCS": 8, "EXTRAPOLATED": 16,
+        "BAD_INPUT": 32, "CONSTANT": 64, "MISSING_BAND": 128}
+    assert describe_flags(0) == ""
+    assert describe_flags(Flag.EDGE | Flag.BLANK) == "EDGE|BLANK"
+    assert describe_flags(2 | 1024) == "EDGE|0x400"  # a bit from a newer astromorph
 
 
 @pytest.mark.parametrize("name", ["..", "../tiny", "tiny/../../etc", "Tiny", "a b", "", "x" * 80])
@@ -154,6 +180,9 @@ def test_predict_non_finite_rows_are_named(tiny_registry, bad):
     assert "network-ready" in str(info.value)
     with pytest.raises(InputError, match=r"row\(s\) 2;"):
         model.predict(x, batch_size=3)  # stops at the first batch holding one
+    x[2] = 0.0
+    with pytest.raises(InputError, match=r"row\(s\) 5;"):
+        model.predict(x, batch_size=3)  # numbered in the whole input, not in its batch
     x[[2, 5]] = 0.0
     assert np.isfinite(model.predict(x)["probabilities"]).all()
 
@@ -254,7 +283,7 @@ def test_one_channel_model_accepts_nhw(tmp_path):
     assert out["probabilities"].shape == (3, 2)
 
 
-@pytest.mark.parametrize("batch_size", [1, 3, 7, 256])
+@pytest.mark.parametrize("batch_size", [1, 3, 7, 8, 16, 256])
 def test_batching_gives_same_result(tiny_registry, batch_size):
     model = astromorph.load_model("tiny")
     x = _inputs(17)
