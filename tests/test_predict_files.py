@@ -563,8 +563,10 @@ def test_ztf_difference_orientation(tmp_path):
     write_avro(tmp_path / "a.avro", [
         ztf_alert(1, t, isdiffpos="t"),
         ztf_alert(2, t, isdiffpos="f"),  # file *_refmsci: stored positive already
-        ztf_alert(3, t_f, isdiffpos="f", diffname="candid3_pid3_scimref.fits.gz")])
+        ztf_alert(3, t_f, isdiffpos="f", diffname="candid3_pid3_scimref.fits.gz"),
+        ztf_alert(4, t_f, isdiffpos="t", diffname="candid4_pid4_refmsci.fits.gz")])
     stamps = read_file(tmp_path / "a.avro")
+    assert len(stamps) == 4
     for s in stamps:
         np.testing.assert_allclose(s.data, t)
         assert s.data[2, 31, 31] > 0
@@ -580,6 +582,56 @@ def test_ztf_edge_cutouts_are_padded(models, tmp_path):
     np.testing.assert_allclose(stamp.data[:, :, 10:], t)
     table = astromorph.predict_files("real-bogus", tmp_path / "edge.avro")
     assert table["rb_flags"][0] == Flag.EDGE | Flag.BLANK and "CCD edge" in table["reason"][0]
+
+
+@pytest.mark.parametrize("edge", ["left", "right", "bottom", "top"])
+def test_ztf_edge_cutouts_are_padded_on_the_missing_side(tmp_path, edge):
+    """The NaN padding goes on the side of the CCD edge the candidate is near (1-based
+    xpos/ypos), so that the candidate stays on the central pixel."""
+    pytest.importorskip("fastavro")
+    t = triplet()
+    keep = {"left": np.s_[:, :, 10:], "right": np.s_[:, :, :53],
+            "bottom": np.s_[:, 10:, :], "top": np.s_[:, :53, :]}[edge]
+    pos = {"left": {"xpos": 20.0}, "right": {"xpos": 3060.0},
+           "bottom": {"ypos": 20.0}, "top": {"ypos": 3070.0}}[edge]
+    write_avro(tmp_path / "edge.avro", [ztf_alert(9, np.ascontiguousarray(t[keep]), **pos)])
+    (stamp,) = read_file(tmp_path / "edge.avro")
+    assert stamp.data.shape == (3, 63, 63) and stamp.flags == Flag.EDGE
+    np.testing.assert_allclose(stamp.data[keep], t[keep])
+    assert np.isnan(stamp.data).sum() == 3 * 63 * 10
+
+
+def _multi_block_avro(path, records):
+    """An Avro file with one block per record (ZTF_SCHEMA)."""
+    import fastavro
+
+    from synthetic_alerts import ZTF_SCHEMA
+
+    with open(path, "wb") as f:
+        fastavro.writer(f, fastavro.parse_schema(ZTF_SCHEMA), records, sync_interval=1)
+    return path.read_bytes()
+
+
+def test_avro_good_records_before_a_bad_block_are_kept(tmp_path):
+    pytest.importorskip("fastavro")
+    data = _multi_block_avro(tmp_path / "a.avro", [ztf_alert(100 + i) for i in range(3)])
+    (tmp_path / "a.avro").write_bytes(data[:len(data) - 3000])  # the third block truncated
+    stamps = read_file(tmp_path / "a.avro")
+    assert [s.source for s in stamps[:2]] == ["100", "101"] and len(stamps) == 3
+    assert stamps[0].flags == 0 and stamps[1].flags == 0
+    assert stamps[2].flags == Flag.BAD_INPUT and "after 2 good record(s)" in stamps[2].reason[0]
+
+
+def test_avro_sync_marker_mismatch_is_corruption(tmp_path):
+    pytest.importorskip("fastavro")
+    data = bytearray(_multi_block_avro(tmp_path / "a.avro", [ztf_alert(100 + i) for i in range(3)]))
+    sync = bytes(data[-16:])                       # every block ends with the header's marker
+    first = data.find(sync, data.find(sync) + 16)  # the marker after the first block
+    data[first] ^= 0xFF
+    (tmp_path / "a.avro").write_bytes(bytes(data))
+    stamps = read_file(tmp_path / "a.avro")
+    assert len(stamps) == 1 and stamps[0].flags == Flag.BAD_INPUT
+    assert "sync marker" in stamps[0].reason[0]
 
 
 def test_rubin_packets(models, tmp_path):
@@ -864,6 +916,18 @@ def test_gzipped_output_records_its_own_name(tmp_path):
     assert name == "cat.fits"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cat.fits.gz"]
     assert list(Table.read(out)["a"]) == [1, 2]
+
+
+def test_replacing_a_file_never_writes_into_the_old_one(tmp_path):
+    """The new file is moved over the old one (os.replace): a reader that has the old file
+    open keeps reading all of its old content."""
+    out = tmp_path / "t.ecsv"
+    write_table(Table({"a": [1, 2, 3]}), out)
+    old = out.read_bytes()
+    with open(out, "rb") as f:
+        write_table(Table({"b": [4.0]}), out, overwrite=True)
+        assert f.read() == old
+    assert Table.read(out).colnames == ["b"]
 
 
 def test_multi_stamp_file_header_keywords(models, tmp_path):
