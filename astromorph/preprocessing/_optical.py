@@ -189,24 +189,17 @@ def _display_to_network(arr, size, crop_fraction):
     # Only the pixels inside the window matter: slice them before the products.
     r0, r1 = np.flatnonzero(rows.any(0))[[0, -1]]
     c0, c1 = np.flatnonzero(cols.any(0))[[0, -1]]
+    window = arr[:, r0:r1 + 1, c0:c1 + 1, :].astype(np.float32)
     rows = (rows[:, r0:r1 + 1] * scale).astype(np.float32)
     cols = cols[:, c0:c1 + 1].astype(np.float32)
-    # out[n, c] = rows @ window[n, :, :, c] @ cols.T as two matrix products over the whole
-    # batch, each a single BLAS call whose rows are (stamp, channel, row) triples: columns
-    # first, then rows. A batched matmul instead makes one BLAS call per stamp and channel;
-    # each call wakes OpenBLAS's threads, and with a reader thread and ONNX Runtime sharing
-    # the cores that ran several times slower. Only the number of rows of the two products
-    # changes with the batch (columns and inner length stay the same), and each output row is
-    # computed from its own input row: a stamp gives the same values alone or in any batch,
-    # one band the values of the same picture in three channels (tested), and the result
-    # differs from the per-stamp products by float32 rounding (1 or 2 units in the last place).
-    n, nc, h, w = len(arr), arr.shape[3], r1 + 1 - r0, c1 + 1 - c0
-    window = np.empty((n, nc, h, w), np.float32)
-    window[...] = arr[:, r0:r1 + 1, c0:c1 + 1, :].transpose(0, 3, 1, 2)
-    across = np.matmul(window.reshape(-1, w), cols.T).reshape(n, nc, h, size)
-    across = np.ascontiguousarray(across.transpose(0, 1, 3, 2))  # (n, nc, column, row)
-    out = np.matmul(across.reshape(-1, h), rows.T).reshape(n, nc, size, size)
-    out = np.ascontiguousarray(out.transpose(0, 1, 3, 2), dtype=np.float32)
+    # two batched matrix products (BLAS): out[n, c] = rows @ window[n, :, :, c] @ cols.T.
+    # Keep this order of operations: the shipped models were trained on its float32 values,
+    # and a rerun of `train` rebuilds their files bit for bit (docs/training.md). Two
+    # whole-batch products (one BLAS call instead of one per stamp and channel) ran up to
+    # 2x faster beside busy threads but change the last bit of some values, and with them
+    # every retrained weight.
+    out = np.matmul(np.matmul(rows, np.moveaxis(window, 3, 1)), cols.T)
+    out = np.ascontiguousarray(out, dtype=np.float32)
     return out[0] if single else out
 
 
