@@ -258,3 +258,30 @@ def test_card_train_command_repeats_the_run():
     assert train_command("morphology", run, TRAIN_COMMAND_KEYS) == (
         "python -m astromorph_training morphology train --seed 3 --widths 32 48 80 160 "
         "--stem conv-pool --lr 0.001")
+
+
+def test_checkpoints_are_saved_atomically(tmp_path):
+    """A save interrupted part-way (a killed run) leaves the previous checkpoint loadable
+    and no temporary file; no training module writes a checkpoint with a bare torch.save
+    (which truncates the file before writing it)."""
+    import re
+
+    import torch
+
+    from astromorph_training import _common
+
+    path = tmp_path / "last.pt"
+    _common.save_checkpoint({"epoch": 3}, path)
+
+    class Interrupted:
+        def __reduce__(self):
+            raise KeyboardInterrupt("killed during the save")
+
+    with pytest.raises(KeyboardInterrupt):
+        _common.save_checkpoint({"epoch": 4, "x": Interrupted()}, path)
+    assert torch.load(path, weights_only=False) == {"epoch": 3}
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
+    package = REPO / "training" / "astromorph_training"
+    for module in package.glob("*.py"):
+        if module.name != "_common.py":
+            assert not re.search(r"torch\.save\(", module.read_text()), module.name

@@ -19,7 +19,7 @@ __all__ = [
     "report_dir", "model_dir", "fit_temperature", "softmax",
     "expected_calibration_error", "ece_noise_floor", "classification_report", "plot_confusion_matrix",
     "plot_reliability", "export_onnx", "write_card", "write_metrics", "check_parity",
-    "sha256sum", "onnx_throughput",
+    "sha256sum", "onnx_throughput", "save_checkpoint",
 ]
 
 log = logging.getLogger(__name__)
@@ -99,6 +99,30 @@ def report_dir(name, root=None):
 def model_dir(name, root=None):
     """``models/<name>/`` for ``model.onnx`` and ``card.json``."""
     return _subdir("models", name, root=root)
+
+
+def save_checkpoint(obj, path):
+    """``torch.save(obj, path)`` atomically: written beside ``path`` and renamed over it.
+
+    A run killed (or out of disk) during the save leaves the previous ``path`` intact,
+    never a truncated file that the next run cannot resume from. Returns ``path``.
+    """
+    import torch
+
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        torch.save(obj, tmp)
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
 
 
 def check_resume(checkpoint, stored_args, args, keys):

@@ -709,9 +709,7 @@ def run_ssl(method, pool, *, epochs, batch_size, lr, seed, ckpt=None, restart=Fa
             state = dict(epoch=epoch, epochs=epochs, method=method.name,
                          model=method.state_dict(), optimizer=opt.state_dict(), history=history,
                          batch_size=batch_size, lr=lr, seed=seed, n_train=int(len(pool)))
-            tmp = ckpt.with_suffix(".tmp.pt")
-            torch.save(state, tmp)
-            os.replace(tmp, ckpt)
+            _common.save_checkpoint(state, ckpt)
     return history
 
 
@@ -799,8 +797,7 @@ def train(args):
     state["data"] = info
     state["threads"] = _get(args, "threads", 1)
     state["field_per_petro_r90"] = FIELD_PER_PETRO_R90
-    torch.save(state, ckdir / "last.tmp.pt")
-    os.replace(ckdir / "last.tmp.pt", ckdir / "last.pt")
+    _common.save_checkpoint(state, ckdir / "last.pt")
     (ckdir / "history.json").write_text(json.dumps(history, indent=1) + "\n")
     return ckdir
 

@@ -581,13 +581,10 @@ def _fit(args, ckdir, data, tr, *, epochs, pseudo=None, start=None, lr=None):
                      n_pseudo=0 if pseudo is None else int(len(pseudo["y"])),
                      dropout=_get(args, "dropout", 0.2), widths=list(widths), stem=stem,
                      args={k: str(v) for k, v in vars(args).items()})
-        tmp = ckdir / "last.tmp.pt"
-        torch.save(state, tmp)
-        os.replace(tmp, last)
+        _common.save_checkpoint(state, last)
         if val_rmse < best:
             best = val_rmse
-            torch.save(state, tmp)
-            os.replace(tmp, ckdir / "best.pt")
+            _common.save_checkpoint(state, ckdir / "best.pt")
     (ckdir / "history.json").write_text(json.dumps(history, indent=1) + "\n")
     return best
 

@@ -702,9 +702,7 @@ def train(args):
                      label_smoothing=smoothing, synthetic_mergers=p_synthetic,
                      threads=torch.get_num_threads(), crop_fraction=CROP_FRACTION,
                      stamp_size=size, args={k: str(v) for k, v in vars(args).items()})
-        tmp = ckdir / "last.tmp.pt"
-        torch.save(state, tmp)
-        os.replace(tmp, last)
+        _common.save_checkpoint(state, last)
     (ckdir / "history.json").write_text(json.dumps(history, indent=1) + "\n")
     return ckdir
 

@@ -31,7 +31,6 @@ import copy
 import importlib.util
 import json
 import logging
-import os
 import tempfile
 import time
 import zipfile
@@ -640,15 +639,15 @@ def _fit(train_x, train_y, valid_x, valid_y, ckpt_dir, *, epochs, seed, batch_si
         best = state["best"]
         if best is None or (acc, -vloss) > (best["valid_acc"], -best["valid_nll"]):
             state["best"] = rec
-            torch.save({"net": ema.state_dict(), "record": rec, "arch": net.arch}, best_path)
+            _common.save_checkpoint({"net": ema.state_dict(), "record": rec, "arch": net.arch},
+                                    best_path)
         LOG.info("%sepoch %d/%d loss %.4f valid acc %.3f nll %.3f (best %d: %.3f) %.1fs", label,
                  rec["epoch"], epochs, rec["train_loss"], acc, vloss, state["best"]["epoch"],
                  state["best"]["valid_acc"], rec["seconds"])
-        torch.save({"net": net.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
-                    "sched": sched.state_dict(), "gen": gen.get_state(),
-                    "torch_rng": torch.get_rng_state(), "state": state, "epochs": epochs,
-                    "recipe": recipe}, ckpt_dir / "last.tmp")
-        os.replace(ckpt_dir / "last.tmp", last)
+        _common.save_checkpoint({"net": net.state_dict(), "ema": ema.state_dict(),
+                                 "opt": opt.state_dict(), "sched": sched.state_dict(),
+                                 "gen": gen.get_state(), "torch_rng": torch.get_rng_state(),
+                                 "state": state, "epochs": epochs, "recipe": recipe}, last)
     (ckpt_dir / "history.json").write_text(json.dumps(state, indent=1))
     return state
 
@@ -794,9 +793,10 @@ def average(args):
                   "member_valid_acc": [ck["record"]["valid_acc"] for ck in cks]}
         out = dirs["ckpt"] / sub
         out.mkdir(parents=True, exist_ok=True)
-        torch.save({"ensemble": [{"net": ck["net"], "arch": ck.get("arch")} for ck in cks],
-                    "record": record, "sources": [str(folder) for folder in sources]},
-                   out / "best.pt")
+        _common.save_checkpoint({"ensemble": [{"net": ck["net"], "arch": ck.get("arch")}
+                                              for ck in cks],
+                                 "record": record, "sources": [str(folder) for folder in sources]},
+                                out / "best.pt")
         LOG.info("%s: %d networks, validation accuracy %.4f (members %s)", sub or "main split",
                  len(cks), record["valid_acc"],
                  ", ".join(f"{a:.4f}" for a in record["member_valid_acc"]))

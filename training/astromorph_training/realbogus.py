@@ -379,7 +379,7 @@ def average(args):
         ck = {"model": net.state_dict(), "epoch": max(epochs)}
         how = "weights (batch norm recomputed on %d training simulations)" % n_bn
     dirs["ckpt"].mkdir(parents=True, exist_ok=True)
-    torch.save(ck, dirs["ckpt"] / "best.pt")
+    common.save_checkpoint(ck, dirs["ckpt"] / "best.pt")
     (dirs["ckpt"] / "history.json").write_text(json.dumps(history, indent=1))
     log.info("averaged %s of epochs %s from %s", how, epochs, [str(s) for s in sources])
     run = {k: recorded[k] for k in _RUN_RECORDS if k in recorded}
@@ -583,9 +583,11 @@ def _train_worker(rank, args, world, port, data=None):
         log.info("epoch %d: %s", epoch, json.dumps(rec))
         if vloss < best["val_loss"]:
             best = {"val_loss": vloss, "epoch": epoch}
-            torch.save({"model": net.state_dict(), "epoch": epoch}, dirs["ckpt"] / "best.pt")
-        torch.save({"model": net.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
-                    "epoch": epoch, "best": best, "history": history}, last)
+            common.save_checkpoint({"model": net.state_dict(), "epoch": epoch},
+                                   dirs["ckpt"] / "best.pt")
+        common.save_checkpoint({"model": net.state_dict(), "opt": opt.state_dict(),
+                                "sched": sched.state_dict(), "epoch": epoch, "best": best,
+                                "history": history}, last)
         if world > 1:
             torch.distributed.barrier()
     if rank == 0:
