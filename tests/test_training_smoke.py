@@ -285,3 +285,18 @@ def test_checkpoints_are_saved_atomically(tmp_path):
     for module in package.glob("*.py"):
         if module.name != "_common.py":
             assert not re.search(r"torch\.save\(", module.read_text()), module.name
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_counts_must_be_positive(model, capsys):
+    """``--epochs 0`` used to fall back to the default (a full run), ``--threads -1`` to fail
+    inside torch with a traceback: both are refused by the parser, in one line."""
+    from astromorph_training.__main__ import build_parser
+
+    parser = build_parser(model)
+    assert parser.parse_args([model, "train", "--epochs", "3", "--threads", "2"]).epochs == 3
+    for bad in (["--epochs", "0"], ["--epochs", "-2"], ["--threads", "-1"], ["--threads", "0"]):
+        with pytest.raises(SystemExit) as exc:
+            parser.parse_args([model, "train", *bad])
+        assert exc.value.code == 2
+        assert f"argument {bad[0]}: must be at least 1" in capsys.readouterr().err

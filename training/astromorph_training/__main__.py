@@ -12,7 +12,7 @@ import logging
 import sys
 import time
 
-from ._common import repo_root, resolve_data_dir
+from ._common import positive_int, repo_root, resolve_data_dir
 
 #: Shipped model name -> module of this package that trains it.
 MODULES = {
@@ -48,7 +48,7 @@ def build_parser(model=None):
     parser.add_argument("--data-dir", default=None,
                         help="real data directory (default: $ASTROMORPH_DATA or ../shared/data)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    parser.add_argument("--epochs", type=int, default=None, help="override the model's default epochs")
+    parser.add_argument("--epochs", type=positive_int, default=None, help="override the model's default epochs")
     parser.add_argument("--smoke", action="store_true",
                         help="tiny run on a handful of images (CI): writes below "
                              "$TMPDIR/astromorph-smoke/MODEL/ whatever --out-dir says, never "

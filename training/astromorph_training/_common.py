@@ -19,7 +19,7 @@ __all__ = [
     "report_dir", "model_dir", "fit_temperature", "softmax",
     "expected_calibration_error", "ece_noise_floor", "classification_report", "plot_confusion_matrix",
     "plot_reliability", "export_onnx", "write_card", "write_metrics", "check_parity",
-    "sha256sum", "onnx_throughput", "save_checkpoint",
+    "sha256sum", "onnx_throughput", "save_checkpoint", "positive_int",
 ]
 
 log = logging.getLogger(__name__)
@@ -99,6 +99,24 @@ def report_dir(name, root=None):
 def model_dir(name, root=None):
     """``models/<name>/`` for ``model.onnx`` and ``card.json``."""
     return _subdir("models", name, root=root)
+
+
+def positive_int(text):
+    """``argparse`` type of counts such as ``--epochs`` and ``--threads``: an int >= 1.
+
+    Zero and negative values are refused on the command line (one line, exit status 2)
+    instead of falling back to the default (``--epochs 0`` trained the full default
+    epochs) or failing deep inside torch (``--threads -1``).
+    """
+    import argparse
+
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
 
 
 def save_checkpoint(obj, path):

@@ -160,7 +160,7 @@ def add_arguments(parser):
     g.add_argument("--batch-size", type=int, default=256)
     g.add_argument("--lr", type=float, default=None, help="peak AdamW learning rate")
     g.add_argument("--temperature", type=float, default=0.2, help="SimCLR NT-Xent temperature")
-    g.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    g.add_argument("--threads", type=_common.positive_int, default=1, help="torch CPU threads")
     g.add_argument("--restart", action="store_true",
                    help="ignore an existing last.pt and train from scratch")
     g.add_argument("--tta", type=int, default=DEFAULT_TTA, choices=(1, 2, 4),

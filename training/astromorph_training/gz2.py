@@ -153,7 +153,7 @@ def add_arguments(parser):
     g.add_argument("--weight-decay", type=float, default=0.05)
     g.add_argument("--ema-decay", type=float, default=0.995)
     g.add_argument("--dropout", type=float, default=0.2)
-    g.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    g.add_argument("--threads", type=_common.positive_int, default=1, help="torch CPU threads")
     g.add_argument("--restart", action="store_true",
                    help="ignore an existing last.pt and train from scratch")
     g.add_argument("--init", default="morphology",

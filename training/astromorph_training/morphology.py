@@ -136,7 +136,7 @@ def add_arguments(parser):
     g.add_argument("--lr", type=float, default=2e-3, help="peak AdamW learning rate")
     g.add_argument("--weight-decay", type=float, default=0.05)
     g.add_argument("--ema-decay", type=float, default=0.995)
-    g.add_argument("--threads", type=int, default=None,
+    g.add_argument("--threads", type=_common.positive_int, default=None,
                    help=f"torch CPU threads (default {DEFAULT_THREADS})")
     g.add_argument("--restart", action="store_true",
                    help="ignore an existing last.pt and train from scratch")

@@ -141,7 +141,7 @@ def add_arguments(parser):
                        help="ignore existing checkpoints instead of resuming")
     group.add_argument("--throughput", action="store_true",
                        help="evaluate: also time onnxruntime (2 threads, batch 256)")
-    group.add_argument("--threads", type=int, default=1, help="torch CPU threads for training")
+    group.add_argument("--threads", type=_common.positive_int, default=1, help="torch CPU threads for training")
     group.add_argument("--stage4", type=int, default=DEFAULT_STAGE4,
                        help="train: channels of the fourth stage (two 3x3 convolutions at 4 x 4 "
                             "pixels; default %(default)s); 0 = the 3-stage v1.0 network")

@@ -69,7 +69,7 @@ def add_arguments(parser):
     g.add_argument("--n-test", type=int, default=12000, help="held-out test simulations (default 12000)")
     g.add_argument("--batch-size", type=int, default=128)
     g.add_argument("--lr", type=float, default=2e-3)
-    g.add_argument("--threads", type=int, default=1, help="torch CPU threads per training process")
+    g.add_argument("--threads", type=common.positive_int, default=1, help="torch CPU threads per training process")
     g.add_argument("--processes", type=int, default=1,
                    help="data-parallel training processes (torch.distributed, gloo): each takes "
                         "1/N of every batch; on 2 cores 2 processes of 1 thread train about twice "
