@@ -10,6 +10,7 @@ import math
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -300,3 +301,21 @@ def test_counts_must_be_positive(model, capsys):
             parser.parse_args([model, "train", *bad])
         assert exc.value.code == 2
         assert f"argument {bad[0]}: must be at least 1" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_smoke_root_ignores_out_dir(model, tmp_path, monkeypatch):
+    """``--smoke`` writes below $TMPDIR/astromorph-smoke/MODEL/ whatever --out-dir says (the
+    --help text): embedding's smoke runs used to write models/ and training/ into any
+    --out-dir other than the repository itself, e.g. another checkout."""
+    import argparse
+    import importlib
+    import tempfile
+
+    from astromorph_training.__main__ import MODULES
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    module = importlib.import_module(f"astromorph_training.{MODULES[model]}")
+    args = argparse.Namespace(smoke=True, out_dir=str(tmp_path / "checkout"))
+    root = module._dirs(args)["root"] if hasattr(module, "_dirs") else module._root(args)
+    assert Path(root) == tmp_path / "tmp" / "astromorph-smoke" / model

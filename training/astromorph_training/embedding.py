@@ -176,10 +176,9 @@ def _get(args, name, default):
 
 
 def _root(args):
-    """Repository root to write into (for ``--smoke`` without ``--out-dir``: a scratch one)."""
-    if args.smoke and Path(args.out_dir).resolve() == _common.repo_root().resolve():
-        return _common.smoke_root(NAME)
-    return Path(args.out_dir)
+    """Repository root to write into: ``--out-dir``, or for ``--smoke`` a scratch one
+    (`_common.smoke_root`, whatever ``--out-dir`` says, as for the other models)."""
+    return _common.smoke_root(NAME) if args.smoke else Path(args.out_dir)
 
 
 # ----------------------------------------------------------------------------- data
