@@ -319,3 +319,19 @@ def test_smoke_root_ignores_out_dir(model, tmp_path, monkeypatch):
     args = argparse.Namespace(smoke=True, out_dir=str(tmp_path / "checkout"))
     root = module._dirs(args)["root"] if hasattr(module, "_dirs") else module._root(args)
     assert Path(root) == tmp_path / "tmp" / "astromorph-smoke" / model
+
+
+def test_gz2_smoke_never_initialises_from_the_out_dir(tmp_path):
+    """``morphology-gz2 train --smoke`` (default ``--init morphology``) starts from its own
+    smoke root's checkpoint, never the --out-dir repository's (it loaded
+    ``<out-dir>/training/checkpoints/morphology/last.pt``: here an unreadable one)."""
+    repo = tmp_path / "checkout"
+    ckpt = repo / "training" / "checkpoints" / "morphology" / "last.pt"
+    ckpt.parent.mkdir(parents=True)
+    ckpt.write_bytes(b"not a checkpoint")
+    env = dict(os.environ, PYTHONUNBUFFERED="1", TMPDIR=str(tmp_path))
+    run = subprocess.run([sys.executable, "-m", "astromorph_training", "morphology-gz2", "train",
+                          "--smoke", "--data-dir", str(DATA_DIR), "--out-dir", str(repo)],
+                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "random initialisation" in run.stderr and str(ckpt) not in run.stderr

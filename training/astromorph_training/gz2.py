@@ -507,8 +507,8 @@ def _fit(args, ckdir, data, tr, *, epochs, pseudo=None, start=None, lr=None):
         pool_big = np.concatenate([pool_big, pseudo["big"]])
         pool_y = np.concatenate([pool_y, pseudo["y"]]).astype(np.float32)
     if start is None:
-        init_path, init_state = _init_checkpoint(_get(args, "init", "morphology"),
-                                                 Path(args.out_dir), smoke=args.smoke)
+        init_path, init_state = _init_checkpoint(_get(args, "init", "morphology"), _root(args),
+                                                 smoke=args.smoke)
     else:
         init_path, init_state = None, torch.load(start, map_location="cpu", weights_only=False)
     # The backbone takes the widths and stem of the network it starts from
@@ -519,7 +519,7 @@ def _fit(args, ckdir, data, tr, *, epochs, pseudo=None, start=None, lr=None):
     net = GZ2Net(widths=widths, dropout=_get(args, "dropout", 0.2), stem=stem)
     net.set_prior(y[tr])
     if start is None:
-        init, init_sha = _init_weights(net, init_path, init_state, Path(args.out_dir))
+        init, init_sha = _init_weights(net, init_path, init_state, _root(args))
     else:
         net.load_state_dict(init_state["ema"])
         init, init_sha = f"{start} (teacher)", _common.sha256sum(start)
