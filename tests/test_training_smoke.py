@@ -335,3 +335,22 @@ def test_gz2_smoke_never_initialises_from_the_out_dir(tmp_path):
                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
     assert "random initialisation" in run.stderr and str(ckpt) not in run.stderr
+
+
+def test_each_model_offers_only_its_steps(capsys):
+    """``morphology calibrate`` called morphology's ``calibrate`` helper with the command
+    line arguments (TypeError traceback): optional steps are listed per model, and --help
+    and the parser offer each model only the steps it has."""
+    from astromorph_training.__main__ import EXTRA_STEPS, build_parser, steps_of
+
+    assert steps_of("morphology") == ("train", "evaluate", "export", "build")
+    assert steps_of("real-bogus")[-3:] == ("compare", "calibrate", "average")
+    for model in MODELS:
+        parser = build_parser(model)
+        for step in ("compare", "calibrate", "average"):
+            if step in EXTRA_STEPS.get(model, ()):
+                assert parser.parse_args([model, step]).step == step
+            else:
+                with pytest.raises(SystemExit):
+                    parser.parse_args([model, step])
+                assert f"invalid choice: '{step}'" in capsys.readouterr().err

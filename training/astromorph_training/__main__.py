@@ -25,6 +25,12 @@ MODULES = {
 STEPS = ("train", "evaluate", "export", "build", "compare", "calibrate", "average")
 #: Steps only some models have.
 OPTIONAL_STEPS = ("compare", "calibrate", "average")
+#: Model -> the `OPTIONAL_STEPS` it has (named here, not found by ``hasattr``: morphology's
+#: module has a ``calibrate`` helper that is no step).
+EXTRA_STEPS = {
+    "real-bogus": ("compare", "calibrate", "average"),
+    "radio-morphology": ("average",),
+}
 #: ``build`` runs these steps in order with the same options.
 BUILD = ("train", "evaluate", "export")
 
@@ -38,13 +44,19 @@ def _load(model):
         raise
 
 
+def steps_of(model):
+    """The steps ``model`` has: `BUILD`, ``build`` and its `EXTRA_STEPS`."""
+    return tuple(s for s in STEPS if s not in OPTIONAL_STEPS or s in EXTRA_STEPS.get(model, ()))
+
+
 def build_parser(model=None):
+    """The command line parser, with the options (and steps) of ``model`` when given."""
     parser = argparse.ArgumentParser(
         prog="python -m astromorph_training",
         description="Train, evaluate and export the models shipped in models/.",
     )
     parser.add_argument("model", choices=sorted(MODULES))
-    parser.add_argument("step", choices=STEPS)
+    parser.add_argument("step", choices=STEPS if model is None else steps_of(model))
     parser.add_argument("--data-dir", default=None,
                         help="real data directory (default: $ASTROMORPH_DATA or ../shared/data)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
@@ -63,6 +75,7 @@ def build_parser(model=None):
 
 
 def main(argv=None):
+    """Run ``python -m astromorph_training MODEL STEP [options]``; returns the last step's result."""
     argv = sys.argv[1:] if argv is None else list(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     # the model's own options need its module: the first argument naming a model (global
@@ -72,7 +85,7 @@ def main(argv=None):
     args.data_dir = resolve_data_dir(args.data_dir)
     args.out_dir = repo_root() if args.out_dir is None else __import__("pathlib").Path(args.out_dir)
     module = _load(args.model)
-    if args.step in OPTIONAL_STEPS and not hasattr(module, args.step):
+    if args.step not in steps_of(args.model):
         raise SystemExit(f"no {args.step} step for model {args.model!r}")
     for step in (BUILD if args.step == "build" else (args.step,)):
         start = time.perf_counter()
