@@ -354,3 +354,27 @@ def test_each_model_offers_only_its_steps(capsys):
                 with pytest.raises(SystemExit):
                     parser.parse_args([model, step])
                 assert f"invalid choice: '{step}'" in capsys.readouterr().err
+
+
+def test_command_line_errors_are_one_line(monkeypatch, capsys):
+    """A wrong model, step or option value is one line on stderr (exit status 2), not the
+    16-line usage; Ctrl-C during a step is one line (exit status 130), not a traceback."""
+    from astromorph_training import __main__, morphology
+
+    for argv in (["galaxy", "train"], ["morphology", "fit"], ["morphology", "train", "--epochs", "x"]):
+        with pytest.raises(SystemExit) as exc:
+            __main__.main(argv)
+        assert exc.value.code == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "error: argument" in err and "(see --help)" in err
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(morphology, "train", interrupted)
+    with pytest.raises(SystemExit) as exc:
+        __main__.main(["morphology", "train", "--smoke", "--data-dir", str(DATA_DIR)])
+    assert exc.value.code == 130
+    assert capsys.readouterr().err == ("morphology train: interrupted (rerun the same command: "
+                                       "train resumes from its last saved epoch, except under "
+                                       "--smoke)\n")

@@ -44,6 +44,13 @@ def _load(model):
         raise
 
 
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line (the usage is a --help away)."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
 def steps_of(model):
     """The steps ``model`` has: `BUILD`, ``build`` and its `EXTRA_STEPS`."""
     return tuple(s for s in STEPS if s not in OPTIONAL_STEPS or s in EXTRA_STEPS.get(model, ()))
@@ -51,7 +58,7 @@ def steps_of(model):
 
 def build_parser(model=None):
     """The command line parser, with the options (and steps) of ``model`` when given."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="python -m astromorph_training",
         description="Train, evaluate and export the models shipped in models/.",
     )
@@ -95,6 +102,10 @@ def main(argv=None):
             raise SystemExit(f"{args.model} {step}: {exc.strerror or exc}: "
                              f"{exc.filename or ''} (see --data-dir, --out-dir, or run the "
                              "earlier steps first)") from None
+        except KeyboardInterrupt:  # Ctrl-C: one line; checkpoints are written atomically
+            print(f"{args.model} {step}: interrupted (rerun the same command: train resumes "
+                  "from its last saved epoch, except under --smoke)", file=sys.stderr)
+            raise SystemExit(130) from None
         logging.getLogger("astromorph_training").info(
             "%s %s finished in %.1f s", args.model, step, time.perf_counter() - start)
     return result
