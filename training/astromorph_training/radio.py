@@ -1241,23 +1241,3 @@ def evaluate(args):
              rep["accuracy"], rep["macro_recall"], rep["ece"], rep["ece_uncalibrated"],
              rep["torch_onnx_max_abs_diff"])
     return rep
-
-
-def _standalone(argv=None):
-    """``python -m astromorph_training.radio STEP`` (usable before ``__main__`` is)."""
-    parser = argparse.ArgumentParser()
-    parser.add_argument("step", choices=("train", "evaluate", "export"))
-    parser.add_argument("--data-dir", default=None)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--epochs", type=int, default=None)
-    parser.add_argument("--smoke", action="store_true")
-    parser.add_argument("--out-dir", default=None)
-    add_arguments(parser)
-    args = parser.parse_args(argv)
-    args.out_dir = Path(args.out_dir) if args.out_dir else _common.repo_root()
-    return globals()[args.step](args)
-
-
-if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    _standalone()
