@@ -137,7 +137,8 @@ def add_arguments(parser):
     g.add_argument("--weight-decay", type=float, default=0.05)
     g.add_argument("--ema-decay", type=float, default=0.995)
     g.add_argument("--threads", type=_common.positive_int, default=None,
-                   help=f"torch CPU threads (default {DEFAULT_THREADS})")
+                   help=f"torch CPU threads (default: {DEFAULT_THREADS} for train, 1 for evaluate "
+                        "and export)")
     g.add_argument("--restart", action="store_true",
                    help="ignore an existing last.pt and train from scratch")
     g.add_argument("--widths", type=int, nargs=4, default=None, metavar="C",
