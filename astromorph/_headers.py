@@ -14,7 +14,8 @@ import numpy as np
 
 from ._io import atomic_output
 from ._version import __version__
-from .exceptions import AstromorphWarning, InvalidArgumentError, OutputExistsError
+from .exceptions import (AstromorphError, AstromorphWarning, InvalidArgumentError,
+                         OutputExistsError)
 
 __all__ = ["header_targets", "write_results_to_header"]
 
@@ -144,31 +145,44 @@ def write_results_to_header(model, table, origins, targets, *, overwrite=False):
     name = model.name.upper()
     for path, rows in rows_by_path.items():
         target = targets[path]
-        with atomic_output(target, overwrite=overwrite or target == path) as tmp:
-            # raw data, and tile-compressed images as their binary tables: the pixels are
-            # copied byte for byte (re-compressing floats would quantise them again)
-            with fits.open(path, mode="readonly", memmap=True, do_not_scale_image_data=True,
-                           disable_image_compression=True) as hdul:
-                touched = set()
-                for row, hdu, index in rows:
-                    header = hdul[hdu].header
-                    if hdu not in touched:
-                        for key in [k for k in header.keys()
-                                    if k.startswith(f"ASTROMORPH {name} ")
-                                    or k == "ASTROMORPH VERSION"]:
-                            header.remove(key, ignore_missing=True, remove_all=True)
-                        for card in (
-                                _card(f"ASTROMORPH {name} VERSION", str(model.version),
-                                      "model version"),
-                                _card(f"ASTROMORPH {name} SHA256", model.sha256[:16],
-                                      "model file sha256 prefix"),
-                                _card("ASTROMORPH VERSION", __version__, "astromorph version")):
+        try:
+            with atomic_output(target, overwrite=overwrite or target == path) as tmp:
+                # raw data, and tile-compressed images as their binary tables: the pixels are
+                # copied byte for byte (re-compressing floats would quantise them again)
+                with fits.open(path, mode="readonly", memmap=True, do_not_scale_image_data=True,
+                               disable_image_compression=True) as hdul:
+                    touched = set()
+                    for row, hdu, index in rows:
+                        header = hdul[hdu].header
+                        if hdu not in touched:
+                            for key in [k for k in header.keys()
+                                        if k.startswith(f"ASTROMORPH {name} ")
+                                        or k == "ASTROMORPH VERSION"]:
+                                header.remove(key, ignore_missing=True, remove_all=True)
+                            for card in (
+                                    _card(f"ASTROMORPH {name} VERSION", str(model.version),
+                                          "model version"),
+                                    _card(f"ASTROMORPH {name} SHA256", model.sha256[:16],
+                                          "model file sha256 prefix"),
+                                    _card("ASTROMORPH VERSION", __version__,
+                                          "astromorph version")):
+                                header.append(card, end=True)
+                            touched.add(hdu)
+                        for card in _result_cards(model, table, row, index):
                             header.append(card, end=True)
-                        touched.add(hdu)
-                    for card in _result_cards(model, table, row, index):
-                        header.append(card, end=True)
-                checksum = any("CHECKSUM" in h.header for h in hdul)
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore", fits.verify.VerifyWarning)
-                    hdul.writeto(tmp, output_verify="silentfix", checksum=checksum)
+                    checksum = any("CHECKSUM" in h.header for h in hdul)
+                    with warnings.catch_warnings():
+                        warnings.simplefilter("ignore", fits.verify.VerifyWarning)
+                        hdul.writeto(tmp, output_verify="silentfix", checksum=checksum)
+        except (OSError, AstromorphError):
+            raise  # a full disk, an unwritable folder...: the caller must know
+        except Exception as exc:  # noqa: BLE001 - astropy cannot write this file back
+            # e.g. a gzip of two concatenated FITS files, which the reader took the first
+            # of: the file is skipped (no copy, the original untouched), the other files
+            # and the returned table are kept
+            warnings.warn(f"results not written to the header of {str(target)!r}: astropy "
+                          f"cannot write the file back ({type(exc).__name__}: "
+                          f"{' '.join(str(exc).split())}); its rows are in the table",
+                          AstromorphWarning, stacklevel=3)
+            continue
         log.info("results written to the header of %s", target)

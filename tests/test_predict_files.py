@@ -846,6 +846,29 @@ def test_in_place_failure_leaves_original(models, tmp_path, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["t.fits"]  # no temp file left
 
 
+def test_header_file_astropy_cannot_write_back_is_skipped_with_a_warning(models, tmp_path):
+    """A gzip of two concatenated FITS files: the reader scores the first, astropy refuses to
+    write the whole back (a second primary HDU). That file gets no header copy and a warning;
+    the other files get theirs and the table is returned (it used to raise VerifyError after
+    some copies were written, losing the table)."""
+    src = tmp_path / "in"
+    src.mkdir()
+    write_fits(src / "g.fits", galaxy())
+    one = (src / "g.fits").read_bytes()
+    (src / "twice.fits.gz").write_bytes(gzip.compress(one) + gzip.compress(one))
+    before = {p.name: digest(p) for p in src.iterdir()}
+    out = tmp_path / "out"
+    with pytest.warns(AstromorphWarning, match="twice.fits.gz.*cannot write the file back"):
+        table = quiet(astromorph.predict_files, "morphology", src, write_header=out)
+    assert len(table) == 2 and not np.ma.getmaskarray(table["morph_label"]).any()
+    assert sorted(p.name for p in out.iterdir()) == ["g.fits"]  # no temporary file left
+    assert {p.name: digest(p) for p in src.iterdir()} == before
+    with pytest.warns(AstromorphWarning, match="cannot write the file back"):
+        quiet(astromorph.predict_files, "morphology", src / "twice.fits.gz", in_place=True)
+    assert digest(src / "twice.fits.gz") == before["twice.fits.gz"]
+    assert sorted(p.name for p in src.iterdir()) == ["g.fits", "twice.fits.gz"]
+
+
 def test_in_place_keeps_compressed_pixels_and_follows_links(models, tmp_path):
     """Header keywords only: a tile-compressed float image keeps its compressed bytes
     (re-compressing would quantise the pixels again), and an input reached through a
