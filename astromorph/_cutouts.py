@@ -78,6 +78,12 @@ class SkyImage:
                  hold=None, file_span=None):
         if data.ndim != 2:
             raise InputError(f"{name}: expected a 2D image, got shape {data.shape}")
+        if data.dtype.kind not in "biuf":
+            # complex pixels would lose their imaginary part silently, objects and strings
+            # fail deep inside the sampling
+            raise InputError(f"{name}: image pixels must be real numbers, got dtype {data.dtype}")
+        if data.dtype.kind == "f" and data.dtype.itemsize < 4:
+            data = data.astype(np.float32)  # float16: scipy's sampling does not take it
         self.data, self.wcs, self.name, self.band = data, wcs, name, band
         self.bscale, self.bzero, self.blank = float(bscale), float(bzero), blank
         self.shape = data.shape

@@ -157,7 +157,11 @@ def _parse_one(obj, band=None):
         wcs = obj.wcs if isinstance(obj.wcs, WCS) else getattr(obj.wcs, "low_level_wcs", None)
         if not isinstance(wcs, WCS) or not wcs.has_celestial:
             raise InputError(f"{type(obj).__name__} image needs a celestial FITS WCS")
-        data = np.asarray(obj.data, dtype=float)
+        data = np.asarray(obj.data)
+        if data.dtype.kind not in "biuf":
+            raise InputError(f"{type(obj).__name__} image pixels must be real numbers, got "
+                             f"dtype {data.dtype}")
+        data = data.astype(float)
         mask = getattr(obj, "mask", None)
         if mask is not None:
             data = np.where(np.asarray(mask, bool), np.nan, data)
@@ -209,6 +213,8 @@ def parse_sky_images(images, *, bands=None):
                 else [value]
             for v in values:
                 out.extend(_parse_one(v, str(band).lower()))
+        if not out:
+            raise InputError("no images given (an empty dict, or bands without images)")
         return out
     if not isinstance(images, (list, tuple)) or isinstance(images, fits.HDUList) or (
             isinstance(images, tuple) and len(images) == 2 and isinstance(images[1], (WCS, fits.Header))):

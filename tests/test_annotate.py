@@ -536,6 +536,28 @@ def test_empty_catalogue(optical_model):
     assert len(out) == 0 and "opt_p_a" in out.colnames
 
 
+def test_image_pixel_types(optical_model):
+    """float16 pixels are sampled like float32 ones (scipy refused them: RuntimeError "data
+    type not supported"); complex, object or string pixels are an InputError naming the dtype
+    (a complex image was scored on its real part without a word); an empty dict of images is
+    an InputError (was an IndexError)."""
+    from astropy.nddata import NDData
+
+    img, w = blobs(), sky_wcs()
+    cat = catalogue(w, [(100, 100), (70, 120)])
+    ref = astromorph.annotate(cat, (img.astype(np.float16).astype(np.float32), w),
+                              model=optical_model)
+    out = astromorph.annotate(cat, (img.astype(np.float16), w), model=optical_model)
+    np.testing.assert_allclose(out["opt_p_a"], ref["opt_p_a"], rtol=1e-6)
+    for bad in (img.astype(complex), img.astype(object), img.astype(str)):
+        with pytest.raises(InputError, match=f"real numbers, got dtype {bad.dtype}"):
+            astromorph.annotate(cat, (bad, w), model=optical_model)
+    with pytest.raises(InputError, match="real numbers, got dtype complex"):
+        astromorph.annotate(cat, NDData(img.astype(complex), wcs=w), model=optical_model)
+    with pytest.raises(InputError, match="no images given"):
+        astromorph.annotate(cat, {}, model=optical_model)
+
+
 def test_missing_and_non_celestial_wcs(optical_model, tmp_path):
     img = blobs()
     cat = catalogue(sky_wcs(), [(100, 100)])
