@@ -112,6 +112,10 @@ def _positions(table, ra_col, dec_col, coord_col):
             raise InputError(f"position column {col!r} is in {unit}, not an angle") from None
         return _sexagesimal(c, values, text_unit)
 
+    for col in (ra_col, dec_col):
+        if np.ndim(table[col]) != 1:
+            raise InputError(f"position column {col!r} must hold one value per row, got shape "
+                             f"{np.shape(table[col])}")
     ra, dec = degrees(ra_col, u.hourangle), degrees(dec_col, u.deg)
     bad = ~(np.isfinite(ra) & np.isfinite(dec)) | (np.abs(dec) > 90)
     ra, dec = np.where(bad, 0.0, ra), np.where(bad, 0.0, dec)
@@ -441,6 +445,10 @@ def annotate(table, images, *, model, ra_col=None, dec_col=None, coord_col=None,
 
 def _workers(threads):
     """Threads for the model-free stages: ``threads`` if given, else the CPU count (at most 8)."""
+    from ._session import check_threads
+
+    if threads is not None and check_threads(threads) < 0:
+        raise InvalidArgumentError(f"threads must be >= 0 (0 = the default), got {threads!r}")
     if threads:
         return max(1, int(threads))
     return max(1, min(8, os.cpu_count() or 1))

@@ -125,6 +125,19 @@ def clear_session_cache():
         _CACHE.clear()
 
 
+def check_threads(threads):
+    """``threads`` as an int; `InvalidArgumentError` for a value that is no whole number
+    (``int()`` leaked ValueError/TypeError, e.g. for ``"x"``)."""
+    try:
+        value = int(threads)
+        whole = not isinstance(threads, bool) and value == threads
+    except (TypeError, ValueError, OverflowError):
+        whole = False
+    if not whole:
+        raise InvalidArgumentError(f"threads must be a whole number of threads, got {threads!r}")
+    return int(threads)
+
+
 def get_session(path, *, providers=None, threads=None, sha256=None):
     """A (cached) ONNX Runtime session for a model file.
 
@@ -152,6 +165,8 @@ def get_session(path, *, providers=None, threads=None, sha256=None):
                                        f"got {os.environ[THREADS_ENV]!r}") from None
     # what was asked for is part of the key: a "cuda" request that falls back to the CPU
     # must not silently reuse the session made for "cpu" (it warns when it is made)
+    if threads is not None:
+        check_threads(threads)
     key = (str(path), sha256, tuple(requested), tuple(usable), threads)
     with _LOCK:
         if key in _CACHE:
@@ -162,7 +177,7 @@ def get_session(path, *, providers=None, threads=None, sha256=None):
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if threads is not None:
-            if int(threads) < 0:
+            if check_threads(threads) < 0:
                 raise InvalidArgumentError(
                     f"threads must be >= 0 (0 = ONNX Runtime default), got {threads}"
                     + (f" (from ${THREADS_ENV})" if from_env else ""))

@@ -151,7 +151,10 @@ def _stamp_columns(table, columns, family):
         tried = " or ".join("/".join(c) for c in _DEFAULT_COLUMNS.get(family, ()))
         raise InputError(f"no stamp columns found (looked for {tried}); name them with "
                          f"columns=; the table has {table.colnames}")
-    names = [columns] if isinstance(columns, str) else list(columns)
+    try:
+        names = [columns] if isinstance(columns, str) else list(columns)
+    except TypeError:  # e.g. a number: not iterable
+        names = []
     if not names or not all(isinstance(c, str) for c in names):
         raise InvalidArgumentError(f"columns must be a column name or a sequence of them, got "
                                    f"{columns!r}")

@@ -517,6 +517,16 @@ def test_catalogue_errors(optical_model):
     with pytest.raises(InputError, match="coord_col 'ra' is not a SkyCoord column"):
         astromorph.annotate(catalogue(w, [(100, 100)]), (img, w), model=optical_model,
                             coord_col="ra")
+    # a position column of several values per row, or threads that are no whole number:
+    # InputError / InvalidArgumentError, not numpy's broadcasting ValueError or int()'s
+    wide = catalogue(w, [(100, 100), (70, 120)])
+    wide["ra"] = np.stack([wide["ra"]] * 2, axis=1)
+    with pytest.raises(InputError, match=r"position column 'ra' must hold one value per row"):
+        astromorph.annotate(wide, (img, w), model=optical_model)
+    for bad in ("x", 1.5, -1):
+        with pytest.raises(InvalidArgumentError, match="threads"):
+            astromorph.annotate(catalogue(w, [(100, 100)]), (img, w), model=optical_model,
+                                threads=bad)
     # a stamp size that is no angle is a mistake in the call, not a flag on every row
     cat = catalogue(w, [(100, 100)])
     for bad in (-3, 0, np.nan, "abc", 2 * u.kg):

@@ -193,6 +193,10 @@ def test_misuse_raises_typed_errors(rb):
         astromorph.annotate_stamps(Table({"a": x}), model=rb)
     with pytest.raises(InputError, match=r"\['nope'\]"):
         astromorph.annotate_stamps(t, model=rb, columns="nope")
+    with pytest.raises(InvalidArgumentError, match="columns must be a column name"):
+        astromorph.annotate_stamps(t, model=rb, columns=5)  # was TypeError: not iterable
+    with pytest.raises(InvalidArgumentError, match="threads must be a whole number"):
+        astromorph.annotate_stamps(t, model="real-bogus", threads="x")  # was ValueError
     with pytest.raises(InvalidArgumentError, match="1 or 3 column"):
         astromorph.annotate_stamps(Table({"a": x[:, 0], "b": x[:, 1]}), model=rb,
                                    columns=["a", "b"])
