@@ -97,6 +97,27 @@ def models(tmp_path_factory, monkeypatch):
 
 
 # ----------------------------------------------------------------------------- file makers
+def test_wcs_keyword_that_is_no_number_is_no_wcs_not_an_unreadable_file(models, tmp_path):
+    """CDELT1 = 'abc' or CD1_1 = 'abc': the image is scored as one without a WCS (NO_WCS,
+    the model's pixel scale assumed), as for any other unusable WCS; the fast reader used to
+    flag the whole file BAD_INPUT ("could not convert string to float")."""
+    rng = np.random.default_rng(1)
+    img = rng.normal(0, 1.5e-4, (200, 200)).astype(np.float32)
+    img[90:110, 90:110] += 0.01
+    write_fits(tmp_path / "good.fits", img)  # no WCS at all
+    tan = dict(CTYPE1="RA---TAN", CTYPE2="DEC--TAN", CRVAL1=150.0, CRVAL2=2.0, CRPIX1=100.5,
+               CRPIX2=100.5)
+    write_fits(tmp_path / "cdelt.fits", img, **tan, CDELT1="abc", CDELT2=0.0005)
+    write_fits(tmp_path / "cd.fits", img, **tan, CD1_1="abc", CD2_2=0.0005)
+    table = quiet(astromorph.predict_files, "radio-morphology", tmp_path)
+    good = row(table, tmp_path / "good.fits")
+    for name in ("cdelt.fits", "cd.fits"):
+        r = row(table, tmp_path / name)
+        assert r["radio_flags"] == good["radio_flags"] and r["radio_flags"] & Flag.NO_WCS
+        assert r["reason"] == good["reason"]
+        assert r["radio_p_FRI"] == pytest.approx(good["radio_p_FRI"], abs=1e-6)
+
+
 def write_fits(path, data, *, scale=None, **cards):
     header = fits.Header()
     if scale is not None:

@@ -108,13 +108,18 @@ def _scale_from_cards(get):
         unit = get(k, None)
         if unit is not None and str(unit).strip().lower() not in ("deg", "degree", "degrees", ""):
             return "astropy"
-    if any(get(k, None) is not None for k in ("CD1_1", "CD1_2", "CD2_1", "CD2_2")):
-        cd = np.array([[get("CD1_1", 0.0), get("CD1_2", 0.0)],
-                       [get("CD2_1", 0.0), get("CD2_2", 0.0)]], dtype=float)
-    else:
-        pc = np.array([[get("PC1_1", 1.0), get("PC1_2", 0.0)],
-                       [get("PC2_1", 0.0), get("PC2_2", 1.0)]], dtype=float)
-        cd = np.diag([float(get("CDELT1", 1.0)), float(get("CDELT2", 1.0))]) @ pc
+    try:
+        if any(get(k, None) is not None for k in ("CD1_1", "CD1_2", "CD2_1", "CD2_2")):
+            cd = np.array([[get("CD1_1", 0.0), get("CD1_2", 0.0)],
+                           [get("CD2_1", 0.0), get("CD2_2", 0.0)]], dtype=float)
+        else:
+            pc = np.array([[get("PC1_1", 1.0), get("PC1_2", 0.0)],
+                           [get("PC2_1", 0.0), get("PC2_2", 1.0)]], dtype=float)
+            cd = np.diag([float(get("CDELT1", 1.0)), float(get("CDELT2", 1.0))]) @ pc
+    except (TypeError, ValueError):
+        # a keyword that is no number (CDELT1 = 'abc'): a malformed WCS gives no pixel
+        # scale (Flag.NO_WCS, as for astropy's parse failures); no reason to drop the image
+        return None
     scale = float(np.sqrt(abs(np.linalg.det(cd))) * 3600.0)
     return scale if np.isfinite(scale) and scale > 0 else None
 
