@@ -83,6 +83,16 @@ def test_band_inputs_are_checked():
         opt.preprocess_gri(band, band, band, band_scales={"g": 1.0})
     with pytest.raises(InvalidArgumentError, match="stretch"):
         opt.preprocess_single_band(band, stretch=0)
+    # sizes and crop fractions that are no numbers: InvalidArgumentError naming them, not
+    # int()'s ValueError/OverflowError or a comparison's TypeError
+    for bad in (np.nan, np.inf, "64", None, [64], True):
+        with pytest.raises(InvalidArgumentError, match="size"):
+            opt.preprocess_single_band(band, size=bad)
+        with pytest.raises(InvalidArgumentError, match="n_out"):
+            opt.area_resample(8, bad)
+    for bad in ("0.35", None, [0.5], np.nan):
+        with pytest.raises(InvalidArgumentError, match="crop_fraction"):
+            opt.preprocess_single_band(band, crop_fraction=bad)
 
 
 def test_colour_shapes_dtypes_and_range():

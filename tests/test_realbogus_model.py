@@ -488,7 +488,13 @@ def test_triplet_preprocessing_options_are_checked():
     out, cov2 = resample_triplet(des, 0.27 * u.arcsec)
     np.testing.assert_array_equal(out, ref)
     for kwargs in ({"pixel_scale": 0}, {"pixel_scale": np.nan}, {"pixel_scale": 1 * u.s},
-                   {"pixel_scale": 0.27, "size": 0}, {"pixel_scale": 0.27, "min_cover": 2}):
+                   {"pixel_scale": 0.27, "size": 0}, {"pixel_scale": 0.27, "min_cover": 2},
+                   # NaN, inf, text, None: InvalidArgumentError too, not int()'s or float()'s
+                   # ValueError / OverflowError / TypeError
+                   {"pixel_scale": 0.27, "size": np.nan}, {"pixel_scale": 0.27, "size": np.inf},
+                   {"pixel_scale": 0.27, "size": "63"}, {"pixel_scale": 0.27, "size": None},
+                   {"pixel_scale": 0.27, "min_cover": "x"},
+                   {"pixel_scale": 0.27, "min_cover": None}):
         with pytest.raises(InvalidArgumentError):
             resample_triplet(des, **kwargs)
     x, flags = preprocess_triplet(np.zeros((0, 3, TRIPLET_SIZE, TRIPLET_SIZE)))

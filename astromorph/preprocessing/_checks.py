@@ -4,7 +4,7 @@ import numpy as np
 
 from ..exceptions import InputError, InvalidArgumentError
 
-__all__ = ["to_arcsec", "real_array"]
+__all__ = ["to_arcsec", "real_array", "is_whole", "in_unit_interval"]
 
 
 def to_arcsec(value, name, *, positive=True):
@@ -57,3 +57,24 @@ def real_array(images, name="images"):
     if arr.dtype.kind not in "iuf":
         raise InputError(f"{name} must hold real numbers, got dtype {arr.dtype}")
     return arr
+
+
+def is_whole(value, minimum=1):
+    """True for a whole number (int, numpy integer, or a float such as 64.0) >= ``minimum``;
+    False, never an exception, for NaN, infinities, strings, None, sequences or booleans."""
+    if isinstance(value, (bool, np.bool_)):
+        return False
+    try:
+        return bool(int(value) == value and value >= minimum)
+    except (TypeError, ValueError, OverflowError):
+        return False
+
+
+def in_unit_interval(value):
+    """True for a real number in (0, 1]; False, never an exception, for anything else."""
+    if isinstance(value, (bool, np.bool_, str, bytes)):
+        return False
+    try:
+        return bool(0 < float(value) <= 1)
+    except (TypeError, ValueError):
+        return False

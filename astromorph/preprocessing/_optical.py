@@ -42,7 +42,7 @@ cut `stamp_size_from_petrosian` and pass ``crop_fraction=1.0``.
 import numpy as np
 
 from ..exceptions import InputError, InputShapeError, InvalidArgumentError
-from ._checks import real_array, to_arcsec
+from ._checks import in_unit_interval, is_whole, real_array, to_arcsec
 
 __all__ = [
     "STAMP_SIZE",
@@ -107,10 +107,10 @@ def area_resample(n_in, n_out, crop_fraction=1.0):
     numpy.ndarray, shape (n_out, n_in), float64
         Weights; each row sums to one.
     """
-    if not 0 < crop_fraction <= 1:
-        raise InvalidArgumentError(f"crop_fraction must be in (0, 1], got {crop_fraction}")
+    if not in_unit_interval(crop_fraction):
+        raise InvalidArgumentError(f"crop_fraction must be in (0, 1], got {crop_fraction!r}")
     for value, name in ((n_in, "n_in"), (n_out, "n_out")):
-        if int(value) != value or value < 1:
+        if not is_whole(value):
             raise InvalidArgumentError(f"{name} must be a positive whole number of pixels, "
                                        f"got {value!r}")
     n_in, n_out = int(n_in), int(n_out)
@@ -152,7 +152,7 @@ def preprocess_colour_cutout(images, *, size=STAMP_SIZE, crop_fraction=CROP_FRAC
     if arr.ndim not in (3, 4) or arr.shape[-1] != 3:
         raise InputShapeError(f"expected colour cutouts of shape (H, W, 3) or (N, H, W, 3), "
                               f"got {arr.shape}")
-    if int(size) != size or size < 1:
+    if not is_whole(size):
         raise InvalidArgumentError(f"size must be a positive whole number of pixels, got {size!r}")
     if arr.dtype.kind in "iu" and arr.dtype != np.uint8:
         if arr.size and (arr.min() < 0 or arr.max() > 255):
@@ -173,6 +173,11 @@ def preprocess_colour_cutout(images, *, size=STAMP_SIZE, crop_fraction=CROP_FRAC
 
 def _display_to_network(arr, size, crop_fraction):
     """`preprocess_colour_cutout` for display images with any number of channels (last axis)."""
+    if not is_whole(size):
+        raise InvalidArgumentError(f"size must be a positive whole number of pixels, got {size!r}")
+    if not in_unit_interval(crop_fraction):
+        raise InvalidArgumentError(f"crop_fraction must be in (0, 1], got {crop_fraction!r}")
+    size = int(size)
     scale = 1.0 / 255.0 if arr.dtype == np.uint8 else 1.0
     single = arr.ndim == 3
     if single:

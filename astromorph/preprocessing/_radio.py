@@ -44,7 +44,7 @@ value (e.g. from the FIRST RMS maps) instead.
 import numpy as np
 
 from ..exceptions import InputError, InputShapeError, InvalidArgumentError
-from ._checks import real_array, to_arcsec
+from ._checks import is_whole, real_array, to_arcsec
 
 __all__ = [
     "FIRST_PIXEL_SCALE_ARCSEC",
@@ -295,8 +295,7 @@ def preprocess_dataset_image(image, *, crop_pixels=CROP_PIXELS, bin_factor=BIN_F
         image = image[None]
     if image.ndim != 3:
         raise InputShapeError(f"expected (H, W) or (N, H, W) images, got shape {image.shape}")
-    if int(bin_factor) != bin_factor or bin_factor < 1 or int(crop_pixels) != crop_pixels \
-            or crop_pixels < 1 or crop_pixels % bin_factor:
+    if not is_whole(bin_factor) or not is_whole(crop_pixels) or crop_pixels % bin_factor:
         raise InvalidArgumentError(f"crop_pixels ({crop_pixels!r}) must be a positive multiple of "
                                    f"bin_factor ({bin_factor!r}), a positive whole number")
     crop_pixels, bin_factor = int(crop_pixels), int(bin_factor)

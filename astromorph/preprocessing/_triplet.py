@@ -21,7 +21,7 @@ Both are pure numpy and vectorised over the batch.
 import numpy as np
 
 from ..exceptions import InputShapeError, InvalidArgumentError
-from ._checks import to_arcsec
+from ._checks import in_unit_interval, is_whole, to_arcsec
 
 __all__ = [
     "TRIPLET_SIZE",
@@ -260,9 +260,9 @@ def resample_triplet(x, pixel_scale, *, size=TRIPLET_SIZE, model_pixel_scale=TRI
     scale = to_arcsec(pixel_scale, "pixel_scale")
     sy, sx = (scale, scale) if np.ndim(scale) == 0 else map(float, scale)
     model_pixel_scale = to_arcsec(model_pixel_scale, "model_pixel_scale")
-    if int(size) != size or size < 1:
+    if not is_whole(size):
         raise InvalidArgumentError(f"size must be a positive whole number of pixels, got {size!r}")
-    if not 0 < float(min_cover) <= 1:
+    if not in_unit_interval(min_cover):
         raise InvalidArgumentError(f"min_cover must be in (0, 1], got {min_cover!r}")
     size = int(size)
     wy, cy = _rebin_matrix(x.shape[2], sy, size, model_pixel_scale, min_cover)
