@@ -146,43 +146,53 @@ def write_results_to_header(model, table, origins, targets, *, overwrite=False):
     for path, rows in rows_by_path.items():
         target = targets[path]
         try:
-            with atomic_output(target, overwrite=overwrite or target == path) as tmp:
-                # raw data, and tile-compressed images as their binary tables: the pixels are
-                # copied byte for byte (re-compressing floats would quantise them again)
-                with fits.open(path, mode="readonly", memmap=True, do_not_scale_image_data=True,
-                               disable_image_compression=True) as hdul:
-                    touched = set()
-                    for row, hdu, index in rows:
-                        header = hdul[hdu].header
-                        if hdu not in touched:
-                            for key in [k for k in header.keys()
-                                        if k.startswith(f"ASTROMORPH {name} ")
-                                        or k == "ASTROMORPH VERSION"]:
-                                header.remove(key, ignore_missing=True, remove_all=True)
-                            for card in (
-                                    _card(f"ASTROMORPH {name} VERSION", str(model.version),
-                                          "model version"),
-                                    _card(f"ASTROMORPH {name} SHA256", model.sha256[:16],
-                                          "model file sha256 prefix"),
-                                    _card("ASTROMORPH VERSION", __version__,
-                                          "astromorph version")):
-                                header.append(card, end=True)
-                            touched.add(hdu)
-                        for card in _result_cards(model, table, row, index):
+            # raw data, and tile-compressed images as their binary tables: the pixels are
+            # copied byte for byte (re-compressing floats would quantise them again)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", fits.verify.VerifyWarning)  # reported below
+                hdul = fits.open(path, mode="readonly", memmap=True,
+                                 do_not_scale_image_data=True, disable_image_compression=True)
+        except Exception as exc:  # noqa: BLE001 - astropy raises OSError, ValueError...
+            # the reader scored (or flagged) it, astropy cannot open it: e.g. a card it cannot
+            # parse; an input problem, not an output one, so the other files still get theirs
+            _not_written(target, "astropy cannot open the file", exc)
+            continue
+        try:
+            with hdul, atomic_output(target, overwrite=overwrite or target == path) as tmp:
+                touched = set()
+                for row, hdu, index in rows:
+                    header = hdul[hdu].header
+                    if hdu not in touched:
+                        for key in [k for k in header.keys()
+                                    if k.startswith(f"ASTROMORPH {name} ")
+                                    or k == "ASTROMORPH VERSION"]:
+                            header.remove(key, ignore_missing=True, remove_all=True)
+                        for card in (
+                                _card(f"ASTROMORPH {name} VERSION", str(model.version),
+                                      "model version"),
+                                _card(f"ASTROMORPH {name} SHA256", model.sha256[:16],
+                                      "model file sha256 prefix"),
+                                _card("ASTROMORPH VERSION", __version__, "astromorph version")):
                             header.append(card, end=True)
-                    checksum = any("CHECKSUM" in h.header for h in hdul)
-                    with warnings.catch_warnings():
-                        warnings.simplefilter("ignore", fits.verify.VerifyWarning)
-                        hdul.writeto(tmp, output_verify="silentfix", checksum=checksum)
+                        touched.add(hdu)
+                    for card in _result_cards(model, table, row, index):
+                        header.append(card, end=True)
+                checksum = any("CHECKSUM" in h.header for h in hdul)
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", fits.verify.VerifyWarning)
+                    hdul.writeto(tmp, output_verify="silentfix", checksum=checksum)
         except (OSError, AstromorphError):
             raise  # a full disk, an unwritable folder...: the caller must know
         except Exception as exc:  # noqa: BLE001 - astropy cannot write this file back
             # e.g. a gzip of two concatenated FITS files, which the reader took the first
             # of: the file is skipped (no copy, the original untouched), the other files
             # and the returned table are kept
-            warnings.warn(f"results not written to the header of {str(target)!r}: astropy "
-                          f"cannot write the file back ({type(exc).__name__}: "
-                          f"{' '.join(str(exc).split())}); its rows are in the table",
-                          AstromorphWarning, stacklevel=3)
+            _not_written(target, "astropy cannot write the file back", exc)
             continue
         log.info("results written to the header of %s", target)
+
+
+def _not_written(target, why, exc):
+    warnings.warn(f"results not written to the header of {str(target)!r}: {why} "
+                  f"({type(exc).__name__}: {' '.join(str(exc).split())}); its rows are in the "
+                  "table", AstromorphWarning, stacklevel=4)

@@ -890,6 +890,28 @@ def test_header_file_astropy_cannot_write_back_is_skipped_with_a_warning(models,
     assert sorted(p.name for p in src.iterdir()) == ["g.fits", "twice.fits.gz"]
 
 
+def test_header_file_astropy_cannot_open_is_skipped_with_a_warning(models, tmp_path):
+    """A card astropy cannot parse (BSCALE = NAN): the fast reader flags the file, astropy
+    refuses to open it for the header copy ("Empty or corrupt FITS file", an OSError). That
+    is the input's problem: a warning, and the other copies and the table are kept (it used
+    to abort the run with OutputError after some copies were written)."""
+    src = tmp_path / "in"
+    src.mkdir()
+    write_fits(src / "g.fits", galaxy())
+    write_fits(src / "nan.fits", galaxy(), EXPTIME=2.0)
+    raw = (src / "nan.fits").read_bytes()
+    card = b"EXPTIME = " + b"2.0".rjust(20)
+    assert card in raw
+    (src / "nan.fits").write_bytes(raw.replace(card, b"BSCALE  = " + b"NAN".rjust(20)))
+    before = {p.name: digest(p) for p in src.iterdir()}
+    out = tmp_path / "out"
+    with pytest.warns(AstromorphWarning, match="nan.fits.*astropy cannot open the file"):
+        table = quiet(astromorph.predict_files, "morphology", src, write_header=out)
+    assert len(table) == 2
+    assert sorted(p.name for p in out.iterdir()) == ["g.fits"]
+    assert {p.name: digest(p) for p in src.iterdir()} == before
+
+
 def test_in_place_keeps_compressed_pixels_and_follows_links(models, tmp_path):
     """Header keywords only: a tile-compressed float image keeps its compressed bytes
     (re-compressing would quantise the pixels again), and an input reached through a
