@@ -223,7 +223,11 @@ def _triplet(raw, card, crop_fraction):
         scale = tri.TRIPLET_PIXEL_SCALE if raw.pixel_scale is None else raw.pixel_scale
         scale = float(np.atleast_1d(scale)[0])
         data, coverage = tri.resample_triplet(data, scale)
-        flags |= np.where(coverage < 0.999, int(Flag.EXTRAPOLATED), 0).astype(flags.dtype)
+        # extrapolated: the stamp does not cover the model's field, or its pixels are more
+        # than twice as coarse as the model's (upsampled, as for the other families)
+        coarse = scale > 2 * tri.TRIPLET_PIXEL_SCALE
+        flags |= np.where((coverage < 0.999) | coarse, int(Flag.EXTRAPOLATED),
+                          0).astype(flags.dtype)
     x, nan_fraction = tri.preprocess_triplet(data)
     flags |= np.where(nan_fraction > BLANK_THRESHOLD, int(Flag.BLANK), 0).astype(flags.dtype)
     flat = np.asarray(data, dtype=np.float32).reshape(len(data), 3, -1)
@@ -269,6 +273,11 @@ def prepare(model, raw, *, crop_fraction=None):
     with np.errstate(invalid="ignore", divide="ignore"):  # blank stamps in colour stretches
         x, flags = _FAMILIES[family](raw, model.card, crop_fraction)
     return np.asarray(x, dtype=np.float32), np.asarray(flags, dtype=np.int32)
+
+
+#: Description of the ``<prefix>_flags`` columns: every bit of `Flag` by value and name.
+FLAGS_DESCRIPTION = ("astromorph quality bits (astromorph.Flag, 0 = clean): "
+                     + ", ".join(f"{int(f)} {f.name}" for f in Flag))
 
 
 def result_columns(model, prediction, flags, valid):
@@ -330,9 +339,7 @@ def result_columns(model, prediction, flags, valid):
                 put(f"{prefix}_{label}", values[:, j].astype(np.float32),
                     f"{model.name} output {label!r}" + (f" ({readable})" if readable else ""))
     table[f"{prefix}_flags"] = np.asarray(flags, dtype=np.int32)
-    table[f"{prefix}_flags"].description = (
-        "astromorph quality bits (astromorph.Flag): 1 off image, 2 edge, 4 blank/NaN pixels, "
-        "8 no WCS, 16 extrapolated, 32 bad input, 64 constant stamp, 128 missing band")
+    table[f"{prefix}_flags"].description = FLAGS_DESCRIPTION
     return table
 
 

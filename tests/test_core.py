@@ -89,6 +89,8 @@ def test_flag_bits_and_names():
     assert describe_flags(0) == ""
     assert describe_flags(Flag.EDGE | Flag.BLANK) == "EDGE|BLANK"
     assert describe_flags(2 | 1024) == "EDGE|0x400"  # a bit from a newer astromorph
+    from astromorph._adapters import FLAGS_DESCRIPTION  # the flags columns' description
+    assert all(f"{int(f)} {f.name}" in FLAGS_DESCRIPTION for f in Flag)
 
 
 @pytest.mark.parametrize("name", ["..", "../tiny", "tiny/../../etc", "Tiny", "a b", "", "x" * 80])

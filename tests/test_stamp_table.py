@@ -161,6 +161,14 @@ def test_pixel_scale_resamples_and_flags(rb):
     np.testing.assert_allclose(from_wcs["rb_score"], expected, rtol=0, atol=1e-5)
     assumed = astromorph.annotate_stamps(Table({"triplet": x}), model=rb)
     assert (np.asarray(assumed["rb_flags"]) & Flag.NO_WCS).all()
+    # pixels more than twice as coarse as the model's 1"/px grid are upsampled: flagged,
+    # even where the stamp covers the model's field
+    coarse = astromorph.annotate_stamps(QTable({"triplet": _triplets(2, size=31, seed=6)}),
+                                        model=rb, pixel_scale=3 * u.arcsec)
+    assert (np.asarray(coarse["rb_flags"]) == Flag.EXTRAPOLATED).all()
+    fine = astromorph.annotate_stamps(QTable({"triplet": _triplets(2, size=35, seed=6)}),
+                                      model=rb, pixel_scale=1.9 * u.arcsec)
+    assert (np.asarray(fine["rb_flags"]) == 0).all()  # 35 x 1.9" covers 63", 1.9 <= 2x
 
 
 def test_optical_model_takes_colour_and_band_columns():
