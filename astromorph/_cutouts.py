@@ -58,6 +58,27 @@ def _release(nbytes):
 _ARCSEC = np.pi / (180.0 * 3600.0)
 
 
+def _check_wcs(wcs, name):
+    """`InputError` for a celestial WCS that cannot map pixels to the sky: a non-finite
+    reference point or a singular or non-finite pixel scale matrix (every source would
+    otherwise come out 'off the image')."""
+    w = wcs.wcs
+    bad = []
+    if not np.all(np.isfinite(w.crval)):
+        bad.append(f"CRVAL = {w.crval.tolist()}")
+    if not np.all(np.isfinite(w.crpix)):
+        bad.append(f"CRPIX = {w.crpix.tolist()}")
+    try:
+        matrix = wcs.pixel_scale_matrix
+    except Exception as exc:  # noqa: BLE001 - astropy raises several types
+        bad.append(f"no pixel scale ({exc})")
+    else:
+        if not np.all(np.isfinite(matrix)) or abs(np.linalg.det(matrix)) == 0:
+            bad.append(f"singular pixel scale matrix {np.round(matrix, 12).tolist()} deg/pixel")
+    if bad:
+        raise InputError(f"{name}: its WCS cannot place sources: {'; '.join(bad)}")
+
+
 class SkyImage:
     """A 2D image with a celestial WCS, readable without loading it whole.
 
@@ -84,6 +105,8 @@ class SkyImage:
             raise InputError(f"{name}: image pixels must be real numbers, got dtype {data.dtype}")
         if data.dtype.kind == "f" and data.dtype.itemsize < 4:
             data = data.astype(np.float32)  # float16: scipy's sampling does not take it
+        if wcs is not None:
+            _check_wcs(wcs, name)
         self.data, self.wcs, self.name, self.band = data, wcs, name, band
         self.bscale, self.bzero, self.blank = float(bscale), float(bzero), blank
         self.shape = data.shape

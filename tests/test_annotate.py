@@ -584,6 +584,18 @@ def test_missing_and_non_celestial_wcs(optical_model, tmp_path):
     (tmp_path / "corrupt.fits").write_bytes(b"SIMPLE  = T" + b"\0" * 100)
     with pytest.raises(InputError, match="corrupt.fits"):
         astromorph.annotate(cat, str(tmp_path / "corrupt.fits"), model=optical_model)
+    # a celestial WCS that cannot place anything is an error, not every source OFF_IMAGE
+    nan_ref = sky_wcs()
+    nan_ref.wcs.crval = [np.nan, 0.0]
+    with pytest.raises(InputError, match=r"cannot place sources: CRVAL = \[nan"):
+        astromorph.annotate(cat, (img, nan_ref), model=optical_model)
+    header = sky_wcs().to_header()
+    for key in ("CDELT1", "CDELT2", "PC1_1", "PC1_2", "PC2_1", "PC2_2"):
+        header.remove(key, ignore_missing=True)
+    header.update(CD1_1=1e-4, CD1_2=1e-4, CD2_1=1e-4, CD2_2=1e-4)  # rank 1
+    fits.writeto(tmp_path / "singular.fits", img, header)
+    with pytest.raises(InputError, match="singular.fits.*singular pixel scale matrix"):
+        astromorph.annotate(cat, str(tmp_path / "singular.fits"), model=optical_model)
 
 
 def test_hdulist_and_multi_extension_files(optical_model, tmp_path):
