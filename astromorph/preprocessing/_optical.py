@@ -354,7 +354,7 @@ def _lupton_uint8_float64(red, green, blue, *, q, stretch, minimum, scales, chun
 
 
 def gri_to_rgb(g, r, i, *, q=LUPTON_Q, stretch=LUPTON_STRETCH, minimum=LUPTON_MINIMUM,
-               band_scales=None, _planar=False):
+               band_scales=None):
     """Make an SDSS-like 8-bit colour composite from calibrated g, r, i images.
 
     Gives what `astropy.visualization.make_lupton_rgb` (Lupton et al. 2004)
@@ -378,6 +378,14 @@ def gri_to_rgb(g, r, i, *, q=LUPTON_Q, stretch=LUPTON_STRETCH, minimum=LUPTON_MI
     -------
     numpy.ndarray, uint8, shape (H, W, 3) or (N, H, W, 3)
     """
+    return _gri_to_rgb(g, r, i, q=q, stretch=stretch, minimum=minimum,
+                       band_scales=band_scales)
+
+
+def _gri_to_rgb(g, r, i, *, q=LUPTON_Q, stretch=LUPTON_STRETCH, minimum=LUPTON_MINIMUM,
+                band_scales=None, planar=False):
+    """`gri_to_rgb`; with ``planar=True`` the colour planes first, shape (3, H, W) or
+    (3, N, H, W) (see `_lupton_uint8`)."""
     scales = dict(LUPTON_BAND_SCALES if band_scales is None else band_scales)
     if set(scales) < {"g", "r", "i"}:
         raise InvalidArgumentError(f"band_scales needs g, r and i, got {sorted(scales)}")
@@ -390,7 +398,7 @@ def gri_to_rgb(g, r, i, *, q=LUPTON_Q, stretch=LUPTON_STRETCH, minimum=LUPTON_MI
     if bands[0].ndim not in (2, 3):
         raise InputShapeError(f"expected (H, W) or (N, H, W) images, got {bands[0].shape}")
     return _lupton_uint8(*bands, q=q, stretch=stretch, minimum=minimum,
-                         scales=[scales[k] for k in "irg"], planar=_planar)
+                         scales=[scales[k] for k in "irg"], planar=planar)
 
 
 def preprocess_gri(g, r, i, *, size=STAMP_SIZE, crop_fraction=CROP_FRACTION, **lupton):
@@ -411,7 +419,7 @@ def preprocess_gri(g, r, i, *, size=STAMP_SIZE, crop_fraction=CROP_FRACTION, **l
     numpy.ndarray, float32, shape (3, size, size) or (N, 3, size, size)
     """
     # the colour planes as an (N, H, W, 3) view: no interleaving only to undo it
-    rgb = np.moveaxis(gri_to_rgb(g, r, i, _planar=True, **lupton), 0, -1)
+    rgb = np.moveaxis(_gri_to_rgb(g, r, i, planar=True, **lupton), 0, -1)
     return preprocess_colour_cutout(rgb, size=size, crop_fraction=crop_fraction)
 
 
