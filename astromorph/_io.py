@@ -133,11 +133,12 @@ def check_output(path, *, overwrite=False, table=False, inputs=()):
 def atomic_output(path, *, overwrite=False, mode=None):
     """Write a file atomically through a temporary path.
 
-    Yields a temporary path in the destination directory whose name ends
-    with the destination's name (so format detection by extension, e.g. of
-    ``.fits.gz``, works on it). When the block exits normally the file is
-    fsync'ed and moved over ``path`` with `os.replace`; when it raises, the
-    temporary file is removed and ``path`` is left as it was.
+    Yields a temporary path with the destination's own name inside a private
+    ``.astromorph-tmp-*`` folder beside the destination (so format detection by
+    extension, e.g. of ``.fits.gz``, works on it, and a gzip header records the
+    right name). When the block exits normally the file is fsync'ed and moved
+    over ``path`` with `os.replace`; either way the temporary folder is then
+    removed, and when the block raises ``path`` is left as it was.
 
     Parameters
     ----------
