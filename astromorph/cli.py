@@ -155,9 +155,12 @@ def main(argv=None):
     # as well, each would be printed twice
     astropy_log = logging.getLogger("astropy")
     propagate, astropy_log.propagate = astropy_log.propagate, False
-    sigterm = None
-    if threading.current_thread() is threading.main_thread():
-        sigterm = signal.signal(signal.SIGTERM, _on_sigterm)
+    # only where SIGTERM would end the process at once: an ignored SIGTERM (e.g. set by a
+    # supervisor) or a handler of the program that calls main() is left as it is
+    sigterm = (threading.current_thread() is threading.main_thread()
+               and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL)
+    if sigterm:
+        signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         return args.func(args)
     except AstromorphError as exc:
@@ -171,8 +174,8 @@ def main(argv=None):
         return 130
     finally:
         astropy_log.propagate = propagate
-        if sigterm is not None:
-            signal.signal(signal.SIGTERM, sigterm)
+        if sigterm:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -560,6 +560,39 @@ def test_cli_sigterm_leaves_no_partial_output(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_cli_leaves_an_ignored_sigterm_ignored(tmp_path):
+    """A process started with SIGTERM ignored (nohup-like supervisors, a parent's choice)
+    keeps ignoring it: the command only turns the default action into an orderly exit."""
+    out = tmp_path / "out.txt"
+    code = ("import os, signal, sys, time\n"
+            "from astromorph import cli\n"
+            "from astromorph._io import atomic_output\n"
+            "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+            "def fake(args):\n"
+            f"    with atomic_output({str(out)!r}) as tmp:\n"
+            "        tmp.write_text('complete')\n"
+            "        os.kill(os.getpid(), signal.SIGTERM)\n"
+            "        time.sleep(0.2)\n"
+            "    return 0\n"
+            "cli._cmd_models = fake\n"
+            "status = cli.main(['models'])\n"
+            "assert signal.getsignal(signal.SIGTERM) == signal.SIG_IGN\n"
+            "sys.exit(status)\n")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=REPO, timeout=60)
+    assert run.returncode == 0, run.stderr
+    assert out.read_text() == "complete"
+
+
+def test_cli_restores_the_default_sigterm_action(tiny_registry, capsys):
+    import signal
+
+    if signal.getsignal(signal.SIGTERM) != signal.SIG_DFL:
+        pytest.skip("the test runner handles SIGTERM itself")
+    assert cli.main(["models"]) == 0
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+
+
 def test_cli_version(capsys):
     with pytest.raises(SystemExit) as info:
         cli.main(["--version"])
