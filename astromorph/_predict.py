@@ -20,7 +20,6 @@ from ._headers import header_targets, write_results_to_header
 from ._io import check_output, write_table
 from ._progress import progress_bar
 from ._readers import expand_inputs, read_file
-from ._version import __version__
 from .preprocessing._triplet import _SENTINEL
 from .exceptions import (AmbiguousInputWarning, InputError, InvalidArgumentError,
                          UnusableInputWarning)

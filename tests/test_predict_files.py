@@ -576,6 +576,7 @@ def test_alert_record_that_cannot_be_interpreted_flags_only_itself(models, tmp_p
     with pytest.raises(NameError):
         astromorph.predict_files("real-bogus", tmp_path / "many.avro", progress=False)
 
+
 def test_ztf_difference_orientation(tmp_path):
     pytest.importorskip("fastavro")
     t = triplet()
