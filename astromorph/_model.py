@@ -10,7 +10,8 @@ import numpy as np
 from ._registry import _is_path_like, resolve_model, resolve_single_band_graph, verify_checksum
 from ._session import get_session
 from ._progress import progress_bar
-from .exceptions import AmbiguousInputWarning, InputError, InputShapeError, InvalidArgumentError
+from .exceptions import (AmbiguousInputWarning, InputDTypeError, InputError, InputShapeError,
+                         InvalidArgumentError)
 
 __all__ = ["Model", "Prediction", "load_model", "as_model"]
 
@@ -211,7 +212,7 @@ class Model:
             x = np.ma.filled(np.ma.asarray(x).astype(np.float32), np.nan)
         x = np.asarray(x)
         if x.dtype.kind not in "biuf":
-            raise TypeError(f"model input must be a real numeric array, got dtype {x.dtype}")
+            raise InputDTypeError(f"model input must be a real numeric array, got dtype {x.dtype}")
         c, h, w = self.input_shape
         single = self.card["input"].get("single_band", "invalid")
         if x.ndim == 3 and c > 1 and x.shape == (c, h, w):
@@ -313,6 +314,9 @@ class Model:
             ``input.preprocessing`` function first (e.g.
             `astromorph.preprocessing.preprocess_triplet`), or through
             `astromorph.predict_files` / `astromorph.annotate`, which flag such rows.
+        astromorph.exceptions.InputDTypeError
+            ``x`` is not a real numeric array (complex, object, strings); a `TypeError`
+            and an `InputError` both.
         """
         from ._predict import check_batch_size
 

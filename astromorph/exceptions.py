@@ -17,6 +17,7 @@ __all__ = [
     "MissingRuntimeError",
     "InputShapeError",
     "InputError",
+    "InputDTypeError",
     "InputNotFoundError",
     "InvalidArgumentError",
     "OutputExistsError",
@@ -72,6 +73,11 @@ class InputShapeError(AstromorphError, ValueError):
 
 class InputError(AstromorphError, ValueError):
     """An input (array, file, table, image) cannot be used; the message names it."""
+
+
+class InputDTypeError(InputError, TypeError):
+    """An input array's dtype is not a real number type (e.g. complex, object or string);
+    a `TypeError` too, as numpy raises for such arrays."""
 
 
 class InputNotFoundError(AstromorphError, FileNotFoundError):

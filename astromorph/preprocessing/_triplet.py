@@ -20,7 +20,7 @@ Both are pure numpy and vectorised over the batch.
 
 import numpy as np
 
-from ..exceptions import InputShapeError, InvalidArgumentError
+from ..exceptions import InputDTypeError, InputShapeError, InvalidArgumentError
 from ._checks import in_unit_interval, is_whole, to_arcsec
 
 __all__ = [
@@ -49,7 +49,7 @@ def _as_float_batch(x):
     """Return ``x`` as a native-byte-order float array of shape (N, 3, H, W)."""
     x = np.asarray(x)
     if x.dtype.kind not in "fiu":
-        raise TypeError(f"triplets must be numeric, got dtype {x.dtype}")
+        raise InputDTypeError(f"triplets must be numeric, got dtype {x.dtype}")
     if x.ndim == 3:
         x = x[None]
     if x.ndim != 4 or x.shape[1] != 3:
@@ -102,8 +102,8 @@ def preprocess_triplet(x, *, return_flags=True):
     ------
     ValueError
         If the stamps are not 3 x 63 x 63.
-    TypeError
-        If ``x`` is not numeric.
+    astromorph.exceptions.InputDTypeError
+        If ``x`` is not numeric (a `TypeError` too).
 
     Examples
     --------
