@@ -1,7 +1,6 @@
 """`annotate`: catalogue + images with WCS -> a copy of the table with model columns."""
 import logging
 import os
-import warnings
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -17,6 +16,7 @@ from ._images import closing_files, parse_sky_images
 from ._model import as_model
 from ._progress import progress_bar
 from ._version import __version__
+from ._warnings import warn
 from .exceptions import AmbiguousInputWarning, InputError, InvalidArgumentError
 
 __all__ = ["annotate", "ANNOTATE_CHUNK"]
@@ -222,9 +222,9 @@ def _band_plan(model, family, groups):
     if len(names) == 1:
         return names
     pick = next((b for b in ("r", "i", "g") if b in groups), names[0])
-    warnings.warn(f"model {model.name!r}: images of bands {names} given; using band {pick!r} "
-                  "alone (the model takes g, r and i together, or one band)",
-                  AmbiguousInputWarning, stacklevel=3)
+    warn(f"model {model.name!r}: images of bands {names} given; using band {pick!r} "
+         "alone (the model takes g, r and i together, or one band)",
+         AmbiguousInputWarning)
     return [pick]
 
 

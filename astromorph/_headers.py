@@ -14,6 +14,7 @@ import numpy as np
 
 from ._io import atomic_output
 from ._version import __version__
+from ._warnings import warn
 from .exceptions import (AstromorphError, AstromorphWarning, InvalidArgumentError,
                          OutputExistsError)
 
@@ -32,10 +33,10 @@ def header_targets(paths, write_header, in_place, overwrite):
     fits_paths = [p for p in paths if _is_fits_name(p)]
     if len(fits_paths) < len(paths):
         what = "in_place" if in_place else "write_header"
-        warnings.warn(f"{what}: {len(paths) - len(fits_paths)} of {len(paths)} input(s) are not "
-                      f"FITS files (JPEG, PNG, Avro alerts) and carry no header to write to"
-                      + ("; nothing will be written" if not fits_paths else ""),
-                      AstromorphWarning, stacklevel=3)
+        warn(f"{what}: {len(paths) - len(fits_paths)} of {len(paths)} input(s) are not "
+             f"FITS files (JPEG, PNG, Avro alerts) and carry no header to write to"
+             + ("; nothing will be written" if not fits_paths else ""),
+             AstromorphWarning)
     if not fits_paths:
         return {}
     if in_place:  # the file itself, through any symbolic link
@@ -193,6 +194,6 @@ def write_results_to_header(model, table, origins, targets, *, overwrite=False):
 
 
 def _not_written(target, why, exc):
-    warnings.warn(f"results not written to the header of {str(target)!r}: {why} "
-                  f"({type(exc).__name__}: {' '.join(str(exc).split())}); its rows are in the "
-                  "table", AstromorphWarning, stacklevel=4)
+    warn(f"results not written to the header of {str(target)!r}: {why} "
+         f"({type(exc).__name__}: {' '.join(str(exc).split())}); its rows are in the "
+         "table", AstromorphWarning)

@@ -2,7 +2,6 @@
 import logging
 import os
 import re
-import warnings
 from collections.abc import Mapping
 
 import numpy as np
@@ -10,6 +9,7 @@ import numpy as np
 from ._registry import _is_path_like, resolve_model, resolve_single_band_graph, verify_checksum
 from ._session import get_session
 from ._progress import progress_bar
+from ._warnings import warn
 from .exceptions import (AmbiguousInputWarning, InputDTypeError, InputError, InputShapeError,
                          InvalidArgumentError)
 
@@ -218,11 +218,10 @@ class Model:
         if x.ndim == 3 and c > 1 and x.shape == (c, h, w):
             # one stamp, as the card's preprocessing returns it for one image
             if single == "replicate":
-                warnings.warn(
-                    f"model {self.name!r}: input of shape {x.shape} is read as one {c}-band "
-                    f"stamp; for {c} single-band stamps pass shape ({c}, 1, {h}, {w}), for one "
-                    f"{c}-band stamp x[None], to silence this warning",
-                    AmbiguousInputWarning, stacklevel=3)
+                warn(f"model {self.name!r}: input of shape {x.shape} is read as one {c}-band "
+                     f"stamp; for {c} single-band stamps pass shape ({c}, 1, {h}, {w}), for one "
+                     f"{c}-band stamp x[None], to silence this warning",
+                     AmbiguousInputWarning)
             x = x[None]
         elif x.ndim == 3 and (c == 1 or single == "replicate"):
             x = x[:, None]

@@ -21,6 +21,7 @@ from ._io import check_output, write_table
 from ._progress import progress_bar
 from ._readers import expand_inputs, read_file
 from .preprocessing._triplet import _SENTINEL
+from ._warnings import warn
 from .exceptions import (AmbiguousInputWarning, InputError, InvalidArgumentError,
                          UnusableInputWarning)
 
@@ -138,9 +139,9 @@ def predict_files(model, inputs, *, batch_size=256, progress=None, write_header=
             bar.update(1)
         runner.finish()
     if assumed:
-        warnings.warn(f"{len(assumed)} stamp(s) read by assumption (first: {assumed[0].source}: "
-                      f"{assumed[0].assumption}); name the bands (BAND or FILTER keywords, or "
-                      "EXTNAMEs) to be sure", AmbiguousInputWarning, stacklevel=2)
+        warn(f"{len(assumed)} stamp(s) read by assumption (first: {assumed[0].source}: "
+             f"{assumed[0].assumption}); name the bands (BAND or FILTER keywords, or "
+             "EXTNAMEs) to be sure", AmbiguousInputWarning)
 
     prediction, flags, valid = runner.collect()
     cols = result_columns(model, prediction, flags, valid)
@@ -191,9 +192,9 @@ def summarise(reasons, flags, valid, *, what, where):
     flagged = int(((flags != 0) & valid).sum())
     if bad:
         first = next(r for r, v in zip(reasons, valid) if not v)
-        warnings.warn(f"{bad} of {n} {what}(s) could not be scored (first: {first}); their "
-                      f"outputs are masked and {where} says why",
-                      UnusableInputWarning, stacklevel=3)
+        warn(f"{bad} of {n} {what}(s) could not be scored (first: {first}); their "
+             f"outputs are masked and {where} says why",
+             UnusableInputWarning)
     if flagged:
         log.info("%d of %d scored %s(s) carry quality flags", flagged, n, what)
 

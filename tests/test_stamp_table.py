@@ -105,8 +105,10 @@ def test_bad_rows_are_flagged_never_fatal(rb):
     sci[5] = x[5, 0].copy()
     sci[5][:30] = np.nan                            # half NaN: flagged, still scored
     t = Table({"science": sci, "reference": ref, "difference": diff})
-    with pytest.warns(UnusableInputWarning, match="4 of 7 row"):
+    with pytest.warns(UnusableInputWarning, match="4 of 7 row") as rec:
         out = astromorph.annotate_stamps(t, model=rb)
+    # the summary points at the caller's line, not into astromorph
+    assert {w.filename for w in rec if w.category is UnusableInputWarning} == {__file__}
     flags = np.asarray(out["rb_flags"])
     assert flags[1] & Flag.MISSING_BAND and "science" in out["rb_reason"][1]
     assert flags[2] & Flag.BAD_INPUT and "gzip" in out["rb_reason"][2]
