@@ -246,6 +246,85 @@ def test_resume_refuses_another_recipe():
                      ("seed", "lr", "label_smoothing"))
 
 
+def test_real_bogus_resume_checks_the_recipe():
+    """real-bogus continues a checkpoint only under its recipe (--recipe, --n-train, --lr,
+    --seed...) and learning-rate cycle length; --epochs may grow by whole cycles."""
+    from types import SimpleNamespace
+
+    from astromorph_training import realbogus
+
+    def args(**kw):
+        base = dict(seed=0, lr=2e-3, batch_size=128, n_train=4096, n_val=8000, recipe="v3",
+                    amp="fp32", cycles=2)
+        return SimpleNamespace(**{**base, **kw})
+
+    ck = {"epoch": 29, "recipe": realbogus._recipe(args(), 30)}
+    realbogus._check_resume("last.pt", ck, args(), 30)  # a finished run, kept
+    realbogus._check_resume("last.pt", ck, args(cycles=3), 45)  # a third 15-epoch cycle
+    realbogus._check_resume("last.pt", {"epoch": 3}, args(seed=9), 30)  # older checkpoints
+    for changed, epochs, message in ((dict(recipe="v5"), 30, "--recipe v3, this run asks for v5"),
+                                     (dict(n_train=8192), 30, "--n-train 4096"),
+                                     (dict(lr=1e-3), 30, "--lr 0.002"),
+                                     (dict(seed=1), 30, "--seed 0"),
+                                     (dict(cycles=1), 30, r"cycle \(--epochs / --cycles\) 15, "
+                                                          "this run asks for 30"),
+                                     (dict(cycles=1), 15, "already trained 30 epochs")):
+        with pytest.raises(SystemExit, match=message):
+            realbogus._check_resume("last.pt", ck, args(**changed), epochs)
+
+
+def test_gz2_resume_checks_the_recipe():
+    """morphology-gz2 continues a checkpoint only with its options, training set and initial
+    weights; checkpoints without a recorded recipe are checked on what they record."""
+    from astromorph_training import gz2
+
+    recipe = {"seed": "0", "lr": "0.002", "weight_decay": "0.05", "batch_size": "64",
+              "ema_decay": "0.995", "dropout": "0.2", "n_train": "100", "n_pseudo": "0",
+              "init_sha256": "abc"}
+    state = {"epoch": 4, "recipe": recipe}
+    gz2._check_resume("last.pt", state, recipe, 5)
+    gz2._check_resume("last.pt", state, recipe, 60)
+    with pytest.raises(SystemExit, match=r"initial weights \(--init\) of sha256 abc"):
+        gz2._check_resume("last.pt", state, {**recipe, "init_sha256": "def"}, 5)
+    with pytest.raises(SystemExit, match=r"--student-lr\) 0.002, this run asks for 0.0005"):
+        gz2._check_resume("last.pt", state, {**recipe, "lr": "0.0005"}, 5)
+    old = {"epoch": 4, "args": {"seed": "0", "lr": "0.002", "batch_size": "64"}, "n_train": 100,
+           "n_pseudo": 0, "dropout": 0.2, "init_sha256": "abc"}
+    gz2._check_resume("last.pt", old, {**recipe, "lr": "0.0005"}, 5)  # lr not recorded as run
+    with pytest.raises(SystemExit, match="--seed 0, this run asks for 3"):
+        gz2._check_resume("last.pt", old, {**recipe, "seed": "3"}, 5)
+    with pytest.raises(SystemExit, match="pseudo-labelled images"):
+        gz2._check_resume("last.pt", old, {**recipe, "n_pseudo": "5000"}, 5)
+
+
+def _tiny_ssl(tmp_path, epochs, *, method="simclr", lr=1e-3, restart=False, n=8):
+    """``embedding.run_ssl`` on ``n`` random cutouts (a second or so per epoch)."""
+    import numpy as np
+    import torch
+
+    from astromorph_training import embedding
+
+    torch.manual_seed(0)
+    pool = np.random.default_rng(0).integers(0, 255, (n, 3, 96, 96), dtype=np.uint8)
+    m = embedding.build_method(method)
+    hist = embedding.run_ssl(m, pool, epochs=epochs, batch_size=4, lr=lr, seed=0,
+                             ckpt=tmp_path / "last.pt", restart=restart)
+    return m, hist
+
+
+def test_embedding_resume_checks_the_recipe(tmp_path):
+    """embedding refuses to continue a checkpoint of another method, learning rate or
+    training set (it used to start afresh over it)."""
+    _tiny_ssl(tmp_path, 1)
+    with pytest.raises(SystemExit, match="--method simclr, this run asks for byol"):
+        _tiny_ssl(tmp_path, 2, method="byol")
+    with pytest.raises(SystemExit, match="--lr 0.001, this run asks for 0.002"):
+        _tiny_ssl(tmp_path, 2, lr=2e-3)
+    with pytest.raises(SystemExit, match="training cutouts 8, this run asks for 12"):
+        _tiny_ssl(tmp_path, 2, n=12)
+    _tiny_ssl(tmp_path, 1, method="byol", restart=True)  # --restart: starts again
+
+
 def test_card_train_command_repeats_the_run():
     """The morphology card's command is built from the options the checkpoint recorded:
     defaults give the bare command (the shipped card), others are spelled out."""

@@ -143,20 +143,36 @@ def save_checkpoint(obj, path):
     return path
 
 
-def check_resume(checkpoint, stored_args, args, keys):
+def check_resume(checkpoint, stored_args, args, keys, *, labels=None, trained=None, epochs=None):
     """Refuse to resume ``checkpoint`` with a different recipe.
 
     ``stored_args`` are the options saved with the checkpoint (values as strings);
     ``keys`` the ones a resumed run must share (the seed, learning rate, loss...;
     ``epochs`` and ``threads`` may change). Raises `SystemExit` naming the first
     difference, so a checkpoint is never continued under a command it did not run.
+    A key missing from ``stored_args`` (a checkpoint older than the key) is not checked.
+
+    ``labels`` maps a key to how the message names it when it is no command-line
+    option of its own (e.g. ``"epochs per learning-rate cycle (--epochs / --cycles)"``);
+    other keys are named as ``--key``.
+
+    ``trained`` (epochs the checkpoint has trained) and ``epochs`` (this run's total),
+    when given, refuse a checkpoint already past the run's ``--epochs``: continuing
+    would train nothing and record a shorter run than the network had. Fewer or
+    equal (a finished run: kept, nothing trained) and more (the run continues to the
+    new total) pass.
     """
+    labels = labels or {}
     for key in keys:
         if key in stored_args and str(getattr(args, key, None)) != stored_args[key]:
-            option = "--" + key.replace("_", "-")
+            option = labels.get(key, "--" + key.replace("_", "-"))
             raise SystemExit(f"{checkpoint} was trained with {option} {stored_args[key]}, this "
                              f"run asks for {getattr(args, key, None)}: pass --restart to start "
                              "again, or the same options to resume")
+    if trained is not None and epochs is not None and trained > epochs:
+        raise SystemExit(f"{checkpoint} has already trained {trained} epochs, more than this "
+                         f"run's --epochs {epochs}: pass --restart to start again, or --epochs "
+                         f"{trained} or more to keep it")
 
 
 def train_command(model, stored_args, keys):

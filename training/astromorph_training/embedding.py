@@ -53,6 +53,7 @@ Steps
     Re-exports the graph, checks torch/ONNX parity and throughput and writes
     ``models/embedding/card.json``.
 """
+import argparse
 import copy
 import json
 import logging
@@ -637,6 +638,20 @@ def _lr_at(step, total, peak, warmup):
     return peak * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
 
 
+#: What a resumed run must share with its checkpoint (`_common.check_resume`; ``--epochs``
+#: and ``--threads`` may change). ``n_train`` is the number of training cutouts.
+RECIPE_KEYS = ("method", "seed", "lr", "batch_size", "temperature", "n_train")
+_RECIPE_LABELS = {"n_train": "training cutouts"}
+
+
+def _stored_recipe(state):
+    """The `RECIPE_KEYS` a checkpoint was trained with, as strings (older checkpoints:
+    their records, which lack the temperature)."""
+    if "recipe" in state:
+        return state["recipe"]
+    return {k: str(state[k]) for k in RECIPE_KEYS if k in state}
+
+
 def run_ssl(method, pool, *, epochs, batch_size, lr, seed, ckpt=None, restart=False,
             monitor=None, monitor_every=5, log_prefix=""):
     """Train a self-supervised method on uint8 stamps; checkpoint every epoch.
@@ -659,9 +674,15 @@ def run_ssl(method, pool, *, epochs, batch_size, lr, seed, ckpt=None, restart=Fa
     params = [p for p in method.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-4 if method.name == "simclr" else 1e-5)
     start, history = 0, []
+    batch_size = min(batch_size, len(pool))
+    recipe = {"method": method.name, "seed": str(seed), "lr": str(lr),
+              "batch_size": str(batch_size), "temperature": str(getattr(method, "temperature", None)),
+              "n_train": str(len(pool))}
     if ckpt is not None and ckpt.exists() and not restart:
         state = torch.load(ckpt, map_location="cpu", weights_only=False)
-        if state["method"] == method.name and state["epoch"] + 1 < epochs:
+        _common.check_resume(ckpt, _stored_recipe(state), argparse.Namespace(**recipe),
+                             RECIPE_KEYS, labels=_RECIPE_LABELS)
+        if state["epoch"] + 1 < epochs:
             method.load_state_dict(state["model"])
             opt.load_state_dict(state["optimizer"])
             start, history = state["epoch"] + 1, state["history"]
@@ -673,7 +694,6 @@ def run_ssl(method, pool, *, epochs, batch_size, lr, seed, ckpt=None, restart=Fa
         else:
             log.warning("%s%s is a %s run at epoch %d of %d: starting afresh", log_prefix, ckpt,
                         state["method"], state["epoch"] + 1, state["epochs"])
-    batch_size = min(batch_size, len(pool))
     steps = max(1, len(pool) // batch_size)
     total = epochs * steps
     warmup = min(2 * steps, total // 10 + 1)
@@ -707,7 +727,8 @@ def run_ssl(method, pool, *, epochs, batch_size, lr, seed, ckpt=None, restart=Fa
         if ckpt is not None:
             state = dict(epoch=epoch, epochs=epochs, method=method.name,
                          model=method.state_dict(), optimizer=opt.state_dict(), history=history,
-                         batch_size=batch_size, lr=lr, seed=seed, n_train=int(len(pool)))
+                         batch_size=batch_size, lr=lr, seed=seed, n_train=int(len(pool)),
+                         recipe=recipe)
             _common.save_checkpoint(state, ckpt)
     return history
 
@@ -734,7 +755,9 @@ def compare_methods(args, data, pool):
         t0 = time.perf_counter()
         hist = run_ssl(method, subset, epochs=epochs, batch_size=_get(args, "batch_size", 256)
                        if not args.smoke else 16, lr=lr, seed=args.seed,
-                       ckpt=ckdir / f"compare_{name}.pt", log_prefix=f"[compare {name}] ")
+                       ckpt=ckdir / f"compare_{name}.pt",
+                       restart=_get(args, "restart", False) or args.smoke,
+                       log_prefix=f"[compare {name}] ")
         score = monitor_scores(method.encoder, data, mon, draws=draws, n_labels=n_labels)
         score.update(train_seconds=round(time.perf_counter() - t0, 1),
                      final_loss=hist[-1]["loss"] if hist else None, lr=lr)

@@ -482,6 +482,37 @@ def _init_weights(net, path, state, root):
         _common.sha256sum(path)
 
 
+#: What a resumed run must share with its checkpoint (`_common.check_resume`): options
+#: (``epochs`` and ``threads`` may change) and the training set and starting weights they
+#: give; ``lr`` is the stage's peak learning rate (``--student-lr`` for a student started
+#: from the teacher).
+RECIPE_KEYS = ("seed", "lr", "weight_decay", "batch_size", "ema_decay", "dropout", "n_train",
+               "n_pseudo", "init_sha256")
+_RECIPE_LABELS = {"lr": "peak learning rate (--lr, or --student-lr)",
+                  "n_train": "labelled training galaxies (--train-fraction)",
+                  "n_pseudo": "pseudo-labelled images (--student-epochs)",
+                  "init_sha256": "initial weights (--init) of sha256"}
+
+
+def _stored_recipe(state):
+    """The `RECIPE_KEYS` a checkpoint was trained with, as strings (older checkpoints:
+    what their options and records say)."""
+    if "recipe" in state:
+        return state["recipe"]
+    a = state.get("args", {})
+    stored = {k: a[k] for k in ("seed", "weight_decay", "batch_size", "ema_decay") if k in a}
+    stored.update({k: str(state[k]) for k in ("dropout", "n_train", "n_pseudo", "init_sha256")
+                   if k in state})
+    return stored
+
+
+def _check_resume(last, state, recipe, epochs):
+    """Refuse to continue ``last.pt`` (contents ``state``) under another ``recipe`` (the
+    `RECIPE_KEYS` of this run, as strings) or past ``epochs``."""
+    _common.check_resume(last, _stored_recipe(state), argparse.Namespace(**recipe), RECIPE_KEYS,
+                         labels=_RECIPE_LABELS, trained=int(state["epoch"]) + 1, epochs=epochs)
+
+
 def _fit(args, ckdir, data, tr, *, epochs, pseudo=None, start=None, lr=None):
     """Train one network into ``ckdir`` (resumable); returns the best validation RMSE.
 
@@ -528,9 +559,14 @@ def _fit(args, ckdir, data, tr, *, epochs, pseudo=None, start=None, lr=None):
         p.requires_grad_(False)
     opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=_get(args, "weight_decay", 0.05))
     start_epoch, history, best = 0, [], np.inf
+    recipe = {"seed": str(args.seed), "lr": str(lr), "weight_decay": str(_get(args, "weight_decay", 0.05)),
+              "batch_size": str(batch_size), "ema_decay": str(_get(args, "ema_decay", 0.995)),
+              "dropout": str(_get(args, "dropout", 0.2)), "n_train": str(len(tr)),
+              "n_pseudo": str(0 if pseudo is None else len(pseudo["y"])), "init_sha256": str(init_sha)}
     last = ckdir / "last.pt"
     if last.exists() and not _get(args, "restart", False) and not args.smoke:
         state = torch.load(last, map_location="cpu", weights_only=False)
+        _check_resume(last, state, recipe, epochs)
         net.load_state_dict(state["model"])
         ema.load_state_dict(state["ema"])
         opt.load_state_dict(state["optimizer"])
@@ -580,7 +616,7 @@ def _fit(args, ckdir, data, tr, *, epochs, pseudo=None, start=None, lr=None):
                      init_sha256=init_sha, n_train=int(len(tr)),
                      n_pseudo=0 if pseudo is None else int(len(pseudo["y"])),
                      dropout=_get(args, "dropout", 0.2), widths=list(widths), stem=stem,
-                     args={k: str(v) for k, v in vars(args).items()})
+                     args={k: str(v) for k, v in vars(args).items()}, recipe=recipe)
         _common.save_checkpoint(state, last)
         if val_rmse < best:
             best = val_rmse

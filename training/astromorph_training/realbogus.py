@@ -470,6 +470,32 @@ def _augment(torch, xb):
     return out
 
 
+#: What a resumed run must share with its checkpoint (`common.check_resume`): the options
+#: that change the training, and the epochs of one learning-rate cycle (``--epochs`` may
+#: grow by whole cycles, as 1.6.0 continued 1.5.0 with ``--epochs 45 --cycles 3``;
+#: ``--threads`` and ``--processes`` may change).
+RECIPE_KEYS = ("seed", "lr", "batch_size", "n_train", "n_val", "recipe", "amp", "cycle_epochs")
+_RECIPE_LABELS = {"cycle_epochs": "epochs per learning-rate cycle (--epochs / --cycles)"}
+
+
+def _recipe(args, epochs):
+    """The `RECIPE_KEYS` of a run of ``epochs`` epochs, as strings (what ``last.pt`` keeps)."""
+    values = {"seed": args.seed, "lr": _get(args, "lr", 2e-3),
+              "batch_size": _get(args, "batch_size", 128),
+              "n_train": _get(args, "n_train", DEFAULT_N_TRAIN), "n_val": _get(args, "n_val", 8000),
+              "recipe": _get(args, "recipe", DEFAULT_RECIPE), "amp": _get(args, "amp", "fp32"),
+              "cycle_epochs": epochs // max(1, _get(args, "cycles", 1))}
+    return {key: str(value) for key, value in values.items()}
+
+
+def _check_resume(last, ck, args, epochs):
+    """Refuse to continue ``last.pt`` (contents ``ck``) under another recipe, or past
+    ``epochs`` (checkpoints written before the recipe was recorded are not checked)."""
+    common.check_resume(last, ck.get("recipe", {}), SimpleNamespace(**_recipe(args, epochs)),
+                        RECIPE_KEYS, labels=_RECIPE_LABELS, trained=int(ck["epoch"]) + 1,
+                        epochs=epochs)
+
+
 def _train_worker(rank, args, world, port, data=None):
     """The training epochs in process ``rank`` of ``world`` (checkpoints from rank 0).
 
@@ -587,7 +613,7 @@ def _train_worker(rank, args, world, port, data=None):
                                    dirs["ckpt"] / "best.pt")
         common.save_checkpoint({"model": net.state_dict(), "opt": opt.state_dict(),
                                 "sched": sched.state_dict(), "epoch": epoch, "best": best,
-                                "history": history}, last)
+                                "history": history, "recipe": _recipe(args, epochs)}, last)
         if world > 1:
             torch.distributed.barrier()
     if rank == 0:
@@ -617,13 +643,18 @@ def train(args):
     xtr, itr = _load_split(args, "train", dirs)  # simulated and cached before any worker starts
     xva, iva = _load_split(args, "val", dirs)
     world = max(1, int(_get(args, "processes", 1)))
+    epochs = args.epochs or (1 if args.smoke else DEFAULT_EPOCHS)
+    last = dirs["ckpt"] / "last.pt"
+    if last.exists() and not args.smoke and not _get(args, "restart", False):
+        # here, before any worker process starts: a refusal is one line, not a traceback
+        _check_resume(last, _torch().load(last, map_location="cpu", weights_only=False), args,
+                      epochs)
     if world > 1:
         import torch.multiprocessing as mp
 
         mp.spawn(_train_worker, args=(args, world, _free_port()), nprocs=world, join=True)
     else:
         _train_worker(0, args, 1, None, data=(xtr, itr, xva, iva))
-    epochs = args.epochs or (1 if args.smoke else DEFAULT_EPOCHS)
     run = {"train_seconds": time.perf_counter() - t_start, "epochs": epochs, "n_train": int(len(xtr)),
            "threads": int(_get(args, "threads", 1)), "processes": world,
            "amp": _get(args, "amp", "fp32"), "recipe": _get(args, "recipe", DEFAULT_RECIPE),
