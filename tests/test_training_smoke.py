@@ -244,6 +244,11 @@ def test_resume_refuses_another_recipe():
     with pytest.raises(SystemExit, match="--label-smoothing 0.1, this run asks for 0.0"):
         check_resume("last.pt", stored, argparse.Namespace(seed=0, lr=0.002, label_smoothing=0.0),
                      ("seed", "lr", "label_smoothing"))
+    check_resume("last.pt", stored, argparse.Namespace(seed=0), ("seed",), trained=90, epochs=90)
+    check_resume("last.pt", stored, argparse.Namespace(seed=0), ("seed",), trained=40, epochs=90)
+    with pytest.raises(SystemExit, match="already trained 90 epochs, more than this run's "
+                                         "--epochs 60: pass --restart"):
+        check_resume("last.pt", stored, argparse.Namespace(seed=0), ("seed",), trained=90, epochs=60)
 
 
 def test_real_bogus_resume_checks_the_recipe():
@@ -323,6 +328,39 @@ def test_embedding_resume_checks_the_recipe(tmp_path):
     with pytest.raises(SystemExit, match="training cutouts 8, this run asks for 12"):
         _tiny_ssl(tmp_path, 2, n=12)
     _tiny_ssl(tmp_path, 1, method="byol", restart=True)  # --restart: starts again
+
+
+def _tiny_radio_fit(folder, epochs, **kw):
+    """``radio._fit`` on 8 synthetic 300-pixel sources, 2 steps an epoch (a second)."""
+    import numpy as np
+
+    from astromorph_training import radio
+
+    yy, xx = np.mgrid[:300, :300] - 150.0
+    x = np.stack([(255 * np.exp(-(yy ** 2 + (xx - 5 * i) ** 2) / (2 * (4 + i) ** 2))).astype(np.uint8)
+                  for i in range(8)])
+    y = np.arange(8) % 4
+    return radio._fit(x, y, x[:4], y[:4], folder, epochs=epochs, seed=0, batch_size=4, lr=2e-3,
+                      weight_decay=5e-4, arch={"stage4": 0}, **kw)
+
+
+def test_radio_resume_with_other_epochs_continues(tmp_path):
+    """radio-morphology with another --epochs continues the checkpoint to the new total on a
+    re-planned schedule (as morphology does), where it used to train afresh over it; an
+    --epochs below the epochs trained is refused."""
+    import torch
+
+    first = _tiny_radio_fit(tmp_path / "a", 2)["history"]
+    longer = _tiny_radio_fit(tmp_path / "a", 3)
+    assert longer["history"][:2] == first
+    assert longer["replanned"] == [{"at_epoch": 2, "epochs_before": 2, "epochs": 3}]
+    fresh = _tiny_radio_fit(tmp_path / "b", 3)  # the schedule ends where a 3-epoch run's does
+    assert longer["history"][-1]["lr"] == pytest.approx(fresh["history"][-1]["lr"], rel=1e-12)
+    assert torch.load(tmp_path / "a" / "last.pt", weights_only=False)["epochs"] == 3
+    with pytest.raises(SystemExit, match="already trained 3 epochs, more than this run's --epochs 2"):
+        _tiny_radio_fit(tmp_path / "a", 2)
+    with pytest.raises(SystemExit, match="--mixup 0.0, this run asks for 0.2"):
+        _tiny_radio_fit(tmp_path / "a", 3, mixup=0.2)
 
 
 def test_card_train_command_repeats_the_run():

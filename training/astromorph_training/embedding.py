@@ -681,7 +681,8 @@ def run_ssl(method, pool, *, epochs, batch_size, lr, seed, ckpt=None, restart=Fa
     if ckpt is not None and ckpt.exists() and not restart:
         state = torch.load(ckpt, map_location="cpu", weights_only=False)
         _common.check_resume(ckpt, _stored_recipe(state), argparse.Namespace(**recipe),
-                             RECIPE_KEYS, labels=_RECIPE_LABELS)
+                             RECIPE_KEYS, labels=_RECIPE_LABELS, trained=state["epoch"] + 1,
+                             epochs=epochs)
         if state["epoch"] + 1 < epochs:
             method.load_state_dict(state["model"])
             opt.load_state_dict(state["optimizer"])

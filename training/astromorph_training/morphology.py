@@ -628,7 +628,8 @@ def train(args):
         if network_of(state) != (widths, stem) or state.get("stamp_size", STAMP_SIZE) != size:
             raise SystemExit(f"{last} has widths and stem {network_of(state)} and stamp size "
                              f"{state.get('stamp_size', STAMP_SIZE)}; pass --restart")
-        _common.check_resume(last, state.get("args", {}), args, RECIPE_KEYS)
+        _common.check_resume(last, state.get("args", {}), args, RECIPE_KEYS, trained=start_epoch,
+                             epochs=epochs)
         log.info("resumed from %s at epoch %d", last, start_epoch)
 
     train_counts = np.bincount(labels[tr], minlength=len(CLASS_NAMES))

@@ -587,18 +587,29 @@ def _fit(train_x, train_y, valid_x, valid_y, ckpt_dir, *, epochs, seed, batch_si
     if last.exists() and not restart:
         ck = torch.load(last, weights_only=False)
         _common.check_resume(last, ck.get("recipe", {}), argparse.Namespace(**recipe),
-                             tuple(recipe))
-        if ck.get("epochs") == epochs:
-            net.load_state_dict(ck["net"])
-            ema.load_state_dict(ck["ema"])
-            opt.load_state_dict(ck["opt"])
-            sched.load_state_dict(ck["sched"])
-            gen.set_state(ck["gen"])
-            torch.set_rng_state(ck["torch_rng"])
-            state = ck["state"]
-            LOG.info("%sresuming from epoch %d", label, state["epoch"])
-        else:
-            LOG.info("%scheckpoint was for %s epochs, restarting", label, ck.get("epochs"))
+                             tuple(recipe), trained=ck["state"]["epoch"], epochs=epochs)
+        net.load_state_dict(ck["net"])
+        ema.load_state_dict(ck["ema"])
+        opt.load_state_dict(ck["opt"])
+        replan = ck.get("epochs") != epochs
+        # another --epochs: the one-cycle schedule is re-planned for the new total from the
+        # step reached (as morphology's cosine schedule is), instead of training afresh
+        sched.load_state_dict({**ck["sched"], "total_steps": sched.total_steps,
+                               "_schedule_phases": sched._schedule_phases} if replan
+                              else ck["sched"])
+        gen.set_state(ck["gen"])
+        torch.set_rng_state(ck["torch_rng"])
+        state = ck["state"]
+        LOG.info("%sresuming from epoch %d", label, state["epoch"])
+        if replan:
+            sched.last_epoch -= 1
+            sched.step()  # the next step's learning rate (and momentum) on the new schedule
+            state.setdefault("replanned", []).append(
+                {"at_epoch": state["epoch"], "epochs_before": ck.get("epochs"), "epochs": epochs})
+            LOG.warning("%sthe checkpoint was planned for %s epochs, now %d: the learning-rate "
+                        "schedule follows the new total from here (a run of %d epochs from the "
+                        "start gives similar, not identical, weights)", label, ck.get("epochs"),
+                        epochs, epochs)
     decay = 0.98
     while state["epoch"] < epochs:
         t0 = time.perf_counter()
@@ -713,7 +724,8 @@ def train(args):
             {"epochs": epochs, "best": state["best"], "seed": args.seed, "arch": kw["arch"],
              "augment": kw["augment"], "label_smoothing": kw["label_smoothing"], "mixup": kw["mixup"],
              "threads": torch.get_num_threads(),
-             "train_seconds": sum(r["seconds"] for r in state["history"])}, indent=1))
+             "train_seconds": sum(r["seconds"] for r in state["history"]),
+             **({"replanned": state["replanned"]} if "replanned" in state else {})}, indent=1))
         return state
     folds = range(CV_FOLDS) if not getattr(args, "folds", None) else [int(f) for f in args.folds.split(",")]
     states = {}
