@@ -363,6 +363,21 @@ def test_radio_resume_with_other_epochs_continues(tmp_path):
         _tiny_radio_fit(tmp_path / "a", 3, mixup=0.2)
 
 
+def test_embedding_keeps_a_finished_run(tmp_path):
+    """A rerun of embedding train after a finished run keeps it (it used to train afresh
+    over it with a warning), as the other models do; --restart trains again."""
+    import torch
+
+    first, hist = _tiny_ssl(tmp_path, 2)
+    again, hist_again = _tiny_ssl(tmp_path, 2)
+    assert hist_again == hist  # the same rows, timings included: nothing was trained
+    for a, b in zip(first.state_dict().values(), again.state_dict().values()):
+        assert torch.equal(a, b)
+    assert torch.load(tmp_path / "last.pt", weights_only=False)["history"] == hist
+    _, hist_restart = _tiny_ssl(tmp_path, 2, restart=True)
+    assert [r["seconds"] for r in hist_restart] != [r["seconds"] for r in hist]
+
+
 def test_card_train_command_repeats_the_run():
     """The morphology card's command is built from the options the checkpoint recorded:
     defaults give the bare command (the shipped card), others are spelled out."""

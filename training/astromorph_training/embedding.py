@@ -683,18 +683,20 @@ def run_ssl(method, pool, *, epochs, batch_size, lr, seed, ckpt=None, restart=Fa
         _common.check_resume(ckpt, _stored_recipe(state), argparse.Namespace(**recipe),
                              RECIPE_KEYS, labels=_RECIPE_LABELS, trained=state["epoch"] + 1,
                              epochs=epochs)
-        if state["epoch"] + 1 < epochs:
-            method.load_state_dict(state["model"])
-            opt.load_state_dict(state["optimizer"])
-            start, history = state["epoch"] + 1, state["history"]
-            log.info("%sresumed from %s at epoch %d", log_prefix, ckpt, start)
-            if state["epochs"] != epochs:
-                log.warning("%sthe checkpoint was planned for %d epochs, now %d: the learning "
-                            "rate schedule follows the new total from here", log_prefix,
-                            state["epochs"], epochs)
-        else:
-            log.warning("%s%s is a %s run at epoch %d of %d: starting afresh", log_prefix, ckpt,
-                        state["method"], state["epoch"] + 1, state["epochs"])
+        method.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        start, history = state["epoch"] + 1, state["history"]
+        if start == epochs:  # a finished run is kept, as the other models keep theirs
+            log.info("%s%s has finished its %d epochs: kept (--restart trains afresh)",
+                     log_prefix, ckpt, epochs)
+            if state["epochs"] != epochs:  # an interrupted run that --epochs now ends
+                _common.save_checkpoint({**state, "epochs": epochs}, ckpt)
+            return history
+        log.info("%sresumed from %s at epoch %d", log_prefix, ckpt, start)
+        if state["epochs"] != epochs:
+            log.warning("%sthe checkpoint was planned for %d epochs, now %d: the learning "
+                        "rate schedule follows the new total from here", log_prefix,
+                        state["epochs"], epochs)
     steps = max(1, len(pool) // batch_size)
     total = epochs * steps
     warmup = min(2 * steps, total // 10 + 1)
