@@ -312,6 +312,7 @@ def _tiny_ssl(tmp_path, epochs, *, method="simclr", lr=1e-3, restart=False, n=8)
     torch.manual_seed(0)
     pool = np.random.default_rng(0).integers(0, 255, (n, 3, 96, 96), dtype=np.uint8)
     m = embedding.build_method(method)
+    tmp_path.mkdir(parents=True, exist_ok=True)
     hist = embedding.run_ssl(m, pool, epochs=epochs, batch_size=4, lr=lr, seed=0,
                              ckpt=tmp_path / "last.pt", restart=restart)
     return m, hist
@@ -376,6 +377,87 @@ def test_embedding_keeps_a_finished_run(tmp_path):
     assert torch.load(tmp_path / "last.pt", weights_only=False)["history"] == hist
     _, hist_restart = _tiny_ssl(tmp_path, 2, restart=True)
     assert [r["seconds"] for r in hist_restart] != [r["seconds"] for r in hist]
+
+
+def _interrupt_after_first_save(monkeypatch, name="last.pt"):
+    """Make the first save of ``name`` end the run as Ctrl-C would, once it is written."""
+    from astromorph_training import _common
+
+    save = _common.save_checkpoint
+
+    def save_then_stop(obj, path):
+        save(obj, path)
+        if path.name == name:
+            monkeypatch.setattr(_common, "save_checkpoint", save)
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(_common, "save_checkpoint", save_then_stop)
+
+
+def test_radio_interrupted_run_resumes_bit_for_bit(tmp_path, monkeypatch):
+    """What --smoke never exercises: radio-morphology stopped after its first epoch and
+    rerun ends with the weights of the uninterrupted run."""
+    import torch
+
+    _tiny_radio_fit(tmp_path / "whole", 2)
+    _interrupt_after_first_save(monkeypatch)
+    with pytest.raises(KeyboardInterrupt):
+        _tiny_radio_fit(tmp_path / "cut", 2)
+    assert torch.load(tmp_path / "cut" / "last.pt", weights_only=False)["state"]["epoch"] == 1
+    resumed = _tiny_radio_fit(tmp_path / "cut", 2)
+    whole = torch.load(tmp_path / "whole" / "last.pt", weights_only=False)
+    cut = torch.load(tmp_path / "cut" / "last.pt", weights_only=False)
+    assert [r["train_loss"] for r in resumed["history"]] == \
+        [r["train_loss"] for r in whole["state"]["history"]]
+    for key in ("net", "ema"):
+        for name, value in whole[key].items():
+            assert torch.equal(value, cut[key][name]), (key, name)
+
+
+def test_embedding_interrupted_run_resumes_bit_for_bit(tmp_path, monkeypatch):
+    """embedding stopped after its first epoch and rerun ends with the uninterrupted run's
+    weights (each epoch's data order and augmentation come from the seed and the epoch)."""
+    import torch
+
+    whole, hist = _tiny_ssl(tmp_path / "whole", 2)
+    _interrupt_after_first_save(monkeypatch)
+    with pytest.raises(KeyboardInterrupt):
+        _tiny_ssl(tmp_path / "cut", 2)
+    resumed, hist_resumed = _tiny_ssl(tmp_path / "cut", 2)
+    assert [r["loss"] for r in hist_resumed] == [r["loss"] for r in hist]
+    for a, b in zip(whole.state_dict().values(), resumed.state_dict().values()):
+        assert torch.equal(a, b)
+
+
+def test_real_bogus_resume_appends_a_cycle(tmp_path):
+    """real-bogus's training loop continued from a finished --epochs 1 run with --epochs 2
+    --cycles 2: the first epoch is kept, the second starts a new learning-rate cycle, and
+    the checkpoint records the recipe the next resume is checked against."""
+    from types import SimpleNamespace
+
+    import numpy as np
+    import torch
+
+    from astromorph_training import realbogus
+
+    x = np.random.default_rng(0).random((32, 3, 63, 63)).astype(np.float16)
+    info = {"label": np.arange(32) % 2}
+
+    def run(epochs, cycles):
+        args = SimpleNamespace(seed=0, smoke=False, out_dir=tmp_path, epochs=epochs,
+                               cycles=cycles, batch_size=16, threads=1)
+        realbogus._train_worker(0, args, 1, None,
+                                data=(x, info, x[:8], {"label": info["label"][:8]}))
+        last = tmp_path / "training" / "checkpoints" / "real-bogus" / "last.pt"
+        return args, torch.load(last, weights_only=False)
+
+    _, first = run(1, 1)
+    args, ck = run(2, 2)
+    assert ck["epoch"] == 1 and ck["history"][0] == first["history"][0]
+    assert ck["history"][1]["lr_first_step"] == ck["history"][0]["lr_first_step"]  # new cycle
+    realbogus._check_resume("last.pt", ck, args, 2)
+    with pytest.raises(SystemExit, match="--epochs / --cycles\\) 1, this run asks for 2"):
+        realbogus._check_resume("last.pt", ck, SimpleNamespace(**{**vars(args), "cycles": 1}), 2)
 
 
 def test_card_train_command_repeats_the_run():
