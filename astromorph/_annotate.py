@@ -34,6 +34,21 @@ _DEC_NAMES = ("dec", "DEC", "Dec", "DEJ2000", "dec_deg", "DEC_deg", "DELTA_J2000
 MIN_ZOOM = 0.5
 
 
+#: numpy kinds of columns that hold no number of an angle: booleans (True would read as 1),
+#: complex numbers, dates and durations, raw bytes
+_NOT_ANGLE_KINDS = {"b": "booleans", "c": "complex numbers", "M": "dates", "m": "durations",
+                    "V": "raw (void) values"}
+
+
+def _check_angle_kind(col, what, expected):
+    """Refuse a column whose dtype cannot hold angles (``what``: "position column 'ra'";
+    ``expected``: what it should hold instead)."""
+    dtype = np.asarray(getattr(col, "value", col)).dtype
+    if dtype.kind in _NOT_ANGLE_KINDS:
+        raise InputError(f"{what} holds {_NOT_ANGLE_KINDS[dtype.kind]} ({dtype}), not angles: "
+                         f"give {expected}")
+
+
 def _float_values(col):
     """A column's values as floats; masked entries and text that is not a number -> NaN."""
     data = np.ma.getdata(getattr(col, "value", col))
@@ -105,6 +120,8 @@ def _positions(table, ra_col, dec_col, coord_col):
     def degrees(col, text_unit):
         """Degrees; numbers in the column's unit (default deg), text angles in ``text_unit``."""
         c = table[col]
+        _check_angle_kind(c, f"position column {col!r}", "numbers (degrees, or the column's "
+                          "angle unit) or sexagesimal text")
         unit = getattr(c, "unit", None) or u.deg
         try:
             values = (_float_values(c) * unit).to_value(u.deg)
@@ -152,6 +169,8 @@ def _size_values(table, size_col, n):
     if size_col not in table.colnames:
         raise InputError(f"no size column {size_col!r} in the catalogue (columns: {table.colnames})")
     col = table[size_col]
+    _check_angle_kind(col, f"size column {size_col!r}",
+                      "numbers (arcsec, or the column's angle unit)")
     unit = getattr(col, "unit", None) or u.arcsec
     try:
         return (_float_values(col) * unit).to_value(u.arcsec)

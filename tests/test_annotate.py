@@ -497,6 +497,30 @@ def test_nan_or_masked_skycoord_positions_are_bad_input(optical_model):
         assert list(out["opt_flags"][[0, 2]]) == list(ref["opt_flags"][[0, 2]])
 
 
+def test_position_and_size_columns_of_no_number_kind_are_refused(optical_model):
+    """A boolean RA/Dec column used to be read as degrees (True = 1 deg, the row scored at
+    the wrong place without a flag), a complex one by its real part, dates as days since
+    1970: an InputError naming the column, as for a column in a unit that is no angle."""
+    img, w = blobs(), sky_wcs()
+    cat = catalogue(w, [(100, 100), (70, 120)])
+    for col, values, kind in (("ra", [True, False], "booleans"),
+                              ("dec", cat["dec"] + 0j, "complex numbers"),
+                              ("ra", np.array(["2020-01-01", "2020-01-02"], "datetime64[D]"),
+                               "dates")):
+        bad = cat.copy()
+        bad[col] = values
+        with pytest.raises(InputError, match=f"position column '{col}' holds {kind}"):
+            astromorph.annotate(bad, (img, w), model=optical_model)
+    sized = cat.copy()
+    sized["r90"] = [True, True]
+    with pytest.raises(InputError, match="size column 'r90' holds booleans"):
+        astromorph.annotate(sized, (img, w), model=optical_model, size_col="r90")
+    # integer and unsigned columns are numbers: still accepted
+    ok = cat.copy()
+    ok["dec"] = np.round(ok["dec"]).astype(np.int16)
+    astromorph.annotate(ok, (img, w), model=optical_model)
+
+
 def test_catalogue_errors(optical_model):
     img, w = blobs(), sky_wcs()
     with pytest.raises(InputError, match="no RA or Dec column"):
