@@ -404,6 +404,78 @@ def test_bad_files_give_flagged_rows_and_the_run_goes_on(models, tmp_path, case)
     assert np.ma.is_masked(table["morph_p_red"][1]) and table["reason"][1]
 
 
+def _set_card(blob, key, value, *, hdu=0):
+    """FITS bytes with the card ``key`` of the ``hdu``-th header rewritten to ``value``
+    (the raw value field, e.g. ``"'abc'"``), as a broken writer would leave it."""
+    blob, seen = bytearray(blob), -1
+    for pos in range(0, len(blob), 80):
+        card = bytes(blob[pos:pos + 8])
+        if card in (b"SIMPLE  ", b"XTENSION"):
+            seen += 1
+        if seen == hdu and card == key.encode().ljust(8):
+            blob[pos:pos + 80] = (key.encode().ljust(8) + b"= " + value.encode().rjust(20)).ljust(80)
+            return bytes(blob)
+    raise KeyError(key)
+
+
+@pytest.mark.parametrize("key, value, words", [
+    ("NAXIS", "999", "NAXIS = 999 but there is no NAXIS3 keyword"),
+    ("NAXIS", "'two'", "NAXIS = 'two' is not a whole number"),
+    ("NAXIS1", "'abc'", "NAXIS1 = 'abc' is not a whole number"),
+    ("NAXIS1", "64.5", "NAXIS1 = 64.5 is not a whole number"),
+    ("NAXIS1", "-64", "NAXIS1 = -64 is negative"),
+    ("BITPIX", "12", "BITPIX = 12 is not a FITS pixel type"),
+])
+def test_malformed_header_reason_says_which_keyword(models, tmp_path, key, value, words):
+    """A header keyword that gives the data's layout and holds nonsense used to give astropy's
+    words as the reason ("'NAXIS3'", "unsupported operand type(s) for +: 'int' and 'str'",
+    "[Errno 22] Invalid argument"), and a gzipped file with NAXIS1 = -64 hung fits.open for
+    good: now the keyword, its value and what is wrong with it, in the file and HDU named,
+    found before astropy is asked (files astropy has failed on first keep its exception)."""
+    buf = io.BytesIO()
+    fits.PrimaryHDU(galaxy(64)).writeto(buf)
+    primary = _set_card(buf.getvalue(), key, value)
+    (tmp_path / "primary.fits").write_bytes(primary)
+    (tmp_path / "primary.fits.gz").write_bytes(gzip.compress(primary))
+    buf = io.BytesIO()
+    fits.HDUList([fits.PrimaryHDU(), fits.ImageHDU(galaxy(64), name="SCI")]).writeto(buf)
+    (tmp_path / "ext.fits").write_bytes(_set_card(buf.getvalue(), key, value, hdu=1))
+    with pytest.warns(UnusableInputWarning, match=r"3 of 3.*malformed FITS header"):
+        table = astromorph.predict_files("morphology", tmp_path)
+    for name, hdu in (("primary.fits", "HDU 0 (primary)"), ("primary.fits.gz", "HDU 0 (primary)"),
+                      ("ext.fits", "HDU 1, EXTNAME 'SCI'")):
+        r = row(table, tmp_path / name)
+        assert r["morph_flags"] == Flag.BAD_INPUT
+        assert r["reason"].startswith(f"malformed FITS header in {name} {hdu}: {words}"), \
+            r["reason"]
+    # a file astropy reads first (larger than the fast reader's limit): astropy's exception,
+    # type and words, follows the explanation
+    if (key, value) != ("NAXIS1", "-64"):  # (a plain file: astropy raises, no hang)
+        (stamp,) = _read_fits_astropy(tmp_path / "ext.fits", want_scale=False, triplet_hint=False)
+        assert stamp.reason[0].startswith(f"malformed FITS header in ext.fits HDU 1, EXTNAME "
+                                          f"'SCI': {words}") and "(astropy: " in stamp.reason[0]
+    # a FITS stamp in bytes (alert cutouts, annotate_stamps cells): the same words, as the
+    # ValueError its callers catch (astropy's KeyError/TypeError used to escape them)
+    with pytest.raises(ValueError, match=f"malformed FITS header in HDU 0 \\(primary\\): {words}"
+                       ".*astropy: "):
+        parse_fits_bytes(primary)
+
+
+def test_unexplained_astropy_error_keeps_its_type(tmp_path, monkeypatch):
+    """An astropy failure the header check cannot explain says its exception type (a bare
+    KeyError reads only as the key)."""
+    from astropy.io import fits as _fits
+
+    path = write_fits(tmp_path / "ok.fits", galaxy(64))
+
+    def broken(*args, **kwargs):
+        raise KeyError("SOMETHING")
+    monkeypatch.setattr(_fits, "open", broken)
+    (stamp,) = _read_fits_astropy(path, want_scale=False, triplet_hint=False)
+    assert stamp.flags == Flag.BAD_INPUT
+    assert stamp.reason == ["cannot read FITS: KeyError: 'SOMETHING'"]
+
+
 # ----------------------------------------------------------------------------- radio
 def test_radio_inputs_and_pixel_scales(models, tmp_path):
     rng = np.random.default_rng(1)

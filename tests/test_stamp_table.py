@@ -121,6 +121,25 @@ def test_bad_rows_are_flagged_never_fatal(rb):
                                rtol=0, atol=1e-6)
 
 
+def test_fits_cell_with_a_malformed_header_flags_its_row(rb):
+    """A FITS cell whose NAXIS1 is text used to stop the whole table with astropy's
+    TypeError ("unsupported operand type(s) for +: 'int' and 'str'"): its row is flagged
+    and says which keyword is wrong, the other rows are scored."""
+    x = _triplets(2, seed=4)
+    bad = _fits_bytes(x[0, 0], gz=False)
+    at = bad.index(b"NAXIS1  =")
+    bad = bad[:at] + b"NAXIS1  = 'abc'".ljust(80) + bad[at + 80:]
+    sci = _cells([gzip.compress(bad), _fits_bytes(x[1, 0])])
+    ref, diff = (_cells([_fits_bytes(x[i, j]) for i in range(2)]) for j in (1, 2))
+    with pytest.warns(UnusableInputWarning, match="1 of 2 row"):
+        out = astromorph.annotate_stamps(
+            Table({"science": sci, "reference": ref, "difference": diff}), model=rb)
+    assert out["rb_flags"][0] == Flag.BAD_INPUT and out["rb_score"].mask[0]
+    assert out["rb_reason"][0].startswith("science: malformed FITS header in HDU 0 (primary): "
+                                          "NAXIS1 = 'abc' is not a whole number (astropy: ")
+    assert out["rb_flags"][1] == 0 and not out["rb_score"].mask[1]
+
+
 def test_masked_multidimensional_column_counts_as_nan(rb):
     x = _triplets(3, seed=3)
     mask = np.zeros(x[:, 0].shape, bool)

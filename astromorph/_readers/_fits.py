@@ -201,6 +201,166 @@ def _header_scale(header):
     return scale if np.isfinite(scale) and scale > 0 else None
 
 
+# ----------------------------------------------------------------------------- diagnosis
+_VALID_BITPIX = (8, 16, 32, 64, -32, -64)
+_MAX_HDUS = 1000
+
+
+def _shown(raw):
+    """A card value as written in the header: ``'abc'`` for text, ``-64`` for numbers."""
+    value = _card_value(raw)
+    if isinstance(value, str) and raw.strip().startswith("'"):
+        return f"'{value}'"
+    return raw.split("/", 1)[0].strip() or "(empty)"
+
+
+def _header_problem(cards, extension):
+    """Words for the first structural keyword of a header that no reader can use, or None;
+    also the size in bytes of the HDU's data when the header is sound."""
+    def whole(key, *, required=True, low=0, high=None, what=None):
+        if key not in cards:
+            return (f"no {key} keyword" if required else None), None
+        raw = cards[key]
+        value = _card_value(raw)
+        if isinstance(value, bool) or not isinstance(value, int):
+            return f"{key} = {_shown(raw)} is not a whole number", None
+        if value < low:
+            return f"{key} = {_shown(raw)} is {'negative' if value < 0 else 'below ' + str(low)}" \
+                f"{': ' + what if what else ''}", None
+        if high is not None and value > high:
+            return f"{key} = {_shown(raw)} is above {high}{': ' + what if what else ''}", None
+        return None, value
+
+    def axes(prefix):
+        problem, bitpix = whole(f"{prefix}BITPIX", low=-64)
+        if problem:
+            return problem, None
+        if bitpix not in _VALID_BITPIX:
+            return (f"{prefix}BITPIX = {_shown(cards[prefix + 'BITPIX'])} is not a FITS pixel "
+                    "type (8, 16, 32, 64, -32 or -64)"), None
+        problem, naxis = whole(f"{prefix}NAXIS", high=999,
+                               what="a FITS array has 0 to 999 axes")
+        if problem:
+            return problem, None
+        lengths = []
+        for i in range(1, naxis + 1):
+            if f"{prefix}NAXIS{i}" not in cards:
+                return (f"{prefix}NAXIS = {naxis} but there is no {prefix}NAXIS{i} keyword "
+                        f"(an array of {naxis} axes needs {prefix}NAXIS1 to "
+                        f"{prefix}NAXIS{naxis})"), None
+            problem, n = whole(f"{prefix}NAXIS{i}", what="an axis length is 0 or more")
+            if problem:
+                return problem, None
+            lengths.append(n)
+        return None, (bitpix, lengths)
+
+    problem, shape = axes("")
+    if problem:
+        return problem, None
+    bitpix, lengths = shape
+    pcount, gcount = 0, 1
+    groups = bool(lengths) and lengths[0] == 0 and _card_value(cards.get("GROUPS", "F")) is True
+    if extension or groups:
+        for key, low in (("PCOUNT", 0), ("GCOUNT", 1 if extension else 0)):
+            problem, value = whole(key, required=extension, low=low)
+            if problem:
+                return problem, None
+            if key == "PCOUNT" and value is not None:
+                pcount = value
+            elif value is not None:
+                gcount = value
+    if _card_value(cards.get("ZIMAGE", "F")) is True:  # tile-compressed image
+        problem, _ = axes("Z")
+        if problem:
+            return problem, None
+    count = int(np.prod(lengths[1:] if groups else lengths, dtype=object)) if lengths else 0
+    return None, abs(bitpix) // 8 * gcount * (pcount + count)
+
+
+def _hdu_label(i, cards):
+    name = _card_value(cards["EXTNAME"]) if "EXTNAME" in cards else None
+    label = "HDU 0 (primary)" if i == 0 else f"HDU {i}"
+    return f"{label}, EXTNAME {name!r}" if name and i else label
+
+
+def malformed_header(read, max_hdus=_MAX_HDUS):
+    """Words for a header keyword that makes a FITS stream unreadable, or None.
+
+    ``read(offset, n)`` returns up to ``n`` bytes of the (uncompressed) stream. Walks the
+    HDUs and checks the keywords that give the data's size and layout (BITPIX, NAXIS,
+    NAXISn, PCOUNT, GCOUNT; ZBITPIX, ZNAXIS, ZNAXISn of tile-compressed images), so that a
+    file astropy cannot open is described as an astronomer would: ``"HDU 0 (primary):
+    NAXIS1 = 'abc' is not a whole number"`` rather than ``"unsupported operand type(s)"``.
+    None when every header found is sound (the cause lies elsewhere, e.g. truncation).
+    """
+    pos = 0
+    for i in range(max_hdus):
+        cards, first = {}, None
+        while True:
+            block = read(pos, 2880)
+            if len(block) < 2880:
+                return None  # truncated, or the end of the stream: nothing to say here
+            pos += 2880
+            done = False
+            for j in range(0, 2880, 80):
+                key = block[j:j + 8].rstrip().decode("ascii", "replace")
+                if first is None:
+                    first = key
+                if key == "END":
+                    done = True
+                    break
+                if block[j + 8:j + 10] == b"= " and key not in cards:
+                    cards[key] = block[j + 10:j + 80].decode("ascii", "replace")
+            if done:
+                break
+        if first != ("SIMPLE" if i == 0 else "XTENSION"):
+            return None  # not an HDU (trailing bytes): astropy's message says it
+        problem, size = _header_problem(cards, extension=i > 0)
+        if problem:
+            return f"{_hdu_label(i, cards)}: {problem}"
+        pos += -(-size // 2880) * 2880
+    return None
+
+
+def _buffer_reader(buf):
+    return lambda offset, n: bytes(buf[offset:offset + n])
+
+
+def _file_reader(path):
+    """``read(offset, n)`` on a FITS file, decompressing a gzipped one; its closer; and
+    whether it is gzipped."""
+    import gzip
+
+    f = open(path, "rb")
+    gzipped = f.read(2) == b"\x1f\x8b"
+    if gzipped:
+        f.close()
+        f = gzip.open(path, "rb")
+
+    def read(offset, n):
+        try:
+            f.seek(offset)
+            return f.read(n)
+        except (OSError, EOFError, ValueError):
+            return b""
+    return read, f.close, gzipped
+
+
+def _unreadable(exc, read, name=None):
+    """The reason for a FITS stream astropy could not read: the malformed keyword in words
+    when there is one (with astropy's exception after it), else astropy's message."""
+    said = f"{type(exc).__name__}: {exc}"
+    try:
+        problem = malformed_header(read)
+    except Exception:  # noqa: BLE001 - the diagnosis must never hide the original error
+        problem = None
+    if problem:
+        return f"malformed FITS header in {name + ' ' if name else ''}{problem} (astropy: {said})"
+    if isinstance(exc, (OSError, ValueError)):  # astropy's own words, e.g. missing END card
+        return f"cannot read FITS: {exc}"
+    return f"cannot read FITS: {said}"  # a bare KeyError says only 'NAXIS3'
+
+
 def _hdu_data(hdu):
     """Physical data of an image HDU opened with ``do_not_scale_image_data``."""
     raw = hdu.data
@@ -321,9 +481,27 @@ def read_fits(path, *, want_scale, triplet_hint):
                 if fast is not None:
                     data, scale, get = fast
                     return _stamps_from_array(path, data, get, scale, 0, triplet_hint)
+                # Before astropy sees it: a header whose layout keywords are nonsense gives
+                # astropy's cryptic errors at best, and a gzipped one can hang it for good
+                # (NAXIS1 = -64 in a .fits.gz never returns from fits.open).
+                problem = malformed_header(_buffer_reader(buf))
+                if problem:
+                    return [Stamp(source, path).flag(
+                        Flag.BAD_INPUT, f"malformed FITS header in {path.name} {problem}")]
             else:
                 return [Stamp(source, path).flag(Flag.BAD_INPUT,
                                                  "not a FITS file (no SIMPLE card)")]
+        else:
+            # a large file: astropy memory-maps it; a gzipped one is checked first as above,
+            # on its primary header only (the others would cost a second decompression)
+            read, close, gzipped = _file_reader(path)
+            try:
+                problem = malformed_header(read, max_hdus=1) if gzipped else None
+            finally:
+                close()
+            if problem:
+                return [Stamp(source, path).flag(
+                    Flag.BAD_INPUT, f"malformed FITS header in {path.name} {problem}")]
     except (ValueError, OSError) as exc:
         return [Stamp(source, path).flag(Flag.BAD_INPUT, f"cannot read FITS: {exc}")]
     return _read_fits_astropy(path, want_scale=want_scale, triplet_hint=triplet_hint)
@@ -351,7 +529,15 @@ def _read_fits_astropy(path, *, want_scale, triplet_hint):
         if truncated:
             raise ValueError(truncated[0])
     except Exception as exc:  # noqa: BLE001 - astropy raises many kinds for corrupt files
-        return [Stamp(source, path).flag(Flag.BAD_INPUT, f"cannot read FITS: {exc}")]
+        try:
+            read, close, _ = _file_reader(path)
+        except OSError:
+            read, close = (lambda offset, n: b""), (lambda: None)
+        try:
+            reason = _unreadable(exc, read, path.name)
+        finally:
+            close()
+        return [Stamp(source, path).flag(Flag.BAD_INPUT, reason)]
     if not images:
         return [Stamp(source, path).flag(Flag.BAD_INPUT, "no image HDU with data")]
     if len(images) == 1:
@@ -411,17 +597,26 @@ def parse_fits_bytes(blob, *, want_scale=True):
     else:
         from astropy.io import fits
 
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            with fits.open(io.BytesIO(blob), do_not_scale_image_data=True) as hdul:
-                for hdu in hdul:
-                    if hdu.is_image and hdu.header.get("NAXIS", 0) and hdu.data is not None \
-                            and str(hdu.name).strip().upper() not in _AUX_EXTNAMES:
-                        data = _squeeze(_hdu_data(hdu))
-                        scale = _header_scale(hdu.header) if want_scale else None
-                        break
-                else:
-                    raise ValueError("no image data in stamp")
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                with fits.open(io.BytesIO(blob), do_not_scale_image_data=True) as hdul:
+                    for hdu in hdul:
+                        if hdu.is_image and hdu.header.get("NAXIS", 0) \
+                                and hdu.data is not None \
+                                and str(hdu.name).strip().upper() not in _AUX_EXTNAMES:
+                            data = _squeeze(_hdu_data(hdu))
+                            scale = _header_scale(hdu.header) if want_scale else None
+                            break
+                    else:
+                        raise ValueError("no image data in stamp")
+        except ValueError as exc:
+            if str(exc) == "no image data in stamp":
+                raise
+            raise ValueError(_unreadable(exc, _buffer_reader(blob))) from exc
+        except Exception as exc:  # noqa: BLE001 - astropy raises many kinds for bad headers
+            # KeyError, TypeError... from a malformed header: the ValueError callers expect
+            raise ValueError(_unreadable(exc, _buffer_reader(blob))) from exc
     if data.ndim != 2:
         raise ValueError(f"stamp has shape {data.shape}, not a 2-D image")
     return data, scale
