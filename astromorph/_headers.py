@@ -185,9 +185,8 @@ def write_results_to_header(model, table, origins, targets, *, overwrite=False):
         except (OSError, AstromorphError):
             raise  # a full disk, an unwritable folder...: the caller must know
         except Exception as exc:  # noqa: BLE001 - astropy cannot write this file back
-            # e.g. a gzip of two concatenated FITS files, which the reader took the first
-            # of: the file is skipped (no copy, the original untouched), the other files
-            # and the returned table are kept
+            # (VerifyError...): the file is skipped (no copy, the original untouched), the
+            # other files and the returned table are kept
             _not_written(target, "astropy cannot write the file back", exc)
             continue
         log.info("results written to the header of %s", target)

@@ -476,6 +476,45 @@ def test_unexplained_astropy_error_keeps_its_type(tmp_path, monkeypatch):
     assert stamp.reason == ["cannot read FITS: KeyError: 'SOMETHING'"]
 
 
+def test_files_joined_one_after_the_other_are_refused_gzip_blocks_are_read(models, tmp_path):
+    """A .fits.gz of two gzip members holding two FITS files (`cat a.fits.gz b.fits.gz`) used
+    to be scored from the first file without a word, and the same files joined uncompressed
+    were read as two band planes: which image is meant is unknown, so the row is flagged
+    BAD_INPUT and says so. A single FITS file gzipped in several members (bgzip, pigz -i)
+    used to read as truncated: it is one file, read whole, as gzip -d reads it."""
+    first, second = io.BytesIO(), io.BytesIO()
+    fits.PrimaryHDU(galaxy(64)).writeto(first)
+    fits.PrimaryHDU(galaxy(64, seed=1) * 3).writeto(second)
+    a, b = first.getvalue(), second.getvalue()
+    (tmp_path / "one.fits").write_bytes(a)
+    (tmp_path / "joined.fits.gz").write_bytes(gzip.compress(a) + gzip.compress(b))
+    (tmp_path / "joined.fits").write_bytes(a + b)
+    no_extend = fits.PrimaryHDU(galaxy(64))
+    del no_extend.header["EXTEND"]
+    buf = io.BytesIO()
+    no_extend.writeto(buf)
+    (tmp_path / "joined_noextend.fits").write_bytes(buf.getvalue() + b)
+    (tmp_path / "blocks.fits.gz").write_bytes(gzip.compress(a[:5760]) + gzip.compress(a[5760:]))
+    with pytest.warns(UnusableInputWarning, match="3 of 5"):
+        table = astromorph.predict_files("morphology", tmp_path)
+    for name, where in (("joined.fits.gz", f"byte {len(a)} of the uncompressed data"),
+                        ("joined.fits", f"byte {len(a)},"),
+                        ("joined_noextend.fits", f"byte {len(buf.getvalue())},")):
+        r = row(table, tmp_path / name)
+        assert r["morph_flags"] == Flag.BAD_INPUT and np.ma.is_masked(r["morph_p_red"])
+        assert r["reason"].startswith("holds more than one FITS file") and where in r["reason"]
+    one, blocks = row(table, tmp_path / "one.fits"), row(table, tmp_path / "blocks.fits.gz")
+    assert blocks["morph_flags"] == one["morph_flags"] and blocks["reason"] == one["reason"]
+    assert blocks["morph_p_red"] == pytest.approx(one["morph_p_red"], abs=1e-6)
+    # a file too large for the fast reader goes to astropy, which reads all gzip members
+    (stamp,) = _read_fits_astropy(tmp_path / "joined.fits.gz", want_scale=False,
+                                  triplet_hint=False)
+    assert stamp.flags == Flag.BAD_INPUT and "of the uncompressed data" in stamp.reason[0]
+    # a FITS stamp in bytes gzipped in blocks is read whole too
+    np.testing.assert_array_equal(parse_fits_bytes(gzip.compress(a[:5760]) + gzip.compress(a[5760:]))[0],
+                                  parse_fits_bytes(a)[0])
+
+
 # ----------------------------------------------------------------------------- radio
 def test_radio_inputs_and_pixel_scales(models, tmp_path):
     rng = np.random.default_rng(1)
@@ -940,27 +979,39 @@ def test_in_place_failure_leaves_original(models, tmp_path, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["t.fits"]  # no temp file left
 
 
-def test_header_file_astropy_cannot_write_back_is_skipped_with_a_warning(models, tmp_path):
-    """A gzip of two concatenated FITS files: the reader scores the first, astropy refuses to
-    write the whole back (a second primary HDU). That file gets no header copy and a warning;
-    the other files get theirs and the table is returned (it used to raise VerifyError after
-    some copies were written, losing the table)."""
+def test_header_file_astropy_cannot_write_back_is_skipped_with_a_warning(models, tmp_path,
+                                                                        monkeypatch):
+    """A file the reader scores but astropy refuses to write back (VerifyError): that file
+    gets no header copy and a warning; the other files get theirs and the table is returned
+    (it used to raise VerifyError after some copies were written, losing the table). The
+    vehicle was a gzip of two concatenated FITS files, now refused by the reader (flagged
+    BAD_INPUT, so it has no results to write): astropy's refusal is simulated."""
     src = tmp_path / "in"
     src.mkdir()
     write_fits(src / "g.fits", galaxy())
+    write_fits(src / "twice.fits", galaxy(seed=1))
     one = (src / "g.fits").read_bytes()
-    (src / "twice.fits.gz").write_bytes(gzip.compress(one) + gzip.compress(one))
+    (src / "joined.fits.gz").write_bytes(gzip.compress(one) + gzip.compress(one))
     before = {p.name: digest(p) for p in src.iterdir()}
+    real_writeto = fits.HDUList.writeto
+
+    def writeto(self, *args, **kwargs):
+        if str(self.filename()).endswith("twice.fits"):
+            raise fits.verify.VerifyError("HDU 1: the file holds a second primary HDU")
+        return real_writeto(self, *args, **kwargs)
+    monkeypatch.setattr(fits.HDUList, "writeto", writeto)
     out = tmp_path / "out"
-    with pytest.warns(AstromorphWarning, match="twice.fits.gz.*cannot write the file back"):
+    with pytest.warns(AstromorphWarning, match="twice.fits.*cannot write the file back"):
         table = quiet(astromorph.predict_files, "morphology", src, write_header=out)
-    assert len(table) == 2 and not np.ma.getmaskarray(table["morph_label"]).any()
+    assert len(table) == 3
+    assert not np.ma.getmaskarray(row(table, src / "twice.fits")["morph_label"])
+    assert row(table, src / "joined.fits.gz")["morph_flags"] == Flag.BAD_INPUT
     assert sorted(p.name for p in out.iterdir()) == ["g.fits"]  # no temporary file left
     assert {p.name: digest(p) for p in src.iterdir()} == before
     with pytest.warns(AstromorphWarning, match="cannot write the file back"):
-        quiet(astromorph.predict_files, "morphology", src / "twice.fits.gz", in_place=True)
-    assert digest(src / "twice.fits.gz") == before["twice.fits.gz"]
-    assert sorted(p.name for p in src.iterdir()) == ["g.fits", "twice.fits.gz"]
+        quiet(astromorph.predict_files, "morphology", src / "twice.fits", in_place=True)
+    assert {p.name: digest(p) for p in src.iterdir()} == before
+    assert sorted(p.name for p in src.iterdir()) == ["g.fits", "joined.fits.gz", "twice.fits"]
 
 
 def test_header_file_astropy_cannot_open_is_skipped_with_a_warning(models, tmp_path):

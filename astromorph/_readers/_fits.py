@@ -41,6 +41,31 @@ def normalise_band(name):
     return m.group(1) if m else low
 
 
+def _gunzip(buf):
+    """The whole content of gzipped bytes, every member of them, as ``gzip -d`` gives it
+    (``zlib.decompress`` stops after the first member: a FITS file gzipped in blocks, as
+    bgzip or ``pigz --independent`` write it, read as truncated). Bytes after the last
+    member that start no other member are ignored, as before. Raises `zlib.error`."""
+    parts = []
+    while True:
+        d = zlib.decompressobj(31)
+        parts.append(d.decompress(buf))
+        if not d.eof:
+            raise zlib.error("incomplete or truncated stream")
+        buf = d.unused_data
+        if not buf.startswith(b"\x1f\x8b"):
+            return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
+def _two_files(offset, gzipped):
+    """Reason for a file that holds FITS files one after the other (``cat a.fits b.fits``,
+    or ``cat a.fits.gz b.fits.gz``: gzip members one after the other)."""
+    joined = "gzipped files joined with cat" if gzipped else "files joined with cat"
+    return (f"holds more than one FITS file: a second primary header (SIMPLE) starts at byte "
+            f"{offset}{' of the uncompressed data' if gzipped else ''}, as in {joined}; not "
+            "scored, since which image is meant is unknown: split the file")
+
+
 def _card_value(raw):
     """Python value of a FITS card value field (text after ``= ``)."""
     raw = raw.strip()
@@ -171,8 +196,9 @@ def _fast_fits(buf, *, primary_only, want_scale):
     padded = -(-nbytes // 2880) * 2880
     if len(buf) < end + nbytes:
         raise ValueError(f"truncated FITS data: {len(buf) - end} of {nbytes} bytes present")
-    if not primary_only and len(buf) > end + padded and get("EXTEND") is True:
-        return None  # extensions follow: let astropy look at every HDU
+    if not primary_only and len(buf) > end + padded and (
+            get("EXTEND") is True or buf.startswith(b"SIMPLE  =", end + padded)):
+        return None  # extensions (or another file) follow: let astropy look at every HDU
     scale = None
     if want_scale:
         scale = _scale_from_cards(get)
@@ -472,7 +498,7 @@ def read_fits(path, *, want_scale, triplet_hint):
             buf = path.read_bytes()
             if buf[:2] == b"\x1f\x8b":
                 try:
-                    buf = zlib.decompress(buf, 31)
+                    buf = _gunzip(buf)
                 except zlib.error as exc:
                     return [Stamp(source, path).flag(Flag.BAD_INPUT,
                                                      f"corrupt or truncated gzip: {exc}")]
@@ -517,7 +543,12 @@ def _read_fits_astropy(path, *, want_scale, triplet_hint):
             with fits.open(path, memmap=True, do_not_scale_image_data=True,
                            lazy_load_hdus=False) as hdul:
                 images = []
+                # astropy reads a second primary HDU (a file joined to the first) as one more
+                second = next((hdu.fileinfo()["hdrLoc"] for i, hdu in enumerate(hdul)
+                               if i and isinstance(hdu, fits.PrimaryHDU)), None)
                 for i, hdu in enumerate(hdul):
+                    if second is not None:
+                        break
                     if not hdu.is_image or not hdu.header.get("NAXIS", 0) or hdu.data is None:
                         continue
                     if str(hdu.name).strip().upper() in _AUX_EXTNAMES:
@@ -538,6 +569,10 @@ def _read_fits_astropy(path, *, want_scale, triplet_hint):
         finally:
             close()
         return [Stamp(source, path).flag(Flag.BAD_INPUT, reason)]
+    if second is not None:
+        with open(path, "rb") as f:
+            gzipped = f.read(2) == b"\x1f\x8b"
+        return [Stamp(source, path).flag(Flag.BAD_INPUT, _two_files(second, gzipped))]
     if not images:
         return [Stamp(source, path).flag(Flag.BAD_INPUT, "no image HDU with data")]
     if len(images) == 1:
@@ -585,7 +620,7 @@ def parse_fits_bytes(blob, *, want_scale=True):
         raise ValueError("empty stamp")
     if blob[:2] == b"\x1f\x8b":
         try:
-            blob = zlib.decompress(blob, 31)
+            blob = _gunzip(blob)
         except zlib.error as exc:
             raise ValueError(f"corrupt or truncated gzip stamp: {exc}") from None
     if not blob.startswith(b"SIMPLE  ="):
