@@ -139,9 +139,10 @@ def predict_files(model, inputs, *, batch_size=256, progress=None, write_header=
             bar.update(1)
         runner.finish()
     if assumed:
+        what = ("the planes (PLANE1..3 or EXTNAME SCIENCE, REFERENCE, DIFFERENCE)"
+                if family == "triplet" else "the bands (BAND or FILTER keywords, or EXTNAMEs)")
         warn(f"{len(assumed)} stamp(s) read by assumption (first: {assumed[0].source}: "
-             f"{assumed[0].assumption}); name the bands (BAND or FILTER keywords, or "
-             "EXTNAMEs) to be sure", AmbiguousInputWarning)
+             f"{assumed[0].assumption}); name {what} to be sure", AmbiguousInputWarning)
 
     prediction, flags, valid = runner.collect()
     cols = result_columns(model, prediction, flags, valid)
@@ -301,6 +302,10 @@ def _conform_bands(stamp, family, name):
         if nb == 1 or (nb == 3 and (not named or set(names) == {"g", "r", "i"})):
             return
         if nb > 3 and {"g", "r", "i"} <= set(names):
+            twice = [b for b in "gri" if names.count(b) > 1]
+            if twice:  # which plane is the r band? the first one is used, with a warning
+                stamp.assumption = (f"bands {shown}: {', '.join(twice)} named more than once, "
+                                    "the first plane of each read")
             idx = [names.index(b) for b in "gri"]
             stamp.data, stamp.bands = data[idx], ("g", "r", "i")
             return
@@ -319,7 +324,18 @@ def _conform_bands(stamp, family, name):
         if nb != 1:
             stamp.flag(Flag.BAD_INPUT, f"{nb} planes: {name} takes a single radio image")
     elif family == "triplet":
-        if nb == 3:
+        named = [b for b in names if b]
+        bands = {b for b in named if len(b) == 1 and b in "ugrizy"}
+        if nb == 3 and len(bands) >= 2:
+            # planes of different filters are a multi-band image, never a difference triplet
+            # (whose three images are of one band): refused, as a colour picture is
+            stamp.flag(Flag.BAD_INPUT, f"planes named as bands {shown}: {name} needs "
+                       "science, reference and difference images of one band (planes in that "
+                       "order, or named by PLANE1..3 or EXTNAME SCIENCE/REFERENCE/DIFFERENCE)")
+        elif nb == 3:
+            if named:  # names that say no member (r, r, r; unknown words): the order is assumed
+                stamp.assumption = (f"3 planes named {shown}, none SCIENCE, REFERENCE or "
+                                    "DIFFERENCE, read as science, reference, difference")
             stamp.kind = "triplet"  # planes in the order science, reference, difference
         elif nb < 3:
             stamp.flag(Flag.MISSING_BAND, f"{nb} plane(s): a triplet needs science, reference "

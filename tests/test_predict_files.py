@@ -569,6 +569,44 @@ def test_triplet_fits_layouts(models, tmp_path):
     assert row(table, tmp_path / "two.fits")["rb_flags"] == Flag.MISSING_BAND
 
 
+def test_band_named_planes_are_no_silent_triplet(models, tmp_path):
+    """A cube whose planes are named as bands (BAND1..3 = g, r, r) used to be read as a
+    science/reference/difference triplet without a word. Planes of different bands are a
+    multi-band image, never a triplet (whose images are of one band): BAD_INPUT, as a colour
+    picture is. Names that say no member and no second band (r, r, r; unknown words) are
+    read in the documented order, with the AmbiguousInputWarning unnamed optical cubes get.
+    For morphology, a band named twice among g, r, i is read from its first plane, warned."""
+    t = triplet()
+    write_fits(tmp_path / "plain.fits", t)
+    write_fits(tmp_path / "grr.fits", t, BAND1="g", BAND2="r", BAND3="r")
+    write_mef(tmp_path / "gri_mef.fits", list(t), ["SDSS g", "SDSS r", "SDSS i"], key="FILTER")
+    write_fits(tmp_path / "rrr.fits", t, FILTER1="r", FILTER2="r", FILTER3="r")
+    write_fits(tmp_path / "words.fits", t, BAND1="foo", BAND2="bar", BAND3="baz")
+    with pytest.warns(AmbiguousInputWarning, match=r"2 stamp\(s\) read by assumption .*"
+                      "none SCIENCE, REFERENCE or DIFFERENCE.*name the planes"):
+        table = quiet(astromorph.predict_files, "real-bogus", tmp_path)
+    plain = row(table, tmp_path / "plain.fits")
+    assert plain["rb_flags"] == 0
+    for name, shown in (("grr.fits", "g, r, r"), ("gri_mef.fits", "g, r, i")):
+        r = row(table, tmp_path / name)
+        assert r["rb_flags"] == Flag.BAD_INPUT and np.ma.is_masked(r["rb_score"])
+        assert r["reason"].startswith(f"planes named as bands {shown}: real-bogus needs "
+                                      "science, reference and difference images of one band")
+    for name in ("rrr.fits", "words.fits"):
+        assert row(table, tmp_path / name)["rb_score"] == pytest.approx(plain["rb_score"])
+    with warnings.catch_warnings():  # unnamed planes: the documented order, no warning
+        warnings.simplefilter("error", AmbiguousInputWarning)
+        astromorph.predict_files("real-bogus", tmp_path / "plain.fits")
+    g, r, i = galaxy(seed=1), galaxy(seed=2) * 1.5, galaxy(seed=3) * 2
+    write_fits(tmp_path / "gri.fits", np.stack([g, r, i]), BAND1="g", BAND2="r", BAND3="i")
+    write_fits(tmp_path / "grri.fits", np.stack([g, r, g * 9, i]), BAND1="g", BAND2="r",
+               BAND3="r", BAND4="i")
+    with pytest.warns(AmbiguousInputWarning, match="r named more than once, the first plane"):
+        table = astromorph.predict_files("morphology", [tmp_path / "gri.fits",
+                                                        tmp_path / "grri.fits"])
+    assert table["morph_p_red"][1] == pytest.approx(table["morph_p_red"][0], abs=1e-6)
+
+
 def test_triplet_pixel_scale_and_no_wcs(models, tmp_path):
     t = triplet(51)
     write_fits(tmp_path / "des_wcs.fits", t, scale=0.27)
