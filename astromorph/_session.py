@@ -7,8 +7,8 @@ from ._warnings import warn
 from .exceptions import (InvalidArgumentError, MissingRuntimeError, ModelLoadError,
                          ProviderFallbackWarning)
 
-__all__ = ["onnxruntime", "available_providers", "resolve_providers", "provider_names", "get_session",
-           "clear_session_cache", "PROVIDER_ALIASES"]
+__all__ = ["onnxruntime", "available_providers", "resolve_providers", "provider_names",
+           "get_session", "clear_session_cache", "PROVIDER_ALIASES"]
 
 log = logging.getLogger(__name__)
 
@@ -142,13 +142,11 @@ def get_session(path, *, providers=None, threads=None, sha256=None):
     """A (cached) ONNX Runtime session for a model file.
 
     Sessions are cached on (file, sha256, providers asked for and used, threads) and
-    reused. A
-    requested provider that this ONNX Runtime build lacks, or a GPU provider
-    that was requested (or offered by ``"auto"``) but fails to initialise, gives
-    a `ProviderFallbackWarning` and a session on the providers that did
-    initialise, down to CPU. The warning comes when the session is made, not
-    again when the cached session is reused (e.g. by every Dask partition or
-    every `annotate` call of a process).
+    reused. A requested provider that this ONNX Runtime build lacks, or a GPU provider
+    that was requested (or offered by ``"auto"``) but fails to initialise, gives a
+    `ProviderFallbackWarning` and a session on the providers that did initialise, down to
+    CPU. The warning comes when the session is made, not again when the cached session is
+    reused (e.g. by every Dask partition or every `annotate` call of a process).
 
     Returns
     -------
@@ -163,10 +161,14 @@ def get_session(path, *, providers=None, threads=None, sha256=None):
         except ValueError:
             raise InvalidArgumentError(f"${THREADS_ENV} must be a whole number of threads, "
                                        f"got {os.environ[THREADS_ENV]!r}") from None
+    if threads is not None:
+        threads = check_threads(threads)
+        if threads < 0:
+            raise InvalidArgumentError(
+                f"threads must be >= 0 (0 = ONNX Runtime default), got {threads}"
+                + (f" (from ${THREADS_ENV})" if from_env else ""))
     # what was asked for is part of the key: a "cuda" request that falls back to the CPU
     # must not silently reuse the session made for "cpu" (it warns when it is made)
-    if threads is not None:
-        check_threads(threads)
     key = (str(path), sha256, tuple(requested), tuple(usable), threads)
     with _LOCK:
         if key in _CACHE:
@@ -177,11 +179,7 @@ def get_session(path, *, providers=None, threads=None, sha256=None):
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if threads is not None:
-            if check_threads(threads) < 0:
-                raise InvalidArgumentError(
-                    f"threads must be >= 0 (0 = ONNX Runtime default), got {threads}"
-                    + (f" (from ${THREADS_ENV})" if from_env else ""))
-            opts.intra_op_num_threads = int(threads)
+            opts.intra_op_num_threads = threads
             opts.inter_op_num_threads = 1
         try:
             session = ort.InferenceSession(str(path), sess_options=opts, providers=usable)

@@ -97,14 +97,27 @@ def _card_value(raw):
         return raw
 
 
+def _buffer_reader(buf):
+    """``read(offset, n)`` on bytes in memory (for `_read_header`)."""
+    return lambda offset, n: buf[offset:offset + n]
+
+
 def _parse_header(buf, start):
     """Cards (key -> raw value text, first occurrence) and the end of the header."""
+    return _read_header(_buffer_reader(buf), start)
+
+
+def _read_header(read, start):
+    """`_parse_header` of a stream read by ``read(offset, n)`` (which returns up to ``n``
+    bytes): cards, keys in order, and the offset after the END block. `ValueError` when
+    the stream ends before an END card."""
     cards, keys = {}, []
-    pos, n = start, len(buf)
+    pos = start
     while True:
-        if pos + 2880 > n:
-            raise ValueError(f"truncated FITS header ({n - start} bytes, no END card)")
-        block = buf[pos:pos + 2880]
+        block = read(pos, 2880)
+        if len(block) < 2880:
+            raise ValueError(f"truncated FITS header ({pos - start + len(block)} bytes, "
+                             "no END card)")
         pos += 2880
         for i in range(0, 2880, 80):
             key = block[i:i + 8].rstrip()
@@ -321,35 +334,17 @@ def malformed_header(read, max_hdus=_MAX_HDUS):
     """
     pos = 0
     for i in range(max_hdus):
-        cards, first = {}, None
-        while True:
-            block = read(pos, 2880)
-            if len(block) < 2880:
-                return None  # truncated, or the end of the stream: nothing to say here
-            pos += 2880
-            done = False
-            for j in range(0, 2880, 80):
-                key = block[j:j + 8].rstrip().decode("ascii", "replace")
-                if first is None:
-                    first = key
-                if key == "END":
-                    done = True
-                    break
-                if block[j + 8:j + 10] == b"= " and key not in cards:
-                    cards[key] = block[j + 10:j + 80].decode("ascii", "replace")
-            if done:
-                break
-        if first != ("SIMPLE" if i == 0 else "XTENSION"):
+        try:
+            cards, keys, pos = _read_header(read, pos)
+        except ValueError:
+            return None  # truncated, or the end of the stream: nothing to say here
+        if keys[:1] != ["SIMPLE" if i == 0 else "XTENSION"]:
             return None  # not an HDU (trailing bytes): astropy's message says it
         problem, size = _header_problem(cards, extension=i > 0)
         if problem:
             return f"{_hdu_label(i, cards)}: {problem}"
         pos += -(-size // 2880) * 2880
     return None
-
-
-def _buffer_reader(buf):
-    return lambda offset, n: bytes(buf[offset:offset + n])
 
 
 def _file_reader(path):
@@ -546,9 +541,7 @@ def _read_fits_astropy(path, *, want_scale, triplet_hint):
                 # astropy reads a second primary HDU (a file joined to the first) as one more
                 second = next((hdu.fileinfo()["hdrLoc"] for i, hdu in enumerate(hdul)
                                if i and isinstance(hdu, fits.PrimaryHDU)), None)
-                for i, hdu in enumerate(hdul):
-                    if second is not None:
-                        break
+                for i, hdu in enumerate(hdul if second is None else ()):
                     if not hdu.is_image or not hdu.header.get("NAXIS", 0) or hdu.data is None:
                         continue
                     if str(hdu.name).strip().upper() in _AUX_EXTNAMES:
@@ -632,6 +625,7 @@ def parse_fits_bytes(blob, *, want_scale=True):
     else:
         from astropy.io import fits
 
+        data = None
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
@@ -643,15 +637,11 @@ def parse_fits_bytes(blob, *, want_scale=True):
                             data = _squeeze(_hdu_data(hdu))
                             scale = _header_scale(hdu.header) if want_scale else None
                             break
-                    else:
-                        raise ValueError("no image data in stamp")
-        except ValueError as exc:
-            if str(exc) == "no image data in stamp":
-                raise
-            raise ValueError(_unreadable(exc, _buffer_reader(blob))) from exc
         except Exception as exc:  # noqa: BLE001 - astropy raises many kinds for bad headers
             # KeyError, TypeError... from a malformed header: the ValueError callers expect
             raise ValueError(_unreadable(exc, _buffer_reader(blob))) from exc
+        if data is None:
+            raise ValueError("no image data in stamp")
     if data.ndim != 2:
         raise ValueError(f"stamp has shape {data.shape}, not a 2-D image")
     return data, scale
