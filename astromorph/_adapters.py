@@ -343,6 +343,11 @@ def result_columns(model, prediction, flags, valid):
     return table
 
 
+def result_names(model):
+    """Names of the columns `result_columns` makes for ``model`` (to check clashes first)."""
+    return result_columns(model, None, np.zeros(0, np.int32), np.zeros(0, bool)).colnames
+
+
 def _output_tail(model, spec):
     if spec.get("kind") == "probabilities":
         return (len(spec["labels"]),)

@@ -9,7 +9,8 @@ from astropy.coordinates import SkyCoord, UnitSphericalRepresentation
 from astropy.table import QTable, Table
 from astropy.wcs.utils import wcs_to_celestial_frame
 
-from ._adapters import RawStamps, model_family, prepare, result_columns, BLANK_THRESHOLD
+from ._adapters import (RawStamps, model_family, prepare, result_columns, result_names,
+                        BLANK_THRESHOLD)
 from ._cutouts import STAMP_CHUNK, cut_stamps
 from ._flags import Flag
 from ._images import closing_files, parse_sky_images
@@ -386,6 +387,7 @@ def annotate(table, images, *, model, ra_col=None, dec_col=None, coord_col=None,
 
     check_batch_size(batch_size)  # before any image is opened or stamp cut
     model = as_model(model, providers=providers, threads=threads, precision=precision)
+    check_clashes(table, result_names(model), on_conflict)  # before any image is opened
     family = model_family(model.card)
     out = table.copy()
     n = len(out)

@@ -89,8 +89,8 @@ def annotate_stamps(table, *, model, columns=None, pixel_scale=None, negative=No
     astromorph.exceptions.UnusableInputWarning
         When some rows could not be scored.
     """
-    from ._adapters import model_family, result_columns
-    from ._annotate import _add_columns, _provenance, check_on_conflict
+    from ._adapters import model_family, result_columns, result_names
+    from ._annotate import _add_columns, _provenance, check_clashes, check_on_conflict
     from ._model import as_model
     from ._predict import _conform, _Runner, check_batch_size, summarise
 
@@ -100,6 +100,8 @@ def annotate_stamps(table, *, model, columns=None, pixel_scale=None, negative=No
     check_on_conflict(on_conflict)
     check_batch_size(batch_size)
     model = as_model(model, providers=providers, threads=threads, precision=precision)
+    prefix = model.card.get("column_prefix", model.name.replace("-", "_"))
+    check_clashes(table, result_names(model) + [f"{prefix}_reason"], on_conflict)  # before work
     family = model_family(model.card)
     names = _stamp_columns(table, columns, family)
     n = len(table)
@@ -131,7 +133,6 @@ def annotate_stamps(table, *, model, columns=None, pixel_scale=None, negative=No
 
     prediction, flags, valid = runner.collect()
     new = result_columns(model, prediction, flags, valid)
-    prefix = model.card.get("column_prefix", model.name.replace("-", "_"))
     new[f"{prefix}_reason"] = runner.reason_column()
     out = table.copy()
     _add_columns(out, new, on_conflict)

@@ -671,6 +671,18 @@ def test_column_conflicts(optical_model):
     assert out["opt_label"][0] in "abc"
 
 
+def test_column_conflicts_are_refused_before_any_work(optical_model, monkeypatch):
+    """on_conflict="error" refuses before any image is read or stamp scored, as the
+    embedding tools do, not after the whole catalogue has been annotated."""
+    img, w = blobs(), sky_wcs()
+    cat = catalogue(w, [(100, 100)])
+    cat["opt_flags"] = [0]
+    monkeypatch.setattr(type(optical_model), "predict",
+                        lambda *a, **k: pytest.fail("stamps scored before the clash was refused"))
+    with pytest.raises(InputError, match="opt_flags"):
+        astromorph.annotate(cat, "no-such-image.fits", model=optical_model)
+
+
 def test_cli_annotate(optical_model, tmp_path):
     img, w = blobs(), sky_wcs()
     fits.writeto(tmp_path / "img.fits", img, w.to_header())

@@ -237,6 +237,13 @@ def test_misuse_raises_typed_errors(rb):
     out = astromorph.annotate_stamps(t, model=rb)
     with pytest.raises(InputError, match="rb_score"):
         astromorph.annotate_stamps(out, model=rb)
+    scored = []
+    predict = type(rb).predict
+    with pytest.MonkeyPatch.context() as mp:  # refused before any stamp is scored
+        mp.setattr(type(rb), "predict", lambda *a, **k: scored.append(1) or predict(*a, **k))
+        with pytest.raises(InputError, match="rb_reason"):
+            astromorph.annotate_stamps(Table({"triplet": x, "rb_reason": ["", ""]}), model=rb)
+    assert not scored
     again = astromorph.annotate_stamps(out, model=rb, on_conflict="suffix")
     np.testing.assert_array_equal(again["rb_score_2"], out["rb_score"])
     with warnings.catch_warnings():
