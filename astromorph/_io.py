@@ -14,8 +14,9 @@ import tempfile
 import warnings
 from pathlib import Path
 
-from .exceptions import (AstromorphError, InvalidArgumentError, MissingDependencyError,
-                         OutputError, OutputExistsError)
+from ._warnings import warn
+from .exceptions import (AstromorphError, InvalidArgumentError, LossyOutputWarning,
+                         MissingDependencyError, OutputError, OutputExistsError)
 
 __all__ = ["atomic_output", "check_output", "table_format", "write_table", "TABLE_FORMATS"]
 
@@ -189,6 +190,28 @@ def atomic_output(path, *, overwrite=False, mode=None):
         shutil.rmtree(tmpdir, ignore_errors=True)
 
 
+def _warn_csv_losses(table, path):
+    """Warn (`LossyOutputWarning`) when a table holds what CSV does not keep: its meta (the
+    provenance), units, descriptions and the type of mixin columns (e.g. a SkyCoord)."""
+    from astropy.table import Column
+    from astropy.units import Quantity
+
+    lost = {
+        "meta": list(table.meta),
+        "units": [c for c in table.colnames if getattr(table[c], "unit", None) is not None],
+        "descriptions": [c for c in table.colnames if table[c].info.description],
+        "column types": [c for c in table.colnames
+                         if not isinstance(table[c], (Column, Quantity))],
+    }
+    lost = {what: names for what, names in lost.items() if names}
+    if lost:
+        warn(f"CSV keeps values only: {str(path)!r} will not hold the table's "
+             + "; ".join(f"{what} ({', '.join(map(str, names[:4]))}"
+                         + (f" and {len(names) - 4} more)" if len(names) > 4 else ")")
+                         for what, names in lost.items())
+             + "; write .ecsv, .fits or .parquet to keep them", LossyOutputWarning)
+
+
 def write_table(table, path, *, overwrite=False, format=None):
     """Write a table atomically, in the format given by the file extension.
 
@@ -198,7 +221,9 @@ def write_table(table, path, *, overwrite=False, format=None):
     path : str or os.PathLike
         ``.ecsv`` (recommended: keeps units, descriptions, masks and
         multidimensional columns), ``.fits``/``.fit``/``.fits.gz``, ``.csv``
-        or ``.parquet`` (needs pyarrow, extra ``astromorph[parquet]``).
+        (values only: meta, units and descriptions are lost, with a
+        `~astromorph.exceptions.LossyOutputWarning`) or ``.parquet`` (needs
+        pyarrow, extra ``astromorph[parquet]``).
     overwrite : bool, optional
         Replace an existing file (default: raise `OutputExistsError`).
     format : str, optional
@@ -231,5 +256,7 @@ def write_table(table, path, *, overwrite=False, format=None):
             warnings.filterwarnings("ignore", message=".*greater than 8 characters.*")
             warnings.filterwarnings("ignore", message=".*HIERARCH card will be created.*")
             table.write(tmp, format=fmt, overwrite=True)
+    if fmt == "ascii.csv":
+        _warn_csv_losses(table, path)
     log.info("wrote %d rows to %s", len(table), path)
     return path

@@ -26,6 +26,7 @@ __all__ = [
     "MissingDependencyError",
     "UnusableInputWarning",
     "AmbiguousInputWarning",
+    "LossyOutputWarning",
 ]
 
 
@@ -111,3 +112,8 @@ class UnusableInputWarning(AstromorphWarning):
 
 class AmbiguousInputWarning(AstromorphWarning):
     """An input's shape can be read in two ways; the message says which one is used."""
+
+
+class LossyOutputWarning(AstromorphWarning):
+    """An output format cannot hold part of a table (e.g. CSV: meta, units, descriptions);
+    the message says what is not written."""

@@ -1177,7 +1177,9 @@ def test_output_formats_round_trip(models, tmp_path, ext):
     write_fits(tmp_path / "b.fits", np.arange(5.0))
     table = quiet(astromorph.predict_files, "morphology", tmp_path)
     out = tmp_path / f"out{ext}"
-    write_table(table, out)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore" if ext == ".csv" else "error")  # CSV: meta lost
+        write_table(table, out)
     back = Table.read(out)
     assert back.colnames == table.colnames
     assert list(back["source"]) == list(table["source"])
@@ -1189,8 +1191,29 @@ def test_output_formats_round_trip(models, tmp_path, ext):
         assert back.meta["model_sha256"] == table.meta["model_sha256"]
     with pytest.raises(OutputExistsError):
         write_table(table, out)
-    write_table(table, out, overwrite=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        write_table(table, out, overwrite=True)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png", "b.fits", f"out{ext}"]
+
+
+def test_csv_output_warns_that_it_drops_provenance_units_and_descriptions(tmp_path):
+    """CSV holds values only: the provenance in meta, units and descriptions are not written,
+    so writing one says so (naming what is lost) instead of dropping them silently."""
+    from astropy import units as u
+
+    from astromorph.exceptions import LossyOutputWarning
+
+    table = Table({"a": [1.0, 2.0], "b": [3, 4]}, meta={"astromorph_model": "morphology"})
+    table["a"].unit = u.arcsec
+    table["b"].description = "bits"
+    with pytest.warns(LossyOutputWarning, match=r"astromorph_model.*units \(a\).*"
+                                                r"descriptions \(b\).*\.ecsv"):
+        write_table(table, tmp_path / "out.csv")
+    assert list(Table.read(tmp_path / "out.csv")["b"]) == [3, 4]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing to lose, nothing said
+        write_table(Table({"a": [1, 2]}), tmp_path / "plain.csv")
 
 
 def test_write_table_rejects_unknown_extension(tmp_path):
