@@ -1,6 +1,7 @@
 """`annotate`: catalogue + images with WCS -> a copy of the table with model columns."""
 import logging
 import os
+import re
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -378,7 +379,10 @@ def annotate(table, images, *, model, ra_col=None, dec_col=None, coord_col=None,
         A copy of ``table`` with the model's columns (see
         `astromorph.predict_files` for their names) and ``<prefix>_flags``
         (bits of `astromorph.Flag`). Rows that could not be scored (off
-        every image, missing band, bad size) have masked outputs.
+        every image, missing band, bad size) have masked outputs. ``meta``
+        gets the provenance keys (``astromorph_model``,
+        ``astromorph_model_sha256``, ``astromorph_columns``...); those of an
+        earlier annotation of the table are kept as ``astromorph_run1_*``...
     """
     if not isinstance(table, Table):
         raise InputError(f"annotate needs an astropy Table or QTable, got {type(table).__name__}")
@@ -456,8 +460,8 @@ def annotate(table, images, *, model, ra_col=None, dec_col=None, coord_col=None,
                     bar.update(len(rows))
         prediction = _concat(predictions, scored)
         columns = result_columns(model, prediction, flags, valid)
-        _add_columns(out, columns, on_conflict)
-        out.meta.update(_provenance(model, sky_images))
+        used = _add_columns(out, columns, on_conflict)
+        add_provenance(out.meta, _provenance(model, sky_images, used.values()))
         n_off = int(np.count_nonzero(flags & Flag.OFF_IMAGE))
         if n_off:
             log.info("%d of %d sources lie outside every image", n_off, n)
@@ -540,8 +544,9 @@ def _add_columns(table, columns, on_conflict):
     return used
 
 
-def _provenance(model, images=()):
-    """Flat, FITS-friendly provenance keywords for table meta."""
+def _provenance(model, images=(), columns=()):
+    """Flat, FITS-friendly provenance keywords for table meta (``columns``: the names of
+    the columns the run added)."""
     meta = {
         "astromorph_version": __version__,
         "astromorph_model": model.name,
@@ -552,4 +557,25 @@ def _provenance(model, images=()):
     }
     if images:
         meta["astromorph_images"] = ",".join(sorted({im.name.split("[")[0] for im in images}))
+    if columns:
+        meta["astromorph_columns"] = ",".join(columns)
     return meta
+
+
+def add_provenance(meta, provenance):
+    """Add a run's `_provenance` keys to table ``meta`` (in place).
+
+    Those of an earlier run that differ (another model or variant, other images, other
+    columns) are kept, renamed ``astromorph_run<k>_<key>`` (k = 1, 2... in the order of
+    the runs), so that the columns already in the table keep their provenance.
+    """
+    earlier = {k: v for k, v in meta.items()
+               if k.startswith("astromorph_") and not re.match(r"astromorph_run\d+_", k)}
+    if earlier and earlier != provenance:
+        k = 1
+        while any(key.startswith(f"astromorph_run{k}_") for key in meta):
+            k += 1
+        for key, value in earlier.items():
+            del meta[key]
+            meta[f"astromorph_run{k}_{key[len('astromorph_'):]}"] = value
+    meta.update(provenance)

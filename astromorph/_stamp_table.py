@@ -90,7 +90,8 @@ def annotate_stamps(table, *, model, columns=None, pixel_scale=None, negative=No
         When some rows could not be scored.
     """
     from ._adapters import model_family, result_columns, result_names
-    from ._annotate import _add_columns, _provenance, check_clashes, check_on_conflict
+    from ._annotate import (_add_columns, _provenance, add_provenance, check_clashes,
+                            check_on_conflict)
     from ._model import as_model
     from ._predict import _conform, _Runner, check_batch_size, summarise
 
@@ -135,9 +136,9 @@ def annotate_stamps(table, *, model, columns=None, pixel_scale=None, negative=No
     new = result_columns(model, prediction, flags, valid)
     new[f"{prefix}_reason"] = runner.reason_column()
     out = table.copy()
-    _add_columns(out, new, on_conflict)
-    out.meta.update(_provenance(model))
-    out.meta["astromorph_stamp_columns"] = ",".join(names)
+    provenance = _provenance(model, columns=_add_columns(out, new, on_conflict).values())
+    provenance["astromorph_stamp_columns"] = ",".join(names)
+    add_provenance(out.meta, provenance)
     summarise(new[f"{prefix}_reason"], flags, valid, what="row", where=f"'{prefix}_reason'")
     return out
 

@@ -55,13 +55,15 @@ def blobs(n=200, seed=0, count=40):
 
 @pytest.fixture
 def optical_model(tmp_path):
-    d = tmp_path / "opt"
+    return make_optical_model(tmp_path / "opt")
+
+
+def make_optical_model(d, name="opt", labels=("a", "b", "c")):
     d.mkdir()
-    labels = ("a", "b", "c")
     # spatial weights: every stamp, single-band ones too, gets its own probabilities
     tiny_classifier_onnx(d / "model.onnx", channels=3, size=SIZE, labels=labels, spatial=True)
-    card = make_card(d / "model.onnx", name="opt", channels=3, size=SIZE, labels=labels,
-                     single_band="replicate", column_prefix="opt")
+    card = make_card(d / "model.onnx", name=name, channels=3, size=SIZE, labels=labels,
+                     single_band="replicate", column_prefix=name)
     card["input"].update(family="optical", preprocessing="astromorph.preprocessing.preprocess_optical",
                          angular_size={"kind": "fixed", "pixel_scale_arcsec": SCALE, "size_pix": SIZE})
     (d / "card.json").write_text(json.dumps(card))
@@ -669,6 +671,36 @@ def test_column_conflicts(optical_model):
     assert out["opt_label"][0] == "mine" and "opt_label_2" in out.colnames
     out = astromorph.annotate(cat, (img, w), model=optical_model, on_conflict="replace")
     assert out["opt_label"][0] in "abc"
+
+
+def test_annotating_again_keeps_the_provenance_of_the_earlier_columns(optical_model,
+                                                                      tmp_path):
+    """Columns of another model (or the same model's again, with on_conflict="suffix") do not
+    erase the provenance of the columns already there: the earlier run's keys are kept as
+    ``astromorph_run1_*``, and every run names the columns it added."""
+    from astromorph._io import write_table
+
+    img, w = blobs(), sky_wcs()
+    cat = catalogue(w, [(100, 100), (60, 60)])
+    first = astromorph.annotate(cat, (img, w), model=optical_model)
+    assert first.meta["astromorph_columns"] == "opt_p_a,opt_p_b,opt_p_c,opt_label,opt_flags"
+    other = make_optical_model(tmp_path / "two", name="two", labels=("x", "y"))
+    both = astromorph.annotate(first, (img, w), model=other)
+    assert both.meta["astromorph_model"] == "two"
+    assert both.meta["astromorph_model_sha256"] == other.sha256
+    assert both.meta["astromorph_run1_model"] == "opt"
+    assert both.meta["astromorph_run1_model_sha256"] == optical_model.sha256
+    assert both.meta["astromorph_run1_columns"] == first.meta["astromorph_columns"]
+    assert "astromorph_run1_model" not in first.meta  # the input's meta is left alone
+    write_table(both, tmp_path / "both.fits")
+    back = Table.read(tmp_path / "both.fits")
+    assert back.meta["astromorph_run1_model_sha256"] == optical_model.sha256
+    again = astromorph.annotate(both, (img, w), model=optical_model, on_conflict="suffix")
+    assert again.meta["astromorph_columns"].startswith("opt_p_a_2,")
+    assert again.meta["astromorph_run2_model"] == "two"
+    # the same run once more, replacing its own columns: nothing earlier to keep
+    same = astromorph.annotate(first, (img, w), model=optical_model, on_conflict="replace")
+    assert not [k for k in same.meta if k.startswith("astromorph_run")]
 
 
 def test_column_conflicts_are_refused_before_any_work(optical_model, monkeypatch):
