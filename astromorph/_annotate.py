@@ -461,7 +461,7 @@ def annotate(table, images, *, model, ra_col=None, dec_col=None, coord_col=None,
         prediction = _concat(predictions, scored)
         columns = result_columns(model, prediction, flags, valid)
         used = _add_columns(out, columns, on_conflict)
-        add_provenance(out.meta, _provenance(model, sky_images, used.values()))
+        add_provenance(out.meta, _provenance(model, sky_images, used.values(), crop))
         n_off = int(np.count_nonzero(flags & Flag.OFF_IMAGE))
         if n_off:
             log.info("%d of %d sources lie outside every image", n_off, n)
@@ -544,9 +544,9 @@ def _add_columns(table, columns, on_conflict):
     return used
 
 
-def _provenance(model, images=(), columns=()):
+def _provenance(model, images=(), columns=(), crop_fraction=None):
     """Flat, FITS-friendly provenance keywords for table meta (``columns``: the names of
-    the columns the run added)."""
+    the columns the run added; ``crop_fraction``: as given to `prepare`)."""
     meta = {
         "astromorph_version": __version__,
         "astromorph_model": model.name,
@@ -554,7 +554,13 @@ def _provenance(model, images=(), columns=()):
         "astromorph_model_sha256": model.sha256,
         "astromorph_model_precision": model.precision,
         "astromorph_providers": ",".join(model.providers),
+        "astromorph_preprocessing": str(model.card["input"].get("preprocessing")),
     }
+    if model_family(model.card) == "optical":  # the field the network saw
+        from .preprocessing._optical import CROP_FRACTION
+
+        meta["astromorph_crop_fraction"] = float(CROP_FRACTION if crop_fraction is None
+                                                 else crop_fraction)
     if images:
         meta["astromorph_images"] = ",".join(sorted({im.name.split("[")[0] for im in images}))
     if columns:

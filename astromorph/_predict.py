@@ -88,7 +88,8 @@ def predict_files(model, inputs, *, batch_size=256, progress=None, write_header=
         the provenance keys `astromorph.annotate` writes (``astromorph_version``,
         ``astromorph_model``, ``astromorph_model_version``,
         ``astromorph_model_sha256``, ``astromorph_model_precision``,
-        ``astromorph_providers``, ``astromorph_columns``) and, as before, ``model``, ``model_version``,
+        ``astromorph_providers``, ``astromorph_preprocessing``,
+        ``astromorph_crop_fraction`` for galaxy models, ``astromorph_columns``) and, as before, ``model``, ``model_version``,
         ``model_sha256``, ``model_precision`` and ``providers`` (a list).
 
     Raises
@@ -154,7 +155,7 @@ def predict_files(model, inputs, *, batch_size=256, progress=None, write_header=
     table = Table(meta={
         # the provenance keys of annotate/annotate_stamps tables, so that one key reads
         # the model of any astromorph table...
-        **_provenance(model, columns=cols.colnames),
+        **_provenance(model, columns=cols.colnames, crop_fraction=crop_fraction),
         # ...and the keys this function has always written
         "model": model.name, "model_version": str(model.version),
         "model_sha256": model.sha256, "model_precision": model.precision,

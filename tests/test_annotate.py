@@ -262,6 +262,8 @@ def test_annotate_columns_flags_and_meta(optical_model):
     np.testing.assert_allclose(p[[0, 1, 2, 4]].sum(1), 1, rtol=1e-5)
     assert out.meta["astromorph_model"] == "opt"
     assert out.meta["astromorph_model_sha256"] == optical_model.sha256
+    assert out.meta["astromorph_preprocessing"] == "astromorph.preprocessing.preprocess_optical"
+    assert out.meta["astromorph_crop_fraction"] == 1.0  # stamps cut to the network's field
     assert out["opt_p_a"].description
 
 

@@ -1269,6 +1269,11 @@ def test_cli_predict_crop_fraction(models, tmp_path):
         out = tmp_path / f"o{len(extra)}.ecsv"
         assert cli.main(["predict", "morphology", str(tmp_path / "s.fits"), "-o", str(out),
                          "--no-progress", *extra]) == 0
-        assert Table.read(out)["morph_flags"][0] == flags
+        back = Table.read(out)
+        assert back["morph_flags"][0] == flags
+        # the preprocessing, and the crop it used, are recorded with the model
+        assert back.meta["astromorph_preprocessing"] == \
+            "astromorph.preprocessing.preprocess_colour_cutout"
+        assert back.meta["astromorph_crop_fraction"] == (1.0 if extra else 0.35)
     assert cli.main(["predict", "morphology", str(tmp_path / "s.fits"),
                      "--crop-fraction", "1.5"]) == 2
