@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from astropy.coordinates import SkyCoord
-from astropy.table import MaskedColumn, Table
+from astropy.table import MaskedColumn, QTable, Table
 import astropy.units as u
 
 import astromorph
@@ -238,6 +238,23 @@ def test_query_by_row_position_and_vector():
         index.query(vector=t["embedding"][:2], k=2)
     with pytest.raises(InvalidArgumentError, match="row must be a whole number"):
         index.query(row=3.7)
+
+
+def test_query_result_keeps_the_table_class_units_and_provenance():
+    """A QTable's neighbours come back as a QTable (Quantity columns stay Quantity, SkyCoord
+    columns survive), every new column is described, and the meta says which model made
+    the vectors."""
+    t = QTable(catalogue(30))
+    t["coord"] = SkyCoord(t["ra"], t["dec"])
+    t.meta.update(astromorph_model="embedding", astromorph_model_sha256="abc", note="mine")
+    res = SimilarityIndex.from_table(t).query(row=3, k=4)
+    assert isinstance(res, QTable)
+    assert isinstance(res["ra"], u.Quantity) and res["ra"].unit == u.deg
+    assert isinstance(res["coord"], SkyCoord) and len(res["coord"]) == 4
+    assert all(res[c].info.description for c in ("rank", "row", "similarity", "distance"))
+    assert res.meta["astromorph_model"] == "embedding"
+    assert res.meta["astromorph_model_sha256"] == "abc" and "note" not in res.meta
+    assert isinstance(SimilarityIndex.from_table(catalogue(30)).query(row=3, k=2), Table)
 
 
 def test_query_row_without_embedding_and_missing_column():

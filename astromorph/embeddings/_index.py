@@ -492,12 +492,13 @@ class SimilarityIndex:
 
         Returns
         -------
-        astropy.table.Table
-            ``rank`` (1 = most similar), ``row`` (row number in the indexed
-            table), ``similarity`` (cosine), ``distance`` (1 - cosine), then
-            the table's columns of those rows. ``meta`` describes the query
-            (``query_kind``, ``query_row``, ``query_separation_arcsec``, ``k``,
-            ``backend``).
+        astropy.table.Table or QTable
+            Of the indexed table's class: ``rank`` (1 = most similar), ``row``
+            (row number in the indexed table), ``similarity`` (cosine),
+            ``distance`` (1 - cosine), then the table's columns of those rows.
+            ``meta`` describes the query (``query_kind``, ``query_row``,
+            ``query_separation_arcsec``, ``k``, ``backend``) and holds the
+            indexed table's ``astromorph_*`` provenance keys.
         """
         import os
 
@@ -541,14 +542,19 @@ class SimilarityIndex:
         idx, sim = self.search(q, k, exclude=exclude)
         keep = idx[0] >= 0
         rows, sims = idx[0][keep], sim[0][keep]
-        out = Table()
+        out = Table() if self.table is None else self.table.__class__()
         out["rank"] = np.arange(1, len(rows) + 1)
         out["row"] = rows
         out["similarity"] = sims
         out["distance"] = (1.0 - sims).astype(np.float32)
+        out["rank"].description = "1 = most similar to the query"
+        out["row"].description = "row number in the indexed table"
         out["similarity"].description = "cosine similarity to the query"
         out["distance"].description = "1 - cosine similarity"
         if self.table is not None:
+            # the provenance of the vectors (the model that made them)
+            out.meta.update({k: v for k, v in self.table.meta.items()
+                             if str(k).startswith("astromorph_")})
             names = columns if columns is not None else [
                 c for c in self.table.colnames
                 if not (self.table[c].ndim > 1 and self.table[c].shape[1:] == (self.dim,))]
