@@ -14,6 +14,8 @@ import tempfile
 import warnings
 from pathlib import Path
 
+import numpy as np
+
 from ._warnings import warn
 from .exceptions import (AstromorphError, InvalidArgumentError, LossyOutputWarning,
                          MissingDependencyError, OutputError, OutputExistsError)
@@ -220,7 +222,8 @@ def write_table(table, path, *, overwrite=False, format=None):
     table : astropy.table.Table
     path : str or os.PathLike
         ``.ecsv`` (recommended: keeps units, descriptions, masks and
-        multidimensional columns), ``.fits``/``.fit``/``.fits.gz``, ``.csv``
+        multidimensional columns), ``.fits``/``.fit``/``.fits.gz`` (masked
+        boolean entries are not kept: `~astromorph.exceptions.LossyOutputWarning`), ``.csv``
         (values only: meta, units and descriptions are lost, with a
         `~astromorph.exceptions.LossyOutputWarning`) or ``.parquet`` (needs
         pyarrow, extra ``astromorph[parquet]``).
@@ -250,6 +253,14 @@ def write_table(table, path, *, overwrite=False, format=None):
         table.meta = {k: ",".join(map(str, v)) if isinstance(v, (list, tuple))
                       and k.lower() not in _FITS_LIST_KEYS else v
                       for k, v in table.meta.items()}
+    if fmt == "fits":
+        unmasked = [c for c in table.colnames if getattr(table[c], "dtype", None) == bool
+                    and np.ma.getmaskarray(table[c]).any()]
+        if unmasked:  # astropy writes FITS logical columns without their mask
+            warn(f"FITS cannot mark the masked entries of boolean column(s) "
+                 f"{', '.join(unmasked)}: {str(path)!r} will hold them as True/False; write "
+                 ".ecsv or .parquet, or an integer copy of the column, to keep them",
+                 LossyOutputWarning)
     with atomic_output(path, overwrite=overwrite) as tmp:
         with warnings.catch_warnings():
             # Long meta keys become HIERARCH cards in FITS: expected, not worth a warning.

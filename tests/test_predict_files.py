@@ -1216,6 +1216,26 @@ def test_csv_output_warns_that_it_drops_provenance_units_and_descriptions(tmp_pa
         write_table(Table({"a": [1, 2]}), tmp_path / "plain.csv")
 
 
+def test_fits_output_warns_that_it_unmasks_boolean_columns(tmp_path):
+    """astropy writes a masked boolean column to FITS without its mask (masked entries come
+    back as real True/False): writing one says so, naming the column."""
+    from astropy.table import MaskedColumn
+
+    from astromorph.exceptions import LossyOutputWarning
+
+    from astropy.coordinates import SkyCoord
+
+    table = Table({"neg": MaskedColumn([True, False], mask=[True, False]),
+                   "ok": MaskedColumn([True, False], mask=[False, False]),
+                   "pos": SkyCoord([1, 2], [3, 4], unit="deg")})
+    with pytest.warns(LossyOutputWarning, match=r"masked entries of boolean column\(s\) neg\b"):
+        write_table(table, tmp_path / "out.fits")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing masked, nothing lost
+        write_table(table[1:], tmp_path / "clean.fits")
+        write_table(table, tmp_path / "out.ecsv")
+
+
 def test_write_table_rejects_unknown_extension(tmp_path):
     with pytest.raises(InvalidArgumentError, match="out.xlsx"):
         write_table(Table({"a": [1]}), tmp_path / "out.xlsx")
