@@ -360,7 +360,7 @@ def annotate(table, images, *, model, ra_col=None, dec_col=None, coord_col=None,
     on_conflict : {"error", "suffix", "replace"}
         What to do when a new column name already exists: raise
         `~astromorph.exceptions.InputError` (default), add ``_2``, ``_3``...
-        to the new name, or replace the existing column.
+        to the new name, or replace the existing column (in its place).
     batch_size, providers : optional
         Passed to `Model.predict` and `load_model`.
     threads : int, optional
@@ -526,9 +526,10 @@ def _add_columns(table, columns, on_conflict):
     check_clashes(table, columns.colnames, on_conflict)
     used = {}
     for name in columns.colnames:
-        new = name
+        new, index = name, None  # None: appended
         if name in table.colnames:
-            if on_conflict == "replace":
+            if on_conflict == "replace":  # the new column takes the old one's place
+                index = table.colnames.index(name)
                 table.remove_column(name)
             else:
                 k = 2
@@ -537,9 +538,8 @@ def _add_columns(table, columns, on_conflict):
                 new = f"{name}_{k}"
         col = columns[name]
         if isinstance(table, QTable) and getattr(col, "unit", None) is not None:
-            table[new] = col.quantity if hasattr(col, "quantity") else col
-        else:
-            table[new] = col
+            col = col.quantity if hasattr(col, "quantity") else col
+        table.add_column(col, name=new, index=index)
         used[name] = new
     return used
 

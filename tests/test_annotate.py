@@ -671,8 +671,12 @@ def test_column_conflicts(optical_model):
         astromorph.annotate(cat, (img, w), model=optical_model)
     out = astromorph.annotate(cat, (img, w), model=optical_model, on_conflict="suffix")
     assert out["opt_label"][0] == "mine" and "opt_label_2" in out.colnames
+    cat["after"] = [1]
     out = astromorph.annotate(cat, (img, w), model=optical_model, on_conflict="replace")
     assert out["opt_label"][0] in "abc"
+    # a replaced column keeps its place; columns that were not there are appended
+    assert out.colnames.index("opt_label") == cat.colnames.index("opt_label")
+    assert out.colnames[-1] == "opt_flags"
 
 
 def test_annotating_again_keeps_the_provenance_of_the_earlier_columns(optical_model,
