@@ -6,7 +6,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 from astropy import units as u
-from astropy.coordinates import SkyCoord, UnitSphericalRepresentation
+from astropy.coordinates import ICRS, SkyCoord, UnitSphericalRepresentation
 from astropy.table import QTable, Table
 from astropy.wcs.utils import wcs_to_celestial_frame
 
@@ -250,11 +250,12 @@ def _band_plan(model, family, groups):
 
 
 def _sky_positions(images, coords):
-    """Every source in each image: ``(lon, lat, x, y)`` per image.
+    """Every source in each image: ``(lon, lat, x, y, up_angle)`` per image.
 
-    Longitude and latitude in degrees in the image's celestial frame, and the
+    Longitude and latitude in degrees in the image's celestial frame, the
     0-based pixel position from its WCS (one transform per image, shared by
-    all the parts that `_cut_band` cuts).
+    all the parts that `_cut_band` cuts), and the position angle in that frame
+    of ICRS north (`_icrs_north`), the stamps' up direction.
     """
     frames, sky = {}, []
     for image in images:
@@ -263,11 +264,22 @@ def _sky_positions(images, coords):
         key = frame.name + str(getattr(frame, "equinox", ""))
         if key not in frames:
             c = coords.transform_to(frame)
-            frames[key] = (c.spherical.lon.deg, c.spherical.lat.deg)
-        lon, lat = frames[key]
+            frames[key] = (c.spherical.lon.deg, c.spherical.lat.deg, _icrs_north(coords, frame))
+        lon, lat, up = frames[key]
         px, py = image.world_to_pixel(lon, lat)
-        sky.append((lon, lat, np.asarray(px), np.asarray(py)))
+        sky.append((lon, lat, np.asarray(px), np.asarray(py), up))
     return sky
+
+
+def _icrs_north(coords, frame):
+    """Position angle (degrees east of ``frame``'s north) of ICRS north at ``coords``:
+    0 in ICRS; about 90 deg near the Galactic north pole of a Galactic image."""
+    if isinstance(frame, ICRS):
+        return np.zeros(len(coords))
+    icrs = coords.icrs
+    tip = icrs.directional_offset_by(0 * u.deg, 1 * u.arcsec).transform_to(frame)
+    angle = icrs.transform_to(frame).position_angle(tip).deg
+    return np.where(np.isfinite(angle), angle, 0.0)
 
 
 def _margins(image, px, py):
@@ -279,7 +291,7 @@ def _margins(image, px, py):
 
 def _plan_reads(images, sky, npix):
     """Tell each image how many stamp pixels it will give (dense images are read whole at once)."""
-    for image, (_, _, px, py) in zip(images, sky):
+    for image, (_, _, px, py, _) in zip(images, sky):
         image.plan_samples(int(np.count_nonzero(_margins(image, px, py) > 0)) * npix ** 2)
 
 
@@ -305,8 +317,8 @@ def _cut_band(images, sky, npix, scale, rows):
         sel = np.flatnonzero((best_image == k) & ~off)
         if not len(sel):
             continue
-        lon, lat = sky[k][0][rows[sel]], sky[k][1][rows[sel]]
-        res = cut_stamps(image, lon, lat, size=npix, pixel_scale=scale[rows][sel])
+        lon, lat, up = (sky[k][j][rows[sel]] for j in (0, 1, 4))
+        res = cut_stamps(image, lon, lat, size=npix, pixel_scale=scale[rows][sel], up_angle=up)
         if len(sel) == n:  # all from one image (no copy)
             stamps = res.stamps
         else:

@@ -2,7 +2,8 @@
 
 Each stamp is a square grid of ``size`` pixels of ``pixel_scale`` arcsec on
 the tangent plane of its source, north up and east left (FITS orientation:
-row 0 at the bottom). Its pixel centres are mapped into the image in one go:
+row 0 at the bottom; `annotate` takes ICRS north whatever the image's frame).
+Its pixel centres are mapped into the image in one go:
 
 1. the exact WCS transform (`astropy.wcs.WCS.world_to_pixel_values`, SIP and
    other distortions included) is evaluated on a 3 x 3 grid of nodes per
@@ -288,17 +289,22 @@ def _lagrange3(u):
     return np.stack([0.5 * u * (u - 1), 1 - u * u, 0.5 * u * (u + 1)], axis=-1)
 
 
-def _pixel_maps(image, lon, lat, size, scale_arcsec):
+def _pixel_maps(image, lon, lat, size, scale_arcsec, up_angle):
     """Image pixel coordinates (x, y) of every stamp pixel: two (N, size, size) arrays."""
     c = (size - 1) / 2.0
     nodes = np.array([-1.0, 0.0, 1.0])
     # node (a, b): stamp row offset nodes[a]*c, column offset nodes[b]*c (pixels).
     half = (c * scale_arcsec * _ARCSEC)[:, None, None]
-    eta = nodes[None, :, None] * half                   # north: rows increase
-    xi = -nodes[None, None, :] * half                   # east: columns decrease
+    up = nodes[None, :, None] * half                    # rows increase upwards
+    right = nodes[None, None, :] * half                 # columns increase to the right
+    # the stamp's up points to position angle t (east of north): with t = 0, north up and
+    # east left (xi = -right, eta = up, exactly)
+    t = np.radians(up_angle)[:, None, None]
+    xi = up * np.sin(t) - right * np.cos(t)             # east
+    eta = up * np.cos(t) + right * np.sin(t)            # north
     lon0 = np.radians(lon)[:, None, None]
     lat0 = np.radians(lat)[:, None, None]
-    nlon, nlat = _tangent_to_sky(lon0, lat0, xi * np.ones_like(eta), eta * np.ones_like(xi))
+    nlon, nlat = _tangent_to_sky(lon0, lat0, xi, eta)
     nx, ny = image.world_to_pixel(np.degrees(nlon).ravel(), np.degrees(nlat).ravel())
     nx = np.asarray(nx).reshape(-1, 3, 3)
     ny = np.asarray(ny).reshape(-1, 3, 3)
@@ -377,7 +383,8 @@ def _bilinear(image, xy, out=None):
     return out, n_inside
 
 
-def cut_stamps(image, lon, lat, *, size, pixel_scale, chunk=STAMP_CHUNK, antialias=True):
+def cut_stamps(image, lon, lat, *, size, pixel_scale, up_angle=0.0, chunk=STAMP_CHUNK,
+               antialias=True):
     """Resample stamps of many sources from one image onto their tangent-plane grids.
 
     Parameters
@@ -389,6 +396,11 @@ def cut_stamps(image, lon, lat, *, size, pixel_scale, chunk=STAMP_CHUNK, antiali
         Stamp side in pixels.
     pixel_scale : float or array_like (N,)
         Stamp pixel scale in arcsec/pixel (per source for galaxy-scaled stamps).
+    up_angle : float or array_like (N,)
+        Position angle (degrees east of the north of the image's frame) of the
+        stamp's up direction; 0 puts that north up and east left. `annotate`
+        passes the angle of ICRS north, so that the stamps of images in
+        Galactic or other frames are oriented like those of ICRS images.
     antialias : bool
         Block-average the image before sampling where stamp pixels cover
         two or more image pixels.
@@ -400,6 +412,7 @@ def cut_stamps(image, lon, lat, *, size, pixel_scale, chunk=STAMP_CHUNK, antiali
     lon = np.atleast_1d(np.asarray(lon, dtype=np.float64))
     lat = np.atleast_1d(np.asarray(lat, dtype=np.float64))
     scale = np.broadcast_to(np.asarray(pixel_scale, dtype=np.float64), lon.shape)
+    up_angle = np.broadcast_to(np.asarray(up_angle, dtype=np.float64), lon.shape)
     n = len(lon)
     stamps = np.empty((n, size, size), np.float32)  # every row is written below
     outside = np.zeros(n)
@@ -407,7 +420,7 @@ def cut_stamps(image, lon, lat, *, size, pixel_scale, chunk=STAMP_CHUNK, antiali
     zoom = np.ones(n)
     for start in range(0, n, chunk):
         sl = slice(start, min(start + chunk, n))
-        xy, z = _pixel_maps(image, lon[sl], lat[sl], size, scale[sl])
+        xy, z = _pixel_maps(image, lon[sl], lat[sl], size, scale[sl], up_angle[sl])
         zoom[sl] = z
         factor = np.maximum(np.floor(z), 1).astype(int) if antialias else np.ones(len(z), int)
         for f in np.unique(factor):  # a handful of pyramid levels, not sources

@@ -238,6 +238,46 @@ def test_page_by_page_sampling_of_a_non_square_scaled_image(tmp_path, monkeypatc
     np.testing.assert_allclose(got.stamps, ref.stamps, rtol=1e-6, atol=1e-5, equal_nan=True)
 
 
+# ------------------------------------------------- WCS conventions (independent references)
+def gaussians(shape, w, coords, sigma_pix=1.5, amplitude=None):
+    """Analytic circular Gaussians (peaks ``amplitude``, default 1, 1/2, 1/3...) centred
+    where ``w`` puts ``coords``."""
+    yy, xx = np.mgrid[:shape[0], :shape[1]]
+    img = np.zeros(shape)
+    x, y = w.world_to_pixel(coords)
+    amplitude = 1 / np.arange(1, x.size + 1) if amplitude is None else amplitude
+    for x, y, a in zip(np.ravel(x), np.ravel(y), np.broadcast_to(amplitude, np.shape(x))):
+        img += a * np.exp(-((xx - x) ** 2 + (yy - y) ** 2) / (2 * sigma_pix ** 2))
+    return img.astype(np.float32)
+
+
+def peak(stamp):
+    """(column, row) of the brightest pixel of a stamp."""
+    row, col = np.unravel_index(np.nanargmax(stamp), stamp.shape)
+    return int(col), int(row)
+
+
+def test_stamps_of_galactic_frame_images_have_equatorial_north_up():
+    """The stamp of an image whose WCS is in Galactic coordinates is oriented like that of an
+    ICRS image of the same sky (north up, east left), not with Galactic north up."""
+    from astromorph._annotate import _cut_band, _sky_positions
+
+    centre = SkyCoord(269.3, 69.7, unit="deg")       # Galactic north is 90 deg from ICRS north
+    north = centre.directional_offset_by(0 * u.deg, 4 * u.arcsec)
+    east = centre.directional_offset_by(90 * u.deg, 2 * u.arcsec)
+    gal = sky_wcs(rot=0, crval=(centre.galactic.l.deg, centre.galactic.b.deg))
+    gal.wcs.ctype = ["GLON-TAN", "GLAT-TAN"]
+    gal.wcs.set()
+    for w in (sky_wcs(rot=0, crval=(centre.ra.deg, centre.dec.deg)), gal):
+        image = SkyImage(gaussians((200, 200), w, SkyCoord([north, east])), w)
+        sky = _sky_positions([image], SkyCoord([centre]))
+        stamps, flags = _cut_band([image], sky, 31, np.array([0.4]), np.array([0]))
+        assert flags[0] == 0
+        # 4" north = 10 rows up; 2" east = 5 columns left
+        assert peak(stamps[0]) == (15, 25)
+        assert peak(np.where(np.arange(31)[:, None] < 20, stamps[0], 0)) == (10, 15)
+
+
 # ------------------------------------------------------------------ annotate
 def test_annotate_columns_flags_and_meta(optical_model):
     n = 200
