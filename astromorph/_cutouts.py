@@ -111,6 +111,9 @@ class SkyImage:
         self.data, self.wcs, self.name, self.band = data, wcs, name, band
         self.bscale, self.bzero, self.blank = float(bscale), float(bzero), blank
         self.shape = data.shape
+        #: Rows and columns of image area (those of ``shape``; fractional for a block-averaged
+        #: `level`, whose partial last blocks stand for part of a block of image).
+        self.extent = tuple(float(n) for n in data.shape)
         #: Float data needing no scaling or BLANK handling (sampled directly).
         self.plain = (data.dtype.kind == "f" and blank is None and self.bscale == 1.0
                       and self.bzero == 0.0)
@@ -200,6 +203,7 @@ class SkyImage:
             if factor not in self._levels:
                 binned = SkyImage(self._strips(factor), None, name=f"{self.name}/{factor}",
                                   band=self.band)
+                binned.extent = (self.shape[0] / factor, self.shape[1] / factor)
                 self._levels[factor] = binned
             return self._levels[factor]
 
@@ -228,13 +232,17 @@ class SkyImage:
 
     def _strips(self, factor):
         """Float32 copy of the image read from ``data`` in row strips: as it is
-        (``factor`` 1, the values `take` gives) or block-averaged (NaN-aware)."""
-        ny, nx = self.shape[0] // factor, self.shape[1] // factor
+        (``factor`` 1, the values `take` gives) or block-averaged (NaN-aware).
+
+        Blocks at the top and right edges that the image fills only in part
+        hold the mean of the pixels they have, so that no edge pixel is lost.
+        """
+        ny, nx = -(-self.shape[0] // factor), -(-self.shape[1] // factor)
         out = np.empty((ny, nx), np.float32)
         strip = max(1, (1 << 22) // max(self.shape[1], 1) // factor) * factor
-        for y0 in range(0, ny * factor, strip):  # row strips: bounded memory
-            y1 = min(y0 + strip, ny * factor)
-            raw = self.data[y0:y1, :nx * factor]
+        for y0 in range(0, self.shape[0], strip):  # row strips: bounded memory
+            y1 = min(y0 + strip, self.shape[0])
+            raw = self.data[y0:y1]
             if factor == 1:  # the values `take` gives, as they are
                 if self.plain:
                     out[y0:y1] = raw  # one pass: cast and byte swap
@@ -242,12 +250,17 @@ class SkyImage:
                     out[y0:y1] = self._scaled(raw)
                 continue
             block = self._scaled(raw)
-            block = block.reshape((y1 - y0) // factor, factor, nx, factor)
+            rows = -(-(y1 - y0) // factor)
+            if block.shape != (rows * factor, nx * factor):  # partial blocks: NaN padding
+                block = np.pad(block, ((0, rows * factor - block.shape[0]),
+                                       (0, nx * factor - block.shape[1])),
+                               constant_values=np.nan)
+            block = block.reshape(rows, factor, nx, factor)
             good = np.isfinite(block)
             total = np.where(good, block, 0).sum(axis=(1, 3))
             count = good.sum(axis=(1, 3))
             with np.errstate(invalid="ignore", divide="ignore"):
-                out[y0 // factor:y1 // factor] = np.where(count > 0, total / count, np.nan)
+                out[y0 // factor:y0 // factor + rows] = np.where(count > 0, total / count, np.nan)
         return out
 
 
@@ -327,7 +340,8 @@ def _pixel_maps(image, lon, lat, size, scale_arcsec, up_angle):
 
 
 def _bilinear(image, xy, out=None):
-    """Bilinear samples at pixel coordinates (0-based centres); NaN outside [-0.5, n-0.5].
+    """Bilinear samples at pixel coordinates (0-based centres); NaN outside [-0.5, n-0.5]
+    (n: ``image.extent``).
 
     Like ``reproject_interp``, points in the outer half pixel take the edge
     value. Float data go through `scipy.ndimage.map_coordinates`, which reads
@@ -335,19 +349,21 @@ def _bilinear(image, xy, out=None):
     until `SkyImage.resident` has read the image whole.
 
     Returns the samples (written into ``out`` if given), shape ``xy.shape[1:]``,
-    and the number of points of each stamp that lie inside the image.
+    and the number of points of each stamp that lie inside the image (its
+    ``extent``, a fraction of a pixel short of ``shape`` for a `SkyImage.level`).
     """
     ny, nx = image.shape
+    y_end, x_end = (n - 0.5 for n in image.extent)
     x, y = xy
     # the stamp grids are smooth: a stamp is inside when its border is
     border = np.concatenate([x[:, [0, -1], :].reshape(len(x), -1), x[:, :, [0, -1]].reshape(len(x), -1)], 1), \
         np.concatenate([y[:, [0, -1], :].reshape(len(y), -1), y[:, :, [0, -1]].reshape(len(y), -1)], 1)
-    edge = ((border[0].min(1) < -0.5) | (border[0].max(1) > nx - 0.5)
-            | (border[1].min(1) < -0.5) | (border[1].max(1) > ny - 0.5))
+    edge = ((border[0].min(1) < -0.5) | (border[0].max(1) > x_end)
+            | (border[1].min(1) < -0.5) | (border[1].max(1) > y_end))
     n_inside = np.full(len(x), x[0].size if len(x) else 0)
     if edge.any():
         xe, ye = x[edge], y[edge]
-        inside = (xe >= -0.5) & (xe <= nx - 0.5) & (ye >= -0.5) & (ye <= ny - 0.5)
+        inside = (xe >= -0.5) & (xe <= x_end) & (ye >= -0.5) & (ye <= y_end)
         n_inside[edge] = inside.sum(axis=(1, 2))
     source = image.resident(x.size)
     if source is not None:

@@ -278,6 +278,24 @@ def test_stamps_of_galactic_frame_images_have_equatorial_north_up():
         assert peak(np.where(np.arange(31)[:, None] < 20, stamps[0], 0)) == (10, 15)
 
 
+def test_block_averaged_stamps_reach_every_image_edge():
+    """With block averaging (3 x 3 here) a stamp 3 pixels inside the right or top edge lies
+    on the image, as one 3 pixels inside the left or bottom edge does, when the image side
+    (103) is no multiple of the block; an image smaller than one block still gives its mean."""
+    n = 103
+    img = np.ones((n, n), np.float32)
+    w = sky_wcs(n, rot=0, scale=0.1)
+    c = w.pixel_to_world([3.0, 99.0, 51.0, 51.0], [51.0, 51.0, 3.0, 99.0])
+    res = cut_stamps(SkyImage(img, w), c.ra.deg, c.dec.deg, size=3, pixel_scale=0.3)
+    assert res.zoom == pytest.approx(3, rel=1e-6)
+    assert (res.outside == 0).all() and (res.stamps == 1).all()
+    small = sky_wcs(8, rot=0, scale=0.1)                  # 8 x 8 pixels, 0.8" wide
+    c = small.pixel_to_world(3.5, 3.5)
+    res = cut_stamps(SkyImage(np.full((8, 8), 2, np.float32), small), [c.ra.deg],
+                     [c.dec.deg], size=3, pixel_scale=1.0)
+    assert res.stamps[0, 1, 1] == 2 and res.outside[0] == pytest.approx(8 / 9)
+
+
 # ------------------------------------------------------------------ annotate
 def test_annotate_columns_flags_and_meta(optical_model):
     n = 200
