@@ -31,8 +31,8 @@ ANNOTATE_CHUNK = 4096
 _RA_NAMES = ("ra", "RA", "RAJ2000", "ra_deg", "RA_deg", "ALPHA_J2000", "alpha", "raMean")
 _DEC_NAMES = ("dec", "DEC", "Dec", "DEJ2000", "dec_deg", "DEC_deg", "DELTA_J2000", "delta",
               "decMean")
-#: Stamp pixels that must come from at least this many image pixels per stamp pixel
-#: (below, the stamp is upsampled by more than 2x: flagged EXTRAPOLATED).
+#: Stamp pixels that must come from at least this many image pixels per stamp pixel, along
+#: both image axes (below, the stamp is upsampled by more than 2x: flagged EXTRAPOLATED).
 MIN_ZOOM = 0.5
 
 

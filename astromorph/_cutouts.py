@@ -14,8 +14,9 @@ Its pixel centres are mapped into the image in one go:
 3. the image is sampled by bilinear interpolation, as ``reproject_interp``
    does, with a vectorised gather of the four neighbours from the flat,
    memory-mapped data; where a stamp pixel covers several image pixels the
-   image is first block-averaged by that factor (an image pyramid, made once
-   per image and factor) so that downsampling does not alias.
+   image is first block-averaged by that factor along each axis (an image
+   pyramid, made once per image and factors) so that downsampling does not
+   alias.
 
 No step loops over sources in Python: sources are processed in chunks of
 array operations, and only the image pages under the stamps are read.
@@ -118,7 +119,7 @@ class SkyImage:
         self.plain = (data.dtype.kind == "f" and blank is None and self.bscale == 1.0
                       and self.bzero == 0.0)
         self._flat = data.reshape(-1) if data.flags.c_contiguous else None
-        self._levels = {}  # block-averaged copies by factor (> 1)
+        self._levels = {}  # block-averaged copies by (row, column) factors
         self._hold = hold  # keeps an HDUList (and its memory map) open
         self._sampled = 0
         self._planned = 0
@@ -184,7 +185,7 @@ class SkyImage:
                     log.debug("%s: reading the image whole into memory", self.name)
                     try:
                         resident = self._read_whole()
-                        self._resident = self._strips(1) if resident is None else resident
+                        self._resident = self._strips() if resident is None else resident
                     except BaseException:
                         _release(nbytes)
                         raise
@@ -195,17 +196,17 @@ class SkyImage:
                 return self._resident
             return self.data if self.plain else None
 
-    def level(self, factor):
-        """This image block-averaged by ``factor`` (NaN-aware), cached."""
-        if factor == 1:
+    def level(self, fy, fx):
+        """This image block-averaged by ``fy`` rows and ``fx`` columns (NaN-aware), cached."""
+        if fy == fx == 1:
             return self
         with self.lock:
-            if factor not in self._levels:
-                binned = SkyImage(self._strips(factor), None, name=f"{self.name}/{factor}",
-                                  band=self.band)
-                binned.extent = (self.shape[0] / factor, self.shape[1] / factor)
-                self._levels[factor] = binned
-            return self._levels[factor]
+            if (fy, fx) not in self._levels:
+                binned = SkyImage(self._strips(fy, fx), None,
+                                  name=f"{self.name}/{fy}x{fx}", band=self.band)
+                binned.extent = (self.shape[0] / fy, self.shape[1] / fx)
+                self._levels[fy, fx] = binned
+            return self._levels[fy, fx]
 
     def _read_whole(self):
         """Native float32 copy of an uncompressed FITS image by one read call, or None.
@@ -230,37 +231,38 @@ class SkyImage:
             return raw.astype(np.float32, copy=False)
         return self._scaled(raw)
 
-    def _strips(self, factor):
+    def _strips(self, fy=1, fx=1):
         """Float32 copy of the image read from ``data`` in row strips: as it is
-        (``factor`` 1, the values `take` gives) or block-averaged (NaN-aware).
+        (factors 1, the values `take` gives) or block-averaged over ``fy`` rows
+        and ``fx`` columns (NaN-aware).
 
         Blocks at the top and right edges that the image fills only in part
         hold the mean of the pixels they have, so that no edge pixel is lost.
         """
-        ny, nx = -(-self.shape[0] // factor), -(-self.shape[1] // factor)
+        ny, nx = -(-self.shape[0] // fy), -(-self.shape[1] // fx)
         out = np.empty((ny, nx), np.float32)
-        strip = max(1, (1 << 22) // max(self.shape[1], 1) // factor) * factor
+        strip = max(1, (1 << 22) // max(self.shape[1], 1) // fy) * fy
         for y0 in range(0, self.shape[0], strip):  # row strips: bounded memory
             y1 = min(y0 + strip, self.shape[0])
             raw = self.data[y0:y1]
-            if factor == 1:  # the values `take` gives, as they are
+            if fy == fx == 1:  # the values `take` gives, as they are
                 if self.plain:
                     out[y0:y1] = raw  # one pass: cast and byte swap
                 else:
                     out[y0:y1] = self._scaled(raw)
                 continue
             block = self._scaled(raw)
-            rows = -(-(y1 - y0) // factor)
-            if block.shape != (rows * factor, nx * factor):  # partial blocks: NaN padding
-                block = np.pad(block, ((0, rows * factor - block.shape[0]),
-                                       (0, nx * factor - block.shape[1])),
+            rows = -(-(y1 - y0) // fy)
+            if block.shape != (rows * fy, nx * fx):  # partial blocks: NaN padding
+                block = np.pad(block, ((0, rows * fy - block.shape[0]),
+                                       (0, nx * fx - block.shape[1])),
                                constant_values=np.nan)
-            block = block.reshape(rows, factor, nx, factor)
+            block = block.reshape(rows, fy, nx, fx)
             good = np.isfinite(block)
             total = np.where(good, block, 0).sum(axis=(1, 3))
             count = good.sum(axis=(1, 3))
             with np.errstate(invalid="ignore", divide="ignore"):
-                out[y0 // factor:y0 // factor + rows] = np.where(count > 0, total / count, np.nan)
+                out[y0 // fy:y0 // fy + rows] = np.where(count > 0, total / count, np.nan)
         return out
 
 
@@ -276,7 +278,9 @@ class StampResult:
     blank : numpy.ndarray, (N,)
         Fraction of stamp pixels inside the image that are NaN/inf/BLANK.
     zoom : numpy.ndarray, (N,)
-        Image pixels per stamp pixel (>1 downsampling, <1 upsampling).
+        Image pixels per stamp pixel (>1 downsampling, <1 upsampling), along
+        the image axis with the fewer (the rows of an image whose pixels are
+        taller than wide).
     """
 
     def __init__(self, stamps, outside, blank, zoom):
@@ -332,10 +336,11 @@ def _pixel_maps(image, lon, lat, size, scale_arcsec, up_angle):
     np.matmul(weights @ dyn, weights.T, out=xy[1])
     xy[0] += x0.astype(np.float32)
     xy[1] += y0.astype(np.float32)
-    # image pixels per stamp pixel, from the node spacing (mean of both axes)
-    dx = np.hypot(nx[:, 1, 2] - nx[:, 1, 0], ny[:, 1, 2] - ny[:, 1, 0])
-    dy = np.hypot(nx[:, 2, 1] - nx[:, 0, 1], ny[:, 2, 1] - ny[:, 0, 1])
-    zoom = 0.5 * (dx + dy) / max(size - 1, 1)
+    # image columns and rows per stamp pixel, from the node spacing: the lengths of the
+    # rows of the Jacobian d(x, y) / d(stamp column, stamp row), whatever the rotation
+    dx = np.hypot(nx[:, 1, 2] - nx[:, 1, 0], nx[:, 2, 1] - nx[:, 0, 1])
+    dy = np.hypot(ny[:, 1, 2] - ny[:, 1, 0], ny[:, 2, 1] - ny[:, 0, 1])
+    zoom = np.stack([dy, dx], axis=1) / max(size - 1, 1)
     return xy, zoom
 
 
@@ -437,15 +442,18 @@ def cut_stamps(image, lon, lat, *, size, pixel_scale, up_angle=0.0, chunk=STAMP_
     for start in range(0, n, chunk):
         sl = slice(start, min(start + chunk, n))
         xy, z = _pixel_maps(image, lon[sl], lat[sl], size, scale[sl], up_angle[sl])
-        zoom[sl] = z
-        factor = np.maximum(np.floor(z), 1).astype(int) if antialias else np.ones(len(z), int)
-        for f in np.unique(factor):  # a handful of pyramid levels, not sources
-            rows = np.flatnonzero(factor == f)
-            level = image.level(int(f))
+        zoom[sl] = z.min(axis=1)
+        # block factors (rows, columns): a handful of pyramid levels, not sources
+        factors = np.maximum(np.floor(z), 1).astype(int) if antialias else np.ones_like(z, int)
+        levels, which = np.unique(factors, axis=0, return_inverse=True)
+        for k, (fy, fx) in enumerate(levels):
+            rows = np.flatnonzero(which.ravel() == k)
+            level = image.level(int(fy), int(fx))
             # centre of block k of the binned image is at original pixel f*k + (f-1)/2
-            sub = xy[:, rows] if f > 1 or len(rows) < len(z) else xy
-            if f > 1:
-                sub = (sub - np.float32((f - 1) / 2.0)) / np.float32(f)
+            sub = xy[:, rows] if len(levels) > 1 else xy
+            if fy > 1 or fx > 1:
+                f = np.array([fx, fy], np.float32)[:, None, None, None]
+                sub = (sub - (f - 1) / 2) / f
             if len(rows) == len(z):  # the usual case: sampled straight into the output
                 values, n_in = _bilinear(level, sub, out=stamps[sl])
             else:

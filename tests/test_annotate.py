@@ -296,6 +296,38 @@ def test_block_averaged_stamps_reach_every_image_edge():
     assert res.stamps[0, 1, 1] == 2 and res.outside[0] == pytest.approx(8 / 9)
 
 
+def test_non_square_pixels_are_averaged_and_flagged_per_axis(optical_model):
+    """Pixels of 0.1" x 0.6" under stamp pixels of 0.6": 6 columns but a single row per stamp
+    pixel. Stripes along x (2 columns) average out; stripes along y (2 rows) are kept, as
+    ``reproject_interp`` samples them (no averaging across rows); a stamp finer than half a
+    row is EXTRAPOLATED, although its pixels cover five columns."""
+    from reproject import reproject_interp
+
+    n = 120
+    w = WCS(naxis=2)
+    w.wcs.ctype = ["RA---TAN", "DEC--TAN"]
+    w.wcs.crval, w.wcs.crpix = [150.0, 2.2], [n / 2, n / 2]
+    w.wcs.cdelt = [-0.1 / 3600, 0.6 / 3600]
+    yy, xx = np.mgrid[:n, :n]
+    c = w.pixel_to_world([60.0], [60.0])
+    along_x = SkyImage((xx % 2).astype(np.float32), w)
+    res = cut_stamps(along_x, c.ra.deg, c.dec.deg, size=SIZE, pixel_scale=0.61)
+    assert res.zoom[0] == pytest.approx(0.61 / 0.6, rel=1e-3)  # rows, the finer axis
+    np.testing.assert_allclose(res.stamps[0], 0.5, atol=1e-6)
+    along_y = (yy % 2).astype(np.float32)
+    res = cut_stamps(SkyImage(along_y, w), c.ra.deg, c.dec.deg, size=SIZE + 1, pixel_scale=0.6)
+    o = WCS(naxis=2)
+    o.wcs.ctype = ["RA---TAN", "DEC--TAN"]
+    o.wcs.crval, o.wcs.crpix = [c.ra.deg[0], c.dec.deg[0]], [(SIZE + 2) / 2] * 2
+    o.wcs.cdelt = [-0.6 / 3600, 0.6 / 3600]
+    ref, _ = reproject_interp((along_y, w), o, shape_out=(SIZE + 1, SIZE + 1), order="bilinear")
+    np.testing.assert_allclose(res.stamps[0], ref, atol=1e-4)
+    assert np.ptp(ref) > 0.99
+    w.wcs.cdelt = [-0.1 / 3600, 1.2 / 3600]
+    out = astromorph.annotate(catalogue(w, [(60, 60)]), (blobs(n), w), model=optical_model)
+    assert out["opt_flags"][0] == Flag.EXTRAPOLATED                 # 0.5" stamp, 1.2" rows
+
+
 # ------------------------------------------------------------------ annotate
 def test_annotate_columns_flags_and_meta(optical_model):
     n = 200
