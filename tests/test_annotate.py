@@ -456,6 +456,49 @@ def test_non_square_pixels_are_averaged_and_flagged_per_axis(optical_model):
     assert out["opt_flags"][0] == Flag.EXTRAPOLATED                 # 0.5" stamp, 1.2" rows
 
 
+def test_bands_with_different_wcs_give_a_colour_stamp_aligned_on_the_sky(optical_model):
+    """g, r and i images that are not pixel-aligned (ICRS north up; rotated, flipped, finer
+    and shifted; Galactic with SIP distortion) of the same analytic sources give the stamps,
+    and the scores, of three images sharing one WCS; a 1" shift of one band does not."""
+    from astromorph._annotate import _cut_band, _sky_positions
+
+    common = sky_wcs(rot=0)
+    rng = np.random.default_rng(7)
+    spots = common.pixel_to_world(*rng.uniform(20, 180, (2, 60)))
+    gal = sky_wcs(rot=-15, sip=True, scale=0.35)
+    gal.wcs.ctype = ["GLON-TAN-SIP", "GLAT-TAN-SIP"]
+    gal.wcs.crval = [spots[0].galactic.l.deg, spots[0].galactic.b.deg]
+    gal.wcs.set()
+    crval = (common.wcs.crval[0] + 2e-3, common.wcs.crval[1] - 1e-3)
+    wcs = {"g": common, "r": sky_wcs(300, rot=40, flip=True, scale=0.3, crval=crval), "i": gal}
+    amp = {b: np.random.default_rng(k).uniform(1, 5, len(spots)) for k, b in enumerate("gri")}
+
+    def band(b, w, shape=(200, 200)):
+        return gaussians(shape, w, spots, sigma_pix=1.2 / 3600 / np.sqrt(abs(
+            np.linalg.det(w.pixel_scale_matrix))), amplitude=amp[b])
+
+    aligned = {b: (band(b, common), common) for b in "gri"}
+    mixed = {b: (band(b, w, (300, 300) if b == "r" else (200, 200)), w) for b, w in wcs.items()}
+    cat = catalogue(common, [(100, 100), (60, 140), (150, 50)])
+    coords = SkyCoord(cat["ra"], cat["dec"], unit="deg")
+    for b in "gri":
+        cut = []
+        for images in (aligned, mixed):
+            im = SkyImage(*images[b])
+            sky = _sky_positions([im], coords)
+            cut.append(_cut_band([im], sky, SIZE, np.full(3, SCALE), np.arange(3))[0])
+        np.testing.assert_allclose(cut[1], cut[0], atol=0.02 * cut[0].max())
+    ref = astromorph.annotate(cat, aligned, model=optical_model)
+    out = astromorph.annotate(cat, mixed, model=optical_model)
+    assert (np.asarray(out["opt_flags"]) == 0).all()
+    np.testing.assert_allclose(out["opt_p_a"], ref["opt_p_a"], atol=2e-3)
+    shifted = dict(mixed)
+    off = sky_wcs(300, rot=40, flip=True, scale=0.3, crval=(crval[0], crval[1] + 1 / 3600))
+    shifted["r"] = (mixed["r"][0], off)
+    bad = astromorph.annotate(cat, shifted, model=optical_model)
+    assert np.abs(bad["opt_p_a"] - ref["opt_p_a"]).max() > 5 * np.abs(out["opt_p_a"] - ref["opt_p_a"]).max()
+
+
 # ------------------------------------------------------------------ annotate
 def test_annotate_columns_flags_and_meta(optical_model):
     n = 200
