@@ -289,6 +289,17 @@ def _margins(image, px, py):
     return np.where(np.isfinite(margin), margin, -np.inf)
 
 
+def _has_data(image, px, py, inside):
+    """Whether the pixel under each position is finite (False outside: ``~inside``)."""
+    data = np.zeros(len(px), bool)
+    if inside.any():
+        ny, nx = image.shape
+        x = np.clip(np.rint(px[inside]), 0, nx - 1).astype(np.int64)
+        y = np.clip(np.rint(py[inside]), 0, ny - 1).astype(np.int64)
+        data[inside] = np.isfinite(image.take(y * nx + x))
+    return data
+
+
 def _plan_reads(images, sky, npix):
     """Tell each image how many stamp pixels it will give (dense images are read whole at once)."""
     for image, (_, _, px, py, _) in zip(images, sky):
@@ -305,11 +316,17 @@ def _cut_band(images, sky, npix, scale, rows):
     stamps = None
     flags = np.zeros(n, np.int32)
     best_margin = np.full(n, -np.inf)
+    best_data = np.zeros(n, bool)
     best_image = np.full(n, -1)
     for k, image in enumerate(images):
-        margin = _margins(image, sky[k][2][rows], sky[k][3][rows])
-        better = margin > best_margin
+        px, py = sky[k][2][rows], sky[k][3][rows]
+        margin = _margins(image, px, py)
+        # an image with data under the source beats one with a blank pixel there (the
+        # padding of a rotated tile, a chip gap), however far from its edge
+        data = _has_data(image, px, py, margin > 0)
+        better = (data > best_data) | ((data == best_data) & (margin > best_margin))
         best_margin[better] = margin[better]
+        best_data[better] = data[better]
         best_image[better] = k
     off = best_margin < 0
     flags[off] |= Flag.OFF_IMAGE
@@ -339,8 +356,9 @@ def annotate(table, images, *, model, ra_col=None, dec_col=None, coord_col=None,
     """Add model columns to a copy of a catalogue, from images with a WCS.
 
     Each source gets a stamp resampled from the image that contains it (the
-    one where it lies farthest from the edge, so tiled mosaics just work) onto
-    the model's angular grid, with the WCS honoured (rotation, flips, SIP
+    one where it lies farthest from the edge, among those with data under it,
+    so tiled mosaics just work) onto the model's angular grid, north up and
+    east left, with the WCS honoured (rotation, flips, SIP
     distortion); the stamps are preprocessed exactly as in training and
     scored in batches.
 

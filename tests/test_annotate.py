@@ -589,6 +589,25 @@ def test_mosaic_equals_single_image(optical_model):
     assert np.all(np.asarray(mosaic["opt_flags"]) == 0)
 
 
+def test_mosaic_tile_with_blank_padding_gives_way_to_one_with_data(optical_model):
+    """A source in the NaN padding of one tile (e.g. the corner of a rotated exposure,
+    far from that array's edge) is cut from an overlapping tile that has data there, even
+    nearer that tile's edge, rather than flagged BLANK and masked."""
+    n = 240
+    img = blobs(n, count=60)
+    w = sky_wcs(n, rot=0)
+    cat = catalogue(w, [(60, 60), (150, 120), (60, 200)])
+    whole = astromorph.annotate(cat, (img, w), model=optical_model)
+    padded = img.copy()
+    padded[90:, 130:] = np.nan                       # no data there in the big tile
+    right = w.deepcopy()
+    right.wcs.crpix = [w.wcs.crpix[0] - 120, w.wcs.crpix[1] - 80]
+    tiles = [(padded, w), (img[80:, 120:], right)]    # the source at (150, 120) is 30 pixels
+    mosaic = astromorph.annotate(cat, tiles, model=optical_model)  # inside the small tile
+    assert np.asarray(mosaic["opt_flags"]).tolist() == [0, 0, 0]
+    np.testing.assert_allclose(mosaic["opt_p_a"], whole["opt_p_a"], rtol=1e-5)
+
+
 def test_three_bands_by_dict_and_headers(optical_model, tmp_path):
     img, w = blobs(), sky_wcs()
     cat = catalogue(w, [(100, 100), (80, 90)])
