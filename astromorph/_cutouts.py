@@ -363,13 +363,19 @@ def _bilinear(image, xy, out=None):
     # the stamp grids are smooth: a stamp is inside when its border is
     border = np.concatenate([x[:, [0, -1], :].reshape(len(x), -1), x[:, :, [0, -1]].reshape(len(x), -1)], 1), \
         np.concatenate([y[:, [0, -1], :].reshape(len(y), -1), y[:, :, [0, -1]].reshape(len(y), -1)], 1)
+    # NaN coordinates (where the projection cannot place a node: past the limb of a SIN
+    # image) are outside; interpolated from the nodes, they fill whole stamps
+    unplaced = ~(np.isfinite(border[0]).all(1) & np.isfinite(border[1]).all(1))
     edge = ((border[0].min(1) < -0.5) | (border[0].max(1) > x_end)
-            | (border[1].min(1) < -0.5) | (border[1].max(1) > y_end))
+            | (border[1].min(1) < -0.5) | (border[1].max(1) > y_end) | unplaced)
     n_inside = np.full(len(x), x[0].size if len(x) else 0)
     if edge.any():
         xe, ye = x[edge], y[edge]
         inside = (xe >= -0.5) & (xe <= x_end) & (ye >= -0.5) & (ye <= y_end)
         n_inside[edge] = inside.sum(axis=(1, 2))
+    if unplaced.any():  # sampled at pixel 0, then set to NaN below, as outside
+        x, y = (np.where(unplaced[:, None, None], 0, c) for c in (x, y))
+        xy = np.stack([x, y])
     source = image.resident(x.size)
     if source is not None:
         from scipy.ndimage import map_coordinates
@@ -444,7 +450,9 @@ def cut_stamps(image, lon, lat, *, size, pixel_scale, up_angle=0.0, chunk=STAMP_
         xy, z = _pixel_maps(image, lon[sl], lat[sl], size, scale[sl], up_angle[sl])
         zoom[sl] = z.min(axis=1)
         # block factors (rows, columns): a handful of pyramid levels, not sources
-        factors = np.maximum(np.floor(z), 1).astype(int) if antialias else np.ones_like(z, int)
+        # (NaN zoom: a stamp over the limb of the projection, outside the image anyway)
+        factors = (np.maximum(np.floor(np.nan_to_num(z, nan=1.0)), 1).astype(int) if antialias
+                   else np.ones_like(z, int))
         levels, which = np.unique(factors, axis=0, return_inverse=True)
         for k, (fy, fx) in enumerate(levels):
             rows = np.flatnonzero(which.ravel() == k)

@@ -257,6 +257,38 @@ def peak(stamp):
     return int(col), int(row)
 
 
+def test_stamp_over_the_limb_of_the_projection_is_outside(optical_model, tmp_path,
+                                                          monkeypatch):
+    """A source near the limb of a SIN image of a hemisphere has stamp pixels that the
+    projection cannot place (NaN pixel coordinates): they count as outside the image (EDGE;
+    nothing left, so BAD_INPUT and masked), without a cast warning and without an
+    IndexError from the page-by-page sampling of scaled integers that stopped the batch."""
+    import warnings
+
+    from astromorph import _cutouts
+
+    n = 400
+    w = WCS(naxis=2)
+    w.wcs.ctype = ["RA---SIN", "DEC--SIN"]
+    w.wcs.crval, w.wcs.crpix = [0.0, 0.0], [200.5, 200.5]
+    w.wcs.cdelt = [-57.3 / 199, 57.3 / 199]
+    img = blobs(n)
+    cat = Table({"ra": [89.99, 45.0], "dec": [0.0, 0.0]})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        res = cut_stamps(SkyImage(img, w), cat["ra"], cat["dec"], size=SIZE, pixel_scale=3600)
+    assert res.outside.tolist() == [1, 0] and res.blank.tolist() == [0, 0]
+    path = tmp_path / "sin.fits"
+    hdu = fits.PrimaryHDU(img.astype(np.float64), header=w.to_header())
+    hdu.scale("int16", bscale=1e-3)
+    hdu.writeto(path)
+    monkeypatch.setattr(_cutouts, "RESIDENT_MAX_BYTES", 0)       # sampled page by page
+    out = astromorph.annotate(cat, str(path), model=optical_model, stamp_size=16 * u.deg)
+    flags = np.asarray(out["opt_flags"])
+    assert flags[0] & Flag.EDGE and flags[0] & Flag.BAD_INPUT and out["opt_p_a"].mask[0]
+    assert not flags[1] & Flag.unusable() and not out["opt_p_a"].mask[1]
+
+
 @pytest.mark.parametrize("flip", [False, True])
 def test_native_scale_stamps_equal_cutout2d(flip):
     """At the image's own scale on a north-up grid, a stamp is `Cutout2D` (mirrored left to
