@@ -52,15 +52,20 @@ def _celestial_wcs(header, name):
     return wcs.celestial
 
 
-def _from_hdu(hdu, name, hold=None, file_span=None):
-    if hdu.data is None or hdu.header.get("NAXIS", 0) < 2:
-        raise InputError(f"{name}: the HDU holds no image")
-    data = hdu.data
+def _plane(data, name):
+    """``data`` without its degenerate axes (a radio image's FREQ, STOKES): 2D, or `InputError`."""
     if data.ndim > 2:
         squeezed = np.squeeze(data)
         if squeezed.ndim != 2:
             raise InputError(f"{name}: expected a 2D image, got shape {data.shape}")
         data = squeezed
+    return data
+
+
+def _from_hdu(hdu, name, hold=None, file_span=None):
+    if hdu.data is None or hdu.header.get("NAXIS", 0) < 2:
+        raise InputError(f"{name}: the HDU holds no image")
+    data = _plane(hdu.data, name)
     header = hdu.header
     wcs = _celestial_wcs(header, name)
     scaled = (data.dtype.kind in "iu" and ("BSCALE" in header or "BZERO" in header
@@ -141,8 +146,8 @@ def _parse_one(obj, band=None):
         # astropy has applied BSCALE/BZERO already: no scaling here
         hdu = obj
         header = hdu.header
-        images = [SkyImage(np.asarray(hdu.data), _celestial_wcs(header, "HDU"), name="HDU",
-                           band=band_of_header(header))]
+        images = [SkyImage(_plane(np.asarray(hdu.data), "HDU"), _celestial_wcs(header, "HDU"),
+                           name="HDU", band=band_of_header(header))]
     elif isinstance(obj, tuple) and len(obj) == 2:
         data, wcs = obj
         if isinstance(wcs, fits.Header):
@@ -150,7 +155,7 @@ def _parse_one(obj, band=None):
         if not isinstance(wcs, WCS) or not wcs.has_celestial:
             raise InputError("an (array, wcs) image needs a celestial astropy.wcs.WCS, got "
                              f"{type(wcs).__name__}")
-        images = [SkyImage(np.asarray(data), wcs.celestial, name="array")]
+        images = [SkyImage(_plane(np.asarray(data), "array"), wcs.celestial, name="array")]
     elif hasattr(obj, "data") and hasattr(obj, "wcs"):  # NDData, CCDData
         if obj.wcs is None:
             raise InputError(f"{type(obj).__name__} image has no WCS")
@@ -165,7 +170,8 @@ def _parse_one(obj, band=None):
         mask = getattr(obj, "mask", None)
         if mask is not None:
             data = np.where(np.asarray(mask, bool), np.nan, data)
-        images = [SkyImage(data, wcs.celestial, name=type(obj).__name__,
+        name = type(obj).__name__
+        images = [SkyImage(_plane(data, name), wcs.celestial, name=name,
                            band=(obj.meta or {}).get("band"))]
     else:
         raise InputError(f"cannot use {type(obj).__name__} as an image: pass a FITS path, an "

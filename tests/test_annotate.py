@@ -975,6 +975,28 @@ def test_hdulist_and_multi_extension_files(optical_model, tmp_path):
         astromorph.annotate(cat, str(tmp_path / "cut.fits"), model=optical_model)
 
 
+def test_radio_style_4d_images_in_every_form(optical_model, tmp_path):
+    """An image with degenerate FREQ and STOKES axes (shape (1, 1, ny, nx), as radio images
+    come) is read alike from a path, an HDUList, a bare HDU, an (array, WCS) pair and an
+    NDData; a bare HDU and an (array, WCS) pair were refused as "expected a 2D image"."""
+    img, w2 = blobs(), sky_wcs()
+    w = WCS(naxis=4)
+    w.wcs.ctype = list(w2.wcs.ctype) + ["FREQ", "STOKES"]
+    w.wcs.crval = list(w2.wcs.crval) + [1.4e9, 1]
+    w.wcs.crpix = list(w2.wcs.crpix) + [1, 1]
+    w.wcs.cd = np.diag([1.0, 1.0, 1e6, 1.0])
+    w.wcs.cd[:2, :2] = w2.wcs.cd
+    cube = img[None, None]
+    hdu = fits.PrimaryHDU(cube, header=w.to_header())
+    hdu.writeto(tmp_path / "cube.fits")
+    cat = catalogue(w2, [(100, 100), (80, 90)])
+    ref = astromorph.annotate(cat, (img, w2), model=optical_model)
+    for images in (str(tmp_path / "cube.fits"), fits.HDUList([hdu]), hdu, (cube, w),
+                   NDData(cube, wcs=w)):
+        out = astromorph.annotate(cat, images, model=optical_model)
+        np.testing.assert_allclose(out["opt_p_a"], ref["opt_p_a"], rtol=1e-5)
+
+
 def test_column_conflicts(optical_model):
     img, w = blobs(), sky_wcs()
     cat = catalogue(w, [(100, 100)])
