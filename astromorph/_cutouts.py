@@ -135,9 +135,24 @@ class SkyImage:
         self.lock = threading.RLock()
 
     def world_to_pixel(self, lon, lat):
-        """``wcs.world_to_pixel_values`` (degrees -> 0-based pixels), thread-safe."""
+        """``wcs.all_world2pix`` (degrees -> 0-based pixels), thread-safe.
+
+        NaN where a distortion (SIP...) cannot be inverted: far off the image its
+        polynomial's inverse diverges, and astropy's best solution there, which
+        ``world_to_pixel_values`` returns with a warning, may fall on the image.
+        """
+        from astropy.wcs import NoConvergence
+
+        lon, lat = np.broadcast_arrays(np.asarray(lon, dtype=float), np.asarray(lat, dtype=float))
         with self.lock:
-            return self.wcs.world_to_pixel_values(lon, lat)
+            try:
+                x, y = self.wcs.all_world2pix(lon.ravel(), lat.ravel(), 0)
+            except NoConvergence as exc:
+                x, y = (np.array(c, dtype=float) for c in exc.best_solution.T)
+                for failed in (exc.divergent, exc.slow_conv):
+                    if failed is not None:
+                        x[failed] = y[failed] = np.nan
+        return np.reshape(x, lon.shape), np.reshape(y, lon.shape)
 
     def __repr__(self):
         return f"<SkyImage {self.name} {self.shape[1]}x{self.shape[0]} band={self.band}>"

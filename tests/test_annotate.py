@@ -128,6 +128,29 @@ def test_sip_is_honoured():
     assert b.stamps[0, c, c] < 0.8
 
 
+def test_distortion_whose_inverse_diverges_puts_no_far_source_on_the_image(optical_model):
+    """Far (a degree) from a SIP image the distortion polynomial has no inverse: astropy's
+    iteration diverges and its 'best solution' may fall on the image. Such sources are off
+    the image (OFF_IMAGE, masked), not scored from a stamp of the wrong sky, and astropy's
+    'failed to converge' warning is not passed on."""
+    import warnings
+
+    img, w = blobs(), sky_wcs(sip=True)
+    cat = catalogue(w, [(100, 100)])
+    far = Table({"id": [1, 2], "ra": [149.0975, 151.2115], "dec": [2.5223, 1.7647]})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        x, y = w.world_to_pixel_values(far["ra"], far["dec"])
+    assert ((x > 0) & (x < 199) & (y > 0) & (y < 199)).all()   # astropy: on the image
+    cat = Table({"id": [0, 1, 2], "ra": np.r_[cat["ra"], far["ra"]],
+                 "dec": np.r_[cat["dec"], far["dec"]]})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = astromorph.annotate(cat, (img, w), model=optical_model)
+    assert out["opt_flags"].tolist() == [0, Flag.OFF_IMAGE, Flag.OFF_IMAGE]
+    assert out["opt_p_a"].mask.tolist() == [False, True, True]
+
+
 def test_antialiasing_preserves_mean():
     rng = np.random.default_rng(0)
     img = (10 + rng.normal(size=(400, 400))).astype(np.float32)
