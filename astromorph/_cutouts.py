@@ -138,7 +138,7 @@ class SkyImage:
         """``wcs.all_world2pix`` (degrees -> 0-based pixels), thread-safe.
 
         NaN where a distortion (SIP...) cannot be inverted: far off the image its
-        polynomial's inverse diverges, and astropy's best solution there, which
+        polynomial's inverse diverges, and astropy's 'best solution' there, which
         ``world_to_pixel_values`` returns with a warning, may fall on the image.
         """
         from astropy.wcs import NoConvergence
@@ -149,9 +149,8 @@ class SkyImage:
                 x, y = self.wcs.all_world2pix(lon.ravel(), lat.ravel(), 0)
             except NoConvergence as exc:
                 x, y = (np.array(c, dtype=float) for c in exc.best_solution.T)
-                for failed in (exc.divergent, exc.slow_conv):
-                    if failed is not None:
-                        x[failed] = y[failed] = np.nan
+                if exc.divergent is not None:  # (slowly converging ones are kept, as astropy does)
+                    x[exc.divergent] = y[exc.divergent] = np.nan
         return np.reshape(x, lon.shape), np.reshape(y, lon.shape)
 
     def __repr__(self):
