@@ -82,8 +82,9 @@ def model_angular_grid(card):
 
 
 def _flag_non_finite(data, bad, flags):
-    """`Flag.BLANK` for rows with many non-finite pixels (``bad``); `Flag.BAD_INPUT` for
-    rows with a plane (band) that has no finite pixel at all: nothing to score."""
+    """`Flag.BLANK` for rows with many invalid pixels (``bad``: NaN, inf, masking
+    sentinels); `Flag.BAD_INPUT` for rows with a plane (band) that has no valid pixel at
+    all: nothing to score."""
     frac = bad.mean(axis=tuple(range(1, data.ndim)))
     flags |= np.where(frac > BLANK_THRESHOLD, int(Flag.BLANK), 0).astype(flags.dtype)
     planes = bad.reshape(len(data), data.shape[1] if data.ndim == 4 else 1, -1)
@@ -92,10 +93,12 @@ def _flag_non_finite(data, bad, flags):
 
 
 def _clean(data, flags):
-    """Fill non-finite pixels with the row median (0 where none is finite); flag them
-    (`_flag_non_finite`)."""
+    """Fill invalid pixels (NaN, inf, masking sentinels such as ZTF's -3.4e38) with the
+    row median (0 where none is valid); flag them (`_flag_non_finite`)."""
+    from .preprocessing._checks import invalid_pixels
+
     data = np.asarray(data, dtype=np.float32)
-    bad = ~np.isfinite(data)
+    bad = invalid_pixels(data)
     if bad.any():
         flags = _flag_non_finite(data, bad, flags)
         # only rows with bad pixels need a median (nanmedian loops over rows in Python)
@@ -180,13 +183,14 @@ def _radio(raw, card, crop_fraction):
     if data.dtype == np.uint8:
         flags = _flag_upsampled(flags, *data.shape[2:], rad.DATASET_IMAGE_PIXELS, 1.0)
         return rad.preprocess_dataset_image(data[:, 0], **options), _flag_constant(data, flags)
-    # Non-finite pixels stay NaN: the data-set procedure counts them as empty sky and
-    # measures the noise on the finite ones (a median fill would shrink the noise estimate
-    # and let noise through the 3-sigma threshold).
+    # Invalid pixels (NaN, inf, masking sentinels) become NaN: the data-set procedure
+    # counts them as empty sky and measures the noise on the valid ones (a median fill
+    # would shrink the noise estimate and let noise through the 3-sigma threshold).
     data = np.asarray(data, dtype=np.float32)
-    bad = ~np.isfinite(data)
+    bad = rad.invalid_pixels(data)
     if bad.any():
         flags = _flag_non_finite(data, bad, flags)
+        data = np.where(bad, np.float32(np.nan), data)  # a copy: the caller's array is kept
     flags = _flag_constant(np.where(bad, 0, data), flags)
     images = data[:, 0]
     scales = np.broadcast_to(np.asarray(rad.FIRST_PIXEL_SCALE_ARCSEC if raw.pixel_scale is None

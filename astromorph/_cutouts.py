@@ -28,6 +28,7 @@ import weakref
 import numpy as np
 
 from .exceptions import InputError
+from .preprocessing._checks import invalid_pixels
 
 __all__ = ["SkyImage", "StampResult", "cut_stamps", "STAMP_CHUNK"]
 
@@ -130,6 +131,12 @@ class SkyImage:
         # the copy made by `resident`
         self._resident = data if self.plain and data.dtype.isnative and not isinstance(
             data, np.memmap) else None
+        if self._resident is not None:
+            bad = invalid_pixels(data)
+            if bad.any() and not np.isnan(data[bad]).all():
+                # masking sentinels (or inf): sampled as NaN, so that the interpolation
+                # weights do not spread them over their neighbours as finite values
+                self._resident = np.where(bad, np.float32(np.nan), data).astype(np.float32)
         # astropy.wcs is not thread-safe, and pyramid levels are made once:
         # threads that cut stamps from one image take turns for both.
         self.lock = threading.RLock()
@@ -165,12 +172,14 @@ class SkyImage:
         return self._scaled(raw)
 
     def _scaled(self, raw):
-        """Raw pixel values -> native float32, BLANK -> NaN, times BSCALE plus BZERO."""
+        """Raw pixel values -> native float32, BLANK -> NaN, times BSCALE plus BZERO;
+        masking sentinels (|value| >= 1e30, e.g. ZTF's -3.4e38) and inf -> NaN."""
         values = raw.astype(np.float32)
         if self.blank is not None:
             values[raw == self.blank] = np.nan
         if self.bscale != 1.0 or self.bzero != 0.0:
             values = values * np.float32(self.bscale) + np.float32(self.bzero)
+        values[invalid_pixels(values)] = np.nan
         return values
 
     def plan_samples(self, n_samples):
@@ -242,7 +251,9 @@ class SkyImage:
         if not raw.dtype.isnative:
             raw = raw.byteswap(inplace=True).view(raw.dtype.newbyteorder())
         if self.plain:
-            return raw.astype(np.float32, copy=False)
+            values = raw.astype(np.float32, copy=False)  # raw is a fresh array
+            values[invalid_pixels(values)] = np.nan  # sentinels, as `_scaled`
+            return values
         return self._scaled(raw)
 
     def _strips(self, fy=1, fx=1):
@@ -262,6 +273,8 @@ class SkyImage:
             if fy == fx == 1:  # the values `take` gives, as they are
                 if self.plain:
                     out[y0:y1] = raw  # one pass: cast and byte swap
+                    part = out[y0:y1]
+                    part[invalid_pixels(part)] = np.nan  # sentinels, as `_scaled`
                 else:
                     out[y0:y1] = self._scaled(raw)
                 continue
@@ -358,6 +371,32 @@ def _pixel_maps(image, lon, lat, size, scale_arcsec, up_angle):
     return xy, zoom
 
 
+#: Sampled values of this magnitude or more come from a masking sentinel (`SENTINEL`,
+#: 1e30) under a bilinear weight as small as 1e-12, never from real pixels.
+_SENTINEL_TRACE = 1e18
+
+
+def _take_bilinear(image, x, y):
+    """Bilinear samples at pixel coordinates ``x``, ``y`` (clipped to the image) from
+    values read with `SkyImage.take` (scaled, BLANK and masking sentinels -> NaN)."""
+    ny, nx = image.shape
+    xc = np.clip(x, 0, nx - 1)
+    yc = np.clip(y, 0, ny - 1)
+    x0 = np.minimum(np.floor(xc).astype(np.int64), max(nx - 2, 0))
+    y0 = np.minimum(np.floor(yc).astype(np.int64), max(ny - 2, 0))
+    fx = (xc - x0).astype(np.float32)
+    fy = (yc - y0).astype(np.float32)
+    base = y0 * nx + x0
+    step_x = 1 if nx > 1 else 0
+    step_y = nx if ny > 1 else 0
+    v00 = image.take(base)
+    v01 = image.take(base + step_x)
+    v10 = image.take(base + step_y)
+    v11 = image.take(base + step_x + step_y)
+    top = v00 + fx * (v01 - v00)
+    return top + fy * (v10 + fx * (v11 - v10) - top)
+
+
 def _bilinear(image, xy, out=None):
     """Bilinear samples at pixel coordinates (0-based centres); NaN outside [-0.5, n-0.5]
     (n: ``image.extent``).
@@ -397,22 +436,16 @@ def _bilinear(image, xy, out=None):
         out = np.empty(x.shape, np.float32) if out is None else out
         map_coordinates(source, xy[::-1].reshape(2, -1), output=out.reshape(-1),
                         order=1, mode="nearest", prefilter=False)
+        if source is image.data and image._resident is None:
+            # a memory map sampled where it lies: a masking sentinel there (+-1e30) would
+            # reach its neighbours as large finite values; such stamps are sampled again
+            # through `take`, which makes the sentinel NaN before interpolating
+            with np.errstate(invalid="ignore"):
+                near = (np.abs(out.reshape(len(x), -1)) >= _SENTINEL_TRACE).any(axis=1)
+            if near.any():
+                out[near] = _take_bilinear(image, x[near], y[near])
     else:
-        xc = np.clip(x, 0, nx - 1)
-        yc = np.clip(y, 0, ny - 1)
-        x0 = np.minimum(np.floor(xc).astype(np.int64), max(nx - 2, 0))
-        y0 = np.minimum(np.floor(yc).astype(np.int64), max(ny - 2, 0))
-        fx = (xc - x0).astype(np.float32)
-        fy = (yc - y0).astype(np.float32)
-        base = y0 * nx + x0
-        step_x = 1 if nx > 1 else 0
-        step_y = nx if ny > 1 else 0
-        v00 = image.take(base)
-        v01 = image.take(base + step_x)
-        v10 = image.take(base + step_y)
-        v11 = image.take(base + step_x + step_y)
-        top = v00 + fx * (v01 - v00)
-        value = top + fy * (v10 + fx * (v11 - v10) - top)
+        value = _take_bilinear(image, x, y)
         if out is None:
             out = value
         else:
@@ -480,9 +513,14 @@ def cut_stamps(image, lon, lat, *, size, pixel_scale, up_angle=0.0, chunk=STAMP_
                 values, n_in = _bilinear(level, sub, out=stamps[sl])
             else:
                 values, n_in = _bilinear(level, sub)
+            # NaN inside = blank pixels; a masking sentinel sampled where it lies (a
+            # memory map read page by page) is one too, as are its bilinear neighbours
+            invalid = invalid_pixels(values)
+            values[invalid] = np.nan
+            if len(rows) != len(z):
                 stamps[start + rows] = values
             outside[start + rows] = 1 - n_in / size ** 2
-            n_nan = np.isnan(values).sum(axis=(1, 2))  # NaN inside = blank pixels
+            n_nan = invalid.sum(axis=(1, 2))
             blank[start + rows] = np.where(
                 n_in > 0, (n_nan - (size ** 2 - n_in)) / np.maximum(n_in, 1), 0)
     return StampResult(stamps, outside, blank, zoom)

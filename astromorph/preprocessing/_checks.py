@@ -1,10 +1,23 @@
 """Argument checks shared by the preprocessing functions: angles given as numbers (arcsec)
-or as astropy Quantities, and images that must hold real numbers."""
+or as astropy Quantities, images that must hold real numbers, and the pixels that are no
+data (NaN, infinities and masking sentinels)."""
 import numpy as np
 
 from ..exceptions import InputError, InvalidArgumentError
 
-__all__ = ["to_arcsec", "real_array", "is_whole", "in_unit_interval"]
+__all__ = ["to_arcsec", "real_array", "is_whole", "in_unit_interval", "SENTINEL", "invalid_pixels"]
+
+#: Pixels whose magnitude reaches this are masking sentinels, not data: ZTF stores
+#: masked pixels as -3.4e38 (about -FLT_MAX), other pipelines as +-1e30. Every path
+#: treats them like NaN (filled, counted in `Flag.BLANK`, left out of noise estimates).
+SENTINEL = 1e30
+
+
+def invalid_pixels(values):
+    """Boolean mask of the pixels of ``values`` that are no data: NaN, +-inf and masking
+    sentinels (``|value| >= SENTINEL``). Never warns."""
+    with np.errstate(invalid="ignore"):
+        return ~(np.abs(np.asarray(values)) < SENTINEL)
 
 
 def to_arcsec(value, name, *, positive=True):

@@ -42,7 +42,7 @@ cut `stamp_size_from_petrosian` and pass ``crop_fraction=1.0``.
 import numpy as np
 
 from ..exceptions import InputError, InputShapeError, InvalidArgumentError
-from ._checks import in_unit_interval, is_whole, real_array, to_arcsec
+from ._checks import SENTINEL, in_unit_interval, invalid_pixels, is_whole, real_array, to_arcsec
 
 __all__ = [
     "STAMP_SIZE",
@@ -223,7 +223,8 @@ def _lupton_uint8(red, green=None, blue=None, *, q, stretch, minimum, scales=(1.
     Parameters
     ----------
     red, green, blue : array_like, same shape
-        Linear flux arrays; taken as float64, NaNs become 0 (`numpy.nan_to_num`),
+        Linear flux arrays; taken as float64, NaNs and masking sentinels
+        (``|value| >= 1e30``) become 0 (`numpy.nan_to_num` for the first),
         then each is multiplied by its entry of ``scales``.
     q, stretch : float
         Softening ``Q`` and linear range of the asinh stretch.
@@ -291,8 +292,12 @@ def _grey_lupton_uint8(band, *, q, stretch, minimum, scale, chunk):
                 c = part.astype(np.float32)
             else:  # scale and subtract in float64 like the reference, round once
                 c = (part.astype(np.float64) * scale - minimum).astype(np.float32)
-            bad = ~np.isfinite(c)
-            if bad.any():  # NaN, inf and float32 overflow of the flux: left to the reference
+            # NaN, inf, masking sentinels and float32 overflow of the flux: left to the
+            # reference (sentinels are judged on the input, before any scaling)
+            bad = invalid_pixels(c if unscaled else part)
+            if not unscaled:
+                bad |= ~np.isfinite(c)
+            if bad.any():
                 c[bad] = 0.0
             c *= soften32
             y = np.arcsinh(c, out=c)
@@ -329,7 +334,8 @@ def _lupton_uint8_float64(red, green, blue, *, q, stretch, minimum, scales, chun
             c = np.empty((len(flat), m))
             for k, f in enumerate(flat):
                 c[k] = f[s:s + m]
-            if not np.isfinite(c).all():
+            if not (np.abs(c) < SENTINEL).all():
+                c[np.isfinite(c) & (np.abs(c) >= SENTINEL)] = 0.0  # masking sentinels
                 np.nan_to_num(c, copy=False)
             c *= gain
             c -= mins[:len(flat), None]
@@ -366,7 +372,8 @@ def gri_to_rgb(g, r, i, *, q=LUPTON_Q, stretch=LUPTON_STRETCH, minimum=LUPTON_MI
     ----------
     g, r, i : array_like, shape (H, W) or (N, H, W)
         Background-subtracted images on a common pixel grid, in a linear flux
-        unit (the constants are set for SDSS nanomaggies). NaNs become 0.
+        unit (the constants are set for SDSS nanomaggies). NaNs and masking
+        sentinels (``|value| >= 1e30``, e.g. ZTF's -3.4e38) become 0.
     q, stretch, minimum : float, optional
         Asinh stretch parameters (defaults `LUPTON_Q`, `LUPTON_STRETCH`,
         `LUPTON_MINIMUM`).
@@ -448,6 +455,7 @@ def single_band_to_rgb(image, *, q=LUPTON_Q, stretch=LUPTON_STRETCH, minimum=LUP
     Parameters
     ----------
     image : array_like, shape (H, W) or (N, H, W)
+        NaNs and masking sentinels (``|value| >= 1e30``) become 0, as in `gri_to_rgb`.
     q, stretch, minimum : float, optional
         Asinh stretch parameters for flux images.
 

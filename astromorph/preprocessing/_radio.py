@@ -44,7 +44,7 @@ value (e.g. from the FIRST RMS maps) instead.
 import numpy as np
 
 from ..exceptions import InputError, InputShapeError, InvalidArgumentError
-from ._checks import is_whole, real_array, to_arcsec
+from ._checks import invalid_pixels, is_whole, real_array, to_arcsec
 
 __all__ = [
     "FIRST_PIXEL_SCALE_ARCSEC",
@@ -110,7 +110,8 @@ def sigma_clipped_rms(image, sigma=3.0, maxiters=10):
     Parameters
     ----------
     image : array_like
-        Image (any shape); non-finite values are ignored.
+        Image (any shape); NaN, infinite values and masking sentinels
+        (``|value| >= 1e30``, e.g. ZTF's -3.4e38) are ignored.
     sigma : float, optional
         Clipping threshold in units of the current standard deviation.
     maxiters : int, optional
@@ -122,8 +123,8 @@ def sigma_clipped_rms(image, sigma=3.0, maxiters=10):
         Standard deviation of the pixels that survive clipping (0 when there
         are none).
     """
-    values = np.asarray(image, dtype=np.float64).ravel()
-    values = values[np.isfinite(values)]
+    values = real_array(image, "image").astype(np.float64).ravel()
+    values = values[~invalid_pixels(values)]
     if values.size == 0:
         return 0.0
     for _ in range(maxiters):
@@ -153,9 +154,9 @@ def peak_significance(image, *, rms=None):
     Returns
     -------
     float or numpy.ndarray
-        Brightest finite pixel of the central `CROP_PIXELS` x `CROP_PIXELS`
-        window divided by the RMS: compare with `DETECTION_SIGMA`. NaN where
-        that window has no finite pixel or the RMS is zero.
+        Brightest valid pixel (finite and no masking sentinel) of the central
+        `CROP_PIXELS` x `CROP_PIXELS` window divided by the RMS: compare with
+        `DETECTION_SIGMA`. NaN where that window has no valid pixel or the RMS is zero.
     """
     image = real_array(image, "image").astype(np.float64)
     if image.ndim not in (2, 3):
@@ -167,7 +168,7 @@ def peak_significance(image, *, rms=None):
                for im in stack]
     rms = np.broadcast_to(np.asarray(rms, dtype=float), (len(stack),))
     field = _centre_window(stack, CROP_PIXELS, np.nan).reshape(len(stack), -1)
-    finite = np.isfinite(field)
+    finite = ~invalid_pixels(field)
     peak = np.where(finite, field, -np.inf).max(axis=1, initial=-np.inf)
     with np.errstate(divide="ignore", invalid="ignore"):
         out = np.where(finite.any(axis=1) & (rms > 0), peak / np.where(rms > 0, rms, 1.0), np.nan)
@@ -195,10 +196,10 @@ def first_cutout_to_uint8(image, *, rms=None, threshold_sigma=DATASET_THRESHOLD_
 
     Reproduces the procedure of the FIRST radio galaxy data set (Griese et
     al. 2023): centre the cutout on a ``size`` x ``size`` grid (1.8 arcsec
-    pixels; missing or non-finite pixels count as empty sky), clip every
-    pixel below ``threshold_sigma`` times the noise RMS to that threshold,
-    scale linearly so that the threshold becomes 0 and the brightest pixel
-    255, and truncate to integers.
+    pixels; missing, non-finite and masking-sentinel pixels count as empty
+    sky), clip every pixel below ``threshold_sigma`` times the noise RMS to
+    that threshold, scale linearly so that the threshold becomes 0 and the
+    brightest pixel 255, and truncate to integers.
 
     Parameters
     ----------
@@ -252,7 +253,7 @@ def first_cutout_to_uint8(image, *, rms=None, threshold_sigma=DATASET_THRESHOLD_
     if rms is None:
         rms = sigma_clipped_rms(window)
     threshold = threshold_sigma * float(rms)
-    window = np.where(np.isfinite(window), window, threshold)
+    window = np.where(invalid_pixels(window), threshold, window)
     clipped = np.maximum(window, threshold)
     peak = clipped.max()
     if peak > threshold:
@@ -412,8 +413,9 @@ def resample_to_first_grid(image, pixel_scale_arcsec, *, size=DATASET_IMAGE_PIXE
 
     Bilinear interpolation of the surface brightness (Jy/beam stays
     Jy/beam) onto a ``size`` x ``size`` grid of `FIRST_PIXEL_SCALE_ARCSEC`
-    pixels sharing the image centre; points outside the image are NaN (empty
-    sky for `first_cutout_to_uint8`). An image finer than the grid by a factor
+    pixels sharing the image centre; points outside the image, and those that
+    touch an invalid pixel (NaN, inf, a masking sentinel such as -3.4e38), are
+    NaN (empty sky for `first_cutout_to_uint8`). An image finer than the grid by a factor
     ``f >= 2`` is first block-averaged by ``floor(f)`` (NaN-aware), so that
     downsampling does not alias, as `astromorph.annotate` cuts stamps. For
     images with a full WCS and a known sky position, ``reproject`` onto a
@@ -433,10 +435,12 @@ def resample_to_first_grid(image, pixel_scale_arcsec, *, size=DATASET_IMAGE_PIXE
     numpy.ndarray
         float64 ``(size, size)`` image at 1.8 arcsec per pixel.
     """
-    image = np.asarray(image, dtype=np.float64)
+    image = real_array(image, "image").astype(np.float64)
     if image.ndim != 2 or min(image.shape) < 2:
         raise InputShapeError(f"expected a 2-D image of at least 2 x 2 pixels, got shape "
                               f"{image.shape}")
+    # a sentinel must not leak into its neighbours through the interpolation weights
+    image[invalid_pixels(image)] = np.nan
     ny, nx = image.shape
     step = FIRST_PIXEL_SCALE_ARCSEC / to_arcsec(pixel_scale_arcsec, "pixel_scale_arcsec")
     offsets = (np.arange(size) - size // 2) * step

@@ -21,7 +21,7 @@ Both are pure numpy and vectorised over the batch.
 import numpy as np
 
 from ..exceptions import InputDTypeError, InputShapeError, InvalidArgumentError
-from ._checks import in_unit_interval, is_whole, to_arcsec
+from ._checks import SENTINEL, in_unit_interval, is_whole, to_arcsec
 
 __all__ = [
     "TRIPLET_SIZE",
@@ -38,7 +38,7 @@ TRIPLET_PIXEL_SCALE = 1.0
 
 # Pixels with |value| above this are masking sentinels (e.g. -FLT_MAX, -3.4e38,
 # which some ZTF reference cutouts carry instead of NaN): treated like NaN.
-_SENTINEL = 1e30
+_SENTINEL = SENTINEL
 
 # Softening of the asinh stretch, in units of the robust noise of each stamp:
 # values within a few sigma stay linear, bright sources are compressed.
