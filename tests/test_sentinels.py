@@ -5,8 +5,8 @@ import pytest
 from astropy.io import fits
 from astropy.table import Table
 from astropy.wcs import WCS
-from synthetic_alerts import (RUBIN_SCHEMA, celestial_header, rubin_alert, triplet, write_avro,
-                              ztf_alert)
+from synthetic_alerts import (RUBIN_SCHEMA, celestial_header, fits_bytes, rubin_alert, triplet,
+                              write_avro, ztf_alert)
 
 import astromorph
 from astromorph import Flag
@@ -166,3 +166,29 @@ def test_annotate_integer_image_with_blank_keyword(tmp_path):
     cat = Table({"ra": [150.0], "dec": [2.0], "r90": [5.0]})
     out = astromorph.annotate(cat, str(tmp_path / "int.fits"), model="morphology", size_col="r90")
     assert out["morph_flags"][0] & Flag.BLANK and not np.ma.is_masked(out["morph_p_spiral"][0])
+
+
+# --- alerts whose three cutouts differ in shape -------------------------------------------
+
+@pytest.mark.parametrize("kind", ["ztf", "rubin"])
+def test_alert_cutouts_of_different_shapes_are_flagged_alike(tmp_path, kind):
+    """63x63, 62x63 and 61x61 cutouts cannot be aligned pixel for pixel: both alert readers
+    flag the row BAD_INPUT (as annotate_stamps does) and the other alerts are scored."""
+    pytest.importorskip("fastavro")
+    t = triplet()
+    odd = [t[0], np.ascontiguousarray(t[1, :, :62]), np.ascontiguousarray(t[2, :61, :61])]
+    if kind == "ztf":
+        raw = {k: fits_bytes(p, gz=True) for k, p in
+               zip(("cutoutScience", "cutoutTemplate", "cutoutDifference"), odd)}
+        records, schema = [ztf_alert(1, raw=raw), ztf_alert(2)], None
+    else:
+        bad = rubin_alert(1, t, scale=1.0)
+        for key, plane in zip(("cutoutScience", "cutoutTemplate", "cutoutDifference"), odd):
+            bad[key] = fits_bytes(plane, scale=1.0, extensions=True)
+        records, schema = [bad, rubin_alert(2, triplet(), scale=1.0)], RUBIN_SCHEMA
+    path = write_avro(tmp_path / "a.avro", records, **({"schema": schema} if schema else {}))
+    out = astromorph.predict_files("real-bogus", path)
+    assert list(out["source"]) == ["1", "2"]
+    assert out["rb_flags"][0] == Flag.BAD_INPUT and np.ma.is_masked(out["rb_score"][0])
+    assert "cutouts differ in shape (63x63, 62x63, 61x61)" in out["reason"][0]
+    assert out["rb_flags"][1] == 0 and not np.ma.is_masked(out["rb_score"][1])

@@ -253,8 +253,12 @@ def _ztf_stamp(path, i, rec):
     if got is None:
         return stamp
     planes, _ = got
-    if any(p.shape != (ZTF_STAMP_SIZE, ZTF_STAMP_SIZE) for p in planes):
-        shapes = ", ".join("x".join(map(str, p.shape[::-1])) for p in planes)
+    shapes = ", ".join("x".join(map(str, p.shape[::-1])) for p in planes)
+    if len({p.shape for p in planes}) > 1:
+        # cut at the CCD edge, all three are cut alike; cutouts that differ cannot be
+        # aligned pixel for pixel (as for Rubin alerts and annotate_stamps)
+        return stamp.flag(Flag.BAD_INPUT, f"cutouts differ in shape ({shapes})")
+    if planes[0].shape != (ZTF_STAMP_SIZE, ZTF_STAMP_SIZE):
         try:
             planes = [_pad_ztf(p, cand.get("xpos"), cand.get("ypos")) for p in planes]
         except ValueError as exc:
