@@ -20,6 +20,7 @@ __all__ = [
     "InputDTypeError",
     "InputNotFoundError",
     "InvalidArgumentError",
+    "InvalidArgumentTypeError",
     "OutputExistsError",
     "OutputError",
     "ModelLoadError",
@@ -87,6 +88,12 @@ class InputNotFoundError(AstromorphError, FileNotFoundError):
 
 class InvalidArgumentError(AstromorphError, ValueError):
     """An argument value that cannot be used (the message names it)."""
+
+
+class InvalidArgumentTypeError(InvalidArgumentError, TypeError):
+    """An argument of a type that cannot be used (e.g. a string or None where a number or a
+    WCS is needed; the message names it); a `TypeError` too, as Python raises for such
+    arguments."""
 
 
 class OutputExistsError(AstromorphError, FileExistsError):

@@ -3,9 +3,10 @@ or as astropy Quantities, images that must hold real numbers, and the pixels tha
 data (NaN, infinities and masking sentinels)."""
 import numpy as np
 
-from ..exceptions import InputError, InvalidArgumentError
+from ..exceptions import InputError, InvalidArgumentError, InvalidArgumentTypeError
 
-__all__ = ["to_arcsec", "real_array", "is_whole", "in_unit_interval", "SENTINEL", "invalid_pixels"]
+__all__ = ["to_arcsec", "real_array", "is_whole", "in_unit_interval", "SENTINEL", "invalid_pixels",
+           "check_number", "check_whole", "check_bool"]
 
 #: Pixels whose magnitude reaches this are masking sentinels, not data: ZTF stores
 #: masked pixels as -3.4e38 (about -FLT_MAX), other pipelines as +-1e30. Every path
@@ -51,7 +52,8 @@ def to_arcsec(value, name, *, positive=True):
     try:
         out = np.asarray(value, dtype=float)
     except (TypeError, ValueError):
-        raise InvalidArgumentError(f"{name} must be a number of arcsec, got {value!r}") from None
+        raise InvalidArgumentTypeError(f"{name} must be a number of arcsec, "
+                                       f"got {value!r}") from None
     if positive and not (np.all(np.isfinite(out)) and np.all(out > 0)):
         raise InvalidArgumentError(f"{name} must be positive and finite, got {value!r}")
     return float(out) if out.ndim == 0 else out
@@ -91,3 +93,58 @@ def in_unit_interval(value):
         return bool(0 < float(value) <= 1)
     except (TypeError, ValueError):
         return False
+
+
+def check_number(value, name, *, minimum=None, positive=False):
+    """``value`` as a finite float, for a numeric option.
+
+    Parameters
+    ----------
+    value : object
+    name : str
+        Option name for the error message.
+    minimum : float, optional
+        Smallest value allowed.
+    positive : bool, optional
+        Require a value above zero.
+
+    Raises
+    ------
+    astromorph.exceptions.InvalidArgumentTypeError
+        For something that is no real number (a string, None, a boolean, a sequence).
+    astromorph.exceptions.InvalidArgumentError
+        For NaN, infinities, or a value out of range.
+    """
+    if isinstance(value, (bool, np.bool_, str, bytes)) or np.ndim(value) != 0:
+        raise InvalidArgumentTypeError(f"{name} must be a number, got {value!r}")
+    try:
+        out = float(value)
+    except (TypeError, ValueError):
+        raise InvalidArgumentTypeError(f"{name} must be a number, got {value!r}") from None
+    if not np.isfinite(out) or (positive and not out > 0) or (minimum is not None
+                                                              and out < minimum):
+        what = "positive" if positive else ("finite" if minimum is None else f">= {minimum}")
+        raise InvalidArgumentError(f"{name} must be a {what} number, got {value!r}")
+    return out
+
+
+def check_whole(value, name, minimum=1):
+    """``value`` as an int, for a count or a size in pixels; `InvalidArgumentTypeError` for a
+    non-number, `InvalidArgumentError` for a number that is not whole or below ``minimum``."""
+    if not is_whole(value, minimum):
+        if isinstance(value, (bool, np.bool_, str, bytes)) or value is None \
+                or np.ndim(value) != 0:
+            raise InvalidArgumentTypeError(f"{name} must be a whole number, got {value!r}")
+        raise InvalidArgumentError(f"{name} must be a whole number >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def check_bool(value, name):
+    """``value`` as a bool (True, False, numpy booleans, or 0 and 1); anything else (a
+    string such as ``"no"``, which Python would take as true) is an
+    `InvalidArgumentTypeError`."""
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, (int, np.integer)) and value in (0, 1):
+        return bool(value)
+    raise InvalidArgumentTypeError(f"{name} must be True or False, got {value!r}")

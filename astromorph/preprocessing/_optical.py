@@ -39,10 +39,14 @@ cut a square image of side `cutout_size_from_petrosian` (any number of
 pixels) centred on the galaxy and pass it with the default crop fraction, or
 cut `stamp_size_from_petrosian` and pass ``crop_fraction=1.0``.
 """
+from collections.abc import Mapping
+
 import numpy as np
 
-from ..exceptions import InputError, InputShapeError, InvalidArgumentError
-from ._checks import SENTINEL, in_unit_interval, invalid_pixels, is_whole, real_array, to_arcsec
+from ..exceptions import (InputError, InputShapeError, InvalidArgumentError,
+                          InvalidArgumentTypeError)
+from ._checks import (SENTINEL, check_number, in_unit_interval, invalid_pixels, is_whole,
+                      real_array, to_arcsec)
 
 __all__ = [
     "STAMP_SIZE",
@@ -389,16 +393,33 @@ def gri_to_rgb(g, r, i, *, q=LUPTON_Q, stretch=LUPTON_STRETCH, minimum=LUPTON_MI
                        band_scales=band_scales)
 
 
+def _check_lupton(q, stretch, minimum):
+    """Typed errors for bad stretch options (`InvalidArgumentTypeError` for non-numbers)."""
+    check_number(q, "q", minimum=0)
+    check_number(stretch, "stretch", positive=True)
+    try:
+        mins = np.asarray(minimum, dtype=float)
+    except (TypeError, ValueError):
+        raise InvalidArgumentTypeError(f"minimum must be a number (or one per channel), got "
+                                       f"{minimum!r}") from None
+    if mins.size not in (1, 3) or mins.ndim > 1 or not np.isfinite(mins).all():
+        raise InvalidArgumentError(f"minimum must be one finite number or three (one per "
+                                   f"channel), got {minimum!r}")
+
+
 def _gri_to_rgb(g, r, i, *, q=LUPTON_Q, stretch=LUPTON_STRETCH, minimum=LUPTON_MINIMUM,
                 band_scales=None, planar=False):
     """`gri_to_rgb`; with ``planar=True`` the colour planes first, shape (3, H, W) or
     (3, N, H, W) (see `_lupton_uint8`)."""
+    if band_scales is not None and not isinstance(band_scales, Mapping):
+        raise InvalidArgumentTypeError(f"band_scales must be a dict of g, r and i multipliers, "
+                                       f"got {band_scales!r}")
     scales = dict(LUPTON_BAND_SCALES if band_scales is None else band_scales)
     if set(scales) < {"g", "r", "i"}:
         raise InvalidArgumentError(f"band_scales needs g, r and i, got {sorted(scales)}")
-    if not stretch > 0 or not q >= 0:
-        raise InvalidArgumentError(f"stretch must be positive and q non-negative, got "
-                                   f"{stretch!r}, {q!r}")
+    for band in "gri":
+        check_number(scales[band], f"band_scales[{band!r}]")
+    _check_lupton(q, stretch, minimum)
     bands = [real_array(b, name) for b, name in ((i, "i"), (r, "r"), (g, "g"))]
     if not bands[0].shape == bands[1].shape == bands[2].shape:
         raise InputShapeError("g, r and i must have the same shape")
@@ -432,9 +453,7 @@ def preprocess_gri(g, r, i, *, size=STAMP_SIZE, crop_fraction=CROP_FRACTION, **l
 
 def _grey_uint8(image, *, q=LUPTON_Q, stretch=LUPTON_STRETCH, minimum=LUPTON_MINIMUM):
     """The grey channel of `single_band_to_rgb`, shape (H, W) or (N, H, W)."""
-    if not stretch > 0 or not q >= 0:
-        raise InvalidArgumentError(f"stretch must be positive and q non-negative, got "
-                                   f"{stretch!r}, {q!r}")
+    _check_lupton(q, stretch, minimum)
     arr = real_array(image, "image")
     if arr.ndim not in (2, 3):
         raise InputShapeError(f"expected a band of shape (H, W) or (N, H, W), got {arr.shape}")

@@ -43,8 +43,10 @@ value (e.g. from the FIRST RMS maps) instead.
 """
 import numpy as np
 
-from ..exceptions import InputError, InputShapeError, InvalidArgumentError
-from ._checks import invalid_pixels, is_whole, real_array, to_arcsec
+from ..exceptions import (InputError, InputShapeError, InvalidArgumentError,
+                          InvalidArgumentTypeError)
+from ._checks import (check_bool, check_number, check_whole, invalid_pixels, is_whole, real_array,
+                      to_arcsec)
 
 __all__ = [
     "FIRST_PIXEL_SCALE_ARCSEC",
@@ -122,7 +124,16 @@ def sigma_clipped_rms(image, sigma=3.0, maxiters=10):
     float
         Standard deviation of the pixels that survive clipping (0 when there
         are none).
+
+    Raises
+    ------
+    astromorph.exceptions.InvalidArgumentError
+        For a ``sigma`` that is not a positive number or a ``maxiters`` that is
+        not a whole number >= 0 (`~astromorph.exceptions.InvalidArgumentTypeError`
+        for non-numbers).
     """
+    sigma = check_number(sigma, "sigma", positive=True)
+    maxiters = check_whole(maxiters, "maxiters", minimum=0)
     values = real_array(image, "image").astype(np.float64).ravel()
     values = values[~invalid_pixels(values)]
     if values.size == 0:
@@ -166,13 +177,28 @@ def peak_significance(image, *, rms=None):
     if rms is None:
         rms = [sigma_clipped_rms(_centre_window(im, DATASET_IMAGE_PIXELS, np.nan))
                for im in stack]
-    rms = np.broadcast_to(np.asarray(rms, dtype=float), (len(stack),))
+    rms = np.broadcast_to(_rms_values(rms, zero_ok=True), (len(stack),))
     field = _centre_window(stack, CROP_PIXELS, np.nan).reshape(len(stack), -1)
     finite = ~invalid_pixels(field)
     peak = np.where(finite, field, -np.inf).max(axis=1, initial=-np.inf)
     with np.errstate(divide="ignore", invalid="ignore"):
         out = np.where(finite.any(axis=1) & (rms > 0), peak / np.where(rms > 0, rms, 1.0), np.nan)
     return float(out[0]) if single else out
+
+
+def _rms_values(rms, *, zero_ok=False):
+    """``rms=`` as a float array: `InvalidArgumentTypeError` for non-numbers,
+    `InvalidArgumentError` unless every value is finite and positive (or zero)."""
+    try:
+        values = np.asarray(rms, dtype=float)
+    except (TypeError, ValueError):
+        raise InvalidArgumentTypeError(f"rms must be a number or an array of numbers, got "
+                                       f"{rms!r}") from None
+    ok = (values >= 0) if zero_ok else (values > 0)
+    if not np.all(ok & np.isfinite(values)):
+        raise InvalidArgumentError(f"rms must be {'zero or ' if zero_ok else ''}positive and "
+                                   f"finite, got {rms!r}")
+    return values
 
 
 def _centre_window(image, size, fill):
@@ -234,8 +260,11 @@ def first_cutout_to_uint8(image, *, rms=None, threshold_sigma=DATASET_THRESHOLD_
         rms = rms.to_value(image.unit)
     if hasattr(image, "unit"):
         image = image.value
-    if rms is not None and not np.all(np.asarray(rms, dtype=float) > 0):
-        raise InvalidArgumentError(f"rms must be positive and finite, got {rms!r}")
+    if rms is not None:
+        _rms_values(rms)
+    threshold_sigma = check_number(threshold_sigma, "threshold_sigma", minimum=0)
+    size = check_whole(size, "size")
+    quantize = check_bool(quantize, "quantize")
     image = real_array(image, "image").astype(np.float64)
     if image.ndim == 3 and image.shape[0] == 0:
         return np.zeros((0, size, size), np.uint8 if quantize else np.float32)
@@ -399,8 +428,11 @@ def pixel_scale_from_wcs(wcs):
     float
         Pixel scale in arcsec per pixel.
     """
+    from astropy.wcs import WCS
     from astropy.wcs.utils import proj_plane_pixel_scales
 
+    if not isinstance(wcs, WCS):
+        raise InvalidArgumentTypeError(f"wcs must be an astropy.wcs.WCS, got {wcs!r}")
     if not getattr(wcs, "has_celestial", False):
         raise InputError(f"the WCS has no celestial axes (CTYPE = {list(wcs.wcs.ctype)}): no "
                          "pixel scale in arcsec")
@@ -435,6 +467,7 @@ def resample_to_first_grid(image, pixel_scale_arcsec, *, size=DATASET_IMAGE_PIXE
     numpy.ndarray
         float64 ``(size, size)`` image at 1.8 arcsec per pixel.
     """
+    size = check_whole(size, "size")
     image = real_array(image, "image").astype(np.float64)
     if image.ndim != 2 or min(image.shape) < 2:
         raise InputShapeError(f"expected a 2-D image of at least 2 x 2 pixels, got shape "

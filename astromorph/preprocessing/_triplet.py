@@ -21,7 +21,7 @@ Both are pure numpy and vectorised over the batch.
 import numpy as np
 
 from ..exceptions import InputDTypeError, InputShapeError, InvalidArgumentError
-from ._checks import SENTINEL, in_unit_interval, is_whole, to_arcsec
+from ._checks import SENTINEL, check_bool, in_unit_interval, is_whole, to_arcsec
 
 __all__ = [
     "TRIPLET_SIZE",
@@ -114,6 +114,7 @@ def preprocess_triplet(x, *, return_flags=True):
     >>> out.shape, out.dtype, bool(flag[0] > 0), float(flag[1])
     ((2, 3, 63, 63), dtype('float32'), True, 0.0)
     """
+    return_flags = check_bool(return_flags, "return_flags")
     x = _as_float_batch(x)
     if x.shape[2:] != (TRIPLET_SIZE, TRIPLET_SIZE):
         raise InputShapeError(
