@@ -10,6 +10,9 @@ scheduler does the rest: the threaded one by default, or a
 import logging
 import os
 
+from .exceptions import InvalidArgumentError
+from .preprocessing._checks import check_bool
+
 __all__ = ["annotate_dask"]
 
 log = logging.getLogger(__name__)
@@ -68,7 +71,7 @@ def annotate_dask(table, images=None, *, model, partition_size=50_000, compute=T
                                      "(and 'dask[distributed]' for a cluster)") from exc
     from astropy.table import vstack
 
-    from .exceptions import InputError, InvalidArgumentError
+    from .exceptions import InputError
 
     def as_paths(value):
         if isinstance(value, (list, tuple)):
@@ -103,6 +106,14 @@ def annotate_dask(table, images=None, *, model, partition_size=50_000, compute=T
         raise InvalidArgumentError(f"partition_size must be a whole number >= 1, got "
                                    f"{partition_size!r}")
     partition_size = size
+    compute = check_bool(compute, "compute")
+    if isinstance(scheduler, str):
+        from dask.base import get_scheduler
+
+        try:
+            get_scheduler(scheduler=scheduler)
+        except ValueError as exc:  # dask lists the names it knows
+            raise InvalidArgumentError(f"unknown scheduler {scheduler!r}: {exc}") from None
     bounds = list(range(0, max(len(table), 1), partition_size))
     from ._registry import _is_path_like
 

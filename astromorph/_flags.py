@@ -55,7 +55,9 @@ def describe_flags(value):
         E.g. ``'EDGE|BLANK'``; ``''`` for 0; bits that are no `Flag` show as
         ``'0x...'`` (e.g. from a newer astromorph).
     """
-    value = int(value)
+    from .preprocessing._checks import check_whole
+
+    value = check_whole(value, "flags value", minimum=0)
     names = [f.name for f in Flag if value & f]
     unknown = value & ~sum(int(f) for f in Flag)
     if unknown:

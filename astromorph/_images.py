@@ -11,7 +11,7 @@ from astropy.wcs import WCS, FITSFixedWarning
 
 from ._cutouts import SkyImage
 from ._warnings import warn
-from .exceptions import InputError, UnusableInputWarning
+from .exceptions import InputError, InvalidArgumentTypeError, UnusableInputWarning
 
 __all__ = ["parse_sky_images", "band_of_header", "closing_files"]
 
@@ -225,6 +225,9 @@ def parse_sky_images(images, *, bands=None):
     if not isinstance(images, (list, tuple)) or isinstance(images, fits.HDUList) or (
             isinstance(images, tuple) and len(images) == 2 and isinstance(images[1], (WCS, fits.Header))):
         images = [images]
+    if bands is not None and (isinstance(bands, (str, bytes)) or not hasattr(bands, "__len__")):
+        raise InvalidArgumentTypeError(f"bands must be a list of band names, one per image, got "
+                                       f"{bands!r}")
     if bands is not None and len(bands) != len(images):
         raise InputError(f"got {len(bands)} band names for {len(images)} images")
     out = []

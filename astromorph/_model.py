@@ -11,7 +11,7 @@ from ._session import get_session
 from ._progress import progress_bar
 from ._warnings import warn
 from .exceptions import (AmbiguousInputWarning, InputDTypeError, InputError, InputShapeError,
-                         InvalidArgumentError)
+                         InvalidArgumentError, InvalidArgumentTypeError)
 
 __all__ = ["Model", "Prediction", "load_model", "as_model"]
 
@@ -151,6 +151,9 @@ class Model:
     """
 
     def __init__(self, name_or_path, *, providers=None, threads=None, precision=None):
+        if not isinstance(name_or_path, (str, os.PathLike)):
+            raise InvalidArgumentTypeError(f"model must be a name or a path, got "
+                                           f"{name_or_path!r}")
         origin = name_or_path if isinstance(name_or_path, str) else os.fspath(name_or_path)
         if _is_path_like(origin):  # absolute, so that a worker in another folder loads it too
             origin = os.path.abspath(os.path.expanduser(origin))

@@ -9,6 +9,7 @@ with masked outputs, a flag and a reason. Results go into FITS headers, if
 asked, through `astromorph._headers`.
 """
 import logging
+import os
 import queue
 import threading
 import warnings
@@ -20,10 +21,11 @@ from ._headers import header_targets, write_results_to_header
 from ._io import check_output, write_table
 from ._progress import progress_bar
 from ._readers import expand_inputs, read_file
+from .preprocessing._checks import check_bool
 from .preprocessing._triplet import _SENTINEL
 from ._warnings import warn
 from .exceptions import (AmbiguousInputWarning, InputError, InvalidArgumentError,
-                         UnusableInputWarning)
+                         InvalidArgumentTypeError, UnusableInputWarning)
 
 __all__ = ["predict_files", "register"]
 
@@ -112,6 +114,10 @@ def predict_files(model, inputs, *, batch_size=256, progress=None, write_header=
     from ._model import as_model
 
     check_batch_size(batch_size)
+    in_place, overwrite = check_bool(in_place, "in_place"), check_bool(overwrite, "overwrite")
+    if write_header is not None and not isinstance(write_header, (str, os.PathLike)):
+        raise InvalidArgumentTypeError(f"write_header must be a directory path, got "
+                                       f"{write_header!r}")
     if write_header is not None and in_place:
         raise InvalidArgumentError("write_header and in_place exclude each other: write copies "
                                    f"to {str(write_header)!r} or update the inputs, not both")

@@ -34,6 +34,10 @@ def progress_bar(total, *, desc="", unit="it", enabled=None, min_total=2):
         and ``$ASTROMORPH_PROGRESS`` is not ``0``; ``True`` forces it (where
         tqdm is installed), ``False`` hides it.
     """
+    if enabled is not None:
+        from .preprocessing._checks import check_bool
+
+        enabled = check_bool(enabled, "progress")
     if enabled is None:
         enabled = (os.environ.get(PROGRESS_ENV, "1") != "0" and total >= min_total
                    and sys.stderr.isatty())

@@ -6,7 +6,8 @@ import os
 import re
 from pathlib import Path
 
-from .exceptions import (ChecksumMismatchError, InvalidArgumentError, InvalidModelNameError,
+from .exceptions import (ChecksumMismatchError, InvalidArgumentError, InvalidArgumentTypeError,
+                         InvalidModelNameError,
                          ModelCardError, ModelNotFoundError)
 
 __all__ = ["list_models", "model_card", "models_dir", "resolve_model", "verify_checksum",
@@ -204,7 +205,7 @@ def resolve_single_band_graph(path, card):
 
 def _resolve(name_or_path):
     if not isinstance(name_or_path, (str, os.PathLike)):
-        raise TypeError(f"model must be a name or a path, not {type(name_or_path).__name__}")
+        raise InvalidArgumentTypeError(f"model must be a name or a path, got {name_or_path!r}")
     if _is_path_like(name_or_path):
         path = Path(name_or_path).expanduser()
         if path.is_dir():

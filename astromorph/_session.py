@@ -4,8 +4,8 @@ import os
 import threading
 
 from ._warnings import warn
-from .exceptions import (InvalidArgumentError, MissingRuntimeError, ModelLoadError,
-                         ProviderFallbackWarning)
+from .exceptions import (InvalidArgumentError, InvalidArgumentTypeError, MissingRuntimeError,
+                         ModelLoadError, ProviderFallbackWarning)
 
 __all__ = ["onnxruntime", "available_providers", "resolve_providers", "provider_names",
            "get_session", "clear_session_cache", "PROVIDER_ALIASES"]
@@ -87,13 +87,18 @@ def provider_names(providers=None):
         providers = os.environ.get(PROVIDERS_ENV, "auto")
     if isinstance(providers, str):
         providers = [p.strip() for p in providers.split(",") if p.strip()]
-    providers = list(providers)
+    try:
+        providers = list(providers)
+    except TypeError:
+        raise InvalidArgumentTypeError(f"providers must be a name such as 'cpu' or a list of "
+                                       f"names, got {providers!r}") from None
     if [p.lower() if isinstance(p, str) else p for p in providers] in ([], ["auto"]):
         return []
     requested = []
     for p in providers:
         if not isinstance(p, str):
-            raise TypeError(f"execution provider names must be strings, got {p!r}")
+            raise InvalidArgumentTypeError(f"execution provider names must be strings, got "
+                                           f"{p!r}")
         full = PROVIDER_ALIASES.get(p.lower(), p)
         if not full.endswith("ExecutionProvider"):
             raise InvalidArgumentError(

@@ -73,3 +73,78 @@ def test_preprocessing_bad_options(call, error, text):
 def test_type_errors_are_type_errors():
     assert issubclass(InvalidArgumentTypeError, TypeError)
     assert issubclass(InvalidArgumentTypeError, InvalidArgumentError)
+
+
+def _emb():
+    x = np.random.default_rng(3).normal(size=(40, 8))
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def _fits(tmp_path):
+    from astropy.io import fits
+    from synthetic_alerts import celestial_header
+
+    path = tmp_path / "a.fits"
+    fits.PrimaryHDU(IMG, header=celestial_header(fits.Header(), 0.396, IMG.shape)).writeto(path)
+    return str(path)
+
+
+CAT = Table({"ra": [150.0], "dec": [2.0], "r90": [5.0]})
+STAMPS = Table({"image": np.random.default_rng(4).normal(0.02, 0.01, (2, 64, 64))})
+
+TOP_LEVEL = [
+    (lambda p: astromorph.load_model(None), TYPE, "None"),
+    (lambda p: astromorph.load_model(3), TYPE, "3"),
+    (lambda p: astromorph.model_card(None), TYPE, "None"),
+    (lambda p: astromorph.load_model("morphology", providers=3), TYPE, "providers"),
+    (lambda p: astromorph.load_model("morphology", providers=[3]), TYPE, "3"),
+    (lambda p: astromorph.load_model("morphology").predict(np.zeros((1, 3, 64, 64), np.float32),
+                                                           progress="yes"), TYPE, "progress"),
+    (lambda p: astromorph.annotate(CAT, _fits(p), model=None, size_col="r90"), TYPE, "None"),
+    (lambda p: astromorph.annotate(CAT, _fits(p), model="morphology", size_col="r90", bands=3),
+     TYPE, "bands"),
+    (lambda p: astromorph.annotate(CAT, _fits(p), model="morphology", size_col="r90",
+                                   progress="x"), TYPE, "progress"),
+    (lambda p: astromorph.annotate_stamps(STAMPS, model="morphology", progress="x"), TYPE,
+     "progress"),
+    (lambda p: astromorph.predict_files("morphology", _fits(p), write_header=3), TYPE,
+     "write_header"),
+    (lambda p: astromorph.predict_files("morphology", _fits(p), in_place="no"), TYPE, "in_place"),
+    (lambda p: astromorph.predict_files("morphology", _fits(p), overwrite="no"), TYPE,
+     "overwrite"),
+    (lambda p: astromorph.annotate_dask(CAT, _fits(p), model="morphology", size_col="r90",
+                                        scheduler="x"), VALUE, "'x'"),
+    (lambda p: astromorph.annotate_dask(CAT, _fits(p), model="morphology", size_col="r90",
+                                        compute="no"), TYPE, "compute"),
+    (lambda p: astromorph.describe_flags("x"), TYPE, "'x'"),
+    (lambda p: astromorph.describe_flags(None), TYPE, "None"),
+    (lambda p: astromorph.describe_flags(-1), VALUE, "-1"),
+    (lambda p: astromorph.describe_flags(2.5), VALUE, "2.5"),
+    (lambda p: astromorph.SimilarityIndex(_emb(), chunk_elements=0), VALUE, "chunk_elements"),
+    (lambda p: astromorph.SimilarityIndex(_emb(), chunk_elements="x"), TYPE, "chunk_elements"),
+    (lambda p: astromorph.SimilarityIndex(_emb(), table=3), TYPE, "table"),
+    (lambda p: astromorph.LabelHead(Cs=[]), TYPE, "Cs"),
+    (lambda p: astromorph.LabelHead(Cs="x"), TYPE, "Cs"),
+    (lambda p: astromorph.LabelHead(Cs=[1, -1]), VALUE, "Cs"),
+    (lambda p: astromorph.LabelHead(cv=0), VALUE, "cv"),
+    (lambda p: astromorph.LabelHead(cv="x"), TYPE, "cv"),
+    (lambda p: astromorph.LabelHead(max_iter=0), VALUE, "max_iter"),
+    (lambda p: astromorph.GaussianMixture("x"), TYPE, "n_components"),
+    (lambda p: astromorph.GaussianMixture(2.5), VALUE, "n_components"),
+    (lambda p: astromorph.GaussianMixture(k_range="x"), TYPE, "k_range"),
+    (lambda p: astromorph.GaussianMixture(n_pca="x"), TYPE, "n_pca"),
+    (lambda p: astromorph.GaussianMixture(max_iter=0), VALUE, "max_iter"),  # was UnboundLocalError
+    (lambda p: astromorph.GaussianMixture(tol=-1), VALUE, "tol"),
+    (lambda p: astromorph.GaussianMixture(tol="x"), TYPE, "tol"),
+    (lambda p: astromorph.GaussianMixture(reg_covar=-1), VALUE, "reg_covar"),  # was LinAlgError
+    (lambda p: astromorph.GaussianMixture(seed="x"), TYPE, "seed"),
+    (lambda p: astromorph.cluster_table(Table({"embedding": _emb()}), n_components=2, prefix=3),
+     TYPE, "prefix"),
+]
+
+
+@pytest.mark.parametrize("call, error, text", TOP_LEVEL)
+def test_top_level_bad_options(tmp_path, call, error, text):
+    if "annotate_dask" in str(call.__code__.co_names):
+        pytest.importorskip("dask")
+    _check(lambda: call(tmp_path), error, text)

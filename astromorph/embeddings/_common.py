@@ -3,7 +3,17 @@ import numpy as np
 
 from ..exceptions import InputError, InvalidArgumentError
 
-__all__ = ["embedding_matrix", "table_embeddings", "masked_column", "add_columns"]
+__all__ = ["embedding_matrix", "table_embeddings", "masked_column", "add_columns",
+           "check_prefix"]
+
+
+def check_prefix(prefix):
+    """`InvalidArgumentTypeError` unless ``prefix`` (of new column names) is a non-empty
+    string."""
+    from ..exceptions import InvalidArgumentTypeError
+
+    if not isinstance(prefix, str) or not prefix:
+        raise InvalidArgumentTypeError(f"prefix must be a non-empty string, got {prefix!r}")
 
 
 def embedding_matrix(embeddings, *, allow_masked=False, dtype=np.float64):

@@ -4,7 +4,8 @@ import logging
 import numpy as np
 
 from ._common import embedding_matrix, masked_column
-from ..exceptions import InvalidArgumentError
+from ..exceptions import InvalidArgumentError, InvalidArgumentTypeError
+from ..preprocessing._checks import check_number, check_whole
 
 __all__ = ["LabelHead"]
 
@@ -104,11 +105,16 @@ class LabelHead:
             raise InvalidArgumentError(f"class_weight must be None or 'balanced', got {class_weight!r}")
         if C is not None and not (isinstance(C, (int, float, np.integer, np.floating)) and C > 0):
             raise InvalidArgumentError(f"C must be a positive number, got {C!r}")
+        if C is None:
+            if isinstance(Cs, (str, bytes)) or not np.iterable(Cs) or not len(Cs):
+                raise InvalidArgumentTypeError(f"Cs must be a non-empty sequence of positive "
+                                               f"numbers, got {Cs!r}")
+            Cs = [check_number(c, "Cs values", positive=True) for c in Cs]
         self.C = C
         self.Cs = tuple(float(c) for c in Cs)
-        self.cv = int(cv)
+        self.cv = check_whole(cv, "cv", minimum=2)
         self.class_weight = class_weight
-        self.max_iter = int(max_iter)
+        self.max_iter = check_whole(max_iter, "max_iter")
         self.classes_ = None
 
     def __repr__(self):
@@ -289,10 +295,11 @@ class LabelHead:
             (``on_conflict="error"``).
         """
         from .._annotate import check_clashes, check_on_conflict
-        from ._common import add_columns, table_embeddings
+        from ._common import add_columns, check_prefix, table_embeddings
 
         self._check()
         check_on_conflict(on_conflict)
+        check_prefix(prefix)
         names = [f"{prefix}_p_{c}" for c in self.classes_] + [f"{prefix}_label"]
         check_clashes(table, names, on_conflict)  # before any work
         x, valid = table_embeddings(table, column)

@@ -11,7 +11,9 @@ import logging
 import numpy as np
 
 from ._common import embedding_matrix, table_embeddings
-from ..exceptions import InputError, InvalidArgumentError, MissingDependencyError
+from ..exceptions import (InputError, InvalidArgumentError, InvalidArgumentTypeError,
+                          MissingDependencyError)
+from ..preprocessing._checks import check_whole
 
 __all__ = ["SimilarityIndex", "BACKENDS"]
 
@@ -201,6 +203,11 @@ class SimilarityIndex:
         if backend not in BACKENDS + ("auto",):
             raise InvalidArgumentError(f"backend must be one of {BACKENDS + ('auto',)}, "
                                        f"got {backend!r}")
+        from astropy.table import Table
+
+        if table is not None and not isinstance(table, Table):
+            raise InvalidArgumentTypeError(f"table must be an astropy Table, got {table!r}")
+        chunk_elements = check_whole(chunk_elements, "chunk_elements")
         if table is not None and len(table) != len(embeddings):
             raise InvalidArgumentError(f"table has {len(table)} rows but there are "
                                        f"{len(embeddings)} embedding vectors")

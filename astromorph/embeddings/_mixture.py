@@ -3,8 +3,10 @@ import logging
 
 import numpy as np
 
-from ._common import add_columns, embedding_matrix, masked_column, table_embeddings
-from ..exceptions import InputError, InvalidArgumentError
+from ._common import (add_columns, check_prefix, embedding_matrix, masked_column,
+                      table_embeddings)
+from ..exceptions import InputError, InvalidArgumentError, InvalidArgumentTypeError
+from ..preprocessing._checks import check_number, check_whole
 
 __all__ = ["GaussianMixture", "cluster_table"]
 
@@ -63,24 +65,28 @@ class GaussianMixture:
         if covariance_type not in ("full", "diag"):
             raise InvalidArgumentError(f"covariance_type must be 'full' or 'diag', got "
                                        f"{covariance_type!r}")
-        if n_components is not None and int(n_components) < 1:
-            raise InvalidArgumentError(f"n_components must be >= 1, got {n_components}")
-        self.n_components = None if n_components is None else int(n_components)
-        self.k_range = [int(k) for k in k_range]
-        if n_components is None and (not self.k_range or min(self.k_range) < 1):
+        self.n_components = None if n_components is None else check_whole(n_components,
+                                                                           "n_components")
+        if isinstance(k_range, (str, bytes)) or not np.iterable(k_range):
+            raise InvalidArgumentTypeError(f"k_range must be a range or a list of numbers of "
+                                           f"clusters, got {k_range!r}")
+        self.k_range = [check_whole(k, "k_range values") for k in k_range]
+        if n_components is None and not self.k_range:
             raise InvalidArgumentError(f"k_range must hold numbers of clusters >= 1, got "
                                        f"{list(k_range)} (e.g. k_max >= 2)")
-        if n_pca is not None and int(n_pca) < 1:
-            raise InvalidArgumentError(f"n_pca must be >= 1 (or None: no projection), got {n_pca!r}")
-        if int(n_init) < 1:
-            raise InvalidArgumentError(f"n_init must be >= 1, got {n_init!r}")
         self.covariance_type = covariance_type
-        self.n_pca = n_pca
-        self.n_init = int(n_init)
-        self.max_iter = int(max_iter)
-        self.tol = float(tol)
-        self.reg_covar = float(reg_covar)
-        self.max_fit_rows = int(max_fit_rows)
+        self.n_pca = None if n_pca is None else check_whole(n_pca, "n_pca (or None: no "
+                                                                     "projection)")
+        self.n_init = check_whole(n_init, "n_init")
+        self.max_iter = check_whole(max_iter, "max_iter")
+        self.tol = check_number(tol, "tol", minimum=0)
+        self.reg_covar = check_number(reg_covar, "reg_covar", minimum=0)
+        self.max_fit_rows = check_whole(max_fit_rows, "max_fit_rows")
+        try:
+            np.random.default_rng(seed)
+        except (TypeError, ValueError):
+            raise InvalidArgumentTypeError(f"seed must be a whole number or None, got "
+                                           f"{seed!r}") from None
         self.seed = seed
         self.n_components_ = None
 
@@ -311,6 +317,7 @@ class GaussianMixture:
 
         self._check()
         check_on_conflict(on_conflict)
+        check_prefix(prefix)
         check_clashes(table, [prefix, f"{prefix}_prob"], on_conflict)  # before any work
         x, valid = table_embeddings(table, column)
         p = self.predict_proba(x[valid]) if valid.any() else np.zeros((0, self.n_components_))
