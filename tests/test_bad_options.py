@@ -148,3 +148,46 @@ def test_top_level_bad_options(tmp_path, call, error, text):
     if "annotate_dask" in str(call.__code__.co_names):
         pytest.importorskip("dask")
     _check(lambda: call(tmp_path), error, text)
+
+
+@pytest.fixture(scope="module")
+def fitted():
+    emb = _emb()
+    table = Table({"embedding": emb, "y": np.arange(len(emb)) % 2})
+    return (emb, table, astromorph.SimilarityIndex.from_table(table),
+            astromorph.LabelHead(C=1.0).fit(emb, table["y"]),
+            astromorph.GaussianMixture(2).fit(emb))
+
+
+METHODS = [
+    # chunk_rows=-1 used to return uninitialised rows (np.empty) or all NaN without a word
+    (lambda e, t, i, h, g: h.decision_function(e, chunk_rows=-1), VALUE, "chunk_rows"),
+    (lambda e, t, i, h, g: h.decision_function(e, chunk_rows=0), VALUE, "chunk_rows"),
+    (lambda e, t, i, h, g: g.predict_proba(e, chunk_rows=-1), VALUE, "chunk_rows"),
+    (lambda e, t, i, h, g: g.predict_proba(e, chunk_rows="x"), TYPE, "chunk_rows"),
+    (lambda e, t, i, h, g: h.annotate(t, prefix=3), TYPE, "prefix"),
+    (lambda e, t, i, h, g: i.search(e[:2], k=3, exclude=0), TYPE, "exclude"),
+    (lambda e, t, i, h, g: i.search(e[:2], k=3, exclude=[1, 2]), TYPE, "exclude"),
+    (lambda e, t, i, h, g: i.query(row=0, include_query="no"), TYPE, "include_query"),
+    (lambda e, t, i, h, g: i.query(row=0, columns=3), TYPE, "columns"),
+    (lambda e, t, i, h, g: i.query(row=0, columns=["nope"]), astromorph.AstromorphError, "nope"),
+    (lambda e, t, i, h, g: i.query(vector="x"), TYPE, "vector"),
+    (lambda e, t, i, h, g: astromorph.embeddings.embedding_map(e, perplexity="x"), TYPE,
+     "perplexity"),
+    (lambda e, t, i, h, g: astromorph.embeddings.embedding_map(e, seed="x"), TYPE, "seed"),
+    (lambda e, t, i, h, g: astromorph.embeddings.display_image("x"), astromorph.AstromorphError,
+     "dtype"),
+]
+
+
+@pytest.mark.parametrize("call, error, text", METHODS)
+def test_method_bad_options(fitted, call, error, text):
+    _check(lambda: call(*fitted), error, text)
+
+
+def test_plot_bad_options(tmp_path):
+    pytest.importorskip("matplotlib")
+    from astromorph.embeddings import plot_map
+
+    _check(lambda: plot_map(_emb(), tmp_path / "m.png", max_points="x"), TYPE, "max_points")
+    _check(lambda: plot_map(_emb(), tmp_path / "m.png", dpi="x"), TYPE, "dpi")

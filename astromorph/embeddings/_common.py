@@ -4,7 +4,18 @@ import numpy as np
 from ..exceptions import InputError, InvalidArgumentError
 
 __all__ = ["embedding_matrix", "table_embeddings", "masked_column", "add_columns",
-           "check_prefix"]
+           "check_prefix", "check_seed"]
+
+
+def check_seed(seed):
+    """`InvalidArgumentTypeError` for a ``seed`` that `numpy.random.default_rng` does not take."""
+    from ..exceptions import InvalidArgumentTypeError
+
+    try:
+        np.random.default_rng(seed)
+    except (TypeError, ValueError):
+        raise InvalidArgumentTypeError(f"seed must be a whole number or None, got "
+                                       f"{seed!r}") from None
 
 
 def check_prefix(prefix):

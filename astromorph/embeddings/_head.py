@@ -225,6 +225,7 @@ class LabelHead:
         numpy.ndarray, (N, K)
         """
         self._check()
+        chunk_rows = check_whole(chunk_rows, "chunk_rows")
         x = embedding_matrix(embeddings, allow_masked=False)
         if x.shape[1] != len(self.mean_):
             raise InvalidArgumentError(f"embeddings have {x.shape[1]} dimensions; this head was "

@@ -13,7 +13,7 @@ import numpy as np
 from ._common import embedding_matrix, table_embeddings
 from ..exceptions import (InputError, InvalidArgumentError, InvalidArgumentTypeError,
                           MissingDependencyError)
-from ..preprocessing._checks import check_whole
+from ..preprocessing._checks import check_bool, check_whole
 
 __all__ = ["SimilarityIndex", "BACKENDS"]
 
@@ -299,6 +299,11 @@ class SimilarityIndex:
         if not np.all(np.isfinite(norms)) or np.any(norms == 0):
             raise InvalidArgumentError("query vectors must be finite and non-zero")
         q = q / norms
+        if exclude is not None and (isinstance(exclude, (str, bytes)) or not all(
+                np.iterable(e) and not isinstance(e, (str, bytes))
+                for e in (exclude if np.iterable(exclude) else [None]))):
+            raise InvalidArgumentTypeError(f"exclude must be one collection of rows per query, "
+                                           f"got {exclude!r}")
         if exclude is not None and len(exclude) != len(q):
             raise InvalidArgumentError("exclude needs one collection of rows per query")
         if exclude is not None:
@@ -517,6 +522,7 @@ class SimilarityIndex:
             raise InvalidArgumentError(f"give exactly one of row, position, image or vector "
                                        f"(got {given or 'none'})")
         meta = {"query_kind": given[0], "k": _whole(k, "k"), "backend": self.backend}
+        include_query = check_bool(include_query, "include_query")
         query_row = None
         if position is not None:
             query_row, separation = self.row_of_position(
@@ -541,11 +547,26 @@ class SimilarityIndex:
                 else f"array of shape {np.shape(image)}"
             exclude = None
         else:
-            q = np.asarray(vector, dtype=np.float32)
+            try:
+                q = np.asarray(vector, dtype=np.float32)
+            except (TypeError, ValueError):
+                raise InvalidArgumentTypeError(f"vector must be a vector of numbers, got "
+                                               f"{vector!r}") from None
             if q.ndim != 1:
                 raise InvalidArgumentError(f"vector must be one ({self.dim},) vector, got shape "
                                            f"{q.shape}; use search() for several")
             exclude = None
+        if columns is not None:
+            if isinstance(columns, str):
+                columns = [columns]
+            if not np.iterable(columns):
+                raise InvalidArgumentTypeError(f"columns must be a list of column names, got "
+                                               f"{columns!r}")
+            columns = list(columns)
+            missing = [c for c in columns if self.table is None or c not in self.table.colnames]
+            if missing:
+                raise InputError(f"no column(s) {missing} in the index's table (columns: "
+                                 f"{[] if self.table is None else self.table.colnames})")
         idx, sim = self.search(q, k, exclude=exclude)
         keep = idx[0] >= 0
         rows, sims = idx[0][keep], sim[0][keep]

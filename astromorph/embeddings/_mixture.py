@@ -3,7 +3,7 @@ import logging
 
 import numpy as np
 
-from ._common import (add_columns, check_prefix, embedding_matrix, masked_column,
+from ._common import (add_columns, check_prefix, check_seed, embedding_matrix, masked_column,
                       table_embeddings)
 from ..exceptions import InputError, InvalidArgumentError, InvalidArgumentTypeError
 from ..preprocessing._checks import check_number, check_whole
@@ -82,11 +82,7 @@ class GaussianMixture:
         self.tol = check_number(tol, "tol", minimum=0)
         self.reg_covar = check_number(reg_covar, "reg_covar", minimum=0)
         self.max_fit_rows = check_whole(max_fit_rows, "max_fit_rows")
-        try:
-            np.random.default_rng(seed)
-        except (TypeError, ValueError):
-            raise InvalidArgumentTypeError(f"seed must be a whole number or None, got "
-                                           f"{seed!r}") from None
+        check_seed(seed)
         self.seed = seed
         self.n_components_ = None
 
@@ -249,6 +245,7 @@ class GaussianMixture:
         numpy.ndarray, (N, K)
         """
         self._check()
+        chunk_rows = check_whole(chunk_rows, "chunk_rows")
         x = embedding_matrix(embeddings, allow_masked=True)
         out = np.full((len(x), self.n_components_), np.nan)
         ok = np.flatnonzero(np.all(np.isfinite(x), axis=1))

@@ -10,10 +10,11 @@ from pathlib import Path
 
 import numpy as np
 
-from ._common import embedding_matrix
+from ._common import check_seed, embedding_matrix
 from .._io import atomic_output, check_output
 from .._plotting import colormap, figure, matplotlib
 from ..exceptions import InputError, InvalidArgumentError, MissingDependencyError
+from ..preprocessing._checks import check_number, check_whole
 
 __all__ = ["gallery", "embedding_map", "plot_map", "display_image"]
 
@@ -47,6 +48,9 @@ def display_image(image):
         For an array of another number of dimensions.
     """
     arr = np.asarray(image)
+    if arr.dtype.kind not in "biuf":
+        raise InputError(f"cannot display an image of dtype {arr.dtype}: pixels must be "
+                         "real numbers")
     if arr.ndim == 3 and arr.shape[-1] == 3 and arr.shape[0] != 3:
         return arr.astype(np.float32) / 255.0 if arr.dtype == np.uint8 else \
             np.clip(arr.astype(np.float32), 0, 1)
@@ -119,6 +123,9 @@ def gallery(index, result, path, *, images=None, source_column=None, query_image
     pathlib.Path
     """
     check_output(path, overwrite=overwrite)
+    check_number(dpi, "dpi", positive=True)
+    if ncols is not None:
+        check_whole(ncols, "ncols")
     matplotlib()  # a missing matplotlib fails here, before any work
     rows = [int(r) for r in result["row"]]
     meta = result.meta
@@ -239,6 +246,8 @@ def embedding_map(embeddings, *, method="auto", seed=0, perplexity=30.0):
     method : str
         The method used.
     """
+    perplexity = check_number(perplexity, "perplexity", positive=True)
+    check_seed(seed)
     x = embedding_matrix(embeddings, allow_masked=False)
     if method == "auto":
         import importlib.util
@@ -296,8 +305,9 @@ def plot_map(embeddings, path, *, labels=None, method="auto", max_points=TSNE_MA
         Their row numbers.
     """
     check_output(path, overwrite=overwrite)
-    if int(max_points) < 2:
-        raise InvalidArgumentError(f"max_points must be at least 2, got {max_points!r}")
+    max_points = check_whole(max_points, "max_points", minimum=2)
+    check_number(dpi, "dpi", positive=True)
+    check_seed(seed)
     matplotlib()  # a missing matplotlib fails here, before any work
     x = embedding_matrix(embeddings, allow_masked=True)
     rows = np.flatnonzero(np.all(np.isfinite(x), axis=1))
