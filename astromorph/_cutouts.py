@@ -82,6 +82,18 @@ def _check_wcs(wcs, name):
         raise InputError(f"{name}: its WCS cannot place sources: {'; '.join(bad)}")
 
 
+def _has_sentinel(data):
+    """Whether a 2D float array holds masking sentinels or infinities (NaN aside), checked
+    in row strips so that no temporary array of the image's size is made."""
+    step = max(1, (1 << 22) // max(data.shape[1], 1))
+    for y0 in range(0, data.shape[0], step):
+        strip = data[y0:y0 + step]
+        bad = invalid_pixels(strip)
+        if bad.any() and not np.isnan(strip[bad]).all():
+            return True
+    return False
+
+
 class SkyImage:
     """A 2D image with a celestial WCS, readable without loading it whole.
 
@@ -131,12 +143,11 @@ class SkyImage:
         # the copy made by `resident`
         self._resident = data if self.plain and data.dtype.isnative and not isinstance(
             data, np.memmap) else None
-        if self._resident is not None:
-            bad = invalid_pixels(data)
-            if bad.any() and not np.isnan(data[bad]).all():
-                # masking sentinels (or inf): sampled as NaN, so that the interpolation
-                # weights do not spread them over their neighbours as finite values
-                self._resident = np.where(bad, np.float32(np.nan), data).astype(np.float32)
+        if self._resident is not None and _has_sentinel(data):
+            # masking sentinels (or inf): sampled as NaN, so that the interpolation
+            # weights do not spread them over their neighbours as finite values
+            self._resident = np.where(invalid_pixels(data), np.float32(np.nan),
+                                      data).astype(np.float32)
         # astropy.wcs is not thread-safe, and pyramid levels are made once:
         # threads that cut stamps from one image take turns for both.
         self.lock = threading.RLock()
