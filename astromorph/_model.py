@@ -9,6 +9,7 @@ import numpy as np
 from ._registry import _is_path_like, resolve_model, resolve_single_band_graph, verify_checksum
 from ._session import get_session
 from ._progress import progress_bar
+from .preprocessing._checks import SENTINEL
 from ._warnings import warn
 from .exceptions import (AmbiguousInputWarning, InputDTypeError, InputError, InputShapeError,
                          InvalidArgumentError, InvalidArgumentTypeError)
@@ -253,9 +254,10 @@ class Model:
         batch = np.ascontiguousarray(batch, dtype=np.float32)
         return (session or self._session).run(self.output_names, {self._input_name: batch})
 
-    #: Largest magnitude accepted in network-ready input: beyond it are masking
-    #: sentinels (ZTF stores masked pixels as -3.4e38), never real pixel values.
-    _MAX_ABS_INPUT = 1e30
+    #: Magnitude from which network-ready input values are masking sentinels (ZTF stores
+    #: masked pixels as -3.4e38, others +-1e30), never real pixel values: the `SENTINEL`
+    #: of every other path.
+    _MAX_ABS_INPUT = SENTINEL
 
     def _check_finite(self, batch, start):
         """Raise `InputError` naming the rows of ``batch`` (offset ``start``) with NaN,
@@ -263,16 +265,16 @@ class Model:
         if batch.dtype.kind != "f" or not batch.size:
             return
         lo, hi = float(batch.min()), float(batch.max())  # NaN propagates
-        if np.isfinite(lo) and np.isfinite(hi) and max(-lo, hi) <= self._MAX_ABS_INPUT:
+        if np.isfinite(lo) and np.isfinite(hi) and max(-lo, hi) < self._MAX_ABS_INPUT:
             return
         with np.errstate(invalid="ignore"):
-            ok = np.abs(batch.reshape(len(batch), -1).astype(np.float64)) <= self._MAX_ABS_INPUT
+            ok = np.abs(batch.reshape(len(batch), -1).astype(np.float64)) < self._MAX_ABS_INPUT
         rows = [start + int(i) for i in np.flatnonzero(~ok.all(axis=1))]
         shown = ", ".join(map(str, rows[:10])) + (", ..." if len(rows) > 10 else "")
         prep = self.card["input"].get("preprocessing")
         hint = (f"; prepare raw stamps with {prep} (the card's input.preprocessing), which "
                 "replaces NaN or masked pixels and reports them" if prep else "")
-        raise InputError(f"model {self.name!r} got NaN, infinite or masking-sentinel (|x| > 1e30) "
+        raise InputError(f"model {self.name!r} got NaN, infinite or masking-sentinel (|x| >= 1e30) "
                          f"values in input row(s) {shown}; predict() takes network-ready "
                          f"arrays{hint}")
 
@@ -310,8 +312,8 @@ class Model:
         astromorph.exceptions.InputShapeError
             ``x`` does not have the card's input shape.
         astromorph.exceptions.InputError
-            Rows holding NaN, infinite or masking-sentinel values (magnitude above
-            1e30, such as ZTF's -3.4e38), which would give undefined outputs; the
+            Rows holding NaN, infinite or masking-sentinel values (magnitude 1e30
+            or more, such as ZTF's -3.4e38), which would give undefined outputs; the
             message lists them. Raw stamps go through the card's
             ``input.preprocessing`` function first (e.g.
             `astromorph.preprocessing.preprocess_triplet`), or through

@@ -192,3 +192,13 @@ def test_alert_cutouts_of_different_shapes_are_flagged_alike(tmp_path, kind):
     assert out["rb_flags"][0] == Flag.BAD_INPUT and np.ma.is_masked(out["rb_score"][0])
     assert "cutouts differ in shape (63x63, 62x63, 61x61)" in out["reason"][0]
     assert out["rb_flags"][1] == 0 and not np.ma.is_masked(out["rb_score"][1])
+
+
+@pytest.mark.parametrize("fill", [1e30, -1e30])
+def test_model_predict_refuses_sentinels_like_the_other_paths(fill):
+    """1e30 in float64 is a sentinel for preprocessing, so Model.predict refuses it too."""
+    model = astromorph.load_model("morphology")
+    x = np.zeros((2, 3, 64, 64))
+    x[1, 0, 0, 0] = fill
+    with pytest.raises(astromorph.exceptions.InputError, match="row"):
+        model.predict(x)
