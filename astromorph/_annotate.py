@@ -184,7 +184,7 @@ def _stamp_side(stamp_size):
     """``stamp_size`` (a number in arcsec or an angle Quantity) in arcsec, checked."""
     try:
         side = u.Quantity(stamp_size, u.arcsec)
-        side = float(side.to_value(u.arcsec))
+        side = None if isinstance(stamp_size, (bool, np.bool_)) else float(side.to_value(u.arcsec))
     except (u.UnitsError, TypeError, ValueError):
         side = None
     if side is None or not (np.isfinite(side) and side > 0):

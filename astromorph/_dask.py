@@ -10,7 +10,7 @@ scheduler does the rest: the threaded one by default, or a
 import logging
 import os
 
-from .exceptions import InvalidArgumentError
+from .exceptions import InvalidArgumentError, InvalidArgumentTypeError
 from .preprocessing._checks import check_bool
 
 __all__ = ["annotate_dask"]
@@ -69,7 +69,7 @@ def annotate_dask(table, images=None, *, model, partition_size=50_000, compute=T
 
         raise MissingDependencyError("annotate_dask needs dask: pip install 'astromorph[dask]' "
                                      "(and 'dask[distributed]' for a cluster)") from exc
-    from astropy.table import vstack
+    from astropy.table import Table, vstack
 
     from .exceptions import InputError
 
@@ -83,7 +83,21 @@ def annotate_dask(table, images=None, *, model, partition_size=50_000, compute=T
                              f"not {type(value).__name__}")
         return os.fspath(value)
 
+    if not isinstance(table, Table):
+        raise InputError(f"annotate_dask needs an astropy Table or QTable, got "
+                         f"{type(table).__name__}")
     kwargs.pop("progress", None)  # each partition runs without a bar
+    # an option the partition's function does not take: refused before any task is sent
+    import inspect
+
+    from ._annotate import annotate
+    from ._stamp_table import annotate_stamps
+
+    target = annotate if images is not None else annotate_stamps
+    unknown = sorted(set(kwargs) - set(inspect.signature(target).parameters))
+    if unknown:
+        raise InvalidArgumentTypeError(f"{target.__name__} has no option(s) "
+                                       f"{', '.join(unknown)}")
     # options every partition would refuse: refused here, before any task is sent
     from ._session import provider_names
 
@@ -99,7 +113,7 @@ def annotate_dask(table, images=None, *, model, partition_size=50_000, compute=T
     import operator
 
     try:
-        size = operator.index(partition_size)
+        size = 0 if isinstance(partition_size, bool) else operator.index(partition_size)
     except TypeError:
         size = 0
     if size < 1:

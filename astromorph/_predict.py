@@ -21,7 +21,7 @@ from ._headers import header_targets, write_results_to_header
 from ._io import check_output, write_table
 from ._progress import progress_bar
 from ._readers import expand_inputs, read_file
-from .preprocessing._checks import check_bool
+from .preprocessing._checks import check_bool, in_unit_interval
 from .preprocessing._triplet import _SENTINEL
 from ._warnings import warn
 from .exceptions import (AmbiguousInputWarning, InputError, InvalidArgumentError,
@@ -122,11 +122,7 @@ def predict_files(model, inputs, *, batch_size=256, progress=None, write_header=
         raise InvalidArgumentError("write_header and in_place exclude each other: write copies "
                                    f"to {str(write_header)!r} or update the inputs, not both")
     if crop_fraction is not None:
-        try:
-            ok = 0 < float(crop_fraction) <= 1
-        except (TypeError, ValueError):
-            ok = False
-        if not ok:
+        if not in_unit_interval(crop_fraction):
             raise InvalidArgumentError(f"crop_fraction must be a number in (0, 1], got "
                                        f"{crop_fraction!r}")
     model = as_model(model, providers=providers, threads=threads, precision=precision)

@@ -116,6 +116,16 @@ TOP_LEVEL = [
                                         scheduler="x"), VALUE, "'x'"),
     (lambda p: astromorph.annotate_dask(CAT, _fits(p), model="morphology", size_col="r90",
                                         compute="no"), TYPE, "compute"),
+    (lambda p: astromorph.annotate_dask(None, _fits(p), model="morphology"),
+     astromorph.AstromorphError, "NoneType"),
+    (lambda p: astromorph.annotate_dask(CAT, _fits(p), model="morphology", size_col="r90",
+                                        partition_size=True), VALUE, "partition_size"),
+    (lambda p: astromorph.annotate_dask(CAT, _fits(p), model="morphology", size_col="r90",
+                                        bogus=1), TYPE, "bogus"),
+    (lambda p: astromorph.annotate(CAT, _fits(p), model="morphology", stamp_size=True), VALUE,
+     "stamp_size"),  # was read as 1 arcsec
+    (lambda p: astromorph.predict_files("morphology", _fits(p), crop_fraction=True), VALUE,
+     "crop_fraction"),  # was read as 1.0
     (lambda p: astromorph.describe_flags("x"), TYPE, "'x'"),
     (lambda p: astromorph.describe_flags(None), TYPE, "None"),
     (lambda p: astromorph.describe_flags(-1), VALUE, "-1"),
