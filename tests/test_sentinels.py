@@ -202,3 +202,12 @@ def test_model_predict_refuses_sentinels_like_the_other_paths(fill):
     x[1, 0, 0, 0] = fill
     with pytest.raises(astromorph.exceptions.InputError, match="row"):
         model.predict(x)
+
+
+@pytest.mark.parametrize("fill", SENTINELS)
+def test_float_colour_cutouts_treat_sentinels_as_nan(fill):
+    rgb = np.random.default_rng(5).uniform(0, 1, (64, 64, 3))
+    nan, sent = _masked(rgb, np.nan, np.s_[:10]), _masked(rgb, fill, np.s_[:10])
+    for crop in (1.0, pp.optical.CROP_FRACTION):  # with and without the masked rows
+        np.testing.assert_array_equal(pp.preprocess_colour_cutout(sent, crop_fraction=crop),
+                                      pp.preprocess_colour_cutout(nan, crop_fraction=crop))

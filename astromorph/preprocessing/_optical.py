@@ -136,8 +136,10 @@ def preprocess_colour_cutout(images, *, size=STAMP_SIZE, crop_fraction=CROP_FRAC
         RGB colour cutouts (R, G, B = i, r, g for SDSS composites) centred on
         the galaxy. Integer arrays are 8-bit display values 0-255 (as read
         from a JPEG or PNG, in any integer type); floating-point arrays are
-        display values already scaled to ``[0, 1]``. Anything else (integers
-        above 255, floats above 1, complex, booleans) raises
+        display values already scaled to ``[0, 1]``, where infinities and
+        masking sentinels (``|value| >= 1e30``) are missing pixels like NaN
+        (NaN in the output where they fall in the field kept). Anything else
+        (integers above 255, floats above 1, complex, booleans) raises
         `~astromorph.exceptions.InputError`.
     size : int, optional
         Side of the output stamp (the model expects `STAMP_SIZE`).
@@ -164,7 +166,10 @@ def preprocess_colour_cutout(images, *, size=STAMP_SIZE, crop_fraction=CROP_FRAC
                              f"{arr.min()} to {arr.max()} ({arr.dtype})")
         arr = arr.astype(np.uint8)
     elif arr.dtype.kind == "f":
-        top = np.nanmax(arr) if arr.size else 0.0
+        bad = invalid_pixels(arr)
+        if bad.any():  # masking sentinels (and inf) are missing pixels, as NaN
+            arr = np.where(bad, np.nan, arr)
+        top = np.nanmax(arr) if arr.size and not bad.all() else 0.0
         if top > 1.0 + 1e-6:
             raise InputError(f"floating-point colour cutouts must be display values in [0, 1]; "
                              f"the largest is {top:g} (divide 8-bit values by 255, or pass them "
