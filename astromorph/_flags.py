@@ -11,7 +11,8 @@ class Flag(enum.IntFlag):
     OFF_IMAGE = 1
     #: The stamp runs over the image edge; the missing part was filled.
     EDGE = 2
-    #: NaN, inf or BLANK pixels (or masked ones) above the threshold, filled before scoring.
+    #: NaN, inf, BLANK or masked pixels, or masking sentinels (|value| >= 1e30, e.g. ZTF's
+    #: -3.4e38), above the threshold, filled before scoring.
     BLANK = 4
     #: The image has no (celestial) WCS, so the stamp could not be placed or scaled.
     NO_WCS = 8
