@@ -1,6 +1,8 @@
 """The repository keeps its promises: README commands, CI script, layout."""
 import re
 
+import pytest
+
 from conftest import REPO
 
 
@@ -27,6 +29,24 @@ def test_design_card_layout():
         assert (REPO / path).exists(), path
 
 
+def _pyproject():
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    return tomllib.loads((REPO / "pyproject.toml").read_text())
+
+
+def _requirement_name(requirement):
+    return re.match(r"[A-Za-z0-9_.-]+", requirement).group(0).lower().replace("-", "_")
+
+
+def test_every_required_dependency_is_imported_by_the_package():
+    """A dependency the package never imports belongs in an extra, not in every install."""
+    imported = set()
+    for path in (REPO / "astromorph").rglob("*.py"):
+        imported |= set(re.findall(r"^\s*(?:import|from)\s+(\w+)", path.read_text(), re.M))
+    required = [_requirement_name(r) for r in _pyproject()["project"]["dependencies"]]
+    assert required and not set(required) - imported, "required but never imported"
+
+
 # ------------------------------------------------------------- model cards vs files and reports
 import hashlib  # noqa: E402
 import json  # noqa: E402
@@ -34,7 +54,6 @@ import shutil  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 
-import pytest  # noqa: E402
 
 MODEL_DIRS = sorted(d for d in (REPO / "models").iterdir() if (d / "card.json").is_file())
 
