@@ -1,0 +1,225 @@
+"""The README and docs/ name only things that exist: public names, CLI options and call
+signatures of their Python examples (checked statically: the examples need data)."""
+import argparse
+import ast
+import importlib
+import inspect
+import re
+
+import pytest
+
+from conftest import REPO
+from astromorph.cli import build_parser
+
+PAGES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+#: Pages about other tools' options (``python -m astromorph_training``).
+TRAINING_PAGES = ("training.md", "models.md")
+
+
+def _resolve(dotted):
+    """The object ``astromorph.a.b`` names (importing submodules), or None."""
+    parts = dotted.split(".")
+    obj = importlib.import_module(parts[0])
+    for i, part in enumerate(parts[1:], 2):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            try:
+                obj = importlib.import_module(".".join(parts[:i]))
+            except ImportError:
+                return None
+    return obj
+
+
+def test_every_astromorph_name_in_the_docs_exists():
+    missing = [f"{page.name}: {name}" for page in PAGES
+               for name in sorted(set(re.findall(r"\bastromorph(?:\.[A-Za-z_]\w*)+",
+                                                 page.read_text())))
+               if _resolve(name) is None]
+    assert not missing, missing
+
+
+# ------------------------------------------------------------------------------ command line
+def _options(parser):
+    return {s for a in parser._actions for s in a.option_strings}
+
+
+def _commands():
+    """Options of the top-level parser, and sub-command name -> its options."""
+    parser = build_parser()
+    (sub,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    return _options(parser), {name: _options(p) for name, p in sub.choices.items()}
+
+
+def _shell_snippets(page):
+    """(line number, text) of every shell code line (continuations joined) and inline span."""
+    text = page.read_text()
+    for m in re.finditer(r"^```(?:bash|console|sh)\n(.*?)^```", text, re.S | re.M):
+        first = text[:m.start()].count("\n") + 2
+        joined, start = "", None
+        for n, line in enumerate(m.group(1).splitlines(), first):
+            start = n if start is None else start
+            joined += " " + line.split(" #")[0].rstrip()
+            if not joined.endswith("\\"):
+                yield start, joined.strip()
+                joined, start = "", None
+            else:
+                joined = joined[:-1]
+    for n, line in enumerate(text.splitlines(), 1):
+        for span in re.findall(r"`([^`\n]+)`", line):
+            yield n, span
+
+
+def _option_tokens(text):
+    return re.findall(r"(?<![\w-])(--?[A-Za-z][\w-]*)", text)
+
+
+@pytest.mark.parametrize("page", [p for p in PAGES if p.name not in TRAINING_PAGES],
+                         ids=lambda p: p.name)
+def test_cli_options_in_the_docs_exist(page):
+    """``astromorph SUB ... --opt`` names a sub-command and its options; an inline
+    ``--opt ...`` is an option of some sub-command."""
+    top, commands = _commands()
+    every = top.union(*commands.values())
+    problems = []
+    for n, snippet in ((n, part) for n, line in _shell_snippets(page)
+                       for part in re.split(r"&&|;", line)):
+        m = re.search(r"(?:^|[\s/$])astromorph\s+(-[\w-]+|[a-z][\w-]*(?:[/|][a-z][\w-]*)*)(.*)",
+                      snippet)
+        if m and not m.group(1).startswith("-"):
+            for name in re.split(r"[/|]", m.group(1)):
+                if name not in commands:
+                    problems.append(f"line {n}: no sub-command {name!r}: {snippet}")
+                    continue
+                problems += [f"line {n}: `astromorph {name}` has no {opt}: {snippet}"
+                             for opt in _option_tokens(m.group(2))
+                             if opt not in commands[name] | top]
+        elif snippet.strip().startswith("-"):
+            problems += [f"line {n}: no command has {opt}: {snippet}"
+                         for opt in _option_tokens(snippet) if opt not in every]
+    assert not problems, problems
+
+
+# ----------------------------------------------------------------------- Python examples
+def _python_examples():
+    for page in PAGES:
+        if page.name == "api.md":  # signatures, not calls; generated from the package
+            continue
+        text = page.read_text()
+        for m in re.finditer(r"^```python\n(.*?)^```", text, re.S | re.M):
+            yield pytest.param(m.group(1), id=f"{page.name}:{text[:m.start()].count(chr(10)) + 1}")
+
+
+def _returned_class(func):
+    """The astromorph class a function or method returns, from its numpydoc Returns."""
+    import astromorph
+
+    m = re.search(r"\nReturns\n-+\n(?:\w+ : )?([\w.]+)", inspect.getdoc(func) or "")
+    obj = getattr(astromorph, m.group(1).rsplit(".", 1)[-1], None) if m else None
+    return obj if inspect.isclass(obj) else None
+
+
+class _Checker(ast.NodeVisitor):
+    """Checks the calls of astromorph functions, classes and methods in one example."""
+
+    def __init__(self):
+        self.names = {}  # local name -> ("object", obj) or ("instance", class)
+        self.problems = []
+
+    def visit_Import(self, node):
+        for alias in node.names:
+            if alias.name.split(".")[0] == "astromorph":
+                local = alias.asname or alias.name.split(".")[0]
+                target = alias.name if alias.asname else local
+                self.names[local] = ("object", _resolve(target))
+
+    def visit_ImportFrom(self, node):
+        if (node.module or "").split(".")[0] != "astromorph":
+            return
+        for alias in node.names:
+            obj = _resolve(f"{node.module}.{alias.name}")
+            if obj is None:
+                self.problems.append(f"from {node.module} import {alias.name}: no such name")
+            self.names[alias.asname or alias.name] = ("object", obj)
+
+    def visit_Assign(self, node):
+        self.generic_visit(node)
+        kind = self._value(node.value)
+        for target in node.targets:
+            if isinstance(target, ast.Name):
+                if kind and kind[0] == "instance":
+                    self.names[target.id] = kind
+                else:
+                    self.names.pop(target.id, None)
+
+    def visit_Call(self, node):
+        self.generic_visit(node)
+        self._value(node)
+
+    def _value(self, node):
+        """("object", obj) or ("instance", class) for what ``node`` evaluates to, or None."""
+        if isinstance(node, ast.Name):
+            return self.names.get(node.id)
+        if isinstance(node, ast.Attribute):
+            base = self._value(node.value)
+            if base is None or base[1] is None:
+                return None
+            kind, obj = base
+            if kind == "object" and (inspect.ismodule(obj) or inspect.isclass(obj)):
+                name = f"{obj.__module__ + '.' if inspect.isclass(obj) else ''}{obj.__name__}"
+                attr = _resolve(f"{name}.{node.attr}")
+                if attr is None:
+                    self.problems.append(f"{name} has no {node.attr!r}")
+                return ("object", attr)
+            if kind == "instance":
+                try:
+                    attr = inspect.getattr_static(obj, node.attr)
+                except AttributeError:  # perhaps an instance attribute
+                    return None
+                if inspect.isfunction(attr):
+                    return ("method", (obj, attr))
+            return None
+        if isinstance(node, ast.Call):
+            return self._call(node)
+        return None
+
+    def _call(self, node):
+        func = self._value(node.func)
+        if func is None or func[1] is None:
+            return None
+        kind, obj = func
+        if kind == "method":
+            cls, function = obj
+            self._check(node, function, f"{cls.__name__}.{function.__name__}", extra=1)
+            returned = _returned_class(function)
+            return ("instance", returned) if returned else None
+        if not callable(obj):
+            return None
+        self._check(node, obj, getattr(obj, "__qualname__", repr(obj)))
+        if inspect.isclass(obj):
+            return ("instance", obj)
+        returned = _returned_class(obj)
+        return ("instance", returned) if returned else None
+
+    def _check(self, node, func, name, extra=0):
+        if any(isinstance(a, ast.Starred) for a in node.args) or \
+                any(k.arg is None for k in node.keywords):
+            return
+        try:
+            signature = inspect.signature(func)
+        except (TypeError, ValueError):
+            return
+        try:
+            signature.bind(*[None] * (len(node.args) + extra),
+                           **{k.arg: None for k in node.keywords})
+        except TypeError as exc:
+            self.problems.append(f"{name}{ast.unparse(node)[len(ast.unparse(node.func)):]}: "
+                                 f"{exc}")
+
+
+@pytest.mark.parametrize("code", list(_python_examples()))
+def test_python_examples_call_real_signatures(code):
+    checker = _Checker()
+    checker.visit(ast.parse(code))
+    problems = list(dict.fromkeys(checker.problems))  # a chained call is seen more than once
+    assert not problems, problems
