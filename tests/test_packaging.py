@@ -1,0 +1,54 @@
+"""The wheel holds the package, its data and every shipped model, and nothing else."""
+import json
+import shutil
+import zipfile
+
+import pytest
+
+from conftest import REPO
+
+#: What a wheel is built from (the rest of the checkout must not matter).
+SOURCES = ("pyproject.toml", "README.md", "LICENSE", ".gitignore", "astromorph", "models")
+
+
+def _build_wheel(root, out):
+    pytest.importorskip("hatchling")
+    from hatchling.builders.wheel import WheelBuilder
+
+    return next(WheelBuilder(str(root)).build(directory=str(out), versions=["standard"]))
+
+
+def _expected_files(src):
+    """Wheel paths of the package's modules and data, and of every file a model card names."""
+    expected = {path.relative_to(src).as_posix() for path in (src / "astromorph").rglob("*")
+                if path.is_file() and "__pycache__" not in path.parts}
+    expected.add("astromorph/models/README.md")
+    for card_path in (src / "models").glob("*/card.json"):
+        card = json.loads(card_path.read_text())
+        files = {"card.json", "model.onnx"}
+        if card.get("single_band_graph"):
+            files.add(card["single_band_graph"]["file"])
+        files |= {v["file"] for v in (card.get("variants") or {}).values()}
+        expected |= {f"astromorph/models/{card_path.parent.name}/{f}" for f in files}
+    return expected
+
+
+def test_wheel_holds_the_package_and_the_models_and_nothing_else(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in SOURCES:
+        if (REPO / name).is_dir():
+            shutil.copytree(REPO / name, src / name,
+                            ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        else:
+            shutil.copy2(REPO / name, src / name)
+    # Left-overs the wheel must not ship: an interrupted export and byte code.
+    (src / "models" / "morphology" / "model.tmp.onnx").write_bytes(b"partial")
+    (src / "astromorph" / "__pycache__").mkdir(exist_ok=True)
+    (src / "astromorph" / "__pycache__" / "stale.cpython-311.pyc").write_bytes(b"")
+
+    wheel = _build_wheel(src, tmp_path / "dist")
+    with zipfile.ZipFile(wheel) as zf:
+        names = {n for n in zf.namelist() if ".dist-info/" not in n}
+    expected = _expected_files(src)
+    assert names == expected, (sorted(names - expected), sorted(expected - names))
