@@ -517,6 +517,18 @@ def test_import_without_onnxruntime_or_torch():
     assert out.stdout.strip() == astromorph.__version__
 
 
+
+def test_import_is_light_and_silent():
+    """``import astromorph`` (and its command line) imports no optional dependency, nor scipy
+    or ONNX Runtime: the functions that need them import them; and it warns about nothing."""
+    lazy = ("onnxruntime", "scipy", "matplotlib", "fastavro", "dask", "pandas", "pyarrow", "PIL",
+            "tqdm", "reproject", "torch")
+    code = ("import sys, astromorph, astromorph.cli; "
+            f"print(' '.join(m for m in {lazy!r} if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-W", "error", "-c", code], capture_output=True,
+                         text=True, check=True)
+    assert out.stdout.strip() == ""
+
 def test_package_never_imports_torch():
     offenders = [str(p) for p in (REPO / "astromorph").rglob("*.py")
                  if re.search(r"^\s*(import torch|from torch)", p.read_text(), re.M)]
