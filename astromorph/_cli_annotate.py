@@ -10,7 +10,7 @@ def _read_catalogue(path):
     from ._io import table_format
     from .exceptions import InputError
 
-    fmt = table_format(path)
+    fmt = table_format(path, read=True)
     try:
         if fmt == "ascii.csv":
             return QTable.read(path, format="ascii.csv")

@@ -7,6 +7,7 @@ either the old file or the complete new one, never a partial file, and a
 failure leaves the destination untouched.
 """
 import contextlib
+import importlib
 import logging
 import os
 import shutil
@@ -39,12 +40,15 @@ TABLE_FORMATS = {
 _FITS_LIST_KEYS = ("comments", "comment", "history")
 
 
-def table_format(path):
-    """The astropy ``format=`` for an output table path, from its extension.
+def table_format(path, *, read=False):
+    """The astropy ``format=`` for a table path, from its extension.
 
     Parameters
     ----------
     path : str or os.PathLike
+    read : bool, optional
+        The table is to be read (astropy reads Parquet with pyarrow and pandas)
+        rather than written (with pyarrow).
 
     Returns
     -------
@@ -56,19 +60,20 @@ def table_format(path):
     astromorph.exceptions.InvalidArgumentError
         For an extension that is not in `TABLE_FORMATS`.
     astromorph.exceptions.MissingDependencyError
-        For ``.parquet`` without pyarrow.
+        For ``.parquet`` without pyarrow (or, to read it, pandas).
     """
     name = Path(path).name.lower()
     for ext in sorted(TABLE_FORMATS, key=len, reverse=True):
         if name.endswith(ext):
             fmt = TABLE_FORMATS[ext]
             if fmt == "parquet":
-                try:
-                    import pyarrow  # noqa: F401
-                except ImportError as exc:
-                    raise MissingDependencyError(
-                        f"writing {str(path)!r} needs pyarrow; install it with "
-                        "`pip install 'astromorph[parquet]'`") from exc
+                for module in ("pyarrow", "pandas") if read else ("pyarrow",):
+                    try:
+                        importlib.import_module(module)
+                    except ImportError as exc:
+                        raise MissingDependencyError(
+                            f"{'reading' if read else 'writing'} {str(path)!r} needs {module}; "
+                            "install it with `pip install 'astromorph[parquet]'`") from exc
             return fmt
     raise InvalidArgumentError(
         f"cannot tell the table format of {str(path)!r} from its extension; use one of "

@@ -1,5 +1,6 @@
 """annotate(): WCS cutouts, mosaics, bands, flags, catalogue handling, CLI."""
 import json
+import sys
 
 import numpy as np
 import pytest
@@ -1099,6 +1100,27 @@ def test_cli_annotate(optical_model, tmp_path):
                      "-o", str(tmp_path / "int8.ecsv")]) != 0
     assert not (tmp_path / "int8.ecsv").exists()
 
+
+
+@pytest.mark.parametrize("missing", ["pyarrow", "pandas"])
+def test_cli_parquet_catalogue_without_its_extra(optical_model, tmp_path, monkeypatch, capsys,
+                                                 missing):
+    """astropy reads Parquet with pyarrow and pandas: without either, reading a .parquet
+    catalogue names the module and the extra, as writing one does, instead of a traceback."""
+    pytest.importorskip("pyarrow")
+    pytest.importorskip("pandas")
+    img, w = blobs(), sky_wcs()
+    fits.writeto(tmp_path / "img.fits", img, w.to_header())
+    catalogue(w, [(100, 100)]).write(tmp_path / "cat.parquet")
+    monkeypatch.setitem(sys.modules, missing, None)
+    for argv in (["annotate", str(tmp_path / "cat.parquet"), "-i", str(tmp_path / "img.fits"),
+                  "-m", str(optical_model.path), "-o", str(tmp_path / "out.ecsv")],
+                 ["similar", str(tmp_path / "cat.parquet"), "--query", "0"]):
+        assert cli.main(argv) == 2
+        err = capsys.readouterr().err
+        assert f"reading {str(tmp_path / 'cat.parquet')!r} needs {missing}" in err, err
+        assert "astromorph[parquet]" in err
+    assert not (tmp_path / "out.ecsv").exists()
 
 def test_cli_annotate_int8_on_the_packaged_input(tmp_path):
     """--precision int8 with the shipped morphology model on the packaged HDF crop."""
