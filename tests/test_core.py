@@ -615,6 +615,21 @@ def test_cli_version(capsys):
     assert astromorph.__version__ in capsys.readouterr().out
 
 
+def test_version_is_the_installed_distributions():
+    """``__version__`` (which ``--version`` prints) is the version in the installed package's
+    metadata: the build reads it from the same file."""
+    from importlib import metadata
+
+    try:
+        dist = metadata.distribution("astromorph")
+    except metadata.PackageNotFoundError:
+        pytest.skip("astromorph is not installed")
+    installed = Path(dist.locate_file("astromorph/__init__.py")).resolve()
+    if installed != Path(astromorph.__file__).resolve():
+        pytest.skip("the astromorph imported is not the installed one")
+    assert dist.version == astromorph.__version__
+
+
 def test_cli_models_table(tiny_registry, capsys):
     assert cli.main(["models"]) == 0
     out = capsys.readouterr().out
