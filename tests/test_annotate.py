@@ -91,7 +91,7 @@ def catalogue(w, pix):
 @pytest.mark.parametrize("sip", [False, True])
 def test_cutouts_match_reproject_interp(flip, sip):
     """Stated tolerance: 1e-4 of the image maximum (float32 coordinates)."""
-    from reproject import reproject_interp
+    reproject_interp = pytest.importorskip("reproject").reproject_interp
 
     n = 300
     img = blobs(n, count=80)

@@ -131,7 +131,7 @@ def test_embedding_training_stamps_are_the_inference_input(tmp_path):
 def test_radio_and_realbogus_training_use_the_inference_functions():
     """radio-morphology: the training augmentation at the identity gives the card's
     preprocessing function's output; real-bogus: simulations go through the card's function."""
-    import torch
+    torch = pytest.importorskip("torch")
 
     from astromorph import preprocessing
 
