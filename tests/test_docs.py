@@ -86,7 +86,10 @@ def test_cli_options_in_the_docs_exist(page):
                        for part in re.split(r"&&|;", line)):
         m = re.search(r"(?:^|[\s/$])astromorph\s+(-[\w-]+|[a-z][\w-]*(?:[/|][a-z][\w-]*)*)(.*)",
                       snippet)
-        if m and not m.group(1).startswith("-"):
+        if m and m.group(1).startswith("-"):  # astromorph --version
+            problems += [f"line {n}: `astromorph` has no {opt}: {snippet}"
+                         for opt in _option_tokens(m.group(0)) if opt not in top]
+        elif m:
             for name in re.split(r"[/|]", m.group(1)):
                 if name not in commands:
                     problems.append(f"line {n}: no sub-command {name!r}: {snippet}")
