@@ -99,6 +99,22 @@ def tiny_registry(tiny_model_dir, monkeypatch):
     astromorph.clear_session_cache()
 
 
+def check_parity_reference(path, model):
+    """Run a ``parity_reference.npz`` written by ``astromorph_training`` ``export`` through the
+    ONNX file it names (``model``: name or folder, loaded by `astromorph.load_model`, which
+    checks the file against its card): the file must be the one the reference belongs to and
+    reproduce the torch outputs within the tolerance stored there."""
+    with np.load(path) as f:
+        ref = {k: f[k] for k in f.files}
+    loaded = astromorph.load_model(model, providers="cpu")
+    assert str(ref["onnx_sha256"]) == loaded.sha256, \
+        f"{path} belongs to another file than {model}'s: run `export` again"
+    assert len(ref["input"]) >= 4 and np.ptp(ref["output"]) > 0  # a real comparison
+    out = loaded.predict(ref["input"].astype(np.float32), progress=False)
+    np.testing.assert_allclose(out[str(ref["output_name"])], ref["output"],
+                               atol=float(ref["atol"]), rtol=float(ref["rtol"]))
+
+
 def cuda_available():
     try:
         import onnxruntime

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import DATA_DIR, REPO
+from conftest import DATA_DIR, REPO, check_parity_reference
 
 pytestmark = [
     pytest.mark.training,
@@ -85,6 +85,10 @@ def test_smoke_pipeline(model, tmp_path):
             for done in ("train", "evaluate", "export"):
                 assert f"{model} {done} finished" in run.stderr, run.stderr[-3000:]
     assert _models_state() == before, "a smoke run changed files in models/"
+    # export saved the torch outputs the exported file must reproduce (as the shipped ones do)
+    (reference,) = tmp_path.rglob(f"reports/{model}/parity_reference.npz")
+    (card,) = tmp_path.rglob(f"models/{model}/card.json")
+    check_parity_reference(reference, card.parent)
 
 
 def test_radio_evaluate_exports_a_new_checkpoint_first(tmp_path):

@@ -19,7 +19,8 @@ __all__ = [
     "report_dir", "model_dir", "fit_temperature", "softmax",
     "expected_calibration_error", "ece_noise_floor", "classification_report", "plot_confusion_matrix",
     "plot_reliability", "export_onnx", "write_card", "write_metrics", "check_parity",
-    "sha256sum", "onnx_throughput", "save_checkpoint", "positive_int",
+    "sha256sum", "onnx_throughput", "save_checkpoint", "positive_int", "synthetic_scenes",
+    "parity_raw_inputs", "write_parity_reference", "PARITY_REFERENCE",
 ]
 
 log = logging.getLogger(__name__)
@@ -637,6 +638,11 @@ def check_parity(torch_module, x, name_or_path, *, atol=1e-4, rtol=1e-3, output=
     float
         Largest absolute difference. Raises ``AssertionError`` beyond tolerance.
     """
+    return _parity(torch_module, x, name_or_path, atol=atol, rtol=rtol, output=output)[0]
+
+
+def _parity(torch_module, x, name_or_path, *, atol, rtol, output=None):
+    """`check_parity`'s work; returns (largest difference, output name, torch output)."""
     import astromorph
     import torch
 
@@ -650,6 +656,106 @@ def check_parity(torch_module, x, name_or_path, *, atol=1e-4, rtol=1e-3, output=
     ref = ref.numpy().reshape(np.shape(onnx_out[key]))
     diff = float(np.max(np.abs(ref - onnx_out[key]))) if ref.size else 0.0
     np.testing.assert_allclose(onnx_out[key], ref, atol=atol, rtol=rtol)
+    return diff, key, ref
+
+
+#: File name, in ``training/reports/<name>/``, of the torch outputs the shipped ONNX must reproduce.
+PARITY_REFERENCE = "parity_reference.npz"
+
+
+def synthetic_scenes(n, size, *, channels=1, seed=0):
+    """Redistributable test scenes for parity references, values in [0, 1].
+
+    Elliptical Gaussian sources (random position near the centre, size, axis
+    ratio, angle and colour) on a faint noisy background: no survey pixels, so
+    the references can be committed where the real data cannot.
+
+    Returns
+    -------
+    numpy.ndarray, float32, (n, size, size, channels)
+    """
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size].astype(np.float32) - (size - 1) / 2
+    out = np.empty((n, size, size, channels), np.float32)
+    for k in range(n):  # a handful of scenes, written once per export
+        img = rng.normal(0.03, 0.01, (size, size, channels)).astype(np.float32)
+        for _ in range(rng.integers(1, 4)):
+            x0, y0 = rng.normal(0, size / 10, 2)
+            sigma = rng.uniform(size / 40, size / 8)
+            q, theta = rng.uniform(0.3, 1.0), rng.uniform(0, np.pi)
+            u = (xx - x0) * np.cos(theta) + (yy - y0) * np.sin(theta)
+            v = -(xx - x0) * np.sin(theta) + (yy - y0) * np.cos(theta)
+            blob = np.exp(-0.5 * (u ** 2 + (v / q) ** 2) / sigma ** 2)
+            img += blob[..., None] * rng.uniform(0.2, 0.9) * rng.uniform(0.6, 1.0, channels)
+        out[k] = img
+    return np.clip(out, 0.0, 1.0)
+
+
+def parity_raw_inputs(kind, n=8, *, seed=0):
+    """Raw inputs for `write_parity_reference`, built from `synthetic_scenes`.
+
+    Parameters
+    ----------
+    kind : {"colour", "radio", "triplet"}
+        ``"colour"``: 8-bit colour cutouts (n, 424, 424, 3), as the Galaxy Zoo
+        JPEGs; ``"radio"``: 8-bit data-set images (n, 300, 300), zero below the
+        threshold and 255 at the peak; ``"triplet"``: float science, reference,
+        difference stamps (n, 3, 63, 63) in counts, the science epoch holding a
+        point source the reference lacks.
+    """
+    if kind == "colour":
+        return (synthetic_scenes(n, 424, channels=3, seed=seed) * 255).astype(np.uint8)
+    if kind == "radio":
+        img = np.clip(synthetic_scenes(n, 300, seed=seed)[..., 0] - 0.06, 0.0, None)
+        return np.round(255 * img / img.max(axis=(1, 2), keepdims=True)).astype(np.uint8)
+    if kind == "triplet":
+        rng = np.random.default_rng(seed)
+        ref = 100.0 + 2000.0 * synthetic_scenes(n, 63, seed=seed)[..., 0]
+        yy, xx = np.mgrid[:63, :63] - 31.0
+        point = np.exp(-0.5 * (xx ** 2 + yy ** 2) / 1.5 ** 2) * rng.uniform(50, 2000, (n, 1, 1))
+        sci = ref + point + rng.normal(0, 10, ref.shape)
+        return np.stack([sci, ref, sci - ref], axis=1).astype(np.float32)
+    raise ValueError(f"unknown kind {kind!r}: 'colour', 'radio' or 'triplet'")
+
+
+def write_parity_reference(name, torch_module, x, onnx_path, *, root=None, output=None,
+                           atol=1e-5, rtol=1e-4):
+    """Check torch/ONNX parity on ``x`` and commit the torch outputs as a reference.
+
+    ``training/reports/<name>/parity_reference.npz`` holds the network inputs
+    (rounded to float16 to keep the file small; both sides see the same
+    float32 values), the torch module's outputs and the sha256 of the ONNX file
+    they belong to, so the test suite proves the shipped ONNX reproduces the
+    trained torch model without the (uncommitted) checkpoint.
+
+    Parameters
+    ----------
+    name : str
+        Model name.
+    torch_module : torch.nn.Module
+        The exported module (with its calibration layer).
+    x : numpy.ndarray
+        Network input from astromorph's preprocessing of redistributable raw
+        inputs (never survey data: the file is committed).
+    onnx_path : str or Path
+        The exported ``model.onnx`` (its folder holds the card).
+
+    Returns
+    -------
+    float
+        Largest absolute torch/ONNX difference (``AssertionError`` beyond tolerance).
+    """
+    x = np.asarray(x, np.float32).astype(np.float16)
+    diff, key, ref = _parity(torch_module, x.astype(np.float32), str(Path(onnx_path).parent),
+                             atol=atol, rtol=rtol, output=output)
+    path = report_dir(name, root) / PARITY_REFERENCE
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npz")
+    with os.fdopen(fd, "wb") as f:
+        np.savez_compressed(f, input=x, output=ref.astype(np.float32), output_name=key,
+                            onnx_sha256=sha256sum(onnx_path), atol=atol, rtol=rtol)
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, path)
+    log.info("parity reference %s: %d inputs, max abs diff %.2e", path, len(x), diff)
     return diff
 
 

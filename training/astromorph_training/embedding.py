@@ -1482,6 +1482,9 @@ def export(args):
     files = [Path(args.data_dir) / "gz1" / "images" / f"{i}.jpeg" for i in ids[:16]]
     x = preprocess_colour_cutout(load_jpegs(files))
     diff = _common.check_parity(deployed, x, str(card_path.parent), atol=1e-5, rtol=1e-4)
+    _common.write_parity_reference(
+        NAME, deployed, preprocess_colour_cutout(_common.parity_raw_inputs("colour")), path,
+        root=root)
     log.info("torch vs astromorph ONNX parity: max abs diff %.2e", diff)
     log.info("wrote %s and %s", path, card_path)
     return card_path

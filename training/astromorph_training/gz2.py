@@ -1320,6 +1320,9 @@ def export(args):
     ids, _ = read_votes(args.data_dir)
     x = preprocess_colour_cutout(_gz1.load_jpegs(image_paths(args.data_dir, ids[:16])))
     diff = _common.check_parity(deployed, x, str(card_path.parent), atol=1e-5, rtol=1e-4)
+    _common.write_parity_reference(
+        NAME, deployed, preprocess_colour_cutout(_common.parity_raw_inputs("colour")), path,
+        root=root)
     log.info("torch vs astromorph ONNX parity: max abs diff %.2e; tree check %s", diff, viol)
     log.info("wrote %s and %s", path, card_path)
     return card_path

@@ -1279,6 +1279,9 @@ def export(args):
     try:
         diff = _common.check_parity(deployed, x, str(card_path.parent), atol=1e-5, rtol=1e-4)
         log.info("torch vs astromorph ONNX parity: max abs diff %.2e", diff)
+        _common.write_parity_reference(
+            NAME, deployed, preprocess_colour_cutout(_common.parity_raw_inputs("colour")), path,
+            root=root)
     except (ImportError, AttributeError) as exc:  # astromorph core not ready yet
         log.warning("astromorph parity check skipped: %s", exc)
     log.info("wrote %s and %s", path, card_path)

@@ -1111,6 +1111,9 @@ def export(args):
             metrics = _card_metrics(old)
     n_params = sum(p.numel() for p in net.parameters())
     _write_card(_card(temperature, info, metrics, smoke, n_params), dirs["model"])
+    _common.write_parity_reference(
+        NAME, _calibrated(net, temperature),
+        preprocess_dataset_image(_common.parity_raw_inputs("radio")), path, root=dirs["root"])
     LOG.info("exported %s (T = %.4f, %.1f kB)", path, temperature, path.stat().st_size / 1e3)
     return path
 

@@ -1067,6 +1067,8 @@ def export(args):
     # parity on raw real triplets (through the shipped preprocessing) and on sims
     xp, _ = preprocess_triplet(X)
     diff = common.check_parity(model, xp, mdir if args.smoke else NAME, atol=1e-5, rtol=1e-4)
+    common.write_parity_reference(NAME, model, preprocess_triplet(common.parity_raw_inputs("triplet"))[0],
+                                  path, root=dirs["root"])
     thr_s = common.onnx_throughput(path, (3, sim.SIZE, sim.SIZE), batch=256, threads=2, repeats=3 if args.smoke else 10)
     onnx_info = {"size_bytes": path.stat().st_size, "parity_max_abs_diff_209_real_alerts": diff,
                  "throughput_triplets_per_s_2_threads_batch_256": thr_s,
