@@ -208,7 +208,9 @@ class SkyImage:
         (`plan_samples`), for as many samples as the image has pixels, while
         all such copies together stay within `RESIDENT_MAX_BYTES` (the tiles
         of a large mosaic share it); a sparse catalogue on a large image
-        keeps reading only the pages under its stamps.
+        keeps reading only the pages under its stamps (through `take`
+        for big-endian data, since `scipy.ndimage.map_coordinates` would copy
+        the whole image to native byte order at each call).
         """
         with self.lock:
             self._sampled += int(n_samples)
@@ -228,7 +230,9 @@ class SkyImage:
                     self._declined = True
             if self._resident is not None:
                 return self._resident
-            return self.data if self.plain else None
+            # a big-endian memory map (every FITS float image) would be copied whole into
+            # native order by map_coordinates at each call: gather its pages with `take`
+            return self.data if self.plain and self.data.dtype.isnative else None
 
     def level(self, fy, fx):
         """This image block-averaged by ``fy`` rows and ``fx`` columns (NaN-aware), cached."""
@@ -413,9 +417,10 @@ def _bilinear(image, xy, out=None):
     (n: ``image.extent``).
 
     Like ``reproject_interp``, points in the outer half pixel take the edge
-    value. Float data go through `scipy.ndimage.map_coordinates`, which reads
-    a memory map page by page, scaled integer data through `SkyImage.take`,
-    until `SkyImage.resident` has read the image whole.
+    value. Native float data go through `scipy.ndimage.map_coordinates`, which
+    reads a memory map page by page; big-endian (FITS) and scaled integer data
+    through `SkyImage.take`, which gathers only the pixels asked for, until
+    `SkyImage.resident` has read the image whole.
 
     Returns the samples (written into ``out`` if given), shape ``xy.shape[1:]``,
     and the number of points of each stamp that lie inside the image (its

@@ -555,6 +555,36 @@ def test_bands_with_different_wcs_give_a_colour_stamp_aligned_on_the_sky(optical
     assert np.abs(bad["opt_p_a"] - ref["opt_p_a"]).max() > 5 * np.abs(out["opt_p_a"] - ref["opt_p_a"]).max()
 
 
+def test_big_endian_memory_map_is_not_copied_whole(tmp_path, monkeypatch):
+    """A FITS float image (big-endian, memory-mapped) that is not read whole is sampled by
+    gathering the pixels under the stamps: never handed to map_coordinates, which copies
+    the whole image to native byte order at each call (GBs for a large image)."""
+    import scipy.ndimage
+
+    from astromorph import _cutouts
+
+    img, w = blobs(), sky_wcs()
+    path = tmp_path / "image.fits"
+    fits.writeto(path, img.astype(">f4"), w.to_header())
+    monkeypatch.setattr(_cutouts, "RESIDENT_MAX_BYTES", 0)
+    seen = []
+    original = scipy.ndimage.map_coordinates
+
+    def spy(input, *args, **kwargs):
+        seen.append(np.asarray(input).dtype)
+        return original(input, *args, **kwargs)
+
+    monkeypatch.setattr(scipy.ndimage, "map_coordinates", spy)
+    [im] = parse_sky_images(str(path))
+    assert _is_memory_mapped(im.data) and im.plain
+    c = w.pixel_to_world(*np.random.default_rng(3).uniform(-5, 205, (2, 30)))
+    got = cut_stamps(im, c.ra.deg, c.dec.deg, size=SIZE, pixel_scale=SCALE)
+    assert all(dtype.isnative for dtype in seen), seen
+    ref = cut_stamps(SkyImage(img.astype(np.float32), w), c.ra.deg, c.dec.deg, size=SIZE,
+                     pixel_scale=SCALE)
+    np.testing.assert_allclose(got.stamps, ref.stamps, rtol=1e-6, atol=1e-6, equal_nan=True)
+
+
 # ------------------------------------------------------------------ annotate
 def test_annotate_columns_flags_and_meta(optical_model):
     n = 200
@@ -1239,7 +1269,7 @@ def test_whole_image_copies_share_one_budget(tmp_path, monkeypatch):
     monkeypatch.setattr(_cutouts, "_resident_bytes", [0])
     [a], [b] = parse_sky_images(str(path)), parse_sky_images(str(path))
     assert a.resident(img.size) is not None and a.resident(0).dtype == np.float32
-    assert b.resident(img.size) is b.data  # over the budget: sampled from the memory map
+    assert b.resident(img.size) is None  # over the budget: gathered from the memory map
     del a
     gc.collect()
     assert _cutouts._resident_bytes == [0]
