@@ -1,6 +1,7 @@
 """One parser for every way of passing sky images: paths, HDUs, NDData, (array, WCS)."""
 import contextlib
 import logging
+import mmap
 import os
 import re
 import warnings
@@ -125,14 +126,27 @@ def _from_hdul(hdul, name, *, hold=None, spans=None):
     return images
 
 
+def _memory_mapped(array):
+    """Whether ``array`` is a view of a memory map (of a file's bytes as they are)."""
+    while array is not None:
+        if isinstance(array, (np.memmap, mmap.mmap)):
+            return True
+        array = getattr(array, "base", None)
+    return False
+
+
 def _from_path(path):
     name = os.fspath(path)
     if not os.path.exists(name):
         raise InputError(f"image {name!r} does not exist")
     hdul = _open_fits(name)
 
-    def span(k, hdu):  # uncompressed HDUs: the bytes in the file are the array
-        return None if isinstance(hdu, fits.CompImageHDU) else (name, hdul.fileinfo(k)["datLoc"])
+    def span(k, hdu):  # memory-mapped HDUs: the bytes in the file are the array
+        # (not so in a tile-compressed HDU, nor in a gzipped file, which astropy
+        # decompresses into memory)
+        if isinstance(hdu, fits.CompImageHDU) or not _memory_mapped(hdu.data):
+            return None
+        return name, hdul.fileinfo(k)["datLoc"]
 
     return _from_hdul(hdul, name, hold=hdul, spans=span)
 

@@ -585,6 +585,27 @@ def test_big_endian_memory_map_is_not_copied_whole(tmp_path, monkeypatch):
     np.testing.assert_allclose(got.stamps, ref.stamps, rtol=1e-6, atol=1e-6, equal_nan=True)
 
 
+def test_gzipped_fits_read_whole_gives_its_pixels(tmp_path):
+    """A gzipped FITS image read whole (a dense catalogue) gives its pixels, not the
+    compressed bytes at the offset where the data would lie in the plain file."""
+    import gzip
+
+    img, w = blobs(), sky_wcs()
+    plain = tmp_path / "two.fits"
+    fits.HDUList([fits.PrimaryHDU(img, w.to_header()),
+                  fits.ImageHDU(2 * img, w.to_header())]).writeto(plain)
+    path = tmp_path / "two.fits.gz"
+    path.write_bytes(gzip.compress(plain.read_bytes()))
+    c = w.pixel_to_world(*np.random.default_rng(4).uniform(10, 190, (2, 30)))
+    for k, im in enumerate(parse_sky_images(str(path))):
+        im.plan_samples(im.data.size)  # dense: read whole
+        got = cut_stamps(im, c.ra.deg, c.dec.deg, size=SIZE, pixel_scale=SCALE)
+        assert im._resident is not None
+        ref = cut_stamps(SkyImage((1 + k) * img, w), c.ra.deg, c.dec.deg, size=SIZE,
+                         pixel_scale=SCALE)
+        np.testing.assert_allclose(got.stamps, ref.stamps, rtol=1e-6, atol=1e-6, equal_nan=True)
+
+
 # ------------------------------------------------------------------ annotate
 def test_annotate_columns_flags_and_meta(optical_model):
     n = 200
