@@ -12,13 +12,20 @@ from astropy.wcs import WCS, FITSFixedWarning
 
 from ._cutouts import SkyImage
 from ._warnings import warn
-from .exceptions import InputError, InvalidArgumentTypeError, UnusableInputWarning
+from .exceptions import (AstromorphWarning, InputError, InvalidArgumentTypeError,
+                         UnusableInputWarning)
 
 __all__ = ["parse_sky_images", "band_of_header", "closing_files"]
 
 log = logging.getLogger(__name__)
 
 _BAND_KEYS = ("BAND", "FILTER", "FILTNAM1", "FILTER1", "FILTNAME")
+#: A compressed image (gzipped file, tile-compressed HDU) is decompressed whole into memory:
+#: one larger than this (bytes) gets an `AstromorphWarning` saying so.
+DECOMPRESS_WARN_BYTES = 1 << 30
+#: First bytes of the whole-file compressions astropy reads (gzip, bzip2, zip, xz).
+_COMPRESSED_MAGIC = (b"\x1f\x8b", b"BZh", b"PK\x03\x04", b"\xfd7zXZ")
+
 _ROLE_NAMES = {"science": "science", "sci": "science", "new": "science",
                "reference": "reference", "ref": "reference", "template": "reference",
                "templ": "reference", "difference": "difference", "diff": "difference"}
@@ -100,11 +107,28 @@ def _open_fits(name):
     return hdul
 
 
-def _from_hdul(hdul, name, *, hold=None, spans=None):
+def _note_decompression(header, name, how):
+    """Say that the image of ``header`` is decompressed whole into memory: a log line, and
+    an `AstromorphWarning` above `DECOMPRESS_WARN_BYTES` (before the memory is taken)."""
+    try:
+        nbytes = abs(int(header["BITPIX"])) // 8 * int(np.prod(
+            [int(header[f"NAXIS{i}"]) for i in range(1, int(header["NAXIS"]) + 1)]))
+    except (KeyError, TypeError, ValueError):  # a bad header fails with its own error later
+        return
+    log.info("%s: %s, decompressed whole into memory (%.0f MB)", name, how, nbytes / 1e6)
+    if nbytes > DECOMPRESS_WARN_BYTES:
+        warn(f"{name}: {how}, so its {nbytes / 2**30:.1f} GiB of pixels are decompressed whole "
+             "into memory (a compressed image cannot be memory-mapped); uncompress it "
+             "(gunzip, funpack) to read only the pages under the stamps", AstromorphWarning)
+
+
+def _from_hdul(hdul, name, *, hold=None, spans=None, compressed_file=False):
     """The 2D image HDUs of ``hdul`` with a celestial WCS, as `SkyImage`.
 
     HDUs that cannot be used are skipped with an `UnusableInputWarning` naming the
-    reason, or, when none is usable, reported in one `InputError`.
+    reason, or, when none is usable, reported in one `InputError`. Compressed images
+    (tile-compressed HDUs; all of them where ``compressed_file``) are noted by
+    `_note_decompression`.
     """
     images, errors = [], []
     for k, hdu in enumerate(hdul):
@@ -112,6 +136,10 @@ def _from_hdul(hdul, name, *, hold=None, spans=None):
             continue
         if hdu.header.get("NAXIS", 0) < 2:
             continue
+        if compressed_file:
+            _note_decompression(hdu.header, f"{name}[{k}]", "a compressed file")
+        elif isinstance(hdu, fits.CompImageHDU):
+            _note_decompression(hdu.header, f"{name}[{k}]", "a tile-compressed image")
         try:
             images.append(_from_hdu(hdu, f"{name}[{k}]", hold=hold,
                                     file_span=None if spans is None else spans(k, hdu)))
@@ -148,7 +176,9 @@ def _from_path(path):
             return None
         return name, hdul.fileinfo(k)["datLoc"]
 
-    return _from_hdul(hdul, name, hold=hdul, spans=span)
+    with open(name, "rb") as f:
+        compressed = f.read(6).startswith(_COMPRESSED_MAGIC)
+    return _from_hdul(hdul, name, hold=hdul, spans=span, compressed_file=compressed)
 
 
 def _parse_one(obj, band=None):

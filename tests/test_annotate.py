@@ -606,6 +606,44 @@ def test_gzipped_fits_read_whole_gives_its_pixels(tmp_path):
         np.testing.assert_allclose(got.stamps, ref.stamps, rtol=1e-6, atol=1e-6, equal_nan=True)
 
 
+def test_compressed_images_say_they_are_decompressed_whole(tmp_path, monkeypatch, caplog):
+    """Gzipped files and tile-compressed HDUs cannot be memory-mapped: a log line says so,
+    and a warning naming the HDU and size above DECOMPRESS_WARN_BYTES; plain files neither."""
+    import gzip
+    import logging
+    import warnings
+
+    from astromorph import _images
+    from astromorph._images import closing_files
+    from astromorph.exceptions import AstromorphWarning
+
+    def parse(name):
+        with closing_files(parse_sky_images(str(tmp_path / name))):
+            pass
+
+    img, w = blobs().astype(np.float32), sky_wcs()
+    fits.writeto(tmp_path / "plain.fits", img, w.to_header())
+    (tmp_path / "image.fits.gz").write_bytes(gzip.compress((tmp_path / "plain.fits").read_bytes()))
+    fits.HDUList([fits.PrimaryHDU(), fits.CompImageHDU(img, w.to_header())]).writeto(
+        tmp_path / "tiles.fits.fz")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with caplog.at_level(logging.INFO, logger="astromorph"):
+            for name in ("plain.fits", "image.fits.gz", "tiles.fits.fz"):
+                parse(name)
+    said = [r.getMessage() for r in caplog.records if "decompressed whole" in r.getMessage()]
+    assert len(said) == 2 and "image.fits.gz[0]: a compressed file" in said[0]
+    assert "tiles.fits.fz[1]: a tile-compressed image" in said[1]
+    monkeypatch.setattr(_images, "DECOMPRESS_WARN_BYTES", img.nbytes - 1)
+    for name, k in (("image.fits.gz", 0), ("tiles.fits.fz", 1)):
+        with pytest.warns(AstromorphWarning, match=rf"{name}\[{k}\]: .*0.0 GiB of pixels are "
+                                                   "decompressed whole into memory"):
+            parse(name)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        parse("plain.fits")
+
+
 # ------------------------------------------------------------------ annotate
 def test_annotate_columns_flags_and_meta(optical_model):
     n = 200
