@@ -1,8 +1,11 @@
 """Opt-out progress bars (tqdm when installed, nothing otherwise)."""
+import logging
 import os
 import sys
 
 __all__ = ["progress_bar"]
+
+log = logging.getLogger(__name__)
 
 #: Set to ``0`` to silence every progress bar.
 PROGRESS_ENV = "ASTROMORPH_PROGRESS"
@@ -32,12 +35,14 @@ def progress_bar(total, *, desc="", unit="it", enabled=None, min_total=2):
     enabled : bool or None
         ``None`` shows the bar when stderr is a terminal, ``total >= min_total``
         and ``$ASTROMORPH_PROGRESS`` is not ``0``; ``True`` forces it (where
-        tqdm is installed), ``False`` hides it.
+        tqdm is installed; without tqdm the work runs without a bar and a
+        warning is logged), ``False`` hides it.
     """
     if enabled is not None:
         from .preprocessing._checks import check_bool
 
         enabled = check_bool(enabled, "progress")
+    asked = enabled is True
     if enabled is None:
         enabled = (os.environ.get(PROGRESS_ENV, "1") != "0" and total >= min_total
                    and sys.stderr.isatty())
@@ -46,5 +51,8 @@ def progress_bar(total, *, desc="", unit="it", enabled=None, min_total=2):
     try:
         from tqdm.auto import tqdm
     except ImportError:
+        if asked:
+            log.warning("progress=True, but tqdm is not installed: no progress bar "
+                        "(pip install 'astromorph[progress]')")
         return _NoBar()
     return tqdm(total=total, desc=desc, unit=unit, leave=False)

@@ -715,3 +715,28 @@ def test_every_model_in_the_repository_is_shipped():
     for name in in_repo:
         assert astromorph.model_card(name)["sha256"] == \
             json.loads((REPO / "models" / name / "card.json").read_text())["sha256"]
+
+
+def test_progress_bar_opt_out_and_without_tqdm(monkeypatch, caplog):
+    """Bars are opt-out ($ASTROMORPH_PROGRESS=0, enabled=False); without tqdm the work runs
+    without one, and an explicit progress=True says why in the log."""
+    import logging
+
+    from astromorph import _progress
+
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)
+    monkeypatch.setenv(_progress.PROGRESS_ENV, "0")
+    assert isinstance(_progress.progress_bar(100), _progress._NoBar)
+    monkeypatch.delenv(_progress.PROGRESS_ENV)
+    assert isinstance(_progress.progress_bar(100, enabled=False), _progress._NoBar)
+    monkeypatch.setitem(sys.modules, "tqdm", None)  # import tqdm raises ImportError
+    monkeypatch.setitem(sys.modules, "tqdm.auto", None)
+    with caplog.at_level(logging.WARNING, logger="astromorph"):
+        with _progress.progress_bar(100) as bar:  # automatic: silent
+            bar.update(5)
+        assert not caplog.records
+        with _progress.progress_bar(100, enabled=True) as bar:
+            bar.update(5)
+    assert [r.getMessage() for r in caplog.records] == [
+        "progress=True, but tqdm is not installed: no progress bar "
+        "(pip install 'astromorph[progress]')"]
