@@ -143,6 +143,21 @@ def test_exact_search_matches_brute_force(chunk):
     assert np.all(np.diff(sim, axis=1) <= 1e-7)
 
 
+
+@pytest.mark.parametrize("chunk", [3, 40, 1 << 24])  # 3, 40 and all rows per block
+def test_tied_neighbours_come_in_row_order(chunk):
+    """Duplicate vectors (equal similarities) are returned lowest row first, the same for
+    any chunking, also where the k-th place falls among them."""
+    x = unit_rows(60, 8)
+    dups = [7, 13, 21, 22, 40, 51, 58]
+    x[dups] = x[5]
+    index = SimilarityIndex(x, chunk_elements=chunk)
+    for k in (3, 8, 12):
+        rows, sim = index.search(x[5], k=k)
+        assert rows[0, :min(k, 8)].tolist() == [5, *dups][:k]
+        rows, sim = index.search(np.stack([x[5], x[0]]), k=k, exclude=[[5], [0]])
+        assert rows[0, :min(k, 7)].tolist() == dups[:k]
+
 def test_search_normalises_excludes_and_skips_unusable_rows():
     x = unit_rows(300, 8) * np.random.default_rng(1).uniform(0.5, 3, (300, 1)).astype(np.float32)
     x[10] = np.nan
@@ -168,6 +183,10 @@ def test_search_rejects_bad_queries():
     index = SimilarityIndex(unit_rows(10, 4))
     with pytest.raises(InvalidArgumentError):
         index.search(np.zeros(4), k=3)
+    queries = unit_rows(8, 4)
+    queries[2], queries[6] = 0.0, np.nan
+    with pytest.raises(InvalidArgumentError, match=r"2 of 8 are not \(query 2, 6\)"):
+        index.search(queries, k=3)
     with pytest.raises(InvalidArgumentError):
         index.search(np.ones(5), k=3)
     with pytest.raises(InvalidArgumentError):

@@ -36,16 +36,35 @@ def _whole(value, name):
     raise InvalidArgumentError(f"{name} must be a whole number, got {value!r}")
 
 
-def _topk(sim, k):
-    """Column indices of the ``k`` largest entries of every row of ``sim``, best first."""
+def _topk(sim, k, rows=None):
+    """Column indices of the ``k`` largest entries of every row of ``sim``, best first;
+    equal entries by increasing ``rows`` (same shape as ``sim``; default: the column), so
+    that tied neighbours (duplicate vectors) come in row order, whatever the chunking."""
     n = sim.shape[1]
     k = min(k, n)
+    if rows is None:
+        rows = np.broadcast_to(np.arange(n), sim.shape)
     if k < n:
         part = np.argpartition(sim, n - k, axis=1)[:, n - k:]
+        # entries equal to the k-th largest that the partition left out may have lower
+        # rows than those it kept: sort those (rare) queries whole (ties at -inf are
+        # missing neighbours, returned as -1 whatever their order)
+        kept = np.take_along_axis(sim, part, axis=1)
+        kth = kept.min(axis=1, keepdims=True)
+        tied = np.isfinite(kth[:, 0]) & ((sim == kth).sum(axis=1) > (kept == kth).sum(axis=1))
+        for q in np.flatnonzero(tied):
+            part[q] = np.lexsort((rows[q], -sim[q]))[:k]
     else:
         part = np.broadcast_to(np.arange(n), sim.shape).copy()
-    order = np.argsort(-np.take_along_axis(sim, part, axis=1), axis=1, kind="stable")
-    return np.take_along_axis(part, order, axis=1)
+    top = np.take_along_axis(sim, part, axis=1)
+    order = np.argsort(-top, axis=1, kind="stable")
+    part = np.take_along_axis(part, order, axis=1)
+    # equal neighbours out of row order: sort those (rare) queries by similarity, then row
+    top, top_rows = np.take_along_axis(top, order, axis=1), np.take_along_axis(rows, part, axis=1)
+    unordered = ((top[:, 1:] == top[:, :-1]) & (top_rows[:, 1:] < top_rows[:, :-1])).any(axis=1)
+    for q in np.flatnonzero(unordered):
+        part[q] = part[q][np.lexsort((top_rows[q], -top[q]))]
+    return part
 
 
 def _chunk_candidates(sim, k, best_sim):
@@ -104,7 +123,7 @@ class _Exact:
             new_sim, new_idx = _chunk_candidates(sim, k, best_sim)
             cand_sim = np.concatenate([best_sim, new_sim], axis=1)
             cand_idx = np.concatenate([best_idx, new_idx + start], axis=1)
-            keep = _topk(cand_sim, k)
+            keep = _topk(cand_sim, k, cand_idx)
             best_sim = np.take_along_axis(cand_sim, keep, axis=1)
             best_idx = np.take_along_axis(cand_idx, keep, axis=1)
         return best_idx, best_sim
@@ -283,8 +302,9 @@ class SimilarityIndex:
         Returns
         -------
         rows : numpy.ndarray of int64, (Q, k)
-            Row numbers, most similar first (``-1`` where fewer than ``k``
-            rows could be returned).
+            Row numbers, most similar first, equal similarities (e.g.
+            duplicate vectors) by row number with the exact backend (``-1``
+            where fewer than ``k`` rows could be returned).
         similarity : numpy.ndarray of float32, (Q, k)
             Cosine similarities (``-inf`` for missing neighbours).
         """
@@ -296,8 +316,12 @@ class SimilarityIndex:
             raise InvalidArgumentError(f"query vectors have dimension {q.shape[1]}, the index "
                                        f"{self.dim}")
         norms = np.linalg.norm(q, axis=1, keepdims=True)
-        if not np.all(np.isfinite(norms)) or np.any(norms == 0):
-            raise InvalidArgumentError("query vectors must be finite and non-zero")
+        unusable = np.flatnonzero(~(np.isfinite(norms[:, 0]) & (norms[:, 0] > 0)))
+        if len(unusable):
+            raise InvalidArgumentError(
+                f"query vectors must be finite and non-zero; {len(unusable)} of {len(q)} are "
+                f"not (query {', '.join(map(str, unusable[:5]))}"
+                f"{', ...' if len(unusable) > 5 else ''})")
         q = q / norms
         if exclude is not None and (isinstance(exclude, (str, bytes)) or not all(
                 np.iterable(e) and not isinstance(e, (str, bytes))
