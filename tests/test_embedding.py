@@ -158,6 +158,28 @@ def test_tied_neighbours_come_in_row_order(chunk):
         rows, sim = index.search(np.stack([x[5], x[0]]), k=k, exclude=[[5], [0]])
         assert rows[0, :min(k, 7)].tolist() == dups[:k]
 
+
+def test_many_queries_with_a_large_k_are_searched_in_bounded_blocks(monkeypatch):
+    """The running top k of all queries (queries x k) is bounded by chunk_elements as the
+    similarity blocks are: many queries with k near the number of rows are taken a few
+    at a time, with the same result as a brute-force sort."""
+    from astromorph.embeddings import _index
+
+    sizes = []
+    original = _index._topk
+
+    def spy(sim, k, rows=None):
+        sizes.append(sim.size)
+        return original(sim, k, rows)
+
+    monkeypatch.setattr(_index, "_topk", spy)
+    x, q = unit_rows(200, 8), unit_rows(50, 8, seed=3)
+    rows, sim = SimilarityIndex(x, chunk_elements=1000).search(q, k=150)
+    assert max(sizes) <= 2 * 1000
+    full = q @ x.T
+    np.testing.assert_allclose(sim, -np.sort(-full, axis=1)[:, :150], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(np.take_along_axis(full, rows, 1), sim, rtol=1e-5, atol=1e-6)
+
 def test_search_normalises_excludes_and_skips_unusable_rows():
     x = unit_rows(300, 8) * np.random.default_rng(1).uniform(0.5, 3, (300, 1)).astype(np.float32)
     x[10] = np.nan

@@ -104,6 +104,16 @@ class _Exact:
 
     def search(self, q, k, exclude):
         n = len(self.vectors)
+        # Queries per pass: their running top k (queries x k) stays under chunk_elements
+        # too (many queries with a large k would otherwise hold several such blocks)
+        per_pass = max(1, self.chunk_elements // max(1, min(k, n)))
+        if len(q) > per_pass:
+            rows = np.empty((len(q), min(k, n)), np.int64)
+            sims = np.empty((len(q), min(k, n)), np.float32)
+            for s in range(0, len(q), per_pass):
+                rows[s:s + per_pass], sims[s:s + per_pass] = self.search(
+                    q[s:s + per_pass], k, None if exclude is None else exclude[s:s + per_pass])
+            return rows, sims
         # Rows per chunk: the (queries x rows) similarity block stays under chunk_elements
         # (a single query over millions of rows is one matrix-vector product).
         step = max(1, self.chunk_elements // max(1, len(q)))
@@ -201,8 +211,10 @@ class SimilarityIndex:
         ``"hnswlib"``: an approximate HNSW graph (needs the package);
         ``"auto"``: the first of those installed, else exact.
     chunk_elements : int, optional
-        Largest block of similarities (rows x queries) the exact backend
-        holds at once (bounds memory: 4 bytes each).
+        Largest block of similarities (rows x queries), and of running
+        top-k neighbours (queries x k), the exact backend holds at once
+        (bounds its working memory to a small multiple of 4 bytes each;
+        many queries are taken a few at a time).
 
     Notes
     -----
@@ -338,14 +350,13 @@ class SimilarityIndex:
                                            f"has {len(self)} rows)")
             exclude = [{r % len(self) for r in e} for e in exclude]
         if self.backend == "exact":
-            idx, sim = self._backend.search(q, k, exclude)
-            missing = ~np.isfinite(sim)
-            idx = np.where(missing, -1, idx)
+            idx, sim = self._backend.search(q, k, exclude)  # new arrays: changed in place
+            idx[~np.isfinite(sim)] = -1
             if idx.shape[1] < k:  # fewer rows than k
                 pad = k - idx.shape[1]
                 idx = np.pad(idx, ((0, 0), (0, pad)), constant_values=-1)
                 sim = np.pad(sim, ((0, 0), (0, pad)), constant_values=-np.inf)
-            return idx, sim.astype(np.float32)
+            return idx, sim.astype(np.float32, copy=False)
         # approximate backends index only valid rows: map to and from table rows
         local_ex = None
         if exclude is not None:
