@@ -168,6 +168,15 @@ def _from_path(path):
     if not os.path.exists(name):
         raise InputError(f"image {name!r} does not exist")
     hdul = _open_fits(name)
+    try:
+        return _images_of_file(hdul, name)
+    except BaseException:
+        hdul.close()
+        raise
+
+
+def _images_of_file(hdul, name):
+    """The `SkyImage` of the FITS file ``name`` opened as ``hdul`` (kept open by them)."""
 
     def span(k, hdu):  # memory-mapped HDUs: the bytes in the file are the array
         # (not so in a tile-compressed HDU, nor in a gzipped file, which astropy
@@ -254,8 +263,18 @@ def parse_sky_images(images, *, bands=None):
     -------
     list of SkyImage
     """
+    out = []
+    try:
+        _parse_into(out, images, bands)
+    except BaseException:
+        with closing_files(out):  # the files opened before the failure
+            raise
+    return out
+
+
+def _parse_into(out, images, bands):
+    """`parse_sky_images`, appending to ``out`` (which holds what was parsed if it raises)."""
     if isinstance(images, dict):
-        out = []
         for band, value in images.items():
             values = value if isinstance(value, (list, tuple)) and not (
                 isinstance(value, fits.HDUList)
@@ -265,7 +284,7 @@ def parse_sky_images(images, *, bands=None):
                 out.extend(_parse_one(v, str(band).lower()))
         if not out:
             raise InputError("no images given (an empty dict, or bands without images)")
-        return out
+        return
     if not isinstance(images, (list, tuple)) or isinstance(images, fits.HDUList) or (
             isinstance(images, tuple) and len(images) == 2 and isinstance(images[1], (WCS, fits.Header))):
         images = [images]
@@ -274,9 +293,7 @@ def parse_sky_images(images, *, bands=None):
                                        f"{bands!r}")
     if bands is not None and len(bands) != len(images):
         raise InputError(f"got {len(bands)} band names for {len(images)} images")
-    out = []
     for k, obj in enumerate(images):
         out.extend(_parse_one(obj, None if bands is None else str(bands[k]).lower()))
     if not out:
         raise InputError("no images given")
-    return out

@@ -644,6 +644,38 @@ def test_compressed_images_say_they_are_decompressed_whole(tmp_path, monkeypatch
         parse("plain.fits")
 
 
+
+def test_files_opened_before_a_bad_image_are_closed(tmp_path, monkeypatch):
+    """An image list that fails part-way (a file without WCS, a missing file) closes the
+    FITS files it had opened (they used to stay open, memory map and all, until the
+    garbage collector found them)."""
+    from astromorph import _images
+
+    img, w = blobs().astype(np.float32), sky_wcs()
+    fits.writeto(tmp_path / "good.fits", img, w.to_header())
+    fits.writeto(tmp_path / "nowcs.fits", img)
+    opened, closed = [], set()
+    original_open, original_close = _images._open_fits, fits.HDUList.close
+
+    def spy_open(name):
+        hdul = original_open(name)
+        opened.append(hdul)
+        return hdul
+
+    def spy_close(self, *args, **kwargs):
+        closed.add(id(self))
+        return original_close(self, *args, **kwargs)
+
+    monkeypatch.setattr(_images, "_open_fits", spy_open)
+    monkeypatch.setattr(fits.HDUList, "close", spy_close)
+    for images in ([tmp_path / "good.fits", tmp_path / "nowcs.fits"],
+                   {"g": tmp_path / "good.fits", "r": tmp_path / "missing.fits"},
+                   tmp_path / "nowcs.fits"):
+        opened.clear()
+        with pytest.raises(InputError):
+            parse_sky_images(images)
+        assert opened and all(id(h) in closed for h in opened)
+
 # ------------------------------------------------------------------ annotate
 def test_annotate_columns_flags_and_meta(optical_model):
     n = 200
