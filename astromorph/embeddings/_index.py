@@ -249,9 +249,10 @@ class SimilarityIndex:
         valid = np.isfinite(norms) & (norms > 0)
         self.valid = valid
         if not (valid.all() and np.allclose(norms, 1.0, atol=1e-4)):
-            # a normalised copy; unusable rows become zero vectors (never returned)
-            x = np.where(valid[:, None], x / np.where(valid, norms, 1.0)[:, None], 0.0)
-            x = np.ascontiguousarray(x, dtype=np.float32)
+            # a normalised copy (one: changed in place); unusable rows become zero vectors
+            # (never returned)
+            x = np.divide(x, np.where(valid, norms, 1.0)[:, None], dtype=np.float32)
+            x[~valid] = 0.0
         self.vectors = x
         self.table = table
         self.dim = self.vectors.shape[1]
