@@ -15,8 +15,9 @@ Its pixel centres are mapped into the image in one go:
    does, with a vectorised gather of the four neighbours from the flat,
    memory-mapped data; where a stamp pixel covers several image pixels the
    image is first block-averaged by that factor along each axis (an image
-   pyramid, made once per image and factors) so that downsampling does not
-   alias.
+   pyramid, made once per image and factors; for a sparse catalogue on a
+   memory-mapped image, the blocks under the stamps alone) so that
+   downsampling does not alias.
 
 No step loops over sources in Python: sources are processed in chunks of
 array operations, and only the image pages under the stamps are read.
@@ -235,16 +236,32 @@ class SkyImage:
             return self.data if self.plain and self.data.dtype.isnative else None
 
     def level(self, fy, fx):
-        """This image block-averaged by ``fy`` rows and ``fx`` columns (NaN-aware), cached."""
+        """This image block-averaged by ``fy`` rows and ``fx`` columns (NaN-aware), cached.
+
+        A block-averaged copy (one pass over the image) where the image is in
+        memory or the stamps will sample it densely (`plan_samples`: at least an
+        eighth of its pixels over ``fy * fx``); otherwise a `_BinnedView`, which
+        averages only the blocks under the stamps, so that a sparse catalogue
+        does not read a memory-mapped image whole nor hold a copy of a quarter of
+        it per tile.
+        """
         if fy == fx == 1:
             return self
         with self.lock:
-            if (fy, fx) not in self._levels:
-                binned = SkyImage(self._strips(fy, fx), None,
-                                  name=f"{self.name}/{fy}x{fx}", band=self.band)
-                binned.extent = (self.shape[0] / fy, self.shape[1] / fx)
-                self._levels[fy, fx] = binned
-            return self._levels[fy, fx]
+            cached = self._levels.get((fy, fx))
+            # on demand, each stamp pixel gathers 4 * fy * fx image pixels (bilinear
+            # sampling of block means): a copy is cheaper where that reaches the image size
+            dense = (self._resident is not None or 8 * fy * fx
+                     * max(self._sampled, self._planned) >= self.data.size)
+            if cached is None or (dense and isinstance(cached, _BinnedView)):
+                if dense:
+                    cached = SkyImage(self._strips(fy, fx), None,
+                                      name=f"{self.name}/{fy}x{fx}", band=self.band)
+                    cached.extent = (self.shape[0] / fy, self.shape[1] / fx)
+                else:
+                    cached = _BinnedView(self, fy, fx)
+                self._levels[fy, fx] = cached
+            return cached
 
     def _read_whole(self):
         """Native float32 copy of an uncompressed FITS image by one read call, or None.
@@ -306,6 +323,39 @@ class SkyImage:
             with np.errstate(invalid="ignore", divide="ignore"):
                 out[y0 // fy:y0 // fy + rows] = np.where(count > 0, total / count, np.nan)
         return out
+
+
+class _BinnedView:
+    """A `SkyImage` block-averaged by ``fy`` rows and ``fx`` columns (NaN-aware, as
+    `SkyImage.level`'s copy, partial blocks at the top and right edges included), computed
+    on demand from the blocks that `take` is asked for."""
+
+    def __init__(self, image, fy, fx):
+        self.image, self.fy, self.fx = image, int(fy), int(fx)
+        self.shape = (-(-image.shape[0] // fy), -(-image.shape[1] // fx))
+        self.extent = (image.shape[0] / fy, image.shape[1] / fx)
+        self.name, self.band = f"{image.name}/{fy}x{fx}", image.band
+
+    def resident(self, n_samples):
+        return None  # sampled through `take`
+
+    def take(self, flat_index):
+        """Block means (float32; NaN where a block has no finite pixel) at flat indices."""
+        (ny, nx), fy, fx = self.image.shape, self.fy, self.fx
+        y, x = np.divmod(np.asarray(flat_index, np.int64), self.shape[1])
+        total = np.zeros(np.shape(flat_index), np.float32)
+        count = np.zeros(np.shape(flat_index), np.int32)
+        for dy in range(fy):  # fy * fx gathers of whole arrays, not a loop over sources
+            for dx in range(fx):
+                sy, sx = y * fy + dy, x * fx + dx
+                inside = (sy < ny) & (sx < nx)  # partial blocks: the pixels they have
+                v = np.full(np.shape(flat_index), np.nan, np.float32)
+                v[inside] = self.image.take(sy[inside] * nx + sx[inside])
+                good = np.isfinite(v)
+                total += np.where(good, v, 0)
+                count += good
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(count > 0, total / count, np.nan).astype(np.float32)
 
 
 class StampResult:

@@ -676,6 +676,67 @@ def test_files_opened_before_a_bad_image_are_closed(tmp_path, monkeypatch):
             parse_sky_images(images)
         assert opened and all(id(h) in closed for h in opened)
 
+
+@pytest.mark.parametrize("dtype", [">f4", "int16"])
+def test_sparse_downsampled_stamps_do_not_read_the_image_whole(tmp_path, monkeypatch, dtype):
+    """Stamps coarser than the image (block-averaged first) of a few sources on a
+    memory-mapped image average only the blocks under them: no block-averaged copy of the
+    whole image (a pass over all of it, and a quarter of it held per tile); the stamps
+    equal those from the copy, which a dense catalogue still gets."""
+    from astromorph import _cutouts
+
+    img, w = blobs(), sky_wcs()
+    path = tmp_path / "image.fits"
+    hdu = fits.PrimaryHDU(img.astype(np.float64) if dtype == "int16" else img.astype(dtype),
+                          header=w.to_header())
+    if dtype == "int16":
+        hdu.scale("int16", bscale=1e-3, bzero=10.0)
+        hdu.header["BLANK"] = -32768
+        hdu.data[40:60, 40:60] = -32768  # blank pixels
+    else:
+        hdu.data[40:60, 40:60] = np.nan
+    hdu.writeto(path)
+    copies = []
+    original = _cutouts.SkyImage._strips
+
+    def spy(self, fy=1, fx=1):
+        copies.append((fy, fx))
+        return original(self, fy, fx)
+
+    monkeypatch.setattr(_cutouts.SkyImage, "_strips", spy)
+    c = w.pixel_to_world([50.0, 120.0, 150.0], [50.0, 80.0, 160.0])
+    stamps = {}
+    for dense in (False, True):
+        [im] = parse_sky_images(str(path))
+        if dense:
+            im.plan_samples(im.data.size)
+        stamps[dense] = cut_stamps(im, c.ra.deg, c.dec.deg, size=SIZE, pixel_scale=1.0)
+        assert copies == ([(2, 2)] if dense else [])  # 1"/px on 0.4"/px: blocks of 2 x 2
+    np.testing.assert_allclose(stamps[False].stamps, stamps[True].stamps, rtol=1e-5,
+                               atol=1e-6, equal_nan=True)
+    np.testing.assert_array_equal(stamps[False].blank, stamps[True].blank)
+    assert np.isnan(stamps[False].stamps[0]).any() and stamps[False].blank[0] > 0
+
+
+
+@pytest.mark.parametrize("fy, fx", [(2, 2), (2, 3), (3, 1), (4, 5)])
+def test_binned_view_equals_the_block_averaged_copy(tmp_path, fy, fx):
+    """The on-demand block means of a sparse catalogue are the block-averaged copy's, partial
+    blocks at the top and right edges and NaN pixels included, for any pair of factors."""
+    from astromorph._cutouts import _BinnedView
+
+    img = np.random.default_rng(4).normal(size=(103, 97)).astype(">f4")
+    img[10:13, 20:29] = np.nan
+    img[-1, -1] = np.nan
+    path = tmp_path / "odd.fits"
+    fits.writeto(path, img, sky_wcs(97).to_header())
+    [im] = parse_sky_images(str(path))
+    view = _BinnedView(im, fy, fx)
+    copy = im._strips(fy, fx)
+    assert view.shape == copy.shape and view.extent == (103 / fy, 97 / fx)
+    np.testing.assert_allclose(view.take(np.arange(copy.size)), copy.ravel(), rtol=1e-5, atol=1e-6,
+                               equal_nan=True)
+
 # ------------------------------------------------------------------ annotate
 def test_annotate_columns_flags_and_meta(optical_model):
     n = 200
