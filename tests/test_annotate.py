@@ -88,6 +88,16 @@ def catalogue(w, pix):
     return Table({"id": np.arange(len(pix)), "ra": c.ra.deg, "dec": c.dec.deg})
 
 
+def image_hdu(img, w, dtype):
+    """``img`` as a FITS HDU of ``dtype``: float as it is, "int16" scaled (BSCALE 1e-3,
+    BZERO 10) as survey pipelines store images."""
+    hdu = fits.PrimaryHDU(img.astype(np.float64) if dtype == "int16" else img.astype(dtype),
+                          header=w.to_header())
+    if dtype == "int16":
+        hdu.scale("int16", bscale=1e-3, bzero=10.0)
+    return hdu
+
+
 def reprojected_stamps(img, w, coords):
     """Independent reference: ``reproject_interp`` (bilinear) of ``img`` onto a north-up
     TAN grid of 2 * SIZE pixels of SCALE arcsec centred on each of ``coords``."""
@@ -416,7 +426,7 @@ def test_resampling_conserves_surface_brightness(scale):
     flux: a uniform image stays uniform, and the flux of a Gaussian is the stamp's sum times
     the stamp-to-image pixel area ratio, upsampled (EXTRAPOLATED, 0.2" on 0.4" pixels) or
     downsampled (block-averaged, 1.3" on 0.4" pixels)."""
-    from reproject import reproject_adaptive
+    reproject_adaptive = pytest.importorskip("reproject").reproject_adaptive
 
     w = sky_wcs(400, rot=30)
     image = SkyImage(np.full((400, 400), 7.0, np.float32), w)
@@ -689,10 +699,8 @@ def test_sparse_downsampled_stamps_do_not_read_the_image_whole(tmp_path, monkeyp
 
     img, w = blobs(), sky_wcs()
     path = tmp_path / "image.fits"
-    hdu = fits.PrimaryHDU(img.astype(np.float64) if dtype == "int16" else img.astype(dtype),
-                          header=w.to_header())
+    hdu = image_hdu(img, w, dtype)
     if dtype == "int16":
-        hdu.scale("int16", bscale=1e-3, bzero=10.0)
         hdu.header["BLANK"] = -32768
         hdu.data[40:60, 40:60] = -32768  # blank pixels
     else:
@@ -1395,11 +1403,7 @@ def test_whole_image_read_gives_the_same_stamps(tmp_path, monkeypatch, dtype):
 
     img, w = blobs(), sky_wcs()
     path = tmp_path / "image.fits"
-    hdu = fits.PrimaryHDU(img.astype(np.float64) if dtype == "int16" else img.astype(dtype),
-                          header=w.to_header())
-    if dtype == "int16":
-        hdu.scale("int16", bscale=1e-3, bzero=10.0)
-    hdu.writeto(path)
+    image_hdu(img, w, dtype).writeto(path)
     rng = np.random.default_rng(1)
     src = w.pixel_to_world(*rng.uniform(-5, 205, (2, 400)))
     stamps = {}
