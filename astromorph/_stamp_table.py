@@ -47,7 +47,7 @@ def annotate_stamps(table, *, model, columns=None, pixel_scale=None, negative=No
         ``(B, H, W)`` cube (a triplet in the order science, reference, difference, or
         bands g, r, i) or an ``(H, W, 3)`` 8-bit colour picture. Or one column per plane:
         science, reference and difference for ``real-bogus``; g, r and i for the optical
-        models. Cells may be numeric arrays (masked values count as NaN) or FITS bytes,
+        models (three different columns). Cells may be numeric arrays (masked values count as NaN) or FITS bytes,
         gzipped or not (the ``stampData`` of ZTF alert cutouts; a ``{"stampData": ...}``
         dict also works), whose WCS gives the pixel scale. Default: the first complete set
         among ``science/reference/difference``, ``sci/ref/diff``,
@@ -164,6 +164,9 @@ def _stamp_columns(table, columns, family):
     if missing:
         raise InputError(f"stamp column(s) {missing} not in the table (columns: "
                          f"{table.colnames})")
+    if len(set(names)) < len(names):  # one plane as g, r and i, or as a whole triplet
+        raise InvalidArgumentError(f"columns names a column more than once: {names}; a "
+                                   "single band is given as one column (columns='name')")
     need = {"triplet": (1, 3), "optical": (1, 3), "radio": (1,)}.get(family, (1,))
     if len(names) not in need:
         raise InvalidArgumentError(f"a {family} model takes its stamps from "

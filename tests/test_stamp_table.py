@@ -229,6 +229,12 @@ def test_misuse_raises_typed_errors(rb):
     with pytest.raises(InvalidArgumentError, match="1 or 3 column"):
         astromorph.annotate_stamps(Table({"a": x[:, 0], "b": x[:, 1]}), model=rb,
                                    columns=["a", "b"])
+    # one plane named three times is no triplet nor a g, r, i set (was scored as one)
+    with pytest.raises(InvalidArgumentError, match="more than once"):
+        astromorph.annotate_stamps(Table({"a": x[:, 0]}), model=rb, columns=["a"] * 3)
+    with pytest.raises(InvalidArgumentError, match="more than once"):
+        astromorph.annotate_stamps(Table({"image": x[:, 0]}), model="morphology",
+                                   columns=["image", "image", "image"])
     with pytest.raises(InvalidArgumentError, match="negative"):
         astromorph.annotate_stamps(Table({"stamp": x[:, 0]}), model="morphology",
                                    negative=[True, False])
