@@ -390,7 +390,9 @@ def annotate(table, images, *, model, ra_col=None, dec_col=None, coord_col=None,
     on_conflict : {"error", "suffix", "replace"}
         What to do when a new column name already exists: raise
         `~astromorph.exceptions.InputError` (default), add ``_2``, ``_3``...
-        to the new name, or replace the existing column (in its place).
+        to the new names (the same suffix to every column of the run, the
+        first one free for all of them), or replace the existing column (in
+        its place).
     batch_size, providers : optional
         Passed to `Model.predict` and `load_model`.
     threads : int, optional
@@ -554,18 +556,20 @@ def _add_columns(table, columns, on_conflict):
     """Add the columns of the table ``columns`` to ``table`` (in place) by the policy
     ``on_conflict`` (see `check_on_conflict`); return {new column name: name used}."""
     check_clashes(table, columns.colnames, on_conflict)
+    suffix = ""
+    if on_conflict == "suffix" and set(columns.colnames) & set(table.colnames):
+        # one suffix for all the run's columns, free for each of them (a run's columns
+        # stay together: morph_p_spiral_3 goes with morph_label_3, never with morph_label_2)
+        k = 2
+        while any(f"{name}_{k}" in table.colnames for name in columns.colnames):
+            k += 1
+        suffix = f"_{k}"
     used = {}
     for name in columns.colnames:
-        new, index = name, None  # None: appended
-        if name in table.colnames:
-            if on_conflict == "replace":  # the new column takes the old one's place
-                index = table.colnames.index(name)
-                table.remove_column(name)
-            else:
-                k = 2
-                while f"{name}_{k}" in table.colnames:
-                    k += 1
-                new = f"{name}_{k}"
+        new, index = name + suffix, None  # None: appended
+        if name in table.colnames and on_conflict == "replace":
+            index = table.colnames.index(name)  # the new column takes the old one's place
+            table.remove_column(name)
         col = columns[name]
         if isinstance(table, QTable) and getattr(col, "unit", None) is not None:
             col = col.quantity if hasattr(col, "quantity") else col

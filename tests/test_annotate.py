@@ -1221,6 +1221,13 @@ def test_column_conflicts(optical_model):
         astromorph.annotate(cat, (img, w), model=optical_model)
     out = astromorph.annotate(cat, (img, w), model=optical_model, on_conflict="suffix")
     assert out["opt_label"][0] == "mine" and "opt_label_2" in out.colnames
+    # one suffix for the whole run, free for every one of its columns
+    assert {"opt_p_a_2", "opt_flags_2"} <= set(out.colnames) and "opt_p_a" not in out.colnames
+    cat["opt_flags_2"] = [0]
+    out = astromorph.annotate(cat, (img, w), model=optical_model, on_conflict="suffix")
+    assert {"opt_label_3", "opt_flags_3", "opt_p_a_3"} <= set(out.colnames)
+    assert "opt_label_2" not in out.colnames
+    del cat["opt_flags_2"]
     cat["after"] = [1]
     out = astromorph.annotate(cat, (img, w), model=optical_model, on_conflict="replace")
     assert out["opt_label"][0] in "abc"
