@@ -554,6 +554,9 @@ def test_embedding_tools_never_overwrite_columns_silently(monkeypatch):
     assert out["m_label"].tolist() == names.tolist()  # the user's column, kept
     # the run's columns share one suffix
     assert np.mean(np.asarray(out["m_label_2"]) == names) > 0.95 and "m_p_a_2" in out.colnames
+    # what made them, in meta (flat keys that FITS keeps), the user's table untouched
+    assert out.meta["m_label_2_classes"] == "a,b,c" and out.meta["m_label_2_C"] == 1.0
+    assert out.meta["m_label_2_input"] == "embedding" and "m_label_classes" not in out.meta
     out = head.annotate(t, prefix="m", on_conflict="replace")
     assert "m_label_2" not in out.colnames and isinstance(out["m_label"], MaskedColumn)
     assert np.mean(np.asarray(out["m_label"]) == names) > 0.95

@@ -285,7 +285,11 @@ class LabelHead:
         Returns
         -------
         astropy.table.Table
-            A copy of ``table`` (sharing its data) with the new columns.
+            A copy of ``table`` (sharing its data) with the new columns, and in its
+            meta ``<label>_classes`` (comma-separated), ``<label>_C`` (the
+            regularisation) and ``<label>_input`` (the embedding column), ``<label>``
+            being the name the label column got (``<prefix>_label``, or e.g.
+            ``<prefix>_label_2`` with ``on_conflict="suffix"``).
 
         Raises
         ------
@@ -310,7 +314,12 @@ class LabelHead:
                    for j, (name, c) in enumerate(zip(names, self.classes_))}
         best = self.classes_[np.argmax(probs, axis=1)] if len(probs) else self.classes_[:0]
         columns[names[-1]] = masked_column(best, valid, "LabelHead most probable class")
-        return add_columns(table, columns, on_conflict)[0]
+        out, used = add_columns(table, columns, on_conflict)
+        label = used[names[-1]]  # provenance, flat for FITS: what made these columns
+        out.meta[f"{label}_classes"] = ",".join(map(str, self.classes_))
+        out.meta[f"{label}_C"] = float(self.C_)
+        out.meta[f"{label}_input"] = column
+        return out
 
     # ------------------------------------------------------------- persistence
     def to_dict(self):
