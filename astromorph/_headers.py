@@ -14,7 +14,7 @@ import numpy as np
 
 from ._io import atomic_output
 from ._version import __version__
-from ._warnings import warn
+from ._warnings import catch_warnings, warn
 from .exceptions import (AstromorphError, AstromorphWarning, InvalidArgumentError,
                          OutputExistsError)
 
@@ -79,7 +79,7 @@ def _card(key, value, comment):
     """A header card that fits in 80 characters (comment dropped, strings cut if need be)."""
     from astropy.io import fits
 
-    with warnings.catch_warnings():
+    with catch_warnings():
         warnings.simplefilter("ignore")
         for com in (comment, ""):
             card = fits.Card(f"HIERARCH {key}", value, com)
@@ -149,7 +149,7 @@ def write_results_to_header(model, table, origins, targets, *, overwrite=False):
         try:
             # raw data, and tile-compressed images as their binary tables: the pixels are
             # copied byte for byte (re-compressing floats would quantise them again)
-            with warnings.catch_warnings():
+            with catch_warnings():
                 warnings.simplefilter("ignore", fits.verify.VerifyWarning)  # reported below
                 hdul = fits.open(path, mode="readonly", memmap=True,
                                  do_not_scale_image_data=True, disable_image_compression=True)
@@ -179,7 +179,7 @@ def write_results_to_header(model, table, origins, targets, *, overwrite=False):
                     for card in _result_cards(model, table, row, index):
                         header.append(card, end=True)
                 checksum = any("CHECKSUM" in h.header for h in hdul)
-                with warnings.catch_warnings():
+                with catch_warnings():
                     warnings.simplefilter("ignore", fits.verify.VerifyWarning)
                     hdul.writeto(tmp, output_verify="silentfix", checksum=checksum)
         except (OSError, AstromorphError):

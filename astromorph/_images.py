@@ -11,7 +11,7 @@ from astropy.io import fits
 from astropy.wcs import WCS, FITSFixedWarning
 
 from ._cutouts import SkyImage
-from ._warnings import warn
+from ._warnings import catch_warnings, warn
 from .exceptions import (AstromorphWarning, InputError, InvalidArgumentTypeError,
                          UnusableInputWarning)
 
@@ -47,7 +47,7 @@ def band_of_header(header):
 
 
 def _celestial_wcs(header, name):
-    with warnings.catch_warnings():
+    with catch_warnings():
         warnings.simplefilter("ignore", FITSFixedWarning)
         try:
             wcs = WCS(header, naxis=2) if header else None
@@ -91,7 +91,7 @@ def _open_fits(name):
     A truncated file raises `InputError` (astropy only warns, and drops the HDUs past the
     end, which would lose bands silently).
     """
-    with warnings.catch_warnings(record=True) as caught:
+    with catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
             # SkyImage applies BSCALE/BZERO/BLANK itself

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ._warnings import warn
+from ._warnings import catch_warnings, warn
 from .exceptions import (AstromorphError, InvalidArgumentError, LossyOutputWarning,
                          MissingDependencyError, OutputError, OutputExistsError)
 
@@ -267,7 +267,7 @@ def write_table(table, path, *, overwrite=False, format=None):
                  ".ecsv or .parquet, or an integer copy of the column, to keep them",
                  LossyOutputWarning)
     with atomic_output(path, overwrite=overwrite) as tmp:
-        with warnings.catch_warnings():
+        with catch_warnings():
             # Long meta keys become HIERARCH cards in FITS: expected, not worth a warning.
             warnings.filterwarnings("ignore", message=".*greater than 8 characters.*")
             warnings.filterwarnings("ignore", message=".*HIERARCH card will be created.*")

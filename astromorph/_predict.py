@@ -23,7 +23,7 @@ from ._progress import progress_bar
 from ._readers import expand_inputs, read_file
 from .preprocessing._checks import check_bool, in_unit_interval
 from .preprocessing._triplet import _SENTINEL
-from ._warnings import warn
+from ._warnings import catch_warnings, warn
 from .exceptions import (AmbiguousInputWarning, InputError, InvalidArgumentError,
                          InvalidArgumentTypeError, UnusableInputWarning)
 
@@ -410,7 +410,7 @@ class _Runner:
                         pixel_scale=first.pixel_scale,
                         flags=np.array([s.flags for _, s in items], dtype=np.int32))
         try:
-            with warnings.catch_warnings():
+            with catch_warnings():
                 warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN slices etc.
                 x, flags = prepare(self.model, raw, crop_fraction=self.crop_fraction)
         except (InputError, ValueError, TypeError) as exc:

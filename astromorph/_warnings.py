@@ -1,11 +1,17 @@
-"""Warnings attributed to the user's line: the first caller outside astromorph."""
+"""Warnings attributed to the user's line: the first caller outside astromorph; and
+`warnings.catch_warnings` blocks that astromorph's threads enter one at a time."""
+import contextlib
 import os
 import sys
+import threading
 import warnings
 
-__all__ = ["warn"]
+__all__ = ["warn", "catch_warnings"]
 
 _PACKAGE = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+#: Held inside every `catch_warnings` block of astromorph (re-entrant: blocks nest).
+_CATCH_LOCK = threading.RLock()
 
 
 def warn(message, category):
@@ -20,3 +26,18 @@ def warn(message, category):
     while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(_PACKAGE):
         frame, level = frame.f_back, level + 1
     warnings.warn(message, category, stacklevel=level)
+
+
+@contextlib.contextmanager
+def catch_warnings(**kwargs):
+    """`warnings.catch_warnings` (same arguments) for code that may run in several threads
+    at once (Dask partitions, the reader thread of `predict_files`, `annotate`'s workers).
+
+    ``catch_warnings`` saves the process's warning filters and ``showwarning`` on entry and
+    puts them back on exit; two threads whose blocks overlap without nesting (A enters, B
+    enters, A leaves, B leaves) would leave B's saved copy, A's filters and recorder, in
+    place for good. astromorph's blocks take turns instead. A block must not wait for
+    another thread that may enter one (the lock is held throughout).
+    """
+    with _CATCH_LOCK, warnings.catch_warnings(**kwargs) as caught:
+        yield caught

@@ -1443,3 +1443,66 @@ def test_whole_image_copies_share_one_budget(tmp_path, monkeypatch):
     assert _cutouts._resident_bytes == [0]
     [c] = parse_sky_images(str(path))
     assert c.resident(img.size) is not None and c.resident(0) is not c.data
+
+
+def test_fits_opened_in_two_threads_leave_the_warning_filters_as_they_were(tmp_path, monkeypatch):
+    """Dask partitions (and the reader thread of predict_files) open FITS files in parallel
+    threads, inside `warnings.catch_warnings` (which records astropy's warnings on opening).
+    That context manager is not thread-safe: entered by one thread, then by another, and
+    left by the first before the second, it left the second's saved state in place for good:
+    the process's filters set to "always" and every later warning recorded into a list
+    nobody reads. astromorph's blocks now take turns."""
+    import threading
+    import warnings
+
+    from astromorph import _images, _warnings
+
+    fits.writeto(tmp_path / "img.fits", blobs(), sky_wcs().to_header())
+    real_open = fits.open
+    a_inside, b_arrived, a_left = threading.Event(), threading.Event(), threading.Event()
+
+    def fake_open(*args, **kwargs):
+        if threading.current_thread().name == "A":
+            a_inside.set()
+            b_arrived.wait()  # B is inside its block too, or waits for its turn
+        else:
+            b_arrived.set()
+            a_left.wait()  # B leaves its block after A has left its own
+        return real_open(*args, **kwargs)
+
+    class ArrivalLock:  # says when B asks for its turn (where astromorph makes it wait)
+        def __init__(self):
+            self.lock = threading.RLock()
+
+        def __enter__(self):
+            if threading.current_thread().name == "B":
+                b_arrived.set()
+            self.lock.acquire()
+
+        def __exit__(self, *exc):
+            self.lock.release()
+
+    monkeypatch.setattr(fits, "open", fake_open)
+    monkeypatch.setattr(_warnings, "_CATCH_LOCK", ArrivalLock(), raising=False)
+    errors = []
+
+    def run(name):
+        try:
+            _images._open_fits(str(tmp_path / "img.fits")).close()
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+        finally:
+            if name == "A":
+                a_left.set()
+
+    filters, show = list(warnings.filters), warnings._showwarnmsg_impl
+    a = threading.Thread(target=run, args=("A",), name="A")
+    b = threading.Thread(target=run, args=("B",), name="B")
+    a.start()
+    a_inside.wait()
+    b.start()
+    a.join()
+    b.join()
+    assert not errors
+    assert warnings.filters == filters
+    assert warnings._showwarnmsg_impl is show  # later warnings are shown, not recorded away

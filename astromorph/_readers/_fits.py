@@ -8,6 +8,7 @@ import numpy as np
 
 from .._flags import Flag
 from ._stamp import Stamp
+from .._warnings import catch_warnings
 
 __all__ = ["normalise_band", "parse_fits_bytes", "read_fits"]
 
@@ -228,7 +229,7 @@ def _header_scale(header):
     from ..preprocessing._radio import pixel_scale_from_wcs
     from astropy.wcs import WCS, FITSFixedWarning
 
-    with warnings.catch_warnings():
+    with catch_warnings():
         warnings.simplefilter("ignore", FITSFixedWarning)
         try:
             wcs = WCS(header)
@@ -533,7 +534,7 @@ def _read_fits_astropy(path, *, want_scale, triplet_hint):
 
     source = str(path)
     try:
-        with warnings.catch_warnings(record=True) as caught:
+        with catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             with fits.open(path, memmap=True, do_not_scale_image_data=True,
                            lazy_load_hdus=False) as hdul:
@@ -627,7 +628,7 @@ def parse_fits_bytes(blob, *, want_scale=True):
 
         data = None
         try:
-            with warnings.catch_warnings():
+            with catch_warnings():
                 warnings.simplefilter("ignore")
                 with fits.open(io.BytesIO(blob), do_not_scale_image_data=True) as hdul:
                     for hdu in hdul:

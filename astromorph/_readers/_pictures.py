@@ -6,6 +6,7 @@ import numpy as np
 from .._flags import Flag
 from ..exceptions import MissingDependencyError
 from ._stamp import Stamp
+from .._warnings import catch_warnings
 
 __all__ = ["read_picture"]
 
@@ -24,7 +25,7 @@ def read_picture(path):
     image_mod = _pillow()
     source = str(path)
     try:
-        with warnings.catch_warnings():
+        with catch_warnings():
             warnings.simplefilter("ignore")  # DecompressionBombWarning etc. -> errors below
             with image_mod.open(path) as im:
                 im.load()
