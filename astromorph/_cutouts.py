@@ -502,10 +502,11 @@ def _bilinear(image, xy, out=None):
         out = np.empty(x.shape, np.float32) if out is None else out
         map_coordinates(source, xy[::-1].reshape(2, -1), output=out.reshape(-1),
                         order=1, mode="nearest", prefilter=False)
-        if source is image.data and image._resident is None:
+        if source is image.data and source is not image._resident:
             # a memory map sampled where it lies: a masking sentinel there (+-1e30) would
             # reach its neighbours as large finite values; such stamps are sampled again
-            # through `take`, which makes the sentinel NaN before interpolating
+            # through `take`, which makes the sentinel NaN before interpolating (whether or
+            # not another thread has read the image whole into `_resident` since)
             with np.errstate(invalid="ignore"):
                 near = (np.abs(out.reshape(len(x), -1)) >= _SENTINEL_TRACE).any(axis=1)
             if near.any():

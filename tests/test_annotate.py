@@ -1506,3 +1506,37 @@ def test_fits_opened_in_two_threads_leave_the_warning_filters_as_they_were(tmp_p
     assert not errors
     assert warnings.filters == filters
     assert warnings._showwarnmsg_impl is show  # later warnings are shown, not recorded away
+
+
+def test_image_read_whole_by_another_thread_mid_sampling_gives_the_same_stamps(tmp_path):
+    """A native memory map is sampled where it lies until a thread reads it whole
+    (`SkyImage.resident`); stamps sampled from the memory map next to masking sentinels
+    are sampled again with the sentinels as NaN. When another thread cutting stamps from
+    the same image read it whole in between, that second pass was skipped, and the
+    sentinel's weight leaked into the stamps as huge finite values."""
+    img, w = blobs(), sky_wcs()
+    img[95:105, :] = -1e30  # a masked band across the image
+    data = np.memmap(tmp_path / "img.raw", np.float32, "w+", shape=img.shape)
+    data[:] = img
+    rng = np.random.default_rng(3)
+    src = w.pixel_to_world(*rng.uniform(20, 180, (2, 300)))
+
+    def stamps(interleave):
+        image = SkyImage(data, w, name="memmap")
+        if interleave:
+            own = image.resident
+
+            def resident(n_samples):  # as if another thread read the image whole just after
+                source = own(n_samples)
+                own(image.data.size)
+                return source
+
+            image.resident = resident
+        return cut_stamps(image, src.ra.deg, src.dec.deg, size=SIZE, pixel_scale=SCALE,
+                          chunk=50).stamps  # 50 stamps sample fewer points than the image has
+
+    serial, interleaved = stamps(False), stamps(True)
+    assert np.isnan(serial).any() and np.nanmax(np.abs(serial)) < 10
+    assert np.nanmax(np.abs(interleaved)) < 10
+    # (memory map and whole copy are sampled by different code: equal to float32 rounding)
+    np.testing.assert_allclose(interleaved, serial, rtol=1e-6, atol=1e-6, equal_nan=True)
