@@ -1540,3 +1540,46 @@ def test_image_read_whole_by_another_thread_mid_sampling_gives_the_same_stamps(t
     assert np.nanmax(np.abs(interleaved)) < 10
     # (memory map and whole copy are sampled by different code: equal to float32 rounding)
     np.testing.assert_allclose(interleaved, serial, rtol=1e-6, atol=1e-6, equal_nan=True)
+
+
+
+def test_threads_cutting_stamps_from_one_image_at_once_get_the_serial_stamps(tmp_path):
+    """One `SkyImage` shared by threads (annotate's workers, Dask's threaded scheduler):
+    each thread gets the stamps it gets alone, also when the image is read whole while the
+    others sample its memory map (here: the four threads ask for their first samples
+    together, and the fourth request makes the whole-image copy)."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    img, w = blobs(), sky_wcs()
+    img[95:105, :] = -1e30  # masked pixels
+    img[50:60, 20:180] = np.nan
+    data = np.memmap(tmp_path / "img.raw", np.float32, "w+", shape=img.shape)
+    data[:] = img
+    rng = np.random.default_rng(7)
+    parts = [w.pixel_to_world(*rng.uniform(-5, 205, (2, 120))) for _ in range(4)]
+
+    def cut(image, k):  # 40 stamps per chunk: the first chunks of the 4 threads read it whole
+        return cut_stamps(image, parts[k].ra.deg, parts[k].dec.deg, size=SIZE,
+                          pixel_scale=SCALE, chunk=40).stamps
+
+    serial = [cut(SkyImage(data, w), k) for k in range(4)]
+    shared = SkyImage(data, w)
+    own, together, first = shared.resident, threading.Barrier(4), threading.local()
+
+    def resident(n_samples):
+        source = own(n_samples)
+        if not getattr(first, "done", False):
+            first.done = True
+            together.wait()  # each thread's first request answered: then all sample
+        return source
+
+    shared.resident = resident
+    with ThreadPoolExecutor(4) as pool:
+        concurrent = list(pool.map(lambda k: cut(shared, k), range(4)))
+    assert shared._resident is not None
+    for k in range(4):
+        assert np.isfinite(serial[k]).any() and np.isnan(serial[k]).any()
+        assert np.nanmax(np.abs(concurrent[k])) < 10, f"thread {k}"
+        np.testing.assert_allclose(concurrent[k], serial[k], rtol=1e-6, atol=1e-6,
+                                   equal_nan=True, err_msg=f"thread {k}")
