@@ -28,6 +28,27 @@ def _annotate_partition(table, images, model, kwargs):
     return annotate(table, images, model=model, progress=False, **kwargs)
 
 
+def _annotate_collecting(table, images, model, kwargs):
+    """`_annotate_partition` and the warnings it gave, as ``(table, [(message, category)])``."""
+    from ._warnings import collecting
+
+    with collecting() as found:
+        out = _annotate_partition(table, images, model, kwargs)
+    return out, found
+
+
+def _warn_once(found, n_parts):
+    """Give each distinct warning of the partitions once, saying how many partitions gave it."""
+    from ._warnings import warn
+
+    counts = {}
+    for part in found:
+        for key in dict.fromkeys(part):  # a partition counts once per warning
+            counts[key] = counts.get(key, 0) + 1
+    for (message, category), k in counts.items():
+        warn(f"{message} (in {k} of {n_parts} Dask partitions)", category)
+
+
 def annotate_dask(table, images=None, *, model, partition_size=50_000, compute=True,
                   scheduler=None, **kwargs):
     """`astromorph.annotate` (or `astromorph.annotate_stamps`) over row partitions, run by Dask.
@@ -61,6 +82,14 @@ def annotate_dask(table, images=None, *, model, partition_size=50_000, compute=T
         The rows, labels and flags of `annotate`'s table; the probabilities agree to a few
         parts in 1e5 (ONNX Runtime's float sums depend on how many rows share a batch, which
         differs between small partitions and one whole-table call).
+
+    Warns
+    -----
+    astromorph.exceptions.AstromorphWarning
+        With ``compute=True``, a warning that partitions give (e.g. an
+        `~astromorph.exceptions.AmbiguousInputWarning` for the bands) comes once,
+        from the caller's line, with the number of partitions that gave it,
+        whatever the scheduler (threads, processes or a cluster).
     """
     try:
         import dask
@@ -134,13 +163,17 @@ def annotate_dask(table, images=None, *, model, partition_size=50_000, compute=T
     model = os.fspath(model)
     if _is_path_like(model):  # a worker may run in another folder
         model = os.path.abspath(os.path.expanduser(model))
-    parts = [dask.delayed(_annotate_partition)(table[start:start + partition_size], images,
-                                               model, kwargs)
+    # computed here, each partition hands back its warnings, given once below from the
+    # caller's line (not once per partition, from Dask's worker threads or processes)
+    task = _annotate_collecting if compute else _annotate_partition
+    parts = [dask.delayed(task)(table[start:start + partition_size], images, model, kwargs)
              for start in bounds]
     if not compute:
         return parts
     log.info("annotating %d rows in %d Dask partitions", len(table), len(parts))
     results = dask.compute(*parts, scheduler=scheduler)
-    out = vstack(list(results), join_type="exact", metadata_conflicts="silent")
-    out.meta.update(results[0].meta)
+    _warn_once([found for _, found in results], len(results))
+    tables = [t for t, _ in results]
+    out = vstack(tables, join_type="exact", metadata_conflicts="silent")
+    out.meta.update(tables[0].meta)
     return out

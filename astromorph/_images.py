@@ -11,7 +11,7 @@ from astropy.io import fits
 from astropy.wcs import WCS, FITSFixedWarning
 
 from ._cutouts import SkyImage
-from ._warnings import catch_warnings, warn
+from ._warnings import catch_warnings, warn, warn_again
 from .exceptions import (AstromorphWarning, InputError, InvalidArgumentTypeError,
                          UnusableInputWarning)
 
@@ -103,7 +103,7 @@ def _open_fits(name):
         if "truncated" in str(w.message):
             hdul.close()
             raise InputError(f"{name}: the FITS file is truncated ({w.message})")
-        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+        warn_again(w)
     return hdul
 
 

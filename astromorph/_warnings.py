@@ -1,17 +1,22 @@
-"""Warnings attributed to the user's line: the first caller outside astromorph; and
+"""Warnings attributed to the user's line: the first caller outside astromorph; collected
+where a task runs (a Dask partition) to be given once by the caller; and
 `warnings.catch_warnings` blocks that astromorph's threads enter one at a time."""
 import contextlib
+import contextvars
 import os
 import sys
 import threading
 import warnings
 
-__all__ = ["warn", "catch_warnings"]
+__all__ = ["warn", "warn_again", "collecting", "catch_warnings"]
 
 _PACKAGE = os.path.dirname(os.path.abspath(__file__)) + os.sep
 
 #: Held inside every `catch_warnings` block of astromorph (re-entrant: blocks nest).
 _CATCH_LOCK = threading.RLock()
+
+#: The list that `warn` appends to instead of warning, inside `collecting`.
+_COLLECTED = contextvars.ContextVar("astromorph_collected_warnings", default=None)
 
 
 def warn(message, category):
@@ -21,11 +26,44 @@ def warn(message, category):
     ``annotate(model="name")``, ``predict_files``...), where a fixed ``stacklevel`` would
     point inside astromorph, and the default filter would then show the warning once per
     session instead of once per calling line.
+
+    Inside `collecting`, the warning is added to its list instead.
     """
+    collected = _COLLECTED.get()
+    if collected is not None:
+        collected.append((str(message), category))
+        return
     level, frame = 2, sys._getframe(1)
     while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(_PACKAGE):
         frame, level = frame.f_back, level + 1
     warnings.warn(message, category, stacklevel=level)
+
+
+def warn_again(record):
+    """Give again a warning recorded by ``catch_warnings(record=True)`` (from its own line,
+    e.g. in astropy), or add it to the list of `collecting`."""
+    collected = _COLLECTED.get()
+    if collected is not None:
+        collected.append((str(record.message), record.category))
+        return
+    warnings.warn_explicit(record.message, record.category, record.filename, record.lineno)
+
+
+@contextlib.contextmanager
+def collecting():
+    """Collect, as a list of ``(message, category)``, the warnings that `warn` and
+    `warn_again` give in this thread (this context) while the block runs, instead of giving them.
+
+    For work run by Dask, whose worker threads or processes would give each warning once
+    per task, pointing into Dask's code (and `warnings.catch_warnings`, which could record
+    them, is not thread-safe): the caller gives them once, from its user's line.
+    """
+    found = []
+    token = _COLLECTED.set(found)
+    try:
+        yield found
+    finally:
+        _COLLECTED.reset(token)
 
 
 @contextlib.contextmanager

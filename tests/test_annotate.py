@@ -1583,3 +1583,39 @@ def test_threads_cutting_stamps_from_one_image_at_once_get_the_serial_stamps(tmp
         assert np.nanmax(np.abs(concurrent[k])) < 10, f"thread {k}"
         np.testing.assert_allclose(concurrent[k], serial[k], rtol=1e-6, atol=1e-6,
                                    equal_nan=True, err_msg=f"thread {k}")
+
+
+@pytest.mark.parametrize("scheduler", ["synchronous", "threads", "processes"])
+def test_annotate_dask_gives_a_partition_warning_once_at_the_callers_line(optical_model,
+                                                                            tmp_path, scheduler):
+    """A warning that every partition gives (here: two bands for a g, r, i model, and
+    astropy's on opening a file with extra padding) came once per partition (or fewer, as the threads' warnings got mixed up), each pointing into
+    Dask's code; it now comes once, from the caller's line, saying how many partitions
+    gave it. The flags are annotate's."""
+    import warnings
+
+    pytest.importorskip("dask")
+    img, w = blobs(), sky_wcs()
+    paths = []
+    for band in "gr":
+        header = w.to_header()
+        header["FILTER"] = band
+        fits.writeto(tmp_path / f"{band}.fits", img, header)
+        paths.append(str(tmp_path / f"{band}.fits"))
+    with open(paths[1], "ab") as f:  # astropy warns about it when opening the file
+        f.write(bytes(2880))
+    cat = catalogue(w, np.random.default_rng(5).uniform(-20, 220, (40, 2)))
+    with pytest.warns(AmbiguousInputWarning), pytest.warns(UserWarning, match="padding"):
+        ref = astromorph.annotate(cat, paths, model=optical_model)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = astromorph.annotate_dask(cat, paths, model=str(optical_model.path),
+                                       partition_size=10, scheduler=scheduler)
+    ambiguous = [x for x in caught if issubclass(x.category, AmbiguousInputWarning)]
+    assert len(ambiguous) == 1, [str(x.message) for x in caught]
+    assert ambiguous[0].filename == __file__
+    assert "using band 'r' alone" in str(ambiguous[0].message)
+    assert "(in 4 of 4 Dask partitions)" in str(ambiguous[0].message)
+    padding = [x for x in caught if "extra padding" in str(x.message)]
+    assert len(padding) == 1 and "(in 4 of 4 Dask partitions)" in str(padding[0].message)
+    np.testing.assert_array_equal(out["opt_flags"], ref["opt_flags"])
