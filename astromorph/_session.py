@@ -2,13 +2,14 @@
 import logging
 import os
 import threading
+from collections import OrderedDict
 
 from ._warnings import warn
 from .exceptions import (InvalidArgumentError, InvalidArgumentTypeError, MissingRuntimeError,
                          ModelLoadError, ProviderFallbackWarning)
 
 __all__ = ["onnxruntime", "available_providers", "resolve_providers", "provider_names",
-           "get_session", "clear_session_cache", "PROVIDER_ALIASES"]
+           "get_session", "clear_session_cache", "PROVIDER_ALIASES", "SESSION_CACHE_SIZE"]
 
 log = logging.getLogger(__name__)
 
@@ -120,12 +121,16 @@ def _warn_missing(missing, requested, usable, available):
          ProviderFallbackWarning)
 
 
-_CACHE = {}
+#: Sessions the cache holds: the most recently used ones (a `Model` keeps its own session
+#: whether or not the cache still holds it).
+SESSION_CACHE_SIZE = 32
+
+_CACHE = OrderedDict()  # least recently used first
 _LOCK = threading.Lock()
 
 
 def clear_session_cache():
-    """Forget every cached ONNX Runtime session."""
+    """Forget every cached ONNX Runtime session (`Model` objects keep theirs)."""
     with _LOCK:
         _CACHE.clear()
 
@@ -147,7 +152,7 @@ def get_session(path, *, providers=None, threads=None, sha256=None):
     """A (cached) ONNX Runtime session for a model file.
 
     Sessions are cached on (file, sha256, providers asked for and used, threads) and
-    reused. A requested provider that this ONNX Runtime build lacks, or a GPU provider
+    reused; the cache keeps the `SESSION_CACHE_SIZE` most recently used. A requested provider that this ONNX Runtime build lacks, or a GPU provider
     that was requested (or offered by ``"auto"``) but fails to initialise, gives a
     `ProviderFallbackWarning` and a session on the providers that did initialise, down to
     CPU. The warning comes when the session is made, not again when the cached session is
@@ -177,6 +182,7 @@ def get_session(path, *, providers=None, threads=None, sha256=None):
     key = (str(path), sha256, tuple(requested), tuple(usable), threads)
     with _LOCK:
         if key in _CACHE:
+            _CACHE.move_to_end(key)
             return _CACHE[key]
         missing = [p for p in requested if p not in usable]
         if missing:  # once per session made, not on every reuse of the cached one
@@ -207,4 +213,6 @@ def get_session(path, *, providers=None, threads=None, sha256=None):
                  ProviderFallbackWarning)
         log.debug("session for %s on %s (requested %s)", path, got, requested or "auto")
         _CACHE[key] = session
+        while len(_CACHE) > max(SESSION_CACHE_SIZE, 1):
+            _CACHE.popitem(last=False)
         return session

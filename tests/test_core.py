@@ -740,3 +740,31 @@ def test_progress_bar_opt_out_and_without_tqdm(monkeypatch, caplog):
     assert [r.getMessage() for r in caplog.records] == [
         "progress=True, but tqdm is not installed: no progress bar "
         "(pip install 'astromorph[progress]')"]
+
+
+def test_session_cache_keeps_the_recently_used_sessions_only(tiny_registry, monkeypatch):
+    """Every (model file, providers, threads) made a session that the cache held for the
+    life of the process (a service loading many model files, or a sweep over threads=,
+    kept them all, with their weights and thread pools); it now holds the
+    SESSION_CACHE_SIZE most recently used. A Model keeps its own session."""
+    import gc
+    import weakref
+
+    from astromorph import _session
+
+    monkeypatch.setattr(_session, "SESSION_CACHE_SIZE", 3, raising=False)
+    first = astromorph.load_model("tiny", threads=1)
+    gone = weakref.ref(first._session)
+    kept = astromorph.load_model("tiny", threads=2)
+    del first
+    for threads in (3, 4):
+        astromorph.load_model("tiny", threads=threads)
+        # the most recently used sessions are reused
+        assert astromorph.load_model("tiny", threads=2)._session is kept._session
+    astromorph.load_model("tiny", threads=5)
+    gc.collect()
+    assert gone() is None  # least recently used, and no Model holds it: freed
+    assert astromorph.load_model("tiny", threads=2)._session is kept._session
+    x = _inputs(5)
+    np.testing.assert_array_equal(kept.predict(x)["probabilities"],
+                                  astromorph.load_model("tiny", threads=1).predict(x)["probabilities"])
