@@ -1345,18 +1345,22 @@ def test_cli_annotate_int8_on_the_packaged_input(tmp_path):
     assert np.mean(out["int8"]["morph_label"] == out["float32"]["morph_label"]) > 0.9
 
 
-@pytest.mark.parametrize("scheduler", ["synchronous", "threads"])
+@pytest.mark.parametrize("scheduler", ["synchronous", "threads", "processes"])
 def test_annotate_dask_equals_annotate(optical_model, tmp_path, scheduler):
     pytest.importorskip("dask")
     img, w = blobs(), sky_wcs()
+    img[120:140, 30:60] = np.nan  # blank rows
     fits.writeto(tmp_path / "img.fits", img, w.to_header())
     rng = np.random.default_rng(5)
     cat = catalogue(w, rng.uniform(-20, 220, (37, 2)))
+    cat["ra"][[3, 17, 31]] = np.nan  # a row without a position in three partitions
     ref = astromorph.annotate(cat, str(tmp_path / "img.fits"), model=optical_model)
     out = astromorph.annotate_dask(cat, str(tmp_path / "img.fits"), model=str(optical_model.path),
                                    partition_size=10, scheduler=scheduler)
     assert len(out) == len(cat) and out.colnames == ref.colnames
     np.testing.assert_array_equal(out["opt_flags"], ref["opt_flags"])
+    for flag in (Flag.BAD_INPUT, Flag.BLANK, Flag.EDGE, Flag.OFF_IMAGE):
+        assert np.any(ref["opt_flags"] & flag), flag
     np.testing.assert_allclose(out["opt_p_a"].filled(-1), ref["opt_p_a"].filled(-1), rtol=1e-6)
     assert out.meta["astromorph_model_sha256"] == optical_model.sha256
     parts = astromorph.annotate_dask(cat, str(tmp_path / "img.fits"),
