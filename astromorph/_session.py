@@ -126,7 +126,8 @@ def _warn_missing(missing, requested, usable, available):
 SESSION_CACHE_SIZE = 32
 
 _CACHE = OrderedDict()  # least recently used first
-_LOCK = threading.Lock()
+_LOCK = threading.Lock()  # guards _CACHE and _BUILDING, never held while a session is made
+_BUILDING = {}  # key -> lock held by the thread making that session
 
 
 def clear_session_cache():
@@ -184,35 +185,57 @@ def get_session(path, *, providers=None, threads=None, sha256=None):
         if key in _CACHE:
             _CACHE.move_to_end(key)
             return _CACHE[key]
-        missing = [p for p in requested if p not in usable]
-        if missing:  # once per session made, not on every reuse of the cached one
-            _warn_missing(missing, requested, usable, available_providers())
-        opts = ort.SessionOptions()
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        if threads is not None:
-            opts.intra_op_num_threads = threads
-            opts.inter_op_num_threads = 1
+        building = _BUILDING.setdefault(key, threading.Lock())
+    # made outside the cache lock (a TensorRT engine takes minutes): only the threads that
+    # ask for this very session wait for it, not those reusing others
+    with building:
+        with _LOCK:
+            if key in _CACHE:  # made meanwhile by the thread this one waited for
+                _CACHE.move_to_end(key)
+                return _CACHE[key]
         try:
-            session = ort.InferenceSession(str(path), sess_options=opts, providers=usable)
-        except Exception as exc:  # noqa: BLE001 - ORT raises plain RuntimeError/Fail
-            if usable == [CPU]:
-                raise ModelLoadError(f"ONNX Runtime cannot load {str(path)!r}: {exc}") from exc
-            warn(f"could not create a session with {', '.join(usable)} ({exc}); "
-                 "falling back to CPUExecutionProvider", ProviderFallbackWarning)
-            try:
-                session = ort.InferenceSession(str(path), sess_options=opts, providers=[CPU])
-            except Exception as cpu_exc:  # noqa: BLE001
-                raise ModelLoadError(f"ONNX Runtime cannot load {str(path)!r}: {cpu_exc}") \
-                    from cpu_exc
-            usable = [CPU]
-        got = session.get_providers()
-        failed = [p for p in usable if p in GPU_PROVIDERS and p not in got]
-        if failed:
-            warn(f"execution provider(s) {', '.join(failed)} failed to initialise for "
-                 f"{os.path.basename(str(path))}; running on {', '.join(got)}",
-                 ProviderFallbackWarning)
-        log.debug("session for %s on %s (requested %s)", path, got, requested or "auto")
-        _CACHE[key] = session
-        while len(_CACHE) > max(SESSION_CACHE_SIZE, 1):
-            _CACHE.popitem(last=False)
+            session = _make_session(ort, path, requested, usable, threads)
+        except BaseException:
+            with _LOCK:
+                _BUILDING.pop(key, None)
+            raise
+        with _LOCK:  # cached and no longer being made in one step: never made twice
+            _CACHE[key] = session
+            _BUILDING.pop(key, None)
+            while len(_CACHE) > max(SESSION_CACHE_SIZE, 1):
+                _CACHE.popitem(last=False)
         return session
+
+
+def _make_session(ort, path, requested, usable, threads):
+    """A new session (`get_session` without the cache): warnings for missing or failing
+    providers, a CPU session where a GPU one cannot be made."""
+    missing = [p for p in requested if p not in usable]
+    if missing:  # once per session made, not on every reuse of the cached one
+        _warn_missing(missing, requested, usable, available_providers())
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if threads is not None:
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+    try:
+        session = ort.InferenceSession(str(path), sess_options=opts, providers=usable)
+    except Exception as exc:  # noqa: BLE001 - ORT raises plain RuntimeError/Fail
+        if usable == [CPU]:
+            raise ModelLoadError(f"ONNX Runtime cannot load {str(path)!r}: {exc}") from exc
+        warn(f"could not create a session with {', '.join(usable)} ({exc}); "
+             "falling back to CPUExecutionProvider", ProviderFallbackWarning)
+        try:
+            session = ort.InferenceSession(str(path), sess_options=opts, providers=[CPU])
+        except Exception as cpu_exc:  # noqa: BLE001
+            raise ModelLoadError(f"ONNX Runtime cannot load {str(path)!r}: {cpu_exc}") \
+                from cpu_exc
+        usable = [CPU]
+    got = session.get_providers()
+    failed = [p for p in usable if p in GPU_PROVIDERS and p not in got]
+    if failed:
+        warn(f"execution provider(s) {', '.join(failed)} failed to initialise for "
+             f"{os.path.basename(str(path))}; running on {', '.join(got)}",
+             ProviderFallbackWarning)
+    log.debug("session for %s on %s (requested %s)", path, got, requested or "auto")
+    return session

@@ -768,3 +768,44 @@ def test_session_cache_keeps_the_recently_used_sessions_only(tiny_registry, monk
     x = _inputs(5)
     np.testing.assert_array_equal(kept.predict(x)["probabilities"],
                                   astromorph.load_model("tiny", threads=1).predict(x)["probabilities"])
+
+
+def test_a_session_being_made_holds_up_only_the_threads_that_wait_for_it(tiny_registry,
+                                                                         monkeypatch):
+    """Making a session (minutes for a TensorRT engine) held the cache's lock, so every
+    other thread waited, even for a session already cached; now only the threads asking
+    for that very session wait, and it is made once. The block is forced with events; the
+    timeout only bounds how long a regression takes to fail."""
+    import threading
+
+    from astromorph import _session
+
+    ort = _session.onnxruntime()
+    cached = astromorph.load_model("tiny", threads=1)._session
+    real = ort.InferenceSession
+    entered, release, made = threading.Event(), threading.Event(), []
+
+    def slow(*args, **kwargs):
+        made.append(kwargs["sess_options"].intra_op_num_threads)
+        entered.set()
+        release.wait()
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(ort, "InferenceSession", slow)
+    results = {}
+    builders = [threading.Thread(target=lambda k=k: results.setdefault(
+        k, astromorph.load_model("tiny", threads=2)._session)) for k in ("a", "b")]
+    builders[0].start()
+    assert entered.wait(60)
+    builders[1].start()  # asks for the session being made: waits for it
+    reuser = threading.Thread(target=lambda: results.setdefault(
+        "cached", astromorph.load_model("tiny", threads=1)._session))
+    reuser.start()
+    reuser.join(60)
+    done_before_release = "cached" in results
+    release.set()
+    for t in builders + [reuser]:
+        t.join(60)
+    assert done_before_release, "a cached session waited for another session being made"
+    assert results["cached"] is cached
+    assert results["a"] is results["b"] and made == [2]  # made once
