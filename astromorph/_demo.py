@@ -39,9 +39,10 @@ def run_demo(*, model="morphology", output="astromorph_demo.ecsv", gallery=None,
     from astropy.table import QTable
 
     from ._annotate import annotate
-    from ._io import check_output, write_table
+    from ._io import check_distinct_outputs, check_output, write_table
 
-    for path in (output, gallery):  # before any work
+    check_distinct_outputs({"output": output, "gallery": gallery})  # before any work
+    for path in (output, gallery):
         if path:
             check_output(path, overwrite=overwrite, table=path == output)
     if gallery:

@@ -21,7 +21,8 @@ from ._warnings import catch_warnings, warn
 from .exceptions import (AstromorphError, InvalidArgumentError, LossyOutputWarning,
                          MissingDependencyError, OutputError, OutputExistsError)
 
-__all__ = ["atomic_output", "check_output", "table_format", "write_table", "TABLE_FORMATS"]
+__all__ = ["atomic_output", "check_output", "check_distinct_outputs", "table_format",
+           "write_table", "TABLE_FORMATS"]
 
 log = logging.getLogger(__name__)
 
@@ -135,6 +136,30 @@ def check_output(path, *, overwrite=False, table=False, inputs=()):
     if not os.access(directory, os.W_OK | os.X_OK):
         raise OutputError(f"cannot write into {str(directory)!r} (permission denied or a "
                           "read-only file system)")
+
+
+def check_distinct_outputs(outputs):
+    """Check, before any work, that the outputs of one run are different files.
+
+    Parameters
+    ----------
+    outputs : dict
+        What names each output (an option, e.g. ``"--output"``) -> its path or None.
+
+    Raises
+    ------
+    InvalidArgumentError
+        When two of them are the same file (the second written would replace the first).
+    """
+    seen = {}
+    for what, path in outputs.items():
+        if not path:
+            continue
+        real = os.path.realpath(path)
+        if real in seen:
+            raise InvalidArgumentError(f"{str(path)!r} is given twice, as {seen[real]} and as "
+                                       f"{what}: give each output its own file")
+        seen[real] = what
 
 
 @contextlib.contextmanager

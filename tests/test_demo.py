@@ -58,3 +58,13 @@ def test_demo_gallery_without_matplotlib_fails_before_any_work(tmp_path, monkeyp
     with pytest.raises(MissingDependencyError, match=r"astromorph\[plot\]"):
         run_demo(output=out, gallery=tmp_path / "demo.png", progress=False)
     assert not out.exists()
+
+
+def test_demo_refuses_one_file_for_the_table_and_the_gallery(tmp_path, capsys):
+    """-o and --gallery naming one file: refused before any work (with --overwrite the
+    gallery would replace the table just written)."""
+    out = tmp_path / "demo.ecsv"
+    assert cli.main(["demo", "-o", str(out), "--gallery", str(out), "--overwrite",
+                     "--no-progress"]) == 2
+    assert "given twice" in capsys.readouterr().err
+    assert not out.exists()

@@ -738,3 +738,21 @@ def test_cli_similar_position_columns_by_name(tmp_path, capsys):
     assert "--ra-col" in capsys.readouterr().err
     assert main(query + ["--ra-col", "lon_icrs", "--dec-col", "lat_icrs"]) == 0
     assert "query: row 4" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["similar", "cluster"])
+def test_cli_two_outputs_of_one_run_must_differ(tmp_path, capsys, command):
+    """-o and --gallery/--map naming the same file: refused before any work, instead of the
+    table being written and then replaced by the picture (with --overwrite, exit 0)."""
+    t = catalogue(30, d=8)
+    t["embedding"], _ = blobs(n_per=10, k=3, d=8)
+    src = tmp_path / "emb.ecsv"
+    t.write(src)
+    out = tmp_path / "out.ecsv"
+    args = ([command, str(src), "-o", str(out), "--overwrite"]
+            + (["--query", "0", "--gallery", str(tmp_path / "." / "out.ecsv")]
+               if command == "similar" else ["-k", "2", "--map", str(out)]))
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "out.ecsv" in err and "twice" in err and "Traceback" not in err
+    assert not out.exists()

@@ -29,12 +29,13 @@ def _write_or_print(table, output, overwrite, what):
         show.pprint(max_lines=-1 if len(show) <= 100 else 60, max_width=-1)
 
 
-def _check_outputs(args, *paths):
-    """Every output checked before any work or any write (extension, existing file,
-    folder, one of the inputs)."""
-    from .._io import check_output
+def _check_outputs(args, **outputs):
+    """Every output (option name -> path) checked before any work or any write (extension,
+    existing file, folder, one of the inputs, two outputs naming one file)."""
+    from .._io import check_distinct_outputs, check_output
 
-    for p in paths:
+    check_distinct_outputs({"--" + name: p for name, p in outputs.items()})
+    for p in outputs.values():
         if p:
             check_output(p, overwrite=args.overwrite, table=p == getattr(args, "output", None),
                          inputs=[args.table])
@@ -46,7 +47,7 @@ def _cmd_similar(args):
     from ._index import SimilarityIndex
     from ..exceptions import InvalidArgumentError
 
-    _check_outputs(args, args.output, args.gallery)
+    _check_outputs(args, output=args.output, gallery=args.gallery)
     given = [n for n in ("query", "ra", "image") if getattr(args, n) is not None]
     if len(given) != 1 or (args.ra is None) != (args.dec is None):
         raise InvalidArgumentError("give exactly one query: --query ROW, --ra/--dec or --image FILE")
@@ -77,7 +78,7 @@ def _cmd_cluster(args):
     from ._mixture import _cluster_table
     from ._plots import plot_map
 
-    _check_outputs(args, args.output, args.map)
+    _check_outputs(args, output=args.output, map=args.map)
     table = _read(args.table)
     kwargs = {"k_range": range(2, args.k_max + 1)} if args.k is None else {}
     out, mixture, name = _cluster_table(table, args.column, args.k, args.prefix,
@@ -110,7 +111,7 @@ def _cmd_classify(args):
     from ._head import LabelHead, _missing_labels
     from ..exceptions import InputError
 
-    _check_outputs(args, args.output)
+    _check_outputs(args, output=args.output)
     table = _read(args.table)
     if args.labels not in table.colnames:
         raise InputError(f"no label column {args.labels!r} (columns: {table.colnames})")
