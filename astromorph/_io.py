@@ -200,8 +200,8 @@ def atomic_output(path, *, overwrite=False, mode=None):
     except OSError as exc:
         raise OutputError(f"cannot write into {str(directory)!r}: {exc.strerror or exc}") \
             from exc
-    tmp = tmpdir / path.name
     try:
+        tmp = tmpdir / path.name
         yield tmp
         if not tmp.exists():
             raise OSError(f"nothing was written to the temporary file for {path}")
@@ -219,7 +219,17 @@ def atomic_output(path, *, overwrite=False, mode=None):
                           f"{'the old file is unchanged' if path.exists() else 'nothing was written'}") \
             from exc
     finally:
-        shutil.rmtree(tmpdir, ignore_errors=True)
+        _remove_folder(tmpdir)
+
+
+def _remove_folder(path):
+    """`shutil.rmtree` that is tried again when interrupted (Ctrl-C or SIGTERM arriving while
+    it runs), so that no temporary folder is left behind; the interruption then goes on."""
+    try:
+        shutil.rmtree(path, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(path, ignore_errors=True)
+        raise
 
 
 def _warn_csv_losses(table, path):

@@ -1133,6 +1133,28 @@ def test_write_errors_are_typed_and_leave_the_old_file(tmp_path):
     assert out.read_text() == "old" and sorted(p.name for p in tmp_path.iterdir()) == ["t.ecsv"]
 
 
+def test_interrupt_while_the_temporary_folder_is_removed_leaves_nothing(tmp_path, monkeypatch):
+    """Ctrl-C arriving while the private temporary folder is being removed (after the file
+    was moved into place, or after a failed write) still removes it: no ``.astromorph-tmp-*``
+    folder is left beside the output (in the inputs' own folder, with in_place)."""
+    import shutil
+
+    from astromorph import _io
+
+    rmtree, calls = shutil.rmtree, []
+
+    def interrupted(path, *args, **kwargs):
+        calls.append(path)
+        if len(calls) == 1:
+            raise KeyboardInterrupt
+        return rmtree(path, *args, **kwargs)
+
+    monkeypatch.setattr(_io.shutil, "rmtree", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        write_table(Table({"a": [1, 2]}), tmp_path / "t.ecsv")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["t.ecsv"]
+
+
 def test_gzipped_output_records_its_own_name(tmp_path):
     """A ``.fits.gz`` table written atomically names itself, not a temporary file, in
     the gzip header (what ``gunzip -N`` restores)."""
