@@ -1,6 +1,4 @@
 """``astromorph annotate``: catalogue + images -> catalogue with model columns."""
-import sys
-
 __all__ = ["register"]
 
 
@@ -27,6 +25,7 @@ def _run(args):
     from ._annotate import annotate
     from ._io import check_output, write_table
     from ._stamp_table import annotate_stamps
+    from .cli import report
     from .exceptions import InvalidArgumentError
 
     if args.output:  # fail before any work
@@ -59,7 +58,7 @@ def _run(args):
                                  negative=args.negative_col, **common)
     if args.output:
         write_table(result, args.output, overwrite=args.overwrite)
-        print(f"wrote {len(result)} rows to {args.output}", file=sys.stderr)
+        report(args, f"wrote {len(result)} rows to {args.output}")
     else:
         result.pprint(max_lines=-1 if len(result) < 100 else 60, max_width=-1)
     return 0

@@ -1,5 +1,4 @@
 """``astromorph demo``: the main job on the packaged input (a Hubble Deep Field crop)."""
-import sys
 from collections import Counter
 from pathlib import Path
 
@@ -106,6 +105,8 @@ def _gallery(table, image, path, n=24, *, overwrite=False):
 
 
 def _run(args):
+    from .cli import report
+
     result = run_demo(model=args.model, output=args.output, gallery=args.gallery,
                       overwrite=args.overwrite, progress=False if args.no_progress else None)
     label_col = next(c for c in result.colnames if c.endswith("_label"))
@@ -117,9 +118,9 @@ def _run(args):
         [c for c in result.colnames if c.endswith("_flags")]
     result[cols][:10].pprint(max_width=-1)
     if args.output:
-        print(f"wrote {args.output}", file=sys.stderr)
+        report(args, f"wrote {args.output}")
     if args.gallery:
-        print(f"wrote {args.gallery}", file=sys.stderr)
+        report(args, f"wrote {args.gallery}")
     return 0
 
 

@@ -521,7 +521,7 @@ def register(subparsers):
 
 
 def _cmd_predict(args):
-    import sys
+    from .cli import report
 
     if args.output:  # fail before any work: bad extension, existing file, an input...
         check_output(args.output, overwrite=args.overwrite, table=True,
@@ -541,8 +541,8 @@ def _cmd_predict(args):
     flag_col = next(c for c in table.colnames if c.endswith("_flags"))
     n, flagged = len(table), int((np.asarray(table[flag_col]) != 0).sum())
     unusable = int((np.asarray(table[flag_col]) & int(Flag.unusable()) != 0).sum())
-    print(f"{n} row(s), model {table.meta['model']} {table.meta['model_version']}: "
-          f"{n - unusable} scored, {flagged} flagged, {unusable} unusable"
-          + (f"; table written to {args.output}" if args.output else ""), file=sys.stderr)
+    report(args, f"{n} row(s), model {table.meta['model']} {table.meta['model_version']}: "
+           f"{n - unusable} scored, {flagged} flagged, {unusable} unusable"
+           + (f"; table written to {args.output}" if args.output else ""))
     return 0
 

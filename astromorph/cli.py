@@ -108,8 +108,7 @@ def build_parser():
         prog="astromorph",
         description="Apply packaged ONNX models to astronomical images, stamps and tables.")
     parser.add_argument("--version", action="version", version=f"astromorph {__version__}")
-    parser.add_argument("-v", "--verbose", action="count", default=0,
-                        help="more log output (repeat for debug)")
+    _add_verbosity(parser)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     p = sub.add_parser("models", help="list the shipped models",
@@ -120,7 +119,23 @@ def build_parser():
 
     for register in _extra_commands():
         register(sub)
+    for command in sub.choices.values():  # also after the command: `astromorph predict ... -q`
+        _add_verbosity(command, dest="_sub")
     return parser
+
+
+def _add_verbosity(parser, dest=""):
+    parser.add_argument("-v", "--verbose", action="count", default=0, dest="verbose" + dest,
+                        help="more log output (repeat for debug)")
+    parser.add_argument("-q", "--quiet", action="store_true", dest="quiet" + dest,
+                        help="errors only: no warnings, progress bar or summary lines")
+
+
+def report(args, message):
+    """Print a status line of a command (what was written, a summary) on stderr, unless
+    ``--quiet``."""
+    if not getattr(args, "quiet", False):
+        print(message, file=sys.stderr)
 
 
 def _extra_commands():
@@ -145,16 +160,26 @@ def main(argv=None):
     """Run the command line; returns the exit status (143 after SIGTERM, 130 after Ctrl-C)."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=[logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)],
-                        format="%(levelname)s %(name)s: %(message)s")
+    verbose = args.verbose + getattr(args, "verbose_sub", 0)
+    quiet = args.quiet = args.quiet or getattr(args, "quiet_sub", False)
+    if verbose and quiet:
+        parser.error("-q/--quiet and -v/--verbose exclude each other")
+    level = logging.ERROR if quiet else [logging.WARNING, logging.INFO,
+                                         logging.DEBUG][min(verbose, 2)]
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    if quiet and hasattr(args, "no_progress"):
+        args.no_progress = True
     # astropy's logger prints the warnings it captures (every AstromorphWarning is an
     # AstropyUserWarning) with its own handler; passed on to the root handler set up above
     # as well, each would be printed twice
     astropy_log = logging.getLogger("astropy")
     propagate, astropy_log.propagate = astropy_log.propagate, False
+    astropy_level = astropy_log.level
+    if quiet:
+        astropy_log.setLevel(logging.ERROR)
     # only where SIGTERM would end the process at once: an ignored SIGTERM (e.g. set by a
     # supervisor) or a handler of the program that calls main() is left as it is
     sigterm = (threading.current_thread() is threading.main_thread()
@@ -174,6 +199,7 @@ def main(argv=None):
         return 130
     finally:
         astropy_log.propagate = propagate
+        astropy_log.setLevel(astropy_level)
         if sigterm:
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
 

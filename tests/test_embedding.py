@@ -756,3 +756,16 @@ def test_cli_two_outputs_of_one_run_must_differ(tmp_path, capsys, command):
     err = capsys.readouterr().err
     assert "out.ecsv" in err and "twice" in err and "Traceback" not in err
     assert not out.exists()
+
+
+def test_cli_quiet_prints_no_status_lines(tmp_path, capsys):
+    t = catalogue(30, d=8)
+    t["embedding"], _ = blobs(n_per=10, k=3, d=8)
+    src = tmp_path / "emb.ecsv"
+    t.write(src)
+    assert main(["cluster", str(src), "-o", str(tmp_path / "c.ecsv"), "--map-method", "pca",
+                 "--map", str(tmp_path / "m.png"), "-q"]) == 0
+    assert main(["similar", str(src), "--query", "0", "-o", str(tmp_path / "s.ecsv"),
+                 "--quiet"]) == 0
+    assert capsys.readouterr().err == ""
+    assert (tmp_path / "c.ecsv").exists() and (tmp_path / "s.ecsv").exists()

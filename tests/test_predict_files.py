@@ -1302,6 +1302,29 @@ def test_cli_prints_each_warning_once(models, tmp_path):
     assert run.stderr.count("AmbiguousInputWarning") == 1, run.stderr
 
 
+def test_cli_verbosity_options_after_the_command(models, tmp_path):
+    """-q/--quiet (errors only: no warning, no summary line) and -v/--verbose are taken
+    after the command as well as before it; asking for both is a usage error."""
+    import subprocess
+
+    fits.PrimaryHDU(RNG.random((3, 64, 64)).astype(np.float32)).writeto(tmp_path / "c.fits")
+
+    def run(before, after):
+        return subprocess.run([sys.executable, "-m", "astromorph.cli", *before, "predict",
+                               "morphology", str(tmp_path / "c.fits"), "--no-progress",
+                               *after], capture_output=True, text=True)
+
+    for before, after in [(["-q"], []), ([], ["-q"]), ([], ["--quiet"])]:
+        done = run(before, after)
+        assert done.returncode == 0 and done.stderr == "", done.stderr
+        assert "morph_p_red" in done.stdout
+    done = run([], ["-v"])
+    assert done.returncode == 0, done.stderr
+    assert "AmbiguousInputWarning" in done.stderr and "1 row(s)" in done.stderr
+    done = run([], ["-q", "-v"])
+    assert done.returncode == 2 and "exclude each other" in done.stderr
+
+
 def test_cli_predict_crop_fraction(models, tmp_path):
     # a 64 x 64 stamp already cut to the network's field: with the default crop (0.35) the
     # network would see 22 of its pixels upsampled (EXTRAPOLATED); --crop-fraction 1 keeps all

@@ -1,8 +1,9 @@
 """``astromorph similar``, ``astromorph cluster`` and ``astromorph classify``: embedding tables."""
 import logging
-import sys
 
 import numpy as np
+
+from ..cli import report
 
 __all__ = ["register"]
 
@@ -15,12 +16,12 @@ def _read(path):
     return _read_catalogue(path)
 
 
-def _write_or_print(table, output, overwrite, what):
+def _write_or_print(table, args, what):
     from .._io import write_table
 
-    if output:
-        write_table(table, output, overwrite=overwrite)
-        print(f"wrote {len(table)} {what} to {output}", file=sys.stderr)
+    if args.output:
+        write_table(table, args.output, overwrite=args.overwrite)
+        report(args, f"wrote {len(table)} {what} to {args.output}")
     else:
         show = table.copy(copy_data=False)
         for name in list(show.colnames):
@@ -63,14 +64,13 @@ def _cmd_similar(args):
     else:
         result = index.query(image=args.image, **kwargs)
     if "query_separation_arcsec" in result.meta:
-        print(f"query: row {result.meta['query_row']} "
-              f"({result.meta['query_separation_arcsec']:.2f} arcsec from the position)",
-              file=sys.stderr)
-    _write_or_print(result, args.output, args.overwrite, "neighbours")
+        report(args, f"query: row {result.meta['query_row']} "
+               f"({result.meta['query_separation_arcsec']:.2f} arcsec from the position)")
+    _write_or_print(result, args, "neighbours")
     if args.gallery:
         index.gallery(result, args.gallery, source_column=args.source_column,
                       overwrite=args.overwrite)
-        print(f"wrote gallery {args.gallery}", file=sys.stderr)
+        report(args, f"wrote gallery {args.gallery}")
     return 0
 
 
@@ -85,13 +85,12 @@ def _cmd_cluster(args):
                                         args.on_conflict,
                                         dict(n_pca=args.pca, seed=args.seed, **kwargs))
     if mixture.bic_ and len(mixture.bic_) > 1:
-        print("BIC: " + ", ".join(f"k={k}: {v:.0f}" for k, v in mixture.bic_.items()),
-              file=sys.stderr)
+        report(args, "BIC: " + ", ".join(f"k={k}: {v:.0f}" for k, v in mixture.bic_.items()))
     counts = np.bincount(np.ma.filled(out[name], -1)[~np.ma.getmaskarray(out[name])],
                          minlength=mixture.n_components_)
-    print(f"{mixture.n_components_} clusters; members: "
-          + ", ".join(f"{i}: {c}" for i, c in enumerate(counts)), file=sys.stderr)
-    _write_or_print(out, args.output, args.overwrite, "rows")
+    report(args, f"{mixture.n_components_} clusters; members: "
+           + ", ".join(f"{i}: {c}" for i, c in enumerate(counts)))
+    _write_or_print(out, args, "rows")
     if args.map:
         from ._common import table_embeddings
 
@@ -101,7 +100,7 @@ def _cmd_cluster(args):
         plot_map(x, args.map, labels=labels, method=args.map_method,
                  title=f"{args.table}: {mixture.n_components_} Gaussian-mixture clusters",
                  overwrite=args.overwrite)
-        print(f"wrote map {args.map}", file=sys.stderr)
+        report(args, f"wrote map {args.map}")
     return 0
 
 
@@ -128,9 +127,9 @@ def _cmd_classify(args):
     head.fit(x[labelled], values[labelled])
     out = head.annotate(table, column=args.column, prefix=args.prefix,
                         on_conflict=args.on_conflict)
-    print(f"fitted on {int(labelled.sum())} labelled rows, classes {head.classes_.tolist()}, "
-          f"C={head.C_:.3g}; applied to {int(valid.sum())} rows", file=sys.stderr)
-    _write_or_print(out, args.output, args.overwrite, "rows")
+    report(args, f"fitted on {int(labelled.sum())} labelled rows, classes "
+           f"{head.classes_.tolist()}, C={head.C_:.3g}; applied to {int(valid.sum())} rows")
+    _write_or_print(out, args, "rows")
     return 0
 
 
