@@ -156,8 +156,23 @@ def _on_sigterm(signum, frame):
     raise _Terminated
 
 
+def _silence_stdout():
+    """Send what is left to write on stdout (Python flushes it at exit) to the null device,
+    so that a closed pipe gives no second error."""
+    import os
+
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):  # not a file (e.g. captured by a test)
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, fd)
+    os.close(devnull)
+
+
 def main(argv=None):
-    """Run the command line; returns the exit status (143 after SIGTERM, 130 after Ctrl-C)."""
+    """Run the command line; returns the exit status (143 after SIGTERM, 130 after Ctrl-C,
+    141 when the reader of its output goes away)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     verbose = args.verbose + getattr(args, "verbose_sub", 0)
@@ -197,6 +212,9 @@ def main(argv=None):
     except KeyboardInterrupt:
         print("astromorph: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `astromorph ... | head`: the reader of the output went away
+        _silence_stdout()
+        return 141  # as a process ended by SIGPIPE
     finally:
         astropy_log.propagate = propagate
         astropy_log.setLevel(astropy_level)

@@ -575,6 +575,22 @@ def test_cli_sigterm_leaves_no_partial_output(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_cli_output_piped_into_a_closed_reader(tiny_registry):
+    """`astromorph models | head -1`: the reader goes away; the command ends quietly with
+    the status of a process ended by SIGPIPE (141) instead of a BrokenPipeError traceback."""
+    import os
+
+    read, write = os.pipe()
+    os.close(read)  # every write to the pipe fails (EPIPE)
+    try:
+        run = subprocess.run([sys.executable, "-m", "astromorph.cli", "models"], stdout=write,
+                             stderr=subprocess.PIPE, text=True, timeout=120)
+    finally:
+        os.close(write)
+    assert run.returncode == 141, run.stderr
+    assert run.stderr == ""
+
+
 def test_cli_leaves_an_ignored_sigterm_ignored(tmp_path):
     """A process started with SIGTERM ignored (nohup-like supervisors, a parent's choice)
     keeps ignoring it: the command only turns the default action into an orderly exit."""
