@@ -95,11 +95,13 @@ def register(sub):
                         "negative candidate (negated before scoring; not for ZTF stamps)")
     p.add_argument("--on-conflict", choices=["error", "suffix", "replace"], default="error",
                    help="when a new column already exists (default: error)")
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--providers", default=None, help="auto, cpu, cuda (or gpu) or tensorrt")
+    p.add_argument("--batch-size", type=int, default=256, metavar="N",
+                   help="stamps per model call (default 256)")
+    p.add_argument("--providers", default=None,
+                   help="execution providers: auto (default), cpu, cuda (or gpu), tensorrt")
     p.add_argument("--precision", choices=["float32", "int8"], default=None,
                    help="model variant: int8 is a quantised copy, faster on CPUs, where the "
                         "card lists one (default: float32)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output file (default: refuse before any work)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_run)

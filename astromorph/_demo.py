@@ -129,11 +129,12 @@ def register(sub):
                        description="Run annotate on the packaged demo input (a crop of the "
                                    "Hubble eXtreme Deep Field picture with a nominal WCS, and "
                                    "the sources detected in it) and write the table.")
-    p.add_argument("-m", "--model", default="morphology")
+    p.add_argument("-m", "--model", default="morphology",
+                   help="model name or path (default: morphology)")
     p.add_argument("-o", "--output", default="astromorph_demo.ecsv",
                    help="output table (default: astromorph_demo.ecsv)")
     p.add_argument("--gallery", help="also write a PNG gallery of labelled thumbnails")
     p.add_argument("--overwrite", action="store_true",
                    help="replace existing output files (default: refuse before any work)")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_run)

@@ -504,7 +504,8 @@ def register(subparsers):
                         "into DIR")
     p.add_argument("--in-place", action="store_true",
                    help="add the result keywords to the FITS inputs themselves (atomically)")
-    p.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace existing output files (default: refuse before any work)")
     p.add_argument("--providers", default=None,
                    help="execution providers: auto (default), cpu, cuda (or gpu), tensorrt")
     p.add_argument("--precision", choices=["float32", "int8"], default=None,

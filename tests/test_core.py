@@ -825,3 +825,24 @@ def test_a_session_being_made_holds_up_only_the_threads_that_wait_for_it(tiny_re
     assert done_before_release, "a cached session waited for another session being made"
     assert results["cached"] is cached
     assert results["a"] is results["b"] and made == [2]  # made once
+
+
+def test_cli_every_option_is_documented():
+    """Each argument of each sub-command has a help text, and the help of an option with a
+    default value states it (`astromorph COMMAND --help` is the whole reference)."""
+    import argparse
+
+    parser = cli.build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    problems = []
+    for name, command in sub.choices.items():
+        for action in command._actions:
+            if isinstance(action, argparse._HelpAction):
+                continue
+            what = f"{name} {'/'.join(action.option_strings) or action.dest}"
+            if not action.help:
+                problems.append(f"{what}: no help")
+            elif (action.default not in (None, False, 0, argparse.SUPPRESS)
+                  and "default" not in action.help):
+                problems.append(f"{what}: default {action.default!r} not stated")
+    assert not problems, problems

@@ -99,7 +99,7 @@ def _cmd_cluster(args):
         x = np.where(valid[:, None], x, np.nan)
         plot_map(x, args.map, labels=labels, method=args.map_method,
                  title=f"{args.table}: {mixture.n_components_} Gaussian-mixture clusters",
-                 overwrite=args.overwrite)
+                 seed=args.seed, overwrite=args.overwrite)
         report(args, f"wrote map {args.map}")
     return 0
 
@@ -140,7 +140,8 @@ def register(sub):
         description="Find the rows of a table most similar (cosine similarity of the "
                     "'embedding' column, e.g. from `astromorph predict embedding ...`) to a "
                     "query row, the row nearest a sky position, or an image.")
-    p.add_argument("table", metavar="TABLE", help="table with an embedding column (ECSV, FITS, Parquet)")
+    p.add_argument("table", metavar="TABLE",
+                   help="table with an embedding column (ECSV, FITS or Parquet)")
     p.add_argument("--query", type=int, metavar="ROW", help="query by this row number (0-based)")
     p.add_argument("--ra", type=float, help="query by the row nearest this RA (deg)")
     p.add_argument("--dec", type=float, help="... and Dec (deg)")
@@ -161,7 +162,8 @@ def register(sub):
     p.add_argument("--dec-col", default=None,
                    help="with --ra/--dec: the table's Dec column (default: dec, DEC, DEJ2000, ...)")
     p.add_argument("--include-query", action="store_true", help="keep the query row in the results")
-    p.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace existing output files (default: refuse before any work)")
     p.set_defaults(func=_cmd_similar)
 
     p = sub.add_parser(
@@ -169,26 +171,32 @@ def register(sub):
         description="Cluster the 'embedding' vectors of a table with a Gaussian mixture "
                     "(number of clusters by BIC unless -k) and add 'cluster' and "
                     "'cluster_prob' columns.")
-    p.add_argument("table", metavar="TABLE")
+    p.add_argument("table", metavar="TABLE",
+                   help="table with an embedding column (ECSV, FITS or Parquet)")
     p.add_argument("-o", "--output", metavar="OUT", help="output table (default: print)")
     p.add_argument("-k", type=int, default=None, help="number of clusters (default: by BIC)")
     p.add_argument("--k-max", type=int, default=12, help="largest k tried by BIC (default 12)")
     p.add_argument("--pca", type=int, default=16, help="principal components kept (default 16)")
-    p.add_argument("--column", default="embedding")
+    p.add_argument("--column", default="embedding", help="embedding column (default embedding)")
     p.add_argument("--prefix", default="cluster", help="name of the new columns (default cluster)")
     p.add_argument("--on-conflict", choices=["error", "suffix", "replace"], default="error",
                    help="when a new column already exists (default: error)")
     p.add_argument("--map", metavar="PNG", help="save a 2-d map coloured by cluster")
-    p.add_argument("--map-method", default="auto", choices=["auto", "umap", "tsne", "pca"])
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--map-method", default="auto", choices=["auto", "umap", "tsne", "pca"],
+                   help="projection of --map (default auto: UMAP when umap-learn is installed, "
+                        "else t-SNE up to 5000 rows, else PCA)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="random seed of the mixture fit and the map (default 0)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace existing output files (default: refuse before any work)")
     p.set_defaults(func=_cmd_cluster)
 
     p = sub.add_parser(
         "classify", help="few-label classifier on an embedding table",
         description="Fit a logistic-regression head on the rows of a table that have a label "
                     "and apply it to every row: <prefix>_p_<class> and <prefix>_label columns.")
-    p.add_argument("table", metavar="TABLE")
+    p.add_argument("table", metavar="TABLE",
+                   help="table with an embedding column (ECSV, FITS or Parquet)")
     p.add_argument("--labels", required=True, metavar="COLUMN",
                    help="column of labels; empty or masked entries are unlabelled")
     p.add_argument("-o", "--output", metavar="OUT", help="output table (default: print)")
@@ -198,7 +206,8 @@ def register(sub):
     p.add_argument("--balanced", action="store_true", help="weight classes equally")
     p.add_argument("-C", type=float, default=None,
                    help="inverse L2 strength (default: by cross-validation)")
-    p.add_argument("--column", default="embedding")
-    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--column", default="embedding", help="embedding column (default embedding)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing output file (default: refuse before any work)")
     p.set_defaults(func=_cmd_classify)
     return p
