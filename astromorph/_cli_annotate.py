@@ -33,7 +33,7 @@ def _run(args):
                      inputs=[args.catalog, *(args.image or [])])
     table = _read_catalogue(args.catalog)
     common = dict(model=args.model, on_conflict=args.on_conflict, batch_size=args.batch_size,
-                  providers=args.providers, precision=args.precision,
+                  providers=args.providers, threads=args.threads, precision=args.precision,
                   progress=False if args.no_progress else None)
     if args.image:
         stamp_only = [o for o, v in (("--stamp-col", args.stamp_col),
@@ -99,6 +99,10 @@ def register(sub):
                    help="stamps per model call (default 256)")
     p.add_argument("--providers", default=None,
                    help="execution providers: auto (default), cpu, cuda (or gpu), tensorrt")
+    p.add_argument("--threads", type=int, default=None, metavar="N",
+                   help="CPU threads of ONNX Runtime (default: $ASTROMORPH_NUM_THREADS, else "
+                        "ONNX Runtime's choice) and, with --image, threads cutting the stamps "
+                        "(default: the CPU count, at most 8)")
     p.add_argument("--precision", choices=["float32", "int8"], default=None,
                    help="model variant: int8 is a quantised copy, faster on CPUs, where the "
                         "card lists one (default: float32)")

@@ -508,6 +508,9 @@ def register(subparsers):
                    help="replace existing output files (default: refuse before any work)")
     p.add_argument("--providers", default=None,
                    help="execution providers: auto (default), cpu, cuda (or gpu), tensorrt")
+    p.add_argument("--threads", type=int, default=None, metavar="N",
+                   help="CPU threads of ONNX Runtime (default: $ASTROMORPH_NUM_THREADS, "
+                        "else ONNX Runtime's choice)")
     p.add_argument("--precision", choices=["float32", "int8"], default=None,
                    help="model variant: int8 is a quantised copy, faster on CPUs, where the "
                         "card lists one (default: float32)")
@@ -533,7 +536,8 @@ def _cmd_predict(args):
                               progress=False if args.no_progress else None,
                               write_header=args.write_header, in_place=args.in_place,
                               overwrite=args.overwrite, providers=args.providers,
-                              precision=args.precision, crop_fraction=args.crop_fraction)
+                              threads=args.threads, precision=args.precision,
+                              crop_fraction=args.crop_fraction)
     if args.output:
         write_table(table, args.output, overwrite=args.overwrite)
     else:

@@ -1289,7 +1289,7 @@ def test_cli_annotate(optical_model, tmp_path):
               else contextlib.nullcontext()):
             assert cli.main(["annotate", str(tmp_path / "cat.ecsv"), "-i",
                              str(tmp_path / "img.fits"), "-m", str(optical_model.path), "-o",
-                             str(out), "--no-progress"]) == 0
+                             str(out), "--no-progress", "--threads", "2"]) == 0
         t = Table.read(out)
         assert "opt_p_a" in t.colnames and len(t) == 2
         assert int(t["opt_flags"][1]) & Flag.OFF_IMAGE

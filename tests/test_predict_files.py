@@ -1325,6 +1325,18 @@ def test_cli_verbosity_options_after_the_command(models, tmp_path):
     assert done.returncode == 2 and "exclude each other" in done.stderr
 
 
+def test_cli_threads(models, tmp_path, capsys):
+    """--threads N reaches ONNX Runtime (as threads= does); a bad count is one error line."""
+    write_fits(tmp_path / "t.fits", triplet())
+    assert cli.main(["predict", "real-bogus", str(tmp_path / "t.fits"), "--threads", "1",
+                     "--no-progress"]) == 0
+    assert "rb_score" in capsys.readouterr().out
+    assert cli.main(["predict", "real-bogus", str(tmp_path / "t.fits"), "--threads", "-2",
+                     "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("astromorph: error: threads must be >= 0") and err.count("\n") == 1
+
+
 def test_cli_predict_crop_fraction(models, tmp_path):
     # a 64 x 64 stamp already cut to the network's field: with the default crop (0.35) the
     # network would see 22 of its pixels upsampled (EXTRAPOLATED); --crop-fraction 1 keeps all
