@@ -49,8 +49,9 @@ def header_targets(paths, write_header, in_place, overwrite):
         target = out_dir / p.name
         if os.path.realpath(target) == os.path.realpath(p):
             raise InvalidArgumentError(
-                f"write_header={str(write_header)!r} is the directory of the input {str(p)!r}: "
-                "copies would replace the originals (use in_place=True for that)")
+                f"write_header={str(write_header)!r} (--write-header) is the directory of the "
+                f"input {str(p)!r}: copies would replace the originals (use in_place=True, "
+                "--in-place, for that)")
         if p.name in seen:
             raise InvalidArgumentError(
                 f"inputs {str(seen[p.name])!r} and {str(p)!r} have the same file name; their "

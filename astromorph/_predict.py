@@ -119,8 +119,9 @@ def predict_files(model, inputs, *, batch_size=256, progress=None, write_header=
         raise InvalidArgumentTypeError(f"write_header must be a directory path, got "
                                        f"{write_header!r}")
     if write_header is not None and in_place:
-        raise InvalidArgumentError("write_header and in_place exclude each other: write copies "
-                                   f"to {str(write_header)!r} or update the inputs, not both")
+        raise InvalidArgumentError("write_header (--write-header) and in_place (--in-place) "
+                                   f"exclude each other: write copies to {str(write_header)!r} "
+                                   "or update the inputs, not both")
     if crop_fraction is not None:
         if not in_unit_interval(crop_fraction):
             raise InvalidArgumentError(f"crop_fraction must be a number in (0, 1], got "

@@ -974,6 +974,22 @@ def test_write_header_copies(models, tmp_path):
         astromorph.predict_files("morphology", src / "g.fits", write_header=src)
 
 
+def test_cli_header_option_errors_name_the_options(models, tmp_path, capsys):
+    """On the command line the header-writing errors name --write-header and --in-place,
+    not only the Python arguments; the input is untouched."""
+    write_fits(tmp_path / "t.fits", triplet())
+    before = digest(tmp_path / "t.fits")
+    assert cli.main(["predict", "real-bogus", str(tmp_path / "t.fits"), "--write-header",
+                     str(tmp_path), "--overwrite", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "--write-header" in err and "--in-place" in err and "originals" in err
+    assert cli.main(["predict", "real-bogus", str(tmp_path / "t.fits"), "--write-header",
+                     str(tmp_path / "h"), "--in-place", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "--write-header" in err and "--in-place" in err
+    assert digest(tmp_path / "t.fits") == before and not (tmp_path / "h").exists()
+
+
 def test_write_header_name_collision(models, tmp_path):
     for d in ("a", "b"):
         (tmp_path / d).mkdir()
