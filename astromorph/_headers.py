@@ -16,7 +16,7 @@ from ._io import atomic_output
 from ._version import __version__
 from ._warnings import catch_warnings, warn
 from .exceptions import (AstromorphError, AstromorphWarning, InvalidArgumentError,
-                         OutputExistsError)
+                         OutputError, OutputExistsError)
 
 __all__ = ["header_targets", "write_results_to_header"]
 
@@ -61,7 +61,11 @@ def header_targets(paths, write_header, in_place, overwrite):
                                     "(--overwrite) to replace it")
         seen[p.name] = p
         targets[p] = target
-    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"cannot create the write_header (--write-header) folder "
+                          f"{str(write_header)!r}: {exc.strerror or exc}") from exc
     return targets
 
 

@@ -104,6 +104,10 @@ def predict_files(model, inputs, *, batch_size=256, progress=None, write_header=
         A bad option value (named in the message).
     astromorph.exceptions.MissingDependencyError
         Pillow or fastavro is needed for an input and is not installed.
+    astromorph.exceptions.OutputExistsError
+        A ``write_header`` copy exists already and ``overwrite`` is not set.
+    astromorph.exceptions.OutputError
+        The ``write_header`` folder cannot be created, or a file cannot be written.
 
     Warns
     -----

@@ -990,6 +990,21 @@ def test_cli_header_option_errors_name_the_options(models, tmp_path, capsys):
     assert digest(tmp_path / "t.fits") == before and not (tmp_path / "h").exists()
 
 
+def test_write_header_folder_that_cannot_be_made(models, tmp_path, capsys):
+    """A --write-header folder that cannot be created (under a file, say) is an OutputError
+    naming it, one line from the command, not a NotADirectoryError traceback."""
+    from astromorph.exceptions import OutputError
+
+    write_fits(tmp_path / "t.fits", triplet())
+    target = tmp_path / "t.fits" / "headers"
+    with pytest.raises(OutputError, match="headers"):
+        astromorph.predict_files("real-bogus", tmp_path / "t.fits", write_header=target)
+    assert cli.main(["predict", "real-bogus", str(tmp_path / "t.fits"), "--write-header",
+                     str(target), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("astromorph: error: ") and "headers" in err and err.count("\n") == 1
+
+
 def test_write_header_name_collision(models, tmp_path):
     for d in ("a", "b"):
         (tmp_path / d).mkdir()
