@@ -119,9 +119,25 @@ def build_parser():
 
     for register in _extra_commands():
         register(sub)
-    for command in sub.choices.values():  # also after the command: `astromorph predict ... -q`
-        _add_verbosity(command, dest="_sub")
+    for command in sub.choices.values():
+        _add_verbosity(command, dest="_sub")  # also after the command: `astromorph predict ... -q`
+        for action in command._actions:
+            if action.dest in _PATH_ARGUMENTS:
+                action.type = _path
     return parser
+
+
+#: The arguments of the sub-commands that name files or folders.
+_PATH_ARGUMENTS = {"inputs", "catalog", "table", "image", "output", "write_header", "gallery",
+                   "map"}
+
+
+def _path(text):
+    """A file or folder argument: an empty one (an unset shell variable, ``-o "$OUT"``) is a
+    usage error, not the working directory or no output at all."""
+    if not text:
+        raise argparse.ArgumentTypeError("empty path")
+    return text
 
 
 def _add_verbosity(parser, dest=""):

@@ -15,7 +15,8 @@ from astromorph import cli
 from astromorph.exceptions import (AmbiguousInputWarning, ChecksumMismatchError, InputError, InputShapeError,
                                    InvalidArgumentError, InvalidModelNameError, ModelLoadError,
                                    MissingRuntimeError, ModelCardError, ModelNotFoundError,
-                                   ProviderFallbackWarning, AstromorphWarning)
+                                   ProviderFallbackWarning, AstromorphWarning,
+                                   InputNotFoundError)
 from astropy.utils.exceptions import AstropyUserWarning
 
 from conftest import REPO, cuda_available, make_card, sha256, tiny_classifier_onnx
@@ -846,3 +847,27 @@ def test_cli_every_option_is_documented():
                   and "default" not in action.help):
                 problems.append(f"{what}: default {action.default!r} not stated")
     assert not problems, problems
+
+
+@pytest.mark.parametrize("argv", [
+    ["predict", "tiny", ""], ["predict", "tiny", "x.fits", "-o", ""],
+    ["predict", "tiny", "x.fits", "--write-header", ""],
+    ["annotate", "", "-m", "tiny"], ["annotate", "c.ecsv", "-m", "tiny", "-i", ""],
+    ["annotate", "c.ecsv", "-m", "tiny", "-o", ""],
+    ["similar", "t.ecsv", "--query", "0", "-o", ""], ["similar", "t.ecsv", "--image", ""],
+    ["similar", "t.ecsv", "--query", "0", "--gallery", ""], ["cluster", ""],
+    ["cluster", "t.ecsv", "--map", ""], ["classify", "t.ecsv", "--labels", "a", "-o", ""],
+    ["demo", "-o", ""], ["demo", "--gallery", ""]])
+def test_cli_empty_path_is_a_usage_error(argv, capsys, tmp_path, monkeypatch):
+    """An empty file argument (an unset shell variable: -o "$OUT") is a usage error, not the
+    working directory scanned as the input or the table printed instead of written."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as info:
+        cli.main(argv)
+    assert info.value.code == 2
+    assert "empty path" in capsys.readouterr().err
+
+
+def test_empty_input_path_is_refused(tiny_registry):
+    with pytest.raises(InputNotFoundError, match="empty"):
+        astromorph.predict_files("tiny", "")

@@ -71,6 +71,8 @@ def expand_inputs(inputs):
         if not isinstance(item, (str, os.PathLike)):
             raise InvalidArgumentError(f"input {item!r} is not a path or a glob pattern")
         text = os.path.expanduser(os.fspath(item))
+        if not text:  # Path("") is the working directory
+            raise InputNotFoundError("input '' is an empty path")
         path = Path(text)
         if path.is_dir():
             found = sorted(p for p in path.iterdir() if p.is_file() and _supported(p))
