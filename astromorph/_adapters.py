@@ -23,7 +23,7 @@ from astropy.table import MaskedColumn, Table
 from ._flags import Flag
 from .exceptions import InputError
 
-__all__ = ["RawStamps", "prepare", "model_family", "result_columns", "BLANK_THRESHOLD",
+__all__ = ["RawStamps", "prepare", "model_family", "multidimensional_outputs", "result_columns", "BLANK_THRESHOLD",
            "model_angular_grid"]
 
 #: Rows whose fraction of NaN/inf/blank pixels exceeds this get `Flag.BLANK`.
@@ -282,6 +282,12 @@ def prepare(model, raw, *, crop_fraction=None):
 #: Description of the ``<prefix>_flags`` columns: every bit of `Flag` by value and name.
 FLAGS_DESCRIPTION = ("astromorph quality bits (astromorph.Flag, 0 = clean): "
                      + ", ".join(f"{int(f)} {f.name}" for f in Flag))
+
+
+def multidimensional_outputs(card):
+    """Names of the multidimensional columns `result_columns` makes for a model (its card)."""
+    return ["embedding"] if any(spec.get("kind") == "embedding" for spec in card["outputs"]) \
+        else []
 
 
 def result_columns(model, prediction, flags, valid):

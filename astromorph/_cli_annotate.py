@@ -25,12 +25,13 @@ def _run(args):
     from ._annotate import annotate
     from ._io import check_output, write_table
     from ._stamp_table import annotate_stamps
-    from .cli import report
+    from .cli import check_model_output, report
     from .exceptions import InvalidArgumentError
 
     if args.output:  # fail before any work
         check_output(args.output, overwrite=args.overwrite, table=True,
                      inputs=[args.catalog, *(args.image or [])])
+        check_model_output(args.model, args.output)
     table = _read_catalogue(args.catalog)
     common = dict(model=args.model, on_conflict=args.on_conflict, batch_size=args.batch_size,
                   providers=args.providers, threads=args.threads, precision=args.precision,

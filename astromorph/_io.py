@@ -21,8 +21,8 @@ from ._warnings import catch_warnings, warn
 from .exceptions import (AstromorphError, InvalidArgumentError, LossyOutputWarning,
                          MissingDependencyError, OutputError, OutputExistsError)
 
-__all__ = ["atomic_output", "check_output", "check_distinct_outputs", "table_format",
-           "write_table", "TABLE_FORMATS"]
+__all__ = ["atomic_output", "check_output", "check_distinct_outputs", "check_multidimensional",
+           "table_format", "write_table", "TABLE_FORMATS"]
 
 log = logging.getLogger(__name__)
 
@@ -136,6 +136,21 @@ def check_output(path, *, overwrite=False, table=False, inputs=()):
     if not os.access(directory, os.W_OK | os.X_OK):
         raise OutputError(f"cannot write into {str(directory)!r} (permission denied or a "
                           "read-only file system)")
+
+
+def check_multidimensional(path, columns):
+    """Check, before any work, that a table with the multidimensional ``columns`` (e.g.
+    ``embedding``) can be written to ``path``: CSV cannot hold them.
+
+    Raises
+    ------
+    InvalidArgumentError
+        For a CSV ``path`` and any such column.
+    """
+    if columns and table_format(path) == "ascii.csv":
+        raise InvalidArgumentError(
+            f"CSV cannot hold the multidimensional column(s) {', '.join(columns)} of this "
+            f"table; write {str(path)!r} as .ecsv, .fits or .parquet instead")
 
 
 def check_distinct_outputs(outputs):
@@ -280,11 +295,7 @@ def write_table(table, path, *, overwrite=False, format=None):
     path = Path(path)
     fmt = format or table_format(path)
     if fmt == "ascii.csv":
-        multi = [c for c in table.colnames if table[c].ndim > 1]
-        if multi:
-            raise InvalidArgumentError(
-                f"CSV cannot hold the multidimensional column(s) {', '.join(multi)} of this "
-                f"table; write {str(path)!r} as .ecsv, .fits or .parquet instead")
+        check_multidimensional(path, [c for c in table.colnames if table[c].ndim > 1])
     if fmt == "fits" and any(isinstance(v, (list, tuple)) and k.lower() not in _FITS_LIST_KEYS
                              for k, v in table.meta.items()):
         # a FITS card holds one value: join lists, except comments and history (one

@@ -530,11 +530,12 @@ def register(subparsers):
 
 
 def _cmd_predict(args):
-    from .cli import report
+    from .cli import check_model_output, report
 
     if args.output:  # fail before any work: bad extension, existing file, an input...
         check_output(args.output, overwrite=args.overwrite, table=True,
                      inputs=expand_inputs(args.inputs))
+        check_model_output(args.model, args.output)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UnusableInputWarning)  # summarised below
         table = predict_files(args.model, args.inputs, batch_size=args.batch_size,

@@ -147,6 +147,17 @@ def _add_verbosity(parser, dest=""):
                         help="errors only: no warnings, progress bar or summary lines")
 
 
+def check_model_output(model, output):
+    """Check, before any work, that a table with the columns of ``model`` (a name or path)
+    can be written to ``output`` (CSV cannot hold an embedding)."""
+    from ._adapters import multidimensional_outputs
+    from ._io import check_multidimensional
+    from ._registry import resolve_model
+
+    if output:
+        check_multidimensional(output, multidimensional_outputs(resolve_model(model)[1]))
+
+
 def report(args, message):
     """Print a status line of a command (what was written, a summary) on stderr, unless
     ``--quiet``."""

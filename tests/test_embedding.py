@@ -769,3 +769,36 @@ def test_cli_quiet_prints_no_status_lines(tmp_path, capsys):
                  "--quiet"]) == 0
     assert capsys.readouterr().err == ""
     assert (tmp_path / "c.ecsv").exists() and (tmp_path / "s.ecsv").exists()
+
+
+def test_cli_csv_output_of_embeddings_is_refused_before_any_work(tiny_embedding, tmp_path,
+                                                                  monkeypatch, capsys):
+    """CSV cannot hold an embedding column: predict/annotate with an embedding model and
+    cluster/classify of an embedding table refuse a .csv output before scoring or fitting,
+    not after the whole run."""
+    from PIL import Image
+
+    from astromorph import _predict
+    from astromorph.embeddings import _mixture
+
+    Image.fromarray(colour_cutout(0)).save(tmp_path / "g.png")
+    t = catalogue(30, d=8)
+    t["embedding"], _ = blobs(n_per=10, k=3, d=8)
+    t["label"] = ["a", "b", ""] * 10
+    t.write(tmp_path / "emb.ecsv")
+    work = []
+    monkeypatch.setattr(_predict, "predict_files", lambda *a, **k: work.append(a))
+    monkeypatch.setattr(_mixture, "_cluster_table", lambda *a, **k: work.append(a))
+    from astromorph.embeddings import _head
+    monkeypatch.setattr(_head.LabelHead, "fit", lambda *a, **k: work.append(a))
+    from astromorph import _annotate
+    monkeypatch.setattr(_annotate, "annotate", lambda *a, **k: work.append(a))
+    for argv in (["predict", tiny_embedding, str(tmp_path / "g.png"), "-o"],
+                 ["annotate", str(tmp_path / "emb.ecsv"), "-m", tiny_embedding, "-i",
+                  str(tmp_path / "g.png"), "--stamp-size", "10", "-o"],
+                 ["cluster", str(tmp_path / "emb.ecsv"), "-k", "2", "-o"],
+                 ["classify", str(tmp_path / "emb.ecsv"), "--labels", "label", "-o"]):
+        assert main([*argv, str(tmp_path / "out.csv")]) == 2
+        err = capsys.readouterr().err
+        assert "multidimensional" in err and "embedding" in err, err
+    assert work == [] and not (tmp_path / "out.csv").exists()

@@ -10,10 +10,16 @@ __all__ = ["register"]
 log = logging.getLogger(__name__)
 
 
-def _read(path):
+def _read(args, *, output_has_its_columns=True):
+    """The input table; before any work, an output that will hold its columns and cannot
+    is refused (CSV and the embedding column)."""
     from .._cli_annotate import _read_catalogue
+    from .._io import check_multidimensional
 
-    return _read_catalogue(path)
+    table = _read_catalogue(args.table)
+    if args.output and output_has_its_columns:
+        check_multidimensional(args.output, [c for c in table.colnames if table[c].ndim > 1])
+    return table
 
 
 def _write_or_print(table, args, what):
@@ -52,7 +58,7 @@ def _cmd_similar(args):
     given = [n for n in ("query", "ra", "image") if getattr(args, n) is not None]
     if len(given) != 1 or (args.ra is None) != (args.dec is None):
         raise InvalidArgumentError("give exactly one query: --query ROW, --ra/--dec or --image FILE")
-    table = _read(args.table)
+    table = _read(args, output_has_its_columns=False)  # neighbours: no embeddings
     index = SimilarityIndex.from_table(table, column=args.column, backend=args.backend)
     kwargs = dict(k=args.k, include_query=args.include_query, model=args.model)
     if args.query is not None:
@@ -79,7 +85,7 @@ def _cmd_cluster(args):
     from ._plots import plot_map
 
     _check_outputs(args, output=args.output, map=args.map)
-    table = _read(args.table)
+    table = _read(args)
     kwargs = {"k_range": range(2, args.k_max + 1)} if args.k is None else {}
     out, mixture, name = _cluster_table(table, args.column, args.k, args.prefix,
                                         args.on_conflict,
@@ -111,7 +117,7 @@ def _cmd_classify(args):
     from ..exceptions import InputError
 
     _check_outputs(args, output=args.output)
-    table = _read(args.table)
+    table = _read(args)
     if args.labels not in table.colnames:
         raise InputError(f"no label column {args.labels!r} (columns: {table.colnames})")
     x, valid = table_embeddings(table, args.column)
