@@ -802,3 +802,21 @@ def test_cli_csv_output_of_embeddings_is_refused_before_any_work(tiny_embedding,
         err = capsys.readouterr().err
         assert "multidimensional" in err and "embedding" in err, err
     assert work == [] and not (tmp_path / "out.csv").exists()
+
+
+def test_cli_cluster_map_that_cannot_be_drawn_fails_before_any_work(tmp_path, capsys):
+    """--map-method umap without umap-learn: refused before the fit, with no table written
+    (was: the table written, then the error, exit 2)."""
+    import importlib.util
+
+    if importlib.util.find_spec("umap") is not None:
+        pytest.skip("umap-learn is installed")
+    t = catalogue(30, d=8)
+    t["embedding"], _ = blobs(n_per=10, k=3, d=8)
+    t.write(tmp_path / "emb.ecsv")
+    assert main(["cluster", str(tmp_path / "emb.ecsv"), "-k", "2", "-o",
+                 str(tmp_path / "out.ecsv"), "--map", str(tmp_path / "m.png"),
+                 "--map-method", "umap"]) == 2
+    captured = capsys.readouterr()
+    assert "umap-learn" in captured.err and "clusters" not in captured.err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["emb.ecsv"]

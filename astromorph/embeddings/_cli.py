@@ -85,6 +85,12 @@ def _cmd_cluster(args):
     from ._plots import plot_map
 
     _check_outputs(args, output=args.output, map=args.map)
+    if args.map:  # a map that cannot be drawn fails before the fit and any write
+        from .._plotting import matplotlib
+        from ._plots import check_map_method
+
+        matplotlib()
+        check_map_method(args.map_method)
     table = _read(args)
     kwargs = {"k_range": range(2, args.k_max + 1)} if args.k is None else {}
     out, mixture, name = _cluster_table(table, args.column, args.k, args.prefix,

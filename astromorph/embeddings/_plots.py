@@ -4,6 +4,7 @@
 ``umap-learn`` is installed), an exact t-SNE written in numpy (up to a few
 thousand points) or PCA.
 """
+import importlib.util
 import logging
 import os
 from pathlib import Path
@@ -16,7 +17,7 @@ from .._plotting import colormap, figure, matplotlib
 from ..exceptions import InputError, InvalidArgumentError, MissingDependencyError
 from ..preprocessing._checks import check_number, check_whole
 
-__all__ = ["gallery", "embedding_map", "plot_map", "display_image"]
+__all__ = ["gallery", "embedding_map", "plot_map", "display_image", "check_map_method"]
 
 log = logging.getLogger(__name__)
 
@@ -227,6 +228,16 @@ def _tsne(x, *, perplexity=30.0, n_iter=750, seed=0):
     return y
 
 
+def check_map_method(method):
+    """``method`` of `embedding_map`, checked before any work: one of the four, and
+    umap-learn installed for ``"umap"`` (`MissingDependencyError`)."""
+    if not isinstance(method, str) or method not in ("auto", "umap", "tsne", "pca"):
+        raise InvalidArgumentError(f"method must be auto, umap, tsne or pca, got {method!r}")
+    if method == "umap" and importlib.util.find_spec("umap") is None:
+        raise MissingDependencyError("method='umap' needs umap-learn (`pip install umap-learn`)")
+    return method
+
+
 def embedding_map(embeddings, *, method="auto", seed=0, perplexity=30.0):
     """Two-dimensional coordinates of embedding vectors.
 
@@ -248,10 +259,9 @@ def embedding_map(embeddings, *, method="auto", seed=0, perplexity=30.0):
     """
     perplexity = check_number(perplexity, "perplexity", positive=True)
     check_seed(seed)
+    check_map_method(method)
     x = embedding_matrix(embeddings, allow_masked=False)
     if method == "auto":
-        import importlib.util
-
         if importlib.util.find_spec("umap") is not None:
             method = "umap"
         else:
@@ -267,9 +277,7 @@ def embedding_map(embeddings, *, method="auto", seed=0, perplexity=30.0):
             raise InvalidArgumentError(f"the exact t-SNE is too slow for {len(x)} rows; use "
                                        "method='pca' or install umap-learn, or subsample")
         return _tsne(x, perplexity=perplexity, seed=seed), method
-    if method == "pca":
-        return _pca2(x), method
-    raise InvalidArgumentError(f"method must be auto, umap, tsne or pca, got {method!r}")
+    return _pca2(x), method
 
 
 def plot_map(embeddings, path, *, labels=None, method="auto", max_points=TSNE_MAX_POINTS,
@@ -309,6 +317,7 @@ def plot_map(embeddings, path, *, labels=None, method="auto", max_points=TSNE_MA
     check_number(dpi, "dpi", positive=True)
     check_seed(seed)
     matplotlib()  # a missing matplotlib fails here, before any work
+    check_map_method(method)
     x = embedding_matrix(embeddings, allow_masked=True)
     rows = np.flatnonzero(np.all(np.isfinite(x), axis=1))
     if labels is not None:
