@@ -820,3 +820,23 @@ def test_cli_cluster_map_that_cannot_be_drawn_fails_before_any_work(tmp_path, ca
     captured = capsys.readouterr()
     assert "umap-learn" in captured.err and "clusters" not in captured.err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["emb.ecsv"]
+
+
+@pytest.mark.parametrize("picture", [["--gallery", "g.png"], ["--map", "m.png"]])
+def test_cli_picture_without_matplotlib_fails_before_any_work(tmp_path, capsys, monkeypatch,
+                                                              picture):
+    from astromorph import _plotting
+    from astromorph.exceptions import MissingDependencyError
+
+    def missing():
+        raise MissingDependencyError("drawing needs matplotlib")
+
+    monkeypatch.setattr(_plotting, "matplotlib", missing)
+    t = catalogue(30, d=8)
+    t["embedding"], _ = blobs(n_per=10, k=3, d=8)
+    t.write(tmp_path / "emb.ecsv")
+    command = ["similar", "--query", "0"] if picture[0] == "--gallery" else ["cluster", "-k", "2"]
+    assert main([command[0], str(tmp_path / "emb.ecsv"), *command[1:], "-o",
+                 str(tmp_path / "out.ecsv"), picture[0], str(tmp_path / picture[1])]) == 2
+    assert "matplotlib" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["emb.ecsv"]

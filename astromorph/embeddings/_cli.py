@@ -38,7 +38,9 @@ def _write_or_print(table, args, what):
 
 def _check_outputs(args, **outputs):
     """Every output (option name -> path) checked before any work or any write (extension,
-    existing file, folder, one of the inputs, two outputs naming one file)."""
+    existing file, folder, one of the inputs, two outputs naming one file, matplotlib for a
+    picture)."""
+    from .. import _plotting
     from .._io import check_distinct_outputs, check_output
 
     check_distinct_outputs({"--" + name: p for name, p in outputs.items()})
@@ -46,6 +48,8 @@ def _check_outputs(args, **outputs):
         if p:
             check_output(p, overwrite=args.overwrite, table=p == getattr(args, "output", None),
                          inputs=[args.table])
+    if outputs.get("gallery") or outputs.get("map"):
+        _plotting.matplotlib()
 
 
 def _cmd_similar(args):
@@ -86,10 +90,8 @@ def _cmd_cluster(args):
 
     _check_outputs(args, output=args.output, map=args.map)
     if args.map:  # a map that cannot be drawn fails before the fit and any write
-        from .._plotting import matplotlib
         from ._plots import check_map_method
 
-        matplotlib()
         check_map_method(args.map_method)
     table = _read(args)
     kwargs = {"k_range": range(2, args.k_max + 1)} if args.k is None else {}
