@@ -840,3 +840,14 @@ def test_cli_picture_without_matplotlib_fails_before_any_work(tmp_path, capsys, 
                  str(tmp_path / "out.ecsv"), picture[0], str(tmp_path / picture[1])]) == 2
     assert "matplotlib" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["emb.ecsv"]
+
+
+def test_cli_similar_gallery_without_file_column_writes_nothing(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    t = catalogue(30, d=8)
+    t["embedding"], _ = blobs(n_per=10, k=3, d=8)
+    t.write(tmp_path / "emb.ecsv")
+    assert main(["similar", str(tmp_path / "emb.ecsv"), "--query", "0", "-o",
+                 str(tmp_path / "out.ecsv"), "--gallery", str(tmp_path / "g.png")]) == 2
+    assert "column of file paths" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["emb.ecsv"]

@@ -56,6 +56,7 @@ def _cmd_similar(args):
     import astropy.units as u
 
     from ._index import SimilarityIndex
+    from ._plots import _row_images
     from ..exceptions import InvalidArgumentError
 
     _check_outputs(args, output=args.output, gallery=args.gallery)
@@ -64,6 +65,8 @@ def _cmd_similar(args):
         raise InvalidArgumentError("give exactly one query: --query ROW, --ra/--dec or --image FILE")
     table = _read(args, output_has_its_columns=False)  # neighbours: no embeddings
     index = SimilarityIndex.from_table(table, column=args.column, backend=args.backend)
+    if args.gallery:  # the column of the rows' files, checked before any write
+        _row_images(index, [], None, args.source_column)
     kwargs = dict(k=args.k, include_query=args.include_query, model=args.model)
     if args.query is not None:
         result = index.query(row=args.query, **kwargs)
