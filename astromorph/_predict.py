@@ -18,7 +18,7 @@ import numpy as np
 
 from ._flags import Flag, describe_flags
 from ._headers import header_targets, write_results_to_header
-from ._io import check_output, write_table
+from ._io import check_distinct_outputs, check_output, write_table
 from ._progress import progress_bar
 from ._readers import expand_inputs, read_file
 from .preprocessing._checks import check_bool, in_unit_interval
@@ -533,9 +533,13 @@ def _cmd_predict(args):
     from .cli import check_model_output, report
 
     if args.output:  # fail before any work: bad extension, existing file, an input...
-        check_output(args.output, overwrite=args.overwrite, table=True,
-                     inputs=expand_inputs(args.inputs))
+        inputs = expand_inputs(args.inputs)
+        check_output(args.output, overwrite=args.overwrite, table=True, inputs=inputs)
         check_model_output(args.model, args.output)
+        if args.write_header:  # ... or the file of a header copy
+            check_distinct_outputs({"--output": args.output, **{
+                f"--write-header copy of {str(p)!r}": os.path.join(args.write_header, p.name)
+                for p in inputs}})
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UnusableInputWarning)  # summarised below
         table = predict_files(args.model, args.inputs, batch_size=args.batch_size,

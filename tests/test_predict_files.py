@@ -1005,6 +1005,18 @@ def test_write_header_folder_that_cannot_be_made(models, tmp_path, capsys):
     assert err.startswith("astromorph: error: ") and "headers" in err and err.count("\n") == 1
 
 
+def test_cli_output_table_is_not_one_of_the_header_copies(models, tmp_path, capsys):
+    """-o naming the file a --write-header copy goes to: refused before any work (with
+    --overwrite the table replaced the copy, exit 0)."""
+    write_fits(tmp_path / "t.fits", triplet())
+    hdr = tmp_path / "hdr"
+    hdr.mkdir()
+    assert cli.main(["predict", "real-bogus", str(tmp_path / "t.fits"), "--write-header",
+                     str(hdr), "-o", str(hdr / "t.fits"), "--overwrite", "--no-progress"]) == 2
+    assert "given twice" in capsys.readouterr().err
+    assert list(hdr.iterdir()) == []
+
+
 def test_write_header_name_collision(models, tmp_path):
     for d in ("a", "b"):
         (tmp_path / d).mkdir()
