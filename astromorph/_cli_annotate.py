@@ -28,6 +28,19 @@ def _run(args):
     from .cli import check_model_output, report
     from .exceptions import InvalidArgumentError
 
+    # options of one mode given in the other (a forgotten -i, say): before any work
+    image_only = [o for o, v in (("--band", args.band), ("--ra-col", args.ra_col),
+                                 ("--dec-col", args.dec_col), ("--size-col", args.size_col),
+                                 ("--stamp-size", args.stamp_size)) if v is not None]
+    stamp_only = [o for o, v in (("--stamp-col", args.stamp_col),
+                                 ("--pixel-scale", args.pixel_scale),
+                                 ("--negative-col", args.negative_col)) if v is not None]
+    if args.image and stamp_only:
+        raise InvalidArgumentError(f"{', '.join(stamp_only)}: for tables that hold their "
+                                   "own stamps, not with --image")
+    if not args.image and image_only:
+        raise InvalidArgumentError(f"{', '.join(image_only)}: for cutting stamps from "
+                                   "--image files; give the images with -i/--image")
     if args.output:  # fail before any work
         check_output(args.output, overwrite=args.overwrite, table=True,
                      inputs=[args.catalog, *(args.image or [])])
@@ -37,12 +50,6 @@ def _run(args):
                   providers=args.providers, threads=args.threads, precision=args.precision,
                   progress=False if args.no_progress else None)
     if args.image:
-        stamp_only = [o for o, v in (("--stamp-col", args.stamp_col),
-                                     ("--pixel-scale", args.pixel_scale),
-                                     ("--negative-col", args.negative_col)) if v]
-        if stamp_only:
-            raise InvalidArgumentError(f"{', '.join(stamp_only)}: for tables that hold their "
-                                       "own stamps, not with --image")
         result = annotate(
             table, args.image, ra_col=args.ra_col, dec_col=args.dec_col,
             size_col=args.size_col,
@@ -81,10 +88,13 @@ def register(sub):
     p.add_argument("-o", "--output", help="output catalogue (default: print the table)")
     p.add_argument("--band", action="append",
                    help="band of each --image, in order (default: from the FITS headers)")
-    p.add_argument("--ra-col", help="RA column (default: ra, RA, RAJ2000, ...)")
-    p.add_argument("--dec-col", help="Dec column (default: dec, DEC, DEJ2000, ...)")
-    p.add_argument("--size-col", help="Petrosian R90 radius column (arcsec) for galaxy-scaled models")
-    p.add_argument("--stamp-size", type=float, help="stamp side in arcsec for every source")
+    p.add_argument("--ra-col", help="with --image: RA column (default: ra, RA, RAJ2000, ...)")
+    p.add_argument("--dec-col", help="with --image: Dec column (default: dec, DEC, DEJ2000, ...)")
+    p.add_argument("--size-col", help="with --image: Petrosian R90 radius column (arcsec) for "
+                                      "galaxy-scaled models")
+    p.add_argument("--stamp-size", type=float,
+                   help="with --image: stamp side in arcsec for every source (instead of "
+                        "--size-col)")
     p.add_argument("--stamp-col", action="append",
                    help="without --image: column holding the stamps (repeat for one column per "
                         "plane: science, reference, difference; default: found by name)")

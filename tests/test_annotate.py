@@ -1303,6 +1303,17 @@ def test_cli_annotate(optical_model, tmp_path):
     assert not (tmp_path / "int8.ecsv").exists()
 
 
+@pytest.mark.parametrize("option", [["--size-col", "r90"], ["--stamp-size", "10"],
+                                    ["--band", "r"], ["--ra-col", "ra"], ["--dec-col", "dec"]])
+def test_cli_image_options_without_image(tmp_path, capsys, option):
+    """Options that only mean something with --image (a forgotten -i): one clear error,
+    not a search for stamp columns the table does not have, nor options silently ignored."""
+    Table({"ra": [1.0], "dec": [2.0], "r90": [3.0]}).write(tmp_path / "cat.ecsv")
+    assert cli.main(["annotate", str(tmp_path / "cat.ecsv"), "-m", "morphology",
+                     *option]) == 2
+    err = capsys.readouterr().err
+    assert option[0] in err and "--image" in err and "stamp columns" not in err
+
 
 @pytest.mark.parametrize("missing", ["pyarrow", "pandas"])
 def test_cli_parquet_catalogue_without_its_extra(optical_model, tmp_path, monkeypatch, capsys,
