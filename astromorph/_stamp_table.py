@@ -112,7 +112,8 @@ def annotate_stamps(table, *, model, columns=None, pixel_scale=None, negative=No
         raise InvalidArgumentError(f"pixel_scale must be positive, got {pixel_scale!r}")
     flip = _row_values(table, negative, n, "negative", _bools)
     if flip is not None and family != "triplet":
-        raise InvalidArgumentError(f"negative= applies to difference-imaging models; "
+        raise InvalidArgumentError(f"negative= (--negative-col) applies to difference-imaging "
+                                   f"models; "
                                    f"{model.name!r} is a {family} model")
 
     runner = _Runner(model, family, int(batch_size), None)
@@ -152,7 +153,8 @@ def _stamp_columns(table, columns, family):
                 return list(names)
         tried = " or ".join("/".join(c) for c in _DEFAULT_COLUMNS.get(family, ()))
         raise InputError(f"no stamp columns found (looked for {tried}); name them with "
-                         f"columns=; the table has {table.colnames}")
+                         f"columns= (--stamp-col), or cut stamps from images with annotate() "
+                         f"(--image); the table has {table.colnames}")
     try:
         names = [columns] if isinstance(columns, str) else list(columns)
     except TypeError:  # e.g. a number: not iterable

@@ -1315,6 +1315,15 @@ def test_cli_image_options_without_image(tmp_path, capsys, option):
     assert option[0] in err and "--image" in err and "stamp columns" not in err
 
 
+def test_cli_table_without_stamp_columns_names_the_option(tmp_path, capsys):
+    """Without --image and without stamp columns: the error says how to name them on the
+    command line (--stamp-col), or to give images."""
+    Table({"ra": [1.0], "dec": [2.0]}).write(tmp_path / "cat.ecsv")
+    assert cli.main(["annotate", str(tmp_path / "cat.ecsv"), "-m", "morphology"]) == 2
+    err = capsys.readouterr().err
+    assert "no stamp columns found" in err and "--stamp-col" in err and "--image" in err
+
+
 @pytest.mark.parametrize("missing", ["pyarrow", "pandas"])
 def test_cli_parquet_catalogue_without_its_extra(optical_model, tmp_path, monkeypatch, capsys,
                                                  missing):
