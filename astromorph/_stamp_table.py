@@ -113,8 +113,7 @@ def annotate_stamps(table, *, model, columns=None, pixel_scale=None, negative=No
     flip = _row_values(table, negative, n, "negative", _bools)
     if flip is not None and family != "triplet":
         raise InvalidArgumentError(f"negative= (--negative-col) applies to difference-imaging "
-                                   f"models; "
-                                   f"{model.name!r} is a {family} model")
+                                   f"models; {model.name!r} is a {family} model")
 
     runner = _Runner(model, family, int(batch_size), None)
     getters = [_cell_getter(table[c]) for c in names]
