@@ -851,3 +851,16 @@ def test_cli_similar_gallery_without_file_column_writes_nothing(tmp_path, capsys
                  str(tmp_path / "out.ecsv"), "--gallery", str(tmp_path / "g.png")]) == 2
     assert "column of file paths" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["emb.ecsv"]
+
+
+@pytest.mark.parametrize("option", [["--max-separation", "2"], ["--ra-col", "ra"],
+                                    ["--dec-col", "dec"], ["--source-column", "source"]])
+def test_cli_similar_options_of_another_query_are_refused(tmp_path, capsys, option):
+    """--max-separation/--ra-col/--dec-col without --ra/--dec, --source-column without
+    --gallery: refused (naming the option) instead of silently ignored."""
+    t = catalogue(30, d=8)
+    t["embedding"], _ = blobs(n_per=10, k=3, d=8)
+    t.write(tmp_path / "emb.ecsv")
+    assert main(["similar", str(tmp_path / "emb.ecsv"), "--query", "0", *option]) == 2
+    err = capsys.readouterr().err
+    assert option[0] in err and err.startswith("astromorph: error:")

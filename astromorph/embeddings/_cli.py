@@ -63,6 +63,13 @@ def _cmd_similar(args):
     given = [n for n in ("query", "ra", "image") if getattr(args, n) is not None]
     if len(given) != 1 or (args.ra is None) != (args.dec is None):
         raise InvalidArgumentError("give exactly one query: --query ROW, --ra/--dec or --image FILE")
+    for option, value, needed, name in (  # options of another query: not silently ignored
+            ("--max-separation", args.max_separation, args.ra, "--ra/--dec"),
+            ("--ra-col", args.ra_col, args.ra, "--ra/--dec"),
+            ("--dec-col", args.dec_col, args.ra, "--ra/--dec"),
+            ("--source-column", args.source_column, args.gallery, "--gallery")):
+        if value is not None and needed is None:
+            raise InvalidArgumentError(f"{option} applies only with {name}")
     table = _read(args, output_has_its_columns=False)  # neighbours: no embeddings
     index = SimilarityIndex.from_table(table, column=args.column, backend=args.backend)
     if args.gallery:  # the column of the rows' files, checked before any write
