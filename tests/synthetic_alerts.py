@@ -10,7 +10,7 @@ import numpy as np
 from astropy.io import fits
 
 __all__ = ["triplet", "fits_bytes", "celestial_header", "ZTF_SCHEMA", "RUBIN_SCHEMA",
-           "ztf_alert", "rubin_alert", "write_avro"]
+           "ztf_alert", "rubin_alert", "write_avro", "write_snappy_avro"]
 
 
 def celestial_header(header, scale_arcsec, shape):
@@ -128,4 +128,50 @@ def write_avro(path, records, schema=ZTF_SCHEMA, codec="null"):
 
     with open(path, "wb") as f:
         fastavro.writer(f, fastavro.parse_schema(schema), records, codec=codec)
+    return path
+
+
+def _avro_long(n):
+    n = (n << 1) ^ (n >> 63)  # zig-zag, then a base-128 varint
+    out = bytearray()
+    while n > 0x7F:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def _snappy_literal(data):
+    """Snappy raw format holding ``data`` as one literal (valid, uncompressed)."""
+    n, out = len(data), bytearray()
+    while True:  # uncompressed length, base-128 varint
+        out.append((n & 0x7F) | (0x80 if n > 0x7F else 0))
+        n >>= 7
+        if not n:
+            break
+    out.append(63 << 2)  # a literal whose length - 1 follows in 4 little-endian bytes
+    return bytes(out) + (len(data) - 1).to_bytes(4, "little") + data
+
+
+def write_snappy_avro(path, records, schema=ZTF_SCHEMA):
+    """An Avro container with the ``snappy`` codec, written without a snappy library
+    (fastavro needs one to write it): one block of snappy literals + CRC32."""
+    import json
+    import zlib
+
+    import fastavro
+
+    parsed = fastavro.parse_schema(schema)
+    body = io.BytesIO()
+    for rec in records:
+        fastavro.schemaless_writer(body, parsed, rec)
+    data = body.getvalue()
+    sync = bytes(range(16))
+    meta = {"avro.schema": json.dumps(schema).encode(), "avro.codec": b"snappy"}
+    head = b"Obj\x01" + _avro_long(len(meta)) + b"".join(
+        _avro_long(len(k)) + k.encode() + _avro_long(len(v)) + v for k, v in meta.items())
+    block = _snappy_literal(data) + zlib.crc32(data).to_bytes(4, "big")
+    with open(path, "wb") as f:
+        f.write(head + _avro_long(0) + sync + _avro_long(len(records))
+                + _avro_long(len(block)) + block + sync)
     return path

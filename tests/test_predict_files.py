@@ -29,7 +29,7 @@ from astromorph.exceptions import (AmbiguousInputWarning, AstromorphWarning, Inp
 
 from conftest import DATA_DIR, requires_data, sha256, tiny_classifier_onnx
 from synthetic_alerts import (RUBIN_SCHEMA, celestial_header, rubin_alert, triplet, write_avro,
-                              ztf_alert)
+                              write_snappy_avro, ztf_alert)
 
 ALERTS = DATA_DIR / "alerts"
 RNG = np.random.default_rng(42)
@@ -830,6 +830,21 @@ def test_alert_without_fastavro(models, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "fastavro", None)
     with pytest.raises(MissingDependencyError, match=r"astromorph\[alerts\]"):
         astromorph.predict_files("real-bogus", tmp_path / "a.avro")
+
+
+def test_avro_codec_without_its_library_is_a_missing_dependency(models, tmp_path):
+    # fastavro reads snappy only with cramjam installed: without it a snappy packet is
+    # no "corrupt or truncated Avro" row but a MissingDependencyError naming the package
+    pytest.importorskip("fastavro")
+    write_snappy_avro(tmp_path / "a.avro", [ztf_alert(1), ztf_alert(2)])
+    try:
+        import cramjam  # noqa: F401
+    except ImportError:
+        with pytest.raises(MissingDependencyError, match="snappy.*cramjam"):
+            astromorph.predict_files("real-bogus", tmp_path / "a.avro")
+    else:
+        table = quiet(astromorph.predict_files, "real-bogus", tmp_path / "a.avro")
+        assert list(table["source"]) == ["1", "2"] and not table["rb_flags"].any()
 
 
 def test_picture_without_pillow(models, tmp_path, monkeypatch):

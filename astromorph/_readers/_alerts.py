@@ -117,6 +117,9 @@ def iter_avro_records(buf):
 
     Raises
     ------
+    astromorph.exceptions.MissingDependencyError
+        Without fastavro, or for a codec whose library fastavro lacks
+        (``snappy`` needs ``cramjam``).
     ValueError
         For data that is not Avro, or is truncated or corrupt (raised when
         the bad block is reached, after the good records before it).
@@ -128,7 +131,15 @@ def iter_avro_records(buf):
     if schema_text is None:
         raise ValueError("Avro header has no schema")
     if codec not in ("null", "deflate"):
-        yield from fastavro.reader(io.BytesIO(bytes(buf)))
+        try:
+            yield from fastavro.reader(io.BytesIO(bytes(buf)))
+        except ValueError as exc:
+            # fastavro knows snappy, zstandard, lz4 but decodes them only with a library
+            # (cramjam, ...) it does not require; without it the file is not corrupt
+            if "need to install" in str(exc):
+                raise MissingDependencyError(
+                    f"reading Avro packets compressed with the {codec!r} codec: {exc}") from exc
+            raise
         return
     writer, reader = _schemas(schema_text.decode("utf-8"))
     view = memoryview(buf)
