@@ -22,6 +22,7 @@ from astropy.table import MaskedColumn, Table
 
 from ._flags import Flag
 from .exceptions import InputError
+from .preprocessing._checks import SENTINEL
 
 __all__ = ["RawStamps", "prepare", "model_family", "multidimensional_outputs", "result_columns", "BLANK_THRESHOLD",
            "model_angular_grid"]
@@ -234,17 +235,33 @@ def _triplet(raw, card, crop_fraction):
                           0).astype(flags.dtype)
     x, nan_fraction = tri.preprocess_triplet(data)
     flags |= np.where(nan_fraction > BLANK_THRESHOLD, int(Flag.BLANK), 0).astype(flags.dtype)
-    flat = np.asarray(data, dtype=np.float32).reshape(len(data), 3, -1)
-    # a member with no valid pixel (NaN, inf or masking sentinel) or one value only
-    # carries no information; no all-NaN reductions (they warn)
-    valid = np.abs(flat) < tri._SENTINEL
-    hi = np.where(valid, flat, -np.inf).max(axis=2, initial=-np.inf)
-    lo = np.where(valid, flat, np.inf).min(axis=2, initial=np.inf)
-    empty = (~valid.any(axis=2)).any(axis=1)  # nothing to score: outputs masked
-    flags |= np.where(empty, int(Flag.BAD_INPUT), 0).astype(flags.dtype)
-    constant = (valid.any(axis=2) & (hi == lo)).any(axis=1)
+    empty, constant = _empty_or_constant(np.asarray(data, dtype=np.float32))
+    flags |= np.where(empty, int(Flag.BAD_INPUT), 0).astype(flags.dtype)  # outputs masked
     flags |= np.where(constant, int(Flag.CONSTANT), 0).astype(flags.dtype)
     return x, flags
+
+
+def _empty_or_constant(data):
+    """Per stamp of ``(N, C, H, W)``: has a plane no valid pixel (NaN, inf or masking
+    sentinel), has a plane only one valid value? Neither carries information.
+
+    The plain max and min of each plane settle it for planes whose extremes are valid
+    (every pixel is then valid); only the other planes are masked, so that clean
+    batches cost two reductions, not two masked copies. No all-NaN reductions (they warn).
+    """
+    flat = data.reshape(len(data), data.shape[1], -1)
+    with np.errstate(invalid="ignore"):
+        hi, lo = flat.max(axis=2), flat.min(axis=2)  # NaN where a plane has a NaN
+        odd = ~((np.abs(hi) < SENTINEL) & (np.abs(lo) < SENTINEL))
+    constant, empty = hi == lo, np.zeros(hi.shape, bool)
+    if odd.any():
+        part = flat[odd]
+        valid = np.abs(part) < SENTINEL
+        some = valid.any(axis=1)
+        top = np.where(valid, part, -np.inf).max(axis=1, initial=-np.inf)
+        bottom = np.where(valid, part, np.inf).min(axis=1, initial=np.inf)
+        empty[odd], constant[odd] = ~some, some & (top == bottom)
+    return empty.any(axis=1), constant.any(axis=1)
 
 
 _FAMILIES = {"optical": _optical, "radio": _radio, "triplet": _triplet}
