@@ -289,10 +289,11 @@ def _conform(stamp, family, card):
                        f"{grid}x{grid} grid: assumed {scale:g} arcsec/pixel")
     if stamp.kind == "triplet":
         template = stamp.data[1]
-        finite = template[np.isfinite(template)]
-        if finite.size and finite.max() <= 0 and finite.min() < 0:
+        with np.errstate(invalid="ignore"):  # NaN, inf and masking sentinels are no values
+            valid = template[np.abs(template) < _SENTINEL]
+        if valid.size and valid.max() <= 0 and valid.min() < 0:
             return stamp.flag(Flag.BAD_INPUT, "reference (template) stamp has no positive pixel "
-                              f"(max {finite.max():.4g}): not a usable template")
+                              f"(max {valid.max():.4g}): not a usable template")
     return stamp
 
 

@@ -636,6 +636,27 @@ def test_bad_templates(models, tmp_path):
     assert "reference stamp is all zero" in zero_row["reason"]
 
 
+def test_template_check_ignores_masking_sentinels(models, tmp_path):
+    # masking sentinels (|value| >= 1e30) are blank pixels, not template values: a +1e30
+    # pixel does not make a negative template usable, ZTF's -3.4e38 does not make an
+    # all-zero one a template "without a positive pixel (max 0)"
+    t = triplet()
+    neg, zero = t.copy(), t.copy()
+    neg[1] = -np.abs(neg[1]) - 1
+    neg[1, :3] = 1e30
+    zero[1] = 0
+    zero[1, :3] = -3.4e38
+    write_fits(tmp_path / "neg.fits", neg)
+    write_fits(tmp_path / "zero.fits", zero)
+    table = quiet(astromorph.predict_files, "real-bogus", tmp_path)
+    neg_row = row(table, tmp_path / "neg.fits")
+    assert neg_row["rb_flags"] == Flag.BAD_INPUT, neg_row["reason"]
+    assert "no positive pixel (max -" in neg_row["reason"]
+    zero_row = row(table, tmp_path / "zero.fits")
+    assert zero_row["rb_flags"] == Flag.CONSTANT, zero_row["reason"]
+    assert "reference stamp is all zero" in zero_row["reason"]
+
+
 def test_triplet_stamp_without_valid_pixel_is_not_scored(models, tmp_path):
     """A triplet member with no valid pixel (all NaN, or all ZTF's -3.4e38 mask value)
     carries no information: BAD_INPUT (as well as BLANK), the score masked (never a number
