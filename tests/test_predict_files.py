@@ -756,9 +756,11 @@ def test_ztf_difference_orientation(tmp_path):
         ztf_alert(1, t, isdiffpos="t"),
         ztf_alert(2, t, isdiffpos="f"),  # file *_refmsci: stored positive already
         ztf_alert(3, t_f, isdiffpos="f", diffname="candid3_pid3_scimref.fits.gz"),
-        ztf_alert(4, t_f, isdiffpos="t", diffname="candid4_pid4_refmsci.fits.gz")])
+        ztf_alert(4, t_f, isdiffpos="t", diffname="candid4_pid4_refmsci.fits.gz"),
+        ztf_alert(5, t, isdiffpos=""),  # no sign given: nothing contradicts the file name
+        ztf_alert(6, t_f, isdiffpos="0", diffname="candid6_pid6_scimref.fits.gz")])  # 0 = f
     stamps = read_file(tmp_path / "a.avro")
-    assert len(stamps) == 4
+    assert len(stamps) == 6
     for s in stamps:
         np.testing.assert_allclose(s.data, t)
         assert s.data[2, 31, 31] > 0

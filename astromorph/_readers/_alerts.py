@@ -283,7 +283,8 @@ def _ztf_stamp(path, i, rec):
     isdiffpos = str(cand.get("isdiffpos", "t")).lower()[:1]
     diffname = str((cutouts[2] or {}).get("fileName") or "").lower()
     diff = planes[2]
-    if (isdiffpos == "f" and "scimref" in diffname) or (isdiffpos in "t1" and "refmsci" in diffname):
+    if (isdiffpos in ("f", "0") and "scimref" in diffname) \
+            or (isdiffpos in ("t", "1") and "refmsci" in diffname):
         diff = -diff
     stamp.kind, stamp.data = "triplet", np.stack([planes[0], planes[1], diff])
     return stamp
