@@ -172,6 +172,15 @@ def predict_files(model, inputs, *, batch_size=256, progress=None, write_header=
     table["source"] = Column(np.array(runner.sources, dtype=f"U{width}"),
                              description="input file (path[i]: i-th stamp of the file) or "
                                          "alert id (ZTF candid, Rubin diaSourceId)")
+    if any(o is not None for o in runner.objects):  # alert packets: the object, to join on
+        from astropy.table import MaskedColumn
+
+        known = np.array([o is not None for o in runner.objects])
+        table["object"] = MaskedColumn(
+            np.array([o or "" for o in runner.objects],
+                     dtype=f"U{max(len(o or '') for o in runner.objects)}"), mask=~known,
+            description="object of the alert (ZTF objectId, Rubin diaObjectId); masked "
+                        "for other inputs and for records that could not be read")
     for name in cols.colnames:
         table[name] = cols[name]
     table["reason"] = runner.reason_column()
@@ -362,12 +371,14 @@ class _Runner:
         self.model, self.family = model, family
         self.batch_size, self.crop_fraction = batch_size, crop_fraction
         self.sources, self.flags, self.reasons, self.valid, self.origins = [], [], [], [], []
+        self.objects = []
         self.groups = {}
         self.results = []  # (rows, {output: array})
 
     def add(self, stamp):
         row = len(self.sources)
         self.sources.append(stamp.source)
+        self.objects.append(stamp.object)
         self.flags.append(stamp.flags)
         self.reasons.append(list(stamp.reason))
         self.valid.append(False)

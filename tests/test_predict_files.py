@@ -28,8 +28,8 @@ from astromorph.exceptions import (AmbiguousInputWarning, AstromorphWarning, Inp
                                    UnusableInputWarning)
 
 from conftest import DATA_DIR, requires_data, sha256, tiny_classifier_onnx
-from synthetic_alerts import (RUBIN_SCHEMA, celestial_header, rubin_alert, triplet, write_avro,
-                              write_snappy_avro, ztf_alert)
+from synthetic_alerts import (RUBIN_SCHEMA, celestial_header, fits_bytes, rubin_alert, triplet,
+                              write_avro, write_snappy_avro, ztf_alert)
 
 ALERTS = DATA_DIR / "alerts"
 RNG = np.random.default_rng(42)
@@ -831,9 +831,10 @@ def test_avro_sync_marker_mismatch_is_corruption(tmp_path):
 def test_rubin_packets(models, tmp_path):
     pytest.importorskip("fastavro")
     t = triplet(31)
+    first = rubin_alert(11, t)
+    first["diaObject"] = {"diaObjectId": 990011}
     write_avro(tmp_path / "rubin.avro", [
-        rubin_alert(11, t), rubin_alert(12, t * np.array([1, 1, -1])[:, None, None],
-                                        psf_flux=-500.0),
+        first, rubin_alert(12, t * np.array([1, 1, -1])[:, None, None], psf_flux=-500.0),
         rubin_alert(13, t, drop=("cutoutScience",))], schema=RUBIN_SCHEMA)
     stamps = read_file(tmp_path / "rubin.avro")
     assert [s.source for s in stamps] == ["11", "12", "13"]
@@ -845,6 +846,24 @@ def test_rubin_packets(models, tmp_path):
     assert table["rb_flags"][0] == Flag.EXTRAPOLATED | Flag.BLANK  # 31 x 0.2" << 63"
     assert table["rb_flags"][2] == Flag.MISSING_BAND
     assert "lacks cutoutScience" in table["reason"][2]
+    # the object each alert belongs to, where the packet says it
+    assert table["object"][0] == "990011" and table["object"].mask.tolist() == [False, True, True]
+
+
+def test_alert_rows_carry_their_object(models, tmp_path):
+    """ZTF packets: objectId (the name brokers and catalogues use) next to the candid in
+    `source`; other inputs of the same call get a masked object."""
+    pytest.importorskip("fastavro")
+    write_avro(tmp_path / "a.avro", [ztf_alert(5), ztf_alert(6)])
+    (tmp_path / "b.fits").write_bytes(fits_bytes(triplet()))
+    table = astromorph.predict_files("real-bogus", [tmp_path / "a.avro", tmp_path / "b.fits"],
+                                     progress=False)
+    assert list(table["source"][:2]) == ["5", "6"]
+    assert list(table["object"][:2]) == ["ZTF5", "ZTF6"] and table["object"].mask[2]
+    assert "objectId" in table["object"].description
+    # FITS stamps only: no object column
+    assert "object" not in astromorph.predict_files("real-bogus", tmp_path / "b.fits",
+                                                    progress=False).colnames
 
 
 def test_alert_without_fastavro(models, tmp_path, monkeypatch):
@@ -885,11 +904,12 @@ def test_real_ztf_alerts(models):
     if not paths:
         pytest.skip("no ZTF alert packets")
     table = astromorph.predict_files("real-bogus", ALERTS)
-    candids = []
+    candids, objects = [], {}
     for p in paths:
         with open(p, "rb") as f:
             for rec in fastavro.reader(f):
                 candids.append(str(rec["candid"]))
+                objects[str(rec["candid"])] = rec["objectId"]
                 # The fast FITS parser agrees with astropy on every real cutout.
                 for key in ("cutoutScience", "cutoutTemplate", "cutoutDifference"):
                     blob = rec[key]["stampData"]
@@ -899,6 +919,7 @@ def test_real_ztf_alerts(models):
                         slow = fits.getdata(io.BytesIO(gzip.decompress(blob)))
                     np.testing.assert_array_equal(fast, slow)
     assert sorted(table["source"]) == sorted(candids)
+    assert [objects[s] for s in table["source"]] == list(table["object"])
     assert not table["rb_flags"].any() and not np.any(table["rb_score"].mask)
     # The candidate is positive in the difference fed to the model, whatever isdiffpos.
     for s in read_file(paths[0]) + read_file(paths[-1]):

@@ -70,7 +70,8 @@ def _avro_header(buf):
 
 
 #: Fields decoded from alert packets; the rest (previous detections, ...) is skipped.
-_KEEP_TOP = frozenset({"candid", "objectId", "candidate", "diaSource", "alertId", *_CUTOUTS})
+_KEEP_TOP = frozenset({"candid", "objectId", "candidate", "diaSource", "diaObject", "alertId",
+                       *_CUTOUTS})
 _KEEP_SUB = {"candidate": {"candid", "isdiffpos", "xpos", "ypos", "fid"},
              "diaSource": {"diaSourceId", "psfFlux", "isNegative", "band"}}
 _SCHEMAS = {}
@@ -206,6 +207,11 @@ def read_alerts(path):
     return stamps
 
 
+def _text(value):
+    """An alert's identifier as text (ZTF objectIds are strings, Rubin's are longs), or None."""
+    return None if value is None else str(value)
+
+
 def _pad_ztf(data, xpos, ypos):
     """Pad a ZTF cutout cut at the CCD edge back to 63 x 63 with NaN."""
     ny, nx = data.shape
@@ -256,7 +262,7 @@ def _cutout_planes(stamp, blobs):
 def _ztf_stamp(path, i, rec):
     candid = rec.get("candid")
     stamp = Stamp(str(candid) if candid is not None else f"{path}[{i}]", path, index=i,
-                  native_grid=True)
+                  native_grid=True, object=_text(rec.get("objectId")))
     cand = rec.get("candidate") or {}
     cutouts = [rec.get(k) for k in _CUTOUTS]
     blobs = [c.get("stampData") if isinstance(c, dict) else None for c in cutouts]
@@ -293,7 +299,11 @@ def _ztf_stamp(path, i, rec):
 def _rubin_stamp(path, i, rec):
     dia = rec.get("diaSource") or {}
     sid = dia.get("diaSourceId")
-    stamp = Stamp(str(sid) if sid is not None else f"{path}[{i}]", path, index=i)
+    obj = dia.get("diaObjectId")
+    if obj is None and isinstance(rec.get("diaObject"), dict):
+        obj = rec["diaObject"].get("diaObjectId")
+    stamp = Stamp(str(sid) if sid is not None else f"{path}[{i}]", path, index=i,
+                  object=_text(obj))
     blobs = [rec.get(k) for k in _CUTOUTS]
     got = _cutout_planes(stamp, [b if isinstance(b, (bytes, bytearray)) else None
                                  for b in blobs])

@@ -36,6 +36,8 @@ class Stamp:
     native_grid: bool = False
     #: How an ambiguous stamp was read (e.g. unnamed planes taken as g, r, i), else None.
     assumption: str = None
+    #: The astronomical object an alert belongs to (ZTF objectId, Rubin diaObjectId), else None.
+    object: str = None
 
     def flag(self, bit, reason=None):
         """Set ``bit`` and record ``reason``; return self."""
