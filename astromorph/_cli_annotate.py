@@ -25,7 +25,7 @@ def _run(args):
     from ._annotate import annotate
     from ._io import check_output, write_table
     from ._stamp_table import annotate_stamps
-    from .cli import check_model_output, report
+    from .cli import check_model_output, check_range, report
     from .exceptions import InvalidArgumentError
 
     # options of one mode given in the other (a forgotten -i, say): before any work
@@ -41,6 +41,9 @@ def _run(args):
     if not args.image and image_only:
         raise InvalidArgumentError(f"{', '.join(image_only)}: for cutting stamps from "
                                    "--image files; give the images with -i/--image")
+    check_range("--stamp-size", args.stamp_size, low=0, low_open=True)
+    check_range("--batch-size", args.batch_size, low=1)
+    check_range("--threads", args.threads, low=0)
     if args.output:  # fail before any work
         check_output(args.output, overwrite=args.overwrite, table=True,
                      inputs=[args.catalog, *(args.image or [])])

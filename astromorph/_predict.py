@@ -542,8 +542,11 @@ def register(subparsers):
 
 
 def _cmd_predict(args):
-    from .cli import check_model_output, report
+    from .cli import check_model_output, check_range, report
 
+    check_range("--batch-size", args.batch_size, low=1)
+    check_range("--threads", args.threads, low=0)
+    check_range("--crop-fraction", args.crop_fraction, low=0, high=1, low_open=True)
     if args.output:  # fail before any work: bad extension, existing file, an input...
         inputs = expand_inputs(args.inputs)
         check_output(args.output, overwrite=args.overwrite, table=True, inputs=inputs)

@@ -158,6 +158,24 @@ def check_model_output(model, output):
         check_multidimensional(output, multidimensional_outputs(resolve_model(model)[1]))
 
 
+def check_range(option, value, *, low=None, high=None, low_open=False):
+    """Raise `InvalidArgumentError` naming the command-line ``option`` unless its number
+    ``value`` (``None``: not given) is ``>= low`` (``> low`` with ``low_open``) and
+    ``<= high``: checked before any work, so that the error names the option and the value
+    as typed, not the Python parameter it is passed on as."""
+    from .exceptions import InvalidArgumentError
+
+    if value is None or ((low is None or (value > low if low_open else value >= low))
+                         and (high is None or value <= high)):
+        return
+    if high is None:
+        need = f"{'>' if low_open else '>='} {low}"
+    else:
+        need = f"<= {high}" if low is None else f"in {'(' if low_open else '['}{low}, {high}]"
+    typed = int(value) if float(value).is_integer() else value
+    raise InvalidArgumentError(f"{option} must be {need}, got {typed}")
+
+
 def report(args, message):
     """Print a status line of a command (what was written, a summary) on stderr, unless
     ``--quiet``."""

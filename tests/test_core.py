@@ -18,6 +18,7 @@ from astromorph.exceptions import (AmbiguousInputWarning, ChecksumMismatchError,
                                    ProviderFallbackWarning, AstromorphWarning,
                                    InputNotFoundError)
 from astropy.utils.exceptions import AstropyUserWarning
+from astropy.table import Table
 
 from conftest import REPO, cuda_available, make_card, sha256, tiny_classifier_onnx
 
@@ -866,6 +867,46 @@ def test_cli_empty_path_is_a_usage_error(argv, capsys, tmp_path, monkeypatch):
         cli.main(argv)
     assert info.value.code == 2
     assert "empty path" in capsys.readouterr().err
+
+
+_DATA = REPO / "astromorph" / "data"
+
+
+@pytest.mark.parametrize("argv, option, typed", [
+    (["cluster", "{emb}", "-k", "0"], "-k", "0"),
+    (["cluster", "{emb}", "--k-max", "1"], "--k-max", "1"),
+    (["cluster", "{emb}", "--pca", "0"], "--pca", "0"),
+    (["cluster", "{emb}", "-k", "2", "--seed", "-1"], "--seed", "-1"),
+    (["similar", "{emb}", "--query", "0", "-k", "0"], "-k", "0"),
+    (["similar", "{emb}", "--ra", "1", "--dec", "1", "--max-separation", "-3"],
+     "--max-separation", "-3"),
+    (["similar", "{emb}", "--ra", "1", "--dec", "1", "--max-separation", "nan"],
+     "--max-separation", "nan"),
+    (["classify", "{emb}", "--labels", "label", "-C", "0"], "-C", "0"),
+    (["annotate", "{cat}", "-i", "{img}", "-m", "morphology", "--stamp-size", "-3"],
+     "--stamp-size", "-3"),
+    (["annotate", "{cat}", "-i", "{img}", "-m", "morphology", "--size-col", "r90",
+      "--batch-size", "0"], "--batch-size", "0"),
+    (["annotate", "{cat}", "-i", "{img}", "-m", "morphology", "--size-col", "r90",
+      "--threads", "-1"], "--threads", "-1"),
+    (["predict", "morphology", "{img}", "--batch-size", "0"], "--batch-size", "0"),
+    (["predict", "morphology", "{img}", "--threads", "-1"], "--threads", "-1"),
+    (["predict", "morphology", "{img}", "--crop-fraction", "1.5"], "--crop-fraction", "1.5"),
+])
+def test_cli_number_out_of_range_names_the_option(argv, option, typed, tmp_path, capsys):
+    """A number out of range on the command line: one line naming the option and the value
+    as typed (was: the Python parameter, ``n_components``/``n_pca``/``k_range``, or
+    ``<Quantity -3. arcsec>``), exit 2, before any work or output."""
+    emb = tmp_path / "emb.ecsv"
+    Table({"ra": [1.0, 2.0, 3.0], "dec": [1.0, 2.0, 3.0], "label": ["a", "b", ""],
+           "embedding": np.eye(3, 4)}).write(emb)
+    paths = dict(emb=emb, cat=_DATA / "hdf_sources.ecsv", img=_DATA / "hdf_crop.fits")
+    argv = [a.format(**paths) for a in argv] + ["-o", str(tmp_path / "out.ecsv")]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"astromorph: error: {option} must be ") and err.count("\n") == 1, err
+    assert err.rstrip().endswith(f"got {typed}"), err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["emb.ecsv"]
 
 
 def test_empty_input_path_is_refused(tiny_registry):

@@ -1436,7 +1436,7 @@ def test_cli_threads(models, tmp_path, capsys):
     assert cli.main(["predict", "real-bogus", str(tmp_path / "t.fits"), "--threads", "-2",
                      "--no-progress"]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("astromorph: error: threads must be >= 0") and err.count("\n") == 1
+    assert err.startswith("astromorph: error: --threads must be >= 0") and err.count("\n") == 1
 
 
 def test_cli_predict_crop_fraction(models, tmp_path):

@@ -3,7 +3,7 @@ import logging
 
 import numpy as np
 
-from ..cli import report
+from ..cli import check_range, report
 
 __all__ = ["register"]
 
@@ -59,6 +59,8 @@ def _cmd_similar(args):
     from ._plots import _row_images
     from ..exceptions import InvalidArgumentError
 
+    check_range("-k", args.k, low=1)
+    check_range("--max-separation", args.max_separation, low=0)
     _check_outputs(args, output=args.output, gallery=args.gallery)
     given = [n for n in ("query", "ra", "image") if getattr(args, n) is not None]
     if len(given) != 1 or (args.ra is None) != (args.dec is None):
@@ -98,6 +100,9 @@ def _cmd_cluster(args):
     from ._mixture import _cluster_table
     from ._plots import plot_map
 
+    for option, value, low in (("-k", args.k, 1), ("--k-max", args.k_max, 2),
+                               ("--pca", args.pca, 1), ("--seed", args.seed, 0)):
+        check_range(option, value, low=low)
     _check_outputs(args, output=args.output, map=args.map)
     if args.map:  # a map that cannot be drawn fails before the fit and any write
         from ._plots import check_map_method
@@ -134,6 +139,7 @@ def _cmd_classify(args):
     from ._head import LabelHead, _missing_labels
     from ..exceptions import InputError
 
+    check_range("-C", args.C, low=0, low_open=True)
     _check_outputs(args, output=args.output)
     table = _read(args)
     if args.labels not in table.colnames:
