@@ -864,3 +864,24 @@ def test_cli_similar_options_of_another_query_are_refused(tmp_path, capsys, opti
     assert main(["similar", str(tmp_path / "emb.ecsv"), "--query", "0", *option]) == 2
     err = capsys.readouterr().err
     assert option[0] in err and err.startswith("astromorph: error:")
+
+
+@pytest.mark.parametrize("command, needs", [
+    (["cluster", "--map-method", "pca"], "--map"),
+    (["cluster", "--map-method", "auto"], "--map"),
+    (["cluster", "-k", "2", "--k-max", "6"], "without -k"),
+    (["similar", "--query", "0", "--model", "embedding"], "--image"),
+    (["similar", "--ra", "1", "--dec", "1", "--model", "x"], "--image")])
+def test_cli_options_that_would_be_ignored_are_refused(tmp_path, capsys, command, needs):
+    """Options with a default that the command would not use (--map-method without --map,
+    --k-max with -k, --model without --image): refused, naming them, before any work,
+    instead of silently ignored, even when given with their default value."""
+    t = catalogue(30, d=8)
+    t["embedding"], _ = blobs(n_per=10, k=3, d=8)
+    t.write(tmp_path / "emb.ecsv")
+    option = next(o for o in command if o in ("--map-method", "--k-max", "--model"))
+    assert main([command[0], str(tmp_path / "emb.ecsv"), *command[1:], "-o",
+                 str(tmp_path / "out.ecsv")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("astromorph: error:") and option in err and needs in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["emb.ecsv"]

@@ -69,14 +69,15 @@ def _cmd_similar(args):
             ("--max-separation", args.max_separation, args.ra, "--ra/--dec"),
             ("--ra-col", args.ra_col, args.ra, "--ra/--dec"),
             ("--dec-col", args.dec_col, args.ra, "--ra/--dec"),
-            ("--source-column", args.source_column, args.gallery, "--gallery")):
+            ("--source-column", args.source_column, args.gallery, "--gallery"),
+            ("--model", args.model, args.image, "--image")):
         if value is not None and needed is None:
             raise InvalidArgumentError(f"{option} applies only with {name}")
     table = _read(args, output_has_its_columns=False)  # neighbours: no embeddings
     index = SimilarityIndex.from_table(table, column=args.column, backend=args.backend)
     if args.gallery:  # the column of the rows' files, checked before any write
         _row_images(index, [], None, args.source_column)
-    kwargs = dict(k=args.k, include_query=args.include_query, model=args.model)
+    kwargs = dict(k=args.k, include_query=args.include_query, model=args.model or "embedding")
     if args.query is not None:
         result = index.query(row=args.query, **kwargs)
     elif args.ra is not None:
@@ -96,20 +97,32 @@ def _cmd_similar(args):
     return 0
 
 
+#: The largest number of clusters ``astromorph cluster`` tries by BIC (without ``--k-max``).
+_K_MAX = 12
+
+
 def _cmd_cluster(args):
     from ._mixture import _cluster_table
     from ._plots import plot_map
+    from ..exceptions import InvalidArgumentError
 
     for option, value, low in (("-k", args.k, 1), ("--k-max", args.k_max, 2),
                                ("--pca", args.pca, 1), ("--seed", args.seed, 0)):
         check_range(option, value, low=low)
+    # options with a default that this run would not use: refused, not silently ignored
+    if args.map_method is not None and not args.map:
+        raise InvalidArgumentError("--map-method applies only with --map")
+    if args.k_max is not None and args.k is not None:
+        raise InvalidArgumentError("--k-max applies only without -k (it bounds the number "
+                                   "of clusters chosen by BIC)")
+    map_method = args.map_method or "auto"
     _check_outputs(args, output=args.output, map=args.map)
     if args.map:  # a map that cannot be drawn fails before the fit and any write
         from ._plots import check_map_method
 
-        check_map_method(args.map_method)
+        check_map_method(map_method)
     table = _read(args)
-    kwargs = {"k_range": range(2, args.k_max + 1)} if args.k is None else {}
+    kwargs = {"k_range": range(2, (args.k_max or _K_MAX) + 1)} if args.k is None else {}
     out, mixture, name = _cluster_table(table, args.column, args.k, args.prefix,
                                         args.on_conflict,
                                         dict(n_pca=args.pca, seed=args.seed, **kwargs))
@@ -126,7 +139,7 @@ def _cmd_cluster(args):
         x, valid = table_embeddings(out, args.column)
         labels = np.where(valid, np.ma.filled(out[name], -1), -1)
         x = np.where(valid[:, None], x, np.nan)
-        plot_map(x, args.map, labels=labels, method=args.map_method,
+        plot_map(x, args.map, labels=labels, method=map_method,
                  title=f"{args.table}: {mixture.n_components_} Gaussian-mixture clusters",
                  seed=args.seed, overwrite=args.overwrite)
         report(args, f"wrote map {args.map}")
@@ -182,7 +195,8 @@ def register(sub):
     p.add_argument("--column", default="embedding", help="embedding column (default embedding)")
     p.add_argument("--source-column", default=None,
                    help="column of image paths for --gallery (default: source, path, file)")
-    p.add_argument("--model", default="embedding", help="model embedding --image (default embedding)")
+    p.add_argument("--model", default=None,
+                   help="with --image: the model embedding it (default embedding)")
     p.add_argument("--backend", default="exact", choices=["exact", "auto", "faiss", "hnswlib"],
                    help="search backend (default exact)")
     p.add_argument("--max-separation", type=float, metavar="ARCSEC",
@@ -205,15 +219,16 @@ def register(sub):
                    help="table with an embedding column (ECSV, FITS or Parquet)")
     p.add_argument("-o", "--output", metavar="OUT", help="output table (default: print)")
     p.add_argument("-k", type=int, default=None, help="number of clusters (default: by BIC)")
-    p.add_argument("--k-max", type=int, default=12, help="largest k tried by BIC (default 12)")
+    p.add_argument("--k-max", type=int, default=None,
+                   help=f"without -k: largest k tried by BIC (default {_K_MAX})")
     p.add_argument("--pca", type=int, default=16, help="principal components kept (default 16)")
     p.add_argument("--column", default="embedding", help="embedding column (default embedding)")
     p.add_argument("--prefix", default="cluster", help="name of the new columns (default cluster)")
     p.add_argument("--on-conflict", choices=["error", "suffix", "replace"], default="error",
                    help="when a new column already exists (default: error)")
     p.add_argument("--map", metavar="PNG", help="save a 2-d map coloured by cluster")
-    p.add_argument("--map-method", default="auto", choices=["auto", "umap", "tsne", "pca"],
-                   help="projection of --map (default auto: UMAP when umap-learn is installed, "
+    p.add_argument("--map-method", default=None, choices=["auto", "umap", "tsne", "pca"],
+                   help="with --map: its projection (default auto: UMAP when umap-learn is installed, "
                         "else t-SNE up to 5000 rows, else PCA)")
     p.add_argument("--seed", type=int, default=0,
                    help="random seed of the mixture fit and the map (default 0)")
