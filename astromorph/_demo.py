@@ -2,7 +2,7 @@
 from collections import Counter
 from pathlib import Path
 
-from ._plotting import figure, matplotlib
+from ._plotting import figure, picture_format
 
 __all__ = ["demo_paths", "run_demo", "register"]
 
@@ -25,7 +25,8 @@ def run_demo(*, model="morphology", output="astromorph_demo.ecsv", gallery=None,
     output : str or os.PathLike, optional
         Output table (its extension picks the format); ``None`` writes none.
     gallery : str or os.PathLike, optional
-        Also write a PNG gallery of labelled colour thumbnails.
+        Also write a gallery of labelled colour thumbnails, in the picture format its
+        extension names (.png, .pdf, .svg...).
     overwrite : bool, optional
         Replace existing output files (default: raise `OutputExistsError` before any work).
     progress : bool, optional
@@ -45,7 +46,7 @@ def run_demo(*, model="morphology", output="astromorph_demo.ecsv", gallery=None,
         if path:
             check_output(path, overwrite=overwrite, table=path == output)
     if gallery:
-        matplotlib()  # a missing matplotlib fails here, before any work
+        picture_format(gallery)  # a missing matplotlib or a bad extension fails here
     image, catalogue = demo_paths()
     table = QTable.read(catalogue)
     result = annotate(table, str(image), model=model, size_col="r90", progress=progress)
@@ -101,7 +102,7 @@ def _gallery(table, image, path, n=24, *, overwrite=False):
                      "(the field each stamp covered)")
         fig.tight_layout()
         with atomic_output(path, overwrite=overwrite) as tmp:
-            fig.savefig(tmp, dpi=90, format="png")
+            fig.savefig(tmp, dpi=90, format=picture_format(path))
 
 
 def _run(args):
@@ -133,7 +134,7 @@ def register(sub):
                    help="model name or path (default: morphology)")
     p.add_argument("-o", "--output", default="astromorph_demo.ecsv",
                    help="output table (default: astromorph_demo.ecsv)")
-    p.add_argument("--gallery", help="also write a PNG gallery of labelled thumbnails")
+    p.add_argument("--gallery", help="also write a gallery of labelled thumbnails (.png, .pdf, .svg...)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace existing output files (default: refuse before any work)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")

@@ -1,8 +1,10 @@
 """matplotlib, imported lazily; figures made without pyplot, so the user's backend,
 interactive state and open figures are never touched."""
-from .exceptions import MissingDependencyError
+from pathlib import Path
 
-__all__ = ["matplotlib", "figure", "colormap"]
+from .exceptions import InvalidArgumentError, MissingDependencyError
+
+__all__ = ["matplotlib", "figure", "colormap", "picture_format"]
 
 
 def matplotlib():
@@ -30,3 +32,20 @@ def figure(**kwargs):
 def colormap(name):
     """A registered matplotlib colormap by name (no pyplot)."""
     return matplotlib().colormaps[name]
+
+
+def picture_format(path):
+    """The format of the picture file ``path``, named by its extension (``png``, ``pdf``,
+    ``svg``, ``jpg``...: what matplotlib writes, PGF aside, which needs LaTeX), checked
+    before any work: `InvalidArgumentError` for an extension that names none (a PNG is not
+    written under a ``.txt`` name), `MissingDependencyError` without matplotlib."""
+    matplotlib()
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    formats = sorted(set(FigureCanvasBase.get_supported_filetypes()) - {"pgf"})
+    fmt = Path(path).suffix.lower().lstrip(".")
+    if fmt not in formats:
+        raise InvalidArgumentError(
+            f"picture {str(path)!r}: its extension names no picture format; use .png "
+            f"(or {', '.join('.' + f for f in formats if f != 'png')})")
+    return fmt

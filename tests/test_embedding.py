@@ -885,3 +885,43 @@ def test_cli_options_that_would_be_ignored_are_refused(tmp_path, capsys, command
     err = capsys.readouterr().err
     assert err.startswith("astromorph: error:") and option in err and needs in err, err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["emb.ecsv"]
+
+
+@pytest.mark.parametrize("picture", [["--gallery", "g.txt"], ["--map", "m.txt"],
+                                     ["--map", "m"]])
+def test_cli_picture_extension_that_names_no_format_is_refused(tmp_path, capsys, picture):
+    """--map m.txt (or --gallery g.txt) wrote a PNG under that name without a word: refused
+    before any work, naming the file, like a table's unknown extension."""
+    pytest.importorskip("matplotlib")
+    t = catalogue(30, d=8)
+    t["embedding"], _ = blobs(n_per=10, k=3, d=8)
+    t["source"] = ["nowhere.png"] * 30
+    t.write(tmp_path / "emb.ecsv")
+    command = ["similar", "--query", "0"] if picture[0] == "--gallery" else ["cluster", "-k", "2"]
+    assert main([command[0], str(tmp_path / "emb.ecsv"), *command[1:], "-o",
+                 str(tmp_path / "out.ecsv"), picture[0], str(tmp_path / picture[1])]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("astromorph: error:") and picture[1] in err and ".png" in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["emb.ecsv"]
+
+
+def test_picture_format_follows_the_extension(tmp_path):
+    """A map or gallery is written in the format its extension names (was: PNG bytes in a
+    .svg or .pdf file); an extension naming none is refused before any work."""
+    pytest.importorskip("matplotlib")
+    x, y = blobs(n_per=10, k=3, d=8)
+    plot_map(x, tmp_path / "m.svg", labels=y, method="pca")
+    assert b"<svg" in (tmp_path / "m.svg").read_bytes()[:2000]
+    plot_map(x, tmp_path / "m.PDF", labels=y, method="pca")
+    assert (tmp_path / "m.PDF").read_bytes().startswith(b"%PDF")
+    plot_map(x, tmp_path / "m.png", labels=y, method="pca")
+    assert (tmp_path / "m.png").read_bytes().startswith(b"\x89PNG")
+    with pytest.raises(InvalidArgumentError, match="m.txt"):
+        plot_map(x, tmp_path / "m.txt", labels=y, method="pca")
+    index = SimilarityIndex(x)
+    nn = index.query(row=0, k=3)
+    index.gallery(nn, tmp_path / "g.svg", images=np.zeros((30, 8, 8)))
+    assert b"<svg" in (tmp_path / "g.svg").read_bytes()[:2000]
+    with pytest.raises(InvalidArgumentError, match="g.fits"):
+        index.gallery(nn, tmp_path / "g.fits", images=np.zeros((30, 8, 8)))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["g.svg", "m.PDF", "m.png", "m.svg"]

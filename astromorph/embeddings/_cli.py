@@ -48,8 +48,9 @@ def _check_outputs(args, **outputs):
         if p:
             check_output(p, overwrite=args.overwrite, table=p == getattr(args, "output", None),
                          inputs=[args.table])
-    if outputs.get("gallery") or outputs.get("map"):
-        _plotting.matplotlib()
+    for name in ("gallery", "map"):  # matplotlib, and an extension naming a format
+        if outputs.get(name):
+            _plotting.picture_format(outputs[name])
 
 
 def _cmd_similar(args):

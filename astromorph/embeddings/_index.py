@@ -633,14 +633,15 @@ class SimilarityIndex:
     # ---------------------------------------------------------------- picture
     def gallery(self, result, path, *, images=None, source_column=None, query_image=None,
                 ncols=None, title=None, dpi=110, overwrite=False):
-        """Save a PNG of the query and its neighbours (needs matplotlib).
+        """Save a picture of the query and its neighbours (needs matplotlib).
 
         Parameters
         ----------
         result : astropy.table.Table
             A `query` result.
         path : str or os.PathLike
-            Output PNG.
+            Output picture, in the format its extension names (.png, .pdf, .svg...;
+            another extension raises `InvalidArgumentError`).
         images : array_like or callable, optional
             Pictures of the indexed rows: an array with one image per row
             (``(N, H, W, 3)`` uint8 / [0, 1] floats, ``(N, 3, H, W)`` network
@@ -658,14 +659,14 @@ class SimilarityIndex:
         title : str, optional
             Figure title.
         dpi : int, optional
-            Resolution of the PNG.
+            Resolution of a raster picture (PNG, JPEG...).
         overwrite : bool, optional
             Replace an existing ``path`` (default: raise `OutputExistsError`).
 
         Returns
         -------
         pathlib.Path
-            The PNG written.
+            The picture written.
         """
         from ._plots import gallery
 

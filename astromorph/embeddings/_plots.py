@@ -13,7 +13,7 @@ import numpy as np
 
 from ._common import check_seed, embedding_matrix
 from .._io import atomic_output, check_output
-from .._plotting import colormap, figure, matplotlib
+from .._plotting import colormap, figure, picture_format
 from ..exceptions import InputError, InvalidArgumentError, MissingDependencyError
 from ..preprocessing._checks import check_number, check_whole
 
@@ -117,7 +117,7 @@ def _row_images(index, rows, images, source_column):
 
 def gallery(index, result, path, *, images=None, source_column=None, query_image=None,
             ncols=None, title=None, dpi=110, overwrite=False):
-    """PNG of a query and its neighbours (see `SimilarityIndex.gallery`).
+    """Picture of a query and its neighbours (see `SimilarityIndex.gallery`).
 
     Returns
     -------
@@ -127,7 +127,7 @@ def gallery(index, result, path, *, images=None, source_column=None, query_image
     check_number(dpi, "dpi", positive=True)
     if ncols is not None:
         check_whole(ncols, "ncols")
-    matplotlib()  # a missing matplotlib fails here, before any work
+    fmt = picture_format(path)  # a missing matplotlib fails here, before any work
     rows = [int(r) for r in result["row"]]
     meta = result.meta
     query_row = meta.get("query_row")
@@ -169,7 +169,7 @@ def gallery(index, result, path, *, images=None, source_column=None, query_image
     fig.tight_layout()
     path = Path(path)
     with atomic_output(path, overwrite=overwrite) as tmp:
-        fig.savefig(tmp, dpi=dpi, format="png")
+        fig.savefig(tmp, dpi=dpi, format=fmt)
     log.info("wrote gallery %s", path)
     return path
 
@@ -289,7 +289,7 @@ def plot_map(embeddings, path, *, labels=None, method="auto", max_points=TSNE_MA
     embeddings : array_like, (N, D)
         Rows with masked or non-finite values are left out.
     path : str or os.PathLike
-        Output PNG.
+        Output picture, in the format its extension names (.png, .pdf, .svg...).
     labels : array_like, (N,), optional
         Category of each row (cluster id, class name...).
     method : {"auto", "umap", "tsne", "pca"}
@@ -301,7 +301,7 @@ def plot_map(embeddings, path, *, labels=None, method="auto", max_points=TSNE_MA
     seed : int, optional
         Seed of the row subset and of the map method.
     dpi : int, optional
-        Resolution of the PNG.
+        Resolution of a raster picture (PNG, JPEG...).
     overwrite : bool, optional
         Replace an existing ``path`` (default: raise `OutputExistsError`).
 
@@ -316,7 +316,7 @@ def plot_map(embeddings, path, *, labels=None, method="auto", max_points=TSNE_MA
     max_points = check_whole(max_points, "max_points", minimum=2)
     check_number(dpi, "dpi", positive=True)
     check_seed(seed)
-    matplotlib()  # a missing matplotlib fails here, before any work
+    fmt = picture_format(path)  # a missing matplotlib fails here, before any work
     check_map_method(method)
     x = embedding_matrix(embeddings, allow_masked=True)
     rows = np.flatnonzero(np.all(np.isfinite(x), axis=1))
@@ -353,5 +353,5 @@ def plot_map(embeddings, path, *, labels=None, method="auto", max_points=TSNE_MA
     fig.tight_layout()
     path = Path(path)
     with atomic_output(path, overwrite=overwrite) as tmp:
-        fig.savefig(tmp, dpi=dpi, format="png")
+        fig.savefig(tmp, dpi=dpi, format=fmt)
     return coords, rows
