@@ -134,7 +134,8 @@ def register(sub):
                    help="model name or path (default: morphology)")
     p.add_argument("-o", "--output", default="astromorph_demo.ecsv",
                    help="output table (default: astromorph_demo.ecsv)")
-    p.add_argument("--gallery", help="also write a gallery of labelled thumbnails (.png, .pdf, .svg...)")
+    p.add_argument("--gallery",
+                   help="also write a gallery of labelled thumbnails (.png, .pdf, .svg...)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace existing output files (default: refuse before any work)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")

@@ -78,7 +78,8 @@ def _cmd_similar(args):
     index = SimilarityIndex.from_table(table, column=args.column, backend=args.backend)
     if args.gallery:  # the column of the rows' files, checked before any write
         _row_images(index, [], None, args.source_column)
-    kwargs = dict(k=args.k, include_query=args.include_query, model=args.model or "embedding")
+    kwargs = dict(k=args.k, include_query=args.include_query,
+                  model=args.model or "embedding")
     if args.query is not None:
         result = index.query(row=args.query, **kwargs)
     elif args.ra is not None:
