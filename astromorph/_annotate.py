@@ -6,9 +6,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 from astropy import units as u
-from astropy.coordinates import ICRS, SkyCoord, UnitSphericalRepresentation
 from astropy.table import QTable, Table
-from astropy.wcs.utils import wcs_to_celestial_frame
 
 from ._adapters import (RawStamps, model_family, prepare, result_columns, result_names,
                         BLANK_THRESHOLD)
@@ -96,6 +94,7 @@ def _sexagesimal(col, values, unit):
 
 def _positions(table, ra_col, dec_col, coord_col):
     """SkyCoord of every row and a mask of rows without a usable position."""
+    from astropy.coordinates import SkyCoord  # imported here: it takes a while
     if coord_col is not None:
         if coord_col not in table.colnames:
             raise InputError(f"no column {coord_col!r} in the catalogue (columns: {table.colnames})")
@@ -145,6 +144,8 @@ def _checked_coords(coords):
     """A SkyCoord column and the mask of its rows without a usable position (masked or
     non-finite); those rows are moved to a placeholder so that they are flagged `BAD_INPUT`
     only, as rows with bad RA/Dec values are."""
+    from astropy.coordinates import SkyCoord, UnitSphericalRepresentation
+
     sph = coords.represent_as(UnitSphericalRepresentation)
     bad = np.zeros(len(coords), bool)
     values = []
@@ -257,6 +258,8 @@ def _sky_positions(images, coords):
     all the parts that `_cut_band` cuts), and the position angle in that frame
     of ICRS north (`_icrs_north`), the stamps' up direction.
     """
+    from astropy.wcs.utils import wcs_to_celestial_frame
+
     frames, sky = {}, []
     for image in images:
         with image.lock:
@@ -274,6 +277,8 @@ def _sky_positions(images, coords):
 def _icrs_north(coords, frame):
     """Position angle (degrees east of ``frame``'s north) of ICRS north at ``coords``:
     0 in ICRS; about 90 deg near the Galactic north pole of a Galactic image."""
+    from astropy.coordinates import ICRS
+
     if isinstance(frame, ICRS):
         return np.zeros(len(coords))
     icrs = coords.icrs

@@ -8,7 +8,6 @@ import warnings
 
 import numpy as np
 from astropy.io import fits
-from astropy.wcs import WCS, FITSFixedWarning
 
 from ._cutouts import SkyImage
 from ._warnings import catch_warnings, warn, warn_again
@@ -47,6 +46,8 @@ def band_of_header(header):
 
 
 def _celestial_wcs(header, name):
+    from astropy.wcs import WCS, FITSFixedWarning  # imported here: it takes a while
+
     with catch_warnings():
         warnings.simplefilter("ignore", FITSFixedWarning)
         try:
@@ -191,6 +192,8 @@ def _images_of_file(hdul, name):
 
 
 def _parse_one(obj, band=None):
+    from astropy.wcs import WCS
+
     if isinstance(obj, (str, os.PathLike)):
         images = _from_path(obj)
     elif isinstance(obj, fits.HDUList):
@@ -274,6 +277,8 @@ def parse_sky_images(images, *, bands=None):
 
 def _parse_into(out, images, bands):
     """`parse_sky_images`, appending to ``out`` (which holds what was parsed if it raises)."""
+    from astropy.wcs import WCS
+
     if isinstance(images, dict):
         for band, value in images.items():
             values = value if isinstance(value, (list, tuple)) and not (
