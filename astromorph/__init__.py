@@ -8,17 +8,10 @@ Quick start::
     >>> model = astromorph.load_model("morphology")    # doctest: +SKIP
     >>> model.predict(stamps)["probabilities"]          # doctest: +SKIP
 """
+import importlib
+
 from ._version import __version__
-from ._registry import list_models, model_card
-from ._model import Model, Prediction, load_model
-from ._flags import Flag, describe_flags
-from ._annotate import annotate
-from ._dask import annotate_dask
-from ._session import available_providers, clear_session_cache
 from .exceptions import AstromorphError, AstromorphWarning
-from ._predict import predict_files
-from ._stamp_table import annotate_stamps
-from .embeddings import GaussianMixture, LabelHead, SimilarityIndex, cluster_table
 
 __all__ = [
     "__version__",
@@ -42,3 +35,30 @@ __all__ = [
     "GaussianMixture",
     "cluster_table",
 ]
+
+#: The module of each public name imported on first use (`__getattr__`), so that
+#: ``import astromorph`` (and ``astromorph --version``) does not import astropy.table,
+#: scipy's users and every reader.
+_LAZY = {
+    "list_models": "._registry", "model_card": "._registry",
+    "load_model": "._model", "Model": "._model", "Prediction": "._model",
+    "annotate": "._annotate", "annotate_dask": "._dask", "annotate_stamps": "._stamp_table",
+    "Flag": "._flags", "describe_flags": "._flags",
+    "available_providers": "._session", "clear_session_cache": "._session",
+    "predict_files": "._predict",
+    "SimilarityIndex": ".embeddings", "LabelHead": ".embeddings",
+    "GaussianMixture": ".embeddings", "cluster_table": ".embeddings",
+}
+
+
+def __getattr__(name):
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value  # once: later look-ups do not come here
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))

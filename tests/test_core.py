@@ -525,12 +525,30 @@ def test_import_is_light_and_silent():
     ONNX Runtime or astropy's coordinates and WCS (a third of the import time): the functions
     that need them import them; and it warns about nothing."""
     lazy = ("onnxruntime", "scipy", "matplotlib", "fastavro", "dask", "pandas", "pyarrow", "PIL",
-            "tqdm", "reproject", "torch", "astropy.coordinates", "astropy.wcs")
+            "tqdm", "reproject", "torch", "astropy.coordinates", "astropy.wcs", "astropy.table",
+            "astropy.units", "astropy.io.fits")
     code = ("import sys, astromorph, astromorph.cli; astromorph.cli.build_parser(); "
             f"print(' '.join(m for m in {lazy!r} if m in sys.modules))")
     out = subprocess.run([sys.executable, "-W", "error", "-c", code], capture_output=True,
                          text=True, check=True)
     assert out.stdout.strip() == ""
+
+def test_public_names_are_imported_on_first_use():
+    """The names of ``astromorph.__all__`` (imported on first use) are all there: as
+    attributes, in ``dir()`` and with ``from astromorph import *``; another name is an
+    AttributeError."""
+    code = ("import astromorph, sys; assert 'astromorph._annotate' not in sys.modules; "
+            "from astromorph import *; "
+            "missing = [n for n in astromorph.__all__ if n not in globals()"
+            " or n not in dir(astromorph)]; print(missing, annotate.__module__, "
+            "SimilarityIndex.__module__, 'astromorph._annotate' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["[]", "astromorph._annotate", "astromorph.embeddings._index",
+                                  "True"]
+    assert astromorph.annotate is astromorph._annotate.annotate
+    with pytest.raises(AttributeError, match="no_such_name"):
+        astromorph.no_such_name
+
 
 def test_package_never_imports_torch():
     offenders = [str(p) for p in (REPO / "astromorph").rglob("*.py")
