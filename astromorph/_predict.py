@@ -297,13 +297,21 @@ def _conform(stamp, family, card):
             stamp.flag(Flag.NO_WCS, f"no celestial WCS and the {w}x{h} stamp is not the model's "
                        f"{grid}x{grid} grid: assumed {scale:g} arcsec/pixel")
     if stamp.kind == "triplet":
-        template = stamp.data[1]
-        with np.errstate(invalid="ignore"):  # NaN, inf and masking sentinels are no values
-            valid = template[np.abs(template) < _SENTINEL]
-        if valid.size and valid.max() <= 0 and valid.min() < 0:
-            return stamp.flag(Flag.BAD_INPUT, "reference (template) stamp has no positive pixel "
-                              f"(max {valid.max():.4g}): not a usable template")
+        problem = template_problem(stamp.data[1])
+        if problem:
+            return stamp.flag(Flag.BAD_INPUT, problem)
     return stamp
+
+
+def template_problem(template):
+    """Why a reference (template) stamp is unusable, or None: it has valid pixels, none of
+    them positive. NaN, inf and masking sentinels (|value| >= 1e30) are no values."""
+    with np.errstate(invalid="ignore"):
+        valid = template[np.abs(template) < _SENTINEL]
+    if valid.size and valid.max() <= 0 and valid.min() < 0:
+        return (f"reference (template) stamp has no positive pixel (max {valid.max():.4g}): "
+                "not a usable template")
+    return None
 
 
 def _conform_bands(stamp, family, name):
@@ -365,15 +373,21 @@ def _conform_bands(stamp, family, name):
 
 # ----------------------------------------------------------------------------- batching
 class _Runner:
-    """Groups stamps by kind and shape, scores full groups, keeps per-row results."""
+    """Groups stamps by kind and shape, scores full groups, keeps per-row results.
+
+    Stamps come one by one (`add`) or as a block of rows sharing kind, shape and dtype
+    (`add_block`, e.g. array columns of a table); either way a group is scored in batches
+    of ``batch_size`` rows in row order.
+    """
 
     def __init__(self, model, family, batch_size, crop_fraction):
         self.model, self.family = model, family
         self.batch_size, self.crop_fraction = batch_size, crop_fraction
-        self.sources, self.flags, self.reasons, self.valid, self.origins = [], [], [], [], []
+        self.sources, self.flags, self.reasons, self.origins = [], [], [], []
         self.objects = []
-        self.groups = {}
+        self.groups = {}  # key -> [pieces (rows, data, flags, scales), number of rows]
         self.results = []  # (rows, {output: array})
+        self.updates = []  # (rows, flags, valid) of the scored groups
 
     def add(self, stamp):
         row = len(self.sources)
@@ -381,27 +395,73 @@ class _Runner:
         self.objects.append(stamp.object)
         self.flags.append(stamp.flags)
         self.reasons.append(list(stamp.reason))
-        self.valid.append(False)
         self.origins.append((stamp.path, stamp.header_hdu, stamp.index))
         if not stamp.usable:
             return
-        scale = None if stamp.pixel_scale is None else round(float(stamp.pixel_scale), 6)
-        key = (stamp.kind, stamp.data.shape, stamp.data.dtype.str, stamp.bands, scale)
-        group = self.groups.setdefault(key, [])
-        group.append((row, stamp))
-        if len(group) >= self.batch_size:
-            self._score(self.groups.pop(key))
+        scale = np.nan if stamp.pixel_scale is None else float(stamp.pixel_scale)
+        self._queue(_group_key(stamp.kind, stamp.data, stamp.bands, scale), np.array([row]),
+                    stamp.data[None], np.array([stamp.flags], dtype=np.int32),
+                    np.array([scale]))
+
+    def add_block(self, index, kind, data, bands, flags, reasons, scales):
+        """Add rows whose stamps are ``data[j]`` (all of one ``kind``, shape and dtype).
+
+        ``index``: the rows' numbers (their source names and origins); ``flags`` and
+        ``reasons`` (a list per row) what was found before scoring; ``scales``: pixel
+        scales in arcsec/pixel, NaN where unknown.
+        """
+        first = len(self.sources)
+        self.sources.extend(str(i) for i in index)
+        self.objects.extend([None] * len(index))
+        self.flags.extend(np.asarray(flags).tolist())
+        self.reasons.extend(reasons)
+        self.origins.extend((None, None, int(i)) for i in index)
+        rows = first + np.flatnonzero((np.asarray(flags) & int(Flag.unusable())) == 0)
+        if not rows.size:
+            return
+        scales = np.asarray(scales, dtype=float)[rows - first]
+        # one group per rounded scale, as `add` makes them, each in row order
+        values, inverse = np.unique(scales, return_inverse=True)
+        keys = [_group_key(kind, data[0], bands, v) for v in values]
+        codes = np.array([keys.index(k) for k in keys])[inverse.ravel()]
+        for code in dict.fromkeys(codes.tolist()):
+            sel = codes == code
+            picked = rows[sel] - first
+            self._queue(keys[code], rows[sel], data[picked],
+                        np.asarray(flags, dtype=np.int32)[picked], scales[sel])
+
+    def _queue(self, key, rows, data, flags, scales):
+        group = self.groups.setdefault(key, [[], 0])
+        group[0].append((rows, data, flags, scales))
+        group[1] += len(rows)
+        if group[1] < self.batch_size:
+            return
+        rows, data, flags, scales = (np.concatenate(a) for a in zip(*group[0]))
+        size = self.batch_size
+        full = len(rows) - len(rows) % size
+        for s in range(0, full, size):
+            self._score(key, rows[s:s + size], data[s:s + size], flags[s:s + size],
+                        scales[s:s + size])
+        if full < len(rows):
+            group[0] = [(rows[full:], data[full:].copy(), flags[full:], scales[full:])]
+            group[1] = len(rows) - full
+        else:
+            del self.groups[key]
 
     def finish(self):
         for key in list(self.groups):
-            self._score(self.groups.pop(key))
+            pieces, _ = self.groups.pop(key)
+            self._score(key, *(np.concatenate(a) for a in zip(*pieces)))
 
     def collect(self):
         """``(prediction, flags, valid)`` in row order once `finish` has run; ``prediction``
         (a `Prediction` of the valid rows, or None) as `result_columns` takes it."""
         from ._model import Prediction
 
-        valid = np.asarray(self.valid, dtype=bool)
+        flags = np.asarray(self.flags, dtype=np.int32)
+        valid = np.zeros(len(flags), dtype=bool)
+        for rows, f, ok in self.updates:
+            flags[rows], valid[rows] = f, ok
         prediction = None
         if self.results:
             rows = np.concatenate([r for r, _ in self.results])
@@ -409,7 +469,7 @@ class _Runner:
             arrays = {name: np.concatenate([o[name] for _, o in self.results])[order]
                       for name in self.model.output_names}
             prediction = Prediction(arrays, self.model.card["outputs"])
-        return prediction, np.asarray(self.flags, dtype=np.int32), valid
+        return prediction, flags, valid
 
     def reason_column(self):
         """Column of the rows' reasons, joined by "; " (empty for clean rows)."""
@@ -419,38 +479,45 @@ class _Runner:
         return Column(np.array(reasons, dtype=f"U{max([len(r) for r in reasons] + [1])}"),
                       description="why the row is flagged or was not scored (empty when clean)")
 
-    def _score(self, items):
+    def _score(self, key, rows, data, before, scales):
         from ._adapters import RawStamps, prepare
+        from ._readers import Stamp
 
-        first = items[0][1]
-        raw = RawStamps(first.kind, np.stack([s.data for _, s in items]), bands=first.bands,
-                        pixel_scale=first.pixel_scale,
-                        flags=np.array([s.flags for _, s in items], dtype=np.int32))
+        kind, bands = key[0], key[3]
+        raw = RawStamps(kind, data, bands=bands,
+                        pixel_scale=None if np.isnan(scales[0]) else float(scales[0]),
+                        flags=before)
         try:
             with catch_warnings():
                 warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN slices etc.
                 x, flags = prepare(self.model, raw, crop_fraction=self.crop_fraction)
         except (InputError, ValueError, TypeError) as exc:
-            if len(items) > 1:  # find the stamp(s) at fault
-                for item in items:
-                    self._score([item])
+            if len(rows) > 1:  # find the stamp(s) at fault
+                for j in range(len(rows)):
+                    self._score(key, rows[j:j + 1], data[j:j + 1], before[j:j + 1],
+                                scales[j:j + 1])
                 return
-            row, stamp = items[0]
-            self.flags[row] |= int(Flag.BAD_INPUT)
-            self.reasons[row].append(f"cannot be preprocessed: {exc}")
+            self.updates.append((rows, before | int(Flag.BAD_INPUT), False))
+            self.reasons[rows[0]].append(f"cannot be preprocessed: {exc}")
             return
+        flags = np.asarray(flags, dtype=np.int32)
         scored = (flags & int(Flag.unusable())) == 0  # e.g. a plane without a finite pixel
         if scored.any():
             pred = self.model.predict(x[scored], batch_size=max(len(x), 1), progress=False)
-            rows = np.array([r for (r, _), ok in zip(items, scored) if ok])
-            self.results.append((rows, {k: np.asarray(pred[k]) for k in self.model.output_names}))
-        for (row, stamp), f, ok in zip(items, flags, scored):
-            new = int(f) & ~stamp.flags
-            self.flags[row] = int(f)
-            self.valid[row] = bool(ok)
-            if new:
-                self.reasons[row].extend(_explain(stamp, new))
-            stamp.data = None  # release the pixels
+            self.results.append((rows[scored],
+                                 {k: np.asarray(pred[k]) for k in self.model.output_names}))
+        self.updates.append((rows, flags, scored))
+        new = flags & ~before
+        for j in np.flatnonzero(new):  # words only for the rows that preprocessing flagged
+            stamp = Stamp("", None, kind=kind, data=data[j], bands=bands)
+            self.reasons[rows[j]].extend(_explain(stamp, int(new[j])))
+
+
+def _group_key(kind, stamp, bands, scale):
+    """Stamps of one group are scored together: same kind, shape, dtype, bands and pixel
+    scale (to 1e-6 arcsec/pixel)."""
+    return (kind, stamp.shape, stamp.dtype.str, bands,
+            None if np.isnan(scale) else round(float(scale), 6))
 
 
 def _explain(stamp, bits):
