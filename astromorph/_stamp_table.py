@@ -14,11 +14,15 @@ from astropy.table import Table
 from ._flags import Flag
 from ._progress import progress_bar
 from ._readers import Stamp, parse_fits_bytes
+from .preprocessing._triplet import _SENTINEL
 from .exceptions import InputError, InvalidArgumentError
 
 __all__ = ["annotate_stamps"]
 
 log = logging.getLogger(__name__)
+
+#: Rows stacked at a time from numeric array columns (the fast path).
+_BLOCK_ROWS = 1024
 
 #: Column names looked for when ``columns`` is not given, by model family; the first
 #: complete set in the table is used.
@@ -116,10 +120,16 @@ def annotate_stamps(table, *, model, columns=None, pixel_scale=None, negative=No
                                    f"models; {model.name!r} is a {family} model")
 
     runner = _Runner(model, family, int(batch_size), None)
+    block = _array_blocks(table, names, family, model.card, scales, flip)
     getters = [_cell_getter(table[c]) for c in names]
     with progress_bar(n, desc=f"{model.name}", unit="row", enabled=progress,
                       min_total=4 * batch_size) as bar:
-        for i in range(n):
+        step = max(int(batch_size), _BLOCK_ROWS)
+        for start in range(0, n if block else 0, step):
+            stop = min(start + step, n)
+            runner.add_block(**block(start, stop))
+            bar.update(stop - start)
+        for i in range(0 if block else n):
             stamp = _row_stamp(i, [get(i) for get in getters], names, family)
             if stamp.usable:
                 if scales is not None and np.isfinite(scales[i]):
@@ -293,3 +303,93 @@ def _row_stamp(i, cells, names, family):
                               "cube or colour picture")
     stamp.data, stamp.pixel_scale = data, scale
     return stamp
+
+
+# ----------------------------------------------------------------------------- array columns
+def _array_blocks(table, names, family, card, scales, flip):
+    """``block(start, stop)``: the `_Runner.add_block` arguments of rows ``start:stop``, or
+    None when the cells need the per-row path.
+
+    Numeric array columns (one stamp per column and row: a fixed-shape ``Column``,
+    ``MaskedColumn`` or ``Quantity``) give the stamps of many rows as one stack: the
+    columns stacked, masked values NaN, ``negative`` rows negated, all with array
+    operations. The checks the per-row path makes of each stamp (`_row_stamp`,
+    `astromorph._predict._conform`) depend here on the column shapes only, so they are
+    made once, on a probe stamp, except for the template check, made on the stack. Object
+    columns (FITS bytes, dicts, ragged arrays), text, and column shapes that the per-row
+    path flags go that way.
+    """
+    import astropy.units as u
+    from astropy.table import Column
+
+    from ._predict import _conform, template_problem
+
+    cols = [table[c] for c in names]
+    if not len(table) or not all(
+            (isinstance(c, Column) or type(c) is u.Quantity) and c.dtype.kind in "biuf"
+            for c in cols):
+        return None
+    cell = cols[0].shape[1:]
+    if len(cols) > 1:
+        if len(cell) != 2 or any(c.shape[1:] != cell for c in cols):
+            return None
+        kind = "triplet" if family == "triplet" else "bands"
+        bands = None if family == "triplet" else tuple(names) if set(names) == set("gri") \
+            else None
+        dtype = np.float32
+        shape = (len(cols), *cell)
+    elif len(cell) == 3 and cell[-1] == 3 and cols[0].dtype == np.uint8:
+        kind, bands, dtype, shape = "colour", None, cols[0].dtype, cell
+    elif len(cell) in (2, 3):
+        kind, bands, dtype = "bands", None, cols[0].dtype
+        shape = cell if len(cell) == 3 else (1, *cell)
+    else:
+        return None
+    # the checks of the per-row path, on a stamp of that shape without and with a pixel scale
+    probes = []
+    for scale in (None, 1.0):
+        data = np.ones(shape, dtype)
+        probe = _conform(Stamp("probe", None, kind=kind, data=data, bands=bands,
+                               pixel_scale=scale), family, card)
+        if not probe.usable or probe.data is not data:
+            return None
+        probes.append(probe)
+    negate = flip is not None and kind in ("triplet", "bands") and shape[0] == 3
+
+    def block(start, stop):
+        parts = []
+        for c in cols:
+            part = c[start:stop]
+            if isinstance(part, np.ma.MaskedArray) and part.dtype.kind == "f":
+                part = part.filled(np.nan)  # masked values count as NaN
+            parts.append(np.asarray(part))
+        if len(parts) > 1:
+            data = np.stack(parts, axis=1).astype(np.float32, copy=False)
+        else:
+            data = parts[0] if len(cell) == len(shape) else parts[0][:, None]
+        if negate and flip[start:stop].any():  # a new array: the table is not modified
+            rows = flip[start:stop, None, None, None]
+            data = np.concatenate([data[:, :2], np.where(rows, -data[:, 2:], data[:, 2:])],
+                                  axis=1)
+        if scales is None:
+            known = np.zeros(stop - start, dtype=bool)
+            scale = np.full(stop - start, np.nan)
+        else:
+            known = np.isfinite(scales[start:stop])
+            scale = np.where(known, scales[start:stop], np.nan)
+        flags = np.where(known, probes[1].flags, probes[0].flags).astype(np.int32)
+        reasons = [list(probes[int(k)].reason) for k in known]
+        if probes[0].kind == "triplet":
+            template = data[:, 1]
+            with np.errstate(invalid="ignore"):  # NaN, inf and masking sentinels: no values
+                valid = np.abs(template) < _SENTINEL
+            axes = (1, 2)
+            bad = valid.any(axis=axes) & (np.where(valid, template, -np.inf).max(axis=axes) <= 0)
+            for j in np.flatnonzero(bad):  # rare: the words, as the per-row check gives them
+                problem = template_problem(template[j])
+                if problem:
+                    flags[j] |= int(Flag.BAD_INPUT)
+                    reasons[j].append(problem)
+        return dict(index=np.arange(start, stop), kind=probes[0].kind, data=data,
+                    bands=probes[0].bands, flags=flags, reasons=reasons, scales=scale)
+    return block

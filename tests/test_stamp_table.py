@@ -284,3 +284,84 @@ def test_dask_partitions_of_a_stamp_table(rb):
     out = astromorph.annotate_dask(t, model="real-bogus", partition_size=3, scheduler="threads")
     assert list(out["id"]) == list(range(7))
     np.testing.assert_allclose(out["rb_score"], _direct(rb, x), rtol=0, atol=1e-6)
+
+
+def test_array_columns_take_the_stacked_path_with_per_row_results(rb, monkeypatch):
+    """Numeric array columns are stacked many rows at a time (no `Stamp` per row); scores,
+    flags and reasons equal those of the per-row path, on masked values, NaN, ZTF's
+    -3.4e38 sentinels, unusable templates, all-NaN and constant planes, negated rows and
+    pixel scales that split the rows into groups, with batches straddling the blocks."""
+    from astromorph import _stamp_table
+
+    n = 40
+    x = _triplets(n, seed=9)
+    mask = np.zeros(x[:, 0].shape, bool)
+    mask[3, :20] = True                    # masked -> NaN, flagged BLANK
+    mask[4] = True                         # all masked: no finite pixel
+    x[5, 0, :5] = np.nan
+    x[6, 2, 10:20] = -3.4e38               # masking sentinels
+    x[7, 1] = -np.abs(x[7, 1]) - 1         # no positive template pixel
+    x[8, 1] = -np.abs(x[8, 1]) - 1
+    x[8, 1, 0, 0] = 1e30                   # a sentinel is no positive pixel
+    x[9, 1] = 0.0                          # all-zero template: constant, not "no positive"
+    x[9, 1, :3] = -3.4e38
+    x[10, 0] = 7.0                         # constant plane
+    x[11, 2] = np.nan                      # all-NaN difference
+    negative = np.zeros(n, bool)
+    negative[[2, 7, 12, 30]] = True
+    x[negative, 2] *= -1
+    scale = np.full(n, 1.0)
+    scale[20:25] = np.nan                  # no scale: assumed grid (63x63: no flag)
+    scale[25:28] = 1.2
+    tables = {
+        "columns": Table({"science": MaskedColumn(x[:, 0], mask=mask), "reference": x[:, 1],
+                          "difference": x[:, 2], "neg": negative, "scale": scale}),
+        "cube": Table({"triplet": MaskedColumn(x, mask=np.stack([mask] * 3, axis=1)),
+                       "neg": negative, "scale": scale}),
+        # not the model's grid: resampled by the row's scale, NO_WCS where it has none
+        "resampled": Table({"triplet": _triplets(n, size=65, seed=11), "neg": negative,
+                            "scale": scale}),
+    }
+    calls = []
+    real = _stamp_table._array_blocks
+    monkeypatch.setattr(_stamp_table, "_BLOCK_ROWS", 7)
+
+    def annotate(table, stacked, **kw):
+        monkeypatch.setattr(_stamp_table, "_array_blocks",
+                            lambda *a: calls.append(real(*a)) or calls[-1] if stacked else None)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UnusableInputWarning)
+            return astromorph.annotate_stamps(table, model=rb, batch_size=6, **kw)
+
+    for name, table in tables.items():
+        for kw in ({"negative": "neg"}, {"negative": "neg", "pixel_scale": "scale"}, {}):
+            before = table.copy()
+            fast, slow = annotate(table, True, **kw), annotate(table, False, **kw)
+            assert calls[-1] is not None and fast.meta == slow.meta  # it was stacked
+            for col in ("rb_score", "rb_flags", "rb_reason"):
+                np.testing.assert_array_equal(fast[col], slow[col], err_msg=f"{name} {kw} {col}")
+            np.testing.assert_array_equal(fast["rb_score"].mask, slow["rb_score"].mask)
+            for c in table.colnames:  # the input is not modified (negated rows included)
+                np.testing.assert_array_equal(table[c], before[c])
+        flags = np.asarray(fast["rb_flags"])
+        if name == "resampled":
+            assert (flags == Flag.NO_WCS).all()
+            continue
+        assert flags[3] == Flag.BLANK and flags[7] == flags[8] == Flag.BAD_INPUT
+        assert flags[9] & Flag.CONSTANT and flags[4] & Flag.BAD_INPUT
+        assert not flags[[0, 1, 2, 12, 30]].any()
+    # g, r, i columns of an optical model, one of them masked
+    model = astromorph.load_model("morphology")
+    bands = np.random.default_rng(10).normal(10, 2, (9, 3, 64, 64)).astype(np.float32)
+    bands[2, 1, :8] = -3.4e38
+    t = Table({"g": bands[:, 0], "r": MaskedColumn(bands[:, 1], mask=bands[:, 1] > 13),
+               "i": bands[:, 2]})
+    outs = []
+    for stacked in (True, False):
+        monkeypatch.setattr(_stamp_table, "_array_blocks",
+                            lambda *a, s=stacked: real(*a) if s else None)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UnusableInputWarning)
+            outs.append(astromorph.annotate_stamps(t, model=model, batch_size=4))
+    for col in outs[0].colnames:
+        np.testing.assert_array_equal(outs[0][col], outs[1][col], err_msg=col)
