@@ -256,11 +256,22 @@ def _cell(value):
     if isinstance(value, (bytes, bytearray, np.bytes_, memoryview)):
         blob = bytes(value)
         return (parse_fits_bytes(blob) if blob else (None, None))
-    data = value.filled(np.nan) if isinstance(value, np.ma.MaskedArray) and \
-        np.asarray(value).dtype.kind == "f" else np.asarray(value)
-    if data.dtype.kind not in "biuf":
+    data = _unmasked(value)
+    if data.dtype.kind == "b":
+        raise ValueError("holds booleans, not pixel values")
+    if data.dtype.kind not in "iuf":
         raise ValueError(f"cell of dtype {data.dtype} is neither an image nor FITS bytes")
     return data, None
+
+
+def _unmasked(value):
+    """A numeric array with its masked values NaN (integer data with masked values become
+    float32 to hold them); other values as arrays."""
+    if not isinstance(value, np.ma.MaskedArray):
+        return np.asarray(value)
+    if value.dtype.kind in "iu" and np.ma.getmaskarray(value).any():
+        value = value.astype(np.float32)
+    return value.filled(np.nan) if value.dtype.kind == "f" else np.asarray(value)
 
 
 def _row_stamp(i, cells, names, family):
@@ -326,7 +337,7 @@ def _array_blocks(table, names, family, card, scales, flip):
 
     cols = [table[c] for c in names]
     if not len(table) or not all(
-            (isinstance(c, Column) or type(c) is u.Quantity) and c.dtype.kind in "biuf"
+            (isinstance(c, Column) or type(c) is u.Quantity) and c.dtype.kind in "iuf"
             for c in cols):
         return None
     cell = cols[0].shape[1:]
@@ -359,10 +370,7 @@ def _array_blocks(table, names, family, card, scales, flip):
     def block(start, stop):
         parts = []
         for c in cols:
-            part = c[start:stop]
-            if isinstance(part, np.ma.MaskedArray) and part.dtype.kind == "f":
-                part = part.filled(np.nan)  # masked values count as NaN
-            parts.append(np.asarray(part))
+            parts.append(_unmasked(c[start:stop]))  # masked values count as NaN
         if len(parts) > 1:
             data = np.stack(parts, axis=1).astype(np.float32, copy=False)
         else:

@@ -365,3 +365,29 @@ def test_array_columns_take_the_stacked_path_with_per_row_results(rb, monkeypatc
             outs.append(astromorph.annotate_stamps(t, model=model, batch_size=4))
     for col in outs[0].colnames:
         np.testing.assert_array_equal(outs[0][col], outs[1][col], err_msg=col)
+
+
+def test_masks_on_integer_columns_and_boolean_stamps(rb, monkeypatch):
+    """Masked pixels of an integer stamp column count as NaN (BLANK), as in float columns,
+    on the stacked and the per-row path; a boolean stamp column gives BAD_INPUT rows (it
+    crashed the whole call with negative=) instead of being scored as 0/1 pixels."""
+    from astropy.table import MaskedColumn
+
+    x = np.round(_triplets(2)).astype(np.int32)
+    mask = np.zeros(x.shape, bool)
+    mask[0, 0, :30] = True
+    t = Table({"triplet": MaskedColumn(x, mask=mask)})
+    out = astromorph.annotate_stamps(t, model=rb)
+    assert out["rb_flags"][0] & Flag.BLANK and not out["rb_flags"][1] & Flag.BLANK
+    from astromorph import _stamp_table
+
+    with monkeypatch.context() as m:  # the per-row path gives the same
+        m.setattr(_stamp_table, "_array_blocks", lambda *a: None)
+        per_row = astromorph.annotate_stamps(t, model=rb)
+    np.testing.assert_array_equal(per_row["rb_flags"], out["rb_flags"])
+    np.testing.assert_array_equal(per_row["rb_score"], out["rb_score"])
+    with pytest.warns(UnusableInputWarning):
+        flagged = astromorph.annotate_stamps(Table({"triplet": x > 100, "neg": [True, False]}),
+                                             model=rb, negative="neg")
+    assert (np.asarray(flagged["rb_flags"]) & Flag.BAD_INPUT).all()
+    assert "booleans" in flagged["rb_reason"][0]
