@@ -11,7 +11,7 @@ import logging
 import os
 
 from .exceptions import InvalidArgumentError, InvalidArgumentTypeError
-from .preprocessing._checks import check_bool
+from .preprocessing._checks import check_bool, check_whole
 
 __all__ = ["annotate_dask"]
 
@@ -139,16 +139,7 @@ def annotate_dask(table, images=None, *, model, partition_size=50_000, compute=T
     images = None if images is None else as_paths(images)
     if not isinstance(model, (str, os.PathLike)):
         raise InputError("annotate_dask takes the model by name or path, so each worker loads it")
-    import operator
-
-    try:
-        size = 0 if isinstance(partition_size, bool) else operator.index(partition_size)
-    except TypeError:
-        size = 0
-    if size < 1:
-        raise InvalidArgumentError(f"partition_size must be a whole number >= 1, got "
-                                   f"{partition_size!r}")
-    partition_size = size
+    partition_size = check_whole(partition_size, "partition_size")
     compute = check_bool(compute, "compute")
     if isinstance(scheduler, str):
         from dask.base import get_scheduler

@@ -29,9 +29,7 @@ def warn(message, category):
 
     Inside `collecting`, the warning is added to its list instead.
     """
-    collected = _COLLECTED.get()
-    if collected is not None:
-        collected.append((str(message), category))
+    if _collect(message, category):
         return
     level, frame = 2, sys._getframe(1)
     while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(_PACKAGE):
@@ -42,11 +40,18 @@ def warn(message, category):
 def warn_again(record):
     """Give again a warning recorded by ``catch_warnings(record=True)`` (from its own line,
     e.g. in astropy), or add it to the list of `collecting`."""
-    collected = _COLLECTED.get()
-    if collected is not None:
-        collected.append((str(record.message), record.category))
+    if _collect(record.message, record.category):
         return
     warnings.warn_explicit(record.message, record.category, record.filename, record.lineno)
+
+
+def _collect(message, category):
+    """Inside `collecting`: add the warning to its list and return True; else False."""
+    collected = _COLLECTED.get()
+    if collected is None:
+        return False
+    collected.append((str(message), category))
+    return True
 
 
 @contextlib.contextmanager
