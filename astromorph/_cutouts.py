@@ -83,12 +83,22 @@ def _check_wcs(wcs, name):
         raise InputError(f"{name}: its WCS cannot place sources: {'; '.join(bad)}")
 
 
+def _row_strips(data):
+    """Row strips of a 2D array of about 4 M pixels each (bounded temporaries)."""
+    step = max(1, (1 << 22) // max(data.shape[1], 1))
+    return (data[y0:y0 + step] for y0 in range(0, data.shape[0], step))
+
+
+def _sentinels_to_nan(data):
+    """Masking sentinels and infinities of a 2D float array -> NaN, in place, by strips."""
+    for strip in _row_strips(data):
+        strip[invalid_pixels(strip)] = np.nan
+
+
 def _has_sentinel(data):
     """Whether a 2D float array holds masking sentinels or infinities (NaN aside), checked
     in row strips so that no temporary array of the image's size is made."""
-    step = max(1, (1 << 22) // max(data.shape[1], 1))
-    for y0 in range(0, data.shape[0], step):
-        strip = data[y0:y0 + step]
+    for strip in _row_strips(data):
         bad = invalid_pixels(strip)
         if bad.any() and not np.isnan(strip[bad]).all():
             return True
@@ -109,10 +119,14 @@ class SkyImage:
         For messages and provenance.
     band : str or None
         Band or role (``"g"``, ``"science"``...), where known.
+    owned : bool
+        ``data`` is this image's own array (decompressed from a compressed file): plain
+        float32 data are made native and their masking sentinels NaN in place, and sampled
+        there, instead of being copied whole.
     """
 
     def __init__(self, data, wcs, *, name="image", band=None, bscale=1.0, bzero=0.0, blank=None,
-                 hold=None, file_span=None):
+                 hold=None, file_span=None, owned=False):
         if data.ndim != 2:
             raise InputError(f"{name}: expected a 2D image, got shape {data.shape}")
         if data.dtype.kind not in "biuf":
@@ -123,6 +137,13 @@ class SkyImage:
             data = data.astype(np.float32)  # float16: scipy's sampling does not take it
         if wcs is not None:
             _check_wcs(wcs, name)
+        owned = (owned and data.dtype.kind == "f" and data.dtype.itemsize == 4
+                 and blank is None and bscale == 1.0 and bzero == 0.0
+                 and data.flags.writeable and not isinstance(data, np.memmap))
+        if owned and not data.dtype.isnative:
+            # big-endian FITS pixels decompressed into memory: swapped where they are (the
+            # float32 values `_strips` would copy them to), so no second copy is made
+            data = data.byteswap(inplace=True).view(data.dtype.newbyteorder())
         self.data, self.wcs, self.name, self.band = data, wcs, name, band
         self.bscale, self.bzero, self.blank = float(bscale), float(bzero), blank
         self.shape = data.shape
@@ -147,8 +168,11 @@ class SkyImage:
         if self._resident is not None and _has_sentinel(data):
             # masking sentinels (or inf): sampled as NaN, so that the interpolation
             # weights do not spread them over their neighbours as finite values
-            self._resident = np.where(invalid_pixels(data), np.float32(np.nan),
-                                      data).astype(np.float32)
+            if owned:
+                _sentinels_to_nan(data)
+            else:
+                self._resident = np.where(invalid_pixels(data), np.float32(np.nan),
+                                          data).astype(np.float32)
         # astropy.wcs is not thread-safe, and pyramid levels are made once:
         # threads that cut stamps from one image take turns for both.
         self.lock = threading.RLock()

@@ -83,7 +83,9 @@ def _from_hdu(hdu, name, hold=None, file_span=None):
                     bscale=header.get("BSCALE", 1.0) if scaled else 1.0,
                     bzero=header.get("BZERO", 0.0) if scaled else 0.0,
                     blank=header.get("BLANK") if scaled else None, hold=hold,
-                    file_span=file_span)
+                    file_span=file_span,
+                    # decompressed by the HDUList opened here (``hold``): no one else's
+                    owned=hold is not None and not _memory_mapped(data))
 
 
 def _open_fits(name):

@@ -1643,3 +1643,40 @@ def test_annotate_dask_gives_a_partition_warning_once_at_the_callers_line(optica
     padding = [x for x in caught if "extra padding" in str(x.message)]
     assert len(padding) == 1 and "(in 4 of 4 Dask partitions)" in str(padding[0].message)
     np.testing.assert_array_equal(out["opt_flags"], ref["opt_flags"])
+
+
+def test_gzipped_fits_is_sampled_where_it_was_decompressed(tmp_path):
+    """A gzipped float32 image (decompressed whole into memory, big-endian) annotated with a
+    dense catalogue is sampled in the decompressed array itself, made native in place, not
+    from a second whole-image float32 copy; its stamps (masking sentinels included) are
+    those of the plain file read whole."""
+    import gzip
+    import tracemalloc
+
+    from astromorph._images import closing_files
+
+    n = 1500  # 9 MB: far above what cutting a few stamps takes besides the image
+    img, w = blobs(n).astype(np.float32), sky_wcs(n)
+    img[50:53, 60:64] = -3.4e38  # a masking sentinel (ZTF's)
+    plain = tmp_path / "plain.fits"
+    fits.writeto(plain, img, w.to_header())
+    path = tmp_path / "image.fits.gz"
+    path.write_bytes(gzip.compress(plain.read_bytes()))
+    x, y = np.random.default_rng(5).uniform(10, n - 10, (2, 40))
+    c = w.pixel_to_world(np.append(x, 62), np.append(y, 51))  # the last on the sentinel
+    with closing_files(parse_sky_images(str(plain))) as [ref_im]:
+        ref_im.plan_samples(ref_im.data.size)  # read whole too (page by page sums differ)
+        ref = cut_stamps(ref_im, c.ra.deg, c.dec.deg, size=SIZE, pixel_scale=SCALE).stamps
+    with closing_files(parse_sky_images(str(path))) as [im]:
+        decompressed = im._hold[0].data
+        tracemalloc.start()
+        try:
+            im.plan_samples(im.data.size)  # dense: read whole
+            got = cut_stamps(im, c.ra.deg, c.dec.deg, size=SIZE, pixel_scale=SCALE).stamps
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        source = im.resident(0)
+        assert source is not None and np.shares_memory(source, decompressed)
+        assert peak < img.nbytes // 2, (peak, img.nbytes)  # no second copy of the image
+    np.testing.assert_array_equal(got, ref)
