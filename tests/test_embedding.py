@@ -925,3 +925,32 @@ def test_picture_format_follows_the_extension(tmp_path):
     with pytest.raises(InvalidArgumentError, match="g.fits"):
         index.gallery(nn, tmp_path / "g.fits", images=np.zeros((30, 8, 8)))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["g.svg", "m.PDF", "m.png", "m.svg"]
+
+
+def test_rows_negative_or_out_of_range_are_refused_naming_the_valid_range(tmp_path, capsys,
+                                                                          monkeypatch):
+    """A query row or an excluded row that is negative or past the end is refused with an
+    InvalidArgumentError naming the value and the valid rows (a negative one used to count
+    silently from the end of the table), in the API and in ``similar --query``, before the
+    index is built; numpy integers keep working."""
+    from astromorph.embeddings import _index
+
+    t = catalogue(30, d=8)
+    index = SimilarityIndex.from_table(t)
+    for bad in (-1, -30, 30, np.int64(-2), np.int32(31)):
+        with pytest.raises(InvalidArgumentError, match=rf"row {int(bad)} .*0 to 29"):
+            index.query(row=bad, k=3)
+        with pytest.raises(InvalidArgumentError, match=rf"{int(bad)}.*0 to 29"):
+            index.search(np.ones(8), k=3, exclude=[[0, bad]])
+    assert index.query(row=np.int64(29), k=3).meta["query_row"] == 29
+    assert 4 not in index.search(t["embedding"][4], k=3, exclude=[[np.int16(4)]])[0][0]
+    t.write(tmp_path / "emb.ecsv")
+    built, from_table = [], _index.SimilarityIndex.from_table.__func__
+    monkeypatch.setattr(_index.SimilarityIndex, "from_table", classmethod(
+        lambda cls, *a, **kw: built.append(a) or from_table(cls, *a, **kw)))
+    for bad, range_ in (("-1", ">= 0"), ("30", "[0, 29]")):
+        assert main(["similar", str(tmp_path / "emb.ecsv"), "--query", bad]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("astromorph: error:") and "--query" in err, err
+        assert bad in err and range_ in err, err
+    assert not built  # refused before any work

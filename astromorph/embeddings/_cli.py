@@ -61,6 +61,7 @@ def _cmd_similar(args):
     from ..exceptions import InvalidArgumentError
 
     check_range("-k", args.k, low=1)
+    check_range("--query", args.query, low=0)  # a row number: -1 is no row from the end
     check_range("--max-separation", args.max_separation, low=0)
     _check_outputs(args, output=args.output, gallery=args.gallery)
     given = [n for n in ("query", "ra", "image") if getattr(args, n) is not None]
@@ -75,6 +76,7 @@ def _cmd_similar(args):
         if value is not None and needed is None:
             raise InvalidArgumentError(f"{option} applies only with {name}")
     table = _read(args, output_has_its_columns=False)  # neighbours: no embeddings
+    check_range("--query", args.query, low=0, high=len(table) - 1)
     index = SimilarityIndex.from_table(table, column=args.column, backend=args.backend)
     if args.gallery:  # the column of the rows' files, checked before any write
         _row_images(index, [], None, args.source_column)

@@ -36,6 +36,17 @@ def _whole(value, name):
     raise InvalidArgumentError(f"{name} must be a whole number, got {value!r}")
 
 
+def _rows_out_of_range(rows, n):
+    """`InvalidArgumentError` naming the ``rows`` that are no row number of ``n`` rows
+    (negative ones included: they do not count from the end)."""
+    rows = sorted(set(rows))
+    where = f"rows are 0 to {n - 1}" if n else "the index has no rows"
+    if len(rows) == 1:
+        return InvalidArgumentError(f"row {rows[0]} is out of range: {where}")
+    return InvalidArgumentError(f"rows {rows[:5]}{' ...' if len(rows) > 5 else ''} are out "
+                                f"of range: {where}")
+
+
 def _topk(sim, k, rows=None):
     """Column indices of the ``k`` largest entries of every row of ``sim``, best first;
     equal entries by increasing ``rows`` (same shape as ``sim``; default: the column), so
@@ -310,7 +321,8 @@ class SimilarityIndex:
         k : int
             Neighbours per query.
         exclude : sequence of sequences of int, optional
-            Rows not to return, one collection per query (e.g. the query row).
+            Rows not to return, one collection per query (e.g. the query row);
+            each 0 to ``len(index) - 1``.
 
         Returns
         -------
@@ -345,11 +357,9 @@ class SimilarityIndex:
             raise InvalidArgumentError("exclude needs one collection of rows per query")
         if exclude is not None:
             exclude = [{_whole(r, "an excluded row") for r in e} for e in exclude]
-            bad = sorted({r for e in exclude for r in e if not -len(self) <= r < len(self)})
+            bad = [r for e in exclude for r in e if not 0 <= r < len(self)]
             if bad:
-                raise InvalidArgumentError(f"excluded row(s) {bad[:5]} out of range (the index "
-                                           f"has {len(self)} rows)")
-            exclude = [{r % len(self) for r in e} for e in exclude]
+                raise _rows_out_of_range(bad, len(self))
         if self.backend == "exact":
             idx, sim = self._backend.search(q, k, exclude)  # new arrays: changed in place
             idx[~np.isfinite(sim)] = -1
@@ -516,8 +526,9 @@ class SimilarityIndex:
         Parameters
         ----------
         row : int, optional
-            Query by the embedding of this row (excluded from the results
-            unless ``include_query``).
+            Query by the embedding of this row, 0 to ``len(index) - 1`` (a
+            negative row is refused, not counted from the end; excluded from
+            the results unless ``include_query``).
         position : SkyCoord or (ra, dec) degrees, optional
             Query by the row nearest to this position (see `row_of_position`).
         image : path or array, optional
@@ -567,10 +578,8 @@ class SimilarityIndex:
             meta["query_separation_arcsec"] = round(float(separation.value), 4)
         elif row is not None:
             query_row = _whole(row, "row")
-            if not -len(self) <= query_row < len(self):
-                raise InvalidArgumentError(f"row {row} is out of range (the index has "
-                                           f"{len(self)} rows)")
-            query_row %= len(self)
+            if not 0 <= query_row < len(self):
+                raise _rows_out_of_range([query_row], len(self))
             if not self.valid[query_row]:
                 raise InputError(f"row {query_row} has no usable embedding (masked or NaN)")
         if query_row is not None:
