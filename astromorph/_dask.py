@@ -7,8 +7,11 @@ loads the model by name (sessions are cached per worker process). Dask's
 scheduler does the rest: the threaded one by default, or a
 ``dask.distributed`` cluster when a ``Client`` is active.
 """
+import collections
 import logging
 import os
+import threading
+import uuid
 
 from .exceptions import InvalidArgumentError, InvalidArgumentTypeError
 from .preprocessing._checks import check_bool, check_whole
@@ -35,6 +38,32 @@ def _annotate_collecting(table, images, model, kwargs):
     with collecting() as found:
         out = _annotate_partition(table, images, model, kwargs)
     return out, found
+
+
+#: Warnings already given by the lazy partitions of each `annotate_dask` call (by call id),
+#: in this process; the oldest calls are forgotten past `_GIVEN_CALLS`.
+_GIVEN = collections.OrderedDict()
+_GIVEN_CALLS = 256
+_GIVEN_LOCK = threading.Lock()
+
+
+def _annotate_warning_once(table, images, model, kwargs, call, n_parts):
+    """`_annotate_partition` for ``compute=False``: each distinct warning is given by the
+    first partition of the call ``call`` to give it (in this process), not by every one."""
+    from ._warnings import warn
+
+    out, found = _annotate_collecting(table, images, model, kwargs)
+    with _GIVEN_LOCK:
+        given = _GIVEN.setdefault(call, set())
+        _GIVEN.move_to_end(call)
+        while len(_GIVEN) > _GIVEN_CALLS:
+            _GIVEN.popitem(last=False)
+        new = [key for key in dict.fromkeys(found) if key not in given]
+        given.update(new)
+    for message, category in new:
+        warn(f"{message} (from a Dask partition; given once for the {n_parts} partitions)",
+             category)
+    return out
 
 
 def _warn_once(found, n_parts):
@@ -66,7 +95,7 @@ def annotate_dask(table, images=None, *, model, partition_size=50_000, compute=T
         Rows per Dask task.
     compute : bool
         ``True`` (default): compute and return the annotated table.
-        ``False``: return the list of `dask.delayed` partitions.
+        ``False``: return the list of `dask.delayed` partitions (see Warns).
     scheduler : str, optional
         Passed to `dask.compute` (e.g. ``"threads"``, ``"processes"``,
         ``"synchronous"``); default: Dask's current scheduler (a
@@ -89,7 +118,13 @@ def annotate_dask(table, images=None, *, model, partition_size=50_000, compute=T
         With ``compute=True``, a warning that partitions give (e.g. an
         `~astromorph.exceptions.AmbiguousInputWarning` for the bands) comes once,
         from the caller's line, with the number of partitions that gave it,
-        whatever the scheduler (threads, processes or a cluster).
+        whatever the scheduler (threads, processes or a cluster). With
+        ``compute=False`` no step sees all the partitions' warnings (each delayed
+        partition can be computed alone): each distinct warning is given once, by
+        the first partition to give it, when the partitions are computed, from Dask's
+        worker (not the caller's line) and without the count of partitions; once per
+        process for the threaded and synchronous schedulers, once per worker process
+        for ``"processes"`` or a cluster (where the worker's log shows it).
     """
     try:
         import dask
@@ -156,11 +191,14 @@ def annotate_dask(table, images=None, *, model, partition_size=50_000, compute=T
         model = os.path.abspath(os.path.expanduser(model))
     # computed here, each partition hands back its warnings, given once below from the
     # caller's line (not once per partition, from Dask's worker threads or processes)
-    task = _annotate_collecting if compute else _annotate_partition
-    parts = [dask.delayed(task)(table[start:start + partition_size], images, model, kwargs)
+    if not compute:  # lazily: each distinct warning given once, by the first partition
+        call = uuid.uuid4().hex
+        return [dask.delayed(_annotate_warning_once)(table[start:start + partition_size], images,
+                                                     model, kwargs, call, len(bounds))
+                for start in bounds]
+    parts = [dask.delayed(_annotate_collecting)(table[start:start + partition_size], images,
+                                                model, kwargs)
              for start in bounds]
-    if not compute:
-        return parts
     log.info("annotating %d rows in %d Dask partitions", len(table), len(parts))
     results = dask.compute(*parts, scheduler=scheduler)
     _warn_once([found for _, found in results], len(results))

@@ -1680,3 +1680,42 @@ def test_gzipped_fits_is_sampled_where_it_was_decompressed(tmp_path):
         assert source is not None and np.shares_memory(source, decompressed)
         assert peak < img.nbytes // 2, (peak, img.nbytes)  # no second copy of the image
     np.testing.assert_array_equal(got, ref)
+
+
+@pytest.mark.parametrize("scheduler", ["synchronous", "threads"])
+def test_annotate_dask_lazy_partitions_give_a_warning_once(optical_model, tmp_path, scheduler):
+    """With compute=False, the partitions' warnings (two bands for a g, r, i model,
+    astropy's on a file with extra padding) came once per partition when the graph was
+    computed; each distinct one now comes once for the whole call (in one process), with
+    the tables those of compute=True."""
+    import warnings
+
+    dask = pytest.importorskip("dask")
+    img, w = blobs(), sky_wcs()
+    paths = []
+    for band in "gr":
+        header = w.to_header()
+        header["FILTER"] = band
+        fits.writeto(tmp_path / f"{band}.fits", img, header)
+        paths.append(str(tmp_path / f"{band}.fits"))
+    with open(paths[1], "ab") as f:  # astropy warns about it when opening the file
+        f.write(bytes(2880))
+    cat = catalogue(w, np.random.default_rng(5).uniform(-20, 220, (40, 2)))
+    with pytest.warns(AmbiguousInputWarning), pytest.warns(UserWarning, match="padding"):
+        ref = astromorph.annotate_dask(cat, paths, model=str(optical_model.path),
+                                       partition_size=10, scheduler=scheduler)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        parts = astromorph.annotate_dask(cat, paths, model=str(optical_model.path),
+                                         partition_size=10, compute=False)
+        assert not caught  # nothing computed yet
+        tables = dask.compute(*parts, scheduler=scheduler)
+    ambiguous = [x for x in caught if issubclass(x.category, AmbiguousInputWarning)]
+    assert len(ambiguous) == 1, [str(x.message) for x in caught]
+    assert "using band 'r' alone" in str(ambiguous[0].message)
+    padding = [x for x in caught if "extra padding" in str(x.message)]
+    assert len(padding) == 1, [str(x.message) for x in caught]
+    assert len(caught) == 2, [str(x.message) for x in caught]
+    assert [len(t) for t in tables] == [10, 10, 10, 10]
+    for start, t in zip(range(0, 40, 10), tables):
+        np.testing.assert_array_equal(t["opt_flags"], ref["opt_flags"][start:start + 10])
