@@ -23,7 +23,6 @@ PROVIDER_ALIASES = {
 }
 #: Order tried by ``providers="auto"``.
 AUTO_ORDER = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
-GPU_PROVIDERS = frozenset({"TensorrtExecutionProvider", "CUDAExecutionProvider"})
 CPU = "CPUExecutionProvider"
 
 #: Environment variables used when the arguments are not given.
@@ -153,11 +152,13 @@ def get_session(path, *, providers=None, threads=None, sha256=None):
     """A (cached) ONNX Runtime session for a model file.
 
     Sessions are cached on (file, sha256, providers asked for and used, threads) and
-    reused; the cache keeps the `SESSION_CACHE_SIZE` most recently used. A requested provider that this ONNX Runtime build lacks, or a GPU provider
-    that was requested (or offered by ``"auto"``) but fails to initialise, gives a
-    `ProviderFallbackWarning` and a session on the providers that did initialise, down to
-    CPU. The warning comes when the session is made, not again when the cached session is
-    reused (e.g. by every Dask partition or every `annotate` call of a process).
+    reused; the cache keeps the `SESSION_CACHE_SIZE` most recently used. A requested
+    provider that this ONNX Runtime build lacks, or a provider that was requested (or
+    offered by ``"auto"``) but fails to initialise, gives a `ProviderFallbackWarning` and a
+    session on the next providers that do initialise (a failing TensorRT falls back to
+    CUDA, then CPU). One warning names them all; it comes when the session is made, not
+    again when the cached session is reused (e.g. by every Dask partition or every
+    `annotate` call of a process).
 
     Returns
     -------
@@ -208,34 +209,45 @@ def get_session(path, *, providers=None, threads=None, sha256=None):
 
 
 def _make_session(ort, path, requested, usable, threads):
-    """A new session (`get_session` without the cache): warnings for missing or failing
-    providers, a CPU session where a GPU one cannot be made."""
-    missing = [p for p in requested if p not in usable]
-    if missing:  # once per session made, not on every reuse of the cached one
-        _warn_missing(missing, requested, usable, available_providers())
+    """A new session (`get_session` without the cache), with one `ProviderFallbackWarning`
+    naming every provider asked for or offered by ``"auto"`` that it did not get."""
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     if threads is not None:
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
-    try:
-        session = ort.InferenceSession(str(path), sess_options=opts, providers=usable)
-    except Exception as exc:  # noqa: BLE001 - ORT raises plain RuntimeError/Fail
-        if usable == [CPU]:
-            raise ModelLoadError(f"ONNX Runtime cannot load {str(path)!r}: {exc}") from exc
-        warn(f"could not create a session with {', '.join(usable)} ({exc}); "
-             "falling back to CPUExecutionProvider", ProviderFallbackWarning)
-        try:
-            session = ort.InferenceSession(str(path), sess_options=opts, providers=[CPU])
-        except Exception as cpu_exc:  # noqa: BLE001
-            raise ModelLoadError(f"ONNX Runtime cannot load {str(path)!r}: {cpu_exc}") \
-                from cpu_exc
-        usable = [CPU]
-    got = session.get_providers()
-    failed = [p for p in usable if p in GPU_PROVIDERS and p not in got]
-    if failed:
-        warn(f"execution provider(s) {', '.join(failed)} failed to initialise for "
-             f"{os.path.basename(str(path))}; running on {', '.join(got)}",
-             ProviderFallbackWarning)
+    session, errors = _first_session(ort, path, opts, usable)
+    got = list(session.get_providers())
+    # one warning per session made (not on every reuse of the cached one)
+    missing = [p for p in requested if p not in usable]
+    dropped = [p for p in usable if p != CPU and p not in got and p not in errors]
+    if missing or errors or dropped:
+        reasons = []
+        if missing:
+            reasons.append(f"{', '.join(missing)} not available in this ONNX Runtime "
+                           f"build (available: {', '.join(available_providers())}); for "
+                           "GPU support install `astromorph[gpu]` (onnxruntime-gpu) "
+                           "with CUDA")
+        reasons += [f"{p} could not create a session ({exc})" for p, exc in errors.items()]
+        if dropped:
+            reasons.append(f"{', '.join(dropped)} failed to initialise")
+        warn(f"execution provider(s) not used for {os.path.basename(str(path))}: "
+             f"{'; '.join(reasons)}; "
+             + ("falling back to CPUExecutionProvider" if got == [CPU]
+                else f"running on {', '.join(got)}"), ProviderFallbackWarning)
     log.debug("session for %s on %s (requested %s)", path, got, requested or "auto")
     return session
+
+
+def _first_session(ort, path, opts, usable):
+    """A session on ``usable``, leaving out, one at a time, the first provider of a list
+    that ONNX Runtime cannot make a session with (a TensorRT that fails still lets CUDA be
+    tried before the CPU); the session and {provider left out: its error}."""
+    usable, errors = list(usable), {}
+    while True:
+        try:
+            return ort.InferenceSession(str(path), sess_options=opts, providers=usable), errors
+        except Exception as exc:  # noqa: BLE001 - ORT raises plain RuntimeError/Fail
+            if usable == [CPU]:
+                raise ModelLoadError(f"ONNX Runtime cannot load {str(path)!r}: {exc}") from exc
+            errors[usable.pop(0)] = exc

@@ -931,3 +931,85 @@ def test_cli_number_out_of_range_names_the_option(argv, option, typed, tmp_path,
 def test_empty_input_path_is_refused(tiny_registry):
     with pytest.raises(InputNotFoundError, match="empty"):
         astromorph.predict_files("tiny", "")
+
+
+def _fake_gpu_runtime(monkeypatch, available, raise_with=(), dropped=()):
+    """ONNX Runtime offering ``available``; a session asked for any provider in
+    ``raise_with`` raises (as for a missing libcudnn), providers in ``dropped`` are left
+    out of ``get_providers()`` silently (as ORT does when one fails to start)."""
+    import onnxruntime
+    from astromorph import _session
+
+    real = onnxruntime.InferenceSession
+    calls = []
+
+    class Session:
+        def __init__(self, inner, providers):
+            self._inner, self._providers = inner, providers
+
+        def get_providers(self):
+            return list(self._providers)
+
+        def __getattr__(self, name):
+            return getattr(self._inner, name)
+
+    def fake_session(path, sess_options=None, providers=None):
+        calls.append(list(providers))
+        bad = [p for p in providers if p in raise_with]
+        if bad:
+            raise RuntimeError(f"{bad[0]}: libcudnn.so.9: cannot open shared object file")
+        inner = real(path, sess_options=sess_options, providers=["CPUExecutionProvider"])
+        return Session(inner, [p for p in providers if p not in dropped])
+
+    monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: list(available))
+    monkeypatch.setattr(onnxruntime, "InferenceSession", fake_session)
+    _session.clear_session_cache()
+    return calls
+
+
+def _fallback_warnings(caught):
+    return [w for w in caught if issubclass(w.category, ProviderFallbackWarning)]
+
+
+def test_failing_tensorrt_falls_back_to_cuda_not_cpu(tiny_registry, monkeypatch):
+    """TensorRT offered but failing at session creation (no TensorRT libraries, engine cache
+    not writable): the session falls back to the next provider that works (CUDA), not
+    straight to the CPU, with one warning naming the failed provider and the ones used."""
+    trt, cuda = "TensorrtExecutionProvider", "CUDAExecutionProvider"
+    _fake_gpu_runtime(monkeypatch, [trt, cuda, "CPUExecutionProvider"], raise_with=[trt])
+    for providers in ("auto", "tensorrt,cuda"):
+        astromorph.clear_session_cache()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            model = astromorph.load_model("tiny", providers=providers)
+        assert model.providers == [cuda, "CPUExecutionProvider"]
+        fallbacks = _fallback_warnings(caught)
+        assert len(fallbacks) == 1
+        assert trt in str(fallbacks[0].message) and "libcudnn" in str(fallbacks[0].message)
+        assert "running on CUDAExecutionProvider, CPUExecutionProvider" in str(fallbacks[0].message)
+
+
+def test_one_fallback_warning_per_session(tiny_registry, monkeypatch):
+    """TensorRT missing from the build and CUDA dropped by ONNX Runtime: one warning that
+    names both, not two."""
+    cuda = "CUDAExecutionProvider"
+    _fake_gpu_runtime(monkeypatch, [cuda, "CPUExecutionProvider"], dropped=[cuda])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model = astromorph.load_model("tiny", providers="tensorrt,cuda")
+        astromorph.load_model("tiny", providers="tensorrt,cuda")  # cached: no new warning
+    assert model.providers == ["CPUExecutionProvider"]
+    fallbacks = _fallback_warnings(caught)
+    assert len(fallbacks) == 1
+    message = str(fallbacks[0].message)
+    assert "TensorrtExecutionProvider" in message and cuda in message
+
+
+def test_named_non_gpu_provider_dropped_by_ort_warns(tiny_registry, monkeypatch):
+    """Any provider asked for by name that the session does not get gives the warning, not
+    only the CUDA and TensorRT ones (e.g. OpenVINO dropped silently by ONNX Runtime)."""
+    ov = "OpenVINOExecutionProvider"
+    _fake_gpu_runtime(monkeypatch, [ov, "CPUExecutionProvider"], dropped=[ov])
+    with pytest.warns(ProviderFallbackWarning, match=ov):
+        model = astromorph.load_model("tiny", providers=[ov])
+    assert model.providers == ["CPUExecutionProvider"]
