@@ -954,3 +954,26 @@ def test_rows_negative_or_out_of_range_are_refused_naming_the_valid_range(tmp_pa
         assert err.startswith("astromorph: error:") and "--query" in err, err
         assert bad in err and range_ in err, err
     assert not built  # refused before any work
+
+
+def test_head_refuses_non_finite_embeddings():
+    """A NaN row among the labelled embeddings made every coefficient NaN (all outputs NaN)
+    without a word; predict on a NaN row returned the first class. Both now name the row."""
+    from astromorph import LabelHead
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(40, 8))
+    y = np.array(["a", "b"] * 20)
+    bad = x.copy()
+    bad[3] = np.nan
+    with pytest.raises(InvalidArgumentError, match=r"NaN or infinite .*rows 3\)"):
+        LabelHead(C=1.0).fit(bad, y)
+    head = LabelHead(C=1.0).fit(x, y)
+    bad[4, 0] = np.inf
+    for method in (head.predict, head.predict_proba, head.decision_function):
+        with pytest.raises(InvalidArgumentError, match=r"rows 3, 4\)"):
+            method(bad)
+    masked = np.ma.masked_array(x, mask=False)
+    masked[7] = np.ma.masked
+    with pytest.raises(InvalidArgumentError, match=r"masked row\(s\) \(rows 7\)"):
+        head.predict(masked)

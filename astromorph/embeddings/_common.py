@@ -27,6 +27,10 @@ def check_prefix(prefix):
         raise InvalidArgumentTypeError(f"prefix must be a non-empty string, got {prefix!r}")
 
 
+def _rows(rows):
+    return f"{', '.join(map(str, rows[:10]))}{', ...' if len(rows) > 10 else ''}"
+
+
 def embedding_matrix(embeddings, *, allow_masked=False, dtype=np.float64):
     """A 2-d float array from an embedding column or array.
 
@@ -34,7 +38,8 @@ def embedding_matrix(embeddings, *, allow_masked=False, dtype=np.float64):
     ----------
     embeddings : array_like or Column, (N, D)
     allow_masked : bool
-        Accept masked rows (filled with NaN); otherwise raise on them.
+        Accept masked and non-finite rows (masked ones filled with NaN); otherwise
+        raise `InvalidArgumentError` naming them.
     """
     mask = np.ma.getmaskarray(embeddings) if np.ma.isMaskedArray(embeddings) or \
         hasattr(embeddings, "mask") else None
@@ -49,11 +54,19 @@ def embedding_matrix(embeddings, *, allow_masked=False, dtype=np.float64):
     if x.ndim != 2:
         raise InvalidArgumentError(f"embeddings must be a 2-d array (N, D), got shape {x.shape}")
     if mask is not None and np.any(mask):
+        masked = np.asarray(mask).reshape(len(x), -1).any(axis=1)
         if not allow_masked:
-            raise InvalidArgumentError("embeddings have masked rows; select the rows with "
-                                       "embeddings first")
+            rows = np.flatnonzero(masked)
+            raise InvalidArgumentError(f"embeddings have {len(rows)} masked row(s) (rows "
+                                       f"{_rows(rows)}); select the rows with embeddings first")
         x = x.copy()
-        x[np.asarray(mask).reshape(len(x), -1).any(axis=1)] = np.nan
+        x[masked] = np.nan
+    if not allow_masked:
+        bad = np.flatnonzero(~np.isfinite(x).all(axis=1))
+        if len(bad):
+            raise InvalidArgumentError(f"embeddings have {len(bad)} row(s) with NaN or "
+                                       f"infinite values (rows {_rows(bad)}); select the rows "
+                                       "with embeddings first")
     return x
 
 
