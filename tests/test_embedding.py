@@ -977,3 +977,24 @@ def test_head_refuses_non_finite_embeddings():
     masked[7] = np.ma.masked
     with pytest.raises(InvalidArgumentError, match=r"masked row\(s\) \(rows 7\)"):
         head.predict(masked)
+
+
+def test_head_options_and_state_are_checked():
+    """cv < 2 fitted on empty training folds (cv=0 divided by zero) and picked a meaningless C;
+    Cs=() raised a bare ValueError from min(); a to_dict state with inconsistent shapes
+    loaded and failed later inside numpy. All are InvalidArgumentError naming the value."""
+    from astromorph import LabelHead
+
+    for kwargs, value in (({"cv": 1}, "1"), ({"cv": 0}, "0"), ({"Cs": ()}, r"\(\)"),
+                          ({"Cs": (-1.0, 1.0)}, "-1")):
+        with pytest.raises(InvalidArgumentError, match=value):
+            LabelHead(**kwargs)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(40, 8))
+    state = LabelHead(C=1.0).fit(x, np.array(["a", "b"] * 20)).to_dict()
+    for key, value in (("coef", state["coef"][:3]), ("classes", ["a"]),
+                       ("intercept", [0.0]), ("scale", state["scale"][:2])):
+        with pytest.raises(InvalidArgumentError, match=key):
+            LabelHead.from_dict({**state, key: value})
+    assert LabelHead.from_dict(json.loads(json.dumps(state))).predict(x[:3]).tolist() == \
+        LabelHead.from_dict(state).predict(x[:3]).tolist()

@@ -78,7 +78,7 @@ class LabelHead:
     Cs : sequence of float, optional
         Candidates for the cross-validation.
     cv : int, optional
-        Folds of the cross-validation (fewer when a class has fewer members).
+        Folds of the cross-validation, at least 2 (fewer when a class has fewer members).
     class_weight : None or "balanced", optional
         ``"balanced"`` weights each class by ``n / (k * n_c)``, which favours
         macro recall over accuracy when classes are unequal.
@@ -351,7 +351,7 @@ class LabelHead:
         Raises
         ------
         astromorph.exceptions.InvalidArgumentError
-            ``state`` lacks one of the fitted quantities.
+            ``state`` lacks one of the fitted quantities, or their shapes disagree.
         """
         missing = [k for k in ("classes", "C", "mean", "scale", "coef", "intercept")
                    if k not in state]
@@ -360,9 +360,20 @@ class LabelHead:
         head = cls(C=state["C"], class_weight=state.get("class_weight"))
         head.classes_ = np.asarray(state["classes"])
         head.C_ = float(state["C"])
-        head.mean_ = np.asarray(state["mean"], dtype=float)
-        head.scale_ = np.asarray(state["scale"], dtype=float)
-        head.coef_ = np.asarray(state["coef"], dtype=float)
-        head.intercept_ = np.asarray(state["intercept"], dtype=float)
+        try:
+            for name in ("mean", "scale", "coef", "intercept"):
+                setattr(head, f"{name}_", np.asarray(state[name], dtype=float))
+        except (TypeError, ValueError) as exc:
+            raise InvalidArgumentError(f"not a LabelHead state: {name!r} is not an array of "
+                                       f"numbers ({exc})") from None
+        k, d = len(head.classes_), head.mean_.size
+        expected = {"classes": (k,), "mean": (d,), "scale": (d,), "coef": (d, k),
+                    "intercept": (k,)}
+        for name, shape in expected.items():
+            got = np.shape(head.classes_ if name == "classes" else getattr(head, f"{name}_"))
+            if got != shape or (name == "classes" and k < 2):
+                raise InvalidArgumentError(
+                    f"not a consistent LabelHead state: {name!r} has shape {got}, expected "
+                    f"{shape} for {k} classes and {d} dimensions")
         head.cv_scores_ = {}
         return head
