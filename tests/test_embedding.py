@@ -998,3 +998,32 @@ def test_head_options_and_state_are_checked():
             LabelHead.from_dict({**state, key: value})
     assert LabelHead.from_dict(json.loads(json.dumps(state))).predict(x[:3]).tolist() == \
         LabelHead.from_dict(state).predict(x[:3]).tolist()
+
+
+def test_search_reads_query_masks_and_types():
+    """A masked query vector was searched with its fill values (neighbours of data that is
+    not there); a non-numeric query raised a bare ValueError. Masked queries are now named
+    as unusable queries, non-numbers give InvalidArgumentError."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(30, 8)).astype(np.float32)
+    index = SimilarityIndex(x)
+    q = np.ma.masked_array(x[:3], mask=False)
+    q[1, 2] = np.ma.masked
+    with pytest.raises(InvalidArgumentError, match=r"1 of 3 are not \(query 1\)"):
+        index.search(q, 2)
+    with pytest.raises(InvalidArgumentError, match="must be numbers"):
+        index.search(["a"] * 8, 2)
+    assert index.search(np.ma.masked_array(x[:2], mask=False), 1)[0].tolist() == [[0], [1]]
+
+
+def test_mixture_checks_the_dimension():
+    """A fitted mixture applied to vectors of another dimension (another embedding model)
+    raised a numpy broadcasting ValueError; it is now InvalidArgumentError naming both."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(60, 8))
+    gmm = GaussianMixture(n_components=2).fit(x)
+    for method in (gmm.predict, gmm.predict_proba):
+        with pytest.raises(InvalidArgumentError, match=r"4 dimensions.* 8"):
+            method(x[:3, :4])
+    with pytest.raises(InvalidArgumentError, match=r"4 dimensions.* 8"):
+        gmm.annotate(Table({"embedding": x[:, :4]}))

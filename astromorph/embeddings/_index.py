@@ -336,7 +336,7 @@ class SimilarityIndex:
         k = _whole(k, "k")
         if k < 1:
             raise InvalidArgumentError(f"k must be >= 1, got {k}")
-        q = np.atleast_2d(np.asarray(vectors, dtype=np.float32))
+        q = embedding_matrix(vectors, allow_masked=True, dtype=np.float32)  # masked: NaN
         if q.shape[1] != self.dim:
             raise InvalidArgumentError(f"query vectors have dimension {q.shape[1]}, the index "
                                        f"{self.dim}")

@@ -247,6 +247,9 @@ class GaussianMixture:
         self._check()
         chunk_rows = check_whole(chunk_rows, "chunk_rows")
         x = embedding_matrix(embeddings, allow_masked=True)
+        if x.shape[1] != self.mean_.size:
+            raise InvalidArgumentError(f"embeddings have {x.shape[1]} dimensions; this mixture "
+                                       f"was fitted on {self.mean_.size}")
         out = np.full((len(x), self.n_components_), np.nan)
         ok = np.flatnonzero(np.all(np.isfinite(x), axis=1))
         for s in range(0, len(ok), chunk_rows):
