@@ -1027,3 +1027,17 @@ def test_mixture_checks_the_dimension():
             method(x[:3, :4])
     with pytest.raises(InvalidArgumentError, match=r"4 dimensions.* 8"):
         gmm.annotate(Table({"embedding": x[:, :4]}))
+
+
+def test_query_with_k_far_above_the_rows():
+    """k larger than the table returns every other row; a huge k (e.g. -k 10**12 on the
+    command line) allocated a k-wide array and died with MemoryError."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(30, 8))
+    index = SimilarityIndex(x, table=Table({"id": np.arange(30)}))
+    result = index.query(row=0, k=10**12)
+    assert len(result) == 29 and 0 not in result["row"]
+    assert result.meta["k"] == 10**12
+    rows, sims = index.search(x[:2], 40)
+    assert rows.shape == (2, 40) and (rows[:, 30:] == -1).all() and np.isinf(sims[:, 30:]).all()
+    assert sorted(rows[0, :30]) == list(range(30))

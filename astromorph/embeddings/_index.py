@@ -360,8 +360,11 @@ class SimilarityIndex:
             bad = [r for e in exclude for r in e if not 0 <= r < len(self)]
             if bad:
                 raise _rows_out_of_range(bad, len(self))
+        # more neighbours than rows cannot be found: the backends look for at most len(self)
+        # (a huge k no longer sizes their work), the rest is padding
+        inner_k = max(1, min(k, len(self)))
         if self.backend == "exact":
-            idx, sim = self._backend.search(q, k, exclude)  # new arrays: changed in place
+            idx, sim = self._backend.search(q, inner_k, exclude)  # new arrays: changed in place
             idx[~np.isfinite(sim)] = -1
             if idx.shape[1] < k:  # fewer rows than k
                 pad = k - idx.shape[1]
@@ -377,7 +380,7 @@ class SimilarityIndex:
                 pos = np.searchsorted(self._rows, e)
                 hit = (pos < len(self._rows)) & (self._rows[np.minimum(pos, len(self._rows) - 1)] == e)
                 local_ex.append(set(pos[hit].tolist()))
-        idx, sim = self._backend.search(q, k, local_ex)
+        idx, sim = self._backend.search(q, inner_k, local_ex)
         rows = np.where(idx >= 0, self._rows[np.clip(idx, 0, None)], -1)
         if rows.shape[1] < k:
             pad = k - rows.shape[1]
@@ -612,7 +615,8 @@ class SimilarityIndex:
             if missing:
                 raise InputError(f"no column(s) {missing} in the index's table (columns: "
                                  f"{[] if self.table is None else self.table.colnames})")
-        idx, sim = self.search(q, k, exclude=exclude)
+        # the result table drops missing neighbours: no k-wide padding for a k above the rows
+        idx, sim = self.search(q, max(1, min(k, len(self))), exclude=exclude)
         keep = idx[0] >= 0
         rows, sims = idx[0][keep], sim[0][keep]
         out = Table() if self.table is None else self.table.__class__()
