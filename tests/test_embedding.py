@@ -1041,3 +1041,6 @@ def test_query_with_k_far_above_the_rows():
     rows, sims = index.search(x[:2], 40)
     assert rows.shape == (2, 40) and (rows[:, 30:] == -1).all() and np.isinf(sims[:, 30:]).all()
     assert sorted(rows[0, :30]) == list(range(30))
+    for bad in (0, -3):
+        with pytest.raises(InvalidArgumentError, match=f"k must be >= 1, got {bad}"):
+            index.query(row=0, k=bad)

@@ -573,6 +573,8 @@ class SimilarityIndex:
                                        f"(got {given or 'none'})")
         meta = {"query_kind": given[0], "k": _whole(k, "k"), "backend": self.backend}
         include_query = check_bool(include_query, "include_query")
+        if meta["k"] < 1:
+            raise InvalidArgumentError(f"k must be >= 1, got {k}")
         query_row = None
         if position is not None:
             query_row, separation = self.row_of_position(
