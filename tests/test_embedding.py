@@ -996,6 +996,9 @@ def test_head_options_and_state_are_checked():
                        ("intercept", [0.0]), ("scale", state["scale"][:2])):
         with pytest.raises(InvalidArgumentError, match=key):
             LabelHead.from_dict({**state, key: value})
+    for bad in (None, "classes C mean scale coef intercept", [1, 2]):
+        with pytest.raises(InvalidArgumentError, match="not a LabelHead state"):
+            LabelHead.from_dict(bad)
     assert LabelHead.from_dict(json.loads(json.dumps(state))).predict(x[:3]).tolist() == \
         LabelHead.from_dict(state).predict(x[:3]).tolist()
 

@@ -353,6 +353,11 @@ class LabelHead:
         astromorph.exceptions.InvalidArgumentError
             ``state`` lacks one of the fitted quantities, or their shapes disagree.
         """
+        from collections.abc import Mapping
+
+        if not isinstance(state, Mapping):
+            raise InvalidArgumentError(f"not a LabelHead state (a dict from to_dict): got "
+                                       f"{type(state).__name__} {str(state)[:60]!r}")
         missing = [k for k in ("classes", "C", "mean", "scale", "coef", "intercept")
                    if k not in state]
         if missing:
