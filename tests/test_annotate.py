@@ -1609,16 +1609,9 @@ def test_threads_cutting_stamps_from_one_image_at_once_get_the_serial_stamps(tmp
                                    equal_nan=True, err_msg=f"thread {k}")
 
 
-@pytest.mark.parametrize("scheduler", ["synchronous", "threads", "processes"])
-def test_annotate_dask_gives_a_partition_warning_once_at_the_callers_line(optical_model,
-                                                                            tmp_path, scheduler):
-    """A warning that every partition gives (here: two bands for a g, r, i model, and
-    astropy's on opening a file with extra padding) came once per partition (or fewer, as the threads' warnings got mixed up), each pointing into
-    Dask's code; it now comes once, from the caller's line, saying how many partitions
-    gave it. The flags are annotate's."""
-    import warnings
-
-    pytest.importorskip("dask")
+def two_bands_one_padded(tmp_path):
+    """g and r images of one field (two bands for a g, r, i model: a warning) and a
+    40-row catalogue; the r file has extra padding (astropy warns on opening it)."""
     img, w = blobs(), sky_wcs()
     paths = []
     for band in "gr":
@@ -1626,9 +1619,22 @@ def test_annotate_dask_gives_a_partition_warning_once_at_the_callers_line(optica
         header["FILTER"] = band
         fits.writeto(tmp_path / f"{band}.fits", img, header)
         paths.append(str(tmp_path / f"{band}.fits"))
-    with open(paths[1], "ab") as f:  # astropy warns about it when opening the file
+    with open(paths[1], "ab") as f:
         f.write(bytes(2880))
-    cat = catalogue(w, np.random.default_rng(5).uniform(-20, 220, (40, 2)))
+    return paths, catalogue(w, np.random.default_rng(5).uniform(-20, 220, (40, 2)))
+
+
+@pytest.mark.parametrize("scheduler", ["synchronous", "threads", "processes"])
+def test_annotate_dask_gives_a_partition_warning_once_at_the_callers_line(optical_model,
+                                                                            tmp_path, scheduler):
+    """A warning that every partition gives (here: two bands for a g, r, i model, and
+    astropy's on opening a file with extra padding) came once per partition (or fewer, as the threads' warnings got mixed
+    up), each pointing into Dask's code; it now comes once, from the caller's line, saying how many partitions
+    gave it. The flags are annotate's."""
+    import warnings
+
+    pytest.importorskip("dask")
+    paths, cat = two_bands_one_padded(tmp_path)
     with pytest.warns(AmbiguousInputWarning), pytest.warns(UserWarning, match="padding"):
         ref = astromorph.annotate(cat, paths, model=optical_model)
     with warnings.catch_warnings(record=True) as caught:
@@ -1691,16 +1697,7 @@ def test_annotate_dask_lazy_partitions_give_a_warning_once(optical_model, tmp_pa
     import warnings
 
     dask = pytest.importorskip("dask")
-    img, w = blobs(), sky_wcs()
-    paths = []
-    for band in "gr":
-        header = w.to_header()
-        header["FILTER"] = band
-        fits.writeto(tmp_path / f"{band}.fits", img, header)
-        paths.append(str(tmp_path / f"{band}.fits"))
-    with open(paths[1], "ab") as f:  # astropy warns about it when opening the file
-        f.write(bytes(2880))
-    cat = catalogue(w, np.random.default_rng(5).uniform(-20, 220, (40, 2)))
+    paths, cat = two_bands_one_padded(tmp_path)
     with pytest.warns(AmbiguousInputWarning), pytest.warns(UserWarning, match="padding"):
         ref = astromorph.annotate_dask(cat, paths, model=str(optical_model.path),
                                        partition_size=10, scheduler=scheduler)
