@@ -60,9 +60,10 @@ def triplets(n, seed=1):
         import sys
 
         sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-        from test_stamp_table import _triplets
+        from synthetic_alerts import triplet  # imports neither pytest nor the tests
 
-        bases, what = list(_triplets(8, seed=seed)), "synthetic stamps (no real packets found)"
+        bases = [triplet(seed=seed + i) for i in range(8)]
+        what = "synthetic stamps (no real packets found)"
     bases = np.stack(bases)
     noise = 1.4826 * np.median(np.abs(bases - np.median(bases, axis=(2, 3), keepdims=True)),
                                axis=(2, 3), keepdims=True)

@@ -1,7 +1,8 @@
 """Synthetic difference-imaging triplets and ZTF / Rubin alert packets.
 
-Shared by the tests and by `benchmarks/bench_alerts.py` (which uses them when no real
-packets are at hand), so this module imports neither pytest nor anything from the tests.
+Shared by the tests and by `benchmarks/bench_alerts.py` and `benchmarks/bench_stamp_table.py`
+(which use them when no real packets are at hand), so this module imports neither pytest nor
+anything from the tests.
 """
 import gzip
 import io

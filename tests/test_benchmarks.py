@@ -1,0 +1,108 @@
+"""Every script in ``benchmarks/`` and ``training/benchmarks/`` runs to its end at tiny sizes.
+
+CI does not run the benchmarks otherwise, so they would rot silently as the package
+changes. Each script runs in a subprocess with pytest made unimportable (someone who runs
+a benchmark need not have it), and must exit 0 and print its headline lines. The scripts
+that read ``../shared/data`` run on their synthetic fallback (``ASTROMORPH_DATA`` pointed at
+an empty folder), and on the real data where it is present. Nothing about speed is asserted.
+"""
+import importlib.util
+import os
+import subprocess
+import sys
+
+import pytest
+
+import astromorph
+from conftest import REPO, requires_data
+
+# run a script as `python SCRIPT ARGS...` would, with `import pytest` failing
+RUN = ("import runpy, sys; sys.modules['pytest'] = None; sys.argv = sys.argv[1:]; "
+       "runpy.run_path(sys.argv[0], run_name='__main__')")
+
+
+def run_script(script, *args, data=None):
+    """stdout of ``python SCRIPT ARGS`` from the repository root; fails on a non-zero exit."""
+    path = [str(REPO), str(REPO / "training"), os.environ.get("PYTHONPATH", "")]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in path if p))
+    if data is not None:
+        env["ASTROMORPH_DATA"] = str(data)
+    proc = subprocess.run([sys.executable, "-c", RUN, str(REPO / script), *map(str, args)],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, f"{script} exited {proc.returncode}:\n{proc.stderr[-4000:]}"
+    return proc.stdout
+
+
+def check_lines(out, *expected):
+    for text in expected:
+        assert text in out, f"{text!r} missing from the output:\n{out}"
+
+
+@pytest.fixture
+def no_data(tmp_path):
+    """An empty ``ASTROMORPH_DATA``: the scripts fall back to synthetic input."""
+    (tmp_path / "empty").mkdir()
+    return tmp_path / "empty"
+
+
+def check_alerts(out, n, what):
+    check_lines(out, "model: shipped real-bogus model", f"built {n} alert packets from", what,
+                "alert stages, one after the other", "-> ", "predict_files end to end:",
+                f"annotate_stamps on a table of {n} rows: array columns",
+                "FITS cubes (3, 63, 63), one per file: reading alone")
+
+
+def test_bench_alerts_synthetic(no_data):
+    out = run_script("benchmarks/bench_alerts.py", "--n", 8, "--batch-size", 4, data=no_data)
+    check_alerts(out, 8, "synthetic ZTF-like packets (no real packets found)")
+
+
+@requires_data
+def test_bench_alerts_real_packets():
+    check_alerts(run_script("benchmarks/bench_alerts.py", "--n", 8, "--batch-size", 4),
+                 8, "real ZTF packets")
+
+
+def check_stamp_table(out, what):
+    check_lines(out, what, "\nload average now")
+    for name in ("3 float32 columns", "1 cube column (N, 3, 63, 63)",
+                 "3 columns, science masked"):
+        check_lines(out, f"== {name}: scores, flags and reasons identical: True",
+                    f"RATIO [{name}] table -> batches, per-row / stacked:",
+                    f"RATIO [{name}] end to end", f"FRACTION [{name}]")
+
+
+def test_bench_stamp_table_synthetic(no_data):
+    out = run_script("benchmarks/bench_stamp_table.py", "--n", 8, "--batch-size", 4,
+                     "--repeats", 1, data=no_data)
+    check_stamp_table(out, "8 rows from synthetic stamps (no real packets found)")
+
+
+@requires_data
+def test_bench_stamp_table_real_packets():
+    out = run_script("benchmarks/bench_stamp_table.py", "--n", 8, "--batch-size", 4,
+                     "--repeats", 1)
+    check_stamp_table(out, "real ZTF packets")
+
+
+def test_bench_providers():
+    out = run_script("benchmarks/bench_providers.py", "--n", 8, "--batch", 4)
+    check_lines(out, "ONNX Runtime ")
+    for name in astromorph.list_models():
+        check_lines(out, f"== {name} v{astromorph.model_card(name)['version']} [float32]")
+    assert out.count("cpu -> CPUExecutionProvider: ") == out.count("\n== ")
+    # every other provider is timed under its name or reported as a fallback
+    for provider in ("cuda", "tensorrt"):
+        rows = [line for line in out.splitlines() if line.strip().startswith(f"{provider} ->")]
+        assert len(rows) == out.count("\n== ")
+        assert all("FALLBACK" in r or "x the CPU provider" in r for r in rows), rows
+
+
+@pytest.mark.training
+@pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="needs torch")
+@pytest.mark.skipif(importlib.util.find_spec("astromorph_training") is None,
+                    reason="needs the training/ subproject installed")
+def test_network_shapes():
+    out = run_script("training/benchmarks/network_shapes.py", "--widths", "8,8,16,16",
+                     "16,16,16,16", "--n", 4, "--batch", 4, "--repeats", 1, "--size", 32)
+    check_lines(out, "4 random stamps, batches of 4", " 8/8/16/16: ", " 16/16/16/16: ", "M multiply-adds")
