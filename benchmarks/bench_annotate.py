@@ -7,8 +7,8 @@ Compares, in one run and on the same machine:
   and its stages timed separately (cutout+resample, preprocessing, model);
 * the naive way: for each source, astropy ``Cutout2D`` + one
   ``reproject_interp`` call onto the model grid + the same preprocessing +
-  one model call. It is timed on ``--naive`` sources (default 300) and its
-  per-source time is scaled to the full catalogue.
+  one model call. It is timed on ``--naive`` sources (default 300, at most
+  ``--n``) and its per-source time is scaled to the full catalogue.
 
 annotate shares the cutting and preprocessing among threads (one per core)
 while the model scores the parts already done; the stages are timed the
@@ -144,6 +144,7 @@ def run(model, path, cat, n_naive, repeats):
         totals.append(time.perf_counter() - t)
     fast_total = min(totals)
     stages = staged(model, path, cat, _workers(None))
+    n_naive = min(n_naive, n)  # a small catalogue: the naive way is timed on all of it
     per_naive, per_naive_model = naive(model, path, cat, n_naive)
 
     staged_total = sum(stages.values())

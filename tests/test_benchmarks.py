@@ -85,6 +85,17 @@ def test_bench_stamp_table_real_packets():
     check_stamp_table(out, "real ZTF packets")
 
 
+def test_bench_annotate():
+    # fewer sources than the default --naive 300: the naive loop times all of them
+    out = run_script("benchmarks/bench_annotate.py", "--n", 20, "--size", 256, "--repeats", 1)
+    card = astromorph.model_card("morphology")
+    for precision in ["float32", *(card.get("variants") or {})]:
+        check_lines(out, f"precision {precision}\nannotate, 20 sources end to end:",
+                    "timed on 20 sources:", f"RATIO [{precision}] naive / annotate (end to end):",
+                    f"RATIO [{precision}] naive / annotate without the model",
+                    f"RATIO [{precision}] model alone", f"FRACTION [{precision}]")
+
+
 def test_bench_providers():
     out = run_script("benchmarks/bench_providers.py", "--n", 8, "--batch", 4)
     check_lines(out, "ONNX Runtime ")
