@@ -96,6 +96,15 @@ def test_bench_annotate():
                     f"RATIO [{precision}] model alone", f"FRACTION [{precision}]")
 
 
+def test_bench_embedding():
+    # fewer rows than the batch of 100 queries
+    out = run_script("benchmarks/bench_embedding.py", "--rows", 50, "--queries", 2,
+                     "--repeats", 1, "--batch", 4, "--k", 5)
+    check_lines(out, "embedding model (", "stamps/s best", "index: 50 x 256 float32",
+                "5-NN query by row:", "(result equals brute force: True)", "queries:",
+                "SimilarityIndex.query(row=7, k=5) -> 5-row table")
+
+
 def test_bench_providers():
     out = run_script("benchmarks/bench_providers.py", "--n", 8, "--batch", 4)
     check_lines(out, "ONNX Runtime ")
