@@ -202,6 +202,7 @@ def main(argv=None):
     with tempfile.TemporaryDirectory(prefix="astromorph-bench-") as tmp:
         tmp = Path(tmp)
         model, which = get_model(tmp, args.threads)
+        model.predict(np.zeros((8, *model.input_shape), np.float32))  # warm the session
         alerts = tmp / "alerts"
         alerts.mkdir()
         t = time.perf_counter()
