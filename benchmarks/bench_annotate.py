@@ -99,7 +99,8 @@ def naive(model, path, cat, n_naive):
             out.wcs.crpix = [(npix + 1) / 2] * 2
             out.wcs.cdelt = [-scale[k] / 3600, scale[k] / 3600]
             stamp, _ = reproject_interp((cut.data, cut.wcs), out, shape_out=(npix, npix))
-            raw = RawStamps("bands", stamp[None, None].astype(np.float32), bands=("r",))
+            raw = RawStamps("bands", stamp[None, None].astype(np.float32), bands=("r",),
+                            pixel_scale=scale[k:k + 1])  # as annotate passes it
             x, _ = prepare(model, raw, crop_fraction=crop)
             t = time.perf_counter()
             model.predict(x, batch_size=1)
@@ -121,10 +122,13 @@ def staged(model, path, cat, workers):
         _plan_reads(images, sky, npix)
         order = _processing_order(sky)  # annotate's order: by image row
         parts = [order[s:s + STAMP_CHUNK] for s in range(0, n, STAMP_CHUNK)]
-        cut = list(pool.map(lambda rows: _cut_band(images, sky, npix, scale, rows), parts))
+        cut = list(pool.map(lambda rows: (rows, *_cut_band(images, sky, npix, scale, rows)),
+                            parts))
         t1 = time.perf_counter()
-        xs = list(pool.map(lambda c: prepare(model, RawStamps("bands", c[0][:, None], bands=("r",),
-                                                               flags=c[1]), crop_fraction=crop)[0],
+        # with the pixel scales, as annotate passes them (radio stamps are resampled by them)
+        xs = list(pool.map(lambda c: prepare(model, RawStamps("bands", c[1][:, None], bands=("r",),
+                                                               pixel_scale=scale[c[0]],
+                                                               flags=c[2]), crop_fraction=crop)[0],
                            cut))
         t2 = time.perf_counter()
         for x in xs:
