@@ -51,9 +51,10 @@ def main(argv=None):
     # ------------------------------------------------------------- model throughput
     if "embedding" in astromorph.list_models():
         model = astromorph.load_model("embedding", providers="cpu", threads=args.threads)
-        dim = dim or int(model.card["outputs"][0].get("size", 128))
         x = np.random.default_rng(0).uniform(0, 1, (args.batch, *model.input_shape)).astype(np.float32)
-        model.predict(x, batch_size=args.batch, progress=False)  # warm-up
+        out = model.predict(x, batch_size=args.batch, progress=False)  # warm-up
+        model_dim = np.shape(out[model.output_names[0]])[-1]
+        dim = dim or model_dim
         times = []
         for _ in range(args.repeats):
             t = time.perf_counter()
@@ -61,7 +62,7 @@ def main(argv=None):
             times.append(time.perf_counter() - t)
         times = np.array(times)
         size = os.path.getsize(model.path) / 1e6
-        print(f"embedding model ({size:.2f} MB ONNX, output {dim}-d): "
+        print(f"embedding model ({size:.2f} MB ONNX, output {model_dim}-d): "
               f"{args.batch / times.min():.0f} stamps/s best, {args.batch / np.median(times):.0f} "
               f"stamps/s median (batch {args.batch}, {args.threads} ORT threads, {args.repeats} repeats)")
     else:

@@ -101,10 +101,21 @@ def test_bench_annotate():
 
 
 def test_bench_embedding():
+    dim = astromorph.model_card("embedding")["outputs"][0]["size"]
     # fewer rows than the batch of 100 queries
     out = run_script("benchmarks/bench_embedding.py", "--rows", 50, "--queries", 2,
                      "--repeats", 1, "--batch", 4, "--k", 5)
-    check_lines(out, "embedding model (", "stamps/s best", "index: 50 x 256 float32",
+    check_lines(out, f"ONNX, output {dim}-d): ", "stamps/s best", f"index: 50 x {dim} float32",
+                "5-NN query by row:", "(result equals brute force: True)", "queries:",
+                "SimilarityIndex.query(row=7, k=5) -> 5-row table")
+
+
+def test_bench_embedding_dim_option():
+    """--dim sets the vectors of the search part, not the model's output size printed."""
+    dim = astromorph.model_card("embedding")["outputs"][0]["size"]
+    out = run_script("benchmarks/bench_embedding.py", "--rows", 50, "--dim", 16, "--queries", 2,
+                     "--repeats", 1, "--batch", 4, "--k", 5)
+    check_lines(out, f"ONNX, output {dim}-d): ", "index: 50 x 16 float32",
                 "5-NN query by row:", "(result equals brute force: True)", "queries:",
                 "SimilarityIndex.query(row=7, k=5) -> 5-row table")
 
