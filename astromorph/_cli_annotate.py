@@ -34,7 +34,8 @@ def _run(args):
                                  ("--stamp-size", args.stamp_size)) if v is not None]
     stamp_only = [o for o, v in (("--stamp-col", args.stamp_col),
                                  ("--pixel-scale", args.pixel_scale),
-                                 ("--negative-col", args.negative_col)) if v is not None]
+                                 ("--negative-col", args.negative_col),
+                                 ("--crop-fraction", args.crop_fraction)) if v is not None]
     if args.image and stamp_only:
         raise InvalidArgumentError(f"{', '.join(stamp_only)}: for tables that hold their "
                                    "own stamps, not with --image")
@@ -42,6 +43,7 @@ def _run(args):
         raise InvalidArgumentError(f"{', '.join(image_only)}: for cutting stamps from "
                                    "--image files; give the images with -i/--image")
     check_range("--stamp-size", args.stamp_size, low=0, low_open=True)
+    check_range("--crop-fraction", args.crop_fraction, low=0, high=1, low_open=True)
     check_range("--batch-size", args.batch_size, low=1)
     check_range("--threads", args.threads, low=0)
     if args.output:  # fail before any work
@@ -66,7 +68,8 @@ def _run(args):
             except ValueError:
                 pass  # a column name
         result = annotate_stamps(table, columns=args.stamp_col, pixel_scale=scale,
-                                 negative=args.negative_col, **common)
+                                 negative=args.negative_col,
+                                 crop_fraction=args.crop_fraction, **common)
     if args.output:
         write_table(result, args.output, overwrite=args.overwrite)
         report(args, f"wrote {len(result)} rows to {args.output}")
@@ -107,6 +110,11 @@ def register(sub):
     p.add_argument("--negative-col",
                    help="without --image: boolean column of rows whose difference holds a "
                         "negative candidate (negated before scoring; not for ZTF stamps)")
+    p.add_argument("--crop-fraction", type=float, default=None, metavar="F",
+                   help="without --image, galaxy models: central fraction of each stamp the "
+                        "network sees, as for predict (default 0.35, for cutouts of "
+                        "cutout_size_from_petrosian(petroR90_r); 1.0 for stamps already cut "
+                        "to stamp_size_from_petrosian)")
     p.add_argument("--on-conflict", choices=["error", "suffix", "replace"], default="error",
                    help="when a new column already exists (default: error)")
     p.add_argument("--batch-size", type=int, default=256, metavar="N",

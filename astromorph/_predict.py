@@ -126,10 +126,7 @@ def predict_files(model, inputs, *, batch_size=256, progress=None, write_header=
         raise InvalidArgumentError("write_header (--write-header) and in_place (--in-place) "
                                    f"exclude each other: write copies to {str(write_header)!r} "
                                    "or update the inputs, not both")
-    if crop_fraction is not None:
-        if not in_unit_interval(crop_fraction):
-            raise InvalidArgumentError(f"crop_fraction must be a number in (0, 1], got "
-                                       f"{crop_fraction!r}")
+    check_crop_fraction(crop_fraction)
     model = as_model(model, providers=providers, threads=threads, precision=precision)
     paths = expand_inputs(inputs)
     targets = header_targets(paths, write_header, in_place, overwrite)
@@ -197,6 +194,14 @@ def check_batch_size(batch_size):
     if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) \
             or batch_size < 1:
         raise InvalidArgumentError(f"batch_size must be a positive integer, got {batch_size!r}")
+
+
+def check_crop_fraction(crop_fraction):
+    """Raise `InvalidArgumentError` unless ``crop_fraction`` is None or a number in (0, 1]
+    (the ``crop_fraction`` of `predict_files` and `astromorph.annotate_stamps`)."""
+    if crop_fraction is not None and not in_unit_interval(crop_fraction):
+        raise InvalidArgumentError(f"crop_fraction must be a number in (0, 1], got "
+                                   f"{crop_fraction!r}")
 
 
 def summarise(reasons, flags, valid, *, what, where):

@@ -36,8 +36,8 @@ _DEFAULT_COLUMNS = {
 
 
 def annotate_stamps(table, *, model, columns=None, pixel_scale=None, negative=None,
-                    on_conflict="error", batch_size=256, providers=None, threads=None,
-                    precision=None, progress=None):
+                    crop_fraction=None, on_conflict="error", batch_size=256, providers=None,
+                    threads=None, precision=None, progress=None):
     """Add model columns to a copy of a table whose rows hold their own stamps.
 
     Parameters
@@ -67,6 +67,12 @@ def annotate_stamps(table, *, model, columns=None, pixel_scale=None, negative=No
         stamp holds the candidate as a *negative* source, e.g. Rubin's ``isNegative``; they
         are negated, as the model takes the candidate positive. ZTF stamps (alert packets,
         brokers) already store it positive for ``isdiffpos = 'f'``: leave them alone.
+    crop_fraction : float, optional
+        Galaxy models: the central fraction of each stamp that the network sees, as for
+        `astromorph.predict_files`. Default: the card's (0.35), for cutouts spanning the
+        card's ``cutout_size_per_petro_r90`` x petroR90_r; ``1.0`` for stamps already cut
+        to ``stamp_size_per_petro_r90`` x petroR90_r (the network's field). Recorded as
+        ``meta["astromorph_crop_fraction"]``.
     on_conflict : {"error", "suffix", "replace"}
         What to do when a new column name already exists (see `astromorph.annotate`).
     batch_size, providers, threads, precision, progress : optional
@@ -97,13 +103,14 @@ def annotate_stamps(table, *, model, columns=None, pixel_scale=None, negative=No
     from ._annotate import (_add_columns, _provenance, add_provenance, check_clashes,
                             check_on_conflict)
     from ._model import as_model
-    from ._predict import _conform, _Runner, check_batch_size, summarise
+    from ._predict import _conform, _Runner, check_batch_size, check_crop_fraction, summarise
 
     if not isinstance(table, Table):
         raise InputError(f"annotate_stamps needs an astropy Table or QTable, got "
                          f"{type(table).__name__}")
     check_on_conflict(on_conflict)
     check_batch_size(batch_size)
+    check_crop_fraction(crop_fraction)
     model = as_model(model, providers=providers, threads=threads, precision=precision)
     prefix = model.card.get("column_prefix", model.name.replace("-", "_"))
     check_clashes(table, result_names(model) + [f"{prefix}_reason"], on_conflict)  # before work
@@ -119,7 +126,7 @@ def annotate_stamps(table, *, model, columns=None, pixel_scale=None, negative=No
         raise InvalidArgumentError(f"negative= (--negative-col) applies to difference-imaging "
                                    f"models; {model.name!r} is a {family} model")
 
-    runner = _Runner(model, family, int(batch_size), None)
+    runner = _Runner(model, family, int(batch_size), crop_fraction)
     block = _array_blocks(table, names, family, model.card, scales, flip)
     getters = [_cell_getter(table[c]) for c in names]
     with progress_bar(n, desc=f"{model.name}", unit="row", enabled=progress,
@@ -146,7 +153,8 @@ def annotate_stamps(table, *, model, columns=None, pixel_scale=None, negative=No
     new = result_columns(model, prediction, flags, valid)
     new[f"{prefix}_reason"] = runner.reason_column()
     out = table.copy()
-    provenance = _provenance(model, columns=_add_columns(out, new, on_conflict).values())
+    provenance = _provenance(model, columns=_add_columns(out, new, on_conflict).values(),
+                             crop_fraction=crop_fraction)
     provenance["astromorph_stamp_columns"] = ",".join(names)
     add_provenance(out.meta, provenance)
     summarise(new[f"{prefix}_reason"], flags, valid, what="row", where=f"'{prefix}_reason'")

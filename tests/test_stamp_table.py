@@ -391,3 +391,54 @@ def test_masks_on_integer_columns_and_boolean_stamps(rb, monkeypatch):
                                              model=rb, negative="neg")
     assert (np.asarray(flagged["rb_flags"]) & Flag.BAD_INPUT).all()
     assert "booleans" in flagged["rb_reason"][0]
+
+
+def test_crop_fraction_for_stamps_cut_to_the_network_field(monkeypatch, tmp_path):
+    """``crop_fraction`` as in `predict_files`: the central fraction of each stamp the galaxy
+    models see (stamps already cut to their field need 1.0), on the stacked and the per-row
+    paths, recorded in the table's provenance; checked as `predict_files` checks it."""
+    from astropy.table import Column
+
+    from astromorph import _stamp_table, cli
+
+    model = astromorph.load_model("morphology")
+    stamps = np.random.default_rng(11).normal(10, 2, (5, 80, 80)).astype(np.float32)
+    real = _stamp_table._array_blocks
+    for crop, flag in ((None, Flag.EXTRAPOLATED), (1.0, 0), (0.6, 0)):
+        x, flags = prepare(model, RawStamps("bands", stamps[:, None]), crop_fraction=crop)
+        ref = model.predict(x)["probabilities"][:, model.labels.index("spiral")]
+        assert (flags == flag).all()
+        outs = []
+        for stacked in (True, False):
+            monkeypatch.setattr(_stamp_table, "_array_blocks",
+                                lambda *a, s=stacked: real(*a) if s else None)
+            kw = {} if crop is None else {"crop_fraction": crop}
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UnusableInputWarning)
+                out = astromorph.annotate_stamps(Table({"image": stamps}), model=model, **kw)
+            np.testing.assert_allclose(out["morph_p_spiral"], ref, rtol=0, atol=1e-6)
+            assert (np.asarray(out["morph_flags"]) == flag).all()
+            assert out.meta["astromorph_crop_fraction"] == (0.35 if crop is None else crop)
+            outs.append(out)
+        for col in outs[0].colnames:
+            np.testing.assert_array_equal(outs[0][col], outs[1][col], err_msg=col)
+    monkeypatch.setattr(_stamp_table, "_array_blocks", real)
+    # an object column (one array per row) takes the per-row path
+    cells = Table({"image": Column(_cells(list(stamps)), dtype=object)})
+    out = astromorph.annotate_stamps(cells, model=model, crop_fraction=1.0)
+    assert not np.asarray(out["morph_flags"]).any()
+    for bad in (1.5, 0, "abc", [0.5], True):
+        with pytest.raises(InvalidArgumentError, match="crop_fraction"):
+            astromorph.annotate_stamps(Table({"image": stamps}), model=model, crop_fraction=bad)
+    # the command line, as for predict
+    Table({"image": stamps}).write(tmp_path / "stamps.fits")
+    assert cli.main(["annotate", str(tmp_path / "stamps.fits"), "-m", "morphology", "-o",
+                     str(tmp_path / "out.ecsv"), "--crop-fraction", "1", "--no-progress"]) == 0
+    back = Table.read(tmp_path / "out.ecsv")
+    assert back.meta["astromorph_crop_fraction"] == 1.0
+    assert not np.asarray(back["morph_flags"]).any()
+    assert cli.main(["annotate", str(tmp_path / "stamps.fits"), "-m", "morphology",
+                     "--crop-fraction", "1.5", "--no-progress"]) == 2
+    # annotate cuts the network's field itself: no crop fraction with --image
+    assert cli.main(["annotate", str(tmp_path / "stamps.fits"), "-m", "morphology", "-i",
+                     str(tmp_path / "stamps.fits"), "--crop-fraction", "1"]) == 2
