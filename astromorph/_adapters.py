@@ -25,7 +25,7 @@ from .exceptions import InputError
 from .preprocessing._checks import SENTINEL
 
 __all__ = ["RawStamps", "prepare", "model_family", "multidimensional_outputs", "result_columns", "BLANK_THRESHOLD",
-           "model_angular_grid"]
+           "model_angular_grid", "fixed_field"]
 
 #: Rows whose fraction of NaN/inf/blank pixels exceeds this get `Flag.BLANK`.
 BLANK_THRESHOLD = 0.05
@@ -80,6 +80,24 @@ def model_angular_grid(card):
     npix = int(size.get("size_pix", card["input"]["shape"][-1]))
     scale = size.get("pixel_scale_arcsec")
     return npix, (None if scale is None else float(scale)), kind
+
+
+def fixed_field(card):
+    """The field a model's card fixes, in words (``"63 px at 1 arcsec/px, 63 arcsec
+    across"``), or None for the galaxy models (the optical family), whose field follows
+    ``size_col``/``stamp_size`` and ``crop_fraction``.
+
+    The models with a fixed field take none of those options.
+    """
+    if model_family(card) == "optical":
+        return None
+    npix, scale, _ = model_angular_grid(card)
+    size = card["input"].get("angular_size") or {}
+    npix = int(size.get("stamp_size_pix", npix))  # the network's field within a larger cut
+    scale = size.get("stamp_pixel_scale_arcsec", scale)
+    if scale is None:
+        return f"{npix} px at the model's own pixel scale"
+    return f"{npix} px at {float(scale):g} arcsec/px, {npix * float(scale):g} arcsec across"
 
 
 def _flag_non_finite(data, bad, flags):

@@ -77,7 +77,9 @@ def predict_files(model, inputs, *, batch_size=256, progress=None, write_header=
         fraction of each cutout that the network sees. Default: the card's (0.35), for
         cutouts spanning the card's ``cutout_size_per_petro_r90`` x petroR90_r (GZ1:
         `astromorph.preprocessing.cutout_size_from_petrosian`); ``1.0`` for stamps already
-        cut to ``stamp_size_per_petro_r90`` x petroR90_r. Ignored by the other models.
+        cut to ``stamp_size_per_petro_r90`` x petroR90_r. Refused
+        (`~astromorph.exceptions.InvalidArgumentError`) by the models whose card fixes
+        their field (``real-bogus``, ``radio-morphology``).
 
     Returns
     -------
@@ -128,6 +130,7 @@ def predict_files(model, inputs, *, batch_size=256, progress=None, write_header=
                                    "or update the inputs, not both")
     check_crop_fraction(crop_fraction)
     model = as_model(model, providers=providers, threads=threads, precision=precision)
+    check_crop_fraction(crop_fraction, model)
     paths = expand_inputs(inputs)
     targets = header_targets(paths, write_header, in_place, overwrite)
     family = model_family(model.card)
@@ -196,12 +199,24 @@ def check_batch_size(batch_size):
         raise InvalidArgumentError(f"batch_size must be a positive integer, got {batch_size!r}")
 
 
-def check_crop_fraction(crop_fraction):
+def check_crop_fraction(crop_fraction, model=None):
     """Raise `InvalidArgumentError` unless ``crop_fraction`` is None or a number in (0, 1]
-    (the ``crop_fraction`` of `predict_files` and `astromorph.annotate_stamps`)."""
-    if crop_fraction is not None and not in_unit_interval(crop_fraction):
+    (the ``crop_fraction`` of `predict_files` and `astromorph.annotate_stamps`) that
+    ``model`` (a `Model`, when given) can honour: the models whose card fixes their field
+    (`fixed_field`) take none."""
+    from ._adapters import fixed_field
+
+    if crop_fraction is None:
+        return
+    if not in_unit_interval(crop_fraction):
         raise InvalidArgumentError(f"crop_fraction must be a number in (0, 1], got "
                                    f"{crop_fraction!r}")
+    field = None if model is None else fixed_field(model.card)
+    if field is not None:
+        raise InvalidArgumentError(
+            f"crop_fraction={crop_fraction!r} (--crop-fraction) cannot be honoured by model "
+            f"{model.name!r}: its card fixes the field it sees ({field}); leave it out (it "
+            "applies to the galaxy models)")
 
 
 def summarise(reasons, flags, valid, *, what, where):

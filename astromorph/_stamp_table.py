@@ -72,7 +72,8 @@ def annotate_stamps(table, *, model, columns=None, pixel_scale=None, negative=No
         `astromorph.predict_files`. Default: the card's (0.35), for cutouts spanning the
         card's ``cutout_size_per_petro_r90`` x petroR90_r; ``1.0`` for stamps already cut
         to ``stamp_size_per_petro_r90`` x petroR90_r (the network's field). Recorded as
-        ``meta["astromorph_crop_fraction"]``.
+        ``meta["astromorph_crop_fraction"]``. Refused, as by `astromorph.predict_files`,
+        for the models whose card fixes their field (``real-bogus``, ``radio-morphology``).
     on_conflict : {"error", "suffix", "replace"}
         What to do when a new column name already exists (see `astromorph.annotate`).
     batch_size, providers, threads, precision, progress : optional
@@ -112,6 +113,7 @@ def annotate_stamps(table, *, model, columns=None, pixel_scale=None, negative=No
     check_batch_size(batch_size)
     check_crop_fraction(crop_fraction)
     model = as_model(model, providers=providers, threads=threads, precision=precision)
+    check_crop_fraction(crop_fraction, model)
     prefix = model.card.get("column_prefix", model.name.replace("-", "_"))
     check_clashes(table, result_names(model) + [f"{prefix}_reason"], on_conflict)  # before work
     family = model_family(model.card)

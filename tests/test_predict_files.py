@@ -1456,3 +1456,19 @@ def test_cli_predict_crop_fraction(models, tmp_path):
         assert back.meta["astromorph_crop_fraction"] == (1.0 if extra else 0.35)
     assert cli.main(["predict", "morphology", str(tmp_path / "s.fits"),
                      "--crop-fraction", "1.5"]) == 2
+
+
+@pytest.mark.parametrize("name", ["real-bogus", "radio-morphology"])
+def test_crop_fraction_is_refused_by_fixed_field_models(name, tmp_path, capsys):
+    # a crop fraction these models cannot honour was silently ignored; now refused, naming
+    # the value and the model, before any input is read (the path does not exist)
+    from astromorph.exceptions import InvalidArgumentError
+
+    with pytest.raises(InvalidArgumentError, match=rf"crop_fraction=0\.5.*'{name}'"):
+        astromorph.predict_files(name, str(tmp_path / "none.fits"), crop_fraction=0.5)
+    with pytest.raises(InvalidArgumentError, match=rf"crop_fraction=1\.0.*'{name}'"):
+        astromorph.annotate_stamps(Table({"stamp": np.ones((2, 63, 63), np.float32)}),
+                                   model=name, crop_fraction=1.0)
+    assert cli.main(["predict", name, str(tmp_path / "none.fits"), "--crop-fraction",
+                     "1"]) == 2
+    assert "--crop-fraction" in capsys.readouterr().err
