@@ -8,8 +8,8 @@ import numpy as np
 from astropy import units as u
 from astropy.table import QTable, Table
 
-from ._adapters import (RawStamps, model_family, prepare, result_columns, result_names,
-                        BLANK_THRESHOLD)
+from ._adapters import (RawStamps, fixed_field, model_family, prepare, result_columns,
+                        result_names, BLANK_THRESHOLD)
 from ._cutouts import STAMP_CHUNK, cut_stamps
 from ._flags import Flag
 from ._images import closing_files, parse_sky_images
@@ -192,6 +192,25 @@ def _stamp_side(stamp_size):
         raise InvalidArgumentError(f"stamp_size must be a positive angle (a number in arcsec or "
                                    f"an angular Quantity), got {stamp_size!r}")
     return side
+
+
+def check_scale_options(card, *, size_col=None, stamp_size=None):
+    """Raise `InvalidArgumentError` when ``size_col`` or ``stamp_size`` is given for a
+    model (its ``card``) whose card fixes the field of every stamp (`fixed_field`): the
+    option could not be honoured, and is refused rather than ignored."""
+    field = fixed_field(card)
+    given = [(name, value) for name, value in (("size_col", size_col),
+                                               ("stamp_size", stamp_size))
+             if value is not None]
+    if field is None or not given:
+        return
+    shown = ", ".join(f"{name}={value if isinstance(value, u.Quantity) else repr(value)} "
+                      f"(--{name.replace('_', '-')})" for name, value in given)
+    raise InvalidArgumentError(
+        f"{shown}: model {card['name']!r} cannot honour "
+        f"{'it' if len(given) == 1 else 'them'}: its card fixes the field of every stamp "
+        f"({field}); leave {'it' if len(given) == 1 else 'them'} out (they apply to the "
+        "galaxy models)")
 
 
 def _grid(model, family, n, sizes, stamp_size):
@@ -388,8 +407,11 @@ def annotate(table, images, *, model, ra_col=None, dec_col=None, coord_col=None,
         For galaxy-scaled models: a column of Petrosian R90 radii (arcsec
         unless it has a unit); the stamp spans the multiple of it that the
         model card records (``angular_size.stamp_size_per_petro_r90``).
+        Refused (`~astromorph.exceptions.InvalidArgumentError`) by the models
+        whose card fixes their field (``real-bogus``, ``radio-morphology``).
     stamp_size : Quantity or float, optional
-        Stamp side (arcsec) for every source, instead of ``size_col``.
+        Stamp side (arcsec) for every source, instead of ``size_col``; refused,
+        as ``size_col``, by the models whose card fixes their field.
     bands : sequence of str, optional
         Band of each image in a list of images.
     on_conflict : {"error", "suffix", "replace"}
@@ -428,7 +450,9 @@ def annotate(table, images, *, model, ra_col=None, dec_col=None, coord_col=None,
 
     check_batch_size(batch_size)  # before any image is opened or stamp cut
     model = as_model(model, providers=providers, threads=threads, precision=precision)
-    check_clashes(table, result_names(model), on_conflict)  # before any image is opened
+    # options the model cannot honour, and clashes: before any image is opened
+    check_scale_options(model.card, size_col=size_col, stamp_size=stamp_size)
+    check_clashes(table, result_names(model), on_conflict)
     family = model_family(model.card)
     out = table.copy()
     n = len(out)

@@ -97,10 +97,11 @@ def register(sub):
     p.add_argument("--ra-col", help="with --image: RA column (default: ra, RA, RAJ2000, ...)")
     p.add_argument("--dec-col", help="with --image: Dec column (default: dec, DEC, DEJ2000, ...)")
     p.add_argument("--size-col", help="with --image: Petrosian R90 radius column (arcsec) for "
-                                      "galaxy-scaled models")
+                                      "galaxy-scaled models (refused by models with a fixed "
+                                      "field: real-bogus, radio-morphology)")
     p.add_argument("--stamp-size", type=float,
-                   help="with --image: stamp side in arcsec for every source (instead of "
-                        "--size-col)")
+                   help="with --image, galaxy models: stamp side in arcsec for every source "
+                        "(instead of --size-col)")
     p.add_argument("--stamp-col", action="append",
                    help="without --image: column holding the stamps (repeat for one column per "
                         "plane: science, reference, difference; default: found by name)")

@@ -21,7 +21,8 @@ def run_demo(*, model="morphology", output="astromorph_demo.ecsv", gallery=None,
     Parameters
     ----------
     model : str, optional
-        Model name or folder (a galaxy-morphology model, which takes a size column).
+        Model name or folder. The galaxy models get the catalogue's ``r90`` column as
+        ``size_col``; the models whose card fixes their field take none.
     output : str or os.PathLike, optional
         Output table (its extension picks the format); ``None`` writes none.
     gallery : str or os.PathLike, optional
@@ -38,8 +39,10 @@ def run_demo(*, model="morphology", output="astromorph_demo.ecsv", gallery=None,
     """
     from astropy.table import QTable
 
+    from ._adapters import fixed_field
     from ._annotate import annotate
     from ._io import check_distinct_outputs, check_output, write_table
+    from ._model import as_model
 
     check_distinct_outputs({"output": output, "gallery": gallery})  # before any work
     for path in (output, gallery):
@@ -49,7 +52,9 @@ def run_demo(*, model="morphology", output="astromorph_demo.ecsv", gallery=None,
         picture_format(gallery)  # a missing matplotlib or a bad extension fails here
     image, catalogue = demo_paths()
     table = QTable.read(catalogue)
-    result = annotate(table, str(image), model=model, size_col="r90", progress=progress)
+    model = as_model(model)
+    size_col = "r90" if fixed_field(model.card) is None else None  # galaxy models only
+    result = annotate(table, str(image), model=model, size_col=size_col, progress=progress)
     if output:
         write_table(result, output, overwrite=overwrite)
     if gallery:

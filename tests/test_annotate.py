@@ -1716,3 +1716,39 @@ def test_annotate_dask_lazy_partitions_give_a_warning_once(optical_model, tmp_pa
     assert [len(t) for t in tables] == [10, 10, 10, 10]
     for start, t in zip(range(0, 40, 10), tables):
         np.testing.assert_array_equal(t["opt_flags"], ref["opt_flags"][start:start + 10])
+
+
+@pytest.mark.parametrize("name, field", [("real-bogus", "63 px at 1 arcsec/px"),
+                                         ("radio-morphology", "128 px at 1.8 arcsec/px")])
+def test_fixed_field_models_refuse_size_options(name, field, tmp_path, capsys):
+    """size_col= and stamp_size= were silently ignored by the models whose card fixes their
+    field; they are refused, naming the option, its value and the field, before any image is
+    read (the image here does not exist), in the API, annotate_dask and the CLI."""
+    from astromorph._demo import demo_paths
+    from astromorph.exceptions import InvalidArgumentError
+
+    cat = Table({"ra": [10.0], "dec": [20.0], "r90": [2.0]})
+    missing = str(tmp_path / "none.fits")
+    for kw, shown in ((dict(stamp_size=20), r"stamp_size=20 "),
+                      (dict(stamp_size=20 * u.arcsec), r"stamp_size=20\.0 arcsec"),
+                      (dict(size_col="r90"), r"size_col='r90'"),
+                      (dict(size_col="r90", stamp_size=5.0), r"size_col='r90'.*stamp_size=5\.0")):
+        with pytest.raises(InvalidArgumentError, match=shown) as exc:
+            astromorph.annotate(cat, missing, model=name, **kw)
+        assert name in str(exc.value) and field in str(exc.value)
+    if name == "radio-morphology":  # on a real image it used to give 128 px stamps anyway
+        image, catalogue = demo_paths()
+        with pytest.raises(InvalidArgumentError, match="stamp_size=20"):
+            astromorph.annotate(QTable.read(catalogue)[:3], str(image), model=name,
+                                stamp_size=20)
+    pytest.importorskip("dask")
+    for compute in (True, False):  # refused before any task is sent
+        with pytest.raises(InvalidArgumentError, match=r"stamp_size=20 .*" + field):
+            astromorph.annotate_dask(cat, missing, model=name, stamp_size=20, compute=compute,
+                                     scheduler="synchronous")
+    cat.write(tmp_path / "cat.ecsv")
+    for option, value in (("--stamp-size", "20"), ("--size-col", "r90")):
+        assert cli.main(["annotate", str(tmp_path / "cat.ecsv"), "-i", missing, "-m", name,
+                         option, value]) == 2
+        err = capsys.readouterr().err
+        assert option in err and value in err and field in err
