@@ -27,7 +27,7 @@ def run_demo(*, model="morphology", output="astromorph_demo.ecsv", gallery=None,
         Output table (its extension picks the format); ``None`` writes none.
     gallery : str or os.PathLike, optional
         Also write a gallery of labelled colour thumbnails, in the picture format its
-        extension names (.png, .pdf, .svg...).
+        extension names (.png, .pdf, .svg...); for models with labels (classifiers).
     overwrite : bool, optional
         Replace existing output files (default: raise `OutputExistsError` before any work).
     progress : bool, optional
@@ -50,9 +50,15 @@ def run_demo(*, model="morphology", output="astromorph_demo.ecsv", gallery=None,
             check_output(path, overwrite=overwrite, table=path == output)
     if gallery:
         picture_format(gallery)  # a missing matplotlib or a bad extension fails here
+    model = as_model(model)
+    if gallery and model.labels is None:
+        from .exceptions import InvalidArgumentError
+
+        raise InvalidArgumentError(f"the gallery (--gallery {str(gallery)!r}) shows labels; "
+                                   f"model {model.name!r} gives none (outputs: "
+                                   f"{', '.join(model.output_names)})")
     image, catalogue = demo_paths()
     table = QTable.read(catalogue)
-    model = as_model(model)
     size_col = "r90" if fixed_field(model.card) is None else None  # galaxy models only
     result = annotate(table, str(image), model=model, size_col=size_col, progress=progress)
     if output:
@@ -115,13 +121,20 @@ def _run(args):
 
     result = run_demo(model=args.model, output=args.output, gallery=args.gallery,
                       overwrite=args.overwrite, progress=False if args.no_progress else None)
-    label_col = next(c for c in result.colnames if c.endswith("_label"))
-    counts = Counter(str(v) for v in result[label_col] if v is not None and str(v) != "--")
-    print(f"{len(result)} sources of the packaged Hubble Deep Field crop, model {args.model}:")
-    for label, count in counts.most_common():
-        print(f"  {label:12s} {count}")
-    cols = ["id", "r90", label_col] + [c for c in result.colnames if "_p_" in c] + \
-        [c for c in result.colnames if c.endswith("_flags")]
+    label_col = next((c for c in result.colnames if c.endswith("_label")), None)
+    if label_col is None:  # e.g. an embedding: no labels to count
+        new = result.meta["astromorph_columns"].split(",")
+        print(f"{len(result)} sources of the packaged Hubble Deep Field crop, model "
+              f"{args.model}: columns {', '.join(new)}")
+        cols = ["id", "r90"] + new
+    else:
+        counts = Counter(str(v) for v in result[label_col] if v is not None and str(v) != "--")
+        print(f"{len(result)} sources of the packaged Hubble Deep Field crop, model "
+              f"{args.model}:")
+        for label, count in counts.most_common():
+            print(f"  {label:12s} {count}")
+        cols = ["id", "r90", label_col] + [c for c in result.colnames if "_p_" in c] + \
+            [c for c in result.colnames if c.endswith("_flags")]
     result[cols][:10].pprint(max_width=-1)
     if args.output:
         report(args, f"wrote {args.output}")

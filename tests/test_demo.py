@@ -83,3 +83,18 @@ def test_demo_runs_for_a_fixed_field_model(tmp_path, capsys):
                      "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert "science, reference and difference" in err and "size_col" not in err
+
+
+def test_demo_of_a_model_without_labels(tmp_path, capsys):
+    """``demo -m embedding`` wrote its table, then crashed (StopIteration) looking for a label
+    column to summarise; it now says what it wrote. A gallery (labelled thumbnails) needs a
+    classifier: refused before any work."""
+    out = tmp_path / "emb.ecsv"
+    assert cli.main(["demo", "-m", "embedding", "-o", str(out), "--no-progress"]) == 0
+    assert Table.read(out)["embedding"].shape[0] == 146
+    assert "146 sources" in capsys.readouterr().out
+    png = tmp_path / "emb.png"
+    assert cli.main(["demo", "-m", "embedding", "-o", str(tmp_path / "e2.ecsv"),
+                     "--gallery", str(png), "--no-progress"]) == 2
+    assert "gallery" in capsys.readouterr().err
+    assert not png.exists() and not (tmp_path / "e2.ecsv").exists()
