@@ -174,13 +174,19 @@ def annotate_dask(table, images=None, *, model, partition_size=50_000, compute=T
     images = None if images is None else as_paths(images)
     if not isinstance(model, (str, os.PathLike)):
         raise InputError("annotate_dask takes the model by name or path, so each worker loads it")
-    if images is not None and (kwargs.get("size_col") is not None
-                               or kwargs.get("stamp_size") is not None):
+    # options the model cannot honour (its card fixes its field): refused here too
+    scale_options = ("size_col", "stamp_size") if images is not None else ("crop_fraction",)
+    if any(kwargs.get(o) is not None for o in scale_options):
         from ._annotate import check_scale_options
+        from ._predict import check_crop_fraction
         from ._registry import model_card
 
-        check_scale_options(model_card(model, precision=kwargs.get("precision")),
-                            size_col=kwargs.get("size_col"), stamp_size=kwargs.get("stamp_size"))
+        card = model_card(model, precision=kwargs.get("precision"))
+        if images is not None:
+            check_scale_options(card, size_col=kwargs.get("size_col"),
+                                stamp_size=kwargs.get("stamp_size"))
+        else:
+            check_crop_fraction(kwargs["crop_fraction"], card)
     partition_size = check_whole(partition_size, "partition_size")
     compute = check_bool(compute, "compute")
     if isinstance(scheduler, str):

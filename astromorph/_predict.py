@@ -130,7 +130,7 @@ def predict_files(model, inputs, *, batch_size=256, progress=None, write_header=
                                    "or update the inputs, not both")
     check_crop_fraction(crop_fraction)
     model = as_model(model, providers=providers, threads=threads, precision=precision)
-    check_crop_fraction(crop_fraction, model)
+    check_crop_fraction(crop_fraction, model.card)
     paths = expand_inputs(inputs)
     targets = header_targets(paths, write_header, in_place, overwrite)
     family = model_family(model.card)
@@ -199,10 +199,10 @@ def check_batch_size(batch_size):
         raise InvalidArgumentError(f"batch_size must be a positive integer, got {batch_size!r}")
 
 
-def check_crop_fraction(crop_fraction, model=None):
+def check_crop_fraction(crop_fraction, card=None):
     """Raise `InvalidArgumentError` unless ``crop_fraction`` is None or a number in (0, 1]
-    (the ``crop_fraction`` of `predict_files` and `astromorph.annotate_stamps`) that
-    ``model`` (a `Model`, when given) can honour: the models whose card fixes their field
+    (the ``crop_fraction`` of `predict_files` and `astromorph.annotate_stamps`) that the
+    model of ``card`` (when given) can honour: the models whose card fixes their field
     (`fixed_field`) take none."""
     from ._adapters import fixed_field
 
@@ -211,11 +211,11 @@ def check_crop_fraction(crop_fraction, model=None):
     if not in_unit_interval(crop_fraction):
         raise InvalidArgumentError(f"crop_fraction must be a number in (0, 1], got "
                                    f"{crop_fraction!r}")
-    field = None if model is None else fixed_field(model.card)
+    field = None if card is None else fixed_field(card)
     if field is not None:
         raise InvalidArgumentError(
             f"crop_fraction={crop_fraction!r} (--crop-fraction) cannot be honoured by model "
-            f"{model.name!r}: its card fixes the field it sees ({field}); leave it out (it "
+            f"{card['name']!r}: its card fixes the field it sees ({field}); leave it out (it "
             "applies to the galaxy models)")
 
 

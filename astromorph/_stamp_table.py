@@ -113,7 +113,7 @@ def annotate_stamps(table, *, model, columns=None, pixel_scale=None, negative=No
     check_batch_size(batch_size)
     check_crop_fraction(crop_fraction)
     model = as_model(model, providers=providers, threads=threads, precision=precision)
-    check_crop_fraction(crop_fraction, model)
+    check_crop_fraction(crop_fraction, model.card)
     prefix = model.card.get("column_prefix", model.name.replace("-", "_"))
     check_clashes(table, result_names(model) + [f"{prefix}_reason"], on_conflict)  # before work
     family = model_family(model.card)

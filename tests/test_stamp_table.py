@@ -442,3 +442,13 @@ def test_crop_fraction_for_stamps_cut_to_the_network_field(monkeypatch, tmp_path
     # annotate cuts the network's field itself: no crop fraction with --image
     assert cli.main(["annotate", str(tmp_path / "stamps.fits"), "-m", "morphology", "-i",
                      str(tmp_path / "stamps.fits"), "--crop-fraction", "1"]) == 2
+
+
+def test_dask_refuses_a_crop_fraction_before_any_task(rb):
+    # real-bogus cannot honour crop_fraction: refused by annotate_dask itself, even lazily
+    pytest.importorskip("dask")
+    t = Table({"triplet": _triplets(2)})
+    for compute in (True, False):
+        with pytest.raises(InvalidArgumentError, match=r"crop_fraction=1\.0.*'real-bogus'"):
+            astromorph.annotate_dask(t, model="real-bogus", crop_fraction=1.0, compute=compute,
+                                     scheduler="synchronous")
