@@ -21,8 +21,9 @@ def run_demo(*, model="morphology", output="astromorph_demo.ecsv", gallery=None,
     Parameters
     ----------
     model : str, optional
-        Model name or folder. The galaxy models get the catalogue's ``r90`` column as
-        ``size_col``; the models whose card fixes their field take none.
+        Model name or folder: a model of optical galaxy stamps (the demo image is an
+        optical one), given the catalogue's ``r90`` column as ``size_col``. A radio or
+        difference-imaging model raises `InvalidArgumentError` before any work.
     output : str or os.PathLike, optional
         Output table (its extension picks the format); ``None`` writes none.
     gallery : str or os.PathLike, optional
@@ -39,7 +40,7 @@ def run_demo(*, model="morphology", output="astromorph_demo.ecsv", gallery=None,
     """
     from astropy.table import QTable
 
-    from ._adapters import fixed_field
+    from ._adapters import fixed_field, model_family
     from ._annotate import annotate
     from ._io import check_distinct_outputs, check_output, write_table
     from ._model import as_model
@@ -51,6 +52,16 @@ def run_demo(*, model="morphology", output="astromorph_demo.ecsv", gallery=None,
     if gallery:
         picture_format(gallery)  # a missing matplotlib or a bad extension fails here
     model = as_model(model)
+    family = model_family(model.card)
+    if family != "optical":
+        from .exceptions import InvalidArgumentError
+
+        needs = {"radio": "radio images (FIRST-like, Jy/beam)",
+                 "triplet": "science, reference and difference stamps"}.get(family, family)
+        raise InvalidArgumentError(
+            f"the demo input is an optical image (a crop of the Hubble Deep Field); model "
+            f"{model.name!r} takes {needs}: run `astromorph annotate` or `astromorph "
+            f"predict` on such data instead")
     if gallery and model.labels is None:
         from .exceptions import InvalidArgumentError
 
@@ -149,7 +160,7 @@ def register(sub):
                                    "Hubble eXtreme Deep Field picture with a nominal WCS, and "
                                    "the sources detected in it) and write the table.")
     p.add_argument("-m", "--model", default="morphology",
-                   help="model name or path (default: morphology)")
+                   help="an optical galaxy model: name or path (default: morphology)")
     p.add_argument("-o", "--output", default="astromorph_demo.ecsv",
                    help="output table (default: astromorph_demo.ecsv)")
     p.add_argument("--gallery",

@@ -70,19 +70,17 @@ def test_demo_refuses_one_file_for_the_table_and_the_gallery(tmp_path, capsys):
     assert not out.exists()
 
 
-def test_demo_runs_for_a_fixed_field_model(tmp_path, capsys):
-    """The demo passed size_col="r90" to every model; the models whose card fixes their
-    field refuse it, so it is passed only to the galaxy models and the demo still runs."""
-    out = tmp_path / "radio.ecsv"
-    assert cli.main(["demo", "-m", "radio-morphology", "-o", str(out), "--no-progress"]) == 0
-    table = Table.read(out)
-    assert len(table) == 146 and "radio_label" in table.colnames
-    assert "146 sources" in capsys.readouterr().out
-    # real-bogus needs difference-imaging triplets: refused for that, not for the size column
-    assert cli.main(["demo", "-m", "real-bogus", "-o", str(tmp_path / "rb.ecsv"),
-                     "--no-progress"]) == 2
-    err = capsys.readouterr().err
-    assert "science, reference and difference" in err and "size_col" not in err
+def test_demo_refuses_models_of_other_data(tmp_path, capsys):
+    """The demo image is optical: a radio model ran on it and wrote labels that meant
+    nothing (exit 0), and real-bogus failed only when it found no triplets. Both are now
+    refused before any work, saying what data the model takes."""
+    for name, needs in [("radio-morphology", "radio images"),
+                        ("real-bogus", "science, reference and difference")]:
+        out = tmp_path / f"{name}.ecsv"
+        assert cli.main(["demo", "-m", name, "-o", str(out), "--no-progress"]) == 2
+        err = capsys.readouterr().err
+        assert "optical image" in err and needs in err and "Traceback" not in err, err
+        assert not out.exists()
 
 
 def test_demo_of_a_model_without_labels(tmp_path, capsys):
