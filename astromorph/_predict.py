@@ -35,6 +35,8 @@ log = logging.getLogger(__name__)
 _READ_AHEAD = 256
 #: Read files in a background thread (overlaps decoding with preprocessing and the model).
 _PREFETCH = True
+#: Fewer files than this are read in the calling thread (a thread would cost more than it saves).
+_PREFETCH_MIN_FILES = 4
 _MEMBERS = ("science", "reference", "difference")
 
 
@@ -248,7 +250,7 @@ def _read_all(paths, family, card):
             _conform(s, family, card)
         return stamps
 
-    if not _PREFETCH or len(paths) < 4:
+    if not _PREFETCH or len(paths) < _PREFETCH_MIN_FILES:
         for p in paths:
             yield one(p)
         return

@@ -250,9 +250,14 @@ def main(argv=None):
             results[prefetch], rcpu[prefetch] = time.perf_counter() - t, time.process_time() - c
             assert len(table) == n and not table["rb_flags"].any()
         _predict._PREFETCH = True
+        # predict_files starts its reader thread only from _PREFETCH_MIN_FILES files on
+        threaded = n >= _predict._PREFETCH_MIN_FILES
         print(f"\npredict_files end to end: {n / results[True]:.0f} alerts/s "
-              f"({results[True]:.2f} s wall, {rcpu[True]:.2f} s CPU; files read in a background "
-              f"thread), {n / results[False]:.0f} alerts/s without the reader thread; "
+              f"({results[True]:.2f} s wall, {rcpu[True]:.2f} s CPU; "
+              + ("files read in a background thread), " if threaded else
+                 f"files read in the calling thread: no reader thread for fewer than "
+                 f"{_predict._PREFETCH_MIN_FILES} files), ")
+              + f"{n / results[False]:.0f} alerts/s without the reader thread; "
               f"end-to-end / sum of stages = {results[True] / total:.2f} (wall), "
               f"{rcpu[True] / total_cpu:.2f} (CPU)")
         print(f"load average now {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")

@@ -65,6 +65,15 @@ def test_bench_alerts_synthetic(no_data):
     check_alerts(out, 8, "synthetic ZTF-like packets (no real packets found)")
 
 
+def test_bench_alerts_says_where_few_files_are_read(no_data):
+    # predict_files has no reader thread below _PREFETCH_MIN_FILES files: the label said
+    # "files read in a background thread" there all the same
+    out = run_script("benchmarks/bench_alerts.py", "--n", 3, "--batch-size", 4, "--no-cubes",
+                     data=no_data)
+    check_lines(out, "files read in the calling thread")
+    assert "background thread" not in out
+
+
 @requires_packets
 def test_bench_alerts_real_packets():
     check_alerts(run_script("benchmarks/bench_alerts.py", "--n", 8, "--batch-size", 4),
