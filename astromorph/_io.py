@@ -123,7 +123,11 @@ def check_output(path, *, overwrite=False, table=False, inputs=()):
     Raises
     ------
     OutputExistsError, InvalidArgumentError, OutputError
+        `InvalidArgumentTypeError` for an ``overwrite`` that is no boolean.
     """
+    from .preprocessing._checks import check_bool
+
+    overwrite = check_bool(overwrite, "overwrite")  # "no" is true for Python
     path = Path(path)
     if table:
         table_format(path)

@@ -201,3 +201,16 @@ def test_plot_bad_options(tmp_path):
 
     _check(lambda: plot_map(_emb(), tmp_path / "m.png", max_points="x"), TYPE, "max_points")
     _check(lambda: plot_map(_emb(), tmp_path / "m.png", dpi="x"), TYPE, "dpi")
+    _check(lambda: plot_map(_emb(), tmp_path / "m.png", max_points=1), VALUE, "max_points")
+    _check(lambda: plot_map(_emb(), tmp_path / "m.png", max_points=2.5), VALUE, "2.5")
+    # labels that are no sequence of one label per row (a number, a string) used to leak
+    # TypeError / IndexError from inside
+    _check(lambda: plot_map(_emb(), tmp_path / "m.png", labels=5), TYPE, "labels")
+    _check(lambda: plot_map(_emb(), tmp_path / "m.png", labels="a" * 40), TYPE, "labels")
+    _check(lambda: plot_map(_emb(), tmp_path / "m.png", labels=np.zeros((40, 2))), TYPE,
+           "labels")
+    # "no" is a true value for Python: it must not replace an existing picture
+    (tmp_path / "old.png").write_bytes(b"keep")
+    _check(lambda: plot_map(_emb(), tmp_path / "old.png", overwrite="no"), TYPE, "'no'")
+    assert (tmp_path / "old.png").read_bytes() == b"keep"
+    assert not (tmp_path / "m.png").exists()

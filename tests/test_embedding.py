@@ -511,6 +511,36 @@ def test_maps(tmp_path):
         plot_map(x[:1], tmp_path / "m2.png", method="pca")
 
 
+def test_plot_map_leaves_out_rows_without_a_label(tmp_path, monkeypatch):
+    """Masked labels and None are left out of the map (with the rows whose vectors are not
+    finite); NaN, 0 and empty strings are labels like any other."""
+    pytest.importorskip("matplotlib")
+    x, _ = blobs(n_per=10, k=2, d=8)
+    x[3] = np.nan
+    labels = np.ma.masked_array(np.arange(20) % 3, mask=np.arange(20) % 5 == 0)
+    _, rows = plot_map(x, tmp_path / "m.png", labels=labels, method="pca")
+    assert rows.tolist() == [r for r in range(20) if r % 5 and r != 3]
+    names = np.array(["a", None, "", "b"] * 5, dtype=object)
+    _, rows = plot_map(x, tmp_path / "m.png", labels=names, method="pca", overwrite=True)
+    assert rows.tolist() == [r for r in range(20) if r % 4 != 1 and r != 3]
+    # NaN is one category (it was one legend entry per NaN row, each "nan (0)", its points
+    # never drawn)
+    import matplotlib.figure
+
+    legends = []
+    save = matplotlib.figure.Figure.savefig
+
+    def savefig(fig, *args, **kwargs):
+        legends.append([t.get_text() for t in fig.axes[0].get_legend().get_texts()])
+        return save(fig, *args, **kwargs)
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", savefig)
+    _, rows = plot_map(x, tmp_path / "m.png", labels=np.where(np.arange(20) % 2, np.nan, 1.0),
+                       method="pca", overwrite=True)
+    assert rows.tolist() == [r for r in range(20) if r != 3]
+    assert legends == [["1.0 (10)", "nan (9)"]]
+
+
 
 def test_plots_leave_the_users_matplotlib_state_alone(tmp_path):
     """Drawing must not switch the user's backend (it used to force Agg, which closes an

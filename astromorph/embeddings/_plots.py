@@ -14,7 +14,8 @@ import numpy as np
 from ._common import check_seed, embedding_matrix
 from .._io import atomic_output, check_output
 from .._plotting import colormap, figure, picture_format
-from ..exceptions import InputError, InvalidArgumentError, MissingDependencyError
+from ..exceptions import (InputError, InvalidArgumentError, InvalidArgumentTypeError,
+                          MissingDependencyError)
 from ..preprocessing._checks import check_number, check_whole
 
 __all__ = ["gallery", "embedding_map", "plot_map", "display_image", "check_map_method"]
@@ -280,6 +281,19 @@ def embedding_map(embeddings, *, method="auto", seed=0, perplexity=30.0):
     return _pca2(x), method
 
 
+def _map_labels(labels, n):
+    """``labels`` of `plot_map` as an object array of ``n`` labels, None where masked."""
+    if isinstance(labels, (str, bytes)) or np.ndim(labels) != 1:
+        raise InvalidArgumentTypeError(
+            "labels must be a sequence of one label per row, got "
+            + (repr(labels) if np.ndim(labels) == 0 else f"an array of shape {np.shape(labels)}"))
+    if len(labels) != n:
+        raise InvalidArgumentError(f"labels has {len(labels)} entries for {n} rows")
+    out = np.asarray(np.ma.getdata(labels)).astype(object)
+    out[np.ma.getmaskarray(labels)] = None
+    return out
+
+
 def plot_map(embeddings, path, *, labels=None, method="auto", max_points=TSNE_MAX_POINTS,
              title=None, seed=0, dpi=120, overwrite=False):
     """Save a 2-d map of embedding vectors coloured by ``labels`` (e.g. cluster ids).
@@ -291,7 +305,8 @@ def plot_map(embeddings, path, *, labels=None, method="auto", max_points=TSNE_MA
     path : str or os.PathLike
         Output picture, in the format its extension names (.png, .pdf, .svg...).
     labels : array_like, (N,), optional
-        Category of each row (cluster id, class name...).
+        Category of each row (cluster id, class name...); rows whose label is masked
+        or None are left out.
     method : {"auto", "umap", "tsne", "pca"}
         See `embedding_map`.
     max_points : int
@@ -321,11 +336,8 @@ def plot_map(embeddings, path, *, labels=None, method="auto", max_points=TSNE_MA
     x = embedding_matrix(embeddings, allow_masked=True)
     rows = np.flatnonzero(np.all(np.isfinite(x), axis=1))
     if labels is not None:
-        if len(labels) != len(x):
-            raise InvalidArgumentError(f"labels has {len(labels)} entries for {len(x)} rows")
-        labels = np.asarray(np.ma.filled(np.ma.asarray(labels).astype(object), None))
-        rows = rows[np.array([labels[r] is not None for r in rows], dtype=bool)] \
-            if len(rows) else rows
+        labels = _map_labels(labels, len(x))
+        rows = rows[~np.equal(labels[rows], None)]
     if len(rows) < 3:
         raise InputError(f"a map needs at least 3 rows with finite embeddings, got {len(rows)}")
     rng = np.random.default_rng(seed)
@@ -337,11 +349,12 @@ def plot_map(embeddings, path, *, labels=None, method="auto", max_points=TSNE_MA
     if labels is None:
         ax.scatter(coords[:, 0], coords[:, 1], s=4, alpha=0.7)
     else:
-        lab = labels[rows]
-        cats = sorted(set(lab.tolist()), key=lambda v: (str(type(v)), v))
+        values = np.asarray(labels[rows].tolist())  # numbers, or else strings
+        cats, codes = np.unique(values if values.dtype.kind in "biufUS" else
+                                values.astype(str), return_inverse=True)  # one NaN at most
         cmap = colormap("tab10" if len(cats) <= 10 else "tab20")
-        for i, c in enumerate(cats):
-            sel = lab == c
+        for i, c in enumerate(cats.tolist()):
+            sel = codes.ravel() == i
             ax.scatter(coords[sel, 0], coords[sel, 1], s=4, alpha=0.75, color=cmap(i % cmap.N),
                        label=f"{c} ({int(sel.sum())})")
         ax.legend(markerscale=3, fontsize=7, loc="best", frameon=False)
