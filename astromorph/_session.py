@@ -158,7 +158,9 @@ def get_session(path, *, providers=None, threads=None, sha256=None):
     session on the next providers that do initialise (a failing TensorRT falls back to
     CUDA, then CPU). One warning names them all; it comes when the session is made, not
     again when the cached session is reused (e.g. by every Dask partition or every
-    `annotate` call of a process).
+    `annotate` call of a process). Every request that ends on the CPU alone (``"cpu"``,
+    ``"auto"`` without a GPU, or a fallback) shares one session per (file, sha256,
+    threads): the model is in memory once.
 
     Returns
     -------
@@ -180,22 +182,30 @@ def get_session(path, *, providers=None, threads=None, sha256=None):
                 f"threads must be >= 0 (0 = ONNX Runtime default), got {threads}"
                 + (f" (from ${THREADS_ENV})" if from_env else ""))
     # what was asked for is part of the key: a "cuda" request that falls back to the CPU
-    # must not silently reuse the session made for "cpu" (it warns when it is made)
+    # warns when its entry is made, not again on reuse; every request that ends on the CPU
+    # alone shares one session (the model in memory once), cached under cpu_key
     key = (str(path), sha256, tuple(requested), tuple(usable), threads)
+    cpu_key = (str(path), sha256, CPU, threads)
+    return _cached(key, lambda: _make_session(ort, path, requested, usable, threads, cpu_key))
+
+
+def _cached(key, make):
+    """The session cached under ``key``, made by ``make()`` (once, whichever threads ask)."""
     with _LOCK:
         if key in _CACHE:
             _CACHE.move_to_end(key)
             return _CACHE[key]
         building = _BUILDING.setdefault(key, threading.Lock())
     # made outside the cache lock (a TensorRT engine takes minutes): only the threads that
-    # ask for this very session wait for it, not those reusing others
+    # ask for this very session wait for it, not those reusing others. A request's session
+    # may be made while its lock is held (the shared CPU one), never the other way round.
     with building:
         with _LOCK:
             if key in _CACHE:  # made meanwhile by the thread this one waited for
                 _CACHE.move_to_end(key)
                 return _CACHE[key]
         try:
-            session = _make_session(ort, path, requested, usable, threads)
+            session = make()
         except BaseException:
             with _LOCK:
                 _BUILDING.pop(key, None)
@@ -208,17 +218,22 @@ def get_session(path, *, providers=None, threads=None, sha256=None):
         return session
 
 
-def _make_session(ort, path, requested, usable, threads):
-    """A new session (`get_session` without the cache), with one `ProviderFallbackWarning`
-    naming every provider asked for or offered by ``"auto"`` that it did not get."""
+def _make_session(ort, path, requested, usable, threads, cpu_key):
+    """A session for one request (`get_session` without its cache), with one
+    `ProviderFallbackWarning` naming every provider asked for or offered by ``"auto"`` that
+    it did not get. A session on the CPU alone is the one cached under ``cpu_key``."""
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     if threads is not None:
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
-    session, errors = _first_session(ort, path, opts, usable)
+    session, errors = _first_session(
+        ort, path, opts, usable,
+        cpu=lambda: _cached(cpu_key, lambda: _load(ort, path, opts, [CPU])))
     got = list(session.get_providers())
-    # one warning per session made (not on every reuse of the cached one)
+    if got == [CPU]:  # ONNX Runtime dropped the others: keep one CPU session, not two
+        session = _cached(cpu_key, lambda: session)
+    # one warning per request when its session is made (not on every reuse)
     missing = [p for p in requested if p not in usable]
     dropped = [p for p in usable if p != CPU and p not in got and p not in errors]
     if missing or errors or dropped:
@@ -239,15 +254,23 @@ def _make_session(ort, path, requested, usable, threads):
     return session
 
 
-def _first_session(ort, path, opts, usable):
+def _first_session(ort, path, opts, usable, cpu):
     """A session on ``usable``, leaving out, one at a time, the first provider of a list
     that ONNX Runtime cannot make a session with (a TensorRT that fails still lets CUDA be
-    tried before the CPU); the session and {provider left out: its error}."""
+    tried before the CPU), and ``cpu()`` for the CPU alone; the session and {provider left
+    out: its error}."""
     usable, errors = list(usable), {}
-    while True:
+    while usable and usable != [CPU]:
         try:
-            return ort.InferenceSession(str(path), sess_options=opts, providers=usable), errors
-        except Exception as exc:  # noqa: BLE001 - ORT raises plain RuntimeError/Fail
-            if usable == [CPU]:
-                raise ModelLoadError(f"ONNX Runtime cannot load {str(path)!r}: {exc}") from exc
-            errors[usable.pop(0)] = exc
+            return _load(ort, path, opts, usable), errors
+        except ModelLoadError as exc:
+            errors[usable.pop(0)] = exc.__cause__
+    return cpu(), errors
+
+
+def _load(ort, path, opts, providers):
+    """``ort.InferenceSession`` on ``providers``; `ModelLoadError` if it cannot be made."""
+    try:
+        return ort.InferenceSession(str(path), sess_options=opts, providers=providers)
+    except Exception as exc:  # noqa: BLE001 - ORT raises plain RuntimeError/Fail
+        raise ModelLoadError(f"ONNX Runtime cannot load {str(path)!r}: {exc}") from exc

@@ -1013,3 +1013,36 @@ def test_named_non_gpu_provider_dropped_by_ort_warns(tiny_registry, monkeypatch)
     with pytest.warns(ProviderFallbackWarning, match=ov):
         model = astromorph.load_model("tiny", providers=[ov])
     assert model.providers == ["CPUExecutionProvider"]
+
+
+@pytest.mark.parametrize("case", ["missing", "failing", "dropped"])
+def test_one_cpu_session_per_model_file_after_a_fallback(tiny_registry, monkeypatch, case):
+    """A GPU request that ends on the CPU (provider missing from the build, failing to make
+    a session, or dropped by ONNX Runtime) made a CPU session of its own beside the one of
+    ``providers="cpu"``, so the model was in memory twice (and once more for "auto"); every
+    request that ends on the CPU now shares one session per (file, checksum, threads), and
+    each request still gives its one fallback warning when it is first made."""
+    cpu, cuda = "CPUExecutionProvider", "CUDAExecutionProvider"
+    available = [cpu] if case == "missing" else [cuda, cpu]
+    calls = _fake_gpu_runtime(monkeypatch, available,
+                              raise_with=[cuda] if case == "failing" else (),
+                              dropped=[cuda] if case == "dropped" else ())
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        plain = astromorph.load_model("tiny", providers="cpu")._session
+        for _ in range(2):
+            fell_back = astromorph.load_model("tiny", providers="cuda")
+        tensorrt = astromorph.load_model("tiny", providers="tensorrt")._session
+    assert fell_back.providers == [cpu]
+    assert fell_back._session is plain and tensorrt is plain
+    # one InferenceSession made on the CPU alone (plus a "cuda" attempt where CUDA is offered)
+    assert calls.count([cpu]) == 1, calls
+    assert len(_fallback_warnings(caught)) == 2  # "cuda" once, "tensorrt" once
+    assert astromorph.load_model("tiny", providers="cpu", threads=1)._session is not plain
+    # the other way round: the CPU request reuses the session the fallback made
+    astromorph.clear_session_cache()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ProviderFallbackWarning)
+        first = astromorph.load_model("tiny", providers="cuda")._session
+        assert astromorph.load_model("tiny", providers="cpu")._session is first
+        assert astromorph.load_model("tiny", providers="auto")._session is first
