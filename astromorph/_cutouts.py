@@ -31,7 +31,7 @@ import numpy as np
 from .exceptions import InputError
 from .preprocessing._checks import invalid_pixels
 
-__all__ = ["SkyImage", "StampResult", "cut_stamps", "STAMP_CHUNK"]
+__all__ = ["SkyImage", "StampResult", "cut_stamps", "STAMP_CHUNK", "STRIP_PIXELS"]
 
 log = logging.getLogger(__name__)
 
@@ -83,10 +83,18 @@ def _check_wcs(wcs, name):
         raise InputError(f"{name}: its WCS cannot place sources: {'; '.join(bad)}")
 
 
-def _row_strips(data):
-    """Row strips of a 2D array of about 4 M pixels each (bounded temporaries)."""
-    step = max(1, (1 << 22) // max(data.shape[1], 1))
-    return (data[y0:y0 + step] for y0 in range(0, data.shape[0], step))
+#: Pixels of a row strip of the whole-image passes: their temporaries (about 7 bytes a
+#: pixel for a scaled or sentinel check) stay small beside the image's float32 copy.
+STRIP_PIXELS = 1 << 18
+
+
+def _row_strips(data, *others):
+    """Row strips of a 2D array of about `STRIP_PIXELS` pixels each (bounded temporaries),
+    or tuples of the same strips of ``data`` and ``others`` (arrays of its number of rows)."""
+    step = max(1, STRIP_PIXELS // max(data.shape[1], 1))
+    for y0 in range(0, data.shape[0], step):
+        yield (data[y0:y0 + step], *(o[y0:y0 + step] for o in others)) if others \
+            else data[y0:y0 + step]
 
 
 def _sentinels_to_nan(data):
@@ -207,16 +215,26 @@ class SkyImage:
             raw = self.data[np.unravel_index(flat_index, self.shape)]
         return self._scaled(raw)
 
-    def _scaled(self, raw):
+    def _scaled(self, raw, out=None):
         """Raw pixel values -> native float32, BLANK -> NaN, times BSCALE plus BZERO;
-        masking sentinels (|value| >= 1e30, e.g. ZTF's -3.4e38) and inf -> NaN."""
-        values = raw.astype(np.float32)
+        masking sentinels (|value| >= 1e30, e.g. ZTF's -3.4e38) and inf -> NaN. Written
+        into ``out`` (float32, the shape of ``raw``) where given, with no float copy besides."""
+        values = np.empty(raw.shape, np.float32) if out is None else out
+        values[...] = raw  # cast (and byte swap) in one pass
         if self.blank is not None:
             values[raw == self.blank] = np.nan
         if self.bscale != 1.0 or self.bzero != 0.0:
-            values = values * np.float32(self.bscale) + np.float32(self.bzero)
+            values *= np.float32(self.bscale)  # in place: the float32 values of
+            values += np.float32(self.bzero)   # ``values * bscale + bzero``
         values[invalid_pixels(values)] = np.nan
         return values
+
+    def _scaled_whole(self, raw):
+        """`_scaled` of a whole 2D image, by row strips into one float32 array."""
+        out = np.empty(raw.shape, np.float32)
+        for part, values in _row_strips(raw, out):
+            self._scaled(part, out=values)
+        return out
 
     def plan_samples(self, n_samples):
         """Announce ``n_samples`` stamp pixels to come (lets `resident` read the image at once)."""
@@ -308,9 +326,9 @@ class SkyImage:
             raw = raw.byteswap(inplace=True).view(raw.dtype.newbyteorder())
         if self.plain:
             values = raw.astype(np.float32, copy=False)  # raw is a fresh array
-            values[invalid_pixels(values)] = np.nan  # sentinels, as `_scaled`
+            _sentinels_to_nan(values)  # as `_scaled`
             return values
-        return self._scaled(raw)
+        return self._scaled_whole(raw)
 
     def _strips(self, fy=1, fx=1):
         """Float32 copy of the image read from ``data`` in row strips: as it is
@@ -321,20 +339,20 @@ class SkyImage:
         hold the mean of the pixels they have, so that no edge pixel is lost.
         """
         ny, nx = -(-self.shape[0] // fy), -(-self.shape[1] // fx)
+        if fy == fx == 1:  # the values `take` gives, as they are
+            out = np.empty((ny, nx), np.float32)
+            for raw, part in _row_strips(self.data, out):
+                if self.plain:
+                    part[...] = raw  # one pass: cast and byte swap
+                    part[invalid_pixels(part)] = np.nan  # sentinels, as `_scaled`
+                else:
+                    self._scaled(raw, out=part)
+            return out
         out = np.empty((ny, nx), np.float32)
         strip = max(1, (1 << 22) // max(self.shape[1], 1) // fy) * fy
         for y0 in range(0, self.shape[0], strip):  # row strips: bounded memory
             y1 = min(y0 + strip, self.shape[0])
-            raw = self.data[y0:y1]
-            if fy == fx == 1:  # the values `take` gives, as they are
-                if self.plain:
-                    out[y0:y1] = raw  # one pass: cast and byte swap
-                    part = out[y0:y1]
-                    part[invalid_pixels(part)] = np.nan  # sentinels, as `_scaled`
-                else:
-                    out[y0:y1] = self._scaled(raw)
-                continue
-            block = self._scaled(raw)
+            block = self._scaled(self.data[y0:y1])
             rows = -(-(y1 - y0) // fy)
             if block.shape != (rows * fy, nx * fx):  # partial blocks: NaN padding
                 block = np.pad(block, ((0, rows * fy - block.shape[0]),

@@ -1688,6 +1688,53 @@ def test_gzipped_fits_is_sampled_where_it_was_decompressed(tmp_path):
     np.testing.assert_array_equal(got, ref)
 
 
+@pytest.mark.parametrize("compressed", [True, False])
+def test_scaled_integer_image_is_read_whole_into_one_float32_copy(tmp_path, compressed):
+    """An int16 image with BZERO and BLANK (gzipped: decompressed whole into memory; plain:
+    read whole by one read call) sampled densely was scaled whole-image at a time: a float32
+    cast, the scaled result, and the sentinel check's temporaries besides the float32 copy
+    kept, over three times its size at the peak. It is now scaled in row strips into that
+    one copy (BLANK -> NaN), with the stamps of the plain file read whole as before."""
+    import gzip
+    import tracemalloc
+
+    from astromorph._images import closing_files
+
+    n = 1500
+    raw = np.clip(np.round(blobs(n) * 1000), -30000, 30000).astype(np.int32)
+    raw[50:53, 60:64] = -32768  # BLANK
+    w = sky_wcs(n)
+    hdu = fits.PrimaryHDU(raw + 32768, w.to_header())
+    hdu.scale("int16", bzero=32768)
+    hdu.header["BLANK"] = -32768
+    plain = tmp_path / "plain.fits"
+    hdu.writeto(plain)
+    path = plain
+    if compressed:
+        path = tmp_path / "image.fits.gz"
+        path.write_bytes(gzip.compress(plain.read_bytes()))
+    x, y = np.random.default_rng(5).uniform(10, n - 10, (2, 40))
+    c = w.pixel_to_world(np.append(x, 62), np.append(y, 51))  # the last on BLANK pixels
+    with closing_files(parse_sky_images(str(plain))) as [ref_im]:
+        ref_im.plan_samples(ref_im.data.size)  # read whole too (page by page sums differ)
+        ref = cut_stamps(ref_im, c.ra.deg, c.dec.deg, size=SIZE, pixel_scale=SCALE).stamps
+    with closing_files(parse_sky_images(str(path))) as [im]:
+        assert im.data.dtype.kind == "i" and im.blank == -32768 and im.bzero == 32768
+        tracemalloc.start()
+        try:
+            im.plan_samples(im.data.size)  # dense: read whole
+            got = cut_stamps(im, c.ra.deg, c.dec.deg, size=SIZE, pixel_scale=SCALE).stamps
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert im.resident(0) is not None
+    float32_image = 4 * n * n
+    extra = 0 if compressed else raw.size * 2  # the raw pixels read from the plain file
+    assert peak < 1.25 * float32_image + extra, (peak, float32_image)
+    assert np.isnan(got[-1]).any()
+    np.testing.assert_array_equal(got, ref)
+
+
 @pytest.mark.parametrize("scheduler", ["synchronous", "threads"])
 def test_annotate_dask_lazy_partitions_give_a_warning_once(optical_model, tmp_path, scheduler):
     """With compute=False, the partitions' warnings (two bands for a g, r, i model,
