@@ -1799,3 +1799,39 @@ def test_fixed_field_models_refuse_size_options(name, field, tmp_path, capsys):
                          option, value]) == 2
         err = capsys.readouterr().err
         assert option in err and value in err and field in err
+
+
+@pytest.mark.parametrize("kind", ["float32", "float64", "int16"])
+def test_image_read_whole_gives_the_values_of_a_whole_image_pass(tmp_path, kind):
+    """`SkyImage._read_whole` works in row strips (for speed); its values are bit for bit
+    those of the straightforward whole-image pass (cast, BLANK -> NaN, BSCALE and BZERO,
+    NaN, inf and masking sentinels -> NaN), in every strip, the last partial one included."""
+    ny, nx = 2100, 2000  # two row strips of about 4 M pixels: 2097 rows, then 3
+    rng = np.random.default_rng(6)
+    w = sky_wcs()
+    where = [(0, 0), (5, 7), (2096, 1999), (2097, 0), (2099, 1999), (2098, 1000)]
+    if kind == "int16":
+        raw = rng.integers(-32000, 32000, (ny, nx)).astype(np.int16)
+        for k, (y, x) in enumerate(where):
+            raw[y, x] = -32768 if k % 2 else 32767
+        hdu = fits.PrimaryHDU(raw, w.to_header())
+        hdu.header.update(BSCALE=4e25, BZERO=0.0, BLANK=-32768)  # |raw| >= 25000: sentinels
+        hdu.writeto(tmp_path / "im.fits", output_verify="silentfix")
+        with fits.open(tmp_path / "im.fits", do_not_scale_image_data=True) as hdul:
+            stored = np.array(hdul[0].data)
+        expected = stored.astype(np.float32)
+        expected[stored == -32768] = np.nan
+        expected = expected * np.float32(4e25) + np.float32(0.0)
+    else:
+        data = rng.normal(0, 1, (ny, nx)).astype(kind)
+        for (y, x), v in zip(where, [np.nan, np.inf, -3.4e38, 1e30, -np.inf, 5e29]):
+            data[y, x] = v
+        fits.writeto(tmp_path / "im.fits", data, w.to_header())
+        expected = data.astype(np.float32)
+    expected[~(np.abs(expected) < 1e30)] = np.nan
+    [im] = parse_sky_images(str(tmp_path / "im.fits"))
+    assert im.plain == (kind != "int16") and (kind != "int16" or im.blank == -32768)
+    got = im._read_whole()
+    assert got is not None and got.dtype == np.float32 and got.shape == (ny, nx)
+    assert np.isnan(got[-3:]).any() and np.isfinite(got[-3:]).any()  # the last strip too
+    np.testing.assert_array_equal(got.view(np.uint32), expected.view(np.uint32))
