@@ -7,7 +7,9 @@
 * the shipped model's sha256 matches its card, the card describes the input;
 * raw JPEG-like uint8 input -> preprocessing -> torch checkpoint == shipped
   ONNX through astromorph (skipped without torch or the checkpoint);
-* the card's test accuracy is reproduced from the raw GZ1 JPEGs with the
+* the card's test accuracy, macro recall, per-class recall and precision, ECE
+  (before and after temperature scaling, and its noise floor), grey-input
+  numbers and the int8 variant's are reproduced from the raw GZ1 JPEGs with the
   shipped ONNX (skipped without the real data or torch).
 """
 import hashlib
@@ -457,30 +459,87 @@ def test_torch_onnx_parity():
     np.testing.assert_allclose(onnx_p, torch_p, atol=1e-5)
 
 
-@requires_model
-@pytest.mark.skipif(not (DATA_DIR / "gz1" / "labels.csv").is_file(), reason="no GZ1 data")
-def test_card_accuracy_reproduced():
+@pytest.fixture(scope="module")
+def gz1_test_predictions():
+    """The GZ1 test split through the shipped ONNX (float32, int8 where the card has it, and
+    colour stamps replaced by their channel mean), from the raw JPEGs: predicted once for
+    every test of the card's numbers."""
+    if not (MODEL_DIR / "model.onnx").is_file():
+        pytest.skip("models/morphology not exported yet")
+    if not (DATA_DIR / "gz1" / "labels.csv").is_file():
+        pytest.skip(f"no GZ1 data at {DATA_DIR}")
+    morphology = _training_module()
+    ids, labels = morphology.read_labels(DATA_DIR)
+    test = morphology.stratified_split(labels)[2]
+    files = [DATA_DIR / "gz1" / "images" / f"{i}.jpeg" for i in ids[test]]
+    x = np.concatenate([opt.preprocess_colour_cutout(morphology.load_jpegs(files[k:k + 200]))
+                        for k in range(0, len(files), 200)])
+    grey = np.repeat(x.mean(axis=1, keepdims=True), 3, axis=1)  # as `evaluate` scores grey input
+    model = astromorph.load_model("morphology", providers="cpu")
+    out = {"labels": labels[test],
+           "float32": np.asarray(model.predict(x, progress=False)["probabilities"]),
+           "grey": np.asarray(model.predict(grey, progress=False)["probabilities"])}
+    if (MODEL_DIR / "model.int8.onnx").is_file():
+        out["int8"] = np.asarray(astromorph.load_model("morphology", precision="int8", providers="cpu")
+                                 .predict(x, progress=False)["probabilities"])
+    return out
+
+
+def test_card_accuracy_reproduced(gz1_test_predictions):
     """The card's test accuracy, from the raw JPEGs of the test split."""
     card = json.loads((MODEL_DIR / "card.json").read_text())
     if "accuracy" not in card["metrics"]:
         pytest.skip("card has no metrics yet")
-    morphology = _training_module()
-    ids, labels = morphology.read_labels(DATA_DIR)
-    test = morphology.stratified_split(labels)[2]
-    assert len(test) == card["metrics"]["n"]
-    files = [DATA_DIR / "gz1" / "images" / f"{i}.jpeg" for i in ids[test]]
-    x = np.concatenate([opt.preprocess_colour_cutout(morphology.load_jpegs(files[k:k + 200]))
-                        for k in range(0, len(files), 200)])
-    model = astromorph.load_model("morphology", providers="cpu")
-    p = np.asarray(model.predict(x, progress=False)["probabilities"])
-    assert (p.argmax(1) == labels[test]).mean() == pytest.approx(card["metrics"]["accuracy"], abs=1e-4)
+    labels, p = gz1_test_predictions["labels"], gz1_test_predictions["float32"]
+    assert len(labels) == card["metrics"]["n"]
+    assert (p.argmax(1) == labels).mean() == pytest.approx(card["metrics"]["accuracy"], abs=1e-4)
     if "int8" in card.get("variants", {}):
         m8 = card["variants"]["int8"]["metrics"]
-        p8 = np.asarray(astromorph.load_model("morphology", precision="int8", providers="cpu")
-                        .predict(x, progress=False)["probabilities"])
-        assert (p8.argmax(1) == labels[test]).mean() == pytest.approx(m8["accuracy"], abs=1e-4)
+        p8 = gz1_test_predictions["int8"]
+        assert (p8.argmax(1) == labels).mean() == pytest.approx(m8["accuracy"], abs=1e-4)
         assert (p8.argmax(1) == p.argmax(1)).mean() == pytest.approx(
             m8["label_agreement_with_float32"], abs=1e-4)
+
+
+def test_card_test_metrics_reproduced(gz1_test_predictions):
+    """Every other test-split number of the card that needs no training, as `evaluate`
+    computes it (`_common.classification_report`, `expected_calibration_error`,
+    `ece_noise_floor`): macro recall, per-class recall / precision / support, ECE after and
+    before temperature scaling, the ECE noise floor, the grey-input accuracy and macro
+    recall, and the int8 variant's numbers. The card rounds them to 4 decimals: they must
+    round to the card's value."""
+    morphology = _training_module()
+    common = morphology._common
+    card = json.loads((MODEL_DIR / "card.json").read_text())
+    m = card["metrics"]
+    if "macro_recall" not in m:
+        pytest.skip("card has no metrics yet")
+    labels, p = gz1_test_predictions["labels"], gz1_test_predictions["float32"]
+
+    def check(report, expected):
+        assert round(report["macro_recall"], 4) == expected["macro_recall"]
+        assert report["per_class"] == expected["per_class"]  # rounded to 4 by the report
+
+    rep = common.classification_report(p, labels, morphology.CLASS_NAMES)
+    check(rep, m)
+    assert round(rep["ece"], 4) == m["ece_after_temperature"]
+    uncal = common.softmax(m["temperature"] * np.log(np.clip(p, 1e-30, None)))
+    assert round(common.expected_calibration_error(uncal, labels), 4) == m["ece_before_temperature"]
+    floor = common.ece_noise_floor(p)
+    assert (round(floor["mean"], 4), round(floor["p95"], 4)) == (
+        m["ece_noise_floor_mean"], m["ece_noise_floor_p95"])
+    grey = common.classification_report(gz1_test_predictions["grey"], labels, morphology.CLASS_NAMES)
+    assert (round(grey["accuracy"], 4), round(grey["macro_recall"], 4)) == (
+        m["greyscale_accuracy"], m["greyscale_macro_recall"])
+    if "int8" in card.get("variants", {}):
+        m8 = card["variants"]["int8"]["metrics"]
+        p8 = gz1_test_predictions["int8"]
+        rep8 = common.classification_report(p8, labels, morphology.CLASS_NAMES)
+        check(rep8, m8)
+        assert round(rep8["ece"], 4) == m8["ece_after_temperature"]
+        diff = np.abs(p8 - p)
+        assert {"mean": round(float(diff.mean()), 4), "p99": round(float(np.quantile(diff, 0.99)), 4),
+                "max": round(float(diff.max()), 4)} == m8["probability_abs_diff_vs_float32"]
 
 
 def test_label_resampling(tmp_path):
