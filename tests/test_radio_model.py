@@ -6,8 +6,9 @@
 * shapes and dtypes of the preprocessing and of the shipped model;
 * the shipped model's sha256 matches its card;
 * torch checkpoint == shipped ONNX (skipped without torch or the checkpoint);
-* the card's test accuracy is reproduced from the shipped ONNX (skipped
-  without the FIRST data cache).
+* the card's test accuracy, macro recall, per-class recall and precision, ECE
+  (calibrated, uncalibrated, noise floor) are reproduced from the shipped ONNX
+  (skipped without the FIRST data).
 """
 import hashlib
 import json
@@ -412,7 +413,7 @@ def test_torch_onnx_parity(train_radio):
 def first_test_split(tmp_path_factory):
     """Images and labels of the FIRST data set's official test split: from the training
     cache where it was built, else from the main HDF5 file of the installed
-    ``firstgalaxydata`` package (as CI has it)."""
+    ``firstgalaxydata`` package (as CI has it), in the same order."""
     if CACHE.is_file():
         with np.load(CACHE) as f:
             test = f["split"] == "test"
@@ -433,20 +434,49 @@ def first_test_split(tmp_path_factory):
         pytest.skip(str(exc))
     rows = module._read_h5(module._open_h5(folder, module.H5_MAIN, tmp_path_factory.mktemp("first")))
     test = [r for r in rows if r["split"] == "test"]
+    # in the cache's order (by RA, then Dec), which `evaluate` scored: the ECE noise floor
+    # draws one random number per row in order
+    test = [test[i] for i in np.lexsort(([r["dec"] for r in test], [r["ra"] for r in test]))]
     return np.stack([r["img"] for r in test]).astype(np.uint8), np.array([r["label"] for r in test])
 
 
-@requires_model
-def test_card_accuracy_reproduced(first_test_split):
+@pytest.fixture(scope="module")
+def first_test_probabilities(first_test_split):
+    """Labels and shipped-ONNX probabilities of the FIRST test split (predicted once)."""
+    if not (MODEL_DIR / "model.onnx").is_file():
+        pytest.skip("models/radio-morphology not exported yet")
+    images, labels = first_test_split
+    model = astromorph.load_model("radio-morphology", providers="cpu")
+    return labels, np.asarray(model.predict(radio.preprocess_dataset_image(images),
+                                            progress=False)["probabilities"])
+
+
+def test_card_accuracy_reproduced(first_test_probabilities):
     """The card's test accuracy, from the data set's 8-bit test images."""
     card = json.loads((MODEL_DIR / "card.json").read_text())
     if "accuracy" not in card["metrics"]:
         pytest.skip("card has no metrics yet")
-    images, labels = first_test_split
+    labels, p = first_test_probabilities
     assert len(labels) == card["metrics"]["n"] == 200
-    model = astromorph.load_model("radio-morphology", providers="cpu")
-    p = np.asarray(model.predict(radio.preprocess_dataset_image(images), progress=False)["probabilities"])
     assert (p.argmax(1) == labels).mean() == pytest.approx(card["metrics"]["accuracy"], abs=1e-9)
+
+
+def test_card_test_metrics_reproduced(first_test_probabilities, train_radio):
+    """The card's other test-split numbers, as `evaluate` computes them (`_report`,
+    `ece_noise_floor`): macro recall, per-class recall / precision / support (rounded to 4
+    decimals by the report), ECE after and before temperature scaling, the ECE noise floor."""
+    m = json.loads((MODEL_DIR / "card.json").read_text())["metrics"]
+    if "macro_recall" not in m:
+        pytest.skip("card has no metrics yet")
+    labels, p = first_test_probabilities
+    rep = train_radio._report(p, labels, m["temperature"])
+    assert rep["macro_recall"] == pytest.approx(m["macro_recall"], abs=1e-9)
+    assert rep["per_class"] == m["per_class"]
+    assert rep["ece"] == pytest.approx(m["ece"], abs=1e-6)
+    assert rep["ece_uncalibrated"] == pytest.approx(m["ece_uncalibrated"], abs=1e-6)
+    floor = train_radio._common.ece_noise_floor(p)
+    assert floor["mean"] == pytest.approx(m["ece_noise_floor"]["mean"], abs=1e-6)
+    assert floor["p95"] == pytest.approx(m["ece_noise_floor"]["p95"], abs=1e-6)
 
 
 def test_d4_network_is_invariant_and_folds_into_plain_layers(train_radio, tmp_path):
