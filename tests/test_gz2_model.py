@@ -8,8 +8,10 @@
 * table columns come out as ``gz2_Class1.1`` ... through
   `astromorph._adapters.result_columns` and `astromorph.predict_files`;
 * torch checkpoint == shipped ONNX (skipped without torch or the checkpoint);
-* the card's test RMSE is reproduced from the raw JPEGs (skipped without the
-  real data or torch).
+* the card's test RMSE (overall, per question, of the training-mean
+  predictor, of grey input) and the morphology model's agreement with the vote
+  fractions are reproduced from the raw JPEGs (skipped without the real data
+  or torch).
 """
 import csv
 import hashlib
@@ -207,24 +209,78 @@ def test_torch_onnx_parity():
     np.testing.assert_allclose(onnx_f, torch_f, atol=1e-5)
 
 
-@requires_model
-@pytest.mark.skipif(not VOTES.is_file(), reason="no GZ2 data")
-def test_card_rmse_reproduced():
+@pytest.fixture(scope="module")
+def gz2_test_predictions():
+    """The GZ2 test split from its raw JPEGs, predicted once for every test of the card's
+    numbers: the shipped ONNX's fractions on the stamps and on their channel mean (grey
+    input, as `evaluate` makes it), the training split's mean fractions, and the
+    ``morphology`` model's probabilities for the same galaxies at its own field of view."""
+    if not (MODEL_DIR / "model.onnx").is_file():
+        pytest.skip("models/morphology-gz2 not exported yet")
+    if not VOTES.is_file():
+        pytest.skip(f"no GZ2 data at {DATA_DIR}")
+    gz2 = _training_module()
+    ids, y = gz2.read_votes(DATA_DIR)
+    train, _, test = gz2.split_indices(len(ids))
+    files = gz2.image_paths(DATA_DIR, ids[test])
+    raw = [gz2._gz1.load_jpegs(files[k:k + 128]) for k in range(0, len(files), 128)]
+    x = np.concatenate([opt.preprocess_colour_cutout(r) for r in raw])
+    model = astromorph.load_model("morphology-gz2", providers="cpu")
+    out = {"y": y[test], "train_mean": y[train].mean(0),
+           "fractions": np.asarray(model.predict(x, progress=False)["fractions"]),
+           "grey": np.asarray(model.predict(np.repeat(x.mean(axis=1, keepdims=True), 3, axis=1),
+                                            progress=False)["fractions"])}
+    if (MODEL_DIR.parent / "morphology" / "model.onnx").is_file():
+        x1 = np.concatenate([opt.preprocess_colour_cutout(r, crop_fraction=gz2.GZ1_EQUIVALENT_CROP)
+                             for r in raw])
+        out["morphology"] = np.asarray(astromorph.load_model("morphology", providers="cpu")
+                                       .predict(x1, progress=False)["probabilities"])
+    return out
+
+
+def test_card_rmse_reproduced(gz2_test_predictions):
     """The card's test RMSE, from the raw JPEGs of the held-out test split."""
     card = json.loads((MODEL_DIR / "card.json").read_text())
     if "rmse" not in card["metrics"]:
         pytest.skip("card has no metrics yet")
-    gz2 = _training_module()
-    ids, y = gz2.read_votes(DATA_DIR)
-    test = gz2.split_indices(len(ids))[2]
-    assert len(test) == card["metrics"]["n"]
-    files = gz2.image_paths(DATA_DIR, ids[test])
-    x = np.concatenate([opt.preprocess_colour_cutout(gz2._gz1.load_jpegs(files[k:k + 128]))
-                        for k in range(0, len(files), 128)])
-    model = astromorph.load_model("morphology-gz2", providers="cpu")
-    f = np.asarray(model.predict(x, progress=False)["fractions"])
-    rmse = float(np.sqrt(np.mean((f - y[test]) ** 2)))
+    f, y = gz2_test_predictions["fractions"], gz2_test_predictions["y"]
+    assert len(y) == card["metrics"]["n"]
+    rmse = float(np.sqrt(np.mean((f - y) ** 2)))
     assert rmse == pytest.approx(card["metrics"]["rmse"], abs=1e-4)
+
+
+def test_card_test_metrics_reproduced(gz2_test_predictions):
+    """The card's other test-split numbers, as `evaluate` computes them (`rmse_report`,
+    `_morphology_comparison`), rounded to the card's 4 decimals: RMSE per question, of
+    the training-mean predictor and of grey input, and the correlations of the
+    ``morphology`` model's probabilities with the true and predicted vote fractions."""
+    from scipy.stats import pearsonr, spearmanr
+
+    gz2 = _training_module()
+    m = json.loads((MODEL_DIR / "card.json").read_text())["metrics"]
+    if "rmse_per_question" not in m:
+        pytest.skip("card has no metrics yet")
+    f, y = gz2_test_predictions["fractions"], gz2_test_predictions["y"]
+    rep = gz2.rmse_report(f, y)
+    assert {q: round(v, 4) for q, v in rep["per_question"].items()} == m["rmse_per_question"]
+    trivial = gz2.rmse_report(np.broadcast_to(gz2_test_predictions["train_mean"], y.shape), y)
+    assert round(trivial["rmse"], 4) == m["rmse_training_mean_predictor"]
+    assert round(gz2.rmse_report(gz2_test_predictions["grey"], y)["rmse"], 4) == m["rmse_greyscale_input"]
+    if "morphology" not in gz2_test_predictions or not m.get("morphology_model_agreement"):
+        return
+    p = gz2_test_predictions["morphology"]
+    labels = list(astromorph.load_model("morphology").labels)
+    col = {c: gz2.LABELS.index(c) for c in ("Class1.1", "Class1.2", "Class2.1", "Class4.1")}
+    e, el, sp = labels.index("edge_on"), labels.index("elliptical"), labels.index("spiral")
+    pairs = {"p_edge_on_vs_true_Class2.1": (p[:, e], y[:, col["Class2.1"]]),
+             "p_edge_on_vs_pred_Class2.1": (p[:, e], f[:, col["Class2.1"]]),
+             "p_elliptical_vs_true_Class1.1": (p[:, el], y[:, col["Class1.1"]]),
+             "p_elliptical_vs_pred_Class1.1": (p[:, el], f[:, col["Class1.1"]]),
+             "p_spiral_vs_true_Class4.1": (p[:, sp], y[:, col["Class4.1"]]),
+             "p_spiral+edge_on_vs_true_Class1.2": (p[:, sp] + p[:, e], y[:, col["Class1.2"]])}
+    got = {k: {"pearson": round(float(pearsonr(a, b)[0]), 4), "spearman": round(float(spearmanr(a, b)[0]), 4)}
+           for k, (a, b) in pairs.items()}
+    assert got == m["morphology_model_agreement"]
 
 
 def test_initialisation_text_gives_the_rebuild_commands():
