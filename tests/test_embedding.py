@@ -696,6 +696,21 @@ def test_cli_similar_gallery_from_files(tiny_embedding, tmp_path):
 
 # ------------------------------------------------------------------------ shipped model
 @requires_model
+def test_card_quotes_the_shipped_morphology_numbers():
+    """The card sets its probe beside the ``morphology`` model's test numbers; those are
+    recomputed from the data by test_morphology_model.py, so here they must be the
+    morphology card's, for the morphology file that is shipped (its sha256 in the report)."""
+    m = json.loads((MODEL_DIR / "card.json").read_text())["metrics"]["linear_probe_200_labels"]
+    morph_card = json.loads((MODEL_DIR.parent / "morphology" / "card.json").read_text())
+    assert m["morphology_model_accuracy"] == morph_card["metrics"]["accuracy"]
+    assert m["morphology_model_macro_recall"] == morph_card["metrics"]["macro_recall"]
+    report = json.loads((REPO / "training" / "reports" / "embedding" / "metrics.json").read_text())
+    full = report["linear_probe"]["morphology_model_full_supervision"]
+    assert full["sha256"] == morph_card["sha256"]
+    assert full["per_class"] == morph_card["metrics"]["per_class"]
+
+
+@requires_model
 def test_shipped_card_and_checksum():
     import hashlib
 
