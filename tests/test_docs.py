@@ -11,7 +11,7 @@ import re
 import pytest
 
 from conftest import DATA_DIR, REPO
-from astromorph.cli import build_parser
+from astromorph.cli import build_parser, main
 from astromorph.exceptions import MissingDependencyError
 
 PAGES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
@@ -251,26 +251,38 @@ def _free_names(tree):
             if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Load)} - bound
 
 
-def _where_it_runs(code):
-    """The folder an example runs in: the repository or the real data (whichever holds every
-    file it names), or None where it needs names or files the reader brings."""
+def _where_it_runs(code, roots):
+    """The folder an example runs in: the first of ``roots`` that holds every file it names,
+    or None where it needs names or files the reader brings."""
     tree = ast.parse(code)
     if _free_names(tree):
         return None
     paths = [node.value for node in ast.walk(tree)
              if isinstance(node, ast.Constant) and isinstance(node.value, str)
              and _PATH.match(node.value)]
-    for root in (REPO, DATA_DIR):
+    for root in roots:
         if all(root.joinpath(p).exists() or list(root.glob(p)) for p in paths):
             return root
     return None
 
 
+@pytest.fixture(scope="module")
+def demo_output(tmp_path_factory):
+    """A folder holding what ``astromorph demo`` writes, for the examples that read it."""
+    folder = tmp_path_factory.mktemp("demo")
+    assert main(["-q", "demo", "-o", str(folder / "astromorph_demo.ecsv")]) == 0
+    return folder
+
+
 @pytest.mark.parametrize("code", list(_python_examples()))
-def test_self_contained_python_examples_run(code, monkeypatch):
-    """An example that defines every name it uses and reads only packaged files (or the real
-    data, where present) runs as printed, from the repository root (or the data folder)."""
-    root = _where_it_runs(code)
+def test_self_contained_python_examples_run(code, monkeypatch, request):
+    """An example that defines every name it uses and reads only packaged files, the real
+    data (where present) or the demo's output runs as printed, from the repository root (or
+    the folder that holds its files)."""
+    roots = [REPO, DATA_DIR]
+    if "astromorph_demo.ecsv" in code:
+        roots.append(request.getfixturevalue("demo_output"))
+    root = _where_it_runs(code, roots)
     if root is None:
         pytest.skip("needs the reader's own names or files")
     monkeypatch.chdir(root)
