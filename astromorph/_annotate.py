@@ -410,8 +410,8 @@ def annotate(table, images, *, model, ra_col=None, dec_col=None, coord_col=None,
         Refused (`~astromorph.exceptions.InvalidArgumentError`) by the models
         whose card fixes their field (``real-bogus``, ``radio-morphology``).
     stamp_size : Quantity or float, optional
-        Stamp side (arcsec) for every source, instead of ``size_col``; refused,
-        as ``size_col``, by the models whose card fixes their field.
+        Stamp side (arcsec) for every source, instead of ``size_col`` (not
+        both); refused, as ``size_col``, by the models whose card fixes their field.
     bands : sequence of str, optional
         Band of each image in a list of images.
     on_conflict : {"error", "suffix", "replace"}
@@ -452,6 +452,9 @@ def annotate(table, images, *, model, ra_col=None, dec_col=None, coord_col=None,
     model = as_model(model, providers=providers, threads=threads, precision=precision)
     # options the model cannot honour, and clashes: before any image is opened
     check_scale_options(model.card, size_col=size_col, stamp_size=stamp_size)
+    if size_col is not None and stamp_size is not None:
+        raise InvalidArgumentError(f"pass size_col={size_col!r} or stamp_size={stamp_size} "
+                                   "(--size-col or --stamp-size), not both")
     check_clashes(table, result_names(model), on_conflict)
     family = model_family(model.card)
     out = table.copy()

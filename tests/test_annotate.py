@@ -977,6 +977,9 @@ def test_size_column_scales_stamps_by_the_card_factor(optical_model, tmp_path):
         sized = astromorph.annotate(cat, (img, w), model=model, size_col=size_col)
         for c in cols:
             np.testing.assert_allclose(sized[c], fixed[c], rtol=1e-5)
+    # both: which was meant is unknown (stamp_size used to win, the column silently unused)
+    with pytest.raises(InvalidArgumentError, match=r"size_col='r90' or stamp_size=6\.0 arcsec"):
+        astromorph.annotate(cat, (img, w), model=model, size_col="r90", stamp_size=6.0 * u.arcsec)
 
 
 def test_extrapolated_and_small_edge_overhang_are_flagged(optical_model):
