@@ -28,6 +28,8 @@ __all__ = [
     "UnusableInputWarning",
     "AmbiguousInputWarning",
     "LossyOutputWarning",
+    "ProvenanceMismatchError",
+    "MissingProvenanceWarning",
 ]
 
 
@@ -124,3 +126,19 @@ class AmbiguousInputWarning(AstromorphWarning):
 class LossyOutputWarning(AstromorphWarning):
     """An output format cannot hold part of a table (e.g. CSV: meta, units, descriptions);
     the message says what is not written."""
+
+
+class ProvenanceMismatchError(AstromorphError, ValueError):
+    """A fitted `~astromorph.embeddings.LabelHead` or `~astromorph.embeddings.GaussianMixture`
+    applied to vectors made by another embedding model (or version) than the one it was
+    fitted on; the message names both. ``fitted`` and ``table`` hold the two provenances
+    (dicts with ``model``, ``version`` and ``sha256``)."""
+
+    def __init__(self, message, fitted=None, table=None):
+        self.fitted, self.table = fitted, table
+        super().__init__(message)
+
+
+class MissingProvenanceWarning(AstromorphWarning):
+    """A table does not say which embedding model made its vectors, so a fitted head or
+    mixture applied to it cannot check that they come from the model it was fitted on."""

@@ -1132,3 +1132,146 @@ def test_card_heldout_search_and_clustering_reproduced():
     assert got == {cls: v["within_heldout"] for cls, v in m["precision_at_25"].items()}
     gmm5 = GaussianMixture(n_components=5, n_init=3).fit(emb)
     assert round(E.normalized_mutual_information(gmm5.predict(emb), y), 4) == m["clustering"]["nmi_k5"]
+
+
+# ------------------------------------------------- provenance and persistence of heads
+def _provenance_table(x, sha, version="1.0", *, labels=None):
+    """A table as `astromorph.annotate(..., model="embedding")` leaves it: vectors and the
+    provenance keys of the run that made them."""
+    t = Table({"embedding": x})
+    if labels is not None:
+        t["label"] = labels
+    t.meta.update(astromorph_model="embedding", astromorph_model_version=version,
+                  astromorph_model_sha256=sha, astromorph_columns="embedding,emb_flags")
+    if sha is None:
+        del t.meta["astromorph_model_sha256"]
+    return t
+
+
+def test_heads_and_mixtures_refuse_vectors_of_another_embedding_model():
+    """A head fitted on one embedding model's vectors was applied without a word to a table
+    made by another model (or version) of the same dimension: confident, wrong
+    probabilities. Fitted from a table, a head or mixture now records the model's name,
+    version and sha256, and applying it to another model's table raises
+    ProvenanceMismatchError naming both (unless check_provenance=False); a table that does
+    not say which model made its vectors gives MissingProvenanceWarning."""
+    import warnings
+
+    from astromorph.exceptions import MissingProvenanceWarning, ProvenanceMismatchError
+
+    x, y = blobs(n_per=30, k=2, d=8)
+    a = _provenance_table(x, "a" * 64, labels=np.array(["p", "q"])[y])
+    b = _provenance_table(x, "b" * 64)
+    head = LabelHead(C=1.0).fit(a["embedding"], a["label"], provenance=a)
+    assert head.provenance_ == {"model": "embedding", "version": "1.0", "sha256": "a" * 64}
+    assert head.to_dict()["provenance"] == head.provenance_
+    assert LabelHead.from_dict(head.to_dict()).provenance_ == head.provenance_
+    mixture = GaussianMixture(2, n_pca=4).fit(a["embedding"], provenance=a)
+    clustered, fitted = cluster_table(a, n_components=2, n_pca=4)
+    assert fitted.provenance_ == mixture.provenance_ == head.provenance_
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        head.annotate(a)
+        mixture.annotate(a)
+    for tool in (head, mixture, fitted):
+        with pytest.raises(ProvenanceMismatchError, match=f"{'a' * 64}.*{'b' * 64}"):
+            tool.annotate(b)
+        with pytest.raises(ProvenanceMismatchError, match="embedding 2.0"):  # no sha256
+            tool.annotate(_provenance_table(x, None, version="2.0"))
+        assert len(tool.annotate(b, check_provenance=False)) == len(x)
+        with pytest.warns(MissingProvenanceWarning, match="embedding 1.0"):
+            tool.annotate(Table({"embedding": x}))
+    # the run that made the column counts, not a later run of another model
+    later = a.copy()
+    later.meta = {f"astromorph_run1_{k[len('astromorph_'):]}": v for k, v in a.meta.items()}
+    later.meta.update(astromorph_model="morphology", astromorph_model_version="2.1",
+                      astromorph_model_sha256="c" * 64, astromorph_columns="p_elliptical")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        head.annotate(later)
+    later.meta["astromorph_run1_model_sha256"] = "b" * 64
+    with pytest.raises(ProvenanceMismatchError):
+        head.annotate(later)
+    # the array API and heads fitted without provenance work as before, unchecked
+    plain = LabelHead(C=1.0).fit(x, y)
+    assert plain.provenance_ is None and len(plain.annotate(b)) == len(x)
+    with pytest.raises(InvalidArgumentError, match="provenance"):
+        LabelHead(C=1.0).fit(x, y, provenance="embedding")
+
+
+def test_cli_classify_and_cluster_record_the_embedding_model(tmp_path, capsys):
+    """The commands fit and apply through the same provenance check, and record the model
+    of the run that made the embedding column (not a later run of another model)."""
+    import warnings
+
+    x, y = blobs(n_per=30, k=2, d=8)
+    t = _provenance_table(x, "a" * 64, labels=np.where(np.arange(60) % 3 == 0,
+                                                       np.array(["p", "q"])[y], ""))
+    t.meta = {f"astromorph_run1_{k[len('astromorph_'):]}": v for k, v in t.meta.items()}
+    t.meta.update(astromorph_model="morphology", astromorph_model_sha256="c" * 64,
+                  astromorph_columns="p_elliptical")
+    src = tmp_path / "a.ecsv"
+    t.write(src)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert main(["classify", str(src), "--labels", "label", "-C", "1",
+                     "-o", str(tmp_path / "c.ecsv")]) == 0
+        assert main(["cluster", str(src), "-k", "2", "--pca", "4",
+                     "-o", str(tmp_path / "k.ecsv")]) == 0
+    assert Table.read(tmp_path / "c.ecsv").meta["head_label_embedding_sha256"] == "a" * 64
+    assert Table.read(tmp_path / "k.ecsv").meta["cluster_embedding_sha256"] == "a" * 64
+
+
+def test_heads_and_mixtures_save_and_load(tmp_path):
+    """LabelHead and GaussianMixture had no file format (a head could only be kept by
+    hand through to_dict). save() writes JSON atomically (format version, classes or
+    components, coefficients, provenance), refuses to overwrite unless asked; load() gives
+    the same predictions, and a corrupt or wrong-kind file is InputError naming it."""
+    from astromorph.exceptions import InputNotFoundError
+
+    x, y = blobs(n_per=30, k=3, d=8)
+    a = _provenance_table(x, "a" * 64, labels=np.array(["p", "q", "r"])[y])
+    head = LabelHead().fit(a["embedding"], a["label"], provenance=a)
+    mixture = GaussianMixture(3, n_pca=4).fit(x, provenance=a)
+    for tool, cls, name in ((head, LabelHead, "head.json"),
+                            (mixture, GaussianMixture, "mixture.json")):
+        path = tmp_path / name
+        assert tool.save(path) == path
+        state = json.loads(path.read_text())
+        assert state["kind"] == cls.__name__ and state["format_version"] == 1
+        assert state["provenance"]["sha256"] == "a" * 64
+        again = cls.load(path)
+        np.testing.assert_allclose(again.predict_proba(x), tool.predict_proba(x))
+        assert again.provenance_ == tool.provenance_
+        assert not [p for p in tmp_path.iterdir() if p.name.startswith(".astromorph-tmp")]
+        with pytest.raises(OutputExistsError, match=name):
+            tool.save(path)
+        tool.save(str(path), overwrite=True)
+    np.testing.assert_array_equal(LabelHead.load(tmp_path / "head.json").classes_,
+                                  head.classes_)
+    assert LabelHead.load(tmp_path / "head.json").C_ == head.C_
+    mix = GaussianMixture.load(tmp_path / "mixture.json")
+    assert mix.n_components_ == 3 and mix.bic_ == mixture.bic_
+    np.testing.assert_array_equal(mix.predict(x), mixture.predict(x))
+    with pytest.raises(InputError, match=r"mixture\.json.*GaussianMixture"):
+        LabelHead.load(tmp_path / "mixture.json")
+    with pytest.raises(InputError, match=r"head\.json.*LabelHead"):
+        GaussianMixture.load(tmp_path / "head.json")
+    bad = tmp_path / "bad.json"
+    for text in ("{not json", "[1, 2]", '{"kind": "LabelHead", "format_version": 1}',
+                 '{"kind": "LabelHead", "format_version": 99}', "\xff\xfe"):
+        bad.write_text(text, encoding="latin-1")
+        with pytest.raises(InputError, match="bad.json"):
+            LabelHead.load(bad)
+        with pytest.raises(InputError, match="bad.json"):
+            GaussianMixture.load(bad)
+    state = json.loads((tmp_path / "mixture.json").read_text())
+    state["covariances"] = (-np.asarray(state["covariances"])).tolist()
+    bad.write_text(json.dumps(state))
+    with pytest.raises(InputError, match="bad.json"):
+        GaussianMixture.load(bad)
+    with pytest.raises(InputNotFoundError, match="nothere.json"):
+        LabelHead.load(tmp_path / "nothere.json")
+    with pytest.raises(InvalidArgumentError, match="not fitted"):
+        LabelHead().save(tmp_path / "new.json")
+    assert not (tmp_path / "new.json").exists()

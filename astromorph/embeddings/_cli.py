@@ -154,6 +154,7 @@ def _cmd_classify(args):
     from .._annotate import check_clashes, check_on_conflict
     from ._common import table_embeddings
     from ._head import LabelHead, _missing_labels
+    from ._state import table_provenance
     from ..exceptions import InputError
 
     check_range("-C", args.C, low=0, low_open=True)
@@ -171,7 +172,8 @@ def _cmd_classify(args):
     check_clashes(table, [f"{args.prefix}_p_{c}" for c in np.unique(values[labelled])]
                   + [f"{args.prefix}_label"], args.on_conflict)  # before the fit
     head = LabelHead(class_weight="balanced" if args.balanced else None, C=args.C)
-    head.fit(x[labelled], values[labelled])
+    head.fit(x[labelled], values[labelled],
+             provenance=table_provenance(table.meta, args.column))
     out = head.annotate(table, column=args.column, prefix=args.prefix,
                         on_conflict=args.on_conflict)
     report(args, f"fitted on {int(labelled.sum())} labelled rows, classes "

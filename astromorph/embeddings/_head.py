@@ -4,8 +4,10 @@ import logging
 import numpy as np
 
 from ._common import embedding_matrix, masked_column
-from ..exceptions import InvalidArgumentError, InvalidArgumentTypeError
-from ..preprocessing._checks import check_number, check_whole
+from ._state import as_provenance, load_state, save_state
+from ._state import check_provenance as _check_provenance
+from ..exceptions import InputError, InvalidArgumentError, InvalidArgumentTypeError
+from ..preprocessing._checks import check_bool, check_number, check_whole
 
 __all__ = ["LabelHead"]
 
@@ -93,11 +95,17 @@ class LabelHead:
         The regularisation strength used.
     cv_scores_ : dict
         Mean held-out log-loss per candidate ``C`` (when cross-validated).
+    provenance_ : dict or None
+        The embedding model whose vectors the head was fitted on (``model``, ``version``,
+        ``sha256``; from ``fit(..., provenance=)``), or None when not given. `annotate`
+        refuses a table whose vectors another model made.
 
     Examples
     --------
-    >>> head = LabelHead().fit(table["embedding"][labelled], table["my_class"][labelled])  # doctest: +SKIP
-    >>> out = head.annotate(table, prefix="mine")          # doctest: +SKIP
+    >>> head = LabelHead().fit(table["embedding"][labelled], table["my_class"][labelled],
+    ...                        provenance=table)          # doctest: +SKIP
+    >>> head.save("my_head.json")                          # doctest: +SKIP
+    >>> out = LabelHead.load("my_head.json").annotate(other_table, prefix="mine")  # doctest: +SKIP
     """
 
     def __init__(self, *, C=None, Cs=DEFAULT_CS, cv=5, class_weight=None, max_iter=300):
@@ -116,6 +124,7 @@ class LabelHead:
         self.class_weight = class_weight
         self.max_iter = check_whole(max_iter, "max_iter")
         self.classes_ = None
+        self.provenance_ = None
 
     def __repr__(self):
         state = (f"{len(self.classes_)} classes, C={self.C_:.3g}" if self.classes_ is not None
@@ -140,7 +149,7 @@ class LabelHead:
             start += len(idx)
         return folds, n_folds
 
-    def fit(self, embeddings, labels):
+    def fit(self, embeddings, labels, *, provenance=None):
         """Fit on labelled rows.
 
         Parameters
@@ -150,12 +159,19 @@ class LabelHead:
         labels : array_like, (N,)
             Class of each row (strings or integers). Masked or empty labels
             are not allowed here: select the labelled rows first.
+        provenance : astropy.table.Table, Model or dict, optional
+            The embedding model that made ``embeddings``, recorded as `provenance_`
+            (then `annotate` refuses tables whose vectors another model made): the
+            table they come from (the provenance of its ``embedding`` column), a model
+            from `astromorph.load_model`, or a dict with ``model``, ``version`` and
+            ``sha256``.
 
         Returns
         -------
         LabelHead
             ``self``.
         """
+        provenance = as_provenance(provenance)
         x = embedding_matrix(embeddings, allow_masked=False)
         missing = _missing_labels(labels)
         labels = np.asarray(labels)
@@ -202,6 +218,7 @@ class LabelHead:
         d = z.shape[1]
         self.coef_ = theta[:d * k].reshape(d, k)
         self.intercept_ = theta[d * k:]
+        self.provenance_ = provenance
         log.debug("LabelHead: %d rows, %d classes, C=%.3g", len(y), k, self.C_)
         return self
 
@@ -264,7 +281,8 @@ class LabelHead:
         """
         return self.classes_[np.argmax(self.decision_function(embeddings), axis=1)]
 
-    def annotate(self, table, *, column="embedding", prefix="head", on_conflict="error"):
+    def annotate(self, table, *, column="embedding", prefix="head", on_conflict="error",
+                 check_provenance=True):
         """A copy of ``table`` with ``<prefix>_p_<class>`` and ``<prefix>_label`` columns.
 
         Rows whose embedding is masked or not finite get masked outputs.
@@ -281,15 +299,21 @@ class LabelHead:
             What to do when a new column name already exists in ``table``: raise
             `~astromorph.exceptions.InputError` (default), add ``_2``, ``_3``... to the new
             name, or replace the existing column (as in `astromorph.annotate`).
+        check_provenance : bool, optional
+            When the head records the embedding model it was fitted on (`provenance_`),
+            refuse a table whose ``column`` another model made (default); False skips
+            the check.
 
         Returns
         -------
         astropy.table.Table
             A copy of ``table`` (sharing its data) with the new columns, and in its
             meta ``<label>_classes`` (comma-separated), ``<label>_C`` (the
-            regularisation) and ``<label>_input`` (the embedding column), ``<label>``
-            being the name the label column got (``<prefix>_label``, or e.g.
-            ``<prefix>_label_2`` with ``on_conflict="suffix"``).
+            regularisation), ``<label>_input`` (the embedding column) and, when
+            recorded, ``<label>_embedding_model``, ``_version`` and ``_sha256`` (the
+            model the head was fitted on), ``<label>`` being the name the label column
+            got (``<prefix>_label``, or e.g. ``<prefix>_label_2`` with
+            ``on_conflict="suffix"``).
 
         Raises
         ------
@@ -298,6 +322,14 @@ class LabelHead:
         astromorph.exceptions.InputError
             ``table`` has no such column, or already has a column of a new name
             (``on_conflict="error"``).
+        astromorph.exceptions.ProvenanceMismatchError
+            Another embedding model made the table's vectors (``check_provenance=True``).
+
+        Warns
+        -----
+        astromorph.exceptions.MissingProvenanceWarning
+            The head records its embedding model but the table does not say which made
+            its vectors.
         """
         from .._annotate import check_clashes, check_on_conflict
         from ._common import add_columns, check_prefix, table_embeddings
@@ -305,9 +337,11 @@ class LabelHead:
         self._check()
         check_on_conflict(on_conflict)
         check_prefix(prefix)
+        check_provenance = check_bool(check_provenance, "check_provenance")
         names = [f"{prefix}_p_{c}" for c in self.classes_] + [f"{prefix}_label"]
         check_clashes(table, names, on_conflict)  # before any work
         x, valid = table_embeddings(table, column)
+        _check_provenance(self.provenance_, table, column, "this LabelHead", check_provenance)
         probs = self.predict_proba(x[valid]) if valid.any() else np.zeros((0, len(self.classes_)))
         columns = {name: masked_column(probs[:, j].astype(np.float32), valid,
                                        f"LabelHead probability of class {c!r}")
@@ -319,6 +353,8 @@ class LabelHead:
         out.meta[f"{label}_classes"] = ",".join(map(str, self.classes_))
         out.meta[f"{label}_C"] = float(self.C_)
         out.meta[f"{label}_input"] = column
+        for key, value in (self.provenance_ or {}).items():
+            out.meta[f"{label}_embedding_{key}"] = value
         return out
 
     # ------------------------------------------------------------- persistence
@@ -328,12 +364,14 @@ class LabelHead:
         Returns
         -------
         dict
-            Classes, regularisation, standardisation and weights of the fitted head.
+            Classes, regularisation, standardisation and weights of the fitted head, and
+            its `provenance_`.
         """
         self._check()
         return {"classes": self.classes_.tolist(), "C": self.C_, "mean": self.mean_.tolist(),
                 "scale": self.scale_.tolist(), "coef": self.coef_.tolist(),
-                "intercept": self.intercept_.tolist(), "class_weight": self.class_weight}
+                "intercept": self.intercept_.tolist(), "class_weight": self.class_weight,
+                "provenance": self.provenance_}
 
     @classmethod
     def from_dict(cls, state):
@@ -380,5 +418,64 @@ class LabelHead:
                 raise InvalidArgumentError(
                     f"not a consistent LabelHead state: {name!r} has shape {got}, expected "
                     f"{shape} for {k} classes and {d} dimensions")
+        try:
+            head.provenance_ = as_provenance(state.get("provenance"))
+        except InvalidArgumentError as exc:
+            raise InvalidArgumentError(f"not a LabelHead state: {exc}") from None
         head.cv_scores_ = {}
         return head
+
+    def save(self, path, *, overwrite=False):
+        """Write the fitted head to a JSON file, atomically.
+
+        The file holds a format version, the classes, regularisation, standardisation,
+        coefficients and `provenance_` (human-readable; `load` reads it back).
+
+        Parameters
+        ----------
+        path : str or os.PathLike
+            The file to write (e.g. ``my_head.json``).
+        overwrite : bool, optional
+            Replace an existing file (default: raise
+            `~astromorph.exceptions.OutputExistsError`).
+
+        Returns
+        -------
+        pathlib.Path
+            ``path``.
+
+        Raises
+        ------
+        astromorph.exceptions.InvalidArgumentError
+            The head is not fitted yet.
+        astromorph.exceptions.OutputExistsError, astromorph.exceptions.OutputError
+            ``path`` exists (without ``overwrite``) or cannot be written; it is left as
+            it was.
+        """
+        return save_state("LabelHead", self.to_dict(), path, check_bool(overwrite, "overwrite"))
+
+    @classmethod
+    def load(cls, path):
+        """A fitted head from a file written by `save`.
+
+        Parameters
+        ----------
+        path : str or os.PathLike
+
+        Returns
+        -------
+        LabelHead
+
+        Raises
+        ------
+        astromorph.exceptions.InputNotFoundError
+            No such file.
+        astromorph.exceptions.InputError
+            The file is not a saved `LabelHead` (not JSON, another kind or format
+            version, or inconsistent contents); the message names it.
+        """
+        state = load_state("LabelHead", path)
+        try:
+            return cls.from_dict(state)
+        except InvalidArgumentError as exc:
+            raise InputError(f"{str(path)!r} is not a usable saved LabelHead: {exc}") from None

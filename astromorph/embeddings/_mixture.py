@@ -5,8 +5,10 @@ import numpy as np
 
 from ._common import (add_columns, check_prefix, check_seed, embedding_matrix, masked_column,
                       table_embeddings)
+from ._state import as_provenance, load_state, save_state, table_provenance
+from ._state import check_provenance as _check_provenance
 from ..exceptions import InputError, InvalidArgumentError, InvalidArgumentTypeError
-from ..preprocessing._checks import check_number, check_whole
+from ..preprocessing._checks import check_bool, check_number, check_whole
 
 __all__ = ["GaussianMixture", "cluster_table"]
 
@@ -57,6 +59,10 @@ class GaussianMixture:
         BIC of every number of components tried.
     weights_, means_, covariances_ : numpy.ndarray
         Mixture parameters in the PCA space.
+    provenance_ : dict or None
+        The embedding model whose vectors the mixture was fitted on (``model``,
+        ``version``, ``sha256``; from ``fit(..., provenance=)`` or `cluster_table`), or
+        None when not given. `annotate` refuses a table whose vectors another model made.
     """
 
     def __init__(self, n_components=None, *, k_range=range(2, 13), covariance_type="full",
@@ -85,6 +91,7 @@ class GaussianMixture:
         check_seed(seed)
         self.seed = seed
         self.n_components_ = None
+        self.provenance_ = None
 
     def __repr__(self):
         if self.n_components_ is None:
@@ -167,19 +174,26 @@ class GaussianMixture:
         return k - 1 + k * d + cov
 
     # --------------------------------------------------------------------- fit
-    def fit(self, embeddings):
+    def fit(self, embeddings, *, provenance=None):
         """Fit the mixture (and the PCA) to embedding vectors.
 
         Parameters
         ----------
         embeddings : array_like, (N, D)
             Masked or non-finite rows are ignored.
+        provenance : astropy.table.Table, Model or dict, optional
+            The embedding model that made ``embeddings``, recorded as `provenance_`
+            (then `annotate` refuses tables whose vectors another model made): the
+            table they come from (the provenance of its ``embedding`` column), a model
+            from `astromorph.load_model`, or a dict with ``model``, ``version`` and
+            ``sha256``.
 
         Returns
         -------
         GaussianMixture
             ``self``.
         """
+        provenance = as_provenance(provenance)
         x = embedding_matrix(embeddings, allow_masked=True)
         x = x[np.all(np.isfinite(x), axis=1)]
         rng = np.random.default_rng(self.seed)
@@ -223,6 +237,7 @@ class GaussianMixture:
             if best is None or bic < best[0]:
                 best = (bic, k, params)
         _, self.n_components_, (self.weights_, self.means_, self.covariances_) = best
+        self.provenance_ = provenance
         return self
 
     # ----------------------------------------------------------------- predict
@@ -275,7 +290,8 @@ class GaussianMixture:
         ok = np.all(np.isfinite(p), axis=1)
         return np.where(ok, np.argmax(np.nan_to_num(p, nan=-1.0), axis=1), -1)
 
-    def annotate(self, table, *, column="embedding", prefix="cluster", on_conflict="error"):
+    def annotate(self, table, *, column="embedding", prefix="cluster", on_conflict="error",
+                 check_provenance=True):
         """A copy of ``table`` with ``<prefix>`` (cluster id) and ``<prefix>_prob`` columns.
 
         ``<prefix>_prob`` is the membership probability of the assigned
@@ -293,13 +309,19 @@ class GaussianMixture:
             What to do when a new column name already exists in ``table``: raise
             `~astromorph.exceptions.InputError` (default), add ``_2``, ``_3``... to the new
             name, or replace the existing column (as in `astromorph.annotate`).
+        check_provenance : bool, optional
+            When the mixture records the embedding model it was fitted on
+            (`provenance_`), refuse a table whose ``column`` another model made
+            (default); False skips the check.
 
         Returns
         -------
         astropy.table.Table
-            A copy of ``table`` (sharing its data) with the two columns and
-            ``meta["<name>_n_components"]``, ``<name>`` being the name the cluster-id
-            column got (``<prefix>``, or e.g. ``<prefix>_2`` with ``on_conflict="suffix"``).
+            A copy of ``table`` (sharing its data) with the two columns,
+            ``meta["<name>_n_components"]`` and, when recorded,
+            ``<name>_embedding_model``, ``_version`` and ``_sha256`` (the model the
+            mixture was fitted on), ``<name>`` being the name the cluster-id column got
+            (``<prefix>``, or e.g. ``<prefix>_2`` with ``on_conflict="suffix"``).
 
         Raises
         ------
@@ -308,18 +330,29 @@ class GaussianMixture:
         astromorph.exceptions.InputError
             ``table`` has no such column, or already has a column of a new name
             (``on_conflict="error"``).
-        """
-        return self._annotate(table, column, prefix, on_conflict)[0]
+        astromorph.exceptions.ProvenanceMismatchError
+            Another embedding model made the table's vectors (``check_provenance=True``).
 
-    def _annotate(self, table, column, prefix, on_conflict):
+        Warns
+        -----
+        astromorph.exceptions.MissingProvenanceWarning
+            The mixture records its embedding model but the table does not say which
+            made its vectors.
+        """
+        return self._annotate(table, column, prefix, on_conflict, check_provenance)[0]
+
+    def _annotate(self, table, column, prefix, on_conflict, check_provenance=True):
         """`annotate`, and the name the cluster-id column got."""
         from .._annotate import check_clashes, check_on_conflict
 
         self._check()
         check_on_conflict(on_conflict)
         check_prefix(prefix)
+        check_provenance = check_bool(check_provenance, "check_provenance")
         check_clashes(table, [prefix, f"{prefix}_prob"], on_conflict)  # before any work
         x, valid = table_embeddings(table, column)
+        _check_provenance(self.provenance_, table, column, "this GaussianMixture",
+                          check_provenance)
         p = self.predict_proba(x[valid]) if valid.any() else np.zeros((0, self.n_components_))
         columns = {
             prefix: masked_column(np.argmax(p, axis=1).astype(np.int16), valid,
@@ -330,7 +363,156 @@ class GaussianMixture:
                                             "membership probability of that cluster")}
         out, used = add_columns(table, columns, on_conflict)
         out.meta[f"{used[prefix]}_n_components"] = int(self.n_components_)
+        for key, value in (self.provenance_ or {}).items():
+            out.meta[f"{used[prefix]}_embedding_{key}"] = value
         return out, used[prefix]
+
+    # ------------------------------------------------------------- persistence
+    def to_dict(self):
+        """JSON-serialisable state (for `from_dict`).
+
+        Returns
+        -------
+        dict
+            Options, PCA and mixture parameters of the fitted mixture, its BIC values
+            and its `provenance_`.
+        """
+        self._check()
+        return {
+            "n_components": int(self.n_components_), "covariance_type": self.covariance_type,
+            "n_pca": self.n_pca, "seed": self.seed if isinstance(self.seed, int) else None,
+            "bic": {str(k): v for k, v in self.bic_.items()},
+            "mean": self.mean_.tolist(),
+            "components": None if self.components_ is None else self.components_.tolist(),
+            "explained_variance_ratio": float(self.explained_variance_ratio_),
+            "weights": self.weights_.tolist(), "means": self.means_.tolist(),
+            "covariances": self.covariances_.tolist(), "provenance": self.provenance_}
+
+    @classmethod
+    def from_dict(cls, state):
+        """A fitted mixture from the output of `to_dict`.
+
+        Parameters
+        ----------
+        state : dict
+            What `to_dict` returned (e.g. read back from JSON).
+
+        Returns
+        -------
+        GaussianMixture
+
+        Raises
+        ------
+        astromorph.exceptions.InvalidArgumentError
+            ``state`` lacks one of the fitted quantities, their shapes disagree, or a
+            covariance is not positive definite.
+        """
+        from collections.abc import Mapping
+
+        keys = ("n_components", "covariance_type", "mean", "components", "weights", "means",
+                "covariances")
+        if not isinstance(state, Mapping) or any(k not in state for k in keys):
+            missing = [k for k in keys if k not in state] if isinstance(state, Mapping) \
+                else keys
+            raise InvalidArgumentError(f"not a GaussianMixture state (from to_dict): no "
+                                       f"{list(missing)}")
+        try:
+            mixture = cls(state["n_components"], covariance_type=state["covariance_type"],
+                          n_pca=state.get("n_pca"), seed=state.get("seed"))
+            arrays = {name: np.asarray(state[name], dtype=float)
+                      for name in ("mean", "weights", "means", "covariances")}
+            components = None if state["components"] is None else \
+                np.asarray(state["components"], dtype=float)
+            bic = {int(k): float(v) for k, v in (state.get("bic") or {}).items()}
+            provenance = as_provenance(state.get("provenance"))
+        except (TypeError, ValueError, AttributeError) as exc:
+            raise InvalidArgumentError(f"not a GaussianMixture state: {exc}") from None
+        k, d_in = mixture.n_components, arrays["mean"].size
+        d = d_in if components is None else len(components)
+        cov = (k, d) if mixture.covariance_type == "diag" else (k, d, d)
+        expected = {"mean": (d_in,), "weights": (k,), "means": (k, d), "covariances": cov}
+        if components is not None:
+            expected["components"] = (d, d_in)
+            arrays["components"] = components
+        for name, shape in expected.items():
+            if arrays[name].shape != shape or not np.all(np.isfinite(arrays[name])):
+                raise InvalidArgumentError(
+                    f"not a consistent GaussianMixture state: {name!r} has shape "
+                    f"{arrays[name].shape} (or values that are not finite), expected {shape} "
+                    f"for {k} components, {d_in} input and {d} mixture dimensions")
+        covs = arrays["covariances"]
+        try:
+            positive = np.all(covs > 0) if mixture.covariance_type == "diag" else \
+                bool(np.linalg.cholesky(covs).size)
+        except np.linalg.LinAlgError:
+            positive = False
+        if not positive or not np.all(arrays["weights"] > 0):
+            raise InvalidArgumentError("not a consistent GaussianMixture state: the weights "
+                                       "must be positive and the covariances positive definite")
+        mixture.n_components_, mixture.dim_, mixture.components_ = k, d, components
+        mixture.mean_, mixture.weights_ = arrays["mean"], arrays["weights"]
+        mixture.means_, mixture.covariances_ = arrays["means"], covs
+        mixture.explained_variance_ratio_ = float(state.get("explained_variance_ratio", 1.0))
+        mixture.bic_, mixture.provenance_ = bic, provenance
+        return mixture
+
+    def save(self, path, *, overwrite=False):
+        """Write the fitted mixture to a JSON file, atomically.
+
+        The file holds a format version, the PCA (mean and axes), the mixture's weights,
+        means and covariances, its BIC values and `provenance_` (human-readable; `load`
+        reads it back).
+
+        Parameters
+        ----------
+        path : str or os.PathLike
+            The file to write (e.g. ``clusters.json``).
+        overwrite : bool, optional
+            Replace an existing file (default: raise
+            `~astromorph.exceptions.OutputExistsError`).
+
+        Returns
+        -------
+        pathlib.Path
+            ``path``.
+
+        Raises
+        ------
+        astromorph.exceptions.InvalidArgumentError
+            The mixture is not fitted yet.
+        astromorph.exceptions.OutputExistsError, astromorph.exceptions.OutputError
+            ``path`` exists (without ``overwrite``) or cannot be written; it is left as
+            it was.
+        """
+        return save_state("GaussianMixture", self.to_dict(), path,
+                          check_bool(overwrite, "overwrite"))
+
+    @classmethod
+    def load(cls, path):
+        """A fitted mixture from a file written by `save`.
+
+        Parameters
+        ----------
+        path : str or os.PathLike
+
+        Returns
+        -------
+        GaussianMixture
+
+        Raises
+        ------
+        astromorph.exceptions.InputNotFoundError
+            No such file.
+        astromorph.exceptions.InputError
+            The file is not a saved `GaussianMixture` (not JSON, another kind or format
+            version, or inconsistent contents); the message names it.
+        """
+        state = load_state("GaussianMixture", path)
+        try:
+            return cls.from_dict(state)
+        except InvalidArgumentError as exc:
+            raise InputError(f"{str(path)!r} is not a usable saved GaussianMixture: "
+                             f"{exc}") from None
 
 
 def _pca(xc, n):
@@ -386,7 +568,8 @@ def cluster_table(table, *, column="embedding", n_components=None, prefix="clust
     table : astropy.table.Table
         A copy with the cluster columns (see `GaussianMixture.annotate`).
     mixture : GaussianMixture
-        The fitted mixture (``bic_`` holds the BIC of each k tried).
+        The fitted mixture (``bic_`` holds the BIC of each k tried; ``provenance_`` the
+        embedding model that made ``column``, when the table's meta says).
 
     Raises
     ------
@@ -407,6 +590,7 @@ def _cluster_table(table, column, n_components, prefix, on_conflict, kwargs):
     check_on_conflict(on_conflict)
     check_clashes(table, [prefix, f"{prefix}_prob"], on_conflict)  # before the fit
     x, valid = table_embeddings(table, column)
-    mixture = GaussianMixture(n_components, **kwargs).fit(x[valid])
+    mixture = GaussianMixture(n_components, **kwargs).fit(
+        x[valid], provenance=table_provenance(table.meta, column))
     out, name = mixture._annotate(table, column, prefix, on_conflict)
     return out, mixture, name
