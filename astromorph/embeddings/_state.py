@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from .._warnings import warn
-from ..exceptions import (InputError, InputNotFoundError, InvalidArgumentError,
+from ..exceptions import (InputError, InputNotFoundError,
                           InvalidArgumentTypeError, MissingProvenanceWarning,
                           ProvenanceMismatchError)
 
