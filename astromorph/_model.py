@@ -61,8 +61,8 @@ def load_model(name_or_path, *, providers=None, threads=None, precision=None):
         ONNX Runtime cannot load the file.
     astromorph.exceptions.InvalidArgumentError
         An unknown ``precision`` or provider name, or negative ``threads``.
-    TypeError
-        ``name_or_path`` is neither a string nor a path.
+    astromorph.exceptions.InvalidArgumentTypeError
+        ``name_or_path`` is neither a string nor a path (a `TypeError` too).
     """
     return Model(name_or_path, providers=providers, threads=threads, precision=precision)
 
@@ -88,6 +88,13 @@ class Prediction(Mapping):
     Behaves as a read-only mapping from output name to array (first axis =
     input rows). For classification outputs, `labels` gives the class names
     and `label` the most probable class of each row.
+
+    Parameters
+    ----------
+    arrays : mapping of str to numpy.ndarray
+        The outputs, by name (copied into a new dict; the arrays are not copied).
+    outputs : list of dict
+        The model card's ``outputs`` entries (``name``, ``kind``, ``labels``...).
     """
 
     def __init__(self, arrays, outputs):

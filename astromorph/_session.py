@@ -42,7 +42,13 @@ def onnxruntime():
 
 
 def available_providers():
-    """Execution providers this ONNX Runtime build offers, e.g. ``['CPUExecutionProvider']``."""
+    """Execution providers this ONNX Runtime build offers, e.g. ``['CPUExecutionProvider']``.
+
+    Returns
+    -------
+    list of str
+        ONNX Runtime provider names, in its order of preference.
+    """
     return list(onnxruntime().get_available_providers())
 
 

@@ -217,7 +217,20 @@ def _silence_stdout():
 
 def main(argv=None):
     """Run the command line; returns the exit status (143 after SIGTERM, 130 after Ctrl-C,
-    141 when the reader of its output goes away)."""
+    141 when the reader of its output goes away).
+
+    Parameters
+    ----------
+    argv : list of str, optional
+        The arguments after ``astromorph``; default: ``sys.argv[1:]``.
+
+    Returns
+    -------
+    int
+        The exit status: 0 on success, 1 when ``astromorph models --verify`` finds a bad
+        file, 2 after an astromorph error (printed to standard error). Usage errors exit
+        (`SystemExit`) with status 2, as argparse does.
+    """
     parser = build_parser()
     args = parser.parse_args(argv)
     verbose = args.verbose + getattr(args, "verbose_sub", 0)

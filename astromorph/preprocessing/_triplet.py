@@ -100,8 +100,8 @@ def preprocess_triplet(x, *, return_flags=True):
 
     Raises
     ------
-    ValueError
-        If the stamps are not 3 x 63 x 63.
+    astromorph.exceptions.InputShapeError
+        If the stamps are not 3 x 63 x 63 (a `ValueError` too).
     astromorph.exceptions.InputDTypeError
         If ``x`` is not numeric (a `TypeError` too).
 
