@@ -328,6 +328,9 @@ class Model:
         astromorph.exceptions.InputDTypeError
             ``x`` is not a real numeric array (complex, object, strings); a `TypeError`
             and an `InputError` both.
+        astromorph.exceptions.InvalidArgumentError
+            ``batch_size`` is not a positive integer, or ``progress`` not a boolean or
+            ``None`` (an `~astromorph.exceptions.InvalidArgumentTypeError`).
         """
         from ._predict import check_batch_size
 

@@ -144,8 +144,11 @@ def test_positional_options_listed_exist():
     assert set(POSITIONAL_OPTIONS) <= params
 
 
-def _exception_names(text):
-    return re.findall(r"^~?(?:astromorph\.exceptions\.)?([A-Za-z]\w*)", text, re.M)
+def _listed(section):
+    """Class names of a Raises section's entries (``a.b.C``, ``~a.b.C``, ``C, D``)."""
+    return [re.sub(r"^~?(?:astromorph\.exceptions\.)?", "", name.strip())
+            for line in section.splitlines() if line.strip() and not line[0].isspace()
+            for name in line.split(",") if name.strip()]
 
 
 @pytest.mark.parametrize("name, func, doc", CALLABLES, ids=IDS)
@@ -155,8 +158,7 @@ def test_raises_names_astromorph_exceptions(name, func, doc):
     section = _sections(doc).get("Raises")
     if section is None:  # not required everywhere; the report lists where it is missing
         return
-    listed = [n for line in section.splitlines() if line.strip() and not line[0].isspace()
-              for n in _exception_names(line.replace(", ", "\n"))]
+    listed = _listed(section)
     unknown = [n for n in listed if not hasattr(astromorph.exceptions, n)]
     assert not unknown, f"{name}: Raises names {unknown}, not astromorph.exceptions classes"
     source = textwrap.dedent(inspect.getsource(func))
@@ -165,3 +167,47 @@ def test_raises_names_astromorph_exceptions(name, func, doc):
     missing = [n for n in sorted(raised)
                if not any(c.__name__ in listed for c in getattr(astromorph.exceptions, n).__mro__)]
     assert not missing, f"{name} raises {missing}; its Raises section does not say so"
+
+
+def _bad_option_calls():
+    """(dotted public name, error) of the calls in tests/test_bad_options.py: the function
+    or method each lambda calls last (outermost), and the error it is checked to raise."""
+    import test_bad_options as bad
+
+    owners = {"i": "astromorph.SimilarityIndex", "h": "astromorph.LabelHead",
+              "g": "astromorph.GaussianMixture"}
+    for call, error, _ in bad.PREPROCESSING + bad.TOP_LEVEL + bad.METHODS:
+        lines, _ = inspect.getsourcelines(call)
+        text = textwrap.dedent("".join(lines)).strip().lstrip("(").rstrip(",")
+        try:
+            tree = ast.parse(text)
+        except SyntaxError:
+            tree = ast.parse(f"({text}")
+        node = next(n for n in ast.walk(tree) if isinstance(n, ast.Lambda)).body
+        func = node.func
+        if isinstance(func.value, ast.Call):  # load_model(...).predict(...)
+            name = "astromorph.Model." + func.attr
+        elif isinstance(func.value, ast.Name) and func.value.id in owners:
+            name = f"{owners[func.value.id]}.{func.attr}"
+        else:
+            name = ast.unparse(func).replace("pp.", "astromorph.preprocessing.")
+        yield name, error
+
+
+BAD_CALLS = list(_bad_option_calls())
+
+
+def test_raises_sections_cover_the_bad_option_errors():
+    """A function whose docstring has a Raises section lists the error (a base class, or
+    for a loosely checked error a subclass) that tests/test_bad_options.py checks it raises
+    for a bad option."""
+    docs = {name: doc for name, _, doc in CALLABLES}
+    assert len(BAD_CALLS) > 50 and sum(n in docs for n, _ in BAD_CALLS) > 50
+    missing = set()
+    for name, error in BAD_CALLS:
+        section = _sections(docs.get(name)).get("Raises")
+        listed = [getattr(astromorph.exceptions, n, None) for n in _listed(section or "")]
+        if section is not None and not any(issubclass(error, c) or issubclass(c, error)
+                                           for c in listed if c):
+            missing.add(f"{name}: {error.__name__}")
+    assert not missing, sorted(missing)

@@ -104,6 +104,8 @@ def preprocess_triplet(x, *, return_flags=True):
         If the stamps are not 3 x 63 x 63 (a `ValueError` too).
     astromorph.exceptions.InputDTypeError
         If ``x`` is not numeric (a `TypeError` too).
+    astromorph.exceptions.InvalidArgumentTypeError
+        If ``return_flags`` is not a boolean.
 
     Examples
     --------
