@@ -195,10 +195,14 @@ def predict_files(model, inputs, *, batch_size=256, progress=None, write_header=
 
 
 def check_batch_size(batch_size):
-    """Raise `InvalidArgumentError` unless ``batch_size`` is a positive integer."""
-    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) \
-            or batch_size < 1:
-        raise InvalidArgumentError(f"batch_size must be a positive integer, got {batch_size!r}")
+    """Raise `InvalidArgumentError` unless ``batch_size`` is a positive integer
+    (`InvalidArgumentTypeError` for something that is no number: a string, None, a bool)."""
+    if isinstance(batch_size, (int, np.integer)) and not isinstance(batch_size, bool) \
+            and batch_size >= 1:
+        return
+    error = InvalidArgumentError if isinstance(batch_size, (int, float, np.number)) \
+        and not isinstance(batch_size, bool) else InvalidArgumentTypeError
+    raise error(f"batch_size must be a positive integer, got {batch_size!r}")
 
 
 def check_crop_fraction(crop_fraction, card=None):
