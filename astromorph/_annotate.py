@@ -442,6 +442,17 @@ def annotate(table, images, *, model, ra_col=None, dec_col=None, coord_col=None,
         gets the provenance keys (``astromorph_model``,
         ``astromorph_model_sha256``, ``astromorph_columns``...); those of an
         earlier annotation of the table are kept as ``astromorph_run1_*``...
+
+    Raises
+    ------
+    astromorph.exceptions.InputError
+        ``table`` is not a table, it has no RA/Dec (or named) column, an image cannot be
+        read (a missing file too) or has no celestial WCS, a galaxy-scaled model gets no
+        ``size_col``/``stamp_size``; new column names clash (``on_conflict="error"``).
+    astromorph.exceptions.InvalidArgumentError
+        A bad option value (named in the message).
+    astromorph.exceptions.ModelNotFoundError
+        Unknown model (and the other errors of `load_model`).
     """
     if not isinstance(table, Table):
         raise InputError(f"annotate needs an astropy Table or QTable, got {type(table).__name__}")

@@ -112,6 +112,16 @@ def annotate_dask(table, images=None, *, model, partition_size=50_000, compute=T
         parts in 1e5 (ONNX Runtime's float sums depend on how many rows share a batch, which
         differs between small partitions and one whole-table call).
 
+    Raises
+    ------
+    astromorph.exceptions.MissingDependencyError
+        Dask is not installed.
+    astromorph.exceptions.InputError
+        ``table`` is not a table, or ``images`` are not given by path; and the errors of
+        `annotate` (or `annotate_stamps`), from the partitions.
+    astromorph.exceptions.InvalidArgumentError
+        A bad option value (named in the message), or an option neither function takes.
+
     Warns
     -----
     astromorph.exceptions.AstromorphWarning
