@@ -414,7 +414,7 @@ def annotate(table, images, *, model, ra_col=None, dec_col=None, coord_col=None,
         both); refused, as ``size_col``, by the models whose card fixes their field.
     bands : sequence of str, optional
         Band of each image in a list of images.
-    on_conflict : {"error", "suffix", "replace"}
+    on_conflict : {"error", "suffix", "replace"}, optional
         What to do when a new column name already exists: raise
         `~astromorph.exceptions.InputError` (default), add ``_2``, ``_3``...
         to the new names (the same suffix to every column of the run, the
@@ -429,7 +429,7 @@ def annotate(table, images, *, model, ra_col=None, dec_col=None, coord_col=None,
     precision : {None, "float32", "int8"}, optional
         Model variant (passed to `load_model`): ``"int8"`` is a quantised
         copy that is faster on CPUs (its card gives its own held-out metrics).
-    progress : bool or None
+    progress : bool or None, optional
         Progress bar (default: on a terminal, for long runs).
 
     Returns

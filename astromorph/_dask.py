@@ -91,9 +91,9 @@ def annotate_dask(table, images=None, *, model, partition_size=50_000, compute=T
         ``None``: the rows hold their own stamps, scored by `astromorph.annotate_stamps`.
     model : str or path
         Model name or path, loaded on each worker (not a `Model` object).
-    partition_size : int
+    partition_size : int, optional
         Rows per Dask task.
-    compute : bool
+    compute : bool, optional
         ``True`` (default): compute and return the annotated table.
         ``False``: return the list of `dask.delayed` partitions (see Warns).
     scheduler : str, optional

@@ -74,7 +74,7 @@ def annotate_stamps(table, *, model, columns=None, pixel_scale=None, negative=No
         to ``stamp_size_per_petro_r90`` x petroR90_r (the network's field). Recorded as
         ``meta["astromorph_crop_fraction"]``. Refused, as by `astromorph.predict_files`,
         for the models whose card fixes their field (``real-bogus``, ``radio-morphology``).
-    on_conflict : {"error", "suffix", "replace"}
+    on_conflict : {"error", "suffix", "replace"}, optional
         What to do when a new column name already exists (see `astromorph.annotate`).
     batch_size, providers, threads, precision, progress : optional
         As for `astromorph.predict_files`.

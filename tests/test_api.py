@@ -117,6 +117,17 @@ def test_parameters_are_documented_in_order(name, func, doc):
 
 
 @pytest.mark.parametrize("name, func, doc", CALLABLES, ids=IDS)
+def test_options_with_a_default_say_optional(name, func, doc):
+    """``name : type, optional`` (numpydoc) for a parameter with a default."""
+    defaults = {p.name for p in _parameters(func) if p.default is not p.empty}
+    bare = [line for line in _sections(doc).get("Parameters", "").splitlines()
+            if line.strip() and not line[0].isspace() and " : " in line
+            and defaults & {n.strip() for n in line.split(" : ")[0].split(",")}
+            and not re.search(r"\boptional\b|\bdefault\b", line.split(" : ", 1)[1])]
+    assert not bare, f"{name}: {bare}"
+
+
+@pytest.mark.parametrize("name, func, doc", CALLABLES, ids=IDS)
 def test_a_function_that_returns_has_returns(name, func, doc):
     if func.__name__ == "__init__":
         return

@@ -318,7 +318,7 @@ class SimilarityIndex:
         ----------
         vectors : array_like, (Q, D) or (D,)
             Query vectors (normalised here).
-        k : int
+        k : int, optional
             Neighbours per query.
         exclude : sequence of sequences of int, optional
             Rows not to return, one collection per query (e.g. the query row);
@@ -470,7 +470,7 @@ class SimilarityIndex:
             (uint8, or floats in [0, 1]) centred on the galaxy and of the
             angular size the model card gives, or a network-ready stamp of the
             model's input shape.
-        model : str, os.PathLike or Model
+        model : str, os.PathLike or Model, optional
             The embedding model (default: the shipped ``embedding``).
 
         Returns
@@ -538,11 +538,11 @@ class SimilarityIndex:
             Query by an image, embedded with ``model`` (see `embed_image`).
         vector : array_like, (D,), optional
             Query by a vector.
-        k : int
+        k : int, optional
             Number of neighbours.
-        include_query : bool
+        include_query : bool, optional
             Keep the query row among the results (row / position queries).
-        model : str, os.PathLike or Model
+        model : str, os.PathLike or Model, optional
             Embedding model for image queries.
         max_separation : Quantity or float (arcsec), optional
             For position queries: the largest accepted distance to the nearest row.

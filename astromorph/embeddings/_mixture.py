@@ -38,19 +38,19 @@ class GaussianMixture:
         Number of clusters; default: chosen by BIC over ``k_range``.
     k_range : sequence of int, optional
         Candidates for the BIC choice (default 2 to 12).
-    covariance_type : {"full", "diag"}
-    n_pca : int or None
+    covariance_type : {"full", "diag"}, optional
+    n_pca : int or None, optional
         Principal components kept before the mixture (``None``: all dimensions).
-    n_init : int
+    n_init : int, optional
         EM runs from different k-means++ starts; the best likelihood is kept.
-    max_iter, tol : int, float
+    max_iter, tol : int, float, optional
         EM stopping rule (change of the mean log-likelihood per row).
-    reg_covar : float
+    reg_covar : float, optional
         Added to the covariance diagonals (in units of the mean variance).
-    max_fit_rows : int
+    max_fit_rows : int, optional
         Fit on a random subset of at most this many rows (all rows are
         assigned afterwards).
-    seed : int
+    seed : int, optional
 
     Attributes
     ----------

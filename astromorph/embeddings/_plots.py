@@ -245,11 +245,11 @@ def embedding_map(embeddings, *, method="auto", seed=0, perplexity=30.0):
     Parameters
     ----------
     embeddings : array_like, (N, D)
-    method : {"auto", "umap", "tsne", "pca"}
+    method : {"auto", "umap", "tsne", "pca"}, optional
         ``"auto"``: UMAP when umap-learn is installed, else t-SNE for up to
         `TSNE_MAX_POINTS` rows, else PCA.
-    seed : int
-    perplexity : float
+    seed : int, optional
+    perplexity : float, optional
         t-SNE perplexity.
 
     Returns
@@ -307,9 +307,9 @@ def plot_map(embeddings, path, *, labels=None, method="auto", max_points=TSNE_MA
     labels : array_like, (N,), optional
         Category of each row (cluster id, class name...); rows whose label is masked
         or None are left out.
-    method : {"auto", "umap", "tsne", "pca"}
+    method : {"auto", "umap", "tsne", "pca"}, optional
         See `embedding_map`.
-    max_points : int
+    max_points : int, optional
         At most this many random rows are drawn.
     title : str, optional
         Figure title (default: the method and number of rows).
