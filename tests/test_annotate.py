@@ -1654,6 +1654,16 @@ def test_annotate_dask_gives_a_partition_warning_once_at_the_callers_line(optica
     np.testing.assert_array_equal(out["opt_flags"], ref["opt_flags"])
 
 
+def stamps_of_the_image_read_whole(path, coords):
+    """Stamps at ``coords`` cut from the image at ``path`` read whole into memory (as a dense
+    catalogue has it read: page-by-page sums differ in the last bits)."""
+    from astromorph._images import closing_files
+
+    with closing_files(parse_sky_images(str(path))) as [im]:
+        im.plan_samples(im.data.size)
+        return cut_stamps(im, coords.ra.deg, coords.dec.deg, size=SIZE, pixel_scale=SCALE).stamps
+
+
 def test_gzipped_fits_is_sampled_where_it_was_decompressed(tmp_path):
     """A gzipped float32 image (decompressed whole into memory, big-endian) annotated with a
     dense catalogue is sampled in the decompressed array itself, made native in place, not
@@ -1673,9 +1683,7 @@ def test_gzipped_fits_is_sampled_where_it_was_decompressed(tmp_path):
     path.write_bytes(gzip.compress(plain.read_bytes()))
     x, y = np.random.default_rng(5).uniform(10, n - 10, (2, 40))
     c = w.pixel_to_world(np.append(x, 62), np.append(y, 51))  # the last on the sentinel
-    with closing_files(parse_sky_images(str(plain))) as [ref_im]:
-        ref_im.plan_samples(ref_im.data.size)  # read whole too (page by page sums differ)
-        ref = cut_stamps(ref_im, c.ra.deg, c.dec.deg, size=SIZE, pixel_scale=SCALE).stamps
+    ref = stamps_of_the_image_read_whole(plain, c)
     with closing_files(parse_sky_images(str(path))) as [im]:
         decompressed = im._hold[0].data
         tracemalloc.start()
@@ -1718,9 +1726,7 @@ def test_scaled_integer_image_is_read_whole_into_one_float32_copy(tmp_path, comp
         path.write_bytes(gzip.compress(plain.read_bytes()))
     x, y = np.random.default_rng(5).uniform(10, n - 10, (2, 40))
     c = w.pixel_to_world(np.append(x, 62), np.append(y, 51))  # the last on BLANK pixels
-    with closing_files(parse_sky_images(str(plain))) as [ref_im]:
-        ref_im.plan_samples(ref_im.data.size)  # read whole too (page by page sums differ)
-        ref = cut_stamps(ref_im, c.ra.deg, c.dec.deg, size=SIZE, pixel_scale=SCALE).stamps
+    ref = stamps_of_the_image_read_whole(plain, c)
     with closing_files(parse_sky_images(str(path))) as [im]:
         assert im.data.dtype.kind == "i" and im.blank == -32768 and im.bzero == 32768
         tracemalloc.start()
