@@ -17,6 +17,7 @@ log = logging.getLogger(__name__)
 
 #: A registry name: lower-case letters, digits, ``-`` and ``_``; never a path.
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 #: Keys every card must have (see ``docs/model-cards.md``).
 REQUIRED_CARD_KEYS = ("name", "version", "task", "input", "outputs", "training", "metrics",
@@ -51,7 +52,7 @@ def models_dir():
 
 def _read_card(path):
     try:
-        card = json.loads(Path(path).read_text())
+        card = json.loads(Path(path).read_text(encoding="utf-8-sig"))  # a BOM is no error
     except FileNotFoundError:
         raise ModelCardError(f"model card {path} does not exist") from None
     except (OSError, ValueError) as exc:
@@ -61,12 +62,65 @@ def _read_card(path):
     missing = [k for k in REQUIRED_CARD_KEYS if k not in card]
     if missing:
         raise ModelCardError(f"model card {path} lacks required field(s): {', '.join(missing)}")
-    shape = card["input"].get("shape") if isinstance(card["input"], dict) else None
-    if not (isinstance(shape, list) and len(shape) == 3 and all(isinstance(s, int) for s in shape)):
-        raise ModelCardError(f"model card {path}: input.shape must be [C, H, W], got {shape!r}")
-    if not isinstance(card["outputs"], list) or not card["outputs"]:
-        raise ModelCardError(f"model card {path}: outputs must be a non-empty list")
+    _check_card(card, path)
+    card["sha256"] = _digest(card["sha256"])
     return card
+
+
+def _digest(value):
+    """A card's sha256 as 64 lower-case hex digits, or None when it is not one."""
+    text = value.strip().lower() if isinstance(value, str) else None
+    return text if text is not None and _SHA256.match(text) else None
+
+
+def _check_card(card, path):
+    """Raise `ModelCardError` naming the first field of ``card`` whose value astromorph
+    cannot use (the fields it reads: name, input shape, outputs, checksums, files)."""
+    def bad(field, value, want):
+        raise ModelCardError(f"model card {path}: {field} must be {want}, got {value!r}")
+
+    def shape(field, value):
+        if not (isinstance(value, list) and len(value) == 3 and all(
+                isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in value)):
+            bad(field, value, "[C, H, W] (three positive integers)")
+
+    def file_spec(field, spec):
+        if not isinstance(spec, dict):
+            bad(field, spec, "an object with 'file' and 'sha256'")
+        name = spec.get("file")
+        if not (isinstance(name, str) and name and Path(name).name == name
+                and name not in (".", "..")):
+            bad(f"{field}.file", name, "a file name beside model.onnx (no folder part)")
+        if _digest(spec.get("sha256")) is None:
+            bad(f"{field}.sha256", spec.get("sha256"), "64 hexadecimal digits")
+
+    if not (isinstance(card["name"], str) and _NAME.match(card["name"])):
+        bad("name", card["name"], "lower-case letters, digits, '-' and '_'")
+    if _digest(card["sha256"]) is None:
+        bad("sha256", card["sha256"], "64 hexadecimal digits (the sha256 of model.onnx)")
+    shape("input.shape", card["input"].get("shape") if isinstance(card["input"], dict)
+          else None)
+    outputs = card["outputs"]
+    if not (isinstance(outputs, list) and outputs):
+        bad("outputs", outputs, "a non-empty list of {name, kind, labels, description}")
+    for i, spec in enumerate(outputs):
+        if not (isinstance(spec, dict) and isinstance(spec.get("name"), str) and spec["name"]):
+            bad(f"outputs[{i}]", spec, "an object with a 'name'")
+        labels = spec.get("labels")
+        if labels is not None and not (isinstance(labels, list)
+                                       and all(isinstance(x, str) for x in labels)):
+            bad(f"outputs[{i}].labels", labels, "a list of strings")
+    variants = card.get("variants")
+    if variants is not None:
+        if not isinstance(variants, dict):
+            bad("variants", variants, "an object mapping a precision to its file")
+        for precision, spec in variants.items():
+            file_spec(f"variants.{precision}", spec)
+    grey = card.get("single_band_graph")
+    if grey:
+        file_spec("single_band_graph", grey)
+        value = grey.get("input_shape")
+        shape("single_band_graph.input_shape", value)
 
 
 def _shipped():
@@ -259,7 +313,7 @@ def verify_checksum(path, card):
     str
         The verified hex digest.
     """
-    expected = str(card.get("sha256", "")).lower()
+    expected = _digest(card.get("sha256")) or str(card.get("sha256"))
     actual = _sha256(Path(path))
     if actual != expected:
         raise ChecksumMismatchError(path, expected, actual)

@@ -1046,3 +1046,69 @@ def test_one_cpu_session_per_model_file_after_a_fallback(tiny_registry, monkeypa
         first = astromorph.load_model("tiny", providers="cuda")._session
         assert astromorph.load_model("tiny", providers="cpu")._session is first
         assert astromorph.load_model("tiny", providers="auto")._session is first
+
+
+# ------------------------------------------------------- cards of models of one's own
+def _folder_with_card(tmp_path, change):
+    d = tmp_path / "mine"
+    d.mkdir()
+    tiny_classifier_onnx(d / "model.onnx")
+    card = make_card(d / "model.onnx")
+    change(card, d)
+    (d / "card.json").write_text(json.dumps(card))
+    return d
+
+
+def _set(path, value):
+    """A change to a card: set the value at a dotted ``path`` (list indices as digits)."""
+    def change(card, _):
+        *parents, last = path.split(".")
+        node = card
+        for p in parents:
+            node = node[int(p)] if p.isdigit() else node[p]
+        node[int(last) if last.isdigit() else last] = value
+    return change
+
+
+@pytest.mark.parametrize("change, match", [
+    (_set("sha256", None), "sha256.*None"),
+    (_set("sha256", ""), "sha256.*''"),
+    (_set("sha256", 5), "sha256.*5"),
+    (_set("sha256", "abc"), "sha256.*'abc'"),
+    (_set("input.shape", [2, -4, 4]), r"input.shape.*\[2, -4, 4\]"),
+    (_set("input.shape", [0, 4, 4]), r"input.shape.*\[0, 4, 4\]"),
+    (_set("input.shape", [True, 4, 4]), r"input.shape.*\[True, 4, 4\]"),
+    (_set("outputs", ["probabilities"]), "outputs.*'probabilities'"),
+    (lambda card, _: card["outputs"][0].pop("name"), "outputs.*name"),
+    (_set("outputs.0.labels", "ab"), "labels.*'ab'"),
+    (_set("name", 3), "name.*3"),
+    (_set("name", "../x"), r"name.*'\.\./x'"),
+    (_set("variants", ["int8"]), r"variants.*\['int8'\]"),
+    (_set("variants", {"int8": {"sha256": "0" * 64}}), "variants.*int8.*file"),
+    (_set("variants", {"int8": {"file": "model.onnx"}}), "variants.*int8.*sha256"),
+    (_set("variants", {"int8": {"file": "../other/model.onnx", "sha256": "0" * 64}}),
+     r"variants.*'\.\./other/model\.onnx'"),
+    (_set("single_band_graph", {"file": "g.onnx", "sha256": "0" * 64}),
+     "single_band_graph.*input_shape"),
+])
+def test_malformed_cards_are_card_errors(tmp_path, change, match):
+    """A card written by hand for a model of one's own: every malformed field is a
+    `ModelCardError` naming the field and its value, never a TypeError/KeyError or a model
+    that loads with a nonsensical card."""
+    d = _folder_with_card(tmp_path, change)
+    with pytest.raises(ModelCardError, match=match) as info:
+        astromorph.load_model(d, providers="cpu")
+    assert "card.json" in str(info.value)
+
+
+@pytest.mark.parametrize("digest", [str.upper, lambda s: f" {s}\n"])
+def test_card_sha256_in_upper_case_or_with_spaces_is_accepted(tmp_path, digest):
+    d = _folder_with_card(tmp_path, lambda card, _: card.update(sha256=digest(card["sha256"])))
+    assert astromorph.load_model(d, providers="cpu").sha256 == sha256(d / "model.onnx")
+
+
+def test_card_with_a_byte_order_mark_is_read(tmp_path):
+    """Editors on Windows save UTF-8 with a BOM; the card is the same JSON."""
+    d = _folder_with_card(tmp_path, lambda card, _: None)
+    (d / "card.json").write_text("\ufeff" + (d / "card.json").read_text(), encoding="utf-8")
+    assert astromorph.load_model(d, providers="cpu").name == "tiny"
