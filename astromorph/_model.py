@@ -12,7 +12,7 @@ from ._progress import progress_bar
 from .preprocessing._checks import SENTINEL
 from ._warnings import warn
 from .exceptions import (AmbiguousInputWarning, InputDTypeError, InputError, InputShapeError,
-                         InvalidArgumentError, InvalidArgumentTypeError)
+                         InvalidArgumentError, InvalidArgumentTypeError, ModelCardError)
 
 __all__ = ["Model", "Prediction", "load_model", "as_model"]
 
@@ -136,6 +136,35 @@ class Prediction(Mapping):
         return np.asarray(spec["labels"])[np.argmax(self._arrays[name], axis=1)]
 
 
+def _check_graph(session, path, shape, card):
+    """Raise `ModelCardError` where the graph of ``session`` (file ``path``) is not the one
+    ``card`` describes with input ``shape``: another input shape, a fixed batch size, missing
+    outputs or another number of classes than of labels. Dimensions the graph leaves
+    symbolic are not checked."""
+    graph_input = session.get_inputs()[0].shape
+    dims = list(graph_input) if graph_input is not None else []
+    if len(dims) != 4 or any(isinstance(g, int) and g != c for g, c in zip(dims[1:], shape)):
+        raise ModelCardError(f"card of {path} gives input.shape {list(shape)}, but the ONNX "
+                             f"graph's input is {dims} (batch first)")
+    if isinstance(dims[0], int):
+        raise ModelCardError(f"the ONNX graph {path} has a fixed batch size {dims[0]} (input "
+                             f"{dims}); astromorph needs a dynamic batch axis: export it with "
+                             "one (e.g. torch.onnx.export(..., dynamic_axes={'input': {0: "
+                             "'batch'}}))")
+    graph = {o.name: o.shape for o in session.get_outputs()}
+    missing = [o["name"] for o in card["outputs"] if o["name"] not in graph]
+    if missing:
+        raise ModelCardError(f"card of {path} lists outputs {missing} that the ONNX "
+                             f"graph lacks (graph outputs: {list(graph)})")
+    for spec in card["outputs"]:
+        out = graph[spec["name"]] or []
+        labels = spec.get("labels")
+        if labels is not None and len(out) == 2 and isinstance(out[1], int) \
+                and out[1] != len(labels):
+            raise ModelCardError(f"card of {path} gives {len(labels)} labels for output "
+                                 f"{spec['name']!r}, but the ONNX graph's output is {out}")
+
+
 def _reload(name_or_path, providers, threads, precision):
     return Model(name_or_path, providers=providers, threads=threads, precision=precision)
 
@@ -174,12 +203,7 @@ class Model:
         self.providers = list(self._session.get_providers())
         self._input_name = self._session.get_inputs()[0].name
         self.output_names = [o["name"] for o in self.card["outputs"]]
-        session_outputs = [o.name for o in self._session.get_outputs()]
-        missing = [n for n in self.output_names if n not in session_outputs]
-        if missing:
-            from .exceptions import ModelCardError
-            raise ModelCardError(f"card of {self.path} lists outputs {missing} that the ONNX "
-                                 f"graph lacks (graph outputs: {session_outputs})")
+        _check_graph(self._session, self.path, self.card["input"]["shape"], self.card)
 
     def __reduce__(self):
         """Pickle as the way to load it again (e.g. for Dask or multiprocessing workers):
@@ -252,8 +276,10 @@ class Model:
                 self._single_band = False
             else:
                 path, card = found
-                self._single_band = get_session(path, sha256=verify_checksum(path, card),
-                                                **self._session_options)
+                session = get_session(path, sha256=verify_checksum(path, card),
+                                      **self._session_options)
+                _check_graph(session, path, card["input"]["shape"], card)
+                self._single_band = session
         return self._single_band or None
 
     def _run(self, batch, session=None):

@@ -1112,3 +1112,38 @@ def test_card_with_a_byte_order_mark_is_read(tmp_path):
     d = _folder_with_card(tmp_path, lambda card, _: None)
     (d / "card.json").write_text("\ufeff" + (d / "card.json").read_text(), encoding="utf-8")
     assert astromorph.load_model(d, providers="cpu").name == "tiny"
+
+
+def _fixed_batch(path, batch):
+    """Rewrite an ONNX file with a fixed batch size (as torch.onnx.export without
+    dynamic_axes writes it)."""
+    import onnx
+
+    model = onnx.load(str(path))
+    for value in [*model.graph.input, *model.graph.output]:
+        value.type.tensor_type.shape.dim[0].dim_value = batch
+    onnx.save(model, str(path))
+
+
+@pytest.mark.parametrize("change, match", [
+    (_set("input.shape", [3, 4, 4]), r"input.shape \[3, 4, 4\].*\['batch', 2, 4, 4\]"),
+    (_set("input.shape", [2, 8, 8]), r"input.shape \[2, 8, 8\].*\['batch', 2, 4, 4\]"),
+    (_set("outputs.0.labels", ["a", "b", "c"]), r"3 labels.*'probabilities'.*\['batch', 2\]"),
+])
+def test_card_that_does_not_describe_the_graph_is_refused(tmp_path, change, match):
+    """A card whose input shape or class count differs from the graph's would load and then
+    fail in ONNX Runtime at the first predict (or label columns wrongly); it is refused at
+    load, naming both."""
+    d = _folder_with_card(tmp_path, change)
+    with pytest.raises(ModelCardError, match=match):
+        astromorph.load_model(d, providers="cpu")
+
+
+def test_graph_with_a_fixed_batch_size_is_refused(tmp_path):
+    def fixed(card, d):
+        _fixed_batch(d / "model.onnx", 1)
+        card["sha256"] = sha256(d / "model.onnx")
+
+    d = _folder_with_card(tmp_path, fixed)
+    with pytest.raises(ModelCardError, match=r"fixed batch size 1.*dynamic"):
+        astromorph.load_model(d, providers="cpu")
