@@ -123,27 +123,43 @@ def _check_card(card, path):
         shape("single_band_graph.input_shape", value)
 
 
+def _folders():
+    """``(folder, has model.onnx, has card.json, error)`` for every folder of the models
+    directory (``error``: why it cannot be read, or None)."""
+    root = models_dir()
+    try:
+        entries = sorted(root.iterdir()) if root.is_dir() else []
+    except OSError as exc:
+        raise ModelNotFoundError(f"models directory {root} cannot be listed: {exc}") from exc
+    out = []
+    for d in entries:
+        try:
+            if d.is_dir():
+                out.append((d, (d / "model.onnx").is_file(), (d / "card.json").is_file(), None))
+        except OSError as exc:  # e.g. a folder without read/search permission
+            out.append((d, False, False, exc))
+    return out
+
+
 def _shipped():
     """Mapping name -> model directory of every complete shipped model."""
-    root = models_dir()
-    if not root.is_dir():
-        return {}
-    return {d.name: d for d in sorted(root.iterdir())
-            if _NAME.match(d.name) and (d / "model.onnx").is_file() and (d / "card.json").is_file()}
+    return {d.name: d for d, onnx, card, _ in _folders() if _NAME.match(d.name) and onnx and card}
 
 
 def incomplete_models():
-    """Mapping name -> what is missing, for model folders holding only one of
-    ``model.onnx`` and ``card.json`` (a broken install)."""
-    root = models_dir()
-    if not root.is_dir():
-        return {}
+    """Mapping folder name -> what is wrong (``"MISSING card.json"``...), for folders of
+    the models directory that hold a model file or card but are no usable model: one of
+    ``model.onnx`` and ``card.json`` missing (a broken install), a folder name that is no
+    valid model name (see `load_model`), or a folder that cannot be read."""
     out = {}
-    for d in sorted(root.iterdir()):
-        if d.is_dir() and _NAME.match(d.name):
-            have = [(d / f).is_file() for f in ("model.onnx", "card.json")]
-            if any(have) and not all(have):
-                out[d.name] = "model.onnx" if not have[0] else "card.json"
+    for d, onnx, card, error in _folders():
+        if error is not None:
+            out[d.name] = f"UNREADABLE ({error})"
+        elif (onnx or card) and not _NAME.match(d.name):
+            out[d.name] = (f"{d.name!r} is not a valid model name (lower-case letters, digits, "
+                           "'-' and '_'): not listed")
+        elif onnx != card:
+            out[d.name] = "MISSING " + ("model.onnx" if not onnx else "card.json")
     return out
 
 
@@ -285,9 +301,16 @@ def _resolve(name_or_path):
         available = ", ".join(shipped) or "none"
         hint = f"; to load the folder {name!r} here, pass it with a directory part: './{name}'" \
             if Path(name).is_dir() else ""
-        raise ModelNotFoundError(f"no shipped model named {name!r}; available: {available}{hint}")
+        where = (f" in ${MODELS_ENV}={os.environ[MODELS_ENV]!r} (which replaces the packaged "
+                 "models)" if os.environ.get(MODELS_ENV) else "")
+        raise ModelNotFoundError(f"no shipped model named {name!r}{where}; available: "
+                                 f"{available}{hint}")
     directory = shipped[name]
-    return (directory / "model.onnx").resolve(), _read_card(directory / "card.json")
+    card = _read_card(directory / "card.json")
+    if card["name"] != name:
+        raise ModelCardError(f"model folder {name!r} ({directory}) holds the card of model "
+                             f"{card['name']!r}: rename the folder or the card's name")
+    return (directory / "model.onnx").resolve(), card
 
 
 _HASHES = {}

@@ -26,15 +26,13 @@ def _describe_input(card):
 
 
 def _cmd_models(args):
-    from ._registry import (incomplete_models, list_models, models_dir, resolve_model,
-                            resolve_single_band_graph, verify_checksum)
+    from ._registry import incomplete_models, list_models, models_dir, resolve_model
     from ._session import available_providers
-    from .exceptions import ChecksumMismatchError
 
     names = list_models()
     rows, bad = [], 0
-    for name, missing in incomplete_models().items():  # a broken install never passes
-        rows.append([name, "?", "?", "?", "?"] + [f"MISSING {missing}"] * bool(args.verify))
+    for name, problem in incomplete_models().items():  # a broken install never passes
+        rows.append([name, "?", "?", "?", "?"] + [problem] * bool(args.verify))
         bad += 1
     for name in names:
         try:
@@ -47,21 +45,7 @@ def _cmd_models(args):
             bad += 1
             continue
         if args.verify:
-            problems = []
-            # every file the card lists: the main one, its variants, its single-band graph
-            files = [(f"VARIANT {p}", lambda p=p: resolve_model(name, precision=p))
-                     for p in [None, *variants]]
-            files.append(("SINGLE-BAND GRAPH", lambda: resolve_single_band_graph(path, card)))
-            for what, resolve in files:
-                try:
-                    found = resolve()
-                    if found is not None:
-                        verify_checksum(*found)
-                except ChecksumMismatchError as exc:
-                    problems.append(f"SHA256 MISMATCH {Path(exc.path).name} (file "
-                                    f"{exc.actual[:12]}..., card {exc.expected[:12]}...)")
-                except AstromorphError as exc:
-                    problems.append(f"BAD {what}: {exc}")
+            problems = _verify_model(name, variants)
             row.append("; ".join(problems) or "sha256 OK")
             bad += bool(problems)
         rows.append(row)
@@ -81,6 +65,38 @@ def _cmd_models(args):
             return 1
         print("every checksum matches" if not bad else f"{bad} model(s) FAILED verification")
     return 1 if bad else 0
+
+
+def _verify_model(name, variants):
+    """What is wrong with every file the card of model ``name`` lists (the main one, its
+    ``variants``, its single-band graph), each loaded on the CPU as `load_model` loads it:
+    checksum, ONNX graph and card checked. An empty list when nothing is."""
+    from ._model import Model
+    from ._registry import resolve_model, resolve_single_band_graph, verify_checksum
+    from .exceptions import ChecksumMismatchError, MissingRuntimeError
+
+    problems = []
+    for precision in [None, *variants]:
+        what = f"VARIANT {precision}" if precision else "MODEL"
+        try:
+            try:
+                model = Model(name, precision=precision, providers="cpu")
+            except MissingRuntimeError:  # without ONNX Runtime: the checksums only
+                path, card = resolve_model(name, precision=precision)
+                verify_checksum(path, card)
+                model = None
+            if precision is None:
+                what = "SINGLE-BAND GRAPH"
+                if model is not None:
+                    model._single_band_session()
+                elif (grey := resolve_single_band_graph(path, card)) is not None:
+                    verify_checksum(*grey)
+        except ChecksumMismatchError as exc:
+            problems.append(f"SHA256 MISMATCH {Path(exc.path).name} (file "
+                            f"{exc.actual[:12]}..., card {exc.expected[:12]}...)")
+        except AstromorphError as exc:
+            problems.append(f"BAD {what}: {exc}")
+    return problems
 
 
 def _default_providers():
@@ -112,9 +128,11 @@ def build_parser():
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     p = sub.add_parser("models", help="list the shipped models",
-                       description="List the shipped models; --verify checks every sha256.")
+                       description="List the shipped models; --verify checks every model file.")
     p.add_argument("--verify", action="store_true",
-                   help="check each model file against its card's sha256 (exit 1 on mismatch)")
+                   help="load each model file (variants and single-band graphs included) on the "
+                        "CPU, checking its sha256 and that its card describes its graph; one "
+                        "line per model, exit 1 if any is broken")
     p.set_defaults(func=_cmd_models)
 
     for register in _extra_commands():

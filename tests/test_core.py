@@ -1147,3 +1147,55 @@ def test_graph_with_a_fixed_batch_size_is_refused(tmp_path):
     d = _folder_with_card(tmp_path, fixed)
     with pytest.raises(ModelCardError, match=r"fixed batch size 1.*dynamic"):
         astromorph.load_model(d, providers="cpu")
+
+
+def test_cli_verify_reports_every_broken_model(tiny_registry, capsys):
+    """--verify names each broken model on its own line (not only the first): a file that
+    is no ONNX graph or does not match its card counts, though its sha256 matches."""
+    def add(name, change):
+        d = tiny_registry / name
+        d.mkdir()
+        tiny_classifier_onnx(d / "model.onnx")
+        card = make_card(d / "model.onnx", name=name)
+        change(card, d)
+        (d / "card.json").write_text(json.dumps(card))
+
+    def not_onnx(card, d):
+        (d / "model.onnx").write_bytes(b"not an onnx graph")
+        card["sha256"] = sha256(d / "model.onnx")
+
+    add("badsha", lambda card, d: card.update(sha256="0" * 64))
+    add("badcard", lambda card, d: card.update(outputs=["x"]))
+    add("notonnx", not_onnx)
+    add("othershape", lambda card, d: card["input"].update(shape=[3, 4, 4]))
+    add("renamed", lambda card, d: card.update(name="tiny"))
+    d = tiny_registry / "Capitals"
+    d.mkdir()
+    tiny_classifier_onnx(d / "model.onnx")
+    (d / "card.json").write_text(json.dumps(make_card(d / "model.onnx", name="capitals")))
+    assert cli.main(["models", "--verify"]) == 1
+    out = capsys.readouterr().out
+    lines = {line.split()[0]: line for line in out.splitlines() if line.strip()}
+    assert "SHA256 MISMATCH" in lines["badsha"]
+    assert "outputs[0]" in lines["badcard"]
+    assert "cannot load" in lines["notonnx"]
+    assert "input.shape [3, 4, 4]" in lines["othershape"]
+    assert "'renamed'" in lines["renamed"] and "'tiny'" in lines["renamed"]
+    assert "not a valid model name" in lines["Capitals"]
+    assert "sha256 OK" in lines["tiny"]
+    assert "6 model(s) FAILED verification" in out
+
+
+def test_folder_and_card_name_must_agree(tiny_registry):
+    """A registry folder copied without renaming its card would load a model under another
+    name than the one asked for (and write that name's columns)."""
+    (tiny_registry / "tiny").rename(tiny_registry / "copy")
+    with pytest.raises(ModelCardError, match=r"'copy'.*'tiny'"):
+        astromorph.load_model("copy")
+
+
+def test_unknown_name_names_the_models_directory_variable(tiny_registry):
+    """$ASTROMORPH_MODELS_DIR replaces the packaged models: a packaged name is not found
+    there, and the error says where it looked."""
+    with pytest.raises(ModelNotFoundError, match=r"ASTROMORPH_MODELS_DIR.*available: tiny"):
+        astromorph.load_model("morphology")
