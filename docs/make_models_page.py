@@ -31,7 +31,22 @@ def _flatten(metrics, prefix=""):
 def main():
     lines = ["# Shipped models", "",
              "Generated from `models/*/card.json` by `docs/make_models_page.py`; the cards are",
-             "the reference. Metrics are on held-out data the models never saw in training.", ""]
+             "the reference. Metrics are on held-out data the models never saw in training.", "",
+             "Models of your own: `load_model(path)` takes a folder holding `model.onnx` and",
+             "`card.json` (or an `.onnx` file with `<stem>.json` or `card.json` beside it), cards in",
+             "the format of [model-cards.md](model-cards.md). A plain name (no `/`, no `.onnx`) is",
+             "looked up in the models directory: the packaged models, or `$ASTROMORPH_MODELS_DIR`",
+             "when it is set, which *replaces* them (a packaged name is then not found unless",
+             "that directory holds it; nothing is merged, so two models never share a name). Each",
+             "`<dir>/<name>/` there must have a card whose `name` is `<name>` (lower-case",
+             "letters, digits, `-`, `_`); `astromorph models --verify` reports every folder that",
+             "does not, or cannot be read. At load, the card is checked against the file: its",
+             "`sha256` (64 hex digits, any case; surrounding spaces ignored) against the file's,",
+             "read in 1 MiB chunks and hashed once per process and file version (path, mtime,",
+             "size); `input.shape` and the number of `labels` against the graph's; the graph's",
+             "batch axis must be dynamic; variant and single-band files must lie beside",
+             "`model.onnx`. Any mismatch is a `ModelCardError` (or `ChecksumMismatchError`,",
+             "`ModelLoadError` for a file that is no ONNX graph) naming the field and file.", ""]
     for card_path in sorted((ROOT / "models").glob("*/card.json")):
         card = json.loads(card_path.read_text())
         spec = card["input"]
