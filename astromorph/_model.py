@@ -138,10 +138,15 @@ class Prediction(Mapping):
 
 def _check_graph(session, path, shape, card):
     """Raise `ModelCardError` where the graph of ``session`` (file ``path``) is not the one
-    ``card`` describes with input ``shape``: another input shape, a fixed batch size, missing
-    outputs or another number of classes than of labels. Dimensions the graph leaves
+    ``card`` describes with input ``shape``: not one float32 input, another input shape, a
+    fixed batch size, missing outputs or another number of classes than of labels. Dimensions the graph leaves
     symbolic are not checked."""
-    graph_input = session.get_inputs()[0].shape
+    inputs = session.get_inputs()
+    if len(inputs) != 1 or inputs[0].type != "tensor(float)":
+        raise ModelCardError(f"the ONNX graph {path} has {len(inputs)} inputs "
+                             f"{[i.name for i in inputs]} of types {[i.type for i in inputs]}; "
+                             "astromorph feeds one float32 input, (batch, C, H, W)")
+    graph_input = inputs[0].shape
     dims = list(graph_input) if graph_input is not None else []
     if len(dims) != 4 or any(isinstance(g, int) and g != c for g, c in zip(dims[1:], shape)):
         raise ModelCardError(f"card of {path} gives input.shape {list(shape)}, but the ONNX "

@@ -1199,3 +1199,35 @@ def test_unknown_name_names_the_models_directory_variable(tiny_registry):
     there, and the error says where it looked."""
     with pytest.raises(ModelNotFoundError, match=r"ASTROMORPH_MODELS_DIR.*available: tiny"):
         astromorph.load_model("morphology")
+
+
+def _graph(path, inputs, dtype):
+    """Write an ONNX graph adding its ``inputs`` (all ``(batch, 2, 4, 4)`` of ``dtype``), with
+    the output ``probabilities``."""
+    import onnx
+    from onnx import helper
+
+    shape = ["batch", 2, 4, 4]
+    values = [helper.make_tensor_value_info(n, dtype, shape) for n in inputs]
+    out = helper.make_tensor_value_info("probabilities", dtype, shape)
+    node = (helper.make_node("Sum", list(inputs), ["probabilities"]))
+    model = helper.make_model(helper.make_graph([node], "g", values, [out]),
+                              opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 9
+    onnx.save(model, str(path))
+
+
+@pytest.mark.parametrize("inputs, dtype, match", [
+    (("input", "other"), 1, r"2 inputs \['input', 'other'\]"),
+    (("input",), 11, r"tensor\(double\)"),
+])
+def test_graph_astromorph_cannot_feed_is_refused(tmp_path, inputs, dtype, match):
+    """A graph with a second input, or taking doubles, loaded and then failed in ONNX Runtime
+    (ValueError / a bare ONNX Runtime error) at the first predict."""
+    def graph(card, d):
+        _graph(d / "model.onnx", inputs, dtype)
+        card["sha256"] = sha256(d / "model.onnx")
+
+    d = _folder_with_card(tmp_path, graph)
+    with pytest.raises(ModelCardError, match=match):
+        astromorph.load_model(d, providers="cpu")
