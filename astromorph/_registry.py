@@ -121,6 +121,9 @@ def _check_card(card, path):
         file_spec("single_band_graph", grey)
         value = grey.get("input_shape")
         shape("single_band_graph.input_shape", value)
+        if value != [1, *card["input"]["shape"][1:]]:
+            bad("single_band_graph.input_shape", value,
+                f"[1, H, W] of input.shape: {[1, *card['input']['shape'][1:]]}")
 
 
 def _folders():

@@ -1090,6 +1090,8 @@ def _set(path, value):
      r"variants.*'\.\./other/model\.onnx'"),
     (_set("single_band_graph", {"file": "g.onnx", "sha256": "0" * 64}),
      "single_band_graph.*input_shape"),
+    (_set("single_band_graph", {"file": "g.onnx", "sha256": "0" * 64, "input_shape": [2, 4, 4]}),
+     r"single_band_graph.input_shape.*\[1, 4, 4\].*\[2, 4, 4\]"),
 ])
 def test_malformed_cards_are_card_errors(tmp_path, change, match):
     """A card written by hand for a model of one's own: every malformed field is a
