@@ -168,6 +168,10 @@ def _check_graph(session, path, shape, card):
                 and out[1] != len(labels):
             raise ModelCardError(f"card of {path} gives {len(labels)} labels for output "
                                  f"{spec['name']!r}, but the ONNX graph's output is {out}")
+        if spec.get("kind") == "score" and (len(out) > 2 or len(out) == 2 and isinstance(
+                out[1], int) and out[1] != 1):
+            raise ModelCardError(f"card of {path} calls output {spec['name']!r} a score (one "
+                                 f"value per row), but the ONNX graph's output is {out}")
 
 
 def _reload(name_or_path, providers, threads, precision):

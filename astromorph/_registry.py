@@ -27,6 +27,9 @@ REQUIRED_CARD_KEYS = ("name", "version", "task", "input", "outputs", "training",
 #: ``card["variants"]`` may list others (e.g. a statically quantised int8 copy).
 PRECISIONS = ("float32", "int8")
 
+#: Kinds of model outputs (``card["outputs"][i]["kind"]``; default ``values``).
+OUTPUT_KINDS = ("probabilities", "score", "embedding", "values")
+
 #: Environment variable naming an extra directory of models (``<dir>/<name>/model.onnx``).
 MODELS_ENV = "ASTROMORPH_MODELS_DIR"
 
@@ -106,10 +109,14 @@ def _check_card(card, path):
     for i, spec in enumerate(outputs):
         if not (isinstance(spec, dict) and isinstance(spec.get("name"), str) and spec["name"]):
             bad(f"outputs[{i}]", spec, "an object with a 'name'")
+        if spec.get("kind", "values") not in OUTPUT_KINDS:
+            bad(f"outputs[{i}].kind", spec.get("kind"), f"one of {OUTPUT_KINDS}")
         labels = spec.get("labels")
-        if labels is not None and not (isinstance(labels, list)
-                                       and all(isinstance(x, str) for x in labels)):
-            bad(f"outputs[{i}].labels", labels, "a list of strings")
+        if (labels is not None or spec.get("kind") == "probabilities") and not (
+                isinstance(labels, list) and all(isinstance(x, str) for x in labels)):
+            bad(f"outputs[{i}].labels", labels, "a list of strings (class names)")
+    if card["input"].get("single_band", "invalid") not in ("replicate", "invalid"):
+        bad("input.single_band", card["input"]["single_band"], "'replicate' or 'invalid'")
     variants = card.get("variants")
     if variants is not None:
         if not isinstance(variants, dict):

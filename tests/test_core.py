@@ -1081,6 +1081,9 @@ def _set(path, value):
     (_set("outputs", ["probabilities"]), "outputs.*'probabilities'"),
     (lambda card, _: card["outputs"][0].pop("name"), "outputs.*name"),
     (_set("outputs.0.labels", "ab"), "labels.*'ab'"),
+    (_set("outputs.0.kind", "probability"), r"outputs\[0\].kind.*'probability'"),
+    (lambda card, _: card["outputs"][0].pop("labels"), r"outputs\[0\].labels.*None"),
+    (_set("input.single_band", "replicated"), "input.single_band.*'replicated'"),
     (_set("name", 3), "name.*3"),
     (_set("name", "../x"), r"name.*'\.\./x'"),
     (_set("variants", ["int8"]), r"variants.*\['int8'\]"),
@@ -1131,6 +1134,7 @@ def _fixed_batch(path, batch):
     (_set("input.shape", [3, 4, 4]), r"input.shape \[3, 4, 4\].*\['batch', 2, 4, 4\]"),
     (_set("input.shape", [2, 8, 8]), r"input.shape \[2, 8, 8\].*\['batch', 2, 4, 4\]"),
     (_set("outputs.0.labels", ["a", "b", "c"]), r"3 labels.*'probabilities'.*\['batch', 2\]"),
+    (_set("outputs.0.kind", "score"), r"'probabilities' a score.*\['batch', 2\]"),
 ])
 def test_card_that_does_not_describe_the_graph_is_refused(tmp_path, change, match):
     """A card whose input shape or class count differs from the graph's would load and then
