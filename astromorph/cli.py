@@ -32,7 +32,7 @@ def _cmd_models(args):
     names = list_models()
     rows, bad = [], 0
     for name, problem in incomplete_models().items():  # a broken install never passes
-        rows.append([name, "?", "?", "?", "?"] + [problem] * bool(args.verify))
+        rows.append([name, "?", "?", "?", "?", problem])
         bad += 1
     for name in names:
         try:
@@ -49,7 +49,9 @@ def _cmd_models(args):
             row.append("; ".join(problems) or "sha256 OK")
             bad += bool(problems)
         rows.append(row)
-    header = ["name", "version", "task", "input", "precision"] + (["checksum"] if args.verify else [])
+    last = "checksum" if args.verify else "problem" if bad else None  # a bad card's reason
+    header = ["name", "version", "task", "input", "precision"] + ([last] if last else [])
+    rows = [r + [""] * (len(header) - len(r)) for r in rows]
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
     for r in [header, ["-" * w for w in widths], *rows]:
         print("  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip())

@@ -691,6 +691,25 @@ def test_cli_models_reports_the_providers_setting(tiny_registry, capsys, monkeyp
         capsys.readouterr().out
 
 
+def test_cli_models_shows_why_a_card_is_bad(tiny_registry, capsys):
+    """Without --verify, a bad card's row held its reason in a column the header did not
+    have, so the reason was never printed (only '? ? ? ?')."""
+    bad = tiny_registry / "broken"
+    bad.mkdir()
+    (bad / "model.onnx").write_bytes((tiny_registry / "tiny" / "model.onnx").read_bytes())
+    (bad / "card.json").write_text("{not json")
+    assert cli.main(["models"]) == 1
+    out = capsys.readouterr().out
+    header = out.splitlines()[0].split()
+    assert header[-1] == "problem"
+    row = next(line for line in out.splitlines() if line.startswith("broken"))
+    assert "BAD CARD" in row and "card.json" in row, out
+    (bad / "model.onnx").unlink()  # an incomplete folder says why too
+    assert cli.main(["models"]) == 1
+    out = capsys.readouterr().out
+    assert "MISSING model.onnx" in out and "\ntiny " in out  # the good model still listed
+
+
 def test_cli_verify_ok(tiny_registry, capsys):
     assert cli.main(["models", "--verify"]) == 0
     assert "sha256 OK" in capsys.readouterr().out
