@@ -197,11 +197,15 @@ def _stamp_side(stamp_size):
 def check_scale_options(card, *, size_col=None, stamp_size=None):
     """Raise `InvalidArgumentError` when ``size_col`` or ``stamp_size`` is given for a
     model (its ``card``) whose card fixes the field of every stamp (`fixed_field`): the
-    option could not be honoured, and is refused rather than ignored."""
+    option could not be honoured, and is refused rather than ignored; or when both are
+    given to a galaxy model (one would be left unused)."""
     field = fixed_field(card)
     given = [(name, value) for name, value in (("size_col", size_col),
                                                ("stamp_size", stamp_size))
              if value is not None]
+    if field is None and len(given) == 2:
+        raise InvalidArgumentError(f"pass size_col={size_col!r} or stamp_size={stamp_size} "
+                                   "(--size-col or --stamp-size), not both")
     if field is None or not given:
         return
     shown = ", ".join(f"{name}={value if isinstance(value, u.Quantity) else repr(value)} "
@@ -463,9 +467,6 @@ def annotate(table, images, *, model, ra_col=None, dec_col=None, coord_col=None,
     model = as_model(model, providers=providers, threads=threads, precision=precision)
     # options the model cannot honour, and clashes: before any image is opened
     check_scale_options(model.card, size_col=size_col, stamp_size=stamp_size)
-    if size_col is not None and stamp_size is not None:
-        raise InvalidArgumentError(f"pass size_col={size_col!r} or stamp_size={stamp_size} "
-                                   "(--size-col or --stamp-size), not both")
     check_clashes(table, result_names(model), on_conflict)
     family = model_family(model.card)
     out = table.copy()

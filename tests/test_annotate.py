@@ -1,5 +1,6 @@
 """annotate(): WCS cutouts, mosaics, bands, flags, catalogue handling, CLI."""
 import contextlib
+import importlib.util
 import json
 import sys
 
@@ -980,6 +981,11 @@ def test_size_column_scales_stamps_by_the_card_factor(optical_model, tmp_path):
     # both: which was meant is unknown (stamp_size used to win, the column silently unused)
     with pytest.raises(InvalidArgumentError, match=r"size_col='r90' or stamp_size=6\.0 arcsec"):
         astromorph.annotate(cat, (img, w), model=model, size_col="r90", stamp_size=6.0 * u.arcsec)
+    if importlib.util.find_spec("dask"):  # refused before any partition is made, as well
+        fits.writeto(d / "image.fits", img, w.to_header())
+        with pytest.raises(InvalidArgumentError, match="not both"):
+            astromorph.annotate_dask(cat, str(d / "image.fits"), model=str(d), size_col="r90",
+                                     stamp_size=6.0 * u.arcsec, compute=False)
 
 
 def test_extrapolated_and_small_edge_overhang_are_flagged(optical_model):
