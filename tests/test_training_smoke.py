@@ -674,3 +674,21 @@ def test_command_line_errors_are_one_line(monkeypatch, capsys):
     assert capsys.readouterr().err == ("morphology train: interrupted (rerun the same command: "
                                        "train resumes from its last saved epoch, except under "
                                        "--smoke)\n")
+
+
+def test_unreadable_gz2_init_is_one_line(tmp_path):
+    """morphology-gz2 ``--init``: a missing file, a folder, a file that is no checkpoint or a
+    checkpoint without network weights is one line naming it (all but the first were
+    IsADirectory, pickle or AttributeError tracebacks)."""
+    from astromorph_training import gz2
+
+    import torch
+
+    (tmp_path / "notes.txt").write_text("# not a checkpoint\n")
+    torch.save({"epoch": 3}, tmp_path / "other.pt")  # a torch file without network weights
+    for init in (tmp_path / "missing.pt", tmp_path, tmp_path / "notes.txt", tmp_path / "other.pt"):
+        with pytest.raises(SystemExit) as exc:
+            gz2._init_checkpoint(str(init), tmp_path)
+        message = exc.value.code
+        assert isinstance(message, str) and "\n" not in message and f"--init {init}" in message
+        assert "--init none" in message

@@ -459,10 +459,19 @@ def _init_checkpoint(init, root, *, smoke=False):
             return None, None
     else:
         path = Path(init)
-    if not path.exists():
-        raise SystemExit(f"--init {init}: no checkpoint {path} (run 'python -m astromorph_training "
-                         "morphology train' first, or pass --init none)")
-    return path, torch.load(path, map_location="cpu", weights_only=False)
+    hint = "run 'python -m astromorph_training morphology train' first, or pass --init none"
+    if not path.is_file():
+        raise SystemExit(f"--init {init}: no checkpoint {path} ({hint})")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # not a torch file (pickle, zip or EOF errors): one line
+        raise SystemExit(f"--init {init}: {path} is no torch checkpoint "
+                         f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}; "
+                         f"{hint})") from None
+    if not isinstance(state, dict) or not (state.get("ema") or state.get("model")):
+        raise SystemExit(f"--init {init}: {path} holds no network weights ('ema' or 'model'): "
+                         f"not a morphology training checkpoint ({hint})")
+    return path, state
 
 
 def _init_weights(net, path, state, root):
