@@ -676,6 +676,41 @@ def test_command_line_errors_are_one_line(monkeypatch, capsys):
                                        "--smoke)\n")
 
 
+def _one_line_exit(argv):
+    """``main(argv)``'s one-line refusal: the `SystemExit` message (exit status 1)."""
+    from astromorph_training import __main__
+
+    with pytest.raises(SystemExit) as exc:
+        __main__.main(argv)
+    message = exc.value.code
+    assert isinstance(message, str) and "\n" not in message, message  # printed as one line, status 1
+    return message
+
+
+def test_missing_data_is_one_line(tmp_path, monkeypatch):
+    """Without the data (a missing --data-dir, $ASTROMORPH_DATA set to nonsense, a folder
+    without gz1/), every command stops in one line that names the path and what to do."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("ASTROMORPH_DATA", raising=False)
+    message = _one_line_exit(["morphology", "train", "--data-dir", str(tmp_path / "nowhere")])
+    assert str(tmp_path / "nowhere") in message and "--data-dir" in message
+    monkeypatch.setenv("ASTROMORPH_DATA", "nonsense")
+    message = _one_line_exit(["real-bogus", "train", "--smoke"])
+    # the path came from the environment variable: the message says so
+    assert str(tmp_path / "nonsense") in message and "$ASTROMORPH_DATA" in message
+    (tmp_path / "empty").mkdir()
+    for model, missing in (("morphology", "gz1/labels.csv"), ("morphology-gz2", "gz2/votes.csv"),
+                           ("real-bogus", "ztf_alerts")):
+        message = _one_line_exit([model, "train", "--smoke", "--data-dir", str(tmp_path / "empty"),
+                                  "--out-dir", str(tmp_path / "out")])
+        assert f"{model} train: " in message and str(tmp_path / "empty" / missing) in message
+        assert "--data-dir" in message and "earlier steps" not in message  # train is the first
+    (tmp_path / "a-file").write_text("")
+    message = _one_line_exit(["morphology", "evaluate", "--data-dir", str(DATA_DIR),
+                              "--out-dir", str(tmp_path / "a-file")])
+    assert str(tmp_path / "a-file") in message and "--out-dir" in message
+
+
 def test_unreadable_gz2_init_is_one_line(tmp_path):
     """morphology-gz2 ``--init``: a missing file, a folder, a file that is no checkpoint or a
     checkpoint without network weights is one line naming it (all but the first were

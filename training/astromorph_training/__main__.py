@@ -11,6 +11,7 @@ import importlib
 import logging
 import sys
 import time
+from pathlib import Path
 
 from ._common import positive_int, repo_root, resolve_data_dir
 
@@ -90,7 +91,10 @@ def main(argv=None):
     model = next((a for a in argv if a in MODULES), None)
     args = build_parser(model).parse_args(argv)
     args.data_dir = resolve_data_dir(args.data_dir)
-    args.out_dir = repo_root() if args.out_dir is None else __import__("pathlib").Path(args.out_dir)
+    args.out_dir = repo_root() if args.out_dir is None else Path(args.out_dir)
+    if args.out_dir.exists() and not args.out_dir.is_dir():
+        raise SystemExit(f"--out-dir {str(args.out_dir)!r} is a file: pass the repository root "
+                         "(a folder) to write models/ and training/reports/ into")
     module = _load(args.model)
     if args.step not in steps_of(args.model):
         raise SystemExit(f"no {args.step} step for model {args.model!r}")
@@ -99,9 +103,11 @@ def main(argv=None):
         try:
             result = getattr(module, step)(args)
         except FileNotFoundError as exc:  # missing data or checkpoint files: one line
+            hint = ("is --data-dir (or $ASTROMORPH_DATA) the data folder?" if step == "train" else
+                    f"run `python -m astromorph_training {args.model} train` first, or check "
+                    "--out-dir and --data-dir")
             raise SystemExit(f"{args.model} {step}: {exc.strerror or exc}: "
-                             f"{exc.filename or ''} (see --data-dir, --out-dir, or run the "
-                             "earlier steps first)") from None
+                             f"{exc.filename or ''} ({hint})") from None
         except KeyboardInterrupt:  # Ctrl-C: one line; checkpoints are written atomically
             print(f"{args.model} {step}: interrupted (rerun the same command: train resumes "
                   "from its last saved epoch, except under --smoke)", file=sys.stderr)

@@ -61,12 +61,16 @@ def resolve_data_dir(arg=None):
     The default is resolved next to the repository (``<repo>/../shared/data``, see
     `repo_root`).
     """
+    source = "--data-dir"
     if arg is None:
-        arg = os.environ.get("ASTROMORPH_DATA") or repo_root().parent / "shared" / "data"
+        arg, source = os.environ.get("ASTROMORPH_DATA"), "$ASTROMORPH_DATA"
+    if not arg:  # unset or empty
+        arg, source = repo_root().parent / "shared" / "data", "the default, beside the repository"
     path = Path(arg).expanduser().resolve()
     if not path.is_dir():
-        raise SystemExit(f"data directory {str(path)!r} does not exist; "
-                         "pass --data-dir or set ASTROMORPH_DATA")
+        raise SystemExit(f"data directory {str(path)!r} ({source}) is no folder: pass "
+                         "--data-dir DIR or set ASTROMORPH_DATA to the folder holding gz1/, gz2/ "
+                         "and ztf_alerts/ (docs/training.md)")
     return path
 
 
