@@ -711,6 +711,43 @@ def test_missing_data_is_one_line(tmp_path, monkeypatch):
     assert str(tmp_path / "a-file") in message and "--out-dir" in message
 
 
+def test_missing_firstgalaxydata_is_one_line(tmp_path, monkeypatch):
+    """radio-morphology without the firstgalaxydata package (and no --first-dir, no
+    DATA/firstgalaxydata/) names what it looked for and how to get it."""
+    import argparse
+
+    from astromorph_training import radio
+
+    monkeypatch.setitem(sys.modules, "firstgalaxydata", None)  # as if not installed
+    with pytest.raises(SystemExit) as exc:
+        radio._first_dir(argparse.Namespace(first_dir=None, data_dir=tmp_path))
+    message = exc.value.code
+    assert "\n" not in message and str(tmp_path / "firstgalaxydata") in message
+    assert "pip install --no-deps firstgalaxydata" in message and "--first-dir" in message
+
+
+@pytest.mark.parametrize("model", MODELS)
+@pytest.mark.parametrize("step", ["evaluate", "export"])
+def test_steps_before_train_are_one_line(model, step, tmp_path, monkeypatch):
+    """``evaluate`` or ``export`` with no checkpoint stops at once, in one line naming the
+    missing checkpoint and the train command (radio-morphology first read or built the
+    whole data cache, minutes, before it said so)."""
+    import importlib
+
+    from astromorph_training.__main__ import MODULES
+
+    module = importlib.import_module(f"astromorph_training.{MODULES[model]}")
+
+    def no_data(*args, **kwargs):
+        raise AssertionError("the data was read before the checkpoint was looked for")
+
+    monkeypatch.setattr(module, "load_dataset", no_data, raising=False)
+    monkeypatch.chdir(tmp_path)
+    message = _one_line_exit([model, step, "--data-dir", str(DATA_DIR), "--out-dir", str(tmp_path)])
+    assert str(tmp_path / "training" / "checkpoints" / model) in message
+    assert f"{model} train" in message, message
+
+
 def test_unreadable_gz2_init_is_one_line(tmp_path):
     """morphology-gz2 ``--init``: a missing file, a folder, a file that is no checkpoint or a
     checkpoint without network weights is one line naming it (all but the first were

@@ -178,8 +178,10 @@ def _first_dir(args):
         return Path(data_dir) / "firstgalaxydata"
     spec = importlib.util.find_spec("firstgalaxydata")
     if spec is None or not spec.submodule_search_locations:
-        raise SystemExit("the FIRST radio galaxy data set is missing: "
-                         "pip install --no-deps firstgalaxydata, or pass --first-dir")
+        where = f"no {Path(data_dir) / 'firstgalaxydata'} and " if data_dir is not None else ""
+        raise SystemExit(f"the FIRST radio galaxy data set is missing ({where}the "
+                         "firstgalaxydata package is not installed): pip install --no-deps "
+                         "firstgalaxydata, or pass --first-dir DIR")
     return Path(list(spec.submodule_search_locations)[0])
 
 
@@ -1079,11 +1081,12 @@ def export(args):
     """
     dirs = _dirs(args)
     smoke = getattr(args, "smoke", False)
-    data = load_dataset(args)
-    if not (dirs["ckpt"] / "best.pt").exists():
+    if not (dirs["ckpt"] / "best.pt").exists():  # before reading (or caching) the data
         if not smoke:
-            raise SystemExit(f"no checkpoint in {dirs['ckpt']}: run the train step first")
+            raise SystemExit(f"no checkpoint in {dirs['ckpt']}: run `python -m "
+                             f"astromorph_training {NAME} train` first")
         train(args)
+    data = load_dataset(args)
     net, record = _load_best(dirs["ckpt"])
     va = data["split"] == "valid"
     path = dirs["model"] / "model.onnx"
