@@ -764,3 +764,31 @@ def test_unreadable_gz2_init_is_one_line(tmp_path):
         message = exc.value.code
         assert isinstance(message, str) and "\n" not in message and f"--init {init}" in message
         assert "--init none" in message
+
+
+def test_missing_dependency_is_one_line(monkeypatch):
+    """A model whose module cannot import a dependency (torch missing, or an ``astromorph``
+    that is not this checkout's, as ``pip install ./training`` alone takes one of that name
+    from the package index) stops in one line naming the module and the install command
+    (it was a ModuleNotFoundError or ImportError traceback)."""
+    import types
+
+    from astromorph_training import __main__
+
+    monkeypatch.setitem(sys.modules, "torch", None)  # as if not installed
+    monkeypatch.delitem(sys.modules, "astromorph_training.morphology", raising=False)
+    with pytest.raises(SystemExit) as exc:
+        __main__.main(["morphology", "train"])
+    message = exc.value.code
+    assert isinstance(message, str) and "\n" not in message
+    assert "'torch'" in message and "pip install" in message and "./training" in message
+    # an astromorph without this checkout's preprocessing (here: an empty module)
+    monkeypatch.undo()
+    monkeypatch.delitem(sys.modules, "astromorph_training.morphology", raising=False)
+    monkeypatch.setitem(sys.modules, "astromorph.preprocessing._optical",
+                        types.ModuleType("astromorph.preprocessing._optical"))
+    with pytest.raises(SystemExit) as exc:
+        __main__.main(["morphology", "train"])
+    message = exc.value.code
+    assert "\n" not in message and "astromorph.preprocessing._optical" in message
+    assert "not the version this checkout needs" in message and "./training" in message

@@ -36,13 +36,25 @@ EXTRA_STEPS = {
 BUILD = ("train", "evaluate", "export")
 
 
+#: How to install what the training modules import (docs/training.md).
+INSTALL = ("from the astromorph checkout, pip install 'torch==2.13.0' '.[cpu,all]' ./training "
+           "(astromorph from the checkout, not the package index)")
+
+
 def _load(model):
     try:
         return importlib.import_module(f"astromorph_training.{MODULES[model]}")
     except ModuleNotFoundError as exc:
         if exc.name == f"astromorph_training.{MODULES[model]}":
             raise SystemExit(f"no training module for model {model!r} yet") from exc
-        raise
+        if exc.name is None or exc.name.startswith("astromorph_training"):
+            raise
+        raise SystemExit(f"{model}: cannot import {exc.name!r}: {INSTALL}") from None
+    except ImportError as exc:  # e.g. an astromorph that is not this checkout's
+        if exc.name is None or exc.name.startswith("astromorph_training"):
+            raise
+        raise SystemExit(f"{model}: {exc} ({exc.name!r} is not the version this checkout "
+                         f"needs): {INSTALL}") from None
 
 
 class _Parser(argparse.ArgumentParser):
