@@ -4,9 +4,9 @@ import logging
 import numpy as np
 
 from ._common import embedding_matrix, masked_column
-from ._state import as_provenance, load_state, save_state
+from ._state import Saved, as_provenance
 from ._state import check_provenance as _check_provenance
-from ..exceptions import InputError, InvalidArgumentError, InvalidArgumentTypeError
+from ..exceptions import InvalidArgumentError, InvalidArgumentTypeError
 from ..preprocessing._checks import check_bool, check_number, check_whole
 
 __all__ = ["LabelHead"]
@@ -64,7 +64,7 @@ def _fit_logistic(x, y, k, weights, c, init=None, max_iter=500):
     return res.x
 
 
-class LabelHead:
+class LabelHead(Saved):
     """Few-label classifier: multinomial logistic regression on embedding vectors.
 
     Fit it on the embeddings of a handful of labelled rows and apply it to a
@@ -424,58 +424,3 @@ class LabelHead:
             raise InvalidArgumentError(f"not a LabelHead state: {exc}") from None
         head.cv_scores_ = {}
         return head
-
-    def save(self, path, *, overwrite=False):
-        """Write the fitted head to a JSON file, atomically.
-
-        The file holds a format version, the classes, regularisation, standardisation,
-        coefficients and `provenance_` (human-readable; `load` reads it back).
-
-        Parameters
-        ----------
-        path : str or os.PathLike
-            The file to write (e.g. ``my_head.json``).
-        overwrite : bool, optional
-            Replace an existing file (default: raise
-            `~astromorph.exceptions.OutputExistsError`).
-
-        Returns
-        -------
-        pathlib.Path
-            ``path``.
-
-        Raises
-        ------
-        astromorph.exceptions.InvalidArgumentError
-            The head is not fitted yet.
-        astromorph.exceptions.OutputExistsError, astromorph.exceptions.OutputError
-            ``path`` exists (without ``overwrite``) or cannot be written; it is left as
-            it was.
-        """
-        return save_state("LabelHead", self.to_dict(), path, check_bool(overwrite, "overwrite"))
-
-    @classmethod
-    def load(cls, path):
-        """A fitted head from a file written by `save`.
-
-        Parameters
-        ----------
-        path : str or os.PathLike
-
-        Returns
-        -------
-        LabelHead
-
-        Raises
-        ------
-        astromorph.exceptions.InputNotFoundError
-            No such file.
-        astromorph.exceptions.InputError
-            The file is not a saved `LabelHead` (not JSON, another kind or format
-            version, or inconsistent contents); the message names it.
-        """
-        state = load_state("LabelHead", path)
-        try:
-            return cls.from_dict(state)
-        except InvalidArgumentError as exc:
-            raise InputError(f"{str(path)!r} is not a usable saved LabelHead: {exc}") from None

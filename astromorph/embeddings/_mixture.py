@@ -5,7 +5,7 @@ import numpy as np
 
 from ._common import (add_columns, check_prefix, check_seed, embedding_matrix, masked_column,
                       table_embeddings)
-from ._state import as_provenance, load_state, save_state, table_provenance
+from ._state import Saved, as_provenance, table_provenance
 from ._state import check_provenance as _check_provenance
 from ..exceptions import InputError, InvalidArgumentError, InvalidArgumentTypeError
 from ..preprocessing._checks import check_bool, check_number, check_whole
@@ -23,7 +23,7 @@ def _logsumexp(a, axis):
     return np.squeeze(m, axis=axis) + np.log(np.sum(np.exp(a - m), axis=axis))
 
 
-class GaussianMixture:
+class GaussianMixture(Saved):
     """Gaussian mixture model of embedding vectors, fitted by EM.
 
     The vectors are first projected on their ``n_pca`` leading principal
@@ -456,63 +456,6 @@ class GaussianMixture:
         mixture.bic_, mixture.provenance_ = bic, provenance
         return mixture
 
-    def save(self, path, *, overwrite=False):
-        """Write the fitted mixture to a JSON file, atomically.
-
-        The file holds a format version, the PCA (mean and axes), the mixture's weights,
-        means and covariances, its BIC values and `provenance_` (human-readable; `load`
-        reads it back).
-
-        Parameters
-        ----------
-        path : str or os.PathLike
-            The file to write (e.g. ``clusters.json``).
-        overwrite : bool, optional
-            Replace an existing file (default: raise
-            `~astromorph.exceptions.OutputExistsError`).
-
-        Returns
-        -------
-        pathlib.Path
-            ``path``.
-
-        Raises
-        ------
-        astromorph.exceptions.InvalidArgumentError
-            The mixture is not fitted yet.
-        astromorph.exceptions.OutputExistsError, astromorph.exceptions.OutputError
-            ``path`` exists (without ``overwrite``) or cannot be written; it is left as
-            it was.
-        """
-        return save_state("GaussianMixture", self.to_dict(), path,
-                          check_bool(overwrite, "overwrite"))
-
-    @classmethod
-    def load(cls, path):
-        """A fitted mixture from a file written by `save`.
-
-        Parameters
-        ----------
-        path : str or os.PathLike
-
-        Returns
-        -------
-        GaussianMixture
-
-        Raises
-        ------
-        astromorph.exceptions.InputNotFoundError
-            No such file.
-        astromorph.exceptions.InputError
-            The file is not a saved `GaussianMixture` (not JSON, another kind or format
-            version, or inconsistent contents); the message names it.
-        """
-        state = load_state("GaussianMixture", path)
-        try:
-            return cls.from_dict(state)
-        except InvalidArgumentError as exc:
-            raise InputError(f"{str(path)!r} is not a usable saved GaussianMixture: "
-                             f"{exc}") from None
 
 
 def _pca(xc, n):

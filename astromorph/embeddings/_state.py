@@ -12,7 +12,7 @@ from ..exceptions import (InputError, InputNotFoundError,
                           ProvenanceMismatchError)
 
 __all__ = ["table_provenance", "as_provenance", "check_provenance", "describe",
-           "save_state", "load_state", "FORMAT_VERSION"]
+           "save_state", "load_state", "FORMAT_VERSION", "Saved"]
 
 #: Version of the JSON files written by ``save``; ``load`` reads this version.
 FORMAT_VERSION = 1
@@ -150,3 +150,71 @@ def load_state(kind, path):
         raise InputError(f"{str(path)!r} has format_version {state.get('format_version')!r}; "
                          f"this astromorph reads version {FORMAT_VERSION}")
     return {k: v for k, v in state.items() if k not in ("kind", "format_version")}
+
+
+class Saved:
+    """``save``/``load`` of a fitted object as JSON, through its ``to_dict``/``from_dict``
+    (the class names the kind of file: a `LabelHead` never loads a `GaussianMixture` file)."""
+
+    def save(self, path, *, overwrite=False):
+        """Write the fitted object to a JSON file, atomically.
+
+        The file holds the kind and a format version, the fitted quantities of ``to_dict``
+        and ``provenance_`` (the embedding model the vectors came from), human-readable;
+        ``load`` reads it back.
+
+        Parameters
+        ----------
+        path : str or os.PathLike
+            The file to write (e.g. ``my_head.json``).
+        overwrite : bool, optional
+            Replace an existing file (default: raise
+            `~astromorph.exceptions.OutputExistsError`).
+
+        Returns
+        -------
+        pathlib.Path
+            ``path``.
+
+        Raises
+        ------
+        astromorph.exceptions.InvalidArgumentError
+            The object is not fitted yet.
+        astromorph.exceptions.OutputExistsError, astromorph.exceptions.OutputError
+            ``path`` exists (without ``overwrite``) or cannot be written; it is left as
+            it was.
+        """
+        from ..preprocessing._checks import check_bool
+
+        return save_state(type(self).__name__, self.to_dict(), path,
+                          check_bool(overwrite, "overwrite"))
+
+    @classmethod
+    def load(cls, path):
+        """A fitted object from a file written by ``save``.
+
+        Parameters
+        ----------
+        path : str or os.PathLike
+
+        Returns
+        -------
+        object
+            An instance of this class.
+
+        Raises
+        ------
+        astromorph.exceptions.InputNotFoundError
+            No such file.
+        astromorph.exceptions.InputError
+            The file is not a saved object of this class (not JSON, another kind or format
+            version, or inconsistent contents); the message names it.
+        """
+        from ..exceptions import InvalidArgumentError
+
+        kind = cls.__name__
+        state = load_state(kind, path)
+        try:
+            return cls.from_dict(state)
+        except InvalidArgumentError as exc:
+            raise InputError(f"{str(path)!r} is not a usable saved {kind}: {exc}") from None
