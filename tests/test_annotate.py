@@ -1660,6 +1660,20 @@ def test_annotate_dask_gives_a_partition_warning_once_at_the_callers_line(optica
     np.testing.assert_array_equal(out["opt_flags"], ref["opt_flags"])
 
 
+def cut_read_whole_traced(im, coords):
+    """Stamps at ``coords`` from the open image ``im`` read whole (a dense catalogue), and the
+    peak of the memory traced (`tracemalloc`) while reading and cutting."""
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        im.plan_samples(im.data.size)
+        stamps = cut_stamps(im, coords.ra.deg, coords.dec.deg, size=SIZE, pixel_scale=SCALE).stamps
+        return stamps, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
 def stamps_of_the_image_read_whole(path, coords):
     """Stamps at ``coords`` cut from the image at ``path`` read whole into memory (as a dense
     catalogue has it read: page-by-page sums differ in the last bits)."""
@@ -1676,7 +1690,6 @@ def test_gzipped_fits_is_sampled_where_it_was_decompressed(tmp_path):
     from a second whole-image float32 copy; its stamps (masking sentinels included) are
     those of the plain file read whole."""
     import gzip
-    import tracemalloc
 
     from astromorph._images import closing_files
 
@@ -1692,13 +1705,7 @@ def test_gzipped_fits_is_sampled_where_it_was_decompressed(tmp_path):
     ref = stamps_of_the_image_read_whole(plain, c)
     with closing_files(parse_sky_images(str(path))) as [im]:
         decompressed = im._hold[0].data
-        tracemalloc.start()
-        try:
-            im.plan_samples(im.data.size)  # dense: read whole
-            got = cut_stamps(im, c.ra.deg, c.dec.deg, size=SIZE, pixel_scale=SCALE).stamps
-            peak = tracemalloc.get_traced_memory()[1]
-        finally:
-            tracemalloc.stop()
+        got, peak = cut_read_whole_traced(im, c)
         source = im.resident(0)
         assert source is not None and np.shares_memory(source, decompressed)
         assert peak < img.nbytes // 2, (peak, img.nbytes)  # no second copy of the image
@@ -1713,7 +1720,6 @@ def test_scaled_integer_image_is_read_whole_into_one_float32_copy(tmp_path, comp
     kept, over three times its size at the peak. It is now scaled in row strips into that
     one copy (BLANK -> NaN), with the stamps of the plain file read whole as before."""
     import gzip
-    import tracemalloc
 
     from astromorph._images import closing_files
 
@@ -1735,13 +1741,7 @@ def test_scaled_integer_image_is_read_whole_into_one_float32_copy(tmp_path, comp
     ref = stamps_of_the_image_read_whole(plain, c)
     with closing_files(parse_sky_images(str(path))) as [im]:
         assert im.data.dtype.kind == "i" and im.blank == -32768 and im.bzero == 32768
-        tracemalloc.start()
-        try:
-            im.plan_samples(im.data.size)  # dense: read whole
-            got = cut_stamps(im, c.ra.deg, c.dec.deg, size=SIZE, pixel_scale=SCALE).stamps
-            peak = tracemalloc.get_traced_memory()[1]
-        finally:
-            tracemalloc.stop()
+        got, peak = cut_read_whole_traced(im, c)
         assert im.resident(0) is not None
     float32_image = 4 * n * n
     extra = 0 if compressed else raw.size * 2  # the raw pixels read from the plain file
