@@ -79,6 +79,8 @@ def _run(args):
 
 
 def register(sub):
+    from .cli import add_runtime_options
+
     p = sub.add_parser(
         "annotate", help="add model columns to a catalogue, from FITS images with WCS or from "
                          "the stamps its rows hold",
@@ -120,15 +122,9 @@ def register(sub):
                    help="when a new column already exists (default: error)")
     p.add_argument("--batch-size", type=int, default=256, metavar="N",
                    help="stamps per model call (default 256)")
-    p.add_argument("--providers", default=None,
-                   help="execution providers: auto (default), cpu, cuda (or gpu), tensorrt")
-    p.add_argument("--threads", type=int, default=None, metavar="N",
-                   help="CPU threads of ONNX Runtime (default: $ASTROMORPH_NUM_THREADS, else "
-                        "ONNX Runtime's choice) and, with --image, threads cutting the stamps "
-                        "(default: the CPU count, at most 8)")
-    p.add_argument("--precision", choices=["float32", "int8"], default=None,
-                   help="model variant: int8 is a quantised copy, faster on CPUs, where the "
-                        "card lists one (default: float32)")
+    add_runtime_options(p, threads_help="CPU threads of ONNX Runtime (default: "
+                        "$ASTROMORPH_NUM_THREADS, else ONNX Runtime's choice) and, with --image, "
+                        "threads cutting the stamps (default: the CPU count, at most 8)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output file (default: refuse before any work)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_run)

@@ -596,6 +596,8 @@ def _explain(stamp, bits):
 # ----------------------------------------------------------------------------- command line
 def register(subparsers):
     """Add the ``predict`` sub-command to the ``astromorph`` command line."""
+    from .cli import add_runtime_options
+
     p = subparsers.add_parser(
         "predict", help="score FITS/JPEG/PNG stamps and alert packets: one row per stamp",
         description="Apply a model to files of stamps (FITS images, cubes and "
@@ -616,14 +618,7 @@ def register(subparsers):
                    help="add the result keywords to the FITS inputs themselves (atomically)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace existing output files (default: refuse before any work)")
-    p.add_argument("--providers", default=None,
-                   help="execution providers: auto (default), cpu, cuda (or gpu), tensorrt")
-    p.add_argument("--threads", type=int, default=None, metavar="N",
-                   help="CPU threads of ONNX Runtime (default: $ASTROMORPH_NUM_THREADS, "
-                        "else ONNX Runtime's choice)")
-    p.add_argument("--precision", choices=["float32", "int8"], default=None,
-                   help="model variant: int8 is a quantised copy, faster on CPUs, where the "
-                        "card lists one (default: float32)")
+    add_runtime_options(p)
     p.add_argument("--crop-fraction", type=float, default=None, metavar="F",
                    help="galaxy models: central fraction of each cutout the network sees "
                         "(default 0.35, for cutouts of cutout_size_from_petrosian(petroR90_r) = "

@@ -167,6 +167,19 @@ def _add_verbosity(parser, dest=""):
                         help="errors only: no warnings, progress bar or summary lines")
 
 
+def add_runtime_options(parser, *, threads_help=None):
+    """``--providers``, ``--threads`` and ``--precision``: how a command runs its model, with
+    the same names, defaults and help in every command that loads one."""
+    parser.add_argument("--providers", default=None,
+                        help="execution providers: auto (default), cpu, cuda (or gpu), tensorrt")
+    parser.add_argument("--threads", type=int, default=None, metavar="N",
+                        help=threads_help or "CPU threads of ONNX Runtime (default: "
+                        "$ASTROMORPH_NUM_THREADS, else ONNX Runtime's choice)")
+    parser.add_argument("--precision", choices=["float32", "int8"], default=None,
+                        help="model variant: int8 is a quantised copy, faster on CPUs, where "
+                             "the card lists one (default: float32)")
+
+
 def check_model_output(model, output):
     """Check, before any work, that a table with the columns of ``model`` (a name or path)
     can be written to ``output`` (CSV cannot hold an embedding)."""

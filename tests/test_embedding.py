@@ -694,6 +694,15 @@ def test_cli_similar_gallery_from_files(tiny_embedding, tmp_path):
     assert main(["similar", str(table), "--image", str(tmp_path / "g03.png"), "-k", "2",
                  "--model", tiny_embedding, "-o", str(tmp_path / "q.ecsv")]) == 0
     assert Table.read(tmp_path / "q.ecsv")["row"][0] == 3
+    # the image is embedded as predict/annotate run their models (they had these options,
+    # similar had none): the same neighbours, and a variant the card lacks is refused
+    assert main(["similar", str(table), "--image", str(tmp_path / "g03.png"), "-k", "2",
+                 "--model", tiny_embedding, "--providers", "cpu", "--threads", "1",
+                 "-o", str(tmp_path / "q1.ecsv")]) == 0
+    assert list(Table.read(tmp_path / "q1.ecsv")["row"]) == \
+        list(Table.read(tmp_path / "q.ecsv")["row"])
+    assert main(["similar", str(table), "--image", str(tmp_path / "g03.png"),
+                 "--model", tiny_embedding, "--precision", "int8"]) == 2
 
 
 # ------------------------------------------------------------------------ shipped model
@@ -918,7 +927,10 @@ def test_cli_similar_options_of_another_query_are_refused(tmp_path, capsys, opti
     (["cluster", "--map-method", "auto"], "--map"),
     (["cluster", "-k", "2", "--k-max", "6"], "without -k"),
     (["similar", "--query", "0", "--model", "embedding"], "--image"),
-    (["similar", "--ra", "1", "--dec", "1", "--model", "x"], "--image")])
+    (["similar", "--ra", "1", "--dec", "1", "--model", "x"], "--image"),
+    (["similar", "--query", "0", "--providers", "cpu"], "--image"),
+    (["similar", "--query", "0", "--threads", "1"], "--image"),
+    (["similar", "--query", "0", "--precision", "float32"], "--image")])
 def test_cli_options_that_would_be_ignored_are_refused(tmp_path, capsys, command, needs):
     """Options with a default that the command would not use (--map-method without --map,
     --k-max with -k, --model without --image): refused, naming them, before any work,
@@ -926,7 +938,8 @@ def test_cli_options_that_would_be_ignored_are_refused(tmp_path, capsys, command
     t = catalogue(30, d=8)
     t["embedding"], _ = blobs(n_per=10, k=3, d=8)
     t.write(tmp_path / "emb.ecsv")
-    option = next(o for o in command if o in ("--map-method", "--k-max", "--model"))
+    option = next(o for o in command if o in ("--map-method", "--k-max", "--model", "--providers",
+                                              "--threads", "--precision"))
     assert main([command[0], str(tmp_path / "emb.ecsv"), *command[1:], "-o",
                  str(tmp_path / "out.ecsv")]) == 2
     err = capsys.readouterr().err

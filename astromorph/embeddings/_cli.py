@@ -3,7 +3,7 @@ import logging
 
 import numpy as np
 
-from ..cli import check_range, report
+from ..cli import add_runtime_options, check_range, report
 
 __all__ = ["register"]
 
@@ -63,6 +63,7 @@ def _cmd_similar(args):
     check_range("-k", args.k, low=1)
     check_range("--query", args.query, low=0)  # a row number: -1 is no row from the end
     check_range("--max-separation", args.max_separation, low=0)
+    check_range("--threads", args.threads, low=0)
     _check_outputs(args, output=args.output, gallery=args.gallery)
     given = [n for n in ("query", "ra", "image") if getattr(args, n) is not None]
     if len(given) != 1 or (args.ra is None) != (args.dec is None):
@@ -72,16 +73,24 @@ def _cmd_similar(args):
             ("--ra-col", args.ra_col, args.ra, "--ra/--dec"),
             ("--dec-col", args.dec_col, args.ra, "--ra/--dec"),
             ("--source-column", args.source_column, args.gallery, "--gallery"),
-            ("--model", args.model, args.image, "--image")):
+            ("--model", args.model, args.image, "--image"),
+            ("--providers", args.providers, args.image, "--image"),
+            ("--threads", args.threads, args.image, "--image"),
+            ("--precision", args.precision, args.image, "--image")):
         if value is not None and needed is None:
             raise InvalidArgumentError(f"{option} applies only with {name}")
+    model = "embedding" if args.model is None else args.model
+    if args.image is not None:  # loaded (and its options checked) before the table is read
+        from .._model import load_model
+
+        model = load_model(model, providers=args.providers, threads=args.threads,
+                           precision=args.precision)
     table = _read(args, output_has_its_columns=False)  # neighbours: no embeddings
     check_range("--query", args.query, low=0, high=len(table) - 1)
     index = SimilarityIndex.from_table(table, column=args.column, backend=args.backend)
     if args.gallery:  # the column of the rows' files, checked before any write
         _row_images(index, [], None, args.source_column)
-    kwargs = dict(k=args.k, include_query=args.include_query,
-                  model=args.model or "embedding")
+    kwargs = dict(k=args.k, include_query=args.include_query, model=model)
     if args.query is not None:
         result = index.query(row=args.query, **kwargs)
     elif args.ra is not None:
@@ -203,6 +212,8 @@ def register(sub):
                    help="column of image paths for --gallery (default: source, path, file)")
     p.add_argument("--model", default=None,
                    help="with --image: the model embedding it (default embedding)")
+    add_runtime_options(p, threads_help="with --image: CPU threads of ONNX Runtime (default: "
+                        "$ASTROMORPH_NUM_THREADS, else ONNX Runtime's choice)")
     p.add_argument("--backend", default="exact", choices=["exact", "auto", "faiss", "hnswlib"],
                    help="search backend (default exact)")
     p.add_argument("--max-separation", type=float, metavar="ARCSEC",
