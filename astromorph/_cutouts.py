@@ -343,14 +343,7 @@ class SkyImage:
         """
         ny, nx = -(-self.shape[0] // fy), -(-self.shape[1] // fx)
         if fy == fx == 1:  # the values `take` gives, as they are
-            out = np.empty((ny, nx), np.float32)
-            for raw, part in _row_strips(self.data, out):
-                if self.plain:
-                    part[...] = raw  # one pass: cast and byte swap
-                    part[invalid_pixels(part)] = np.nan  # sentinels, as `_scaled`
-                else:
-                    self._scaled(raw, out=part)
-            return out
+            return self._scaled_whole(self.data)
         out = np.empty((ny, nx), np.float32)
         strip = max(1, (1 << 22) // max(self.shape[1], 1) // fy) * fy
         for y0 in range(0, self.shape[0], strip):  # row strips: bounded memory

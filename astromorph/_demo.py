@@ -44,6 +44,7 @@ def run_demo(*, model="morphology", output="astromorph_demo.ecsv", gallery=None,
     from ._annotate import annotate
     from ._io import check_distinct_outputs, check_output, write_table
     from ._model import as_model
+    from .exceptions import InvalidArgumentError
 
     check_distinct_outputs({"output": output, "gallery": gallery})  # before any work
     for path in (output, gallery):
@@ -54,8 +55,6 @@ def run_demo(*, model="morphology", output="astromorph_demo.ecsv", gallery=None,
     model = as_model(model)
     family = model_family(model.card)
     if family != "optical":
-        from .exceptions import InvalidArgumentError
-
         needs = {"radio": "radio images (FIRST-like, Jy/beam)",
                  "triplet": "science, reference and difference stamps"}.get(family, family)
         raise InvalidArgumentError(
@@ -63,8 +62,6 @@ def run_demo(*, model="morphology", output="astromorph_demo.ecsv", gallery=None,
             f"{model.name!r} takes {needs}: run `astromorph annotate` or `astromorph "
             f"predict` on such data instead")
     if gallery and model.labels is None:
-        from .exceptions import InvalidArgumentError
-
         raise InvalidArgumentError(f"the gallery (--gallery {str(gallery)!r}) shows labels; "
                                    f"model {model.name!r} gives none (outputs: "
                                    f"{', '.join(model.output_names)})")

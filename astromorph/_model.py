@@ -136,11 +136,12 @@ class Prediction(Mapping):
         return np.asarray(spec["labels"])[np.argmax(self._arrays[name], axis=1)]
 
 
-def _check_graph(session, path, shape, card):
+def _check_graph(session, path, card):
     """Raise `ModelCardError` where the graph of ``session`` (file ``path``) is not the one
-    ``card`` describes with input ``shape``: not one float32 input, another input shape, a
-    fixed batch size, missing outputs or another number of classes than of labels. Dimensions the graph leaves
-    symbolic are not checked."""
+    ``card`` describes: not one float32 input, another input shape, a fixed batch size,
+    missing outputs or another number of classes than of labels. Dimensions the graph
+    leaves symbolic are not checked."""
+    shape = card["input"]["shape"]
     inputs = session.get_inputs()
     if len(inputs) != 1 or inputs[0].type != "tensor(float)":
         raise ModelCardError(f"the ONNX graph {path} has {len(inputs)} inputs "
@@ -212,7 +213,7 @@ class Model:
         self.providers = list(self._session.get_providers())
         self._input_name = self._session.get_inputs()[0].name
         self.output_names = [o["name"] for o in self.card["outputs"]]
-        _check_graph(self._session, self.path, self.card["input"]["shape"], self.card)
+        _check_graph(self._session, self.path, self.card)
 
     def __reduce__(self):
         """Pickle as the way to load it again (e.g. for Dask or multiprocessing workers):
@@ -287,7 +288,7 @@ class Model:
                 path, card = found
                 session = get_session(path, sha256=verify_checksum(path, card),
                                       **self._session_options)
-                _check_graph(session, path, card["input"]["shape"], card)
+                _check_graph(session, path, card)
                 self._single_band = session
         return self._single_band or None
 

@@ -52,7 +52,7 @@ def available_providers():
     return list(onnxruntime().get_available_providers())
 
 
-def resolve_providers(providers=None, *, warn_missing=True):
+def resolve_providers(providers=None):
     """Turn a ``providers=`` argument into ``(requested, usable)`` provider lists.
 
     Parameters
@@ -62,9 +62,9 @@ def resolve_providers(providers=None, *, warn_missing=True):
         ``"auto"`` means TensorRT, then CUDA, then CPU, among those available,
         and requests nothing explicitly. Otherwise a name (``"cpu"``,
         ``"cuda"``, ``"tensorrt"`` or a full ONNX Runtime provider name) or a
-        comma-separated string or list of them, in order of preference.
-    warn_missing : bool, optional
-        Give a `ProviderFallbackWarning` for requested providers this build lacks.
+        comma-separated string or list of them, in order of preference. Requested
+        providers this build lacks are left out silently: `get_session` warns about
+        them, once per session made.
 
     Returns
     -------
@@ -78,9 +78,6 @@ def resolve_providers(providers=None, *, warn_missing=True):
     if not requested:
         return [], [p for p in AUTO_ORDER if p in available]
     usable = [p for p in requested if p in available]
-    missing = [p for p in requested if p not in available]
-    if missing and warn_missing:
-        _warn_missing(missing, requested, usable, available)
     if CPU not in usable:
         usable.append(CPU)
     return requested, usable
@@ -115,15 +112,6 @@ def provider_names(providers=None):
         if full not in requested:
             requested.append(full)
     return requested
-
-
-def _warn_missing(missing, requested, usable, available):
-    kept = [p for p in usable if p in requested]
-    warn(f"execution provider(s) {', '.join(missing)} requested but not available in this "
-         f"ONNX Runtime build (available: {', '.join(available)}); "
-         + (f"using {', '.join(kept)}" if kept else "falling back to CPUExecutionProvider")
-         + ". For GPU support install `astromorph[gpu]` (onnxruntime-gpu) with CUDA.",
-         ProviderFallbackWarning)
 
 
 #: Sessions the cache holds: the most recently used ones (a `Model` keeps its own session
@@ -173,7 +161,7 @@ def get_session(path, *, providers=None, threads=None, sha256=None):
     session : onnxruntime.InferenceSession
     """
     ort = onnxruntime()
-    requested, usable = resolve_providers(providers, warn_missing=False)
+    requested, usable = resolve_providers(providers)
     from_env = threads is None and bool(os.environ.get(THREADS_ENV))
     if from_env:
         try:

@@ -111,7 +111,7 @@ def _default_providers():
     setting = os.environ.get(PROVIDERS_ENV)
     source = f"${PROVIDERS_ENV}={setting}" if setting else "auto"
     try:
-        requested, usable = resolve_providers(None, warn_missing=False)
+        requested, usable = resolve_providers(None)
     except AstromorphError as exc:
         return f"none: {exc}"
     missing = [p for p in requested if p not in usable]
