@@ -12,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from conftest import DATA_DIR, REPO, check_parity_reference
@@ -89,6 +90,16 @@ def test_smoke_pipeline(model, tmp_path):
     (reference,) = tmp_path.rglob(f"reports/{model}/parity_reference.npz")
     (card,) = tmp_path.rglob(f"models/{model}/card.json")
     check_parity_reference(reference, card.parent)
+    # the card's architecture with the weights read back from the exported file is the torch
+    # model export saved the outputs of
+    import torch
+    from astromorph_training._common import shipped_torch_model
+
+    with np.load(reference) as f:
+        x, expected = f["input"].astype(np.float32), f["output"]
+    with torch.no_grad():
+        out = shipped_torch_model(model, root=card.parents[2])(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(out.reshape(expected.shape), expected, atol=1e-5, rtol=1e-4)
 
 
 def test_radio_evaluate_exports_a_new_checkpoint_first(tmp_path):

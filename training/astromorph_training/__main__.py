@@ -13,16 +13,8 @@ import sys
 import time
 from pathlib import Path
 
-from ._common import positive_int, repo_root, resolve_data_dir
+from ._common import MODULES, positive_int, repo_root, resolve_data_dir
 
-#: Shipped model name -> module of this package that trains it.
-MODULES = {
-    "morphology": "morphology",
-    "radio-morphology": "radio",
-    "real-bogus": "realbogus",
-    "embedding": "embedding",
-    "morphology-gz2": "gz2",
-}
 STEPS = ("train", "evaluate", "export", "build", "compare", "calibrate", "average")
 #: Steps only some models have.
 OPTIONAL_STEPS = ("compare", "calibrate", "average")

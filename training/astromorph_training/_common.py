@@ -20,10 +20,20 @@ __all__ = [
     "expected_calibration_error", "ece_noise_floor", "classification_report", "plot_confusion_matrix",
     "plot_reliability", "export_onnx", "write_card", "write_metrics", "check_parity",
     "sha256sum", "onnx_throughput", "save_checkpoint", "positive_int", "synthetic_scenes",
-    "parity_raw_inputs", "write_parity_reference", "PARITY_REFERENCE",
+    "parity_raw_inputs", "write_parity_reference", "PARITY_REFERENCE", "load_onnx_weights",
+    "shipped_torch_model", "MODULES",
 ]
 
 log = logging.getLogger(__name__)
+
+#: Shipped model name -> module of this package that trains it.
+MODULES = {
+    "morphology": "morphology",
+    "radio-morphology": "radio",
+    "real-bogus": "realbogus",
+    "embedding": "embedding",
+    "morphology-gz2": "gz2",
+}
 
 
 # --------------------------------------------------------------------------- paths
@@ -761,6 +771,149 @@ def write_parity_reference(name, torch_module, x, onnx_path, *, root=None, outpu
     os.replace(tmp, path)
     log.info("parity reference %s: %d inputs, max abs diff %.2e", path, len(x), diff)
     return diff
+
+
+def load_onnx_weights(module, onnx_path, example_input):
+    """Load the weights of an exported ONNX file into the torch module it was exported from.
+
+    The reverse of `export_onnx`, for a module of the same architecture (random
+    weights): it gives back the torch model behind a shipped file whose training
+    checkpoint was not kept, so that parity with the training code can still be
+    checked. The exporter folds every batch normalisation into the convolution
+    before it and names the folded tensors ``onnx::Conv_<n>``; every other
+    tensor keeps its ``state_dict`` name. So named tensors are copied by name,
+    and the ONNX ``Conv`` nodes, in graph order, are matched to the module's
+    convolutions in the order its forward pass first calls them (the order the
+    exporter traced); a convolution followed by a batch normalisation gets the
+    folded kernel, and the normalisation becomes ``x + bias`` (unit scale, zero
+    mean, variance ``1 - eps``).
+
+    Parameters
+    ----------
+    module : torch.nn.Module
+        The exported module's architecture (calibration layers included), in
+        eval mode; its weights are overwritten.
+    onnx_path : str or Path
+        The exported file.
+    example_input : numpy.ndarray
+        A network input of the right shape (a batch of 2 zeros will do), for
+        one forward pass that records the order of the convolutions.
+
+    Returns
+    -------
+    torch.nn.Module
+        ``module``, in eval mode.
+
+    Raises
+    ------
+    ValueError
+        If the file and the module do not have the same weights: a different
+        number of convolutions, a shape that differs, a tensor of the file that
+        nothing in the module took, or a module tensor that nothing set.
+    """
+    import onnx
+    import torch
+    from onnx import numpy_helper
+
+    graph = onnx.load(str(onnx_path)).graph
+    tensors = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    module = module.eval()
+    state = module.state_dict()
+    todo = {k for k in state if not k.endswith("num_batches_tracked")}
+
+    def copy(key, value, source):
+        if tuple(value.shape) != tuple(state[key].shape):
+            raise ValueError(f"{onnx_path}: {source} has shape {tuple(value.shape)}, the module's "
+                             f"{key} {tuple(state[key].shape)}")
+        state[key] = torch.as_tensor(np.array(value))
+        todo.discard(key)
+
+    used = set()
+    for key in list(state):
+        if key in tensors:
+            copy(key, tensors[key], key)
+            used.add(key)
+    names = {id(m): n for n, m in module.named_modules()}
+    calls = []
+    hooks = [m.register_forward_hook(lambda m, i, o: calls.append((m, id(i[0]), id(o))))
+             for m in module.modules()
+             if isinstance(m, (torch.nn.Conv2d, torch.nn.modules.batchnorm._BatchNorm))]
+    try:
+        with torch.no_grad():
+            module(torch.as_tensor(np.asarray(example_input, dtype=np.float32)))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    order, seen = [], set()
+    for k, (m, _, out) in enumerate(calls):
+        if isinstance(m, torch.nn.Conv2d) and id(m) not in seen:
+            seen.add(id(m))
+            nxt = calls[k + 1] if k + 1 < len(calls) else None
+            folded = nxt is not None and nxt[1] == out and not isinstance(nxt[0], torch.nn.Conv2d)
+            order.append((names[id(m)], names[id(nxt[0])] if folded else None))
+    nodes = [n for n in graph.node if n.op_type == "Conv"]
+    if len(nodes) != len(order):
+        raise ValueError(f"{onnx_path} has {len(nodes)} convolutions, the module "
+                         f"{len(order)}: not the same architecture")
+    for (conv, norm), node in zip(order, nodes):
+        weight, bias = node.input[1], (node.input[2] if len(node.input) > 2 else None)
+        if weight in used:  # exported under its own name: already copied
+            continue
+        copy(f"{conv}.weight", tensors[weight], f"Conv node {node.name!r}")
+        used.add(weight)
+        if bias is None:
+            continue
+        used.add(bias)
+        if norm is None:
+            copy(f"{conv}.bias", tensors[bias], f"Conv node {node.name!r} bias")
+            continue
+        copy(f"{norm}.bias", tensors[bias], f"Conv node {node.name!r} bias")
+        eps = dict(module.named_modules())[norm].eps
+        for key, fill in (("weight", 1.0), ("running_mean", 0.0), ("running_var", 1.0 - eps)):
+            copy(f"{norm}.{key}", np.full(state[f"{norm}.{key}"].shape, fill, np.float32), key)
+    left = sorted(set(tensors) - used)
+    if left or todo:
+        raise ValueError(f"{onnx_path} and the module do not hold the same weights: in the file "
+                         f"only {left}, in the module only {sorted(todo)}")
+    module.load_state_dict(state)
+    return module
+
+
+def shipped_torch_model(name, *, root=None):
+    """The training code's torch module of a shipped model, weights read from its ONNX file.
+
+    The architecture is the card's ``training.architecture`` (written by
+    ``export``), built by the model's training module (``from_architecture``);
+    the weights come from ``models/<name>/model.onnx`` (`load_onnx_weights`).
+    Fed what astromorph's preprocessing returns, the module must give what the
+    shipped file gives: the parity check of a shipped file whose training
+    checkpoint is gone.
+
+    Parameters
+    ----------
+    name : str
+        Model name (a key of `MODULES`).
+    root : str or Path, optional
+        Repository holding ``models/``; default `repo_root`.
+
+    Returns
+    -------
+    torch.nn.Module
+        In eval mode.
+    """
+    import importlib
+
+    if name not in MODULES:
+        raise ValueError(f"unknown model {name!r}: one of {sorted(MODULES)}")
+    folder = model_dir(name, root)
+    card = json.loads((folder / "card.json").read_text())
+    arch = card["training"].get("architecture")
+    if arch is None:
+        raise ValueError(f"{folder / 'card.json'} records no training.architecture "
+                         "(written by `export`)")
+    module = importlib.import_module(f"astromorph_training.{MODULES[name]}").from_architecture(arch)
+    example = np.zeros((2, *card["input"]["shape"]), np.float32)
+    return load_onnx_weights(module, folder / "model.onnx", example)
 
 
 def run_onnx(path, x, batch=256, threads=2):

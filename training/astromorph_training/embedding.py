@@ -401,6 +401,7 @@ class Encoder(nn.Module):
                                   nn.ReLU(inplace=True))
         self.stages = nn.Sequential(Block(a, b, 2), Block(b, c, 2), Block(c, d, 2))
         self.dim = d
+        self.widths = [int(w) for w in widths]
 
     def forward(self, x):
         return F.adaptive_avg_pool2d(self.stages(self.stem(x - 0.5)), 1).flatten(1)
@@ -868,6 +869,34 @@ class DeployedEmbedding(nn.Module):
     def forward(self, x):
         e = (self.pooled(x) - self.mean) @ self.components
         return e / torch.clamp(torch.linalg.vector_norm(e, dim=1, keepdim=True), min=1e-12)
+
+
+def architecture(deployed):
+    """What `from_architecture` needs to rebuild ``deployed`` (recorded in the card).
+
+    Returns
+    -------
+    dict
+        ``network``, ``widths`` (of the `Encoder`), ``tta``, ``stages``, and
+        ``features`` and ``dim``, the shape of the projection.
+    """
+    features, dim = deployed.components.shape
+    return {"network": "Encoder", "widths": deployed.encoder.widths, "tta": deployed.tta,
+            "stages": deployed.stages, "features": int(features), "dim": int(dim)}
+
+
+def from_architecture(arch):
+    """A `DeployedEmbedding` of the recorded architecture, with untrained weights.
+
+    Parameters
+    ----------
+    arch : dict
+        As returned by `architecture` (``training.architecture`` in the card).
+    """
+    encoder = Encoder(widths=tuple(arch["widths"]))
+    return DeployedEmbedding(encoder, np.zeros(arch["features"]),
+                             np.zeros((arch["features"], arch["dim"])), arch["tta"],
+                             arch["stages"]).eval()
 
 
 def load_encoder(args):
@@ -1476,6 +1505,7 @@ def export(args):
              throughput, path.stat().st_size / 1e6)
     card = _card(metrics, state, throughput, path.stat().st_size, tta, pca["stages"], root,
                  dim=int(pca["components"].shape[1]), pca=pca.get("pca", True))
+    card["training"]["architecture"] = architecture(deployed)
     card["single_band_graph"] = _common.single_band_graph(path, size=STAMP_SIZE)
     card_path = _common.write_card(NAME, card, root)
     ids, _ = read_labels(args.data_dir)

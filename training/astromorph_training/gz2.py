@@ -87,7 +87,7 @@ from . import morphology as _gz1
 __all__ = [
     "NAME", "QUESTIONS", "LABELS", "NAMES", "PARENTS", "add_arguments", "train", "evaluate",
     "export", "read_votes", "split_indices", "load_dataset", "DecisionTree", "GZ2Net",
-    "DeployedGZ2", "tree_violation", "rmse_report",
+    "DeployedGZ2", "tree_violation", "rmse_report", "architecture", "from_architecture",
 ]
 
 log = logging.getLogger(__name__)
@@ -378,6 +378,7 @@ class DeployedGZ2(nn.Module):
     def __init__(self, net, tta=DEFAULT_TTA):
         super().__init__()
         self.net = net
+        self.tta = int(tta)
         orient = _gz1.TTA_ORIENTATIONS
         self.orientations = orient[0:4:3] if tta == 2 else orient[:tta]
 
@@ -730,6 +731,28 @@ def load_trained(args):
     state["candidates"] = {k: round(v[0], 5) for k, v in candidates.items()}
     log.info("validation RMSE of the candidates %s: using the %s", state["candidates"], stage)
     return net, state
+
+
+def architecture(deployed):
+    """What `from_architecture` needs to rebuild ``deployed`` (recorded in the card).
+
+    Returns
+    -------
+    dict
+        ``network``, ``widths``, ``stem`` (of the `GZ2Net` backbone) and ``tta``.
+    """
+    return {"network": "GZ2Net", **deployed.net.backbone.arch, "tta": deployed.tta}
+
+
+def from_architecture(arch):
+    """A `DeployedGZ2` of the recorded architecture, with untrained weights.
+
+    Parameters
+    ----------
+    arch : dict
+        As returned by `architecture` (``training.architecture`` in the card).
+    """
+    return DeployedGZ2(GZ2Net(widths=tuple(arch["widths"]), stem=arch["stem"]), arch["tta"]).eval()
 
 
 def export_model(deployed, root):
@@ -1324,6 +1347,7 @@ def export(args):
     if viol["min_value"] < 0 or viol["max_sum_error"] > 1e-5:
         raise SystemExit(f"exported graph violates the decision tree: {viol}")
     card = _card(metrics, state, tta, throughput, path.stat().st_size)
+    card["training"]["architecture"] = architecture(deployed)
     card["single_band_graph"] = _common.single_band_graph(path, size=STAMP_SIZE)
     card_path = _common.write_card(NAME, card, root)
     ids, _ = read_votes(args.data_dir)

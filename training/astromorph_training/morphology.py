@@ -374,6 +374,7 @@ class MorphologyNet(nn.Module):
             *_cbr(d, 2 * d),
         )
         self.head = nn.Sequential(nn.Flatten(), nn.Dropout(dropout), nn.Linear(2 * d, n_classes))
+        self.arch = {"widths": [int(w) for w in widths], "stem": stem}
 
     def forward(self, x):
         # Centre the [0, 1] display values; the first BatchNorm does the rest.
@@ -393,6 +394,7 @@ class DeployedMorphology(nn.Module):
     def __init__(self, net, bias, temperature, tta=8):
         super().__init__()
         self.net = net
+        self.tta = int(tta)
         self.orientations = TTA_ORIENTATIONS[:tta] if tta != 2 else TTA_ORIENTATIONS[0:4:3]
         self.register_buffer("bias", torch.as_tensor(np.asarray(bias), dtype=torch.float32))
         self.register_buffer("inv_temperature", torch.tensor(1.0 / float(temperature)))
@@ -782,6 +784,30 @@ def build_deployed(net, calibration):
     """`DeployedMorphology` from a network and the dict returned by `calibrate`."""
     return DeployedMorphology(net, calibration["bias"], calibration["temperature"],
                               calibration["tta"]).eval()
+
+
+def architecture(deployed):
+    """What `from_architecture` needs to rebuild ``deployed`` (recorded in the card).
+
+    Returns
+    -------
+    dict
+        ``network``, ``widths``, ``stem``, ``classes`` and ``tta``.
+    """
+    return {"network": "MorphologyNet", **deployed.net.arch,
+            "classes": deployed.net.head[-1].out_features, "tta": deployed.tta}
+
+
+def from_architecture(arch):
+    """A `DeployedMorphology` of the recorded architecture, with untrained weights.
+
+    Parameters
+    ----------
+    arch : dict
+        As returned by `architecture` (``training.architecture`` in the card).
+    """
+    net = MorphologyNet(n_classes=arch["classes"], widths=tuple(arch["widths"]), stem=arch["stem"])
+    return DeployedMorphology(net, np.zeros(arch["classes"]), 1.0, arch["tta"]).eval()
 
 
 def export_model(deployed, root):
@@ -1268,6 +1294,7 @@ def export(args):
                                      note=" (float32 only; the int8 variant replicates the band)")
     n_params = sum(p.numel() for p in net.parameters())
     card = _card(metrics, calibration, state, throughput, cpu_rate, path.stat().st_size, n_params)
+    card["training"]["architecture"] = architecture(deployed)
     if variants:
         card["variants"] = variants
     card["single_band_graph"] = grey

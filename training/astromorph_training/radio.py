@@ -57,7 +57,8 @@ from astromorph.preprocessing._radio import (
 from . import _common
 from ._gconv import GroupNet
 
-__all__ = ["add_arguments", "train", "evaluate", "export", "RadioNet", "Calibrated", "load_dataset"]
+__all__ = ["add_arguments", "train", "evaluate", "export", "RadioNet", "Calibrated", "load_dataset",
+           "architecture", "from_architecture"]
 
 NAME = "radio-morphology"
 LOG = logging.getLogger("astromorph_training.radio")
@@ -391,6 +392,38 @@ class LogitMean(nn.Module):
 
     def forward(self, x):
         return torch.stack([m(x) for m in self.members]).mean(0)
+
+
+def architecture(deployed):
+    """What `from_architecture` needs to rebuild ``deployed`` (recorded in the card).
+
+    Parameters
+    ----------
+    deployed : Calibrated
+        The exported module, around one network or a `LogitMean` of several.
+
+    Returns
+    -------
+    dict
+        ``network`` (``"RadioNet"``, or ``"GroupNet"``, the equivariant network,
+        exported folded into plain layers), its ``options`` and ``members``.
+    """
+    members = deployed.net.members if isinstance(deployed.net, LogitMean) else [deployed.net]
+    options = dict(members[0].arch)
+    return {"network": "GroupNet" if options.get("kind") == "d4" else "RadioNet",
+            "options": options, "members": len(members)}
+
+
+def from_architecture(arch):
+    """A `Calibrated` network of the recorded architecture, with untrained weights.
+
+    Parameters
+    ----------
+    arch : dict
+        As returned by `architecture` (``training.architecture`` in the card).
+    """
+    nets = [_plain(_make_net(arch["options"]).eval()) for _ in range(arch["members"])]
+    return _calibrated(nets[0] if len(nets) == 1 else LogitMean(nets).eval(), 1.0)
 
 
 def _calibrated(net, temperature):
@@ -1113,7 +1146,9 @@ def export(args):
         if old.get("sha256") == _common.sha256sum(path):
             metrics = _card_metrics(old)
     n_params = sum(p.numel() for p in net.parameters())
-    _write_card(_card(temperature, info, metrics, smoke, n_params), dirs["model"])
+    card = _card(temperature, info, metrics, smoke, n_params)
+    card["training"]["architecture"] = architecture(_calibrated(net, temperature))
+    _write_card(card, dirs["model"])
     _common.write_parity_reference(
         NAME, _calibrated(net, temperature),
         preprocess_dataset_image(_common.parity_raw_inputs("radio")), path, root=dirs["root"])

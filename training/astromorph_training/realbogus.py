@@ -56,7 +56,7 @@ SIMULATIONS_PER_S = 280
 log = logging.getLogger("astromorph_training.realbogus")
 
 __all__ = ["add_arguments", "train", "calibrate", "average", "evaluate", "export", "compare", "RBNet",
-           "ScoreModel", "MeanLogits"]
+           "ScoreModel", "MeanLogits", "architecture", "from_architecture"]
 
 
 # ----------------------------------------------------------------------------- args / dirs
@@ -201,6 +201,34 @@ def MeanLogits(nets):
             return torch.stack([net(x) for net in self.nets]).mean(0)
 
     return _MeanLogits().eval()
+
+
+def architecture(deployed):
+    """What `from_architecture` needs to rebuild ``deployed`` (recorded in the card).
+
+    Parameters
+    ----------
+    deployed : torch.nn.Module
+        The exported `ScoreModel`, around one `RBNet` or a `MeanLogits` of several.
+
+    Returns
+    -------
+    dict
+        ``network`` and ``members``.
+    """
+    return {"network": "RBNet", "members": len(getattr(deployed.net, "nets", [deployed.net]))}
+
+
+def from_architecture(arch):
+    """A `ScoreModel` of the recorded architecture, with untrained weights.
+
+    Parameters
+    ----------
+    arch : dict
+        As returned by `architecture` (``training.architecture`` in the card).
+    """
+    nets = [RBNet() for _ in range(arch["members"])]
+    return ScoreModel(nets[0] if len(nets) == 1 else MeanLogits(nets))
 
 
 def _network(checkpoint):
@@ -1063,6 +1091,7 @@ def export(args):
     metrics = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
     thr = calib["recommended_threshold"]
     card = _card(calib, metrics, args)
+    card["training"]["architecture"] = architecture(model)
     common.write_card(NAME, card, root=dirs["root"])
     # parity on raw real triplets (through the shipped preprocessing) and on sims
     xp, _ = preprocess_triplet(X)
@@ -1085,6 +1114,7 @@ def export(args):
         metrics_path.write_text(json.dumps(metrics, indent=2) + "\n")
     # the card quotes the throughput too
     card = _card(calib, metrics, args)
+    card["training"]["architecture"] = architecture(model)
     common.write_card(NAME, card, root=dirs["root"])
     log.info("exported %s (%.1f kB), parity %.2e, %.0f triplets/s, threshold %.3f", path,
              path.stat().st_size / 1e3, diff, thr_s, thr)
