@@ -449,9 +449,11 @@ def annotate(table, images, *, model, ra_col=None, dec_col=None, coord_col=None,
 
     Raises
     ------
+    astromorph.exceptions.InputNotFoundError
+        An image file does not exist (the message names it; an `InputError` too).
     astromorph.exceptions.InputError
         ``table`` is not a table, it has no RA/Dec (or named) column, an image cannot be
-        read (a missing file too) or has no celestial WCS, a galaxy-scaled model gets no
+        read or has no celestial WCS, a galaxy-scaled model gets no
         ``size_col``/``stamp_size``; new column names clash (``on_conflict="error"``).
     astromorph.exceptions.InvalidArgumentError
         A bad option value (named in the message).

@@ -5,16 +5,15 @@ __all__ = ["register"]
 def _read_catalogue(path):
     from astropy.table import QTable
 
-    from ._io import table_format
+    from ._io import check_input_file, table_format
     from .exceptions import InputError
 
     fmt = table_format(path, read=True)
+    check_input_file(path, "catalogue")
     try:
         if fmt == "ascii.csv":
             return QTable.read(path, format="ascii.csv")
         return QTable.read(path, format=fmt)
-    except FileNotFoundError:
-        raise InputError(f"catalogue {path!r} does not exist") from None
     except (OSError, ValueError) as exc:
         raise InputError(f"catalogue {path!r} cannot be read: {exc}") from exc
 

@@ -167,9 +167,9 @@ def _memory_mapped(array):
 
 
 def _from_path(path):
-    name = os.fspath(path)
-    if not os.path.exists(name):
-        raise InputError(f"image {name!r} does not exist")
+    from ._io import check_input_file
+
+    name = os.fspath(check_input_file(path, "image"))
     hdul = _open_fits(name)
     try:
         return _images_of_file(hdul, name)

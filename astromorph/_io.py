@@ -18,10 +18,11 @@ from pathlib import Path
 import numpy as np
 
 from ._warnings import catch_warnings, warn
-from .exceptions import (AstromorphError, InvalidArgumentError, LossyOutputWarning,
-                         MissingDependencyError, OutputError, OutputExistsError)
+from .exceptions import (AstromorphError, InputError, InputNotFoundError, InvalidArgumentError,
+                         LossyOutputWarning, MissingDependencyError, OutputError,
+                         OutputExistsError)
 
-__all__ = ["atomic_output", "check_output", "check_distinct_outputs", "check_multidimensional",
+__all__ = ["atomic_output", "check_input_file", "check_output", "check_distinct_outputs", "check_multidimensional",
            "table_format", "write_table", "TABLE_FORMATS"]
 
 log = logging.getLogger(__name__)
@@ -79,6 +80,41 @@ def table_format(path, *, read=False):
     raise InvalidArgumentError(
         f"cannot tell the table format of {str(path)!r} from its extension; use one of "
         f"{', '.join(TABLE_FORMATS)}")
+
+
+def check_input_file(path, what="input"):
+    """``path`` as a `pathlib.Path`, once it names an existing regular file.
+
+    The one check of every public entry point that reads a file it is given (the
+    inputs of `predict_files`, the images of `annotate`, a catalogue on the command
+    line, a saved head or mixture, a query image), so that a missing file raises the
+    same error, with the same message, everywhere.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+    what : str, optional
+        What the file is, for the message (``"input"``, ``"image"``, ``"catalogue"``...).
+
+    Raises
+    ------
+    astromorph.exceptions.InputNotFoundError
+        Nothing is at ``path`` (an empty path, a broken link): "<what> '<path>' does not
+        exist".
+    astromorph.exceptions.InputError
+        ``path`` is a directory or another file that is not a regular one (a FIFO, whose
+        read would block).
+    """
+    name = os.fspath(path)
+    if not name:  # Path("") would be the working directory
+        raise InputNotFoundError(f"{what} '' is an empty path")
+    if not os.path.exists(name):
+        raise InputNotFoundError(f"{what} {name!r} does not exist")
+    if os.path.isdir(name):
+        raise InputError(f"{what} {name!r} is a directory, not a file")
+    if not os.path.isfile(name):
+        raise InputError(f"{what} {name!r} is not a regular file")
+    return Path(name)
 
 
 def _fsync_dir(directory):

@@ -84,8 +84,10 @@ class InputDTypeError(InputError, TypeError):
     a `TypeError` too, as numpy raises for such arrays."""
 
 
-class InputNotFoundError(AstromorphError, FileNotFoundError):
-    """An input path, directory or glob pattern matched no readable file."""
+class InputNotFoundError(InputError, FileNotFoundError):
+    """An input path, directory or glob pattern matched no readable file (the message
+    names it). An `InputError` (so a `ValueError`) as every other unusable input, and a
+    `FileNotFoundError` as Python raises for a missing file."""
 
 
 class InvalidArgumentError(AstromorphError, ValueError):

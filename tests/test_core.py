@@ -1,4 +1,5 @@
 """Inference core: registry, checksums, sessions, providers, predict, CLI."""
+import importlib.util
 import json
 import os
 import re
@@ -1256,3 +1257,53 @@ def test_graph_astromorph_cannot_feed_is_refused(tmp_path, inputs, dtype, match)
     d = _folder_with_card(tmp_path, graph)
     with pytest.raises(ModelCardError, match=match):
         astromorph.load_model(d, providers="cpu")
+
+
+def test_a_missing_file_is_the_same_error_everywhere(tmp_path, capsys):
+    """A missing image raised InputError in `annotate` (and ``astromorph annotate``), a
+    missing catalogue InputError too, while `predict_files` raised InputNotFoundError, with
+    other words each time. Every entry point that reads a file it is given now raises
+    InputNotFoundError with one message naming the path; it is still an InputError (and a
+    ValueError) for the handlers written for the old error, and a FileNotFoundError. Every
+    command exits 2 with that message."""
+    from astromorph.embeddings import GaussianMixture, LabelHead, SimilarityIndex
+
+    missing = tmp_path / "missing.fits"
+    cat = Table({"ra": [10.0], "dec": [20.0], "r90": [2.0]})
+    index = SimilarityIndex(np.eye(4))
+    result = index.query(vector=np.eye(4)[0], k=2)
+    calls = [
+        lambda: astromorph.annotate(cat, str(missing), model="morphology", size_col="r90"),
+        lambda: astromorph.annotate(cat, missing, model="morphology", size_col="r90"),
+        lambda: astromorph.annotate(cat, {"g": missing, "r": missing, "i": missing},
+                                    model="morphology", size_col="r90"),
+        lambda: astromorph.predict_files("morphology", missing),
+        lambda: astromorph.predict_files("morphology", [str(missing)]),
+        lambda: index.embed_image(missing),
+        lambda: LabelHead.load(missing),
+        lambda: GaussianMixture.load(missing),
+    ]
+    if importlib.util.find_spec("matplotlib"):
+        calls.append(lambda: index.gallery(result, tmp_path / "g.png",
+                                           images=np.zeros((4, 8, 8, 3)), query_image=missing))
+    said = rf"'{re.escape(str(missing))}' does not exist$"
+    for call in calls:
+        with pytest.raises(InputNotFoundError, match=said) as exc:
+            call()
+        assert isinstance(exc.value, InputError) and isinstance(exc.value, FileNotFoundError)
+    cat.write(tmp_path / "cat.ecsv")
+    nocat = tmp_path / "none.ecsv"
+    for argv, path in (
+            (["annotate", str(nocat), "-i", str(missing), "-m", "morphology",
+              "--size-col", "r90"], nocat),
+            (["annotate", str(tmp_path / "cat.ecsv"), "-i", str(missing), "-m", "morphology",
+              "--size-col", "r90"], missing),
+            (["predict", "morphology", str(missing)], missing),
+            (["similar", str(nocat), "--query", "0"], nocat),
+            (["cluster", str(nocat)], nocat),
+            (["classify", str(nocat), "--labels", "label"], nocat)):
+        assert cli.main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert re.fullmatch(rf"astromorph: error: \w+ '{re.escape(str(path))}' does not exist\n",
+                            err), (argv, err)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cat.ecsv"]

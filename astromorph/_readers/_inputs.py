@@ -4,6 +4,7 @@ import os
 from pathlib import Path
 
 from .._flags import Flag
+from .._io import check_input_file
 from ..exceptions import InputNotFoundError, InvalidArgumentError
 from ._alerts import read_alerts
 from ._fits import read_fits
@@ -46,6 +47,8 @@ def expand_inputs(inputs):
     astromorph.exceptions.InputNotFoundError
         For a path that does not exist, a directory without supported files
         or a pattern that matches nothing (the message names it).
+    astromorph.exceptions.InputError
+        For a path that is neither a directory nor a regular file (e.g. a FIFO).
     astromorph.exceptions.InvalidArgumentError
         For an input that is neither a string nor a path.
     """
@@ -71,10 +74,8 @@ def expand_inputs(inputs):
         if not isinstance(item, (str, os.PathLike)):
             raise InvalidArgumentError(f"input {item!r} is not a path or a glob pattern")
         text = os.path.expanduser(os.fspath(item))
-        if not text:  # Path("") is the working directory
-            raise InputNotFoundError("input '' is an empty path")
         path = Path(text)
-        if path.is_dir():
+        if text and path.is_dir():  # Path("") is the working directory
             found = sorted(p for p in path.iterdir() if p.is_file() and _supported(p))
             if not found:
                 raise InputNotFoundError(
@@ -90,8 +91,8 @@ def expand_inputs(inputs):
                 raise InputNotFoundError(f"glob pattern {text!r} matches no file")
             for p in found:
                 add(p)
-        else:
-            raise InputNotFoundError(f"input {text!r} does not exist")
+        else:  # a missing path (an empty one too) or not a regular file: raises
+            add(check_input_file(text))
     return paths
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from ._common import check_seed, embedding_matrix
-from .._io import atomic_output, check_output
+from .._io import atomic_output, check_input_file, check_output
 from .._plotting import colormap, figure, picture_format
 from ..exceptions import (InputError, InvalidArgumentError, InvalidArgumentTypeError,
                           MissingDependencyError)
@@ -137,8 +137,9 @@ def gallery(index, result, path, *, images=None, source_column=None, query_image
     if query_row is not None:
         query_pic, pictures = pictures[0], pictures[1:]
     elif query_image is not None:
-        query_pic = _read_picture(query_image) if isinstance(query_image, (str, os.PathLike)) \
-            else query_image
+        query_pic = query_image
+        if isinstance(query_image, (str, os.PathLike)):
+            query_pic = _read_picture(check_input_file(query_image, "query image"))
     elif meta.get("query_image") and os.path.exists(str(meta["query_image"])):
         query_pic = _read_picture(meta["query_image"])
     else:

@@ -7,8 +7,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from .._warnings import warn
-from ..exceptions import (InputError, InputNotFoundError,
-                          InvalidArgumentTypeError, MissingProvenanceWarning,
+from ..exceptions import (InputError, InvalidArgumentTypeError, MissingProvenanceWarning,
                           ProvenanceMismatchError)
 
 __all__ = ["table_provenance", "as_provenance", "check_provenance", "describe",
@@ -132,9 +131,9 @@ def load_state(kind, path):
     ``format_version``; `InputError` naming ``path`` for any other file."""
     if not isinstance(path, (str, os.PathLike)):
         raise InvalidArgumentTypeError(f"path must be a file path, got {path!r}")
-    path = Path(path)
-    if not path.is_file():
-        raise InputNotFoundError(f"no {kind} file {str(path)!r}")
+    from .._io import check_input_file
+
+    path = check_input_file(path, f"saved {kind}")
     try:
         state = json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, ValueError) as exc:
@@ -205,7 +204,7 @@ class Saved:
         Raises
         ------
         astromorph.exceptions.InputNotFoundError
-            No such file.
+            No such file (an `InputError` too).
         astromorph.exceptions.InputError
             The file is not a saved object of this class (not JSON, another kind or format
             version, or inconsistent contents); the message names it.
