@@ -28,11 +28,6 @@ POSITIONAL_OPTIONS = {
     ("astromorph.SimilarityIndex.query", "row"): "data (one of row/position/image/vector)",
     ("astromorph.cli.main", "argv"): "data (the command line)",
     ("astromorph.GaussianMixture", "n_components"): "as scikit-learn's GaussianMixture",
-    # positional before the convention was checked; callers (and tests, training/) use them
-    ("astromorph.SimilarityIndex.search", "k"): "kept for backward compatibility",
-    ("astromorph.preprocessing.area_resample", "crop_fraction"): "kept: training/ calls it so",
-    ("astromorph.preprocessing.sigma_clipped_rms", "sigma"): "as astropy's sigma_clip",
-    ("astromorph.preprocessing.sigma_clipped_rms", "maxiters"): "as astropy's sigma_clip",
 }
 
 _SECTION = re.compile(r"^([A-Z]\w*(?: \w+)*)\n-{3,}$", re.M)

@@ -1073,10 +1073,10 @@ def test_search_reads_query_masks_and_types():
     q = np.ma.masked_array(x[:3], mask=False)
     q[1, 2] = np.ma.masked
     with pytest.raises(InvalidArgumentError, match=r"1 of 3 are not \(query 1\)"):
-        index.search(q, 2)
+        index.search(q, k=2)
     with pytest.raises(InvalidArgumentError, match="must be numbers"):
-        index.search(["a"] * 8, 2)
-    assert index.search(np.ma.masked_array(x[:2], mask=False), 1)[0].tolist() == [[0], [1]]
+        index.search(["a"] * 8, k=2)
+    assert index.search(np.ma.masked_array(x[:2], mask=False), k=1)[0].tolist() == [[0], [1]]
 
 
 def test_mixture_checks_the_dimension():
@@ -1101,7 +1101,7 @@ def test_query_with_k_far_above_the_rows():
     result = index.query(row=0, k=10**12)
     assert len(result) == 29 and 0 not in result["row"]
     assert result.meta["k"] == 10**12
-    rows, sims = index.search(x[:2], 40)
+    rows, sims = index.search(x[:2], k=40)
     assert rows.shape == (2, 40) and (rows[:, 30:] == -1).all() and np.isinf(sims[:, 30:]).all()
     assert sorted(rows[0, :30]) == list(range(30))
     for bad in (0, -3):

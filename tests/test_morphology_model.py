@@ -131,7 +131,7 @@ def test_area_averaging_is_exact():
     x = opt.preprocess_colour_cutout(img, crop_fraction=1.0)
     ref = img.reshape(64, 3, 64, 3, 3).mean(axis=(1, 3)).transpose(2, 0, 1) / 255.0
     np.testing.assert_allclose(x, ref, atol=1e-6)
-    w = opt.area_resample(423, 64, 0.45)
+    w = opt.area_resample(423, 64, crop_fraction=0.45)
     np.testing.assert_allclose(w.sum(1), 1.0)
     flat = opt.preprocess_colour_cutout(np.full((423, 423, 3), 100, np.uint8))
     np.testing.assert_allclose(flat, 100 / 255.0, atol=1e-6)
@@ -264,7 +264,7 @@ def test_identity_resampling_shortcut_is_exact():
     """Stamps already on the network grid skip the resampling products, same values."""
     rng = np.random.default_rng(3)
     u8 = rng.integers(0, 256, (5, 64, 64, 3), dtype=np.uint8)
-    rows = opt.area_resample(64, 64, 1.0).astype(np.float32) / np.float32(255)
+    rows = opt.area_resample(64, 64, crop_fraction=1.0).astype(np.float32) / np.float32(255)
     ref = np.matmul(np.matmul(rows, np.moveaxis(u8.astype(np.float32), 3, 1)), np.eye(64, dtype=np.float32))
     np.testing.assert_array_equal(opt.preprocess_colour_cutout(u8, crop_fraction=1.0), ref)
     f = rng.random((64, 64, 3)).astype(np.float64)

@@ -311,7 +311,7 @@ class SimilarityIndex:
         return f"<SimilarityIndex {len(self)} x {self.dim} ({self.backend})>"
 
     # ----------------------------------------------------------------- search
-    def search(self, vectors, k=25, *, exclude=None):
+    def search(self, vectors, *, k=25, exclude=None):
         """Raw nearest-neighbour search.
 
         Parameters
@@ -618,7 +618,7 @@ class SimilarityIndex:
                 raise InputError(f"no column(s) {missing} in the index's table (columns: "
                                  f"{[] if self.table is None else self.table.colnames})")
         # the result table drops missing neighbours: no k-wide padding for a k above the rows
-        idx, sim = self.search(q, max(1, min(k, len(self))), exclude=exclude)
+        idx, sim = self.search(q, k=max(1, min(k, len(self))), exclude=exclude)
         keep = idx[0] >= 0
         rows, sims = idx[0][keep], sim[0][keep]
         out = Table() if self.table is None else self.table.__class__()

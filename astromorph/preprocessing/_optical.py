@@ -89,7 +89,7 @@ LUPTON_MINIMUM = 0.0
 LUPTON_BAND_SCALES = {"g": 1.8, "r": 1.25, "i": 1.0}
 
 
-def area_resample(n_in, n_out, crop_fraction=1.0):
+def area_resample(n_in, n_out, *, crop_fraction=1.0):
     """Matrix that area-averages the centred crop of a 1-d pixel axis.
 
     The crop window has width ``crop_fraction * n_in`` pixels, is centred on
@@ -198,8 +198,8 @@ def _display_to_network(arr, size, crop_fraction):
         flt *= np.float32(scale)
         out = np.ascontiguousarray(np.moveaxis(flt, 3, 1))
         return out[0] if single else out
-    rows = area_resample(arr.shape[1], size, crop_fraction)
-    cols = area_resample(arr.shape[2], size, crop_fraction)
+    rows = area_resample(arr.shape[1], size, crop_fraction=crop_fraction)
+    cols = area_resample(arr.shape[2], size, crop_fraction=crop_fraction)
     # Only the pixels inside the window matter: slice them before the products.
     r0, r1 = np.flatnonzero(rows.any(0))[[0, -1]]
     c0, c1 = np.flatnonzero(cols.any(0))[[0, -1]]

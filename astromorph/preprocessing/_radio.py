@@ -106,7 +106,7 @@ DETECTION_SIGMA = 5.0
 RADIO_LABELS = ("FRI", "FRII", "compact", "bent")
 
 
-def sigma_clipped_rms(image, sigma=3.0, maxiters=10):
+def sigma_clipped_rms(image, *, sigma=3.0, maxiters=10):
     """Noise RMS of an image by iterative sigma clipping about the median.
 
     Parameters
