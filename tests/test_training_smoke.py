@@ -36,13 +36,22 @@ def _models_state():
     return state
 
 
+def _cache_state():
+    """Every path below the ``training/cache`` of the checkout the training package runs
+    from (that of a smoke run in a subprocess), with its size and modification time."""
+    from astromorph_training import _common
+
+    cache = _common.repo_root() / "training" / "cache"
+    return sorted((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in cache.rglob("*"))
+
+
 @pytest.mark.parametrize("model", MODELS)
 def test_smoke_pipeline(model, tmp_path):
     from astromorph_training.__main__ import MODULES
 
     if importlib.util.find_spec(f"astromorph_training.{MODULES[model]}") is None:
         pytest.skip(f"no training module for {model} yet")
-    before = _models_state()
+    before, cache_before = _models_state(), _cache_state()
     # a fresh TMPDIR: smoke runs write below tempfile.gettempdir(), never into models/
     env = dict(os.environ, ASTROMORPH_DATA=str(DATA_DIR), PYTHONUNBUFFERED="1", TMPDIR=str(tmp_path))
     # one model goes through the 'build' step (train, evaluate, export in one command)
@@ -86,6 +95,7 @@ def test_smoke_pipeline(model, tmp_path):
             for done in ("train", "evaluate", "export"):
                 assert f"{model} {done} finished" in run.stderr, run.stderr[-3000:]
     assert _models_state() == before, "a smoke run changed files in models/"
+    assert _cache_state() == cache_before, "a smoke run wrote into the checkout's training/cache"
     # export saved the torch outputs the exported file must reproduce (as the shipped ones do)
     (reference,) = tmp_path.rglob(f"reports/{model}/parity_reference.npz")
     (card,) = tmp_path.rglob(f"models/{model}/card.json")
@@ -100,6 +110,45 @@ def test_smoke_pipeline(model, tmp_path):
     with torch.no_grad():
         out = shipped_torch_model(model, root=card.parents[2])(torch.from_numpy(x)).numpy()
     np.testing.assert_allclose(out.reshape(expected.shape), expected, atol=1e-5, rtol=1e-4)
+
+
+def test_radio_smoke_neither_reads_nor_writes_the_checkout_cache(tmp_path, monkeypatch):
+    """A --smoke radio-morphology run took its cache folder in the checkout's (git-ignored)
+    training/cache whatever --out-dir, and trained on the first images of any data cache
+    found there (here a planted one of blank images). Its cache folder is now below its
+    temporary root, and it reads a few images of the data set's archive, building and
+    reading no cache: nothing under the checkout's training/cache is read or written."""
+    import argparse
+    import tempfile
+
+    import numpy as np
+    from astromorph_training import _common, radio
+
+    checkout = tmp_path / "checkout"
+    cache = checkout / "training" / "cache" / radio.NAME
+    cache.mkdir(parents=True)
+    planted = cache / radio.CACHE_FILE
+    split = np.array(["train", "valid", "test"])
+    np.savez_compressed(planted, images=np.full((3, 300, 300), 7, np.uint8),
+                        labels=np.zeros(3, np.int64), split=split, ra=np.zeros(3),
+                        dec=np.zeros(3), source=np.array([""] * 3),
+                        cv_split=np.array([split] * radio.CV_FOLDS))
+    before = planted.read_bytes()
+    monkeypatch.setattr(_common, "repo_root", lambda: checkout)
+    (tmp_path / "tmp").mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    args = argparse.Namespace(smoke=True, out_dir=str(tmp_path / "out"), data_dir=str(DATA_DIR),
+                              first_dir=None)
+    try:
+        radio._first_dir(args)
+    except SystemExit:
+        pytest.skip("no FIRST radio galaxy data set (firstgalaxydata)")
+    assert checkout not in radio._dirs(args)["cache"].parents
+    data = radio.load_dataset(args)
+    assert len(data["labels"]) > 3 and not (data["images"] == 7).all()
+    assert set(data["split"]) == {"train", "valid", "test"}
+    assert [p for p in checkout.rglob("*") if p.is_file()] == [planted]
+    assert planted.read_bytes() == before
 
 
 def test_radio_evaluate_exports_a_new_checkpoint_first(tmp_path):

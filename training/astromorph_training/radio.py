@@ -106,13 +106,16 @@ torch.set_num_threads(1)
 def _dirs(args):
     """Paths of a run: cache, checkpoints, model and report folders.
 
-    ``--smoke`` runs write below a temporary root (never into ``models/``).
+    ``--smoke`` runs write below a temporary root, their cache folder included (never into
+    ``models/`` or the checkout's ``training/cache``, which they do not read either: see
+    `load_dataset`). Other runs share the checkout's data cache, whatever ``--out-dir``.
     """
-    cache = _common.repo_root() / "training" / "cache" / NAME
     if getattr(args, "smoke", False):
         root = _common.smoke_root(NAME)
+        cache = root / "training" / "cache" / NAME
     else:
         root = Path(getattr(args, "out_dir", None) or _common.repo_root())
+        cache = _common.repo_root() / "training" / "cache" / NAME
     return {"cache": cache, "root": root,
             "ckpt": root / "training" / "checkpoints" / NAME,
             "model": root / "models" / NAME,
@@ -251,7 +254,7 @@ def _build_cache(folder, path):
 
 
 def _smoke_dataset(folder, per_split=8):
-    """A handful of images from the PNG archive (fast, for --smoke without a cache)."""
+    """A handful of images from the PNG archive (fast, for --smoke: no cache is read or built)."""
     import io
     from PIL import Image
 
@@ -277,6 +280,9 @@ def _smoke_dataset(folder, per_split=8):
 def load_dataset(args):
     """Load the FIRST radio galaxy data set (cached in ``training/cache``).
 
+    A ``--smoke`` run reads a few images of the data set's PNG archive instead: it
+    neither builds nor reads a cache, so it is the same run whatever the checkout holds.
+
     Parameters
     ----------
     args : argparse.Namespace
@@ -290,19 +296,13 @@ def load_dataset(args):
         fold ("train", "valid", "test" or "" for unused), ``ra``, ``dec``,
         ``source``.
     """
+    if getattr(args, "smoke", False):
+        return _smoke_dataset(_first_dir(args))
     path = _dirs(args)["cache"] / CACHE_FILE
     if path.exists():
         with np.load(path) as f:
-            data = {k: f[k] for k in f.files}
-    elif getattr(args, "smoke", False):
-        return _smoke_dataset(_first_dir(args))
-    else:
-        data = _build_cache(_first_dir(args), path)
-    if getattr(args, "smoke", False):
-        keep = np.concatenate([np.flatnonzero(data["split"] == s)[:8] for s in ("train", "valid", "test")])
-        data = {k: (v[:, keep] if k == "cv_split" else v[keep]) for k, v in data.items()}
-        data["cv_split"] = np.array([data["split"]] * CV_FOLDS)
-    return data
+            return {k: f[k] for k in f.files}
+    return _build_cache(_first_dir(args), path)
 
 
 # --------------------------------------------------------------------------- model
