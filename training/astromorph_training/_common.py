@@ -857,7 +857,7 @@ def load_onnx_weights(module, onnx_path, example_input):
                          f"{len(order)}: not the same architecture")
     for (conv, norm), node in zip(order, nodes):
         weight, bias = node.input[1], (node.input[2] if len(node.input) > 2 else None)
-        if weight in used:  # exported under its own name: already copied
+        if weight == f"{conv}.weight":  # exported under its own name: already copied
             continue
         copy(f"{conv}.weight", tensors[weight], f"Conv node {node.name!r}")
         used.add(weight)
