@@ -34,6 +34,8 @@ __all__ = [
     "LabelHead",
     "GaussianMixture",
     "cluster_table",
+    "evaluate_labels",
+    "LabelEvaluation",
 ]
 
 #: The module of each public name imported on first use (`__getattr__`), so that
@@ -46,6 +48,7 @@ _LAZY = {
     "Flag": "._flags", "describe_flags": "._flags",
     "available_providers": "._session", "clear_session_cache": "._session",
     "predict_files": "._predict",
+    "evaluate_labels": "._evaluate", "LabelEvaluation": "._evaluate",
     "SimilarityIndex": ".embeddings", "LabelHead": ".embeddings",
     "GaussianMixture": ".embeddings", "cluster_table": ".embeddings",
 }

@@ -218,10 +218,11 @@ def report(args, message):
 
 def _extra_commands():
     """Functions ``register(subparsers)`` adding the other sub-commands."""
-    from . import _cli_annotate, _demo, _predict
+    from . import _cli_annotate, _demo, _evaluate, _predict
     from .embeddings import _cli as _embeddings_cli
 
-    return [_cli_annotate.register, _predict.register, _demo.register, _embeddings_cli.register]
+    return [_cli_annotate.register, _predict.register, _demo.register, _embeddings_cli.register,
+            _evaluate.register]
 
 
 class _Terminated(KeyboardInterrupt):

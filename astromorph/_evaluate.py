@@ -1,0 +1,640 @@
+"""`evaluate_labels`: a model's output columns scored against the user's own labels.
+
+The classification measures (`classification_report`, `expected_calibration_error`) and
+figures (`confusion_matrix_figure`, `reliability_figure`) are also those the ``training/``
+subproject writes into the model cards and reports: one implementation of each.
+"""
+import json
+import logging
+import os
+from collections.abc import Mapping
+
+import numpy as np
+
+from .exceptions import InputError, InvalidArgumentError, InvalidArgumentTypeError
+
+__all__ = ["evaluate_labels", "LabelEvaluation", "classification_report",
+           "expected_calibration_error", "roc_auc", "roc_curve", "error_rates",
+           "confusion_matrix_figure", "reliability_figure", "register"]
+
+log = logging.getLogger(__name__)
+
+#: Truth values of a real-bogus score, as text (lower case): real (1) or bogus (0).
+_REAL = {"1": True, "1.0": True, "true": True, "t": True, "real": True,
+         "0": False, "0.0": False, "false": False, "f": False, "bogus": False}
+
+
+# ------------------------------------------------------------------------------- measures
+def expected_calibration_error(probs, labels, n_bins=15):
+    """Top-label expected calibration error with equal-width confidence bins.
+
+    ``probs`` (N, K) class probabilities (for a binary score, ``(1 - s, s)``), ``labels``
+    (N,) true class indices; ``n_bins`` bins of the top probability.
+    """
+    probs = np.asarray(probs, dtype=np.float64)
+    labels = np.asarray(labels)
+    conf = probs.max(axis=1)
+    correct = probs.argmax(axis=1) == labels
+    bins = np.minimum((conf * n_bins).astype(int), n_bins - 1)
+    ece = 0.0
+    for b in range(n_bins):  # a few bins, each an array operation
+        sel = bins == b
+        if sel.any():
+            ece += sel.mean() * abs(correct[sel].mean() - conf[sel].mean())
+    return float(ece)
+
+
+def _num(x):
+    """A rounded float for JSON, or None for NaN (a class without rows)."""
+    return None if not np.isfinite(x) else round(float(x), 4)
+
+
+def _finite(x):
+    """A float for JSON, or None for NaN (a class without rows)."""
+    return float(x) if np.isfinite(x) else None
+
+
+def classification_report(probs, labels, class_names):
+    """Accuracy, macro recall, per-class recall and precision, confusion matrix, ECE.
+
+    Returns a JSON-serialisable dict. ``confusion_matrix[i][j]`` counts true class ``i``
+    predicted as ``j`` (the most probable class of ``probs``); ``labels`` are class indices.
+    """
+    probs = np.asarray(probs)
+    labels = np.asarray(labels)
+    k = len(class_names)
+    pred = probs.argmax(axis=1)
+    cm = np.zeros((k, k), dtype=int)
+    np.add.at(cm, (labels, pred), 1)
+    support = cm.sum(axis=1)
+    predicted = cm.sum(axis=0)
+    recall = np.divide(np.diag(cm), support, out=np.full(k, np.nan), where=support > 0)
+    precision = np.divide(np.diag(cm), predicted, out=np.full(k, np.nan), where=predicted > 0)
+    return {
+        "n": int(len(labels)),
+        "accuracy": float((pred == labels).mean()),
+        "macro_recall": float(np.nanmean(recall)),
+        "per_class": {
+            name: {"recall": _num(recall[i]), "precision": _num(precision[i]),
+                   "support": int(support[i])}
+            for i, name in enumerate(class_names)
+        },
+        "confusion_matrix": cm.tolist(),
+        "class_names": list(class_names),
+        "ece": expected_calibration_error(probs, labels),
+    }
+
+
+def roc_auc(scores, real):
+    """ROC AUC by the rank-sum formula (ties averaged); NaN without both classes."""
+    from scipy.stats import rankdata
+
+    scores = np.asarray(scores, float)
+    real = np.asarray(real).astype(bool)
+    n1, n0 = real.sum(), (~real).sum()
+    if n1 == 0 or n0 == 0:
+        return float("nan")
+    r = rankdata(scores)
+    return float((r[real].sum() - n1 * (n1 + 1) / 2) / (n1 * n0))
+
+
+def roc_curve(scores, real):
+    """False and true positive rates, and the thresholds (``score >= t`` is real) where they
+    change, from the strictest (``inf``: nothing is real) down; tied scores are one point."""
+    scores = np.asarray(scores, float)
+    real = np.asarray(real).astype(bool)
+    order = np.argsort(-scores, kind="stable")
+    s, lab = scores[order], real[order]
+    last = np.r_[s[1:] != s[:-1], True]  # the last row of each run of equal scores
+    tp, fp = np.cumsum(lab)[last], np.cumsum(~lab)[last]
+    tpr = np.r_[0.0, tp / max(real.sum(), 1)]
+    fpr = np.r_[0.0, fp / max((~real).sum(), 1)]
+    return fpr, tpr, np.r_[np.inf, s[last]]
+
+
+def error_rates(scores, real, threshold):
+    """(FNR, FPR) when ``score >= threshold`` is called real: the fraction of real rows
+    rejected and of bogus rows accepted (NaN for a class without rows)."""
+    scores = np.asarray(scores, float)
+    real = np.asarray(real).astype(bool)
+    fnr = float(np.mean(scores[real] < threshold)) if real.any() else float("nan")
+    fpr = float(np.mean(scores[~real] >= threshold)) if (~real).any() else float("nan")
+    return fnr, fpr
+
+
+# -------------------------------------------------------------------------------- figures
+def confusion_matrix_figure(cm, class_names, *, title=""):
+    """A `~matplotlib.figure.Figure` of a confusion matrix: counts (true rows, predicted
+    columns), each cell shaded by its row-normalised fraction (the recall on the diagonal)."""
+    from ._plotting import figure
+
+    cm = np.asarray(cm)
+    norm = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
+    fig = figure(figsize=(1.2 * len(class_names) + 2, 1.1 * len(class_names) + 1.5))
+    ax = fig.subplots()
+    ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    for i in range(cm.shape[0]):
+        for j in range(cm.shape[1]):
+            ax.text(j, i, f"{cm[i, j]}\n{norm[i, j]:.0%}", ha="center", va="center",
+                    color="white" if norm[i, j] > 0.6 else "black", fontsize=9)
+    ax.set_xticks(range(len(class_names)), class_names, rotation=30, ha="right")
+    ax.set_yticks(range(len(class_names)), class_names)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
+def reliability_figure(probs, labels, *, title="", n_bins=15):
+    """A `~matplotlib.figure.Figure` of a reliability diagram: top-label accuracy against
+    confidence, in ``n_bins`` equal bins, with the ECE in the title."""
+    from ._plotting import figure
+
+    probs = np.asarray(probs)
+    labels = np.asarray(labels)
+    conf = probs.max(axis=1)
+    correct = probs.argmax(axis=1) == labels
+    edges = np.linspace(0, 1, n_bins + 1)
+    idx = np.minimum((conf * n_bins).astype(int), n_bins - 1)
+    counts = np.bincount(idx, minlength=n_bins)
+    filled = counts > 0
+    centres = np.bincount(idx, weights=conf, minlength=n_bins)[filled] / counts[filled]
+    accs = np.bincount(idx, weights=correct, minlength=n_bins) / np.maximum(counts, 1)
+    fig = figure(figsize=(4.5, 4.5))
+    ax = fig.subplots()
+    ax.plot([0, 1], [0, 1], "k--", lw=1, label="perfect calibration")
+    ax.bar(edges[:-1], accs, width=1 / n_bins, align="edge", alpha=0.3, edgecolor="C0")
+    ax.plot(centres, accs[filled], "o-", color="C0", label="model")
+    ax.set_xlabel("confidence")
+    ax.set_ylabel("accuracy")
+    ax.set_title(f"{title}\nECE = {expected_calibration_error(probs, labels, n_bins):.3f}")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.legend(loc="upper left")
+    fig.tight_layout()
+    return fig
+
+
+def _roc_figure(metrics, scores, real, *, title=""):
+    from ._plotting import figure
+
+    fpr, tpr = metrics["roc_curve"]["fpr"], metrics["roc_curve"]["tpr"]
+    fig = figure(figsize=(4.8, 4.5))
+    ax = fig.subplots()
+    ax.plot([0, 1], [0, 1], "k--", lw=1, label="chance")
+    auc = metrics["roc_auc"]
+    ax.plot(fpr, tpr, color="C0", label=f"model (AUC {auc:.4f})" if auc is not None
+            else "model")
+    for i, (name, at) in enumerate(metrics["at_thresholds"].items(), 1):
+        if at["fnr"] is None or at["fpr"] is None:
+            continue
+        ax.plot(at["fpr"], 1 - at["fnr"], "os"[i % 2], color=f"C{i}", ms=9 - 3 * (i > 1),
+                label=f"{name} {at['threshold']:g}: FNR {at['fnr']:.1%}, FPR {at['fpr']:.1%}")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.01)
+    ax.set_xlabel("false positive rate (bogus accepted)")
+    ax.set_ylabel("true positive rate (real accepted)")
+    ax.set_title(title)
+    ax.legend(loc="lower right", fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+# ---------------------------------------------------------------------------- the result
+class LabelEvaluation:
+    """How a model's output columns agree with known labels (made by `evaluate_labels`).
+
+    Parameters
+    ----------
+    metrics : dict
+        The measures (see `evaluate_labels`); JSON-serialisable.
+    arrays : dict
+        The rows used, for the figures: ``probabilities`` and ``truth`` (class indices)
+        for a classifier, ``scores`` and ``real`` for a score.
+
+    Attributes
+    ----------
+    metrics : dict
+    """
+
+    def __init__(self, metrics, arrays):
+        self.metrics = metrics
+        self._arrays = arrays
+
+    @property
+    def _classifier(self):
+        return "class_names" in self.metrics
+
+    def __repr__(self):
+        m = self.metrics
+        head = (f"<LabelEvaluation of {m['model']!r} on {m['n_used']} of {m['n_rows']} rows "
+                f"({m['n_unlabelled']} unlabelled, {m['n_unscored']} unscored, "
+                f"{m['n_flagged']} flagged{' and kept' if m['keep_flagged'] else ''})")
+        if self._classifier:
+            return head + (f": accuracy {m['accuracy']:.3f}, macro recall "
+                           f"{m['macro_recall']:.3f}>")
+        auc = m["roc_auc"]
+        return head + (f": ROC AUC {auc:.4f}>" if auc is not None else ": no ROC AUC "
+                       "(one class only)>")
+
+    def summary(self):
+        """The measures in a few lines of text.
+
+        Returns
+        -------
+        str
+        """
+        m = self.metrics
+        lines = [repr(self)[1:-1]]
+        if self._classifier:
+            lines.append(f"ECE {m['ece']:.3f}")
+            width = max(len(c) for c in m["class_names"])
+            lines.append(f"{'class'.ljust(width)}  support  recall  precision")
+            for name, c in m["per_class"].items():
+                lines.append(f"{name.ljust(width)}  {c['support']:7d}  "
+                             f"{_fmt(c['recall']):>6}  {_fmt(c['precision']):>9}")
+        else:
+            lines.append(f"{m['n_real']} real, {m['n_bogus']} bogus; ECE {m['ece']:.3f}")
+            for name, at in m["at_thresholds"].items():
+                lines.append(f"at the {name} threshold {at['threshold']:g}: "
+                             f"FNR {_fmt(at['fnr'], '.2%')} (real rejected), "
+                             f"FPR {_fmt(at['fpr'], '.2%')} (bogus accepted)")
+        return "\n".join(lines)
+
+    def plot(self, path=None, *, kind=None, title=None, dpi=120, overwrite=False):
+        """Draw the confusion matrix, the reliability diagram or the ROC curve.
+
+        Parameters
+        ----------
+        path : str or os.PathLike, optional
+            Picture file to write (atomically), its format named by its extension
+            (``.png``, ``.pdf``, ``.svg``...); default: none.
+        kind : {"confusion", "reliability", "roc"}, optional
+            Classifiers: ``"confusion"`` (default; counts shaded by the row-normalised
+            recall) or ``"reliability"``; scores: ``"roc"`` (default; the points at the
+            thresholds marked) or ``"reliability"``.
+        title : str, optional
+            Default: the model's name and the number of rows used.
+        dpi : float, optional
+            Resolution of the written picture.
+        overwrite : bool, optional
+            Replace an existing ``path`` (default: refuse).
+
+        Returns
+        -------
+        matplotlib.figure.Figure
+
+        Raises
+        ------
+        astromorph.exceptions.InvalidArgumentError
+            An unknown ``kind``, a ``path`` whose extension names no picture format.
+        astromorph.exceptions.OutputExistsError
+            ``path`` exists and ``overwrite`` is false.
+        astromorph.exceptions.MissingDependencyError
+            Without matplotlib.
+        """
+        from ._io import atomic_output, check_output
+        from ._plotting import picture_format
+        from .preprocessing._checks import check_number
+
+        kinds = ("confusion", "reliability") if self._classifier else ("roc", "reliability")
+        kind = kinds[0] if kind is None else kind
+        if kind not in kinds:
+            raise InvalidArgumentError(f"kind must be one of {', '.join(map(repr, kinds))} "
+                                       f"for model {self.metrics['model']!r}, got {kind!r}")
+        dpi = check_number(dpi, "dpi", positive=True)
+        if title is not None and not isinstance(title, str):
+            raise InvalidArgumentTypeError(f"title must be a string, got {title!r}")
+        fmt = None
+        if path is not None:
+            check_output(path, overwrite=overwrite)
+            fmt = picture_format(path)  # matplotlib and the extension, before any drawing
+        m, a = self.metrics, self._arrays
+        if title is None:
+            title = f"{m['model']}: {m['n_used']} labelled rows"
+        if kind == "confusion":
+            fig = confusion_matrix_figure(m["confusion_matrix"], m["class_names"], title=title)
+        elif kind == "roc":
+            fig = _roc_figure(m, a["scores"], a["real"], title=title)
+        elif self._classifier:
+            fig = reliability_figure(a["probabilities"], a["truth"], title=title)
+        else:
+            s = a["scores"]
+            fig = reliability_figure(np.stack([1 - s, s], 1), a["real"], title=title)
+        if path is not None:
+            with atomic_output(path, overwrite=overwrite) as tmp:
+                fig.savefig(tmp, dpi=dpi, format=fmt)
+            log.info("wrote %s", path)
+        return fig
+
+
+def _fmt(value, spec=".3f"):
+    return "-" if value is None else format(value, spec)
+
+
+# ----------------------------------------------------------------------------- the table
+def _read(table):
+    from astropy.table import Table
+
+    if isinstance(table, Table):
+        return table
+    if isinstance(table, (str, os.PathLike)):
+        from ._cli_annotate import _read_catalogue
+
+        return _read_catalogue(os.fspath(table))
+    raise InvalidArgumentTypeError(f"table must be an astropy Table or QTable, or the path "
+                                   f"of one, got {type(table).__name__} {table!r:.60}")
+
+
+def _column(table, name, what):
+    if name not in table.colnames:
+        raise InputError(f"the table has no {what} column {name!r} (columns: "
+                         f"{', '.join(table.colnames)})")  # e.g. not made by this model
+    return table[name]
+
+
+def _values(column):
+    """A column's values as a plain array and its mask (masked entries: True)."""
+    mask = np.asarray(getattr(column, "mask", False), dtype=bool)
+    data = getattr(column, "unmasked", column)  # astropy's Masked quantities
+    data = np.asarray(np.ma.getdata(data))
+    return data, np.broadcast_to(mask, data.shape).copy()
+
+
+def _truth_text(column):
+    """The truth column as stripped text, and the rows without a label (masked, empty,
+    None or NaN)."""
+    data, mask = _values(column)
+    if data.ndim != 1:
+        raise InputError(f"truth column {column.info.name!r} holds arrays of shape "
+                         f"{data.shape[1:]}, not one label per row")
+    if data.dtype.kind == "f":
+        mask |= ~np.isfinite(data)
+        data = np.where(np.isfinite(data), data, 0)
+    if data.dtype.kind == "S":
+        data = np.char.decode(data, "utf-8", "replace")
+    if data.dtype.kind == "O":
+        mask |= np.array([v is None for v in data], bool)
+    text = np.char.strip(data.astype(str))
+    return text, mask | (text == "")
+
+
+def _translate(text, unlabelled, labels, allowed, describe):
+    """Indices of ``allowed`` (a dict text -> value) of the labelled rows of ``text``, after
+    the user's ``labels`` mapping; `InputError` naming the values it cannot place."""
+    values, inverse = np.unique(text[~unlabelled], return_inverse=True)
+    values = values.tolist()
+    mapped = [labels.get(v, v) for v in values]
+    unknown = [v for v, m in zip(values, mapped) if m not in allowed]
+    if unknown:
+        raise InputError(f"truth values {', '.join(map(repr, unknown[:20]))}"
+                         f"{' ...' if len(unknown) > 20 else ''} are not {describe}; "
+                         "translate your labels with labels={your label: class} "
+                         "(--map YOUR=CLASS)")
+    out = np.zeros(len(text), dtype=object)
+    out[~unlabelled] = np.array([allowed[m] for m in mapped], dtype=object)[inverse]
+    return out
+
+
+def _check_labels(labels, allowed, model):
+    if labels is None:
+        return {}
+    if not isinstance(labels, Mapping):
+        raise InvalidArgumentTypeError(f"labels must be a mapping {{your label: model "
+                                       f"class}}, got {labels!r:.80}")
+    out = {}
+    for key, value in labels.items():
+        target = str(value).strip() if not isinstance(value, (bool, np.bool_)) else \
+            str(int(value))
+        if target.lower() not in allowed and target not in allowed:
+            raise InvalidArgumentError(
+                f"labels maps {key!r} to {value!r}, which is none of the values model "
+                f"{model!r} knows: {', '.join(dict.fromkeys(map(str, allowed)))}")
+        out[str(key).strip()] = target if target in allowed else target.lower()
+    return out
+
+
+def _excluded(flags, scored, unlabelled, keep_flagged):
+    """Counts of the rows left out, and the rows used."""
+    unscored = ~unlabelled & ~scored
+    flagged = ~unlabelled & scored & (flags != 0)
+    used = ~unlabelled & scored & ((flags == 0) | keep_flagged)
+    return used, {"n_rows": int(len(flags)), "n_used": int(used.sum()),
+                  "n_unlabelled": int(unlabelled.sum()), "n_unscored": int(unscored.sum()),
+                  "n_flagged": int(flagged.sum()), "keep_flagged": bool(keep_flagged)}
+
+
+# --------------------------------------------------------------------------- public API
+def evaluate_labels(table, truth, *, model, labels=None, threshold=None, keep_flagged=False):
+    """Score a model's output columns against your own labels.
+
+    For a model applied to your survey (`annotate`, `annotate_stamps`, `predict_files`),
+    with labels known for some of the rows: how well does it do there?
+
+    Parameters
+    ----------
+    table : astropy.table.Table, str or os.PathLike
+        The model's output columns (``<prefix>_p_<class>`` or ``<prefix>_score``, and
+        ``<prefix>_flags``, the prefix from the card's ``column_prefix``) and ``truth``; or
+        the path of such a table (``.ecsv``, ``.fits``, ``.csv``, ``.parquet``). It is not
+        modified.
+    truth : str
+        The column of your labels. Classifiers (``morphology``, ``radio-morphology``): the
+        card's class names (``labels`` translates others); real-bogus scores: booleans,
+        0/1 or ``real``/``bogus`` (real = 1). Masked, empty or NaN values are unlabelled
+        rows, left out and counted.
+    model : str or os.PathLike
+        The model (name or path) that made the columns; its card gives the prefix, the
+        classes and, for a score, the ``recommended_threshold``.
+    labels : dict, optional
+        Your label -> the model's, e.g. ``{"E": "elliptical", "S": "spiral"}`` or
+        ``{"FR1": "FRI"}``; other values are taken as they are.
+    threshold : float, optional
+        Scores: a threshold in [0, 1] whose error rates are given beside those at the
+        card's ``recommended_threshold``.
+    keep_flagged : bool, optional
+        Use the rows whose ``<prefix>_flags`` is non-zero too, where their outputs are
+        finite (default: leave them out; they are counted either way).
+
+    Returns
+    -------
+    LabelEvaluation
+        ``metrics``: ``n_rows``, ``n_used``, ``n_unlabelled``, ``n_unscored`` (labelled rows
+        without outputs: masked or not finite), ``n_flagged`` (labelled, scored rows with
+        flags); for classifiers ``accuracy``, ``macro_recall``, ``per_class`` (recall,
+        precision, support), ``confusion_matrix`` (true rows, predicted columns) with
+        ``class_names``, and ``ece``; for scores ``n_real``, ``n_bogus``, ``roc_auc``,
+        ``at_thresholds`` (FNR and FPR at each threshold), ``roc_curve`` (``fpr``,
+        ``tpr``, ``thresholds``) and ``ece``. ``plot()`` draws them.
+
+    Raises
+    ------
+    astromorph.exceptions.InputError
+        No ``truth`` column or output column, truth values that are no class of the
+        model (the message lists them and the classes), or no row left to score.
+    astromorph.exceptions.InvalidArgumentError
+        A model whose outputs are no classes or score (``morphology-gz2`` vote fractions,
+        ``embedding``: the message says what to use), a bad option.
+    astromorph.exceptions.InvalidArgumentTypeError
+        An option of the wrong type.
+    """
+    from ._registry import model_card
+    from .preprocessing._checks import check_bool, check_number
+
+    card = model_card(model)
+    name = card["name"]
+    if not isinstance(truth, str):
+        raise InvalidArgumentTypeError(f"truth must be a column name, got {truth!r}")
+    keep_flagged = check_bool(keep_flagged, "keep_flagged")
+    kinds = {spec.get("kind") for spec in card["outputs"]}
+    classifier = "probabilities" in kinds
+    if not classifier and "score" not in kinds:
+        raise InvalidArgumentError(_cannot_score(name, kinds))
+    if threshold is not None:
+        if not classifier:
+            threshold = check_number(threshold, "threshold", minimum=0)
+            if threshold > 1:
+                raise InvalidArgumentError(f"threshold must be in [0, 1], got {threshold!r}")
+        else:
+            raise InvalidArgumentError(f"threshold is for scores (real-bogus); model {name!r} "
+                                       "gives class probabilities")
+    table = _read(table)
+    prefix = card.get("column_prefix", name.replace("-", "_"))
+    text, unlabelled = _truth_text(_column(table, truth, "truth"))
+    if f"{prefix}_flags" in table.colnames:
+        flags, _ = _values(table[f"{prefix}_flags"])
+        flags = flags.astype(np.int64)
+    else:
+        log.info("the table has no %s_flags column: every row is taken as unflagged", prefix)
+        flags = np.zeros(len(table), np.int64)
+    if classifier:
+        spec = next(s for s in card["outputs"] if s.get("kind") == "probabilities")
+        classes = list(spec["labels"])
+        allowed = {c: i for i, c in enumerate(classes)}
+        mapping = _check_labels(labels, allowed, name)
+        columns = [_values(_column(table, f"{prefix}_p_{c}", f"{name} output"))
+                   for c in classes]
+        probs = np.stack([np.asarray(v, np.float64) for v, _ in columns], axis=1)
+        scored = ~np.any([m for _, m in columns], axis=0) & np.isfinite(probs).all(axis=1)
+        target = _translate(text, unlabelled, mapping, allowed,
+                            f"classes of {name!r} ({', '.join(classes)})")
+    else:
+        mapping = {k: v for k, v in _check_labels(labels, _REAL, name).items()}
+        score, mask = _values(_column(table, f"{prefix}_score", f"{name} output"))
+        score = np.asarray(score, np.float64)
+        scored = ~mask & np.isfinite(score)
+        target = _translate(np.char.lower(text), unlabelled,
+                            {k.lower(): v for k, v in mapping.items()}, _REAL,
+                            "real (1, true, real) or bogus (0, false, bogus)")
+    used, metrics = _excluded(flags, scored, unlabelled, keep_flagged)
+    metrics = {"model": name, "model_version": str(card.get("version")), "truth": truth,
+               **metrics}
+    if not used.any():
+        raise InputError(f"no row to score: of {metrics['n_rows']}, {metrics['n_unlabelled']} "
+                         f"have no label in {truth!r}, {metrics['n_unscored']} no output of "
+                         f"{name!r} and {metrics['n_flagged']} are flagged"
+                         + ("" if keep_flagged else " (keep_flagged=True uses them)"))
+    if classifier:
+        y = target[used].astype(np.int64)
+        report = classification_report(probs[used], y, classes)
+        report.pop("n")
+        metrics.update(report)
+        return LabelEvaluation(metrics, {"probabilities": probs[used], "truth": y})
+    s, real = score[used], target[used].astype(bool)
+    thresholds = {}
+    if card.get("recommended_threshold") is not None:
+        thresholds["recommended"] = float(card["recommended_threshold"])
+    if threshold is not None:
+        thresholds["given"] = threshold
+    fpr, tpr, cuts = roc_curve(s, real)
+    metrics.update({
+        "n_real": int(real.sum()), "n_bogus": int((~real).sum()),
+        "roc_auc": _finite(roc_auc(s, real)),
+        "at_thresholds": {},
+        "ece": expected_calibration_error(np.stack([1 - s, s], 1), real),
+        "roc_curve": {"fpr": fpr.tolist(), "tpr": tpr.tolist(),
+                      "thresholds": [None if np.isinf(t) else float(t) for t in cuts]},
+    })
+    for key, t in thresholds.items():
+        fnr, fp = error_rates(s, real, t)
+        metrics["at_thresholds"][key] = {"threshold": t, "fnr": _finite(fnr),
+                                         "fpr": _finite(fp)}
+    return LabelEvaluation(metrics, {"scores": s, "real": real})
+
+
+def _cannot_score(name, kinds):
+    if "embedding" in kinds:
+        return (f"model {name!r} gives embedding vectors, not classes: fit "
+                "astromorph.LabelHead on them with your labels (its cv_scores_ say how well "
+                "they separate), or cluster them (astromorph.cluster_table)")
+    return (f"model {name!r} gives vote fractions ({', '.join(sorted(map(str, kinds)))}), "
+            "not one class per row: compare its columns with your own fractions directly "
+            "(e.g. their mean absolute error), or evaluate the morphology model's classes")
+
+
+# ---------------------------------------------------------------------------- command line
+def register(sub):
+    """Add the ``evaluate`` sub-command to the ``astromorph`` command line."""
+    p = sub.add_parser(
+        "evaluate", help="score a model's columns in a table against your own labels",
+        description="Compare the output columns a model wrote into a table (astromorph "
+                    "annotate or predict) with a column of your labels: accuracy, recall, "
+                    "confusion matrix and calibration for classifiers; ROC AUC and error "
+                    "rates at thresholds for real-bogus. Unlabelled and flagged rows are "
+                    "left out and counted.")
+    p.add_argument("table", metavar="TABLE", help="table with the model's columns (ECSV, "
+                                                  "FITS, CSV or Parquet)")
+    p.add_argument("--truth", required=True, metavar="COL", help="column of your labels")
+    p.add_argument("-m", "--model", required=True, help="model name or path that made the "
+                                                       "columns")
+    p.add_argument("--map", action="append", dest="label_map", metavar="USER=CLASS",
+                   help="translate a label of yours to the model's (repeat), e.g. "
+                        "--map E=elliptical")
+    p.add_argument("--threshold", type=float, metavar="T",
+                   help="real-bogus: also give the error rates at this threshold")
+    p.add_argument("--keep-flagged", action="store_true",
+                   help="use flagged rows that have outputs too (default: leave them out)")
+    p.add_argument("--plot", metavar="OUT.png", help="write a figure (confusion matrix, or "
+                   "ROC curve for real-bogus)")
+    p.add_argument("--plot-kind", choices=["confusion", "reliability", "roc"], default=None,
+                   help="which figure --plot draws (default: confusion, or roc for scores)")
+    p.add_argument("-o", "--output", metavar="METRICS.json", help="write the metrics as JSON")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace existing output files (default: refuse before any work)")
+    p.set_defaults(func=_cmd_evaluate)
+    return p
+
+
+def _cmd_evaluate(args):
+    from ._io import atomic_output, check_distinct_outputs, check_output
+    from ._plotting import picture_format
+    from .cli import report
+
+    labels = {}
+    for item in args.label_map or ():
+        user, sep, model_class = item.partition("=")
+        if not sep or not user.strip() or not model_class.strip():
+            raise InvalidArgumentError(f"--map takes YOUR_LABEL=MODEL_CLASS, got {item!r}")
+        labels[user.strip()] = model_class.strip()
+    if args.plot_kind and not args.plot:
+        raise InvalidArgumentError("--plot-kind applies only with --plot")
+    check_distinct_outputs({"--output": args.output, "--plot": args.plot})
+    for path in (args.output, args.plot):  # before any work
+        if path:
+            check_output(path, overwrite=args.overwrite, inputs=[args.table])
+    if args.plot:
+        picture_format(args.plot)
+    result = evaluate_labels(args.table, args.truth, model=args.model, labels=labels or None,
+                             threshold=args.threshold, keep_flagged=args.keep_flagged)
+    if args.plot:
+        result.plot(args.plot, kind=args.plot_kind, overwrite=args.overwrite)
+    if args.output:
+        with atomic_output(args.output, overwrite=args.overwrite) as tmp:
+            tmp.write_text(json.dumps(result.metrics, indent=1) + "\n")
+    if not args.quiet:
+        print(result.summary())
+    for what, path in (("metrics", args.output), ("figure", args.plot)):
+        if path:
+            report(args, f"wrote {what} to {path}")
+    return 0
