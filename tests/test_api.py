@@ -28,6 +28,7 @@ POSITIONAL_OPTIONS = {
     ("astromorph.SimilarityIndex.query", "row"): "data (one of row/position/image/vector)",
     ("astromorph.cli.main", "argv"): "data (the command line)",
     ("astromorph.GaussianMixture", "n_components"): "as scikit-learn's GaussianMixture",
+    ("astromorph.LabelEvaluation.plot", "path"): "the output (none: the Figure only)",
 }
 
 _SECTION = re.compile(r"^([A-Z]\w*(?: \w+)*)\n-{3,}$", re.M)

@@ -90,6 +90,7 @@ def _fits(tmp_path):
 
 
 CAT = Table({"ra": [150.0], "dec": [2.0], "r90": [5.0]})
+RB = Table({"rb_score": [0.2, 0.9], "rb_flags": [0, 0], "real": [False, True]})
 STAMPS = Table({"image": np.random.default_rng(4).normal(0.02, 0.01, (2, 64, 64))})
 
 TOP_LEVEL = [
@@ -158,6 +159,16 @@ TOP_LEVEL = [
     (lambda p: astromorph.GaussianMixture(seed="x"), TYPE, "seed"),
     (lambda p: astromorph.cluster_table(Table({"embedding": _emb()}), n_components=2, prefix=3),
      TYPE, "prefix"),
+    (lambda p: astromorph.evaluate_labels(RB, "real", model="real-bogus", threshold="0.5"),
+     TYPE, "'0.5'"),
+    (lambda p: astromorph.evaluate_labels(RB, "real", model="real-bogus", threshold=2), VALUE,
+     "2"),
+    (lambda p: astromorph.evaluate_labels(RB, "real", model="real-bogus", keep_flagged="no"),
+     TYPE, "'no'"),
+    (lambda p: astromorph.evaluate_labels(RB, "real", model="real-bogus", labels="x"), TYPE,
+     "labels"),
+    (lambda p: astromorph.evaluate_labels(RB, 3, model="real-bogus"), TYPE, "3"),
+    (lambda p: astromorph.evaluate_labels(None, "real", model="real-bogus"), TYPE, "None"),
 ]
 
 

@@ -1,0 +1,194 @@
+"""`astromorph.evaluate_labels` and ``astromorph evaluate``: a model's columns scored against
+the user's labels."""
+import json
+
+import numpy as np
+import pytest
+from astropy.table import MaskedColumn, Table
+
+import astromorph
+from astromorph.cli import main
+from astromorph.exceptions import (InputError, InvalidArgumentError, InvalidArgumentTypeError,
+                                   OutputExistsError)
+
+CLASSES = ["elliptical", "spiral", "edge_on", "merger", "artifact"]
+
+
+def _morph_table(true, pred, conf=0.9, flags=None):
+    """A table as `annotate` writes for ``morphology``: the class ``pred`` of each row has
+    probability ``conf``, the others share the rest; ``true`` the user's labels."""
+    pred = np.asarray([CLASSES.index(p) for p in pred])
+    probs = np.full((len(pred), 5), (1 - conf) / 4)
+    probs[np.arange(len(pred)), pred] = conf
+    t = Table({f"morph_p_{c}": MaskedColumn(probs[:, i].astype(np.float32))
+               for i, c in enumerate(CLASSES)})
+    t["morph_label"] = np.asarray(CLASSES)[pred]
+    t["morph_flags"] = np.zeros(len(pred), np.int32) if flags is None else flags
+    t["mine"] = true
+    return t
+
+
+def test_classifier_metrics_are_exact():
+    true = ["elliptical"] * 4 + ["spiral"] * 3 + ["merger"] * 2
+    pred = ["elliptical", "elliptical", "elliptical", "spiral",
+            "spiral", "spiral", "elliptical", "merger", "artifact"]
+    ev = astromorph.evaluate_labels(_morph_table(true, pred), "mine", model="morphology")
+    m = ev.metrics
+    cm = np.zeros((5, 5), int)
+    cm[0, 0], cm[0, 1], cm[1, 1], cm[1, 0], cm[3, 3], cm[3, 4] = 3, 1, 2, 1, 1, 1
+    assert m["confusion_matrix"] == cm.tolist()
+    assert m["class_names"] == CLASSES
+    assert (m["n_rows"], m["n_used"], m["n_unlabelled"], m["n_flagged"]) == (9, 9, 0, 0)
+    assert m["accuracy"] == pytest.approx(6 / 9)
+    assert m["macro_recall"] == pytest.approx((3 / 4 + 2 / 3 + 1 / 2) / 3)
+    assert m["per_class"]["elliptical"] == {"recall": 0.75, "precision": 0.75, "support": 4}
+    assert m["per_class"]["spiral"] == {"recall": 0.6667, "precision": 0.6667, "support": 3}
+    assert m["per_class"]["artifact"] == {"recall": None, "precision": 0.0, "support": 0}
+    assert m["per_class"]["edge_on"] == {"recall": None, "precision": None, "support": 0}
+    # every confidence is 0.9 (float32), one bin: ECE = |accuracy - confidence|
+    assert m["ece"] == pytest.approx(abs(6 / 9 - 0.9), abs=1e-6)
+    json.dumps(m, allow_nan=False)  # JSON as it is
+    assert "accuracy 0.667" in repr(ev) and "macro recall 0.639" in repr(ev)
+    assert "spiral" in ev.summary() and "0.667" in ev.summary()
+
+
+def test_labels_mapping_and_unknown_labels():
+    true = ["E", "E", "S", "Sp", "merger"]
+    pred = ["elliptical", "spiral", "spiral", "spiral", "merger"]
+    t = _morph_table(true, pred)
+    with pytest.raises(InputError, match=r"'E', 'S', 'Sp'.*elliptical, spiral, edge_on, "
+                                         r"merger, artifact"):
+        astromorph.evaluate_labels(t, "mine", model="morphology")
+    with pytest.raises(InputError, match=r"'Sp' are not") as info:
+        astromorph.evaluate_labels(t, "mine", model="morphology",
+                                   labels={"E": "elliptical", "S": "spiral"})
+    assert "'E'" not in str(info.value)
+    ev = astromorph.evaluate_labels(t, "mine", model="morphology",
+                                    labels={"E": "elliptical", "S": "spiral", "Sp": "spiral"})
+    assert ev.metrics["per_class"]["elliptical"]["support"] == 2
+    assert ev.metrics["per_class"]["spiral"]["support"] == 2
+    assert ev.metrics["accuracy"] == pytest.approx(4 / 5)
+    with pytest.raises(InvalidArgumentError, match="'Ellipse'"):  # a class of no model
+        astromorph.evaluate_labels(t, "mine", model="morphology", labels={"E": "Ellipse"})
+    with pytest.raises(InvalidArgumentTypeError, match="labels"):
+        astromorph.evaluate_labels(t, "mine", model="morphology", labels=["E"])
+
+
+def test_unlabelled_flagged_and_unscored_rows_are_left_out_and_counted():
+    true = MaskedColumn(["elliptical", "spiral", "", "elliptical", "spiral", "spiral"],
+                        mask=[False, True, False, False, False, False])
+    pred = ["elliptical", "spiral", "spiral", "spiral", "elliptical", "spiral"]
+    t = _morph_table(true, pred, flags=np.array([0, 0, 0, 2, 32, 0], np.int32))
+    for c in CLASSES:  # row 4 has no output (BAD_INPUT)
+        t[f"morph_p_{c}"].mask[4] = True
+    ev = astromorph.evaluate_labels(t, "mine", model="morphology")
+    m = ev.metrics
+    assert (m["n_rows"], m["n_used"], m["n_unlabelled"], m["n_unscored"], m["n_flagged"]) \
+        == (6, 2, 2, 1, 1)
+    assert m["accuracy"] == 1.0  # rows 0 and 5
+    kept = astromorph.evaluate_labels(t, "mine", model="morphology", keep_flagged=True).metrics
+    assert (kept["n_used"], kept["n_flagged"], kept["n_unscored"]) == (3, 1, 1)
+    assert kept["accuracy"] == pytest.approx(2 / 3)  # row 3: elliptical called spiral
+    with pytest.raises(InputError, match="no row to score.*keep_flagged"):
+        astromorph.evaluate_labels(t[3:5], "mine", model="morphology")
+
+
+def _rb_table():
+    rng = np.random.default_rng(5)
+    score = (np.round(rng.random(40) * 8) / 8).astype(np.float32)  # many ties, exact
+    real = rng.random(40) < 0.5
+    t = Table({"rb_score": MaskedColumn(score), "rb_flags": np.zeros(40, np.int32),
+               "is_real": real})
+    t["rb_score"].mask[0] = True
+    t["rb_flags"][1] = 2
+    return t
+
+
+def test_real_bogus_auc_and_rates():
+    t = _rb_table()
+    ev = astromorph.evaluate_labels(t, "is_real", model="real-bogus", threshold=0.5)  # a tie with scores
+    m = ev.metrics
+    s = np.asarray(t["rb_score"], float)[2:]
+    y = np.asarray(t["is_real"])[2:]
+    pos, neg = s[y][:, None], s[~y][None, :]  # every real-bogus pair, ties count half
+    auc = ((pos > neg).sum() + 0.5 * (pos == neg).sum()) / (len(pos) * neg.size)
+    assert m["roc_auc"] == pytest.approx(auc, rel=1e-12)
+    assert (m["n_used"], m["n_unscored"], m["n_flagged"]) == (38, 1, 1)
+    assert (m["n_real"], m["n_bogus"]) == (y.sum(), (~y).sum())
+    rec = astromorph.model_card("real-bogus")["recommended_threshold"]
+    for key, thr in (("recommended", rec), ("given", 0.5)):
+        at = m["at_thresholds"][key]
+        assert at["threshold"] == pytest.approx(thr)
+        assert at["fnr"] == pytest.approx(np.mean(s[y] < thr))
+        assert at["fpr"] == pytest.approx(np.mean(s[~y] >= thr))
+    fpr, tpr = np.array(m["roc_curve"]["fpr"]), np.array(m["roc_curve"]["tpr"])
+    assert len(fpr) == len(np.unique(s)) + 1  # one point per distinct score
+    assert np.trapezoid(tpr, fpr) == pytest.approx(auc)
+    json.dumps(m, allow_nan=False)
+    # the same labels as 0/1 and as text, one unlabelled
+    t["as_int"] = MaskedColumn(t["is_real"].astype(int), mask=np.arange(40) == 5)
+    t["as_text"] = np.where(t["is_real"], "Real", "bogus")
+    assert astromorph.evaluate_labels(t, "as_int", model="real-bogus").metrics["n_unlabelled"] == 1
+    assert astromorph.evaluate_labels(t, "as_text", model="real-bogus").metrics["roc_auc"] \
+        == m["roc_auc"]
+    t["as_text"][3] = "maybe"
+    with pytest.raises(InputError, match="'maybe'"):
+        astromorph.evaluate_labels(t, "as_text", model="real-bogus")
+    with pytest.raises(InvalidArgumentError, match="1.5"):
+        astromorph.evaluate_labels(t, "is_real", model="real-bogus", threshold=1.5)
+
+
+@pytest.mark.parametrize("model, advice", [("embedding", "LabelHead"),
+                                           ("morphology-gz2", "fractions")])
+def test_models_without_classes_are_refused(model, advice):
+    with pytest.raises(InvalidArgumentError, match=advice):
+        astromorph.evaluate_labels(_rb_table(), "is_real", model=model)
+
+
+def test_plots(tmp_path):
+    pytest.importorskip("matplotlib")
+    from matplotlib.figure import Figure
+
+    ev = astromorph.evaluate_labels(_morph_table(["spiral", "merger"], ["spiral", "spiral"]),
+                                    "mine", model="morphology")
+    fig = ev.plot(tmp_path / "cm.png")
+    assert isinstance(fig, Figure)
+    texts = [t.get_text() for t in fig.axes[0].texts]
+    assert "1\n100%" in texts and "1\n50%" not in texts  # counts and row recall
+    assert (tmp_path / "cm.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert isinstance(ev.plot(kind="reliability"), Figure)
+    with pytest.raises(OutputExistsError):
+        ev.plot(tmp_path / "cm.png")
+    with pytest.raises(InvalidArgumentError, match="'roc'"):
+        ev.plot(kind="roc")
+    rb = astromorph.evaluate_labels(_rb_table(), "is_real", model="real-bogus", threshold=0.5)
+    fig = rb.plot(tmp_path / "roc.png")
+    labels = [line.get_label() for line in fig.axes[0].lines]
+    assert any(lab.startswith("recommended 0.6632") for lab in labels)
+    assert any(lab.startswith("given 0.5") for lab in labels)
+    assert (tmp_path / "roc.png").stat().st_size > 0
+
+
+def test_command_line(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    t = _morph_table(["E", "S", "S", "M"], ["elliptical", "spiral", "merger", "merger"])
+    t.write(tmp_path / "t.ecsv")
+    out, fig = tmp_path / "m.json", tmp_path / "cm.png"
+    args = ["evaluate", str(tmp_path / "t.ecsv"), "--truth", "mine", "-m", "morphology",
+            "--map", "E=elliptical", "--map", "S=spiral", "--map", "M=merger",
+            "-o", str(out), "--plot", str(fig)]
+    assert main(args) == 0
+    printed = capsys.readouterr()
+    assert "accuracy 0.750" in printed.out and f"wrote metrics to {out}" in printed.err
+    assert json.loads(out.read_text())["accuracy"] == 0.75
+    assert fig.read_bytes()[:4] == b"\x89PNG"
+    out.write_text("keep")
+    assert main(args) == 2  # refused before any work
+    assert "exists" in capsys.readouterr().err and out.read_text() == "keep"
+    assert main(args + ["--overwrite", "-q"]) == 0
+    assert capsys.readouterr().out == ""
+    assert json.loads(out.read_text())["n_used"] == 4
+    assert main(["evaluate", str(tmp_path / "t.ecsv"), "--truth", "nope", "-m",
+                 "morphology"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "'nope'" in err
