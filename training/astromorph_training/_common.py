@@ -13,6 +13,11 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+# the classification measures and figures of the model cards and reports are astromorph's own
+# (`astromorph.evaluate_labels` gives users the same numbers on their labels): one
+# implementation of each
+from astromorph._evaluate import (classification_report, confusion_matrix_figure,
+                                  expected_calibration_error, reliability_figure)
 
 __all__ = [
     "repo_root", "resolve_data_dir", "set_seed", "check_resume", "train_command", "checkpoint_dir", "cache_dir",
@@ -262,87 +267,11 @@ def fit_temperature(logits, labels, *, bounds=(0.05, 20.0)):
     return float(np.exp(res.x))
 
 
-def expected_calibration_error(probs, labels, n_bins=15):
-    """Top-label expected calibration error with equal-width confidence bins.
-
-    Parameters
-    ----------
-    probs : array_like, shape (N, K)
-        Class probabilities (for a binary score, ``(1 - s, s)``).
-    labels : array_like of int, shape (N,)
-    n_bins : int
-    """
-    probs = np.asarray(probs, dtype=np.float64)
-    labels = np.asarray(labels)
-    conf = probs.max(axis=1)
-    correct = probs.argmax(axis=1) == labels
-    bins = np.minimum((conf * n_bins).astype(int), n_bins - 1)
-    ece = 0.0
-    for b in range(n_bins):
-        sel = bins == b
-        if sel.any():
-            ece += sel.mean() * abs(correct[sel].mean() - conf[sel].mean())
-    return float(ece)
-
-
 # ------------------------------------------------------------------------- metrics
-def classification_report(probs, labels, class_names):
-    """Accuracy, macro recall, per-class recall and precision, confusion matrix, ECE.
-
-    Returns a JSON-serialisable dict. ``confusion_matrix[i][j]`` counts true
-    class ``i`` predicted as ``j``.
-    """
-    probs = np.asarray(probs)
-    labels = np.asarray(labels)
-    k = len(class_names)
-    pred = probs.argmax(axis=1)
-    cm = np.zeros((k, k), dtype=int)
-    np.add.at(cm, (labels, pred), 1)
-    support = cm.sum(axis=1)
-    predicted = cm.sum(axis=0)
-    recall = np.divide(np.diag(cm), support, out=np.full(k, np.nan), where=support > 0)
-    precision = np.divide(np.diag(cm), predicted, out=np.full(k, np.nan), where=predicted > 0)
-    return {
-        "n": int(len(labels)),
-        "accuracy": float((pred == labels).mean()),
-        "macro_recall": float(np.nanmean(recall)),
-        "per_class": {
-            name: {"recall": _num(recall[i]), "precision": _num(precision[i]),
-                   "support": int(support[i])}
-            for i, name in enumerate(class_names)
-        },
-        "confusion_matrix": cm.tolist(),
-        "class_names": list(class_names),
-        "ece": expected_calibration_error(probs, labels),
-    }
-
-
-def _num(x):
-    return None if not np.isfinite(x) else round(float(x), 4)
-
-
 def plot_confusion_matrix(cm, class_names, path, title=""):
-    """Save a confusion matrix (counts, shaded by row-normalised recall) as PNG."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    cm = np.asarray(cm)
-    norm = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
-    fig, ax = plt.subplots(figsize=(1.2 * len(class_names) + 2, 1.1 * len(class_names) + 1.5))
-    ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
-    for i in range(cm.shape[0]):
-        for j in range(cm.shape[1]):
-            ax.text(j, i, f"{cm[i, j]}\n{norm[i, j]:.0%}", ha="center", va="center",
-                    color="white" if norm[i, j] > 0.6 else "black", fontsize=9)
-    ax.set_xticks(range(len(class_names)), class_names, rotation=30, ha="right")
-    ax.set_yticks(range(len(class_names)), class_names)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    ax.set_title(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    """Save a confusion matrix (counts, shaded by row-normalised recall) as PNG: the figure
+    of `astromorph.evaluate_labels` (``astromorph._evaluate.confusion_matrix_figure``)."""
+    confusion_matrix_figure(cm, class_names, title=title).savefig(path, dpi=120)
     return Path(path)
 
 
@@ -393,39 +322,9 @@ def plot_error_gallery(images, probs, labels, class_names, path, title="", *, n=
 
 
 def plot_reliability(probs, labels, path, title="", n_bins=15):
-    """Save a reliability diagram (top-label accuracy against confidence) as PNG."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    probs = np.asarray(probs)
-    labels = np.asarray(labels)
-    conf = probs.max(axis=1)
-    correct = probs.argmax(axis=1) == labels
-    edges = np.linspace(0, 1, n_bins + 1)
-    idx = np.minimum((conf * n_bins).astype(int), n_bins - 1)
-    centres, accs, counts = [], [], []
-    for b in range(n_bins):
-        sel = idx == b
-        if sel.any():
-            centres.append(conf[sel].mean())
-            accs.append(correct[sel].mean())
-            counts.append(sel.sum())
-    fig, ax = plt.subplots(figsize=(4.5, 4.5))
-    ax.plot([0, 1], [0, 1], "k--", lw=1, label="perfect calibration")
-    ax.bar(edges[:-1], np.bincount(idx, weights=correct, minlength=n_bins)
-           / np.maximum(np.bincount(idx, minlength=n_bins), 1),
-           width=1 / n_bins, align="edge", alpha=0.3, edgecolor="C0")
-    ax.plot(centres, accs, "o-", color="C0", label="model")
-    ax.set_xlabel("confidence")
-    ax.set_ylabel("accuracy")
-    ax.set_title(f"{title}\nECE = {expected_calibration_error(probs, labels, n_bins):.3f}")
-    ax.set_xlim(0, 1)
-    ax.set_ylim(0, 1)
-    ax.legend(loc="upper left")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    """Save a reliability diagram (top-label accuracy against confidence) as PNG: the figure
+    of `astromorph.evaluate_labels` (``astromorph._evaluate.reliability_figure``)."""
+    reliability_figure(probs, labels, title=title, n_bins=n_bins).savefig(path, dpi=120)
     return Path(path)
 
 
