@@ -176,7 +176,7 @@ def reliability_figure(probs, labels, *, title="", n_bins=15):
     return fig
 
 
-def _roc_figure(metrics, scores, real, *, title=""):
+def _roc_figure(metrics, *, title=""):
     from ._plotting import figure
 
     fpr, tpr = metrics["roc_curve"]["fpr"], metrics["roc_curve"]["tpr"]
@@ -316,7 +316,7 @@ class LabelEvaluation:
         if kind == "confusion":
             fig = confusion_matrix_figure(m["confusion_matrix"], m["class_names"], title=title)
         elif kind == "roc":
-            fig = _roc_figure(m, a["scores"], a["real"], title=title)
+            fig = _roc_figure(m, title=title)
         elif self._classifier:
             fig = reliability_figure(a["probabilities"], a["truth"], title=title)
         else:
@@ -609,8 +609,9 @@ def register(sub):
 def _cmd_evaluate(args):
     from ._io import atomic_output, check_distinct_outputs, check_output
     from ._plotting import picture_format
-    from .cli import report
+    from .cli import check_range, report
 
+    check_range("--threshold", args.threshold, low=0, high=1)
     labels = {}
     for item in args.label_map or ():
         user, sep, model_class = item.partition("=")

@@ -192,3 +192,6 @@ def test_command_line(tmp_path, capsys):
                  "morphology"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "'nope'" in err
+    assert main(["evaluate", str(tmp_path / "t.ecsv"), "--truth", "mine", "-m",
+                 "real-bogus", "--threshold", "1.5"]) == 2
+    assert "--threshold must be in [0, 1], got 1.5" in capsys.readouterr().err
