@@ -520,7 +520,7 @@ def evaluate_labels(table, truth, *, model, labels=None, threshold=None, keep_fl
         target = _translate(text, unlabelled, mapping, allowed,
                             f"classes of {name!r} ({', '.join(classes)})")
     else:
-        mapping = {k: v for k, v in _check_labels(labels, _REAL, name).items()}
+        mapping = _check_labels(labels, _REAL, name)
         score, mask = _values(_column(table, f"{prefix}_score", f"{name} output"))
         score = np.asarray(score, np.float64)
         scored = ~mask & np.isfinite(score)
