@@ -115,6 +115,15 @@ def check_parity_reference(path, model):
                                atol=float(ref["atol"]), rtol=float(ref["rtol"]))
 
 
+def shipped_torch_module(name):
+    """The training code's torch module of shipped model ``name`` with the weights read back
+    from the shipped ONNX file (`astromorph_training._common.shipped_torch_model`): what the
+    parity tests compare the file with where the training checkpoint is not there (CI)."""
+    pytest.importorskip("torch")
+    common = pytest.importorskip("astromorph_training._common")
+    return common.shipped_torch_model(name)
+
+
 def cuda_available():
     try:
         import onnxruntime
