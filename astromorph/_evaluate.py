@@ -19,6 +19,9 @@ __all__ = ["evaluate_labels", "LabelEvaluation", "classification_report",
 
 log = logging.getLogger(__name__)
 
+#: The most points of the ROC curve kept in the metrics (a curve has one per distinct score).
+_ROC_POINTS = 1001
+
 #: Truth values of a real-bogus score, as text (lower case): real (1) or bogus (0).
 _REAL = {"1": True, "1.0": True, "true": True, "t": True, "real": True,
          "0": False, "0.0": False, "false": False, "f": False, "bogus": False}
@@ -466,7 +469,8 @@ def evaluate_labels(table, truth, *, model, labels=None, threshold=None, keep_fl
         precision, support), ``confusion_matrix`` (true rows, predicted columns) with
         ``class_names``, and ``ece``; for scores ``n_real``, ``n_bogus``, ``roc_auc``,
         ``at_thresholds`` (FNR and FPR at each threshold), ``roc_curve`` (``fpr``,
-        ``tpr``, ``thresholds``) and ``ece``. ``plot()`` draws them.
+        ``tpr``, ``thresholds``: one point per distinct score, at most 1001, evenly
+        spaced ones for more) and ``ece``. ``plot()`` draws them.
 
     Raises
     ------
@@ -548,13 +552,16 @@ def evaluate_labels(table, truth, *, model, labels=None, threshold=None, keep_fl
     if threshold is not None:
         thresholds["given"] = threshold
     fpr, tpr, cuts = roc_curve(s, real)
+    if len(cuts) > _ROC_POINTS:  # a big table: evenly spaced points, the ends kept
+        keep = np.unique(np.linspace(0, len(cuts) - 1, _ROC_POINTS).round().astype(int))
+        fpr, tpr, cuts = fpr[keep], tpr[keep], cuts[keep]
     metrics.update({
         "n_real": int(real.sum()), "n_bogus": int((~real).sum()),
         "roc_auc": _finite(roc_auc(s, real)),
         "at_thresholds": {},
         "ece": expected_calibration_error(np.stack([1 - s, s], 1), real),
         "roc_curve": {"fpr": fpr.tolist(), "tpr": tpr.tolist(),
-                      "thresholds": [None if np.isinf(t) else float(t) for t in cuts]},
+                      "thresholds": [None] + cuts[1:].tolist()},  # the first is inf
     })
     for key, t in thresholds.items():
         fnr, fp = error_rates(s, real, t)

@@ -215,3 +215,24 @@ def test_real_alerts_reproduce_the_card():
     clean = astromorph.evaluate_labels(out, "braai", model="real-bogus")
     assert clean.metrics["n_flagged"] == np.count_nonzero(out["rb_flags"]) > 0
     assert clean.metrics["n_used"] == 209 - clean.metrics["n_flagged"]
+
+
+def test_a_big_table_keeps_the_metrics_small():
+    """A million scored rows: the ROC curve in the metrics (and in the JSON of ``-o``) is
+    thinned to a bounded number of points; the AUC is still the exact one."""
+    rng = np.random.default_rng(2)
+    n = 1_000_000
+    real = rng.random(n) < 0.3
+    score = 1 / (1 + np.exp(-rng.normal(1.5 * real - 1, 1)))  # continuous: no ties
+    t = Table({"rb_score": score, "rb_flags": np.zeros(n, np.int32), "is_real": real})
+    m = astromorph.evaluate_labels(t, "is_real", model="real-bogus").metrics
+    curve = m["roc_curve"]
+    assert 2 < len(curve["fpr"]) == len(curve["tpr"]) == len(curve["thresholds"]) <= 1001
+    assert (curve["fpr"][0], curve["tpr"][0], curve["thresholds"][0]) == (0, 0, None)
+    assert (curve["fpr"][-1], curve["tpr"][-1]) == (1, 1)
+    assert np.all(np.diff(curve["fpr"]) >= 0) and np.all(np.diff(curve["thresholds"][1:]) < 0)
+    ranks = np.argsort(np.argsort(score))
+    auc = (ranks[real].sum() - real.sum() * (real.sum() - 1) / 2) / (real.sum() * (~real).sum())
+    assert m["roc_auc"] == pytest.approx(auc, rel=1e-9)
+    assert np.trapezoid(curve["tpr"], curve["fpr"]) == pytest.approx(auc, abs=1e-3)
+    assert len(json.dumps(m)) < 100_000
