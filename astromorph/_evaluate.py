@@ -375,10 +375,13 @@ def _truth_text(column):
     if data.dtype.kind == "f":
         mask |= ~np.isfinite(data)
         data = np.where(np.isfinite(data), data, 0)
+        if np.all(data == np.round(data)):  # class ids, 0/1, as floats for their NaN
+            data = data.astype(np.int64)
     if data.dtype.kind == "S":
         data = np.char.decode(data, "utf-8", "replace")
     if data.dtype.kind == "O":
-        mask |= np.array([v is None for v in data], bool)
+        mask |= np.array([v is None or isinstance(v, (float, np.floating)) and np.isnan(v)
+                          for v in data], bool)
     text = np.char.strip(data.astype(str))
     return text, mask | (text == "")
 
@@ -400,6 +403,16 @@ def _translate(text, unlabelled, labels, allowed, describe):
     return out
 
 
+def _key_text(key):
+    """A key of ``labels`` as `_truth_text` writes the truth values: 1.0 as 1, bytes
+    decoded, stripped."""
+    if isinstance(key, (bytes, np.bytes_)):
+        key = key.decode("utf-8", "replace")
+    elif isinstance(key, (float, np.floating)) and float(key).is_integer():
+        key = int(key)
+    return str(key).strip()
+
+
 def _check_labels(labels, allowed, model):
     if labels is None:
         return {}
@@ -414,7 +427,7 @@ def _check_labels(labels, allowed, model):
             raise InvalidArgumentError(
                 f"labels maps {key!r} to {value!r}, which is none of the values model "
                 f"{model!r} knows: {', '.join(dict.fromkeys(map(str, allowed)))}")
-        out[str(key).strip()] = target if target in allowed else target.lower()
+        out[_key_text(key)] = target if target in allowed else target.lower()
     return out
 
 
@@ -445,14 +458,16 @@ def evaluate_labels(table, truth, *, model, labels=None, threshold=None, keep_fl
     truth : str
         The column of your labels. Classifiers (``morphology``, ``radio-morphology``): the
         card's class names (``labels`` translates others); real-bogus scores: booleans,
-        0/1 or ``real``/``bogus`` (real = 1). Masked, empty or NaN values are unlabelled
-        rows, left out and counted.
+        0/1 or ``real``/``bogus`` (real = 1). Masked, empty, NaN or None values are
+        unlabelled rows, left out and counted.
     model : str or os.PathLike
         The model (name or path) that made the columns; its card gives the prefix, the
         classes and, for a score, the ``recommended_threshold``.
     labels : dict, optional
         Your label -> the model's, e.g. ``{"E": "elliptical", "S": "spiral"}`` or
-        ``{"FR1": "FRI"}``; other values are taken as they are.
+        ``{"FR1": "FRI"}``, or ``{0: "elliptical", 1: "spiral"}`` for class ids (also
+        when they are stored as floats, NaN for unlabelled rows); other values are taken
+        as they are.
     threshold : float, optional
         Scores: a threshold in [0, 1] whose error rates are given beside those at the
         card's ``recommended_threshold``.

@@ -236,3 +236,26 @@ def test_a_big_table_keeps_the_metrics_small():
     assert m["roc_auc"] == pytest.approx(auc, rel=1e-9)
     assert np.trapezoid(curve["tpr"], curve["fpr"]) == pytest.approx(auc, abs=1e-3)
     assert len(json.dumps(m)) < 100_000
+
+
+def test_class_ids_as_floats_objects_and_numpy_keys():
+    """Integer class ids with gaps come back as floats with NaN (CSV, pandas): they match a
+    ``labels`` mapping with int, numpy or float keys; NaN in an object column is unlabelled."""
+    pred = ["elliptical", "spiral", "spiral", "merger", "elliptical"]
+    ids = np.array([0, 1, np.nan, 3, 1])
+    t = _morph_table(ids, pred)
+    for keys in ([0, 1, 3], [np.int64(0), np.int64(1), np.int64(3)], [0.0, 1.0, 3.0],
+                 [b"0", b"1", b"3"]):
+        ev = astromorph.evaluate_labels(t, "mine", model="morphology",
+                                        labels=dict(zip(keys, ["elliptical", "spiral",
+                                                               "merger"])))
+        assert (ev.metrics["n_used"], ev.metrics["n_unlabelled"]) == (4, 1)
+        assert ev.metrics["accuracy"] == 0.75  # the last row: spiral called elliptical
+    with pytest.raises(InputError, match=r"truth values '0', '1', '3' are not"):
+        astromorph.evaluate_labels(t, "mine", model="morphology")
+    t["obj"] = np.array(["spiral", np.nan, None, "merger", "spiral"], dtype=object)
+    m = astromorph.evaluate_labels(t, "obj", model="morphology").metrics
+    assert (m["n_used"], m["n_unlabelled"], m["accuracy"]) == (3, 2, 1 / 3)
+    t["rb_score"], t["is_real"] = np.linspace(0, 1, 5), np.array([0, 1, np.nan, 1, 0.0])
+    rb = astromorph.evaluate_labels(t, "is_real", model="real-bogus").metrics
+    assert (rb["n_real"], rb["n_bogus"], rb["roc_auc"]) == (2, 2, 0.5)
