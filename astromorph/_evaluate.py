@@ -387,11 +387,13 @@ def _truth_text(column):
 
 
 def _translate(text, unlabelled, labels, allowed, describe):
-    """Indices of ``allowed`` (a dict text -> value) of the labelled rows of ``text``, after
-    the user's ``labels`` mapping; `InputError` naming the values it cannot place."""
+    """Indices of ``allowed`` (a dict lower-case text -> value) of the labelled rows of
+    ``text``, after the user's ``labels`` mapping, in any case; `InputError` naming the
+    values it cannot place, as they are written."""
     values, inverse = np.unique(text[~unlabelled], return_inverse=True)
     values = values.tolist()
-    mapped = [labels.get(v, v) for v in values]
+    labels = {k.lower(): v for k, v in labels.items()}
+    mapped = [labels.get(v.lower(), v.lower()) for v in values]
     unknown = [v for v, m in zip(values, mapped) if m not in allowed]
     if unknown:
         raise InputError(f"truth values {', '.join(map(repr, unknown[:20]))}"
@@ -457,7 +459,7 @@ def evaluate_labels(table, truth, *, model, labels=None, threshold=None, keep_fl
         modified.
     truth : str
         The column of your labels. Classifiers (``morphology``, ``radio-morphology``): the
-        card's class names (``labels`` translates others); real-bogus scores: booleans,
+        card's class names, in any case (``labels`` translates others); real-bogus scores: booleans,
         0/1 or ``real``/``bogus`` (real = 1). Masked, empty, NaN or None values are
         unlabelled rows, left out and counted.
     model : str or os.PathLike
@@ -530,7 +532,7 @@ def evaluate_labels(table, truth, *, model, labels=None, threshold=None, keep_fl
     if classifier:
         spec = next(s for s in card["outputs"] if s.get("kind") == "probabilities")
         classes = list(spec["labels"])
-        allowed = {c: i for i, c in enumerate(classes)}
+        allowed = {c.lower(): i for i, c in enumerate(classes)}  # matched in any case
         mapping = _check_labels(labels, allowed, name)
         columns = [_values(_column(table, f"{prefix}_p_{c}", f"{name} output"))
                    for c in classes]
@@ -543,8 +545,7 @@ def evaluate_labels(table, truth, *, model, labels=None, threshold=None, keep_fl
         score, mask = _values(_column(table, f"{prefix}_score", f"{name} output"))
         score = np.asarray(score, np.float64)
         scored = ~mask & np.isfinite(score)
-        target = _translate(np.char.lower(text), unlabelled,
-                            {k.lower(): v for k, v in mapping.items()}, _REAL,
+        target = _translate(text, unlabelled, mapping, _REAL,
                             "real (1, true, real) or bogus (0, false, bogus)")
     used, metrics = _excluded(flags, scored, unlabelled, keep_flagged)
     metrics = {"model": name, "model_version": str(card.get("version")), "truth": truth,

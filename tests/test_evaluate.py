@@ -259,3 +259,20 @@ def test_class_ids_as_floats_objects_and_numpy_keys():
     t["rb_score"], t["is_real"] = np.linspace(0, 1, 5), np.array([0, 1, np.nan, 1, 0.0])
     rb = astromorph.evaluate_labels(t, "is_real", model="real-bogus").metrics
     assert (rb["n_real"], rb["n_bogus"], rb["roc_auc"]) == (2, 2, 0.5)
+
+
+def test_class_names_in_another_case_or_padded():
+    """' Spiral', 'ELLIPTICAL' are the classes spiral and elliptical, as 'Real' is real; a
+    mapping's keys and classes are matched the same way."""
+    t = _morph_table([" Spiral", "ELLIPTICAL ", "Merger", "e"],
+                     ["spiral", "elliptical", "spiral", "elliptical"])
+    m = astromorph.evaluate_labels(t, "mine", model="morphology", labels={"E": "Elliptical"})
+    assert m.metrics["accuracy"] == 0.75
+    assert m.metrics["per_class"]["elliptical"]["support"] == 2
+    with pytest.raises(InputError, match=r"truth values 'e' are not"):
+        astromorph.evaluate_labels(t, "mine", model="morphology")
+    radio = Table({f"radio_p_{c}": [p] for c, p in zip(["FRI", "FRII", "compact", "bent"],
+                                                         [0.7, 0.1, 0.1, 0.1])})
+    radio["mine"] = ["fri"]
+    assert astromorph.evaluate_labels(radio, "mine", model="radio-morphology").metrics[
+        "per_class"]["FRI"]["support"] == 1
