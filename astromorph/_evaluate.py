@@ -350,10 +350,10 @@ def _read(table):
                                    f"of one, got {type(table).__name__} {table!r:.60}")
 
 
-def _column(table, name, what):
+def _column(table, name, what, hint=""):
     if name not in table.colnames:
         raise InputError(f"the table has no {what} column {name!r} (columns: "
-                         f"{', '.join(table.colnames)})")  # e.g. not made by this model
+                         f"{', '.join(table.colnames)}){hint}")  # e.g. not made by this model
     return table[name]
 
 
@@ -444,7 +444,8 @@ def _excluded(flags, scored, unlabelled, keep_flagged):
 
 
 # --------------------------------------------------------------------------- public API
-def evaluate_labels(table, truth, *, model, labels=None, threshold=None, keep_flagged=False):
+def evaluate_labels(table, truth, *, model, labels=None, threshold=None, keep_flagged=False,
+                    suffix=""):
     """Score a model's output columns against your own labels.
 
     For a model applied to your survey (`annotate`, `annotate_stamps`, `predict_files`),
@@ -476,6 +477,9 @@ def evaluate_labels(table, truth, *, model, labels=None, threshold=None, keep_fl
     keep_flagged : bool, optional
         Use the rows whose ``<prefix>_flags`` is non-zero too, where their outputs are
         finite (default: leave them out; they are counted either way).
+    suffix : str, optional
+        The suffix of the model's columns, e.g. ``"_2"`` for a second run added to the
+        table with ``on_conflict="suffix"`` (``rb_score_2``, ``rb_flags_2``).
 
     Returns
     -------
@@ -508,6 +512,8 @@ def evaluate_labels(table, truth, *, model, labels=None, threshold=None, keep_fl
     if not isinstance(truth, str):
         raise InvalidArgumentTypeError(f"truth must be a column name, got {truth!r}")
     keep_flagged = check_bool(keep_flagged, "keep_flagged")
+    if not isinstance(suffix, str):
+        raise InvalidArgumentTypeError(f"suffix must be a string, got {suffix!r}")
     kinds = {spec.get("kind") for spec in card["outputs"]}
     classifier = "probabilities" in kinds
     if not classifier and "score" not in kinds:
@@ -522,19 +528,21 @@ def evaluate_labels(table, truth, *, model, labels=None, threshold=None, keep_fl
                                        "gives class probabilities")
     table = _read(table)
     prefix = card.get("column_prefix", name.replace("-", "_"))
+    hint = "; suffix= names the columns of a run added with on_conflict='suffix'"
     text, unlabelled = _truth_text(_column(table, truth, "truth"))
-    if f"{prefix}_flags" in table.colnames:
-        flags, _ = _values(table[f"{prefix}_flags"])
+    if f"{prefix}_flags{suffix}" in table.colnames:
+        flags, _ = _values(table[f"{prefix}_flags{suffix}"])
         flags = flags.astype(np.int64)
     else:
-        log.info("the table has no %s_flags column: every row is taken as unflagged", prefix)
+        log.info("the table has no %s_flags%s column: every row is taken as unflagged",
+                 prefix, suffix)
         flags = np.zeros(len(table), np.int64)
     if classifier:
         spec = next(s for s in card["outputs"] if s.get("kind") == "probabilities")
         classes = list(spec["labels"])
         allowed = {c.lower(): i for i, c in enumerate(classes)}  # matched in any case
         mapping = _check_labels(labels, allowed, name)
-        columns = [_values(_column(table, f"{prefix}_p_{c}", f"{name} output"))
+        columns = [_values(_column(table, f"{prefix}_p_{c}{suffix}", f"{name} output", hint))
                    for c in classes]
         probs = np.stack([np.asarray(v, np.float64) for v, _ in columns], axis=1)
         scored = ~np.any([m for _, m in columns], axis=0) & np.isfinite(probs).all(axis=1)
@@ -542,7 +550,8 @@ def evaluate_labels(table, truth, *, model, labels=None, threshold=None, keep_fl
                             f"classes of {name!r} ({', '.join(classes)})")
     else:
         mapping = _check_labels(labels, _REAL, name)
-        score, mask = _values(_column(table, f"{prefix}_score", f"{name} output"))
+        score, mask = _values(_column(table, f"{prefix}_score{suffix}", f"{name} output",
+                                      hint))
         score = np.asarray(score, np.float64)
         scored = ~mask & np.isfinite(score)
         target = _translate(text, unlabelled, mapping, _REAL,
@@ -616,6 +625,9 @@ def register(sub):
                         "--map E=elliptical")
     p.add_argument("--threshold", type=float, metavar="T",
                    help="real-bogus: also give the error rates at this threshold")
+    p.add_argument("--suffix", default="", metavar="S",
+                   help="suffix of the model's columns, e.g. _2 for a second run added "
+                        "with --on-conflict suffix")
     p.add_argument("--keep-flagged", action="store_true",
                    help="use flagged rows that have outputs too (default: leave them out)")
     p.add_argument("--plot", metavar="OUT.png", help="write a figure (confusion matrix, or "
@@ -650,7 +662,8 @@ def _cmd_evaluate(args):
     if args.plot:
         picture_format(args.plot)
     result = evaluate_labels(args.table, args.truth, model=args.model, labels=labels or None,
-                             threshold=args.threshold, keep_flagged=args.keep_flagged)
+                             threshold=args.threshold, keep_flagged=args.keep_flagged,
+                             suffix=args.suffix)
     if args.plot:
         result.plot(args.plot, kind=args.plot_kind, overwrite=args.overwrite)
     if args.output:

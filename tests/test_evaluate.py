@@ -276,3 +276,30 @@ def test_class_names_in_another_case_or_padded():
     radio["mine"] = ["fri"]
     assert astromorph.evaluate_labels(radio, "mine", model="radio-morphology").metrics[
         "per_class"]["FRI"]["support"] == 1
+
+
+def test_a_second_run_added_with_a_suffix(tmp_path, capsys):
+    """`annotate_stamps(..., on_conflict="suffix")` adds a second run's columns as
+    ``rb_score_2``, ``rb_flags_2``: ``suffix="_2"`` (``--suffix``) scores those."""
+    rng = np.random.default_rng(3)
+    t = Table({"stamps": rng.normal(size=(12, 3, 63, 63)).astype(np.float32),
+               "y": np.arange(12) % 2 == 0})
+    first = astromorph.annotate_stamps(t, model="real-bogus", progress=False)
+    first["rb_score"] = 1 - first["rb_score"]  # not the second run's scores
+    both = astromorph.annotate_stamps(first, model="real-bogus", on_conflict="suffix",
+                                      progress=False)
+    second = astromorph.evaluate_labels(both, "y", model="real-bogus", suffix="_2").metrics
+    alone = astromorph.evaluate_labels(astromorph.annotate_stamps(t, model="real-bogus",
+                                                                  progress=False),
+                                       "y", model="real-bogus").metrics
+    assert second["roc_auc"] == alone["roc_auc"] != astromorph.evaluate_labels(
+        both, "y", model="real-bogus").metrics["roc_auc"]
+    with pytest.raises(InputError, match="'rb_score_3'.*suffix"):
+        astromorph.evaluate_labels(both, "y", model="real-bogus", suffix="_3")
+    with pytest.raises(InvalidArgumentTypeError, match="suffix"):
+        astromorph.evaluate_labels(both, "y", model="real-bogus", suffix=2)
+    both.remove_column("stamps")
+    both.write(tmp_path / "both.ecsv")
+    assert main(["evaluate", str(tmp_path / "both.ecsv"), "--truth", "y", "-m", "real-bogus",
+                 "--suffix", "_2", "-o", str(tmp_path / "m.json")]) == 0
+    assert json.loads((tmp_path / "m.json").read_text())["roc_auc"] == alone["roc_auc"]
