@@ -388,11 +388,10 @@ def _truth_text(column):
 
 def _translate(text, unlabelled, labels, allowed, describe):
     """Indices of ``allowed`` (a dict lower-case text -> value) of the labelled rows of
-    ``text``, after the user's ``labels`` mapping, in any case; `InputError` naming the
-    values it cannot place, as they are written."""
+    ``text``, after the user's ``labels`` mapping (lower-case keys), in any case;
+    `InputError` naming the values it cannot place, as they are written."""
     values, inverse = np.unique(text[~unlabelled], return_inverse=True)
     values = values.tolist()
-    labels = {k.lower(): v for k, v in labels.items()}
     mapped = [labels.get(v.lower(), v.lower()) for v in values]
     unknown = [v for v, m in zip(values, mapped) if m not in allowed]
     if unknown:
@@ -421,15 +420,20 @@ def _check_labels(labels, allowed, model):
     if not isinstance(labels, Mapping):
         raise InvalidArgumentTypeError(f"labels must be a mapping {{your label: model "
                                        f"class}}, got {labels!r:.80}")
-    out = {}
+    out, given = {}, {}
     for key, value in labels.items():
-        target = str(value).strip() if not isinstance(value, (bool, np.bool_)) else \
+        target = str(value).strip().lower() if not isinstance(value, (bool, np.bool_)) else \
             str(int(value))
-        if target.lower() not in allowed and target not in allowed:
+        if target not in allowed:
             raise InvalidArgumentError(
                 f"labels maps {key!r} to {value!r}, which is none of the values model "
                 f"{model!r} knows: {', '.join(dict.fromkeys(map(str, allowed)))}")
-        out[_key_text(key)] = target if target in allowed else target.lower()
+        text = _key_text(key).lower()  # labels are matched in any case
+        if text in out and allowed[out[text]] != allowed[target]:
+            raise InvalidArgumentError(
+                f"labels maps {given[text]!r} to {labels[given[text]]!r} and {key!r} to "
+                f"{value!r}: labels are matched in any case")
+        out[text], given[text] = target, key
     return out
 
 

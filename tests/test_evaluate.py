@@ -303,3 +303,13 @@ def test_a_second_run_added_with_a_suffix(tmp_path, capsys):
     assert main(["evaluate", str(tmp_path / "both.ecsv"), "--truth", "y", "-m", "real-bogus",
                  "--suffix", "_2", "-o", str(tmp_path / "m.json")]) == 0
     assert json.loads((tmp_path / "m.json").read_text())["roc_auc"] == alone["roc_auc"]
+
+
+def test_labels_keys_equal_but_for_case_are_refused():
+    t = _morph_table(["S", "s"], ["spiral", "spiral"])
+    with pytest.raises(InvalidArgumentError, match=r"'S' to 'spiral' and 's' to 'edge_on'"):
+        astromorph.evaluate_labels(t, "mine", model="morphology",
+                                   labels={"S": "spiral", "s": "edge_on"})
+    ev = astromorph.evaluate_labels(t, "mine", model="morphology",
+                                    labels={"S": "spiral", "s": "Spiral"})  # the same class
+    assert ev.metrics["accuracy"] == 1.0
