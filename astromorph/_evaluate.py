@@ -374,8 +374,9 @@ def _truth_text(column):
                          f"{data.shape[1:]}, not one label per row")
     if data.dtype.kind == "f":
         mask |= ~np.isfinite(data)
-        data = np.where(np.isfinite(data), data, 0)
-        if np.all(data == np.round(data)):  # class ids, 0/1, as floats for their NaN
+        data = np.where(mask, 0, data)
+        if np.all(data == np.round(data)) and np.all(abs(data) < 2**53):
+            # class ids, 0/1, as floats for their NaN
             data = data.astype(np.int64)
     if data.dtype.kind == "S":
         data = np.char.decode(data, "utf-8", "replace")

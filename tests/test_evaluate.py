@@ -253,6 +253,9 @@ def test_class_ids_as_floats_objects_and_numpy_keys():
         assert ev.metrics["accuracy"] == 0.75  # the last row: spiral called elliptical
     with pytest.raises(InputError, match=r"truth values '0', '1', '3' are not"):
         astromorph.evaluate_labels(t, "mine", model="morphology")
+    t["masked"] = MaskedColumn([0, 1, 0.5, 3, 1], mask=[0, 0, 1, 0, 0])  # 0.5: masked
+    assert astromorph.evaluate_labels(t, "masked", model="morphology", labels={
+        0: "elliptical", 1: "spiral", 3: "merger"}).metrics["accuracy"] == 0.75
     t["obj"] = np.array(["spiral", np.nan, None, "merger", "spiral"], dtype=object)
     m = astromorph.evaluate_labels(t, "obj", model="morphology").metrics
     assert (m["n_used"], m["n_unlabelled"], m["accuracy"]) == (3, 2, 1 / 3)
