@@ -632,7 +632,7 @@ def register(sub):
                    help="real-bogus: also give the error rates at this threshold")
     p.add_argument("--suffix", default="", metavar="S",
                    help="suffix of the model's columns, e.g. _2 for a second run added "
-                        "with --on-conflict suffix")
+                        "with --on-conflict suffix (default: none)")
     p.add_argument("--keep-flagged", action="store_true",
                    help="use flagged rows that have outputs too (default: leave them out)")
     p.add_argument("--plot", metavar="OUT.png", help="write a figure (confusion matrix, or "
