@@ -536,8 +536,11 @@ def evaluate_labels(table, truth, *, model, labels=None, threshold=None, keep_fl
     hint = "; suffix= names the columns of a run added with on_conflict='suffix'"
     text, unlabelled = _truth_text(_column(table, truth, "truth"))
     if f"{prefix}_flags{suffix}" in table.colnames:
-        flags, _ = _values(table[f"{prefix}_flags{suffix}"])
-        flags = flags.astype(np.int64)
+        flags, unknown = _values(table[f"{prefix}_flags{suffix}"])
+        if flags.dtype.kind == "f":  # e.g. a CSV round trip that lost the integer type
+            unknown |= ~np.isfinite(flags)
+        # a masked or NaN flag is unknown: the row counts as flagged, never as clean
+        flags = np.where(unknown, -1, np.where(unknown, 0, flags).astype(np.int64))
     else:
         log.info("the table has no %s_flags%s column: every row is taken as unflagged",
                  prefix, suffix)

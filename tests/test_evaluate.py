@@ -316,3 +316,18 @@ def test_labels_keys_equal_but_for_case_are_refused():
     ev = astromorph.evaluate_labels(t, "mine", model="morphology",
                                     labels={"S": "spiral", "s": "Spiral"})  # the same class
     assert ev.metrics["accuracy"] == 1.0
+
+
+def test_unknown_flags_count_as_flagged():
+    """A masked or NaN flag says nothing about the row: it is left out as flagged (used with
+    keep_flagged), never taken as clean, and reading it gives no numpy cast warning."""
+    import warnings
+
+    t = _morph_table(["spiral"] * 4, ["spiral"] * 4)
+    t["morph_flags"] = MaskedColumn([0.0, np.nan, 0.0, 2.0], mask=[False, False, True, False])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ev = astromorph.evaluate_labels(t, "mine", model="morphology")
+    assert ev.metrics["n_flagged"] == 3 and ev.metrics["n_used"] == 1
+    kept = astromorph.evaluate_labels(t, "mine", model="morphology", keep_flagged=True)
+    assert kept.metrics["n_used"] == 4
