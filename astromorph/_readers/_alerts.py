@@ -46,8 +46,20 @@ def _read_long(buf, pos):
             raise ValueError("corrupt Avro varint")
 
 
+class SchemalessMessage(ValueError):
+    """An Avro message without its schema (Kafka's Confluent wire format), not a file."""
+
+
 def _avro_header(buf):
     if buf[:4] != b"Obj\x01":
+        if len(buf) > 5 and buf[0] == 0:
+            # what a Kafka alert stream (Rubin's, ZTF's) delivers: magic byte 0, a 4-byte
+            # schema-registry id, then one record in Avro's binary encoding with no schema
+            raise SchemalessMessage(
+                f"a Kafka message in the Confluent wire format (schema id "
+                f"{int.from_bytes(bytes(buf[1:5]), 'big')}), not an Avro file: it holds no "
+                "schema, so decode it with the alert schema and score its cutouts with "
+                "annotate_stamps (docs/predict.md, 'Alert streams')")
         raise ValueError("not an Avro object container file (no 'Obj\\x01' magic)")
     pos, meta = 4, {}
     while True:
@@ -189,6 +201,9 @@ def read_alerts(path):
             break
         except MissingDependencyError:
             raise
+        except SchemalessMessage as exc:
+            stamps.append(Stamp(source, path).flag(Flag.BAD_INPUT, str(exc)))
+            break
         except Exception as exc:  # noqa: BLE001 - fastavro raises many kinds for bad data
             where = f" after {len(stamps)} good record(s)" if stamps else ""
             stamps.append(Stamp(source if not stamps else f"{source}[{len(stamps)}]",
