@@ -32,6 +32,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
+from astromorph._evaluate import roc_auc, roc_curve as _roc_curve
 from astromorph.preprocessing._triplet import preprocess_triplet
 
 from . import _common as common
@@ -417,24 +418,10 @@ def average(args):
 
 
 # ----------------------------------------------------------------------------- metrics helpers
-def roc_auc(scores, labels):
-    """ROC AUC by the rank-sum formula (ties averaged)."""
-    from scipy.stats import rankdata
-
-    scores = np.asarray(scores, float)
-    labels = np.asarray(labels).astype(bool)
-    n1, n0 = labels.sum(), (~labels).sum()
-    if n1 == 0 or n0 == 0:
-        return float("nan")
-    r = rankdata(scores)
-    return float((r[labels].sum() - n1 * (n1 + 1) / 2) / (n1 * n0))
-
-
 def roc_curve(scores, labels):
-    order = np.argsort(-np.asarray(scores))
-    lab = np.asarray(labels)[order].astype(bool)
-    tpr = np.concatenate([[0], np.cumsum(lab) / max(lab.sum(), 1)])
-    fpr = np.concatenate([[0], np.cumsum(~lab) / max((~lab).sum(), 1)])
+    """False and true positive rates of the ROC curve (tied scores one point), as
+    `astromorph.evaluate_labels` draws it."""
+    fpr, tpr, _ = _roc_curve(scores, labels)
     return fpr, tpr
 
 
