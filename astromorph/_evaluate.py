@@ -115,6 +115,22 @@ def roc_curve(scores, real):
     return fpr, tpr, np.r_[np.inf, s[last]]
 
 
+def threshold_for_fnr(scores, real, target):
+    """The highest threshold (``score >= t`` is real) that rejects at most a fraction
+    ``target`` of the real rows: one of their scores; NaN without real rows.
+
+    The threshold a survey would set on its own labelled candidates to keep, e.g., 98 per
+    cent of its reals (``target=0.02``), cutting as many bogus ones as that allows.
+    """
+    r = np.sort(np.asarray(scores, float)[np.asarray(real).astype(bool)])
+    if not len(r):
+        return float("nan")
+    # rejecting the k lowest reals at most: the (k+1)-th lowest score; ties below it may
+    # only lower the count rejected
+    k = min(int(np.floor(target * len(r) * (1 + 1e-12))), len(r) - 1)
+    return float(r[k])
+
+
 def error_rates(scores, real, threshold):
     """(FNR, FPR) when ``score >= threshold`` is called real: the fraction of real rows
     rejected and of bogus rows accepted (NaN for a class without rows)."""
@@ -449,8 +465,8 @@ def _excluded(flags, scored, unlabelled, keep_flagged):
 
 
 # --------------------------------------------------------------------------- public API
-def evaluate_labels(table, truth, *, model, labels=None, threshold=None, keep_flagged=False,
-                    suffix=""):
+def evaluate_labels(table, truth, *, model, labels=None, threshold=None, target_fnr=None,
+                    keep_flagged=False, suffix=""):
     """Score a model's output columns against your own labels.
 
     For a model applied to your survey (`annotate`, `annotate_stamps`, `predict_files`),
@@ -479,6 +495,11 @@ def evaluate_labels(table, truth, *, model, labels=None, threshold=None, keep_fl
     threshold : float, optional
         Scores: a threshold in [0, 1] whose error rates are given beside those at the
         card's ``recommended_threshold``.
+    target_fnr : float, optional
+        Scores: a false negative rate in [0, 1) to keep to; the metrics then hold the
+        highest threshold that rejects at most that fraction of your reals
+        (``at_thresholds["target_fnr"]``) and the false positive rate there: the
+        threshold to set for your own survey.
     keep_flagged : bool, optional
         Use the rows whose ``<prefix>_flags`` is non-zero too, where their outputs are
         finite (default: leave them out; they are counted either way).
@@ -531,6 +552,13 @@ def evaluate_labels(table, truth, *, model, labels=None, threshold=None, keep_fl
         else:
             raise InvalidArgumentError(f"threshold is for scores (real-bogus); model {name!r} "
                                        "gives class probabilities")
+    if target_fnr is not None:
+        if classifier:
+            raise InvalidArgumentError(f"target_fnr is for scores (real-bogus); model {name!r} "
+                                       "gives class probabilities")
+        target_fnr = check_number(target_fnr, "target_fnr", minimum=0)
+        if target_fnr >= 1:
+            raise InvalidArgumentError(f"target_fnr must be in [0, 1), got {target_fnr!r}")
     table = _read(table)
     prefix = card.get("column_prefix", name.replace("-", "_"))
     hint = "; suffix= names the columns of a run added with on_conflict='suffix'"
@@ -584,6 +612,8 @@ def evaluate_labels(table, truth, *, model, labels=None, threshold=None, keep_fl
         thresholds["recommended"] = float(card["recommended_threshold"])
     if threshold is not None:
         thresholds["given"] = threshold
+    if target_fnr is not None and real.any():
+        thresholds["target_fnr"] = threshold_for_fnr(s, real, target_fnr)
     fpr, tpr, cuts = roc_curve(s, real)
     if len(cuts) > _ROC_POINTS:  # a big table: evenly spaced points, the ends kept
         keep = np.unique(np.linspace(0, len(cuts) - 1, _ROC_POINTS).round().astype(int))
@@ -600,6 +630,8 @@ def evaluate_labels(table, truth, *, model, labels=None, threshold=None, keep_fl
         fnr, fp = error_rates(s, real, t)
         metrics["at_thresholds"][key] = {"threshold": t, "fnr": _finite(fnr),
                                          "fpr": _finite(fp)}
+    if "target_fnr" in metrics["at_thresholds"]:
+        metrics["at_thresholds"]["target_fnr"]["target"] = target_fnr
     return LabelEvaluation(metrics, {"scores": s, "real": real})
 
 
@@ -633,6 +665,10 @@ def register(sub):
                         "--map E=elliptical")
     p.add_argument("--threshold", type=float, metavar="T",
                    help="real-bogus: also give the error rates at this threshold")
+    p.add_argument("--target-fnr", type=float, metavar="F",
+                   help="real-bogus: also give the highest threshold that rejects at most "
+                        "this fraction of your reals (e.g. 0.02), and the FPR there "
+                        "(default: none)")
     p.add_argument("--suffix", default="", metavar="S",
                    help="suffix of the model's columns, e.g. _2 for a second run added "
                         "with --on-conflict suffix (default: none)")
@@ -655,6 +691,8 @@ def _cmd_evaluate(args):
     from .cli import check_range, report
 
     check_range("--threshold", args.threshold, low=0, high=1)
+    if args.target_fnr is not None and not 0 <= args.target_fnr < 1:
+        raise InvalidArgumentError(f"--target-fnr must be in [0, 1), got {args.target_fnr:g}")
     labels = {}
     for item in args.label_map or ():
         user, sep, model_class = item.partition("=")
@@ -670,7 +708,8 @@ def _cmd_evaluate(args):
     if args.plot:
         picture_format(args.plot)
     result = evaluate_labels(args.table, args.truth, model=args.model, labels=labels or None,
-                             threshold=args.threshold, keep_flagged=args.keep_flagged,
+                             threshold=args.threshold, target_fnr=args.target_fnr,
+                             keep_flagged=args.keep_flagged,
                              suffix=args.suffix)
     if args.plot:
         result.plot(args.plot, kind=args.plot_kind, overwrite=args.overwrite)

@@ -331,3 +331,38 @@ def test_unknown_flags_count_as_flagged():
     assert ev.metrics["n_flagged"] == 3 and ev.metrics["n_used"] == 1
     kept = astromorph.evaluate_labels(t, "mine", model="morphology", keep_flagged=True)
     assert kept.metrics["n_used"] == 4
+
+
+def test_threshold_for_a_target_false_negative_rate(tmp_path, capsys):
+    """target_fnr (--target-fnr) gives the highest threshold that rejects at most that
+    fraction of the reals, and the rates there: with reals scoring 0.1, 0.2, ..., 1.0 and a
+    target of 0.2, two reals (0.1, 0.2) may go, so the threshold is 0.3."""
+    scores = np.r_[np.arange(1, 11) / 10, np.arange(1, 11) / 20]  # reals, then bogus
+    t = Table({"rb_score": scores, "rb_flags": np.zeros(20, np.int32),
+               "is_real": np.r_[np.ones(10, bool), np.zeros(10, bool)]})
+    src = tmp_path / "rb.ecsv"
+    t.write(src)
+    ev = astromorph.evaluate_labels(t, "is_real", model="real-bogus", target_fnr=0.2)
+    at = ev.metrics["at_thresholds"]["target_fnr"]
+    assert at["threshold"] == pytest.approx(0.3) and at["target"] == 0.2
+    assert at["fnr"] == pytest.approx(0.2)
+    assert at["fpr"] == pytest.approx(0.5)  # the bogus 0.30, 0.35, ..., 0.50
+    zero = astromorph.evaluate_labels(t, "is_real", model="real-bogus", target_fnr=0)
+    assert zero.metrics["at_thresholds"]["target_fnr"]["threshold"] == pytest.approx(0.1)
+    assert zero.metrics["at_thresholds"]["target_fnr"]["fnr"] == 0
+    # tied real scores: the threshold may reject fewer than allowed, never more
+    t["rb_score"][:4] = 0.5
+    tied = astromorph.evaluate_labels(t, "is_real", model="real-bogus", target_fnr=0.25)
+    assert tied.metrics["at_thresholds"]["target_fnr"]["fnr"] <= 0.25
+    for bad in (1, -0.1, 1.5):
+        with pytest.raises(InvalidArgumentError, match="target_fnr"):
+            astromorph.evaluate_labels(t, "is_real", model="real-bogus", target_fnr=bad)
+    with pytest.raises(InvalidArgumentError, match="scores"):
+        astromorph.evaluate_labels(_morph_table(["spiral"], ["spiral"]), "mine",
+                                   model="morphology", target_fnr=0.1)
+    assert main(["evaluate", str(src), "--truth", "is_real", "-m", "real-bogus",
+                 "--target-fnr", "0.2"]) == 0
+    assert "target_fnr threshold 0.3" in capsys.readouterr().out
+    assert main(["evaluate", str(src), "--truth", "is_real", "-m", "real-bogus",
+                 "--target-fnr", "1"]) == 2
+    assert "--target-fnr must be in [0, 1), got 1" in capsys.readouterr().err
