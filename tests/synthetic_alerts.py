@@ -11,6 +11,7 @@ import numpy as np
 from astropy.io import fits
 
 __all__ = ["triplet", "fits_bytes", "celestial_header", "ZTF_SCHEMA", "RUBIN_SCHEMA",
+           "RUBIN_V11_SCHEMA", "rubin_v11_alert",
            "ztf_alert", "rubin_alert", "write_avro", "write_snappy_avro"]
 
 
@@ -94,6 +95,56 @@ RUBIN_SCHEMA = {
         {"name": "cutoutScience", "type": ["null", "bytes"], "default": None},
         {"name": "cutoutTemplate", "type": ["null", "bytes"], "default": None},
     ]}
+
+
+# The layout of the published lsst.v11_1 alert schema (fields we read, plus the kinds of
+# fields around them): the triggering diaSourceId at the top, isNegative in diaSource, a
+# nullable diaObject, histories of named types, three nullable cutouts.
+RUBIN_V11_SCHEMA = {
+    "type": "record", "name": "alert", "namespace": "lsst.v11_1", "fields": [
+        {"name": "diaSourceId", "type": "long"},
+        {"name": "observation_reason", "type": ["null", "string"], "default": None},
+        {"name": "diaSource", "type": {"type": "record", "name": "diaSource",
+                                       "namespace": "lsst.v11_1", "fields": [
+            {"name": "diaSourceId", "type": "long"}, {"name": "visit", "type": "long"},
+            {"name": "detector", "type": "int"},
+            {"name": "diaObjectId", "type": ["null", "long"], "default": None},
+            {"name": "ra", "type": "double"}, {"name": "dec", "type": "double"},
+            {"name": "isNegative", "type": ["null", "boolean"], "default": None},
+            {"name": "snr", "type": ["null", "float"], "default": None},
+            {"name": "psfFlux", "type": ["null", "float"], "default": None},
+            {"name": "band", "type": ["null", "string"], "default": None}]}},
+        {"name": "prvDiaSources", "type": ["null", {"type": "array",
+                                                    "items": "lsst.v11_1.diaSource"}],
+         "default": None},
+        {"name": "prvDiaForcedSources", "type": ["null", {"type": "array", "items": {
+            "type": "record", "name": "diaForcedSource", "namespace": "lsst.v11_1",
+            "fields": [{"name": "diaForcedSourceId", "type": "long"},
+                       {"name": "psfFlux", "type": ["null", "float"], "default": None}]}}],
+         "default": None},
+        {"name": "diaObject", "type": ["null", {"type": "record", "name": "diaObject",
+                                                "namespace": "lsst.v11_1", "fields": [
+            {"name": "diaObjectId", "type": "long"}, {"name": "ra", "type": "double"}]}],
+         "default": None},
+        {"name": "cutoutDifference", "type": ["null", "bytes"], "default": None},
+        {"name": "cutoutScience", "type": ["null", "bytes"], "default": None},
+        {"name": "cutoutTemplate", "type": ["null", "bytes"], "default": None},
+    ]}
+
+
+def rubin_v11_alert(source_id, trip, *, negative=False, psf_flux=1000.0, scale=0.2):
+    """An alert of `RUBIN_V11_SCHEMA`; ``negative`` sets isNegative (psfFlux keeps its sign
+    only if the caller gives it one), with a history of two earlier detections."""
+    dia = {"diaSourceId": source_id, "visit": 7, "detector": 3, "diaObjectId": source_id + 5000,
+           "ra": 150.0, "dec": 2.0, "isNegative": negative, "snr": 12.0, "psfFlux": psf_flux,
+           "band": "g"}
+    rec = {"diaSourceId": source_id, "observation_reason": "wfd", "diaSource": dia,
+           "prvDiaSources": [dict(dia, diaSourceId=source_id - k) for k in (1, 2)],
+           "prvDiaForcedSources": [{"diaForcedSourceId": 1, "psfFlux": 3.0}],
+           "diaObject": {"diaObjectId": source_id + 5000, "ra": 150.0}}
+    for i, key in enumerate(("cutoutScience", "cutoutTemplate", "cutoutDifference")):
+        rec[key] = fits_bytes(trip[i], scale=scale, extensions=True)
+    return rec
 
 
 def ztf_alert(candid, trip=None, *, isdiffpos="t", diffname=None, drop=(), raw=None,

@@ -850,6 +850,28 @@ def test_rubin_packets(models, tmp_path):
     assert table["object"][0] == "990011" and table["object"].mask.tolist() == [False, True, True]
 
 
+def test_rubin_v11_layout(models, tmp_path):
+    """Packets laid out as the published lsst.v11_1 schema (triggering diaSourceId at the top,
+    isNegative, a nullable diaObject, named-type histories): a detection flagged isNegative
+    with a positive psfFlux is negated all the same, ids and objects are read, and the
+    histories are skipped."""
+    pytest.importorskip("fastavro")
+    from synthetic_alerts import RUBIN_V11_SCHEMA, rubin_v11_alert
+
+    t = triplet(31)
+    neg = t * np.array([1, 1, -1])[:, None, None]
+    write_avro(tmp_path / "v11.avro", [rubin_v11_alert(101, t),
+                                       rubin_v11_alert(102, neg, negative=True, psf_flux=800.0)],
+               schema=RUBIN_V11_SCHEMA, codec="deflate")
+    stamps = read_file(tmp_path / "v11.avro")
+    assert [s.source for s in stamps] == ["101", "102"]
+    assert [s.object for s in stamps] == ["5101", "5102"]
+    np.testing.assert_allclose(stamps[1].data, t)  # isNegative: the difference is negated
+    assert stamps[0].pixel_scale == pytest.approx(0.2)
+    table = quiet(astromorph.predict_files, "real-bogus", tmp_path / "v11.avro")
+    assert table["rb_score"][0] == pytest.approx(table["rb_score"][1])
+
+
 def test_kafka_messages(models, tmp_path):
     """Kafka messages (Confluent wire format: 0, a 4-byte schema id, a schemaless record) are
     not Avro files: flagged with a reason naming the format and the schema id. Decoded as
