@@ -174,4 +174,6 @@ class GroupNet(nn.Module):
         fc = nn.Linear(self.fc.in_features * N_ELEMENTS, self.fc.out_features)
         fc.weight.copy_(self.fc.weight.repeat_interleave(N_ELEMENTS, dim=1) / N_ELEMENTS)
         fc.bias.copy_(self.fc.bias)
-        return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), fc).eval()
+        plain = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), fc).eval()
+        plain.arch = dict(self.arch)  # what it was folded from (`radio.architecture`)
+        return plain
