@@ -14,6 +14,9 @@ pytestmark = [
     pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="needs torch"),
     pytest.mark.skipif(importlib.util.find_spec("astromorph_training") is None,
                        reason="needs the training/ subproject installed"),
+    # export_onnx uses the TorchScript exporter on purpose (docs/training.md)
+    pytest.mark.filterwarnings("ignore:You are using the legacy TorchScript:DeprecationWarning"),
+    pytest.mark.filterwarnings("ignore:The feature will be removed:DeprecationWarning"),
 ]
 
 
