@@ -701,6 +701,15 @@ def _cmd_evaluate(args):
         labels[user.strip()] = model_class.strip()
     if args.plot_kind and not args.plot:
         raise InvalidArgumentError("--plot-kind applies only with --plot")
+    if args.plot_kind:  # before any work: the kinds this model's outputs have
+        from ._registry import model_card
+
+        card = model_card(args.model)
+        scores = "probabilities" not in {spec.get("kind") for spec in card["outputs"]}
+        if args.plot_kind == ("confusion" if scores else "roc"):
+            raise InvalidArgumentError(
+                f"--plot-kind {args.plot_kind} does not apply to model {card['name']!r}: "
+                f"use {'roc' if scores else 'confusion'} or reliability")
     check_distinct_outputs({"--output": args.output, "--plot": args.plot})
     for path in (args.output, args.plot):  # before any work
         if path:

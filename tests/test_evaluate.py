@@ -196,6 +196,13 @@ def test_command_line(tmp_path, capsys):
     assert main(["evaluate", str(tmp_path / "t.ecsv"), "--truth", "mine", "-m",
                  "real-bogus", "--threshold", "1.5"]) == 2
     assert "--threshold must be in [0, 1], got 1.5" in capsys.readouterr().err
+    # a figure kind the model has not: refused before the table is read (it is no table)
+    (tmp_path / "not_a_table.ecsv").write_text("garbage")
+    assert main(["evaluate", str(tmp_path / "not_a_table.ecsv"), "--truth", "mine", "-m",
+                 "real-bogus", "--plot", str(tmp_path / "x.png"), "--plot-kind",
+                 "confusion"]) == 2
+    assert "--plot-kind confusion does not apply to model 'real-bogus'" in \
+        capsys.readouterr().err
 
 
 @requires_data
