@@ -3,13 +3,15 @@ __all__ = ["register"]
 
 
 def _read_catalogue(path):
+    import os
+
     from astropy.table import QTable
 
     from ._io import check_input_file, table_format
     from .exceptions import InputError
 
+    path = os.fspath(check_input_file(path, "catalogue"))  # a missing file, not its extension
     fmt = table_format(path, read=True)
-    check_input_file(path, "catalogue")
     try:
         if fmt == "ascii.csv":
             return QTable.read(path, format="ascii.csv")

@@ -83,7 +83,8 @@ def table_format(path, *, read=False):
 
 
 def check_input_file(path, what="input"):
-    """``path`` as a `pathlib.Path`, once it names an existing regular file.
+    """``path`` as a `pathlib.Path` (a leading ``~`` expanded, as `predict_files` and
+    astropy's readers do), once it names an existing regular file.
 
     The one check of every public entry point that reads a file it is given (the
     inputs of `predict_files`, the images of `annotate`, a catalogue on the command
@@ -100,12 +101,12 @@ def check_input_file(path, what="input"):
     ------
     astromorph.exceptions.InputNotFoundError
         Nothing is at ``path`` (an empty path, a broken link): "<what> '<path>' does not
-        exist".
+        exist" (the path as expanded).
     astromorph.exceptions.InputError
         ``path`` is a directory or another file that is not a regular one (a FIFO, whose
         read would block).
     """
-    name = os.fspath(path)
+    name = os.path.expanduser(os.fspath(path))
     if not name:  # Path("") would be the working directory
         raise InputNotFoundError(f"{what} '' is an empty path")
     if not os.path.exists(name):

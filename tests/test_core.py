@@ -1307,3 +1307,31 @@ def test_a_missing_file_is_the_same_error_everywhere(tmp_path, capsys):
         assert re.fullmatch(rf"astromorph: error: \w+ '{re.escape(str(path))}' does not exist\n",
                             err), (argv, err)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cat.ecsv"]
+
+
+def test_an_input_path_may_start_with_the_home_folder(tmp_path, monkeypatch):
+    """The one input check took '~/t.ecsv' literally, so a table path under the home
+    folder, which evaluate_labels read before that check (astropy expands '~'), raised
+    "catalogue '~/t.ecsv' does not exist"; predict_files expanded it. Every input path is
+    now expanded as predict_files does, and a missing one is named as expanded. A table
+    path is checked before its extension: a missing 'x.txt' or a folder was "cannot tell
+    the table format" (an InvalidArgumentError), not the missing file or the folder."""
+    from astromorph._io import check_input_file
+    from astromorph.embeddings import LabelHead
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    Table({"rb_score": [0.9, 0.1], "rb_flags": [0, 0], "real": [True, False]}).write(
+        tmp_path / "t.ecsv")
+    ev = astromorph.evaluate_labels("~/t.ecsv", "real", model="real-bogus", threshold=0.5)
+    assert ev.metrics["n_used"] == 2
+    LabelHead().fit(np.eye(4)[[0, 0, 1, 1]] + 0.1, ["a", "a", "b", "b"]).save(tmp_path / "h.json")
+    assert LabelHead.load("~/h.json").classes_.tolist() == ["a", "b"]
+    assert check_input_file("~/t.ecsv") == tmp_path / "t.ecsv"
+    with pytest.raises(InputNotFoundError,
+                       match=rf"^catalogue '{re.escape(str(tmp_path / 'none.ecsv'))}' does not"):
+        astromorph.evaluate_labels("~/none.ecsv", "real", model="real-bogus")
+    # the file is checked before its extension: a missing file or a folder is said so
+    with pytest.raises(InputNotFoundError, match=r"catalogue '.*none\.txt' does not exist"):
+        astromorph.evaluate_labels(tmp_path / "none.txt", "real", model="real-bogus")
+    with pytest.raises(InputError, match=r"catalogue '.*' is a directory, not a file"):
+        astromorph.evaluate_labels(tmp_path, "real", model="real-bogus")
