@@ -359,6 +359,28 @@ def test_query_by_image_array_and_file(tiny_embedding, tmp_path):
         index.query(image=np.zeros((5, 5, 5)), model=tiny_embedding)
 
 
+
+def test_query_image_is_one_file_not_a_folder_or_a_pattern(tiny_embedding, tmp_path):
+    """embed_image (and query(image=)) handed its path to predict_files, which expands
+    folders and glob patterns: a folder or a pattern was silently embedded as the first
+    picture it held. One image is one file: a folder is refused and a pattern names no
+    file, as gallery(query_image=) says for the same path."""
+    from PIL import Image
+
+    from astromorph.exceptions import InputNotFoundError
+
+    folder = tmp_path / "pictures"
+    folder.mkdir()
+    for s in range(2):
+        Image.fromarray(colour_cutout(s)).save(folder / f"{s}.png")
+    index = SimilarityIndex(np.eye(4))
+    assert index.embed_image(folder / "0.png", model=tiny_embedding).shape == (4,)
+    for call in (index.embed_image, lambda p, model: index.query(image=p, model=model)):
+        with pytest.raises(InputError, match=rf"image '{folder}' is a directory, not a file"):
+            call(folder, model=tiny_embedding)
+        with pytest.raises(InputNotFoundError, match=r"image '.*\*\.png' does not exist"):
+            call(str(folder / "*.png"), model=tiny_embedding)
+
 def test_gallery_png(tmp_path):
     pytest.importorskip("matplotlib")
     t = catalogue(40)

@@ -476,6 +476,16 @@ class SimilarityIndex:
         Returns
         -------
         numpy.ndarray, (D,)
+
+        Raises
+        ------
+        astromorph.exceptions.InputNotFoundError
+            ``image`` names no file (a folder or a glob pattern is not one image).
+        astromorph.exceptions.InputError
+            ``image`` is a folder or not a regular file, holds no usable stamp, or is an
+            array of another shape.
+        astromorph.exceptions.InvalidArgumentError
+            ``model`` has no embedding output.
         """
         import os
 
@@ -489,8 +499,11 @@ class SimilarityIndex:
         if isinstance(image, (str, os.PathLike)):
             import warnings
 
+            from .._io import check_input_file
             from .._predict import predict_files
 
+            # one file: predict_files would expand a folder or a glob pattern
+            image = check_input_file(image, "image")
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 result = predict_files(model, [image], progress=False)
