@@ -914,6 +914,26 @@ def test_kafka_messages(models, tmp_path):
     assert out["rb_score"][0] == pytest.approx(out["rb_score"][1])  # the sign was undone
 
 
+def test_a_file_that_starts_with_a_zero_byte_is_not_taken_for_a_kafka_message(models, tmp_path):
+    """Any .avro file longer than 5 bytes that started with a zero byte was reported as "a
+    Kafka message in the Confluent wire format": a zero-filled file (what a crash can leave
+    of a file being written) as one with schema id 0, a dump with a negative id too. Schema
+    registry ids are positive 32-bit ints; other files are said to be no Avro files."""
+    pytest.importorskip("fastavro")
+    files = {"zeros.avro": bytes(4096),  # schema id 0
+             "negative.avro": b"\x00\xff\xff\xff\xfe" + bytes(64),  # -2 as a Java int
+             "short.avro": b"\x00\x00\x00\x0f\xb5"}  # a 5-byte header, no record
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+    table = quiet(astromorph.predict_files, "real-bogus", [tmp_path / n for n in files])
+    assert list(table["rb_flags"]) == [Flag.BAD_INPUT] * 3
+    for reason in table["reason"]:
+        assert "Confluent" not in reason and "no 'Obj\\x01' magic" in reason, reason
+    (tmp_path / "message.avro").write_bytes(b"\x00" + (1).to_bytes(4, "big") + b"\x02")
+    reason = quiet(astromorph.predict_files, "real-bogus", tmp_path / "message.avro")["reason"][0]
+    assert reason.startswith("a Kafka message in the Confluent wire format (schema id 1)")
+
+
 def test_alert_rows_carry_their_object(models, tmp_path):
     """ZTF packets: objectId (the name brokers and catalogues use) next to the candid in
     `source`; other inputs of the same call get a masked object."""

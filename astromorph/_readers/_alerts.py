@@ -52,12 +52,14 @@ class SchemalessMessage(ValueError):
 
 def _avro_header(buf):
     if buf[:4] != b"Obj\x01":
-        if len(buf) > 5 and buf[0] == 0:
-            # what a Kafka alert stream (Rubin's, ZTF's) delivers: magic byte 0, a 4-byte
-            # schema-registry id, then one record in Avro's binary encoding with no schema
+        schema_id = int.from_bytes(bytes(buf[1:5]), "big")
+        if len(buf) > 5 and buf[0] == 0 and 0 < schema_id < 2**31:
+            # what Rubin's Kafka alert stream delivers: magic byte 0, a 4-byte schema-registry
+            # id (a positive Java int: a zero-filled file is not one), then one record in
+            # Avro's binary encoding with no schema. (ZTF's messages are Avro files.)
             raise SchemalessMessage(
                 f"a Kafka message in the Confluent wire format (schema id "
-                f"{int.from_bytes(bytes(buf[1:5]), 'big')}), not an Avro file: it holds no "
+                f"{schema_id}), not an Avro file: it holds no "
                 "schema, so decode it with the alert schema and score its cutouts with "
                 "annotate_stamps (docs/predict.md, 'Alert streams')")
         raise ValueError("not an Avro object container file (no 'Obj\\x01' magic)")
