@@ -588,9 +588,20 @@ def check_on_conflict(on_conflict):
                                    f"{on_conflict!r}")
 
 
+def check_table(table):
+    """Raise `InputError` unless ``table`` is an astropy Table (or QTable)."""
+    if not isinstance(table, Table):
+        hint = " (read the file with Table.read first)" if isinstance(
+            table, (str, os.PathLike)) else ""
+        raise InputError(f"the table must be an astropy Table or QTable, got "
+                         f"{type(table).__name__}{hint}")
+
+
 def check_clashes(table, names, on_conflict):
     """Raise `InputError` naming the columns of ``table`` that new columns ``names`` would
-    overwrite, when ``on_conflict`` is ``"error"`` (callers check before costly work)."""
+    overwrite, when ``on_conflict`` is ``"error"`` (callers check before costly work), or
+    when ``table`` is not a table."""
+    check_table(table)
     clashes = [c for c in names if c in table.colnames]
     if clashes and on_conflict == "error":
         raise InputError(f"the table already has column(s) {clashes}; pass "

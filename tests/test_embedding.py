@@ -1314,3 +1314,20 @@ def test_heads_and_mixtures_save_and_load(tmp_path):
     with pytest.raises(InvalidArgumentError, match="not fitted"):
         LabelHead().save(tmp_path / "new.json")
     assert not (tmp_path / "new.json").exists()
+
+
+def test_the_table_functions_refuse_what_is_not_a_table(tmp_path):
+    """SimilarityIndex.from_table, cluster_table and the annotate of a fitted LabelHead or
+    GaussianMixture took a table path (which evaluate_labels accepts) or None to a bare
+    AttributeError ('str' object has no attribute 'colnames'); they raise InputError
+    naming the type, as annotate does."""
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(20, 4))
+    head = LabelHead().fit(x, ["a", "b"] * 10)
+    mixture = GaussianMixture(2).fit(x)
+    for bad in (str(tmp_path / "t.ecsv"), None):
+        for call in (lambda: SimilarityIndex.from_table(bad), lambda: cluster_table(bad),
+                     lambda: head.annotate(bad), lambda: mixture.annotate(bad)):
+            with pytest.raises(InputError, match=rf"an astropy Table or QTable, got "
+                                                 rf"{type(bad).__name__}"):
+                call()

@@ -79,6 +79,9 @@ def table_embeddings(table, column="embedding", *, dtype=np.float64):
         Masked or non-finite rows hold NaN.
     valid : numpy.ndarray of bool, (N,)
     """
+    from .._annotate import check_table
+
+    check_table(table)
     if column not in table.colnames:
         raise InputError(f"the table has no {column!r} column (columns: {table.colnames}); "
                          "make one with `astromorph predict embedding ...` or "
