@@ -155,7 +155,10 @@ def annotate_dask(table, images=None, *, model, partition_size=50_000, compute=T
         if not isinstance(value, (str, os.PathLike)):
             raise InputError("annotate_dask takes images as FITS paths (each worker opens them), "
                              f"not {type(value).__name__}")
-        return os.fspath(value)
+        value = os.fspath(value)
+        if "://" in value:  # a URL: the same for every worker
+            return value
+        return os.path.abspath(os.path.expanduser(value))  # a worker may run in another folder
 
     if not isinstance(table, Table):
         raise InputError(f"annotate_dask needs an astropy Table or QTable, got "

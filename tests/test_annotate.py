@@ -1407,6 +1407,23 @@ def test_annotate_dask_equals_annotate(optical_model, tmp_path, scheduler):
                                      model=str(optical_model.path), compute=False, **bad)
 
 
+def test_annotate_dask_sends_absolute_image_paths(optical_model, tmp_path, monkeypatch):
+    """A relative image path means the caller's folder: the partitions get it absolute, so
+    they run wherever a worker's working folder is (here: computed after a chdir)."""
+    dask = pytest.importorskip("dask")
+    img, w = blobs(), sky_wcs()
+    (tmp_path / "data").mkdir()
+    fits.writeto(tmp_path / "data" / "img.fits", img, w.to_header())
+    cat = catalogue(w, [(100, 100), (60, 80)])
+    monkeypatch.chdir(tmp_path / "data")
+    parts = astromorph.annotate_dask(cat, "img.fits", model=str(optical_model.path),
+                                     compute=False)
+    monkeypatch.chdir(tmp_path)  # another folder, as a worker's may be
+    (out,) = dask.compute(*parts, scheduler="synchronous")
+    ref = astromorph.annotate(cat, str(tmp_path / "data" / "img.fits"), model=optical_model)
+    np.testing.assert_allclose(out["opt_p_a"], ref["opt_p_a"], rtol=1e-6)
+
+
 def test_annotate_dask_needs_paths(optical_model):
     pytest.importorskip("dask")
     img, w = blobs(), sky_wcs()
