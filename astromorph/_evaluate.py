@@ -27,6 +27,16 @@ _REAL = {"1": True, "1.0": True, "true": True, "t": True, "real": True,
          "0": False, "0.0": False, "false": False, "f": False, "bogus": False}
 
 
+#: The figures `LabelEvaluation.plot` draws, the default first: for class probabilities
+#: (True) and for a score (False).
+_PLOT_KINDS = {True: ("confusion", "reliability"), False: ("roc", "reliability")}
+
+
+def _is_classifier(card):
+    """Whether a model gives class probabilities (else a score, or neither)."""
+    return "probabilities" in {spec.get("kind") for spec in card["outputs"]}
+
+
 # ------------------------------------------------------------------------------- measures
 def expected_calibration_error(probs, labels, n_bins=15):
     """Top-label expected calibration error with equal-width confidence bins.
@@ -317,7 +327,7 @@ class LabelEvaluation:
         from ._plotting import picture_format
         from .preprocessing._checks import check_number
 
-        kinds = ("confusion", "reliability") if self._classifier else ("roc", "reliability")
+        kinds = _PLOT_KINDS[self._classifier]
         kind = kinds[0] if kind is None else kind
         if kind not in kinds:
             raise InvalidArgumentError(f"kind must be one of {', '.join(map(repr, kinds))} "
@@ -534,7 +544,7 @@ def evaluate_labels(table, truth, *, model, labels=None, threshold=None, target_
         An option of the wrong type.
     """
     from ._registry import model_card
-    from .preprocessing._checks import check_bool, check_number
+    from .preprocessing._checks import check_bool
 
     card = model_card(model)
     name = card["name"]
@@ -544,24 +554,11 @@ def evaluate_labels(table, truth, *, model, labels=None, threshold=None, target_
     if not isinstance(suffix, str):
         raise InvalidArgumentTypeError(f"suffix must be a string, got {suffix!r}")
     kinds = {spec.get("kind") for spec in card["outputs"]}
-    classifier = "probabilities" in kinds
+    classifier = _is_classifier(card)
     if not classifier and "score" not in kinds:
         raise InvalidArgumentError(_cannot_score(name, kinds))
-    if threshold is not None:
-        if not classifier:
-            threshold = check_number(threshold, "threshold", minimum=0)
-            if threshold > 1:
-                raise InvalidArgumentError(f"threshold must be in [0, 1], got {threshold!r}")
-        else:
-            raise InvalidArgumentError(f"threshold is for scores (real-bogus); model {name!r} "
-                                       "gives class probabilities")
-    if target_fnr is not None:
-        if classifier:
-            raise InvalidArgumentError(f"target_fnr is for scores (real-bogus); model {name!r} "
-                                       "gives class probabilities")
-        target_fnr = check_number(target_fnr, "target_fnr", minimum=0)
-        if target_fnr >= 1:
-            raise InvalidArgumentError(f"target_fnr must be in [0, 1), got {target_fnr!r}")
+    threshold = _score_option(threshold, "threshold", name, classifier, one=True)
+    target_fnr = _score_option(target_fnr, "target_fnr", name, classifier, one=False)
     table = _read(table)
     prefix = card.get("column_prefix", name.replace("-", "_"))
     hint = "; suffix= names the columns of a run added with on_conflict='suffix'"
@@ -638,6 +635,23 @@ def evaluate_labels(table, truth, *, model, labels=None, threshold=None, target_
     return LabelEvaluation(metrics, {"scores": s, "real": real})
 
 
+def _score_option(value, option, name, classifier, *, one):
+    """A rate option of scores (``threshold``, ``target_fnr``): None, or a number in [0, 1]
+    (``one``) or [0, 1); refused for a classifier."""
+    from .preprocessing._checks import check_number
+
+    if value is None:
+        return None
+    if classifier:
+        raise InvalidArgumentError(f"{option} is for scores (real-bogus); model {name!r} "
+                                   "gives class probabilities")
+    value = check_number(value, option, minimum=0)
+    if value > 1 or (value == 1 and not one):
+        raise InvalidArgumentError(f"{option} must be in [0, {'1]' if one else '1)'}, "
+                                   f"got {value!r}")
+    return value
+
+
 def _cannot_score(name, kinds):
     if "embedding" in kinds:
         return (f"model {name!r} gives embedding vectors, not classes: fit "
@@ -708,11 +722,11 @@ def _cmd_evaluate(args):
         from ._registry import model_card
 
         card = model_card(args.model)
-        scores = "probabilities" not in {spec.get("kind") for spec in card["outputs"]}
-        if args.plot_kind == ("confusion" if scores else "roc"):
+        kinds = _PLOT_KINDS[_is_classifier(card)]
+        if args.plot_kind not in kinds:
             raise InvalidArgumentError(
                 f"--plot-kind {args.plot_kind} does not apply to model {card['name']!r}: "
-                f"use {'roc' if scores else 'confusion'} or reliability")
+                f"use {' or '.join(kinds)}")
     check_distinct_outputs({"--output": args.output, "--plot": args.plot})
     for path in (args.output, args.plot):  # before any work
         if path:

@@ -22,8 +22,8 @@ from .exceptions import (AstromorphError, InputError, InputNotFoundError, Invali
                          LossyOutputWarning, MissingDependencyError, OutputError,
                          OutputExistsError)
 
-__all__ = ["atomic_output", "check_input_file", "check_output", "check_distinct_outputs", "check_multidimensional",
-           "table_format", "write_table", "TABLE_FORMATS"]
+__all__ = ["atomic_output", "check_input_file", "check_output", "check_distinct_outputs",
+           "check_multidimensional", "table_format", "write_table", "TABLE_FORMATS"]
 
 log = logging.getLogger(__name__)
 
