@@ -403,6 +403,97 @@ def test_gallery_png(tmp_path):
     index.gallery(res, out, images=pictures[::-1], overwrite=True)
 
 
+def _shown_pictures(monkeypatch):
+    """The pictures a gallery draws, in tile order (query first), as display_image gets them."""
+    import astromorph.embeddings._plots as plots
+
+    shown = []
+    real = plots.display_image
+
+    def record(image):
+        shown.append(np.asarray(image))
+        return real(image)
+
+    monkeypatch.setattr(plots, "display_image", record)
+    return shown
+
+
+def test_gallery_warns_once_for_rows_without_a_picture(tmp_path, monkeypatch):
+    """A row whose file was missing or unreadable became a "no image" tile without a word;
+    now one UnusableInputWarning per gallery names how many, which rows, their paths and why."""
+    pytest.importorskip("matplotlib")
+    import warnings
+
+    from PIL import Image
+
+    from astromorph.exceptions import UnusableInputWarning
+
+    t = catalogue(6)
+    paths = []
+    for i in range(6):
+        p = tmp_path / f"p{i}.png"
+        Image.fromarray(colour_cutout(i, 32)).save(p)
+        paths.append(str(p))
+    paths[2] = str(tmp_path / "gone.png")  # missing
+    (tmp_path / "bad.png").write_bytes(b"not a picture at all")
+    paths[4] = str(tmp_path / "bad.png")  # unreadable
+    t["source"] = paths
+    index = SimilarityIndex.from_table(t)
+    res = index.query(row=0, k=5)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        index.gallery(res, tmp_path / "g.png")
+    ours = [w for w in caught if issubclass(w.category, UnusableInputWarning)]
+    assert len(ours) == 1, [str(w.message) for w in caught]
+    text = str(ours[0].message)
+    assert "2 of 6" in text and "row 2" in text and "row 4" in text
+    assert "gone.png" in text and "does not exist" in text
+    assert "bad.png" in text and "cannot read image" in text
+    # every picture found: no warning
+    t["source"] = [str(tmp_path / f"p{i}.png") for i in (0, 1, 3, 3, 5, 5)]
+    index = SimilarityIndex.from_table(t)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UnusableInputWarning)
+        index.gallery(index.query(row=0, k=5), tmp_path / "g2.png")
+
+
+def test_gallery_of_a_row_query_draws_query_image(tmp_path, monkeypatch):
+    """query_image= was ignored for a row (or position) query: the query tile showed the
+    row's own picture. A picture given for the query is the one drawn."""
+    pytest.importorskip("matplotlib")
+    t = catalogue(10)
+    pictures = np.stack([np.full((8, 8, 3), s * 20, np.uint8) for s in range(10)])
+    index = SimilarityIndex.from_table(t)
+    res = index.query(row=3, k=2)
+    mine = np.full((8, 8, 3), 255, np.uint8)
+    shown = _shown_pictures(monkeypatch)
+    index.gallery(res, tmp_path / "g.png", images=pictures, query_image=mine)
+    assert len(shown) == 3 and np.array_equal(shown[0], mine)
+    assert np.array_equal(shown[1], pictures[res["row"][0]])
+    shown.clear()  # without query_image, the row's own picture
+    index.gallery(res, tmp_path / "g2.png", images=pictures)
+    assert np.array_equal(shown[0], pictures[3])
+
+
+def test_gallery_shows_the_stamp_of_a_row_from_a_stack(tmp_path, monkeypatch):
+    """Rows of a FITS stack of stamps have sources "stack.fits[i]": the gallery drew stamp 0
+    of the file for every one of them."""
+    pytest.importorskip("matplotlib")
+    from astropy.io import fits
+
+    cube = np.stack([np.full((3, 16, 16), float(i + 1), np.float32) for i in range(4)])
+    cube += np.random.default_rng(0).normal(0, 0.01, cube.shape).astype(np.float32)
+    fits.PrimaryHDU(cube).writeto(tmp_path / "stack.fits")
+    t = catalogue(4)
+    t["source"] = [f"{tmp_path / 'stack.fits'}[{i}]" for i in range(4)]
+    index = SimilarityIndex.from_table(t)
+    res = index.query(row=2, k=3)
+    shown = _shown_pictures(monkeypatch)
+    index.gallery(res, tmp_path / "g.png")
+    assert [float(np.median(s)) for s in shown] == pytest.approx(
+        [3.0] + [r + 1.0 for r in res["row"]], abs=0.1)
+
+
 @pytest.mark.parametrize("backend", ["faiss", "hnswlib"])
 def test_approximate_backend(backend):
     pytest.importorskip(backend)

@@ -680,8 +680,12 @@ class SimilarityIndex:
             Column of file paths (default: ``source`` as written by
             ``astromorph predict``, else ``path``/``file``/``filename``).
         query_image : path or array, optional
-            Picture of the query for image queries (default: the query
-            file recorded in ``result.meta["query_image"]``, if any).
+            Picture drawn as the query tile, for any kind of query: for a row
+            or position query it replaces the query row's own picture (from
+            ``images`` or ``source_column``). Default: that row's picture, or,
+            for an image query, the file recorded in
+            ``result.meta["query_image"]`` (none for an array query or a
+            vector query). A file that holds no picture raises `InputError`.
         ncols : int, optional
             Tiles per row (default: about the square root of the number of tiles, at most 8).
         title : str, optional
@@ -695,6 +699,13 @@ class SimilarityIndex:
         -------
         pathlib.Path
             The picture written.
+
+        Warns
+        -----
+        astromorph.exceptions.UnusableInputWarning
+            Once per gallery, when tiles are drawn as "no image": how many, and the
+            first rows with their file and why (missing, unreadable, no such stamp).
+            A ``source`` of the form ``file.fits[i]`` is stamp ``i`` of that file.
         """
         from ._plots import gallery
 

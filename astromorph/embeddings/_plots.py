@@ -7,6 +7,7 @@ thousand points) or PCA.
 import importlib.util
 import logging
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -14,8 +15,9 @@ import numpy as np
 from ._common import check_seed, embedding_matrix
 from .._io import atomic_output, check_input_file, check_output
 from .._plotting import colormap, figure, picture_format
+from .._warnings import warn
 from ..exceptions import (InputError, InvalidArgumentError, InvalidArgumentTypeError,
-                          MissingDependencyError)
+                          MissingDependencyError, UnusableInputWarning)
 from ..preprocessing._checks import check_number, check_whole
 
 __all__ = ["gallery", "embedding_map", "plot_map", "display_image", "check_map_method"]
@@ -81,24 +83,63 @@ def display_image(image):
 
 
 def _read_picture(path):
+    """The first usable stamp of the file ``path``, or None; and why not (a string)."""
+    return _read_stamp(path, None)
+
+
+#: A stamp of a file holding several: ``file.fits[3]`` (the ``source`` of its row).
+_STAMP_OF_FILE = re.compile(r"(?s)(.*)\[(\d+)\]")
+
+
+def _read_stamp(path, which):
+    """Stamp ``which`` (its position in the file; None: the first usable one) of ``path``:
+    ``(data, None)``, or ``(None, reason)``."""
     from .._readers import read_file
 
-    stamps = [s for s in read_file(Path(path), want_scale=False) if s.usable]
-    if not stamps:
-        return None
-    s = stamps[0]
-    return s.data
+    path = Path(path)
+    if not path.is_file():
+        return None, "does not exist" if not path.exists() else "is not a file"
+    stamps = read_file(path, want_scale=False)
+    if which is None:
+        usable = [s for s in stamps if s.usable]
+        if usable:
+            return usable[0].data, None
+        return None, "; ".join(r for s in stamps for r in s.reason) or "no usable stamp"
+    if which >= len(stamps):
+        return None, f"the file holds {len(stamps)} stamp(s), not a stamp [{which}]"
+    stamp = stamps[which]
+    return (stamp.data, None) if stamp.usable else \
+        (None, "; ".join(stamp.reason) or "not a usable stamp")
+
+
+def _read_source(name):
+    """The picture named by a table's file column: a file, or stamp ``[i]`` of a file
+    holding several (as `astromorph.predict_files` names them); ``(data, reason)``, the
+    reason naming the file."""
+    found = _STAMP_OF_FILE.fullmatch(name)
+    if found and not os.path.exists(name):
+        data, why = _read_stamp(found.group(1), int(found.group(2)))
+    else:
+        data, why = _read_stamp(name, None)
+    return data, why and f"{name!r} {why}"
 
 
 def _row_images(index, rows, images, source_column):
-    """Pictures of the indexed rows ``rows`` (None where there is none)."""
+    """Pictures of the indexed rows ``rows`` (None where there is none), and why each
+    missing one is missing (None for the others)."""
     if images is not None:
         if callable(images):
-            return list(images(rows))
-        if len(images) != len(index):
-            raise InvalidArgumentError(f"images= holds {len(images)} pictures for an index of "
-                                       f"{len(index)} rows: give one per indexed row")
-        return [images[r] for r in rows]
+            pictures = list(images(rows))
+            if len(pictures) != len(rows):
+                raise InvalidArgumentError(f"images() gave {len(pictures)} pictures for "
+                                           f"{len(rows)} rows: give one per row asked for")
+        else:
+            if len(images) != len(index):
+                raise InvalidArgumentError(f"images= holds {len(images)} pictures for an "
+                                           f"index of {len(index)} rows: give one per "
+                                           "indexed row")
+            pictures = [images[r] for r in rows]
+        return pictures, ["images= gave none" if p is None else None for p in pictures]
     table = index.table
     if table is None:
         raise InvalidArgumentError("the gallery needs images=: the index has no table with "
@@ -108,12 +149,20 @@ def _row_images(index, rows, images, source_column):
         raise InvalidArgumentError(
             f"the gallery needs pictures of the rows: pass images= (an array or a function), "
             f"or a column of file paths with source_column= (table columns: {table.colnames})")
-    out = []
-    for r in rows:
-        path = str(table[col][r])
-        path = path.split("[")[0] if not os.path.exists(path) else path  # "file.fits[3]"
-        out.append(_read_picture(path) if os.path.exists(path) else None)
-    return out
+    found = [(None, f"no file name in column {col!r}") if np.ma.is_masked(table[col][r])
+             else _read_source(str(table[col][r])) for r in rows]
+    return [f[0] for f in found], [f[1] for f in found]
+
+
+def _warn_missing(missing, n_tiles):
+    """One `UnusableInputWarning` for the tiles of a gallery drawn without a picture:
+    ``missing`` holds ``(what, reason)`` (e.g. ``("row 3", "'a.png' does not exist")``); the
+    first five are named."""
+    if not missing:
+        return
+    shown = "; ".join(f"{what}: {reason}" for what, reason in missing[:5])
+    warn(f"{len(missing)} of {n_tiles} gallery tiles have no picture and are drawn as "
+         f"'no image': {shown}{' ...' if len(missing) > 5 else ''}", UnusableInputWarning)
 
 
 def gallery(index, result, path, *, images=None, source_column=None, query_image=None,
@@ -132,16 +181,25 @@ def gallery(index, result, path, *, images=None, source_column=None, query_image
     rows = [int(r) for r in result["row"]]
     meta = result.meta
     query_row = meta.get("query_row")
-    pictures = _row_images(index, ([query_row] if query_row is not None else []) + rows,
-                           images, source_column)
-    if query_row is not None:
+    # a picture given for the query is the query tile, whatever the query (a row's own
+    # picture otherwise, or the file of an image query)
+    asked = rows if query_row is None or query_image is not None else [query_row] + rows
+    pictures, reasons = _row_images(index, asked, images, source_column)
+    missing = [(f"row {r}", why) for r, why in zip(asked, reasons) if why]
+    if len(asked) > len(rows):
         query_pic, pictures = pictures[0], pictures[1:]
     elif query_image is not None:
         query_pic = query_image
         if isinstance(query_image, (str, os.PathLike)):
-            query_pic = _read_picture(check_input_file(query_image, "query image"))
-    elif meta.get("query_image") and os.path.exists(str(meta["query_image"])):
-        query_pic = _read_picture(meta["query_image"])
+            query_pic, why = _read_picture(check_input_file(query_image, "query image"))
+            if query_pic is None:  # a given file that holds no picture: refused, not hidden
+                raise InputError(f"query image {os.fspath(query_image)!r} holds no usable "
+                                 f"picture: {why}")
+    elif meta.get("query_kind") == "image" and meta.get("query_image") and \
+            not str(meta["query_image"]).startswith("array of shape"):
+        query_pic, why = _read_picture(meta["query_image"])
+        if why:
+            missing.insert(0, ("the query", f"{str(meta['query_image'])!r} {why}"))
     else:
         query_pic = None
     tiles = [(query_pic, "query" + (f" (row {query_row})" if query_row is not None else ""))]
@@ -173,6 +231,7 @@ def gallery(index, result, path, *, images=None, source_column=None, query_image
     with atomic_output(path, overwrite=overwrite) as tmp:
         fig.savefig(tmp, dpi=dpi, format=fmt)
     log.info("wrote gallery %s", path)
+    _warn_missing(missing, len(tiles))
     return path
 
 
