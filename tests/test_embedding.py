@@ -494,6 +494,48 @@ def test_gallery_shows_the_stamp_of_a_row_from_a_stack(tmp_path, monkeypatch):
         [3.0] + [r + 1.0 for r in res["row"]], abs=0.1)
 
 
+def test_image_query_refuses_a_model_other_than_the_tables(tiny_embedding, tmp_path):
+    """query(image=, model=) embedded the image with whatever model it was given and
+    compared it with vectors the table says another model (or version) made: same length,
+    meaningless similarities. Now a ProvenanceMismatchError names both."""
+    from PIL import Image
+
+    from astromorph.exceptions import ProvenanceMismatchError
+
+    for s in range(4):
+        Image.fromarray(colour_cutout(s)).save(tmp_path / f"p{s}.png")
+    t = astromorph.predict_files(tiny_embedding, sorted(tmp_path.glob("p*.png")),
+                                 progress=False)
+    query = tmp_path / "p1.png"
+    assert SimilarityIndex.from_table(t).query(image=query, k=1,
+                                               model=tiny_embedding)["row"][0] == 1
+    other = t.copy()
+    other.meta["astromorph_model_version"] = "9.9"
+    other.meta["astromorph_model_sha256"] = "0" * 64
+    index = SimilarityIndex.from_table(other)
+    with pytest.raises(ProvenanceMismatchError, match=r"tinyemb 9\.9 \(sha256 0000.*tinyemb 0\.0\.1"):
+        index.query(image=query, k=1, model=tiny_embedding)
+    with pytest.raises(ProvenanceMismatchError):
+        index.embed_image(query, model=tiny_embedding)
+    # vectors that do not say where they come from: nothing to check
+    assert SimilarityIndex(np.asarray(t["embedding"])).query(
+        image=query, k=1, model=tiny_embedding)["row"][0] == 1
+
+
+def test_gallery_refuses_a_result_of_another_index(tmp_path):
+    """A result that is not a query result of this index (rows beyond its end, not a table)
+    crashed with IndexError / AttributeError after the output had been checked."""
+    pytest.importorskip("matplotlib")
+    index = SimilarityIndex.from_table(catalogue(5))
+    pictures = np.zeros((5, 8, 8, 3), np.uint8)
+    other = SimilarityIndex.from_table(catalogue(50)).query(row=40, k=3)
+    with pytest.raises(InvalidArgumentError, match=r"not a query result of this index: rows \[.*40\] are out of range: rows are 0 to 4"):
+        index.gallery(other, tmp_path / "g.png", images=pictures)
+    with pytest.raises(astromorph.exceptions.InvalidArgumentTypeError, match="query result"):
+        index.gallery({"row": [1]}, tmp_path / "g.png", images=pictures)
+    assert not (tmp_path / "g.png").exists()
+
+
 @pytest.mark.parametrize("backend", ["faiss", "hnswlib"])
 def test_approximate_backend(backend):
     pytest.importorskip(backend)

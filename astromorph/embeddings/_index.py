@@ -12,7 +12,7 @@ import numpy as np
 
 from ._common import embedding_matrix, table_embeddings
 from ..exceptions import (InputError, InvalidArgumentError, InvalidArgumentTypeError,
-                          MissingDependencyError)
+                          MissingDependencyError, ProvenanceMismatchError)
 from ..preprocessing._checks import check_bool, check_whole
 
 __all__ = ["SimilarityIndex", "BACKENDS"]
@@ -266,6 +266,7 @@ class SimilarityIndex:
             x[~valid] = 0.0
         self.vectors = x
         self.table = table
+        self._column = None  # the table's column of the vectors, when known (from_table)
         self.dim = self.vectors.shape[1]
         if backend == "auto":
             backend = next((b for b in ("faiss", "hnswlib") if _installed(b)), "exact")
@@ -302,7 +303,9 @@ class SimilarityIndex:
         SimilarityIndex
         """
         x, _ = table_embeddings(table, column, dtype=np.float32)
-        return cls(x, table=table, **kwargs)
+        index = cls(x, table=table, **kwargs)
+        index._column = column
+        return index
 
     def __len__(self):
         return len(self.vectors)
@@ -486,6 +489,9 @@ class SimilarityIndex:
             array of another shape.
         astromorph.exceptions.InvalidArgumentError
             ``model`` has no embedding output.
+        astromorph.exceptions.ProvenanceMismatchError
+            The index was built with `from_table` from a table whose meta says that
+            another embedding model, or another version of it, made its vectors.
         """
         import os
 
@@ -496,6 +502,7 @@ class SimilarityIndex:
         out = [o["name"] for o in model.card["outputs"] if o.get("kind") == "embedding"]
         if not out:
             raise InvalidArgumentError(f"model {model.name!r} has no embedding output")
+        self._check_model(model)
         if isinstance(image, (str, os.PathLike)):
             import warnings
 
@@ -531,6 +538,22 @@ class SimilarityIndex:
             raise InputError(f"cannot embed an image of shape {arr.shape}: pass a file, a "
                              f"colour cutout (H, W, 3) or a network-ready stamp {shape}")
         return model.predict(x, progress=False)[out[0]][0]
+
+    def _check_model(self, model):
+        """`ProvenanceMismatchError` when the indexed table says that another embedding
+        model (or version) than ``model`` made its vectors (same length, other meaning)."""
+        from ._state import _differ, as_provenance, describe, table_provenance
+
+        if self.table is None or self._column is None:
+            return
+        made_by = table_provenance(self.table.meta, self._column)
+        mine = as_provenance(model)
+        if made_by is not None and _differ(made_by, mine):
+            raise ProvenanceMismatchError(
+                f"column {self._column!r} of the indexed table was made by embedding model "
+                f"{describe(made_by)}, but the image would be embedded with "
+                f"{describe(mine)}: their similarities would be meaningless. Pass model= "
+                "the model that made the table", fitted=mine, table=made_by)
 
     def query(self, row=None, *, position=None, image=None, vector=None, k=25,
               include_query=False, model="embedding", max_separation=None, ra_col=None,
@@ -699,6 +722,14 @@ class SimilarityIndex:
         -------
         pathlib.Path
             The picture written.
+
+        Raises
+        ------
+        astromorph.exceptions.InvalidArgumentTypeError
+            ``result`` is not a query result (a table with ``rank``, ``row`` and
+            ``similarity``).
+        astromorph.exceptions.InvalidArgumentError
+            ``result`` names rows this index does not have (a result of another index).
 
         Warns
         -----

@@ -165,6 +165,28 @@ def _warn_missing(missing, n_tiles):
          f"'no image': {shown}{' ...' if len(missing) > 5 else ''}", UnusableInputWarning)
 
 
+def _result_rows(index, result):
+    """The neighbour rows and the query row (or None) of a `SimilarityIndex.query` result,
+    checked against ``index`` (`InvalidArgumentError` for rows it does not have)."""
+    from astropy.table import Table
+
+    from ._index import _rows_out_of_range
+
+    if not isinstance(result, Table) or not {"rank", "row", "similarity"} <= set(result.colnames):
+        raise InvalidArgumentTypeError(
+            f"result must be a query result of the index (a table with rank, row and "
+            f"similarity columns), got {type(result).__name__} {str(result)[:60]!r}")
+    rows = np.asarray(result["row"]).astype(np.int64).tolist()
+    query_row = result.meta.get("query_row")
+    query_row = None if query_row is None else int(query_row)
+    bad = [r for r in rows + ([] if query_row is None else [query_row])
+           if not 0 <= r < len(index)]
+    if bad:
+        raise InvalidArgumentError(f"result is not a query result of this index: "
+                                   f"{_rows_out_of_range(bad, len(index))}")
+    return rows, query_row
+
+
 def gallery(index, result, path, *, images=None, source_column=None, query_image=None,
             ncols=None, title=None, dpi=110, overwrite=False):
     """Picture of a query and its neighbours (see `SimilarityIndex.gallery`).
@@ -178,9 +200,8 @@ def gallery(index, result, path, *, images=None, source_column=None, query_image
     if ncols is not None:
         check_whole(ncols, "ncols")
     fmt = picture_format(path)  # a missing matplotlib fails here, before any work
-    rows = [int(r) for r in result["row"]]
+    rows, query_row = _result_rows(index, result)
     meta = result.meta
-    query_row = meta.get("query_row")
     # a picture given for the query is the query tile, whatever the query (a row's own
     # picture otherwise, or the file of an image query)
     asked = rows if query_row is None or query_image is not None else [query_row] + rows
