@@ -1464,3 +1464,15 @@ def test_the_table_functions_refuse_what_is_not_a_table(tmp_path):
             with pytest.raises(InputError, match=rf"an astropy Table or QTable, got "
                                                  rf"{type(bad).__name__}"):
                 call()
+
+
+def test_query_refuses_booleans_as_row_or_k():
+    """_whole took True as 1: query(row=True) queried row 1, k=True gave one neighbour."""
+    from astromorph.exceptions import InvalidArgumentTypeError
+
+    index = SimilarityIndex(unit_rows(5, 4))
+    for kwargs in ({"row": True}, {"row": 0, "k": True}, {"row": np.True_}):
+        with pytest.raises(InvalidArgumentTypeError, match="must be a whole number, got (np.)?True"):
+            index.query(**kwargs)
+    with pytest.raises(InvalidArgumentTypeError, match="got False"):
+        index.search(unit_rows(1, 4), k=False)

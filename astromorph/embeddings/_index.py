@@ -24,9 +24,12 @@ BACKENDS = ("exact", "faiss", "hnswlib")
 
 
 def _whole(value, name):
-    """``value`` as an int when it is a whole number, else `InvalidArgumentError`."""
+    """``value`` as an int when it is a whole number, else `InvalidArgumentError`
+    (`InvalidArgumentTypeError` for a boolean: True is no row number or count)."""
     import operator
 
+    if isinstance(value, (bool, np.bool_)):
+        raise InvalidArgumentTypeError(f"{name} must be a whole number, got {value!r}")
     try:
         return operator.index(value)
     except TypeError:
