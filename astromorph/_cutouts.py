@@ -130,7 +130,8 @@ class SkyImage:
     owned : bool
         ``data`` is this image's own array (decompressed from a compressed file): plain
         float32 data are made native and their masking sentinels NaN in place, and sampled
-        there, instead of being copied whole.
+        there, instead of being copied whole; other data (scaled integers) are let go once
+        `resident` has their float32 copy, so that the image is not held twice.
     """
 
     def __init__(self, data, wcs, *, name="image", band=None, bscale=1.0, bzero=0.0, blank=None,
@@ -145,6 +146,8 @@ class SkyImage:
             data = data.astype(np.float32)  # float16: scipy's sampling does not take it
         if wcs is not None:
             _check_wcs(wcs, name)
+        # an in-memory array no one else holds: dropped for its float32 copy (see `resident`)
+        self._disposable = (owned and data.flags.writeable and not isinstance(data, np.memmap))
         owned = (owned and data.dtype.kind == "f" and data.dtype.itemsize == 4
                  and blank is None and bscale == 1.0 and bzero == 0.0
                  and data.flags.writeable and not isinstance(data, np.memmap))
@@ -154,6 +157,10 @@ class SkyImage:
             data = data.byteswap(inplace=True).view(data.dtype.newbyteorder())
         self.data, self.wcs, self.name, self.band = data, wcs, name, band
         self.bscale, self.bzero, self.blank = float(bscale), float(bzero), blank
+        #: What `take` reads, as one tuple (swapped whole by `_drop_raw`, so that a thread in
+        #: `take` never mixes the raw array with the scaling of the float32 copy):
+        #: flat array (or None: not contiguous), 2D array, (bscale, bzero, blank).
+        self._pixels = (None, data, (self.bscale, self.bzero, blank))
         self.shape = data.shape
         #: Rows and columns of image area (those of ``shape``; fractional for a block-averaged
         #: `level`, whose partial last blocks stand for part of a block of image).
@@ -161,7 +168,8 @@ class SkyImage:
         #: Float data needing no scaling or BLANK handling (sampled directly).
         self.plain = (data.dtype.kind == "f" and blank is None and self.bscale == 1.0
                       and self.bzero == 0.0)
-        self._flat = data.reshape(-1) if data.flags.c_contiguous else None
+        if data.flags.c_contiguous:
+            self._pixels = (data.reshape(-1), *self._pixels[1:])
         self._levels = {}  # block-averaged copies by (row, column) factors
         self._hold = hold  # keeps an HDUList (and its memory map) open
         self._sampled = 0
@@ -209,23 +217,27 @@ class SkyImage:
 
     def take(self, flat_index):
         """Pixel values (float32, scaled, BLANK -> NaN) at flat indices."""
-        if self._flat is not None:
-            raw = self._flat[flat_index]
+        flat, data, scaling = self._pixels
+        if flat is not None:
+            raw = flat[flat_index]
         else:
-            raw = self.data[np.unravel_index(flat_index, self.shape)]
-        return self._scaled(raw)
+            raw = data[np.unravel_index(flat_index, self.shape)]
+        return self._scaled(raw, scaling=scaling)
 
-    def _scaled(self, raw, out=None):
+    def _scaled(self, raw, out=None, *, scaling=None):
         """Raw pixel values -> native float32, BLANK -> NaN, times BSCALE plus BZERO;
         masking sentinels (|value| >= 1e30, e.g. ZTF's -3.4e38) and inf -> NaN. Written
-        into ``out`` (float32, the shape of ``raw``) where given, with no float copy besides."""
+        into ``out`` (float32, the shape of ``raw``) where given, with no float copy besides.
+        ``scaling``: (bscale, bzero, blank), by default the image's."""
+        bscale, bzero, blank = (self.bscale, self.bzero, self.blank) if scaling is None \
+            else scaling
         values = np.empty(raw.shape, np.float32) if out is None else out
         values[...] = raw  # cast (and byte swap) in one pass
-        if self.blank is not None:
-            values[raw == self.blank] = np.nan
-        if self.bscale != 1.0 or self.bzero != 0.0:
-            values *= np.float32(self.bscale)  # in place: the float32 values of
-            values += np.float32(self.bzero)   # ``values * bscale + bzero``
+        if blank is not None:
+            values[raw == blank] = np.nan
+        if bscale != 1.0 or bzero != 0.0:
+            values *= np.float32(bscale)  # in place: the float32 values of
+            values += np.float32(bzero)   # ``values * bscale + bzero``
         values[invalid_pixels(values)] = np.nan
         return values
 
@@ -269,6 +281,8 @@ class SkyImage:
                         _release(nbytes)
                         raise
                     weakref.finalize(self, _release, nbytes)
+                    if self._disposable and self._resident is not self.data:
+                        self._drop_raw()
                 else:  # the budget is spent (other images): stay page by page
                     self._declined = True
             if self._resident is not None:
@@ -276,6 +290,16 @@ class SkyImage:
             # a big-endian memory map (every FITS float image) would be copied whole into
             # native order by map_coordinates at each call: gather its pages with `take`
             return self.data if self.plain and self.data.dtype.isnative else None
+
+    def _drop_raw(self):
+        """Let go of the raw array that `_resident` now copies (a decompressed image, no
+        one else's): from here on the image is its float32 copy (with the lock held)."""
+        values = self._resident
+        self._pixels = (values.reshape(-1), values, (1.0, 0.0, None))  # `take`, at once
+        self.data = values
+        self.bscale, self.bzero, self.blank, self.plain = 1.0, 0.0, None, True
+        self._file_span = None
+        log.debug("%s: its raw pixels are let go for their float32 copy", self.name)
 
     def level(self, fy, fx):
         """This image block-averaged by ``fy`` rows and ``fx`` columns (NaN-aware), cached.

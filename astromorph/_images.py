@@ -79,13 +79,19 @@ def _from_hdu(hdu, name, hold=None, file_span=None):
     wcs = _celestial_wcs(header, name)
     scaled = (data.dtype.kind in "iu" and ("BSCALE" in header or "BZERO" in header
                                            or "BLANK" in header))
-    return SkyImage(data, wcs, name=name, band=band_of_header(header),
-                    bscale=header.get("BSCALE", 1.0) if scaled else 1.0,
-                    bzero=header.get("BZERO", 0.0) if scaled else 0.0,
-                    blank=header.get("BLANK") if scaled else None, hold=hold,
-                    file_span=file_span,
-                    # decompressed by the HDUList opened here (``hold``): no one else's
-                    owned=hold is not None and not _memory_mapped(data))
+    owned = hold is not None and not _memory_mapped(data)
+    image = SkyImage(data, wcs, name=name, band=band_of_header(header),
+                     bscale=header.get("BSCALE", 1.0) if scaled else 1.0,
+                     bzero=header.get("BZERO", 0.0) if scaled else 0.0,
+                     blank=header.get("BLANK") if scaled else None, hold=hold,
+                     file_span=file_span,
+                     # decompressed by the HDUList opened here (``hold``): no one else's
+                     owned=owned)
+    if owned and not image.plain:
+        # the HDU lets go of its decompressed integers, so that the image alone holds them
+        # and can drop them for their float32 copy (`SkyImage.resident`)
+        del hdu.data
+    return image
 
 
 def _open_fits(name):

@@ -1767,6 +1767,54 @@ def test_scaled_integer_image_is_read_whole_into_one_float32_copy(tmp_path, comp
     np.testing.assert_array_equal(got, ref)
 
 
+@pytest.mark.parametrize("bitpix", [16, 32])
+def test_tile_compressed_scaled_image_keeps_one_copy_once_read_whole(tmp_path, bitpix):
+    """A tile-compressed integer image with BSCALE/BZERO is decompressed whole into memory;
+    a dense catalogue then reads it whole into a float32 copy, and the raw integers were
+    kept beside it (in the SkyImage and in the HDU): 1.5 times the float32 image for int16,
+    twice for int32. The raw array is now let go once the copy exists, and the stamps
+    (sparse ones, cut from the raw integers, and dense ones) are those of the plain file."""
+    import gc
+    import tracemalloc
+
+    import scipy.ndimage  # noqa: F401 - imported before the memory is traced
+
+    from astromorph._images import closing_files
+
+    n = 1500
+    w = sky_wcs(n)
+    hdu = fits.PrimaryHDU(np.round(blobs(n) * 1000).astype(f"int{bitpix}"), w.to_header())
+    hdu.header["BSCALE"], hdu.header["BZERO"] = 1e-3, 10.0
+    plain = tmp_path / "plain.fits"
+    hdu.writeto(plain)
+    path = tmp_path / "tiled.fits"
+    tiled = fits.CompImageHDU(hdu.data, w.to_header())
+    tiled.header["BSCALE"], tiled.header["BZERO"] = 1e-3, 10.0  # the raw integers kept
+    fits.HDUList([fits.PrimaryHDU(), tiled]).writeto(path)
+    x, y = np.random.default_rng(5).uniform(10, n - 10, (2, 40))
+    c = w.pixel_to_world(x, y)
+    ref = stamps_of_the_image_read_whole(plain, c)
+    float32_image = 4 * n * n
+    tracemalloc.start()
+    try:
+        with closing_files(parse_sky_images(str(path))) as [im]:
+            assert im.data.dtype.kind == "i" and im.bscale == 1e-3
+            sparse = cut_stamps(im, c.ra.deg, c.dec.deg, size=SIZE, pixel_scale=SCALE).stamps
+            assert im.resident(0) is None  # not read whole yet: sampled from the integers
+            im.plan_samples(im.data.size)
+            dense = cut_stamps(im, c.ra.deg, c.dec.deg, size=SIZE, pixel_scale=SCALE).stamps
+            again = cut_stamps(im, c.ra.deg, c.dec.deg, size=SIZE, pixel_scale=SCALE).stamps
+            assert im.resident(0) is not None
+            gc.collect()
+            held = tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+    assert held < 1.25 * float32_image, (held, float32_image)
+    np.testing.assert_allclose(sparse, ref, rtol=1e-6, atol=1e-6)
+    np.testing.assert_array_equal(dense, ref)
+    np.testing.assert_array_equal(again, ref)
+
+
 @pytest.mark.parametrize("scheduler", ["synchronous", "threads"])
 def test_annotate_dask_lazy_partitions_give_a_warning_once(optical_model, tmp_path, scheduler):
     """With compute=False, the partitions' warnings (two bands for a g, r, i model,
