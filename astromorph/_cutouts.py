@@ -194,7 +194,8 @@ class SkyImage:
         self.lock = threading.RLock()
 
     def world_to_pixel(self, lon, lat):
-        """``wcs.all_world2pix`` (degrees -> 0-based pixels), thread-safe.
+        """``wcs.all_world2pix`` (longitude, latitude in degrees -> 0-based pixels, whatever
+        the order of the WCS's axes), thread-safe.
 
         NaN where a distortion (SIP...) cannot be inverted: far off the image its
         polynomial's inverse diverges, and astropy's 'best solution' there, which
@@ -203,9 +204,11 @@ class SkyImage:
         from astropy.wcs import NoConvergence
 
         lon, lat = np.broadcast_arrays(np.asarray(lon, dtype=float), np.asarray(lat, dtype=float))
+        # world coordinates in the WCS's axis order: Dec first in a transposed image
+        world = (lat, lon) if self.wcs.wcs.lat == 0 else (lon, lat)
         with self.lock:
             try:
-                x, y = self.wcs.all_world2pix(lon.ravel(), lat.ravel(), 0)
+                x, y = self.wcs.all_world2pix(world[0].ravel(), world[1].ravel(), 0)
             except NoConvergence as exc:
                 x, y = (np.array(c, dtype=float) for c in exc.best_solution.T)
                 if exc.divergent is not None:  # (slowly converging ones are kept, as astropy does)

@@ -358,6 +358,22 @@ def test_native_scale_stamps_equal_cutout2d(flip):
     assert res.stamps[0, 7, 7] == img[80, 100]
 
 
+def test_annotate_on_a_dec_first_wcs_equals_the_ra_first_image(optical_model):
+    """An image whose WCS has Dec as its first axis (the transpose of an RA-first one) had
+    every source placed with RA and Dec swapped: all flagged OFF_IMAGE, with no word. It now
+    gives the columns of the same pixels transposed with an RA-first WCS."""
+    img, w = blobs(), sky_wcs()
+    wt = WCS(naxis=2)
+    wt.wcs.ctype = ["DEC--TAN", "RA---TAN"]
+    wt.wcs.crval, wt.wcs.crpix = w.wcs.crval[::-1], w.wcs.crpix[::-1]
+    wt.wcs.cd = w.wcs.cd[::-1, ::-1]
+    cat = catalogue(w, np.random.default_rng(3).uniform(20, 180, (12, 2)))
+    ref = astromorph.annotate(cat, (img, w), model=optical_model)
+    out = astromorph.annotate(cat, (np.ascontiguousarray(img.T), wt), model=optical_model)
+    np.testing.assert_array_equal(out["opt_flags"], ref["opt_flags"])
+    assert not (ref["opt_flags"] & Flag.OFF_IMAGE).any()
+    np.testing.assert_allclose(out["opt_p_a"], ref["opt_p_a"], atol=1e-5)
+
 def _offsets_wcs(kind):
     """WCS of a 200 x 200 image for `test_north_up_east_left_on_every_wcs`."""
     if kind == "non-square":
@@ -367,6 +383,12 @@ def _offsets_wcs(kind):
         t = np.radians(25)
         w.wcs.cd = np.array([[-np.cos(t), np.sin(t)], [np.sin(t), np.cos(t)]]) * [0.3, 0.45] / 3600
         return w
+    if kind == "dec-first":  # axis 1 Dec, axis 2 RA (a transposed image): legal FITS
+        w, plain = WCS(naxis=2), sky_wcs(rot=30)
+        w.wcs.ctype = ["DEC--TAN", "RA---TAN"]
+        w.wcs.crval, w.wcs.crpix = plain.wcs.crval[::-1], plain.wcs.crpix
+        w.wcs.cd = plain.wcs.cd[::-1]
+        return w
     return {"rotated": lambda: sky_wcs(rot=130),
             "flipped": lambda: sky_wcs(flip=True),
             "sip": lambda: sky_wcs(sip=True, sip_strength=10),
@@ -374,11 +396,14 @@ def _offsets_wcs(kind):
             "pole": lambda: sky_wcs(rot=70, crval=(0.0, 90.0))}[kind]()
 
 
-@pytest.mark.parametrize("kind", ["rotated", "flipped", "non-square", "sip", "ra-wrap", "pole"])
+@pytest.mark.parametrize("kind", ["rotated", "flipped", "non-square", "sip", "ra-wrap", "pole",
+                                  "dec-first"])
 def test_north_up_east_left_on_every_wcs(kind):
     """Analytic Gaussians at known sky offsets from a source land on the stamp pixels that
     the docs promise (north up, east left), whatever the WCS: rotated, flipped, non-square
-    and SIP-distorted pixels, a field across RA = 0 and one about the celestial pole."""
+    and SIP-distorted pixels, a field across RA = 0, one about the celestial pole, and a WCS
+    whose first axis is Dec (its sources were placed with RA and Dec swapped: off the
+    image, or on the wrong pixels)."""
     w = _offsets_wcs(kind)
     x0, y0 = {"pole": (100.0, 112.0), "ra-wrap": (100.3, 100.6)}.get(kind, (60.0, 130.0))
     centre = w.pixel_to_world(x0, y0)
