@@ -53,7 +53,22 @@ def _celestial_wcs(header, name):
         try:
             wcs = WCS(header, naxis=2) if header else None
         except Exception as exc:  # noqa: BLE001 - astropy raises many WCS error types
-            raise InputError(f"{name}: its WCS cannot be parsed: {exc}") from exc
+            wcs, error = None, exc
+        else:
+            error = None
+        if header and (wcs is None or not wcs.has_celestial):
+            # RA/Dec not the first two axes (a cube whose first axis is a degenerate FREQ):
+            # the celestial axes of the whole WCS, where the others are one pixel long
+            try:
+                full = WCS(header)
+            except Exception:  # noqa: BLE001
+                full = None
+            if full is not None and full.has_celestial and all(
+                    header.get(f"NAXIS{k + 1}", 1) == 1 for k in range(full.naxis)
+                    if full.wcs.axis_types[k] // 1000 % 10 != 2):  # 2: celestial (wcslib)
+                wcs, error = full, None
+        if error is not None:
+            raise InputError(f"{name}: its WCS cannot be parsed: {error}") from error
     if wcs is None or not wcs.has_celestial:
         raise InputError(f"{name}: no celestial WCS (CTYPE = "
                          f"{None if wcs is None else list(wcs.wcs.ctype)}); annotate needs "

@@ -1247,6 +1247,25 @@ def test_radio_style_4d_images_in_every_form(optical_model, tmp_path):
         np.testing.assert_allclose(out["opt_p_a"], ref["opt_p_a"], rtol=1e-5)
 
 
+def test_cube_with_a_degenerate_spectral_first_axis(optical_model, tmp_path):
+    """A cube whose first axis is a degenerate FREQ axis (RA and Dec its second and third,
+    shape (ny, nx, 1)) was refused with wcslib's "Non-zero off-diagonal matrix elements
+    excluded from the subimage" (its WCS was read as its first two axes, FREQ and RA); its
+    celestial axes are now found wherever they are, with the columns of the 2D image."""
+    img, w2 = blobs(), sky_wcs()
+    w = WCS(naxis=3)
+    w.wcs.ctype = ["FREQ", *w2.wcs.ctype]
+    w.wcs.crval, w.wcs.crpix = [1.4e9, *w2.wcs.crval], [1, *w2.wcs.crpix]
+    w.wcs.cd = np.diag([1e6, 1.0, 1.0])
+    w.wcs.cd[1:, 1:] = w2.wcs.cd
+    fits.writeto(tmp_path / "cube.fits", img[:, :, None], w.to_header())
+    cat = catalogue(w2, [(100, 100), (80, 90)])
+    ref = astromorph.annotate(cat, (img, w2), model=optical_model)
+    for images in (str(tmp_path / "cube.fits"), (img[:, :, None], w)):
+        out = astromorph.annotate(cat, images, model=optical_model)
+        np.testing.assert_array_equal(out["opt_flags"], ref["opt_flags"])
+        np.testing.assert_allclose(out["opt_p_a"], ref["opt_p_a"], rtol=1e-5)
+
 def test_column_conflicts(optical_model):
     img, w = blobs(), sky_wcs()
     cat = catalogue(w, [(100, 100)])
