@@ -630,8 +630,10 @@ def cut_stamps(image, lon, lat, *, size, pixel_scale, up_angle=0.0, chunk=STAMP_
         zoom[sl] = z.min(axis=1)
         # block factors (rows, columns): a handful of pyramid levels, not sources
         # (NaN zoom: a stamp over the limb of the projection, outside the image anyway)
-        factors = (np.maximum(np.floor(np.nan_to_num(z, nan=1.0)), 1).astype(int) if antialias
-                   else np.ones_like(z, int))
+        # (at most the image's rows and columns: a stamp pixel wider than the image, from an
+        # absurd size, averages the whole image rather than padding it to the factor)
+        factors = (np.clip(np.floor(np.nan_to_num(z, nan=1.0)), 1, image.shape).astype(int)
+                   if antialias else np.ones_like(z, int))
         levels, which = np.unique(factors, axis=0, return_inverse=True)
         for k, (fy, fx) in enumerate(levels):
             rows = np.flatnonzero(which.ravel() == k)

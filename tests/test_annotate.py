@@ -244,6 +244,27 @@ def test_block_averaging_ignores_nan_and_starts_at_two_pixels():
     np.testing.assert_array_equal(a.stamps, b.stamps)
 
 
+def test_stamp_pixels_larger_than_the_image_average_it_whole_in_little_memory():
+    """A stamp pixel wider than the whole image (an absurd size, e.g. a radius column in the
+    wrong unit: 1e7 arcsec asked for 80 TiB) was block-averaged with that factor, padding
+    the image to factor x factor pixels; the factors now stop at the image's size, with the
+    same values (the mean of the image)."""
+    import tracemalloc
+
+    img, w = blobs(), sky_wcs()
+    c = w.pixel_to_world(100, 100)
+    image = SkyImage(img, w)
+    tracemalloc.start()
+    try:  # 1 arcdeg stamp pixels on 0.4" image pixels: blocks of 9000 x 9000 pixels
+        res = cut_stamps(image, [c.ra.deg], [c.dec.deg], size=15, pixel_scale=3600.0)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 8 * img.nbytes, (peak, img.nbytes)
+    assert res.zoom[0] > 8000
+    np.testing.assert_allclose(res.stamps[0, 7, 7], img.mean(), rtol=1e-5)
+    assert np.isnan(res.stamps[0, 0, 0]) and res.outside[0] > 0.99
+
 def test_chunks_with_mixed_block_factors():
     """Sources of one chunk sampled at different pyramid levels land in their own rows, in
     every chunk."""
