@@ -69,6 +69,11 @@ def _celestial_wcs(header, name):
                 wcs, error = full, None
         if error is not None:
             raise InputError(f"{name}: its WCS cannot be parsed: {error}") from error
+    return _celestial_part(wcs, name)
+
+
+def _celestial_part(wcs, name):
+    """The celestial part of ``wcs``, or `InputError` naming the axes it has."""
     if wcs is None or not wcs.has_celestial:
         raise InputError(f"{name}: no celestial WCS (CTYPE = "
                          f"{None if wcs is None else list(wcs.wcs.ctype)}); annotate needs "
@@ -231,16 +236,19 @@ def _parse_one(obj, band=None):
         data, wcs = obj
         if isinstance(wcs, fits.Header):
             wcs = _celestial_wcs(wcs, "(array, header)")
-        if not isinstance(wcs, WCS) or not wcs.has_celestial:
+        if not isinstance(wcs, WCS):
             raise InputError("an (array, wcs) image needs a celestial astropy.wcs.WCS, got "
                              f"{type(wcs).__name__}")
-        images = [SkyImage(_plane(np.asarray(data), "array"), wcs.celestial, name="array")]
+        images = [SkyImage(_plane(np.asarray(data), "array"), _celestial_part(wcs, "array"),
+                           name="array")]
     elif hasattr(obj, "data") and hasattr(obj, "wcs"):  # NDData, CCDData
         if obj.wcs is None:
             raise InputError(f"{type(obj).__name__} image has no WCS")
         wcs = obj.wcs if isinstance(obj.wcs, WCS) else getattr(obj.wcs, "low_level_wcs", None)
-        if not isinstance(wcs, WCS) or not wcs.has_celestial:
-            raise InputError(f"{type(obj).__name__} image needs a celestial FITS WCS")
+        if not isinstance(wcs, WCS):
+            raise InputError(f"{type(obj).__name__} image needs a celestial FITS WCS "
+                             f"(astropy.wcs.WCS), got {type(obj.wcs).__name__}")
+        _celestial_part(wcs, type(obj).__name__)
         data = np.asarray(obj.data)
         if data.dtype.kind not in "biuf":
             raise InputError(f"{type(obj).__name__} image pixels must be real numbers, got "

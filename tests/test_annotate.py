@@ -1190,6 +1190,11 @@ def test_missing_and_non_celestial_wcs(optical_model, tmp_path):
     fits.writeto(tmp_path / "linear.fits", img, lin.to_header())
     with pytest.raises(InputError, match="no celestial WCS"):
         astromorph.annotate(cat, str(tmp_path / "linear.fits"), model=optical_model)
+    # in memory, the same words and the axes it has (were "needs a celestial
+    # astropy.wcs.WCS, got WCS", and "NDData image needs a celestial FITS WCS")
+    for images in ((img, lin), NDData(img, wcs=lin)):
+        with pytest.raises(InputError, match=r"no celestial WCS \(CTYPE = \['LINEAR', 'LINEAR'\]"):
+            astromorph.annotate(cat, images, model=optical_model)
     with pytest.raises(InputError, match="does not exist"):
         astromorph.annotate(cat, str(tmp_path / "missing.fits"), model=optical_model)
     (tmp_path / "corrupt.fits").write_bytes(b"SIMPLE  = T" + b"\0" * 100)
