@@ -73,8 +73,13 @@ def _celestial_wcs(header, name):
 
 
 def _celestial_part(wcs, name):
-    """The celestial part of ``wcs``, or `InputError` naming the axes it has."""
-    if wcs is None or not wcs.has_celestial:
+    """The celestial part of ``wcs``, or `InputError` naming the axes it has (or why wcslib
+    cannot set it up)."""
+    try:
+        celestial = wcs is not None and wcs.has_celestial
+    except Exception as exc:  # noqa: BLE001 - wcslib's InvalidTransformError and others
+        raise InputError(f"{name}: its WCS cannot be used: {exc}") from exc
+    if not celestial:
         raise InputError(f"{name}: no celestial WCS (CTYPE = "
                          f"{None if wcs is None else list(wcs.wcs.ctype)}); annotate needs "
                          "RA/Dec axes to place sources")

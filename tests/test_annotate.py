@@ -1195,6 +1195,12 @@ def test_missing_and_non_celestial_wcs(optical_model, tmp_path):
     for images in ((img, lin), NDData(img, wcs=lin)):
         with pytest.raises(InputError, match=r"no celestial WCS \(CTYPE = \['LINEAR', 'LINEAR'\]"):
             astromorph.annotate(cat, images, model=optical_model)
+    # a WCS that wcslib cannot set up (reference Dec 120 deg) raised astropy's
+    # InvalidTransformError from deep inside; now an InputError with wcslib's reason
+    bad = sky_wcs(crval=(150.0, 120.0))
+    for images in ((img, bad), NDData(img, wcs=bad)):
+        with pytest.raises(InputError, match="(?s)its WCS cannot be used.*Ill-conditioned"):
+            astromorph.annotate(cat, images, model=optical_model)
     with pytest.raises(InputError, match="does not exist"):
         astromorph.annotate(cat, str(tmp_path / "missing.fits"), model=optical_model)
     (tmp_path / "corrupt.fits").write_bytes(b"SIMPLE  = T" + b"\0" * 100)
