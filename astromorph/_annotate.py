@@ -289,8 +289,14 @@ def _sky_positions(images, coords):
             frame = wcs_to_celestial_frame(image.wcs)
         key = frame.name + str(getattr(frame, "equinox", ""))
         if key not in frames:
-            c = coords.transform_to(frame)
-            frames[key] = (c.spherical.lon.deg, c.spherical.lat.deg, _icrs_north(coords, frame))
+            try:
+                c = coords.transform_to(frame)
+                frames[key] = (c.spherical.lon.deg, c.spherical.lat.deg,
+                               _icrs_north(coords, frame))
+            except Exception as exc:  # noqa: BLE001 - astropy's transforms raise many types
+                raise InputError(f"the positions (a SkyCoord in the {coords.frame.name} frame) "
+                                 f"cannot be transformed to the {frame.name} frame of image "
+                                 f"{image.name} or to ICRS: {type(exc).__name__}: {exc}") from exc
         lon, lat, up = frames[key]
         px, py = image.world_to_pixel(lon, lat)
         sky.append((lon, lat, np.asarray(px), np.asarray(py), up))
@@ -452,7 +458,8 @@ def annotate(table, images, *, model, ra_col=None, dec_col=None, coord_col=None,
     astromorph.exceptions.InputNotFoundError
         An image file does not exist (the message names it; an `InputError` too).
     astromorph.exceptions.InputError
-        ``table`` is not a table, it has no RA/Dec (or named) column, an image cannot be
+        ``table`` is not a table, it has no RA/Dec (or named) column, its SkyCoord
+        column cannot be transformed to an image's frame, an image cannot be
         read or has no celestial WCS, a galaxy-scaled model gets no
         ``size_col``/``stamp_size``; new column names clash (``on_conflict="error"``).
     astromorph.exceptions.InvalidArgumentError

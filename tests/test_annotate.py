@@ -1065,6 +1065,16 @@ def test_nan_positions_are_flagged_not_fatal(optical_model):
     assert not out["opt_p_a"].mask[0]
 
 
+def test_skycoord_in_a_frame_that_cannot_reach_the_image_is_an_input_error(optical_model):
+    """A SkyCoord column in a frame that cannot be transformed to the image's (AltAz without
+    an observer's location and time) raised AttributeError ('NoneType' object has no
+    attribute 'to_geodetic') from astropy's transform; it is an InputError naming both
+    frames."""
+    img, w = blobs(), sky_wcs()
+    pos = SkyCoord(alt=[10, 20] * u.deg, az=[1, 2] * u.deg, frame="altaz")
+    with pytest.raises(InputError, match="altaz.*icrs"):
+        astromorph.annotate(Table({"pos": pos}), (img, w), model=optical_model)
+
 def test_nan_or_masked_skycoord_positions_are_bad_input(optical_model):
     """A SkyCoord column with a NaN or masked position is BAD_INPUT (and nothing else), as
     RA/Dec columns are; it used to come out as OFF_IMAGE."""
