@@ -117,6 +117,9 @@ def predict_files(model, inputs, *, batch_size=256, progress=None, write_header=
     -----
     astromorph.exceptions.UnusableInputWarning
         When some stamps could not be scored (their rows say why).
+    astromorph.exceptions.AmbiguousInputWarning
+        When stamps were read by assumption (unnamed bands or planes), or files by their
+        content against their extension (``x.fits`` holding an Avro packet).
     """
     from ._adapters import model_family, result_columns
     from ._model import as_model
@@ -140,11 +143,13 @@ def predict_files(model, inputs, *, batch_size=256, progress=None, write_header=
 
     with progress_bar(len(paths), desc=f"{model.name}", unit="file", enabled=progress,
                       min_total=16) as bar:
-        assumed = []
+        assumed, misnamed = [], {}
         for stamps in _read_all(paths, family, model.card):
             for stamp in stamps:
                 if stamp.assumption:
                     assumed.append(stamp)
+                if stamp.misnamed:
+                    misnamed.setdefault(str(stamp.path), stamp.misnamed)
                 runner.add(stamp)
             bar.update(1)
         runner.finish()
@@ -153,6 +158,12 @@ def predict_files(model, inputs, *, batch_size=256, progress=None, write_header=
                 if family == "triplet" else "the bands (BAND or FILTER keywords, or EXTNAMEs)")
         warn(f"{len(assumed)} stamp(s) read by assumption (first: {assumed[0].source}: "
              f"{assumed[0].assumption}); name {what} to be sure", AmbiguousInputWarning)
+
+    if misnamed:
+        first = next(iter(misnamed.items()))
+        warn(f"{len(misnamed)} file(s) whose extension names another format than their "
+             f"content, read by their content (first: {first[0]}: {first[1]}); rename them",
+             AmbiguousInputWarning)
 
     prediction, flags, valid = runner.collect()
     cols = result_columns(model, prediction, flags, valid)

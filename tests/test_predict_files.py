@@ -934,6 +934,63 @@ def test_a_file_that_starts_with_a_zero_byte_is_not_taken_for_a_kafka_message(mo
     assert reason.startswith("a Kafka message in the Confluent wire format (schema id 1)")
 
 
+def test_alert_files_without_the_avro_extension_are_read_by_content(models, tmp_path):
+    """A Rubin or ZTF packet saved without '.avro' (as a Kafka consumer names it by offset)
+    is read by its content, given by name or found in a directory; a directory's files of
+    no supported extension and no recognised content (notes) are still left out."""
+    pytest.importorskip("fastavro")
+    write_avro(tmp_path / "rubin-0000011", [rubin_alert(11)], schema=RUBIN_SCHEMA)
+    write_avro(tmp_path / "ztf_alert.bin", [ztf_alert(5)])
+    (tmp_path / "notes.txt").write_text("not a stamp")
+    (tmp_path / "README").write_text("Obj but no Avro magic")
+    direct = quiet(astromorph.predict_files, "real-bogus",
+                   [tmp_path / "rubin-0000011", tmp_path / "ztf_alert.bin"])
+    assert list(direct["source"]) == ["11", "5"] and not direct["rb_score"].mask.any()
+    table = quiet(astromorph.predict_files, "real-bogus", tmp_path)
+    assert list(table["source"]) == ["11", "5"]
+    np.testing.assert_array_equal(table["rb_score"], direct["rb_score"])
+
+
+@requires_data
+def test_real_ztf_packet_without_extension_in_a_directory(models, tmp_path):
+    paths = sorted(ALERTS.glob("*.avro"))
+    if not paths:
+        pytest.skip("no ZTF alert packets")
+    (tmp_path / "packet").write_bytes(paths[0].read_bytes())
+    table = astromorph.predict_files("real-bogus", tmp_path)
+    expected = astromorph.predict_files("real-bogus", paths[0])
+    assert list(table["source"]) == list(expected["source"])
+    assert not table["rb_flags"].any()
+
+
+def test_extension_and_content_that_disagree_are_named(models, tmp_path):
+    """A file whose extension names one format and whose bytes another is read by its bytes;
+    the row says both (and one AmbiguousInputWarning), or, when the bytes cannot be read
+    either, the flagged row's reason names both formats."""
+    pytest.importorskip("fastavro")
+    write_avro(tmp_path / "alert.fits", [ztf_alert(5)])
+    (tmp_path / "stamp.avro").write_bytes(fits_bytes(triplet()))
+    (tmp_path / "broken.fits").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(64))
+    files = [tmp_path / n for n in ("alert.fits", "stamp.avro", "broken.fits")]
+    with pytest.warns(AmbiguousInputWarning, match=r"2 file\(s\).*content"):
+        table = quiet(astromorph.predict_files, "real-bogus", files)
+    assert list(table["rb_flags"][:2]) == [0, 0] and not table["rb_score"].mask[:2].any()
+    assert "Avro" in table["reason"][0] and "'.fits'" in table["reason"][0]
+    assert "FITS" in table["reason"][1] and "'.avro'" in table["reason"][1]
+    assert table["rb_flags"][2] == Flag.BAD_INPUT
+    assert "PNG" in table["reason"][2] and "'.fits'" in table["reason"][2]
+
+
+@pytest.mark.parametrize("name", ["alert.avro.gz", "alert.fits.gz"])
+def test_gzipped_avro_is_named_not_called_a_bad_fits(models, tmp_path, name):
+    pytest.importorskip("fastavro")
+    write_avro(tmp_path / "a.avro", [ztf_alert(5)])
+    (tmp_path / name).write_bytes(gzip.compress((tmp_path / "a.avro").read_bytes()))
+    table = quiet(astromorph.predict_files, "real-bogus", tmp_path / name)
+    assert table["rb_flags"][0] == Flag.BAD_INPUT
+    assert "gzip-compressed Avro" in table["reason"][0], table["reason"][0]
+
+
 def test_alert_rows_carry_their_object(models, tmp_path):
     """ZTF packets: objectId (the name brokers and catalogues use) next to the candid in
     `source`; other inputs of the same call get a masked object."""

@@ -486,6 +486,24 @@ def _triplet_stamp(source, path, planes, order, scale, header_hdu, index=None):
     return stamp
 
 
+def _not_fits(buf, path):
+    """Why bytes that were to be FITS are not: for a gzipped file, what it holds."""
+    with open(path, "rb") as f:
+        gzipped = f.read(2) == b"\x1f\x8b"
+    if not gzipped:
+        return "not a FITS file (no SIMPLE card)"
+    if not buf:
+        return "gzip-compressed file that holds no data"
+    from ._inputs import describe_content
+
+    inner = describe_content(buf[:16])
+    if inner == "Avro":
+        return ("gzip-compressed Avro file, not FITS: decompress it (gunzip) to score its "
+                "alerts")
+    return (f"gzip-compressed {inner or 'data'}, not FITS (the uncompressed data start with "
+            f"{bytes(buf[:8])!r})")
+
+
 def read_fits(path, *, want_scale, triplet_hint):
     source = str(path)
     try:
@@ -511,8 +529,7 @@ def read_fits(path, *, want_scale, triplet_hint):
                     return [Stamp(source, path).flag(
                         Flag.BAD_INPUT, f"malformed FITS header in {path.name} {problem}")]
             else:
-                return [Stamp(source, path).flag(Flag.BAD_INPUT,
-                                                 "not a FITS file (no SIMPLE card)")]
+                return [Stamp(source, path).flag(Flag.BAD_INPUT, _not_fits(buf, path))]
         else:
             # a large file: astropy memory-maps it; a gzipped one is checked first as above,
             # on its primary header only (the others would cost a second decompression)

@@ -22,9 +22,52 @@ def _has_magic(text):
     return any(c in text for c in "*?[")
 
 
+#: First bytes of each accepted format (a gzip stream is taken for gzipped FITS).
+_MAGIC = ((b"SIMPLE  =", "fits"), (b"\x1f\x8b", "gzip"), (b"\xff\xd8\xff", "jpeg"),
+          (b"\x89PNG\r\n\x1a\n", "png"), (b"Obj\x01", "avro"))
+#: File-name endings -> format, for files whose content says nothing (first match wins).
+_ENDINGS = ((".avro", "avro"), (".png", "png"), (".jpg", "jpeg"), (".jpeg", "jpeg"),
+            (".fits.gz", "gzip"), (".fit.gz", "gzip"), (".gz", "gzip"), (".fits.fz", "fits"),
+            (".fz", "fits"), (".fits", "fits"), (".fit", "fits"), (".fts", "fits"))
+#: Words for each format; FITS and gzipped FITS are one family.
+_NAMES = {"fits": "FITS", "gzip": "gzip-compressed data", "jpeg": "JPEG", "png": "PNG", "avro": "Avro"}
+_FAMILY = {"gzip": "fits"}
+#: Bytes read to recognise a file.
+_HEAD = 16
+
+
 def _supported(path):
     name = path.name.lower()
     return any(name.endswith(ext) for ext in SUPPORTED_EXTENSIONS)
+
+
+def _content_format(head):
+    """The format the first bytes say, or None."""
+    return next((fmt for magic, fmt in _MAGIC if head.startswith(magic)), None)
+
+
+def describe_content(head):
+    """The format the first bytes say, in words (``"Avro"``), or None."""
+    fmt = _content_format(head)
+    return None if fmt is None else _NAMES[fmt]
+
+
+def _ending(path):
+    """``(ending, format)`` the file name says, or ``(None, None)``."""
+    name = Path(path).name.lower()
+    return next(((ext, fmt) for ext, fmt in _ENDINGS if name.endswith(ext)), (None, None))
+
+
+def _recognised(path):
+    """A file a directory contributes: a supported ending, or content of an accepted format
+    (its first bytes only are read)."""
+    if _supported(path):
+        return True
+    try:
+        with open(path, "rb") as f:
+            return _content_format(f.read(_HEAD)) is not None
+    except OSError:
+        return False
 
 
 def expand_inputs(inputs):
@@ -33,7 +76,8 @@ def expand_inputs(inputs):
     Parameters
     ----------
     inputs : str, os.PathLike or iterable of them
-        Files, directories (their supported files, sorted, not recursive) and
+        Files, directories (their files of a supported extension or whose first
+        bytes are of an accepted format, sorted, not recursive) and
         glob patterns (``*``, ``?``, ``[...]``, ``**`` for recursion; matches
         sorted).
 
@@ -76,11 +120,12 @@ def expand_inputs(inputs):
         text = os.path.expanduser(os.fspath(item))
         path = Path(text)
         if text and path.is_dir():  # Path("") is the working directory
-            found = sorted(p for p in path.iterdir() if p.is_file() and _supported(p))
+            found = sorted(p for p in path.iterdir() if p.is_file() and _recognised(p))
             if not found:
                 raise InputNotFoundError(
                     f"directory {text!r} holds no supported files "
-                    f"({', '.join(SUPPORTED_EXTENSIONS)})")
+                    f"({', '.join(SUPPORTED_EXTENSIONS)}, or FITS, JPEG, PNG or Avro content "
+                    "under another name)")
             for p in found:
                 add(p)
         elif path.is_file():
@@ -104,24 +149,20 @@ def sniff_format(path, head=None):
     """
     if head is None:
         with open(path, "rb") as f:
-            head = f.read(16)
-    if head.startswith(b"SIMPLE  ="):
-        return "fits"
-    if head.startswith(b"\x1f\x8b"):
-        return "gzip"
-    if head.startswith(b"\xff\xd8\xff"):
-        return "jpeg"
-    if head.startswith(b"\x89PNG\r\n\x1a\n"):
-        return "png"
-    if head.startswith(b"Obj\x01"):
-        return "avro"
-    name = Path(path).name.lower()
-    for ext, fmt in ((".avro", "avro"), (".png", "png"), (".jpg", "jpeg"), (".jpeg", "jpeg"),
-                     (".gz", "gzip"), (".fz", "fits"), (".fits", "fits"), (".fit", "fits"),
-                     (".fts", "fits")):
-        if name.endswith(ext):
-            return fmt
-    return None
+            head = f.read(_HEAD)
+    return _content_format(head) or _ending(path)[1]
+
+
+def _disagreement(path, head):
+    """Words for a file whose name ends in one format and whose bytes start another, or
+    None (gzipped and plain FITS are one format here)."""
+    content = _content_format(head)
+    ending, named = _ending(path)
+    if content is None or named is None \
+            or _FAMILY.get(content, content) == _FAMILY.get(named, named):
+        return None
+    return (f"content is {_NAMES[content]} (first bytes {head[:8]!r}) but the extension "
+            f"{ending!r} says {_NAMES[named]}: read as {_NAMES[content]}")
 
 
 def read_file(path, *, want_scale=True, triplet_hint=False):
@@ -145,18 +186,26 @@ def read_file(path, *, want_scale=True, triplet_hint=False):
     path = Path(path)
     try:
         with open(path, "rb") as f:
-            head = f.read(16)
+            head = f.read(_HEAD)
     except OSError as exc:
         return [Stamp(str(path), path).flag(Flag.BAD_INPUT, f"cannot open file: {exc}")]
     if not head:
         return [Stamp(str(path), path).flag(Flag.BAD_INPUT, "empty file")]
     fmt = sniff_format(path, head)
     if fmt in ("fits", "gzip"):
-        return read_fits(path, want_scale=want_scale, triplet_hint=triplet_hint)
-    if fmt in ("jpeg", "png"):
-        return read_picture(path)
-    if fmt == "avro":
-        return read_alerts(path)
-    return [Stamp(str(path), path).flag(
-        Flag.BAD_INPUT, f"unrecognised file format (first bytes {head[:8]!r}); expected FITS, "
-        "JPEG, PNG or Avro")]
+        stamps = read_fits(path, want_scale=want_scale, triplet_hint=triplet_hint)
+    elif fmt in ("jpeg", "png"):
+        stamps = read_picture(path)
+    elif fmt == "avro":
+        stamps = read_alerts(path)
+    else:
+        return [Stamp(str(path), path).flag(
+            Flag.BAD_INPUT, f"unrecognised file format (first bytes {head[:8]!r}); expected "
+            "FITS, JPEG, PNG or Avro")]
+    note = _disagreement(path, head)
+    if note:
+        for stamp in stamps:
+            stamp.reason.insert(0, note)
+            if stamp.usable:
+                stamp.misnamed = note
+    return stamps

@@ -38,6 +38,9 @@ class Stamp:
     assumption: str = None
     #: The astronomical object an alert belongs to (ZTF objectId, Rubin diaObjectId), else None.
     object: str = None
+    #: The file's extension names another format than its content, by which it was read
+    #: (a usable stamp): the words saying both, else None.
+    misnamed: str = None
 
     def flag(self, bit, reason=None):
         """Set ``bit`` and record ``reason``; return self."""
