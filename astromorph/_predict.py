@@ -351,6 +351,16 @@ def template_problem(template):
     return None
 
 
+def _planes_last(data):
+    """Words for a cube that looks written planes-last (numpy ``(H, W, 3)``), or ``""``."""
+    nb, h, w = data.shape
+    if w <= 4 < min(nb, h):
+        return (f" (the array is ({w}, {h}, {nb}) in FITS axis order NAXIS1..3: NAXIS1 = {w} "
+                f"looks like the planes, but cubes are read with NAXIS3 as the planes, numpy "
+                f"shape ({w}, H, W): transpose it)")
+    return ""
+
+
 def _conform_bands(stamp, family, name):
     data = stamp.data
     nb = data.shape[0]
@@ -382,10 +392,12 @@ def _conform_bands(stamp, family, name):
             stamp.flag(Flag.MISSING_BAND, f"{planes}: {name} needs 3 bands (g, r, i) "
                        "or a single band")
             return
-        stamp.flag(Flag.BAD_INPUT, f"{planes}: {name} takes 1 band or 3 (g, r, i)")
+        stamp.flag(Flag.BAD_INPUT, f"{planes}: {name} takes 1 band or 3 (g, r, i)"
+                   + _planes_last(data))
     elif family == "radio":
         if nb != 1:
-            stamp.flag(Flag.BAD_INPUT, f"{nb} planes: {name} takes a single radio image")
+            stamp.flag(Flag.BAD_INPUT, f"{nb} planes: {name} takes a single radio image"
+                       + _planes_last(data))
     elif family == "triplet":
         named = [b for b in names if b]
         bands = {b for b in named if len(b) == 1 and b in "ugrizy"}
@@ -405,7 +417,7 @@ def _conform_bands(stamp, family, name):
                        "and difference images")
         else:
             stamp.flag(Flag.BAD_INPUT, f"{nb} planes: a triplet has 3 (science, reference, "
-                       "difference)")
+                       "difference)" + _planes_last(data))
 
 
 # ----------------------------------------------------------------------------- batching

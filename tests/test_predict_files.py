@@ -252,6 +252,23 @@ def test_missing_band_and_wrong_number_of_planes(models, tmp_path):
     assert table["morph_p_red"].mask.all() and table["morph_label"].mask.all()
 
 
+@pytest.mark.parametrize("model,data", [
+    ("morphology", np.moveaxis(np.stack([galaxy(64, seed=s) for s in range(3)]), 0, -1)),
+    ("real-bogus", np.moveaxis(triplet(), 0, -1)),
+])
+def test_cube_with_planes_on_the_last_axis_says_so(models, tmp_path, model, data):
+    """A cube written planes-last (numpy (H, W, 3), so NAXIS1 = 3) was refused as "64 planes"
+    with no word of why; the reason now says the planes look like the first FITS axis."""
+    write_fits(tmp_path / "hwc.fits", data.astype(np.float32))
+    table = quiet(astromorph.predict_files, model, tmp_path / "hwc.fits")
+    flags = next(c for c in table.colnames if c.endswith("_flags"))
+    assert table[flags][0] == Flag.BAD_INPUT
+    n = data.shape[0]
+    assert f"{n} planes" in table["reason"][0]
+    assert f"NAXIS1 = 3" in table["reason"][0] and "(3, " in table["reason"][0], \
+        table["reason"][0]
+
+
 @pytest.mark.parametrize("model", ["morphology", "radio-morphology"])
 def test_pictures_get_the_quality_flags(models, tmp_path, model):
     """JPEG/PNG stamps are checked as FITS ones are: a constant picture is flagged, and one
