@@ -145,7 +145,7 @@ def annotate_stamps(table, *, model, columns=None, pixel_scale=None, negative=No
                     stamp.pixel_scale = float(scales[i])
                 if flip is not None and flip[i] and stamp.kind in ("triplet", "bands") \
                         and len(stamp.data) == 3:
-                    stamp.data = np.concatenate([stamp.data[:2], -stamp.data[2:]])
+                    stamp.data = _negate_difference(stamp.data[None])[0]
                 _conform(stamp, family, model.card)
             runner.add(stamp)
             bar.update(1)
@@ -284,6 +284,17 @@ def _unmasked(value):
     return value.filled(np.nan) if value.dtype.kind == "f" else np.asarray(value)
 
 
+def _negate_difference(data, rows=None):
+    """A copy of stamps ``data`` (N, 3, H, W) with the difference (plane 3) negated, in all
+    rows or those where ``rows`` is True; in float32 for integer data, where negation
+    would wrap around (-5 is 65531 in uint16; -(-32768) is -32768 in int16)."""
+    if data.dtype.kind in "iu":
+        data = data.astype(np.float32)
+    diff = data[:, 2:]
+    diff = -diff if rows is None else np.where(rows[:, None, None, None], -diff, diff)
+    return np.concatenate([data[:, :2], diff], axis=1)
+
+
 def _row_stamp(i, cells, names, family):
     """The `Stamp` of row ``i`` from its cells (one per stamp column)."""
     stamp = Stamp(str(i), None, index=i)
@@ -386,9 +397,7 @@ def _array_blocks(table, names, family, card, scales, flip):
         else:
             data = parts[0] if len(cell) == len(shape) else parts[0][:, None]
         if negate and flip[start:stop].any():  # a new array: the table is not modified
-            rows = flip[start:stop, None, None, None]
-            data = np.concatenate([data[:, :2], np.where(rows, -data[:, 2:], data[:, 2:])],
-                                  axis=1)
+            data = _negate_difference(data, flip[start:stop])
         if scales is None:
             known = np.zeros(stop - start, dtype=bool)
             scale = np.full(stop - start, np.nan)

@@ -452,3 +452,24 @@ def test_dask_refuses_a_crop_fraction_before_any_task(rb):
         with pytest.raises(InvalidArgumentError, match=r"crop_fraction=1\.0.*'real-bogus'"):
             astromorph.annotate_dask(t, model="real-bogus", crop_fraction=1.0, compute=compute,
                                      scheduler="synchronous")
+
+
+@pytest.mark.parametrize("dtype", [np.uint16, np.int16])
+@pytest.mark.parametrize("layout", ["array", "object"])
+def test_negative_rows_of_integer_stamps_are_negated_without_wrapping(rb, dtype, layout):
+    """Negating the difference of integer stamps (uint16 counts, int16 with its -32768)
+    wrapped around (-5 became 65531 in uint16) and was scored without a word; the
+    difference is negated in float, as it is for float stamps."""
+    x = np.clip(np.round(_triplets(4, seed=7)), 0, None)
+    x[:, 2, 0, 0] = 32767 if dtype == np.int16 else 65535
+    if dtype == np.int16:
+        x[:, 2, 0, 1] = -32768
+    ints = x.astype(dtype)
+    neg = [False, True, False, True]
+    cells = ints if layout == "array" else _cells(list(ints))
+    out = astromorph.annotate_stamps(Table({"triplet": cells, "neg": neg}), model=rb,
+                                     negative="neg")
+    ref = astromorph.annotate_stamps(Table({"triplet": ints.astype(np.float32), "neg": neg}),
+                                     model=rb, negative="neg")
+    np.testing.assert_allclose(out["rb_score"], ref["rb_score"], rtol=0, atol=1e-6)
+    assert list(out["rb_flags"]) == list(ref["rb_flags"])
