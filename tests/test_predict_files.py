@@ -833,6 +833,25 @@ def test_avro_good_records_before_a_bad_block_are_kept(tmp_path):
     assert stamps[2].flags == Flag.BAD_INPUT and "after 2 good record(s)" in stamps[2].reason[0]
 
 
+def test_avro_header_with_a_negative_length_is_corrupt_not_a_hang(models, tmp_path):
+    """A length in the Avro header's metadata read as negative (one corrupt byte) moved the
+    reader backwards, so that it could loop for ever and hang the whole batch (found by
+    mutating a real ZTF packet); now the file is a flagged row ("corrupt Avro header")."""
+    import threading
+
+    pytest.importorskip("fastavro")
+    # one metadata entry: key 'a', then a value length of -4, which led back to the count
+    (tmp_path / "bad.avro").write_bytes(b"Obj\x01\x02\x02a\x07" + bytes(40))
+    got = []
+    worker = threading.Thread(target=lambda: got.append(read_file(tmp_path / "bad.avro")),
+                              daemon=True)
+    worker.start()
+    worker.join(120)  # a guard against the hang, not a timing: a sound reader takes ms
+    assert not worker.is_alive(), "the reader hangs on a corrupt Avro header"
+    (stamp,) = got[0]
+    assert stamp.flags == Flag.BAD_INPUT and "corrupt Avro header" in stamp.reason[0]
+
+
 def test_avro_sync_marker_mismatch_is_corruption(tmp_path):
     pytest.importorskip("fastavro")
     data = bytearray(_multi_block_avro(tmp_path / "a.avro", [ztf_alert(100 + i) for i in range(3)]))

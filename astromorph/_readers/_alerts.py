@@ -46,6 +46,17 @@ def _read_long(buf, pos):
             raise ValueError("corrupt Avro varint")
 
 
+def _bytes_length(buf, pos):
+    """The length of a byte string of the Avro header at ``pos``: (length, new position).
+    A negative one, or one past the end, is corruption (a negative length would move the
+    reader backwards, and it could loop for ever)."""
+    n, after = _read_long(buf, pos)
+    if n < 0 or after + n > len(buf):
+        raise ValueError(f"corrupt Avro header: a metadata length of {n} bytes at byte {pos} "
+                         f"of {len(buf)}")
+    return n, after
+
+
 class SchemalessMessage(ValueError):
     """An Avro message without its schema (Kafka's Confluent wire format), not a file."""
 
@@ -72,10 +83,10 @@ def _avro_header(buf):
             count = -count
             _, pos = _read_long(buf, pos)
         for _ in range(count):
-            n, pos = _read_long(buf, pos)
+            n, pos = _bytes_length(buf, pos)
             key = bytes(buf[pos:pos + n]).decode("utf-8")
             pos += n
-            n, pos = _read_long(buf, pos)
+            n, pos = _bytes_length(buf, pos)
             meta[key] = bytes(buf[pos:pos + n])
             pos += n
     if pos + 16 > len(buf):
