@@ -11,6 +11,7 @@ from astropy.table import QTable, Table
 from ._adapters import (RawStamps, fixed_field, model_family, prepare, result_columns,
                         result_names, BLANK_THRESHOLD)
 from ._cutouts import STAMP_CHUNK, cut_stamps
+from ._angles import parse_angles
 from ._flags import Flag
 from ._images import closing_files, parse_sky_images
 from ._model import as_model
@@ -54,8 +55,15 @@ def _float_values(col):
     data = np.ma.getdata(getattr(col, "value", col))
     try:
         values = np.array(data, dtype=float)
-    except (TypeError, ValueError):  # text, e.g. from a CSV with a stray word
-        values = np.array([_to_float(v) for v in data], dtype=float)
+    except (TypeError, ValueError):  # text, e.g. from a CSV with sexagesimal angles or a stray word
+        text = np.asarray(data)
+        if text.dtype.kind == "U":  # each distinct string once, and none with a colon
+            values = np.full(text.shape, np.nan)  # (sexagesimal: no number)
+            maybe = np.char.find(text, ":") < 0
+            distinct, index = np.unique(text[maybe], return_inverse=True)
+            values[maybe] = np.array([_to_float(v) for v in distinct], float)[index.ravel()]
+        else:
+            values = np.array([_to_float(v) for v in data], dtype=float)
     if hasattr(col, "mask"):
         values[np.ma.getmaskarray(col)] = np.nan
     return values
@@ -70,22 +78,14 @@ def _to_float(value):
 
 def _sexagesimal(col, values, unit):
     """Fill ``values`` (degrees) where a text column holds angles such as '10:00:00.0'
-    (``unit``: hours for RA, degrees for Dec); entries that do not parse stay NaN."""
-    from astropy.coordinates import Angle
-
+    (``unit``: hours for RA, degrees for Dec; read as astropy's `Angle` reads them, see
+    `parse_angles`); entries that do not parse stay NaN."""
     if np.asarray(col).dtype.kind not in "USO":
         return values
     text = np.char.strip(np.asarray(np.ma.getdata(col)).astype(str))
     todo = np.flatnonzero(np.isnan(values) & ~np.ma.getmaskarray(col) & (text != ""))
     if len(todo):
-        try:  # one call for the usual all-sexagesimal column
-            values[todo] = Angle(text[todo], unit=unit).deg
-        except (ValueError, TypeError, u.UnitsError):
-            for i in todo:
-                try:
-                    values[i] = Angle(text[i], unit=unit).deg
-                except (ValueError, TypeError, u.UnitsError):
-                    pass
+        values[todo] = parse_angles(text[todo], unit)
         if unit == u.hourangle:  # 24h or more is no right ascension (degrees written as hours?)
             parsed = values[todo]
             values[todo] = np.where((parsed >= 0) & (parsed < 360), parsed, np.nan)

@@ -111,6 +111,8 @@ def test_bench_annotate():
                     "timed on 20 sources:", f"RATIO [{precision}] naive / annotate (end to end):",
                     f"RATIO [{precision}] naive / annotate without the model",
                     f"RATIO [{precision}] model alone", f"FRACTION [{precision}]")
+    check_lines(out, "sexagesimal text RA/Dec, 20 rows (", "identical degrees: True",
+                "RATIO text positions astropy Angle / annotate:")
 
 
 def test_bench_embedding():

@@ -1,0 +1,117 @@
+"""Sexagesimal text read as astropy's `Angle` reads it (`astromorph._angles.parse_angles`)."""
+import itertools
+import warnings
+
+import numpy as np
+import pytest
+from astropy import units as u
+from astropy.coordinates import Angle
+from astropy.table import Table
+
+from astromorph._angles import _read, parse_angles
+from astromorph._annotate import _positions
+
+
+def astropy_degrees(text, unit):
+    """``Angle(s, unit).deg`` string by string, NaN where astropy refuses the string."""
+    out = []
+    for s in text:
+        try:
+            out.append(Angle(s, unit=unit).deg)
+        except (ValueError, TypeError, u.UnitsError):
+            out.append(np.nan)
+    return np.array(out)
+
+
+def forms():
+    """Strings of every form the fast path reads, and its near misses."""
+    fields = [("10", "00", "00.123"), ("0", "30", "0"), ("00", "00", "00"), ("23", "59", "59.9999"),
+              ("23", "59", "59.99999999999999"), ("1", "2", "3"), ("359", "59", "59.5"),
+              ("89", "59", "60"), ("10", "60", "00"), ("24", "00", "00"), ("25", "0", "0"),
+              ("10", "59", "60.5"), ("5", "07", ".5"), ("5", "7", "30."), ("123456", "1", "1"),
+              ("12", "34", "56.789012345678901234"), ("0", "0", "0.000001")]
+    seps = [(":", ":", ""), (" : ", ": ", ""), (" ", " ", ""), ("  ", "   ", ""), (" ", "\t", ""),
+            ("h", "m", "s"), ("h", "m", ""), ("h ", "m ", "s"), (" h ", " m ", " s"),
+            ("d", "m", "s"), ("d", "m", ""), ("°", "′", "″"), ("d", "'", '"'), ("hr", "min", "sec"),
+            ("hours", "m", "s"), ("deg", "m", "s"), (":", " ", ""), ("h", ":", ""), ("d", "m", "m"),
+            ("h", "s", "m"), ("\t", " ", ""), (":", ":", "h"), (":", ":", "d")]
+    for (a, m, s), (s1, s2, s3), sign in itertools.product(fields, seps,
+                                                          ["", "+", "-", "\u2212", "- ", "+-"]):
+        yield f"{sign}{a}{s1}{m}{s2}{s}{s3}"
+        yield f"{sign}{a}{s1}{s}{s3 if s1 in 'hd' else ''}"  # two fields: a:m.mmm
+        yield f"{sign}{a}{s1}{m}{s3}"
+    yield from ["-00:30:00", "+00:00:00.0", "-0:0:0", "10h", "10h30", "10h30.5", "10h30m",
+                "10h30.5m", "10d30s", "10.5:30:00", "10:30.5:00", "1e1:00:00", "10:00:1e1",
+                "10:00:1.5e1", "10:30:15E", "10:30:15W", "10:30:15S", "10:30:15N", "٣:00:00",
+                "10::00", ":10:00", "10:00:", "10:00:00:00", "nan", "10 h 30 m", "- 10 30 15",
+                "10:30:15 hours", "2:30:15 deg", "1.5 rad", "10:30:15.5.5", "+", "", "abc",
+                "10h30m15s ", "10hh30m", "10h30m15ss", "+-1:00:00", "1 2 3 4", "10 30.5"]
+
+
+@pytest.mark.parametrize("unit", [u.hourangle, u.deg])
+def test_same_degrees_as_astropy_angle(unit):
+    """Every form, sign, separator, decimal and out-of-range field: bit for bit what
+    ``Angle(s, unit).deg`` gives (NaN where astropy refuses)."""
+    text = np.array(sorted(set(forms())))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # astropy's, on 60 s, 60 min and 24 h
+        got, expected = parse_angles(text, unit), astropy_degrees(text, unit)
+    wrong = [(s, g, e) for s, g, e in zip(text, got, expected)
+             if not (g == e or (np.isnan(g) and np.isnan(e)))]
+    assert not wrong, wrong[:10]
+    assert np.isfinite(expected).sum() > 1000 and np.isnan(expected).sum() > 100
+    # the fast path reads most of them itself (not a test that passes through astropy alone)
+    assert np.isfinite(_read(text, unit)).sum() > 0.5 * np.isfinite(expected).sum()
+
+
+@pytest.mark.parametrize("unit", [u.hourangle, u.deg])
+def test_astropy_warnings_kept(unit):
+    """60 s, 60 min and 24 h are astropy's to warn about (or refuse), string by string."""
+    def warns(parse, s):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            parse(s)
+        return [str(w.message) for w in caught]
+
+    text = [s for s in sorted(set(forms())) if "60" in s or "24" in s]
+    ours = [warns(lambda s: parse_angles(np.array([s]), unit), s) for s in text]
+    theirs = [warns(lambda s: astropy_degrees([s], unit), s) for s in text]
+    assert ours == theirs
+    assert sum(map(bool, ours)) > 50
+
+
+def test_random_angles_round_trip():
+    """Angles written by astropy at several precisions read back exactly as astropy does."""
+    rng = np.random.default_rng(3)
+    ra, dec = Angle(rng.uniform(0, 360, 3000) * u.deg), Angle(rng.uniform(-90, 90, 3000) * u.deg)
+    for precision in (0, 3, 9):
+        for r in (ra.to_string(u.hourangle, sep=":", precision=precision),
+                  ra.to_string(u.hourangle, sep="hms", precision=precision)):
+            np.testing.assert_array_equal(parse_angles(r, u.hourangle),
+                                          Angle(r, unit=u.hourangle).deg)
+        for d in (dec.to_string(u.deg, sep=":", precision=precision, alwayssign=True),
+                  dec.to_string(u.deg, sep=" ", precision=precision),
+                  dec.to_string(u.deg, sep="dms", precision=precision)):
+            np.testing.assert_array_equal(parse_angles(d, u.deg), Angle(d, unit=u.deg).deg)
+
+
+def test_catalogue_positions_and_flags():
+    """annotate's positions: hours for RA, degrees for Dec, repeated and distinct strings,
+    and a bad entry flags its row only."""
+    ra = ["10:00:00.123", "10h00m00.1s", "-00:30:00", "10 00 00", "not an angle", "23:00:00",
+          "10:00:00.123", "150.5", "9:59:60"]
+    dec = ["+02:00:00.1", "-00:30:00", "+02:00:00.1", "2d30m", "+02:00:00.1", "0:0:0",
+           "89:60:00", "-0.5", "10 20 30"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # astropy's 60 s / 60 min warnings
+        coords, bad = _positions(Table({"ra": ra, "dec": dec}), None, None, None)
+    assert bad.tolist() == [False, False, True, False, True, False, False, False, False]
+    good = ~bad
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        exp_ra = astropy_degrees(np.array(ra)[good], u.hourangle)
+        exp_dec = astropy_degrees(np.array(dec)[good], u.deg)
+    exp_ra[np.array(ra)[good] == "150.5"] = 150.5  # decimal text is degrees
+    exp_dec[np.array(dec)[good] == "-0.5"] = -0.5
+    np.testing.assert_array_equal(coords.ra.deg[good], exp_ra)
+    np.testing.assert_array_equal(coords.dec.deg[good], exp_dec)
