@@ -87,8 +87,9 @@ def _sexagesimal(col, values, unit):
     if len(todo):
         values[todo] = parse_angles(text[todo], unit)
         if unit == u.hourangle:  # 24h or more is no right ascension (degrees written as hours?)
-            parsed = values[todo]
-            values[todo] = np.where((parsed >= 0) & (parsed < 360), parsed, np.nan)
+            parsed = values[todo]  # (astropy's 24 h is 359.99999999999994 degrees)
+            limit = (24 * u.hourangle).to_value(u.deg)
+            values[todo] = np.where((parsed >= 0) & (parsed < limit), parsed, np.nan)
     return values
 
 

@@ -97,15 +97,16 @@ def test_random_angles_round_trip():
 
 def test_catalogue_positions_and_flags():
     """annotate's positions: hours for RA, degrees for Dec, repeated and distinct strings,
-    and a bad entry flags its row only."""
-    ra = ["10:00:00.123", "10h00m00.1s", "-00:30:00", "10 00 00", "not an angle", "23:00:00",
+    and a bad entry flags its row only; 24 h is no right ascension (astropy gives
+    359.99999999999994 degrees for it, which used to pass as one)."""
+    ra = ["10:00:00.123", "10h00m00.1s", "-00:30:00", "10 00 00", "not an angle", "24:00:00",
           "10:00:00.123", "150.5", "9:59:60"]
     dec = ["+02:00:00.1", "-00:30:00", "+02:00:00.1", "2d30m", "+02:00:00.1", "0:0:0",
            "89:60:00", "-0.5", "10 20 30"]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # astropy's 60 s / 60 min warnings
         coords, bad = _positions(Table({"ra": ra, "dec": dec}), None, None, None)
-    assert bad.tolist() == [False, False, True, False, True, False, False, False, False]
+    assert bad.tolist() == [False, False, True, False, True, True, False, False, False]
     good = ~bad
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
