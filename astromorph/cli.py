@@ -149,7 +149,7 @@ def build_parser():
 
 #: The arguments of the sub-commands that name files or folders.
 _PATH_ARGUMENTS = {"inputs", "catalog", "table", "image", "output", "write_header", "gallery",
-                   "map"}
+                   "map", "plot"}
 
 
 def _path(text):

@@ -897,7 +897,8 @@ def test_cli_every_option_is_documented():
     ["similar", "t.ecsv", "--query", "0", "-o", ""], ["similar", "t.ecsv", "--image", ""],
     ["similar", "t.ecsv", "--query", "0", "--gallery", ""], ["cluster", ""],
     ["cluster", "t.ecsv", "--map", ""], ["classify", "t.ecsv", "--labels", "a", "-o", ""],
-    ["demo", "-o", ""], ["demo", "--gallery", ""]])
+    ["demo", "-o", ""], ["demo", "--gallery", ""],
+    ["evaluate", "t.ecsv", "--truth", "a", "-m", "tiny", "--plot", ""]])
 def test_cli_empty_path_is_a_usage_error(argv, capsys, tmp_path, monkeypatch):
     """An empty file argument (an unset shell variable: -o "$OUT") is a usage error, not the
     working directory scanned as the input or the table printed instead of written."""
