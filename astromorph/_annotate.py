@@ -108,8 +108,10 @@ def _positions(table, ra_col, dec_col, coord_col):
         sky = [n for n in table.colnames if isinstance(table[n], SkyCoord)]
         if sky:
             return _checked_coords(table[sky[0]])
-    ra_col = ra_col or next((n for n in _RA_NAMES if n in table.colnames), None)
-    dec_col = dec_col or next((n for n in _DEC_NAMES if n in table.colnames), None)
+    if ra_col is None:  # an empty name is a column that is not there, not "find it"
+        ra_col = next((n for n in _RA_NAMES if n in table.colnames), None)
+    if dec_col is None:
+        dec_col = next((n for n in _DEC_NAMES if n in table.colnames), None)
     missing = [name for name, col in (("RA", ra_col), ("Dec", dec_col)) if col is None]
     if missing:
         raise InputError(f"the catalogue has no {' or '.join(missing)} column (columns: "

@@ -1124,6 +1124,11 @@ def test_catalogue_errors(optical_model):
         astromorph.annotate(Table({"x": [1.0]}), (img, w), model=optical_model)
     with pytest.raises(InputError, match="no column 'nope'"):
         astromorph.annotate(catalogue(w, [(1, 1)]), (img, w), model=optical_model, ra_col="nope")
+    # an empty name (--ra-col "$UNSET") is a missing column, not "find the column by name"
+    for option in ("ra_col", "dec_col"):
+        with pytest.raises(InputError, match="no column ''"):
+            astromorph.annotate(catalogue(w, [(1, 1)]), (img, w), model=optical_model,
+                                **{option: ""})
     with pytest.raises(InputError, match="Table"):
         astromorph.annotate({"ra": [1]}, (img, w), model=optical_model)
     # position columns that are no angles, or a coord_col that is no SkyCoord: InputError
