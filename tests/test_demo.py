@@ -30,6 +30,15 @@ def test_demo_command(tmp_path, capsys):
     assert "146 sources" in capsys.readouterr().out
 
 
+def test_demo_quiet_prints_nothing(tmp_path, capsys):
+    """-q: errors only. The label counts and the first rows (a summary: the table is in the
+    file) were printed all the same."""
+    out = tmp_path / "demo.ecsv"
+    assert cli.main(["demo", "-o", str(out), "-q"]) == 0
+    assert len(Table.read(out)) == 146
+    assert capsys.readouterr() == ("", "")
+
+
 def test_demo_refuses_to_overwrite_and_writes_fits(tmp_path, capsys):
     """Existing outputs are kept unless --overwrite (checked before any work); a .fits table
     with the catalogue's Quantity columns is written and reads back."""
