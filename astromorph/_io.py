@@ -144,6 +144,15 @@ def _destination_directory(path, overwrite):
     return directory
 
 
+def _output_path(path):
+    """``Path(path)``, or `InvalidArgumentError` for a path ending with a separator (a
+    folder: ``Path`` would drop the separator, and 'out.ecsv/' would become a file)."""
+    name = os.fspath(path)
+    if name.endswith(("/", os.sep)):
+        raise InvalidArgumentError(f"output {name!r} names a folder: give a file name in it")
+    return Path(path)
+
+
 def check_output(path, *, overwrite=False, table=False, inputs=()):
     """Check, before any work, that ``path`` can be written as an output.
 
@@ -165,7 +174,7 @@ def check_output(path, *, overwrite=False, table=False, inputs=()):
     from .preprocessing._checks import check_bool
 
     overwrite = check_bool(overwrite, "overwrite")  # "no" is true for Python
-    path = Path(path)
+    path = _output_path(path)
     if table:
         table_format(path)
     real = os.path.realpath(path)
@@ -333,7 +342,7 @@ def write_table(table, path, *, overwrite=False, format=None):
     pathlib.Path
         The written path.
     """
-    path = Path(path)
+    path = _output_path(path)
     fmt = format or table_format(path)
     if fmt == "ascii.csv":
         check_multidimensional(path, [c for c in table.colnames if table[c].ndim > 1])

@@ -195,16 +195,22 @@ def check_range(option, value, *, low=None, high=None, low_open=False):
     """Raise `InvalidArgumentError` naming the command-line ``option`` unless its number
     ``value`` (``None``: not given) is ``>= low`` (``> low`` with ``low_open``) and
     ``<= high``: checked before any work, so that the error names the option and the value
-    as typed, not the Python parameter it is passed on as."""
+    as typed, not the Python parameter it is passed on as. ``inf`` and ``nan`` (which
+    ``float()`` reads) are refused whatever the bounds."""
+    import math
+
     from .exceptions import InvalidArgumentError
 
-    if value is None or ((low is None or (value > low if low_open else value >= low))
+    if value is None or (math.isfinite(value)
+                         and (low is None or (value > low if low_open else value >= low))
                          and (high is None or value <= high)):
         return
     if high is None:
         need = f"{'>' if low_open else '>='} {low}"
     else:
         need = f"<= {high}" if low is None else f"in {'(' if low_open else '['}{low}, {high}]"
+    if not math.isfinite(value):
+        raise InvalidArgumentError(f"{option} must be a finite number {need}, got {value}")
     typed = int(value) if float(value).is_integer() else value
     raise InvalidArgumentError(f"{option} must be {need}, got {typed}")
 

@@ -233,3 +233,52 @@ def test_plot_bad_options(tmp_path):
     _check(lambda: plot_map(_emb(), tmp_path / "old.png", overwrite="no"), TYPE, "'no'")
     assert (tmp_path / "old.png").read_bytes() == b"keep"
     assert not (tmp_path / "m.png").exists()
+
+
+@pytest.mark.parametrize("argv, option", [
+    (["annotate", "cat.ecsv", "-i", "g.fits", "-m", "morphology", "--stamp-size", "inf"],
+     "--stamp-size"),
+    (["annotate", "cat.ecsv", "-i", "g.fits", "-m", "morphology", "--stamp-size", "nan"],
+     "--stamp-size"),
+    (["predict", "real-bogus", "t.fits", "--crop-fraction", "nan"], "--crop-fraction"),
+    (["similar", "emb.ecsv", "--ra", "1", "--dec", "2", "--max-separation", "inf"],
+     "--max-separation"),
+    (["evaluate", "t.ecsv", "--model", "real-bogus", "--truth", "y", "--threshold", "nan"],
+     "--threshold"),
+])
+def test_cli_refuses_infinite_and_nan_numbers(capsys, argv, option):
+    """``float()`` reads 'inf' and 'nan': the command line refuses them in one line naming
+    the option (an infinite --stamp-size passed the '> 0' check and was refused later, as
+    the Python parameter stamp_size)."""
+    from astromorph import cli
+
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"astromorph: error: {option} must be a finite number"), err
+    assert err.count("\n") == 1
+
+
+@pytest.mark.parametrize("output", ["out.ecsv/", "results/"])
+def test_cli_output_naming_a_folder(tmp_path, monkeypatch, capsys, output):
+    """An output ending with a path separator names a folder: refused in one line before any
+    work (``Path`` dropped the separator, so 'out.ecsv/' wrote a file 'out.ecsv', and
+    'results/' was 'cannot tell the table format of results')."""
+    from astromorph import cli
+
+    from astropy.io import fits
+
+    monkeypatch.chdir(tmp_path)
+    fits.PrimaryHDU(TRIP.astype(np.float32)).writeto("t.fits")
+    assert cli.main(["predict", "real-bogus", "t.fits", "-o", output]) == 2
+    err = capsys.readouterr().err
+    assert err == f"astromorph: error: output {output!r} names a folder: give a file name in it\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["t.fits"]
+
+
+def test_write_table_refuses_a_folder_name(tmp_path):
+    """write_table('out.ecsv/') wrote a file 'out.ecsv' (Path drops the separator)."""
+    from astromorph._io import write_table
+
+    with pytest.raises(InvalidArgumentError, match="names a folder"):
+        write_table(Table({"a": [1]}), f"{tmp_path}/out.ecsv/")
+    assert list(tmp_path.iterdir()) == []
