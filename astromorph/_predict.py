@@ -24,8 +24,8 @@ from ._readers import expand_inputs, read_file
 from .preprocessing._checks import check_bool, in_unit_interval
 from .preprocessing._triplet import _SENTINEL
 from ._warnings import catch_warnings, warn
-from .exceptions import (AmbiguousInputWarning, InputError, InvalidArgumentError,
-                         InvalidArgumentTypeError, UnusableInputWarning)
+from .exceptions import (AmbiguousInputWarning, DuplicateSourceWarning, InputError,
+                         InvalidArgumentError, InvalidArgumentTypeError, UnusableInputWarning)
 
 __all__ = ["predict_files", "register"]
 
@@ -120,6 +120,10 @@ def predict_files(model, inputs, *, batch_size=256, progress=None, write_header=
     astromorph.exceptions.AmbiguousInputWarning
         When stamps were read by assumption (unnamed bands or planes), or files by their
         content against their extension (``x.fits`` holding an Avro packet).
+    astromorph.exceptions.DuplicateSourceWarning
+        When a ``source`` repeats (an alert id in two packets, or one packet under two
+        file names): every row is kept; the message says how many ids repeat and names
+        the first five.
     """
     from ._adapters import model_family, result_columns
     from ._model import as_model
@@ -197,6 +201,7 @@ def predict_files(model, inputs, *, batch_size=256, progress=None, write_header=
     for name in cols.colnames:
         table[name] = cols[name]
     table["reason"] = runner.reason_column()
+    warn_duplicates(table["source"])
     summarise(table["reason"], flags, valid, what="stamp", where="the 'reason' column")
 
     if targets:
@@ -234,6 +239,26 @@ def check_crop_fraction(crop_fraction, card=None):
             f"crop_fraction={crop_fraction!r} (--crop-fraction) cannot be honoured by model "
             f"{card['name']!r}: its card fixes the field it sees ({field}); leave it out (it "
             "applies to the galaxy models)")
+
+
+def warn_duplicates(sources, *, shown=5):
+    """Warn once (`DuplicateSourceWarning`) when ``sources`` name a source more than once
+    (an alert id in two packets, or one packet under two file names): how many ids repeat,
+    the first ``shown`` of them (in table order) and how many rows they take. The rows are
+    all kept: which copy is meant is the caller's to decide."""
+    values, first, counts = np.unique(np.asarray(sources), return_index=True,
+                                      return_counts=True)
+    repeated = counts > 1
+    if not repeated.any():
+        return
+    order = np.argsort(first[repeated], kind="stable")
+    ids, n = values[repeated][order], counts[repeated][order]
+    listed = ", ".join(f"{str(i)!r} ({c} rows)" for i, c in zip(ids[:shown], n[:shown]))
+    more = f" and {len(ids) - shown} more" if len(ids) > shown else ""
+    warn(f"{len(ids)} source id(s) repeat, in {int(n.sum())} rows: {listed}{more}; every row "
+         "is kept (the same alert in two packets, or one packet under two file names?): "
+         "drop repeats with astropy.table.unique(table, keys='source') if they are copies",
+         DuplicateSourceWarning)
 
 
 def summarise(reasons, flags, valid, *, what, where):

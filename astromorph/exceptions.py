@@ -27,6 +27,7 @@ __all__ = [
     "MissingDependencyError",
     "UnusableInputWarning",
     "AmbiguousInputWarning",
+    "DuplicateSourceWarning",
     "LossyOutputWarning",
     "ProvenanceMismatchError",
     "MissingProvenanceWarning",
@@ -123,6 +124,12 @@ class UnusableInputWarning(AstromorphWarning):
 
 class AmbiguousInputWarning(AstromorphWarning):
     """An input's shape can be read in two ways; the message says which one is used."""
+
+
+class DuplicateSourceWarning(AstromorphWarning):
+    """Several rows of a result name the same source (an alert id given twice: twice in one
+    packet file, or one packet under two file names); every row is kept, the message says how
+    many ids repeat and names the first few."""
 
 
 class LossyOutputWarning(AstromorphWarning):

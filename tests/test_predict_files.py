@@ -25,7 +25,8 @@ from astromorph._readers import parse_fits_bytes, read_file
 from astromorph._readers._fits import _read_fits_astropy
 from astromorph.exceptions import (AmbiguousInputWarning, AstromorphWarning, InputNotFoundError, InvalidArgumentError,
                                    MissingDependencyError, ModelNotFoundError, OutputExistsError,
-                                   UnusableInputWarning)
+                                   DuplicateSourceWarning, UnusableInputWarning)
+from astropy.utils.exceptions import AstropyUserWarning
 
 from conftest import DATA_DIR, requires_data, sha256, tiny_classifier_onnx
 from synthetic_alerts import (RUBIN_SCHEMA, celestial_header, fits_bytes, rubin_alert, triplet,
@@ -1649,3 +1650,23 @@ def test_crop_fraction_is_refused_by_fixed_field_models(name, tmp_path, capsys):
     assert cli.main(["predict", name, str(tmp_path / "none.fits"), "--crop-fraction",
                      "1"]) == 2
     assert "--crop-fraction" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- rough edges
+def test_duplicate_alert_ids_keep_every_row_and_warn_once(models, tmp_path):
+    """An alert id given twice (twice in one file, or one packet under two file names) keeps
+    all its rows, and one DuplicateSourceWarning names how many ids repeat and which."""
+    pytest.importorskip("fastavro")
+    write_avro(tmp_path / "a.avro", [ztf_alert(7), ztf_alert(7), ztf_alert(8)])
+    (tmp_path / "copy.avro").write_bytes((tmp_path / "a.avro").read_bytes())
+    write_avro(tmp_path / "b.avro", [ztf_alert(9)])
+    with pytest.warns(DuplicateSourceWarning) as caught:
+        table = quiet(astromorph.predict_files, "real-bogus", tmp_path)
+    dup = [w for w in caught if issubclass(w.category, DuplicateSourceWarning)]
+    assert len(dup) == 1 and issubclass(DuplicateSourceWarning, AstropyUserWarning)
+    assert "2 source id(s)" in str(dup[0].message) and "'7'" in str(dup[0].message) \
+        and "'8'" in str(dup[0].message) and "'9'" not in str(dup[0].message)
+    assert sorted(table["source"]) == ["7", "7", "7", "7", "8", "8", "9"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DuplicateSourceWarning)  # distinct ids: no warning
+        quiet(astromorph.predict_files, "real-bogus", tmp_path / "b.avro")
