@@ -410,8 +410,10 @@ def _conform_bands(stamp, family, name):
         if named and nb >= 2:
             missing = [b for b in "gri" if b not in names]
             if missing:
-                stamp.flag(Flag.MISSING_BAND, f"bands {shown}: no {', '.join(missing)} band "
-                           f"({name} needs g, r, i or a single band)")
+                why = "".join(f": {stamp.empty_hdus[b]}" for b in missing
+                              if b in stamp.empty_hdus)
+                stamp.flag(Flag.MISSING_BAND, f"bands {shown}: no {', '.join(missing)} band"
+                           f"{why} ({name} needs g, r, i or a single band)")
                 return
         if nb == 2:
             stamp.flag(Flag.MISSING_BAND, f"{planes}: {name} needs 3 bands (g, r, i) "

@@ -1670,3 +1670,25 @@ def test_duplicate_alert_ids_keep_every_row_and_warn_once(models, tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error", DuplicateSourceWarning)  # distinct ids: no warning
         quiet(astromorph.predict_files, "real-bogus", tmp_path / "b.avro")
+
+
+def test_band_hdu_without_data_is_named_as_empty(models, tmp_path):
+    """One image HDU per band with the R HDU empty: the row says the R HDU holds no data,
+    not merely that there is no r band."""
+    g = galaxy()
+    hdus = [fits.PrimaryHDU(), fits.ImageHDU(g, name="G"), fits.ImageHDU(name="R"),
+            fits.ImageHDU(g, name="I")]
+    fits.HDUList(hdus).writeto(tmp_path / "gri.fits")
+    table = quiet(astromorph.predict_files, "morphology", tmp_path / "gri.fits")
+    r = table[0]
+    assert r["morph_flags"] == Flag.MISSING_BAND and np.ma.is_masked(r["morph_p_red"])
+    assert "no r band" in r["reason"], r["reason"]
+    assert "HDU 2 (EXTNAME 'R') has no data" in r["reason"], r["reason"]
+    t = triplet()
+    hdus = [fits.PrimaryHDU(), fits.ImageHDU(t[0], name="SCIENCE"),
+            fits.ImageHDU(name="REFERENCE"), fits.ImageHDU(t[2], name="DIFFERENCE")]
+    fits.HDUList(hdus).writeto(tmp_path / "trip.fits")
+    r = quiet(astromorph.predict_files, "real-bogus", tmp_path / "trip.fits")[0]
+    assert r["rb_flags"] == Flag.MISSING_BAND
+    assert "no reference image: HDU 2 (EXTNAME 'REFERENCE') has no data" in r["reason"], \
+        r["reason"]

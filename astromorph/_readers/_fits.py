@@ -468,16 +468,20 @@ def _planes_stamp(source, path, planes, names, scale, header_hdu, triplet_hint, 
     return Stamp(source, path, "bands", planes, bands, scale, header_hdu=header_hdu, index=index)
 
 
-def _triplet_stamp(source, path, planes, order, scale, header_hdu, index=None):
+def _triplet_stamp(source, path, planes, order, scale, header_hdu, index=None, empty=None):
+    """``empty``: member index -> words for the file's HDU of that member that holds no
+    data (`_empty_label`), named when the member is missing."""
     stamp = Stamp(source, path, header_hdu=header_hdu, index=index, pixel_scale=scale)
     chosen = [None, None, None]
     for plane, role in zip(planes, order):
         if role is not None and chosen[role] is None:
             chosen[role] = plane
-    missing = [_MEMBERS[i] for i in range(3) if chosen[i] is None]
+    missing = [i for i in range(3) if chosen[i] is None]
     if missing:
-        return stamp.flag(Flag.MISSING_BAND, f"no {' or '.join(missing)} image "
-                          "(triplet members come from EXTNAME SCIENCE/REFERENCE/DIFFERENCE)")
+        why = [(empty or {}).get(i) for i in missing]
+        return stamp.flag(Flag.MISSING_BAND, f"no {' or '.join(_MEMBERS[i] for i in missing)} "
+                          "image" + "".join(f": {w}" for w in why if w)
+                          + " (triplet members come from EXTNAME SCIENCE/REFERENCE/DIFFERENCE)")
     shapes = {c.shape for c in chosen}
     if len(shapes) > 1:
         return stamp.flag(Flag.BAD_INPUT, f"triplet members differ in shape: "
@@ -555,14 +559,16 @@ def _read_fits_astropy(path, *, want_scale, triplet_hint):
             warnings.simplefilter("always")
             with fits.open(path, memmap=True, do_not_scale_image_data=True,
                            lazy_load_hdus=False) as hdul:
-                images = []
+                images, empty = [], {}
                 # astropy reads a second primary HDU (a file joined to the first) as one more
                 second = next((hdu.fileinfo()["hdrLoc"] for i, hdu in enumerate(hdul)
                                if i and isinstance(hdu, fits.PrimaryHDU)), None)
                 for i, hdu in enumerate(hdul if second is None else ()):
-                    if not hdu.is_image or not hdu.header.get("NAXIS", 0) or hdu.data is None:
-                        continue
                     if str(hdu.name).strip().upper() in _AUX_EXTNAMES:
+                        continue
+                    if not hdu.is_image or not hdu.header.get("NAXIS", 0) or hdu.data is None:
+                        if i and hdu.is_image:  # an extension meant for an image, left empty
+                            empty[i] = hdu.header.copy()
                         continue
                     images.append((i, hdu, _squeeze(_hdu_data(hdu)),
                                    _header_scale(hdu.header) if want_scale else None))
@@ -601,13 +607,22 @@ def _read_fits_astropy(path, *, want_scale, triplet_hint):
     roles = {o for o in order if o is not None}
     planes = [d for _, _, d, _ in images]
     if len(roles) >= 2 or (triplet_hint and roles):
-        return [_triplet_stamp(source, path, planes, order, scale, 0)]
+        members = dict(zip(_triplet_order([h.get("EXTNAME") for h in empty.values()]),
+                           (_empty_label(i, h) for i, h in empty.items())))
+        return [_triplet_stamp(source, path, planes, order, scale, 0, empty=members)]
     if len({p.shape for p in planes}) > 1:
         return [Stamp(source, path).flag(
             Flag.BAD_INPUT, "band images differ in shape: "
             f"{', '.join('x'.join(map(str, p.shape)) for p in planes)}")]
     bands = tuple(_band_of(headers[i]) for i, _, _, _ in images)
-    return [Stamp(source, path, "bands", np.stack(planes), bands, scale, header_hdu=0)]
+    return [Stamp(source, path, "bands", np.stack(planes), bands, scale, header_hdu=0,
+                  empty_hdus={_band_of(h): _empty_label(i, h) for i, h in empty.items()})]
+
+
+def _empty_label(i, header):
+    """Words for image HDU ``i`` that holds no data: ``"HDU 2 (EXTNAME 'R') has no data"``."""
+    name = header.get("EXTNAME")
+    return f"HDU {i}{f' (EXTNAME {name!r})' if name else ''} has no data"
 
 
 def parse_fits_bytes(blob, *, want_scale=True):

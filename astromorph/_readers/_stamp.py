@@ -41,6 +41,9 @@ class Stamp:
     #: The file's extension names another format than its content, by which it was read
     #: (a usable stamp): the words saying both, else None.
     misnamed: str = None
+    #: Band name -> words for the file's image HDU of that band that holds no data
+    #: (one-HDU-per-band FITS files), to say why a band is missing.
+    empty_hdus: dict = field(default_factory=dict)
 
     def flag(self, bit, reason=None):
         """Set ``bit`` and record ``reason``; return self."""
