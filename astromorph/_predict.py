@@ -610,16 +610,17 @@ def _explain(stamp, bits):
                  for i, b in enumerate(stamp.bands or (None,) * len(data))]
     # NaN, inf and masking sentinels (|value| >= 1e30, e.g. ZTF's -3.4e38) are not data
     valid = [np.abs(np.asarray(p, dtype=np.float64)) < _SENTINEL for p in planes]
+    empty = [nm for v, nm in zip(valid, names) if not v.any()]
+    if bits & Flag.BAD_INPUT and empty:
+        # the one reason that matters: the other bits (BLANK, CONSTANT, EXTRAPOLATED) follow
+        # from it and describe a filling and a resampling that were never scored
+        return [f"{' and '.join(empty)} {'has' if len(empty) == 1 else 'have'} no finite "
+                "pixel: not scored"]
     fracs = [float(np.mean(~v)) for v in valid]
     if bits & Flag.BLANK and max(fracs) > 0:  # else the fill is the extrapolated area
         j = int(np.argmax(fracs))
         where = f" of the {names[j]}" if len(planes) > 1 else ""
         out.append(f"{fracs[j]:.0%} of the pixels{where} are NaN/inf/BLANK (filled)")
-    empty = [nm for v, nm in zip(valid, names) if not v.any()]
-    if bits & Flag.BAD_INPUT and empty:
-        out.append(f"{' and '.join(empty)} {'has' if len(empty) == 1 else 'have'} no finite "
-                   "pixel: not scored")
-        bits &= ~Flag.BAD_INPUT
     if bits & Flag.CONSTANT:
         parts = []
         for p, v, nm in zip(planes, valid, names):

@@ -1692,3 +1692,21 @@ def test_band_hdu_without_data_is_named_as_empty(models, tmp_path):
     assert r["rb_flags"] == Flag.MISSING_BAND
     assert "no reference image: HDU 2 (EXTNAME 'REFERENCE') has no data" in r["reason"], \
         r["reason"]
+
+
+@pytest.mark.parametrize("planes", [1, 3])
+@pytest.mark.parametrize("n", [64, 192])
+def test_stamp_without_finite_pixel_gives_the_one_reason_that_matters(models, tmp_path, planes,
+                                                                      n):
+    """An all-NaN stamp is not scored, and its reason says only that: no "(filled)" NaN
+    fraction, "constant stamp" or "pixels much coarser" words for a stamp never scored
+    (a 64-pixel stamp is EXTRAPOLATED for the galaxy models)."""
+    shape = (n, n) if planes == 1 else (3, n, n)
+    write_fits(tmp_path / "allnan.fits", np.full(shape, np.nan, np.float32))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", AmbiguousInputWarning)  # 3 unnamed planes
+        r = quiet(astromorph.predict_files, "morphology", tmp_path / "allnan.fits")[0]
+    assert r["morph_flags"] & Flag.BAD_INPUT and np.ma.is_masked(r["morph_p_red"])
+    assert r["reason"] == ("image has no finite pixel: not scored" if planes == 1 else
+                           "plane 1 and plane 2 and plane 3 have no finite pixel: not scored"), \
+        r["reason"]
