@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from ._io import atomic_output
+from ._readers import sniff_format
 from ._version import __version__
 from ._warnings import catch_warnings, warn
 from .exceptions import (AstromorphError, AstromorphWarning, InvalidArgumentError,
@@ -30,7 +31,7 @@ def header_targets(paths, write_header, in_place, overwrite):
     """Mapping input path -> output path for header writing (checked before any work)."""
     if write_header is None and not in_place:
         return {}
-    fits_paths = [p for p in paths if _is_fits_name(p)]
+    fits_paths = [p for p in paths if _is_fits(p)]
     if len(fits_paths) < len(paths):
         what = "in_place" if in_place else "write_header"
         warn(f"{what}: {len(paths) - len(fits_paths)} of {len(paths)} input(s) are not "
@@ -69,13 +70,21 @@ def header_targets(paths, write_header, in_place, overwrite):
     return targets
 
 
-def _is_fits_name(path):
-    name = Path(path).name.lower()
-    if any(name.endswith(e) for e in (".fits", ".fit", ".fts", ".fits.gz", ".fit.gz", ".fz")):
-        return True
+def _is_fits(path):
+    """Whether the readers take ``path`` for FITS (plain or gzipped): by its content, as
+    `astromorph._readers.sniff_format` decides, its name only when the content says
+    nothing."""
     try:
-        with open(path, "rb") as f:
-            return f.read(9) == b"SIMPLE  ="
+        return sniff_format(path) in ("fits", "gzip")
+    except OSError:
+        return False
+
+
+def _gzipped(path):
+    """Whether ``path`` holds a gzip stream although its name does not end in ``.gz`` (which
+    astropy reads, by content, and would write back uncompressed, by name)."""
+    try:
+        return sniff_format(path) == "gzip" and not Path(path).name.lower().endswith(".gz")
     except OSError:
         return False
 
@@ -184,9 +193,13 @@ def write_results_to_header(model, table, origins, targets, *, overwrite=False):
                     for card in _result_cards(model, table, row, index):
                         header.append(card, end=True)
                 checksum = any("CHECKSUM" in h.header for h in hdul)
+                # a gzipped file stays gzipped whatever its name (astropy compresses by name)
+                gz = tmp.with_name(tmp.name + ".gz") if _gzipped(path) else tmp
                 with catch_warnings():
                     warnings.simplefilter("ignore", fits.verify.VerifyWarning)
-                    hdul.writeto(tmp, output_verify="silentfix", checksum=checksum)
+                    hdul.writeto(gz, output_verify="silentfix", checksum=checksum)
+                if gz != tmp:
+                    os.replace(gz, tmp)
         except (OSError, AstromorphError):
             raise  # a full disk, an unwritable folder...: the caller must know
         except Exception as exc:  # noqa: BLE001 - astropy cannot write this file back

@@ -1710,3 +1710,33 @@ def test_stamp_without_finite_pixel_gives_the_one_reason_that_matters(models, tm
     assert r["reason"] == ("image has no finite pixel: not scored" if planes == 1 else
                            "plane 1 and plane 2 and plane 3 have no finite pixel: not scored"), \
         r["reason"]
+
+
+@pytest.mark.parametrize("in_place", [False, True])
+def test_header_writing_recognises_fits_by_content_as_the_readers_do(models, tmp_path,
+                                                                     in_place):
+    """A gzipped FITS file named x.avro is read (by content) and gets its header keywords,
+    still gzipped; an Avro packet named y.fits is no FITS file and gets none."""
+    pytest.importorskip("fastavro")
+    src = tmp_path / "in"
+    src.mkdir()
+    (src / "x.avro").write_bytes(fits_bytes(triplet(), gz=True))
+    write_avro(src / "y.fits", [ztf_alert(5)])
+    out = tmp_path / "out"
+    options = dict(in_place=True) if in_place else dict(write_header=out)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        table = quiet(astromorph.predict_files, "real-bogus", [src / "x.avro", src / "y.fits"],
+                      **options)
+    texts = [str(w.message) for w in caught if issubclass(w.category, AstromorphWarning)]
+    assert any("1 of 2 input(s) are not FITS" in t for t in texts), texts
+    assert not any("results not written" in t for t in texts), texts
+    assert list(table["rb_flags"]) == [0, 0]
+    written = src / "x.avro" if in_place else out / "x.avro"
+    assert written.read_bytes()[:2] == b"\x1f\x8b"  # still gzipped, as the input was
+    with fits.open(written) as hdul:
+        assert hdul[0].header["HIERARCH ASTROMORPH REAL-BOGUS SCORE"] == pytest.approx(
+            float(table["rb_score"][0]), rel=1e-6)
+        np.testing.assert_array_equal(hdul[0].data, triplet())
+    if not in_place:
+        assert sorted(p.name for p in out.iterdir()) == ["x.avro"]
