@@ -158,7 +158,8 @@ def write_results_to_header(model, table, origins, targets, *, overwrite=False):
         if hdu is not None and path in targets:
             rows_by_path.setdefault(path, []).append((row, hdu, index))
     name = model.name.upper()
-    for path, rows in rows_by_path.items():
+    items, written = list(rows_by_path.items()), []
+    for k, (path, rows) in enumerate(items):
         target = targets[path]
         try:
             # raw data, and tile-compressed images as their binary tables: the pixels are
@@ -200,14 +201,32 @@ def write_results_to_header(model, table, origins, targets, *, overwrite=False):
                     hdul.writeto(gz, output_verify="silentfix", checksum=checksum)
                 if gz != tmp:
                     os.replace(gz, tmp)
-        except (OSError, AstromorphError):
-            raise  # a full disk, an unwritable folder...: the caller must know
+        except (OSError, AstromorphError) as exc:
+            # a full disk, an unwritable folder...: the caller must know, and which files
+            # have their keywords (complete: each file is written atomically) and which not
+            raise _part_way(exc, written, [targets[p] for p, _ in items[k:]]) from exc
         except Exception as exc:  # noqa: BLE001 - astropy cannot write this file back
             # (VerifyError...): the file is skipped (no copy, the original untouched), the
             # other files and the returned table are kept
             _not_written(target, "astropy cannot write the file back", exc)
             continue
+        written.append(target)
         log.info("results written to the header of %s", target)
+
+
+def _part_way(exc, written, not_written, *, shown=5):
+    """`OutputError` for a header write that failed at ``not_written[0]``: its message names
+    the files written before (kept, complete) and those not written; ``written`` and
+    ``not_written`` are attributes too."""
+    def names(paths):
+        more = f", and {len(paths) - shown} more" if len(paths) > shown else ""
+        return ", ".join(repr(str(p)) for p in paths[:shown]) + more
+
+    done = f"{len(written)} ({names(written)}; complete, kept)" if written else "0"
+    err = OutputError(f"{exc}. Header results written: {done}; not written: "
+                      f"{len(not_written)} ({names(not_written)})")
+    err.written, err.not_written = list(written), list(not_written)
+    return err
 
 
 def _not_written(target, why, exc):

@@ -25,7 +25,8 @@ from .preprocessing._checks import check_bool, in_unit_interval
 from .preprocessing._triplet import _SENTINEL
 from ._warnings import catch_warnings, warn
 from .exceptions import (AmbiguousInputWarning, DuplicateSourceWarning, InputError,
-                         InvalidArgumentError, InvalidArgumentTypeError, UnusableInputWarning)
+                         InvalidArgumentError, InvalidArgumentTypeError, OutputError,
+                         UnusableInputWarning)
 
 __all__ = ["predict_files", "register"]
 
@@ -111,7 +112,12 @@ def predict_files(model, inputs, *, batch_size=256, progress=None, write_header=
     astromorph.exceptions.OutputExistsError
         A ``write_header`` copy exists already and ``overwrite`` is not set.
     astromorph.exceptions.OutputError
-        The ``write_header`` folder cannot be created, or a file cannot be written.
+        The ``write_header`` folder cannot be created, or a file cannot be written. A
+        header write that fails part-way (a full disk) stops there: the files written
+        before keep their keywords (each is complete, written atomically), the failed
+        one and the rest are left as they were; the message names both, the error's
+        ``written`` and ``not_written`` attributes list them and its ``table`` attribute
+        holds the results.
 
     Warns
     -----
@@ -205,8 +211,12 @@ def predict_files(model, inputs, *, batch_size=256, progress=None, write_header=
     summarise(table["reason"], flags, valid, what="stamp", where="the 'reason' column")
 
     if targets:
-        write_results_to_header(model, table, runner.origins, targets, overwrite=overwrite
-                                or in_place)
+        try:
+            write_results_to_header(model, table, runner.origins, targets,
+                                    overwrite=overwrite or in_place)
+        except OutputError as exc:  # part-way: the results are not lost with it
+            exc.table = table
+            raise
     return table
 
 
@@ -694,19 +704,29 @@ def _cmd_predict(args):
             check_distinct_outputs({"--output": args.output, **{
                 f"--write-header copy of {str(p)!r}": os.path.join(args.write_header, p.name)
                 for p in inputs}})
+    failed = None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UnusableInputWarning)  # summarised below
-        table = predict_files(args.model, args.inputs, batch_size=args.batch_size,
-                              progress=False if args.no_progress else None,
-                              write_header=args.write_header, in_place=args.in_place,
-                              overwrite=args.overwrite, providers=args.providers,
-                              threads=args.threads, precision=args.precision,
-                              crop_fraction=args.crop_fraction)
+        try:
+            table = predict_files(args.model, args.inputs, batch_size=args.batch_size,
+                                  progress=False if args.no_progress else None,
+                                  write_header=args.write_header, in_place=args.in_place,
+                                  overwrite=args.overwrite, providers=args.providers,
+                                  threads=args.threads, precision=args.precision,
+                                  crop_fraction=args.crop_fraction)
+        except OutputError as exc:  # header writing failed part-way: still give the table
+            if getattr(exc, "table", None) is None:
+                raise
+            table, failed = exc.table, exc
     if args.output:
         write_table(table, args.output, overwrite=args.overwrite)
     else:
         for line in table.pformat(max_lines=-1, max_width=-1):
             print(line)
+    if failed is not None:
+        raise OutputError(f"{failed}; the table is complete"
+                          + (f" and was written to {args.output}" if args.output else
+                             " and was printed")) from failed
     flag_col = next(c for c in table.colnames if c.endswith("_flags"))
     n, flagged = len(table), int((np.asarray(table[flag_col]) != 0).sum())
     unusable = int((np.asarray(table[flag_col]) & int(Flag.unusable()) != 0).sum())

@@ -4,6 +4,7 @@ import hashlib
 import io
 import json
 import os
+import shutil
 import sys
 import warnings
 from pathlib import Path
@@ -25,7 +26,7 @@ from astromorph._readers import parse_fits_bytes, read_file
 from astromorph._readers._fits import _read_fits_astropy
 from astromorph.exceptions import (AmbiguousInputWarning, AstromorphWarning, InputNotFoundError, InvalidArgumentError,
                                    MissingDependencyError, ModelNotFoundError, OutputExistsError,
-                                   DuplicateSourceWarning, UnusableInputWarning)
+                                   DuplicateSourceWarning, OutputError, UnusableInputWarning)
 from astropy.utils.exceptions import AstropyUserWarning
 
 from conftest import DATA_DIR, requires_data, sha256, tiny_classifier_onnx
@@ -1740,3 +1741,59 @@ def test_header_writing_recognises_fits_by_content_as_the_readers_do(models, tmp
         np.testing.assert_array_equal(hdul[0].data, triplet())
     if not in_place:
         assert sorted(p.name for p in out.iterdir()) == ["x.avro"]
+
+
+@pytest.mark.parametrize("in_place", [False, True])
+def test_header_write_failing_part_way_names_the_copies_and_keeps_the_table(
+        models, tmp_path, monkeypatch, in_place):
+    """A write that fails on the 2nd of 3 files (a full disk) raises an OutputError naming
+    the file written, the one that failed and the one not tried; the finished copy is kept
+    whole, no half-written or temporary file is left, and the results are on the error
+    (``table``); from the shell, -o still receives the table."""
+    src = tmp_path / "in"
+    src.mkdir()
+    for i, name in enumerate(("a.fits", "b.fits", "c.fits")):
+        write_fits(src / name, triplet(seed=i))
+    before = {p.name: digest(p) for p in src.iterdir()}
+    real, calls = fits.HDUList.writeto, []
+
+    def full_disk(self, fileobj, *args, **kwargs):
+        calls.append(fileobj)
+        if len(calls) == 2:
+            real(self, fileobj, *args, **kwargs)
+            with open(fileobj, "r+b") as f:  # half written, then the disk is full
+                f.truncate(3000)
+            raise OSError(28, "No space left on device")
+        return real(self, fileobj, *args, **kwargs)
+
+    monkeypatch.setattr(fits.HDUList, "writeto", full_disk)
+    out = tmp_path / "out"
+    options = dict(in_place=True) if in_place else dict(write_header=out)
+    with pytest.raises(OutputError) as info:
+        astromorph.predict_files("real-bogus", src, **options)
+    message = str(info.value)
+    assert "No space left on device" in message and "b.fits" in message
+    assert "written: 1" in message and "a.fits" in message, message
+    assert "not written: 2" in message and "c.fits" in message, message
+    table = info.value.table
+    assert list(table["source"]) == [str(src / n) for n in ("a.fits", "b.fits", "c.fits")]
+    assert not table["rb_score"].mask.any()
+    assert [str(p) for p in info.value.written] == [str((src if in_place else out) / "a.fits")]
+    assert [p.name for p in info.value.not_written] == ["b.fits", "c.fits"]
+    done = src / "a.fits" if in_place else out / "a.fits"
+    with fits.open(done) as hdul:
+        assert "HIERARCH ASTROMORPH REAL-BOGUS SCORE" in hdul[0].header
+    if in_place:
+        assert digest(src / "b.fits") == before["b.fits"]
+        assert digest(src / "c.fits") == before["c.fits"]
+        assert sorted(p.name for p in src.iterdir()) == ["a.fits", "b.fits", "c.fits"]
+    else:
+        assert {p.name: digest(p) for p in src.iterdir()} == before
+        assert sorted(p.name for p in out.iterdir()) == ["a.fits"]
+        # the command line writes the table all the same, then fails (exit 2)
+        calls.clear()
+        shutil.rmtree(out)
+        status = cli.main(["predict", "real-bogus", str(src), "--write-header", str(out),
+                           "-o", str(tmp_path / "t.ecsv"), "--no-progress"])
+        assert status == 2
+        assert len(Table.read(tmp_path / "t.ecsv")) == 3
