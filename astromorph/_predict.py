@@ -407,6 +407,12 @@ def _conform_bands(stamp, family, name):
         named = [b for b in names if b]
         if nb == 3 and not named:
             stamp.assumption = "3 planes without band names read as g, r, i"
+        empty = [b for b in "gri" if b in stamp.empty_hdus and b not in names]
+        if nb == 1 and empty:  # a g, r, i file whose other bands' HDUs are empty: no grey
+            stamp.flag(Flag.MISSING_BAND, f"band {shown} alone: no {', '.join(empty)} band: "
+                       + "; ".join(stamp.empty_hdus[b] for b in empty)
+                       + f" ({name} needs g, r, i or a single band)")
+            return
         if nb == 1 or (nb == 3 and (not named or set(names) == {"g", "r", "i"})):
             return
         if nb > 3 and {"g", "r", "i"} <= set(names):
@@ -420,8 +426,8 @@ def _conform_bands(stamp, family, name):
         if named and nb >= 2:
             missing = [b for b in "gri" if b not in names]
             if missing:
-                why = "".join(f": {stamp.empty_hdus[b]}" for b in missing
-                              if b in stamp.empty_hdus)
+                why = "; ".join(stamp.empty_hdus[b] for b in missing if b in stamp.empty_hdus)
+                why = f": {why}" if why else ""
                 stamp.flag(Flag.MISSING_BAND, f"bands {shown}: no {', '.join(missing)} band"
                            f"{why} ({name} needs g, r, i or a single band)")
                 return

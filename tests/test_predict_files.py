@@ -1685,6 +1685,14 @@ def test_band_hdu_without_data_is_named_as_empty(models, tmp_path):
     assert r["morph_flags"] == Flag.MISSING_BAND and np.ma.is_masked(r["morph_p_red"])
     assert "no r band" in r["reason"], r["reason"]
     assert "HDU 2 (EXTNAME 'R') has no data" in r["reason"], r["reason"]
+    # only one band holds data: not read as a single grey band (the others were meant)
+    hdus = [fits.PrimaryHDU(), fits.ImageHDU(g, name="G"), fits.ImageHDU(name="R"),
+            fits.ImageHDU(name="I")]
+    fits.HDUList(hdus).writeto(tmp_path / "g_only.fits")
+    r = quiet(astromorph.predict_files, "morphology", tmp_path / "g_only.fits")[0]
+    assert r["morph_flags"] == Flag.MISSING_BAND and np.ma.is_masked(r["morph_p_red"])
+    assert ("band g alone: no r, i band: HDU 2 (EXTNAME 'R') has no data; HDU 3 (EXTNAME "
+            "'I') has no data") in r["reason"], r["reason"]
     t = triplet()
     hdus = [fits.PrimaryHDU(), fits.ImageHDU(t[0], name="SCIENCE"),
             fits.ImageHDU(name="REFERENCE"), fits.ImageHDU(t[2], name="DIFFERENCE")]

@@ -594,7 +594,12 @@ def _read_fits_astropy(path, *, want_scale, triplet_hint):
         return [Stamp(source, path).flag(Flag.BAD_INPUT, "no image HDU with data")]
     if len(images) == 1:
         i, _, data, scale = images[0]
-        return _stamps_from_array(path, data, headers[i].get, scale, i, triplet_hint)
+        stamps = _stamps_from_array(path, data, headers[i].get, scale, i, triplet_hint)
+        if empty:  # one HDU per band with one band filled: the others are named as empty
+            labels = {_band_of(h): _empty_label(j, h) for j, h in empty.items()}
+            for stamp in stamps:
+                stamp.empty_hdus = labels
+        return stamps
     # One HDU per band or triplet member.
     if any(d.ndim != 2 for _, _, d, _ in images):
         return [Stamp(source, path).flag(
