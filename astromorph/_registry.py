@@ -109,6 +109,9 @@ def _check_card(card, path):
     for i, spec in enumerate(outputs):
         if not (isinstance(spec, dict) and isinstance(spec.get("name"), str) and spec["name"]):
             bad(f"outputs[{i}]", spec, "an object with a 'name'")
+        if any(o.get("name") == spec["name"] for o in outputs[:i]):
+            bad(f"outputs[{i}].name", spec["name"], "a name no earlier output has (each "
+                "graph output is listed once)")
         if spec.get("kind", "values") not in OUTPUT_KINDS:
             bad(f"outputs[{i}].kind", spec.get("kind"), f"one of {OUTPUT_KINDS}")
         labels = spec.get("labels")
@@ -123,6 +126,9 @@ def _check_card(card, path):
             bad("variants", variants, "an object mapping a precision to its file")
         for precision, spec in variants.items():
             file_spec(f"variants.{precision}", spec)
+            if not isinstance(spec.get("metrics", {}), dict):
+                bad(f"variants.{precision}.metrics", spec["metrics"],
+                    "an object (the variant's held-out metrics)")
     grey = card.get("single_band_graph")
     if grey:
         file_spec("single_band_graph", grey)

@@ -131,6 +131,27 @@ def test_bad_cards(tmp_path):
         astromorph.load_model(tmp_path)
 
 
+
+def test_card_listing_an_output_twice_is_refused(tmp_path):
+    """Each graph output was appended once per listing: two rows per input row."""
+    tiny_classifier_onnx(tmp_path / "model.onnx")
+    card = make_card(tmp_path / "model.onnx")
+    card["outputs"] = card["outputs"] * 2
+    (tmp_path / "card.json").write_text(json.dumps(card))
+    with pytest.raises(ModelCardError, match=r"outputs\[1\]\.name.*listed once.*'probabilities'"):
+        astromorph.load_model(tmp_path)
+
+
+@pytest.mark.parametrize("metrics", [[1], "x", 3])
+def test_variant_metrics_that_are_no_object_are_a_card_error(tmp_path, metrics):
+    tiny_classifier_onnx(tmp_path / "model.onnx")
+    digest = sha256(tmp_path / "model.onnx")
+    card = make_card(tmp_path / "model.onnx",
+                     variants={"int8": {"file": "model.onnx", "sha256": digest, "metrics": metrics}})
+    (tmp_path / "card.json").write_text(json.dumps(card))
+    with pytest.raises(ModelCardError, match=r"variants\.int8\.metrics"):
+        astromorph.load_model(tmp_path, precision="int8")
+
 def test_local_folder_named_like_a_model_gets_a_hint(tiny_model_dir, monkeypatch):
     monkeypatch.chdir(tiny_model_dir)  # holds the folder tiny/, not a shipped model
     with pytest.raises(ModelNotFoundError, match="pass it with a directory part: './tiny'"):
