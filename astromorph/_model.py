@@ -11,8 +11,9 @@ from ._session import get_session
 from ._progress import progress_bar
 from .preprocessing._checks import SENTINEL
 from ._warnings import warn
-from .exceptions import (AmbiguousInputWarning, InputDTypeError, InputError, InputShapeError,
-                         InvalidArgumentError, InvalidArgumentTypeError, ModelCardError)
+from .exceptions import (AmbiguousInputWarning, ChecksumMismatchError, InputDTypeError,
+                         InputError, InputShapeError, InvalidArgumentError,
+                         InvalidArgumentTypeError, ModelCardError)
 
 __all__ = ["Model", "Prediction", "load_model", "as_model"]
 
@@ -175,7 +176,17 @@ def _check_graph(session, path, card):
                                  f"value per row), but the ONNX graph's output is {out}")
 
 
-def _reload(name_or_path, providers, threads, precision):
+def _reload(name_or_path, providers, threads, precision, sha256=None):
+    """Unpickle a `Model`: load it again, refusing a file other than the one pickled
+    (``sha256``), e.g. a worker whose registry holds another version under that name."""
+    if sha256 is not None:
+        path, card = resolve_model(name_or_path, precision=precision)
+        if card["sha256"] != sha256:
+            raise ChecksumMismatchError(path, sha256, card["sha256"], message=(
+                f"model {name_or_path!r} was pickled with file sha256 {sha256}, but here it "
+                f"is {path} (version {card['version']}) with sha256 {card['sha256']}: "
+                "another model, refusing to predict with it in its place; give every "
+                "process the same model files"))
     return Model(name_or_path, providers=providers, threads=threads, precision=precision)
 
 
@@ -217,11 +228,12 @@ class Model:
 
     def __reduce__(self):
         """Pickle as the way to load it again (e.g. for Dask or multiprocessing workers):
-        the model is re-resolved and its checksum verified where it is unpickled; the
-        ONNX Runtime session, which cannot be pickled, is made (or reused) there."""
+        the model is re-resolved and its checksum verified where it is unpickled (a file
+        other than the one pickled is a `ChecksumMismatchError`); the ONNX Runtime
+        session, which cannot be pickled, is made (or reused) there."""
         name_or_path, precision = self._origin
         return (_reload, (name_or_path, self._session_options["providers"],
-                          self._session_options["threads"], precision))
+                          self._session_options["threads"], precision, self.sha256))
 
     # -- card shortcuts --------------------------------------------------------
     name = property(lambda self: self.card["name"], doc="Model name (the card's ``name``).")

@@ -59,13 +59,15 @@ class ModelCardError(AstromorphError, ValueError):
 
 
 class ChecksumMismatchError(AstromorphError):
-    """The sha256 of a model file differs from the one recorded in its card."""
+    """The sha256 of a model file differs from the one recorded in its card (or, where a
+    pickled `~astromorph.Model` is loaded again, from the file it was pickled with).
+    ``path``, ``expected`` and ``actual`` hold the file and both digests."""
 
-    def __init__(self, path, expected, actual):
+    def __init__(self, path, expected, actual, *, message=None):
         self.path, self.expected, self.actual = str(path), expected, actual
-        super().__init__(
+        super().__init__(message or (
             f"model file {self.path} has sha256 {actual}, but its card records {expected}; "
-            "the file was modified or corrupted: refusing to load it")
+            "the file was modified or corrupted: refusing to load it"))
 
 
 class MissingRuntimeError(AstromorphError, ImportError):

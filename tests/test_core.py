@@ -257,6 +257,22 @@ def test_model_by_relative_path_unpickles_in_another_folder(tiny_registry, monke
     assert pickle.loads(data).sha256 == sha256(tiny_registry / "tiny" / "model.onnx")
 
 
+
+def test_model_unpickled_where_its_name_is_another_model_is_refused(tiny_registry):
+    """A worker whose registry holds another file under the same name (another astromorph
+    or $ASTROMORPH_MODELS_DIR) must not predict with it in the pickled model's place."""
+    import pickle
+
+    model = astromorph.load_model("tiny")
+    data = pickle.dumps(model)
+    d = tiny_registry / "tiny"
+    tiny_classifier_onnx(d / "model.onnx", spatial=True)  # other weights, same name
+    (d / "card.json").write_text(json.dumps(make_card(d / "model.onnx")))
+    other = sha256(d / "model.onnx")
+    with pytest.raises(ChecksumMismatchError, match=f"(?s){model.sha256}.*{other}") as info:
+        pickle.loads(data)
+    assert (info.value.expected, info.value.actual) == (model.sha256, other)
+
 def test_one_stamp_without_batch_axis(tiny_registry):
     """(C, H, W), as a preprocessing function returns it for one image, is one stamp; the
     (stamps, flags) tuple of preprocess_triplet is refused with a word on what to pass."""
