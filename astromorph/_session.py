@@ -28,6 +28,8 @@ CPU = "CPUExecutionProvider"
 #: Environment variables used when the arguments are not given.
 PROVIDERS_ENV = "ASTROMORPH_PROVIDERS"
 THREADS_ENV = "ASTROMORPH_NUM_THREADS"
+#: The most ``threads`` ONNX Runtime takes (its thread counts are C ints).
+MAX_THREADS = 2 ** 31 - 1
 
 
 def onnxruntime():
@@ -171,10 +173,10 @@ def get_session(path, *, providers=None, threads=None, sha256=None):
                                        f"got {os.environ[THREADS_ENV]!r}") from None
     if threads is not None:
         threads = check_threads(threads)
-        if threads < 0:
+        if not 0 <= threads <= MAX_THREADS:
             raise InvalidArgumentError(
-                f"threads must be >= 0 (0 = ONNX Runtime default), got {threads}"
-                + (f" (from ${THREADS_ENV})" if from_env else ""))
+                f"threads must be >= 0 (0 = ONNX Runtime default) and <= {MAX_THREADS}, got "
+                f"{threads}" + (f" (from ${THREADS_ENV})" if from_env else ""))
     # what was asked for is part of the key: a "cuda" request that falls back to the CPU
     # warns when its entry is made, not again on reuse; every request that ends on the CPU
     # alone shares one session (the model in memory once), cached under cpu_key

@@ -520,6 +520,16 @@ def test_bad_option_values_are_typed_errors(tiny_registry, monkeypatch, capsys, 
     assert "astromorph: error: unknown execution provider 'quantum'" in capsys.readouterr().err
 
 
+
+def test_threads_beyond_what_onnx_runtime_takes_are_a_typed_error(tiny_registry, monkeypatch):
+    """ONNX Runtime takes a C int: a larger count leaked its pybind TypeError."""
+    with pytest.raises(InvalidArgumentError, match=str(2 ** 31)):
+        astromorph.load_model("tiny", threads=2 ** 31)
+    monkeypatch.setenv("ASTROMORPH_NUM_THREADS", "99999999999999999999")
+    with pytest.raises(InvalidArgumentError,
+                       match=r"99999999999999999999 \(from \$ASTROMORPH_NUM_THREADS\)"):
+        astromorph.load_model("tiny", threads=None)
+
 def test_masked_array_input_is_not_data(tiny_registry):
     """Model.predict on a masked array: masked pixels are not scored as their fill values;
     the rows holding them are named, as NaN rows are."""
