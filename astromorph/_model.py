@@ -267,10 +267,14 @@ class Model:
         if np.ma.isMaskedArray(x) and np.ma.getmaskarray(x).any():
             # masked pixels are not data: NaN, so the rows holding them are named below
             x = np.ma.filled(np.ma.asarray(x).astype(np.float32), np.nan)
-        x = np.asarray(x)
+        c, h, w = self.input_shape
+        try:
+            x = np.asarray(x)
+        except ValueError as exc:  # a list of stamps of unequal shapes
+            raise InputShapeError(f"model {self.name!r} expects input of shape (N, {c}, {h}, "
+                                  f"{w}); got stamps of unequal shapes: {exc}") from None
         if x.dtype.kind not in "biuf":
             raise InputDTypeError(f"model input must be a real numeric array, got dtype {x.dtype}")
-        c, h, w = self.input_shape
         single = self.card["input"].get("single_band", "invalid")
         if x.ndim == 3 and c > 1 and x.shape == (c, h, w):
             # one stamp, as the card's preprocessing returns it for one image

@@ -235,6 +235,13 @@ def test_shape_errors_state_expected_and_received(tiny_registry, shape):
     assert "(N, 2, 4, 4)" in str(info.value) and str(shape) in str(info.value)
 
 
+
+def test_ragged_stamp_list_is_a_shape_error(tiny_registry):
+    """A list of stamps of unequal shapes: numpy's raw ValueError leaked."""
+    model = astromorph.load_model("tiny")
+    with pytest.raises(InputShapeError, match=r"\(N, 2, 4, 4\).*inhomogeneous"):
+        model.predict([np.zeros((2, 4, 4)), np.zeros((2, 4, 3))])
+
 def test_model_pickles_as_a_reload(tiny_registry):
     """A Model goes to Dask / multiprocessing workers as the way to load it again."""
     import pickle
