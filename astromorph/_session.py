@@ -88,8 +88,13 @@ def resolve_providers(providers=None):
 def provider_names(providers=None):
     """The full provider names a ``providers=`` argument asks for (``[]`` for ``"auto"``),
     checked without ONNX Runtime; `InvalidArgumentError` for an unknown name."""
+    from_env = providers is None and bool(os.environ.get(PROVIDERS_ENV))
     if providers is None:
         providers = os.environ.get(PROVIDERS_ENV, "auto")
+    given = providers
+    if isinstance(providers, (bytes, bytearray)):
+        raise InvalidArgumentTypeError(f"providers must be a name such as 'cpu' or a list of "
+                                       f"names (str), got {providers!r}")
     if isinstance(providers, str):
         providers = [p.strip() for p in providers.split(",") if p.strip()]
     try:
@@ -99,6 +104,10 @@ def provider_names(providers=None):
                                        f"names, got {providers!r}") from None
     if [p.lower() if isinstance(p, str) else p for p in providers] in ([], ["auto"]):
         return []
+    if any(isinstance(p, str) and p.lower() == "auto" for p in providers):
+        raise InvalidArgumentError(
+            f"'auto' chooses the providers itself and must be given alone, got {given!r}"
+            + (f" (from ${PROVIDERS_ENV})" if from_env else ""))
     requested = []
     for p in providers:
         if not isinstance(p, str):
@@ -109,8 +118,7 @@ def provider_names(providers=None):
             raise InvalidArgumentError(
                 f"unknown execution provider {p!r}; use 'auto', 'cpu', 'cuda' (or 'gpu'), "
                 "'tensorrt' or an ONNX Runtime provider name"
-                + (f" (from ${PROVIDERS_ENV})" if os.environ.get(PROVIDERS_ENV) and p in
-                   os.environ[PROVIDERS_ENV] else ""))
+                + (f" (from ${PROVIDERS_ENV})" if from_env else ""))
         if full not in requested:
             requested.append(full)
     return requested

@@ -14,7 +14,8 @@ import pytest
 import astromorph
 from astromorph import cli
 from astromorph.exceptions import (AmbiguousInputWarning, ChecksumMismatchError, InputError, InputShapeError,
-                                   InvalidArgumentError, InvalidModelNameError, ModelLoadError,
+                                   InvalidArgumentError, InvalidArgumentTypeError,
+                                   InvalidModelNameError, ModelLoadError,
                                    MissingRuntimeError, ModelCardError, ModelNotFoundError,
                                    ProviderFallbackWarning, AstromorphWarning,
                                    InputNotFoundError)
@@ -536,6 +537,17 @@ def test_threads_beyond_what_onnx_runtime_takes_are_a_typed_error(tiny_registry,
     with pytest.raises(InvalidArgumentError,
                        match=r"99999999999999999999 \(from \$ASTROMORPH_NUM_THREADS\)"):
         astromorph.load_model("tiny", threads=None)
+
+
+def test_provider_lists_name_the_bad_entry(tiny_registry, monkeypatch):
+    """'auto' among other names was called an unknown provider (while the message offered
+    'auto'); bytes were iterated and named as the integer 99."""
+    monkeypatch.setenv("ASTROMORPH_PROVIDERS", "auto,cuda")
+    with pytest.raises(InvalidArgumentError, match=r"'auto' .*alone.*'auto,cuda' \(from \$ASTROMORPH_PROVIDERS\)"):
+        astromorph.load_model("tiny")
+    monkeypatch.delenv("ASTROMORPH_PROVIDERS")
+    with pytest.raises(InvalidArgumentTypeError, match=r"b'cpu'"):
+        astromorph.load_model("tiny", providers=b"cpu")
 
 def test_masked_array_input_is_not_data(tiny_registry):
     """Model.predict on a masked array: masked pixels are not scored as their fill values;
