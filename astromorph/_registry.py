@@ -231,7 +231,8 @@ def resolve_model(name_or_path, *, precision=None):
         ``<stem>.json`` beside it. Strings containing a path separator or
         ending in ``.onnx`` are paths; anything else must be a registry name.
     precision : {None, "float32", "int8"}, optional
-        A variant the card lists under ``variants`` (default: the main file).
+        A variant the card lists under ``variants`` (default: the main file, or
+        the variant whose file ``name_or_path`` names).
 
     Returns
     -------
@@ -246,6 +247,7 @@ def resolve_model(name_or_path, *, precision=None):
         raise InvalidArgumentError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     path, card = _resolve(name_or_path)
     main = card.get("precision", PRECISIONS[0])
+    precision = _precision_of_file(path, card, precision, main)
     if precision is None or precision == main:
         return path, card
     variants = card.get("variants") or {}
@@ -263,6 +265,25 @@ def resolve_model(name_or_path, *, precision=None):
     variant.pop("variants", None)
     variant.pop("single_band_graph", None)  # folded from the float32 file only
     return variant_path, variant
+
+
+def _precision_of_file(path, card, precision, main):
+    """The precision to load where ``path`` (resolved) is a file that ``card`` lists as a
+    variant (that variant's, which ``precision`` must not contradict), else ``precision``;
+    `InvalidArgumentError` for the card's single-band graph, which is no model by itself."""
+    listed = {(path.parent / spec["file"]).resolve(): key
+              for key, spec in (card.get("variants") or {}).items()}
+    if path in listed and listed[path] != main:
+        if precision not in (None, listed[path]):
+            raise InvalidArgumentError(f"{path} is the {listed[path]} variant of model "
+                                       f"{card['name']!r}, not its {precision} file")
+        return listed[path]
+    grey = card.get("single_band_graph")
+    if grey and path == (path.parent / grey["file"]).resolve():
+        raise InvalidArgumentError(
+            f"{path} is the single-band graph of model {card['name']!r}, which a Model "
+            f"runs by itself on one-band input: load {path.parent} instead")
+    return precision
 
 
 def resolve_single_band_graph(path, card):

@@ -61,6 +61,26 @@ def test_load_by_directory_and_file(tmp_path):
     assert astromorph.load_model(d).name == "dirmodel"
 
 
+
+def test_variant_file_loaded_by_path_is_that_variant(tmp_path):
+    """A card's variant (or single-band graph) file given by path was checked against the
+    main file's sha256: 'modified or corrupted' for an intact file."""
+    tiny_classifier_onnx(tmp_path / "model.onnx")
+    tiny_classifier_onnx(tmp_path / "model.int8.onnx", spatial=True)
+    int8 = sha256(tmp_path / "model.int8.onnx")
+    card = make_card(tmp_path / "model.onnx",
+                     variants={"int8": {"file": "model.int8.onnx", "sha256": int8}},
+                     single_band_graph={"file": "model.grey.onnx", "sha256": int8,
+                                        "input_shape": [1, 4, 4]})
+    (tmp_path / "card.json").write_text(json.dumps(card))
+    model = astromorph.load_model(tmp_path / "model.int8.onnx")
+    assert (model.precision, model.sha256) == ("int8", int8)
+    with pytest.raises(InvalidArgumentError, match="model.int8.onnx.*int8.*float32"):
+        astromorph.load_model(tmp_path / "model.int8.onnx", precision="float32")
+    tiny_classifier_onnx(tmp_path / "model.grey.onnx", channels=1)
+    with pytest.raises(InvalidArgumentError, match="model.grey.onnx.*single-band graph"):
+        astromorph.load_model(tmp_path / "model.grey.onnx")
+
 def test_tampered_file_refused(tiny_registry):
     path = tiny_registry / "tiny" / "model.onnx"
     path.write_bytes(path.read_bytes() + b"\0")
