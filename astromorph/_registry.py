@@ -43,9 +43,9 @@ def models_dir():
     """
     env = os.environ.get(MODELS_ENV)
     if env:
-        if not Path(env).is_dir():
+        if not Path(env).expanduser().is_dir():
             raise ModelNotFoundError(f"${MODELS_ENV}={env!r} is not a directory")
-        return Path(env)
+        return Path(env).expanduser()
     here = Path(__file__).resolve().parent
     for candidate in (here / "models", here.parent / "models"):
         if candidate.is_dir():

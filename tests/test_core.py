@@ -817,6 +817,14 @@ def test_cli_verify_fails_on_a_broken_install(tiny_registry, monkeypatch, tmp_pa
     assert "is not a directory" in capsys.readouterr().err
 
 
+
+def test_models_dir_with_a_quoted_tilde(tiny_model_dir, monkeypatch):
+    """ASTROMORPH_MODELS_DIR="~/..." (quoted, so the shell leaves the ~) was 'not a
+    directory'."""
+    monkeypatch.setenv("HOME", str(tiny_model_dir.parent))
+    monkeypatch.setenv("ASTROMORPH_MODELS_DIR", "~/" + tiny_model_dir.name)
+    assert astromorph.list_models() == ["tiny"]
+
 def test_unloadable_onnx_file_is_a_typed_error(tmp_path):
     """A file whose sha256 matches its card but that is no ONNX graph (a user's folder)."""
     (tmp_path / "model.onnx").write_bytes(b"not an onnx graph")
