@@ -101,6 +101,11 @@ def _check_card(card, path):
         bad("name", card["name"], "lower-case letters, digits, '-' and '_'")
     if _digest(card["sha256"]) is None:
         bad("sha256", card["sha256"], "64 hexadecimal digits (the sha256 of model.onnx)")
+    for field in ("version", "task"):  # shown by `astromorph models`, written to tables' meta
+        if not (isinstance(card[field], str) and card[field].strip()):
+            bad(field, card[field], "a non-empty string (e.g. '1.0.0', 'classification')")
+    if card.get("precision", PRECISIONS[0]) not in PRECISIONS:
+        bad("precision", card["precision"], f"one of {PRECISIONS} (that of model.onnx)")
     shape("input.shape", card["input"].get("shape") if isinstance(card["input"], dict)
           else None)
     outputs = card["outputs"]

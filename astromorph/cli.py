@@ -61,9 +61,11 @@ def _cmd_models(args):
         providers = f"none ({exc})"
     print(f"\n{len(names)} model(s); execution providers available: {providers}")
     print(f"default providers: {_default_providers()}")
+    if not names:  # an empty $ASTROMORPH_MODELS_DIR, or a wheel built without its models
+        print(f"no model found in {models_dir()}"
+              + (": verification FAILED" if args.verify else ""))
     if args.verify:
         if not names:
-            print(f"no model found in {models_dir()}: verification FAILED")
             return 1
         print("every checksum matches" if not bad else f"{bad} model(s) FAILED verification")
     return 1 if bad else 0

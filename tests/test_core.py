@@ -812,6 +812,9 @@ def test_cli_verify_fails_on_a_broken_install(tiny_registry, monkeypatch, tmp_pa
     monkeypatch.setenv("ASTROMORPH_MODELS_DIR", str(tmp_path / "empty"))
     assert cli.main(["models", "--verify"]) == 1
     assert "no model found" in capsys.readouterr().out
+    # the plain listing says so too, where a table with no rows said nothing
+    assert cli.main(["models"]) == 0
+    assert f"no model found in {tmp_path / 'empty'}\n" in capsys.readouterr().out
     monkeypatch.setenv("ASTROMORPH_MODELS_DIR", str(tmp_path / "nowhere"))
     assert cli.main(["models", "--verify"]) == 2
     assert "is not a directory" in capsys.readouterr().err
@@ -1200,6 +1203,11 @@ def _set(path, value):
     (lambda card, _: card["outputs"][0].pop("labels"), r"outputs\[0\].labels.*None"),
     (_set("input.single_band", "replicated"), "input.single_band.*'replicated'"),
     (_set("name", 3), "name.*3"),
+    (_set("version", None), "version.*None"),
+    (_set("version", 1.0), "version.*1.0"),
+    (_set("task", 3), "task.*3"),
+    (_set("task", " "), "task.*' '"),
+    (_set("precision", "weird"), "precision.*'weird'"),
     (_set("name", "../x"), r"name.*'\.\./x'"),
     (_set("variants", ["int8"]), r"variants.*\['int8'\]"),
     (_set("variants", {"int8": {"sha256": "0" * 64}}), "variants.*int8.*file"),
