@@ -15,6 +15,7 @@
   its morphology comparison numbers equal to the morphology card's.
 """
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -1476,3 +1477,17 @@ def test_query_refuses_booleans_as_row_or_k():
             index.query(**kwargs)
     with pytest.raises(InvalidArgumentTypeError, match="got False"):
         index.search(unit_rows(1, 4), k=False)
+
+
+def test_index_of_no_usable_vector_warns():
+    """An index whose every vector is NaN/masked/zero (every row flagged) found nothing for
+    every query without a word; it now warns once when built."""
+    from astromorph.exceptions import UnusableInputWarning
+
+    with pytest.warns(UnusableInputWarning, match="none of the 3 embedding vectors"):
+        index = SimilarityIndex(np.full((3, 4), np.nan))
+    assert len(index.query(vector=np.ones(4), k=2)) == 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UnusableInputWarning)  # one usable row: no warning
+        SimilarityIndex(np.array([[np.nan] * 4, [1, 0, 0, 0]]))
+        SimilarityIndex(np.zeros((0, 4)))

@@ -11,8 +11,9 @@ import logging
 import numpy as np
 
 from ._common import embedding_matrix, table_embeddings
+from .._warnings import warn
 from ..exceptions import (InputError, InvalidArgumentError, InvalidArgumentTypeError,
-                          MissingDependencyError, ProvenanceMismatchError)
+                          MissingDependencyError, ProvenanceMismatchError, UnusableInputWarning)
 from ..preprocessing._checks import check_bool, check_whole
 
 __all__ = ["SimilarityIndex", "BACKENDS"]
@@ -230,6 +231,12 @@ class SimilarityIndex:
         (bounds its working memory to a small multiple of 4 bytes each;
         many queries are taken a few at a time).
 
+    Warns
+    -----
+    astromorph.exceptions.UnusableInputWarning
+        No vector is usable (every row masked, non-finite or zero): every query
+        will find no neighbours.
+
     Notes
     -----
     Vectors are L2-normalised (a copy is made only when they are not float32
@@ -262,6 +269,10 @@ class SimilarityIndex:
             norms = np.sqrt(np.einsum("ij,ij->i", x, x))  # NaN/inf rows -> non-finite norm
         valid = np.isfinite(norms) & (norms > 0)
         self.valid = valid
+        if len(valid) and not valid.any():
+            warn(f"none of the {len(valid)} embedding vectors is usable (masked, NaN, infinite "
+                 "or zero, e.g. every row flagged): every query will find no neighbours",
+                 UnusableInputWarning)
         if not (valid.all() and np.allclose(norms, 1.0, atol=1e-4)):
             # a normalised copy (one: changed in place); unusable rows become zero vectors
             # (never returned)
