@@ -1438,3 +1438,12 @@ def test_an_input_path_may_start_with_the_home_folder(tmp_path, monkeypatch):
         astromorph.evaluate_labels(tmp_path / "none.txt", "real", model="real-bogus")
     with pytest.raises(InputError, match=r"catalogue '.*' is a directory, not a file"):
         astromorph.evaluate_labels(tmp_path, "real", model="real-bogus")
+
+
+def test_python_dash_m_astromorph_runs_the_command_line():
+    """`python -m astromorph ...` is the same entry point as the `astromorph` script (for
+    environments where the script is not on PATH)."""
+    run = subprocess.run([sys.executable, "-m", "astromorph", "--version"],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.startswith("astromorph ")
