@@ -933,6 +933,17 @@ def test_kafka_messages(models, tmp_path):
     table = quiet(astromorph.predict_files, "real-bogus", tmp_path / "message.avro")
     assert table["rb_flags"][0] == Flag.BAD_INPUT
     assert "Confluent wire format (schema id 4021)" in table["reason"][0]
+    # saved under another name (a consumer's offset, '.bin'): the format is not claimed from
+    # five bytes, but the reason still says what the file may be and what to do with it
+    for name in ("message.bin", "offset-0000011"):
+        (tmp_path / name).write_bytes(messages[0])
+    table = quiet(astromorph.predict_files, "real-bogus",
+                  [tmp_path / "message.bin", tmp_path / "offset-0000011"])
+    assert list(table["rb_flags"]) == [Flag.BAD_INPUT] * 2
+    for reason in table["reason"]:
+        assert reason.startswith("unrecognised file format"), reason
+        assert "Confluent wire format (schema id 4021)" in reason, reason
+        assert "annotate_stamps" in reason, reason
     rows = []
     for message in messages:  # the recipe of docs/predict.md
         rec = fastavro.schemaless_reader(io.BytesIO(message[5:]), schema)

@@ -61,18 +61,32 @@ class SchemalessMessage(ValueError):
     """An Avro message without its schema (Kafka's Confluent wire format), not a file."""
 
 
+def confluent_schema_id(buf):
+    """The schema-registry id of bytes that start like a Kafka message in the Confluent wire
+    format, or None.
+
+    What Rubin's Kafka alert stream delivers: magic byte 0, a 4-byte schema-registry id (a
+    positive Java int: a zero-filled file is not one), then one record in Avro's binary
+    encoding with no schema. (ZTF's messages are Avro files.)
+    """
+    schema_id = int.from_bytes(bytes(buf[1:5]), "big")
+    if len(buf) > 5 and buf[0] == 0 and 0 < schema_id < 2**31:
+        return schema_id
+    return None
+
+
+#: What to do with a Kafka message given as a file (the end of a reason).
+SCHEMALESS_ADVICE = ("it holds no schema, so decode it with the alert schema and score its "
+                     "cutouts with annotate_stamps (docs/predict.md, 'Alert streams')")
+
+
 def _avro_header(buf):
     if buf[:4] != b"Obj\x01":
-        schema_id = int.from_bytes(bytes(buf[1:5]), "big")
-        if len(buf) > 5 and buf[0] == 0 and 0 < schema_id < 2**31:
-            # what Rubin's Kafka alert stream delivers: magic byte 0, a 4-byte schema-registry
-            # id (a positive Java int: a zero-filled file is not one), then one record in
-            # Avro's binary encoding with no schema. (ZTF's messages are Avro files.)
+        schema_id = confluent_schema_id(buf)
+        if schema_id is not None:
             raise SchemalessMessage(
                 f"a Kafka message in the Confluent wire format (schema id "
-                f"{schema_id}), not an Avro file: it holds no "
-                "schema, so decode it with the alert schema and score its cutouts with "
-                "annotate_stamps (docs/predict.md, 'Alert streams')")
+                f"{schema_id}), not an Avro file: {SCHEMALESS_ADVICE}")
         raise ValueError("not an Avro object container file (no 'Obj\\x01' magic)")
     pos, meta = 4, {}
     while True:

@@ -6,7 +6,7 @@ from pathlib import Path
 from .._flags import Flag
 from .._io import check_input_file
 from ..exceptions import InputNotFoundError, InvalidArgumentError
-from ._alerts import read_alerts
+from ._alerts import SCHEMALESS_ADVICE, confluent_schema_id, read_alerts
 from ._fits import read_fits
 from ._pictures import read_picture
 from ._stamp import Stamp
@@ -199,9 +199,13 @@ def read_file(path, *, want_scale=True, triplet_hint=False):
     elif fmt == "avro":
         stamps = read_alerts(path)
     else:
-        return [Stamp(str(path), path).flag(
-            Flag.BAD_INPUT, f"unrecognised file format (first bytes {head[:8]!r}); expected "
-            "FITS, JPEG, PNG or Avro")]
+        reason = (f"unrecognised file format (first bytes {head[:8]!r}); expected FITS, JPEG, "
+                  "PNG or Avro")
+        schema_id = confluent_schema_id(head)
+        if schema_id is not None:  # five bytes are too few to claim it, enough to suggest it
+            reason += (f"; if it is a Kafka message in the Confluent wire format (schema id "
+                       f"{schema_id}), {SCHEMALESS_ADVICE}")
+        return [Stamp(str(path), path).flag(Flag.BAD_INPUT, reason)]
     note = _disagreement(path, head)
     if note:
         for stamp in stamps:
