@@ -270,9 +270,9 @@ def _band_plan(model, family, groups):
     if len(names) == 1:
         return names
     pick = next((b for b in ("r", "i", "g") if b in groups), names[0])
+    takes = "g, r and i together, or one band" if family == "optical" else "one band"
     warn(f"model {model.name!r}: images of bands {names} given; using band {pick!r} "
-         "alone (the model takes g, r and i together, or one band)",
-         AmbiguousInputWarning)
+         f"alone (the model takes {takes})", AmbiguousInputWarning)
     return [pick]
 
 

@@ -2006,3 +2006,20 @@ def test_image_read_whole_gives_the_values_of_a_whole_image_pass(tmp_path, kind)
     assert got is not None and got.dtype == np.float32 and got.shape == (ny, nx)
     assert np.isnan(got[-3:]).any() and np.isfinite(got[-3:]).any()  # the last strip too
     np.testing.assert_array_equal(got.view(np.uint32), expected.view(np.uint32))
+
+
+def test_band_choice_warning_says_what_the_model_takes():
+    """Several bands for a one-band model (radio-morphology on the packaged g, r, i image):
+    the warning said "the model takes g, r and i together, or one band", which is the galaxy
+    models' rule, not this model's; it now says the model takes one band."""
+    from astromorph._demo import demo_paths
+    from astromorph.exceptions import AmbiguousInputWarning
+
+    if "radio-morphology" not in astromorph.list_models():
+        pytest.skip("radio-morphology is not shipped")
+    image, catalogue = demo_paths()
+    with pytest.warns(AmbiguousInputWarning, match="using band 'r' alone") as rec:
+        astromorph.annotate(QTable.read(catalogue)[:2], str(image), model="radio-morphology")
+    message = " ".join(str(w.message) for w in rec if w.category is AmbiguousInputWarning)
+    assert "g, r and i" not in message
+    assert "takes one band" in message
