@@ -1491,3 +1491,16 @@ def test_index_of_no_usable_vector_warns():
         warnings.simplefilter("error", UnusableInputWarning)  # one usable row: no warning
         SimilarityIndex(np.array([[np.nan] * 4, [1, 0, 0, 0]]))
         SimilarityIndex(np.zeros((0, 4)))
+
+
+def test_a_query_by_a_rows_own_vector_has_no_negative_distance():
+    """float32 rounding made the cosine of a unit vector with itself 1.0000001 and its
+    `distance` -1.2e-07: a cosine is at most 1, and the distance never negative."""
+    rng = np.random.default_rng(0)
+    v = rng.normal(size=(50, 256)).astype(np.float32)
+    v /= np.linalg.norm(v, axis=1, keepdims=True)
+    index = SimilarityIndex.from_table(Table({"embedding": v}))
+    for k in range(len(v)):
+        res = index.query(vector=v[k], k=3)
+        assert res["row"][0] == k
+        assert np.all(res["similarity"] <= 1) and np.all(res["distance"] >= 0), res

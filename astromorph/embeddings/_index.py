@@ -670,7 +670,8 @@ class SimilarityIndex:
         # the result table drops missing neighbours: no k-wide padding for a k above the rows
         idx, sim = self.search(q, k=max(1, min(k, len(self))), exclude=exclude)
         keep = idx[0] >= 0
-        rows, sims = idx[0][keep], sim[0][keep]
+        # a cosine is at most 1 in magnitude; float32 rounding can exceed it by 1e-7
+        rows, sims = idx[0][keep], np.clip(sim[0][keep], -1.0, 1.0)
         out = Table() if self.table is None else self.table.__class__()
         out["rank"] = np.arange(1, len(rows) + 1)
         out["row"] = rows
