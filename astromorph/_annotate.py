@@ -254,6 +254,32 @@ def _grid(model, family, n, sizes, stamp_size):
     return npix, np.full(n, scale), None, bad
 
 
+def _same_pixels(a, b):
+    """Whether two images have the same shape and put their corners on the same sky."""
+    if a.data.shape[-2:] != b.data.shape[-2:]:
+        return False
+    ny, nx = a.data.shape[-2:]
+    x, y = np.array([0, nx - 1, 0, nx - 1], float), np.array([0, 0, ny - 1, ny - 1], float)
+    try:
+        corners = [np.array(im.wcs.celestial.pixel_to_world_values(x, y)) for im in (a, b)]
+    except Exception:  # noqa: BLE001 - a WCS that cannot say is not taken for a band
+        return False
+    return bool(np.allclose(corners[0], corners[1], rtol=0, atol=1e-6))
+
+
+def _warn_unnamed_bands(images):
+    """Images without a band name are tiles of one mosaic; two that cover the same pixels
+    cannot be, and are most likely bands whose headers do not name them: say so."""
+    pair = next(((a, b) for k, a in enumerate(images) for b in images[k + 1:]
+                 if _same_pixels(a, b)), None)
+    if pair is not None:
+        warn(f"images {pair[0].name} and {pair[1].name} have no band name (no BAND or FILTER "
+             "keyword) and cover the same pixels: all the unnamed images are read as tiles of "
+             "one band and scored as a single band; if they are bands, name them (a dict "
+             "{'g': ..., 'r': ..., 'i': ...}, bands=, or --band on the command line)",
+             AmbiguousInputWarning)
+
+
 def _band_plan(model, family, groups):
     """Bands (image groups) to cut, in the order the preprocessing wants them."""
     names = list(groups)
@@ -267,6 +293,8 @@ def _band_plan(model, family, groups):
         return need
     if family == "optical" and {"g", "r", "i"} <= set(groups):
         return ["g", "r", "i"]
+    if family == "optical" and names == ["unknown"]:
+        _warn_unnamed_bands(groups["unknown"])
     if len(names) == 1:
         return names
     pick = next((b for b in ("r", "i", "g") if b in groups), names[0])

@@ -2023,3 +2023,35 @@ def test_band_choice_warning_says_what_the_model_takes():
     message = " ".join(str(w.message) for w in rec if w.category is AmbiguousInputWarning)
     assert "g, r and i" not in message
     assert "takes one band" in message
+
+
+def test_unnamed_band_images_of_one_field_are_not_silently_read_as_tiles(tmp_path):
+    """Three g, r, i files without BAND/FILTER headers (`-i g.fits -i r.fits -i i.fits`) were
+    read as tiles of one unnamed band and scored as a single grey band, without a word (half
+    of the demo's labels changed). Images that cover the same pixels cannot be tiles of one
+    mosaic: a warning says how they were read and how to name the bands."""
+    import warnings
+
+    from astromorph._demo import demo_paths
+    from astromorph.exceptions import AmbiguousInputWarning
+
+    image, catalogue = demo_paths()
+    paths = []
+    with fits.open(image) as hdul:
+        for band in "gri":
+            header = hdul[band.upper()].header.copy()
+            for key in ("BAND", "FILTER", "EXTNAME"):
+                header.remove(key, ignore_missing=True)
+            paths.append(str(tmp_path / f"{band}.fits"))
+            fits.PrimaryHDU(hdul[band.upper()].data, header).writeto(paths[-1])
+    cat = QTable.read(catalogue)[:3]
+    with pytest.warns(AmbiguousInputWarning, match="cover the same pixels") as rec:
+        astromorph.annotate(cat, paths, model="morphology", size_col="r90")
+    message = str(next(w.message for w in rec if "same pixels" in str(w.message)))
+    assert "g.fits" in message and "bands=" in message and "--band" in message
+    # named, or real mosaic tiles, say nothing of the kind
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        astromorph.annotate(cat, paths, model="morphology", size_col="r90",
+                            bands=["g", "r", "i"])
+    assert not [w for w in caught if "same pixels" in str(w.message)]
