@@ -254,24 +254,29 @@ def _grid(model, family, n, sizes, stamp_size):
     return npix, np.full(n, scale), None, bad
 
 
-def _same_pixels(a, b):
-    """Whether two images have the same shape and put their corners on the same sky."""
-    if a.data.shape[-2:] != b.data.shape[-2:]:
-        return False
-    ny, nx = a.data.shape[-2:]
+def _footprint(image):
+    """An image's shape and the sky of its four corners (to about 0.004 arcsec), or None
+    where its WCS cannot say."""
+    ny, nx = image.data.shape[-2:]
     x, y = np.array([0, nx - 1, 0, nx - 1], float), np.array([0, 0, ny - 1, ny - 1], float)
     try:
-        corners = [np.array(im.wcs.celestial.pixel_to_world_values(x, y)) for im in (a, b)]
+        corners = np.array(image.wcs.celestial.pixel_to_world_values(x, y))
     except Exception:  # noqa: BLE001 - a WCS that cannot say is not taken for a band
-        return False
-    return bool(np.allclose(corners[0], corners[1], rtol=0, atol=1e-6))
+        return None
+    return (ny, nx, *np.round(corners, 6).ravel().tolist())
 
 
 def _warn_unnamed_bands(images):
     """Images without a band name are tiles of one mosaic; two that cover the same pixels
-    cannot be, and are most likely bands whose headers do not name them: say so."""
-    pair = next(((a, b) for k, a in enumerate(images) for b in images[k + 1:]
-                 if _same_pixels(a, b)), None)
+    cannot be, and are most likely bands whose headers do not name them: say so (one pass
+    over the images, however many tiles)."""
+    seen, pair = {}, None
+    for image in images:
+        key = _footprint(image)
+        if key is not None and key in seen:
+            pair = (seen[key], image)
+            break
+        seen.setdefault(key, image)
     if pair is not None:
         warn(f"images {pair[0].name} and {pair[1].name} have no band name (no BAND or FILTER "
              "keyword) and cover the same pixels: all the unnamed images are read as tiles of "
