@@ -78,6 +78,27 @@ def _warn_once(found, n_parts):
         warn(f"{message} (in {k} of {n_parts} Dask partitions)", category)
 
 
+#: `annotate_stamps` options that may hold one value per row of the table.
+_PER_ROW_OPTIONS = ("negative", "pixel_scale")
+
+
+def _per_row_options(kwargs, n):
+    """The names of the `_PER_ROW_OPTIONS` given one value per row (an array or a list, not
+    a column name or a scalar), each checked to have the ``n`` rows of the table."""
+    import numpy as np
+
+    names = []
+    for name in _PER_ROW_OPTIONS:
+        value = kwargs.get(name)
+        if value is None or isinstance(value, str) or np.ndim(value) == 0:
+            continue
+        if np.shape(value)[:1] != (n,):
+            raise InvalidArgumentError(f"{name} has {np.shape(value)} values for a table of "
+                                       f"{n} rows")
+        names.append(name)
+    return names
+
+
 def annotate_dask(table, images=None, *, model, partition_size=50_000, compute=True,
                   scheduler=None, **kwargs):
     """`astromorph.annotate` (or `astromorph.annotate_stamps`) over row partitions, run by Dask.
@@ -102,7 +123,8 @@ def annotate_dask(table, images=None, *, model, partition_size=50_000, compute=T
         ``dask.distributed.Client`` when one is active).
     **kwargs
         Other `annotate` options (``size_col``, ``ra_col``...), or `annotate_stamps` options
-        (``columns``, ``pixel_scale``...) without ``images``. ``progress`` is not passed on:
+        (``columns``, ``pixel_scale``...) without ``images``; ``negative`` and
+        ``pixel_scale`` given one value per row are split with the rows. ``progress`` is not passed on:
         partitions run without progress bars (Dask's diagnostics show the tasks).
 
     Returns
@@ -210,6 +232,10 @@ def annotate_dask(table, images=None, *, model, partition_size=50_000, compute=T
         except ValueError as exc:  # dask lists the names it knows
             raise InvalidArgumentError(f"unknown scheduler {scheduler!r}: {exc}") from None
     bounds = list(range(0, max(len(table), 1), partition_size))
+    per_row = _per_row_options(kwargs, len(table)) if images is None else ()
+
+    def options(start):  # each partition's rows of the options given one value per row
+        return {**kwargs, **{k: kwargs[k][start:start + partition_size] for k in per_row}}
     from ._registry import _is_path_like
 
     model = os.fspath(model)
@@ -220,10 +246,10 @@ def annotate_dask(table, images=None, *, model, partition_size=50_000, compute=T
     if not compute:  # lazily: each distinct warning given once, by the first partition
         call = uuid.uuid4().hex
         return [dask.delayed(_annotate_warning_once)(table[start:start + partition_size], images,
-                                                     model, kwargs, call, len(bounds))
+                                                     model, options(start), call, len(bounds))
                 for start in bounds]
     parts = [dask.delayed(_annotate_collecting)(table[start:start + partition_size], images,
-                                                model, kwargs)
+                                                model, options(start))
              for start in bounds]
     log.info("annotating %d rows in %d Dask partitions", len(table), len(parts))
     results = dask.compute(*parts, scheduler=scheduler)

@@ -286,6 +286,33 @@ def test_dask_partitions_of_a_stamp_table(rb):
     np.testing.assert_allclose(out["rb_score"], _direct(rb, x), rtol=0, atol=1e-6)
 
 
+def test_dask_slices_per_row_options_to_each_partition(rb):
+    """``negative=`` and ``pixel_scale=`` given as one value per row of the whole table:
+    each partition gets its rows' values (every partition refused them, as having the
+    whole table's length), and the scores equal `annotate_stamps`'s."""
+    pytest.importorskip("dask")
+    x = _triplets(7, seed=8)
+    neg = np.array([0, 1, 0, 0, 1, 0, 0], bool)
+    x[neg, 2] *= -1
+    scale = np.array([1.0, 1.0, np.nan, 1.2, 1.0, 0.9, 1.0]) * u.arcsec
+    t = Table({"id": np.arange(7), "triplet": x})
+    before = t.copy()
+    ref = astromorph.annotate_stamps(t, model=rb, negative=neg, pixel_scale=scale)
+    out = astromorph.annotate_dask(t, model="real-bogus", partition_size=3,
+                                   scheduler="synchronous", negative=list(neg),
+                                   pixel_scale=scale)
+    np.testing.assert_allclose(out["rb_score"], ref["rb_score"], rtol=0, atol=1e-6)
+    np.testing.assert_array_equal(out["rb_flags"], ref["rb_flags"])
+    assert list(out["rb_reason"]) == list(ref["rb_reason"])
+    assert np.array_equal(t["triplet"], before["triplet"])
+    # the whole table's length, or it is refused before any task, naming both
+    for compute in (True, False):
+        with pytest.raises(InvalidArgumentError, match=r"negative has \(6,\) values for a "
+                                                       r"table of 7 rows"):
+            astromorph.annotate_dask(t, model="real-bogus", partition_size=3,
+                                     negative=neg[:6], compute=compute)
+
+
 def test_array_columns_take_the_stacked_path_with_per_row_results(rb, monkeypatch):
     """Numeric array columns are stacked many rows at a time (no `Stamp` per row); scores,
     flags and reasons equal those of the per-row path, on masked values, NaN, ZTF's
