@@ -255,6 +255,13 @@ def annotate_dask(table, images=None, *, model, partition_size=50_000, compute=T
     results = dask.compute(*parts, scheduler=scheduler)
     _warn_once([found for _, found in results], len(results))
     tables = [t for t, _ in results]
-    out = vstack(tables, join_type="exact", metadata_conflicts="silent")
+    # the catalogue's columns that vstack cannot join (astropy's DaskColumn) come back from
+    # every partition as they went: taken whole from the catalogue, in their place
+    whole = [name for name in tables[0].colnames if name in table.colnames
+             and not hasattr(tables[0][name].info, "new_like")]
+    out = vstack([t[[c for c in t.colnames if c not in whole]] for t in tables],
+                 join_type="exact", metadata_conflicts="silent")
+    for name in whole:
+        out.add_column(table[name], name=name, index=tables[0].colnames.index(name))
     out.meta.update(tables[0].meta)
     return out

@@ -1498,6 +1498,30 @@ def test_annotate_dask_equals_annotate(optical_model, tmp_path, scheduler):
                                      model=str(optical_model.path), compute=False, **bad)
 
 
+def test_annotate_dask_keeps_dask_columns_of_the_catalogue(optical_model, tmp_path):
+    """A Table with Dask array columns (astropy's ``DaskColumn``), which `annotate` takes:
+    the partitions were scored and then lost, as astropy's vstack cannot join Dask columns
+    (NotImplementedError); the columns come back as the catalogue holds them."""
+    da = pytest.importorskip("dask.array")
+    img, w = blobs(), sky_wcs()
+    fits.writeto(tmp_path / "img.fits", img, w.to_header())
+    cat = catalogue(w, np.random.default_rng(6).uniform(10, 190, (23, 2)))
+    lazy = Table({"id": cat["id"], "ra": da.from_array(np.asarray(cat["ra"]), chunks=10),
+                  "dec": da.from_array(np.asarray(cat["dec"]), chunks=10)})
+    ref = astromorph.annotate(lazy, str(tmp_path / "img.fits"), model=optical_model)
+    out = astromorph.annotate_dask(lazy, str(tmp_path / "img.fits"),
+                                   model=str(optical_model.path), partition_size=10,
+                                   scheduler="threads")
+    assert out.colnames == ref.colnames
+    for name in ref.colnames:
+        assert type(out[name]) is type(ref[name]), name
+        a, b = np.asarray(out[name]), np.asarray(ref[name])
+        if a.dtype.kind == "f":
+            np.testing.assert_allclose(a, b, rtol=1e-5)
+        else:
+            np.testing.assert_array_equal(a, b)
+
+
 def test_annotate_dask_sends_absolute_image_paths(optical_model, tmp_path, monkeypatch):
     """A relative image path means the caller's folder: the partitions get it absolute, so
     they run wherever a worker's working folder is (here: computed after a chdir)."""
