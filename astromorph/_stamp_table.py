@@ -59,7 +59,8 @@ def annotate_stamps(table, *, model, columns=None, pixel_scale=None, negative=No
         ``stamp`` (and ``image``, ``cutout``, ``g/r/i`` for the other models).
     pixel_scale : float, Quantity or str, optional
         Pixel scale of the stamps (arcsec/pixel, or an angle per pixel), or the name of a
-        column holding one per row. It takes precedence over a scale read from FITS bytes.
+        column holding one per row (NaN or masked: none for that row). It takes precedence
+        over a scale read from FITS bytes.
         Stamps of another size than the model's grid are resampled to it; without any scale
         they are assumed to be on the model's pixel scale and flagged `Flag.NO_WCS`.
     negative : str or array of bool, optional
@@ -196,13 +197,21 @@ def _stamp_columns(table, columns, family):
 
 
 def _arcsec(values):
+    """Arcsec per pixel of numbers or angles (per pixel); masked values NaN (no scale)."""
     import astropy.units as u
 
+    mask = getattr(values, "mask", None)  # MaskedColumn, numpy or astropy masked values
+    values = getattr(values, "unmasked", values)  # astropy's Masked Quantity
     if isinstance(values, u.Quantity):
         if values.unit.physical_type == "angle":
-            return values.to_value(u.arcsec)
-        return (values * u.pixel).to_value(u.arcsec)  # angle / pixel
-    return np.asarray(values, dtype=float)
+            out = values.to_value(u.arcsec)
+        else:
+            out = (values * u.pixel).to_value(u.arcsec)  # angle / pixel
+    else:
+        out = np.asarray(np.ma.getdata(values), dtype=float)
+    if mask is not None and np.any(mask):
+        out = np.where(mask, np.nan, out)
+    return out
 
 
 def _bools(values):

@@ -192,6 +192,31 @@ def test_pixel_scale_resamples_and_flags(rb):
     assert (np.asarray(fine["rb_flags"]) == 0).all()  # 35 x 1.9" covers 63", 1.9 <= 2x
 
 
+@pytest.mark.parametrize("layout", ["array", "object"])
+def test_masked_pixel_scale_counts_as_unknown(rb, layout):
+    """A masked value of a ``pixel_scale`` column means no scale, as NaN does (the stamp is
+    assumed to be on the model's grid and flagged NO_WCS); the value under the mask was used
+    as the row's scale, here resampling the stamp from 2.5"/px without a word."""
+    from astropy.utils.masked import Masked
+
+    x = _triplets(3, size=65, seed=3)
+    stamps = x if layout == "array" else _cells(list(x))
+    nan = astromorph.annotate_stamps(Table({"triplet": stamps, "scale": [1.0, np.nan, 1.0]}),
+                                     model=rb, pixel_scale="scale")
+    assert list(nan["rb_flags"]) == [0, Flag.NO_WCS, 0]
+    for scale in (MaskedColumn([1.0, 2.5, 1.0], mask=[False, True, False]),
+                  MaskedColumn([1.0, 2.5, 1.0], mask=[False, True, False], unit="arcsec"),
+                  Masked([1.0, 2.5, 1.0] * u.arcsec, mask=[False, True, False])):
+        t = QTable({"triplet": stamps, "scale": scale})
+        out = astromorph.annotate_stamps(t, model=rb, pixel_scale="scale")
+        assert list(out["rb_flags"]) == list(nan["rb_flags"]), type(scale)
+        assert list(out["rb_reason"]) == list(nan["rb_reason"])
+        np.testing.assert_array_equal(out["rb_score"], nan["rb_score"])
+        out = astromorph.annotate_stamps(Table({"triplet": stamps}), model=rb,
+                                         pixel_scale=scale)
+        assert list(out["rb_flags"]) == list(nan["rb_flags"]), type(scale)
+
+
 def test_optical_model_takes_colour_and_band_columns():
     model = astromorph.load_model("morphology")
     rng = np.random.default_rng(6)
