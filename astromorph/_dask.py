@@ -124,8 +124,9 @@ def annotate_dask(table, images=None, *, model, partition_size=50_000, compute=T
     **kwargs
         Other `annotate` options (``size_col``, ``ra_col``...), or `annotate_stamps` options
         (``columns``, ``pixel_scale``...) without ``images``; ``negative`` and
-        ``pixel_scale`` given one value per row are split with the rows. ``progress`` is not passed on:
-        partitions run without progress bars (Dask's diagnostics show the tasks).
+        ``pixel_scale`` given one value per row are split with the rows. ``progress`` is
+        not passed on: partitions run without progress bars (Dask's diagnostics show the
+        tasks).
 
     Returns
     -------

@@ -142,7 +142,7 @@ def annotate_stamps(table, *, model, columns=None, pixel_scale=None, negative=No
         for i in range(0 if block else n):
             stamp = _row_stamp(i, [get(i) for get in getters], names, family)
             if stamp.usable:
-                if scales is not None and np.isfinite(scales[i]):
+                if scales is not None and not np.isnan(scales[i]):  # NaN: no scale
                     stamp.pixel_scale = float(scales[i])
                 if flip is not None and flip[i] and stamp.kind in ("triplet", "bands") \
                         and len(stamp.data) == 3:
@@ -411,7 +411,7 @@ def _array_blocks(table, names, family, card, scales, flip):
             known = np.zeros(stop - start, dtype=bool)
             scale = np.full(stop - start, np.nan)
         else:
-            known = np.isfinite(scales[start:stop])
+            known = ~np.isnan(scales[start:stop])  # NaN: no scale; inf: flagged
             scale = np.where(known, scales[start:stop], np.nan)
         flags = np.where(known, probes[1].flags, probes[0].flags).astype(np.int32)
         reasons = [list(probes[int(k)].reason) for k in known]

@@ -217,6 +217,23 @@ def test_masked_pixel_scale_counts_as_unknown(rb, layout):
         assert list(out["rb_flags"]) == list(nan["rb_flags"]), type(scale)
 
 
+@pytest.mark.parametrize("layout", ["array", "object"])
+def test_an_infinite_pixel_scale_flags_its_row(rb, layout):
+    """A per-row pixel scale of inf is nonsense, as 0 or -1 are: the row is flagged
+    BAD_INPUT, not taken for a row without a scale and scored on an assumed grid (a scalar
+    inf is refused)."""
+    x = _triplets(3, seed=3)
+    stamps = x if layout == "array" else _cells(list(x))
+    with pytest.warns(UnusableInputWarning):
+        out = astromorph.annotate_stamps(Table({"triplet": stamps}), model=rb,
+                                         pixel_scale=[1.0, np.inf, -1.0])
+    assert list(out["rb_flags"]) == [0, Flag.BAD_INPUT, Flag.BAD_INPUT]
+    assert "got inf" in out["rb_reason"][1]
+    assert list(out["rb_score"].mask) == [False, True, True]
+    with pytest.raises(InvalidArgumentError, match="inf"):
+        astromorph.annotate_stamps(Table({"triplet": stamps}), model=rb, pixel_scale=np.inf)
+
+
 def test_optical_model_takes_colour_and_band_columns():
     model = astromorph.load_model("morphology")
     rng = np.random.default_rng(6)
