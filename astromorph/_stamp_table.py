@@ -251,11 +251,15 @@ def _cell_getter(col):
     Fixed-width bytes columns (``Table(rows=...)`` makes them from bytes values) are read
     at their full width: astropy would hand back ``str`` and numpy strips trailing NUL
     bytes, which belong to gzip and FITS data; trailing padding is harmless to both.
+    A masked cell of an object column is an empty one (astropy would hand back the
+    cell's array fully masked, read as all NaN).
     """
+    mask = np.ma.getmaskarray(col) if hasattr(col, "mask") else None
+    if col.dtype.kind == "O" and mask is not None and mask.any():
+        return lambda i: None if mask[i] else col[i]
     if col.dtype.kind != "S":
         return col.__getitem__
     data = np.asarray(col)
-    mask = np.ma.getmaskarray(col) if hasattr(col, "mask") else None
 
     def get(i):
         return None if mask is not None and mask[i] else data[i:i + 1].tobytes()

@@ -121,6 +121,28 @@ def test_bad_rows_are_flagged_never_fatal(rb):
                                rtol=0, atol=1e-6)
 
 
+def test_a_masked_object_cell_is_a_missing_stamp(rb):
+    """A masked cell of an object column (a row without a stamp, as a join leaves it) is a
+    missing stamp, flagged MISSING_BAND as an empty cell or a masked cell of FITS bytes are;
+    a masked cell holding an array was read as an all-NaN stamp (BLANK | BAD_INPUT,
+    'science stamp has no finite pixel')."""
+    x = _triplets(4, seed=3)
+    bytes_cells = _cells([_fits_bytes(im) for im in x[:, 0]])
+    empty = _cells(list(x[:, 0]))
+    empty[1] = None
+    expected = None
+    for sci in (MaskedColumn(_cells(list(x[:, 0])), mask=[False, True, False, False]),
+                MaskedColumn(bytes_cells, mask=[False, True, False, False]), empty):
+        t = Table({"science": sci, "reference": x[:, 1], "difference": x[:, 2]})
+        with pytest.warns(UnusableInputWarning, match="1 of 4 row"):
+            out = astromorph.annotate_stamps(t, model=rb)
+        assert list(out["rb_flags"]) == [0, Flag.MISSING_BAND, 0, 0]
+        assert out["rb_reason"][1] == "no stamp in science"
+        assert list(out["rb_score"].mask) == [False, True, False, False]
+        expected = out["rb_score"] if expected is None else expected
+        np.testing.assert_allclose(out["rb_score"], expected, rtol=0, atol=1e-6)
+
+
 def test_fits_cell_with_a_malformed_header_flags_its_row(rb):
     """A FITS cell whose NAXIS1 is text used to stop the whole table with astropy's
     TypeError ("unsupported operand type(s) for +: 'int' and 'str'"): its row is flagged
