@@ -184,8 +184,12 @@ def annotate_dask(table, images=None, *, model, partition_size=50_000, compute=T
         return os.path.abspath(os.path.expanduser(value))  # a worker may run in another folder
 
     if not isinstance(table, Table):
+        hint = ""
+        if type(table).__name__ == "DataFrame":  # pandas or Dask
+            hint = (" (from a DataFrame: astropy.table.Table.from_pandas(df), with "
+                    "df.compute() first for a Dask one)")
         raise InputError(f"annotate_dask needs an astropy Table or QTable, got "
-                         f"{type(table).__name__}")
+                         f"{type(table).__name__}{hint}")
     kwargs.pop("progress", None)  # each partition runs without a bar
     # an option the partition's function does not take: refused before any task is sent
     import inspect

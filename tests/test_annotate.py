@@ -1546,6 +1546,17 @@ def test_annotate_dask_needs_paths(optical_model):
         astromorph.annotate_dask(catalogue(w, [(1, 1)]), (img, w), model=str(optical_model.path))
 
 
+def test_annotate_dask_says_how_to_pass_a_dataframe(optical_model, tmp_path):
+    """A (Dask) DataFrame, the usual form of a large catalogue, is refused with the way to
+    make the Table that annotate_dask takes, before any task is made."""
+    dd = pytest.importorskip("dask.dataframe")
+    cat = catalogue(sky_wcs(), [(1, 1), (5, 5)])
+    for frame in (cat.to_pandas(), dd.from_pandas(cat.to_pandas(), npartitions=2)):
+        with pytest.raises(InputError, match=r"got DataFrame.*Table\.from_pandas\(df"):
+            astromorph.annotate_dask(frame, str(tmp_path / "img.fits"),
+                                     model=str(optical_model.path), compute=False)
+
+
 # ------------------------------------------------------------- threads, reads
 def test_threads_give_the_same_table(optical_model, monkeypatch):
     """Stamps cut and preprocessed by several threads: the same table as one thread."""
