@@ -5,7 +5,7 @@ import numpy as np
 
 from ..exceptions import InputError, InvalidArgumentError, InvalidArgumentTypeError
 
-__all__ = ["to_arcsec", "real_array", "is_whole", "in_unit_interval", "SENTINEL", "invalid_pixels",
+__all__ = ["to_arcsec", "real_array", "unmasked", "is_whole", "in_unit_interval", "SENTINEL", "invalid_pixels",
            "check_number", "check_whole", "check_bool"]
 
 #: Pixels whose magnitude reaches this are masking sentinels, not data: ZTF stores
@@ -59,8 +59,29 @@ def to_arcsec(value, name, *, positive=True):
     return float(out) if out.ndim == 0 else out
 
 
+def unmasked(values):
+    """``values`` as a numpy array in which masked pixels are NaN.
+
+    A `numpy.ma.MaskedArray` with masked values becomes a copy of its data with NaN
+    under the mask (integer data becomes float64 to hold NaN; other dtypes are left
+    for the caller to reject), so that every function treats masked pixels as no data,
+    whatever value the mask hides; anything else goes through `numpy.asarray`. The
+    input is never modified.
+    """
+    if not np.ma.isMaskedArray(values):
+        return np.asarray(values)
+    data = np.asarray(np.ma.getdata(values))
+    mask = np.ma.getmaskarray(values)
+    if not mask.any() or data.dtype.kind not in "iuf":
+        return data
+    out = data.astype(np.float64 if data.dtype.kind in "iu" else data.dtype, copy=True)
+    out[mask] = np.nan
+    return out
+
+
 def real_array(images, name="images"):
-    """``images`` as a numpy array of real numbers (integers or floats, any byte order).
+    """``images`` as a numpy array of real numbers (integers or floats, any byte order),
+    masked values NaN (`unmasked`).
 
     Raises
     ------
@@ -68,7 +89,7 @@ def real_array(images, name="images"):
         For complex, boolean, string or object data (a complex image would lose its
         imaginary part silently).
     """
-    arr = np.asarray(images)
+    arr = unmasked(images)
     if arr.dtype.kind not in "iuf":
         raise InputError(f"{name} must hold real numbers, got dtype {arr.dtype}")
     return arr

@@ -46,7 +46,7 @@ import numpy as np
 from ..exceptions import (InputError, InputShapeError, InvalidArgumentError,
                           InvalidArgumentTypeError)
 from ._checks import (SENTINEL, check_number, in_unit_interval, invalid_pixels, is_whole,
-                      real_array, to_arcsec)
+                      real_array, to_arcsec, unmasked)
 
 __all__ = [
     "STAMP_SIZE",
@@ -140,7 +140,8 @@ def preprocess_colour_cutout(images, *, size=STAMP_SIZE, crop_fraction=CROP_FRAC
         masking sentinels (``|value| >= 1e30``) are missing pixels like NaN
         (NaN in the output where they fall in the field kept). Anything else
         (integers above 255, floats above 1, complex, booleans) raises
-        `~astromorph.exceptions.InputError`.
+        `~astromorph.exceptions.InputError`. Masked pixels of a
+        `numpy.ma.MaskedArray` are missing pixels too.
     size : int, optional
         Side of the output stamp (the model expects `STAMP_SIZE`).
     crop_fraction : float, optional
@@ -154,7 +155,7 @@ def preprocess_colour_cutout(images, *, size=STAMP_SIZE, crop_fraction=CROP_FRAC
     numpy.ndarray, float32, shape (3, size, size) or (N, 3, size, size)
         Display values in ``[0, 1]``, colour axis first.
     """
-    arr = np.asarray(images)
+    arr = _unmasked_display(images)
     if arr.ndim not in (3, 4) or arr.shape[-1] != 3:
         raise InputShapeError(f"expected colour cutouts of shape (H, W, 3) or (N, H, W, 3), "
                               f"got {arr.shape}")
@@ -178,6 +179,21 @@ def preprocess_colour_cutout(images, *, size=STAMP_SIZE, crop_fraction=CROP_FRAC
         raise InputError(f"colour cutouts must be integers 0-255 or floats in [0, 1], got "
                          f"dtype {arr.dtype}")
     return _display_to_network(arr, size, crop_fraction)
+
+
+def _unmasked_display(images):
+    """Display images as an array; a masked array with masked integer (0-255) values
+    becomes float64 display values in [0, 1] with NaN under the mask (`unmasked` for
+    the others)."""
+    if not (np.ma.isMaskedArray(images) and images.dtype.kind in "iu"
+            and np.ma.getmaskarray(images).any()):
+        return unmasked(images)
+    data, mask = np.asarray(np.ma.getdata(images)), np.ma.getmaskarray(images)
+    shown = data[~mask]
+    if shown.size and (shown.min() < 0 or shown.max() > 255):
+        raise InputError(f"integer colour cutouts must hold 8-bit display values 0-255; got "
+                         f"{shown.min()} to {shown.max()} ({data.dtype})")
+    return np.where(mask, np.nan, data / 255.0)
 
 
 def _display_to_network(arr, size, crop_fraction):
@@ -381,8 +397,9 @@ def gri_to_rgb(g, r, i, *, q=LUPTON_Q, stretch=LUPTON_STRETCH, minimum=LUPTON_MI
     ----------
     g, r, i : array_like, shape (H, W) or (N, H, W)
         Background-subtracted images on a common pixel grid, in a linear flux
-        unit (the constants are set for SDSS nanomaggies). NaNs and masking
-        sentinels (``|value| >= 1e30``, e.g. ZTF's -3.4e38) become 0.
+        unit (the constants are set for SDSS nanomaggies). NaNs, masking
+        sentinels (``|value| >= 1e30``, e.g. ZTF's -3.4e38) and masked pixels of a
+        `numpy.ma.MaskedArray` become 0.
     q, stretch, minimum : float, optional
         Asinh stretch parameters (defaults `LUPTON_Q`, `LUPTON_STRETCH`,
         `LUPTON_MINIMUM`).
@@ -459,6 +476,8 @@ def preprocess_gri(g, r, i, *, size=STAMP_SIZE, crop_fraction=CROP_FRACTION, **l
 def _grey_uint8(image, *, q=LUPTON_Q, stretch=LUPTON_STRETCH, minimum=LUPTON_MINIMUM):
     """The grey channel of `single_band_to_rgb`, shape (H, W) or (N, H, W)."""
     _check_lupton(q, stretch, minimum)
+    if np.ma.isMaskedArray(image) and image.dtype == np.uint8:
+        image = np.ma.filled(image, 0)  # a display image: masked pixels black, as NaN in flux
     arr = real_array(image, "image")
     if arr.ndim not in (2, 3):
         raise InputShapeError(f"expected a band of shape (H, W) or (N, H, W), got {arr.shape}")
@@ -479,7 +498,8 @@ def single_band_to_rgb(image, *, q=LUPTON_Q, stretch=LUPTON_STRETCH, minimum=LUP
     Parameters
     ----------
     image : array_like, shape (H, W) or (N, H, W)
-        NaNs and masking sentinels (``|value| >= 1e30``) become 0, as in `gri_to_rgb`.
+        NaNs, masking sentinels (``|value| >= 1e30``) and masked pixels of a
+        `numpy.ma.MaskedArray` become 0, as in `gri_to_rgb` (black in a ``uint8`` image).
     q, stretch, minimum : float, optional
         Asinh stretch parameters for flux images.
 
@@ -545,7 +565,7 @@ def preprocess_optical(images, *, size=STAMP_SIZE, crop_fraction=CROP_FRACTION):
     -------
     numpy.ndarray, float32, shape (3, size, size) or (N, 3, size, size)
     """
-    arr = np.asarray(images)
+    arr = images if np.ma.isMaskedArray(images) else np.asarray(images)  # keep a mask
     if arr.ndim in (3, 4) and arr.shape[-1] == 3:
         return preprocess_colour_cutout(arr, size=size, crop_fraction=crop_fraction)
     return preprocess_single_band(arr, size=size, crop_fraction=crop_fraction)

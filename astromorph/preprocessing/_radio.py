@@ -112,8 +112,9 @@ def sigma_clipped_rms(image, *, sigma=3.0, maxiters=10):
     Parameters
     ----------
     image : array_like
-        Image (any shape); NaN, infinite values and masking sentinels
-        (``|value| >= 1e30``, e.g. ZTF's -3.4e38) are ignored.
+        Image (any shape); NaN, infinite values, masking sentinels
+        (``|value| >= 1e30``, e.g. ZTF's -3.4e38) and masked pixels of a
+        `numpy.ma.MaskedArray` are ignored.
     sigma : float, optional
         Clipping threshold in units of the current standard deviation.
     maxiters : int, optional
@@ -405,7 +406,7 @@ def preprocess_radio_image(image, *, wcs=None, pixel_scale_arcsec=None, rms=None
         pixel_scale_arcsec = pixel_scale_from_wcs(wcs)
     elif pixel_scale_arcsec is not None:
         pixel_scale_arcsec = to_arcsec(pixel_scale_arcsec, "pixel_scale_arcsec")
-    image = np.asarray(image, dtype=np.float64)
+    image = real_array(image, "image").astype(np.float64)
     if pixel_scale_arcsec is not None and not np.isclose(
             float(pixel_scale_arcsec), FIRST_PIXEL_SCALE_ARCSEC, rtol=1e-3):
         if image.ndim == 3:

@@ -21,7 +21,7 @@ Both are pure numpy and vectorised over the batch.
 import numpy as np
 
 from ..exceptions import InputDTypeError, InputShapeError, InvalidArgumentError
-from ._checks import SENTINEL, check_bool, in_unit_interval, is_whole, to_arcsec
+from ._checks import SENTINEL, check_bool, in_unit_interval, is_whole, to_arcsec, unmasked
 
 __all__ = [
     "TRIPLET_SIZE",
@@ -46,8 +46,9 @@ _ASINH_SOFTENING = 3.0
 
 
 def _as_float_batch(x):
-    """Return ``x`` as a native-byte-order float array of shape (N, 3, H, W)."""
-    x = np.asarray(x)
+    """Return ``x`` as a native-byte-order float array of shape (N, 3, H, W), masked
+    pixels NaN."""
+    x = unmasked(x)
     if x.dtype.kind not in "fiu":
         raise InputDTypeError(f"triplets must be numeric, got dtype {x.dtype}")
     if x.ndim == 3:
@@ -74,7 +75,8 @@ def preprocess_triplet(x, *, return_flags=True):
     (NaN, +-inf: masked, off-chip, or saturated pixels) are set to 0 (the
     background level) after normalisation and counted in the returned flag;
     so are masking sentinels (|value| >= 1e30, e.g. the -3.4e38 that some ZTF
-    reference cutouts carry instead of NaN).
+    reference cutouts carry instead of NaN) and the masked pixels of a
+    `numpy.ma.MaskedArray`.
 
     Parameters
     ----------
