@@ -105,3 +105,30 @@ def test_masked_integer_triplet_pixels_are_counted_as_invalid():
     masked[2, :21] = np.ma.masked
     _, flag = pp.preprocess_triplet(masked)
     np.testing.assert_allclose(flag, [1 / 3])
+
+
+@pytest.mark.parametrize("fill", [np.inf, -np.inf, 1e30, -3.4028235e38])
+def test_dataset_image_invalid_pixels_are_nan_like_nan(fill):
+    """An infinite or masking-sentinel pixel of a data-set image is missing like NaN (NaN in
+    the output, which `Model.predict` names), not the brightest (+1e30 and +inf became 1.0)
+    or faintest pixel of the stamp."""
+    image = rng.uniform(0, 255, (300, 300))
+    where = np.s_[150, 140:150]
+    bad = image.copy()
+    bad[where] = fill
+    np.testing.assert_array_equal(pp.preprocess_dataset_image(bad),
+                                  pp.preprocess_dataset_image(_nan(image, where)))
+
+
+def test_masked_dataset_image_is_nan_where_masked():
+    image = rng.integers(0, 256, (300, 300)).astype(np.uint8)
+    masked = np.ma.masked_array(image, mask=np.zeros(image.shape, bool))
+    masked[150, 140:150] = np.ma.masked
+    np.testing.assert_array_equal(pp.preprocess_dataset_image(masked),
+                                  pp.preprocess_dataset_image(_nan(image, np.s_[150, 140:150])))
+
+
+@pytest.mark.parametrize("dtype", [bool, complex])
+def test_dataset_image_refuses_non_real_data(dtype):
+    with pytest.raises(InputError, match=np.dtype(dtype).name):
+        pp.preprocess_dataset_image(np.ones((300, 300), dtype))

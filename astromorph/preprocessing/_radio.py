@@ -305,7 +305,10 @@ def preprocess_dataset_image(image, *, crop_pixels=CROP_PIXELS, bin_factor=BIN_F
         ``(H, W)`` or ``(N, H, W)`` grey image(s) on the data-set scale
         (0-255, threshold at 0, brightest pixel 255) at 1.8 arcsec per pixel,
         centred on the source; normally 300 x 300 ``uint8``. Smaller images
-        are zero-padded around the centre.
+        are zero-padded around the centre. NaN, infinite values, masking
+        sentinels (``|value| >= 1e30``) and masked pixels of a
+        `numpy.ma.MaskedArray` are missing: NaN where they fall in the window
+        kept (`Model.predict` refuses such rows).
     crop_pixels : int, optional
         Side of the central window kept (default `CROP_PIXELS`).
     bin_factor : int, optional
@@ -320,12 +323,16 @@ def preprocess_dataset_image(image, *, crop_pixels=CROP_PIXELS, bin_factor=BIN_F
         float32 ``(1, S, S)`` (or ``(N, 1, S, S)``) with
         ``S = crop_pixels // bin_factor``, values in ``[0, 1]``.
     """
-    image = np.asarray(image)
+    image = real_array(image, "image")
     single = image.ndim == 2
     if single:
         image = image[None]
     if image.ndim != 3:
         raise InputShapeError(f"expected (H, W) or (N, H, W) images, got shape {image.shape}")
+    if image.dtype.kind == "f":
+        bad = invalid_pixels(image)
+        if bad.any():  # missing like NaN, not the brightest or faintest pixel after clipping
+            image = np.where(bad, np.nan, image)
     if not is_whole(bin_factor) or not is_whole(crop_pixels) or crop_pixels % bin_factor:
         raise InvalidArgumentError(f"crop_pixels ({crop_pixels!r}) must be a positive multiple of "
                                    f"bin_factor ({bin_factor!r}), a positive whole number")
