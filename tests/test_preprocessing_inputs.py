@@ -132,3 +132,34 @@ def test_masked_dataset_image_is_nan_where_masked():
 def test_dataset_image_refuses_non_real_data(dtype):
     with pytest.raises(InputError, match=np.dtype(dtype).name):
         pp.preprocess_dataset_image(np.ones((300, 300), dtype))
+
+
+def test_radio_functions_take_empty_batches():
+    empty = np.zeros((0, 300, 300))
+    assert pp.peak_significance(empty).shape == (0,)
+    assert pp.peak_significance(empty, rms=1.0).shape == (0,)
+    assert pp.preprocess_radio_image(empty, pixel_scale_arcsec=3.0).shape == (0, 1, 128, 128)
+
+
+@pytest.mark.parametrize("func", [pp.peak_significance, pp.first_cutout_to_uint8,
+                                  pp.preprocess_first_cutout])
+def test_rms_of_the_wrong_length_is_a_typed_error(func):
+    with pytest.raises(InvalidArgumentError, match=r"rms.*\[1\.0, 2\.0\].*3 images"):
+        func(np.stack([RADIO] * 3), rms=[1.0, 2.0])
+
+
+@pytest.mark.parametrize("func", [pp.peak_significance, pp.first_cutout_to_uint8])
+def test_several_rms_values_for_one_image_is_a_typed_error(func):
+    with pytest.raises(InvalidArgumentError, match=r"rms.*\[1\.0, 2\.0\].*1 image"):
+        func(RADIO, rms=[1.0, 2.0])
+
+
+def test_one_rms_value_in_a_list_for_one_image_is_that_value():
+    np.testing.assert_array_equal(pp.first_cutout_to_uint8(RADIO, rms=[1.5e-4]),
+                                  pp.first_cutout_to_uint8(RADIO, rms=1.5e-4))
+
+
+@pytest.mark.parametrize("image", ["abc", np.zeros((300, 300), complex)])
+def test_preprocess_radio_image_refuses_non_real_data(image):
+    with pytest.raises(InputError, match="real numbers"):
+        pp.preprocess_radio_image(image, pixel_scale_arcsec=3.0)

@@ -178,8 +178,8 @@ def peak_significance(image, *, rms=None):
     if rms is None:
         rms = [sigma_clipped_rms(_centre_window(im, DATASET_IMAGE_PIXELS, np.nan))
                for im in stack]
-    rms = np.broadcast_to(_rms_values(rms, zero_ok=True), (len(stack),))
-    field = _centre_window(stack, CROP_PIXELS, np.nan).reshape(len(stack), -1)
+    rms = _per_image(_rms_values(rms, zero_ok=True), len(stack), rms)
+    field = _centre_window(stack, CROP_PIXELS, np.nan).reshape(len(stack), CROP_PIXELS ** 2)
     finite = ~invalid_pixels(field)
     peak = np.where(finite, field, -np.inf).max(axis=1, initial=-np.inf)
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -200,6 +200,16 @@ def _rms_values(rms, *, zero_ok=False):
         raise InvalidArgumentError(f"rms must be {'zero or ' if zero_ok else ''}positive and "
                                    f"finite, got {rms!r}")
     return values
+
+
+def _per_image(values, n, given):
+    """``values`` (from ``rms=given``) broadcast to one per image of ``n``; an
+    `InvalidArgumentError` when there are more, or not one for each."""
+    try:
+        return np.broadcast_to(values, (n,))
+    except ValueError:
+        raise InvalidArgumentError(f"rms must be one value or one per image, got {given!r} for "
+                                   f"{n} image{'s' if n != 1 else ''}") from None
 
 
 def _centre_window(image, size, fill):
@@ -270,8 +280,8 @@ def first_cutout_to_uint8(image, *, rms=None, threshold_sigma=DATASET_THRESHOLD_
     if image.ndim == 3 and image.shape[0] == 0:
         return np.zeros((0, size, size), np.uint8 if quantize else np.float32)
     if image.ndim == 3:
-        rmss = np.broadcast_to(np.asarray(np.nan if rms is None else rms, dtype=float),
-                               (image.shape[0],))
+        rmss = _per_image(np.asarray(np.nan if rms is None else rms, dtype=float),
+                          image.shape[0], rms)
         return np.stack([
             first_cutout_to_uint8(im, rms=None if rms is None else r,
                                   threshold_sigma=threshold_sigma, size=size,
@@ -282,7 +292,8 @@ def first_cutout_to_uint8(image, *, rms=None, threshold_sigma=DATASET_THRESHOLD_
     window = _centre_window(image, size, np.nan)
     if rms is None:
         rms = sigma_clipped_rms(window)
-    threshold = threshold_sigma * float(rms)
+    threshold = threshold_sigma * float(_per_image(np.asarray(rms, dtype=float).reshape(-1), 1,
+                                                   rms)[0])
     window = np.where(invalid_pixels(window), threshold, window)
     clipped = np.maximum(window, threshold)
     peak = clipped.max()
@@ -416,7 +427,9 @@ def preprocess_radio_image(image, *, wcs=None, pixel_scale_arcsec=None, rms=None
     image = real_array(image, "image").astype(np.float64)
     if pixel_scale_arcsec is not None and not np.isclose(
             float(pixel_scale_arcsec), FIRST_PIXEL_SCALE_ARCSEC, rtol=1e-3):
-        if image.ndim == 3:
+        if image.ndim == 3 and len(image) == 0:
+            pass  # nothing to resample: preprocess_first_cutout gives the empty batch
+        elif image.ndim == 3:
             image = np.stack([resample_to_first_grid(im, pixel_scale_arcsec) for im in image])
         else:
             image = resample_to_first_grid(image, pixel_scale_arcsec)
