@@ -163,3 +163,26 @@ def test_one_rms_value_in_a_list_for_one_image_is_that_value():
 def test_preprocess_radio_image_refuses_non_real_data(image):
     with pytest.raises(InputError, match="real numbers"):
         pp.preprocess_radio_image(image, pixel_scale_arcsec=3.0)
+
+
+RAGGED = [[0.0, 1.0], [2.0]]
+
+
+@pytest.mark.parametrize("func", [
+    pp.single_band_to_rgb, pp.preprocess_single_band, lambda x: pp.gri_to_rgb(x, x, x),
+    pp.sigma_clipped_rms, pp.peak_significance, pp.first_cutout_to_uint8,
+    pp.preprocess_dataset_image, pp.preprocess_colour_cutout, pp.preprocess_triplet,
+    lambda x: pp.resample_triplet(x, 1.0), lambda x: pp.resample_to_first_grid(x, 3.0)])
+def test_stamps_of_unequal_shapes_are_an_input_shape_error(func):
+    with pytest.raises(InputShapeError, match="unequal shapes"):
+        func(RAGGED)
+
+
+@pytest.mark.filterwarnings("error")
+def test_float16_images_do_not_warn():
+    """Half-precision images are checked for sentinels without an overflow warning (1e30
+    is infinite in float16)."""
+    rgb = rng.random((32, 32, 3)).astype(np.float16)
+    expected = pp.preprocess_colour_cutout(rgb.astype(np.float32))
+    np.testing.assert_array_equal(pp.preprocess_colour_cutout(rgb), expected)
+    pp.single_band_to_rgb(GALAXY.astype(np.float16), minimum=0.01)

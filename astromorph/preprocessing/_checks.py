@@ -3,7 +3,8 @@ or as astropy Quantities, images that must hold real numbers, and the pixels tha
 data (NaN, infinities and masking sentinels)."""
 import numpy as np
 
-from ..exceptions import InputError, InvalidArgumentError, InvalidArgumentTypeError
+from ..exceptions import (InputError, InputShapeError, InvalidArgumentError,
+                          InvalidArgumentTypeError)
 
 __all__ = ["to_arcsec", "real_array", "unmasked", "is_whole", "in_unit_interval", "SENTINEL", "invalid_pixels",
            "check_number", "check_whole", "check_bool"]
@@ -17,8 +18,11 @@ SENTINEL = 1e30
 def invalid_pixels(values):
     """Boolean mask of the pixels of ``values`` that are no data: NaN, +-inf and masking
     sentinels (``|value| >= SENTINEL``). Never warns."""
+    values = np.asarray(values)
+    if values.dtype == np.float16:  # 1e30 overflows float16; every finite float16 is data
+        return ~np.isfinite(values)
     with np.errstate(invalid="ignore"):
-        return ~(np.abs(np.asarray(values)) < SENTINEL)
+        return ~(np.abs(values) < SENTINEL)
 
 
 def to_arcsec(value, name, *, positive=True):
@@ -67,9 +71,17 @@ def unmasked(values):
     for the caller to reject), so that every function treats masked pixels as no data,
     whatever value the mask hides; anything else goes through `numpy.asarray`. The
     input is never modified.
+
+    Raises
+    ------
+    astromorph.exceptions.InputShapeError
+        For a sequence of images of unequal shapes (numpy's ValueError before).
     """
     if not np.ma.isMaskedArray(values):
-        return np.asarray(values)
+        try:
+            return np.asarray(values)
+        except ValueError as exc:  # a ragged list of stamps
+            raise InputShapeError(f"got images of unequal shapes: {exc}") from None
     data = np.asarray(np.ma.getdata(values))
     mask = np.ma.getmaskarray(values)
     if not mask.any() or data.dtype.kind not in "iuf":
