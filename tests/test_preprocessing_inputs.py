@@ -186,3 +186,28 @@ def test_float16_images_do_not_warn():
     expected = pp.preprocess_colour_cutout(rgb.astype(np.float32))
     np.testing.assert_array_equal(pp.preprocess_colour_cutout(rgb), expected)
     pp.single_band_to_rgb(GALAXY.astype(np.float16), minimum=0.01)
+
+
+@pytest.mark.parametrize("func", [
+    lambda s: pp.resample_to_first_grid(RADIO, s),
+    lambda s: pp.preprocess_radio_image(RADIO, pixel_scale_arcsec=s)])
+def test_radio_pixel_scale_must_be_one_number(func):
+    with pytest.raises(InvalidArgumentError, match=r"pixel_scale_arcsec.*\[1\.0, 2\.0\]"):
+        func([1.0, 2.0])
+
+
+def test_triplet_pixel_scale_takes_one_or_two_values():
+    with pytest.raises(InvalidArgumentError, match=r"pixel_scale.*\[1\.0, 2\.0, 3\.0\]"):
+        pp.resample_triplet(TRIPLET, [1.0, 2.0, 3.0])
+
+
+def test_rms_in_a_unit_that_is_not_the_image_unit_is_a_typed_error():
+    import astropy.units as u
+
+    with pytest.raises(InvalidArgumentError, match="rms.*m.*Jy"):
+        pp.first_cutout_to_uint8(RADIO * u.Jy, rms=1 * u.m)
+
+
+def test_gri_shape_mismatch_names_the_shapes():
+    with pytest.raises(InputShapeError, match=r"\(40, 40\).*\(40, 39\)"):
+        pp.gri_to_rgb(GALAXY, GALAXY[:, :-1], GALAXY)

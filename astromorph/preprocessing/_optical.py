@@ -444,7 +444,8 @@ def _gri_to_rgb(g, r, i, *, q=LUPTON_Q, stretch=LUPTON_STRETCH, minimum=LUPTON_M
     _check_lupton(q, stretch, minimum)
     bands = [real_array(b, name) for b, name in ((i, "i"), (r, "r"), (g, "g"))]
     if not bands[0].shape == bands[1].shape == bands[2].shape:
-        raise InputShapeError("g, r and i must have the same shape")
+        raise InputShapeError(f"g, r and i must have the same shape, got g {bands[2].shape}, "
+                              f"r {bands[1].shape} and i {bands[0].shape}")
     if bands[0].ndim not in (2, 3):
         raise InputShapeError(f"expected (H, W) or (N, H, W) images, got {bands[0].shape}")
     return _lupton_uint8(*bands, q=q, stretch=stretch, minimum=minimum,

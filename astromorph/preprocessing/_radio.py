@@ -268,7 +268,13 @@ def first_cutout_to_uint8(image, *, rms=None, threshold_sigma=DATASET_THRESHOLD_
         if not hasattr(image, "unit"):
             raise InvalidArgumentError(f"rms={rms!r} has a unit but the image has none: pass "
                                        "both as Quantities or both as numbers")
-        rms = rms.to_value(image.unit)
+        from astropy.units import UnitsError
+
+        try:
+            rms = rms.to_value(image.unit)
+        except UnitsError:
+            raise InvalidArgumentError(f"rms={rms!r} is not in a unit of the image "
+                                       f"({image.unit})") from None
     if hasattr(image, "unit"):
         image = image.value
     if rms is not None:
@@ -423,7 +429,7 @@ def preprocess_radio_image(image, *, wcs=None, pixel_scale_arcsec=None, rms=None
     if wcs is not None:
         pixel_scale_arcsec = pixel_scale_from_wcs(wcs)
     elif pixel_scale_arcsec is not None:
-        pixel_scale_arcsec = to_arcsec(pixel_scale_arcsec, "pixel_scale_arcsec")
+        pixel_scale_arcsec = _one_pixel_scale(pixel_scale_arcsec)
     image = real_array(image, "image").astype(np.float64)
     if pixel_scale_arcsec is not None and not np.isclose(
             float(pixel_scale_arcsec), FIRST_PIXEL_SCALE_ARCSEC, rtol=1e-3):
@@ -434,6 +440,16 @@ def preprocess_radio_image(image, *, wcs=None, pixel_scale_arcsec=None, rms=None
         else:
             image = resample_to_first_grid(image, pixel_scale_arcsec)
     return preprocess_first_cutout(image, rms=rms, quantize=quantize, **options)
+
+
+def _one_pixel_scale(value):
+    """``pixel_scale_arcsec`` as one positive float (arcsec); `InvalidArgumentError` for
+    several values."""
+    scale = to_arcsec(value, "pixel_scale_arcsec")
+    if np.size(scale) != 1:
+        raise InvalidArgumentError(f"pixel_scale_arcsec must be one number (arcsec per pixel), "
+                                   f"got {value!r}")
+    return float(np.ravel(scale)[0])
 
 
 def pixel_scale_from_wcs(wcs):
@@ -496,7 +512,7 @@ def resample_to_first_grid(image, pixel_scale_arcsec, *, size=DATASET_IMAGE_PIXE
     # a sentinel must not leak into its neighbours through the interpolation weights
     image[invalid_pixels(image)] = np.nan
     ny, nx = image.shape
-    step = FIRST_PIXEL_SCALE_ARCSEC / to_arcsec(pixel_scale_arcsec, "pixel_scale_arcsec")
+    step = FIRST_PIXEL_SCALE_ARCSEC / _one_pixel_scale(pixel_scale_arcsec)
     offsets = (np.arange(size) - size // 2) * step
     y = ny // 2 + offsets
     x = nx // 2 + offsets

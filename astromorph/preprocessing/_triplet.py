@@ -263,7 +263,10 @@ def resample_triplet(x, pixel_scale, *, size=TRIPLET_SIZE, model_pixel_scale=TRI
     """
     x = _as_float_batch(x)
     scale = to_arcsec(pixel_scale, "pixel_scale")
-    sy, sx = (scale, scale) if np.ndim(scale) == 0 else map(float, scale)
+    if np.size(scale) not in (1, 2):
+        raise InvalidArgumentError(f"pixel_scale must be one value or two (scale_y, scale_x), "
+                                   f"got {pixel_scale!r}")
+    sy, sx = np.broadcast_to(np.ravel(scale), (2,)).tolist()
     model_pixel_scale = to_arcsec(model_pixel_scale, "model_pixel_scale")
     if not is_whole(size):
         raise InvalidArgumentError(f"size must be a positive whole number of pixels, got {size!r}")
