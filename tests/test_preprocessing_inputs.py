@@ -211,3 +211,9 @@ def test_rms_in_a_unit_that_is_not_the_image_unit_is_a_typed_error():
 def test_gri_shape_mismatch_names_the_shapes():
     with pytest.raises(InputShapeError, match=r"\(40, 40\).*\(40, 39\)"):
         pp.gri_to_rgb(GALAXY, GALAXY[:, :-1], GALAXY)
+
+
+@pytest.mark.parametrize("stretch", ["log", ["sqrt"], None])
+def test_dataset_image_unknown_stretch_names_the_choices(stretch):
+    with pytest.raises(InvalidArgumentError, match=r"stretch must be 'sqrt' or 'linear'"):
+        pp.preprocess_dataset_image(np.zeros((300, 300), np.uint8), stretch=stretch)

@@ -353,6 +353,8 @@ def preprocess_dataset_image(image, *, crop_pixels=CROP_PIXELS, bin_factor=BIN_F
     if not is_whole(bin_factor) or not is_whole(crop_pixels) or crop_pixels % bin_factor:
         raise InvalidArgumentError(f"crop_pixels ({crop_pixels!r}) must be a positive multiple of "
                                    f"bin_factor ({bin_factor!r}), a positive whole number")
+    if not (isinstance(stretch, str) and stretch in ("sqrt", "linear")):
+        raise InvalidArgumentError(f"stretch must be 'sqrt' or 'linear', got {stretch!r}")
     crop_pixels, bin_factor = int(crop_pixels), int(bin_factor)
     window = _centre_window(image.astype(np.float32), crop_pixels, 0.0)
     s = crop_pixels // bin_factor
@@ -360,8 +362,6 @@ def preprocess_dataset_image(image, *, crop_pixels=CROP_PIXELS, bin_factor=BIN_F
     binned = np.clip(binned * np.float32(1.0 / 255.0), 0.0, 1.0)
     if stretch == "sqrt":
         binned = np.sqrt(binned)
-    elif stretch != "linear":
-        raise InvalidArgumentError(f"unknown stretch {stretch!r}")
     out = binned[:, None].astype(np.float32)
     return out[0] if single else out
 
