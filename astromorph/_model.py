@@ -331,8 +331,10 @@ class Model:
         rows = [start + int(i) for i in np.flatnonzero(~ok.all(axis=1))]
         shown = ", ".join(map(str, rows[:10])) + (", ..." if len(rows) > 10 else "")
         prep = self.card["input"].get("preprocessing")
-        hint = (f"; prepare raw stamps with {prep} (the card's input.preprocessing), which "
-                "replaces NaN or masked pixels and reports them" if prep else "")
+        hint = (f"; prepare raw stamps with {prep} (the card's input.preprocessing)"
+                if prep else "")
+        hint += ("; predict_files, annotate and annotate_stamps preprocess for you and flag "
+                 "such rows instead")
         raise InputError(f"model {self.name!r} got NaN, infinite or masking-sentinel (|x| >= 1e30) "
                          f"values in input row(s) {shown}; predict() takes network-ready "
                          f"arrays{hint}")
