@@ -1504,3 +1504,27 @@ def test_a_query_by_a_rows_own_vector_has_no_negative_distance():
         res = index.query(vector=v[k], k=3)
         assert res["row"][0] == k
         assert np.all(res["similarity"] <= 1) and np.all(res["distance"] >= 0), res
+
+
+def test_head_labels_read_from_fits_are_text_not_bytes(tmp_path):
+    """A string column read back from FITS holds bytes: a head fitted on it had classes
+    b'disc', columns named "head_p_b'disc'" and could not be saved (TypeError from
+    json). Its classes are now the text, as for any other table."""
+    x, y = blobs(n_per=20, k=2, d=8)
+    t = Table({"embedding": x, "my_class": np.array(["disc", "round"])[y]})
+    t.write(tmp_path / "t.fits")
+    back = Table.read(tmp_path / "t.fits")
+    assert back["my_class"].dtype.kind == "S"  # what FITS gives
+    head = LabelHead(C=1.0).fit(back["embedding"], back["my_class"])
+    assert head.classes_.tolist() == ["disc", "round"]
+    assert {"head_p_disc", "head_p_round"} <= set(head.annotate(back).colnames)
+    head.save(tmp_path / "head.json")
+    assert LabelHead.load(tmp_path / "head.json").classes_.tolist() == ["disc", "round"]
+
+
+def test_head_c_must_be_finite(tmp_path):
+    """C=inf was accepted, and the fitted head could then not be saved (ValueError from
+    json: inf is no JSON number); C=True was taken as 1. Both are refused now."""
+    for bad in (np.inf, float("nan"), True):
+        with pytest.raises(InvalidArgumentError, match="C must be a finite positive number"):
+            LabelHead(C=bad)

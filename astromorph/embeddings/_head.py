@@ -75,7 +75,7 @@ class LabelHead(Saved):
     Parameters
     ----------
     C : float, optional
-        Inverse L2 regularisation strength (as in scikit-learn). Default:
+        Inverse L2 regularisation strength (as in scikit-learn), positive and finite. Default:
         chosen among `DEFAULT_CS` by cross-validation.
     Cs : sequence of float, optional
         Candidates for the cross-validation.
@@ -111,8 +111,10 @@ class LabelHead(Saved):
     def __init__(self, *, C=None, Cs=DEFAULT_CS, cv=5, class_weight=None, max_iter=300):
         if class_weight not in (None, "balanced"):
             raise InvalidArgumentError(f"class_weight must be None or 'balanced', got {class_weight!r}")
-        if C is not None and not (isinstance(C, (int, float, np.integer, np.floating)) and C > 0):
-            raise InvalidArgumentError(f"C must be a positive number, got {C!r}")
+        if C is not None and (isinstance(C, (bool, np.bool_)) or not (
+                isinstance(C, (int, float, np.integer, np.floating)) and np.isfinite(C)
+                and C > 0)):  # inf: an unregularised fit, and a head that cannot be saved
+            raise InvalidArgumentError(f"C must be a finite positive number, got {C!r}")
         if C is None:
             if isinstance(Cs, (str, bytes)) or not np.iterable(Cs) or not len(Cs):
                 raise InvalidArgumentTypeError(f"Cs must be a non-empty sequence of positive "
@@ -157,7 +159,8 @@ class LabelHead(Saved):
         embeddings : array_like, (N, D)
             Embedding vectors (e.g. a table's ``embedding`` column).
         labels : array_like, (N,)
-            Class of each row (strings or integers). Masked or empty labels
+            Class of each row (strings, integers or booleans; bytes, as in a string
+            column read from FITS, are decoded to text). Masked or empty labels
             are not allowed here: select the labelled rows first.
         provenance : astropy.table.Table, Model or dict, optional
             The embedding model that made ``embeddings``, recorded as `provenance_`
@@ -175,6 +178,8 @@ class LabelHead(Saved):
         x = embedding_matrix(embeddings, allow_masked=False)
         missing = _missing_labels(labels)
         labels = np.asarray(labels)
+        if labels.dtype.kind == "S":  # e.g. a string column read from FITS: the text
+            labels = np.char.decode(labels, "utf-8", errors="replace")
         if labels.ndim != 1 or len(labels) != len(x):
             raise InvalidArgumentError(f"labels must be 1-d with one entry per embedding row "
                                        f"({len(x)}), got shape {labels.shape}")
