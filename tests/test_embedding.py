@@ -1528,3 +1528,22 @@ def test_head_c_must_be_finite(tmp_path):
     for bad in (np.inf, float("nan"), True):
         with pytest.raises(InvalidArgumentError, match="C must be a finite positive number"):
             LabelHead(C=bad)
+
+
+def test_mixture_regularisation_must_be_positive():
+    """reg_covar=0 was accepted: on repeated vectors (e.g. blank stamps or duplicated
+    rows) a component's covariance is singular and the fit crashed with numpy's
+    LinAlgError. It is refused up front now."""
+    x, _ = blobs(n_per=10, k=3, d=8)
+    with pytest.raises(InvalidArgumentError, match="reg_covar"):
+        GaussianMixture(3, reg_covar=0)
+    duplicated = np.repeat(x[:3], 10, axis=0)  # three distinct vectors
+    labels = GaussianMixture(3, seed=1).fit(duplicated).predict(duplicated)
+    assert len(np.unique(labels)) == 3
+
+
+def test_mixture_keeps_a_numpy_seed():
+    """A numpy integer seed was written as None by to_dict/save (only a Python int was
+    kept)."""
+    x, _ = blobs(n_per=10, k=2, d=8)
+    assert GaussianMixture(2, seed=np.int64(7)).fit(x).to_dict()["seed"] == 7

@@ -46,7 +46,8 @@ class GaussianMixture(Saved):
     max_iter, tol : int, float, optional
         EM stopping rule (change of the mean log-likelihood per row).
     reg_covar : float, optional
-        Added to the covariance diagonals (in units of the mean variance).
+        Added to the covariance diagonals (in units of the mean variance); positive, so
+        that repeated vectors do not give a singular covariance.
     max_fit_rows : int, optional
         Fit on a random subset of at most this many rows (all rows are
         assigned afterwards).
@@ -86,7 +87,8 @@ class GaussianMixture(Saved):
         self.n_init = check_whole(n_init, "n_init")
         self.max_iter = check_whole(max_iter, "max_iter")
         self.tol = check_number(tol, "tol", minimum=0)
-        self.reg_covar = check_number(reg_covar, "reg_covar", minimum=0)
+        # 0: a singular covariance (and LinAlgError) for repeated vectors
+        self.reg_covar = check_number(reg_covar, "reg_covar", positive=True)
         self.max_fit_rows = check_whole(max_fit_rows, "max_fit_rows")
         check_seed(seed)
         self.seed = seed
@@ -380,7 +382,8 @@ class GaussianMixture(Saved):
         self._check()
         return {
             "n_components": int(self.n_components_), "covariance_type": self.covariance_type,
-            "n_pca": self.n_pca, "seed": self.seed if isinstance(self.seed, int) else None,
+            "n_pca": self.n_pca, "seed": int(self.seed) if isinstance(self.seed, (int, np.integer))
+            and not isinstance(self.seed, bool) else None,
             "bic": {str(k): v for k, v in self.bic_.items()},
             "mean": self.mean_.tolist(),
             "components": None if self.components_ is None else self.components_.tolist(),
