@@ -1547,3 +1547,35 @@ def test_mixture_keeps_a_numpy_seed():
     kept)."""
     x, _ = blobs(n_per=10, k=2, d=8)
     assert GaussianMixture(2, seed=np.int64(7)).fit(x).to_dict()["seed"] == 7
+
+
+@pytest.mark.parametrize("method", ["pca", "tsne"])
+def test_map_of_few_points_or_one_dimension_is_two_columns(method):
+    """embedding_map of a single vector gave PCA coordinates of shape (1, 1), and of
+    one-dimensional vectors (N, 1); the t-SNE of 1 to 3 points aimed at a perplexity
+    below 1 (log(0) for one point: RuntimeWarnings). Coordinates are (N, 2) now."""
+    x, _ = blobs(n_per=5, k=2, d=8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for n in (1, 2, 3):
+            coords, used = embedding_map(x[:n], method=method)
+            assert coords.shape == (n, 2) and used == method
+            assert np.all(np.isfinite(coords))
+        assert embedding_map(x[:, :1], method=method)[0].shape == (len(x), 2)
+
+
+def test_pca_map_does_not_form_the_singular_vectors():
+    """The PCA map took an SVD of the whole (N, D) matrix, which also forms its N x D
+    left singular vectors: twice the input's memory (200 MB more for 100,000 256-d
+    vectors, and seconds of work). It uses the D x D scatter matrix now."""
+    import tracemalloc
+
+    x = np.random.default_rng(0).normal(size=(20000, 64))
+    tracemalloc.start()
+    try:
+        coords, _ = embedding_map(x, method="pca")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert coords.shape == (len(x), 2)
+    assert peak < 1.5 * x.nbytes

@@ -258,23 +258,32 @@ def gallery(index, result, path, *, images=None, source_column=None, query_image
 
 # ------------------------------------------------------------------------------- maps
 def _pca2(x):
+    """Coordinates ``(N, 2)`` on the two leading principal axes (zeros where there are fewer
+    than two, e.g. for one point or one-dimensional vectors)."""
+    from ._mixture import _pca  # the D x D scatter matrix: no N x D singular vectors
+
     z = x - x.mean(0)
-    _, _, vt = np.linalg.svd(z, full_matrices=False)
-    return z @ vt[:2].T
+    axes, _ = _pca(z, 2)
+    out = np.zeros((len(x), 2))
+    out[:, :len(axes)] = z @ axes.T
+    return out
 
 
 def _tsne(x, *, perplexity=30.0, n_iter=750, seed=0):
     """Exact t-SNE (van der Maaten & Hinton 2008) in numpy; O(N^2) memory and time."""
+    from ._mixture import _pca
+
     n = len(x)
+    if n < 2:  # one point: nothing to place it against
+        return np.zeros((n, 2))
     rng = np.random.default_rng(seed)
     z = x - x.mean(0)
     if z.shape[1] > 50:
-        _, _, vt = np.linalg.svd(z, full_matrices=False)
-        z = z @ vt[:50].T
+        z = z @ _pca(z, 50)[0].T
     sq = np.sum(z * z, axis=1)
     d2 = np.maximum(sq[:, None] + sq[None, :] - 2 * z @ z.T, 0)
     np.fill_diagonal(d2, np.inf)
-    perplexity = min(perplexity, (n - 1) / 3)
+    perplexity = max(1.0, min(perplexity, (n - 1) / 3))  # 1: one neighbour, the least
     target = np.log(perplexity)
     lo, hi = np.full(n, -50.0), np.full(n, 50.0)  # bisection on log(beta) for every row at once
     dmin = d2.min(axis=1, keepdims=True)
