@@ -1599,3 +1599,43 @@ def test_tsne_holds_at_most_three_square_arrays():
         tracemalloc.stop()
     assert coords.shape == (n, 2) and np.all(np.isfinite(coords))
     assert peak < 3.5 * n * n * 8
+
+
+def test_one_class_error_names_it_and_bad_prefix_fails_before_clustering(monkeypatch):
+    """A head fitted on one class said only "got 1" (not which label); cluster_table
+    with a prefix that is no column name fitted the whole mixture before refusing it."""
+    x, _ = blobs(n_per=10, k=2, d=8)
+    with pytest.raises(InvalidArgumentError, match="got 1: 'spiral'"):
+        LabelHead(C=1.0).fit(x, ["spiral"] * len(x))
+
+    def no_fit(*args, **kwargs):
+        raise AssertionError("fitted before the prefix was checked")
+
+    monkeypatch.setattr(GaussianMixture, "fit", no_fit)
+    for bad in (5, ""):
+        with pytest.raises(InvalidArgumentError, match="prefix"):
+            cluster_table(Table({"embedding": x}), prefix=bad)
+
+
+def test_a_failed_fit_leaves_a_fitted_head_or_mixture_as_it_was():
+    """A fit that failed half-way (one class; all vectors equal) had already replaced
+    part of the fitted state: a fresh head then passed the "fitted?" check and crashed
+    with AttributeError, and a fitted one named its old coefficients with the new classes;
+    a fitted mixture projected with the new mean and axes. Both are left as they were."""
+    x, y = blobs(n_per=20, k=2, d=8)
+    fresh = LabelHead(C=1.0)
+    with pytest.raises(InvalidArgumentError, match="two classes"):
+        fresh.fit(x, ["a"] * len(x))
+    with pytest.raises(InvalidArgumentError, match="not fitted"):
+        fresh.predict(x)
+    head = LabelHead(C=1.0).fit(x, np.array(["p", "q"])[y])
+    before = head.predict_proba(x)
+    with pytest.raises(InvalidArgumentError, match="two classes"):
+        head.fit(x + 5, ["z"] * len(x))
+    assert head.classes_.tolist() == ["p", "q"]
+    np.testing.assert_array_equal(head.predict_proba(x), before)
+    mixture = GaussianMixture(2, n_pca=4).fit(x)
+    before = mixture.predict_proba(x)
+    with pytest.raises(InputError, match="all the same vector"):
+        mixture.fit(np.ones((20, 8)))
+    np.testing.assert_array_equal(mixture.predict_proba(x), before)

@@ -189,17 +189,19 @@ class LabelHead(Saved):
                 f"{len(rows)} label(s) are masked, empty, None or NaN (rows "
                 f"{', '.join(map(str, rows[:10]))}{', ...' if len(rows) > 10 else ''}): select "
                 "the labelled rows first")
-        self.classes_, y = np.unique(labels, return_inverse=True)
-        k = len(self.classes_)
+        # the fitted state is set at the end only: a failed fit leaves the head as it was
+        classes, y = np.unique(labels, return_inverse=True)
+        k = len(classes)
         if k < 2:
-            raise InvalidArgumentError(f"need at least two classes to fit a head, got {k}")
-        self.mean_ = x.mean(axis=0)
-        self.scale_ = np.maximum(x.std(axis=0), 1e-6)
-        z = (x - self.mean_) / self.scale_
+            raise InvalidArgumentError(f"need at least two classes to fit a head, got {k}"
+                                       + "".join(f": {c!r}" for c in classes.tolist()))
+        mean = x.mean(axis=0)
+        scale = np.maximum(x.std(axis=0), 1e-6)
+        z = (x - mean) / scale
         weights = self._weights(y, k)
-        self.cv_scores_ = {}
+        cv_scores = {}
         if self.C is not None:
-            self.C_ = float(self.C)
+            C = float(self.C)
         else:
             rng = np.random.default_rng(0)
             folds, n_folds = self._folds(y, rng)
@@ -217,10 +219,12 @@ class LabelHead(Saved):
                     logp = _log_softmax(z[te] @ w + theta[z.shape[1] * k:])
                     losses.append(-np.sum(weights[te] * np.maximum(logp[np.arange(te.sum()), y[te]],
                                                                    np.log(1e-6))))
-                self.cv_scores_[c] = float(np.sum(losses) / np.sum(weights))
-            self.C_ = min(self.cv_scores_, key=self.cv_scores_.get)
-        theta = _fit_logistic(z, y, k, weights, self.C_, max_iter=self.max_iter)
+                cv_scores[c] = float(np.sum(losses) / np.sum(weights))
+            C = min(cv_scores, key=cv_scores.get)
+        theta = _fit_logistic(z, y, k, weights, C, max_iter=self.max_iter)
         d = z.shape[1]
+        self.classes_, self.mean_, self.scale_, self.C_, self.cv_scores_ = \
+            classes, mean, scale, C, cv_scores
         self.coef_ = theta[:d * k].reshape(d, k)
         self.intercept_ = theta[d * k:]
         self.provenance_ = provenance

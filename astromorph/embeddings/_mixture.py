@@ -215,29 +215,31 @@ class GaussianMixture(Saved):
         if len(x) < 2 * max(candidates):
             raise InvalidArgumentError(f"{len(x)} usable rows are too few for "
                                        f"{max(candidates)} clusters")
-        self.mean_ = x.mean(axis=0)
+        # the fitted state is set at the end only: a failed fit leaves the mixture as it was
+        mean = x.mean(axis=0)
         if self.n_pca is not None and self.n_pca < x.shape[1]:
-            self.components_, self.explained_variance_ratio_ = _pca(x - self.mean_, self.n_pca)
+            components, explained = _pca(x - mean, self.n_pca)
+            z = (x - mean) @ components.T
         else:
-            self.components_ = None
-            self.explained_variance_ratio_ = 1.0
-        z = self._project(x)
+            components, explained = None, 1.0
+            z = x - mean
         n, d = z.shape
         if not np.mean(np.var(z, axis=0)) > 0:
             raise InputError(f"the {n} usable embeddings are all the same vector (e.g. blank "
                              "stamps): there is nothing to cluster")
-        self.dim_ = d
-        self.bic_ = {}
+        bics = {}
         best = None
         for k in candidates:
             runs = [self._em(z, k, rng) for _ in range(self.n_init)]
             params, ll, iters = max(runs, key=lambda r: r[1])
             bic = -2 * ll + self._n_parameters(k, d) * np.log(n)
-            self.bic_[k] = float(bic)
+            bics[k] = float(bic)
             log.info("GaussianMixture k=%d: log-likelihood %.1f, BIC %.1f (%d EM iterations)",
                      k, ll, bic, iters)
             if best is None or bic < best[0]:
                 best = (bic, k, params)
+        self.mean_, self.components_, self.explained_variance_ratio_ = mean, components, explained
+        self.dim_, self.bic_ = d, bics
         _, self.n_components_, (self.weights_, self.means_, self.covariances_) = best
         self.provenance_ = provenance
         return self
@@ -534,6 +536,7 @@ def _cluster_table(table, column, n_components, prefix, on_conflict, kwargs):
     from .._annotate import check_clashes, check_on_conflict
 
     check_on_conflict(on_conflict)
+    check_prefix(prefix)
     check_clashes(table, [prefix, f"{prefix}_prob"], on_conflict)  # before the fit
     x, valid = table_embeddings(table, column)
     mixture = GaussianMixture(n_components, **kwargs).fit(
