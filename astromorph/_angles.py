@@ -46,6 +46,7 @@ def _read(text, unit):
     # Angle's arithmetic: |a| + m / 60 (+ s / 3600), with the sign
     value = np.copysign(a + minutes / 60.0 + seconds / 3600.0,
                         np.where((sign == "-") | (sign == "\u2212"), -1.0, 1.0))
+    ok &= np.isfinite(value)  # hundreds of digits: astropy's OverflowError, left to it
     for parsed_unit, sel in ((u.hourangle, ok & hours), (u.deg, ok & ~hours)):
         if sel.any():  # Angle(text, unit): in the unit parsed, then in `unit`, then .deg
             in_unit = u.Quantity(value[sel], parsed_unit).to_value(unit)
@@ -78,10 +79,10 @@ def parse_angles(text, unit):
     if len(rest):
         try:  # one call where every remaining string is an angle
             values[rest] = Angle(distinct[rest], unit=unit).deg
-        except (ValueError, TypeError, u.UnitsError):
+        except (ValueError, TypeError, OverflowError, u.UnitsError):
             for i in rest:
                 try:
                     values[i] = Angle(distinct[i], unit=unit).deg
-                except (ValueError, TypeError, u.UnitsError):
-                    pass
+                except (ValueError, TypeError, OverflowError, u.UnitsError):
+                    pass  # not an angle (OverflowError: a field of hundreds of digits)
     return values[index.reshape(-1)]

@@ -117,3 +117,25 @@ def test_catalogue_positions_and_flags():
     exp_dec[np.array(dec)[good] == "-0.5"] = -0.5
     np.testing.assert_array_equal(coords.ra.deg[good], exp_ra)
     np.testing.assert_array_equal(coords.dec.deg[good], exp_dec)
+
+
+@pytest.mark.parametrize("unit", [u.hourangle, u.deg])
+def test_huge_fields_are_no_angle(unit):
+    """A field of hundreds of digits (a corrupt column) overflows a float: astropy raises
+    OverflowError, which must flag the string (NaN), not give infinity from the fast path nor
+    stop the whole column; a long field that fits a float is still read as astropy reads it."""
+    huge = "9" * 400
+    text = np.array([f"{huge}:00:00", f"-{huge} 30", f"{huge}d30m", f"{huge}h", "10:00:00",
+                     "1" * 300 + ":00:00"])
+    got = parse_angles(text, unit)
+    assert np.isnan(got[:4]).all(), got
+    assert got[4] == Angle("10:00:00", unit=unit).deg
+    np.testing.assert_array_equal(got[5:], astropy_degrees(text[5:], unit))
+
+
+def test_huge_field_flags_its_row_only():
+    """annotate's positions: an overflowing Dec flags its row (BAD_INPUT), the others stay."""
+    ra = ["10:00:00", "10:00:01", "10:00:02"]
+    dec = ["+02:00:00", "9" * 400 + "d30m", "9" * 400 + ":00:00"]
+    coords, bad = _positions(Table({"ra": ra, "dec": dec}), None, None, None)
+    assert bad.tolist() == [False, True, True]
