@@ -1012,6 +1012,23 @@ def test_real_ztf_packet_without_extension_in_a_directory(models, tmp_path):
     assert not table["rb_flags"].any()
 
 
+def test_directory_leaves_out_hidden_and_backup_files(models, tmp_path):
+    """A directory's backups (x.fits.bak, x.fits~) and hidden files (.x.fits, macOS ._x.fits)
+    are not more inputs (were scored, and modified by in_place=True); a file without an
+    extension, or with a numeric one (a Kafka offset), is still read by its content."""
+    data = fits_bytes(triplet())
+    for name in ("a.fits", "a.fits.bak", "a.fits~", ".hidden.fits", "._a.fits", "b",
+                 "c.000017"):
+        (tmp_path / name).write_bytes(data)
+    from astromorph._readers import expand_inputs
+
+    found = [p.name for p in expand_inputs(tmp_path)]
+    assert found == ["a.fits", "b", "c.000017"]
+    before = (tmp_path / "a.fits.bak").read_bytes()
+    quiet(astromorph.predict_files, "real-bogus", tmp_path, in_place=True)
+    assert (tmp_path / "a.fits.bak").read_bytes() == before
+
+
 def test_extension_and_content_that_disagree_are_named(models, tmp_path):
     """A file whose extension names one format and whose bytes another is read by its bytes;
     the row says both (and one AmbiguousInputWarning), or, when the bytes cannot be read

@@ -59,10 +59,17 @@ def _ending(path):
 
 
 def _recognised(path):
-    """A file a directory contributes: a supported ending, or content of an accepted format
-    (its first bytes only are read)."""
+    """A file a directory contributes: not hidden (as for a shell's ``*``: no ``.DS_Store``
+    or ``._x.fits`` AppleDouble files), and a supported ending, or no extension (an alert
+    saved as ``alert-0000011``; a numeric one counts as none) and content of an accepted
+    format (its first bytes only are read). Other extensions are left out: ``x.fits.bak``
+    or ``x.fits~`` is a backup, not one more input (nor a file to write results into)."""
+    if path.name.startswith("."):
+        return False
     if _supported(path):
         return True
+    if path.suffix[1:] and not path.suffix[1:].isdigit():
+        return False
     try:
         with open(path, "rb") as f:
             return _content_format(f.read(_HEAD)) is not None
@@ -76,8 +83,9 @@ def expand_inputs(inputs):
     Parameters
     ----------
     inputs : str, os.PathLike or iterable of them
-        Files, directories (their files of a supported extension or whose first
-        bytes are of an accepted format, sorted, not recursive) and
+        Files, directories (their files, hidden ones excepted, of a supported
+        extension, or of none and whose first bytes are of an accepted format;
+        sorted, not recursive) and
         glob patterns (``*``, ``?``, ``[...]``, ``**`` for recursion; matches
         sorted).
 
@@ -125,7 +133,7 @@ def expand_inputs(inputs):
                 raise InputNotFoundError(
                     f"directory {text!r} holds no supported files "
                     f"({', '.join(SUPPORTED_EXTENSIONS)}, or FITS, JPEG, PNG or Avro content "
-                    "under another name)")
+                    "in a file without extension; hidden files are left out)")
             for p in found:
                 add(p)
         elif path.is_file():
