@@ -1018,12 +1018,12 @@ def test_directory_leaves_out_hidden_and_backup_files(models, tmp_path):
     extension, or with a numeric one (a Kafka offset), is still read by its content."""
     data = fits_bytes(triplet())
     for name in ("a.fits", "a.fits.bak", "a.fits~", ".hidden.fits", "._a.fits", "b",
-                 "c.000017"):
+                 "c.000017", "d.BIN"):
         (tmp_path / name).write_bytes(data)
     from astromorph._readers import expand_inputs
 
     found = [p.name for p in expand_inputs(tmp_path)]
-    assert found == ["a.fits", "b", "c.000017"]
+    assert found == ["a.fits", "b", "c.000017", "d.BIN"]
     before = (tmp_path / "a.fits.bak").read_bytes()
     quiet(astromorph.predict_files, "real-bogus", tmp_path, in_place=True)
     assert (tmp_path / "a.fits.bak").read_bytes() == before

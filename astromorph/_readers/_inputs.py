@@ -32,6 +32,9 @@ _ENDINGS = ((".avro", "avro"), (".png", "png"), (".jpg", "jpeg"), (".jpeg", "jpe
 #: Words for each format; FITS and gzipped FITS are one family.
 _NAMES = {"fits": "FITS", "gzip": "gzip-compressed data", "jpeg": "JPEG", "png": "PNG", "avro": "Avro"}
 _FAMILY = {"gzip": "fits"}
+#: Extensions that say nothing of a file's format (a Kafka message dumped as ``x.bin``): a
+#: directory's files with one of these are read when their content is of an accepted format.
+_GENERIC_EXTENSIONS = ("bin", "dat", "raw", "msg")
 #: Bytes read to recognise a file.
 _HEAD = 16
 
@@ -61,14 +64,16 @@ def _ending(path):
 def _recognised(path):
     """A file a directory contributes: not hidden (as for a shell's ``*``: no ``.DS_Store``
     or ``._x.fits`` AppleDouble files), and a supported ending, or no extension (an alert
-    saved as ``alert-0000011``; a numeric one counts as none) and content of an accepted
-    format (its first bytes only are read). Other extensions are left out: ``x.fits.bak``
-    or ``x.fits~`` is a backup, not one more input (nor a file to write results into)."""
+    saved as ``alert-0000011``; a numeric one or one of `_GENERIC_EXTENSIONS` counts as
+    none) and content of an accepted format (its first bytes only are read). Other
+    extensions are left out: ``x.fits.bak`` or ``x.fits~`` is a backup, not one more input
+    (nor a file to write results into)."""
     if path.name.startswith("."):
         return False
     if _supported(path):
         return True
-    if path.suffix[1:] and not path.suffix[1:].isdigit():
+    extension = path.suffix[1:].lower()
+    if extension and not extension.isdigit() and extension not in _GENERIC_EXTENSIONS:
         return False
     try:
         with open(path, "rb") as f:
@@ -84,7 +89,8 @@ def expand_inputs(inputs):
     ----------
     inputs : str, os.PathLike or iterable of them
         Files, directories (their files, hidden ones excepted, of a supported
-        extension, or of none and whose first bytes are of an accepted format;
+        extension, or of none (or .bin, .dat, .raw, .msg, a number) and whose
+        first bytes are of an accepted format;
         sorted, not recursive) and
         glob patterns (``*``, ``?``, ``[...]``, ``**`` for recursion; matches
         sorted).
