@@ -38,14 +38,14 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 from astropy import units as u
-from astropy.coordinates import Angle
+from astropy.coordinates import Angle, SkyCoord
 from astropy.io import fits
 from astropy.nddata import Cutout2D
 from astropy.table import Table
 from astropy.wcs import WCS
 
 import astromorph
-from astromorph._adapters import RawStamps, model_family, prepare
+from astromorph._adapters import RawStamps, fixed_field, model_family, prepare
 from astromorph._annotate import (_cut_band, _grid, _plan_reads, _positions,
                                   _processing_order, _sky_positions, _workers)
 from astromorph._cutouts import STAMP_CHUNK
@@ -94,7 +94,7 @@ def naive(model, path, cat, n_naive):
         npix, scale, crop, _ = _grid(model, family, len(cat), np.asarray(cat["petroR90_r"]), None)
         start, in_model = time.perf_counter(), 0.0
         for k in range(n_naive):
-            pos = w.pixel_to_world(*w.world_to_pixel_values(cat["ra"][k], cat["dec"][k]))
+            pos = SkyCoord(cat["ra"][k], cat["dec"][k], unit="deg")
             side = npix * scale[k] * 1.5 * u.arcsec
             cut = Cutout2D(data, pos, (side, side), wcs=w, mode="partial", fill_value=np.nan)
             out = WCS(naxis=2)
@@ -117,8 +117,7 @@ def staged(model, path, cat, workers):
     family = model_family(model.card)
     images = parse_sky_images(path)
     n = len(cat)
-    coords = __import__("astropy.coordinates", fromlist=["SkyCoord"]).SkyCoord(
-        cat["ra"], cat["dec"], unit="deg")
+    coords = SkyCoord(cat["ra"], cat["dec"], unit="deg")
     npix, scale, crop, _ = _grid(model, family, n, np.asarray(cat["petroR90_r"]), None)
     with ThreadPoolExecutor(workers) as pool:
         t0 = time.perf_counter()
@@ -145,12 +144,14 @@ def run(model, path, cat, n_naive, repeats):
     """Print annotate's end-to-end time, its stages and the naive way for one model."""
     # warm the sessions (a single band is scored by the card's single-band graph, whose
     # session is made on first use) and the imports, outside the timed calls
-    astromorph.annotate(cat[:8], path, model=model, size_col="petroR90_r", progress=False)
+    # galaxy models scale their stamps by the size column; others fix the field (and refuse it)
+    size_col = None if fixed_field(model.card) else "petroR90_r"
+    astromorph.annotate(cat[:8], path, model=model, size_col=size_col, progress=False)
     n = len(cat)
     totals = []
     for _ in range(repeats):
         t = time.perf_counter()
-        out = astromorph.annotate(cat, path, model=model, size_col="petroR90_r", progress=False)
+        out = astromorph.annotate(cat, path, model=model, size_col=size_col, progress=False)
         totals.append(time.perf_counter() - t)
     fast_total = min(totals)
     stages = staged(model, path, cat, _workers(None))
@@ -218,6 +219,10 @@ def main(argv=None):
     if args.model not in astromorph.list_models() and not os.path.exists(args.model):
         raise SystemExit(f"model {args.model!r} is not shipped (have {astromorph.list_models()})")
     card = astromorph.model_card(args.model)
+    if model_family(card) == "triplet":
+        raise SystemExit(f"model {args.model!r} scores (science, reference, difference) "
+                         "triplets, which one image does not give: see bench_alerts.py and "
+                         "bench_stamp_table.py")
     precisions = args.precision or ["float32", *(card.get("variants") or {})]
     models = [astromorph.load_model(args.model, providers="cpu", precision=p) for p in precisions]
     print(f"model {card['name']} v{card['version']} ({', '.join(precisions)}), input "

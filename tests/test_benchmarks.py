@@ -115,6 +115,14 @@ def test_bench_annotate():
                 "RATIO text positions astropy Angle / annotate:")
 
 
+def test_bench_annotate_fixed_field_model():
+    # --model radio-morphology: its card fixes the field, and annotate refuses size_col
+    out = run_script("benchmarks/bench_annotate.py", "--model", "radio-morphology", "--n", 8,
+                     "--size", 256, "--naive", 4, "--repeats", 1)
+    check_lines(out, "== radio-morphology v", "timed on 4 sources:",
+                "RATIO [float32] naive / annotate (end to end):")
+
+
 def test_bench_embedding():
     dim = astromorph.model_card("embedding")["outputs"][0]["size"]
     # fewer rows than the batch of 100 queries
