@@ -13,8 +13,8 @@ asked for (default: CPU, CUDA and TensorRT), in one run:
   (GPU kernels and TensorRT's float32 tactics round differently from the CPU
   provider);
 * throughput is timed on ``--n`` stamps in batches of ``--batch`` after a
-  warm-up call (TensorRT builds its engine there), and printed with its
-  ratio to the CPU provider in the same run.
+  warm-up call per batch shape (TensorRT builds an engine for each shape
+  there), and printed with its ratio to the CPU provider in the same run.
 
 On a machine without a GPU this prints the CPU numbers and the fallbacks
 only. No numbers are asserted.
@@ -50,7 +50,11 @@ def _load(name, provider, precision):
 
 
 def _rate(model, x, batch):
-    model.predict(x[:batch], batch_size=batch, progress=False)  # warm-up (engine build)
+    # warm-up on every batch shape the timed pass uses: TensorRT builds an engine, and the
+    # CUDA provider searches its convolution algorithms, on the first call of each shape
+    model.predict(x[:batch], batch_size=batch, progress=False)
+    if len(x) % batch:
+        model.predict(x[-(len(x) % batch):], batch_size=batch, progress=False)
     t = time.perf_counter()
     model.predict(x, batch_size=batch, progress=False)
     return len(x) / (time.perf_counter() - t)
