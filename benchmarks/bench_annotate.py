@@ -190,7 +190,9 @@ def text_positions(cat):
     ra = Angle(cat["ra"], u.deg).to_string(u.hourangle, sep=":", precision=3)
     dec = Angle(cat["dec"], u.deg).to_string(u.deg, sep=":", precision=2, alwayssign=True)
     text = Table({"ra": ra, "dec": dec})
-    _positions(text[:2], None, None, None)  # imports
+    # warm both sides, untimed: imports, and astropy's angle parser built on first use
+    _positions(text[:2], None, None, None)
+    Angle(ra[:2], unit=u.hourangle), Angle(dec[:2], unit=u.deg)
     t = time.perf_counter()
     coords, bad = _positions(text, None, None, None)
     fast = time.perf_counter() - t
