@@ -649,6 +649,32 @@ def test_cluster_table_columns_and_masked_rows():
         GaussianMixture(2).fit(np.ones((20, 8)))
 
 
+def test_kmeans_start_takes_memory_of_the_distances_not_of_every_difference():
+    """The k-means++ start of the mixture formed an (N, K, D) array of differences when
+    N * K < 4e6 (up to 512 MB); its memory is now that of the (N, K) distances (and of the
+    rows), and the distances, so the labels of a seed, are the same to the last bit."""
+    import tracemalloc
+
+    from astromorph.embeddings._mixture import _squared_distances
+
+    rng = np.random.default_rng(0)
+    n, k, d = 10_000, 16, 64
+    z = rng.normal(size=(n, d))
+    centres = z[:k] + 0.1
+    np.testing.assert_array_equal(_squared_distances(z, centres),
+                                  ((z[:, None, :] - centres[None]) ** 2).sum(-1))
+    gmm = GaussianMixture(k)
+    tracemalloc.start()
+    try:
+        resp = gmm._kmeans_pp(z, k, np.random.default_rng(1), iters=2)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert resp.shape == (n, k) and np.all(resp.sum(axis=1) == 1)
+    # a few copies of the rows and of the distances; (N, K, D) would be 82 MB
+    assert peak < 3 * z.nbytes + 4 * n * k * 8 + 8 * 2 ** 20, peak
+
+
 def test_maps(tmp_path):
     pytest.importorskip("matplotlib")
     x, y = blobs(n_per=40, k=3, d=16)

@@ -144,10 +144,9 @@ class GaussianMixture(Saved):
             centres.append(z[rng.choice(len(z), p=p)])
             d2 = np.minimum(d2, np.sum((z - centres[-1]) ** 2, axis=1))
         centres = np.array(centres)
+        dist = np.empty((len(z), k))
         for _ in range(iters):
-            dist = ((z[:, None, :] - centres[None]) ** 2).sum(-1) if len(z) * k < 4_000_000 else \
-                np.stack([np.sum((z - c) ** 2, axis=1) for c in centres], axis=1)
-            lab = dist.argmin(1)
+            lab = _squared_distances(z, centres, out=dist).argmin(1)
             for j in range(k):
                 if np.any(lab == j):
                     centres[j] = z[lab == j].mean(0)
@@ -481,6 +480,32 @@ def _pca(xc, n):
     axes = axes * np.sign(axes[np.arange(len(axes)), big])[:, None]
     total = float(np.sum(values))
     return np.ascontiguousarray(axes), float(np.sum(values[:n]) / total) if total > 0 else 1.0
+
+
+#: Elements of the (rows, k, d) block of differences that `_squared_distances` forms at a
+#: time (2 MiB of float64).
+_BLOCK_ELEMENTS = 1 << 18
+
+
+def _squared_distances(z, centres, *, out=None):
+    """Squared Euclidean distances ``(N, K)`` of rows ``z`` to ``centres``, memory O(N K).
+
+    The differences are formed in blocks of rows (at most `_BLOCK_ELEMENTS` at a time), not
+    as one ``(N, K, D)`` array, nor through ``|z|^2 - 2 z.c + |c|^2``, which rounds
+    differently: every distance is the same sum of the same squares, in the same order, as
+    ``((z[:, None] - centres) ** 2).sum(-1)``, so the k-means labels (and the fit of a
+    given seed) do not change.
+    """
+    n, k, d = len(z), len(centres), z.shape[1]
+    out = np.empty((n, k)) if out is None else out
+    step = max(1, _BLOCK_ELEMENTS // max(1, k * d))
+    block = np.empty((min(step, n), k, d))
+    for s in range(0, n, step):
+        diff = block[:min(step, n - s)]
+        np.subtract(z[s:s + step, None, :], centres[None], out=diff)
+        np.square(diff, out=diff)
+        diff.sum(axis=-1, out=out[s:s + step])
+    return out
 
 
 def _solve_lower(chol, b):
