@@ -1046,6 +1046,26 @@ def test_cli_csv_output_of_embeddings_is_refused_before_any_work(tiny_embedding,
     assert work == [] and not (tmp_path / "out.csv").exists()
 
 
+@pytest.mark.parametrize("command", [["classify", "--labels", "label"], ["cluster", "-k", "2"]])
+def test_cli_empty_prefix_is_refused_before_any_work(tmp_path, capsys, monkeypatch, command):
+    """classify --prefix '' was refused by LabelHead.annotate only after the head was
+    fitted; both commands now refuse it before the table is read."""
+    from astromorph.embeddings import _cli, _head, _mixture
+
+    t = catalogue(30, d=8)
+    t["embedding"], _ = blobs(n_per=10, k=3, d=8)
+    t["label"] = ["a", "b", ""] * 10
+    t.write(tmp_path / "emb.ecsv")
+    work = []
+    monkeypatch.setattr(_cli, "_read", lambda *a, **k: work.append(a))
+    monkeypatch.setattr(_mixture, "_cluster_table", lambda *a, **k: work.append(a))
+    monkeypatch.setattr(_head.LabelHead, "fit", lambda *a, **k: work.append(a))
+    assert main([command[0], str(tmp_path / "emb.ecsv"), *command[1:], "--prefix", "",
+                 "-o", str(tmp_path / "out.ecsv")]) == 2
+    assert "prefix must be a non-empty string, got ''" in capsys.readouterr().err
+    assert work == [] and not (tmp_path / "out.ecsv").exists()
+
+
 def test_cli_cluster_map_that_cannot_be_drawn_fails_before_any_work(tmp_path, capsys):
     """--map-method umap without umap-learn: refused before the fit, with no table written
     (was: the table written, then the error, exit 2)."""

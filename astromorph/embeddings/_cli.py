@@ -115,10 +115,12 @@ _K_MAX = 12
 
 
 def _cmd_cluster(args):
+    from ._common import check_prefix
     from ._mixture import _cluster_table
     from ._plots import plot_map
     from ..exceptions import InvalidArgumentError
 
+    check_prefix(args.prefix)  # before any work
     for option, value, low in (("-k", args.k, 1), ("--k-max", args.k_max, 2),
                                ("--pca", args.pca, 1), ("--seed", args.seed, 0)):
         check_range(option, value, low=low)
@@ -161,11 +163,12 @@ def _cmd_cluster(args):
 
 def _cmd_classify(args):
     from .._annotate import check_clashes, check_on_conflict
-    from ._common import table_embeddings
+    from ._common import check_prefix, table_embeddings
     from ._head import LabelHead, _missing_labels
     from ._state import table_provenance
     from ..exceptions import InputError
 
+    check_prefix(args.prefix)  # before any work (LabelHead.annotate: only after the fit)
     check_range("-C", args.C, low=0, low_open=True)
     _check_outputs(args, output=args.output)
     table = _read(args)
