@@ -1298,6 +1298,28 @@ def test_mixture_checks_the_dimension():
         gmm.annotate(Table({"embedding": x[:, :4]}))
 
 
+def test_heads_and_mixtures_predict_no_rows_as_no_rows():
+    """head.predict([]) read [] as one vector of 0 dimensions ("embeddings have 0
+    dimensions; this head was fitted on 8"); no vectors now give no results, as a (0, D)
+    array does, for every prediction method of LabelHead and GaussianMixture."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(60, 8))
+    head = LabelHead(C=1.0).fit(x, np.array(["a", "b"])[np.arange(60) % 2])
+    gmm = GaussianMixture(2).fit(x)
+    for empty in ([], np.empty(0), np.empty((0, 0)), np.ma.masked_array(np.empty(0)),
+                  np.empty((0, 8))):
+        for method, shape in ((head.predict, (0,)), (head.predict_proba, (0, 2)),
+                              (head.decision_function, (0, 2)), (gmm.predict, (0,)),
+                              (gmm.predict_proba, (0, 2))):
+            got = method(empty)
+            assert got.shape == shape, (method, empty)
+        assert head.predict(empty).dtype == head.classes_.dtype
+    with pytest.raises(InvalidArgumentError, match=r"0 dimensions.* 8"):  # one empty vector
+        head.predict([[]])
+    with pytest.raises(InvalidArgumentError, match=r"5 dimensions.* 8"):
+        gmm.predict(np.empty((0, 5)))
+
+
 def test_query_with_k_far_above_the_rows():
     """k larger than the table returns every other row; a huge k (e.g. -k 10**12 on the
     command line) allocated a k-wide array and died with MemoryError."""

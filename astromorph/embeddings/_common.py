@@ -31,15 +31,18 @@ def _rows(rows):
     return f"{', '.join(map(str, rows[:10]))}{', ...' if len(rows) > 10 else ''}"
 
 
-def embedding_matrix(embeddings, *, allow_masked=False, dtype=np.float64):
+def embedding_matrix(embeddings, *, allow_masked=False, dtype=np.float64, dim=None):
     """A 2-d float array from an embedding column or array.
 
     Parameters
     ----------
     embeddings : array_like or Column, (N, D)
+        One vector (D,) is one row; no vectors (``[]``, or shape (0, 0)) are no rows.
     allow_masked : bool
         Accept masked and non-finite rows (masked ones filled with NaN); otherwise
         raise `InvalidArgumentError` naming them.
+    dim : int, optional
+        The dimension expected: no vectors give a (0, dim) array (not (0, 0)).
     """
     mask = np.ma.getmaskarray(embeddings) if np.ma.isMaskedArray(embeddings) or \
         hasattr(embeddings, "mask") else None
@@ -48,11 +51,15 @@ def embedding_matrix(embeddings, *, allow_masked=False, dtype=np.float64):
     except (TypeError, ValueError) as exc:
         raise InvalidArgumentError(f"embeddings must be numbers, got "
                                    f"{np.asarray(np.ma.getdata(embeddings)).dtype} values ({exc})") from None
-    if x.ndim == 1:  # a single vector
+    if x.ndim == 1 and x.size == 0:  # no vectors, not one vector of no dimensions
+        x, mask = x.reshape(0, 0), None
+    elif x.ndim == 1:  # a single vector
         x = x[None]
         mask = None if mask is None else np.asarray(mask)[None]
     if x.ndim != 2:
         raise InvalidArgumentError(f"embeddings must be a 2-d array (N, D), got shape {x.shape}")
+    if x.shape == (0, 0) and dim is not None:
+        x = np.empty((0, dim), dtype=dtype)
     if mask is not None and np.any(mask):
         masked = np.asarray(mask).reshape(len(x), -1).any(axis=1)
         if not allow_masked:

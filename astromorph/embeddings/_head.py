@@ -252,7 +252,7 @@ class LabelHead(Saved):
         """
         self._check()
         chunk_rows = check_whole(chunk_rows, "chunk_rows")
-        x = embedding_matrix(embeddings, allow_masked=False)
+        x = embedding_matrix(embeddings, allow_masked=False, dim=len(self.mean_))
         if x.shape[1] != len(self.mean_):
             raise InvalidArgumentError(f"embeddings have {x.shape[1]} dimensions; this head was "
                                        f"fitted on {len(self.mean_)}")

@@ -264,7 +264,7 @@ class GaussianMixture(Saved):
         """
         self._check()
         chunk_rows = check_whole(chunk_rows, "chunk_rows")
-        x = embedding_matrix(embeddings, allow_masked=True)
+        x = embedding_matrix(embeddings, allow_masked=True, dim=self.mean_.size)
         if x.shape[1] != self.mean_.size:
             raise InvalidArgumentError(f"embeddings have {x.shape[1]} dimensions; this mixture "
                                        f"was fitted on {self.mean_.size}")
