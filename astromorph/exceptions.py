@@ -31,6 +31,7 @@ __all__ = [
     "LossyOutputWarning",
     "ProvenanceMismatchError",
     "MissingProvenanceWarning",
+    "SimilarLabelsWarning",
 ]
 
 
@@ -153,3 +154,9 @@ class ProvenanceMismatchError(AstromorphError, ValueError):
 class MissingProvenanceWarning(AstromorphWarning):
     """A table does not say which embedding model made its vectors, so a fitted head or
     mixture applied to it cannot check that they come from the model it was fitted on."""
+
+
+class SimilarLabelsWarning(AstromorphWarning):
+    """Labels that differ only by case or surrounding whitespace (e.g. ``"Spiral"``,
+    ``"spiral "`` and ``"spiral"``) are fitted as separate classes; the message names the
+    groups. They are not merged: normalise the labels first if they mean one class."""

@@ -1298,6 +1298,35 @@ def test_mixture_checks_the_dimension():
         gmm.annotate(Table({"embedding": x[:, :4]}))
 
 
+def test_labels_differing_only_by_case_or_spaces_warn_once_naming_them(tmp_path, capsys):
+    """"Spiral", "spiral " and "spiral" became three classes without a word; fit (and so
+    astromorph classify) now warns once, naming the groups, and keeps them apart."""
+    from astromorph.exceptions import SimilarLabelsWarning
+
+    x, y = blobs(n_per=20, k=3, d=8)
+    names = np.array(["Spiral", "spiral ", "E"])[y]
+    names[y == 2] = np.where(np.arange((y == 2).sum()) % 2, "E", "e")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        head = LabelHead(C=1.0).fit(x, names)
+    ours = [w for w in caught if issubclass(w.category, SimilarLabelsWarning)]
+    assert len(ours) == 1 and ours[0].filename == __file__, caught
+    assert "2 group(s)" in str(ours[0].message)
+    assert "'E', 'e'" in str(ours[0].message) and "'Spiral', 'spiral '" in str(ours[0].message)
+    assert head.classes_.tolist() == ["E", "Spiral", "e", "spiral "]  # not merged
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", SimilarLabelsWarning)
+        LabelHead(C=1.0).fit(x, np.array(["Spiral", "spiral-arm", "E"])[y])
+        LabelHead(C=1.0).fit(x, y)
+    t = Table({"embedding": x, "label": names})
+    t.write(tmp_path / "lab.ecsv")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert main(["classify", str(tmp_path / "lab.ecsv"), "--labels", "label", "-C", "1",
+                     "-o", str(tmp_path / "out.ecsv")]) == 0
+    assert len([w for w in caught if issubclass(w.category, SimilarLabelsWarning)]) == 1
+
+
 def test_heads_and_mixtures_predict_no_rows_as_no_rows():
     """head.predict([]) read [] as one vector of 0 dimensions ("embeddings have 0
     dimensions; this head was fitted on 8"); no vectors now give no results, as a (0, D)

@@ -36,6 +36,26 @@ def _missing_labels(labels):
     return missing
 
 
+def _warn_similar_classes(classes):
+    """`SimilarLabelsWarning` naming the groups of ``classes`` that differ only by case or
+    surrounding whitespace (they stay separate classes)."""
+    from .._warnings import warn
+    from ..exceptions import SimilarLabelsWarning
+
+    names = np.array([str(c) for c in classes.tolist()], dtype=str)
+    keys = np.char.lower(np.char.strip(names))
+    _, group, counts = np.unique(keys, return_inverse=True, return_counts=True)
+    similar = np.flatnonzero(counts > 1)
+    if not len(similar):
+        return
+    groups = [names[group == g].tolist() for g in similar]
+    shown = "; ".join(", ".join(map(repr, g)) for g in groups[:10])
+    warn(f"{len(groups)} group(s) of labels differ only by case or surrounding whitespace "
+         f"and are fitted as separate classes: {shown}{'; ...' if len(groups) > 10 else ''}"
+         " (normalise the labels first, e.g. strip and lower-case them, if they mean one "
+         "class)", SimilarLabelsWarning)
+
+
 def _log_softmax(z):
     z = z - z.max(axis=1, keepdims=True)
     return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
@@ -173,6 +193,12 @@ class LabelHead(Saved):
         -------
         LabelHead
             ``self``.
+
+        Warns
+        -----
+        astromorph.exceptions.SimilarLabelsWarning
+            Some labels differ only by case or surrounding whitespace (e.g. ``"Spiral"``
+            and ``"spiral "``): they are fitted as separate classes, as given.
         """
         provenance = as_provenance(provenance)
         x = embedding_matrix(embeddings, allow_masked=False)
@@ -195,6 +221,7 @@ class LabelHead(Saved):
         if k < 2:
             raise InvalidArgumentError(f"need at least two classes to fit a head, got {k}"
                                        + "".join(f": {c!r}" for c in classes.tolist()))
+        _warn_similar_classes(classes)
         mean = x.mean(axis=0)
         scale = np.maximum(x.std(axis=0), 1e-6)
         z = (x - mean) / scale
