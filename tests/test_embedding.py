@@ -1327,6 +1327,27 @@ def test_labels_differing_only_by_case_or_spaces_warn_once_naming_them(tmp_path,
     assert len([w for w in caught if issubclass(w.category, SimilarLabelsWarning)]) == 1
 
 
+@pytest.mark.filterwarnings("ignore::astropy.io.fits.verify.VerifyWarning")  # HIERARCH keys
+@pytest.mark.parametrize("fmt", ["ecsv", "fits"])
+def test_class_names_with_commas_are_recorded_unambiguously(tmp_path, fmt):
+    """``<label>_classes`` joined the class names with commas, so 'S0, edge-on' and 'E' read
+    back as three classes; it is now one CSV record (the names that hold a comma or a quote
+    in double quotes), the same "a,b,c" as before for every other name, and it survives
+    a round trip through a file."""
+    import csv
+
+    x, y = blobs(n_per=20, k=3, d=8)
+    classes = ["E", 'S0 "lenticular"', "S0, edge-on"]
+    out = LabelHead(C=1.0).fit(x, np.array(classes)[y]).annotate(Table({"embedding": x}))
+    out.write(tmp_path / f"out.{fmt}")
+    for table in (out, Table.read(tmp_path / f"out.{fmt}")):
+        value = table.meta["head_label_classes"]
+        assert next(csv.reader([value])) == classes, value
+    plain = LabelHead(C=1.0).fit(x, np.array(["a b", "c", "d"])[y]).annotate(
+        Table({"embedding": x}))
+    assert plain.meta["head_label_classes"] == "a b,c,d"
+
+
 def test_heads_and_mixtures_predict_no_rows_as_no_rows():
     """head.predict([]) read [] as one vector of 0 dimensions ("embeddings have 0
     dimensions; this head was fitted on 8"); no vectors now give no results, as a (0, D)

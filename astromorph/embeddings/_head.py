@@ -56,6 +56,18 @@ def _warn_similar_classes(classes):
          "class)", SimilarLabelsWarning)
 
 
+def _join_classes(classes):
+    """The class names as one CSV record: comma-separated, a name with a comma, a quote or a
+    line break in double quotes (``next(csv.reader([text]))`` reads the names back); names
+    without such characters give the plain ``a,b,c`` of tables written before."""
+    import csv
+    import io
+
+    text = io.StringIO()
+    csv.writer(text, lineterminator="\n").writerow([str(c) for c in classes.tolist()])
+    return text.getvalue()[:-1]
+
+
 def _log_softmax(z):
     z = z - z.max(axis=1, keepdims=True)
     return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
@@ -344,7 +356,8 @@ class LabelHead(Saved):
         -------
         astropy.table.Table
             A copy of ``table`` (sharing its data) with the new columns, and in its
-            meta ``<label>_classes`` (comma-separated), ``<label>_C`` (the
+            meta ``<label>_classes`` (comma-separated; a name holding a comma or a
+            quote in double quotes, as in CSV), ``<label>_C`` (the
             regularisation), ``<label>_input`` (the embedding column) and, when
             recorded, ``<label>_embedding_model``, ``_version`` and ``_sha256`` (the
             model the head was fitted on), ``<label>`` being the name the label column
@@ -386,7 +399,7 @@ class LabelHead(Saved):
         columns[names[-1]] = masked_column(best, valid, "LabelHead most probable class")
         out, used = add_columns(table, columns, on_conflict)
         label = used[names[-1]]  # provenance, flat for FITS: what made these columns
-        out.meta[f"{label}_classes"] = ",".join(map(str, self.classes_))
+        out.meta[f"{label}_classes"] = _join_classes(self.classes_)
         out.meta[f"{label}_C"] = float(self.C_)
         out.meta[f"{label}_input"] = column
         for key, value in (self.provenance_ or {}).items():
