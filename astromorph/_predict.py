@@ -569,7 +569,8 @@ class _Runner:
 
         reasons = ["; ".join(r) for r in self.reasons]
         return Column(np.array(reasons, dtype=f"U{max([len(r) for r in reasons] + [1])}"),
-                      description="why the row is flagged or was not scored (empty when clean)")
+                      description="why the row is flagged or was not scored, or what was "
+                                  "assumed of it (empty when clean)")
 
     def _score(self, key, rows, data, before, scales):
         from ._adapters import RawStamps, prepare

@@ -15,7 +15,8 @@ from ._flags import Flag
 from ._progress import progress_bar
 from ._readers import Stamp, parse_fits_bytes
 from .preprocessing._triplet import _SENTINEL
-from .exceptions import InputError, InvalidArgumentError
+from ._warnings import warn
+from .exceptions import AmbiguousInputWarning, InputError, InvalidArgumentError
 
 __all__ = ["annotate_stamps"]
 
@@ -68,6 +69,9 @@ def annotate_stamps(table, *, model, columns=None, pixel_scale=None, negative=No
         stamp holds the candidate as a *negative* source, e.g. Rubin's ``isNegative``; they
         are negated, as the model takes the candidate positive. ZTF stamps (alert packets,
         brokers) already store it positive for ``isdiffpos = 'f'``: leave them alone.
+        A masked value (sign unknown) is read as False: the row is scored as a positive
+        candidate, its ``<prefix>_reason`` says so (its flags are unchanged) and an
+        `~astromorph.exceptions.AmbiguousInputWarning` counts such rows.
     crop_fraction : float, optional
         Galaxy models: the central fraction of each stamp that the network sees, as for
         `astromorph.predict_files`. Default: the card's (0.35), for cutouts spanning the
@@ -85,8 +89,9 @@ def annotate_stamps(table, *, model, columns=None, pixel_scale=None, negative=No
     Table or QTable
         A copy of ``table`` with the model's columns (e.g. ``rb_score``),
         ``<prefix>_flags`` (bits of `astromorph.Flag`) and ``<prefix>_reason`` (why a row
-        is flagged; empty when clean). Rows that could not be scored (missing or corrupt
-        stamp, wrong shape, template without a positive pixel) have masked outputs.
+        is flagged, or what was assumed of it; empty when clean). Rows that could not be
+        scored (missing or corrupt stamp, wrong shape, template without a positive pixel)
+        have masked outputs.
 
     Raises
     ------
@@ -100,6 +105,8 @@ def annotate_stamps(table, *, model, columns=None, pixel_scale=None, negative=No
     -----
     astromorph.exceptions.UnusableInputWarning
         When some rows could not be scored.
+    astromorph.exceptions.AmbiguousInputWarning
+        When some rows' ``negative`` value is masked (read as False).
     """
     from ._adapters import model_family, result_columns, result_names
     from ._annotate import (_add_columns, _provenance, add_provenance, check_clashes,
@@ -128,9 +135,19 @@ def annotate_stamps(table, *, model, columns=None, pixel_scale=None, negative=No
     if flip is not None and family != "triplet":
         raise InvalidArgumentError(f"negative= (--negative-col) applies to difference-imaging "
                                    f"models; {model.name!r} is a {family} model")
+    unknown = None if flip is None else _row_values(table, negative, n, "negative",
+                                                    np.ma.getmaskarray)
+    if unknown is not None and unknown.any():  # scored as positive, and said so
+        where = f"in {negative!r}" if isinstance(negative, str) else "in negative="
+        assumed = (f"negative unknown (masked {where}): the difference read as holding a "
+                   "positive candidate")
+        warn(f"{int(unknown.sum())} row(s) whose negative value is masked ({where}) scored as "
+             f"positive candidates; their {prefix}_reason says so", AmbiguousInputWarning)
+    else:
+        unknown = assumed = None
 
     runner = _Runner(model, family, int(batch_size), crop_fraction)
-    block = _array_blocks(table, names, family, model.card, scales, flip)
+    block = _array_blocks(table, names, family, model.card, scales, flip, unknown, assumed)
     getters = [_cell_getter(table[c]) for c in names]
     with progress_bar(n, desc=f"{model.name}", unit="row", enabled=progress,
                       min_total=4 * batch_size) as bar:
@@ -141,6 +158,8 @@ def annotate_stamps(table, *, model, columns=None, pixel_scale=None, negative=No
             bar.update(stop - start)
         for i in range(0 if block else n):
             stamp = _row_stamp(i, [get(i) for get in getters], names, family)
+            if unknown is not None and unknown[i]:
+                stamp.reason.append(assumed)
             if stamp.usable:
                 if scales is not None and not np.isnan(scales[i]):  # NaN: no scale
                     stamp.pixel_scale = float(scales[i])
@@ -351,13 +370,14 @@ def _row_stamp(i, cells, names, family):
 
 
 # ----------------------------------------------------------------------------- array columns
-def _array_blocks(table, names, family, card, scales, flip):
+def _array_blocks(table, names, family, card, scales, flip, unknown=None, assumed=None):
     """``block(start, stop)``: the `_Runner.add_block` arguments of rows ``start:stop``, or
     None when the cells need the per-row path.
 
     Numeric array columns (one stamp per column and row: a fixed-shape ``Column``,
     ``MaskedColumn`` or ``Quantity``) give the stamps of many rows as one stack: the
-    columns stacked, masked values NaN, ``negative`` rows negated, all with array
+    columns stacked, masked values NaN, ``negative`` rows negated (``unknown``: rows whose
+    ``negative`` is masked, which get the words ``assumed``), all with array
     operations. The checks the per-row path makes of each stamp (`_row_stamp`,
     `astromorph._predict._conform`) depend here on the column shapes only, so they are
     made once, on a probe stamp, except for the template check, made on the stack. Object
@@ -419,6 +439,9 @@ def _array_blocks(table, names, family, card, scales, flip):
             scale = np.where(known, scales[start:stop], np.nan)
         flags = np.where(known, probes[1].flags, probes[0].flags).astype(np.int32)
         reasons = [list(probes[int(k)].reason) for k in known]
+        if unknown is not None:  # rows whose negative value is masked: read as positive
+            for j in np.flatnonzero(unknown[start:stop]):
+                reasons[j].append(assumed)
         if probes[0].kind == "triplet":
             template = data[:, 1]
             with np.errstate(invalid="ignore"):  # NaN, inf and masking sentinels: no values

@@ -564,3 +564,31 @@ def test_negative_rows_of_integer_stamps_are_negated_without_wrapping(rb, dtype,
                                      model=rb, negative="neg")
     np.testing.assert_allclose(out["rb_score"], ref["rb_score"], rtol=0, atol=1e-6)
     assert list(out["rb_flags"]) == list(ref["rb_flags"])
+
+
+@pytest.mark.parametrize("layout", ["array", "object"])
+def test_a_masked_negative_is_read_as_positive_and_said(rb, layout, monkeypatch):
+    """A masked ``negative`` value (e.g. ZTF's isdiffpos unknown) was read as False without
+    a word: the row is still scored as positive, and its reason says so (one
+    AmbiguousInputWarning names the rows), on the stacked and the per-row paths."""
+    from astromorph import _stamp_table
+    from astromorph.exceptions import AmbiguousInputWarning
+
+    x = _triplets(3, seed=7)
+    positive = x.copy()
+    x[1, 2] *= -1
+    stamps = x if layout == "array" else _cells(list(x))
+    neg = MaskedColumn([False, True, False], mask=[False, False, True])
+    for blocks in (True, False):
+        with monkeypatch.context() as m:
+            if not blocks:
+                m.setattr(_stamp_table, "_array_blocks", lambda *a: None)
+            with pytest.warns(AmbiguousInputWarning, match=r"1 row\(s\) .*negative.*masked"):
+                out = astromorph.annotate_stamps(Table({"triplet": stamps, "neg": neg}),
+                                                 model=rb, negative="neg")
+        assert list(out["rb_flags"]) == [0, 0, 0]
+        assert not out["rb_score"].mask.any()  # never lost: scored as a positive candidate
+        assert list(out["rb_reason"][:2]) == ["", ""]
+        assert out["rb_reason"][2] == ("negative unknown (masked in 'neg'): the difference "
+                                       "read as holding a positive candidate")
+        np.testing.assert_allclose(out["rb_score"], _direct(rb, positive), rtol=0, atol=1e-6)
