@@ -52,9 +52,10 @@ def annotate_stamps(table, *, model, columns=None, pixel_scale=None, negative=No
         ``(B, H, W)`` cube (a triplet in the order science, reference, difference, or
         bands g, r, i) or an ``(H, W, 3)`` 8-bit colour picture. Or one column per plane:
         science, reference and difference for ``real-bogus``; g, r and i for the optical
-        models (three different columns). Cells may be numeric arrays (masked values count as NaN) or FITS bytes,
-        gzipped or not (the ``stampData`` of ZTF alert cutouts; a ``{"stampData": ...}``
-        dict also works), whose WCS gives the pixel scale. Default: the first complete set
+        models (three different columns). Cells may be numeric arrays (masked values count
+        as NaN; a masked cell, or one whose values are all masked, has no stamp: the row
+        is flagged `Flag.MISSING_BAND`) or FITS bytes, gzipped or not (the ``stampData``
+        of ZTF alert cutouts; a ``{"stampData": ...}`` dict also works), whose WCS gives the pixel scale. Default: the first complete set
         among ``science/reference/difference``, ``sci/ref/diff``,
         ``cutoutScience/cutoutTemplate/cutoutDifference``, ``triplet``, ``stamps``,
         ``stamp`` (and ``image``, ``cutout``, ``g/r/i`` for the other models).
@@ -298,6 +299,8 @@ def _cell(value):
     if isinstance(value, (bytes, bytearray, np.bytes_, memoryview)):
         blob = bytes(value)
         return (parse_fits_bytes(blob) if blob else (None, None))
+    if isinstance(value, np.ma.MaskedArray) and value.size and np.ma.getmaskarray(value).all():
+        return None, None  # a fully masked cell (of a multidimensional MaskedColumn): no stamp
     data = _unmasked(value)
     if data.dtype.kind == "b":
         raise ValueError("holds booleans, not pixel values")
@@ -376,7 +379,8 @@ def _array_blocks(table, names, family, card, scales, flip, unknown=None, assume
 
     Numeric array columns (one stamp per column and row: a fixed-shape ``Column``,
     ``MaskedColumn`` or ``Quantity``) give the stamps of many rows as one stack: the
-    columns stacked, masked values NaN, ``negative`` rows negated (``unknown``: rows whose
+    columns stacked, masked values NaN (a fully masked cell: no stamp, `Flag.MISSING_BAND`
+    as `_row_stamp` gives it), ``negative`` rows negated (``unknown``: rows whose
     ``negative`` is masked, which get the words ``assumed``), all with array
     operations. The checks the per-row path makes of each stamp (`_row_stamp`,
     `astromorph._predict._conform`) depend here on the column shapes only, so they are
@@ -422,9 +426,15 @@ def _array_blocks(table, names, family, card, scales, flip, unknown=None, assume
     negate = flip is not None and kind in ("triplet", "bands") and shape[0] == 3
 
     def block(start, stop):
-        parts = []
+        parts, empty = [], []
         for c in cols:
-            parts.append(_unmasked(c[start:stop]))  # masked values count as NaN
+            part = c[start:stop]
+            if isinstance(part, np.ma.MaskedArray):  # a fully masked cell: no stamp
+                mask = np.ma.getmaskarray(part).reshape(len(part), -1)
+                empty.append(mask.all(axis=1))
+            else:
+                empty.append(np.zeros(len(part), dtype=bool))
+            parts.append(_unmasked(part))  # masked values count as NaN
         if len(parts) > 1:
             data = np.stack(parts, axis=1).astype(np.float32, copy=False)
         else:
@@ -439,6 +449,10 @@ def _array_blocks(table, names, family, card, scales, flip, unknown=None, assume
             scale = np.where(known, scales[start:stop], np.nan)
         flags = np.where(known, probes[1].flags, probes[0].flags).astype(np.int32)
         reasons = [list(probes[int(k)].reason) for k in known]
+        missing = np.any(empty, axis=0)
+        for j in np.flatnonzero(missing):  # as `_row_stamp` says it
+            flags[j] = int(Flag.MISSING_BAND)
+            reasons[j] = ["no stamp in " + ", ".join(nm for nm, e in zip(names, empty) if e[j])]
         if unknown is not None:  # rows whose negative value is masked: read as positive
             for j in np.flatnonzero(unknown[start:stop]):
                 reasons[j].append(assumed)
@@ -448,6 +462,7 @@ def _array_blocks(table, names, family, card, scales, flip, unknown=None, assume
                 valid = np.abs(template) < _SENTINEL
             axes = (1, 2)
             bad = valid.any(axis=axes) & (np.where(valid, template, -np.inf).max(axis=axes) <= 0)
+            bad &= ~missing
             for j in np.flatnonzero(bad):  # rare: the words, as the per-row check gives them
                 problem = template_problem(template[j])
                 if problem:

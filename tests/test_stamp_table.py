@@ -388,7 +388,7 @@ def test_array_columns_take_the_stacked_path_with_per_row_results(rb, monkeypatc
     x = _triplets(n, seed=9)
     mask = np.zeros(x[:, 0].shape, bool)
     mask[3, :20] = True                    # masked -> NaN, flagged BLANK
-    mask[4] = True                         # all masked: no finite pixel
+    mask[4] = True                         # all masked: no stamp (MISSING_BAND)
     x[5, 0, :5] = np.nan
     x[6, 2, 10:20] = -3.4e38               # masking sentinels
     x[7, 1] = -np.abs(x[7, 1]) - 1         # no positive template pixel
@@ -439,7 +439,7 @@ def test_array_columns_take_the_stacked_path_with_per_row_results(rb, monkeypatc
             assert (flags == Flag.NO_WCS).all()
             continue
         assert flags[3] == Flag.BLANK and flags[7] == flags[8] == Flag.BAD_INPUT
-        assert flags[9] & Flag.CONSTANT and flags[4] & Flag.BAD_INPUT
+        assert flags[9] & Flag.CONSTANT and flags[4] == Flag.MISSING_BAND
         assert not flags[[0, 1, 2, 12, 30]].any()
     # g, r, i columns of an optical model, one of them masked
     model = astromorph.load_model("morphology")
@@ -592,3 +592,32 @@ def test_a_masked_negative_is_read_as_positive_and_said(rb, layout, monkeypatch)
         assert out["rb_reason"][2] == ("negative unknown (masked in 'neg'): the difference "
                                        "read as holding a positive candidate")
         np.testing.assert_allclose(out["rb_score"], _direct(rb, positive), rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("blocks", [True, False])
+def test_a_fully_masked_array_cell_is_a_missing_stamp(rb, blocks, monkeypatch):
+    """A fully masked cell of a multidimensional MaskedColumn (a row without a stamp) is a
+    missing stamp, MISSING_BAND 'no stamp in <column>', as a masked cell of an object column
+    is; it was read as an all-NaN stamp (BLANK | BAD_INPUT, 'no finite pixel'). A partly
+    masked cell still counts its masked pixels as NaN."""
+    from astromorph import _stamp_table
+
+    if not blocks:
+        monkeypatch.setattr(_stamp_table, "_array_blocks", lambda *a: None)
+    x = _triplets(4, seed=3)
+    mask = np.zeros(x[:, 0].shape, bool)
+    mask[1] = True
+    mask[2, :, :25] = True
+    t = Table({"science": MaskedColumn(x[:, 0], mask=mask), "reference": x[:, 1],
+               "difference": x[:, 2]})
+    with pytest.warns(UnusableInputWarning, match="1 of 4 row"):
+        out = astromorph.annotate_stamps(t, model=rb)
+    assert list(out["rb_flags"]) == [0, Flag.MISSING_BAND, Flag.BLANK, 0]
+    assert out["rb_reason"][1] == "no stamp in science"
+    assert list(out["rb_score"].mask) == [False, True, False, False]
+    cube = np.ma.masked_array(x, mask=np.zeros(x.shape, bool))
+    cube.mask[3] = True
+    with pytest.warns(UnusableInputWarning, match="1 of 4 row"):
+        out = astromorph.annotate_stamps(Table({"triplet": MaskedColumn(cube)}), model=rb)
+    assert list(out["rb_flags"]) == [0, 0, 0, Flag.MISSING_BAND]
+    assert out["rb_reason"][3] == "no stamp in triplet"
