@@ -282,3 +282,21 @@ def test_write_table_refuses_a_folder_name(tmp_path):
     with pytest.raises(InvalidArgumentError, match="names a folder"):
         write_table(Table({"a": [1]}), f"{tmp_path}/out.ecsv/")
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("call, name", [
+    (lambda: pp.preprocess_gri(IMG, IMG, IMG, foo=2), "preprocess_gri"),
+    (lambda: pp.preprocess_single_band(IMG, foo=2), "preprocess_single_band"),
+    (lambda: pp.preprocess_first_cutout(RADIO, foo=2), "preprocess_first_cutout"),
+    (lambda: pp.preprocess_radio_image(RADIO, pixel_scale_arcsec=3.0, foo=2),
+     "preprocess_radio_image"),
+])
+def test_unknown_keywords_name_the_public_function(call, name):
+    """An unknown keyword passed through ``**options`` named a private helper
+    (``_gri_to_rgb() got an unexpected keyword argument 'foo'``, ``_grey_uint8()``), or a
+    function the caller did not call, after the work was done: it now names the public
+    function, the keyword and those it takes, before any work."""
+    with pytest.raises(InvalidArgumentTypeError,
+                       match=rf"^{name}\(\) got an unexpected keyword argument 'foo' "
+                             r"\(it also takes: .+\)$"):
+        call()

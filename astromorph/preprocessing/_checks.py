@@ -7,7 +7,7 @@ from ..exceptions import (InputError, InputShapeError, InvalidArgumentError,
                           InvalidArgumentTypeError)
 
 __all__ = ["to_arcsec", "real_array", "unmasked", "is_whole", "in_unit_interval", "SENTINEL", "invalid_pixels",
-           "check_number", "check_whole", "check_bool"]
+           "check_number", "check_whole", "check_bool", "check_options"]
 
 #: Pixels whose magnitude reaches this are masking sentinels, not data: ZTF stores
 #: masked pixels as -3.4e38 (about -FLT_MAX), other pipelines as +-1e30. Every path
@@ -181,3 +181,14 @@ def check_bool(value, name):
     if isinstance(value, (int, np.integer)) and value in (0, 1):
         return bool(value)
     raise InvalidArgumentTypeError(f"{name} must be True or False, got {value!r}")
+
+
+def check_options(options, allowed, function):
+    """Refuse keywords of ``options`` (a public function's ``**options``, passed on to a
+    helper) that are not in ``allowed``: an `InvalidArgumentTypeError` (a TypeError, as
+    Python's own) naming ``function`` and the keyword, before any work, rather than
+    Python's error naming the private helper that receives them."""
+    unknown = [k for k in options if k not in allowed]
+    if unknown:
+        raise InvalidArgumentTypeError(f"{function}() got an unexpected keyword argument "
+                                       f"{unknown[0]!r} (it also takes: {', '.join(allowed)})")

@@ -45,8 +45,8 @@ import numpy as np
 
 from ..exceptions import (InputError, InputShapeError, InvalidArgumentError,
                           InvalidArgumentTypeError)
-from ._checks import (SENTINEL, check_number, in_unit_interval, invalid_pixels, is_whole,
-                      real_array, to_arcsec, unmasked)
+from ._checks import (SENTINEL, check_number, check_options, in_unit_interval, invalid_pixels,
+                      is_whole, real_array, to_arcsec, unmasked)
 
 __all__ = [
     "STAMP_SIZE",
@@ -469,6 +469,7 @@ def preprocess_gri(g, r, i, *, size=STAMP_SIZE, crop_fraction=CROP_FRACTION, **l
     -------
     numpy.ndarray, float32, shape (3, size, size) or (N, 3, size, size)
     """
+    check_options(lupton, ("q", "stretch", "minimum", "band_scales"), "preprocess_gri")
     # the colour planes as an (N, H, W, 3) view: no interleaving only to undo it
     rgb = np.moveaxis(_gri_to_rgb(g, r, i, planar=True, **lupton), 0, -1)
     return preprocess_colour_cutout(rgb, size=size, crop_fraction=crop_fraction)
@@ -529,6 +530,7 @@ def preprocess_single_band(image, *, size=STAMP_SIZE, crop_fraction=CROP_FRACTIO
     -------
     numpy.ndarray, float32, shape (3, size, size) or (N, 3, size, size)
     """
+    check_options(lupton, ("q", "stretch", "minimum"), "preprocess_single_band")
     return np.repeat(_single_band_plane(image, size=size, crop_fraction=crop_fraction, **lupton),
                      3, axis=-3)
 

@@ -45,8 +45,8 @@ import numpy as np
 
 from ..exceptions import (InputError, InputShapeError, InvalidArgumentError,
                           InvalidArgumentTypeError)
-from ._checks import (check_bool, check_number, check_whole, invalid_pixels, is_whole, real_array,
-                      to_arcsec)
+from ._checks import (check_bool, check_number, check_options, check_whole, invalid_pixels,
+                      is_whole, real_array, to_arcsec)
 
 __all__ = [
     "FIRST_PIXEL_SCALE_ARCSEC",
@@ -366,6 +366,10 @@ def preprocess_dataset_image(image, *, crop_pixels=CROP_PIXELS, bin_factor=BIN_F
     return out[0] if single else out
 
 
+#: The keywords of `preprocess_dataset_image` that the FIRST and radio-image functions pass on.
+_DATASET_OPTIONS = ("crop_pixels", "bin_factor", "stretch")
+
+
 def preprocess_first_cutout(image, *, rms=None, threshold_sigma=DATASET_THRESHOLD_SIGMA,
                             quantize=True, **options):
     """Turn FIRST cutouts in Jy/beam (1.8 arcsec pixels) into the network input.
@@ -384,13 +388,15 @@ def preprocess_first_cutout(image, *, rms=None, threshold_sigma=DATASET_THRESHOL
     quantize : bool, optional
         Quantise to 8 bits like the data set (default true).
     **options
-        Passed on to `preprocess_dataset_image`.
+        ``crop_pixels``, ``bin_factor``, ``stretch``, passed on to
+        `preprocess_dataset_image`.
 
     Returns
     -------
     numpy.ndarray
         float32 ``(1, S, S)`` (or ``(N, 1, S, S)``).
     """
+    check_options(options, _DATASET_OPTIONS, "preprocess_first_cutout")
     grey = first_cutout_to_uint8(image, rms=rms, threshold_sigma=threshold_sigma,
                                  quantize=quantize)
     return preprocess_dataset_image(grey, **options)
@@ -419,13 +425,15 @@ def preprocess_radio_image(image, *, wcs=None, pixel_scale_arcsec=None, rms=None
     quantize : bool, optional
         Quantise to 8 bits like the data set (default true).
     **options
-        Passed on to `preprocess_dataset_image`.
+        ``threshold_sigma`` (see `preprocess_first_cutout`), and ``crop_pixels``,
+        ``bin_factor``, ``stretch``, passed on to `preprocess_dataset_image`.
 
     Returns
     -------
     numpy.ndarray
         float32 ``(1, S, S)`` (or ``(N, 1, S, S)``).
     """
+    check_options(options, ("threshold_sigma",) + _DATASET_OPTIONS, "preprocess_radio_image")
     if wcs is not None:
         pixel_scale_arcsec = pixel_scale_from_wcs(wcs)
     elif pixel_scale_arcsec is not None:
