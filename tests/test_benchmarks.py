@@ -145,7 +145,8 @@ def test_bench_embedding_dim_option():
 
 def test_bench_providers():
     out = run_script("benchmarks/bench_providers.py", "--n", 8, "--batch", 4)
-    check_lines(out, "ONNX Runtime ")
+    # the thread count of the timed sessions is said: by default the cards' 2
+    check_lines(out, "ONNX Runtime ", "; 2 ONNX Runtime thread(s) (--threads 2)")
     for name in astromorph.list_models():
         check_lines(out, f"== {name} v{astromorph.model_card(name)['version']} [float32]")
     assert out.count("cpu -> CPUExecutionProvider: ") == out.count("\n== ")
@@ -154,6 +155,9 @@ def test_bench_providers():
         rows = [line for line in out.splitlines() if line.strip().startswith(f"{provider} ->")]
         assert len(rows) == out.count("\n== ")
         assert all("FALLBACK" in r or "x the CPU provider" in r for r in rows), rows
+    one = run_script("benchmarks/bench_providers.py", "--n", 4, "--batch", 4, "--providers",
+                     "cpu", "--models", "real-bogus", "--threads", 1)
+    check_lines(one, "; 1 ONNX Runtime thread(s) (--threads 1)", "cpu -> CPUExecutionProvider: ")
 
 
 @pytest.mark.training
