@@ -1214,11 +1214,14 @@ def test_rows_negative_or_out_of_range_are_refused_naming_the_valid_range(tmp_pa
     built, from_table = [], _index.SimilarityIndex.from_table.__func__
     monkeypatch.setattr(_index.SimilarityIndex, "from_table", classmethod(
         lambda cls, *a, **kw: built.append(a) or from_table(cls, *a, **kw)))
-    for bad, range_ in (("-1", ">= 0"), ("30", "[0, 29]")):
+    for bad, range_ in (("-1", "[0, 29]"), ("30", "[0, 29]"), ("-30", "[0, 29]")):
         assert main(["similar", str(tmp_path / "emb.ecsv"), "--query", bad]) == 2
         err = capsys.readouterr().err
         assert err.startswith("astromorph: error:") and "--query" in err, err
         assert bad in err and range_ in err, err
+    t[:0].write(tmp_path / "empty.fits")  # no valid row: said so, not "in [0, -1]"
+    assert main(["similar", str(tmp_path / "empty.fits"), "--query", "0"]) == 2
+    assert "--query 0: the table has no rows" in capsys.readouterr().err
     assert not built  # refused before any work
 
 

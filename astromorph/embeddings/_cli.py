@@ -61,7 +61,6 @@ def _cmd_similar(args):
     from ..exceptions import InvalidArgumentError
 
     check_range("-k", args.k, low=1)
-    check_range("--query", args.query, low=0)  # a row number: -1 is no row from the end
     check_range("--max-separation", args.max_separation, low=0)
     check_range("--threads", args.threads, low=0)
     _check_outputs(args, output=args.output, gallery=args.gallery)
@@ -86,7 +85,12 @@ def _cmd_similar(args):
         model = load_model(model, providers=args.providers, threads=args.threads,
                            precision=args.precision)
     table = _read(args, output_has_its_columns=False)  # neighbours: no embeddings
-    check_range("--query", args.query, low=0, high=len(table) - 1)
+    # a row number (-1 is no row from the end), refused naming the table's rows: checked
+    # once the table is read, before the index is built
+    if len(table) or args.query is None:
+        check_range("--query", args.query, low=0, high=len(table) - 1)
+    else:
+        raise InvalidArgumentError(f"--query {args.query}: the table has no rows")
     index = SimilarityIndex.from_table(table, column=args.column, backend=args.backend)
     if args.gallery:  # the column of the rows' files, checked before any write
         _row_images(index, [], None, args.source_column)
