@@ -3,6 +3,7 @@
 Paths, seeds, calibration (temperature scaling), classification metrics and
 figures, ONNX export, model cards, and the torch-versus-ONNX parity check.
 """
+import csv
 import functools
 import hashlib
 import json
@@ -26,7 +27,7 @@ __all__ = [
     "plot_reliability", "export_onnx", "write_card", "write_metrics", "check_parity",
     "sha256sum", "onnx_throughput", "save_checkpoint", "positive_int", "synthetic_scenes",
     "parity_raw_inputs", "write_parity_reference", "PARITY_REFERENCE", "load_onnx_weights",
-    "shipped_torch_model", "MODULES",
+    "shipped_torch_model", "MODULES", "read_csv",
 ]
 
 log = logging.getLogger(__name__)
@@ -87,6 +88,27 @@ def resolve_data_dir(arg=None):
                          "--data-dir DIR or set ASTROMORPH_DATA to the folder holding gz1/, gz2/ "
                          "and ztf_alerts/ (docs/training.md)")
     return path
+
+
+def read_csv(path, columns):
+    """``(line number, row dict)`` of each data row of the CSV file ``path``.
+
+    Read as UTF-8, with or without a byte-order mark (spreadsheet exports write one,
+    which would rename the first column); columns beyond ``columns`` are ignored.
+    A header without one of ``columns``, or a row with fewer fields than the header,
+    stops in one line naming the file.
+    """
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        reader = csv.DictReader(f)
+        missing = [c for c in columns if c not in (reader.fieldnames or ())]
+        if missing:
+            raise SystemExit(f"{path}: no column {', '.join(map(repr, missing))} in its "
+                             f"header {reader.fieldnames}")
+        for row in reader:
+            if any(row[c] is None for c in columns):
+                raise SystemExit(f"{path}, line {reader.line_num}: fewer fields than the "
+                                 f"header's {len(reader.fieldnames)}")
+            yield reader.line_num, row
 
 
 def _subdir(*parts, root=None):

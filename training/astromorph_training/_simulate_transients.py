@@ -160,7 +160,12 @@ def load_ztf_triplets(data_dir):
     X : ndarray (N, 3, 63, 63) float32 with NaNs
     meta : list of dict
     """
-    d = np.load(Path(data_dir) / "ztf_alerts" / "ztf_triplets.npz", allow_pickle=True)
+    path = Path(data_dir) / "ztf_alerts" / "ztf_triplets.npz"
+    d = np.load(path, allow_pickle=True)
+    missing = [k for k in ("X", "meta") if k not in d.files]
+    if missing:
+        raise SystemExit(f"{path}: no array {', '.join(map(repr, missing))} (it has "
+                         f"{d.files}): the alert triplets are X (N, 3, 63, 63) and meta")
     X = np.asarray(d["X"], dtype=np.float32)
     meta = [json.loads(m) if isinstance(m, (str, bytes)) else dict(m) for m in d["meta"]]
     return X, meta

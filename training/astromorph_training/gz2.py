@@ -58,7 +58,6 @@ Steps
 """
 import argparse
 import copy
-import csv
 import json
 import logging
 import math
@@ -191,18 +190,27 @@ def read_votes(data_dir):
     fractions : numpy.ndarray, float32, (N, 37)
         Columns in `LABELS` order.
     """
-    with open(Path(data_dir) / "gz2" / "votes.csv", newline="") as f:
-        reader = csv.reader(f)
-        header = next(reader)
-        missing = [c for c in LABELS if c not in header]
-        if missing:
-            raise SystemExit(f"votes.csv lacks columns {missing}")
-        cols = [header.index(c) for c in LABELS]
-        ids, rows = [], []
-        for row in reader:
-            ids.append(row[0])
-            rows.append([float(row[c]) for c in cols])
-    return np.array(ids), np.array(rows, dtype=np.float32)
+    path = Path(data_dir) / "gz2" / "votes.csv"
+    ids, rows = [], []
+    for line, row in _common.read_csv(path, ("GalaxyID", *LABELS)):
+        try:
+            values = [float(row[c]) for c in LABELS]
+        except ValueError:
+            values = [math.nan]
+        if not all(0.0 <= v <= 1.0 for v in values):  # NaN too: it would poison the loss
+            bad = next(c for c in LABELS if not _fraction(row[c]))
+            raise SystemExit(f"{path}, line {line}: galaxy {row['GalaxyID']!r} has {bad} = "
+                             f"{row[bad]!r}, not a vote fraction between 0 and 1")
+        ids.append(row["GalaxyID"])
+        rows.append(values)
+    return np.array(ids), np.array(rows, dtype=np.float32).reshape(-1, len(LABELS))
+
+
+def _fraction(text):
+    try:
+        return 0.0 <= float(text) <= 1.0
+    except ValueError:
+        return False
 
 
 def unlabelled_ids(data_dir, labelled):

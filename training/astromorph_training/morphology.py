@@ -170,11 +170,16 @@ def _get(args, name, default):
 # ----------------------------------------------------------------------------- data
 def read_labels(data_dir):
     """Object ids (str) and class indices of the GZ1 set, in ``labels.csv`` order."""
+    path = Path(data_dir) / "gz1" / "labels.csv"
     ids, labels = [], []
-    with open(Path(data_dir) / "gz1" / "labels.csv", newline="") as f:
-        for row in csv.DictReader(f):
-            ids.append(row["objid"])
+    for line, row in _common.read_csv(path, ("objid", "class_id")):
+        try:
             labels.append(GZ1_TO_CLASS[int(row["class_id"])])
+        except (KeyError, ValueError):
+            raise SystemExit(f"{path}, line {line}: class_id {row['class_id']!r} of objid "
+                             f"{row['objid']!r} is none of the Galaxy Zoo 1 classes "
+                             f"{sorted(GZ1_TO_CLASS)}") from None
+        ids.append(row["objid"])
     return np.array(ids), np.array(labels, dtype=np.int64)
 
 
@@ -201,7 +206,17 @@ def load_jpegs(paths):
     """Decode JPEG/PNG files into a uint8 ``(N, H, W, 3)`` array."""
     from PIL import Image
 
-    return np.stack([np.asarray(Image.open(p).convert("RGB")) for p in paths])
+    def read(path):
+        try:
+            with Image.open(path) as image:
+                return np.asarray(image.convert("RGB"))
+        except FileNotFoundError:
+            raise
+        except (OSError, SyntaxError, ValueError) as exc:  # corrupt or truncated file
+            raise SystemExit(f"{path}: unreadable image ({exc}): replace the file or remove "
+                             "its galaxy from the labels") from None
+
+    return np.stack([read(p) for p in paths])
 
 
 def _preprocess_files(paths, chunk=256, size=STAMP_SIZE):

@@ -1,0 +1,99 @@
+"""How the training code reads its data folder: malformed files stop in one line naming the
+file and the offending value, never a traceback deep in training or NaNs in the loss.
+
+Synthetic data folders under tmp_path; needs torch and the training/ subproject, not the
+real data.
+"""
+import importlib.util
+
+import numpy as np
+import pytest
+
+pytestmark = [
+    pytest.mark.training,
+    pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="needs torch"),
+    pytest.mark.skipif(importlib.util.find_spec("astromorph_training") is None,
+                       reason="needs the training/ subproject installed"),
+]
+
+
+def _labels(tmp_path, text, encoding="utf-8"):
+    (tmp_path / "gz1").mkdir(exist_ok=True)
+    (tmp_path / "gz1" / "labels.csv").write_text(text, encoding=encoding)
+    return tmp_path
+
+
+def test_gz1_labels_with_bom_and_extra_columns(tmp_path):
+    from astromorph_training import morphology
+
+    _labels(tmp_path, "objid,class_id,class_name,ra\n11,0,elliptical,1.5\n12,3,edge,2\n",
+            encoding="utf-8-sig")  # a byte-order mark, as spreadsheet exports write
+    ids, labels = morphology.read_labels(tmp_path)
+    assert ids.tolist() == ["11", "12"]
+    assert labels.tolist() == [morphology.GZ1_TO_CLASS[0], morphology.GZ1_TO_CLASS[3]]
+
+
+@pytest.mark.parametrize("text, value", [
+    ("objid,class_id\n11,0\n12,7\n", "'7'"),
+    ("objid,class_id\n11,0\n12,spiral\n", "'spiral'"),
+    ("objid,class_id\n11,0\n12\n", "fewer fields"),
+    ("objid,label\n11,0\n", "'class_id'"),
+])
+def test_gz1_labels_bad_rows_are_one_line(tmp_path, text, value):
+    from astromorph_training import morphology
+
+    _labels(tmp_path, text)
+    with pytest.raises(SystemExit) as info:
+        morphology.read_labels(tmp_path)
+    message = str(info.value)
+    assert value in message and str(tmp_path / "gz1" / "labels.csv") in message
+    assert "\n" not in message
+
+
+def test_unreadable_image_names_the_file(tmp_path):
+    from PIL import Image
+
+    from astromorph_training import morphology
+
+    good = tmp_path / "good.jpeg"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(good)
+    truncated = tmp_path / "truncated.jpeg"
+    truncated.write_bytes(good.read_bytes()[:300])
+    garbage = tmp_path / "garbage.jpeg"
+    garbage.write_bytes(b"not an image")
+    assert morphology.load_jpegs([good]).shape == (1, 64, 64, 3)
+    for bad in (truncated, garbage):
+        with pytest.raises(SystemExit, match="unreadable image") as info:
+            morphology.load_jpegs([good, bad])
+        assert str(bad) in str(info.value)
+    with pytest.raises(FileNotFoundError):  # the command line's one-line "missing file" message
+        morphology.load_jpegs([tmp_path / "missing.jpeg"])
+
+
+def test_gz2_votes_not_fractions_are_one_line(tmp_path):
+    from astromorph_training import gz2
+
+    (tmp_path / "gz2").mkdir()
+    path = tmp_path / "gz2" / "votes.csv"
+    header = "GalaxyID," + ",".join(gz2.LABELS)
+    good = ",".join(["0.5"] * len(gz2.LABELS))
+    path.write_text(f"\ufeff{header}\n100,{good}\n", encoding="utf-8")
+    ids, fractions = gz2.read_votes(tmp_path)
+    assert ids.tolist() == ["100"] and fractions.shape == (1, len(gz2.LABELS))
+    for value in ("nan", "", "1.5", "-0.1"):
+        bad = ",".join(["0.5"] * 3 + [value] + ["0.5"] * (len(gz2.LABELS) - 4))
+        path.write_text(f"{header}\n100,{good}\n101,{bad}\n")
+        with pytest.raises(SystemExit) as info:
+            gz2.read_votes(tmp_path)
+        message = str(info.value)
+        assert "'101'" in message and gz2.LABELS[3] in message and f"{value!r}" in message
+
+
+def test_ztf_triplets_without_meta_are_one_line(tmp_path):
+    from astromorph_training import _simulate_transients
+
+    (tmp_path / "ztf_alerts").mkdir()
+    np.savez(tmp_path / "ztf_alerts" / "ztf_triplets.npz", X=np.zeros((1, 3, 63, 63), np.float32))
+    with pytest.raises(SystemExit, match="'meta'") as info:
+        _simulate_transients.load_ztf_triplets(tmp_path)
+    assert "ztf_triplets.npz" in str(info.value)
