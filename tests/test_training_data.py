@@ -97,3 +97,64 @@ def test_ztf_triplets_without_meta_are_one_line(tmp_path):
     with pytest.raises(SystemExit, match="'meta'") as info:
         _simulate_transients.load_ztf_triplets(tmp_path)
     assert "ztf_triplets.npz" in str(info.value)
+
+
+def _gz1_folder(root, rows):
+    from PIL import Image
+
+    (root / "gz1" / "images").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for objid, _ in rows:
+        Image.fromarray(rng.integers(0, 255, (80, 80, 3), dtype=np.uint8)).save(
+            root / "gz1" / "images" / f"{objid}.jpeg")
+    (root / "gz1" / "labels.csv").write_text(
+        "objid,class_id\n" + "".join(f"{i},{c}\n" for i, c in rows))
+    return root
+
+
+def test_split_cannot_change_silently_when_the_labels_change(tmp_path):
+    """The seeded split depends on the rows of labels.csv and their order: one galaxy
+    more moves others between training and test, so other rows are refused unless the
+    run asks for a new split."""
+    import argparse
+
+    from astromorph_training import morphology
+
+    rows = [(1000 + i, i % 6) for i in range(36)]
+    data = _gz1_folder(tmp_path / "data", rows)
+    args = argparse.Namespace(data_dir=data, out_dir=tmp_path / "out", smoke=False,
+                              stamp_size=None, new_split=False)
+    with pytest.raises(SystemExit, match="--new-split") as info:
+        morphology.load_dataset(args)
+    assert str(data / "gz1" / "labels.csv") in str(info.value) and "36 rows" in str(info.value)
+    args.new_split = True
+    split = morphology.load_dataset(args)["split"]
+    assert sum(map(len, split)) == len(rows)
+
+
+def test_split_fingerprint_sees_rows_added_reordered_or_relabelled():
+    from astromorph_training import _common
+
+    ids, labels = np.array(["1", "2", "3"]), np.array([0, 1, 0])
+    base = _common.split_fingerprint(ids, labels)
+    assert _common.split_fingerprint(ids.copy(), labels.copy()) == base
+    assert _common.split_fingerprint(ids[::-1], labels[::-1]) != base
+    assert _common.split_fingerprint(np.append(ids, "4"), np.append(labels, 1)) != base
+    assert _common.split_fingerprint(ids, np.array([0, 1, 1])) != base
+
+
+def test_real_data_is_the_shipped_split_source():
+    """The data folder the shipped models were trained on passes the split check unchanged
+    (the default commands draw exactly the shipped split)."""
+    import os
+    from pathlib import Path
+
+    from astromorph_training import _common, gz2, morphology
+
+    data = Path(os.environ.get("ASTROMORPH_DATA", "/nonexistent"))
+    if not (data / "gz1" / "labels.csv").exists() or not (data / "gz2" / "votes.csv").exists():
+        pytest.skip("needs the real data ($ASTROMORPH_DATA)")
+    ids, labels = morphology.read_labels(data)
+    assert _common.split_fingerprint(ids, labels) == morphology.SPLIT_SOURCE_SHA256
+    gz2_ids, _ = gz2.read_votes(data)
+    assert _common.split_fingerprint(gz2_ids) == gz2.SPLIT_SOURCE_SHA256

@@ -77,6 +77,10 @@ def build_parser(model=None):
                         help="tiny run on a handful of images (CI): writes below "
                              "$TMPDIR/astromorph-smoke/MODEL/ whatever --out-dir says, never "
                              "into models/")
+    parser.add_argument("--new-split", action="store_true",
+                        help="draw the held-out split from a changed labels.csv / votes.csv "
+                             "(refused by default: added, removed or reordered rows move "
+                             "galaxies between training and held-out sets)")
     parser.add_argument("--out-dir", default=None,
                         help="repository root to write models/ and training/reports/ into")
     if model is not None:

@@ -28,6 +28,7 @@ __all__ = [
     "sha256sum", "onnx_throughput", "save_checkpoint", "positive_int", "synthetic_scenes",
     "parity_raw_inputs", "write_parity_reference", "PARITY_REFERENCE", "load_onnx_weights",
     "shipped_torch_model", "MODULES", "read_csv",
+    "split_fingerprint", "check_split_source",
 ]
 
 log = logging.getLogger(__name__)
@@ -109,6 +110,39 @@ def read_csv(path, columns):
                 raise SystemExit(f"{path}, line {reader.line_num}: fewer fields than the "
                                  f"header's {len(reader.fieldnames)}")
             yield reader.line_num, row
+
+
+def split_fingerprint(*columns):
+    """sha256 (hex) of the rows ``zip(*columns)`` in order, one ``a,b,...`` line each."""
+    text = "".join(",".join(map(str, row)) + "\n" for row in zip(*columns))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def check_split_source(path, expected, *columns, args=None):
+    """Refuse to draw a held-out split from other rows than the shipped models' split.
+
+    The seeded splits (`morphology.stratified_split`, `gz2.split_indices`) depend on the
+    number and the order of the rows of the file they are drawn from: a galaxy added,
+    removed or moved moves others between the training and the held-out sets, so a
+    retrained model's test numbers are no longer comparable and ``evaluate`` would score
+    the shipped model on galaxies it was trained on. ``expected`` is the
+    `split_fingerprint` of ``columns`` as the shipped models read them; any other rows
+    stop in one line unless ``args.new_split`` (``--new-split``: a deliberate new split,
+    logged as a warning). Returns the fingerprint.
+    """
+    digest = split_fingerprint(*columns)
+    if digest != expected:
+        message = (f"{path} ({len(columns[0])} rows, fingerprint {digest[:12]}) is not the file "
+                   f"the shipped models' held-out split was drawn from (fingerprint "
+                   f"{expected[:12]}): the split depends on its rows and their order, so "
+                   "added, removed or reordered rows move galaxies between training and "
+                   "held-out sets")
+        if not getattr(args, "new_split", False):
+            raise SystemExit(message + "; restore the file, or pass --new-split to draw a new "
+                             "split deliberately (its numbers are then not comparable with the "
+                             "shipped model's)")
+        log.warning("%s; drawing a new split (--new-split)", message)
+    return digest
 
 
 def _subdir(*parts, root=None):

@@ -82,6 +82,7 @@ from . import _common
 from .morphology import (
     CLASS_NAMES,
     OPTICAL_CHANNELS,
+    SPLIT_SOURCE_SHA256,
     _uniform,
     load_jpegs,
     optical_preprocessing_options,
@@ -262,6 +263,8 @@ def load_data(args):
         gz1_big = _to_uint8(preprocess_files([gz1_path(i) for i in ids], "gz1", size=CACHE_SIZE))
         gz2_big = _to_uint8(preprocess_files([gz2_path(i) for i in g2], "gz2", size=CACHE_SIZE))
     else:
+        _common.check_split_source(data_dir / "gz1" / "labels.csv", SPLIT_SOURCE_SHA256, ids,
+                                   labels, args=args)
         split = stratified_split(labels)
         cache = _common.cache_dir(args.out_dir)
         # The crop fraction names the angular field: a change in astromorph's optical

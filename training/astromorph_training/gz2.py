@@ -127,6 +127,9 @@ PARENTS = {q: parent for q, _, _, parent in QUESTIONS}
 #: Seed of the train/validation/test split (fixed, independent of ``--seed``).
 SPLIT_SEED = 20240602
 SPLIT_FRACTIONS = (0.75, 0.10, 0.15)
+#: `_common.split_fingerprint` of the galaxy ids of ``gz2/votes.csv``, in order, that the
+#: shipped model's split was drawn from: other rows are refused without ``--new-split``.
+SPLIT_SOURCE_SHA256 = "c971806aae4ec49999e4a89963fe384b98a5ce601c88cd38e22387186ad46c57"
 CACHE_VERSION = 1
 #: Width of the Kaggle GZ2 cutouts and their pixel scale in units of petroR90_r
 #: (Willett et al. 2013: 0.02 x petroR90_r arcsec per pixel; GZ1 used 0.024).
@@ -270,6 +273,8 @@ def load_dataset(args):
         everything = np.arange(len(ids))
         return dict(ids=ids, y=y, stamps=stamps, big=big,
                     split=(everything, everything, everything))
+    _common.check_split_source(Path(args.data_dir) / "gz2" / "votes.csv", SPLIT_SOURCE_SHA256,
+                               ids, args=args)
     stem = f"gz2_v{CACHE_VERSION}_s{STAMP_SIZE}_c{CROP_FRACTION:g}"
     stamps, big = _cached(_common.cache_dir(args.out_dir), stem, ids,
                           image_paths(args.data_dir, ids))

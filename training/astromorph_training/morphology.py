@@ -70,6 +70,9 @@ GZ1_TO_CLASS = {0: 0, 1: 1, 2: 1, 3: 2, 4: 4, 5: 3}
 #: Seed of the train/validation/test split (fixed, independent of ``--seed``).
 SPLIT_SEED = 20240601
 SPLIT_FRACTIONS = (0.70, 0.15, 0.15)
+#: `_common.split_fingerprint` of the (objid, class) rows of ``gz1/labels.csv`` that the
+#: shipped models' split was drawn from: other rows are refused without ``--new-split``.
+SPLIT_SOURCE_SHA256 = "0ab76a8e949c8d23795fbf4dd5063935f9bda28850b48c8bad4c6222393c640b"
 #: Side of the cached training stamps: 1.5 x the network stamp, same pixel scale.
 CACHE_SIZE = 96
 #: The cached training stamps cover this multiple of the network stamp's field.
@@ -256,6 +259,8 @@ def load_dataset(args):
         everything = np.arange(len(ids))
         return dict(ids=ids, labels=labels, stamps=stamps, big=big,
                     split=(everything, everything, everything))
+    _common.check_split_source(Path(args.data_dir) / "gz1" / "labels.csv", SPLIT_SOURCE_SHA256,
+                               ids, labels, args=args)
     cache = _common.cache_dir(args.out_dir)
     stem = f"morphology_gz1_v{CACHE_VERSION}_s{size}_c{CROP_FRACTION:g}"
     f_ids, f_stamps, f_big = (cache / f"{stem}_{k}.npy" for k in ("ids", "stamps", f"big{big_size}"))
@@ -336,6 +341,9 @@ def load_gz2_extra(args, gz1_big, heldout):
     tr = gz2.split_indices(len(ids))[0]
     if args.smoke:
         tr = tr[:12]
+    else:
+        _common.check_split_source(Path(args.data_dir) / "gz2" / "votes.csv",
+                                   gz2.SPLIT_SOURCE_SHA256, ids, args=args)
     ids, labels = ids[tr], gz2_leaf_labels(fractions[tr], gz2.LABELS, args.gz2_labels)
     paths = gz2.image_paths(args.data_dir, ids)
     make = lambda: embedding.preprocess_files(paths, "gz2", size=CACHE_SIZE).astype(np.float16)  # noqa: E731
