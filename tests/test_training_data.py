@@ -158,3 +158,31 @@ def test_real_data_is_the_shipped_split_source():
     assert _common.split_fingerprint(ids, labels) == morphology.SPLIT_SOURCE_SHA256
     gz2_ids, _ = gz2.read_votes(data)
     assert _common.split_fingerprint(gz2_ids) == gz2.SPLIT_SOURCE_SHA256
+
+
+def test_real_bogus_cache_cut_off_before_its_info_is_simulated_again(tmp_path, monkeypatch):
+    """A run killed after the simulated stamps were cached but before their info was left
+    ``val_x.npy`` without ``val_info.npz``: every later run failed on the missing file (and
+    blamed --data-dir) instead of simulating the split again."""
+    import argparse
+    import json
+
+    from astromorph_training import realbogus
+
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    args = argparse.Namespace(smoke=False, seed=0, data_dir=tmp_path, n_train=None,
+                              n_val=None, n_test=None, recipe="v3", regenerate=False)
+    (cache / "params.json").write_text(json.dumps(
+        {"n_train": realbogus.DEFAULT_N_TRAIN, "n_val": 8000, "n_test": 12000, "seed": 0}))
+    np.save(cache / "val_x.npy", np.zeros((2, 3, 4, 4), np.float16))  # the cut-off run's stamps
+    simulated = []
+
+    def simulate(split, n, data_dir, seed, out, **kwargs):  # stands in for the simulator
+        simulated.append(split)
+        np.savez(out / f"{split}_info.npz", snr_det=np.ones(2))
+        np.save(out / f"{split}_x.npy", np.ones((2, 3, 4, 4), np.float16))
+
+    monkeypatch.setattr(realbogus, "_simulate_split", simulate)
+    x, info = realbogus._load_split(args, "val", {"cache": cache})
+    assert simulated == ["val"] and x.sum() == x.size and info["snr_det"].tolist() == [1, 1]

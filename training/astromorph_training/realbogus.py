@@ -309,10 +309,14 @@ def _simulate_split(split, n, data_dir, seed, out, smoke=False, keep_raw=0, reci
     if out is not None:
         xs.flush()
         del xs
-        Path(out / f"{split}_x.tmp.npy").replace(out / f"{split}_x.npy")
-        np.savez(out / f"{split}_info.npz", **arrays)
+        # the stamps are renamed into place last: a run killed before leaves no
+        # ``_x.npy``, which `_load_split` takes for "not cached" and simulates again
         if keep_raw:
-            np.save(out / f"{split}_raw.npy", np.concatenate(raw_keep)[:keep_raw])
+            np.save(out / f"{split}_raw.tmp.npy", np.concatenate(raw_keep)[:keep_raw])
+            Path(out / f"{split}_raw.tmp.npy").replace(out / f"{split}_raw.npy")
+        np.savez(out / f"{split}_info.tmp.npz", **arrays)
+        Path(out / f"{split}_info.tmp.npz").replace(out / f"{split}_info.npz")
+        Path(out / f"{split}_x.tmp.npy").replace(out / f"{split}_x.npy")
         return None
     return xs, arrays
 
@@ -338,7 +342,7 @@ def _load_split(args, split, dirs):
     if f.exists() and info_f.exists():
         with np.load(info_f) as cached:
             stale = stale or "snr_det" not in cached.files  # cached before detection S/N was recorded
-    if not f.exists() or _get(args, "regenerate", False) or stale:
+    if not f.exists() or not info_f.exists() or _get(args, "regenerate", False) or stale:
         if stale or _get(args, "regenerate", False):
             for p in folder.glob("*.np*"):
                 p.unlink()
