@@ -125,8 +125,8 @@ def annotate_dask(table, images=None, *, model, partition_size=50_000, compute=T
         Other `annotate` options (``size_col``, ``ra_col``...), or `annotate_stamps` options
         (``columns``, ``pixel_scale``...) without ``images``; ``negative`` and
         ``pixel_scale`` given one value per row are split with the rows. ``progress`` is
-        not passed on: partitions run without progress bars (Dask's diagnostics show the
-        tasks).
+        checked but not passed on: partitions run without progress bars (Dask's
+        diagnostics show the tasks).
 
     Returns
     -------
@@ -190,7 +190,9 @@ def annotate_dask(table, images=None, *, model, partition_size=50_000, compute=T
                     "df.compute() first for a Dask one)")
         raise InputError(f"annotate_dask needs an astropy Table or QTable, got "
                          f"{type(table).__name__}{hint}")
-    kwargs.pop("progress", None)  # each partition runs without a bar
+    from ._progress import check_progress
+
+    check_progress(kwargs.pop("progress", None))  # each partition runs without a bar
     # an option the partition's function does not take: refused before any task is sent
     import inspect
 

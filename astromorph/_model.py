@@ -8,7 +8,7 @@ import numpy as np
 
 from ._registry import _is_path_like, resolve_model, resolve_single_band_graph, verify_checksum
 from ._session import get_session
-from ._progress import progress_bar
+from ._progress import check_progress, progress_bar
 from .preprocessing._checks import SENTINEL
 from ._warnings import warn
 from .exceptions import (AmbiguousInputWarning, ChecksumMismatchError, InputDTypeError,
@@ -389,6 +389,7 @@ class Model:
         from ._predict import check_batch_size
 
         check_batch_size(batch_size)
+        check_progress(progress)
         x = self._as_input(x)
         n = len(x)
         if n == 0:

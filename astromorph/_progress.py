@@ -3,7 +3,7 @@ import logging
 import os
 import sys
 
-__all__ = ["progress_bar"]
+__all__ = ["progress_bar", "check_progress"]
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +25,17 @@ class _NoBar:
         self.close()
 
 
+def check_progress(progress):
+    """``progress`` as ``None`` or a bool; anything else (``"no"``, which Python would take
+    as true) is an `~astromorph.exceptions.InvalidArgumentTypeError` naming it. For the
+    functions that may finish, or pass the work on, without drawing a bar."""
+    if progress is None:
+        return None
+    from .preprocessing._checks import check_bool
+
+    return check_bool(progress, "progress")
+
+
 def progress_bar(total, *, desc="", unit="it", enabled=None, min_total=2):
     """A context manager with ``update(n)``: a tqdm bar, or a silent stand-in.
 
@@ -38,10 +49,7 @@ def progress_bar(total, *, desc="", unit="it", enabled=None, min_total=2):
         tqdm is installed; without tqdm the work runs without a bar and a
         warning is logged), ``False`` hides it.
     """
-    if enabled is not None:
-        from .preprocessing._checks import check_bool
-
-        enabled = check_bool(enabled, "progress")
+    enabled = check_progress(enabled)
     asked = enabled is True
     if enabled is None:
         enabled = (os.environ.get(PROGRESS_ENV, "1") != "0" and total >= min_total

@@ -116,6 +116,11 @@ TOP_LEVEL = [
                                    progress="x"), TYPE, "progress"),
     (lambda p: astromorph.annotate_stamps(STAMPS, model="morphology", progress="x"), TYPE,
      "progress"),
+    # where no bar is drawn (no rows; Dask partitions run without one) all the same
+    (lambda p: astromorph.load_model("morphology").predict(np.zeros((0, 3, 64, 64), np.float32),
+                                                           progress="x"), TYPE, "progress"),
+    (lambda p: astromorph.annotate_dask(CAT, _fits(p), model="morphology", size_col="r90",
+                                        progress="x"), TYPE, "progress"),
     (lambda p: astromorph.predict_files("morphology", _fits(p), write_header=3), TYPE,
      "write_header"),
     (lambda p: astromorph.predict_files("morphology", _fits(p), in_place="no"), TYPE, "in_place"),
