@@ -281,7 +281,12 @@ def main(argv=None):
         parser.error("-q/--quiet and -v/--verbose exclude each other")
     level = logging.ERROR if quiet else [logging.WARNING, logging.INFO,
                                          logging.DEBUG][min(verbose, 2)]
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    # a handler for the records of every library at WARNING (ERROR with -q); -v/-vv are
+    # astromorph's own (with the root at DEBUG, -vv printed the debug lines of any library
+    # imported). basicConfig does nothing where the root has handlers (a second call, a
+    # program that set up its logging): astromorph's level is set on every call
+    logging.basicConfig(level=max(level, logging.WARNING),
+                        format="%(levelname)s %(name)s: %(message)s")
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
@@ -290,6 +295,9 @@ def main(argv=None):
     # astropy's logger prints the warnings it captures (every AstromorphWarning is an
     # AstropyUserWarning) with its own handler; passed on to the root handler set up above
     # as well, each would be printed twice
+    own_log = logging.getLogger("astromorph")
+    own_level = own_log.level
+    own_log.setLevel(level)
     astropy_log = logging.getLogger("astropy")
     propagate, astropy_log.propagate = astropy_log.propagate, False
     astropy_level = astropy_log.level
@@ -316,6 +324,7 @@ def main(argv=None):
         _silence_stdout()
         return 141  # as a process ended by SIGPIPE
     finally:
+        own_log.setLevel(own_level)
         astropy_log.propagate = propagate
         astropy_log.setLevel(astropy_level)
         if sigterm:

@@ -661,6 +661,36 @@ def test_cli_prints_each_warning_once():
     assert run.stderr.count("a warning for the test") == 1, run.stderr
 
 
+def test_cli_verbosity_is_astromorph_s_own_and_holds_on_every_call():
+    """-v/-vv raise astromorph's log level, not every library's (-vv printed the debug
+    lines of whatever was imported, e.g. numcodecs registering its codecs); and -q, -v hold
+    in a second call of main() in the same process (logging.basicConfig sets the level
+    only once)."""
+    code = ("import logging, sys\n"
+            "from astromorph import cli\n"
+            "def fake(args):\n"
+            "    logging.getLogger('otherlib').debug('other debug')\n"
+            "    logging.getLogger('otherlib').info('other info')\n"
+            "    logging.getLogger('astromorph.x').debug('own debug')\n"
+            "    logging.getLogger('astromorph.x').info('own info')\n"
+            "    logging.getLogger('astromorph.x').warning('own warning')\n"
+            "    return 0\n"
+            "cli._cmd_models = fake\n"
+            "for argv in sys.argv[1:]:\n"
+            "    print('--', argv, file=sys.stderr)\n"
+            "    cli.main(argv.split() + ['models'])\n")
+    run = subprocess.run([sys.executable, "-c", code, "-vv", "-v", "-q", ""],
+                         capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert run.returncode == 0, run.stderr
+    calls = [c.rstrip("\n").split("\n") for c in run.stderr.split("-- ")[1:]]
+    assert calls == [
+        ["-vv", "DEBUG astromorph.x: own debug", "INFO astromorph.x: own info",
+         "WARNING astromorph.x: own warning"],
+        ["-v", "INFO astromorph.x: own info", "WARNING astromorph.x: own warning"],
+        ["-q"],
+        ["", "WARNING astromorph.x: own warning"]], run.stderr
+
+
 def test_cli_sigterm_leaves_no_partial_output(tmp_path):
     """SIGTERM while an output is being written: exit status 143, a message, and neither the
     output nor the temporary folder holding its partial file is left behind."""
