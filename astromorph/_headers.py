@@ -151,14 +151,26 @@ def write_results_to_header(model, table, origins, targets, *, overwrite=False):
     overwrite : bool
         Replace existing outputs.
     """
-    from astropy.io import fits
-
     rows_by_path = {}
     for row, (path, hdu, index) in enumerate(origins):
         if hdu is not None and path in targets:
             rows_by_path.setdefault(path, []).append((row, hdu, index))
     name = model.name.upper()
-    items, written = list(rows_by_path.items()), []
+    items, written, skipped = list(rows_by_path.items()), [], []
+    try:
+        _write_headers(model, table, name, items, targets, overwrite, written, skipped)
+    finally:  # the files skipped before a failure are named too
+        _warn_not_written(skipped)
+    if written:
+        log.info("results written to the headers of %d file(s)", len(written))
+
+
+def _write_headers(model, table, name, items, targets, overwrite, written, skipped):
+    """The loop of `write_results_to_header`: appends to ``written`` the targets written and
+    to ``skipped`` ``(target, why, exception)`` for the files astropy cannot open or write
+    back (the input's problem: the other files are still written)."""
+    from astropy.io import fits
+
     for k, (path, rows) in enumerate(items):
         target = targets[path]
         try:
@@ -171,7 +183,7 @@ def write_results_to_header(model, table, origins, targets, *, overwrite=False):
         except Exception as exc:  # noqa: BLE001 - astropy raises OSError, ValueError...
             # the reader scored (or flagged) it, astropy cannot open it: e.g. a card it cannot
             # parse; an input problem, not an output one, so the other files still get theirs
-            _not_written(target, "astropy cannot open the file", exc)
+            skipped.append((target, "astropy cannot open the file", exc))
             continue
         try:
             with hdul, atomic_output(target, overwrite=overwrite or target == path) as tmp:
@@ -208,10 +220,10 @@ def write_results_to_header(model, table, origins, targets, *, overwrite=False):
         except Exception as exc:  # noqa: BLE001 - astropy cannot write this file back
             # (VerifyError...): the file is skipped (no copy, the original untouched), the
             # other files and the returned table are kept
-            _not_written(target, "astropy cannot write the file back", exc)
+            skipped.append((target, "astropy cannot write the file back", exc))
             continue
         written.append(target)
-        log.info("results written to the header of %s", target)
+        log.debug("results written to the header of %s", target)
 
 
 def _part_way(exc, written, not_written, *, shown=5):
@@ -229,7 +241,13 @@ def _part_way(exc, written, not_written, *, shown=5):
     return err
 
 
-def _not_written(target, why, exc):
-    warn(f"results not written to the header of {str(target)!r}: {why} "
-         f"({type(exc).__name__}: {' '.join(str(exc).split())}); its rows are in the "
-         "table", AstromorphWarning)
+def _warn_not_written(skipped, *, shown=5):
+    """One warning for the files whose header results were not written (``(target, why,
+    exception)`` each): how many, and why for the first ``shown``; none for none."""
+    if not skipped:
+        return
+    listed = "; ".join(f"{str(target)!r}: {why} ({type(exc).__name__}: "
+                       f"{' '.join(str(exc).split())})" for target, why, exc in skipped[:shown])
+    more = f"; and {len(skipped) - shown} more" if len(skipped) > shown else ""
+    warn(f"results not written to the header of {len(skipped)} file(s): {listed}{more}; "
+         "their rows are in the table", AstromorphWarning)

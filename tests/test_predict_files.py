@@ -1383,6 +1383,38 @@ def test_header_file_astropy_cannot_open_is_skipped_with_a_warning(models, tmp_p
     assert {p.name: digest(p) for p in src.iterdir()} == before
 
 
+def test_header_files_not_written_are_one_warning_and_the_log_one_line(models, tmp_path,
+                                                                        caplog):
+    """Many files whose header copy cannot be written: one warning for the batch (how many,
+    the first five named), not one per file; and the files written are one INFO line, each
+    file at DEBUG (with -v, a folder of alerts gave a line per file)."""
+    import logging
+
+    src = tmp_path / "in"
+    src.mkdir()
+    write_fits(src / "g.fits", galaxy())
+    write_fits(src / "h.fits", galaxy())
+    card = b"EXPTIME = " + b"2.0".rjust(20)
+    for i in range(7):
+        write_fits(src / f"nan{i}.fits", galaxy(), EXPTIME=2.0)
+        raw = (src / f"nan{i}.fits").read_bytes()
+        (src / f"nan{i}.fits").write_bytes(raw.replace(card, b"BSCALE  = " + b"NAN".rjust(20)))
+    out = tmp_path / "out"
+    with warnings.catch_warnings(record=True) as caught, \
+            caplog.at_level(logging.INFO, logger="astromorph"):
+        warnings.simplefilter("always")
+        table = astromorph.predict_files("morphology", src, write_header=out, progress=False)
+    texts = [str(w.message) for w in caught if "results not written" in str(w.message)]
+    assert len(texts) == 1, texts
+    assert texts[0].startswith("results not written to the header of 7 file(s): ")
+    assert "nan0.fits" in texts[0] and "astropy cannot open the file" in texts[0]
+    assert "; and 2 more; their rows are in the table" in texts[0]
+    assert len(table) == 9
+    assert sorted(p.name for p in out.iterdir()) == ["g.fits", "h.fits"]
+    lines = [r.getMessage() for r in caplog.records if "header" in r.getMessage()]
+    assert lines == ["results written to the headers of 2 file(s)"], lines
+
+
 def test_in_place_keeps_compressed_pixels_and_follows_links(models, tmp_path):
     """Header keywords only: a tile-compressed float image keeps its compressed bytes
     (re-compressing would quantise the pixels again), and an input reached through a
