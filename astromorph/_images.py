@@ -159,8 +159,8 @@ def _note_decompression(header, name, how):
 def _from_hdul(hdul, name, *, hold=None, spans=None, compressed_file=False):
     """The 2D image HDUs of ``hdul`` with a celestial WCS, as `SkyImage`.
 
-    HDUs that cannot be used are skipped with an `UnusableInputWarning` naming the
-    reason, or, when none is usable, reported in one `InputError`. Compressed images
+    HDUs that cannot be used are skipped with one `UnusableInputWarning` naming the
+    reasons, or, when none is usable, reported in one `InputError`. Compressed images
     (tile-compressed HDUs; all of them where ``compressed_file``) are noted by
     `_note_decompression`.
     """
@@ -183,8 +183,10 @@ def _from_hdul(hdul, name, *, hold=None, spans=None, compressed_file=False):
             errors.append(f"{name}[{k}]: cannot read the data ({exc})")
     if not images:
         raise InputError("; ".join(errors) or f"{name}: no image HDU")
-    for error in errors:
-        warn(f"skipping an image HDU: {error}", UnusableInputWarning)
+    if errors:  # one warning for the file, however many HDUs it skips
+        more = f"; and {len(errors) - 5} more" if len(errors) > 5 else ""
+        warn(f"skipping {len(errors)} image HDU(s) of {name}: {'; '.join(errors[:5])}{more}",
+             UnusableInputWarning)
     return images
 
 

@@ -3,6 +3,7 @@ import contextlib
 import importlib.util
 import json
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -1270,6 +1271,24 @@ def test_hdulist_and_multi_extension_files(optical_model, tmp_path):
     (tmp_path / "cut.fits").write_bytes(path.read_bytes()[:path.stat().st_size // 2])
     with pytest.raises(InputError, match="truncated"):
         astromorph.annotate(cat, str(tmp_path / "cut.fits"), model=optical_model)
+
+
+def test_many_unusable_extensions_are_one_warning(optical_model, tmp_path):
+    """A file with many extensions annotate cannot use (no celestial WCS: weight or mask
+    planes): one warning for the file, how many and why (the first five), not one each."""
+    img, w = blobs(), sky_wcs()
+    cat = catalogue(w, [(100, 100), (80, 90)])
+    hdus = [fits.PrimaryHDU(img, w.to_header())] + [fits.ImageHDU(img) for _ in range(7)]
+    fits.HDUList(hdus).writeto(tmp_path / "mef.fits")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = astromorph.annotate(cat, str(tmp_path / "mef.fits"), model=optical_model)
+    texts = [str(w.message) for w in caught if w.category is UnusableInputWarning]
+    assert len(texts) == 1, texts
+    assert texts[0].startswith("skipping 7 image HDU(s) of ")
+    assert "mef.fits[1]: no celestial WCS" in texts[0] and texts[0].endswith("; and 2 more")
+    assert {w.filename for w in caught if w.category is UnusableInputWarning} == {__file__}
+    assert np.all(out["opt_flags"] == 0)
 
 
 def test_radio_style_4d_images_in_every_form(optical_model, tmp_path):
