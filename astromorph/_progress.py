@@ -7,8 +7,21 @@ __all__ = ["progress_bar", "check_progress"]
 
 log = logging.getLogger(__name__)
 
-#: Set to ``0`` to silence every progress bar.
+#: Set to ``0`` (or ``false``, ``no``, ``off``) to silence every progress bar.
 PROGRESS_ENV = "ASTROMORPH_PROGRESS"
+
+_OFF = {"0", "false", "no", "off"}
+
+
+def _wanted(total, min_total):
+    """Whether a bar is shown by default: ``$ASTROMORPH_PROGRESS`` not off, enough units, and
+    standard error a terminal (not None, as with fd 2 closed or pythonw, nor closed)."""
+    if os.environ.get(PROGRESS_ENV, "1").strip().lower() in _OFF or total < min_total:
+        return False
+    try:
+        return bool(sys.stderr.isatty())
+    except (AttributeError, ValueError, OSError):
+        return False
 
 
 class _NoBar:
@@ -45,15 +58,14 @@ def progress_bar(total, *, desc="", unit="it", enabled=None, min_total=2):
         Expected number of units.
     enabled : bool or None
         ``None`` shows the bar when stderr is a terminal, ``total >= min_total``
-        and ``$ASTROMORPH_PROGRESS`` is not ``0``; ``True`` forces it (where
+        and ``$ASTROMORPH_PROGRESS`` is not ``0`` (``false``, ``no``, ``off``); ``True`` forces it (where
         tqdm is installed; without tqdm the work runs without a bar and a
         warning is logged), ``False`` hides it.
     """
     enabled = check_progress(enabled)
     asked = enabled is True
     if enabled is None:
-        enabled = (os.environ.get(PROGRESS_ENV, "1") != "0" and total >= min_total
-                   and sys.stderr.isatty())
+        enabled = _wanted(total, min_total)
     if not enabled:
         return _NoBar()
     try:

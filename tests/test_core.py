@@ -926,6 +926,38 @@ def test_progress_bar_opt_out_and_without_tqdm(monkeypatch, caplog):
         "(pip install 'astromorph[progress]')"]
 
 
+def test_progress_bar_without_a_usable_stderr(monkeypatch):
+    """No standard error (None: a process started with fd 2 closed, ``2>&-``, or pythonw),
+    or a closed one: no bar, not an AttributeError or ValueError from isatty in the middle
+    of the work."""
+    import io
+
+    from astromorph import _progress
+
+    for stderr in (None, io.StringIO()):
+        if stderr is not None:
+            stderr.close()
+        monkeypatch.setattr(sys, "stderr", stderr)
+        with _progress.progress_bar(100) as bar:
+            bar.update(5)
+        assert isinstance(bar, _progress._NoBar)
+
+
+@pytest.mark.parametrize("value", ["0", "false", "No", "off", " OFF "])
+def test_progress_env_takes_the_usual_words_for_off(monkeypatch, value):
+    """$ASTROMORPH_PROGRESS=false (or no, off) silences the bars as 0 does; it used to be
+    taken as on."""
+    from astromorph import _progress
+
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)
+    monkeypatch.setenv(_progress.PROGRESS_ENV, value)
+    assert isinstance(_progress.progress_bar(100), _progress._NoBar)
+    monkeypatch.setenv(_progress.PROGRESS_ENV, "1")
+    bar = _progress.progress_bar(100)
+    bar.close()
+    assert not isinstance(bar, _progress._NoBar)
+
+
 def test_session_cache_keeps_the_recently_used_sessions_only(tiny_registry, monkeypatch):
     """Every (model file, providers, threads) made a session that the cache held for the
     life of the process (a service loading many model files, or a sweep over threads=,
