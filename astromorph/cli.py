@@ -273,6 +273,11 @@ def main(argv=None):
         file, 2 after an astromorph error (printed to standard error). Usage errors exit
         (`SystemExit`) with status 2, as argparse does.
     """
+    if sys.stderr is None:  # started with fd 2 closed (`2>&-`): print(file=None) would
+        # write the status and error lines on stdout, into the table printed there
+        import os
+
+        sys.stderr = open(os.devnull, "w")  # noqa: SIM115 - for the life of the process
     parser = build_parser()
     args = parser.parse_args(argv)
     verbose = args.verbose + getattr(args, "verbose_sub", 0)

@@ -691,6 +691,27 @@ def test_cli_verbosity_is_astromorph_s_own_and_holds_on_every_call():
         ["", "WARNING astromorph.x: own warning"]], run.stderr
 
 
+@pytest.mark.skipif(sys.platform == "win32", reason="closes file descriptor 2")
+@pytest.mark.parametrize("fail", [False, True])
+def test_cli_with_standard_error_closed_keeps_stdout_clean(fail):
+    """``astromorph ... 2>&-``: Python starts with sys.stderr None, and print(file=None)
+    writes on stdout: the status and error lines went into the table printed there."""
+    code = ("import sys\n"
+            "from astromorph import cli\n"
+            "from astromorph.exceptions import InputError\n"
+            "def fake(args):\n"
+            "    print('the table')\n"
+            "    cli.report(args, 'a status line')\n"
+            f"    if {fail}: raise InputError('bad input')\n"
+            "    return 0\n"
+            "cli._cmd_models = fake\n"
+            "sys.exit(cli.main(['models']))\n")
+    run = subprocess.run([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
+                         cwd=REPO, timeout=120, preexec_fn=lambda: os.close(2))
+    assert run.returncode == (2 if fail else 0)
+    assert run.stdout == "the table\n"
+
+
 def test_cli_sigterm_leaves_no_partial_output(tmp_path):
     """SIGTERM while an output is being written: exit status 143, a message, and neither the
     output nor the temporary folder holding its partial file is left behind."""
