@@ -74,5 +74,8 @@ def progress_bar(total, *, desc="", unit="it", enabled=None, min_total=2):
         if asked:
             log.warning("progress=True, but tqdm is not installed: no progress bar "
                         "(pip install 'astromorph[progress]')")
+        else:
+            log.debug("tqdm is not installed: no progress bar (pip install "
+                      "'astromorph[progress]')")
         return _NoBar()
     return tqdm(total=total, desc=desc, unit=unit, leave=False)

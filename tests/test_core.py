@@ -945,6 +945,13 @@ def test_progress_bar_opt_out_and_without_tqdm(monkeypatch, caplog):
     assert [r.getMessage() for r in caplog.records] == [
         "progress=True, but tqdm is not installed: no progress bar "
         "(pip install 'astromorph[progress]')"]
+    caplog.clear()
+    with caplog.at_level(logging.DEBUG, logger="astromorph"):
+        with _progress.progress_bar(100) as bar:  # automatic: a word at DEBUG (-vv) only
+            bar.update(5)
+    assert [(r.levelno, r.getMessage()) for r in caplog.records] == [
+        (logging.DEBUG, "tqdm is not installed: no progress bar "
+                        "(pip install 'astromorph[progress]')")]
 
 
 def test_progress_bar_without_a_usable_stderr(monkeypatch):
