@@ -599,7 +599,7 @@ def evaluate_labels(table, truth, *, model, labels=None, threshold=None, target_
         raise InputError(f"no row to score: of {metrics['n_rows']}, {metrics['n_unlabelled']} "
                          f"have no label in {truth!r}, {metrics['n_unscored']} no output of "
                          f"{name!r} and {metrics['n_flagged']} are flagged"
-                         + ("" if keep_flagged else " (keep_flagged=True uses them)"))
+                         + ("" if keep_flagged else " (keep_flagged=True, --keep-flagged, uses them)"))
     if classifier:
         y = target[used].astype(np.int64)
         report = classification_report(probs[used], y, classes)

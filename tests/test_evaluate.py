@@ -90,7 +90,7 @@ def test_unlabelled_flagged_and_unscored_rows_are_left_out_and_counted():
     kept = astromorph.evaluate_labels(t, "mine", model="morphology", keep_flagged=True).metrics
     assert (kept["n_used"], kept["n_flagged"], kept["n_unscored"]) == (3, 1, 1)
     assert kept["accuracy"] == pytest.approx(2 / 3)  # row 3: elliptical called spiral
-    with pytest.raises(InputError, match="no row to score.*keep_flagged"):
+    with pytest.raises(InputError, match=r"no row to score.*keep_flagged=True, --keep-flagged"):
         astromorph.evaluate_labels(t[3:5], "mine", model="morphology")
 
 
