@@ -58,9 +58,9 @@ def progress_bar(total, *, desc="", unit="it", enabled=None, min_total=2):
         Expected number of units.
     enabled : bool or None
         ``None`` shows the bar when stderr is a terminal, ``total >= min_total``
-        and ``$ASTROMORPH_PROGRESS`` is not ``0`` (``false``, ``no``, ``off``); ``True`` forces it (where
-        tqdm is installed; without tqdm the work runs without a bar and a
-        warning is logged), ``False`` hides it.
+        and ``$ASTROMORPH_PROGRESS`` is not ``0`` (``false``, ``no``, ``off``);
+        ``True`` forces it (where tqdm is installed; without tqdm the work runs
+        without a bar and a warning is logged), ``False`` hides it.
     """
     enabled = check_progress(enabled)
     asked = enabled is True
