@@ -391,6 +391,20 @@ def _values(column):
     return data, np.broadcast_to(mask, data.shape).copy()
 
 
+def _numbers(column):
+    """`_values` of a model's output or flags column, which must hold one number per row:
+    `InputError` naming the column for text or arrays (e.g. a column of another program)."""
+    data, mask = _values(column)
+    if data.ndim != 1:
+        raise InputError(f"column {column.info.name!r} holds arrays of shape "
+                         f"{data.shape[1:]}, not one number per row")
+    if data.dtype.kind not in "biuf":
+        example = f" (e.g. {str(data[0])!r:.40})" if len(data) else ""
+        raise InputError(f"column {column.info.name!r} holds {data.dtype} values, not "
+                         f"numbers{example}")
+    return data, mask
+
+
 def _truth_text(column):
     """The truth column as stripped text, and the rows without a label (masked, empty,
     None or NaN)."""
@@ -535,7 +549,7 @@ def evaluate_labels(table, truth, *, model, labels=None, threshold=None, target_
         ``table`` is a path that names no file (an `InputError` too).
     astromorph.exceptions.InputError
         A ``table`` path that is a folder or cannot be read as a table, no ``truth``
-        column or output column, truth values that are no class of the model (the
+        column or output column, an output or flags column that holds no numbers, truth values that are no class of the model (the
         message lists them and the classes), or no row left to score.
     astromorph.exceptions.InvalidArgumentError
         A model whose outputs are no classes or score (``morphology-gz2`` vote fractions,
@@ -564,7 +578,7 @@ def evaluate_labels(table, truth, *, model, labels=None, threshold=None, target_
     hint = "; suffix= names the columns of a run added with on_conflict='suffix'"
     text, unlabelled = _truth_text(_column(table, truth, "truth"))
     if f"{prefix}_flags{suffix}" in table.colnames:
-        flags, unknown = _values(table[f"{prefix}_flags{suffix}"])
+        flags, unknown = _numbers(table[f"{prefix}_flags{suffix}"])
         if flags.dtype.kind == "f":  # e.g. a CSV round trip that lost the integer type
             unknown |= ~np.isfinite(flags)
         # a masked or NaN flag is unknown: the row counts as flagged, never as clean
@@ -578,7 +592,7 @@ def evaluate_labels(table, truth, *, model, labels=None, threshold=None, target_
         classes = list(spec["labels"])
         allowed = {c.lower(): i for i, c in enumerate(classes)}  # matched in any case
         mapping = _check_labels(labels, allowed, name)
-        columns = [_values(_column(table, f"{prefix}_p_{c}{suffix}", f"{name} output", hint))
+        columns = [_numbers(_column(table, f"{prefix}_p_{c}{suffix}", f"{name} output", hint))
                    for c in classes]
         probs = np.stack([np.asarray(v, np.float64) for v, _ in columns], axis=1)
         scored = ~np.any([m for _, m in columns], axis=0) & np.isfinite(probs).all(axis=1)
@@ -586,7 +600,7 @@ def evaluate_labels(table, truth, *, model, labels=None, threshold=None, target_
                             f"classes of {name!r} ({', '.join(classes)})")
     else:
         mapping = _check_labels(labels, _REAL, name)
-        score, mask = _values(_column(table, f"{prefix}_score{suffix}", f"{name} output",
+        score, mask = _numbers(_column(table, f"{prefix}_score{suffix}", f"{name} output",
                                       hint))
         score = np.asarray(score, np.float64)
         scored = ~mask & np.isfinite(score)
@@ -599,7 +613,8 @@ def evaluate_labels(table, truth, *, model, labels=None, threshold=None, target_
         raise InputError(f"no row to score: of {metrics['n_rows']}, {metrics['n_unlabelled']} "
                          f"have no label in {truth!r}, {metrics['n_unscored']} no output of "
                          f"{name!r} and {metrics['n_flagged']} are flagged"
-                         + ("" if keep_flagged else " (keep_flagged=True, --keep-flagged, uses them)"))
+                         + ("" if keep_flagged else
+                            " (keep_flagged=True, --keep-flagged, uses them)"))
     if classifier:
         y = target[used].astype(np.int64)
         report = classification_report(probs[used], y, classes)

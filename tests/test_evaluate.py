@@ -94,6 +94,20 @@ def test_unlabelled_flagged_and_unscored_rows_are_left_out_and_counted():
         astromorph.evaluate_labels(t[3:5], "mine", model="morphology")
 
 
+@pytest.mark.parametrize("column, values, match", [
+    ("rb_flags", ["0", "x"], r"column 'rb_flags' holds <U1 values, not numbers \(e.g. '0'\)"),
+    ("rb_score", ["0.1", "a"], r"column 'rb_score' holds <U3 values, not numbers"),
+    ("rb_score", np.zeros((2, 3)), r"column 'rb_score' holds arrays of shape \(3,\)"),
+])
+def test_output_columns_that_hold_no_numbers_are_an_input_error(column, values, match):
+    """A flags or output column of text or arrays (another program's column of that name):
+    an InputError naming it, not numpy's DTypePromotionError or a broadcasting ValueError."""
+    t = Table({"rb_score": [0.1, 0.9], "rb_flags": [0, 0], "real": [0, 1]})
+    t[column] = values
+    with pytest.raises(InputError, match=match):
+        astromorph.evaluate_labels(t, "real", model="real-bogus")
+
+
 def _rb_table():
     rng = np.random.default_rng(5)
     score = (np.round(rng.random(40) * 8) / 8).astype(np.float32)  # many ties, exact
