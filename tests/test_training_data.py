@@ -146,18 +146,42 @@ def test_split_fingerprint_sees_rows_added_reordered_or_relabelled():
 def test_real_data_is_the_shipped_split_source():
     """The data folder the shipped models were trained on passes the split check unchanged
     (the default commands draw exactly the shipped split)."""
-    import os
-    from pathlib import Path
+    import argparse
 
-    from astromorph_training import _common, gz2, morphology
+    from conftest import DATA_DIR as data
 
-    data = Path(os.environ.get("ASTROMORPH_DATA", "/nonexistent"))
-    if not (data / "gz1" / "labels.csv").exists() or not (data / "gz2" / "votes.csv").exists():
-        pytest.skip("needs the real data ($ASTROMORPH_DATA)")
+    from astromorph_training import _common, gz2, morphology, realbogus
+
+    if not all((data / f).exists() for f in ("gz1/labels.csv", "gz2/votes.csv",
+                                             "ztf_alerts/ztf_triplets.npz")):
+        pytest.skip("needs the real data (../shared/data or $ASTROMORPH_DATA)")
     ids, labels = morphology.read_labels(data)
     assert _common.split_fingerprint(ids, labels) == morphology.SPLIT_SOURCE_SHA256
     gz2_ids, _ = gz2.read_votes(data)
     assert _common.split_fingerprint(gz2_ids) == gz2.SPLIT_SOURCE_SHA256
+    # real-bogus: the alerts (sky) and GZ images (hosts) its simulation splits are drawn from
+    realbogus._check_split_sources(argparse.Namespace(data_dir=data, new_split=False))
+
+
+def test_real_bogus_split_sources_cannot_change_silently(tmp_path, monkeypatch):
+    """real-bogus permutes the alerts' objectIds and the GZ image list: another alert or one
+    more image moves sky and hosts between training and held-out simulations, so other
+    sources are refused unless the run asks for a new split."""
+    import argparse
+    import json
+
+    from astromorph_training import realbogus
+
+    data = tmp_path / "data"
+    (data / "ztf_alerts").mkdir(parents=True)
+    meta = [json.dumps({"objectId": f"ZTF{i}", "drb": 0.5, "rb": 0.5}) for i in range(4)]
+    np.savez(data / "ztf_alerts" / "ztf_triplets.npz",
+             X=np.zeros((4, 3, 63, 63), np.float32), meta=np.array(meta))
+    args = argparse.Namespace(data_dir=data, new_split=False)
+    with pytest.raises(SystemExit, match="ztf_triplets.npz.*--new-split"):
+        realbogus._check_split_sources(args)
+    args.new_split = True
+    realbogus._check_split_sources(args)  # warns and goes on
 
 
 def test_real_bogus_cache_cut_off_before_its_info_is_simulated_again(tmp_path, monkeypatch):
@@ -184,5 +208,6 @@ def test_real_bogus_cache_cut_off_before_its_info_is_simulated_again(tmp_path, m
         np.save(out / f"{split}_x.npy", np.ones((2, 3, 4, 4), np.float16))
 
     monkeypatch.setattr(realbogus, "_simulate_split", simulate)
+    monkeypatch.setattr(realbogus, "_check_split_sources", lambda args: None)  # no real data
     x, info = realbogus._load_split(args, "val", {"cache": cache})
     assert simulated == ["val"] and x.sum() == x.size and info["snr_det"].tolist() == [1, 1]

@@ -321,6 +321,26 @@ def _simulate_split(split, n, data_dir, seed, out, smoke=False, keep_raw=0, reci
     return xs, arrays
 
 
+#: `_common.split_fingerprint` of what the shipped model's sky and host splits were drawn
+#: from (`sim.split_alerts` permutes the alerts' objectIds, `_galaxy_split` the GZ image
+#: list): the objectIds of ztf_triplets.npz in file order, and the GZ1 + GZ2 image paths.
+ALERTS_SOURCE_SHA256 = "e3638012bcc7b7c742a18dcbc428b31f0c033e1fc6453bca0deb408c7a169e1e"
+GALAXIES_SOURCE_SHA256 = "c43a4683ecbe351bb17e5cdf2ec2f67af1bfd75a74bcc1b6e9de54095090f37a"
+
+
+def _check_split_sources(args):
+    """Refuse (unless ``--new-split``) to simulate from other alerts or galaxy images than
+    the shipped model's: an alert or image added, removed or renamed moves sky and hosts
+    between the training and held-out simulations (`_common.check_split_source`)."""
+    data_dir = Path(args.data_dir)
+    _, meta = sim.load_ztf_triplets(data_dir)
+    common.check_split_source(data_dir / "ztf_alerts" / "ztf_triplets.npz",
+                              ALERTS_SOURCE_SHA256, [m["objectId"] for m in meta], args=args)
+    paths = [p.relative_to(data_dir).as_posix() for p in sim.GalaxyBank.list_paths(data_dir)]
+    common.check_split_source(f"the images of {data_dir / 'gz1'} and {data_dir / 'gz2'}",
+                              GALAXIES_SOURCE_SHA256, paths, args=args)
+
+
 def _load_split(args, split, dirs):
     """Return (x, info) for one split, simulating and caching if needed."""
     n = {"train": _get(args, "n_train", DEFAULT_N_TRAIN), "val": _get(args, "n_val", 8000),
@@ -343,6 +363,7 @@ def _load_split(args, split, dirs):
         with np.load(info_f) as cached:
             stale = stale or "snr_det" not in cached.files  # cached before detection S/N was recorded
     if not f.exists() or not info_f.exists() or _get(args, "regenerate", False) or stale:
+        _check_split_sources(args)  # before a cached set is deleted or a new one drawn
         if stale or _get(args, "regenerate", False):
             for p in folder.glob("*.np*"):
                 p.unlink()
@@ -815,6 +836,8 @@ def _population_blocks(p, z, info, thr):
 def _fresh_set(args, split, seed, n):
     """``n`` new v3 triplets (24 with ``--smoke``) on the sky and galaxies of ``split``, drawn
     with ``seed``, in memory: the cached sets of `_load_split` stay as they are."""
+    if not args.smoke:
+        _check_split_sources(args)
     return _simulate_split(split, 24 if args.smoke else n, args.data_dir, args.seed, None,
                            smoke=args.smoke, base_seed=seed)
 
