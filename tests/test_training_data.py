@@ -211,3 +211,30 @@ def test_real_bogus_cache_cut_off_before_its_info_is_simulated_again(tmp_path, m
     monkeypatch.setattr(realbogus, "_check_split_sources", lambda args: None)  # no real data
     x, info = realbogus._load_split(args, "val", {"cache": cache})
     assert simulated == ["val"] and x.sum() == x.size and info["snr_det"].tolist() == [1, 1]
+
+
+def test_json_reports_and_summaries_are_written_atomically(tmp_path, monkeypatch):
+    """history.json, train_summary.json, calibration.json, metrics.json... were written in
+    place: a run killed during the write left a truncated file on which the next step
+    (e.g. radio's calibration reading train_summary.json) crashed. They now go through
+    `_common.write_text`: the previous file stays whole, and no temporary file is left."""
+    import os
+
+    from astromorph_training import _common
+
+    path = tmp_path / "train_summary.json"
+    _common.write_text(path, '{"best_epoch": 139}\n')
+
+    def killed(src, dst):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "replace", killed)
+    with pytest.raises(KeyboardInterrupt):
+        _common.write_text(path, '{"best_epoch": 140, "truncated')
+    assert path.read_text() == '{"best_epoch": 139}\n'
+    assert [p.name for p in tmp_path.iterdir()] == ["train_summary.json"]
+    monkeypatch.undo()
+    source = "".join((_common.repo_root() / "training" / "astromorph_training" / f).read_text()
+                     for f in os.listdir(_common.repo_root() / "training" / "astromorph_training")
+                     if f.endswith(".py"))
+    assert ".write_text(json.dumps" not in source  # every JSON file goes through write_text

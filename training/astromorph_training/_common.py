@@ -25,7 +25,7 @@ __all__ = [
     "report_dir", "model_dir", "fit_temperature", "softmax",
     "expected_calibration_error", "ece_noise_floor", "classification_report", "plot_confusion_matrix",
     "plot_reliability", "export_onnx", "write_card", "write_metrics", "check_parity",
-    "sha256sum", "onnx_throughput", "save_checkpoint", "positive_int", "synthetic_scenes",
+    "sha256sum", "onnx_throughput", "save_checkpoint", "write_text", "positive_int", "synthetic_scenes",
     "parity_raw_inputs", "write_parity_reference", "PARITY_REFERENCE", "load_onnx_weights",
     "shipped_torch_model", "MODULES", "read_csv",
     "split_fingerprint", "check_split_source",
@@ -193,6 +193,24 @@ def positive_int(text):
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
     return value
+
+
+def write_text(path, text):
+    """``Path(path).write_text(text)`` atomically: written beside ``path``, flushed to disk
+    and renamed over it, so that a run killed during the write leaves the previous file (or
+    none), never a truncated JSON file that the next step cannot read. Returns ``path``."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
 
 
 def save_checkpoint(obj, path):
@@ -387,7 +405,7 @@ def plot_reliability(probs, labels, path, title="", n_bins=15):
 def write_metrics(name, metrics, root=None):
     """Write ``training/reports/<name>/metrics.json`` and return its path."""
     path = report_dir(name, root) / "metrics.json"
-    path.write_text(json.dumps(metrics, indent=2, sort_keys=False) + "\n")
+    write_text(path, json.dumps(metrics, indent=2, sort_keys=False) + "\n")
     return path
 
 

@@ -785,7 +785,7 @@ def compare_methods(args, data, pool):
         "smoke": bool(args.smoke),
     }
     path = _common.report_dir(NAME, _root(args)) / "method_comparison.json"
-    path.write_text(json.dumps(report, indent=2) + "\n")
+    _common.write_text(path, json.dumps(report, indent=2) + "\n")
     log.info("method comparison -> %s (winner %s)", path, winner)
     return report
 
@@ -827,7 +827,7 @@ def train(args):
     state["threads"] = _get(args, "threads", 1)
     state["field_per_petro_r90"] = FIELD_PER_PETRO_R90
     _common.save_checkpoint(state, ckdir / "last.pt")
-    (ckdir / "history.json").write_text(json.dumps(history, indent=1) + "\n")
+    _common.write_text(ckdir / "history.json", json.dumps(history, indent=1) + "\n")
     return ckdir
 
 

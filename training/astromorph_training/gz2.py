@@ -644,7 +644,7 @@ def _fit(args, ckdir, data, tr, *, epochs, pseudo=None, start=None, lr=None):
         if val_rmse < best:
             best = val_rmse
             _common.save_checkpoint(state, ckdir / "best.pt")
-    (ckdir / "history.json").write_text(json.dumps(history, indent=1) + "\n")
+    _common.write_text(ckdir / "history.json", json.dumps(history, indent=1) + "\n")
     return best
 
 

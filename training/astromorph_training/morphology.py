@@ -730,7 +730,7 @@ def train(args):
                      threads=torch.get_num_threads(), crop_fraction=CROP_FRACTION,
                      stamp_size=size, args={k: str(v) for k, v in vars(args).items()})
         _common.save_checkpoint(state, last)
-    (ckdir / "history.json").write_text(json.dumps(history, indent=1) + "\n")
+    _common.write_text(ckdir / "history.json", json.dumps(history, indent=1) + "\n")
     return ckdir
 
 

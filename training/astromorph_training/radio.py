@@ -694,7 +694,7 @@ def _fit(train_x, train_y, valid_x, valid_y, ckpt_dir, *, epochs, seed, batch_si
                                  "opt": opt.state_dict(), "sched": sched.state_dict(),
                                  "gen": gen.get_state(), "torch_rng": torch.get_rng_state(),
                                  "state": state, "epochs": epochs, "recipe": recipe}, last)
-    (ckpt_dir / "history.json").write_text(json.dumps(state, indent=1))
+    _common.write_text(ckpt_dir / "history.json", json.dumps(state, indent=1))
     return state
 
 
@@ -755,7 +755,7 @@ def train(args):
         t0 = time.perf_counter()
         state = _fit(imgs[tr], labels[tr], imgs[va], labels[va], dirs["ckpt"], **kw)
         state["wall_seconds_this_run"] = time.perf_counter() - t0
-        (dirs["ckpt"] / "train_summary.json").write_text(json.dumps(
+        _common.write_text(dirs["ckpt"] / "train_summary.json", json.dumps(
             {"epochs": epochs, "best": state["best"], "seed": args.seed, "arch": kw["arch"],
              "augment": kw["augment"], "label_smoothing": kw["label_smoothing"], "mixup": kw["mixup"],
              "threads": torch.get_num_threads(),
@@ -855,7 +855,7 @@ def average(args):
                                    "best_epoch": m["best"]["epoch"],
                                    "train_seconds": m.get("train_seconds")} for m in summaries]
             summary["train_seconds"] = sum(m.get("train_seconds") or 0.0 for m in summaries)
-            (out / "train_summary.json").write_text(json.dumps(summary, indent=1))
+            _common.write_text(out / "train_summary.json", json.dumps(summary, indent=1))
         done.append(sub or "main")
     if not done:
         raise SystemExit("average: no main-split or CV-fold checkpoint common to all sources")
@@ -866,7 +866,7 @@ def average(args):
         LOG.warning("ignoring folds %s of %s: not common to these sources", stale, dirs["ckpt"])
     cv = _cv_summary(dirs, folds_done) if folds_done else None
     if cv is not None:
-        (dirs["ckpt"] / "cv_summary.json").write_text(json.dumps(cv, indent=1))
+        _common.write_text(dirs["ckpt"] / "cv_summary.json", json.dumps(cv, indent=1))
         LOG.info("CV test accuracy of the ensemble over %d folds: %.4f +- %.4f (%s)", cv["n_folds"],
                  cv["accuracy"]["mean"], cv["accuracy"]["std"],
                  ", ".join(f"{f['accuracy']:.4f}" for f in cv["folds"]))
@@ -931,7 +931,7 @@ def _cv_fold_report(args, data, k, dirs):
     rep = _report(probs, data["labels"][te], temperature)
     rep.update({"fold": k, "temperature": temperature, "best_epoch": record["epoch"],
                 "valid_accuracy": record["valid_acc"]})
-    (fold_dir / "result.json").write_text(json.dumps(rep, indent=1))
+    _common.write_text(fold_dir / "result.json", json.dumps(rep, indent=1))
     LOG.info("[fold %d] CV test accuracy %.4f macro recall %.4f ECE %.4f", k, rep["accuracy"],
              rep["macro_recall"], rep["ece"])
     return rep
@@ -1135,7 +1135,7 @@ def export(args):
     if "train_seconds" in summary:
         info["time"] = f"{summary['train_seconds'] / 60:.1f} min of training epochs"
     # which checkpoint and file this export made: `evaluate` re-exports when they changed
-    (dirs["ckpt"] / "temperature.json").write_text(json.dumps({
+    _common.write_text(dirs["ckpt"] / "temperature.json", json.dumps({
         "temperature": temperature, "checkpoint_sha256": _common.sha256sum(dirs["ckpt"] / "best.pt"),
         "onnx_sha256": _common.sha256sum(path)}))
     metrics_path = dirs["report"] / "metrics.json"

@@ -368,7 +368,7 @@ def _load_split(args, split, dirs):
             for p in folder.glob("*.np*"):
                 p.unlink()
         folder.mkdir(parents=True, exist_ok=True)
-        meta_f.write_text(json.dumps(params))
+        common.write_text(meta_f, json.dumps(params))
         _simulate_split(split, n, args.data_dir, args.seed, folder, keep_raw=512 if split == "test" else 0,
                         recipe=split_recipe)
     x = np.load(f, mmap_mode="r")
@@ -434,7 +434,7 @@ def average(args):
         how = "weights (batch norm recomputed on %d training simulations)" % n_bn
     dirs["ckpt"].mkdir(parents=True, exist_ok=True)
     common.save_checkpoint(ck, dirs["ckpt"] / "best.pt")
-    (dirs["ckpt"] / "history.json").write_text(json.dumps(history, indent=1))
+    common.write_text(dirs["ckpt"] / "history.json", json.dumps(history, indent=1))
     log.info("averaged %s of epochs %s from %s", how, epochs, [str(s) for s in sources])
     run = {k: recorded[k] for k in _RUN_RECORDS if k in recorded}
     run["averaged"] = {"kind": "ensemble" if ensemble else "weights", "epochs": epochs,
@@ -657,7 +657,7 @@ def _train_worker(rank, args, world, port, data=None):
         if world > 1:
             torch.distributed.barrier()
     if rank == 0:
-        (dirs["ckpt"] / "history.json").write_text(json.dumps(history, indent=1))
+        common.write_text(dirs["ckpt"] / "history.json", json.dumps(history, indent=1))
     if world > 1:
         torch.distributed.destroy_process_group()
 
@@ -743,7 +743,7 @@ def _calibrate_run(dirs, xva, iva, run):
     net, epoch = _load_network(dirs)
     calib = _calibration(_predict_logits(net, xva), iva)
     calib.update(run, best_epoch=epoch, history=history)
-    (dirs["ckpt"] / "calibration.json").write_text(json.dumps(calib, indent=2))
+    common.write_text(dirs["ckpt"] / "calibration.json", json.dumps(calib, indent=2))
     log.info("calibration: %s", json.dumps({k: v for k, v in calib.items() if k != "history"}))
     return calib
 
@@ -1084,7 +1084,7 @@ def evaluate(args):
                 metrics["onnx"] = prev["onnx"]
         except json.JSONDecodeError:
             pass
-    (rep / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    common.write_text(rep / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     log.info("sims: %s", json.dumps({k: m_sim[k] for k in ("all_snr_3_to_1000", "real_snr_ge_5")}))
     log.info("real alerts: %s", json.dumps({k: m_real[k] for k in ("all_209", "held_out_sky_alerts")}))
     return metrics
@@ -1125,7 +1125,7 @@ def export(args):
     onnx_info["preprocess_triplets_per_s"] = 3 * len(X) / (_t.perf_counter() - t)
     metrics["onnx"] = onnx_info
     if metrics_path.exists() or args.smoke:
-        metrics_path.write_text(json.dumps(metrics, indent=2) + "\n")
+        common.write_text(metrics_path, json.dumps(metrics, indent=2) + "\n")
     # the card quotes the throughput too
     card = _card(calib, metrics, args)
     card["training"]["architecture"] = architecture(model)
