@@ -238,3 +238,16 @@ def test_json_reports_and_summaries_are_written_atomically(tmp_path, monkeypatch
                      for f in os.listdir(_common.repo_root() / "training" / "astromorph_training")
                      if f.endswith(".py"))
     assert ".write_text(json.dumps" not in source  # every JSON file goes through write_text
+
+
+def test_corrupt_first_archive_is_one_line(tmp_path):
+    """A damaged firstgalaxydata zip (or an HDF5 file of another layout) crashed with a
+    BadZipFile/h5py traceback; it now stops in one line naming the file."""
+    from astromorph_training import radio
+
+    (tmp_path / "galaxy_data_h5.zip").write_bytes(b"PK\x03\x04 not a zip archive")
+    with pytest.raises(SystemExit, match=r"galaxy_data_h5\.zip: cannot extract"):
+        radio._open_h5(tmp_path, "galaxy_data_h5", tmp_path)
+    (tmp_path / "other.h5").write_bytes(b"\x89HDF\r\n\x1a\n" + bytes(64))
+    with pytest.raises(SystemExit, match=r"other\.h5: not a FIRST data set HDF5 file"):
+        radio._read_h5(tmp_path / "other.h5")

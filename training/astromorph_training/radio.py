@@ -31,6 +31,7 @@ import copy
 import importlib.util
 import json
 import logging
+import os
 import tempfile
 import time
 import zipfile
@@ -194,14 +195,27 @@ def _open_h5(folder, stem, tmp):
     h5 = folder / f"{stem}.h5"
     if h5.exists():
         return h5
-    with zipfile.ZipFile(folder / f"{stem}.zip") as archive:
-        archive.extract(f"{stem}.h5", tmp)
+    try:
+        with zipfile.ZipFile(folder / f"{stem}.zip") as archive:
+            archive.extract(f"{stem}.h5", tmp)
+    except (zipfile.BadZipFile, KeyError, OSError, EOFError) as exc:
+        raise SystemExit(f"{folder / f'{stem}.zip'}: cannot extract {stem}.h5 "
+                         f"({type(exc).__name__}: {exc}); reinstall firstgalaxydata "
+                         "(pip install --force-reinstall --no-deps firstgalaxydata)") from exc
     return Path(tmp) / f"{stem}.h5"
 
 
 def _read_h5(path):
     import h5py
 
+    try:
+        return _h5_rows(h5py, path)
+    except (OSError, KeyError, ValueError) as exc:  # h5py: a corrupt file or another layout
+        raise SystemExit(f"{path}: not a FIRST data set HDF5 file ({type(exc).__name__}: "
+                         f"{exc}); reinstall firstgalaxydata") from exc
+
+
+def _h5_rows(h5py, path):
     rows = []
     with h5py.File(path, "r") as f:
         for key in f.keys():
@@ -249,7 +263,13 @@ def _build_cache(folder, path):
         "cv_split": cv[:, order],
     }
     path.parent.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(path, **arrays)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # whole or absent: never truncated
+    try:
+        with open(tmp, "wb") as f:
+            np.savez_compressed(f, **arrays)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return arrays
 
 
