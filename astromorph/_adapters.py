@@ -144,6 +144,15 @@ def _flag_constant(data, flags):
     return flags
 
 
+def _clean_colour(data, flags):
+    """`_clean` for ``(N, H, W, 3)`` colour pictures of display values in [0, 1]: invalid
+    pixels filled with the picture's median, `Flag.BLANK` past `BLANK_THRESHOLD`,
+    `Flag.BAD_INPUT` for a picture without a valid pixel (the whole picture is one plane,
+    as `astromorph._predict._explain` words it)."""
+    filled, flags = _clean(np.asarray(data).reshape(len(data), -1), flags)
+    return filled.reshape(np.shape(data)), flags
+
+
 def _flag_upsampled(flags, height, width, size, crop_fraction):
     """Set `Flag.EXTRAPOLATED` when the field given to the network spans fewer than half its
     ``size`` pixels: the model grid is then much finer than the data."""
@@ -164,6 +173,9 @@ def _optical(raw, card, crop_fraction):
                             kw.get("crop_fraction", opt.CROP_FRACTION))
     if raw.kind == "colour":
         data = np.asarray(raw.data)
+        if data.dtype.kind == "f":  # display values, NaN where masked (tables' masked cells)
+            data, flags = _clean_colour(data, flags)
+            return opt.preprocess_colour_cutout(data, **kw), flags
         return opt.preprocess_colour_cutout(data, **kw), _flag_constant(data, flags)
     if raw.kind != "bands":
         raise InputError(f"model {card['name']!r} takes colour images or g, r, i bands, "
@@ -195,6 +207,10 @@ def _radio(raw, card, crop_fraction):
     options = dict(card["input"].get("preprocessing_options") or {})
     if raw.kind == "colour":  # data-set style 8-bit grey PNG/JPEG
         flags = _flag_upsampled(flags, *data.shape[1:3], rad.DATASET_IMAGE_PIXELS, 1.0)
+        if data.dtype.kind == "f":  # display values, NaN where masked (tables' masked cells)
+            data, flags = _clean_colour(data, flags)
+            return rad.preprocess_dataset_image(data[..., 0] * np.float32(255), **options), \
+                flags
         return rad.preprocess_dataset_image(data[..., 0], **options), _flag_constant(data, flags)
     if raw.kind != "bands" or data.shape[1] != 1:
         raise InputError(f"model {card['name']!r} takes one radio image per stamp; got "

@@ -53,8 +53,9 @@ def annotate_stamps(table, *, model, columns=None, pixel_scale=None, negative=No
         bands g, r, i) or an ``(H, W, 3)`` 8-bit colour picture. Or one column per plane:
         science, reference and difference for ``real-bogus``; g, r and i for the optical
         models (three different columns). Cells may be numeric arrays (masked values count
-        as NaN; a masked cell, or one whose values are all masked, has no stamp: the row
-        is flagged `Flag.MISSING_BAND`) or FITS bytes, gzipped or not (the ``stampData``
+        as NaN, missing pixels, filled and counted in `Flag.BLANK`, also in 8-bit colour
+        pictures, which stay colour pictures; a masked cell, or one whose values are all
+        masked, has no stamp: the row is flagged `Flag.MISSING_BAND`) or FITS bytes, gzipped or not (the ``stampData``
         of ZTF alert cutouts; a ``{"stampData": ...}`` dict also works), whose WCS gives the pixel scale. Default: the first complete set
         among ``science/reference/difference``, ``sci/ref/diff``,
         ``cutoutScience/cutoutTemplate/cutoutDifference``, ``triplet``, ``stamps``,
@@ -155,7 +156,8 @@ def annotate_stamps(table, *, model, columns=None, pixel_scale=None, negative=No
         step = max(int(batch_size), _BLOCK_ROWS)
         for start in range(0, n if block else 0, step):
             stop = min(start + step, n)
-            runner.add_block(**block(start, stop))
+            for part in block(start, stop):
+                runner.add_block(**part)
             bar.update(stop - start)
         for i in range(0 if block else n):
             stamp = _row_stamp(i, [get(i) for get in getters], names, family)
@@ -301,7 +303,7 @@ def _cell(value):
         return (parse_fits_bytes(blob) if blob else (None, None))
     if isinstance(value, np.ma.MaskedArray) and value.size and np.ma.getmaskarray(value).all():
         return None, None  # a fully masked cell (of a multidimensional MaskedColumn): no stamp
-    data = _unmasked(value)
+    data = _unmasked(value, colour=_is_colour(np.shape(value), getattr(value, "dtype", None)))
     if data.dtype.kind == "b":
         raise ValueError("holds booleans, not pixel values")
     if data.dtype.kind not in "iuf":
@@ -309,12 +311,23 @@ def _cell(value):
     return data, None
 
 
-def _unmasked(value):
+def _is_colour(shape, dtype):
+    """Whether cells of ``shape`` and ``dtype`` are ``(H, W, 3)`` 8-bit colour pictures."""
+    return len(shape) == 3 and shape[-1] == 3 and dtype == np.uint8
+
+
+def _unmasked(value, colour=False):
     """A numeric array with its masked values NaN (integer data with masked values become
-    float32 to hold them); other values as arrays."""
+    float32 to hold them; 8-bit ``colour`` pictures display values in [0, 1], float64, as
+    `~astromorph.preprocessing.preprocess_colour_cutout` reads them); other values as
+    arrays."""
+    from .preprocessing._optical import _unmasked_display
+
     if not isinstance(value, np.ma.MaskedArray):
         return np.asarray(value)
     if value.dtype.kind in "iu" and np.ma.getmaskarray(value).any():
+        if colour:
+            return _unmasked_display(value)
         value = value.astype(np.float32)
     return value.filled(np.nan) if value.dtype.kind == "f" else np.asarray(value)
 
@@ -360,8 +373,8 @@ def _row_stamp(i, cells, names, family):
             else None
     else:
         data = planes[0]
-        if data.ndim == 3 and data.shape[-1] == 3 and data.dtype == np.uint8:
-            stamp.kind = "colour"
+        if _is_colour(np.shape(cells[0]), getattr(cells[0], "dtype", None)):
+            stamp.kind = "colour"  # masked pixels: display values in [0, 1], NaN
         elif data.ndim in (2, 3):
             data = data[None] if data.ndim == 2 else data
             stamp.kind = "bands"
@@ -374,8 +387,9 @@ def _row_stamp(i, cells, names, family):
 
 # ----------------------------------------------------------------------------- array columns
 def _array_blocks(table, names, family, card, scales, flip, unknown=None, assumed=None):
-    """``block(start, stop)``: the `_Runner.add_block` arguments of rows ``start:stop``, or
-    None when the cells need the per-row path.
+    """``block(start, stop)``: the `_Runner.add_block` arguments of rows ``start:stop`` (a
+    list, one per run of rows sharing a dtype), or None when the cells need the per-row
+    path.
 
     Numeric array columns (one stamp per column and row: a fixed-shape ``Column``,
     ``MaskedColumn`` or ``Quantity``) give the stamps of many rows as one stack: the
@@ -407,7 +421,7 @@ def _array_blocks(table, names, family, card, scales, flip, unknown=None, assume
             else None
         dtype = np.float32
         shape = (len(cols), *cell)
-    elif len(cell) == 3 and cell[-1] == 3 and cols[0].dtype == np.uint8:
+    elif _is_colour(cell, cols[0].dtype):
         kind, bands, dtype, shape = "colour", None, cols[0].dtype, cell
     elif len(cell) in (2, 3):
         kind, bands, dtype = "bands", None, cols[0].dtype
@@ -426,6 +440,17 @@ def _array_blocks(table, names, family, card, scales, flip, unknown=None, assume
     negate = flip is not None and kind in ("triplet", "bands") and shape[0] == 3
 
     def block(start, stop):
+        """Rows ``start:stop`` as runs of rows (one `_Runner.add_block` each): in an integer
+        column, the rows with masked pixels (which become floats, NaN where masked) apart
+        from the others, which keep the dtype, groups and results of an unmasked column."""
+        if len(cols) > 1 or cols[0].dtype.kind not in "iu" \
+                or not isinstance(cols[0], np.ma.MaskedArray):
+            return [run(start, stop)]
+        masked = np.ma.getmaskarray(cols[0][start:stop]).reshape(stop - start, -1).any(axis=1)
+        cuts = [0, *(np.flatnonzero(np.diff(masked)) + 1), stop - start]
+        return [run(start + a, start + b) for a, b in zip(cuts[:-1], cuts[1:])]
+
+    def run(start, stop):
         parts, empty = [], []
         for c in cols:
             part = c[start:stop]
@@ -434,7 +459,7 @@ def _array_blocks(table, names, family, card, scales, flip, unknown=None, assume
                 empty.append(mask.all(axis=1))
             else:
                 empty.append(np.zeros(len(part), dtype=bool))
-            parts.append(_unmasked(part))  # masked values count as NaN
+            parts.append(_unmasked(part, colour=kind == "colour"))  # masked values: NaN
         if len(parts) > 1:
             data = np.stack(parts, axis=1).astype(np.float32, copy=False)
         else:

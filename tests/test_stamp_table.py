@@ -11,7 +11,7 @@ import astropy.units as u
 import numpy as np
 import pytest
 from astropy.io import fits
-from astropy.table import MaskedColumn, QTable, Table
+from astropy.table import Column, MaskedColumn, QTable, Table
 
 import astromorph
 from astromorph import Flag
@@ -456,6 +456,114 @@ def test_array_columns_take_the_stacked_path_with_per_row_results(rb, monkeypatc
             outs.append(astromorph.annotate_stamps(t, model=model, batch_size=4))
     for col in outs[0].colnames:
         np.testing.assert_array_equal(outs[0][col], outs[1][col], err_msg=col)
+    # a masked 8-bit colour picture column (rows with and without masked pixels in a block),
+    # and a masked 8-bit grey radio image column: both paths alike
+    for name, t in (("morphology", Table({"stamp": _masked_colour(9)})),
+                    ("radio-morphology", Table({"image": _masked_grey(6)}))):
+        outs = []
+        for stacked in (True, False):
+            monkeypatch.setattr(_stamp_table, "_array_blocks",
+                                lambda *a, s=stacked: calls.append(real(*a)) or calls[-1]
+                                if s else None)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UnusableInputWarning)
+                outs.append(astromorph.annotate_stamps(t, model=name, batch_size=2))
+            if stacked:
+                assert calls[-1] is not None
+        for col in outs[0].colnames:
+            np.testing.assert_array_equal(outs[0][col], outs[1][col], err_msg=f"{name} {col}")
+
+
+def _masked_colour(n, seed=12):
+    """A MaskedColumn of ``n`` 8-bit (64, 64, 3) colour pictures: row 2 with a masked edge
+    (a few per cent of its pixels), row 3 with a masked centre (over 5%: BLANK), row 6 all
+    masked (no stamp), the others without a masked pixel."""
+    x = np.random.default_rng(seed).integers(0, 255, (n, 64, 64, 3)).astype(np.uint8)
+    mask = np.zeros(x.shape, bool)
+    mask[2, :2] = True
+    mask[3, 24:40, 24:40] = True
+    mask[6] = True
+    return MaskedColumn(x, mask=mask)
+
+
+def _masked_grey(n, seed=13):
+    """A MaskedColumn of ``n`` 8-bit data-set style radio images, row 2 partly masked."""
+    yy, xx = np.mgrid[:150, :150] - 75
+    x = np.round(200 * np.exp(-(xx**2 / 60 + yy**2 / 20)))
+    x = (x + np.random.default_rng(seed).integers(0, 3, (n, 150, 150))).astype(np.uint8)
+    mask = np.zeros(x.shape, bool)
+    mask[2, :5] = True
+    return MaskedColumn(x, mask=mask)
+
+
+@pytest.mark.parametrize("layout", ["array", "object"])
+def test_a_masked_colour_picture_column_keeps_its_clean_rows(layout, monkeypatch):
+    """A masked 8-bit colour picture column: one masked pixel in a block of rows made the
+    whole block unscaled float (every row BAD_INPUT, 'the largest is 254'), and a masked
+    cell of an object column was read as a 64-plane image (BAD_INPUT). The cells stay
+    colour pictures: rows without a masked pixel get, bit for bit, the results of an
+    unmasked column; masked pixels are missing ones, like NaN: filled, counted in BLANK."""
+    from astromorph import _stamp_table
+
+    monkeypatch.setattr(_stamp_table, "_BLOCK_ROWS", 4)  # blocks of clean and masked rows
+    col = _masked_colour(9)
+    cells = col if layout == "array" else Column(_cells([col[i] for i in range(len(col))]))
+    with pytest.warns(UnusableInputWarning, match="1 of 9 row"):
+        out = astromorph.annotate_stamps(Table({"stamp": cells}), model="morphology",
+                                         batch_size=2)
+    ref = astromorph.annotate_stamps(Table({"stamp": np.ma.getdata(col)}), model="morphology",
+                                     batch_size=2)
+    clean = [0, 1, 4, 5, 7, 8]
+    for c in ref.colnames[1:]:
+        np.testing.assert_array_equal(out[c][clean], ref[c][clean], err_msg=c)
+    base = int(ref["morph_flags"][0])  # 64 px cutouts at crop 0.35: EXTRAPOLATED
+    assert list(out["morph_flags"][[2, 3, 6]]) == [base, base | Flag.BLANK, Flag.MISSING_BAND]
+    assert out["morph_reason"][3].startswith("6% of the pixels are NaN/inf/BLANK (filled)")
+    assert out["morph_reason"][6] == "no stamp in stamp"
+    assert list(out["morph_p_spiral"].mask) == [i == 6 for i in range(9)]
+    # the masked pixels are missing pixels: the row is scored as its picture with them
+    # given as NaN display values (filled with the picture's median)
+    shown = np.where(col.mask[3], np.nan, col.data[3] / 255.0)
+    model = astromorph.load_model("morphology")
+    x, flags = prepare(model, RawStamps("colour", shown[None], flags=np.array([0], np.int32)))
+    assert flags[0] & Flag.BLANK
+    direct = model.predict(x)["probabilities"][0]
+    scored = [out[c][3] for c in out.colnames if c.startswith("morph_p_")]
+    np.testing.assert_allclose(scored, direct, rtol=0, atol=1e-6)
+
+
+def test_a_masked_grey_radio_column_keeps_its_clean_rows(monkeypatch):
+    """A masked 8-bit radio image column: one masked pixel in a block made every row of the
+    block float, scored as a FIRST image in Jy/beam rather than on the data-set scale, without
+    a flag (FRII became FRI). Rows without a masked pixel get the unmasked column's
+    results, bit for bit."""
+    from astromorph import _stamp_table
+
+    monkeypatch.setattr(_stamp_table, "_BLOCK_ROWS", 4)
+    col = _masked_grey(6)
+    out = astromorph.annotate_stamps(Table({"image": col}), model="radio-morphology",
+                                     batch_size=2)
+    ref = astromorph.annotate_stamps(Table({"image": np.ma.getdata(col)}), model="radio-morphology",
+                                     batch_size=2)
+    clean = [0, 1, 3, 4, 5]
+    for c in ref.colnames[1:]:
+        np.testing.assert_array_equal(out[c][clean], ref[c][clean], err_msg=c)
+    # as (H, W, 3) grey pictures: the masked pixels are missing ones (filled with the
+    # picture's median) on the data-set scale; they were scored as display values 0-1
+    # read on the 0-255 scale, a black picture
+    pictures = np.repeat(np.ma.getdata(col)[..., None], 3, axis=-1)
+    mask = np.repeat(col.mask[..., None], 3, axis=-1)
+    out = astromorph.annotate_stamps(Table({"image": MaskedColumn(pictures, mask=mask)}),
+                                     model="radio-morphology", batch_size=2)
+    filled = pictures.copy()
+    filled[mask] = np.median(pictures[2][~mask[2]])
+    ref = astromorph.annotate_stamps(Table({"image": filled}), model="radio-morphology",
+                                     batch_size=2)
+    for c in ref.colnames[1:]:
+        if c.startswith("radio_p_"):
+            np.testing.assert_allclose(out[c], ref[c], rtol=0, atol=1e-5, err_msg=c)
+        else:
+            np.testing.assert_array_equal(out[c], ref[c], err_msg=c)
 
 
 def test_masks_on_integer_columns_and_boolean_stamps(rb, monkeypatch):
