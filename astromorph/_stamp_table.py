@@ -54,8 +54,9 @@ def annotate_stamps(table, *, model, columns=None, pixel_scale=None, negative=No
         science, reference and difference for ``real-bogus``; g, r and i for the optical
         models (three different columns). Cells may be numeric arrays (masked values count
         as NaN, missing pixels, filled and counted in `Flag.BLANK`, also in 8-bit colour
-        pictures, which stay colour pictures; a masked cell, or one whose values are all
-        masked, has no stamp: the row is flagged `Flag.MISSING_BAND`) or FITS bytes, gzipped or not (the ``stampData``
+        pictures, which stay colour pictures, and in the radio data set's 8-bit grey images,
+        which stay on its 0-255 scale, filled with the median rounded to an 8-bit level; a
+        masked cell, or one whose values are all masked, has no stamp: the row is flagged `Flag.MISSING_BAND`) or FITS bytes, gzipped or not (the ``stampData``
         of ZTF alert cutouts; a ``{"stampData": ...}`` dict also works), whose WCS gives the pixel scale. Default: the first complete set
         among ``science/reference/difference``, ``sci/ref/diff``,
         ``cutoutScience/cutoutTemplate/cutoutDifference``, ``triplet``, ``stamps``,
@@ -316,6 +317,28 @@ def _is_colour(shape, dtype):
     return len(shape) == 3 and shape[-1] == 3 and dtype == np.uint8
 
 
+def _is_grey(shape, dtype):
+    """Whether cells of ``shape`` and ``dtype`` are 8-bit grey images, ``(H, W)`` or
+    ``(1, H, W)``: the radio data set's images, on its 0-255 scale."""
+    return (len(shape) == 2 or (len(shape) == 3 and shape[0] == 1)) and dtype == np.uint8
+
+
+def _fill_grey(data):
+    """8-bit grey radio images ``(N, 1, H, W)`` whose masked pixels made them floats (NaN
+    where masked) back on the data set's 8-bit scale: ``(images, flags, words)``, the
+    images uint8 again, their missing pixels filled with the image's median rounded to an
+    8-bit level, flagged as `astromorph._adapters._clean` flags them (`Flag.BLANK` past
+    5%), with the words for those flags."""
+    from ._adapters import _clean
+    from ._predict import _explain
+
+    filled, flags = _clean(data, np.zeros(len(data), np.int32))
+    flags &= ~np.int32(Flag.CONSTANT)  # the adapter sets it on the filled image, with words
+    words = [_explain(Stamp("", None, kind="bands", data=d), int(f)) if f else []
+             for d, f in zip(data, flags)]
+    return np.round(filled).astype(np.uint8), flags, words
+
+
 def _unmasked(value, colour=False):
     """A numeric array with its masked values NaN (integer data with masked values become
     float32 to hold them; 8-bit ``colour`` pictures display values in [0, 1], float64, as
@@ -378,6 +401,11 @@ def _row_stamp(i, cells, names, family):
         elif data.ndim in (2, 3):
             data = data[None] if data.ndim == 2 else data
             stamp.kind = "bands"
+            if family == "radio" and data.dtype.kind == "f" \
+                    and _is_grey(np.shape(cells[0]), getattr(cells[0], "dtype", None)):
+                filled, flags, words = _fill_grey(data[None])  # masked pixels: data-set scale
+                data, stamp.flags = filled[0], stamp.flags | int(flags[0])
+                stamp.reason.extend(words[0])
         else:
             return stamp.flag(Flag.BAD_INPUT, f"{names[0]}: shape {data.shape}, not an image, "
                               "cube or colour picture")
@@ -438,6 +466,7 @@ def _array_blocks(table, names, family, card, scales, flip, unknown=None, assume
             return None
         probes.append(probe)
     negate = flip is not None and kind in ("triplet", "bands") and shape[0] == 3
+    grey = family == "radio" and len(cols) == 1 and kind == "bands" and _is_grey(cell, dtype)
 
     def block(start, stop):
         """Rows ``start:stop`` as runs of rows (one `_Runner.add_block` each): in an integer
@@ -474,6 +503,11 @@ def _array_blocks(table, names, family, card, scales, flip, unknown=None, assume
             scale = np.where(known, scales[start:stop], np.nan)
         flags = np.where(known, probes[1].flags, probes[0].flags).astype(np.int32)
         reasons = [list(probes[int(k)].reason) for k in known]
+        if grey and data.dtype.kind == "f":  # masked pixels: on the data-set scale (uint8)
+            data, filled, words = _fill_grey(data)
+            flags |= filled
+            for j in np.flatnonzero(filled):  # first, as on the per-row path
+                reasons[j][:0] = words[j]
         missing = np.any(empty, axis=0)
         for j in np.flatnonzero(missing):  # as `_row_stamp` says it
             flags[j] = int(Flag.MISSING_BAND)

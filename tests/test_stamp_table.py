@@ -459,7 +459,7 @@ def test_array_columns_take_the_stacked_path_with_per_row_results(rb, monkeypatc
     # a masked 8-bit colour picture column (rows with and without masked pixels in a block),
     # and a masked 8-bit grey radio image column: both paths alike
     for name, t in (("morphology", Table({"stamp": _masked_colour(9)})),
-                    ("radio-morphology", Table({"image": _masked_grey(6)}))):
+                    ("radio-morphology", Table({"image": _masked_grey(6, blank=4)}))):
         outs = []
         for stacked in (True, False):
             monkeypatch.setattr(_stamp_table, "_array_blocks",
@@ -486,13 +486,16 @@ def _masked_colour(n, seed=12):
     return MaskedColumn(x, mask=mask)
 
 
-def _masked_grey(n, seed=13):
-    """A MaskedColumn of ``n`` 8-bit data-set style radio images, row 2 partly masked."""
+def _masked_grey(n, seed=13, blank=None):
+    """A MaskedColumn of ``n`` 8-bit data-set style radio images, row 2 partly masked (3%
+    of its pixels), row ``blank`` too, more (20%: BLANK)."""
     yy, xx = np.mgrid[:150, :150] - 75
     x = np.round(200 * np.exp(-(xx**2 / 60 + yy**2 / 20)))
     x = (x + np.random.default_rng(seed).integers(0, 3, (n, 150, 150))).astype(np.uint8)
     mask = np.zeros(x.shape, bool)
     mask[2, :5] = True
+    if blank is not None:
+        mask[blank, 60:90] = True
     return MaskedColumn(x, mask=mask)
 
 
@@ -532,33 +535,53 @@ def test_a_masked_colour_picture_column_keeps_its_clean_rows(layout, monkeypatch
     np.testing.assert_allclose(scored, direct, rtol=0, atol=1e-6)
 
 
-def test_a_masked_grey_radio_column_keeps_its_clean_rows(monkeypatch):
+@pytest.mark.parametrize("layout", ["array", "object"])
+def test_a_masked_grey_radio_column_keeps_its_clean_rows(layout, monkeypatch):
     """A masked 8-bit radio image column: one masked pixel in a block made every row of the
     block float, scored as a FIRST image in Jy/beam rather than on the data-set scale, without
-    a flag (FRII became FRI). Rows without a masked pixel get the unmasked column's
-    results, bit for bit."""
+    a flag (FRII became FRI); the rows with masked pixels still were (on both paths). Rows
+    without a masked pixel get the unmasked column's results, bit for bit; masked pixels are
+    missing ones on the data-set scale: filled with the image's median (to an 8-bit level),
+    counted in BLANK."""
     from astromorph import _stamp_table
 
     monkeypatch.setattr(_stamp_table, "_BLOCK_ROWS", 4)
-    col = _masked_grey(6)
-    out = astromorph.annotate_stamps(Table({"image": col}), model="radio-morphology",
-                                     batch_size=2)
-    ref = astromorph.annotate_stamps(Table({"image": np.ma.getdata(col)}), model="radio-morphology",
-                                     batch_size=2)
-    clean = [0, 1, 3, 4, 5]
+    col = _masked_grey(6, blank=4)
+    cells = col if layout == "array" else Column(_cells([col[i] for i in range(len(col))]))
+
+    def annotate(stamps):
+        return astromorph.annotate_stamps(Table({"image": stamps}), model="radio-morphology",
+                                          batch_size=2)
+
+    out = annotate(cells)
+    ref = annotate(np.ma.getdata(col))
+    clean = [0, 1, 3, 5]
     for c in ref.colnames[1:]:
         np.testing.assert_array_equal(out[c][clean], ref[c][clean], err_msg=c)
+    filled = np.ma.getdata(col).copy()
+    for j in (2, 4):
+        filled[j][col.mask[j]] = np.round(np.median(filled[j][~col.mask[j]]))
+    ref = annotate(filled)
+    assert list(out["radio_label"]) == list(ref["radio_label"])
+    for c in ref.colnames[1:]:
+        if c.startswith("radio_p_"):
+            np.testing.assert_array_equal(out[c], ref[c], err_msg=c)
+    blank = np.array([0, 0, 0, 0, int(Flag.BLANK), 0])
+    assert list(out["radio_flags"]) == list(ref["radio_flags"] | blank)
+    assert out["radio_reason"][4].startswith("20% of the pixels are NaN/inf/BLANK (filled); ")
+    assert out["radio_reason"][2] == ref["radio_reason"][2]
+    if layout == "object":
+        return
     # as (H, W, 3) grey pictures: the masked pixels are missing ones (filled with the
     # picture's median) on the data-set scale; they were scored as display values 0-1
     # read on the 0-255 scale, a black picture
+    col = _masked_grey(6)
     pictures = np.repeat(np.ma.getdata(col)[..., None], 3, axis=-1)
     mask = np.repeat(col.mask[..., None], 3, axis=-1)
-    out = astromorph.annotate_stamps(Table({"image": MaskedColumn(pictures, mask=mask)}),
-                                     model="radio-morphology", batch_size=2)
+    out = annotate(MaskedColumn(pictures, mask=mask))
     filled = pictures.copy()
     filled[mask] = np.median(pictures[2][~mask[2]])
-    ref = astromorph.annotate_stamps(Table({"image": filled}), model="radio-morphology",
-                                     batch_size=2)
+    ref = annotate(filled)
     for c in ref.colnames[1:]:
         if c.startswith("radio_p_"):
             np.testing.assert_allclose(out[c], ref[c], rtol=0, atol=1e-5, err_msg=c)
