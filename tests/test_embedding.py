@@ -1000,6 +1000,14 @@ def test_cli_two_outputs_of_one_run_must_differ(tmp_path, capsys, command):
     assert not out.exists()
 
 
+def _write_labelled_embeddings(path):
+    """A 30-row ECSV table with 8-d embeddings of 3 blobs and labels 'a', 'b' and none."""
+    t = catalogue(30, d=8)
+    t["embedding"], _ = blobs(n_per=10, k=3, d=8)
+    t["label"] = ["a", "b", ""] * 10
+    t.write(path)
+
+
 def test_cli_quiet_prints_no_status_lines(tmp_path, capsys):
     t = catalogue(30, d=8)
     t["embedding"], _ = blobs(n_per=10, k=3, d=8)
@@ -1024,10 +1032,7 @@ def test_cli_csv_output_of_embeddings_is_refused_before_any_work(tiny_embedding,
     from astromorph.embeddings import _mixture
 
     Image.fromarray(colour_cutout(0)).save(tmp_path / "g.png")
-    t = catalogue(30, d=8)
-    t["embedding"], _ = blobs(n_per=10, k=3, d=8)
-    t["label"] = ["a", "b", ""] * 10
-    t.write(tmp_path / "emb.ecsv")
+    _write_labelled_embeddings(tmp_path / "emb.ecsv")
     work = []
     monkeypatch.setattr(_predict, "predict_files", lambda *a, **k: work.append(a))
     monkeypatch.setattr(_mixture, "_cluster_table", lambda *a, **k: work.append(a))
@@ -1052,10 +1057,7 @@ def test_cli_empty_prefix_is_refused_before_any_work(tmp_path, capsys, monkeypat
     fitted; both commands now refuse it before the table is read."""
     from astromorph.embeddings import _cli, _head, _mixture
 
-    t = catalogue(30, d=8)
-    t["embedding"], _ = blobs(n_per=10, k=3, d=8)
-    t["label"] = ["a", "b", ""] * 10
-    t.write(tmp_path / "emb.ecsv")
+    _write_labelled_embeddings(tmp_path / "emb.ecsv")
     work = []
     monkeypatch.setattr(_cli, "_read", lambda *a, **k: work.append(a))
     monkeypatch.setattr(_mixture, "_cluster_table", lambda *a, **k: work.append(a))
