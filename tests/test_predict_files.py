@@ -267,7 +267,7 @@ def test_cube_with_planes_on_the_last_axis_says_so(models, tmp_path, model, data
     assert table[flags][0] == Flag.BAD_INPUT
     n = data.shape[0]
     assert f"{n} planes" in table["reason"][0]
-    assert f"NAXIS1 = 3" in table["reason"][0] and "(3, " in table["reason"][0], \
+    assert "NAXIS1 = 3" in table["reason"][0] and "(3, " in table["reason"][0], \
         table["reason"][0]
 
 
