@@ -208,7 +208,9 @@ def test_real_bogus_cache_cut_off_before_its_info_is_simulated_again(tmp_path, m
         np.save(out / f"{split}_x.npy", np.ones((2, 3, 4, 4), np.float16))
 
     monkeypatch.setattr(realbogus, "_simulate_split", simulate)
-    monkeypatch.setattr(realbogus, "_check_split_sources", lambda args: None)  # no real data
+    monkeypatch.setattr(realbogus, "_check_split_sources",  # no real data: as if shipped
+                        lambda args: (realbogus.ALERTS_SOURCE_SHA256,
+                                      realbogus.GALAXIES_SOURCE_SHA256))
     x, info = realbogus._load_split(args, "val", {"cache": cache})
     assert simulated == ["val"] and x.sum() == x.size and info["snr_det"].tolist() == [1, 1]
 
@@ -251,3 +253,44 @@ def test_corrupt_first_archive_is_one_line(tmp_path):
     (tmp_path / "other.h5").write_bytes(b"\x89HDF\r\n\x1a\n" + bytes(64))
     with pytest.raises(SystemExit, match=r"other\.h5: not a FIRST data set HDF5 file"):
         radio._read_h5(tmp_path / "other.h5")
+
+
+def test_real_bogus_cached_sets_of_other_sources_are_not_reused(tmp_path, monkeypatch):
+    """The split check ran only when a set was simulated: with the sets of the shipped
+    sources cached, a changed ztf_triplets.npz (or GZ image list) went unnoticed, and with
+    ``--new-split`` the cached sets of the old split were mixed with sets (e.g. a fresh
+    test draw) of the new one. Now every non-smoke load checks the sources, and the sets
+    of a new split are cached apart from (replace) those of another."""
+    import argparse
+    import json
+
+    from astromorph_training import realbogus
+
+    data = tmp_path / "data"
+    (data / "ztf_alerts").mkdir(parents=True)
+    meta = [json.dumps({"objectId": f"ZTF{i}", "drb": 0.5, "rb": 0.5}) for i in range(4)]
+    np.savez(data / "ztf_alerts" / "ztf_triplets.npz",
+             X=np.zeros((4, 3, 63, 63), np.float32), meta=np.array(meta))
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    (cache / "params.json").write_text(json.dumps(  # the shipped sources' cached sets
+        {"n_train": realbogus.DEFAULT_N_TRAIN, "n_val": 8000, "n_test": 12000, "seed": 0}))
+    np.save(cache / "val_x.npy", np.zeros((2, 3, 4, 4), np.float16))
+    np.savez(cache / "val_info.npz", snr_det=np.zeros(2))
+    simulated = []
+
+    def simulate(split, n, data_dir, seed, out, **kwargs):  # stands in for the simulator
+        simulated.append(split)
+        np.savez(out / f"{split}_info.npz", snr_det=np.ones(2))
+        np.save(out / f"{split}_x.npy", np.ones((2, 3, 4, 4), np.float16))
+
+    monkeypatch.setattr(realbogus, "_simulate_split", simulate)
+    args = argparse.Namespace(smoke=False, seed=0, data_dir=data, n_train=None, n_val=None,
+                              n_test=None, recipe="v3", regenerate=False, new_split=False)
+    with pytest.raises(SystemExit, match="ztf_triplets.npz.*--new-split"):
+        realbogus._load_split(args, "val", {"cache": cache})
+    args.new_split = True  # a new split: simulated afresh, not the old split's cached set
+    x, info = realbogus._load_split(args, "val", {"cache": cache})
+    assert simulated == ["val"] and x.sum() == x.size
+    x, info = realbogus._load_split(args, "val", {"cache": cache})  # then cached
+    assert simulated == ["val"] and x.sum() == x.size

@@ -331,14 +331,18 @@ GALAXIES_SOURCE_SHA256 = "c43a4683ecbe351bb17e5cdf2ec2f67af1bfd75a74bcc1b6e9de54
 def _check_split_sources(args):
     """Refuse (unless ``--new-split``) to simulate from other alerts or galaxy images than
     the shipped model's: an alert or image added, removed or renamed moves sky and hosts
-    between the training and held-out simulations (`_common.check_split_source`)."""
+    between the training and held-out simulations (`_common.check_split_source`). Returns
+    the two fingerprints (alerts, galaxies)."""
     data_dir = Path(args.data_dir)
     _, meta = sim.load_ztf_triplets(data_dir)
-    common.check_split_source(data_dir / "ztf_alerts" / "ztf_triplets.npz",
-                              ALERTS_SOURCE_SHA256, [m["objectId"] for m in meta], args=args)
+    alerts = common.check_split_source(data_dir / "ztf_alerts" / "ztf_triplets.npz",
+                                       ALERTS_SOURCE_SHA256, [m["objectId"] for m in meta],
+                                       args=args)
     paths = [p.relative_to(data_dir).as_posix() for p in sim.GalaxyBank.list_paths(data_dir)]
-    common.check_split_source(f"the images of {data_dir / 'gz1'} and {data_dir / 'gz2'}",
-                              GALAXIES_SOURCE_SHA256, paths, args=args)
+    galaxies = common.check_split_source(
+        f"the images of {data_dir / 'gz1'} and {data_dir / 'gz2'}", GALAXIES_SOURCE_SHA256,
+        paths, args=args)
+    return alerts, galaxies
 
 
 def _load_split(args, split, dirs):
@@ -357,13 +361,17 @@ def _load_split(args, split, dirs):
               "n_test": _get(args, "n_test", 12000), "seed": args.seed}
     if recipe != "v3":  # v3 folders keep their old params (and caches)
         params["recipe"] = recipe
+    # checked whether or not the set is cached: a cached set of another split is no set of
+    # this one (with --new-split, the new split's sets replace the cached ones)
+    sources = _check_split_sources(args)
+    if tuple(sources) != (ALERTS_SOURCE_SHA256, GALAXIES_SOURCE_SHA256):
+        params["sources"] = list(sources)  # the shipped sources' folders keep their params
     stale = meta_f.exists() and json.loads(meta_f.read_text()) != params
     info_f = folder / f"{split}_info.npz"
     if f.exists() and info_f.exists():
         with np.load(info_f) as cached:
             stale = stale or "snr_det" not in cached.files  # cached before detection S/N was recorded
     if not f.exists() or not info_f.exists() or _get(args, "regenerate", False) or stale:
-        _check_split_sources(args)  # before a cached set is deleted or a new one drawn
         if stale or _get(args, "regenerate", False):
             for p in folder.glob("*.np*"):
                 p.unlink()
