@@ -79,8 +79,9 @@ def build_parser(model=None):
                              "into models/")
     parser.add_argument("--new-split", action="store_true",
                         help="draw the held-out split from a changed labels.csv / votes.csv "
-                             "(refused by default: added, removed or reordered rows move "
-                             "galaxies between training and held-out sets)")
+                             "(real-bogus: ztf_triplets.npz alerts or GZ image list) (refused "
+                             "by default: added, removed or reordered rows move galaxies or "
+                             "sky between training and held-out sets)")
     parser.add_argument("--out-dir", default=None,
                         help="repository root to write models/ and training/reports/ into")
     if model is not None:
