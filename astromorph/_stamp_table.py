@@ -290,26 +290,29 @@ def _cell_getter(col):
 
 
 def _cell(value):
-    """``(array, pixel_scale)`` of one table cell; ``(None, None)`` when empty."""
+    """``(array, pixel_scale, colour)`` of one table cell (``colour``: an 8-bit ``(H, W, 3)``
+    picture, whose masked pixels are NaN display values); ``(None, None, False)`` when
+    empty."""
     if value is None or value is np.ma.masked:
-        return None, None
+        return None, None, False
     if isinstance(value, str):
         raise ValueError("holds text, not an image or FITS bytes")
     if isinstance(value, dict):
         value = value.get("stampData")
         if value is None:
-            return None, None
+            return None, None, False
     if isinstance(value, (bytes, bytearray, np.bytes_, memoryview)):
         blob = bytes(value)
-        return (parse_fits_bytes(blob) if blob else (None, None))
+        return (*parse_fits_bytes(blob), False) if blob else (None, None, False)
     if isinstance(value, np.ma.MaskedArray) and value.size and np.ma.getmaskarray(value).all():
-        return None, None  # a fully masked cell (of a multidimensional MaskedColumn): no stamp
-    data = _unmasked(value, colour=_is_colour(np.shape(value), getattr(value, "dtype", None)))
+        return None, None, False  # a fully masked cell (of a multidimensional MaskedColumn)
+    colour = _is_colour(np.shape(value), getattr(value, "dtype", None))
+    data = _unmasked(value, colour=colour)
     if data.dtype.kind == "b":
         raise ValueError("holds booleans, not pixel values")
     if data.dtype.kind not in "iuf":
         raise ValueError(f"cell of dtype {data.dtype} is neither an image nor FITS bytes")
-    return data, None
+    return data, None, colour or _is_colour(data.shape, data.dtype)
 
 
 def _is_colour(shape, dtype):
@@ -369,10 +372,10 @@ def _negate_difference(data, rows=None):
 def _row_stamp(i, cells, names, family):
     """The `Stamp` of row ``i`` from its cells (one per stamp column)."""
     stamp = Stamp(str(i), None, index=i)
-    planes, scale = [], None
+    planes, scale, colour = [], None, False
     for name, value in zip(names, cells):
         try:
-            data, s = _cell(value)
+            data, s, colour = _cell(value)
         except ValueError as exc:
             return stamp.flag(Flag.BAD_INPUT, f"{name}: {exc}")
         if data is None:
@@ -396,7 +399,7 @@ def _row_stamp(i, cells, names, family):
             else None
     else:
         data = planes[0]
-        if _is_colour(np.shape(cells[0]), getattr(cells[0], "dtype", None)):
+        if colour:
             stamp.kind = "colour"  # masked pixels: display values in [0, 1], NaN
         elif data.ndim in (2, 3):
             data = data[None] if data.ndim == 2 else data

@@ -535,6 +535,23 @@ def test_a_masked_colour_picture_column_keeps_its_clean_rows(layout, monkeypatch
     np.testing.assert_allclose(scored, direct, rtol=0, atol=1e-6)
 
 
+def test_colour_pictures_in_stampdata_dicts_stay_colour_pictures():
+    """A ``{"stampData": array}`` cell holding an 8-bit (H, W, 3) picture (masked or not) is
+    a colour picture, as the same array in a plain cell: the colour test looked at the dict
+    (no shape), so the picture was read as a 64-plane image (BAD_INPUT) in every row."""
+    col = _masked_colour(7)
+    cells = [col[i] for i in range(len(col))]
+    with pytest.warns(UnusableInputWarning, match="1 of 7 row"):  # the fully masked one
+        plain = astromorph.annotate_stamps(Table({"stamp": Column(_cells(cells))}),
+                                           model="morphology")
+        out = astromorph.annotate_stamps(
+            Table({"stamp": Column(_cells([{"stampData": c} for c in cells]))}),
+            model="morphology")
+    assert list(out["morph_flags"] & Flag.BAD_INPUT) == [0] * 7
+    for c in plain.colnames[1:]:
+        np.testing.assert_array_equal(out[c], plain[c], err_msg=c)
+
+
 @pytest.mark.parametrize("layout", ["array", "object"])
 def test_a_masked_grey_radio_column_keeps_its_clean_rows(layout, monkeypatch):
     """A masked 8-bit radio image column: one masked pixel in a block made every row of the
