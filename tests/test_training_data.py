@@ -294,3 +294,20 @@ def test_real_bogus_cached_sets_of_other_sources_are_not_reused(tmp_path, monkey
     assert simulated == ["val"] and x.sum() == x.size
     x, info = realbogus._load_split(args, "val", {"cache": cache})  # then cached
     assert simulated == ["val"] and x.sum() == x.size
+
+
+def test_gz2_overlap_report_follows_new_split(tmp_path):
+    """morphology-gz2 evaluate's GZ1 cross-match loads the GZ1 split with a namespace of its
+    own, which dropped --new-split: with a changed labels.csv the report said 'GZ1 data
+    unavailable: ... pass --new-split' to a run that had passed it."""
+    import argparse
+
+    from astromorph_training import gz2
+
+    data = _gz1_folder(tmp_path / "data", [(1000 + i, i % 6) for i in range(36)])
+    field = np.random.default_rng(1).uniform(0, 1, (2, 3, 64, 64)).astype(np.float32)
+    args = argparse.Namespace(data_dir=data, out_dir=tmp_path / "out", new_split=False)
+    assert "--new-split" in gz2._gz1_overlap(args, np.array([1, 2]), field)["note"]
+    args.new_split = True
+    report = gz2._gz1_overlap(args, np.array([1, 2]), field)
+    assert "note" not in report and report["n_matched"] == 0

@@ -956,8 +956,9 @@ def _gz1_overlap(args, ids, gz1_field_stamps, threshold=0.7):
     of petroR90_r).
     """
     try:
-        gz1 = _gz1.load_dataset(argparse.Namespace(data_dir=args.data_dir, smoke=False,
-                                                   out_dir=args.out_dir))
+        gz1 = _gz1.load_dataset(argparse.Namespace(
+            data_dir=args.data_dir, smoke=False, out_dir=args.out_dir,
+            new_split=getattr(args, "new_split", False)))
     except (OSError, SystemExit) as exc:  # no GZ1 data
         return {"note": f"GZ1 data unavailable: {exc}"}
     sim = _structure(gz1_field_stamps) @ _structure(gz1["stamps"]).T
