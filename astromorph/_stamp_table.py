@@ -344,7 +344,7 @@ def _fill_grey(data):
 
 def _unmasked(value, colour=False):
     """A numeric array with its masked values NaN (integer data with masked values become
-    float32 to hold them; 8-bit ``colour`` pictures display values in [0, 1], float64, as
+    float32 to hold them; 8-bit ``colour`` pictures display values in [0, 1], float32, as
     `~astromorph.preprocessing.preprocess_colour_cutout` reads them); other values as
     arrays."""
     from .preprocessing._optical import _unmasked_display

@@ -535,6 +535,37 @@ def test_a_masked_colour_picture_column_keeps_its_clean_rows(layout, monkeypatch
     np.testing.assert_allclose(scored, direct, rtol=0, atol=1e-6)
 
 
+def test_masked_colour_pictures_become_float32_display_values():
+    """Blocks of masked 8-bit colour pictures became float64 display values (plus a float64
+    temporary): 16 bytes a pixel, 1.6 GB and more for a block of 1024 pictures of 256 x 256.
+    They are float32 now (4 bytes a pixel), with the values the float64 ones had once
+    `preprocess_colour_cutout` rounds them to float32, so its outputs are unchanged."""
+    import tracemalloc
+
+    from astromorph import _stamp_table
+    from astromorph.preprocessing import preprocess_colour_cutout
+
+    col = _masked_colour(16)
+    block = col[:16]  # as `_array_blocks` slices it
+    expected = np.where(col.mask, np.nan, col.data / 255.0)
+    tracemalloc.start()
+    try:
+        got = _stamp_table._unmasked(block, colour=True)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert got.dtype == np.float32
+    assert peak < 5 * col.data.size, peak  # float32 values: 4 bytes a pixel
+    np.testing.assert_array_equal(got, expected.astype(np.float32))
+    for crop in (1.0, 0.35):  # both paths of the preprocessing: the same values, bit for bit
+        np.testing.assert_array_equal(preprocess_colour_cutout(block, crop_fraction=crop),
+                                      preprocess_colour_cutout(expected, crop_fraction=crop))
+    # other integer types are checked for 8-bit values, as before
+    with pytest.raises(InputError, match="0-255; got 2 to 300"):
+        preprocess_colour_cutout(np.ma.masked_array(np.array([[[0, 300, 2]]] * 2, np.int16),
+                                                    mask=[[[True, False, False]]] * 2))
+
+
 def test_colour_pictures_in_stampdata_dicts_stay_colour_pictures():
     """A ``{"stampData": array}`` cell holding an 8-bit (H, W, 3) picture (masked or not) is
     a colour picture, as the same array in a plain cell: the colour test looked at the dict
