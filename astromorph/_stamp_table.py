@@ -297,10 +297,9 @@ def _cell(value):
         return None, None, False
     if isinstance(value, str):
         raise ValueError("holds text, not an image or FITS bytes")
-    if isinstance(value, dict):
-        value = value.get("stampData")
-        if value is None:
-            return None, None, False
+    value = _payload(value)
+    if value is None:
+        return None, None, False
     if isinstance(value, (bytes, bytearray, np.bytes_, memoryview)):
         blob = bytes(value)
         return (*parse_fits_bytes(blob), False) if blob else (None, None, False)
@@ -313,6 +312,12 @@ def _cell(value):
     if data.dtype.kind not in "iuf":
         raise ValueError(f"cell of dtype {data.dtype} is neither an image nor FITS bytes")
     return data, None, colour or _is_colour(data.shape, data.dtype)
+
+
+def _payload(value):
+    """The stamp of a cell: the ``stampData`` of a ``{"stampData": ...}`` dict (an alert
+    cutout), else the cell itself."""
+    return value.get("stampData") if isinstance(value, dict) else value
 
 
 def _is_colour(shape, dtype):
@@ -404,8 +409,9 @@ def _row_stamp(i, cells, names, family):
         elif data.ndim in (2, 3):
             data = data[None] if data.ndim == 2 else data
             stamp.kind = "bands"
+            cell = _payload(cells[0])  # the array a float stamp was made from
             if family == "radio" and data.dtype.kind == "f" \
-                    and _is_grey(np.shape(cells[0]), getattr(cells[0], "dtype", None)):
+                    and _is_grey(np.shape(cell), getattr(cell, "dtype", None)):
                 filled, flags, words = _fill_grey(data[None])  # masked pixels: data-set scale
                 data, stamp.flags = filled[0], stamp.flags | int(flags[0])
                 stamp.reason.extend(words[0])

@@ -583,19 +583,21 @@ def test_colour_pictures_in_stampdata_dicts_stay_colour_pictures():
         np.testing.assert_array_equal(out[c], plain[c], err_msg=c)
 
 
-@pytest.mark.parametrize("layout", ["array", "object"])
+@pytest.mark.parametrize("layout", ["array", "object", "dict"])
 def test_a_masked_grey_radio_column_keeps_its_clean_rows(layout, monkeypatch):
     """A masked 8-bit radio image column: one masked pixel in a block made every row of the
     block float, scored as a FIRST image in Jy/beam rather than on the data-set scale, without
     a flag (FRII became FRI); the rows with masked pixels still were (on both paths). Rows
     without a masked pixel get the unmasked column's results, bit for bit; masked pixels are
     missing ones on the data-set scale: filled with the image's median (to an 8-bit level),
-    counted in BLANK."""
+    counted in BLANK. The same in ``{"stampData": array}`` cells (the 8-bit test looked at
+    the dict, not the array in it: their masked rows were scored on the FIRST scale)."""
     from astromorph import _stamp_table
 
     monkeypatch.setattr(_stamp_table, "_BLOCK_ROWS", 4)
     col = _masked_grey(6, blank=4)
-    cells = col if layout == "array" else Column(_cells([col[i] for i in range(len(col))]))
+    cells = col if layout == "array" else Column(_cells(
+        [{"stampData": col[i]} if layout == "dict" else col[i] for i in range(len(col))]))
 
     def annotate(stamps):
         return astromorph.annotate_stamps(Table({"image": stamps}), model="radio-morphology",
@@ -618,7 +620,7 @@ def test_a_masked_grey_radio_column_keeps_its_clean_rows(layout, monkeypatch):
     assert list(out["radio_flags"]) == list(ref["radio_flags"] | blank)
     assert out["radio_reason"][4].startswith("20% of the pixels are NaN/inf/BLANK (filled); ")
     assert out["radio_reason"][2] == ref["radio_reason"][2]
-    if layout == "object":
+    if layout != "array":
         return
     # as (H, W, 3) grey pictures: the masked pixels are missing ones (filled with the
     # picture's median) on the data-set scale; they were scored as display values 0-1
