@@ -307,7 +307,14 @@ def test_gz2_overlap_report_follows_new_split(tmp_path):
     data = _gz1_folder(tmp_path / "data", [(1000 + i, i % 6) for i in range(36)])
     field = np.random.default_rng(1).uniform(0, 1, (2, 3, 64, 64)).astype(np.float32)
     args = argparse.Namespace(data_dir=data, out_dir=tmp_path / "out", new_split=False)
-    assert "--new-split" in gz2._gz1_overlap(args, np.array([1, 2]), field)["note"]
+    # the data are there, the split changed: said so (it read 'GZ1 data unavailable: ...')
+    note = gz2._gz1_overlap(args, np.array([1, 2]), field)["note"]
+    assert note.startswith("GZ1 cross-match skipped: ") and "--new-split" in note
+    assert "unavailable" not in note
+    empty = argparse.Namespace(data_dir=tmp_path / "none", out_dir=tmp_path / "out",
+                               new_split=False)  # no GZ1 data at all: unavailable
+    assert gz2._gz1_overlap(empty, np.array([1, 2]), field)["note"].startswith(
+        "GZ1 data unavailable: ")
     args.new_split = True
     report = gz2._gz1_overlap(args, np.array([1, 2]), field)
     assert "note" not in report and report["n_matched"] == 0

@@ -25,7 +25,7 @@ __all__ = [
     "report_dir", "model_dir", "fit_temperature", "softmax",
     "expected_calibration_error", "ece_noise_floor", "classification_report", "plot_confusion_matrix",
     "plot_reliability", "export_onnx", "write_card", "write_metrics", "check_parity",
-    "sha256sum", "onnx_throughput", "save_checkpoint", "write_text", "positive_int", "synthetic_scenes",
+    "sha256sum", "SplitChanged", "onnx_throughput", "save_checkpoint", "write_text", "positive_int", "synthetic_scenes",
     "parity_raw_inputs", "write_parity_reference", "PARITY_REFERENCE", "load_onnx_weights",
     "shipped_torch_model", "MODULES", "read_csv",
     "split_fingerprint", "check_split_source",
@@ -118,6 +118,11 @@ def split_fingerprint(*columns):
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+class SplitChanged(SystemExit):
+    """`check_split_source` refused a file (the data are there; the split would change): a
+    `SystemExit` in one line, as before, that callers can tell from missing data."""
+
+
 def check_split_source(path, expected, *columns, args=None):
     """Refuse to draw a held-out split from other rows than the shipped models' split.
 
@@ -138,7 +143,7 @@ def check_split_source(path, expected, *columns, args=None):
                    "added, removed or reordered rows move galaxies between training and "
                    "held-out sets")
         if not getattr(args, "new_split", False):
-            raise SystemExit(message + "; restore the file, or pass --new-split to draw a new "
+            raise SplitChanged(message + "; restore the file, or pass --new-split to draw a new "
                              "split deliberately (its numbers are then not comparable with the "
                              "shipped model's)")
         log.warning("%s; drawing a new split (--new-split)", message)
