@@ -139,13 +139,20 @@ def sigma_clipped_rms(image, *, sigma=3.0, maxiters=10):
     values = values[~invalid_pixels(values)]
     if values.size == 0:
         return 0.0
+    # the pixels kept are always those within a distance of the median: a run of the sorted
+    # values, whose middle gives the median without a partition per iteration (the std
+    # is still taken over ``values`` in their order, as before: the same float sums)
+    ordered = np.sort(values)
     for _ in range(maxiters):
-        centre = np.median(values)
+        middle = ordered.size // 2
+        centre = np.median(ordered[middle - 1 + ordered.size % 2:middle + 1])
         std = values.std()
         keep = np.abs(values - centre) <= sigma * std
         if keep.all() or keep.sum() < 2:
             break
         values = values[keep]
+        run = np.flatnonzero(np.abs(ordered - centre) <= sigma * std)
+        ordered = ordered[run[0]:run[-1] + 1]
     return float(values.std())
 
 
