@@ -26,6 +26,12 @@ log = logging.getLogger(__name__)
 
 #: Sources cut, preprocessed and scored together (bounds memory).
 ANNOTATE_CHUNK = 4096
+#: Stamp pixels of one part of a chunk (a thread's unit of work): at most `STAMP_CHUNK`
+#: sources, fewer for big stamps. Cutting and preprocessing hold several float32 and
+#: float64 copies of a part's stamps at once (about 8 times their size in all), so
+#: 512 stamps of 300 x 300 (radio-morphology) took some 0.8 GB per thread; 2**23 pixels
+#: (512 stamps of 128 x 128) cap that at about 0.3 GB.
+PART_PIXELS = 2 ** 23
 
 _RA_NAMES = ("ra", "RA", "RAJ2000", "ra_deg", "RA_deg", "ALPHA_J2000", "alpha", "raMean")
 _DEC_NAMES = ("dec", "DEC", "Dec", "DEJ2000", "dec_deg", "DEC_deg", "DELTA_J2000", "delta",
@@ -563,6 +569,7 @@ def annotate(table, images, *, model, ra_col=None, dec_col=None, coord_col=None,
         predictions, scored = [], []
         order = _processing_order(sky[plan[0]])
         workers = _workers(threads)
+        per_part = _part_rows(npix * npix * len(plan))
         with ThreadPoolExecutor(workers) as pool, \
                 progress_bar(n, desc=f"annotate {model.name}", unit="src", enabled=progress,
                              min_total=ANNOTATE_CHUNK) as bar:
@@ -571,7 +578,7 @@ def annotate(table, images, *, model, ra_col=None, dec_col=None, coord_col=None,
                 # the model-free work of a chunk is shared among threads (numpy,
                 # scipy and ONNX Runtime release the GIL); the model scores each
                 # part as soon as it is ready
-                parts = [order[s:min(s + STAMP_CHUNK, stop)] for s in range(start, stop, STAMP_CHUNK)]
+                parts = [order[s:min(s + per_part, stop)] for s in range(start, stop, per_part)]
                 for rows, x, row_flags, usable in pool.map(stamps_to_input, parts):
                     flags[rows] = row_flags
                     valid[rows[usable]] = True
@@ -598,6 +605,11 @@ def _workers(threads):
     if threads:
         return max(1, int(threads))
     return max(1, min(8, os.cpu_count() or 1))
+
+
+def _part_rows(stamp_pixels):
+    """Sources in one part of a chunk, for stamps of ``stamp_pixels`` pixels (all bands)."""
+    return max(1, min(STAMP_CHUNK, PART_PIXELS // stamp_pixels))
 
 
 def _processing_order(sky):

@@ -2109,3 +2109,35 @@ def test_unnamed_band_images_of_one_field_are_not_silently_read_as_tiles(tmp_pat
         astromorph.annotate(cat, paths, model="morphology", size_col="r90",
                             bands=["g", "r", "i"])
     assert not [w for w in caught if "same pixels" in str(w.message)]
+
+
+def test_big_stamps_are_cut_in_parts_of_bounded_memory():
+    """radio-morphology cuts 300 x 300 stamps: a part of 512 of them held about 0.8 GB per
+    thread (several float32 and float64 copies of the part's stamps); parts now hold at most
+    PART_PIXELS stamp pixels, and the traced peak stays within a few times the stamps of
+    the sources processed at once."""
+    import tracemalloc
+
+    from astromorph._annotate import _part_rows
+
+    if "radio-morphology" not in astromorph.list_models():
+        pytest.skip("radio-morphology is not shipped")
+    model = astromorph.load_model("radio-morphology")
+    n, side = 240, 400
+    w = sky_wcs(side, rot=0.0, scale=1.8)
+    img = np.random.default_rng(0).normal(0, 1e-4, (side, side)).astype(np.float32)
+    img[190:210, 190:210] += 5e-3
+    pix = np.random.default_rng(1).uniform(50, side - 50, (n, 2))
+    ra, dec = w.pixel_to_world_values(pix[:, 0], pix[:, 1])
+    table = Table({"ra": ra, "dec": dec})
+    stamp_bytes = 300 * 300 * 4
+    at_once = _part_rows(300 * 300)  # one thread: one part at a time
+    assert at_once < n  # the catalogue spans several parts
+    tracemalloc.start()
+    try:
+        out = astromorph.annotate(table, (img, w), model=model, threads=1, progress=False)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert len(out) == n and np.count_nonzero(~out["radio_p_FRI"].mask) > 0
+    assert peak < 12 * at_once * stamp_bytes, (peak, at_once)
