@@ -184,6 +184,22 @@ def test_real_bogus_split_sources_cannot_change_silently(tmp_path, monkeypatch):
     realbogus._check_split_sources(args)  # warns and goes on
 
 
+def _fake_simulator(monkeypatch):
+    """Stand in for real-bogus's simulator: each split it is asked for is recorded in the
+    list returned and cached as two stamps of ones with their info."""
+    from astromorph_training import realbogus
+
+    simulated = []
+
+    def simulate(split, n, data_dir, seed, out, **kwargs):
+        simulated.append(split)
+        np.savez(out / f"{split}_info.npz", snr_det=np.ones(2))
+        np.save(out / f"{split}_x.npy", np.ones((2, 3, 4, 4), np.float16))
+
+    monkeypatch.setattr(realbogus, "_simulate_split", simulate)
+    return simulated
+
+
 def test_real_bogus_cache_cut_off_before_its_info_is_simulated_again(tmp_path, monkeypatch):
     """A run killed after the simulated stamps were cached but before their info was left
     ``val_x.npy`` without ``val_info.npz``: every later run failed on the missing file (and
@@ -200,14 +216,7 @@ def test_real_bogus_cache_cut_off_before_its_info_is_simulated_again(tmp_path, m
     (cache / "params.json").write_text(json.dumps(
         {"n_train": realbogus.DEFAULT_N_TRAIN, "n_val": 8000, "n_test": 12000, "seed": 0}))
     np.save(cache / "val_x.npy", np.zeros((2, 3, 4, 4), np.float16))  # the cut-off run's stamps
-    simulated = []
-
-    def simulate(split, n, data_dir, seed, out, **kwargs):  # stands in for the simulator
-        simulated.append(split)
-        np.savez(out / f"{split}_info.npz", snr_det=np.ones(2))
-        np.save(out / f"{split}_x.npy", np.ones((2, 3, 4, 4), np.float16))
-
-    monkeypatch.setattr(realbogus, "_simulate_split", simulate)
+    simulated = _fake_simulator(monkeypatch)
     monkeypatch.setattr(realbogus, "_check_split_sources",  # no real data: as if shipped
                         lambda args: (realbogus.ALERTS_SOURCE_SHA256,
                                       realbogus.GALAXIES_SOURCE_SHA256))
@@ -277,14 +286,7 @@ def test_real_bogus_cached_sets_of_other_sources_are_not_reused(tmp_path, monkey
         {"n_train": realbogus.DEFAULT_N_TRAIN, "n_val": 8000, "n_test": 12000, "seed": 0}))
     np.save(cache / "val_x.npy", np.zeros((2, 3, 4, 4), np.float16))
     np.savez(cache / "val_info.npz", snr_det=np.zeros(2))
-    simulated = []
-
-    def simulate(split, n, data_dir, seed, out, **kwargs):  # stands in for the simulator
-        simulated.append(split)
-        np.savez(out / f"{split}_info.npz", snr_det=np.ones(2))
-        np.save(out / f"{split}_x.npy", np.ones((2, 3, 4, 4), np.float16))
-
-    monkeypatch.setattr(realbogus, "_simulate_split", simulate)
+    simulated = _fake_simulator(monkeypatch)
     args = argparse.Namespace(smoke=False, seed=0, data_dir=data, n_train=None, n_val=None,
                               n_test=None, recipe="v3", regenerate=False, new_split=False)
     with pytest.raises(SystemExit, match="ztf_triplets.npz.*--new-split"):
