@@ -1762,3 +1762,14 @@ def test_a_failed_fit_leaves_a_fitted_head_or_mixture_as_it_was():
     with pytest.raises(InputError, match="all the same vector"):
         mixture.fit(np.ones((20, 8)))
     np.testing.assert_array_equal(mixture.predict_proba(x), before)
+
+
+def test_index_of_no_dimension_is_refused_and_no_query_is_no_rows():
+    """SimilarityIndex([]) built a 0 x 0 index no query could match; search([]) raised
+    'dimension 0' where LabelHead/GaussianMixture.predict([]) give no rows."""
+    with pytest.raises(InvalidArgumentError, match=r"at least one dimension, got shape \(0, 0\)"):
+        SimilarityIndex([])
+    index = SimilarityIndex(unit_rows(3, 4))
+    rows, sim = index.search([], k=2)
+    assert rows.shape == (0, 2) and sim.shape == (0, 2)
+    assert len(SimilarityIndex(np.zeros((0, 4)))) == 0  # an empty table's column: allowed

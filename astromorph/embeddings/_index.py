@@ -265,6 +265,9 @@ class SimilarityIndex:
                                        f"{len(embeddings)} embedding vectors")
         x = np.ascontiguousarray(embedding_matrix(embeddings, allow_masked=True,
                                                   dtype=np.float32))
+        if x.shape[1] == 0:  # ``[]``: nothing says what a query vector should be
+            raise InvalidArgumentError(f"an index needs vectors of at least one dimension, "
+                                       f"got shape {x.shape}")
         with np.errstate(over="ignore", invalid="ignore"):
             norms = np.sqrt(np.einsum("ij,ij->i", x, x))  # NaN/inf rows -> non-finite norm
         valid = np.isfinite(norms) & (norms > 0)
@@ -353,7 +356,8 @@ class SimilarityIndex:
         k = _whole(k, "k")
         if k < 1:
             raise InvalidArgumentError(f"k must be >= 1, got {k}")
-        q = embedding_matrix(vectors, allow_masked=True, dtype=np.float32)  # masked: NaN
+        # masked rows: NaN; no vectors ([]): no rows, as for the heads
+        q = embedding_matrix(vectors, allow_masked=True, dtype=np.float32, dim=self.dim)
         if q.shape[1] != self.dim:
             raise InvalidArgumentError(f"query vectors have dimension {q.shape[1]}, the index "
                                        f"{self.dim}")
