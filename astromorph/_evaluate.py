@@ -568,7 +568,7 @@ def evaluate_labels(table, truth, *, model, labels=None, threshold=None, target_
     if not isinstance(suffix, str):
         raise InvalidArgumentTypeError(f"suffix must be a string, got {suffix!r}")
     kinds = {spec.get("kind") for spec in card["outputs"]}
-    classifier = _is_classifier(card)
+    classifier = "probabilities" in kinds  # as `_is_classifier` tells
     if not classifier and "score" not in kinds:
         raise InvalidArgumentError(_cannot_score(name, kinds))
     threshold = _score_option(threshold, "threshold", name, classifier, one=True)

@@ -15,7 +15,7 @@ import numpy as np
 from ._io import atomic_output
 from ._readers import sniff_format
 from ._version import __version__
-from ._warnings import catch_warnings, warn
+from ._warnings import catch_warnings, first_few, warn
 from .exceptions import (AstromorphError, AstromorphWarning, InvalidArgumentError,
                          OutputError, OutputExistsError)
 
@@ -231,8 +231,7 @@ def _part_way(exc, written, not_written, *, shown=5):
     the files written before (kept, complete) and those not written; ``written`` and
     ``not_written`` are attributes too."""
     def names(paths):
-        more = f", and {len(paths) - shown} more" if len(paths) > shown else ""
-        return ", ".join(repr(str(p)) for p in paths[:shown]) + more
+        return first_few((repr(str(p)) for p in paths), ", ", shown=shown)
 
     done = f"{len(written)} ({names(written)}; complete, kept)" if written else "0"
     err = OutputError(f"{exc}. Header results written: {done}; not written: "
@@ -246,8 +245,8 @@ def _warn_not_written(skipped, *, shown=5):
     exception)`` each): how many, and why for the first ``shown``; none for none."""
     if not skipped:
         return
-    listed = "; ".join(f"{str(target)!r}: {why} ({type(exc).__name__}: "
-                       f"{' '.join(str(exc).split())})" for target, why, exc in skipped[:shown])
-    more = f"; and {len(skipped) - shown} more" if len(skipped) > shown else ""
-    warn(f"results not written to the header of {len(skipped)} file(s): {listed}{more}; "
+    listed = first_few((f"{str(target)!r}: {why} ({type(exc).__name__}: "
+                        f"{' '.join(str(exc).split())})" for target, why, exc in skipped),
+                       "; ", shown=shown)
+    warn(f"results not written to the header of {len(skipped)} file(s): {listed}; "
          "their rows are in the table", AstromorphWarning)

@@ -10,7 +10,7 @@ import numpy as np
 from astropy.io import fits
 
 from ._cutouts import SkyImage
-from ._warnings import catch_warnings, warn, warn_again
+from ._warnings import catch_warnings, first_few, warn, warn_again
 from .exceptions import (AstromorphWarning, InputError, InvalidArgumentTypeError,
                          UnusableInputWarning)
 
@@ -184,8 +184,7 @@ def _from_hdul(hdul, name, *, hold=None, spans=None, compressed_file=False):
     if not images:
         raise InputError("; ".join(errors) or f"{name}: no image HDU")
     if errors:  # one warning for the file, however many HDUs it skips
-        more = f"; and {len(errors) - 5} more" if len(errors) > 5 else ""
-        warn(f"skipping {len(errors)} image HDU(s) of {name}: {'; '.join(errors[:5])}{more}",
+        warn(f"skipping {len(errors)} image HDU(s) of {name}: {first_few(errors, '; ')}",
              UnusableInputWarning)
     return images
 

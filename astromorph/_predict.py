@@ -23,7 +23,7 @@ from ._progress import progress_bar
 from ._readers import expand_inputs, read_file
 from .preprocessing._checks import check_bool, in_unit_interval
 from .preprocessing._triplet import _SENTINEL
-from ._warnings import catch_warnings, warn
+from ._warnings import catch_warnings, first_few, warn
 from .exceptions import (AmbiguousInputWarning, DuplicateSourceWarning, InputError,
                          InvalidArgumentError, InvalidArgumentTypeError, OutputError,
                          UnusableInputWarning)
@@ -263,9 +263,8 @@ def warn_duplicates(sources, *, shown=5):
         return
     order = np.argsort(first[repeated], kind="stable")
     ids, n = values[repeated][order], counts[repeated][order]
-    listed = ", ".join(f"{str(i)!r} ({c} rows)" for i, c in zip(ids[:shown], n[:shown]))
-    more = f" and {len(ids) - shown} more" if len(ids) > shown else ""
-    warn(f"{len(ids)} source id(s) repeat, in {int(n.sum())} rows: {listed}{more}; every row "
+    listed = first_few((f"{str(i)!r} ({c} rows)" for i, c in zip(ids, n)), ", ", shown=shown)
+    warn(f"{len(ids)} source id(s) repeat, in {int(n.sum())} rows: {listed}; every row "
          "is kept (the same alert in two packets, or one packet under two file names?): "
          "drop repeats with astropy.table.unique(table, keys='source') if they are copies",
          DuplicateSourceWarning)

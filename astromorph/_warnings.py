@@ -8,7 +8,7 @@ import sys
 import threading
 import warnings
 
-__all__ = ["warn", "warn_again", "collecting", "catch_warnings"]
+__all__ = ["warn", "warn_again", "collecting", "catch_warnings", "first_few"]
 
 _PACKAGE = os.path.dirname(os.path.abspath(__file__)) + os.sep
 
@@ -84,3 +84,11 @@ def catch_warnings(**kwargs):
     """
     with _CATCH_LOCK, warnings.catch_warnings(**kwargs) as caught:
         yield caught
+
+
+def first_few(texts, sep, *, shown=5):
+    """``texts`` joined by ``sep``, the first ``shown`` of them, then ``"<sep>and N more"``
+    for the others: how a warning or an error lists many files, rows or reasons."""
+    texts = list(texts)
+    more = f"{sep}and {len(texts) - shown} more" if len(texts) > shown else ""
+    return sep.join(texts[:shown]) + more

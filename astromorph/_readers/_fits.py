@@ -490,10 +490,9 @@ def _triplet_stamp(source, path, planes, order, scale, header_hdu, index=None, e
     return stamp
 
 
-def _not_fits(buf, path):
-    """Why bytes that were to be FITS are not: for a gzipped file, what it holds."""
-    with open(path, "rb") as f:
-        gzipped = f.read(2) == b"\x1f\x8b"
+def _not_fits(buf, gzipped):
+    """Why bytes that were to be FITS are not: for a gzipped file (``buf`` then holds what it
+    decompressed to), what it holds."""
     if not gzipped:
         return "not a FITS file (no SIMPLE card)"
     if not buf:
@@ -514,7 +513,8 @@ def read_fits(path, *, want_scale, triplet_hint):
         size = path.stat().st_size
         if size <= _FAST_MAX_BYTES:
             buf = path.read_bytes()
-            if buf[:2] == b"\x1f\x8b":
+            gzipped = buf[:2] == b"\x1f\x8b"
+            if gzipped:
                 try:
                     buf = _gunzip(buf)
                 except zlib.error as exc:
@@ -533,7 +533,7 @@ def read_fits(path, *, want_scale, triplet_hint):
                     return [Stamp(source, path).flag(
                         Flag.BAD_INPUT, f"malformed FITS header in {path.name} {problem}")]
             else:
-                return [Stamp(source, path).flag(Flag.BAD_INPUT, _not_fits(buf, path))]
+                return [Stamp(source, path).flag(Flag.BAD_INPUT, _not_fits(buf, gzipped))]
         else:
             # a large file: astropy memory-maps it; a gzipped one is checked first as above,
             # on its primary header only (the others would cost a second decompression)
