@@ -82,24 +82,24 @@ def display_image(image):
     return np.clip(np.moveaxis(rgb, 0, -1), 0, 1).astype(np.float32)
 
 
-def _read_picture(path):
-    """The first usable stamp of the file ``path``, or None; and why not (a string)."""
-    return _read_stamp(path, None)
-
-
 #: A stamp of a file holding several: ``file.fits[3]`` (the ``source`` of its row).
 _STAMP_OF_FILE = re.compile(r"(?s)(.*)\[(\d+)\]")
 
 
-def _read_stamp(path, which):
+def _read_stamp(path, which, files=None):
     """Stamp ``which`` (its position in the file; None: the first usable one) of ``path``:
-    ``(data, None)``, or ``(None, reason)``."""
+    ``(data, None)``, or ``(None, reason)``. ``files``: a dict keeping each file's stamps,
+    so that the tiles of one gallery read a file of many stamps once."""
     from .._readers import read_file
 
     path = Path(path)
     if not path.is_file():
         return None, "does not exist" if not path.exists() else "is not a file"
-    stamps = read_file(path, want_scale=False)
+    stamps = None if files is None else files.get(path)
+    if stamps is None:
+        stamps = read_file(path, want_scale=False)
+        if files is not None:
+            files[path] = stamps
     if which is None:
         usable = [s for s in stamps if s.usable]
         if usable:
@@ -112,15 +112,15 @@ def _read_stamp(path, which):
         (None, "; ".join(stamp.reason) or "not a usable stamp")
 
 
-def _read_source(name):
+def _read_source(name, files=None):
     """The picture named by a table's file column: a file, or stamp ``[i]`` of a file
     holding several (as `astromorph.predict_files` names them); ``(data, reason)``, the
-    reason naming the file."""
+    reason naming the file. ``files`` as for `_read_stamp`."""
     found = _STAMP_OF_FILE.fullmatch(name)
     if found and not os.path.exists(name):
-        data, why = _read_stamp(found.group(1), int(found.group(2)))
+        data, why = _read_stamp(found.group(1), int(found.group(2)), files)
     else:
-        data, why = _read_stamp(name, None)
+        data, why = _read_stamp(name, None, files)
     return data, why and f"{name!r} {why}"
 
 
@@ -149,8 +149,9 @@ def _row_images(index, rows, images, source_column):
         raise InvalidArgumentError(
             f"the gallery needs pictures of the rows: pass images= (an array or a function), "
             f"or a column of file paths with source_column= (table columns: {table.colnames})")
+    files = {}  # each file read once: the tiles of a stack's stamps share it
     found = [(None, f"no file name in column {col!r}") if np.ma.is_masked(table[col][r])
-             else _read_source(str(table[col][r])) for r in rows]
+             else _read_source(str(table[col][r]), files) for r in rows]
     return [f[0] for f in found], [f[1] for f in found]
 
 
@@ -212,13 +213,13 @@ def gallery(index, result, path, *, images=None, source_column=None, query_image
     elif query_image is not None:
         query_pic = query_image
         if isinstance(query_image, (str, os.PathLike)):
-            query_pic, why = _read_picture(check_input_file(query_image, "query image"))
+            query_pic, why = _read_stamp(check_input_file(query_image, "query image"), None)
             if query_pic is None:  # a given file that holds no picture: refused, not hidden
                 raise InputError(f"query image {os.fspath(query_image)!r} holds no usable "
                                  f"picture: {why}")
     elif meta.get("query_kind") == "image" and meta.get("query_image") and \
             not str(meta["query_image"]).startswith("array of shape"):
-        query_pic, why = _read_picture(meta["query_image"])
+        query_pic, why = _read_stamp(meta["query_image"], None)
         if why:
             missing.insert(0, ("the query", f"{str(meta['query_image'])!r} {why}"))
     else:
