@@ -3,6 +3,7 @@
 Paths, seeds, calibration (temperature scaling), classification metrics and
 figures, ONNX export, model cards, and the torch-versus-ONNX parity check.
 """
+import contextlib
 import csv
 import functools
 import hashlib
@@ -25,7 +26,7 @@ __all__ = [
     "report_dir", "model_dir", "fit_temperature", "softmax",
     "expected_calibration_error", "ece_noise_floor", "classification_report", "plot_confusion_matrix",
     "plot_reliability", "export_onnx", "write_card", "write_metrics", "check_parity",
-    "sha256sum", "SplitChanged", "onnx_throughput", "save_checkpoint", "write_text", "positive_int", "synthetic_scenes",
+    "sha256sum", "SplitChanged", "onnx_throughput", "save_checkpoint", "write_text", "atomic_path", "positive_int", "synthetic_scenes",
     "parity_raw_inputs", "write_parity_reference", "PARITY_REFERENCE", "load_onnx_weights",
     "shipped_torch_model", "MODULES", "read_csv",
     "split_fingerprint", "check_split_source",
@@ -200,46 +201,42 @@ def positive_int(text):
     return value
 
 
-def write_text(path, text):
-    """``Path(path).write_text(text)`` atomically: written beside ``path``, flushed to disk
-    and renamed over it, so that a run killed during the write leaves the previous file (or
-    none), never a truncated JSON file that the next step cannot read. Returns ``path``."""
+@contextlib.contextmanager
+def atomic_path(path):
+    """A temporary path beside ``path`` to write; on success it is flushed to disk and
+    renamed over ``path``, so that a run killed (or out of disk) during the write leaves
+    the previous file (or none), never a truncated one the next step cannot read. On
+    failure the temporary file is removed."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
-
-
-def save_checkpoint(obj, path):
-    """``torch.save(obj, path)`` atomically: written beside ``path`` and renamed over it.
-
-    A run killed (or out of disk) during the save leaves the previous ``path`` intact,
-    never a truncated file that the next run cannot resume from. Returns ``path``.
-    """
-    import torch
-
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        torch.save(obj, tmp)
+        yield tmp
         fd = os.open(tmp, os.O_RDONLY)
         try:
             os.fsync(fd)
         finally:
             os.close(fd)
         os.replace(tmp, path)
-    except BaseException:
+    finally:
         tmp.unlink(missing_ok=True)
-        raise
-    return path
+
+
+def write_text(path, text):
+    """``Path(path).write_text(text)`` atomically (`atomic_path`). Returns ``path``."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return Path(path)
+
+
+def save_checkpoint(obj, path):
+    """``torch.save(obj, path)`` atomically (`atomic_path`): a run killed during the save
+    leaves the previous ``path`` intact, which the next run resumes from. Returns ``path``.
+    """
+    import torch
+
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
+    return Path(path)
 
 
 def check_resume(checkpoint, stored_args, args, keys, *, labels=None, trained=None, epochs=None):
@@ -811,7 +808,8 @@ def load_onnx_weights(module, onnx_path, example_input):
         if key in tensors:
             copy(key, tensors[key], key)
             used.add(key)
-    names = {id(m): n for n, m in module.named_modules()}
+    modules = dict(module.named_modules())
+    names = {id(m): n for n, m in modules.items()}
     calls = []
     hooks = [m.register_forward_hook(lambda m, i, o: calls.append((m, id(i[0]), id(o))))
              for m in module.modules()
@@ -846,7 +844,7 @@ def load_onnx_weights(module, onnx_path, example_input):
             copy(f"{conv}.bias", tensors[bias], f"Conv node {node.name!r} bias")
             continue
         copy(f"{norm}.bias", tensors[bias], f"Conv node {node.name!r} bias")
-        eps = dict(module.named_modules())[norm].eps
+        eps = modules[norm].eps
         for key, fill in (("weight", 1.0), ("running_mean", 0.0), ("running_var", 1.0 - eps)):
             copy(f"{norm}.{key}", np.full(state[f"{norm}.{key}"].shape, fill, np.float32), key)
     left = sorted(set(tensors) - used)

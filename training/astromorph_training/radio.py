@@ -31,7 +31,6 @@ import copy
 import importlib.util
 import json
 import logging
-import os
 import tempfile
 import time
 import zipfile
@@ -263,13 +262,9 @@ def _build_cache(folder, path):
         "cv_split": cv[:, order],
     }
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # whole or absent: never truncated
-    try:
+    with _common.atomic_path(path) as tmp:  # whole or absent: never truncated
         with open(tmp, "wb") as f:
             np.savez_compressed(f, **arrays)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return arrays
 
 

@@ -1112,8 +1112,9 @@ def export(args):
     metrics_path = dirs["report"] / "metrics.json"
     metrics = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
     thr = calib["recommended_threshold"]
+    arch = architecture(model)
     card = _card(calib, metrics, args)
-    card["training"]["architecture"] = architecture(model)
+    card["training"]["architecture"] = arch
     common.write_card(NAME, card, root=dirs["root"])
     # parity on raw real triplets (through the shipped preprocessing) and on sims
     xp, _ = preprocess_triplet(X)
@@ -1136,7 +1137,7 @@ def export(args):
         common.write_text(metrics_path, json.dumps(metrics, indent=2) + "\n")
     # the card quotes the throughput too
     card = _card(calib, metrics, args)
-    card["training"]["architecture"] = architecture(model)
+    card["training"]["architecture"] = arch
     common.write_card(NAME, card, root=dirs["root"])
     log.info("exported %s (%.1f kB), parity %.2e, %.0f triplets/s, threshold %.3f", path,
              path.stat().st_size / 1e3, diff, thr_s, thr)
