@@ -327,7 +327,12 @@ def prepare(model, raw, *, crop_fraction=None):
         return np.zeros((0, *model.input_shape), np.float32), raw.flags.copy()
     with np.errstate(invalid="ignore", divide="ignore"):  # blank stamps in colour stretches
         x, flags = _FAMILIES[family](raw, model.card, crop_fraction)
-    return np.asarray(x, dtype=np.float32), np.asarray(flags, dtype=np.int32)
+    flags = np.asarray(flags, dtype=np.int32)
+    # the filled part of a stamp that runs over the image edge is EDGE's to report: for such
+    # rows the stage that cut (or padded) them judged BLANK on the pixels inside the image
+    edge = (raw.flags & int(Flag.EDGE)) != 0
+    flags[edge] = (flags[edge] & ~int(Flag.BLANK)) | (raw.flags[edge] & int(Flag.BLANK))
+    return np.asarray(x, dtype=np.float32), flags
 
 
 #: Description of the ``<prefix>_flags`` columns: every bit of `Flag` by value and name.

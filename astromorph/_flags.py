@@ -12,7 +12,8 @@ class Flag(enum.IntFlag):
     #: The stamp runs over the image edge; the missing part was filled.
     EDGE = 2
     #: NaN, inf, BLANK or masked pixels, or masking sentinels (|value| >= 1e30, e.g. ZTF's
-    #: -3.4e38), above the threshold, filled before scoring.
+    #: -3.4e38), above the threshold, filled before scoring (only pixels of the data count:
+    #: the filled part of an EDGE stamp does not).
     BLANK = 4
     #: The image has no (celestial) WCS, so the stamp could not be placed or scaled.
     NO_WCS = 8

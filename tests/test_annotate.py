@@ -356,6 +356,20 @@ def test_stamp_over_the_limb_of_the_projection_is_outside(optical_model, tmp_pat
     assert not flags[1] & Flag.unusable() and not out["opt_p_a"].mask[1]
 
 
+def test_edge_stamps_are_blank_only_for_blank_pixels_inside_the_image(optical_model):
+    """The filled part of a stamp over the image edge is EDGE, not BLANK: BLANK counts the
+    invalid pixels inside the image (as for a stamp inside it)."""
+    n = 200
+    img = blobs(n) + np.random.default_rng(1).normal(0, 0.05, (n, n)).astype(np.float32)
+    img[:, 190:] = np.nan  # a blank strip along the right edge
+    w = sky_wcs(n)
+    # half over the left edge (clean inside), half over the right edge (blank strip
+    # inside), inside and clean
+    cat = catalogue(w, [(1, 100), (198, 100), (100, 100)])
+    flags = np.asarray(astromorph.annotate(cat, (img, w), model=optical_model)["opt_flags"])
+    assert flags.tolist() == [Flag.EDGE, Flag.EDGE | Flag.BLANK, 0]
+
+
 @pytest.mark.parametrize("flip", [False, True])
 def test_native_scale_stamps_equal_cutout2d(flip):
     """At the image's own scale on a north-up grid, a stamp is `Cutout2D` (mirrored left to
@@ -1491,7 +1505,8 @@ def test_annotate_dask_equals_annotate(optical_model, tmp_path, scheduler):
     img[120:140, 30:60] = np.nan  # blank rows
     fits.writeto(tmp_path / "img.fits", img, w.to_header())
     rng = np.random.default_rng(5)
-    cat = catalogue(w, rng.uniform(-20, 220, (37, 2)))
+    # the last source sits on the blank rows
+    cat = catalogue(w, np.vstack([rng.uniform(-20, 220, (37, 2)), [[45, 130]]]))
     cat["ra"][[3, 17, 31]] = np.nan  # a row without a position in three partitions
     ref = astromorph.annotate(cat, str(tmp_path / "img.fits"), model=optical_model)
     out = astromorph.annotate_dask(cat, str(tmp_path / "img.fits"), model=str(optical_model.path),

@@ -794,7 +794,26 @@ def test_ztf_edge_cutouts_are_padded(models, tmp_path):
     assert np.isnan(stamp.data[:, :, :10]).all()
     np.testing.assert_allclose(stamp.data[:, :, 10:], t)
     table = astromorph.predict_files("real-bogus", tmp_path / "edge.avro")
-    assert table["rb_flags"][0] == Flag.EDGE | Flag.BLANK and "CCD edge" in table["reason"][0]
+    # the NaN padding is the edge's: BLANK is for invalid pixels of the cutouts themselves
+    assert table["rb_flags"][0] == Flag.EDGE and "CCD edge" in table["reason"][0]
+
+
+def test_ztf_edge_cutouts_with_blank_pixels_are_blank(models, tmp_path):
+    """BLANK of a padded edge cutout counts the cutout's own invalid pixels (the largest
+    fraction of the three), not the padding, and says so once."""
+    pytest.importorskip("fastavro")
+    t = triplet()[:, :, 10:]  # 63 x 53
+    holed = t.copy()
+    holed[1, :10, :] = np.nan  # 530 of 3,339 reference pixels (16 %)
+    few = t.copy()
+    few[0, :2, :] = np.nan  # 106 pixels (3 %): under the threshold
+    write_avro(tmp_path / "edge.avro", [ztf_alert(9, holed, xpos=20.0),
+                                        ztf_alert(10, few, xpos=20.0)])
+    table = astromorph.predict_files("real-bogus", tmp_path / "edge.avro")
+    assert table["rb_flags"].tolist() == [Flag.EDGE | Flag.BLANK, Flag.EDGE]
+    assert "16% of the pixels of the reference cutout" in table["reason"][0]
+    assert table["reason"][0].count("NaN/inf/BLANK") == 1
+    assert not np.ma.is_masked(table["rb_score"][0])
 
 
 @pytest.mark.parametrize("edge", ["left", "right", "bottom", "top"])

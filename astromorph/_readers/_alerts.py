@@ -18,6 +18,7 @@ __all__ = ["ZTF_STAMP_SIZE", "iter_avro_records", "read_alerts"]
 ZTF_STAMP_SIZE = 63
 
 _CUTOUTS = ("cutoutScience", "cutoutTemplate", "cutoutDifference")
+_MEMBERS = ("science", "reference", "difference")
 
 
 def _fastavro():
@@ -268,6 +269,20 @@ def _pad_ztf(data, xpos, ypos):
     return out
 
 
+def _flag_blank_cutouts(stamp, planes):
+    """`Flag.BLANK` for a cutout cut at the CCD edge whose own pixels (not the padding,
+    which is `Flag.EDGE`'s) are more than `BLANK_THRESHOLD` invalid, as preprocessing
+    judges a whole stamp (the largest fraction of the three)."""
+    from .._adapters import BLANK_THRESHOLD
+    from ..preprocessing._checks import invalid_pixels
+
+    fracs = [float(invalid_pixels(p).mean()) if p.size else 1.0 for p in planes]
+    j = int(np.argmax(fracs))
+    if fracs[j] > BLANK_THRESHOLD:
+        stamp.flag(Flag.BLANK, f"{fracs[j]:.0%} of the pixels of the {_MEMBERS[j]} cutout "
+                   "are NaN/inf/BLANK (filled)")
+
+
 def _alert_stamp(path, i, rec):
     if not isinstance(rec, dict):
         return Stamp(f"{path}[{i}]", path).flag(Flag.BAD_INPUT, "Avro record is not a record")
@@ -324,6 +339,7 @@ def _ztf_stamp(path, i, rec):
             return stamp.flag(Flag.BAD_INPUT, str(exc))
         stamp.flag(Flag.EDGE, f"cutouts ({shapes}) cut at the CCD edge, padded to "
                    f"{ZTF_STAMP_SIZE}x{ZTF_STAMP_SIZE} with NaN")
+        _flag_blank_cutouts(stamp, got[0])
     # ZTF stores the difference with the candidate positive: science - reference when
     # isdiffpos is 't' (file *_scimref*), reference - science when 'f' (*_refmsci*), which
     # is what the real-bogus preprocessing expects. Only a packet whose file name
