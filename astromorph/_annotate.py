@@ -261,15 +261,21 @@ def _grid(model, family, n, sizes, stamp_size):
 
 
 def _footprint(image):
-    """An image's shape and the sky of its four corners (to about 0.004 arcsec), or None
-    where its WCS cannot say."""
+    """An image's shape and the sky of its four corners, its centre and the pixel beside
+    it (to about 0.004 arcsec; None for a point off the projection, e.g. the corners of an
+    all-sky map), or None where its WCS places none of them."""
     ny, nx = image.data.shape[-2:]
-    x, y = np.array([0, nx - 1, 0, nx - 1], float), np.array([0, 0, ny - 1, ny - 1], float)
+    cx, cy = (nx - 1) / 2, (ny - 1) / 2
+    x = np.array([0, nx - 1, 0, nx - 1, cx, cx + 1], float)
+    y = np.array([0, 0, ny - 1, ny - 1, cy, cy], float)
     try:
-        corners = np.array(image.wcs.celestial.pixel_to_world_values(x, y))
+        points = np.round(np.array(image.wcs.celestial.pixel_to_world_values(x, y)), 6)
     except Exception:  # noqa: BLE001 - a WCS that cannot say is not taken for a band
         return None
-    return (ny, nx, *np.round(corners, 6).ravel().tolist())
+    if not np.isfinite(points).any():
+        return None
+    # NaN != NaN: as None, points off the sky compare equal between two images
+    return (ny, nx, *(v if np.isfinite(v) else None for v in points.ravel().tolist()))
 
 
 def _warn_unnamed_bands(images):

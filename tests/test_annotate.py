@@ -2126,6 +2126,34 @@ def test_unnamed_band_images_of_one_field_are_not_silently_read_as_tiles(tmp_pat
     assert not [w for w in caught if "same pixels" in str(w.message)]
 
 
+def test_unnamed_all_sky_maps_of_one_grid_are_not_silently_read_as_tiles(tmp_path):
+    """The same check for all-sky maps, whose corners lie off the projection (NaN sky
+    coordinates, which never compare equal): two unnamed maps on one grid warn; two on
+    different grids do not."""
+    import warnings
+
+    from astromorph.exceptions import AmbiguousInputWarning
+
+    def all_sky(crval1):
+        w = WCS(naxis=2)
+        w.wcs.ctype = ["RA---AIT", "DEC--AIT"]
+        w.wcs.crval, w.wcs.crpix, w.wcs.cdelt = [crval1, 0.0], [90.5, 45.5], [-2.0, 2.0]
+        img = np.random.default_rng(0).normal(1, 0.1, (90, 180)).astype(np.float32)
+        return img, w
+
+    img, w = all_sky(0.0)
+    assert not np.isfinite(w.pixel_to_world_values(0, 0)).any()  # the corners are off the sky
+    cat = Table({"ra": [10.0, 40.0], "dec": [5.0, -20.0]})
+    with pytest.warns(AmbiguousInputWarning, match="cover the same pixels"):
+        astromorph.annotate(cat, [(img, w), (img * 2, w)], model="morphology",
+                            stamp_size=1 * u.deg)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        astromorph.annotate(cat, [(img, w), all_sky(180.0)], model="morphology",
+                            stamp_size=1 * u.deg)
+    assert not [w for w in caught if "same pixels" in str(w.message)]
+
+
 def test_big_stamps_are_cut_in_parts_of_bounded_memory():
     """radio-morphology cuts 300 x 300 stamps: a part of 512 of them held about 0.8 GB per
     thread (several float32 and float64 copies of the part's stamps); parts now hold at most
