@@ -18,6 +18,10 @@ log = logging.getLogger(__name__)
 #: A registry name: lower-case letters, digits, ``-`` and ``_``; never a path.
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
+#: A class name or column prefix of a card: it becomes part of table column names
+#: (``<prefix>_p_<label>``), of the comma-separated ``astromorph_columns`` meta and of FITS
+#: header keywords, so no commas, spaces, slashes, quotes or ``=``.
+_COLUMN_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 
 #: Keys every card must have (see ``docs/model-cards.md``).
 REQUIRED_CARD_KEYS = ("name", "version", "task", "input", "outputs", "training", "metrics",
@@ -123,6 +127,19 @@ def _check_card(card, path):
         if (labels is not None or spec.get("kind") == "probabilities") and not (
                 isinstance(labels, list) and all(isinstance(x, str) for x in labels)):
             bad(f"outputs[{i}].labels", labels, "a list of strings (class names)")
+        for label in labels or ():
+            if not _COLUMN_PART.match(label):
+                bad(f"outputs[{i}].labels", label, "class names of letters, digits, '_', '.', "
+                    "'-' and '+' (they name table columns and FITS keywords)")
+        folded = [label.lower() for label in labels or ()]
+        for j, label in enumerate(folded):
+            if label in folded[:j]:
+                bad(f"outputs[{i}].labels", labels[j], "a class name no other label of the "
+                    "output has, in any case (each names its own column)")
+    prefix = card.get("column_prefix")
+    if prefix is not None and not (isinstance(prefix, str) and _COLUMN_PART.match(prefix)):
+        bad("column_prefix", prefix, "letters, digits, '_', '.', '-' and '+' (it starts "
+            "the names of table columns)")
     if card["input"].get("single_band", "invalid") not in ("replicate", "invalid"):
         bad("input.single_band", card["input"]["single_band"], "'replicate' or 'invalid'")
     variants = card.get("variants")

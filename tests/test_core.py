@@ -1292,6 +1292,17 @@ def _set(path, value):
     (_set("outputs.0.kind", "probability"), r"outputs\[0\].kind.*'probability'"),
     (lambda card, _: card["outputs"][0].pop("labels"), r"outputs\[0\].labels.*None"),
     (_set("input.single_band", "replicated"), "input.single_band.*'replicated'"),
+    # class names and the prefix name columns, the comma-separated astromorph_columns
+    # meta and FITS keywords: a comma, space or slash would break them
+    (_set("outputs.0.labels", ["edge,on", "b"]), r"outputs\[0\].labels.*'edge,on'"),
+    (_set("outputs.0.labels", ["a", "edge on"]), r"outputs\[0\].labels.*'edge on'"),
+    (_set("outputs.0.labels", ["E/S0", "b"]), r"outputs\[0\].labels.*'E/S0'"),
+    (_set("outputs.0.labels", ["a", ""]), r"outputs\[0\].labels.*''"),
+    # two classes with one column name: one probability column would be lost
+    (_set("outputs.0.labels", ["a", "a"]), r"outputs\[0\].labels.*no other label.*'a'"),
+    (_set("outputs.0.labels", ["Spiral", "spiral"]), r"labels.*in any case.*'spiral'"),
+    (_set("column_prefix", "my morph"), "column_prefix.*'my morph'"),
+    (_set("column_prefix", 3), "column_prefix.*3"),
     (_set("name", 3), "name.*3"),
     (_set("version", None), "version.*None"),
     (_set("version", 1.0), "version.*1.0"),
