@@ -518,6 +518,11 @@ def test_image_query_refuses_a_model_other_than_the_tables(tiny_embedding, tmp_p
         index.query(image=query, k=1, model=tiny_embedding)
     with pytest.raises(ProvenanceMismatchError):
         index.embed_image(query, model=tiny_embedding)
+    # the table's column itself, with or without table=, says the same: it was not checked
+    for index in (SimilarityIndex(other["embedding"]),
+                  SimilarityIndex(other["embedding"], table=other)):
+        with pytest.raises(ProvenanceMismatchError, match="tinyemb 9.9"):
+            index.query(image=query, k=1, model=tiny_embedding)
     # vectors that do not say where they come from: nothing to check
     assert SimilarityIndex(np.asarray(t["embedding"])).query(
         image=query, k=1, model=tiny_embedding)["row"][0] == 1

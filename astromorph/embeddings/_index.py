@@ -217,6 +217,11 @@ class SimilarityIndex:
     embeddings : array_like or Column, (N, D)
         One vector per row (e.g. the ``embedding`` column written by the
         ``embedding`` model). Masked or non-finite rows are never returned.
+        A column of a table (``table["embedding"]``) brings the table's
+        record of the model that made it, which image queries are checked
+        against (as with `from_table`); a plain array records none, so an
+        image query embedded with another model of the same dimension
+        cannot be caught: pass the column, or use `from_table`.
     table : astropy.table.Table, optional
         The table the vectors belong to (row ``i`` = vector ``i``); its
         columns are copied into query results and its positions are used by
@@ -283,7 +288,13 @@ class SimilarityIndex:
             x[~valid] = 0.0
         self.vectors = x
         self.table = table
-        self._column = None  # the table's column of the vectors, when known (from_table)
+        # the table column of the vectors, when known, and that table's meta (which says
+        # what model made them): from_table's, or that of a column passed as embeddings
+        parent = getattr(getattr(embeddings, "info", None), "parent_table", None)
+        if parent is not None and getattr(embeddings, "name", None) in parent.colnames:
+            self._column, self._column_meta = embeddings.name, parent.meta
+        else:
+            self._column, self._column_meta = None, None
         self.dim = self.vectors.shape[1]
         if backend == "auto":
             backend = next((b for b in ("faiss", "hnswlib") if _installed(b)), "exact")
@@ -321,7 +332,7 @@ class SimilarityIndex:
         """
         x, _ = table_embeddings(table, column, dtype=np.float32)
         index = cls(x, table=table, **kwargs)
-        index._column = column
+        index._column, index._column_meta = column, table.meta
         return index
 
     def __len__(self):
@@ -508,8 +519,9 @@ class SimilarityIndex:
         astromorph.exceptions.InvalidArgumentError
             ``model`` has no embedding output.
         astromorph.exceptions.ProvenanceMismatchError
-            The index was built with `from_table` from a table whose meta says that
-            another embedding model, or another version of it, made its vectors.
+            The index was built with `from_table`, or from a table's column, and the
+            table's meta says that another embedding model, or another version of it,
+            made its vectors.
         """
         import os
 
@@ -562,9 +574,9 @@ class SimilarityIndex:
         model (or version) than ``model`` made its vectors (same length, other meaning)."""
         from ._state import _differ, as_provenance, describe, table_provenance
 
-        if self.table is None or self._column is None:
+        if self._column is None:
             return
-        made_by = table_provenance(self.table.meta, self._column)
+        made_by = table_provenance(self._column_meta, self._column)
         mine = as_provenance(model)
         if made_by is not None and _differ(made_by, mine):
             raise ProvenanceMismatchError(
