@@ -8,11 +8,13 @@ range (60 seconds, 24 hours: astropy warns or refuses), goes to `Angle` itself, 
 is never different from astropy's.
 """
 import re
+from decimal import Decimal
+from fractions import Fraction
 
 import numpy as np
 from astropy import units as u
 
-__all__ = ["parse_angles"]
+__all__ = ["parse_angles", "under_full_turn"]
 
 _NUM = r"[0-9]+(?:\.[0-9]*)?|\.[0-9]+"  # astropy's UFLOAT | UINT, without exponents
 #: the forms read here, as astropy's grammar reads them: a:m:s or a:m with colons, spaces or
@@ -86,3 +88,24 @@ def parse_angles(text, unit):
                 except (ValueError, TypeError, OverflowError, u.UnitsError):
                     pass  # not an angle (OverflowError: a field of hundreds of digits)
     return values[index.reshape(-1)]
+
+
+def under_full_turn(text, unit):
+    """Whether each string of ``text`` is, in exact arithmetic, an angle of 0 up to (not
+    including) a full turn: 24 h, or 360 degrees where it says ``d``.
+
+    For the few strings that `parse_angles` reads as 24 h (or 360 degrees) or a float just
+    under: '23:59:59.99999999999999' and '24:00:00' both give 359.99999999999994 degrees,
+    but only the first is under 24 h. Strings of forms the fast path does not read: False.
+    """
+    out = np.zeros(len(text), bool)
+    for i, s in enumerate(np.asarray(text, dtype=str).tolist()):
+        found = _FORMS.fullmatch(s)
+        if found is None or found["sign"] in ("-", "\u2212"):
+            continue
+        a, m, sec = (Fraction(Decimal(found[g] or "0")) for g in ("a", "m", "s"))
+        if not found["m"]:  # a:m.mmm, the minutes last
+            m, sec = sec, Fraction(0)
+        hours = found["unit"] == "h" or (not found["letter"] and unit == u.hourangle)
+        out[i] = a + m / 60 + sec / 3600 < (24 if hours else 360)
+    return out

@@ -11,7 +11,7 @@ from astropy.table import QTable, Table
 from ._adapters import (RawStamps, fixed_field, model_family, prepare, result_columns,
                         result_names, BLANK_THRESHOLD)
 from ._cutouts import STAMP_CHUNK, cut_stamps
-from ._angles import parse_angles
+from ._angles import parse_angles, under_full_turn
 from ._flags import Flag
 from ._images import closing_files, parse_sky_images
 from ._model import as_model
@@ -95,7 +95,13 @@ def _sexagesimal(col, values, unit):
         if unit == u.hourangle:  # 24h or more is no right ascension (degrees written as hours?)
             parsed = values[todo]  # (astropy's 24 h is 359.99999999999994 degrees)
             limit = (24 * u.hourangle).to_value(u.deg)
-            values[todo] = np.where((parsed >= 0) & (parsed < limit), parsed, np.nan)
+            ok = (parsed >= 0) & (parsed < limit)
+            # 24 h in floats, but maybe under it in the text ('23:59:59.99999999999999'):
+            # decided on the fields; kept as astropy's degrees (`Longitude` too keeps
+            # 359.99999999999994, and SkyCoord wraps 360.0 to 0)
+            edge = np.flatnonzero((parsed >= limit) & (parsed <= 360.0))
+            ok[edge] = under_full_turn(text[todo[edge]], unit)
+            values[todo] = np.where(ok, parsed, np.nan)
     return values
 
 

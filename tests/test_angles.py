@@ -119,6 +119,25 @@ def test_catalogue_positions_and_flags():
     np.testing.assert_array_equal(coords.dec.deg[good], exp_dec)
 
 
+def test_right_ascension_just_under_24h_is_a_position():
+    """'23:59:59.99999999999999' is under 24 h, but astropy rounds it to the same double
+    as '24:00:00' (359.99999999999994 degrees), and the row was flagged as 24 h. Whether a
+    text RA is a full turn or more is decided on its fields: just under 24 h (or 360 degrees)
+    is a position with astropy's `Longitude` degrees; 24 h, 23:59:60 and 360d are not."""
+    from astropy.coordinates import Longitude
+
+    ra = ["23:59:59.99999999999999", "23h59m59.99999999999999s", "23 59 59.99999999999999",
+          "23:59.9999999999999999", "359d59m59.99999999999999s",
+          "24:00:00", "23:59:60", "24h", "360d", "23:59:59.9"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # astropy's 24 h / 60 s warnings
+        coords, bad = _positions(Table({"ra": ra, "dec": ["0:0:0"] * len(ra)}), None, None, None)
+        expected = [Longitude(s, unit=u.hourangle).deg for s in ra]
+    assert bad.tolist() == [False] * 5 + [True] * 4 + [False]
+    np.testing.assert_array_equal(coords.ra.deg[~bad], np.array(expected)[~bad])
+    assert coords.ra.deg[0] == 359.99999999999994 and coords.ra.deg[4] == 0.0
+
+
 @pytest.mark.parametrize("unit", [u.hourangle, u.deg])
 def test_huge_fields_are_no_angle(unit):
     """A field of hundreds of digits (a corrupt column) overflows a float: astropy raises
