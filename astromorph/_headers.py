@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ._io import atomic_output
+from ._io import atomic_output, output_error
 from ._readers import sniff_format
 from ._version import __version__
 from ._warnings import catch_warnings, first_few, warn
@@ -65,8 +65,8 @@ def header_targets(paths, write_header, in_place, overwrite):
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise OutputError(f"cannot create the write_header (--write-header) folder "
-                          f"{str(write_header)!r}: {exc.strerror or exc}") from exc
+        raise output_error(f"cannot create the write_header (--write-header) folder "
+                           f"{str(write_header)!r}: {exc.strerror or exc}", exc) from exc
     return targets
 
 
@@ -216,7 +216,10 @@ def _write_headers(model, table, name, items, targets, overwrite, written, skipp
         except (OSError, AstromorphError) as exc:
             # a full disk, an unwritable folder...: the caller must know, and which files
             # have their keywords (complete: each file is written atomically) and which not
-            raise _part_way(exc, written, [targets[p] for p, _ in items[k:]]) from exc
+            # chained to the root cause (PermissionError, ENOSPC...), whose errno it has
+            root = exc.__cause__ if isinstance(exc, OutputError) and isinstance(
+                exc.__cause__, OSError) else exc
+            raise _part_way(exc, written, [targets[p] for p, _ in items[k:]]) from root
         except Exception as exc:  # noqa: BLE001 - astropy cannot write this file back
             # (VerifyError...): the file is skipped (no copy, the original untouched), the
             # other files and the returned table are kept
@@ -234,8 +237,8 @@ def _part_way(exc, written, not_written, *, shown=5):
         return first_few((repr(str(p)) for p in paths), ", ", shown=shown)
 
     done = f"{len(written)} ({names(written)}; complete, kept)" if written else "0"
-    err = OutputError(f"{exc}. Header results written: {done}; not written: "
-                      f"{len(not_written)} ({names(not_written)})")
+    err = output_error(f"{exc}. Header results written: {done}; not written: "
+                       f"{len(not_written)} ({names(not_written)})", exc)
     err.written, err.not_written = list(written), list(not_written)
     return err
 

@@ -23,7 +23,7 @@ from .exceptions import (AstromorphError, InputError, InputNotFoundError, Invali
                          OutputExistsError)
 
 __all__ = ["atomic_output", "check_input_file", "check_output", "check_distinct_outputs",
-           "check_multidimensional", "table_format", "write_table", "TABLE_FORMATS"]
+           "output_error", "check_multidimensional", "table_format", "write_table", "TABLE_FORMATS"]
 
 log = logging.getLogger(__name__)
 
@@ -227,6 +227,17 @@ def check_distinct_outputs(outputs):
         seen[real] = what
 
 
+def output_error(message, cause):
+    """`OutputError` with ``message``, to be raised ``from cause``: with the ``errno`` of the
+    `OSError` at the root of ``cause`` (a read-only file and a full disk stay apart for a
+    program, as ``exc.errno``, not only in the message)."""
+    while isinstance(cause, OutputError) and isinstance(cause.__cause__, OSError):
+        cause = cause.__cause__
+    err = OutputError(message)
+    err.errno = getattr(cause, "errno", None)  # an attribute only: the message is unchanged
+    return err
+
+
 @contextlib.contextmanager
 def atomic_output(path, *, overwrite=False, mode=None):
     """Write a file atomically through a temporary path.
@@ -263,8 +274,8 @@ def atomic_output(path, *, overwrite=False, mode=None):
     try:
         tmpdir = Path(tempfile.mkdtemp(prefix=".astromorph-tmp-", dir=directory))
     except OSError as exc:
-        raise OutputError(f"cannot write into {str(directory)!r}: {exc.strerror or exc}") \
-            from exc
+        raise output_error(f"cannot write into {str(directory)!r}: {exc.strerror or exc}",
+                           exc) from exc
     try:
         tmp = tmpdir / path.name
         yield tmp
@@ -280,9 +291,9 @@ def atomic_output(path, *, overwrite=False, mode=None):
     except OSError as exc:
         if isinstance(exc, AstromorphError):
             raise
-        raise OutputError(f"cannot write {str(path)!r}: {exc.strerror or exc}; "
-                          f"{'the old file is unchanged' if path.exists() else 'nothing was written'}") \
-            from exc
+        raise output_error(f"cannot write {str(path)!r}: {exc.strerror or exc}; "
+                           f"{'the old file is unchanged' if path.exists() else 'nothing was written'}",
+                           exc) from exc
     finally:
         _remove_folder(tmpdir)
 

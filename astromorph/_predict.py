@@ -18,7 +18,7 @@ import numpy as np
 
 from ._flags import Flag, describe_flags
 from ._headers import header_targets, write_results_to_header
-from ._io import check_distinct_outputs, check_output, write_table
+from ._io import check_distinct_outputs, check_output, output_error, write_table
 from ._progress import progress_bar
 from ._readers import expand_inputs, read_file
 from .preprocessing._checks import check_bool, in_unit_interval
@@ -730,9 +730,9 @@ def _cmd_predict(args):
         for line in table.pformat(max_lines=-1, max_width=-1):
             print(line)
     if failed is not None:
-        raise OutputError(f"{failed}; the table is complete"
-                          + (f" and was written to {args.output}" if args.output else
-                             " and was printed")) from failed
+        raise output_error(f"{failed}; the table is complete"
+                           + (f" and was written to {args.output}" if args.output else
+                              " and was printed"), failed) from failed
     flag_col = next(c for c in table.colnames if c.endswith("_flags"))
     n, flagged = len(table), int((np.asarray(table[flag_col]) != 0).sum())
     unusable = int((np.asarray(table[flag_col]) & int(Flag.unusable()) != 0).sum())

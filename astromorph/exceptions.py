@@ -110,7 +110,9 @@ class OutputExistsError(AstromorphError, FileExistsError):
 
 class OutputError(AstromorphError, OSError):
     """An output cannot be written (read-only or full disk, a directory in the way...);
-    the destination is left as it was."""
+    the destination is left as it was. Where an `OSError` caused it, it is chained
+    (``__cause__``), its reason is in the message and its ``errno`` (e.g.
+    ``errno.ENOSPC``, ``errno.EACCES``) is this error's ``errno``."""
 
 
 class ModelLoadError(AstromorphError, RuntimeError):

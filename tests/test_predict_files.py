@@ -1,4 +1,5 @@
 """predict_files / `astromorph predict`: files of stamps -> one row each."""
+import errno
 import gzip
 import hashlib
 import io
@@ -1828,6 +1829,30 @@ def test_header_writing_recognises_fits_by_content_as_the_readers_do(models, tmp
         np.testing.assert_array_equal(hdul[0].data, triplet())
     if not in_place:
         assert sorted(p.name for p in out.iterdir()) == ["x.avro"]
+
+
+@pytest.mark.parametrize("cause", [PermissionError(errno.EACCES, "Permission denied"),
+                                   OSError(errno.ENOSPC, "No space left on device")])
+def test_header_write_failure_keeps_its_cause(models, tmp_path, monkeypatch, cause):
+    """An in-place header write that fails is an OutputError whatever the cause; it is an
+    OSError, but its errno was None and its __cause__ another OutputError, so a program could
+    not tell a read-only file from a full disk but by parsing the message. Now the errno is
+    the cause's, the cause is chained directly, and the message says it."""
+    src = tmp_path / "in"
+    src.mkdir()
+    write_fits(src / "a.fits", triplet())
+    before = digest(src / "a.fits")
+
+    def failing(self, fileobj, *args, **kwargs):
+        raise cause
+
+    monkeypatch.setattr(fits.HDUList, "writeto", failing)
+    with pytest.raises(OutputError) as info:
+        astromorph.predict_files("real-bogus", src, in_place=True, progress=False)
+    assert info.value.errno == cause.errno
+    assert info.value.__cause__ is cause
+    assert cause.strerror in str(info.value) and "a.fits" in str(info.value)
+    assert digest(src / "a.fits") == before
 
 
 @pytest.mark.parametrize("in_place", [False, True])
