@@ -21,7 +21,7 @@ import numpy as np
 from astropy.table import MaskedColumn, Table
 
 from ._flags import Flag
-from .exceptions import InputError
+from .exceptions import InputError, ModelCardError
 from .preprocessing._checks import SENTINEL
 
 __all__ = ["RawStamps", "prepare", "model_family", "multidimensional_outputs", "result_columns", "BLANK_THRESHOLD",
@@ -365,6 +365,11 @@ def result_columns(model, prediction, flags, valid):
         for classifiers, ``<prefix>_score`` (e.g. ``rb_score``) for scores,
         ``embedding`` (multidimensional float32) for embeddings,
         ``<prefix>_<label>`` for regression outputs, and ``<prefix>_flags``.
+
+    Raises
+    ------
+    astromorph.exceptions.ModelCardError
+        When two outputs would make the same column (loading a card checks this).
     """
     n = len(flags)
     valid = np.asarray(valid, dtype=bool)
@@ -372,6 +377,9 @@ def result_columns(model, prediction, flags, valid):
     table = Table()
 
     def put(name, values, description, unit=None, fill=np.nan):
+        if name in table.colnames or name == f"{prefix}_flags":
+            raise ModelCardError(f"two outputs of model {model.name!r} name the column "
+                                 f"{name!r} (column_prefix {prefix!r})")
         values = np.asarray(values)
         full = np.zeros((n, *values.shape[1:]), dtype=values.dtype)
         if values.dtype.kind == "f":

@@ -136,10 +136,15 @@ def _check_card(card, path):
             if label in folded[:j]:
                 bad(f"outputs[{i}].labels", labels[j], "a class name no other label of the "
                     "output has, in any case (each names its own column)")
+        size = spec.get("size")
+        if size is not None and not (isinstance(size, int) and not isinstance(size, bool)
+                                     and size > 0):
+            bad(f"outputs[{i}].size", size, "a positive integer (the output's length)")
     prefix = card.get("column_prefix")
     if prefix is not None and not (isinstance(prefix, str) and _COLUMN_PART.match(prefix)):
         bad("column_prefix", prefix, "letters, digits, '_', '.', '-' and '+' (it starts "
             "the names of table columns)")
+    _check_columns(card, path)
     if card["input"].get("single_band", "invalid") not in ("replicate", "invalid"):
         bad("input.single_band", card["input"]["single_band"], "'replicate' or 'invalid'")
     variants = card.get("variants")
@@ -159,6 +164,20 @@ def _check_card(card, path):
         if value != [1, *card["input"]["shape"][1:]]:
             bad("single_band_graph.input_shape", value,
                 f"[1, H, W] of input.shape: {[1, *card['input']['shape'][1:]]}")
+
+
+def _check_columns(card, path):
+    """`ModelCardError` when two of the card's outputs would make the same table column
+    (e.g. a ``values`` output labelled ``flags`` or ``label``, or two ``score`` outputs):
+    one would silently replace the other."""
+    from types import SimpleNamespace
+
+    from ._adapters import result_names
+
+    try:
+        result_names(SimpleNamespace(card=card, name=card["name"]))
+    except ModelCardError as exc:
+        raise ModelCardError(f"model card {path}: {exc}") from None
 
 
 def _folders():
