@@ -17,7 +17,7 @@ from ._readers import sniff_format
 from ._version import __version__
 from ._warnings import catch_warnings, first_few, warn
 from .exceptions import (AstromorphError, AstromorphWarning, InvalidArgumentError,
-                         OutputError, OutputExistsError)
+                         LossyOutputWarning, OutputError, OutputExistsError)
 
 __all__ = ["header_targets", "write_results_to_header"]
 
@@ -89,24 +89,50 @@ def _gzipped(path):
         return False
 
 
-def _card(key, value, comment):
-    """A header card that fits in 80 characters (comment dropped, strings cut if need be)."""
+def _card(key, value, comment, dropped=None):
+    """A header card that fits in 80 characters (comment dropped, strings cut if need be),
+    or None, with ``key`` added to the set ``dropped``, when the keyword leaves no room for
+    the value (a long model name)."""
     from astropy.io import fits
+
+    def whole(card):
+        # one 80-character card that reads back as the keyword and value written (astropy
+        # cuts an over-long HIERARCH card at 80 characters, keyword and all)
+        text = str(card)
+        if len(text) > 80:
+            return False
+        back = fits.Card.fromstring(text)
+        return back.keyword == key.upper() and back.value == card.value
 
     with catch_warnings():
         warnings.simplefilter("ignore")
-        for com in (comment, ""):
-            card = fits.Card(f"HIERARCH {key}", value, com)
-            if len(str(card)) <= 80:
-                return card
-        if isinstance(value, str):
-            while value and len(str(fits.Card(f"HIERARCH {key}", value))) > 80:
-                value = value[:-1]
-            return fits.Card(f"HIERARCH {key}", value)
+        try:
+            for com in (comment, ""):
+                card = fits.Card(f"HIERARCH {key}", value, com)
+                if whole(card):
+                    return card
+            if isinstance(value, str):
+                while value and not whole(fits.Card(f"HIERARCH {key}", value)):
+                    value = value[:-1]
+                if value:
+                    return fits.Card(f"HIERARCH {key}", value)
+        except ValueError:  # a value no card can hold (e.g. NaN)
+            pass
+    if dropped is not None:
+        dropped.add(key)
     return None
 
 
-def _result_cards(model, table, row, index):
+def _warn_dropped(dropped, *, shown=5):
+    """One warning naming the header keywords too long to be written (none for none)."""
+    if dropped:
+        listed = first_few(sorted(dropped), ", ", shown=shown)
+        warn(f"{len(dropped)} header keyword(s) leave no room for their value in an "
+             f"80-character card and were not written: {listed}; their values are in the "
+             "table", LossyOutputWarning)
+
+
+def _result_cards(model, table, row, index, dropped=None):
     prefix = model.card.get("column_prefix", model.name.replace("-", "_"))
     base = f"ASTROMORPH {model.name.upper()}" + (f" S{index}" if index is not None else "")
     cards = []
@@ -127,10 +153,10 @@ def _result_cards(model, table, row, index):
         else:
             value = str(value)
         desc = (getattr(col, "description", "") or "")[:40]
-        cards.append(_card(f"{base} {suffix.upper()}", value, desc))
+        cards.append(_card(f"{base} {suffix.upper()}", value, desc, dropped))
     reason = str(table["reason"][row])
     if reason:
-        cards.append(_card(f"{base} REASON", reason[:_MAX_REASON], "why flagged"))
+        cards.append(_card(f"{base} REASON", reason[:_MAX_REASON], "why flagged", dropped))
     return [c for c in cards if c is not None]
 
 
@@ -156,19 +182,22 @@ def write_results_to_header(model, table, origins, targets, *, overwrite=False):
         if hdu is not None and path in targets:
             rows_by_path.setdefault(path, []).append((row, hdu, index))
     name = model.name.upper()
-    items, written, skipped = list(rows_by_path.items()), [], []
+    items, written, skipped, dropped = list(rows_by_path.items()), [], [], set()
     try:
-        _write_headers(model, table, name, items, targets, overwrite, written, skipped)
+        _write_headers(model, table, name, items, targets, overwrite, written, skipped,
+                       dropped)
     finally:  # the files skipped before a failure are named too
         _warn_not_written(skipped)
+        _warn_dropped(dropped)
     if written:
         log.info("results written to the headers of %d file(s)", len(written))
 
 
-def _write_headers(model, table, name, items, targets, overwrite, written, skipped):
+def _write_headers(model, table, name, items, targets, overwrite, written, skipped, dropped):
     """The loop of `write_results_to_header`: appends to ``written`` the targets written and
     to ``skipped`` ``(target, why, exception)`` for the files astropy cannot open or write
-    back (the input's problem: the other files are still written)."""
+    back (the input's problem: the other files are still written), and adds to ``dropped``
+    the keywords too long for a card."""
     from astropy.io import fits
 
     for k, (path, rows) in enumerate(items):
@@ -197,13 +226,14 @@ def _write_headers(model, table, name, items, targets, overwrite, written, skipp
                             header.remove(key, ignore_missing=True, remove_all=True)
                         for card in (
                                 _card(f"ASTROMORPH {name} VERSION", str(model.version),
-                                      "model version"),
+                                      "model version", dropped),
                                 _card(f"ASTROMORPH {name} SHA256", model.sha256[:16],
-                                      "model file sha256 prefix"),
+                                      "model file sha256 prefix", dropped),
                                 _card("ASTROMORPH VERSION", __version__, "astromorph version")):
-                            header.append(card, end=True)
+                            if card is not None:  # (None would append a blank card)
+                                header.append(card, end=True)
                         touched.add(hdu)
-                    for card in _result_cards(model, table, row, index):
+                    for card in _result_cards(model, table, row, index, dropped):
                         header.append(card, end=True)
                 checksum = any("CHECKSUM" in h.header for h in hdul)
                 # a gzipped file stays gzipped whatever its name (astropy compresses by name)

@@ -1909,3 +1909,37 @@ def test_header_write_failing_part_way_names_the_copies_and_keeps_the_table(
                            "-o", str(tmp_path / "t.ecsv"), "--no-progress"])
         assert status == 2
         assert len(Table.read(tmp_path / "t.ecsv")) == 3
+
+
+def test_header_keywords_too_long_for_a_card_are_named_not_dropped_silently(models, tmp_path):
+    """A model name of up to 64 characters is valid, but ``HIERARCH ASTROMORPH <NAME> ...``
+    then leaves no room for the value in an 80-character card. Such keywords were left out
+    without a word, the VERSION and SHA256 cards became blank cards, and cards that astropy
+    cut at 80 characters (keyword and all) made a copy that astropy could not open again
+    ("Header missing END card"). Now one `LossyOutputWarning` names them, and the copy
+    opens, with no blank card."""
+    from astromorph.exceptions import LossyOutputWarning
+
+    name = "m" * 56
+    d = models / name
+    d.mkdir()
+    tiny_classifier_onnx(d / "model.onnx", channels=3, size=64, labels=("red", "green", "blue"))
+    card = _card(d / "model.onnx", name, "morph", (3, 64, 64), "optical",
+                 "astromorph.preprocessing.preprocess_colour_cutout",
+                 [{"name": "probabilities", "kind": "probabilities",
+                   "labels": ["red", "green", "blue"]}])
+    (d / "card.json").write_text(json.dumps(card))
+    src = tmp_path / "in"
+    src.mkdir()
+    write_fits(src / "g.fits", galaxy())
+    with pytest.warns(LossyOutputWarning, match=r"not written: .*M{56} (LABEL|P_|SHA256)") \
+            as rec:
+        table = quiet(astromorph.predict_files, name, src, write_header=tmp_path / "out")
+    message = str(next(w.message for w in rec if issubclass(w.category, LossyOutputWarning)))
+    assert "values are in the table" in message
+    assert not np.ma.is_masked(table["morph_p_red"][0])
+    with fits.open(tmp_path / "out" / "g.fits") as hdul:
+        cards = hdul[0].header.cards
+        assert all(c.keyword for c in cards)  # no blank card
+        assert not any(c.keyword == "CONTINUE" for c in cards)
+        assert hdul[0].header["HIERARCH ASTROMORPH VERSION"] == astromorph.__version__
