@@ -156,6 +156,149 @@ def sigma_clipped_rms(image, *, sigma=3.0, maxiters=10):
     return float(values.std())
 
 
+#: Images whose noise `_sigma_clipped_rms_stack` measures together: its working memory is
+#: a few float64 copies of this many images (7 MB each at 300 x 300).
+_RMS_BLOCK = 32
+
+
+def _sigma_clipped_rms_stack(stack, *, sigma=3.0, maxiters=10):
+    """`sigma_clipped_rms` of each image of a stack, measured together: the same floats.
+
+    Each image is sorted once (float32 input in float32: widening keeps the order) and
+    its clipped set kept as a run ``[lo, hi)`` of its sorted pixels: the median is read
+    off the run's middle, the std off prefix sums of the (shifted) sorted values, and the
+    new run's edges are found by bisection with the test `sigma_clipped_rms` makes,
+    ``abs(x - centre) <= sigma * std`` in float64. The prefix-sum std differs from
+    numpy's two-pass std of the same pixels in the last bits, so each edge is found for
+    a threshold below and one above any value numpy's std can take (a rounding-error
+    bound); an image for which they differ (a pixel within that bound of the threshold)
+    is measured by `sigma_clipped_rms` itself. The result is the std of the final run's
+    pixels in their original order, as `sigma_clipped_rms` returns it.
+
+    Parameters
+    ----------
+    stack : array_like
+        ``(N, ...)``: one image per row of the first axis (invalid and masked pixels
+        as for `sigma_clipped_rms`). Options are not checked (private).
+
+    Returns
+    -------
+    numpy.ndarray
+        float64 ``(N,)``.
+    """
+    stack = real_array(stack, "image")
+    if stack.dtype != np.float32:
+        stack = stack.astype(np.float64, copy=False)
+    flat = stack.reshape(len(stack), int(np.prod(stack.shape[1:], dtype=np.int64)))
+    out = np.zeros(len(flat))
+    for start in range(0, len(flat), _RMS_BLOCK):
+        out[start:start + _RMS_BLOCK] = _clipped_rms_block(flat[start:start + _RMS_BLOCK],
+                                                           float(sigma), int(maxiters))
+    return out
+
+
+def _clipped_rms_block(x, sigma, maxiters):
+    """`_sigma_clipped_rms_stack` of the rows of ``x`` (float32 or float64 ``(B, M)``)."""
+    eps = np.finfo(np.float64).eps
+    bad = invalid_pixels(x)
+    count = x.shape[1] - bad.sum(axis=1)
+    ordered = np.sort(np.where(bad, np.inf, x), axis=1)  # invalid pixels last
+    del bad
+    out = np.zeros(len(x))
+    lo, hi = np.zeros(len(x), np.intp), count.astype(np.intp)
+    active = count > 0
+    rows = np.flatnonzero(active)
+    if rows.size == 0:
+        return out
+
+    def centre(r, lo, hi):  # np.median of the run's middle one or two values
+        m = hi - lo
+        odd = m % 2 == 1
+        upper = ordered[r, lo + m // 2].astype(np.float64)
+        lower = ordered[r, lo + m // 2 - 1 + odd].astype(np.float64)
+        return np.where(odd, upper, (lower + upper) / 2)
+
+    # prefix sums of the sorted values less the first median (a shift keeps the sums small)
+    shift = np.zeros(len(x))
+    shift[rows] = centre(rows, lo[rows], hi[rows])
+    d = ordered.astype(np.float64)
+    d -= shift[:, None]
+    d[np.isinf(d)] = 0.0
+    p1 = np.zeros((len(x), x.shape[1] + 1))
+    p2 = np.zeros((len(x), x.shape[1] + 1))
+    np.cumsum(d, axis=1, out=p1[:, 1:])
+    np.multiply(d, d, out=d)
+    np.cumsum(d, axis=1, out=p2[:, 1:])
+    del d
+    exact = np.zeros(len(x), bool)  # images left to sigma_clipped_rms
+    for _ in range(maxiters):
+        r = np.flatnonzero(active)
+        if r.size == 0:
+            break
+        l, h = lo[r], hi[r]
+        m = (h - l).astype(np.float64)
+        c = centre(r, l, h)
+        s1, s2 = p1[r, h] - p1[r, l], p2[r, h] - p2[r, l]
+        mean = s1 / m
+        var = s2 / m - mean * mean
+        # rounding-error bound: cumulative sums of up to h terms (sum |d| <= sqrt(k sum d^2)),
+        # the variance formula, and numpy's pairwise two-pass std of the same pixels
+        gamma = (h + 4) * eps
+        e1 = gamma * (np.sqrt(h * p2[r, h]) + np.sqrt(l * p2[r, l])) + eps * np.abs(s1)
+        e2 = gamma * (p2[r, h] + p2[r, l]) + eps * s2
+        err = (e2 / m + (2 * np.abs(mean) + e1 / m) * e1 / m
+               + 4 * eps * (np.abs(s2) / m + mean * mean))
+        pairwise = (np.log2(m) + 24) * eps
+        offset = pairwise * (np.abs(shift[r]) + np.abs(mean) + np.sqrt(np.abs(s2) / m))
+        err = 2 * (err + pairwise * (np.abs(var) + err) + offset * offset)
+        below = sigma * np.sqrt(np.maximum(var - err, 0.0)) * (1 - 4 * eps)
+        above = sigma * np.sqrt(np.maximum(var + err, 0.0)) * (1 + 4 * eps)
+        edges = _run_edges(ordered, np.tile(r, 2), np.tile(l, 2), np.tile(h, 2),
+                           np.tile(c, 2), np.concatenate([below, above]))
+        new_lo, new_hi = edges[0][:r.size], edges[1][:r.size]
+        unsure = (new_lo != edges[0][r.size:]) | (new_hi != edges[1][r.size:])
+        exact[r[unsure]], active[r[unsure]] = True, False
+        kept = np.maximum(new_hi - new_lo, 0)
+        stop = unsure | (kept == h - l) | (kept < 2)
+        active[r[stop]] = False
+        go = r[~stop]
+        lo[go], hi[go] = new_lo[~stop], new_hi[~stop]
+    # the std of the final run's pixels in their original order: numpy's pairwise sums of
+    # each image's own pixels (a padded or segmented reduction rounds differently)
+    done = np.flatnonzero((count > 0) & ~exact)
+    low, high = ordered[done, lo[done]], ordered[done, hi[done] - 1]
+    keep = (x[done] >= low[:, None]) & (x[done] <= high[:, None])
+    out[done] = [row[k].astype(np.float64).std() for row, k in zip(x[done], keep)]
+    for i in np.flatnonzero(exact):
+        out[i] = sigma_clipped_rms(x[i], sigma=sigma, maxiters=maxiters)
+    return out
+
+
+def _run_edges(ordered, r, lo, hi, c, b):
+    """``[new_lo, new_hi)``: the pixels of run ``[lo, hi)`` of sorted rows ``r`` with
+    ``abs(x - c) <= b`` (in float64, as `sigma_clipped_rms` tests them), by bisection.
+
+    ``abs(x - c)`` falls towards ``c`` and rises after it (rounding is monotonic), so
+    the run's pixels that are dropped below ``c`` are a prefix and those above a suffix.
+    """
+    n = r.size
+    rr, cc, bb = np.tile(r, 2), np.tile(c, 2), np.tile(b, 2)
+    left = np.arange(2 * n) < n  # first index kept / first index dropped above c
+    start, stop = np.tile(lo, 2), np.tile(hi, 2)
+    last = ordered.shape[1] - 1
+    while True:
+        todo = start < stop
+        if not todo.any():
+            break
+        mid = (start + stop) // 2
+        v = ordered[rr, np.minimum(mid, last)].astype(np.float64)
+        far = np.abs(v - cc) > bb
+        found = np.where(left, (v >= cc) | ~far, (v > cc) & far)
+        start = np.where(todo & ~found, mid + 1, start)
+        stop = np.where(todo & found, mid, stop)
+    return start[:n], start[n:]
+
+
 def peak_significance(image, *, rms=None):
     """Peak signal-to-noise ratio inside the field the network sees.
 
@@ -183,8 +326,7 @@ def peak_significance(image, *, rms=None):
     single = image.ndim == 2
     stack = image[None] if single else image
     if rms is None:
-        rms = [sigma_clipped_rms(_centre_window(im, DATASET_IMAGE_PIXELS, np.nan))
-               for im in stack]
+        rms = _sigma_clipped_rms_stack(_centre_window(stack, DATASET_IMAGE_PIXELS, np.nan))
     rms = _per_image(_rms_values(rms, zero_ok=True), len(stack), rms)
     field = _centre_window(stack, CROP_PIXELS, np.nan).reshape(len(stack), CROP_PIXELS ** 2)
     finite = ~invalid_pixels(field)
@@ -250,8 +392,8 @@ def first_cutout_to_uint8(image, *, rms=None, threshold_sigma=DATASET_THRESHOLD_
     image : array_like
         2-D surface brightness image (Jy/beam, any linear unit works since the
         result is normalised) at `FIRST_PIXEL_SCALE_ARCSEC`, centred on the
-        source. Use `resample_to_first_grid` for other pixel scales. A stack
-        ``(N, H, W)`` is processed image by image.
+        source. Use `resample_to_first_grid` for other pixel scales. The images of a
+        stack ``(N, H, W)`` are processed together, each as it would be alone.
     rms : float or array_like, optional
         Noise RMS in the unit of ``image``; by default measured on the
         ``size`` x ``size`` window with `sigma_clipped_rms`.
@@ -289,34 +431,37 @@ def first_cutout_to_uint8(image, *, rms=None, threshold_sigma=DATASET_THRESHOLD_
     threshold_sigma = check_number(threshold_sigma, "threshold_sigma", minimum=0)
     size = check_whole(size, "size")
     quantize = check_bool(quantize, "quantize")
-    image = real_array(image, "image").astype(np.float64)
+    image = real_array(image, "image")
+    if image.ndim not in (2, 3):
+        raise InputShapeError(f"expected a 2-D image or a stack of them, got shape {image.shape}")
     if image.ndim == 3 and image.shape[0] == 0:
         return np.zeros((0, size, size), np.uint8 if quantize else np.float32)
-    if image.ndim == 3:
-        rmss = _per_image(np.asarray(np.nan if rms is None else rms, dtype=float),
-                          image.shape[0], rms)
-        return np.stack([
-            first_cutout_to_uint8(im, rms=None if rms is None else r,
-                                  threshold_sigma=threshold_sigma, size=size,
-                                  quantize=quantize)
-            for im, r in zip(image, rmss)])
-    if image.ndim != 2:
-        raise InputShapeError(f"expected a 2-D image or a stack of them, got shape {image.shape}")
-    window = _centre_window(image, size, np.nan)
+    if image.dtype != np.float32:  # float32 is measured as float32 (sorts faster), then widened
+        image = image.astype(np.float64, copy=False)
+    single = image.ndim == 2
+    window = _centre_window(image[None] if single else image, size, np.nan)
     if rms is None:
-        rms = sigma_clipped_rms(window)
-    threshold = threshold_sigma * float(_per_image(np.asarray(rms, dtype=float).reshape(-1), 1,
-                                                   rms)[0])
-    window = np.where(invalid_pixels(window), threshold, window)
-    clipped = np.maximum(window, threshold)
-    peak = clipped.max()
-    if peak > threshold:
-        scaled = (clipped - threshold) * (255.0 / (peak - threshold))
+        rms = _sigma_clipped_rms_stack(window)
     else:
-        scaled = np.zeros_like(clipped)
+        values = np.asarray(rms, dtype=float)
+        rms = _per_image(values.reshape(-1) if single else values, len(window), rms)
+    # every step is elementwise with one threshold and one peak per image: the same floats
+    # as processing the images one by one
+    threshold = (threshold_sigma * rms)[:, None, None]
+    window = window.astype(np.float64, copy=False)  # a new array either way
+    np.copyto(window, threshold, where=invalid_pixels(window))
+    clipped = np.maximum(window, threshold, out=window)
+    peak = clipped.max(axis=(1, 2), initial=-np.inf, keepdims=True)
+    bright = peak > threshold
+    clipped -= threshold
+    scaled = np.multiply(clipped, 255.0 / np.where(bright, peak - threshold, 1.0), out=clipped)
+    scaled[~bright[:, 0, 0]] = 0.0
     if quantize:
-        return np.clip(np.floor(scaled + 1e-6), 0, 255).astype(np.uint8)
-    return scaled.astype(np.float32)
+        scaled += 1e-6
+        out = np.clip(np.floor(scaled, out=scaled), 0, 255, out=scaled).astype(np.uint8)
+    else:
+        out = scaled.astype(np.float32)
+    return out[0] if single else out
 
 
 def preprocess_dataset_image(image, *, crop_pixels=CROP_PIXELS, bin_factor=BIN_FACTOR,

@@ -1,0 +1,177 @@
+"""The radio preprocessing of a stack is the per-image preprocessing, to the bit.
+
+``first_cutout_to_uint8`` and the noise estimate behind it (`_sigma_clipped_rms_stack`)
+process a stack of stamps with array operations over the stack. The reference below is
+the per-image code they replaced (astromorph 75fa585), kept here so that any change of
+a clipping decision, of the rms or of a quantised pixel fails these tests.
+"""
+import numpy as np
+import pytest
+
+from astromorph.preprocessing import _radio as radio
+from astromorph.preprocessing._checks import invalid_pixels, real_array
+
+
+def reference_rms(image, sigma=3.0, maxiters=10):
+    """``sigma_clipped_rms`` as it was: one image, compaction per clipping iteration."""
+    values = real_array(image, "image").astype(np.float64).ravel()
+    values = values[~invalid_pixels(values)]
+    if values.size == 0:
+        return 0.0
+    ordered = np.sort(values)
+    for _ in range(maxiters):
+        middle = ordered.size // 2
+        centre = np.median(ordered[middle - 1 + ordered.size % 2:middle + 1])
+        std = values.std()
+        keep = np.abs(values - centre) <= sigma * std
+        if keep.all() or keep.sum() < 2:
+            break
+        values = values[keep]
+        run = np.flatnonzero(np.abs(ordered - centre) <= sigma * std)
+        ordered = ordered[run[0]:run[-1] + 1]
+    return float(values.std())
+
+
+def reference_uint8(image, rms=None, threshold_sigma=3.0, size=300, quantize=True):
+    """``first_cutout_to_uint8`` as it was: a stack is processed image by image."""
+    image = real_array(image, "image").astype(np.float64)
+    if image.ndim == 3:
+        rmss = np.broadcast_to(np.asarray(np.nan if rms is None else rms, dtype=float),
+                               (len(image),))
+        return np.stack([reference_uint8(im, None if rms is None else r, threshold_sigma,
+                                         size, quantize) for im, r in zip(image, rmss)])
+    window = radio._centre_window(image, size, np.nan)
+    if rms is None:
+        rms = reference_rms(window)
+    threshold = threshold_sigma * float(np.asarray(rms, dtype=float).reshape(-1)[0])
+    window = np.where(invalid_pixels(window), threshold, window)
+    clipped = np.maximum(window, threshold)
+    peak = clipped.max()
+    if peak > threshold:
+        scaled = (clipped - threshold) * (255.0 / (peak - threshold))
+    else:
+        scaled = np.zeros_like(clipped)
+    if quantize:
+        return np.clip(np.floor(scaled + 1e-6), 0, 255).astype(np.uint8)
+    return scaled.astype(np.float32)
+
+
+def corpus(n=60, size=300, seed=3):
+    """FIRST-like stamps: noise with Gaussian sources of S/N 0.5 to 10^4, negative
+    sidelobes, NaN holes, sentinels, an offset, a constant and an all-NaN stamp."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size]
+    out = rng.normal(0, 1.5e-4, (n, size, size))
+    for k, snr in enumerate(np.geomspace(0.5, 1e4, n)):
+        for _ in range(1 + k % 3):
+            x0, y0 = rng.uniform(size * 0.3, size * 0.7, 2)
+            width = rng.uniform(1, 8)
+            blob = np.exp(-((xx - x0) ** 2 + (yy - y0) ** 2) / (2 * width ** 2))
+            out[k] += snr * 1.5e-4 * blob * rng.choice([1, 1, 1, -0.3])
+        if k % 4 == 1:
+            out[k][rng.random((size, size)) < 0.05] = np.nan
+        if k % 5 == 2:
+            out[k, :40] = np.nan  # the edge of a survey
+        if k % 6 == 3:
+            out[k][rng.random((size, size)) < 0.01] = -3.4e38
+        if k % 7 == 4:
+            out[k][rng.random((size, size)) < 0.01] = np.inf
+        if k % 9 == 5:
+            out[k] += 7.0  # an offset far above the noise
+    out[-1] = 2.5e-3
+    out[-2] = np.nan
+    out[-3, :, :] = np.nan
+    out[-3, 150, 150] = 1e-3  # a single valid pixel
+    return out
+
+
+def check_same(images, **options):
+    got = radio.first_cutout_to_uint8(images, **options)
+    want = reference_uint8(images, **options)
+    assert got.dtype == want.dtype and got.shape == want.shape
+    np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_stack_rms_is_the_per_image_rms(dtype):
+    images = corpus().astype(dtype)
+    got = radio._sigma_clipped_rms_stack(images)
+    want = [reference_rms(im) for im in images]
+    assert got.tolist() == want  # the same floats, not merely close
+    for sigma, maxiters in ((2.0, 3), (5.0, 0), (1.0, 30)):
+        got = radio._sigma_clipped_rms_stack(images[::5], sigma=sigma, maxiters=maxiters)
+        assert got.tolist() == [reference_rms(im, sigma, maxiters) for im in images[::5]]
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32, ">f8"])
+@pytest.mark.parametrize("quantize", [True, False])
+def test_stack_uint8_is_the_per_image_uint8(dtype, quantize):
+    check_same(corpus().astype(dtype), quantize=quantize)
+
+
+def test_stack_uint8_other_inputs():
+    rng = np.random.default_rng(8)
+    images = corpus(n=12, seed=9)
+    check_same(images, rms=1.5e-4)
+    check_same(images, rms=np.geomspace(1e-5, 1e-2, 12), threshold_sigma=2.0)
+    check_same(images, threshold_sigma=0.0)
+    # integers (ties everywhere), tiny stamps inside the window, a larger window
+    check_same(rng.integers(-20, 400, (8, 300, 300)))
+    check_same(rng.integers(-3, 4, (8, 300, 300)).astype(np.int16))
+    check_same(images[:, 140:160, 145:152])
+    check_same(images[:, 100:200, 100:200], size=128, quantize=False)
+    check_same(images[:5], size=301)
+    # a masked array: masked pixels count as missing, whatever they hide
+    masked = np.ma.masked_array(images, mask=rng.random(images.shape) < 0.2)
+    masked.data[masked.mask] = 1e3
+    check_same(masked)
+    np.testing.assert_array_equal(radio.first_cutout_to_uint8(masked[:2].astype(np.float32)),
+                                  reference_uint8(masked[:2].astype(np.float32)))
+    # one image is the stack of one
+    np.testing.assert_array_equal(radio.first_cutout_to_uint8(images[3]),
+                                  reference_uint8(images[3]))
+
+
+def test_network_input_is_unchanged():
+    images = corpus(n=24, seed=11)
+    want = radio.preprocess_dataset_image(reference_uint8(images))
+    np.testing.assert_array_equal(radio.preprocess_first_cutout(images), want)
+    want = radio.preprocess_dataset_image(reference_uint8(images, quantize=False))
+    np.testing.assert_array_equal(radio.preprocess_first_cutout(images, quantize=False), want)
+
+
+def test_stack_rms_falls_back_only_where_a_pixel_sits_on_the_threshold(monkeypatch):
+    """Gaussian noise is clipped on the prefix sums alone; a pixel exactly at
+    3 sigma (nine -1, nine +1, -9 and +9: std 3) is left to ``sigma_clipped_rms``."""
+    calls = []
+    exact = radio.sigma_clipped_rms
+    monkeypatch.setattr(radio, "sigma_clipped_rms",
+                        lambda *a, **k: calls.append(1) or exact(*a, **k))
+    images = corpus(n=30, seed=4).astype(np.float32)
+    assert radio._sigma_clipped_rms_stack(images).tolist() == [reference_rms(im)
+                                                               for im in images]
+    assert not calls
+    edge = np.array([[-1.0] * 9 + [1.0] * 9 + [-9.0, 9.0]] * 2)
+    edge[1, :4] = np.nan
+    assert reference_rms(edge[0]) == 3.0
+    assert radio._sigma_clipped_rms_stack(edge).tolist() == [reference_rms(e) for e in edge]
+    assert calls
+
+
+def test_small_rows_ties_and_zeros_match_the_reference():
+    """Short rows of few distinct values (ties, +-0, an even median between two values)
+    exercise the bisection at every edge."""
+    rng = np.random.default_rng(5)
+    rows = []
+    for k in range(400):
+        n = 40
+        x = rng.normal(0, 1, n) if k % 2 else rng.integers(-3, 4, n).astype(float)
+        x[rng.random(n) < 0.1] = rng.uniform(5, 1e3)
+        x[rng.random(n) < 0.05] = -0.0
+        x[rng.random(n) < 0.1] = np.nan
+        x[0] = -1e30 if k % 3 == 0 else x[0]
+        rows.append(x)
+    rows = np.array(rows)
+    for sigma, maxiters in ((3.0, 10), (0.7, 20), (1.5, 2)):
+        got = radio._sigma_clipped_rms_stack(rows, sigma=sigma, maxiters=maxiters)
+        assert got.tolist() == [reference_rms(r, sigma, maxiters) for r in rows]
