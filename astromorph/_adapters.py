@@ -240,8 +240,8 @@ def _radio(raw, card, crop_fraction):
         if resample.any() or images.shape[-1] != rad.DATASET_IMAGE_PIXELS:
             images = np.stack([rad.resample_to_first_grid(im, s) for im, s in zip(images, scales)])
     # the noise is measured once, for the detection check and the data-set scaling
-    rms = np.array([rad.sigma_clipped_rms(rad._centre_window(im, rad.DATASET_IMAGE_PIXELS,
-                                                              np.nan)) for im in images])
+    rms = rad._sigma_clipped_rms_stack(rad._centre_window(images, rad.DATASET_IMAGE_PIXELS,
+                                                          np.nan))
     faint = ~(rad.peak_significance(images, rms=rms) >= rad.DETECTION_SIGMA)
     flags |= np.where(faint, int(Flag.NO_SOURCE), 0).astype(flags.dtype)
     # (an image without noise, e.g. a constant one, is left to measure its own, as before)

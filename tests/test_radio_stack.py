@@ -175,3 +175,34 @@ def test_small_rows_ties_and_zeros_match_the_reference():
     for sigma, maxiters in ((3.0, 10), (0.7, 20), (1.5, 2)):
         got = radio._sigma_clipped_rms_stack(rows, sigma=sigma, maxiters=maxiters)
         assert got.tolist() == [reference_rms(r, sigma, maxiters) for r in rows]
+
+
+def test_radio_adapter_measures_the_stack_as_before(monkeypatch):
+    """annotate's radio path (float32 stamps, invalid pixels NaN) measures the noise of
+    the whole stack in one call, the per-image values; the network input and the
+    NO_SOURCE flags are those of the per-image code."""
+    import astromorph
+    from astromorph import Flag
+    from astromorph._adapters import RawStamps, prepare
+
+    try:
+        model = astromorph.load_model("radio-morphology", providers="cpu")
+    except Exception as exc:  # pragma: no cover - a checkout without the exported model
+        pytest.skip(f"radio-morphology not loadable: {exc}")
+    # (no constant or empty stamp: their rms of 0 would have the scaling measure again)
+    images = corpus(n=24, seed=12)[:-3].astype(np.float32)
+    measured = []
+    stack_rms = radio._sigma_clipped_rms_stack
+    monkeypatch.setattr(radio, "_sigma_clipped_rms_stack",
+                        lambda *a, **k: measured.append(stack_rms(*a, **k)) or measured[-1])
+    x, flags = prepare(model, RawStamps("bands", images[:, None]))
+    clean = np.where(invalid_pixels(images), np.float32(np.nan), images)
+    rms = np.array([reference_rms(radio._centre_window(im, 300, np.nan)) for im in clean])
+    assert len(measured) == 1 and measured[0].tolist() == rms.tolist()
+    options = dict(model.card["input"].get("preprocessing_options") or {})
+    want = radio.preprocess_dataset_image(
+        reference_uint8(clean, rms=rms if np.all(rms > 0) else None), **options)
+    np.testing.assert_array_equal(x, want)
+    faint = ~(radio.peak_significance(clean, rms=rms) >= radio.DETECTION_SIGMA)
+    assert 0 < faint.sum() < len(faint)
+    np.testing.assert_array_equal(flags & int(Flag.NO_SOURCE) != 0, faint)
