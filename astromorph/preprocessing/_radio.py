@@ -45,8 +45,8 @@ import numpy as np
 
 from ..exceptions import (InputError, InputShapeError, InvalidArgumentError,
                           InvalidArgumentTypeError)
-from ._checks import (check_bool, check_number, check_options, check_whole, invalid_pixels,
-                      is_whole, real_array, to_arcsec)
+from ._checks import (SENTINEL, check_bool, check_number, check_options, check_whole,
+                      invalid_pixels, is_whole, real_array, to_arcsec)
 
 __all__ = [
     "FIRST_PIXEL_SCALE_ARCSEC",
@@ -159,6 +159,8 @@ def sigma_clipped_rms(image, *, sigma=3.0, maxiters=10):
 #: Images whose noise `_sigma_clipped_rms_stack` measures together: its working memory is
 #: a few float64 copies of this many images (7 MB each at 300 x 300).
 _RMS_BLOCK = 32
+#: Sorted values summed per block for `_sigma_clipped_rms_stack`'s prefix sums.
+_PREFIX_BLOCK = 64
 
 
 def _sigma_clipped_rms_stack(stack, *, sigma=3.0, maxiters=10):
@@ -200,12 +202,13 @@ def _sigma_clipped_rms_stack(stack, *, sigma=3.0, maxiters=10):
 def _clipped_rms_block(x, sigma, maxiters):
     """`_sigma_clipped_rms_stack` of the rows of ``x`` (float32 or float64 ``(B, M)``)."""
     eps = np.finfo(np.float64).eps
-    bad = invalid_pixels(x)
-    count = x.shape[1] - bad.sum(axis=1)
-    ordered = np.sort(np.where(bad, np.inf, x), axis=1)  # invalid pixels last
-    del bad
+    # the invalid pixels sort to the ends (-inf and negative sentinels first; positive
+    # ones, +inf and NaN last): the valid ones are the run [lo, hi)
+    ordered = np.sort(x, axis=1)
+    count = x.shape[1] - np.count_nonzero(invalid_pixels(x), axis=1)
+    lo = np.count_nonzero(x <= -SENTINEL, axis=1).astype(np.intp)
+    hi = lo + count
     out = np.zeros(len(x))
-    lo, hi = np.zeros(len(x), np.intp), count.astype(np.intp)
     active = count > 0
     rows = np.flatnonzero(active)
     if rows.size == 0:
@@ -218,18 +221,36 @@ def _clipped_rms_block(x, sigma, maxiters):
         lower = ordered[r, lo + m // 2 - 1 + odd].astype(np.float64)
         return np.where(odd, upper, (lower + upper) / 2)
 
-    # prefix sums of the sorted values less the first median (a shift keeps the sums small)
+    # sums of the first k sorted values less the first median (the shift keeps them small)
+    # and of their squares: cumulative sums of blocks of _PREFIX_BLOCK values, plus the
+    # values of the last, partial block (a cumulative sum of every value costs more)
     shift = np.zeros(len(x))
     shift[rows] = centre(rows, lo[rows], hi[rows])
-    d = ordered.astype(np.float64)
-    d -= shift[:, None]
-    d[np.isinf(d)] = 0.0
-    p1 = np.zeros((len(x), x.shape[1] + 1))
-    p2 = np.zeros((len(x), x.shape[1] + 1))
-    np.cumsum(d, axis=1, out=p1[:, 1:])
-    np.multiply(d, d, out=d)
-    np.cumsum(d, axis=1, out=p2[:, 1:])
-    del d
+    size = x.shape[1]
+    blocks = -(-size // _PREFIX_BLOCK)
+    d = np.zeros((len(x), blocks * _PREFIX_BLOCK))
+    np.subtract(ordered, shift[:, None], out=d[:, :size])
+    partial = np.flatnonzero(count < size)  # invalid pixels add nothing
+    if partial.size:
+        column = np.arange(d.shape[1])
+        d[partial] = np.where((column >= lo[partial, None]) & (column < hi[partial, None]),
+                              d[partial], 0.0)
+    d2 = d * d
+    tables = []
+    for values in (d, d2):
+        table = np.zeros((len(x), blocks + 1))
+        np.cumsum(values.reshape(len(x), blocks, _PREFIX_BLOCK).sum(axis=2), axis=1,
+                  out=table[:, 1:])
+        tables.append(table)
+    offsets = np.arange(_PREFIX_BLOCK)
+
+    def prefix(which, r, k):  # sum of the first k values of rows r (d or d squared)
+        values, table = (d, d2)[which], tables[which]
+        block = k // _PREFIX_BLOCK
+        index = np.minimum(block[:, None] * _PREFIX_BLOCK + offsets, values.shape[1] - 1)
+        part = np.where(index < k[:, None], values[r[:, None], index], 0.0)
+        return table[r, block] + part.sum(axis=1)
+
     exact = np.zeros(len(x), bool)  # images left to sigma_clipped_rms
     for _ in range(maxiters):
         r = np.flatnonzero(active)
@@ -238,14 +259,15 @@ def _clipped_rms_block(x, sigma, maxiters):
         l, h = lo[r], hi[r]
         m = (h - l).astype(np.float64)
         c = centre(r, l, h)
-        s1, s2 = p1[r, h] - p1[r, l], p2[r, h] - p2[r, l]
+        p2h, p2l = prefix(1, r, h), prefix(1, r, l)
+        s1, s2 = prefix(0, r, h) - prefix(0, r, l), p2h - p2l
         mean = s1 / m
         var = s2 / m - mean * mean
-        # rounding-error bound: cumulative sums of up to h terms (sum |d| <= sqrt(k sum d^2)),
+        # rounding-error bound: sums of up to h terms in any order (sum |d| <= sqrt(k sum d^2)),
         # the variance formula, and numpy's pairwise two-pass std of the same pixels
         gamma = (h + 4) * eps
-        e1 = gamma * (np.sqrt(h * p2[r, h]) + np.sqrt(l * p2[r, l])) + eps * np.abs(s1)
-        e2 = gamma * (p2[r, h] + p2[r, l]) + eps * s2
+        e1 = gamma * (np.sqrt(h * p2h) + np.sqrt(l * p2l)) + eps * np.abs(s1)
+        e2 = gamma * (p2h + p2l) + eps * np.abs(s2)
         err = (e2 / m + (2 * np.abs(mean) + e1 / m) * e1 / m
                + 4 * eps * (np.abs(s2) / m + mean * mean))
         pairwise = (np.log2(m) + 24) * eps
@@ -265,10 +287,13 @@ def _clipped_rms_block(x, sigma, maxiters):
         lo[go], hi[go] = new_lo[~stop], new_hi[~stop]
     # the std of the final run's pixels in their original order: numpy's pairwise sums of
     # each image's own pixels (a padded or segmented reduction rounds differently)
-    done = np.flatnonzero((count > 0) & ~exact)
-    low, high = ordered[done, lo[done]], ordered[done, hi[done] - 1]
-    keep = (x[done] >= low[:, None]) & (x[done] <= high[:, None])
-    out[done] = [row[k].astype(np.float64).std() for row, k in zip(x[done], keep)]
+    done = (count > 0) & ~exact
+    every = np.arange(len(x))
+    low = ordered[every, np.where(done, lo, 0)]
+    high = ordered[every, np.where(done, hi - 1, 0)]
+    keep = (x >= low[:, None]) & (x <= high[:, None])
+    for i in np.flatnonzero(done):
+        out[i] = x[i][keep[i]].astype(np.float64).std()
     for i in np.flatnonzero(exact):
         out[i] = sigma_clipped_rms(x[i], sigma=sigma, maxiters=maxiters)
     return out
@@ -445,10 +470,25 @@ def first_cutout_to_uint8(image, *, rms=None, threshold_sigma=DATASET_THRESHOLD_
     else:
         values = np.asarray(rms, dtype=float)
         rms = _per_image(values.reshape(-1) if single else values, len(window), rms)
-    # every step is elementwise with one threshold and one peak per image: the same floats
-    # as processing the images one by one
-    threshold = (threshold_sigma * rms)[:, None, None]
-    window = window.astype(np.float64, copy=False)  # a new array either way
+    threshold = threshold_sigma * rms
+    out = np.empty(window.shape, np.uint8 if quantize else np.float32)
+    for start in range(0, len(window), _SCALE_BLOCK):
+        part = slice(start, start + _SCALE_BLOCK)
+        out[part] = _dataset_scale(window[part], threshold[part], quantize)
+    return out[0] if single else out
+
+
+#: Images scaled together by `first_cutout_to_uint8`: a few float64 copies of this many
+#: 300 x 300 windows stay in the CPU's cache, as one image's did (a whole stack does not).
+_SCALE_BLOCK = 8
+
+
+def _dataset_scale(window, threshold, quantize):
+    """The data-set scaling of windows ``(B, S, S)`` with thresholds ``(B,)``: invalid pixels
+    and those below the threshold to it, the threshold to 0 and the peak to 255. Every step
+    is elementwise with one threshold and one peak per image: the same floats as one by one."""
+    threshold = threshold[:, None, None]
+    window = window.astype(np.float64)  # a copy, changed in place below
     np.copyto(window, threshold, where=invalid_pixels(window))
     clipped = np.maximum(window, threshold, out=window)
     peak = clipped.max(axis=(1, 2), initial=-np.inf, keepdims=True)
@@ -458,10 +498,8 @@ def first_cutout_to_uint8(image, *, rms=None, threshold_sigma=DATASET_THRESHOLD_
     scaled[~bright[:, 0, 0]] = 0.0
     if quantize:
         scaled += 1e-6
-        out = np.clip(np.floor(scaled, out=scaled), 0, 255, out=scaled).astype(np.uint8)
-    else:
-        out = scaled.astype(np.float32)
-    return out[0] if single else out
+        return np.clip(np.floor(scaled, out=scaled), 0, 255, out=scaled).astype(np.uint8)
+    return scaled.astype(np.float32)
 
 
 def preprocess_dataset_image(image, *, crop_pixels=CROP_PIXELS, bin_factor=BIN_FACTOR,
