@@ -169,3 +169,11 @@ def test_network_shapes():
                      "--n", 4, "--batch", 4, "--repeats", 1, "--size", 32)
     check_lines(out, "4 random stamps, batches of 4", "widths      8/8/16/16: ", " stamps/s; ",
                 " M parameters, ", " M multiply-adds")
+
+
+def test_bench_radio_preprocessing():
+    out = run_script("benchmarks/bench_radio_preprocessing.py", "--n", 6, "--repeats", 1)
+    check_lines(out, "6 float32 stamps of 300 x 300", "identical rms and uint8: True",
+                "network (batches of 256):",
+                "RATIO radio preprocessing, per-stamp loop / stack path:",
+                "RATIO noise estimate, per-stamp loop / stack path:")
