@@ -449,8 +449,8 @@ def _interrupt_after_first_save(monkeypatch, name="last.pt"):
 
     save = _common.save_checkpoint
 
-    def save_then_stop(obj, path):
-        save(obj, path)
+    def save_then_stop(obj, path, **kw):
+        save(obj, path, **kw)
         if path.name == name:
             monkeypatch.setattr(_common, "save_checkpoint", save)
             raise KeyboardInterrupt
@@ -656,3 +656,92 @@ def test_command_line_errors_are_one_line(monkeypatch, capsys):
     assert capsys.readouterr().err == ("morphology train: interrupted (rerun the same command: "
                                        "train resumes from its last saved epoch, except under "
                                        "--smoke)\n")
+
+
+def _backups(folder, name="last.pt"):
+    return sorted(folder.glob(f"{name}.*.bak"))
+
+
+def test_restart_keeps_the_previous_checkpoints(tmp_path, caplog):
+    """--restart set the previous last.pt aside, never overwrote it: the first epoch of the
+    fresh run replaced it (and radio-morphology's best.pt) without a copy, so one mistyped
+    --restart lost hours of training. Both are now renamed to ``<name>.<time>.bak``, logged
+    with the new name; a second --restart keeps the first backup too."""
+    import logging
+
+    import torch
+
+    _tiny_ssl(tmp_path / "e", 1)
+    before = (tmp_path / "e" / "last.pt").read_bytes()
+    with caplog.at_level(logging.WARNING):
+        _tiny_ssl(tmp_path / "e", 1, restart=True)
+    (kept,) = _backups(tmp_path / "e")
+    assert kept.read_bytes() == before and str(kept) in caplog.text
+    assert (tmp_path / "e" / "last.pt").read_bytes() != before  # the fresh run's
+    _tiny_ssl(tmp_path / "e", 1, restart=True)
+    assert len(_backups(tmp_path / "e")) == 2 and kept.read_bytes() == before
+
+    _tiny_radio_fit(tmp_path / "r", 1)
+    last, best = ((tmp_path / "r" / n).read_bytes() for n in ("last.pt", "best.pt"))
+    _tiny_radio_fit(tmp_path / "r", 1, restart=True)
+    assert [p.read_bytes() for p in _backups(tmp_path / "r")] == [last]
+    assert [p.read_bytes() for p in _backups(tmp_path / "r", "best.pt")] == [best]
+    assert torch.load(tmp_path / "r" / "last.pt", weights_only=False)["state"]["epoch"] == 1
+
+
+def test_morphology_restart_keeps_last_pt(tmp_path, monkeypatch):
+    """``morphology train --restart`` (a smoke-size run outside --smoke, whose folder is a
+    throwaway) keeps the previous last.pt; a rerun without --restart resumes it."""
+    import argparse
+
+    from astromorph_training import morphology
+    from astromorph_training.__main__ import build_parser
+
+    load = morphology.load_dataset
+    monkeypatch.setattr(morphology, "load_dataset",
+                        lambda args: load(argparse.Namespace(**{**vars(args), "smoke": True})))
+    args = build_parser("morphology").parse_args(
+        ["morphology", "train", "--epochs", "1", "--data-dir", str(DATA_DIR),
+         "--out-dir", str(tmp_path)])
+    args.out_dir = tmp_path
+    morphology.train(args)
+    last = tmp_path / "training" / "checkpoints" / "morphology" / "last.pt"
+    before = last.read_bytes()
+    morphology.train(args)  # finished: kept as it is
+    assert last.read_bytes() == before and not _backups(last.parent)
+    args.restart = True
+    morphology.train(args)
+    assert [p.read_bytes() for p in _backups(last.parent)] == [before]
+
+
+def test_damaged_or_foreign_last_pt_is_one_line(tmp_path):
+    """A truncated last.pt (a copy cut short, a full disk outside the atomic save) was a
+    torch zip-reader traceback; a last.pt of another model a KeyError. Both now stop in one
+    line naming the file and --restart (which keeps the file)."""
+    import shutil
+
+    _tiny_ssl(tmp_path / "e", 1)
+    last = tmp_path / "e" / "last.pt"
+    data = last.read_bytes()
+    last.write_bytes(data[:len(data) // 2])
+    with pytest.raises(SystemExit) as exc:
+        _tiny_ssl(tmp_path / "e", 2)
+    message = exc.value.code
+    assert "\n" not in message and str(last) in message and "--restart" in message
+    _tiny_radio_fit(tmp_path / "r", 1)
+    shutil.copy(tmp_path / "r" / "last.pt", last)
+    with pytest.raises(SystemExit) as exc:
+        _tiny_ssl(tmp_path / "e", 2)
+    message = exc.value.code
+    assert "\n" not in message and str(last) in message and "radio-morphology" in message
+    assert "--restart" in message
+
+
+def test_training_modules_read_checkpoints_in_one_place():
+    """Every checkpoint is read through ``_common.load_checkpoint`` (one-line errors)."""
+    import re
+
+    for module in (REPO / "training" / "astromorph_training").glob("*.py"):
+        if module.name != "_common.py":
+            text = module.read_text()
+            assert not re.search(r"\.load\((?!_state)[^)]*weights_only", text), module.name

@@ -26,7 +26,9 @@ __all__ = [
     "report_dir", "model_dir", "fit_temperature", "softmax",
     "expected_calibration_error", "ece_noise_floor", "classification_report", "plot_confusion_matrix",
     "plot_reliability", "export_onnx", "write_card", "write_metrics", "check_parity",
-    "sha256sum", "SplitChanged", "onnx_throughput", "save_checkpoint", "write_text", "atomic_path", "positive_int", "synthetic_scenes",
+    "sha256sum", "SplitChanged", "onnx_throughput", "save_checkpoint", "load_checkpoint",
+    "resume_checkpoint", "set_aside", "MODEL_KEY", "write_text", "atomic_path", "positive_int",
+    "synthetic_scenes",
     "parity_raw_inputs", "write_parity_reference", "PARITY_REFERENCE", "load_onnx_weights",
     "shipped_torch_model", "MODULES", "read_csv",
     "split_fingerprint", "check_split_source",
@@ -228,15 +230,90 @@ def write_text(path, text):
     return Path(path)
 
 
-def save_checkpoint(obj, path):
+#: Key under which `save_checkpoint` records the model a checkpoint belongs to.
+MODEL_KEY = "astromorph_model"
+
+
+def save_checkpoint(obj, path, *, model=None):
     """``torch.save(obj, path)`` atomically (`atomic_path`): a run killed during the save
     leaves the previous ``path`` intact, which the next run resumes from. Returns ``path``.
+
+    ``model`` (a shipped model's name, for the ``last.pt`` a run resumes from) is saved
+    under `MODEL_KEY`, so that `resume_checkpoint` refuses a checkpoint of another model.
     """
     import torch
 
+    if model is not None:
+        obj = {**obj, MODEL_KEY: model}
     with atomic_path(path) as tmp:
         torch.save(obj, tmp)
     return Path(path)
+
+
+def load_checkpoint(path, *, hint="rerun the train step that wrote it (with --restart: the "
+                                   "damaged file is kept as a .bak file)"):
+    """``torch.load(path)`` on the CPU; a file torch cannot read (truncated by a copy or a
+    full disk, or no checkpoint at all) stops in one line naming it and ``hint`` (what to
+    do), instead of a torch traceback."""
+    import torch
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # zip, pickle or EOF errors of a damaged file
+        reason = str(exc).splitlines()[0] if str(exc) else ""
+        raise SystemExit(f"{path} is no readable torch checkpoint ({type(exc).__name__}: "
+                         f"{reason}): {hint}") from None
+
+
+def set_aside(path):
+    """Rename ``path`` to ``<name>.<UTC time>.bak`` beside it (never over another file);
+    returns the new path."""
+    import time
+
+    path = Path(path)
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    for n in range(1000):
+        target = path.with_name(f"{path.name}.{stamp}{f'.{n}' if n else ''}.bak")
+        if not target.exists():
+            break
+    else:  # pragma: no cover - a thousand restarts within one second
+        raise SystemExit(f"{path}: no free name to set it aside")
+    os.rename(path, target)  # atomic: the checkpoint is under one name or the other
+    return target
+
+
+def resume_checkpoint(path, *, model, restart=False, keep=True, also=()):
+    """The checkpoint ``path`` (a run's ``last.pt``) to continue, or None to train afresh.
+
+    Without ``restart``, an existing ``path`` is read (`load_checkpoint`: a damaged file
+    stops in one line) and refused in one line if `save_checkpoint` recorded another
+    ``model`` in it; a missing one is logged with its full path (a mistyped ``--out-dir``
+    shows as a fresh start in another folder).
+
+    With ``restart`` (``--restart``), the checkpoints the fresh run would overwrite,
+    ``path`` and those of ``also`` (the run's ``best.pt``), are renamed aside
+    (`set_aside`; logged with their new names, which restore them), never deleted: a
+    mistyped ``--restart`` costs no training. ``keep=False`` (``--smoke`` runs, in a
+    throwaway folder of their own) leaves them to be overwritten.
+    """
+    path = Path(path)
+    if restart:
+        for old in (path, *map(Path, also)):
+            if keep and old.is_file():
+                log.warning("--restart: kept the previous %s as %s (rename it back to resume "
+                            "it)", old, set_aside(old))
+        return None
+    if not path.exists():
+        log.info("no checkpoint %s: training from scratch", path.resolve())
+        return None
+    state = load_checkpoint(path, hint="move it away or pass --restart (which keeps it as "
+                                       f"{path.name}.<time>.bak) to train afresh")
+    other = state.get(MODEL_KEY, model) if isinstance(state, dict) else None
+    if other != model:
+        what = f"a {other} checkpoint" if other else "no training checkpoint"
+        raise SystemExit(f"{path} is {what}, not one of {model}: move it away or pass "
+                         "--restart to train afresh")
+    return state
 
 
 def check_resume(checkpoint, stored_args, args, keys, *, labels=None, trained=None, epochs=None):

@@ -164,7 +164,7 @@ def add_arguments(parser):
     g.add_argument("--temperature", type=float, default=0.2, help="SimCLR NT-Xent temperature")
     g.add_argument("--threads", type=_common.positive_int, default=1, help="torch CPU threads")
     g.add_argument("--restart", action="store_true",
-                   help="ignore an existing last.pt and train from scratch")
+                   help="train from scratch (an existing last.pt is kept as last.pt.<time>.bak)")
     g.add_argument("--tta", type=int, default=DEFAULT_TTA, choices=(1, 2, 4),
                    help="rotations averaged inside the exported graph")
     g.add_argument("--probe-draws", type=int, default=PROBE_DRAWS)
@@ -656,7 +656,7 @@ def _stored_recipe(state):
     return {k: str(state[k]) for k in RECIPE_KEYS if k in state}
 
 
-def run_ssl(method, pool, *, epochs, batch_size, lr, seed, ckpt=None, restart=False,
+def run_ssl(method, pool, *, epochs, batch_size, lr, seed, ckpt=None, restart=False, keep=True,
             monitor=None, monitor_every=5, log_prefix=""):
     """Train a self-supervised method on uint8 stamps; checkpoint every epoch.
 
@@ -666,6 +666,9 @@ def run_ssl(method, pool, *, epochs, batch_size, lr, seed, ckpt=None, restart=Fa
     pool : numpy.ndarray, (N, 3, 96, 96) uint8
     ckpt : Path, optional
         ``last.pt`` to write every epoch and to resume from.
+    restart, keep : bool
+        Train afresh over ``ckpt``; ``keep`` it (renamed aside) or not
+        (`_common.resume_checkpoint`).
     monitor : callable, optional
         ``monitor(encoder) -> dict`` logged every ``monitor_every`` epochs and
         after the last.
@@ -682,8 +685,9 @@ def run_ssl(method, pool, *, epochs, batch_size, lr, seed, ckpt=None, restart=Fa
     recipe = {"method": method.name, "seed": str(seed), "lr": str(lr),
               "batch_size": str(batch_size), "temperature": str(getattr(method, "temperature", None)),
               "n_train": str(len(pool))}
-    if ckpt is not None and ckpt.exists() and not restart:
-        state = torch.load(ckpt, map_location="cpu", weights_only=False)
+    state = None if ckpt is None else _common.resume_checkpoint(ckpt, model=NAME, restart=restart,
+                                                                 keep=keep)
+    if state is not None:
         _common.check_resume(ckpt, _stored_recipe(state), argparse.Namespace(**recipe),
                              RECIPE_KEYS, labels=_RECIPE_LABELS, trained=state["epoch"] + 1,
                              epochs=epochs)
@@ -694,7 +698,7 @@ def run_ssl(method, pool, *, epochs, batch_size, lr, seed, ckpt=None, restart=Fa
             log.info("%s%s has finished its %d epochs: kept (--restart trains afresh)",
                      log_prefix, ckpt, epochs)
             if state["epochs"] != epochs:  # an interrupted run that --epochs now ends
-                _common.save_checkpoint({**state, "epochs": epochs}, ckpt)
+                _common.save_checkpoint({**state, "epochs": epochs}, ckpt, model=NAME)
             return history
         log.info("%sresumed from %s at epoch %d", log_prefix, ckpt, start)
         if state["epochs"] != epochs:
@@ -736,7 +740,7 @@ def run_ssl(method, pool, *, epochs, batch_size, lr, seed, ckpt=None, restart=Fa
                          model=method.state_dict(), optimizer=opt.state_dict(), history=history,
                          batch_size=batch_size, lr=lr, seed=seed, n_train=int(len(pool)),
                          recipe=recipe)
-            _common.save_checkpoint(state, ckpt)
+            _common.save_checkpoint(state, ckpt, model=NAME)
     return history
 
 
@@ -763,7 +767,7 @@ def compare_methods(args, data, pool):
         hist = run_ssl(method, subset, epochs=epochs, batch_size=_get(args, "batch_size", 256)
                        if not args.smoke else 16, lr=lr, seed=args.seed,
                        ckpt=ckdir / f"compare_{name}.pt",
-                       restart=_get(args, "restart", False) or args.smoke,
+                       restart=_get(args, "restart", False) or args.smoke, keep=not args.smoke,
                        log_prefix=f"[compare {name}] ")
         score = monitor_scores(method.encoder, data, mon, draws=draws, n_labels=n_labels)
         score.update(train_seconds=round(time.perf_counter() - t0, 1),
@@ -821,12 +825,13 @@ def train(args):
     history = run_ssl(method, pool, epochs=epochs,
                       batch_size=16 if args.smoke else _get(args, "batch_size", 256), lr=lr,
                       seed=args.seed, ckpt=ckdir / "last.pt",
-                      restart=_get(args, "restart", False) or args.smoke, monitor=monitor)
-    state = torch.load(ckdir / "last.pt", map_location="cpu", weights_only=False)
+                      restart=_get(args, "restart", False) or args.smoke, keep=not args.smoke,
+                      monitor=monitor)
+    state = _common.load_checkpoint(ckdir / "last.pt")
     state["data"] = info
     state["threads"] = _get(args, "threads", 1)
     state["field_per_petro_r90"] = FIELD_PER_PETRO_R90
-    _common.save_checkpoint(state, ckdir / "last.pt")
+    _common.save_checkpoint(state, ckdir / "last.pt", model=NAME)
     _common.write_text(ckdir / "history.json", json.dumps(history, indent=1) + "\n")
     return ckdir
 
@@ -909,7 +914,8 @@ def load_encoder(args):
         train(args)
     if not last.exists():
         raise SystemExit(f"no checkpoint {last}; run `python -m astromorph_training {NAME} train`")
-    state = torch.load(last, map_location="cpu", weights_only=False)
+    state = _common.load_checkpoint(last, hint=f"rerun `python -m astromorph_training {NAME} "
+                                                "train`")
     method = build_method(state["method"])
     method.load_state_dict(state["model"])
     return method.encoder.eval(), state

@@ -157,7 +157,7 @@ def add_arguments(parser):
     g.add_argument("--dropout", type=float, default=0.2)
     g.add_argument("--threads", type=_common.positive_int, default=1, help="torch CPU threads")
     g.add_argument("--restart", action="store_true",
-                   help="ignore an existing last.pt and train from scratch")
+                   help="train from scratch (an existing last.pt is kept as last.pt.<time>.bak)")
     g.add_argument("--init", default="morphology",
                    help="'morphology' (default: the GZ1 model's training checkpoint, so run "
                         "'morphology train' first), 'none' (random initialisation) or a "
@@ -476,12 +476,7 @@ def _init_checkpoint(init, root, *, smoke=False):
     hint = "run 'python -m astromorph_training morphology train' first, or pass --init none"
     if not path.is_file():
         raise SystemExit(f"--init {init}: no checkpoint {path} ({hint})")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:  # not a torch file (pickle, zip or EOF errors): one line
-        raise SystemExit(f"--init {init}: {path} is no torch checkpoint "
-                         f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}; "
-                         f"{hint})") from None
+    state = _common.load_checkpoint(path, hint=f"check --init {init} ({hint})")
     if not isinstance(state, dict) or not (state.get("ema") or state.get("model")):
         raise SystemExit(f"--init {init}: {path} holds no network weights ('ema' or 'model'): "
                          f"not a morphology training checkpoint ({hint})")
@@ -564,7 +559,8 @@ def _fit(args, ckdir, data, tr, *, epochs, pseudo=None, start=None, lr=None):
         init_path, init_state = _init_checkpoint(_get(args, "init", "morphology"), _root(args),
                                                  smoke=args.smoke)
     else:
-        init_path, init_state = None, torch.load(start, map_location="cpu", weights_only=False)
+        init_path, init_state = None, _common.load_checkpoint(
+            start, hint=f"rerun `python -m astromorph_training {NAME} train --restart`")
     # The backbone takes the widths and stem of the network it starts from
     # (the GZ1 model's checkpoint records them; older checkpoints used WIDTHS
     # and the conv-pool stem).
@@ -587,8 +583,10 @@ def _fit(args, ckdir, data, tr, *, epochs, pseudo=None, start=None, lr=None):
               "dropout": str(_get(args, "dropout", 0.2)), "n_train": str(len(tr)),
               "n_pseudo": str(0 if pseudo is None else len(pseudo["y"])), "init_sha256": str(init_sha)}
     last = ckdir / "last.pt"
-    if last.exists() and not _get(args, "restart", False) and not args.smoke:
-        state = torch.load(last, map_location="cpu", weights_only=False)
+    state = _common.resume_checkpoint(last, model=NAME, restart=_get(args, "restart", False)
+                                      or args.smoke, keep=not args.smoke,
+                                      also=[ckdir / "best.pt"])
+    if state is not None:
         _check_resume(last, state, recipe, epochs)
         net.load_state_dict(state["model"])
         ema.load_state_dict(state["ema"])
@@ -640,7 +638,7 @@ def _fit(args, ckdir, data, tr, *, epochs, pseudo=None, start=None, lr=None):
                      n_pseudo=0 if pseudo is None else int(len(pseudo["y"])),
                      dropout=_get(args, "dropout", 0.2), widths=list(widths), stem=stem,
                      args={k: str(v) for k, v in vars(args).items()}, recipe=recipe)
-        _common.save_checkpoint(state, last)
+        _common.save_checkpoint(state, last, model=NAME)
         if val_rmse < best:
             best = val_rmse
             _common.save_checkpoint(state, ckdir / "best.pt")
@@ -701,7 +699,7 @@ def train(args):
 # ------------------------------------------------------------------------- deploy
 def _load_net(path):
     """EMA network of a checkpoint file and the checkpoint dict."""
-    state = torch.load(path, map_location="cpu", weights_only=False)
+    state = _common.load_checkpoint(path)
     net = GZ2Net(widths=tuple(state.get("widths") or WIDTHS), dropout=state.get("dropout", 0.2),
                  stem=state.get("stem", _gz1.STEM_1X))
     net.load_state_dict(state["ema"])
@@ -728,7 +726,7 @@ def load_trained(args):
     candidates = {}
     for stage, path in (("student", ckdir / "best.pt"), ("teacher", ckdir / "teacher" / "best.pt")):
         if path.exists():
-            state = torch.load(path, map_location="cpu", weights_only=False)
+            state = _common.load_checkpoint(path)
             candidates[stage] = (min(h["val_rmse"] for h in state["history"]), path)
     if not candidates:
         raise SystemExit(f"no checkpoint in {ckdir}; run `python -m astromorph_training {NAME} train`")

@@ -143,7 +143,7 @@ def add_arguments(parser):
                    help=f"torch CPU threads (default: {DEFAULT_THREADS} for train, 1 for evaluate "
                         "and export)")
     g.add_argument("--restart", action="store_true",
-                   help="ignore an existing last.pt and train from scratch")
+                   help="train from scratch (an existing last.pt is kept as last.pt.<time>.bak)")
     g.add_argument("--widths", type=int, nargs=4, default=None, metavar="C",
                    help=f"channel widths of the four CNN stages (default {DEFAULT_WIDTHS})")
     g.add_argument("--stem", choices=STEMS, default=None,
@@ -644,17 +644,19 @@ def train(args):
                             weight_decay=_get(args, "weight_decay", 0.05))
     start_epoch, history = 0, []
     last = ckdir / "last.pt"
-    if last.exists() and not _get(args, "restart", False) and not args.smoke:
-        state = torch.load(last, map_location="cpu", weights_only=False)
-        net.load_state_dict(state["model"])
-        ema.load_state_dict(state["ema"])
-        opt.load_state_dict(state["optimizer"])
-        start_epoch, history = state["epoch"] + 1, state["history"]
+    state = _common.resume_checkpoint(last, model=NAME, restart=_get(args, "restart", False)
+                                      or args.smoke, keep=not args.smoke)
+    if state is not None:
+        # checked before the weights are loaded, which fail (a torch traceback) on others
         if network_of(state) != (widths, stem) or state.get("stamp_size", STAMP_SIZE) != size:
             raise SystemExit(f"{last} has widths and stem {network_of(state)} and stamp size "
                              f"{state.get('stamp_size', STAMP_SIZE)}; pass --restart")
+        start_epoch, history = state["epoch"] + 1, state["history"]
         _common.check_resume(last, state.get("args", {}), args, RECIPE_KEYS, trained=start_epoch,
                              epochs=epochs)
+        net.load_state_dict(state["model"])
+        ema.load_state_dict(state["ema"])
+        opt.load_state_dict(state["optimizer"])
         log.info("resumed from %s at epoch %d", last, start_epoch)
 
     train_counts = np.bincount(labels[tr], minlength=len(CLASS_NAMES))
@@ -729,7 +731,7 @@ def train(args):
                      label_smoothing=smoothing, synthetic_mergers=p_synthetic,
                      threads=torch.get_num_threads(), crop_fraction=CROP_FRACTION,
                      stamp_size=size, args={k: str(v) for k, v in vars(args).items()})
-        _common.save_checkpoint(state, last)
+        _common.save_checkpoint(state, last, model=NAME)
     _common.write_text(ckdir / "history.json", json.dumps(history, indent=1) + "\n")
     return ckdir
 
@@ -751,7 +753,8 @@ def load_trained(args):
         train(args)
     if not last.exists():
         raise SystemExit(f"no checkpoint {last}; run `python -m astromorph_training {NAME} train`")
-    state = torch.load(last, map_location="cpu", weights_only=False)
+    state = _common.load_checkpoint(last, hint=f"rerun `python -m astromorph_training {NAME} "
+                                                "train`")
     if state.get("crop_fraction", CROP_FRACTION) != CROP_FRACTION:
         raise SystemExit(f"{last} was trained with crop_fraction {state['crop_fraction']}, "
                          f"astromorph.preprocessing uses {CROP_FRACTION}")

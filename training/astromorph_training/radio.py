@@ -142,7 +142,8 @@ def add_arguments(parser):
     group.add_argument("--lr", type=float, default=2e-3)
     group.add_argument("--weight-decay", type=float, default=5e-4)
     group.add_argument("--restart", action="store_true",
-                       help="ignore existing checkpoints instead of resuming")
+                       help="train afresh instead of resuming (the previous checkpoints are "
+                            "kept as *.bak files)")
     group.add_argument("--throughput", action="store_true",
                        help="evaluate: also time onnxruntime (2 threads, batch 256)")
     group.add_argument("--threads", type=_common.positive_int, default=1, help="torch CPU threads for training")
@@ -588,13 +589,15 @@ def _mixup_loss(logits, y_a, y_b, lam, weights, label_smoothing):
 
 
 def _fit(train_x, train_y, valid_x, valid_y, ckpt_dir, *, epochs, seed, batch_size, lr,
-         weight_decay, restart=False, label="", arch=None, augment=DEFAULT_AUGMENT,
+         weight_decay, restart=False, keep=True, label="", arch=None, augment=DEFAULT_AUGMENT,
          label_smoothing=DEFAULT_LABEL_SMOOTHING, mixup=DEFAULT_MIXUP):
     """Train one network with per-epoch checkpoints and resume; return the best state.
 
     ``mixup`` > 0 trains on convex combinations of pairs of augmented stamps of a batch,
     ``lam * a + (1 - lam) * b`` with ``lam ~ Beta(mixup, mixup)`` per stamp, and the
-    same combination of the two losses (Zhang et al. 2018).
+    same combination of the two losses (Zhang et al. 2018). ``restart`` trains afresh
+    over ``last.pt`` and ``best.pt``, renamed aside unless not ``keep``
+    (`_common.resume_checkpoint`).
     """
     _common.set_seed(seed)
     ckpt_dir.mkdir(parents=True, exist_ok=True)
@@ -634,8 +637,8 @@ def _fit(train_x, train_y, valid_x, valid_y, ckpt_dir, *, epochs, seed, batch_si
               "weight_decay": str(weight_decay), "arch": json.dumps(arch, sort_keys=True),
               "augment": str(augment), "label_smoothing": str(label_smoothing),
               "mixup": str(mixup)}
-    if last.exists() and not restart:
-        ck = torch.load(last, weights_only=False)
+    ck = _common.resume_checkpoint(last, model=NAME, restart=restart, keep=keep, also=[best_path])
+    if ck is not None:
         _common.check_resume(last, ck.get("recipe", {}), argparse.Namespace(**recipe),
                              tuple(recipe), trained=ck["state"]["epoch"], epochs=epochs)
         net.load_state_dict(ck["net"])
@@ -708,7 +711,8 @@ def _fit(train_x, train_y, valid_x, valid_y, ckpt_dir, *, epochs, seed, batch_si
         _common.save_checkpoint({"net": net.state_dict(), "ema": ema.state_dict(),
                                  "opt": opt.state_dict(), "sched": sched.state_dict(),
                                  "gen": gen.get_state(), "torch_rng": torch.get_rng_state(),
-                                 "state": state, "epochs": epochs, "recipe": recipe}, last)
+                                 "state": state, "epochs": epochs, "recipe": recipe}, last,
+                                model=NAME)
     _common.write_text(ckpt_dir / "history.json", json.dumps(state, indent=1))
     return state
 
@@ -722,7 +726,7 @@ def _network(ck):
 
 def _load_best(ckpt_dir):
     """The selected network of a run folder (a `LogitMean` for `average`'s ensembles)."""
-    ck = torch.load(ckpt_dir / "best.pt", weights_only=False)
+    ck = _common.load_checkpoint(ckpt_dir / "best.pt")
     if "ensemble" in ck:
         return LogitMean([_network(member) for member in ck["ensemble"]]).eval(), ck["record"]
     return _network(ck), ck["record"]
@@ -759,7 +763,7 @@ def train(args):
     epochs = args.epochs or (1 if smoke else (DEFAULT_CV_EPOCHS if cv else DEFAULT_EPOCHS))
     kw = dict(epochs=epochs, seed=args.seed, batch_size=getattr(args, "batch_size", 64),
               lr=getattr(args, "lr", 2e-3), weight_decay=getattr(args, "weight_decay", 5e-4),
-              restart=getattr(args, "restart", False) or smoke,
+              restart=getattr(args, "restart", False) or smoke, keep=not smoke,
               arch=_arch_option(args),
               augment=getattr(args, "augment", DEFAULT_AUGMENT),
               label_smoothing=getattr(args, "label_smoothing", DEFAULT_LABEL_SMOOTHING),
@@ -839,7 +843,7 @@ def average(args):
         paths = [c / sub / "best.pt" for c in src_ckpts]
         if not all(path.exists() for path in paths):
             continue
-        cks = [torch.load(path, weights_only=False) for path in paths]
+        cks = [_common.load_checkpoint(path) for path in paths]
         if any("ensemble" in ck for ck in cks):
             raise SystemExit("average: the sources must be single networks, not ensembles")
         if len({json.dumps(ck.get("arch"), sort_keys=True) for ck in cks}) > 1:

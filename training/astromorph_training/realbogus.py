@@ -110,7 +110,8 @@ def add_arguments(parser):
                         "augmentation draws after a resume differ (torch's generator is seeded "
                         "afresh), so the result is close to, not bit-identical with, an "
                         "uninterrupted run")
-    g.add_argument("--restart", action="store_true", help="ignore existing checkpoints")
+    g.add_argument("--restart", action="store_true",
+                   help="train afresh (the previous checkpoints are kept as *.bak files)")
     g.add_argument("--regenerate", action="store_true", help="re-simulate the cached data set")
 
 
@@ -412,14 +413,14 @@ def average(args):
     then calibrated as at the end of `train`; its records (epochs, timing) are those of the
     last source.
     """
-    torch = _torch(1)
+    _torch(1)  # one CPU thread
     dirs = _dirs(args)
     sources = _get(args, "sources", None)
     if not sources:
         raise SystemExit("average needs --sources DIR [DIR ...] (run folders of earlier trainings)")
     ensemble = bool(_get(args, "ensemble", False))
-    ckpts = [torch.load(_dirs(SimpleNamespace(out_dir=folder, smoke=args.smoke))["ckpt"] / "last.pt",
-                        map_location="cpu", weights_only=False) for folder in sources]
+    ckpts = [common.load_checkpoint(_dirs(SimpleNamespace(out_dir=folder, smoke=args.smoke))["ckpt"]
+                                    / "last.pt") for folder in sources]
     states = [c["model"] for c in ckpts]
     epochs = [int(c["epoch"]) for c in ckpts]
     last_run = _dirs(SimpleNamespace(out_dir=sources[-1], smoke=args.smoke))["ckpt"]
@@ -593,8 +594,9 @@ def _train_worker(rank, args, world, port, data=None):
     start_epoch, best = 0, {"val_loss": float("inf"), "epoch": -1}
     history = []
     last = dirs["ckpt"] / "last.pt"
-    if last.exists() and not smoke and not _get(args, "restart", False):
-        ck = torch.load(last, map_location="cpu", weights_only=False)
+    ck = common.resume_checkpoint(last, model=NAME, restart=smoke or _get(args, "restart", False),
+                                  keep=not smoke)
+    if ck is not None:
         net.load_state_dict(ck["model"])
         opt.load_state_dict(ck["opt"])
         start_epoch, best, history = ck["epoch"] + 1, ck["best"], ck["history"]
@@ -661,7 +663,8 @@ def _train_worker(rank, args, world, port, data=None):
                                    dirs["ckpt"] / "best.pt")
         common.save_checkpoint({"model": net.state_dict(), "opt": opt.state_dict(),
                                 "sched": sched.state_dict(), "epoch": epoch, "best": best,
-                                "history": history, "recipe": _recipe(args, epochs)}, last)
+                                "history": history, "recipe": _recipe(args, epochs)}, last,
+                               model=NAME)
         if world > 1:
             torch.distributed.barrier()
     if rank == 0:
@@ -693,10 +696,13 @@ def train(args):
     world = max(1, int(_get(args, "processes", 1)))
     epochs = args.epochs or (1 if args.smoke else DEFAULT_EPOCHS)
     last = dirs["ckpt"] / "last.pt"
-    if last.exists() and not args.smoke and not _get(args, "restart", False):
-        # here, before any worker process starts: a refusal is one line, not a traceback
-        _check_resume(last, _torch().load(last, map_location="cpu", weights_only=False), args,
-                      epochs)
+    # here, before any worker process starts: a refusal is one line, not a traceback, and
+    # --restart sets the old checkpoints aside once
+    ck = common.resume_checkpoint(last, model=NAME, keep=not args.smoke,
+                                  restart=args.smoke or _get(args, "restart", False),
+                                  also=[dirs["ckpt"] / "best.pt"])
+    if ck is not None:
+        _check_resume(last, ck, args, epochs)
     if world > 1:
         import torch.multiprocessing as mp
 
@@ -777,7 +783,7 @@ def calibrate(args):
 
 def _load_network(dirs):
     """The network of a run's ``best.pt`` (in eval mode) and its epoch."""
-    ck = _torch().load(dirs["ckpt"] / "best.pt", map_location="cpu", weights_only=False)
+    ck = common.load_checkpoint(dirs["ckpt"] / "best.pt")
     return _network(ck).eval(), int(ck["epoch"])
 
 
