@@ -691,7 +691,7 @@ def test_restart_keeps_the_previous_checkpoints(tmp_path, caplog):
 
 def test_morphology_restart_keeps_last_pt(tmp_path, monkeypatch):
     """``morphology train --restart`` (a smoke-size run outside --smoke, whose folder is a
-    throwaway) keeps the previous last.pt; a rerun without --restart resumes it."""
+    throwaway) keeps the previous last.pt; a rerun without --restart keeps a finished run."""
     import argparse
 
     from astromorph_training import morphology
@@ -709,6 +709,10 @@ def test_morphology_restart_keeps_last_pt(tmp_path, monkeypatch):
     before = last.read_bytes()
     morphology.train(args)  # finished: kept as it is
     assert last.read_bytes() == before and not _backups(last.parent)
+    # another network: refused in one line before its weights are loaded (it was a torch
+    # size-mismatch traceback, the check coming after load_state_dict)
+    with pytest.raises(SystemExit, match="has widths and stem"):
+        morphology.train(argparse.Namespace(**{**vars(args), "widths": [8, 8, 8, 16]}))
     args.restart = True
     morphology.train(args)
     assert [p.read_bytes() for p in _backups(last.parent)] == [before]
