@@ -330,6 +330,73 @@ def _warn_csv_losses(table, path):
              + "; write .ecsv, .fits or .parquet to keep them", LossyOutputWarning)
 
 
+def _ascii_escaped(text):
+    """``text`` (a str array) with each non-ASCII character as a backslash escape."""
+    return np.char.decode(np.char.encode(text, "ascii", "backslashreplace"), "ascii")
+
+
+def _fits_card_fits(key, value):
+    """Whether astropy writes ``key = value`` as header card(s) that read back as written
+    (not: a key that leaves no room for a value, a value no card holds, e.g. a dict)."""
+    from astropy.io import fits
+
+    try:
+        with catch_warnings():
+            warnings.simplefilter("ignore")
+            card = fits.Card(key, value)
+            card.verify("exception")
+            image = str(card)
+            back = fits.Header.fromstring(image + " " * (-len(image) % 80))
+            return back[key] == value
+    except Exception:  # noqa: BLE001 - ValueError, VerifyError, KeyError...
+        return False
+
+
+def _fits_ascii(table, path):
+    """``table`` as FITS can hold it, with one `LossyOutputWarning` for what changes.
+
+    FITS text is ASCII: non-ASCII characters of string columns and meta values become
+    backslash escapes (``é`` -> ``\\xe9``; astropy raised UnicodeEncodeError after the
+    whole run). Meta entries no header card can hold (a key too long to leave room for its
+    value: a VerifyError at the write) are left out. The caller's table is not changed.
+    """
+    escaped = [c for c in table.colnames
+               if getattr(table[c], "dtype", np.dtype(int)).kind == "U" and len(table[c])
+               and (np.ascontiguousarray(np.ma.getdata(table[c])).view(np.uint32) > 127).any()]
+    meta, dropped = {}, []
+    for key, value in table.meta.items():
+        if isinstance(value, str) and not value.isascii():
+            value = str(_ascii_escaped(value))
+            escaped.append(f"meta {key}")
+        if str(key).lower() in _FITS_LIST_KEYS or isinstance(value, (list, tuple)) \
+                or _fits_card_fits(str(key), value) or not isinstance(key, str):
+            meta[key] = value  # (astropy itself warns about what it then skips)
+        else:
+            dropped.append(str(key))
+    if not escaped and not dropped:
+        return table
+    table = table.copy(copy_data=False)
+    table.meta = meta
+    for name in (c for c in escaped if not c.startswith("meta ")):
+        col = table[name]
+        new = type(col)(_ascii_escaped(np.ma.getdata(col)), name=name, unit=col.info.unit,
+                        format=col.info.format, description=col.info.description,
+                        meta=col.info.meta)
+        if np.ma.isMaskedArray(col):
+            new.mask = np.ma.getmaskarray(col)
+        table.replace_column(name, new)
+    what = []
+    if escaped:
+        what.append(f"the non-ASCII characters of {', '.join(escaped)} are written as "
+                    "backslash escapes (\\xe9 for \u00e9)")
+    if dropped:
+        what.append(f"the meta entries {', '.join(k[:40] for k in dropped)} fit in no header "
+                    "card and are not written")
+    warn(f"FITS text is ASCII only: in {str(path)!r}, " + "; ".join(what)
+         + "; write .ecsv or .parquet to keep them", LossyOutputWarning)
+    return table
+
+
 def write_table(table, path, *, overwrite=False, format=None):
     """Write a table atomically, in the format given by the file extension.
 
@@ -339,7 +406,9 @@ def write_table(table, path, *, overwrite=False, format=None):
     path : str or os.PathLike
         ``.ecsv`` (recommended: keeps units, descriptions, masks and
         multidimensional columns), ``.fits``/``.fit``/``.fits.gz`` (masked
-        boolean entries are not kept: `~astromorph.exceptions.LossyOutputWarning`), ``.csv``
+        boolean entries are not kept, non-ASCII text is written with backslash escapes,
+        meta entries no header card holds are left out: each with a
+        `~astromorph.exceptions.LossyOutputWarning`), ``.csv``
         (values only: meta, units and descriptions are lost, with a
         `~astromorph.exceptions.LossyOutputWarning`) or ``.parquet`` (needs
         pyarrow, extra ``astromorph[parquet]``).
@@ -366,6 +435,7 @@ def write_table(table, path, *, overwrite=False, format=None):
                       and k.lower() not in _FITS_LIST_KEYS else v
                       for k, v in table.meta.items()}
     if fmt == "fits":
+        table = _fits_ascii(table, path)
         unmasked = [c for c in table.colnames if getattr(table[c], "dtype", None) == bool
                     and np.ma.getmaskarray(table[c]).any()]
         if unmasked:  # astropy writes FITS logical columns without their mask

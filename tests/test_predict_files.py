@@ -1943,3 +1943,32 @@ def test_header_keywords_too_long_for_a_card_are_named_not_dropped_silently(mode
         assert all(c.keyword for c in cards)  # no blank card
         assert not any(c.keyword == "CONTINUE" for c in cards)
         assert hdul[0].header["HIERARCH ASTROMORPH VERSION"] == astromorph.__version__
+
+
+def test_fits_output_escapes_non_ascii_text_and_names_what_it_cannot_keep(tmp_path):
+    """FITS holds ASCII only: a source name or reason with 'é' made astropy raise
+    UnicodeEncodeError after the whole run (a traceback, the results lost), and a meta key
+    too long for a card a VerifyError. Now the text is written with backslash escapes, the
+    meta entries no card can hold are left out, and one LossyOutputWarning names both."""
+    from astropy.table import MaskedColumn
+
+    from astromorph.exceptions import LossyOutputWarning
+
+    table = Table({"source": ["gal_é.fits", "b.fits"],
+                   "reason": MaskedColumn(["", "ß"], mask=[True, False]),
+                   "score": [0.5, 0.25]},
+                  meta={"astromorph_images": "gal_é.fits", "k" * 75: 1.5, "model": "m"})
+    out = tmp_path / "out.fits"
+    with pytest.warns(LossyOutputWarning, match=r"(?s)source, reason.*astromorph_images.*\\xe9"
+                                                r".*kkkk.*not written"):
+        write_table(table, out)
+    back = Table.read(out)
+    assert list(back["source"]) == ["gal_\\xe9.fits", "b.fits"]
+    assert list(back["reason"].mask) == [True, False] and back["reason"][1] == "\\xdf"
+    assert list(back["score"]) == [0.5, 0.25]
+    assert back.meta["astromorph_images"] == "gal_\\xe9.fits" and back.meta["MODEL"] == "m"
+    assert list(table["source"]) == ["gal_é.fits", "b.fits"]  # the caller's table unchanged
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.fits"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # ASCII only: nothing lost, nothing said
+        write_table(Table({"source": ["b.fits"]}, meta={"model": "m"}), tmp_path / "a.fits")
