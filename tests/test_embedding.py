@@ -1005,6 +1005,31 @@ def test_cli_two_outputs_of_one_run_must_differ(tmp_path, capsys, command):
     assert not out.exists()
 
 
+def test_cli_similar_refuses_to_write_over_its_query_image(tiny_embedding, tmp_path, capsys):
+    """--image is an input too: ``-o``/``--gallery`` naming it (with --overwrite) replaced
+    the user's picture with the table or the gallery; refused before any work, as an output
+    naming the TABLE is."""
+    pytest.importorskip("matplotlib")
+    from PIL import Image
+
+    for s in range(6):
+        Image.fromarray(colour_cutout(s)).save(tmp_path / f"g{s:02d}.png")
+    table = tmp_path / "emb.ecsv"
+    assert main(["predict", tiny_embedding, str(tmp_path / "g*.png"), "-o", str(table),
+                 "--no-progress"]) == 0
+    from astropy.io import fits
+
+    fits_image = tmp_path / "q.fits"
+    fits.PrimaryHDU(np.moveaxis(colour_cutout(3), -1, 0).astype(np.float32)).writeto(fits_image)
+    for option, image in (("--gallery", tmp_path / "g03.png"), ("-o", fits_image)):
+        before = image.read_bytes()
+        assert main(["similar", str(table), "--image", str(image), "-k", "2", "--model",
+                     tiny_embedding, option, str(image), "--overwrite"]) == 2
+        err = capsys.readouterr().err
+        assert image.name in err and "one of the inputs" in err
+        assert image.read_bytes() == before
+
+
 def _write_labelled_embeddings(path):
     """A 30-row ECSV table with 8-d embeddings of 3 blobs and labels 'a', 'b' and none."""
     t = catalogue(30, d=8)

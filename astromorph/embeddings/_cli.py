@@ -38,16 +38,17 @@ def _write_or_print(table, args, what):
 
 def _check_outputs(args, **outputs):
     """Every output (option name -> path) checked before any work or any write (extension,
-    existing file, folder, one of the inputs, two outputs naming one file, matplotlib for a
+    existing file, folder, one of the inputs (the table, a query image), two outputs naming one file, matplotlib for a
     picture)."""
     from .. import _plotting
     from .._io import check_distinct_outputs, check_output
 
     check_distinct_outputs({"--" + name: p for name, p in outputs.items()})
+    inputs = [p for p in (args.table, getattr(args, "image", None)) if p]  # similar --image
     for p in outputs.values():
         if p:
             check_output(p, overwrite=args.overwrite, table=p == getattr(args, "output", None),
-                         inputs=[args.table])
+                         inputs=inputs)
     for name in ("gallery", "map"):  # matplotlib, and an extension naming a format
         if outputs.get(name):
             _plotting.picture_format(outputs[name])
