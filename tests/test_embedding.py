@@ -476,6 +476,24 @@ def test_gallery_of_a_row_query_draws_query_image(tmp_path, monkeypatch):
     assert np.array_equal(shown[0], pictures[3])
 
 
+def test_gallery_refuses_to_write_over_its_query_image(tmp_path):
+    """gallery(res, "q.png", query_image="q.png", overwrite=True) read the query picture,
+    then replaced it with the gallery; the picture is an input: refused before any work."""
+    pytest.importorskip("matplotlib")
+    from PIL import Image
+
+    t = catalogue(10)
+    pictures = np.stack([np.full((8, 8, 3), s * 20, np.uint8) for s in range(10)])
+    index = SimilarityIndex.from_table(t)
+    query = tmp_path / "q.png"
+    Image.fromarray(colour_cutout(1)).save(query)
+    before = query.read_bytes()
+    with pytest.raises(InvalidArgumentError, match="q.png.*one of the inputs"):
+        index.gallery(index.query(row=3, k=2), query, images=pictures, query_image=query,
+                      overwrite=True)
+    assert query.read_bytes() == before
+
+
 def test_gallery_shows_the_stamp_of_a_row_from_a_stack(tmp_path, monkeypatch):
     """Rows of a FITS stack of stamps have sources "stack.fits[i]": the gallery drew stamp 0
     of the file for every one of them."""

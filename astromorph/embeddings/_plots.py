@@ -196,7 +196,10 @@ def gallery(index, result, path, *, images=None, source_column=None, query_image
     -------
     pathlib.Path
     """
-    check_output(path, overwrite=overwrite)
+    meta = getattr(result, "meta", None) or {}  # (a result that is no table: refused below)
+    read = [query_image, meta.get("query_image") if meta.get("query_kind") == "image" else None]
+    check_output(path, overwrite=overwrite,  # the query picture read is no output
+                 inputs=[p for p in read if isinstance(p, (str, os.PathLike))])
     check_number(dpi, "dpi", positive=True)
     if ncols is not None:
         check_whole(ncols, "ncols")
