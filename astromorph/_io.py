@@ -355,13 +355,14 @@ def _fits_card_fits(key, value):
 def _fits_ascii(table, path):
     """``table`` as FITS can hold it, with one `LossyOutputWarning` for what changes.
 
-    FITS text is ASCII: non-ASCII characters of string columns and meta values become
-    backslash escapes (``é`` -> ``\\xe9``; astropy raised UnicodeEncodeError after the
-    whole run). Meta entries no header card can hold (a key too long to leave room for its
+    FITS text is ASCII: non-ASCII characters of string columns, column names and meta
+    values become backslash escapes (``é`` -> ``\\xe9``; astropy raised UnicodeEncodeError
+    or ValueError after the whole run). Meta entries no header card can hold (a key too long to leave room for its
     value: a VerifyError at the write) are left out. The caller's table is not changed.
     """
     escaped = [c for c in table.colnames
-               if getattr(table[c], "dtype", np.dtype(int)).kind == "U" and len(table[c])
+               if getattr(table[c], "dtype", np.dtype(int)).kind == "U"
+               and table[c].size and table[c].dtype.itemsize
                and (np.ascontiguousarray(np.ma.getdata(table[c])).view(np.uint32) > 127).any()]
     meta, dropped = {}, []
     for key, value in table.meta.items():
@@ -373,7 +374,8 @@ def _fits_ascii(table, path):
             meta[key] = value  # (astropy itself warns about what it then skips)
         else:
             dropped.append(str(key))
-    if not escaped and not dropped:
+    renamed = [c for c in table.colnames if not c.isascii()]  # a TTYPE card: ValueError
+    if not escaped and not dropped and not renamed:
         return table
     table = table.copy(copy_data=False)
     table.meta = meta
@@ -385,6 +387,9 @@ def _fits_ascii(table, path):
         if np.ma.isMaskedArray(col):
             new.mask = np.ma.getmaskarray(col)
         table.replace_column(name, new)
+    for name in renamed:
+        table.rename_column(name, str(_ascii_escaped(name)))
+    escaped += [f"column name {name}" for name in renamed]
     what = []
     if escaped:
         what.append(f"the non-ASCII characters of {', '.join(escaped)} are written as "

@@ -1956,16 +1956,16 @@ def test_fits_output_escapes_non_ascii_text_and_names_what_it_cannot_keep(tmp_pa
 
     table = Table({"source": ["gal_é.fits", "b.fits"],
                    "reason": MaskedColumn(["", "ß"], mask=[True, False]),
-                   "score": [0.5, 0.25]},
+                   "score": [0.5, 0.25], "Δmag": [1.0, 2.0]},
                   meta={"astromorph_images": "gal_é.fits", "k" * 75: 1.5, "model": "m"})
     out = tmp_path / "out.fits"
-    with pytest.warns(LossyOutputWarning, match=r"(?s)source, reason.*astromorph_images.*\\xe9"
+    with pytest.warns(LossyOutputWarning, match=r"(?s)source, reason.*astromorph_images, column name Δmag.*\\xe9"
                                                 r".*kkkk.*not written"):
         write_table(table, out)
     back = Table.read(out)
     assert list(back["source"]) == ["gal_\\xe9.fits", "b.fits"]
     assert list(back["reason"].mask) == [True, False] and back["reason"][1] == "\\xdf"
-    assert list(back["score"]) == [0.5, 0.25]
+    assert list(back["score"]) == [0.5, 0.25] and list(back["\\u0394mag"]) == [1.0, 2.0]
     assert back.meta["astromorph_images"] == "gal_\\xe9.fits" and back.meta["MODEL"] == "m"
     assert list(table["source"]) == ["gal_é.fits", "b.fits"]  # the caller's table unchanged
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.fits"]
