@@ -127,9 +127,9 @@ def _warn_dropped(dropped, *, shown=5):
     """One warning naming the header keywords too long to be written (none for none)."""
     if dropped:
         listed = first_few(sorted(dropped), ", ", shown=shown)
-        warn(f"{len(dropped)} header keyword(s) leave no room for their value in an "
-             f"80-character card and were not written: {listed}; their values are in the "
-             "table", LossyOutputWarning)
+        warn(f"{len(dropped)} header keyword(s) were not written (no room for the value in "
+             f"an 80-character card, or a value no header card holds, e.g. NaN): {listed}; "
+             "their values are in the table", LossyOutputWarning)
 
 
 def _result_cards(model, table, row, index, dropped=None):

@@ -1932,8 +1932,8 @@ def test_header_keywords_too_long_for_a_card_are_named_not_dropped_silently(mode
     src = tmp_path / "in"
     src.mkdir()
     write_fits(src / "g.fits", galaxy())
-    with pytest.warns(LossyOutputWarning, match=r"not written: .*M{56} (LABEL|P_|SHA256)") \
-            as rec:
+    with pytest.warns(LossyOutputWarning,
+                      match=r"not written \(no room.*\): .*M{56} (LABEL|P_|SHA256)") as rec:
         table = quiet(astromorph.predict_files, name, src, write_header=tmp_path / "out")
     message = str(next(w.message for w in rec if issubclass(w.category, LossyOutputWarning)))
     assert "values are in the table" in message
@@ -1972,3 +1972,14 @@ def test_fits_output_escapes_non_ascii_text_and_names_what_it_cannot_keep(tmp_pa
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # ASCII only: nothing lost, nothing said
         write_table(Table({"source": ["b.fits"]}, meta={"model": "m"}), tmp_path / "a.fits")
+
+
+def test_header_card_of_a_value_no_card_holds_is_dropped_and_named():
+    """A NaN result (FITS headers hold no NaN) is left out and named, not a ValueError that
+    stops the header copies."""
+    from astromorph._headers import _card
+
+    dropped = set()
+    assert _card("ASTROMORPH MORPH P_RED", float("nan"), "x", dropped) is None
+    assert dropped == {"ASTROMORPH MORPH P_RED"}
+    assert _card("ASTROMORPH MORPH P_RED", 0.5, "x", dropped).value == 0.5
