@@ -251,6 +251,31 @@ def test_json_reports_and_summaries_are_written_atomically(tmp_path, monkeypatch
     assert ".write_text(json.dumps" not in source  # every JSON file goes through write_text
 
 
+def test_temporaries_of_killed_runs_are_removed_on_the_next_write(tmp_path):
+    """A run killed outright (SIGKILL) while saving left its temporary file beside
+    last.pt, as large as a checkpoint, one more per killed run. The next write of the same
+    file removes those of processes that no longer exist, and keeps that of a process still
+    alive (another run writing now)."""
+    import os
+    import subprocess
+    import sys
+
+    from astromorph_training import _common
+
+    path = tmp_path / "last.pt"
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)
+    stale = tmp_path / f".last.pt.{int(dead.stdout)}.tmp"
+    live = tmp_path / f".last.pt.{os.getppid()}.tmp"
+    other = tmp_path / f".best.pt.{int(dead.stdout)}.tmp"  # another file's: not ours to judge
+    for p in (stale, live, other):
+        p.write_bytes(b"half a checkpoint")
+    _common.write_text(path, "new")
+    assert path.read_text() == "new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [live.name, other.name, "last.pt"])
+
+
 def test_corrupt_first_archive_is_one_line(tmp_path):
     """A damaged firstgalaxydata zip (or an HDF5 file of another layout) crashed with a
     BadZipFile/h5py traceback; it now stops in one line naming the file."""

@@ -12,6 +12,7 @@ import logging
 import os
 import random
 import tempfile
+from glob import escape as glob_escape
 from pathlib import Path
 
 import numpy as np
@@ -211,6 +212,7 @@ def atomic_path(path):
     failure the temporary file is removed."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    _remove_stale_temporaries(path)
     try:
         yield tmp
         fd = os.open(tmp, os.O_RDONLY)
@@ -219,8 +221,47 @@ def atomic_path(path):
         finally:
             os.close(fd)
         os.replace(tmp, path)
+        _fsync_folder(path.parent)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _remove_stale_temporaries(path):
+    """Remove the temporary files of ``path`` left by runs killed outright (SIGKILL, a
+    power cut: their cleanup never ran), each as large as a checkpoint. A temporary file
+    of a process still alive (another run writing now) is left alone."""
+    for old in path.parent.glob(f".{glob_escape(path.name)}.*.tmp"):
+        pid = old.name[len(path.name) + 2:-len(".tmp")]
+        if not pid.isdigit() or int(pid) == os.getpid() or _alive(int(pid)):
+            continue
+        log.info("removing %s, left by a run (process %s) that was killed while writing",
+                 old, pid)
+        old.unlink(missing_ok=True)
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError, OverflowError):
+        return True  # another user's process, or one we cannot ask about: keep its file
+    return True
+
+
+def _fsync_folder(folder):
+    """Flush the folder entry of a rename to disk (POSIX), so that a power cut after
+    `atomic_path` cannot bring back the previous file."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # e.g. Windows, where folders cannot be opened
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def write_text(path, text):
