@@ -86,8 +86,18 @@ def _celestial_part(wcs, name):
     return wcs.celestial
 
 
-def _plane(data, name):
-    """``data`` without its degenerate axes (a radio image's FREQ, STOKES): 2D, or `InputError`."""
+def _plane(data, name, header=None):
+    """``data`` without its degenerate axes (a radio image's FREQ, STOKES): 2D, or `InputError`.
+
+    With its ``header``, a STOKES axis is first reduced to its Stokes I plane (`InputError`
+    when it has none: Q, U or V are never read as total intensity).
+    """
+    if header is not None and data.ndim > 2:
+        from ._readers._fits import stokes_i
+
+        data, why = stokes_i(data, header.get)
+        if why:
+            raise InputError(f"{name}: {why}")
     if data.ndim > 2:
         squeezed = np.squeeze(data)
         if squeezed.ndim != 2:
@@ -96,10 +106,20 @@ def _plane(data, name):
     return data
 
 
+def _axes_header(wcs):
+    """The header of a WCS of more than two axes (its STOKES axis for `_plane`), else None."""
+    if getattr(wcs, "naxis", 2) <= 2:
+        return None
+    try:
+        return wcs.to_header()
+    except Exception:  # noqa: BLE001 - a WCS astropy cannot write: no STOKES axis read
+        return None
+
+
 def _from_hdu(hdu, name, hold=None, file_span=None):
     if hdu.data is None or hdu.header.get("NAXIS", 0) < 2:
         raise InputError(f"{name}: the HDU holds no image")
-    data = _plane(hdu.data, name)
+    data = _plane(hdu.data, name, hdu.header)
     header = hdu.header
     wcs = _celestial_wcs(header, name)
     scaled = (data.dtype.kind in "iu" and ("BSCALE" in header or "BZERO" in header
@@ -236,16 +256,20 @@ def _parse_one(obj, band=None):
         # astropy has applied BSCALE/BZERO already: no scaling here
         hdu = obj
         header = hdu.header
-        images = [SkyImage(_plane(np.asarray(hdu.data), "HDU"), _celestial_wcs(header, "HDU"),
+        images = [SkyImage(_plane(np.asarray(hdu.data), "HDU", header),
+                           _celestial_wcs(header, "HDU"),
                            name="HDU", band=band_of_header(header))]
     elif isinstance(obj, tuple) and len(obj) == 2:
         data, wcs = obj
-        if isinstance(wcs, fits.Header):
+        header = wcs if isinstance(wcs, fits.Header) else None
+        if header is not None:
             wcs = _celestial_wcs(wcs, "(array, header)")
         if not isinstance(wcs, WCS):
             raise InputError("an (array, wcs) image needs a celestial astropy.wcs.WCS, got "
                              f"{type(wcs).__name__}")
-        images = [SkyImage(_plane(np.asarray(data), "array"), _celestial_part(wcs, "array"),
+        header = _axes_header(wcs) if header is None else header
+        images = [SkyImage(_plane(np.asarray(data), "array", header),
+                           _celestial_part(wcs, "array"),
                            name="array")]
     elif hasattr(obj, "data") and hasattr(obj, "wcs"):  # NDData, CCDData
         if obj.wcs is None:
@@ -264,7 +288,7 @@ def _parse_one(obj, band=None):
         if mask is not None:
             data = np.where(np.asarray(mask, bool), np.nan, data)
         name = type(obj).__name__
-        images = [SkyImage(_plane(data, name), wcs.celestial, name=name,
+        images = [SkyImage(_plane(data, name, _axes_header(wcs)), wcs.celestial, name=name,
                            band=(obj.meta or {}).get("band"))]
     else:
         raise InputError(f"cannot use {type(obj).__name__} as an image: pass a FITS path, an "

@@ -631,3 +631,91 @@ def test_sigma_clipped_rms_matches_the_plain_clipping_loop_bit_for_bit():
         x[0] = -1e30 if k % 3 == 0 else x[0]
         for sigma, maxiters in ((3.0, 10), (0.7, 20)):
             assert sigma_clipped_rms(x, sigma=sigma, maxiters=maxiters) == plain(x, sigma, maxiters)
+
+
+def _stokes_hdu(planes, first_stokes=1, header=None):
+    """A FIRST-style 4-D cube (STOKES, FREQ, Dec, RA) holding ``planes`` along STOKES."""
+    hdu = first_like_hdu(seed=5) if header is None else None
+    header = (hdu.header if header is None else header).copy()
+    cube = np.stack(planes)[:, None].astype(np.float32)
+    out = fits.PrimaryHDU(cube)
+    for key in ("CTYPE1", "CTYPE2", "CRVAL1", "CRVAL2", "CRPIX1", "CRPIX2", "CDELT1",
+                "CDELT2", "BUNIT"):
+        out.header[key] = header[key]
+    out.header.update({"CTYPE3": "FREQ", "CRVAL3": 1.4e9, "CDELT3": 2.2e7, "CRPIX3": 1.0,
+                       "CTYPE4": "STOKES", "CRVAL4": float(first_stokes), "CDELT4": 1.0,
+                       "CRPIX4": 1.0})
+    return out
+
+
+@requires_model
+def test_stokes_cubes_give_stokes_i_or_a_reason(tmp_path):
+    """A Stokes cube (I, Q, U, V planes along a STOKES axis) gave one row per Stokes
+    plane, Q, U and V classified as radio galaxies like I; a file holding only Stokes Q
+    was classified as if it were total intensity. Stokes I is now taken (one row, the
+    result of the plain image), and a file without an I plane is refused, saying which
+    Stokes parameters it holds."""
+    hdu = first_like_hdu(seed=5)
+    i = hdu.data
+    rng = np.random.default_rng(2)
+    q, u, v = (0.1 * i + RMS * rng.standard_normal(i.shape) for _ in range(3))
+    hdu.writeto(tmp_path / "plain.fits")
+    _stokes_hdu([i, q, u, v]).writeto(tmp_path / "iquv.fits")
+    _stokes_hdu([q, u], first_stokes=2).writeto(tmp_path / "qu.fits")
+    _stokes_hdu([v], first_stokes=4).writeto(tmp_path / "v.fits")
+    # the same as image extensions (read by astropy, not the fast parser)
+    for name in ("iquv", "v"):
+        cube = fits.getdata(tmp_path / f"{name}.fits", header=True)
+        fits.HDUList([fits.PrimaryHDU(), fits.ImageHDU(*cube)]).writeto(tmp_path / f"{name}x.fits")
+    files = [str(tmp_path / n) for n in ("plain.fits", "iquv.fits", "qu.fits", "v.fits",
+                                         "iquvx.fits", "vx.fits")]
+    with pytest.warns(astromorph.exceptions.UnusableInputWarning):
+        out = astromorph.predict_files("radio-morphology", files)
+    assert [s.rsplit("/", 1)[-1] for s in out["source"]] == [
+        "plain.fits", "iquv.fits", "qu.fits", "v.fits", "iquvx.fits", "vx.fits"]
+    for row in (1, 4):
+        np.testing.assert_allclose(out["radio_p_FRII"][row], out["radio_p_FRII"][0], rtol=1e-6)
+        assert out["radio_flags"][row] == out["radio_flags"][0]
+    for row, held in ((2, "Q, U"), (3, "V"), (5, "V")):
+        assert out["radio_flags"][row] & astromorph.Flag.BAD_INPUT
+        assert np.ma.is_masked(out["radio_p_FRII"][row])
+        assert f"Stokes {held}" in out["reason"][row] and "no Stokes I" in out["reason"][row]
+
+
+@requires_model
+def test_annotate_takes_stokes_i_of_a_stokes_cube(tmp_path):
+    """annotate refused an (I, Q, U, V) cube ("expected a 2D image") and read a Stokes Q
+    image as total intensity; it now takes the I plane, and refuses a cube without one."""
+    from astropy.table import Table
+
+    hdu = first_like_hdu(seed=5)
+    rng = np.random.default_rng(2)
+    q = 0.1 * hdu.data + RMS * rng.standard_normal(hdu.data.shape)
+    _stokes_hdu([hdu.data, q, q, q]).writeto(tmp_path / "iquv.fits")
+    _stokes_hdu([q], first_stokes=2).writeto(tmp_path / "q.fits")
+    cat = Table({"ra": [150.0], "dec": [20.0]})
+    ref = astromorph.annotate(cat, hdu, model="radio-morphology")
+    for images in (str(tmp_path / "iquv.fits"), fits.open(tmp_path / "iquv.fits")[0]):
+        out = astromorph.annotate(cat, images, model="radio-morphology")
+        np.testing.assert_allclose(out["radio_p_FRII"], ref["radio_p_FRII"], rtol=1e-5)
+    with pytest.raises(astromorph.exceptions.InputError, match="Stokes Q.*no Stokes I"):
+        astromorph.annotate(cat, str(tmp_path / "q.fits"), model="radio-morphology")
+
+
+def test_stokes_i_plane_from_every_form_of_the_axis_increment():
+    """The Stokes value of each plane comes from CRVAL, CRPIX and the increment, whether
+    given as CDELT, CDELT x PC or CD; an axis counting down (V, U, Q, I) is read too."""
+    from astromorph._readers._fits import stokes_i
+
+    cube = np.arange(4)[:, None, None, None] * np.ones((4, 1, 3, 3))
+    base = {"CTYPE4": "STOKES", "CRVAL4": 1.0, "CRPIX4": 1.0}
+    for extra, plane in (({"CDELT4": 1.0}, 0), ({"CDELT4": 0.5, "PC4_4": 2.0}, 0),
+                         ({"CD4_4": 1.0}, 0), ({"CRVAL4": 4.0, "CDELT4": -1.0}, 3),
+                         ({"CRPIX4": 2.0, "CDELT4": 1.0}, 1)):
+        header = fits.Header({**base, **extra})
+        data, why = stokes_i(cube, header.get)
+        assert why is None and data.shape == (1, 1, 3, 3) and np.all(data == plane)
+    data, why = stokes_i(cube, fits.Header({**base, "CRVAL4": -5.0, "CDELT4": -1.0}).get)
+    assert data is None and "Stokes XX, YY, XY, YX" in why
+    plain = np.ones((1, 1, 3, 3))
+    assert stokes_i(plain, fits.Header({"CTYPE3": "FREQ"}).get)[0] is plain

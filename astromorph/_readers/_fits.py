@@ -10,7 +10,7 @@ from .._flags import Flag
 from ._stamp import Stamp
 from .._warnings import catch_warnings
 
-__all__ = ["normalise_band", "parse_fits_bytes", "read_fits"]
+__all__ = ["normalise_band", "parse_fits_bytes", "read_fits", "stokes_i"]
 
 _MEMBERS = ("science", "reference", "difference")
 
@@ -426,6 +426,43 @@ def _band_of(header):
     return None
 
 
+#: Values of a FITS STOKES axis (Greisen & Calabretta 2002, AIPS memo 114).
+_STOKES_NAMES = {1: "I", 2: "Q", 3: "U", 4: "V", 5: "PPOL", 6: "FPOL", 7: "PANG", 8: "SPINDEX",
+                 -1: "RR", -2: "LL", -3: "RL", -4: "LR", -5: "XX", -6: "YY", -7: "XY",
+                 -8: "YX"}
+
+
+def stokes_i(data, get):
+    """``data`` (FITS axis order reversed, as astropy reads it) with its STOKES axis, if it
+    has one, reduced to the Stokes I plane (kept with length 1).
+
+    ``get(key, default)`` reads the header (``CTYPEn``, ``CRVALn``, ``CRPIXn`` and
+    ``CDn_n`` or ``CDELTn`` x ``PCn_n``). Returns ``(data, None)``, or ``(None, reason)`` when the STOKES axis holds
+    no I plane (a polarisation image is never total intensity). Data without a STOKES
+    axis, or whose axis values cannot be read, are returned as they are.
+    """
+    for k in range(1, data.ndim + 1):
+        if str(get(f"CTYPE{k}", "") or "").strip().upper() == "STOKES":
+            break
+    else:
+        return data, None
+    axis = data.ndim - k
+    try:
+        crval, crpix = float(get(f"CRVAL{k}", 1.0)), float(get(f"CRPIX{k}", 1.0))
+        step = get(f"CD{k}_{k}", None)  # the axis's increment: CDk_k, or CDELTk x PCk_k
+        step = float(get(f"CDELT{k}", 1.0)) * float(get(f"PC{k}_{k}", 1.0)) if step is None \
+            else float(step)
+        values = np.rint(crval + (np.arange(1, data.shape[axis] + 1) - crpix) * step)
+        values = values.astype(int)
+    except (TypeError, ValueError, OverflowError):
+        return data, None
+    if 1 in values:
+        return np.take(data, [int(np.flatnonzero(values == 1)[0])], axis=axis), None
+    held = ", ".join(_STOKES_NAMES.get(int(v), str(int(v))) for v in values)
+    return None, (f"its STOKES axis (axis {k}) holds Stokes {held}: no Stokes I (total "
+                  "intensity) plane to score")
+
+
 def _stamps_from_array(path, data, header_get, scale, header_hdu, triplet_hint):
     """Stamps from one image array (2-D, 3-D cube or 4-D stack of stamps)."""
     source = str(path)
@@ -524,6 +561,9 @@ def read_fits(path, *, want_scale, triplet_hint):
                 fast = _fast_fits(buf, primary_only=False, want_scale=want_scale)
                 if fast is not None:
                     data, scale, get = fast
+                    data, why = stokes_i(data, get)
+                    if why:
+                        return [Stamp(source, path).flag(Flag.BAD_INPUT, why)]
                     return _stamps_from_array(path, data, get, scale, 0, triplet_hint)
                 # Before astropy sees it: a header whose layout keywords are nonsense gives
                 # astropy's cryptic errors at best, and a gzipped one can hang it for good
@@ -559,7 +599,7 @@ def _read_fits_astropy(path, *, want_scale, triplet_hint):
             warnings.simplefilter("always")
             with fits.open(path, memmap=True, do_not_scale_image_data=True,
                            lazy_load_hdus=False) as hdul:
-                images, empty = [], {}
+                images, empty, stokes = [], {}, {}
                 # astropy reads a second primary HDU (a file joined to the first) as one more
                 second = next((hdu.fileinfo()["hdrLoc"] for i, hdu in enumerate(hdul)
                                if i and isinstance(hdu, fits.PrimaryHDU)), None)
@@ -570,7 +610,11 @@ def _read_fits_astropy(path, *, want_scale, triplet_hint):
                         if i and hdu.is_image:  # an extension meant for an image, left empty
                             empty[i] = hdu.header.copy()
                         continue
-                    images.append((i, hdu, _squeeze(_hdu_data(hdu)),
+                    data, why = stokes_i(_hdu_data(hdu), hdu.header.get)
+                    if why:  # named when the file has no other image
+                        stokes[i] = f"HDU {i}: {why}" if i else why
+                        continue
+                    images.append((i, hdu, _squeeze(data),
                                    _header_scale(hdu.header) if want_scale else None))
                 headers = {i: hdu.header.copy() for i, hdu, _, _ in images}
         truncated = [str(w.message) for w in caught if "truncat" in str(w.message).lower()]
@@ -591,7 +635,8 @@ def _read_fits_astropy(path, *, want_scale, triplet_hint):
             gzipped = f.read(2) == b"\x1f\x8b"
         return [Stamp(source, path).flag(Flag.BAD_INPUT, _two_files(second, gzipped))]
     if not images:
-        return [Stamp(source, path).flag(Flag.BAD_INPUT, "no image HDU with data")]
+        return [Stamp(source, path).flag(
+            Flag.BAD_INPUT, "; ".join(stokes.values()) or "no image HDU with data")]
     if len(images) == 1:
         i, _, data, scale = images[0]
         stamps = _stamps_from_array(path, data, headers[i].get, scale, i, triplet_hint)
