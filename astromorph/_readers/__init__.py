@@ -8,7 +8,8 @@ Accepted inputs (recognised by their content first, by extension second):
   (names from ``FILTER``/``BAND`` or ``EXTNAME``) or per triplet member
   (``EXTNAME`` ``SCIENCE``/``REFERENCE`` (or ``TEMPLATE``)/``DIFFERENCE``).
   Integer data are scaled by ``BSCALE``/``BZERO`` with ``BLANK`` pixels set
-  to NaN; any byte order; the pixel scale comes from the celestial WCS.
+  to NaN; any byte order; the pixel scale comes from the celestial WCS. A
+  ``STOKES`` axis is reduced to its Stokes I plane (no I plane: `Flag.BAD_INPUT`).
 * JPEG/PNG colour (or grey) cutouts, read with Pillow (extra ``images``).
 * Avro alert packets (extra ``alerts``): ZTF (``candid``, gzipped FITS
   cutouts in ``cutoutScience``/``cutoutTemplate``/``cutoutDifference``
