@@ -456,8 +456,9 @@ def stokes_i(data, get):
         values = values.astype(int)
     except (TypeError, ValueError, OverflowError):
         return data, None
-    if 1 in values:
-        return np.take(data, [int(np.flatnonzero(values == 1)[0])], axis=axis), None
+    if 1 in values:  # a view (a memory-mapped mosaic stays mapped)
+        i = int(np.flatnonzero(values == 1)[0])
+        return data[(slice(None),) * axis + (slice(i, i + 1),)], None
     held = ", ".join(_STOKES_NAMES.get(int(v), str(int(v))) for v in values)
     return None, (f"its STOKES axis (axis {k}) holds Stokes {held}: no Stokes I (total "
                   "intensity) plane to score")
