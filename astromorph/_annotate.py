@@ -1,4 +1,5 @@
 """`annotate`: catalogue + images with WCS -> a copy of the table with model columns."""
+import contextvars
 import logging
 import os
 import re
@@ -702,6 +703,11 @@ def _add_columns(table, columns, on_conflict):
     return used
 
 
+#: The names the caller gave the images (path -> name), for a run that opens them by other
+#: paths: `annotate_dask`'s partitions get them absolute, but record them as given.
+RECORDED_IMAGE_NAMES = contextvars.ContextVar("astromorph_recorded_image_names", default={})
+
+
 def _provenance(model, images=(), columns=(), crop_fraction=None):
     """Flat, FITS-friendly provenance keywords for table meta (``columns``: the names of
     the columns the run added; ``crop_fraction``: as given to `prepare`)."""
@@ -720,7 +726,9 @@ def _provenance(model, images=(), columns=(), crop_fraction=None):
         meta["astromorph_crop_fraction"] = float(CROP_FRACTION if crop_fraction is None
                                                  else crop_fraction)
     if images:
-        meta["astromorph_images"] = ",".join(sorted({im.name.split("[")[0] for im in images}))
+        given = RECORDED_IMAGE_NAMES.get()
+        names = {im.name.split("[")[0] for im in images}
+        meta["astromorph_images"] = ",".join(sorted({given.get(n, n) for n in names}))
     if columns:
         meta["astromorph_columns"] = ",".join(columns)
     return meta

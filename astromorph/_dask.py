@@ -21,22 +21,27 @@ __all__ = ["annotate_dask"]
 log = logging.getLogger(__name__)
 
 
-def _annotate_partition(table, images, model, kwargs):
+def _annotate_partition(table, images, model, kwargs, names=None):
+    """``names``: the caller's name of each image path (the provenance records them)."""
     if images is None:
         from ._stamp_table import annotate_stamps
 
         return annotate_stamps(table, model=model, progress=False, **kwargs)
-    from ._annotate import annotate
+    from ._annotate import RECORDED_IMAGE_NAMES, annotate
 
-    return annotate(table, images, model=model, progress=False, **kwargs)
+    token = RECORDED_IMAGE_NAMES.set(names or {})
+    try:
+        return annotate(table, images, model=model, progress=False, **kwargs)
+    finally:
+        RECORDED_IMAGE_NAMES.reset(token)
 
 
-def _annotate_collecting(table, images, model, kwargs):
+def _annotate_collecting(table, images, model, kwargs, names=None):
     """`_annotate_partition` and the warnings it gave, as ``(table, [(message, category)])``."""
     from ._warnings import collecting
 
     with collecting() as found:
-        out = _annotate_partition(table, images, model, kwargs)
+        out = _annotate_partition(table, images, model, kwargs, names)
     return out, found
 
 
@@ -47,12 +52,12 @@ _GIVEN_CALLS = 256
 _GIVEN_LOCK = threading.Lock()
 
 
-def _annotate_warning_once(table, images, model, kwargs, call, n_parts):
+def _annotate_warning_once(table, images, model, kwargs, call, n_parts, names=None):
     """`_annotate_partition` for ``compute=False``: each distinct warning is given by the
     first partition of the call ``call`` to give it (in this process), not by every one."""
     from ._warnings import warn
 
-    out, found = _annotate_collecting(table, images, model, kwargs)
+    out, found = _annotate_collecting(table, images, model, kwargs, names)
     with _GIVEN_LOCK:
         given = _GIVEN.setdefault(call, set())
         _GIVEN.move_to_end(call)
@@ -170,6 +175,8 @@ def annotate_dask(table, images=None, *, model, partition_size=50_000, compute=T
 
     from .exceptions import InputError
 
+    names = {}
+
     def as_paths(value):
         if isinstance(value, (list, tuple)):
             return [as_paths(v) for v in value]
@@ -181,7 +188,9 @@ def annotate_dask(table, images=None, *, model, partition_size=50_000, compute=T
         value = os.fspath(value)
         if "://" in value:  # a URL: the same for every worker
             return value
-        return os.path.abspath(os.path.expanduser(value))  # a worker may run in another folder
+        path = os.path.abspath(os.path.expanduser(value))  # a worker may run in another folder
+        names[path.split("[")[0]] = value.split("[")[0]  # recorded as given, as annotate does
+        return path
 
     if not isinstance(table, Table):
         hint = ""
@@ -253,10 +262,11 @@ def annotate_dask(table, images=None, *, model, partition_size=50_000, compute=T
     if not compute:  # lazily: each distinct warning given once, by the first partition
         call = uuid.uuid4().hex
         return [dask.delayed(_annotate_warning_once)(table[start:start + partition_size], images,
-                                                     model, options(start), call, len(bounds))
+                                                     model, options(start), call, len(bounds),
+                                                     names)
                 for start in bounds]
     parts = [dask.delayed(_annotate_collecting)(table[start:start + partition_size], images,
-                                                model, options(start))
+                                                model, options(start), names)
              for start in bounds]
     log.info("annotating %d rows in %d Dask partitions", len(table), len(parts))
     results = dask.compute(*parts, scheduler=scheduler)

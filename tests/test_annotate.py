@@ -1573,6 +1573,29 @@ def test_annotate_dask_sends_absolute_image_paths(optical_model, tmp_path, monke
     np.testing.assert_allclose(out["opt_p_a"], ref["opt_p_a"], rtol=1e-6)
 
 
+def test_annotate_dask_records_the_image_names_annotate_records(optical_model, tmp_path,
+                                                                  monkeypatch):
+    """A relative image path goes to the workers absolute, but the table's provenance
+    (``astromorph_images``) names the images as the caller gave them, as `annotate` does;
+    re-annotating an annotated table with the same images then keeps no stale ``run1`` keys
+    (annotate_dask recorded the absolute path, which differed from the earlier run's)."""
+    pytest.importorskip("dask")
+    img, w = blobs(), sky_wcs()
+    fits.writeto(tmp_path / "img.fits", img, w.to_header())
+    monkeypatch.chdir(tmp_path)
+    cat = catalogue(w, np.random.default_rng(7).uniform(10, 190, (9, 2)))
+    for table, on_conflict in ((cat, "error"),
+                               (astromorph.annotate(cat, "img.fits", model=optical_model),
+                                "replace")):
+        ref = astromorph.annotate(table, "img.fits", model=optical_model,
+                                  on_conflict=on_conflict)
+        out = astromorph.annotate_dask(table, "img.fits", model=str(optical_model.path),
+                                       partition_size=4, scheduler="threads",
+                                       on_conflict=on_conflict)
+        assert dict(out.meta) == dict(ref.meta)
+        assert out.meta["astromorph_images"] == "img.fits"
+
+
 def test_annotate_dask_needs_paths(optical_model):
     pytest.importorskip("dask")
     img, w = blobs(), sky_wcs()
