@@ -269,7 +269,12 @@ def annotate_dask(table, images=None, *, model, partition_size=50_000, compute=T
                                                 model, options(start), names)
              for start in bounds]
     log.info("annotating %d rows in %d Dask partitions", len(table), len(parts))
-    results = dask.compute(*parts, scheduler=scheduler)
+    from dask.multiprocessing import RemoteException
+
+    try:
+        results = dask.compute(*parts, scheduler=scheduler)
+    except RemoteException as exc:  # "processes": Dask's copy of a partition's error, whose
+        raise exc.exception from exc  # message holds the worker's traceback: the error itself
     _warn_once([found for _, found in results], len(results))
     tables = [t for t, _ in results]
     # the catalogue's columns that vstack cannot join (astropy's DaskColumn) come back from

@@ -1596,6 +1596,22 @@ def test_annotate_dask_records_the_image_names_annotate_records(optical_model, t
         assert out.meta["astromorph_images"] == "img.fits"
 
 
+def test_annotate_dask_raises_a_worker_process_error_as_annotate_does(optical_model, tmp_path):
+    """A bad image met in a worker process: the caller gets annotate's own error (its type,
+    its message naming the file), not Dask's copy of it (a subclass made by
+    dask.multiprocessing, whose message carries the worker's traceback)."""
+    pytest.importorskip("dask")
+    (tmp_path / "bad.fits").write_bytes(b"SIMPLE  = T" + b"x" * 3000)
+    cat = catalogue(sky_wcs(), [(10, 10), (50, 50), (90, 90)])
+    with pytest.raises(InputError) as ref:
+        astromorph.annotate(cat, str(tmp_path / "bad.fits"), model=optical_model)
+    with pytest.raises(InputError) as out:
+        astromorph.annotate_dask(cat, str(tmp_path / "bad.fits"), model=str(optical_model.path),
+                                 partition_size=2, scheduler="processes")
+    assert type(out.value) is type(ref.value)
+    assert str(out.value) == str(ref.value)
+
+
 def test_annotate_dask_needs_paths(optical_model):
     pytest.importorskip("dask")
     img, w = blobs(), sky_wcs()
