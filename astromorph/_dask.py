@@ -122,7 +122,7 @@ def annotate_dask(table, images=None, *, model, partition_size=50_000, compute=T
     compute : bool, optional
         ``True`` (default): compute and return the annotated table.
         ``False``: return the list of `dask.delayed` partitions (see Warns).
-    scheduler : str, optional
+    scheduler : str, Client, Executor or callable, optional
         Passed to `dask.compute` (e.g. ``"threads"``, ``"processes"``,
         ``"synchronous"``); default: Dask's current scheduler (a
         ``dask.distributed.Client`` when one is active).
@@ -240,13 +240,19 @@ def annotate_dask(table, images=None, *, model, partition_size=50_000, compute=T
             check_crop_fraction(kwargs["crop_fraction"], card)
     partition_size = check_whole(partition_size, "partition_size")
     compute = check_bool(compute, "compute")
-    if isinstance(scheduler, str):
+    if scheduler is not None:
         from dask.base import get_scheduler
 
         try:
             get_scheduler(scheduler=scheduler)
         except ValueError as exc:  # dask lists the names it knows
+            if not isinstance(scheduler, str):
+                raise InvalidArgumentTypeError(
+                    f"scheduler must be a name, a Client, an Executor or a get function, "
+                    f"not {scheduler!r}") from None
             raise InvalidArgumentError(f"unknown scheduler {scheduler!r}: {exc}") from None
+        except RuntimeError as exc:  # "distributed" without a Client
+            raise InvalidArgumentError(f"scheduler {scheduler!r}: {exc}") from None
     bounds = list(range(0, max(len(table), 1), partition_size))
     per_row = _per_row_options(kwargs, len(table)) if images is None else ()
 

@@ -128,6 +128,12 @@ TOP_LEVEL = [
      "overwrite"),
     (lambda p: astromorph.annotate_dask(CAT, _fits(p), model="morphology", size_col="r90",
                                         scheduler="x"), VALUE, "'x'"),
+    # a value Dask cannot use as a scheduler: was Dask's ValueError, from dask.compute
+    (lambda p: astromorph.annotate_dask(CAT, _fits(p), model="morphology", size_col="r90",
+                                        scheduler=3), TYPE, "3"),
+    # "distributed" without a Client: was Dask's RuntimeError
+    (lambda p: astromorph.annotate_dask(CAT, _fits(p), model="morphology", size_col="r90",
+                                        scheduler="distributed"), VALUE, "'distributed'"),
     (lambda p: astromorph.annotate_dask(CAT, _fits(p), model="morphology", size_col="r90",
                                         compute="no"), TYPE, "compute"),
     (lambda p: astromorph.annotate_dask(None, _fits(p), model="morphology"),
