@@ -37,12 +37,29 @@ def _annotate_partition(table, images, model, kwargs, names=None):
 
 
 def _annotate_collecting(table, images, model, kwargs, names=None):
-    """`_annotate_partition` and the warnings it gave, as ``(table, [(message, category)])``."""
+    """`_annotate_partition`, the warnings it gave and the counts of its rows that could not
+    be scored, as ``(table, [(message, category)], [summary])`` (see `_predict.summarise`)."""
+    from ._predict import SUMMARIES
     from ._warnings import collecting
 
-    with collecting() as found:
-        out = _annotate_partition(table, images, model, kwargs, names)
-    return out, found
+    summaries = []
+    token = SUMMARIES.set(summaries)
+    try:
+        with collecting() as found:
+            out = _annotate_partition(table, images, model, kwargs, names)
+    finally:
+        SUMMARIES.reset(token)
+    return out, found, summaries
+
+
+def _warn_summaries(summaries):
+    """The partitions' rows that could not be scored, said once for the whole table."""
+    from ._predict import warn_summary
+
+    if summaries:
+        n, bad, flagged = (sum(s[k] for s in summaries) for k in range(3))
+        first = next((s[3] for s in summaries if s[1]), None)
+        warn_summary(n, bad, flagged, first, what=summaries[0][4], where=summaries[0][5])
 
 
 #: Warnings already given by the lazy partitions of each `annotate_dask` call (by call id),
@@ -55,9 +72,10 @@ _GIVEN_LOCK = threading.Lock()
 def _annotate_warning_once(table, images, model, kwargs, call, n_parts, names=None):
     """`_annotate_partition` for ``compute=False``: each distinct warning is given by the
     first partition of the call ``call`` to give it (in this process), not by every one."""
-    from ._warnings import warn
+    from ._warnings import collecting, warn
 
-    out, found = _annotate_collecting(table, images, model, kwargs, names)
+    with collecting() as found:  # each partition's own counts: no step sees the others
+        out = _annotate_partition(table, images, model, kwargs, names)
     with _GIVEN_LOCK:
         given = _GIVEN.setdefault(call, set())
         _GIVEN.move_to_end(call)
@@ -156,7 +174,9 @@ def annotate_dask(table, images=None, *, model, partition_size=50_000, compute=T
         With ``compute=True``, a warning that partitions give (e.g. an
         `~astromorph.exceptions.AmbiguousInputWarning` for the bands) comes once,
         from the caller's line, with the number of partitions that gave it,
-        whatever the scheduler (threads, processes or a cluster). With
+        whatever the scheduler (threads, processes or a cluster); the
+        `~astromorph.exceptions.UnusableInputWarning` of `annotate_stamps` counts the
+        rows of all the partitions that could not be scored, as for the whole table. With
         ``compute=False`` no step sees all the partitions' warnings (each delayed
         partition can be computed alone): each distinct warning is given once, by
         the first partition to give it, when the partitions are computed, from Dask's
@@ -281,8 +301,9 @@ def annotate_dask(table, images=None, *, model, partition_size=50_000, compute=T
         results = dask.compute(*parts, scheduler=scheduler)
     except RemoteException as exc:  # "processes": Dask's copy of a partition's error, whose
         raise exc.exception from exc  # message holds the worker's traceback: the error itself
-    _warn_once([found for _, found in results], len(results))
-    tables = [t for t, _ in results]
+    _warn_once([found for _, found, _ in results], len(results))
+    _warn_summaries([s for _, _, part in results for s in part])
+    tables = [t for t, _, _ in results]
     # the catalogue's columns that vstack cannot join (astropy's DaskColumn) come back from
     # every partition as they went: taken whole from the catalogue, in their place
     whole = [name for name in tables[0].colnames if name in table.colnames

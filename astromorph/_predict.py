@@ -8,6 +8,7 @@ many small files make few model calls. Rows that cannot be scored are kept
 with masked outputs, a flag and a reason. Results go into FITS headers, if
 asked, through `astromorph._headers`.
 """
+import contextvars
 import logging
 import os
 import queue
@@ -270,17 +271,33 @@ def warn_duplicates(sources, *, shown=5):
          DuplicateSourceWarning)
 
 
+#: A list while a part of a larger table is scored (an `annotate_dask` partition): `summarise`
+#: appends its counts there instead of warning, and `warn_summary` says them once for the table.
+SUMMARIES = contextvars.ContextVar("astromorph_summaries", default=None)
+
+
 def summarise(reasons, flags, valid, *, what, where):
     """Warn once (`UnusableInputWarning`) when rows could not be scored; log flagged ones.
 
     ``reasons`` are the rows' reason texts, ``what`` names a row ("stamp", "row") and
     ``where`` the column that says why. The warning points at the public function's caller.
+    Where `SUMMARIES` holds a list, the counts are appended to it instead, as
+    ``(n, bad, flagged, first, what, where)``.
     """
     n = len(flags)
     bad = int((~valid).sum())
     flagged = int(((flags != 0) & valid).sum())
+    first = next(r for r, v in zip(reasons, valid) if not v) if bad else None
+    sink = SUMMARIES.get()
+    if sink is not None:
+        sink.append((n, bad, flagged, first, what, where))
+    else:
+        warn_summary(n, bad, flagged, first, what=what, where=where)
+
+
+def warn_summary(n, bad, flagged, first, *, what, where):
+    """`summarise`'s warning and log line, from its counts (``first``: the first reason)."""
     if bad:
-        first = next(r for r, v in zip(reasons, valid) if not v)
         warn(f"{bad} of {n} {what}(s) could not be scored (first: {first}); their "
              f"outputs are masked and {where} says why",
              UnusableInputWarning)

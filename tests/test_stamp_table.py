@@ -350,6 +350,25 @@ def test_dask_partitions_of_a_stamp_table(rb):
     np.testing.assert_allclose(out["rb_score"], _direct(rb, x), rtol=0, atol=1e-6)
 
 
+
+def test_dask_says_once_how_many_rows_of_the_table_could_not_be_scored(rb):
+    """Rows that cannot be scored in two partitions: one warning, annotate_stamps's, with
+    the whole table's counts (each partition gave its own, "1 of 3 row(s)", "2 of 3
+    row(s)", distinct messages that were all given)."""
+    pytest.importorskip("dask")
+    x = _triplets(7, seed=8)
+    x[[1, 4, 5]] = np.nan
+    t = Table({"id": np.arange(7), "triplet": x})
+    with pytest.warns(UnusableInputWarning) as ref:
+        astromorph.annotate_stamps(t, model=rb)
+    for scheduler in ("synchronous", "processes"):
+        with pytest.warns(UnusableInputWarning) as out:
+            astromorph.annotate_dask(t, model="real-bogus", partition_size=3,
+                                     scheduler=scheduler)
+        assert [str(w.message) for w in out] == [str(w.message) for w in ref]
+        assert str(out[0].message).startswith("3 of 7 row(s) could not be scored")
+        assert out[0].filename == __file__
+
 def test_dask_slices_per_row_options_to_each_partition(rb):
     """``negative=`` and ``pixel_scale=`` given as one value per row of the whole table:
     each partition gets its rows' values (every partition refused them, as having the
