@@ -14,6 +14,7 @@ from astropy.table import Table
 from ._flags import Flag
 from ._progress import progress_bar
 from ._readers import Stamp, parse_fits_bytes
+from ._readers._stamp import common_pixel_scale
 from .preprocessing._triplet import _SENTINEL
 from ._warnings import warn
 from .exceptions import AmbiguousInputWarning, InputError, InvalidArgumentError
@@ -377,7 +378,7 @@ def _negate_difference(data, rows=None):
 def _row_stamp(i, cells, names, family):
     """The `Stamp` of row ``i`` from its cells (one per stamp column)."""
     stamp = Stamp(str(i), None, index=i)
-    planes, scale, colour = [], None, False
+    planes, scales, colour = [], [], False
     for name, value in zip(names, cells):
         try:
             data, s, colour = _cell(value)
@@ -389,15 +390,18 @@ def _row_stamp(i, cells, names, family):
         if len(names) > 1 and np.ndim(data) != 2:
             return stamp.flag(Flag.BAD_INPUT, f"{name}: shape {np.shape(data)}, not a 2-D image")
         planes.append(data)
-        scale = s if scale is None else scale
+        scales.append(s)
     missing = [nm for nm, p in zip(names, planes) if p is None]
     if missing:
         return stamp.flag(Flag.MISSING_BAND, f"no stamp in {', '.join(missing)}")
+    scale, problem = common_pixel_scale(scales)
     if len(planes) > 1:
         shapes = {p.shape for p in planes}
         if len(shapes) > 1:
             return stamp.flag(Flag.BAD_INPUT, "stamps differ in shape (" + ", ".join(
                 f"{nm} {'x'.join(map(str, p.shape[::-1]))}" for nm, p in zip(names, planes)) + ")")
+        if problem:  # one size, different fields: not aligned pixel for pixel
+            return stamp.flag(Flag.BAD_INPUT, f"stamps {problem}")
         data = np.stack(planes).astype(np.float32, copy=False)
         stamp.kind = "triplet" if family == "triplet" else "bands"
         stamp.bands = None if family == "triplet" else tuple(names) if set(names) == set("gri") \

@@ -211,3 +211,42 @@ def test_float_colour_cutouts_treat_sentinels_as_nan(fill):
     for crop in (1.0, pp.optical.CROP_FRACTION):  # with and without the masked rows
         np.testing.assert_array_equal(pp.preprocess_colour_cutout(sent, crop_fraction=crop),
                                       pp.preprocess_colour_cutout(nan, crop_fraction=crop))
+
+
+# --- triplet members at different pixel scales ---------------------------------------------
+
+def _scaled_member_inputs(tmp_path, kind, scales):
+    """A triplet whose three 63x63 members carry WCSs of ``scales`` (arcsec/px)."""
+    t = triplet()
+    keys = ("cutoutScience", "cutoutTemplate", "cutoutDifference")
+    if kind == "fits":
+        hdus = [fits.PrimaryHDU()] + [
+            fits.ImageHDU(p, celestial_header(fits.Header(), s, p.shape), name=n)
+            for n, p, s in zip(("SCIENCE", "REFERENCE", "DIFFERENCE"), t, scales)]
+        fits.HDUList(hdus).writeto(tmp_path / "t.fits")
+        return astromorph.predict_files("real-bogus", tmp_path / "t.fits"), "reason"
+    if kind == "rubin":
+        pytest.importorskip("fastavro")
+        rec = rubin_alert(1, t, scale=1.0)
+        for key, plane, s in zip(keys, t, scales):
+            rec[key] = fits_bytes(plane, scale=s, extensions=True)
+        path = write_avro(tmp_path / "a.avro", [rec], schema=RUBIN_SCHEMA)
+        return astromorph.predict_files("real-bogus", path), "reason"
+    table = Table({k: [fits_bytes(p, scale=s)] for k, p, s in zip(keys, t, scales)})
+    return astromorph.annotate_stamps(table, model="real-bogus"), "rb_reason"
+
+
+@pytest.mark.parametrize("kind", ["fits", "rubin", "table"])
+def test_triplet_members_of_different_pixel_scales_are_flagged(tmp_path, kind):
+    """Science at 1"/px and a template of the same 63x63 pixels at 0.25"/px cover different
+    fields: stacked pixel for pixel they are a misaligned triplet. Every reader flags the row
+    BAD_INPUT, naming the scales, as it does for members of different shapes (the first
+    member's scale was used for all three, and the row scored without a flag)."""
+    out, reason = _scaled_member_inputs(tmp_path, kind, (1.0, 0.25, 1.0))
+    assert out["rb_flags"][0] == Flag.BAD_INPUT and np.ma.is_masked(out["rb_score"][0])
+    assert "differ in pixel scale (1, 0.25, 1 arcsec/pixel)" in out[reason][0]
+    # equal scales (to within rounding of the WCS keywords) are one grid: scored, unflagged
+    (tmp_path / "ok").mkdir()
+    out, _ = _scaled_member_inputs(tmp_path / "ok", kind, (1.0, 1.0 + 1e-6, 1.0))
+    assert out["rb_flags"][0] == 0 and not np.ma.is_masked(out["rb_score"][0])
+

@@ -10,7 +10,7 @@ import numpy as np
 from .._flags import Flag
 from ..exceptions import MissingDependencyError
 from ._fits import parse_fits_bytes
-from ._stamp import Stamp
+from ._stamp import Stamp, common_pixel_scale
 
 __all__ = ["ZTF_STAMP_SIZE", "iter_avro_records", "read_alerts"]
 
@@ -371,6 +371,9 @@ def _rubin_stamp(path, i, rec):
     if len({p.shape for p in planes}) > 1:
         shapes = ", ".join("x".join(map(str, p.shape[::-1])) for p in planes)
         return stamp.flag(Flag.BAD_INPUT, f"cutouts differ in shape ({shapes})")
+    scale, problem = common_pixel_scale(scales)
+    if problem:  # one size, different fields: not aligned pixel for pixel
+        return stamp.flag(Flag.BAD_INPUT, f"cutouts {problem}")
     # Rubin difference images are science - template: a negative source (a fading or
     # negative-flux detection) is negated so that the candidate is positive, as in ZTF.
     flux = dia.get("psfFlux")
@@ -378,5 +381,5 @@ def _rubin_stamp(path, i, rec):
                                                   and flux < 0)
     diff = -planes[2] if negative else planes[2]
     stamp.kind, stamp.data = "triplet", np.stack([planes[0], planes[1], diff])
-    stamp.pixel_scale = next((s for s in scales if s is not None), None)
+    stamp.pixel_scale = scale
     return stamp

@@ -7,7 +7,7 @@ import zlib
 import numpy as np
 
 from .._flags import Flag
-from ._stamp import Stamp
+from ._stamp import Stamp, common_pixel_scale
 from .._warnings import catch_warnings
 
 __all__ = ["normalise_band", "parse_fits_bytes", "read_fits", "stokes_i"]
@@ -506,14 +506,17 @@ def _planes_stamp(source, path, planes, names, scale, header_hdu, triplet_hint, 
     return Stamp(source, path, "bands", planes, bands, scale, header_hdu=header_hdu, index=index)
 
 
-def _triplet_stamp(source, path, planes, order, scale, header_hdu, index=None, empty=None):
+def _triplet_stamp(source, path, planes, order, scale, header_hdu, index=None, empty=None,
+                   scales=None):
     """``empty``: member index -> words for the file's HDU of that member that holds no
-    data (`_empty_label`), named when the member is missing."""
+    data (`_empty_label`), named when the member is missing. ``scales``: the pixel scale
+    of each of ``planes`` (one HDU each), where they may differ; ``scale`` is then unused."""
     stamp = Stamp(source, path, header_hdu=header_hdu, index=index, pixel_scale=scale)
-    chosen = [None, None, None]
-    for plane, role in zip(planes, order):
+    chosen, member_scales = [None, None, None], [scale] * 3
+    for j, (plane, role) in enumerate(zip(planes, order)):
         if role is not None and chosen[role] is None:
             chosen[role] = plane
+            member_scales[role] = scale if scales is None else scales[j]
     missing = [i for i in range(3) if chosen[i] is None]
     if missing:
         why = [(empty or {}).get(i) for i in missing]
@@ -524,6 +527,9 @@ def _triplet_stamp(source, path, planes, order, scale, header_hdu, index=None, e
     if len(shapes) > 1:
         return stamp.flag(Flag.BAD_INPUT, f"triplet members differ in shape: "
                           f"{', '.join('x'.join(map(str, c.shape)) for c in chosen)}")
+    stamp.pixel_scale, problem = common_pixel_scale(member_scales)
+    if problem:  # one size, different fields: not aligned pixel for pixel
+        return stamp.flag(Flag.BAD_INPUT, f"triplet members {problem}")
     stamp.kind, stamp.data = "triplet", np.stack(chosen)
     return stamp
 
@@ -652,7 +658,8 @@ def _read_fits_astropy(path, *, want_scale, triplet_hint):
             Flag.BAD_INPUT, f"{len(images)} image HDUs, not all 2-D (shapes "
             f"{', '.join(str(d.shape) for _, _, d, _ in images)}); expected one 2-D image "
             "per band or triplet member")]
-    scale = next((s for _, _, _, s in images if s is not None), None)
+    scales = [s for _, _, _, s in images]
+    scale = common_pixel_scale(scales)[0]  # triplet members are checked by _triplet_stamp
     names = [headers[i].get("EXTNAME") for i, _, _, _ in images]
     order = _triplet_order(names)
     roles = {o for o in order if o is not None}
@@ -660,7 +667,8 @@ def _read_fits_astropy(path, *, want_scale, triplet_hint):
     if len(roles) >= 2 or (triplet_hint and roles):
         members = dict(zip(_triplet_order([h.get("EXTNAME") for h in empty.values()]),
                            (_empty_label(i, h) for i, h in empty.items())))
-        return [_triplet_stamp(source, path, planes, order, scale, 0, empty=members)]
+        return [_triplet_stamp(source, path, planes, order, scale, 0, empty=members,
+                               scales=scales)]
     if len({p.shape for p in planes}) > 1:
         return [Stamp(source, path).flag(
             Flag.BAD_INPUT, "band images differ in shape: "

@@ -6,7 +6,10 @@ import numpy as np
 
 from .._flags import Flag
 
-__all__ = ["Stamp"]
+__all__ = ["Stamp", "common_pixel_scale"]
+
+#: Relative difference of pixel scale beyond which stamps are on different grids.
+SCALE_TOLERANCE = 0.01
 
 
 @dataclass
@@ -57,3 +60,15 @@ class Stamp:
     @property
     def usable(self):
         return self.kind is not None and not self.flags & int(Flag.unusable())
+
+
+def common_pixel_scale(scales):
+    """``(scale, problem)`` for the planes of one stamp (triplet members or bands), each
+    with its pixel scale in arcsec/pixel or None: the first known scale, and words saying
+    that the known scales differ by more than `SCALE_TOLERANCE` (planes of one size on
+    different grids, which cannot be stacked pixel for pixel), else None."""
+    known = [float(s) for s in scales if s is not None]
+    if not known or max(known) <= min(known) * (1 + SCALE_TOLERANCE):
+        return (known[0] if known else None), None
+    shown = ", ".join("none" if s is None else f"{float(s):.4g}" for s in scales)
+    return known[0], f"differ in pixel scale ({shown} arcsec/pixel)"
