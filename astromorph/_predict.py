@@ -589,7 +589,7 @@ class _Runner:
                                   "assumed of it (empty when clean)")
 
     def _score(self, key, rows, data, before, scales):
-        from ._adapters import RawStamps, prepare
+        from ._adapters import NEGATIVE_CENTRE_SIGMA, RawStamps, negative_candidates, prepare
         from ._readers import Stamp
 
         kind, bands = key[0], key[3]
@@ -620,6 +620,13 @@ class _Runner:
         for j in np.flatnonzero(new):  # words only for the rows that preprocessing flagged
             stamp = Stamp("", None, kind=kind, data=data[j], bands=bands)
             self.reasons[rows[j]].extend(_explain(stamp, int(new[j])))
+        if self.family == "triplet":  # a sign the model does not expect: said, not flagged
+            for j in np.flatnonzero(scored & negative_candidates(x)):
+                self.reasons[rows[j]].append(
+                    f"difference stamp is negative at the centre (its central 3x3 pixels "
+                    f"{NEGATIVE_CENTRE_SIGMA:g} sigma or more below its median): scored as "
+                    "given, but the model takes the candidate positive (reference - science "
+                    "for a fading source); negate the difference of a negative detection")
 
 
 def _group_key(kind, stamp, bands, scale):

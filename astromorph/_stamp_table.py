@@ -76,6 +76,9 @@ def annotate_stamps(table, *, model, columns=None, pixel_scale=None, negative=No
         A masked value (sign unknown) is read as False: the row is scored as a positive
         candidate, its ``<prefix>_reason`` says so (its flags are unchanged) and an
         `~astromorph.exceptions.AmbiguousInputWarning` counts such rows.
+        A row whose difference is negative at the centre after this (its central 3 x 3
+        pixels 3 robust sigma or more below its median) is scored as given and its
+        ``<prefix>_reason`` says so.
     crop_fraction : float, optional
         Galaxy models: the central fraction of each stamp that the network sees, as for
         `astromorph.predict_files`. Default: the card's (0.35), for cutouts spanning the

@@ -821,3 +821,28 @@ def test_a_fully_masked_array_cell_is_a_missing_stamp(rb, blocks, monkeypatch):
         out = astromorph.annotate_stamps(Table({"triplet": MaskedColumn(cube)}), model=rb)
     assert list(out["rb_flags"]) == [0, 0, 0, Flag.MISSING_BAND]
     assert out["rb_reason"][3] == "no stamp in triplet"
+
+
+def test_a_difference_negative_at_the_candidate_is_said(rb, tmp_path):
+    """Difference stamps given as reference - science (the candidate negative), with no sign
+    information: scored as given (flags unchanged), and the reason says that the difference
+    is negative at the centre and that the model takes the candidate positive. Rows given
+    the right way round, or negated by ``negative=``, carry no such words."""
+    x = _triplets(4, seed=11)
+    x[:, [0, 2]] += 600 * np.exp(-(np.mgrid[:63, :63] - 31) ** 2 / 2.4).prod(axis=0)
+    flipped = x.copy()
+    flipped[[1, 3], 2] *= -1
+    out = astromorph.annotate_stamps(Table({"triplet": flipped}), model=rb)
+    np.testing.assert_array_equal(out["rb_flags"], 0)
+    for i in (1, 3):
+        assert "difference stamp is negative at the centre" in out["rb_reason"][i]
+        assert "takes the candidate positive" in out["rb_reason"][i]
+    assert out["rb_reason"][0] == out["rb_reason"][2] == ""
+    fixed = astromorph.annotate_stamps(Table({"triplet": flipped}),
+                                       model=rb, negative=np.array([0, 1, 0, 1], bool))
+    assert not any(fixed["rb_reason"])
+    # the same words from files (one FITS cube per triplet)
+    fits.PrimaryHDU(flipped[1]).writeto(tmp_path / "flipped.fits")
+    table = astromorph.predict_files(rb, tmp_path / "flipped.fits")
+    assert table["rb_flags"][0] == 0
+    assert "difference stamp is negative at the centre" in table["reason"][0]
