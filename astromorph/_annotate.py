@@ -18,8 +18,8 @@ from ._images import closing_files, parse_sky_images
 from ._model import as_model
 from ._progress import progress_bar
 from ._version import __version__
-from ._warnings import warn
-from .exceptions import AmbiguousInputWarning, InputError, InvalidArgumentError
+from ._warnings import first_few, warn
+from .exceptions import AmbiguousInputWarning, AstromorphWarning, InputError, InvalidArgumentError
 
 __all__ = ["annotate", "ANNOTATE_CHUNK"]
 
@@ -328,6 +328,23 @@ def _band_plan(model, family, groups):
     return [pick]
 
 
+def _warn_flux_units(model, images):
+    """Warn, once, of the images whose FITS header gives a unit or zero point other than
+    the SDSS nanomaggies that the galaxy models' stretch is set for (`SkyImage.flux_note`):
+    such images give black or saturated stamps and wrong classes without any flag."""
+    from ._images import NANOMAGGY_ZERO_POINT
+
+    noted = [f"{im.name}: {im.flux_note}" for im in images if im.flux_note]
+    if noted:
+        warn(f"model {model.name!r} takes images in SDSS nanomaggies per pixel (AB zero point "
+             f"{NANOMAGGY_ZERO_POINT:g}, 0.396 arcsec pixels), but the headers say otherwise: "
+             f"{first_few(noted, '; ')}. The pixels are used as they are (no conversion), so the "
+             "stamps may come out black or saturated and the classes be wrong without any flag: "
+             f"convert them first, data * 10**(-0.4 * (zeropoint - {NANOMAGGY_ZERO_POINT:g})) "
+             "* (0.396 / pixel_scale)**2 (docs/annotate.md), or ignore this warning if they are "
+             "in nanomaggies already", AstromorphWarning)
+
+
 def _sky_positions(images, coords):
     """Every source in each image: ``(lon, lat, x, y, up_angle)`` per image.
 
@@ -541,6 +558,9 @@ def annotate(table, images, *, model, ra_col=None, dec_col=None, coord_col=None,
         for im in sky_images:
             groups.setdefault(im.band or "unknown", []).append(im)
         plan = _band_plan(model, family, groups)
+        used_images = [im for band in plan for im in groups[band]]
+        if family == "optical":
+            _warn_flux_units(model, used_images)
 
         coords, bad_pos = _positions(out, ra_col, dec_col, coord_col)
         sizes = _size_values(out, size_col, n)

@@ -156,6 +156,9 @@ class SkyImage:
             # float32 values `_strips` would copy them to), so no second copy is made
             data = data.byteswap(inplace=True).view(data.dtype.newbyteorder())
         self.data, self.wcs, self.name, self.band = data, wcs, name, band
+        #: What the FITS header says of the pixel unit where it is not SDSS nanomaggies
+        #: (`astromorph._images.flux_unit_note`), else None.
+        self.flux_note = None
         self.bscale, self.bzero, self.blank = float(bscale), float(bzero), blank
         #: What `take` reads, as one tuple (swapped whole by `_drop_raw`, so that a thread in
         #: `take` never mixes the raw array with the scaling of the float32 copy):

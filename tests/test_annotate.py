@@ -18,7 +18,7 @@ import astromorph
 from astromorph import Flag, cli
 from astromorph._cutouts import SkyImage, cut_stamps
 from astromorph._images import parse_sky_images
-from astromorph.exceptions import (AmbiguousInputWarning, InputError,
+from astromorph.exceptions import (AmbiguousInputWarning, AstromorphWarning, InputError,
                                    InvalidArgumentError, LossyOutputWarning,
                                    UnusableInputWarning)
 
@@ -2223,3 +2223,48 @@ def test_big_stamps_are_cut_in_parts_of_bounded_memory():
         tracemalloc.stop()
     assert len(out) == n and np.count_nonzero(~out["radio_p_FRI"].mask) > 0
     assert peak < 12 * at_once * stamp_bytes, (peak, at_once)
+
+
+@pytest.mark.parametrize("keys, said", [({"BUNIT": "count"}, "BUNIT='count'"),
+                                        ({"BUNIT": "ELECTRONS/S"}, "BUNIT='ELECTRONS/S'"),
+                                        ({"BUNIT": "uJy"}, "BUNIT='uJy'"),
+                                        ({"MAGZERO": 30.0}, "MAGZERO=30"),
+                                        ({"ZP": 27.0}, "ZP=27"),
+                                        ({"FLUXMAG0": 10 ** (0.4 * 27)}, "zero point 27")])
+def test_galaxy_model_on_images_not_in_nanomaggies_warns(optical_model, tmp_path, keys, said):
+    """The galaxy models' stretch is set for SDSS nanomaggies (zero point 22.5): the same
+    images in counts, uJy or at zero point 27 or 30 (DES, HSC) gave black or saturated
+    stamps and another class, silently, although the headers said so. A header whose
+    BUNIT or zero point contradicts nanomaggies now gives a warning naming the image, the
+    keyword and the conversion."""
+    img, w = blobs(), sky_wcs()
+    cat = catalogue(w, [(100, 100)])
+    paths = []
+    for band in "gri":
+        hdr = w.to_header()
+        hdr["FILTER"] = band
+        hdr.update(keys)
+        paths.append(str(tmp_path / f"{band}.fits"))
+        fits.writeto(paths[-1], img, hdr)
+    with pytest.warns(AstromorphWarning, match="nanomaggies") as rec:
+        astromorph.annotate(cat, paths, model=optical_model)
+    message = " ".join(str(r.message) for r in rec if "nanomaggies" in str(r.message))
+    assert said in message and "g.fits" in message and "22.5" in message
+
+
+def test_galaxy_model_on_nanomaggies_or_unitless_images_does_not_warn(optical_model, tmp_path):
+    img, w = blobs(), sky_wcs()
+    cat = catalogue(w, [(100, 100)])
+    for keys in ({"BUNIT": "nanomaggy", "MAGZERO": 30.0}, {"MAGZP": 22.5}, {"BUNIT": "nominal"},
+                 {}):
+        hdr = w.to_header()
+        hdr.update(keys)
+        path = tmp_path / "r.fits"
+        fits.writeto(path, img, hdr, overwrite=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", AstromorphWarning)
+            astromorph.annotate(cat, str(path), model=optical_model)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", AstromorphWarning)
+        astromorph.annotate(cat, (img, w), model=optical_model)
+
