@@ -622,7 +622,7 @@ def annotate(table, images, *, model, ra_col=None, dec_col=None, coord_col=None,
         prediction = _concat(predictions, scored)
         columns = result_columns(model, prediction, flags, valid)
         used = _add_columns(out, columns, on_conflict)
-        add_provenance(out.meta, _provenance(model, sky_images, used.values(), crop))
+        add_provenance(out.meta, _provenance(model, used_images, used.values(), crop))
         n_off = int(np.count_nonzero(flags & Flag.OFF_IMAGE))
         if n_off:
             log.info("%d of %d sources lie outside every image", n_off, n)

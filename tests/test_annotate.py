@@ -2268,3 +2268,17 @@ def test_galaxy_model_on_nanomaggies_or_unitless_images_does_not_warn(optical_mo
         warnings.simplefilter("error", AstromorphWarning)
         astromorph.annotate(cat, (img, w), model=optical_model)
 
+
+def test_provenance_names_only_the_images_of_the_bands_used(optical_model, tmp_path):
+    """u, g, r, i, z files for a model that takes g, r, i: astromorph_images listed the u and
+    z files too, as if they had been used; it now names the images of the bands scored."""
+    img, w = blobs(), sky_wcs()
+    cat = catalogue(w, [(100, 100)])
+    paths = []
+    for band in "ugriz":
+        hdr = w.to_header()
+        hdr["FILTER"] = band
+        paths.append(str(tmp_path / f"{band}.fits"))
+        fits.writeto(paths[-1], img, hdr)
+    out = astromorph.annotate(cat, paths, model=optical_model)
+    assert out.meta["astromorph_images"] == ",".join(sorted(paths[1:4]))
