@@ -32,6 +32,14 @@ _ZERO_POINT_KEYS = ("MAGZERO", "MAGZP", "MAGZPT", "ZEROPT", "ZPTMAG", "PHOTZP", 
 NANOMAGGY_ZERO_POINT = 22.5
 _COUNTS = re.compile(r"\b(counts?|adu|dn|electrons?|e-|photons?)\b", re.IGNORECASE)
 
+#: EXTNAMEs of the planes that pipelines store beside an image, on its pixel grid and with its
+#: WCS (HSC: MASK, VARIANCE; HST drizzled: WHT, CTX; DES coadds: MSK, WGT; DQ, ERR...): not
+#: tiles of the image's band, so left out of a file that also holds an image plane.
+_AUXILIARY_PLANES = frozenset({
+    "MASK", "MSK", "BPM", "DQ", "FLAGS", "VARIANCE", "VAR", "WEIGHT", "WGT", "WHT", "INVVAR",
+    "IVAR", "ERR", "ERROR", "SIGMA", "RMS", "NOISE", "UNCERT", "CTX", "CONTEXT", "EXP", "EXPMAP",
+    "NEXP"})
+
 _ROLE_NAMES = {"science": "science", "sci": "science", "new": "science",
                "reference": "reference", "ref": "reference", "template": "reference",
                "templ": "reference", "difference": "difference", "diff": "difference"}
@@ -217,7 +225,8 @@ def _note_decompression(header, name, how):
 
 
 def _from_hdul(hdul, name, *, hold=None, spans=None, compressed_file=False):
-    """The 2D image HDUs of ``hdul`` with a celestial WCS, as `SkyImage`.
+    """The 2D image HDUs of ``hdul`` with a celestial WCS, as `SkyImage` (mask and weight
+    planes, by their EXTNAME, left out where the file also holds an image plane).
 
     HDUs that cannot be used are skipped with one `UnusableInputWarning` naming the
     reasons, or, when none is usable, reported in one `InputError`. Compressed images
@@ -225,11 +234,18 @@ def _from_hdul(hdul, name, *, hold=None, spans=None, compressed_file=False):
     `_note_decompression`.
     """
     images, errors = [], []
-    for k, hdu in enumerate(hdul):
-        if not isinstance(hdu, (fits.PrimaryHDU, fits.ImageHDU, fits.CompImageHDU)):
-            continue
-        if hdu.header.get("NAXIS", 0) < 2:
-            continue
+    planes = [k for k, hdu in enumerate(hdul)
+              if isinstance(hdu, (fits.PrimaryHDU, fits.ImageHDU, fits.CompImageHDU))
+              and hdu.header.get("NAXIS", 0) >= 2]
+    auxiliary = {k for k in planes
+                 if str(hdul[k].header.get("EXTNAME", "")).strip().upper() in _AUXILIARY_PLANES}
+    if auxiliary and len(auxiliary) < len(planes):  # a mask or weight beside an image
+        log.info("%s: leaving out the mask and weight planes %s", name,
+                 ", ".join(f"[{k}] {str(hdul[k].header['EXTNAME']).strip()}"
+                           for k in sorted(auxiliary)))
+        planes = [k for k in planes if k not in auxiliary]
+    for k in planes:
+        hdu = hdul[k]
         if compressed_file:
             _note_decompression(hdu.header, f"{name}[{k}]", "a compressed file")
         elif isinstance(hdu, fits.CompImageHDU):

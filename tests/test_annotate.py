@@ -2282,3 +2282,32 @@ def test_provenance_names_only_the_images_of_the_bands_used(optical_model, tmp_p
         fits.writeto(paths[-1], img, hdr)
     out = astromorph.annotate(cat, paths, model=optical_model)
     assert out.meta["astromorph_images"] == ",".join(sorted(paths[1:4]))
+
+
+@pytest.mark.parametrize("names", [("IMAGE", "MASK", "VARIANCE"), ("SCI", "WHT", "CTX"),
+                                   ("SCI", "MSK", "WGT")])
+def test_mask_and_weight_planes_of_a_file_are_not_read_as_tiles(optical_model, tmp_path, names):
+    """HSC calexp (IMAGE, MASK, VARIANCE), HST drizzled (SCI, WHT, CTX) and DES coadd (SCI,
+    MSK, WGT) files hold their mask and weight planes, with the same WCS, beside the image:
+    they were read as tiles of the image's band, and a source on a blank (NaN) pixel of the
+    image was cut from the mask or variance plane instead, and scored, silently. Those planes
+    are now left out where the file has an image plane."""
+    img, w = blobs(), sky_wcs()
+    img[95:106, 95:106] = np.nan  # no data under the source (a masked core, a gap)
+    cat = catalogue(w, [(100, 100), (60, 60)])
+    hdr = w.to_header()
+    rng = np.random.default_rng(3)
+    hdul = fits.HDUList([fits.PrimaryHDU(), fits.ImageHDU(img, hdr, name=names[0]),
+                         fits.ImageHDU(rng.integers(0, 64, img.shape).astype(np.int32), hdr,
+                                       name=names[1]),
+                         fits.ImageHDU(rng.random(img.shape).astype(np.float32), hdr,
+                                       name=names[2])])
+    hdul.writeto(tmp_path / "calexp.fits")
+    alone = astromorph.annotate(cat, {"r": (img, w)}, model=optical_model)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", AmbiguousInputWarning)
+        for images in ({"r": str(tmp_path / "calexp.fits")}, str(tmp_path / "calexp.fits")):
+            out = astromorph.annotate(cat, images, model=optical_model)
+            assert np.asarray(out["opt_flags"]).tolist() == np.asarray(alone["opt_flags"]).tolist()
+            np.testing.assert_allclose(out["opt_p_a"], alone["opt_p_a"], rtol=1e-5)
+            assert out.meta["astromorph_images"] == str(tmp_path / "calexp.fits")
