@@ -10,6 +10,7 @@ import numpy as np
 from astropy.io import fits
 
 from ._cutouts import SkyImage
+from ._readers._fits import _AUX_EXTNAMES
 from ._warnings import catch_warnings, first_few, warn, warn_again
 from .exceptions import (AstromorphWarning, InputError, InvalidArgumentTypeError,
                          UnusableInputWarning)
@@ -31,14 +32,6 @@ _ZERO_POINT_KEYS = ("MAGZERO", "MAGZP", "MAGZPT", "ZEROPT", "ZPTMAG", "PHOTZP", 
 #: The zero point of SDSS nanomaggies, the unit the galaxy models' stretch is set for.
 NANOMAGGY_ZERO_POINT = 22.5
 _COUNTS = re.compile(r"\b(counts?|adu|dn|electrons?|e-|photons?)\b", re.IGNORECASE)
-
-#: EXTNAMEs of the planes that pipelines store beside an image, on its pixel grid and with its
-#: WCS (HSC: MASK, VARIANCE; HST drizzled: WHT, CTX; DES coadds: MSK, WGT; DQ, ERR...): not
-#: tiles of the image's band, so left out of a file that also holds an image plane.
-_AUXILIARY_PLANES = frozenset({
-    "MASK", "MSK", "BPM", "DQ", "FLAGS", "VARIANCE", "VAR", "WEIGHT", "WGT", "WHT", "INVVAR",
-    "IVAR", "ERR", "ERROR", "SIGMA", "RMS", "NOISE", "UNCERT", "CTX", "CONTEXT", "EXP", "EXPMAP",
-    "NEXP"})
 
 _ROLE_NAMES = {"science": "science", "sci": "science", "new": "science",
                "reference": "reference", "ref": "reference", "template": "reference",
@@ -238,7 +231,7 @@ def _from_hdul(hdul, name, *, hold=None, spans=None, compressed_file=False):
               if isinstance(hdu, (fits.PrimaryHDU, fits.ImageHDU, fits.CompImageHDU))
               and hdu.header.get("NAXIS", 0) >= 2]
     auxiliary = {k for k in planes
-                 if str(hdul[k].header.get("EXTNAME", "")).strip().upper() in _AUXILIARY_PLANES}
+                 if str(hdul[k].header.get("EXTNAME", "")).strip().upper() in _AUX_EXTNAMES}
     if auxiliary and len(auxiliary) < len(planes):  # a mask or weight beside an image
         log.info("%s: leaving out the mask and weight planes %s", name,
                  ", ".join(f"[{k}] {str(hdul[k].header['EXTNAME']).strip()}"

@@ -19,9 +19,11 @@ _TRIPLET_NAMES = {"SCIENCE": 0, "SCI": 0, "NEW": 0, "SEARCH": 0,
                   "REFERENCE": 1, "REF": 1, "TEMPLATE": 1, "TEMPL": 1, "TMPL": 1,
                   "DIFFERENCE": 2, "DIFF": 2, "DIF": 2}
 #: HDUs that hold auxiliary planes, never a band.
-_AUX_EXTNAMES = frozenset({"MASK", "UNCERT", "UNCERTAINTY", "VARIANCE", "VAR", "WEIGHT", "WHT",
-                           "ERR", "ERROR", "DQ", "IVAR", "INVVAR", "SIGMA", "PSF", "BPM",
-                           "FLAGS", "EXPMAP", "EXPOSURE"})
+#: (HSC: MASK, VARIANCE; HST drizzled: WHT, CTX; DES coadds: MSK, WGT.)
+_AUX_EXTNAMES = frozenset({"MASK", "MSK", "UNCERT", "UNCERTAINTY", "VARIANCE", "VAR", "WEIGHT",
+                           "WHT", "WGT", "ERR", "ERROR", "DQ", "IVAR", "INVVAR", "SIGMA", "RMS",
+                           "NOISE", "PSF", "BPM", "FLAGS", "EXPMAP", "EXPOSURE", "EXP", "NEXP",
+                           "CTX", "CONTEXT"})
 _BAND_RE = re.compile(r"(?:^|[^a-z])([ugrizy])(?:$|[^a-z])")
 
 #: Files up to this size that hold a single simple HDU are parsed without astropy.
