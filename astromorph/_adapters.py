@@ -40,6 +40,9 @@ class RawStamps:
     bands: tuple = None
     #: Pixel scale in arcsec/pixel, scalar or (N,), or None when unknown.
     pixel_scale: object = None
+    #: Restoring beam FWHM (major axis) in arcsec, scalar or (N,) (NaN where unknown), or
+    #: None when unknown; only the radio family uses it (`coarse_beam`).
+    beam: object = None
     #: Per-row flags already known (e.g. EDGE from the cutout stage).
     flags: np.ndarray = field(default=None)
 
@@ -199,10 +202,25 @@ def _optical(raw, card, crop_fraction):
                      f"got {nb} planes")
 
 
+def coarse_beam(beam):
+    """Is the restoring beam (FWHM in arcsec, scalar or array; None or NaN: unknown) more than
+    twice FIRST's, which the radio model was trained at? False where unknown."""
+    from .preprocessing._radio import FIRST_BEAM_FWHM_ARCSEC
+
+    if beam is None:
+        return np.False_
+    with np.errstate(invalid="ignore"):
+        return np.asarray(beam, dtype=float) > 2 * FIRST_BEAM_FWHM_ARCSEC
+
+
 def _radio(raw, card, crop_fraction):
     from .preprocessing import _radio as rad
 
     flags = raw.flags.copy()
+    # a beam much coarser than FIRST's blurs the structure the model classifies, whatever
+    # the pixel grid it was brought to (NVSS or RACS images on the FIRST grid)
+    flags |= np.where(np.broadcast_to(coarse_beam(raw.beam), flags.shape),
+                      int(Flag.EXTRAPOLATED), 0).astype(flags.dtype)
     data = np.asarray(raw.data)
     options = dict(card["input"].get("preprocessing_options") or {})
     if raw.kind == "colour":  # data-set style 8-bit grey PNG/JPEG

@@ -421,6 +421,7 @@ def _cut_band(images, sky, npix, scale, rows):
     n = len(rows)
     stamps = None
     flags = np.zeros(n, np.int32)
+    beam = np.full(n, np.nan)  # of the image each stamp is cut from (BMAJ), NaN if unknown
     best_margin = np.full(n, -np.inf)
     best_data = np.zeros(n, bool)
     best_image = np.full(n, -1)
@@ -442,6 +443,7 @@ def _cut_band(images, sky, npix, scale, rows):
             continue
         lon, lat, up = (sky[k][j][rows[sel]] for j in (0, 1, 4))
         res = cut_stamps(image, lon, lat, size=npix, pixel_scale=scale[rows][sel], up_angle=up)
+        beam[sel] = np.nan if image.beam is None else image.beam
         if len(sel) == n:  # all from one image (no copy)
             stamps = res.stamps
         else:
@@ -453,7 +455,7 @@ def _cut_band(images, sky, npix, scale, rows):
         flags[sel] |= np.where(res.zoom < MIN_ZOOM, int(Flag.EXTRAPOLATED), 0).astype(np.int32)
     if stamps is None:  # every source off every image
         stamps = np.full((n, npix, npix), np.nan, np.float32)
-    return stamps, flags
+    return stamps, flags, beam
 
 
 def annotate(table, images, *, model, ra_col=None, dec_col=None, coord_col=None,
@@ -578,8 +580,10 @@ def annotate(table, images, *, model, ra_col=None, dec_col=None, coord_col=None,
             """Cut, check and preprocess the sources ``rows`` (runs in worker threads)."""
             stack, row_flags = [], flags[rows].copy()
             off = np.zeros((len(plan), len(rows)), bool)
+            beam = np.full(len(rows), np.nan)  # the coarsest of the bands' beams
             for k, band in enumerate(plan):
-                stamps, f = _cut_band(groups[band], sky[band], npix, scale, rows)
+                stamps, f, band_beam = _cut_band(groups[band], sky[band], npix, scale, rows)
+                beam = np.fmax(beam, band_beam)
                 stack.append(stamps)
                 row_flags |= f
                 off[k] = (f & int(Flag.OFF_IMAGE)) != 0
@@ -592,7 +596,8 @@ def annotate(table, images, *, model, ra_col=None, dec_col=None, coord_col=None,
             usable = (row_flags & int(Flag.unusable())) == 0
             data = stack[0][:, None] if len(stack) == 1 else np.stack(stack, axis=1)
             raw = RawStamps(kind, data if usable.all() else data[usable], bands=tuple(plan),
-                            pixel_scale=scale[rows][usable], flags=row_flags[usable])
+                            pixel_scale=scale[rows][usable], beam=beam[usable],
+                            flags=row_flags[usable])
             x, row_flags[usable] = prepare(model, raw, crop_fraction=crop)
             scored = (row_flags[usable] & int(Flag.unusable())) == 0  # e.g. an all-NaN band
             if not scored.all():

@@ -127,6 +127,8 @@ class SkyImage:
         For messages and provenance.
     band : str or None
         Band or role (``"g"``, ``"science"``...), where known.
+    beam : float or None
+        Restoring beam FWHM (major axis) in arcsec from the header (BMAJ), where known.
     owned : bool
         ``data`` is this image's own array (decompressed from a compressed file): plain
         float32 data are made native and their masking sentinels NaN in place, and sampled
@@ -135,7 +137,7 @@ class SkyImage:
     """
 
     def __init__(self, data, wcs, *, name="image", band=None, bscale=1.0, bzero=0.0, blank=None,
-                 hold=None, file_span=None, owned=False):
+                 hold=None, file_span=None, owned=False, beam=None):
         if data.ndim != 2:
             raise InputError(f"{name}: expected a 2D image, got shape {data.shape}")
         if data.dtype.kind not in "biuf":
@@ -159,6 +161,7 @@ class SkyImage:
         #: What the FITS header says of the pixel unit where it is not SDSS nanomaggies
         #: (`astromorph._images.flux_unit_note`), else None.
         self.flux_note = None
+        self.beam = beam
         self.bscale, self.bzero, self.blank = float(bscale), float(bzero), blank
         #: What `take` reads, as one tuple (swapped whole by `_drop_raw`, so that a thread in
         #: `take` never mixes the raw array with the scaling of the float32 copy):

@@ -18,7 +18,8 @@ class Flag(enum.IntFlag):
     #: The image has no (celestial) WCS, so the stamp could not be placed or scaled.
     NO_WCS = 8
     #: Resampling extrapolated: the model grid is much finer than the data, or the
-    #: stamp does not cover the model's field.
+    #: stamp does not cover the model's field (radio model: or the header's restoring
+    #: beam, BMAJ, is more than twice FIRST's 5.4 arcsec).
     EXTRAPOLATED = 16
     #: The input could not be used at all (unreadable, corrupt, wrong shape); outputs masked.
     BAD_INPUT = 32

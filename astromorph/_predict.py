@@ -507,7 +507,9 @@ class _Runner:
         if not stamp.usable:
             return
         scale = np.nan if stamp.pixel_scale is None else float(stamp.pixel_scale)
-        self._queue(_group_key(stamp.kind, stamp.data, stamp.bands, scale), np.array([row]),
+        beam = stamp.beam if self.family == "radio" else None  # only the radio model uses it
+        self._queue(_group_key(stamp.kind, stamp.data, stamp.bands, scale, beam),
+                    np.array([row]),
                     stamp.data[None], np.array([stamp.flags], dtype=np.int32),
                     np.array([scale]))
 
@@ -592,10 +594,10 @@ class _Runner:
         from ._adapters import NEGATIVE_CENTRE_SIGMA, RawStamps, negative_candidates, prepare
         from ._readers import Stamp
 
-        kind, bands = key[0], key[3]
+        kind, bands, beam = key[0], key[3], key[5]
         raw = RawStamps(kind, data, bands=bands,
                         pixel_scale=None if np.isnan(scales[0]) else float(scales[0]),
-                        flags=before)
+                        beam=beam, flags=before)
         try:
             with catch_warnings():
                 warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN slices etc.
@@ -618,7 +620,7 @@ class _Runner:
         self.updates.append((rows, flags, scored))
         new = flags & ~before
         for j in np.flatnonzero(new):  # words only for the rows that preprocessing flagged
-            stamp = Stamp("", None, kind=kind, data=data[j], bands=bands)
+            stamp = Stamp("", None, kind=kind, data=data[j], bands=bands, beam=beam)
             self.reasons[rows[j]].extend(_explain(stamp, int(new[j])))
         if self.family == "triplet":  # a sign the model does not expect: said, not flagged
             for j in np.flatnonzero(scored & negative_candidates(x)):
@@ -629,15 +631,19 @@ class _Runner:
                     "for a fading source); negate the difference of a negative detection")
 
 
-def _group_key(kind, stamp, bands, scale):
-    """Stamps of one group are scored together: same kind, shape, dtype, bands and pixel
-    scale (to 1e-6 arcsec/pixel)."""
+def _group_key(kind, stamp, bands, scale, beam=None):
+    """Stamps of one group are scored together: same kind, shape, dtype, bands, pixel
+    scale (to 1e-6 arcsec/pixel) and restoring beam (to 1e-6 arcsec; None if unknown)."""
     return (kind, stamp.shape, stamp.dtype.str, bands,
-            None if np.isnan(scale) else round(float(scale), 6))
+            None if np.isnan(scale) else round(float(scale), 6),
+            None if beam is None else round(float(beam), 6))
 
 
 def _explain(stamp, bits):
     """Words for flag bits that preprocessing set."""
+    from ._adapters import coarse_beam
+    from .preprocessing._radio import FIRST_BEAM_FWHM_ARCSEC
+
     out = []
     data = np.asarray(stamp.data)
     if stamp.kind == "colour":
@@ -672,7 +678,11 @@ def _explain(stamp, bits):
                 parts.append(f"{nm} is all zero" if value == 0 else
                              f"{nm} is constant ({value:.4g})")
         out.append("; ".join(parts) if parts else "constant stamp")
-    if bits & Flag.EXTRAPOLATED:
+    if bits & Flag.EXTRAPOLATED and coarse_beam(stamp.beam):
+        out.append(f"beam {stamp.beam:.1f}\" is more than twice FIRST's "
+                   f"{FIRST_BEAM_FWHM_ARCSEC:g}\" (the resolution the model was trained at: "
+                   "structure finer than the beam is lost)")
+    elif bits & Flag.EXTRAPOLATED:
         out.append("the stamp's pixels are much coarser than the model's grid, or it does not "
                    "cover the model's field (resampling extrapolated; any missing area filled)")
     if bits & Flag.NO_SOURCE:

@@ -529,7 +529,7 @@ def test_stamps_of_galactic_frame_images_have_equatorial_north_up():
     for w in (sky_wcs(rot=0, crval=(centre.ra.deg, centre.dec.deg)), gal):
         image = SkyImage(gaussians((200, 200), w, SkyCoord([north, east])), w)
         sky = _sky_positions([image], SkyCoord([centre]))
-        stamps, flags = _cut_band([image], sky, 31, np.array([0.4]), np.array([0]))
+        stamps, flags, _ = _cut_band([image], sky, 31, np.array([0.4]), np.array([0]))
         assert flags[0] == 0
         # 4" north = 10 rows up; 2" east = 5 columns left
         assert peak(stamps[0]) == (15, 25)

@@ -719,3 +719,81 @@ def test_stokes_i_plane_from_every_form_of_the_axis_increment():
     assert data is None and "Stokes XX, YY, XY, YX" in why
     plain = np.ones((1, 1, 3, 3))
     assert stokes_i(plain, fits.Header({"CTYPE3": "FREQ"}).get)[0] is plain
+
+
+def _with_beam(hdu, beam_arcsec, *, aips=False, smooth=True):
+    """``hdu`` observed with a ``beam_arcsec`` restoring beam: the image smoothed to that
+    beam (peaks kept per beam), and BMAJ = BMIN in degrees in the header (FITS standard), or
+    only the AIPS history card ``HISTORY AIPS   CLEAN BMAJ= ...`` with ``aips``."""
+    from scipy.ndimage import gaussian_filter
+
+    data = np.asarray(hdu.data, np.float64)
+    scale = abs(hdu.header["CDELT2"]) * 3600
+    if smooth:
+        extra = np.sqrt(max(beam_arcsec ** 2 - BEAM ** 2, 0.0)) / 2.3548 / scale
+        data = gaussian_filter(data, extra) * (beam_arcsec / BEAM) ** 2
+    out = fits.PrimaryHDU(data.astype(np.float32), header=hdu.header.copy())
+    deg = beam_arcsec / 3600
+    if aips:
+        out.header["HISTORY"] = "AIPS   IMNAME='NVSS    ' IMCLASS='ICL001' IMSEQ=   1 USERNO= 1"
+        out.header["HISTORY"] = f"AIPS   CLEAN BMAJ=  {deg:.4E} BMIN=  {deg:.4E} BPA=   0.00"
+    else:
+        out.header["BMAJ"], out.header["BMIN"], out.header["BPA"] = deg, deg, 0.0
+    return out
+
+
+@requires_model
+def test_beam_coarser_than_first_is_extrapolated_in_files(tmp_path):
+    """An NVSS image brought to the FIRST grid (1.8"/px, 45" beam) holding a 45"-wide double,
+    and a RACS one (2.5"/px, 15" beam), were scored with flags 0: only the pixel scale was
+    compared with FIRST's, the restoring beam in the header (BMAJ, degrees) never read. A
+    beam more than twice FIRST's 5.4" is now EXTRAPOLATED, with the beam in the reason:
+    from BMAJ (fast parser and astropy, a 2-D image and a 4-D FIRST-style cube) or the AIPS
+    history card. A FIRST beam, and a header without one, give no flag."""
+    from astromorph import Flag
+
+    hdu = first_like_hdu(seed=3)
+    nvss = _with_beam(hdu, 45.0)
+    nvss.writeto(tmp_path / "nvss.fits")
+    fits.HDUList([fits.PrimaryHDU(), fits.ImageHDU(nvss.data, nvss.header)]).writeto(
+        tmp_path / "nvss_ext.fits")  # read by astropy, not the fast parser
+    _with_beam(hdu, 45.0, aips=True).writeto(tmp_path / "nvss_aips.fits")
+    cube = _stokes_hdu([nvss.data])
+    cube.header.update({k: nvss.header[k] for k in ("BMAJ", "BMIN", "BPA")})
+    cube.writeto(tmp_path / "nvss_cube.fits")
+    _with_beam(first_like_hdu(seed=3, pixel_scale=2.5), 15.0).writeto(tmp_path / "racs.fits")
+    _with_beam(hdu, BEAM, smooth=False).writeto(tmp_path / "first.fits")
+    hdu.writeto(tmp_path / "plain.fits")
+    names = ["nvss", "nvss_ext", "nvss_aips", "nvss_cube", "racs", "first", "plain"]
+    out = astromorph.predict_files("radio-morphology",
+                                   [str(tmp_path / f"{n}.fits") for n in names], progress=False)
+    assert [s.rsplit("/", 1)[-1] for s in out["source"]] == [f"{n}.fits" for n in names]
+    assert list(out["radio_flags"]) == [Flag.EXTRAPOLATED] * 5 + [0, 0]
+    for row in range(4):
+        assert 'beam 45.0" is more than twice FIRST\'s 5.4"' in out["reason"][row]
+    assert 'beam 15.0" is more than twice FIRST\'s 5.4"' in out["reason"][4]
+    assert not np.ma.is_masked(out["radio_p_FRII"][0])  # scored, with the flag
+    assert list(out["reason"][5:]) == ["", ""]
+
+
+@requires_model
+def test_beam_coarser_than_first_is_extrapolated_in_annotate(tmp_path):
+    """`annotate` on a mosaic whose header gives a 45" beam scored its sources with flags 0;
+    they are now EXTRAPOLATED (a file and an HDU). The same mosaic with FIRST's beam, or no
+    beam keyword, gives no flag."""
+    from astropy.table import Table
+
+    from astromorph import Flag
+
+    hdu = first_like_hdu(size=600, seed=4)
+    centre = WCS(hdu.header).pixel_to_world(300, 300)
+    cat = Table({"ra": [centre.ra.deg, centre.ra.deg], "dec": [centre.dec.deg,
+                                                                centre.dec.deg - 0.03]})
+    nvss = _with_beam(hdu, 45.0)
+    nvss.writeto(tmp_path / "nvss.fits")
+    for images in (str(tmp_path / "nvss.fits"), nvss):
+        out = astromorph.annotate(cat, images, model="radio-morphology", progress=False)
+        assert list(out["radio_flags"] & Flag.EXTRAPOLATED) == [Flag.EXTRAPOLATED] * 2
+    for images in (_with_beam(hdu, BEAM, smooth=False), hdu):
+        out = astromorph.annotate(cat, images, model="radio-morphology", progress=False)
+        assert not np.any(out["radio_flags"] & Flag.EXTRAPOLATED)

@@ -10,7 +10,7 @@ from .._flags import Flag
 from ._stamp import Stamp, common_pixel_scale
 from .._warnings import catch_warnings
 
-__all__ = ["normalise_band", "parse_fits_bytes", "read_fits", "stokes_i"]
+__all__ = ["normalise_band", "parse_fits_bytes", "read_fits", "stokes_i", "beam_of_header"]
 
 _MEMBERS = ("science", "reference", "difference")
 
@@ -131,6 +131,9 @@ def _read_header(read, start):
                 keys.append(k)
                 if k not in cards:
                     cards[k] = block[i + 10:i + 80].decode("ascii", "replace")
+            elif key == b"HISTORY" and b"BMAJ=" in block[i + 8:i + 80]:
+                # the AIPS beam card (`beam_of_header`): the last one is the beam in force
+                cards["HISTORY"] = block[i + 8:i + 80].decode("ascii", "replace")
 
 
 _FAST_DTYPES = {8: ">u1", 16: ">i2", 32: ">i4", 64: ">i8", -32: ">f4", -64: ">f8"}
@@ -466,8 +469,43 @@ def stokes_i(data, get):
                   "intensity) plane to score")
 
 
+#: The restoring beam of the AIPS history convention, ``HISTORY AIPS   CLEAN BMAJ=  1.2500E-02
+#: BMIN= ...`` (degrees), written by AIPS tasks that keep no BMAJ keyword.
+_AIPS_BMAJ = re.compile(r"BMAJ=\s*([-+]?[0-9.]+(?:[EeDd][-+]?[0-9]+)?)")
+
+
+def beam_of_header(get):
+    """Restoring beam FWHM (major axis) in arcsec from a header, or None.
+
+    ``get(key, default)`` reads the header: ``BMAJ`` (degrees, the FITS standard), else the
+    last ``HISTORY AIPS CLEAN BMAJ=`` card (degrees). None when neither is there or the
+    value is not a positive finite number: nothing is assumed.
+    """
+    value = get("BMAJ", None)
+    if value is None:
+        history = get("HISTORY", None) or ()
+        cards = [history] if isinstance(history, str) else list(history)
+        found = [m for card in cards if "AIPS" in str(card)
+                 for m in _AIPS_BMAJ.findall(str(card))]
+        value = found[-1].upper().replace("D", "E") if found else None
+    try:
+        beam = float(value) * 3600.0 if not isinstance(value, bool) else np.nan
+    except (TypeError, ValueError):
+        return None
+    return beam if np.isfinite(beam) and beam > 0 else None
+
+
 def _stamps_from_array(path, data, header_get, scale, header_hdu, triplet_hint):
-    """Stamps from one image array (2-D, 3-D cube or 4-D stack of stamps)."""
+    """Stamps from one image array (2-D, 3-D cube or 4-D stack of stamps), with the
+    header's restoring beam (`beam_of_header`)."""
+    stamps = _array_stamps(path, data, header_get, scale, header_hdu, triplet_hint)
+    beam = beam_of_header(header_get)
+    for stamp in stamps:
+        stamp.beam = beam
+    return stamps
+
+
+def _array_stamps(path, data, header_get, scale, header_hdu, triplet_hint):
     source = str(path)
     data = _squeeze(data)
     if data.ndim == 2:

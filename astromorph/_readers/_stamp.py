@@ -29,6 +29,8 @@ class Stamp:
     bands: tuple = None
     #: Pixel scale in arcsec/pixel from the WCS, or None.
     pixel_scale: float = None
+    #: Restoring beam FWHM (major axis) in arcsec from the header (BMAJ), or None.
+    beam: float = None
     flags: int = 0
     reason: list = field(default_factory=list)
     #: HDU whose header gets the results (FITS files only), else None.
