@@ -797,3 +797,21 @@ def test_beam_coarser_than_first_is_extrapolated_in_annotate(tmp_path):
     for images in (_with_beam(hdu, BEAM, smooth=False), hdu):
         out = astromorph.annotate(cat, images, model="radio-morphology", progress=False)
         assert not np.any(out["radio_flags"] & Flag.EXTRAPOLATED)
+
+
+def test_beam_of_header_reads_bmaj_or_the_aips_card_and_assumes_nothing():
+    """BMAJ (degrees) wins; else the last AIPS CLEAN card (D exponents too); a value that is
+    not a positive finite number, or no beam at all, gives None (nothing assumed)."""
+    from astromorph._readers._fits import beam_of_header
+
+    header = fits.Header()
+    assert beam_of_header(header.get) is None
+    header["HISTORY"] = "AIPS   CLEAN BMAJ=  1.2500D-02 BMIN=  1.2500D-02 BPA=   0.00"
+    header["HISTORY"] = "AIPS   CLEAN BMAJ=  4.1667E-03 BMIN=  4.1667E-03 BPA=   0.00"
+    assert beam_of_header(header.get) == pytest.approx(15.0, rel=1e-4)
+    header["BMAJ"] = 45 / 3600
+    assert beam_of_header(header.get) == pytest.approx(45.0)
+    for bad in (0.0, -1e-3, "abc", True):
+        header["BMAJ"] = bad
+        assert beam_of_header(header.get) is None
+    assert beam_of_header({"BMAJ": float("nan")}.get) is None
