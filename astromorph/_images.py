@@ -10,7 +10,7 @@ import numpy as np
 from astropy.io import fits
 
 from ._cutouts import SkyImage
-from ._readers._fits import _AUX_EXTNAMES, beam_of_header
+from ._readers._fits import _AUX_EXTNAMES, band_keyword, beam_of_header
 from ._warnings import catch_warnings, first_few, warn, warn_again
 from .exceptions import (AstromorphWarning, InputError, InvalidArgumentTypeError,
                          UnusableInputWarning)
@@ -19,7 +19,6 @@ __all__ = ["parse_sky_images", "band_of_header", "closing_files"]
 
 log = logging.getLogger(__name__)
 
-_BAND_KEYS = ("BAND", "FILTER", "FILTNAM1", "FILTER1", "FILTNAME")
 #: A compressed image (gzipped file, tile-compressed HDU) is decompressed whole into memory:
 #: one larger than this (bytes) gets an `AstromorphWarning` saying so.
 DECOMPRESS_WARN_BYTES = 1 << 30
@@ -38,18 +37,21 @@ _ROLE_NAMES = {"science": "science", "sci": "science", "new": "science",
                "templ": "reference", "difference": "difference", "diff": "difference"}
 
 
-def band_of_header(header):
-    """Band (``"g"``, ``"r"``...) or triplet role from a FITS header, else ``None``."""
+def band_of_header(header, primary=None):
+    """Band (``"g"``, ``"r"``...) or triplet role from a FITS header, else ``None``.
+
+    ``primary``: the file's primary header, whose band keywords are read where those of
+    ``header`` (an image extension: HSC calexp IMAGE, HST drizzled SCI) name none.
+    """
     extname = str(header.get("EXTNAME", "")).strip().lower()
     if extname in _ROLE_NAMES:
         return _ROLE_NAMES[extname]
-    for key in _BAND_KEYS:
-        value = str(header.get(key, "")).strip()
-        if value:
-            m = re.search(r"(?:^|[\s_'.-])([ugrizyUGRIZY])(?:$|[\s_'.-]|\d)", f" {value} ")
-            if m:
-                return m.group(1).lower()
-            return value.lower()
+    value = band_keyword(header, primary)
+    if value:
+        m = re.search(r"(?:^|[\s_'.-])([ugrizyUGRIZY])(?:$|[\s_'.-]|\d)", f" {value} ")
+        if m:
+            return m.group(1).lower()
+        return value.lower()
     return None
 
 
@@ -156,7 +158,7 @@ def _axes_header(wcs):
         return None
 
 
-def _from_hdu(hdu, name, hold=None, file_span=None):
+def _from_hdu(hdu, name, hold=None, file_span=None, primary=None):
     if hdu.data is None or hdu.header.get("NAXIS", 0) < 2:
         raise InputError(f"{name}: the HDU holds no image")
     data = _plane(hdu.data, name, hdu.header)
@@ -165,7 +167,7 @@ def _from_hdu(hdu, name, hold=None, file_span=None):
     scaled = (data.dtype.kind in "iu" and ("BSCALE" in header or "BZERO" in header
                                            or "BLANK" in header))
     owned = hold is not None and not _memory_mapped(data)
-    image = SkyImage(data, wcs, name=name, band=band_of_header(header),
+    image = SkyImage(data, wcs, name=name, band=band_of_header(header, primary),
                      beam=beam_of_header(header.get),
                      bscale=header.get("BSCALE", 1.0) if scaled else 1.0,
                      bzero=header.get("BZERO", 0.0) if scaled else 0.0,
@@ -246,7 +248,8 @@ def _from_hdul(hdul, name, *, hold=None, spans=None, compressed_file=False):
             _note_decompression(hdu.header, f"{name}[{k}]", "a tile-compressed image")
         try:
             images.append(_from_hdu(hdu, f"{name}[{k}]", hold=hold,
-                                    file_span=None if spans is None else spans(k, hdu)))
+                                    file_span=None if spans is None else spans(k, hdu),
+                                    primary=hdul[0].header if k else None))
         except InputError as exc:
             errors.append(str(exc))
         except (OSError, ValueError, TypeError) as exc:

@@ -2311,3 +2311,41 @@ def test_mask_and_weight_planes_of_a_file_are_not_read_as_tiles(optical_model, t
             assert np.asarray(out["opt_flags"]).tolist() == np.asarray(alone["opt_flags"]).tolist()
             np.testing.assert_allclose(out["opt_p_a"], alone["opt_p_a"], rtol=1e-5)
             assert out.meta["astromorph_images"] == str(tmp_path / "calexp.fits")
+
+
+def test_band_named_in_the_primary_header_of_an_image_extension(optical_model, tmp_path):
+    """HSC calexp files keep FILTER in the primary header and the image in an IMAGE
+    extension: a list of g, r, i such files was read as one unnamed band, scored grey (with
+    the "cover the same pixels" warning). The primary header's band keywords are now read
+    where the extension names no band, so the list scores as the same files in a dict."""
+    w = sky_wcs()
+    cat = catalogue(w, [(100, 100), (60, 60)])
+    paths = {}
+    for k, band in enumerate("gri"):
+        hdr = w.to_header()
+        hdul = fits.HDUList([fits.PrimaryHDU(header=fits.Header([("FILTER", f"HSC-{band.upper()}")])),
+                             fits.ImageHDU(blobs(seed=k) * (1 + k), hdr, name="IMAGE"),
+                             fits.ImageHDU(np.zeros((200, 200), np.int32), hdr, name="MASK")])
+        paths[band] = str(tmp_path / f"calexp-{band}.fits")
+        hdul.writeto(paths[band])
+    named = astromorph.annotate(cat, paths, model=optical_model)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", AmbiguousInputWarning)
+        out = astromorph.annotate(cat, list(paths.values()), model=optical_model)
+    np.testing.assert_allclose(out["opt_p_a"], named["opt_p_a"], rtol=1e-5)
+    assert out.meta["astromorph_images"] == ",".join(sorted(paths.values()))
+
+
+@pytest.mark.parametrize("cards, band", [
+    ({"FILTER1": "CLEAR1L", "FILTER2": "F814W"}, "f814w"),  # HST ACS
+    ({"FILTER1": "F606W", "FILTER2": "CLEAR2L"}, "f606w"),
+    ({"FILTNAM1": "", "FILTNAM2": "F555W"}, "f555w"),  # WFPC2
+    ({"FILTER": "HSC-R2"}, "r")])
+def test_band_of_header_reads_filter_wheels_and_the_primary_header(cards, band):
+    from astromorph._images import band_of_header
+
+    primary = fits.Header(list(cards.items()))
+    assert band_of_header(fits.Header([("EXTNAME", "IMAGE")]), primary) == band
+    assert band_of_header(primary) == band
+    # the extension's own band comes first
+    assert band_of_header(fits.Header([("FILTER", "g")]), primary) == "g"

@@ -1983,3 +1983,21 @@ def test_header_card_of_a_value_no_card_holds_is_dropped_and_named():
     assert _card("ASTROMORPH MORPH P_RED", float("nan"), "x", dropped) is None
     assert dropped == {"ASTROMORPH MORPH P_RED"}
     assert _card("ASTROMORPH MORPH P_RED", 0.5, "x", dropped).value == 0.5
+
+
+@pytest.mark.parametrize("cards, band", [({"FILTER": "HSC-R"}, "r"),  # HSC calexp
+                                         ({"FILTER1": "CLEAR1L", "FILTER2": "F814W"}, "f814w")])
+def test_band_of_an_image_extension_falls_back_to_the_primary_header(tmp_path, cards, band):
+    """HSC calexp and HST drizzled files keep FILTER (or FILTER1/FILTER2, one of them
+    CLEAR) in the primary header and the image in an extension: the band was read as
+    unnamed; it now comes from the primary header where the extension names none."""
+    hdul = fits.HDUList([fits.PrimaryHDU(header=fits.Header(list(cards.items()))),
+                         fits.ImageHDU(galaxy(64), name="SCI"),
+                         fits.ImageHDU(np.ones((64, 64), np.float32), name="WHT")])
+    hdul.writeto(tmp_path / "drz.fits")
+    (stamp,) = read_file(tmp_path / "drz.fits", want_scale=False, triplet_hint=False)
+    assert stamp.bands == (band,)
+    hdul[1].header["FILTER"] = "g"  # the extension's own band comes first
+    hdul.writeto(tmp_path / "own.fits")
+    (stamp,) = read_file(tmp_path / "own.fits", want_scale=False, triplet_hint=False)
+    assert stamp.bands == ("g",)

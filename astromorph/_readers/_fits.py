@@ -421,14 +421,38 @@ def _triplet_order(names):
             for n in names]
 
 
-def _band_of(header):
-    for key in ("FILTER", "BAND", "FILTNAM1", "FILTER1"):
-        if header.get(key):
-            return normalise_band(header[key])
+#: Header keywords that name a band, in the order read; a pair (FILTER1, FILTER2) is two
+#: filter wheels (HST ACS, WFPC2), of which the one not CLEAR names the band.
+BAND_KEYS = ("BAND", "FILTER", ("FILTNAM1", "FILTNAM2"), ("FILTER1", "FILTER2"), "FILTNAME")
+
+
+def band_keyword(header, primary=None):
+    """The text of the first band keyword (`BAND_KEYS`) of a FITS header, else None.
+
+    ``primary``: the file's primary header, read where ``header`` (an image extension)
+    has no band keyword: HSC calexp and HST drizzled files keep FILTER there and the
+    image in an extension (astropy does not inherit primary keywords).
+    """
+    for h in (header, primary):
+        if h is None:
+            continue
+        for key in BAND_KEYS:
+            values = [str(h.get(k) or "").strip() for k in
+                      (key if isinstance(key, tuple) else (key,))]
+            named = [v for v in values if v and not v.upper().startswith("CLEAR")]
+            if named or any(values):
+                return (named or [v for v in values if v])[0]
+    return None
+
+
+def _band_of(header, primary=None):
+    value = band_keyword(header)
+    if value:
+        return normalise_band(value)
     name = header.get("EXTNAME")
     if name and str(name).strip().upper() not in ("PRIMARY", "IMAGE", "SCI", "DATA"):
         return normalise_band(name)
-    return None
+    return normalise_band(band_keyword(primary)) if primary is not None else None
 
 
 #: Values of a FITS STOKES axis (Greisen & Calabretta 2002, AIPS memo 114).
@@ -495,21 +519,22 @@ def beam_of_header(get):
     return beam if np.isfinite(beam) and beam > 0 else None
 
 
-def _stamps_from_array(path, data, header_get, scale, header_hdu, triplet_hint):
+def _stamps_from_array(path, data, header_get, scale, header_hdu, triplet_hint, primary=None):
     """Stamps from one image array (2-D, 3-D cube or 4-D stack of stamps), with the
-    header's restoring beam (`beam_of_header`)."""
-    stamps = _array_stamps(path, data, header_get, scale, header_hdu, triplet_hint)
+    header's restoring beam (`beam_of_header`); ``primary``: the file's primary header where
+    the image is an extension's."""
+    stamps = _array_stamps(path, data, header_get, scale, header_hdu, triplet_hint, primary)
     beam = beam_of_header(header_get)
     for stamp in stamps:
         stamp.beam = beam
     return stamps
 
 
-def _array_stamps(path, data, header_get, scale, header_hdu, triplet_hint):
+def _array_stamps(path, data, header_get, scale, header_hdu, triplet_hint, primary=None):
     source = str(path)
     data = _squeeze(data)
     if data.ndim == 2:
-        band = _band_of(_GetDict(header_get))
+        band = _band_of(_GetDict(header_get), primary)
         return [Stamp(source, path, "bands", data[None], (band,), scale, header_hdu=header_hdu)]
     if data.ndim == 3:
         names = _plane_names(_GetDict(header_get), data.shape[0])
@@ -664,6 +689,7 @@ def _read_fits_astropy(path, *, want_scale, triplet_hint):
                     images.append((i, hdu, _squeeze(data),
                                    _header_scale(hdu.header) if want_scale else None))
                 headers = {i: hdu.header.copy() for i, hdu, _, _ in images}
+                primary = hdul[0].header.copy() if len(hdul) > 1 else None
         truncated = [str(w.message) for w in caught if "truncat" in str(w.message).lower()]
         if truncated:
             raise ValueError(truncated[0])
@@ -686,7 +712,8 @@ def _read_fits_astropy(path, *, want_scale, triplet_hint):
             Flag.BAD_INPUT, "; ".join(stokes.values()) or "no image HDU with data")]
     if len(images) == 1:
         i, _, data, scale = images[0]
-        stamps = _stamps_from_array(path, data, headers[i].get, scale, i, triplet_hint)
+        stamps = _stamps_from_array(path, data, headers[i].get, scale, i, triplet_hint,
+                                    primary if i else None)
         if empty:  # one HDU per band with one band filled: the others are named as empty
             labels = {_band_of(h): _empty_label(j, h) for j, h in empty.items()}
             for stamp in stamps:
@@ -713,7 +740,7 @@ def _read_fits_astropy(path, *, want_scale, triplet_hint):
         return [Stamp(source, path).flag(
             Flag.BAD_INPUT, "band images differ in shape: "
             f"{', '.join('x'.join(map(str, p.shape)) for p in planes)}")]
-    bands = tuple(_band_of(headers[i]) for i, _, _, _ in images)
+    bands = tuple(_band_of(headers[i], primary if i else None) for i, _, _, _ in images)
     return [Stamp(source, path, "bands", np.stack(planes), bands, scale, header_hdu=0,
                   empty_hdus={_band_of(h): _empty_label(i, h) for i, h in empty.items()})]
 
