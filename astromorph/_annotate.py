@@ -328,13 +328,13 @@ def _band_plan(model, family, groups):
     return [pick]
 
 
-def _warn_flux_units(model, images):
+def warn_flux_units(model, noted):
     """Warn, once, of the images whose FITS header gives a unit or zero point other than
-    the SDSS nanomaggies that the galaxy models' stretch is set for (`SkyImage.flux_note`):
-    such images give black or saturated stamps and wrong classes without any flag."""
-    from ._images import NANOMAGGY_ZERO_POINT
+    the SDSS nanomaggies that the galaxy models' stretch is set for: ``noted`` holds
+    ``"name: note"`` for each (`flux_unit_note`). Such images give black or saturated
+    stamps and wrong classes without any flag."""
+    from ._readers._fits import NANOMAGGY_ZERO_POINT
 
-    noted = [f"{im.name}: {im.flux_note}" for im in images if im.flux_note]
     if noted:
         warn(f"model {model.name!r} takes images in SDSS nanomaggies per pixel (AB zero point "
              f"{NANOMAGGY_ZERO_POINT:g}, 0.396 arcsec pixels), but the headers say otherwise: "
@@ -562,7 +562,8 @@ def annotate(table, images, *, model, ra_col=None, dec_col=None, coord_col=None,
         plan = _band_plan(model, family, groups)
         used_images = [im for band in plan for im in groups[band]]
         if family == "optical":
-            _warn_flux_units(model, used_images)
+            warn_flux_units(model, [f"{im.name}: {im.flux_note}" for im in used_images
+                                    if im.flux_note])
 
         coords, bad_pos = _positions(out, ra_col, dec_col, coord_col)
         sizes = _size_values(out, size_col, n)

@@ -159,7 +159,7 @@ class SkyImage:
             data = data.byteswap(inplace=True).view(data.dtype.newbyteorder())
         self.data, self.wcs, self.name, self.band = data, wcs, name, band
         #: What the FITS header says of the pixel unit where it is not SDSS nanomaggies
-        #: (`astromorph._images.flux_unit_note`), else None.
+        #: (`astromorph._readers._fits.flux_unit_note`), else None.
         self.flux_note = None
         self.beam = beam
         self.bscale, self.bzero, self.blank = float(bscale), float(bzero), blank

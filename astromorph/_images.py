@@ -10,7 +10,7 @@ import numpy as np
 from astropy.io import fits
 
 from ._cutouts import SkyImage
-from ._readers._fits import _AUX_EXTNAMES, band_keyword, beam_of_header
+from ._readers._fits import _AUX_EXTNAMES, band_keyword, beam_of_header, flux_unit_note
 from ._warnings import catch_warnings, first_few, warn, warn_again
 from .exceptions import (AstromorphWarning, InputError, InvalidArgumentTypeError,
                          UnusableInputWarning)
@@ -24,13 +24,6 @@ log = logging.getLogger(__name__)
 DECOMPRESS_WARN_BYTES = 1 << 30
 #: First bytes of the whole-file compressions astropy reads (gzip, bzip2, zip, xz).
 _COMPRESSED_MAGIC = (b"\x1f\x8b", b"BZh", b"PK\x03\x04", b"\xfd7zXZ")
-
-#: Header keywords of a photometric zero point (AB magnitude of one data unit), as DES, HSC,
-#: ZTF and other pipelines write them; FLUXMAG0 (the flux of magnitude 0) is read as one too.
-_ZERO_POINT_KEYS = ("MAGZERO", "MAGZP", "MAGZPT", "ZEROPT", "ZPTMAG", "PHOTZP", "ZP", "ZPT")
-#: The zero point of SDSS nanomaggies, the unit the galaxy models' stretch is set for.
-NANOMAGGY_ZERO_POINT = 22.5
-_COUNTS = re.compile(r"\b(counts?|adu|dn|electrons?|e-|photons?)\b", re.IGNORECASE)
 
 _ROLE_NAMES = {"science": "science", "sci": "science", "new": "science",
                "reference": "reference", "ref": "reference", "template": "reference",
@@ -52,38 +45,6 @@ def band_of_header(header, primary=None):
         if m:
             return m.group(1).lower()
         return value.lower()
-    return None
-
-
-def flux_unit_note(header):
-    """What a FITS header says of its pixel unit where that is not SDSS nanomaggies (zero point
-    `NANOMAGGY_ZERO_POINT`), e.g. ``"BUNIT='count'"`` or ``"MAGZERO=30"``; None where it says
-    nanomaggies or nothing recognisable (an unknown BUNIT such as 'nominal' is no claim)."""
-    import astropy.units as u
-
-    bunit = str(header.get("BUNIT", "")).strip()
-    if re.search(r"nanomagg|nmgy", bunit, re.IGNORECASE):
-        return None
-    if bunit:
-        with catch_warnings():
-            warnings.simplefilter("ignore", u.UnitsWarning)
-            unit = u.Unit(bunit, parse_strict="silent")
-        if _COUNTS.search(bunit) or not isinstance(unit, u.UnrecognizedUnit):
-            return f"BUNIT={bunit!r}"
-    for key in _ZERO_POINT_KEYS + ("FLUXMAG0",):
-        value = header.get(key)
-        if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.number)):
-            continue
-        if key == "FLUXMAG0":
-            if not value > 0:
-                continue
-            zp = 2.5 * np.log10(float(value))
-            shown = f"FLUXMAG0={value:g} (zero point {zp:.4g})"
-        else:
-            zp, shown = float(value), f"{key}={value:g}"
-        if np.isfinite(zp) and abs(zp - NANOMAGGY_ZERO_POINT) > 0.01:
-            return shown
-        return None  # the first zero point given is the one read
     return None
 
 

@@ -127,6 +127,10 @@ def predict_files(model, inputs, *, batch_size=256, progress=None, write_header=
     astromorph.exceptions.AmbiguousInputWarning
         When stamps were read by assumption (unnamed bands or planes), or files by their
         content against their extension (``x.fits`` holding an Avro packet).
+    astromorph.exceptions.AstromorphWarning
+        For galaxy models, when FITS headers give a pixel unit or zero point other than
+        SDSS nanomaggies (``BUNIT`` count, ``MAGZERO`` 30...): the pixels are scored
+        unconverted and each such row's ``reason`` says so.
     astromorph.exceptions.DuplicateSourceWarning
         When a ``source`` repeats (an alert id in two packets, or one packet under two
         file names): every row is kept; the message says how many ids repeat and names
@@ -154,11 +158,13 @@ def predict_files(model, inputs, *, batch_size=256, progress=None, write_header=
 
     with progress_bar(len(paths), desc=f"{model.name}", unit="file", enabled=progress,
                       min_total=16) as bar:
-        assumed, misnamed = [], {}
+        assumed, misnamed, units = [], {}, []
         for stamps in _read_all(paths, family, model.card):
             for stamp in stamps:
                 if stamp.assumption:
                     assumed.append(stamp)
+                if family == "optical" and stamp.usable and stamp.flux_note:
+                    units.append(f"{stamp.source}: {stamp.flux_note}")
                 if stamp.misnamed:
                     misnamed.setdefault(str(stamp.path), stamp.misnamed)
                 runner.add(stamp)
@@ -170,6 +176,10 @@ def predict_files(model, inputs, *, batch_size=256, progress=None, write_header=
         warn(f"{len(assumed)} stamp(s) read by assumption (first: {assumed[0].source}: "
              f"{assumed[0].assumption}); name {what} to be sure", AmbiguousInputWarning)
 
+    if units:
+        from ._annotate import warn_flux_units
+
+        warn_flux_units(model, units)
     if misnamed:
         first = next(iter(misnamed.items()))
         warn(f"{len(misnamed)} file(s) whose extension names another format than their "
@@ -372,6 +382,13 @@ def _conform(stamp, family, card):
         _conform_bands(stamp, family, name)
         if not stamp.usable:
             return stamp
+        if family == "optical" and stamp.flux_note:  # said, not flagged, as annotate does
+            from ._readers._fits import NANOMAGGY_ZERO_POINT
+
+            stamp.reason.append(f"header gives {stamp.flux_note}, not SDSS nanomaggies: the "
+                                "pixels are scored as they are, assumed nanomaggies per pixel "
+                                f"(zero point {NANOMAGGY_ZERO_POINT:g}); convert them "
+                                "(docs/annotate.md)")
     # Pixel grid: radio and triplet models resample by the WCS pixel scale.
     if stamp.pixel_scale is None and not stamp.native_grid:
         grid = None

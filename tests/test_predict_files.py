@@ -2001,3 +2001,42 @@ def test_band_of_an_image_extension_falls_back_to_the_primary_header(tmp_path, c
     hdul.writeto(tmp_path / "own.fits")
     (stamp,) = read_file(tmp_path / "own.fits", want_scale=False, triplet_hint=False)
     assert stamp.bands == ("g",)
+
+
+def test_galaxy_model_on_fits_not_in_nanomaggies_says_so(models, tmp_path):
+    """annotate warned of FITS headers whose unit or zero point is not SDSS nanomaggies;
+    predict_files, with its own reader, said nothing: a stamp in counts was scored as
+    nanomaggies (another class, flag 0) without a word. Its row's reason now says what the
+    header gives, and one AstromorphWarning names the files; the pixels are not converted
+    and the flags do not change."""
+    g, r, i = galaxy(seed=1), galaxy(seed=2), galaxy(seed=3)
+    write_mef(tmp_path / "nmgy.fits", [g, r, i], list("gri"))
+    counts = write_mef(tmp_path / "counts.fits", [g, r, i], list("gri"))
+    with fits.open(counts, mode="update") as hdul:
+        for hdu in hdul[1:]:
+            hdu.header["MAGZERO"] = 30.0
+    write_fits(tmp_path / "single.fits", galaxy() * 200, BUNIT="count")
+    write_fits(tmp_path / "stated.fits", galaxy(), BUNIT="nanomaggy")
+    with pytest.warns(AstromorphWarning, match="nanomaggies") as rec:
+        table = astromorph.predict_files("morphology", tmp_path)
+    message = " ".join(str(w.message) for w in rec if "nanomaggies" in str(w.message))
+    assert "counts.fits" in message and "single.fits" in message and "MAGZERO=30" in message
+    assert "nmgy.fits" not in message and "stated.fits" not in message
+    assert "BUNIT='count'" in row(table, tmp_path / "single.fits")["reason"]
+    said = row(table, counts)["reason"]
+    assert "MAGZERO=30" in said and "nanomaggies" in said
+    assert row(table, tmp_path / "nmgy.fits")["reason"] == ""
+    assert row(table, tmp_path / "stated.fits")["reason"] == ""
+    assert not table["morph_flags"].any()
+    # said, not converted: the pixels score as those without the keyword
+    assert row(table, counts)["morph_p_red"] == pytest.approx(
+        row(table, tmp_path / "nmgy.fits")["morph_p_red"], abs=1e-6)
+
+
+def test_radio_model_ignores_the_flux_unit(models, tmp_path):
+    img = galaxy(RADIO_STAMP)
+    write_fits(tmp_path / "radio.fits", img, scale=1.8, BUNIT="JY/BEAM")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", AstromorphWarning)
+        table = astromorph.predict_files("radio-morphology", tmp_path)
+    assert "nanomagg" not in table["reason"][0]

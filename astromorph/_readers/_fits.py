@@ -10,7 +10,8 @@ from .._flags import Flag
 from ._stamp import Stamp, common_pixel_scale
 from .._warnings import catch_warnings
 
-__all__ = ["normalise_band", "parse_fits_bytes", "read_fits", "stokes_i", "beam_of_header"]
+__all__ = ["band_keyword", "beam_of_header", "flux_unit_note", "normalise_band",
+           "parse_fits_bytes", "read_fits", "stokes_i"]
 
 _MEMBERS = ("science", "reference", "difference")
 
@@ -25,6 +26,13 @@ _AUX_EXTNAMES = frozenset({"MASK", "MSK", "UNCERT", "UNCERTAINTY", "VARIANCE", "
                            "NOISE", "PSF", "BPM", "FLAGS", "EXPMAP", "EXPOSURE", "EXP", "NEXP",
                            "CTX", "CONTEXT"})
 _BAND_RE = re.compile(r"(?:^|[^a-z])([ugrizy])(?:$|[^a-z])")
+
+#: Header keywords of a photometric zero point (AB magnitude of one data unit), as DES, HSC,
+#: ZTF and other pipelines write them; FLUXMAG0 (the flux of magnitude 0) is read as one too.
+_ZERO_POINT_KEYS = ("MAGZERO", "MAGZP", "MAGZPT", "ZEROPT", "ZPTMAG", "PHOTZP", "ZP", "ZPT")
+#: The zero point of SDSS nanomaggies, the unit the galaxy models' stretch is set for.
+NANOMAGGY_ZERO_POINT = 22.5
+_COUNTS = re.compile(r"\b(counts?|adu|dn|electrons?|e-|photons?)\b", re.IGNORECASE)
 
 #: Files up to this size that hold a single simple HDU are parsed without astropy.
 _FAST_MAX_BYTES = 16 << 20
@@ -42,6 +50,38 @@ def normalise_band(name):
     low = text.lower()
     m = _BAND_RE.search(low)
     return m.group(1) if m else low
+
+
+def flux_unit_note(header):
+    """What a FITS header says of its pixel unit where that is not SDSS nanomaggies (zero point
+    `NANOMAGGY_ZERO_POINT`), e.g. ``"BUNIT='count'"`` or ``"MAGZERO=30"``; None where it says
+    nanomaggies or nothing recognisable (an unknown BUNIT such as 'nominal' is no claim)."""
+    import astropy.units as u
+
+    bunit = str(header.get("BUNIT", "")).strip()
+    if re.search(r"nanomagg|nmgy", bunit, re.IGNORECASE):
+        return None
+    if bunit:
+        with catch_warnings():
+            warnings.simplefilter("ignore", u.UnitsWarning)
+            unit = u.Unit(bunit, parse_strict="silent")
+        if _COUNTS.search(bunit) or not isinstance(unit, u.UnrecognizedUnit):
+            return f"BUNIT={bunit!r}"
+    for key in _ZERO_POINT_KEYS + ("FLUXMAG0",):
+        value = header.get(key)
+        if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.number)):
+            continue
+        if key == "FLUXMAG0":
+            if not value > 0:
+                continue
+            zp = 2.5 * np.log10(float(value))
+            shown = f"FLUXMAG0={value:g} (zero point {zp:.4g})"
+        else:
+            zp, shown = float(value), f"{key}={value:g}"
+        if np.isfinite(zp) and abs(zp - NANOMAGGY_ZERO_POINT) > 0.01:
+            return shown
+        return None  # the first zero point given is the one read
+    return None
 
 
 def _gunzip(buf):
@@ -533,17 +573,23 @@ def _stamps_from_array(path, data, header_get, scale, header_hdu, triplet_hint, 
 def _array_stamps(path, data, header_get, scale, header_hdu, triplet_hint, primary=None):
     source = str(path)
     data = _squeeze(data)
+    note = flux_unit_note(_GetDict(header_get))
     if data.ndim == 2:
         band = _band_of(_GetDict(header_get), primary)
-        return [Stamp(source, path, "bands", data[None], (band,), scale, header_hdu=header_hdu)]
+        return [Stamp(source, path, "bands", data[None], (band,), scale, header_hdu=header_hdu,
+                      flux_note=note)]
     if data.ndim == 3:
         names = _plane_names(_GetDict(header_get), data.shape[0])
-        return [_planes_stamp(source, path, data, names, scale, header_hdu, triplet_hint)]
-    if data.ndim == 4:
+        stamps = [_planes_stamp(source, path, data, names, scale, header_hdu, triplet_hint)]
+    elif data.ndim == 4:
         names = _plane_names(_GetDict(header_get), data.shape[1])
-        return [_planes_stamp(f"{source}[{i}]", path, stamp, names, scale, header_hdu,
-                              triplet_hint, index=i)
-                for i, stamp in enumerate(data)]
+        stamps = [_planes_stamp(f"{source}[{i}]", path, stamp, names, scale, header_hdu,
+                                triplet_hint, index=i)
+                  for i, stamp in enumerate(data)]
+    if data.ndim in (3, 4):
+        for stamp in stamps:
+            stamp.flux_note = note
+        return stamps
     return [Stamp(source, path).flag(
         Flag.BAD_INPUT, f"image of shape {data.shape} is not a 2-D image, a 3-D cube or a "
         "4-D stack of stamps")]
@@ -741,8 +787,10 @@ def _read_fits_astropy(path, *, want_scale, triplet_hint):
             Flag.BAD_INPUT, "band images differ in shape: "
             f"{', '.join('x'.join(map(str, p.shape)) for p in planes)}")]
     bands = tuple(_band_of(headers[i], primary if i else None) for i, _, _, _ in images)
+    notes = [f"{n} (HDU {i})" for i, n in ((i, flux_unit_note(headers[i])) for i in headers) if n]
     return [Stamp(source, path, "bands", np.stack(planes), bands, scale, header_hdu=0,
-                  empty_hdus={_band_of(h): _empty_label(i, h) for i, h in empty.items()})]
+                  empty_hdus={_band_of(h): _empty_label(i, h) for i, h in empty.items()},
+                  flux_note=notes[0] if notes else None)]
 
 
 def _empty_label(i, header):

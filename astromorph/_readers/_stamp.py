@@ -49,6 +49,9 @@ class Stamp:
     #: Band name -> words for the file's image HDU of that band that holds no data
     #: (one-HDU-per-band FITS files), to say why a band is missing.
     empty_hdus: dict = field(default_factory=dict)
+    #: What the FITS header says of the pixel unit where it is not SDSS nanomaggies
+    #: (`astromorph._readers._fits.flux_unit_note`, e.g. ``"BUNIT='count'"``), else None.
+    flux_note: str = None
 
     def flag(self, bit, reason=None):
         """Set ``bit`` and record ``reason``; return self."""
