@@ -140,7 +140,7 @@ def _from_hdu(hdu, name, hold=None, file_span=None, primary=None):
         # the HDU lets go of its decompressed integers, so that the image alone holds them
         # and can drop them for their float32 copy (`SkyImage.resident`)
         del hdu.data
-    image.flux_note = flux_unit_note(header)
+    image.flux_note = flux_unit_note(header, primary)
     return image
 
 

@@ -2349,3 +2349,16 @@ def test_band_of_header_reads_filter_wheels_and_the_primary_header(cards, band):
     assert band_of_header(primary) == band
     # the extension's own band comes first
     assert band_of_header(fits.Header([("FILTER", "g")]), primary) == "g"
+
+
+def test_zero_point_in_the_primary_header_of_an_image_extension_warns(optical_model, tmp_path):
+    """HSC calexp files keep FLUXMAG0 (zero point 27) in the primary header and the image
+    in an IMAGE extension: the unit check read the extension only and said nothing."""
+    w = sky_wcs()
+    cat = catalogue(w, [(100, 100)])
+    primary = fits.PrimaryHDU(header=fits.Header([("FILTER", "HSC-R"),
+                                                  ("FLUXMAG0", 10 ** (0.4 * 27))]))
+    fits.HDUList([primary, fits.ImageHDU(blobs(), w.to_header(), name="IMAGE")]).writeto(
+        tmp_path / "calexp.fits")
+    with pytest.warns(AstromorphWarning, match="zero point 27"):
+        astromorph.annotate(cat, str(tmp_path / "calexp.fits"), model=optical_model)

@@ -2040,3 +2040,13 @@ def test_radio_model_ignores_the_flux_unit(models, tmp_path):
         warnings.simplefilter("error", AstromorphWarning)
         table = astromorph.predict_files("radio-morphology", tmp_path)
     assert "nanomagg" not in table["reason"][0]
+
+
+def test_zero_point_in_the_primary_header_of_an_image_extension_is_said(models, tmp_path):
+    """HSC calexp: FLUXMAG0 in the primary header, the image in an IMAGE extension."""
+    primary = fits.PrimaryHDU(header=fits.Header([("FLUXMAG0", 10 ** (0.4 * 27))]))
+    fits.HDUList([primary, fits.ImageHDU(galaxy(), name="IMAGE")]).writeto(
+        tmp_path / "calexp.fits")
+    with pytest.warns(AstromorphWarning, match="zero point 27"):
+        table = astromorph.predict_files("morphology", tmp_path)
+    assert "zero point 27" in table["reason"][0]

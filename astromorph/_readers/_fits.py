@@ -52,13 +52,21 @@ def normalise_band(name):
     return m.group(1) if m else low
 
 
-def flux_unit_note(header):
+def flux_unit_note(header, primary=None):
     """What a FITS header says of its pixel unit where that is not SDSS nanomaggies (zero point
     `NANOMAGGY_ZERO_POINT`), e.g. ``"BUNIT='count'"`` or ``"MAGZERO=30"``; None where it says
-    nanomaggies or nothing recognisable (an unknown BUNIT such as 'nominal' is no claim)."""
+    nanomaggies or nothing recognisable (an unknown BUNIT such as 'nominal' is no claim).
+
+    ``primary``: the file's primary header, whose keywords are read where ``header`` (an
+    image extension) lacks them: HSC calexp files keep FLUXMAG0 there.
+    """
     import astropy.units as u
 
-    bunit = str(header.get("BUNIT", "")).strip()
+    if primary is not None:
+        header = {k: header.get(k) if header.get(k) is not None else primary.get(k)
+                  for k in ("BUNIT",) + _ZERO_POINT_KEYS + ("FLUXMAG0",)}
+
+    bunit = str(header.get("BUNIT") or "").strip()
     if re.search(r"nanomagg|nmgy", bunit, re.IGNORECASE):
         return None
     if bunit:
@@ -573,7 +581,7 @@ def _stamps_from_array(path, data, header_get, scale, header_hdu, triplet_hint, 
 def _array_stamps(path, data, header_get, scale, header_hdu, triplet_hint, primary=None):
     source = str(path)
     data = _squeeze(data)
-    note = flux_unit_note(_GetDict(header_get))
+    note = flux_unit_note(_GetDict(header_get), primary)
     if data.ndim == 2:
         band = _band_of(_GetDict(header_get), primary)
         return [Stamp(source, path, "bands", data[None], (band,), scale, header_hdu=header_hdu,
@@ -787,7 +795,8 @@ def _read_fits_astropy(path, *, want_scale, triplet_hint):
             Flag.BAD_INPUT, "band images differ in shape: "
             f"{', '.join('x'.join(map(str, p.shape)) for p in planes)}")]
     bands = tuple(_band_of(headers[i], primary if i else None) for i, _, _, _ in images)
-    notes = [f"{n} (HDU {i})" for i, n in ((i, flux_unit_note(headers[i])) for i in headers) if n]
+    notes = [f"{n} (HDU {i})" for i, n in
+             ((i, flux_unit_note(headers[i], primary if i else None)) for i in headers) if n]
     return [Stamp(source, path, "bands", np.stack(planes), bands, scale, header_hdu=0,
                   empty_hdus={_band_of(h): _empty_label(i, h) for i, h in empty.items()},
                   flux_note=notes[0] if notes else None)]
