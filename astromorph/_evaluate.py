@@ -423,6 +423,9 @@ def _truth_text(column):
     if data.dtype.kind == "O":
         mask |= np.array([v is None or isinstance(v, (float, np.floating)) and np.isnan(v)
                           for v in data], bool)
+        # each value as a `labels` key is written: 1.0 as 1 (as in a float column), bytes
+        # decoded
+        data = np.array([_key_text(v) for v in np.where(mask, "", data)], dtype=str)
     text = np.char.strip(data.astype(str))
     return text, mask | (text == "")
 

@@ -387,3 +387,15 @@ def test_threshold_for_a_target_false_negative_rate(tmp_path, capsys):
     assert main(["evaluate", str(src), "--truth", "is_real", "-m", "real-bogus",
                  "--target-fnr", "1"]) == 2
     assert "--target-fnr must be in [0, 1), got 1" in capsys.readouterr().err
+
+
+def test_class_ids_as_floats_in_an_object_column():
+    """``t["mine"] = [0.0, 1.0, None, 3.0]`` makes an object column: its floats are class ids
+    as they are in a float column, matched by ``labels={0: ...}``; real-bogus 1.0/0.0 too."""
+    pred = ["elliptical", "spiral", "spiral", "merger"]
+    t = _morph_table(np.array([0.0, np.float32(1), None, 3], dtype=object), pred)
+    m = astromorph.evaluate_labels(t, "mine", model="morphology", labels={
+        0: "elliptical", 1: "spiral", 3: "merger"}).metrics
+    assert (m["n_used"], m["n_unlabelled"], m["accuracy"]) == (3, 1, 1.0)
+    with pytest.raises(InputError, match=r"truth values '0', '1', '3' are not"):
+        astromorph.evaluate_labels(t, "mine", model="morphology")
