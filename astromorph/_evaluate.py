@@ -430,19 +430,33 @@ def _truth_text(column):
     return text, mask | (text == "")
 
 
-def _translate(text, unlabelled, labels, allowed, describe):
+def _fraction(text):
+    """Whether a truth value is a finite number that is no integer (a score, a vote
+    fraction)."""
+    try:
+        value = float(text)
+    except ValueError:
+        return False
+    return bool(np.isfinite(value)) and not value.is_integer()
+
+
+def _translate(text, unlabelled, labels, allowed, describe, truth):
     """Indices of ``allowed`` (a dict lower-case text -> value) of the labelled rows of
     ``text``, after the user's ``labels`` mapping (lower-case keys), in any case;
-    `InputError` naming the values it cannot place, as they are written."""
+    `InputError` naming the values it cannot place, as they are written (and, for scores
+    or fractions, how to make labels of them)."""
     values, inverse = np.unique(text[~unlabelled], return_inverse=True)
     values = values.tolist()
     mapped = [labels.get(v.lower(), v.lower()) for v in values]
     unknown = [v for v, m in zip(values, mapped) if m not in allowed]
     if unknown:
+        advice = ("translate your labels with labels={your label: class} (--map YOUR=CLASS)"
+                  if not any(map(_fraction, unknown)) else
+                  f"scores or fractions are not labels: make a column of labels of them first, "
+                  f"e.g. t['cut'] = t[{truth!r}] >= 0.5 (True and False: real and bogus, or "
+                  f"labels={{True: class, False: class}})")
         raise InputError(f"truth values {', '.join(map(repr, unknown[:20]))}"
-                         f"{' ...' if len(unknown) > 20 else ''} are not {describe}; "
-                         "translate your labels with labels={your label: class} "
-                         "(--map YOUR=CLASS)")
+                         f"{' ...' if len(unknown) > 20 else ''} are not {describe}; {advice}")
     out = np.zeros(len(text), dtype=object)
     out[~unlabelled] = np.array([allowed[m] for m in mapped], dtype=object)[inverse]
     return out
@@ -600,7 +614,7 @@ def evaluate_labels(table, truth, *, model, labels=None, threshold=None, target_
         probs = np.stack([np.asarray(v, np.float64) for v, _ in columns], axis=1)
         scored = ~np.any([m for _, m in columns], axis=0) & np.isfinite(probs).all(axis=1)
         target = _translate(text, unlabelled, mapping, allowed,
-                            f"classes of {name!r} ({', '.join(classes)})")
+                            f"classes of {name!r} ({', '.join(classes)})", truth)
     else:
         mapping = _check_labels(labels, _REAL, name)
         score, mask = _numbers(_column(table, f"{prefix}_score{suffix}", f"{name} output",
@@ -608,7 +622,7 @@ def evaluate_labels(table, truth, *, model, labels=None, threshold=None, target_
         score = np.asarray(score, np.float64)
         scored = ~mask & np.isfinite(score)
         target = _translate(text, unlabelled, mapping, _REAL,
-                            "real (1, true, real) or bogus (0, false, bogus)")
+                            "real (1, true, real) or bogus (0, false, bogus)", truth)
     used, metrics = _excluded(flags, scored, unlabelled, keep_flagged)
     metrics = {"model": name, "model_version": str(card.get("version")), "truth": truth,
                **metrics}

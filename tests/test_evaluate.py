@@ -399,3 +399,19 @@ def test_class_ids_as_floats_in_an_object_column():
     assert (m["n_used"], m["n_unlabelled"], m["accuracy"]) == (3, 1, 1.0)
     with pytest.raises(InputError, match=r"truth values '0', '1', '3' are not"):
         astromorph.evaluate_labels(t, "mine", model="morphology")
+
+
+def test_a_score_or_vote_fraction_as_truth_is_refused_with_what_to_do():
+    """A braai ``drb`` score or a Galaxy Zoo vote fraction is no label: the error says so and
+    how to cut it into labels, instead of asking for a labels= mapping of each value."""
+    t = Table({"rb_score": [0.1, 0.9, 0.6], "drb": [0.02, 0.97, 1.0]})
+    with pytest.raises(InputError, match=r"truth values '0.02', '0.97' are not real .* "
+                                         r"scores or fractions.*t\['drb'\] >= 0.5"):
+        astromorph.evaluate_labels(t, "drb", model="real-bogus")
+    g = _morph_table(np.array([0.8, 0.1, 1.0]), ["spiral", "elliptical", "spiral"])
+    with pytest.raises(InputError, match=r"scores or fractions.*t\['mine'\] >= 0.5"):
+        astromorph.evaluate_labels(g, "mine", model="morphology")
+    g["ids"] = np.array([0, 1, 7])  # integers: the mapping is the advice
+    with pytest.raises(InputError, match=r"labels=\{your label: class\}") as err:
+        astromorph.evaluate_labels(g, "ids", model="morphology", labels={0: "elliptical"})
+    assert "fractions" not in str(err.value)
