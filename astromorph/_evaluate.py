@@ -286,7 +286,8 @@ class LabelEvaluation:
         else:
             lines.append(f"{m['n_real']} real, {m['n_bogus']} bogus; ECE {m['ece']:.3f}")
             for name, at in m["at_thresholds"].items():
-                lines.append(f"at the {name} threshold {at['threshold']:g}: "
+                lines.append(f"at the {name} threshold {_fmt(at['threshold'], 'g')}"
+                             f"{' (no real row)' if at['threshold'] is None else ''}: "
                              f"FNR {_fmt(at['fnr'], '.2%')} (real rejected), "
                              f"FPR {_fmt(at['fpr'], '.2%')} (bogus accepted)")
         return "\n".join(lines)
@@ -644,7 +645,7 @@ def evaluate_labels(table, truth, *, model, labels=None, threshold=None, target_
         thresholds["recommended"] = float(card["recommended_threshold"])
     if threshold is not None:
         thresholds["given"] = threshold
-    if target_fnr is not None and real.any():
+    if target_fnr is not None:  # NaN without real rows: no rates either
         thresholds["target_fnr"] = threshold_for_fnr(s, real, target_fnr)
     fpr, tpr, cuts = roc_curve(s, real)
     if len(cuts) > _ROC_POINTS:  # a big table: evenly spaced points, the ends kept
@@ -659,8 +660,8 @@ def evaluate_labels(table, truth, *, model, labels=None, threshold=None, target_
                       "thresholds": [None] + cuts[1:].tolist()},  # the first is inf
     })
     for key, t in thresholds.items():
-        fnr, fp = error_rates(s, real, t)
-        metrics["at_thresholds"][key] = {"threshold": t, "fnr": _finite(fnr),
+        fnr, fp = error_rates(s, real, t) if np.isfinite(t) else (np.nan, np.nan)
+        metrics["at_thresholds"][key] = {"threshold": _finite(t), "fnr": _finite(fnr),
                                          "fpr": _finite(fp)}
     if "target_fnr" in metrics["at_thresholds"]:
         metrics["at_thresholds"]["target_fnr"]["target"] = target_fnr

@@ -415,3 +415,14 @@ def test_a_score_or_vote_fraction_as_truth_is_refused_with_what_to_do():
     with pytest.raises(InputError, match=r"labels=\{your label: class\}") as err:
         astromorph.evaluate_labels(g, "ids", model="morphology", labels={0: "elliptical"})
     assert "fractions" not in str(err.value)
+
+
+def test_a_target_fnr_without_real_rows_is_reported_as_unknown():
+    """Only bogus rows: no threshold keeps a fraction of the reals; the metrics say so
+    (``None``, null in JSON) rather than leave out the threshold asked for."""
+    t = Table({"rb_score": [0.1, 0.9, 0.6], "is_real": [0, 0, 0]})
+    ev = astromorph.evaluate_labels(t, "is_real", model="real-bogus", target_fnr=0.02)
+    assert ev.metrics["at_thresholds"]["target_fnr"] == {
+        "threshold": None, "fnr": None, "fpr": None, "target": 0.02}
+    assert "target_fnr threshold - (no real row)" in ev.summary()
+    ev.plot()
