@@ -712,7 +712,8 @@ def register(sub):
                                                        "columns")
     p.add_argument("--map", action="append", dest="label_map", metavar="USER=CLASS",
                    help="translate a label of yours to the model's (repeat), e.g. "
-                        "--map E=elliptical")
+                        "--map E=elliptical; --map=-5=elliptical for a label that "
+                        "begins with -")
     p.add_argument("--threshold", type=float, metavar="T",
                    help="real-bogus: also give the error rates at this threshold")
     p.add_argument("--target-fnr", type=float, metavar="F",
