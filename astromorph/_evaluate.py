@@ -541,7 +541,7 @@ def evaluate_labels(table, truth, *, model, labels=None, threshold=None, target_
         Scores: a false negative rate in [0, 1) to keep to; the metrics then hold the
         highest threshold that rejects at most that fraction of your reals
         (``at_thresholds["target_fnr"]``) and the false positive rate there: the
-        threshold to set for your own survey.
+        threshold to set for your own survey (``None`` without real rows).
     keep_flagged : bool, optional
         Use the rows whose ``<prefix>_flags`` is non-zero too, where their outputs are
         finite (default: leave them out; they are counted either way).
