@@ -57,6 +57,35 @@ def _check_angle_kind(col, what, expected):
                          f"give {expected}")
 
 
+#: unit strings of sexagesimal text columns that astropy does not parse (VizieR's)
+_SEXAGESIMAL_UNITS = {"h:m:s": u.hourangle, "hms": u.hourangle, "d:m:s": u.deg, "dms": u.deg}
+
+
+def _column_unit(col, what, default):
+    """The unit of a position or size column (``what``: "position column 'ra'"), ``default``
+    where it has none.
+
+    Unit strings astropy does not recognise are read where they name an angle: VizieR's
+    sexagesimal 'h:m:s' and 'd:m:s', and FITS spellings such as 'DEGREES' or 'ARCSEC' (in
+    lower case, without a plural s); any other is an `InputError` naming it.
+    """
+    unit = getattr(col, "unit", None)
+    if unit is None:
+        return default
+    if not isinstance(unit, u.UnrecognizedUnit):
+        return unit
+    name = unit.name.strip().strip("\"'").lower()
+    if name in _SEXAGESIMAL_UNITS:
+        return _SEXAGESIMAL_UNITS[name]
+    for spelling in (name, name[:-1] if name.endswith("s") else ""):
+        parsed = u.Unit(spelling, parse_strict="silent") if spelling else None
+        if parsed is not None and not isinstance(parsed, u.UnrecognizedUnit) \
+                and parsed.physical_type == "angle":
+            return parsed
+    raise InputError(f"{what} has the unit {unit.name!r}, which astropy does not recognise "
+                     "as an angle: give the column an angle unit (e.g. deg, arcsec)")
+
+
 def _float_values(col):
     """A column's values as floats; masked entries and text that is not a number -> NaN."""
     data = np.ma.getdata(getattr(col, "value", col))
@@ -139,7 +168,12 @@ def _positions(table, ra_col, dec_col, coord_col):
         c = table[col]
         _check_angle_kind(c, f"position column {col!r}", "numbers (degrees, or the column's "
                           "angle unit) or sexagesimal text")
-        unit = getattr(c, "unit", None) or u.deg
+        unit = _column_unit(c, f"position column {col!r}", u.deg)
+        if text_unit == u.hourangle and unit == u.h:  # RA in hours of time (VizieR's 'h')
+            unit = u.hourangle
+        # text in the unit that a sexagesimal unit string names ('d:m:s' RA: degrees)
+        text_unit = _SEXAGESIMAL_UNITS.get(
+            str(getattr(c, "unit", None)).strip().strip("\"'").lower(), text_unit)
         try:
             values = (_float_values(c) * unit).to_value(u.deg)
         except u.UnitsError:
@@ -190,7 +224,7 @@ def _size_values(table, size_col, n):
     col = table[size_col]
     _check_angle_kind(col, f"size column {size_col!r}",
                       "numbers (arcsec, or the column's angle unit)")
-    unit = getattr(col, "unit", None) or u.arcsec
+    unit = _column_unit(col, f"size column {size_col!r}", u.arcsec)
     try:
         return (_float_values(col) * unit).to_value(u.arcsec)
     except u.UnitsError as exc:

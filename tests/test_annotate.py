@@ -2362,3 +2362,64 @@ def test_zero_point_in_the_primary_header_of_an_image_extension_warns(optical_mo
         tmp_path / "calexp.fits")
     with pytest.warns(AstromorphWarning, match="zero point 27"):
         astromorph.annotate(cat, str(tmp_path / "calexp.fits"), model=optical_model)
+
+
+def test_catalogue_unit_strings_astropy_does_not_parse(optical_model, tmp_path):
+    """VizieR's sexagesimal columns (unit 'h:m:s', 'd:m:s') and FITS TUNITs such as
+    'DEGREES' or 'ARCSEC' are unit strings astropy does not recognise: they used to crash
+    annotate with a bare ValueError; they are read as the angles they name, and a unit
+    string that names no angle is an InputError naming it."""
+    img, w = blobs(), sky_wcs()
+    cat = catalogue(w, [(100, 100), (80, 90)])
+    ref = astromorph.annotate(cat, (img, w), model=optical_model)
+    c = SkyCoord(cat["ra"], cat["dec"], unit="deg")
+    viz = Table({"RAJ2000": c.ra.to_string(u.hourangle, sep=" ", precision=6, pad=True),
+                 "DEJ2000": c.dec.to_string(u.deg, sep=" ", precision=5, alwayssign=True,
+                                            pad=True)})
+    viz["RAJ2000"].unit, viz["DEJ2000"].unit = "h:m:s", "d:m:s"
+    viz.write(tmp_path / "viz.vot", format="votable")
+    with warnings.catch_warnings():  # astropy's W50: invalid unit string 'h:m:s'
+        warnings.simplefilter("ignore")
+        viz = Table.read(tmp_path / "viz.vot", format="votable")
+    assert isinstance(viz["RAJ2000"].unit, u.UnrecognizedUnit)
+    np.testing.assert_allclose(astromorph.annotate(viz, (img, w), model=optical_model)["opt_p_a"],
+                               ref["opt_p_a"], rtol=1e-4)
+    cols = [fits.Column(name="RA", format="D", unit="DEGREES", array=cat["ra"]),
+            fits.Column(name="DEC", format="D", unit="Degrees", array=cat["dec"]),
+            fits.Column(name="R90", format="D", unit="ARCSEC", array=[2.0, 3.0])]
+    fits.BinTableHDU.from_columns(cols).writeto(tmp_path / "cat.fits")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", u.UnitsWarning)
+        tab = QTable.read(tmp_path / "cat.fits")
+    np.testing.assert_allclose(astromorph.annotate(tab, (img, w), model=optical_model)["opt_p_a"],
+                               ref["opt_p_a"], rtol=1e-6)
+    np.testing.assert_array_equal(astromorph._annotate._size_values(tab, "R90", 2), [2.0, 3.0])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", u.UnitsWarning)
+        tab = Table.read(tmp_path / "cat.fits")
+    tab["DEC"].unit = u.Unit("furlongs", parse_strict="silent")
+    with pytest.raises(InputError, match="position column 'DEC'.*'furlongs'"):
+        astromorph.annotate(tab, (img, w), model=optical_model)
+    tab["R90"].unit = u.Unit("PIXELS", parse_strict="silent")
+    with pytest.raises(InputError, match="size column 'R90'.*'PIXELS'"):
+        astromorph._annotate._size_values(tab, "R90", 2)
+
+
+def test_ra_in_hours_of_time_is_converted(optical_model):
+    """An RA column of decimal hours with the unit 'h' (an hour of time, as VizieR and
+    astropy write it) used to be refused as 'not an angle'; it is hours of right
+    ascension (15 degrees each). A Dec in hours is still refused."""
+    img, w = blobs(), sky_wcs()
+    cat = catalogue(w, [(100, 100), (80, 90)])
+    ref = astromorph.annotate(cat, (img, w), model=optical_model)
+    hours = Table({"RA": cat["ra"] / 15, "DEC": cat["dec"]})
+    hours["RA"].unit = "h"
+    np.testing.assert_allclose(astromorph.annotate(hours, (img, w), model=optical_model)["opt_p_a"],
+                               ref["opt_p_a"], rtol=1e-6)
+    hours["DEC"].unit = "h"
+    with pytest.raises(InputError, match="position column 'DEC' is in h"):
+        astromorph.annotate(hours, (img, w), model=optical_model)
+    days = Table({"RA": cat["ra"] / 360, "DEC": cat["dec"]})
+    days["RA"].unit = "d"  # a day is no unit of right ascension
+    with pytest.raises(InputError, match="position column 'RA' is in d"):
+        astromorph.annotate(days, (img, w), model=optical_model)
