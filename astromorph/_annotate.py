@@ -34,9 +34,15 @@ ANNOTATE_CHUNK = 4096
 #: (512 stamps of 128 x 128) cap that at about 0.3 GB.
 PART_PIXELS = 2 ** 23
 
-_RA_NAMES = ("ra", "RA", "RAJ2000", "ra_deg", "RA_deg", "ALPHA_J2000", "alpha", "raMean")
-_DEC_NAMES = ("dec", "DEC", "Dec", "DEJ2000", "dec_deg", "DEC_deg", "DELTA_J2000", "delta",
-              "decMean")
+_RA_NAMES = ("ra", "RA", "RAJ2000", "_RAJ2000", "RA_ICRS", "RAdeg", "ra_deg", "RA_deg",
+             "ALPHA_J2000", "alpha", "raMean")
+_DEC_NAMES = ("dec", "DEC", "Dec", "DEJ2000", "_DEJ2000", "DE_ICRS", "DEdeg", "dec_deg",
+              "DEC_deg", "DELTA_J2000", "delta", "decMean")
+#: column names of Galactic coordinates (lower case), never read as RA/Dec
+_GALACTIC_NAMES = {"glon", "glat", "l", "b", "lii", "bii", "gal_l", "gal_b", "gal_long",
+                   "gal_lat"}
+#: two RA (or Dec) columns found by name agree when no row differs by more (degrees)
+_SAME_POSITION_DEG = 1e-6
 #: Stamp pixels that must come from at least this many image pixels per stamp pixel, along
 #: both image axes (below, the stamp is upsampled by more than 2x: flagged EXTRAPOLATED).
 MIN_ZOOM = 0.5
@@ -150,18 +156,24 @@ def _positions(table, ra_col, dec_col, coord_col):
         sky = [n for n in table.colnames if isinstance(table[n], SkyCoord)]
         if sky:
             return _checked_coords(table[sky[0]])
-    if ra_col is None:  # an empty name is a column that is not there, not "find it"
-        ra_col = next((n for n in _RA_NAMES if n in table.colnames), None)
-    if dec_col is None:
-        dec_col = next((n for n in _DEC_NAMES if n in table.colnames), None)
+    # an empty name is a column that is not there, not "find it"
+    ra_found = _named_columns(table, _RA_NAMES) if ra_col is None else [ra_col]
+    dec_found = _named_columns(table, _DEC_NAMES) if dec_col is None else [dec_col]
+    ra_col, dec_col = (found[0] if found else None for found in (ra_found, dec_found))
+    galactic = [n for n in table.colnames if n.lower() in _GALACTIC_NAMES]
+    how = ("Galactic coordinates are not read as RA/Dec: give a SkyCoord column, e.g. "
+           "table['coord'] = SkyCoord(l=..., b=..., unit='deg', frame='galactic')")
     missing = [name for name, col in (("RA", ra_col), ("Dec", dec_col)) if col is None]
     if missing:
         raise InputError(f"the catalogue has no {' or '.join(missing)} column (columns: "
                          f"{table.colnames}); pass ra_col=/dec_col= (--ra-col/--dec-col) or a "
-                         "SkyCoord column")
+                         "SkyCoord column" + (f"; {galactic}: {how}" if galactic else ""))
     for col in (ra_col, dec_col):
         if col not in table.colnames:
             raise InputError(f"no column {col!r} in the catalogue (columns: {table.colnames})")
+        if col in galactic:
+            raise InputError(f"position column {col!r}: its name is that of a Galactic "
+                             f"coordinate; {how}")
 
     def degrees(col, text_unit):
         """Degrees; numbers in the column's unit (default deg), text angles in ``text_unit``."""
@@ -185,9 +197,33 @@ def _positions(table, ra_col, dec_col, coord_col):
             raise InputError(f"position column {col!r} must hold one value per row, got shape "
                              f"{np.shape(table[col])}")
     ra, dec = degrees(ra_col, u.hourangle), degrees(dec_col, u.deg)
+    # columns of the default names beside the ones used: a word where they disagree
+    for what, found, used, text_unit in (("RA", ra_found, ra, u.hourangle),
+                                         ("Dec", dec_found, dec, u.deg)):
+        for other in found[1:]:
+            try:
+                values = degrees(other, text_unit)
+            except InputError:
+                values = np.full(len(used), np.nan)
+            diff = np.abs((values - used + 180) % 360 - 180)
+            if (np.isfinite(values) != np.isfinite(used)).any() or (diff > _SAME_POSITION_DEG).any():
+                warn(f"the catalogue has several {what} columns {found} that disagree: "
+                     f"{found[0]!r} is used; pass ra_col=/dec_col= (--ra-col/--dec-col) to "
+                     "choose", AmbiguousInputWarning)
+                break
     bad = ~(np.isfinite(ra) & np.isfinite(dec)) | (np.abs(dec) > 90)
     ra, dec = np.where(bad, 0.0, ra), np.where(bad, 0.0, dec)
     return SkyCoord(ra * u.deg, dec * u.deg), bad
+
+
+def _named_columns(table, names):
+    """The columns of ``table`` of the names ``names``, in their order, then those of the
+    same names in other case ('Ra' for 'ra')."""
+    exact = [n for n in names if n in table.colnames]
+    lower = [n.lower() for n in names]
+    other = sorted((n for n in table.colnames if n not in exact and n.lower() in lower),
+                   key=lambda n: lower.index(n.lower()))
+    return exact + other
 
 
 def _checked_coords(coords):
@@ -518,7 +554,9 @@ def annotate(table, images, *, model, ra_col=None, dec_col=None, coord_col=None,
         loaded `Model`.
     ra_col, dec_col : str, optional
         RA and Dec columns (degrees, or Quantity). Default: the first
-        SkyCoord column, else common names (``ra``/``dec``, ``RAJ2000``...).
+        SkyCoord column, else common names (``ra``/``dec``, ``RAJ2000``...;
+        an `~astromorph.exceptions.AmbiguousInputWarning` where two of them
+        disagree). Galactic columns (``GLON``, ``l``...) are refused.
     coord_col : str, optional
         A SkyCoord column to use.
     size_col : str, optional

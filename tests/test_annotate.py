@@ -2423,3 +2423,48 @@ def test_ra_in_hours_of_time_is_converted(optical_model):
     days["RA"].unit = "d"  # a day is no unit of right ascension
     with pytest.raises(InputError, match="position column 'RA' is in d"):
         astromorph.annotate(days, (img, w), model=optical_model)
+
+
+def test_several_position_columns_that_disagree_warn(optical_model):
+    """A catalogue with two RA (or Dec) columns of the default names (RA and RAJ2000 of
+    different epochs, ra and RA of different sources) used to be read from the first name
+    in the list without a word: a warning names the columns and the one used, unless they
+    agree (VizieR's computed _RAJ2000 beside its sexagesimal RAJ2000)."""
+    img, w = blobs(), sky_wcs()
+    cat = catalogue(w, [(100, 100), (80, 90)])
+    two = Table({"RA": cat["ra"], "DEC": cat["dec"], "RAJ2000": cat["ra"] + 1e-3,
+                 "DEJ2000": cat["dec"]})
+    with pytest.warns(AmbiguousInputWarning, match=r"RA columns \['RA', 'RAJ2000'\].*'RA'"):
+        astromorph.annotate(two, (img, w), model=optical_model)
+    c = SkyCoord(cat["ra"], cat["dec"], unit="deg")
+    same = Table({"_RAJ2000": cat["ra"], "_DEJ2000": cat["dec"],
+                  "RAJ2000": c.ra.to_string(u.hourangle, sep=" ", precision=8)})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", AmbiguousInputWarning)
+        out = astromorph.annotate(same, (img, w), model=optical_model)
+    assert not out["opt_flags"].any()
+    # VizieR's and Gaia's own names, and a name in other case, are found
+    ref = astromorph.annotate(cat, (img, w), model=optical_model)
+    for ra, dec in (("RA_ICRS", "DE_ICRS"), ("RAdeg", "DEdeg"), ("Ra", "DEc")):
+        named = Table({ra: cat["ra"], dec: cat["dec"]})
+        np.testing.assert_allclose(astromorph.annotate(named, (img, w), model=optical_model)[
+            "opt_p_a"], ref["opt_p_a"], rtol=1e-6)
+
+
+def test_galactic_columns_are_never_read_as_ra_dec(optical_model):
+    """A catalogue with Galactic columns only is refused with a word on how to give them
+    (a SkyCoord column in the Galactic frame), and so are Galactic columns passed as
+    ra_col=/dec_col=, which used to be read as RA/Dec without a word."""
+    img, w = blobs(), sky_wcs()
+    cat = catalogue(w, [(100, 100), (80, 90)])
+    g = SkyCoord(cat["ra"], cat["dec"], unit="deg").galactic
+    for lon, lat in (("GLON", "GLAT"), ("l", "b")):
+        gal = Table({lon: g.l.deg, lat: g.b.deg})
+        with pytest.raises(InputError, match=f"{lon}.*Galactic.*SkyCoord"):
+            astromorph.annotate(gal, (img, w), model=optical_model)
+        with pytest.raises(InputError, match=f"'{lon}'.*Galactic"):
+            astromorph.annotate(gal, (img, w), model=optical_model, ra_col=lon, dec_col=lat)
+    gal = Table({"coord": g})  # the way to give them
+    np.testing.assert_allclose(astromorph.annotate(gal, (img, w), model=optical_model)["opt_p_a"],
+                               astromorph.annotate(cat, (img, w), model=optical_model)["opt_p_a"],
+                               rtol=1e-5)
