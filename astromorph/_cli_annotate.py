@@ -89,8 +89,9 @@ def register(sub):
                     "(resampled with their WCS to the model's grid), score it, and write the "
                     "catalogue with new columns. Without: score the stamps the rows hold "
                     "(array columns or FITS bytes, e.g. science/reference/difference; see "
-                    "--stamp-col). Formats by extension: .ecsv .fits .csv .parquet.")
-    p.add_argument("catalog", help="input catalogue (ECSV, FITS, CSV or Parquet)")
+                    "--stamp-col). Formats by extension: .ecsv .fits .csv .parquet; read only: "
+                    ".vot .xml (VOTable), .tbl (IPAC).")
+    p.add_argument("catalog", help="input catalogue (ECSV, FITS, CSV, Parquet, VOTable or IPAC)")
     p.add_argument("-i", "--image", action="append",
                    help="FITS image with a celestial WCS (repeat for bands or mosaic tiles)")
     p.add_argument("-m", "--model", required=True, help="model name or path")

@@ -23,7 +23,8 @@ from .exceptions import (AstromorphError, InputError, InputNotFoundError, Invali
                          OutputExistsError)
 
 __all__ = ["atomic_output", "check_input_file", "check_output", "check_distinct_outputs",
-           "output_error", "check_multidimensional", "table_format", "write_table", "TABLE_FORMATS"]
+           "output_error", "check_multidimensional", "table_format", "write_table", "TABLE_FORMATS",
+           "READ_ONLY_TABLE_FORMATS"]
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +36,15 @@ TABLE_FORMATS = {
     ".fit": "fits",
     ".fits.gz": "fits",
     ".parquet": "parquet",
+}
+
+#: Table formats read but not written (catalogues as VizieR, SIMBAD and IRSA serve them).
+READ_ONLY_TABLE_FORMATS = {
+    ".vot": "votable",
+    ".votable": "votable",
+    ".xml": "votable",
+    ".tbl": "ascii.ipac",
+    ".ipac": "ascii.ipac",
 }
 
 
@@ -49,25 +59,27 @@ def table_format(path, *, read=False):
     ----------
     path : str or os.PathLike
     read : bool, optional
-        The table is to be read (astropy reads Parquet with pyarrow and pandas)
-        rather than written (with pyarrow).
+        The table is to be read (astropy reads Parquet with pyarrow and pandas;
+        `READ_ONLY_TABLE_FORMATS` too) rather than written (with pyarrow).
 
     Returns
     -------
     str
-        One of the values of `TABLE_FORMATS`.
+        One of the values of `TABLE_FORMATS` (or, to read, `READ_ONLY_TABLE_FORMATS`).
 
     Raises
     ------
     astromorph.exceptions.InvalidArgumentError
-        For an extension that is not in `TABLE_FORMATS`.
+        For an extension that is not in `TABLE_FORMATS` (or, to read,
+        `READ_ONLY_TABLE_FORMATS`).
     astromorph.exceptions.MissingDependencyError
         For ``.parquet`` without pyarrow (or, to read it, pandas).
     """
     name = Path(path).name.lower()
-    for ext in sorted(TABLE_FORMATS, key=len, reverse=True):
+    formats = {**TABLE_FORMATS, **READ_ONLY_TABLE_FORMATS} if read else TABLE_FORMATS
+    for ext in sorted(formats, key=len, reverse=True):
         if name.endswith(ext):
-            fmt = TABLE_FORMATS[ext]
+            fmt = formats[ext]
             if fmt == "parquet":
                 for module in ("pyarrow", "pandas") if read else ("pyarrow",):
                     try:
@@ -79,7 +91,7 @@ def table_format(path, *, read=False):
             return fmt
     raise InvalidArgumentError(
         f"cannot tell the table format of {str(path)!r} from its extension; use one of "
-        f"{', '.join(TABLE_FORMATS)}")
+        f"{', '.join(formats)}")
 
 
 def check_input_file(path, what="input"):

@@ -2468,3 +2468,32 @@ def test_galactic_columns_are_never_read_as_ra_dec(optical_model):
     np.testing.assert_allclose(astromorph.annotate(gal, (img, w), model=optical_model)["opt_p_a"],
                                astromorph.annotate(cat, (img, w), model=optical_model)["opt_p_a"],
                                rtol=1e-5)
+
+
+def test_cli_reads_votable_and_ipac_catalogues(optical_model, tmp_path):
+    """Catalogues as VizieR, SIMBAD and IRSA serve them: a VOTable (.vot, .xml) with
+    sexagesimal RA/Dec in 'h:m:s'/'d:m:s', an IPAC table (.tbl); the command used to refuse
+    their extensions. They are read (not written: the output formats are unchanged)."""
+    img, w = blobs(), sky_wcs()
+    fits.writeto(tmp_path / "img.fits", img, w.to_header())
+    cat = catalogue(w, [(100, 100), (80, 90)])
+    ref = astromorph.annotate(cat, (img, w), model=optical_model)
+    c = SkyCoord(cat["ra"], cat["dec"], unit="deg")
+    simbad = Table({"MAIN_ID": ["a", "b"],
+                    "RA": c.ra.to_string(u.hourangle, sep=" ", precision=6, pad=True),
+                    "DEC": c.dec.to_string(u.deg, sep=" ", precision=5, alwayssign=True, pad=True)})
+    simbad["RA"].unit, simbad["DEC"].unit = "h:m:s", "d:m:s"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        simbad.write(tmp_path / "simbad.vot", format="votable")
+        simbad.write(tmp_path / "simbad.xml", format="votable")
+        cat.write(tmp_path / "irsa.tbl", format="ascii.ipac")
+    for name in ("simbad.vot", "simbad.xml", "irsa.tbl"):
+        out = tmp_path / f"out_{name}.ecsv"
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            assert cli.main(["annotate", str(tmp_path / name), "-i", str(tmp_path / "img.fits"),
+                             "-m", str(optical_model.path), "-o", str(out)]) == 0
+        np.testing.assert_allclose(Table.read(out)["opt_p_a"], ref["opt_p_a"], rtol=1e-4)
+    with pytest.raises(astromorph.exceptions.InvalidArgumentError, match="extension"):
+        astromorph._io.table_format(tmp_path / "out.vot")  # writing: as before
