@@ -19,7 +19,8 @@ from ._model import as_model
 from ._progress import progress_bar
 from ._version import __version__
 from ._warnings import first_few, warn
-from .exceptions import AmbiguousInputWarning, AstromorphWarning, InputError, InvalidArgumentError
+from .exceptions import (AmbiguousInputWarning, AstromorphWarning, InputError,
+                         InvalidArgumentError, UnusableInputWarning)
 
 __all__ = ["annotate", "ANNOTATE_CHUNK"]
 
@@ -704,7 +705,36 @@ def annotate(table, images, *, model, ra_col=None, dec_col=None, coord_col=None,
         n_off = int(np.count_nonzero(flags & Flag.OFF_IMAGE))
         if n_off:
             log.info("%d of %d sources lie outside every image", n_off, n)
+            placed = (flags & int(Flag.BAD_INPUT)) == 0
+            if (flags[placed] & int(Flag.OFF_IMAGE)).all():  # not one source on the images
+                warn(f"no source lies on the images: all {n_off} sources with a position are "
+                     "off every image (flag OFF_IMAGE, outputs masked)"
+                     + _unitless_ra_hint(out, ra_col, dec_col, coord_col),
+                     UnusableInputWarning)
         return out
+
+
+def _unitless_ra_hint(table, ra_col, dec_col, coord_col):
+    """For a catalogue none of whose sources lies on the images: a hint where its RA column
+    (as `_positions` chose it) has no unit and values that look like hours (all from 0 to
+    24) or radians (to 2 pi), which were read as degrees; else ""."""
+    from astropy.coordinates import SkyCoord
+
+    if coord_col is not None or (ra_col is None and dec_col is None and any(
+            isinstance(table[n], SkyCoord) for n in table.colnames)):
+        return ""
+    name = ra_col if ra_col is not None else _named_columns(table, _RA_NAMES)[0]
+    col = table[name]
+    if getattr(col, "unit", None) is not None or np.asarray(col).dtype.kind not in "iuf":
+        return ""
+    values = _float_values(col)
+    values = values[np.isfinite(values)]
+    if not len(values) or values.min() < 0 or values.max() >= 24:
+        return ""
+    radians = " or radians ('rad')" if values.max() < 2 * np.pi else ""
+    return (f"; the RA column {name!r} has no unit and all its values are under 24, read as "
+            f"degrees: if they are hours ('hourangle'){radians}, give the column that unit "
+            f"(table[{name!r}].unit = 'hourangle')")
 
 
 def _workers(threads):

@@ -2497,3 +2497,31 @@ def test_cli_reads_votable_and_ipac_catalogues(optical_model, tmp_path):
         np.testing.assert_allclose(Table.read(out)["opt_p_a"], ref["opt_p_a"], rtol=1e-4)
     with pytest.raises(astromorph.exceptions.InvalidArgumentError, match="extension"):
         astromorph._io.table_format(tmp_path / "out.vot")  # writing: as before
+
+
+def test_unitless_ra_under_24_with_no_source_on_the_images_says_hours(optical_model):
+    """An RA column of decimal hours without a unit is read as degrees (the documented
+    default): every source then lies off the images and the output was all masked without
+    a word. When no source lies on any image and the unitless RA values are all under 24
+    (or under 2 pi: radians), an UnusableInputWarning says how they were read and how to
+    give hours; a catalogue that is simply elsewhere on the sky gets no such hint."""
+    img, w = blobs(), sky_wcs()
+    cat = catalogue(w, [(100, 100), (80, 90)])
+    hours = Table({"ra": cat["ra"] / 15, "dec": cat["dec"]})
+    with pytest.warns(astromorph.exceptions.UnusableInputWarning,
+                      match=r"no source.*'ra' has no unit.*under 24.*degrees.*hourangle"):
+        out = astromorph.annotate(hours, (img, w), model=optical_model)
+    assert (out["opt_flags"] == Flag.OFF_IMAGE).all()
+    elsewhere = Table({"ra": cat["ra"] + 30, "dec": cat["dec"]})
+    with pytest.warns(astromorph.exceptions.UnusableInputWarning) as record:
+        astromorph.annotate(elsewhere, (img, w), model=optical_model)
+    assert "hourangle" not in str(record[0].message)
+    with warnings.catch_warnings():  # some sources on the image: nothing to say
+        warnings.simplefilter("error", astromorph.exceptions.UnusableInputWarning)
+        astromorph.annotate(vstack_rows(cat, elsewhere), (img, w), model=optical_model)
+
+
+def vstack_rows(*tables):
+    from astropy.table import vstack
+
+    return vstack([t["ra", "dec"] for t in tables])
