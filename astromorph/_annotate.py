@@ -707,8 +707,9 @@ def annotate(table, images, *, model, ra_col=None, dec_col=None, coord_col=None,
             log.info("%d of %d sources lie outside every image", n_off, n)
             placed = (flags & int(Flag.BAD_INPUT)) == 0
             if (flags[placed] & int(Flag.OFF_IMAGE)).all():  # not one source on the images
-                warn(f"no source lies on the images: all {n_off} sources with a position are "
-                     "off every image (flag OFF_IMAGE, outputs masked)"
+                # (no count: annotate_dask gives one warning for the partitions that give it)
+                warn("no source lies on the images: every source with a position is off "
+                     "every image (flag OFF_IMAGE, outputs masked)"
                      + _unitless_ra_hint(out, ra_col, dec_col, coord_col),
                      UnusableInputWarning)
         return out
