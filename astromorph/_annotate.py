@@ -42,8 +42,9 @@ _DEC_NAMES = ("dec", "DEC", "Dec", "DEJ2000", "_DEJ2000", "DE_ICRS", "DEdeg", "d
 #: column names of Galactic coordinates (lower case), never read as RA/Dec
 _GALACTIC_NAMES = {"glon", "glat", "l", "b", "lii", "bii", "gal_l", "gal_b", "gal_long",
                    "gal_lat"}
-#: two RA (or Dec) columns found by name agree when no row differs by more (degrees)
-_SAME_POSITION_DEG = 1e-6
+#: two RA (or Dec) columns found by name agree when no row differs by more on the sky
+#: (arcsec): VizieR's sexagesimal RAJ2000 to 0.01 s beside its computed _RAJ2000 agree
+_SAME_POSITION_ARCSEC = 0.1
 #: Stamp pixels that must come from at least this many image pixels per stamp pixel, along
 #: both image axes (below, the stamp is upsampled by more than 2x: flagged EXTRAPOLATED).
 MIN_ZOOM = 0.5
@@ -199,15 +200,17 @@ def _positions(table, ra_col, dec_col, coord_col):
                              f"{np.shape(table[col])}")
     ra, dec = degrees(ra_col, u.hourangle), degrees(dec_col, u.deg)
     # columns of the default names beside the ones used: a word where they disagree
-    for what, found, used, text_unit in (("RA", ra_found, ra, u.hourangle),
-                                         ("Dec", dec_found, dec, u.deg)):
+    cos_dec = np.cos(np.radians(np.where(np.abs(dec) <= 90, dec, 0.0)))
+    for what, found, used, text_unit, scale in (("RA", ra_found, ra, u.hourangle, cos_dec),
+                                                ("Dec", dec_found, dec, u.deg, 1.0)):
         for other in found[1:]:
             try:
                 values = degrees(other, text_unit)
             except InputError:
                 values = np.full(len(used), np.nan)
-            diff = np.abs((values - used + 180) % 360 - 180)
-            if (np.isfinite(values) != np.isfinite(used)).any() or (diff > _SAME_POSITION_DEG).any():
+            arcsec = np.abs((values - used + 180) % 360 - 180) * scale * 3600
+            if (np.isfinite(values) != np.isfinite(used)).any() or \
+                    (arcsec > _SAME_POSITION_ARCSEC).any():
                 warn(f"the catalogue has several {what} columns {found} that disagree: "
                      f"{found[0]!r} is used; pass ra_col=/dec_col= (--ra-col/--dec-col) to "
                      "choose", AmbiguousInputWarning)
