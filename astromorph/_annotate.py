@@ -39,6 +39,10 @@ _RA_NAMES = ("ra", "RA", "RAJ2000", "_RAJ2000", "RA_ICRS", "RAdeg", "ra_deg", "R
              "ALPHA_J2000", "alpha", "raMean")
 _DEC_NAMES = ("dec", "DEC", "Dec", "DEJ2000", "_DEJ2000", "DE_ICRS", "DEdeg", "dec_deg",
               "DEC_deg", "DELTA_J2000", "delta", "decMean")
+#: RA and Dec names of one naming family (lower case), preferred together
+_PAIRS = (("ra", "dec"), ("raj2000", "dej2000"), ("_raj2000", "_dej2000"),
+          ("ra_icrs", "de_icrs"), ("radeg", "dedeg"), ("ra_deg", "dec_deg"),
+          ("alpha_j2000", "delta_j2000"), ("alpha", "delta"), ("ramean", "decmean"))
 #: column names of Galactic coordinates (lower case), never read as RA/Dec
 _GALACTIC_NAMES = {"glon", "glat", "l", "b", "lii", "bii", "gal_l", "gal_b", "gal_long",
                    "gal_lat"}
@@ -161,6 +165,7 @@ def _positions(table, ra_col, dec_col, coord_col):
     # an empty name is a column that is not there, not "find it"
     ra_found = _named_columns(table, _RA_NAMES) if ra_col is None else [ra_col]
     dec_found = _named_columns(table, _DEC_NAMES) if dec_col is None else [dec_col]
+    ra_found, dec_found = _paired_first(ra_found, dec_found)
     ra_col, dec_col = (found[0] if found else None for found in (ra_found, dec_found))
     galactic = [n for n in table.colnames if n.lower() in _GALACTIC_NAMES]
     how = ("Galactic coordinates are not read as RA/Dec: give a SkyCoord column, e.g. "
@@ -218,6 +223,26 @@ def _positions(table, ra_col, dec_col, coord_col):
     bad = ~(np.isfinite(ra) & np.isfinite(dec)) | (np.abs(dec) > 90)
     ra, dec = np.where(bad, 0.0, ra), np.where(bad, 0.0, dec)
     return SkyCoord(ra * u.deg, dec * u.deg), bad
+
+
+def _family(name):
+    """Naming family of an RA or Dec column ('raj2000' for RAJ2000 and DEJ2000), or None."""
+    key = name.lower()
+    for ra, dec in _PAIRS:
+        if key in (ra, dec):
+            return ra
+    return None
+
+
+def _paired_first(ra_found, dec_found):
+    """The RA and Dec candidates with, first, an RA and a Dec of one naming family (RAJ2000
+    with DEJ2000, not with a 'dec' of another epoch) where the catalogue has such a pair."""
+    for ra in ra_found:
+        same = [d for d in dec_found if _family(d) is not None and _family(d) == _family(ra)]
+        if same:
+            return ([ra] + [r for r in ra_found if r != ra],
+                    [same[0]] + [d for d in dec_found if d != same[0]])
+    return ra_found, dec_found
 
 
 def _named_columns(table, names):
@@ -727,7 +752,9 @@ def _unitless_ra_hint(table, ra_col, dec_col, coord_col):
     if coord_col is not None or (ra_col is None and dec_col is None and any(
             isinstance(table[n], SkyCoord) for n in table.colnames)):
         return ""
-    name = ra_col if ra_col is not None else _named_columns(table, _RA_NAMES)[0]
+    name = ra_col if ra_col is not None else _paired_first(
+        _named_columns(table, _RA_NAMES),
+        _named_columns(table, _DEC_NAMES) if dec_col is None else [dec_col])[0][0]
     col = table[name]
     if getattr(col, "unit", None) is not None or np.asarray(col).dtype.kind not in "iuf":
         return ""

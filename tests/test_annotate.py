@@ -2451,6 +2451,20 @@ def test_several_position_columns_that_disagree_warn(optical_model):
             "opt_p_a"], ref["opt_p_a"], rtol=1e-6)
 
 
+def test_ra_and_dec_of_one_naming_family_are_read_together(optical_model):
+    """RA and Dec were found separately: a catalogue with an 'ra' of another epoch beside
+    RAJ2000/DEJ2000 (and no 'dec') paired 'ra' with DEJ2000. The RA and Dec of one family
+    are now read together (with the warning that the RA columns disagree)."""
+    img, w = blobs(), sky_wcs()
+    cat = catalogue(w, [(100, 100), (80, 90)])
+    ref = astromorph.annotate(cat, (img, w), model=optical_model)
+    mixed = Table({"ra": cat["ra"] - 0.3, "RAJ2000": cat["ra"], "DEJ2000": cat["dec"]})
+    with pytest.warns(AmbiguousInputWarning, match=r"'RAJ2000' is used"):
+        out = astromorph.annotate(mixed, (img, w), model=optical_model)
+    np.testing.assert_allclose(out["opt_p_a"], ref["opt_p_a"], rtol=1e-6)
+    assert not out["opt_flags"].any()
+
+
 def test_galactic_columns_are_never_read_as_ra_dec(optical_model):
     """A catalogue with Galactic columns only is refused with a word on how to give them
     (a SkyCoord column in the Galactic frame), and so are Galactic columns passed as
