@@ -1127,10 +1127,12 @@ def test_position_and_size_columns_of_no_number_kind_are_refused(optical_model):
     sized["r90"] = [True, True]
     with pytest.raises(InputError, match="size column 'r90' holds booleans"):
         astromorph.annotate(sized, (img, w), model=optical_model, size_col="r90")
-    # integer and unsigned columns are numbers: still accepted
+    # integer and unsigned columns are numbers: still accepted (rounded, off the image)
     ok = cat.copy()
     ok["dec"] = np.round(ok["dec"]).astype(np.int16)
-    astromorph.annotate(ok, (img, w), model=optical_model)
+    with pytest.warns(UnusableInputWarning, match="no source lies on the images"):
+        out = astromorph.annotate(ok, (img, w), model=optical_model)
+    assert (out["opt_flags"] == Flag.OFF_IMAGE).all()
 
 
 def test_catalogue_errors(optical_model):
