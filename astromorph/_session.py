@@ -64,9 +64,10 @@ def resolve_providers(providers=None):
         ``"auto"`` means TensorRT, then CUDA, then CPU, among those available,
         and requests nothing explicitly. Otherwise a name (``"cpu"``,
         ``"cuda"``, ``"tensorrt"`` or a full ONNX Runtime provider name) or a
-        comma-separated string or list of them, in order of preference. Requested
-        providers this build lacks are left out silently: `get_session` warns about
-        them, once per session made.
+        comma-separated string or list of them, in order of preference (any case).
+        Requested providers this build lacks are left out silently: `get_session` warns
+        about them, once per session made. A name ONNX Runtime does not know is an
+        `InvalidArgumentError`.
 
     Returns
     -------
@@ -77,6 +78,16 @@ def resolve_providers(providers=None):
     """
     requested = provider_names(providers)
     available = available_providers()
+    # a full name in any case, as the short ones; one ONNX Runtime does not know (a typo)
+    # is refused, not taken for a provider missing from this build
+    known = {p.lower(): p for p in [*onnxruntime().get_all_providers(), *available]}
+    unknown = [p for p in requested if p.lower() not in known]
+    if unknown:
+        from_env = providers is None and bool(os.environ.get(PROVIDERS_ENV))
+        raise InvalidArgumentError(
+            f"unknown execution provider {unknown[0]!r}; ONNX Runtime knows "
+            f"{', '.join(known.values())}" + (f" (from ${PROVIDERS_ENV})" if from_env else ""))
+    requested = list(dict.fromkeys(known[p.lower()] for p in requested))
     if not requested:
         return [], [p for p in AUTO_ORDER if p in available]
     usable = [p for p in requested if p in available]
@@ -114,7 +125,7 @@ def provider_names(providers=None):
             raise InvalidArgumentTypeError(f"execution provider names must be strings, got "
                                            f"{p!r}")
         full = PROVIDER_ALIASES.get(p.lower(), p)
-        if not full.endswith("ExecutionProvider"):
+        if not full.lower().endswith("executionprovider"):
             raise InvalidArgumentError(
                 f"unknown execution provider {p!r}; use 'auto', 'cpu', 'cuda' (or 'gpu'), "
                 "'tensorrt' or an ONNX Runtime provider name"

@@ -525,6 +525,30 @@ def test_unknown_provider_name(tiny_registry):
         astromorph.load_model("tiny", providers="quantum")
 
 
+@pytest.mark.parametrize("name", ["CUDAExecutionProvdier", "CUDAExecProvider",
+                                  "FooExecutionProvider"])
+def test_misspelt_full_provider_name_is_a_typed_error(tiny_registry, name):
+    """A full name that ONNX Runtime does not know (a typo) passed as a
+    provider that is merely missing from this build: a CPU session and a warning telling the
+    user to install the GPU build, which a user with the GPU build already has."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ProviderFallbackWarning)
+        with pytest.raises(InvalidArgumentError, match=f"unknown execution provider '{name}'"):
+            astromorph.load_model("tiny", providers=["cpu", name])
+
+
+def test_full_provider_names_take_any_case(tiny_registry):
+    """As the short names do ('CUDA', 'cpu'): 'CudaExecutionProvider' was asked of ONNX
+    Runtime as it was, so the GPU build fell back to the CPU and told the user to install
+    the GPU build."""
+    from astromorph._session import resolve_providers
+
+    model = astromorph.load_model("tiny", providers="cpuexecutionprovider")
+    assert model.providers == ["CPUExecutionProvider"]
+    requested, _ = resolve_providers(["CudaExecutionProvider", "cuda"])
+    assert requested == ["CUDAExecutionProvider"]
+
+
 def test_bad_option_values_are_typed_errors(tiny_registry, monkeypatch, capsys, tmp_path):
     """Misuse raises InvalidArgumentError naming the value (so the command line prints one
     line, not a traceback), whether it comes from an argument or an environment variable."""
