@@ -122,8 +122,10 @@ def provider_names(providers=None):
     requested = []
     for p in providers:
         if not isinstance(p, str):
+            hint = ("; (name, options) pairs are not taken: choose the GPU with "
+                    "$CUDA_VISIBLE_DEVICES" if isinstance(p, (tuple, list)) else "")
             raise InvalidArgumentTypeError(f"execution provider names must be strings, got "
-                                           f"{p!r}")
+                                           f"{p!r}{hint}")
         full = PROVIDER_ALIASES.get(p.lower(), p)
         if not full.lower().endswith("executionprovider"):
             raise InvalidArgumentError(

@@ -537,6 +537,15 @@ def test_misspelt_full_provider_name_is_a_typed_error(tiny_registry, name):
             astromorph.load_model("tiny", providers=["cpu", name])
 
 
+def test_provider_with_options_says_how_to_choose_the_device(tiny_registry):
+    """ONNX Runtime takes (name, options) pairs; astromorph does not, and said only that
+    names must be strings, leaving a user choosing a GPU (device_id) without a way."""
+    pair = ("CUDAExecutionProvider", {"device_id": 1})
+    with pytest.raises(InvalidArgumentTypeError,
+                       match=r"\('CUDAExecutionProvider', \{'device_id': 1\}\).*CUDA_VISIBLE_DEVICES"):
+        astromorph.load_model("tiny", providers=[pair, "cpu"])
+
+
 def test_full_provider_names_take_any_case(tiny_registry):
     """As the short names do ('CUDA', 'cpu'): 'CudaExecutionProvider' was asked of ONNX
     Runtime as it was, so the GPU build fell back to the CPU and told the user to install
