@@ -10,10 +10,11 @@ from ._registry import _is_path_like, resolve_model, resolve_single_band_graph, 
 from ._session import get_session
 from ._progress import check_progress, progress_bar
 from .preprocessing._checks import SENTINEL
-from ._warnings import warn
+from ._warnings import collecting, warn
 from .exceptions import (AmbiguousInputWarning, ChecksumMismatchError, InputDTypeError,
                          InputError, InputShapeError, InvalidArgumentError,
-                         InvalidArgumentTypeError, ModelCardError)
+                         InvalidArgumentTypeError, ModelCardError,
+                         ProviderFallbackWarning)
 
 __all__ = ["Model", "Prediction", "load_model", "as_model"]
 
@@ -302,8 +303,15 @@ class Model:
                 self._single_band = False
             else:
                 path, card = found
-                session = get_session(path, sha256=verify_checksum(path, card),
-                                      **self._session_options)
+                # the model's fallback warning, given at load, covers this graph where it
+                # runs on the same providers: not given a second time for it
+                with collecting() as fallbacks:
+                    session = get_session(path, sha256=verify_checksum(path, card),
+                                          **self._session_options)
+                for message, category in fallbacks:
+                    if list(session.get_providers()) != self.providers \
+                            or not issubclass(category, ProviderFallbackWarning):
+                        warn(message, category)
                 _check_graph(session, path, card)
                 self._single_band = session
         return self._single_band or None

@@ -1591,3 +1591,25 @@ def test_python_dash_m_astromorph_runs_the_command_line():
                          capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr
     assert run.stdout.startswith("astromorph ")
+
+
+@pytest.mark.parametrize("case", ["missing", "dropped"])
+def test_single_band_graph_does_not_repeat_the_models_fallback_warning(monkeypatch, case):
+    """A model asked to run on CUDA that fell back gave its warning at load, and the same
+    one again, for model.grey.onnx, at its first single-band predict: one fallback, two
+    warnings. The single-band graph now warns only where it got other providers than the
+    model's session."""
+    cpu, cuda = "CPUExecutionProvider", "CUDAExecutionProvider"
+    _fake_gpu_runtime(monkeypatch, [cpu] if case == "missing" else [cuda, cpu],
+                      dropped=[cuda] if case == "dropped" else ())
+    grey = np.random.default_rng(0).normal(size=(5, 64, 64)).astype(np.float32)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model = astromorph.load_model("morphology", providers="cuda")
+        model.predict(grey, batch_size=2)
+    astromorph.clear_session_cache()
+    assert model._single_band_session() is not None
+    assert model.providers == [cpu]
+    fallbacks = _fallback_warnings(caught)
+    assert len(fallbacks) == 1 and "model.onnx" in str(fallbacks[0].message), \
+        [str(w.message) for w in fallbacks]
