@@ -140,7 +140,7 @@ class Prediction(Mapping):
 
 def _check_graph(session, path, card):
     """Raise `ModelCardError` where the graph of ``session`` (file ``path``) is not the one
-    ``card`` describes: not one float32 input, another input shape, a fixed batch size,
+    ``card`` describes: not one float32 input, another input name or shape, a fixed batch size,
     missing outputs or another number of classes than of labels. Dimensions the graph
     leaves symbolic are not checked."""
     shape = card["input"]["shape"]
@@ -149,6 +149,10 @@ def _check_graph(session, path, card):
         raise ModelCardError(f"the ONNX graph {path} has {len(inputs)} inputs "
                              f"{[i.name for i in inputs]} of types {[i.type for i in inputs]}; "
                              "astromorph feeds one float32 input, (batch, C, H, W)")
+    name = card["input"].get("name")
+    if name is not None and name != inputs[0].name:
+        raise ModelCardError(f"card of {path} gives input.name {name!r}, but the ONNX graph's "
+                             f"input is named {inputs[0].name!r}")
     graph_input = inputs[0].shape
     dims = list(graph_input) if graph_input is not None else []
     if len(dims) != 4 or any(isinstance(g, int) and g != c for g, c in zip(dims[1:], shape)):

@@ -1402,6 +1402,8 @@ def _fixed_batch(path, batch):
     (_set("input.shape", [2, 8, 8]), r"input.shape \[2, 8, 8\].*\['batch', 2, 4, 4\]"),
     (_set("outputs.0.labels", ["a", "b", "c"]), r"3 labels.*'probabilities'.*\['batch', 2\]"),
     (_set("outputs.0.kind", "score"), r"'probabilities' a score.*\['batch', 2\]"),
+    # the card's input name was never compared with the graph's (`models --verify` said OK)
+    (_set("input.name", "pixels"), r"input.name 'pixels'.*input is named 'input'"),
 ])
 def test_card_that_does_not_describe_the_graph_is_refused(tmp_path, change, match):
     """A card whose input shape or class count differs from the graph's would load and then
