@@ -257,9 +257,8 @@ def _make_session(ort, path, requested, usable, threads, cpu_key):
         reasons = []
         if missing:
             reasons.append(f"{', '.join(missing)} not available in this ONNX Runtime "
-                           f"build (available: {', '.join(available_providers())}); for "
-                           "GPU support install `astromorph[gpu]` (onnxruntime-gpu) "
-                           "with CUDA")
+                           f"build (available: {', '.join(available_providers())}); "
+                           + _gpu_install_hint())
         reasons += [f"{p} could not create a session ({exc})" for p, exc in errors.items()]
         if dropped:
             reasons.append(f"{', '.join(dropped)} failed to initialise")
@@ -269,6 +268,26 @@ def _make_session(ort, path, requested, usable, threads, cpu_key):
                 else f"running on {', '.join(got)}"), ProviderFallbackWarning)
     log.debug("session for %s on %s (requested %s)", path, got, requested or "auto")
     return session
+
+
+def _gpu_install_hint():
+    """How to get the GPU providers: install the GPU build, or, where both builds are
+    installed (the CPU one, e.g. pulled in by another package, shadows the GPU one), keep
+    only the GPU build."""
+    from importlib import metadata
+
+    def installed(name):
+        try:
+            metadata.distribution(name)
+        except metadata.PackageNotFoundError:
+            return False
+        return True
+
+    if installed("onnxruntime-gpu") and installed("onnxruntime"):
+        return ("onnxruntime-gpu is installed, but so is the CPU build onnxruntime, which "
+                "shadows it: `pip uninstall onnxruntime onnxruntime-gpu` and then "
+                "`pip install onnxruntime-gpu`")
+    return "for GPU support install `astromorph[gpu]` (onnxruntime-gpu) with CUDA"
 
 
 def _first_session(ort, path, opts, usable, cpu):

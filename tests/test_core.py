@@ -1615,3 +1615,24 @@ def test_single_band_graph_does_not_repeat_the_models_fallback_warning(monkeypat
     fallbacks = _fallback_warnings(caught)
     assert len(fallbacks) == 1 and "model.onnx" in str(fallbacks[0].message), \
         [str(w.message) for w in fallbacks]
+
+
+def test_fallback_with_both_onnx_runtime_builds_installed_says_to_remove_one(tiny_registry,
+                                                                           monkeypatch):
+    """onnxruntime installed beside onnxruntime-gpu (e.g. pulled in by another package)
+    shadows the GPU build: CUDA is not offered, and the warning told the user to install
+    astromorph[gpu], which they had. It now names the conflict and the fix."""
+    import importlib.metadata
+
+    real = importlib.metadata.distribution
+
+    def distribution(name):
+        if name == "onnxruntime-gpu":
+            return real("onnxruntime")  # installed, as far as the check can tell
+        return real(name)
+
+    monkeypatch.setattr(importlib.metadata, "distribution", distribution)
+    _fake_gpu_runtime(monkeypatch, ["CPUExecutionProvider"])
+    with pytest.warns(ProviderFallbackWarning,
+                      match=r"onnxruntime-gpu is installed.*pip uninstall onnxruntime "):
+        astromorph.load_model("tiny", providers="cuda")
