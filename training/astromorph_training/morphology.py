@@ -1098,8 +1098,8 @@ def _int8_card(m, path, sha, rate, cpu_rate):
                          f"made from model.onnx by `python -m astromorph_training {NAME} "
                          "evaluate` (and again, identically, by `export`)"),
         "use": ("astromorph.load_model('morphology', precision='int8'), or precision='int8' / "
-                "--precision int8 in annotate and predict; for CPUs (GPU providers run the "
-                "float32 file faster)"),
+                "--precision int8 in annotate and predict; made for CPUs (on GPU providers "
+                "its speed has not been measured)"),
         "metrics": {
             **_card_test_metrics(m),
             "ece_after_temperature": round(m["ece"], 4),
