@@ -1821,3 +1821,20 @@ def test_index_of_no_dimension_is_refused_and_no_query_is_no_rows():
     rows, sim = index.search([], k=2)
     assert rows.shape == (0, 2) and sim.shape == (0, 2)
     assert len(SimilarityIndex(np.zeros((0, 4)))) == 0  # an empty table's column: allowed
+
+
+
+
+def test_mixture_refuses_repeated_vectors_whose_mean_rounds():
+    """The check for "all the same vector" looked at the variance of the projected rows,
+    which is not exactly zero when the mean of a repeated float64 vector rounds (e.g.
+    averaged or converted vectors; float32 ones sum exactly): 50 copies of one unit
+    vector were fitted as clusters of rounding noise. Identical rows are now refused
+    whatever their values and dtype."""
+    v = np.random.default_rng(0).standard_normal(32)
+    x = np.tile(v / np.linalg.norm(v), (50, 1))
+    for n_components, n_pca in ((None, 16), (2, 16), (2, None)):
+        with pytest.raises(InputError, match="all the same vector"):
+            GaussianMixture(n_components, n_pca=n_pca).fit(x)
+    with pytest.raises(InputError, match="all the same vector"):
+        cluster_table(Table({"embedding": x}))

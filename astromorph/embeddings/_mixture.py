@@ -223,7 +223,8 @@ class GaussianMixture(Saved):
             components, explained = None, 1.0
             z = x - mean
         n, d = z.shape
-        if not np.mean(np.var(z, axis=0)) > 0:
+        # rows equal to the first: the spread of z alone is rounding when their mean rounds
+        if (x == x[:1]).all() or not np.mean(np.var(z, axis=0)) > 0:
             raise InputError(f"the {n} usable embeddings are all the same vector (e.g. blank "
                              "stamps): there is nothing to cluster")
         bics = {}
