@@ -1838,3 +1838,20 @@ def test_mixture_refuses_repeated_vectors_whose_mean_rounds():
             GaussianMixture(n_components, n_pca=n_pca).fit(x)
     with pytest.raises(InputError, match="all the same vector"):
         cluster_table(Table({"embedding": x}))
+
+
+def test_index_norms_do_not_overflow_or_underflow_in_float32():
+    """The norms of the rows and of the queries were computed in float32, whose squares
+    overflow above about 1e19 and underflow below about 1e-23: such rows, finite and
+    non-zero, were silently never returned (no warning unless every row was lost) and such
+    queries refused as zero. Norms are now computed in float64."""
+    x = unit_rows(10, 8, seed=1)
+    x[3] *= 1e20
+    x[5] *= 1e-23
+    index = SimilarityIndex(x)
+    assert index.valid.all()
+    for row in (3, 5):
+        rows, sims = index.search(x[row], k=1)
+        assert rows[0, 0] == row
+        np.testing.assert_allclose(sims[0, 0], 1.0, atol=1e-6)
+    np.testing.assert_allclose(np.linalg.norm(index.vectors, axis=1), 1.0, atol=1e-6)

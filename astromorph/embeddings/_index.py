@@ -203,6 +203,19 @@ def _drop_excluded(idx, sim, exclude, k):
     return out_i, out_s
 
 
+def _norms(x):
+    """L2 norms of the rows of the float32 matrix ``x``: in float32 (fast), except for the
+    rows whose squares may have overflowed or underflowed there (norms above 1e15 or below
+    1e-15, non-finite or zero), summed again in float64 (finite non-zero rows of 1e20 or
+    1e-23 are not infinite or zero)."""
+    with np.errstate(over="ignore", invalid="ignore", under="ignore"):
+        norms = np.sqrt(np.einsum("ij,ij->i", x, x))
+        redo = np.flatnonzero(~((norms > 1e-15) & (norms < 1e15)))
+        if len(redo):
+            norms[redo] = np.sqrt(np.einsum("ij,ij->i", x[redo], x[redo], dtype=np.float64))
+    return norms
+
+
 def _installed(name):
     import importlib.util
 
@@ -273,8 +286,7 @@ class SimilarityIndex:
         if x.shape[1] == 0:  # ``[]``: nothing says what a query vector should be
             raise InvalidArgumentError(f"an index needs vectors of at least one dimension, "
                                        f"got shape {x.shape}")
-        with np.errstate(over="ignore", invalid="ignore"):
-            norms = np.sqrt(np.einsum("ij,ij->i", x, x))  # NaN/inf rows -> non-finite norm
+        norms = _norms(x)  # NaN/inf rows -> non-finite norm
         valid = np.isfinite(norms) & (norms > 0)
         self.valid = valid
         if len(valid) and not valid.any():
@@ -372,7 +384,7 @@ class SimilarityIndex:
         if q.shape[1] != self.dim:
             raise InvalidArgumentError(f"query vectors have dimension {q.shape[1]}, the index "
                                        f"{self.dim}")
-        norms = np.linalg.norm(q, axis=1, keepdims=True)
+        norms = _norms(q)[:, None]
         unusable = np.flatnonzero(~(np.isfinite(norms[:, 0]) & (norms[:, 0] > 0)))
         if len(unusable):
             raise InvalidArgumentError(
