@@ -1855,3 +1855,18 @@ def test_index_norms_do_not_overflow_or_underflow_in_float32():
         assert rows[0, 0] == row
         np.testing.assert_allclose(sims[0, 0], 1.0, atol=1e-6)
     np.testing.assert_allclose(np.linalg.norm(index.vectors, axis=1), 1.0, atol=1e-6)
+
+
+def test_index_renormalises_vectors_a_little_off_unit_length():
+    """Vectors within 1e-4 of unit length were indexed as they were, so the similarity was
+    the dot product, not the cosine: off by up to 1e-4, enough to swap neighbours whose
+    cosines differ by less (common among a million 256-d vectors). Only vectors unit to
+    float32 rounding are now kept as they are."""
+    q = np.array([1.0, 0.0, 0.0])
+    far = np.array([0.8, 0.6, 0.0]) * (1 + 9e-5)  # cosine 0.8
+    near = np.array([0.80004, np.sqrt(1 - 0.80004 ** 2), 0.0]) * (1 - 9e-5)  # 0.80004
+    rows, sims = SimilarityIndex(np.array([far, near])).search(q, k=2)
+    assert rows.tolist() == [[1, 0]]
+    np.testing.assert_allclose(sims[0], [0.80004, 0.8], atol=2e-7)
+    x = unit_rows(50, 16)  # model output: kept as it is (no copy)
+    assert SimilarityIndex(x).vectors is x

@@ -293,7 +293,9 @@ class SimilarityIndex:
             warn(f"none of the {len(valid)} embedding vectors is usable (masked, NaN, infinite "
                  "or zero, e.g. every row flagged): every query will find no neighbours",
                  UnusableInputWarning)
-        if not (valid.all() and np.allclose(norms, 1.0, atol=1e-4)):
+        # unit to float32 rounding (the model's output) is kept: a looser tolerance would
+        # rank by dot products, not cosines (1e-4 off unit swaps neighbours 1e-4 apart)
+        if not (valid.all() and np.all(np.abs(norms - 1.0) <= 1e-6)):
             # a normalised copy (one: changed in place); unusable rows become zero vectors
             # (never returned)
             x = np.divide(x, np.where(valid, norms, 1.0)[:, None], dtype=np.float32)
