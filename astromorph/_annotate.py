@@ -15,12 +15,13 @@ from ._cutouts import STAMP_CHUNK, cut_stamps
 from ._angles import parse_angles, under_full_turn
 from ._flags import Flag
 from ._images import closing_files, parse_sky_images
+from ._readers._fits import warn_flux_units
 from ._model import as_model
 from ._progress import progress_bar
 from ._version import __version__
-from ._warnings import first_few, warn
-from .exceptions import (AmbiguousInputWarning, AstromorphWarning, InputError,
-                         InvalidArgumentError, UnusableInputWarning)
+from ._warnings import warn
+from .exceptions import (AmbiguousInputWarning, InputError, InvalidArgumentError,
+                         UnusableInputWarning)
 
 __all__ = ["annotate", "ANNOTATE_CHUNK"]
 
@@ -425,23 +426,6 @@ def _band_plan(model, family, groups):
     warn(f"model {model.name!r}: images of bands {names} given; using band {pick!r} "
          f"alone (the model takes {takes})", AmbiguousInputWarning)
     return [pick]
-
-
-def warn_flux_units(model, noted):
-    """Warn, once, of the images whose FITS header gives a unit or zero point other than
-    the SDSS nanomaggies that the galaxy models' stretch is set for: ``noted`` holds
-    ``"name: note"`` for each (`flux_unit_note`). Such images give black or saturated
-    stamps and wrong classes without any flag."""
-    from ._readers._fits import NANOMAGGY_ZERO_POINT
-
-    if noted:
-        warn(f"model {model.name!r} takes images in SDSS nanomaggies per pixel (AB zero point "
-             f"{NANOMAGGY_ZERO_POINT:g}, 0.396 arcsec pixels), but the headers say otherwise: "
-             f"{first_few(noted, '; ')}. The pixels are used as they are (no conversion), so the "
-             "stamps may come out black or saturated and the classes be wrong without any flag: "
-             f"convert them first, data * 10**(-0.4 * (zeropoint - {NANOMAGGY_ZERO_POINT:g})) "
-             "* (0.396 / pixel_scale)**2 (docs/annotate.md), or ignore this warning if they are "
-             "in nanomaggies already", AstromorphWarning)
 
 
 def _sky_positions(images, coords):

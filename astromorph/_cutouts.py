@@ -129,6 +129,9 @@ class SkyImage:
         Band or role (``"g"``, ``"science"``...), where known.
     beam : float or None
         Restoring beam FWHM (major axis) in arcsec from the header (BMAJ), where known.
+    flux_note : str or None
+        What the FITS header says of the pixel unit where it is not SDSS nanomaggies
+        (`astromorph._readers._fits.flux_unit_note`).
     owned : bool
         ``data`` is this image's own array (decompressed from a compressed file): plain
         float32 data are made native and their masking sentinels NaN in place, and sampled
@@ -137,7 +140,7 @@ class SkyImage:
     """
 
     def __init__(self, data, wcs, *, name="image", band=None, bscale=1.0, bzero=0.0, blank=None,
-                 hold=None, file_span=None, owned=False, beam=None):
+                 hold=None, file_span=None, owned=False, beam=None, flux_note=None):
         if data.ndim != 2:
             raise InputError(f"{name}: expected a 2D image, got shape {data.shape}")
         if data.dtype.kind not in "biuf":
@@ -158,10 +161,7 @@ class SkyImage:
             # float32 values `_strips` would copy them to), so no second copy is made
             data = data.byteswap(inplace=True).view(data.dtype.newbyteorder())
         self.data, self.wcs, self.name, self.band = data, wcs, name, band
-        #: What the FITS header says of the pixel unit where it is not SDSS nanomaggies
-        #: (`astromorph._readers._fits.flux_unit_note`), else None.
-        self.flux_note = None
-        self.beam = beam
+        self.beam, self.flux_note = beam, flux_note
         self.bscale, self.bzero, self.blank = float(bscale), float(bzero), blank
         #: What `take` reads, as one tuple (swapped whole by `_drop_raw`, so that a thread in
         #: `take` never mixes the raw array with the scaling of the float32 copy):

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ._io import atomic_output, output_error
+from ._io import atomic_output, card_reads_back, output_error
 from ._readers import sniff_format
 from ._version import __version__
 from ._warnings import catch_warnings, first_few, warn
@@ -92,35 +92,21 @@ def _gzipped(path):
 def _card(key, value, comment, dropped=None):
     """A header card that fits in 80 characters (comment dropped, strings cut if need be),
     or None, with ``key`` added to the set ``dropped``, when the keyword leaves no room for
-    the value (a long model name)."""
-    from astropy.io import fits
+    the value (a long model name) or no card holds the value (NaN)."""
+    def whole(value, comment=""):  # one 80-character card that reads back as written
+        card = card_reads_back(f"HIERARCH {key}", value, comment)
+        return card if card is not None and len(str(card)) <= 80 else None
 
-    def whole(card):
-        # one 80-character card that reads back as the keyword and value written (astropy
-        # cuts an over-long HIERARCH card at 80 characters, keyword and all)
-        text = str(card)
-        if len(text) > 80:
-            return False
-        back = fits.Card.fromstring(text)
-        return back.keyword == key.upper() and back.value == card.value
-
-    with catch_warnings():
-        warnings.simplefilter("ignore")
-        try:
-            for com in (comment, ""):
-                card = fits.Card(f"HIERARCH {key}", value, com)
-                if whole(card):
-                    return card
-            if isinstance(value, str):
-                while value and not whole(fits.Card(f"HIERARCH {key}", value)):
-                    value = value[:-1]
-                if value:
-                    return fits.Card(f"HIERARCH {key}", value)
-        except ValueError:  # a value no card can hold (e.g. NaN)
-            pass
-    if dropped is not None:
+    card = whole(value, comment)
+    if card is None:
+        card = whole(value)
+    if card is None and isinstance(value, str):
+        while value and card is None:
+            value = value[:-1]
+            card = whole(value)
+    if card is None and dropped is not None:
         dropped.add(key)
-    return None
+    return card
 
 
 def _warn_dropped(dropped, *, shown=5):

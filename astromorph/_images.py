@@ -129,7 +129,7 @@ def _from_hdu(hdu, name, hold=None, file_span=None, primary=None):
                                            or "BLANK" in header))
     owned = hold is not None and not _memory_mapped(data)
     image = SkyImage(data, wcs, name=name, band=band_of_header(header, primary),
-                     beam=beam_of_header(header.get),
+                     beam=beam_of_header(header.get), flux_note=flux_unit_note(header, primary),
                      bscale=header.get("BSCALE", 1.0) if scaled else 1.0,
                      bzero=header.get("BZERO", 0.0) if scaled else 0.0,
                      blank=header.get("BLANK") if scaled else None, hold=hold,
@@ -140,7 +140,6 @@ def _from_hdu(hdu, name, hold=None, file_span=None, primary=None):
         # the HDU lets go of its decompressed integers, so that the image alone holds them
         # and can drop them for their float32 copy (`SkyImage.resident`)
         del hdu.data
-    image.flux_note = flux_unit_note(header, primary)
     return image
 
 
@@ -273,8 +272,7 @@ def _parse_one(obj, band=None):
         images = [SkyImage(_plane(np.asarray(hdu.data), "HDU", header),
                            _celestial_wcs(header, "HDU"),
                            name="HDU", band=band_of_header(header),
-                           beam=beam_of_header(header.get))]
-        images[0].flux_note = flux_unit_note(header)
+                           beam=beam_of_header(header.get), flux_note=flux_unit_note(header))]
     elif isinstance(obj, tuple) and len(obj) == 2:
         data, wcs = obj
         header = wcs if isinstance(wcs, fits.Header) else None

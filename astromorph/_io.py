@@ -23,7 +23,7 @@ from .exceptions import (AstromorphError, InputError, InputNotFoundError, Invali
                          OutputExistsError)
 
 __all__ = ["atomic_output", "check_input_file", "check_output", "check_distinct_outputs",
-           "output_error", "check_multidimensional", "table_format", "write_table", "TABLE_FORMATS",
+           "output_error", "card_reads_back", "check_multidimensional", "table_format", "write_table", "TABLE_FORMATS",
            "READ_ONLY_TABLE_FORMATS"]
 
 log = logging.getLogger(__name__)
@@ -347,21 +347,23 @@ def _ascii_escaped(text):
     return np.char.decode(np.char.encode(text, "ascii", "backslashreplace"), "ascii")
 
 
-def _fits_card_fits(key, value):
-    """Whether astropy writes ``key = value`` as header card(s) that read back as written
-    (not: a key that leaves no room for a value, a value no card holds, e.g. a dict)."""
+def card_reads_back(key, value, comment=""):
+    """The header card ``key = value / comment`` if astropy writes it as card(s) that read
+    back as that keyword and value, else None: not for a keyword that leaves no room for
+    the value (astropy cuts an over-long HIERARCH card at 80 characters, keyword and all)
+    or a value no card holds (NaN, a dict)."""
     from astropy.io import fits
 
     try:
         with catch_warnings():
             warnings.simplefilter("ignore")
-            card = fits.Card(key, value)
+            card = fits.Card(key, value, comment)
             card.verify("exception")
             image = str(card)
             back = fits.Header.fromstring(image + " " * (-len(image) % 80))
-            return back[key] == value
+            return card if back[card.keyword] == card.value else None
     except Exception:  # noqa: BLE001 - ValueError, VerifyError, KeyError...
-        return False
+        return None
 
 
 def _fits_ascii(table, path):
@@ -382,7 +384,7 @@ def _fits_ascii(table, path):
             value = str(_ascii_escaped(value))
             escaped.append(f"meta {key}")
         if str(key).lower() in _FITS_LIST_KEYS or isinstance(value, (list, tuple)) \
-                or _fits_card_fits(str(key), value) or not isinstance(key, str):
+                or card_reads_back(str(key), value) is not None or not isinstance(key, str):
             meta[key] = value  # (astropy itself warns about what it then skips)
         else:
             dropped.append(str(key))

@@ -22,6 +22,7 @@ from ._headers import header_targets, write_results_to_header
 from ._io import check_distinct_outputs, check_output, output_error, write_table
 from ._progress import progress_bar
 from ._readers import expand_inputs, read_file
+from ._readers._fits import warn_flux_units
 from .preprocessing._checks import check_bool, in_unit_interval
 from .preprocessing._triplet import _SENTINEL
 from ._warnings import catch_warnings, first_few, warn
@@ -177,8 +178,6 @@ def predict_files(model, inputs, *, batch_size=256, progress=None, write_header=
              f"{assumed[0].assumption}); name {what} to be sure", AmbiguousInputWarning)
 
     if units:
-        from ._annotate import warn_flux_units
-
         warn_flux_units(model, units)
     if misnamed:
         first = next(iter(misnamed.items()))

@@ -8,10 +8,11 @@ import numpy as np
 
 from .._flags import Flag
 from ._stamp import Stamp, common_pixel_scale
-from .._warnings import catch_warnings
+from .._warnings import catch_warnings, first_few, warn
+from ..exceptions import AstromorphWarning
 
 __all__ = ["band_keyword", "beam_of_header", "flux_unit_note", "normalise_band",
-           "parse_fits_bytes", "read_fits", "stokes_i"]
+           "parse_fits_bytes", "read_fits", "stokes_i", "warn_flux_units"]
 
 _MEMBERS = ("science", "reference", "difference")
 
@@ -90,6 +91,21 @@ def flux_unit_note(header, primary=None):
             return shown
         return None  # the first zero point given is the one read
     return None
+
+
+def warn_flux_units(model, noted):
+    """Warn, once, of the images whose FITS header gives a unit or zero point other than
+    the SDSS nanomaggies that the galaxy models' stretch is set for: ``noted`` holds
+    ``"name: note"`` for each (`flux_unit_note`). Such images give black or saturated
+    stamps and wrong classes without any flag."""
+    if noted:
+        warn(f"model {model.name!r} takes images in SDSS nanomaggies per pixel (AB zero point "
+             f"{NANOMAGGY_ZERO_POINT:g}, 0.396 arcsec pixels), but the headers say otherwise: "
+             f"{first_few(noted, '; ')}. The pixels are used as they are (no conversion), so the "
+             "stamps may come out black or saturated and the classes be wrong without any flag: "
+             f"convert them first, data * 10**(-0.4 * (zeropoint - {NANOMAGGY_ZERO_POINT:g})) "
+             "* (0.396 / pixel_scale)**2 (docs/annotate.md), or ignore this warning if they are "
+             "in nanomaggies already", AstromorphWarning)
 
 
 def _gunzip(buf):
@@ -485,11 +501,10 @@ def band_keyword(header, primary=None):
         if h is None:
             continue
         for key in BAND_KEYS:
-            values = [str(h.get(k) or "").strip() for k in
-                      (key if isinstance(key, tuple) else (key,))]
-            named = [v for v in values if v and not v.upper().startswith("CLEAR")]
-            if named or any(values):
-                return (named or [v for v in values if v])[0]
+            given = [v for v in (str(h.get(k) or "").strip()
+                                 for k in (key if isinstance(key, tuple) else (key,))) if v]
+            if given:  # the first filter that is not CLEAR, else the first given
+                return next((v for v in given if not v.upper().startswith("CLEAR")), given[0])
     return None
 
 
@@ -568,39 +583,32 @@ def beam_of_header(get):
 
 
 def _stamps_from_array(path, data, header_get, scale, header_hdu, triplet_hint, primary=None):
-    """Stamps from one image array (2-D, 3-D cube or 4-D stack of stamps), with the
-    header's restoring beam (`beam_of_header`); ``primary``: the file's primary header where
-    the image is an extension's."""
-    stamps = _array_stamps(path, data, header_get, scale, header_hdu, triplet_hint, primary)
-    beam = beam_of_header(header_get)
-    for stamp in stamps:
-        stamp.beam = beam
-    return stamps
-
-
-def _array_stamps(path, data, header_get, scale, header_hdu, triplet_hint, primary=None):
+    """Stamps from one image array (2-D, 3-D cube or 4-D stack of stamps), with what the
+    header says of the pixel unit (`flux_unit_note`) and of the restoring beam
+    (`beam_of_header`); ``primary``: the file's primary header where the image is an
+    extension's."""
     source = str(path)
     data = _squeeze(data)
-    note = flux_unit_note(_GetDict(header_get), primary)
+    header = _GetDict(header_get)
     if data.ndim == 2:
-        band = _band_of(_GetDict(header_get), primary)
-        return [Stamp(source, path, "bands", data[None], (band,), scale, header_hdu=header_hdu,
-                      flux_note=note)]
-    if data.ndim == 3:
-        names = _plane_names(_GetDict(header_get), data.shape[0])
-        stamps = [_planes_stamp(source, path, data, names, scale, header_hdu, triplet_hint)]
+        stamps = [Stamp(source, path, "bands", data[None], (_band_of(header, primary),), scale,
+                        header_hdu=header_hdu)]
+    elif data.ndim == 3:
+        stamps = [_planes_stamp(source, path, data, _plane_names(header, data.shape[0]), scale,
+                                header_hdu, triplet_hint)]
     elif data.ndim == 4:
-        names = _plane_names(_GetDict(header_get), data.shape[1])
+        names = _plane_names(header, data.shape[1])
         stamps = [_planes_stamp(f"{source}[{i}]", path, stamp, names, scale, header_hdu,
                                 triplet_hint, index=i)
                   for i, stamp in enumerate(data)]
-    if data.ndim in (3, 4):
-        for stamp in stamps:
-            stamp.flux_note = note
-        return stamps
-    return [Stamp(source, path).flag(
-        Flag.BAD_INPUT, f"image of shape {data.shape} is not a 2-D image, a 3-D cube or a "
-        "4-D stack of stamps")]
+    else:
+        return [Stamp(source, path).flag(
+            Flag.BAD_INPUT, f"image of shape {data.shape} is not a 2-D image, a 3-D cube or a "
+            "4-D stack of stamps")]
+    note, beam = flux_unit_note(header, primary), beam_of_header(header_get)
+    for stamp in stamps:
+        stamp.flux_note, stamp.beam = note, beam
+    return stamps
 
 
 class _GetDict:
