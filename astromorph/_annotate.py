@@ -489,6 +489,26 @@ def _has_data(image, px, py, inside):
     return data
 
 
+def _saturated(image, px, py):
+    """Whether a pixel of ``image`` within `SATURATION_RADIUS` pixels of the pixel under
+    each position (the pixels of the data, before any resampling) reaches the image's
+    saturation level (`Flag.SATURATED`); False everywhere where the header gives none."""
+    from ._readers._stamp import SATURATION_RADIUS, central_disk, reaches_saturation
+
+    if image.saturation is None or not len(px):
+        return np.zeros(len(px), bool)
+    ny, nx = image.shape
+    side = 2 * SATURATION_RADIUS + 1
+    dy, dx = (d - SATURATION_RADIUS for d in central_disk((side, side)))
+    with np.errstate(invalid="ignore"):  # a NaN position: off the image below
+        y = np.rint(py)[:, None].astype(np.int64) + dy  # (sources, pixels of the disk)
+        x = np.rint(px)[:, None].astype(np.int64) + dx
+    on = (y >= 0) & (y < ny) & (x >= 0) & (x < nx)
+    values = image.take(np.clip(y, 0, ny - 1) * nx + np.clip(x, 0, nx - 1))
+    values[~on] = np.nan  # off the image: no data
+    return reaches_saturation(values, image.saturation)
+
+
 def _plan_reads(images, sky, npix):
     """Tell each image how many stamp pixels it will give (dense images are read whole at once)."""
     for image, (_, _, px, py, _) in zip(images, sky):
@@ -527,6 +547,8 @@ def _cut_band(images, sky, npix, scale, rows):
         lon, lat, up = (sky[k][j][rows[sel]] for j in (0, 1, 4))
         res = cut_stamps(image, lon, lat, size=npix, pixel_scale=scale[rows][sel], up_angle=up)
         beam[sel] = np.nan if image.beam is None else image.beam
+        saturated = _saturated(image, sky[k][2][rows[sel]], sky[k][3][rows[sel]])
+        flags[sel] |= np.where(saturated, int(Flag.SATURATED), 0).astype(np.int32)
         if len(sel) == n:  # all from one image (no copy)
             stamps = res.stamps
         else:

@@ -132,6 +132,9 @@ class SkyImage:
     flux_note : str or None
         What the FITS header says of the pixel unit where it is not SDSS nanomaggies
         (`astromorph._readers._fits.flux_unit_note`).
+    saturation : float or None
+        Saturation level of the pixels from the FITS header
+        (`astromorph._readers._fits.saturation_of_header`), where known.
     owned : bool
         ``data`` is this image's own array (decompressed from a compressed file): plain
         float32 data are made native and their masking sentinels NaN in place, and sampled
@@ -140,7 +143,8 @@ class SkyImage:
     """
 
     def __init__(self, data, wcs, *, name="image", band=None, bscale=1.0, bzero=0.0, blank=None,
-                 hold=None, file_span=None, owned=False, beam=None, flux_note=None):
+                 hold=None, file_span=None, owned=False, beam=None, flux_note=None,
+                 saturation=None):
         if data.ndim != 2:
             raise InputError(f"{name}: expected a 2D image, got shape {data.shape}")
         if data.dtype.kind not in "biuf":
@@ -161,7 +165,7 @@ class SkyImage:
             # float32 values `_strips` would copy them to), so no second copy is made
             data = data.byteswap(inplace=True).view(data.dtype.newbyteorder())
         self.data, self.wcs, self.name, self.band = data, wcs, name, band
-        self.beam, self.flux_note = beam, flux_note
+        self.beam, self.flux_note, self.saturation = beam, flux_note, saturation
         self.bscale, self.bzero, self.blank = float(bscale), float(bzero), blank
         #: What `take` reads, as one tuple (swapped whole by `_drop_raw`, so that a thread in
         #: `take` never mixes the raw array with the scaling of the float32 copy):

@@ -31,6 +31,13 @@ class Flag(enum.IntFlag):
     #: No significant source in the stamp (radio images in flux units: no pixel of the
     #: network's field reaches 5 times the noise RMS); the class is not meaningful.
     NO_SOURCE = 256
+    #: The image header gives a saturation level (``SATURATE``, ``SATURATA``/``SATURATB``
+    #: or ``SATLEVEL``, the smallest of those given; the primary header's where an image
+    #: extension gives none) and a valid pixel of the data within 3 pixels of the stamp's
+    #: centre reaches it: the core is clipped, so the outputs (morphology of a saturated
+    #: core, real/bogus score of a saturated star's residual) are not trustworthy. For
+    #: triplets, any member whose header gives a level counts.
+    SATURATED = 512
 
     @classmethod
     def unusable(cls):

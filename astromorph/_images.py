@@ -10,7 +10,8 @@ import numpy as np
 from astropy.io import fits
 
 from ._cutouts import SkyImage
-from ._readers._fits import _AUX_EXTNAMES, band_keyword, beam_of_header, flux_unit_note
+from ._readers._fits import (_AUX_EXTNAMES, band_keyword, beam_of_header, flux_unit_note,
+                             saturation_of_header)
 from ._warnings import catch_warnings, first_few, warn, warn_again
 from .exceptions import (AstromorphWarning, InputError, InvalidArgumentTypeError,
                          UnusableInputWarning)
@@ -130,6 +131,7 @@ def _from_hdu(hdu, name, hold=None, file_span=None, primary=None):
     owned = hold is not None and not _memory_mapped(data)
     image = SkyImage(data, wcs, name=name, band=band_of_header(header, primary),
                      beam=beam_of_header(header.get), flux_note=flux_unit_note(header, primary),
+                     saturation=saturation_of_header(header, primary),
                      bscale=header.get("BSCALE", 1.0) if scaled else 1.0,
                      bzero=header.get("BZERO", 0.0) if scaled else 0.0,
                      blank=header.get("BLANK") if scaled else None, hold=hold,
@@ -272,7 +274,8 @@ def _parse_one(obj, band=None):
         images = [SkyImage(_plane(np.asarray(hdu.data), "HDU", header),
                            _celestial_wcs(header, "HDU"),
                            name="HDU", band=band_of_header(header),
-                           beam=beam_of_header(header.get), flux_note=flux_unit_note(header))]
+                           beam=beam_of_header(header.get), flux_note=flux_unit_note(header),
+                           saturation=saturation_of_header(header))]
     elif isinstance(obj, tuple) and len(obj) == 2:
         data, wcs = obj
         header = wcs if isinstance(wcs, fits.Header) else None
@@ -282,10 +285,11 @@ def _parse_one(obj, band=None):
             raise InputError("an (array, wcs) image needs a celestial astropy.wcs.WCS, got "
                              f"{type(wcs).__name__}")
         beam = None if header is None else beam_of_header(header.get)
+        level = None if header is None else saturation_of_header(header)
         header = _axes_header(wcs) if header is None else header
         images = [SkyImage(_plane(np.asarray(data), "array", header),
                            _celestial_part(wcs, "array"),
-                           name="array", beam=beam)]
+                           name="array", beam=beam, saturation=level)]
     elif hasattr(obj, "data") and hasattr(obj, "wcs"):  # NDData, CCDData
         if obj.wcs is None:
             raise InputError(f"{type(obj).__name__} image has no WCS")

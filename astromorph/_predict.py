@@ -454,6 +454,8 @@ def _conform_bands(stamp, family, name):
                                     "the first plane of each read")
             idx = [names.index(b) for b in "gri"]
             stamp.data, stamp.bands = data[idx], ("g", "r", "i")
+            if stamp.saturation is not None:
+                stamp.saturation = stamp.saturation[idx]
             return
         if named and nb >= 2:
             missing = [b for b in "gri" if b not in names]
@@ -509,7 +511,9 @@ class _Runner:
         self.batch_size, self.crop_fraction = batch_size, crop_fraction
         self.sources, self.flags, self.reasons, self.origins = [], [], [], []
         self.objects = []
-        self.groups = {}  # key -> [pieces (rows, data, flags, scales), number of rows]
+        # key -> [pieces (rows, data, flags, scales, levels), number of rows]; levels: the
+        # saturation level of each plane (NaN where unknown), `Stamp.saturation`
+        self.groups = {}
         self.results = []  # (rows, {output: array})
         self.updates = []  # (rows, flags, valid) of the scored groups
 
@@ -524,10 +528,13 @@ class _Runner:
             return
         scale = np.nan if stamp.pixel_scale is None else float(stamp.pixel_scale)
         beam = stamp.beam if self.family == "radio" else None  # only the radio model uses it
+        planes = 1 if stamp.kind == "colour" else len(stamp.data)
+        levels = np.full((1, planes), np.nan) if stamp.saturation is None \
+            else np.asarray(stamp.saturation, dtype=float)[None]
         self._queue(_group_key(stamp.kind, stamp.data, stamp.bands, scale, beam),
                     np.array([row]),
                     stamp.data[None], np.array([stamp.flags], dtype=np.int32),
-                    np.array([scale]))
+                    np.array([scale]), levels)
 
     def add_block(self, index, kind, data, bands, flags, reasons, scales):
         """Add rows whose stamps are ``data[j]`` (all of one ``kind``, shape and dtype).
@@ -550,26 +557,29 @@ class _Runner:
         values, inverse = np.unique(scales, return_inverse=True)
         keys = [_group_key(kind, data[0], bands, v) for v in values]
         codes = np.array([keys.index(k) for k in keys])[inverse.ravel()]
+        planes = 1 if kind == "colour" else data.shape[1]
         for code in dict.fromkeys(codes.tolist()):
             sel = codes == code
             picked = rows[sel] - first
             self._queue(keys[code], rows[sel], data[picked],
-                        np.asarray(flags, dtype=np.int32)[picked], scales[sel])
+                        np.asarray(flags, dtype=np.int32)[picked], scales[sel],
+                        np.full((len(picked), planes), np.nan))  # no header: no level
 
-    def _queue(self, key, rows, data, flags, scales):
+    def _queue(self, key, rows, data, flags, scales, levels):
         group = self.groups.setdefault(key, [[], 0])
-        group[0].append((rows, data, flags, scales))
+        group[0].append((rows, data, flags, scales, levels))
         group[1] += len(rows)
         if group[1] < self.batch_size:
             return
-        rows, data, flags, scales = (np.concatenate(a) for a in zip(*group[0]))
+        rows, data, flags, scales, levels = (np.concatenate(a) for a in zip(*group[0]))
         size = self.batch_size
         full = len(rows) - len(rows) % size
         for s in range(0, full, size):
             self._score(key, rows[s:s + size], data[s:s + size], flags[s:s + size],
-                        scales[s:s + size])
+                        scales[s:s + size], levels[s:s + size])
         if full < len(rows):
-            group[0] = [(rows[full:], data[full:].copy(), flags[full:], scales[full:])]
+            group[0] = [(rows[full:], data[full:].copy(), flags[full:], scales[full:],
+                         levels[full:])]
             group[1] = len(rows) - full
         else:
             del self.groups[key]
@@ -606,14 +616,19 @@ class _Runner:
                       description="why the row is flagged or was not scored, or what was "
                                   "assumed of it (empty when clean)")
 
-    def _score(self, key, rows, data, before, scales):
+    def _score(self, key, rows, data, before, scales, levels):
         from ._adapters import NEGATIVE_CENTRE_SIGMA, RawStamps, negative_candidates, prepare
         from ._readers import Stamp
+        from ._readers._stamp import saturated_centres
 
         kind, bands, beam = key[0], key[3], key[5]
+        given = before  # and SATURATED, tested on the raw pixels of the data
+        if kind != "colour" and not np.isnan(levels).all():
+            given = before | np.where(saturated_centres(data, levels),
+                                      int(Flag.SATURATED), 0).astype(np.int32)
         raw = RawStamps(kind, data, bands=bands,
                         pixel_scale=None if np.isnan(scales[0]) else float(scales[0]),
-                        beam=beam, flags=before)
+                        beam=beam, flags=given)
         try:
             with catch_warnings():
                 warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN slices etc.
@@ -622,9 +637,9 @@ class _Runner:
             if len(rows) > 1:  # find the stamp(s) at fault
                 for j in range(len(rows)):
                     self._score(key, rows[j:j + 1], data[j:j + 1], before[j:j + 1],
-                                scales[j:j + 1])
+                                scales[j:j + 1], levels[j:j + 1])
                 return
-            self.updates.append((rows, before | int(Flag.BAD_INPUT), False))
+            self.updates.append((rows, given | int(Flag.BAD_INPUT), False))
             self.reasons[rows[0]].append(f"cannot be preprocessed: {exc}")
             return
         flags = np.asarray(flags, dtype=np.int32)
@@ -636,7 +651,8 @@ class _Runner:
         self.updates.append((rows, flags, scored))
         new = flags & ~before
         for j in np.flatnonzero(new):  # words only for the rows that preprocessing flagged
-            stamp = Stamp("", None, kind=kind, data=data[j], bands=bands, beam=beam)
+            stamp = Stamp("", None, kind=kind, data=data[j], bands=bands, beam=beam,
+                          saturation=levels[j])
             self.reasons[rows[j]].extend(_explain(stamp, int(new[j])))
         if self.family == "triplet":  # a sign the model does not expect: said, not flagged
             for j in np.flatnonzero(scored & negative_candidates(x)):
@@ -704,7 +720,18 @@ def _explain(stamp, bits):
     if bits & Flag.NO_SOURCE:
         out.append("no pixel of the model's field reaches 5 times the noise RMS: no source to "
                    "classify")
-    rest = bits & ~(Flag.BLANK | Flag.CONSTANT | Flag.EXTRAPOLATED | Flag.NO_SOURCE)
+    if bits & Flag.SATURATED:
+        from ._readers._stamp import SATURATION_RADIUS, central_disk, reaches_saturation
+
+        rows, cols = central_disk(data.shape[-2:])
+        hit = reaches_saturation(data[:, rows, cols], stamp.saturation)
+        out.append(" and ".join(f"{nm} reaches its header's saturation level "
+                                f"({stamp.saturation[i]:.6g})" for i, nm in enumerate(names)
+                                if hit[i])
+                   + f" within {SATURATION_RADIUS} pixels of the centre: the core is clipped, "
+                   "the outputs are not trustworthy")
+    rest = bits & ~(Flag.BLANK | Flag.CONSTANT | Flag.EXTRAPOLATED | Flag.NO_SOURCE
+                    | Flag.SATURATED)
     if rest:
         out.append(describe_flags(rest))
     return out

@@ -2541,3 +2541,75 @@ def vstack_rows(*tables):
     from astropy.table import vstack
 
     return vstack([t["ra", "dec"] for t in tables])
+
+
+# ------------------------------------------------------------------ saturation
+def _star_field(w, pix, peaks, n=200):
+    """Blobs background with a Gaussian star (sigma 1.5 pixels) of each peak at each pixel
+    position, clipped at 1000 as a detector saturating at 1000 records it."""
+    img = blobs(n).astype(np.float64)
+    yy, xx = np.mgrid[:n, :n]
+    for (x, y), amp in zip(pix, peaks):
+        img += amp * np.exp(-((xx - x) ** 2 + (yy - y) ** 2) / (2 * 1.5 ** 2))
+    return np.minimum(img, 1000.0).astype(np.float32)
+
+
+def test_saturated_cores_are_flagged_from_the_header_level(optical_model, tmp_path):
+    """A FITS image whose header gives a saturation level (SATURATE; the smaller of DECam's
+    SATURATA/SATURATB; SATLEVEL; the primary header's for an extension) flags SATURATED the
+    sources whose core reaches it, not the faint ones; outputs are still computed. A file
+    with no such keyword never gets the flag, whatever its pixels; NaN and masking
+    sentinels (+1e30) near the centre are no data, never saturated."""
+    w = sky_wcs()
+    pix = [(100, 100), (60, 60), (140, 60)]
+    img = _star_field(w, pix, [20000.0, 20.0, 20.0])
+    img[59:62, 59:62] = np.nan       # a masked core on the faint source...
+    img[60, 140] = 1e30              # ...and a masking sentinel on the other
+    cat = catalogue(w, pix)
+
+    def run(name, img=img, extension=False, **cards):
+        header = w.to_header()
+        header.update(cards)
+        if extension:  # the level in the primary header only
+            hdus = [fits.PrimaryHDU(header=fits.Header(cards)), fits.ImageHDU(img, w.to_header())]
+        else:
+            hdus = [fits.PrimaryHDU(img, header=header)]
+        fits.HDUList(hdus).writeto(tmp_path / name)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", AstromorphWarning)  # BLANK pixels
+            out = astromorph.annotate(cat, str(tmp_path / name), model=optical_model)
+        return np.asarray(out["opt_flags"]) & int(Flag.SATURATED), out
+
+    sat, out = run("saturate.fits", SATURATE=1000.0)
+    assert sat.tolist() == [Flag.SATURATED, 0, 0]
+    assert not out["opt_p_a"].mask.any()  # informative: every row is scored
+    assert run("amps.fits", SATURATA=5000.0, SATURATB=1000)[0].tolist() == [Flag.SATURATED, 0, 0]
+    assert run("amps_high.fits", SATURATA=5000.0, SATURATB=2000.0)[0].tolist() == [0, 0, 0]
+    assert run("satlevel.fits", SATLEVEL=1000.0)[0].tolist() == [Flag.SATURATED, 0, 0]
+    assert run("primary.fits", extension=True, SATURATE=1000.0)[0].tolist() \
+        == [Flag.SATURATED, 0, 0]
+    assert run("none.fits")[0].tolist() == [0, 0, 0]
+    assert run("text.fits", SATURATE="high")[0].tolist() == [0, 0, 0]  # no number: no level
+    # the level is that of the pixels' values: a star just below it is not saturated
+    below = _star_field(w, pix, [20000.0, 20.0, 20.0]) * np.float32(0.999)
+    assert run("below.fits", img=below, SATURATE=1000.0)[0].tolist() == [0, 0, 0]
+
+
+def test_saturation_is_tested_on_the_pixels_of_the_data_not_the_resampled_stamp(
+        optical_model):
+    """A single saturated pixel at the source is flagged although the stamp, resampled to
+    coarser pixels (block-averaged 4 x 4), never reaches the level; one 5 pixels from the
+    source (outside the 3-pixel radius) is not; a source whose core is a plateau at the
+    level is."""
+    w = sky_wcs(scale=0.1)  # 0.1" pixels, model 0.5": stamps average blocks of pixels
+    img = blobs()
+    pix = [(100, 100), (60, 60), (140, 140)]
+    img[100, 100] = 1000.0
+    img[60, 65] = 1000.0
+    img[138:143, 138:143] = 1000.0
+    header = w.to_header()
+    header["SATURATE"] = 1000.0
+    out = astromorph.annotate(catalogue(w, pix), fits.PrimaryHDU(img, header=header),
+                              model=optical_model)
+    sat = np.asarray(out["opt_flags"]) & int(Flag.SATURATED)
+    assert sat.tolist() == [Flag.SATURATED, 0, Flag.SATURATED]

@@ -109,7 +109,8 @@ def test_flag_bits_and_names():
 
     assert {f.name: int(f) for f in Flag} == {
         "OFF_IMAGE": 1, "EDGE": 2, "BLANK": 4, "NO_WCS": 8, "EXTRAPOLATED": 16,
-        "BAD_INPUT": 32, "CONSTANT": 64, "MISSING_BAND": 128, "NO_SOURCE": 256}
+        "BAD_INPUT": 32, "CONSTANT": 64, "MISSING_BAND": 128, "NO_SOURCE": 256,
+        "SATURATED": 512}
     assert describe_flags(0) == ""
     assert describe_flags(Flag.EDGE | Flag.BLANK) == "EDGE|BLANK"
     assert describe_flags(2 | 1024) == "EDGE|0x400"  # a bit from a newer astromorph

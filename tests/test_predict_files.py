@@ -2052,3 +2052,63 @@ def test_zero_point_in_the_primary_header_of_an_image_extension_is_said(models, 
     with pytest.warns(AstromorphWarning, match="zero point 27"):
         table = astromorph.predict_files("morphology", tmp_path)
     assert "zero point 27" in table["reason"][0]
+
+
+# ----------------------------------------------------------------------------- saturation
+def test_saturated_triplet_member_is_flagged_with_a_reason(models, tmp_path):
+    """A triplet whose science (or reference) image's header gives a saturation level
+    (SATURATE, DECam's SATURATA/SATURATB) and whose core reaches it is SATURATED, with a
+    reason naming the member; it is still scored. No keyword, a core below the level, or
+    NaN and masking sentinels (+1e30) at the centre: no flag. A 4-D stack of triplets
+    sharing one header is tested stamp by stamp."""
+    t = triplet()
+    sat = t.copy()
+    sat[0, 30:34, 30:34] = 1000.0  # science core clipped at the detector's level
+    sat[2] = sat[0] - sat[1]
+    masked = t.copy()
+    masked[0, 31, 31] = np.nan
+    masked[0, 30, 31] = 1e30
+    write_mef(tmp_path / "sci.fits", sat, ["SCIENCE", "REFERENCE", "DIFFERENCE"])
+    with fits.open(tmp_path / "sci.fits", mode="update") as hdul:
+        hdul["SCIENCE"].header["SATURATE"] = 1000.0
+        hdul["REFERENCE"].header["SATURATE"] = 5000.0
+    write_mef(tmp_path / "ref.fits", sat[[1, 0, 2]], ["SCIENCE", "REFERENCE", "DIFFERENCE"])
+    with fits.open(tmp_path / "ref.fits", mode="update") as hdul:
+        hdul[0].header["SATURATA"], hdul[0].header["SATURATB"] = 3000.0, 1000.0  # primary
+    write_mef(tmp_path / "nokey.fits", sat, ["SCIENCE", "REFERENCE", "DIFFERENCE"])
+    write_fits(tmp_path / "high.fits", sat, SATURATE=1000.5)
+    write_fits(tmp_path / "masked.fits", masked, SATURATE=1000.0)
+    write_fits(tmp_path / "stack.fits", np.stack([t, sat, masked]), SATURATE=1000.0)
+    table = quiet(astromorph.predict_files, "real-bogus", tmp_path)
+    sci = row(table, tmp_path / "sci.fits")
+    assert sci["rb_flags"] == Flag.SATURATED and not np.ma.is_masked(sci["rb_score"])
+    assert "science stamp reaches its header's saturation level (1000)" in sci["reason"]
+    assert "reference" not in sci["reason"]
+    ref = row(table, tmp_path / "ref.fits")
+    assert ref["rb_flags"] == Flag.SATURATED and "reference stamp" in ref["reason"]
+    for name in ("nokey.fits", "high.fits", "masked.fits"):
+        assert row(table, tmp_path / name)["rb_flags"] == 0, name
+    assert [row(table, f"{tmp_path / 'stack.fits'}[{i}]")["rb_flags"] for i in range(3)] \
+        == [0, Flag.SATURATED, 0]
+
+
+def test_saturated_band_image_is_flagged_for_galaxy_models(models, tmp_path):
+    """The optical path: a single-band image with SATURATE and a clipped core is SATURATED;
+    a g, r, i cube whose header gives the level flags through any band; of five bands, only
+    the g, r, i planes the model uses count."""
+    g = galaxy()
+    clipped = g.copy()
+    clipped[94:98, 94:98] = 50.0
+    write_fits(tmp_path / "single.fits", clipped, SATURATE=50)
+    write_fits(tmp_path / "cube.fits", np.stack([g, clipped, g]), BAND1="g", BAND2="r",
+               BAND3="i", SATURATE=50.0)
+    write_mef(tmp_path / "ugriz.fits", [clipped, g, g, g, clipped], list("ugriz"), key="FILTER")
+    with fits.open(tmp_path / "ugriz.fits", mode="update") as hdul:
+        hdul[0].header["SATURATE"] = 50.0
+    write_fits(tmp_path / "free.fits", clipped)
+    table = quiet(astromorph.predict_files, "morphology", tmp_path)
+    assert row(table, tmp_path / "single.fits")["morph_flags"] & Flag.SATURATED
+    cube = row(table, tmp_path / "cube.fits")
+    assert cube["morph_flags"] & Flag.SATURATED and "band r reaches" in cube["reason"]
+    assert not row(table, tmp_path / "ugriz.fits")["morph_flags"] & Flag.SATURATED
+    assert not row(table, tmp_path / "free.fits")["morph_flags"] & Flag.SATURATED

@@ -12,7 +12,8 @@ from .._warnings import catch_warnings, first_few, warn
 from ..exceptions import AstromorphWarning
 
 __all__ = ["band_keyword", "beam_of_header", "flux_unit_note", "normalise_band",
-           "parse_fits_bytes", "read_fits", "stokes_i", "warn_flux_units"]
+           "parse_fits_bytes", "read_fits", "saturation_of_header", "stokes_i",
+           "warn_flux_units"]
 
 _MEMBERS = ("science", "reference", "difference")
 
@@ -582,10 +583,36 @@ def beam_of_header(get):
     return beam if np.isfinite(beam) and beam > 0 else None
 
 
+#: Header keywords of the detector saturation level, in the pixels' unit: ZTF, DECam/DES, PS1
+#: and others write SATURATE, DECam also SATURATA and SATURATB (one per amplifier), some
+#: pipelines SATLEVEL.
+_SATURATION_KEYS = ("SATURATE", "SATURATA", "SATURATB", "SATLEVEL")
+
+
+def saturation_of_header(header, primary=None):
+    """Saturation level of the pixels from a FITS header (`Flag.SATURATED`), or None.
+
+    The smallest of the positive finite numbers among ``SATURATE``, ``SATURATA``,
+    ``SATURATB`` and ``SATLEVEL`` (a DECam image's fainter amplifier saturates first);
+    where ``header`` (an image extension) gives none, those of ``primary``, the file's
+    primary header, as for the band keywords. None where neither gives one: nothing is
+    assumed.
+    """
+    for h in (header, primary):
+        if h is None:
+            continue
+        values = [h.get(k) for k in _SATURATION_KEYS]
+        levels = [float(v) for v in values if isinstance(v, (int, float, np.number))
+                  and not isinstance(v, (bool, np.bool_)) and np.isfinite(v) and v > 0]
+        if levels:
+            return min(levels)
+    return None
+
+
 def _stamps_from_array(path, data, header_get, scale, header_hdu, triplet_hint, primary=None):
     """Stamps from one image array (2-D, 3-D cube or 4-D stack of stamps), with what the
-    header says of the pixel unit (`flux_unit_note`) and of the restoring beam
-    (`beam_of_header`); ``primary``: the file's primary header where the image is an
+    header says of the pixel unit (`flux_unit_note`), of the restoring beam
+    (`beam_of_header`) and of the saturation level (`saturation_of_header`); ``primary``: the file's primary header where the image is an
     extension's."""
     source = str(path)
     data = _squeeze(data)
@@ -606,8 +633,11 @@ def _stamps_from_array(path, data, header_get, scale, header_hdu, triplet_hint, 
             Flag.BAD_INPUT, f"image of shape {data.shape} is not a 2-D image, a 3-D cube or a "
             "4-D stack of stamps")]
     note, beam = flux_unit_note(header, primary), beam_of_header(header_get)
+    level = saturation_of_header(header, primary)
     for stamp in stamps:
         stamp.flux_note, stamp.beam = note, beam
+        if level is not None and stamp.data is not None:  # one level for every plane
+            stamp.saturation = np.full(len(stamp.data), level)
     return stamps
 
 
@@ -634,16 +664,19 @@ def _planes_stamp(source, path, planes, names, scale, header_hdu, triplet_hint, 
 
 
 def _triplet_stamp(source, path, planes, order, scale, header_hdu, index=None, empty=None,
-                   scales=None):
+                   scales=None, levels=None):
     """``empty``: member index -> words for the file's HDU of that member that holds no
     data (`_empty_label`), named when the member is missing. ``scales``: the pixel scale
-    of each of ``planes`` (one HDU each), where they may differ; ``scale`` is then unused."""
+    of each of ``planes`` (one HDU each), where they may differ; ``scale`` is then unused.
+    ``levels``: the saturation level of each of ``planes`` (`saturation_of_header`; None
+    where its header gives none), where they come from headers of their own."""
     stamp = Stamp(source, path, header_hdu=header_hdu, index=index, pixel_scale=scale)
-    chosen, member_scales = [None, None, None], [scale] * 3
+    chosen, member_scales, member_levels = [None, None, None], [scale] * 3, [None] * 3
     for j, (plane, role) in enumerate(zip(planes, order)):
         if role is not None and chosen[role] is None:
             chosen[role] = plane
             member_scales[role] = scale if scales is None else scales[j]
+            member_levels[role] = None if levels is None else levels[j]
     missing = [i for i in range(3) if chosen[i] is None]
     if missing:
         why = [(empty or {}).get(i) for i in missing]
@@ -658,7 +691,16 @@ def _triplet_stamp(source, path, planes, order, scale, header_hdu, index=None, e
     if problem:  # one size, different fields: not aligned pixel for pixel
         return stamp.flag(Flag.BAD_INPUT, f"triplet members {problem}")
     stamp.kind, stamp.data = "triplet", np.stack(chosen)
+    stamp.saturation = _levels_array(member_levels)
     return stamp
+
+
+def _levels_array(levels):
+    """`Stamp.saturation` of planes with these levels (None: unknown): NaN where unknown;
+    None where no plane has one."""
+    if all(v is None for v in levels):
+        return None
+    return np.array([np.nan if v is None else v for v in levels], dtype=float)
 
 
 def _not_fits(buf, gzipped):
@@ -793,11 +835,12 @@ def _read_fits_astropy(path, *, want_scale, triplet_hint):
     order = _triplet_order(names)
     roles = {o for o in order if o is not None}
     planes = [d for _, _, d, _ in images]
+    levels = [saturation_of_header(headers[i], primary if i else None) for i, _, _, _ in images]
     if len(roles) >= 2 or (triplet_hint and roles):
         members = dict(zip(_triplet_order([h.get("EXTNAME") for h in empty.values()]),
                            (_empty_label(i, h) for i, h in empty.items())))
         return [_triplet_stamp(source, path, planes, order, scale, 0, empty=members,
-                               scales=scales)]
+                               scales=scales, levels=levels)]
     if len({p.shape for p in planes}) > 1:
         return [Stamp(source, path).flag(
             Flag.BAD_INPUT, "band images differ in shape: "
@@ -807,7 +850,7 @@ def _read_fits_astropy(path, *, want_scale, triplet_hint):
              ((i, flux_unit_note(headers[i], primary if i else None)) for i in headers) if n]
     return [Stamp(source, path, "bands", np.stack(planes), bands, scale, header_hdu=0,
                   empty_hdus={_band_of(h): _empty_label(i, h) for i, h in empty.items()},
-                  flux_note=notes[0] if notes else None)]
+                  flux_note=notes[0] if notes else None, saturation=_levels_array(levels))]
 
 
 def _empty_label(i, header):

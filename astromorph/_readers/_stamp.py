@@ -6,10 +6,15 @@ import numpy as np
 
 from .._flags import Flag
 
-__all__ = ["Stamp", "common_pixel_scale"]
+__all__ = ["Stamp", "common_pixel_scale", "central_disk", "reaches_saturation",
+           "saturated_centres"]
 
 #: Relative difference of pixel scale beyond which stamps are on different grids.
 SCALE_TOLERANCE = 0.01
+#: Radius in pixels of the data of the central region that `Flag.SATURATED` looks at: a
+#: saturated core is a plateau a few pixels across, and a source 3 pixels off the centre
+#: is still the one the stamp is of.
+SATURATION_RADIUS = 3
 
 
 @dataclass
@@ -52,6 +57,10 @@ class Stamp:
     #: What the FITS header says of the pixel unit where it is not SDSS nanomaggies
     #: (`astromorph._readers._fits.flux_unit_note`, e.g. ``"BUNIT='count'"``), else None.
     flux_note: str = None
+    #: Saturation level of each plane of ``data`` from its FITS header
+    #: (`astromorph._readers._fits.saturation_of_header`; NaN where unknown), or None
+    #: where no header gives one (`Flag.SATURATED`).
+    saturation: np.ndarray = None
 
     def flag(self, bit, reason=None):
         """Set ``bit`` and record ``reason``; return self."""
@@ -77,3 +86,32 @@ def common_pixel_scale(scales):
         return (known[0] if known else None), None
     shown = ", ".join("none" if s is None else f"{float(s):.4g}" for s in scales)
     return known[0], f"differ in pixel scale ({shown} arcsec/pixel)"
+
+
+def central_disk(shape, radius=SATURATION_RADIUS):
+    """Row and column indices of the pixels of an ``(H, W)`` stamp whose centres lie within
+    ``radius`` pixels of the stamp's centre (``((H - 1) / 2, (W - 1) / 2)``)."""
+    h, w = shape
+    y, x = np.ogrid[:h, :w]
+    return np.nonzero((y - (h - 1) / 2) ** 2 + (x - (w - 1) / 2) ** 2 <= radius ** 2)
+
+
+def reaches_saturation(values, levels):
+    """Whether any of ``values`` (``(..., K)`` pixel values) reaches its level (``levels``,
+    broadcast against ``values[..., 0]``; NaN: unknown, never reached). NaN, inf and
+    masking sentinels (|value| >= 1e30) are no data and never count."""
+    from ..preprocessing._checks import invalid_pixels
+
+    values = np.asarray(values)
+    levels = np.asarray(levels, dtype=float)[..., None]
+    with np.errstate(invalid="ignore"):
+        return ((values >= levels) & ~invalid_pixels(values)).any(axis=-1)
+
+
+def saturated_centres(data, levels):
+    """`Flag.SATURATED` test of a stack of stamps: ``data`` ``(N, P, H, W)``, ``levels``
+    ``(N, P)`` (each plane's saturation level, NaN where unknown) -> ``(N,)`` bool, True
+    where a pixel of some plane within `SATURATION_RADIUS` of the centre reaches its
+    plane's level."""
+    rows, cols = central_disk(np.shape(data)[-2:])
+    return reaches_saturation(np.asarray(data)[..., rows, cols], levels).any(axis=-1)
