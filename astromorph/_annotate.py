@@ -661,7 +661,7 @@ def annotate(table, images, *, model, ra_col=None, dec_col=None, coord_col=None,
     family = model_family(model.card)
     out = table.copy()
     n = len(out)
-    sky_images = parse_sky_images(images, bands=bands)
+    sky_images = parse_sky_images(images, bands=bands, triplet=family == "triplet")
     with closing_files(sky_images):  # the FITS files opened here are closed at the end
         groups = {}
         for im in sky_images:

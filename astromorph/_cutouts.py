@@ -127,6 +127,10 @@ class SkyImage:
         For messages and provenance.
     band : str or None
         Band or role (``"g"``, ``"science"``...), where known.
+    filter_band : str or None
+        The band that the header's filter keywords name, where known: that of an image
+        whose EXTNAME makes ``band`` a triplet role (an HST drizzled ``SCI`` extension),
+        read when the images are not a triplet.
     beam : float or None
         Restoring beam FWHM (major axis) in arcsec from the header (BMAJ), where known.
     flux_note : str or None
@@ -144,7 +148,7 @@ class SkyImage:
 
     def __init__(self, data, wcs, *, name="image", band=None, bscale=1.0, bzero=0.0, blank=None,
                  hold=None, file_span=None, owned=False, beam=None, flux_note=None,
-                 saturation=None):
+                 saturation=None, filter_band=None):
         if data.ndim != 2:
             raise InputError(f"{name}: expected a 2D image, got shape {data.shape}")
         if data.dtype.kind not in "biuf":
@@ -166,6 +170,7 @@ class SkyImage:
             data = data.byteswap(inplace=True).view(data.dtype.newbyteorder())
         self.data, self.wcs, self.name, self.band = data, wcs, name, band
         self.beam, self.flux_note, self.saturation = beam, flux_note, saturation
+        self.filter_band = filter_band
         self.bscale, self.bzero, self.blank = float(bscale), float(bzero), blank
         #: What `take` reads, as one tuple (swapped whole by `_drop_raw`, so that a thread in
         #: `take` never mixes the raw array with the scaling of the float32 copy):

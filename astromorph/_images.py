@@ -40,6 +40,11 @@ def band_of_header(header, primary=None):
     extname = str(header.get("EXTNAME", "")).strip().lower()
     if extname in _ROLE_NAMES:
         return _ROLE_NAMES[extname]
+    return _filter_band(header, primary)
+
+
+def _filter_band(header, primary=None):
+    """The band that the band keywords of ``header`` (else ``primary``) name, else None."""
     value = band_keyword(header, primary)
     if value:
         m = re.search(r"(?:^|[\s_'.-])([ugrizyUGRIZY])(?:$|[\s_'.-]|\d)", f" {value} ")
@@ -47,6 +52,17 @@ def band_of_header(header, primary=None):
             return m.group(1).lower()
         return value.lower()
     return None
+
+
+def _read_lone_science_by_filter(images):
+    """Read the images that their EXTNAME names science by their filter band, where none of
+    ``images`` is a reference or difference: SCI is the science extension of HST and JWST
+    drizzled files and DES coadds (one band each), not a member of a triplet."""
+    if any(im.band in ("reference", "difference") for im in images):
+        return
+    for im in images:
+        if im.band == "science":
+            im.band = im.filter_band
 
 
 def _celestial_wcs(header, name):
@@ -130,6 +146,7 @@ def _from_hdu(hdu, name, hold=None, file_span=None, primary=None):
                                            or "BLANK" in header))
     owned = hold is not None and not _memory_mapped(data)
     image = SkyImage(data, wcs, name=name, band=band_of_header(header, primary),
+                     filter_band=_filter_band(header, primary),
                      beam=beam_of_header(header.get), flux_note=flux_unit_note(header, primary),
                      saturation=saturation_of_header(header, primary),
                      bscale=header.get("BSCALE", 1.0) if scaled else 1.0,
@@ -274,6 +291,7 @@ def _parse_one(obj, band=None):
         images = [SkyImage(_plane(np.asarray(hdu.data), "HDU", header),
                            _celestial_wcs(header, "HDU"),
                            name="HDU", band=band_of_header(header),
+                           filter_band=_filter_band(header),
                            beam=beam_of_header(header.get), flux_note=flux_unit_note(header),
                            saturation=saturation_of_header(header))]
     elif isinstance(obj, tuple) and len(obj) == 2:
@@ -307,14 +325,15 @@ def _parse_one(obj, band=None):
         if mask is not None:
             data = np.where(np.asarray(mask, bool), np.nan, data)
         name = type(obj).__name__
+        band_given = (obj.meta or {}).get("band")
         images = [SkyImage(_plane(data, name, _axes_header(wcs)), wcs.celestial, name=name,
-                           band=(obj.meta or {}).get("band"))]
+                           band=band_given, filter_band=band_given)]
     else:
         raise InputError(f"cannot use {type(obj).__name__} as an image: pass a FITS path, an "
                          "HDU/HDUList, an NDData with WCS, or an (array, WCS) pair")
     if band is not None:
         for im in images:
-            im.band = band
+            im.band = im.filter_band = band
     return images
 
 
@@ -329,7 +348,7 @@ def closing_files(images):
             hdul.close()
 
 
-def parse_sky_images(images, *, bands=None):
+def parse_sky_images(images, *, bands=None, triplet=True):
     """Turn every accepted way of giving images into a list of `SkyImage`.
 
     Parameters
@@ -341,6 +360,11 @@ def parse_sky_images(images, *, bands=None):
         EXTNAME such as SCIENCE/REFERENCE/DIFFERENCE).
     bands : sequence of str, optional
         Band of each entry of a list of images, in order.
+    triplet : bool, optional
+        Whether the images are for a triplet model. Where False and none of them is a
+        reference or difference, the images whose EXTNAME says science (``SCI``: the
+        science extension of HST and JWST drizzled files, DES coadds) are read by the band
+        their filter keywords name (unnamed where they name none).
 
     Returns
     -------
@@ -352,6 +376,8 @@ def parse_sky_images(images, *, bands=None):
     except BaseException:
         with closing_files(out):  # the files opened before the failure
             raise
+    if not triplet:
+        _read_lone_science_by_filter(out)
     return out
 
 

@@ -2613,3 +2613,66 @@ def test_saturation_is_tested_on_the_pixels_of_the_data_not_the_resampled_stamp(
                               model=optical_model)
     sat = np.asarray(out["opt_flags"]) & int(Flag.SATURATED)
     assert sat.tolist() == [Flag.SATURATED, 0, Flag.SATURATED]
+
+
+def _drizzled(path, w, img, cards):
+    """An HST-like drizzled file: the filter in the primary header, SCI, WHT and CTX."""
+    hdr = w.to_header()
+    fits.HDUList([fits.PrimaryHDU(header=fits.Header(cards)),
+                  fits.ImageHDU(img, hdr, name="SCI"),
+                  fits.ImageHDU(np.ones(img.shape, np.float32), hdr, name="WHT"),
+                  fits.ImageHDU(np.ones(img.shape, np.int32), hdr, name="CTX")]).writeto(path)
+    return str(path)
+
+
+def test_a_lone_sci_extension_is_read_by_its_filter(optical_model, tmp_path):
+    """EXTNAME SCI (HST and JWST drizzled files, DES coadds) was read as the science member
+    of a real/bogus triplet: a list of g, r, i (or F435W, F606W, F814W) drizzled files was
+    one band 'science', its files read as tiles of one mosaic, and every source cut from
+    whichever file came first, silently. For a model that takes no triplet, a SCI extension
+    with no reference or difference beside it is now read by its filter band; real triplets
+    (SCI, REF, DIFF) are read as before."""
+    w = sky_wcs()
+    cat = catalogue(w, [(100, 100), (60, 60)])
+    imgs = [blobs(seed=k) * (1 + k) for k in range(3)]
+    paths = [_drizzled(tmp_path / f"{b}_drz.fits", w, img, [("FILTER", b)])
+             for b, img in zip("gri", imgs)]
+    named = astromorph.annotate(cat, dict(zip("gri", [(img, w) for img in imgs])),
+                                model=optical_model)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", AmbiguousInputWarning)
+        out = astromorph.annotate(cat, paths, model=optical_model)
+    np.testing.assert_allclose(out["opt_p_a"], named["opt_p_a"], rtol=1e-5)
+    hst = [_drizzled(tmp_path / f"{k}_drz.fits", w, img, cards) for k, (img, cards) in enumerate(
+        zip(imgs, ([("FILTER1", "F435W"), ("FILTER2", "CLEAR2L")],
+                   [("FILTER1", "F606W"), ("FILTER2", "CLEAR2L")],
+                   [("FILTER1", "CLEAR1L"), ("FILTER2", "F814W")])))]
+    with pytest.warns(AmbiguousInputWarning, match=r"\['f435w', 'f606w', 'f814w'\].*'f435w'"):
+        out = astromorph.annotate(cat, hst, model=optical_model)
+    alone = astromorph.annotate(cat, (imgs[0], w), model=optical_model)
+    np.testing.assert_allclose(out["opt_p_a"], alone["opt_p_a"], rtol=1e-5)
+    # a triplet model still reads SCI as the science image, and says what is missing
+    with pytest.raises(InputError, match=r"missing \['reference', 'difference'\]"):
+        astromorph.annotate(cat, hst[0], model="real-bogus")
+    # real triplets, with a filter named too: read as triplets, in one file or three
+    w1 = sky_wcs(scale=1.0)
+    cat1 = catalogue(w1, [(100, 100), (60, 60)])
+    planes = {role: blobs(seed=5 + k) for k, role in enumerate(("SCI", "REF", "DIFF"))}
+    mef = tmp_path / "triplet.fits"
+    fits.HDUList([fits.PrimaryHDU(header=fits.Header([("FILTER", "r")]))]
+                 + [fits.ImageHDU(img, w1.to_header(), name=role)
+                    for role, img in planes.items()]).writeto(mef)
+    files = []
+    for role, img in planes.items():
+        hdr = w1.to_header()
+        hdr["EXTNAME"], hdr["FILTER"] = role, "r"
+        files.append(str(tmp_path / f"{role}.fits"))
+        fits.writeto(files[-1], img, hdr)
+    ref = astromorph.annotate(cat1, dict(zip(("science", "reference", "difference"),
+                                             [(img, w1) for img in planes.values()])),
+                              model="real-bogus")
+    for images in (str(mef), files):
+        out = astromorph.annotate(cat1, images, model="real-bogus")
+        np.testing.assert_allclose(out["rb_score"], ref["rb_score"], rtol=1e-5)
+        with pytest.warns(AmbiguousInputWarning, match="using band 'science'"):
+            astromorph.annotate(cat1, images, model=optical_model)
