@@ -3,20 +3,19 @@ import contextlib
 import logging
 import mmap
 import os
-import re
 import warnings
 
 import numpy as np
 from astropy.io import fits
 
 from ._cutouts import SkyImage
-from ._readers._fits import (_AUX_EXTNAMES, band_keyword, beam_of_header, flux_unit_note,
-                             saturation_of_header)
+from ._readers._fits import (_AUX_EXTNAMES, _MEMBERS, _TRIPLET_NAMES, band_of_header,
+                             beam_of_header, flux_unit_note, saturation_of_header)
 from ._warnings import catch_warnings, first_few, warn, warn_again
 from .exceptions import (AstromorphWarning, InputError, InvalidArgumentTypeError,
                          UnusableInputWarning)
 
-__all__ = ["parse_sky_images", "band_of_header", "closing_files"]
+__all__ = ["parse_sky_images", "closing_files"]
 
 log = logging.getLogger(__name__)
 
@@ -26,32 +25,12 @@ DECOMPRESS_WARN_BYTES = 1 << 30
 #: First bytes of the whole-file compressions astropy reads (gzip, bzip2, zip, xz).
 _COMPRESSED_MAGIC = (b"\x1f\x8b", b"BZh", b"PK\x03\x04", b"\xfd7zXZ")
 
-_ROLE_NAMES = {"science": "science", "sci": "science", "new": "science",
-               "reference": "reference", "ref": "reference", "template": "reference",
-               "templ": "reference", "difference": "difference", "diff": "difference"}
 
-
-def band_of_header(header, primary=None):
-    """Band (``"g"``, ``"r"``...) or triplet role from a FITS header, else ``None``.
-
-    ``primary``: the file's primary header, whose band keywords are read where those of
-    ``header`` (an image extension: HSC calexp IMAGE, HST drizzled SCI) name none.
-    """
-    extname = str(header.get("EXTNAME", "")).strip().lower()
-    if extname in _ROLE_NAMES:
-        return _ROLE_NAMES[extname]
-    return _filter_band(header, primary)
-
-
-def _filter_band(header, primary=None):
-    """The band that the band keywords of ``header`` (else ``primary``) name, else None."""
-    value = band_keyword(header, primary)
-    if value:
-        m = re.search(r"(?:^|[\s_'.-])([ugrizyUGRIZY])(?:$|[\s_'.-]|\d)", f" {value} ")
-        if m:
-            return m.group(1).lower()
-        return value.lower()
-    return None
+def _band_or_role(header, primary=None):
+    """The triplet role that the EXTNAME of ``header`` names (``"science"``: SCI, SCIENCE,
+    NEW...), else its band (`band_of_header`), else None."""
+    role = _TRIPLET_NAMES.get(str(header.get("EXTNAME", "")).strip().upper())
+    return _MEMBERS[role] if role is not None else band_of_header(header, primary)
 
 
 def _read_lone_science_by_filter(images):
@@ -145,8 +124,8 @@ def _from_hdu(hdu, name, hold=None, file_span=None, primary=None):
     scaled = (data.dtype.kind in "iu" and ("BSCALE" in header or "BZERO" in header
                                            or "BLANK" in header))
     owned = hold is not None and not _memory_mapped(data)
-    image = SkyImage(data, wcs, name=name, band=band_of_header(header, primary),
-                     filter_band=_filter_band(header, primary),
+    image = SkyImage(data, wcs, name=name, band=_band_or_role(header, primary),
+                     filter_band=band_of_header(header, primary),
                      beam=beam_of_header(header.get), flux_note=flux_unit_note(header, primary),
                      saturation=saturation_of_header(header, primary),
                      bscale=header.get("BSCALE", 1.0) if scaled else 1.0,
@@ -290,8 +269,8 @@ def _parse_one(obj, band=None):
         header = hdu.header
         images = [SkyImage(_plane(np.asarray(hdu.data), "HDU", header),
                            _celestial_wcs(header, "HDU"),
-                           name="HDU", band=band_of_header(header),
-                           filter_band=_filter_band(header),
+                           name="HDU", band=_band_or_role(header),
+                           filter_band=band_of_header(header),
                            beam=beam_of_header(header.get), flux_note=flux_unit_note(header),
                            saturation=saturation_of_header(header))]
     elif isinstance(obj, tuple) and len(obj) == 2:

@@ -17,7 +17,7 @@ from astropy.wcs import WCS, Sip
 import astromorph
 from astromorph import Flag, cli
 from astromorph._cutouts import SkyImage, cut_stamps
-from astromorph._images import parse_sky_images
+from astromorph._images import closing_files, parse_sky_images
 from astromorph.exceptions import (AmbiguousInputWarning, AstromorphWarning, InputError,
                                    InvalidArgumentError, LossyOutputWarning,
                                    UnusableInputWarning)
@@ -2344,7 +2344,7 @@ def test_band_named_in_the_primary_header_of_an_image_extension(optical_model, t
     ({"FILTNAM1": "", "FILTNAM2": "F555W"}, "f555w"),  # WFPC2
     ({"FILTER": "HSC-R2"}, "r")])
 def test_band_of_header_reads_filter_wheels_and_the_primary_header(cards, band):
-    from astromorph._images import band_of_header
+    from astromorph._readers._fits import band_of_header
 
     primary = fits.Header(list(cards.items()))
     assert band_of_header(fits.Header([("EXTNAME", "IMAGE")]), primary) == band
@@ -2676,3 +2676,46 @@ def test_a_lone_sci_extension_is_read_by_its_filter(optical_model, tmp_path):
         np.testing.assert_allclose(out["rb_score"], ref["rb_score"], rtol=1e-5)
         with pytest.warns(AmbiguousInputWarning, match="using band 'science'"):
             astromorph.annotate(cat1, images, model=optical_model)
+
+
+@pytest.mark.parametrize("name, band", [
+    ("SDSS r", "r"), ("r_SDSS", "r"), ("r'", "r"), ("F606W", "f606w"), ("HSC-R2", "r"),
+    ("DECam r", "r"), ("g DECam SDSS c0001 4720.0 1520.0", "g"), ("ZTF_r", "r"),
+    ("zr", "r"), ("zg", "g"), ("zi", "i"),  # ZTF filter codes
+    ("SDSS/r", "r"), ("r(SDSS)", "r"), ("SDSS:g", "g"), ("HSC-I2", "i"), ("g.MP9401", "g"),
+    ("CLEAR", "clear"), ("Ks", "ks"), ("  ", None)])
+def test_one_band_normaliser_for_images_and_stamps(name, band, tmp_path):
+    """annotate (`band_of_header`, its own pattern) and the stamp readers (`normalise_band`)
+    read filter names with two patterns: 'SDSS/r' or 'r(SDSS)' were band r for stamps and
+    bands 'sdss/r', 'r(sdss)' for annotate, and ZTF's filter codes (zg, zr, zi) were no
+    band at all for either. One function now serves both."""
+    from astromorph._readers import read_file
+    from astromorph._readers._fits import normalise_band
+
+    assert normalise_band(name) == band
+    w = sky_wcs()
+    hdr = w.to_header()
+    hdr["FILTER"] = name
+    fits.writeto(tmp_path / "im.fits", blobs(), hdr)
+    with closing_files(parse_sky_images(str(tmp_path / "im.fits"))) as [im]:
+        assert im.band == band
+    (stamp,) = read_file(tmp_path / "im.fits", want_scale=False, triplet_hint=False)
+    assert stamp.bands == (band,)
+
+
+def test_extname_names_the_band_of_an_image_extension_for_annotate(optical_model, tmp_path):
+    """A file of one image extension per band named by EXTNAME (G, R, I) was read as g, r, i
+    by predict_files but as three unnamed tiles of one band by annotate (scored grey, with
+    the "cover the same pixels" warning): both read the band the same way now."""
+    w = sky_wcs()
+    cat = catalogue(w, [(100, 100), (60, 60)])
+    imgs = [blobs(seed=k) * (1 + k) for k in range(3)]
+    fits.HDUList([fits.PrimaryHDU()] + [fits.ImageHDU(img, w.to_header(), name=b)
+                                        for b, img in zip("GRI", imgs)]).writeto(
+        tmp_path / "gri.fits")
+    named = astromorph.annotate(cat, dict(zip("gri", [(img, w) for img in imgs])),
+                                model=optical_model)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", AmbiguousInputWarning)
+        out = astromorph.annotate(cat, str(tmp_path / "gri.fits"), model=optical_model)
+    np.testing.assert_allclose(out["opt_p_a"], named["opt_p_a"], rtol=1e-5)

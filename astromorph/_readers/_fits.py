@@ -11,7 +11,7 @@ from ._stamp import Stamp, common_pixel_scale
 from .._warnings import catch_warnings, first_few, warn
 from ..exceptions import AstromorphWarning
 
-__all__ = ["band_keyword", "beam_of_header", "flux_unit_note", "normalise_band",
+__all__ = ["band_keyword", "band_of_header", "beam_of_header", "flux_unit_note", "normalise_band",
            "parse_fits_bytes", "read_fits", "saturation_of_header", "stokes_i",
            "warn_flux_units"]
 
@@ -28,6 +28,10 @@ _AUX_EXTNAMES = frozenset({"MASK", "MSK", "UNCERT", "UNCERTAINTY", "VARIANCE", "
                            "NOISE", "PSF", "BPM", "FLAGS", "EXPMAP", "EXPOSURE", "EXP", "NEXP",
                            "CTX", "CONTEXT"})
 _BAND_RE = re.compile(r"(?:^|[^a-z])([ugrizy])(?:$|[^a-z])")
+#: ZTF's filter codes (IRSA products, file names).
+_ZTF_CODES = {"zg": "g", "zr": "r", "zi": "i"}
+#: EXTNAMEs that name no band: generic image HDU names (and triplet roles, `_TRIPLET_NAMES`).
+_GENERIC_EXTNAMES = frozenset({"PRIMARY", "IMAGE", "SCI", "DATA", "COMPRESSED_IMAGE"})
 
 #: Header keywords of a photometric zero point (AB magnitude of one data unit), as DES, HSC,
 #: ZTF and other pipelines write them; FLUXMAG0 (the flux of magnitude 0) is read as one too.
@@ -41,15 +45,19 @@ _FAST_MAX_BYTES = 16 << 20
 
 
 def normalise_band(name):
-    """A one-letter band (``"g"``) from a filter name such as ``"SDSS g"``, ``"HSC-G"``
-    or ``"g.MP9401"``; the stripped name itself when there is no such letter, ``None``
-    for an empty name."""
+    """A one-letter band (``"g"``) from a filter name such as ``"SDSS g"``, ``"HSC-G"``,
+    ``"g.MP9401"``, ``"SDSS/r"`` or ZTF's ``"zr"``: a lone letter u, g, r, i, z or y
+    (no other letter beside it); the stripped name itself, in lower case, when there is no
+    such letter (``"F606W"``: ``"f606w"``), ``None`` for an empty name. The one reader of
+    band names, for annotate's images and for stamps."""
     if name is None:
         return None
     text = str(name).strip()
     if not text:
         return None
     low = text.lower()
+    if low in _ZTF_CODES:
+        return _ZTF_CODES[low]
     m = _BAND_RE.search(low)
     return m.group(1) if m else low
 
@@ -509,12 +517,16 @@ def band_keyword(header, primary=None):
     return None
 
 
-def _band_of(header, primary=None):
+def band_of_header(header, primary=None):
+    """The band (`normalise_band`) that a FITS header names, else None: its band keywords
+    (`band_keyword`), else its EXTNAME (``"G"``, ``"R"``: one extension per band; not a
+    generic name such as IMAGE or SCI, nor a triplet role), else the band keywords of
+    ``primary``, the file's primary header (HSC calexp, HST drizzled files)."""
     value = band_keyword(header)
     if value:
         return normalise_band(value)
-    name = header.get("EXTNAME")
-    if name and str(name).strip().upper() not in ("PRIMARY", "IMAGE", "SCI", "DATA"):
+    name = str(header.get("EXTNAME") or "").strip().upper()
+    if name and name not in _GENERIC_EXTNAMES and name not in _TRIPLET_NAMES:
         return normalise_band(name)
     return normalise_band(band_keyword(primary)) if primary is not None else None
 
@@ -618,7 +630,7 @@ def _stamps_from_array(path, data, header_get, scale, header_hdu, triplet_hint, 
     data = _squeeze(data)
     header = _GetDict(header_get)
     if data.ndim == 2:
-        stamps = [Stamp(source, path, "bands", data[None], (_band_of(header, primary),), scale,
+        stamps = [Stamp(source, path, "bands", data[None], (band_of_header(header, primary),), scale,
                         header_hdu=header_hdu)]
     elif data.ndim == 3:
         stamps = [_planes_stamp(source, path, data, _plane_names(header, data.shape[0]), scale,
@@ -819,7 +831,7 @@ def _read_fits_astropy(path, *, want_scale, triplet_hint):
         stamps = _stamps_from_array(path, data, headers[i].get, scale, i, triplet_hint,
                                     primary if i else None)
         if empty:  # one HDU per band with one band filled: the others are named as empty
-            labels = {_band_of(h): _empty_label(j, h) for j, h in empty.items()}
+            labels = {band_of_header(h): _empty_label(j, h) for j, h in empty.items()}
             for stamp in stamps:
                 stamp.empty_hdus = labels
         return stamps
@@ -845,11 +857,11 @@ def _read_fits_astropy(path, *, want_scale, triplet_hint):
         return [Stamp(source, path).flag(
             Flag.BAD_INPUT, "band images differ in shape: "
             f"{', '.join('x'.join(map(str, p.shape)) for p in planes)}")]
-    bands = tuple(_band_of(headers[i], primary if i else None) for i, _, _, _ in images)
+    bands = tuple(band_of_header(headers[i], primary if i else None) for i, _, _, _ in images)
     notes = [f"{n} (HDU {i})" for i, n in
              ((i, flux_unit_note(headers[i], primary if i else None)) for i in headers) if n]
     return [Stamp(source, path, "bands", np.stack(planes), bands, scale, header_hdu=0,
-                  empty_hdus={_band_of(h): _empty_label(i, h) for i, h in empty.items()},
+                  empty_hdus={band_of_header(h): _empty_label(i, h) for i, h in empty.items()},
                   flux_note=notes[0] if notes else None, saturation=_levels_array(levels))]
 
 
