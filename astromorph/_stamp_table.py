@@ -294,28 +294,33 @@ def _cell_getter(col):
 
 
 def _cell(value):
-    """``(array, pixel_scale, colour)`` of one table cell (``colour``: an 8-bit ``(H, W, 3)``
-    picture, whose masked pixels are NaN display values); ``(None, None, False)`` when
-    empty."""
+    """``(array, pixel_scale, colour, beam)`` of one table cell (``colour``: an 8-bit
+    ``(H, W, 3)`` picture, whose masked pixels are NaN display values; ``beam``: the
+    restoring beam that the header of FITS bytes gives, `beam_of_header`, else None);
+    ``(None, None, False, None)`` when empty."""
+    empty = None, None, False, None
     if value is None or value is np.ma.masked:
-        return None, None, False
+        return empty
     if isinstance(value, str):
         raise ValueError("holds text, not an image or FITS bytes")
     value = _payload(value)
     if value is None:
-        return None, None, False
+        return empty
     if isinstance(value, (bytes, bytearray, np.bytes_, memoryview)):
         blob = bytes(value)
-        return (*parse_fits_bytes(blob), False) if blob else (None, None, False)
+        if not blob:
+            return empty
+        data, scale, beam = parse_fits_bytes(blob, return_beam=True)
+        return data, scale, False, beam
     if isinstance(value, np.ma.MaskedArray) and value.size and np.ma.getmaskarray(value).all():
-        return None, None, False  # a fully masked cell (of a multidimensional MaskedColumn)
+        return empty  # a fully masked cell (of a multidimensional MaskedColumn)
     colour = _is_colour(np.shape(value), getattr(value, "dtype", None))
     data = _unmasked(value, colour=colour)
     if data.dtype.kind == "b":
         raise ValueError("holds booleans, not pixel values")
     if data.dtype.kind not in "iuf":
         raise ValueError(f"cell of dtype {data.dtype} is neither an image nor FITS bytes")
-    return data, None, colour or _is_colour(data.shape, data.dtype)
+    return data, None, colour or _is_colour(data.shape, data.dtype), None
 
 
 def _payload(value):
@@ -381,10 +386,10 @@ def _negate_difference(data, rows=None):
 def _row_stamp(i, cells, names, family):
     """The `Stamp` of row ``i`` from its cells (one per stamp column)."""
     stamp = Stamp(str(i), None, index=i)
-    planes, scales, colour = [], [], False
+    planes, scales, beams, colour = [], [], [], False
     for name, value in zip(names, cells):
         try:
-            data, s, colour = _cell(value)
+            data, s, colour, beam = _cell(value)
         except ValueError as exc:
             return stamp.flag(Flag.BAD_INPUT, f"{name}: {exc}")
         if data is None:
@@ -394,6 +399,8 @@ def _row_stamp(i, cells, names, family):
             return stamp.flag(Flag.BAD_INPUT, f"{name}: shape {np.shape(data)}, not a 2-D image")
         planes.append(data)
         scales.append(s)
+        if beam is not None:
+            beams.append(beam)
     missing = [nm for nm, p in zip(names, planes) if p is None]
     if missing:
         return stamp.flag(Flag.MISSING_BAND, f"no stamp in {', '.join(missing)}")
@@ -425,7 +432,8 @@ def _row_stamp(i, cells, names, family):
         else:
             return stamp.flag(Flag.BAD_INPUT, f"{names[0]}: shape {data.shape}, not an image, "
                               "cube or colour picture")
-    stamp.data, stamp.pixel_scale = data, scale
+    # the coarsest of the planes' beams, as annotate takes the coarsest of the bands'
+    stamp.data, stamp.pixel_scale, stamp.beam = data, scale, max(beams, default=None)
     return stamp
 
 

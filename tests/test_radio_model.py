@@ -815,3 +815,44 @@ def test_beam_of_header_reads_bmaj_or_the_aips_card_and_assumes_nothing():
         header["BMAJ"] = bad
         assert beam_of_header(header.get) is None
     assert beam_of_header({"BMAJ": float("nan")}.get) is None
+
+
+@requires_model
+def test_beam_coarser_than_first_is_extrapolated_in_stamp_tables(tmp_path):
+    """A radio stamp held as FITS bytes in a table cell was scored with flags 0 whatever
+    its header's beam: `parse_fits_bytes` read the pixels and scale only. The beam is now
+    read as from a FITS file (`beam_of_header`): a 45" (NVSS) beam is EXTRAPOLATED, with the
+    beam in the reason, by the fast parser and astropy, gzipped or not; FIRST's beam and no
+    beam give no flag, as `predict_files` gives them."""
+    import gzip
+    import io
+
+    from astropy.table import Table
+
+    from astromorph import Flag
+
+    def blob(hdul):
+        buf = io.BytesIO()
+        hdul.writeto(buf)
+        return buf.getvalue()
+
+    hdu = first_like_hdu(seed=3)
+    nvss = _with_beam(hdu, 45.0)
+    cells = [blob(fits.HDUList([nvss])),
+             blob(fits.HDUList([fits.PrimaryHDU(), fits.ImageHDU(nvss.data, nvss.header)])),
+             gzip.compress(blob(fits.HDUList([nvss]))),
+             blob(fits.HDUList([_with_beam(hdu, BEAM, smooth=False)])),
+             blob(fits.HDUList([hdu]))]
+    for k, cell in enumerate(cells):
+        (tmp_path / f"{k}.fits").write_bytes(gzip.decompress(cell) if k == 2 else cell)
+    files = astromorph.predict_files("radio-morphology",
+                                     [str(tmp_path / f"{k}.fits") for k in range(len(cells))],
+                                     progress=False)
+    table = Table({"stamp": np.array(cells, dtype=object)})
+    out = astromorph.annotate_stamps(table, model="radio-morphology", columns="stamp",
+                                     progress=False)
+    assert list(files["radio_flags"]) == [Flag.EXTRAPOLATED] * 3 + [0, 0]
+    assert list(out["radio_flags"]) == list(files["radio_flags"])
+    for row in range(3):
+        assert 'beam 45.0" is more than twice FIRST\'s 5.4"' in out["radio_reason"][row]
+    np.testing.assert_allclose(out["radio_p_FRII"], files["radio_p_FRII"], rtol=1e-5)

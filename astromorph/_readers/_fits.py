@@ -871,17 +871,23 @@ def _empty_label(i, header):
     return f"HDU {i}{f' (EXTNAME {name!r})' if name else ''} has no data"
 
 
-def parse_fits_bytes(blob, *, want_scale=True):
-    """Image and pixel scale of a FITS stamp held in bytes (gzipped or not).
+def parse_fits_bytes(blob, *, want_scale=True, return_beam=False):
+    """Image and pixel scale (and restoring beam) of a FITS stamp held in bytes (gzipped or
+    not).
 
     Uses a fast parser for simple images (primary HDU with data; trailing
     extensions such as Rubin's ``MASK``/``UNCERT`` are ignored) and astropy
     otherwise (first image HDU with data).
 
+    With ``return_beam``, the restoring beam of the stamp's header (`beam_of_header`) is
+    returned too, as `read_fits` gives it to a stamp file.
+
     Returns
     -------
     data : numpy.ndarray, float32, 2-D
     pixel_scale : float or None
+    beam : float or None
+        Only with ``return_beam``: the beam FWHM (major axis, arcsec), None where unknown.
 
     Raises
     ------
@@ -899,8 +905,9 @@ def parse_fits_bytes(blob, *, want_scale=True):
         raise ValueError(f"stamp is not FITS (starts with {bytes(blob[:8])!r})")
     fast = _fast_fits(blob, primary_only=True, want_scale=want_scale)
     if fast is not None:
-        data, scale, _ = fast
+        data, scale, get = fast
         data = _squeeze(data)
+        beam = beam_of_header(get) if return_beam else None
     else:
         from astropy.io import fits
 
@@ -915,6 +922,7 @@ def parse_fits_bytes(blob, *, want_scale=True):
                                 and str(hdu.name).strip().upper() not in _AUX_EXTNAMES:
                             data = _squeeze(_hdu_data(hdu))
                             scale = _header_scale(hdu.header) if want_scale else None
+                            beam = beam_of_header(hdu.header.get) if return_beam else None
                             break
         except Exception as exc:  # noqa: BLE001 - astropy raises many kinds for bad headers
             # KeyError, TypeError... from a malformed header: the ValueError callers expect
@@ -923,4 +931,4 @@ def parse_fits_bytes(blob, *, want_scale=True):
             raise ValueError("no image data in stamp")
     if data.ndim != 2:
         raise ValueError(f"stamp has shape {data.shape}, not a 2-D image")
-    return data, scale
+    return (data, scale, beam) if return_beam else (data, scale)
