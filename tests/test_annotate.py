@@ -2287,10 +2287,11 @@ def test_provenance_names_only_the_images_of_the_bands_used(optical_model, tmp_p
 
 
 @pytest.mark.parametrize("names", [("IMAGE", "MASK", "VARIANCE"), ("SCI", "WHT", "CTX"),
-                                   ("SCI", "MSK", "WGT")])
+                                   ("SCI", "MSK", "WGT"), ("SCI", "CON", "VAR_POISSON"),
+                                   ("SCI", "ERR", "VAR_RNOISE"), ("SCI", "WHT", "VAR_FLAT")])
 def test_mask_and_weight_planes_of_a_file_are_not_read_as_tiles(optical_model, tmp_path, names):
-    """HSC calexp (IMAGE, MASK, VARIANCE), HST drizzled (SCI, WHT, CTX) and DES coadd (SCI,
-    MSK, WGT) files hold their mask and weight planes, with the same WCS, beside the image:
+    """HSC calexp (IMAGE, MASK, VARIANCE), HST drizzled (SCI, WHT, CTX), DES coadd (SCI,
+    MSK, WGT) and JWST i2d (SCI, ERR, CON, WHT, VAR_POISSON...) files hold their mask and weight planes, with the same WCS, beside the image:
     they were read as tiles of the image's band, and a source on a blank (NaN) pixel of the
     image was cut from the mask or variance plane instead, and scored, silently. Those planes
     are now left out where the file has an image plane."""

@@ -22,11 +22,12 @@ _TRIPLET_NAMES = {"SCIENCE": 0, "SCI": 0, "NEW": 0, "SEARCH": 0,
                   "REFERENCE": 1, "REF": 1, "TEMPLATE": 1, "TEMPL": 1, "TMPL": 1,
                   "DIFFERENCE": 2, "DIFF": 2, "DIF": 2}
 #: HDUs that hold auxiliary planes, never a band.
-#: (HSC: MASK, VARIANCE; HST drizzled: WHT, CTX; DES coadds: MSK, WGT.)
+#: (HSC: MASK, VARIANCE; HST drizzled: WHT, CTX; DES coadds: MSK, WGT; JWST i2d: ERR, CON,
+#: WHT, VAR_POISSON, VAR_RNOISE, VAR_FLAT.)
 _AUX_EXTNAMES = frozenset({"MASK", "MSK", "UNCERT", "UNCERTAINTY", "VARIANCE", "VAR", "WEIGHT",
                            "WHT", "WGT", "ERR", "ERROR", "DQ", "IVAR", "INVVAR", "SIGMA", "RMS",
                            "NOISE", "PSF", "BPM", "FLAGS", "EXPMAP", "EXPOSURE", "EXP", "NEXP",
-                           "CTX", "CONTEXT"})
+                           "CTX", "CONTEXT", "CON", "VAR_POISSON", "VAR_RNOISE", "VAR_FLAT"})
 _BAND_RE = re.compile(r"(?:^|[^a-z])([ugrizy])(?:$|[^a-z])")
 #: ZTF's filter codes (IRSA products, file names).
 _ZTF_CODES = {"zg": "g", "zr": "r", "zi": "i"}
