@@ -2684,7 +2684,9 @@ def test_a_lone_sci_extension_is_read_by_its_filter(optical_model, tmp_path):
     ("DECam r", "r"), ("g DECam SDSS c0001 4720.0 1520.0", "g"), ("ZTF_r", "r"),
     ("zr", "r"), ("zg", "g"), ("zi", "i"),  # ZTF filter codes
     ("SDSS/r", "r"), ("r(SDSS)", "r"), ("SDSS:g", "g"), ("HSC-I2", "i"), ("g.MP9401", "g"),
-    ("CLEAR", "clear"), ("Ks", "ks"), ("  ", None)])
+    ("CLEAR", "clear"), ("Ks", "ks"), ("  ", None),
+    # Gaia's G (330-1050 nm), BP and RP are not SDSS bands: the name itself, no letter
+    ("Gaia G", "gaia g"), ("GAIA-G", "gaia-g"), ("Gaia BP", "gaia bp")])
 def test_one_band_normaliser_for_images_and_stamps(name, band, tmp_path):
     """annotate (`band_of_header`, its own pattern) and the stamp readers (`normalise_band`)
     read filter names with two patterns: 'SDSS/r' or 'r(SDSS)' were band r for stamps and

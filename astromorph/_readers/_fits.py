@@ -31,6 +31,8 @@ _AUX_EXTNAMES = frozenset({"MASK", "MSK", "UNCERT", "UNCERTAINTY", "VARIANCE", "
 _BAND_RE = re.compile(r"(?:^|[^a-z])([ugrizy])(?:$|[^a-z])")
 #: ZTF's filter codes (IRSA products, file names).
 _ZTF_CODES = {"zg": "g", "zr": "r", "zi": "i"}
+#: Photometric systems whose band letters are not SDSS bands: Gaia's G spans 330-1050 nm.
+_NOT_SDSS_RE = re.compile(r"gaia")
 #: EXTNAMEs that name no band: generic image HDU names (and triplet roles, `_TRIPLET_NAMES`).
 _GENERIC_EXTNAMES = frozenset({"PRIMARY", "IMAGE", "SCI", "DATA", "COMPRESSED_IMAGE"})
 
@@ -49,7 +51,8 @@ def normalise_band(name):
     """A one-letter band (``"g"``) from a filter name such as ``"SDSS g"``, ``"HSC-G"``,
     ``"g.MP9401"``, ``"SDSS/r"`` or ZTF's ``"zr"``: a lone letter u, g, r, i, z or y
     (no other letter beside it); the stripped name itself, in lower case, when there is no
-    such letter (``"F606W"``: ``"f606w"``), ``None`` for an empty name. The one reader of
+    such letter (``"F606W"``: ``"f606w"``) or the name is of a system whose letters are not
+    SDSS bands (``"Gaia G"``: ``"gaia g"``), ``None`` for an empty name. The one reader of
     band names, for annotate's images and for stamps."""
     if name is None:
         return None
@@ -59,7 +62,7 @@ def normalise_band(name):
     low = text.lower()
     if low in _ZTF_CODES:
         return _ZTF_CODES[low]
-    m = _BAND_RE.search(low)
+    m = None if _NOT_SDSS_RE.search(low) else _BAND_RE.search(low)
     return m.group(1) if m else low
 
 
