@@ -333,6 +333,18 @@ def test_fits_scaling_blank_and_byte_order(tmp_path, dtype, bscale, bzero):
         (stamp,) = stamps
         assert stamp.data.dtype == np.float32 and stamp.data.dtype.isnative
         np.testing.assert_allclose(stamp.data[0], expected, rtol=1e-6, equal_nan=True)
+    if blank is not None:
+        # the same integers tile-compressed (fpack's Rice, as DES, DECaLS and PS1 ship them):
+        # astropy hands over the raw integers here too (the file is opened unscaled), so the
+        # scaling and BLANK are applied as for the plain file, not left out
+        tiled = fits.CompImageHDU(raw, compression_type="RICE_1")
+        tiled.header["BSCALE"], tiled.header["BZERO"], tiled.header["BLANK"] = bscale, bzero, blank
+        fits.HDUList([fits.PrimaryHDU(), tiled]).writeto(tmp_path / "s.fits.fz")
+        with open(tmp_path / "s.fits.fz", "rb") as f:
+            blob = f.read()
+        for data in (read_file(tmp_path / "s.fits.fz")[0].data[0],
+                     parse_fits_bytes(blob, want_scale=False)[0]):
+            np.testing.assert_allclose(data, expected, rtol=1e-6, equal_nan=True)
 
 
 def test_fast_and_astropy_fits_paths_agree_on_wcs(tmp_path):

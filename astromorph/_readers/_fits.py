@@ -466,14 +466,14 @@ def _unreadable(exc, read, name=None):
 
 
 def _hdu_data(hdu):
-    """Physical data of an image HDU opened with ``do_not_scale_image_data``."""
+    """Physical data of an image HDU opened with ``do_not_scale_image_data``.
+
+    A tile-compressed HDU (`~astropy.io.fits.CompImageHDU`) so opened gives its raw
+    integers as well, scaled here by the BSCALE/BZERO/BLANK of its image header.
+    """
     raw = hdu.data
     h = hdu.header
     blank = h.get("BLANK") if raw.dtype.kind in "iu" else None
-    from astropy.io.fits import CompImageHDU
-
-    if isinstance(hdu, CompImageHDU):  # astropy has already applied the scaling
-        return _physical(raw)
     return _physical(raw, float(h.get("BSCALE", 1.0)), float(h.get("BZERO", 0.0)), blank)
 
 
