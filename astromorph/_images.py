@@ -115,22 +115,33 @@ def _axes_header(wcs):
         return None
 
 
+def _scaling(data, header):
+    """``(bscale, bzero, blank)`` that `SkyImage` applies to the pixels ``data`` of an HDU
+    of ``header``: the header's for raw integers (an HDU opened with
+    ``do_not_scale_image_data``, as here), none for pixels astropy has scaled (floats), and
+    only BLANK, shifted by BZERO, for the unsigned integers of astropy's default ``uint``
+    mode (int16 with BZERO = 32768 read as uint16: BZERO applied, BLANK not)."""
+    if data.dtype.kind not in "iu" or not any(k in header for k in ("BSCALE", "BZERO", "BLANK")):
+        return 1.0, 0.0, None
+    bscale, bzero, blank = header.get("BSCALE", 1.0), header.get("BZERO", 0.0), header.get("BLANK")
+    if data.dtype.kind == "u" and data.dtype.itemsize > 1:  # FITS stores only bytes unsigned
+        return 1.0, 0.0, None if blank is None else int(blank) + int(bzero)
+    return bscale, bzero, blank
+
+
 def _from_hdu(hdu, name, hold=None, file_span=None, primary=None):
     if hdu.data is None or hdu.header.get("NAXIS", 0) < 2:
         raise InputError(f"{name}: the HDU holds no image")
     data = _plane(hdu.data, name, hdu.header)
     header = hdu.header
     wcs = _celestial_wcs(header, name)
-    scaled = (data.dtype.kind in "iu" and ("BSCALE" in header or "BZERO" in header
-                                           or "BLANK" in header))
+    bscale, bzero, blank = _scaling(data, header)
     owned = hold is not None and not _memory_mapped(data)
     image = SkyImage(data, wcs, name=name, band=_band_or_role(header, primary),
                      filter_band=band_of_header(header, primary),
                      beam=beam_of_header(header.get), flux_note=flux_unit_note(header, primary),
                      saturation=saturation_of_header(header, primary),
-                     bscale=header.get("BSCALE", 1.0) if scaled else 1.0,
-                     bzero=header.get("BZERO", 0.0) if scaled else 0.0,
-                     blank=header.get("BLANK") if scaled else None, hold=hold,
+                     bscale=bscale, bzero=bzero, blank=blank, hold=hold,
                      file_span=file_span,
                      # decompressed by the HDUList opened here (``hold``): no one else's
                      owned=owned)
@@ -264,15 +275,7 @@ def _parse_one(obj, band=None):
     elif isinstance(obj, fits.HDUList):
         images = _from_hdul(obj, "HDUList")
     elif isinstance(obj, (fits.PrimaryHDU, fits.ImageHDU, fits.CompImageHDU)):
-        # astropy has applied BSCALE/BZERO already: no scaling here
-        hdu = obj
-        header = hdu.header
-        images = [SkyImage(_plane(np.asarray(hdu.data), "HDU", header),
-                           _celestial_wcs(header, "HDU"),
-                           name="HDU", band=_band_or_role(header),
-                           filter_band=band_of_header(header),
-                           beam=beam_of_header(header.get), flux_note=flux_unit_note(header),
-                           saturation=saturation_of_header(header))]
+        images = [_from_hdu(obj, "HDU")]
     elif isinstance(obj, tuple) and len(obj) == 2:
         data, wcs = obj
         header = wcs if isinstance(wcs, fits.Header) else None
