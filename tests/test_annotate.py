@@ -2726,31 +2726,37 @@ def test_extname_names_the_band_of_an_image_extension_for_annotate(optical_model
 
 @pytest.mark.parametrize("compressed", [False, True])
 @pytest.mark.parametrize("unscaled", [False, True])
+@pytest.mark.parametrize("dtype", ["uint16", "int8"])
 def test_open_hdus_of_scaled_integer_images_give_the_pixels_of_the_file(tmp_path, compressed,
-                                                                        unscaled):
+                                                                        unscaled, dtype):
     """HDUs and HDULists that the caller opened (scaled by astropy, as `fits.open` does by
     default, or with ``do_not_scale_image_data``) give the stamps of the file's path: a
     uint16 image (int16 with BZERO = 32768, as raw frames and some coadds store them) was
-    shifted by another 32768 when given as an HDUList, as was a BLANK pixel; an int16 image
-    with BSCALE/BZERO opened unscaled was taken as its raw integers when given as an HDU."""
+    shifted by BZERO again when given as an HDUList, and its BLANK pixels were values; an
+    image opened unscaled (uint16, or int8: bytes with BZERO = -128) was taken as its raw
+    integers when given as an HDU."""
     n, w = 200, sky_wcs()
-    raw = np.round(blobs(n) * 1000).astype(np.uint16) + np.uint16(30000)
-    raw[100:103, 100:104] = 7  # BLANK
-    path = tmp_path / ("u16.fits.fz" if compressed else "u16.fits")
+    raw = np.round(blobs(n) * 20).clip(0, 100).astype(dtype) + np.array(20, dtype)
+    bzero = 32768 if dtype == "uint16" else -128
+    # (astropy itself cannot scale bytes with a BLANK: no BLANK in the int8 image)
+    blank = dtype == "uint16"
+    if blank:
+        raw[100:103, 100:104] = 7
+    path = tmp_path / ("image.fits.fz" if compressed else "image.fits")
+    hdu = (fits.CompImageHDU if compressed else fits.PrimaryHDU)(raw, w.to_header())
+    if blank:
+        hdu.header["BLANK"] = 7 - bzero  # the stored value
     if compressed:
-        hdu = fits.CompImageHDU(raw, w.to_header())
-        hdu.header["BLANK"] = 7 - 32768  # the stored int16 value
         fits.HDUList([fits.PrimaryHDU(), hdu]).writeto(path)
     else:
-        hdu = fits.PrimaryHDU(raw, w.to_header())
-        hdu.header["BLANK"] = 7 - 32768
         hdu.writeto(path)
-    assert fits.getheader(path, ext=-1)["BZERO"] == 32768
+    assert fits.getheader(path, ext=-1)["BZERO"] == bzero
     x, y = np.random.default_rng(2).uniform(20, n - 20, (2, 20))
     c = w.pixel_to_world(np.append(x, 101.5), np.append(y, 101))  # the last on BLANK pixels
     with closing_files(parse_sky_images(str(path))) as [im]:
         ref = cut_stamps(im, c.ra.deg, c.dec.deg, size=SIZE, pixel_scale=SCALE)
-    assert np.nanmin(ref.stamps[:-1]) >= 30000 and ref.blank[-1] > 0
+    assert np.nanmin(ref.stamps[:-1]) >= 20 and np.nanmax(ref.stamps) <= 120
+    assert (ref.blank[-1] > 0) == blank
     with fits.open(path, do_not_scale_image_data=unscaled) as hdul:
         for images in (hdul, hdul[-1]):
             with closing_files(parse_sky_images(images)) as [im]:
