@@ -9,8 +9,9 @@ import numpy as np
 from astropy.io import fits
 
 from ._cutouts import SkyImage
-from ._readers._fits import (_AUX_EXTNAMES, _MEMBERS, _TRIPLET_NAMES, band_of_header,
-                             beam_of_header, flux_unit_note, saturation_of_header)
+from ._readers._fits import (_AUX_EXTNAMES, _MEMBERS, _TRIPLET_NAMES, _physical,
+                             band_of_header, beam_of_header, flux_unit_note, linear_fluxes,
+                             saturation_of_header)
 from ._warnings import catch_warnings, first_few, warn, warn_again
 from .exceptions import (AstromorphWarning, InputError, InvalidArgumentTypeError,
                          UnusableInputWarning)
@@ -136,6 +137,14 @@ def _from_hdu(hdu, name, hold=None, file_span=None, primary=None):
     header = hdu.header
     wcs = _celestial_wcs(header, name)
     bscale, bzero, blank = _scaling(data, header)
+    if "BSOFTEN" in header and "BOFFSET" in header:
+        # a Pan-STARRS1 stack: asinh-compressed pixels, which bilinear sampling and block
+        # averages need linear: made so whole, in memory (the file is tile-compressed)
+        log.info("%s: asinh-compressed pixels (BSOFTEN, BOFFSET) made linear in memory", name)
+        data = linear_fluxes(_physical(data, float(bscale), float(bzero), blank), header.get)
+        bscale, bzero, blank = 1.0, 0.0, None
+        if hold is not None:  # opened here: the HDU lets go of its stored pixels
+            del hdu.data
     owned = hold is not None and not _memory_mapped(data)
     image = SkyImage(data, wcs, name=name, band=_band_or_role(header, primary),
                      filter_band=band_of_header(header, primary),

@@ -2763,3 +2763,35 @@ def test_open_hdus_of_scaled_integer_images_give_the_pixels_of_the_file(tmp_path
                 got = cut_stamps(im, c.ra.deg, c.dec.deg, size=SIZE, pixel_scale=SCALE)
             np.testing.assert_array_equal(got.stamps, ref.stamps)
             np.testing.assert_array_equal(got.blank, ref.blank)
+
+
+@pytest.mark.parametrize("compressed", [False, True])
+def test_pan_starrs_asinh_compressed_stacks_are_read_as_linear_fluxes(tmp_path, compressed):
+    """Pan-STARRS1 stack images (skycells) store alpha * asinh((L - BOFFSET) / (2 BSOFTEN)),
+    alpha = 2.5 log10(e), of the linear fluxes L, as BSCALE/BZERO-scaled integers in a
+    tile-compressed HDU: they were sampled as if linear (a galaxy's core flattened to a few
+    units, the sky at -BOFFSET's luptitude); annotate and predict_files now read L."""
+    from astromorph._readers import read_file
+
+    n, w = 200, sky_wcs()
+    linear = blobs(n) * 100 - 3.0  # sky-subtracted, some pixels negative
+    offset, soften = 2.0, 1.5
+    alpha = 2.5 * np.log10(np.e)
+    stored = alpha * np.arcsinh((linear - offset) / (2 * soften))
+    header = w.to_header()
+    header["BSOFTEN"], header["BOFFSET"] = soften, offset
+    path = tmp_path / ("skycell.fits.fz" if compressed else "skycell.fits")
+    if compressed:
+        hdu = fits.CompImageHDU(stored.astype(np.float32), header, compression_type="RICE_1",
+                                quantize_level=1000.0)
+        fits.HDUList([fits.PrimaryHDU(), hdu]).writeto(path)
+    else:
+        fits.PrimaryHDU(stored.astype(np.float32), header).writeto(path)
+    x, y = np.random.default_rng(3).uniform(20, n - 20, (2, 20))
+    c = w.pixel_to_world(x, y)
+    ref = cut_stamps(SkyImage(linear, w), c.ra.deg, c.dec.deg, size=SIZE, pixel_scale=SCALE)
+    with closing_files(parse_sky_images(str(path))) as [im]:
+        got = cut_stamps(im, c.ra.deg, c.dec.deg, size=SIZE, pixel_scale=SCALE)
+    np.testing.assert_allclose(got.stamps, ref.stamps, rtol=1e-3, atol=1e-3 * linear.max())
+    (stamp,) = read_file(path)
+    np.testing.assert_allclose(stamp.data[0], linear, rtol=1e-3, atol=1e-3 * linear.max())

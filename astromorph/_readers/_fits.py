@@ -262,6 +262,26 @@ def _physical(raw, bscale=1.0, bzero=0.0, blank=None):
     return out
 
 
+#: Pan-STARRS1's asinh compression constant, 2.5 log10(e).
+_PS1_ALPHA = 2.5 * np.log10(np.e)
+
+
+def linear_fluxes(values, get):
+    """Pixel values of an image as linear fluxes: Pan-STARRS1 stack images (``BSOFTEN``
+    and ``BOFFSET`` in the header) store ``alpha * asinh((L - BOFFSET) / (2 BSOFTEN))`` of
+    the linear fluxes ``L`` (alpha = 2.5 log10(e)), undone here into a new float32 array;
+    ``values`` themselves (no copy) for any other header."""
+    soften, offset = get("BSOFTEN"), get("BOFFSET")
+    if soften is None or offset is None:
+        return values
+    out = np.asarray(values, np.float32) / np.float32(_PS1_ALPHA)  # a new array
+    with np.errstate(over="ignore"):  # beyond float32: inf, then a masking sentinel
+        np.sinh(out, out=out)
+    out *= np.float32(2 * float(soften))
+    out += np.float32(float(offset))
+    return out
+
+
 def _fast_fits(buf, *, primary_only, want_scale):
     """Parse a simple FITS primary image without astropy.
 
@@ -302,8 +322,8 @@ def _fast_fits(buf, *, primary_only, want_scale):
             return None
     raw = np.frombuffer(buf, dtype=_FAST_DTYPES[bitpix], count=count, offset=end)
     raw = raw.reshape(shape[::-1])
-    data = _physical(raw, float(get("BSCALE", 1.0)), float(get("BZERO", 0.0)),
-                     get("BLANK") if bitpix > 0 else None)
+    data = linear_fluxes(_physical(raw, float(get("BSCALE", 1.0)), float(get("BZERO", 0.0)),
+                                   get("BLANK") if bitpix > 0 else None), get)
     return data, scale, get
 
 
@@ -469,12 +489,14 @@ def _hdu_data(hdu):
     """Physical data of an image HDU opened with ``do_not_scale_image_data``.
 
     A tile-compressed HDU (`~astropy.io.fits.CompImageHDU`) so opened gives its raw
-    integers as well, scaled here by the BSCALE/BZERO/BLANK of its image header.
+    integers as well, scaled here by the BSCALE/BZERO/BLANK of its image header; the
+    asinh-compressed pixels of Pan-STARRS1 stacks are made linear (`linear_fluxes`).
     """
     raw = hdu.data
     h = hdu.header
     blank = h.get("BLANK") if raw.dtype.kind in "iu" else None
-    return _physical(raw, float(h.get("BSCALE", 1.0)), float(h.get("BZERO", 0.0)), blank)
+    return linear_fluxes(
+        _physical(raw, float(h.get("BSCALE", 1.0)), float(h.get("BZERO", 0.0)), blank), h.get)
 
 
 def _squeeze(data):
