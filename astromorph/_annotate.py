@@ -648,16 +648,10 @@ def annotate(table, images, *, model, ra_col=None, dec_col=None, coord_col=None,
     astromorph.exceptions.ModelNotFoundError
         Unknown model (and the other errors of `load_model`).
     """
-    if not isinstance(table, Table):
-        raise InputError(f"annotate needs an astropy Table or QTable, got {type(table).__name__}")
-    check_on_conflict(on_conflict)
-    from ._predict import check_batch_size
-
-    check_batch_size(batch_size)  # before any image is opened or stamp cut
-    model = as_model(model, providers=providers, threads=threads, precision=precision)
-    # options the model cannot honour, and clashes: before any image is opened
-    check_scale_options(model.card, size_col=size_col, stamp_size=stamp_size)
-    check_clashes(table, result_names(model), on_conflict)
+    model = check_options(table, model=model, ra_col=ra_col, dec_col=dec_col,
+                          coord_col=coord_col, size_col=size_col, stamp_size=stamp_size,
+                          on_conflict=on_conflict, batch_size=batch_size, providers=providers,
+                          threads=threads, precision=precision)
     family = model_family(model.card)
     out = table.copy()
     n = len(out)
@@ -747,6 +741,32 @@ def annotate(table, images, *, model, ra_col=None, dec_col=None, coord_col=None,
                      + _unitless_ra_hint(out, ra_col, dec_col, coord_col),
                      UnusableInputWarning)
         return out
+
+
+def check_options(table, *, model, ra_col=None, dec_col=None, coord_col=None, size_col=None,
+                  stamp_size=None, on_conflict="error", batch_size=256, providers=None,
+                  threads=None, precision=None):
+    """The checks `annotate` makes before it opens any image (`annotate_dask` makes them
+    before it sends any task), with `annotate`'s options; return the loaded model.
+
+    The table, the option values, the model (loaded by `as_model`), the options it cannot
+    honour, the columns the new ones would clash with, and the catalogue's position and
+    size columns (their names, kinds and units, read on none of its rows).
+    """
+    if not isinstance(table, Table):
+        raise InputError(f"annotate needs an astropy Table or QTable, got {type(table).__name__}")
+    check_on_conflict(on_conflict)
+    from ._predict import check_batch_size
+
+    check_batch_size(batch_size)
+    model = as_model(model, providers=providers, threads=threads, precision=precision)
+    _workers(threads)
+    check_scale_options(model.card, size_col=size_col, stamp_size=stamp_size)
+    check_clashes(table, result_names(model), on_conflict)
+    none = table[:0]
+    _positions(none, ra_col, dec_col, coord_col)
+    _grid(model, model_family(model.card), 0, _size_values(none, size_col, 0), stamp_size)
+    return model
 
 
 def _unitless_ra_hint(table, ra_col, dec_col, coord_col):

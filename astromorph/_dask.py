@@ -164,7 +164,10 @@ def annotate_dask(table, images=None, *, model, partition_size=50_000, compute=T
         Dask is not installed.
     astromorph.exceptions.InputError
         ``table`` is not a table, or ``images`` are not given by path; and the errors of
-        `annotate` (or `annotate_stamps`), from the partitions.
+        `annotate` (or `annotate_stamps`): those it raises before it reads any image or
+        stamp (an unknown model, a column that is not there, a clash of column names...)
+        when ``annotate_dask`` is called, with ``compute=False`` too (the model is loaded
+        to check them); the others from the partitions.
     astromorph.exceptions.InvalidArgumentError
         A bad option value (named in the message), or an option neither function takes.
 
@@ -233,31 +236,18 @@ def annotate_dask(table, images=None, *, model, partition_size=50_000, compute=T
     if unknown:
         raise InvalidArgumentTypeError(f"{target.__name__} has no option(s) "
                                        f"{', '.join(unknown)}")
-    # options every partition would refuse: refused here, before any task is sent
-    from ._session import provider_names
-
-    if kwargs.get("providers") is not None:
-        provider_names(kwargs["providers"])
-    if "batch_size" in kwargs:
-        from ._predict import check_batch_size
-
-        check_batch_size(kwargs["batch_size"])
     images = None if images is None else as_paths(images)
     if not isinstance(model, (str, os.PathLike)):
         raise InputError("annotate_dask takes the model by name or path, so each worker loads it")
-    # options the model cannot honour (its card fixes its field): refused here too
-    scale_options = ("size_col", "stamp_size") if images is not None else ("crop_fraction",)
-    if any(kwargs.get(o) is not None for o in scale_options):
-        from ._annotate import check_scale_options
-        from ._predict import check_crop_fraction
-        from ._registry import model_card
+    # what every partition would refuse (a bad option, an unknown model, a column that is
+    # not there...): refused here, before any task is sent, by the function's own checks
+    # (the model is loaded here too: the threaded scheduler's partitions reuse its session)
+    from ._annotate import check_options
+    from ._stamp_table import check_options as check_stamp_options
 
-        card = model_card(model, precision=kwargs.get("precision"))
-        if images is not None:
-            check_scale_options(card, size_col=kwargs.get("size_col"),
-                                stamp_size=kwargs.get("stamp_size"))
-        else:
-            check_crop_fraction(kwargs["crop_fraction"], card)
+    check = check_options if images is not None else check_stamp_options
+    check(table, model=model, **{k: v for k, v in kwargs.items()
+                                 if k in inspect.signature(check).parameters})
     partition_size = check_whole(partition_size, "partition_size")
     compute = check_bool(compute, "compute")
     if scheduler is not None:

@@ -115,33 +115,16 @@ def annotate_stamps(table, *, model, columns=None, pixel_scale=None, negative=No
     astromorph.exceptions.AmbiguousInputWarning
         When some rows' ``negative`` value is masked (read as False).
     """
-    from ._adapters import model_family, result_columns, result_names
-    from ._annotate import (_add_columns, _provenance, add_provenance, check_clashes,
-                            check_on_conflict)
-    from ._model import as_model
-    from ._predict import _conform, _Runner, check_batch_size, check_crop_fraction, summarise
+    from ._adapters import result_columns
+    from ._annotate import _add_columns, _provenance, add_provenance
+    from ._predict import _conform, _Runner, summarise
 
-    if not isinstance(table, Table):
-        raise InputError(f"annotate_stamps needs an astropy Table or QTable, got "
-                         f"{type(table).__name__}")
-    check_on_conflict(on_conflict)
-    check_batch_size(batch_size)
-    check_crop_fraction(crop_fraction)
-    model = as_model(model, providers=providers, threads=threads, precision=precision)
-    check_crop_fraction(crop_fraction, model.card)
-    prefix = model.card.get("column_prefix", model.name.replace("-", "_"))
-    check_clashes(table, result_names(model) + [f"{prefix}_reason"], on_conflict)  # before work
-    family = model_family(model.card)
-    names = _stamp_columns(table, columns, family)
+    model, family, names, scales, flip = check_options(
+        table, model=model, columns=columns, pixel_scale=pixel_scale, negative=negative,
+        on_conflict=on_conflict, batch_size=batch_size, crop_fraction=crop_fraction,
+        providers=providers, threads=threads, precision=precision)
     n = len(table)
-    scales = _row_values(table, pixel_scale, n, "pixel_scale", _arcsec)
-    if scales is not None and not isinstance(pixel_scale, str) and np.ndim(pixel_scale) == 0 \
-            and n and not (np.isfinite(scales[0]) and scales[0] > 0):
-        raise InvalidArgumentError(f"pixel_scale must be positive, got {pixel_scale!r}")
-    flip = _row_values(table, negative, n, "negative", _bools)
-    if flip is not None and family != "triplet":
-        raise InvalidArgumentError(f"negative= (--negative-col) applies to difference-imaging "
-                                   f"models; {model.name!r} is a {family} model")
+    prefix = model.card.get("column_prefix", model.name.replace("-", "_"))
     unknown = None if flip is None else _row_values(table, negative, n, "negative",
                                                     np.ma.getmaskarray)
     if unknown is not None and unknown.any():  # scored as positive, and said so
@@ -189,6 +172,41 @@ def annotate_stamps(table, *, model, columns=None, pixel_scale=None, negative=No
     add_provenance(out.meta, provenance)
     summarise(new[f"{prefix}_reason"], flags, valid, what="row", where=f"'{prefix}_reason'")
     return out
+
+
+def check_options(table, *, model, columns=None, pixel_scale=None, negative=None,
+                  on_conflict="error", batch_size=256, crop_fraction=None, providers=None,
+                  threads=None, precision=None):
+    """The checks `annotate_stamps` makes before it reads any stamp (`annotate_dask` makes
+    them before it sends any task), with its options; return the loaded model, its family,
+    the stamp columns, and the rows' pixel scales and ``negative`` values (or None)."""
+    from ._adapters import model_family, result_names
+    from ._annotate import check_clashes, check_on_conflict
+    from ._model import as_model
+    from ._predict import check_batch_size, check_crop_fraction
+
+    if not isinstance(table, Table):
+        raise InputError(f"annotate_stamps needs an astropy Table or QTable, got "
+                         f"{type(table).__name__}")
+    check_on_conflict(on_conflict)
+    check_batch_size(batch_size)
+    check_crop_fraction(crop_fraction)
+    model = as_model(model, providers=providers, threads=threads, precision=precision)
+    check_crop_fraction(crop_fraction, model.card)
+    prefix = model.card.get("column_prefix", model.name.replace("-", "_"))
+    check_clashes(table, result_names(model) + [f"{prefix}_reason"], on_conflict)  # before work
+    family = model_family(model.card)
+    names = _stamp_columns(table, columns, family)
+    n = len(table)
+    scales = _row_values(table, pixel_scale, n, "pixel_scale", _arcsec)
+    if scales is not None and not isinstance(pixel_scale, str) and np.ndim(pixel_scale) == 0 \
+            and n and not (np.isfinite(scales[0]) and scales[0] > 0):
+        raise InvalidArgumentError(f"pixel_scale must be positive, got {pixel_scale!r}")
+    flip = _row_values(table, negative, n, "negative", _bools)
+    if flip is not None and family != "triplet":
+        raise InvalidArgumentError(f"negative= (--negative-col) applies to difference-imaging "
+                                   f"models; {model.name!r} is a {family} model")
+    return model, family, names, scales, flip
 
 
 # ----------------------------------------------------------------------------- columns

@@ -1534,6 +1534,43 @@ def test_annotate_dask_equals_annotate(optical_model, tmp_path, scheduler):
                                      model=str(optical_model.path), compute=False, **bad)
 
 
+def test_annotate_dask_lazy_refuses_what_annotate_refuses(optical_model, tmp_path):
+    """With compute=False a bad option (unknown model, column that is not there, bad
+    on_conflict, threads or precision, a clash) only failed when the partitions were
+    computed, inside Dask; annotate_dask now makes annotate's own checks when called, and
+    raises annotate's error (same type, same message)."""
+    pytest.importorskip("dask")
+    from astromorph._stamp_table import annotate_stamps
+
+    img, w = blobs(), sky_wcs()
+    fits.writeto(tmp_path / "img.fits", img, w.to_header())
+    cat = catalogue(w, [(50, 50), (100, 100)])
+    cat["r90"] = [2.0, 3.0]
+    cat["ok"] = [True, False]
+    clashing = cat.copy()
+    clashing["opt_flags"] = 0
+    path = str(optical_model.path)
+    cases = [(cat, dict(model="no-such-model")), (cat, dict(model=path, size_col="nope")),
+             (cat, dict(model=path, size_col="ok")), (cat, dict(model=path, ra_col="nope")),
+             (cat, dict(model=path, coord_col="ra")), (cat, dict(model=path, on_conflict="x")),
+             (cat, dict(model=path, threads=-1)), (cat, dict(model=path, precision="int3")),
+             (cat, dict(model=path, stamp_size=-1.0)), (clashing, dict(model=path))]
+    for table, kw in cases:
+        with pytest.raises(astromorph.AstromorphError) as ref:
+            astromorph.annotate(table, str(tmp_path / "img.fits"), **kw)
+        with pytest.raises(type(ref.value)) as lazy:
+            astromorph.annotate_dask(table, str(tmp_path / "img.fits"), compute=False, **kw)
+        assert str(lazy.value) == str(ref.value), kw
+    stamps = Table({"stamp": np.zeros((2, 3, SIZE, SIZE), np.float32)})
+    for kw in (dict(columns="nope"), dict(pixel_scale="nope"), dict(on_conflict="x"),
+               dict(pixel_scale=-1.0)):
+        with pytest.raises(astromorph.AstromorphError) as ref:
+            annotate_stamps(stamps, model=path, **kw)
+        with pytest.raises(type(ref.value)) as lazy:
+            astromorph.annotate_dask(stamps, model=path, compute=False, **kw)
+        assert str(lazy.value) == str(ref.value), kw
+
+
 def test_annotate_dask_keeps_dask_columns_of_the_catalogue(optical_model, tmp_path):
     """A Table with Dask array columns (astropy's ``DaskColumn``), which `annotate` takes:
     the partitions were scored and then lost, as astropy's vstack cannot join Dask columns
