@@ -32,6 +32,7 @@ __all__ = [
     "ProvenanceMismatchError",
     "MissingProvenanceWarning",
     "SimilarLabelsWarning",
+    "FewRowsWarning",
 ]
 
 
@@ -162,3 +163,10 @@ class SimilarLabelsWarning(AstromorphWarning):
     """Labels that differ only by case or surrounding whitespace (e.g. ``"Spiral"``,
     ``"spiral "`` and ``"spiral"``) are fitted as separate classes; the message names the
     groups. They are not merged: normalise the labels first if they mean one class."""
+
+
+class FewRowsWarning(AstromorphWarning):
+    """A fit with fewer rows than its parameters need: e.g. a
+    `~astromorph.embeddings.GaussianMixture` with full covariances and fewer rows per
+    component than dimensions, whose covariances are then set by the regularisation
+    (``reg_covar``) more than by the data. The message gives the numbers and what to do."""

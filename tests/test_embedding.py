@@ -1061,8 +1061,11 @@ def test_cli_quiet_prints_no_status_lines(tmp_path, capsys):
     t["embedding"], _ = blobs(n_per=10, k=3, d=8)
     src = tmp_path / "emb.ecsv"
     t.write(src)
-    assert main(["cluster", str(src), "-o", str(tmp_path / "c.ecsv"), "--map-method", "pca",
-                 "--map", str(tmp_path / "m.png"), "-q"]) == 0
+    from astromorph.exceptions import FewRowsWarning
+
+    with pytest.warns(FewRowsWarning):  # 30 rows: a warning, not a status line
+        assert main(["cluster", str(src), "-o", str(tmp_path / "c.ecsv"), "--map-method",
+                     "pca", "--map", str(tmp_path / "m.png"), "-q"]) == 0
     assert main(["similar", str(src), "--query", "0", "-o", str(tmp_path / "s.ecsv"),
                  "--quiet"]) == 0
     assert capsys.readouterr().err == ""
@@ -1711,6 +1714,24 @@ def test_mixture_regularisation_must_be_positive():
     duplicated = np.repeat(x[:3], 10, axis=0)  # three distinct vectors
     labels = GaussianMixture(3, seed=1).fit(duplicated).predict(duplicated)
     assert len(np.unique(labels)) == 3
+
+
+def test_mixture_warns_of_full_covariances_on_too_few_rows():
+    """40 rows of 64-d vectors, 3 components, full covariances (16-d after the PCA): 13.3
+    rows per component, each covariance singular but for reg_covar, and no word was said.
+    A FewRowsWarning now gives the numbers and the way out; the fit is unchanged."""
+    from astromorph.exceptions import FewRowsWarning
+
+    x = np.random.default_rng(3).normal(size=(51, 64))
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    with pytest.warns(FewRowsWarning, match=r"3 components .* on 40 rows in 16 dimensions: "
+                      r"13\.3 rows per component, fewer than the 17 .*'diag', fewer components"):
+        GaussianMixture(3, covariance_type="full").fit(x[:40])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FewRowsWarning)
+        GaussianMixture(3, covariance_type="diag").fit(x[:40])  # 16 variances: enough rows
+        GaussianMixture(3, covariance_type="full").fit(x)  # 17 rows per component
+        GaussianMixture(3, covariance_type="full", n_pca=8).fit(x[:40])
 
 
 def test_mixture_keeps_a_numpy_seed():

@@ -7,7 +7,9 @@ from ._common import (add_columns, check_prefix, check_seed, embedding_matrix, m
                       table_embeddings)
 from ._state import Saved, as_provenance, table_provenance
 from ._state import check_provenance as _check_provenance
-from ..exceptions import InputError, InvalidArgumentError, InvalidArgumentTypeError
+from .._warnings import warn
+from ..exceptions import (FewRowsWarning, InputError, InvalidArgumentError,
+                          InvalidArgumentTypeError)
 from ..preprocessing._checks import check_bool, check_number, check_whole
 
 __all__ = ["GaussianMixture", "cluster_table"]
@@ -193,6 +195,13 @@ class GaussianMixture(Saved):
         -------
         GaussianMixture
             ``self``.
+
+        Warns
+        -----
+        astromorph.exceptions.FewRowsWarning
+            Full covariances fitted on fewer rows per component (on average) than the
+            dimensions after the PCA + 1: each is then set by ``reg_covar`` more than by
+            the rows (use ``covariance_type="diag"``, fewer components or more rows).
         """
         provenance = as_provenance(provenance)
         x = embedding_matrix(embeddings, allow_masked=True)
@@ -242,7 +251,22 @@ class GaussianMixture(Saved):
         self.dim_, self.bic_ = d, bics
         _, self.n_components_, (self.weights_, self.means_, self.covariances_) = best
         self.provenance_ = provenance
+        self._warn_few_rows(n, d)
         return self
+
+    def _warn_few_rows(self, n, d):
+        """Warn where full covariances were fitted on fewer rows per component (on average)
+        than dimensions + 1: each component's sample covariance is then singular, and its
+        d (d + 1) / 2 parameters are set by ``reg_covar`` more than by the rows."""
+        k = self.n_components_
+        if self.covariance_type != "full" or n / k >= d + 1:
+            return
+        warn(f"GaussianMixture fitted {k} components with full covariances on {n} rows in "
+             f"{d} dimensions: {n / k:.1f} rows per component, fewer than the {d + 1} a "
+             f"{d}-d covariance ({d * (d + 1) // 2} parameters) needs not to be singular, so "
+             "the covariances are mostly regularisation (reg_covar); use "
+             "covariance_type='diag', fewer components, a smaller n_pca or more rows",
+             FewRowsWarning)
 
     # ----------------------------------------------------------------- predict
     def _check(self):
