@@ -148,6 +148,33 @@ def test_exact_search_matches_brute_force(chunk):
 
 
 
+def test_neighbours_and_similarities_do_not_depend_on_chunking():
+    """BLAS's float32 dot product of a row depends on the block it is multiplied in
+    (chunk_elements, the number of queries) by about 1 ulp, so duplicate vectors in
+    different chunks got unequal similarities and came out of row order, and the same
+    query gave other similarities for other chunk sizes. Similarities are now summed in
+    one fixed order: rows and similarities are the same for every chunking."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(3000, 64)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    dups = np.sort(rng.choice(3000, 40, replace=False))
+    x[dups] = x[dups[0]]
+    q = np.vstack([x[dups[0]], rng.normal(size=(4, 64)).astype(np.float32)])
+    ref_rows, ref_sim = SimilarityIndex(x).search(q[:1], k=50)
+    assert ref_rows[0, :40].tolist() == dups.tolist()
+    assert len(set(ref_sim[0, :40].tolist())) == 1
+    for chunk in (1, 7, 100, 1000, 4097, 1 << 24):
+        index = SimilarityIndex(x, chunk_elements=chunk)
+        for n in (1, 5):
+            for k in (10, 50):  # 10: the k-th among the 40 duplicates
+                rows, sim = index.search(q[:n], k=k)
+                np.testing.assert_array_equal(rows[:1], ref_rows[:, :k], err_msg=f"{chunk} {n}")
+                np.testing.assert_array_equal(sim[:1], ref_sim[:, :k], err_msg=f"{chunk} {n}")
+    exact = q[:1].astype(np.float64) @ x.T.astype(np.float64)  # still the cosine
+    np.testing.assert_allclose(ref_sim[0], np.take_along_axis(exact[0], ref_rows[0], 0),
+                               rtol=0, atol=1e-7)
+
+
 @pytest.mark.parametrize("chunk", [3, 40, 1 << 24])  # 3, 40 and all rows per block
 def test_tied_neighbours_come_in_row_order(chunk):
     """Duplicate vectors (equal similarities) are returned lowest row first, the same for

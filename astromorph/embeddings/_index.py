@@ -107,6 +107,19 @@ def _chunk_candidates(sim, k, best_sim):
     return np.take_along_axis(sim, top, axis=1), top
 
 
+def _dot(vectors, idx, q, chunk_elements):
+    """Similarities (float32) of the rows ``idx`` (Q, W) of ``vectors`` to the queries
+    ``q`` (Q, D), each summed in float64 in one fixed order (products of float32 numbers
+    are exact in float64; numpy's pairwise sum along the contiguous last axis depends on D
+    alone): the same value for a row whatever the other rows and queries of the call."""
+    out = np.empty(idx.shape, np.float32)
+    per = max(1, chunk_elements // max(1, idx.shape[1] * q.shape[1]))
+    for s in range(0, len(q), per):
+        block = vectors[idx[s:s + per]].astype(np.float64)
+        out[s:s + per] = np.sum(block * q[s:s + per, None, :].astype(np.float64), axis=-1)
+    return out
+
+
 class _Exact:
     """Brute-force cosine search: one matrix product per chunk of rows, running top-k."""
 
@@ -118,22 +131,43 @@ class _Exact:
         self.invalid = invalid if invalid.any() else None
 
     def search(self, q, k, exclude):
+        """The top ``k`` rows of every query by `_dot` similarity (rounded to float32),
+        equal ones by row: the same whatever ``chunk_elements`` and however many queries.
+
+        BLAS's float32 products, whose last bits depend on the shape of the block a row
+        is multiplied in, only choose the candidates: ``2 k`` of them (`_blas_search`);
+        where the last of those is not ``err`` below the k-th similarity, every row that
+        is not (`_gather`), so that none left out can rank above the k-th or tie with it.
+        """
         n = len(self.vectors)
-        # Queries per pass: their running top k (queries x k) stays under chunk_elements
-        # too (many queries with a large k would otherwise hold several such blocks)
-        per_pass = max(1, self.chunk_elements // max(1, min(k, n)))
-        if len(q) > per_pass:
-            rows = np.empty((len(q), min(k, n)), np.int64)
-            sims = np.empty((len(q), min(k, n)), np.float32)
-            for s in range(0, len(q), per_pass):
-                rows[s:s + per_pass], sims[s:s + per_pass] = self.search(
-                    q[s:s + per_pass], k, None if exclude is None else exclude[s:s + per_pass])
-            return rows, sims
+        k = min(k, n)
+        if k == 0:  # no rows
+            return np.zeros((len(q), 0), np.int64), np.zeros((len(q), 0), np.float32)
+        err = (self.vectors.shape[1] + 4) * float(np.finfo(np.float32).eps)  # unit vectors
+        idx, sim32 = self._blas_search(q, min(n, 2 * k), exclude)
+        sim = _dot(self.vectors, idx, q, self.chunk_elements)
+        sim[~np.isfinite(sim32)] = -np.inf  # unusable or excluded rows stay out
+        order = np.lexsort((idx, -sim), axis=-1)[:, :k]
+        rows, sims = np.take_along_axis(idx, order, axis=1), np.take_along_axis(sim, order, 1)
+        redo = np.flatnonzero((idx.shape[1] < n) & np.isfinite(sim32[:, -1])
+                              & (sim32[:, -1].astype(np.float64) + err >= sims[:, -1]))
+        if len(redo):  # many rows about as similar as the k-th (e.g. duplicate vectors)
+            qi, row = self._gather(q[redo], sims[redo, -1].astype(np.float64) - err,
+                                   None if exclude is None else [exclude[i] for i in redo])
+            sim = _dot(self.vectors, row[:, None], q[redo][qi], self.chunk_elements)[:, 0]
+            order = np.lexsort((row, -sim, qi))
+            starts = np.searchsorted(qi[order], np.arange(len(redo)))  # >= k rows each
+            take = order[starts[:, None] + np.arange(k)]
+            rows[redo], sims[redo] = row[take], sim[take]
+        return rows, sims
+
+    def _blocks(self, q, exclude):
+        """``(start, similarities)`` of every chunk of rows (BLAS float32, queries x rows),
+        -inf for the unusable and the excluded rows."""
+        n = len(self.vectors)
         # Rows per chunk: the (queries x rows) similarity block stays under chunk_elements
         # (a single query over millions of rows is one matrix-vector product).
         step = max(1, self.chunk_elements // max(1, len(q)))
-        best_sim = np.full((len(q), 0), -np.inf, dtype=np.float32)
-        best_idx = np.zeros((len(q), 0), dtype=np.int64)
         for start in range(0, n, step):
             block = self.vectors[start:start + step]
             sim = block @ q[0] if len(q) == 1 else q @ block.T  # (Q, rows)
@@ -145,6 +179,39 @@ class _Exact:
                     local = [r - start for r in rows if start <= r < start + len(block)]
                     if local:
                         sim[qi, local] = -np.inf
+            yield start, sim
+
+    def _gather(self, q, threshold, exclude):
+        """Every (query, row) whose BLAS similarity is at least the query's ``threshold``,
+        as two arrays ordered by query."""
+        per = max(1, self.chunk_elements // len(self.vectors))  # queries per pass
+        found = []
+        for s in range(0, len(q), per):
+            for start, sim in self._blocks(q[s:s + per],
+                                           None if exclude is None else exclude[s:s + per]):
+                qi, col = np.nonzero(sim >= threshold[s:s + per, None])
+                found.append((qi + s, col + start))
+        qi = np.concatenate([f[0] for f in found])
+        row = np.concatenate([f[1] for f in found])
+        order = np.argsort(qi, kind="stable")
+        return qi[order], row[order]
+
+    def _blas_search(self, q, k, exclude):
+        """Top ``k`` rows of every query by BLAS float32 similarity (running top k)."""
+        n = len(self.vectors)
+        # Queries per pass: their running top k (queries x k) stays under chunk_elements
+        # too (many queries with a large k would otherwise hold several such blocks)
+        per_pass = max(1, self.chunk_elements // max(1, min(k, n)))
+        if len(q) > per_pass:
+            rows = np.empty((len(q), min(k, n)), np.int64)
+            sims = np.empty((len(q), min(k, n)), np.float32)
+            for s in range(0, len(q), per_pass):
+                rows[s:s + per_pass], sims[s:s + per_pass] = self._blas_search(
+                    q[s:s + per_pass], k, None if exclude is None else exclude[s:s + per_pass])
+            return rows, sims
+        best_sim = np.full((len(q), 0), -np.inf, dtype=np.float32)
+        best_idx = np.zeros((len(q), 0), dtype=np.int64)
+        for start, sim in self._blocks(q, exclude):
             new_sim, new_idx = _chunk_candidates(sim, k, best_sim)
             cand_sim = np.concatenate([best_sim, new_sim], axis=1)
             cand_idx = np.concatenate([best_idx, new_idx + start], axis=1)
@@ -376,7 +443,9 @@ class SimilarityIndex:
             duplicate vectors) by row number with the exact backend (``-1``
             where fewer than ``k`` rows could be returned).
         similarity : numpy.ndarray of float32, (Q, k)
-            Cosine similarities (``-inf`` for missing neighbours).
+            Cosine similarities (``-inf`` for missing neighbours); with the exact
+            backend each is summed in float64 in one fixed order, so that rows and
+            similarities do not depend on ``chunk_elements`` or on the other queries.
         """
         k = _whole(k, "k")
         if k < 1:
