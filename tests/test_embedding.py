@@ -322,6 +322,12 @@ def test_query_by_row_position_and_vector():
     for bad in [(np.nan, 2.5), (150.0, 95.0), SkyCoord([150, 151] * u.deg, [2, 3] * u.deg)]:
         with pytest.raises(InvalidArgumentError):
             index.query(position=bad, k=2)
+    # an RA beyond a full turn is a typing error, not RA 40 (SkyCoord would wrap 400 to 40)
+    for ra in (400.0, -400.0):
+        with pytest.raises(InvalidArgumentError, match="full turn"):
+            index.query(position=(ra, 2.5), k=2)
+    assert index.query(position=(-209.5, 2.5), k=2).meta["query_row"] == \
+        index.query(position=(150.5, 2.5), k=2).meta["query_row"]  # negative RA: as wrapped
     sexagesimal = (target.ra.to_string(u.hour), target.dec.to_string(u.deg))
     assert index.query(position=sexagesimal, k=5)["row"].tolist() == res2["row"].tolist()
     for limit in (-1, np.nan, "x"):

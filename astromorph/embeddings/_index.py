@@ -533,7 +533,7 @@ class SimilarityIndex:
             ``max_separation``.
         """
         import astropy.units as u
-        from astropy.coordinates import SkyCoord
+        from astropy.coordinates import Angle, SkyCoord
 
         from .._annotate import _positions
 
@@ -543,6 +543,10 @@ class SimilarityIndex:
         try:
             if not isinstance(position, SkyCoord):
                 ra, dec = position
+                turns = np.abs(Angle(ra, unit=u.deg).deg)  # before SkyCoord wraps 400 to 40
+                if turns > 360:
+                    raise InvalidArgumentError(f"the right ascension {ra!r} is more than a full "
+                                               "turn (360 degrees, 24 h) from 0: a typing error?")
                 position = SkyCoord(ra, dec, unit=u.deg)
         except (ValueError, TypeError, u.UnitsError) as exc:
             raise InvalidArgumentError(f"cannot read the position {position!r}: give a SkyCoord "
