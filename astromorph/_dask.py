@@ -194,6 +194,7 @@ def annotate_dask(table, images=None, *, model, partition_size=50_000, compute=T
 
         raise MissingDependencyError("annotate_dask needs dask: pip install 'astromorph[dask]' "
                                      "(and 'dask[distributed]' for a cluster)") from exc
+    from astropy.io import fits
     from astropy.table import Table, vstack
 
     from .exceptions import InputError
@@ -201,7 +202,7 @@ def annotate_dask(table, images=None, *, model, partition_size=50_000, compute=T
     names = {}
 
     def as_paths(value):
-        if isinstance(value, (list, tuple)):
+        if isinstance(value, (list, tuple)) and not isinstance(value, fits.HDUList):
             return [as_paths(v) for v in value]
         if isinstance(value, dict):
             return {k: as_paths(v) for k, v in value.items()}

@@ -1656,6 +1656,10 @@ def test_annotate_dask_needs_paths(optical_model):
     img, w = blobs(), sky_wcs()
     with pytest.raises(InputError, match="paths"):
         astromorph.annotate_dask(catalogue(w, [(1, 1)]), (img, w), model=str(optical_model.path))
+    # an opened file (an HDUList is a list of HDUs) is named as what it is, not as its first HDU
+    hdul = fits.HDUList([fits.PrimaryHDU(img, w.to_header())])
+    with pytest.raises(InputError, match="paths .*not HDUList"):
+        astromorph.annotate_dask(catalogue(w, [(1, 1)]), hdul, model=str(optical_model.path))
 
 
 def test_annotate_dask_says_how_to_pass_a_dataframe(optical_model, tmp_path):
