@@ -14,6 +14,7 @@ from astropy.table import Table
 from ._flags import Flag
 from ._progress import progress_bar
 from ._readers import Stamp, parse_fits_bytes
+from ._readers._fits import HeaderFacts, _levels_array, warn_flux_units
 from ._readers._stamp import common_pixel_scale
 from .preprocessing._triplet import _SENTINEL
 from ._warnings import warn
@@ -58,7 +59,10 @@ def annotate_stamps(table, *, model, columns=None, pixel_scale=None, negative=No
         pictures, which stay colour pictures, and in the radio data set's 8-bit grey images,
         which stay on its 0-255 scale, filled with the median rounded to an 8-bit level; a
         masked cell, or one whose values are all masked, has no stamp: the row is flagged `Flag.MISSING_BAND`) or FITS bytes, gzipped or not (the ``stampData``
-        of ZTF alert cutouts; a ``{"stampData": ...}`` dict also works), whose WCS gives the pixel scale. Default: the first complete set
+        of ZTF alert cutouts; a ``{"stampData": ...}`` dict also works), whose WCS gives the pixel scale
+        and whose header is read as that of a FITS file by `astromorph.predict_files`: its
+        restoring beam, pixel unit and saturation level (`Flag.SATURATED`) count, and a
+        Stokes cube gives its Stokes I plane. Default: the first complete set
         among ``science/reference/difference``, ``sci/ref/diff``,
         ``cutoutScience/cutoutTemplate/cutoutDifference``, ``triplet``, ``stamps``,
         ``stamp`` (and ``image``, ``cutout``, ``g/r/i`` for the other models).
@@ -114,6 +118,9 @@ def annotate_stamps(table, *, model, columns=None, pixel_scale=None, negative=No
         When some rows could not be scored.
     astromorph.exceptions.AmbiguousInputWarning
         When some rows' ``negative`` value is masked (read as False).
+    astromorph.exceptions.AstromorphWarning
+        Galaxy models: when the headers of some rows' FITS bytes give a pixel unit or zero
+        point other than SDSS nanomaggies (said in those rows' ``<prefix>_reason`` too).
     """
     from ._adapters import result_columns
     from ._annotate import _add_columns, _provenance, add_provenance
@@ -139,6 +146,7 @@ def annotate_stamps(table, *, model, columns=None, pixel_scale=None, negative=No
     runner = _Runner(model, family, int(batch_size), crop_fraction)
     block = _array_blocks(table, names, family, model.card, scales, flip, unknown, assumed)
     getters = [_cell_getter(table[c]) for c in names]
+    units = []  # rows whose FITS header says another pixel unit than nanomaggies
     with progress_bar(n, desc=f"{model.name}", unit="row", enabled=progress,
                       min_total=4 * batch_size) as bar:
         step = max(int(batch_size), _BLOCK_ROWS)
@@ -158,9 +166,13 @@ def annotate_stamps(table, *, model, columns=None, pixel_scale=None, negative=No
                         and len(stamp.data) == 3:
                     stamp.data = _negate_difference(stamp.data[None])[0]
                 _conform(stamp, family, model.card)
+                if family == "optical" and stamp.usable and stamp.flux_note:
+                    units.append(f"row {i}: {stamp.flux_note}")
             runner.add(stamp)
             bar.update(1)
         runner.finish()
+    if units:  # as predict_files warns of such files
+        warn_flux_units(model, units)
 
     prediction, flags, valid = runner.collect()
     new = result_columns(model, prediction, flags, valid)
@@ -312,10 +324,11 @@ def _cell_getter(col):
 
 
 def _cell(value):
-    """``(array, pixel_scale, colour, beam)`` of one table cell (``colour``: an 8-bit
-    ``(H, W, 3)`` picture, whose masked pixels are NaN display values; ``beam``: the
-    restoring beam that the header of FITS bytes gives, `beam_of_header`, else None);
-    ``(None, None, False, None)`` when empty."""
+    """``(array, pixel_scale, colour, facts)`` of one table cell (``colour``: an 8-bit
+    ``(H, W, 3)`` picture, whose masked pixels are NaN display values; ``facts``: what the
+    header of FITS bytes says of the beam, pixel unit and saturation level,
+    `~astromorph._readers._fits.HeaderFacts`, else None); ``(None, None, False, None)``
+    when empty."""
     empty = None, None, False, None
     if value is None or value is np.ma.masked:
         return empty
@@ -328,8 +341,8 @@ def _cell(value):
         blob = bytes(value)
         if not blob:
             return empty
-        data, scale, beam = parse_fits_bytes(blob, return_beam=True)
-        return data, scale, False, beam
+        data, scale, facts = parse_fits_bytes(blob, return_facts=True)
+        return data, scale, False, facts
     if isinstance(value, np.ma.MaskedArray) and value.size and np.ma.getmaskarray(value).all():
         return empty  # a fully masked cell (of a multidimensional MaskedColumn)
     colour = _is_colour(np.shape(value), getattr(value, "dtype", None))
@@ -402,12 +415,14 @@ def _negate_difference(data, rows=None):
 
 
 def _row_stamp(i, cells, names, family):
-    """The `Stamp` of row ``i`` from its cells (one per stamp column)."""
+    """The `Stamp` of row ``i`` from its cells (one per stamp column), with what the headers
+    of FITS bytes say of the beam, pixel unit and saturation level of each plane, as
+    `~astromorph._readers._fits.read_fits` gives them to a file."""
     stamp = Stamp(str(i), None, index=i)
-    planes, scales, beams, colour = [], [], [], False
+    planes, scales, facts, colour = [], [], [], False
     for name, value in zip(names, cells):
         try:
-            data, s, colour, beam = _cell(value)
+            data, s, colour, said = _cell(value)
         except ValueError as exc:
             return stamp.flag(Flag.BAD_INPUT, f"{name}: {exc}")
         if data is None:
@@ -417,8 +432,7 @@ def _row_stamp(i, cells, names, family):
             return stamp.flag(Flag.BAD_INPUT, f"{name}: shape {np.shape(data)}, not a 2-D image")
         planes.append(data)
         scales.append(s)
-        if beam is not None:
-            beams.append(beam)
+        facts.append(said or HeaderFacts())
     missing = [nm for nm, p in zip(names, planes) if p is None]
     if missing:
         return stamp.flag(Flag.MISSING_BAND, f"no stamp in {', '.join(missing)}")
@@ -451,7 +465,13 @@ def _row_stamp(i, cells, names, family):
             return stamp.flag(Flag.BAD_INPUT, f"{names[0]}: shape {data.shape}, not an image, "
                               "cube or colour picture")
     # the coarsest of the planes' beams, as annotate takes the coarsest of the bands'
-    stamp.data, stamp.pixel_scale, stamp.beam = data, scale, max(beams, default=None)
+    stamp.beam = max((f.beam for f in facts if f.beam is not None), default=None)
+    notes = [(nm, f.flux_note) for nm, f in zip(names, facts) if f.flux_note]
+    if notes:  # the first, as for a file of one HDU per band
+        stamp.flux_note = notes[0][1] if len(names) == 1 else f"{notes[0][1]} ({notes[0][0]})"
+    if stamp.kind != "colour" and len(data) == len(facts):  # a level for each plane
+        stamp.saturation = _levels_array([f.saturation for f in facts])
+    stamp.data, stamp.pixel_scale = data, scale
     return stamp
 
 

@@ -856,3 +856,49 @@ def test_beam_coarser_than_first_is_extrapolated_in_stamp_tables(tmp_path):
     for row in range(3):
         assert 'beam 45.0" is more than twice FIRST\'s 5.4"' in out["radio_reason"][row]
     np.testing.assert_allclose(out["radio_p_FRII"], files["radio_p_FRII"], rtol=1e-5)
+
+
+@requires_model
+def test_stokes_cubes_in_stamp_tables_give_stokes_i_or_a_reason(tmp_path):
+    """A Stokes cube held as FITS bytes in a table cell ((4, H, W) with CTYPE3 = 'STOKES',
+    or FIRST's (STOKES, FREQ, Dec, RA)) was refused as "not a 2-D image", and a (1, 1, H, W)
+    Stokes Q image was scored as total intensity, while `predict_files` takes Stokes I of
+    the same bytes as a file and refuses an image without one. The cells now give the
+    file's flags and scores, by the fast parser and astropy, gzipped or not, and a cube
+    without an I plane is refused naming what it holds."""
+    import gzip
+    import io
+
+    from astropy.table import Table
+
+    def blob(*hdus):
+        buf = io.BytesIO()
+        fits.HDUList(list(hdus)).writeto(buf)
+        return buf.getvalue()
+
+    hdu = first_like_hdu(seed=5)
+    i = hdu.data
+    rng = np.random.default_rng(2)
+    q, u, v = (0.1 * i + RMS * rng.standard_normal(i.shape) for _ in range(3))
+    iquv = _stokes_hdu([i, q, u, v])
+    flat = fits.PrimaryHDU(iquv.data[:, 0], header=hdu.header.copy())  # (4, H, W)
+    flat.header.update({"CTYPE3": "STOKES", "CRVAL3": 1.0, "CDELT3": 1.0, "CRPIX3": 1.0})
+    cells = [blob(hdu), blob(iquv), gzip.compress(blob(flat)),
+             blob(fits.PrimaryHDU(), fits.ImageHDU(iquv.data, iquv.header)),
+             blob(_stokes_hdu([q], first_stokes=2)), blob(_stokes_hdu([q, u], first_stokes=2))]
+    for k, cell in enumerate(cells):
+        (tmp_path / f"{k}.fits").write_bytes(gzip.decompress(cell) if k == 2 else cell)
+    with pytest.warns(astromorph.exceptions.UnusableInputWarning):
+        files = astromorph.predict_files("radio-morphology",
+                                         [str(tmp_path / f"{k}.fits") for k in range(6)],
+                                         progress=False)
+    with pytest.warns(astromorph.exceptions.UnusableInputWarning):
+        out = astromorph.annotate_stamps(Table({"stamp": np.array(cells, dtype=object)}),
+                                         model="radio-morphology", progress=False)
+    assert list(out["radio_flags"]) == list(files["radio_flags"])
+    np.testing.assert_allclose(out["radio_p_FRII"][:4], files["radio_p_FRII"][:4], rtol=1e-5)
+    np.testing.assert_allclose(out["radio_p_FRII"][1:4], out["radio_p_FRII"][0], rtol=1e-5)
+    for row, held in ((4, "Q"), (5, "Q, U")):
+        assert out["radio_flags"][row] & astromorph.Flag.BAD_INPUT
+        assert np.ma.is_masked(out["radio_p_FRII"][row])
+        assert f"holds Stokes {held}: no Stokes I" in out["radio_reason"][row]

@@ -846,3 +846,98 @@ def test_a_difference_negative_at_the_candidate_is_said(rb, tmp_path):
     table = astromorph.predict_files(rb, tmp_path / "flipped.fits")
     assert table["rb_flags"][0] == 0
     assert "difference stamp is negative at the centre" in table["reason"][0]
+
+
+# ----------------------------------------------------------------------------- header facts
+def _hdul_bytes(hdul):
+    buf = io.BytesIO()
+    hdul.writeto(buf)
+    return buf.getvalue()
+
+
+def _as_files(tmp_path, cells):
+    """The cells' FITS bytes written as files (gunzipped), in row order."""
+    paths = []
+    for k, cell in enumerate(cells):
+        path = tmp_path / f"row{k}.fits"
+        path.write_bytes(gzip.decompress(cell) if cell[:2] == b"\x1f\x8b" else cell)
+        paths.append(str(path))
+    return paths
+
+
+def _galaxy(n=96, seed=0):
+    y, x = np.mgrid[:n, :n] - (n - 1) / 2
+    rng = np.random.default_rng(seed)
+    return (np.exp(-(x ** 2 + y ** 2) / (2 * (n / 8) ** 2)) * 5
+            + rng.normal(0, 0.05, (n, n))).astype(np.float32)
+
+
+def test_fits_cells_not_in_nanomaggies_are_said_as_for_files(tmp_path):
+    """A galaxy stamp whose header says counts (BUNIT='count', MAGZERO=30, or FLUXMAG0 in the
+    primary header of an image extension) got a reason and an AstromorphWarning from
+    predict_files but nothing as FITS bytes in a table cell: the header's unit was never
+    read. The row now gets the file's reason and flags, and one warning names the rows."""
+    from astromorph.exceptions import AstromorphWarning
+
+    g = _galaxy()
+    counts = fits.PrimaryHDU(g * 200, header=fits.Header([("BUNIT", "count")]))
+    cells = [_hdul_bytes(fits.HDUList([counts])),
+             gzip.compress(_hdul_bytes(fits.HDUList([counts]))),
+             _hdul_bytes(fits.HDUList([fits.PrimaryHDU(g, header=fits.Header(
+                 [("MAGZERO", 30.0)]))])),
+             _hdul_bytes(fits.HDUList([fits.PrimaryHDU(header=fits.Header(
+                 [("FLUXMAG0", 10 ** (0.4 * 27))])), fits.ImageHDU(g, name="IMAGE")])),
+             _hdul_bytes(fits.HDUList([fits.PrimaryHDU(g, header=fits.Header(
+                 [("BUNIT", "nanomaggy")]))])),
+             _hdul_bytes(fits.HDUList([fits.PrimaryHDU(g)]))]
+    with pytest.warns(AstromorphWarning, match="nanomaggies"):
+        files = astromorph.predict_files("morphology", _as_files(tmp_path, cells),
+                                         progress=False)
+    with pytest.warns(AstromorphWarning, match="nanomaggies") as rec:
+        out = astromorph.annotate_stamps(Table({"stamp": _cells(cells)}), model="morphology",
+                                         progress=False)
+    assert list(out["morph_reason"]) == list(files["reason"])
+    assert list(out["morph_flags"]) == list(files["morph_flags"])
+    said = [str(w.message) for w in rec if "nanomaggies" in str(w.message)]
+    assert len(said) == 1
+    for shown in ("BUNIT='count'", "MAGZERO=30", "zero point 27"):
+        assert shown in said[0]
+    assert "BUNIT='count'" in out["morph_reason"][0] and "MAGZERO=30" in out["morph_reason"][2]
+    assert out["morph_reason"][4] == out["morph_reason"][5] == ""
+    np.testing.assert_allclose(out["morph_p_spiral"], files["morph_p_spiral"], atol=1e-6)
+
+
+def test_saturated_triplet_member_in_fits_cells_is_flagged_as_for_files(rb, tmp_path):
+    """A triplet member held as FITS bytes whose header gives a saturation level (SATURATE;
+    the primary header's for an image extension) that its core reaches was flagged
+    SATURATED by predict_files but not in a table cell: the level was never read. The row
+    now gets the flags and reason of the same stamps in one file."""
+    x = _triplets(3, seed=4)
+    x[:2, 0, 30:34, 30:34] = 1000.0  # science cores clipped at the detector's level
+    x[2, 1, 30:34, 30:34] = 1000.0  # and a reference core
+    x[:, 2] = x[:, 0] - x[:, 1]
+    levels = [(1000.0, 5000.0, None), (None, None, None), (5000.0, 1000.0, None)]
+    names = ("SCIENCE", "REFERENCE", "DIFFERENCE")
+    cols, paths = {n: [] for n in names}, []
+    for k, (trip, lv) in enumerate(zip(x, levels)):
+        hdus = [fits.PrimaryHDU()]
+        for name, plane, level in zip(names, trip, lv):
+            header = fits.Header([("SATURATE", level)] if level else [])
+            hdus.append(fits.ImageHDU(plane, header=header, name=name))
+            if k == 0:  # the level in the primary header of an extension: astropy's path
+                cols[name].append(_hdul_bytes(fits.HDUList([fits.PrimaryHDU(header=header),
+                                                            fits.ImageHDU(plane)])))
+            else:
+                cols[name].append(gzip.compress(_hdul_bytes(fits.HDUList(
+                    [fits.PrimaryHDU(plane, header=header)]))))
+        fits.HDUList(hdus).writeto(tmp_path / f"row{k}.fits")
+        paths.append(str(tmp_path / f"row{k}.fits"))
+    files = astromorph.predict_files(rb, paths, progress=False)
+    out = astromorph.annotate_stamps(Table({n.lower(): _cells(c) for n, c in cols.items()}),
+                                     model=rb, progress=False)
+    assert list(files["rb_flags"]) == [Flag.SATURATED, 0, Flag.SATURATED]
+    assert list(out["rb_flags"]) == list(files["rb_flags"])
+    assert list(out["rb_reason"]) == list(files["reason"])
+    assert "science stamp reaches its header's saturation level (1000)" in out["rb_reason"][0]
+    assert "reference stamp" in out["rb_reason"][2]
+    np.testing.assert_allclose(out["rb_score"], files["rb_score"], atol=1e-6)

@@ -1,8 +1,10 @@
 """FITS stamps: a fast parser for simple images, astropy for the rest."""
+import functools
 import io
 import re
 import warnings
 import zlib
+from typing import NamedTuple
 
 import numpy as np
 
@@ -11,9 +13,9 @@ from ._stamp import Stamp, common_pixel_scale
 from .._warnings import catch_warnings, first_few, warn
 from ..exceptions import AstromorphWarning
 
-__all__ = ["band_keyword", "band_of_header", "beam_of_header", "flux_unit_note", "normalise_band",
-           "parse_fits_bytes", "read_fits", "saturation_of_header", "stokes_i",
-           "warn_flux_units"]
+__all__ = ["HeaderFacts", "band_keyword", "band_of_header", "beam_of_header", "flux_unit_note",
+           "header_facts", "normalise_band", "parse_fits_bytes", "read_fits",
+           "saturation_of_header", "stokes_i", "warn_flux_units"]
 
 _MEMBERS = ("science", "reference", "difference")
 
@@ -74,8 +76,6 @@ def flux_unit_note(header, primary=None):
     ``primary``: the file's primary header, whose keywords are read where ``header`` (an
     image extension) lacks them: HSC calexp files keep FLUXMAG0 there.
     """
-    import astropy.units as u
-
     if primary is not None:
         header = {k: header.get(k) if header.get(k) is not None else primary.get(k)
                   for k in ("BUNIT",) + _ZERO_POINT_KEYS + ("FLUXMAG0",)}
@@ -83,12 +83,8 @@ def flux_unit_note(header, primary=None):
     bunit = str(header.get("BUNIT") or "").strip()
     if re.search(r"nanomagg|nmgy", bunit, re.IGNORECASE):
         return None
-    if bunit:
-        with catch_warnings():
-            warnings.simplefilter("ignore", u.UnitsWarning)
-            unit = u.Unit(bunit, parse_strict="silent")
-        if _COUNTS.search(bunit) or not isinstance(unit, u.UnrecognizedUnit):
-            return f"BUNIT={bunit!r}"
+    if bunit and (_COUNTS.search(bunit) or _is_unit(bunit)):
+        return f"BUNIT={bunit!r}"
     for key in _ZERO_POINT_KEYS + ("FLUXMAG0",):
         value = header.get(key)
         if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.number)):
@@ -104,6 +100,18 @@ def flux_unit_note(header, primary=None):
             return shown
         return None  # the first zero point given is the one read
     return None
+
+
+@functools.lru_cache(maxsize=256)
+def _is_unit(text):
+    """Whether astropy reads ``text`` (a BUNIT value) as a unit; cached, as the stamps of one
+    table or archive repeat a few BUNIT values."""
+    import astropy.units as u
+
+    with catch_warnings():
+        warnings.simplefilter("ignore", u.UnitsWarning)
+        unit = u.Unit(text, parse_strict="silent")
+    return not isinstance(unit, u.UnrecognizedUnit)
 
 
 def warn_flux_units(model, noted):
@@ -647,10 +655,31 @@ def saturation_of_header(header, primary=None):
     return None
 
 
+class HeaderFacts(NamedTuple):
+    """What a FITS header says of a stamp beyond its pixels and pixel scale, as `Stamp`
+    carries it (`Stamp.beam`, `Stamp.flux_note`, `Stamp.saturation`); None where unknown."""
+
+    #: Restoring beam FWHM (major axis) in arcsec (`beam_of_header`).
+    beam: float = None
+    #: The pixel unit where it is not SDSS nanomaggies (`flux_unit_note`).
+    flux_note: str = None
+    #: Saturation level of the pixels (`saturation_of_header`).
+    saturation: float = None
+
+
+def header_facts(header, primary=None):
+    """`HeaderFacts` of an image's FITS header (``.get(key, default)``); ``primary``: the
+    file's primary header where the image is an extension's, read where ``header`` lacks
+    the unit or saturation keywords. The one reader of these facts for stamps, whether
+    read from a file (`read_fits`) or from bytes (`parse_fits_bytes`)."""
+    return HeaderFacts(beam_of_header(header.get), flux_unit_note(header, primary),
+                       saturation_of_header(header, primary))
+
+
 def _stamps_from_array(path, data, header_get, scale, header_hdu, triplet_hint, primary=None):
     """Stamps from one image array (2-D, 3-D cube or 4-D stack of stamps), with what the
-    header says of the pixel unit (`flux_unit_note`), of the restoring beam
-    (`beam_of_header`) and of the saturation level (`saturation_of_header`); ``primary``: the file's primary header where the image is an
+    header says of the pixel unit, the restoring beam and the saturation level
+    (`header_facts`); ``primary``: the file's primary header where the image is an
     extension's."""
     source = str(path)
     data = _squeeze(data)
@@ -670,12 +699,11 @@ def _stamps_from_array(path, data, header_get, scale, header_hdu, triplet_hint, 
         return [Stamp(source, path).flag(
             Flag.BAD_INPUT, f"image of shape {data.shape} is not a 2-D image, a 3-D cube or a "
             "4-D stack of stamps")]
-    note, beam = flux_unit_note(header, primary), beam_of_header(header_get)
-    level = saturation_of_header(header, primary)
+    facts = header_facts(header, primary)
     for stamp in stamps:
-        stamp.flux_note, stamp.beam = note, beam
-        if level is not None and stamp.data is not None:  # one level for every plane
-            stamp.saturation = np.full(len(stamp.data), level)
+        stamp.flux_note, stamp.beam = facts.flux_note, facts.beam
+        if facts.saturation is not None and stamp.data is not None:  # one level, every plane
+            stamp.saturation = np.full(len(stamp.data), facts.saturation)
     return stamps
 
 
@@ -897,28 +925,30 @@ def _empty_label(i, header):
     return f"HDU {i}{f' (EXTNAME {name!r})' if name else ''} has no data"
 
 
-def parse_fits_bytes(blob, *, want_scale=True, return_beam=False):
-    """Image and pixel scale (and restoring beam) of a FITS stamp held in bytes (gzipped or
+def parse_fits_bytes(blob, *, want_scale=True, return_facts=False):
+    """Image and pixel scale (and header facts) of a FITS stamp held in bytes (gzipped or
     not).
 
     Uses a fast parser for simple images (primary HDU with data; trailing
     extensions such as Rubin's ``MASK``/``UNCERT`` are ignored) and astropy
-    otherwise (first image HDU with data).
+    otherwise (first image HDU with data). A Stokes cube is reduced to its Stokes I plane
+    (`stokes_i`), as `read_fits` reduces a file.
 
-    With ``return_beam``, the restoring beam of the stamp's header (`beam_of_header`) is
-    returned too, as `read_fits` gives it to a stamp file.
+    With ``return_facts``, what the stamp's header says of its restoring beam, pixel unit
+    and saturation level (`header_facts`, the primary header's where the image is an
+    extension's) is returned too, as `read_fits` gives it to a stamp file.
 
     Returns
     -------
     data : numpy.ndarray, float32, 2-D
     pixel_scale : float or None
-    beam : float or None
-        Only with ``return_beam``: the beam FWHM (major axis, arcsec), None where unknown.
+    facts : HeaderFacts
+        Only with ``return_facts``.
 
     Raises
     ------
     ValueError
-        For corrupt, truncated or empty stamps.
+        For corrupt, truncated or empty stamps, and Stokes cubes without an I plane.
     """
     if not blob:
         raise ValueError("empty stamp")
@@ -932,29 +962,36 @@ def parse_fits_bytes(blob, *, want_scale=True, return_beam=False):
     fast = _fast_fits(blob, primary_only=True, want_scale=want_scale)
     if fast is not None:
         data, scale, get = fast
-        data = _squeeze(data)
-        beam = beam_of_header(get) if return_beam else None
+        data, why = stokes_i(data, get)
+        if why:
+            raise ValueError(why)
+        facts = header_facts(_GetDict(get)) if return_facts else None
     else:
         from astropy.io import fits
 
-        data = None
+        data, why = None, None
         try:
             with catch_warnings():
                 warnings.simplefilter("ignore")
                 with fits.open(io.BytesIO(blob), do_not_scale_image_data=True) as hdul:
-                    for hdu in hdul:
+                    for i, hdu in enumerate(hdul):
                         if hdu.is_image and hdu.header.get("NAXIS", 0) \
                                 and hdu.data is not None \
                                 and str(hdu.name).strip().upper() not in _AUX_EXTNAMES:
-                            data = _squeeze(_hdu_data(hdu))
+                            data, problem = stokes_i(_hdu_data(hdu), hdu.header.get)
+                            if problem:  # said where the stamp has no other image
+                                why = why or (f"HDU {i}: {problem}" if i else problem)
+                                continue
                             scale = _header_scale(hdu.header) if want_scale else None
-                            beam = beam_of_header(hdu.header.get) if return_beam else None
+                            facts = header_facts(hdu.header, hdul[0].header if i else None) \
+                                if return_facts else None
                             break
         except Exception as exc:  # noqa: BLE001 - astropy raises many kinds for bad headers
             # KeyError, TypeError... from a malformed header: the ValueError callers expect
             raise ValueError(_unreadable(exc, _buffer_reader(blob))) from exc
         if data is None:
-            raise ValueError("no image data in stamp")
+            raise ValueError(why or "no image data in stamp")
+    data = _squeeze(data)
     if data.ndim != 2:
         raise ValueError(f"stamp has shape {data.shape}, not a 2-D image")
-    return (data, scale, beam) if return_beam else (data, scale)
+    return (data, scale, facts) if return_facts else (data, scale)
