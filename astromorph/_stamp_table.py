@@ -24,6 +24,9 @@ __all__ = ["annotate_stamps"]
 
 log = logging.getLogger(__name__)
 
+#: What a FITS header without the keywords of `HeaderFacts` says (and an array cell).
+_NO_FACTS = HeaderFacts()
+
 #: Rows stacked at a time from numeric array columns (the fast path).
 _BLOCK_ROWS = 1024
 
@@ -432,7 +435,7 @@ def _row_stamp(i, cells, names, family):
             return stamp.flag(Flag.BAD_INPUT, f"{name}: shape {np.shape(data)}, not a 2-D image")
         planes.append(data)
         scales.append(s)
-        facts.append(said or HeaderFacts())
+        facts.append(said)
     missing = [nm for nm, p in zip(names, planes) if p is None]
     if missing:
         return stamp.flag(Flag.MISSING_BAND, f"no stamp in {', '.join(missing)}")
@@ -464,14 +467,17 @@ def _row_stamp(i, cells, names, family):
         else:
             return stamp.flag(Flag.BAD_INPUT, f"{names[0]}: shape {data.shape}, not an image, "
                               "cube or colour picture")
-    # the coarsest of the planes' beams, as annotate takes the coarsest of the bands'
-    stamp.beam = max((f.beam for f in facts if f.beam is not None), default=None)
-    notes = [(nm, f.flux_note) for nm, f in zip(names, facts) if f.flux_note]
-    if notes:  # the first, as for a file of one HDU per band
-        stamp.flux_note = notes[0][1] if len(names) == 1 else f"{notes[0][1]} ({notes[0][0]})"
-    if stamp.kind != "colour" and len(data) == len(facts):  # a level for each plane
-        stamp.saturation = _levels_array([f.saturation for f in facts])
     stamp.data, stamp.pixel_scale = data, scale
+    if facts.count(None) + facts.count(_NO_FACTS) < len(facts):  # what FITS headers say
+        facts = [f or HeaderFacts() for f in facts]
+        # the coarsest of the planes' beams, as annotate takes the coarsest of the bands'
+        stamp.beam = max((f.beam for f in facts if f.beam is not None), default=None)
+        notes = [(nm, f.flux_note) for nm, f in zip(names, facts) if f.flux_note]
+        if notes:  # the first, as for a file of one HDU per band
+            stamp.flux_note = notes[0][1] if len(names) == 1 \
+                else f"{notes[0][1]} ({notes[0][0]})"
+        if stamp.kind != "colour" and len(data) == len(facts):  # a level for each plane
+            stamp.saturation = _levels_array([f.saturation for f in facts])
     return stamp
 
 

@@ -43,6 +43,7 @@ _GENERIC_EXTNAMES = frozenset({"PRIMARY", "IMAGE", "SCI", "DATA", "COMPRESSED_IM
 _ZERO_POINT_KEYS = ("MAGZERO", "MAGZP", "MAGZPT", "ZEROPT", "ZPTMAG", "PHOTZP", "ZP", "ZPT")
 #: The zero point of SDSS nanomaggies, the unit the galaxy models' stretch is set for.
 NANOMAGGY_ZERO_POINT = 22.5
+_NANOMAGGIES = re.compile(r"nanomagg|nmgy", re.IGNORECASE)
 _COUNTS = re.compile(r"\b(counts?|adu|dn|electrons?|e-|photons?)\b", re.IGNORECASE)
 
 #: Files up to this size that hold a single simple HDU are parsed without astropy.
@@ -81,7 +82,7 @@ def flux_unit_note(header, primary=None):
                   for k in ("BUNIT",) + _ZERO_POINT_KEYS + ("FLUXMAG0",)}
 
     bunit = str(header.get("BUNIT") or "").strip()
-    if re.search(r"nanomagg|nmgy", bunit, re.IGNORECASE):
+    if _NANOMAGGIES.search(bunit):
         return None
     if bunit and (_COUNTS.search(bunit) or _is_unit(bunit)):
         return f"BUNIT={bunit!r}"
@@ -332,6 +333,7 @@ def _fast_fits(buf, *, primary_only, want_scale):
     raw = raw.reshape(shape[::-1])
     data = linear_fluxes(_physical(raw, float(get("BSCALE", 1.0)), float(get("BZERO", 0.0)),
                                    get("BLANK") if bitpix > 0 else None), get)
+    get.keys = cards.keys  # the keywords present (`header_facts` skips a header without any)
     return data, scale, get
 
 
@@ -667,13 +669,29 @@ class HeaderFacts(NamedTuple):
     saturation: float = None
 
 
+_NO_FACTS = HeaderFacts()
+#: The keywords that each of `header_facts`'s readers reads.
+_FACT_READERS = ((frozenset(("BMAJ", "HISTORY")), lambda h, p: beam_of_header(h.get)),
+                 (frozenset(("BUNIT", "FLUXMAG0") + _ZERO_POINT_KEYS), flux_unit_note),
+                 (frozenset(_SATURATION_KEYS), saturation_of_header))
+_FACT_KEYS = frozenset().union(*(keys for keys, _ in _FACT_READERS))
+
+
 def header_facts(header, primary=None):
     """`HeaderFacts` of an image's FITS header (``.get(key, default)``); ``primary``: the
     file's primary header where the image is an extension's, read where ``header`` lacks
     the unit or saturation keywords. The one reader of these facts for stamps, whether
     read from a file (`read_fits`) or from bytes (`parse_fits_bytes`)."""
-    return HeaderFacts(beam_of_header(header.get), flux_unit_note(header, primary),
-                       saturation_of_header(header, primary))
+    keys = getattr(header, "keys", None)
+    if primary is not None or keys is None:
+        return HeaderFacts(*(read(header, primary) for _, read in _FACT_READERS))
+    # a header that tells its keywords (astropy's, the fast parser's): a reader whose
+    # keywords are all absent is not asked, nor any for the common stamp
+    present = _FACT_KEYS.intersection(keys())
+    if not present:
+        return _NO_FACTS  # a ZTF-like stamp: not one of the keywords
+    return HeaderFacts(*(read(header, None) if not used.isdisjoint(present) else None
+                         for used, read in _FACT_READERS))
 
 
 def _stamps_from_array(path, data, header_get, scale, header_hdu, triplet_hint, primary=None):
@@ -718,6 +736,11 @@ class _GetDict:
 
     def __getitem__(self, key):
         return self._get(key, None)
+
+    @property
+    def keys(self):
+        """The keywords present, where the getter tells them (the fast parser's), else None."""
+        return getattr(self._get, "keys", None)
 
 
 def _planes_stamp(source, path, planes, names, scale, header_hdu, triplet_hint, index=None):
@@ -962,9 +985,10 @@ def parse_fits_bytes(blob, *, want_scale=True, return_facts=False):
     fast = _fast_fits(blob, primary_only=True, want_scale=want_scale)
     if fast is not None:
         data, scale, get = fast
-        data, why = stokes_i(data, get)
-        if why:
-            raise ValueError(why)
+        if data.ndim > 2:  # a cube: Stokes I of a Stokes cube (a 2-D stamp has no such axis)
+            data, why = stokes_i(data, get)
+            if why:
+                raise ValueError(why)
         facts = header_facts(_GetDict(get)) if return_facts else None
     else:
         from astropy.io import fits
