@@ -17,6 +17,7 @@ from ._flags import Flag
 from ._images import closing_files, parse_sky_images
 from ._readers._fits import warn_flux_units
 from ._model import as_model
+from ._predict import summarise_counts
 from ._progress import progress_bar
 from ._version import __version__
 from ._warnings import warn
@@ -730,6 +731,13 @@ def annotate(table, images, *, model, ra_col=None, dec_col=None, coord_col=None,
         columns = result_columns(model, prediction, flags, valid)
         used = _add_columns(out, columns, on_conflict)
         add_provenance(out.meta, _provenance(model, used_images, used.values(), crop))
+        unplaced = np.flatnonzero(bad_pos | bad_size)
+        if len(unplaced):  # one warning (one for all the partitions of annotate_dask)
+            # (no row number: that of an annotate_dask partition is not the table's)
+            summarise_counts(n, len(unplaced), 0,
+                             "no usable " + ("position (NaN, masked, unreadable or out of "
+                                             "range)" if bad_pos[unplaced[0]] else "size"),
+                             what="source", where="their flag, BAD_INPUT (32),")
         n_off = int(np.count_nonzero(flags & Flag.OFF_IMAGE))
         if n_off:
             log.info("%d of %d sources lie outside every image", n_off, n)

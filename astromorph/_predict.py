@@ -297,6 +297,12 @@ def summarise(reasons, flags, valid, *, what, where):
     bad = int((~valid).sum())
     flagged = int(((flags != 0) & valid).sum())
     first = next(r for r, v in zip(reasons, valid) if not v) if bad else None
+    summarise_counts(n, bad, flagged, first, what=what, where=where)
+
+
+def summarise_counts(n, bad, flagged, first, *, what, where):
+    """`summarise` from its counts: `warn_summary`, or the counts appended to `SUMMARIES`
+    where it holds a list (an `annotate_dask` partition)."""
     sink = SUMMARIES.get()
     if sink is not None:
         sink.append((n, bad, flagged, first, what, where))

@@ -8,7 +8,7 @@ import warnings
 import numpy as np
 import pytest
 from astropy import units as u
-from astropy.coordinates import SkyCoord
+from astropy.coordinates import Angle, SkyCoord
 from astropy.io import fits
 from astropy.nddata import NDData
 from astropy.table import QTable, Table
@@ -2836,3 +2836,26 @@ def test_pan_starrs_asinh_compressed_stacks_are_read_as_linear_fluxes(tmp_path, 
     np.testing.assert_allclose(got.stamps, ref.stamps, rtol=1e-3, atol=1e-3 * linear.max())
     (stamp,) = read_file(path)
     np.testing.assert_allclose(stamp.data[0], linear, rtol=1e-3, atol=1e-3 * linear.max())
+
+
+def test_sources_without_a_usable_position_are_said_once(optical_model):
+    """Rows whose position is unreadable text, out of range (24 h, Dec 95) or NaN were
+    flagged BAD_INPUT without a word of astromorph's (astropy's IllegalHourWarning was the
+    only one, for '24:00:00', and is kept: `parse_angles` keeps astropy's warnings); one
+    UnusableInputWarning now counts them and names the first."""
+    w = sky_wcs()
+    good = catalogue(w, [(100, 100)])
+    ra, dec = good["ra"][0], good["dec"][0]
+    hms = Angle(ra, u.deg).to_string(u.hourangle, sep=":")
+    dms = Angle(dec, u.deg).to_string(u.deg, sep=":")
+    cat = Table({"ra": [hms, "xx", "24:00:00", hms], "dec": [dms, dms, dms, "95:00:00"]})
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = astromorph.annotate(cat, (blobs(), w), model=optical_model, stamp_size=8)
+    assert np.asarray(out["opt_flags"]).tolist() == [0, 32, 32, 32]
+    ours = [str(c.message) for c in caught if issubclass(c.category, UnusableInputWarning)]
+    assert len(ours) == 1, [str(c.message) for c in caught]
+    assert "3 of 4 source(s) could not be scored (first: no usable position" in ours[0]
+    with warnings.catch_warnings():  # a clean catalogue: not a word
+        warnings.simplefilter("error")
+        astromorph.annotate(good, (blobs(), w), model=optical_model, stamp_size=8)
