@@ -31,12 +31,20 @@ import numpy as np
 from .exceptions import InputError
 from .preprocessing._checks import invalid_pixels
 
-__all__ = ["SkyImage", "StampResult", "cut_stamps", "STAMP_CHUNK", "STRIP_PIXELS"]
+__all__ = ["SkyImage", "StampResult", "cut_stamps", "STAMP_CHUNK", "SAMPLE_PIXELS",
+           "STRIP_PIXELS"]
 
 log = logging.getLogger(__name__)
 
-#: Sources per vectorised chunk (bounds memory: chunk * size**2 * ~100 bytes).
+#: Sources per part of `annotate` (a thread's unit of work; see also
+#: `astromorph._annotate.PART_PIXELS`).
 STAMP_CHUNK = 512
+
+#: Stamp pixels that `cut_stamps` maps and samples together (its chunk of sources, at
+#: least one stamp): the working memory of a chunk is some 40 bytes a stamp pixel (pixel
+#: coordinates, integer indices and the four neighbours of `_take_bilinear`), about 20 MB
+#: for 2**19 pixels, whatever the number of sources (512 stamps of 64 x 64 took 190 MB).
+SAMPLE_PIXELS = 1 << 19
 
 #: Bytes that the whole-image copies of `SkyImage.resident` may hold together
 #: (all images alive at once: the tiles of a mosaic share the budget).
@@ -521,25 +529,48 @@ def _pixel_maps(image, lon, lat, size, scale_arcsec, up_angle):
 _SENTINEL_TRACE = 1e18
 
 
-def _take_bilinear(image, x, y):
+def _take_bilinear(image, x, y, out=None):
     """Bilinear samples at pixel coordinates ``x``, ``y`` (clipped to the image) from
-    values read with `SkyImage.take` (scaled, BLANK and masking sentinels -> NaN)."""
+    values read with `SkyImage.take` (scaled, BLANK and masking sentinels -> NaN), written
+    into ``out`` (float32, the shape of ``x``) where given.
+
+    Indices are int32 where the image has fewer than 2**31 pixels, and the arithmetic is
+    done in place on the float32 arrays, in the order of
+    ``top + fy * (bottom - top)`` with ``top = v00 + fx * (v01 - v00)``.
+    """
     ny, nx = image.shape
-    xc = np.clip(x, 0, nx - 1)
-    yc = np.clip(y, 0, ny - 1)
-    x0 = np.minimum(np.floor(xc).astype(np.int64), max(nx - 2, 0))
-    y0 = np.minimum(np.floor(yc).astype(np.int64), max(ny - 2, 0))
-    fx = (xc - x0).astype(np.float32)
-    fy = (yc - y0).astype(np.float32)
-    base = y0 * nx + x0
+    index = np.int32 if ny * nx < 2 ** 31 else np.intp
+    fx = np.clip(x, 0, nx - 1)
+    fy = np.clip(y, 0, ny - 1)
+    x0 = np.minimum(fx.astype(index), max(nx - 2, 0))  # (truncation: floor of values >= 0)
+    y0 = np.minimum(fy.astype(index), max(ny - 2, 0))
+    np.subtract(fx, x0, out=fx)  # the fractions, computed in float64, rounded to float32
+    np.subtract(fy, y0, out=fy)
+    fx, fy = fx.astype(np.float32, copy=False), fy.astype(np.float32, copy=False)
+    base = np.multiply(y0, nx, out=y0)
+    base += x0
+    del x0
     step_x = 1 if nx > 1 else 0
     step_y = nx if ny > 1 else 0
     v00 = image.take(base)
-    v01 = image.take(base + step_x)
-    v10 = image.take(base + step_y)
-    v11 = image.take(base + step_x + step_y)
-    top = v00 + fx * (v01 - v00)
-    return top + fy * (v10 + fx * (v11 - v10) - top)
+    base += step_x
+    top = image.take(base)  # v01
+    base += step_y
+    bottom = image.take(base)  # v11
+    base -= step_x
+    v10 = image.take(base)
+    del base
+    top -= v00
+    top *= fx
+    top += v00  # v00 + fx * (v01 - v00)
+    del v00
+    bottom -= v10
+    bottom *= fx
+    bottom += v10  # v10 + fx * (v11 - v10)
+    del v10, fx
+    bottom -= top
+    bottom *= fy
+    return np.add(top, bottom, out=out)
 
 
 def _bilinear(image, xy, out=None):
@@ -592,11 +623,7 @@ def _bilinear(image, xy, out=None):
             if near.any():
                 out[near] = _take_bilinear(image, x[near], y[near])
     else:
-        value = _take_bilinear(image, x, y)
-        if out is None:
-            out = value
-        else:
-            out[...] = value
+        out = _take_bilinear(image, x, y, out=out)
     if edge.any():
         on_edge = out[edge]
         on_edge[~inside] = np.nan
@@ -604,7 +631,7 @@ def _bilinear(image, xy, out=None):
     return out, n_inside
 
 
-def cut_stamps(image, lon, lat, *, size, pixel_scale, up_angle=0.0, chunk=STAMP_CHUNK,
+def cut_stamps(image, lon, lat, *, size, pixel_scale, up_angle=0.0, chunk=None,
                antialias=True):
     """Resample stamps of many sources from one image onto their tangent-plane grids.
 
@@ -622,6 +649,10 @@ def cut_stamps(image, lon, lat, *, size, pixel_scale, up_angle=0.0, chunk=STAMP_
         stamp's up direction; 0 puts that north up and east left. `annotate`
         passes the angle of ICRS north, so that the stamps of images in
         Galactic or other frames are oriented like those of ICRS images.
+    chunk : int, optional
+        Sources mapped and sampled together; default: as many stamps as `SAMPLE_PIXELS`
+        holds (at least one), which bounds the working memory. The stamps do not depend
+        on it.
     antialias : bool
         Block-average the image before sampling where stamp pixels cover
         two or more image pixels.
@@ -639,6 +670,8 @@ def cut_stamps(image, lon, lat, *, size, pixel_scale, up_angle=0.0, chunk=STAMP_
     outside = np.zeros(n)
     blank = np.zeros(n)
     zoom = np.ones(n)
+    if chunk is None:
+        chunk = max(1, SAMPLE_PIXELS // size ** 2)
     for start in range(0, n, chunk):
         sl = slice(start, min(start + chunk, n))
         xy, z = _pixel_maps(image, lon[sl], lat[sl], size, scale[sl], up_angle[sl])

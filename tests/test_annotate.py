@@ -283,6 +283,75 @@ def test_chunks_with_mixed_block_factors():
     np.testing.assert_array_equal(parts.stamps, one.stamps)
 
 
+
+def _take_bilinear_as_before(image, x, y, out=None):
+    """`_cutouts._take_bilinear` as it was (int64 indices, a new array per operation): the
+    values that the in-place, int32 version must give bit for bit."""
+    ny, nx = image.shape
+    xc, yc = np.clip(x, 0, nx - 1), np.clip(y, 0, ny - 1)
+    x0 = np.minimum(np.floor(xc).astype(np.int64), max(nx - 2, 0))
+    y0 = np.minimum(np.floor(yc).astype(np.int64), max(ny - 2, 0))
+    fx, fy = (xc - x0).astype(np.float32), (yc - y0).astype(np.float32)
+    base, step_x, step_y = y0 * nx + x0, 1 if nx > 1 else 0, nx if ny > 1 else 0
+    v00, v01 = image.take(base), image.take(base + step_x)
+    v10, v11 = image.take(base + step_y), image.take(base + step_x + step_y)
+    top = v00 + fx * (v01 - v00)
+    value = top + fy * (v10 + fx * (v11 - v10) - top)
+    if out is not None:
+        out[...] = value
+    return value
+
+
+@pytest.mark.parametrize("where", [">f4", "int16", "native memmap", "in memory"])
+def test_stamps_do_not_depend_on_the_sampling_budget(tmp_path, monkeypatch, where):
+    """`cut_stamps` maps and samples as many stamps together as `SAMPLE_PIXELS` holds (at
+    least one): any budget, one smaller than a stamp included, gives the stamps, bit for
+    bit, of one chunk of all sources sampled the way it was before (int64 indices, new
+    arrays), page by page (big-endian and scaled memory maps, with on-demand block means),
+    through ``map_coordinates`` with masking sentinels sampled again, or in memory."""
+    from astromorph import _cutouts
+
+    n = 600  # stamps at 1"/px on 0.4"/px (blocks of 2 x 2) stay sparse: block means on demand
+    img, w = blobs(n, count=300), sky_wcs(n)
+    if where != "int16":  # masked rows (int16: BLANK, below)
+        img[300:310, :] = -1e30 if where == "native memmap" else np.nan
+    rng = np.random.default_rng(11)
+    c = w.pixel_to_world(*rng.uniform(-8, n + 8, (2, 23)))  # edges and off the image too
+    scale = np.where(np.arange(23) % 4 == 0, 1.0, SCALE)  # two block factors in a chunk
+    monkeypatch.setattr(_cutouts, "RESIDENT_MAX_BYTES", 0)  # never read whole
+    if where == "native memmap":
+        data = np.memmap(tmp_path / "img.raw", np.float32, "w+", shape=img.shape)
+        data[:] = img
+    elif where != "in memory":
+        hdu = image_hdu(img, w, where)
+        if where == "int16":
+            hdu.header["BLANK"] = -32768
+            hdu.data[300:310, :] = -32768
+        hdu.writeto(tmp_path / "img.fits")
+
+    def cut(budget, take=_cutouts._take_bilinear):
+        monkeypatch.setattr(_cutouts, "SAMPLE_PIXELS", budget)
+        monkeypatch.setattr(_cutouts, "_take_bilinear", take)
+        if where == "native memmap":
+            image = SkyImage(data, w)
+        elif where == "in memory":
+            image = SkyImage(img, w)
+        else:
+            [image] = parse_sky_images(str(tmp_path / "img.fits"))
+        res = cut_stamps(image, c.ra.deg, c.dec.deg, size=SIZE, pixel_scale=scale)
+        assert image._resident is (img if where == "in memory" else None)
+        assert isinstance(image.level(2, 2), _cutouts._BinnedView) == (where != "in memory")
+        return res
+
+    before = cut(1 << 40, take=_take_bilinear_as_before)
+    assert np.isfinite(before.stamps).any() and np.isnan(before.stamps).any()
+    assert (before.outside > 0).any() and (before.blank > 0).any()
+    for budget in (1, SIZE ** 2 - 1, 3 * SIZE ** 2 + 5, 1 << 40):
+        res = cut(budget)
+        np.testing.assert_array_equal(res.stamps, before.stamps)
+        for key in ("outside", "blank", "zoom"):
+            np.testing.assert_array_equal(getattr(res, key), getattr(before, key))
+
 def test_page_by_page_sampling_of_a_non_square_scaled_image(tmp_path, monkeypatch):
     """Scaled integer data read page by page (`SkyImage.take`) give the stamps of the same
     image in memory, on a non-square image (rows are nx pixels apart)."""
