@@ -15,6 +15,7 @@ from ..exceptions import AstromorphWarning
 
 __all__ = ["HeaderFacts", "band_keyword", "band_of_header", "beam_of_header", "flux_unit_note",
            "header_facts", "normalise_band", "parse_fits_bytes", "read_fits",
+           "read_fits_bytes",
            "saturation_of_header", "stokes_i", "warn_flux_units"]
 
 _MEMBERS = ("science", "reference", "difference")
@@ -694,12 +695,12 @@ def header_facts(header, primary=None):
                          for used, read in _FACT_READERS))
 
 
-def _stamps_from_array(path, data, header_get, scale, header_hdu, triplet_hint, primary=None):
+def _stamps_from_array(source, path, data, header_get, scale, header_hdu, triplet_hint,
+                       primary=None):
     """Stamps from one image array (2-D, 3-D cube or 4-D stack of stamps), with what the
     header says of the pixel unit, the restoring beam and the saturation level
     (`header_facts`); ``primary``: the file's primary header where the image is an
     extension's."""
-    source = str(path)
     data = _squeeze(data)
     header = _GetDict(header_get)
     if data.ndim == 2:
@@ -814,31 +815,10 @@ def read_fits(path, *, want_scale, triplet_hint):
     try:
         size = path.stat().st_size
         if size <= _FAST_MAX_BYTES:
-            buf = path.read_bytes()
-            gzipped = buf[:2] == b"\x1f\x8b"
-            if gzipped:
-                try:
-                    buf = _gunzip(buf)
-                except zlib.error as exc:
-                    return [Stamp(source, path).flag(Flag.BAD_INPUT,
-                                                     f"corrupt or truncated gzip: {exc}")]
-            if buf.startswith(b"SIMPLE  ="):
-                fast = _fast_fits(buf, primary_only=False, want_scale=want_scale)
-                if fast is not None:
-                    data, scale, get = fast
-                    data, why = stokes_i(data, get)
-                    if why:
-                        return [Stamp(source, path).flag(Flag.BAD_INPUT, why)]
-                    return _stamps_from_array(path, data, get, scale, 0, triplet_hint)
-                # Before astropy sees it: a header whose layout keywords are nonsense gives
-                # astropy's cryptic errors at best, and a gzipped one can hang it for good
-                # (NAXIS1 = -64 in a .fits.gz never returns from fits.open).
-                problem = malformed_header(_buffer_reader(buf))
-                if problem:
-                    return [Stamp(source, path).flag(
-                        Flag.BAD_INPUT, f"malformed FITS header in {path.name} {problem}")]
-            else:
-                return [Stamp(source, path).flag(Flag.BAD_INPUT, _not_fits(buf, gzipped))]
+            stamps, _ = _read_fits_buffer(path.read_bytes(), source, path, path.name,
+                                          want_scale=want_scale, triplet_hint=triplet_hint)
+            if stamps is not None:
+                return stamps
         else:
             # a large file: astropy memory-maps it; a gzipped one is checked first as above,
             # on its primary header only (the others would cost a second decompression)
@@ -855,15 +835,66 @@ def read_fits(path, *, want_scale, triplet_hint):
     return _read_fits_astropy(path, want_scale=want_scale, triplet_hint=triplet_hint)
 
 
-def _read_fits_astropy(path, *, want_scale, triplet_hint):
+def read_fits_bytes(blob, *, source, want_scale=True, triplet_hint=False):
+    """The stamps of FITS bytes (gzipped or not), read as `read_fits` reads a file of those
+    bytes: a cube gives its planes as bands (named by BANDi/FILTERi/PLANEi) or as a
+    triplet, one image HDU per band or triplet member gives them stacked, with the facts
+    its headers give (`header_facts`). ``source`` names the stamps (``path`` is None)."""
+    stamps, buf = _read_fits_buffer(blob, source, None, None, want_scale=want_scale,
+                                    triplet_hint=triplet_hint)
+    if stamps is not None:
+        return stamps
+    return _read_fits_astropy(None, want_scale=want_scale, triplet_hint=triplet_hint,
+                              buf=buf, source=source, gzipped=blob[:2] == b"\x1f\x8b")
+
+
+def _read_fits_buffer(buf, source, path, name, *, want_scale, triplet_hint):
+    """`read_fits` of the whole content of a FITS stream held in memory, where it needs no
+    astropy: ``(stamps, None)``; else ``(None, data)``, the uncompressed bytes for
+    `_read_fits_astropy`. ``name``: the file's name, said in reasons (None for bytes)."""
+    try:
+        gzipped = buf[:2] == b"\x1f\x8b"
+        if gzipped:
+            try:
+                buf = _gunzip(buf)
+            except zlib.error as exc:
+                return [Stamp(source, path).flag(Flag.BAD_INPUT,
+                                                 f"corrupt or truncated gzip: {exc}")], None
+        if not buf.startswith(b"SIMPLE  ="):
+            return [Stamp(source, path).flag(Flag.BAD_INPUT, _not_fits(buf, gzipped))], None
+        fast = _fast_fits(buf, primary_only=False, want_scale=want_scale)
+        if fast is not None:
+            data, scale, get = fast
+            data, why = stokes_i(data, get)
+            if why:
+                return [Stamp(source, path).flag(Flag.BAD_INPUT, why)], None
+            return _stamps_from_array(source, path, data, get, scale, 0, triplet_hint), None
+        # Before astropy sees it: a header whose layout keywords are nonsense gives
+        # astropy's cryptic errors at best, and a gzipped one can hang it for good
+        # (NAXIS1 = -64 in a .fits.gz never returns from fits.open).
+        problem = malformed_header(_buffer_reader(buf))
+        if problem:
+            return [Stamp(source, path).flag(
+                Flag.BAD_INPUT, f"malformed FITS header in {name + ' ' if name else ''}"
+                f"{problem}")], None
+    except ValueError as exc:
+        return [Stamp(source, path).flag(Flag.BAD_INPUT, f"cannot read FITS: {exc}")], None
+    return None, buf
+
+
+def _read_fits_astropy(path, *, want_scale, triplet_hint, buf=None, source=None,
+                       gzipped=False):
+    """`read_fits` by astropy, of the file at ``path`` or, with ``buf``, of the uncompressed
+    FITS bytes ``buf`` (``path`` None; ``gzipped``: whether they were), whose stamps
+    ``source`` names."""
     from astropy.io import fits
 
-    source = str(path)
+    source = str(path) if source is None else source
     try:
         with catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            with fits.open(path, memmap=True, do_not_scale_image_data=True,
-                           lazy_load_hdus=False) as hdul:
+            with fits.open(path if buf is None else io.BytesIO(buf), memmap=buf is None,
+                           do_not_scale_image_data=True, lazy_load_hdus=False) as hdul:
                 images, empty, stokes = [], {}, {}
                 # astropy reads a second primary HDU (a file joined to the first) as one more
                 second = next((hdu.fileinfo()["hdrLoc"] for i, hdu in enumerate(hdul)
@@ -887,6 +918,9 @@ def _read_fits_astropy(path, *, want_scale, triplet_hint):
         if truncated:
             raise ValueError(truncated[0])
     except Exception as exc:  # noqa: BLE001 - astropy raises many kinds for corrupt files
+        if buf is not None:
+            return [Stamp(source, path).flag(Flag.BAD_INPUT,
+                                             _unreadable(exc, _buffer_reader(buf)))]
         try:
             read, close, _ = _file_reader(path)
         except OSError:
@@ -897,16 +931,17 @@ def _read_fits_astropy(path, *, want_scale, triplet_hint):
             close()
         return [Stamp(source, path).flag(Flag.BAD_INPUT, reason)]
     if second is not None:
-        with open(path, "rb") as f:
-            gzipped = f.read(2) == b"\x1f\x8b"
+        if buf is None:
+            with open(path, "rb") as f:
+                gzipped = f.read(2) == b"\x1f\x8b"
         return [Stamp(source, path).flag(Flag.BAD_INPUT, _two_files(second, gzipped))]
     if not images:
         return [Stamp(source, path).flag(
             Flag.BAD_INPUT, "; ".join(stokes.values()) or "no image HDU with data")]
     if len(images) == 1:
         i, _, data, scale = images[0]
-        stamps = _stamps_from_array(path, data, headers[i].get, scale, i, triplet_hint,
-                                    primary if i else None)
+        stamps = _stamps_from_array(source, path, data, headers[i].get, scale, i,
+                                    triplet_hint, primary if i else None)
         if empty:  # one HDU per band with one band filled: the others are named as empty
             labels = {band_of_header(h): _empty_label(j, h) for j, h in empty.items()}
             for stamp in stamps:
