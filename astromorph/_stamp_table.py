@@ -13,8 +13,8 @@ from astropy.table import Table
 
 from ._flags import Flag
 from ._progress import progress_bar
-from ._readers import Stamp, parse_fits_bytes
-from ._readers._fits import HeaderFacts, _levels_array, warn_flux_units
+from ._readers import Stamp
+from ._readers._fits import HeaderFacts, _levels_array, read_fits_bytes, warn_flux_units
 from ._readers._stamp import common_pixel_scale
 from .preprocessing._triplet import _SENTINEL
 from ._warnings import warn
@@ -326,12 +326,12 @@ def _cell_getter(col):
     return get
 
 
-def _cell(value):
-    """``(array, pixel_scale, colour, facts)`` of one table cell (``colour``: an 8-bit
-    ``(H, W, 3)`` picture, whose masked pixels are NaN display values; ``facts``: what the
-    header of FITS bytes says of the beam, pixel unit and saturation level,
-    `~astromorph._readers._fits.HeaderFacts`, else None); ``(None, None, False, None)``
-    when empty."""
+def _cell(value, triplet_hint=False):
+    """``(array, pixel_scale, colour, read)`` of one table cell (``colour``: an 8-bit
+    ``(H, W, 3)`` picture, whose masked pixels are NaN display values; ``read``: for FITS
+    bytes, the list of `Stamp` that `read_fits_bytes` makes of them, as of a file of those
+    bytes, ``array`` and ``pixel_scale`` then None, else None); ``(None, None, False,
+    None)`` when empty. ``triplet_hint``: for a difference-imaging model, as for files."""
     empty = None, None, False, None
     if value is None or value is np.ma.masked:
         return empty
@@ -344,8 +344,7 @@ def _cell(value):
         blob = bytes(value)
         if not blob:
             return empty
-        data, scale, facts = parse_fits_bytes(blob, return_facts=True)
-        return data, scale, False, facts
+        return None, None, False, read_fits_bytes(blob, source="", triplet_hint=triplet_hint)
     if isinstance(value, np.ma.MaskedArray) and value.size and np.ma.getmaskarray(value).all():
         return empty  # a fully masked cell (of a multidimensional MaskedColumn)
     colour = _is_colour(np.shape(value), getattr(value, "dtype", None))
@@ -418,19 +417,41 @@ def _negate_difference(data, rows=None):
 
 
 def _row_stamp(i, cells, names, family):
-    """The `Stamp` of row ``i`` from its cells (one per stamp column), with what the headers
-    of FITS bytes say of the beam, pixel unit and saturation level of each plane, as
-    `~astromorph._readers._fits.read_fits` gives them to a file."""
+    """The `Stamp` of row ``i`` from its cells (one per stamp column). FITS bytes are read
+    as a file of those bytes is (`read_fits_bytes`): one column of them gives the file's
+    stamp (a cube's planes as bands or a triplet, one image HDU per band or triplet
+    member), several give a 2-D plane each, with what their headers say of the beam, pixel
+    unit and saturation level of each plane, as `~astromorph._readers._fits.read_fits`
+    gives them to a file of one HDU per plane."""
     stamp = Stamp(str(i), None, index=i)
     planes, scales, facts, colour = [], [], [], False
     for name, value in zip(names, cells):
         try:
-            data, s, colour, said = _cell(value)
+            data, s, colour, read = _cell(value, triplet_hint=family == "triplet")
         except ValueError as exc:
             return stamp.flag(Flag.BAD_INPUT, f"{name}: {exc}")
-        if data is None:
+        if read is not None:  # FITS bytes
+            if len(read) > 1:
+                return stamp.flag(Flag.BAD_INPUT, f"{name}: a stack of {len(read)} stamps (a "
+                                  "4-D image), not one stamp")
+            read = read[0]
+            if not read.usable:
+                stamp.reason.extend(f"{name}: {r}" for r in read.reason)
+                return stamp.flag(read.flags)
+            if len(names) == 1:  # the file's stamp, as the row's
+                read.source, read.index, read.header_hdu = stamp.source, i, None
+                return read
+            if read.kind != "bands" or len(read.data) != 1:
+                return stamp.flag(Flag.BAD_INPUT,
+                                  f"{name}: shape {read.data.shape}, not a 2-D image")
+            data, s = read.data[0], read.pixel_scale
+            said = HeaderFacts(read.beam, read.flux_note,
+                               None if read.saturation is None else float(read.saturation[0]))
+        elif data is None:
             planes.append(None)
             continue
+        else:
+            said = None
         if len(names) > 1 and np.ndim(data) != 2:
             return stamp.flag(Flag.BAD_INPUT, f"{name}: shape {np.shape(data)}, not a 2-D image")
         planes.append(data)
@@ -468,14 +489,13 @@ def _row_stamp(i, cells, names, family):
             return stamp.flag(Flag.BAD_INPUT, f"{names[0]}: shape {data.shape}, not an image, "
                               "cube or colour picture")
     stamp.data, stamp.pixel_scale = data, scale
-    if facts.count(None) + facts.count(_NO_FACTS) < len(facts):  # what FITS headers say
+    if facts.count(None) + facts.count(_NO_FACTS) < len(facts):  # FITS bytes, one per plane
         facts = [f or HeaderFacts() for f in facts]
         # the coarsest of the planes' beams, as annotate takes the coarsest of the bands'
         stamp.beam = max((f.beam for f in facts if f.beam is not None), default=None)
         notes = [(nm, f.flux_note) for nm, f in zip(names, facts) if f.flux_note]
         if notes:  # the first, as for a file of one HDU per band
-            stamp.flux_note = notes[0][1] if len(names) == 1 \
-                else f"{notes[0][1]} ({notes[0][0]})"
+            stamp.flux_note = f"{notes[0][1]} ({notes[0][0]})"
         if stamp.kind != "colour" and len(data) == len(facts):  # a level for each plane
             stamp.saturation = _levels_array([f.saturation for f in facts])
     return stamp
