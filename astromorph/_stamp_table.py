@@ -435,7 +435,7 @@ def _row_stamp(i, cells, names, family):
                 return stamp.flag(Flag.BAD_INPUT, f"{name}: a stack of {len(read)} stamps (a "
                                   "4-D image), not one stamp")
             read = read[0]
-            if not read.usable:
+            if read.kind is None:  # unusable (`Stamp.flag` clears the kind)
                 stamp.reason.extend(f"{name}: {r}" for r in read.reason)
                 return stamp.flag(read.flags)
             if len(names) == 1:  # the file's stamp, as the row's

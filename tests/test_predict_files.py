@@ -2124,3 +2124,33 @@ def test_saturated_band_image_is_flagged_for_galaxy_models(models, tmp_path):
     assert cube["morph_flags"] & Flag.SATURATED and "band r reaches" in cube["reason"]
     assert not row(table, tmp_path / "ugriz.fits")["morph_flags"] & Flag.SATURATED
     assert not row(table, tmp_path / "free.fits")["morph_flags"] & Flag.SATURATED
+
+
+def test_auxiliary_extensions_keep_the_fast_fits_path(tmp_path, monkeypatch):
+    """A primary image followed by auxiliary extensions only (MASK, UNCERT: Rubin cutouts,
+    astropy CCDData) gives the primary image alone, as astropy's path does, without
+    astropy: table cells of such bytes are read as files now and must not cost an
+    astropy open each. Other trailing HDUs (an image extension of its own, a truncated
+    or malformed auxiliary one) are left to astropy."""
+    from astromorph._readers._fits import _fast_fits, read_fits_bytes
+
+    data = triplet()[0]
+    blob = fits_bytes(data, scale=0.2, extensions=True)
+    (tmp_path / "ccd.fits").write_bytes(blob)
+    slow = _read_fits_astropy(tmp_path / "ccd.fits", want_scale=True, triplet_hint=False)
+    with monkeypatch.context() as m:
+        m.setattr(fits, "open", lambda *a, **k: pytest.fail("astropy opened the file"))
+        for stamps in (read_file(tmp_path / "ccd.fits"), read_fits_bytes(blob, source="c")):
+            (stamp,) = stamps
+            np.testing.assert_array_equal(stamp.data, slow[0].data)
+            assert stamp.pixel_scale == pytest.approx(slow[0].pixel_scale)
+            assert (stamp.kind, stamp.bands, stamp.flags) == (slow[0].kind, slow[0].bands, 0)
+    hdul = fits.HDUList.fromfile(io.BytesIO(blob))
+    own = fits.HDUList([*hdul, fits.ImageHDU(data, name="R")])
+    buf = io.BytesIO()
+    own.writeto(buf)
+    bad = bytearray(blob)
+    at = bad.index(b"NAXIS1  =", 2880 * 3)  # in the MASK header
+    bad[at:at + 80] = b"NAXIS1  = 'abc'".ljust(80)
+    for other in (buf.getvalue(), blob[:-2880], bytes(bad)):
+        assert _fast_fits(other, primary_only=False, want_scale=True) is None

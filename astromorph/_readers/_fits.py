@@ -323,7 +323,8 @@ def _fast_fits(buf, *, primary_only, want_scale):
     if len(buf) < end + nbytes:
         raise ValueError(f"truncated FITS data: {len(buf) - end} of {nbytes} bytes present")
     if not primary_only and len(buf) > end + padded and (
-            get("EXTEND") is True or buf.startswith(b"SIMPLE  =", end + padded)):
+            get("EXTEND") is True or buf.startswith(b"SIMPLE  =", end + padded)) \
+            and not _auxiliary_only(buf, end + padded):
         return None  # extensions (or another file) follow: let astropy look at every HDU
     scale = None
     if want_scale:
@@ -336,6 +337,26 @@ def _fast_fits(buf, *, primary_only, want_scale):
                                    get("BLANK") if bitpix > 0 else None), get)
     get.keys = cards.keys  # the keywords present (`header_facts` skips a header without any)
     return data, scale, get
+
+
+def _auxiliary_only(buf, pos):
+    """Whether the HDUs of ``buf`` from ``pos`` on are all soundly laid out extensions with
+    an auxiliary EXTNAME (`_AUX_EXTNAMES`: the MASK and UNCERT of Rubin cutouts), which
+    `read_fits` skips: the primary image is then the one image, as astropy would find."""
+    for _ in range(_MAX_HDUS):
+        if pos == len(buf):
+            return True
+        try:
+            cards, keys, end = _parse_header(buf, pos)
+        except ValueError:  # trailing bytes, a truncated header: astropy says what they are
+            return False
+        problem, size = _header_problem(cards, extension=True) if keys[:1] == ["XTENSION"] \
+            else ("not an extension", None)
+        name = str(_card_value(cards.get("EXTNAME", "''"))).strip().upper()
+        pos = end + -(-size // 2880) * 2880 if not problem else None
+        if problem or name not in _AUX_EXTNAMES or len(buf) < pos:
+            return False
+    return False
 
 
 def _header_scale(header):
@@ -536,6 +557,10 @@ def _triplet_order(names):
 BAND_KEYS = ("BAND", "FILTER", ("FILTNAM1", "FILTNAM2"), ("FILTER1", "FILTER2"), "FILTNAME")
 
 
+_BAND_KEY_NAMES = frozenset(k for key in BAND_KEYS
+                            for k in (key if isinstance(key, tuple) else (key,)))
+
+
 def band_keyword(header, primary=None):
     """The text of the first band keyword (`BAND_KEYS`) of a FITS header, else None.
 
@@ -544,7 +569,8 @@ def band_keyword(header, primary=None):
     image in an extension (astropy does not inherit primary keywords).
     """
     for h in (header, primary):
-        if h is None:
+        keys = getattr(h, "keys", None)  # a header that tells its keywords: none of them
+        if h is None or (keys is not None and _BAND_KEY_NAMES.isdisjoint(keys())):
             continue
         for key in BAND_KEYS:
             given = [v for v in (str(h.get(k) or "").strip()
