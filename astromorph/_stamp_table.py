@@ -62,10 +62,14 @@ def annotate_stamps(table, *, model, columns=None, pixel_scale=None, negative=No
         pictures, which stay colour pictures, and in the radio data set's 8-bit grey images,
         which stay on its 0-255 scale, filled with the median rounded to an 8-bit level; a
         masked cell, or one whose values are all masked, has no stamp: the row is flagged `Flag.MISSING_BAND`) or FITS bytes, gzipped or not (the ``stampData``
-        of ZTF alert cutouts; a ``{"stampData": ...}`` dict also works), whose WCS gives the pixel scale
-        and whose header is read as that of a FITS file by `astromorph.predict_files`: its
-        restoring beam, pixel unit and saturation level (`Flag.SATURATED`) count, and a
-        Stokes cube gives its Stokes I plane. Default: the first complete set
+        of ZTF alert cutouts; a ``{"stampData": ...}`` dict also works), read as
+        `astromorph.predict_files` reads a file of those bytes: the WCS gives the pixel
+        scale; the restoring beam, pixel unit and saturation level (`Flag.SATURATED`) of
+        the header count; a Stokes cube gives its Stokes I plane; in a single column, a
+        cube (planes named by BANDn, FILTERn or PLANEn, else in the order above) or one
+        image HDU per plane (EXTNAME SCI/REF/DIFF, G/R/I...) is one stamp, as in a file.
+        With one column per plane, each cell holds one 2-D image. Default: the first
+        complete set
         among ``science/reference/difference``, ``sci/ref/diff``,
         ``cutoutScience/cutoutTemplate/cutoutDifference``, ``triplet``, ``stamps``,
         ``stamp`` (and ``image``, ``cutout``, ``g/r/i`` for the other models).
