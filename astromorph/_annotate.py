@@ -22,7 +22,7 @@ from ._progress import progress_bar
 from ._version import __version__
 from ._warnings import warn
 from .exceptions import (AmbiguousInputWarning, InputError, InvalidArgumentError,
-                         UnusableInputWarning)
+                         InvalidArgumentTypeError, UnusableInputWarning)
 
 __all__ = ["annotate", "ANNOTATE_CHUNK"]
 
@@ -152,6 +152,10 @@ def _sexagesimal(col, values, unit):
 def _positions(table, ra_col, dec_col, coord_col):
     """SkyCoord of every row and a mask of rows without a usable position."""
     from astropy.coordinates import SkyCoord  # imported here: it takes a while
+    for option, name in (("ra_col", ra_col), ("dec_col", dec_col), ("coord_col", coord_col)):
+        if name is not None and not isinstance(name, str):
+            raise InvalidArgumentTypeError(f"{option} must be a column name (str), got "
+                                           f"{name!r}")
     if coord_col is not None:
         if coord_col not in table.colnames:
             raise InputError(f"no column {coord_col!r} in the catalogue (columns: {table.colnames})")

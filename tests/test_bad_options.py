@@ -311,3 +311,22 @@ def test_unknown_keywords_name_the_public_function(call, name):
                        match=rf"^{name}\(\) got an unexpected keyword argument 'foo' "
                              r"\(it also takes: .+\)$"):
         call()
+
+
+POSITION_TABLE = Table({"embedding": _emb(), "ra": np.linspace(10, 11, 40),
+                        "dec": np.zeros(40)})
+
+
+@pytest.mark.parametrize("option", ["ra_col", "dec_col", "coord_col"])
+@pytest.mark.parametrize("value", [3, True, 2.5, ["ra"]])
+def test_column_name_options_of_the_wrong_type(tmp_path, option, value):
+    """A column-name option that is no string was an AttributeError ('int' object has no
+    attribute 'lower') from inside (ra_col/dec_col) or 'no column 3' (coord_col): it is
+    now an InvalidArgumentTypeError naming the option and the value, in `annotate` and
+    `SimilarityIndex.row_of_position` alike."""
+    index = astromorph.SimilarityIndex.from_table(POSITION_TABLE)
+    text = f"{option} must be a column name (str), got {value!r}"
+    _check(lambda: index.row_of_position((10.0, 0.0), **{option: value}), TYPE, text)
+    _check(lambda: astromorph.annotate(CAT, _fits(tmp_path), model="morphology",
+                                       size_col="r90", **{option: value}), TYPE, text)
+
