@@ -153,15 +153,21 @@ def clear_session_cache():
 
 
 def check_threads(threads):
-    """``threads`` as an int; `InvalidArgumentError` for a value that is no whole number
-    (``int()`` leaked ValueError/TypeError, e.g. for ``"x"``)."""
+    """``threads`` as an int; `InvalidArgumentError` for a number that is not whole (2.5,
+    NaN), `InvalidArgumentTypeError` for something that is no number (``"2"``, a bool), as
+    for ``batch_size`` (``int()`` leaked ValueError/TypeError, e.g. for ``"x"``)."""
+    import numpy as np
+
     try:
         value = int(threads)
-        whole = not isinstance(threads, bool) and value == threads
+        whole = not isinstance(threads, (bool, np.bool_, str, bytes)) and value == threads
     except (TypeError, ValueError, OverflowError):
         whole = False
     if not whole:
-        raise InvalidArgumentError(f"threads must be a whole number of threads, got {threads!r}")
+        number = isinstance(threads, (int, float, np.number)) and not isinstance(
+            threads, (bool, np.bool_))
+        raise (InvalidArgumentError if number else InvalidArgumentTypeError)(
+            f"threads must be a whole number of threads, got {threads!r}")
     return int(threads)
 
 

@@ -330,3 +330,15 @@ def test_column_name_options_of_the_wrong_type(tmp_path, option, value):
     _check(lambda: astromorph.annotate(CAT, _fits(tmp_path), model="morphology",
                                        size_col="r90", **{option: value}), TYPE, text)
 
+
+@pytest.mark.parametrize("value", [True, False, "2", None, [2]])
+def test_threads_of_the_wrong_type(value):
+    """threads=True or "2" was an InvalidArgumentError that is no TypeError, unlike
+    batch_size=True or "8": a value of the wrong type is now an InvalidArgumentTypeError
+    for both."""
+    if value is None:  # None is the default: ONNX Runtime's own choice
+        astromorph.load_model("morphology", threads=value)
+        return
+    _check(lambda: astromorph.load_model("morphology", threads=value), TYPE,
+           f"threads must be a whole number of threads, got {value!r}")
+
