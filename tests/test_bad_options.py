@@ -342,3 +342,25 @@ def test_threads_of_the_wrong_type(value):
     _check(lambda: astromorph.load_model("morphology", threads=value), TYPE,
            f"threads must be a whole number of threads, got {value!r}")
 
+
+def test_bools_are_no_seed_or_angle(fitted):
+    """seed=True was taken as the seed 1, max_separation=True as 1 arcsec: a boolean is
+    refused where a number is needed, as batch_size=True is."""
+    from astromorph.embeddings import GaussianMixture, embedding_map
+
+    _check(lambda: GaussianMixture(2, seed=True), TYPE, "seed")
+    _check(lambda: embedding_map(_emb(), method="pca", seed=True), TYPE, "seed")
+    index = fitted[2]
+    _check(lambda: index.row_of_position((10.0, 0.0), max_separation=True), TYPE,
+           "max_separation")
+
+
+@pytest.mark.parametrize("value", ["3", None, [3]])
+def test_k_that_is_no_number(fitted, value):
+    """k="3" or None was a plain InvalidArgumentError while k=True was an
+    InvalidArgumentTypeError: something that is no number is now the latter, as for
+    chunk_rows, batch_size and threads."""
+    emb, _, index, _, _ = fitted
+    _check(lambda: index.search(emb[:2], k=value), TYPE, f"k must be a whole number, got "
+           f"{value!r}")
+    _check(lambda: index.query(0, k=value), TYPE, f"k must be a whole number, got {value!r}")

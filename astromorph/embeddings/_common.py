@@ -12,6 +12,8 @@ def check_seed(seed):
     from ..exceptions import InvalidArgumentTypeError
 
     try:
+        if isinstance(seed, (bool, np.bool_)):  # numpy takes True as the seed 1
+            raise TypeError
         np.random.default_rng(seed)
     except (TypeError, ValueError):
         raise InvalidArgumentTypeError(f"seed must be a whole number or None, got "

@@ -26,7 +26,8 @@ BACKENDS = ("exact", "faiss", "hnswlib")
 
 def _whole(value, name):
     """``value`` as an int when it is a whole number, else `InvalidArgumentError`
-    (`InvalidArgumentTypeError` for a boolean: True is no row number or count)."""
+    (`InvalidArgumentTypeError` for something that is no number, e.g. a string or None, and
+    for a boolean: True is no row number or count)."""
     import operator
 
     if isinstance(value, (bool, np.bool_)):
@@ -37,7 +38,9 @@ def _whole(value, name):
         pass
     if isinstance(value, (float, np.floating)) and np.isfinite(value) and float(value).is_integer():
         return int(value)
-    raise InvalidArgumentError(f"{name} must be a whole number, got {value!r}")
+    number = isinstance(value, (int, float, np.number))
+    raise (InvalidArgumentError if number else InvalidArgumentTypeError)(
+        f"{name} must be a whole number, got {value!r}")
 
 
 def _rows_out_of_range(rows, n):
@@ -557,6 +560,9 @@ class SimilarityIndex:
             raise InvalidArgumentError(f"the position {position!r} is not finite")
         limit = None
         if max_separation is not None:
+            if isinstance(max_separation, (bool, np.bool_)):  # not 1 arcsec
+                raise InvalidArgumentTypeError(f"max_separation must be an angle (arcsec), "
+                                               f"got {max_separation!r}")
             try:
                 limit = u.Quantity(max_separation, u.arcsec)
             except (TypeError, ValueError, u.UnitsError):
