@@ -124,13 +124,13 @@ def provider_names(providers=None):
         if not isinstance(p, str):
             hint = ("; (name, options) pairs are not taken: choose the GPU with "
                     "$CUDA_VISIBLE_DEVICES" if isinstance(p, (tuple, list)) else "")
-            raise InvalidArgumentTypeError(f"execution provider names must be strings, got "
-                                           f"{p!r}{hint}")
+            raise InvalidArgumentTypeError(f"providers must be execution provider names "
+                                           f"(str), got {p!r} in {given!r}{hint}")
         full = PROVIDER_ALIASES.get(p.lower(), p)
         if not full.lower().endswith("executionprovider"):
             raise InvalidArgumentError(
-                f"unknown execution provider {p!r}; use 'auto', 'cpu', 'cuda' (or 'gpu'), "
-                "'tensorrt' or an ONNX Runtime provider name"
+                f"unknown execution provider {p!r} in providers={given!r}; use 'auto', "
+                "'cpu', 'cuda' (or 'gpu'), 'tensorrt' or an ONNX Runtime provider name"
                 + (f" (from ${PROVIDERS_ENV})" if from_env else ""))
         if full not in requested:
             requested.append(full)

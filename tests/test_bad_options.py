@@ -364,3 +364,18 @@ def test_k_that_is_no_number(fitted, value):
     _check(lambda: index.search(emb[:2], k=value), TYPE, f"k must be a whole number, got "
            f"{value!r}")
     _check(lambda: index.query(0, k=value), TYPE, f"k must be a whole number, got {value!r}")
+
+
+@pytest.mark.parametrize("value, error, text", [
+    ([3], TYPE, "providers must be execution provider names (str), got 3 in [3]"),
+    (["cpu", None], TYPE, "providers must be execution provider names (str), got None in "
+                          "['cpu', None]"),
+    ("quantum", VALUE, "unknown execution provider 'quantum' in providers='quantum'"),
+    (["cpu", "quantum"], VALUE, "unknown execution provider 'quantum' in providers=['cpu', "
+                                "'quantum']"),
+])
+def test_bad_providers_name_the_option(value, error, text):
+    """The errors for a bad entry of ``providers`` did not name the option (``execution
+    provider names must be strings, got 3``): they now name it and the whole value, as
+    every other option's errors do."""
+    _check(lambda: astromorph.load_model("morphology", providers=value), error, text)
