@@ -325,7 +325,7 @@ class LabelEvaluation:
             Without matplotlib.
         """
         from ._io import atomic_output, check_output
-        from ._plotting import picture_format
+        from ._plotting import picture_format, save_figure
         from .preprocessing._checks import check_number
 
         kinds = _PLOT_KINDS[self._classifier]
@@ -354,7 +354,7 @@ class LabelEvaluation:
             fig = reliability_figure(np.stack([1 - s, s], 1), a["real"], title=title)
         if path is not None:
             with atomic_output(path, overwrite=overwrite) as tmp:
-                fig.savefig(tmp, dpi=dpi, format=fmt)
+                save_figure(fig, tmp, dpi=dpi, fmt=fmt)
             log.info("wrote %s", path)
         return fig
 

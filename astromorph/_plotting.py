@@ -4,7 +4,7 @@ from pathlib import Path
 
 from .exceptions import InvalidArgumentError, MissingDependencyError
 
-__all__ = ["matplotlib", "figure", "colormap", "picture_format"]
+__all__ = ["matplotlib", "figure", "colormap", "picture_format", "save_figure"]
 
 
 def matplotlib():
@@ -49,3 +49,16 @@ def picture_format(path):
             f"picture {str(path)!r}: its extension names no picture format; use .png "
             f"(or {', '.join('.' + f for f in formats if f != 'png')})")
     return fmt
+
+
+def save_figure(fig, file, *, dpi, fmt):
+    """``fig.savefig(file, dpi=dpi, format=fmt)``; `InvalidArgumentError` naming ``dpi``
+    where it is too small for FreeType to draw the figure's text (matplotlib's
+    ``RuntimeError: FT_Set_Char_Size ... invalid ppem value``, e.g. for ``dpi=3``)."""
+    try:
+        fig.savefig(file, dpi=dpi, format=fmt)
+    except RuntimeError as exc:
+        if "ppem" not in str(exc):
+            raise
+        raise InvalidArgumentError(f"dpi={dpi!r} is too small to draw the picture's text; "
+                                   f"use a larger dpi (e.g. 100)") from exc

@@ -379,3 +379,17 @@ def test_bad_providers_name_the_option(value, error, text):
     provider names must be strings, got 3``): they now name it and the whole value, as
     every other option's errors do."""
     _check(lambda: astromorph.load_model("morphology", providers=value), error, text)
+
+
+def test_dpi_too_small_to_draw_text(tmp_path, fitted):
+    """dpi=3 passed the 'positive' check and failed inside matplotlib with
+    ``RuntimeError: FT_Set_Char_Size ... invalid ppem value``: it is now an
+    InvalidArgumentError naming dpi, and no picture is left behind."""
+    pytest.importorskip("matplotlib")
+    emb, _, index, _, _ = fitted
+    result = index.query(0, k=3)
+    _check(lambda: index.gallery(result, tmp_path / "g.png", images=np.zeros((40, 8, 8)),
+                                 dpi=3), VALUE, "dpi=3")
+    _check(lambda: astromorph.evaluate_labels(RB, "real", model="real-bogus").plot(
+        tmp_path / "e.png", dpi=3), VALUE, "dpi=3")
+    assert list(tmp_path.iterdir()) == []

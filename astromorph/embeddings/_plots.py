@@ -14,7 +14,7 @@ import numpy as np
 
 from ._common import check_seed, embedding_matrix
 from .._io import atomic_output, check_input_file, check_output
-from .._plotting import colormap, figure, picture_format
+from .._plotting import colormap, figure, picture_format, save_figure
 from .._warnings import warn
 from ..exceptions import (InputError, InvalidArgumentError, InvalidArgumentTypeError,
                           MissingDependencyError, UnusableInputWarning)
@@ -254,7 +254,7 @@ def gallery(index, result, path, *, images=None, source_column=None, query_image
     fig.tight_layout()
     path = Path(path)
     with atomic_output(path, overwrite=overwrite) as tmp:
-        fig.savefig(tmp, dpi=dpi, format=fmt)
+        save_figure(fig, tmp, dpi=dpi, fmt=fmt)
     log.info("wrote gallery %s", path)
     _warn_missing(missing, len(tiles))
     return path
@@ -483,5 +483,5 @@ def plot_map(embeddings, path, *, labels=None, method="auto", max_points=TSNE_MA
     fig.tight_layout()
     path = Path(path)
     with atomic_output(path, overwrite=overwrite) as tmp:
-        fig.savefig(tmp, dpi=dpi, format=fmt)
+        save_figure(fig, tmp, dpi=dpi, fmt=fmt)
     return coords, rows
