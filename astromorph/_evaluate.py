@@ -526,9 +526,10 @@ def evaluate_labels(table, truth, *, model, labels=None, threshold=None, target_
         card's class names, in any case (``labels`` translates others); real-bogus scores: booleans,
         0/1 or ``real``/``bogus`` (real = 1). Masked, empty, NaN or None values are
         unlabelled rows, left out and counted.
-    model : str or os.PathLike
-        The model (name or path) that made the columns; its card gives the prefix, the
-        classes and, for a score, the ``recommended_threshold``.
+    model : str, os.PathLike or Model
+        The model (name, path or loaded `Model`, as for `annotate`) that made the columns;
+        its card gives the prefix, the classes and, for a score, the
+        ``recommended_threshold``.
     labels : dict, optional
         Your label -> the model's, e.g. ``{"E": "elliptical", "S": "spiral"}`` or
         ``{"FR1": "FRI"}``, or ``{0: "elliptical", 1: "spiral"}`` for class ids (also
@@ -575,10 +576,11 @@ def evaluate_labels(table, truth, *, model, labels=None, threshold=None, target_
     astromorph.exceptions.InvalidArgumentTypeError
         An option of the wrong type.
     """
+    from ._model import Model
     from ._registry import model_card
     from .preprocessing._checks import check_bool
 
-    card = model_card(model)
+    card = model.card if isinstance(model, Model) else model_card(model)
     name = card["name"]
     if not isinstance(truth, str):
         raise InvalidArgumentTypeError(f"truth must be a column name, got {truth!r}")

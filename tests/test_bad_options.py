@@ -393,3 +393,13 @@ def test_dpi_too_small_to_draw_text(tmp_path, fitted):
     _check(lambda: astromorph.evaluate_labels(RB, "real", model="real-bogus").plot(
         tmp_path / "e.png", dpi=3), VALUE, "dpi=3")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_evaluate_labels_takes_a_loaded_model():
+    """``model=`` takes a name, a path or a loaded `Model` in annotate, annotate_stamps,
+    predict_files and SimilarityIndex.query; evaluate_labels refused a `Model`
+    (InvalidArgumentTypeError 'model must be a name or a path')."""
+    by_name = astromorph.evaluate_labels(RB, "real", model="real-bogus")
+    loaded = astromorph.evaluate_labels(RB, "real", model=astromorph.load_model("real-bogus"))
+    assert loaded.summary() == by_name.summary()
+    assert loaded.metrics == by_name.metrics
