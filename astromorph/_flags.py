@@ -64,6 +64,13 @@ def describe_flags(value):
     str
         E.g. ``'EDGE|BLANK'``; ``''`` for 0; bits that are no `Flag` show as
         ``'0x...'`` (e.g. from a newer astromorph).
+
+    Raises
+    ------
+    astromorph.exceptions.InvalidArgumentTypeError
+        A ``value`` that is no number (a string, None, a boolean).
+    astromorph.exceptions.InvalidArgumentError
+        A negative value or one that is not whole.
     """
     from .preprocessing._checks import check_whole
 

@@ -337,7 +337,7 @@ class LabelHead(Saved):
 
         Parameters
         ----------
-        table : astropy.table.Table
+        table : astropy.table.Table or QTable
             A table with an embedding column; it is not modified.
         column : str, optional
             The embedding column.
@@ -354,8 +354,9 @@ class LabelHead(Saved):
 
         Returns
         -------
-        astropy.table.Table
-            A copy of ``table`` (sharing its data) with the new columns, and in its
+        astropy.table.Table or QTable
+            Of ``table``'s class: a copy of ``table`` (sharing its data) with the new
+            columns, and in its
             meta ``<label>_classes`` (comma-separated; a name holding a comma or a
             quote in double quotes, as in CSV), ``<label>_C`` (the
             regularisation), ``<label>_input`` (the embedding column) and, when

@@ -413,6 +413,13 @@ class SimilarityIndex:
         Returns
         -------
         SimilarityIndex
+
+        Raises
+        ------
+        astromorph.exceptions.InputError
+            No ``column`` in ``table``, or one that is not one vector per row.
+        astromorph.exceptions.InvalidArgumentError
+            A ``column`` whose values are no numbers, a bad option.
         """
         x, _ = table_embeddings(table, column, dtype=np.float32)
         index = cls(x, table=table, **kwargs)
@@ -449,6 +456,13 @@ class SimilarityIndex:
             Cosine similarities (``-inf`` for missing neighbours); with the exact
             backend each is summed in float64 in one fixed order, so that rows and
             similarities do not depend on ``chunk_elements`` or on the other queries.
+
+        Raises
+        ------
+        astromorph.exceptions.InvalidArgumentError
+            Vectors that are no numbers or of another dimension than the index's, a ``k``
+            below 1, excluded rows out of range; `InvalidArgumentTypeError` for a ``k`` or
+            ``exclude`` of the wrong type.
         """
         k = _whole(k, "k")
         if k < 1:
@@ -720,6 +734,16 @@ class SimilarityIndex:
             ``meta`` describes the query (``query_kind``, ``query_row``,
             ``query_separation_arcsec``, ``k``, ``backend``) and holds the
             indexed table's ``astromorph_*`` provenance keys.
+
+        Raises
+        ------
+        astromorph.exceptions.InvalidArgumentError
+            Not exactly one of ``row``, ``position``, ``image`` and ``vector``, a ``row``
+            out of range, a position query on an index without a table, a bad option
+            (`InvalidArgumentTypeError` for one of the wrong type).
+        astromorph.exceptions.InputError
+            As for `row_of_position` (position queries) and `embed_image` (image
+            queries), which also raise its other errors.
         """
         import os
 
@@ -837,7 +861,7 @@ class SimilarityIndex:
             Tiles per row (default: about the square root of the number of tiles, at most 8).
         title : str, optional
             Figure title.
-        dpi : int, optional
+        dpi : float, optional
             Resolution of a raster picture (PNG, JPEG...).
         overwrite : bool, optional
             Replace an existing ``path`` (default: raise `OutputExistsError`).

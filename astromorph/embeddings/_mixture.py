@@ -45,8 +45,11 @@ class GaussianMixture(Saved):
         Principal components kept before the mixture (``None``: all dimensions).
     n_init : int, optional
         EM runs from different k-means++ starts; the best likelihood is kept.
-    max_iter, tol : int, float, optional
-        EM stopping rule (change of the mean log-likelihood per row).
+    max_iter : int, optional
+        Most EM iterations of each fit.
+    tol : float, optional
+        EM stopping rule: the change of the mean log-likelihood per row below which a fit
+        stops.
     reg_covar : float, optional
         Added to the covariance diagonals (in units of the mean variance); positive, so
         that repeated vectors do not give a singular covariance.
@@ -327,7 +330,7 @@ class GaussianMixture(Saved):
 
         Parameters
         ----------
-        table : astropy.table.Table
+        table : astropy.table.Table or QTable
             A table with an embedding column; it is not modified.
         column : str, optional
             The embedding column.
@@ -344,8 +347,9 @@ class GaussianMixture(Saved):
 
         Returns
         -------
-        astropy.table.Table
-            A copy of ``table`` (sharing its data) with the two columns,
+        astropy.table.Table or QTable
+            Of ``table``'s class: a copy of ``table`` (sharing its data) with the two
+            columns,
             ``meta["<name>_n_components"]`` and, when recorded,
             ``<name>_embedding_model``, ``_version`` and ``_sha256`` (the model the
             mixture was fitted on), ``<name>`` being the name the cluster-id column got
@@ -545,7 +549,7 @@ def cluster_table(table, *, column="embedding", n_components=None, prefix="clust
 
     Parameters
     ----------
-    table : astropy.table.Table
+    table : astropy.table.Table or QTable
         A table with an embedding column; it is not modified.
     column : str, optional
         Embedding column.
@@ -563,8 +567,9 @@ def cluster_table(table, *, column="embedding", n_components=None, prefix="clust
 
     Returns
     -------
-    table : astropy.table.Table
-        A copy with the cluster columns (see `GaussianMixture.annotate`).
+    table : astropy.table.Table or QTable
+        Of ``table``'s class: a copy with the cluster columns (see
+        `GaussianMixture.annotate`).
     mixture : GaussianMixture
         The fitted mixture (``bic_`` holds the BIC of each k tried; ``provenance_`` the
         embedding model that made ``column``, when the table's meta says).

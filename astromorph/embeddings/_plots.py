@@ -374,6 +374,14 @@ def embedding_map(embeddings, *, method="auto", seed=0, perplexity=30.0):
     coords : numpy.ndarray, (N, 2)
     method : str
         The method used.
+
+    Raises
+    ------
+    astromorph.exceptions.InvalidArgumentError
+        Embeddings that are no numbers or hold NaN or infinite values, an unknown
+        ``method``, a bad option (`InvalidArgumentTypeError` for one of the wrong type).
+    astromorph.exceptions.MissingDependencyError
+        ``method="umap"`` without umap-learn.
     """
     perplexity = check_number(perplexity, "perplexity", positive=True)
     check_seed(seed)
@@ -432,7 +440,7 @@ def plot_map(embeddings, path, *, labels=None, method="auto", max_points=TSNE_MA
         Figure title (default: the method and number of rows).
     seed : int, optional
         Seed of the row subset and of the map method.
-    dpi : int, optional
+    dpi : float, optional
         Resolution of a raster picture (PNG, JPEG...).
     overwrite : bool, optional
         Replace an existing ``path`` (default: raise `OutputExistsError`).
@@ -443,6 +451,19 @@ def plot_map(embeddings, path, *, labels=None, method="auto", max_points=TSNE_MA
         Coordinates of the plotted rows.
     rows : numpy.ndarray of int, (M,)
         Their row numbers.
+
+    Raises
+    ------
+    astromorph.exceptions.OutputExistsError
+        ``path`` exists and ``overwrite`` is False.
+    astromorph.exceptions.InvalidArgumentError
+        A ``path`` whose extension names no picture format, ``labels`` of another length,
+        a bad option (`InvalidArgumentTypeError` for one of the wrong type), as for
+        `embedding_map`.
+    astromorph.exceptions.InputError
+        Fewer than 3 rows with finite embeddings (and a label).
+    astromorph.exceptions.MissingDependencyError
+        Without matplotlib (or umap-learn for ``method="umap"``).
     """
     check_output(path, overwrite=overwrite)
     max_points = check_whole(max_points, "max_points", minimum=2)
