@@ -616,8 +616,10 @@ def annotate(table, images, *, model, ra_col=None, dec_col=None, coord_col=None,
         to the new names (the same suffix to every column of the run, the
         first one free for all of them), or replace the existing column (in
         its place).
-    batch_size, providers : optional
-        Passed to `Model.predict` and `load_model`.
+    batch_size : int, optional
+        Stamps per model call (passed to `Model.predict`).
+    providers : None, str or list of str, optional
+        Passed to `load_model`.
     threads : int, optional
         ONNX Runtime intra-op threads (passed to `load_model`), and the
         number of threads that cut and preprocess stamps (default: the CPU

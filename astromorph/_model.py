@@ -209,7 +209,11 @@ class Model:
     ----------
     name_or_path : str or os.PathLike
         A shipped model name, a model directory or an ONNX file with its card.
-    providers, threads, precision : optional
+    providers : None, str or list of str, optional
+        As for `load_model`.
+    threads : int, optional
+        As for `load_model`.
+    precision : {None, "float32", "int8"}, optional
         As for `load_model`.
     """
 

@@ -74,7 +74,11 @@ def predict_files(model, inputs, *, batch_size=256, progress=None, write_header=
         then `os.replace`), so a failure leaves the original as it was.
     overwrite : bool, optional
         Let ``write_header`` replace existing files in its directory.
-    providers, threads, precision : optional
+    providers : None, str or list of str, optional
+        Passed to `astromorph.load_model` when ``model`` is not loaded yet.
+    threads : int, optional
+        Passed to `astromorph.load_model` when ``model`` is not loaded yet.
+    precision : {None, "float32", "int8"}, optional
         Passed to `astromorph.load_model` when ``model`` is not loaded yet
         (``precision="int8"``: the quantised variant, faster on CPUs).
     crop_fraction : float, optional

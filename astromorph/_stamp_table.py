@@ -99,7 +99,15 @@ def annotate_stamps(table, *, model, columns=None, pixel_scale=None, negative=No
         for the models whose card fixes their field (``real-bogus``, ``radio-morphology``).
     on_conflict : {"error", "suffix", "replace"}, optional
         What to do when a new column name already exists (see `astromorph.annotate`).
-    batch_size, providers, threads, precision, progress : optional
+    batch_size : int, optional
+        As for `astromorph.predict_files`.
+    providers : None, str or list of str, optional
+        As for `astromorph.predict_files`.
+    threads : int, optional
+        As for `astromorph.predict_files`.
+    precision : {None, "float32", "int8"}, optional
+        As for `astromorph.predict_files`.
+    progress : bool or None, optional
         As for `astromorph.predict_files`.
 
     Returns

@@ -469,7 +469,9 @@ def preprocess_gri(g, r, i, *, size=STAMP_SIZE, crop_fraction=CROP_FRACTION, **l
     ----------
     g, r, i : array_like, shape (H, W) or (N, H, W)
         See `gri_to_rgb`.
-    size, crop_fraction : optional
+    size : int, optional
+        See `preprocess_colour_cutout`.
+    crop_fraction : float, optional
         See `preprocess_colour_cutout`.
     **lupton
         ``q``, ``stretch``, ``minimum``, ``band_scales`` for `gri_to_rgb`.
@@ -530,7 +532,9 @@ def preprocess_single_band(image, *, size=STAMP_SIZE, crop_fraction=CROP_FRACTIO
     ----------
     image : array_like, shape (H, W) or (N, H, W)
         ``uint8`` greyscale display image(s) or linear flux image(s).
-    size, crop_fraction : optional
+    size : int, optional
+        See `preprocess_colour_cutout`.
+    crop_fraction : float, optional
         See `preprocess_colour_cutout`.
     **lupton
         ``q``, ``stretch``, ``minimum`` for flux images.
@@ -570,7 +574,9 @@ def preprocess_optical(images, *, size=STAMP_SIZE, crop_fraction=CROP_FRACTION):
         Cutouts centred on the galaxy, of angular size
         `cutout_size_from_petrosian` (or `stamp_size_from_petrosian` with
         ``crop_fraction=1.0``).
-    size, crop_fraction : optional
+    size : int, optional
+        See `preprocess_colour_cutout`.
+    crop_fraction : float, optional
         See `preprocess_colour_cutout`.
 
     Returns
