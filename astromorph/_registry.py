@@ -238,7 +238,7 @@ def model_card(name_or_path, *, precision=None):
     ----------
     name_or_path : str or os.PathLike
         A shipped model name (see `list_models`), a model directory or an ONNX file.
-    precision : str, optional
+    precision : {None, "float32", "int8"}, optional
         A variant listed in the card (e.g. ``"int8"``): the card as seen by that variant.
 
     Returns
