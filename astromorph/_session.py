@@ -101,13 +101,18 @@ def provider_names(providers=None):
     checked without ONNX Runtime; `InvalidArgumentError` for an unknown name."""
     from_env = providers is None and bool(os.environ.get(PROVIDERS_ENV))
     if providers is None:
-        providers = os.environ.get(PROVIDERS_ENV, "auto")
+        providers = os.environ.get(PROVIDERS_ENV, "").strip() or "auto"  # set empty: unset
     given = providers
     if isinstance(providers, (bytes, bytearray)):
         raise InvalidArgumentTypeError(f"providers must be a name such as 'cpu' or a list of "
                                        f"names (str), got {providers!r}")
     if isinstance(providers, str):
         providers = [p.strip() for p in providers.split(",") if p.strip()]
+        if not providers:  # an empty --providers: not 'auto' unless said
+            raise InvalidArgumentError(
+                f"providers={given!r} names no execution provider; use 'auto', 'cpu', 'cuda' "
+                "(or 'gpu'), 'tensorrt' or an ONNX Runtime provider name"
+                + (f" (from ${PROVIDERS_ENV})" if from_env else ""))
     try:
         providers = list(providers)
     except TypeError:

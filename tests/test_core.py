@@ -478,6 +478,10 @@ def test_providers_from_environment(tiny_registry, monkeypatch):
     monkeypatch.setenv("ASTROMORPH_PROVIDERS", "cuda")
     with pytest.warns(ProviderFallbackWarning):
         astromorph.load_model("tiny")
+    monkeypatch.setenv("ASTROMORPH_PROVIDERS", " ")  # set but empty: as if unset ('auto')
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert astromorph.load_model("tiny").providers == ["CPUExecutionProvider"]
 
 
 def test_failing_gpu_session_falls_back(tiny_registry, monkeypatch):
@@ -524,6 +528,11 @@ def test_fallback_warning_points_at_the_callers_line():
 def test_unknown_provider_name(tiny_registry):
     with pytest.raises(InvalidArgumentError, match="unknown execution provider 'quantum'"):
         astromorph.load_model("tiny", providers="quantum")
+    # a name that names nothing ('' from an empty --providers, or ',') was read as 'auto'
+    for empty in ("", " ", ","):
+        with pytest.raises(InvalidArgumentError, match="names no execution provider"):
+            astromorph.load_model("tiny", providers=empty)
+
 
 
 @pytest.mark.parametrize("name", ["CUDAExecutionProvdier", "CUDAExecProvider",
