@@ -563,8 +563,10 @@ def _cut_band(images, sky, npix, scale, rows):
         flags[sel] |= np.where(res.outside > 0, int(Flag.EDGE), 0).astype(np.int32)
         flags[sel] |= np.where(res.blank > BLANK_THRESHOLD, int(Flag.BLANK), 0).astype(np.int32)
         flags[sel] |= np.where(res.zoom < MIN_ZOOM, int(Flag.EXTRAPOLATED), 0).astype(np.int32)
-    if stamps is None:  # every source off every image
-        stamps = np.full((n, npix, npix), np.nan, np.float32)
+    if stamps is None:  # every source off every image: a view, no memory per source
+        # (a part of a survey catalogue is mostly off a small image; callers keep the
+        # stamps of the usable rows only)
+        stamps = np.broadcast_to(np.float32(np.nan), (n, npix, npix))
     return stamps, flags, beam
 
 
@@ -703,8 +705,11 @@ def annotate(table, images, *, model, ra_col=None, dec_col=None, coord_col=None,
             # flag is BAD_INPUT (not the edge or extrapolation bits of the placeholder)
             row_flags[(flags[rows] & int(Flag.BAD_INPUT)) != 0] = int(Flag.BAD_INPUT)
             usable = (row_flags & int(Flag.unusable())) == 0
-            data = stack[0][:, None] if len(stack) == 1 else np.stack(stack, axis=1)
-            raw = RawStamps(kind, data if usable.all() else data[usable], bands=tuple(plan),
+            if usable.all():
+                data = stack[0][:, None] if len(stack) == 1 else np.stack(stack, axis=1)
+            else:  # the usable rows only (those off the images: not copied, not stacked)
+                data = np.stack([s[usable] for s in stack], axis=1)
+            raw = RawStamps(kind, data, bands=tuple(plan),
                             pixel_scale=scale[rows][usable], beam=beam[usable],
                             flags=row_flags[usable])
             x, row_flags[usable] = prepare(model, raw, crop_fraction=crop)
