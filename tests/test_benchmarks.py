@@ -104,7 +104,8 @@ def test_bench_stamp_table_real_packets():
 
 def test_bench_annotate():
     # fewer sources than the default --naive 300: the naive loop times all of them
-    out = run_script("benchmarks/bench_annotate.py", "--n", 20, "--size", 256, "--repeats", 1)
+    out = run_script("benchmarks/bench_annotate.py", "--n", 20, "--size", 256, "--repeats", 1,
+                     "--off-image", 30)
     card = astromorph.model_card("morphology")
     for precision in ["float32", *(card.get("variants") or {})]:
         check_lines(out, f"precision {precision}\nannotate, 20 sources end to end:",
@@ -112,15 +113,17 @@ def test_bench_annotate():
                     f"RATIO [{precision}] naive / annotate without the model",
                     f"RATIO [{precision}] model alone", f"FRACTION [{precision}]")
     check_lines(out, "sexagesimal text RA/Dec, 20 rows (", "identical degrees: True",
-                "RATIO text positions astropy Angle / annotate:")
+                "RATIO text positions astropy Angle / annotate:",
+                "annotate, 20 sources on the image + 30 off it:")
 
 
 def test_bench_annotate_fixed_field_model():
     # --model radio-morphology: its card fixes the field, and annotate refuses size_col
     out = run_script("benchmarks/bench_annotate.py", "--model", "radio-morphology", "--n", 8,
-                     "--size", 256, "--naive", 4, "--repeats", 1)
+                     "--size", 256, "--naive", 4, "--repeats", 1, "--off-image", 10)
     check_lines(out, "== radio-morphology v", "timed on 4 sources:",
-                "RATIO [float32] naive / annotate (end to end):")
+                "RATIO [float32] naive / annotate (end to end):",
+                "annotate, 8 sources on the image + 10 off it:")
 
 
 def test_bench_embedding():
