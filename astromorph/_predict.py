@@ -566,7 +566,9 @@ class _Runner:
         # one group per rounded scale, as `add` makes them, each in row order
         values, inverse = np.unique(scales, return_inverse=True)
         keys = [_group_key(kind, data[0], bands, v) for v in values]
-        codes = np.array([keys.index(k) for k in keys])[inverse.ravel()]
+        group_of = {}  # distinct scales that round alike share a group (a dict: not quadratic)
+        codes = np.array([group_of.setdefault(k, j) for j, k in enumerate(keys)],
+                         dtype=np.intp)[inverse.ravel()]
         planes = 1 if kind == "colour" else data.shape[1]
         for code in dict.fromkeys(codes.tolist()):
             sel = codes == code
