@@ -70,7 +70,9 @@ def _run(args):
                 pass  # a column name
         result = annotate_stamps(table, columns=args.stamp_col, pixel_scale=scale,
                                  negative=args.negative_col,
-                                 crop_fraction=args.crop_fraction, **common)
+                                 crop_fraction=args.crop_fraction,
+                                 copy=False,  # the table read here is not used again
+                                 **common)
     if args.output:
         write_table(result, args.output, overwrite=args.overwrite)
         report(args, f"wrote {len(result)} rows to {args.output}")

@@ -95,6 +95,23 @@ def test_gzipped_fits_bytes_as_in_alert_packets(rb):
     np.testing.assert_allclose(out["rb_score"], _direct(rb, x), rtol=0, atol=1e-6)
 
 
+def test_copy_false_shares_the_stamp_columns_and_leaves_the_input_alone(rb):
+    """copy=False: the result's stamp columns share the input's memory (no second copy of
+    what is most of a stamp table's memory); the input keeps its columns and meta; the
+    scores equal those of the default copy."""
+    x = _triplets(5)
+    t = Table({"id": np.arange(5), "stamps": x}, meta={"survey": "ZTF"})
+    copied = astromorph.annotate_stamps(t, model=rb)
+    shared = astromorph.annotate_stamps(t, model=rb, copy=False)
+    np.testing.assert_array_equal(shared["rb_score"], copied["rb_score"])
+    assert np.shares_memory(shared["stamps"], t["stamps"])
+    assert not np.shares_memory(copied["stamps"], t["stamps"])
+    assert t.colnames == ["id", "stamps"] and dict(t.meta) == {"survey": "ZTF"}
+    assert shared.meta["astromorph_model"] == "real-bogus"
+    with pytest.raises(InvalidArgumentError, match="copy"):
+        astromorph.annotate_stamps(t, model=rb, copy="no")
+
+
 def test_bad_rows_are_flagged_never_fatal(rb):
     x = _triplets(7, seed=2)
     sci, ref, diff = (_cells(list(x[:, j])) for j in range(3))
