@@ -88,8 +88,9 @@ def _gallery(table, image, path, n=24, *, overwrite=False):
     from astropy.visualization import make_lupton_rgb
     from astropy.wcs import WCS
 
-    from ._flags import Flag
+    from ._flags import Flag, describe_flags
     from ._io import atomic_output
+    from ._plotting import save_figure
     from .preprocessing import stamp_size_from_petrosian
 
     label_col = next(c for c in table.colnames if c.endswith("_label"))
@@ -100,6 +101,7 @@ def _gallery(table, image, path, n=24, *, overwrite=False):
         scale = wcs.proj_plane_pixel_scales()[0].to_value("arcsec")
         r90 = np.asarray(table["r90"])
         on_edge = (np.asarray(table[f"{prefix}_flags"]) & (Flag.EDGE | Flag.OFF_IMAGE)) != 0
+        flags = np.asarray(table[f"{prefix}_flags"])
         order = np.lexsort((-r90, on_edge))[:n]  # clear of the edges first, largest first
         fig = figure(figsize=(12, 8.6))
         axes = fig.subplots(4, 6)
@@ -113,15 +115,23 @@ def _gallery(table, image, path, n=24, *, overwrite=False):
                 rgb = make_lupton_rgb(*cut, Q=8, stretch=0.5)
             ax.imshow(rgb, origin="lower")
             p = table[f"{prefix}_p_{table[label_col][k]}"][k]
-            ax.set_title(f"#{table['id'][k]} {table[label_col][k]} {p:.2f}", fontsize=9)
+            # what a user needs of each tile: the source, its label and probability, the
+            # field shown and any quality flag of its row
+            ax.set_title(f"#{table['id'][k]} {table[label_col][k]} p={p:.2f}\n"
+                         f"{side * scale:.1f}\u2033 {describe_flags(int(flags[k]))}".rstrip(),
+                         fontsize=8)
             ax.set_axis_off()
         for ax in axes.ravel()[len(order):]:
             ax.set_axis_off()
-        fig.suptitle(f"astromorph {prefix}: largest sources of the packaged HDF crop "
-                     "(the field each stamp covered)")
+        meta = table.meta
+        fig.suptitle(f"astromorph demo, model {meta.get('astromorph_model', prefix)} "
+                     f"v{meta.get('astromorph_model_version', '?')}: the {len(order)} largest "
+                     f"of {len(table)} sources of the packaged HDF crop, clear of its edges "
+                     f"first\neach tile: id, label, probability; the field the stamp covered "
+                     f"(arcsec), flags. Lupton RGB (i, r, g), north up, east left")
         fig.tight_layout()
         with atomic_output(path, overwrite=overwrite) as tmp:
-            fig.savefig(tmp, dpi=90, format=picture_format(path))
+            save_figure(fig, tmp, dpi=90, fmt=picture_format(path))
 
 
 def _run(args):

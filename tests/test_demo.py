@@ -105,3 +105,27 @@ def test_demo_of_a_model_without_labels(tmp_path, capsys):
                      "--gallery", str(png), "--no-progress"]) == 2
     assert "gallery" in capsys.readouterr().err
     assert not png.exists() and not (tmp_path / "e2.ecsv").exists()
+
+
+def test_demo_gallery_says_what_it_shows(tmp_path, monkeypatch):
+    """The gallery's title named the column prefix ('morph'), not the model and its version,
+    nor how many of how many sources, the stretch or the orientation; the tiles gave no
+    field size and no flags. Now the title and every tile say them."""
+    pytest.importorskip("matplotlib")
+    from astromorph import _plotting
+
+    drawn = []
+    real = _plotting.save_figure
+    monkeypatch.setattr(_plotting, "save_figure",
+                        lambda fig, *a, **k: (drawn.append(fig), real(fig, *a, **k)))
+    from astromorph._demo import run_demo
+
+    run_demo(output=None, gallery=tmp_path / "g.png", progress=False)
+    (fig,) = drawn
+    title = fig._suptitle.get_text()
+    version = astromorph.model_card("morphology")["version"]
+    assert f"morphology v{version}" in title and "of 146 sources" in title
+    assert "north up, east left" in title and "Lupton" in title
+    tiles = [ax.get_title() for ax in fig.axes if ax.get_title()]
+    assert len(tiles) == 24
+    assert all("p=" in t and "\u2033" in t for t in tiles)
