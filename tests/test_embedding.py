@@ -1924,3 +1924,47 @@ def test_index_renormalises_vectors_a_little_off_unit_length():
     np.testing.assert_allclose(sims[0], [0.80004, 0.8], atol=2e-7)
     x = unit_rows(50, 16)  # model output: kept as it is (no copy)
     assert SimilarityIndex(x).vectors is x
+
+
+def _drawn_figures(monkeypatch, module):
+    """The figures ``module`` saves (its ``save_figure``), drawn without rendering."""
+    drawn = []
+    real = module.save_figure
+
+    def record(fig, *args, **kwargs):
+        drawn.append(fig)
+        return real(fig, *args, **kwargs)
+
+    monkeypatch.setattr(module, "save_figure", record)
+    return drawn
+
+
+def test_gallery_says_what_it_shows(tmp_path, monkeypatch):
+    """A gallery had no title unless title= was given (which model's vectors, which query,
+    how many neighbours of how many rows) and its tiles gave row numbers only, not the
+    source's name; with many tiles a given title was drawn over the first row of tiles.
+    Now the default title says it, each tile names its row, and the title stays above."""
+    pytest.importorskip("matplotlib")
+    import astromorph.embeddings._plots as plots
+
+    drawn = _drawn_figures(monkeypatch, plots)
+    t = catalogue(250)
+    t["name"] = [f"NGC {1000 + i}" for i in range(250)]
+    t.meta.update(astromorph_model="embedding", astromorph_model_version="9.9.9")
+    index = SimilarityIndex.from_table(t)
+    pictures = np.zeros((250, 8, 8, 3), np.uint8)
+    for k in (3, 199):
+        index.gallery(index.query(row=3, k=k), tmp_path / f"g{k}.png", images=pictures)
+        fig = drawn[-1]
+        title = fig._suptitle.get_text().replace("\n", " ")
+        assert f"{k} nearest neighbours of row 3 among 250 rows" in title
+        assert "embedding v9.9.9" in title
+        tiles = [ax.get_title() for ax in fig.axes if ax.get_title()]
+        assert len(tiles) == k + 1 and tiles[0].endswith("NGC 1003")
+        assert all("NGC 1" in tile for tile in tiles)
+        fig.draw_without_rendering()
+        top = max(ax.get_window_extent().y1 for ax in fig.axes)
+        heads = [ax.title.get_window_extent().y1 for ax in fig.axes if ax.get_title()]
+        assert fig._suptitle.get_window_extent().y0 >= max([top] + heads)
+        assert fig._suptitle.get_window_extent().x0 >= 0  # not cut off at the sides
+        assert fig._suptitle.get_window_extent().x1 <= fig.bbox.x1

@@ -860,7 +860,10 @@ class SimilarityIndex:
         ncols : int, optional
             Tiles per row (default: about the square root of the number of tiles, at most 8).
         title : str, optional
-            Figure title.
+            Figure title (default: how many neighbours of which query among how many
+            rows, and the model and version that made the vectors, from the table's
+            meta). Each tile gives the rank, row, cosine similarity and a name: the
+            row's ``name``, ``id`` or ``objid`` column, else its picture's file name.
         dpi : float, optional
             Resolution of a raster picture (PNG, JPEG...).
         overwrite : bool, optional

@@ -8,6 +8,7 @@ import importlib.util
 import logging
 import os
 import re
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -166,6 +167,47 @@ def _warn_missing(missing, n_tiles):
          f"'no image': {shown}{' ...' if len(missing) > 5 else ''}", UnusableInputWarning)
 
 
+#: Columns that name a row, in order of preference, for a gallery tile.
+_NAME_COLUMNS = ("name", "id", "objid", "object_id", "objectId", "candid")
+_PICTURE_EXTENSION = re.compile(r"\.(fits?|fts|fz|jpe?g|png|avro)(\.gz)?(?=$|\[)", re.I)
+
+
+def _row_names(index, rows, source_column):
+    """Short names of the indexed rows ``rows`` for their tiles (a name or id column, else
+    the file name of the picture without its extension), or ``[]`` when the index has no
+    such column."""
+    table = index.table
+    if table is None:
+        return []
+    col = next((c for c in _NAME_COLUMNS if c in table.colnames), None)
+    if col is None:
+        col = source_column or next((c for c in _SOURCE_COLUMNS if c in table.colnames), None)
+        if col is None or col not in table.colnames:
+            return []
+        names = ["" if np.ma.is_masked(table[col][r]) else
+                 _PICTURE_EXTENSION.sub("", Path(str(table[col][r])).name) for r in rows]
+    else:
+        names = ["" if np.ma.is_masked(table[col][r]) else str(table[col][r]) for r in rows]
+    return [n if len(n) <= 22 else n[:10] + "\u2026" + n[-11:] for n in names]
+
+
+def _gallery_title(index, result, n_neighbours):
+    """Default title of a gallery: the model (and version) that made the vectors, the query
+    and how many neighbours of how many rows are shown."""
+    meta = result.meta
+    model = meta.get("astromorph_model")
+    version = meta.get("astromorph_model_version")
+    kind = meta.get("query_kind")
+    query = (f"row {meta['query_row']}" if meta.get("query_row") is not None else
+             f"image {Path(str(meta['query_image'])).name}" if kind == "image" and
+             not str(meta.get("query_image", "")).startswith("array") else
+             f"the given {kind or 'query'}")
+    made = f"vectors of model {model}{f' v{version}' if version else ''}" if model else \
+        "vectors of no recorded model"
+    return (f"{n_neighbours} nearest neighbours of {query} among {len(index)} rows ({made}); "
+            "sim = cosine similarity")
+
+
 def _result_rows(index, result):
     """The neighbour rows and the query row (or None) of a `SimilarityIndex.query` result,
     checked against ``index`` (`InvalidArgumentError` for rows it does not have)."""
@@ -227,13 +269,18 @@ def gallery(index, result, path, *, images=None, source_column=None, query_image
             missing.insert(0, ("the query", f"{str(meta['query_image'])!r} {why}"))
     else:
         query_pic = None
-    tiles = [(query_pic, "query" + (f" (row {query_row})" if query_row is not None else ""))]
-    tiles += [(pic, f"#{rank}  row {row}\nsim {sim:.3f}") for pic, rank, row, sim in
-              zip(pictures, result["rank"], rows, result["similarity"])]
+    names = _row_names(index, rows + ([] if query_row is None else [query_row]),
+                       source_column)
+    tiles = [(query_pic, "query" + (f" (row {query_row})" if query_row is not None else "")
+              + (f"\n{names[-1]}" if names and query_row is not None else ""))]
+    tiles += [(pic, f"#{rank}  row {row}  sim {sim:.3f}" + (f"\n{names[i]}" if names else ""))
+              for i, (pic, rank, row, sim) in
+              enumerate(zip(pictures, result["rank"], rows, result["similarity"]))]
     n = len(tiles)
     ncols = ncols or int(min(8, np.ceil(np.sqrt(n))))
     nrows = int(np.ceil(n / ncols))
-    fig = figure(figsize=(1.6 * ncols, 1.75 * nrows))
+    # constrained: the title keeps its place above the tiles of a tall figure (200 tiles)
+    fig = figure(figsize=(1.6 * ncols, 1.75 * nrows + 0.3), layout="constrained")
     axes = fig.subplots(nrows, ncols, squeeze=False)
     for ax in axes.ravel():
         ax.axis("off")
@@ -249,9 +296,9 @@ def gallery(index, result, path, *, images=None, source_column=None, query_image
     for spine in axes.ravel()[0].spines.values():
         spine.set_edgecolor("C3")
         spine.set_linewidth(2)
-    if title:
-        fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
+    # wrapped to the figure's width (about 12 characters an inch at 9 points)
+    fig.suptitle(textwrap.fill(title or _gallery_title(index, result, len(rows)),
+                               max(30, int(12 * 1.6 * ncols))), fontsize=9)
     path = Path(path)
     with atomic_output(path, overwrite=overwrite) as tmp:
         save_figure(fig, tmp, dpi=dpi, fmt=fmt)
