@@ -1968,3 +1968,31 @@ def test_gallery_says_what_it_shows(tmp_path, monkeypatch):
         assert fig._suptitle.get_window_extent().y0 >= max([top] + heads)
         assert fig._suptitle.get_window_extent().x0 >= 0  # not cut off at the sides
         assert fig._suptitle.get_window_extent().x1 <= fig.bbox.x1
+
+
+def test_plot_map_legend_and_title(tmp_path, monkeypatch):
+    """The legend sat inside the axes over the points ('best' place, 12 clusters covered a
+    corner); beyond 20 categories tab20's colours came round again, two labels looking
+    alike; a given title dropped the method and the number of rows drawn. Now the legend
+    is outside the axes, every category has its own colour and marker, and the title keeps
+    the method and the rows."""
+    pytest.importorskip("matplotlib")
+    import astromorph.embeddings._plots as plots
+
+    drawn = _drawn_figures(monkeypatch, plots)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(400, 8))
+    plot_map(x, tmp_path / "m.png", labels=np.arange(400) % 37, method="pca",
+             title="my clusters")
+    (fig,) = drawn
+    (ax,) = fig.axes
+    assert ax.get_title() == "my clusters\npca projection of 400 rows"
+    assert "arbitrary units" in ax.get_xlabel()
+    looks = {(tuple(c.get_facecolor()[0]), c.get_paths()[0].vertices.tobytes())
+             for c in ax.collections}
+    assert len(looks) == 37
+    legend = ax.get_legend()
+    assert len(legend.get_texts()) == 37 and legend.get_title().get_text()
+    fig.draw_without_rendering()
+    box, frame = legend.get_window_extent(), ax.get_window_extent()
+    assert box.x0 >= frame.x1 and box.x1 <= fig.bbox.x1 and box.y0 >= fig.bbox.y0

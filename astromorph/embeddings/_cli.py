@@ -119,6 +119,13 @@ def _cmd_similar(args):
 _K_MAX = 12
 
 
+def _made_by(table):
+    """``'model NAME vVERSION vectors'`` from a table's provenance meta, or ``'vectors'``."""
+    model = table.meta.get("astromorph_model")
+    version = table.meta.get("astromorph_model_version")
+    return f"model {model}{f' v{version}' if version else ''} vectors" if model else "vectors"
+
+
 def _cmd_cluster(args):
     from ._common import check_prefix
     from ._mixture import _cluster_table
@@ -160,7 +167,8 @@ def _cmd_cluster(args):
         labels = np.where(valid, np.ma.filled(out[name], -1), -1)
         x = np.where(valid[:, None], x, np.nan)
         plot_map(x, args.map, labels=labels, method=map_method,
-                 title=f"{args.table}: {mixture.n_components_} Gaussian-mixture clusters",
+                 title=f"{args.table}: {mixture.n_components_} Gaussian-mixture clusters "
+                       f"of {_made_by(out)}",
                  seed=args.seed, overwrite=args.overwrite)
         report(args, f"wrote map {args.map}")
     return 0

@@ -484,7 +484,7 @@ def plot_map(embeddings, path, *, labels=None, method="auto", max_points=TSNE_MA
     max_points : int, optional
         At most this many random rows are drawn.
     title : str, optional
-        Figure title (default: the method and number of rows).
+        Figure title; the method and the number of rows drawn are added below it.
     seed : int, optional
         Seed of the row subset and of the map method.
     dpi : float, optional
@@ -529,7 +529,8 @@ def plot_map(embeddings, path, *, labels=None, method="auto", max_points=TSNE_MA
     if len(rows) > max_points:
         rows = np.sort(rng.choice(rows, max_points, replace=False))
     coords, used = embedding_map(x[rows], method=method, seed=seed)
-    fig = figure(figsize=(6.4, 5.6))
+    # constrained: the legend, outside the points, keeps its room
+    fig = figure(figsize=(7.6, 5.6), layout="constrained")
     ax = fig.subplots()
     if labels is None:
         ax.scatter(coords[:, 0], coords[:, 1], s=4, alpha=0.7)
@@ -540,15 +541,18 @@ def plot_map(embeddings, path, *, labels=None, method="auto", max_points=TSNE_MA
         cmap = colormap("tab10" if len(cats) <= 10 else "tab20")
         for i, c in enumerate(cats.tolist()):
             sel = codes.ravel() == i
-            ax.scatter(coords[sel, 0], coords[sel, 1], s=4, alpha=0.75, color=cmap(i % cmap.N),
-                       label=f"{c} ({int(sel.sum())})")
-        ax.legend(markerscale=3, fontsize=7, loc="best", frameon=False)
+            # beyond the colours of the map the marker changes: no two categories look alike
+            ax.scatter(coords[sel, 0], coords[sel, 1], s=5, alpha=0.75, color=cmap(i % cmap.N),
+                       marker="os^D"[(i // cmap.N) % 4], label=f"{c} ({int(sel.sum())})")
+        ax.legend(markerscale=2.5, fontsize=7, title="label (rows)", title_fontsize=7,
+                  loc="upper left", bbox_to_anchor=(1.01, 1), borderaxespad=0, frameon=False,
+                  ncols=1 + (len(cats) - 1) // 25)
     ax.set_xticks([])
     ax.set_yticks([])
-    ax.set_xlabel(f"{used} 1")
-    ax.set_ylabel(f"{used} 2")
-    ax.set_title(title or f"embedding map ({used}, {len(rows)} rows)", fontsize=9)
-    fig.tight_layout()
+    ax.set_xlabel(f"{used} 1 (arbitrary units)")
+    ax.set_ylabel(f"{used} 2 (arbitrary units)")
+    drawn = f"{used} projection of {len(rows)} rows"
+    ax.set_title(f"{title}\n{drawn}" if title else f"embedding map: {drawn}", fontsize=9)
     path = Path(path)
     with atomic_output(path, overwrite=overwrite) as tmp:
         save_figure(fig, tmp, dpi=dpi, fmt=fmt)
