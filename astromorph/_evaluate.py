@@ -158,26 +158,35 @@ def confusion_matrix_figure(cm, class_names, *, title=""):
     from ._plotting import figure
 
     cm = np.asarray(cm)
+    n = len(class_names)
     norm = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
-    fig = figure(figsize=(1.2 * len(class_names) + 2, 1.1 * len(class_names) + 1.5))
+    # at most 14 inches square (37 classes were 46 inches wide); beyond 12 classes the
+    # cells are too small for their counts, and the shade alone says the fraction
+    cell = min(1.2, 11.0 / n)
+    fig = figure(figsize=(cell * n + 3, cell * n + 2), layout="constrained")
     ax = fig.subplots()
-    ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
-    for i in range(cm.shape[0]):
-        for j in range(cm.shape[1]):
-            ax.text(j, i, f"{cm[i, j]}\n{norm[i, j]:.0%}", ha="center", va="center",
-                    color="white" if norm[i, j] > 0.6 else "black", fontsize=9)
-    ax.set_xticks(range(len(class_names)), class_names, rotation=30, ha="right")
-    ax.set_yticks(range(len(class_names)), class_names)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    ax.set_title(title)
-    fig.tight_layout()
+    shade = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    fig.colorbar(shade, ax=ax, shrink=0.8,
+                 label="fraction of the true class's rows (recall on the diagonal)")
+    if n <= 12:
+        for i in range(cm.shape[0]):
+            for j in range(cm.shape[1]):
+                ax.text(j, i, f"{cm[i, j]}\n{norm[i, j]:.0%}", ha="center", va="center",
+                        color="white" if norm[i, j] > 0.6 else "black", fontsize=9)
+    size = 10 if n <= 12 else 7
+    ax.set_xticks(range(n), class_names, rotation=30 if n <= 12 else 90,
+                  ha="right" if n <= 12 else "center", fontsize=size)
+    ax.set_yticks(range(n), class_names, fontsize=size)
+    ax.set_xlabel("predicted class (the model's label)")
+    ax.set_ylabel("true class (your label)")
+    ax.set_title(title + ("" if n <= 12 else "\n(counts in cells left out: too many classes)"))
     return fig
 
 
 def reliability_figure(probs, labels, *, title="", n_bins=15):
     """A `~matplotlib.figure.Figure` of a reliability diagram: top-label accuracy against
-    confidence, in ``n_bins`` equal bins, with the ECE in the title."""
+    confidence, in ``n_bins`` equal bins (each bar's number of rows above it), with the ECE
+    in the title."""
     from ._plotting import figure
 
     probs = np.asarray(probs)
@@ -190,18 +199,22 @@ def reliability_figure(probs, labels, *, title="", n_bins=15):
     filled = counts > 0
     centres = np.bincount(idx, weights=conf, minlength=n_bins)[filled] / counts[filled]
     accs = np.bincount(idx, weights=correct, minlength=n_bins) / np.maximum(counts, 1)
-    fig = figure(figsize=(4.5, 4.5))
+    fig = figure(figsize=(4.5, 5.2), layout="constrained")
     ax = fig.subplots()
     ax.plot([0, 1], [0, 1], "k--", lw=1, label="perfect calibration")
-    ax.bar(edges[:-1], accs, width=1 / n_bins, align="edge", alpha=0.3, edgecolor="C0")
+    ax.bar(edges[:-1], accs, width=1 / n_bins, align="edge", alpha=0.3, edgecolor="C0",
+           label="bins (number of rows at their foot)")
     ax.plot(centres, accs[filled], "o-", color="C0", label="model")
-    ax.set_xlabel("confidence")
-    ax.set_ylabel("accuracy")
+    for x, acc, count in zip(edges[:-1][filled], accs[filled], counts[filled]):
+        ax.text(x + 0.5 / n_bins, 0.01, str(count), ha="center", va="bottom", fontsize=6,
+                color="0.2", rotation=90 if count >= 1000 else 0)
+    ax.set_xlabel("confidence (probability of the top class)")
+    ax.set_ylabel("accuracy (fraction of rows right)")
     ax.set_title(f"{title}\nECE = {expected_calibration_error(probs, labels, n_bins):.3f}")
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1)
-    ax.legend(loc="upper left")
-    fig.tight_layout()
+    # below the axes: inside, it covered the bars of low confidence
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14), fontsize=8, frameon=False)
     return fig
 
 
@@ -305,7 +318,7 @@ class LabelEvaluation:
             recall) or ``"reliability"``; scores: ``"roc"`` (default; the points at the
             thresholds marked) or ``"reliability"``.
         title : str, optional
-            Default: the model's name and the number of rows used.
+            Default: the model's name and version and the number of rows used.
         dpi : float, optional
             Resolution of the written picture.
         overwrite : bool, optional
@@ -342,7 +355,7 @@ class LabelEvaluation:
             fmt = picture_format(path)  # matplotlib and the extension, before any drawing
         m, a = self.metrics, self._arrays
         if title is None:
-            title = f"{m['model']}: {m['n_used']} labelled rows"
+            title = f"{m['model']} v{m['model_version']}: {m['n_used']} labelled rows"
         if kind == "confusion":
             fig = confusion_matrix_figure(m["confusion_matrix"], m["class_names"], title=title)
         elif kind == "roc":

@@ -426,3 +426,38 @@ def test_a_target_fnr_without_real_rows_is_reported_as_unknown():
         "threshold": None, "fnr": None, "fpr": None, "target": 0.02}
     assert "target_fnr threshold - (no real row)" in ev.summary()
     ev.plot()
+
+
+def test_plots_say_what_they_show():
+    """The figures named the model but not its version; the confusion matrix's shade had no
+    colour bar saying what it is, and with many classes the figure grew without bound (37
+    classes: 46 inches) with 9-point counts in every cell; the reliability diagram's legend
+    covered its bars and gave no number of rows per bin. Now all of that is said, the
+    confusion matrix stays at most 17 inches a side and its tick labels do not overlap."""
+    pytest.importorskip("matplotlib")
+    from astromorph._evaluate import confusion_matrix_figure
+
+    ev = astromorph.evaluate_labels(_morph_table(["spiral", "merger"], ["spiral", "spiral"]),
+                                    "mine", model="morphology")
+    version = astromorph.model_card("morphology")["version"]
+    for kind in ("confusion", "reliability"):
+        fig = ev.plot(kind=kind)
+        assert fig.axes[0].get_title().startswith(f"morphology v{version}: 2 labelled rows")
+        assert fig.axes[0].get_xlabel() and fig.axes[0].get_ylabel()
+    fig.draw_without_rendering()  # the reliability diagram: its legend below the axes
+    ax = fig.axes[0]
+    assert ax.get_legend().get_window_extent().y1 <= ax.get_window_extent().y0
+    assert [t.get_text() for t in ax.texts] == ["2"]  # the rows of its one bin
+    cm = ev.plot()
+    assert "fraction" in cm.axes[1].get_ylabel()  # the colour bar
+    names = [f"Class{i}.{j}" for i in range(1, 14) for j in range(1, 4)][:37]
+    fig = confusion_matrix_figure(np.eye(37, dtype=int) * 5 + 1, names, title="37")
+    assert max(fig.get_size_inches()) <= 17
+    assert not fig.axes[0].texts  # no counts in cells too small for them
+    fig.draw_without_rendering()
+    for ticks, lo, hi in ((fig.axes[0].get_xticklabels(), "x0", "x1"),
+                          (fig.axes[0].get_yticklabels(), "y0", "y1")):
+        boxes = sorted((getattr(b, lo), getattr(b, hi)) for b in
+                       (t.get_window_extent() for t in ticks))
+        assert len(boxes) == 37
+        assert all(a[1] <= b[0] + 0.5 for a, b in zip(boxes, boxes[1:])), boxes
