@@ -1996,3 +1996,30 @@ def test_plot_map_legend_and_title(tmp_path, monkeypatch):
     fig.draw_without_rendering()
     box, frame = legend.get_window_extent(), ax.get_window_extent()
     assert box.x0 >= frame.x1 and box.x1 <= fig.bbox.x1 and box.y0 >= fig.bbox.y0
+
+
+def test_gallery_draws_fits_stamps_north_up(tmp_path, monkeypatch):
+    """A FITS stamp's first row is its bottom (north up for a usual WCS), but the gallery drew
+    every picture top row first: FITS stamps came out upside down, mirrored. They are now
+    drawn as ds9 shows them; a PNG keeps its top row at the top."""
+    pytest.importorskip("matplotlib")
+    from astropy.io import fits
+    from PIL import Image
+
+    data = np.zeros((24, 24), np.float32)
+    data[-4:] = 100.0  # bright at the top of the sky (last FITS rows)
+    fits.writeto(tmp_path / "s.fits", data)
+    png = np.zeros((24, 24, 3), np.uint8)
+    png[:4] = 255  # bright at the top of the picture (first rows)
+    Image.fromarray(png).save(tmp_path / "p.png")
+    t = catalogue(3)
+    t["source"] = [str(tmp_path / "s.fits"), str(tmp_path / "p.png"), str(tmp_path / "s.fits")]
+    shown = _shown_pictures(monkeypatch)
+    index = SimilarityIndex.from_table(t)
+    index.gallery(index.query(row=0, k=2), tmp_path / "g.png")
+    assert len(shown) == 3
+    for picture in shown:
+        rows = picture.reshape(-1, 24, 24, picture.shape[-1])[0] if picture.ndim == 3 and \
+            picture.shape[-1] == 3 else picture.reshape(-1, 24, 24)[0]
+        top, bottom = np.asarray(rows[:4], float).mean(), np.asarray(rows[-4:], float).mean()
+        assert top > bottom

@@ -845,8 +845,9 @@ class SimilarityIndex:
             Pictures of the indexed rows: an array with one image per row
             (``(N, H, W, 3)`` uint8 / [0, 1] floats, ``(N, 3, H, W)`` network
             stamps or ``(N, H, W)`` single bands), or a function
-            ``images(rows) -> list of images``. Default: read the files named
-            by ``source_column``.
+            ``images(rows) -> list of images``, drawn top row first. Default: read
+            the files named by ``source_column``; FITS stamps are drawn with their
+            first row at the bottom (north up and east left for a usual WCS).
         source_column : str, optional
             Column of file paths (default: ``source`` as written by
             ``astromorph predict``, else ``path``/``file``/``filename``).

@@ -87,10 +87,19 @@ def display_image(image):
 _STAMP_OF_FILE = re.compile(r"(?s)(.*)\[(\d+)\]")
 
 
+def _shown(stamp):
+    """The data of a usable stamp, top row first as a gallery draws it: the rows of a FITS
+    image (bands, triplets; FITS cutouts of alerts) run upwards, its first row at the
+    bottom (north up, east left for a usual WCS, as ds9 shows it), those of a JPEG or PNG
+    picture downwards."""
+    return stamp.data if stamp.kind == "colour" else stamp.data[..., ::-1, :]
+
+
 def _read_stamp(path, which, files=None):
     """Stamp ``which`` (its position in the file; None: the first usable one) of ``path``:
-    ``(data, None)``, or ``(None, reason)``. ``files``: a dict keeping each file's stamps,
-    so that the tiles of one gallery read a file of many stamps once."""
+    ``(data, None)``, or ``(None, reason)``, the data top row first (`_shown`). ``files``:
+    a dict keeping each file's stamps, so that the tiles of one gallery read a file of
+    many stamps once."""
     from .._readers import read_file
 
     path = Path(path)
@@ -104,12 +113,12 @@ def _read_stamp(path, which, files=None):
     if which is None:
         usable = [s for s in stamps if s.usable]
         if usable:
-            return usable[0].data, None
+            return _shown(usable[0]), None
         return None, "; ".join(r for s in stamps for r in s.reason) or "no usable stamp"
     if which >= len(stamps):
         return None, f"the file holds {len(stamps)} stamp(s), not a stamp [{which}]"
     stamp = stamps[which]
-    return (stamp.data, None) if stamp.usable else \
+    return (_shown(stamp), None) if stamp.usable else \
         (None, "; ".join(stamp.reason) or "not a usable stamp")
 
 
