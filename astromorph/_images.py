@@ -10,7 +10,7 @@ from astropy.io import fits
 
 from ._cutouts import SkyImage
 from ._readers._fits import (_AUX_EXTNAMES, _MEMBERS, _TRIPLET_NAMES, _physical,
-                             band_of_header, beam_of_header, flux_unit_note, linear_fluxes,
+                             band_of_header, beam_of_header, header_facts, linear_fluxes,
                              saturation_of_header)
 from ._warnings import catch_warnings, first_few, warn, warn_again
 from .exceptions import (AstromorphWarning, InputError, InvalidArgumentTypeError,
@@ -146,10 +146,10 @@ def _from_hdu(hdu, name, hold=None, file_span=None, primary=None):
         if hold is not None:  # opened here: the HDU lets go of its stored pixels
             del hdu.data
     owned = hold is not None and not _memory_mapped(data)
+    facts = header_facts(header, primary)
     image = SkyImage(data, wcs, name=name, band=_band_or_role(header, primary),
                      filter_band=band_of_header(header, primary),
-                     beam=beam_of_header(header.get), flux_note=flux_unit_note(header, primary),
-                     saturation=saturation_of_header(header, primary),
+                     beam=facts.beam, flux_note=facts.flux_note, saturation=facts.saturation,
                      bscale=bscale, bzero=bzero, blank=blank, hold=hold,
                      file_span=file_span,
                      # decompressed by the HDUList opened here (``hold``): no one else's

@@ -25,9 +25,6 @@ __all__ = ["annotate_stamps"]
 
 log = logging.getLogger(__name__)
 
-#: What a FITS header without the keywords of `HeaderFacts` says (and an array cell).
-_NO_FACTS = HeaderFacts()
-
 #: Rows stacked at a time from numeric array columns (the fast path).
 _BLOCK_ROWS = 1024
 
@@ -512,8 +509,8 @@ def _row_stamp(i, cells, names, family):
             return stamp.flag(Flag.BAD_INPUT, f"{names[0]}: shape {data.shape}, not an image, "
                               "cube or colour picture")
     stamp.data, stamp.pixel_scale = data, scale
-    if facts.count(None) + facts.count(_NO_FACTS) < len(facts):  # FITS bytes, one per plane
-        facts = [f or HeaderFacts() for f in facts]
+    facts = [f or HeaderFacts() for f in facts]  # None: an array cell, which says nothing
+    if any(f != HeaderFacts() for f in facts):  # FITS bytes whose headers say something
         # the coarsest of the planes' beams, as annotate takes the coarsest of the bands'
         stamp.beam = max((f.beam for f in facts if f.beam is not None), default=None)
         notes = [(nm, f.flux_note) for nm, f in zip(names, facts) if f.flux_note]
