@@ -560,8 +560,7 @@ class SimilarityIndex:
         try:
             if not isinstance(position, SkyCoord):
                 ra, dec = position
-                turns = np.abs(Angle(ra, unit=u.deg).deg)  # before SkyCoord wraps 400 to 40
-                if turns > 360:
+                if np.abs(Angle(ra, unit=u.deg).deg) > 360:  # before SkyCoord wraps 400 to 40
                     raise InvalidArgumentError(f"the right ascension {ra!r} is more than a full "
                                                "turn (360 degrees, 24 h) from 0: a typing error?")
                 position = SkyCoord(ra, dec, unit=u.deg)
