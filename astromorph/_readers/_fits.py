@@ -746,6 +746,7 @@ def _stamps_from_array(source, path, data, header_get, scale, header_hdu, triple
             "4-D stack of stamps")]
     facts = header_facts(header, primary)
     for stamp in stamps:
+        stamp.header_get = header_get
         stamp.flux_note, stamp.beam = facts.flux_note, facts.beam
         if facts.saturation is not None and stamp.data is not None:  # one level, every plane
             stamp.saturation = np.full(len(stamp.data), facts.saturation)
@@ -989,8 +990,10 @@ def _read_fits_astropy(path, *, want_scale, triplet_hint, buf=None, source=None,
     if len(roles) >= 2 or (triplet_hint and roles):
         members = dict(zip(_triplet_order([h.get("EXTNAME") for h in empty.values()]),
                            (_empty_label(i, h) for i, h in empty.items())))
-        return [_triplet_stamp(source, path, planes, order, scale, 0, empty=members,
-                               scales=scales, levels=levels)]
+        stamp = _triplet_stamp(source, path, planes, order, scale, 0, empty=members,
+                               scales=scales, levels=levels)
+        stamp.header_get = headers[images[0][0]].get
+        return [stamp]
     if len({p.shape for p in planes}) > 1:
         return [Stamp(source, path).flag(
             Flag.BAD_INPUT, "band images differ in shape: "
@@ -1000,7 +1003,8 @@ def _read_fits_astropy(path, *, want_scale, triplet_hint, buf=None, source=None,
              ((i, flux_unit_note(headers[i], primary if i else None)) for i in headers) if n]
     return [Stamp(source, path, "bands", np.stack(planes), bands, scale, header_hdu=0,
                   empty_hdus={band_of_header(h): _empty_label(i, h) for i, h in empty.items()},
-                  flux_note=notes[0] if notes else None, saturation=_levels_array(levels))]
+                  flux_note=notes[0] if notes else None, saturation=_levels_array(levels),
+                  header_get=headers[images[0][0]].get)]
 
 
 def _empty_label(i, header):

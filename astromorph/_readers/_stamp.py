@@ -61,6 +61,10 @@ class Stamp:
     #: (`astromorph._readers._fits.saturation_of_header`; NaN where unknown), or None
     #: where no header gives one (`Flag.SATURATED`).
     saturation: np.ndarray = None
+    #: ``get(key, default)`` of the FITS header of the stamp's image (the first image HDU
+    #: of a file of one HDU per band or triplet member), else None: what a gallery
+    #: orients the stamp by (`astromorph._orient.north_up`).
+    header_get: object = None
 
     def flag(self, bit, reason=None):
         """Set ``bit`` and record ``reason``; return self."""

@@ -1,0 +1,127 @@
+"""Stamps turned north up, east left for display, by their FITS header's celestial WCS.
+
+A stamp whose WCS axes run along its pixel axes (north along a column or a row, whatever
+the flips: CDELT1 < 0 or > 0, CROTA2 = 90...) is flipped and transposed only, its pixels
+kept exactly; a stamp whose WCS is rotated (CD or PC matrix with off-diagonal terms,
+CROTA2 = 30) is resampled onto a north-up grid of its own pixel scale and size, centred
+on its centre, by the bilinear sampling that `astromorph.annotate` cuts its stamps with
+(`astromorph._cutouts.cut_stamps`). North is that of the WCS's celestial frame.
+"""
+import re
+import warnings
+
+import numpy as np
+
+__all__ = ["north_up", "AXIS_TOLERANCE_DEG"]
+
+#: Rotation (degrees) of the WCS axes from the pixel axes below which a stamp is only
+#: flipped or transposed (no resampling): half a pixel of turn at the corner of a
+#: stamp of 60 pixels.
+AXIS_TOLERANCE_DEG = 1.0
+
+#: The WCS keywords of a header, copied into the astropy Header the WCS is read from.
+_WCS_KEY = re.compile(r"(WCSAXES|NAXIS\d*|CTYPE\d|CUNIT\d|CRPIX\d|CRVAL\d|CDELT\d|CROTA\d|"
+                      r"CD\d_\d|PC\d_\d|PV\d_\d+|PS\d_\d+|LONPOLE|LATPOLE|RADESYS|RADECSYS|"
+                      r"EQUINOX|EPOCH|MJD-OBS|DATE-OBS|[AB]P?_ORDER|[AB]P?_\d+_\d+)$")
+
+
+def _header(get):
+    """An astropy Header of the WCS keywords that ``get(key, default)`` reads: the
+    Header itself for its bound ``get``, else one made of the keywords ``get.keys()``
+    names (the fast FITS parser's getter); None when neither tells its keywords."""
+    from astropy.io import fits
+
+    owner = getattr(get, "__self__", None)
+    if isinstance(owner, fits.Header):
+        return owner
+    keys = getattr(get, "keys", None)
+    if keys is None:
+        return None
+    return fits.Header([(k, get(k)) for k in keys() if _WCS_KEY.match(k)])
+
+
+def _celestial_wcs(get):
+    """The celestial WCS of the header read by ``get``, or None (no header, no celestial
+    axes, keywords astropy cannot read or a WCS that cannot place pixels)."""
+    from astropy.wcs import WCS, FITSFixedWarning
+
+    from ._cutouts import _check_wcs
+
+    header = None if get is None else _header(get)
+    if header is None:
+        return None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FITSFixedWarning)
+        try:
+            wcs = WCS(header)
+            if not wcs.has_celestial:
+                return None
+            wcs = wcs.celestial
+            _check_wcs(wcs, "stamp")
+        except Exception:  # noqa: BLE001 - malformed WCS keywords: shown as stored
+            return None
+    return wcs
+
+
+def _sky_jacobian(wcs, shape):
+    """``((dE/dx, dE/dy), (dN/dx, dN/dy))``: the arcsec east and north of one pixel step
+    along x (columns) and y (FITS rows, upwards) at the stamp's centre, and the centre's
+    (lon, lat) in degrees."""
+    cy, cx = (np.asarray(shape, float) - 1) / 2
+    x = cx + np.array([0.0, 0.5, -0.5, 0.0, 0.0])
+    y = cy + np.array([0.0, 0.0, 0.0, 0.5, -0.5])
+    world = wcs.all_pix2world(x, y, 0)
+    lon, lat = world[wcs.wcs.lng], world[wcs.wcs.lat]
+    dlon = (lon[[1, 3]] - lon[[2, 4]] + 180.0) % 360.0 - 180.0
+    east = dlon * np.cos(np.radians(lat[0])) * 3600.0
+    north = (lat[[1, 3]] - lat[[2, 4]]) * 3600.0
+    return np.array([east, north]), lon[0], lat[0]
+
+
+def north_up(data, header_get):
+    """``data`` (``(P, H, W)`` planes, FITS rows: row 0 at the bottom) drawn top row
+    first, north up and east left by the celestial WCS of its FITS header.
+
+    Parameters
+    ----------
+    data : numpy.ndarray, (P, H, W)
+    header_get : callable or None
+        ``get(key, default)`` of the stamp's FITS header (`Stamp.header_get`).
+
+    Returns
+    -------
+    shown : numpy.ndarray, (P, H', W')
+        Top row first: ``data`` flipped or transposed (its pixels unchanged) where the WCS
+        axes run along the pixel axes, else resampled north up (``H' = W' = max(H, W)``,
+        NaN where the grid leaves the stamp); without a usable celestial WCS, ``data``
+        with its rows reversed (FITS row 0 at the bottom, as ds9 shows it).
+    oriented : bool
+        Whether a WCS oriented it (False: pixel orientation).
+    """
+    data = np.asarray(data)
+    wcs = _celestial_wcs(header_get)
+    jac = None if wcs is None else _sky_jacobian(wcs, data.shape[-2:])
+    if jac is None or not np.all(np.isfinite(jac[0])) or np.linalg.det(jac[0]) == 0:
+        return data[..., ::-1, :], False
+    m, lon, lat = jac
+    # angle between the pixel axis nearest to north and north itself
+    along_y = abs(m[1, 1]) >= abs(m[1, 0])
+    north_axis = m[:, 1] if along_y else m[:, 0]
+    east_axis = m[:, 0] if along_y else m[:, 1]
+    turn = np.degrees(max(np.arctan2(abs(north_axis[0]), abs(north_axis[1])),
+                          np.arctan2(abs(east_axis[1]), abs(east_axis[0]))))
+    if turn <= AXIS_TOLERANCE_DEG:
+        out = data if along_y else np.swapaxes(data, -1, -2)  # (.., north axis, east axis)
+        if north_axis[1] > 0:  # rows run north: the last one goes on top
+            out = out[..., ::-1, :]
+        if east_axis[0] > 0:  # columns run east: the last one goes on the left
+            out = out[..., :, ::-1]
+        return out, True
+    from ._cutouts import SkyImage, cut_stamps
+
+    size = max(data.shape[-2:])
+    scale = float(np.sqrt(abs(np.linalg.det(m))))
+    planes = [cut_stamps(SkyImage(np.asarray(p, np.float32), wcs, name="stamp"), [lon], [lat],
+                         size=size, pixel_scale=scale, antialias=False).stamps[0]
+              for p in data]
+    return np.stack(planes)[..., ::-1, :], True

@@ -1,0 +1,146 @@
+"""Gallery tiles of FITS stamps are drawn north up, east left whatever their WCS.
+
+The similarity gallery reversed the rows of every FITS stamp, which puts north up only for
+a WCS whose axes run along the pixel axes with east to the left (CDELT1 < 0, CDELT2 > 0):
+a rotated WCS (CD matrix with off-diagonal terms, PC with CROTA2) was drawn in pixel
+orientation, an east-right WCS mirrored.
+"""
+import numpy as np
+import pytest
+from astropy.io import fits
+from astropy.table import Table
+from astropy.wcs import WCS
+
+from astromorph import SimilarityIndex
+from astromorph._orient import north_up
+
+SIZE = 41
+SCALE = 1.0 / 3600  # deg / pixel
+RA0, DEC0 = 150.0, 30.0
+
+
+def _header(kind, angle=0.0):
+    """A FITS header of a SIZE x SIZE stamp at (RA0, DEC0): ``cd`` (a CD matrix turned by
+    ``angle``, east left), ``crota`` (CDELT with PC of CROTA2 = ``angle``), ``east_right``
+    (CDELT1 > 0) or ``none`` (no WCS)."""
+    h = fits.Header()
+    if kind == "none":
+        return h
+    c = (SIZE + 1) / 2
+    h.update(CTYPE1="RA---TAN", CTYPE2="DEC--TAN", CRVAL1=RA0, CRVAL2=DEC0, CRPIX1=c,
+             CRPIX2=c, CUNIT1="deg", CUNIT2="deg")
+    t = np.radians(angle)
+    if kind == "cd":
+        h.update(CD1_1=-SCALE * np.cos(t), CD1_2=SCALE * np.sin(t),
+                 CD2_1=SCALE * np.sin(t), CD2_2=SCALE * np.cos(t))
+    elif kind == "crota":
+        h.update(CDELT1=-SCALE, CDELT2=SCALE, CROTA2=angle)
+    elif kind == "east_right":
+        h.update(CDELT1=SCALE, CDELT2=SCALE)
+    return h
+
+
+def _stamp(header):
+    """Image with a bright blob 10 arcsec north-east of the centre and a fainter one 12
+    arcsec north (placed through the WCS; without one, as for the usual east-left WCS)."""
+    if len(header):
+        w = WCS(header)
+        cosd = np.cos(np.radians(DEC0))
+        pos = w.world_to_pixel_values([RA0 + 7 / 3600 / cosd, RA0],
+                                      [DEC0 + 7 / 3600, DEC0 + 12 / 3600])
+        (xa, xb), (ya, yb) = pos
+    else:
+        c = (SIZE - 1) / 2
+        xa, ya, xb, yb = c - 7, c + 7, c, c + 12
+    y, x = np.mgrid[:SIZE, :SIZE]
+    blob = lambda x0, y0: np.exp(-((x - x0) ** 2 + (y - y0) ** 2) / 4.0)  # noqa: E731
+    return (100 * blob(xa, ya) + 40 * blob(xb, yb) + 1.0).astype(np.float32)
+
+
+def _peak(img):
+    """(row, column) of the brightest pixel, top row first, as a tile shows it."""
+    return np.unravel_index(np.nanargmax(img), img.shape)
+
+
+def _gallery_tiles(tmp_path, monkeypatch, headers):
+    """(image arrays, titles) of a gallery's tiles (query first) for one FITS stamp per
+    header, as matplotlib draws them (the axes' images)."""
+    pytest.importorskip("matplotlib")
+    import astromorph.embeddings._plots as plots
+
+    figs = []
+    real = plots.figure
+
+    def record(**kwargs):
+        figs.append(real(**kwargs))
+        return figs[-1]
+
+    monkeypatch.setattr(plots, "figure", record)
+    paths = []
+    for i, h in enumerate(headers):
+        p = tmp_path / f"s{i}.fits"
+        fits.PrimaryHDU(_stamp(h), header=h).writeto(p)
+        paths.append(str(p))
+    t = Table()
+    t["source"] = paths
+    rng = np.random.default_rng(1)
+    vec = rng.normal(size=(len(paths), 4))
+    t["embedding"] = vec / np.linalg.norm(vec, axis=1, keepdims=True)
+    index = SimilarityIndex.from_table(t)
+    index.gallery(index.query(row=0, k=len(paths) - 1), tmp_path / "g.png")
+    axes = [ax for ax in figs[0].axes if ax.get_title()][:len(paths)]
+    rows = [0] + list(index.query(row=0, k=len(paths) - 1)["row"])
+    by_row = {r: ax for r, ax in zip(rows, axes)}
+    return ([np.asarray(by_row[r].images[0].get_array())[..., 0] for r in range(len(paths))],
+            [by_row[r].get_title() for r in range(len(paths))])
+
+
+@pytest.mark.parametrize("header", [_header("cd", 30), _header("cd", 90), _header("cd", -135),
+                                    _header("crota", 30), _header("east_right"),
+                                    _header("cd", 0)],
+                         ids=["cd30", "cd90", "cd-135", "crota30", "east_right", "plain"])
+def test_gallery_tile_is_north_up_east_left(tmp_path, monkeypatch, header):
+    images, titles = _gallery_tiles(tmp_path, monkeypatch, [header, _header("cd", 0)])
+    tile = images[0]
+    c = (tile.shape[0] - 1) / 2
+    row, col = _peak(tile)
+    assert row < c - 3 and col < c - 3, (row, col)  # the NE blob: upper left
+    # the fainter north blob: straight above the centre (a transposed or mirrored tile
+    # would keep the NE blob upper left but put this one on the left or right)
+    masked = tile.copy()
+    masked[max(row - 3, 0):row + 4, max(col - 3, 0):col + 4] = np.nan
+    nrow, ncol = _peak(masked)
+    assert nrow < c - 6 and abs(ncol - c) <= 2, (nrow, ncol)
+    assert "pixel axes" not in titles[0]
+
+
+@pytest.mark.parametrize("header", [_header("cd", 90), _header("cd", 180), _header("east_right"),
+                                    _header("cd", 0), _header("cd", 0.5)],
+                         ids=["cd90", "cd180", "east_right", "plain", "cd0.5"])
+def test_axis_aligned_stamp_keeps_its_pixels(header):
+    """Flips and transposition only: the pixels drawn are the stamp's own, none resampled."""
+    data = _stamp(header)[None]
+    shown, oriented = north_up(data, header.get)
+    assert oriented
+    assert shown.shape == data.shape
+    candidates = [data[..., ::a, ::b] for a in (1, -1) for b in (1, -1)]
+    candidates += [np.swapaxes(c, -1, -2) for c in candidates]
+    assert any(np.array_equal(shown, c) for c in candidates)
+
+
+def test_plain_east_left_stamp_is_drawn_as_before():
+    """The usual WCS (CDELT1 < 0, CDELT2 > 0): rows reversed, exactly as galleries drew it."""
+    h = _header("cd", 0)
+    data = _stamp(h)[None]
+    shown, oriented = north_up(data, h.get)
+    assert oriented and np.array_equal(shown, data[..., ::-1, :])
+
+
+def test_stamp_without_wcs_is_drawn_in_pixel_orientation_and_says_so(tmp_path, monkeypatch):
+    images, titles = _gallery_tiles(tmp_path, monkeypatch, [_header("none"), _header("cd", 0)])
+    from astromorph.embeddings import display_image
+
+    data = _stamp(_header("none"))
+    # FITS row 0 at the bottom, as ds9 shows it: the rows reversed, nothing else
+    assert np.array_equal(images[0], display_image(data[::-1])[..., 0])
+    assert "pixel axes" in titles[0] and "pixel axes" not in titles[1]
