@@ -88,31 +88,34 @@ _STAMP_OF_FILE = re.compile(r"(?s)(.*)\[(\d+)\]")
 
 
 def _shown(stamp):
-    """The data of a usable stamp, top row first as a gallery draws it, and whether it is
-    drawn in pixel orientation: a FITS stamp (bands, triplets; FITS cutouts of alerts)
+    """The data of a usable stamp, top row first as a gallery draws it, and a note for its
+    tile where it is drawn in pixel orientation (else ""): a FITS stamp (bands, triplets)
     north up, east left by its header's celestial WCS (`astromorph._orient.north_up`:
     flipped or transposed where the WCS runs along the pixel axes, resampled where it is
-    rotated), else its first row at the bottom, as ds9 shows it; a JPEG or PNG picture as
-    stored, top row first."""
+    rotated); without one (and for the FITS cutouts of alerts, whose headers are not
+    kept) its first row at the bottom, as ds9 shows it; a JPEG or PNG picture as stored,
+    top row first."""
     if stamp.kind == "colour":
-        return stamp.data, False
+        return stamp.data, ""
     from .._orient import north_up
 
     data, oriented = north_up(stamp.data, stamp.header_get)
-    return data, not oriented
+    # the header of an alert's cutouts is not kept: no word of a WCS it may have
+    return data, "" if oriented else \
+        "pixel axes: no WCS" if stamp.header_get is not None else "pixel axes"
 
 
 def _read_stamp(path, which, files=None):
     """Stamp ``which`` (its position in the file; None: the first usable one) of ``path``:
-    ``(data, None, pixel_axes)``, or ``(None, reason, False)``, the data top row first and
-    ``pixel_axes`` True for a FITS stamp not oriented by a WCS (`_shown`). ``files``: a
+    ``(data, None, note)``, or ``(None, reason, "")``, the data top row first and ``note``
+    the words for its tile of a FITS stamp not oriented by a WCS (`_shown`). ``files``: a
     dict keeping each file's stamps, so that the tiles of one gallery read a file of many
     stamps once."""
     from .._readers import read_file
 
     path = Path(path)
     if not path.is_file():
-        return None, "does not exist" if not path.exists() else "is not a file", False
+        return None, "does not exist" if not path.exists() else "is not a file", ""
     stamps = None if files is None else files.get(path)
     if stamps is None:
         stamps = read_file(path, want_scale=False)
@@ -121,34 +124,34 @@ def _read_stamp(path, which, files=None):
     if which is None:
         usable = [s for s in stamps if s.usable]
         if usable:
-            data, pixel_axes = _shown(usable[0])
-            return data, None, pixel_axes
-        return None, "; ".join(r for s in stamps for r in s.reason) or "no usable stamp", False
+            data, note = _shown(usable[0])
+            return data, None, note
+        return None, "; ".join(r for s in stamps for r in s.reason) or "no usable stamp", ""
     if which >= len(stamps):
-        return None, f"the file holds {len(stamps)} stamp(s), not a stamp [{which}]", False
+        return None, f"the file holds {len(stamps)} stamp(s), not a stamp [{which}]", ""
     stamp = stamps[which]
     if not stamp.usable:
-        return None, "; ".join(stamp.reason) or "not a usable stamp", False
-    data, pixel_axes = _shown(stamp)
-    return data, None, pixel_axes
+        return None, "; ".join(stamp.reason) or "not a usable stamp", ""
+    data, note = _shown(stamp)
+    return data, None, note
 
 
 def _read_source(name, files=None):
     """The picture named by a table's file column: a file, or stamp ``[i]`` of a file
     holding several (as `astromorph.predict_files` names them); ``(data, reason,
-    pixel_axes)``, the reason naming the file. ``files`` as for `_read_stamp`."""
+    note)``, the reason naming the file. ``files`` as for `_read_stamp`."""
     found = _STAMP_OF_FILE.fullmatch(name)
     if found and not os.path.exists(name):
-        data, why, pixel_axes = _read_stamp(found.group(1), int(found.group(2)), files)
+        data, why, note = _read_stamp(found.group(1), int(found.group(2)), files)
     else:
-        data, why, pixel_axes = _read_stamp(name, None, files)
-    return data, why and f"{name!r} {why}", pixel_axes
+        data, why, note = _read_stamp(name, None, files)
+    return data, why and f"{name!r} {why}", note
 
 
 def _row_images(index, rows, images, source_column):
     """Pictures of the indexed rows ``rows`` (None where there is none), why each
-    missing one is missing (None for the others) and whether each is a FITS stamp drawn
-    in pixel orientation, for want of a WCS (`_shown`; False for pictures of ``images``)."""
+    missing one is missing (None for the others) and the note of each for its tile where it
+    is a FITS stamp drawn in pixel orientation (`_shown`; "" for the others)."""
     if images is not None:
         if callable(images):
             pictures = list(images(rows))
@@ -162,7 +165,7 @@ def _row_images(index, rows, images, source_column):
                                            "indexed row")
             pictures = [images[r] for r in rows]
         return (pictures, ["images= gave none" if p is None else None for p in pictures],
-                [False] * len(pictures))
+                [""] * len(pictures))
     table = index.table
     if table is None:
         raise InvalidArgumentError("the gallery needs images=: the index has no table with "
@@ -273,38 +276,37 @@ def gallery(index, result, path, *, images=None, source_column=None, query_image
     # a picture given for the query is the query tile, whatever the query (a row's own
     # picture otherwise, or the file of an image query)
     asked = rows if query_row is None or query_image is not None else [query_row] + rows
-    pictures, reasons, pixel_axes = _row_images(index, asked, images, source_column)
+    pictures, reasons, notes = _row_images(index, asked, images, source_column)
     missing = [(f"row {r}", why) for r, why in zip(asked, reasons) if why]
-    query_axes = False
+    query_note = ""
     if len(asked) > len(rows):
         query_pic, pictures = pictures[0], pictures[1:]
-        query_axes, pixel_axes = pixel_axes[0], pixel_axes[1:]
+        query_note, notes = notes[0], notes[1:]
     elif query_image is not None:
         query_pic = query_image
         if isinstance(query_image, (str, os.PathLike)):
-            query_pic, why, query_axes = _read_stamp(
+            query_pic, why, query_note = _read_stamp(
                 check_input_file(query_image, "query image"), None)
             if query_pic is None:  # a given file that holds no picture: refused, not hidden
                 raise InputError(f"query image {os.fspath(query_image)!r} holds no usable "
                                  f"picture: {why}")
     elif meta.get("query_kind") == "image" and meta.get("query_image") and \
             not str(meta["query_image"]).startswith("array of shape"):
-        query_pic, why, query_axes = _read_stamp(meta["query_image"], None)
+        query_pic, why, query_note = _read_stamp(meta["query_image"], None)
         if why:
             missing.insert(0, ("the query", f"{str(meta['query_image'])!r} {why}"))
     else:
         query_pic = None
     names = _row_names(index, rows + ([] if query_row is None else [query_row]),
                        source_column)
-    # a FITS stamp without a usable celestial WCS is drawn in pixel orientation: said so
-    axes_note = "\n(pixel axes: no WCS)"
+    # a FITS stamp not oriented by a celestial WCS is drawn in pixel orientation: said so
     tiles = [(query_pic, "query" + (f" (row {query_row})" if query_row is not None else "")
               + (f"\n{names[-1]}" if names and query_row is not None else "")
-              + (axes_note if query_axes else ""))]
+              + (f"\n({query_note})" if query_note else ""))]
     tiles += [(pic, f"#{rank}  row {row}  sim {sim:.3f}" + (f"\n{names[i]}" if names else "")
-               + (axes_note if pixel else ""))
-              for i, (pic, rank, row, sim, pixel) in
-              enumerate(zip(pictures, result["rank"], rows, result["similarity"], pixel_axes))]
+               + (f"\n({note})" if note else ""))
+              for i, (pic, rank, row, sim, note) in
+              enumerate(zip(pictures, result["rank"], rows, result["similarity"], notes))]
     n = len(tiles)
     ncols = ncols or int(min(8, np.ceil(np.sqrt(n))))
     nrows = int(np.ceil(n / ncols))
