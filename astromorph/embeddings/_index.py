@@ -845,8 +845,11 @@ class SimilarityIndex:
             (``(N, H, W, 3)`` uint8 / [0, 1] floats, ``(N, 3, H, W)`` network
             stamps or ``(N, H, W)`` single bands), or a function
             ``images(rows) -> list of images``, drawn top row first. Default: read
-            the files named by ``source_column``; FITS stamps are drawn with their
-            first row at the bottom (north up and east left for a usual WCS).
+            the files named by ``source_column``; FITS stamps are drawn north up,
+            east left by the celestial WCS of their header (flipped or transposed,
+            pixels unchanged, where the WCS runs along the pixel axes; resampled
+            north up at their own pixel scale where it is rotated), else in pixel
+            orientation, first row at the bottom, their tile saying "pixel axes".
         source_column : str, optional
             Column of file paths (default: ``source`` as written by
             ``astromorph predict``, else ``path``/``file``/``filename``).
