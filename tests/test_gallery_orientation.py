@@ -144,3 +144,27 @@ def test_stamp_without_wcs_is_drawn_in_pixel_orientation_and_says_so(tmp_path, m
     # FITS row 0 at the bottom, as ds9 shows it: the rows reversed, nothing else
     assert np.array_equal(images[0], display_image(data[::-1])[..., 0])
     assert "pixel axes" in titles[0] and "pixel axes" not in titles[1]
+
+
+@pytest.mark.parametrize("layout", ["cube", "hdus"])
+def test_rotated_band_stack_is_north_up(tmp_path, layout):
+    """A g, r, i cube and a file of one HDU per band, WCS turned by 30 degrees: each band
+    of the tile north up, east left (the header of the cube, of the first band HDU)."""
+    from astromorph.embeddings._plots import _read_stamp
+
+    h = _header("cd", 30)
+    img = _stamp(h)
+    path = tmp_path / "s.fits"
+    if layout == "cube":
+        cube_header = h.copy()
+        cube_header.update(BAND1="g", BAND2="r", BAND3="i")
+        fits.PrimaryHDU(np.stack([img] * 3), header=cube_header).writeto(path)
+    else:
+        fits.HDUList([fits.PrimaryHDU()] + [fits.ImageHDU(img, header=h, name=b)
+                                            for b in "GRI"]).writeto(path)
+    data, why, note = _read_stamp(path, None)
+    assert why is None and note == "" and data.shape[0] == 3
+    c = (data.shape[-1] - 1) / 2
+    for plane in data:
+        row, col = _peak(plane)
+        assert row < c - 3 and col < c - 3, (row, col)
