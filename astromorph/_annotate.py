@@ -854,10 +854,11 @@ def _concat(predictions, rows):
 
 
 def check_on_conflict(on_conflict):
-    """Raise `InvalidArgumentError` unless ``on_conflict`` is a known policy."""
-    if on_conflict not in ("error", "suffix", "replace"):
-        raise InvalidArgumentError(f"on_conflict must be 'error', 'suffix' or 'replace', got "
-                                   f"{on_conflict!r}")
+    """Raise `InvalidArgumentError` unless ``on_conflict`` is a known policy
+    (`InvalidArgumentTypeError` for a value that is no string)."""
+    from .preprocessing._checks import check_choice
+
+    check_choice(on_conflict, "on_conflict", ("error", "suffix", "replace"))
 
 
 def check_table(table):

@@ -339,10 +339,11 @@ class LabelEvaluation:
         """
         from ._io import atomic_output, check_output
         from ._plotting import picture_format, save_figure
-        from .preprocessing._checks import check_number
+        from .preprocessing._checks import check_choice, check_number
 
         kinds = _PLOT_KINDS[self._classifier]
         kind = kinds[0] if kind is None else kind
+        check_choice(kind, "kind", ("confusion", "reliability", "roc"))
         if kind not in kinds:
             raise InvalidArgumentError(f"kind must be one of {', '.join(map(repr, kinds))} "
                                        f"for model {self.metrics['model']!r}, got {kind!r}")

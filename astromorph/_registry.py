@@ -284,8 +284,9 @@ def resolve_model(name_or_path, *, precision=None):
         ``metrics`` are the variant's (the main file's metrics under
         ``metrics["reference"]``).
     """
-    if precision is not None and precision not in PRECISIONS:
-        raise InvalidArgumentError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    from .preprocessing._checks import check_choice
+
+    check_choice(precision, "precision", PRECISIONS, optional=True)
     path, card = _resolve(name_or_path)
     main = card.get("precision", PRECISIONS[0])
     precision = _precision_of_file(path, card, precision, main)

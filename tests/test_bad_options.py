@@ -403,3 +403,40 @@ def test_evaluate_labels_takes_a_loaded_model():
     loaded = astromorph.evaluate_labels(RB, "real", model=astromorph.load_model("real-bogus"))
     assert loaded.summary() == by_name.summary()
     assert loaded.metrics == by_name.metrics
+
+
+CHOICES = [  # (call with the choice option set to `value`, the option's name)
+    (lambda v: astromorph.annotate_stamps(STAMPS, model="morphology", on_conflict=v),
+     "on_conflict"),
+    (lambda v: astromorph.load_model("morphology", precision=v), "precision"),
+    (lambda v: astromorph.LabelHead(class_weight=v), "class_weight"),
+    (lambda v: astromorph.SimilarityIndex(_emb(), backend=v), "backend"),
+    (lambda v: astromorph.GaussianMixture(covariance_type=v), "covariance_type"),
+    (lambda v: astromorph.embeddings.embedding_map(_emb(), method=v), "method"),
+    (lambda v: pp.preprocess_radio_image(RADIO, pixel_scale_arcsec=1.8, stretch=v), "stretch"),
+    (lambda v: astromorph.evaluate_labels(RB, "real", model="real-bogus").plot("e.png", kind=v),
+     "kind"),
+]
+
+
+@pytest.mark.parametrize("value", [1, ["error"], b"error"])
+@pytest.mark.parametrize("call, option", CHOICES)
+def test_choice_options_given_no_string(call, option, value):
+    """An option that takes one of a few names, given something that is no string
+    (``on_conflict=1``, ``precision=["int8"]``), was a plain InvalidArgumentError, while
+    ``annotate_dask(scheduler=3)`` was an InvalidArgumentTypeError: every choice option
+    now raises the latter (also an InvalidArgumentError and a TypeError), naming the
+    option and the value."""
+    with pytest.raises(InvalidArgumentTypeError) as info:
+        call(value)
+    assert str(info.value).startswith(f"{option} must be ")
+    assert str(info.value).endswith(f", got {value!r}")
+
+
+@pytest.mark.parametrize("call, option", CHOICES)
+def test_choice_options_given_an_unknown_name(call, option):
+    """An unknown name stays an InvalidArgumentError that is no TypeError."""
+    with pytest.raises(InvalidArgumentError) as info:
+        call("bogus")
+    assert not isinstance(info.value, TypeError)
+    assert option in str(info.value) and "'bogus'" in str(info.value)

@@ -7,7 +7,7 @@ from ._common import embedding_matrix, masked_column
 from ._state import Saved, as_provenance
 from ._state import check_provenance as _check_provenance
 from ..exceptions import InvalidArgumentError, InvalidArgumentTypeError
-from ..preprocessing._checks import check_bool, check_number, check_whole
+from ..preprocessing._checks import check_bool, check_choice, check_number, check_whole
 
 __all__ = ["LabelHead"]
 
@@ -141,8 +141,7 @@ class LabelHead(Saved):
     """
 
     def __init__(self, *, C=None, Cs=DEFAULT_CS, cv=5, class_weight=None, max_iter=300):
-        if class_weight not in (None, "balanced"):
-            raise InvalidArgumentError(f"class_weight must be None or 'balanced', got {class_weight!r}")
+        check_choice(class_weight, "class_weight", ("balanced",), optional=True)
         if C is not None and (isinstance(C, (bool, np.bool_)) or not (
                 isinstance(C, (int, float, np.integer, np.floating)) and np.isfinite(C)
                 and C > 0)):  # inf: an unregularised fit, and a head that cannot be saved

@@ -14,7 +14,7 @@ from ._common import embedding_matrix, table_embeddings
 from .._warnings import warn
 from ..exceptions import (InputError, InvalidArgumentError, InvalidArgumentTypeError,
                           MissingDependencyError, ProvenanceMismatchError, UnusableInputWarning)
-from ..preprocessing._checks import check_bool, check_whole
+from ..preprocessing._checks import check_bool, check_choice, check_whole
 
 __all__ = ["SimilarityIndex", "BACKENDS"]
 
@@ -340,9 +340,7 @@ class SimilarityIndex:
     """
 
     def __init__(self, embeddings, *, table=None, backend="exact", chunk_elements=1 << 24):
-        if backend not in BACKENDS + ("auto",):
-            raise InvalidArgumentError(f"backend must be one of {BACKENDS + ('auto',)}, "
-                                       f"got {backend!r}")
+        check_choice(backend, "backend", BACKENDS + ("auto",))
         from astropy.table import Table
 
         if table is not None and not isinstance(table, Table):

@@ -10,7 +10,7 @@ from ._state import check_provenance as _check_provenance
 from .._warnings import warn
 from ..exceptions import (FewRowsWarning, InputError, InvalidArgumentError,
                           InvalidArgumentTypeError)
-from ..preprocessing._checks import check_bool, check_number, check_whole
+from ..preprocessing._checks import check_bool, check_choice, check_number, check_whole
 
 __all__ = ["GaussianMixture", "cluster_table"]
 
@@ -74,9 +74,7 @@ class GaussianMixture(Saved):
     def __init__(self, n_components=None, *, k_range=range(2, 13), covariance_type="full",
                  n_pca=16, n_init=3, max_iter=300, tol=1e-5, reg_covar=1e-3,
                  max_fit_rows=100_000, seed=0):
-        if covariance_type not in ("full", "diag"):
-            raise InvalidArgumentError(f"covariance_type must be 'full' or 'diag', got "
-                                       f"{covariance_type!r}")
+        check_choice(covariance_type, "covariance_type", ("full", "diag"))
         self.n_components = None if n_components is None else check_whole(n_components,
                                                                            "n_components")
         if isinstance(k_range, (str, bytes)) or not np.iterable(k_range):

@@ -19,7 +19,7 @@ from .._plotting import colormap, figure, picture_format, save_figure
 from .._warnings import warn
 from ..exceptions import (InputError, InvalidArgumentError, InvalidArgumentTypeError,
                           MissingDependencyError, UnusableInputWarning)
-from ..preprocessing._checks import check_number, check_whole
+from ..preprocessing._checks import check_choice, check_number, check_whole
 
 __all__ = ["gallery", "embedding_map", "plot_map", "display_image", "check_map_method"]
 
@@ -427,8 +427,7 @@ def _tsne(x, *, perplexity=30.0, n_iter=750, seed=0):
 def check_map_method(method):
     """``method`` of `embedding_map`, checked before any work: one of the four, and
     umap-learn installed for ``"umap"`` (`MissingDependencyError`)."""
-    if not isinstance(method, str) or method not in ("auto", "umap", "tsne", "pca"):
-        raise InvalidArgumentError(f"method must be auto, umap, tsne or pca, got {method!r}")
+    check_choice(method, "method", ("auto", "umap", "tsne", "pca"))
     if method == "umap" and importlib.util.find_spec("umap") is None:
         raise MissingDependencyError("method='umap' needs umap-learn (`pip install umap-learn`)")
     return method

@@ -7,7 +7,7 @@ from ..exceptions import (InputError, InputShapeError, InvalidArgumentError,
                           InvalidArgumentTypeError)
 
 __all__ = ["to_arcsec", "real_array", "unmasked", "is_whole", "in_unit_interval", "SENTINEL", "invalid_pixels",
-           "check_number", "check_whole", "check_bool", "check_options"]
+           "check_number", "check_whole", "check_bool", "check_choice", "check_options"]
 
 #: Pixels whose magnitude reaches this are masking sentinels, not data: ZTF stores
 #: masked pixels as -3.4e38 (about -FLT_MAX), other pipelines as +-1e30. Every path
@@ -181,6 +181,21 @@ def check_bool(value, name):
     if isinstance(value, (int, np.integer)) and value in (0, 1):
         return bool(value)
     raise InvalidArgumentTypeError(f"{name} must be True or False, got {value!r}")
+
+
+def check_choice(value, name, choices, *, optional=False):
+    """``value`` if it is one of the names ``choices`` (or None, with ``optional``): the one
+    check of every option that takes one of a few names. Anything that is no string (``1``,
+    a list) is an `InvalidArgumentTypeError`; a string that is none of them an
+    `InvalidArgumentError`; both name the option, the value and the choices."""
+    if optional and value is None:
+        return value
+    if not isinstance(value, str) or value not in choices:
+        names = [*map(repr, choices), *(["None"] if optional else [])]
+        listed = " or ".join([", ".join(names[:-1]), names[-1]] if len(names) > 1 else names)
+        error = InvalidArgumentError if isinstance(value, str) else InvalidArgumentTypeError
+        raise error(f"{name} must be {listed}, got {value!r}")
+    return value
 
 
 def check_options(options, allowed, function):

@@ -45,8 +45,8 @@ import numpy as np
 
 from ..exceptions import (InputError, InputShapeError, InvalidArgumentError,
                           InvalidArgumentTypeError)
-from ._checks import (SENTINEL, check_bool, check_number, check_options, check_whole,
-                      invalid_pixels, is_whole, real_array, to_arcsec)
+from ._checks import (SENTINEL, check_bool, check_choice, check_number, check_options,
+                      check_whole, invalid_pixels, is_whole, real_array, to_arcsec)
 
 __all__ = [
     "FIRST_PIXEL_SCALE_ARCSEC",
@@ -543,8 +543,7 @@ def preprocess_dataset_image(image, *, crop_pixels=CROP_PIXELS, bin_factor=BIN_F
     if not is_whole(bin_factor) or not is_whole(crop_pixels) or crop_pixels % bin_factor:
         raise InvalidArgumentError(f"crop_pixels ({crop_pixels!r}) must be a positive multiple of "
                                    f"bin_factor ({bin_factor!r}), a positive whole number")
-    if not (isinstance(stretch, str) and stretch in ("sqrt", "linear")):
-        raise InvalidArgumentError(f"stretch must be 'sqrt' or 'linear', got {stretch!r}")
+    check_choice(stretch, "stretch", ("sqrt", "linear"))
     crop_pixels, bin_factor = int(crop_pixels), int(bin_factor)
     window = _centre_window(image.astype(np.float32), crop_pixels, 0.0)
     s = crop_pixels // bin_factor
