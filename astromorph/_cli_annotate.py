@@ -82,7 +82,7 @@ def _run(args):
 
 
 def register(sub):
-    from .cli import add_runtime_options
+    from .cli import add_model_option, add_runtime_options
 
     p = sub.add_parser(
         "annotate", help="add model columns to a catalogue, from FITS images with WCS or from "
@@ -96,7 +96,7 @@ def register(sub):
     p.add_argument("catalog", help="input catalogue (ECSV, FITS, CSV, Parquet, VOTable or IPAC)")
     p.add_argument("-i", "--image", action="append",
                    help="FITS image with a celestial WCS (repeat for bands or mosaic tiles)")
-    p.add_argument("-m", "--model", required=True, help="model name or path")
+    add_model_option(p, "model name or path", required=True)
     p.add_argument("-o", "--output", help="output catalogue (default: print the table)")
     p.add_argument("--band", action="append",
                    help="band of each --image, in order (default: from the FITS headers)")

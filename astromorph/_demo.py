@@ -164,12 +164,14 @@ def _run(args):
 
 
 def register(sub):
+    from .cli import add_model_option
+
     p = sub.add_parser("demo", help="annotate the packaged Hubble Deep Field crop",
                        description="Run annotate on the packaged demo input (a crop of the "
                                    "Hubble eXtreme Deep Field picture with a nominal WCS, and "
                                    "the sources detected in it) and write the table.")
-    p.add_argument("-m", "--model", default="morphology",
-                   help="an optical galaxy model: name or path (default: morphology)")
+    add_model_option(p, "an optical galaxy model: name or path (default: morphology)",
+                     default="morphology")
     p.add_argument("-o", "--output", default="astromorph_demo.ecsv",
                    help="output table (default: astromorph_demo.ecsv)")
     p.add_argument("--gallery",

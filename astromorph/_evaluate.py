@@ -714,6 +714,8 @@ def _cannot_score(name, kinds):
 # ---------------------------------------------------------------------------- command line
 def register(sub):
     """Add the ``evaluate`` sub-command to the ``astromorph`` command line."""
+    from .cli import add_model_option
+
     p = sub.add_parser(
         "evaluate", help="score a model's columns in a table against your own labels",
         description="Compare the output columns a model wrote into a table (astromorph "
@@ -724,8 +726,7 @@ def register(sub):
     p.add_argument("table", metavar="TABLE", help="table with the model's columns (ECSV, "
                                                   "FITS, CSV or Parquet)")
     p.add_argument("--truth", required=True, metavar="COL", help="column of your labels")
-    p.add_argument("-m", "--model", required=True, help="model name or path that made the "
-                                                       "columns")
+    add_model_option(p, "model name or path that made the columns", required=True)
     p.add_argument("--map", action="append", dest="label_map", metavar="USER=CLASS",
                    help="translate a label of yours to the model's (repeat), e.g. "
                         "--map E=elliptical; --map=-5=elliptical for a label that "

@@ -752,16 +752,19 @@ def _explain(stamp, bits):
 # ----------------------------------------------------------------------------- command line
 def register(subparsers):
     """Add the ``predict`` sub-command to the ``astromorph`` command line."""
-    from .cli import add_runtime_options
+    from .cli import add_model_option, add_runtime_options
 
     p = subparsers.add_parser(
         "predict", help="score FITS/JPEG/PNG stamps and alert packets: one row per stamp",
         description="Apply a model to files of stamps (FITS images, cubes and "
                     "multi-extension files, JPEG/PNG cutouts, ZTF/Rubin Avro alert packets) "
-                    "and write one table row per stamp.")
-    p.add_argument("model", metavar="MODEL", help="model name (see `astromorph models`) or path")
-    p.add_argument("inputs", metavar="INPUT", nargs="+",
-                   help="files, directories or glob patterns (quote patterns)")
+                    "and write one table row per stamp. The model is the first positional "
+                    "argument (predict MODEL INPUT...) or -m/--model (predict -m MODEL "
+                    "INPUT...).")
+    add_model_option(p, "model name (see `astromorph models`) or path; may instead be "
+                        "given as the first positional argument, MODEL", positional=True)
+    p.add_argument("inputs", metavar="INPUT", nargs="*",
+                   help="files, directories or glob patterns (quote patterns); at least one")
     p.add_argument("-o", "--output", metavar="OUT",
                    help="output table; format from the extension: .ecsv, .fits, .csv, .parquet "
                         "(default: print the table)")

@@ -1,5 +1,6 @@
 """The ``astromorph`` command line."""
 import argparse
+import functools
 import logging
 import signal
 import sys
@@ -169,6 +170,60 @@ def _add_verbosity(parser, dest=""):
                         help="errors only: no warnings, progress bar or summary lines")
 
 
+def add_model_option(parser, help, *, required=False, default=None, positional=False):
+    """``-m/--model``: the option naming the model, spelled the same in every command that
+    takes one.
+
+    With ``positional`` (``astromorph predict``), the model may instead be the first
+    positional argument (``predict MODEL INPUT...``): the command's positional arguments are
+    gathered, after parsing, into ``args.inputs`` by `_model_and_inputs`, and ``args.model``
+    is the model however given. The command adds its ``inputs`` argument after this one.
+    """
+    parser.add_argument("-m", "--model", required=required, default=default, help=help)
+    if positional:
+        parser.add_argument("model_word", metavar="MODEL", nargs="?",
+                            help="the model, unless given with -m/--model")
+        parser.set_defaults(_gather_positionals=functools.partial(_model_and_inputs, parser))
+
+
+def _names_a_model(word):
+    """Whether the positional argument ``word`` names a model rather than an input: a shipped
+    model's name that is no file or folder here, an ``.onnx`` file or a model folder."""
+    from ._registry import list_models
+
+    path = Path(word)
+    return (word.lower().endswith(".onnx") or (path / "model.onnx").is_file()
+            or (word in list_models() and not path.exists()))
+
+
+def _model_and_inputs(parser, args, extras):
+    """Sort the positional arguments of a command with `add_model_option` (``positional``)
+    into ``args.model`` and ``args.inputs``, in the order they were given; ``extras`` (what
+    argparse could not place: inputs after an option, ``predict M a.fits -o OUT b.fits``)
+    are inputs too, unless they are options. Usage errors (exit status 2) for a model given
+    both ways that differs, and for no model or no input."""
+    unknown = [e for e in extras if e.startswith("-") and e != "-"]
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    words = [w for w in [args.model_word, *args.inputs, *extras] if w is not None]
+    del args.model_word
+    if "" in words:  # an unset shell variable
+        parser.error("argument INPUT: empty path")
+    if args.model is None:
+        if len(words) < 2:
+            parser.error("the following arguments are required: MODEL (or -m/--model) and "
+                         "INPUT")
+        args.model, words = words[0], words[1:]
+    elif words and _names_a_model(words[0]):
+        if words[0] != args.model:
+            parser.error(f"the model is given twice and differs: MODEL {words[0]!r} and "
+                         f"-m/--model {args.model!r}; give one")
+        words = words[1:]
+    if not words:
+        parser.error("the following arguments are required: INPUT")
+    args.inputs = words
+
+
 def add_runtime_options(parser, *, threads_help=None):
     """``--providers``, ``--threads`` and ``--precision``: how a command runs its model, with
     the same names, defaults and help in every command that loads one."""
@@ -279,7 +334,12 @@ def main(argv=None):
 
         sys.stderr = open(os.devnull, "w")  # noqa: SIM115 - for the life of the process
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extras = parser.parse_known_args(argv)
+    gather = vars(args).pop("_gather_positionals", None)
+    if gather is not None:  # the positional arguments of `predict`: MODEL (or -m) INPUT...
+        gather(args, extras)
+    elif extras:
+        parser.error(f"unrecognized arguments: {' '.join(extras)}")
     verbose = args.verbose + getattr(args, "verbose_sub", 0)
     quiet = args.quiet = args.quiet or getattr(args, "quiet_sub", False)
     if verbose and quiet:

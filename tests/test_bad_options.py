@@ -440,3 +440,73 @@ def test_choice_options_given_an_unknown_name(call, option):
         call("bogus")
     assert not isinstance(info.value, TypeError)
     assert option in str(info.value) and "'bogus'" in str(info.value)
+
+
+def test_every_command_names_its_model_with_dash_m():
+    """The model was MODEL in predict, -m/--model in annotate, evaluate and demo, and only
+    --model in similar: every command that takes a model now takes -m/--model."""
+    from astromorph import cli
+
+    sub = next(a for a in cli.build_parser()._actions if a.dest == "command")
+    with_model = {name: next((a.option_strings for a in p._actions if a.dest == "model"), None)
+                  for name, p in sub.choices.items()}
+    assert {n for n, o in with_model.items() if o} == {"annotate", "predict", "demo", "similar",
+                                                       "evaluate"}
+    assert all(o == ["-m", "--model"] for o in with_model.values() if o), with_model
+
+
+def _stamp_files(directory, n=2):
+    from astropy.io import fits
+
+    for i in range(n):
+        fits.PrimaryHDU((TRIP + i).astype(np.float32)).writeto(directory / f"t{i}.fits")
+    return [str(directory / f"t{i}.fits") for i in range(n)]
+
+
+@pytest.mark.parametrize("form", [
+    ["real-bogus", "{0}", "{1}"],
+    ["-m", "real-bogus", "{0}", "{1}"],
+    ["{0}", "--model", "real-bogus", "{1}"],
+    ["-m", "real-bogus", "real-bogus", "{0}", "{1}"],  # the same model both ways
+    ["real-bogus", "{0}", "-o", "{out}", "{1}"],  # an input after an option: was refused
+])
+def test_predict_takes_the_model_either_way(tmp_path, capsys, form):
+    """``astromorph predict -m MODEL INPUT...`` was 'unrecognized arguments: -m'; an input
+    after an option (``predict M a.fits -o OUT b.fits``) was 'unrecognized arguments:
+    b.fits'. Every form now scores both files, in the order given."""
+    from astromorph import cli
+
+    files, out = _stamp_files(tmp_path), str(tmp_path / "out.ecsv")
+    argv = [w.format(*files, out=out) for w in form]
+    assert cli.main(["predict", *argv, *([] if "-o" in argv else ["-o", out]), "-q"]) == 0
+    table = Table.read(out)
+    assert len(table) == 2 and table.meta["model"] == "real-bogus"
+    assert [str(s).rsplit("/", 1)[-1] for s in table["source"]] == ["t0.fits", "t1.fits"]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["-m", "real-bogus", "morphology", "t.fits"],
+     "the model is given twice and differs: MODEL 'morphology' and -m/--model 'real-bogus'"),
+    (["-m", "real-bogus"], "the following arguments are required: INPUT"),
+    (["t.fits"], "the following arguments are required: MODEL (or -m/--model) and INPUT"),
+    (["real-bogus", "t.fits", "--bogus"], "unrecognized arguments: --bogus"),
+])
+def test_predict_model_usage_errors(capsys, argv, message):
+    """A model given both as MODEL and -m/--model that differ is a usage error (exit status
+    2) naming both, as are a missing model or input and an unknown option."""
+    from astromorph import cli
+
+    with pytest.raises(SystemExit) as info:
+        cli.main(["predict", *argv])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert f"astromorph predict: error: {message}" in err, err
+
+
+def test_similar_takes_dash_m(capsys):
+    """``similar -m`` was 'unrecognized arguments: -m' (only --model was taken)."""
+    from astromorph import cli
+
+    assert cli.main(["similar", "emb.ecsv", "--query", "0", "-m", "embedding"]) == 2
+    assert capsys.readouterr().err == ("astromorph: error: -m/--model applies only with "
+                                       "--image\n")

@@ -3,7 +3,7 @@ import logging
 
 import numpy as np
 
-from ..cli import add_runtime_options, check_range, report
+from ..cli import add_model_option, add_runtime_options, check_range, report
 
 __all__ = ["register"]
 
@@ -73,7 +73,7 @@ def _cmd_similar(args):
             ("--ra-col", args.ra_col, args.ra, "--ra/--dec"),
             ("--dec-col", args.dec_col, args.ra, "--ra/--dec"),
             ("--source-column", args.source_column, args.gallery, "--gallery"),
-            ("--model", args.model, args.image, "--image"),
+            ("-m/--model", args.model, args.image, "--image"),
             ("--providers", args.providers, args.image, "--image"),
             ("--threads", args.threads, args.image, "--image"),
             ("--precision", args.precision, args.image, "--image")):
@@ -226,8 +226,7 @@ def register(sub):
     p.add_argument("--column", default="embedding", help="embedding column (default embedding)")
     p.add_argument("--source-column", default=None,
                    help="column of image paths for --gallery (default: source, path, file)")
-    p.add_argument("--model", default=None,
-                   help="with --image: the model embedding it (default embedding)")
+    add_model_option(p, "with --image: the model embedding it (default embedding)")
     add_runtime_options(p, threads_help="with --image: CPU threads of ONNX Runtime (default: "
                         "$ASTROMORPH_NUM_THREADS, else ONNX Runtime's choice)")
     p.add_argument("--backend", default="exact", choices=["exact", "auto", "faiss", "hnswlib"],
