@@ -15,7 +15,7 @@ def demo_paths():
 
 
 def run_demo(*, model="morphology", output="astromorph_demo.ecsv", gallery=None, overwrite=False,
-             progress=None):
+             progress=None, providers=None, threads=None, precision=None):
     """Annotate the packaged HDF sources with a galaxy model; write the table (and a gallery).
 
     Parameters
@@ -33,6 +33,8 @@ def run_demo(*, model="morphology", output="astromorph_demo.ecsv", gallery=None,
         Replace existing output files (default: raise `OutputExistsError` before any work).
     progress : bool, optional
         Show a progress bar (default: on a terminal).
+    providers, threads, precision : optional
+        How the model is loaded and run, as for `astromorph.load_model`.
 
     Returns
     -------
@@ -52,7 +54,7 @@ def run_demo(*, model="morphology", output="astromorph_demo.ecsv", gallery=None,
             check_output(path, overwrite=overwrite, table=path == output)
     if gallery:
         picture_format(gallery)  # a missing matplotlib or a bad extension fails here
-    model = as_model(model)
+    model = as_model(model, providers=providers, threads=threads, precision=precision)
     family = model_family(model.card)
     if family != "optical":
         needs = {"radio": "radio images (FIRST-like, Jy/beam)",
@@ -135,10 +137,12 @@ def _gallery(table, image, path, n=24, *, overwrite=False):
 
 
 def _run(args):
-    from .cli import report
+    from .cli import check_range, report
 
+    check_range("--threads", args.threads, low=0)
     result = run_demo(model=args.model, output=args.output, gallery=args.gallery,
-                      overwrite=args.overwrite, progress=False if args.no_progress else None)
+                      overwrite=args.overwrite, progress=False if args.no_progress else None,
+                      providers=args.providers, threads=args.threads, precision=args.precision)
     label_col = next((c for c in result.colnames if c.endswith("_label")), None)
     if args.quiet:  # errors only: the table is in the file
         return 0
@@ -164,7 +168,7 @@ def _run(args):
 
 
 def register(sub):
-    from .cli import add_model_option
+    from .cli import add_model_option, add_runtime_options
 
     p = sub.add_parser("demo", help="annotate the packaged Hubble Deep Field crop",
                        description="Run annotate on the packaged demo input (a crop of the "
@@ -178,5 +182,6 @@ def register(sub):
                    help="also write a gallery of labelled thumbnails (.png, .pdf, .svg...)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace existing output files (default: refuse before any work)")
+    add_runtime_options(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_run)

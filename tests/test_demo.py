@@ -129,3 +129,13 @@ def test_demo_gallery_says_what_it_shows(tmp_path, monkeypatch):
     tiles = [ax.get_title() for ax in fig.axes if ax.get_title()]
     assert len(tiles) == 24
     assert all("p=" in t and "\u2033" in t for t in tiles)
+
+
+def test_demo_takes_the_runtime_options(tmp_path):
+    """``--providers``, ``--threads`` and ``--precision`` choose how every other command that
+    loads a model runs it; ``astromorph demo`` refused them ('unrecognized arguments')."""
+    out = tmp_path / "d.ecsv"
+    assert cli.main(["demo", "-o", str(out), "-q", "--providers", "cpu", "--threads", "1",
+                     "--precision", "int8"]) == 0
+    assert Table.read(out).meta["astromorph_model_precision"] == "int8"
+    assert cli.main(["demo", "-o", str(out), "-q", "--overwrite", "--threads", "-1"]) == 2
