@@ -793,8 +793,8 @@ def _cmd_evaluate(args):
     if args.output:
         with atomic_output(args.output, overwrite=args.overwrite) as tmp:
             tmp.write_text(json.dumps(result.metrics, indent=1) + "\n")
-    if not args.quiet:
-        print(result.summary())
+    if not args.quiet or not args.output:  # without -o the summary is the result, as the
+        print(result.summary())           # table is for predict and annotate
     for what, path in (("metrics", args.output), ("figure", args.plot)):
         if path:
             report(args, f"wrote {what} to {path}")

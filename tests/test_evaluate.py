@@ -461,3 +461,18 @@ def test_plots_say_what_they_show():
                        (t.get_window_extent() for t in ticks))
         assert len(boxes) == 37
         assert all(a[1] <= b[0] + 0.5 for a, b in zip(boxes, boxes[1:])), boxes
+
+
+def test_quiet_command_line_without_output_still_prints_the_metrics(tmp_path, capsys):
+    """``-q`` drops status lines, not a command's result: ``predict -q`` and ``annotate -q``
+    without ``-o`` print their table, but ``evaluate -q`` without ``-o`` printed nothing at
+    all (the run was lost). It now prints the metrics; with ``-o`` they go to the file."""
+    t = _morph_table(["E", "S"], ["elliptical", "spiral"])
+    t.write(tmp_path / "t.ecsv")
+    args = ["evaluate", str(tmp_path / "t.ecsv"), "--truth", "mine", "-m", "morphology",
+            "--map", "E=elliptical", "--map", "S=spiral", "-q"]
+    assert main(args) == 0
+    printed = capsys.readouterr()
+    assert "accuracy 1.000" in printed.out and printed.err == ""
+    assert main(args + ["-o", str(tmp_path / "m.json")]) == 0
+    assert capsys.readouterr().out == ""
