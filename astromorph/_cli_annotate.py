@@ -93,7 +93,8 @@ def register(sub):
                     "(array columns or FITS bytes, e.g. science/reference/difference; see "
                     "--stamp-col). Formats by extension: .ecsv .fits .csv .parquet; read only: "
                     ".vot .xml (VOTable), .tbl (IPAC).")
-    p.add_argument("catalog", help="input catalogue (ECSV, FITS, CSV, Parquet, VOTable or IPAC)")
+    p.add_argument("catalog", metavar="CATALOG",
+                   help="input catalogue (ECSV, FITS, CSV, Parquet, VOTable or IPAC)")
     p.add_argument("-i", "--image", action="append",
                    help="FITS image with a celestial WCS (repeat for bands or mosaic tiles)")
     add_model_option(p, "model name or path", required=True)

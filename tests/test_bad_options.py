@@ -510,3 +510,20 @@ def test_similar_takes_dash_m(capsys):
     assert cli.main(["similar", "emb.ecsv", "--query", "0", "-m", "embedding"]) == 2
     assert capsys.readouterr().err == ("astromorph: error: -m/--model applies only with "
                                        "--image\n")
+
+
+@pytest.mark.parametrize("argv, metavar", [
+    (["annotate", "-m", "morphology"], "CATALOG"), (["predict"], "MODEL"),
+    (["predict", "-m", "morphology"], "INPUT"), (["similar"], "TABLE"),
+    (["evaluate", "--truth", "y", "-m", "morphology"], "TABLE")])
+def test_missing_positional_named_in_capitals(capsys, argv, metavar):
+    """The usage errors of a missing positional argument named it as the usage line and
+    the docs do (TABLE, INPUT), but annotate's was 'the following arguments are required:
+    catalog' (its usage line said 'catalog' too, the README CATALOG)."""
+    from astromorph import cli
+
+    with pytest.raises(SystemExit) as info:
+        cli.main(argv)
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert f"error: the following arguments are required: {metavar}" in err, err
