@@ -144,6 +144,7 @@ def build_parser():
         register(sub)
     for command in sub.choices.values():
         _add_verbosity(command, dest="_sub")  # also after the command: `astromorph predict ... -q`
+        command.set_defaults(_command_parser=command)  # whose usage an unknown option gets
         for action in command._actions:
             if action.dest in _PATH_ARGUMENTS:
                 action.type = _path
@@ -336,10 +337,12 @@ def main(argv=None):
     parser = build_parser()
     args, extras = parser.parse_known_args(argv)
     gather = vars(args).pop("_gather_positionals", None)
+    command = vars(args).pop("_command_parser", parser)
     if gather is not None:  # the positional arguments of `predict`: MODEL (or -m) INPUT...
         gather(args, extras)
-    elif extras:
-        parser.error(f"unrecognized arguments: {' '.join(extras)}")
+    elif extras:  # argparse would answer with the top-level usage, which does not show how
+        # the command takes its arguments: the command's own usage instead
+        command.error(f"unrecognized arguments: {' '.join(extras)}")
     verbose = args.verbose + getattr(args, "verbose_sub", 0)
     quiet = args.quiet = args.quiet or getattr(args, "quiet_sub", False)
     if verbose and quiet:

@@ -1139,6 +1139,22 @@ def test_cli_empty_path_is_a_usage_error(argv, capsys, tmp_path, monkeypatch):
     assert "empty path" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("argv, command", [
+    (["predict", "tiny", "a.fits", "--bogus"], "predict"),
+    (["annotate", "c.ecsv", "-m", "tiny", "--bogus"], "annotate"),
+    (["cluster", "t.ecsv", "--bogus", "1"], "cluster")])
+def test_cli_unknown_option_gives_the_command_usage(argv, command, capsys):
+    """An option the command does not take is answered with that command's usage, which
+    shows how it takes its arguments, not with the top-level ``astromorph [-h] ... COMMAND``
+    usage."""
+    with pytest.raises(SystemExit) as info:
+        cli.main(argv)
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert f"usage: astromorph {command} " in err
+    assert f"astromorph {command}: error: unrecognized arguments: " in err
+
+
 _DATA = REPO / "astromorph" / "data"
 
 
