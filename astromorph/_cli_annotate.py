@@ -3,6 +3,7 @@ __all__ = ["register"]
 
 
 def _read_catalogue(path):
+    import csv
     import os
 
     from astropy.table import QTable
@@ -12,12 +13,17 @@ def _read_catalogue(path):
 
     path = os.fspath(check_input_file(path, "catalogue"))  # a missing file, not its extension
     fmt = table_format(path, read=True)
+    # an ECSV cell of a stamp column (a (3, 63, 63) triplet, as `annotate -o x.ecsv` writes
+    # one) is longer than the 131072 characters the csv module takes by default
+    limit = csv.field_size_limit(2**31 - 1)  # C long on every platform
     try:
         if fmt == "ascii.csv":
             return QTable.read(path, format="ascii.csv")
         return QTable.read(path, format=fmt)
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, csv.Error) as exc:
         raise InputError(f"catalogue {path!r} cannot be read: {exc}") from exc
+    finally:
+        csv.field_size_limit(limit)
 
 
 def _run(args):

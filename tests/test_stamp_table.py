@@ -359,6 +359,26 @@ def test_cli_annotate_without_images_scores_the_rows_stamps(rb, tmp_path, capsys
     assert rc != 0 and "--stamp-col" in capsys.readouterr().err
 
 
+
+def test_cli_annotate_reads_back_its_own_ecsv_of_stamps(rb, tmp_path, capsys):
+    """An ECSV table whose rows hold (3, 63, 63) triplets, as ``astromorph annotate -o
+    x.ecsv`` writes it, has cells longer than the 131072 characters Python's csv reader takes
+    by default: reading it back as a catalogue crashed with ``_csv.Error: field larger than
+    field limit``; it is now read (and the process-wide csv limit left as it was)."""
+    import csv
+
+    from astromorph import cli
+
+    x = _triplets(2, seed=9)
+    Table({"candid": [21, 22], "triplet": x}).write(tmp_path / "cands.ecsv")
+    limit = csv.field_size_limit()
+    assert cli.main(["annotate", str(tmp_path / "cands.ecsv"), "-m", "real-bogus",
+                     "-o", str(tmp_path / "scored.fits"), "--no-progress"]) == 0
+    assert csv.field_size_limit() == limit
+    scored = Table.read(tmp_path / "scored.fits")
+    np.testing.assert_allclose(scored["rb_score"], _direct(rb, x), rtol=0, atol=1e-6)
+
+
 def test_dask_partitions_of_a_stamp_table(rb):
     pytest.importorskip("dask")
     x = _triplets(7, seed=8)
