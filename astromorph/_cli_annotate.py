@@ -31,6 +31,7 @@ def _run(args):
 
     from ._annotate import annotate
     from ._io import check_output, write_table
+    from ._predict import summary_line
     from ._stamp_table import annotate_stamps
     from .cli import check_model_output, check_range, report
     from .exceptions import InvalidArgumentError
@@ -81,9 +82,10 @@ def _run(args):
                                  **common)
     if args.output:
         write_table(result, args.output, overwrite=args.overwrite)
-        report(args, f"wrote {len(result)} rows to {args.output}")
     else:
         result.pprint(max_lines=-1 if len(result) < 100 else 60, max_width=-1)
+    report(args, summary_line(result) + (f"; table written to {args.output}" if args.output
+                                         else ""))
     return 0
 
 

@@ -825,11 +825,22 @@ def _cmd_predict(args):
         raise output_error(f"{failed}; the table is complete"
                            + (f" and was written to {args.output}" if args.output else
                               " and was printed"), failed) from failed
-    flag_col = next(c for c in table.colnames if c.endswith("_flags"))
-    n, flagged = len(table), int((np.asarray(table[flag_col]) != 0).sum())
-    unusable = int((np.asarray(table[flag_col]) & int(Flag.unusable()) != 0).sum())
-    report(args, f"{n} row(s), model {table.meta['model']} {table.meta['model_version']}: "
-           f"{n - unusable} scored, {flagged} flagged, {unusable} unusable"
-           + (f"; table written to {args.output}" if args.output else ""))
+    report(args, summary_line(table) + (f"; table written to {args.output}" if args.output
+                                        else ""))
     return 0
+
+
+def summary_line(table):
+    """The summary line of a command that adds model columns: ``N row(s), model NAME VERSION:
+    S scored, F flagged, U unusable``, from the flags column among the new columns that
+    ``table.meta["astromorph_columns"]`` names."""
+    meta = table.meta
+    new = str(meta.get("astromorph_columns", "")).split(",")
+    flag_col = next((c for c in new if c.endswith("_flags")),
+                    next(c for c in table.colnames if c.endswith("_flags")))
+    flags = np.asarray(table[flag_col])
+    n, flagged = len(table), int((flags != 0).sum())
+    unusable = int((flags & int(Flag.unusable()) != 0).sum())
+    return (f"{n} row(s), model {meta['astromorph_model']} {meta['astromorph_model_version']}: "
+            f"{n - unusable} scored, {flagged} flagged, {unusable} unusable")
 

@@ -2,6 +2,7 @@
 import contextlib
 import importlib.util
 import json
+import re
 import sys
 import warnings
 
@@ -1505,6 +1506,22 @@ def test_cli_annotate(optical_model, tmp_path):
                      "-m", str(optical_model.path), "--precision", "int8",
                      "-o", str(tmp_path / "int8.ecsv")]) != 0
     assert not (tmp_path / "int8.ecsv").exists()
+
+
+def test_cli_annotate_summary_line(optical_model, tmp_path, capsys):
+    """`astromorph annotate` ends with the summary line `astromorph predict` gives (rows,
+    model and version, how many were scored, flagged and unusable), not only "wrote N rows":
+    a source off the image is otherwise not mentioned at all (it is no warning)."""
+    img, w = blobs(), sky_wcs()
+    fits.writeto(tmp_path / "img.fits", img, w.to_header())
+    catalogue(w, [(100, 100), (5000, 0)]).write(tmp_path / "cat.ecsv")
+    assert cli.main(["annotate", str(tmp_path / "cat.ecsv"), "-i", str(tmp_path / "img.fits"),
+                     "-m", str(optical_model.path), "-o", str(tmp_path / "out.ecsv"),
+                     "--no-progress"]) == 0
+    err = capsys.readouterr().err
+    version = optical_model.card["version"]
+    assert re.search(rf"2 row\(s\), model \S+ {re.escape(version)}: 1 scored, 1 flagged, "
+                     rf"1 unusable; table written to .*out\.ecsv", err), err
 
 
 @pytest.mark.parametrize("option", [["--size-col", "r90"], ["--stamp-size", "10"],
