@@ -207,6 +207,24 @@ def test_columns_meta_and_values_match_adapters(models, tmp_path):
     assert table.meta["astromorph_providers"] == "CPUExecutionProvider"
 
 
+
+def test_numpy_array_file_says_how_to_score_its_arrays(tmp_path):
+    """A NumPy ``.npz``/``.npy`` file of stamps (as survey stamp sets are shared) was only
+    "unrecognised file format (first bytes b'PK\\x03\\x04...')": the reason now says what
+    it is and how to score its arrays."""
+    x = np.zeros((2, 3, 8, 8), np.float32)
+    np.savez(tmp_path / "stamps.npz", X=x)
+    np.save(tmp_path / "stamps.npy", x)
+    (tmp_path / "archive.zip").write_bytes((tmp_path / "stamps.npz").read_bytes())
+    table = quiet(astromorph.predict_files, "real-bogus",
+                  [tmp_path / "stamps.npz", tmp_path / "stamps.npy", tmp_path / "archive.zip"])
+    assert list(table["rb_flags"]) == [Flag.BAD_INPUT] * 3
+    for reason in table["reason"][:2]:
+        assert reason.startswith("unrecognised file format"), reason
+        assert "NumPy" in reason and "annotate_stamps" in reason, reason
+    assert "NumPy" not in table["reason"][2]  # a zip file of another kind is not one
+
+
 def test_accepts_loaded_model(models, tmp_path):
     write_picture(tmp_path / "a.png", colour_picture())
     model = astromorph.load_model("morphology")

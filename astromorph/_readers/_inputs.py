@@ -215,6 +215,11 @@ def read_file(path, *, want_scale=True, triplet_hint=False):
     else:
         reason = (f"unrecognised file format (first bytes {head[:8]!r}); expected FITS, JPEG, "
                   "PNG or Avro")
+        if head.startswith(b"\x93NUMPY") or (head.startswith(b"PK\x03\x04")
+                                              and path.suffix.lower() == ".npz"):
+            reason += ("; it is a NumPy array file: load it with numpy.load and score its "
+                       "stamps with astromorph.annotate_stamps(astropy.table.Table("
+                       "{'stamp': array}), model=...)")
         schema_id = confluent_schema_id(head)
         if schema_id is not None:  # five bytes are too few to claim it, enough to suggest it
             reason += (f"; if it is a Kafka message in the Confluent wire format (schema id "
