@@ -1089,6 +1089,27 @@ def _write_labelled_embeddings(path):
     t.write(path)
 
 
+def test_cli_cluster_covariance_option(tmp_path):
+    """The FewRowsWarning of `astromorph cluster` on a small table advised
+    covariance_type='diag', which the command had no way to ask for: it now takes
+    --covariance diag (no warning then), and the warning names the command-line options."""
+    import warnings
+
+    from astromorph.exceptions import FewRowsWarning
+
+    t = catalogue(30, d=16)
+    t["embedding"], y = blobs(n_per=10, k=3, d=16)
+    src = tmp_path / "emb.ecsv"
+    t.write(src)
+    with pytest.warns(FewRowsWarning, match=r"--covariance diag.*-k.*--pca"):
+        assert main(["cluster", str(src), "-k", "3", "-o", str(tmp_path / "full.ecsv")]) == 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FewRowsWarning)
+        assert main(["cluster", str(src), "-k", "3", "--covariance", "diag",
+                     "-o", str(tmp_path / "diag.ecsv")]) == 0
+    assert nmi(np.asarray(Table.read(tmp_path / "diag.ecsv")["cluster"]), y) > 0.95
+
+
 def test_cli_quiet_prints_no_status_lines(tmp_path, capsys):
     t = catalogue(30, d=8)
     t["embedding"], _ = blobs(n_per=10, k=3, d=8)
@@ -1758,7 +1779,7 @@ def test_mixture_warns_of_full_covariances_on_too_few_rows():
     x = np.random.default_rng(3).normal(size=(51, 64))
     x /= np.linalg.norm(x, axis=1, keepdims=True)
     with pytest.warns(FewRowsWarning, match=r"3 components .* on 40 rows in 16 dimensions: "
-                      r"13\.3 rows per component, fewer than the 17 .*'diag', fewer components"):
+                      r"13\.3 rows per component, fewer than the 17 .*'diag'.*, fewer components"):
         GaussianMixture(3, covariance_type="full").fit(x[:40])
     with warnings.catch_warnings():
         warnings.simplefilter("error", FewRowsWarning)

@@ -152,7 +152,8 @@ def _cmd_cluster(args):
     kwargs = {"k_range": range(2, (args.k_max or _K_MAX) + 1)} if args.k is None else {}
     out, mixture, name = _cluster_table(table, args.column, args.k, args.prefix,
                                         args.on_conflict,
-                                        dict(n_pca=args.pca, seed=args.seed, **kwargs))
+                                        dict(n_pca=args.pca, seed=args.seed,
+                                             covariance_type=args.covariance, **kwargs))
     if mixture.bic_ and len(mixture.bic_) > 1:
         report(args, "BIC: " + ", ".join(f"k={k}: {v:.0f}" for k, v in mixture.bic_.items()))
     counts = np.bincount(np.ma.filled(out[name], -1)[~np.ma.getmaskarray(out[name])],
@@ -254,6 +255,9 @@ def register(sub):
     p.add_argument("--k-max", type=int, default=None,
                    help=f"without -k: largest k tried by BIC (default {_K_MAX})")
     p.add_argument("--pca", type=int, default=16, help="principal components kept (default 16)")
+    p.add_argument("--covariance", choices=["full", "diag"], default="full",
+                   help="covariance of each cluster: full, or diag (diagonal, for tables with "
+                        "few rows per cluster; default full)")
     p.add_argument("--column", default="embedding", help="embedding column (default embedding)")
     p.add_argument("--prefix", default="cluster", help="name of the new columns (default cluster)")
     p.add_argument("--on-conflict", choices=["error", "suffix", "replace"], default="error",

@@ -266,7 +266,8 @@ class GaussianMixture(Saved):
              f"{d} dimensions: {n / k:.1f} rows per component, fewer than the {d + 1} a "
              f"{d}-d covariance ({d * (d + 1) // 2} parameters) needs not to be singular, so "
              "the covariances are mostly regularisation (reg_covar); use "
-             "covariance_type='diag', fewer components, a smaller n_pca or more rows",
+             "covariance_type='diag' (--covariance diag), fewer components (-k), a smaller "
+             "n_pca (--pca) or more rows",
              FewRowsWarning)
 
     # ----------------------------------------------------------------- predict
