@@ -82,8 +82,13 @@ def _run(args):
                                  **common)
     if args.output:
         write_table(result, args.output, overwrite=args.overwrite)
-    else:
-        result.pprint(max_lines=-1 if len(result) < 100 else 60, max_width=-1)
+    else:  # the stamps themselves (arrays, FITS bytes) are no reading matter
+        stamps = [c for c in str(result.meta.get("astromorph_stamp_columns", "")).split(",")
+                  if c in result.colnames]
+        shown = result[[c for c in result.colnames if c not in stamps]] if stamps else result
+        shown.pprint(max_lines=-1 if len(result) < 100 else 60, max_width=-1)
+        if stamps:
+            report(args, f"(stamp column(s) {', '.join(stamps)} not printed; -o writes them)")
     report(args, summary_line(result) + (f"; table written to {args.output}" if args.output
                                          else ""))
     return 0

@@ -360,6 +360,28 @@ def test_cli_annotate_without_images_scores_the_rows_stamps(rb, tmp_path, capsys
 
 
 
+
+def test_cli_annotate_prints_the_table_without_its_stamps(rb, tmp_path, capsys, monkeypatch):
+    """Without -o, `astromorph annotate TABLE -m real-bogus` printed every column, the
+    stamps too: for cells of gzipped FITS bytes (a Parquet file of alerts) a screenful of
+    binary garbage per row. The stamp columns are now left out of the printed table (a
+    status line names them); they are kept in a written one."""
+    x = _triplets(2, seed=11)
+    cells = {k: [_fits_bytes(x[i, j], gz=True) for i in range(2)]
+             for j, k in enumerate(("science", "reference", "difference"))}
+    table = Table({"candid": [31, 32], **{k: Column(v, dtype=object) for k, v in cells.items()}})
+    from astromorph import _cli_annotate, cli
+
+    # (as read from a Parquet file of alerts; read here without pyarrow)
+    monkeypatch.setattr(_cli_annotate, "_read_catalogue", lambda path: table)
+    assert cli.main(["annotate", str(tmp_path / "cands.ecsv"), "-m", "real-bogus",
+                     "--no-progress"]) == 0
+    out, err = capsys.readouterr()
+    header = out.splitlines()[0].split()
+    assert header == ["candid", "rb_score", "rb_flags", "rb_reason"], out[:300]
+    assert "science, reference, difference" in err
+
+
 def test_cli_annotate_reads_back_its_own_ecsv_of_stamps(rb, tmp_path, capsys):
     """An ECSV table whose rows hold (3, 63, 63) triplets, as ``astromorph annotate -o
     x.ecsv`` writes it, has cells longer than the 131072 characters Python's csv reader takes
