@@ -416,6 +416,65 @@ def _fits_ascii(table, path):
     return table
 
 
+def _ecsv_zero_rows(table):
+    """``table`` as ECSV can hold it when it has no rows but multidimensional columns.
+
+    Astropy writes a zero-row ``(0, D)`` column of ECSV with a ``float32[D]`` subtype and no
+    values, which its reader then refuses ("shape mismatch between value and column
+    specifier"): an empty `annotate` or `annotate_stamps` result with an embedding could
+    not be read back. Each such column is written here as a plain zero-row column of its
+    element type, and recorded in ECSV's own ``__serialized_columns__`` meta as a
+    `~astropy.table.Column` of the dtype ``(D,)<type>``, from which `Table.read` rebuilds it
+    with its ``(0, D)`` shape, dtype, unit, description and meta (mixin columns, e.g. a
+    `~astropy.units.Quantity` of vectors, are kept too). Other tables are returned as they are.
+    """
+    if len(table) or all(len(getattr(table[c], "shape", ())) < 2 for c in table.colnames):
+        return table
+    from astropy.table import Column, Table, serialize
+    from astropy.table.serialize import SerializedColumn
+    from astropy.utils.data_info import serialize_context_as
+
+    with serialize_context_as("ecsv"):
+        table = serialize.represent_mixins_as_columns(table)  # as the ECSV writer does
+    table = Table(table, copy=False)  # (columns and meta of its own; plain columns stay so)
+    table.meta = dict(table.meta)
+    shaped = {}
+    for name in table.colnames:
+        col = table[name]
+        if col.ndim > 1:
+            dtype = col.dtype.newbyteorder("=")
+            shaped[name] = f"{col.shape[1:]}{dtype.str}"
+            table.replace_column(name, Column(
+                np.zeros(0, dtype), name=name, unit=col.info.unit, format=col.info.format,
+                description=col.info.description, meta=col.info.meta))
+
+    def rebuilt(name):
+        return SerializedColumn({"__class__": "astropy.table.column.Column",
+                                 "data": SerializedColumn({"name": name}),
+                                 "dtype": shaped[name]})
+
+    referenced = set()
+
+    def relink(attrs):  # the mixins' links to a reshaped column go through its rebuilding
+        out = {}
+        for key, value in attrs.items():
+            if isinstance(value, SerializedColumn):
+                name = value.get("name")
+                if isinstance(name, str):
+                    referenced.add(name)
+                    value = rebuilt(name) if name in shaped else value
+                else:
+                    value = relink(value)
+            out[key] = value
+        return SerializedColumn(out)
+
+    serialized = {name: relink(attrs)
+                  for name, attrs in table.meta.pop("__serialized_columns__", {}).items()}
+    serialized.update({name: rebuilt(name) for name in shaped if name not in referenced})
+    table.meta["__serialized_columns__"] = serialized
+    return table
+
+
 def write_table(table, path, *, overwrite=False, format=None):
     """Write a table atomically, in the format given by the file extension.
 
@@ -424,7 +483,7 @@ def write_table(table, path, *, overwrite=False, format=None):
     table : astropy.table.Table
     path : str or os.PathLike
         ``.ecsv`` (recommended: keeps units, descriptions, masks and
-        multidimensional columns), ``.fits``/``.fit``/``.fits.gz`` (masked
+        multidimensional columns, also in a table with no rows), ``.fits``/``.fit``/``.fits.gz`` (masked
         boolean entries are not kept, non-ASCII text is written with backslash escapes,
         meta entries no header card holds are left out: each with a
         `~astromorph.exceptions.LossyOutputWarning`), ``.csv``
@@ -453,6 +512,8 @@ def write_table(table, path, *, overwrite=False, format=None):
         table.meta = {k: ",".join(map(str, v)) if isinstance(v, (list, tuple))
                       and k.lower() not in _FITS_LIST_KEYS else v
                       for k, v in table.meta.items()}
+    if fmt == "ascii.ecsv":
+        table = _ecsv_zero_rows(table)
     if fmt == "fits":
         table = _fits_ascii(table, path)
         unmasked = [c for c in table.colnames if getattr(table[c], "dtype", None) == bool

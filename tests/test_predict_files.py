@@ -1656,6 +1656,58 @@ def test_write_table_rejects_unknown_extension(tmp_path):
         write_table(Table({"e": np.ones((2, 3))}), tmp_path / "out.csv")
 
 
+@pytest.mark.parametrize("ext", [".ecsv", ".fits", ".parquet"])
+def test_write_table_zero_rows_with_multidimensional_columns_reads_back(tmp_path, ext):
+    """A zero-row table with an embedding column (every catalogue row off the images, an
+    empty stamp table) was written as ECSV that astropy cannot read back ("shape mismatch
+    between value and column specifier"): each format now reads back with the columns,
+    dtypes, (0, D) shapes, units, descriptions and meta."""
+    import astropy.units as u
+    from astropy.table import MaskedColumn, QTable
+
+    if ext == ".parquet":
+        pytest.importorskip("pyarrow")
+    table = QTable({"id": np.zeros(0, np.int64), "embedding": np.zeros((0, 4), np.float32),
+                    "cube": np.zeros((0, 2, 3), np.int16), "label": np.zeros((0, 2), "U5"),
+                    "q": np.zeros((0, 3)) * u.mJy},
+                   meta={"astromorph_model": "embedding", "n": 3})
+    table["embedding"].unit = "pix"
+    table["embedding"].info.description = "unit vector"
+    table["m"] = MaskedColumn(np.zeros((0, 2)), mask=np.zeros((0, 2), bool))
+    if ext != ".ecsv":  # FITS and Parquet hold no string arrays
+        del table["label"]
+    if ext == ".parquet":  # astropy flattens the rows of 3-D columns in Parquet, at any length
+        del table["cube"]
+    write_table(table, tmp_path / f"out{ext}")
+    back = Table.read(tmp_path / f"out{ext}")
+    assert back.colnames == table.colnames
+    if ext == ".fits":  # (short keys come back in upper case)
+        assert {k.lower(): v for k, v in back.meta.items()} == table.meta
+    else:
+        assert dict(back.meta) == table.meta
+    for name in table.colnames:
+        assert back[name].shape == table[name].shape, name
+        assert back[name].dtype.newbyteorder("=") == table[name].dtype, name
+    assert back["embedding"].unit == "pix" and back["q"].unit == u.mJy
+    if ext != ".fits":
+        assert back["embedding"].description == "unit vector"
+    assert isinstance(QTable.read(tmp_path / f"out{ext}")["q"], u.Quantity)
+
+
+def test_cli_annotate_empty_stamp_table_with_embedding_reads_back(tmp_path):
+    """`astromorph annotate` of a stamp table with no rows, with the embedding model, wrote
+    an ECSV that Table.read refused; it now reads back with the (0, 256) embedding."""
+    Table({"id": np.zeros(0, np.int64), "stamp": np.zeros((0, 64, 64), np.float32)}).write(
+        tmp_path / "in.fits")
+    out = tmp_path / "out.ecsv"
+    assert cli.main(["annotate", str(tmp_path / "in.fits"), "-m", "embedding",
+                     "--pixel-scale", "0.262", "-o", str(out), "--no-progress"]) == 0
+    back = Table.read(out)
+    assert back["embedding"].shape == (0, 256) and back["embedding"].dtype == np.float32
+    assert back["stamp"].shape == (0, 64, 64)
+    assert back.meta["astromorph_model"] == "embedding"
+
+
 # ----------------------------------------------------------------------------- command line
 def test_cli_predict(models, tmp_path, capsys):
     for i in range(3):
