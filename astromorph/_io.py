@@ -475,6 +475,54 @@ def _ecsv_zero_rows(table):
     return table
 
 
+def _vectorised_ecsv_text(col):
+    """Whether `_write_ecsv` formats ``col`` itself: a masked 1-D column of integers,
+    floats (of up to 64 bits) or booleans."""
+    dtype = getattr(col, "dtype", None)
+    return (np.ma.isMaskedArray(col) and col.ndim == 1 and dtype.kind in "biuf"
+            and dtype.itemsize <= 8)
+
+
+def _write_ecsv(table, path):
+    """Write ``table`` to ``path`` as astropy's ECSV writer does, byte for byte, but with the
+    values of masked numeric columns formatted as one array operation.
+
+    Astropy formats each entry of a masked column through ``MaskedColumn.__getitem__``
+    (``str(col[i])``): about ten times as slow as a plain column (100,000 rows of five
+    masked float columns: ~5 s against ~0.6 s). ``ndarray.astype(str)`` gives the same text
+    as ``str`` of each scalar (the shortest repr that round-trips; ``nan``, ``inf``,
+    ``-0.0``, ``True``), and masked entries are written empty as astropy writes them. The
+    header, the other columns and the quoting are astropy's own (its ECSV writer, with
+    this one data class); tests compare the bytes with ``Table.write``.
+    """
+    from astropy.io import ascii
+    from astropy.io.ascii.ecsv import Ecsv, EcsvData
+
+    class _Data(EcsvData):
+        def str_vals(self):
+            cols = self.cols
+            fast = [col for col in cols if _vectorised_ecsv_text(col)]
+            try:
+                self.cols = [col for col in cols if not _vectorised_ecsv_text(col)]
+                super().str_vals()
+            finally:
+                self.cols = cols
+            for col in fast:
+                text = np.ma.getdata(col).astype(str)
+                text[np.ma.getmaskarray(col)] = ""
+                col.str_vals = text.tolist()
+            return [col.str_vals for col in cols]
+
+    class _Writer(Ecsv):  # (no _format_name of its own: not registered as a format)
+        data_class = _Data
+
+    writer = ascii.get_writer(writer_cls=_Writer, fast_writer=False)
+    lines = writer.write(table.__class__(table, copy=False))  # as ascii.write does
+    with open(path, "w", newline="") as f:
+        f.write(os.linesep.join(lines))
+        f.write(os.linesep)
+
+
 def write_table(table, path, *, overwrite=False, format=None):
     """Write a table atomically, in the format given by the file extension.
 
@@ -528,7 +576,10 @@ def write_table(table, path, *, overwrite=False, format=None):
             # Long meta keys become HIERARCH cards in FITS: expected, not worth a warning.
             warnings.filterwarnings("ignore", message=".*greater than 8 characters.*")
             warnings.filterwarnings("ignore", message=".*HIERARCH card will be created.*")
-            table.write(tmp, format=fmt, overwrite=True)
+            if fmt == "ascii.ecsv":
+                _write_ecsv(table, tmp)
+            else:
+                table.write(tmp, format=fmt, overwrite=True)
     if fmt == "ascii.csv":
         _warn_csv_losses(table, path)
     log.info("wrote %d rows to %s", len(table), path)
