@@ -174,6 +174,12 @@ def test_network_shapes():
                 " M parameters, ", " M multiply-adds")
 
 
+def test_bench_write():
+    out = run_script("benchmarks/bench_write.py", "--n", 300, "--repeats", 1)
+    check_lines(out, "ECSV of 300 rows, five masked float columns: Table.write",
+                "ECSV of 300 rows, five float columns:", "(identical bytes)")
+
+
 def test_bench_radio_preprocessing():
     out = run_script("benchmarks/bench_radio_preprocessing.py", "--n", 6, "--repeats", 1)
     check_lines(out, "6 float32 stamps of 300 x 300", "identical rms and uint8: True",
