@@ -537,7 +537,9 @@ def write_table(table, path, *, overwrite=False, format=None):
         `~astromorph.exceptions.LossyOutputWarning`), ``.csv``
         (values only: meta, units and descriptions are lost, with a
         `~astromorph.exceptions.LossyOutputWarning`) or ``.parquet`` (needs
-        pyarrow, extra ``astromorph[parquet]``).
+        pyarrow, extra ``astromorph[parquet]``; the rows of columns of more than
+        one dimension per row, e.g. stamp cubes, are flattened, with a
+        `~astromorph.exceptions.LossyOutputWarning`).
     overwrite : bool, optional
         Replace an existing file (default: raise `OutputExistsError`).
     format : str, optional
@@ -571,6 +573,15 @@ def write_table(table, path, *, overwrite=False, format=None):
                  f"{', '.join(unmasked)}: {str(path)!r} will hold them as True/False; write "
                  ".ecsv or .parquet, or an integer copy of the column, to keep them",
                  LossyOutputWarning)
+    if fmt == "parquet":
+        shapes = {c: table[c].shape[1:] for c in table.colnames
+                  if len(getattr(table[c], "shape", ())) > 2}
+        if shapes:  # astropy writes each row as a fixed-size list, flattened
+            warn("Parquet does not keep the shape of array column(s) "
+                 + ", ".join(f"{c} {shape}" for c, shape in shapes.items())
+                 + f": {str(path)!r} will hold their rows flattened, as rows of "
+                 + ", ".join(str(int(np.prod(shape))) for shape in shapes.values())
+                 + " values; write .ecsv or .fits to keep it", LossyOutputWarning)
     with atomic_output(path, overwrite=overwrite) as tmp:
         with catch_warnings():
             # Long meta keys become HIERARCH cards in FITS: expected, not worth a warning.

@@ -1708,6 +1708,21 @@ def test_cli_annotate_empty_stamp_table_with_embedding_reads_back(tmp_path):
     assert back.meta["astromorph_model"] == "embedding"
 
 
+def test_write_table_parquet_warns_it_flattens_stamp_cubes(tmp_path):
+    """astropy's Parquet holds an array column as fixed-size lists without their shape: a
+    (N, 4, 4) stamp column came back (N, 16) without a word. write_table now says so."""
+    pytest.importorskip("pyarrow")
+    from astromorph.exceptions import LossyOutputWarning
+
+    table = Table({"stamp": np.ones((2, 4, 4), np.float32), "vec": np.ones((2, 3))})
+    with pytest.warns(LossyOutputWarning, match=r"stamp \(4, 4\).*rows of 16.*\.ecsv or \.fits"):
+        write_table(table, tmp_path / "out.parquet")
+    assert Table.read(tmp_path / "out.parquet")["stamp"].shape == (2, 16)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # 2-D columns are kept as they are
+        write_table(table[["vec"]], tmp_path / "vec.parquet")
+
+
 def _ecsv_kinds_table(n=40):
     """A table with a column of each kind ECSV writes (masked and not)."""
     import astropy.units as u
