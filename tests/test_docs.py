@@ -1,6 +1,6 @@
 """The README and docs/ name only things that exist: public names, CLI options and call
-signatures of their Python examples (checked statically: most examples need the reader's data);
-the examples that need only packaged files (or the real data, where present) are also run."""
+signatures of their Python examples (checked statically); and every Python example runs, on
+the packaged files, the real data (where present) or stand-ins of the reader's files."""
 import argparse
 import ast
 import builtins
@@ -10,6 +10,7 @@ import re
 
 import pytest
 
+import doc_stand_ins
 from conftest import DATA_DIR, REPO
 from astromorph.cli import build_parser, main
 from astromorph.exceptions import MissingDependencyError
@@ -234,7 +235,9 @@ def test_python_examples_call_real_signatures(code):
 # ------------------------------------------------------------------ running the examples
 #: A string literal that names a file or folder (``"g.fits"``, ``"alerts/*.avro"``).
 _PATH = re.compile(r"^[\w.*?\[\]-]*(/[\w.*?\[\]-]*)*(\.(ecsv|fits|fit|fz|gz|csv|parquet|avro|"
-                   r"jpe?g|png|json|onnx)|/)$")
+                   r"avsc|jpe?g|png|json|onnx)|/)$")
+#: Calls whose string arguments name a file the example writes, not one it reads.
+_WRITERS = {"plot", "save", "gallery", "plot_map", "write", "savefig"}
 
 
 def _free_names(tree):
@@ -251,19 +254,66 @@ def _free_names(tree):
             if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Load)} - bound
 
 
+def _paths(tree):
+    """The files an example reads: string literals that look like paths, less those it only
+    writes (``ev.plot("roc.png")``)."""
+    written = {arg.value for node in ast.walk(tree) if isinstance(node, ast.Call)
+               and getattr(node.func, "attr", getattr(node.func, "id", None)) in _WRITERS
+               for arg in node.args if isinstance(arg, ast.Constant)}
+    return [node.value for node in ast.walk(tree)
+            if isinstance(node, ast.Constant) and isinstance(node.value, str)
+            and _PATH.match(node.value) and node.value not in written]
+
+
 def _where_it_runs(code, roots):
     """The folder an example runs in: the first of ``roots`` that holds every file it names,
     or None where it needs names or files the reader brings."""
     tree = ast.parse(code)
     if _free_names(tree):
         return None
-    paths = [node.value for node in ast.walk(tree)
-             if isinstance(node, ast.Constant) and isinstance(node.value, str)
-             and _PATH.match(node.value)]
+    paths = _paths(tree)
     for root in roots:
         if all(root.joinpath(p).exists() or list(root.glob(p)) for p in paths):
             return root
     return None
+
+
+def _with_the_examples_above(code, page_examples):
+    """``code`` preceded by the examples above it on its page that it continues: an example
+    that uses a name it does not define (``table``, ``index``) goes on from the ones before."""
+    above = page_examples[:page_examples.index(code)]
+    free = _free_names(ast.parse(code)) - set(doc_stand_ins.OBJECTS)
+    return "\n".join([*above, code]) if free and above else code
+
+
+def _run_on_stand_ins(code, folder, roots):
+    """Prepare ``folder`` to run ``code`` in: the stand-ins of the reader's files it names
+    (`doc_stand_ins.FILES`) written there, links to the files it names from ``roots``; return
+    the namespace to run it in, its names defined by the stand-ins of `doc_stand_ins.OBJECTS`.
+    Skip, saying what is missing, where some file or name has none."""
+    tree = ast.parse(code)
+    missing = sorted(_free_names(tree) - set(doc_stand_ins.OBJECTS))
+    if missing:
+        pytest.skip(f"uses {', '.join(missing)}, defined by no example above it on its page "
+                    f"and with no stand-in in tests/doc_stand_ins.py OBJECTS")
+    unknown = []
+    for path in dict.fromkeys(_paths(tree)):
+        found = [f for root in roots for f in ([root / path] if (root / path).exists()
+                                               else root.glob(path))]
+        if path in doc_stand_ins.FILES:
+            doc_stand_ins.FILES[path](folder / path)
+        elif found:
+            for f in found:
+                link = folder / f.relative_to(next(r for r in roots if r in f.parents))
+                link.parent.mkdir(parents=True, exist_ok=True)
+                link.symlink_to(f)
+        else:
+            unknown.append(path)
+    if unknown:
+        pytest.skip(f"reads {', '.join(unknown)}: in neither the repository nor {DATA_DIR} (the "
+                    f"real data) and with no stand-in in tests/doc_stand_ins.py FILES")
+    return {"__name__": "__example__", **{name: make() for name, make in
+                                        doc_stand_ins.OBJECTS.items() if name in _free_names(tree)}}
 
 
 @pytest.fixture(scope="module")
@@ -274,20 +324,32 @@ def demo_output(tmp_path_factory):
     return folder
 
 
-@pytest.mark.parametrize("code", list(_python_examples()))
-def test_self_contained_python_examples_run(code, monkeypatch, request):
-    """An example that defines every name it uses and reads only packaged files, the real
-    data (where present) or the demo's output runs as printed, from the repository root (or
-    the folder that holds its files)."""
+def _page_of(param_id):
+    return param_id.rsplit(":", 1)[0]
+
+
+_EXAMPLES = list(_python_examples())
+
+
+@pytest.mark.parametrize("code", _EXAMPLES)
+def test_python_examples_run(code, monkeypatch, request, tmp_path):
+    """Every example runs as printed: one that defines every name it uses and reads only
+    packaged files, the real data (where present) or the demo's output from the repository
+    root (or the folder that holds its files); one that takes the reader's files or names
+    (``galaxies.ecsv``, ``candidates``) in a temporary folder, on the stand-ins of
+    `doc_stand_ins`, after the examples above it on its page where it goes on from them."""
     roots = [REPO, DATA_DIR]
     if "astromorph_demo.ecsv" in code:
         roots.append(request.getfixturevalue("demo_output"))
-    root = _where_it_runs(code, roots)
+    root, names = _where_it_runs(code, roots), {"__name__": "__example__"}
     if root is None:
-        pytest.skip("needs the reader's own names or files")
+        page = _page_of(request.node.callspec.id)
+        code = _with_the_examples_above(
+            code, [p.values[0] for p in _EXAMPLES if _page_of(p.id) == page])
+        root, names = tmp_path, _run_on_stand_ins(code, tmp_path, roots)
     monkeypatch.chdir(root)
     try:
-        exec(compile(code, "<example>", "exec"), {"__name__": "__example__"})
+        exec(compile(code, "<example>", "exec"), names)
     except MissingDependencyError as exc:  # an optional dependency astromorph imports
         pytest.skip(str(exc))
     except ImportError as exc:  # one the example imports itself (fastavro, ...)
