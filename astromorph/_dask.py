@@ -52,12 +52,13 @@ def _annotate_collecting(table, images, model, kwargs, names=None):
     return out, found, summaries
 
 
-def _warn_summaries(summaries):
-    """The partitions' rows that could not be scored, said once for the whole table."""
+def _warn_summaries(summaries, n):
+    """The partitions' rows that could not be scored, said once for the whole table of ``n``
+    rows (out of all of them: a partition without such rows gives no summary)."""
     from ._predict import warn_summary
 
     if summaries:
-        n, bad, flagged = (sum(s[k] for s in summaries) for k in range(3))
+        bad, flagged = (sum(s[k] for s in summaries) for k in (1, 2))
         first = next((s[3] for s in summaries if s[1]), None)
         warn_summary(n, bad, flagged, first, what=summaries[0][4], where=summaries[0][5])
 
@@ -293,7 +294,7 @@ def annotate_dask(table, images=None, *, model, partition_size=50_000, compute=T
     except RemoteException as exc:  # "processes": Dask's copy of a partition's error, whose
         raise exc.exception from exc  # message holds the worker's traceback: the error itself
     _warn_once([found for _, found, _ in results], len(results))
-    _warn_summaries([s for _, _, part in results for s in part])
+    _warn_summaries([s for _, _, part in results for s in part], len(table))
     tables = [t for t, _, _ in results]
     # the catalogue's columns that vstack cannot join (astropy's DaskColumn) come back from
     # every partition as they went: taken whole from the catalogue, in their place

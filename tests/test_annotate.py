@@ -91,6 +91,14 @@ def catalogue(w, pix):
     return Table({"id": np.arange(len(pix)), "ra": c.ra.deg, "dec": c.dec.deg})
 
 
+def warns_bad_positions(n, total):
+    """The one `UnusableInputWarning` of `annotate` for ``n`` of ``total`` sources without a
+    usable position (the test gives them on purpose)."""
+    return pytest.warns(UnusableInputWarning,
+                        match=rf"^{n} of {total} source\(s\) could not be scored \(first: no "
+                              r"usable position \(NaN, masked, unreadable or out of range\)\)")
+
+
 def image_hdu(img, w, dtype):
     """``img`` as a FITS HDU of ``dtype``: float as it is, "int16" scaled (BSCALE 1e-3,
     BZERO 10) as survey pipelines store images."""
@@ -936,8 +944,9 @@ def test_rows_keep_catalogue_order_across_parts(optical_model):
     n = 2 * STAMP_CHUNK + 77
     cat = catalogue(w, rng.uniform(-30, 230, (n, 2)))   # some sources off the image
     cat["ra"][5] = np.nan                               # a bad position
-    out = astromorph.annotate(cat, {b: (img, w) for b, img in bands.items()},
-                              model=optical_model)
+    with warns_bad_positions(1, n):
+        out = astromorph.annotate(cat, {b: (img, w) for b, img in bands.items()},
+                                  model=optical_model)
     ok = np.flatnonzero(np.isfinite(cat["ra"]))
     cuts = [cut_stamps(SkyImage(bands[b], w), cat["ra"][ok], cat["dec"][ok], size=SIZE,
                        pixel_scale=SCALE) for b in "gri"]
@@ -1073,7 +1082,8 @@ def test_text_columns_from_csv(optical_model, tmp_path):
         f"{i},{r},{d},{z}\n" for i, r, d, z in zip(cat["id"], ra, dec, size)))
     text = Table.read(tmp_path / "cat.csv")
     assert text["ra"].dtype.kind == "U" and text["size"].dtype.kind == "U"
-    out = astromorph.annotate(text, (img, w), model=optical_model)
+    with warns_bad_positions(1, 4):
+        out = astromorph.annotate(text, (img, w), model=optical_model)
     ref = astromorph.annotate(cat, (img, w), model=optical_model)
     for i in (0, 1, 3):  # the same sources as from the numeric columns
         np.testing.assert_allclose(out["opt_p_a"][i], ref["opt_p_a"][i], rtol=1e-4)
@@ -1136,7 +1146,8 @@ def test_declination_beyond_the_pole_is_a_flagged_row(optical_model):
     img, w = blobs(), sky_wcs()
     cat = catalogue(w, [(100, 100), (80, 90)])
     cat["dec"][1] = 95.0
-    out = astromorph.annotate(cat, (img, w), model=optical_model)
+    with warns_bad_positions(1, 2):
+        out = astromorph.annotate(cat, (img, w), model=optical_model)
     assert out["opt_flags"][1] == Flag.BAD_INPUT and out["opt_p_a"].mask[1]
     assert out["opt_flags"][0] == 0 and not out["opt_p_a"].mask[0]
 
@@ -1145,7 +1156,8 @@ def test_nan_positions_are_flagged_not_fatal(optical_model):
     img, w = blobs(), sky_wcs()
     cat = catalogue(w, [(100, 100), (80, 90)])
     cat["ra"][1] = np.nan
-    out = astromorph.annotate(cat, (img, w), model=optical_model)
+    with warns_bad_positions(1, 2):
+        out = astromorph.annotate(cat, (img, w), model=optical_model)
     assert out["opt_flags"][1] & Flag.BAD_INPUT and out["opt_p_a"].mask[1]
     assert not out["opt_p_a"].mask[0]
 
@@ -1173,7 +1185,8 @@ def test_nan_or_masked_skycoord_positions_are_bad_input(optical_model):
     for pos in (SkyCoord(ra * u.deg, cat["dec"] * u.deg).galactic,
                 SkyCoord(Masked(np.array(cat["ra"]) * u.deg, mask=[False, True, False]),
                          cat["dec"] * u.deg)):
-        out = astromorph.annotate(Table({"pos": pos}), (img, w), model=optical_model)
+        with warns_bad_positions(1, 3):
+            out = astromorph.annotate(Table({"pos": pos}), (img, w), model=optical_model)
         assert out["opt_flags"][1] == Flag.BAD_INPUT and out["opt_p_a"].mask[1]
         np.testing.assert_allclose(out["opt_p_a"][[0, 2]], ref["opt_p_a"][[0, 2]], rtol=1e-5)
         assert list(out["opt_flags"][[0, 2]]) == list(ref["opt_flags"][[0, 2]])
@@ -1596,9 +1609,12 @@ def test_annotate_dask_equals_annotate(optical_model, tmp_path, scheduler):
     # the last source sits on the blank rows
     cat = catalogue(w, np.vstack([rng.uniform(-20, 220, (37, 2)), [[45, 130]]]))
     cat["ra"][[3, 17, 31]] = np.nan  # a row without a position in three partitions
-    ref = astromorph.annotate(cat, str(tmp_path / "img.fits"), model=optical_model)
-    out = astromorph.annotate_dask(cat, str(tmp_path / "img.fits"), model=str(optical_model.path),
-                                   partition_size=10, scheduler=scheduler)
+    with warns_bad_positions(3, 38):
+        ref = astromorph.annotate(cat, str(tmp_path / "img.fits"), model=optical_model)
+    with warns_bad_positions(3, 38):  # one warning, counting every partition's rows
+        out = astromorph.annotate_dask(cat, str(tmp_path / "img.fits"),
+                                       model=str(optical_model.path), partition_size=10,
+                                       scheduler=scheduler)
     assert len(out) == len(cat) and out.colnames == ref.colnames
     np.testing.assert_array_equal(out["opt_flags"], ref["opt_flags"])
     for flag in (Flag.BAD_INPUT, Flag.BLANK, Flag.EDGE, Flag.OFF_IMAGE):
