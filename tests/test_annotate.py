@@ -1090,8 +1090,12 @@ def test_text_columns_from_csv(optical_model, tmp_path):
     assert out["opt_flags"][2] == Flag.BAD_INPUT and out["opt_p_a"].mask[2]
     # sexagesimal RA is hours: '150:00:00' (degrees written as hours) is no position
     text["ra"][0] = "150:00:00"
-    assert astromorph.annotate(text, (img, w), model=optical_model)["opt_flags"][0] == Flag.BAD_INPUT
-    sized = astromorph.annotate(text, (img, w), model="morphology", size_col="size", progress=False)
+    with warns_bad_positions(2, 4):
+        out = astromorph.annotate(text, (img, w), model=optical_model)
+    assert out["opt_flags"][0] == Flag.BAD_INPUT
+    with warns_bad_positions(3, 4):  # and row 3's size
+        sized = astromorph.annotate(text, (img, w), model="morphology", size_col="size",
+                                    progress=False)
     assert sized["morph_flags"][3] == Flag.BAD_INPUT and sized["morph_label"].mask[3]
 
 
