@@ -179,8 +179,9 @@ def annotate_dask(table, images=None, *, model, partition_size=50_000, compute=T
         `~astromorph.exceptions.AmbiguousInputWarning` for the bands) comes once,
         from the caller's line, with the number of partitions that gave it,
         whatever the scheduler (threads, processes or a cluster); the
-        `~astromorph.exceptions.UnusableInputWarning` of `annotate_stamps` counts the
-        rows of all the partitions that could not be scored, as for the whole table. With
+        `~astromorph.exceptions.UnusableInputWarning` of `annotate` (sources without a
+        usable position or size) or `annotate_stamps` counts the rows of all the
+        partitions that could not be scored, out of the whole table, as `annotate` does. With
         ``compute=False`` no step sees all the partitions' warnings (each delayed
         partition can be computed alone): each distinct warning is given once, by
         the first partition to give it, when the partitions are computed, from Dask's
