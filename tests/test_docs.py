@@ -265,19 +265,6 @@ def _paths(tree):
             and _PATH.match(node.value) and node.value not in written]
 
 
-def _where_it_runs(code, roots):
-    """The folder an example runs in: the first of ``roots`` that holds every file it names,
-    or None where it needs names or files the reader brings."""
-    tree = ast.parse(code)
-    if _free_names(tree):
-        return None
-    paths = _paths(tree)
-    for root in roots:
-        if all(root.joinpath(p).exists() or list(root.glob(p)) for p in paths):
-            return root
-    return None
-
-
 def _with_the_examples_above(code, page_examples):
     """``code`` preceded by the examples above it on its page that it continues: an example
     that uses a name it does not define (``table``, ``index``) goes on from the ones before."""
@@ -333,21 +320,18 @@ _EXAMPLES = list(_python_examples())
 
 @pytest.mark.parametrize("code", _EXAMPLES)
 def test_python_examples_run(code, monkeypatch, request, tmp_path):
-    """Every example runs as printed: one that defines every name it uses and reads only
-    packaged files, the real data (where present) or the demo's output from the repository
-    root (or the folder that holds its files); one that takes the reader's files or names
-    (``galaxies.ecsv``, ``candidates``) in a temporary folder, on the stand-ins of
-    `doc_stand_ins`, after the examples above it on its page where it goes on from them."""
+    """Every example runs as printed, in a temporary folder holding links to the packaged
+    files, the real data (where present) or the demo's output it reads, and stand-ins of the
+    reader's files and names (``galaxies.ecsv``, ``candidates``: `doc_stand_ins`), after the
+    examples above it on its page where it goes on from them (``index.query(...)``)."""
     roots = [REPO, DATA_DIR]
     if "astromorph_demo.ecsv" in code:
         roots.append(request.getfixturevalue("demo_output"))
-    root, names = _where_it_runs(code, roots), {"__name__": "__example__"}
-    if root is None:
-        page = _page_of(request.node.callspec.id)
-        code = _with_the_examples_above(
-            code, [p.values[0] for p in _EXAMPLES if _page_of(p.id) == page])
-        root, names = tmp_path, _run_on_stand_ins(code, tmp_path, roots)
-    monkeypatch.chdir(root)
+    page = _page_of(request.node.callspec.id)
+    code = _with_the_examples_above(
+        code, [p.values[0] for p in _EXAMPLES if _page_of(p.id) == page])
+    names = _run_on_stand_ins(code, tmp_path, roots)
+    monkeypatch.chdir(tmp_path)
     try:
         exec(compile(code, "<example>", "exec"), names)
     except MissingDependencyError as exc:  # an optional dependency astromorph imports
