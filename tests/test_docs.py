@@ -273,7 +273,7 @@ def _with_the_examples_above(code, page_examples):
     return "\n".join([*above, code]) if free and above else code
 
 
-def _run_on_stand_ins(code, folder, roots):
+def _prepare_folder(code, folder, roots):
     """Prepare ``folder`` to run ``code`` in: the stand-ins of the reader's files it names
     (`doc_stand_ins.FILES`) written there, links to the files it names from ``roots``; return
     the namespace to run it in, its names defined by the stand-ins of `doc_stand_ins.OBJECTS`.
@@ -324,13 +324,13 @@ def test_python_examples_run(code, monkeypatch, request, tmp_path):
     files, the real data (where present) or the demo's output it reads, and stand-ins of the
     reader's files and names (``galaxies.ecsv``, ``candidates``: `doc_stand_ins`), after the
     examples above it on its page where it goes on from them (``index.query(...)``)."""
-    roots = [REPO, DATA_DIR]
-    if "astromorph_demo.ecsv" in code:
-        roots.append(request.getfixturevalue("demo_output"))
     page = _page_of(request.node.callspec.id)
     code = _with_the_examples_above(
         code, [p.values[0] for p in _EXAMPLES if _page_of(p.id) == page])
-    names = _run_on_stand_ins(code, tmp_path, roots)
+    roots = [REPO, DATA_DIR]
+    if "astromorph_demo.ecsv" in code:
+        roots.append(request.getfixturevalue("demo_output"))
+    names = _prepare_folder(code, tmp_path, roots)
     monkeypatch.chdir(tmp_path)
     try:
         exec(compile(code, "<example>", "exec"), names)
