@@ -2,7 +2,9 @@
 __all__ = ["register"]
 
 
-def _read_catalogue(path):
+def _read_catalogue(path, what="catalogue"):
+    """The table in the file ``path``, read by its extension; ``what`` names it in the
+    errors (``"table"`` for the ``TABLE`` of the other commands)."""
     import csv
     import os
 
@@ -11,7 +13,7 @@ def _read_catalogue(path):
     from ._io import check_input_file, table_format
     from .exceptions import InputError
 
-    path = os.fspath(check_input_file(path, "catalogue"))  # a missing file, not its extension
+    path = os.fspath(check_input_file(path, what))  # a missing file, not its extension
     fmt = table_format(path, read=True)
     # an ECSV cell of a stamp column (a (3, 63, 63) triplet, as `annotate -o x.ecsv` writes
     # one) is longer than the 131072 characters the csv module takes by default
@@ -21,7 +23,7 @@ def _read_catalogue(path):
             return QTable.read(path, format="ascii.csv")
         return QTable.read(path, format=fmt)
     except (OSError, ValueError, csv.Error) as exc:
-        raise InputError(f"catalogue {path!r} cannot be read: {exc}") from exc
+        raise InputError(f"{what} {path!r} cannot be read: {exc}") from exc
     finally:
         csv.field_size_limit(limit)
 

@@ -386,7 +386,7 @@ def _read(table):
     if isinstance(table, (str, os.PathLike)):
         from ._cli_annotate import _read_catalogue
 
-        return _read_catalogue(os.fspath(table))
+        return _read_catalogue(os.fspath(table), "table")
     raise InvalidArgumentTypeError(f"table must be an astropy Table or QTable, or the path "
                                    f"of one, got {type(table).__name__} {table!r:.60}")
 

@@ -2,6 +2,7 @@
 import argparse
 import functools
 import logging
+import re
 import signal
 import sys
 import threading
@@ -273,6 +274,41 @@ def check_range(option, value, *, low=None, high=None, low_open=False):
     raise InvalidArgumentError(f"{option} must be {need}, got {typed}")
 
 
+#: Per command, the parameters of the Python functions it passes options on to whose errors
+#: name them (``write_header='x' is not a directory``), and the options that give them: the
+#: one-line error of the command names the option instead (`_as_typed`).
+_OPTION_OF = {
+    "predict": {"write_header": "--write-header", "providers": "--providers"},
+    "annotate": {"providers": "--providers", "columns": "--stamp-col",
+                 "pixel_scale": "--pixel-scale", "negative": "--negative-col"},
+    "demo": {"providers": "--providers"},
+    "similar": {"providers": "--providers", "source_column": "--source-column"},
+    "cluster": {"method": "--map-method", "prefix": "--prefix"},
+    "classify": {"prefix": "--prefix"},
+    "evaluate": {"labels": "--map", "threshold": "--threshold", "target_fnr": "--target-fnr",
+                 "suffix": "--suffix"},
+}
+
+
+def _as_typed(message, args, parser):
+    """``message``, the error of a function that the command of ``args`` (parsed by its
+    ``parser``) passed its options on to, naming the options the user typed rather than the
+    parameters they were passed on as: ``write_header='x' is not a directory`` becomes
+    ``--write-header 'x' is not a directory``. A parameter of `_OPTION_OF` is renamed where
+    it opens the message or is followed by ``=``; not where its option was not given (its
+    value came from elsewhere, e.g. ``$ASTROMORPH_PROVIDERS``), nor where the message names
+    the option already."""
+    for parameter, option in _OPTION_OF.get(getattr(args, "command", None), {}).items():
+        action = parser._option_string_actions.get(option)
+        if (action is None or getattr(args, action.dest, None) is None
+                or re.search(rf"(?<![\w-]){re.escape(option)}(?![\w-])", message)):
+            continue
+        message = re.sub(rf"(?<![\w.$-]){parameter}=(?=\s|$)", option, message)
+        message = re.sub(rf"(?<![\w.$-]){parameter}=", option + " ", message)
+        message = re.sub(rf"^{parameter}\b", option, message)
+    return message
+
+
 def report(args, message):
     """Print a status line of a command (what was written, a summary) on stderr, unless
     ``--quiet``."""
@@ -380,7 +416,7 @@ def main(argv=None):
     try:
         return args.func(args)
     except AstromorphError as exc:
-        print(f"astromorph: error: {exc}", file=sys.stderr)
+        print(f"astromorph: error: {_as_typed(str(exc), args, command)}", file=sys.stderr)
         return 2
     except _Terminated:  # outputs are atomic: nothing half-written is left
         print("astromorph: terminated (SIGTERM)", file=sys.stderr)

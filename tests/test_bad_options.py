@@ -1,6 +1,8 @@
 """Bad option values of the public functions raise typed errors that name the value
 (`InvalidArgumentError`; `InvalidArgumentTypeError`, also a TypeError, for a value of the
 wrong type), never a numpy, astropy or Python error from deep inside."""
+import sys
+
 import numpy as np
 import pytest
 from astropy.table import Table
@@ -527,3 +529,105 @@ def test_missing_positional_named_in_capitals(capsys, argv, metavar):
     assert info.value.code == 2
     err = capsys.readouterr().err
     assert f"error: the following arguments are required: {metavar}" in err, err
+
+
+def _cli_inputs(path):
+    """Small input files for the command-line tests below, written in the folder ``path``."""
+    from astropy.io import fits
+
+    fits.PrimaryHDU(TRIP.astype(np.float32)).writeto(path / "t.fits")
+    (path / "e.fits").touch()
+    (path / "d").mkdir()
+    STAMPS.write(path / "stamps.ecsv")
+    rng = np.random.default_rng(5)
+    Table({"science": rng.normal(size=(2, 63, 63)), "reference": rng.normal(size=(2, 63, 63)),
+           "difference": rng.normal(size=(2, 63, 63)), "neg": [0.0, 1.0]}).write(
+        path / "triplets.ecsv")
+    Table({"embedding": _emb(), "lab": ["a", "b"] * 20}).write(path / "emb.ecsv")
+    Table({"morph_label": ["spiral", "elliptical"], "morph_p_spiral": [0.9, 0.1],
+           "morph_p_elliptical": [0.1, 0.9], "morph_flags": [0, 0], "y": ["s", "e"]}).write(
+        path / "morph.ecsv")
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["predict", "real-bogus", "t.fits", "--write-header", "e.fits"],
+     "--write-header 'e.fits' is not a directory"),
+    (["predict", "real-bogus", "t.fits", "--providers", ""],
+     "--providers '' names no execution provider; use"),
+    (["predict", "real-bogus", "t.fits", "--providers", "cpu,quantum"],
+     "unknown execution provider 'quantum' in --providers 'cpu,quantum'; use"),
+    (["demo", "--providers", ","], "--providers ',' names no execution provider"),
+    (["annotate", "stamps.ecsv", "-m", "morphology", "--providers", ""],
+     "--providers '' names no execution provider"),
+    (["similar", "emb.ecsv", "--image", "t.fits", "--providers", ""],
+     "--providers '' names no execution provider"),
+    (["annotate", "stamps.ecsv", "-m", "morphology", "--pixel-scale", "-1"],
+     "--pixel-scale must be positive, got -1.0"),
+    (["annotate", "stamps.ecsv", "-m", "morphology", "--pixel-scale", "nope"],
+     "--pixel-scale column 'nope' not in the table"),
+    (["annotate", "stamps.ecsv", "-m", "morphology", "--stamp-col", "image", "--stamp-col",
+      "image"], "--stamp-col names a column more than once: ['image', 'image']; a single band "
+                "is given as one column (--stamp-col 'name')"),
+    (["annotate", "triplets.ecsv", "-m", "real-bogus", "--negative-col", "neg"],
+     "--negative-col must be boolean"),
+    (["cluster", "emb.ecsv", "--map", "m.png", "--map-method", "umap"],
+     "--map-method 'umap' needs umap-learn"),
+    (["cluster", "emb.ecsv", "--prefix", ""], "--prefix must be a non-empty string, got ''"),
+    (["classify", "emb.ecsv", "--labels", "lab", "--prefix", ""],
+     "--prefix must be a non-empty string, got ''"),
+    (["evaluate", "morph.ecsv", "--truth", "y", "-m", "morphology", "--map", "s=nope"],
+     "--map maps 's' to 'nope', which is none of the values"),
+    (["evaluate", "morph.ecsv", "--truth", "y", "-m", "morphology", "--threshold", "0.5"],
+     "--threshold is for scores (real-bogus)"),
+    (["evaluate", "morph.ecsv", "--truth", "y", "-m", "morphology", "--target-fnr", "0.1"],
+     "--target-fnr is for scores (real-bogus)"),
+    (["evaluate", "morph.ecsv", "--truth", "y", "-m", "morphology", "--suffix", "_2"],
+     "--suffix names the columns of a run"),
+    # the TABLE of these commands is no catalogue
+    (["similar", "d", "--query", "0"], "table 'd' is a directory, not a file"),
+    (["cluster", "d"], "table 'd' is a directory, not a file"),
+    (["classify", "d", "--labels", "lab"], "table 'd' is a directory, not a file"),
+    (["evaluate", "d", "--truth", "y", "-m", "real-bogus"], "table 'd' is a directory, not a file"),
+    (["annotate", "d", "-m", "morphology"], "catalogue 'd' is a directory, not a file"),
+])
+def test_cli_errors_name_the_options_typed(tmp_path, monkeypatch, capsys, argv, message):
+    """The one-line errors of the commands named the Python parameter an option is passed on
+    as (``write_header='e.fits' is not a directory``, ``method='umap' needs umap-learn``
+    for --map-method) and called the TABLE of similar, cluster, classify and evaluate a
+    catalogue: they now name the option as typed. The Python functions' errors still name
+    their parameters."""
+    from astromorph import cli
+
+    monkeypatch.chdir(tmp_path)
+    _cli_inputs(tmp_path)
+    monkeypatch.setitem(sys.modules, "umap", None)  # umap-learn not installed
+    assert cli.main([*argv, "-q"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("astromorph: error: ") and message in err, err
+    assert err.count("\n") == 1
+
+
+def test_cli_error_of_an_option_not_given(tmp_path, monkeypatch, capsys):
+    """Without --providers, providers= came from $ASTROMORPH_PROVIDERS: it is not named
+    --providers (which the user did not type)."""
+    from astromorph import cli
+
+    monkeypatch.chdir(tmp_path)
+    _cli_inputs(tmp_path)
+    monkeypatch.setenv("ASTROMORPH_PROVIDERS", ",")
+    assert cli.main(["predict", "real-bogus", "t.fits", "-q"]) == 2
+    assert capsys.readouterr().err == (
+        "astromorph: error: providers=',' names no execution provider; use 'auto', 'cpu', "
+        "'cuda' (or 'gpu'), 'tensorrt' or an ONNX Runtime provider name (from "
+        "$ASTROMORPH_PROVIDERS)\n")
+
+
+def test_python_errors_still_name_the_parameters(tmp_path):
+    """The renaming is the command line's: the functions' errors name their parameters."""
+    (tmp_path / "e.fits").touch()
+    _check(lambda: astromorph.predict_files("morphology", _fits(tmp_path),
+                                            write_header=tmp_path / "e.fits"),
+           VALUE, "write_header=")
+    _check(lambda: astromorph.load_model("morphology", providers=""), VALUE, "providers=''")
+    _check(lambda: astromorph.annotate_stamps(STAMPS, model="morphology", pixel_scale=-1),
+           VALUE, "pixel_scale must be positive")

@@ -1603,12 +1603,12 @@ def test_an_input_path_may_start_with_the_home_folder(tmp_path, monkeypatch):
     assert LabelHead.load("~/h.json").classes_.tolist() == ["a", "b"]
     assert check_input_file("~/t.ecsv") == tmp_path / "t.ecsv"
     with pytest.raises(InputNotFoundError,
-                       match=rf"^catalogue '{re.escape(str(tmp_path / 'none.ecsv'))}' does not"):
+                       match=rf"^table '{re.escape(str(tmp_path / 'none.ecsv'))}' does not"):
         astromorph.evaluate_labels("~/none.ecsv", "real", model="real-bogus")
     # the file is checked before its extension: a missing file or a folder is said so
-    with pytest.raises(InputNotFoundError, match=r"catalogue '.*none\.txt' does not exist"):
+    with pytest.raises(InputNotFoundError, match=r"table '.*none\.txt' does not exist"):
         astromorph.evaluate_labels(tmp_path / "none.txt", "real", model="real-bogus")
-    with pytest.raises(InputError, match=r"catalogue '.*' is a directory, not a file"):
+    with pytest.raises(InputError, match=r"table '.*' is a directory, not a file"):
         astromorph.evaluate_labels(tmp_path, "real", model="real-bogus")
 
 

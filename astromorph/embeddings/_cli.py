@@ -16,7 +16,7 @@ def _read(args, *, output_has_its_columns=True):
     from .._cli_annotate import _read_catalogue
     from .._io import check_multidimensional
 
-    table = _read_catalogue(args.table)
+    table = _read_catalogue(args.table, "table")
     if args.output and output_has_its_columns:
         check_multidimensional(args.output, [c for c in table.colnames if table[c].ndim > 1])
     return table
