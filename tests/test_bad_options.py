@@ -575,6 +575,8 @@ def _cli_inputs(path):
     (["cluster", "emb.ecsv", "--prefix", ""], "--prefix must be a non-empty string, got ''"),
     (["classify", "emb.ecsv", "--labels", "lab", "--prefix", ""],
      "--prefix must be a non-empty string, got ''"),
+    (["similar", "emb.ecsv", "--query", "0", "--gallery", "g.png", "--source-column", "nope"],
+     "--source-column 'nope' names no column of the table"),
     (["evaluate", "morph.ecsv", "--truth", "y", "-m", "morphology", "--map", "s=nope"],
      "--map maps 's' to 'nope', which is none of the values"),
     (["evaluate", "morph.ecsv", "--truth", "y", "-m", "morphology", "--threshold", "0.5"],

@@ -170,8 +170,11 @@ def _row_images(index, rows, images, source_column):
     if table is None:
         raise InvalidArgumentError("the gallery needs images=: the index has no table with "
                                    "file paths")
+    if source_column and source_column not in table.colnames:
+        raise InvalidArgumentError(f"source_column={source_column!r} names no column of the "
+                                   f"table (columns: {table.colnames})")
     col = source_column or next((c for c in _SOURCE_COLUMNS if c in table.colnames), None)
-    if col is None or col not in table.colnames:
+    if col is None:
         raise InvalidArgumentError(
             f"the gallery needs pictures of the rows: pass images= (an array or a function), "
             f"or a column of file paths with source_column= (table columns: {table.colnames})")
