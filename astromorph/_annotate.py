@@ -745,10 +745,10 @@ def annotate(table, images, *, model, ra_col=None, dec_col=None, coord_col=None,
         unplaced = np.flatnonzero(bad_pos | bad_size)
         if len(unplaced):  # one warning (one for all the partitions of annotate_dask)
             # (no row number: that of an annotate_dask partition is not the table's)
+            # (what it counts: not the rows off every image, flagged OFF_IMAGE and logged)
             summarise_counts(n, len(unplaced), 0,
-                             "no usable " + ("position (NaN, masked, unreadable or out of "
-                                             "range)" if bad_pos[unplaced[0]] else "size"),
-                             what="source", where="their flag, BAD_INPUT (32),")
+                             "position" if bad_pos[unplaced[0]] else "size",
+                             what="row", where="BAD_INPUT (32)", message=_UNPLACED)
         n_off = int(np.count_nonzero(flags & Flag.OFF_IMAGE))
         if n_off:
             log.info("%d of %d sources lie outside every image", n_off, n)
@@ -760,6 +760,12 @@ def annotate(table, images, *, model, ra_col=None, dec_col=None, coord_col=None,
                      + _unitless_ra_hint(out, ra_col, dec_col, coord_col),
                      UnusableInputWarning)
         return out
+
+
+#: `annotate`'s warning for the rows without a usable position or size (`summarise_counts`).
+_UNPLACED = ("{bad} of {n} {what}(s) have no usable position or size (NaN, masked, unreadable "
+             "or out of range; first: {first}): flagged {where}, outputs masked (rows off "
+             "every image are flagged OFF_IMAGE and not counted here)")
 
 
 def check_options(table, *, model, ra_col=None, dec_col=None, coord_col=None, size_col=None,

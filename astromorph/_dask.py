@@ -60,7 +60,8 @@ def _warn_summaries(summaries, n):
     if summaries:
         bad, flagged = (sum(s[k] for s in summaries) for k in (1, 2))
         first = next((s[3] for s in summaries if s[1]), None)
-        warn_summary(n, bad, flagged, first, what=summaries[0][4], where=summaries[0][5])
+        warn_summary(n, bad, flagged, first, what=summaries[0][4], where=summaries[0][5],
+                     message=summaries[0][6])
 
 
 #: Warnings already given by the lazy partitions of each `annotate_dask` call (by call id),

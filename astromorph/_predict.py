@@ -288,6 +288,10 @@ def warn_duplicates(sources, *, shown=5):
 #: appends its counts there instead of warning, and `warn_summary` says them once for the table.
 SUMMARIES = contextvars.ContextVar("astromorph_summaries", default=None)
 
+#: `warn_summary`'s message, with its counts and texts as format fields.
+NOT_SCORED = ("{bad} of {n} {what}(s) could not be scored (first: {first}); their outputs "
+              "are masked and {where} says why")
+
 
 def summarise(reasons, flags, valid, *, what, where):
     """Warn once (`UnusableInputWarning`) when rows could not be scored; log flagged ones.
@@ -295,7 +299,7 @@ def summarise(reasons, flags, valid, *, what, where):
     ``reasons`` are the rows' reason texts, ``what`` names a row ("stamp", "row") and
     ``where`` the column that says why. The warning points at the public function's caller.
     Where `SUMMARIES` holds a list, the counts are appended to it instead, as
-    ``(n, bad, flagged, first, what, where)``.
+    ``(n, bad, flagged, first, what, where, message)``.
     """
     n = len(flags)
     bad = int((~valid).sum())
@@ -304,21 +308,21 @@ def summarise(reasons, flags, valid, *, what, where):
     summarise_counts(n, bad, flagged, first, what=what, where=where)
 
 
-def summarise_counts(n, bad, flagged, first, *, what, where):
+def summarise_counts(n, bad, flagged, first, *, what, where, message=NOT_SCORED):
     """`summarise` from its counts: `warn_summary`, or the counts appended to `SUMMARIES`
     where it holds a list (an `annotate_dask` partition)."""
     sink = SUMMARIES.get()
     if sink is not None:
-        sink.append((n, bad, flagged, first, what, where))
+        sink.append((n, bad, flagged, first, what, where, message))
     else:
-        warn_summary(n, bad, flagged, first, what=what, where=where)
+        warn_summary(n, bad, flagged, first, what=what, where=where, message=message)
 
 
-def warn_summary(n, bad, flagged, first, *, what, where):
-    """`summarise`'s warning and log line, from its counts (``first``: the first reason)."""
+def warn_summary(n, bad, flagged, first, *, what, where, message=NOT_SCORED):
+    """`summarise`'s warning and log line, from its counts (``first``: the first reason;
+    ``message``: the warning, with fields ``bad``, ``n``, ``what``, ``first``, ``where``)."""
     if bad:
-        warn(f"{bad} of {n} {what}(s) could not be scored (first: {first}); their "
-             f"outputs are masked and {where} says why",
+        warn(message.format(bad=bad, n=n, what=what, first=first, where=where),
              UnusableInputWarning)
     if flagged:
         log.info("%d of %d scored %s(s) carry quality flags", flagged, n, what)

@@ -2962,7 +2962,30 @@ def test_sources_without_a_usable_position_are_said_once(optical_model):
     assert np.asarray(out["opt_flags"]).tolist() == [0, 32, 32, 32]
     ours = [str(c.message) for c in caught if issubclass(c.category, UnusableInputWarning)]
     assert len(ours) == 1, [str(c.message) for c in caught]
-    assert "3 of 4 source(s) could not be scored (first: no usable position" in ours[0]
+    assert ("3 of 4 row(s) have no usable position or size (NaN, masked, unreadable or out "
+            "of range; first: position)") in ours[0]
     with warnings.catch_warnings():  # a clean catalogue: not a word
         warnings.simplefilter("error")
         astromorph.annotate(good, (blobs(), w), model=optical_model, stamp_size=8)
+
+
+def test_bad_input_warning_says_what_it_counts(optical_model):
+    """With one row off the image (flagged OFF_IMAGE, logged only) and one with a NaN
+    position, two rows are masked but the warning said "1 of 3 source(s) could not be
+    scored", undercounting what the user sees; it now says what it counts: the rows
+    without a usable position or size, flagged BAD_INPUT."""
+    w = sky_wcs()
+    cat = catalogue(w, [(100, 100), (100, 100), (5000, 5000)])
+    cat["ra"][1] = np.nan
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = astromorph.annotate(cat, (blobs(), w), model=optical_model, stamp_size=8)
+    assert np.asarray(out["opt_flags"]).tolist() == [0, int(Flag.BAD_INPUT),
+                                                      int(Flag.OFF_IMAGE)]
+    ours = [str(c.message) for c in caught if issubclass(c.category, UnusableInputWarning)]
+    assert len(ours) == 1, ours
+    assert ours[0].startswith("1 of 3 row(s) have no usable position or size (NaN, masked, "
+                              "unreadable or out of range; first: position): flagged "
+                              "BAD_INPUT (32), outputs masked"), ours[0]
+    assert "could not be scored" not in ours[0]
+    assert "OFF_IMAGE" in ours[0]  # says that rows off every image are not counted here
