@@ -2044,3 +2044,40 @@ def test_gallery_draws_fits_stamps_north_up(tmp_path, monkeypatch):
             picture.shape[-1] == 3 else picture.reshape(-1, 24, 24)[0]
         top, bottom = np.asarray(rows[:4], float).mean(), np.asarray(rows[-4:], float).mean()
         assert top > bottom
+
+
+@pytest.mark.filterwarnings("ignore::astropy.io.fits.verify.VerifyWarning")  # HIERARCH keys
+def test_commands_find_the_provenance_of_fits_tables_they_wrote(tiny_embedding, tmp_path):
+    """FITS upper-cases header keywords of 8 characters or fewer, so predict's older
+    ``model`` key reads back as ``MODEL`` (docs/predict.md said the older keys "are kept",
+    which was not true of FITS and is now said precisely). astromorph's readers look up only
+    the ``astromorph_*`` keys, which keep their case: classify, cluster and similar find the
+    model that made the vectors in a FITS table as in an ECSV one."""
+    from PIL import Image
+
+    from astromorph.exceptions import MissingProvenanceWarning
+
+    for s in range(12):
+        Image.fromarray(colour_cutout(s)).save(tmp_path / f"g{s:02d}.png")
+    emb = tmp_path / "emb.fits"
+    assert main(["predict", tiny_embedding, str(tmp_path / "*.png"), "-o", str(emb),
+                 "--no-progress"]) == 0
+    back = Table.read(emb)
+    assert back.meta["astromorph_model"] == tiny_embedding
+    assert back.meta["MODEL"] == tiny_embedding and "model" not in back.meta  # (as documented)
+    back["label"] = ["a", "b", "c"] * 4
+    back.write(tmp_path / "lab.fits")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", MissingProvenanceWarning)
+        assert main(["classify", str(tmp_path / "lab.fits"), "--labels", "label", "-C", "1",
+                     "-o", str(tmp_path / "c.fits")]) == 0
+        assert main(["cluster", str(emb), "-k", "2", "-o", str(tmp_path / "k.fits")]) == 0
+        assert main(["similar", str(emb), "--image", str(tmp_path / "g03.png"), "-k", "2",
+                     "--model", tiny_embedding, "-o", str(tmp_path / "q.fits")]) == 0
+    classified = Table.read(tmp_path / "c.fits").meta
+    assert classified["head_label_embedding_model"] == tiny_embedding
+    assert classified["head_label_classes"] == "a,b,c"
+    assert Table.read(tmp_path / "k.fits").meta["cluster_embedding_model"] == tiny_embedding
+    found = Table.read(tmp_path / "q.fits")
+    assert found["row"][0] == 3 and found.meta["astromorph_model"] == tiny_embedding
+    assert found.meta["K"] == 2  # (as documented: FITS upper-cases short keys)
