@@ -169,4 +169,6 @@ class FewRowsWarning(AstromorphWarning):
     """A fit with fewer rows than its parameters need: e.g. a
     `~astromorph.embeddings.GaussianMixture` with full covariances and fewer rows per
     component than dimensions, whose covariances are then set by the regularisation
-    (``reg_covar``) more than by the data. The message gives the numbers and what to do."""
+    (``reg_covar``) more than by the data, or a `~astromorph.LabelHead` class with fewer
+    labelled rows than the cross-validation of ``C`` has folds. The message gives the
+    numbers and what to do."""

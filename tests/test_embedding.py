@@ -2081,3 +2081,36 @@ def test_commands_find_the_provenance_of_fits_tables_they_wrote(tiny_embedding, 
     found = Table.read(tmp_path / "q.fits")
     assert found["row"][0] == 3 and found.meta["astromorph_model"] == tiny_embedding
     assert found.meta["K"] == 2  # (as documented: FITS upper-cases short keys)
+
+
+def test_classes_with_too_few_labelled_rows_are_named(tmp_path):
+    """A class with one labelled row (or fewer than the folds of the cross-validation that
+    chooses C) was fitted without a word: its row is never in the training part of the fold
+    that holds it out, so C is chosen blind to it. A FewRowsWarning now names each such
+    class and its count, from the API and the command line alike; with C given, only a
+    class of one row is named."""
+    from astromorph.exceptions import FewRowsWarning
+
+    x, y = blobs(n_per=20, k=3, d=8)
+    labels = np.array(["E", "S", "Irr"])[y]
+    keep = (labels != "Irr") | (np.cumsum(labels == "Irr") <= 1)  # one Irr row, two of S0
+    x, labels = x[keep], labels[keep].astype("U3")
+    labels[np.flatnonzero(labels == "S")[:2]] = "S0"
+    with pytest.warns(FewRowsWarning) as caught:
+        LabelHead().fit(x, labels)
+    assert len(caught) == 1
+    message = str(caught[0].message)
+    assert "'Irr' (1 row)" in message and "'S0' (2 rows)" in message, message
+    assert "'E'" not in message and "5 folds" in message, message
+    with pytest.warns(FewRowsWarning, match=r"'Irr' \(1 row\)") as caught:
+        LabelHead(C=1.0).fit(x, labels)
+    assert "S0" not in str(caught[0].message)
+    with warnings.catch_warnings():  # enough rows of every class: not a word
+        warnings.simplefilter("error", FewRowsWarning)
+        LabelHead().fit(x[labels == "E"].tolist() + x[labels == "S"].tolist(),
+                        ["E"] * int((labels == "E").sum()) + ["S"] * int((labels == "S").sum()))
+    t = Table({"embedding": x, "label": labels})
+    t.write(tmp_path / "lab.ecsv")
+    with pytest.warns(FewRowsWarning, match=r"'Irr' \(1 row\)"):
+        assert main(["classify", str(tmp_path / "lab.ecsv"), "--labels", "label",
+                     "-o", str(tmp_path / "out.ecsv")]) == 0

@@ -171,10 +171,35 @@ class LabelHead(Saved):
         counts = np.bincount(y, minlength=k).astype(float)
         return len(y) / (k * counts[y])
 
+    def _n_folds(self, counts):
+        """The folds of the cross-validation of C, from the rows of each class."""
+        return min(self.cv, max(2, counts.max()))
+
+    def _warn_few_rows(self, classes, counts):
+        """`FewRowsWarning` naming the classes with fewer rows than the cross-validation of
+        C has folds (a class of one row is never in the training part of the fold that holds
+        it out, so C is chosen blind to it), or, with C given, the classes of one row."""
+        from .._warnings import warn
+        from ..exceptions import FewRowsWarning
+
+        need = self._n_folds(counts) if self.C is None else 2
+        few = np.flatnonzero(counts < need)
+        if not len(few):
+            return
+        shown = ", ".join(f"{str(classes[i])!r} ({counts[i]} row{'' if counts[i] == 1 else 's'})"
+                          for i in few[:10])
+        why = (f"fewer than the {need} folds of the cross-validation that chooses C, so it is "
+               "chosen with some folds holding no row of these classes" if self.C is None
+               else "one example cannot describe a class")
+        warn(f"{len(few)} class(es) have too few labelled rows to be learnt reliably: {shown}"
+             f"{', ...' if len(few) > 10 else ''} ({why}); the head is fitted, but its "
+             f"probabilities for these classes mean little: label at least {max(need, 5)} "
+             "rows of each class, or merge or drop these classes", FewRowsWarning)
+
     def _folds(self, y, rng):
         """Stratified fold number of every row (classes dealt round-robin after a shuffle)."""
         folds = np.empty(len(y), dtype=int)
-        n_folds = min(self.cv, max(2, np.bincount(y).max()))
+        n_folds = self._n_folds(np.bincount(y))
         start = 0
         for c in np.unique(y):
             idx = rng.permutation(np.flatnonzero(y == c))
@@ -210,6 +235,10 @@ class LabelHead(Saved):
         astromorph.exceptions.SimilarLabelsWarning
             Some labels differ only by case or surrounding whitespace (e.g. ``"Spiral"``
             and ``"spiral "``): they are fitted as separate classes, as given.
+        astromorph.exceptions.FewRowsWarning
+            Some classes have fewer labelled rows than the cross-validation of ``C`` has
+            folds (``min(cv, rows of the largest class)``, at least 2), or, with ``C``
+            given, a single row: the message names them with their counts.
         """
         provenance = as_provenance(provenance)
         x = embedding_matrix(embeddings, allow_masked=False)
@@ -233,6 +262,7 @@ class LabelHead(Saved):
             raise InvalidArgumentError(f"need at least two classes to fit a head, got {k}"
                                        + "".join(f": {c!r}" for c in classes.tolist()))
         _warn_similar_classes(classes)
+        self._warn_few_rows(classes, np.bincount(y, minlength=k))
         mean = x.mean(axis=0)
         scale = np.maximum(x.std(axis=0), 1e-6)
         z = (x - mean) / scale
