@@ -5,7 +5,10 @@ the flips: CDELT1 < 0 or > 0, CROTA2 = 90...) is flipped and transposed only, it
 kept exactly; a stamp whose WCS is rotated (CD or PC matrix with off-diagonal terms,
 CROTA2 = 30) is resampled onto a north-up grid of its own pixel scale and size, centred
 on its centre, by the bilinear sampling that `astromorph.annotate` cuts its stamps with
-(`astromorph._cutouts.cut_stamps`). North is that of the WCS's celestial frame.
+(`astromorph._cutouts.cut_stamps`). North is ICRS north whatever the WCS's celestial frame
+(Galactic, FK4, ecliptic...), as `astromorph.annotate` cuts its stamps: a Galactic stamp
+is turned (resampled) to ICRS north up; a frame astropy does not know or cannot transform
+to ICRS keeps its own north.
 """
 import re
 import warnings
@@ -64,18 +67,32 @@ def _celestial_wcs(get):
 
 
 def _sky_jacobian(wcs, shape):
-    """``((dE/dx, dE/dy), (dN/dx, dN/dy))``: the arcsec east and north of one pixel step
-    along x (columns) and y (FITS rows, upwards) at the stamp's centre, and the centre's
-    (lon, lat) in degrees."""
+    """``((dE/dx, dE/dy), (dN/dx, dN/dy))``: the arcsec east and north (ICRS) of one pixel
+    step along x (columns) and y (FITS rows, upwards) at the stamp's centre; the centre's
+    (lon, lat) in degrees in the WCS's frame; and the position angle there of ICRS north
+    (degrees east of the frame's north). East and north are those of the WCS's own frame
+    (and the angle 0) where astropy cannot transform it to ICRS."""
+    from astropy.wcs.utils import pixel_to_skycoord
+
+    from ._annotate import _icrs_north
+
     cy, cx = (np.asarray(shape, float) - 1) / 2
     x = cx + np.array([0.0, 0.5, -0.5, 0.0, 0.0])
     y = cy + np.array([0.0, 0.0, 0.0, 0.5, -0.5])
     world = wcs.all_pix2world(x, y, 0)
     lon, lat = world[wcs.wcs.lng], world[wcs.wcs.lat]
+    centre, up = (lon[0], lat[0]), 0.0
+    try:
+        points = pixel_to_skycoord(x, y, wcs, origin=0, mode="all")
+        icrs = points.icrs
+        up = float(_icrs_north(points[:1], points.frame.replicate_without_data())[0])
+        lon, lat = icrs.ra.deg, icrs.dec.deg
+    except Exception:  # noqa: BLE001 - a frame astropy does not know or cannot transform
+        pass
     dlon = (lon[[1, 3]] - lon[[2, 4]] + 180.0) % 360.0 - 180.0
     east = dlon * np.cos(np.radians(lat[0])) * 3600.0
     north = (lat[[1, 3]] - lat[[2, 4]]) * 3600.0
-    return np.array([east, north]), lon[0], lat[0]
+    return np.array([east, north]), centre, up
 
 
 def north_up(data, header_get):
@@ -103,7 +120,7 @@ def north_up(data, header_get):
     jac = None if wcs is None else _sky_jacobian(wcs, data.shape[-2:])
     if jac is None or not np.all(np.isfinite(jac[0])) or np.linalg.det(jac[0]) == 0:
         return data[..., ::-1, :], False
-    m, lon, lat = jac
+    m, (lon, lat), up = jac
     # angle between the pixel axis nearest to north and north itself
     along_y = abs(m[1, 1]) >= abs(m[1, 0])
     north_axis = m[:, 1] if along_y else m[:, 0]
@@ -121,7 +138,9 @@ def north_up(data, header_get):
 
     size = max(data.shape[-2:])
     scale = float(np.sqrt(abs(np.linalg.det(m))))
+    # (up: ICRS north, as `annotate` cuts its stamps)
     planes = [cut_stamps(SkyImage(np.asarray(p, np.float32), wcs, name="stamp"), [lon], [lat],
-                         size=size, pixel_scale=scale, antialias=False).stamps[0]
+                         size=size, pixel_scale=scale, up_angle=up,
+                         antialias=False).stamps[0]
               for p in data]
     return np.stack(planes)[..., ::-1, :], True

@@ -168,3 +168,39 @@ def test_rotated_band_stack_is_north_up(tmp_path, layout):
     for plane in data:
         row, col = _peak(plane)
         assert row < c - 3 and col < c - 3, (row, col)
+
+
+def test_galactic_stamp_is_drawn_icrs_north_up(tmp_path, monkeypatch):
+    """A stamp whose WCS is Galactic (GLON-TAN/GLAT-TAN, Galactic north up) was drawn
+    Galactic-north up, while `annotate` cuts its stamps ICRS-north up whatever the image's
+    frame; the gallery now turns it ICRS north up, east left too (here by about 60 degrees:
+    the ICRS north-east blob upper left, the ICRS north one straight above the centre)."""
+    from astropy import units as u
+    from astropy.coordinates import SkyCoord
+
+    centre = SkyCoord(RA0 * u.deg, DEC0 * u.deg)
+    gal = centre.galactic
+    c = (SIZE + 1) / 2
+    h = fits.Header()
+    h.update(CTYPE1="GLON-TAN", CTYPE2="GLAT-TAN", CRVAL1=gal.l.deg, CRVAL2=gal.b.deg,
+             CRPIX1=c, CRPIX2=c, CUNIT1="deg", CUNIT2="deg", CDELT1=-SCALE, CDELT2=SCALE)
+    w = WCS(h)
+    blobs = SkyCoord([RA0 + 7 / 3600 / np.cos(np.radians(DEC0)), RA0] * u.deg,
+                     [DEC0 + 7 / 3600, DEC0 + 12 / 3600] * u.deg)
+    (xa, xb), (ya, yb) = w.world_to_pixel(blobs)
+    y, x = np.mgrid[:SIZE, :SIZE]
+    blob = lambda x0, y0: np.exp(-((x - x0) ** 2 + (y - y0) ** 2) / 4.0)  # noqa: E731
+    data = (100 * blob(xa, ya) + 40 * blob(xb, yb) + 1.0).astype(np.float32)
+    shown, oriented = north_up(data[None], h.get)
+    assert oriented
+    tile = shown[0]
+    c = (tile.shape[0] - 1) / 2
+    row, col = _peak(tile)
+    assert row < c - 3 and col < c - 3, (row, col)
+    masked = tile.copy()
+    masked[max(row - 3, 0):row + 4, max(col - 3, 0):col + 4] = np.nan
+    nrow, ncol = _peak(masked)
+    assert nrow < c - 6 and abs(ncol - c) <= 2, (nrow, ncol)
+    # the same blobs on an ICRS stamp: drawn at the same place (to a pixel)
+    icrs = north_up(_stamp(_header("cd", 0))[None], _header("cd", 0).get)[0][0]
+    assert np.abs(np.subtract(_peak(icrs), _peak(tile))).max() <= 1
