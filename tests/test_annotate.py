@@ -95,8 +95,9 @@ def warns_bad_positions(n, total):
     """The one `UnusableInputWarning` of `annotate` for ``n`` of ``total`` sources without a
     usable position (the test gives them on purpose)."""
     return pytest.warns(UnusableInputWarning,
-                        match=rf"^{n} of {total} source\(s\) could not be scored \(first: no "
-                              r"usable position \(NaN, masked, unreadable or out of range\)\)")
+                        match=rf"^{n} of {total} row\(s\) have no usable position or size "
+                              r"\(NaN, masked, unreadable or out of range; first: position\): "
+                              r"flagged BAD_INPUT")
 
 
 def image_hdu(img, w, dtype):
