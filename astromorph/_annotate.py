@@ -441,12 +441,12 @@ def _sky_positions(images, coords):
     all the parts that `_cut_band` cuts), and the position angle in that frame
     of ICRS north (`_icrs_north`), the stamps' up direction.
     """
-    from astropy.wcs.utils import wcs_to_celestial_frame
+    from ._cutouts import _celestial_frame
 
     frames, sky = {}, []
     for image in images:
         with image.lock:
-            frame = wcs_to_celestial_frame(image.wcs)
+            frame = _celestial_frame(image.wcs, image.name)
         key = frame.name + str(getattr(frame, "equinox", ""))
         if key not in frames:
             try:

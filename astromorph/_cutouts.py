@@ -91,6 +91,52 @@ def _check_wcs(wcs, name):
         raise InputError(f"{name}: its WCS cannot place sources: {'; '.join(bad)}")
 
 
+def _celestial_frame(wcs, name):
+    """The astropy frame of a celestial WCS, or `InputError` naming its CTYPE and ``name``.
+
+    ``astropy.wcs.utils.wcs_to_celestial_frame`` reads RADESYS before CTYPE, and wcslib
+    fills RADESYS (ICRS by default) for ecliptic axes too, so an ``ELON``/``ELAT`` image
+    would be read as RA/Dec. Here, as the FITS WCS standard (Calabretta & Greisen 2002)
+    has it, ecliptic axes refer to the equator and equinox that RADESYS and EQUINOX give:
+    ICRS is the mean ecliptic and equinox of J2000, FK5 that of EQUINOX (J2000 without
+    it), both astropy's `~astropy.coordinates.BarycentricMeanEcliptic` (a rotation of
+    ICRS; the geocentric frame would add aberration of the date). Ecliptic axes of other
+    systems (FK4, GAPPT), helioecliptic ``HLON``/``HLAT``, any other axes that astropy
+    would read as RA/Dec, and axes astropy cannot name are refused. RA/Dec, Galactic and
+    every other frame are astropy's (bit for bit).
+    """
+    from astropy.coordinates import FK4, FK5, ICRS, BarycentricMeanEcliptic, FK4NoETerms
+    from astropy.time import Time
+    from astropy.wcs.utils import wcs_to_celestial_frame
+
+    w = wcs.wcs
+    ctype = [w.ctype[w.lng], w.ctype[w.lat]] if min(w.lng, w.lat) >= 0 else list(w.ctype)
+    axes = tuple(c[:4].rstrip("-") for c in ctype)
+    accepted = ("annotate takes RA/DEC (ICRS, FK5, FK4), GLON/GLAT, ELON/ELAT of RADESYS "
+                "ICRS or FK5, and other frames astropy's wcs_to_celestial_frame knows")
+    if axes == ("ELON", "ELAT"):
+        radesys, equinox = w.radesys.strip().upper(), w.equinox
+        if not radesys:  # the FITS default, as wcslib sets it up
+            radesys = "ICRS" if np.isnan(equinox) else "FK4" if equinox < 1984.0 else "FK5"
+        if radesys == "ICRS":
+            return BarycentricMeanEcliptic()  # equinox J2000
+        if radesys == "FK5":
+            return BarycentricMeanEcliptic(
+                equinox=Time(2000.0 if np.isnan(equinox) else equinox, format="jyear"))
+        raise InputError(f"{name}: its WCS has ecliptic axes CTYPE = {ctype} of RADESYS = "
+                         f"{radesys!r}, which astropy has no ecliptic frame for; {accepted}")
+    try:
+        frame = wcs_to_celestial_frame(wcs)
+    except Exception as exc:  # noqa: BLE001 - ValueError, or others for planetary bodies
+        raise InputError(f"{name}: its WCS axes CTYPE = {ctype} are in no celestial frame "
+                         f"astropy knows ({type(exc).__name__}: {exc}); {accepted}") from exc
+    if isinstance(frame, (ICRS, FK5, FK4, FK4NoETerms)) and axes != ("RA", "DEC"):
+        raise InputError(f"{name}: its WCS axes CTYPE = {ctype} are not RA/Dec, but astropy "
+                         f"would read them as {frame.name.upper()} RA/Dec (by RADESYS = "
+                         f"{w.radesys!r}); {accepted}")
+    return frame
+
+
 #: Pixels of a row strip of the whole-image passes: their temporaries (about 7 bytes a
 #: pixel for a scaled or sentinel check) stay small beside the image's float32 copy.
 STRIP_PIXELS = 1 << 18

@@ -615,6 +615,104 @@ def test_stamps_of_galactic_frame_images_have_equatorial_north_up():
         assert peak(np.where(np.arange(31)[:, None] < 20, stamps[0], 0)) == (10, 15)
 
 
+def ecliptic_wcs(centre, *, n=200, scale=0.4, radesys=None, equinox=None):
+    """A north-up ELON-TAN/ELAT-TAN WCS (ecliptic north up) centred on ``centre`` (ICRS),
+    whose CRVAL is the J2000 mean ecliptic position of ``centre`` computed independently of
+    astropy's frames: ICRS rotated about the x axis by the J2000 obliquity (to the 0.02"
+    of the frame bias)."""
+    eps = np.radians(23.4392911)
+    ra, dec = np.radians(centre.ra.deg), np.radians(centre.dec.deg)
+    x, y, z = np.cos(dec) * np.cos(ra), np.cos(dec) * np.sin(ra), np.sin(dec)
+    ye, ze = y * np.cos(eps) + z * np.sin(eps), -y * np.sin(eps) + z * np.cos(eps)
+    w = WCS(naxis=2)
+    w.wcs.ctype = ["ELON-TAN", "ELAT-TAN"]
+    w.wcs.crval = [np.degrees(np.arctan2(ye, x)) % 360, np.degrees(np.arcsin(ze))]
+    w.wcs.crpix = [n / 2 + 0.5, n / 2 + 0.5]      # 0-based (n - 1) / 2: the centre pixel
+    w.wcs.cdelt = [-scale / 3600, scale / 3600]
+    if radesys:
+        w.wcs.radesys = radesys
+    if equinox:
+        w.wcs.equinox = equinox
+    w.wcs.set()
+    return w
+
+
+def test_ecliptic_frame_images_are_cut_where_the_sources_are(optical_model, tmp_path):
+    """An image whose WCS is in ecliptic coordinates (ELON/ELAT; wcslib sets RADESYS = ICRS)
+    was read as an ICRS image by astropy's ``wcs_to_celestial_frame``: ecliptic longitude
+    and latitude taken for RA and Dec put every source degrees away, here off the image.
+    Now the frame is the J2000 mean ecliptic: a source at the image centre is placed at its
+    centre pixel, and the stamps (ICRS north up) are those of an RA/Dec image of the same
+    sky; an FK5 ecliptic image of another equinox is read in that equinox."""
+    from astropy.coordinates import BarycentricMeanEcliptic
+    from astropy.time import Time
+
+    from astromorph._annotate import _cut_band, _sky_positions
+
+    centre = SkyCoord(20.0, 5.0, unit="deg")   # ecliptic north ~20 deg from ICRS north here
+    north = centre.directional_offset_by(0 * u.deg, 4 * u.arcsec)
+    east = centre.directional_offset_by(90 * u.deg, 2 * u.arcsec)
+    ecl = ecliptic_wcs(centre)
+    assert ecl.wcs.radesys == "ICRS"
+    path = tmp_path / "ecliptic.fits"
+    fits.PrimaryHDU(np.zeros((200, 200), np.float32), header=ecl.to_header()).writeto(path)
+    [image] = parse_sky_images(str(path))
+    [(_, _, px, py, _)] = _sky_positions([image], SkyCoord([centre]))
+    assert abs(px[0] - 99.5) < 0.05 and abs(py[0] - 99.5) < 0.05     # 0.02", the frame bias
+    spots = SkyCoord([north, east])
+    ecl_lonlat = spots.transform_to(BarycentricMeanEcliptic())
+    equatorial = sky_wcs(rot=0, crval=(centre.ra.deg, centre.dec.deg))
+    cut = []
+    for w, pix in ((equatorial, equatorial.world_to_pixel(spots)),
+                   (ecl, ecl.world_to_pixel_values(ecl_lonlat.lon.deg, ecl_lonlat.lat.deg))):
+        yy, xx = np.mgrid[:200, :200]
+        img = sum(a * np.exp(-((xx - x) ** 2 + (yy - y) ** 2) / (2 * 1.5 ** 2))
+                  for a, x, y in zip((1.0, 0.5), *pix)).astype(np.float32)
+        image = SkyImage(img, w, name="ecliptic.fits")
+        sky = _sky_positions([image], SkyCoord([centre]))
+        stamps, flags, _ = _cut_band([image], sky, 31, np.array([0.4]), np.array([0]))
+        assert flags[0] == 0
+        # 4" north = 10 rows up; 2" east = 5 columns left
+        assert peak(stamps[0]) == (15, 25)
+        assert peak(np.where(np.arange(31)[:, None] < 20, stamps[0], 0)) == (10, 15)
+        cut.append(stamps[0])
+    np.testing.assert_allclose(cut[1], cut[0], atol=0.1)   # bilinear, turned by 20 deg
+    cat = Table({"ra": [centre.ra.deg], "dec": [centre.dec.deg]})
+    out = astromorph.annotate(cat, (img, ecl), model=optical_model)
+    assert out["opt_flags"][0] == 0
+    # FK5 ecliptic of equinox 1975: its CRVAL that of the centre in that equinox
+    fk5 = ecliptic_wcs(centre, radesys="FK5", equinox=1975.0)
+    at_1975 = centre.transform_to(BarycentricMeanEcliptic(equinox=Time(1975.0, format="jyear")))
+    assert abs(at_1975.lon.deg - fk5.wcs.crval[0]) > 0.3          # 25 years of precession
+    fk5.wcs.crval = [at_1975.lon.deg, at_1975.lat.deg]
+    fk5.wcs.set()
+    [(_, _, px, py, _)] = _sky_positions([SkyImage(img, fk5)], SkyCoord([centre]))
+    assert abs(px[0] - 99.5) < 1e-6 and abs(py[0] - 99.5) < 1e-6
+
+
+@pytest.mark.parametrize("ctype, keys, why", [
+    (("HLON-TAN", "HLAT-TAN"), {}, "would read them as ICRS"),
+    (("ELON-TAN", "ELAT-TAN"), {"EQUINOX": 1950.0}, "RADESYS = 'FK4'"),
+    (("ELON-TAN", "ELAT-TAN"), {"RADESYS": "GAPPT"}, "RADESYS = 'GAPPT'"),
+    (("SLON-TAN", "SLAT-TAN"), {}, "in no celestial frame astropy knows"),
+])
+def test_images_in_frames_astropy_cannot_place_are_refused(optical_model, tmp_path, ctype,
+                                                           keys, why):
+    """Helioecliptic axes (HLON/HLAT, for which wcslib sets RADESYS = ICRS) were read as
+    ICRS RA/Dec, ecliptic axes of FK4 or apparent coordinates as FK4 or (GAPPT) not at all,
+    supergalactic ones stopped `annotate` with astropy's bare ValueError: each is now an
+    `InputError` naming the image and its CTYPE."""
+    h = fits.Header()
+    h.update(CTYPE1=ctype[0], CTYPE2=ctype[1], CRVAL1=20.0, CRVAL2=5.0, CRPIX1=100.0,
+             CRPIX2=100.0, CDELT1=-1e-4, CDELT2=1e-4, **keys)
+    path = tmp_path / "odd_frame.fits"
+    fits.PrimaryHDU(blobs(), header=h).writeto(path)
+    cat = Table({"ra": [20.0], "dec": [5.0]})
+    with pytest.raises(InputError, match=rf"odd_frame\.fits.*{re.escape(repr(list(ctype)))}.*"
+                                         rf"{re.escape(why)}"):
+        astromorph.annotate(cat, str(path), model=optical_model)
+
+
 def test_block_averaged_stamps_reach_every_image_edge():
     """With block averaging (3 x 3 here) a stamp 3 pixels inside the right or top edge lies
     on the image, as one 3 pixels inside the left or bottom edge does, when the image side
