@@ -72,9 +72,10 @@ def _sky_jacobian(wcs, shape):
     (lon, lat) in degrees in the WCS's frame; and the position angle there of ICRS north
     (degrees east of the frame's north). East and north are those of the WCS's own frame
     (and the angle 0) where astropy cannot transform it to ICRS."""
-    from astropy.wcs.utils import pixel_to_skycoord
+    from astropy.coordinates import SkyCoord
 
     from ._annotate import _icrs_north
+    from ._cutouts import _celestial_frame
 
     cy, cx = (np.asarray(shape, float) - 1) / 2
     x = cx + np.array([0.0, 0.5, -0.5, 0.0, 0.0])
@@ -83,7 +84,7 @@ def _sky_jacobian(wcs, shape):
     lon, lat = world[wcs.wcs.lng], world[wcs.wcs.lat]
     centre, up = (lon[0], lat[0]), 0.0
     try:
-        points = pixel_to_skycoord(x, y, wcs, origin=0, mode="all")
+        points = SkyCoord(lon, lat, unit="deg", frame=_celestial_frame(wcs, "stamp"))
         icrs = points.icrs
         up = float(_icrs_north(points[:1], points.frame.replicate_without_data())[0])
         lon, lat = icrs.ra.deg, icrs.dec.deg

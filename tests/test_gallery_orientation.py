@@ -204,3 +204,37 @@ def test_galactic_stamp_is_drawn_icrs_north_up(tmp_path, monkeypatch):
     # the same blobs on an ICRS stamp: drawn at the same place (to a pixel)
     icrs = north_up(_stamp(_header("cd", 0))[None], _header("cd", 0).get)[0][0]
     assert np.abs(np.subtract(_peak(icrs), _peak(tile))).max() <= 1
+
+
+def test_ecliptic_stamp_is_drawn_icrs_north_up():
+    """A stamp whose WCS is ecliptic (ELON-TAN/ELAT-TAN, ecliptic north up; wcslib sets
+    RADESYS = ICRS) was read by astropy as an ICRS stamp and drawn ecliptic-north up (about
+    15 degrees off here); it is now turned ICRS north up, as `annotate` cuts its stamps:
+    its blobs fall where those of the ICRS stamp of the same sky do (to a pixel)."""
+    from astropy import units as u
+    from astropy.coordinates import BarycentricMeanEcliptic, SkyCoord
+
+    ecl = SkyCoord(RA0 * u.deg, DEC0 * u.deg).transform_to(BarycentricMeanEcliptic())
+    c = (SIZE + 1) / 2
+    h = fits.Header()
+    h.update(CTYPE1="ELON-TAN", CTYPE2="ELAT-TAN", CRVAL1=ecl.lon.deg, CRVAL2=ecl.lat.deg,
+             CRPIX1=c, CRPIX2=c, CUNIT1="deg", CUNIT2="deg", CDELT1=-SCALE, CDELT2=SCALE)
+    w = WCS(h)
+    cosd = np.cos(np.radians(DEC0))
+    blobs = SkyCoord([RA0 + 7 / 3600 / cosd, RA0] * u.deg,
+                     [DEC0 + 7 / 3600, DEC0 + 12 / 3600] * u.deg).transform_to(ecl.frame)
+    (xa, xb), (ya, yb) = w.world_to_pixel_values(blobs.lon.deg, blobs.lat.deg)
+    y, x = np.mgrid[:SIZE, :SIZE]
+    blob = lambda x0, y0: np.exp(-((x - x0) ** 2 + (y - y0) ** 2) / 4.0)  # noqa: E731
+    data = (100 * blob(xa, ya) + 40 * blob(xb, yb) + 1.0).astype(np.float32)
+    shown, oriented = north_up(data[None], h.get)
+    assert oriented
+    icrs = north_up(_stamp(_header("cd", 0))[None], _header("cd", 0).get)[0][0]
+
+    def peaks(tile):  # the bright blob's (row, column), then the faint one's
+        row, col = _peak(tile)
+        masked = tile.copy()
+        masked[max(row - 3, 0):row + 4, max(col - 3, 0):col + 4] = np.nan
+        return np.array([(row, col), _peak(masked)])
+
+    assert np.abs(peaks(shown[0]) - peaks(icrs)).max() <= 1
