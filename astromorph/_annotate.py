@@ -650,7 +650,8 @@ def annotate(table, images, *, model, ra_col=None, dec_col=None, coord_col=None,
     astromorph.exceptions.InputError
         ``table`` is not a table, it has no RA/Dec (or named) column, its SkyCoord
         column cannot be transformed to an image's frame, an image cannot be
-        read or has no celestial WCS, a galaxy-scaled model gets no
+        read or has no celestial WCS (or one in a frame astropy cannot place:
+        helioecliptic, supergalactic...), a galaxy-scaled model gets no
         ``size_col``/``stamp_size``; new column names clash (``on_conflict="error"``).
     astromorph.exceptions.InvalidArgumentError
         A bad option value (named in the message).
