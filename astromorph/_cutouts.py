@@ -101,11 +101,12 @@ def _celestial_frame(wcs, name):
     ICRS is the mean ecliptic and equinox of J2000, FK5 that of EQUINOX (J2000 without
     it), both astropy's `~astropy.coordinates.BarycentricMeanEcliptic` (a rotation of
     ICRS; the geocentric frame would add aberration of the date). Ecliptic axes of other
-    systems (FK4, GAPPT), helioecliptic ``HLON``/``HLAT``, any other axes that astropy
-    would read as RA/Dec, and axes astropy cannot name are refused. RA/Dec, Galactic and
+    systems (FK4, GAPPT), helioecliptic ``HLON``/``HLAT``, Earth-fixed ``TLON``/``TLAT``
+    (astropy's ITRS), any other axes that astropy would read as RA/Dec, and axes astropy
+    cannot name are refused. RA/Dec, Galactic and
     every other frame are astropy's (bit for bit).
     """
-    from astropy.coordinates import FK4, FK5, ICRS, BarycentricMeanEcliptic, FK4NoETerms
+    from astropy.coordinates import FK4, FK5, ICRS, ITRS, BarycentricMeanEcliptic, FK4NoETerms
     from astropy.time import Time
     from astropy.wcs.utils import wcs_to_celestial_frame
 
@@ -113,7 +114,7 @@ def _celestial_frame(wcs, name):
     ctype = [w.ctype[w.lng], w.ctype[w.lat]] if min(w.lng, w.lat) >= 0 else list(w.ctype)
     axes = tuple(c[:4].rstrip("-") for c in ctype)
     accepted = ("annotate takes RA/DEC (ICRS, FK5, FK4), GLON/GLAT, ELON/ELAT of RADESYS "
-                "ICRS or FK5, and other frames astropy's wcs_to_celestial_frame knows")
+                "ICRS or FK5, and other sky frames astropy's wcs_to_celestial_frame knows")
     if axes == ("ELON", "ELAT"):
         radesys, equinox = w.radesys.strip().upper(), w.equinox
         if not radesys:  # the FITS default, as wcslib sets it up
@@ -134,6 +135,9 @@ def _celestial_frame(wcs, name):
         raise InputError(f"{name}: its WCS axes CTYPE = {ctype} are not RA/Dec, but astropy "
                          f"would read them as {frame.name.upper()} RA/Dec (by RADESYS = "
                          f"{w.radesys!r}); {accepted}")
+    if isinstance(frame, ITRS):
+        raise InputError(f"{name}: its WCS axes CTYPE = {ctype} are Earth-fixed (astropy's "
+                         f"ITRS), not a sky frame; {accepted}")
     return frame
 
 

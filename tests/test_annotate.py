@@ -695,13 +695,15 @@ def test_ecliptic_frame_images_are_cut_where_the_sources_are(optical_model, tmp_
     (("ELON-TAN", "ELAT-TAN"), {"EQUINOX": 1950.0}, "RADESYS = 'FK4'"),
     (("ELON-TAN", "ELAT-TAN"), {"RADESYS": "GAPPT"}, "RADESYS = 'GAPPT'"),
     (("SLON-TAN", "SLAT-TAN"), {}, "in no celestial frame astropy knows"),
+    (("TLON-TAN", "TLAT-TAN"), {}, "Earth-fixed"),
 ])
 def test_images_in_frames_astropy_cannot_place_are_refused(optical_model, tmp_path, ctype,
                                                            keys, why):
     """Helioecliptic axes (HLON/HLAT, for which wcslib sets RADESYS = ICRS) were read as
     ICRS RA/Dec, ecliptic axes of FK4 or apparent coordinates as FK4 or (GAPPT) not at all,
-    supergalactic ones stopped `annotate` with astropy's bare ValueError: each is now an
-    `InputError` naming the image and its CTYPE."""
+    supergalactic ones stopped `annotate` with astropy's bare ValueError, and Earth-fixed
+    TLON/TLAT axes (astropy's ITRS of DATE-OBS) turned sky positions into terrestrial ones:
+    each is now an `InputError` naming the image and its CTYPE."""
     h = fits.Header()
     h.update(CTYPE1=ctype[0], CTYPE2=ctype[1], CRVAL1=20.0, CRVAL2=5.0, CRPIX1=100.0,
              CRPIX2=100.0, CDELT1=-1e-4, CDELT2=1e-4, **keys)
