@@ -146,7 +146,9 @@ class LossyOutputWarning(AstromorphWarning):
 class ProvenanceMismatchError(AstromorphError, ValueError):
     """A fitted `~astromorph.embeddings.LabelHead` or `~astromorph.embeddings.GaussianMixture`
     applied to vectors made by another embedding model (or version) than the one it was
-    fitted on; the message names both. ``fitted`` and ``table`` hold the two provenances
+    fitted on, or an image query of a `~astromorph.embeddings.SimilarityIndex` embedded with
+    another model than the one that made the indexed vectors; the message names both.
+    ``fitted`` (the head's, or the query model's) and ``table`` hold the two provenances
     (dicts with ``model``, ``version`` and ``sha256``)."""
 
     def __init__(self, message, fitted=None, table=None):
@@ -156,7 +158,9 @@ class ProvenanceMismatchError(AstromorphError, ValueError):
 
 class MissingProvenanceWarning(AstromorphWarning):
     """A table does not say which embedding model made its vectors, so a fitted head or
-    mixture applied to it cannot check that they come from the model it was fitted on."""
+    mixture applied to it cannot check that they come from the model it was fitted on, and
+    an image query of its vectors is embedded with the shipped ``embedding`` model,
+    unchecked."""
 
 
 class SimilarLabelsWarning(AstromorphWarning):

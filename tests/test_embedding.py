@@ -70,13 +70,16 @@ def nmi(a, b):
 
 
 # ------------------------------------------------------------------- tiny ONNX model
-def tiny_embedding_onnx(path, dim=4, size=64):
-    """ONNX graph: (N, 3, size, size) -> spatial means (N, 3) -> MatMul (N, dim) -> L2 norm."""
+def tiny_embedding_onnx(path, dim=4, size=64, w=None):
+    """ONNX graph: (N, 3, size, size) -> spatial means (N, 3) -> MatMul (N, dim) -> L2 norm
+    (``w``: the (3, dim) weights, default fixed ones)."""
     import onnx
     from onnx import TensorProto, helper
 
-    w = np.array([[1.0, 0.2, -0.5, 0.3], [0.1, 1.0, 0.4, -0.2], [0.3, -0.4, 1.0, 0.6]],
-                 np.float32)[:, :dim]
+    if w is None:
+        w = np.array([[1.0, 0.2, -0.5, 0.3], [0.1, 1.0, 0.4, -0.2], [0.3, -0.4, 1.0, 0.6]],
+                     np.float32)[:, :dim]
+    w = np.asarray(w, np.float32)
     inp = helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 3, size, size])
     out = helper.make_tensor_value_info("embedding", TensorProto.FLOAT, ["batch", dim])
     nodes = [
@@ -99,15 +102,26 @@ def tiny_embedding_onnx(path, dim=4, size=64):
 @pytest.fixture
 def tiny_embedding(tmp_path, monkeypatch):
     """Registry with one model ``tinyemb`` (optical input, 4-d embedding)."""
-    import hashlib
-
     pytest.importorskip("onnx")
     root = tmp_path / "models"
-    d = root / "tinyemb"
+    register_tiny_embedding(root)
+    monkeypatch.setenv("ASTROMORPH_MODELS_DIR", str(root))
+    astromorph.clear_session_cache()
+    yield "tinyemb"
+    astromorph.clear_session_cache()
+
+
+def register_tiny_embedding(root, name="tinyemb", *, version="0.0.1", dim=4, w=None,
+                            variants=None):
+    """A model folder ``root/name`` for `tiny_embedding_onnx` (``variants``: precision ->
+    the weights of a variant file ``model_<precision>.onnx``)."""
+    import hashlib
+
+    d = root / name
     d.mkdir(parents=True)
-    tiny_embedding_onnx(d / "model.onnx")
+    tiny_embedding_onnx(d / "model.onnx", dim=dim, w=w)
     card = {
-        "name": "tinyemb", "version": "0.0.1", "task": "embedding", "summary": "test",
+        "name": name, "version": version, "task": "embedding", "summary": "test",
         "column_prefix": "emb",
         "input": {"name": "input", "shape": [3, 64, 64], "dtype": "float32", "family": "optical",
                   "single_band": "replicate",
@@ -115,15 +129,17 @@ def tiny_embedding(tmp_path, monkeypatch):
                   "angular_size": {"kind": "petrosian",
                                    "stamp_size_per_petro_r90": float(opt.stamp_size_from_petrosian(1.0))},
                   "normalisation": "display values / 255"},
-        "outputs": [{"name": "embedding", "kind": "embedding", "size": 4}],
+        "outputs": [{"name": "embedding", "kind": "embedding", "size": dim}],
         "training": {}, "metrics": {},
         "sha256": hashlib.sha256((d / "model.onnx").read_bytes()).hexdigest(),
     }
+    for precision, weights in (variants or {}).items():
+        file = d / f"model_{precision}.onnx"
+        tiny_embedding_onnx(file, dim=dim, w=weights)
+        card.setdefault("variants", {})[precision] = {
+            "file": file.name, "sha256": hashlib.sha256(file.read_bytes()).hexdigest()}
     (d / "card.json").write_text(json.dumps(card))
-    monkeypatch.setenv("ASTROMORPH_MODELS_DIR", str(root))
-    astromorph.clear_session_cache()
-    yield "tinyemb"
-    astromorph.clear_session_cache()
+    return d
 
 
 def colour_cutout(seed, size=100):
@@ -577,6 +593,105 @@ def test_image_query_refuses_a_model_other_than_the_tables(tiny_embedding, tmp_p
     # vectors that do not say where they come from: nothing to check
     assert SimilarityIndex(np.asarray(t["embedding"])).query(
         image=query, k=1, model=tiny_embedding)["row"][0] == 1
+
+
+def _tiny_registry_with_others(tmp_path):
+    """Beside ``tinyemb``: ``embedding`` (4-d like it, other weights: the shipped model's
+    name), ``tinyemb3`` (3-d) and an ``int8`` variant of ``tinyemb`` (other weights)."""
+    root = tmp_path / "models"
+    other = [[0.2, -1.0, 0.5, 0.1], [1.0, 0.3, -0.2, 0.8], [-0.4, 0.5, 0.2, 1.0]]
+    register_tiny_embedding(root, "embedding", version="1.0", w=other)
+    register_tiny_embedding(root, "tinyemb3", dim=3)
+    import shutil
+
+    shutil.rmtree(root / "tinyemb")
+    register_tiny_embedding(root, variants={"int8": other})
+    astromorph.clear_session_cache()
+
+
+def test_image_query_embeds_with_the_model_that_made_the_table(tiny_embedding, tmp_path,
+                                                                monkeypatch, capsys):
+    """An image query without model= (`similar --image` without -m) embedded the image with
+    the shipped ``embedding`` model whatever model made the table: a table of a custom
+    model failed ("no shipped model named 'embedding'", exit 2), and a table of another
+    model of the same length was refused only when its meta said so. The default is now
+    the model (and variant) the table's provenance names; one of another version, or not
+    installed, is refused naming both; a table that does not say gets the shipped
+    ``embedding`` with a MissingProvenanceWarning; row and position queries load none."""
+    from PIL import Image
+
+    from astromorph.exceptions import (MissingProvenanceWarning, ModelNotFoundError,
+                                       ProvenanceMismatchError)
+
+    for s in range(6):
+        Image.fromarray(colour_cutout(s)).save(tmp_path / f"g{s:02d}.png")
+    query = tmp_path / "g03.png"
+    emb = tmp_path / "e.fits"
+    assert main(["predict", tiny_embedding, str(tmp_path / "g*.png"), "-o", str(emb),
+                 "--no-progress"]) == 0
+    # the reported case: a table of a custom model, no -m
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", MissingProvenanceWarning)
+        assert main(["similar", str(emb), "--image", str(query), "-k", "2",
+                     "-o", str(tmp_path / "q.ecsv")]) == 0
+    assert Table.read(tmp_path / "q.ecsv")["row"][0] == 3
+    t = Table.read(emb)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", MissingProvenanceWarning)
+        for index in (SimilarityIndex.from_table(t), SimilarityIndex(t["embedding"])):
+            res = index.query(image=query, k=1)
+            assert res["row"][0] == 3 and res["similarity"][0] == pytest.approx(1, abs=1e-5)
+
+    # a registry that also holds an ``embedding`` of the same length: still tinyemb's space
+    _tiny_registry_with_others(tmp_path)
+    assert SimilarityIndex.from_table(t).query(image=query, k=1)["row"][0] == 3
+    with pytest.raises(ProvenanceMismatchError, match=r"tinyemb 0\.0\.1.*embedding 1\.0"):
+        SimilarityIndex.from_table(t).query(image=query, k=1, model="embedding")
+    assert main(["similar", str(emb), "--image", str(query), "-m", "embedding"]) == 2
+    err = capsys.readouterr().err
+    assert "tinyemb 0.0.1" in err and "embedding 1.0" in err
+    # a model of another length, named for vectors that do not say: both lengths named,
+    # before the model runs (it used to fail in search with the lengths alone)
+    bare = Table({"embedding": np.asarray(t["embedding"])})
+    with pytest.raises(InvalidArgumentError, match=r"tinyemb3 0\.0\.1.*3-d.*4-d"):
+        SimilarityIndex.from_table(bare).query(image=query, k=1, model="tinyemb3")
+    # a table that does not say: the shipped name, with a warning
+    with pytest.warns(MissingProvenanceWarning, match="'embedding'"):
+        assert SimilarityIndex.from_table(bare).query(image=query, k=1).meta["query_kind"] \
+            == "image"
+    # the variant that made the table (its astromorph_model_precision) is the default
+    t8 = astromorph.predict_files(tiny_embedding, sorted(tmp_path.glob("g*.png")),
+                                  precision="int8", progress=False)
+    assert t8.meta["astromorph_model_precision"] == "int8"
+    res = SimilarityIndex.from_table(t8).query(image=query, k=1)
+    assert res["row"][0] == 3 and res["similarity"][0] == pytest.approx(1, abs=1e-5)
+    with pytest.raises(ProvenanceMismatchError):  # the float32 file: other vectors
+        SimilarityIndex.from_table(t8).query(image=query, k=1, model=tiny_embedding)
+    # the table's model installed in another version, or not installed: refused, naming it
+    old = t.copy()
+    old.meta.update(astromorph_model_version="0.0.0", astromorph_model_sha256="0" * 64)
+    with pytest.raises(ProvenanceMismatchError, match=r"tinyemb 0\.0\.0.*tinyemb 0\.0\.1"):
+        SimilarityIndex.from_table(old).query(image=query, k=1)
+    gone = t.copy()
+    gone.meta["astromorph_model"] = "goneemb"
+    with pytest.raises(ModelNotFoundError, match=r"goneemb 0\.0\.1.*model="):
+        SimilarityIndex.from_table(gone).query(image=query, k=1)
+    gone.write(tmp_path / "gone.fits")
+    assert main(["similar", str(tmp_path / "gone.fits"), "--image", str(query)]) == 2
+    assert "goneemb" in capsys.readouterr().err
+    # row and position queries run no model: none can be loaded, and none is needed
+    from astromorph import _model
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a model was loaded")
+
+    monkeypatch.setattr(_model.Model, "__init__", refuse)
+    gone["ra"], gone["dec"] = np.arange(6.0), np.zeros(6)
+    gone.write(tmp_path / "gone_pos.fits")
+    assert main(["similar", str(tmp_path / "gone.fits"), "--query", "1", "-k", "2"]) == 0
+    assert main(["similar", str(tmp_path / "gone_pos.fits"), "--ra", "2", "--dec", "0",
+                 "-k", "2"]) == 0
+    assert SimilarityIndex.from_table(gone).query(position=(2, 0), k=1)["row"][0] != 2
 
 
 def test_gallery_refuses_a_result_of_another_index(tmp_path):

@@ -79,12 +79,6 @@ def _cmd_similar(args):
             ("--precision", args.precision, args.image, "--image")):
         if value is not None and needed is None:
             raise InvalidArgumentError(f"{option} applies only with {name}")
-    model = "embedding" if args.model is None else args.model
-    if args.image is not None:  # loaded (and its options checked) before the table is read
-        from .._model import load_model
-
-        model = load_model(model, providers=args.providers, threads=args.threads,
-                           precision=args.precision)
     table = _read(args, output_has_its_columns=False)  # neighbours: no embeddings
     # a row number (-1 is no row from the end), refused naming the table's rows: checked
     # once the table is read, before the index is built
@@ -93,9 +87,14 @@ def _cmd_similar(args):
     else:
         raise InvalidArgumentError(f"--query {args.query}: the table has no rows")
     index = SimilarityIndex.from_table(table, column=args.column, backend=args.backend)
+    if args.image is not None:  # the model named, else the one that made the table's vectors
+        from ._index import _query_model
+
+        model = _query_model(table.meta, args.column, args.model, providers=args.providers,
+                             threads=args.threads, precision=args.precision)
     if args.gallery:  # the column of the rows' files, checked before any write
         _row_images(index, [], None, args.source_column)
-    kwargs = dict(k=args.k, include_query=args.include_query, model=model)
+    kwargs = dict(k=args.k, include_query=args.include_query)
     if args.query is not None:
         result = index.query(row=args.query, **kwargs)
     elif args.ra is not None:
@@ -103,7 +102,7 @@ def _cmd_similar(args):
             None if args.max_separation is None else args.max_separation * u.arcsec),
             ra_col=args.ra_col, dec_col=args.dec_col, **kwargs)
     else:
-        result = index.query(image=args.image, **kwargs)
+        result = index.query(image=args.image, model=model, **kwargs)
     if "query_separation_arcsec" in result.meta:
         report(args, f"query: row {result.meta['query_row']} "
                f"({result.meta['query_separation_arcsec']:.2f} arcsec from the position)")
@@ -227,7 +226,8 @@ def register(sub):
     p.add_argument("--column", default="embedding", help="embedding column (default embedding)")
     p.add_argument("--source-column", default=None,
                    help="column of image paths for --gallery (default: source, path, file)")
-    add_model_option(p, "with --image: the model embedding it (default embedding)")
+    add_model_option(p, "with --image: the model embedding it (default: the one that made "
+                        "the table's vectors, by its meta; else embedding)")
     add_runtime_options(p, threads_help="with --image: CPU threads of ONNX Runtime (default: "
                         "$ASTROMORPH_NUM_THREADS, else ONNX Runtime's choice)")
     p.add_argument("--backend", default="exact", choices=["exact", "auto", "faiss", "hnswlib"],

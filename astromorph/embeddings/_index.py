@@ -286,6 +286,45 @@ def _norms(x):
     return norms
 
 
+def _query_model(meta, column, model=None, *, providers=None, threads=None, precision=None):
+    """The loaded model that embeds a query image for ``column`` of a table with ``meta``.
+
+    ``model`` (a name, path or `Model`, loaded with the runtime options) when given; else
+    the model that the table's provenance says made ``column`` (its name, and its precision
+    unless ``precision`` is given), so that the image lands in the space of the vectors;
+    else, for a table that does not say (or no table: ``meta`` None), the shipped
+    ``embedding``, with a `MissingProvenanceWarning` when a table was given.
+    """
+    from ._state import describe, table_provenance, table_run
+    from .._model import as_model
+    from ..exceptions import MissingProvenanceWarning, ModelNotFoundError
+
+    if model is not None:
+        return as_model(model, providers=providers, threads=threads, precision=precision)
+    run = None if meta is None else table_run(meta, column)
+    name = None if run is None else run.get("model")
+    if name in (None, ""):  # the shipped model (its options checked before any warning)
+        model = as_model("embedding", providers=providers, threads=threads,
+                         precision=precision)
+        if meta is not None and table_provenance(meta, column) is None:
+            warn(f"the table does not say which embedding model made its {column!r} column "
+                 "(no astromorph_model/astromorph_model_sha256 meta for it): the query image "
+                 "is embedded with the shipped 'embedding' model, which cannot be checked to "
+                 "be the one that made the vectors; pass model= (-m) the model that did",
+                 MissingProvenanceWarning)
+        return model
+    if precision is None and run.get("model_precision") not in (None, ""):
+        precision = str(run["model_precision"])
+    try:
+        return as_model(str(name), providers=providers, threads=threads, precision=precision)
+    except ModelNotFoundError as exc:
+        raise ModelNotFoundError(
+            f"column {column!r} of the table was made by embedding model "
+            f"{describe(table_provenance(meta, column))}, which is needed to embed the query "
+            f"image in the same space but cannot be loaded ({exc}); pass model= (-m) its "
+            "file or folder") from None
+
+
 def _installed(name):
     import importlib.util
 
@@ -301,10 +340,12 @@ class SimilarityIndex:
         One vector per row (e.g. the ``embedding`` column written by the
         ``embedding`` model). Masked or non-finite rows are never returned.
         A column of a table (``table["embedding"]``) brings the table's
-        record of the model that made it, which image queries are checked
-        against (as with `from_table`); a plain array records none, so an
-        image query embedded with another model of the same dimension
-        cannot be caught: pass the column, or use `from_table`.
+        record of the model that made it, which image queries are embedded
+        with by default and checked against (as with `from_table`); a plain
+        array records none, so image queries use the shipped ``embedding``
+        model unless given ``model=``, and one embedded with another model
+        of the same dimension cannot be caught: pass the column, or use
+        `from_table`.
     table : astropy.table.Table, optional
         The table the vectors belong to (row ``i`` = vector ``i``); its
         columns are copied into query results and its positions are used by
@@ -595,7 +636,7 @@ class SimilarityIndex:
                                  f"than max_separation={limit}")
         return row, separation
 
-    def embed_image(self, image, *, model="embedding"):
+    def embed_image(self, image, *, model=None):
         """Embedding vector of one image, computed with an astromorph model.
 
         Parameters
@@ -607,7 +648,10 @@ class SimilarityIndex:
             angular size the model card gives, or a network-ready stamp of the
             model's input shape.
         model : str, os.PathLike or Model, optional
-            The embedding model (default: the shipped ``embedding``).
+            The embedding model. Default: the model that made the indexed vectors, as
+            the table's meta names it (``astromorph_model``, and the
+            ``astromorph_model_precision`` variant), so that the image is embedded
+            in their space; for vectors that do not say, the shipped ``embedding``.
 
         Returns
         -------
@@ -621,18 +665,30 @@ class SimilarityIndex:
             ``image`` is a folder or not a regular file, holds no usable stamp, or is an
             array of another shape.
         astromorph.exceptions.InvalidArgumentError
-            ``model`` has no embedding output.
+            ``model`` has no embedding output, or one of another length than the
+            indexed vectors (the message names both).
         astromorph.exceptions.ProvenanceMismatchError
             The index was built with `from_table`, or from a table's column, and the
             table's meta says that another embedding model, or another version of it,
-            made its vectors.
+            made its vectors: ``model`` given, or the installed model of the table's
+            name is another version.
+        astromorph.exceptions.ModelNotFoundError
+            No ``model`` given, and the model the table names is not installed.
+
+        Warns
+        -----
+        astromorph.exceptions.MissingProvenanceWarning
+            No ``model`` given, and the index's table does not say which model made
+            its vectors: the shipped ``embedding`` is used.
         """
         import os
 
-        from .._model import Model, load_model
+        from .._io import check_input_file
 
-        if not isinstance(model, Model):
-            model = load_model(model)
+        if isinstance(image, (str, os.PathLike)):  # a missing file before any model is loaded
+            # one file: predict_files would expand a folder or a glob pattern
+            image = check_input_file(image, "image")
+        model = _query_model(self._column_meta, self._column, model)
         out = [o["name"] for o in model.card["outputs"] if o.get("kind") == "embedding"]
         if not out:
             raise InvalidArgumentError(f"model {model.name!r} has no embedding output")
@@ -640,11 +696,8 @@ class SimilarityIndex:
         if isinstance(image, (str, os.PathLike)):
             import warnings
 
-            from .._io import check_input_file
             from .._predict import predict_files
 
-            # one file: predict_files would expand a folder or a glob pattern
-            image = check_input_file(image, "image")
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 result = predict_files(model, [image], progress=False)
@@ -678,19 +731,25 @@ class SimilarityIndex:
         model (or version) than ``model`` made its vectors (same length, other meaning)."""
         from ._state import _differ, as_provenance, describe, table_provenance
 
-        if self._column is None:
-            return
-        made_by = table_provenance(self._column_meta, self._column)
         mine = as_provenance(model)
+        made_by = None if self._column is None else table_provenance(self._column_meta,
+                                                                      self._column)
         if made_by is not None and _differ(made_by, mine):
             raise ProvenanceMismatchError(
                 f"column {self._column!r} of the indexed table was made by embedding model "
                 f"{describe(made_by)}, but the image would be embedded with "
                 f"{describe(mine)}: their similarities would be meaningless. Pass model= "
                 "the model that made the table", fitted=mine, table=made_by)
+        size = next(o.get("size") for o in model.card["outputs"] if o.get("kind") == "embedding")
+        if size is not None and size != self.dim:
+            raise InvalidArgumentError(
+                f"embedding model {describe(mine)} makes {size}-d vectors, but the index "
+                f"holds {self.dim}-d vectors"
+                f"{f' made by {describe(made_by)}' if made_by else ''}: pass model= the "
+                "model that made them")
 
     def query(self, row=None, *, position=None, image=None, vector=None, k=25,
-              include_query=False, model="embedding", max_separation=None, ra_col=None,
+              include_query=False, model=None, max_separation=None, ra_col=None,
               dec_col=None, coord_col=None, columns=None):
         """The ``k`` rows most similar to a query, as a table.
 
@@ -713,7 +772,9 @@ class SimilarityIndex:
         include_query : bool, optional
             Keep the query row among the results (row / position queries).
         model : str, os.PathLike or Model, optional
-            Embedding model for image queries.
+            Embedding model for image queries (default: the one that made the
+            indexed vectors, by the table's meta; see `embed_image`). Row, position
+            and vector queries load no model.
         max_separation : Quantity or float (arcsec), optional
             For position queries: the largest accepted distance to the nearest row.
         ra_col, dec_col, coord_col : str, optional

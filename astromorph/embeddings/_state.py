@@ -10,7 +10,7 @@ from .._warnings import warn
 from ..exceptions import (InputError, InvalidArgumentTypeError, MissingProvenanceWarning,
                           ProvenanceMismatchError)
 
-__all__ = ["table_provenance", "as_provenance", "check_provenance", "describe",
+__all__ = ["table_provenance", "table_run", "as_provenance", "check_provenance", "describe",
            "save_state", "load_state", "FORMAT_VERSION", "Saved"]
 
 #: Version of the JSON files written by ``save``; ``load`` reads this version.
@@ -19,7 +19,27 @@ FORMAT_VERSION = 1
 #: Provenance fields and the table meta keys (after ``astromorph_`` or
 #: ``astromorph_run<k>_``) they come from.
 _FIELDS = {"model": "model", "version": "model_version", "sha256": "model_sha256"}
-_RUN_KEY = re.compile(r"astromorph_(run\d+_)?(model|model_version|model_sha256|columns)")
+_RUN_KEY = re.compile(
+    r"astromorph_(run\d+_)?(model|model_version|model_sha256|model_precision|columns)")
+
+
+def table_run(meta, column="embedding"):
+    """The provenance keys (``model``, ``model_version``, ``model_sha256``,
+    ``model_precision``, ``columns``, those present) of the run that made ``column`` of a
+    table with this ``meta``, as `table_provenance` chooses it; None when no run says."""
+    runs = {}
+    for key, value in meta.items():
+        found = _RUN_KEY.fullmatch(str(key).lower())
+        if found:
+            runs.setdefault(found.group(1) or "", {})[found.group(2)] = value
+    listing = sorted((p for p, run in runs.items()
+                      if column in str(run.get("columns", "")).split(",")),
+                     key=lambda p: (p != "", -int(p[3:-1] or 0) if p else 0))
+    if listing:
+        return runs[listing[0]]
+    if "" in runs and "columns" not in runs[""]:
+        return runs[""]
+    return None
 
 
 def table_provenance(meta, column="embedding"):
@@ -35,19 +55,8 @@ def table_provenance(meta, column="embedding"):
         ``model``, ``version`` and ``sha256`` (those that are known), or None when the
         meta does not say which model made the column.
     """
-    runs = {}
-    for key, value in meta.items():
-        found = _RUN_KEY.fullmatch(str(key).lower())
-        if found:
-            runs.setdefault(found.group(1) or "", {})[found.group(2)] = value
-    listing = sorted((p for p, run in runs.items()
-                      if column in str(run.get("columns", "")).split(",")),
-                     key=lambda p: (p != "", -int(p[3:-1] or 0) if p else 0))
-    if listing:
-        run = runs[listing[0]]
-    elif "" in runs and "columns" not in runs[""]:
-        run = runs[""]
-    else:
+    run = table_run(meta, column)
+    if run is None:
         return None
     found = {field: str(run[key]) for field, key in _FIELDS.items()
              if run.get(key) not in (None, "")}
