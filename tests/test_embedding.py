@@ -27,6 +27,7 @@ import astropy.units as u
 import astromorph
 from conftest import shipped_torch_module
 from astromorph import GaussianMixture, LabelHead, SimilarityIndex, cluster_table
+from astromorph._io import write_table
 from astromorph.cli import main
 from astromorph.embeddings import embedding_map, plot_map
 from astromorph.exceptions import InputError, InvalidArgumentError, OutputExistsError
@@ -676,7 +677,7 @@ def test_image_query_embeds_with_the_model_that_made_the_table(tiny_embedding, t
     gone.meta["astromorph_model"] = "goneemb"
     with pytest.raises(ModelNotFoundError, match=r"goneemb 0\.0\.1.*model="):
         SimilarityIndex.from_table(gone).query(image=query, k=1)
-    gone.write(tmp_path / "gone.fits")
+    write_table(gone, tmp_path / "gone.fits")
     assert main(["similar", str(tmp_path / "gone.fits"), "--image", str(query)]) == 2
     assert "goneemb" in capsys.readouterr().err
     # row and position queries run no model: none can be loaded, and none is needed
@@ -687,7 +688,7 @@ def test_image_query_embeds_with_the_model_that_made_the_table(tiny_embedding, t
 
     monkeypatch.setattr(_model.Model, "__init__", refuse)
     gone["ra"], gone["dec"] = np.arange(6.0), np.zeros(6)
-    gone.write(tmp_path / "gone_pos.fits")
+    write_table(gone, tmp_path / "gone_pos.fits")
     assert main(["similar", str(tmp_path / "gone.fits"), "--query", "1", "-k", "2"]) == 0
     assert main(["similar", str(tmp_path / "gone_pos.fits"), "--ra", "2", "--dec", "0",
                  "-k", "2"]) == 0
