@@ -43,6 +43,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from .._blas import single_threaded_blas
 from ..exceptions import (InputError, InputShapeError, InvalidArgumentError,
                           InvalidArgumentTypeError)
 from ._checks import (SENTINEL, check_number, check_options, in_unit_interval, invalid_pixels,
@@ -236,8 +237,10 @@ def _display_to_network(arr, size, crop_fraction):
     # and a rerun of `train` rebuilds their files bit for bit (docs/training.md). Two
     # whole-batch products (one BLAS call instead of one per stamp and channel) ran up to
     # 2x faster beside busy threads but change the last bit of some values, and with them
-    # every retrained weight.
-    out = np.matmul(np.matmul(rows, np.moveaxis(window, 3, 1)), cols.T)
+    # every retrained weight. One BLAS thread: a multi-threaded BLAS waits for its threads
+    # on each of these small calls, 5 to 50 times slower on a busy machine (same values).
+    with single_threaded_blas():
+        out = np.matmul(np.matmul(rows, np.moveaxis(window, 3, 1)), cols.T)
     out = np.ascontiguousarray(out, dtype=np.float32)
     return out[0] if single else out
 

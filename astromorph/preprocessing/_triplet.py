@@ -20,6 +20,7 @@ Both are pure numpy and vectorised over the batch.
 
 import numpy as np
 
+from .._blas import single_threaded_blas
 from ..exceptions import InputDTypeError, InputShapeError, InvalidArgumentError
 from ._checks import SENTINEL, check_bool, in_unit_interval, is_whole, to_arcsec, unmasked
 
@@ -283,8 +284,9 @@ def resample_triplet(x, pixel_scale, *, size=TRIPLET_SIZE, model_pixel_scale=TRI
     with np.errstate(invalid="ignore"):
         valid = np.abs(x) < _SENTINEL  # finite and not a masking sentinel
     x0 = np.where(valid, x, 0.0)
-    num = np.einsum("ih,nchw,jw->ncij", wy0, x0, wx0, optimize=True)
-    den = np.einsum("ih,nchw,jw->ncij", wy0, valid.astype(np.float64), wx0, optimize=True)
+    with single_threaded_blas():  # small products: faster on one thread (same values)
+        num = np.einsum("ih,nchw,jw->ncij", wy0, x0, wx0, optimize=True)
+        den = np.einsum("ih,nchw,jw->ncij", wy0, valid.astype(np.float64), wx0, optimize=True)
     with np.errstate(invalid="ignore", divide="ignore"):
         out = np.where(den >= 0.5, num / np.where(den > 0, den, 1.0), np.nan)
     out[:, :, ~np.isfinite(wy).all(axis=1), :] = np.nan

@@ -1,0 +1,141 @@
+"""The preprocessing's small matrix products run on one BLAS thread, with the same values,
+and leave the process's BLAS thread count as they found it (astromorph._blas)."""
+import threading
+
+import numpy as np
+import pytest
+
+from astromorph._blas import single_threaded_blas
+from astromorph.preprocessing._optical import _display_to_network
+from astromorph.preprocessing._triplet import resample_triplet
+
+threadpoolctl = pytest.importorskip("threadpoolctl")
+
+
+def _blas_threads():
+    """Thread counts of the loaded BLAS libraries."""
+    return [i["num_threads"] for i in threadpoolctl.threadpool_info() if i["user_api"] == "blas"]
+
+
+@pytest.fixture
+def two_blas_threads():
+    """BLAS at two threads (whatever the machine's cores) while the test runs."""
+    if not _blas_threads():
+        pytest.skip("no BLAS library that threadpoolctl can control")
+    with threadpoolctl.threadpool_limits(limits=2, user_api="blas"):
+        assert set(_blas_threads()) == {2}
+        yield
+
+
+@pytest.mark.parametrize("crop_fraction", [0.35, 1.0, 0.123])
+@pytest.mark.parametrize("size", [64, 96])
+def test_one_blas_thread_gives_the_same_values(crop_fraction, size, two_blas_threads):
+    rng = np.random.default_rng(size)
+    # 423 pixels (GZ1): products large enough for OpenBLAS to use its threads
+    arr = rng.integers(0, 256, (6, 423, 423, 3), dtype=np.uint8)
+    flt = rng.random((3, 150, 150, 3), dtype=np.float32)
+    with threadpoolctl.threadpool_limits(limits=2, user_api="blas"):
+        several = _display_to_network(arr, size, crop_fraction)
+        several_flt = _display_to_network(flt, size, crop_fraction)
+    with threadpoolctl.threadpool_limits(limits=1, user_api="blas"):
+        one = _display_to_network(arr, size, crop_fraction)
+        one_flt = _display_to_network(flt, size, crop_fraction)
+    assert one.shape == (6, 3, size, size)
+    np.testing.assert_array_equal(one, several, strict=True)
+    np.testing.assert_array_equal(one_flt, several_flt, strict=True)
+
+
+def test_one_blas_thread_gives_the_same_triplets(two_blas_threads):
+    x = np.random.default_rng(1).normal(size=(8, 3, 101, 101)).astype(np.float32)
+    x[0, 1, 5:9, 7] = np.nan
+    with threadpoolctl.threadpool_limits(limits=2, user_api="blas"):
+        several, _ = resample_triplet(x, 0.27)
+    with threadpoolctl.threadpool_limits(limits=1, user_api="blas"):
+        one, _ = resample_triplet(x, 0.27)
+    np.testing.assert_array_equal(one, several, strict=True)
+
+
+def _recording_matmul(monkeypatch, inside):
+    """Patch numpy.matmul to record the BLAS thread counts each product runs under
+    (and to call ``inside(first)`` before the first, outer, product's check)."""
+    real = np.matmul
+    seen, local = [], threading.local()
+
+    def matmul(*args, **kwargs):
+        first = not getattr(local, "started", False)
+        local.started = True
+        inside(first)
+        seen.append(tuple(_blas_threads()))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(np, "matmul", matmul)
+    return seen
+
+
+def test_concurrent_preprocessing_restores_blas_threads(monkeypatch, two_blas_threads):
+    """Eight threads inside at once; one leaves while the others are still inside: their
+    later products still run on one thread, and after the last one BLAS is back at two."""
+    n = 8
+    all_inside = threading.Barrier(n, timeout=60)
+    first_left = threading.Event()
+
+    def inside(first):
+        if first:  # the inner product of each call: wait until every thread is inside
+            all_inside.wait()
+        elif threading.current_thread().name != "stamp-0":
+            assert first_left.wait(60)  # the outer product: after stamp-0 has left
+
+    seen = _recording_matmul(monkeypatch, inside)
+    arr = np.random.default_rng(2).integers(0, 256, (4, 100, 100, 3), dtype=np.uint8)
+    errors = []
+
+    def work():
+        try:
+            _display_to_network(arr, 64, 0.5)
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+        finally:
+            if threading.current_thread().name == "stamp-0":
+                first_left.set()
+
+    threads = [threading.Thread(target=work, name=f"stamp-{k}") for k in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not errors
+    assert len(seen) == 2 * n and all(set(s) == {1} for s in seen), seen
+    assert set(_blas_threads()) == {2}
+
+
+def test_nested_and_failing_blocks_restore_blas_threads(two_blas_threads):
+    with pytest.raises(ZeroDivisionError):
+        with single_threaded_blas():
+            with single_threaded_blas():
+                assert set(_blas_threads()) == {1}
+            assert set(_blas_threads()) == {1}  # the outer block is still inside
+            1 / 0
+    assert set(_blas_threads()) == {2}
+
+
+def test_a_live_worker_thread_keeps_no_control_of_blas(two_blas_threads):
+    """A pool thread (still alive) that ran the preprocessing leaves other threads free to
+    set BLAS limits (threadpoolctl lets one thread at a time control OpenBLAS)."""
+    done, finish = threading.Event(), threading.Event()
+
+    def worker():
+        with single_threaded_blas():
+            pass
+        done.set()
+        finish.wait(60)
+
+    thread = threading.Thread(target=worker)
+    thread.start()
+    try:
+        assert done.wait(60)
+        with threadpoolctl.threadpool_limits(limits=1, user_api="blas"):
+            assert set(_blas_threads()) == {1}
+        assert set(_blas_threads()) == {2}
+    finally:
+        finish.set()
+        thread.join(60)
