@@ -8,20 +8,24 @@ preprocessing (`prepare`, batches of 256), the model alone, preprocessing and mo
 interleaved as predict_files runs them, predict_files itself and writing the table.
 
 The preprocessing's resampling products are many small BLAS calls (one per stamp and
-colour); with a multi-threaded OpenBLAS on a busy machine they can cost 10 to 50 times
-more than single-threaded (same values): compare a run with ``OPENBLAS_NUM_THREADS=1``.
-Numbers depend on the machine and on its load; the script asserts nothing.
+colour); with a multi-threaded OpenBLAS on a busy machine they cost 5 to 50 times more
+than single-threaded (same values), so astromorph runs them on one BLAS thread
+(``astromorph._blas.single_threaded_blas``). The run also times the preprocessing with
+that limit lifted (BLAS at its own thread count) and prints the ratio. Numbers depend on
+the machine and on its load; the script asserts nothing.
 
 Usage::
 
     python benchmarks/bench_predict_jpeg.py [--n 1000] [--model morphology] [--repeats 2]
 """
 import argparse
+import contextlib
 import os
 import tempfile
 import time
 import warnings
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 
@@ -57,6 +61,7 @@ def main(argv=None):
     import astromorph
     from astromorph._adapters import RawStamps, prepare
     from astromorph._readers._pictures import read_picture
+    from astromorph.preprocessing import _optical
     from PIL import Image
     imported = time.perf_counter() - start
     model = astromorph.load_model(args.model)
@@ -82,6 +87,8 @@ def main(argv=None):
             stamps = timed("read_picture", lambda: [read_picture(f)[0] for f in files])
             arr = timed("stack", lambda: np.stack([s.data for s in stamps]))
             xs = timed("preprocess (prepare)", lambda: batches(arr))
+            with mock.patch.object(_optical, "single_threaded_blas", contextlib.nullcontext):
+                timed("preprocess, BLAS threads", lambda: batches(arr))
             timed("model alone", lambda: [model.predict(x, batch_size=256, progress=False)
                                           for x in xs])
             timed("preprocess + model", lambda: [model.predict(x, batch_size=256,
@@ -93,9 +100,22 @@ def main(argv=None):
                     model, files, progress=False))
             timed("write ECSV", lambda: table.write(Path(tmp) / "out.ecsv", overwrite=True))
     print(f"{args.model}, {len(files)} {what}, import {imported:.2f} s, "
-          f"OPENBLAS_NUM_THREADS={os.environ.get('OPENBLAS_NUM_THREADS')}")
+          f"OPENBLAS_NUM_THREADS={os.environ.get('OPENBLAS_NUM_THREADS')}, "
+          f"BLAS threads {blas_threads()}")
     for name, t in times.items():
-        print(f"  {name:22s} {min(t):7.2f} s best  ({1e3 * min(t) / len(files):6.2f} ms/file)")
+        print(f"  {name:26s} {min(t):7.3f} s best  ({1e3 * min(t) / len(files):6.2f} ms/file)")
+    one, several = min(times["preprocess (prepare)"]), min(times["preprocess, BLAS threads"])
+    print(f"  preprocessing with BLAS threads / on one BLAS thread: {several / one:.2f}")
+
+
+def blas_threads():
+    """The thread counts of the loaded BLAS libraries (threadpoolctl), or '?'."""
+    try:
+        import threadpoolctl
+    except ImportError:
+        return "? (no threadpoolctl: the limit is not applied)"
+    return sorted({i["num_threads"] for i in threadpoolctl.threadpool_info()
+                   if i["user_api"] == "blas"})
 
 
 if __name__ == "__main__":

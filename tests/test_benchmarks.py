@@ -186,3 +186,10 @@ def test_bench_radio_preprocessing():
                 "network (batches of 256):",
                 "RATIO radio preprocessing, per-stamp loop / stack path:",
                 "RATIO noise estimate, per-stamp loop / stack path:")
+
+
+def test_bench_predict_jpeg_synthetic(no_data):
+    out = run_script("benchmarks/bench_predict_jpeg.py", "--n", 6, "--repeats", 1, data=no_data)
+    check_lines(out, "morphology, 6 synthetic JPEGs, import ", "BLAS threads ",
+                "preprocess (prepare)", "preprocess, BLAS threads", "predict_files",
+                "preprocessing with BLAS threads / on one BLAS thread: ")
