@@ -433,31 +433,42 @@ def _band_plan(model, family, groups):
     return [pick]
 
 
-def _sky_positions(images, coords):
-    """Every source in each image: ``(lon, lat, x, y, up_angle)`` per image.
-
-    Longitude and latitude in degrees in the image's celestial frame, the
-    0-based pixel position from its WCS (one transform per image, shared by
-    all the parts that `_cut_band` cuts), and the position angle in that frame
-    of ICRS north (`_icrs_north`), the stamps' up direction.
-    """
+def _image_frames(images):
+    """The astropy frame of each image's WCS, or the `InputError` of the first image in a
+    frame astropy cannot place (`_celestial_frame`): checked for every image before any
+    source is read or transformed."""
     from ._cutouts import _celestial_frame
 
-    frames, sky = {}, []
+    frames = []
     for image in images:
         with image.lock:
-            frame = _celestial_frame(image.wcs, image.name)
+            frames.append(_celestial_frame(image.wcs, image.name))
+    return frames
+
+
+def _sky_positions(images, coords, frames=None):
+    """Every source in each image: ``(lon, lat, x, y, up_angle)`` per image.
+
+    Longitude and latitude in degrees in the image's celestial frame (``frames``, from
+    `_image_frames`, computed here when not given), the 0-based pixel position from its
+    WCS (one transform per image, shared by all the parts that `_cut_band` cuts), and the
+    position angle in that frame of ICRS north (`_icrs_north`), the stamps' up direction.
+    """
+    if frames is None:
+        frames = _image_frames(images)
+    transformed, sky = {}, []
+    for image, frame in zip(images, frames):
         key = frame.name + str(getattr(frame, "equinox", ""))
-        if key not in frames:
+        if key not in transformed:
             try:
                 c = coords.transform_to(frame)
-                frames[key] = (c.spherical.lon.deg, c.spherical.lat.deg,
+                transformed[key] = (c.spherical.lon.deg, c.spherical.lat.deg,
                                _icrs_north(coords, frame))
             except Exception as exc:  # noqa: BLE001 - astropy's transforms raise many types
                 raise InputError(f"the positions (a SkyCoord in the {coords.frame.name} frame) "
                                  f"cannot be transformed to the {frame.name} frame of image "
                                  f"{image.name} or to ICRS: {type(exc).__name__}: {exc}") from exc
-        lon, lat, up = frames[key]
+        lon, lat, up = transformed[key]
         px, py = image.world_to_pixel(lon, lat)
         sky.append((lon, lat, np.asarray(px), np.asarray(py), up))
     return sky
@@ -676,6 +687,8 @@ def annotate(table, images, *, model, ra_col=None, dec_col=None, coord_col=None,
             warn_flux_units(model, [f"{im.name}: {im.flux_note}" for im in used_images
                                     if im.flux_note])
 
+        # every image's frame checked before any row of the catalogue is read
+        frames = {band: _image_frames(groups[band]) for band in plan}
         coords, bad_pos = _positions(out, ra_col, dec_col, coord_col)
         sizes = _size_values(out, size_col, n)
         npix, scale, crop, bad_size = _grid(model, family, n, sizes, stamp_size)
@@ -683,7 +696,7 @@ def annotate(table, images, *, model, ra_col=None, dec_col=None, coord_col=None,
         flags = np.zeros(n, np.int32)
         flags[bad_pos | bad_size] |= Flag.BAD_INPUT
         valid = np.zeros(n, bool)
-        sky = {band: _sky_positions(groups[band], coords) for band in plan}
+        sky = {band: _sky_positions(groups[band], coords, frames[band]) for band in plan}
         for band in plan:
             _plan_reads(groups[band], sky[band], npix)
         kind = "triplet" if family == "triplet" else "bands"

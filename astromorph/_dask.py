@@ -169,7 +169,12 @@ def annotate_dask(table, images=None, *, model, partition_size=50_000, compute=T
         `annotate` (or `annotate_stamps`): those it raises before it reads any image or
         stamp (an unknown model, a column that is not there, a clash of column names...)
         when ``annotate_dask`` is called, with ``compute=False`` too (the model is loaded
-        to check them); the others from the partitions.
+        to check them); the others from the partitions. annotate_dask does not open the
+        images (each worker opens them by path, which the caller's machine need not see):
+        an image that is missing or unreadable, has no celestial WCS, or has one in a
+        frame astropy cannot place (``HLON``/``HLAT``, ``SLON``/``SLAT``,
+        ``TLON``/``TLAT``...) is refused by the partitions, with ``compute=False`` when
+        they are computed.
     astromorph.exceptions.InvalidArgumentError
         A bad option value (named in the message), or an option neither function takes.
 

@@ -715,6 +715,34 @@ def test_images_in_frames_astropy_cannot_place_are_refused(optical_model, tmp_pa
         astromorph.annotate(cat, str(path), model=optical_model)
 
 
+def test_every_images_frame_is_checked_before_any_row_is_read(optical_model, tmp_path,
+                                                             monkeypatch):
+    """A tile in a frame astropy cannot place, after a good one: its `InputError` came only
+    once the whole catalogue's positions had been read (and transformed to the good tile's
+    frame); every image's frame is now checked before any row of the catalogue is read."""
+    import astromorph._annotate as annotate_module
+
+    img, w = blobs(), sky_wcs()
+    fits.writeto(tmp_path / "good.fits", img, w.to_header())
+    h = fits.Header()
+    h.update(CTYPE1="HLON-TAN", CTYPE2="HLAT-TAN", CRVAL1=20.0, CRVAL2=5.0, CRPIX1=100.0,
+             CRPIX2=100.0, CDELT1=-1e-4, CDELT2=1e-4)
+    fits.PrimaryHDU(img, header=h).writeto(tmp_path / "odd_frame.fits")
+    read = []
+    positions = annotate_module._positions
+
+    def spy(table, *args):
+        read.append(len(table))
+        return positions(table, *args)
+
+    monkeypatch.setattr(annotate_module, "_positions", spy)
+    cat = catalogue(w, [(50, 50), (100, 100)])
+    with pytest.raises(InputError, match=r"odd_frame\.fits.*HLON-TAN"):
+        astromorph.annotate(cat, [str(tmp_path / "good.fits"), str(tmp_path / "odd_frame.fits")],
+                            model=optical_model)
+    assert read == [0]  # check_options' look at the columns (no row), not the catalogue
+
+
 def test_block_averaged_stamps_reach_every_image_edge():
     """With block averaging (3 x 3 here) a stamp 3 pixels inside the right or top edge lies
     on the image, as one 3 pixels inside the left or bottom edge does, when the image side
