@@ -149,8 +149,9 @@ def _sexagesimal(col, values, unit):
     return values
 
 
-def _positions(table, ra_col, dec_col, coord_col):
-    """SkyCoord of every row and a mask of rows without a usable position."""
+def _positions(table, ra_col, dec_col, coord_col, what="catalogue"):
+    """SkyCoord of every row and a mask of rows without a usable position; ``what`` names
+    ``table`` in the errors and warnings (``"table"`` for `SimilarityIndex`'s)."""
     from astropy.coordinates import SkyCoord  # imported here: it takes a while
     for option, name in (("ra_col", ra_col), ("dec_col", dec_col), ("coord_col", coord_col)):
         if name is not None and not isinstance(name, str):
@@ -158,7 +159,8 @@ def _positions(table, ra_col, dec_col, coord_col):
                                            f"{name!r}")
     if coord_col is not None:
         if coord_col not in table.colnames:
-            raise InputError(f"no column {coord_col!r} in the catalogue (columns: {table.colnames})")
+            raise InputError(f"no column {coord_col!r} in the {what} (columns: "
+                             f"{table.colnames})")
         if not isinstance(table[coord_col], SkyCoord):
             raise InputError(f"coord_col {coord_col!r} is not a SkyCoord column (it holds "
                              f"{type(table[coord_col]).__name__}); use ra_col=/dec_col= for "
@@ -178,12 +180,12 @@ def _positions(table, ra_col, dec_col, coord_col):
            "table['coord'] = SkyCoord(l=..., b=..., unit='deg', frame='galactic')")
     missing = [name for name, col in (("RA", ra_col), ("Dec", dec_col)) if col is None]
     if missing:
-        raise InputError(f"the catalogue has no {' or '.join(missing)} column (columns: "
+        raise InputError(f"the {what} has no {' or '.join(missing)} column (columns: "
                          f"{table.colnames}); pass ra_col=/dec_col= (--ra-col/--dec-col) or a "
                          "SkyCoord column" + (f"; {galactic}: {how}" if galactic else ""))
     for col in (ra_col, dec_col):
         if col not in table.colnames:
-            raise InputError(f"no column {col!r} in the catalogue (columns: {table.colnames})")
+            raise InputError(f"no column {col!r} in the {what} (columns: {table.colnames})")
         if col in galactic:
             raise InputError(f"position column {col!r}: its name is that of a Galactic "
                              f"coordinate; {how}")
@@ -212,7 +214,7 @@ def _positions(table, ra_col, dec_col, coord_col):
     ra, dec = degrees(ra_col, u.hourangle), degrees(dec_col, u.deg)
     # columns of the default names beside the ones used: a word where they disagree
     cos_dec = np.cos(np.radians(np.where(np.abs(dec) <= 90, dec, 0.0)))
-    for what, found, used, text_unit, scale in (("RA", ra_found, ra, u.hourangle, cos_dec),
+    for axis, found, used, text_unit, scale in (("RA", ra_found, ra, u.hourangle, cos_dec),
                                                 ("Dec", dec_found, dec, u.deg, 1.0)):
         for other in found[1:]:
             try:
@@ -222,7 +224,7 @@ def _positions(table, ra_col, dec_col, coord_col):
             arcsec = np.abs((values - used + 180) % 360 - 180) * scale * 3600
             if (np.isfinite(values) != np.isfinite(used)).any() or \
                     (arcsec > _SAME_POSITION_ARCSEC).any():
-                warn(f"the catalogue has several {what} columns {found} that disagree: "
+                warn(f"the {what} has several {axis} columns {found} that disagree: "
                      f"{found[0]!r} is used; pass ra_col=/dec_col= (--ra-col/--dec-col) to "
                      "choose", AmbiguousInputWarning)
                 break

@@ -1149,7 +1149,13 @@ def test_cli_similar_position_columns_by_name(tmp_path, capsys):
     query = ["similar", str(src), "--ra", str(t["lon_icrs"][4]), "--dec", str(t["lat_icrs"][4]),
              "-k", "3"]
     assert main(query) == 2
-    assert "--ra-col" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "--ra-col" in err
+    # the shared position code named similar's TABLE "the catalogue" (annotate's word)
+    assert "the table has no RA or Dec column" in err and "catalogue" not in err
+    assert main(query + ["--ra-col", "nope", "--dec-col", "lat_icrs"]) == 2
+    err = capsys.readouterr().err
+    assert "no column 'nope' in the table" in err and "catalogue" not in err
     assert main(query + ["--ra-col", "lon_icrs", "--dec-col", "lat_icrs"]) == 0
     assert "query: row 4" in capsys.readouterr().err
 

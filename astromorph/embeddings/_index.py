@@ -622,7 +622,7 @@ class SimilarityIndex:
             if limit is None or not limit.isscalar or not (np.isfinite(limit.value) and limit.value >= 0):
                 raise InvalidArgumentError(f"max_separation must be a non-negative angle (arcsec), "
                                            f"got {max_separation!r}")
-        coords, bad = _positions(self.table, ra_col, dec_col, coord_col)
+        coords, bad = _positions(self.table, ra_col, dec_col, coord_col, what="table")
         ok = np.flatnonzero(~bad & self.valid)
         if not len(ok):
             raise InputError("no row of the table has both a position and an embedding")
