@@ -21,7 +21,7 @@ _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 #: A class name or column prefix of a card: it becomes part of table column names
 #: (``<prefix>_p_<label>``), of the comma-separated ``astromorph_columns`` meta and of FITS
 #: header keywords, so no commas, spaces, slashes, quotes or ``=``.
-_COLUMN_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
+_COLUMN_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*\Z")  # \Z: no final newline
 
 #: Keys every card must have (see ``docs/model-cards.md``).
 REQUIRED_CARD_KEYS = ("name", "version", "task", "input", "outputs", "training", "metrics",

@@ -1278,10 +1278,15 @@ def test_cli_csv_output_of_embeddings_is_refused_before_any_work(tiny_embedding,
     assert work == [] and not (tmp_path / "out.csv").exists()
 
 
+@pytest.mark.parametrize("prefix, message", [
+    ("", "prefix must be a non-empty string, got ''"),
+    ("a b", "prefix 'a b' cannot start column names")])
 @pytest.mark.parametrize("command", [["classify", "--labels", "label"], ["cluster", "-k", "2"]])
-def test_cli_empty_prefix_is_refused_before_any_work(tmp_path, capsys, monkeypatch, command):
+def test_cli_empty_prefix_is_refused_before_any_work(tmp_path, capsys, monkeypatch, command,
+                                                     prefix, message):
     """classify --prefix '' was refused by LabelHead.annotate only after the head was
-    fitted; both commands now refuse it before the table is read."""
+    fitted; both commands now refuse it before the table is read, and a prefix with a
+    space (column names that ECSV, CSV and FITS keywords handle badly) too."""
     from astromorph.embeddings import _cli, _head, _mixture
 
     _write_labelled_embeddings(tmp_path / "emb.ecsv")
@@ -1289,9 +1294,9 @@ def test_cli_empty_prefix_is_refused_before_any_work(tmp_path, capsys, monkeypat
     monkeypatch.setattr(_cli, "_read", lambda *a, **k: work.append(a))
     monkeypatch.setattr(_mixture, "_cluster_table", lambda *a, **k: work.append(a))
     monkeypatch.setattr(_head.LabelHead, "fit", lambda *a, **k: work.append(a))
-    assert main([command[0], str(tmp_path / "emb.ecsv"), *command[1:], "--prefix", "",
+    assert main([command[0], str(tmp_path / "emb.ecsv"), *command[1:], "--prefix", prefix,
                  "-o", str(tmp_path / "out.ecsv")]) == 2
-    assert "prefix must be a non-empty string, got ''" in capsys.readouterr().err
+    assert message in capsys.readouterr().err
     assert work == [] and not (tmp_path / "out.ecsv").exists()
 
 

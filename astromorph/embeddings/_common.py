@@ -22,11 +22,18 @@ def check_seed(seed):
 
 def check_prefix(prefix):
     """`InvalidArgumentTypeError` unless ``prefix`` (of new column names) is a non-empty
-    string."""
-    from ..exceptions import InvalidArgumentTypeError
+    string; `InvalidArgumentError` unless it is made as a model card's ``column_prefix``
+    must be (`astromorph._registry._COLUMN_PART`: no space, comma, slash, quote or ``=``,
+    which column names, the ``astromorph_columns`` meta and FITS keywords handle badly)."""
+    from .._registry import _COLUMN_PART
+    from ..exceptions import InvalidArgumentError, InvalidArgumentTypeError
 
     if not isinstance(prefix, str) or not prefix:
         raise InvalidArgumentTypeError(f"prefix must be a non-empty string, got {prefix!r}")
+    if not _COLUMN_PART.match(prefix):
+        raise InvalidArgumentError(f"prefix {prefix!r} cannot start column names: use "
+                                   "letters, digits, '_', '.', '-' and '+', starting with a "
+                                   "letter or digit (as a model card's column_prefix)")
 
 
 def _rows(rows):

@@ -371,7 +371,8 @@ class LabelHead(Saved):
         column : str, optional
             The embedding column.
         prefix : str, optional
-            Prefix of the new columns.
+            Prefix of the new columns: letters, digits, ``_``, ``.``, ``-`` and ``+``,
+            starting with a letter or digit (as a model card's ``column_prefix``).
         on_conflict : {"error", "suffix", "replace"}, optional
             What to do when a new column name already exists in ``table``: raise
             `~astromorph.exceptions.InputError` (default), add ``_2``, ``_3``... to the new
@@ -397,7 +398,8 @@ class LabelHead(Saved):
         Raises
         ------
         astromorph.exceptions.InvalidArgumentError
-            The head is not fitted yet, or ``on_conflict`` is not a known policy.
+            The head is not fitted yet, ``on_conflict`` is not a known policy, or
+            ``prefix`` is not made of the characters above.
         astromorph.exceptions.InputError
             ``table`` has no such column, or already has a column of a new name
             (``on_conflict="error"``).

@@ -334,7 +334,8 @@ class GaussianMixture(Saved):
         column : str, optional
             The embedding column.
         prefix : str, optional
-            Name of the cluster-id column, and prefix of ``<prefix>_prob``.
+            Name of the cluster-id column, and prefix of ``<prefix>_prob``: letters,
+            digits, ``_``, ``.``, ``-`` and ``+``, starting with a letter or digit.
         on_conflict : {"error", "suffix", "replace"}, optional
             What to do when a new column name already exists in ``table``: raise
             `~astromorph.exceptions.InputError` (default), add ``_2``, ``_3``... to the new
@@ -357,7 +358,8 @@ class GaussianMixture(Saved):
         Raises
         ------
         astromorph.exceptions.InvalidArgumentError
-            The mixture is not fitted yet, or ``on_conflict`` is not a known policy.
+            The mixture is not fitted yet, ``on_conflict`` is not a known policy, or
+            ``prefix`` is not made of the characters above.
         astromorph.exceptions.InputError
             ``table`` has no such column, or already has a column of a new name
             (``on_conflict="error"``).
@@ -555,7 +557,8 @@ def cluster_table(table, *, column="embedding", n_components=None, prefix="clust
     n_components : int, optional
         Number of clusters (default: by BIC).
     prefix : str, optional
-        Names of the new columns: ``<prefix>`` and ``<prefix>_prob``.
+        Names of the new columns: ``<prefix>`` and ``<prefix>_prob`` (letters, digits,
+        ``_``, ``.``, ``-`` and ``+``, starting with a letter or digit).
     on_conflict : {"error", "suffix", "replace"}, optional
         What to do when a new column name already exists in ``table``: raise
         `~astromorph.exceptions.InputError` (default; before the mixture is fitted), add
