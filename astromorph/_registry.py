@@ -16,8 +16,8 @@ __all__ = ["list_models", "model_card", "models_dir", "resolve_model", "verify_c
 log = logging.getLogger(__name__)
 
 #: A registry name: lower-case letters, digits, ``-`` and ``_``; never a path.
-_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
-_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}\Z")  # \Z: no final newline
+_SHA256 = re.compile(r"^[0-9a-f]{64}\Z")
 #: A class name or column prefix of a card: it becomes part of table column names
 #: (``<prefix>_p_<label>``), of the comma-separated ``astromorph_columns`` meta and of FITS
 #: header keywords, so no commas, spaces, slashes, quotes or ``=``.

@@ -124,9 +124,12 @@ def test_names_cannot_traverse(tiny_registry, name):
         astromorph.load_model(name)
 
 
-def test_plain_invalid_name_is_name_error(tiny_registry):
+@pytest.mark.parametrize("name", ["Tiny", "tiny\n"])
+def test_plain_invalid_name_is_name_error(tiny_registry, name):
+    """A name with a final newline (``$`` of a regular expression lets one through) is no
+    model name either."""
     with pytest.raises(InvalidModelNameError, match="not a valid model name"):
-        astromorph.load_model("Tiny")
+        astromorph.load_model(name)
 
 
 def test_unknown_name_lists_available(tiny_registry):
