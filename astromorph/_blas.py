@@ -8,8 +8,14 @@ threads, a reader thread, Dask workers, other processes) that wait made preproce
 5 to 50 times slower than one thread, with the same values (a single-threaded product
 runs the same kernel on the same blocks: the results are bit-identical).
 `single_threaded_blas` limits BLAS to one thread while astromorph's own products run.
+
+A process forked while a thread is inside the block (multiprocessing's fork start method,
+Dask's process scheduler, PyTorch's DataLoader workers) starts afresh: `_after_fork_in_child`
+restores the child's BLAS thread counts and resets the count of callers inside, which no
+thread of the child would otherwise bring back to zero.
 """
 import contextlib
+import os
 import threading
 
 __all__ = []
@@ -31,6 +37,14 @@ def _controller():
         else:
             _STATE["controller"] = threadpoolctl.ThreadpoolController()
     return _STATE["controller"] or None
+
+
+def _threadpoolctl_shared_state():
+    """threadpoolctl's record of the thread that controls OpenBLAS (with its lock), or None
+    (an older threadpoolctl, which has none)."""
+    import threadpoolctl
+
+    return getattr(getattr(threadpoolctl, "OpenBLASController", None), "_SHARED_STATE", None)
 
 
 def _release_control():
@@ -65,6 +79,7 @@ def single_threaded_blas():
     caller is inside is overwritten on the way out. Entering and leaving costs about 10
     microseconds; values are unchanged.
     """
+    pid = os.getpid()
     with _LOCK:
         if _STATE["depth"] == 0 and _controller() is not None:
             _release_control()
@@ -76,12 +91,50 @@ def single_threaded_blas():
     try:
         yield
     finally:
-        with _LOCK:
-            _STATE["depth"] -= 1
-            if _STATE["depth"] == 0 and _STATE["limiter"] is not None:
-                limiter, _STATE["limiter"] = _STATE["limiter"], None
-                _release_control()
-                try:
-                    limiter.restore_original_limits()
-                finally:
+        # a block entered before a fork leaves the child's state alone (reset at the fork)
+        if os.getpid() == pid:
+            with _LOCK:
+                _STATE["depth"] -= 1
+                if _STATE["depth"] == 0 and _STATE["limiter"] is not None:
+                    limiter, _STATE["limiter"] = _STATE["limiter"], None
                     _release_control()
+                    try:
+                        limiter.restore_original_limits()
+                    finally:
+                        _release_control()
+
+
+def _after_fork_in_child():
+    """Start the forked child with no caller inside `single_threaded_blas`.
+
+    Only the forking thread lives on in the child: the callers that were inside the block
+    in the parent never leave it there, so the child would otherwise keep the count above
+    zero and BLAS at one thread for its life. This restores the thread counts that the
+    first caller in found (the parent's own), resets the count, and replaces the locks that
+    another parent thread may have held at the fork (held for good in the child: the next
+    use would deadlock), ours and threadpoolctl's (for its controlling thread, cleared here
+    as on every limit and restore). A block that the forking thread itself entered before
+    the fork leaves, in the child, without touching the child's state.
+    """
+    global _LOCK
+    _LOCK = threading.Lock()
+    limiter = _STATE["limiter"]
+    _STATE["depth"], _STATE["limiter"] = 0, None
+    if limiter is None:
+        return
+    shared = _threadpoolctl_shared_state()
+    lock = getattr(shared, "lock", None)
+    if lock is not None:
+        if lock.acquire(blocking=False):
+            lock.release()
+        else:
+            shared.lock = threading.Lock()
+    _release_control()
+    try:
+        limiter.restore_original_limits()
+    finally:
+        _release_control()
+
+
+if hasattr(os, "register_at_fork"):  # not on Windows, which has no fork
+    os.register_at_fork(after_in_child=_after_fork_in_child)

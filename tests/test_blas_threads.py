@@ -1,10 +1,15 @@
 """The preprocessing's small matrix products run on one BLAS thread, with the same values,
 and leave the process's BLAS thread count as they found it (astromorph._blas)."""
+import contextlib
+import os
+import signal
 import threading
+import time
 
 import numpy as np
 import pytest
 
+from astromorph import _blas
 from astromorph._blas import single_threaded_blas
 from astromorph.preprocessing._optical import _display_to_network
 from astromorph.preprocessing._triplet import resample_triplet
@@ -139,3 +144,117 @@ def test_a_live_worker_thread_keeps_no_control_of_blas(two_blas_threads):
     finally:
         finish.set()
         thread.join(60)
+
+
+def _in_forked_child(check):
+    """Run ``check()`` in a child made by `os.fork` from this thread; fail with the child's
+    error (sent through a pipe). A child that hangs (a lock held at the fork) is killed."""
+    if not hasattr(os, "fork"):
+        pytest.skip("no os.fork on this platform")
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: never returns into pytest
+        status = 1
+        try:
+            os.close(read)
+            check()
+            status = 0
+        except BaseException as exc:  # noqa: BLE001 - reported to the parent
+            os.write(write, f"{type(exc).__name__}: {exc}".encode()[:4000])
+        finally:
+            os._exit(status)
+    os.close(write)
+    try:
+        for _ in range(600):
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                break
+            time.sleep(0.1)
+        else:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            pytest.fail("the forked child hung (killed after 60 s)")
+        with os.fdopen(read, "rb") as pipe:
+            message = pipe.read().decode()
+    except BaseException:
+        os.close(read)
+        raise
+    if os.waitstatus_to_exitcode(status) != 0:
+        pytest.fail(f"in the forked child: {message or os.waitstatus_to_exitcode(status)}")
+
+
+def _check_child_blas():
+    """In the child: BLAS back at the parent's two threads, and the block still limits
+    and restores."""
+    assert set(_blas_threads()) == {2}, f"child BLAS threads {_blas_threads()}, not 2"
+    with single_threaded_blas():
+        assert set(_blas_threads()) == {1}, f"inside the block: {_blas_threads()}"
+    assert set(_blas_threads()) == {2}, f"after the block: {_blas_threads()}"
+
+
+def _locks_held_at_fork():
+    """astromorph's lock and threadpoolctl's (for OpenBLAS's controlling thread), which a
+    thread may hold at the moment another forks."""
+    shared = getattr(getattr(threadpoolctl, "OpenBLASController", None), "_SHARED_STATE", None)
+    return [_blas._LOCK] + ([shared.lock] if hasattr(shared, "lock") else [])
+
+
+@pytest.mark.parametrize("locks_held", [False, True])
+def test_a_child_forked_while_another_thread_is_inside_starts_afresh(locks_held,
+                                                                     two_blas_threads):
+    """A fork (multiprocessing, Dask processes, DataLoader workers) while another thread is
+    inside the block: that thread never leaves it in the child, whose BLAS is restored at
+    the fork rather than left at one thread for its life; locks that a third thread holds
+    at the fork (held for good in the child) do not hang the child."""
+    inside, holding, leave = threading.Event(), threading.Event(), threading.Event()
+
+    def worker():
+        with single_threaded_blas():
+            inside.set()
+            leave.wait(120)
+
+    def holder():
+        locks = _locks_held_at_fork()
+        for lock in locks:
+            lock.acquire()
+        holding.set()
+        leave.wait(120)
+        for lock in reversed(locks):
+            lock.release()
+
+    threads = [threading.Thread(target=worker)]
+    if locks_held:
+        threads.append(threading.Thread(target=holder))
+    threads[0].start()
+    try:
+        assert inside.wait(60)
+        if locks_held:
+            threads[1].start()
+            assert holding.wait(60)
+        assert set(_blas_threads()) == {1}
+        _in_forked_child(_check_child_blas)
+    finally:
+        leave.set()
+        for thread in threads:
+            if thread.is_alive():
+                thread.join(60)
+    assert set(_blas_threads()) == {2}
+
+
+def test_a_child_forked_inside_the_block_starts_afresh(two_blas_threads):
+    """The forking thread itself inside the block: BLAS is restored in the child at the
+    fork, and leaving the block there leaves the child's count balanced."""
+    block = contextlib.ExitStack()
+    block.enter_context(single_threaded_blas())
+
+    def child():
+        assert set(_blas_threads()) == {2}, f"child BLAS threads {_blas_threads()}, not 2"
+        block.close()  # leaves, in the child, the block entered before the fork
+        _check_child_blas()
+
+    try:
+        assert set(_blas_threads()) == {1}
+        _in_forked_child(child)
+    finally:
+        block.close()
+    assert set(_blas_threads()) == {2}
