@@ -186,6 +186,25 @@ def add_model_option(parser, help, *, required=False, default=None, positional=F
         parser.add_argument("model_word", metavar="MODEL", nargs="?",
                             help="the model, unless given with -m/--model")
         parser.set_defaults(_gather_positionals=functools.partial(_model_and_inputs, parser))
+        parser.formatter_class = _ModelOrOptionUsage
+
+
+class _ModelOrOptionUsage(argparse.HelpFormatter):
+    """The usage line of a command with `add_model_option` (``positional``):
+    ``... (MODEL | -m MODEL) INPUT [INPUT ...]``, as the command is called, rather than
+    argparse's ``[-m MODEL] ... [MODEL] [INPUT ...]`` (both positional arguments are
+    optional to argparse, `_model_and_inputs` requires them). Parsing is unchanged."""
+
+    def _format_usage(self, usage, actions, groups, prefix):
+        actions = [a for a in actions if a.dest != "model"]  # shown with MODEL
+        return super()._format_usage(usage, actions, groups, prefix)
+
+    def _format_args(self, action, default_metavar):
+        if action.dest == "model_word":
+            return "(MODEL | -m MODEL)"
+        if action.dest == "inputs":
+            return "INPUT [INPUT ...]"
+        return super()._format_args(action, default_metavar)
 
 
 def _names_a_model(word):

@@ -512,6 +512,29 @@ def test_predict_model_usage_errors(capsys, argv, message):
     assert f"astromorph predict: error: {message}" in err, err
 
 
+@pytest.mark.parametrize("argv", [["predict"], ["predict", "--help"]])
+def test_predict_usage_says_how_it_is_called(capsys, argv):
+    """The usage line read ``[-m MODEL] ... [MODEL] [INPUT ...]`` (both positional
+    arguments optional to argparse since -m/--model was added), as if ``astromorph
+    predict`` alone were a call; it now says a model and an input are needed. With no
+    arguments: that usage line and the usage error (exit status 2)."""
+    from astromorph import cli
+
+    with pytest.raises(SystemExit) as info:
+        cli.main(argv)
+    out, err = capsys.readouterr()
+    usage = " ".join((out if "--help" in argv else err).split())  # unwrapped
+    assert info.value.code == (0 if "--help" in argv else 2)
+    assert usage.startswith("usage: astromorph predict [-h] [-o OUT] "), usage
+    assert "[-q] (MODEL | -m MODEL) INPUT [INPUT ...]" in usage, usage
+    assert "[MODEL]" not in usage and "[-m MODEL]" not in usage, usage
+    if "--help" in argv:  # the help still lists both ways
+        assert "-m MODEL, --model MODEL" in usage and "  MODEL " in out, out
+    else:
+        assert usage.endswith("astromorph predict: error: the following arguments are "
+                              "required: MODEL (or -m/--model) and INPUT"), usage
+
+
 def test_similar_takes_dash_m(capsys):
     """``similar -m`` was 'unrecognized arguments: -m' (only --model was taken)."""
     from astromorph import cli
