@@ -22,6 +22,9 @@ _SHA256 = re.compile(r"^[0-9a-f]{64}\Z")
 #: (``<prefix>_p_<label>``), of the comma-separated ``astromorph_columns`` meta and of FITS
 #: header keywords, so no commas, spaces, slashes, quotes or ``=``.
 _COLUMN_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*\Z")  # \Z: no final newline
+#: A character that `_COLUMN_PART` does not allow after the first (user labels that name
+#: columns, e.g. a `LabelHead`'s classes, get ``_`` in its place).
+_NOT_COLUMN_CHAR = re.compile(r"[^A-Za-z0-9_.+-]")
 
 #: Keys every card must have (see ``docs/model-cards.md``).
 REQUIRED_CARD_KEYS = ("name", "version", "task", "input", "outputs", "training", "metrics",

@@ -1585,6 +1585,117 @@ def test_class_names_with_commas_are_recorded_unambiguously(tmp_path, fmt):
     assert plain.meta["head_label_classes"] == "a b,c,d"
 
 
+_ODD_CLASSES = ["E", "S0?", "Sa/Sb", "a,b", "edge-on disc"]
+_SAFE_COLUMNS = ["m_p_E", "m_p_S0_", "m_p_Sa_Sb", "m_p_a_b", "m_p_edge-on_disc"]
+
+
+def _odd_label_table(n_per=12, d=8):
+    """Blobs labelled by classes whose names no column name may hold (a space, a comma, a
+    slash, a question mark), every third row unlabelled."""
+    x, y = blobs(n_per=n_per, k=len(_ODD_CLASSES), d=d)
+    label = np.array(_ODD_CLASSES)[y].astype(object)
+    label[np.arange(len(y)) % 3 == 2] = ""
+    return Table({"embedding": x, "label": label.astype(str)}), np.array(_ODD_CLASSES)[y]
+
+
+@pytest.mark.filterwarnings("ignore::astropy.io.fits.verify.VerifyWarning")  # HIERARCH keys
+@pytest.mark.parametrize("fmt", ["ecsv", "fits"])
+def test_class_names_give_column_safe_probability_columns(tmp_path, fmt):
+    """A label such as 'Sa/Sb' or 'edge-on disc' became the column 'm_p_Sa/Sb' or
+    'm_p_edge-on disc' (a FITS TTYPE with a slash or a space, a name no other astromorph
+    column could have); the probability columns now replace what a column name cannot hold
+    by '_' (astromorph's one rule for column names), while the label column keeps the
+    labels verbatim, each column's description and the ``_classes`` meta name the label
+    as given, and a table classified again keeps working with on_conflict."""
+    from astropy.io import fits
+
+    from astromorph._registry import _COLUMN_PART
+
+    t, truth = _odd_label_table()
+    head = LabelHead(C=1.0).fit(t["embedding"], truth)
+    out = head.annotate(t, prefix="m")
+    assert out.colnames == ["embedding", "label", *_SAFE_COLUMNS, "m_label"]
+    assert all(_COLUMN_PART.match(name) for name in out.colnames)
+    path = tmp_path / f"out.{fmt}"
+    out.write(path)
+    if fmt == "fits":
+        with fits.open(path) as hdul:
+            assert hdul[1].columns.names == out.colnames  # TTYPE
+    for table in (out, Table.read(path)):
+        assert np.mean(np.asarray(table["m_label"]).astype(str) == truth) > 0.95  # verbatim
+        assert set(np.asarray(table["m_label"]).astype(str)) <= set(_ODD_CLASSES)
+        for name, label in zip(_SAFE_COLUMNS, _ODD_CLASSES):
+            assert repr(label) in table[name].description, (name, table[name].description)
+        assert table.meta["m_label_classes"] == 'E,S0?,Sa/Sb,"a,b",edge-on disc'
+    # classified again: a suffix for all the run's columns, or the columns replaced
+    again = head.annotate(out, prefix="m", on_conflict="suffix")
+    assert [c + "_2" for c in _SAFE_COLUMNS + ["m_label"]] == again.colnames[-6:]
+    np.testing.assert_array_equal(again["m_p_Sa_Sb_2"], out["m_p_Sa_Sb"])
+    assert again.meta["m_label_2_classes"] == out.meta["m_label_classes"]
+    replaced = head.annotate(out, prefix="m", on_conflict="replace")
+    assert replaced.colnames == out.colnames
+    with pytest.raises(InputError, match="'m_p_Sa_Sb'"):
+        head.annotate(out, prefix="m")
+
+
+def test_class_names_that_give_one_column_name_are_refused_naming_both(tmp_path, capsys,
+                                                                        monkeypatch):
+    """'Sa/Sb' and 'Sa Sb' are two classes whose probability columns would both be
+    'm_p_Sa_Sb': annotate (and astromorph classify, before the fit) refuse them, naming
+    both labels and the column, rather than letting one column overwrite the other."""
+    from astromorph.embeddings import _head
+
+    x, y = blobs(n_per=15, k=3, d=8)
+    names = np.array(["Sa/Sb", "Sa Sb", "E"])[y]
+    head = LabelHead(C=1.0).fit(x, names)  # the classes themselves are fine
+    assert head.classes_.tolist() == ["E", "Sa Sb", "Sa/Sb"]
+    with pytest.raises(InvalidArgumentError, match="'Sa Sb', 'Sa/Sb'") as err:
+        head.annotate(Table({"embedding": x}), prefix="m")
+    assert "'m_p_Sa_Sb'" in str(err.value)
+    Table({"embedding": x, "label": names}).write(tmp_path / "lab.ecsv")
+    work = []
+    monkeypatch.setattr(_head.LabelHead, "fit", lambda *a, **k: work.append(a))
+    assert main(["classify", str(tmp_path / "lab.ecsv"), "--labels", "label", "--prefix", "m",
+                 "-o", str(tmp_path / "out.ecsv")]) == 2
+    message = capsys.readouterr().err
+    assert "'Sa Sb', 'Sa/Sb'" in message and "'m_p_Sa_Sb'" in message
+    assert work == [] and not (tmp_path / "out.ecsv").exists()
+
+
+@pytest.mark.filterwarnings("ignore::astropy.io.fits.verify.VerifyWarning")  # HIERARCH keys
+def test_cli_classify_names_columns_of_odd_labels_safely(tmp_path, capsys, monkeypatch):
+    """astromorph classify --labels with labels such as 'Sa/Sb' writes column-safe
+    probability columns (FITS TTYPE too) and the labels verbatim; a table that already has
+    one of those columns is refused before the fit (the check used the raw names, which no
+    table has, so it passed and the run went on)."""
+    from astropy.io import fits
+
+    from astromorph.embeddings import _head
+
+    t, truth = _odd_label_table()
+    t.write(tmp_path / "lab.fits")
+    assert main(["classify", str(tmp_path / "lab.fits"), "--labels", "label", "--prefix", "m",
+                 "-C", "1", "-o", str(tmp_path / "out.fits")]) == 0
+    with fits.open(tmp_path / "out.fits") as hdul:
+        assert hdul[1].columns.names == ["embedding", "label", *_SAFE_COLUMNS, "m_label"]
+    out = Table.read(tmp_path / "out.fits")
+    assert np.mean(np.asarray(out["m_label"]).astype(str) == truth) > 0.95
+    assert "'Sa/Sb'" in out["m_p_Sa_Sb"].description
+    assert main(["classify", str(tmp_path / "out.fits"), "--labels", "label", "--prefix", "m",
+                 "-C", "1", "--on-conflict", "suffix", "-o", str(tmp_path / "again.ecsv")]) == 0
+    assert "m_p_Sa_Sb_2" in Table.read(tmp_path / "again.ecsv").colnames
+    clash = t.copy()
+    clash["m_p_Sa_Sb"] = 0.5
+    clash.write(tmp_path / "clash.ecsv")
+    work = []
+    monkeypatch.setattr(_head.LabelHead, "fit", lambda *a, **k: work.append(a))
+    capsys.readouterr()
+    assert main(["classify", str(tmp_path / "clash.ecsv"), "--labels", "label", "--prefix", "m",
+                 "-o", str(tmp_path / "x.ecsv")]) == 2
+    assert "'m_p_Sa_Sb'" in capsys.readouterr().err
+    assert work == [] and not (tmp_path / "x.ecsv").exists()
+
+
 def test_heads_and_mixtures_predict_no_rows_as_no_rows():
     """head.predict([]) read [] as one vector of 0 dimensions ("embeddings have 0
     dimensions; this head was fitted on 8"); no vectors now give no results, as a (0, D)

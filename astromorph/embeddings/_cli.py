@@ -177,7 +177,7 @@ def _cmd_cluster(args):
 def _cmd_classify(args):
     from .._annotate import check_clashes, check_on_conflict
     from ._common import check_prefix, table_embeddings
-    from ._head import LabelHead, _missing_labels
+    from ._head import LabelHead, _class_columns, _missing_labels
     from ._state import table_provenance
     from ..exceptions import InputError
 
@@ -194,7 +194,7 @@ def _cmd_classify(args):
     if labelled.sum() < 2:
         raise InputError(f"column {args.labels!r} labels fewer than two rows with embeddings")
     check_on_conflict(args.on_conflict)
-    check_clashes(table, [f"{args.prefix}_p_{c}" for c in np.unique(values[labelled])]
+    check_clashes(table, _class_columns(args.prefix, np.unique(values[labelled]))
                   + [f"{args.prefix}_label"], args.on_conflict)  # before the fit
     head = LabelHead(class_weight="balanced" if args.balanced else None, C=args.C)
     head.fit(x[labelled], values[labelled],
@@ -275,7 +275,10 @@ def register(sub):
     p = sub.add_parser(
         "classify", help="few-label classifier on an embedding table",
         description="Fit a logistic-regression head on the rows of a table that have a label "
-                    "and apply it to every row: <prefix>_p_<class> and <prefix>_label columns.")
+                    "and apply it to every row: <prefix>_p_<class> and <prefix>_label columns "
+                    "(in <class>, a character other than letters, digits, '_', '.', '-' and "
+                    "'+' becomes '_': 'Sa/Sb' gives <prefix>_p_Sa_Sb; <prefix>_label holds "
+                    "the labels as given).")
     p.add_argument("table", metavar="TABLE",
                    help="table with an embedding column (ECSV, FITS or Parquet)")
     p.add_argument("--labels", required=True, metavar="COLUMN",

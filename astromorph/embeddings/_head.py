@@ -68,6 +68,32 @@ def _join_classes(classes):
     return text.getvalue()[:-1]
 
 
+def _class_columns(prefix, classes):
+    """The probability columns of ``classes``: ``<prefix>_p_<class>``, each character of the
+    class name that a column name cannot hold (`astromorph._registry._COLUMN_PART`: a space,
+    a comma, a slash, a ``?``, ...) replaced by ``_`` (``'Sa/Sb'`` -> ``<prefix>_p_Sa_Sb``).
+
+    Raises `InvalidArgumentError` naming the classes (and the column) when two of them would
+    give one column, e.g. ``'Sa/Sb'`` and ``'Sa Sb'``.
+    """
+    from .._registry import _NOT_COLUMN_CHAR
+
+    labels = [str(c) for c in np.asarray(classes).tolist()]
+    names = [f"{prefix}_p_{_NOT_COLUMN_CHAR.sub('_', c)}" for c in labels]
+    unique, group, counts = np.unique(names, return_inverse=True, return_counts=True)
+    shared = np.flatnonzero(counts > 1)
+    if len(shared):
+        shown = "; ".join(", ".join(map(repr, np.array(labels)[group == g].tolist()))
+                          + f" -> {str(unique[g])!r}" for g in shared[:10])
+        raise InvalidArgumentError(
+            f"{len(shared)} group(s) of classes would share one probability column, as a "
+            "column name holds only letters, digits, '_', '.', '-' and '+' (any other "
+            f"character becomes '_'): {shown}{'; ...' if len(shared) > 10 else ''}; relabel "
+            "them so that they differ in those characters, or merge them if they are one "
+            "class")
+    return names
+
+
 def _log_softmax(z):
     z = z - z.max(axis=1, keepdims=True)
     return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
@@ -362,7 +388,12 @@ class LabelHead(Saved):
                  check_provenance=True):
         """A copy of ``table`` with ``<prefix>_p_<class>`` and ``<prefix>_label`` columns.
 
-        Rows whose embedding is masked or not finite get masked outputs.
+        Rows whose embedding is masked or not finite get masked outputs. A class name
+        becomes part of a column name with each character that column names cannot
+        hold (anything but letters, digits, ``_``, ``.``, ``-`` and ``+``) replaced by
+        ``_``: class ``"Sa/Sb"`` gives ``<prefix>_p_Sa_Sb``. The label column holds the
+        classes as given (``"Sa/Sb"``), and each probability column's description names
+        its class as given.
 
         Parameters
         ----------
@@ -387,7 +418,8 @@ class LabelHead(Saved):
         astropy.table.Table or QTable
             Of ``table``'s class: a copy of ``table`` (sharing its data) with the new
             columns, and in its
-            meta ``<label>_classes`` (comma-separated; a name holding a comma or a
+            meta ``<label>_classes`` (the classes as given, in the order of the
+            probability columns, comma-separated; a name holding a comma or a
             quote in double quotes, as in CSV), ``<label>_C`` (the
             regularisation), ``<label>_input`` (the embedding column) and, when
             recorded, ``<label>_embedding_model``, ``_version`` and ``_sha256`` (the
@@ -398,8 +430,9 @@ class LabelHead(Saved):
         Raises
         ------
         astromorph.exceptions.InvalidArgumentError
-            The head is not fitted yet, ``on_conflict`` is not a known policy, or
-            ``prefix`` is not made of the characters above.
+            The head is not fitted yet, ``on_conflict`` is not a known policy,
+            ``prefix`` is not made of the characters above, or two classes would
+            name one column (e.g. ``"Sa/Sb"`` and ``"Sa Sb"``: the message names them).
         astromorph.exceptions.InputError
             ``table`` has no such column, or already has a column of a new name
             (``on_conflict="error"``).
@@ -419,7 +452,7 @@ class LabelHead(Saved):
         check_on_conflict(on_conflict)
         check_prefix(prefix)
         check_provenance = check_bool(check_provenance, "check_provenance")
-        names = [f"{prefix}_p_{c}" for c in self.classes_] + [f"{prefix}_label"]
+        names = _class_columns(prefix, self.classes_) + [f"{prefix}_label"]
         check_clashes(table, names, on_conflict)  # before any work
         x, valid = table_embeddings(table, column)
         _check_provenance(self.provenance_, table, column, "this LabelHead", check_provenance)
