@@ -465,7 +465,7 @@ def _sky_positions(images, coords, frames=None):
             try:
                 c = coords.transform_to(frame)
                 transformed[key] = (c.spherical.lon.deg, c.spherical.lat.deg,
-                               _icrs_north(coords, frame))
+                                    _icrs_north(coords, frame))
             except Exception as exc:  # noqa: BLE001 - astropy's transforms raise many types
                 raise InputError(f"the positions (a SkyCoord in the {coords.frame.name} frame) "
                                  f"cannot be transformed to the {frame.name} frame of image "

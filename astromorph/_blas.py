@@ -65,6 +65,16 @@ def _release_control():
         clear(force=True)
 
 
+def _as_controller(action):
+    """``action()``, run with the calling thread free to change OpenBLAS's thread count
+    (`_release_control` before and after it); its result."""
+    _release_control()
+    try:
+        return action()
+    finally:
+        _release_control()
+
+
 @contextlib.contextmanager
 def single_threaded_blas():
     """Limit the BLAS libraries of the process to one thread inside the block.
@@ -82,11 +92,8 @@ def single_threaded_blas():
     pid = os.getpid()
     with _LOCK:
         if _STATE["depth"] == 0 and _controller() is not None:
-            _release_control()
-            try:
-                _STATE["limiter"] = _controller().limit(limits=1, user_api="blas")
-            finally:
-                _release_control()
+            _STATE["limiter"] = _as_controller(
+                lambda: _controller().limit(limits=1, user_api="blas"))
         _STATE["depth"] += 1
     try:
         yield
@@ -97,11 +104,7 @@ def single_threaded_blas():
                 _STATE["depth"] -= 1
                 if _STATE["depth"] == 0 and _STATE["limiter"] is not None:
                     limiter, _STATE["limiter"] = _STATE["limiter"], None
-                    _release_control()
-                    try:
-                        limiter.restore_original_limits()
-                    finally:
-                        _release_control()
+                    _as_controller(limiter.restore_original_limits)
 
 
 def _after_fork_in_child():
@@ -129,11 +132,7 @@ def _after_fork_in_child():
             lock.release()
         else:
             shared.lock = threading.Lock()
-    _release_control()
-    try:
-        limiter.restore_original_limits()
-    finally:
-        _release_control()
+    _as_controller(limiter.restore_original_limits)
 
 
 if hasattr(os, "register_at_fork"):  # not on Windows, which has no fork

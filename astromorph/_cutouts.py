@@ -103,8 +103,8 @@ def _celestial_frame(wcs, name):
     ICRS; the geocentric frame would add aberration of the date). Ecliptic axes of other
     systems (FK4, GAPPT), helioecliptic ``HLON``/``HLAT``, Earth-fixed ``TLON``/``TLAT``
     (astropy's ITRS), any other axes that astropy would read as RA/Dec, and axes astropy
-    cannot name are refused. RA/Dec, Galactic and
-    every other frame are astropy's (bit for bit).
+    cannot name are refused. RA/Dec, Galactic and every other frame are astropy's (bit for
+    bit).
     """
     from astropy.coordinates import FK4, FK5, ICRS, ITRS, BarycentricMeanEcliptic, FK4NoETerms
     from astropy.time import Time

@@ -343,7 +343,7 @@ class LabelEvaluation:
 
         kinds = _PLOT_KINDS[self._classifier]
         kind = kinds[0] if kind is None else kind
-        check_choice(kind, "kind", ("confusion", "reliability", "roc"))
+        check_choice(kind, "kind", sorted({k for ks in _PLOT_KINDS.values() for k in ks}))
         if kind not in kinds:
             raise InvalidArgumentError(f"kind must be one of {', '.join(map(repr, kinds))} "
                                        f"for model {self.metrics['model']!r}, got {kind!r}")

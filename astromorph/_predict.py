@@ -847,4 +847,3 @@ def summary_line(table):
     unusable = int((flags & int(Flag.unusable()) != 0).sum())
     return (f"{n} row(s), model {meta['astromorph_model']} {meta['astromorph_model_version']}: "
             f"{n - unusable} scored, {flagged} flagged, {unusable} unusable")
-
