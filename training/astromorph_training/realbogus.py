@@ -670,7 +670,27 @@ def _train_worker(rank, args, world, port, data=None):
     if rank == 0:
         common.write_text(dirs["ckpt"] / "history.json", json.dumps(history, indent=1))
     if world > 1:
-        torch.distributed.destroy_process_group()
+        _exit_worker(torch)
+
+
+def _exit_worker(torch):
+    """End a data-parallel worker once every rank is done, without running destructors.
+
+    Tearing down the DistributedDataParallel wrapper deadlocks now and then (about one run
+    in twenty on two busy cores, torch 2.13): the main thread, holding the GIL, destroys
+    the gloo process group and joins its work threads, while one of them is still releasing
+    the last collective's tensors and waits for the GIL (the gdb stacks are quoted in
+    docs/training.md).
+    The checkpoints and logs are written and closed by now, so the process leaves at once.
+    """
+    import os
+    import sys
+
+    torch.distributed.barrier()  # no rank leaves while another still talks to it
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def _free_port():
