@@ -626,11 +626,12 @@ def annotate(table, images, *, model, ra_col=None, dec_col=None, coord_col=None,
     bands : sequence of str, optional
         Band of each image in a list of images.
     on_conflict : {"error", "suffix", "replace"}, optional
-        What to do when a new column name already exists: raise
-        `~astromorph.exceptions.InputError` (default), add ``_2``, ``_3``...
-        to the new names (the same suffix to every column of the run, the
-        first one free for all of them), or replace the existing column (in
-        its place).
+        What to do when a new column name already exists, in any case
+        (``OPT_LABEL`` and ``opt_label`` are one column for FITS, whose
+        TTYPE ignores case): raise `~astromorph.exceptions.InputError`
+        (default), add ``_2``, ``_3``... to the new names (the same suffix to
+        every column of the run, the first one free for all of them), or
+        replace the existing column (in its place).
     batch_size : int, optional
         Stamps per model call (passed to `Model.predict`).
     providers : None, str or list of str, optional
@@ -892,36 +893,57 @@ def check_table(table):
                          f"{type(table).__name__}{hint}")
 
 
+def _same_column(table, names):
+    """{name: the column of ``table`` it would clash with} for those of ``names`` that
+    clash: the column of that name, else one whose name differs only by case (one column
+    in FITS, whose TTYPE is compared without regard to case, as TOPCAT, cfitsio and SQL
+    compare column names)."""
+    folded = {}
+    for column in table.colnames:
+        folded.setdefault(column.casefold(), column)
+    return {name: name if name in table.colnames else folded[name.casefold()]
+            for name in names if name.casefold() in folded}
+
+
 def check_clashes(table, names, on_conflict):
     """Raise `InputError` naming the columns of ``table`` that new columns ``names`` would
     overwrite, when ``on_conflict`` is ``"error"`` (callers check before costly work), or
-    when ``table`` is not a table."""
+    when ``table`` is not a table. A name that differs from a column's only by case clashes
+    with it (`_same_column`)."""
     check_table(table)
-    clashes = [c for c in names if c in table.colnames]
+    clashes = _same_column(table, names)
     if clashes and on_conflict == "error":
-        raise InputError(f"the table already has column(s) {clashes}; pass "
-                         "on_conflict='suffix' or 'replace' (--on-conflict on the command "
-                         "line) to add the new ones anyway")
+        shown = list(clashes.values())
+        cased = [f"{old!r} and {new!r}" for new, old in clashes.items() if old != new]
+        raise InputError(f"the table already has column(s) {shown}"
+                         + (f" ({'; '.join(cased)} differ only by case: one column for FITS "
+                            "and most table tools)" if cased else "")
+                         + "; pass on_conflict='suffix' or 'replace' (--on-conflict on the "
+                         "command line) to add the new ones anyway")
 
 
 def _add_columns(table, columns, on_conflict):
     """Add the columns of the table ``columns`` to ``table`` (in place) by the policy
-    ``on_conflict`` (see `check_on_conflict`); return {new column name: name used}."""
+    ``on_conflict`` (see `check_on_conflict`); return {new column name: name used}.
+    Names are compared without regard to case (`check_clashes`): ``"replace"`` replaces
+    ``OPT_LABEL`` by ``opt_label``, and a suffix is free in any case."""
     check_clashes(table, columns.colnames, on_conflict)
+    have = _same_column(table, columns.colnames)
     suffix = ""
-    if on_conflict == "suffix" and set(columns.colnames) & set(table.colnames):
+    if on_conflict == "suffix" and have:
         # one suffix for all the run's columns, free for each of them (a run's columns
         # stay together: morph_p_spiral_3 goes with morph_label_3, never with morph_label_2)
         k = 2
-        while any(f"{name}_{k}" in table.colnames for name in columns.colnames):
+        while _same_column(table, [f"{name}_{k}" for name in columns.colnames]):
             k += 1
         suffix = f"_{k}"
     used = {}
     for name in columns.colnames:
         new, index = name + suffix, None  # None: appended
-        if name in table.colnames and on_conflict == "replace":
-            index = table.colnames.index(name)  # the new column takes the old one's place
-            table.remove_column(name)
+        old = have.get(name)
+        if old is not None and on_conflict == "replace":
+            index = table.colnames.index(old)  # the new column takes the old one's place
+            table.remove_column(old)
         col = columns[name]
         if isinstance(table, QTable) and getattr(col, "unit", None) is not None:
             col = col.quantity if hasattr(col, "quantity") else col

@@ -1587,6 +1587,33 @@ def test_column_conflicts(optical_model):
     assert out.colnames[-1] == "opt_flags"
 
 
+def test_column_conflicts_compare_names_without_case(optical_model, tmp_path):
+    """FITS compares column names (TTYPE) without regard to case, as do TOPCAT, cfitsio and
+    SQL: a table with 'OPT_LABEL' gained 'opt_label' without a word, and its FITS file held
+    two columns no other tool could tell apart. A name that differs only by case from a
+    column of the table is now a clash like an exact one: refused (naming both), given a
+    suffix free in any case, or replacing the column in its place."""
+    from astromorph._io import write_table
+
+    img, w = blobs(), sky_wcs()
+    cat = catalogue(w, [(100, 100)])
+    cat["OPT_LABEL"] = ["mine"]
+    cat["after"] = [1]
+    with pytest.raises(InputError, match="'OPT_LABEL'.*'opt_label'"):
+        astromorph.annotate(cat, (img, w), model=optical_model)
+    cat["Opt_Label_2"] = ["also mine"]
+    out = astromorph.annotate(cat, (img, w), model=optical_model, on_conflict="suffix")
+    assert out["OPT_LABEL"][0] == "mine" and out["Opt_Label_2"][0] == "also mine"
+    assert {"opt_label_3", "opt_flags_3"} <= set(out.colnames)
+    assert "opt_label" not in out.colnames and "opt_label_2" not in out.colnames
+    write_table(out, tmp_path / "suffix.fits")
+    assert Table.read(tmp_path / "suffix.fits")["OPT_LABEL"][0] == "mine"
+    del cat["Opt_Label_2"]
+    out = astromorph.annotate(cat, (img, w), model=optical_model, on_conflict="replace")
+    assert "OPT_LABEL" not in out.colnames and out["opt_label"][0] in "abc"
+    assert out.colnames.index("opt_label") == cat.colnames.index("OPT_LABEL")
+
+
 def test_annotating_again_keeps_the_provenance_of_the_earlier_columns(optical_model,
                                                                       tmp_path):
     """Columns of another model (or the same model's again, with on_conflict="suffix") do not
