@@ -1536,8 +1536,9 @@ def test_mixture_checks_the_dimension():
 
 
 def test_labels_differing_only_by_case_or_spaces_warn_once_naming_them(tmp_path, capsys):
-    """"Spiral", "spiral " and "spiral" became three classes without a word; fit (and so
-    astromorph classify) now warns once, naming the groups, and keeps them apart."""
+    """"Spiral", "spiral " and "spiral" became three classes without a word; fit now warns
+    once, naming the groups, and keeps them apart (astromorph classify refuses, before the
+    fit, labels whose probability columns differ only by case)."""
     from astromorph.exceptions import SimilarLabelsWarning
 
     x, y = blobs(n_per=20, k=3, d=8)
@@ -1557,11 +1558,9 @@ def test_labels_differing_only_by_case_or_spaces_warn_once_naming_them(tmp_path,
         LabelHead(C=1.0).fit(x, y)
     t = Table({"embedding": x, "label": names})
     t.write(tmp_path / "lab.ecsv")
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        assert main(["classify", str(tmp_path / "lab.ecsv"), "--labels", "label", "-C", "1",
-                     "-o", str(tmp_path / "out.ecsv")]) == 0
-    assert len([w for w in caught if issubclass(w.category, SimilarLabelsWarning)]) == 1
+    assert main(["classify", str(tmp_path / "lab.ecsv"), "--labels", "label", "-C", "1",
+                 "-o", str(tmp_path / "out.ecsv")]) == 2
+    assert "'E', 'e' -> 'head_p_E', 'head_p_e'" in capsys.readouterr().err
 
 
 @pytest.mark.filterwarnings("ignore::astropy.io.fits.verify.VerifyWarning")  # HIERARCH keys
@@ -1660,6 +1659,32 @@ def test_class_names_that_give_one_column_name_are_refused_naming_both(tmp_path,
     message = capsys.readouterr().err
     assert "'Sa Sb', 'Sa/Sb'" in message and "'m_p_Sa_Sb'" in message
     assert work == [] and not (tmp_path / "out.ecsv").exists()
+
+
+def test_class_names_that_differ_only_by_case_are_refused_naming_both(tmp_path, capsys,
+                                                                      monkeypatch):
+    """'Spiral' and 'spiral' gave the columns 'm_p_Spiral' and 'm_p_spiral', which FITS (its
+    TTYPE ignores case), TOPCAT and cfitsio cannot tell apart: annotate and astromorph
+    classify (before the fit) now refuse them as they refuse 'Sa/Sb' and 'Sa Sb', naming
+    both labels and both columns."""
+    from astromorph.embeddings import _head
+
+    x, y = blobs(n_per=15, k=3, d=8)
+    names = np.array(["Spiral", "spiral", "S0"])[y]
+    head = LabelHead(C=1.0).fit(x, names)  # fitted apart, with a SimilarLabelsWarning
+    assert head.classes_.tolist() == ["S0", "Spiral", "spiral"]
+    with pytest.raises(InvalidArgumentError, match="'Spiral', 'spiral'") as err:
+        head.annotate(Table({"embedding": x}), prefix="m")
+    assert "'m_p_Spiral', 'm_p_spiral'" in str(err.value)
+    Table({"embedding": x, "label": np.array(["s0", "S0", "E"])[y]}).write(
+        tmp_path / "lab.ecsv")
+    work = []
+    monkeypatch.setattr(_head.LabelHead, "fit", lambda *a, **k: work.append(a))
+    assert main(["classify", str(tmp_path / "lab.ecsv"), "--labels", "label", "--prefix", "m",
+                 "-o", str(tmp_path / "out.fits")]) == 2
+    message = capsys.readouterr().err
+    assert "'S0', 's0'" in message and "'m_p_S0', 'm_p_s0'" in message
+    assert work == [] and not (tmp_path / "out.fits").exists()
 
 
 @pytest.mark.filterwarnings("ignore::astropy.io.fits.verify.VerifyWarning")  # HIERARCH keys

@@ -73,25 +73,30 @@ def _class_columns(prefix, classes):
     class name that a column name cannot hold (`astromorph._registry._COLUMN_PART`: a space,
     a comma, a slash, a ``?``, ...) replaced by ``_`` (``'Sa/Sb'`` -> ``<prefix>_p_Sa_Sb``).
 
-    Raises `InvalidArgumentError` naming the classes (and the column) when two of them would
-    give one column, e.g. ``'Sa/Sb'`` and ``'Sa Sb'``.
+    Raises `InvalidArgumentError` naming the classes (and the columns) when two of them would
+    give one column, e.g. ``'Sa/Sb'`` and ``'Sa Sb'``, or ``'Spiral'`` and ``'spiral'``
+    (column names are compared without regard to case, as FITS compares its TTYPEs: see
+    `astromorph._annotate.check_clashes`).
     """
     from .._registry import _NOT_COLUMN_CHAR
 
-    labels = [str(c) for c in np.asarray(classes).tolist()]
-    names = [f"{prefix}_p_{_NOT_COLUMN_CHAR.sub('_', c)}" for c in labels]
-    unique, group, counts = np.unique(names, return_inverse=True, return_counts=True)
+    labels = np.array([str(c) for c in np.asarray(classes).tolist()], dtype=str)
+    names = np.array([f"{prefix}_p_{_NOT_COLUMN_CHAR.sub('_', c)}" for c in labels.tolist()],
+                     dtype=str)
+    _, group, counts = np.unique(np.char.lower(names), return_inverse=True, return_counts=True)
     shared = np.flatnonzero(counts > 1)
     if len(shared):
-        shown = "; ".join(", ".join(map(repr, np.array(labels)[group == g].tolist()))
-                          + f" -> {str(unique[g])!r}" for g in shared[:10])
+        shown = "; ".join(", ".join(map(repr, labels[group == g].tolist())) + " -> "
+                          + ", ".join(map(repr, np.unique(names[group == g]).tolist()))
+                          for g in shared[:10])
         raise InvalidArgumentError(
             f"{len(shared)} group(s) of classes would share one probability column, as a "
             "column name holds only letters, digits, '_', '.', '-' and '+' (any other "
-            f"character becomes '_'): {shown}{'; ...' if len(shared) > 10 else ''}; relabel "
+            "character becomes '_') and names that differ only by case are one column (in "
+            f"FITS, TOPCAT, cfitsio): {shown}{'; ...' if len(shared) > 10 else ''}; relabel "
             "them so that they differ in those characters, or merge them if they are one "
             "class")
-    return names
+    return names.tolist()
 
 
 def _log_softmax(z):
@@ -260,7 +265,8 @@ class LabelHead(Saved):
         -----
         astromorph.exceptions.SimilarLabelsWarning
             Some labels differ only by case or surrounding whitespace (e.g. ``"Spiral"``
-            and ``"spiral "``): they are fitted as separate classes, as given.
+            and ``"spiral "``): they are fitted as separate classes, as given (`annotate`
+            refuses classes that differ only by case: their columns would be one).
         astromorph.exceptions.FewRowsWarning
             Some classes have fewer labelled rows than the cross-validation of ``C`` has
             folds (``min(cv, rows of the largest class)``, at least 2), or, with ``C``
@@ -432,10 +438,12 @@ class LabelHead(Saved):
         astromorph.exceptions.InvalidArgumentError
             The head is not fitted yet, ``on_conflict`` is not a known policy,
             ``prefix`` is not made of the characters above, or two classes would
-            name one column (e.g. ``"Sa/Sb"`` and ``"Sa Sb"``: the message names them).
+            name one column (e.g. ``"Sa/Sb"`` and ``"Sa Sb"``, or ``"Spiral"`` and
+            ``"spiral"``, as column names are compared without regard to case: the
+            message names them).
         astromorph.exceptions.InputError
-            ``table`` has no such column, or already has a column of a new name
-            (``on_conflict="error"``).
+            ``table`` has no such column, or already has a column of a new name, in any
+            case (``on_conflict="error"``).
         astromorph.exceptions.ProvenanceMismatchError
             Another embedding model made the table's vectors (``check_provenance=True``).
 
