@@ -23,7 +23,7 @@ from .exceptions import (AstromorphError, InputError, InputNotFoundError, Invali
                          OutputExistsError)
 
 __all__ = ["atomic_output", "check_input_file", "check_output", "check_distinct_outputs",
-           "output_error", "card_reads_back", "check_multidimensional", "table_format", "write_table", "TABLE_FORMATS",
+           "output_error", "card_reads_back", "check_multidimensional", "check_fits_names", "table_format", "write_table", "TABLE_FORMATS",
            "READ_ONLY_TABLE_FORMATS"]
 
 log = logging.getLogger(__name__)
@@ -213,6 +213,34 @@ def check_multidimensional(path, columns):
         raise InvalidArgumentError(
             f"CSV cannot hold the multidimensional column(s) {', '.join(columns)} of this "
             f"table; write {str(path)!r} as .ecsv, .fits or .parquet instead")
+
+
+def check_fits_names(path, names, *, fmt=None):
+    """Check, before any work, that a table with the columns ``names`` can be written to
+    ``path`` when it is FITS (``fmt``: the format, if not that of the extension): FITS
+    compares column names (TTYPE) without regard to case, as TOPCAT, cfitsio and fitsio
+    do, and writes non-ASCII characters as backslash escapes (`_fits_ascii`), so ``score``
+    and ``SCORE`` would be two columns no reader can tell apart.
+
+    Raises
+    ------
+    InputError
+        Naming each group of such columns.
+    """
+    names = np.array(list(names), dtype=str)
+    if (fmt or table_format(path)) != "fits" or not len(names):
+        return
+    _, group, counts = np.unique(np.char.lower(_ascii_escaped(names)), return_inverse=True,
+                                 return_counts=True)
+    shared = np.flatnonzero(counts > 1)
+    if len(shared):
+        shown = "; ".join(" and ".join(map(repr, names[group == g].tolist()))
+                          for g in shared[:10])
+        raise InputError(
+            f"FITS compares column names without regard to case (and writes non-ASCII "
+            f"characters as backslash escapes): the column(s) {shown}"
+            f"{'; ...' if len(shared) > 10 else ''} would be one column in {str(path)!r}; "
+            "rename one, or write .ecsv or .parquet, which keep them apart")
 
 
 def check_distinct_outputs(outputs):
@@ -549,6 +577,12 @@ def write_table(table, path, *, overwrite=False, format=None):
     -------
     pathlib.Path
         The written path.
+
+    Raises
+    ------
+    InputError
+        For FITS, when two column names differ only by case (``id`` and ``ID``: FITS
+        compares TTYPEs without regard to case; see `check_fits_names`); nothing is written.
     """
     path = _output_path(path)
     fmt = format or table_format(path)
@@ -565,6 +599,7 @@ def write_table(table, path, *, overwrite=False, format=None):
     if fmt == "ascii.ecsv":
         table = _ecsv_zero_rows(table)
     if fmt == "fits":
+        check_fits_names(path, table.colnames, fmt=fmt)
         table = _fits_ascii(table, path)
         unmasked = [c for c in table.colnames if getattr(table[c], "dtype", None) == bool
                     and np.ma.getmaskarray(table[c]).any()]

@@ -1681,6 +1681,27 @@ def test_cli_annotate(optical_model, tmp_path):
     assert not (tmp_path / "int8.ecsv").exists()
 
 
+def test_cli_annotate_refuses_a_catalogue_fits_cannot_hold_before_any_work(
+        optical_model, tmp_path, capsys, monkeypatch):
+    """A catalogue with 'id' and 'ID' written to .fits: the run went to the end and wrote
+    two columns FITS readers cannot tell apart; it is now refused before any image is
+    read, naming both (and .ecsv, which keeps them apart, is written)."""
+    img, w = blobs(), sky_wcs()
+    fits.writeto(tmp_path / "img.fits", img, w.to_header())
+    cat = catalogue(w, [(100, 100)])
+    cat["id"], cat["ID"] = [1], [2]
+    cat.write(tmp_path / "cat.ecsv")
+    args = ["annotate", str(tmp_path / "cat.ecsv"), "-i", str(tmp_path / "img.fits"),
+            "-m", str(optical_model.path), "--no-progress", "-o"]
+    with monkeypatch.context() as m:
+        m.setattr(type(optical_model), "predict", lambda *a, **k: pytest.fail("scored"))
+        assert cli.main([*args, str(tmp_path / "out.fits")]) == 2
+    assert "'id' and 'ID'" in capsys.readouterr().err
+    assert not (tmp_path / "out.fits").exists()
+    assert cli.main([*args, str(tmp_path / "out.ecsv")]) == 0
+    assert {"id", "ID", "opt_label"} <= set(Table.read(tmp_path / "out.ecsv").colnames)
+
+
 def test_cli_annotate_summary_line(optical_model, tmp_path, capsys):
     """`astromorph annotate` ends with the summary line `astromorph predict` gives (rows,
     model and version, how many were scored, flagged and unusable), not only "wrote N rows":

@@ -1661,6 +1661,21 @@ def test_class_names_that_give_one_column_name_are_refused_naming_both(tmp_path,
     assert work == [] and not (tmp_path / "out.ecsv").exists()
 
 
+def test_cli_cluster_refuses_a_table_fits_cannot_hold_before_the_fit(tmp_path, capsys,
+                                                                     monkeypatch):
+    """A table with 'id' and 'ID' clustered into .fits: refused before the fit, naming both
+    (FITS compares column names without regard to case), not written as two columns no
+    FITS reader can tell apart."""
+    x, _ = blobs(n_per=15, k=3, d=8)
+    Table({"embedding": x, "id": np.arange(len(x)), "ID": np.arange(len(x))}).write(
+        tmp_path / "t.ecsv")
+    monkeypatch.setattr(GaussianMixture, "fit", lambda *a, **k: pytest.fail("fitted"))
+    assert main(["cluster", str(tmp_path / "t.ecsv"), "-k", "3",
+                 "-o", str(tmp_path / "out.fits")]) == 2
+    assert "'id' and 'ID'" in capsys.readouterr().err
+    assert not (tmp_path / "out.fits").exists()
+
+
 def test_class_names_that_differ_only_by_case_are_refused_naming_both(tmp_path, capsys,
                                                                       monkeypatch):
     """'Spiral' and 'spiral' gave the columns 'm_p_Spiral' and 'm_p_spiral', which FITS (its

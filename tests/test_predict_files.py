@@ -5,6 +5,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import shutil
 import sys
 import warnings
@@ -2147,6 +2148,25 @@ def test_fits_output_escapes_non_ascii_text_and_names_what_it_cannot_keep(tmp_pa
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # ASCII only: nothing lost, nothing said
         write_table(Table({"source": ["b.fits"]}, meta={"model": "m"}), tmp_path / "a.fits")
+
+
+@pytest.mark.parametrize("names", [("score", "SCORE"), ("Δmag", "\\u0394MAG")])
+def test_fits_output_refuses_column_names_that_differ_only_by_case(tmp_path, names):
+    """FITS compares column names (TTYPE) without regard to case: a table with 'score' and
+    'SCORE' (or 'Δmag' and the name it is written as, in another case) was written as two
+    columns that TOPCAT, cfitsio and fitsio cannot tell apart. write_table now refuses it
+    before writing anything, naming both; .ecsv keeps them apart and is written."""
+    from astromorph.exceptions import InputError
+
+    table = Table({names[0]: [1.0, 2.0], names[1]: [3.0, 4.0]})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # (the escaped name's LossyOutputWarning)
+        with pytest.raises(InputError, match=f"{re.escape(repr(names[0]))}.*"
+                                             f"{re.escape(repr(names[1]))}"):
+            write_table(table, tmp_path / "out.fits")
+    assert list(tmp_path.iterdir()) == []
+    write_table(table, tmp_path / "out.ecsv")
+    assert Table.read(tmp_path / "out.ecsv").colnames == list(names)
 
 
 def test_header_card_of_a_value_no_card_holds_is_dropped_and_named():
