@@ -302,6 +302,27 @@ def catalogue(n=200, d=16, seed=0):
     return t
 
 
+def test_query_keeps_every_table_column_apart_from_its_own(tmp_path):
+    """The query result's own columns (rank, row, similarity, distance) and the table's: a
+    table column 'rank' became 'table_rank' and replaced the table's own 'table_rank' (lost),
+    and 'Distance' was copied as it is, beside 'distance' (one column for FITS, whose TTYPE
+    ignores case: the result could not be written to .fits). Each now gets 'table_' until
+    its name is free, in any case."""
+    from astromorph._io import write_table
+
+    t = catalogue(n=30)
+    t["table_rank"] = np.arange(30) + 100
+    t["rank"] = np.arange(30) + 200
+    t["Distance"] = np.arange(30) + 300
+    res = SimilarityIndex.from_table(t).query(row=7, k=5)
+    rows = np.asarray(res["row"])
+    np.testing.assert_array_equal(res["table_rank"], rows + 100)
+    np.testing.assert_array_equal(res["table_table_rank"], rows + 200)
+    np.testing.assert_array_equal(res["table_Distance"], rows + 300)
+    assert res["rank"].tolist() == [1, 2, 3, 4, 5] and "Distance" not in res.colnames
+    write_table(res, tmp_path / "res.fits")
+
+
 def test_query_by_row_position_and_vector():
     t = catalogue()
     index = SimilarityIndex.from_table(t)

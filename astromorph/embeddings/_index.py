@@ -788,7 +788,9 @@ class SimilarityIndex:
         astropy.table.Table or QTable
             Of the indexed table's class: ``rank`` (1 = most similar), ``row``
             (row number in the indexed table), ``similarity`` (cosine),
-            ``distance`` (1 - cosine), then the table's columns of those rows.
+            ``distance`` (1 - cosine), then the table's columns of those rows
+            (one named as one of those four, in any case, as ``table_<name>``, or
+            ``table_table_<name>``... where a column of the table has that name).
             ``meta`` describes the query (``query_kind``, ``query_row``,
             ``query_separation_arcsec``, ``k``, ``backend``) and holds the
             indexed table's ``astromorph_*`` provenance keys.
@@ -879,11 +881,18 @@ class SimilarityIndex:
             names = columns if columns is not None else [
                 c for c in self.table.colnames
                 if not (self.table[c].ndim > 1 and self.table[c].shape[1:] == (self.dim,))]
+            # a table column named as one of the result's own (in any case: one column
+            # for FITS) gets table_ until its name is free of every other column's
+            own = {c.casefold() for c in out.colnames}
+            taken = own | {c.casefold() for c in names}
             for name in names:
-                if name in out.colnames:
-                    out[f"table_{name}"] = self.table[name][rows]
-                else:
-                    out[name] = self.table[name][rows]
+                new = name
+                if name.casefold() in own:
+                    new = f"table_{name}"
+                    while new.casefold() in taken:
+                        new = f"table_{new}"
+                    taken.add(new.casefold())
+                out[new] = self.table[name][rows]
         out.meta.update(meta)
         return out
 
