@@ -404,7 +404,8 @@ def result_columns(model, prediction, flags, valid):
     Raises
     ------
     astromorph.exceptions.ModelCardError
-        When two outputs would make the same column (loading a card checks this).
+        When two outputs would make the same column, in any case (loading a card checks
+        this).
     """
     n = len(flags)
     valid = np.asarray(valid, dtype=bool)
@@ -412,9 +413,11 @@ def result_columns(model, prediction, flags, valid):
     table = Table()
 
     def put(name, values, description, unit=None, fill=np.nan):
-        if name in table.colnames or name == f"{prefix}_flags":
+        # in any case: FITS compares column names (TTYPE) without regard to case
+        if name.casefold() in {c.casefold() for c in [*table.colnames, f"{prefix}_flags"]}:
             raise ModelCardError(f"two outputs of model {model.name!r} name the column "
-                                 f"{name!r} (column_prefix {prefix!r})")
+                                 f"{name!r} (column_prefix {prefix!r}; column names are "
+                                 "compared without regard to case)")
         values = np.asarray(values)
         full = np.zeros((n, *values.shape[1:]), dtype=values.dtype)
         if values.dtype.kind == "f":

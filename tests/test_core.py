@@ -1370,6 +1370,11 @@ def _set(path, value):
                                              "labels": ["flags"]}), r"column '\w+_flags'"),
     (lambda card, _: card["outputs"].append({"name": "extra", "kind": "values",
                                              "labels": ["label"]}), r"column '\w+_label'"),
+    # ...in any case: FITS (TTYPE), TOPCAT and cfitsio compare column names so
+    (lambda card, _: card["outputs"].append({"name": "extra", "kind": "values",
+                                             "labels": ["FLAGS"]}), r"column '\w+_FLAGS'"),
+    (lambda card, _: card["outputs"].append({"name": "extra", "kind": "values",
+                                             "labels": ["Label"]}), r"column '\w+_Label'"),
     (lambda card, _: card["outputs"].extend([{"name": "s1", "kind": "score"},
                                              {"name": "s2", "kind": "score"}]),
      r"column '\w+_score'"),
