@@ -10,7 +10,7 @@ def _read_catalogue(path, what="catalogue"):
 
     from astropy.table import QTable
 
-    from ._io import check_input_file, table_format
+    from ._io import check_input_file, restore_parquet_shapes, table_format
     from .exceptions import InputError
 
     path = os.fspath(check_input_file(path, what))  # a missing file, not its extension
@@ -21,7 +21,9 @@ def _read_catalogue(path, what="catalogue"):
     try:
         if fmt == "ascii.csv":
             return QTable.read(path, format="ascii.csv")
-        return QTable.read(path, format=fmt)
+        table = QTable.read(path, format=fmt)
+        # astropy reads the rows of a Parquet stamp column flattened
+        return restore_parquet_shapes(table, path) if fmt == "parquet" else table
     except (OSError, ValueError, csv.Error) as exc:
         raise InputError(f"{what} {path!r} cannot be read: {exc}") from exc
     finally:

@@ -23,7 +23,8 @@ from .exceptions import (AstromorphError, InputError, InputNotFoundError, Invali
                          OutputExistsError)
 
 __all__ = ["atomic_output", "check_input_file", "check_output", "check_distinct_outputs",
-           "output_error", "card_reads_back", "check_multidimensional", "check_fits_names", "table_format", "write_table", "TABLE_FORMATS",
+           "output_error", "card_reads_back", "check_multidimensional", "check_fits_names",
+           "restore_parquet_shapes", "table_format", "write_table", "TABLE_FORMATS",
            "READ_ONLY_TABLE_FORMATS"]
 
 log = logging.getLogger(__name__)
@@ -551,6 +552,39 @@ def _write_ecsv(table, path):
         f.write(os.linesep)
 
 
+def restore_parquet_shapes(table, path):
+    """``table``, read from the Parquet file ``path`` by astropy, with the row shapes of its
+    array columns as the file's header records them.
+
+    Astropy writes a column of more than one dimension per row (a ``(N, 64, 64)`` stamp
+    column) as fixed-size lists of the flattened rows, with the shape in its header
+    (``subtype: float32[64,64]``), but reads it back ``(N, 4096)``. Each such column is
+    reshaped here (a view, keeping its unit, description, meta and mask); a header that
+    cannot be read leaves the table as it is. ``table`` is changed in place and returned.
+    """
+    import re
+
+    import pyarrow.parquet as pq
+    from astropy.table import meta as table_meta
+
+    try:
+        text = (pq.read_schema(path).metadata or {}).get(b"table_meta_yaml")
+        header = table_meta.get_header_from_yaml(text.decode().splitlines()) if text else {}
+    except Exception as exc:  # noqa: BLE001 - a header astropy itself read or skipped
+        log.debug("no column shapes in the header of %s: %s", path, exc)
+        return table
+    for spec in header.get("datatype", ()):
+        name = spec.get("name")
+        found = re.fullmatch(r"[^\[]*\[(\d+(?:,\d+)+)\]", str(spec.get("subtype", "")))
+        if not found or name not in table.colnames:
+            continue
+        shape = tuple(int(d) for d in found.group(1).split(","))
+        col = table[name]
+        if getattr(col, "shape", ())[1:] == (int(np.prod(shape)),):
+            table.replace_column(name, col.reshape((len(col),) + shape))
+    return table
+
+
 def write_table(table, path, *, overwrite=False, format=None):
     """Write a table atomically, in the format given by the file extension.
 
@@ -567,7 +601,8 @@ def write_table(table, path, *, overwrite=False, format=None):
         `~astromorph.exceptions.LossyOutputWarning`) or ``.parquet`` (needs
         pyarrow, extra ``astromorph[parquet]``; the rows of columns of more than
         one dimension per row, e.g. stamp cubes, are flattened, with a
-        `~astromorph.exceptions.LossyOutputWarning`).
+        `~astromorph.exceptions.LossyOutputWarning`: astromorph's commands read their
+        shape back from the file's header, `~astropy.table.Table.read` does not).
     overwrite : bool, optional
         Replace an existing file (default: raise `OutputExistsError`).
     format : str, optional
@@ -616,7 +651,8 @@ def write_table(table, path, *, overwrite=False, format=None):
                  + ", ".join(f"{c} {shape}" for c, shape in shapes.items())
                  + f": {str(path)!r} will hold their rows flattened, as rows of "
                  + ", ".join(str(int(np.prod(shape))) for shape in shapes.values())
-                 + " values; write .ecsv or .fits to keep it", LossyOutputWarning)
+                 + " values (astromorph's commands restore the shape from the file's header,"
+                 " Table.read does not); write .ecsv or .fits to keep it", LossyOutputWarning)
     with atomic_output(path, overwrite=overwrite) as tmp:
         with catch_warnings():
             # Long meta keys become HIERARCH cards in FITS: expected, not worth a warning.
