@@ -401,24 +401,32 @@ def _fits_ascii(table, path):
     FITS text is ASCII: non-ASCII characters of string columns, column names and meta
     values become backslash escapes (``é`` -> ``\\xe9``; astropy raised UnicodeEncodeError
     or ValueError after the whole run). Meta entries no header card can hold (a key too long to leave room for its
-    value: a VerifyError at the write) are left out. The caller's table is not changed.
+    value: a VerifyError at the write) are left out. A short meta key not in upper case
+    (``survey``, `similar`'s ``k``) is written as a HIERARCH card, which keeps its case
+    (a standard card reads back as ``SURVEY``). The caller's table is not changed.
     """
     escaped = [c for c in table.colnames
                if getattr(table[c], "dtype", np.dtype(int)).kind == "U"
                and table[c].size and table[c].dtype.itemsize
                and (np.ascontiguousarray(np.ma.getdata(table[c])).view(np.uint32) > 127).any()]
-    meta, dropped = {}, []
+    meta, dropped, rekeyed = {}, [], False
     for key, value in table.meta.items():
         if isinstance(value, str) and not value.isascii():
             value = str(_ascii_escaped(value))
             escaped.append(f"meta {key}")
+        if isinstance(key, str) and len(key) <= 8 and key != key.upper() \
+                and key.lower() not in _FITS_LIST_KEYS and not isinstance(value, (list, tuple)):
+            key, rekeyed = f"HIERARCH {key}", True
         if str(key).lower() in _FITS_LIST_KEYS or isinstance(value, (list, tuple)) \
                 or card_reads_back(str(key), value) is not None or not isinstance(key, str):
             meta[key] = value  # (astropy itself warns about what it then skips)
         else:
-            dropped.append(str(key))
+            dropped.append(str(key).removeprefix("HIERARCH "))
     renamed = [c for c in table.colnames if not c.isascii()]  # a TTYPE card: ValueError
     if not escaped and not dropped and not renamed:
+        if rekeyed:
+            table = table.copy(copy_data=False)
+            table.meta = meta
         return table
     table = table.copy(copy_data=False)
     table.meta = meta

@@ -2347,11 +2347,10 @@ def test_gallery_draws_fits_stamps_north_up(tmp_path, monkeypatch):
 
 @pytest.mark.filterwarnings("ignore::astropy.io.fits.verify.VerifyWarning")  # HIERARCH keys
 def test_commands_find_the_provenance_of_fits_tables_they_wrote(tiny_embedding, tmp_path):
-    """FITS upper-cases header keywords of 8 characters or fewer, so predict's older
-    ``model`` key reads back as ``MODEL`` (docs/predict.md said the older keys "are kept",
-    which was not true of FITS and is now said precisely). astromorph's readers look up only
-    the ``astromorph_*`` keys, which keep their case: classify, cluster and similar find the
-    model that made the vectors in a FITS table as in an ECSV one."""
+    """FITS upper-cases standard header keywords of 8 characters or fewer, so predict's
+    older ``model`` key read back as ``MODEL``; write_table now writes a short key that is
+    not in upper case as a HIERARCH card, which keeps its case. classify, cluster and
+    similar find the model that made the vectors in a FITS table as in an ECSV one."""
     from PIL import Image
 
     from astromorph.exceptions import MissingProvenanceWarning
@@ -2363,7 +2362,7 @@ def test_commands_find_the_provenance_of_fits_tables_they_wrote(tiny_embedding, 
                  "--no-progress"]) == 0
     back = Table.read(emb)
     assert back.meta["astromorph_model"] == tiny_embedding
-    assert back.meta["MODEL"] == tiny_embedding and "model" not in back.meta  # (as documented)
+    assert back.meta["model"] == tiny_embedding and "MODEL" not in back.meta
     back["label"] = ["a", "b", "c"] * 4
     back.write(tmp_path / "lab.fits")
     with warnings.catch_warnings():
@@ -2379,7 +2378,7 @@ def test_commands_find_the_provenance_of_fits_tables_they_wrote(tiny_embedding, 
     assert Table.read(tmp_path / "k.fits").meta["cluster_embedding_model"] == tiny_embedding
     found = Table.read(tmp_path / "q.fits")
     assert found["row"][0] == 3 and found.meta["astromorph_model"] == tiny_embedding
-    assert found.meta["K"] == 2  # (as documented: FITS upper-cases short keys)
+    assert found.meta["k"] == 2 and "K" not in found.meta  # (a HIERARCH card)
 
 
 def test_classes_with_too_few_labelled_rows_are_named(tmp_path):
