@@ -64,7 +64,7 @@ def _run(args):
         check_model_output(args.model, args.output)
     table = _read_catalogue(args.catalog)
     if args.output:  # its columns are the output's: still before any work
-        check_fits_names(args.output, table.colnames)
+        check_fits_names(args.output, table.colnames, meta=table.meta)
     common = dict(model=args.model, on_conflict=args.on_conflict, batch_size=args.batch_size,
                   providers=args.providers, threads=args.threads, precision=args.precision,
                   progress=False if args.no_progress else None)

@@ -216,32 +216,44 @@ def check_multidimensional(path, columns):
             f"table; write {str(path)!r} as .ecsv, .fits or .parquet instead")
 
 
-def check_fits_names(path, names, *, fmt=None):
-    """Check, before any work, that a table with the columns ``names`` can be written to
-    ``path`` when it is FITS (``fmt``: the format, if not that of the extension): FITS
-    compares column names (TTYPE) without regard to case, as TOPCAT, cfitsio and fitsio
-    do, and writes non-ASCII characters as backslash escapes (`_fits_ascii`), so ``score``
-    and ``SCORE`` would be two columns no reader can tell apart.
+def check_fits_names(path, names, *, meta=None, fmt=None):
+    """Check, before any work, that a table with the columns ``names`` (and the ``meta``
+    keys) can be written to ``path`` when it is FITS (``fmt``: the format, if not that of
+    the extension): FITS compares column names (TTYPE) and header keywords without regard
+    to case, as TOPCAT, cfitsio and fitsio do, and writes non-ASCII characters as
+    backslash escapes (`_fits_ascii`), so ``score`` and ``SCORE`` would be two columns no
+    reader can tell apart, and meta ``model`` and ``MODEL`` two cards read back as one.
 
     Raises
     ------
     InputError
-        Naming each group of such columns.
+        Naming each group of such columns or keys.
     """
-    names = np.array(list(names), dtype=str)
-    if (fmt or table_format(path)) != "fits" or not len(names):
+    if (fmt or table_format(path)) != "fits":
         return
+    keys = [k for k in (meta or {}) if isinstance(k, str) and k.lower() not in _FITS_LIST_KEYS]
+    for what, held, names in (("column(s)", "one column", names),
+                              ("meta key(s)", "one header keyword", keys)):
+        shown = _same_in_fits(names)
+        if shown:
+            raise InputError(
+                f"FITS compares {'column names' if what[0] == 'c' else 'header keywords'} "
+                f"without regard to case (and writes non-ASCII characters as backslash "
+                f"escapes): the {what} {shown} would be {held} in {str(path)!r}; rename "
+                "one, or write .ecsv or .parquet, which keep them apart")
+
+
+def _same_in_fits(names):
+    """The groups of ``names`` that FITS cannot tell apart, as text (``'a' and 'A'; ...``),
+    or "" when there are none."""
+    names = np.array(list(names), dtype=str)
+    if not len(names):
+        return ""
     _, group, counts = np.unique(np.char.lower(_ascii_escaped(names)), return_inverse=True,
                                  return_counts=True)
     shared = np.flatnonzero(counts > 1)
-    if len(shared):
-        shown = "; ".join(" and ".join(map(repr, names[group == g].tolist()))
-                          for g in shared[:10])
-        raise InputError(
-            f"FITS compares column names without regard to case (and writes non-ASCII "
-            f"characters as backslash escapes): the column(s) {shown}"
-            f"{'; ...' if len(shared) > 10 else ''} would be one column in {str(path)!r}; "
-            "rename one, or write .ecsv or .parquet, which keep them apart")
+    return "; ".join(" and ".join(map(repr, names[group == g].tolist()))
+                     for g in shared[:10]) + ("; ..." if len(shared) > 10 else "")
 
 
 def check_distinct_outputs(outputs):
@@ -624,8 +636,9 @@ def write_table(table, path, *, overwrite=False, format=None):
     Raises
     ------
     InputError
-        For FITS, when two column names differ only by case (``id`` and ``ID``: FITS
-        compares TTYPEs without regard to case; see `check_fits_names`); nothing is written.
+        For FITS, when two column names or meta keys differ only by case (``id`` and
+        ``ID``: FITS compares TTYPEs and keywords without regard to case; see
+        `check_fits_names`); nothing is written.
     """
     path = _output_path(path)
     fmt = format or table_format(path)
@@ -642,7 +655,7 @@ def write_table(table, path, *, overwrite=False, format=None):
     if fmt == "ascii.ecsv":
         table = _ecsv_zero_rows(table)
     if fmt == "fits":
-        check_fits_names(path, table.colnames, fmt=fmt)
+        check_fits_names(path, table.colnames, meta=table.meta, fmt=fmt)
         table = _fits_ascii(table, path)
         unmasked = [c for c in table.colnames if getattr(table[c], "dtype", None) == bool
                     and np.ma.getmaskarray(table[c]).any()]

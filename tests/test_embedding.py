@@ -1695,6 +1695,12 @@ def test_cli_cluster_refuses_a_table_fits_cannot_hold_before_the_fit(tmp_path, c
                  "-o", str(tmp_path / "out.fits")]) == 2
     assert "'id' and 'ID'" in capsys.readouterr().err
     assert not (tmp_path / "out.fits").exists()
+    # meta keys too: 'survey' and 'SURVEY' would be one header keyword
+    Table({"embedding": x}, meta={"survey": "a", "SURVEY": "b"}).write(tmp_path / "m.ecsv")
+    assert main(["cluster", str(tmp_path / "m.ecsv"), "-k", "3",
+                 "-o", str(tmp_path / "out.fits")]) == 2
+    assert "meta key(s) 'survey' and 'SURVEY'" in capsys.readouterr().err
+    assert not (tmp_path / "out.fits").exists()
 
 
 def test_class_names_that_differ_only_by_case_are_refused_naming_both(tmp_path, capsys,

@@ -2166,6 +2166,25 @@ def test_fits_output_refuses_column_names_that_differ_only_by_case(tmp_path, nam
     assert Table.read(tmp_path / "out.ecsv").colnames == list(names)
 
 
+def test_fits_output_refuses_meta_keys_that_differ_only_by_case(tmp_path):
+    """FITS header keywords are compared without regard to case: meta 'model' and 'MODEL'
+    were written as two cards and read back as one ({'model': 'M'}: a value lost without
+    a word). write_table now refuses it before writing, naming both keys; the commands
+    check their input's meta before any work."""
+    from astromorph.exceptions import InputError
+
+    table = Table({"x": [1.0]}, meta={"model": "m", "MODEL": "M", "comments": ["a"],
+                                      "COMMENT": ["b"]})
+    with pytest.raises(InputError, match=r"meta key\(s\) 'model' and 'MODEL'"):
+        write_table(table, tmp_path / "out.fits")
+    assert list(tmp_path.iterdir()) == []
+    write_table(table, tmp_path / "out.ecsv")
+    assert Table.read(tmp_path / "out.ecsv").meta["MODEL"] == "M"
+    table.meta.pop("MODEL")  # comments beside COMMENT: both are comment cards, not values
+    write_table(table, tmp_path / "out.fits")
+    assert Table.read(tmp_path / "out.fits").meta["model"] == "m"
+
+
 def test_header_card_of_a_value_no_card_holds_is_dropped_and_named():
     """A NaN result (FITS headers hold no NaN) is left out and named, not a ValueError that
     stops the header copies."""

@@ -19,7 +19,7 @@ def _read(args, *, output_has_its_columns=True):
     table = _read_catalogue(args.table, "table")
     if args.output and output_has_its_columns:
         check_multidimensional(args.output, [c for c in table.colnames if table[c].ndim > 1])
-        check_fits_names(args.output, table.colnames)
+        check_fits_names(args.output, table.colnames, meta=table.meta)
     return table
 
 
