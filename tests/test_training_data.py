@@ -345,3 +345,45 @@ def test_gz2_overlap_report_follows_new_split(tmp_path):
     args.new_split = True
     report = gz2._gz1_overlap(args, np.array([1, 2]), field)
     assert "note" not in report and report["n_matched"] == 0
+
+
+@pytest.mark.parametrize("n, bs, world", [(257, 128, 2), (129, 128, 2), (130, 128, 3),
+                                          (131, 16, 4), (256, 128, 2), (5, 16, 2), (1, 16, 2)])
+def test_real_bogus_ranks_take_the_same_steps(n, bs, world):
+    """With ``--processes N`` every process takes the same number of steps, none of them on
+    an empty shard: a final batch smaller than ``world`` (257 triplets, 128 a batch, two
+    processes) used to send one process out of the epoch while the other ran a
+    DistributedDataParallel step alone, so the collectives no longer matched."""
+    import math
+
+    from astromorph_training import realbogus
+
+    perm = np.random.default_rng(1).permutation(n)
+    steps = int(math.ceil(n / bs))
+    shards = [realbogus._rank_batches(perm, bs, steps, rank, world) for rank in range(world)]
+    assert len({len(s) for s in shards}) == 1
+    for step, parts in enumerate(zip(*shards)):
+        assert all(len(p) > 0 for p in parts)
+        batch = perm[step * bs:(step + 1) * bs]
+        np.testing.assert_array_equal(np.sort(np.concatenate(parts)), np.sort(batch))
+    # at most world - 1 triplets of an epoch are left out (the too-small final batch)
+    assert 0 <= n - sum(len(p) for s in shards for p in s) < world
+
+
+@pytest.mark.parametrize("n, bs", [(257, 128), (256, 128), (1, 16), (40, 16)])
+def test_real_bogus_single_process_batches_are_unchanged(n, bs):
+    """One process (how every shipped real-bogus model was trained) takes the batches it
+    always took: ``np.sort(perm[step * bs:(step + 1) * bs])``, a final batch of one kept."""
+    import math
+
+    from astromorph_training import realbogus
+
+    perm = np.random.default_rng(2).permutation(n)
+    steps = int(math.ceil(n / bs))
+    got = realbogus._rank_batches(perm, bs, steps, 0, 1)
+    want = [np.sort(perm[s * bs:(s + 1) * bs]) for s in range(steps)]
+    assert len(got) == len(want)
+    for g, w in zip(got, want):
+        np.testing.assert_array_equal(g, w)
+    # smoke runs take fewer steps than the set has batches
+    assert len(realbogus._rank_batches(perm, bs, 2, 0, 1)) == min(2, steps)

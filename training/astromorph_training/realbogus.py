@@ -545,6 +545,25 @@ def _check_resume(last, ck, args, epochs):
                         epochs=epochs)
 
 
+def _rank_batches(perm, bs, steps, rank, world):
+    """The training indices of process ``rank`` of ``world`` for each of an epoch's steps.
+
+    Step ``step`` takes the batch ``perm[step * bs:(step + 1) * bs]``, sorted (reading a
+    memory-mapped cache in order), and each process every ``world``-th of it. Every process
+    gets the same number of steps, none of them empty: a final batch smaller than ``world``
+    is left out (at most ``world - 1`` triplets of the epoch), since one process leaving the
+    epoch while another runs a DistributedDataParallel step would leave the collectives
+    unmatched. With one process the batches are the same as always.
+    """
+    batches = []
+    for step in range(steps):
+        batch = perm[step * bs:(step + 1) * bs]
+        if len(batch) < world:  # also the end of the permutation (smoke steps aside)
+            break
+        batches.append(np.sort(batch)[rank::world])
+    return batches
+
+
 def _train_worker(rank, args, world, port, data=None):
     """The training epochs in process ``rank`` of ``world`` (checkpoints from rank 0).
 
@@ -623,10 +642,7 @@ def _train_worker(rank, args, world, port, data=None):
         net.train()
         perm = rng.permutation(len(xtr))
         tot, nb = 0.0, 0
-        for step in range(steps_per_epoch):
-            idx = np.sort(perm[step * bs:(step + 1) * bs])[rank::world]
-            if len(idx) == 0:
-                break
+        for step, idx in enumerate(_rank_batches(perm, bs, steps_per_epoch, rank, world)):
             xb = torch.from_numpy(np.asarray(xtr[idx], dtype=np.float32))
             xb = _augment(torch, xb).contiguous(memory_format=cl)
             yb = torch.from_numpy(ytr[idx])
