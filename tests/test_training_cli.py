@@ -217,3 +217,32 @@ def test_missing_dependency_is_one_line(monkeypatch):
     message = exc.value.code
     assert "\n" not in message and "astromorph.preprocessing._optical" in message
     assert "not the version this checkout needs" in message and "./training" in message
+
+
+@pytest.mark.parametrize("argv", [
+    "morphology train --batch-size 0", "morphology train --widths 0 8 8 8",
+    "morphology train --stamp-size -64", "morphology-gz2 train --batch-size 0",
+    "radio-morphology train --batch-size 0", "radio-morphology train --arch d4 --d4-widths 8 0",
+    "embedding train --batch-size -1", "embedding train --compare --compare-epochs 0",
+    "embedding train --compare-images 0", "embedding evaluate --probe-draws 0",
+    "embedding evaluate --cnn-draws 0", "real-bogus train --processes 0",
+    "real-bogus train --processes -2", "real-bogus train --cycles 0",
+    "real-bogus train --batch-size 0", "real-bogus train --n-train -5",
+    "real-bogus train --n-val 0", "real-bogus evaluate --n-test 0",
+    "real-bogus evaluate --test-seed 1 --n-fresh-test 0",
+    "real-bogus average --sources a b --bn-samples 0"])
+def test_counts_below_one_are_refused_by_the_parser(argv, capsys):
+    """Counts of zero or less stop on the command line (exit status 2, one line naming the
+    option and the value) for every model: before, ``--processes 0`` silently trained one
+    process, ``--n-train -5`` and a smoke run's ``--batch-size 0`` were silently ignored, and
+    ``radio-morphology --batch-size 0`` and ``morphology --widths 0 ...`` were tracebacks
+    from inside the training loop."""
+    from astromorph_training.__main__ import build_parser
+
+    words = argv.split()
+    with pytest.raises(SystemExit) as exc:
+        build_parser(words[0]).parse_args(words)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip()
+    bad = next(w for w in reversed(words) if w.lstrip("-").isdigit() and int(w) < 1)
+    assert "\n" not in err and "must be at least 1" in err and bad in err, err

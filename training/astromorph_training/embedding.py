@@ -156,10 +156,10 @@ def add_arguments(parser):
                    help="before training, compare --methods in short runs (linear probe)")
     g.add_argument("--compare-only", action="store_true", help="run the comparison and stop")
     g.add_argument("--methods", default=",".join(METHODS), help="methods compared by --compare")
-    g.add_argument("--compare-epochs", type=int, default=6)
-    g.add_argument("--compare-images", type=int, default=4000,
+    g.add_argument("--compare-epochs", type=_common.positive_int, default=6)
+    g.add_argument("--compare-images", type=_common.positive_int, default=4000,
                    help="training cutouts used by each comparison run")
-    g.add_argument("--batch-size", type=int, default=256)
+    g.add_argument("--batch-size", type=_common.positive_int, default=256)
     g.add_argument("--lr", type=float, default=None, help="peak AdamW learning rate")
     g.add_argument("--temperature", type=float, default=0.2, help="SimCLR NT-Xent temperature")
     g.add_argument("--threads", type=_common.positive_int, default=1, help="torch CPU threads")
@@ -167,8 +167,8 @@ def add_arguments(parser):
                    help="train from scratch (an existing last.pt is kept as last.pt.<time>.bak)")
     g.add_argument("--tta", type=int, default=DEFAULT_TTA, choices=(1, 2, 4),
                    help="rotations averaged inside the exported graph")
-    g.add_argument("--probe-draws", type=int, default=PROBE_DRAWS)
-    g.add_argument("--cnn-draws", type=int, default=5,
+    g.add_argument("--probe-draws", type=_common.positive_int, default=PROBE_DRAWS)
+    g.add_argument("--cnn-draws", type=_common.positive_int, default=5,
                    help="draws of the supervised small-CNN baseline (slower)")
 
 

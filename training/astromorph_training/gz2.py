@@ -150,7 +150,7 @@ MAIN_OUTPUTS = ("Class1.1", "Class1.2", "Class2.1", "Class3.1", "Class4.1", "Cla
 def add_arguments(parser):
     """Options of the morphology-gz2 model."""
     g = parser.add_argument_group("morphology-gz2")
-    g.add_argument("--batch-size", type=int, default=64)
+    g.add_argument("--batch-size", type=_common.positive_int, default=64)
     g.add_argument("--lr", type=float, default=2e-3, help="peak AdamW learning rate")
     g.add_argument("--weight-decay", type=float, default=0.05)
     g.add_argument("--ema-decay", type=float, default=0.995)

@@ -135,7 +135,7 @@ def optical_preprocessing_options(**extra):
 def add_arguments(parser):
     """Options of the morphology model."""
     g = parser.add_argument_group("morphology")
-    g.add_argument("--batch-size", type=int, default=64)
+    g.add_argument("--batch-size", type=_common.positive_int, default=64)
     g.add_argument("--lr", type=float, default=2e-3, help="peak AdamW learning rate")
     g.add_argument("--weight-decay", type=float, default=0.05)
     g.add_argument("--ema-decay", type=float, default=0.995)
@@ -144,11 +144,11 @@ def add_arguments(parser):
                         "and export)")
     g.add_argument("--restart", action="store_true",
                    help="train from scratch (an existing last.pt is kept as last.pt.<time>.bak)")
-    g.add_argument("--widths", type=int, nargs=4, default=None, metavar="C",
+    g.add_argument("--widths", type=_common.positive_int, nargs=4, default=None, metavar="C",
                    help=f"channel widths of the four CNN stages (default {DEFAULT_WIDTHS})")
     g.add_argument("--stem", choices=STEMS, default=None,
                    help=f"input -> 16x16 steps of the network (default {DEFAULT_STEM}; see MorphologyNet)")
-    g.add_argument("--stamp-size", type=int, default=None, metavar="PX",
+    g.add_argument("--stamp-size", type=_common.positive_int, default=None, metavar="PX",
                    help=f"network input side in pixels over the same field (default {STAMP_SIZE}; "
                         "training only for now: export needs the default)")
     g.add_argument("--synthetic-mergers", type=float, default=0.0, metavar="P",

@@ -138,7 +138,7 @@ def add_arguments(parser):
                        help="train: run the 5-fold cross-validation variant instead of the main model")
     group.add_argument("--folds", default=None,
                        help="train --cv: comma separated fold numbers (default all)")
-    group.add_argument("--batch-size", type=int, default=64)
+    group.add_argument("--batch-size", type=_common.positive_int, default=64)
     group.add_argument("--lr", type=float, default=2e-3)
     group.add_argument("--weight-decay", type=float, default=5e-4)
     group.add_argument("--restart", action="store_true",
@@ -156,7 +156,7 @@ def add_arguments(parser):
     group.add_argument("--arch", choices=("plain", "d4"), default="plain",
                        help="train: network, plain = RadioNet (default), d4 = the rotation- and "
                             "flip-equivariant GroupNet (exported as a plain CNN)")
-    group.add_argument("--d4-widths", type=int, nargs="+", default=list(DEFAULT_D4_WIDTHS),
+    group.add_argument("--d4-widths", type=_common.positive_int, nargs="+", default=list(DEFAULT_D4_WIDTHS),
                        help="train --arch d4: channels per orientation of the lifting layer and "
                             "the four stages (default %(default)s)")
     group.add_argument("--label-smoothing", type=float, default=DEFAULT_LABEL_SMOOTHING,

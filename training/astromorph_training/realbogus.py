@@ -64,14 +64,14 @@ __all__ = ["add_arguments", "train", "calibrate", "average", "evaluate", "export
 def add_arguments(parser):
     """Options of the real-bogus model."""
     g = parser.add_argument_group("real-bogus")
-    g.add_argument("--n-train", type=int, default=DEFAULT_N_TRAIN,
+    g.add_argument("--n-train", type=common.positive_int, default=DEFAULT_N_TRAIN,
                    help="training simulations (default %(default)s)")
-    g.add_argument("--n-val", type=int, default=8000, help="validation simulations (default 8000)")
-    g.add_argument("--n-test", type=int, default=12000, help="held-out test simulations (default 12000)")
-    g.add_argument("--batch-size", type=int, default=128)
+    g.add_argument("--n-val", type=common.positive_int, default=8000, help="validation simulations (default 8000)")
+    g.add_argument("--n-test", type=common.positive_int, default=12000, help="held-out test simulations (default 12000)")
+    g.add_argument("--batch-size", type=common.positive_int, default=128)
     g.add_argument("--lr", type=float, default=2e-3)
     g.add_argument("--threads", type=common.positive_int, default=1, help="torch CPU threads per training process")
-    g.add_argument("--processes", type=int, default=1,
+    g.add_argument("--processes", type=common.positive_int, default=1,
                    help="data-parallel training processes (torch.distributed, gloo): each takes "
                         "1/N of every batch; on 2 cores 2 processes of 1 thread train about twice "
                         "as fast as one process (default 1)")
@@ -94,15 +94,15 @@ def add_arguments(parser):
     g.add_argument("--test-seed", type=int, default=None, metavar="SEED",
                    help="evaluate: also score a fresh draw of test simulations with this seed "
                         "(in memory, --n-fresh-test triplets)")
-    g.add_argument("--n-fresh-test", type=int, default=24000,
+    g.add_argument("--n-fresh-test", type=common.positive_int, default=24000,
                    help="size of the --test-seed draw (default 24000)")
     g.add_argument("--sources", nargs="+", default=None, metavar="DIR",
                    help="average: --out-dir folders of earlier runs whose last.pt are averaged")
     g.add_argument("--ensemble", action="store_true",
                    help="average: keep the networks and average their logits instead of their weights")
-    g.add_argument("--bn-samples", type=int, default=32000,
+    g.add_argument("--bn-samples", type=common.positive_int, default=32000,
                    help="average: training simulations the batch-norm statistics are recomputed on")
-    g.add_argument("--cycles", type=int, default=1,
+    g.add_argument("--cycles", type=common.positive_int, default=1,
                    help="one-cycle learning-rate schedules in a row over the epochs (warm restarts; "
                         "the optimiser state carries over; default 1). With --epochs 2E --cycles 2 "
                         "the first E epochs follow the run --epochs E (same schedule and data "
