@@ -246,3 +246,37 @@ def test_counts_below_one_are_refused_by_the_parser(argv, capsys):
     err = capsys.readouterr().err.strip()
     bad = next(w for w in reversed(words) if w.lstrip("-").isdigit() and int(w) < 1)
     assert "\n" not in err and "must be at least 1" in err and bad in err, err
+
+
+@pytest.mark.parametrize("folds, bad", [("x", "'x'"), ("9", "9"), ("-1", "-1"), ("0,,2", "''")])
+def test_radio_folds_out_of_range_are_refused_by_the_parser(folds, bad, capsys):
+    """``radio-morphology train --cv --folds`` takes fold numbers 0-4: a word was a
+    ValueError traceback, 9 an IndexError traceback after the data were read, and -1
+    silently trained fold 4 into a folder named cv-1."""
+    from astromorph_training.__main__ import build_parser
+
+    argv = ["radio-morphology", "train", "--cv", "--folds", folds]
+    with pytest.raises(SystemExit) as exc:
+        build_parser("radio-morphology").parse_args(argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "--folds" in err and bad in err and "0 to 4" in err, err
+    args = build_parser("radio-morphology").parse_args(argv[:-1] + ["4,0,2"])
+    assert args.folds == [4, 0, 2]
+
+
+def test_options_a_model_would_ignore_are_refused(tmp_path, capsys):
+    """``--folds`` without ``--cv`` and ``--new-split`` for radio-morphology (whose split is
+    the one in firstgalaxydata's archives) were accepted and did nothing."""
+    from astromorph_training import __main__
+
+    with pytest.raises(SystemExit) as exc:
+        __main__.build_parser("radio-morphology").parse_args(
+            ["radio-morphology", "train", "--new-split"])
+    assert exc.value.code == 2 and "--new-split" in capsys.readouterr().err
+    assert "--new-split" not in __main__.build_parser("radio-morphology").format_help()
+    for model in ("morphology", "morphology-gz2", "embedding", "real-bogus"):
+        assert __main__.build_parser(model).parse_args([model, "train", "--new-split"]).new_split
+    message = _one_line_exit(["radio-morphology", "train", "--folds", "1", "--smoke",
+                              "--out-dir", str(tmp_path)])
+    assert "--folds" in message and "--cv" in message

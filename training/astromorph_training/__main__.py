@@ -24,6 +24,9 @@ EXTRA_STEPS = {
     "real-bogus": ("compare", "calibrate", "average"),
     "radio-morphology": ("average",),
 }
+#: Models whose held-out split is fixed by their data (firstgalaxydata's archives), so
+#: that they have no ``--new-split``.
+FIXED_SPLIT = ("radio-morphology",)
 #: ``build`` runs these steps in order with the same options.
 BUILD = ("train", "evaluate", "export")
 
@@ -77,11 +80,12 @@ def build_parser(model=None):
                         help="tiny run on a handful of images (CI): writes below "
                              "$TMPDIR/astromorph-smoke/MODEL/ whatever --out-dir says, never "
                              "into models/")
-    parser.add_argument("--new-split", action="store_true",
-                        help="draw the held-out split from a changed labels.csv / votes.csv "
-                             "(real-bogus: ztf_triplets.npz alerts or GZ image list) (refused "
-                             "by default: added, removed or reordered rows move galaxies or "
-                             "sky between training and held-out sets)")
+    if model not in FIXED_SPLIT:
+        parser.add_argument("--new-split", action="store_true",
+                            help="draw the held-out split from a changed labels.csv / "
+                                 "votes.csv (real-bogus: ztf_triplets.npz alerts or GZ image "
+                                 "list) (refused by default: added, removed or reordered rows "
+                                 "move galaxies or sky between training and held-out sets)")
     parser.add_argument("--out-dir", default=None,
                         help="repository root to write models/ and training/reports/ into")
     if model is not None:

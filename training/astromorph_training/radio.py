@@ -122,6 +122,23 @@ def _dirs(args):
             "report": root / "training" / "reports" / NAME}
 
 
+def _fold_list(text):
+    """``argparse`` type of ``--folds``: comma separated fold numbers 0 to ``CV_FOLDS - 1``."""
+    import argparse
+
+    folds = []
+    for word in text.split(","):
+        try:
+            fold = int(word)
+        except ValueError:
+            fold = None
+        if fold is None or not 0 <= fold < CV_FOLDS:
+            raise argparse.ArgumentTypeError(
+                f"{word.strip()!r} is not a fold number (0 to {CV_FOLDS - 1})")
+        folds.append(fold)
+    return folds
+
+
 def add_arguments(parser):
     """Model specific options of ``python -m astromorph_training radio-morphology``.
 
@@ -136,8 +153,9 @@ def add_arguments(parser):
                             "firstgalaxydata package, or DATA_DIR/firstgalaxydata)")
     group.add_argument("--cv", action="store_true",
                        help="train: run the 5-fold cross-validation variant instead of the main model")
-    group.add_argument("--folds", default=None,
-                       help="train --cv: comma separated fold numbers (default all)")
+    group.add_argument("--folds", type=_fold_list, default=None,
+                       help=f"train --cv: comma separated fold numbers, 0 to {CV_FOLDS - 1} "
+                            "(default all)")
     group.add_argument("--batch-size", type=_common.positive_int, default=64)
     group.add_argument("--lr", type=float, default=2e-3)
     group.add_argument("--weight-decay", type=float, default=5e-4)
@@ -754,6 +772,10 @@ def train(args):
     dict
         Training state (history and best epoch), per fold for ``--cv``.
     """
+    if getattr(args, "folds", None) and not getattr(args, "cv", False):
+        raise SystemExit(f"radio-morphology train: --folds {','.join(map(str, args.folds))} "
+                         "chooses cross-validation folds: add --cv (or drop --folds to train "
+                         "the main model)")
     torch.set_num_threads(max(1, getattr(args, "threads", 1)))
     dirs = _dirs(args)
     LOG.info("checkpoints in %s", dirs["ckpt"])
@@ -781,7 +803,7 @@ def train(args):
              "train_seconds": sum(r["seconds"] for r in state["history"]),
              **({"replanned": state["replanned"]} if "replanned" in state else {})}, indent=1))
         return state
-    folds = range(CV_FOLDS) if not getattr(args, "folds", None) else [int(f) for f in args.folds.split(",")]
+    folds = getattr(args, "folds", None) or range(CV_FOLDS)
     states = {}
     for k in folds:
         split = data["cv_split"][k]
