@@ -387,3 +387,32 @@ def test_real_bogus_single_process_batches_are_unchanged(n, bs):
         np.testing.assert_array_equal(g, w)
     # smoke runs take fewer steps than the set has batches
     assert len(realbogus._rank_batches(perm, bs, 2, 0, 1)) == min(2, steps)
+
+
+def test_arrays_for_a_later_step_are_written_atomically(tmp_path, monkeypatch):
+    """``embedding evaluate`` wrote ``pca.npz`` (the projection ``export`` bakes into the
+    graph) in place with ``np.savez``: a run killed during the write left a truncated
+    archive on which ``export`` crashed. It now goes through `_common.save_npz`, which keeps
+    the previous file whole and leaves no temporary file."""
+    import os
+
+    from astromorph_training import _common
+
+    path = tmp_path / "pca.npz"
+    _common.save_npz(path, mean=np.arange(3.0), tta=4)
+    with np.load(path) as saved:
+        np.testing.assert_array_equal(saved["mean"], np.arange(3.0))
+        assert int(saved["tta"]) == 4
+
+    def killed(src, dst):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "replace", killed)
+    with pytest.raises(KeyboardInterrupt):
+        _common.save_npz(path, mean=np.zeros(5), tta=1)
+    monkeypatch.undo()
+    with np.load(path) as saved:
+        assert int(saved["tta"]) == 4
+    assert [p.name for p in tmp_path.iterdir()] == ["pca.npz"]
+    source = (_common.repo_root() / "training" / "astromorph_training" / "embedding.py").read_text()
+    assert "np.savez(" not in source

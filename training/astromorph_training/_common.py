@@ -28,7 +28,7 @@ __all__ = [
     "expected_calibration_error", "ece_noise_floor", "classification_report", "plot_confusion_matrix",
     "plot_reliability", "export_onnx", "write_card", "write_metrics", "check_parity",
     "sha256sum", "SplitChanged", "onnx_throughput", "save_checkpoint", "load_checkpoint",
-    "resume_checkpoint", "set_aside", "MODEL_KEY", "write_text", "atomic_path", "positive_int",
+    "resume_checkpoint", "set_aside", "MODEL_KEY", "write_text", "save_npz", "atomic_path", "positive_int",
     "synthetic_scenes",
     "parity_raw_inputs", "write_parity_reference", "PARITY_REFERENCE", "load_onnx_weights",
     "shipped_torch_model", "MODULES", "read_csv",
@@ -268,6 +268,13 @@ def write_text(path, text):
     """``Path(path).write_text(text)`` atomically (`atomic_path`). Returns ``path``."""
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
+    return Path(path)
+
+
+def save_npz(path, **arrays):
+    """``np.savez(path, **arrays)`` atomically (`atomic_path`). Returns ``path``."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.savez(f, **arrays)
     return Path(path)
 
 

@@ -1313,8 +1313,9 @@ def evaluate(args):
                      "last_epoch": state["history"][-1] if state["history"] else None},
         "smoke": bool(args.smoke),
     }
-    np.savez(_common.checkpoint_dir(NAME, root) / "pca.npz", mean=pca["mean"],
-             components=pca["components"], tta=tta, stages=pca["stages"], pca=pca.get("pca", True))
+    _common.save_npz(_common.checkpoint_dir(NAME, root) / "pca.npz", mean=pca["mean"],
+                     components=pca["components"], tta=tta, stages=pca["stages"],
+                     pca=pca.get("pca", True))
     path = _common.write_metrics(NAME, metrics, root)
     log.info("wrote %s", path)
     return metrics

@@ -1067,7 +1067,8 @@ def evaluate(args):
         {"index": int(i), "objectId": meta[i]["objectId"], "rb_score": float(rb[i]), "drb": float(drb[i]),
          "ztf_rf_rb": float(rfrb[i]), "isdiffpos": meta[i]["isdiffpos"], "magpsf": float(meta[i]["magpsf"]),
          "nan_fraction": float(nanf[i]), "held_out_sky": bool(held[i])} for i in dis]
-    np.save(dirs["ckpt"] / "real_alert_scores.npy", rb)
+    with common.atomic_path(dirs["ckpt"] / "real_alert_scores.npy") as tmp, open(tmp, "wb") as f:
+        np.save(f, rb)
 
     fig, ax = plt.subplots(1, 2, figsize=(9, 4))
     f, t = roc_curve(rb, dl)
