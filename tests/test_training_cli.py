@@ -80,7 +80,7 @@ def _documented_commands():
 def test_documented_commands_parse(capsys):
     """Every command line the docs, cards and reports show parses with today's command line
     (checked against the parser, nothing is run): a renamed or removed option shows here."""
-    from astromorph_training.__main__ import build_parser
+    from astromorph_training.__main__ import _check_step_options, build_parser
 
     commands = _documented_commands()
     cards = {cmd for path, cmd in commands if path.name == "card.json"}
@@ -95,7 +95,8 @@ def test_documented_commands_parse(capsys):
             continue
         words = cmd.split()
         try:
-            build_parser(words[0]).parse_args(words)
+            parser = build_parser(words[0])
+            _check_step_options(parser, parser.parse_args(words))
         except SystemExit:
             failures.append(f"{path}: {cmd}: {capsys.readouterr().err.strip()}")
     assert not failures, "\n".join(failures)
@@ -280,3 +281,41 @@ def test_options_a_model_would_ignore_are_refused(tmp_path, capsys):
     message = _one_line_exit(["radio-morphology", "train", "--folds", "1", "--smoke",
                               "--out-dir", str(tmp_path)])
     assert "--folds" in message and "--cv" in message
+
+
+@pytest.mark.parametrize("argv, option, steps", [
+    ("real-bogus train --test-seed 5", "--test-seed", "evaluate"),
+    ("real-bogus evaluate --candidates a b", "--candidates", "compare"),
+    ("real-bogus build --val-seed 7", "--val-seed", "compare"),
+    ("real-bogus train --sources a b", "--sources", "average"),
+    ("real-bogus calibrate --ensemble", "--ensemble", "average"),
+    ("real-bogus evaluate --bn-samples 100", "--bn-samples", "average"),
+    ("real-bogus train --n-fresh-test 100", "--n-fresh-test", "evaluate"),
+    ("radio-morphology train --sources a b", "--sources", "average"),
+    ("radio-morphology export --throughput", "--throughput", "evaluate")])
+def test_options_of_another_step_are_refused(argv, option, steps, tmp_path, capsys):
+    """An option only one step reads, given to another (``real-bogus train --test-seed 5``,
+    ``radio-morphology train --sources ...``), was accepted and did nothing: the step ran as
+    if it had not been given. It now stops in one line (exit status 2) naming the option and
+    the step that reads it."""
+    from astromorph_training import __main__
+
+    # no data folder: without the check the step stops there (another message), never runs
+    with pytest.raises(SystemExit) as exc:
+        __main__.main([*argv.split(), "--smoke", "--data-dir", str(tmp_path / "nowhere")])
+    assert exc.value.code == 2, exc.value.code
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and option in err and steps in err, err
+
+
+def test_options_of_the_step_run_are_accepted():
+    """The documented uses parse: ``build`` runs ``evaluate``, so it takes ``--test-seed``."""
+    from astromorph_training.__main__ import _check_step_options, build_parser
+
+    for argv in ("real-bogus build --test-seed 20261123", "real-bogus evaluate --test-seed 1",
+                 "real-bogus compare --candidates a --val-seed 22",
+                 "real-bogus average --sources a b --ensemble --bn-samples 10",
+                 "radio-morphology average --sources a b", "radio-morphology build --throughput"):
+        words = argv.split()
+        parser = build_parser(words[0])
+        _check_step_options(parser, parser.parse_args(words))

@@ -95,6 +95,20 @@ def build_parser(model=None):
     return parser
 
 
+def _check_step_options(parser, args):
+    """Refuse (exit status 2) an option given that none of the steps run reads.
+
+    A model module's ``STEP_OPTIONS`` maps such options (their ``dest``) to the steps that
+    read them; given to another step (``real-bogus train --test-seed 5``) they were
+    accepted and did nothing.
+    """
+    run = BUILD if args.step == "build" else (args.step,)
+    for dest, steps in getattr(_load(args.model), "STEP_OPTIONS", {}).items():
+        if getattr(args, dest, None) != parser.get_default(dest) and not set(steps) & set(run):
+            parser.error(f"--{dest.replace('_', '-')} is an option of {args.model} "
+                         f"{' / '.join(steps)}, not of {args.step}")
+
+
 def main(argv=None):
     """Run ``python -m astromorph_training MODEL STEP [options]``; returns the last step's result."""
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -102,7 +116,9 @@ def main(argv=None):
     # the model's own options need its module: the first argument naming a model (global
     # options such as --data-dir DIR may come before it)
     model = next((a for a in argv if a in MODULES), None)
-    args = build_parser(model).parse_args(argv)
+    parser = build_parser(model)
+    args = parser.parse_args(argv)
+    _check_step_options(parser, args)
     args.data_dir = resolve_data_dir(args.data_dir)
     args.out_dir = repo_root() if args.out_dir is None else Path(args.out_dir)
     if args.out_dir.exists() and not args.out_dir.is_dir():

@@ -122,6 +122,10 @@ def _dirs(args):
             "report": root / "training" / "reports" / NAME}
 
 
+#: Options only some steps read -> those steps (the command line refuses them elsewhere).
+STEP_OPTIONS = {"sources": ("average",), "throughput": ("evaluate",)}
+
+
 def _fold_list(text):
     """``argparse`` type of ``--folds``: comma separated fold numbers 0 to ``CV_FOLDS - 1``."""
     import argparse

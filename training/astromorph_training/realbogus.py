@@ -61,6 +61,12 @@ __all__ = ["add_arguments", "train", "calibrate", "average", "evaluate", "export
 
 
 # ----------------------------------------------------------------------------- args / dirs
+#: Options only some steps read -> those steps (the command line refuses them elsewhere).
+STEP_OPTIONS = {"candidates": ("compare",), "val_seed": ("compare",),
+                "test_seed": ("evaluate",), "n_fresh_test": ("evaluate",),
+                "sources": ("average",), "ensemble": ("average",), "bn_samples": ("average",)}
+
+
 def add_arguments(parser):
     """Options of the real-bogus model."""
     g = parser.add_argument_group("real-bogus")
