@@ -1797,14 +1797,15 @@ def test_write_table_ecsv_formats_masked_numbers_as_arrays(tmp_path, monkeypatch
     assert (tmp_path / "fast.ecsv").read_bytes() == (tmp_path / "astropy.ecsv").read_bytes()
 
 
-def _random_table(seed, *, rows=None):
+def _random_table(seed, *, rows=None, objects=False):
     """A seeded random table of the column kinds astromorph writes or passes through: floats
     of 16 to 64 bits (NaN, +-inf, -0.0, subnormals, extreme exponents, full-precision
     values, big-endian), integers of every width with their extremes, booleans, text with
     quotes, commas, '#', newlines and non-ASCII, bytes, (N, D) and (N, H, W) columns,
     each plain or masked (none, some or all entries); units, descriptions, formats and
     column meta; table meta with nested dicts, lists and an OrderedDict; Quantity, Time and
-    SkyCoord columns."""
+    SkyCoord columns; with ``objects``, a column of Python objects (None, numbers, text,
+    lists, dicts)."""
     from collections import OrderedDict
 
     import astropy.units as u
@@ -1865,6 +1866,11 @@ def _random_table(seed, *, rows=None):
         table["time"][0] = np.ma.masked
     elif extra == 3 and n:
         table["coord"] = SkyCoord(rng.random(n) * u.deg, rng.random(n) * u.deg)
+    if objects:
+        values = [None, 1, 2.5, "é,\"", [1, [2]], {"k": None}]
+        column = np.empty(n, object)
+        column[:] = [values[i] for i in rng.integers(0, len(values), n)]
+        table["object"] = column
     return table
 
 
@@ -1890,7 +1896,7 @@ def test_write_table_ecsv_bytes_are_astropys_seeded(tmp_path, seed):
     reads back as astropy's does, and the caller's table is not changed. A zero-row table
     with multidimensional columns, which astropy writes as ECSV it cannot read back, reads
     back with their shapes."""
-    table = _random_table(seed)
+    table = _random_table(seed, objects=True)
     before = _table_state(table)
     write_table(table, tmp_path / "fast.ecsv")
     assert _table_state(table) == before
