@@ -23,7 +23,8 @@ from .exceptions import (AstromorphError, InputError, InputNotFoundError, Invali
                          OutputExistsError)
 
 __all__ = ["atomic_output", "check_input_file", "check_output", "check_distinct_outputs",
-           "output_error", "card_reads_back", "check_multidimensional", "check_fits_names",
+           "output_error", "card_reads_back", "array_columns", "check_multidimensional",
+           "check_fits_names",
            "restore_parquet_shapes", "table_format", "write_table", "TABLE_FORMATS",
            "READ_ONLY_TABLE_FORMATS"]
 
@@ -199,6 +200,20 @@ def check_output(path, *, overwrite=False, table=False, inputs=()):
     if not os.access(directory, os.W_OK | os.X_OK):
         raise OutputError(f"cannot write into {str(directory)!r} (permission denied or a "
                           "read-only file system)")
+
+
+def array_columns(table):
+    """The names of the columns of ``table`` whose cells are arrays: multidimensional
+    columns (an embedding, a stamp cube) and columns of Python objects holding arrays,
+    lists or dicts (a VOTable's variable-length arrays), which CSV cannot hold."""
+    from collections.abc import Hashable
+
+    def objects_of_arrays(col):  # (an object column can only be looked at cell by cell)
+        return getattr(col, "dtype", None) == object and not all(
+            isinstance(cell, Hashable) for cell in np.ma.getdata(col).ravel())
+
+    return [name for name, col in zip(table.colnames, table.itercols())
+            if len(getattr(col, "shape", ())) > 1 or objects_of_arrays(col)]
 
 
 def check_multidimensional(path, columns):
@@ -643,7 +658,7 @@ def write_table(table, path, *, overwrite=False, format=None):
     path = _output_path(path)
     fmt = format or table_format(path)
     if fmt == "ascii.csv":
-        check_multidimensional(path, [c for c in table.colnames if table[c].ndim > 1])
+        check_multidimensional(path, array_columns(table))
     if fmt == "fits" and any(isinstance(v, (list, tuple)) and k.lower() not in _FITS_LIST_KEYS
                              for k, v in table.meta.items()):
         # a FITS card holds one value: join lists, except comments and history (one

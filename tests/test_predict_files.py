@@ -1930,6 +1930,21 @@ def test_write_table_leaves_the_callers_table_alone(tmp_path, ext):
         assert _table_state(table) == before, seed
 
 
+
+def test_write_table_csv_refuses_object_columns_of_arrays(tmp_path):
+    """A column of Python objects holding arrays, lists or dicts (a VOTable's
+    variable-length arrays) crashed astropy's CSV writer with "TypeError: unhashable type:
+    'numpy.ndarray'"; CSV is now refused as for a multidimensional column, naming it, and
+    nothing is written. Objects that CSV holds (text, numbers, None) are written."""
+    cells = np.empty(3, object)
+    cells[:] = [np.array([1.0, 2.0]), np.array([3.0]), np.array([], float)]
+    with pytest.raises(InvalidArgumentError, match=r"column\(s\) spectrum .*\.ecsv"):
+        write_table(Table({"id": [1, 2, 3], "spectrum": cells}), tmp_path / "out.csv")
+    assert not (tmp_path / "out.csv").exists()
+    cells[:] = ["a", 1, None]
+    write_table(Table({"id": [1, 2, 3], "note": cells}), tmp_path / "out.csv")
+    assert Table.read(tmp_path / "out.csv")["note"].tolist()[:2] == ["a", "1"]
+
 # ----------------------------------------------------------------------------- command line
 def test_cli_predict(models, tmp_path, capsys):
     for i in range(3):

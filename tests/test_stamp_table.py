@@ -1190,3 +1190,20 @@ def test_annotated_stamp_table_round_trips_through_each_output_format(tmp_path, 
         np.testing.assert_array_equal(again["emb_flags"], out["emb_flags"])
     np.testing.assert_allclose(np.ma.filled(again["embedding"], 0),
                                np.ma.filled(out["embedding"], 0), rtol=0, atol=1e-5)
+
+
+def test_cli_annotate_refuses_csv_for_a_table_of_stamps_before_any_work(rb, tmp_path, capsys,
+                                                                         monkeypatch):
+    """`astromorph annotate cands.ecsv -m real-bogus -o out.csv`: the stamps (and any other
+    multidimensional column of the table) are kept in the output, which CSV cannot hold;
+    the command scored every row and only then refused to write. It is now refused before
+    any work, naming the columns."""
+    from astromorph import _stamp_table, cli
+
+    Table({"candid": [21, 22], "triplet": _triplets(2, seed=3)}).write(tmp_path / "cands.ecsv")
+    monkeypatch.setattr(_stamp_table, "annotate_stamps",
+                        lambda *a, **k: pytest.fail("scored before the output was refused"))
+    assert cli.main(["annotate", str(tmp_path / "cands.ecsv"), "-m", "real-bogus",
+                     "-o", str(tmp_path / "out.csv"), "--no-progress"]) == 2
+    assert "CSV cannot hold the multidimensional column(s) triplet" in capsys.readouterr().err
+    assert not (tmp_path / "out.csv").exists()
