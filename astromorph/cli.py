@@ -2,6 +2,7 @@
 import argparse
 import functools
 import logging
+import os
 import re
 import signal
 import sys
@@ -212,20 +213,24 @@ def _names_a_model(word):
     model's name that is no file or folder here, an ``.onnx`` file or a model folder."""
     from ._registry import list_models
 
-    path = Path(word)
-    return (word.lower().endswith(".onnx") or (path / "model.onnx").is_file()
-            or (word in list_models() and not path.exists()))
+    # (os.path's checks: False for a name too long or under a folder that cannot be
+    # searched, where pathlib's raise OSError)
+    return (word.lower().endswith(".onnx") or os.path.isfile(os.path.join(word, "model.onnx"))
+            or (word in list_models() and not os.path.exists(word)))
 
 
 def _model_and_inputs(parser, args, extras):
     """Sort the positional arguments of a command with `add_model_option` (``positional``)
     into ``args.model`` and ``args.inputs``, in the order they were given; ``extras`` (what
     argparse could not place: inputs after an option, ``predict M a.fits -o OUT b.fits``)
-    are inputs too, unless they are options. Usage errors (exit status 2) for a model given
+    are inputs too, unless they are options; after a ``--`` among them (``predict M a.fits
+    -o OUT -- -b.fits``), all are inputs. Usage errors (exit status 2) for a model given
     both ways that differs, and for no model or no input."""
-    unknown = [e for e in extras if e.startswith("-") and e != "-"]
+    cut = extras.index("--") if "--" in extras else len(extras)
+    unknown = [e for e in extras[:cut] if e.startswith("-") and e != "-"]
     if unknown:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    extras = extras[:cut] + extras[cut + 1:]
     words = [w for w in [args.model_word, *args.inputs, *extras] if w is not None]
     del args.model_word
     if "" in words:  # an unset shell variable

@@ -478,6 +478,7 @@ def _stamp_files(directory, n=2):
     ["{0}", "--model", "real-bogus", "{1}"],
     ["-m", "real-bogus", "real-bogus", "{0}", "{1}"],  # the same model both ways
     ["real-bogus", "{0}", "-o", "{out}", "{1}"],  # an input after an option: was refused
+    ["real-bogus", "{0}", "-o", "{out}", "--", "{1}"],  # '--' after an option: was refused
 ])
 def test_predict_takes_the_model_either_way(tmp_path, capsys, form):
     """``astromorph predict -m MODEL INPUT...`` was 'unrecognized arguments: -m'; an input
@@ -487,7 +488,7 @@ def test_predict_takes_the_model_either_way(tmp_path, capsys, form):
 
     files, out = _stamp_files(tmp_path), str(tmp_path / "out.ecsv")
     argv = [w.format(*files, out=out) for w in form]
-    assert cli.main(["predict", *argv, *([] if "-o" in argv else ["-o", out]), "-q"]) == 0
+    assert cli.main(["predict", "-q", *argv, *([] if "-o" in argv else ["-o", out])]) == 0
     table = Table.read(out)
     assert len(table) == 2 and table.meta["model"] == "real-bogus"
     assert [str(s).rsplit("/", 1)[-1] for s in table["source"]] == ["t0.fits", "t1.fits"]
@@ -510,6 +511,18 @@ def test_predict_model_usage_errors(capsys, argv, message):
     assert info.value.code == 2
     err = capsys.readouterr().err
     assert f"astromorph predict: error: {message}" in err, err
+
+
+def test_predict_input_with_a_name_too_long_for_the_system(tmp_path, capsys):
+    """``predict -m M NAME`` with a NAME too long for the file system (or under a folder
+    that cannot be searched) crashed with a traceback, OSError 'File name too long', while
+    looking whether NAME is a model folder; NAME is now an input, refused as such."""
+    from astromorph import cli
+
+    name = str(tmp_path / ("a" * 300 + ".fits"))
+    assert cli.main(["predict", "-m", "real-bogus", name, "-q"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("astromorph: error: ") and "a" * 300 in err, err
 
 
 @pytest.mark.parametrize("argv", [["predict"], ["predict", "--help"]])

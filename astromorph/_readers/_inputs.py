@@ -133,7 +133,9 @@ def expand_inputs(inputs):
             raise InvalidArgumentError(f"input {item!r} is not a path or a glob pattern")
         text = os.path.expanduser(os.fspath(item))
         path = Path(text)
-        if text and path.is_dir():  # Path("") is the working directory
+        # (os.path's checks: False for a name too long or under a folder that cannot be
+        # searched, which pathlib's raise as OSError; check_input_file says it then)
+        if text and os.path.isdir(text):  # Path("") is the working directory
             found = sorted(p for p in path.iterdir() if p.is_file() and _recognised(p))
             if not found:
                 raise InputNotFoundError(
@@ -142,7 +144,7 @@ def expand_inputs(inputs):
                     "in a file without extension; hidden files are left out)")
             for p in found:
                 add(p)
-        elif path.is_file():
+        elif os.path.isfile(text):
             add(path)
         elif _has_magic(text):
             found = sorted(p for p in glob.glob(text, recursive=True) if os.path.isfile(p))
