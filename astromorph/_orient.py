@@ -1,10 +1,11 @@
 """Stamps turned north up, east left for display, by their FITS header's celestial WCS.
 
 A stamp whose WCS axes run along its pixel axes (north along a column or a row, whatever
-the flips: CDELT1 < 0 or > 0, CROTA2 = 90...) is flipped and transposed only, its pixels
-kept exactly; a stamp whose WCS is rotated (CD or PC matrix with off-diagonal terms,
-CROTA2 = 30) is resampled onto a north-up grid of its own pixel scale and size, centred
-on its centre, by the bilinear sampling that `astromorph.annotate` cuts its stamps with
+the flips: CDELT1 < 0 or > 0, CROTA2 = 90...) with square pixels is flipped and transposed
+only, its pixels kept exactly; a stamp whose WCS is rotated (CD or PC matrix with
+off-diagonal terms, CROTA2 = 30), or whose pixels are longer one way than the other, is
+resampled onto a north-up grid of square pixels of its own pixel area and of its size,
+centred on its centre, by the bilinear sampling that `astromorph.annotate` cuts its stamps with
 (`astromorph._cutouts.cut_stamps`). North is ICRS north whatever the WCS's celestial frame
 (Galactic, FK4, ecliptic...), as `astromorph.annotate` cuts its stamps: a Galactic stamp
 is turned (resampled) to ICRS north up; a frame astropy does not know or cannot transform
@@ -57,7 +58,9 @@ def _celestial_wcs(get):
         warnings.simplefilter("ignore", FITSFixedWarning)
         try:
             wcs = WCS(header)
-            if not wcs.has_celestial:
+            # celestial axes that are not the stamp's two pixel axes (NAXIS1, NAXIS2: a cube
+            # of CTYPE1 = 'FREQ'): the celestial WCS would be read along the wrong ones
+            if not wcs.has_celestial or {wcs.wcs.lng, wcs.wcs.lat} != {0, 1}:
                 return None
             wcs = wcs.celestial
             _check_wcs(wcs, "stamp")
@@ -90,9 +93,15 @@ def _sky_jacobian(wcs, shape):
         lon, lat = icrs.ra.deg, icrs.dec.deg
     except Exception:  # noqa: BLE001 - a frame astropy does not know or cannot transform
         pass
-    dlon = (lon[[1, 3]] - lon[[2, 4]] + 180.0) % 360.0 - 180.0
-    east = dlon * np.cos(np.radians(lat[0])) * 3600.0
-    north = (lat[[1, 3]] - lat[[2, 4]]) * 3600.0
+    # offsets on the tangent plane at the centre (gnomonic): exact directions and scale
+    # there, also within a pixel of a pole, where steps in longitude are not small
+    a, d = np.radians(lon), np.radians(lat)
+    cos_da = np.cos(a[1:] - a[0])
+    cos_c = np.sin(d[0]) * np.sin(d[1:]) + np.cos(d[0]) * np.cos(d[1:]) * cos_da
+    xi = np.cos(d[1:]) * np.sin(a[1:] - a[0]) / cos_c
+    eta = (np.cos(d[0]) * np.sin(d[1:]) - np.sin(d[0]) * np.cos(d[1:]) * cos_da) / cos_c
+    east = np.degrees(xi[[0, 2]] - xi[[1, 3]]) * 3600.0
+    north = np.degrees(eta[[0, 2]] - eta[[1, 3]]) * 3600.0
     return np.array([east, north]), centre, up
 
 
@@ -110,7 +119,7 @@ def north_up(data, header_get):
     -------
     shown : numpy.ndarray, (P, H', W')
         Top row first: ``data`` flipped or transposed (its pixels unchanged) where the WCS
-        axes run along the pixel axes, else resampled north up (``H' = W' = max(H, W)``,
+        axes run along the pixel axes and its pixels are square, else resampled north up (``H' = W' = max(H, W)``,
         NaN where the grid leaves the stamp); without a usable celestial WCS, ``data``
         with its rows reversed (FITS row 0 at the bottom, as ds9 shows it).
     oriented : bool
@@ -128,7 +137,11 @@ def north_up(data, header_get):
     east_axis = m[:, 0] if along_y else m[:, 1]
     turn = np.degrees(max(np.arctan2(abs(north_axis[0]), abs(north_axis[1])),
                           np.arctan2(abs(east_axis[1]), abs(east_axis[0]))))
-    if turn <= AXIS_TOLERANCE_DEG:
+    # pixels longer along one axis than the other (CDELT1 = -1", CDELT2 = 2"): kept, they
+    # would be drawn square and the stamp stretched; resampled onto square pixels instead
+    # (a difference of length tolerated as a turn of the same angle in radians is)
+    stretch = abs(np.log(np.hypot(*north_axis) / np.hypot(*east_axis)))
+    if turn <= AXIS_TOLERANCE_DEG and stretch <= np.radians(AXIS_TOLERANCE_DEG):
         out = data if along_y else np.swapaxes(data, -1, -2)  # (.., north axis, east axis)
         if north_axis[1] > 0:  # rows run north: the last one goes on top
             out = out[..., ::-1, :]

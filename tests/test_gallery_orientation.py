@@ -238,3 +238,77 @@ def test_ecliptic_stamp_is_drawn_icrs_north_up():
         return np.array([(row, col), _peak(masked)])
 
     assert np.abs(peaks(shown[0]) - peaks(icrs)).max() <= 1
+
+
+def _blob_peaks(tile):
+    """The bright blob's (row, column), then the faint one's, top row first."""
+    row, col = _peak(tile)
+    masked = tile.copy()
+    masked[max(row - 3, 0):row + 4, max(col - 3, 0):col + 4] = np.nan
+    return np.array([(row, col), _peak(masked)])
+
+
+def _two_blobs(w, shape, lon, lat):
+    """A stamp of ``shape`` with a bright blob at (lon[0], lat[0]) and a faint one at
+    (lon[1], lat[1]), degrees in the frame of ``w``."""
+    (xa, xb), (ya, yb) = w.world_to_pixel_values(lon, lat)
+    y, x = np.mgrid[:shape[0], :shape[1]]
+    blob = lambda x0, y0: np.exp(-((x - x0) ** 2 + (y - y0) ** 2) / 4.0)  # noqa: E731
+    return (100 * blob(xa, ya) + 40 * blob(xb, yb) + 1.0).astype(np.float32)
+
+
+def test_non_square_pixels_are_drawn_square():
+    """Pixels of 1 x 2 arcsec along a WCS that runs along the pixel axes were kept, so the
+    tile was drawn stretched (the blob 45 degrees north-east shown 63 degrees east of north);
+    the stamp is now resampled onto square pixels: the blobs are where those of a stamp of
+    square pixels of the same sky are, to a pixel."""
+    h = _header("cd", 0)
+    h.update(CD1_1=-SCALE, CD2_2=2 * SCALE)
+    cosd = np.cos(np.radians(DEC0))
+    data = _two_blobs(WCS(h), (SIZE, SIZE), [RA0 + 10 / 3600 / cosd, RA0],
+                      [DEC0 + 10 / 3600, DEC0 + 20 / 3600])
+    shown, oriented = north_up(data[None], h.get)
+    assert oriented and shown.shape == (1, SIZE, SIZE)
+    (r1, c1), (r2, c2) = _blob_peaks(shown[0]) - (SIZE - 1) / 2
+    assert abs(np.degrees(np.arctan2(-c1, -r1)) - 45) < 4, (r1, c1)  # north-east
+    assert abs(c2) <= 1 and r2 < -10, (r2, c2)  # north
+
+
+@pytest.mark.parametrize("offset", [0.0, 0.5])
+def test_stamp_at_the_pole_is_north_up(offset):
+    """A stamp centred on the north celestial pole was drawn in pixel orientation (its
+    east steps came out of a difference of longitudes times cos(90 deg): zero), and one
+    centred half a pixel from it was resampled at a pixel scale 13% off; the offsets are
+    now taken on the tangent plane of the centre: north (towards longitude 180 from the
+    pole at longitude 0, as ``directional_offset_by`` has it) up, the pixels kept."""
+    from astropy import units as u
+    from astropy.coordinates import SkyCoord
+
+    c = (SIZE + 1) / 2
+    h = fits.Header()
+    h.update(CTYPE1="RA---TAN", CTYPE2="DEC--TAN", CRVAL1=0.0, CRVAL2=90.0, CRPIX1=c + offset,
+             CRPIX2=c, CD1_1=-SCALE, CD1_2=0.0, CD2_1=0.0, CD2_2=SCALE)
+    w = WCS(h)
+    centre = SkyCoord(*w.pixel_to_world_values((SIZE - 1) / 2, (SIZE - 1) / 2), unit="deg")
+    blobs = centre.directional_offset_by([45, 0] * u.deg, [10, 12] * u.arcsec)
+    data = _two_blobs(w, (SIZE, SIZE), blobs.ra.deg, blobs.dec.deg)
+    shown, oriented = north_up(data[None], h.get)
+    assert oriented
+    (r1, c1), (r2, c2) = _blob_peaks(shown[0]) - (SIZE - 1) / 2
+    assert abs(np.hypot(r1, c1) - 10) <= 1 and abs(np.hypot(r2, c2) - 12) <= 1  # the scale
+    assert abs(np.degrees(np.arctan2(-c1, -r1)) - 45) < 6, (r1, c1)  # north-east
+    assert abs(c2) <= 1 and r2 < -10, (r2, c2)  # north
+
+
+def test_cube_whose_celestial_axes_are_not_its_image_axes():
+    """A cube of CTYPE1 = 'FREQ', CTYPE2/3 = RA/DEC: its celestial WCS was applied to the
+    stamp's (NAXIS2, NAXIS1) planes, which are not its celestial axes, and the tile said
+    to be north up; it is now drawn in pixel orientation (and the tile says so)."""
+    h = fits.Header()
+    h.update(NAXIS=3, NAXIS1=3, NAXIS2=SIZE, NAXIS3=SIZE, CTYPE1="FREQ", CRVAL1=1e9,
+             CDELT1=1e6, CRPIX1=1, CTYPE2="RA---TAN", CTYPE3="DEC--TAN", CRVAL2=RA0,
+             CRVAL3=DEC0, CRPIX2=21, CRPIX3=21, CDELT2=-SCALE, CDELT3=SCALE)
+    data = np.arange(SIZE * SIZE * 3, dtype=np.float32).reshape(SIZE, SIZE, 3)
+    shown, oriented = north_up(data, h.get)
+    assert not oriented
+    assert np.array_equal(shown, data[..., ::-1, :])
