@@ -34,8 +34,7 @@ def _run(args):
     import astropy.units as u
 
     from ._annotate import annotate
-    from ._io import array_columns, check_fits_names, check_multidimensional, check_output, \
-        write_table
+    from ._io import check_columns_held, check_fits_names, check_output, write_table
     from ._predict import summary_line
     from ._stamp_table import annotate_stamps
     from .cli import check_model_output, check_range, report
@@ -65,7 +64,7 @@ def _run(args):
         check_model_output(args.model, args.output)
     table = _read_catalogue(args.catalog)
     if args.output:  # its columns are the output's: still before any work
-        check_multidimensional(args.output, array_columns(table))
+        check_columns_held(args.output, table)
         check_fits_names(args.output, table.colnames, meta=table.meta)
     common = dict(model=args.model, on_conflict=args.on_conflict, batch_size=args.batch_size,
                   providers=args.providers, threads=args.threads, precision=args.precision,

@@ -8,6 +8,7 @@ failure leaves the destination untouched.
 """
 import contextlib
 import importlib
+import importlib.util
 import logging
 import os
 import shutil
@@ -24,7 +25,7 @@ from .exceptions import (AstromorphError, InputError, InputNotFoundError, Invali
 
 __all__ = ["atomic_output", "check_input_file", "check_output", "check_distinct_outputs",
            "output_error", "card_reads_back", "array_columns", "check_multidimensional",
-           "check_fits_names",
+           "check_columns_held", "check_fits_names",
            "restore_parquet_shapes", "table_format", "write_table", "TABLE_FORMATS",
            "READ_ONLY_TABLE_FORMATS"]
 
@@ -229,6 +230,188 @@ def check_multidimensional(path, columns):
         raise InvalidArgumentError(
             f"CSV cannot hold the multidimensional column(s) {', '.join(columns)} of this "
             f"table; write {str(path)!r} as .ecsv, .fits or .parquet instead")
+
+
+#: The formats a column that one format cannot hold is offered to, in the order named.
+_HOLDING_FORMATS = {".ecsv": "ascii.ecsv", ".fits": "fits", ".parquet": "parquet"}
+
+#: FITS variable-length array columns (TFORM ``P``) astropy writes and reads back: the
+#: kinds and largest item sizes of their element types (int8 reads back as bool, unsigned
+#: 16-, 32- and 64-bit integers overflow, float128, datetimes and text fail).
+_FITS_ARRAY_KINDS = {"b": 1, "u": 1, "i": 8, "f": 8, "c": 16}
+
+
+def _ecsv_unheld(col):
+    """Why ECSV cannot hold ``col``, or None: astropy writes the cells of object and
+    multidimensional columns as JSON (each cell through ``tolist()``)."""
+    import json
+
+    if col.dtype != object and col.ndim > 1 and not np.prod(col.shape[1:]) \
+            and (0 in col.shape[1:-1] or not len(col)):
+        return (f"rows of no values (shape {col.shape[1:]}), which astropy's ECSV reader "
+                "does not read back")
+    if col.dtype != object and (col.ndim < 2 or col.dtype.kind != "S" or not col.size):
+        return None
+    data, masked = np.ma.getdata(col), np.ma.getmaskarray(col)
+    if col.dtype != object:  # bytes arrays: JSON has no bytes
+        return "arrays of bytes, which JSON cannot hold"
+    if masked.ndim > 1:
+        masked = masked.reshape(len(col), -1).all(axis=1)
+    cells = [c.tolist() if hasattr(c, "tolist") else c for c in data[~masked]]
+    try:
+        json.dumps(cells)
+    except (TypeError, ValueError):
+        bad = sorted({type(c).__name__ for c in cells if not _json_able(c)})
+        return f"values of type {', '.join(bad)}, which JSON cannot hold"
+    return None
+
+
+def _json_able(value):
+    import json
+
+    try:
+        json.dumps(value)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+def _array_cells(col):
+    """The element types of the cells of object column ``col`` as 1-D arrays, or why they
+    are not (a scalar, an array of more than one dimension, a list for Parquet...)."""
+    cells = np.ma.getdata(col).ravel()
+    if col.ndim > 1:
+        return "cells in more than one dimension"
+    if not len(cells):
+        return "no rows, from which to tell the type of its arrays"
+    try:
+        dims = np.array([np.ndim(c) for c in cells])
+    except ValueError:  # numpy refuses ragged nested lists
+        return "nested lists of unequal lengths, not arrays"
+    if (dims == 0).any():
+        kinds = sorted({type(c).__name__ for c in cells[dims == 0]})
+        return f"values that are no arrays ({', '.join(kinds)})"
+    if (dims > 1).any():
+        return "arrays of more than one dimension (their shape would be lost)"
+    return {np.asarray(c).dtype for c in cells}
+
+
+def _fits_unheld(col):
+    """Why FITS cannot hold ``col``, or None: an object column is written as a FITS
+    variable-length array column, of 1-D arrays of one numeric type."""
+    if col.dtype != object:  # (datetimes and long doubles: "Illegal format")
+        if col.dtype.kind in "Mm" or (col.dtype.kind in "fc" and col.dtype.itemsize
+                                      > _FITS_ARRAY_KINDS[col.dtype.kind]):
+            return f"{col.dtype} values, which FITS has no column type for"
+        return None
+    types = _array_cells(col)
+    if isinstance(types, str):
+        return types
+    if len(types) > 1:
+        return f"arrays of more than one type ({', '.join(sorted(map(str, types)))})"
+    (dtype,) = types
+    if _FITS_ARRAY_KINDS.get(dtype.kind, 0) < dtype.itemsize or dtype.str[1:] == "i1":
+        return f"arrays of {dtype}, which no FITS variable-length array holds"
+    return None
+
+
+def _parquet_unheld(col):
+    """Why Parquet (as astropy writes it with pyarrow) cannot hold ``col``, or None: an
+    object column is written as lists of 1-D numpy arrays of one type; a column of rows
+    of no values is written but cannot be read back."""
+    import pyarrow as pa
+
+    if col.ndim > 1 and col.dtype != object and not np.prod(col.shape[1:]):
+        return f"rows of no values (shape {col.shape[1:]}), which pyarrow cannot read back"
+    if col.dtype.names:  # a structured column: astropy writes each field as a column
+        return None
+    if col.dtype != object:
+        dtype = col.dtype
+    else:
+        types = _array_cells(col)
+        if isinstance(types, str):
+            return types
+        if not all(isinstance(c, np.ndarray) for c in np.ma.getdata(col)):
+            return "lists or other sequences, not numpy arrays"
+        if len(types) > 1:
+            return f"arrays of more than one type ({', '.join(sorted(map(str, types)))})"
+        (dtype,) = types
+    try:
+        pa.from_numpy_dtype(dtype.type)
+    except (pa.ArrowException, TypeError, NotImplementedError):
+        return f"{'arrays of ' if col.dtype == object else ''}{dtype}, which pyarrow cannot type"
+    return None
+
+
+_UNHELD = {"ascii.ecsv": _ecsv_unheld, "fits": _fits_unheld, "parquet": _parquet_unheld}
+
+
+def _unheld_columns(table, fmt):
+    """{column name: why format ``fmt`` cannot hold it} for the plain (numpy) columns of
+    ``table``."""
+    unheld = _UNHELD.get(fmt)
+    if unheld is None:
+        return {}
+    found = {}
+    for name, col in zip(table.colnames, table.itercols()):
+        if isinstance(col, np.ndarray):  # (mixins are represented by plain columns)
+            why = unheld(col)
+            if why:
+                found[name] = why
+    return found
+
+
+def check_columns_held(path, table, *, fmt=None):
+    """Check, before any work, that the format of ``path`` (``fmt``: the format, if not
+    that of the extension) can hold the columns of ``table`` (those of an input table that
+    the output keeps), and that ECSV and Parquet can hold its meta.
+
+    - CSV: no multidimensional columns nor columns of arrays (`check_multidimensional`);
+    - ECSV: object columns and multidimensional columns are written as JSON: no bytes
+      arrays nor values JSON cannot hold (a set, bytes); no rows of no values whose shape
+      is not read back (``(N, 0, 2)``, or any in a table with no rows);
+    - FITS: an object column is a variable-length array column: 1-D arrays of one numeric
+      type (no mixed types, no scalars, no text), and at least one row; no datetime64 or
+      long double columns;
+    - Parquet: an object column is written as lists of 1-D numpy arrays of one type that
+      pyarrow can type (no complex numbers), and at least one row; no column of a type
+      pyarrow cannot type (complex, datetime64, long double); no column whose rows
+      hold no values (``(N, 2, 0)``: written, but pyarrow cannot read it back);
+    - ECSV and Parquet: no meta key ``__serialized_columns__``, astropy's own record of
+      mixin columns in those formats.
+
+    Raises
+    ------
+    InvalidArgumentError
+        Naming each column the format cannot hold, why, and the formats (among ECSV, FITS
+        and Parquet) that hold them.
+    InputError
+        For the meta key ``__serialized_columns__`` in ECSV or Parquet.
+    """
+    fmt = fmt or table_format(path)
+    if fmt == "ascii.csv":
+        check_multidimensional(path, array_columns(table))
+        return
+    if fmt in ("ascii.ecsv", "parquet") and "__serialized_columns__" in table.meta:
+        raise InputError(
+            f"the meta key '__serialized_columns__' is astropy's own record of mixin columns "
+            f"in {'ECSV' if fmt == 'ascii.ecsv' else 'Parquet'}: {str(path)!r} could not be "
+            "read back with it; rename it")
+    found = _unheld_columns(table, fmt)
+    if not found:
+        return
+    subset = table[list(found)]
+    held = []
+    for ext, other in _HOLDING_FORMATS.items():
+        if other != fmt and (other != "parquet" or importlib.util.find_spec("pyarrow")) \
+                and not _unheld_columns(subset, other):
+            held.append(ext)
+    name = {"ascii.ecsv": "ECSV", "fits": "FITS", "parquet": "Parquet"}[fmt]
+    raise InvalidArgumentError(
+        f"{name} cannot hold the column(s) "
+        + "; ".join(f"{c} ({why})" for c, why in found.items())
+        + (f"; write {str(path)!r} as {' or '.join(held)} instead" if held
+           else "; no format astromorph writes holds them: convert them first"))
 
 
 def check_fits_names(path, names, *, meta=None, fmt=None):
@@ -650,15 +833,19 @@ def write_table(table, path, *, overwrite=False, format=None):
 
     Raises
     ------
+    InvalidArgumentError
+        For a column the format cannot hold (`check_columns_held`: an object column of
+        mixed types in FITS, bytes arrays in ECSV, a zero-row object column in Parquet,
+        a multidimensional column in CSV...); nothing is written.
     InputError
         For FITS, when two column names or meta keys differ only by case (``id`` and
         ``ID``: FITS compares TTYPEs and keywords without regard to case; see
-        `check_fits_names`); nothing is written.
+        `check_fits_names`); for ECSV and Parquet, a meta key ``__serialized_columns__``
+        (astropy's own); nothing is written.
     """
     path = _output_path(path)
     fmt = format or table_format(path)
-    if fmt == "ascii.csv":
-        check_multidimensional(path, array_columns(table))
+    check_columns_held(path, table, fmt=fmt)
     if fmt == "fits" and any(isinstance(v, (list, tuple)) and k.lower() not in _FITS_LIST_KEYS
                              for k, v in table.meta.items()):
         # a FITS card holds one value: join lists, except comments and history (one

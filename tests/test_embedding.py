@@ -1232,6 +1232,27 @@ def _write_labelled_embeddings(path):
     t.write(path)
 
 
+def test_cli_cluster_refuses_a_column_the_output_format_cannot_hold_before_any_work(
+        tmp_path, monkeypatch, capsys):
+    """The table's columns are kept in the output of cluster and classify: a column Parquet
+    cannot hold (here Python objects that are no arrays) made pyarrow fail with an
+    AttributeError after the fit; it is now refused before it, naming the column."""
+    pytest.importorskip("pyarrow")
+    from astromorph.embeddings import _mixture
+
+    _write_labelled_embeddings(tmp_path / "emb.ecsv")
+    table = Table.read(tmp_path / "emb.ecsv")
+    table["note"] = np.array([1, "x", 2.5] * 10, dtype=object)
+    table.write(tmp_path / "emb.ecsv", overwrite=True)
+    monkeypatch.setattr(_mixture, "_cluster_table",
+                        lambda *a, **k: pytest.fail("fitted before the output was refused"))
+    assert main(["cluster", str(tmp_path / "emb.ecsv"), "-k", "2", "-o",
+                 str(tmp_path / "out.parquet")]) == 2
+    err = capsys.readouterr().err
+    assert "Parquet cannot hold the column(s) note" in err and ".ecsv" in err, err
+    assert not (tmp_path / "out.parquet").exists()
+
+
 def test_cli_cluster_covariance_option(tmp_path):
     """The FewRowsWarning of `astromorph cluster` on a small table advised
     covariance_type='diag', which the command had no way to ask for: it now takes

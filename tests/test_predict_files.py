@@ -2,6 +2,7 @@
 import errno
 import gzip
 import hashlib
+import importlib.util
 import io
 import json
 import os
@@ -26,7 +27,8 @@ from astromorph._adapters import RawStamps, prepare, result_columns
 from astromorph._io import write_table
 from astromorph._readers import parse_fits_bytes, read_file
 from astromorph._readers._fits import _read_fits_astropy
-from astromorph.exceptions import (AmbiguousInputWarning, AstromorphWarning, InputNotFoundError, InvalidArgumentError,
+from astromorph.exceptions import (AmbiguousInputWarning, AstromorphWarning, InputError,
+                                   InputNotFoundError, InvalidArgumentError,
                                    MissingDependencyError, ModelNotFoundError, OutputExistsError,
                                    DuplicateSourceWarning, OutputError, UnusableInputWarning)
 from astropy.utils.exceptions import AstropyUserWarning
@@ -1944,6 +1946,88 @@ def test_write_table_csv_refuses_object_columns_of_arrays(tmp_path):
     cells[:] = ["a", 1, None]
     write_table(Table({"id": [1, 2, 3], "note": cells}), tmp_path / "out.csv")
     assert Table.read(tmp_path / "out.csv")["note"].tolist()[:2] == ["a", "1"]
+
+def _objects(*cells):
+    column = np.empty(len(cells), object)
+    column[:] = cells
+    return column
+
+
+@pytest.mark.parametrize("ext, table, held_by", [
+    # mixed types: astropy's FITS writer raised "unsupported object types" after the run
+    (".fits", Table({"id": [1, 2, 3], "note": _objects(1, "x", 2.5)}), ".ecsv"),
+    # scalars, and arrays of two types, are no variable-length array column either
+    (".fits", Table({"id": [1, 2], "note": _objects(1, 2)}), ".ecsv"),
+    (".fits", Table({"spec": _objects(np.arange(3.0), np.arange(2))}), ".ecsv"),
+    # pyarrow: "Cannot serialize zero-length table with object column", AttributeError
+    (".parquet", Table({"note": _objects()}), ".ecsv"),
+    (".parquet", Table({"id": [1, 2], "note": _objects(1, 2)}), ".ecsv"),
+    # ECSV writes arrays as JSON: "Object of type bytes is not JSON serializable"
+    (".ecsv", Table({"id": [1, 2], "codes": np.array([[b"a", b"bb"], [b"c", b"d"]])}),
+     ".fits"),
+    (".ecsv", Table({"id": [1, 2], "note": _objects(b"x", {1, 2})}), None),
+    # written, but pyarrow cannot read it back ("Expected all lists to be of size=0")
+    (".parquet", Table({"id": [1, 2, 3], "empty": np.zeros((3, 2, 0))}), ".ecsv"),
+    # ECSV writes (N, 0, 2) as [], read back as a shape mismatch
+    (".ecsv", Table({"id": [1, 2], "empty": np.zeros((2, 0, 2))}), ".fits"),
+    # "ArrowNotImplementedError: Unsupported numpy type 15"; "Illegal format"
+    (".parquet", Table({"id": [1, 2], "z": np.array([1j, 2 + 1j])}), ".ecsv"),
+    (".fits", Table({"id": [1], "t": np.array(["2020-01-01"], "M8[s]")}), ".ecsv"),
+])
+def test_write_table_refuses_columns_the_format_cannot_hold(tmp_path, ext, table, held_by):
+    """Columns a format cannot hold (object columns of mixed types, a zero-row object
+    column, bytes arrays in ECSV, rows of no values in Parquet) failed with astropy's or
+    pyarrow's own untyped exception, or wrote a file that cannot be read back; they are
+    now refused with InvalidArgumentError naming the column, what the format holds and
+    (when one does) the format that holds it, which then writes and reads it back.
+    Nothing is written."""
+    if "parquet" in (ext, held_by):
+        pytest.importorskip("pyarrow")
+    column = table.colnames[-1]
+    path = tmp_path / f"out{ext}"
+    with pytest.raises(InvalidArgumentError, match=rf"column\(s\) {column}\b") as info:
+        write_table(table, path)
+    assert not path.exists() and os.listdir(tmp_path) == []
+    if held_by is None:
+        assert "no format astromorph writes holds" in str(info.value)
+        return
+    assert held_by in str(info.value).split("; write ")[-1], info.value
+    with warnings.catch_warnings():  # (complex and datetime64: not in ECSV's standard types)
+        warnings.simplefilter("ignore", AstropyUserWarning)
+        back = Table.read(write_table(table, tmp_path / f"out{held_by}"))
+    assert back.colnames == table.colnames and len(back) == len(table)
+    for got, want in zip(back[column], table[column]):
+        np.testing.assert_array_equal(np.asarray(got, dtype=np.asarray(want).dtype), want)
+
+
+def test_write_table_keeps_the_object_columns_each_format_holds(tmp_path):
+    """A VOTable's variable-length arrays (an object column of 1-D arrays of one type) are
+    held by FITS, Parquet and ECSV, and objects of JSON values by ECSV: still written."""
+    spectra = Table({"id": [1, 2], "spec": _objects(np.arange(3.0), np.arange(0.0))})
+    for ext in (".fits", ".parquet", ".ecsv"):
+        if ext == ".parquet" and importlib.util.find_spec("pyarrow") is None:
+            continue
+        back = Table.read(write_table(spectra, tmp_path / f"s{ext}"))
+        np.testing.assert_array_equal(back["spec"][0], [0.0, 1.0, 2.0])
+    notes = Table({"note": _objects(1, "x", [1, 2], {"a": None})})
+    assert Table.read(write_table(notes, tmp_path / "n.ecsv"))["note"].tolist() == [
+        1, "x", [1, 2], {"a": None}]
+
+
+@pytest.mark.parametrize("ext", [".ecsv", ".parquet"])
+@pytest.mark.parametrize("rows", [0, 2])
+def test_write_table_refuses_astropys_own_meta_key(tmp_path, ext, rows):
+    """ECSV and Parquet keep astropy's description of its mixin columns in the meta key
+    ``__serialized_columns__``: a table with a key of that name of its own crashed the
+    zero-row ECSV writer (AttributeError) or wrote a file astropy cannot read back; it is
+    now refused with InputError, and nothing is written."""
+    if ext == ".parquet":
+        pytest.importorskip("pyarrow")
+    table = Table({"e": np.zeros((rows, 2))}, meta={"__serialized_columns__": {"x": 1}})
+    with pytest.raises(InputError, match="meta key '__serialized_columns__'.*rename it"):
+        write_table(table, tmp_path / f"x{ext}")
+    assert os.listdir(tmp_path) == []
+
 
 # ----------------------------------------------------------------------------- command line
 def test_cli_predict(models, tmp_path, capsys):

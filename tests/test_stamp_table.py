@@ -1192,6 +1192,27 @@ def test_annotated_stamp_table_round_trips_through_each_output_format(tmp_path, 
                                np.ma.filled(out["embedding"], 0), rtol=0, atol=1e-5)
 
 
+def test_cli_annotate_refuses_a_column_the_output_format_cannot_hold_before_any_work(
+        rb, tmp_path, capsys, monkeypatch):
+    """A catalogue column of mixed Python objects (as ECSV, pandas or user code give) is kept
+    in the output, which FITS cannot hold: astropy's writer raised "unsupported object
+    types" after every row was scored. It is now refused before any work, naming the
+    column and the format that holds it."""
+    from astromorph import _stamp_table, cli
+
+    note = np.empty(2, object)
+    note[:] = [1, "bright"]
+    Table({"candid": [21, 22], "note": note, "triplet": _triplets(2, seed=3)}).write(
+        tmp_path / "cands.ecsv")
+    monkeypatch.setattr(_stamp_table, "annotate_stamps",
+                        lambda *a, **k: pytest.fail("scored before the output was refused"))
+    assert cli.main(["annotate", str(tmp_path / "cands.ecsv"), "-m", "real-bogus",
+                     "-o", str(tmp_path / "out.fits"), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "FITS cannot hold the column(s) note (values that are no arrays (int, str))" in err
+    assert "as .ecsv instead" in err and not (tmp_path / "out.fits").exists()
+
+
 def test_cli_annotate_refuses_csv_for_a_table_of_stamps_before_any_work(rb, tmp_path, capsys,
                                                                          monkeypatch):
     """`astromorph annotate cands.ecsv -m real-bogus -o out.csv`: the stamps (and any other

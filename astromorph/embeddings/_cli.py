@@ -12,13 +12,14 @@ log = logging.getLogger(__name__)
 
 def _read(args, *, output_has_its_columns=True):
     """The input table; before any work, an output that will hold its columns and cannot
-    is refused (CSV and the embedding column; FITS and names that differ only by case)."""
+    is refused (CSV and the embedding column, any column the format cannot hold; FITS and
+    names that differ only by case)."""
     from .._cli_annotate import _read_catalogue
-    from .._io import array_columns, check_fits_names, check_multidimensional
+    from .._io import check_columns_held, check_fits_names
 
     table = _read_catalogue(args.table, "table")
     if args.output and output_has_its_columns:
-        check_multidimensional(args.output, array_columns(table))
+        check_columns_held(args.output, table)
         check_fits_names(args.output, table.colnames, meta=table.meta)
     return table
 
