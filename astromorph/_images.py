@@ -11,7 +11,7 @@ from astropy.io import fits
 from ._cutouts import SkyImage
 from ._readers._fits import (_AUX_EXTNAMES, _MEMBERS, _TRIPLET_NAMES, _physical,
                              band_of_header, beam_of_header, header_facts, linear_fluxes,
-                             saturation_of_header)
+                             saturation_of_header, wcs_matrix_problem)
 from ._warnings import catch_warnings, first_few, warn, warn_again
 from .exceptions import (AstromorphWarning, InputError, InvalidArgumentTypeError,
                          UnusableInputWarning)
@@ -67,9 +67,19 @@ def _celestial_wcs(header, name):
                     header.get(f"NAXIS{k + 1}", 1) == 1 for k in range(full.naxis)
                     if full.wcs.axis_types[k] // 1000 % 10 != 2):  # 2: celestial (wcslib)
                 wcs, error = full, None
+        if error is None:
+            celestial = _celestial_part(wcs, name)
+            # a CD matrix with a zero row and column, which wcslib silently repaired
+            problem = wcs_matrix_problem(header.get, (wcs.wcs.lng + 1, wcs.wcs.lat + 1))
+        else:  # one that wcslib refuses (a singular matrix): said by its keywords
+            problem = wcs_matrix_problem(header.get)
+        if problem:
+            raise InputError(f"{name}: its WCS cannot place sources: {problem}")
         if error is not None:
-            raise InputError(f"{name}: its WCS cannot be parsed: {error}") from error
-    return _celestial_part(wcs, name)
+            ctype = [v for k, v in header.items() if k[:5] == "CTYPE" and k[5:].isdigit()]
+            raise InputError(f"{name}: its WCS (CTYPE = {ctype}) cannot be parsed: "
+                             f"{error}") from error
+    return celestial
 
 
 def _celestial_part(wcs, name):

@@ -50,6 +50,7 @@ def _celestial_wcs(get):
     from astropy.wcs import WCS, FITSFixedWarning
 
     from ._cutouts import _check_wcs
+    from ._readers._fits import wcs_matrix_problem
 
     header = None if get is None else _header(get)
     if header is None:
@@ -60,8 +61,9 @@ def _celestial_wcs(get):
             wcs = WCS(header)
             # celestial axes that are not the stamp's two pixel axes (NAXIS1, NAXIS2: a cube
             # of CTYPE1 = 'FREQ'): the celestial WCS would be read along the wrong ones
-            if not wcs.has_celestial or {wcs.wcs.lng, wcs.wcs.lat} != {0, 1}:
-                return None
+            if not wcs.has_celestial or {wcs.wcs.lng, wcs.wcs.lat} != {0, 1} \
+                    or wcs_matrix_problem(header.get):
+                return None  # (a degenerate matrix: wcslib may have made one up)
             wcs = wcs.celestial
             _check_wcs(wcs, "stamp")
         except Exception:  # noqa: BLE001 - malformed WCS keywords: shown as stored

@@ -1468,6 +1468,61 @@ def test_missing_and_non_celestial_wcs(optical_model, tmp_path):
         astromorph.annotate(cat, str(tmp_path / "singular.fits"), model=optical_model)
 
 
+
+@pytest.mark.parametrize("keys, named", [
+    # zero row and column: wcslib filled in 1 degree/pixel and annotate cut its stamps so
+    (dict(CD1_1=0.0, CD1_2=0.0, CD2_2=1e-4), r"CD1_1 = 0, CD1_2 = 0"),
+    (dict(CD1_1=0.0, CD1_2=0.0, CD2_1=1e-4, CD2_2=1e-4), r"CD1_1 = 0, CD1_2 = 0"),
+    (dict(CD1_1=-1e-4, CD1_2=0.0, CD2_1=0.0, CD2_2=0.0), r"CD2_1 = 0, CD2_2 = 0"),
+    (dict(CDELT1=0.0, CDELT2=1e-4), r"CDELT1 = 0"),
+    (dict(CDELT1=-1e-4, CDELT2=1e-4, PC2_1=0.0, PC2_2=0.0), r"PC2_1 = 0, PC2_2 = 0"),
+    (dict(CDELT1=-1e-4, CDELT2=1e-4, PC1_1=1.0, PC1_2=1.0, PC2_1=2.0, PC2_2=2.0),
+     r"CDELT1 = -0.0001, CDELT2 = 0.0001, PC1_1 = 1, PC1_2 = 1, PC2_1 = 2, PC2_2 = 2"),
+], ids=["cd_zero_row_col", "cd_zero_row", "cd_zero_row2", "cdelt_zero", "pc_zero_row",
+        "pc_singular"])
+def test_degenerate_wcs_is_an_input_error_naming_its_keywords(optical_model, tmp_path, keys,
+                                                              named):
+    """A CD matrix with a zero row and column (CD1_1 = CD1_2 = CD2_1 = 0) was silently
+    repaired by wcslib, 1 degree/pixel filled in, and ``annotate`` cut its stamps through
+    it; other singular matrices stopped it with wcslib's bare "ERROR 3 in wcsset()". Each
+    is now an `InputError` naming the image and the keywords; in a multi-extension file the
+    extension is skipped with a warning, as any other unusable one."""
+    img, w = blobs(), sky_wcs()
+    cat = catalogue(w, [(100, 100), (70, 120)])
+    h = fits.Header()
+    h.update(CTYPE1="RA---TAN", CTYPE2="DEC--TAN", CRVAL1=w.wcs.crval[0],
+             CRVAL2=w.wcs.crval[1], CRPIX1=100.0, CRPIX2=100.0, **keys)
+    fits.writeto(tmp_path / "degenerate.fits", img, h)
+    with pytest.raises(InputError, match=rf"degenerate\.fits\[0\]: its WCS cannot place sources: "
+                                         rf"{named}"):
+        astromorph.annotate(cat, str(tmp_path / "degenerate.fits"), model=optical_model)
+    with pytest.raises(InputError, match=rf"\(array, header\): its WCS cannot place sources: "
+                                         rf"{named}"):
+        astromorph.annotate(cat, (img, h), model=optical_model)
+    good = w.to_header()
+    fits.HDUList([fits.PrimaryHDU(), fits.ImageHDU(img, good, name="r"),
+                  fits.ImageHDU(img, h, name="bad")]).writeto(tmp_path / "mef.fits")
+    ref = astromorph.annotate(cat, (img, w), model=optical_model)
+    with pytest.warns(UnusableInputWarning, match=rf"mef\.fits\[2\]: .*{named}"):
+        out = astromorph.annotate(cat, str(tmp_path / "mef.fits"), model=optical_model)
+    np.testing.assert_allclose(out["opt_p_a"], ref["opt_p_a"], rtol=1e-5)
+
+
+def test_wcs_with_one_celestial_axis_is_an_input_error_naming_its_ctype(optical_model,
+                                                                        tmp_path):
+    """RA---TAN with a LINEAR second axis: wcslib's "Unmatched celestial axes" said so
+    without the axes; the error now names the CTYPEs."""
+    img, w = blobs(), sky_wcs()
+    cat = catalogue(w, [(100, 100)])
+    h = fits.Header()
+    h.update(CTYPE1="RA---TAN", CTYPE2="LINEAR", CRVAL1=20.0, CRVAL2=5.0, CRPIX1=100.0,
+             CRPIX2=100.0, CDELT1=-1e-4, CDELT2=1e-4)
+    fits.writeto(tmp_path / "half.fits", img, h)
+    with pytest.raises(InputError, match=r"half\.fits\[0\]: .*CTYPE = \['RA---TAN', 'LINEAR'\]"
+                                         r"(?s:.*)Unmatched celestial axes"):
+        astromorph.annotate(cat, str(tmp_path / "half.fits"), model=optical_model)
+
+
 def test_hdulist_and_multi_extension_files(optical_model, tmp_path):
     """An HDUList is one image source (not a list of HDUs); an unusable extension is skipped
     with a warning that says why, and a truncated file is an error, not fewer bands."""

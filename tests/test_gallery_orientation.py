@@ -312,3 +312,23 @@ def test_cube_whose_celestial_axes_are_not_its_image_axes():
     shown, oriented = north_up(data, h.get)
     assert not oriented
     assert np.array_equal(shown, data[..., ::-1, :])
+
+
+@pytest.mark.parametrize("keys", [
+    dict(CD1_1=0.0, CD1_2=0.0, CD2_2=SCALE),          # zero row and column: wcslib fills 1 deg
+    dict(CD1_1=SCALE, CD1_2=SCALE, CD2_1=SCALE, CD2_2=SCALE),  # singular
+    dict(CDELT1=0.0, CDELT2=SCALE),
+    dict(CDELT1=-SCALE, CDELT2=SCALE, PC1_1=0.0, PC1_2=0.0),
+], ids=["cd_zero_row", "cd_singular", "cdelt_zero", "pc_zero_row"])
+def test_degenerate_wcs_is_drawn_in_pixel_orientation(keys):
+    """A CD matrix with a zero row (CD1_1 = CD1_2 = 0) was silently repaired by wcslib
+    (1 degree/pixel on the diagonal) and the stamp resampled "north up" into an almost
+    blank tile; a degenerate WCS is now no usable WCS: pixel orientation."""
+    h = fits.Header()
+    c = (SIZE + 1) / 2
+    h.update(CTYPE1="RA---TAN", CTYPE2="DEC--TAN", CRVAL1=RA0, CRVAL2=DEC0, CRPIX1=c,
+             CRPIX2=c, **keys)
+    data = _stamp(_header("none"))[None]
+    shown, oriented = north_up(data, h.get)
+    assert not oriented
+    assert np.array_equal(shown, data[..., ::-1, :])

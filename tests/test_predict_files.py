@@ -124,6 +124,35 @@ def test_wcs_keyword_that_is_no_number_is_no_wcs_not_an_unreadable_file(models, 
         assert r["radio_p_FRI"] == pytest.approx(good["radio_p_FRI"], abs=1e-6)
 
 
+
+@pytest.mark.parametrize("keys", [
+    dict(CD1_1=0.0, CD1_2=0.0, CD2_2=0.0005),   # wcslib filled in 1 degree/pixel: 60"
+    dict(CD1_1=0.0005, CD1_2=0.0005, CD2_1=0.0005, CD2_2=0.0005),  # singular: was 2.5"
+], ids=["cd_zero_row", "cd_singular"])
+def test_degenerate_wcs_is_no_wcs_in_every_reader(models, tmp_path, keys):
+    """A CD matrix with a zero row and column was silently repaired by wcslib (1 degree on
+    the diagonal) and a singular one given a pixel scale from its column lengths, where the
+    image is read by astropy (an image extension): the stamp was resampled at a made-up
+    pixel scale. Either is now no usable WCS (NO_WCS, the model's pixel scale assumed), as
+    the fast reader of a lone primary HDU already had it."""
+    rng = np.random.default_rng(1)
+    img = rng.normal(0, 1.5e-4, (200, 200)).astype(np.float32)
+    img[90:110, 90:110] += 0.01
+    write_fits(tmp_path / "good.fits", img)  # no WCS at all
+    cards = dict(CTYPE1="RA---TAN", CTYPE2="DEC--TAN", CRVAL1=150.0, CRVAL2=2.0,
+                 CRPIX1=100.5, CRPIX2=100.5, **keys)
+    write_fits(tmp_path / "primary.fits", img, **cards)
+    fits.HDUList([fits.PrimaryHDU(), fits.ImageHDU(img, fits.Header(cards))]).writeto(
+        tmp_path / "extension.fits")
+    table = quiet(astromorph.predict_files, "radio-morphology", tmp_path)
+    good = row(table, tmp_path / "good.fits")
+    for name in ("primary.fits", "extension.fits"):
+        r = row(table, tmp_path / name)
+        assert r["radio_flags"] == good["radio_flags"] and r["radio_flags"] & Flag.NO_WCS
+        assert r["reason"] == good["reason"]
+        assert r["radio_p_FRI"] == pytest.approx(good["radio_p_FRI"], abs=1e-6)
+
+
 def write_fits(path, data, *, scale=None, **cards):
     header = fits.Header()
     if scale is not None:
@@ -376,7 +405,17 @@ def test_fast_and_astropy_fits_paths_agree_on_wcs(tmp_path):
     fits.PrimaryHDU(data, header=h).writeto(tmp_path / "pc.fits")
     write_fits(tmp_path / "cd.fits", data, scale=1.8)
     write_fits(tmp_path / "none.fits", data)
-    for name, expected in (("pc", 0.5), ("cd", 1.8), ("none", None)):
+    # PCi_j and CDi_j both given: wcslib reads PC (the fast reader read CD, 2")
+    fits.PrimaryHDU(data, header=h).writeto(tmp_path / "pc_and_cd.fits")
+    with fits.open(tmp_path / "pc_and_cd.fits", mode="update") as hdul:
+        hdul[0].header.update(CD1_1=-2 / 3600, CD2_2=2 / 3600)
+    # a degenerate matrix is no WCS in both (astropy's path: 60" from wcslib's 1 degree)
+    h0 = fits.Header({k: h[k] for k in ("CTYPE1", "CTYPE2", "CRVAL1", "CRVAL2", "CRPIX1",
+                                         "CRPIX2")})
+    fits.PrimaryHDU(data, header=h0 + fits.Header({"CD1_1": 0.0, "CD2_2": 1 / 3600})).writeto(
+        tmp_path / "zero_row.fits")
+    for name, expected in (("pc", 0.5), ("cd", 1.8), ("none", None), ("pc_and_cd", 0.5),
+                           ("zero_row", None)):
         fast = read_file(tmp_path / f"{name}.fits")[0]
         slow = _read_fits_astropy(tmp_path / f"{name}.fits", want_scale=True,
                                   triplet_hint=False)[0]

@@ -227,9 +227,71 @@ _FAST_DTYPES = {8: ">u1", 16: ">i2", 32: ">i4", 64: ">i8", -32: ">f4", -64: ">f8
 _CELESTIAL = ("RA--", "DEC-", "GLON", "GLAT", "ELON", "ELAT", "SLON", "SLAT", "HPLN", "HPLT")
 
 
+def _linear_matrix(get, axes=(1, 2)):
+    """The matrix (degrees per pixel on celestial axes) of the header read by ``get`` that
+    turns pixel offsets along the axes ``axes`` (FITS numbers) into intermediate world
+    coordinates, as wcslib reads it (PCi_j, where given, over CDi_j), and the keywords of
+    each of its elements, as ``'CD1_1 = 0'``; `TypeError` or `ValueError` for a keyword
+    that is no number."""
+    def card(key, default):
+        value = get(key, None)
+        if value is None:
+            return default, f"{key} absent"
+        value = float(value)
+        return value, f"{key} = {value:g}"
+
+    cd = [[f"CD{i}_{j}" for j in axes] for i in axes]
+    pc = [[f"PC{i}_{j}" for j in axes] for i in axes]
+    given = lambda keys: any(get(k, None) is not None for row in keys for k in row)  # noqa: E731
+    if given(cd) and not given(pc):
+        cards = [[card(k, 0.0) for k in row] for row in cd]
+        return (np.array([[v for v, _ in row] for row in cards]),
+                [[[s] for _, s in row] for row in cards])
+    cards = [[card(k, float(i == j)) for j, k in enumerate(row)] for i, row in enumerate(pc)]
+    cdelt = [card(f"CDELT{i}", 1.0) for i in axes]
+    matrix = np.array([[cdelt[i][0] * v for v, _ in row] for i, row in enumerate(cards)])
+    return matrix, [[[cdelt[i][1], s] for _, s in row] for i, row in enumerate(cards)]
+
+
+def wcs_matrix_problem(get, axes=(1, 2)):
+    """Why the pixel scale matrix of the celestial axes ``axes`` (FITS numbers) of a
+    header read by ``get`` cannot place pixels on the sky, naming its keywords, or None.
+
+    A zero row or column (``CD1_1 = CD1_2 = 0``, ``CDELT1 = 0``), a singular or non-finite
+    matrix. wcslib refuses most of these, but silently repairs a CD matrix whose row and
+    column of an axis are both zero (absent) by putting 1 (degree per pixel) on its
+    diagonal: so the header's keywords are looked at, not astropy's WCS. Keywords that are
+    no numbers are left to the WCS parsers (None here).
+    """
+    try:
+        matrix, keys = _linear_matrix(get, axes)
+    except (TypeError, ValueError):
+        return None
+    names = lambda cells: ", ".join(dict.fromkeys(k for c in cells for k in c))  # noqa: E731
+    every = [[c[0] for row in keys for c in row]] + [c[1:] for row in keys for c in row]
+    if not np.all(np.isfinite(matrix)):
+        return f"{names(every)}: a non-finite pixel scale matrix"
+    zero_rows, zero_cols = ~matrix.any(axis=1), ~matrix.any(axis=0)
+    columns = list(zip(*keys))
+    for what, zeros, cells in (("row", zero_rows, keys), ("column", zero_cols, columns)):
+        for k in np.flatnonzero(zeros):
+            zero = [[c for c in cell if c.endswith((" = 0", " = -0", " absent"))]
+                    for cell in cells[k]]
+            common = set.intersection(*(set(z) for z in zero))  # CDELT1 = 0 zeroes row 1
+            shown = names([sorted(common)]) if common else names(zero)
+            why = (f"world axis {axes[k]} gets no pixel scale" if what == "row" else
+                   f"a step along pixel axis {axes[k]} goes nowhere on the sky")
+            if zero_rows[k] and zero_cols[k] and len(keys[0][0]) == 1:  # a CD matrix
+                why += "; wcslib silently fills in 1 degree/pixel there"
+            return f"{shown}: the pixel scale matrix has a zero {what} ({why})"
+    if np.linalg.det(matrix) == 0:
+        return f"{names(every)}: a singular pixel scale matrix (determinant 0)"
+    return None
+
+
 def _scale_from_cards(get):
-    """Pixel scale (arcsec) from linear celestial WCS keywords; None if not celestial;
-    ``"astropy"`` when only a full WCS parse can tell."""
+    """Pixel scale (arcsec) from linear celestial WCS keywords; None if not celestial or
+    degenerate (`wcs_matrix_problem`); ``"astropy"`` when only a full WCS parse can tell."""
     c1, c2 = str(get("CTYPE1", "")), str(get("CTYPE2", ""))
     if not (c1[:4] in _CELESTIAL and c2[:4] in _CELESTIAL):
         if any(str(get(f"CTYPE{i}", ""))[:4] in _CELESTIAL for i in range(3, 5)):
@@ -240,16 +302,12 @@ def _scale_from_cards(get):
         if unit is not None and str(unit).strip().lower() not in ("deg", "degree", "degrees", ""):
             return "astropy"
     try:
-        if any(get(k, None) is not None for k in ("CD1_1", "CD1_2", "CD2_1", "CD2_2")):
-            cd = np.array([[get("CD1_1", 0.0), get("CD1_2", 0.0)],
-                           [get("CD2_1", 0.0), get("CD2_2", 0.0)]], dtype=float)
-        else:
-            pc = np.array([[get("PC1_1", 1.0), get("PC1_2", 0.0)],
-                           [get("PC2_1", 0.0), get("PC2_2", 1.0)]], dtype=float)
-            cd = np.diag([float(get("CDELT1", 1.0)), float(get("CDELT2", 1.0))]) @ pc
+        cd, _ = _linear_matrix(get)
     except (TypeError, ValueError):
         # a keyword that is no number (CDELT1 = 'abc'): a malformed WCS gives no pixel
         # scale (Flag.NO_WCS, as for astropy's parse failures); no reason to drop the image
+        return None
+    if wcs_matrix_problem(get):
         return None
     scale = float(np.sqrt(abs(np.linalg.det(cd))) * 3600.0)
     return scale if np.isfinite(scale) and scale > 0 else None
@@ -367,8 +425,9 @@ def _header_scale(header):
         warnings.simplefilter("ignore", FITSFixedWarning)
         try:
             wcs = WCS(header)
-            if not wcs.has_celestial:
-                return None
+            if not wcs.has_celestial or wcs_matrix_problem(
+                    header.get, (wcs.wcs.lng + 1, wcs.wcs.lat + 1)):
+                return None  # (a degenerate matrix: wcslib may have made one up)
             scale = pixel_scale_from_wcs(wcs)
         except Exception:  # noqa: BLE001 - malformed WCS keywords: no usable WCS
             return None
