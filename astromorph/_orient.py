@@ -52,12 +52,15 @@ def _celestial_wcs(get):
     from ._cutouts import _check_wcs
     from ._readers._fits import wcs_matrix_problem
 
-    header = None if get is None else _header(get)
-    if header is None:
+    if get is None:
         return None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FITSFixedWarning)
         try:
+            # (astropy refuses a NaN that the fast FITS parser read: CRVAL1 = NaN)
+            header = _header(get)
+            if header is None:
+                return None
             wcs = WCS(header)
             # celestial axes that are not the stamp's two pixel axes (NAXIS1, NAXIS2: a cube
             # of CTYPE1 = 'FREQ'): the celestial WCS would be read along the wrong ones

@@ -1508,6 +1508,24 @@ def test_degenerate_wcs_is_an_input_error_naming_its_keywords(optical_model, tmp
     np.testing.assert_allclose(out["opt_p_a"], ref["opt_p_a"], rtol=1e-5)
 
 
+
+def test_nan_reference_point_in_a_fits_header_is_an_input_error(optical_model, tmp_path):
+    """``CRVAL1 = NaN`` in a FITS file: wcslib reads the card as absent (0), and every
+    source came out OFF_IMAGE (a catalogue near RA 0 would have been cut at the wrong
+    place); it is now an `InputError` naming the keyword, as a NaN CRVAL of an in-memory
+    WCS already was."""
+    img, w = blobs(), sky_wcs()
+    cat = catalogue(w, [(100, 100)])
+    h = w.to_header()
+    h["CRVAL1"] = 123.25  # replaced by NaN in the file's bytes
+    path = tmp_path / "nan_ref.fits"
+    fits.writeto(path, img, h)
+    path.write_bytes(path.read_bytes().replace(b" 123.25", b"    NaN", 1))
+    with pytest.raises(InputError, match=r"nan_ref\.fits\[0\]: its WCS cannot place sources: "
+                                         r"CRVAL1 = nan"):
+        astromorph.annotate(cat, str(path), model=optical_model)
+
+
 def test_wcs_with_one_celestial_axis_is_an_input_error_naming_its_ctype(optical_model,
                                                                         tmp_path):
     """RA---TAN with a LINEAR second axis: wcslib's "Unmatched celestial axes" said so

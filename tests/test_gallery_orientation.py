@@ -332,3 +332,23 @@ def test_degenerate_wcs_is_drawn_in_pixel_orientation(keys):
     shown, oriented = north_up(data, h.get)
     assert not oriented
     assert np.array_equal(shown, data[..., ::-1, :])
+
+
+def test_stamp_with_a_nan_reference_point_is_drawn_in_pixel_orientation(tmp_path):
+    """``CRVAL1 = NaN`` (no FITS number, but the fast FITS parser reads it as NaN): drawing
+    the stamp raised astropy's "Floating point nan values are not allowed in FITS
+    headers"; it is no usable WCS, drawn in pixel orientation."""
+    from astromorph._readers import read_file
+
+    h = _header("cd", 30)
+    h["CRVAL1"] = 123.25  # replaced by NaN in the file's bytes
+    path = tmp_path / "nan.fits"
+    fits.PrimaryHDU(_stamp(_header("cd", 30)), header=h).writeto(path)
+    path.write_bytes(path.read_bytes().replace(b" 123.25", b"    NaN", 1))
+    stamp = read_file(path)[0]
+    assert np.isnan(stamp.header_get("CRVAL1"))
+    shown, oriented = north_up(stamp.data, stamp.header_get)
+    assert not oriented
+    assert np.array_equal(shown, stamp.data[..., ::-1, :])
+    with fits.open(path) as hdul:  # astropy's header (wcslib reads the card as 0)
+        assert not north_up(stamp.data, hdul[0].header.get)[1]

@@ -414,8 +414,14 @@ def test_fast_and_astropy_fits_paths_agree_on_wcs(tmp_path):
                                          "CRPIX2")})
     fits.PrimaryHDU(data, header=h0 + fits.Header({"CD1_1": 0.0, "CD2_2": 1 / 3600})).writeto(
         tmp_path / "zero_row.fits")
+    # CRVAL1 = NaN: no usable WCS either (wcslib reads the card as 0; the fast reader as NaN)
+    fits.PrimaryHDU(data, header=h0 + fits.Header({"CDELT1": 1e-4, "CDELT2": 1e-4})).writeto(
+        tmp_path / "nan_ref.fits")
+    raw = (tmp_path / "nan_ref.fits").read_bytes()
+    (tmp_path / "nan_ref.fits").write_bytes(raw.replace(b"CRVAL1  =                 10.0",
+                                                        b"CRVAL1  =                  NaN", 1))
     for name, expected in (("pc", 0.5), ("cd", 1.8), ("none", None), ("pc_and_cd", 0.5),
-                           ("zero_row", None)):
+                           ("zero_row", None), ("nan_ref", None)):
         fast = read_file(tmp_path / f"{name}.fits")[0]
         slow = _read_fits_astropy(tmp_path / f"{name}.fits", want_scale=True,
                                   triplet_hint=False)[0]

@@ -227,6 +227,19 @@ _FAST_DTYPES = {8: ">u1", 16: ">i2", 32: ">i4", 64: ">i8", -32: ">f4", -64: ">f8
 _CELESTIAL = ("RA--", "DEC-", "GLON", "GLAT", "ELON", "ELAT", "SLON", "SLAT", "HPLN", "HPLT")
 
 
+def _keyword(get, key):
+    """``get(key)``; NaN for a card that astropy cannot parse (``CRVAL1 = NaN``: its
+    `VerifyError`; wcslib reads such a card as absent, a zero)."""
+    try:
+        return get(key, None)
+    except Exception as exc:  # noqa: BLE001 - astropy's VerifyError (imported only then)
+        from astropy.io.fits.verify import VerifyError
+
+        if isinstance(exc, VerifyError):
+            return np.nan
+        raise
+
+
 def _linear_matrix(get, axes=(1, 2)):
     """The matrix (degrees per pixel on celestial axes) of the header read by ``get`` that
     turns pixel offsets along the axes ``axes`` (FITS numbers) into intermediate world
@@ -234,7 +247,7 @@ def _linear_matrix(get, axes=(1, 2)):
     each of its elements, as ``'CD1_1 = 0'``; `TypeError` or `ValueError` for a keyword
     that is no number."""
     def card(key, default):
-        value = get(key, None)
+        value = _keyword(get, key)
         if value is None:
             return default, f"{key} absent"
         value = float(value)
@@ -254,15 +267,26 @@ def _linear_matrix(get, axes=(1, 2)):
 
 
 def wcs_matrix_problem(get, axes=(1, 2)):
-    """Why the pixel scale matrix of the celestial axes ``axes`` (FITS numbers) of a
-    header read by ``get`` cannot place pixels on the sky, naming its keywords, or None.
+    """Why the celestial axes ``axes`` (FITS numbers) of the WCS of a header read by
+    ``get`` cannot place pixels on the sky, naming the keywords, or None.
 
-    A zero row or column (``CD1_1 = CD1_2 = 0``, ``CDELT1 = 0``), a singular or non-finite
-    matrix. wcslib refuses most of these, but silently repairs a CD matrix whose row and
-    column of an axis are both zero (absent) by putting 1 (degree per pixel) on its
-    diagonal: so the header's keywords are looked at, not astropy's WCS. Keywords that are
-    no numbers are left to the WCS parsers (None here).
+    A reference point (CRVALi, CRPIXi) that is NaN or infinite, and a pixel scale matrix
+    with a zero row or column (``CD1_1 = CD1_2 = 0``, ``CDELT1 = 0``), singular or not
+    finite. wcslib refuses some of these, but silently repairs others: a CD matrix whose row
+    and column of an axis are both zero (absent) gets 1 (degree per pixel) on its diagonal,
+    a ``CRVAL1 = NaN`` card is read as 0; so the header's keywords are looked at, not
+    astropy's WCS. Keywords that are text are left to the WCS parsers (None here).
     """
+    point = []
+    for key in [f"CRVAL{i}" for i in axes] + [f"CRPIX{i}" for i in axes]:
+        try:
+            value = float(_keyword(get, key) or 0.0)
+        except (TypeError, ValueError):
+            continue
+        if not np.isfinite(value):
+            point.append(f"{key} = {value:g}")
+    if point:
+        return f"{', '.join(point)}: a reference point that is not a finite number"
     try:
         matrix, keys = _linear_matrix(get, axes)
     except (TypeError, ValueError):
