@@ -22,6 +22,7 @@ from astropy.wcs import WCS
 
 import astromorph
 from conftest import shipped_torch_module
+from astromorph.exceptions import InputError
 from astromorph.preprocessing import _radio as radio
 
 REPO = Path(__file__).resolve().parents[1]
@@ -196,6 +197,24 @@ def test_pixel_scale_from_wcs_is_the_geometric_mean():
     w.wcs.crval = [150.0, 2.0]
     w.wcs.cdelt = [-2.0 / 3600, 0.5 / 3600]
     assert radio.pixel_scale_from_wcs(w) == pytest.approx(1.0, rel=1e-9)
+
+
+
+def test_pixel_scale_from_wcs_of_a_degenerate_or_skewed_matrix():
+    """A singular CD matrix had a pixel scale (the lengths of its columns: 1.41" here) where
+    it has no pixel area; it is an `InputError`, as `annotate` says of such an image. A
+    skewed one (CD1_2 != 0, CD2_1 = 0) gave the geometric mean of its column lengths, not the
+    square root of the pixel area that the fast FITS reader gives for the same header."""
+    from astromorph._readers._fits import _scale_from_cards
+
+    h = fits.Header({"CTYPE1": "RA---TAN", "CTYPE2": "DEC--TAN", "CRVAL1": 150.0,
+                     "CRVAL2": 2.0, "CD1_1": 1 / 3600, "CD1_2": 1 / 3600,
+                     "CD2_1": 1 / 3600, "CD2_2": 1 / 3600})
+    with pytest.raises(InputError, match=r"cannot place sources: singular pixel scale"):
+        radio.pixel_scale_from_wcs(WCS(h))
+    h["CD2_1"] = 0.0
+    assert radio.pixel_scale_from_wcs(WCS(h)) == pytest.approx(1.0, rel=1e-9)
+    assert _scale_from_cards(h.get) == pytest.approx(1.0, rel=1e-9)
 
 
 def test_annotate_equals_predict_on_small_cutouts(tmp_path):

@@ -650,7 +650,8 @@ def _one_pixel_scale(value):
 
 
 def pixel_scale_from_wcs(wcs):
-    """Pixel scale in arcsec of a celestial WCS (geometric mean of the axes).
+    """Pixel scale in arcsec of a celestial WCS: the square root of the pixel area (the
+    geometric mean of the axes where they are perpendicular).
 
     Parameters
     ----------
@@ -661,17 +662,27 @@ def pixel_scale_from_wcs(wcs):
     -------
     float
         Pixel scale in arcsec per pixel.
+
+    Raises
+    ------
+    astromorph.exceptions.InvalidArgumentTypeError
+        ``wcs`` is no `astropy.wcs.WCS`.
+    astromorph.exceptions.InputError
+        A WCS without celestial axes, or one that cannot place pixels on the sky: a
+        singular or non-finite pixel scale matrix, a non-finite reference point.
     """
     from astropy.wcs import WCS
-    from astropy.wcs.utils import proj_plane_pixel_scales
+
+    from .._cutouts import _check_wcs
 
     if not isinstance(wcs, WCS):
         raise InvalidArgumentTypeError(f"wcs must be an astropy.wcs.WCS, got {wcs!r}")
     if not getattr(wcs, "has_celestial", False):
         raise InputError(f"the WCS has no celestial axes (CTYPE = {list(wcs.wcs.ctype)}): no "
                          "pixel scale in arcsec")
-    scales = proj_plane_pixel_scales(wcs.celestial)
-    return float(np.sqrt(abs(scales[0] * scales[1])) * 3600.0)
+    celestial = wcs.celestial
+    _check_wcs(celestial, "wcs")
+    return float(np.sqrt(abs(np.linalg.det(celestial.pixel_scale_matrix))) * 3600.0)
 
 
 def resample_to_first_grid(image, pixel_scale_arcsec, *, size=DATASET_IMAGE_PIXELS):
