@@ -308,6 +308,38 @@ def test_options_of_another_step_are_refused(argv, option, steps, tmp_path, caps
     assert "\n" not in err and option in err and steps in err, err
 
 
+@pytest.mark.parametrize("argv, option, steps", [
+    ("morphology evaluate --lr 0.1", "--lr", "train"),
+    ("morphology export --widths 8 8 8 8", "--widths", "train"),
+    ("morphology evaluate --gz2-labels", "--gz2-labels", "train"),
+    ("morphology train --tta 4", "--tta", "evaluate / export"),
+    ("morphology-gz2 evaluate --student-epochs 3", "--student-epochs", "train"),
+    ("morphology-gz2 export --init none", "--init", "train"),
+    ("morphology-gz2 train --tta 4", "--tta", "evaluate / export"),
+    ("embedding evaluate --compare", "--compare", "train"),
+    ("embedding export --compare-epochs 2", "--compare-epochs", "train"),
+    ("embedding evaluate --method byol", "--method", "train"),
+    ("embedding train --probe-draws 3", "--probe-draws", "evaluate"),
+    ("embedding export --cnn-draws 2", "--cnn-draws", "evaluate"),
+    ("embedding train --tta 4", "--tta", "evaluate / export")])
+def test_options_of_another_step_are_refused_for_every_model(argv, option, steps, capsys):
+    """morphology, morphology-gz2 and embedding had no `STEP_OPTIONS`: ``embedding train
+    --probe-draws 3`` or ``morphology evaluate --lr 0.1`` were accepted and did nothing.
+    They now stop on the command line (exit status 2, one line naming the option and the
+    step that reads it). Only parsed here: nothing runs."""
+    from astromorph_training.__main__ import _check_step_options, build_parser
+
+    words = [*argv.split(), "--smoke", "--data-dir", "nowhere-at-all"]
+    parser = build_parser(words[0])
+    args = parser.parse_args(words)
+    with pytest.raises(SystemExit) as exc:
+        _check_step_options(parser, args)
+    assert exc.value.code == 2, exc.value.code
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and option in err, err
+    assert f"{words[0]} {steps}, not of {words[1]}" in err, err
+
+
 def test_options_of_the_step_run_are_accepted():
     """The documented uses parse: ``build`` runs ``evaluate``, so it takes ``--test-seed``."""
     from astromorph_training.__main__ import _check_step_options, build_parser
@@ -315,7 +347,13 @@ def test_options_of_the_step_run_are_accepted():
     for argv in ("real-bogus build --test-seed 20261123", "real-bogus evaluate --test-seed 1",
                  "real-bogus compare --candidates a --val-seed 22",
                  "real-bogus average --sources a b --ensemble --bn-samples 10",
-                 "radio-morphology average --sources a b", "radio-morphology build --throughput"):
+                 "radio-morphology average --sources a b", "radio-morphology build --throughput",
+                 "morphology build --lr 0.1 --tta 4", "morphology export --tta 4",
+                 "morphology-gz2 train --student-epochs 3 --init none",
+                 "morphology-gz2 evaluate --tta 4", "morphology-gz2 evaluate --tag x",
+                 "embedding train --compare --compare-epochs 2 --method byol",
+                 "embedding evaluate --probe-draws 3 --cnn-draws 2 --tta 4",
+                 "embedding build --probe-draws 3 --compare", "embedding export --tta 4"):
         words = argv.split()
         parser = build_parser(words[0])
         _check_step_options(parser, parser.parse_args(words))

@@ -147,6 +147,14 @@ CACHE_CROP = {k: crop_fraction_for(v, CACHE_SIZE)
 
 
 # ------------------------------------------------------------------------ arguments
+#: Options only some steps read -> those steps (the command line refuses them elsewhere).
+STEP_OPTIONS = {**dict.fromkeys(("method", "compare", "compare_only", "methods", "compare_epochs",
+                                 "compare_images", "batch_size", "lr", "temperature", "restart"),
+                                ("train",)),
+                "tta": ("evaluate", "export"), "probe_draws": ("evaluate",),
+                "cnn_draws": ("evaluate",)}
+
+
 def add_arguments(parser):
     """Options of the embedding model."""
     g = parser.add_argument_group("embedding")

@@ -147,6 +147,13 @@ MAIN_OUTPUTS = ("Class1.1", "Class1.2", "Class2.1", "Class3.1", "Class4.1", "Cla
 
 
 # ------------------------------------------------------------------------ arguments
+#: Options only some steps read -> those steps (the command line refuses them elsewhere).
+STEP_OPTIONS = {**dict.fromkeys(("batch_size", "lr", "weight_decay", "ema_decay", "dropout",
+                                 "restart", "init", "student_epochs", "student_from_teacher",
+                                 "student_lr", "pseudo_tta", "train_fraction"), ("train",)),
+                "tta": ("evaluate", "export")}
+
+
 def add_arguments(parser):
     """Options of the morphology-gz2 model."""
     g = parser.add_argument_group("morphology-gz2")

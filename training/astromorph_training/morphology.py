@@ -132,6 +132,15 @@ def optical_preprocessing_options(**extra):
         **extra,
     }
 
+
+#: Options only some steps read -> those steps (the command line refuses them elsewhere).
+STEP_OPTIONS = {**dict.fromkeys(("batch_size", "lr", "weight_decay", "ema_decay", "restart",
+                                 "widths", "stem", "synthetic_mergers", "gz2_labels",
+                                 "label_smoothing"),
+                                ("train",)),
+                "tta": ("evaluate", "export")}
+
+
 def add_arguments(parser):
     """Options of the morphology model."""
     g = parser.add_argument_group("morphology")
