@@ -249,6 +249,28 @@ def test_counts_below_one_are_refused_by_the_parser(argv, capsys):
     assert "\n" not in err and "must be at least 1" in err and bad in err, err
 
 
+@pytest.mark.parametrize("argv", [
+    "radio-morphology train --stage4 -1", "radio-morphology train --stage0 -8",
+    "morphology-gz2 train --student-epochs -1", "morphology train --seed -1",
+    "embedding build --seed -3", "real-bogus evaluate --test-seed -5",
+    "real-bogus compare --val-seed -2"])
+def test_negative_integers_are_refused_by_the_parser(argv, capsys):
+    """Integer options where 0 means something (none, no student stage, seed 0) took
+    negative values: ``--stage4 -1`` and ``--student-epochs -1`` went on as if 0 or failed
+    inside torch, a negative seed was a ValueError traceback from numpy. They now stop on
+    the command line (exit status 2, one line naming the value); 0 is accepted."""
+    from astromorph_training.__main__ import build_parser
+
+    words = argv.split()
+    with pytest.raises(SystemExit) as exc:
+        build_parser(words[0]).parse_args(words)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "must be at least 0" in err and words[-1] in err, err
+    args = build_parser(words[0]).parse_args([*words[:-1], "0"])
+    assert getattr(args, words[-2].lstrip("-").replace("-", "_")) == 0
+
+
 @pytest.mark.parametrize("folds, bad", [("x", "'x'"), ("9", "9"), ("-1", "-1"), ("0,,2", "''")])
 def test_radio_folds_out_of_range_are_refused_by_the_parser(folds, bad, capsys):
     """``radio-morphology train --cv --folds`` takes fold numbers 0-4: a word was a

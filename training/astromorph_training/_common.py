@@ -29,7 +29,7 @@ __all__ = [
     "plot_reliability", "export_onnx", "write_card", "write_metrics", "check_parity",
     "sha256sum", "SplitChanged", "onnx_throughput", "save_checkpoint", "load_checkpoint",
     "resume_checkpoint", "set_aside", "MODEL_KEY", "write_text", "save_npz", "atomic_path", "positive_int",
-    "synthetic_scenes",
+    "nonnegative_int", "synthetic_scenes",
     "parity_raw_inputs", "write_parity_reference", "PARITY_REFERENCE", "load_onnx_weights",
     "shipped_torch_model", "MODULES", "read_csv",
     "split_fingerprint", "check_split_source",
@@ -193,14 +193,28 @@ def positive_int(text):
     instead of falling back to the default (``--epochs 0`` trained the full default
     epochs) or failing deep inside torch (``--threads -1``).
     """
+    return _int_at_least(text, 1)
+
+
+def nonnegative_int(text):
+    """``argparse`` type of integers where 0 means something (``--seed``, ``radio-morphology
+    --stage4``, ``morphology-gz2 --student-epochs``): an int >= 0.
+
+    Negative values are refused on the command line (one line, exit status 2) instead of a
+    traceback from numpy (a negative seed) or torch (a layer of -1 channels).
+    """
+    return _int_at_least(text, 0)
+
+
+def _int_at_least(text, low):
     import argparse
 
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    if value < low:
+        raise argparse.ArgumentTypeError(f"must be at least {low}, not {value}")
     return value
 
 

@@ -169,7 +169,7 @@ def add_arguments(parser):
                    help="'morphology' (default: the GZ1 model's training checkpoint, so run "
                         "'morphology train' first), 'none' (random initialisation) or a "
                         "checkpoint path whose 'ema' or 'model' entry is a morphology-style network")
-    g.add_argument("--student-epochs", type=int, default=0,
+    g.add_argument("--student-epochs", type=_common.nonnegative_int, default=0,
                    help="epochs of the noisy-student stage on labelled + pseudo-labelled images "
                         "(0: train only on the labelled images)")
     g.add_argument("--student-from-teacher", action="store_true",

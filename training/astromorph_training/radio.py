@@ -169,10 +169,10 @@ def add_arguments(parser):
     group.add_argument("--throughput", action="store_true",
                        help="evaluate: also time onnxruntime (2 threads, batch 256)")
     group.add_argument("--threads", type=_common.positive_int, default=1, help="torch CPU threads for training")
-    group.add_argument("--stage4", type=int, default=DEFAULT_STAGE4,
+    group.add_argument("--stage4", type=_common.nonnegative_int, default=DEFAULT_STAGE4,
                        help="train: channels of the fourth stage (two 3x3 convolutions at 4 x 4 "
                             "pixels; default %(default)s); 0 = the 3-stage v1.0 network")
-    group.add_argument("--stage0", type=int, default=0,
+    group.add_argument("--stage0", type=_common.nonnegative_int, default=0,
                        help="train: channels of an extra pair of 3x3 convolutions at the stem's "
                             "64 x 64 pixels, before the first max-pool (default 0: none, v1.1)")
     group.add_argument("--arch", choices=("plain", "d4"), default="plain",

@@ -94,10 +94,10 @@ def add_arguments(parser):
     g.add_argument("--candidates", nargs="+", default=None, metavar="DIR",
                    help="compare: the --out-dir folders of the candidate runs (default: this "
                         "repository's own checkpoint)")
-    g.add_argument("--val-seed", type=int, default=None,
+    g.add_argument("--val-seed", type=common.nonnegative_int, default=None,
                    help="compare: score a fresh v3 validation set simulated with this seed on the "
                         "validation sky and galaxies (default: the cached validation set)")
-    g.add_argument("--test-seed", type=int, default=None, metavar="SEED",
+    g.add_argument("--test-seed", type=common.nonnegative_int, default=None, metavar="SEED",
                    help="evaluate: also score a fresh draw of test simulations with this seed "
                         "(in memory, --n-fresh-test triplets)")
     g.add_argument("--n-fresh-test", type=common.positive_int, default=24000,
