@@ -554,17 +554,21 @@ def _check_resume(last, ck, args, epochs):
 def _rank_batches(perm, bs, steps, rank, world):
     """The training indices of process ``rank`` of ``world`` for each of an epoch's steps.
 
-    Step ``step`` takes the batch ``perm[step * bs:(step + 1) * bs]``, sorted (reading a
-    memory-mapped cache in order), and each process every ``world``-th of it. Every process
+    Step ``step`` takes the batch ``perm[step * bs:(step + 1) * bs]``, cut to a multiple of
+    ``world`` (its last ``len % world`` triplets left out), sorted (reading a memory-mapped
+    cache in order), and each process every ``world``-th of it: every process takes the
+    same number of triplets, as DistributedDataParallel averages their gradients with equal
+    weight (a final batch of 3 split 2 + 1 weighted the lone triplet twice). Every process
     gets the same number of steps, none of them empty: a final batch smaller than ``world``
-    is left out (at most ``world - 1`` triplets of the epoch), since one process leaving the
-    epoch while another runs a DistributedDataParallel step would leave the collectives
-    unmatched. With one process the batches are the same as always.
+    is left out, since one process leaving the epoch while another runs a
+    DistributedDataParallel step would leave the collectives unmatched. With one process
+    the batches are the same as always.
     """
     batches = []
     for step in range(steps):
         batch = perm[step * bs:(step + 1) * bs]
-        if len(batch) < world:  # also the end of the permutation (smoke steps aside)
+        batch = batch[:len(batch) - len(batch) % world]
+        if not len(batch):  # also the end of the permutation (smoke steps aside)
             break
         batches.append(np.sort(batch)[rank::world])
     return batches
