@@ -396,6 +396,41 @@ def test_real_bogus_single_process_batches_are_unchanged(n, bs):
     assert len(realbogus._rank_batches(perm, bs, 2, 0, 1)) == min(2, steps)
 
 
+def test_figures_are_written_atomically(tmp_path, monkeypatch):
+    """The reports' figures were written in place with ``fig.savefig(path)``: a run killed
+    (or out of disk) while saving left a truncated PNG in training/reports. Every figure now
+    goes through `_common.save_figure` (`atomic_path`): the previous picture stays whole
+    and no temporary file is left."""
+    import os
+
+    from astromorph_training import _common
+
+    rng = np.random.default_rng(3)
+    probs = rng.dirichlet([1, 1], 20)
+    labels = rng.integers(0, 2, 20)
+    images = rng.uniform(0, 1, (20, 3, 8, 8))
+    path = tmp_path / "figure.png"
+    assert _common.plot_confusion_matrix(np.array([[3, 1], [0, 4]]), ["a", "b"], path) == path
+    before = path.read_bytes()
+    assert before.startswith(b"\x89PNG")
+
+    def killed(src, dst):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "replace", killed)
+    for plot in (lambda p: _common.plot_confusion_matrix(np.eye(2, dtype=int), ["a", "b"], p),
+                 lambda p: _common.plot_reliability(probs, labels, p),
+                 lambda p: _common.plot_error_gallery(images, probs, labels, ["a", "b"], p)):
+        with pytest.raises(KeyboardInterrupt):
+            plot(path)
+        assert path.read_bytes() == before
+    monkeypatch.undo()
+    assert [p.name for p in tmp_path.iterdir()] == ["figure.png"]
+    # and so do the figures the model modules draw themselves
+    package = _common.repo_root() / "training" / "astromorph_training"
+    assert not [p.name for p in package.glob("*.py") if ".savefig(" in p.read_text()]
+
+
 def test_arrays_for_a_later_step_are_written_atomically(tmp_path, monkeypatch):
     """``embedding evaluate`` wrote ``pca.npz`` (the projection ``export`` bakes into the
     graph) in place with ``np.savez``: a run killed during the write left a truncated

@@ -29,7 +29,7 @@ __all__ = [
     "plot_reliability", "export_onnx", "write_card", "write_metrics", "check_parity",
     "sha256sum", "SplitChanged", "onnx_throughput", "save_checkpoint", "load_checkpoint",
     "resume_checkpoint", "set_aside", "MODEL_KEY", "write_text", "save_npz", "atomic_path", "positive_int",
-    "nonnegative_int", "synthetic_scenes",
+    "nonnegative_int", "save_figure", "synthetic_scenes",
     "parity_raw_inputs", "write_parity_reference", "PARITY_REFERENCE", "load_onnx_weights",
     "shipped_torch_model", "MODULES", "read_csv",
     "split_fingerprint", "check_split_source",
@@ -285,6 +285,17 @@ def write_text(path, text):
     return Path(path)
 
 
+def save_figure(fig, path, *, dpi):
+    """Save the matplotlib figure ``fig`` as ``path`` atomically (`atomic_path`), in the
+    format its extension names (the temporary file's name ends in ``.tmp``), at ``dpi``.
+    Every figure of the reports is saved through it. Returns ``path``."""
+    from astromorph._plotting import picture_format, save_figure as _save
+
+    with atomic_path(path) as tmp:
+        _save(fig, tmp, dpi=dpi, fmt=picture_format(path))
+    return Path(path)
+
+
 def save_npz(path, **arrays):
     """``np.savez(path, **arrays)`` atomically (`atomic_path`). Returns ``path``."""
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
@@ -486,8 +497,7 @@ def fit_temperature(logits, labels, *, bounds=(0.05, 20.0)):
 def plot_confusion_matrix(cm, class_names, path, title=""):
     """Save a confusion matrix (counts, shaded by row-normalised recall) as PNG: the figure
     of `astromorph.evaluate_labels` (``astromorph._evaluate.confusion_matrix_figure``)."""
-    confusion_matrix_figure(cm, class_names, title=title).savefig(path, dpi=120)
-    return Path(path)
+    return save_figure(confusion_matrix_figure(cm, class_names, title=title), path, dpi=120)
 
 
 def plot_error_gallery(images, probs, labels, class_names, path, title="", *, n=30, cmap=None):
@@ -531,7 +541,7 @@ def plot_error_gallery(images, probs, labels, class_names, path, title="", *, n=
     fig.suptitle(f"{title}\n{len(wrong)} of {int((pred != labels).sum())} errors, "
                  "most confident first: true -> predicted (probability)", fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
+    save_figure(fig, path, dpi=90)
     plt.close(fig)
     return Path(path)
 
@@ -539,8 +549,8 @@ def plot_error_gallery(images, probs, labels, class_names, path, title="", *, n=
 def plot_reliability(probs, labels, path, title="", n_bins=15):
     """Save a reliability diagram (top-label accuracy against confidence) as PNG: the figure
     of `astromorph.evaluate_labels` (``astromorph._evaluate.reliability_figure``)."""
-    reliability_figure(probs, labels, title=title, n_bins=n_bins).savefig(path, dpi=120)
-    return Path(path)
+    return save_figure(reliability_figure(probs, labels, title=title, n_bins=n_bins), path,
+                       dpi=120)
 
 
 def write_metrics(name, metrics, root=None):

@@ -1121,7 +1121,7 @@ def cluster_gallery(stamps, clusters, path, *, per_cluster=10, seed=0, names=Non
         label = f"cluster {c}\n(n={len(members)})" + (f"\n{names[c]}" if names else "")
         axes[r][0].set_ylabel(label, fontsize=7, rotation=0, ha="right", va="center")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    _common.save_figure(fig, path, dpi=100)
     plt.close(fig)
     return Path(path)
 
@@ -1145,7 +1145,7 @@ def _plot_probe(results, path):
         ax.set_title(key.replace("_", " "))
     fig.suptitle("GZ1 held-out test galaxies: classifiers from 200 labelled galaxies", fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    _common.save_figure(fig, path, dpi=120)
     plt.close(fig)
     return path
 

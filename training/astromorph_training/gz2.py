@@ -804,7 +804,7 @@ def _plot_scatter(pred, true, path, title):
         ax.set_ylabel("predicted")
     fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    _common.save_figure(fig, path, dpi=110)
     plt.close(fig)
 
 
@@ -823,7 +823,7 @@ def _plot_per_question(model_q, trivial_q, path, title):
     ax.set_title(title)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    _common.save_figure(fig, path, dpi=110)
     plt.close(fig)
 
 
@@ -859,7 +859,7 @@ def _plot_comparison(morph_probs, morph_labels, pred, true, path, title):
     ax.legend(fontsize=8)
     fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    _common.save_figure(fig, path, dpi=110)
     plt.close(fig)
 
 

@@ -983,7 +983,7 @@ def evaluate(args):
     ax.set_title(f"real-bogus ROC (threshold {thr:.3f})")
     ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
-    fig.savefig(rep / "roc_sims.png", dpi=120)
+    common.save_figure(fig, rep / "roc_sims.png", dpi=120)
     plt.close(fig)
 
     fig, ax = plt.subplots(figsize=(5, 3.8))
@@ -1002,7 +1002,7 @@ def evaluate(args):
     ax.set_title("held-out simulations: missed detections vs S/N")
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(rep / "missed_vs_snr.png", dpi=120)
+    common.save_figure(fig, rep / "missed_vs_snr.png", dpi=120)
     plt.close(fig)
 
     common.plot_reliability(np.stack([1 - pte, pte], 1), y, rep / "reliability.png",
@@ -1030,7 +1030,7 @@ def evaluate(args):
                 _imshow_stamp(axs[r, 3 * c + j], trip[j], t, fs=5)
     fig.suptitle("simulated triplets (sci | ref | diff), held-out sky", fontsize=8)
     fig.tight_layout(rect=(0, 0, 1, 0.985))
-    fig.savefig(rep / "sim_gallery.png", dpi=110)
+    common.save_figure(fig, rep / "sim_gallery.png", dpi=110)
     plt.close(fig)
 
     # ---- real ZTF alerts vs braai drb ----
@@ -1095,7 +1095,7 @@ def evaluate(args):
     ax[1].set_ylabel("astromorph rb_score")
     ax[1].set_title(f"Spearman {m_real['all_209']['spearman_vs_drb']:.3f} (orange: held-out sky)", fontsize=9)
     fig.tight_layout()
-    fig.savefig(rep / "roc_real_alerts.png", dpi=120)
+    common.save_figure(fig, rep / "roc_real_alerts.png", dpi=120)
     plt.close(fig)
 
     nd = len(dis)
@@ -1116,7 +1116,7 @@ def evaluate(args):
         fig.suptitle(f"real ZTF alerts where rb_score (thr {thr:.3f}) and braai drb (0.5) disagree"
                      " (sci | ref | diff)", fontsize=8)
         fig.tight_layout(rect=(0, 0, 1, 0.96))
-        fig.savefig(rep / "disagreements_real_alerts.png", dpi=110)
+        common.save_figure(fig, rep / "disagreements_real_alerts.png", dpi=110)
         plt.close(fig)
 
     metrics = {
