@@ -26,7 +26,7 @@ from .exceptions import (AstromorphError, InputError, InputNotFoundError, Invali
 __all__ = ["atomic_output", "check_input_file", "check_output", "check_distinct_outputs",
            "output_error", "card_reads_back", "array_columns", "check_multidimensional",
            "check_columns_held", "check_fits_names",
-           "restore_parquet_shapes", "table_format", "write_table", "TABLE_FORMATS",
+           "plain_votable_columns", "restore_parquet_shapes", "table_format", "write_table", "TABLE_FORMATS",
            "READ_ONLY_TABLE_FORMATS"]
 
 log = logging.getLogger(__name__)
@@ -800,6 +800,52 @@ def restore_parquet_shapes(table, path):
         col = table[name]
         if getattr(col, "shape", ())[1:] == (int(np.prod(shape)),):
             table.replace_column(name, col.reshape((len(col),) + shape))
+    return table
+
+
+def plain_votable_columns(table):
+    """``table``, read from a VOTable by astropy, with its variable-length columns as plain
+    columns that every output format holds.
+
+    Astropy reads a ``char`` or ``unicodeChar`` column of ``arraysize="*"`` (the ids and
+    names of most TAP and VizieR tables) as an object column of Python str, which FITS and
+    Parquet cannot hold: such a column (every unmasked cell a str; with no unmasked cell,
+    one that astropy marks as VOTable text) becomes a unicode string column, its mask kept.
+    It reads a numeric column of ``arraysize="*"`` as an object column of arrays, an empty
+    cell as a float64 array whatever the column's type: where the non-empty arrays are of
+    one dtype, the empty ones are given it. Such columns are masked columns only where a
+    cell is masked. Units, descriptions, formats and meta (UCDs) are kept; other columns
+    are left as they are. ``table`` is changed in place and
+    returned.
+    """
+    from astropy.table import Column, MaskedColumn
+
+    def rebuilt(col, values, mask):  # a Column, or a MaskedColumn where a cell is masked
+        attrs = {a: getattr(col.info, a) for a in ("name", "unit", "description", "format",
+                                                   "meta")}
+        return MaskedColumn(values, mask=mask, **attrs) if mask.any() else \
+            Column(values, **attrs)
+
+    for name in table.colnames:
+        col = table[name]
+        if getattr(col, "dtype", None) != object or col.ndim != 1:
+            continue
+        data, masked = np.ma.getdata(col), np.ma.getmaskarray(col)
+        cells = data[~masked]
+        if all(isinstance(c, str) for c in cells) and (
+                len(cells) or col.info.meta.get("_votable_string_dtype")):
+            table.replace_column(name, rebuilt(col, np.where(masked, "", data).astype(str),
+                                               masked))
+            continue
+        if not all(isinstance(c, np.ndarray) and c.ndim == 1 for c in data):
+            continue
+        types = {c.dtype for c in data if c.size}
+        if len(types) == 1:
+            (dtype,) = types
+            for i in np.flatnonzero([not c.size and c.dtype != dtype for c in data]):
+                data[i] = data[i].astype(dtype)
+        # (astropy's FITS writer fails on a MaskedColumn of arrays: its fill value is '?')
+        table.replace_column(name, rebuilt(col, data, masked))
     return table
 
 

@@ -3239,3 +3239,117 @@ def test_bad_input_warning_says_what_it_counts(optical_model):
                               "BAD_INPUT (32), outputs masked"), ours[0]
     assert "could not be scored" not in ours[0]
     assert "OFF_IMAGE" in ours[0]  # says that rows off every image are not counted here
+
+
+def _votable_xml(ra, dec, *, ra_name="RAJ2000", dec_name="DEJ2000"):
+    """A VOTable as a TAP service or VizieR serves it: variable-length text (ids, names:
+    ``char``/``unicodeChar`` ``arraysize="*"``, with an empty cell and non-ASCII text),
+    variable-length numbers (an empty cell), a null flux, units, UCDs and descriptions."""
+    rows = []
+    cells = [("NGC 1", "Åström", "1 2 3", "1.5"), ("", "", "", ""), ("M 31 ünï", "天体", "4", "NaN")]
+    for r, d, (name, uname, epochs, flux) in zip(ra, dec, cells):
+        rows.append(f"<TR><TD>{name}</TD><TD>{uname}</TD><TD>{r!r}</TD><TD>{d!r}</TD>"
+                    f"<TD>{flux}</TD><TD>{epochs}</TD></TR>")
+    return f"""<?xml version="1.0" encoding="utf-8"?>
+<VOTABLE version="1.4" xmlns="http://www.ivoa.net/xml/VOTable/v1.3">
+<RESOURCE type="results"><TABLE name="results">
+<DESCRIPTION>a test catalogue</DESCRIPTION>
+<FIELD name="name" datatype="char" arraysize="*" ucd="meta.id;meta.main">
+<DESCRIPTION>Source name</DESCRIPTION></FIELD>
+<FIELD name="uname" datatype="unicodeChar" arraysize="*"/>
+<FIELD name="{ra_name}" datatype="double" unit="deg" ucd="pos.eq.ra;meta.main">
+<DESCRIPTION>Right ascension</DESCRIPTION></FIELD>
+<FIELD name="{dec_name}" datatype="double" unit="deg" ucd="pos.eq.dec;meta.main"/>
+<FIELD name="flux" datatype="float" unit="mJy"><VALUES null="NaN"/></FIELD>
+<FIELD name="epochs" datatype="int" arraysize="*"/>
+<DATA><TABLEDATA>
+{chr(10).join(rows)}
+</TABLEDATA></DATA></TABLE></RESOURCE></VOTABLE>
+"""
+
+
+def test_votable_text_and_variable_length_columns_are_read_as_plain_columns(tmp_path):
+    """astropy reads a VOTable ``char arraysize="*"`` column as an object column of Python
+    str, which FITS and Parquet cannot hold, and an ``int arraysize="*"`` column with an
+    empty cell as int arrays beside an empty float64 array. astromorph's table reader
+    makes them unicode string columns (astropy's mask kept) and arrays of one dtype,
+    keeping units, descriptions, UCDs and the table meta; other columns are untouched."""
+    from astromorph._cli_annotate import _read_catalogue
+
+    path = tmp_path / "cat.vot"
+    path.write_text(_votable_xml([150.1, 150.2, 150.3], [2.2, 2.3, 2.4]), encoding="utf-8")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        raw = QTable.read(path, format="votable")
+    t = _read_catalogue(path)
+    assert t.colnames == raw.colnames and t.meta == raw.meta
+    assert t.meta["description"] == "a test catalogue"
+    for name, text in (("name", ["NGC 1", "", "M 31 ünï"]), ("uname", ["Åström", "", "天体"])):
+        assert t[name].dtype.kind == "U", name
+        assert t[name].tolist() == text
+        np.testing.assert_array_equal(np.ma.getmaskarray(t[name]), np.ma.getmaskarray(raw[name]))
+    assert t["name"].info.description == "Source name"
+    assert t["name"].info.meta["ucd"] == "meta.id;meta.main"
+    assert {c.dtype for c in t["epochs"]} == {np.asarray(raw["epochs"][0]).dtype}
+    assert [list(c) for c in t["epochs"]] == [[1, 2, 3], [], [4]]
+    assert t["RAJ2000"].unit == u.deg and t["RAJ2000"].info.description == "Right ascension"
+    assert t["RAJ2000"].info.meta["ucd"] == "pos.eq.ra;meta.main"
+    assert t["flux"].unit == u.mJy and t["flux"].mask.tolist() == [False, True, False]
+    for name in ("RAJ2000", "DEJ2000", "flux"):  # fine as astropy reads them: the same
+        assert type(t[name]) is type(raw[name]) and t[name].dtype == raw[name].dtype
+    # a masked text cell stays masked (whatever its data), a column of another object
+    # than str (or of arrays of mixed types) is left as it is
+    from astromorph._io import plain_votable_columns
+
+    odd = Table({"name": np.ma.MaskedArray(np.array(["a", None, "ccc"], object),
+                                           mask=[False, True, False]),
+                 "mixed": np.array(["a", 1, None], object),
+                 "arrays": np.array([np.arange(2), np.ones(2), np.zeros(0)], object)})
+    odd["name"].unit, odd["name"].description = "", "Name"
+    plain = plain_votable_columns(odd.copy())
+    assert plain["name"].dtype.kind == "U" and plain["name"].description == "Name"
+    assert plain["name"].mask.tolist() == [False, True, False]
+    assert plain["name"].filled("?").tolist() == ["a", "?", "ccc"]
+    for name in ("mixed", "arrays"):
+        assert plain[name].dtype == object
+        assert [str(c) for c in plain[name]] == [str(c) for c in odd[name]]
+    assert [c.dtype for c in plain["arrays"]] == [c.dtype for c in odd["arrays"]]
+    # other formats: as astropy reads them
+    raw.remove_columns(["name", "uname", "epochs"])
+    raw.write(tmp_path / "cat.ecsv")
+    assert _read_catalogue(tmp_path / "cat.ecsv").colnames == raw.colnames
+
+
+def test_cli_annotates_a_votable_of_text_ids_to_fits_parquet_and_ecsv(optical_model, tmp_path):
+    """``astromorph annotate cat.vot -i img.fits -o out.fits`` with the ids and names of a
+    TAP or VizieR VOTable (``char arraysize="*"``) and variable-length arrays with an empty
+    cell: refused before any work ("FITS cannot hold the column(s) name"); now written to
+    FITS, Parquet and ECSV, the text read back as it was."""
+    img, w = blobs(), sky_wcs()
+    fits.writeto(tmp_path / "img.fits", img, w.to_header())
+    cat = catalogue(w, [(100, 100), (80, 90), (120, 60)])
+    ref = astromorph.annotate(cat, (img, w), model=optical_model)
+    (tmp_path / "cat.vot").write_text(_votable_xml(cat["ra"], cat["dec"]), encoding="utf-8")
+    outputs = ["out.fits", "out.ecsv"]
+    if importlib.util.find_spec("pyarrow"):
+        outputs.append("out.parquet")
+    for name in outputs:
+        out = tmp_path / name
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            assert cli.main(["annotate", str(tmp_path / "cat.vot"), "-i",
+                             str(tmp_path / "img.fits"), "-m", str(optical_model.path),
+                             "-o", str(out)]) == 0
+            back = Table.read(out)
+        np.testing.assert_allclose(back["opt_p_a"], ref["opt_p_a"], rtol=1e-4)
+        # (astropy reads an empty ECSV text cell back masked)
+        names, unames = (np.ma.filled(back[c], "").tolist() for c in ("name", "uname"))
+        if name.endswith(".fits"):  # FITS text is ASCII: astromorph writes escapes
+            assert names[0] == "NGC 1" and names[1] == "" and names[2].startswith("M 31 ")
+        else:
+            assert names == ["NGC 1", "", "M 31 ünï"], name
+            assert unames == ["Åström", "", "天体"], name
+        assert [list(c) for c in back["epochs"]] == [[1, 2, 3], [], [4]], name
+        assert back["RAJ2000"].unit == u.deg and back["flux"].unit == u.mJy, name
+        if not name.endswith(".parquet"):
+            assert back["RAJ2000"].description == "Right ascension", name
