@@ -26,8 +26,8 @@ from .exceptions import (AstromorphError, InputError, InputNotFoundError, Invali
 __all__ = ["atomic_output", "check_input_file", "check_output", "check_distinct_outputs",
            "output_error", "card_reads_back", "array_columns", "check_multidimensional",
            "check_columns_held", "check_fits_names",
-           "plain_votable_columns", "restore_parquet_shapes", "table_format", "write_table", "TABLE_FORMATS",
-           "READ_ONLY_TABLE_FORMATS"]
+           "plain_votable_columns", "restore_parquet_shapes", "table_format", "write_table",
+           "TABLE_FORMATS", "READ_ONLY_TABLE_FORMATS"]
 
 log = logging.getLogger(__name__)
 
@@ -815,8 +815,7 @@ def plain_votable_columns(table):
     cell as a float64 array whatever the column's type: where the non-empty arrays are of
     one dtype, the empty ones are given it. Such columns are masked columns only where a
     cell is masked. Units, descriptions, formats and meta (UCDs) are kept; other columns
-    are left as they are. ``table`` is changed in place and
-    returned.
+    are left as they are. ``table`` is changed in place and returned.
     """
     from astropy.table import Column, MaskedColumn
 
