@@ -171,8 +171,9 @@ def _positions(table, ra_col, dec_col, coord_col, what="catalogue"):
         if sky:
             return _checked_coords(table[sky[0]])
     # an empty name is a column that is not there, not "find it"
-    ra_found = _named_columns(table, _RA_NAMES) if ra_col is None else [ra_col]
-    dec_found = _named_columns(table, _DEC_NAMES) if dec_col is None else [dec_col]
+    ra_found = _position_columns(table, _RA_NAMES, "pos.eq.ra") if ra_col is None else [ra_col]
+    dec_found = (_position_columns(table, _DEC_NAMES, "pos.eq.dec") if dec_col is None
+                 else [dec_col])
     ra_found, dec_found = _paired_first(ra_found, dec_found)
     ra_col, dec_col = (found[0] if found else None for found in (ra_found, dec_found))
     galactic = [n for n in table.colnames if n.lower() in _GALACTIC_NAMES]
@@ -261,6 +262,18 @@ def _named_columns(table, names):
     other = sorted((n for n in table.colnames if n not in exact and n.lower() in lower),
                    key=lambda n: lower.index(n.lower()))
     return exact + other
+
+
+def _position_columns(table, names, ucd):
+    """The columns of ``table`` of the names ``names`` (`_named_columns`), else those whose
+    UCD names the main position on that axis (``pos.eq.ra;meta.main``, as VOTables of TAP
+    services and VizieR mark it)."""
+    found = _named_columns(table, names)
+    if found:
+        return found
+    return [n for n in table.colnames
+            if {ucd, "meta.main"} <= {word.strip().lower() for word in str(
+                (getattr(table[n].info, "meta", None) or {}).get("ucd", "")).split(";")}]
 
 
 def _checked_coords(coords):
@@ -611,7 +624,9 @@ def annotate(table, images, *, model, ra_col=None, dec_col=None, coord_col=None,
         RA and Dec columns (degrees, or Quantity). Default: the first
         SkyCoord column, else common names (``ra``/``dec``, ``RAJ2000``...;
         an `~astromorph.exceptions.AmbiguousInputWarning` where two of them
-        disagree). Galactic columns (``GLON``, ``l``...) are refused.
+        disagree), else the columns of UCD ``pos.eq.ra;meta.main`` and
+        ``pos.eq.dec;meta.main`` (a VOTable's). Galactic columns (``GLON``,
+        ``l``...) are refused.
     coord_col : str, optional
         A SkyCoord column to use.
     size_col : str, optional
@@ -821,8 +836,9 @@ def _unitless_ra_hint(table, ra_col, dec_col, coord_col):
             isinstance(table[n], SkyCoord) for n in table.colnames)):
         return ""
     name = ra_col if ra_col is not None else _paired_first(
-        _named_columns(table, _RA_NAMES),
-        _named_columns(table, _DEC_NAMES) if dec_col is None else [dec_col])[0][0]
+        _position_columns(table, _RA_NAMES, "pos.eq.ra"),
+        _position_columns(table, _DEC_NAMES, "pos.eq.dec") if dec_col is None
+        else [dec_col])[0][0]
     col = table[name]
     if getattr(col, "unit", None) is not None or np.asarray(col).dtype.kind not in "iuf":
         return ""

@@ -124,8 +124,10 @@ def register(sub):
     p.add_argument("-o", "--output", help="output catalogue (default: print the table)")
     p.add_argument("--band", action="append",
                    help="band of each --image, in order (default: from the FITS headers)")
-    p.add_argument("--ra-col", help="with --image: RA column (default: ra, RA, RAJ2000, ...)")
-    p.add_argument("--dec-col", help="with --image: Dec column (default: dec, DEC, DEJ2000, ...)")
+    p.add_argument("--ra-col", help="with --image: RA column (default: ra, RA, RAJ2000, ..., "
+                        "else UCD pos.eq.ra;meta.main)")
+    p.add_argument("--dec-col", help="with --image: Dec column (default: dec, DEC, DEJ2000, "
+                        "..., else UCD pos.eq.dec;meta.main)")
     p.add_argument("--size-col", help="with --image: Petrosian R90 radius column (arcsec) for "
                                       "galaxy-scaled models (refused by models with a fixed "
                                       "field: real-bogus, radio-morphology)")

@@ -3248,8 +3248,8 @@ def _votable_xml(ra, dec, *, ra_name="RAJ2000", dec_name="DEJ2000"):
     rows = []
     cells = [("NGC 1", "Åström", "1 2 3", "1.5"), ("", "", "", ""), ("M 31 ünï", "天体", "4", "NaN")]
     for r, d, (name, uname, epochs, flux) in zip(ra, dec, cells):
-        rows.append(f"<TR><TD>{name}</TD><TD>{uname}</TD><TD>{r!r}</TD><TD>{d!r}</TD>"
-                    f"<TD>{flux}</TD><TD>{epochs}</TD></TR>")
+        rows.append(f"<TR><TD>{name}</TD><TD>{uname}</TD><TD>{float(r)!r}</TD>"
+                    f"<TD>{float(d)!r}</TD><TD>{flux}</TD><TD>{epochs}</TD></TR>")
     return f"""<?xml version="1.0" encoding="utf-8"?>
 <VOTABLE version="1.4" xmlns="http://www.ivoa.net/xml/VOTable/v1.3">
 <RESOURCE type="results"><TABLE name="results">
@@ -3341,6 +3341,7 @@ def test_cli_annotates_a_votable_of_text_ids_to_fits_parquet_and_ecsv(optical_mo
                              str(tmp_path / "img.fits"), "-m", str(optical_model.path),
                              "-o", str(out)]) == 0
             back = Table.read(out)
+        assert not np.ma.getmaskarray(back["opt_p_a"]).any(), name
         np.testing.assert_allclose(back["opt_p_a"], ref["opt_p_a"], rtol=1e-4)
         # (astropy reads an empty ECSV text cell back masked)
         names, unames = (np.ma.filled(back[c], "").tolist() for c in ("name", "uname"))
@@ -3353,3 +3354,39 @@ def test_cli_annotates_a_votable_of_text_ids_to_fits_parquet_and_ecsv(optical_mo
         assert back["RAJ2000"].unit == u.deg and back["flux"].unit == u.mJy, name
         if not name.endswith(".parquet"):
             assert back["RAJ2000"].description == "Right ascension", name
+
+
+def test_ra_dec_columns_found_by_their_ucd_where_no_name_matches(optical_model, tmp_path):
+    """A VOTable's RA and Dec columns of names astromorph does not know (``RA_x``,
+    ``DE_x``) but of UCDs ``pos.eq.ra;meta.main`` and ``pos.eq.dec;meta.main``: the
+    catalogue had "no RA or Dec column"; they are now found by their UCDs, from the Python
+    API and the command. Known names come first; a UCD without ``meta.main`` is not used."""
+    img, w = blobs(), sky_wcs()
+    fits.writeto(tmp_path / "img.fits", img, w.to_header())
+    cat = catalogue(w, [(100, 100), (80, 90), (120, 60)])
+    ref = astromorph.annotate(cat, (img, w), model=optical_model)
+    (tmp_path / "cat.vot").write_text(
+        _votable_xml(cat["ra"], cat["dec"], ra_name="RA_x", dec_name="DE_x"), encoding="utf-8")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        vot = QTable.read(tmp_path / "cat.vot")
+    out = astromorph.annotate(vot, (img, w), model=optical_model)
+    assert not np.ma.getmaskarray(out["opt_p_a"]).any()
+    np.testing.assert_allclose(out["opt_p_a"], ref["opt_p_a"], rtol=1e-4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert cli.main(["annotate", str(tmp_path / "cat.vot"), "-i", str(tmp_path / "img.fits"),
+                         "-m", str(optical_model.path), "-o", str(tmp_path / "out.fits")]) == 0
+    back = Table.read(tmp_path / "out.fits")
+    assert not np.ma.getmaskarray(back["opt_p_a"]).any()
+    np.testing.assert_allclose(back["opt_p_a"], ref["opt_p_a"], rtol=1e-4)
+    named = vot.copy()  # a column of a known name is used before a UCD
+    named["ra"], named["dec"] = named["RA_x"] + 1 * u.deg, named["DE_x"]
+    named["ra"].info.meta = named["dec"].info.meta = {}
+    with warnings.catch_warnings():  # (every source off the image)
+        warnings.simplefilter("ignore")
+        moved = astromorph.annotate(named, (img, w), model=optical_model)
+    assert not np.allclose(np.ma.filled(moved["opt_p_a"], -1), ref["opt_p_a"])
+    vot["RA_x"].info.meta["ucd"] = "pos.eq.ra"  # not the main position: not guessed
+    with pytest.raises(InputError, match="no RA column"):
+        astromorph.annotate(vot, (img, w), model=optical_model)
