@@ -335,6 +335,8 @@ def test_options_of_another_step_are_refused(argv, option, steps, tmp_path, caps
     ("morphology export --widths 8 8 8 8", "--widths", "train"),
     ("morphology evaluate --gz2-labels", "--gz2-labels", "train"),
     ("morphology train --tta 4", "--tta", "evaluate / export"),
+    ("morphology evaluate --stamp-size 32", "--stamp-size", "train"),
+    ("morphology export --stamp-size 32", "--stamp-size", "train"),
     ("morphology-gz2 evaluate --student-epochs 3", "--student-epochs", "train"),
     ("morphology-gz2 export --init none", "--init", "train"),
     ("morphology-gz2 train --tta 4", "--tta", "evaluate / export"),
@@ -360,6 +362,38 @@ def test_options_of_another_step_are_refused_for_every_model(argv, option, steps
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and option in err, err
     assert f"{words[0]} {steps}, not of {words[1]}" in err, err
+
+
+def test_morphology_stamp_size_is_the_checkpoints(tmp_path, monkeypatch):
+    """``morphology evaluate --stamp-size 32`` on a 64 px checkpoint calibrated the network
+    on 32 px stamps and then failed in onnxruntime; ``export --stamp-size 32`` (no
+    metrics.json) wrote a card calibrated on them. ``--stamp-size`` is now train's only
+    (refused elsewhere, above), evaluate and export load the data at the checkpoint's
+    size, and ``build`` with another size stops before training, which evaluate would
+    refuse afterwards. Nothing trains here: the check comes before the data."""
+    import argparse
+
+    from astromorph_training import morphology
+
+    message = _one_line_exit(["morphology", "build", "--stamp-size", "48", "--smoke",
+                              "--data-dir", str(tmp_path)])  # no gz1/ there
+    assert "--stamp-size 48" in message and "64 px" in message, message
+
+    sizes = []
+
+    def load_dataset(args, *, size=None):
+        sizes.append(size)
+        raise KeyboardInterrupt  # stop there
+
+    monkeypatch.setattr(morphology, "load_trained", lambda args: (None, {"stamp_size": 48}))
+    monkeypatch.setattr(morphology, "load_dataset", load_dataset)
+    # a command line's size (none now reaches evaluate or export) would not be used
+    args = argparse.Namespace(smoke=False, threads=1, seed=0, stamp_size=32, tta=2,
+                              out_dir=tmp_path, data_dir=tmp_path)
+    for step in (morphology.evaluate, morphology.export):  # export: no metrics.json
+        with pytest.raises(KeyboardInterrupt):
+            step(args)
+    assert sizes == [48, 48]
 
 
 def test_options_of_the_step_run_are_accepted():

@@ -136,7 +136,7 @@ def optical_preprocessing_options(**extra):
 #: Options only some steps read -> those steps (the command line refuses them elsewhere).
 STEP_OPTIONS = {**dict.fromkeys(("batch_size", "lr", "weight_decay", "ema_decay", "restart",
                                  "widths", "stem", "synthetic_mergers", "gz2_labels",
-                                 "label_smoothing"),
+                                 "label_smoothing", "stamp_size"),
                                 ("train",)),
                 "tta": ("evaluate", "export")}
 
@@ -159,7 +159,8 @@ def add_arguments(parser):
                    help=f"input -> 16x16 steps of the network (default {DEFAULT_STEM}; see MorphologyNet)")
     g.add_argument("--stamp-size", type=_common.positive_int, default=None, metavar="PX",
                    help=f"network input side in pixels over the same field (default {STAMP_SIZE}; "
-                        "training only for now: export needs the default)")
+                        "train only: evaluate and export read the checkpoint's, and need the "
+                        "default)")
     g.add_argument("--synthetic-mergers", type=float, default=0.0, metavar="P",
                    help="replace each sampled merger by a composite of two real galaxies with "
                         "probability P (default %(default)s: none; see synthetic_mergers)")
@@ -244,8 +245,11 @@ def _preprocess_files(paths, chunk=256, size=STAMP_SIZE):
     return np.concatenate(stamps), np.concatenate(big)
 
 
-def load_dataset(args):
+def load_dataset(args, *, size=None):
     """All GZ1 stamps, labels and the split, from the cache (built on first use).
+
+    ``size`` is the network input side (default: ``--stamp-size``, else `STAMP_SIZE`);
+    evaluate and export pass their checkpoint's.
 
     Returns
     -------
@@ -255,7 +259,7 @@ def load_dataset(args):
         val, test index arrays); other sides with ``--stamp-size``. In smoke
         mode: 4 images per class, nothing cached, every split = all of them.
     """
-    size = _get(args, "stamp_size", None) or STAMP_SIZE
+    size = size or _get(args, "stamp_size", None) or STAMP_SIZE
     big_size = round(CACHE_FIELD * size)
     ids, labels = read_labels(args.data_dir)
     image_dir = Path(args.data_dir) / "gz1" / "images"
@@ -627,6 +631,11 @@ TRAIN_COMMAND_KEYS = ("seed", "epochs", "widths", "stem", "stamp_size", "label_s
 
 def train(args):
     """Train the morphology CNN (resumes from ``last.pt`` unless ``--restart``)."""
+    size = _get(args, "stamp_size", None) or STAMP_SIZE
+    if size != STAMP_SIZE and getattr(args, "step", "train") == "build":
+        # checked before training: evaluate would refuse the checkpoint afterwards
+        raise SystemExit(f"build --stamp-size {size}: evaluate and export support "
+                         f"{STAMP_SIZE} px stamps only (run train alone for {size} px)")
     torch.set_num_threads(_get(args, "threads", DEFAULT_THREADS))
     _common.set_seed(args.seed)
     epochs = args.epochs or (2 if args.smoke else DEFAULT_EPOCHS)
@@ -642,7 +651,6 @@ def train(args):
     widths = tuple(_get(args, "widths", DEFAULT_WIDTHS))
     stem = _get(args, "stem", DEFAULT_STEM)
     smoothing = _get(args, "label_smoothing", DEFAULT_LABEL_SMOOTHING)
-    size = _get(args, "stamp_size", None) or STAMP_SIZE
     if size != STAMP_SIZE and _get(args, "gz2_labels", False):
         raise SystemExit("--gz2-labels needs the default --stamp-size")
     net = MorphologyNet(widths=widths, stem=stem)
@@ -998,7 +1006,7 @@ def evaluate(args):
     _common.set_seed(args.seed)
     root = _root(args)
     net, state = load_trained(args)
-    data = load_dataset(args)
+    data = load_dataset(args, size=state.get("stamp_size", STAMP_SIZE))
     _, va, te = data["split"]
     stamps, labels = data["stamps"], data["labels"]
     tta = _get(args, "tta", DEFAULT_TTA)
@@ -1294,7 +1302,7 @@ def export(args):
     if metrics is None:
         log.warning("%s missing: calibrating now; the card will carry no test metrics "
                     "(run `evaluate` and then `export` again)", metrics_path)
-        data = load_dataset(args)
+        data = load_dataset(args, size=state.get("stamp_size", STAMP_SIZE))
         va = data["split"][1]
         calibration = calibrate(net, state, data["stamps"][va], data["labels"][va],
                                 _get(args, "tta", DEFAULT_TTA))
@@ -1313,7 +1321,8 @@ def export(args):
              throughput, cpu_rate, path.stat().st_size / 1e6)
     variants = {}
     if metrics is not None and "int8" in metrics:
-        int8_path = export_int8(path, load_dataset(args))
+        int8_path = export_int8(path, load_dataset(
+            args, size=state.get("stamp_size", STAMP_SIZE)))
         int8_sha = _common.sha256sum(int8_path)
         if metrics["int8"].get("onnx_sha256") != int8_sha:
             log.warning("int8 graph differs from the evaluated one (sha256 %s vs %s); "
