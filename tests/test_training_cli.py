@@ -345,10 +345,16 @@ def test_options_of_another_step_are_refused(argv, option, steps, tmp_path, caps
     ("embedding evaluate --method byol", "--method", "train"),
     ("embedding train --probe-draws 3", "--probe-draws", "evaluate"),
     ("embedding export --cnn-draws 2", "--cnn-draws", "evaluate"),
-    ("embedding train --tta 4", "--tta", "evaluate / export")])
+    ("embedding train --tta 4", "--tta", "evaluate / export"),
+    ("morphology evaluate --epochs 5", "--epochs", "train"),
+    ("morphology-gz2 export --epochs 5", "--epochs", "train"),
+    ("embedding evaluate --epochs 5", "--epochs", "train"),
+    ("radio-morphology average --epochs 5", "--epochs", "train"),
+    ("real-bogus calibrate --epochs 5", "--epochs", "train")])
 def test_options_of_another_step_are_refused_for_every_model(argv, option, steps, capsys):
     """morphology, morphology-gz2 and embedding had no `STEP_OPTIONS`: ``embedding train
-    --probe-draws 3`` or ``morphology evaluate --lr 0.1`` were accepted and did nothing.
+    --probe-draws 3`` or ``morphology evaluate --lr 0.1`` were accepted and did nothing, as
+    was the global ``--epochs`` outside train (``morphology evaluate --epochs 5``).
     They now stop on the command line (exit status 2, one line naming the option and the
     step that reads it). Only parsed here: nothing runs."""
     from astromorph_training.__main__ import _check_step_options, build_parser
@@ -409,7 +415,8 @@ def test_options_of_the_step_run_are_accepted():
                  "morphology-gz2 evaluate --tta 4", "morphology-gz2 evaluate --tag x",
                  "embedding train --compare --compare-epochs 2 --method byol",
                  "embedding evaluate --probe-draws 3 --cnn-draws 2 --tta 4",
-                 "embedding build --probe-draws 3 --compare", "embedding export --tta 4"):
+                 "embedding build --probe-draws 3 --compare", "embedding export --tta 4",
+                 "morphology build --epochs 2", "real-bogus train --epochs 2"):
         words = argv.split()
         parser = build_parser(words[0])
         _check_step_options(parser, parser.parse_args(words))

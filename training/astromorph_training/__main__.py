@@ -29,6 +29,8 @@ EXTRA_STEPS = {
 FIXED_SPLIT = ("radio-morphology",)
 #: ``build`` runs these steps in order with the same options.
 BUILD = ("train", "evaluate", "export")
+#: Options of every model that only some steps read (as a module's ``STEP_OPTIONS``).
+STEP_OPTIONS = {"epochs": ("train",)}
 
 
 #: How to install what the training modules import (docs/training.md).
@@ -75,7 +77,7 @@ def build_parser(model=None):
     parser.add_argument("--data-dir", default=None,
                         help="real data directory (default: $ASTROMORPH_DATA or ../shared/data)")
     parser.add_argument("--seed", type=nonnegative_int, default=0, help="random seed (default 0)")
-    parser.add_argument("--epochs", type=positive_int, default=None, help="override the model's default epochs")
+    parser.add_argument("--epochs", type=positive_int, default=None, help="override the model's default epochs (train and build)")
     parser.add_argument("--smoke", action="store_true",
                         help="tiny run on a handful of images (CI): writes below "
                              "$TMPDIR/astromorph-smoke/MODEL/ whatever --out-dir says, never "
@@ -98,12 +100,13 @@ def build_parser(model=None):
 def _check_step_options(parser, args):
     """Refuse (exit status 2) an option given that none of the steps run reads.
 
-    A model module's ``STEP_OPTIONS`` maps such options (their ``dest``) to the steps that
-    read them; given to another step (``real-bogus train --test-seed 5``) they were
-    accepted and did nothing.
+    `STEP_OPTIONS` and a model module's ``STEP_OPTIONS`` map such options (their ``dest``)
+    to the steps that read them; given to another step (``real-bogus train --test-seed 5``,
+    ``morphology evaluate --epochs 5``) they were accepted and did nothing.
     """
     run = BUILD if args.step == "build" else (args.step,)
-    for dest, steps in getattr(_load(args.model), "STEP_OPTIONS", {}).items():
+    options = {**STEP_OPTIONS, **getattr(_load(args.model), "STEP_OPTIONS", {})}
+    for dest, steps in options.items():
         if getattr(args, dest, None) != parser.get_default(dest) and not set(steps) & set(run):
             parser.error(f"--{dest.replace('_', '-')} is an option of {args.model} "
                          f"{' / '.join(steps)}, not of {args.step}")
