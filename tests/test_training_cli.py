@@ -402,6 +402,35 @@ def test_morphology_stamp_size_is_the_checkpoints(tmp_path, monkeypatch):
     assert sizes == [48, 48]
 
 
+@pytest.mark.parametrize("argv, option, needs", [
+    ("embedding train --compare-epochs 2", "--compare-epochs", "--compare or --compare-only"),
+    ("embedding build --compare-images 100", "--compare-images", "--compare or --compare-only"),
+    ("embedding train --methods simclr", "--methods", "--compare or --compare-only"),
+    ("morphology-gz2 train --pseudo-tta 2", "--pseudo-tta", "--student-epochs"),
+    ("morphology-gz2 train --student-from-teacher", "--student-from-teacher",
+     "--student-epochs"),
+    ("morphology-gz2 train --student-epochs 3 --student-lr 0.1", "--student-lr",
+     "--student-from-teacher"),
+    ("morphology-gz2 train --student-epochs 0 --pseudo-tta 2", "--pseudo-tta",
+     "--student-epochs")])
+def test_options_without_the_option_they_need_are_refused(argv, option, needs, capsys):
+    """``embedding train --compare-epochs 2`` without ``--compare``, ``morphology-gz2 train
+    --pseudo-tta 2`` or ``--student-lr 0.1`` without a student stage (or a student started
+    from the teacher) were accepted and did nothing. They now stop on the command line
+    (exit status 2, one line naming the option they need), as radio's ``--folds`` without
+    ``--cv``. Only parsed here: nothing runs."""
+    from astromorph_training.__main__ import _check_step_options, build_parser
+
+    words = [*argv.split(), "--smoke", "--data-dir", "nowhere-at-all"]
+    parser = build_parser(words[0])
+    args = parser.parse_args(words)
+    with pytest.raises(SystemExit) as exc:
+        _check_step_options(parser, args)
+    assert exc.value.code == 2, exc.value.code
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and f"{option} is read only with {needs}" in err, err
+
+
 def test_options_of_the_step_run_are_accepted():
     """The documented uses parse: ``build`` runs ``evaluate``, so it takes ``--test-seed``."""
     from astromorph_training.__main__ import _check_step_options, build_parser
@@ -416,7 +445,12 @@ def test_options_of_the_step_run_are_accepted():
                  "embedding train --compare --compare-epochs 2 --method byol",
                  "embedding evaluate --probe-draws 3 --cnn-draws 2 --tta 4",
                  "embedding build --probe-draws 3 --compare", "embedding export --tta 4",
-                 "morphology build --epochs 2", "real-bogus train --epochs 2"):
+                 "morphology build --epochs 2", "real-bogus train --epochs 2",
+                 "embedding train --compare-only --compare-epochs 8 --methods simclr",
+                 "embedding build --compare --compare-images 100",
+                 "morphology-gz2 train --student-epochs 3 --pseudo-tta 2",
+                 "morphology-gz2 train --student-epochs 3 --student-from-teacher "
+                 "--student-lr 0.1"):
         words = argv.split()
         parser = build_parser(words[0])
         _check_step_options(parser, parser.parse_args(words))

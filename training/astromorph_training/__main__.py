@@ -98,18 +98,34 @@ def build_parser(model=None):
 
 
 def _check_step_options(parser, args):
-    """Refuse (exit status 2) an option given that none of the steps run reads.
+    """Refuse (exit status 2) an option given that none of the steps run reads, or without
+    the option it works with.
 
     `STEP_OPTIONS` and a model module's ``STEP_OPTIONS`` map such options (their ``dest``)
     to the steps that read them; given to another step (``real-bogus train --test-seed 5``,
     ``morphology evaluate --epochs 5``) they were accepted and did nothing.
+
+    A module's ``OPTION_NEEDS`` maps options to others of which one must be given too:
+    without them they are not read (``embedding train --compare-epochs 2`` without
+    ``--compare``).
     """
+    def given(dest):
+        return getattr(args, dest, None) != parser.get_default(dest)
+
+    def flag(dest):
+        return f"--{dest.replace('_', '-')}"
+
     run = BUILD if args.step == "build" else (args.step,)
-    options = {**STEP_OPTIONS, **getattr(_load(args.model), "STEP_OPTIONS", {})}
+    module = _load(args.model)
+    options = {**STEP_OPTIONS, **getattr(module, "STEP_OPTIONS", {})}
     for dest, steps in options.items():
-        if getattr(args, dest, None) != parser.get_default(dest) and not set(steps) & set(run):
-            parser.error(f"--{dest.replace('_', '-')} is an option of {args.model} "
+        if given(dest) and not set(steps) & set(run):
+            parser.error(f"{flag(dest)} is an option of {args.model} "
                          f"{' / '.join(steps)}, not of {args.step}")
+    for dest, needs in getattr(module, "OPTION_NEEDS", {}).items():
+        if given(dest) and not any(map(given, needs)):
+            parser.error(f"{flag(dest)} is read only with {' or '.join(map(flag, needs))}, "
+                         "which is not given")
 
 
 def main(argv=None):

@@ -153,6 +153,9 @@ STEP_OPTIONS = {**dict.fromkeys(("method", "compare", "compare_only", "methods",
                                 ("train",)),
                 "tta": ("evaluate", "export"), "probe_draws": ("evaluate",),
                 "cnn_draws": ("evaluate",)}
+#: Options read only with one of others (the command line refuses them alone).
+OPTION_NEEDS = dict.fromkeys(("compare_epochs", "compare_images", "methods"),
+                             ("compare", "compare_only"))
 
 
 def add_arguments(parser):

@@ -152,6 +152,9 @@ STEP_OPTIONS = {**dict.fromkeys(("batch_size", "lr", "weight_decay", "ema_decay"
                                  "restart", "init", "student_epochs", "student_from_teacher",
                                  "student_lr", "pseudo_tta", "train_fraction"), ("train",)),
                 "tta": ("evaluate", "export")}
+#: Options read only with one of others (the command line refuses them alone).
+OPTION_NEEDS = {"student_from_teacher": ("student_epochs",), "pseudo_tta": ("student_epochs",),
+                "student_lr": ("student_from_teacher",)}
 
 
 def add_arguments(parser):
