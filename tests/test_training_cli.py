@@ -271,6 +271,21 @@ def test_negative_integers_are_refused_by_the_parser(argv, capsys):
     assert getattr(args, words[-2].lstrip("-").replace("-", "_")) == 0
 
 
+@pytest.mark.parametrize("seed", ["4294967296", "99999999999999999999"])
+def test_seeds_numpy_cannot_take_are_refused_by_the_parser(seed, capsys):
+    """``--seed 4294967296`` parsed and then failed inside the step with numpy's ValueError
+    traceback (its global seeding takes 0 to 2**32 - 1): now one line, exit status 2."""
+    from astromorph_training.__main__ import build_parser
+
+    words = ["morphology", "train", "--seed", seed]
+    with pytest.raises(SystemExit) as exc:
+        build_parser("morphology").parse_args(words)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "must be at most 4294967295" in err and seed in err, err
+    assert build_parser("morphology").parse_args([*words[:-1], "4294967295"]).seed == 2 ** 32 - 1
+
+
 @pytest.mark.parametrize("folds, bad", [("x", "'x'"), ("9", "9"), ("-1", "-1"), ("0,,2", "''")])
 def test_radio_folds_out_of_range_are_refused_by_the_parser(folds, bad, capsys):
     """``radio-morphology train --cv --folds`` takes fold numbers 0-4: a word was a

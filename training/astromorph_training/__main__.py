@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-from ._common import MODULES, nonnegative_int, positive_int, repo_root, resolve_data_dir
+from ._common import MODULES, positive_int, repo_root, resolve_data_dir, seed_int
 
 STEPS = ("train", "evaluate", "export", "build", "compare", "calibrate", "average")
 #: Steps only some models have.
@@ -76,8 +76,10 @@ def build_parser(model=None):
     parser.add_argument("step", choices=STEPS if model is None else steps_of(model))
     parser.add_argument("--data-dir", default=None,
                         help="real data directory (default: $ASTROMORPH_DATA or ../shared/data)")
-    parser.add_argument("--seed", type=nonnegative_int, default=0, help="random seed (default 0)")
-    parser.add_argument("--epochs", type=positive_int, default=None, help="override the model's default epochs (train and build)")
+    parser.add_argument("--seed", type=seed_int, default=0,
+                        help="random seed, 0 to 2**32 - 1 (default 0)")
+    parser.add_argument("--epochs", type=positive_int, default=None,
+                        help="override the model's default epochs (train and build)")
     parser.add_argument("--smoke", action="store_true",
                         help="tiny run on a handful of images (CI): writes below "
                              "$TMPDIR/astromorph-smoke/MODEL/ whatever --out-dir says, never "

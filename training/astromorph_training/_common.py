@@ -29,7 +29,7 @@ __all__ = [
     "plot_reliability", "export_onnx", "write_card", "write_metrics", "check_parity",
     "sha256sum", "SplitChanged", "onnx_throughput", "save_checkpoint", "load_checkpoint",
     "resume_checkpoint", "set_aside", "MODEL_KEY", "write_text", "save_npz", "atomic_path", "positive_int",
-    "nonnegative_int", "save_figure", "synthetic_scenes",
+    "nonnegative_int", "seed_int", "save_figure", "synthetic_scenes",
     "parity_raw_inputs", "write_parity_reference", "PARITY_REFERENCE", "load_onnx_weights",
     "shipped_torch_model", "MODULES", "read_csv",
     "split_fingerprint", "check_split_source",
@@ -206,7 +206,17 @@ def nonnegative_int(text):
     return _int_at_least(text, 0)
 
 
-def _int_at_least(text, low):
+def seed_int(text):
+    """``argparse`` type of ``--seed``: an int from 0 to 2**32 - 1, what `set_seed` (numpy's
+    global seeding) takes.
+
+    Larger values are refused on the command line (one line, exit status 2) instead of a
+    ValueError traceback from numpy once the step has started.
+    """
+    return _int_at_least(text, 0, high=2 ** 32 - 1)
+
+
+def _int_at_least(text, low, *, high=None):
     import argparse
 
     try:
@@ -215,6 +225,8 @@ def _int_at_least(text, low):
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
     if value < low:
         raise argparse.ArgumentTypeError(f"must be at least {low}, not {value}")
+    if high is not None and value > high:
+        raise argparse.ArgumentTypeError(f"must be at most {high}, not {value}")
     return value
 
 
