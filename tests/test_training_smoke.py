@@ -749,3 +749,18 @@ def test_training_modules_read_checkpoints_in_one_place():
         if module.name != "_common.py":
             text = module.read_text()
             assert not re.search(r"\.load\((?!_state)[^)]*weights_only", text), module.name
+
+
+@pytest.mark.parametrize("model", ["morphology", "morphology-gz2"])
+def test_evaluate_records_the_checkpoints_seed(model, tmp_path):
+    """``train --seed 3`` then ``evaluate`` without ``--seed``: the metrics recorded the
+    evaluate command line's seed (0) as the training seed; now the checkpoint's."""
+    env = dict(os.environ, ASTROMORPH_DATA=str(DATA_DIR), TMPDIR=str(tmp_path))
+    for step, extra in (("train", ["--seed", "3"]), ("evaluate", [])):
+        run = subprocess.run(
+            [sys.executable, "-m", "astromorph_training", model, step, "--smoke",
+             "--data-dir", str(DATA_DIR), *extra],
+            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+        assert run.returncode == 0, f"{model} {step} --smoke failed:\n{run.stderr[-3000:]}"
+    (path,) = tmp_path.rglob(f"reports/{model}/metrics.json")
+    assert json.loads(path.read_text())["training"]["seed"] == 3

@@ -29,7 +29,7 @@ __all__ = [
     "plot_reliability", "export_onnx", "write_card", "write_metrics", "check_parity",
     "sha256sum", "SplitChanged", "onnx_throughput", "save_checkpoint", "load_checkpoint",
     "resume_checkpoint", "set_aside", "MODEL_KEY", "write_text", "save_npz", "atomic_path", "positive_int",
-    "nonnegative_int", "seed_int", "save_figure", "synthetic_scenes",
+    "nonnegative_int", "seed_int", "recorded_seed", "save_figure", "synthetic_scenes",
     "parity_raw_inputs", "write_parity_reference", "PARITY_REFERENCE", "load_onnx_weights",
     "shipped_torch_model", "MODULES", "read_csv",
     "split_fingerprint", "check_split_source",
@@ -453,6 +453,17 @@ def train_command(model, stored_args, keys):
             value = " ".join(str(v) for v in ast.literal_eval(value))
         opts.append(f"--{key.replace('_', '-')} {value}")
     return " ".join([f"python -m astromorph_training {model} train", *opts])
+
+
+def recorded_seed(state):
+    """The ``--seed`` a checkpoint was trained with (int; None where it kept no record).
+
+    ``state`` is a checkpoint dict keeping its options as strings under ``args``, or such a
+    dict of options itself. Evaluate's metrics record this one, not the evaluate command
+    line's ``--seed`` (0 unless given again).
+    """
+    seed = state.get("args", state).get("seed")
+    return None if seed is None else int(seed)
 
 
 def set_seed(seed):

@@ -1063,7 +1063,7 @@ def evaluate(args):
         "int8": int8,
         "split_definition": {"seed": SPLIT_SEED, "fractions": list(SPLIT_FRACTIONS),
                              "stratified": True, "counts": [int(len(i)) for i in data["split"]]},
-        "training": {"epochs": state["epochs"], "seed": args.seed,
+        "training": {"epochs": state["epochs"], "seed": _common.recorded_seed(state),
                      "train_seconds": round(sum(h["seconds"] for h in state["history"]), 1),
                      "last_epoch": state["history"][-1] if state["history"] else None},
         "label_noise_context": label_resampling(args.data_dir),
