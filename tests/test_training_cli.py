@@ -446,6 +446,24 @@ def test_options_without_the_option_they_need_are_refused(argv, option, needs, c
     assert "\n" not in err and f"{option} is read only with {needs}" in err, err
 
 
+@pytest.mark.parametrize("step", ["evaluate", "calibrate", "average --sources DIR"])
+def test_real_bogus_steps_after_train_need_its_seed(step, tmp_path, monkeypatch):
+    """``real-bogus train --seed 3`` then ``evaluate`` (``calibrate``, or ``average`` of its
+    checkpoints) without ``--seed`` drew the held-out alerts, host galaxies and simulations
+    of seed 0, whose test and validation sets hold seed 3's training sky. The steps now
+    stop in one line naming both seeds. Nothing runs: the run is a calibration.json without
+    its network."""
+    from astromorph_training import realbogus
+
+    monkeypatch.setattr(realbogus.common, "smoke_root", lambda name: tmp_path)
+    ckpt = realbogus.common.checkpoint_dir("real-bogus", root=tmp_path)
+    ckpt.mkdir(parents=True, exist_ok=True)  # checkpoint_dir may make it
+    (ckpt / "calibration.json").write_text(json.dumps({"seed": 3}))
+    words = step.replace("DIR", str(tmp_path)).split()
+    message = _one_line_exit(["real-bogus", *words, "--smoke", "--data-dir", str(tmp_path)])
+    assert "--seed 0" in message and "--seed 3" in message, message
+
+
 def test_options_of_the_step_run_are_accepted():
     """The documented uses parse: ``build`` runs ``evaluate``, so it takes ``--test-seed``."""
     from astromorph_training.__main__ import _check_step_options, build_parser

@@ -425,13 +425,14 @@ def average(args):
     if not sources:
         raise SystemExit("average needs --sources DIR [DIR ...] (run folders of earlier trainings)")
     ensemble = bool(_get(args, "ensemble", False))
+    last_run = _dirs(SimpleNamespace(out_dir=sources[-1], smoke=args.smoke))["ckpt"]
+    recorded = json.loads((last_run / "calibration.json").read_text())
+    _check_seed(args, recorded)  # the validation and training sims below are the seed's
+    history = json.loads((last_run / "history.json").read_text())
     ckpts = [common.load_checkpoint(_dirs(SimpleNamespace(out_dir=folder, smoke=args.smoke))["ckpt"]
                                     / "last.pt") for folder in sources]
     states = [c["model"] for c in ckpts]
     epochs = [int(c["epoch"]) for c in ckpts]
-    last_run = _dirs(SimpleNamespace(out_dir=sources[-1], smoke=args.smoke))["ckpt"]
-    history = json.loads((last_run / "history.json").read_text())
-    recorded = json.loads((last_run / "calibration.json").read_text())
     xva, iva = _load_split(args, "val", dirs)
     n_bn = None
     if ensemble:
@@ -818,6 +819,7 @@ def calibrate(args):
     _torch(1)  # one thread, as train's calibration: the same arithmetic, the same fit
     dirs = _dirs(args)
     old = json.loads((dirs["ckpt"] / "calibration.json").read_text())
+    _check_seed(args, old)
     xva, iva = _load_split(args, "val", dirs)
     run = {k: old[k] for k in _RUN_RECORDS if k in old}
     calib = _calibrate_run(dirs, xva, iva, run)
@@ -833,9 +835,24 @@ def _load_network(dirs):
     return _network(ck).eval(), int(ck["epoch"])
 
 
-def _load_trained(dirs):
+def _load_trained(dirs, args=None):
+    """The network of a run's ``best.pt`` and its ``calibration.json``; with ``args``, the
+    run's seed must be theirs (`_check_seed`)."""
     calib = json.loads((dirs["ckpt"] / "calibration.json").read_text())
+    if args is not None:
+        _check_seed(args, calib)
     return _load_network(dirs)[0], calib
+
+
+def _check_seed(args, calib):
+    """Refuse a ``--seed`` other than the one the run (``calibration.json``) was trained
+    with: the held-out alerts, host galaxies and simulations are drawn from it, so that
+    another seed's test or validation set holds the run's training sky."""
+    seed = calib.get("seed")
+    if seed is not None and int(seed) != args.seed:
+        raise SystemExit(f"{NAME} {args.step}: --seed {args.seed}, but the run was trained "
+                         f"with --seed {seed}, whose held-out alerts and galaxies its sets are "
+                         f"drawn from: pass --seed {seed}")
 
 
 # ----------------------------------------------------------------------------- evaluate
@@ -911,7 +928,7 @@ def evaluate(args):
     from scipy.stats import spearmanr
 
     dirs = _dirs(args)
-    net, calib = _load_trained(dirs)
+    net, calib = _load_trained(dirs, args)
     model = ScoreModel(net, calib["platt_a"], calib["platt_b"])
     a, b = calib["platt_a"], calib["platt_b"]
     thr = calib["recommended_threshold"]
