@@ -1,0 +1,158 @@
+"""The held-out measures of the model cards against independent brute-force references.
+
+`astromorph._evaluate` (``roc_auc``, ``roc_curve``, ``error_rates``, ``threshold_for_fnr``,
+``classification_report``, ``expected_calibration_error``) computes the numbers that
+`evaluate_labels` gives and that ``training/`` writes into the cards and reports; the
+training helpers (``rates``, ``fit_temperature``, ``softmax``) the rest. Each is compared here
+with a plain loop or with scipy (sklearn is not a dependency) on seeded random inputs, ties
+and edge values included.
+"""
+import numpy as np
+import pytest
+from scipy.stats import mannwhitneyu
+
+from astromorph._evaluate import (classification_report, error_rates,
+                                  expected_calibration_error, roc_auc, roc_curve,
+                                  threshold_for_fnr)
+
+
+def _binary_sets(n_sets=60, seed=0):
+    """Scores on a coarse grid (many ties, 0 and 1 included) with labels of both classes."""
+    rng = np.random.default_rng(seed)
+    for _ in range(n_sets):
+        n = int(rng.integers(2, 40))
+        s = rng.integers(0, 5, n) / 4
+        y = rng.random(n) < 0.5
+        y[:2] = [True, False]
+        yield s, y
+
+
+def test_roc_auc_is_the_mann_whitney_statistic_with_ties():
+    for s, y in _binary_sets():
+        ref = mannwhitneyu(s[y], s[~y]).statistic / (y.sum() * (~y).sum())
+        assert roc_auc(s, y) == pytest.approx(ref, abs=1e-12)
+        # labels as 0/1 integers are the same truth
+        assert roc_auc(s, y.astype(int)) == roc_auc(s, y)
+
+
+def test_roc_auc_without_both_classes_is_nan():
+    assert np.isnan(roc_auc([0.1, 0.2], [True, True]))
+    assert np.isnan(roc_auc([0.1, 0.2], [0, 0]))
+
+
+def test_roc_curve_points_are_the_rates_at_each_distinct_score():
+    for s, y in _binary_sets():
+        fpr, tpr, cuts = roc_curve(s, y)
+        assert cuts[0] == np.inf and list(cuts[1:]) == sorted(set(s), reverse=True)
+        for f, t, c in zip(fpr, tpr, cuts):  # score >= c is called real
+            assert f == np.mean(s[~y] >= c) and t == np.mean(s[y] >= c)
+            fnr, fp = error_rates(s, y, c)
+            assert fp == f and fnr == pytest.approx(1 - t, abs=1e-15)
+        # the area under the curve (trapezoids: ties as diagonal steps) is the AUC
+        area = np.sum(np.diff(fpr) * (tpr[1:] + tpr[:-1]) / 2)
+        assert area == pytest.approx(roc_auc(s, y), abs=1e-12)
+
+
+def test_error_rates_at_a_threshold_equal_to_a_score_call_it_real():
+    fnr, fpr = error_rates([0.2, 0.5, 0.5, 0.8], [True, True, False, False], 0.5)
+    assert (fnr, fpr) == (0.5, 1.0)  # the real 0.5 is kept, the bogus 0.5 accepted
+
+
+def test_threshold_for_fnr_is_the_highest_score_keeping_the_rate():
+    rng = np.random.default_rng(1)
+    for _ in range(150):
+        n = int(rng.integers(1, 30))
+        s = rng.integers(0, 8, n) / 7
+        y = rng.random(n) < 0.6
+        y[0] = True
+        target = float(rng.choice([0, 0.02, 0.1, 0.25, 1 / 3, 0.5, 0.99]))
+        # every score (and +inf): the highest whose rejected reals are at most target * n
+        ok = [c for c in np.r_[s, np.inf] if np.sum(s[y] < c) <= target * y.sum() + 1e-9]
+        t = threshold_for_fnr(s, y, target)
+        assert t == max(ok)
+        assert error_rates(s, y, t)[0] <= target + 1e-12
+    # a target whose product with the count is an integer only on paper (0.29 * 100 is
+    # 28.999999999999996 in floating point) still allows that many rejections
+    s = np.arange(100) / 100
+    assert threshold_for_fnr(s, np.ones(100, bool), 0.29) == 0.29
+
+
+def test_classification_report_against_loops():
+    rng = np.random.default_rng(2)
+    for _ in range(60):
+        n, k = int(rng.integers(1, 30)), int(rng.integers(2, 6))
+        probs = rng.dirichlet(np.ones(k), n)
+        y = rng.integers(0, k, n)
+        names = [f"c{i}" for i in range(k)]
+        r = classification_report(probs, y, names)
+        pred = [max(range(k), key=lambda j: probs[i, j]) for i in range(n)]
+        cm = [[sum(1 for i in range(n) if y[i] == a and pred[i] == b) for b in range(k)]
+              for a in range(k)]
+        assert r["confusion_matrix"] == cm
+        assert r["accuracy"] == pytest.approx(np.mean(np.equal(pred, y)), abs=1e-12)
+        recalls = []
+        for a in range(k):
+            row, col = sum(cm[a]), sum(cm[b][a] for b in range(k))
+            c = r["per_class"][f"c{a}"]
+            assert c["support"] == row
+            assert c["recall"] == (None if row == 0 else round(cm[a][a] / row, 4))
+            assert c["precision"] == (None if col == 0 else round(cm[a][a] / col, 4))
+            if row:
+                recalls.append(cm[a][a] / row)
+        # macro recall: the mean over the classes present in the truth (documented)
+        assert r["macro_recall"] == pytest.approx(np.mean(recalls), abs=1e-12)
+
+
+def _ece_reference(probs, labels, n_bins=15):
+    """Top-label ECE with the bins [b / n, (b + 1) / n), the last one closed at 1."""
+    total = 0.0
+    n = len(labels)
+    rows = [(max(p), int(np.argmax(p)) == lab) for p, lab in zip(probs, labels)]
+    for b in range(n_bins):
+        lo, hi = b / n_bins, (b + 1) / n_bins
+        sel = [(c, ok) for c, ok in rows if lo <= c < hi or (b == n_bins - 1 and c == 1)]
+        if sel:
+            conf = sum(c for c, _ in sel) / len(sel)
+            acc = sum(ok for _, ok in sel) / len(sel)
+            total += len(sel) / n * abs(acc - conf)
+    return total
+
+
+def test_ece_against_a_loop_with_confidences_on_bin_edges():
+    rng = np.random.default_rng(3)
+    for i in range(80):
+        n = int(rng.integers(1, 30))
+        if i % 2:  # a binary score on the bin edges: 0, 1 and every b / 15
+            s = rng.integers(0, 16, n) / 15
+            probs, y = np.stack([1 - s, s], 1), rng.integers(0, 2, n)
+        else:
+            k = int(rng.integers(2, 5))
+            probs, y = rng.dirichlet(np.ones(k), n), rng.integers(0, k, n)
+        assert expected_calibration_error(probs, y) == pytest.approx(
+            _ece_reference(probs, y), abs=1e-12)
+    # every confidence exactly on an edge falls in the bin it opens (1 in the last)
+    for b in range(16):
+        c = b / 15
+        if c >= 0.5:
+            assert expected_calibration_error([[c, 1 - c]], [0]) == pytest.approx(1 - c)
+    assert expected_calibration_error([[1.0, 0.0], [0.0, 1.0]], [0, 1]) == 0.0
+
+
+def test_training_helpers_against_references():
+    rb = pytest.importorskip("astromorph_training.realbogus")
+    common = pytest.importorskip("astromorph_training._common")
+    from scipy.special import softmax
+
+    for s, y in _binary_sets(20):
+        for t in (0.0, 0.25, 0.5, 1.0):  # thresholds equal to scores: >= is real
+            fnr = sum(1 for v, lab in zip(s, y) if lab and not v >= t) / y.sum()
+            fpr = sum(1 for v, lab in zip(s, y) if not lab and v >= t) / (~y).sum()
+            assert rb.rates(s, y, t) == (fnr, fpr) == error_rates(s, y, t)
+
+    rng = np.random.default_rng(4)
+    z = rng.normal(0, 2, (300, 3))
+    y = np.array([rng.choice(3, p=p) for p in softmax(z / 0.5, axis=1)])  # drawn at T = 0.5
+    assert np.allclose(common.softmax(z, 2.0), softmax(z / 2.0, axis=1))
+    grid = np.exp(np.linspace(np.log(0.05), np.log(20), 4001))
+    nll = [-np.mean(np.log(softmax(z / t, axis=1)[np.arange(300), y])) for t in grid]
+    assert common.fit_temperature(z, y) == pytest.approx(grid[np.argmin(nll)], rel=2e-3)
