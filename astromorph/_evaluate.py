@@ -38,14 +38,69 @@ def _is_classifier(card):
 
 
 # ------------------------------------------------------------------------------- measures
+def _first_bad(bad, values, what):
+    """The count and first row of ``bad`` values, for a message."""
+    i = int(np.flatnonzero(bad)[0])
+    return f"{int(bad.sum())} of {len(bad)} {what} (the first at row {i}: {values[i]!r})"
+
+
+def _scores_and_truth(scores, real):
+    """``scores`` (N,) as finite floats and ``real`` (N,) as booleans (True, or 1, is real).
+
+    NaN scores would be ranked, sorted or compared as numbers, and ``astype(bool)`` makes
+    every non-zero number and every text ('0' too) real: both are refused.
+    """
+    scores = np.asarray(scores, dtype=np.float64)
+    real = np.asarray(real)
+    if scores.ndim != 1 or real.shape != scores.shape:
+        raise InvalidArgumentError(f"{scores.size} scores and {real.size} labels: one label "
+                                   f"(real or bogus) per score, both 1-d")
+    if not np.isfinite(scores).all():
+        bad = ~np.isfinite(scores)
+        raise InvalidArgumentError(f"{_first_bad(bad, scores.tolist(), 'scores')} are not "
+                                   "finite: leave those rows out")
+    if real.dtype.kind != "b":
+        ok = np.isin(real, (0, 1)) if real.dtype.kind in "iuf" else np.zeros(real.shape, bool)
+        if not ok.all():
+            raise InvalidArgumentError(f"the truth of a score is True/False or 0 or 1 (real "
+                                       f"= 1): {_first_bad(~ok, real.tolist(), 'labels')} "
+                                       "are not")
+        real = real == 1
+    return scores, real
+
+
+def _probs_and_labels(probs, labels, n_classes=None):
+    """``probs`` (N, K) as finite floats and ``labels`` (N,) as class indices in [0, K)."""
+    probs = np.asarray(probs, dtype=np.float64)
+    labels = np.asarray(labels)
+    if probs.ndim != 2 or labels.shape != probs.shape[:1]:
+        raise InvalidArgumentError(f"{len(probs)} rows of probabilities and {labels.size} "
+                                   f"labels: one class index per row of an (N, K) array")
+    k = probs.shape[1]
+    if n_classes is not None and k != n_classes:
+        raise InvalidArgumentError(f"probabilities of {k} columns for {n_classes} class "
+                                   "names: one column per class")
+    if not np.isfinite(probs).all():
+        bad = ~np.isfinite(probs).all(axis=1)
+        raise InvalidArgumentError(f"{_first_bad(bad, probs.tolist(), 'rows')} have "
+                                   "probabilities that are not finite: leave them out")
+    if labels.dtype.kind == "b":
+        labels = labels.astype(np.int64)
+    ok = (np.isin(labels, np.arange(k)) if labels.dtype.kind in "iuf"
+          else np.zeros(labels.shape, bool))
+    if not ok.all():
+        raise InvalidArgumentError(f"labels must be class indices 0 to {k - 1}: "
+                                   f"{_first_bad(~ok, labels.tolist(), 'labels')} are not")
+    return probs, labels.astype(np.int64)
+
+
 def expected_calibration_error(probs, labels, n_bins=15):
     """Top-label expected calibration error with equal-width confidence bins.
 
     ``probs`` (N, K) class probabilities (for a binary score, ``(1 - s, s)``), ``labels``
     (N,) true class indices; ``n_bins`` bins of the top probability.
     """
-    probs = np.asarray(probs, dtype=np.float64)
-    labels = np.asarray(labels)
+    probs, labels = _probs_and_labels(probs, labels)
     conf = probs.max(axis=1)
     correct = probs.argmax(axis=1) == labels
     bins = np.minimum((conf * n_bins).astype(int), n_bins - 1)
@@ -73,9 +128,8 @@ def classification_report(probs, labels, class_names):
     Returns a JSON-serialisable dict. ``confusion_matrix[i][j]`` counts true class ``i``
     predicted as ``j`` (the most probable class of ``probs``); ``labels`` are class indices.
     """
-    probs = np.asarray(probs)
-    labels = np.asarray(labels)
     k = len(class_names)
+    probs, labels = _probs_and_labels(probs, labels, k)
     pred = probs.argmax(axis=1)
     cm = np.zeros((k, k), dtype=int)
     np.add.at(cm, (labels, pred), 1)
@@ -102,8 +156,7 @@ def roc_auc(scores, real):
     """ROC AUC by the rank-sum formula (ties averaged); NaN without both classes."""
     from scipy.stats import rankdata
 
-    scores = np.asarray(scores, float)
-    real = np.asarray(real).astype(bool)
+    scores, real = _scores_and_truth(scores, real)
     n1, n0 = real.sum(), (~real).sum()
     if n1 == 0 or n0 == 0:
         return float("nan")
@@ -114,8 +167,7 @@ def roc_auc(scores, real):
 def roc_curve(scores, real):
     """False and true positive rates, and the thresholds (``score >= t`` is real) where they
     change, from the strictest (``inf``: nothing is real) down; tied scores are one point."""
-    scores = np.asarray(scores, float)
-    real = np.asarray(real).astype(bool)
+    scores, real = _scores_and_truth(scores, real)
     order = np.argsort(-scores, kind="stable")
     s, lab = scores[order], real[order]
     last = np.r_[s[1:] != s[:-1], True]  # the last row of each run of equal scores
@@ -132,7 +184,8 @@ def threshold_for_fnr(scores, real, target):
     The threshold a survey would set on its own labelled candidates to keep, e.g., 98 per
     cent of its reals (``target=0.02``), cutting as many bogus ones as that allows.
     """
-    r = np.sort(np.asarray(scores, float)[np.asarray(real).astype(bool)])
+    scores, real = _scores_and_truth(scores, real)
+    r = np.sort(scores[real])
     if not len(r):
         return float("nan")
     # rejecting the k lowest reals at most: the (k+1)-th lowest score; ties below it may
@@ -144,8 +197,7 @@ def threshold_for_fnr(scores, real, target):
 def error_rates(scores, real, threshold):
     """(FNR, FPR) when ``score >= threshold`` is called real: the fraction of real rows
     rejected and of bogus rows accepted (NaN for a class without rows)."""
-    scores = np.asarray(scores, float)
-    real = np.asarray(real).astype(bool)
+    scores, real = _scores_and_truth(scores, real)
     fnr = float(np.mean(scores[real] < threshold)) if real.any() else float("nan")
     fpr = float(np.mean(scores[~real] >= threshold)) if (~real).any() else float("nan")
     return fnr, fpr
@@ -189,8 +241,7 @@ def reliability_figure(probs, labels, *, title="", n_bins=15):
     in the title."""
     from ._plotting import figure
 
-    probs = np.asarray(probs)
-    labels = np.asarray(labels)
+    probs, labels = _probs_and_labels(probs, labels)
     conf = probs.max(axis=1)
     correct = probs.argmax(axis=1) == labels
     edges = np.linspace(0, 1, n_bins + 1)

@@ -156,3 +156,56 @@ def test_training_helpers_against_references():
     grid = np.exp(np.linspace(np.log(0.05), np.log(20), 4001))
     nll = [-np.mean(np.log(softmax(z / t, axis=1)[np.arange(300), y])) for t in grid]
     assert common.fit_temperature(z, y) == pytest.approx(grid[np.argmin(nll)], rel=2e-3)
+
+
+@pytest.mark.parametrize("call", [
+    lambda s, y: roc_auc(s, y), lambda s, y: roc_curve(s, y),
+    lambda s, y: error_rates(s, y, 0.5), lambda s, y: threshold_for_fnr(s, y, 0.1)])
+def test_score_measures_refuse_what_they_cannot_score(call):
+    """NaN scores were silently ranked, sorted last or counted as right answers (a NaN real
+    was not rejected and a NaN bogus not accepted at any threshold); text labels were all
+    real ('0' is a true string) and other numbers were real when non-zero."""
+    from astromorph.exceptions import InvalidArgumentError
+
+    s, y = np.array([0.2, 0.9, 0.4, 0.7]), np.array([0, 1, 0, 1])
+    call(s, y)
+    call(s, y.astype(bool))
+    call(s, y.astype(float))
+    with pytest.raises(InvalidArgumentError, match=r"1 of 4 scores .*row 2: nan"):
+        call(np.where(np.arange(4) == 2, np.nan, s), y)
+    for labels, shown in ((np.array(["0", "1", "0", "1"]), "'0'"),
+                          (np.array([0, 1, 2, 1]), "2"), (np.array([0, 1, 0.5, 1]), "0.5"),
+                          (np.array([0, np.nan, 0, 1]), "nan")):
+        with pytest.raises(InvalidArgumentError, match=f"0 or 1.*{shown}"):
+            call(s, labels)
+    with pytest.raises(InvalidArgumentError, match="3 scores and 4 labels"):
+        call(s[:3], y)
+
+
+@pytest.mark.parametrize("call", [
+    lambda p, y: classification_report(p, y, ["a", "b", "c"]),
+    lambda p, y: expected_calibration_error(p, y)])
+def test_class_measures_refuse_labels_that_are_no_class(call):
+    """A label -1 was counted as the last class (numpy's negative index), a NaN probability
+    row was in no bin of the ECE but in its denominator."""
+    from astromorph.exceptions import InvalidArgumentError
+
+    probs = np.array([[0.7, 0.2, 0.1], [0.1, 0.8, 0.1], [0.2, 0.2, 0.6]])
+    call(probs, np.array([0, 1, 2]))
+    for labels, shown in ((np.array([0, -1, 2]), "-1"), (np.array([0, 3, 2]), "3"),
+                          (np.array([0, 1.5, 2]), "1.5"), (np.array(["a", "b", "c"]), "'a'")):
+        with pytest.raises(InvalidArgumentError, match=f"class indices 0 to 2.*{shown}"):
+            call(probs, labels)
+    bad = probs.copy()
+    bad[1, 0] = np.nan
+    with pytest.raises(InvalidArgumentError, match=r"1 of 3 rows .*row 1"):
+        call(bad, np.array([0, 1, 2]))
+    with pytest.raises(InvalidArgumentError, match="3 rows of probabilities and 2 labels"):
+        call(probs, np.array([0, 1]))
+
+
+def test_a_report_refuses_probabilities_of_other_classes():
+    from astromorph.exceptions import InvalidArgumentError
+
+    with pytest.raises(InvalidArgumentError, match="2 columns.*3 class names"):
+        classification_report(np.eye(2), [0, 1], ["a", "b", "c"])
