@@ -209,3 +209,12 @@ def test_a_report_refuses_probabilities_of_other_classes():
 
     with pytest.raises(InvalidArgumentError, match="2 columns.*3 class names"):
         classification_report(np.eye(2), [0, 1], ["a", "b", "c"])
+
+
+def test_training_rates_refuse_nan_scores():
+    """realbogus.rates counted a NaN real as kept and a NaN bogus as rejected."""
+    rb = pytest.importorskip("astromorph_training.realbogus")
+    from astromorph.exceptions import InvalidArgumentError
+
+    with pytest.raises(InvalidArgumentError, match="not finite"):
+        rb.rates([np.nan, 0.9, np.nan, 0.1], [1, 1, 0, 0], 0.5)

@@ -32,7 +32,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from astromorph._evaluate import roc_auc, roc_curve as _roc_curve
+from astromorph._evaluate import error_rates as _error_rates, roc_auc, roc_curve as _roc_curve
 from astromorph.preprocessing._triplet import preprocess_triplet
 
 from . import _common as common
@@ -467,12 +467,9 @@ def roc_curve(scores, labels):
 
 
 def rates(scores, labels, thr):
-    """(FNR, FPR) at threshold ``thr`` (real if score >= thr)."""
-    scores = np.asarray(scores)
-    labels = np.asarray(labels).astype(bool)
-    fnr = float(np.mean(scores[labels] < thr)) if labels.any() else float("nan")
-    fpr = float(np.mean(scores[~labels] >= thr)) if (~labels).any() else float("nan")
-    return fnr, fpr
+    """(FNR, FPR) at threshold ``thr`` (real if score >= thr), as `astromorph.evaluate_labels`
+    gives them (``astromorph._evaluate.error_rates``)."""
+    return _error_rates(scores, labels, thr)
 
 
 def best_threshold(scores, labels):
