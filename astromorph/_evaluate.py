@@ -98,7 +98,11 @@ def expected_calibration_error(probs, labels, n_bins=15):
     """Top-label expected calibration error with equal-width confidence bins.
 
     ``probs`` (N, K) class probabilities (for a binary score, ``(1 - s, s)``), ``labels``
-    (N,) true class indices; ``n_bins`` bins of the top probability.
+    (N,) true class indices; ``n_bins`` bins of the top probability, ``[b / n_bins,
+    (b + 1) / n_bins)`` with the last one closed at 1 (a confidence on an edge is in the
+    bin it opens). The top label is the most probable class, the first of tied ones (so
+    for a score of exactly 0.5 class 0, bogus). Raises `InvalidArgumentError` for
+    probabilities that are not finite or labels that are no class index.
     """
     probs, labels = _probs_and_labels(probs, labels)
     conf = probs.max(axis=1)
@@ -126,7 +130,10 @@ def classification_report(probs, labels, class_names):
     """Accuracy, macro recall, per-class recall and precision, confusion matrix, ECE.
 
     Returns a JSON-serialisable dict. ``confusion_matrix[i][j]`` counts true class ``i``
-    predicted as ``j`` (the most probable class of ``probs``); ``labels`` are class indices.
+    predicted as ``j`` (the most probable class of ``probs``, the first of tied ones);
+    ``labels`` are class indices. ``macro_recall`` is the mean recall of the classes that
+    ``labels`` hold (a class without true rows has no recall, None, and is left out of it,
+    as in the training scripts); a class never predicted has no precision (None).
     """
     k = len(class_names)
     probs, labels = _probs_and_labels(probs, labels, k)
@@ -620,10 +627,13 @@ def evaluate_labels(table, truth, *, model, labels=None, threshold=None, target_
     LabelEvaluation
         ``metrics``: ``n_rows``, ``n_used``, ``n_unlabelled``, ``n_unscored`` (labelled rows
         without outputs: masked or not finite), ``n_flagged`` (labelled, scored rows with
-        flags); for classifiers ``accuracy``, ``macro_recall``, ``per_class`` (recall,
-        precision, support), ``confusion_matrix`` (true rows, predicted columns) with
-        ``class_names``, and ``ece``; for scores ``n_real``, ``n_bogus``, ``roc_auc``,
-        ``at_thresholds`` (FNR and FPR at each threshold), ``roc_curve`` (``fpr``,
+        flags); for classifiers ``accuracy``, ``macro_recall`` (the mean recall of the
+        classes your labels hold), ``per_class`` (recall, precision, support; None for a
+        class without true or predicted rows), ``confusion_matrix`` (true rows, predicted
+        columns) with ``class_names``, and ``ece`` (see `expected_calibration_error`); for
+        scores ``n_real``, ``n_bogus``, ``roc_auc`` (None with one class only),
+        ``at_thresholds`` (FNR and FPR at each threshold, ``score >= threshold`` being
+        real), ``roc_curve`` (``fpr``,
         ``tpr``, ``thresholds``: one point per distinct score, at most 1001, evenly
         spaced ones for more) and ``ece``. ``plot()`` draws them.
 
