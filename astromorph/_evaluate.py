@@ -633,7 +633,8 @@ def evaluate_labels(table, truth, *, model, labels=None, threshold=None, target_
         columns) with ``class_names``, and ``ece`` (see `expected_calibration_error`); for
         scores ``n_real``, ``n_bogus``, ``roc_auc`` (None with one class only),
         ``at_thresholds`` (FNR and FPR at each threshold, ``score >= threshold`` being
-        real), ``roc_curve`` (``fpr``,
+        real, compared at the scores' precision as ``table["rb_score"] >= threshold``
+        does: a float32 score 0.7 passes 0.7), ``roc_curve`` (``fpr``,
         ``tpr``, ``thresholds``: one point per distinct score, at most 1001, evenly
         spaced ones for more) and ``ece``. ``plot()`` draws them.
 
@@ -697,6 +698,9 @@ def evaluate_labels(table, truth, *, model, labels=None, threshold=None, target_
         mapping = _check_labels(labels, _REAL, name)
         score, mask = _numbers(_column(table, f"{prefix}_score{suffix}", f"{name} output",
                                       hint))
+        # a threshold is compared at the scores' own precision, as ``table["rb_score"] >=
+        # threshold`` does for a float32 column: float32(0.7) passes 0.7
+        precision = score.dtype if score.dtype.kind == "f" else np.float64
         score = np.asarray(score, np.float64)
         scored = ~mask & np.isfinite(score)
         target = _translate(text, unlabelled, mapping, _REAL,
@@ -737,7 +741,8 @@ def evaluate_labels(table, truth, *, model, labels=None, threshold=None, target_
                       "thresholds": [None] + cuts[1:].tolist()},  # the first is inf
     })
     for key, t in thresholds.items():
-        fnr, fp = error_rates(s, real, t) if np.isfinite(t) else (np.nan, np.nan)
+        fnr, fp = (error_rates(s, real, float(np.asarray(t, precision)))
+                   if np.isfinite(t) else (np.nan, np.nan))
         metrics["at_thresholds"][key] = {"threshold": _finite(t), "fnr": _finite(fnr),
                                          "fpr": _finite(fp)}
     if "target_fnr" in metrics["at_thresholds"]:

@@ -476,3 +476,17 @@ def test_quiet_command_line_without_output_still_prints_the_metrics(tmp_path, ca
     assert "accuracy 1.000" in printed.out and printed.err == ""
     assert main(args + ["-o", str(tmp_path / "m.json")]) == 0
     assert capsys.readouterr().out == ""
+
+
+def test_a_float32_score_equal_to_the_threshold_is_real_as_in_the_table():
+    """``table["rb_score"] >= threshold`` (docs/predict.md) compares a float32 column at
+    float32 precision: the score float32(0.7) (0.69999999) passes 0.7. The rates were
+    computed in float64, where it failed: the metrics disagreed with the rows selected."""
+    s = np.array([0.7, 0.7, 0.3, 0.9], np.float32)
+    t = Table({"rb_score": s, "rb_flags": np.zeros(4, np.int32),
+               "is_real": [True, False, False, True]})
+    kept = np.asarray(t["rb_score"] >= 0.7)
+    assert kept.tolist() == [True, True, False, True]
+    at = astromorph.evaluate_labels(t, "is_real", model="real-bogus",
+                                    threshold=0.7).metrics["at_thresholds"]["given"]
+    assert (at["threshold"], at["fnr"], at["fpr"]) == (0.7, 0.0, 0.5)
