@@ -316,7 +316,7 @@ def test_options_a_model_would_ignore_are_refused(tmp_path, capsys):
     for model in ("morphology", "morphology-gz2", "embedding", "real-bogus"):
         assert __main__.build_parser(model).parse_args([model, "train", "--new-split"]).new_split
     message = _one_line_exit(["radio-morphology", "train", "--folds", "1", "--smoke",
-                              "--out-dir", str(tmp_path)])
+                              "--out-dir", str(tmp_path), "--data-dir", str(tmp_path)])
     assert "--folds" in message and "--cv" in message
 
 
