@@ -464,6 +464,44 @@ def test_real_bogus_steps_after_train_need_its_seed(step, tmp_path, monkeypatch)
     assert "--seed 0" in message and "--seed 3" in message, message
 
 
+def _real_bogus_run(root, seed):
+    """A fabricated real-bogus run folder: its ``calibration.json`` records ``seed``."""
+    from astromorph_training import realbogus
+
+    ckpt = realbogus.common.checkpoint_dir("real-bogus", root=root)
+    ckpt.mkdir(parents=True, exist_ok=True)
+    (ckpt / "calibration.json").write_text(json.dumps({"seed": seed}))
+    (root.parent / "no-data").mkdir(exist_ok=True)  # a data folder without the data
+    return root
+
+
+@pytest.mark.parametrize("val_seed", [[], ["--val-seed", "5"]])
+def test_real_bogus_compare_refuses_candidates_of_another_seed(val_seed, tmp_path):
+    """``compare --candidates A B`` scored every candidate on the validation sky of the
+    command line's ``--seed`` (also with ``--val-seed``, which redraws the simulations on
+    that sky): a candidate trained with ``--seed 3`` was scored on sims whose sky and
+    galaxies it had trained on. Candidates need one common validation set, so one whose
+    seed is not ``--seed`` is refused, in one line naming it and both seeds, before any
+    data are read (here there are none)."""
+    good = _real_bogus_run(tmp_path / "a", 0)
+    bad = _real_bogus_run(tmp_path / "b", 3)
+    message = _one_line_exit(["real-bogus", "compare", "--candidates", str(good), str(bad),
+                              *val_seed, "--data-dir", str(tmp_path / "no-data"),
+                              "--out-dir", str(tmp_path)])
+    assert str(bad) in message and "--seed 0" in message and "--seed 3" in message, message
+    assert str(good) not in message, message
+
+
+def test_real_bogus_compare_refuses_a_seed_the_shipped_model_trained_on(tmp_path):
+    """The shipped model (trained with the default seed 0, its card's ``training.command``)
+    is scored on the same validation set: ``compare --seed 3`` put seed 0's training sky
+    into it, so candidates of seed 3 have no common set with it: refused."""
+    run = _real_bogus_run(tmp_path / "a", 3)
+    message = _one_line_exit(["real-bogus", "compare", "--candidates", str(run), "--seed", "3",
+                              "--data-dir", str(tmp_path / "no-data"), "--out-dir", str(tmp_path)])
+    assert "shipped" in message and "--seed 0" in message and "--seed 3" in message, message
+
+
 def test_options_of_the_step_run_are_accepted():
     """The documented uses parse: ``build`` runs ``evaluate``, so it takes ``--test-seed``."""
     from astromorph_training.__main__ import _check_step_options, build_parser

@@ -847,15 +847,30 @@ def _load_trained(dirs, args=None):
     return _load_network(dirs)[0], calib
 
 
-def _check_seed(args, calib):
-    """Refuse a ``--seed`` other than the one the run (``calibration.json``) was trained
-    with: the held-out alerts, host galaxies and simulations are drawn from it, so that
-    another seed's test or validation set holds the run's training sky."""
+def _check_seed(args, calib, run="the run", hint=None):
+    """Refuse a ``--seed`` other than the one ``run`` (its ``calibration.json``, or the
+    ``recipe`` of a ``last.pt``) was trained with: the held-out alerts, host galaxies and
+    simulations are drawn from it, so that another seed's test or validation set holds the
+    run's training sky. ``hint`` replaces the advice to pass the run's seed."""
     seed = calib.get("seed")
     if seed is not None and int(seed) != args.seed:
-        raise SystemExit(f"{NAME} {args.step}: --seed {args.seed}, but the run was trained "
+        raise SystemExit(f"{NAME} {args.step}: --seed {args.seed}, but {run} was trained "
                          f"with --seed {seed}, whose held-out alerts and galaxies its sets are "
-                         f"drawn from: pass --seed {seed}")
+                         f"drawn from: {hint or f'pass --seed {seed}'}")
+
+
+def _command_seed(command):
+    """The ``--seed`` of a recorded ``train`` command line (a card's ``training.command``;
+    the default 0 where it names none)."""
+    import shlex
+
+    words = shlex.split(command)
+    for i, word in enumerate(words):
+        if word == "--seed" and i + 1 < len(words):
+            return int(words[i + 1])
+        if word.startswith("--seed="):
+            return int(word.split("=", 1)[1])
+    return 0
 
 
 # ----------------------------------------------------------------------------- evaluate
@@ -1464,10 +1479,27 @@ def compare(args):
     model ("shipped") and for each candidate folder, plus the paired bootstrap interval
     (2.5, 50, 97.5 %) of each candidate's real-alert AUC minus the shipped model's, and
     of each later candidate's minus the first candidate's.
+
+    All are scored on one validation set, on the validation sky and galaxies of ``--seed``
+    (also with ``--val-seed``, which only redraws the simulations): a candidate, or the
+    shipped model, trained with another seed is refused, since that set holds its
+    training sky.
     """
     import astromorph
 
     dirs = _dirs(args)
+    candidates = _get(args, "candidates", None) or [dirs["root"]]
+    # one validation set for all, on the sky of --seed: every model compared must have been
+    # trained with --seed, or that set holds its training sky (checked before any data)
+    shipped = astromorph.load_model(NAME)
+    _check_seed(args, {"seed": _command_seed(shipped.card.get("training", {}).get("command", ""))},
+                run=f"the shipped model {shipped.card.get('version')} (its card's training.command)",
+                hint="compare needs one validation set free of every model's training sky")
+    for folder in candidates:
+        cdirs = _dirs(SimpleNamespace(out_dir=folder, smoke=False)) if not args.smoke else dirs
+        _check_seed(args, json.loads((cdirs["ckpt"] / "calibration.json").read_text()),
+                    run=f"candidate {folder}",
+                    hint="compare needs one validation set free of every candidate's training sky")
     seed = _get(args, "val_seed", None)
     if seed is None:
         xva, iva = _load_split(args, "val", dirs)
@@ -1478,7 +1510,6 @@ def compare(args):
     xr, nanf = preprocess_triplet(X)
     drb = np.array([m["drb"] for m in meta], float)
     neg = np.array([m["isdiffpos"] == "f" for m in meta])
-    shipped = astromorph.load_model(NAME)
 
     def onnx(x):
         return np.concatenate([shipped.predict(np.asarray(x[s:s + 1024], np.float32))["rb_score"]
@@ -1501,7 +1532,7 @@ def compare(args):
 
     auc_s = boot_auc(p_real_s)
     first = None  # the first candidate's bootstrap AUCs
-    for folder in (_get(args, "candidates", None) or [dirs["root"]]):
+    for folder in candidates:
         cdirs = _dirs(SimpleNamespace(out_dir=folder, smoke=False)) if not args.smoke else dirs
         net, calib = _load_trained(cdirs)
 
