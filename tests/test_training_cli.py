@@ -502,6 +502,27 @@ def test_real_bogus_compare_refuses_a_seed_the_shipped_model_trained_on(tmp_path
     assert "shipped" in message and "--seed 0" in message and "--seed 3" in message, message
 
 
+def test_real_bogus_average_refuses_sources_of_another_seed(tmp_path):
+    """``average --sources A B --seed 3``: only the last source's seed was checked, so a
+    first source trained with seed 0 was averaged and then calibrated on seed 3's
+    validation sims, which hold seed 0's training sky. Every source's ``last.pt`` must
+    record ``--seed``."""
+    from astromorph_training import realbogus
+
+    sources = []
+    for name, seed in (("a", 0), ("b", 3)):
+        root = _real_bogus_run(tmp_path / name, seed)
+        ckpt = realbogus.common.checkpoint_dir("real-bogus", root=root)
+        (ckpt / "history.json").write_text("[]")
+        realbogus.common.save_checkpoint(
+            {"model": {}, "epoch": 0, "recipe": {"seed": str(seed)}}, ckpt / "last.pt",
+            model="real-bogus")
+        sources.append(str(root))
+    message = _one_line_exit(["real-bogus", "average", "--sources", *sources, "--seed", "3",
+                              "--data-dir", str(tmp_path / "no-data"), "--out-dir", str(tmp_path)])
+    assert sources[0] in message and "--seed 0" in message and "--seed 3" in message, message
+
+
 def test_options_of_the_step_run_are_accepted():
     """The documented uses parse: ``build`` runs ``evaluate``, so it takes ``--test-seed``."""
     from astromorph_training.__main__ import _check_step_options, build_parser

@@ -417,7 +417,8 @@ def average(args):
     ``--bn-samples`` cached training simulations; with ``--ensemble`` the networks are kept
     and their logits averaged (a snapshot ensemble: one graph, their summed cost). The run is
     then calibrated as at the end of `train`; its records (epochs, timing) are those of the
-    last source.
+    last source. Every source must have been trained with ``--seed`` (its ``last.pt``
+    records it): the validation set calibrated on is that seed's.
     """
     _torch(1)  # one CPU thread
     dirs = _dirs(args)
@@ -431,6 +432,9 @@ def average(args):
     history = json.loads((last_run / "history.json").read_text())
     ckpts = [common.load_checkpoint(_dirs(SimpleNamespace(out_dir=folder, smoke=args.smoke))["ckpt"]
                                     / "last.pt") for folder in sources]
+    for folder, ck in zip(sources, ckpts):  # every network averaged, not only the last's
+        _check_seed(args, ck.get("recipe", {}), run=f"source {folder}",
+                    hint="average runs of one seed")
     states = [c["model"] for c in ckpts]
     epochs = [int(c["epoch"]) for c in ckpts]
     xva, iva = _load_split(args, "val", dirs)
