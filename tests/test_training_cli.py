@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from conftest import REPO
+from conftest import DATA_DIR, REPO, requires_data
 
 pytestmark = [
     pytest.mark.training,
@@ -521,6 +521,26 @@ def test_real_bogus_average_refuses_sources_of_another_seed(tmp_path):
     message = _one_line_exit(["real-bogus", "average", "--sources", *sources, "--seed", "3",
                               "--data-dir", str(tmp_path / "no-data"), "--out-dir", str(tmp_path)])
     assert sources[0] in message and "--seed 0" in message and "--seed 3" in message, message
+
+
+@requires_data
+@pytest.mark.parametrize("step", ["evaluate", "calibrate", "compare --candidates RUN"])
+def test_real_bogus_steps_refuse_a_run_of_another_split(step, tmp_path):
+    """``real-bogus train --new-split`` on a changed alert list (or GZ image list), then
+    ``evaluate`` on the shipped data: the data passed the split check, being the shipped
+    model's, but the run's training sky was drawn from other alerts, so its test and
+    validation sims on this split overlap it. The run's ``calibration.json`` records the
+    fingerprints its split was drawn from; a data folder giving others is refused in one
+    line naming both (before the run's network is read: here it has none)."""
+    from astromorph_training import realbogus
+
+    run = _real_bogus_run(tmp_path / "run", 0)
+    calib = realbogus.common.checkpoint_dir("real-bogus", root=run) / "calibration.json"
+    calib.write_text(json.dumps({"seed": 0, "split_sources": ["a" * 64, "b" * 64]}))
+    words = step.replace("RUN", str(run)).split()
+    message = _one_line_exit(["real-bogus", *words, "--data-dir", str(DATA_DIR),
+                              "--out-dir", str(run)])
+    assert "aaaaaaaaaaaa" in message and "e3638012bcc7" in message, message
 
 
 def test_options_of_the_step_run_are_accepted():

@@ -433,7 +433,9 @@ def average(args):
     ckpts = [common.load_checkpoint(_dirs(SimpleNamespace(out_dir=folder, smoke=args.smoke))["ckpt"]
                                     / "last.pt") for folder in sources]
     for folder, ck in zip(sources, ckpts):  # every network averaged, not only the last's
-        _check_seed(args, ck.get("recipe", {}), run=f"source {folder}",
+        calib = _dirs(SimpleNamespace(out_dir=folder, smoke=args.smoke))["ckpt"] / "calibration.json"
+        _check_seed(args, {**(json.loads(calib.read_text()) if calib.exists() else {}),
+                           **ck.get("recipe", {})}, run=f"source {folder}",
                     hint="average runs of one seed")
     states = [c["model"] for c in ckpts]
     epochs = [int(c["epoch"]) for c in ckpts]
@@ -767,6 +769,8 @@ def train(args):
            "threads": int(_get(args, "threads", 1)), "processes": world,
            "amp": _get(args, "amp", "fp32"), "recipe": _get(args, "recipe", DEFAULT_RECIPE),
            "cycles": _get(args, "cycles", 1), "seed": int(args.seed)}
+    if not args.smoke:  # what the sky and host split was drawn from (`_check_seed`)
+        run["split_sources"] = list(_check_split_sources(args))
     return _calibrate_run(dirs, xva, iva, run)
 
 
@@ -802,7 +806,7 @@ def _calibration(zva, info):
 #: What a run's ``calibration.json`` records about its training, kept by `calibrate`
 #: and `average`.
 _RUN_RECORDS = ("train_seconds", "epochs", "n_train", "threads", "processes", "amp", "recipe",
-                "cycles", "seed")
+                "cycles", "seed", "split_sources")
 
 
 def _calibrate_run(dirs, xva, iva, run):
@@ -855,12 +859,28 @@ def _check_seed(args, calib, run="the run", hint=None):
     """Refuse a ``--seed`` other than the one ``run`` (its ``calibration.json``, or the
     ``recipe`` of a ``last.pt``) was trained with: the held-out alerts, host galaxies and
     simulations are drawn from it, so that another seed's test or validation set holds the
-    run's training sky. ``hint`` replaces the advice to pass the run's seed."""
+    run's training sky. ``hint`` replaces the advice to pass the run's seed.
+
+    Likewise refuse data whose alerts or galaxy images (`_check_split_sources`) are not
+    those the run's split was drawn from (``split_sources``, recorded by `train`; a run
+    trained with ``--new-split`` on other data): the same seed splits them otherwise.
+    Smoke runs, which draw no such split, are not checked on them.
+    """
     seed = calib.get("seed")
     if seed is not None and int(seed) != args.seed:
         raise SystemExit(f"{NAME} {args.step}: --seed {args.seed}, but {run} was trained "
                          f"with --seed {seed}, whose held-out alerts and galaxies its sets are "
                          f"drawn from: {hint or f'pass --seed {seed}'}")
+    recorded = calib.get("split_sources")
+    if recorded is None or args.smoke:
+        return
+    current = list(_check_split_sources(args))
+    if list(recorded) != current:
+        raise SystemExit(f"{NAME} {args.step}: {run} was trained on a split drawn from alerts "
+                         f"/ galaxy images of fingerprints {recorded[0][:12]} / {recorded[1][:12]}, "
+                         f"but {args.data_dir} gives {current[0][:12]} / {current[1][:12]}: its "
+                         "held-out sets here would overlap its training sky and hosts; pass the "
+                         "data folder it was trained on")
 
 
 def _command_seed(command):
@@ -1494,16 +1514,20 @@ def compare(args):
     dirs = _dirs(args)
     candidates = _get(args, "candidates", None) or [dirs["root"]]
     # one validation set for all, on the sky of --seed: every model compared must have been
-    # trained with --seed, or that set holds its training sky (checked before any data)
+    # trained with --seed and on the split of these data, or that set holds its training sky
     shipped = astromorph.load_model(NAME)
-    _check_seed(args, {"seed": _command_seed(shipped.card.get("training", {}).get("command", ""))},
-                run=f"the shipped model {shipped.card.get('version')} (its card's training.command)",
-                hint="compare needs one validation set free of every model's training sky")
+    records = [({"seed": _command_seed(shipped.card.get("training", {}).get("command", "")),
+                 "split_sources": [ALERTS_SOURCE_SHA256, GALAXIES_SOURCE_SHA256]},
+                f"the shipped model {shipped.card.get('version')} (its card's training.command)")]
     for folder in candidates:
         cdirs = _dirs(SimpleNamespace(out_dir=folder, smoke=False)) if not args.smoke else dirs
-        _check_seed(args, json.loads((cdirs["ckpt"] / "calibration.json").read_text()),
-                    run=f"candidate {folder}",
-                    hint="compare needs one validation set free of every candidate's training sky")
+        records.append((json.loads((cdirs["ckpt"] / "calibration.json").read_text()),
+                        f"candidate {folder}"))
+    hint = "compare needs one validation set free of every model's training sky"
+    for record, run in records:  # the seeds first: they need no data
+        _check_seed(args, {"seed": record.get("seed")}, run=run, hint=hint)
+    for record, run in records:
+        _check_seed(args, record, run=run, hint=hint)
     seed = _get(args, "val_seed", None)
     if seed is None:
         xva, iva = _load_split(args, "val", dirs)
