@@ -402,7 +402,7 @@ def test_morphology_stamp_size_is_the_checkpoints(tmp_path, monkeypatch):
 
     sizes = []
 
-    def load_dataset(args, *, size=None):
+    def load_dataset(args, *, size=None, trained=None):
         sizes.append(size)
         raise KeyboardInterrupt  # stop there
 
@@ -541,6 +541,81 @@ def test_real_bogus_steps_refuse_a_run_of_another_split(step, tmp_path):
     message = _one_line_exit(["real-bogus", *words, "--data-dir", str(DATA_DIR),
                               "--out-dir", str(run)])
     assert "aaaaaaaaaaaa" in message and "e3638012bcc7" in message, message
+
+
+def _checkpoint_of_another_split(model, root):
+    """A fabricated, untrained checkpoint of ``model`` that records a split drawn from
+    other rows (fingerprint ``aaa...``) than the data's, where ``evaluate`` reads it."""
+    import torch
+
+    from astromorph_training import _common, embedding, gz2, morphology
+
+    ckpt = _common.checkpoint_dir(model, root)
+    ckpt.mkdir(parents=True, exist_ok=True)
+    other = "a" * 64
+    if model == "morphology":
+        net = morphology.MorphologyNet(widths=morphology.DEFAULT_WIDTHS, stem=morphology.DEFAULT_STEM)
+        state = {"ema": net.state_dict(), "widths": list(morphology.DEFAULT_WIDTHS),
+                 "stem": morphology.DEFAULT_STEM, "split_source": other}
+        path = ckpt / "last.pt"
+    elif model == "morphology-gz2":
+        net = gz2.GZ2Net(widths=gz2.WIDTHS, dropout=0.2, stem=morphology.STEM_1X)
+        state = {"ema": net.state_dict(), "widths": list(gz2.WIDTHS), "stem": morphology.STEM_1X,
+                 "dropout": 0.2, "history": [{"val_rmse": 0.1, "seconds": 1.0}],
+                 "split_source": other}
+        path = ckpt / "best.pt"
+    else:
+        torch.manual_seed(0)
+        state = {"method": "simclr", "model": embedding.build_method("simclr").state_dict(),
+                 "split_source": other}
+        path = ckpt / "last.pt"
+    _common.save_checkpoint(state, path, model=model)
+
+
+@requires_data
+@pytest.mark.parametrize("model, step", [("morphology", "evaluate"), ("morphology", "export"),
+                                         ("morphology-gz2", "evaluate"),
+                                         ("embedding", "evaluate"), ("embedding", "export")])
+def test_checkpoints_of_another_split_are_refused(model, step, tmp_path, monkeypatch):
+    """``morphology train --new-split`` on a changed ``labels.csv`` (``morphology-gz2``:
+    ``votes.csv``), then ``evaluate`` on the shipped file: that file passed the split
+    check, being the shipped models', but the split drawn from it is not the checkpoint's,
+    so its validation and test galaxies held some the checkpoint was trained on. The
+    checkpoint now records its split's fingerprint and other rows are refused in one line
+    naming both, before any image is read (the preprocessing is made to fail here)."""
+    from astromorph_training import embedding, gz2, morphology
+
+    def no_images(*args, **kwargs):
+        raise AssertionError("images read before the split was checked")
+
+    monkeypatch.setattr(morphology, "_preprocess_files", no_images)
+    monkeypatch.setattr(gz2, "_cached", no_images)
+    monkeypatch.setattr(embedding, "_cached", no_images)
+    _checkpoint_of_another_split(model, tmp_path)
+    message = _one_line_exit([model, step, "--data-dir", str(DATA_DIR), "--out-dir", str(tmp_path)])
+    assert "aaaaaaaaaaaa" in message and "fingerprint" in message, message
+
+
+def test_morphology_does_not_resume_a_checkpoint_of_another_split(tmp_path, monkeypatch):
+    """A ``last.pt`` trained on the split of one ``labels.csv``, resumed with ``--new-split``
+    on another: it went on training on galaxies its first epochs held out, then recorded
+    (and was scored on) the new split. Refused in one line naming both fingerprints."""
+    import numpy as np
+
+    from astromorph_training import morphology
+
+    _checkpoint_of_another_split("morphology", tmp_path)
+    last = morphology._common.checkpoint_dir("morphology", tmp_path) / "last.pt"
+    state = morphology._common.load_checkpoint(last)
+    state.update(epoch=0, history=[])
+    morphology._common.save_checkpoint(state, last, model="morphology")
+    labels = np.arange(10) % len(morphology.CLASS_NAMES)
+    monkeypatch.setattr(morphology, "load_dataset", lambda args, **kw: {
+        "labels": labels, "split": (np.arange(6), np.arange(6, 8), np.arange(8, 10)),
+        "split_source": "b" * 64})
+    message = _one_line_exit(["morphology", "train", "--data-dir", str(DATA_DIR),
+                              "--out-dir", str(tmp_path)])
+    assert "aaaaaaaaaaaa" in message and "bbbbbbbbbbbb" in message, message
 
 
 def test_options_of_the_step_run_are_accepted():

@@ -32,7 +32,7 @@ __all__ = [
     "nonnegative_int", "seed_int", "recorded_seed", "save_figure", "synthetic_scenes",
     "parity_raw_inputs", "write_parity_reference", "PARITY_REFERENCE", "load_onnx_weights",
     "shipped_torch_model", "MODULES", "read_csv",
-    "split_fingerprint", "check_split_source",
+    "split_fingerprint", "check_split_source", "check_resumed_split",
 ]
 
 log = logging.getLogger(__name__)
@@ -127,7 +127,7 @@ class SplitChanged(SystemExit):
     `SystemExit` in one line, as before, that callers can tell from missing data."""
 
 
-def check_split_source(path, expected, *columns, args=None):
+def check_split_source(path, expected, *columns, args=None, trained=None):
     """Refuse to draw a held-out split from other rows than the shipped models' split.
 
     The seeded splits (`morphology.stratified_split`, `gz2.split_indices`) depend on the
@@ -138,8 +138,19 @@ def check_split_source(path, expected, *columns, args=None):
     `split_fingerprint` of ``columns`` as the shipped models read them; any other rows
     stop in one line unless ``args.new_split`` (``--new-split``: a deliberate new split,
     logged as a warning). Returns the fingerprint.
+
+    ``trained`` is the fingerprint a checkpoint about to be scored records (its split's
+    source at ``train``): other rows are refused, ``--new-split`` or not, since the split
+    drawn from them is not the checkpoint's and their held-out galaxies hold some of its
+    training ones (a run trained with ``--new-split``, scored on the shipped file, or the
+    reverse).
     """
     digest = split_fingerprint(*columns)
+    if trained is not None and digest != trained:
+        raise SystemExit(f"{path} ({len(columns[0])} rows, fingerprint {digest[:12]}) is not the "
+                         f"file the checkpoint's held-out split was drawn from (fingerprint "
+                         f"{trained[:12]}): the split drawn from it puts galaxies the checkpoint "
+                         "was trained on into the held-out sets; pass the data it was trained on")
     if digest != expected:
         message = (f"{path} ({len(columns[0])} rows, fingerprint {digest[:12]}) is not the file "
                    f"the shipped models' held-out split was drawn from (fingerprint "
@@ -152,6 +163,18 @@ def check_split_source(path, expected, *columns, args=None):
                              "shipped model's)")
         log.warning("%s; drawing a new split (--new-split)", message)
     return digest
+
+
+def check_resumed_split(path, state, source):
+    """Refuse to resume the checkpoint ``path`` (contents ``state``) on a split drawn from
+    other rows than its own (``state["split_source"]``, where recorded; ``source`` is the
+    fingerprint `check_split_source` returned now): it would train on galaxies that its
+    first epochs held out, and then be scored on galaxies it trained on."""
+    recorded = state.get("split_source")
+    if recorded is not None and source is not None and recorded != source:
+        raise SystemExit(f"{path} was trained on a split drawn from rows of fingerprint "
+                         f"{recorded[:12]}, the data give {source[:12]}: pass the data it was "
+                         "trained on, or --restart")
 
 
 def _subdir(*parts, root=None):

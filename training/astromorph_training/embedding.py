@@ -245,8 +245,11 @@ def _cached(path, make, key=None):
     return arr
 
 
-def load_data(args):
+def load_data(args, *, trained=None):
     """Every array the steps need, from ``training/cache/`` (built on first use).
+
+    ``trained`` is the fingerprint of ``labels.csv`` that the checkpoint about to be scored
+    records (`_common.check_split_source`: other rows are refused).
 
     Returns
     -------
@@ -271,11 +274,13 @@ def load_data(args):
         g2 = g2[:24]
         n = len(ids)
         split = (np.arange(0, n, 3), np.arange(1, n, 3), np.arange(2, n, 3))
+        source = None
         gz1_big = _to_uint8(preprocess_files([gz1_path(i) for i in ids], "gz1", size=CACHE_SIZE))
         gz2_big = _to_uint8(preprocess_files([gz2_path(i) for i in g2], "gz2", size=CACHE_SIZE))
     else:
-        _common.check_split_source(data_dir / "gz1" / "labels.csv", SPLIT_SOURCE_SHA256, ids,
-                                   labels, args=args)
+        source = _common.check_split_source(data_dir / "gz1" / "labels.csv",
+                                            SPLIT_SOURCE_SHA256, ids, labels, args=args,
+                                            trained=trained)
         split = stratified_split(labels)
         cache = _common.cache_dir(args.out_dir)
         # The crop fraction names the angular field: a change in astromorph's optical
@@ -297,7 +302,7 @@ def load_data(args):
                              key=ids.astype(np.int64))
     heldout = np.concatenate([split[1], split[2]])
     return dict(gz1_ids=ids, labels=labels, split=split, gz1_big=gz1_big, gz2_ids=g2,
-                gz2_big=gz2_big, heldout=heldout, gz1_stamps=gz1_stamps,
+                gz2_big=gz2_big, heldout=heldout, gz1_stamps=gz1_stamps, split_source=source,
                 gz1_paths=[gz1_path(i) for i in ids])
 
 
@@ -668,7 +673,7 @@ def _stored_recipe(state):
 
 
 def run_ssl(method, pool, *, epochs, batch_size, lr, seed, ckpt=None, restart=False, keep=True,
-            monitor=None, monitor_every=5, log_prefix=""):
+            monitor=None, monitor_every=5, log_prefix="", split_source=None):
     """Train a self-supervised method on uint8 stamps; checkpoint every epoch.
 
     Parameters
@@ -683,6 +688,9 @@ def run_ssl(method, pool, *, epochs, batch_size, lr, seed, ckpt=None, restart=Fa
     monitor : callable, optional
         ``monitor(encoder) -> dict`` logged every ``monitor_every`` epochs and
         after the last.
+    split_source : str, optional
+        Fingerprint of the ``labels.csv`` the held-out split was drawn from (`load_data`),
+        recorded in ``ckpt``; a ``ckpt`` of another is not resumed.
 
     Returns
     -------
@@ -702,6 +710,7 @@ def run_ssl(method, pool, *, epochs, batch_size, lr, seed, ckpt=None, restart=Fa
         _common.check_resume(ckpt, _stored_recipe(state), argparse.Namespace(**recipe),
                              RECIPE_KEYS, labels=_RECIPE_LABELS, trained=state["epoch"] + 1,
                              epochs=epochs)
+        _common.check_resumed_split(ckpt, state, split_source)
         method.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         start, history = state["epoch"] + 1, state["history"]
@@ -750,7 +759,7 @@ def run_ssl(method, pool, *, epochs, batch_size, lr, seed, ckpt=None, restart=Fa
             state = dict(epoch=epoch, epochs=epochs, method=method.name,
                          model=method.state_dict(), optimizer=opt.state_dict(), history=history,
                          batch_size=batch_size, lr=lr, seed=seed, n_train=int(len(pool)),
-                         recipe=recipe)
+                         recipe=recipe, split_source=split_source)
             _common.save_checkpoint(state, ckpt, model=NAME)
     return history
 
@@ -837,7 +846,7 @@ def train(args):
                       batch_size=16 if args.smoke else _get(args, "batch_size", 256), lr=lr,
                       seed=args.seed, ckpt=ckdir / "last.pt",
                       restart=_get(args, "restart", False) or args.smoke, keep=not args.smoke,
-                      monitor=monitor)
+                      monitor=monitor, split_source=data["split_source"])
     state = _common.load_checkpoint(ckdir / "last.pt")
     state["data"] = info
     state["threads"] = _get(args, "threads", 1)
@@ -1164,7 +1173,7 @@ def evaluate(args):
     root = _root(args)
     rdir = _common.report_dir(NAME, root)
     encoder, state = load_encoder(args)
-    data = load_data(args)
+    data = load_data(args, trained=state.get("split_source"))
     tta = _get(args, "tta", DEFAULT_TTA)
     variants = select_features(encoder, data, tta, smoke=args.smoke)
     pca = variants["chosen"]
@@ -1512,7 +1521,8 @@ def export(args):
     else:
         log.warning("%s missing: fitting the PCA now; run `evaluate` for metrics", pca_path)
         tta = _get(args, "tta", DEFAULT_TTA)
-        pca = fit_pca(encoder, load_data(args), tta, n=64 if args.smoke else 4000)
+        pca = fit_pca(encoder, load_data(args, trained=state.get("split_source")), tta,
+                      n=64 if args.smoke else 4000)
         metrics = None
     deployed = DeployedEmbedding(encoder, pca["mean"], pca["components"], tta,
                                  pca["stages"]).eval()

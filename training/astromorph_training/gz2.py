@@ -264,8 +264,11 @@ def _cached(cache, stem, ids, paths):
     return stamps, big
 
 
-def load_dataset(args):
+def load_dataset(args, *, trained=None):
     """The labelled GZ2 galaxies: stamps, fractions and the split.
+
+    ``trained`` is the fingerprint of ``votes.csv`` that the checkpoint about to be scored
+    records (`_common.check_split_source`: other rows are refused).
 
     Returns
     -------
@@ -282,13 +285,14 @@ def load_dataset(args):
         stamps, big = _gz1._preprocess_files(image_paths(args.data_dir, ids))
         everything = np.arange(len(ids))
         return dict(ids=ids, y=y, stamps=stamps, big=big,
-                    split=(everything, everything, everything))
-    _common.check_split_source(Path(args.data_dir) / "gz2" / "votes.csv", SPLIT_SOURCE_SHA256,
-                               ids, args=args)
+                    split=(everything, everything, everything), split_source=None)
+    source = _common.check_split_source(Path(args.data_dir) / "gz2" / "votes.csv",
+                                        SPLIT_SOURCE_SHA256, ids, args=args, trained=trained)
     stem = f"gz2_v{CACHE_VERSION}_s{STAMP_SIZE}_c{CROP_FRACTION:g}"
     stamps, big = _cached(_common.cache_dir(args.out_dir), stem, ids,
                           image_paths(args.data_dir, ids))
-    return dict(ids=ids, y=y, stamps=stamps, big=big, split=split_indices(len(ids)))
+    return dict(ids=ids, y=y, stamps=stamps, big=big, split=split_indices(len(ids)),
+                split_source=source)
 
 
 def load_unlabelled(args):
@@ -598,6 +602,7 @@ def _fit(args, ckdir, data, tr, *, epochs, pseudo=None, start=None, lr=None):
                                       also=[ckdir / "best.pt"])
     if state is not None:
         _check_resume(last, state, recipe, epochs)
+        _common.check_resumed_split(last, state, data["split_source"])
         net.load_state_dict(state["model"])
         ema.load_state_dict(state["ema"])
         opt.load_state_dict(state["optimizer"])
@@ -647,7 +652,8 @@ def _fit(args, ckdir, data, tr, *, epochs, pseudo=None, start=None, lr=None):
                      init_sha256=init_sha, n_train=int(len(tr)),
                      n_pseudo=0 if pseudo is None else int(len(pseudo["y"])),
                      dropout=_get(args, "dropout", 0.2), widths=list(widths), stem=stem,
-                     args={k: str(v) for k, v in vars(args).items()}, recipe=recipe)
+                     args={k: str(v) for k, v in vars(args).items()}, recipe=recipe,
+                     split_source=data["split_source"])
         _common.save_checkpoint(state, last, model=NAME)
         if val_rmse < best:
             best = val_rmse
@@ -1054,7 +1060,7 @@ def evaluate(args):
     _common.set_seed(args.seed)
     root = _root(args)
     net, state = load_trained(args)
-    data = load_dataset(args)
+    data = load_dataset(args, trained=state.get("split_source"))
     tr, va, te = data["split"]
     stamps, y, ids = data["stamps"], data["y"], data["ids"]
     tta = _get(args, "tta", DEFAULT_TTA)

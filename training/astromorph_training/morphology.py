@@ -245,11 +245,12 @@ def _preprocess_files(paths, chunk=256, size=STAMP_SIZE):
     return np.concatenate(stamps), np.concatenate(big)
 
 
-def load_dataset(args, *, size=None):
+def load_dataset(args, *, size=None, trained=None):
     """All GZ1 stamps, labels and the split, from the cache (built on first use).
 
     ``size`` is the network input side (default: ``--stamp-size``, else `STAMP_SIZE`);
-    evaluate and export pass their checkpoint's.
+    evaluate and export pass their checkpoint's, and ``trained``, the fingerprint of
+    ``labels.csv`` it records (`_common.check_split_source`).
 
     Returns
     -------
@@ -271,9 +272,10 @@ def load_dataset(args, *, size=None):
         stamps, big = _preprocess_files([image_dir / f"{i}.jpeg" for i in ids], size=size)
         everything = np.arange(len(ids))
         return dict(ids=ids, labels=labels, stamps=stamps, big=big,
-                    split=(everything, everything, everything))
-    _common.check_split_source(Path(args.data_dir) / "gz1" / "labels.csv", SPLIT_SOURCE_SHA256,
-                               ids, labels, args=args)
+                    split=(everything, everything, everything), split_source=None)
+    source = _common.check_split_source(Path(args.data_dir) / "gz1" / "labels.csv",
+                                        SPLIT_SOURCE_SHA256, ids, labels, args=args,
+                                        trained=trained)
     cache = _common.cache_dir(args.out_dir)
     stem = f"morphology_gz1_v{CACHE_VERSION}_s{size}_c{CROP_FRACTION:g}"
     f_ids, f_stamps, f_big = (cache / f"{stem}_{k}.npy" for k in ("ids", "stamps", f"big{big_size}"))
@@ -289,7 +291,8 @@ def load_dataset(args, *, size=None):
             np.save(tmp, arr)
             os.replace(tmp, path)
         log.info("cached in %.0f s", time.perf_counter() - t0)
-    return dict(ids=ids, labels=labels, stamps=stamps, big=big, split=stratified_split(labels))
+    return dict(ids=ids, labels=labels, stamps=stamps, big=big, split=stratified_split(labels),
+                split_source=source)
 
 
 def gz2_leaf_labels(fractions, columns, spiral="features"):
@@ -671,6 +674,7 @@ def train(args):
         start_epoch, history = state["epoch"] + 1, state["history"]
         _common.check_resume(last, state.get("args", {}), args, RECIPE_KEYS, trained=start_epoch,
                              epochs=epochs)
+        _common.check_resumed_split(last, state, data["split_source"])
         net.load_state_dict(state["model"])
         ema.load_state_dict(state["ema"])
         opt.load_state_dict(state["optimizer"])
@@ -747,7 +751,8 @@ def train(args):
                      sampling_power=0.5, widths=list(widths), stem=stem,
                      label_smoothing=smoothing, synthetic_mergers=p_synthetic,
                      threads=torch.get_num_threads(), crop_fraction=CROP_FRACTION,
-                     stamp_size=size, args={k: str(v) for k, v in vars(args).items()})
+                     stamp_size=size, split_source=data["split_source"],
+                     args={k: str(v) for k, v in vars(args).items()})
         _common.save_checkpoint(state, last, model=NAME)
     _common.write_text(ckdir / "history.json", json.dumps(history, indent=1) + "\n")
     return ckdir
@@ -1006,7 +1011,8 @@ def evaluate(args):
     _common.set_seed(args.seed)
     root = _root(args)
     net, state = load_trained(args)
-    data = load_dataset(args, size=state.get("stamp_size", STAMP_SIZE))
+    data = load_dataset(args, size=state.get("stamp_size", STAMP_SIZE),
+                        trained=state.get("split_source"))
     _, va, te = data["split"]
     stamps, labels = data["stamps"], data["labels"]
     tta = _get(args, "tta", DEFAULT_TTA)
@@ -1302,7 +1308,8 @@ def export(args):
     if metrics is None:
         log.warning("%s missing: calibrating now; the card will carry no test metrics "
                     "(run `evaluate` and then `export` again)", metrics_path)
-        data = load_dataset(args, size=state.get("stamp_size", STAMP_SIZE))
+        data = load_dataset(args, size=state.get("stamp_size", STAMP_SIZE),
+                            trained=state.get("split_source"))
         va = data["split"][1]
         calibration = calibrate(net, state, data["stamps"][va], data["labels"][va],
                                 _get(args, "tta", DEFAULT_TTA))
@@ -1322,7 +1329,7 @@ def export(args):
     variants = {}
     if metrics is not None and "int8" in metrics:
         int8_path = export_int8(path, load_dataset(
-            args, size=state.get("stamp_size", STAMP_SIZE)))
+            args, size=state.get("stamp_size", STAMP_SIZE), trained=state.get("split_source")))
         int8_sha = _common.sha256sum(int8_path)
         if metrics["int8"].get("onnx_sha256") != int8_sha:
             log.warning("int8 graph differs from the evaluated one (sha256 %s vs %s); "
