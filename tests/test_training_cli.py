@@ -613,7 +613,7 @@ def test_morphology_does_not_resume_a_checkpoint_of_another_split(tmp_path, monk
     monkeypatch.setattr(morphology, "load_dataset", lambda args, **kw: {
         "labels": labels, "split": (np.arange(6), np.arange(6, 8), np.arange(8, 10)),
         "split_source": "b" * 64})
-    message = _one_line_exit(["morphology", "train", "--data-dir", str(DATA_DIR),
+    message = _one_line_exit(["morphology", "train", "--data-dir", str(tmp_path),
                               "--out-dir", str(tmp_path)])
     assert "aaaaaaaaaaaa" in message and "bbbbbbbbbbbb" in message, message
 
