@@ -308,12 +308,15 @@ class SkyImage:
         bscale, bzero, blank = (self.bscale, self.bzero, self.blank) if scaling is None \
             else scaling
         values = np.empty(raw.shape, np.float32) if out is None else out
-        values[...] = raw  # cast (and byte swap) in one pass
-        if blank is not None:
-            values[raw == blank] = np.nan
-        if bscale != 1.0 or bzero != 0.0:
-            values *= np.float32(bscale)  # in place: the float32 values of
-            values += np.float32(bzero)   # ``values * bscale + bzero``
+        # values beyond the float32 range (float64 1e300, a large BSCALE) become +-inf, and
+        # NaN below with the sentinels, without numpy's overflow warning
+        with np.errstate(over="ignore", invalid="ignore"):
+            values[...] = raw  # cast (and byte swap) in one pass
+            if blank is not None:
+                values[raw == blank] = np.nan
+            if bscale != 1.0 or bzero != 0.0:
+                values *= np.float32(bscale)  # in place: the float32 values of
+                values += np.float32(bzero)   # ``values * bscale + bzero``
         values[invalid_pixels(values)] = np.nan
         return values
 
@@ -428,7 +431,8 @@ class SkyImage:
         # (|value|, masks, scaled copies) are several times the image and miss the caches
         # (an 8192 x 8192 float32 image: 0.06 s instead of 0.3 s for the sentinel check)
         if self.plain:
-            values = raw.astype(np.float32, copy=False)  # raw is a fresh array
+            with np.errstate(over="ignore"):  # float64 beyond float32: inf, then NaN
+                values = raw.astype(np.float32, copy=False)  # raw is a fresh array
             _sentinels_to_nan(values)  # as `_scaled`
             return values
         return self._scaled_whole(raw)

@@ -250,3 +250,42 @@ def test_triplet_members_of_different_pixel_scales_are_flagged(tmp_path, kind):
     out, _ = _scaled_member_inputs(tmp_path / "ok", kind, (1.0, 1.0 + 1e-6, 1.0))
     assert out["rb_flags"][0] == 0 and not np.ma.is_masked(out["rb_score"][0])
 
+
+
+# --- float64 pixels beyond the float32 range ------------------------------------------------
+
+@pytest.mark.filterwarnings("error::RuntimeWarning")
+@pytest.mark.parametrize("fill", [1e300, -1e300])
+def test_float64_pixels_beyond_float32_are_sentinels_without_warnings(tmp_path, fill):
+    """A float64 FITS image or array holding values beyond float32's range (|x| >= 3.4e38) is
+    read into float32 by every path: such pixels are masking sentinels like NaN, with no
+    numpy 'overflow encountered in cast' RuntimeWarning reaching the user."""
+    def write(name, data):
+        header = celestial_header(fits.Header(), 0.396 if "opt" in name else 1.8, data.shape)
+        fits.PrimaryHDU(np.asarray(data, np.float64), header=header).writeto(tmp_path / name)
+        return tmp_path / name
+
+    cube = np.stack([_galaxy(seed=s) for s in range(3)]).astype(np.float64)
+    opt = astromorph.predict_files("morphology", [
+        write("opt_nan.fits", _masked(cube, np.nan)),
+        write("opt_big.fits", np.where(np.isnan(_masked(cube, np.nan)), fill, cube))])
+    rad_nan = _masked(_radio(), np.nan, np.s_[:100]).astype(np.float64)
+    rad = astromorph.predict_files("radio-morphology", [
+        write("rad_nan.fits", rad_nan), write("rad_big.fits", np.where(np.isnan(rad_nan), fill,
+                                                                       rad_nan))])
+    for table, prefix in ((opt, "morph"), (rad, "radio")):
+        assert all(f & Flag.BLANK for f in table[f"{prefix}_flags"])
+        _assert_same_rows(table, prefix, 0, 1)
+    t = triplet().astype(np.float64)
+    t[1, :20] = fill
+    rb = astromorph.predict_files("real-bogus", write("rb_big.fits", t))
+    assert rb["rb_flags"][0] & Flag.BLANK and np.isfinite(rb["rb_score"][0])
+    # annotate, from the file and from the array
+    n = 200
+    image = np.random.default_rng(1).normal(0.02, 0.01, (n, n))
+    image[:, :100] = fill
+    path = write("opt_image.fits", image)
+    cat = Table({"ra": [150.0], "dec": [2.0], "r90": [5.0]})
+    for images in (str(path), (image, WCS(fits.getheader(path)))):
+        out = astromorph.annotate(cat, images, model="morphology", size_col="r90")
+        assert out["morph_flags"][0] & Flag.BLANK and np.isfinite(out["morph_p_spiral"][0])

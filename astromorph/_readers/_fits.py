@@ -338,20 +338,25 @@ def _scale_from_cards(get):
 
 
 def _physical(raw, bscale=1.0, bzero=0.0, blank=None):
-    """Physical values of FITS data: BSCALE/BZERO applied, BLANK -> NaN; native float32."""
-    if raw.dtype.kind in "iu":
-        blank_mask = (raw == blank) if blank is not None else None
+    """Physical values of FITS data: BSCALE/BZERO applied, BLANK -> NaN; native float32.
+    Values beyond the float32 range (float64 pixels of 1e300, a large BSCALE) become
+    +-inf, missing pixels like the masking sentinels they are, without numpy's overflow
+    warning."""
+    with np.errstate(over="ignore"):
+        if raw.dtype.kind in "iu":
+            blank_mask = (raw == blank) if blank is not None else None
+            if bscale != 1 or bzero != 0:
+                out = (raw.astype(np.float64) * bscale + bzero).astype(np.float32)
+            else:
+                out = raw.astype(np.float32)
+            if blank_mask is not None and blank_mask.any():
+                out[blank_mask] = np.nan
+            return out
+        out = raw.astype(np.float32)
         if bscale != 1 or bzero != 0:
-            out = (raw.astype(np.float64) * bscale + bzero).astype(np.float32)
-        else:
-            out = raw.astype(np.float32)
-        if blank_mask is not None and blank_mask.any():
-            out[blank_mask] = np.nan
+            with np.errstate(invalid="ignore"):  # inf * 0 or inf - inf: NaN, missing too
+                out = out * np.float32(bscale) + np.float32(bzero)
         return out
-    out = raw.astype(np.float32)
-    if bscale != 1 or bzero != 0:
-        out = out * np.float32(bscale) + np.float32(bzero)
-    return out
 
 
 #: Pan-STARRS1's asinh compression constant, 2.5 log10(e).
