@@ -128,13 +128,17 @@ def _axes_header(wcs):
 
 def _scaling(data, header):
     """``(bscale, bzero, blank)`` that `SkyImage` applies to the pixels ``data`` of an HDU
-    of ``header``: the header's for raw integers (an HDU opened with
-    ``do_not_scale_image_data``, as here), none for pixels astropy has scaled (floats), and
-    only BLANK, shifted by BZERO, for the unsigned integers of astropy's default ``uint``
-    mode (int16 with BZERO = 32768 read as uint16: BZERO applied, BLANK not)."""
-    if data.dtype.kind not in "iu" or not any(k in header for k in ("BSCALE", "BZERO", "BLANK")):
+    of ``header``: the header's for raw pixels (an HDU opened with
+    ``do_not_scale_image_data``, as here; astropy drops BSCALE and BZERO from the header
+    of pixels it has scaled), BSCALE and BZERO only for floating-point pixels (BLANK is
+    for integers; FITS scales floats too, as astropy does), and only BLANK, shifted by
+    BZERO, for the unsigned integers of astropy's default ``uint`` mode (int16 with
+    BZERO = 32768 read as uint16: BZERO applied, BLANK not)."""
+    if data.dtype.kind not in "iuf" or not any(k in header for k in ("BSCALE", "BZERO", "BLANK")):
         return 1.0, 0.0, None
     bscale, bzero, blank = header.get("BSCALE", 1.0), header.get("BZERO", 0.0), header.get("BLANK")
+    if data.dtype.kind == "f":
+        return bscale, bzero, None
     if data.dtype.kind == "u" and data.dtype.itemsize > 1:  # FITS stores only bytes unsigned
         return 1.0, 0.0, None if blank is None else int(blank) + int(bzero)
     return bscale, bzero, blank

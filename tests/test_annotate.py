@@ -3390,3 +3390,26 @@ def test_ra_dec_columns_found_by_their_ucd_where_no_name_matches(optical_model, 
     vot["RA_x"].info.meta["ucd"] = "pos.eq.ra"  # not the main position: not guessed
     with pytest.raises(InputError, match="no RA column"):
         astromorph.annotate(vot, (img, w), model=optical_model)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_float_image_with_bscale_bzero_is_scaled(tmp_path, dtype):
+    """FITS allows BSCALE/BZERO on floating-point images too (physical = BSCALE * stored +
+    BZERO, as astropy reads them). annotate opens images unscaled and applies the scaling
+    itself: it did so for integers only, and scored float images from their stored values
+    (predict_files and astropy scale both)."""
+    img = blobs(seed=3).astype(dtype)
+    w = sky_wcs()
+    hdu = fits.PrimaryHDU(img, header=w.to_header())
+    hdu.header["BSCALE"], hdu.header["BZERO"] = 4.0, -0.25  # stored as they are
+    hdu.writeto(tmp_path / "scaled.fits")
+    assert fits.getdata(tmp_path / "scaled.fits")[5, 5] == pytest.approx(4.0 * img[5, 5] - 0.25)
+    fits.writeto(tmp_path / "plain.fits", 4.0 * img - np.asarray(0.25, dtype), w.to_header())
+    [scaled], [plain] = (parse_sky_images(str(tmp_path / f"{n}.fits")) for n in ("scaled", "plain"))
+    idx = np.arange(0, img.size, 97)
+    np.testing.assert_allclose(scaled.take(idx), plain.take(idx), rtol=1e-6)
+    coords = w.pixel_to_world([60, 100, 140], [80, 100, 120])
+    cat = Table({"ra": coords.ra.deg, "dec": coords.dec.deg, "r90": [5.0, 4.0, 6.0]})
+    out = [astromorph.annotate(cat, str(tmp_path / f"{n}.fits"), model="morphology",
+                               size_col="r90") for n in ("scaled", "plain")]
+    np.testing.assert_allclose(out[0]["morph_p_spiral"], out[1]["morph_p_spiral"], atol=1e-5)
