@@ -28,7 +28,7 @@ import weakref
 
 import numpy as np
 
-from .exceptions import InputError
+from .exceptions import InputDTypeError, InputError
 from .preprocessing._checks import invalid_pixels
 
 __all__ = ["SkyImage", "StampResult", "cut_stamps", "STAMP_CHUNK", "SAMPLE_PIXELS",
@@ -212,7 +212,8 @@ class SkyImage:
         if data.dtype.kind not in "biuf":
             # complex pixels would lose their imaginary part silently, objects and strings
             # fail deep inside the sampling
-            raise InputError(f"{name}: image pixels must be real numbers, got dtype {data.dtype}")
+            raise InputDTypeError(f"{name}: image pixels must be real numbers, got dtype "
+                                  f"{data.dtype}")
         if data.dtype.kind == "f" and data.dtype.itemsize < 4:
             data = data.astype(np.float32)  # float16: scipy's sampling does not take it
         if wcs is not None:

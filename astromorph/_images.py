@@ -13,8 +13,8 @@ from ._readers._fits import (_AUX_EXTNAMES, _MEMBERS, _TRIPLET_NAMES, _physical,
                              band_of_header, beam_of_header, header_facts, linear_fluxes,
                              saturation_of_header, wcs_matrix_problem)
 from ._warnings import catch_warnings, first_few, warn, warn_again
-from .exceptions import (AstromorphWarning, InputError, InvalidArgumentTypeError,
-                         UnusableInputWarning)
+from .exceptions import (AstromorphWarning, InputDTypeError, InputError,
+                         InvalidArgumentTypeError, UnusableInputWarning)
 
 __all__ = ["parse_sky_images", "closing_files"]
 
@@ -323,8 +323,8 @@ def _parse_one(obj, band=None):
         _celestial_part(wcs, type(obj).__name__)
         data = np.asarray(obj.data)
         if data.dtype.kind not in "biuf":
-            raise InputError(f"{type(obj).__name__} image pixels must be real numbers, got "
-                             f"dtype {data.dtype}")
+            raise InputDTypeError(f"{type(obj).__name__} image pixels must be real numbers, got "
+                                  f"dtype {data.dtype}")
         data = data.astype(float)
         mask = getattr(obj, "mask", None)
         if mask is not None:

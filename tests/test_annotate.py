@@ -19,8 +19,8 @@ import astromorph
 from astromorph import Flag, cli
 from astromorph._cutouts import SkyImage, cut_stamps
 from astromorph._images import closing_files, parse_sky_images
-from astromorph.exceptions import (AmbiguousInputWarning, AstromorphWarning, InputError,
-                                   InvalidArgumentError, LossyOutputWarning,
+from astromorph.exceptions import (AmbiguousInputWarning, AstromorphWarning, InputDTypeError,
+                                   InputError, InvalidArgumentError, LossyOutputWarning,
                                    UnusableInputWarning)
 
 from conftest import make_card, tiny_classifier_onnx
@@ -1407,7 +1407,8 @@ def test_empty_catalogue(optical_model):
 
 def test_image_pixel_types(optical_model):
     """float16 pixels are sampled like float32 ones (scipy refused them: RuntimeError "data
-    type not supported"); complex, object or string pixels are an InputError naming the dtype
+    type not supported"); complex, object or string pixels are an InputDTypeError (an
+    InputError) naming the dtype
     (a complex image was scored on its real part without a word); an empty dict of images is
     an InputError (was an IndexError)."""
     from astropy.nddata import NDData
@@ -1419,9 +1420,9 @@ def test_image_pixel_types(optical_model):
     out = astromorph.annotate(cat, (img.astype(np.float16), w), model=optical_model)
     np.testing.assert_allclose(out["opt_p_a"], ref["opt_p_a"], rtol=1e-6)
     for bad in (img.astype(complex), img.astype(object), img.astype(str)):
-        with pytest.raises(InputError, match=f"real numbers, got dtype {bad.dtype}"):
+        with pytest.raises(InputDTypeError, match=f"real numbers, got dtype {bad.dtype}"):
             astromorph.annotate(cat, (bad, w), model=optical_model)
-    with pytest.raises(InputError, match="real numbers, got dtype complex"):
+    with pytest.raises(InputDTypeError, match="real numbers, got dtype complex"):
         astromorph.annotate(cat, NDData(img.astype(complex), wcs=w), model=optical_model)
     with pytest.raises(InputError, match="no images given"):
         astromorph.annotate(cat, {}, model=optical_model)

@@ -217,3 +217,23 @@ def test_gri_shape_mismatch_names_the_shapes():
 def test_dataset_image_unknown_stretch_names_the_choices(stretch):
     with pytest.raises(InvalidArgumentError, match=r"stretch must be 'sqrt' or 'linear'"):
         pp.preprocess_dataset_image(np.zeros((300, 300), np.uint8), stretch=stretch)
+
+
+@pytest.mark.parametrize("dtype", [np.complex64, np.complex128, bool, object])
+@pytest.mark.parametrize("func", [
+    pp.single_band_to_rgb, pp.preprocess_single_band, lambda x: pp.gri_to_rgb(x, x, x),
+    lambda x: pp.preprocess_gri(x, x, x), pp.sigma_clipped_rms, pp.peak_significance,
+    pp.first_cutout_to_uint8, pp.preprocess_first_cutout, pp.preprocess_dataset_image,
+    lambda x: pp.preprocess_radio_image(x, pixel_scale_arcsec=1.8),
+    lambda x: pp.resample_to_first_grid(x, 3.0), pp.preprocess_optical,
+    lambda x: pp.preprocess_colour_cutout(np.repeat(x[..., None], 3, axis=-1)),
+    pp.preprocess_triplet, lambda x: pp.resample_triplet(x, 1.0)])
+def test_non_real_pixels_are_an_input_dtype_error(func, dtype):
+    """Complex (whose imaginary part would be lost), boolean and object pixels are refused by
+    every preprocessing function with the same typed error as `Model.predict`'s:
+    `InputDTypeError` (an `InputError` and a `TypeError`), naming the dtype."""
+    from astromorph.exceptions import InputDTypeError
+
+    image = np.ones((3, 63, 63), dtype)
+    with pytest.raises(InputDTypeError, match=f"dtype {np.dtype(dtype)}"):
+        func(image)

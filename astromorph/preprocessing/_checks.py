@@ -3,7 +3,7 @@ or as astropy Quantities, images that must hold real numbers, and the pixels tha
 data (NaN, infinities and masking sentinels)."""
 import numpy as np
 
-from ..exceptions import (InputError, InputShapeError, InvalidArgumentError,
+from ..exceptions import (InputDTypeError, InputShapeError, InvalidArgumentError,
                           InvalidArgumentTypeError)
 
 __all__ = ["to_arcsec", "real_array", "unmasked", "is_whole", "in_unit_interval", "SENTINEL", "invalid_pixels",
@@ -97,13 +97,13 @@ def real_array(images, name="images"):
 
     Raises
     ------
-    astromorph.exceptions.InputError
+    astromorph.exceptions.InputDTypeError
         For complex, boolean, string or object data (a complex image would lose its
-        imaginary part silently).
+        imaginary part silently); an `~astromorph.exceptions.InputError` and a `TypeError`.
     """
     arr = unmasked(images)
     if arr.dtype.kind not in "iuf":
-        raise InputError(f"{name} must hold real numbers, got dtype {arr.dtype}")
+        raise InputDTypeError(f"{name} must hold real numbers, got dtype {arr.dtype}")
     return arr
 
 

@@ -44,7 +44,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from .._blas import single_threaded_blas
-from ..exceptions import (InputError, InputShapeError, InvalidArgumentError,
+from ..exceptions import (InputDTypeError, InputError, InputShapeError, InvalidArgumentError,
                           InvalidArgumentTypeError)
 from ._checks import (SENTINEL, check_number, check_options, in_unit_interval, invalid_pixels,
                       is_whole, real_array, to_arcsec, unmasked)
@@ -177,8 +177,8 @@ def preprocess_colour_cutout(images, *, size=STAMP_SIZE, crop_fraction=CROP_FRAC
                              f"the largest is {top:g} (divide 8-bit values by 255, or pass them "
                              "as integers)")
     elif arr.dtype != np.uint8:
-        raise InputError(f"colour cutouts must be integers 0-255 or floats in [0, 1], got "
-                         f"dtype {arr.dtype}")
+        raise InputDTypeError(f"colour cutouts must be integers 0-255 or floats in [0, 1], got "
+                              f"dtype {arr.dtype}")
     return _display_to_network(arr, size, crop_fraction)
 
 
