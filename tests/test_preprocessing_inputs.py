@@ -237,3 +237,17 @@ def test_non_real_pixels_are_an_input_dtype_error(func, dtype):
     image = np.ones((3, 63, 63), dtype)
     with pytest.raises(InputDTypeError, match=f"dtype {np.dtype(dtype)}"):
         func(image)
+
+
+@pytest.mark.parametrize("func", [
+    pp.preprocess_single_band, lambda x: pp.preprocess_gri(x, x, x), pp.preprocess_optical,
+    lambda x: pp.preprocess_colour_cutout(np.repeat(x[..., None], 3, axis=-1)),
+    lambda x: pp.preprocess_colour_cutout(np.repeat(x[..., None], 3, axis=-1).astype(np.uint8))])
+@pytest.mark.parametrize("shape", [(2, 0, 0), (2, 40, 0), (0, 40)])
+def test_optical_images_without_pixels_are_a_shape_error(func, shape):
+    """Images with no pixels along an axis are an InputShapeError naming their shape (was an
+    InvalidArgumentError about an internal ``n_in`` argument); an empty batch is no error."""
+    h, w = shape[-2:]
+    with pytest.raises(InputShapeError, match=rf"at least one pixel.* got {h}x{w} pixels"):
+        func(np.zeros(shape))
+    assert func(np.zeros((0, 40, 40))).shape == (0, 3, 64, 64)

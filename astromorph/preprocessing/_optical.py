@@ -217,6 +217,9 @@ def _display_to_network(arr, size, crop_fraction):
     single = arr.ndim == 3
     if single:
         arr = arr[None]
+    if not (arr.shape[1] and arr.shape[2]):
+        raise InputShapeError(f"images must have at least one pixel along each axis, got "
+                              f"{arr.shape[1]}x{arr.shape[2]} pixels")
     if arr.shape[1] == arr.shape[2] == size and crop_fraction == 1:
         # The resampling matrices are the identity: the products below would
         # only multiply by the scale (same float32 values, no BLAS work).
