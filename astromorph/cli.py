@@ -373,6 +373,22 @@ def _silence_stdout():
     os.close(devnull)
 
 
+def _parse(parser, argv):
+    """``argv`` parsed by ``parser`` (`build_parser`) as `main` parses it, running nothing:
+    the namespace (the positional arguments of ``predict`` sorted into model and inputs) and
+    the parser of the command it names. Usage errors exit (`SystemExit`, status 2) with the
+    command's own usage."""
+    args, extras = parser.parse_known_args(argv)
+    gather = vars(args).pop("_gather_positionals", None)
+    command = vars(args).pop("_command_parser", parser)
+    if gather is not None:  # the positional arguments of `predict`: MODEL (or -m) INPUT...
+        gather(args, extras)
+    elif extras:  # argparse would answer with the top-level usage, which does not show how
+        # the command takes its arguments: the command's own usage instead
+        command.error(f"unrecognized arguments: {' '.join(extras)}")
+    return args, command
+
+
 def main(argv=None):
     """Run the command line; returns the exit status (143 after SIGTERM, 130 after Ctrl-C,
     141 when the reader of its output goes away).
@@ -395,14 +411,7 @@ def main(argv=None):
 
         sys.stderr = open(os.devnull, "w")  # noqa: SIM115 - for the life of the process
     parser = build_parser()
-    args, extras = parser.parse_known_args(argv)
-    gather = vars(args).pop("_gather_positionals", None)
-    command = vars(args).pop("_command_parser", parser)
-    if gather is not None:  # the positional arguments of `predict`: MODEL (or -m) INPUT...
-        gather(args, extras)
-    elif extras:  # argparse would answer with the top-level usage, which does not show how
-        # the command takes its arguments: the command's own usage instead
-        command.error(f"unrecognized arguments: {' '.join(extras)}")
+    args, command = _parse(parser, argv)
     verbose = args.verbose + getattr(args, "verbose_sub", 0)
     quiet = args.quiet = args.quiet or getattr(args, "quiet_sub", False)
     if verbose and quiet:

@@ -107,6 +107,54 @@ def test_cli_options_in_the_docs_exist(page):
     assert not problems, problems
 
 
+def _documented_command_lines(page):
+    """(line number, argv after ``astromorph``) of every ``astromorph ...`` command in the
+    shell code blocks of ``page``, its usage notation made one concrete line: ``[...]`` is
+    optional text that is kept, ``A | B`` inside brackets or ``{a,b}`` take the first
+    alternative, ``...`` (more of the same) and ``[options]`` are dropped, a count ``N`` is
+    1; a line that pipes into another program (``| head``) is cut there."""
+    text = page.read_text()
+    for m in re.finditer(r"^```(?:bash|console|sh)\n(.*?)^```", text, re.S | re.M):
+        code = m.group(1)
+        first = text[:m.start()].count("\n") + 2
+        lines = [(first + code[:c.start()].count("\n"), c.group(0))
+                 for c in re.finditer(r"(?:[^\n]*\\\n)*[^\n]*", code) if c.group(0)]
+        for n, line in lines:
+            line = re.sub(r"\\\n", " ", line).split(" #")[0]
+            for part in re.split(r"&&|;", line):
+                cmd = re.search(r"(?:^|[\s/$])astromorph((?:\s+\S.*)?)$", part.strip())
+                if not cmd or part.strip().startswith(("pip", "python3 -m venv")):
+                    continue
+                rest = cmd.group(1)
+                rest = re.sub(r"\[options\]", " ", rest)
+                rest = re.sub(r"\[([^\[\]|]*)\|[^\[\]]*\]", r"\1", rest)  # [A | B] -> A
+                rest = rest.replace("[", " ").replace("]", " ")
+                rest = re.sub(r"\{([^{},]*),[^{}]*\}", r"\1", rest)       # OUT.{a,b} -> OUT.a
+                rest = re.split(r"\s\|\s", rest)[0]                        # ... | head
+                words = [{"N": "1"}.get(w, w.strip("'\"")) for w in rest.split() if w != "..."]
+                if words:
+                    yield n, [w.removesuffix("...") for w in words]
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)
+def test_documented_command_lines_parse(page, capsys):
+    """Every ``astromorph ...`` line of a shell block parses with the real command line (as
+    `main` parses it; nothing is run): a renamed option, a dropped argument or a wrong number
+    of values shows here, where `test_cli_options_in_the_docs_exist` checks names only."""
+    from astromorph.cli import _parse
+
+    failures = []
+    for n, argv in _documented_command_lines(page):
+        try:
+            _parse(build_parser(), argv)
+        except SystemExit as exc:
+            if exc.code:  # --version and --help exit 0
+                failures.append(f"line {n}: astromorph {' '.join(argv)}: "
+                                f"{capsys.readouterr().err.strip().splitlines()[-1]}")
+        capsys.readouterr()
+    assert not failures, "\n".join(failures)
+
+
 # ----------------------------------------------------------------------- Python examples
 def _python_examples():
     for page in PAGES:
