@@ -144,6 +144,43 @@ def test_report_measured_the_shipped_file(d):
             assert report[precision]["onnx_sha256"] == variant["sha256"]
 
 
+def _numbers(obj, path=""):
+    """(path, value) of every number in a JSON object, booleans left out."""
+    if isinstance(obj, dict):
+        for key, value in obj.items():
+            yield from _numbers(value, f"{path}.{key}" if path else key)
+    elif isinstance(obj, list):
+        for i, value in enumerate(obj):
+            yield from _numbers(value, f"{path}[{i}]")
+    elif isinstance(obj, (int, float)) and not isinstance(obj, bool):
+        yield path, obj
+
+
+def _as_quoted(value, quoted):
+    """Whether ``quoted`` is ``value``, or ``value`` rounded to ``quoted``'s decimals."""
+    text = repr(quoted)
+    if value == quoted or "e" in text:
+        return value == quoted
+    return round(value, len(text.split(".")[1]) if "." in text else 0) == quoted
+
+
+@checkout_only
+@pytest.mark.parametrize("d", MODEL_DIRS, ids=lambda d: d.name)
+def test_card_metrics_are_the_reports(d):
+    """Every number of the card's held-out metrics (and of its variants' metrics) is in the
+    training report of the model, as recorded or rounded: a card edited by hand, or a report
+    rewritten without the card, shows here."""
+    card = _card(d)
+    report = [v for _, v in _numbers(json.loads(
+        (REPO / "training" / "reports" / d.name / "metrics.json").read_text()))]
+    quoted = list(_numbers(card["metrics"], "metrics"))
+    for name, variant in (card.get("variants") or {}).items():
+        quoted += _numbers(variant.get("metrics") or {}, f"variants.{name}.metrics")
+    missing = [f"{path} = {value}" for path, value in quoted
+               if not any(_as_quoted(v, value) for v in report)]
+    assert not missing, f"not in training/reports/{d.name}/metrics.json: {missing}"
+
+
 def test_models_page_is_generated_from_the_cards(tmp_path):
     """docs/models.md is what docs/make_models_page.py writes from the cards today."""
     shutil.copytree(REPO / "models", tmp_path / "models")
