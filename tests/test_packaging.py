@@ -42,13 +42,23 @@ def test_wheel_holds_the_package_and_the_models_and_nothing_else(tmp_path):
                             ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
         else:
             shutil.copy2(REPO / name, src / name)
-    # Left-overs the wheel must not ship: an interrupted export and byte code.
-    (src / "models" / "morphology" / "model.tmp.onnx").write_bytes(b"partial")
+    expected = _expected_files(src)
+    # Left-overs the wheel must not ship: byte code, and what an interrupted run leaves
+    # beside its output: training's export (model.tmp.onnx), single-band fold
+    # (model.grey.tmp), card (tmpXXXX.json.tmp), int8 quantisation (a tmpXXXX/ folder)
+    # and reports (.NAME.PID.tmp), and astromorph's own atomic writes (.astromorph-tmp-XXXX/).
+    morphology = src / "models" / "morphology"
+    for name in ("model.tmp.onnx", "model.grey.tmp", "tmpab12cd.json.tmp",
+                 ".card.json.123.tmp"):
+        (morphology / name).write_bytes(b"partial")
+    (morphology / "tmpq1w2e3").mkdir()
+    (morphology / "tmpq1w2e3" / "pre.onnx").write_bytes(b"partial")
+    (src / "astromorph" / "data" / ".astromorph-tmp-x1y2").mkdir()
+    (src / "astromorph" / "data" / ".astromorph-tmp-x1y2" / "out.ecsv").write_bytes(b"")
     (src / "astromorph" / "__pycache__").mkdir(exist_ok=True)
     (src / "astromorph" / "__pycache__" / "stale.cpython-311.pyc").write_bytes(b"")
 
     wheel = _build_wheel(src, tmp_path / "dist")
     with zipfile.ZipFile(wheel) as zf:
         names = {n for n in zf.namelist() if ".dist-info/" not in n}
-    expected = _expected_files(src)
     assert names == expected, (sorted(names - expected), sorted(expected - names))
