@@ -37,9 +37,16 @@ def onnxruntime():
     try:
         import onnxruntime as ort
     except ImportError as exc:
+        if getattr(exc, "name", None) == "onnxruntime":
+            raise MissingRuntimeError(
+                "ONNX Runtime is not installed; install it with `pip install 'astromorph[cpu]'` "
+                "(CPU) or `pip install 'astromorph[gpu]'` (CUDA/TensorRT), never both") from exc
+        # Installed but broken: a library it links cannot be loaded, or the CPU and GPU
+        # wheels were installed together and overwrote each other's files.
         raise MissingRuntimeError(
-            "ONNX Runtime is not installed; install it with `pip install 'astromorph[cpu]'` "
-            "(CPU) or `pip install 'astromorph[gpu]'` (CUDA/TensorRT), never both") from exc
+            f"ONNX Runtime is installed but cannot be imported ({exc}); reinstall one of "
+            "`pip install 'astromorph[cpu]'` or `pip install 'astromorph[gpu]'` (never both: "
+            "`pip uninstall onnxruntime onnxruntime-gpu` first)") from exc
     return ort
 
 

@@ -73,7 +73,7 @@ class ChecksumMismatchError(AstromorphError):
 
 
 class MissingRuntimeError(AstromorphError, ImportError):
-    """ONNX Runtime is not installed."""
+    """ONNX Runtime is not installed, or is installed but cannot be imported."""
 
 
 class InputShapeError(AstromorphError, ValueError):

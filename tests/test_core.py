@@ -645,6 +645,27 @@ def test_missing_runtime_names_both_extras(tiny_registry, monkeypatch):
     assert "astromorph[cpu]" in str(info.value) and "astromorph[gpu]" in str(info.value)
 
 
+def test_broken_runtime_is_not_called_missing(tiny_registry, monkeypatch):
+    """An ONNX Runtime that is installed but fails to import (a shared library it cannot
+    load) was reported as "not installed"; the error now says so and quotes the cause."""
+    import builtins
+
+    real_import = builtins.__import__
+
+    def broken(name, *args, **kwargs):
+        if name == "onnxruntime" or name.startswith("onnxruntime."):
+            raise ImportError("libonnxruntime.so.1: cannot open shared object file")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", broken)
+    astromorph.clear_session_cache()
+    with pytest.raises(MissingRuntimeError) as info:
+        astromorph.load_model("tiny")
+    message = str(info.value)
+    assert "not installed" not in message
+    assert "installed but cannot be imported" in message and "libonnxruntime.so.1" in message
+
+
 def test_import_without_onnxruntime_or_torch():
     code = ("import sys; sys.modules['onnxruntime'] = None; import astromorph, astromorph.cli; "
             "assert 'torch' not in sys.modules; print(astromorph.__version__)")
