@@ -1122,6 +1122,51 @@ def test_a_session_being_made_holds_up_only_the_threads_that_wait_for_it(tiny_re
     assert results["a"] is results["b"] and made == [2]  # made once
 
 
+def test_concurrent_loads_of_one_file_hash_it_once(tiny_registry, monkeypatch):
+    """Threads loading the same model at once (a web service's workers, Dask's threaded
+    scheduler) each read and hashed the whole file, as none found the others' digest yet;
+    now the first hashes it and the others wait for its digest. The first thread is held
+    inside the hash with events; the timeout only bounds how long a regression takes to
+    show (the second thread starting its own hash)."""
+    import hashlib
+    import threading
+
+    from astromorph import _registry
+
+    _registry._HASHES.clear()
+    expected = sha256(tiny_registry / "tiny" / "model.onnx")
+    real = hashlib.sha256
+    inside, release, started = threading.Event(), threading.Event(), []
+
+    class Held:
+        def __init__(self):
+            self._h = real()
+            started.append(threading.current_thread().name)
+            inside.set()
+
+        def update(self, data):
+            release.wait(60)
+            self._h.update(data)
+
+        def hexdigest(self):
+            return self._h.hexdigest()
+
+    monkeypatch.setattr(_registry.hashlib, "sha256", Held)
+    models = {}
+    loaders = [threading.Thread(target=lambda k=k: models.setdefault(
+        k, astromorph.load_model("tiny", threads=1)), name=k) for k in ("first", "second")]
+    loaders[0].start()
+    assert inside.wait(60)
+    inside.clear()
+    loaders[1].start()
+    inside.wait(5)  # set again only if the second thread hashes the file too
+    release.set()
+    for t in loaders:
+        t.join(60)
+    assert started == ["first"], started
+    assert models["first"].sha256 == models["second"].sha256 == expected
+
+
 def test_cli_every_option_is_documented():
     """Each argument of each sub-command has a help text, and the help of an option with a
     default value states it (`astromorph COMMAND --help` is the whole reference)."""
