@@ -51,10 +51,11 @@ def _celestial_wcs(get):
 
     from ._cutouts import _check_wcs
     from ._readers._fits import wcs_matrix_problem
+    from ._warnings import catch_warnings
 
     if get is None:
         return None
-    with warnings.catch_warnings():
+    with catch_warnings():  # astromorph's: taking turns with its other threads' blocks
         warnings.simplefilter("ignore", FITSFixedWarning)
         try:
             # (astropy refuses a NaN that the fast FITS parser read: CRVAL1 = NaN)

@@ -352,3 +352,45 @@ def test_stamp_with_a_nan_reference_point_is_drawn_in_pixel_orientation(tmp_path
     assert np.array_equal(shown, stamp.data[..., ::-1, :])
     with fits.open(path) as hdul:  # astropy's header (wcslib reads the card as 0)
         assert not north_up(stamp.data, hdul[0].header.get)[1]
+
+
+def test_orienting_leaves_the_warning_filters_of_other_threads_alone():
+    """north_up's `warnings.catch_warnings` block did not take turns with astromorph's
+    others (a reader thread, Dask's threaded partitions): a block of another thread entered
+    while it ran and left after it put back, for good, the filter north_up had added
+    (FITSFixedWarning ignored in the whole process). The blocks are ordered with events;
+    the timeout only bounds how long a regression takes to show (the other block entering
+    while north_up's runs)."""
+    import threading
+    import warnings
+
+    from astromorph._warnings import catch_warnings
+
+    h = _header("cd", 30)
+    inside, other_inside, other_may_leave = (threading.Event() for _ in range(3))
+
+    def get(key, default=None):  # the stamp's header, read inside north_up's block
+        if not inside.is_set():
+            inside.set()
+            other_inside.wait(5)
+        return h.get(key, default)
+
+    get.keys = h.keys
+
+    def other():
+        with catch_warnings():
+            other_inside.set()
+            other_may_leave.wait(60)
+
+    before = list(warnings.filters)
+    results = []
+    orienting = threading.Thread(target=lambda: results.append(north_up(_stamp(h)[None], get)))
+    orienting.start()
+    assert inside.wait(60)
+    entering = threading.Thread(target=other)
+    entering.start()
+    orienting.join(60)
+    other_may_leave.set()
+    entering.join(60)
+    assert results and results[0][1]  # oriented by its WCS
+    assert warnings.filters == before
