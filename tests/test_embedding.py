@@ -432,6 +432,53 @@ def test_query_by_image_array_and_file(tiny_embedding, tmp_path):
 
 
 
+def test_embedding_a_file_leaves_the_warning_filters_of_other_threads_alone(
+        tiny_embedding, tmp_path, monkeypatch):
+    """embed_image (query(image=) with a file) silenced warnings with a
+    `warnings.catch_warnings` block that did not take turns with astromorph's others (a
+    reader thread, Dask's threaded partitions): entered while another thread's block ran and
+    left after it, it put back, for good, the filters that block had set. The blocks are
+    ordered with events; the timeout only bounds how long a regression takes to show
+    (embed_image's block entering while the other runs)."""
+    import threading
+    import warnings
+
+    from PIL import Image
+
+    from astromorph import _predict
+    from astromorph._warnings import catch_warnings
+
+    Image.fromarray(colour_cutout(3)).save(tmp_path / "q.png")
+    real = _predict.predict_files
+    inside, other_inside = threading.Event(), threading.Event()
+
+    def predict_files(*args, **kwargs):  # runs inside embed_image's block
+        inside.set()
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(_predict, "predict_files", predict_files)
+
+    def other():
+        with catch_warnings():
+            warnings.filterwarnings("ignore", message="the other thread's filter")
+            other_inside.set()
+            inside.wait(5)
+
+    index = SimilarityIndex(np.eye(4))
+    before = list(warnings.filters)
+    results = []
+    entering = threading.Thread(target=other)
+    entering.start()
+    assert other_inside.wait(60)
+    embedding = threading.Thread(target=lambda: results.append(
+        index.embed_image(tmp_path / "q.png", model=tiny_embedding)))
+    embedding.start()
+    for t in (entering, embedding):
+        t.join(60)
+    assert results and results[0].shape == (4,)
+    assert warnings.filters == before
+
+
 def test_query_image_is_one_file_not_a_folder_or_a_pattern(tiny_embedding, tmp_path):
     """embed_image (and query(image=)) handed its path to predict_files, which expands
     folders and glob patterns: a folder or a pattern was silently embedded as the first

@@ -697,8 +697,11 @@ class SimilarityIndex:
             import warnings
 
             from .._predict import predict_files
+            from .._warnings import catch_warnings
 
-            with warnings.catch_warnings():
+            # astromorph's block: taking turns with its other threads' (one file: no reader
+            # thread of predict_files waits for this one's lock)
+            with catch_warnings():
                 warnings.simplefilter("ignore")
                 result = predict_files(model, [image], progress=False)
             col = result["embedding"]
