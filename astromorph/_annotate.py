@@ -302,7 +302,7 @@ def _checked_coords(coords):
     return fixed, bad
 
 
-def _size_values(table, size_col, n):
+def _size_values(table, size_col):
     if size_col is None:
         return None
     if size_col not in table.colnames:
@@ -708,7 +708,7 @@ def annotate(table, images, *, model, ra_col=None, dec_col=None, coord_col=None,
         # every image's frame checked before any row of the catalogue is read
         frames = {band: _image_frames(groups[band]) for band in plan}
         coords, bad_pos = _positions(out, ra_col, dec_col, coord_col)
-        sizes = _size_values(out, size_col, n)
+        sizes = _size_values(out, size_col)
         npix, scale, crop, bad_size = _grid(model, family, n, sizes, stamp_size)
 
         flags = np.zeros(n, np.int32)
@@ -822,7 +822,7 @@ def check_options(table, *, model, ra_col=None, dec_col=None, coord_col=None, si
     check_clashes(table, result_names(model), on_conflict)
     none = table[:0]
     _positions(none, ra_col, dec_col, coord_col)
-    _grid(model, model_family(model.card), 0, _size_values(none, size_col, 0), stamp_size)
+    _grid(model, model_family(model.card), 0, _size_values(none, size_col), stamp_size)
     return model
 
 

@@ -2795,7 +2795,7 @@ def test_catalogue_unit_strings_astropy_does_not_parse(optical_model, tmp_path):
         tab = QTable.read(tmp_path / "cat.fits")
     np.testing.assert_allclose(astromorph.annotate(tab, (img, w), model=optical_model)["opt_p_a"],
                                ref["opt_p_a"], rtol=1e-6)
-    np.testing.assert_array_equal(astromorph._annotate._size_values(tab, "R90", 2), [2.0, 3.0])
+    np.testing.assert_array_equal(astromorph._annotate._size_values(tab, "R90"), [2.0, 3.0])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", u.UnitsWarning)
         tab = Table.read(tmp_path / "cat.fits")
@@ -2804,7 +2804,7 @@ def test_catalogue_unit_strings_astropy_does_not_parse(optical_model, tmp_path):
         astromorph.annotate(tab, (img, w), model=optical_model)
     tab["R90"].unit = u.Unit("PIXELS", parse_strict="silent")
     with pytest.raises(InputError, match="size column 'R90'.*'PIXELS'"):
-        astromorph._annotate._size_values(tab, "R90", 2)
+        astromorph._annotate._size_values(tab, "R90")
 
 
 def test_ra_in_hours_of_time_is_converted(optical_model):

@@ -850,9 +850,6 @@ class _GetDict:
     def get(self, key, default=None):
         return self._get(key, default)
 
-    def __getitem__(self, key):
-        return self._get(key, None)
-
     @property
     def keys(self):
         """The keywords present, where the getter tells them (the fast parser's), else None."""
@@ -930,7 +927,7 @@ def read_fits(path, *, want_scale, triplet_hint):
     try:
         size = path.stat().st_size
         if size <= _FAST_MAX_BYTES:
-            stamps, _ = _read_fits_buffer(path.read_bytes(), source, path, path.name,
+            stamps, _ = _read_fits_buffer(path.read_bytes(), source, path,
                                           want_scale=want_scale, triplet_hint=triplet_hint)
             if stamps is not None:
                 return stamps
@@ -955,7 +952,7 @@ def read_fits_bytes(blob, *, source, want_scale=True, triplet_hint=False):
     bytes: a cube gives its planes as bands (named by BANDi/FILTERi/PLANEi) or as a
     triplet, one image HDU per band or triplet member gives them stacked, with the facts
     its headers give (`header_facts`). ``source`` names the stamps (``path`` is None)."""
-    stamps, buf = _read_fits_buffer(blob, source, None, None, want_scale=want_scale,
+    stamps, buf = _read_fits_buffer(blob, source, None, want_scale=want_scale,
                                     triplet_hint=triplet_hint)
     if stamps is not None:
         return stamps
@@ -963,10 +960,12 @@ def read_fits_bytes(blob, *, source, want_scale=True, triplet_hint=False):
                               buf=buf, source=source, gzipped=blob[:2] == b"\x1f\x8b")
 
 
-def _read_fits_buffer(buf, source, path, name, *, want_scale, triplet_hint):
+def _read_fits_buffer(buf, source, path, *, want_scale, triplet_hint):
     """`read_fits` of the whole content of a FITS stream held in memory, where it needs no
     astropy: ``(stamps, None)``; else ``(None, data)``, the uncompressed bytes for
-    `_read_fits_astropy`. ``name``: the file's name, said in reasons (None for bytes)."""
+    `_read_fits_astropy`. ``path``: the file the bytes were read from, whose name reasons
+    give (None for bytes)."""
+    name = None if path is None else path.name
     try:
         gzipped = buf[:2] == b"\x1f\x8b"
         if gzipped:
