@@ -187,6 +187,11 @@ def _card_value(raw):
         return raw
 
 
+def _padded(nbytes):
+    """``nbytes`` rounded up to whole 2880-byte FITS blocks: the space an HDU's data take."""
+    return -(-nbytes // 2880) * 2880
+
+
 def _buffer_reader(buf):
     """``read(offset, n)`` on bytes in memory (for `_read_header`)."""
     return lambda offset, n: buf[offset:offset + n]
@@ -406,7 +411,7 @@ def _fast_fits(buf, *, primary_only, want_scale):
         return None
     count = int(np.prod(shape))
     nbytes = count * abs(bitpix) // 8
-    padded = -(-nbytes // 2880) * 2880
+    padded = _padded(nbytes)
     if len(buf) < end + nbytes:
         raise ValueError(f"truncated FITS data: {len(buf) - end} of {nbytes} bytes present")
     if not primary_only and len(buf) > end + padded and (
@@ -440,7 +445,7 @@ def _auxiliary_only(buf, pos):
         problem, size = _header_problem(cards, extension=True) if keys[:1] == ["XTENSION"] \
             else ("not an extension", None)
         name = str(_card_value(cards.get("EXTNAME", "''"))).strip().upper()
-        pos = end + -(-size // 2880) * 2880 if not problem else None
+        pos = end + _padded(size) if not problem else None
         if problem or name not in _AUX_EXTNAMES or len(buf) < pos:
             return False
     return False
@@ -566,8 +571,14 @@ def malformed_header(read, max_hdus=_MAX_HDUS):
         problem, size = _header_problem(cards, extension=i > 0)
         if problem:
             return f"{_hdu_label(i, cards)}: {problem}"
-        pos += -(-size // 2880) * 2880
+        pos += _padded(size)
     return None
+
+
+def _malformed(problem, name=None):
+    """The reason for a FITS stream with a malformed header (``problem``, from
+    `malformed_header`); ``name``: the file's name, where there is a file."""
+    return f"malformed FITS header in {name + ' ' if name else ''}{problem}"
 
 
 def _file_reader(path):
@@ -599,7 +610,7 @@ def _unreadable(exc, read, name=None):
     except Exception:  # noqa: BLE001 - the diagnosis must never hide the original error
         problem = None
     if problem:
-        return f"malformed FITS header in {name + ' ' if name else ''}{problem} (astropy: {said})"
+        return f"{_malformed(problem, name)} (astropy: {said})"
     if isinstance(exc, (OSError, ValueError)):  # astropy's own words, e.g. missing END card
         return f"cannot read FITS: {exc}"
     return f"cannot read FITS: {said}"  # a bare KeyError says only 'NAXIS3'
@@ -617,6 +628,22 @@ def _hdu_data(hdu):
     blank = h.get("BLANK") if raw.dtype.kind in "iu" else None
     return linear_fluxes(
         _physical(raw, float(h.get("BSCALE", 1.0)), float(h.get("BZERO", 0.0)), blank), h.get)
+
+
+def _is_auxiliary(hdu):
+    """Whether an astropy HDU is named as an auxiliary plane (`_AUX_EXTNAMES`), never an
+    image to score."""
+    return str(hdu.name).strip().upper() in _AUX_EXTNAMES
+
+
+def _has_image_data(hdu):
+    """Whether an astropy HDU is an image HDU with axes and data."""
+    return bool(hdu.is_image and hdu.header.get("NAXIS", 0) and hdu.data is not None)
+
+
+def _in_hdu(i, reason):
+    """``reason`` about HDU ``i``, prefixed ``"HDU i: "`` where it is an extension."""
+    return f"HDU {i}: {reason}" if i else reason
 
 
 def _squeeze(data):
@@ -638,6 +665,13 @@ def _triplet_order(names):
     """Member indices of triplet-like names (None for others)."""
     return [_TRIPLET_NAMES.get(str(n).strip().upper()) if n is not None else None
             for n in names]
+
+
+def _is_triplet(order, triplet_hint):
+    """Whether planes of these triplet member indices (`_triplet_order`) are read as a
+    triplet: two roles named, or one where ``triplet_hint`` (a triplet model) says so."""
+    roles = {o for o in order if o is not None}
+    return len(roles) >= 2 or bool(triplet_hint and roles)
 
 
 #: Header keywords that name a band, in the order read; a pair (FILTER1, FILTER2) is two
@@ -829,9 +863,8 @@ def _stamps_from_array(source, path, data, header_get, scale, header_hdu, triple
                                 triplet_hint, index=i)
                   for i, stamp in enumerate(data)]
     else:
-        return [Stamp(source, path).flag(
-            Flag.BAD_INPUT, f"image of shape {data.shape} is not a 2-D image, a 3-D cube or a "
-            "4-D stack of stamps")]
+        return _refused(source, path, f"image of shape {data.shape} is not a 2-D image, a 3-D "
+                        "cube or a 4-D stack of stamps")
     facts = header_facts(header, primary)
     for stamp in stamps:
         stamp.header_get = header_get
@@ -858,8 +891,7 @@ class _GetDict:
 
 def _planes_stamp(source, path, planes, names, scale, header_hdu, triplet_hint, index=None):
     order = _triplet_order(names)
-    roles = {o for o in order if o is not None}
-    if len(roles) >= 2 or (triplet_hint and roles):
+    if _is_triplet(order, triplet_hint):
         return _triplet_stamp(source, path, list(planes), order, scale, header_hdu, index)
     bands = tuple(normalise_band(n) for n in names)
     return Stamp(source, path, "bands", planes, bands, scale, header_hdu=header_hdu, index=index)
@@ -905,6 +937,12 @@ def _levels_array(levels):
     return np.array([np.nan if v is None else v for v in levels], dtype=float)
 
 
+def _refused(source, path, reason):
+    """The one stamp of a file (or bytes) that gives none to score: flagged `BAD_INPUT` with
+    ``reason``, in the list that the readers return."""
+    return [Stamp(source, path).flag(Flag.BAD_INPUT, reason)]
+
+
 def _not_fits(buf, gzipped):
     """Why bytes that were to be FITS are not: for a gzipped file (``buf`` then holds what it
     decompressed to), what it holds."""
@@ -940,10 +978,9 @@ def read_fits(path, *, want_scale, triplet_hint):
             finally:
                 close()
             if problem:
-                return [Stamp(source, path).flag(
-                    Flag.BAD_INPUT, f"malformed FITS header in {path.name} {problem}")]
+                return _refused(source, path, _malformed(problem, path.name))
     except (ValueError, OSError) as exc:
-        return [Stamp(source, path).flag(Flag.BAD_INPUT, f"cannot read FITS: {exc}")]
+        return _refused(source, path, f"cannot read FITS: {exc}")
     return _read_fits_astropy(path, want_scale=want_scale, triplet_hint=triplet_hint)
 
 
@@ -972,27 +1009,24 @@ def _read_fits_buffer(buf, source, path, *, want_scale, triplet_hint):
             try:
                 buf = _gunzip(buf)
             except zlib.error as exc:
-                return [Stamp(source, path).flag(Flag.BAD_INPUT,
-                                                 f"corrupt or truncated gzip: {exc}")], None
+                return _refused(source, path, f"corrupt or truncated gzip: {exc}"), None
         if not buf.startswith(b"SIMPLE  ="):
-            return [Stamp(source, path).flag(Flag.BAD_INPUT, _not_fits(buf, gzipped))], None
+            return _refused(source, path, _not_fits(buf, gzipped)), None
         fast = _fast_fits(buf, primary_only=False, want_scale=want_scale)
         if fast is not None:
             data, scale, get = fast
             data, why = stokes_i(data, get)
             if why:
-                return [Stamp(source, path).flag(Flag.BAD_INPUT, why)], None
+                return _refused(source, path, why), None
             return _stamps_from_array(source, path, data, get, scale, 0, triplet_hint), None
         # Before astropy sees it: a header whose layout keywords are nonsense gives
         # astropy's cryptic errors at best, and a gzipped one can hang it for good
         # (NAXIS1 = -64 in a .fits.gz never returns from fits.open).
         problem = malformed_header(_buffer_reader(buf))
         if problem:
-            return [Stamp(source, path).flag(
-                Flag.BAD_INPUT, f"malformed FITS header in {name + ' ' if name else ''}"
-                f"{problem}")], None
+            return _refused(source, path, _malformed(problem, name)), None
     except ValueError as exc:
-        return [Stamp(source, path).flag(Flag.BAD_INPUT, f"cannot read FITS: {exc}")], None
+        return _refused(source, path, f"cannot read FITS: {exc}"), None
     return None, buf
 
 
@@ -1014,15 +1048,15 @@ def _read_fits_astropy(path, *, want_scale, triplet_hint, buf=None, source=None,
                 second = next((hdu.fileinfo()["hdrLoc"] for i, hdu in enumerate(hdul)
                                if i and isinstance(hdu, fits.PrimaryHDU)), None)
                 for i, hdu in enumerate(hdul if second is None else ()):
-                    if str(hdu.name).strip().upper() in _AUX_EXTNAMES:
+                    if _is_auxiliary(hdu):
                         continue
-                    if not hdu.is_image or not hdu.header.get("NAXIS", 0) or hdu.data is None:
+                    if not _has_image_data(hdu):
                         if i and hdu.is_image:  # an extension meant for an image, left empty
                             empty[i] = hdu.header.copy()
                         continue
                     data, why = stokes_i(_hdu_data(hdu), hdu.header.get)
                     if why:  # named when the file has no other image
-                        stokes[i] = f"HDU {i}: {why}" if i else why
+                        stokes[i] = _in_hdu(i, why)
                         continue
                     images.append((i, hdu, _squeeze(data),
                                    _header_scale(hdu.header) if want_scale else None))
@@ -1033,8 +1067,7 @@ def _read_fits_astropy(path, *, want_scale, triplet_hint, buf=None, source=None,
             raise ValueError(truncated[0])
     except Exception as exc:  # noqa: BLE001 - astropy raises many kinds for corrupt files
         if buf is not None:
-            return [Stamp(source, path).flag(Flag.BAD_INPUT,
-                                             _unreadable(exc, _buffer_reader(buf)))]
+            return _refused(source, path, _unreadable(exc, _buffer_reader(buf)))
         try:
             read, close, _ = _file_reader(path)
         except OSError:
@@ -1043,15 +1076,14 @@ def _read_fits_astropy(path, *, want_scale, triplet_hint, buf=None, source=None,
             reason = _unreadable(exc, read, path.name)
         finally:
             close()
-        return [Stamp(source, path).flag(Flag.BAD_INPUT, reason)]
+        return _refused(source, path, reason)
     if second is not None:
         if buf is None:
             with open(path, "rb") as f:
                 gzipped = f.read(2) == b"\x1f\x8b"
-        return [Stamp(source, path).flag(Flag.BAD_INPUT, _two_files(second, gzipped))]
+        return _refused(source, path, _two_files(second, gzipped))
     if not images:
-        return [Stamp(source, path).flag(
-            Flag.BAD_INPUT, "; ".join(stokes.values()) or "no image HDU with data")]
+        return _refused(source, path, "; ".join(stokes.values()) or "no image HDU with data")
     if len(images) == 1:
         i, _, data, scale = images[0]
         stamps = _stamps_from_array(source, path, data, headers[i].get, scale, i,
@@ -1063,18 +1095,16 @@ def _read_fits_astropy(path, *, want_scale, triplet_hint, buf=None, source=None,
         return stamps
     # One HDU per band or triplet member.
     if any(d.ndim != 2 for _, _, d, _ in images):
-        return [Stamp(source, path).flag(
-            Flag.BAD_INPUT, f"{len(images)} image HDUs, not all 2-D (shapes "
-            f"{', '.join(str(d.shape) for _, _, d, _ in images)}); expected one 2-D image "
-            "per band or triplet member")]
+        return _refused(source, path, f"{len(images)} image HDUs, not all 2-D (shapes "
+                        f"{', '.join(str(d.shape) for _, _, d, _ in images)}); expected one "
+                        "2-D image per band or triplet member")
     scales = [s for _, _, _, s in images]
     scale = common_pixel_scale(scales)[0]  # triplet members are checked by _triplet_stamp
     names = [headers[i].get("EXTNAME") for i, _, _, _ in images]
     order = _triplet_order(names)
-    roles = {o for o in order if o is not None}
     planes = [d for _, _, d, _ in images]
     levels = [saturation_of_header(headers[i], primary if i else None) for i, _, _, _ in images]
-    if len(roles) >= 2 or (triplet_hint and roles):
+    if _is_triplet(order, triplet_hint):
         members = dict(zip(_triplet_order([h.get("EXTNAME") for h in empty.values()]),
                            (_empty_label(i, h) for i, h in empty.items())))
         stamp = _triplet_stamp(source, path, planes, order, scale, 0, empty=members,
@@ -1082,9 +1112,8 @@ def _read_fits_astropy(path, *, want_scale, triplet_hint, buf=None, source=None,
         stamp.header_get = headers[images[0][0]].get
         return [stamp]
     if len({p.shape for p in planes}) > 1:
-        return [Stamp(source, path).flag(
-            Flag.BAD_INPUT, "band images differ in shape: "
-            f"{', '.join('x'.join(map(str, p.shape)) for p in planes)}")]
+        return _refused(source, path, "band images differ in shape: "
+                        f"{', '.join('x'.join(map(str, p.shape)) for p in planes)}")
     bands = tuple(band_of_header(headers[i], primary if i else None) for i, _, _, _ in images)
     notes = [f"{n} (HDU {i})" for i, n in
              ((i, flux_unit_note(headers[i], primary if i else None)) for i in headers) if n]
@@ -1151,12 +1180,10 @@ def parse_fits_bytes(blob, *, want_scale=True, return_facts=False):
                 warnings.simplefilter("ignore")
                 with fits.open(io.BytesIO(blob), do_not_scale_image_data=True) as hdul:
                     for i, hdu in enumerate(hdul):
-                        if hdu.is_image and hdu.header.get("NAXIS", 0) \
-                                and hdu.data is not None \
-                                and str(hdu.name).strip().upper() not in _AUX_EXTNAMES:
+                        if _has_image_data(hdu) and not _is_auxiliary(hdu):
                             data, problem = stokes_i(_hdu_data(hdu), hdu.header.get)
                             if problem:  # said where the stamp has no other image
-                                why = why or (f"HDU {i}: {problem}" if i else problem)
+                                why = why or _in_hdu(i, problem)
                                 continue
                             scale = _header_scale(hdu.header) if want_scale else None
                             facts = header_facts(hdu.header, hdul[0].header if i else None) \
