@@ -170,11 +170,7 @@ def _positions(table, ra_col, dec_col, coord_col, what="catalogue"):
         sky = [n for n in table.colnames if isinstance(table[n], SkyCoord)]
         if sky:
             return _checked_coords(table[sky[0]])
-    # an empty name is a column that is not there, not "find it"
-    ra_found = _position_columns(table, _RA_NAMES, "pos.eq.ra") if ra_col is None else [ra_col]
-    dec_found = (_position_columns(table, _DEC_NAMES, "pos.eq.dec") if dec_col is None
-                 else [dec_col])
-    ra_found, dec_found = _paired_first(ra_found, dec_found)
+    ra_found, dec_found = _position_candidates(table, ra_col, dec_col)
     ra_col, dec_col = (found[0] if found else None for found in (ra_found, dec_found))
     galactic = [n for n in table.colnames if n.lower() in _GALACTIC_NAMES]
     how = ("Galactic coordinates are not read as RA/Dec: give a SkyCoord column, e.g. "
@@ -232,6 +228,17 @@ def _positions(table, ra_col, dec_col, coord_col, what="catalogue"):
     bad = ~(np.isfinite(ra) & np.isfinite(dec)) | (np.abs(dec) > 90)
     ra, dec = np.where(bad, 0.0, ra), np.where(bad, 0.0, dec)
     return SkyCoord(ra * u.deg, dec * u.deg), bad
+
+
+def _position_candidates(table, ra_col, dec_col):
+    """The RA and Dec columns that may hold the positions, the one used first in each
+    (`_paired_first`): ``[ra_col]`` where given, else those found by name or UCD
+    (`_position_columns`); likewise for Dec. An empty name is a column that is not there,
+    not "find it"."""
+    ra_found = _position_columns(table, _RA_NAMES, "pos.eq.ra") if ra_col is None else [ra_col]
+    dec_found = (_position_columns(table, _DEC_NAMES, "pos.eq.dec") if dec_col is None
+                 else [dec_col])
+    return _paired_first(ra_found, dec_found)
 
 
 def _family(name):
@@ -579,16 +586,16 @@ def _cut_band(images, sky, npix, scale, rows):
         res = cut_stamps(image, lon, lat, size=npix, pixel_scale=scale[rows][sel], up_angle=up)
         beam[sel] = np.nan if image.beam is None else image.beam
         saturated = _saturated(image, sky[k][2][rows[sel]], sky[k][3][rows[sel]])
-        flags[sel] |= np.where(saturated, int(Flag.SATURATED), 0).astype(np.int32)
         if len(sel) == n:  # all from one image (no copy)
             stamps = res.stamps
         else:
             if stamps is None:
                 stamps = np.full((n, npix, npix), np.nan, np.float32)
             stamps[sel] = res.stamps
-        flags[sel] |= np.where(res.outside > 0, int(Flag.EDGE), 0).astype(np.int32)
-        flags[sel] |= np.where(res.blank > BLANK_THRESHOLD, int(Flag.BLANK), 0).astype(np.int32)
-        flags[sel] |= np.where(res.zoom < MIN_ZOOM, int(Flag.EXTRAPOLATED), 0).astype(np.int32)
+        for hit, flag in ((saturated, Flag.SATURATED), (res.outside > 0, Flag.EDGE),
+                          (res.blank > BLANK_THRESHOLD, Flag.BLANK),
+                          (res.zoom < MIN_ZOOM, Flag.EXTRAPOLATED)):
+            flags[sel] |= np.where(hit, int(flag), 0).astype(np.int32)
     if stamps is None:  # every source off every image: a view, no memory per source
         # (a part of a survey catalogue is mostly off a small image; callers keep the
         # stamps of the usable rows only)
@@ -835,10 +842,7 @@ def _unitless_ra_hint(table, ra_col, dec_col, coord_col):
     if coord_col is not None or (ra_col is None and dec_col is None and any(
             isinstance(table[n], SkyCoord) for n in table.colnames)):
         return ""
-    name = ra_col if ra_col is not None else _paired_first(
-        _position_columns(table, _RA_NAMES, "pos.eq.ra"),
-        _position_columns(table, _DEC_NAMES, "pos.eq.dec") if dec_col is None
-        else [dec_col])[0][0]
+    name = _position_candidates(table, ra_col, dec_col)[0][0]
     col = table[name]
     if getattr(col, "unit", None) is not None or np.asarray(col).dtype.kind not in "iuf":
         return ""
