@@ -33,8 +33,8 @@ ANNOTATE_CHUNK = 4096
 #: Stamp pixels of one part of a chunk (a thread's unit of work): at most `STAMP_CHUNK`
 #: sources, fewer for big stamps. Cutting and preprocessing hold several float32 and
 #: float64 copies of a part's stamps at once (about 8 times their size in all), so
-#: 512 stamps of 300 x 300 (radio-morphology) took some 0.8 GB per thread; 2**23 pixels
-#: (512 stamps of 128 x 128) cap that at about 0.3 GB.
+#: 512 stamps of 300 x 300 (radio-morphology) would take some 0.8 GB per thread; 2**23
+#: pixels (512 stamps of 128 x 128) cap that at about 0.3 GB.
 PART_PIXELS = 2 ** 23
 
 _RA_NAMES = ("ra", "RA", "RAJ2000", "_RAJ2000", "RA_ICRS", "RAdeg", "ra_deg", "RA_deg",
@@ -120,6 +120,7 @@ def _float_values(col):
 
 
 def _to_float(value):
+    """``float(value)``, or NaN for a value that is no number."""
     try:
         return float(value)
     except (TypeError, ValueError):
@@ -310,6 +311,9 @@ def _checked_coords(coords):
 
 
 def _size_values(table, size_col):
+    """The size column ``size_col`` of ``table`` in arcsec (numbers in the column's angle
+    unit, arcsec by default; NaN where masked or no number), or None where not given;
+    `InputError` for a column that is not there or holds no angles."""
     if size_col is None:
         return None
     if size_col not in table.colnames:
@@ -557,7 +561,9 @@ def _cut_band(images, sky, npix, scale, rows):
     """Stamps of the sources ``rows`` from the best image of one band (mosaic aware).
 
     ``sky`` holds the positions of all sources in each image's frame
-    (`_sky_positions`).
+    (`_sky_positions`). Returns the stamps ``(len(rows), npix, npix)`` (NaN for a source
+    off every image), their flags (`OFF_IMAGE`, `EDGE`, `BLANK`, `EXTRAPOLATED`,
+    `SATURATED`) and the beam (arcsec) of the image each was cut from (NaN where unknown).
     """
     n = len(rows)
     stamps = None
@@ -835,7 +841,7 @@ def check_options(table, *, model, ra_col=None, dec_col=None, coord_col=None, si
 
 def _unitless_ra_hint(table, ra_col, dec_col, coord_col):
     """For a catalogue none of whose sources lies on the images: a hint where its RA column
-    (as `_positions` chose it) has no unit and values that look like hours (all from 0 to
+    (as `_positions` chose it, `_position_candidates`) has no unit and values that look like hours (all from 0 to
     24) or radians (to 2 pi), which were read as degrees; else ""."""
     from astropy.coordinates import SkyCoord
 
@@ -884,8 +890,9 @@ def _processing_order(sky):
 
 
 def _concat(predictions, rows):
-    """One `Prediction` in catalogue order (the rows of ``valid``) from the parts'
-    predictions and the catalogue rows each part scored."""
+    """One `Prediction` of the scored rows in catalogue order, from the parts'
+    ``predictions`` and the catalogue rows each part scored (``rows``); None where no
+    part scored any."""
     if not predictions:
         return None
     from ._model import Prediction

@@ -135,7 +135,7 @@ def _gunzip(buf):
     """The whole content of gzipped bytes, every member of them, as ``gzip -d`` gives it
     (``zlib.decompress`` stops after the first member: a FITS file gzipped in blocks, as
     bgzip or ``pigz --independent`` write it, read as truncated). Bytes after the last
-    member that start no other member are ignored, as before. Raises `zlib.error`."""
+    member that start no other member (padding) are ignored. Raises `zlib.error`."""
     parts = []
     while True:
         d = zlib.decompressobj(31)
@@ -198,7 +198,8 @@ def _buffer_reader(buf):
 
 
 def _parse_header(buf, start):
-    """Cards (key -> raw value text, first occurrence) and the end of the header."""
+    """`_read_header` of the header at byte ``start`` of ``buf``: cards (key -> raw value
+    text, first occurrence), keys in order, and the offset after the END block."""
     return _read_header(_buffer_reader(buf), start)
 
 
@@ -387,10 +388,12 @@ def linear_fluxes(values, get):
 def _fast_fits(buf, *, primary_only, want_scale):
     """Parse a simple FITS primary image without astropy.
 
-    Returns ``(data, pixel_scale, header_text_getter)`` or ``None`` when the
-    file is not simple enough (extensions unless ``primary_only``, random
-    groups, unusual WCS): the caller then uses astropy. Raises `ValueError`
-    for a truncated file.
+    Returns ``(data, pixel_scale, get)`` or ``None`` when the file is not simple enough
+    (extensions other than auxiliary ones, `_auxiliary_only`, unless ``primary_only``;
+    a BITPIX or NAXIS it does not read, random groups, tile compression, a WCS that needs
+    astropy): the caller then uses astropy. ``get(key, default=None)`` reads the primary
+    header's values (parsed, `_card_value`); its ``keys()`` lists the keywords present.
+    Raises `ValueError` for a truncated file.
     """
     cards, keys, end = _parse_header(buf, 0)
     if not keys or keys[0] != "SIMPLE" or _card_value(cards["SIMPLE"]) is not True:
@@ -452,6 +455,9 @@ def _auxiliary_only(buf, pos):
 
 
 def _header_scale(header):
+    """Pixel scale (arcsec) of the celestial WCS of an astropy header, or None where it has
+    none, a degenerate one (`wcs_matrix_problem`), one that astropy cannot parse, or no
+    positive finite scale."""
     from ..preprocessing._radio import pixel_scale_from_wcs
     from astropy.wcs import WCS, FITSFixedWarning
 
@@ -545,6 +551,8 @@ def _header_problem(cards, extension):
 
 
 def _hdu_label(i, cards):
+    """``"HDU 0 (primary)"``, ``"HDU i"``, or ``"HDU i, EXTNAME 'X'"`` for an extension of
+    that name (``cards``: as `_read_header` gives them)."""
     name = _card_value(cards["EXTNAME"]) if "EXTNAME" in cards else None
     label = "HDU 0 (primary)" if i == 0 else f"HDU {i}"
     return f"{label}, EXTNAME {name!r}" if name and i else label
@@ -647,6 +655,7 @@ def _in_hdu(i, reason):
 
 
 def _squeeze(data):
+    """``data`` without its leading axes of length 1, down to 2-D (a view)."""
     while data.ndim > 2 and data.shape[0] == 1:
         data = data[0]
     return data
@@ -727,9 +736,10 @@ def stokes_i(data, get):
     has one, reduced to the Stokes I plane (kept with length 1).
 
     ``get(key, default)`` reads the header (``CTYPEn``, ``CRVALn``, ``CRPIXn`` and
-    ``CDn_n`` or ``CDELTn`` x ``PCn_n``). Returns ``(data, None)``, or ``(None, reason)`` when the STOKES axis holds
-    no I plane (a polarisation image is never total intensity). Data without a STOKES
-    axis, or whose axis values cannot be read, are returned as they are.
+    ``CDn_n`` or ``CDELTn`` x ``PCn_n``). Returns ``(data, None)``, or ``(None, reason)``
+    when the STOKES axis holds no I plane (a polarisation image is never total intensity).
+    Data without a STOKES axis, or whose axis values cannot be read, are returned as they
+    are.
     """
     for k in range(1, data.ndim + 1):
         if str(get(f"CTYPE{k}", "") or "").strip().upper() == "STOKES":
@@ -890,6 +900,8 @@ class _GetDict:
 
 
 def _planes_stamp(source, path, planes, names, scale, header_hdu, triplet_hint, index=None):
+    """The stamp of the planes of a cube: a triplet where their ``names`` name its members
+    (`_is_triplet`), else bands named by `normalise_band`."""
     order = _triplet_order(names)
     if _is_triplet(order, triplet_hint):
         return _triplet_stamp(source, path, list(planes), order, scale, header_hdu, index)
@@ -899,7 +911,10 @@ def _planes_stamp(source, path, planes, names, scale, header_hdu, triplet_hint, 
 
 def _triplet_stamp(source, path, planes, order, scale, header_hdu, index=None, empty=None,
                    scales=None, levels=None):
-    """``empty``: member index -> words for the file's HDU of that member that holds no
+    """The triplet stamp of ``planes`` whose member indices are ``order`` (the first plane
+    of each role is used), or a stamp flagged `MISSING_BAND` or `BAD_INPUT`.
+
+    ``empty``: member index -> words for the file's HDU of that member that holds no
     data (`_empty_label`), named when the member is missing. ``scales``: the pixel scale
     of each of ``planes`` (one HDU each), where they may differ; ``scale`` is then unused.
     ``levels``: the saturation level of each of ``planes`` (`saturation_of_header`; None
@@ -961,6 +976,11 @@ def _not_fits(buf, gzipped):
 
 
 def read_fits(path, *, want_scale, triplet_hint):
+    """The stamps of the FITS file ``path`` (gzipped or not), as `read_fits_bytes` reads
+    bytes: by the fast parser where it can, else by astropy (a memory map for a file over
+    `_FAST_MAX_BYTES`). A file that cannot be read gives one stamp flagged `BAD_INPUT`
+    with the reason. ``want_scale``: read the pixel scale from the WCS;
+    ``triplet_hint``: a single triplet role among plane or HDU names makes a triplet."""
     source = str(path)
     try:
         size = path.stat().st_size
@@ -970,8 +990,9 @@ def read_fits(path, *, want_scale, triplet_hint):
             if stamps is not None:
                 return stamps
         else:
-            # a large file: astropy memory-maps it; a gzipped one is checked first as above,
-            # on its primary header only (the others would cost a second decompression)
+            # a large file: astropy memory-maps it. A gzipped one has its primary header
+            # checked first (`malformed_header`: a nonsense layout keyword can hang
+            # astropy), not the others, each of which would cost a decompression up to it
             read, close, gzipped = _file_reader(path)
             try:
                 problem = malformed_header(read, max_hdus=1) if gzipped else None
