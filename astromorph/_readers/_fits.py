@@ -1114,7 +1114,20 @@ def _read_fits_astropy(path, *, want_scale, triplet_hint, buf=None, source=None,
             for stamp in stamps:
                 stamp.empty_hdus = labels
         return stamps
-    # One HDU per band or triplet member.
+    return _stamp_of_hdus(source, path, images, headers, primary, empty, triplet_hint)
+
+
+def _stamp_of_hdus(source, path, images, headers, primary, empty, triplet_hint):
+    """The stamp of a file with several image HDUs, one per band or triplet member, in a
+    list: a triplet (`_is_triplet` of their EXTNAMEs) or bands, stacked; flagged
+    `BAD_INPUT` where they do not stack.
+
+    ``images``: ``(HDU index, HDU, data, pixel scale)`` of each image HDU; ``headers``:
+    their headers by HDU index; ``primary``: the primary header, read where an
+    extension's header lacks a keyword; ``empty``: the headers of image extensions that
+    hold no data, by HDU index (named in the stamp's `empty_hdus`, or in the reason for a
+    missing triplet member).
+    """
     if any(d.ndim != 2 for _, _, d, _ in images):
         return _refused(source, path, f"{len(images)} image HDUs, not all 2-D (shapes "
                         f"{', '.join(str(d.shape) for _, _, d, _ in images)}); expected one "
