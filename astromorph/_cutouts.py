@@ -460,9 +460,18 @@ class SkyImage:
                                        (0, nx * fx - block.shape[1])),
                                constant_values=np.nan)
             block = block.reshape(rows, fy, nx, fx)
-            good = np.isfinite(block)
-            total = np.where(good, block, 0).sum(axis=(1, 3))
-            count = good.sum(axis=(1, 3))
+            # summed pixel by pixel of the block in `_BinnedView.take`'s order, so that
+            # the copy's means are its bit for bit (`.sum(axis=(1, 3))` adds in another
+            # order): which of the two a stamp is sampled from depends on how many
+            # sources share the call, and a row's result must not
+            total = np.zeros((rows, nx), np.float32)
+            count = np.zeros((rows, nx), np.int32)
+            for dy in range(fy):
+                for dx in range(fx):
+                    v = block[:, dy, :, dx]
+                    good = np.isfinite(v)
+                    total += np.where(good, v, 0)
+                    count += good
             with np.errstate(invalid="ignore", divide="ignore"):
                 out[y0 // fy:y0 // fy + rows] = np.where(count > 0, total / count, np.nan)
         return out
