@@ -334,18 +334,17 @@ class SkyImage:
             self._planned += int(n_samples)
 
     def resident(self, n_samples):
-        """The array to sample with `scipy.ndimage.map_coordinates`, or None (use `take`).
+        """The image's pixels held in memory, to sample directly, or None (use `take`).
 
         Plain float data held in memory are sampled where they are. Other data
-        (scaled integers, big-endian memory maps, whose byte swapping slows
+        (scaled integers, memory maps, big-endian ones, whose byte swapping slows
         sampling) are read once, whole, into native float32 when the stamps
         have asked (``n_samples`` per call), or are planned to ask
         (`plan_samples`), for as many samples as the image has pixels, while
         all such copies together stay within `RESIDENT_MAX_BYTES` (the tiles
         of a large mosaic share it); a sparse catalogue on a large image
-        keeps reading only the pages under its stamps (through `take`
-        for big-endian data, since `scipy.ndimage.map_coordinates` would copy
-        the whole image to native byte order at each call).
+        keeps reading only the pages under its stamps, through `take`.
+        Either way a pixel has the value `take` gives it.
         """
         with self.lock:
             self._sampled += int(n_samples)
@@ -365,11 +364,7 @@ class SkyImage:
                         self._drop_raw()
                 else:  # the budget is spent (other images): stay page by page
                     self._declined = True
-            if self._resident is not None:
-                return self._resident
-            # a big-endian memory map (every FITS float image) would be copied whole into
-            # native order by map_coordinates at each call: gather its pages with `take`
-            return self.data if self.plain and self.data.dtype.isnative else None
+            return self._resident
 
     def _drop_raw(self):
         """Let go of the raw array that `_resident` now copies (a decompressed image, no
@@ -460,11 +455,11 @@ class SkyImage:
                                        (0, nx * fx - block.shape[1])),
                                constant_values=np.nan)
             block = block.reshape(rows, fy, nx, fx)
-            # summed pixel by pixel of the block in `_BinnedView.take`'s order, so that
-            # the copy's means are its bit for bit (`.sum(axis=(1, 3))` adds in another
-            # order): which of the two a stamp is sampled from depends on how many
+            # summed pixel by pixel of the block in `_BinnedView.take`'s order, in float64,
+            # so that the copy's means are its bit for bit (`.sum(axis=(1, 3))` adds in
+            # another order): which of the two a stamp is sampled from depends on how many
             # sources share the call, and a row's result must not
-            total = np.zeros((rows, nx), np.float32)
+            total = np.zeros((rows, nx))
             count = np.zeros((rows, nx), np.int32)
             for dy in range(fy):
                 for dx in range(fx):
@@ -495,7 +490,7 @@ class _BinnedView:
         """Block means (float32; NaN where a block has no finite pixel) at flat indices."""
         (ny, nx), fy, fx = self.image.shape, self.fy, self.fx
         y, x = np.divmod(np.asarray(flat_index, np.int64), self.shape[1])
-        total = np.zeros(np.shape(flat_index), np.float32)
+        total = np.zeros(np.shape(flat_index))  # float64: blocks of many pixels
         count = np.zeros(np.shape(flat_index), np.int32)
         for dy in range(fy):  # fy * fx gathers of whole arrays, not a loop over sources
             for dx in range(fx):
@@ -588,15 +583,22 @@ def _pixel_maps(image, lon, lat, size, scale_arcsec, up_angle):
     return xy, zoom
 
 
-#: Sampled values of this magnitude or more come from a masking sentinel (`SENTINEL`,
-#: 1e30) under a bilinear weight as small as 1e-12, never from real pixels.
-_SENTINEL_TRACE = 1e18
+def _resident_take(image, source):
+    """`SkyImage.take` of ``image`` read from ``source``, its pixels held in memory
+    (`SkyImage.resident`: scaled, sentinels already NaN), at the cost of a gather: the
+    float32 values `take` gives, without its scaling and masking pass."""
+    if not source.flags.c_contiguous:  # (an in-memory array's slice: no flat view)
+        return image.take
+    flat = source.reshape(-1)
+    if flat.dtype == np.float32:
+        return flat.take
+    return lambda index: flat.take(index).astype(np.float32)
 
 
-def _take_bilinear(image, x, y, out=None):
+def _take_bilinear(image, x, y, out=None, *, take=None):
     """Bilinear samples at pixel coordinates ``x``, ``y`` (clipped to the image) from
-    values read with `SkyImage.take` (scaled, BLANK and masking sentinels -> NaN), written
-    into ``out`` (float32, the shape of ``x``) where given.
+    values read with ``take`` (default: `SkyImage.take`, scaled, BLANK and masking
+    sentinels -> NaN), written into ``out`` (float32, the shape of ``x``) where given.
 
     Indices are int32 where the image has fewer than 2**31 pixels, and the arithmetic is
     done in place on the float32 arrays, in the order of
@@ -616,13 +618,14 @@ def _take_bilinear(image, x, y, out=None):
     del x0
     step_x = 1 if nx > 1 else 0
     step_y = nx if ny > 1 else 0
-    v00 = image.take(base)
+    take = image.take if take is None else take
+    v00 = take(base)
     base += step_x
-    top = image.take(base)  # v01
+    top = take(base)  # v01
     base += step_y
-    bottom = image.take(base)  # v11
+    bottom = take(base)  # v11
     base -= step_x
-    v10 = image.take(base)
+    v10 = take(base)
     del base
     top -= v00
     top *= fx
@@ -642,10 +645,11 @@ def _bilinear(image, xy, out=None):
     (n: ``image.extent``).
 
     Like ``reproject_interp``, points in the outer half pixel take the edge
-    value. Native float data go through `scipy.ndimage.map_coordinates`, which
-    reads a memory map page by page; big-endian (FITS) and scaled integer data
-    through `SkyImage.take`, which gathers only the pixels asked for, until
-    `SkyImage.resident` has read the image whole.
+    value. One arithmetic (`_take_bilinear`) samples every image, from its pixels in
+    memory (`SkyImage.resident`) or by gathering only the pixels asked for
+    (`SkyImage.take`, until `SkyImage.resident` has read the image whole), so that a
+    stamp is the same bit for bit either way: which of the two it is depends on how many
+    sources share the call.
 
     Returns the samples (written into ``out`` if given), shape ``xy.shape[1:]``,
     and the number of points of each stamp that lie inside the image (its
@@ -669,25 +673,9 @@ def _bilinear(image, xy, out=None):
         n_inside[edge] = inside.sum(axis=(1, 2))
     if unplaced.any():  # sampled at pixel 0, then set to NaN below, as outside
         x, y = (np.where(unplaced[:, None, None], 0, c) for c in (x, y))
-        xy = np.stack([x, y])
     source = image.resident(x.size)
-    if source is not None:
-        from scipy.ndimage import map_coordinates
-
-        out = np.empty(x.shape, np.float32) if out is None else out
-        map_coordinates(source, xy[::-1].reshape(2, -1), output=out.reshape(-1),
-                        order=1, mode="nearest", prefilter=False)
-        if source is image.data and source is not image._resident:
-            # a memory map sampled where it lies: a masking sentinel there (+-1e30) would
-            # reach its neighbours as large finite values; such stamps are sampled again
-            # through `take`, which makes the sentinel NaN before interpolating (whether or
-            # not another thread has read the image whole into `_resident` since)
-            with np.errstate(invalid="ignore"):
-                near = (np.abs(out.reshape(len(x), -1)) >= _SENTINEL_TRACE).any(axis=1)
-            if near.any():
-                out[near] = _take_bilinear(image, x[near], y[near])
-    else:
-        out = _take_bilinear(image, x, y, out=out)
+    take = None if source is None else _resident_take(image, source)
+    out = _take_bilinear(image, x, y, out=out, take=take)
     if edge.any():
         on_edge = out[edge]
         on_edge[~inside] = np.nan

@@ -156,9 +156,9 @@ def annotate_dask(table, images=None, *, model, partition_size=50_000, compute=T
     Returns
     -------
     Table or QTable, or list of dask.delayed.Delayed
-        The rows, labels and flags of `annotate`'s table; the probabilities agree to a few
-        parts in 1e5 (ONNX Runtime's float sums depend on how many rows share a batch, which
-        differs between small partitions and one whole-table call).
+        `annotate`'s table: its rows, labels, flags and probabilities (a row's stamps do
+        not depend on the other rows of the call, whether its image is read whole or only
+        under the stamps, nor its scores on the batch, with ONNX Runtime on CPU).
 
     Raises
     ------
