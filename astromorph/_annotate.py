@@ -823,8 +823,7 @@ def check_options(table, *, model, ra_col=None, dec_col=None, coord_col=None, si
     honour, the columns the new ones would clash with, and the catalogue's position and
     size columns (their names, kinds and units, read on none of its rows).
     """
-    if not isinstance(table, Table):
-        raise InputError(f"annotate needs an astropy Table or QTable, got {type(table).__name__}")
+    check_table(table, caller="annotate")
     check_on_conflict(on_conflict)
     from ._predict import check_batch_size
 
@@ -911,13 +910,19 @@ def check_on_conflict(on_conflict):
     check_choice(on_conflict, "on_conflict", ("error", "suffix", "replace"))
 
 
-def check_table(table):
-    """Raise `InputError` unless ``table`` is an astropy Table (or QTable)."""
-    if not isinstance(table, Table):
-        hint = " (read the file with Table.read first)" if isinstance(
-            table, (str, os.PathLike)) else ""
-        raise InputError(f"the table must be an astropy Table or QTable, got "
-                         f"{type(table).__name__}{hint}")
+def check_table(table, *, caller=None):
+    """Raise `InputError` unless ``table`` is an astropy Table (or QTable), with a hint for
+    a file name or a (pandas or Dask) DataFrame; ``caller`` names the function in the message."""
+    if isinstance(table, Table):
+        return
+    hint = ""
+    if isinstance(table, (str, os.PathLike)):
+        hint = " (read the file with Table.read first)"
+    elif type(table).__name__ == "DataFrame":  # pandas or Dask
+        hint = (" (from a DataFrame: astropy.table.Table.from_pandas(df), with df.compute() "
+                "first for a Dask one)")
+    what = f"{caller} needs" if caller else "the table must be"
+    raise InputError(f"{what} an astropy Table or QTable, got {type(table).__name__}{hint}")
 
 
 def _same_column(table, names):

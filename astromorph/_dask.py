@@ -203,8 +203,9 @@ def annotate_dask(table, images=None, *, model, partition_size=50_000, compute=T
         raise MissingDependencyError("annotate_dask needs dask: pip install 'astromorph[dask]' "
                                      "(and 'dask[distributed]' for a cluster)") from exc
     from astropy.io import fits
-    from astropy.table import Table, vstack
+    from astropy.table import vstack
 
+    from ._annotate import check_table
     from .exceptions import InputError
 
     names = {}
@@ -224,13 +225,7 @@ def annotate_dask(table, images=None, *, model, partition_size=50_000, compute=T
         names[path.split("[")[0]] = value.split("[")[0]  # recorded as given, as annotate does
         return path
 
-    if not isinstance(table, Table):
-        hint = ""
-        if type(table).__name__ == "DataFrame":  # pandas or Dask
-            hint = (" (from a DataFrame: astropy.table.Table.from_pandas(df), with "
-                    "df.compute() first for a Dask one)")
-        raise InputError(f"annotate_dask needs an astropy Table or QTable, got "
-                         f"{type(table).__name__}{hint}")
+    check_table(table, caller="annotate_dask")
     from ._progress import check_progress
 
     check_progress(kwargs.pop("progress", None))  # each partition runs without a bar

@@ -10,7 +10,6 @@ import logging
 from copy import deepcopy
 
 import numpy as np
-from astropy.table import Table
 
 from ._flags import Flag
 from ._progress import progress_bar
@@ -214,14 +213,12 @@ def check_options(table, *, model, columns=None, pixel_scale=None, negative=None
     them before it sends any task), with its options; return the loaded model, its family,
     the stamp columns, and the rows' pixel scales and ``negative`` values (or None)."""
     from ._adapters import model_family, result_names
-    from ._annotate import check_clashes, check_on_conflict
+    from ._annotate import check_clashes, check_on_conflict, check_table
     from ._model import as_model
     from ._predict import check_batch_size, check_crop_fraction
     from .preprocessing._checks import check_bool
 
-    if not isinstance(table, Table):
-        raise InputError(f"annotate_stamps needs an astropy Table or QTable, got "
-                         f"{type(table).__name__}")
+    check_table(table, caller="annotate_stamps")
     check_on_conflict(on_conflict)
     check_bool(copy, "copy")
     check_batch_size(batch_size)

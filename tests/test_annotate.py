@@ -3447,3 +3447,16 @@ def test_float_image_with_bscale_bzero_is_scaled(tmp_path, dtype):
     out = [astromorph.annotate(cat, str(tmp_path / f"{n}.fits"), model="morphology",
                                size_col="r90") for n in ("scaled", "plain")]
     np.testing.assert_allclose(out[0]["morph_p_spiral"], out[1]["morph_p_spiral"], atol=1e-5)
+
+
+@pytest.mark.parametrize("function", ["annotate", "annotate_stamps", "annotate_dask"])
+def test_a_file_name_for_the_table_gets_the_hint_to_read_it(function, tmp_path):
+    """A catalogue given by file name was refused without the hint that `check_table`
+    gives (annotate's own check came first): every annotate function now says to read it."""
+    if function == "annotate_dask":
+        pytest.importorskip("dask")
+    args = ("cat.fits", str(tmp_path / "img.fits")) if function != "annotate_stamps" \
+        else ("cat.fits",)
+    with pytest.raises(InputError, match=rf"{function} needs an astropy Table or QTable, got "
+                                         r"str \(read the file with Table.read first\)"):
+        getattr(astromorph, function)(*args, model="morphology")
