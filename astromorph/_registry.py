@@ -4,9 +4,9 @@ import json
 import logging
 import os
 import re
-import threading
 from pathlib import Path
 
+from ._once import OnceCache
 from .exceptions import (ChecksumMismatchError, InvalidArgumentError, InvalidArgumentTypeError,
                          InvalidModelNameError,
                          ModelCardError, ModelNotFoundError)
@@ -396,38 +396,24 @@ def _resolve(name_or_path):
     return (directory / "model.onnx").resolve(), card
 
 
-_HASHES = {}  # (path, mtime, size) -> hex digest
-_HASH_LOCK = threading.Lock()  # guards _HASHES and _HASHING, never held while hashing
-_HASHING = {}  # key -> lock held by the thread hashing that file
+#: Hex digests by (path, mtime, size): a model file is read once, not once per thread (the
+#: others wait for its digest); the most recent versions of files are kept.
+_HASHES = OnceCache(size=lambda: 256)
 
 
 def _sha256(path):
     """The hex digest of ``path``, hashed once per version of the file whichever threads
     ask at once (the others wait for it: a model file is read once, not once per thread)."""
     stat = path.stat()
-    key = (str(path), stat.st_mtime_ns, stat.st_size)
-    with _HASH_LOCK:
-        if key in _HASHES:
-            return _HASHES[key]
-        hashing = _HASHING.setdefault(key, threading.Lock())
-    with hashing:
-        with _HASH_LOCK:
-            if key in _HASHES:  # hashed meanwhile by the thread this one waited for
-                return _HASHES[key]
-        try:
-            h = hashlib.sha256()
-            with open(path, "rb") as f:
-                for chunk in iter(lambda: f.read(1 << 20), b""):
-                    h.update(chunk)
-            digest = h.hexdigest()
-        except BaseException:
-            with _HASH_LOCK:
-                _HASHING.pop(key, None)
-            raise
-        with _HASH_LOCK:  # stored and no longer being hashed in one step: never hashed twice
-            _HASHES[key] = digest
-            _HASHING.pop(key, None)
-        return digest
+
+    def digest():
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+        return h.hexdigest()
+
+    return _HASHES.get((str(path), stat.st_mtime_ns, stat.st_size), digest)
 
 
 def verify_checksum(path, card):

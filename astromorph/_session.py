@@ -1,9 +1,8 @@
 """ONNX Runtime sessions: provider choice, fallback with a warning, and caching."""
 import logging
 import os
-import threading
-from collections import OrderedDict
 
+from ._once import OnceCache
 from ._warnings import warn
 from .exceptions import (InvalidArgumentError, InvalidArgumentTypeError, MissingRuntimeError,
                          ModelLoadError, ProviderFallbackWarning)
@@ -153,15 +152,14 @@ def provider_names(providers=None):
 #: whether or not the cache still holds it).
 SESSION_CACHE_SIZE = 32
 
-_CACHE = OrderedDict()  # least recently used first
-_LOCK = threading.Lock()  # guards _CACHE and _BUILDING, never held while a session is made
-_BUILDING = {}  # key -> lock held by the thread making that session
+#: Sessions by (file, sha256, providers asked for and used, threads), made once whichever
+#: threads ask at once (only those asking for that very session wait for it).
+_SESSIONS = OnceCache(size=lambda: SESSION_CACHE_SIZE)
 
 
 def clear_session_cache():
     """Forget every cached ONNX Runtime session (`Model` objects keep theirs)."""
-    with _LOCK:
-        _CACHE.clear()
+    _SESSIONS.clear()
 
 
 def check_threads(threads):
@@ -225,32 +223,10 @@ def get_session(path, *, providers=None, threads=None, sha256=None):
 
 
 def _cached(key, make):
-    """The session cached under ``key``, made by ``make()`` (once, whichever threads ask)."""
-    with _LOCK:
-        if key in _CACHE:
-            _CACHE.move_to_end(key)
-            return _CACHE[key]
-        building = _BUILDING.setdefault(key, threading.Lock())
-    # made outside the cache lock (a TensorRT engine takes minutes): only the threads that
-    # ask for this very session wait for it, not those reusing others. A request's session
-    # may be made while its lock is held (the shared CPU one), never the other way round.
-    with building:
-        with _LOCK:
-            if key in _CACHE:  # made meanwhile by the thread this one waited for
-                _CACHE.move_to_end(key)
-                return _CACHE[key]
-        try:
-            session = make()
-        except BaseException:
-            with _LOCK:
-                _BUILDING.pop(key, None)
-            raise
-        with _LOCK:  # cached and no longer being made in one step: never made twice
-            _CACHE[key] = session
-            _BUILDING.pop(key, None)
-            while len(_CACHE) > max(SESSION_CACHE_SIZE, 1):
-                _CACHE.popitem(last=False)
-        return session
+    """The session cached under ``key``, made by ``make()`` (once, whichever threads ask).
+    A request's session may be made while its key's lock is held (the shared CPU one),
+    never the other way round."""
+    return _SESSIONS.get(key, make)
 
 
 def _make_session(ort, path, requested, usable, threads, cpu_key):
