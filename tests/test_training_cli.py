@@ -345,6 +345,20 @@ def test_options_of_another_step_are_refused(argv, option, steps, tmp_path, caps
     assert "\n" not in err and option in err and steps in err, err
 
 
+def _step_options_refusal(argv, capsys):
+    """The one-line refusal (exit status 2) of the training command line ``argv`` by
+    `_check_step_options`, parsed only: nothing runs."""
+    from astromorph_training.__main__ import _check_step_options, build_parser
+
+    words = [*argv.split(), "--smoke", "--data-dir", "nowhere-at-all"]
+    parser = build_parser(words[0])
+    args = parser.parse_args(words)
+    with pytest.raises(SystemExit) as exc:
+        _check_step_options(parser, args)
+    assert exc.value.code == 2, exc.value.code
+    return capsys.readouterr().err.strip()
+
+
 @pytest.mark.parametrize("argv, option, steps", [
     ("morphology evaluate --lr 0.1", "--lr", "train"),
     ("morphology export --widths 8 8 8 8", "--widths", "train"),
@@ -372,17 +386,10 @@ def test_options_of_another_step_are_refused_for_every_model(argv, option, steps
     was the global ``--epochs`` outside train (``morphology evaluate --epochs 5``).
     They now stop on the command line (exit status 2, one line naming the option and the
     step that reads it). Only parsed here: nothing runs."""
-    from astromorph_training.__main__ import _check_step_options, build_parser
-
-    words = [*argv.split(), "--smoke", "--data-dir", "nowhere-at-all"]
-    parser = build_parser(words[0])
-    args = parser.parse_args(words)
-    with pytest.raises(SystemExit) as exc:
-        _check_step_options(parser, args)
-    assert exc.value.code == 2, exc.value.code
-    err = capsys.readouterr().err.strip()
+    err = _step_options_refusal(argv, capsys)
     assert "\n" not in err and option in err, err
-    assert f"{words[0]} {steps}, not of {words[1]}" in err, err
+    model, step = argv.split()[:2]
+    assert f"{model} {steps}, not of {step}" in err, err
 
 
 def test_morphology_stamp_size_is_the_checkpoints(tmp_path, monkeypatch):
@@ -434,15 +441,7 @@ def test_options_without_the_option_they_need_are_refused(argv, option, needs, c
     from the teacher) were accepted and did nothing. They now stop on the command line
     (exit status 2, one line naming the option they need), as radio's ``--folds`` without
     ``--cv``. Only parsed here: nothing runs."""
-    from astromorph_training.__main__ import _check_step_options, build_parser
-
-    words = [*argv.split(), "--smoke", "--data-dir", "nowhere-at-all"]
-    parser = build_parser(words[0])
-    args = parser.parse_args(words)
-    with pytest.raises(SystemExit) as exc:
-        _check_step_options(parser, args)
-    assert exc.value.code == 2, exc.value.code
-    err = capsys.readouterr().err.strip()
+    err = _step_options_refusal(argv, capsys)
     assert "\n" not in err and f"{option} is read only with {needs}" in err, err
 
 
