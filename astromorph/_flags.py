@@ -29,7 +29,8 @@ class Flag(enum.IntFlag):
     #: only); outputs masked.
     MISSING_BAND = 128
     #: No significant source in the stamp (radio images in flux units: no pixel of the
-    #: network's field reaches 5 times the noise RMS); the class is not meaningful.
+    #: network's field reaches 5 times the noise RMS above the background, the field's
+    #: median where positive); the class is not meaningful.
     NO_SOURCE = 256
     #: The image header gives a saturation level (``SATURATE``, ``SATURATA``/``SATURATB``
     #: or ``SATLEVEL``, the smallest of those given; the primary header's where an image

@@ -734,8 +734,8 @@ def _explain(stamp, bits):
         out.append("the stamp's pixels are much coarser than the model's grid, or it does not "
                    "cover the model's field (resampling extrapolated; any missing area filled)")
     if bits & Flag.NO_SOURCE:
-        out.append("no pixel of the model's field reaches 5 times the noise RMS: no source to "
-                   "classify")
+        out.append("no pixel of the model's field reaches 5 times the noise RMS above the "
+                   "background (the field's median where positive): no source to classify")
     if bits & Flag.SATURATED:
         from ._readers._stamp import SATURATION_RADIUS, central_disk, reaches_saturation
 

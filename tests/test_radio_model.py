@@ -626,6 +626,40 @@ def test_noise_only_stamp_is_flagged_no_source(tmp_path):
     assert np.isnan(radio.peak_significance(np.full((300, 300), np.nan)))
 
 
+def test_offset_background_is_no_source(tmp_path):
+    """The detection check measures the peak above the background (the median of the
+    data-set field) where that is positive: noise on a +10 sigma pedestal passed every
+    pixel through the 3-sigma threshold, gave a grey field and a confident unflagged class
+    (peak / RMS = 14). A negative pedestal still counts from zero, as the data-set
+    threshold does: there the scaling leaves nothing of a 8-sigma source (all zero), so it
+    stays NO_SOURCE."""
+    from astromorph import Flag
+
+    if "radio-morphology" not in astromorph.list_models():
+        pytest.skip("radio-morphology is not shipped")
+    noise = first_like_hdu(seed=11, source=False)
+    sky = np.asarray(noise.data, np.float64)
+    point = first_like_hdu(seed=11, source=False)
+    yy, xx = np.mgrid[:300, :300]
+    sigma = BEAM / 2.3548 / 1.8  # the beam in pixels
+    bump = 8 * RMS * np.exp(-((yy - 150) ** 2 + (xx - 150) ** 2) / (2 * sigma ** 2))
+    images = np.stack([sky + 10 * RMS, sky + bump - 10 * RMS, sky + bump])
+    snr = radio.peak_significance(images)
+    assert snr[0] < radio.DETECTION_SIGMA and snr[1] < radio.DETECTION_SIGMA
+    assert snr[2] > radio.DETECTION_SIGMA
+    # a given RMS is used as given, the background measured all the same
+    np.testing.assert_allclose(radio.peak_significance(sky + 10 * RMS, rms=RMS),
+                               (sky[86:214, 86:214].max() - np.median(sky)) / RMS, rtol=1e-6)
+    files = []
+    for k, image in enumerate(images):
+        point.data = image.astype(np.float32)
+        files.append(str(tmp_path / f"s{k}.fits"))
+        point.writeto(files[-1])
+    table = astromorph.predict_files("radio-morphology", files, progress=False)
+    assert list(table["radio_flags"]) == [Flag.NO_SOURCE, Flag.NO_SOURCE, 0]
+    assert "above the background" in table["reason"][0]
+
+
 def test_sigma_clipped_rms_matches_the_plain_clipping_loop_bit_for_bit():
     """The median read off the sorted run of kept pixels is np.median of those pixels
     (odd and even counts, ties, zeros of both signs, masking sentinels left out)."""

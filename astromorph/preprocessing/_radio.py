@@ -342,23 +342,46 @@ def peak_significance(image, *, rms=None):
     -------
     float or numpy.ndarray
         Brightest valid pixel (finite and no masking sentinel) of the central
-        `CROP_PIXELS` x `CROP_PIXELS` window divided by the RMS: compare with
-        `DETECTION_SIGMA`. NaN where that window has no valid pixel or the RMS is zero.
+        `CROP_PIXELS` x `CROP_PIXELS` window above the background, divided by the RMS:
+        compare with `DETECTION_SIGMA`. NaN where that window has no valid pixel or the
+        RMS is zero.
+
+    Notes
+    -----
+    The background is the median of the valid pixels of the central
+    `DATASET_IMAGE_PIXELS` x `DATASET_IMAGE_PIXELS` window where it is positive, and zero
+    otherwise. The data-set threshold counts from zero (FIRST maps have no pedestal), so
+    noise on a positive pedestal passes it everywhere and is stretched to a grey field
+    like a source: measured from the pedestal, it has no significant peak. A negative
+    pedestal is not subtracted: the threshold, counted from zero, removes a source that
+    does not rise above zero by `DETECTION_SIGMA` times the RMS, so it is not detected.
     """
     image = real_array(image, "image").astype(np.float64)
     if image.ndim not in (2, 3):
         raise InputShapeError(f"expected a 2-D image or a stack of them, got shape {image.shape}")
     single = image.ndim == 2
     stack = image[None] if single else image
+    window = _centre_window(stack, DATASET_IMAGE_PIXELS, np.nan)
     if rms is None:
-        rms = _sigma_clipped_rms_stack(_centre_window(stack, DATASET_IMAGE_PIXELS, np.nan))
+        rms = _sigma_clipped_rms_stack(window)
     rms = _per_image(_rms_values(rms, zero_ok=True), len(stack), rms)
     field = _centre_window(stack, CROP_PIXELS, np.nan).reshape(len(stack), CROP_PIXELS ** 2)
     finite = ~invalid_pixels(field)
     peak = np.where(finite, field, -np.inf).max(axis=1, initial=-np.inf)
+    peak = peak - np.maximum(_background(window), 0.0)
     with np.errstate(divide="ignore", invalid="ignore"):
         out = np.where(finite.any(axis=1) & (rms > 0), peak / np.where(rms > 0, rms, 1.0), np.nan)
     return float(out[0]) if single else out
+
+
+def _background(window):
+    """Median of the valid pixels of each window ``(N, H, W)`` (float64, NaN padding),
+    0 for a window without one."""
+    values = window.reshape(len(window), int(np.prod(window.shape[1:], dtype=np.int64)))
+    valid = ~invalid_pixels(values)
+    values = np.where(valid, values, np.nan)
+    values[~valid.any(axis=1)] = 0.0  # (no all-NaN slice for nanmedian to warn about)
+    return np.nanmedian(values, axis=1)
 
 
 def _rms_values(rms, *, zero_ok=False):
