@@ -148,19 +148,10 @@ def test_fits_path_through_file(tmp_path):
     assert np.abs(x - radio.preprocess_dataset_image(grey)).mean() <= 1e-3
 
 
-def test_fits_file_gives_the_dataset_network_input(tmp_path, monkeypatch):
-    """A FIRST-like FITS file (RA---SIN, 1.8"/px, Jy/beam, RA increasing to the left) gives,
-    through `predict_files` and through `annotate`, the network input that the data-set
-    recipe (written out here: astropy's clipped RMS, 3-sigma threshold to 0, peak to 255,
-    8 bits; central 128 pixels of 300, / 255, square root) makes of its pixels, in the
-    data set's orientation: the HDF5 images put north towards higher rows and east towards
-    lower columns, as a FITS array of a standard WCS is stored (of the 76 neighbours that
-    the 38 pairs of data-set sources closer than 4.3' show in each other's images, 95 per
-    cent are there, none of the 7 other orientations gets more than 11 per cent). A
-    transposed or mirrored read, a centre off by a pixel or another threshold would fail."""
-    from astropy.coordinates import SkyCoord
-    from astropy.table import Table
-
+@pytest.fixture
+def network_inputs(monkeypatch):
+    """The network inputs `predict_files` and `annotate` make, in call order (the shipped
+    radio model is required)."""
     from astromorph import _adapters, _annotate
 
     if "radio-morphology" not in astromorph.list_models():
@@ -174,6 +165,23 @@ def test_fits_file_gives_the_dataset_network_input(tmp_path, monkeypatch):
 
     monkeypatch.setattr(_annotate, "prepare", prepare)
     monkeypatch.setattr(_adapters, "prepare", prepare)  # (imported where it is used)
+    return seen
+
+
+def test_fits_file_gives_the_dataset_network_input(tmp_path, network_inputs):
+    """A FIRST-like FITS file (RA---SIN, 1.8"/px, Jy/beam, RA increasing to the left) gives,
+    through `predict_files` and through `annotate`, the network input that the data-set
+    recipe (written out here: astropy's clipped RMS, 3-sigma threshold to 0, peak to 255,
+    8 bits; central 128 pixels of 300, / 255, square root) makes of its pixels, in the
+    data set's orientation: the HDF5 images put north towards higher rows and east towards
+    lower columns, as a FITS array of a standard WCS is stored (of the 76 neighbours that
+    the 38 pairs of data-set sources closer than 4.3' show in each other's images, 95 per
+    cent are there, none of the 7 other orientations gets more than 11 per cent). A
+    transposed or mirrored read, a centre off by a pixel or another threshold would fail."""
+    from astropy.coordinates import SkyCoord
+    from astropy.table import Table
+
+    seen = network_inputs
     w = WCS(naxis=2)
     w.wcs.ctype = ["RA---SIN", "DEC--SIN"]
     w.wcs.crval = [150.0, 20.0]
@@ -203,6 +211,26 @@ def test_fits_file_gives_the_dataset_network_input(tmp_path, monkeypatch):
         np.testing.assert_allclose(x[0, 0], want, atol=1e-6)
 
 
+@pytest.mark.parametrize("size, pixel_scale", [(64, 15.0), (540, 1.0)])
+def test_resampled_files_and_annotate_agree(tmp_path, network_inputs, size, pixel_scale):
+    """A centred cutout at another pixel scale (NVSS-like 15"/px, VLASS-like 1"/px) gives
+    the same network input through `predict_files` (resampled about the image centre) as
+    through `annotate` (cut through the WCS at the centre's position): the file path put
+    image pixel n // 2 on grid pixel 150, 6.6" off for the 15"/px cutout (mean difference
+    0.04 per pixel)."""
+    from astropy.table import Table
+
+    hdu = first_like_hdu(size=size, pixel_scale=pixel_scale, seed=4)
+    hdu.header["CRPIX1"] = hdu.header["CRPIX2"] = (size + 1) / 2  # the image's centre
+    path = str(tmp_path / "cutout.fits")
+    hdu.writeto(path)
+    astromorph.predict_files("radio-morphology", [path], progress=False)
+    centre = WCS(hdu.header).pixel_to_world((size - 1) / 2, (size - 1) / 2)
+    astromorph.annotate(Table({"ra": [centre.ra.deg], "dec": [centre.dec.deg]}), path,
+                        model="radio-morphology", progress=False)
+    by_file, by_sky = network_inputs
+    np.testing.assert_allclose(by_file, by_sky, atol=1e-3)
+
 def test_other_pixel_scale_is_resampled():
     """A 1.0 arcsec/pixel image of the same sky resampled to 1.8 arcsec/pixel
     gives nearly the same network input as the native FIRST grid."""
@@ -226,26 +254,39 @@ def test_finer_images_are_block_averaged_before_resampling():
     np.testing.assert_allclose(flat, 2.5)
 
 
-@pytest.mark.parametrize("pixel_scale", [0.9, 1.2])
-def test_resampling_keeps_the_centre_on_both_axes(pixel_scale):
+@pytest.mark.parametrize("pixel_scale, shape", [
+    (0.9, (620, 680)), (1.2, (620, 680)), (0.9, (621, 681)), (1.2, (621, 680)),
+    (15.0, (40, 44)), (15.0, (41, 45))])
+def test_resampling_keeps_the_centre_on_both_axes(pixel_scale, shape):
     """On a non-square image holding its own x (or y) pixel coordinate, the resampled grid
-    reads back exactly the positions n // 2 + (k - 150) * 1.8 / scale along each axis, with
-    and without the block averaging (a linear ramp survives both exactly)."""
-    ny, nx = 620, 680
+    reads back exactly the positions (n - 1) / 2 + (k - 149.5) * 1.8 / scale along each
+    axis, with and without the block averaging (a linear ramp survives both exactly): the
+    image's centre on the grid's centre, where `annotate` and the data set put the source
+    (between pixels 149 and 150). It was pixel n // 2 on pixel 150: the source of a
+    15"/px cutout (NVSS) landed 3.7 pixels (6.6") off the centre, that of a 1"/px one 0.2."""
+    ny, nx = shape
     yy, xx = np.mgrid[:ny, :nx].astype(np.float64)
     step = radio.FIRST_PIXEL_SCALE_ARCSEC / pixel_scale
-    offsets = (np.arange(300) - 150) * step
-    inside = lambda n: (n // 2 + offsets >= 0) & (n // 2 + offsets <= n - 1)  # noqa: E731
+    offsets = (np.arange(300) - 149.5) * step
+    inside = lambda n: ((n - 1) / 2 + offsets >= 0) & ((n - 1) / 2 + offsets <= n - 1)  # noqa: E731
     out_x = radio.resample_to_first_grid(xx, pixel_scale)
     out_y = radio.resample_to_first_grid(yy, pixel_scale)
     rows, cols = inside(ny), inside(nx)
     np.testing.assert_allclose(out_x[np.ix_(rows, cols)],
-                               np.broadcast_to(nx // 2 + offsets[cols], (rows.sum(), cols.sum())),
-                               atol=1e-6)
+                               np.broadcast_to((nx - 1) / 2 + offsets[cols],
+                                               (rows.sum(), cols.sum())), atol=1e-6)
     np.testing.assert_allclose(out_y[np.ix_(rows, cols)],
-                               np.broadcast_to((ny // 2 + offsets[rows])[:, None],
+                               np.broadcast_to(((ny - 1) / 2 + offsets[rows])[:, None],
                                                (rows.sum(), cols.sum())), atol=1e-6)
 
+
+def test_resampling_at_the_first_scale_only_shifts():
+    """At 1.8"/px (an image of another size) the grid is the image's own pixels, shifted by
+    whole pixels as `first_cutout_to_uint8` centres it: no interpolation to smooth the noise
+    (an odd-sized image keeps its centre pixel n // 2 on pixel 150)."""
+    image = np.random.default_rng(2).normal(size=(301, 320))
+    out = radio.resample_to_first_grid(image, radio.FIRST_PIXEL_SCALE_ARCSEC)
+    np.testing.assert_array_equal(out, radio._centre_window(image, 300, np.nan))
 
 def test_pixel_scale_from_wcs_is_the_geometric_mean():
     w = WCS(naxis=2)

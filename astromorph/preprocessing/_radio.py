@@ -713,7 +713,11 @@ def resample_to_first_grid(image, pixel_scale_arcsec, *, size=DATASET_IMAGE_PIXE
 
     Bilinear interpolation of the surface brightness (Jy/beam stays
     Jy/beam) onto a ``size`` x ``size`` grid of `FIRST_PIXEL_SCALE_ARCSEC`
-    pixels sharing the image centre; points outside the image, and those that
+    pixels sharing the image centre (pixel ``(n - 1) / 2`` of the image on
+    ``(size - 1) / 2`` of the grid: between pixels 149 and 150, where the data set
+    and `astromorph.annotate` put the source; an image already at 1.8 arcsec per
+    pixel is only cut or padded, as `first_cutout_to_uint8` centres it); points
+    outside the image, and those that
     touch an invalid pixel (NaN, inf, a masking sentinel such as -3.4e38), are
     NaN (empty sky for `first_cutout_to_uint8`). An image finer than the grid by a factor
     ``f >= 2`` is first block-averaged by ``floor(f)`` (NaN-aware), so that
@@ -744,9 +748,12 @@ def resample_to_first_grid(image, pixel_scale_arcsec, *, size=DATASET_IMAGE_PIXE
     image[invalid_pixels(image)] = np.nan
     ny, nx = image.shape
     step = FIRST_PIXEL_SCALE_ARCSEC / _one_pixel_scale(pixel_scale_arcsec)
-    offsets = (np.arange(size) - size // 2) * step
-    y = ny // 2 + offsets
-    x = nx // 2 + offsets
+    if abs(step - 1.0) <= 1e-3:  # the FIRST grid already: centred as the data-set window is
+        return _centre_window(image, size, np.nan)
+    # the image's centre on the grid's (between pixels 149 and 150, as in the data set)
+    offsets = (np.arange(size) - (size - 1) / 2) * step
+    y = (ny - 1) / 2 + offsets
+    x = (nx - 1) / 2 + offsets
     # inside the image's own extent (the edge half-blocks of a binned image included)
     inside = ((y >= 0) & (y <= ny - 1))[:, None] & ((x >= 0) & (x <= nx - 1))[None, :]
     factor = int(np.floor(step + 1e-9))
