@@ -359,6 +359,39 @@ def _on_sigterm(signum, frame):
     raise _Terminated
 
 
+class _Stdout:
+    """``sys.stdout`` while a command runs: a write or flush that fails (a full disk under
+    ``> file``, a device error) raises `OutputError` naming standard output, reported as one
+    error line; a closed pipe stays a `BrokenPipeError` (exit status 141)."""
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def _guarded(self, method, *args):
+        try:
+            return method(*args)
+        except BrokenPipeError:
+            raise
+        except OSError as exc:
+            from ._io import output_error
+
+            _silence_stdout()  # what is left in the buffer is not written again at exit
+            raise output_error(f"cannot write to standard output: {exc.strerror or exc}",
+                               exc) from exc
+
+    def write(self, text):
+        return self._guarded(self._stream.write, text)
+
+    def writelines(self, lines):
+        return self._guarded(self._stream.writelines, lines)
+
+    def flush(self):
+        return self._guarded(self._stream.flush)
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
+
+
 def _silence_stdout():
     """Send what is left to write on stdout (Python flushes it at exit) to the null device,
     so that a closed pipe gives no second error."""
@@ -446,8 +479,14 @@ def main(argv=None):
                and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL)
     if sigterm:
         signal.signal(signal.SIGTERM, _on_sigterm)
+    stdout = sys.stdout
+    if stdout is not None:
+        sys.stdout = _Stdout(stdout)
     try:
-        return args.func(args)
+        status = args.func(args)
+        if stdout is not None:  # what is still buffered: its failure is reported here,
+            sys.stdout.flush()  # not by Python at exit (status 120)
+        return status
     except AstromorphError as exc:
         print(f"astromorph: error: {_as_typed(str(exc), args, command)}", file=sys.stderr)
         return 2
@@ -461,6 +500,8 @@ def main(argv=None):
         _silence_stdout()
         return 141  # as a process ended by SIGPIPE
     finally:
+        if isinstance(sys.stdout, _Stdout):
+            sys.stdout = stdout
         own_log.setLevel(own_level)
         astropy_log.propagate = propagate
         astropy_log.setLevel(astropy_level)

@@ -817,6 +817,33 @@ def test_cli_output_piped_into_a_closed_reader(tiny_registry):
     assert run.stderr == ""
 
 
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+@pytest.mark.parametrize("lines, unbuffered", [(1, False), (5000, False), (1, True)])
+def test_cli_output_that_cannot_be_written_is_one_error_line(lines, unbuffered):
+    """``astromorph predict ... > file`` on a full disk (or a failing device): the printed
+    output cannot be written. One error line naming standard output, exit status 2 (a
+    refused output), not an OSError traceback (exit status 1) nor, for output still
+    buffered at exit, Python's "Exception ignored" (exit status 120)."""
+    code = ("import sys\n"
+            "from astromorph import cli\n"
+            "def fake(args):\n"
+            f"    for k in range({lines}):\n"
+            "        print('a row of the table', k)\n"
+            "    return 0\n"
+            "cli._cmd_models = fake\n"
+            "sys.exit(cli.main(['models']))\n")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    if unbuffered:  # each print fails; else the last lines fail when flushed at exit
+        env["PYTHONUNBUFFERED"] = "1"
+    with open("/dev/full", "w") as full:
+        run = subprocess.run([sys.executable, "-c", code], stdout=full, env=env,
+                             stderr=subprocess.PIPE, text=True, cwd=REPO, timeout=120)
+    assert run.returncode == 2, run.stderr
+    assert run.stderr.startswith("astromorph: error: cannot write to standard output: ")
+    assert "No space left on device" in run.stderr
+    assert run.stderr.count("\n") == 1, run.stderr
+
+
 def test_cli_leaves_an_ignored_sigterm_ignored(tmp_path):
     """A process started with SIGTERM ignored (nohup-like supervisors, a parent's choice)
     keeps ignoring it: the command only turns the default action into an orderly exit."""
