@@ -443,8 +443,12 @@ def main(argv=None):
         import os
 
         sys.stderr = open(os.devnull, "w")  # noqa: SIM115 - for the life of the process
-    parser = build_parser()
-    args, command = _parse(parser, argv)
+    try:
+        parser = build_parser()
+        args, command = _parse(parser, argv)
+    except KeyboardInterrupt:  # while the commands' modules are imported
+        print("astromorph: interrupted", file=sys.stderr)
+        return 130
     verbose = args.verbose + getattr(args, "verbose_sub", 0)
     quiet = args.quiet = args.quiet or getattr(args, "quiet_sub", False)
     if verbose and quiet:

@@ -779,6 +779,20 @@ def test_cli_with_standard_error_closed_keeps_stdout_clean(fail):
     assert run.stdout == "the table\n"
 
 
+def test_cli_ctrl_c_while_the_commands_are_set_up(monkeypatch, capsys):
+    """Ctrl-C while the command line is built and parsed (the commands' modules imported,
+    the model names listed): exit status 130 and one line, as during the command, not a
+    KeyboardInterrupt traceback."""
+    from astromorph import cli
+
+    def interrupted():
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "_extra_commands", interrupted)
+    assert cli.main(["models"]) == 130
+    assert capsys.readouterr().err == "astromorph: interrupted\n"
+
+
 def test_cli_sigterm_leaves_no_partial_output(tmp_path):
     """SIGTERM while an output is being written: exit status 143, a message, and neither the
     output nor the temporary folder holding its partial file is left behind."""
