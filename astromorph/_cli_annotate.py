@@ -96,7 +96,7 @@ def _run(args):
         stamps = [c for c in str(result.meta.get("astromorph_stamp_columns", "")).split(",")
                   if c in result.colnames]
         shown = result[[c for c in result.colnames if c not in stamps]] if stamps else result
-        shown.pprint(max_lines=-1 if len(result) < 100 else 60, max_width=-1)
+        shown.pprint(max_lines=-1, max_width=-1)
         if stamps:
             report(args, f"(stamp column(s) {', '.join(stamps)} not printed; -o writes them)")
     report(args, summary_line(result) + (f"; table written to {args.output}" if args.output

@@ -1787,6 +1787,19 @@ def test_cli_annotate(optical_model, tmp_path):
     assert not (tmp_path / "int8.ecsv").exists()
 
 
+def test_cli_annotate_prints_every_row(optical_model, tmp_path, capsys):
+    """Without -o the table is printed, every row of it (`astromorph annotate ... > out.txt`,
+    a pipe): a catalogue of 100 rows or more printed 57 rows and '...' in the middle."""
+    img, w = blobs(), sky_wcs()
+    fits.writeto(tmp_path / "img.fits", img, w.to_header())
+    catalogue(w, [(100, 100)] * 150).write(tmp_path / "cat.ecsv")
+    capsys.readouterr()
+    assert cli.main(["annotate", str(tmp_path / "cat.ecsv"), "-i", str(tmp_path / "img.fits"),
+                     "-m", str(optical_model.path), "--no-progress", "-q"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in lines[2:]] == [str(k) for k in range(150)]
+
+
 def test_cli_annotate_refuses_a_catalogue_fits_cannot_hold_before_any_work(
         optical_model, tmp_path, capsys, monkeypatch):
     """A catalogue with 'id' and 'ID' written to .fits: the run went to the end and wrote

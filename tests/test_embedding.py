@@ -1043,6 +1043,19 @@ def test_embedding_tools_never_overwrite_columns_silently(monkeypatch):
 
 
 # ------------------------------------------------------------------------- command line
+def test_cli_cluster_prints_every_row(tmp_path, capsys):
+    """Without -o the table is printed, every row of it (`astromorph cluster ... > out.txt`,
+    a pipe): a table of more than 100 rows printed 57 rows and '...' in the middle."""
+    t = catalogue(120, d=16)
+    t["embedding"] = blobs(n_per=40, k=3, d=16)[0]
+    t.write(tmp_path / "emb.ecsv")
+    capsys.readouterr()
+    assert main(["cluster", str(tmp_path / "emb.ecsv"), "-k", "3", "--pca", "4", "-q"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    header = next(k for k, line in enumerate(lines) if line.startswith("---"))
+    assert len(lines) - header - 1 == 120 and not any("..." in line for line in lines)
+
+
 def test_cli_similar_cluster_classify(tmp_path, capsys):
     t = catalogue(120, d=16)
     x, y = blobs(n_per=40, k=3, d=16)

@@ -35,7 +35,7 @@ def _write_or_print(table, args, what):
         for name in list(show.colnames):
             if show[name].ndim > 1:
                 show.remove_column(name)
-        show.pprint(max_lines=-1 if len(show) <= 100 else 60, max_width=-1)
+        show.pprint(max_lines=-1, max_width=-1)
 
 
 def _check_outputs(args, **outputs):
