@@ -1800,6 +1800,41 @@ def test_cli_annotate_prints_every_row(optical_model, tmp_path, capsys):
     assert [line.split()[0] for line in lines[2:]] == [str(k) for k in range(150)]
 
 
+@pytest.mark.parametrize("where", ["scoring", "writing"])
+def test_cli_annotate_ctrl_c_keeps_the_old_output(optical_model, tmp_path, capsys,
+                                                  monkeypatch, where):
+    """Ctrl-C while the stamps are scored (worker threads cutting them) or while the table
+    is written: exit status 130 and one line; the file --overwrite would replace is left as
+    it was, and no temporary folder is left beside it."""
+    from astromorph import _io, _model
+
+    def interrupted_predict(self, *args, **kwargs):
+        raise KeyboardInterrupt
+
+    def interrupted_write(table, path):
+        with open(path, "w") as f:
+            f.write("# %ECSV 1.0\n# partial")
+        raise KeyboardInterrupt
+
+    if where == "scoring":
+        monkeypatch.setattr(_model.Model, "predict", interrupted_predict)
+    else:
+        monkeypatch.setattr(_io, "_write_ecsv", interrupted_write)
+    img, w = blobs(), sky_wcs()
+    fits.writeto(tmp_path / "img.fits", img, w.to_header())
+    catalogue(w, [(100, 100)] * 50).write(tmp_path / "cat.ecsv")
+    out = tmp_path / "out.ecsv"
+    out.write_text("the old table")
+    capsys.readouterr()
+    assert cli.main(["annotate", str(tmp_path / "cat.ecsv"), "-i", str(tmp_path / "img.fits"),
+                     "-m", str(optical_model.path), "-o", str(out), "--overwrite",
+                     "--no-progress", "--threads", "2"]) == 130
+    assert capsys.readouterr().err == "astromorph: interrupted\n"
+    assert out.read_text() == "the old table"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cat.ecsv", "img.fits", "opt",
+                                                          "out.ecsv"]
+
+
 def test_cli_annotate_refuses_a_catalogue_fits_cannot_hold_before_any_work(
         optical_model, tmp_path, capsys, monkeypatch):
     """A catalogue with 'id' and 'ID' written to .fits: the run went to the end and wrote
