@@ -2064,6 +2064,26 @@ def test_heads_and_mixtures_save_and_load(tmp_path):
     assert not (tmp_path / "new.json").exists()
 
 
+def test_a_head_file_with_values_that_cannot_be_used_is_refused(tmp_path):
+    """LabelHead.load took a file whose scale was 0 or NaN (a hand-edited or damaged
+    head) and its every probability was NaN, and one that repeated a class predicted a
+    class by two columns; it is an InputError naming the file, as for a GaussianMixture
+    whose values are not finite."""
+    x, y = blobs(n_per=20, k=3, d=8)
+    state = LabelHead(C=1.0).fit(x, np.array(["p", "q", "r"])[y]).to_dict()
+    path = tmp_path / "head.json"
+    for key, value in (("scale", 0.0), ("scale", -1.0), ("scale", float("nan")),
+                       ("mean", float("inf")), ("coef", float("nan")),
+                       ("intercept", float("nan"))):
+        bad = {**state, key: np.full(np.shape(state[key]), value).tolist()}
+        path.write_text(json.dumps({"kind": "LabelHead", "format_version": 1, **bad}))
+        with pytest.raises(InputError, match=f"head.json.*{key}"):
+            LabelHead.load(path)
+    with pytest.raises(InvalidArgumentError, match="repeats a class"):
+        LabelHead.from_dict({**state, "classes": ["p", "p", "r"]})
+    assert LabelHead.from_dict(state).predict(x[:2]).tolist() == ["p", "p"]
+
+
 def test_the_table_functions_refuse_what_is_not_a_table(tmp_path):
     """SimilarityIndex.from_table, cluster_table and the annotate of a fitted LabelHead or
     GaussianMixture took a table path (which evaluate_labels accepts) or None to a bare

@@ -511,7 +511,8 @@ class LabelHead(Saved):
         Raises
         ------
         astromorph.exceptions.InvalidArgumentError
-            ``state`` lacks one of the fitted quantities, or their shapes disagree.
+            ``state`` lacks one of the fitted quantities, their shapes disagree, a value is
+            not finite (or a scale not positive), or a class is repeated.
         """
         from collections.abc import Mapping
 
@@ -540,6 +541,17 @@ class LabelHead(Saved):
                 raise InvalidArgumentError(
                     f"not a consistent LabelHead state: {name!r} has shape {got}, expected "
                     f"{shape} for {k} classes and {d} dimensions")
+        # (NaN or a zero scale would give NaN probabilities for every row; a repeated class
+        # two columns of one name)
+        for name in ("mean", "scale", "coef", "intercept"):
+            values = getattr(head, f"{name}_")
+            if not np.all(np.isfinite(values)) or (name == "scale" and not np.all(values > 0)):
+                raise InvalidArgumentError(
+                    f"not a consistent LabelHead state: {name!r} holds values that are not "
+                    f"finite{' and positive' if name == 'scale' else ''}")
+        if len(np.unique(head.classes_)) < k:
+            raise InvalidArgumentError(f"not a consistent LabelHead state: 'classes' repeats a "
+                                       f"class: {head.classes_.tolist()[:10]}")
         try:
             head.provenance_ = as_provenance(state.get("provenance"))
         except InvalidArgumentError as exc:
