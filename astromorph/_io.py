@@ -20,8 +20,8 @@ import numpy as np
 
 from ._warnings import catch_warnings, warn
 from .exceptions import (AstromorphError, InputError, InputNotFoundError, InvalidArgumentError,
-                         LossyOutputWarning, MissingDependencyError, OutputError,
-                         OutputExistsError)
+                         InvalidArgumentTypeError, LossyOutputWarning, MissingDependencyError,
+                         OutputError, OutputExistsError)
 
 __all__ = ["atomic_output", "check_input_file", "check_output", "check_distinct_outputs",
            "output_error", "card_reads_back", "array_columns", "check_multidimensional",
@@ -161,7 +161,10 @@ def _destination_directory(path, overwrite):
 
 def _output_path(path):
     """``Path(path)``, or `InvalidArgumentError` for a path ending with a separator (a
-    folder: ``Path`` would drop the separator, and 'out.ecsv/' would become a file)."""
+    folder: ``Path`` would drop the separator, and 'out.ecsv/' would become a file);
+    `InvalidArgumentTypeError` for what is no file path (None, a number, bytes)."""
+    if not isinstance(path, (str, os.PathLike)) or isinstance(os.fspath(path), bytes):
+        raise InvalidArgumentTypeError(f"output must be a file path, got {path!r}")
     name = os.fspath(path)
     if name.endswith(("/", os.sep)):
         raise InvalidArgumentError(f"output {name!r} names a folder: give a file name in it")

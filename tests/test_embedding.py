@@ -2084,6 +2084,21 @@ def test_a_head_file_with_values_that_cannot_be_used_is_refused(tmp_path):
     assert LabelHead.from_dict(state).predict(x[:2]).tolist() == ["p", "p"]
 
 
+def test_maps_and_galleries_refuse_a_path_that_is_no_path():
+    """gallery(result, None) and plot_map(x, None) or (x, 3) ended in a bare TypeError from
+    os.fspath; they raise InvalidArgumentTypeError naming the value, before any work."""
+    from astromorph.exceptions import InvalidArgumentTypeError
+
+    x = unit_rows(12, 8)
+    index = SimilarityIndex(x, table=Table({"name": np.arange(12)}))
+    result = index.query(row=0, k=3)
+    for path in (None, 3, b"map.png"):
+        with pytest.raises(InvalidArgumentTypeError, match=repr(path).replace("'", ".")):
+            plot_map(x, path)
+        with pytest.raises(InvalidArgumentTypeError, match="file path"):
+            index.gallery(result, path, images=np.zeros((12, 4, 4, 3)))
+
+
 def test_the_table_functions_refuse_what_is_not_a_table(tmp_path):
     """SimilarityIndex.from_table, cluster_table and the annotate of a fitted LabelHead or
     GaussianMixture took a table path (which evaluate_labels accepts) or None to a bare
