@@ -2099,6 +2099,30 @@ def test_maps_and_galleries_refuse_a_path_that_is_no_path():
             index.gallery(result, path, images=np.zeros((12, 4, 4, 3)))
 
 
+def test_position_queries_in_frames_that_are_no_rotation_of_the_table_s():
+    """A query position in FK4 (or a table of FK4 positions queried in ICRS) found the row
+    but leaked astropy's NonRotationTransformationWarning from SkyCoord.separation; an AltAz
+    position without a location ended in a bare AttributeError. The position is now
+    transformed to the table's frame first (no warning), or refused by
+    InvalidArgumentError."""
+    from astropy.coordinates import AltAz
+
+    x = unit_rows(30, 8)
+    rng = np.random.default_rng(4)
+    ra, dec = rng.uniform(0, 360, 30), np.degrees(np.arcsin(rng.uniform(-1, 1, 30)))
+    icrs = SkyCoord(ra, dec, unit="deg")
+    plain = SimilarityIndex(x, table=Table({"ra": ra, "dec": dec}))
+    fk4 = SimilarityIndex(x, table=QTable({"coord": icrs.fk4}))
+    for index, position in ((plain, icrs[7].fk4), (plain, icrs[7].galactic),
+                            (fk4, icrs[7]), (fk4, icrs[7].fk4)):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            assert index.query(position=position, k=2, max_separation=0.01).meta[
+                "query_row"] == 7
+    with pytest.raises(InvalidArgumentError, match="cannot transform the position"):
+        plain.query(position=SkyCoord(10, 10, unit="deg", frame=AltAz()), k=2)
+
+
 def test_the_table_functions_refuse_what_is_not_a_table(tmp_path):
     """SimilarityIndex.from_table, cluster_table and the annotate of a fitted LabelHead or
     GaussianMixture took a table path (which evaluate_labels accepts) or None to a bare

@@ -583,13 +583,15 @@ class SimilarityIndex:
         Raises
         ------
         astromorph.exceptions.InvalidArgumentError
-            No table, or a position that cannot be read.
+            No table, or a position that cannot be read or transformed to the frame of
+            the table's positions (e.g. AltAz without a location and time).
         astromorph.exceptions.InputError
             No row has both a position and an embedding, or the nearest is farther than
             ``max_separation``.
         """
         import astropy.units as u
         from astropy.coordinates import Angle, SkyCoord
+        from astropy.coordinates.errors import ConvertError
 
         from .._annotate import _positions
 
@@ -626,6 +628,15 @@ class SimilarityIndex:
         ok = np.flatnonzero(~bad & self.valid)
         if not len(ok):
             raise InputError("no row of the table has both a position and an embedding")
+        # in the table's frame, the position transformed explicitly: separation() would
+        # transform the rows into the position's frame and warn
+        # (NonRotationTransformationWarning) for FK4 and other frames that are no rotation
+        try:
+            position = position.transform_to(coords.frame.replicate_without_data())
+        except (ValueError, TypeError, AttributeError, ConvertError, u.UnitsError) as exc:
+            # (an AltAz position without a location or time: AttributeError)
+            raise InvalidArgumentError(f"cannot transform the position {position!r} to the "
+                                       f"frame of the table's positions ({exc})") from None
         sep = position.separation(coords[ok])
         best = int(np.argmin(sep.deg))
         row, separation = int(ok[best]), sep[best].to(u.arcsec)
