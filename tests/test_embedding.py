@@ -2123,6 +2123,20 @@ def test_position_queries_in_frames_that_are_no_rotation_of_the_table_s():
         plain.query(position=SkyCoord(10, 10, unit="deg", frame=AltAz()), k=2)
 
 
+def test_a_head_refuses_labels_of_mixed_kinds():
+    """Labels of an object column mixing numbers and strings (1 and "a") ended the fit in a
+    bare TypeError from np.unique ('<' not supported between 'int' and 'str'); they are an
+    InvalidArgumentTypeError naming the kinds, and the head stays unfitted."""
+    from astromorph.exceptions import InvalidArgumentTypeError
+
+    x, _ = blobs(n_per=3, k=2, d=4)
+    head = LabelHead(C=1.0)
+    with pytest.raises(InvalidArgumentTypeError, match="int, str"):
+        head.fit(x, np.array(["a", 1, "b", "a", 1, "b"], dtype=object))
+    with pytest.raises(InvalidArgumentError, match="not fitted"):
+        head.predict(x)
+
+
 def test_the_table_functions_refuse_what_is_not_a_table(tmp_path):
     """SimilarityIndex.from_table, cluster_table and the annotate of a fitted LabelHead or
     GaussianMixture took a table path (which evaluate_labels accepts) or None to a bare

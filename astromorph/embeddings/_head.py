@@ -288,7 +288,13 @@ class LabelHead(Saved):
                 f"{', '.join(map(str, rows[:10]))}{', ...' if len(rows) > 10 else ''}): select "
                 "the labelled rows first")
         # the fitted state is set at the end only: a failed fit leaves the head as it was
-        classes, y = np.unique(labels, return_inverse=True)
+        try:
+            classes, y = np.unique(labels, return_inverse=True)
+        except TypeError:  # Python objects that cannot be ordered, e.g. 1 and "a"
+            kinds = sorted({type(v).__name__ for v in labels.tolist()})
+            raise InvalidArgumentTypeError(
+                f"labels must be of one kind (all strings, or all numbers), got a mix of "
+                f"{', '.join(kinds)}: {labels.tolist()[:5]}") from None
         k = len(classes)
         if k < 2:
             raise InvalidArgumentError(f"need at least two classes to fit a head, got {k}"
