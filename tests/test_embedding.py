@@ -2572,3 +2572,15 @@ def test_classes_with_too_few_labelled_rows_are_named(tmp_path):
     with pytest.warns(FewRowsWarning, match=r"'Irr' \(1 row\)"):
         assert main(["classify", str(tmp_path / "lab.ecsv"), "--labels", "label",
                      "-o", str(tmp_path / "out.ecsv")]) == 0
+
+
+def test_search_similarities_stay_within_the_cosine_range():
+    """Identical vectors gave ``search`` a similarity of 1.0000001 (float32 sums; ``query``
+    clipped it, ``search`` did not): both now stay within [-1, 1], padding still -inf."""
+    x = np.random.default_rng(2).normal(size=(40, 64)).astype(np.float32)
+    x[7] = x[3]
+    index = SimilarityIndex(x)
+    rows, sims = index.search(x, k=45)
+    assert np.isfinite(sims[:, :40]).all() and (np.abs(sims[:, :40]) <= 1).all()
+    assert np.isneginf(sims[:, 40:]).all() and (rows[:, 40:] == -1).all()
+    assert set(rows[3, :2]) == {3, 7}

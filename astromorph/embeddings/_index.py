@@ -331,6 +331,13 @@ def _installed(name):
     return importlib.util.find_spec(name) is not None
 
 
+
+def _cosine_range(sim):
+    """Similarities as float32 within [-1, 1], the range of a cosine (float32 sums of
+    identical unit vectors give 1.0000001), the padding's -inf kept."""
+    sim = np.asarray(sim, np.float32)
+    return np.where(np.isfinite(sim), np.clip(sim, -1.0, 1.0), sim)
+
 class SimilarityIndex:
     """Nearest neighbours of embedding vectors by cosine similarity.
 
@@ -541,7 +548,7 @@ class SimilarityIndex:
                 pad = k - idx.shape[1]
                 idx = np.pad(idx, ((0, 0), (0, pad)), constant_values=-1)
                 sim = np.pad(sim, ((0, 0), (0, pad)), constant_values=-np.inf)
-            return idx, sim.astype(np.float32, copy=False)
+            return idx, _cosine_range(sim)
         # approximate backends index only valid rows: map to and from table rows
         local_ex = None
         if exclude is not None:
@@ -557,7 +564,7 @@ class SimilarityIndex:
             pad = k - rows.shape[1]
             rows = np.pad(rows, ((0, 0), (0, pad)), constant_values=-1)
             sim = np.pad(sim, ((0, 0), (0, pad)), constant_values=-np.inf)
-        return rows, sim.astype(np.float32)
+        return rows, _cosine_range(sim)
 
     # ------------------------------------------------------------------ query
     def row_of_position(self, position, *, max_separation=None, ra_col=None, dec_col=None,
