@@ -1791,10 +1791,12 @@ def test_class_names_that_differ_only_by_case_are_refused_naming_both(tmp_path, 
     classify (before the fit) now refuse them as they refuse 'Sa/Sb' and 'Sa Sb', naming
     both labels and both columns."""
     from astromorph.embeddings import _head
+    from astromorph.exceptions import SimilarLabelsWarning
 
     x, y = blobs(n_per=15, k=3, d=8)
     names = np.array(["Spiral", "spiral", "S0"])[y]
-    head = LabelHead(C=1.0).fit(x, names)  # fitted apart, with a SimilarLabelsWarning
+    with pytest.warns(SimilarLabelsWarning, match="'Spiral', 'spiral'"):  # fitted apart
+        head = LabelHead(C=1.0).fit(x, names)
     assert head.classes_.tolist() == ["S0", "Spiral", "spiral"]
     with pytest.raises(InvalidArgumentError, match="'Spiral', 'spiral'") as err:
         head.annotate(Table({"embedding": x}), prefix="m")
