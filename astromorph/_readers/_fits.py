@@ -272,6 +272,22 @@ def _linear_matrix(get, axes=(1, 2)):
     return matrix, [[[cdelt[i][1], s] for _, s in row] for i, row in enumerate(cards)]
 
 
+def _point_problem(get, axes=(1, 2)):
+    """Why the reference point (CRVALi, CRPIXi of the axes ``axes``) of the header read by
+    ``get`` is no finite number, naming the keywords, or None (`wcs_matrix_problem`)."""
+    point = []
+    for key in [f"CRVAL{i}" for i in axes] + [f"CRPIX{i}" for i in axes]:
+        try:
+            value = float(_keyword(get, key) or 0.0)
+        except (TypeError, ValueError):
+            continue
+        if not np.isfinite(value):
+            point.append(f"{key} = {value:g}")
+    if point:
+        return f"{', '.join(point)}: a reference point that is not a finite number"
+    return None
+
+
 def wcs_matrix_problem(get, axes=(1, 2)):
     """Why the celestial axes ``axes`` (FITS numbers) of the WCS of a header read by
     ``get`` cannot place pixels on the sky, naming the keywords, or None.
@@ -283,16 +299,9 @@ def wcs_matrix_problem(get, axes=(1, 2)):
     a ``CRVAL1 = NaN`` card is read as 0; so the header's keywords are looked at, not
     astropy's WCS. Keywords that are text are left to the WCS parsers (None here).
     """
-    point = []
-    for key in [f"CRVAL{i}" for i in axes] + [f"CRPIX{i}" for i in axes]:
-        try:
-            value = float(_keyword(get, key) or 0.0)
-        except (TypeError, ValueError):
-            continue
-        if not np.isfinite(value):
-            point.append(f"{key} = {value:g}")
+    point = _point_problem(get, axes)
     if point:
-        return f"{', '.join(point)}: a reference point that is not a finite number"
+        return point
     try:
         matrix, keys = _linear_matrix(get, axes)
     except (TypeError, ValueError):
@@ -337,9 +346,15 @@ def _scale_from_cards(get):
         # a keyword that is no number (CDELT1 = 'abc'): a malformed WCS gives no pixel
         # scale (Flag.NO_WCS, as for astropy's parse failures); no reason to drop the image
         return None
-    if wcs_matrix_problem(get):
+    # what `wcs_matrix_problem` checks, with the matrix read once (this runs for every cell
+    # of a table of FITS bytes): a finite reference point, a finite matrix without a zero
+    # row or column, a non-zero determinant
+    with np.errstate(invalid="ignore"):
+        det = np.linalg.det(cd)
+    if not (np.isfinite(cd).all() and cd.any(axis=0).all() and cd.any(axis=1).all()
+            and det != 0) or _point_problem(get):
         return None
-    scale = float(np.sqrt(abs(np.linalg.det(cd))) * 3600.0)
+    scale = float(np.sqrt(abs(det)) * 3600.0)
     return scale if np.isfinite(scale) and scale > 0 else None
 
 
