@@ -1228,3 +1228,47 @@ def test_cli_annotate_refuses_csv_for_a_table_of_stamps_before_any_work(rb, tmp_
                      "-o", str(tmp_path / "out.csv"), "--no-progress"]) == 2
     assert "CSV cannot hold the multidimensional column(s) triplet" in capsys.readouterr().err
     assert not (tmp_path / "out.csv").exists()
+
+
+def _scene(size, scale):
+    """An asymmetric scene (a point source on an offset elliptical galaxy, a star off to one
+    side, a sky gradient) as exact pixel integrals (flux per pixel) on a ``size`` x ``size``
+    grid of ``scale`` arcsec/pixel with the candidate at pixel ``size // 2``: science,
+    reference, difference."""
+    from scipy.special import erf
+
+    edges = (np.arange(size + 1) - size // 2 - 0.5) * scale
+    centres = (edges[:-1] + edges[1:]) / 2
+
+    def gauss(mu, sigma):  # the fraction of a 1-D Gaussian in each pixel
+        return np.diff(0.5 * (1 + erf((edges - mu) / (np.sqrt(2) * sigma))))
+
+    sky = scale ** 2 * (10 + 0.05 * centres[:, None] + 0.08 * centres[None, :])
+    galaxy = 5000 * np.outer(gauss(4.0, 3.0), gauss(-2.0, 5.0))
+    star = 300 * np.outer(gauss(-10.0, 1.0), gauss(15.0, 1.0))
+    source = 800 * np.outer(gauss(0.0, 1.0), gauss(0.0, 1.0))
+    return np.stack([sky + galaxy + star + source, sky + galaxy + star,
+                     sky + source]).astype(np.float32)
+
+
+@pytest.mark.parametrize("size", [315, 320])
+def test_rubin_scale_stamps_give_the_network_what_the_model_grid_gives(rb, size, monkeypatch):
+    """A scene at 0.2"/px (5 x 5 pixels per model pixel, odd and even sizes, candidate at
+    pixel size // 2), given a pixel scale or a WCS, reaches the network as the same scene
+    rendered on the model's 63 x 63 grid at 1"/px: surface brightness averaged (the stamp
+    normalisation takes out the 1/25), centred, not flipped or transposed, unflagged."""
+    seen = []
+    predict = rb.predict
+    monkeypatch.setattr(rb, "predict", lambda x, **kw: seen.append(np.array(x)) or
+                        predict(x, **kw))
+    direct = preprocess_triplet(_scene(63, 1.0))[0][0]
+    fine = _scene(size, 0.2)
+    given = astromorph.annotate_stamps(Table({"triplet": fine[None]}), model=rb,
+                                       pixel_scale=0.2)
+    wcs = astromorph.annotate_stamps(Table({k: _cells([_fits_bytes(p, cdelt_deg=0.2 / 3600)])
+                                            for k, p in zip(("science", "reference",
+                                                             "difference"), fine)}), model=rb)
+    assert len(seen) == 2
+    for x, out in zip(seen, (given, wcs)):
+        np.testing.assert_allclose(x[0], direct, rtol=0, atol=2e-6)
+        assert out["rb_flags"][0] == 0
