@@ -1542,6 +1542,7 @@ def test_degenerate_wcs_is_an_input_error_naming_its_keywords(optical_model, tmp
 
 
 
+@pytest.mark.filterwarnings("ignore::astropy.io.fits.verify.VerifyWarning")  # the NaN card under test
 def test_nan_reference_point_in_a_fits_header_is_an_input_error(optical_model, tmp_path):
     """``CRVAL1 = NaN`` in a FITS file: wcslib reads the card as absent (0), and every
     source came out OFF_IMAGE (a catalogue near RA 0 would have been cut at the wrong
@@ -2847,6 +2848,7 @@ def test_zero_point_in_the_primary_header_of_an_image_extension_warns(optical_mo
         astromorph.annotate(cat, str(tmp_path / "calexp.fits"), model=optical_model)
 
 
+@pytest.mark.filterwarnings("ignore::astropy.io.votable.exceptions.W50")  # the units under test
 def test_catalogue_unit_strings_astropy_does_not_parse(optical_model, tmp_path):
     """VizieR's sexagesimal columns (unit 'h:m:s', 'd:m:s') and FITS TUNITs such as
     'DEGREES' or 'ARCSEC' are unit strings astropy does not recognise: they used to crash

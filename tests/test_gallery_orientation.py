@@ -334,6 +334,7 @@ def test_degenerate_wcs_is_drawn_in_pixel_orientation(keys):
     assert np.array_equal(shown, data[..., ::-1, :])
 
 
+@pytest.mark.filterwarnings("ignore::astropy.io.fits.verify.VerifyWarning")  # the NaN card under test
 def test_stamp_with_a_nan_reference_point_is_drawn_in_pixel_orientation(tmp_path):
     """``CRVAL1 = NaN`` (no FITS number, but the fast FITS parser reads it as NaN): drawing
     the stamp raised astropy's "Floating point nan values are not allowed in FITS
