@@ -840,8 +840,8 @@ def check_options(table, *, model, ra_col=None, dec_col=None, coord_col=None, si
 
 def _unitless_ra_hint(table, ra_col, dec_col, coord_col):
     """For a catalogue none of whose sources lies on the images: a hint where its RA column
-    (as `_positions` chose it, `_position_candidates`) has no unit and values that look like hours (all from 0 to
-    24) or radians (to 2 pi), which were read as degrees; else ""."""
+    (as `_positions` chose it, `_position_candidates`) has no unit and values that look like
+    hours (all from 0 to 24) or radians (to 2 pi), which were read as degrees; else ""."""
     from astropy.coordinates import SkyCoord
 
     if coord_col is not None or (ra_col is None and dec_col is None and any(

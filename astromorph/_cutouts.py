@@ -215,7 +215,7 @@ class SkyImage:
             raise InputDTypeError(f"{name}: image pixels must be real numbers, got dtype "
                                   f"{data.dtype}")
         if data.dtype.kind == "f" and data.dtype.itemsize < 4:
-            data = data.astype(np.float32)  # float16: scipy's sampling does not take it
+            data = data.astype(np.float32)  # float16: cast once, not at every gather
         if wcs is not None:
             _check_wcs(wcs, name)
         # an in-memory array no one else holds: dropped for its float32 copy (see `resident`)

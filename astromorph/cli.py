@@ -109,8 +109,6 @@ def _verify_model(name, variants):
 def _default_providers():
     """What a model loaded without ``providers=`` would run on, and why (``"auto"`` or
     ``$ASTROMORPH_PROVIDERS``), in words."""
-    import os
-
     from ._session import PROVIDERS_ENV, resolve_providers
 
     setting = os.environ.get(PROVIDERS_ENV)
@@ -395,8 +393,6 @@ class _Stdout:
 def _silence_stdout():
     """Send what is left to write on stdout (Python flushes it at exit) to the null device,
     so that a closed pipe gives no second error."""
-    import os
-
     try:
         fd = sys.stdout.fileno()
     except (AttributeError, OSError, ValueError):  # not a file (e.g. captured by a test)
@@ -440,8 +436,6 @@ def main(argv=None):
     """
     if sys.stderr is None:  # started with fd 2 closed (`2>&-`): print(file=None) would
         # write the status and error lines on stdout, into the table printed there
-        import os
-
         sys.stderr = open(os.devnull, "w")  # noqa: SIM115 - for the life of the process
     try:
         parser = build_parser()
