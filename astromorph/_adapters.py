@@ -214,6 +214,19 @@ def coarse_beam(beam):
 
 
 def _radio(raw, card, crop_fraction):
+    from .preprocessing._radio import MAX_POSITIVE_FRACTION
+
+    x, flags = _radio_input(raw, card)
+    # the training images have at most 12.8 % of the network input above zero (the data-set
+    # threshold): far more is a background offset or a filled field the model never saw
+    positive = np.mean(x > 0, axis=tuple(range(1, x.ndim))) if len(x) else np.zeros(0)
+    flags |= np.where(positive > MAX_POSITIVE_FRACTION, int(Flag.OUT_OF_DISTRIBUTION),
+                      0).astype(flags.dtype)
+    return x, flags
+
+
+def _radio_input(raw, card):
+    """The radio network input of ``raw`` and its flags (all but OUT_OF_DISTRIBUTION)."""
     from .preprocessing import _radio as rad
 
     flags = raw.flags.copy()

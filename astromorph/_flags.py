@@ -39,6 +39,12 @@ class Flag(enum.IntFlag):
     #: core, real/bogus score of a saturated star's residual) are not trustworthy. For
     #: triplets, any member whose header gives a level counts.
     SATURATED = 512
+    #: The network input lies outside the training distribution in a way the model cannot
+    #: signal itself (radio images: more than ``radio.MAX_POSITIVE_FRACTION``, 15 %, of the
+    #: network-input pixels are above zero, i.e. above the data-set threshold of 3 times the
+    #: noise; at most 12.8 % in the training images: a source on a background offset by a
+    #: few sigma, or a field filled with emission); the outputs are not trustworthy.
+    OUT_OF_DISTRIBUTION = 1024
 
     @classmethod
     def unusable(cls):

@@ -746,8 +746,15 @@ def _explain(stamp, bits):
                                 if hit[i])
                    + f" within {SATURATION_RADIUS} pixels of the centre: the core is clipped, "
                    "the outputs are not trustworthy")
+    if bits & Flag.OUT_OF_DISTRIBUTION:
+        from .preprocessing._radio import MAX_POSITIVE_FRACTION
+
+        out.append(f"more than {MAX_POSITIVE_FRACTION:.0%} of the model's field is above the "
+                   "noise threshold (the training images: at most 13%): a background offset "
+                   "from zero or a field filled with emission, outside the training "
+                   "distribution")
     rest = bits & ~(Flag.BLANK | Flag.CONSTANT | Flag.EXTRAPOLATED | Flag.NO_SOURCE
-                    | Flag.SATURATED)
+                    | Flag.SATURATED | Flag.OUT_OF_DISTRIBUTION)
     if rest:
         out.append(describe_flags(rest))
     return out

@@ -110,10 +110,10 @@ def test_flag_bits_and_names():
     assert {f.name: int(f) for f in Flag} == {
         "OFF_IMAGE": 1, "EDGE": 2, "BLANK": 4, "NO_WCS": 8, "EXTRAPOLATED": 16,
         "BAD_INPUT": 32, "CONSTANT": 64, "MISSING_BAND": 128, "NO_SOURCE": 256,
-        "SATURATED": 512}
+        "SATURATED": 512, "OUT_OF_DISTRIBUTION": 1024}
     assert describe_flags(0) == ""
     assert describe_flags(Flag.EDGE | Flag.BLANK) == "EDGE|BLANK"
-    assert describe_flags(2 | 1024) == "EDGE|0x400"  # a bit from a newer astromorph
+    assert describe_flags(2 | 2048) == "EDGE|0x800"  # a bit from a newer astromorph
     from astromorph._adapters import FLAGS_DESCRIPTION  # the flags columns' description
     assert all(f"{int(f)} {f.name}" in FLAGS_DESCRIPTION for f in Flag)
 

@@ -335,7 +335,9 @@ def test_pictures_get_the_quality_flags(models, tmp_path, model):
     assert "all zero" in row(table, tmp_path / "black.png")["reason"]
     tiny = row(table, tmp_path / "tiny.png")
     assert tiny[f"{prefix}_flags"] == Flag.EXTRAPOLATED and "coarser" in tiny["reason"]
-    assert row(table, tmp_path / "fine.png")[f"{prefix}_flags"] == 0
+    # (random colours fill the radio network's field, unlike any FIRST data-set image)
+    assert row(table, tmp_path / "fine.png")[f"{prefix}_flags"] == (
+        0 if model == "morphology" else Flag.OUT_OF_DISTRIBUTION)
     assert not table[f"{prefix}_p_{'red' if model == 'morphology' else 'FRI'}"].mask.any()
 
 
@@ -623,7 +625,9 @@ def test_radio_inputs_and_pixel_scales(models, tmp_path):
     coarse[80:90, 80:90] += 0.01
     write_fits(tmp_path / "coarse.fits", coarse, scale=3.4)    # resampled by its WCS
     write_fits(tmp_path / "nowcs.fits", img[90:210, 90:210])  # other size, no WCS
-    write_picture(tmp_path / "dataset.png", (img / img.max() * 255).clip(0, 255))
+    write_picture(tmp_path / "dataset.png", _radio_pre.first_cutout_to_uint8(img))
+    # the same sky scaled without the data-set's 3-sigma threshold: half the field is grey
+    write_picture(tmp_path / "unclipped.png", (img / img.max() * 255).clip(0, 255))
     write_fits(tmp_path / "cube.fits", np.stack([img, img, img]))
     table = quiet(astromorph.predict_files, "radio-morphology", tmp_path)
     assert table.colnames[1:5] == ["radio_p_FRI", "radio_p_FRII", "radio_p_compact",
@@ -631,6 +635,7 @@ def test_radio_inputs_and_pixel_scales(models, tmp_path):
     assert row(table, tmp_path / "first.fits")["radio_flags"] == 0
     assert row(table, tmp_path / "coarse.fits")["radio_flags"] == 0
     assert row(table, tmp_path / "dataset.png")["radio_flags"] == 0
+    assert row(table, tmp_path / "unclipped.png")["radio_flags"] == Flag.OUT_OF_DISTRIBUTION
     nowcs = row(table, tmp_path / "nowcs.fits")
     # 120 pixels at the assumed 1.8": 216", short of the network's 230" field
     assert nowcs["radio_flags"] == Flag.NO_WCS | Flag.EXTRAPOLATED and "120x120" in nowcs["reason"]

@@ -753,8 +753,44 @@ def test_offset_background_is_no_source(tmp_path):
         files.append(str(tmp_path / f"s{k}.fits"))
         point.writeto(files[-1])
     table = astromorph.predict_files("radio-morphology", files, progress=False)
-    assert list(table["radio_flags"]) == [Flag.NO_SOURCE, Flag.NO_SOURCE, 0]
+    assert list(table["radio_flags"]) == [Flag.NO_SOURCE | Flag.OUT_OF_DISTRIBUTION,
+                                          Flag.NO_SOURCE, 0]
     assert "above the background" in table["reason"][0]
+
+
+def test_source_on_an_offset_background_is_out_of_distribution(tmp_path):
+    """A real source on a background 3 to 10 sigma above zero passes the detection check,
+    but the data-set threshold, counted from zero, lets 40-100 % of the offset noise
+    through: the network input is a grey field unlike every training image (at most 12.8 %
+    of its pixels above zero). It was scored unflagged; now it is flagged
+    OUT_OF_DISTRIBUTION, through files and through `annotate`, and still scored. The same
+    cutout on a zero background, and on a 2-sigma one, is not flagged."""
+    from astropy.table import Table
+
+    from astromorph import Flag
+
+    if "radio-morphology" not in astromorph.list_models():
+        pytest.skip("radio-morphology is not shipped")
+    files, positive = [], []
+    for offset in (0, 2, 3, 5, 10):
+        hdu = first_like_hdu(seed=11)
+        hdu.data = (hdu.data + offset * RMS).astype(np.float32)
+        files.append(str(tmp_path / f"offset{offset}.fits"))
+        hdu.writeto(files[-1])
+        positive.append(float(np.mean(fits_path(hdu) > 0)))
+    assert positive[0] < 0.05 and positive[1] < radio.MAX_POSITIVE_FRACTION < positive[2]
+    table = astromorph.predict_files("radio-morphology", files, progress=False)
+    assert list(table["radio_flags"]) == [0, 0] + [Flag.OUT_OF_DISTRIBUTION] * 3
+    assert "outside the training distribution" in table["reason"][2]
+    assert table["reason"][0] == ""
+    assert not np.ma.is_masked(table["radio_p_FRII"][2:])  # scored, not hidden
+    assert np.all(radio.peak_significance(np.stack([fits.getdata(f) for f in files]))
+                  > radio.DETECTION_SIGMA)  # a real source: not NO_SOURCE
+    centre = WCS(hdu.header).pixel_to_world(150, 150)
+    cat = Table({"ra": [centre.ra.deg], "dec": [centre.dec.deg]})
+    by_sky = [astromorph.annotate(cat, f, model="radio-morphology", progress=False)
+              for f in (files[0], files[3])]
+    assert [t["radio_flags"][0] for t in by_sky] == [0, Flag.OUT_OF_DISTRIBUTION]
 
 
 def test_sigma_clipped_rms_matches_the_plain_clipping_loop_bit_for_bit():
@@ -918,7 +954,10 @@ def test_beam_coarser_than_first_is_extrapolated_in_files(tmp_path):
     out = astromorph.predict_files("radio-morphology",
                                    [str(tmp_path / f"{n}.fits") for n in names], progress=False)
     assert [s.rsplit("/", 1)[-1] for s in out["source"]] == [f"{n}.fits" for n in names]
-    assert list(out["radio_flags"]) == [Flag.EXTRAPOLATED] * 5 + [0, 0]
+    # the 45" beam spreads the double over 22 % of the network's field (the training
+    # images: at most 12.8 %), so the NVSS rows are also OUT_OF_DISTRIBUTION
+    assert list(out["radio_flags"]) == ([Flag.EXTRAPOLATED | Flag.OUT_OF_DISTRIBUTION] * 4
+                                        + [Flag.EXTRAPOLATED, 0, 0])
     for row in range(4):
         assert 'beam 45.0" is more than twice FIRST\'s 5.4"' in out["reason"][row]
     assert 'beam 15.0" is more than twice FIRST\'s 5.4"' in out["reason"][4]
@@ -1001,7 +1040,9 @@ def test_beam_coarser_than_first_is_extrapolated_in_stamp_tables(tmp_path):
     table = Table({"stamp": np.array(cells, dtype=object)})
     out = astromorph.annotate_stamps(table, model="radio-morphology", columns="stamp",
                                      progress=False)
-    assert list(files["radio_flags"]) == [Flag.EXTRAPOLATED] * 3 + [0, 0]
+    # (the 45" beam also spreads the double over 22 % of the field: OUT_OF_DISTRIBUTION)
+    assert list(files["radio_flags"]) == ([Flag.EXTRAPOLATED | Flag.OUT_OF_DISTRIBUTION] * 3
+                                          + [0, 0])
     assert list(out["radio_flags"]) == list(files["radio_flags"])
     for row in range(3):
         assert 'beam 45.0" is more than twice FIRST\'s 5.4"' in out["radio_reason"][row]
