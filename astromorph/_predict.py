@@ -750,7 +750,7 @@ def _explain(stamp, bits):
         from .preprocessing._radio import MAX_POSITIVE_FRACTION
 
         out.append(f"more than {MAX_POSITIVE_FRACTION:.0%} of the model's field is above the "
-                   "noise threshold (the training images: at most 13%): a background offset "
+                   "noise threshold (the training images: at most 12.8%): a background offset "
                    "from zero or a field filled with emission, outside the training "
                    "distribution")
     rest = bits & ~(Flag.BLANK | Flag.CONSTANT | Flag.EXTRAPOLATED | Flag.NO_SOURCE
