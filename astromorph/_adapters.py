@@ -164,6 +164,65 @@ def _flag_upsampled(flags, height, width, size, crop_fraction):
     return flags
 
 
+def extrapolation_words(card, kind, shape, dtype, pixel_scale, crop_fraction):
+    """Why the pixel grid makes a stamp `Flag.EXTRAPOLATED` for a model (its card), in
+    words, or None where the grid does not (e.g. only a radio beam does, `coarse_beam`).
+
+    For stamps of one ``kind``, ``shape`` ``(H, W)`` and ``dtype`` at ``pixel_scale``
+    (arcsec/pixel, None where unknown) and the ``crop_fraction`` given to `prepare`: how
+    much of the model's field they cover along each axis (radio and triplet models, whose
+    field is fixed on the sky), or how far the network's field is upsampled (galaxy models
+    and the radio data set's 8-bit images), by the tests the family's adapter flags with.
+    """
+    family = model_family(card)
+    h, w = shape
+    if family == "optical" or (family == "radio" and (kind == "colour"
+                                                      or np.dtype(dtype) == np.uint8)):
+        if family == "optical":
+            from .preprocessing import _optical as opt
+
+            size = card["input"]["shape"][-1]
+            crop = opt.CROP_FRACTION if crop_fraction is None else crop_fraction
+        else:
+            from .preprocessing._radio import DATASET_IMAGE_PIXELS as size
+            crop = 1.0
+        across = min(h, w) * crop
+        if across >= size / 2:
+            return None
+        part = "" if crop == 1 else f"the central {crop:g} of "
+        return (f"the network's field ({part}the {w}x{h} stamp) is {across:.3g} pixels across, "
+                f"upsampled {size / across:.3g}x onto its {size}x{size} grid: the stamp's "
+                "pixels are much coarser than the model's (resampling extrapolated)")
+    if family == "radio":
+        from .preprocessing import _radio as rad
+
+        model_scale, field = rad.FIRST_PIXEL_SCALE_ARCSEC, rad.STAMP_ANGULAR_SIZE_ARCSEC
+        scale = model_scale if pixel_scale is None else float(pixel_scale)
+        cover = np.minimum(np.array([w, h]) * scale / field, 1.0)
+        short = min(h, w) * scale < field * (1 - 1e-6)
+    else:
+        from .preprocessing import _triplet as tri
+
+        size, model_scale = card["input"]["shape"][-1], tri.TRIPLET_PIXEL_SCALE
+        if pixel_scale is None and (h, w) == (size, size):
+            return None  # scored on its own grid, as `_triplet` does
+        field = size * model_scale
+        scale = model_scale if pixel_scale is None else float(pixel_scale)
+        # the covered fraction of each axis, as `resample_triplet` measures it
+        cover = np.array([np.clip(tri._rebin_matrix(n, scale, size, model_scale, 0.5)[1],
+                                  0, 1).mean() for n in (w, h)])
+        short = cover.prod() < 0.999
+    words = []
+    if short:
+        words.append(f"the {w}x{h} stamp spans {w * scale:.3g}\" x {h * scale:.3g}\" and does "
+                     f"not cover the model's {field:.4g}\" field: "
+                     f"{100 * cover[0]:.3g}% x {100 * cover[1]:.3g}% of it, the rest filled")
+    if scale > 2 * model_scale:
+        words.append(f"the stamp's {scale:.3g}\"/pixel pixels are more than twice as coarse as the "
+                     f"model's {model_scale:g}\"/pixel grid")
+    return " and ".join(words) + " (resampling extrapolated)" if words else None
+
+
 def _optical(raw, card, crop_fraction):
     from .preprocessing import _optical as opt
 

@@ -633,7 +633,8 @@ class _Runner:
                                   "assumed of it (empty when clean)")
 
     def _score(self, key, rows, data, before, scales, levels):
-        from ._adapters import NEGATIVE_CENTRE_SIGMA, RawStamps, negative_candidates, prepare
+        from ._adapters import (NEGATIVE_CENTRE_SIGMA, RawStamps, extrapolation_words,
+                                negative_candidates, prepare)
         from ._readers import Stamp
         from ._readers._stamp import saturated_centres
 
@@ -666,10 +667,15 @@ class _Runner:
                                  {k: np.asarray(pred[k]) for k in self.model.output_names}))
         self.updates.append((rows, flags, scored))
         new = flags & ~before
+        grid = None  # the group's shape and pixel scale are one: its words are too
+        if (new & int(Flag.EXTRAPOLATED)).any():
+            grid = extrapolation_words(self.model.card, kind, data.shape[-3:-1] if
+                                       kind == "colour" else data.shape[-2:], data.dtype,
+                                       raw.pixel_scale, self.crop_fraction)
         for j in np.flatnonzero(new):  # words only for the rows that preprocessing flagged
             stamp = Stamp("", None, kind=kind, data=data[j], bands=bands, beam=beam,
                           saturation=levels[j])
-            self.reasons[rows[j]].extend(_explain(stamp, int(new[j])))
+            self.reasons[rows[j]].extend(_explain(stamp, int(new[j]), grid=grid))
         if self.family == "triplet":  # a sign the model does not expect: said, not flagged
             for j in np.flatnonzero(scored & negative_candidates(x)):
                 self.reasons[rows[j]].append(
@@ -687,8 +693,9 @@ def _group_key(kind, stamp, bands, scale, beam=None):
             None if beam is None else round(float(beam), 6))
 
 
-def _explain(stamp, bits):
-    """Words for flag bits that preprocessing set."""
+def _explain(stamp, bits, *, grid=None):
+    """Words for flag bits that preprocessing set; ``grid``: why the stamp's pixel grid
+    makes it `Flag.EXTRAPOLATED` (`astromorph._adapters.extrapolation_words`), if known."""
     from ._adapters import coarse_beam
     from .preprocessing._radio import FIRST_BEAM_FWHM_ARCSEC
 
@@ -730,7 +737,9 @@ def _explain(stamp, bits):
         out.append(f"beam {stamp.beam:.1f}\" is more than twice FIRST's "
                    f"{FIRST_BEAM_FWHM_ARCSEC:g}\" (the resolution the model was trained at: "
                    "structure finer than the beam is lost)")
-    elif bits & Flag.EXTRAPOLATED:
+    if bits & Flag.EXTRAPOLATED and grid:
+        out.append(grid)
+    elif bits & Flag.EXTRAPOLATED and not coarse_beam(stamp.beam):
         out.append("the stamp's pixels are much coarser than the model's grid, or it does not "
                    "cover the model's field (resampling extrapolated; any missing area filled)")
     if bits & Flag.NO_SOURCE:

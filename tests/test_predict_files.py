@@ -335,6 +335,13 @@ def test_pictures_get_the_quality_flags(models, tmp_path, model):
     assert "all zero" in row(table, tmp_path / "black.png")["reason"]
     tiny = row(table, tmp_path / "tiny.png")
     assert tiny[f"{prefix}_flags"] == Flag.EXTRAPOLATED and "coarser" in tiny["reason"]
+    # how far the network's field is upsampled: the central 0.35 of 3 pixels onto 64
+    # (galaxy model), 3 pixels onto the radio data set's 300
+    expect = ("the network's field (the central 0.35 of the 3x3 stamp) is 1.05 pixels "
+              "across, upsampled 61x onto its 64x64 grid" if model == "morphology" else
+              "the network's field (the 3x3 stamp) is 3 pixels across, upsampled 100x onto "
+              "its 300x300 grid")
+    assert expect in tiny["reason"], tiny["reason"]
     # (random colours fill the radio network's field, unlike any FIRST data-set image)
     assert row(table, tmp_path / "fine.png")[f"{prefix}_flags"] == (
         0 if model == "morphology" else Flag.OUT_OF_DISTRIBUTION)
@@ -639,6 +646,8 @@ def test_radio_inputs_and_pixel_scales(models, tmp_path):
     nowcs = row(table, tmp_path / "nowcs.fits")
     # 120 pixels at the assumed 1.8": 216", short of the network's 230" field
     assert nowcs["radio_flags"] == Flag.NO_WCS | Flag.EXTRAPOLATED and "120x120" in nowcs["reason"]
+    assert ('the 120x120 stamp spans 216" x 216" and does not cover the model\'s 230.4" '
+            'field: 93.8% x 93.8% of it') in nowcs["reason"], nowcs["reason"]
     assert not np.ma.is_masked(nowcs["radio_p_FRI"])
     assert row(table, tmp_path / "cube.fits")["radio_flags"] == Flag.BAD_INPUT
 
@@ -720,6 +729,10 @@ def test_triplet_pixel_scale_and_no_wcs(models, tmp_path):
     assert wcs["rb_flags"] == Flag.EXTRAPOLATED | Flag.BLANK
     # the fill is the area outside the stamp, not NaN pixels of it: one reason, not "0% NaN"
     assert "does not cover" in wcs["reason"] and "NaN" not in wcs["reason"]
+    # and says how much of it: 51 x 0.27" = 13.8", 21.9% of the field along each axis
+    # (0.05 of its area, as resample_triplet measures it)
+    assert ('the 51x51 stamp spans 13.8" x 13.8" and does not cover the model\'s 63" '
+            'field: 21.9% x 21.9% of it') in wcs["reason"], wcs["reason"]
     nowcs = row(table, tmp_path / "des_nowcs.fits")
     assert nowcs["rb_flags"] & Flag.NO_WCS and "51x51" in nowcs["reason"]
 
