@@ -172,6 +172,16 @@ def write_results_to_header(model, table, origins, targets, *, overwrite=False):
     try:
         _write_headers(model, table, name, items, targets, overwrite, written, skipped,
                        dropped)
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM on the command line
+        # which files have their keywords (complete: each is replaced atomically), which not
+        done = {str(t) for t in written}
+        note = ("header results " + _progress(written, [targets[p] for p, _ in items
+                                                          if str(targets[p]) not in done]))
+        log.info("interrupted; %s", note)
+        exc.astromorph_note = note  # the command line's one line says it
+        if hasattr(exc, "add_note"):  # Python 3.11+: shown under the traceback
+            exc.add_note(note)
+        raise
     finally:  # the files skipped before a failure are named too
         _warn_not_written(skipped)
         _warn_dropped(dropped)
@@ -249,14 +259,20 @@ def _part_way(exc, written, not_written, *, shown=5):
     """`OutputError` for a header write that failed at ``not_written[0]``: its message names
     the files written before (kept, complete) and those not written; ``written`` and
     ``not_written`` are attributes too."""
+    err = output_error(f"{exc}. Header results {_progress(written, not_written, shown=shown)}",
+                       exc)
+    err.written, err.not_written = list(written), list(not_written)
+    return err
+
+
+def _progress(written, not_written, *, shown=5):
+    """``written: N (first names; complete, kept); not written: M (first names)``."""
     def names(paths):
         return first_few((repr(str(p)) for p in paths), ", ", shown=shown)
 
     done = f"{len(written)} ({names(written)}; complete, kept)" if written else "0"
-    err = output_error(f"{exc}. Header results written: {done}; not written: "
-                       f"{len(not_written)} ({names(not_written)})", exc)
-    err.written, err.not_written = list(written), list(not_written)
-    return err
+    return (f"written: {done}; not written: {len(not_written)}"
+            + (f" ({names(not_written)})" if not_written else ""))
 
 
 def _warn_not_written(skipped, *, shown=5):

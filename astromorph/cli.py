@@ -402,6 +402,13 @@ def _silence_stdout():
     os.close(devnull)
 
 
+def _note(exc):
+    """``"; <what was done>"`` for an interruption that says what was already written (the
+    header results of ``predict --in-place``), else ``""``."""
+    note = getattr(exc, "astromorph_note", None)
+    return f"; {note}" if note else ""
+
+
 def _parse(parser, argv):
     """``argv`` parsed by ``parser`` (`build_parser`) as `main` parses it, running nothing:
     the namespace (the positional arguments of ``predict`` sorted into model and inputs) and
@@ -488,11 +495,11 @@ def main(argv=None):
     except AstromorphError as exc:
         print(f"astromorph: error: {_as_typed(str(exc), args, command)}", file=sys.stderr)
         return 2
-    except _Terminated:  # outputs are atomic: nothing half-written is left
-        print("astromorph: terminated (SIGTERM)", file=sys.stderr)
+    except _Terminated as exc:  # outputs are atomic: nothing half-written is left
+        print(f"astromorph: terminated (SIGTERM){_note(exc)}", file=sys.stderr)
         return 143
-    except KeyboardInterrupt:
-        print("astromorph: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as exc:
+        print(f"astromorph: interrupted{_note(exc)}", file=sys.stderr)
         return 130
     except BrokenPipeError:  # `astromorph ... | head`: the reader of the output went away
         _silence_stdout()

@@ -1442,6 +1442,39 @@ def test_in_place_failure_leaves_original(models, tmp_path, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["t.fits"]  # no temp file left
 
 
+def test_in_place_interrupted_says_which_files_were_updated(models, tmp_path, monkeypatch,
+                                                            capsys, caplog):
+    """Ctrl-C part-way through `predict --in-place`: the one error line (exit status 130)
+    and the log (INFO, shown with -v) say which files have their keywords, complete, and which not (it said only
+    "astromorph: interrupted"); the first file has them, the second is untouched."""
+    import logging
+
+    for name in ("a.fits", "b.fits", "c.fits"):
+        write_fits(tmp_path / name, triplet())
+    before = digest(tmp_path / "b.fits")
+    real = fits.HDUList.writeto
+
+    def writeto(self, *args, **kwargs):
+        if str(self.filename()).endswith("b.fits"):  # Ctrl-C while the second is written
+            raise KeyboardInterrupt
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(fits.HDUList, "writeto", writeto)
+    with caplog.at_level(logging.INFO, logger="astromorph"):
+        status = cli.main(["predict", "real-bogus", str(tmp_path), "--in-place",
+                           "--no-progress", "-v", "-o", str(tmp_path / "out.ecsv")])
+    assert status == 130
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    a, b, c = (repr(str(tmp_path / n)) for n in ("a.fits", "b.fits", "c.fits"))
+    said = (f"header results written: 1 ({a}; complete, kept); not written: 2 ({b}, {c})")
+    assert err == f"astromorph: interrupted; {said}", err
+    assert f"interrupted; {said}" in caplog.messages
+    with fits.open(tmp_path / "a.fits") as hdul:
+        assert "HIERARCH ASTROMORPH REAL-BOGUS SCORE" in hdul[0].header
+    assert digest(tmp_path / "b.fits") == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.fits", "b.fits", "c.fits"]
+
+
 def test_header_file_astropy_cannot_write_back_is_skipped_with_a_warning(models, tmp_path,
                                                                         monkeypatch):
     """A file the reader scores but astropy refuses to write back (VerifyError): that file
