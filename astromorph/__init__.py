@@ -11,7 +11,6 @@ Quick start::
 import importlib
 
 from ._version import __version__
-from .exceptions import AstromorphError, AstromorphWarning
 
 __all__ = [
     "__version__",
@@ -39,9 +38,11 @@ __all__ = [
 ]
 
 #: The module of each public name imported on first use (`__getattr__`), so that
-#: ``import astromorph`` (and ``astromorph --version``) does not import astropy.table,
-#: scipy's users and every reader.
+#: ``import astromorph`` imports neither numpy nor astropy (the ``astromorph`` console
+#: script, `astromorph._console`, catches Ctrl-C while they are imported) and
+#: ``astromorph --version`` no astropy.table, scipy's users or reader.
 _LAZY = {
+    "AstromorphError": ".exceptions", "AstromorphWarning": ".exceptions",
     "list_models": "._registry", "model_card": "._registry",
     "load_model": "._model", "Model": "._model", "Prediction": "._model",
     "annotate": "._annotate", "annotate_dask": "._dask", "annotate_stamps": "._stamp_table",
@@ -55,6 +56,8 @@ _LAZY = {
 
 
 def __getattr__(name):
+    if name == "exceptions":  # astromorph.exceptions.X after `import astromorph` alone
+        return importlib.import_module(".exceptions", __name__)
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

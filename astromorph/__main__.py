@@ -1,6 +1,6 @@
 """``python -m astromorph``: the ``astromorph`` command line."""
 import sys
 
-from astromorph.cli import main
+from astromorph._console import main
 
 sys.exit(main())

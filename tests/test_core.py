@@ -1005,6 +1005,31 @@ def test_cli_console_script(tiny_registry):
     assert "tiny" in out.stdout
 
 
+@pytest.mark.parametrize("how", ["console script", "python -m astromorph"])
+def test_ctrl_c_while_importing_exits_130_without_a_traceback(how):
+    """Ctrl-C in the first moments of ``astromorph``, while numpy and astropy are imported
+    (before `astromorph.cli.main` catches it), printed a traceback: the console script of
+    pyproject.toml imported them before calling anything. Simulated without timing: a
+    finder that raises KeyboardInterrupt on the first import of numpy or astropy, then what
+    the script pip writes does (or ``python -m astromorph``)."""
+    import tomllib
+
+    script = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
+    module, function = script["astromorph"].split(":")
+    run = (f"from {module} import {function}; sys.exit({function}())" if how == "console script"
+           else "import runpy; runpy.run_module('astromorph', run_name='__main__')")
+    code = ("import sys\n"
+            "class Interrupt:\n"
+            "    def find_spec(self, name, path=None, target=None):\n"
+            "        if name.partition('.')[0] in ('numpy', 'astropy'):\n"
+            "            raise KeyboardInterrupt\n"
+            "sys.meta_path.insert(0, Interrupt())\n"
+            "sys.argv = ['astromorph', 'models']\n" + run)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert (out.returncode, out.stderr) == (130, "astromorph: interrupted\n")
+    assert out.stdout == ""
+
+
 # ------------------------------------------------------------------ shipped models
 @pytest.mark.parametrize("name", astromorph.list_models())
 def test_shipped_model_cards(name):
