@@ -1006,6 +1006,49 @@ def test_beam_of_header_reads_bmaj_or_the_aips_card_and_assumes_nothing():
     assert beam_of_header({"BMAJ": float("nan")}.get) is None
 
 
+def test_beam_of_band_hdus_and_of_the_primary_header_is_kept(tmp_path):
+    """A file of one image HDU per band lost the restoring beam (BMAJ) of its HDUs, which a
+    single-HDU file keeps (`Stamp.beam` None), and an image extension whose beam is in the
+    file's primary header (as FITS keyword inheritance allows) had none either, in files,
+    in FITS bytes and in `annotate`'s images. The beam is now the coarsest of the HDUs'
+    beams, each HDU's own or else the primary header's."""
+    from pathlib import Path
+
+    from astromorph._images import closing_files, parse_sky_images
+    from astromorph._readers._fits import parse_fits_bytes, read_fits, read_fits_bytes
+
+    hdu = first_like_hdu(size=40, seed=2, source=False)
+    data, header = hdu.data, hdu.header
+
+    def band(name, beam_arcsec):
+        h = header.copy()
+        h["EXTNAME"] = name
+        if beam_arcsec:
+            h["BMAJ"] = h["BMIN"] = beam_arcsec / 3600
+        return fits.ImageHDU(data, h)
+
+    with_beam = fits.PrimaryHDU()
+    with_beam.header["BMAJ"], with_beam.header["BMIN"] = 45 / 3600, 45 / 3600
+    # file -> (HDUs, the file's beam, the beam of its first image HDU)
+    files = {"bands": (fits.HDUList([fits.PrimaryHDU(), band("G", 30), band("R", 45)]), 45, 30),
+             "inherited": (fits.HDUList([with_beam, band("G", None), band("R", 15)]), 45, 45),
+             "one_ext": (fits.HDUList([with_beam.copy(), band("G", None)]), 45, 45),
+             "none": (fits.HDUList([fits.PrimaryHDU(), band("G", None), band("R", None)]),
+                      None, None)}
+    approx = lambda beam: None if beam is None else pytest.approx(beam)  # noqa: E731
+    for name, (hdul, beam, first) in files.items():
+        path = tmp_path / f"{name}.fits"
+        hdul.writeto(path)
+        blob = path.read_bytes()
+        for stamps in (read_fits(Path(path), want_scale=True, triplet_hint=False),
+                       read_fits_bytes(blob, source=name)):
+            assert [s.beam for s in stamps] == [approx(beam)], name
+        assert parse_fits_bytes(blob, return_facts=True)[2].beam == approx(first), name
+        with closing_files(parse_sky_images(str(path))) as images:
+            beams = [im.beam for im in images if im.beam is not None]
+        assert (max(beams) if beams else None) == approx(beam), name
+
+
 @requires_model
 def test_beam_coarser_than_first_is_extrapolated_in_stamp_tables(tmp_path):
     """A radio stamp held as FITS bytes in a table cell was scored with flags 0 whatever

@@ -831,6 +831,14 @@ def saturation_of_header(header, primary=None):
     return None
 
 
+def _beam_of(header, primary=None):
+    """`beam_of_header` of an image's FITS header, else of ``primary``, the file's primary
+    header where the image is an extension's (radio images written with the beam in the
+    primary header and the image in an extension, as FITS keyword inheritance allows)."""
+    beam = beam_of_header(header.get)
+    return beam if beam is not None or primary is None else beam_of_header(primary.get)
+
+
 class HeaderFacts(NamedTuple):
     """What a FITS header says of a stamp beyond its pixels and pixel scale, as `Stamp`
     carries it (`Stamp.beam`, `Stamp.flux_note`, `Stamp.saturation`); None where unknown."""
@@ -845,7 +853,7 @@ class HeaderFacts(NamedTuple):
 
 _NO_FACTS = HeaderFacts()
 #: The keywords that each of `header_facts`'s readers reads.
-_FACT_READERS = ((frozenset(("BMAJ", "HISTORY")), lambda h, p: beam_of_header(h.get)),
+_FACT_READERS = ((frozenset(("BMAJ", "HISTORY")), lambda h, p: _beam_of(h, p)),
                  (frozenset(("BUNIT", "FLUXMAG0") + _ZERO_POINT_KEYS), flux_unit_note),
                  (frozenset(_SATURATION_KEYS), saturation_of_header))
 _FACT_KEYS = frozenset().union(*(keys for keys, _ in _FACT_READERS))
@@ -854,7 +862,7 @@ _FACT_KEYS = frozenset().union(*(keys for keys, _ in _FACT_READERS))
 def header_facts(header, primary=None):
     """`HeaderFacts` of an image's FITS header (``.get(key, default)``); ``primary``: the
     file's primary header where the image is an extension's, read where ``header`` lacks
-    the unit or saturation keywords. The one reader of these facts for stamps, whether
+    the beam, unit or saturation keywords. The one reader of these facts for stamps, whether
     read from a file (`read_fits`) or from bytes (`parse_fits_bytes`)."""
     keys = getattr(header, "keys", None)
     if primary is not None or keys is None:
@@ -1153,12 +1161,15 @@ def _stamp_of_hdus(source, path, images, headers, primary, empty, triplet_hint):
     order = _triplet_order(names)
     planes = [d for _, _, d, _ in images]
     levels = [saturation_of_header(headers[i], primary if i else None) for i, _, _, _ in images]
+    # the coarsest of the HDUs' beams, as annotate takes the coarsest of the bands' beams
+    beam = max((b for b in (_beam_of(headers[i], primary if i else None)
+                            for i, _, _, _ in images) if b is not None), default=None)
     if _is_triplet(order, triplet_hint):
         members = dict(zip(_triplet_order([h.get("EXTNAME") for h in empty.values()]),
                            (_empty_label(i, h) for i, h in empty.items())))
         stamp = _triplet_stamp(source, path, planes, order, scale, 0, empty=members,
                                scales=scales, levels=levels)
-        stamp.header_get = headers[images[0][0]].get
+        stamp.header_get, stamp.beam = headers[images[0][0]].get, beam
         return [stamp]
     if len({p.shape for p in planes}) > 1:
         return _refused(source, path, "band images differ in shape: "
@@ -1169,7 +1180,7 @@ def _stamp_of_hdus(source, path, images, headers, primary, empty, triplet_hint):
     return [Stamp(source, path, "bands", np.stack(planes), bands, scale, header_hdu=0,
                   empty_hdus={band_of_header(h): _empty_label(i, h) for i, h in empty.items()},
                   flux_note=notes[0] if notes else None, saturation=_levels_array(levels),
-                  header_get=headers[images[0][0]].get)]
+                  beam=beam, header_get=headers[images[0][0]].get)]
 
 
 def _empty_label(i, header):
