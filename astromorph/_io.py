@@ -817,8 +817,13 @@ def plain_votable_columns(table):
     It reads a numeric column of ``arraysize="*"`` as an object column of arrays, an empty
     cell as a float64 array whatever the column's type: where the non-empty arrays are of
     one dtype, the empty ones are given it. Such columns are masked columns only where a
-    cell is masked. Units, descriptions, formats and meta (UCDs) are kept; other columns
-    are left as they are. ``table`` is changed in place and returned.
+    cell is masked. A text cell (of a ``char`` or ``unicodeChar`` column, of any arraysize)
+    that is null comes back masked, as astropy masks a null number: one that holds the
+    column's declared null (``<VALUES null="N/A"/>``), which astropy gives as that text, and
+    an empty one (``<TD/>``: how a VOTable writes a null text cell, astropy's writer
+    included, and no id or label), which astropy gives as ``''``. Units, descriptions,
+    formats and meta (UCDs) are kept; other columns are left as they are. ``table`` is
+    changed in place and returned.
     """
     from astropy.table import Column, MaskedColumn
 
@@ -830,14 +835,20 @@ def plain_votable_columns(table):
 
     for name in table.colnames:
         col = table[name]
-        if getattr(col, "dtype", None) != object or col.ndim != 1:
+        dtype = getattr(col, "dtype", None)
+        if dtype is None or col.ndim != 1 or dtype != object and not (
+                dtype.kind in "US" and col.info.meta.get("_votable_string_dtype")):
             continue
         data, masked = np.ma.getdata(col), np.ma.getmaskarray(col)
         cells = data[~masked]
-        if all(isinstance(c, str) for c in cells) and (
+        if dtype.kind in "US" or all(isinstance(c, str) for c in cells) and (
                 len(cells) or col.info.meta.get("_votable_string_dtype")):
-            table.replace_column(name, rebuilt(col, np.where(masked, "", data).astype(str),
-                                               masked))
+            text = np.where(masked, "", data).astype(str)
+            null = (col.info.meta.get("values") or {}).get("null")
+            masked = masked | (text == "")
+            if isinstance(null, str):  # (a number where astropy parsed the text: none)
+                masked |= text == null
+            table.replace_column(name, rebuilt(col, text, masked))
             continue
         if not all(isinstance(c, np.ndarray) and c.ndim == 1 for c in data):
             continue

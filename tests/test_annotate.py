@@ -12,7 +12,7 @@ from astropy import units as u
 from astropy.coordinates import Angle, SkyCoord
 from astropy.io import fits
 from astropy.nddata import NDData
-from astropy.table import QTable, Table
+from astropy.table import MaskedColumn, QTable, Table
 from astropy.wcs import WCS, Sip
 
 import astromorph
@@ -3370,8 +3370,10 @@ def test_votable_text_and_variable_length_columns_are_read_as_plain_columns(tmp_
     assert t.meta["description"] == "a test catalogue"
     for name, text in (("name", ["NGC 1", "", "M 31 ünï"]), ("uname", ["Åström", "", "天体"])):
         assert t[name].dtype.kind == "U", name
-        assert t[name].tolist() == text
-        np.testing.assert_array_equal(np.ma.getmaskarray(t[name]), np.ma.getmaskarray(raw[name]))
+        assert t[name].filled("").tolist() == text
+        # the empty cell is a null text cell: masked (astropy gives it as '', unmasked)
+        assert not np.ma.getmaskarray(raw[name]).any()
+        assert np.ma.getmaskarray(t[name]).tolist() == [False, True, False], name
     assert t["name"].info.description == "Source name"
     assert t["name"].info.meta["ucd"] == "meta.id;meta.main"
     assert {c.dtype for c in t["epochs"]} == {np.asarray(raw["epochs"][0]).dtype}
@@ -3402,6 +3404,49 @@ def test_votable_text_and_variable_length_columns_are_read_as_plain_columns(tmp_
     raw.remove_columns(["name", "uname", "epochs"])
     raw.write(tmp_path / "cat.ecsv")
     assert _read_catalogue(tmp_path / "cat.ecsv").colnames == raw.colnames
+
+
+def test_votable_null_text_cells_are_masked(tmp_path):
+    """astropy masks a VOTable's null numbers but gives a null text cell as its declared
+    null text (``<VALUES null="N/A"/>``) or as ``''`` (an empty ``<TD/>``, as astropy itself
+    writes a masked text cell), unmasked: a missing id or label was read as the id or label
+    "N/A" or "". astromorph's table reader now masks them, in ``char`` and ``unicodeChar``
+    columns of fixed and variable width; other text, and numbers, are read as before."""
+    from astropy.io.votable import from_table, writeto
+
+    from astromorph._cli_annotate import _read_catalogue
+
+    rows = [("NGC 1", "a", "Å", "1"), ("N/A", "none", "-", "-1"), ("", "", "", ""),
+            ("n/a", "nonen", "--", "2")]
+    (tmp_path / "null.vot").write_text(f"""<?xml version="1.0" encoding="utf-8"?>
+<VOTABLE version="1.4" xmlns="http://www.ivoa.net/xml/VOTable/v1.3">
+<RESOURCE type="results"><TABLE name="results">
+<FIELD name="id" datatype="char" arraysize="*"><VALUES null="N/A"/></FIELD>
+<FIELD name="fixed" datatype="char" arraysize="6"><VALUES null="none"/></FIELD>
+<FIELD name="uname" datatype="unicodeChar" arraysize="*"><VALUES null="-"/></FIELD>
+<FIELD name="n" datatype="int"><VALUES null="-1"/></FIELD>
+<DATA><TABLEDATA>
+{"".join("<TR>" + "".join(f"<TD>{c}</TD>" for c in row) + "</TR>" for row in rows)}
+</TABLEDATA></DATA></TABLE></RESOURCE></VOTABLE>
+""", encoding="utf-8")
+    t = _read_catalogue(tmp_path / "null.vot")
+    for name, text in (("id", "NGC 1"), ("fixed", "a"), ("uname", "Å")):
+        assert t[name].dtype.kind == "U", name
+        assert t[name].mask.tolist() == [False, True, True, False], name
+        assert t[name][0] == text, name
+    assert t["id"][3] == "n/a" and t["fixed"][3] == "nonen" and t["uname"][3] == "--"
+    assert t["n"].mask.tolist() == [False, True, True, False]
+    # a masked text column written by astropy (an empty cell) reads back masked
+    masked = Table({"label": MaskedColumn(["spiral", "elliptical", "merger"],
+                                          mask=[False, True, False]),
+                    "name": MaskedColumn(["x", "y", "z"], mask=[True, False, False])})
+    vot = from_table(masked)
+    vot.get_first_table().get_field_by_id("name").arraysize = "*"  # as TAP serves ids
+    writeto(vot, str(tmp_path / "masked.vot"))
+    back = _read_catalogue(tmp_path / "masked.vot")
+    for name in ("label", "name"):
+        assert back[name].mask.tolist() == masked[name].mask.tolist(), name
+        assert back[name].filled("?").tolist() == masked[name].filled("?").tolist(), name
 
 
 def test_cli_annotates_a_votable_of_text_ids_to_fits_parquet_and_ecsv(optical_model, tmp_path):

@@ -490,3 +490,20 @@ def test_a_float32_score_equal_to_the_threshold_is_real_as_in_the_table():
     at = astromorph.evaluate_labels(t, "is_real", model="real-bogus",
                                     threshold=0.7).metrics["at_thresholds"]["given"]
     assert (at["threshold"], at["fnr"], at["fpr"]) == (0.7, 0.0, 0.5)
+
+
+def test_a_votable_null_label_is_unlabelled(tmp_path):
+    """A VOTable of labels whose null text is declared (``<VALUES null="N/A"/>``) gave
+    its null cells to `evaluate_labels` as the label "N/A" (astropy masks null numbers, not
+    null text): "truth values 'N/A' are not classes". They are now unlabelled rows, as a
+    masked or empty label is."""
+    from astropy.io.votable import from_table, writeto
+
+    true = ["elliptical", "N/A", "spiral", "", "spiral"]
+    pred = ["elliptical", "spiral", "spiral", "merger", "elliptical"]
+    vot = from_table(_morph_table(true, pred))
+    vot.get_first_table().get_field_by_id("mine").values.null = "N/A"
+    writeto(vot, str(tmp_path / "labels.vot"))
+    ev = astromorph.evaluate_labels(tmp_path / "labels.vot", "mine", model="morphology")
+    assert (ev.metrics["n_rows"], ev.metrics["n_unlabelled"]) == (5, 2)
+    assert ev.metrics["accuracy"] == pytest.approx(2 / 3)
