@@ -1511,13 +1511,18 @@ def test_missing_and_non_celestial_wcs(optical_model, tmp_path):
     (dict(CDELT1=-1e-4, CDELT2=1e-4, PC2_1=0.0, PC2_2=0.0), r"PC2_1 = 0, PC2_2 = 0"),
     (dict(CDELT1=-1e-4, CDELT2=1e-4, PC1_1=1.0, PC1_2=1.0, PC2_1=2.0, PC2_2=2.0),
      r"CDELT1 = -0.0001, CDELT2 = 0.0001, PC1_1 = 1, PC1_2 = 1, PC2_1 = 2, PC2_2 = 2"),
+    # no scale keyword (CTYPE, CRVAL, CRPIX alone): wcslib took FITS's default 1 degree/pixel
+    (dict(), r"no CDELT1, CDELT2, CDi_j or PCi_j keyword: no pixel scale \(wcslib silently "
+             r"takes FITS's default of 1 degree/pixel\)"),
+    (dict(CDELT1=-1e-4), r"no CDELT2, CDi_j or PC2_j keyword: world axis 2 gets no pixel"),
 ], ids=["cd_zero_row_col", "cd_zero_row", "cd_zero_row2", "cdelt_zero", "pc_zero_row",
-        "pc_singular"])
+        "pc_singular", "no_scale", "no_cdelt2"])
 def test_degenerate_wcs_is_an_input_error_naming_its_keywords(optical_model, tmp_path, keys,
                                                               named):
     """A CD matrix with a zero row and column (CD1_1 = CD1_2 = CD2_1 = 0) was silently
     repaired by wcslib, 1 degree/pixel filled in, and ``annotate`` cut its stamps through
-    it; other singular matrices stopped it with wcslib's bare "ERROR 3 in wcsset()". Each
+    it, as through a header with no CDELTi, CDi_j or PCi_j at all (FITS's default CDELTi of
+    1 degree); other singular matrices stopped it with wcslib's bare "ERROR 3 in wcsset()". Each
     is now an `InputError` naming the image and the keywords; in a multi-extension file the
     extension is skipped with a warning, as any other unusable one."""
     img, w = blobs(), sky_wcs()
@@ -1540,6 +1545,31 @@ def test_degenerate_wcs_is_an_input_error_naming_its_keywords(optical_model, tmp
         out = astromorph.annotate(cat, str(tmp_path / "mef.fits"), model=optical_model)
     np.testing.assert_allclose(out["opt_p_a"], ref["opt_p_a"], rtol=1e-5)
 
+
+
+@pytest.mark.parametrize("keys", [
+    dict(CDELT1=-1e-4, CDELT2=1e-4), dict(CDELT1=-1e-4, CDELT2=1e-4, PC1_2=0.1, PC2_1=-0.1),
+    dict(CD1_1=-1e-4, CD2_2=1e-4), dict(CD1_1=-1e-4, CD1_2=1e-5, CD2_1=1e-5, CD2_2=1e-4),
+    dict(PC1_1=-1e-4, PC2_2=1e-4),  # the scale in PC (CDELTi = 1): as wcslib reads it
+], ids=["cdelt", "cdelt_pc", "cd_diagonal", "cd", "pc_only"])
+def test_wcs_with_scale_keywords_places_sources(optical_model, keys):
+    """Headers that give their pixel scale (CDELTi with or without PCi_j, CDi_j, or PCi_j
+    holding it) are no degenerate WCS (`wcs_matrix_problem`): annotate scores from them, and
+    the stamp readers take their pixel scale, by the fast parser and by astropy."""
+    from astromorph._readers._fits import (_header_scale, _scale_from_cards,
+                                           wcs_matrix_problem)
+
+    img, w = blobs(), sky_wcs()
+    cat = catalogue(w, [(100, 100)])
+    h = fits.Header()
+    h.update(CTYPE1="RA---TAN", CTYPE2="DEC--TAN", CRVAL1=w.wcs.crval[0],
+             CRVAL2=w.wcs.crval[1], CRPIX1=100.0, CRPIX2=100.0, **keys)
+    assert wcs_matrix_problem(h.get) is None
+    scale = np.sqrt(abs(np.linalg.det(WCS(h).pixel_scale_matrix))) * 3600
+    assert _scale_from_cards(h.get) == pytest.approx(scale)
+    assert _header_scale(h) == pytest.approx(scale)
+    out = astromorph.annotate(cat, (img, h), model=optical_model)
+    assert not np.ma.getmaskarray(out["opt_p_a"]).any()
 
 
 @pytest.mark.filterwarnings("ignore::astropy.io.fits.verify.VerifyWarning")  # the NaN card under test

@@ -319,10 +319,12 @@ def test_cube_whose_celestial_axes_are_not_its_image_axes():
     dict(CD1_1=SCALE, CD1_2=SCALE, CD2_1=SCALE, CD2_2=SCALE),  # singular
     dict(CDELT1=0.0, CDELT2=SCALE),
     dict(CDELT1=-SCALE, CDELT2=SCALE, PC1_1=0.0, PC1_2=0.0),
-], ids=["cd_zero_row", "cd_singular", "cdelt_zero", "pc_zero_row"])
+    dict(),                                           # no scale keyword: wcslib takes 1 deg
+], ids=["cd_zero_row", "cd_singular", "cdelt_zero", "pc_zero_row", "no_scale"])
 def test_degenerate_wcs_is_drawn_in_pixel_orientation(keys):
     """A CD matrix with a zero row (CD1_1 = CD1_2 = 0) was silently repaired by wcslib
-    (1 degree/pixel on the diagonal) and the stamp resampled "north up" into an almost
+    (1 degree/pixel on the diagonal), as a header without CDELTi, CDi_j or PCi_j gets
+    FITS's default 1 degree/pixel, and the stamp resampled "north up" into an almost
     blank tile; a degenerate WCS is now no usable WCS: pixel orientation."""
     h = fits.Header()
     c = (SIZE + 1) / 2

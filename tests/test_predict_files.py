@@ -128,13 +128,15 @@ def test_wcs_keyword_that_is_no_number_is_no_wcs_not_an_unreadable_file(models, 
 @pytest.mark.parametrize("keys", [
     dict(CD1_1=0.0, CD1_2=0.0, CD2_2=0.0005),   # wcslib filled in 1 degree/pixel: 60"
     dict(CD1_1=0.0005, CD1_2=0.0005, CD2_1=0.0005, CD2_2=0.0005),  # singular: was 2.5"
-], ids=["cd_zero_row", "cd_singular"])
+    dict(),  # no CDELTi, CDi_j or PCi_j: FITS's default 1 degree/pixel, in both readers
+], ids=["cd_zero_row", "cd_singular", "no_scale"])
 def test_degenerate_wcs_is_no_wcs_in_every_reader(models, tmp_path, keys):
     """A CD matrix with a zero row and column was silently repaired by wcslib (1 degree on
     the diagonal) and a singular one given a pixel scale from its column lengths, where the
-    image is read by astropy (an image extension): the stamp was resampled at a made-up
-    pixel scale. Either is now no usable WCS (NO_WCS, the model's pixel scale assumed), as
-    the fast reader of a lone primary HDU already had it."""
+    image is read by astropy (an image extension), and a header without any scale keyword
+    got FITS's default of 1 degree/pixel in both readers: the stamp was resampled at a
+    made-up pixel scale. Each is now no usable WCS (NO_WCS, the model's pixel scale
+    assumed), as the fast reader of a lone primary HDU already had the first two."""
     rng = np.random.default_rng(1)
     img = rng.normal(0, 1.5e-4, (200, 200)).astype(np.float32)
     img[90:110, 90:110] += 0.01

@@ -288,18 +288,43 @@ def _point_problem(get, axes=(1, 2)):
     return None
 
 
+def _default_scale_problem(get, axes=(1, 2)):
+    """Why the celestial axes ``axes`` (FITS numbers) of the header read by ``get`` have
+    no pixel scale but FITS's default, naming the keywords, or None (`wcs_matrix_problem`).
+
+    A header without a CD matrix whose CDELTi and PCi_j are all absent for an axis ``i``
+    (CTYPE, CRVAL and CRPIX alone): wcslib silently takes CDELTi = 1 (degree per pixel).
+    Absent elements of a CD matrix are zeros instead (a zero row, said by
+    `wcs_matrix_problem`); PCi_j without CDELTi give the scale that PC holds.
+    """
+    absent = lambda key: _keyword(get, key) is None  # noqa: E731
+    if not all(absent(f"CD{i}_{j}") for i in axes for j in axes):
+        return None
+    rows = [i for i in axes if absent(f"CDELT{i}") and all(absent(f"PC{i}_{j}") for j in axes)]
+    if not rows:
+        return None
+    if len(rows) == len(axes):
+        return (f"no {', '.join(f'CDELT{i}' for i in rows)}, CDi_j or PCi_j keyword: no pixel "
+                "scale (wcslib silently takes FITS's default of 1 degree/pixel)")
+    i = rows[0]
+    return (f"no CDELT{i}, CDi_j or PC{i}_j keyword: world axis {i} gets no pixel scale "
+            "(wcslib silently takes FITS's default of 1 degree/pixel)")
+
+
 def wcs_matrix_problem(get, axes=(1, 2)):
     """Why the celestial axes ``axes`` (FITS numbers) of the WCS of a header read by
     ``get`` cannot place pixels on the sky, naming the keywords, or None.
 
-    A reference point (CRVALi, CRPIXi) that is NaN or infinite, and a pixel scale matrix
+    A reference point (CRVALi, CRPIXi) that is NaN or infinite, no pixel scale keyword at
+    all (no CDELTi, CDi_j or PCi_j: `_default_scale_problem`), and a pixel scale matrix
     with a zero row or column (``CD1_1 = CD1_2 = 0``, ``CDELT1 = 0``), singular or not
     finite. wcslib refuses some of these, but silently repairs others: a CD matrix whose row
     and column of an axis are both zero (absent) gets 1 (degree per pixel) on its diagonal,
-    a ``CRVAL1 = NaN`` card is read as 0; so the header's keywords are looked at, not
-    astropy's WCS. Keywords that are text are left to the WCS parsers (None here).
+    as an axis without CDELTi does, a ``CRVAL1 = NaN`` card is read as 0; so the header's
+    keywords are looked at, not astropy's WCS. Keywords that are text are left to the WCS
+    parsers (None here).
     """
-    point = _point_problem(get, axes)
+    point = _point_problem(get, axes) or _default_scale_problem(get, axes)
     if point:
         return point
     try:
@@ -347,12 +372,12 @@ def _scale_from_cards(get):
         # scale (Flag.NO_WCS, as for astropy's parse failures); no reason to drop the image
         return None
     # what `wcs_matrix_problem` checks, with the matrix read once (this runs for every cell
-    # of a table of FITS bytes): a finite reference point, a finite matrix without a zero
-    # row or column, a non-zero determinant
+    # of a table of FITS bytes): a finite reference point, a scale not FITS's default, a
+    # finite matrix without a zero row or column, a non-zero determinant
     with np.errstate(invalid="ignore"):
         det = np.linalg.det(cd)
     if not (np.isfinite(cd).all() and cd.any(axis=0).all() and cd.any(axis=1).all()
-            and det != 0) or _point_problem(get):
+            and det != 0) or _point_problem(get) or _default_scale_problem(get):
         return None
     scale = float(np.sqrt(abs(det)) * 3600.0)
     return scale if np.isfinite(scale) and scale > 0 else None
