@@ -397,3 +397,35 @@ def test_orienting_leaves_the_warning_filters_of_other_threads_alone():
     entering.join(60)
     assert results and results[0][1]  # oriented by its WCS
     assert warnings.filters == before
+
+
+def test_corners_outside_a_rotated_stamp_are_transparent(tmp_path, monkeypatch):
+    """A stamp turned north up by resampling (WCS rotated 30 degrees) has NaN corners,
+    outside the stamp: they were drawn black, the stretch's floor, like the faintest sky;
+    now they are transparent (the figure's background shows), the stamp itself opaque,
+    and a stamp that needs no resampling is drawn as before (RGB, no alpha)."""
+    pytest.importorskip("matplotlib")
+    import astromorph.embeddings._plots as plots
+
+    figs = []
+    real = plots.figure
+    monkeypatch.setattr(plots, "figure", lambda **kw: figs.append(real(**kw)) or figs[-1])
+    paths = []
+    for i, h in enumerate([_header("cd", 30), _header("cd", 0)]):
+        p = tmp_path / f"s{i}.fits"
+        fits.PrimaryHDU(_stamp(h), header=h).writeto(p)
+        paths.append(str(p))
+    t = Table({"source": paths, "embedding": np.array([[1.0, 0.0], [0.8, 0.6]])})
+    index = SimilarityIndex.from_table(t)
+    index.gallery(index.query(row=0, k=1), tmp_path / "g.png")
+    rotated, plain = (np.asarray(ax.images[0].get_array())
+                      for ax in figs[0].axes if ax.get_title())
+    assert rotated.shape == (SIZE, SIZE, 4) and np.isfinite(rotated).all()
+    alpha = rotated[..., 3]
+    for corner in (alpha[0, 0], alpha[0, -1], alpha[-1, 0], alpha[-1, -1]):
+        assert corner == 0
+    c = SIZE // 2
+    assert alpha[c - 10:c + 11, c - 10:c + 11].min() == 1  # the stamp itself: opaque
+    shown, _ = north_up(_stamp(_header("cd", 30))[None], _header("cd", 30).get)
+    assert np.array_equal(alpha == 0, np.isnan(shown[0]))
+    assert plain.shape == (SIZE, SIZE, 3)

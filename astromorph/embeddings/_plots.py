@@ -83,6 +83,26 @@ def display_image(image):
     return np.clip(np.moveaxis(rgb, 0, -1), 0, 1).astype(np.float32)
 
 
+def _tile_image(image):
+    """`display_image` of a gallery tile, with an alpha channel (``(H, W, 4)``) where some
+    pixel has no finite value in any plane: those pixels (the corners of a stamp resampled
+    north up, which lie outside the stamp, `_shown`; a blank pixel) are transparent and
+    show the figure's background, rather than the black of the stretch's floor, as a tile
+    without a picture shows it. A picture with every pixel known is ``display_image``'s,
+    unchanged."""
+    rgb = display_image(image)
+    arr = np.asarray(image)
+    if arr.dtype.kind != "f":
+        return rgb
+    planes = arr if arr.ndim == 3 and not (arr.shape[-1] == 3 and arr.shape[0] != 3) else \
+        arr[None] if arr.ndim == 2 else np.moveaxis(arr, -1, 0)
+    missing = ~np.isfinite(planes).any(axis=0)
+    if not missing.any():
+        return rgb
+    rgb = np.nan_to_num(rgb)  # (a [0, 1] picture keeps its NaN through display_image)
+    return np.concatenate([rgb, (~missing)[..., None].astype(np.float32)], axis=-1)
+
+
 #: A stamp of a file holding several: ``file.fits[3]`` (the ``source`` of its row).
 _STAMP_OF_FILE = re.compile(r"(?s)(.*)\[(\d+)\]")
 
@@ -320,7 +340,7 @@ def gallery(index, result, path, *, images=None, source_column=None, query_image
         ax.axis("off")
     for ax, (pic, label) in zip(axes.ravel(), tiles):
         if pic is not None:
-            ax.imshow(display_image(pic), origin="upper", interpolation="nearest")
+            ax.imshow(_tile_image(pic), origin="upper", interpolation="nearest")
         else:
             ax.text(0.5, 0.5, "no image", ha="center", va="center", transform=ax.transAxes)
         ax.set_title(label, fontsize=7, color="C3" if label.startswith("query") else "black")
