@@ -21,6 +21,7 @@ import numpy as np
 from astropy.table import MaskedColumn, Table
 
 from ._flags import Flag
+from ._readers._stamp import _axis_scales
 from .exceptions import InputError, ModelCardError
 from .preprocessing._checks import SENTINEL
 
@@ -38,7 +39,8 @@ class RawStamps:
     kind: str
     data: np.ndarray
     bands: tuple = None
-    #: Pixel scale in arcsec/pixel, scalar or (N,), or None when unknown.
+    #: Pixel scale in arcsec/pixel, scalar or (N,), a tuple ``(scale_y, scale_x)`` for
+    #: pixels that are not square (one for the batch), or None when unknown.
     pixel_scale: object = None
     #: Restoring beam FWHM (major axis) in arcsec, scalar or (N,) (NaN where unknown), or
     #: None when unknown; only the radio family uses it (`coarse_beam`).
@@ -318,17 +320,21 @@ def _radio_input(raw, card):
         data = np.where(bad, np.float32(np.nan), data)  # a copy: the caller's array is kept
     flags = _flag_constant(np.where(bad, 0, data), flags)
     images = data[:, 0]
-    scales = np.broadcast_to(np.asarray(rad.FIRST_PIXEL_SCALE_ARCSEC if raw.pixel_scale is None
-                                        else raw.pixel_scale, dtype=float), (len(images),))
+    # (scale_y, scale_x) of each image: a tuple is one pair for the batch (pixels that are
+    # not square), else one scale, or one per image, for both axes
+    given = rad.FIRST_PIXEL_SCALE_ARCSEC if raw.pixel_scale is None else raw.pixel_scale
+    scales = np.broadcast_to(np.asarray(given, dtype=float)[..., None] if not isinstance(
+        given, tuple) else np.asarray(given, dtype=float), (len(images), 2))
     # the stamp must span the network's field (CROP_PIXELS at 1.8"): else extrapolated
-    side = np.minimum(*images.shape[-2:]) * scales
+    side = np.min(np.asarray(images.shape[-2:]) * scales, axis=1)
     short = side < rad.STAMP_ANGULAR_SIZE_ARCSEC * (1 - 1e-6)
-    coarse = scales > 2 * rad.FIRST_PIXEL_SCALE_ARCSEC
+    coarse = scales.max(axis=1) > 2 * rad.FIRST_PIXEL_SCALE_ARCSEC
     flags |= np.where(short | coarse, int(Flag.EXTRAPOLATED), 0).astype(flags.dtype)
     if raw.pixel_scale is not None:
-        resample = ~np.isclose(scales, rad.FIRST_PIXEL_SCALE_ARCSEC, rtol=1e-3)
+        resample = ~np.isclose(scales, rad.FIRST_PIXEL_SCALE_ARCSEC, rtol=1e-3).all(axis=1)
         if resample.any() or images.shape[-1] != rad.DATASET_IMAGE_PIXELS:
-            images = np.stack([rad.resample_to_first_grid(im, s) for im, s in zip(images, scales)])
+            images = np.stack([rad.resample_to_first_grid(im, tuple(s) if s[0] != s[1] else s[0])
+                               for im, s in zip(images, scales)])
     # the noise is measured once, for the detection check and the data-set scaling
     rms = rad._sigma_clipped_rms_stack(rad._centre_window(images, rad.DATASET_IMAGE_PIXELS,
                                                           np.nan))
@@ -350,11 +356,12 @@ def _triplet(raw, card, crop_fraction):
     size = card["input"]["shape"][-1]
     if raw.pixel_scale is not None or data.shape[-1] != size or data.shape[-2] != size:
         scale = tri.TRIPLET_PIXEL_SCALE if raw.pixel_scale is None else raw.pixel_scale
-        scale = float(np.atleast_1d(scale)[0])
+        # (scale_y, scale_x): each axis by its own scale (pixels that are not square)
+        scale = scale if isinstance(scale, tuple) else float(np.atleast_1d(scale)[0])
         data, coverage = tri.resample_triplet(data, scale)
         # extrapolated: the stamp does not cover the model's field, or its pixels are more
         # than twice as coarse as the model's (upsampled, as for the other families)
-        coarse = scale > 2 * tri.TRIPLET_PIXEL_SCALE
+        coarse = max(_axis_scales(scale)) > 2 * tri.TRIPLET_PIXEL_SCALE
         flags |= np.where((coverage < 0.999) | coarse, int(Flag.EXTRAPOLATED),
                           0).astype(flags.dtype)
     x, nan_fraction = tri.preprocess_triplet(data)

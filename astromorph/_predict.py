@@ -540,7 +540,8 @@ class _Runner:
         self.origins.append((stamp.path, stamp.header_hdu, stamp.index))
         if not stamp.usable:
             return
-        scale = np.nan if stamp.pixel_scale is None else float(stamp.pixel_scale)
+        # (scale_y, scale_x) for pixels that are not square, else one float
+        scale = np.nan if stamp.pixel_scale is None else stamp.pixel_scale
         beam = stamp.beam if self.family == "radio" else None  # only the radio model uses it
         planes = 1 if stamp.kind == "colour" else len(stamp.data)
         levels = np.full((1, planes), np.nan) if stamp.saturation is None \
@@ -548,7 +549,7 @@ class _Runner:
         self._queue(_group_key(stamp.kind, stamp.data, stamp.bands, scale, beam),
                     np.array([row]),
                     stamp.data[None], np.array([stamp.flags], dtype=np.int32),
-                    np.array([scale]), levels)
+                    np.array([scale], dtype=float), levels)
 
     def add_block(self, index, kind, data, bands, flags, reasons, scales):
         """Add rows whose stamps are ``data[j]`` (all of one ``kind``, shape and dtype).
@@ -644,7 +645,8 @@ class _Runner:
             given = before | np.where(saturated_centres(data, levels),
                                       int(Flag.SATURATED), 0).astype(np.int32)
         raw = RawStamps(kind, data, bands=bands,
-                        pixel_scale=None if np.isnan(scales[0]) else float(scales[0]),
+                        pixel_scale=None if np.isnan(scales[0]).any() else
+                        float(scales[0]) if scales.ndim == 1 else tuple(scales[0].tolist()),
                         beam=beam, flags=given)
         try:
             with catch_warnings():
@@ -687,9 +689,10 @@ class _Runner:
 
 def _group_key(kind, stamp, bands, scale, beam=None):
     """Stamps of one group are scored together: same kind, shape, dtype, bands, pixel
-    scale (to 1e-6 arcsec/pixel) and restoring beam (to 1e-6 arcsec; None if unknown)."""
+    scale (to 1e-6 arcsec/pixel; one value, or ``(scale_y, scale_x)``) and restoring beam (to 1e-6 arcsec; None if unknown)."""
     return (kind, stamp.shape, stamp.dtype.str, bands,
-            None if np.isnan(scale) else round(float(scale), 6),
+            None if np.isnan(scale).any() else round(float(scale), 6) if np.ndim(scale) == 0
+            else tuple(round(float(v), 6) for v in scale),
             None if beam is None else round(float(beam), 6))
 
 

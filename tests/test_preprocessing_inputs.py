@@ -188,12 +188,15 @@ def test_float16_images_do_not_warn():
     pp.single_band_to_rgb(GALAXY.astype(np.float16), minimum=0.01)
 
 
-@pytest.mark.parametrize("func", [
-    lambda s: pp.resample_to_first_grid(RADIO, s),
-    lambda s: pp.preprocess_radio_image(RADIO, pixel_scale_arcsec=s)])
-def test_radio_pixel_scale_must_be_one_number(func):
+def test_radio_pixel_scale_must_be_one_number():
     with pytest.raises(InvalidArgumentError, match=r"pixel_scale_arcsec.*\[1\.0, 2\.0\]"):
-        func([1.0, 2.0])
+        pp.preprocess_radio_image(RADIO, pixel_scale_arcsec=[1.0, 2.0])
+
+
+def test_radio_resampling_takes_one_or_two_pixel_scales():
+    """(scale_y, scale_x) for pixels that are not square, as for `resample_triplet`."""
+    with pytest.raises(InvalidArgumentError, match=r"pixel_scale_arcsec.*\[1\.0, 2\.0, 3\.0\]"):
+        pp.resample_to_first_grid(RADIO, [1.0, 2.0, 3.0])
 
 
 def test_triplet_pixel_scale_takes_one_or_two_values():

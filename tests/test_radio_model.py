@@ -302,7 +302,7 @@ def test_pixel_scale_from_wcs_of_a_degenerate_or_skewed_matrix():
     it has no pixel area; it is an `InputError`, as `annotate` says of such an image. A
     skewed one (CD1_2 != 0, CD2_1 = 0) gave the geometric mean of its column lengths, not the
     square root of the pixel area that the fast FITS reader gives for the same header."""
-    from astromorph._readers._fits import _scale_from_cards
+    from astromorph._readers._fits import _header_scale, _scale_from_cards
 
     h = fits.Header({"CTYPE1": "RA---TAN", "CTYPE2": "DEC--TAN", "CRVAL1": 150.0,
                      "CRVAL2": 2.0, "CD1_1": 1 / 3600, "CD1_2": 1 / 3600,
@@ -311,7 +311,11 @@ def test_pixel_scale_from_wcs_of_a_degenerate_or_skewed_matrix():
         radio.pixel_scale_from_wcs(WCS(h))
     h["CD2_1"] = 0.0
     assert radio.pixel_scale_from_wcs(WCS(h)) == pytest.approx(1.0, rel=1e-9)
-    assert _scale_from_cards(h.get) == pytest.approx(1.0, rel=1e-9)
+    # the stamp readers: sides of 1" and 1.41" (not square), resampled each by its own
+    # scale, in that ratio and of the pixel's area, as astropy's reading of the header
+    sy, sx = _scale_from_cards(h.get)
+    assert sy * sx == pytest.approx(1.0, rel=1e-9) and sy / sx == pytest.approx(2 ** 0.5)
+    assert (sy, sx) == pytest.approx(_header_scale(h), rel=1e-9)
 
 
 def test_annotate_equals_predict_on_small_cutouts(tmp_path):
@@ -1136,3 +1140,41 @@ def test_stokes_cubes_in_stamp_tables_give_stokes_i_or_a_reason(tmp_path):
         assert out["radio_flags"][row] & astromorph.Flag.BAD_INPUT
         assert np.ma.is_masked(out["radio_p_FRII"][row])
         assert f"holds Stokes {held}: no Stokes I" in out["radio_reason"][row]
+
+
+def test_non_square_pixels_are_resampled_to_the_first_grid_along_each_axis():
+    """Pixels of 0.9" by 1.35" (CDELT1 = -0.9", CDELT2 = 1.35"): resampled with one scale,
+    sqrt|det| = 1.1", along both axes, the scene was squashed on the FIRST grid; each axis
+    now has its own scale, from ``(scale_y, scale_x)`` or the WCS, and the image matches
+    the same scene drawn on square 0.9" pixels. Square pixels: as before, bit for bit."""
+    from astropy.wcs import WCS
+
+    from astromorph.preprocessing import _radio as rad
+
+    def scene(sx, sy, nx, ny):
+        y, x = np.mgrid[:ny, :nx]
+        dx, dy = (x - (nx - 1) / 2) * sx, (y - (ny - 1) / 2) * sy
+        return (np.exp(-((dx - 20) ** 2 / 200 + (dy + 30) ** 2 / 450))
+                + 0.5 * np.exp(-((dx + 40) ** 2 / 300 + (dy - 25) ** 2 / 120)))
+
+    square = rad.resample_to_first_grid(scene(0.9, 0.9, 601, 601), 0.9)
+    oblong = rad.resample_to_first_grid(scene(0.9, 1.35, 601, 401), (1.35, 0.9))
+    np.testing.assert_allclose(oblong, square, rtol=0, atol=0.01)
+    w = WCS(naxis=2)
+    w.wcs.ctype = ["RA---TAN", "DEC--TAN"]
+    w.wcs.crval, w.wcs.crpix = [150.0, 2.0], [301.0, 201.0]
+    w.wcs.cdelt = [-0.9 / 3600, 1.35 / 3600]
+    from_wcs = rad.preprocess_radio_image(scene(0.9, 1.35, 601, 401), wcs=w, quantize=False)
+    given = rad.preprocess_radio_image(oblong, pixel_scale_arcsec=1.8, quantize=False)
+    np.testing.assert_array_equal(from_wcs, given)
+    # square pixels: block-averaged by 2, then bilinear with one step along both axes
+    img = scene(0.9, 0.9, 601, 601)
+    step = rad.FIRST_PIXEL_SCALE_ARCSEC / 0.9
+    binned = img[:600, :600].reshape(300, 2, 300, 2).mean(axis=(1, 3))
+    pos = ((601 - 1) / 2 + (np.arange(300) - 299 / 2) * step - 0.5) / 2
+    i0 = np.clip(np.floor(pos).astype(int), 0, 298)
+    f = np.clip(pos - i0, 0, 1)
+    ref = (binned[i0][:, i0] * (1 - f)[:, None] * (1 - f)[None] + binned[i0][:, i0 + 1]
+           * (1 - f)[:, None] * f[None] + binned[i0 + 1][:, i0] * f[:, None] * (1 - f)[None]
+           + binned[i0 + 1][:, i0 + 1] * f[:, None] * f[None])
+    np.testing.assert_allclose(square, ref, rtol=1e-12, atol=1e-15)

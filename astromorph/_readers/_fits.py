@@ -9,7 +9,7 @@ from typing import NamedTuple
 import numpy as np
 
 from .._flags import Flag
-from ._stamp import Stamp, common_pixel_scale
+from ._stamp import Stamp, common_pixel_scale, pixel_scales
 from .._warnings import catch_warnings, first_few, warn
 from ..exceptions import AstromorphWarning
 
@@ -354,7 +354,7 @@ def wcs_matrix_problem(get, axes=(1, 2)):
 
 
 def _scale_from_cards(get):
-    """Pixel scale (arcsec) from linear celestial WCS keywords; None if not celestial or
+    """Pixel scale (arcsec; `pixel_scales`: a pair for pixels that are not square) from linear celestial WCS keywords; None if not celestial or
     degenerate (`wcs_matrix_problem`); ``"astropy"`` when only a full WCS parse can tell."""
     c1, c2 = str(get("CTYPE1", "")), str(get("CTYPE2", ""))
     if not (c1[:4] in _CELESTIAL and c2[:4] in _CELESTIAL):
@@ -379,8 +379,8 @@ def _scale_from_cards(get):
     if not (np.isfinite(cd).all() and cd.any(axis=0).all() and cd.any(axis=1).all()
             and det != 0) or _point_problem(get) or _default_scale_problem(get):
         return None
-    scale = float(np.sqrt(abs(det)) * 3600.0)
-    return scale if np.isfinite(scale) and scale > 0 else None
+    scale = pixel_scales(cd)
+    return scale if np.all(np.isfinite(scale)) and np.all(np.asarray(scale) > 0) else None
 
 
 def _physical(raw, bscale=1.0, bzero=0.0, blank=None):
@@ -495,7 +495,7 @@ def _auxiliary_only(buf, pos):
 
 
 def _header_scale(header):
-    """Pixel scale (arcsec) of the celestial WCS of an astropy header, or None where it has
+    """Pixel scale (arcsec; `pixel_scales`: a pair for pixels that are not square) of the celestial WCS of an astropy header, or None where it has
     none, a degenerate one (`wcs_matrix_problem`), one that astropy cannot parse, or no
     positive finite scale."""
     from ..preprocessing._radio import pixel_scale_from_wcs
@@ -508,10 +508,11 @@ def _header_scale(header):
             if not wcs.has_celestial or wcs_matrix_problem(
                     header.get, (wcs.wcs.lng + 1, wcs.wcs.lat + 1)):
                 return None  # (a degenerate matrix: wcslib may have made one up)
-            scale = pixel_scale_from_wcs(wcs)
+            pixel_scale_from_wcs(wcs)  # (checks that the WCS can place pixels)
+            scale = pixel_scales(wcs.celestial.pixel_scale_matrix)
         except Exception:  # noqa: BLE001 - malformed WCS keywords: no usable WCS
             return None
-    return scale if np.isfinite(scale) and scale > 0 else None
+    return scale if np.all(np.isfinite(scale)) and np.all(np.asarray(scale) > 0) else None
 
 
 # ----------------------------------------------------------------------------- diagnosis
@@ -1230,7 +1231,8 @@ def parse_fits_bytes(blob, *, want_scale=True, return_facts=False):
     Returns
     -------
     data : numpy.ndarray, float32, 2-D
-    pixel_scale : float or None
+    pixel_scale : float, (float, float) or None
+        Arcsec/pixel; ``(scale_y, scale_x)`` for pixels that are not square.
     facts : HeaderFacts
         Only with ``return_facts``.
 

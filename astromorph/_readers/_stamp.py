@@ -6,7 +6,7 @@ import numpy as np
 
 from .._flags import Flag
 
-__all__ = ["Stamp", "common_pixel_scale", "central_disk", "reaches_saturation",
+__all__ = ["Stamp", "common_pixel_scale", "pixel_scales", "central_disk", "reaches_saturation",
            "saturated_centres"]
 
 #: Relative difference of pixel scale beyond which stamps are on different grids.
@@ -32,7 +32,8 @@ class Stamp:
     kind: str = None
     data: np.ndarray = None
     bands: tuple = None
-    #: Pixel scale in arcsec/pixel from the WCS, or None.
+    #: Pixel scale in arcsec/pixel from the WCS (`pixel_scales`): one float for square
+    #: pixels, ``(scale_y, scale_x)`` for pixels longer one way than the other; or None.
     pixel_scale: float = None
     #: Restoring beam FWHM (major axis) in arcsec from the header (BMAJ), or None.
     beam: float = None
@@ -80,15 +81,43 @@ class Stamp:
         return self.kind is not None and not self.flags & int(Flag.unusable())
 
 
+#: Relative difference of the pixel's two sides (a turn of 1e-3 radian's worth) beyond
+#: which its pixels are not square (`pixel_scales`).
+SQUARE_TOLERANCE = 1e-3
+
+
+def pixel_scales(matrix):
+    """Pixel scale in arcsec/pixel of a celestial pixel scale matrix (degrees per pixel,
+    world axes by pixel axes): ``sqrt|det|`` (the side of a pixel's area) for pixels whose
+    two sides agree within `SQUARE_TOLERANCE`, else ``(scale_y, scale_x)``, the length on
+    the sky of a step along the rows (FITS axis 2) and along the columns (axis 1), so that
+    a stamp of such pixels is resampled along each axis by its own scale (for a skewed
+    matrix, lengths in the ratio of its sides whose product is the pixel's area)."""
+    m = np.asarray(matrix, dtype=float)
+    sx, sy = np.hypot(m[0], m[1])  # the matrix's columns: one pixel step each
+    area = abs(np.linalg.det(m))
+    if abs(np.log(sy / sx)) <= SQUARE_TOLERANCE:
+        return float(np.sqrt(area) * 3600.0)
+    return float(np.sqrt(area * sy / sx) * 3600.0), float(np.sqrt(area * sx / sy) * 3600.0)
+
+
+def _axis_scales(scale):
+    """``(scale_y, scale_x)`` of a pixel scale (one float, or already a pair)."""
+    return tuple(float(v) for v in np.broadcast_to(np.ravel(scale), (2,)))
+
+
 def common_pixel_scale(scales):
     """``(scale, problem)`` for the planes of one stamp (triplet members or bands), each
-    with its pixel scale in arcsec/pixel or None: the first known scale, and words saying
-    that the known scales differ by more than `SCALE_TOLERANCE` (planes of one size on
+    with its pixel scale in arcsec/pixel (one float or ``(scale_y, scale_x)``,
+    `pixel_scales`) or None: the first known scale, and words saying that the known scales
+    differ by more than `SCALE_TOLERANCE` along either axis (planes of one size on
     different grids, which cannot be stacked pixel for pixel), else None."""
-    known = [float(s) for s in scales if s is not None]
-    if not known or max(known) <= min(known) * (1 + SCALE_TOLERANCE):
+    known = [s for s in scales if s is not None]
+    axes = np.array([_axis_scales(s) for s in known]).reshape(-1, 2)
+    if not known or np.all(axes.max(axis=0) <= axes.min(axis=0) * (1 + SCALE_TOLERANCE)):
         return (known[0] if known else None), None
-    shown = ", ".join("none" if s is None else f"{float(s):.4g}" for s in scales)
+    shown = ", ".join("none" if s is None else
+                      "x".join(f"{v:.4g}" for v in np.ravel(s)) for s in scales)
     return known[0], f"differ in pixel scale ({shown} arcsec/pixel)"
 
 

@@ -638,7 +638,8 @@ def preprocess_radio_image(image, *, wcs=None, pixel_scale_arcsec=None, rms=None
         2-D surface brightness image centred on the source (or a stack
         ``(N, H, W)`` sharing one pixel scale).
     wcs : astropy.wcs.WCS, optional
-        Celestial WCS of ``image``; gives the pixel scale.
+        Celestial WCS of ``image``; gives the pixel scale (of each axis, for
+        pixels that are not square).
     pixel_scale_arcsec : float, optional
         Pixel scale when no WCS is given (default: 1.8, the FIRST scale).
     rms : float or array_like, optional
@@ -657,12 +658,16 @@ def preprocess_radio_image(image, *, wcs=None, pixel_scale_arcsec=None, rms=None
     """
     check_options(options, ("threshold_sigma",) + _DATASET_OPTIONS, "preprocess_radio_image")
     if wcs is not None:
-        pixel_scale_arcsec = pixel_scale_from_wcs(wcs)
+        from .._readers._stamp import pixel_scales
+
+        pixel_scale_from_wcs(wcs)  # (checks that the WCS can place pixels)
+        # one scale for square pixels, (scale_y, scale_x) for pixels that are not
+        pixel_scale_arcsec = pixel_scales(wcs.celestial.pixel_scale_matrix)
     elif pixel_scale_arcsec is not None:
         pixel_scale_arcsec = _one_pixel_scale(pixel_scale_arcsec)
     image = real_array(image, "image").astype(np.float64)
     if pixel_scale_arcsec is not None and not np.isclose(
-            float(pixel_scale_arcsec), FIRST_PIXEL_SCALE_ARCSEC, rtol=1e-3):
+            pixel_scale_arcsec, FIRST_PIXEL_SCALE_ARCSEC, rtol=1e-3).all():
         if image.ndim == 3 and len(image) == 0:
             pass  # nothing to resample: preprocess_first_cutout gives the empty batch
         elif image.ndim == 3:
@@ -680,6 +685,17 @@ def _one_pixel_scale(value):
         raise InvalidArgumentError(f"pixel_scale_arcsec must be one number (arcsec per pixel), "
                                    f"got {value!r}")
     return float(np.ravel(scale)[0])
+
+
+def _two_pixel_scales(value):
+    """``pixel_scale_arcsec`` as ``(scale_y, scale_x)``, positive floats (arcsec): one
+    value for both axes, or a pair for pixels that are not square;
+    `InvalidArgumentError` for more."""
+    scale = to_arcsec(value, "pixel_scale_arcsec")
+    if np.size(scale) not in (1, 2):
+        raise InvalidArgumentError(f"pixel_scale_arcsec must be one number (arcsec per pixel) "
+                                   f"or two (scale_y, scale_x), got {value!r}")
+    return tuple(float(v) for v in np.broadcast_to(np.ravel(scale), (2,)))
 
 
 def pixel_scale_from_wcs(wcs):
@@ -739,8 +755,10 @@ def resample_to_first_grid(image, pixel_scale_arcsec, *, size=DATASET_IMAGE_PIXE
     ----------
     image : array_like
         2-D image, centred on the source.
-    pixel_scale_arcsec : float
-        Pixel scale of ``image`` in arcsec (see `pixel_scale_from_wcs`).
+    pixel_scale_arcsec : float or (float, float)
+        Pixel scale of ``image`` in arcsec (see `pixel_scale_from_wcs`), or
+        ``(scale_y, scale_x)`` for pixels that are not square: each axis is
+        resampled (and block-averaged) by its own scale.
     size : int, optional
         Side of the output grid (default 300).
 
@@ -757,25 +775,30 @@ def resample_to_first_grid(image, pixel_scale_arcsec, *, size=DATASET_IMAGE_PIXE
     # a sentinel must not leak into its neighbours through the interpolation weights
     image[invalid_pixels(image)] = np.nan
     ny, nx = image.shape
-    step = FIRST_PIXEL_SCALE_ARCSEC / _one_pixel_scale(pixel_scale_arcsec)
-    if abs(step - 1.0) <= 1e-3:  # the FIRST grid already: centred as the data-set window is
+    scale_y, scale_x = _two_pixel_scales(pixel_scale_arcsec)
+    step_y, step_x = FIRST_PIXEL_SCALE_ARCSEC / scale_y, FIRST_PIXEL_SCALE_ARCSEC / scale_x
+    if abs(step_y - 1.0) <= 1e-3 and abs(step_x - 1.0) <= 1e-3:
+        # the FIRST grid already: centred as the data-set window is
         return _centre_window(image, size, np.nan)
     # the image's centre on the grid's (between pixels 149 and 150, as in the data set)
-    offsets = (np.arange(size) - (size - 1) / 2) * step
-    y = (ny - 1) / 2 + offsets
-    x = (nx - 1) / 2 + offsets
+    y = (ny - 1) / 2 + (np.arange(size) - (size - 1) / 2) * step_y
+    x = (nx - 1) / 2 + (np.arange(size) - (size - 1) / 2) * step_x
     # inside the image's own extent (the edge half-blocks of a binned image included)
     inside = ((y >= 0) & (y <= ny - 1))[:, None] & ((x >= 0) & (x <= nx - 1))[None, :]
-    factor = int(np.floor(step + 1e-9))
-    if factor >= 2 and min(ny, nx) >= 2 * factor:
+    fy, fx = int(np.floor(step_y + 1e-9)), int(np.floor(step_x + 1e-9))
+    if fy == fx:  # (square pixels: both axes binned, or neither)
+        fy = fx = fy if fy >= 2 and min(ny, nx) >= 2 * fy else 1
+    else:  # each axis by its own factor, 1 where it is not finer than the grid
+        fy, fx = (fy if fy >= 2 and ny >= 2 * fy else 1), (fx if fx >= 2 and nx >= 2 * fx else 1)
+    if fy > 1 or fx > 1:
         # block k of the binned image is centred on original pixel factor * k + (factor - 1) / 2
-        ny, nx = ny // factor, nx // factor
-        block = image[:ny * factor, :nx * factor].reshape(ny, factor, nx, factor)
+        ny, nx = ny // fy, nx // fx
+        block = image[:ny * fy, :nx * fx].reshape(ny, fy, nx, fx)
         good = np.isfinite(block)
         count = good.sum(axis=(1, 3))
         total = np.where(good, block, 0.0).sum(axis=(1, 3))
         image = np.where(count > 0, total / np.maximum(count, 1), np.nan)
-        y, x = (y - (factor - 1) / 2) / factor, (x - (factor - 1) / 2) / factor
+        y, x = (y - (fy - 1) / 2) / fy, (x - (fx - 1) / 2) / fx
     y0 = np.clip(np.floor(y).astype(int), 0, ny - 2)
     x0 = np.clip(np.floor(x).astype(int), 0, nx - 2)
     fy = np.clip(y - y0, 0.0, 1.0)[:, None]
