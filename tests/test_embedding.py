@@ -2086,6 +2086,42 @@ def test_a_head_file_with_values_that_cannot_be_used_is_refused(tmp_path):
     assert LabelHead.from_dict(state).predict(x[:2]).tolist() == ["p", "p"]
 
 
+def test_a_mixture_file_with_values_that_cannot_be_used_is_refused(tmp_path):
+    """GaussianMixture.load took weights that did not sum to 1 (every log-likelihood and
+    BIC shifted), an asymmetric covariance (Cholesky read one triangle) and an
+    explained_variance_ratio of NaN, and named no value for negative weights or a
+    covariance that is not positive definite. Each is now an InputError naming the file
+    and the offending value."""
+    x, _ = blobs(n_per=20, k=2, d=4)
+    path = tmp_path / "mixture.json"
+    for covariance_type in ("full", "diag"):
+        state = GaussianMixture(2, covariance_type=covariance_type, seed=0).fit(x).to_dict()
+        covs = np.asarray(state["covariances"])
+        asymmetric, indefinite = covs.copy(), covs.copy()
+        if covariance_type == "full":
+            asymmetric[1, 0, 1] += 1.0
+            indefinite[1] = -np.eye(4)
+        else:
+            indefinite[1, 2] = -0.5
+        cases = [("weights", [0.3, 0.3], r"sum to 1, got \[0\.3, 0\.3\] \(sum 0\.6\)"),
+                 ("weights", [-0.5, 1.5], r"positive.*\[-0\.5, 1\.5\]"),
+                 ("covariances", indefinite.tolist(), r"covariance 1 is not positive definite"),
+                 ("means", np.where(np.eye(2, 4) > 0, np.nan, state["means"]).tolist(),
+                  "'means'"),
+                 ("covariances", covs[:1].tolist(), r"'covariances' has shape \(1,"),
+                 ("explained_variance_ratio", float("nan"), "explained_variance_ratio.*nan")]
+        if covariance_type == "full":
+            cases.append(("covariances", asymmetric.tolist(), "covariance 1 is not symmetric"))
+        for key, value, message in cases:
+            path.write_text(json.dumps({"kind": "GaussianMixture", "format_version": 1,
+                                        **state, key: value}))
+            with pytest.raises(InputError, match=f"mixture.json.*{message}"):
+                GaussianMixture.load(path)
+        path.write_text(json.dumps({"kind": "GaussianMixture", "format_version": 1, **state}))
+        np.testing.assert_array_equal(GaussianMixture.load(path).predict(x),
+                                      GaussianMixture.from_dict(state).predict(x))
+
+
 def test_maps_and_galleries_refuse_a_path_that_is_no_path():
     """gallery(result, None) and plot_map(x, None) or (x, 3) ended in a bare TypeError from
     os.fspath; they raise InvalidArgumentTypeError naming the value, before any work."""

@@ -438,8 +438,9 @@ class GaussianMixture(Saved):
         Raises
         ------
         astromorph.exceptions.InvalidArgumentError
-            ``state`` lacks one of the fitted quantities, their shapes disagree, or a
-            covariance is not positive definite.
+            ``state`` lacks one of the fitted quantities, their shapes disagree, a value is
+            not finite, the weights are not positive or do not sum to 1, or a covariance
+            is not symmetric positive definite; the message names the offending value.
         """
         from collections.abc import Mapping
 
@@ -474,19 +475,40 @@ class GaussianMixture(Saved):
                     f"not a consistent GaussianMixture state: {name!r} has shape "
                     f"{arrays[name].shape} (or values that are not finite), expected {shape} "
                     f"for {k} components, {d_in} input and {d} mixture dimensions")
-        covs = arrays["covariances"]
-        try:
-            positive = np.all(covs > 0) if mixture.covariance_type == "diag" else \
-                bool(np.linalg.cholesky(covs).size)
-        except np.linalg.LinAlgError:
-            positive = False
-        if not positive or not np.all(arrays["weights"] > 0):
-            raise InvalidArgumentError("not a consistent GaussianMixture state: the weights "
-                                       "must be positive and the covariances positive definite")
+        weights, covs = arrays["weights"], arrays["covariances"]
+        if not np.all(weights > 0) or abs(weights.sum() - 1.0) > 1e-6:
+            raise InvalidArgumentError(
+                f"not a consistent GaussianMixture state: the weights must be positive and "
+                f"sum to 1, got {weights.tolist()} (sum {weights.sum():.6g})")
+        if mixture.covariance_type == "full":
+            asymmetric = np.abs(covs - covs.transpose(0, 2, 1)).max(axis=(1, 2)) \
+                > 1e-8 * np.abs(covs).max(axis=(1, 2))
+            if asymmetric.any():
+                i = int(np.argmax(asymmetric))
+                raise InvalidArgumentError(
+                    f"not a consistent GaussianMixture state: covariance {i} is not "
+                    f"symmetric: {covs[i].tolist()}")
+            # eigenvalues of the symmetric matrices: the least of each must be positive
+            least = np.linalg.eigvalsh(covs)[:, 0]
+        else:
+            least = covs.min(axis=1)
+        if not np.all(least > 0):
+            i = int(np.argmin(least))
+            raise InvalidArgumentError(
+                f"not a consistent GaussianMixture state: covariance {i} is not positive "
+                f"definite (least {'eigenvalue' if mixture.covariance_type == 'full' else 'variance'}"
+                f" {least[i]:.6g}): {covs[i].tolist()}")
+        ratio = state.get("explained_variance_ratio", 1.0)
+        if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) \
+                or not 0.0 <= ratio <= 1.0 + 1e-9:
+            raise InvalidArgumentError(
+                f"not a consistent GaussianMixture state: explained_variance_ratio must be "
+                f"a number in [0, 1], got {ratio!r}")
+        ratio = float(ratio)
         mixture.n_components_, mixture.dim_, mixture.components_ = k, d, components
         mixture.mean_, mixture.weights_ = arrays["mean"], arrays["weights"]
         mixture.means_, mixture.covariances_ = arrays["means"], covs
-        mixture.explained_variance_ratio_ = float(state.get("explained_variance_ratio", 1.0))
+        mixture.explained_variance_ratio_ = ratio
         mixture.bic_, mixture.provenance_ = bic, provenance
         return mixture
 
