@@ -1087,7 +1087,7 @@ def test_cli_similar_cluster_classify(tmp_path, capsys):
     t["number"] = np.where(np.arange(120) % 6 == 0, y.astype(float), np.nan)
     t.write(tmp_path / "num.ecsv")
     assert main(["classify", str(tmp_path / "num.ecsv"), "--labels", "number", "-C", "1"]) == 0
-    assert "classes ['0.0', '1.0', '2.0']" in capsys.readouterr().err
+    assert "classes [0.0, 1.0, 2.0]" in capsys.readouterr().err
     lab = tmp_path / "lab.ecsv"
     assert main(["classify", str(src), "--labels", "label", "-o", str(lab)]) == 0
     classified = Table.read(lab)
@@ -2084,6 +2084,26 @@ def test_a_head_file_with_values_that_cannot_be_used_is_refused(tmp_path):
     with pytest.raises(InvalidArgumentError, match="repeats a class"):
         LabelHead.from_dict({**state, "classes": ["p", "p", "r"]})
     assert LabelHead.from_dict(state).predict(x[:2]).tolist() == ["p", "p"]
+
+
+def test_cli_classify_keeps_the_dtype_of_the_labels(tmp_path, capsys):
+    """astromorph classify turned the label column into text before the fit, so integer
+    labels 0/1/2 came back as the strings '0', '1', '2' in <prefix>_label (and in the
+    printed classes), where LabelHead.fit/annotate keep the labels' dtype. The command now
+    gives what the Python API gives."""
+    x, y = blobs(n_per=20, k=3, d=8)
+    t = Table({"embedding": x, "label": np.ma.masked_array(y.astype(np.int16),
+                                                          mask=np.arange(len(y)) % 4 == 0)})
+    src, out = tmp_path / "emb.ecsv", tmp_path / "out.ecsv"
+    t.write(src)
+    assert main(["classify", str(src), "--labels", "label", "-C", "1", "-o", str(out)]) == 0
+    assert "classes [0, 1, 2]" in capsys.readouterr().err
+    got = Table.read(out)["head_label"]
+    labelled = ~t["label"].mask
+    api = LabelHead(C=1.0).fit(x[labelled], y[labelled].astype(np.int16)).annotate(t)
+    assert got.dtype == api["head_label"].dtype == np.int16
+    np.testing.assert_array_equal(got, api["head_label"])
+    assert np.mean(np.asarray(got) == y) > 0.95
 
 
 def test_a_mixture_file_with_values_that_cannot_be_used_is_refused(tmp_path):

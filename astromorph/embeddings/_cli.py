@@ -191,7 +191,7 @@ def _cmd_classify(args):
         raise InputError(f"no label column {args.labels!r} (columns: {table.colnames})")
     x, valid = table_embeddings(table, args.column)
     col = table[args.labels]
-    values = np.asarray(np.ma.getdata(col)).astype(str)
+    values = np.asarray(np.ma.getdata(col))  # the labels' own dtype, as LabelHead.fit keeps
     labelled = valid & ~_missing_labels(col)  # masked, empty, None or NaN: unlabelled
     if labelled.sum() < 2:
         raise InputError(f"column {args.labels!r} labels fewer than two rows with embeddings")
