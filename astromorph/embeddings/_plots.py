@@ -1,8 +1,8 @@
 """Pictures of embedding results: neighbour galleries and 2-d maps (matplotlib, lazily).
 
 `embedding_map` reduces vectors to two dimensions with UMAP (when
-``umap-learn`` is installed), an exact t-SNE written in numpy (up to a few
-thousand points) or PCA.
+``umap-learn`` is installed), a t-SNE written in numpy (sparse neighbour affinities,
+FFT-interpolated repulsion) or PCA.
 """
 import importlib.util
 import logging
@@ -26,7 +26,8 @@ __all__ = ["gallery", "embedding_map", "plot_map", "display_image", "check_map_m
 log = logging.getLogger(__name__)
 
 _SOURCE_COLUMNS = ("source", "path", "file", "filename")
-#: Largest number of points of the exact t-SNE (its cost grows as N^2).
+#: Rows of a map by default (``max_points``), and the most for which ``method="auto"``
+#: chooses t-SNE without umap-learn (about 15 s on one core).
 TSNE_MAX_POINTS = 5000
 
 
@@ -374,71 +375,169 @@ def _pca2(x):
     return out
 
 
+def _neighbours(z, k):
+    """Indices ``(N, k)`` and squared distances of the ``k`` nearest other rows of ``z``,
+    by blocks of rows (memory O(N * block), not O(N^2))."""
+    n = len(z)
+    sq = np.sum(z * z, axis=1)
+    step = max(1, (1 << 19) // n)  # 4 MiB blocks of distances
+    index, dist = np.empty((n, k), dtype=np.intp), np.empty((n, k))
+    for start in range(0, n, step):
+        block = slice(start, min(start + step, n))
+        d2 = sq[block, None] - 2 * (z[block] @ z.T) + sq[None, :]
+        d2[np.arange(d2.shape[0]), np.arange(block.start, block.stop)] = np.inf  # not itself
+        near = np.argpartition(d2, k - 1, axis=1)[:, :k]
+        index[block] = near
+        dist[block] = np.maximum(np.take_along_axis(d2, near, axis=1), 0.0)
+    return index, dist
+
+
+def _affinities(z, perplexity):
+    """Symmetric t-SNE input affinities ``P`` as a sparse matrix: each row's Gaussian over
+    its ``3 * perplexity`` nearest neighbours, its width set by bisection to the perplexity
+    (the rest of the row is below 1e-11 of its total), then ``(P + P.T) / 2N``."""
+    from scipy import sparse
+
+    n = len(z)
+    k = min(n - 1, int(np.ceil(3 * perplexity)))
+    index, d2 = _neighbours(z, k)
+    d2 = d2 - d2.min(axis=1, keepdims=True)  # distances beyond the nearest neighbour's
+    target = np.log(perplexity)
+    lo, hi = np.full(n, -50.0), np.full(n, 50.0)  # bisection on log(beta) for every row at once
+    for _ in range(60):
+        beta = np.exp((lo + hi) / 2)
+        p = np.exp(-beta[:, None] * d2)
+        s = p.sum(axis=1)  # >= 1: the nearest neighbour's term
+        entropy = np.log(s) + beta * np.einsum("ij,ij->i", p, d2) / s
+        too_flat = entropy > target  # entropy too high -> increase beta
+        lo = np.where(too_flat, (lo + hi) / 2, lo)
+        hi = np.where(too_flat, hi, (lo + hi) / 2)
+    p /= s[:, None]
+    p = sparse.csr_matrix((p.ravel(), index.ravel(), np.arange(0, n * k + 1, k)), shape=(n, n))
+    p = (p + p.T).tocsr()  # rows in order: the sums over them read memory in order
+    return np.repeat(np.arange(n), np.diff(p.indptr)), p.indices, p.data / (2 * n)
+
+
+def _lagrange(t, p):
+    """Weights ``(N, p)`` of the Lagrange polynomials through ``p`` equispaced nodes
+    ``(k + 1/2) / p`` of the unit interval at the points ``t`` in [0, 1]."""
+    nodes = (np.arange(p) + 0.5) / p
+    w = np.ones((len(t), p))
+    for k in range(p):
+        for m in range(p):
+            if m != k:
+                w[:, k] *= (t - nodes[m]) / (nodes[k] - nodes[m])
+    return w
+
+
+def _repulsion(y, kernels, *, p=3):
+    """``Z`` (the sum of ``1 / (1 + |y_i - y_j|^2)`` over pairs i != j) and the vectors
+    ``sum_j (y_i - y_j) / (1 + |y_i - y_j|^2)^2`` of every point, by interpolation on a
+    grid and FFT convolution (Linderman et al. 2019, as FIt-SNE and openTSNE do):
+    O(N + G log G) for G grid nodes instead of O(N^2).
+
+    The points are in boxes of unit side (the kernels vary on that scale), ``p`` x ``p``
+    equispaced nodes each; each point's charges (1, y_x, y_y) go to its box's nodes by
+    Lagrange interpolation weights, the kernels act on the nodes by FFT, and the same
+    weights bring the potentials back. ``kernels`` caches the kernels' transforms by grid
+    size (the grid only changes when the map grows by a box).
+    """
+    from scipy.fft import irfft2, next_fast_len, rfft2
+
+    n = len(y)
+    low = y.min(axis=0)
+    extent = max(float(np.max(y.max(axis=0) - low)), 1e-12)
+    # 50 to 300 boxes, of side at most 1 (the scale of the kernels) up to a map 300 wide,
+    # a power of 2 so that the kernels' transforms are reused while the map grows
+    side = 2.0 ** int(np.ceil(np.log2(extent / 50))) if extent <= 50 else \
+        2.0 ** max(0, int(np.ceil(np.log2(extent / 300))))
+    boxes = int(extent / side) + 1
+    m = boxes * p  # grid nodes per axis, spaced side / p
+    y = (y - low) / side  # in boxes from the grid's corner (no cancellation in the charges)
+    cell = np.minimum(y.astype(np.intp), boxes - 1)
+    rel = y - cell
+    wx, wy = _lagrange(rel[:, 0], p), _lagrange(rel[:, 1], p)
+    charges = np.column_stack([np.ones(n), y])  # 1, y_x, y_y
+    size = next_fast_len(2 * m - 1, real=True)  # circulant: every offset of two nodes
+    if (m, side) not in kernels:
+        offset = np.arange(size) * (side / p)
+        offset[m:] -= size * (side / p)
+        offset[m:size - m + 1] = np.inf  # offsets no two nodes have
+        k1 = 1.0 / (1.0 + offset[:, None] ** 2 + offset[None, :] ** 2)
+        kernels[m, side] = rfft2(k1), rfft2(k1 * k1)
+    k1, k2 = kernels[m, side]
+    # spread the charges to the p x p nodes of each point's box
+    grid = np.zeros((3, m * m))
+    flat = []
+    for a in range(p):
+        for b in range(p):
+            node = (cell[:, 0] * p + a) * m + cell[:, 1] * p + b
+            w = wx[:, a] * wy[:, b]
+            flat.append((node, w))
+            for c in range(3):
+                grid[c] += np.bincount(node, weights=w * charges[:, c], minlength=m * m)
+    grid = grid.reshape(3, m, m)
+    f = rfft2(grid, s=(size, size))
+    pot1 = irfft2(f[:1] * k1, s=(size, size))[:, :m, :m]
+    pot2 = irfft2(f * k2, s=(size, size))[:, :m, :m]
+    pot1, pot2 = pot1.reshape(1, -1), pot2.reshape(3, -1)
+    phi1 = np.zeros(n)
+    phi2 = np.zeros((n, 3))
+    for node, w in flat:
+        phi1 += w * pot1[0, node]
+        phi2 += w[:, None] * pot2[:, node].T
+    z = float(np.sum(phi1) - n)  # less each point's own term, 1
+    rep = (y * phi2[:, :1] - phi2[:, 1:]) * side  # y_i - y_j back in map units
+    return z, rep
+
+
+def _repulsion_exact(y, kernels=None):
+    """What `_repulsion` gives, from all the pairs (for a few hundred points)."""
+    d = y[:, None, :] - y[None, :, :]
+    w = 1.0 / (1.0 + np.sum(d * d, axis=2))
+    np.fill_diagonal(w, 0.0)
+    z = float(w.sum())
+    w *= w
+    return z, np.einsum("ij,ijk->ik", w, d)
+
+
 def _tsne(x, *, perplexity=30.0, n_iter=750, seed=0):
-    """Exact t-SNE (van der Maaten & Hinton 2008) in numpy; O(N^2) memory and time."""
+    """t-SNE (van der Maaten & Hinton 2008) in numpy, O(N) memory and time per iteration.
+
+    Input affinities over the ``3 * perplexity`` nearest neighbours of each row (after a
+    PCA to at most 50 dimensions), the repulsive forces interpolated on a grid
+    (`_repulsion`, as FIt-SNE and openTSNE do), a start from the PCA coordinates (the same
+    map at every run; ``seed`` places the points only when those are all equal).
+    """
     from ._mixture import _pca
 
     n = len(x)
     if n < 2:  # one point: nothing to place it against
         return np.zeros((n, 2))
-    rng = np.random.default_rng(seed)
     z = x - x.mean(0)
     if z.shape[1] > 50:
         z = z @ _pca(z, 50)[0].T
-    # in place where it can be: three N x N arrays at most (seven before: 22 GB at 20,000 rows)
-    sq = np.sum(z * z, axis=1)
-    d2 = z @ z.T
-    d2 *= -2
-    d2 += sq[:, None]
-    d2 += sq[None, :]
-    np.maximum(d2, 0, out=d2)
-    np.fill_diagonal(d2, np.inf)
-    d2 -= d2.min(axis=1, keepdims=True)  # distances beyond the nearest neighbour's
-    np.fill_diagonal(d2, 0.0)
     perplexity = max(1.0, min(perplexity, (n - 1) / 3))  # 1: one neighbour, the least
-    target = np.log(perplexity)
-    lo, hi = np.full(n, -50.0), np.full(n, 50.0)  # bisection on log(beta) for every row at once
-    p = np.empty_like(d2)
-    for _ in range(60):
-        beta = np.exp((lo + hi) / 2)
-        np.multiply(d2, -beta[:, None], out=p)
-        np.exp(p, out=p)
-        np.fill_diagonal(p, 0.0)
-        s = p.sum(axis=1)  # >= 1: the nearest neighbour's term
-        # entropy of p / s: log(s) + beta * <d2>, without forming log(p)
-        entropy = np.log(s) + beta * np.einsum("ij,ij->i", p, d2) / s
-        too_flat = entropy > target  # entropy too high -> increase beta
-        lo = np.where(too_flat, (lo + hi) / 2, lo)
-        hi = np.where(too_flat, hi, (lo + hi) / 2)
-    del d2
-    p /= s[:, None]
-    p = p + p.T
-    p /= 2 * n
-    np.maximum(p, 1e-12, out=p)
-    p *= 12.0  # early exaggeration, undone after 250 iterations
-    y = rng.normal(0, 1e-4, (n, 2))
+    rows, cols, p = _affinities(z, perplexity)
+    exaggeration = 12.0  # undone after 250 iterations
+    y = _pca2(z)
+    scale = np.std(y[:, 0])
+    y = y * (1e-4 / scale) if scale > 0 else \
+        np.random.default_rng(seed).normal(0, 1e-4, (n, 2))
     velocity = np.zeros_like(y)
     gains = np.ones_like(y)
-    lr = max(n / 12.0 / 4.0, 50.0)
-    num, pq = np.empty_like(p), np.empty_like(p)
+    lr = max(n / exaggeration / 4.0, 50.0)
+    kernels = {}
     for it in range(n_iter):
-        if it == 250:
-            p /= 12.0
         momentum = 0.5 if it < 250 else 0.8
-        sy = np.sum(y * y, axis=1)
-        np.matmul(y, y.T, out=num)
-        num *= -2
-        num += sy[:, None]
-        num += sy[None, :]
-        np.maximum(num, 0, out=num)
-        num += 1.0
-        np.reciprocal(num, out=num)
-        np.fill_diagonal(num, 0.0)
-        np.divide(num, num.sum(), out=pq)
-        np.maximum(pq, 1e-12, out=pq)  # q
-        np.subtract(p, pq, out=pq)  # (exaggeration * p - q)
-        pq *= num
-        grad = 4.0 * (pq.sum(axis=1)[:, None] * y - pq @ y)
+        # sum_j p_ij (y_i - y_j) / (1 + |y_i - y_j|^2) over the pairs of P
+        dx = y[:, 0][rows] - y[:, 0][cols]
+        dy = y[:, 1][rows] - y[:, 1][cols]
+        pw = (p * (exaggeration if it < 250 else 1.0)) / (1.0 + dx * dx + dy * dy)
+        attract = np.column_stack([np.bincount(rows, weights=pw * dx, minlength=n),
+                                   np.bincount(rows, weights=pw * dy, minlength=n)])
+        total, repel = (_repulsion if n > 500 else _repulsion_exact)(y, kernels)
+        grad = 4.0 * (attract - repel / total)
         gains = np.where(np.sign(grad) != np.sign(velocity), gains + 0.2, gains * 0.8)
         gains = np.maximum(gains, 0.01)
         velocity = momentum * velocity - lr * gains * grad
@@ -499,9 +598,6 @@ def embedding_map(embeddings, *, method="auto", seed=0, perplexity=30.0):
             raise MissingDependencyError("method='umap' needs umap-learn") from exc
         return umap.UMAP(n_components=2, random_state=seed, metric="cosine").fit_transform(x), method
     if method == "tsne":
-        if len(x) > 4 * TSNE_MAX_POINTS:
-            raise InvalidArgumentError(f"the exact t-SNE is too slow for {len(x)} rows; use "
-                                       "method='pca' or install umap-learn, or subsample")
         return _tsne(x, perplexity=perplexity, seed=seed), method
     return _pca2(x), method
 
