@@ -689,7 +689,8 @@ class _Runner:
 
 def _group_key(kind, stamp, bands, scale, beam=None):
     """Stamps of one group are scored together: same kind, shape, dtype, bands, pixel
-    scale (to 1e-6 arcsec/pixel; one value, or ``(scale_y, scale_x)``) and restoring beam (to 1e-6 arcsec; None if unknown)."""
+    scale (to 1e-6 arcsec/pixel; one value, or ``(scale_y, scale_x)``) and restoring beam
+    (to 1e-6 arcsec; None if unknown)."""
     return (kind, stamp.shape, stamp.dtype.str, bands,
             None if np.isnan(scale).any() else round(float(scale), 6) if np.ndim(scale) == 0
             else tuple(round(float(v), 6) for v in scale),

@@ -354,8 +354,9 @@ def wcs_matrix_problem(get, axes=(1, 2)):
 
 
 def _scale_from_cards(get):
-    """Pixel scale (arcsec; `pixel_scales`: a pair for pixels that are not square) from linear celestial WCS keywords; None if not celestial or
-    degenerate (`wcs_matrix_problem`); ``"astropy"`` when only a full WCS parse can tell."""
+    """Pixel scale (arcsec; `pixel_scales`: a pair for pixels that are not square) from
+    linear celestial WCS keywords; None if not celestial or degenerate
+    (`wcs_matrix_problem`); ``"astropy"`` when only a full WCS parse can tell."""
     c1, c2 = str(get("CTYPE1", "")), str(get("CTYPE2", ""))
     if not (c1[:4] in _CELESTIAL and c2[:4] in _CELESTIAL):
         if any(str(get(f"CTYPE{i}", ""))[:4] in _CELESTIAL for i in range(3, 5)):
@@ -495,9 +496,9 @@ def _auxiliary_only(buf, pos):
 
 
 def _header_scale(header):
-    """Pixel scale (arcsec; `pixel_scales`: a pair for pixels that are not square) of the celestial WCS of an astropy header, or None where it has
-    none, a degenerate one (`wcs_matrix_problem`), one that astropy cannot parse, or no
-    positive finite scale."""
+    """Pixel scale (arcsec; `pixel_scales`: a pair for pixels that are not square) of the
+    celestial WCS of an astropy header, or None where it has none, a degenerate one
+    (`wcs_matrix_problem`), one that astropy cannot parse, or no positive finite scale."""
     from ..preprocessing._radio import pixel_scale_from_wcs
     from astropy.wcs import WCS, FITSFixedWarning
 

@@ -496,7 +496,8 @@ class GaussianMixture(Saved):
             i = int(np.argmin(least))
             raise InvalidArgumentError(
                 f"not a consistent GaussianMixture state: covariance {i} is not positive "
-                f"definite (least {'eigenvalue' if mixture.covariance_type == 'full' else 'variance'}"
+                f"definite (least "
+                f"{'eigenvalue' if mixture.covariance_type == 'full' else 'variance'}"
                 f" {least[i]:.6g}): {covs[i].tolist()}")
         ratio = state.get("explained_variance_ratio", 1.0)
         if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) \

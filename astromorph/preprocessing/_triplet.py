@@ -221,8 +221,9 @@ def resample_triplet(x, pixel_scale, *, size=TRIPLET_SIZE, model_pixel_scale=TRI
     mean of the input pixels it overlaps), centred on the central pixel
     (``n // 2``) of the input, which is where survey alert cutouts put the
     candidate (and where `astropy.nddata.Cutout2D` of an even side puts a
-    position on a pixel centre; for an odd side it is the centre). Output pixels that fall outside the input stamp are NaN, so
-    that :func:`preprocess_triplet` zero-fills and flags them.
+    position on a pixel centre; for an odd side it is the centre). Output
+    pixels that fall outside the input stamp are NaN, so that
+    :func:`preprocess_triplet` zero-fills and flags them.
 
     Parameters
     ----------
