@@ -14,9 +14,8 @@ from .._warnings import catch_warnings, first_few, warn
 from ..exceptions import AstromorphWarning
 
 __all__ = ["HeaderFacts", "band_keyword", "band_of_header", "beam_of_header", "flux_unit_note",
-           "header_facts", "normalise_band", "parse_fits_bytes", "read_fits",
-           "read_fits_bytes",
-           "saturation_of_header", "stokes_i", "warn_flux_units"]
+           "header_facts", "inherited_primary", "normalise_band", "parse_fits_bytes",
+           "read_fits", "read_fits_bytes", "saturation_of_header", "stokes_i", "warn_flux_units"]
 
 _MEMBERS = ("science", "reference", "difference")
 
@@ -70,14 +69,28 @@ def normalise_band(name):
     return m.group(1) if m else low
 
 
+def inherited_primary(header, primary):
+    """``primary``, the file's primary header, where an image extension's ``header`` may
+    take keywords from it, else None: the FITS keyword inheritance convention, by which an
+    extension whose header says ``INHERIT = F`` inherits none of the primary header's
+    keywords (``INHERIT = T``, or no INHERIT keyword, lets it). The one rule of every reader
+    here that falls back to the primary header (band, unit, saturation level, beam)."""
+    if primary is None or header is None:
+        return primary
+    value = header.get("INHERIT", None)
+    return None if isinstance(value, (bool, np.bool_)) and not value else primary
+
+
 def flux_unit_note(header, primary=None):
     """What a FITS header says of its pixel unit where that is not SDSS nanomaggies (zero point
     `NANOMAGGY_ZERO_POINT`), e.g. ``"BUNIT='count'"`` or ``"MAGZERO=30"``; None where it says
     nanomaggies or nothing recognisable (an unknown BUNIT such as 'nominal' is no claim).
 
     ``primary``: the file's primary header, whose keywords are read where ``header`` (an
-    image extension) lacks them: HSC calexp files keep FLUXMAG0 there.
+    image extension) lacks them: HSC calexp files keep FLUXMAG0 there (not where the
+    extension says ``INHERIT = F``, `inherited_primary`).
     """
+    primary = inherited_primary(header, primary)
     if primary is not None:
         header = {k: header.get(k) if header.get(k) is not None else primary.get(k)
                   for k in ("BUNIT",) + _ZERO_POINT_KEYS + ("FLUXMAG0",)}
@@ -739,9 +752,10 @@ def band_keyword(header, primary=None):
 
     ``primary``: the file's primary header, read where ``header`` (an image extension)
     has no band keyword: HSC calexp and HST drizzled files keep FILTER there and the
-    image in an extension (astropy does not inherit primary keywords).
+    image in an extension (astropy does not inherit primary keywords); not where the
+    extension says ``INHERIT = F`` (`inherited_primary`).
     """
-    for h in (header, primary):
+    for h in (header, inherited_primary(header, primary)):
         keys = getattr(h, "keys", None)  # a header that tells its keywords: none of them
         if h is None or (keys is not None and _BAND_KEY_NAMES.isdisjoint(keys())):
             continue
@@ -757,7 +771,9 @@ def band_of_header(header, primary=None):
     """The band (`normalise_band`) that a FITS header names, else None: its band keywords
     (`band_keyword`), else its EXTNAME (``"G"``, ``"R"``: one extension per band; not a
     generic name such as IMAGE or SCI, nor a triplet role), else the band keywords of
-    ``primary``, the file's primary header (HSC calexp, HST drizzled files)."""
+    ``primary``, the file's primary header (HSC calexp, HST drizzled files), unless the
+    extension says ``INHERIT = F`` (`inherited_primary`)."""
+    primary = inherited_primary(header, primary)
     value = band_keyword(header)
     if value:
         return normalise_band(value)
@@ -844,10 +860,10 @@ def saturation_of_header(header, primary=None):
     The smallest of the positive finite numbers among ``SATURATE``, ``SATURATA``,
     ``SATURATB`` and ``SATLEVEL`` (a DECam image's fainter amplifier saturates first);
     where ``header`` (an image extension) gives none, those of ``primary``, the file's
-    primary header, as for the band keywords. None where neither gives one: nothing is
-    assumed.
+    primary header, as for the band keywords (not where the extension says ``INHERIT = F``,
+    `inherited_primary`). None where neither gives one: nothing is assumed.
     """
-    for h in (header, primary):
+    for h in (header, inherited_primary(header, primary)):
         if h is None:
             continue
         values = [h.get(k) for k in _SATURATION_KEYS]
@@ -861,7 +877,9 @@ def saturation_of_header(header, primary=None):
 def _beam_of(header, primary=None):
     """`beam_of_header` of an image's FITS header, else of ``primary``, the file's primary
     header where the image is an extension's (radio images written with the beam in the
-    primary header and the image in an extension, as FITS keyword inheritance allows)."""
+    primary header and the image in an extension, as FITS keyword inheritance allows; not
+    where the extension says ``INHERIT = F``, `inherited_primary`)."""
+    primary = inherited_primary(header, primary)
     beam = beam_of_header(header.get)
     return beam if beam is not None or primary is None else beam_of_header(primary.get)
 
@@ -889,8 +907,10 @@ _FACT_KEYS = frozenset().union(*(keys for keys, _ in _FACT_READERS))
 def header_facts(header, primary=None):
     """`HeaderFacts` of an image's FITS header (``.get(key, default)``); ``primary``: the
     file's primary header where the image is an extension's, read where ``header`` lacks
-    the beam, unit or saturation keywords. The one reader of these facts for stamps, whether
+    the beam, unit or saturation keywords (none of them where ``header`` says
+    ``INHERIT = F``, `inherited_primary`). The one reader of these facts for stamps, whether
     read from a file (`read_fits`) or from bytes (`parse_fits_bytes`)."""
+    primary = inherited_primary(header, primary)
     keys = getattr(header, "keys", None)
     if primary is not None or keys is None:
         return HeaderFacts(*(read(header, primary) for _, read in _FACT_READERS))
@@ -912,8 +932,8 @@ def _stamps_from_array(source, path, data, header_get, scale, header_hdu, triple
     data = _squeeze(data)
     header = _GetDict(header_get)
     if data.ndim == 2:
-        stamps = [Stamp(source, path, "bands", data[None], (band_of_header(header, primary),), scale,
-                        header_hdu=header_hdu)]
+        stamps = [Stamp(source, path, "bands", data[None], (band_of_header(header, primary),),
+                        scale, header_hdu=header_hdu)]
     elif data.ndim == 3:
         stamps = [_planes_stamp(source, path, data, _plane_names(header, data.shape[0]), scale,
                                 header_hdu, triplet_hint)]
