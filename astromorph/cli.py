@@ -1,4 +1,15 @@
 """The ``astromorph`` command line."""
+if __name__ == "__main__":
+    # ``python -m astromorph.cli``: run as the console script and ``python -m astromorph``
+    # run, by `astromorph._console.main`, before the imports below (astropy, by way of
+    # .exceptions), so that Ctrl-C while they load is one line and exit status 130, not a
+    # traceback. That imports this file again, as the module astromorph.cli, to run.
+    import sys
+
+    from astromorph._console import main
+
+    sys.exit(main())
+
 import argparse
 import functools
 import logging
@@ -513,6 +524,3 @@ def main(argv=None):
         if sigterm:
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())

@@ -1005,19 +1005,21 @@ def test_cli_console_script(tiny_registry):
     assert "tiny" in out.stdout
 
 
-@pytest.mark.parametrize("how", ["console script", "python -m astromorph"])
+@pytest.mark.parametrize("how", ["console script", "python -m astromorph",
+                                 "python -m astromorph.cli"])
 def test_ctrl_c_while_importing_exits_130_without_a_traceback(how):
     """Ctrl-C in the first moments of ``astromorph``, while numpy and astropy are imported
     (before `astromorph.cli.main` catches it), printed a traceback: the console script of
-    pyproject.toml imported them before calling anything. Simulated without timing: a
+    pyproject.toml imported them before calling anything, and ``python -m astromorph.cli``
+    imported astropy at the top of the module it runs. Simulated without timing: a
     finder that raises KeyboardInterrupt on the first import of numpy or astropy, then what
-    the script pip writes does (or ``python -m astromorph``)."""
+    the script pip writes does (or ``python -m astromorph``, ``python -m astromorph.cli``)."""
     import tomllib
 
     script = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
     module, function = script["astromorph"].split(":")
     run = (f"from {module} import {function}; sys.exit({function}())" if how == "console script"
-           else "import runpy; runpy.run_module('astromorph', run_name='__main__')")
+           else f"import runpy; runpy.run_module({how.split()[-1]!r}, run_name='__main__')")
     code = ("import sys\n"
             "class Interrupt:\n"
             "    def find_spec(self, name, path=None, target=None):\n"
