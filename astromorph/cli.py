@@ -523,4 +523,3 @@ def main(argv=None):
         astropy_log.setLevel(astropy_level)
         if sigterm:
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
-
