@@ -71,6 +71,17 @@ class ChecksumMismatchError(AstromorphError):
             f"model file {self.path} has sha256 {actual}, but its card records {expected}; "
             "the file was modified or corrupted: refusing to load it"))
 
+    def __reduce__(self):
+        # pickle (process pools, Dask workers): ``args`` is the message alone, which
+        # __init__ cannot take; rebuild from the three values and the message
+        return (_checksum_mismatch, (type(self), self.path, self.expected, self.actual,
+                                     str(self)), self.__dict__)
+
+
+def _checksum_mismatch(cls, path, expected, actual, message):
+    """A `ChecksumMismatchError` (or subclass) again, from what its ``__reduce__`` gave."""
+    return cls(path, expected, actual, message=message)
+
 
 class MissingRuntimeError(AstromorphError, ImportError):
     """ONNX Runtime is not installed, or is installed but cannot be imported."""

@@ -1804,3 +1804,27 @@ def test_fallback_with_both_onnx_runtime_builds_installed_says_to_remove_one(tin
     with pytest.warns(ProviderFallbackWarning,
                       match=r"onnxruntime-gpu is installed.*pip uninstall onnxruntime "):
         astromorph.load_model("tiny", providers="cuda")
+
+
+def test_every_error_pickles_with_its_attributes():
+    """ChecksumMismatchError (path, expected, actual) could not be unpickled: its args are
+    the message alone, which its __init__ cannot take, so a process pool or Dask worker
+    that raised it failed again with a TypeError. Every astromorph error and warning now
+    comes back from pickle as the same class, message and attributes."""
+    import pickle
+
+    import astromorph.exceptions as ex
+
+    made = {ex.ChecksumMismatchError: ex.ChecksumMismatchError("m.onnx", "ab", "cd"),
+            ex.ProvenanceMismatchError: ex.ProvenanceMismatchError("other model",
+                                                                   {"model": "a"}, {"model": "b"})}
+    for name in ex.__all__:
+        cls = getattr(ex, name)
+        error = made.get(cls) or cls(f"{name} message")
+        again = pickle.loads(pickle.dumps(error))
+        assert type(again) is cls and str(again) == str(error)
+        assert vars(again) == vars(error)
+    custom = ex.ChecksumMismatchError("m.onnx", "ab", "cd", message="pickled elsewhere")
+    again = pickle.loads(pickle.dumps(custom))
+    assert (again.path, again.expected, again.actual, str(again)) == \
+        ("m.onnx", "ab", "cd", "pickled elsewhere")
