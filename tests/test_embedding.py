@@ -2677,3 +2677,25 @@ def test_search_similarities_stay_within_the_cosine_range():
     assert np.isfinite(sims[:, :40]).all() and (np.abs(sims[:, :40]) <= 1).all()
     assert np.isneginf(sims[:, 40:]).all() and (rows[:, 40:] == -1).all()
     assert set(rows[3, :2]) == {3, 7}
+
+
+def test_mixture_state_messages_name_the_field_and_value():
+    """A NaN weight gave "'weights' has shape (2,) (or values that are not finite),
+    expected (2,)": the shape it had was the one expected and no value was named; a
+    field of text ("abc") gave "could not convert string to float: 'abc'" without the
+    field; a numpy float explained_variance_ratio (np.float32(0.5), as a state built
+    from numpy values holds) was refused as no number. The messages now say which field
+    and which value; numpy numbers are numbers."""
+    x, _ = blobs(n_per=20, k=2, d=4)
+    state = GaussianMixture(2, covariance_type="diag", seed=0).fit(x).to_dict()
+    with pytest.raises(InvalidArgumentError, match=r"'weights' holds values that are not "
+                       r"finite: \[nan, "):
+        GaussianMixture.from_dict({**state, "weights": [float("nan"), 1.0]})
+    with pytest.raises(InvalidArgumentError, match="'means'.*'abc'"):
+        GaussianMixture.from_dict({**state, "means": "abc"})
+    for ratio in (np.float32(0.5), np.float64(0.5), np.int64(1)):
+        again = GaussianMixture.from_dict({**state, "explained_variance_ratio": ratio})
+        assert again.explained_variance_ratio_ == float(ratio)
+        assert type(again.explained_variance_ratio_) is float
+    with pytest.raises(InvalidArgumentError, match="explained_variance_ratio.*True"):
+        GaussianMixture.from_dict({**state, "explained_variance_ratio": True})

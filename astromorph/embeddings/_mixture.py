@@ -1,5 +1,6 @@
 """Gaussian-mixture clustering in embedding space (numpy EM, number of clusters by BIC)."""
 import logging
+import numbers
 
 import numpy as np
 
@@ -451,17 +452,23 @@ class GaussianMixture(Saved):
                 else keys
             raise InvalidArgumentError(f"not a GaussianMixture state (from to_dict): no "
                                        f"{list(missing)}")
+        field = None  # the field being read, named where its values are no numbers
         try:
             mixture = cls(state["n_components"], covariance_type=state["covariance_type"],
                           n_pca=state.get("n_pca"), seed=state.get("seed"))
-            arrays = {name: np.asarray(state[name], dtype=float)
-                      for name in ("mean", "weights", "means", "covariances")}
+            arrays = {}
+            for field in ("mean", "weights", "means", "covariances"):
+                arrays[field] = np.asarray(state[field], dtype=float)
+            field = "components"
             components = None if state["components"] is None else \
                 np.asarray(state["components"], dtype=float)
+            field = "bic"
             bic = {int(k): float(v) for k, v in (state.get("bic") or {}).items()}
+            field = None
             provenance = as_provenance(state.get("provenance"))
         except (TypeError, ValueError, AttributeError) as exc:
-            raise InvalidArgumentError(f"not a GaussianMixture state: {exc}") from None
+            where = "" if field is None else f"{field!r}: "
+            raise InvalidArgumentError(f"not a GaussianMixture state: {where}{exc}") from None
         k, d_in = mixture.n_components, arrays["mean"].size
         d = d_in if components is None else len(components)
         cov = (k, d) if mixture.covariance_type == "diag" else (k, d, d)
@@ -470,11 +477,16 @@ class GaussianMixture(Saved):
             expected["components"] = (d, d_in)
             arrays["components"] = components
         for name, shape in expected.items():
-            if arrays[name].shape != shape or not np.all(np.isfinite(arrays[name])):
+            if arrays[name].shape != shape:
                 raise InvalidArgumentError(
                     f"not a consistent GaussianMixture state: {name!r} has shape "
-                    f"{arrays[name].shape} (or values that are not finite), expected {shape} "
-                    f"for {k} components, {d_in} input and {d} mixture dimensions")
+                    f"{arrays[name].shape}, expected {shape} for {k} components, {d_in} "
+                    f"input and {d} mixture dimensions")
+            if not np.all(np.isfinite(arrays[name])):
+                shown = np.array2string(arrays[name], threshold=20, separator=", ")
+                raise InvalidArgumentError(
+                    f"not a consistent GaussianMixture state: {name!r} holds values that are "
+                    f"not finite: {shown}")
         weights, covs = arrays["weights"], arrays["covariances"]
         if not np.all(weights > 0) or abs(weights.sum() - 1.0) > 1e-6:
             raise InvalidArgumentError(
@@ -500,7 +512,7 @@ class GaussianMixture(Saved):
                 f"{'eigenvalue' if mixture.covariance_type == 'full' else 'variance'}"
                 f" {least[i]:.6g}): {covs[i].tolist()}")
         ratio = state.get("explained_variance_ratio", 1.0)
-        if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) \
+        if isinstance(ratio, (bool, np.bool_)) or not isinstance(ratio, numbers.Real) \
                 or not 0.0 <= ratio <= 1.0 + 1e-9:
             raise InvalidArgumentError(
                 f"not a consistent GaussianMixture state: explained_variance_ratio must be "
