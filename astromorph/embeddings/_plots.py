@@ -436,22 +436,28 @@ def _repulsion(y, kernels, *, p=3):
     grid and FFT convolution (Linderman et al. 2019, as FIt-SNE and openTSNE do):
     O(N + G log G) for G grid nodes instead of O(N^2).
 
-    The points are in boxes of unit side (the kernels vary on that scale), ``p`` x ``p``
-    equispaced nodes each; each point's charges (1, y_x, y_y) go to its box's nodes by
-    Lagrange interpolation weights, the kernels act on the nodes by FFT, and the same
-    weights bring the potentials back. ``kernels`` caches the kernels' transforms by grid
-    size (the grid only changes when the map grows by a box).
+    The points are in boxes of unit side (the kernels vary on that scale; finer on maps
+    under 50 units), ``p`` x ``p`` equispaced nodes each; each point's charges (1, y_x, y_y)
+    go to its box's nodes by Lagrange interpolation weights, the kernels act on the nodes by
+    FFT, and the same weights bring the potentials back. The boxes stay of unit side however
+    wide the map grows (coarser boxes smear the kernels: forces 50 per cent wrong on a map
+    440 units wide with boxes of 2), so the grid's memory grows with the map's area, about
+    0.8 GB for a map 600 units wide and 2 GB for 900 (0.25 GB up to 270), as in FIt-SNE;
+    t-SNE maps grow about as sqrt(N) (66 units for 2,000 rows). ``kernels`` caches the kernels' transforms by grid size (the box
+    count is rounded up to a multiple of 16, so the grid changes only every 16 units of
+    growth).
     """
     from scipy.fft import irfft2, next_fast_len, rfft2
 
     n = len(y)
     low = y.min(axis=0)
     extent = max(float(np.max(y.max(axis=0) - low)), 1e-12)
-    # 50 to 300 boxes, of side at most 1 (the scale of the kernels) up to a map 300 wide,
-    # a power of 2 so that the kernels' transforms are reused while the map grows
-    side = 2.0 ** int(np.ceil(np.log2(extent / 50))) if extent <= 50 else \
-        2.0 ** max(0, int(np.ceil(np.log2(extent / 300))))
-    boxes = int(extent / side) + 1
+    if extent <= 50:  # 26 to 51 boxes of side a power of 2 (<= 1): reused while it grows
+        side = 2.0 ** int(np.ceil(np.log2(extent / 50)))
+        boxes = int(extent / side) + 1
+    else:  # boxes of side 1, the scale of the kernels, as many as the map needs
+        side = 1.0
+        boxes = -(-(int(extent) + 1) // 16) * 16
     m = boxes * p  # grid nodes per axis, spaced side / p
     y = (y - low) / side  # in boxes from the grid's corner (no cancellation in the charges)
     cell = np.minimum(y.astype(np.intp), boxes - 1)
@@ -477,16 +483,31 @@ def _repulsion(y, kernels, *, p=3):
             for c in range(3):
                 grid[c] += np.bincount(node, weights=w * charges[:, c], minlength=m * m)
     grid = grid.reshape(3, m, m)
-    f = rfft2(grid, s=(size, size))
-    pot1 = irfft2(f[:1] * k1, s=(size, size))[:, :m, :m]
-    pot2 = irfft2(f * k2, s=(size, size))[:, :m, :m]
-    pot1, pot2 = pot1.reshape(1, -1), pot2.reshape(3, -1)
+    # one charge at a time: the transforms of a wide map are the memory that counts
+    pot2 = np.empty((3, m * m))
+    for c in range(3):
+        f = rfft2(grid[c], s=(size, size))
+        if c == 0:
+            pot1 = irfft2(f * k1, s=(size, size))[:m, :m].reshape(1, -1)
+        pot2[c] = irfft2(f * k2, s=(size, size))[:m, :m].ravel()
+        del f
     phi1 = np.zeros(n)
     phi2 = np.zeros((n, 3))
     for node, w in flat:
         phi1 += w * pot1[0, node]
         phi2 += w[:, None] * pot2[:, node].T
-    z = float(np.sum(phi1) - n)  # less each point's own term, 1
+    # less each point's own term, as interpolated (1 exactly only for a point on a node:
+    # the difference matters on a sparse map, whose Z is small); in the forces the own term
+    # cancels exactly (its charges y_i and 1 come back with the same weights)
+    own = np.zeros(n)
+    h2 = (side / p) ** 2
+    for a in range(p):
+        for c in range(p):
+            wxx = wx[:, a] * wx[:, c]
+            for b in range(p):
+                for d in range(p):
+                    own += wxx * wy[:, b] * wy[:, d] / (1.0 + h2 * ((a - c) ** 2 + (b - d) ** 2))
+    z = float(np.sum(phi1) - np.sum(own))
     rep = (y * phi2[:, :1] - phi2[:, 1:]) * side  # y_i - y_j back in map units
     return z, rep
 
