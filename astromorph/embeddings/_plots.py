@@ -443,9 +443,9 @@ def _repulsion(y, kernels, *, p=3):
     wide the map grows (coarser boxes smear the kernels: forces 50 per cent wrong on a map
     440 units wide with boxes of 2), so the grid's memory grows with the map's area, about
     0.8 GB for a map 600 units wide and 2 GB for 900 (0.25 GB up to 270), as in FIt-SNE;
-    t-SNE maps grow about as sqrt(N) (66 units for 2,000 rows). ``kernels`` caches the kernels' transforms by grid size (the box
-    count is rounded up to a multiple of 16, so the grid changes only every 16 units of
-    growth).
+    t-SNE maps grow about as sqrt(N) (66 units for 2,000 rows). ``kernels`` caches the
+    kernels' transforms by grid size (the box count is rounded up to a multiple of 16, so
+    the grid changes only every 16 units of growth).
     """
     from scipy.fft import irfft2, next_fast_len, rfft2
 
