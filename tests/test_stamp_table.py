@@ -1272,3 +1272,192 @@ def test_rubin_scale_stamps_give_the_network_what_the_model_grid_gives(rb, size,
     for x, out in zip(seen, (given, wcs)):
         np.testing.assert_allclose(x[0], direct, rtol=0, atol=2e-6)
         assert out["rb_flags"][0] == 0
+
+
+# ------------------------------------------------------------ non-square pixels (y, x)
+def _expected(model, x, scale):
+    """Scores of triplets ``x`` resampled by ``scale`` (one value or (y, x)) as predict's
+    own preprocessing does it."""
+    return np.asarray(model.predict(prepare(model, RawStamps("triplet", x,
+                                                             pixel_scale=scale))[0])["rb_score"])
+
+
+def _fits_pair_bytes(image, scale_y, scale_x):
+    """FITS bytes of ``image`` with a WCS of pixels ``scale_x`` by ``scale_y`` arcsec."""
+    hdu = fits.PrimaryHDU(np.asarray(image, np.float32))
+    hdu.header.update(CTYPE1="RA---TAN", CTYPE2="DEC--TAN", CRPIX1=1, CRPIX2=1, CRVAL1=10.0,
+                      CRVAL2=20.0, CDELT1=-scale_x / 3600, CDELT2=scale_y / 3600)
+    buf = io.BytesIO()
+    hdu.writeto(buf)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("layout", ["array", "object"])
+def test_a_pixel_scale_pair_resamples_each_axis_by_its_own_scale(rb, layout):
+    """``pixel_scale`` given as (scale_y, scale_x), in any of its forms (a tuple, two values
+    with a unit, a column of (N, 2) with or without a unit, angle per pixel), scores each
+    stamp as predict's preprocessing of that pair does: was refused ("has (2,) values for a
+    table of 3 rows")."""
+    x = _triplets(3, size=131, seed=21)
+    stamps = x if layout == "array" else _cells(list(x))
+    expected = _expected(rb, x, (0.75, 0.5))
+    assert not np.allclose(expected, _expected(rb, x, float(np.sqrt(0.75 * 0.5))), atol=1e-4)
+    pairs = np.array([[0.75, 0.5]] * 3)
+    for given in ((0.75, 0.5), [0.75, 0.5] * u.arcsec, (0.75 * u.arcsec, 500 * u.mas),
+                  pairs, pairs * u.arcsec / u.pixel, "scale", "qscale"):
+        t = QTable({"triplet": stamps, "scale": Column(pairs),
+                    "qscale": pairs / 3600 * u.deg})
+        out = astromorph.annotate_stamps(t, model=rb, pixel_scale=given)
+        np.testing.assert_allclose(out["rb_score"], expected, rtol=0, atol=1e-6, err_msg=given)
+        assert not np.asarray(out["rb_flags"]).any(), given
+    # a square pair is the one scale, bit for bit
+    square = astromorph.annotate_stamps(Table({"triplet": stamps}), model=rb, pixel_scale=0.5)
+    same = astromorph.annotate_stamps(Table({"triplet": stamps}), model=rb,
+                                      pixel_scale=(0.5, 0.5))
+    np.testing.assert_array_equal(same["rb_score"], square["rb_score"])
+
+
+@pytest.mark.parametrize("layout", ["array", "object"])
+def test_rows_of_different_pixel_pairs_are_never_scored_as_one_group(rb, layout):
+    """A column of (N, 2) scales whose rows differ (one axis or the other longer, square,
+    unknown): each row is scored with its own pair, none merged with another's group."""
+    x = _triplets(5, size=131, seed=22)
+    scale = np.array([[0.75, 0.5], [0.5, 0.75], [0.5, 0.5], [np.nan, np.nan], [0.75, 0.5]])
+    stamps = x if layout == "array" else _cells(list(x))
+    out = astromorph.annotate_stamps(Table({"triplet": stamps, "scale": scale}), model=rb,
+                                     pixel_scale="scale", batch_size=2)
+    for i, s in enumerate([(0.75, 0.5), (0.5, 0.75), 0.5, None, (0.75, 0.5)]):
+        np.testing.assert_allclose(out["rb_score"][i], _expected(rb, x[i:i + 1], s)[0],
+                                   rtol=0, atol=1e-6, err_msg=str(s))
+    assert list(out["rb_flags"]) == [0, 0, 0, Flag.NO_WCS | Flag.EXTRAPOLATED, 0]
+    # one axis known and not the other: that row cannot be resampled, and says why
+    half = scale.copy()
+    half[1] = [np.nan, 0.75]
+    with pytest.warns(UnusableInputWarning):
+        out = astromorph.annotate_stamps(Table({"triplet": stamps, "scale": half}), model=rb,
+                                         pixel_scale="scale")
+    assert out["rb_flags"][1] == Flag.BAD_INPUT and "nan" in out["rb_reason"][1]
+    assert list(out["rb_score"].mask) == [False, True, False, False, False]
+
+
+def test_a_pixel_pair_from_fits_cells_and_a_given_pair_agree(rb):
+    """FITS bytes whose WCS gives pixels of 0.5" by 0.75" carry the pair (scale_y, scale_x)
+    through a stamp table as through files, and a ``pixel_scale`` pair given for the same
+    stamps scores them alike."""
+    x = _triplets(2, size=131, seed=23)
+    cols = {k: _cells([_fits_pair_bytes(im, 0.75, 0.5) for im in x[:, j]])
+            for j, k in enumerate(("science", "reference", "difference"))}
+    from_wcs = astromorph.annotate_stamps(Table(cols), model=rb)
+    np.testing.assert_allclose(from_wcs["rb_score"], _expected(rb, x, (0.75, 0.5)), rtol=0,
+                               atol=1e-5)
+    assert not np.asarray(from_wcs["rb_flags"]).any()
+
+
+def test_rubin_packets_with_non_square_pixels_carry_the_pair(tmp_path):
+    """Rubin alert packets whose cutouts' WCS gives pixels of 0.5" by 0.75": read with the
+    pair (scale_y, scale_x), scored as a ``pixel_scale`` pair scores the same triplet, by
+    predict_files and by annotate_stamps of a table of the packets' cutouts."""
+    pytest.importorskip("fastavro")
+    from synthetic_alerts import RUBIN_SCHEMA, rubin_alert, write_avro
+
+    from astromorph._readers import read_file
+
+    rb = astromorph.load_model("real-bogus")
+    x = _triplets(1, size=131, seed=24)
+    rec = rubin_alert(41, x[0])
+    for key, plane in zip(("cutoutScience", "cutoutTemplate", "cutoutDifference"), x[0]):
+        rec[key] = _fits_pair_bytes(plane, 0.75, 0.5)
+    write_avro(tmp_path / "rubin.avro", [rec], schema=RUBIN_SCHEMA)
+    stamp, = read_file(tmp_path / "rubin.avro")
+    assert stamp.pixel_scale == pytest.approx((0.75, 0.5))
+    expected = _expected(rb, x, (0.75, 0.5))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        files = astromorph.predict_files("real-bogus", tmp_path / "rubin.avro", progress=False)
+    np.testing.assert_allclose(files["rb_score"], expected, rtol=0, atol=1e-5)
+    t = Table({k: _cells([rec[k]]) for k in ("cutoutScience", "cutoutTemplate",
+                                             "cutoutDifference")})
+    out = astromorph.annotate_stamps(t, model=rb)
+    np.testing.assert_allclose(out["rb_score"], expected, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("given, words", [
+    ((0.75, 0.0), r"\(0\.75, 0\.0\)"), ((np.nan, 0.5), r"\(nan, 0\.5\)"),
+    ((-1.0, 0.5), r"\(-1\.0, 0\.5\)"), ((0.5, np.inf), r"\(0\.5, inf\)"),
+    (np.nan, "nan"), (0.0, "0.0"),
+    ([1.0, 1.0, 1.0, 1.0], r"\(4,\) values for a table of 3 rows"),
+    (np.ones((3, 3)), r"\(3, 3\) values for a table of 3 rows"),
+    (np.ones((2, 2)), r"\(2, 2\) values for a table of 3 rows"),
+    ((0.5 * u.m, 0.5 * u.m), "pixel_scale=.*m.*cannot be used"),
+    (0.5 * u.s, "pixel_scale=.*s.*cannot be used"),
+    ("bad", "pixel_scale column 'bad'"), ("metres", "pixel_scale column 'metres' .*length"),
+    ("wide", r"pixel_scale column 'wide' has \(3, 3\) values"),
+])
+def test_bad_pixel_scales_are_refused_naming_the_value(rb, given, words):
+    t = QTable({"triplet": _triplets(3), "metres": [1, 2, 3] * u.m, "wide": np.ones((3, 3))})
+    with pytest.raises(InvalidArgumentError if given != "bad" else InputError, match=words):
+        astromorph.annotate_stamps(t, model=rb, pixel_scale=given)
+
+
+def test_a_pair_or_per_row_values_in_a_table_of_two_rows(rb):
+    """Two values for a table of two rows stay one per row, as before; a tuple is the pair
+    (scale_y, scale_x) whatever the table's length."""
+    x = _triplets(2, size=131, seed=25)
+    t = Table({"triplet": x})
+    rows = astromorph.annotate_stamps(t, model=rb, pixel_scale=[0.75, 0.5])
+    np.testing.assert_allclose(rows["rb_score"], [_expected(rb, x[:1], 0.75)[0],
+                                                  _expected(rb, x[1:], 0.5)[0]], atol=1e-6)
+    pair = astromorph.annotate_stamps(t, model=rb, pixel_scale=(0.75, 0.5))
+    np.testing.assert_allclose(pair["rb_score"], _expected(rb, x, (0.75, 0.5)), atol=1e-6)
+
+
+def test_group_key_keeps_per_axis_scales_apart():
+    from astromorph._predict import _group_key
+
+    stamp = np.zeros((3, 8, 8), np.float32)
+    key = lambda s: _group_key("triplet", stamp, None, s)  # noqa: E731
+    assert key((0.75, 0.5)) != key((0.5, 0.75)) != key(0.5)
+    assert key((0.5, 0.5)) == key(0.5) and key(np.array([0.5, 0.5])) == key(0.5)
+    assert key(np.nan) == key((np.nan, np.nan))
+    assert key((np.nan, 0.5)) not in (key(np.nan), key(0.5))
+    assert key((np.nan, 0.5)) == key((np.nan, 0.5))
+
+
+def test_cli_pixel_scale_takes_a_pair_y_then_x(rb, tmp_path, capsys):
+    from astromorph import cli
+
+    x = _triplets(2, size=131, seed=26)
+    Table({"triplet": x, "scale": np.array([[0.75, 0.5]] * 2) * u.arcsec}).write(
+        tmp_path / "c.ecsv")
+    expected = _expected(rb, x, (0.75, 0.5))
+    for given in ("0.75,0.5", "0.75, 0.5", "scale"):
+        out = tmp_path / f"s{len(given)}.ecsv"
+        assert cli.main(["annotate", str(tmp_path / "c.ecsv"), "-m", "real-bogus",
+                         "--pixel-scale", given, "-o", str(out), "--no-progress"]) == 0, given
+        np.testing.assert_allclose(Table.read(out)["rb_score"], expected, atol=1e-6)
+    capsys.readouterr()
+    for bad, words in (("1,2,3", "1,2,3"), ("0,0.5", "0.0, 0.5"), ("nan", "nan"),
+                       ("0.5,nan", "nan"), ("0.5,", "'0.5,'")):
+        assert cli.main(["annotate", str(tmp_path / "c.ecsv"), "-m", "real-bogus",
+                         f"--pixel-scale={bad}", "--no-progress"]) != 0
+        err = capsys.readouterr().err
+        assert "--pixel-scale" in err and words in err, (bad, err)
+    with pytest.raises(SystemExit):
+        cli.main(["annotate", "--help"])
+    assert "scale_y,scale_x" in capsys.readouterr().out
+
+
+def test_dask_takes_a_pixel_scale_pair_and_an_n_by_2_column(rb):
+    pytest.importorskip("dask")
+    x = _triplets(7, size=131, seed=27)
+    t = Table({"id": np.arange(7), "triplet": x})
+    per_row = np.array([[0.75, 0.5], [0.5, 0.75], [np.nan, np.nan], [0.5, 0.5], [1.0, 0.8],
+                        [0.75, 0.5], [0.6, 0.6]]) * u.arcsec
+    for given in ((0.75, 0.5), per_row, list(per_row.value)):
+        ref = astromorph.annotate_stamps(t, model=rb, pixel_scale=given)
+        out = astromorph.annotate_dask(t, model="real-bogus", partition_size=2,
+                                       scheduler="synchronous", pixel_scale=given)
+        np.testing.assert_allclose(out["rb_score"], ref["rb_score"], rtol=0, atol=1e-6)
+        np.testing.assert_array_equal(out["rb_flags"], ref["rb_flags"])
+    np.testing.assert_allclose(ref["rb_score"][0], _expected(rb, x[:1], (0.75, 0.5))[0],
+                               atol=1e-6)
