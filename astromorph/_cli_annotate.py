@@ -33,6 +33,33 @@ def _read_catalogue(path, what="catalogue"):
         csv.field_size_limit(limit)
 
 
+def _pixel_scale_option(text):
+    """``--pixel-scale`` as `annotate_stamps` takes it: one number (arcsec/pixel), two
+    numbers ``scale_y,scale_x`` (pixels that are not square) as a tuple, else a column name
+    (None: not given)."""
+    from .exceptions import InvalidArgumentError
+
+    if text is None:
+        return None
+    parts = text.split(",")
+    try:
+        numbers = tuple(float(p) for p in parts)
+    except ValueError:
+        if len(parts) > 1 and any(p.strip() for p in parts):
+            try:  # numbers and an empty part ("0.5,"): a mistyped pair, not a column
+                [float(p) for p in parts if p.strip()]
+            except ValueError:
+                return text  # a column name
+            raise InvalidArgumentError(f"--pixel-scale must be one number (arcsec/pixel), two "
+                                       f"(scale_y,scale_x) or a column name, got {text!r}") \
+                from None
+        return text  # a column name
+    if len(numbers) > 2:
+        raise InvalidArgumentError(f"--pixel-scale must be one number (arcsec/pixel) or two "
+                                   f"(scale_y,scale_x), got {len(numbers)}: {text!r}")
+    return numbers[0] if len(numbers) == 1 else numbers
+
+
 def _run(args):
     import astropy.units as u
 
@@ -79,12 +106,7 @@ def _run(args):
             stamp_size=None if args.stamp_size is None else args.stamp_size * u.arcsec,
             bands=args.band, **common)
     else:
-        scale = args.pixel_scale
-        if scale is not None:
-            try:
-                scale = float(scale)
-            except ValueError:
-                pass  # a column name
+        scale = _pixel_scale_option(args.pixel_scale)
         result = annotate_stamps(table, columns=args.stamp_col, pixel_scale=scale,
                                  negative=args.negative_col,
                                  crop_fraction=args.crop_fraction,
@@ -138,8 +160,10 @@ def register(sub):
                    help="without --image: column holding the stamps (repeat for one column per "
                         "plane: science, reference, difference; default: found by name)")
     p.add_argument("--pixel-scale",
-                   help="without --image: pixel scale of the stamps in arcsec/pixel, or a "
-                        "column holding it (default: from FITS WCS, else the model's)")
+                   help="without --image: pixel scale of the stamps in arcsec/pixel: one "
+                        "number, or two, scale_y,scale_x (rows, then columns), for pixels "
+                        "that are not square (e.g. 0.75,0.5); or a column holding one or two "
+                        "per row (default: from FITS WCS, else the model's)")
     p.add_argument("--negative-col",
                    help="without --image: boolean column of rows whose difference holds a "
                         "negative candidate (negated before scoring; not for ZTF stamps)")

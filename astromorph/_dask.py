@@ -112,10 +112,14 @@ def _per_row_options(kwargs, n):
     a column name or a scalar), each checked to have the ``n`` rows of the table."""
     import numpy as np
 
+    from ._stamp_table import one_pixel_pair
+
     names = []
     for name in _PER_ROW_OPTIONS:
         value = kwargs.get(name)
         if value is None or isinstance(value, str) or np.ndim(value) == 0:
+            continue
+        if name == "pixel_scale" and one_pixel_pair(value, n):  # (scale_y, scale_x): all rows
             continue
         if np.shape(value)[:1] != (n,):
             raise InvalidArgumentError(f"{name} has {np.shape(value)} values for a table of "
@@ -149,7 +153,9 @@ def annotate_dask(table, images=None, *, model, partition_size=50_000, compute=T
     **kwargs
         Other `annotate` options (``size_col``, ``ra_col``...), or `annotate_stamps` options
         (``columns``, ``pixel_scale``...) without ``images``; ``negative`` and
-        ``pixel_scale`` given one value per row are split with the rows. ``progress`` is
+        ``pixel_scale`` given one value per row (``pixel_scale``: ``(N,)`` or ``(N, 2)``)
+        are split with the rows, a ``pixel_scale`` pair ``(scale_y, scale_x)`` goes to
+        every partition. ``progress`` is
         checked but not passed on: partitions run without progress bars (Dask's
         diagnostics show the tasks).
 
@@ -271,7 +277,9 @@ def annotate_dask(table, images=None, *, model, partition_size=50_000, compute=T
     per_row = _per_row_options(kwargs, len(table)) if images is None else ()
 
     def options(start):  # each partition's rows of the options given one value per row
-        return {**kwargs, **{k: kwargs[k][start:start + partition_size] for k in per_row}}
+        # (a tuple as a list: a partition's two rows of a tuple are no (scale_y, scale_x))
+        return {**kwargs, **{k: (list(kwargs[k]) if isinstance(kwargs[k], tuple) else
+                                 kwargs[k])[start:start + partition_size] for k in per_row}}
     from ._registry import _is_path_like
 
     model = os.fspath(model)

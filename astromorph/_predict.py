@@ -542,6 +542,7 @@ class _Runner:
             return
         # (scale_y, scale_x) for pixels that are not square, else one float
         scale = np.nan if stamp.pixel_scale is None else stamp.pixel_scale
+        scale = np.broadcast_to(np.ravel(np.asarray(scale, dtype=float)), (2,))
         beam = stamp.beam if self.family == "radio" else None  # only the radio model uses it
         planes = 1 if stamp.kind == "colour" else len(stamp.data)
         levels = np.full((1, planes), np.nan) if stamp.saturation is None \
@@ -549,14 +550,15 @@ class _Runner:
         self._queue(_group_key(stamp.kind, stamp.data, stamp.bands, scale, beam),
                     np.array([row]),
                     stamp.data[None], np.array([stamp.flags], dtype=np.int32),
-                    np.array([scale], dtype=float), levels)
+                    scale[None], levels)
 
     def add_block(self, index, kind, data, bands, flags, reasons, scales):
         """Add rows whose stamps are ``data[j]`` (all of one ``kind``, shape and dtype).
 
         ``index``: the rows' numbers (their source names and origins); ``flags`` and
         ``reasons`` (a list per row) what was found before scoring; ``scales``: pixel
-        scales in arcsec/pixel, NaN where unknown.
+        scales in arcsec/pixel, ``(rows,)`` or ``(rows, 2)`` (``(scale_y, scale_x)``), NaN
+        where unknown.
         """
         first = len(self.sources)
         self.sources.extend(str(i) for i in index)
@@ -567,10 +569,13 @@ class _Runner:
         rows = first + np.flatnonzero((np.asarray(flags) & int(Flag.unusable())) == 0)
         if not rows.size:
             return
-        scales = np.asarray(scales, dtype=float)[rows - first]
-        # one group per rounded scale, as `add` makes them, each in row order
-        values, inverse = np.unique(scales, return_inverse=True)
-        keys = [_group_key(kind, data[0], bands, v) for v in values]
+        scales = _axis_pairs(np.asarray(scales, dtype=float)[rows - first])
+        # one group per rounded scale, as `add` makes them, each in row order; the rows
+        # told apart by both axes, and by which of them are NaN (unknown), NaN equal to NaN
+        nan = np.isnan(scales)
+        _, first_of, inverse = np.unique(np.hstack([nan, np.where(nan, 0.0, scales)]), axis=0,
+                                         return_index=True, return_inverse=True)
+        keys = [_group_key(kind, data[0], bands, scales[j]) for j in first_of]
         group_of = {}  # distinct scales that round alike share a group (a dict: not quadratic)
         codes = np.array([group_of.setdefault(k, j) for j, k in enumerate(keys)],
                          dtype=np.intp)[inverse.ravel()]
@@ -640,13 +645,16 @@ class _Runner:
         from ._readers._stamp import saturated_centres
 
         kind, bands, beam = key[0], key[3], key[5]
+        # the group's pixel scale: None (unknown), one float, or (scale_y, scale_x) for
+        # pixels that are not square (one axis unknown: refused by the resampling, flagged)
+        scale = None if key[4] is None else tuple(scales[0].tolist()) \
+            if isinstance(key[4], tuple) else float(scales[0][0])
         given = before  # and SATURATED, tested on the raw pixels of the data
         if kind != "colour" and not np.isnan(levels).all():
             given = before | np.where(saturated_centres(data, levels),
                                       int(Flag.SATURATED), 0).astype(np.int32)
         raw = RawStamps(kind, data, bands=bands,
-                        pixel_scale=None if np.isnan(scales[0]).any() else
-                        float(scales[0]) if scales.ndim == 1 else tuple(scales[0].tolist()),
+                        pixel_scale=scale,
                         beam=beam, flags=given)
         try:
             with catch_warnings():
@@ -687,13 +695,26 @@ class _Runner:
                     "for a fading source); negate the difference of a negative detection")
 
 
+def _axis_pairs(scales):
+    """Pixel scales of rows, ``(N,)`` (one per row, for both axes) or ``(N, 2)``, as
+    ``(N, 2)`` floats ``(scale_y, scale_x)``."""
+    scales = np.asarray(scales, dtype=float)
+    return np.stack([scales, scales], axis=1) if scales.ndim == 1 else scales
+
+
 def _group_key(kind, stamp, bands, scale, beam=None):
     """Stamps of one group are scored together: same kind, shape, dtype, bands, pixel
-    scale (to 1e-6 arcsec/pixel; one value, or ``(scale_y, scale_x)``) and restoring beam
-    (to 1e-6 arcsec; None if unknown)."""
-    return (kind, stamp.shape, stamp.dtype.str, bands,
-            None if np.isnan(scale).any() else round(float(scale), 6) if np.ndim(scale) == 0
-            else tuple(round(float(v), 6) for v in scale),
+    scale and restoring beam (to 1e-6 arcsec; None if unknown). The pixel scale (to 1e-6
+    arcsec/pixel) is one value, or ``(scale_y, scale_x)``: None where both are NaN
+    (unknown), one float where both axes agree (one value or a square pair: one group,
+    scored alike), else the pair, with None for an axis that is NaN."""
+    axes = np.broadcast_to(np.ravel(np.asarray(scale, dtype=float)), (2,))
+    if np.isnan(axes).all():
+        key = None
+    else:
+        sy, sx = (None if np.isnan(v) else round(float(v), 6) for v in axes)
+        key = sy if sy == sx else (sy, sx)
+    return (kind, stamp.shape, stamp.dtype.str, bands, key,
             None if beam is None else round(float(beam), 6))
 
 

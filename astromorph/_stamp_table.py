@@ -178,8 +178,10 @@ def annotate_stamps(table, *, model, columns=None, pixel_scale=None, negative=No
             if unknown is not None and unknown[i]:
                 stamp.reason.append(assumed)
             if stamp.usable:
-                if scales is not None and not np.isnan(scales[i]):  # NaN: no scale
-                    stamp.pixel_scale = float(scales[i])
+                if scales is not None and not np.isnan(scales[i]).all():  # NaN: no scale
+                    # one float, or (scale_y, scale_x) for pixels that are not square
+                    stamp.pixel_scale = float(scales[i]) if np.ndim(scales[i]) == 0 \
+                        else tuple(scales[i].tolist())
                 if flip is not None and flip[i] and stamp.kind in ("triplet", "bands") \
                         and len(stamp.data) == 3:
                     stamp.data = _negate_difference(stamp.data[None])[0]
@@ -230,10 +232,7 @@ def check_options(table, *, model, columns=None, pixel_scale=None, negative=None
     family = model_family(model.card)
     names = _stamp_columns(table, columns, family)
     n = len(table)
-    scales = _row_values(table, pixel_scale, n, "pixel_scale", _arcsec)
-    if scales is not None and not isinstance(pixel_scale, str) and np.ndim(pixel_scale) == 0 \
-            and n and not (np.isfinite(scales[0]) and scales[0] > 0):
-        raise InvalidArgumentError(f"pixel_scale must be positive, got {pixel_scale!r}")
+    scales = _pixel_scale_rows(table, pixel_scale, n)
     flip = _row_values(table, negative, n, "negative", _bools)
     if flip is not None and family != "triplet":
         raise InvalidArgumentError(f"negative= (--negative-col) applies to difference-imaging "
@@ -282,12 +281,82 @@ def _arcsec(values):
     if isinstance(values, u.Quantity):
         if values.unit.physical_type == "angle":
             out = values.to_value(u.arcsec)
-        else:
+        elif (values.unit * u.pixel).physical_type == "angle":
             out = (values * u.pixel).to_value(u.arcsec)  # angle / pixel
+        else:
+            raise ValueError(f"unit {values.unit.to_string()!r} is neither an angle nor an "
+                             "angle per pixel")
     else:
         out = np.asarray(np.ma.getdata(values), dtype=float)
     if mask is not None and np.any(mask):
         out = np.where(mask, np.nan, out)
+    return out
+
+
+def one_pixel_pair(value, n):
+    """Whether ``pixel_scale=value`` for a table of ``n`` rows is one pair ``(scale_y,
+    scale_x)`` for every row: a tuple of two values, or two values of any kind when the
+    table has not two rows (in a table of two rows, two values other than a tuple are one
+    per row, as they were before pairs)."""
+    return not isinstance(value, str) and np.shape(_quantities(value)) == (2,) \
+        and (n != 2 or isinstance(value, tuple))
+
+
+def _quantities(value):
+    """A tuple or list holding Quantities (``(0.75 * u.arcsec, 0.5 * u.arcsec)``) as one
+    Quantity; any other value as it is."""
+    import astropy.units as u
+
+    if isinstance(value, (tuple, list)) and any(isinstance(v, u.Quantity) for v in value):
+        try:
+            return u.Quantity(value)
+        except (TypeError, ValueError, u.UnitsError) as exc:
+            raise InvalidArgumentError(f"pixel_scale={value!r} cannot be used: {exc}") from None
+    return value
+
+
+def _shown(value):
+    """``value`` for a message: its repr where short, else its type and shape."""
+    text = repr(value)
+    return text if len(text) <= 80 else f"{type(value).__name__} of shape {np.shape(value)}"
+
+
+def _pixel_scale_rows(table, value, n):
+    """Pixel scales (arcsec/pixel) of the ``n`` rows from ``pixel_scale=value``: None, or
+    ``(n,)`` (one scale per row, for both axes) or ``(n, 2)`` (``(scale_y, scale_x)`` per
+    row) floats, NaN where a row has none (NaN or masked). ``value``: one number or angle
+    (per pixel), one pair (`one_pixel_pair`), one of either per row, or the name of a column
+    of one of either per row. A value given for all rows must be finite and positive; a
+    row's values are checked when the row is scored (its row flagged, `Flag.BAD_INPUT`)."""
+    if value is None:
+        return None
+    what = "pixel_scale"
+    given = value
+    if isinstance(value, str):
+        if value not in table.colnames:
+            raise InputError(f"pixel_scale column {value!r} not in the table")
+        what = f"pixel_scale column {value!r}"
+        value = table[value]
+        if getattr(value, "unit", None) is not None and not hasattr(value, "to_value"):
+            value = value.quantity
+    pair = one_pixel_pair(given, n)
+    try:
+        out = _arcsec(_quantities(value))
+    except InvalidArgumentError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - unit or dtype errors
+        shown = what if isinstance(given, str) else f"pixel_scale={_shown(given)}"
+        raise InvalidArgumentError(f"{shown} cannot be used: {exc}") from None
+    if np.ndim(out) == 0 or pair:  # one value or one pair for every row
+        if not (np.all(np.isfinite(out)) and np.all(out > 0)):
+            raise InvalidArgumentError(f"pixel_scale must be positive (and finite), got "
+                                       f"{_shown(given)}")
+        return np.broadcast_to(out, (n, *np.shape(out)))
+    out = np.asarray(out, dtype=float)
+    if out.shape not in ((n,), (n, 2)):
+        raise InvalidArgumentError(
+            f"{what} has {out.shape} values for a table of {n} rows: give one value, a pair "
+            f"(scale_y, scale_x), or one of either per row (shape ({n},) or ({n}, 2))")
     return out
 
 
@@ -603,9 +672,10 @@ def _array_blocks(table, names, family, card, scales, flip, unknown=None, assume
         if scales is None:
             known = np.zeros(stop - start, dtype=bool)
             scale = np.full(stop - start, np.nan)
-        else:
-            known = ~np.isnan(scales[start:stop])  # NaN: no scale; inf: flagged
-            scale = np.where(known, scales[start:stop], np.nan)
+        else:  # (rows,) or (rows, 2): (scale_y, scale_x)
+            scale = np.array(scales[start:stop], dtype=float)
+            # NaN (both axes): no scale; inf, or one axis NaN: flagged when scored
+            known = ~np.isnan(scale).reshape(stop - start, -1).all(axis=1)
         flags = np.where(known, probes[1].flags, probes[0].flags).astype(np.int32)
         reasons = [list(probes[int(k)].reason) for k in known]
         if grey and data.dtype.kind == "f":  # masked pixels: on the data-set scale (uint8)
