@@ -70,10 +70,16 @@ def annotate_stamps(table, *, model, columns=None, pixel_scale=None, negative=No
         among ``science/reference/difference``, ``sci/ref/diff``,
         ``cutoutScience/cutoutTemplate/cutoutDifference``, ``triplet``, ``stamps``,
         ``stamp`` (and ``image``, ``cutout``, ``g/r/i`` for the other models).
-    pixel_scale : float, Quantity or str, optional
-        Pixel scale of the stamps (arcsec/pixel, or an angle per pixel), or the name of a
-        column holding one per row (NaN or masked: none for that row). It takes precedence
-        over a scale read from FITS bytes.
+    pixel_scale : float, (float, float), array_like, Quantity or str, optional
+        Pixel scale of the stamps (arcsec/pixel, or an angle per pixel): one value, or for
+        pixels that are not square the pair ``(scale_y, scale_x)`` (the step along the rows,
+        FITS axis 2, then along the columns, axis 1) as a tuple or two values with a unit
+        (in a table of two rows, two values other than a tuple are one per row); or one of
+        either per row, ``(N,)`` or ``(N, 2)``, or the name of a column of them (NaN or
+        masked: none for that row). It takes precedence over a scale read from FITS bytes.
+        A square pair scores as its one value. A value for every row must be finite and
+        positive; a row's value that is not flags the row `Flag.BAD_INPUT` (models that
+        resample by it: ``real-bogus``, ``radio-morphology``).
         Stamps of another size than the model's grid are resampled to it; without any scale
         they are assumed to be on the model's pixel scale and flagged `Flag.NO_WCS`.
     negative : str or array of bool, optional
@@ -349,8 +355,7 @@ def _pixel_scale_rows(table, value, n):
         raise InvalidArgumentError(f"{shown} cannot be used: {exc}") from None
     if np.ndim(out) == 0 or pair:  # one value or one pair for every row
         if not (np.all(np.isfinite(out)) and np.all(out > 0)):
-            raise InvalidArgumentError(f"pixel_scale must be positive (and finite), got "
-                                       f"{_shown(given)}")
+            raise InvalidArgumentError(f"pixel_scale must be positive, got {_shown(given)}")
         return np.broadcast_to(out, (n, *np.shape(out)))
     out = np.asarray(out, dtype=float)
     if out.shape not in ((n,), (n, 2)):

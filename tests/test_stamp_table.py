@@ -1390,7 +1390,8 @@ def test_rubin_packets_with_non_square_pixels_carry_the_pair(tmp_path):
     (np.ones((2, 2)), r"\(2, 2\) values for a table of 3 rows"),
     ((0.5 * u.m, 0.5 * u.m), r"pixel_scale=\(<Quantity 0\.5 m>.*'m' is neither an angle"),
     (0.5 * u.s, "pixel_scale=<Quantity 0.5 s> cannot be used: unit 's'"),
-    ("bad", "pixel_scale column 'bad'"), ("metres", "pixel_scale column 'metres' .*'m' is neither an angle"),
+    ("bad", "pixel_scale column 'bad'"),
+    ("metres", "pixel_scale column 'metres' .*'m' is neither an angle"),
     ("wide", r"pixel_scale column 'wide' has \(3, 3\) values"),
 ])
 def test_bad_pixel_scales_are_refused_naming_the_value(rb, given, words):
