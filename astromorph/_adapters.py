@@ -199,9 +199,9 @@ def extrapolation_words(card, kind, shape, dtype, pixel_scale, crop_fraction):
         from .preprocessing import _radio as rad
 
         model_scale, field = rad.FIRST_PIXEL_SCALE_ARCSEC, rad.STAMP_ANGULAR_SIZE_ARCSEC
-        scale = model_scale if pixel_scale is None else float(pixel_scale)
-        cover = np.minimum(np.array([w, h]) * scale / field, 1.0)
-        short = min(h, w) * scale < field * (1 - 1e-6)
+        sy, sx = _axis_scales(model_scale if pixel_scale is None else pixel_scale)
+        cover = np.minimum(np.array([w * sx, h * sy]) / field, 1.0)
+        short = min(h * sy, w * sx) < field * (1 - 1e-6)
     else:
         from .preprocessing import _triplet as tri
 
@@ -209,18 +209,19 @@ def extrapolation_words(card, kind, shape, dtype, pixel_scale, crop_fraction):
         if pixel_scale is None and (h, w) == (size, size):
             return None  # scored on its own grid, as `_triplet` does
         field = size * model_scale
-        scale = model_scale if pixel_scale is None else float(pixel_scale)
+        sy, sx = _axis_scales(model_scale if pixel_scale is None else pixel_scale)
         # the covered fraction of each axis, as `resample_triplet` measures it
         cover = np.array([np.clip(tri._rebin_matrix(n, scale, size, model_scale, 0.5)[1],
-                                  0, 1).mean() for n in (w, h)])
+                                  0, 1).mean() for n, scale in ((w, sx), (h, sy))])
         short = cover.prod() < 0.999
     words = []
     if short:
-        words.append(f"the {w}x{h} stamp spans {w * scale:.3g}\" x {h * scale:.3g}\" and does "
+        words.append(f"the {w}x{h} stamp spans {w * sx:.3g}\" x {h * sy:.3g}\" and does "
                      f"not cover the model's {field:.4g}\" field: "
                      f"{100 * cover[0]:.3g}% x {100 * cover[1]:.3g}% of it, the rest filled")
-    if scale > 2 * model_scale:
-        words.append(f"the stamp's {scale:.3g}\"/pixel pixels are more than twice as coarse as the "
+    if max(sx, sy) > 2 * model_scale:
+        pixels = f"{sx:.3g}\"/pixel" if sx == sy else f"{sx:.3g}\" x {sy:.3g}\""
+        words.append(f"the stamp's {pixels} pixels are more than twice as coarse as the "
                      f"model's {model_scale:g}\"/pixel grid")
     return " and ".join(words) + " (resampling extrapolated)" if words else None
 

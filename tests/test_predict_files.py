@@ -739,6 +739,32 @@ def test_triplet_pixel_scale_and_no_wcs(models, tmp_path):
     assert nowcs["rb_flags"] & Flag.NO_WCS and "51x51" in nowcs["reason"]
 
 
+def test_non_square_stamps_short_of_the_field_say_so_per_axis(models, tmp_path):
+    """A triplet or radio image whose WCS gives pixels that are not square and that does not
+    cover the model's field is flagged EXTRAPOLATED with words for each axis: the words took
+    one pixel scale and raised a TypeError for the pair, ending the whole call."""
+    t = triplet(51)
+    h = fits.Header()
+    h.update(CTYPE1="RA---TAN", CTYPE2="DEC--TAN", CRPIX1=26, CRPIX2=26, CRVAL1=10.0,
+             CRVAL2=20.0, CDELT1=-0.27 / 3600, CDELT2=0.4 / 3600)
+    fits.PrimaryHDU(t, header=h).writeto(tmp_path / "oblong.fits")
+    rng = np.random.default_rng(5)
+    img = rng.normal(0, 1.5e-4, (120, 120)).astype(np.float32)
+    img[55:65, 55:65] += 0.01
+    h.update(CRPIX1=60, CRPIX2=60, CDELT1=-1.8 / 3600, CDELT2=1.2 / 3600)
+    fits.PrimaryHDU(img, header=h).writeto(tmp_path / "radio.fits")
+    rb = quiet(astromorph.predict_files, "real-bogus", tmp_path / "oblong.fits")[0]
+    assert rb["rb_flags"] & Flag.EXTRAPOLATED and not np.ma.is_masked(rb["rb_score"])
+    # 51 x 0.27" = 13.8" across, 51 x 0.4" = 20.4" down
+    assert ('the 51x51 stamp spans 13.8" x 20.4" and does not cover the model\'s 63" '
+            'field: 21.9% x 32.4% of it') in rb["reason"], rb["reason"]
+    radio = quiet(astromorph.predict_files, "radio-morphology", tmp_path / "radio.fits")[0]
+    assert radio["radio_flags"] & Flag.EXTRAPOLATED
+    # 120 x 1.8" = 216" across, 120 x 1.2" = 144" down, of the 230.4" field
+    assert ('the 120x120 stamp spans 216" x 144" and does not cover the model\'s 230.4" '
+            'field: 93.8% x 62.5% of it') in radio["reason"], radio["reason"]
+
+
 def test_bad_templates(models, tmp_path):
     t = triplet()
     neg, zero = t.copy(), t.copy()

@@ -1449,6 +1449,41 @@ def test_cli_pixel_scale_takes_a_pair_y_then_x(rb, tmp_path, capsys):
     assert "scale_y,scale_x" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("layout", ["array", "object"])
+def test_a_pixel_pair_that_does_not_cover_the_field_says_how_much_per_axis(rb, layout):
+    """Stamps of pixels that are not square that fall short of the model's 63" field, or whose
+    pixels are more than twice as coarse along one axis, are scored and flagged EXTRAPOLATED,
+    their reason giving each axis by its own scale: the words for it took one float and
+    raised a TypeError for every such pair (docs/predict.md's ``--pixel-scale 0.75,0.5`` on
+    63x63 ZTF triplets)."""
+    x = _triplets(2, size=63, seed=28)
+    stamps = x if layout == "array" else _cells(list(x))
+    out = astromorph.annotate_stamps(Table({"triplet": stamps}), model=rb,
+                                     pixel_scale=(0.75, 0.5))
+    np.testing.assert_allclose(out["rb_score"], _expected(rb, x, (0.75, 0.5)), atol=1e-6)
+    assert all(f & Flag.EXTRAPOLATED for f in out["rb_flags"])
+    # 63 x 0.5" = 31.5" across, 63 x 0.75" = 47.2" down: 50% x 75% of the 63" field
+    assert ('the 63x63 stamp spans 31.5" x 47.2" and does not cover the model\'s 63" field: '
+            '50% x 75% of it') in out["rb_reason"][0], out["rb_reason"][0]
+    coarse = astromorph.annotate_stamps(Table({"triplet": stamps}), model=rb,
+                                        pixel_scale=(2.5, 1.0))
+    assert all(f & Flag.EXTRAPOLATED for f in coarse["rb_flags"])
+    assert 'the stamp\'s 1" x 2.5" pixels are more than twice as coarse as the model\'s ' \
+        '1"/pixel grid' in coarse["rb_reason"][0], coarse["rb_reason"][0]
+
+
+def test_cli_pixel_pair_on_ztf_sized_triplets_as_docs_predict_shows(rb, tmp_path, capsys):
+    """``astromorph annotate TABLE -m real-bogus --pixel-scale 0.75,0.5`` on 63x63 triplets
+    (docs/predict.md) writes the table: it ended in a traceback."""
+    from astromorph import cli
+
+    Table({"triplet": _triplets(2, size=63, seed=29)}).write(tmp_path / "c.ecsv")
+    assert cli.main(["annotate", str(tmp_path / "c.ecsv"), "-m", "real-bogus",
+                     "--pixel-scale", "0.75,0.5", "-o", str(tmp_path / "o.fits"),
+                     "--no-progress"]) == 0
+    assert all(f & Flag.EXTRAPOLATED for f in Table.read(tmp_path / "o.fits")["rb_flags"])
+
+
 def test_dask_takes_a_pixel_scale_pair_and_an_n_by_2_column(rb):
     pytest.importorskip("dask")
     x = _triplets(7, size=131, seed=27)
