@@ -20,8 +20,8 @@ from astromorph import Flag, cli
 from astromorph._cutouts import SkyImage, cut_stamps
 from astromorph._images import closing_files, parse_sky_images
 from astromorph.exceptions import (AmbiguousInputWarning, AstromorphWarning, InputDTypeError,
-                                   InputError, InvalidArgumentError, LossyOutputWarning,
-                                   UnusableInputWarning)
+                                   InputError, InputNotFoundError, InvalidArgumentError,
+                                   LossyOutputWarning, UnusableInputWarning)
 
 from conftest import make_card, tiny_classifier_onnx
 
@@ -2120,6 +2120,47 @@ def test_annotate_dask_raises_a_worker_process_error_as_annotate_does(optical_mo
                                  partition_size=2, scheduler="processes")
     assert type(out.value) is type(ref.value)
     assert str(out.value) == str(ref.value)
+
+
+def test_annotate_dask_on_a_distributed_cluster(optical_model, tmp_path):
+    """A ``dask.distributed`` cluster of worker processes (everything pickled both ways):
+    the table of `annotate` (scores bit for bit, flags, meta), its one warning at the
+    caller's line, and the errors of its partitions as annotate's own: a missing image was
+    a bare ``Exception`` holding the repr of the InputNotFoundError, which tblib (as
+    distributed uses it) could not rebuild."""
+    pytest.importorskip("dask")
+    distributed = pytest.importorskip("distributed")
+    img, w = blobs(), sky_wcs()
+    img[120:140, 30:60] = np.nan
+    fits.writeto(tmp_path / "img.fits", img, w.to_header())
+    (tmp_path / "bad.fits").write_bytes(b"SIMPLE  = T" + b"x" * 3000)
+    cat = catalogue(w, np.vstack([np.random.default_rng(5).uniform(-20, 220, (17, 2)),
+                                  [[45, 130]]]))
+    cat["ra"][[3, 12]] = np.nan
+    cat.meta["survey"] = "synthetic"
+    path = str(tmp_path / "img.fits")
+    with warns_bad_positions(2, 18):
+        ref = astromorph.annotate(cat, path, model=optical_model)
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                  dashboard_address=None) as cluster, \
+            distributed.Client(cluster):
+        with warns_bad_positions(2, 18) as found:
+            out = astromorph.annotate_dask(cat, path, model=str(optical_model.path),
+                                           partition_size=5)
+        assert len(found) == 1 and found[0].filename == __file__
+        assert out.colnames == ref.colnames and dict(out.meta) == dict(ref.meta)
+        for name in ref.colnames:
+            np.testing.assert_array_equal(np.ma.filled(out[name], -1),
+                                          np.ma.filled(ref[name], -1), err_msg=name)
+        for image, error in ((tmp_path / "nope.fits", InputNotFoundError),
+                             (tmp_path / "bad.fits", InputError)):
+            with pytest.raises(error) as expected:
+                astromorph.annotate(cat, str(image), model=optical_model)
+            with pytest.raises(error) as got:
+                astromorph.annotate_dask(cat, str(image), model=str(optical_model.path),
+                                         partition_size=5)
+            assert type(got.value) is type(expected.value)
+            assert str(got.value) == str(expected.value)
 
 
 def test_annotate_dask_needs_paths(optical_model):

@@ -1828,3 +1828,40 @@ def test_every_error_pickles_with_its_attributes():
     again = pickle.loads(pickle.dumps(custom))
     assert (again.path, again.expected, again.actual, str(again)) == \
         ("m.onnx", "ab", "cd", "pickled elsewhere")
+
+
+def test_every_error_survives_the_pickling_dask_distributed_uses():
+    """dask.distributed sends a worker's error back pickled by tblib, which rebuilds an
+    error whose class has a custom ``__init__`` but the built-in ``__reduce__`` as
+    ``cls.__new__(cls)``: for InputNotFoundError (a ValueError and a FileNotFoundError)
+    that is ``ValueError.__new__``, which cannot make an OSError, so a missing image met on
+    a cluster reached the caller as a bare ``Exception`` holding its repr. Every astromorph
+    error and warning now comes back as the same class, message and attributes."""
+    import copyreg
+    import io
+    import pickle
+    from types import TracebackType
+
+    pickling_support = pytest.importorskip("tblib.pickling_support")
+    import astromorph.exceptions as ex
+
+    made = {ex.ChecksumMismatchError: ex.ChecksumMismatchError("m.onnx", "ab", "cd"),
+            ex.ProvenanceMismatchError: ex.ProvenanceMismatchError("other model",
+                                                                   {"model": "a"}, {"model": "b"})}
+    for name in ex.__all__:
+        cls = getattr(ex, name)
+        try:  # raised, so that it carries a traceback, as a worker's error does
+            raise made.get(cls) or cls(f"{name} message")
+        except Exception as exc:
+            error = exc
+        # tblib's reducers, as pickling_support.install() sets them, in this pickler only
+        table = {**copyreg.dispatch_table, TracebackType: pickling_support.pickle_traceback,
+                 cls: pickling_support.pickle_exception}
+        buffer = io.BytesIO()
+        pickler = pickle.Pickler(buffer)
+        pickler.dispatch_table = table
+        pickler.dump(error)
+        again = pickle.loads(buffer.getvalue())
+        assert type(again) is cls and str(again) == str(error), name
+        assert vars(again) == vars(error), name
+        assert again.__traceback__ is not None, name
