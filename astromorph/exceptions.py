@@ -39,6 +39,15 @@ __all__ = [
 class AstromorphError(Exception):
     """Base class of the errors astromorph raises."""
 
+    def __reduce__(self):
+        # pickled as Python pickles the built-in base (the class called with its args, and
+        # its attributes), but by a method of its own: tblib, which dask.distributed uses
+        # to send a worker's error back, rebuilds an error whose class keeps the built-in
+        # __reduce__ as ``cls.__new__(cls)``, which for InputNotFoundError (a ValueError
+        # and a FileNotFoundError) is ValueError.__new__, unable to make an OSError: the
+        # caller got a bare Exception holding the error's repr
+        return super().__reduce__()
+
 
 class AstromorphWarning(AstropyUserWarning):
     """Base class of the warnings astromorph emits."""
