@@ -1865,3 +1865,31 @@ def test_every_error_survives_the_pickling_dask_distributed_uses():
         assert type(again) is cls and str(again) == str(error), name
         assert vars(again) == vars(error), name
         assert again.__traceback__ is not None, name
+
+
+def test_prediction_flag_and_fitted_heads_pickle(tiny_registry):
+    """What a user sends to (or gets back from) Dask or multiprocessing workers besides a
+    Model: a Prediction, Flag values, a fitted LabelHead and GaussianMixture come back from
+    pickle equal, answering as before."""
+    import pickle
+
+    from astromorph.embeddings import GaussianMixture, LabelHead
+
+    prediction = astromorph.load_model("tiny").predict(_inputs(4))
+    again = pickle.loads(pickle.dumps(prediction))
+    assert type(again) is astromorph.Prediction and list(again) == list(prediction)
+    assert again.labels == prediction.labels and list(again.label) == list(prediction.label)
+    np.testing.assert_array_equal(again["probabilities"], prediction["probabilities"])
+    for flag in (astromorph.Flag(0), astromorph.Flag.EDGE,
+                 astromorph.Flag.EDGE | astromorph.Flag.BLANK):
+        assert pickle.loads(pickle.dumps(flag)) is flag
+    rng = np.random.default_rng(0)
+    x = np.vstack([rng.normal(0, 1, (30, 4)), rng.normal(5, 1, (30, 4))]).astype(np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # few rows: not what this test is about
+        fitted = (LabelHead(C=1.0).fit(x, np.repeat(["a", "b"], 30)), GaussianMixture(2).fit(x))
+    for obj in fitted:
+        again = pickle.loads(pickle.dumps(obj))
+        assert type(again) is type(obj)
+        np.testing.assert_array_equal(again.predict_proba(x), obj.predict_proba(x))
+        assert again.to_dict() == obj.to_dict()
