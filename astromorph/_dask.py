@@ -180,7 +180,8 @@ def annotate_dask(table, images=None, *, model, partition_size=50_000, compute=T
         an image that is missing or unreadable, has no celestial WCS, or has one in a
         frame astropy cannot place (``HLON``/``HLAT``, ``SLON``/``SLAT``,
         ``TLON``/``TLAT``...) is refused by the partitions, with ``compute=False`` when
-        they are computed.
+        they are computed: the caller gets the partition's own error (its type and
+        message) whatever the scheduler (threads, processes or a cluster).
     astromorph.exceptions.InvalidArgumentError
         A bad option value (named in the message), or an option neither function takes.
 

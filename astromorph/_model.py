@@ -205,6 +205,12 @@ class Model:
     ``"int8"``) and ``providers`` (the execution providers the session
     actually uses).
 
+    A Model pickles (e.g. to Dask or multiprocessing workers) as the way to load it again:
+    where it is unpickled the model is resolved by its name or absolute path and its file's
+    sha256 checked against the pickled model's (another file is a
+    `~astromorph.exceptions.ChecksumMismatchError`), and a session is made there (ONNX
+    Runtime sessions do not pickle). `annotate_dask` takes the model by name or path.
+
     Parameters
     ----------
     name_or_path : str or os.PathLike
