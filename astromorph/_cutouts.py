@@ -10,7 +10,10 @@ Its pixel centres are mapped into the image in one go:
    stamp (corners, edge mid-points, centre);
 2. those node positions are interpolated quadratically to every stamp pixel
    (exact for a WCS that is locally quadratic over the stamp, far below
-   0.01 pixel for TAN/SIP images on stamp scales);
+   0.01 pixel for TAN/SIP images on stamp scales), checked against the WCS at
+   four more points per stamp: a stamp where they differ by more than
+   `NODE_TOLERANCE_PIXELS` (one across the longitude seam of an all-sky map,
+   whose pixels lie on both edges of the image) is mapped pixel by pixel;
 3. the image is sampled by bilinear interpolation, as ``reproject_interp``
    does, with a vectorised gather of the four neighbours from the flat,
    memory-mapped data; where a stamp pixel covers several image pixels the
@@ -545,25 +548,51 @@ def _lagrange3(u):
     return np.stack([0.5 * u * (u - 1), 1 - u * u, 0.5 * u * (u + 1)], axis=-1)
 
 
-def _pixel_maps(image, lon, lat, size, scale_arcsec, up_angle):
-    """Image pixel coordinates (x, y) of every stamp pixel: two (N, size, size) arrays."""
-    c = (size - 1) / 2.0
-    nodes = np.array([-1.0, 0.0, 1.0])
-    # node (a, b): stamp row offset nodes[a]*c, column offset nodes[b]*c (pixels).
+#: Largest difference (image pixels) at the check points of `_pixel_maps` between the
+#: quadratic interpolation of a stamp's nodes and the WCS: beyond it, the stamp is mapped
+#: pixel by pixel (a stamp across the longitude seam of an all-sky map, whose nodes lie on
+#: both edges of the image, or a projection too curved over the stamp to be quadratic).
+NODE_TOLERANCE_PIXELS = 0.05
+
+
+def _stamp_offsets(nodes, c, scale_arcsec, up_angle):
+    """Tangent-plane offsets (xi east, eta north; radians) of the stamp points at row and
+    column offsets ``nodes[a] * c``, ``nodes[b] * c`` (stamp pixels) from the centre:
+    two arrays (N, len(nodes), len(nodes))."""
     half = (c * scale_arcsec * _ARCSEC)[:, None, None]
     up = nodes[None, :, None] * half                    # rows increase upwards
     right = nodes[None, None, :] * half                 # columns increase to the right
     # the stamp's up points to position angle t (east of north): with t = 0, north up and
     # east left (xi = -right, eta = up, exactly)
     t = np.radians(up_angle)[:, None, None]
-    xi = up * np.sin(t) - right * np.cos(t)             # east
-    eta = up * np.cos(t) + right * np.sin(t)            # north
+    return up * np.sin(t) - right * np.cos(t), up * np.cos(t) + right * np.sin(t)
+
+
+def _pixel_maps(image, lon, lat, size, scale_arcsec, up_angle):
+    """Image pixel coordinates (x, y) of every stamp pixel, two (N, size, size) arrays as
+    one (2, N, size, size) array; the zoom (image rows and columns per stamp pixel, (N, 2));
+    and which stamps were mapped pixel by pixel (N,), their nodes failing
+    `NODE_TOLERANCE_PIXELS`."""
+    c = (size - 1) / 2.0
+    # nodes at -1, 0, 1 (corners, edge mid-points, centre), then the four check points
+    # half-way between them, at -1/2 and 1/2 along both axes
+    nodes = np.array([-1.0, 0.0, 1.0])
+    checks = np.array([-0.5, 0.5])
     lon0 = np.radians(lon)[:, None, None]
     lat0 = np.radians(lat)[:, None, None]
-    nlon, nlat = _tangent_to_sky(lon0, lat0, xi, eta)
-    nx, ny = image.world_to_pixel(np.degrees(nlon).ravel(), np.degrees(nlat).ravel())
-    nx = np.asarray(nx).reshape(-1, 3, 3)
-    ny = np.asarray(ny).reshape(-1, 3, 3)
+    points = [_tangent_to_sky(lon0, lat0, *_stamp_offsets(v, c, scale_arcsec, up_angle))
+              for v in (nodes, checks)]
+    px, py = image.world_to_pixel(
+        np.degrees(np.concatenate([p[0].reshape(len(lon), -1) for p in points], 1)).ravel(),
+        np.degrees(np.concatenate([p[1].reshape(len(lon), -1) for p in points], 1)).ravel())
+    px, py = (np.asarray(v).reshape(len(lon), 13) for v in (px, py))
+    nx, ny = px[:, :9].reshape(-1, 3, 3), py[:, :9].reshape(-1, 3, 3)
+    # the check points as the quadratic interpolation of the nodes gives them
+    w_check = _lagrange3(checks)
+    miss = np.hypot(w_check @ nx @ w_check.T - px[:, 9:].reshape(-1, 2, 2),
+                    w_check @ ny @ w_check.T - py[:, 9:].reshape(-1, 2, 2))
+    with np.errstate(invalid="ignore"):  # NaN: a node past the limb, outside below
+        exact = (miss > NODE_TOLERANCE_PIXELS).any(axis=(1, 2))
     # interpolate offsets from the central node in float32 (exact enough, twice as fast)
     x0, y0 = nx[:, 1, 1, None, None], ny[:, 1, 1, None, None]
     weights = _lagrange3((np.arange(size) - c) / c if c else np.zeros(size)).astype(np.float32)
@@ -580,7 +609,27 @@ def _pixel_maps(image, lon, lat, size, scale_arcsec, up_angle):
     dx = np.hypot(nx[:, 1, 2] - nx[:, 1, 0], nx[:, 2, 1] - nx[:, 0, 1])
     dy = np.hypot(ny[:, 1, 2] - ny[:, 1, 0], ny[:, 2, 1] - ny[:, 0, 1])
     zoom = np.stack([dy, dx], axis=1) / max(size - 1, 1)
-    return xy, zoom
+    if exact.any():
+        k = np.flatnonzero(exact)
+        grid = (np.arange(size) - c) / c  # (c > 0: one pixel has no check points to miss)
+        glon, glat = _tangent_to_sky(lon0[k], lat0[k], *_stamp_offsets(
+            grid, c, scale_arcsec[k], up_angle[k]))
+        ex, ey = (np.asarray(v).reshape(len(k), size, size)
+                  for v in image.world_to_pixel(np.degrees(glon), np.degrees(glat)))
+        xy[0, k], xy[1, k] = ex, ey
+        # the zoom from the steps between neighbouring stamp pixels (their median: the
+        # steps across a seam are the width of the map)
+        zoom[k] = np.stack([_median_step(v) for v in (ey, ex)], axis=1)
+    return xy, zoom, exact
+
+
+def _median_step(v):
+    """Median over each of the (K, size, size) maps ``v`` (an image coordinate) of the length
+    of its gradient (image pixels per stamp pixel), NaN steps left out (all NaN: NaN)."""
+    steps = np.hypot(np.diff(v, axis=2)[:, :-1], np.diff(v, axis=1)[:, :, :-1])
+    steps = np.sort(steps.reshape(len(v), -1), axis=1)  # NaN last
+    good = np.isfinite(steps).sum(axis=1)
+    return steps[np.arange(len(v)), np.maximum(good - 1, 0) // 2]
 
 
 def _resident_take(image, source):
@@ -640,7 +689,7 @@ def _take_bilinear(image, x, y, out=None, *, take=None):
     return np.add(top, bottom, out=out)
 
 
-def _bilinear(image, xy, out=None):
+def _bilinear(image, xy, out=None, exact=None):
     """Bilinear samples at pixel coordinates (0-based centres); NaN outside [-0.5, n-0.5]
     (n: ``image.extent``).
 
@@ -650,6 +699,9 @@ def _bilinear(image, xy, out=None):
     (`SkyImage.take`, until `SkyImage.resident` has read the image whole), so that a
     stamp is the same bit for bit either way: which of the two it is depends on how many
     sources share the call.
+
+    ``exact``: the stamps mapped pixel by pixel (`_pixel_maps`), whose pixels are tested
+    one by one (their grid need not be smooth: across the seam of an all-sky map).
 
     Returns the samples (written into ``out`` if given), shape ``xy.shape[1:]``,
     and the number of points of each stamp that lie inside the image (its
@@ -664,8 +716,12 @@ def _bilinear(image, xy, out=None):
     # NaN coordinates (where the projection cannot place a node: past the limb of a SIN
     # image) are outside; interpolated from the nodes, they fill whole stamps
     unplaced = ~(np.isfinite(border[0]).all(1) & np.isfinite(border[1]).all(1))
+    if exact is not None:  # (their pixels that the projection cannot place: one by one)
+        unplaced &= ~exact
     edge = ((border[0].min(1) < -0.5) | (border[0].max(1) > x_end)
             | (border[1].min(1) < -0.5) | (border[1].max(1) > y_end) | unplaced)
+    if exact is not None:
+        edge |= exact
     n_inside = np.full(len(x), x[0].size if len(x) else 0)
     if edge.any():
         xe, ye = x[edge], y[edge]
@@ -673,6 +729,10 @@ def _bilinear(image, xy, out=None):
         n_inside[edge] = inside.sum(axis=(1, 2))
     if unplaced.any():  # sampled at pixel 0, then set to NaN below, as outside
         x, y = (np.where(unplaced[:, None, None], 0, c) for c in (x, y))
+    if exact is not None and exact.any():  # likewise their pixels off the projection
+        lost = exact[:, None, None] & ~(np.isfinite(x) & np.isfinite(y))
+        if lost.any():
+            x, y = (np.where(lost, 0, c) for c in (x, y))
     source = image.resident(x.size)
     take = None if source is None else _resident_take(image, source)
     out = _take_bilinear(image, x, y, out=out, take=take)
@@ -726,7 +786,7 @@ def cut_stamps(image, lon, lat, *, size, pixel_scale, up_angle=0.0, chunk=None,
         chunk = max(1, SAMPLE_PIXELS // size ** 2)
     for start in range(0, n, chunk):
         sl = slice(start, min(start + chunk, n))
-        xy, z = _pixel_maps(image, lon[sl], lat[sl], size, scale[sl], up_angle[sl])
+        xy, z, exact = _pixel_maps(image, lon[sl], lat[sl], size, scale[sl], up_angle[sl])
         zoom[sl] = z.min(axis=1)
         # block factors (rows, columns): a handful of pyramid levels, not sources
         # (NaN zoom: a stamp over the limb of the projection, outside the image anyway)
@@ -744,9 +804,9 @@ def cut_stamps(image, lon, lat, *, size, pixel_scale, up_angle=0.0, chunk=None,
                 f = np.array([fx, fy], np.float32)[:, None, None, None]
                 sub = (sub - (f - 1) / 2) / f
             if len(rows) == len(z):  # the usual case: sampled straight into the output
-                values, n_in = _bilinear(level, sub, out=stamps[sl])
+                values, n_in = _bilinear(level, sub, out=stamps[sl], exact=exact)
             else:
-                values, n_in = _bilinear(level, sub)
+                values, n_in = _bilinear(level, sub, exact=exact[rows])
             # NaN inside = blank pixels; a masking sentinel sampled where it lies (a
             # memory map read page by page) is one too, as are its bilinear neighbours
             invalid = invalid_pixels(values)

@@ -591,6 +591,70 @@ def test_cutouts_match_reproject_interp_on_unusual_wcs(kind):
                                atol=1e-4 * img.max())
 
 
+@pytest.mark.parametrize("ctype", ["CAR", "AIT"])
+def test_stamps_across_the_longitude_seam_of_an_all_sky_map(ctype):
+    """An all-sky map of CRVAL1 = 180 has RA = 0 at its left and right edges: a stamp across
+    it has its pixels on both edges of the image. Its 3 x 3 nodes were interpolated across
+    the seam, so that the stamp was sampled along the whole width of the map (values of RA
+    56, 134, 236 degrees on a stamp at RA 0), a third of it 'off the image' (EDGE), and its
+    block-averaging factor was the map's width. Now such a stamp is mapped pixel by pixel:
+    it equals ``reproject_interp``'s (where that has values: it leaves the outer half pixel
+    of the map NaN), with no pixel outside, and so does the stamp of a source on the seam
+    of a Galactic map (GLON = 180)."""
+    reproject_interp = pytest.importorskip("reproject").reproject_interp
+    nx, ny = 720, 360
+    w = WCS(naxis=2)
+    w.wcs.ctype = [f"RA---{ctype}", f"DEC--{ctype}"]
+    w.wcs.crval, w.wcs.crpix, w.wcs.cdelt = [180, 0], [nx / 2 + 0.5, ny / 2 + 0.5], [-0.5, 0.5]
+    yy, xx = np.mgrid[:ny, :nx]
+    ra, dec = w.wcs_pix2world(xx, yy, 0)
+    # smooth on the sphere, so across the seam too (NaN off the AIT ellipse)
+    img = (2 + np.sin(np.radians(3 * ra)) * np.cos(np.radians(dec))).astype(np.float32)
+    image = SkyImage(img, w)
+    side, scale = 15, 900.0
+    ra0, dec0 = np.array([359.8, 0.3, 0.6, 180.0]), np.array([-20.0, 40.0, 5.0, 0.0])
+    res = cut_stamps(image, ra0, dec0, size=side, pixel_scale=scale, antialias=False)
+    for k in range(len(ra0)):
+        o = WCS(naxis=2)
+        o.wcs.ctype = ["RA---TAN", "DEC--TAN"]
+        o.wcs.crval, o.wcs.crpix = [ra0[k], dec0[k]], [(side + 1) / 2] * 2
+        o.wcs.cdelt = [-scale / 3600, scale / 3600]
+        ref = reproject_interp((img, w), o, shape_out=(side, side), order="bilinear")[0]
+        # (reproject leaves the outer half pixel of the map's edges, along the seam, NaN;
+        # the pixels of an AIT map off its ellipse are NaN, blank in both)
+        seen = np.isfinite(ref)
+        assert seen.mean() > 0.6
+        np.testing.assert_allclose(res.stamps[k][seen], ref[seen], rtol=0, atol=1e-4)
+    assert (res.outside == 0).all()
+    if ctype == "CAR":
+        assert (res.blank == 0).all()
+        np.testing.assert_allclose(res.zoom, 0.5, rtol=1e-3)
+    # the default block averaging: factors 1 at a zoom of 0.5 (not the map's width)
+    again = cut_stamps(image, ra0, dec0, size=side, pixel_scale=scale)
+    np.testing.assert_array_equal(again.stamps, res.stamps)
+    # a Galactic map: a source on its seam, cut with `annotate`'s ICRS north up
+    g = WCS(naxis=2)
+    g.wcs.ctype = [f"GLON-{ctype}", f"GLAT-{ctype}"]
+    g.wcs.crval, g.wcs.crpix, g.wcs.cdelt = [0, 0], w.wcs.crpix, w.wcs.cdelt
+    glon, glat = g.wcs_pix2world(xx, yy, 0)
+    gimg = (2 + np.sin(np.radians(3 * glon)) * np.cos(np.radians(glat))).astype(np.float32)
+    src = SkyCoord(l=180.2 * u.deg, b=3.0 * u.deg, frame="galactic")
+    from astromorph._annotate import _sky_positions
+
+    (lon, lat, _, _, up), = _sky_positions([SkyImage(gimg, g)], SkyCoord(src.icrs.ra,
+                                                                          src.icrs.dec))
+    res = cut_stamps(SkyImage(gimg, g), lon, lat, size=side, pixel_scale=scale, up_angle=up)
+    o = WCS(naxis=2)
+    o.wcs.ctype = ["RA---TAN", "DEC--TAN"]
+    o.wcs.crval, o.wcs.crpix = [src.icrs.ra.deg, src.icrs.dec.deg], [(side + 1) / 2] * 2
+    o.wcs.cdelt = [-scale / 3600, scale / 3600]
+    ref = reproject_interp((gimg, g), o, shape_out=(side, side), order="bilinear")[0]
+    seen = np.isfinite(ref)
+    assert seen.mean() > 0.6
+    np.testing.assert_allclose(res.stamps[0][seen], ref[seen], rtol=0, atol=1e-4)
+    assert res.outside[0] == 0
+
+
 @pytest.mark.parametrize("scale", [0.2, 0.5, 1.3])
 def test_resampling_conserves_surface_brightness(scale):
     """Stamps keep the image's surface brightness (values per image pixel, as
