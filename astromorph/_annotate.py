@@ -207,8 +207,9 @@ def _positions(table, ra_col, dec_col, coord_col, what="catalogue"):
 
     for col in (ra_col, dec_col):
         if np.ndim(table[col]) != 1:
-            raise InputError(f"position column {col!r} must hold one value per row, got shape "
-                             f"{np.shape(table[col])}")
+            per_row = np.shape(table[col])[1:]  # (the shape of no row: checked on none)
+            raise InputError(f"position column {col!r} must hold one value per row, got "
+                             f"{int(np.prod(per_row))} (shape {per_row} per row)")
     ra, dec = degrees(ra_col, u.hourangle), degrees(dec_col, u.deg)
     # columns of the default names beside the ones used: a word where they disagree
     cos_dec = np.cos(np.radians(np.where(np.abs(dec) <= 90, dec, 0.0)))

@@ -1476,7 +1476,9 @@ def test_catalogue_errors(optical_model):
     # InputError / InvalidArgumentError, not numpy's broadcasting ValueError or int()'s
     wide = catalogue(w, [(100, 100), (70, 120)])
     wide["ra"] = np.stack([wide["ra"]] * 2, axis=1)
-    with pytest.raises(InputError, match=r"position column 'ra' must hold one value per row"):
+    # (its values per row named: the check on no row said 'got shape (0, 2)')
+    with pytest.raises(InputError, match=r"position column 'ra' must hold one value per row, "
+                                         r"got 2 \(shape \(2,\) per row\)"):
         astromorph.annotate(wide, (img, w), model=optical_model)
     for bad in ("x", 1.5, -1):
         with pytest.raises(InvalidArgumentError, match="threads"):
