@@ -112,11 +112,13 @@ def _per_row_options(kwargs, n):
     a column name or a scalar), each checked to have the ``n`` rows of the table."""
     import numpy as np
 
-    from ._stamp_table import one_pixel_pair
+    from ._stamp_table import _quantities, one_pixel_pair
 
     names = []
     for name in _PER_ROW_OPTIONS:
         value = kwargs.get(name)
+        if name == "pixel_scale" and not isinstance(value, str):
+            value = _quantities(value)  # a list of angles: one Quantity (np.ndim cannot)
         if value is None or isinstance(value, str) or np.ndim(value) == 0:
             continue
         if name == "pixel_scale" and one_pixel_pair(value, n):  # (scale_y, scale_x): all rows
@@ -276,6 +278,13 @@ def annotate_dask(table, images=None, *, model, partition_size=50_000, compute=T
             raise InvalidArgumentError(f"scheduler {scheduler!r}: {exc}") from None
     bounds = list(range(0, max(len(table), 1), partition_size))
     per_row = _per_row_options(kwargs, len(table)) if images is None else ()
+    if images is None and "pixel_scale" not in per_row:
+        from ._stamp_table import one_pixel_pair
+
+        if one_pixel_pair(kwargs.get("pixel_scale"), len(table)):
+            # one pair (scale_y, scale_x) for every row, as a tuple: a partition of two rows
+            # reads two values other than a tuple as one per row
+            kwargs["pixel_scale"] = tuple(kwargs["pixel_scale"])
 
     def options(start):  # each partition's rows of the options given one value per row
         # (a tuple as a list: a partition's two rows of a tuple are no (scale_y, scale_x))

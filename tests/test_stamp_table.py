@@ -1498,3 +1498,20 @@ def test_dask_takes_a_pixel_scale_pair_and_an_n_by_2_column(rb):
         np.testing.assert_array_equal(out["rb_flags"], ref["rb_flags"])
     np.testing.assert_allclose(ref["rb_score"][0], _expected(rb, x[:1], (0.75, 0.5))[0],
                                atol=1e-6)
+
+
+def test_dask_gives_a_pair_that_is_no_tuple_to_a_partition_of_two_rows_as_a_pair(rb):
+    """A pair (scale_y, scale_x) given as two values other than a tuple (an array, a list,
+    two angles as one Quantity) for a table of other than two rows is one pair for every
+    row: a last partition of two rows read it as one value per row (0.75 for the first row,
+    0.5 for the second), scoring those rows on square pixels of the wrong scale."""
+    pytest.importorskip("dask")
+    x = _triplets(7, size=131, seed=30)
+    t = Table({"id": np.arange(7), "triplet": x})
+    for given in (np.array([0.75, 0.5]), [0.75, 0.5], [0.75, 0.5] * u.arcsec,
+                  [0.75 * u.arcsec, 0.5 * u.arcsec], [0.6 * u.arcsec] * 7):
+        ref = astromorph.annotate_stamps(t, model=rb, pixel_scale=given)
+        out = astromorph.annotate_dask(t, model="real-bogus", partition_size=5,
+                                       scheduler="synchronous", pixel_scale=given)
+        np.testing.assert_allclose(out["rb_score"], ref["rb_score"], rtol=0, atol=1e-6,
+                                   err_msg=repr(given))
