@@ -17,7 +17,10 @@ from astromorph._readers._fits import (band_of_header, flux_unit_note, header_fa
 #: What the primary header says: band r, pixels in counts, saturation 1000, a 45" beam.
 INHERITED = {"band": "r", "flux_note": "BUNIT='count'", "saturation": 1000.0, "beam": 45.0}
 NOT_INHERITED = {"band": None, "flux_note": None, "saturation": None, "beam": None}
-CASES = [(None, INHERITED), (True, INHERITED), (False, NOT_INHERITED)]
+CASES = [(None, INHERITED), (True, INHERITED), (False, NOT_INHERITED),
+         # sloppy headers: a string or an integer for the logical
+         ("F", NOT_INHERITED), ("false", NOT_INHERITED), (0, NOT_INHERITED),
+         ("T", INHERITED), (1, INHERITED), ("maybe", INHERITED)]
 
 
 def primary_hdu():

@@ -74,11 +74,23 @@ def inherited_primary(header, primary):
     take keywords from it, else None: the FITS keyword inheritance convention, by which an
     extension whose header says ``INHERIT = F`` inherits none of the primary header's
     keywords (``INHERIT = T``, or no INHERIT keyword, lets it). The one rule of every reader
-    here that falls back to the primary header (band, unit, saturation level, beam)."""
+    here that falls back to the primary header (band, unit, saturation level, beam).
+
+    A sloppy header's string or integer for the logical says no too: ``'F'``, ``'FALSE'``,
+    ``'N'``, ``'NO'`` (any case) or 0; any other value inherits."""
     if primary is None or header is None:
         return primary
-    value = header.get("INHERIT", None)
-    return None if isinstance(value, (bool, np.bool_)) and not value else primary
+    return None if _says_no(header.get("INHERIT", None)) else primary
+
+
+def _says_no(value):
+    """Whether a FITS logical keyword's value is false: F, or as a sloppy header writes it
+    (the string 'F', 'FALSE', 'N' or 'NO', the integer 0)."""
+    if isinstance(value, (bool, np.bool_)):
+        return not value
+    if isinstance(value, (int, np.integer)):
+        return value == 0
+    return isinstance(value, str) and value.strip().upper() in ("F", "FALSE", "N", "NO")
 
 
 def flux_unit_note(header, primary=None):
