@@ -12,8 +12,9 @@ Its pixel centres are mapped into the image in one go:
    (exact for a WCS that is locally quadratic over the stamp, far below
    0.01 pixel for TAN/SIP images on stamp scales), checked against the WCS at
    four more points per stamp: a stamp where they differ by more than
-   `NODE_TOLERANCE_PIXELS` (one across the longitude seam of an all-sky map,
-   whose pixels lie on both edges of the image) is mapped pixel by pixel;
+   `NODE_TOLERANCE_PIXELS` pixel (the image's, or the stamp's where these are
+   coarser: one across the longitude seam of an all-sky map, whose pixels lie
+   on both edges of the image) is mapped pixel by pixel;
 3. the image is sampled by bilinear interpolation, as ``reproject_interp``
    does, with a vectorised gather of the four neighbours from the flat,
    memory-mapped data; where a stamp pixel covers several image pixels the
@@ -548,7 +549,8 @@ def _lagrange3(u):
     return np.stack([0.5 * u * (u - 1), 1 - u * u, 0.5 * u * (u + 1)], axis=-1)
 
 
-#: Largest difference (image pixels) at the check points of `_pixel_maps` between the
+#: Largest difference (image pixels, or stamp pixels where these are coarser) at the check
+#: points of `_pixel_maps` between the
 #: quadratic interpolation of a stamp's nodes and the WCS: beyond it, the stamp is mapped
 #: pixel by pixel (a stamp across the longitude seam of an all-sky map, whose nodes lie on
 #: both edges of the image, or a projection too curved over the stamp to be quadratic).
@@ -589,10 +591,19 @@ def _pixel_maps(image, lon, lat, size, scale_arcsec, up_angle):
     nx, ny = px[:, :9].reshape(-1, 3, 3), py[:, :9].reshape(-1, 3, 3)
     # the check points as the quadratic interpolation of the nodes gives them
     w_check = _lagrange3(checks)
-    miss = np.hypot(w_check @ nx @ w_check.T - px[:, 9:].reshape(-1, 2, 2),
-                    w_check @ ny @ w_check.T - py[:, 9:].reshape(-1, 2, 2))
-    with np.errstate(invalid="ignore"):  # NaN: a node past the limb, outside below
-        exact = (miss > NODE_TOLERANCE_PIXELS).any(axis=(1, 2))
+    # image columns and rows per stamp pixel, from the node spacing: the lengths of the
+    # rows of the Jacobian d(x, y) / d(stamp column, stamp row), whatever the rotation
+    dx = np.hypot(nx[:, 1, 2] - nx[:, 1, 0], nx[:, 2, 1] - nx[:, 0, 1])
+    dy = np.hypot(ny[:, 1, 2] - ny[:, 1, 0], ny[:, 2, 1] - ny[:, 0, 1])
+    zoom = np.stack([dy, dx], axis=1) / max(size - 1, 1)
+    # the miss in image pixels, or in stamp pixels where these are coarser (sampled from a
+    # level of blocks of about that many image pixels): a stamp of 64 10"/pixel pixels on a
+    # 0.2"/pixel SIP image misses by a few tenths of an image pixel, 1/100 of a stamp pixel
+    with np.errstate(invalid="ignore", divide="ignore"):
+        per = np.maximum(np.nan_to_num(zoom, nan=1.0), 1.0)[:, :, None, None]
+        miss = np.hypot((w_check @ nx @ w_check.T - px[:, 9:].reshape(-1, 2, 2)) / per[:, 1],
+                        (w_check @ ny @ w_check.T - py[:, 9:].reshape(-1, 2, 2)) / per[:, 0])
+        exact = (miss > NODE_TOLERANCE_PIXELS).any(axis=(1, 2))  # NaN: past the limb
     # interpolate offsets from the central node in float32 (exact enough, twice as fast)
     x0, y0 = nx[:, 1, 1, None, None], ny[:, 1, 1, None, None]
     weights = _lagrange3((np.arange(size) - c) / c if c else np.zeros(size)).astype(np.float32)
@@ -604,11 +615,6 @@ def _pixel_maps(image, lon, lat, size, scale_arcsec, up_angle):
     np.matmul(weights @ dyn, weights.T, out=xy[1])
     xy[0] += x0.astype(np.float32)
     xy[1] += y0.astype(np.float32)
-    # image columns and rows per stamp pixel, from the node spacing: the lengths of the
-    # rows of the Jacobian d(x, y) / d(stamp column, stamp row), whatever the rotation
-    dx = np.hypot(nx[:, 1, 2] - nx[:, 1, 0], nx[:, 2, 1] - nx[:, 0, 1])
-    dy = np.hypot(ny[:, 1, 2] - ny[:, 1, 0], ny[:, 2, 1] - ny[:, 0, 1])
-    zoom = np.stack([dy, dx], axis=1) / max(size - 1, 1)
     if exact.any():
         k = np.flatnonzero(exact)
         grid = (np.arange(size) - c) / c  # (c > 0: one pixel has no check points to miss)
