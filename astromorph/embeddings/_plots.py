@@ -499,14 +499,15 @@ def _repulsion(y, kernels, *, p=3):
     # less each point's own term, as interpolated (1 exactly only for a point on a node:
     # the difference matters on a sparse map, whose Z is small); in the forces the own term
     # cancels exactly (its charges y_i and 1 come back with the same weights)
-    own = np.zeros(n)
     h2 = (side / p) ** 2
+    steps = np.arange(p)
+    # the kernel between nodes t columns apart, over pairs of rows; q[t]: its y sum
+    q = [np.einsum("nb,bd,nd->n", wy, 1.0 / (1.0 + h2 * (t * t + np.subtract.outer(
+        steps, steps) ** 2)), wy) for t in range(p)]
+    own = np.zeros(n)
     for a in range(p):
         for c in range(p):
-            wxx = wx[:, a] * wx[:, c]
-            for b in range(p):
-                for d in range(p):
-                    own += wxx * wy[:, b] * wy[:, d] / (1.0 + h2 * ((a - c) ** 2 + (b - d) ** 2))
+            own += wx[:, a] * wx[:, c] * q[abs(a - c)]
     z = float(np.sum(phi1) - np.sum(own))
     rep = (y * phi2[:, :1] - phi2[:, 1:]) * side  # y_i - y_j back in map units
     return z, rep
