@@ -3,8 +3,11 @@ import numpy as np
 
 from ..exceptions import InputError, InvalidArgumentError
 
-__all__ = ["embedding_matrix", "table_embeddings", "masked_column", "add_columns",
-           "check_prefix", "check_seed"]
+__all__ = ["embedding_matrix", "table_embeddings", "finite_rows", "masked_column",
+           "add_columns", "check_prefix", "check_seed"]
+
+#: Rows checked (or converted) at a time by `finite_rows` and the heads' chunked loops.
+CHUNK_ROWS = 65536
 
 
 def check_seed(seed):
@@ -40,6 +43,15 @@ def _rows(rows):
     return f"{', '.join(map(str, rows[:10]))}{', ...' if len(rows) > 10 else ''}"
 
 
+def finite_rows(x, *, chunk_rows=CHUNK_ROWS):
+    """Which rows of the 2-d array ``x`` are finite throughout, checked a block of rows at
+    a time (no ``x.shape`` array of booleans: 256 MB for 1,000,000 256-d vectors)."""
+    out = np.empty(len(x), bool)
+    for s in range(0, len(x), chunk_rows):
+        out[s:s + chunk_rows] = np.isfinite(x[s:s + chunk_rows]).all(axis=1)
+    return out
+
+
 def embedding_matrix(embeddings, *, allow_masked=False, dtype=np.float64, dim=None):
     """A 2-d float array from an embedding column or array.
 
@@ -50,12 +62,19 @@ def embedding_matrix(embeddings, *, allow_masked=False, dtype=np.float64, dim=No
     allow_masked : bool
         Accept masked and non-finite rows (masked ones filled with NaN); otherwise
         raise `InvalidArgumentError` naming them.
+    dtype : numpy.dtype or None
+        The type of the array; None keeps a float32 or float64 input as it is (no copy,
+        e.g. for the heads, which convert a block of rows at a time), anything else
+        becoming float64.
     dim : int, optional
         The dimension expected: no vectors give a (0, dim) array (not (0, 0)).
     """
     mask = np.ma.getmaskarray(embeddings) if np.ma.isMaskedArray(embeddings) or \
         hasattr(embeddings, "mask") else None
     try:
+        if dtype is None:  # float32 / float64 kept (in their byte order), else float64
+            kind = np.asarray(np.ma.getdata(embeddings)).dtype
+            dtype = kind if kind.kind == "f" and kind.itemsize in (4, 8) else np.float64
         x = np.asarray(np.ma.getdata(embeddings), dtype=dtype)
     except (TypeError, ValueError) as exc:
         raise InvalidArgumentError(f"embeddings must be numbers, got "
@@ -78,7 +97,7 @@ def embedding_matrix(embeddings, *, allow_masked=False, dtype=np.float64, dim=No
         x = x.copy()
         x[masked] = np.nan
     if not allow_masked:
-        bad = np.flatnonzero(~np.isfinite(x).all(axis=1))
+        bad = np.flatnonzero(~finite_rows(x))
         if len(bad):
             raise InvalidArgumentError(f"embeddings have {len(bad)} row(s) with NaN or "
                                        f"infinite values (rows {_rows(bad)}); select the rows "
@@ -88,6 +107,8 @@ def embedding_matrix(embeddings, *, allow_masked=False, dtype=np.float64, dim=No
 
 def table_embeddings(table, column="embedding", *, dtype=np.float64):
     """Embedding matrix of a table column and the rows that have a usable embedding.
+
+    ``dtype`` as for `embedding_matrix` (None: a float32 column stays float32).
 
     Returns
     -------
@@ -106,8 +127,7 @@ def table_embeddings(table, column="embedding", *, dtype=np.float64):
     x = embedding_matrix(col, allow_masked=True, dtype=dtype)
     if x.shape[0] != len(table):
         raise InputError(f"column {column!r} is not one vector per row (shape {np.shape(col)})")
-    valid = np.all(np.isfinite(x), axis=1)
-    return x, valid
+    return x, finite_rows(x)
 
 
 def masked_column(values, valid, description):

@@ -3,7 +3,7 @@ import logging
 
 import numpy as np
 
-from ._common import embedding_matrix, masked_column
+from ._common import CHUNK_ROWS, embedding_matrix, masked_column
 from ._state import Saved, as_provenance
 from ._state import check_provenance as _check_provenance
 from ..exceptions import InvalidArgumentError, InvalidArgumentTypeError
@@ -358,13 +358,23 @@ class LabelHead(Saved):
         """
         self._check()
         chunk_rows = check_whole(chunk_rows, "chunk_rows")
-        x = embedding_matrix(embeddings, allow_masked=False, dim=len(self.mean_))
+        # float32 vectors stay float32: each block of rows is made float64 in turn
+        x = embedding_matrix(embeddings, allow_masked=False, dim=len(self.mean_), dtype=None)
+        return self._logits(x, None, chunk_rows)
+
+    def _logits(self, x, rows, chunk_rows=CHUNK_ROWS):
+        """Logits of the rows ``rows`` of ``x`` (all rows: None), a block of rows at a time
+        in float64 (no float64 copy of the whole matrix, nor a copy of the rows chosen)."""
         if x.shape[1] != len(self.mean_):
             raise InvalidArgumentError(f"embeddings have {x.shape[1]} dimensions; this head was "
                                        f"fitted on {len(self.mean_)}")
-        out = np.empty((len(x), len(self.classes_)))
-        for s in range(0, len(x), chunk_rows):
-            z = (x[s:s + chunk_rows] - self.mean_) / self.scale_
+        n = len(x) if rows is None else len(rows)
+        out = np.empty((n, len(self.classes_)))
+        for s in range(0, n, chunk_rows):
+            block = x[s:s + chunk_rows] if rows is None else x[rows[s:s + chunk_rows]]
+            z = block.astype(np.float64)  # (in place: one block of float64 at a time)
+            z -= self.mean_
+            z /= self.scale_
             out[s:s + chunk_rows] = z @ self.coef_ + self.intercept_
         return out
 
@@ -468,9 +478,9 @@ class LabelHead(Saved):
         check_provenance = check_bool(check_provenance, "check_provenance")
         names = _class_columns(prefix, self.classes_) + [f"{prefix}_label"]
         check_clashes(table, names, on_conflict)  # before any work
-        x, valid = table_embeddings(table, column)
+        x, valid = table_embeddings(table, column, dtype=None)
         _check_provenance(self.provenance_, table, column, "this LabelHead", check_provenance)
-        probs = self.predict_proba(x[valid]) if valid.any() else np.zeros((0, len(self.classes_)))
+        probs = np.exp(_log_softmax(self._logits(x, np.flatnonzero(valid))))
         columns = {name: masked_column(probs[:, j].astype(np.float32), valid,
                                        f"LabelHead probability of class {c!r}")
                    for j, (name, c) in enumerate(zip(names, self.classes_))}

@@ -4,8 +4,8 @@ import numbers
 
 import numpy as np
 
-from ._common import (add_columns, check_prefix, check_seed, embedding_matrix, masked_column,
-                      table_embeddings)
+from ._common import (add_columns, check_prefix, check_seed, embedding_matrix, finite_rows,
+                      masked_column, table_embeddings)
 from ._state import Saved, as_provenance, table_provenance
 from ._state import check_provenance as _check_provenance
 from .._warnings import warn
@@ -206,11 +206,14 @@ class GaussianMixture(Saved):
             the rows (use ``covariance_type="diag"``, fewer components or more rows).
         """
         provenance = as_provenance(provenance)
-        x = embedding_matrix(embeddings, allow_masked=True)
-        x = x[np.all(np.isfinite(x), axis=1)]
+        # the rows fitted (the usable ones, at most max_fit_rows drawn among them) are chosen
+        # first, then only they are made float64 (not a float64 copy of every row, twice)
+        x = embedding_matrix(embeddings, allow_masked=True, dtype=None)
+        rows = np.flatnonzero(finite_rows(x))
         rng = np.random.default_rng(self.seed)
-        if len(x) > self.max_fit_rows:
-            x = x[np.sort(rng.choice(len(x), self.max_fit_rows, replace=False))]
+        if len(rows) > self.max_fit_rows:
+            rows = rows[np.sort(rng.choice(len(rows), self.max_fit_rows, replace=False))]
+        x = x[rows].astype(np.float64, copy=False)
         if self.n_components:
             candidates = [self.n_components]
         else:  # the BIC choice: only as many clusters as the rows can support
@@ -292,16 +295,17 @@ class GaussianMixture(Saved):
         """
         self._check()
         chunk_rows = check_whole(chunk_rows, "chunk_rows")
-        x = embedding_matrix(embeddings, allow_masked=True, dim=self.mean_.size)
+        # float32 vectors stay float32: each block of rows is made float64 in turn
+        x = embedding_matrix(embeddings, allow_masked=True, dim=self.mean_.size, dtype=None)
         if x.shape[1] != self.mean_.size:
             raise InvalidArgumentError(f"embeddings have {x.shape[1]} dimensions; this mixture "
                                        f"was fitted on {self.mean_.size}")
         out = np.full((len(x), self.n_components_), np.nan)
-        ok = np.flatnonzero(np.all(np.isfinite(x), axis=1))
+        ok = np.flatnonzero(finite_rows(x))
         for s in range(0, len(ok), chunk_rows):
             rows = ok[s:s + chunk_rows]
-            logp = self._log_prob(self._project(x[rows]), self.weights_, self.means_,
-                                  self.covariances_)
+            logp = self._log_prob(self._project(x[rows].astype(np.float64)), self.weights_,
+                                  self.means_, self.covariances_)
             out[rows] = np.exp(logp - _logsumexp(logp, axis=1)[:, None])
         return out
 
@@ -384,10 +388,10 @@ class GaussianMixture(Saved):
         check_prefix(prefix)
         check_provenance = check_bool(check_provenance, "check_provenance")
         check_clashes(table, [prefix, f"{prefix}_prob"], on_conflict)  # before any work
-        x, valid = table_embeddings(table, column)
+        x, valid = table_embeddings(table, column, dtype=None)
         _check_provenance(self.provenance_, table, column, "this GaussianMixture",
                           check_provenance)
-        p = self.predict_proba(x[valid]) if valid.any() else np.zeros((0, self.n_components_))
+        p = self.predict_proba(x)[valid]  # (unusable rows: NaN, left out)
         columns = {
             prefix: masked_column(np.argmax(p, axis=1).astype(np.int16), valid,
                                   f"Gaussian-mixture cluster of the {column!r} vector "
@@ -630,8 +634,8 @@ def _cluster_table(table, column, n_components, prefix, on_conflict, kwargs):
     check_on_conflict(on_conflict)
     check_prefix(prefix)
     check_clashes(table, [prefix, f"{prefix}_prob"], on_conflict)  # before the fit
-    x, valid = table_embeddings(table, column)
+    x, _ = table_embeddings(table, column, dtype=None)  # (fit leaves out unusable rows)
     mixture = GaussianMixture(n_components, **kwargs).fit(
-        x[valid], provenance=table_provenance(table.meta, column))
+        x, provenance=table_provenance(table.meta, column))
     out, name = mixture._annotate(table, column, prefix, on_conflict)
     return out, mixture, name
