@@ -988,6 +988,10 @@ def _add_columns(table, columns, on_conflict):
 #: The names the caller gave the images (path -> name), for a run that opens them by other
 #: paths: `annotate_dask`'s partitions get them absolute, but record them as given.
 RECORDED_IMAGE_NAMES = contextvars.ContextVar("astromorph_recorded_image_names", default={})
+#: The files of the images that a whole `annotate_dask` call uses (their paths), recorded in
+#: the provenance of each partition, which is sent only the tiles its sources can lie on;
+#: None: those of the images the call reads.
+RECORDED_IMAGE_FILES = contextvars.ContextVar("astromorph_recorded_image_files", default=None)
 
 
 def _provenance(model, images=(), columns=(), crop_fraction=None):
@@ -1009,7 +1013,8 @@ def _provenance(model, images=(), columns=(), crop_fraction=None):
                                                  else crop_fraction)
     if images:
         given = RECORDED_IMAGE_NAMES.get()
-        names = {im.name.split("[")[0] for im in images}
+        names = RECORDED_IMAGE_FILES.get()
+        names = {im.name.split("[")[0] for im in images} if names is None else names
         meta["astromorph_images"] = ",".join(sorted({given.get(n, n) for n in names}))
     if columns:
         meta["astromorph_columns"] = ",".join(columns)

@@ -21,22 +21,26 @@ __all__ = ["annotate_dask"]
 log = logging.getLogger(__name__)
 
 
-def _annotate_partition(table, images, model, kwargs, names=None):
-    """``names``: the caller's name of each image path (the provenance records them)."""
+def _annotate_partition(table, images, model, kwargs, names=None, files=None):
+    """``names``: the caller's name of each image path, and ``files``: the files of the images
+    the whole call uses, where the partition is sent some of them (the provenance records
+    them)."""
     if images is None:
         from ._stamp_table import annotate_stamps
 
         return annotate_stamps(table, model=model, progress=False, **kwargs)
-    from ._annotate import RECORDED_IMAGE_NAMES, annotate
+    from ._annotate import RECORDED_IMAGE_FILES, RECORDED_IMAGE_NAMES, annotate
 
     token = RECORDED_IMAGE_NAMES.set(names or {})
+    token_files = RECORDED_IMAGE_FILES.set(files)
     try:
         return annotate(table, images, model=model, progress=False, **kwargs)
     finally:
+        RECORDED_IMAGE_FILES.reset(token_files)
         RECORDED_IMAGE_NAMES.reset(token)
 
 
-def _annotate_collecting(table, images, model, kwargs, names=None):
+def _annotate_collecting(table, images, model, kwargs, names=None, files=None):
     """`_annotate_partition`, the warnings it gave and the counts of its rows that could not
     be scored, as ``(table, [(message, category)], [summary])`` (see `_predict.summarise`)."""
     from ._predict import SUMMARIES
@@ -46,7 +50,7 @@ def _annotate_collecting(table, images, model, kwargs, names=None):
     token = SUMMARIES.set(summaries)
     try:
         with collecting() as found:
-            out = _annotate_partition(table, images, model, kwargs, names)
+            out = _annotate_partition(table, images, model, kwargs, names, files)
     finally:
         SUMMARIES.reset(token)
     return out, found, summaries
@@ -71,13 +75,14 @@ _GIVEN_CALLS = 256
 _GIVEN_LOCK = threading.Lock()
 
 
-def _annotate_warning_once(table, images, model, kwargs, call, n_parts, names=None):
+def _annotate_warning_once(table, images, model, kwargs, call, n_parts, names=None,
+                           files=None):
     """`_annotate_partition` for ``compute=False``: each distinct warning is given by the
     first partition of the call ``call`` to give it (in this process), not by every one."""
     from ._warnings import collecting, warn
 
     with collecting() as found:  # each partition's own counts: no step sees the others
-        out = _annotate_partition(table, images, model, kwargs, names)
+        out = _annotate_partition(table, images, model, kwargs, names, files)
     with _GIVEN_LOCK:
         given = _GIVEN.setdefault(call, set())
         _GIVEN.move_to_end(call)
@@ -130,6 +135,100 @@ def _per_row_options(kwargs, n):
     return names
 
 
+#: Pixels beyond a tile's border within which a source still gets the tile sent to its
+#: partition (a tile is needed only where a source lies on it: its stamp is cut from that
+#: one tile; the margin keeps a source on the border whatever the rounding).
+TILE_MARGIN_PIXELS = 1.0
+
+
+def _partition_images(table, images, model, kwargs, bounds, partition_size):
+    """Each partition's share of the image files: those its sources can lie on.
+
+    Returns ``(per_partition, files)``: for each partition its ``images`` argument (the
+    structure of ``images``, a dict or a list, with the files that none of its sources lies
+    on left out) and its ``bands`` option (None where not given), and the files of the
+    images that the whole call uses (for the provenance); or None where every partition is
+    to get every image, as before: the images are not files this machine reads (a URL, a
+    path only the workers see), one cannot be read or placed, reading them gives a warning
+    (the partitions give it, as many times as before), or there is a single file.
+
+    The partition's result does not change: a source's stamp is cut from the one image
+    that contains it (the one where it lies farthest from the edge, among those with data
+    under it), and a source off every image is off those it is sent too. Every partition
+    keeps the file of the first image of each band (so that each reads the same bands, in
+    the same order: the same band plan and its warnings), and the files in their order.
+    """
+    import warnings
+
+    import numpy as np
+
+    from ._adapters import model_family
+    from ._annotate import (_band_plan, _image_frames, _margins, _positions, _sky_positions,
+                            warn_flux_units)
+    from ._images import _parse_one, _read_lone_science_by_filter, closing_files, image_entries
+    from ._warnings import catch_warnings, collecting
+
+    try:
+        entries = image_entries(images, kwargs.get("bands"))
+    except Exception:  # noqa: BLE001 - the partitions refuse it, as before
+        return None
+    if len(entries) < 2 or not all(isinstance(obj, str) and "://" not in obj
+                                   for _, obj, _ in entries):
+        return None
+    family = model_family(model.card)
+    parsed, opened = [], []
+    try:
+        with closing_files(opened), collecting() as given, \
+                catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            for _, obj, band in entries:
+                parsed.append(_parse_one(obj, band))
+                opened.extend(parsed[-1])
+            if family != "triplet":
+                _read_lone_science_by_filter(opened)
+            groups, first = {}, {}
+            for j, found in enumerate(parsed):
+                for im in found:
+                    groups.setdefault(im.band or "unknown", []).append(im)
+                    first.setdefault(im.band or "unknown", j)
+            plan = _band_plan(model, family, groups)
+            if family == "optical":
+                warn_flux_units(model, [f"{im.name}: {im.flux_note}" for band in plan
+                                        for im in groups[band] if im.flux_note])
+            frames = [_image_frames(found) for found in parsed]
+            if given or caught:
+                return None
+            with collecting(), catch_warnings():
+                warnings.simplefilter("ignore")  # the partitions give the catalogue's own
+                coords, _ = _positions(table, kwargs.get("ra_col"), kwargs.get("dec_col"),
+                                       kwargs.get("coord_col"))
+            keep = np.zeros((len(bounds), len(entries)), bool)
+            keep[:, [first[band] for band in groups]] = True
+            for j, found in enumerate(parsed):
+                inside = np.zeros(len(table), bool)
+                for im, (_, _, px, py, _) in zip(found, _sky_positions(found, coords,
+                                                                       frames[j])):
+                    if (im.band or "unknown") in plan:
+                        inside |= _margins(im, px, py) >= -TILE_MARGIN_PIXELS
+                keep[np.unique(np.flatnonzero(inside) // partition_size), j] = True
+            files = {im.name.split("[")[0] for band in plan for im in groups[band]}
+    except Exception:  # noqa: BLE001 - the partitions refuse it, as before
+        return None
+    per_partition = []
+    for row in keep:
+        kept = [entry for entry, k in zip(entries, row) if k]
+        if isinstance(images, dict):
+            part = {key: [obj for k, obj, _ in kept if k == key] for key in images}
+        else:
+            part = [obj for _, obj, _ in kept]
+        bands = kwargs.get("bands")
+        per_partition.append((part, None if bands is None or isinstance(images, dict) else [
+            b for b, k in zip(bands, row) if k]))
+    log.info("%d image files; each Dask partition gets those its sources lie on (%.1f on "
+             "average)", len(entries), keep.sum() / len(keep))
+    return per_partition, files
+
+
 def annotate_dask(table, images=None, *, model, partition_size=50_000, compute=True,
                   scheduler=None, **kwargs):
     """`astromorph.annotate` (or `astromorph.annotate_stamps`) over row partitions, run by Dask.
@@ -141,8 +240,10 @@ def annotate_dask(table, images=None, *, model, partition_size=50_000, compute=T
     images : path, list of paths, or dict of band -> path(s), optional
         FITS files; given by path so that each worker memory-maps them itself.
         ``None``: the rows hold their own stamps, scored by `astromorph.annotate_stamps`.
-    model : str or path
-        Model name or path, loaded on each worker (not a `Model` object).
+    model : str, path or Model
+        Model name or path, loaded on each worker, or a loaded `Model` (it pickles as its
+        name or path and the options it was loaded with, its checksum checked where it is
+        loaded).
     partition_size : int, optional
         Rows per Dask task.
     compute : bool, optional
@@ -177,9 +278,12 @@ def annotate_dask(table, images=None, *, model, partition_size=50_000, compute=T
         `annotate` (or `annotate_stamps`): those it raises before it reads any image or
         stamp (an unknown model, a column that is not there, a clash of column names...)
         when ``annotate_dask`` is called, with ``compute=False`` too (the model is loaded
-        to check them); the others from the partitions. annotate_dask does not open the
-        images (each worker opens them by path, which the caller's machine need not see):
-        an image that is missing or unreadable, has no celestial WCS, or has one in a
+        to check them); the others from the partitions. Where the images are several files
+        that the caller's machine reads, annotate_dask reads their headers once and sends
+        each partition only the files its sources can lie on (and the file of the first
+        image of each band), with the same result; otherwise every partition gets every
+        image (each worker opens them by path, which the caller's machine need not see),
+        and an image that is missing or unreadable, has no celestial WCS, or has one in a
         frame astropy cannot place (``HLON``/``HLAT``, ``SLON``/``SLAT``,
         ``TLON``/``TLAT``...) is refused by the partitions, with ``compute=False`` when
         they are computed: the caller gets the partition's own error (its type and
@@ -250,8 +354,11 @@ def annotate_dask(table, images=None, *, model, partition_size=50_000, compute=T
         raise InvalidArgumentTypeError(f"{target.__name__} has no option(s) "
                                        f"{', '.join(unknown)}")
     images = None if images is None else as_paths(images)
-    if not isinstance(model, (str, os.PathLike)):
-        raise InputError("annotate_dask takes the model by name or path, so each worker loads it")
+    from ._model import Model
+
+    if not isinstance(model, (str, os.PathLike, Model)):
+        raise InputError("annotate_dask takes the model by name, path or Model (each worker "
+                         f"loads it), not {type(model).__name__}")
     # what every partition would refuse (a bad option, an unknown model, a column that is
     # not there...): refused here, before any task is sent, by the function's own checks
     # (the model is loaded here too: the threaded scheduler's partitions reuse its session)
@@ -259,7 +366,7 @@ def annotate_dask(table, images=None, *, model, partition_size=50_000, compute=T
     from ._stamp_table import check_options as check_stamp_options
 
     check = check_options if images is not None else check_stamp_options
-    check(table, model=model, **{k: v for k, v in kwargs.items()
+    loaded = check(table, model=model, **{k: v for k, v in kwargs.items()
                                  if k in inspect.signature(check).parameters})
     partition_size = check_whole(partition_size, "partition_size")
     compute = check_bool(compute, "compute")
@@ -285,27 +392,41 @@ def annotate_dask(table, images=None, *, model, partition_size=50_000, compute=T
             # one pair (scale_y, scale_x) for every row, as a tuple: a partition of two rows
             # reads two values other than a tuple as one per row
             kwargs["pixel_scale"] = tuple(kwargs["pixel_scale"])
+    # each partition is sent only the image files its sources can lie on (their headers
+    # read here, once, rather than every file's by every partition), where this machine
+    # can tell
+    shares = None if images is None else _partition_images(table, images, loaded, kwargs,
+                                                           bounds, partition_size)
+    files = None if shares is None else shares[1]
+
+    def share(k):  # the images of partition k
+        return images if shares is None else shares[0][k][0]
 
     def options(start):  # each partition's rows of the options given one value per row
-        # (a tuple as a list: a partition's two rows of a tuple are no (scale_y, scale_x))
-        return {**kwargs, **{k: (list(kwargs[k]) if isinstance(kwargs[k], tuple) else
-                                 kwargs[k])[start:start + partition_size] for k in per_row}}
+        # (a tuple as a list: a partition's two rows of a tuple are no (scale_y, scale_x)),
+        # and the bands of its share of a list of images
+        kw = {**kwargs, **{k: (list(kwargs[k]) if isinstance(kwargs[k], tuple) else
+                               kwargs[k])[start:start + partition_size] for k in per_row}}
+        if shares is not None and shares[0][start // partition_size][1] is not None:
+            kw["bands"] = shares[0][start // partition_size][1]
+        return kw
     from ._registry import _is_path_like
 
-    model = os.fspath(model)
-    if _is_path_like(model):  # a worker may run in another folder
-        model = os.path.abspath(os.path.expanduser(model))
+    if not isinstance(model, Model):  # a Model pickles as its name or path, and options
+        model = os.fspath(model)
+        if _is_path_like(model):  # a worker may run in another folder
+            model = os.path.abspath(os.path.expanduser(model))
     # computed here, each partition hands back its warnings, given once below from the
     # caller's line (not once per partition, from Dask's worker threads or processes)
     if not compute:  # lazily: each distinct warning given once, by the first partition
         call = uuid.uuid4().hex
-        return [dask.delayed(_annotate_warning_once)(table[start:start + partition_size], images,
-                                                     model, options(start), call, len(bounds),
-                                                     names)
-                for start in bounds]
-    parts = [dask.delayed(_annotate_collecting)(table[start:start + partition_size], images,
-                                                model, options(start), names)
-             for start in bounds]
+        return [dask.delayed(_annotate_warning_once)(table[start:start + partition_size],
+                                                     share(k), model, options(start), call,
+                                                     len(bounds), names, files)
+                for k, start in enumerate(bounds)]
+    parts = [dask.delayed(_annotate_collecting)(table[start:start + partition_size], share(k),
+                                                model, options(start), names, files)
+             for k, start in enumerate(bounds)]
     log.info("annotating %d rows in %d Dask partitions", len(table), len(parts))
     from dask.multiprocessing import RemoteException
 

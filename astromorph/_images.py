@@ -388,19 +388,29 @@ def parse_sky_images(images, *, bands=None, triplet=True):
 
 def _parse_into(out, images, bands):
     """`parse_sky_images`, appending to ``out`` (which holds what was parsed if it raises)."""
+    entries = image_entries(images, bands)
+    for _, obj, band in entries:
+        out.extend(_parse_one(obj, band))
+    if not out:
+        raise InputError("no images given (an empty dict, or bands without images)"
+                         if isinstance(images, dict) else "no images given")
+
+
+def image_entries(images, bands=None):
+    """The images of a `parse_sky_images` argument one by one, in the order it reads them, as
+    ``(key, image, band)``: ``key`` the dict key it was given under (None outside a dict),
+    ``band`` the one it is given (lowercased; None where its headers are to say)."""
     from astropy.wcs import WCS
 
     if isinstance(images, dict):
-        for band, value in images.items():
+        entries = []
+        for key, value in images.items():
             values = value if isinstance(value, (list, tuple)) and not (
                 isinstance(value, fits.HDUList)
                 or isinstance(value, tuple) and len(value) == 2 and isinstance(value[1], WCS)) \
                 else [value]
-            for v in values:
-                out.extend(_parse_one(v, str(band).lower()))
-        if not out:
-            raise InputError("no images given (an empty dict, or bands without images)")
-        return
+            entries.extend((key, v, str(key).lower()) for v in values)
+        return entries
     if not isinstance(images, (list, tuple)) or isinstance(images, fits.HDUList) or (
             isinstance(images, tuple) and len(images) == 2 and isinstance(images[1], (WCS, fits.Header))):
         images = [images]
@@ -409,7 +419,5 @@ def _parse_into(out, images, bands):
                                        f"{bands!r}")
     if bands is not None and len(bands) != len(images):
         raise InputError(f"got {len(bands)} band names for {len(images)} images")
-    for k, obj in enumerate(images):
-        out.extend(_parse_one(obj, None if bands is None else str(bands[k]).lower()))
-    if not out:
-        raise InputError("no images given")
+    return [(None, obj, None if bands is None else str(bands[k]).lower())
+            for k, obj in enumerate(images)]

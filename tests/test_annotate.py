@@ -2,6 +2,7 @@
 import contextlib
 import importlib.util
 import json
+import os
 import re
 import sys
 import warnings
@@ -3737,3 +3738,110 @@ def test_a_file_name_for_the_table_gets_the_hint_to_read_it(function, tmp_path):
     with pytest.raises(InputError, match=rf"{function} needs an astropy Table or QTable, got "
                                          r"str \(read the file with Table.read first\)"):
         getattr(astromorph, function)(*args, model="morphology")
+
+
+def _mosaic_files(d, tiles=3, n=60, band=None):
+    """``tiles`` x ``tiles`` adjacent FITS tiles of ``n`` pixels (the WCS of `sky_wcs`,
+    unrotated), and that WCS over the whole mosaic."""
+    w = sky_wcs(tiles * n, rot=0)
+    img = blobs(tiles * n, count=80)
+    paths = []
+    for j in range(tiles):
+        for i in range(tiles):
+            tw = w.deepcopy()
+            tw.wcs.crpix = [w.wcs.crpix[0] - i * n, w.wcs.crpix[1] - j * n]
+            header = tw.to_header()
+            if band:
+                header["FILTER"] = band
+            paths.append(str(d / f"{band or 't'}{j}{i}.fits"))
+            fits.writeto(paths[-1], img[j * n:(j + 1) * n, i * n:(i + 1) * n], header)
+    return paths, w
+
+
+@pytest.mark.parametrize("how", ["list", "dict"])
+def test_annotate_dask_sends_each_partition_its_tiles(optical_model, tmp_path, monkeypatch,
+                                                      how):
+    """Each partition is sent only the tiles of a mosaic its sources can lie on (their
+    headers read once by annotate_dask, not every tile's by every partition), with the same
+    result, bit for bit, as annotate on the whole table: columns, flags and provenance;
+    sources on a tile boundary, off every tile, without a position, and (dict) on a band
+    that covers only part of the sky (MISSING_BAND)."""
+    dask = pytest.importorskip("dask")
+    import astromorph._dask as adask
+
+    paths, w = _mosaic_files(tmp_path)
+    rng = np.random.default_rng(3)
+    pix = np.vstack([rng.uniform(0, 179, (40, 2)),
+                     [[59.5, 30], [119.5, 119.5], [400, 400], [30, 30]]])  # boundaries, off
+    cat = catalogue(w, pix)
+    cat["ra"][-1] = np.nan
+    if how == "dict":  # r: the first row of tiles only
+        images = {"g": paths, "r": paths[:3], "i": paths[::-1]}
+    else:
+        images = paths
+    cat.meta["astromorph_model"] = "earlier"  # an earlier run's provenance is kept as run1
+    with warns_bad_positions(1, len(cat)):
+        ref = astromorph.annotate(cat, images, model=optical_model)
+    sent = []
+
+    def recording(table, images, *args, **kwargs):
+        sent.append(images)
+        return partition(table, images, *args, **kwargs)
+    partition = adask._annotate_partition
+    monkeypatch.setattr(adask, "_annotate_partition", recording)
+    for scheduler in ("synchronous", "threads"):
+        with warns_bad_positions(1, len(cat)):
+            out = astromorph.annotate_dask(cat, images, model=str(optical_model.path),
+                                           partition_size=8, scheduler=scheduler)
+        assert out.colnames == ref.colnames and out.meta == ref.meta
+        for name in ref.colnames:
+            np.testing.assert_array_equal(np.ma.getdata(out[name]), np.ma.getdata(ref[name]))
+            np.testing.assert_array_equal(np.ma.getmaskarray(out[name]),
+                                          np.ma.getmaskarray(ref[name]))
+    flags = np.asarray(ref["opt_flags"])
+    for flag in (Flag.OFF_IMAGE, Flag.BAD_INPUT, Flag.EDGE) + (
+            (Flag.MISSING_BAND,) if how == "dict" else ()):
+        assert np.any(flags & flag), flag
+    # the partitions got fewer files than the 9 (27) given
+    count = (lambda s: sum(map(len, s.values()))) if how == "dict" else len
+    assert max(map(count, sent)) < count(images)
+    parts = astromorph.annotate_dask(cat, images, model=str(optical_model.path),
+                                     partition_size=8, compute=False)
+    with warns_bad_positions(1, 4):  # the lazy partitions: the same rows
+        lazy = dask.compute(*parts, scheduler="synchronous")
+    np.testing.assert_array_equal(np.concatenate([t["opt_flags"] for t in lazy]), flags)
+
+
+def test_annotate_dask_sends_every_image_where_they_cannot_be_read_here(optical_model,
+                                                                         tmp_path):
+    """An image that this machine cannot read (or place) goes to every partition, which
+    refuses it with annotate's own error, as before."""
+    pytest.importorskip("dask")
+    paths, w = _mosaic_files(tmp_path, tiles=2)
+    fits.writeto(tmp_path / "nowcs.fits", np.ones((10, 10), np.float32))
+    cat = catalogue(w, [(10, 10), (100, 100)])
+    for bad in (str(tmp_path / "missing.fits"), str(tmp_path / "nowcs.fits")):
+        with pytest.raises(InputError, match=re.escape(os.path.basename(bad))):
+            astromorph.annotate_dask(cat, paths + [bad], model=str(optical_model.path),
+                                     partition_size=1, scheduler="synchronous")
+
+
+def test_annotate_dask_takes_a_model_object(optical_model, tmp_path):
+    """A loaded `Model` is taken (it pickles as its name or path and the options it was
+    loaded with, its checksum checked where it is unpickled), as annotate takes it."""
+    pytest.importorskip("dask")
+    img, w = blobs(), sky_wcs()
+    fits.writeto(tmp_path / "img.fits", img, w.to_header())
+    cat = catalogue(w, np.random.default_rng(2).uniform(0, 200, (12, 2)))
+    ref = astromorph.annotate(cat, str(tmp_path / "img.fits"), model=optical_model)
+    for scheduler in ("threads", "processes"):
+        out = astromorph.annotate_dask(cat, str(tmp_path / "img.fits"), model=optical_model,
+                                       partition_size=5, scheduler=scheduler)
+        np.testing.assert_array_equal(out["opt_p_a"], ref["opt_p_a"])
+        assert out.meta == ref.meta
+    # a precision other than the model's is refused as annotate refuses it
+    with pytest.raises(InvalidArgumentError, match="precision"):
+        astromorph.annotate_dask(cat, str(tmp_path / "img.fits"), model=optical_model,
+                                 precision="int8")
+    with pytest.raises(InputError, match="not int"):
+        astromorph.annotate_dask(cat, str(tmp_path / "img.fits"), model=3)
