@@ -140,6 +140,106 @@ def _per_row_options(kwargs, n):
 #: one tile; the margin keeps a source on the border whatever the rounding).
 TILE_MARGIN_PIXELS = 1.0
 
+#: Points sampled along each side of a tile's border for its bounding cone (`_tile_cones`).
+CONE_BORDER_POINTS = 64
+
+#: Radius (degrees) past which a tile's cone is not used: the tile goes to every partition
+#: (an all-sky or wide map, whose border need not bound it).
+CONE_MAX_RADIUS_DEG = 15.0
+
+#: Catalogue rows x cones compared at once (`_cones_hit`): 32 MB of float64 products.
+CONE_CHUNK_ELEMENTS = 1 << 22
+
+
+def _unit_vectors(lon, lat):
+    """``(N, 3)`` unit vectors of longitudes and latitudes in degrees (NaN where they are)."""
+    import numpy as np
+
+    lon, lat = np.radians(lon), np.radians(lat)
+    cos_lat = np.cos(lat)
+    return np.stack([cos_lat * np.cos(lon), cos_lat * np.sin(lon), np.sin(lat)], axis=-1)
+
+
+def _tile_cones(images, frames, coords):
+    """A cone on the sky (in the frame of ``coords``) holding each image and a margin of
+    `TILE_MARGIN_PIXELS` around it: ``(centres (T, 3), cos(radius) (T,), usable (T,))``.
+
+    The centre is the direction of the image's central pixel, the radius the largest
+    separation from it of `CONE_BORDER_POINTS` points along each side of the image's border
+    (pushed out by the margin), plus the largest step between two of them (the border may
+    bow out between them: a distorted or curved projection) and 1 mas. ``usable`` is False
+    (the image goes to every partition) where the border cannot be computed (non-finite
+    pixels of an all-sky map, a frame that cannot be transformed) or the radius passes
+    `CONE_MAX_RADIUS_DEG`.
+    """
+    import numpy as np
+    from astropy.coordinates import SkyCoord
+
+    k = CONE_BORDER_POINTS
+    points, by_frame = [], {}
+    for i, (image, frame) in enumerate(zip(images, frames)):
+        ny, nx = image.shape
+        m = TILE_MARGIN_PIXELS + 0.5
+        xs, ys = np.linspace(-m, nx - 1 + m, k), np.linspace(-m, ny - 1 + m, k)
+        # the border, once round (each side without its last corner), then the centre
+        x = np.concatenate([xs[:-1], np.full(k - 1, xs[-1]), xs[:0:-1], np.full(k - 1, xs[0]),
+                            [(nx - 1) / 2]])
+        y = np.concatenate([np.full(k - 1, ys[0]), ys[:-1], np.full(k - 1, ys[-1]), ys[:0:-1],
+                            [(ny - 1) / 2]])
+        try:
+            with image.lock, np.errstate(all="ignore"):
+                world = image.wcs.all_pix2world(x, y, 0)
+        except Exception:  # noqa: BLE001 - astropy.wcs raises many types: every partition
+            points.append(None)
+            continue
+        lon, lat = (world[1], world[0]) if image.wcs.wcs.lat == 0 else (world[0], world[1])
+        points.append((lon, lat))
+        key = frame.name + str(getattr(frame, "equinox", ""))
+        by_frame.setdefault(key, (frame, []))[1].append(i)
+    centres = np.full((len(images), 3), np.nan)
+    cos_radius = np.full(len(images), np.nan)
+    for frame, members in by_frame.values():  # one transform per frame
+        lon = np.concatenate([points[i][0] for i in members])
+        lat = np.concatenate([points[i][1] for i in members])
+        try:
+            sky = SkyCoord(lon, lat, unit="deg", frame=frame).transform_to(coords)
+            sky = sky.represent_as("unitspherical")
+            vectors = _unit_vectors(sky.lon.deg, sky.lat.deg)
+        except Exception:  # noqa: BLE001 - astropy's transforms raise many types
+            continue
+        for i, border in zip(members, np.split(vectors, np.cumsum(
+                [len(points[i][0]) for i in members])[:-1])):
+            centre, ring = border[-1], border[:-1]
+            with np.errstate(invalid="ignore"):
+                separation = np.arccos(np.clip(ring @ centre, -1, 1)).max()
+                step = np.linalg.norm(ring - np.roll(ring, 1, axis=0), axis=1).max()
+                radius = separation + 2 * np.arcsin(min(step / 2, 1)) + np.radians(1 / 3.6e6)
+            if np.isfinite(radius) and radius <= np.radians(CONE_MAX_RADIUS_DEG):
+                centres[i], cos_radius[i] = centre, np.cos(radius)
+    return centres, cos_radius, np.isfinite(cos_radius)
+
+
+def _cones_hit(vectors, centres, cos_radius, partition_size):
+    """Which cones hold a source of each partition: ``(partitions, cones)`` booleans, from
+    the sources' unit ``vectors`` (a NaN row is in none) in chunks of rows, so that memory
+    stays bounded (`CONE_CHUNK_ELEMENTS`)."""
+    import numpy as np
+
+    n = len(vectors)
+    hit = np.zeros((-(-max(n, 1) // partition_size), len(centres)), bool)
+    if not len(centres):
+        return hit
+    chunk = max(1, CONE_CHUNK_ELEMENTS // len(centres))
+    for start in range(0, n, chunk):
+        stop = min(start + chunk, n)
+        with np.errstate(invalid="ignore"):
+            inside = vectors[start:stop] @ centres.T >= cos_radius
+        first = start // partition_size
+        edges = np.arange(first * partition_size, stop, partition_size)
+        hit[first:first + len(edges)] |= np.logical_or.reduceat(
+            inside, np.maximum(edges - start, 0), axis=0)
+    return hit
+
 
 def _partition_images(table, images, model, kwargs, bounds, partition_size):
     """Each partition's share of the image files: those its sources can lie on.
@@ -154,7 +254,11 @@ def _partition_images(table, images, model, kwargs, bounds, partition_size):
 
     The partition's result does not change: a source's stamp is cut from the one image
     that contains it (the one where it lies farthest from the edge, among those with data
-    under it), and a source off every image is off those it is sent too. Every partition
+    under it), and a source off every image is off those it is sent too. A partition gets
+    the files of the images whose bounding cone on the sky (`_tile_cones`) holds one of its
+    sources (`_cones_hit`: a conservative cut, a few matrix products, not a WCS transform of
+    every source for every image), and every image whose cone cannot be drawn (an all-sky
+    map): it places its sources exactly among those. Every partition
     keeps the file of the first image of each band (so that each reads the same bands, in
     the same order: the same band plan and its warnings), and the files in their order.
     """
@@ -163,8 +267,7 @@ def _partition_images(table, images, model, kwargs, bounds, partition_size):
     import numpy as np
 
     from ._adapters import model_family
-    from ._annotate import (_band_plan, _image_frames, _margins, _positions, _sky_positions,
-                            warn_flux_units)
+    from ._annotate import _band_plan, _image_frames, _positions, warn_flux_units
     from ._images import _parse_one, _read_lone_science_by_filter, closing_files, image_entries
     from ._warnings import catch_warnings, collecting
 
@@ -204,13 +307,17 @@ def _partition_images(table, images, model, kwargs, bounds, partition_size):
                                        kwargs.get("coord_col"))
             keep = np.zeros((len(bounds), len(entries)), bool)
             keep[:, [first[band] for band in groups]] = True
-            for j, found in enumerate(parsed):
-                inside = np.zeros(len(table), bool)
-                for im, (_, _, px, py, _) in zip(found, _sky_positions(found, coords,
-                                                                       frames[j])):
-                    if (im.band or "unknown") in plan:
-                        inside |= _margins(im, px, py) >= -TILE_MARGIN_PIXELS
-                keep[np.unique(np.flatnonzero(inside) // partition_size), j] = True
+            used = [(j, im, frame) for j, found in enumerate(parsed)
+                    for im, frame in zip(found, frames[j]) if (im.band or "unknown") in plan]
+            centres, cos_radius, usable = _tile_cones([im for _, im, _ in used],
+                                                      [frame for _, _, frame in used], coords)
+            sky = coords.represent_as("unitspherical")
+            hit = _cones_hit(_unit_vectors(sky.lon.deg, sky.lat.deg), centres[usable],
+                             cos_radius[usable], partition_size)
+            owner = np.array([j for j, _, _ in used], int)
+            keep[:, owner[~usable]] = True
+            for column, j in zip(hit.T, owner[usable]):
+                keep[:, j] |= column
             files = {im.name.split("[")[0] for band in plan for im in groups[band]}
     except Exception:  # noqa: BLE001 - the partitions refuse it, as before
         return None

@@ -3771,8 +3771,11 @@ def test_annotate_dask_sends_each_partition_its_tiles(optical_model, tmp_path, m
 
     paths, w = _mosaic_files(tmp_path)
     rng = np.random.default_rng(3)
-    pix = np.vstack([rng.uniform(0, 179, (40, 2)),
-                     [[59.5, 30], [119.5, 119.5], [400, 400], [30, 30]]])  # boundaries, off
+    pix = rng.uniform(0, 179, (40, 2))
+    # in rows of tiles (as a catalogue sorted by declination: a partition's sources lie on a
+    # few tiles), then boundaries and off
+    pix = np.vstack([pix[np.argsort(pix[:, 1])], [[59.5, 30], [119.5, 119.5], [400, 400],
+                                                   [30, 30]]])
     cat = catalogue(w, pix)
     cat["ra"][-1] = np.nan
     if how == "dict":  # r: the first row of tiles only
@@ -3810,6 +3813,88 @@ def test_annotate_dask_sends_each_partition_its_tiles(optical_model, tmp_path, m
     with warns_bad_positions(1, 4):  # the lazy partitions: the same rows
         lazy = dask.compute(*parts, scheduler="synchronous")
     np.testing.assert_array_equal(np.concatenate([t["opt_flags"] for t in lazy]), flags)
+
+
+@pytest.mark.parametrize("how", ["tan", "sip", "galactic"])
+def test_annotate_dask_sends_rotated_tiles_to_the_sources_at_their_corners(optical_model,
+                                                                          tmp_path,
+                                                                          monkeypatch, how):
+    """A tile rotated on the sky and not square (its border curved by SIP distortion, or
+    not; in Galactic coordinates for an ICRS catalogue, or not) goes to the partitions of
+    the sources just inside each of its corners, and of one just outside a corner (within
+    the one-pixel margin), not to that of a source far off it; placed by the tiles'
+    bounding cones, without transforming every source into every tile on the caller's
+    machine; the same result, bit for bit, as annotate."""
+    pytest.importorskip("dask")
+    import astromorph._dask as adask
+
+    w = sky_wcs(200, rot=35, sip=how == "sip")
+    if how == "galactic":
+        w.wcs.ctype, w.wcs.crval = ["GLON-TAN", "GLAT-TAN"], [236.0, 42.0]
+    img = blobs(200, count=60)
+    paths = [str(tmp_path / "far.fits"), str(tmp_path / "tile.fits")]
+    far = sky_wcs(60, crval=(10.0, 2.2))  # the first file: sent to every partition
+    fits.writeto(paths[0], blobs(60), far.to_header())
+    tile = w.deepcopy()  # rows 70-109, columns 50-139 of the rotated (distorted) image
+    tile.wcs.crpix = [w.wcs.crpix[0] - 50, w.wcs.crpix[1] - 70]
+    tile = WCS(tile.to_header(relax=True))  # (its SIP about its own CRPIX, as read)
+    fits.writeto(paths[1], img[70:110, 50:140], tile.to_header(relax=True))
+    corners = [(-0.4, -0.4), (89.4, 39.4), (-0.4, 39.4), (89.4, -0.4)]  # on the tile
+    outside = [(-0.6, -0.6), (89.6, 39.6), (-1.4, -1.4), (-2.0, 40.0)]  # off, just
+    pix = np.array(corners + outside + [(-30.0, -30.0), (45.0, 20.0)])
+    sky = tile.pixel_to_world(*pix.T).icrs
+    cat = Table({"id": np.arange(len(pix)), "ra": sky.ra.deg, "dec": sky.dec.deg})
+    ref = astromorph.annotate(cat, paths, model=optical_model)
+    flags = np.asarray(ref["opt_flags"])
+    assert not np.any(flags[:4] & Flag.OFF_IMAGE) and np.all(flags[4:9] & Flag.OFF_IMAGE)
+    transformed = []
+
+    def world_to_pixel(self, lon, lat):
+        transformed.append(np.size(lon))
+        return to_pixel(self, lon, lat)
+    to_pixel = SkyImage.world_to_pixel
+    monkeypatch.setattr(SkyImage, "world_to_pixel", world_to_pixel)
+    per_partition, files = adask._partition_images(cat, paths, optical_model, {},
+                                                   list(range(len(cat))), 1)
+    assert transformed == [] and files == set(paths)  # no source placed here
+    for k, (images, bands) in enumerate(per_partition):
+        assert bands is None and images[0] == paths[0]
+        assert (paths[1] in images) == (k != 8), k  # all but the source far off the corner
+    with pytest.warns(UnusableInputWarning, match=r"no source lies on the images.*\(in 5 of "
+                                                  r"10 Dask partitions\)"):
+        out = astromorph.annotate_dask(cat, paths, model=str(optical_model.path),
+                                       partition_size=1, scheduler="threads")
+    assert out.colnames == ref.colnames and out.meta == ref.meta
+    for name in ref.colnames:
+        np.testing.assert_array_equal(np.ma.getdata(out[name]), np.ma.getdata(ref[name]))
+        np.testing.assert_array_equal(np.ma.getmaskarray(out[name]),
+                                      np.ma.getmaskarray(ref[name]))
+
+
+def test_annotate_dask_sends_all_sky_and_wide_tiles_to_every_partition():
+    """An image whose border does not bound it on the sky (an all-sky map: its corners off
+    the projection, or a cone wider than `CONE_MAX_RADIUS_DEG`) has no usable cone: it goes
+    to every partition, which places its sources exactly; a small tile has one, holding
+    its corners."""
+    from astropy.coordinates import ICRS
+
+    import astromorph._dask as adask
+
+    def image(ctype, shape, cdelt, crval=(150.0, 2.2)):
+        w = WCS(naxis=2)
+        w.wcs.ctype, w.wcs.crval = [f"RA---{ctype}", f"DEC--{ctype}"], list(crval)
+        w.wcs.cdelt, w.wcs.crpix = [-cdelt, cdelt], [shape[1] / 2 + 0.5, shape[0] / 2 + 0.5]
+        return SkyImage(np.zeros(shape, np.float32), w)
+    images = [image("CAR", (180, 360), 1.0, (0, 0)), image("AIT", (180, 360), 1.0, (0, 0)),
+              image("TAN", (400, 400), 0.1), image("TAN", (400, 400), 1e-4)]
+    coords = SkyCoord([150.0], [2.2], unit="deg")
+    centres, cos_radius, usable = adask._tile_cones(images, [ICRS()] * 4, coords)
+    assert usable.tolist() == [False, False, False, True]
+    corner = images[3].wcs.pixel_to_world(-1.4, -1.4)  # within the margin of a pixel
+    vector = adask._unit_vectors(corner.ra.deg, corner.dec.deg)
+    assert vector @ centres[3] >= cos_radius[3]
+    # and not much wider than the tile: 400 pixels of 1e-4 deg, a half-diagonal of 0.028 deg
+    assert np.degrees(np.arccos(cos_radius[3])) < 1.05 * 0.04 * np.sqrt(2) / 2
 
 
 def test_annotate_dask_sends_every_image_where_they_cannot_be_read_here(optical_model,
