@@ -2748,3 +2748,29 @@ def test_mixture_state_messages_name_the_field_and_value():
         assert type(again.explained_variance_ratio_) is float
     with pytest.raises(InvalidArgumentError, match="explained_variance_ratio.*True"):
         GaussianMixture.from_dict({**state, "explained_variance_ratio": True})
+
+
+def test_mixture_chooses_k_on_a_subset_then_fits_it_on_all_rows(monkeypatch):
+    """Without n_components, the BIC sweep runs on at most max_select_rows of the fitted
+    rows (a sweep over 11 k on 100,000 rows took many minutes), then the chosen k is fitted
+    on all of them; a table no larger than max_select_rows is fitted as before."""
+    from astromorph.embeddings import _mixture
+
+    x, y = blobs(n_per=150, k=3, d=16)
+    seen = []
+    em = _mixture.GaussianMixture._em
+
+    def counting(self, z, k, rng):
+        seen.append((len(z), k))
+        return em(self, z, k, rng)
+
+    monkeypatch.setattr(_mixture.GaussianMixture, "_em", counting)
+    gmm = GaussianMixture(k_range=range(2, 6), max_select_rows=200, n_init=2, n_pca=4).fit(x)
+    assert gmm.n_components_ == 3 and sorted(gmm.bic_) == [2, 3, 4, 5]
+    assert seen[:8] == [(200, k) for k in (2, 3, 4, 5) for _ in range(2)]
+    assert seen[8:] == [(450, 3), (450, 3)]  # the chosen k, on all the rows
+    assert nmi(gmm.predict(x), y) > 0.95
+    seen.clear()
+    whole = GaussianMixture(k_range=range(2, 6), n_init=2, n_pca=4).fit(x)  # 450 <= 20,000
+    assert {n for n, _ in seen} == {450} and len(seen) == 8
+    assert whole.n_components_ == 3

@@ -471,6 +471,26 @@ def test_stage0_option_keeps_v11_layout(train_radio):
     assert train_radio._arch_option(args) == hires.arch
 
 
+def test_peak_norm_option_divides_each_stamp_by_its_maximum(train_radio):
+    """``--peak-norm`` (candidate v1.6) makes the network's first operation divide each
+    stamp by its own maximum: the output does not change when a stamp is scaled, a blank
+    stamp stays finite, and the option is recorded in the arch and the card's command;
+    without it the network is v1.1's."""
+    import torch
+
+    net = train_radio._make_net({"stage4": 8, "peak_norm": True}).eval()
+    assert net.arch == {"stage4": 8, "peak_norm": True}
+    assert not train_radio._make_net({"stage4": 8}).peak_norm
+    x = torch.rand(3, 1, 128, 128)
+    with torch.no_grad():
+        torch.testing.assert_close(net(x * 0.3), net(x), rtol=1e-5, atol=1e-5)
+        assert torch.isfinite(net(torch.zeros(1, 1, 128, 128))).all()
+    args = train_radio.argparse.Namespace(stage4=8, peak_norm=True)
+    assert train_radio._arch_option(args) == net.arch
+    record = {"arch": {"stage4": 256, "peak_norm": True}, "threads": 2}
+    assert train_radio._train_options(record) == " --peak-norm --threads 2"
+
+
 def test_card_command_repeats_the_run(train_radio):
     """The card's train command is built from the run's recorded options: the shipped v1.1
     (all defaults, 2 threads) keeps its command, and a v1.0-like run names every option."""
