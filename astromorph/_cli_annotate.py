@@ -10,8 +10,7 @@ def _read_catalogue(path, what="catalogue"):
 
     from astropy.table import QTable
 
-    from ._io import (check_input_file, plain_votable_columns, restore_parquet_shapes,
-                      table_format)
+    from ._io import check_input_file, plain_votable_columns, read_parquet, table_format
     from .exceptions import InputError
 
     path = os.fspath(check_input_file(path, what))  # a missing file, not its extension
@@ -22,11 +21,12 @@ def _read_catalogue(path, what="catalogue"):
     try:
         if fmt == "ascii.csv":
             return QTable.read(path, format="ascii.csv")
+        if fmt == "parquet":  # array columns in one piece, the rows of stamp columns reshaped
+            return read_parquet(path)
         table = QTable.read(path, format=fmt)
         if fmt == "votable":  # its text and variable-length arrays as plain columns
             return plain_votable_columns(table)
-        # astropy reads the rows of a Parquet stamp column flattened
-        return restore_parquet_shapes(table, path) if fmt == "parquet" else table
+        return table
     except (OSError, ValueError, csv.Error) as exc:
         raise InputError(f"{what} {path!r} cannot be read: {exc}") from exc
     finally:

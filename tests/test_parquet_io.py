@@ -1,0 +1,228 @@
+"""Parquet tables: numeric array columns (an embedding) written and read as one flat buffer.
+
+astropy's own Parquet code turns a ``(N, 256)`` column into N numpy arrays to write it
+(``np.split``) and N arrays back to read it (``np.stack``): 35 s and 18 s for a million
+embeddings. astromorph writes and reads such columns through pyarrow in one piece, in the
+layout astropy writes (fixed-size lists, the same header), so that files read the same by
+astropy, pandas and pyarrow, and old files read the same by astromorph.
+"""
+import warnings
+
+import numpy as np
+import pytest
+
+pa = pytest.importorskip("pyarrow")
+pq = pytest.importorskip("pyarrow.parquet")
+pytest.importorskip("pandas")
+
+import astropy.io.misc.parquet as astropy_parquet  # noqa: E402
+import astropy.units as u  # noqa: E402
+from astropy.table import Column, MaskedColumn, QTable, Table  # noqa: E402
+from astropy.time import Time  # noqa: E402
+
+from astromorph._io import read_parquet, restore_parquet_shapes, write_table  # noqa: E402
+from astromorph.exceptions import LossyOutputWarning  # noqa: E402
+
+
+def _tables():
+    """{name: table} of the kinds of columns an astromorph table holds."""
+    rng = np.random.default_rng(3)
+    n = 7
+    emb = rng.normal(size=(n, 5)).astype(np.float32)
+    tables = {}
+    t = QTable({"id": np.arange(n), "embedding": emb},
+               meta={"astromorph_model": "embedding", "n": 3, "comments": ["a", "b"]})
+    t["embedding"].info.description = "unit vector"
+    t["embedding"].unit = "pix"
+    t["embedding"].info.format = ".3f"
+    t["embedding"].info.meta = {"ucd": "meta.code"}
+    tables["plain"] = t
+    t = QTable({"name": np.array(["a", "bcd", "é"] + ["x"] * (n - 3)),
+                "ra": np.linspace(0, 1, n) * u.deg,
+                "embedding": MaskedColumn(emb, mask=np.zeros(emb.shape, bool)),
+                "vec64": MaskedColumn(rng.normal(size=(n, 3)),
+                                      mask=rng.random((n, 3)) < 0.3),
+                "flags": rng.random((n, 4)) < 0.5,
+                "counts": rng.integers(-5, 5, size=(n, 2)).astype(np.int16),
+                "u8": rng.integers(0, 255, size=(n, 3)).astype(np.uint8),
+                "score": MaskedColumn(rng.random(n), mask=[1, 0] * 3 + [0]),
+                "q": rng.random((n, 2)) * u.mJy,
+                "when": Time(58000 + rng.random((n, 2)), format="mjd"),
+                "labels": np.array([["a", "b"]] * n)},
+               meta={"k": {"nested": [1, 2]}})
+    t["vec64"].info.description = "masked vectors"
+    t["vec64"].unit = "m"
+    tables["mixed"] = t
+    tables["cube"] = QTable({"id": np.arange(n), "stamp": rng.random((n, 3, 2, 4)),
+                             "cube": MaskedColumn(np.ones((n, 2, 2), np.float32),
+                                                  mask=np.eye(2, dtype=bool)[None].repeat(n, 0))})
+    tables["only_vector"] = QTable({"embedding": emb[:, :2]})
+    tables["zero_rows"] = QTable({"id": np.zeros(0, np.int64),
+                                  "embedding": np.zeros((0, 4), np.float32),
+                                  "m": MaskedColumn(np.zeros((0, 2)), mask=np.zeros((0, 2), bool))},
+                                 meta={"n": 0})
+    tables["no_vector"] = QTable({"id": [1, 2], "x": MaskedColumn([1.0, 2.0], mask=[0, 1])})
+    return tables
+
+
+def _write_quietly(table, path):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", LossyOutputWarning)  # (3-D columns are flattened)
+        write_table(table, path)
+
+
+def _astropy_read(path):
+    """How astromorph read a Parquet file before: astropy, then the shapes restored."""
+    return restore_parquet_shapes(QTable.read(path, format="parquet"), path)
+
+
+def assert_tables_equal(got, want):
+    """Same columns, classes, dtypes, shapes, values, masks, units, descriptions, formats,
+    column meta and table meta."""
+    assert got.colnames == want.colnames
+    assert dict(got.meta) == dict(want.meta)
+    assert list(got.meta) == list(want.meta)
+    for name in want.colnames:
+        g, w = got[name], want[name]
+        assert type(g) is type(w), (name, type(g), type(w))
+        assert g.shape == w.shape, name
+        if isinstance(w, Time):
+            assert np.array_equal(g.jd1, w.jd1) and np.array_equal(g.jd2, w.jd2), name
+            continue
+        assert g.dtype.newbyteorder("=") == w.dtype.newbyteorder("="), name
+        assert np.array_equal(np.ma.getmaskarray(g), np.ma.getmaskarray(w)), name
+        gv, wv = np.ma.getdata(g), np.ma.getdata(w)
+        if isinstance(w, u.Quantity):
+            assert g.unit == w.unit, name
+            gv, wv = g.value, w.value
+        assert np.array_equal(np.asarray(gv), np.asarray(wv)), name
+        for attr in ("unit", "description", "format", "meta"):
+            assert getattr(g.info, attr) == getattr(w.info, attr), (name, attr)
+
+
+@pytest.mark.parametrize("kind", list(_tables()))
+def test_round_trip(tmp_path, kind):
+    """write_table then read_parquet gives the table back, 3-D shapes included."""
+    table = _tables()[kind]
+    _write_quietly(table, tmp_path / "t.parquet")
+    back = read_parquet(tmp_path / "t.parquet")
+    assert isinstance(back, QTable)
+    # astropy reads a MaskedColumn with nothing masked as a MaskedColumn, a plain unitless
+    # column of a QTable as a Column: compare with what the old reading gave
+    assert_tables_equal(back, _astropy_read(tmp_path / "t.parquet"))
+    for name in table.colnames:
+        want = table[name]
+        if isinstance(want, Time):
+            assert np.array_equal(back[name].mjd, want.mjd)
+            continue
+        assert back[name].shape == want.shape
+        assert np.array_equal(np.ma.getmaskarray(back[name]), np.ma.getmaskarray(want))
+        assert np.array_equal(np.ma.getdata(back[name]), np.ma.getdata(want))
+    assert dict(back.meta) == dict(table.meta)
+
+
+@pytest.mark.parametrize("kind", list(_tables()))
+def test_new_files_are_the_files_astropy_writes(tmp_path, kind):
+    """The columns, types and header of a file write_table writes are those of the file
+    astropy's Table.write writes: any reader of the old files reads the new ones."""
+    table = _tables()[kind]
+    _write_quietly(table, tmp_path / "new.parquet")
+    table.write(tmp_path / "old.parquet", format="parquet")
+    new, old = pq.read_table(tmp_path / "new.parquet"), pq.read_table(tmp_path / "old.parquet")
+    assert new.schema.equals(old.schema, check_metadata=True), (new.schema, old.schema)
+    assert new.equals(old, check_metadata=True)
+    # and plain astropy reads the new file as the old one
+    assert_tables_equal(QTable.read(tmp_path / "new.parquet"),
+                        QTable.read(tmp_path / "old.parquet"))
+    assert_tables_equal(Table.read(tmp_path / "new.parquet"),
+                        Table.read(tmp_path / "old.parquet"))
+
+
+@pytest.mark.parametrize("kind", list(_tables()))
+def test_old_files_read_as_before(tmp_path, kind):
+    """A file astropy wrote (astromorph's writing until now) reads as astropy + the shapes
+    restored read it."""
+    table = _tables()[kind]
+    table.write(tmp_path / "old.parquet", format="parquet")
+    assert_tables_equal(read_parquet(tmp_path / "old.parquet"),
+                        _astropy_read(tmp_path / "old.parquet"))
+
+
+def test_pandas_and_pyarrow_read_new_files(tmp_path):
+    table = _tables()["mixed"]
+    write_table(table, tmp_path / "t.parquet")
+    import pandas as pd
+
+    frame = pd.read_parquet(tmp_path / "t.parquet")
+    assert np.array_equal(np.stack(frame["embedding"]), table["embedding"].data)
+    assert np.array_equal(np.stack(frame["vec64.mask"]), table["vec64"].mask)
+    arrow = pq.read_table(tmp_path / "t.parquet")["embedding"].combine_chunks()
+    assert np.array_equal(arrow.flatten().to_numpy().reshape(-1, 5), table["embedding"].data)
+
+
+def test_reads_row_groups_and_slices(tmp_path):
+    """A file of several row groups (pyarrow's writer with a small row_group_size, as other
+    tools write them) reads as astropy reads it."""
+    table = _tables()["mixed"]
+    table.write(tmp_path / "one.parquet", format="parquet")
+    arrow = pq.read_table(tmp_path / "one.parquet")
+    pq.write_table(arrow.slice(1), tmp_path / "groups.parquet", row_group_size=2)
+    assert pq.ParquetFile(tmp_path / "groups.parquet").num_row_groups == 3
+    assert_tables_equal(read_parquet(tmp_path / "groups.parquet"),
+                        _astropy_read(tmp_path / "groups.parquet"))
+
+
+def test_null_vectors_fall_back_to_astropy(tmp_path):
+    """A fixed-size list column with null rows (astropy never writes one) is left to
+    astropy, which fails on it as before, not read as garbage."""
+    arr = pa.array([[1.0, 2.0], None, [3.0, 4.0]], type=pa.list_(pa.float64(), 2))
+    pq.write_table(pa.table({"v": arr, "id": [1, 2, 3]}), tmp_path / "nulls.parquet")
+    try:
+        want = _astropy_read(tmp_path / "nulls.parquet")
+    except Exception as exc:  # noqa: BLE001 - astropy's np.stack of None
+        with pytest.raises(type(exc)):
+            read_parquet(tmp_path / "nulls.parquet")
+    else:
+        assert_tables_equal(read_parquet(tmp_path / "nulls.parquet"), want)
+
+
+def test_read_vectors_are_writable_views_of_one_buffer(tmp_path):
+    """The embedding comes back as one contiguous, writable array (not N arrays stacked)."""
+    table = _tables()["plain"]
+    write_table(table, tmp_path / "t.parquet")
+    emb = read_parquet(tmp_path / "t.parquet")["embedding"]
+    assert emb.flags.c_contiguous and emb.flags.writeable
+    emb[0, 0] = 42 * u.pix  # a catalogue's column can be changed in place, as before
+    assert emb[0, 0].value == 42
+
+
+class _NoRowByRow:
+    """numpy as astropy's parquet module sees it, with the per-row paths refused."""
+
+    def __getattr__(self, name):
+        if name in ("split", "stack"):
+            raise AssertionError(f"astropy's per-row np.{name} was used")
+        return getattr(np, name)
+
+
+def test_vector_columns_do_not_go_row_by_row(tmp_path, monkeypatch):
+    """Writing and reading numeric array columns bypasses astropy's np.split / np.stack of
+    one array per row; the other columns still go through astropy's code."""
+    table = _tables()["mixed"]
+    del table["labels"]  # a text array column is left to astropy, row by row
+    monkeypatch.setattr(astropy_parquet, "np", _NoRowByRow())
+    write_table(table, tmp_path / "t.parquet")
+    back = read_parquet(tmp_path / "t.parquet")
+    monkeypatch.undo()
+    assert_tables_equal(back, _astropy_read(tmp_path / "t.parquet"))
+
+
+def test_astropy_reads_3d_columns_flattened_from_new_files(tmp_path):
+    """As before: plain astropy reads a 3-D column's rows flattened (the warning says so),
+    astromorph restores the shape."""
+    table = _tables()["cube"]
+    with pytest.warns(LossyOutputWarning, match="stamp"):
+        write_table(table, tmp_path / "t.parquet")
+    assert Table.read(tmp_path / "t.parquet")["stamp"].shape == (7, 24)
+    assert read_parquet(tmp_path / "t.parquet")["stamp"].shape == (7, 3, 2, 4)
+    assert isinstance(read_parquet(tmp_path / "t.parquet")["id"], Column)
