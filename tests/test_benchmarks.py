@@ -180,6 +180,21 @@ def test_bench_write():
                 "ECSV of 300 rows, five float columns:", "(identical bytes)")
 
 
+def test_bench_parquet(tmp_path):
+    pytest.importorskip("pyarrow")
+    pytest.importorskip("pandas")
+    out = run_script("benchmarks/bench_parquet.py", "--rows", 50, "--dim", 8)
+    check_lines(out, "Parquet of 50 rows, a (50, 8) float32 embedding", "  write: astropy ",
+                "  read: astropy ", "same file as Table.write writes: True",
+                "same table as QTable.read gives: True")
+    one = run_script("benchmarks/bench_parquet.py", "--rows", 20, "--dim", 4, "--only",
+                     "write-astromorph", "--file", tmp_path / "t.parquet")
+    check_lines(one, "write-astromorph: ")
+    for step in ("read-astropy", "read-astromorph"):
+        check_lines(run_script("benchmarks/bench_parquet.py", "--only", step, "--file",
+                               tmp_path / "t.parquet"), f"{step}: ")
+
+
 def test_bench_radio_preprocessing():
     out = run_script("benchmarks/bench_radio_preprocessing.py", "--n", 6, "--repeats", 1)
     check_lines(out, "6 float32 stamps of 300 x 300", "identical rms and uint8: True",
