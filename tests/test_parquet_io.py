@@ -226,3 +226,23 @@ def test_astropy_reads_3d_columns_flattened_from_new_files(tmp_path):
     assert Table.read(tmp_path / "t.parquet")["stamp"].shape == (7, 24)
     assert read_parquet(tmp_path / "t.parquet")["stamp"].shape == (7, 3, 2, 4)
     assert isinstance(read_parquet(tmp_path / "t.parquet")["id"], Column)
+
+
+@pytest.mark.parametrize("chunk", [1, 12, 60])
+def test_row_groups_and_batches_of_any_size(tmp_path, monkeypatch, chunk):
+    """Written in row groups and read in batches of about ``_PARQUET_CHUNK_VALUES`` array
+    values (a row at a time, a few rows, more than a row group): the same file contents and
+    the same table."""
+    import astromorph._io
+
+    monkeypatch.setattr(astromorph._io, "_PARQUET_CHUNK_VALUES", chunk)
+    table = _tables()["mixed"]
+    write_table(table, tmp_path / "new.parquet")
+    table.write(tmp_path / "old.parquet", format="parquet")
+    groups = pq.ParquetFile(tmp_path / "new.parquet").num_row_groups
+    assert groups == (7 if chunk < 60 else 4)  # each row holds 26 array values
+    assert pq.read_table(tmp_path / "new.parquet").equals(pq.read_table(tmp_path / "old.parquet"),
+                                                          check_metadata=True)
+    for name in ("new", "old"):
+        assert_tables_equal(read_parquet(tmp_path / f"{name}.parquet"),
+                            _astropy_read(tmp_path / "old.parquet"))
