@@ -904,13 +904,20 @@ def _write_parquet(table, path):
 
 
 def _serialized_names(spec):
-    """The names of the columns of serialized mixin ``spec`` (a Time's jd1 and jd2)."""
+    """The names of the columns of serialized mixin ``spec`` (a Time's jd1 and jd2).
+
+    As astropy's ``_construct_mixin_from_columns`` reads ``spec``: a column is a
+    ``SerializedColumn`` with a name, one without a name a mixin within (a SkyCoord's RA);
+    other dicts (the column's ``__info__``: a meta that may hold a key 'name') are none."""
+    from astropy.table.serialize import SerializedColumn
+
     names = []
-    for key, value in spec.items():
-        if isinstance(value, dict):
-            names.extend(_serialized_names(value))
-        elif key == "name":
-            names.append(value)
+    for value in spec.values():
+        if isinstance(value, SerializedColumn):
+            if "name" in value:
+                names.append(value["name"])
+            else:
+                names.extend(_serialized_names(value))
     return names
 
 

@@ -246,3 +246,19 @@ def test_row_groups_and_batches_of_any_size(tmp_path, monkeypatch, chunk):
     for name in ("new", "old"):
         assert_tables_equal(read_parquet(tmp_path / f"{name}.parquet"),
                             _astropy_read(tmp_path / "old.parquet"))
+
+
+
+def test_mixin_meta_holding_a_name_key(tmp_path):
+    """The meta of a time or quantity column, which astropy's header records beside the
+    names of its serialized columns, names no column: a meta {'name': 'id'} does not drop
+    the column 'id' (astropy itself reads it, out of its place; a name that no column has
+    makes astropy's reader fail, and so read_parquet, which reads such columns with it)."""
+    rng = np.random.default_rng(5)
+    table = QTable({"when": Time(58000 + rng.random(4), format="mjd"),
+                    "embedding": rng.random((4, 3)).astype(np.float32), "id": np.arange(4),
+                    "q": rng.random((4, 2)) * u.deg})
+    table["when"].info.meta = {"name": "id", "deeper": {"name": "id"}}
+    table["q"].info.meta = {"name": "id"}
+    write_table(table, tmp_path / "t.parquet")
+    assert_tables_equal(read_parquet(tmp_path / "t.parquet"), table)
