@@ -959,6 +959,8 @@ def read_parquet(path):
     group = {name: name for name in schema.names}  # column -> the table column it makes
     for full, spec in serialized.items():
         for name in _serialized_names(spec):
+            if name not in group:  # (a column dropped, its header kept: astropy's error)
+                return read_by_astropy()
             group[name] = full
     order = list(dict.fromkeys(group.values()))
     flat = {full for full in order

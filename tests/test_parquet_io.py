@@ -262,3 +262,16 @@ def test_mixin_meta_holding_a_name_key(tmp_path):
     table["q"].info.meta = {"name": "id"}
     write_table(table, tmp_path / "t.parquet")
     assert_tables_equal(read_parquet(tmp_path / "t.parquet"), table)
+
+
+@pytest.mark.parametrize("drop", [["vec64.mask"], ["when.jd1", "when.jd2"]])
+def test_header_naming_columns_the_file_lacks(tmp_path, drop):
+    """A file whose header names serialized columns that it lacks (columns dropped with
+    pyarrow, the header kept) fails as astropy fails on it (a ValueError, which the
+    commands report as a table that cannot be read), not with a KeyError."""
+    _write_quietly(_tables()["mixed"], tmp_path / "t.parquet")
+    pq.write_table(pq.read_table(tmp_path / "t.parquet").drop(drop), tmp_path / "d.parquet")
+    with pytest.raises(ValueError) as astropy_error:
+        _astropy_read(tmp_path / "d.parquet")
+    with pytest.raises(type(astropy_error.value)):
+        read_parquet(tmp_path / "d.parquet")
