@@ -14,7 +14,9 @@ Its pixel centres are mapped into the image in one go:
    four more points per stamp: a stamp where they differ by more than
    `NODE_TOLERANCE_PIXELS` pixel (the image's, or the stamp's where these are
    coarser: one across the longitude seam of an all-sky map, whose pixels lie
-   on both edges of the image) is mapped pixel by pixel;
+   on both edges of the image), or where some of them, not all, lie past the
+   limb of a SIN or other bounded projection, is mapped pixel by pixel (its
+   pixels past the limb are outside the image);
 3. the image is sampled by bilinear interpolation, as ``reproject_interp``
    does, with a vectorised gather of the four neighbours from the flat,
    memory-mapped data; where a stamp pixel covers several image pixels the
@@ -574,7 +576,7 @@ def _pixel_maps(image, lon, lat, size, scale_arcsec, up_angle):
     """Image pixel coordinates (x, y) of every stamp pixel, two (N, size, size) arrays as
     one (2, N, size, size) array; the zoom (image rows and columns per stamp pixel, (N, 2));
     and which stamps were mapped pixel by pixel (N,), their nodes failing
-    `NODE_TOLERANCE_PIXELS`."""
+    `NODE_TOLERANCE_PIXELS` or some of them, not all, past the limb of the projection."""
     c = (size - 1) / 2.0
     # nodes at -1, 0, 1 (corners, edge mid-points, centre), then the four check points
     # half-way between them, at -1/2 and 1/2 along both axes
@@ -603,7 +605,12 @@ def _pixel_maps(image, lon, lat, size, scale_arcsec, up_angle):
         per = np.maximum(np.nan_to_num(zoom, nan=1.0), 1.0)[:, :, None, None]
         miss = np.hypot((w_check @ nx @ w_check.T - px[:, 9:].reshape(-1, 2, 2)) / per[:, 1],
                         (w_check @ ny @ w_check.T - py[:, 9:].reshape(-1, 2, 2)) / per[:, 0])
-        exact = (miss > NODE_TOLERANCE_PIXELS).any(axis=(1, 2))  # NaN: past the limb
+        exact = (miss > NODE_TOLERANCE_PIXELS).any(axis=(1, 2))
+    # some of the 13 points past the limb of a SIN (or other bounded) projection, not all:
+    # the stamp is cut by the limb, its pixels on the image placed one by one (all of them
+    # past it: outside, whole, in `_bilinear`)
+    placed = np.isfinite(px) & np.isfinite(py)
+    exact |= placed.any(axis=1) & ~placed.all(axis=1)
     # interpolate offsets from the central node in float32 (exact enough, twice as fast)
     x0, y0 = nx[:, 1, 1, None, None], ny[:, 1, 1, None, None]
     weights = _lagrange3((np.arange(size) - c) / c if c else np.zeros(size)).astype(np.float32)
@@ -720,7 +727,8 @@ def _bilinear(image, xy, out=None, exact=None):
     border = np.concatenate([x[:, [0, -1], :].reshape(len(x), -1), x[:, :, [0, -1]].reshape(len(x), -1)], 1), \
         np.concatenate([y[:, [0, -1], :].reshape(len(y), -1), y[:, :, [0, -1]].reshape(len(y), -1)], 1)
     # NaN coordinates (where the projection cannot place a node: past the limb of a SIN
-    # image) are outside; interpolated from the nodes, they fill whole stamps
+    # image) are outside; interpolated from the nodes, they fill whole stamps (those with
+    # every check point past the limb; a stamp that the limb cuts is `exact`)
     unplaced = ~(np.isfinite(border[0]).all(1) & np.isfinite(border[1]).all(1))
     if exact is not None:  # (their pixels that the projection cannot place: one by one)
         unplaced &= ~exact
@@ -795,7 +803,7 @@ def cut_stamps(image, lon, lat, *, size, pixel_scale, up_angle=0.0, chunk=None,
         xy, z, exact = _pixel_maps(image, lon[sl], lat[sl], size, scale[sl], up_angle[sl])
         zoom[sl] = z.min(axis=1)
         # block factors (rows, columns): a handful of pyramid levels, not sources
-        # (NaN zoom: a stamp over the limb of the projection, outside the image anyway)
+        # (NaN zoom: a stamp past the limb of the projection, outside the image anyway)
         # (at most the image's rows and columns: a stamp pixel wider than the image, from an
         # absurd size, averages the whole image rather than padding it to the factor)
         factors = (np.clip(np.floor(np.nan_to_num(z, nan=1.0)), 1, image.shape).astype(int)

@@ -439,8 +439,9 @@ def test_stamp_over_the_limb_of_the_projection_is_outside(optical_model, tmp_pat
                                                           monkeypatch):
     """A source near the limb of a SIN image of a hemisphere has stamp pixels that the
     projection cannot place (NaN pixel coordinates): they count as outside the image (EDGE;
-    nothing left, so BAD_INPUT and masked), without a cast warning and without an
-    IndexError from the page-by-page sampling of scaled integers that stopped the batch."""
+    the half of the stamp on the image is kept and scored; a stamp wholly past the limb
+    is outside, whole), without a cast warning and without an IndexError from the
+    page-by-page sampling of scaled integers that stopped the batch."""
     import warnings
 
     from astromorph import _cutouts
@@ -454,8 +455,11 @@ def test_stamp_over_the_limb_of_the_projection_is_outside(optical_model, tmp_pat
     cat = Table({"ra": [89.99, 45.0], "dec": [0.0, 0.0]})
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        res = cut_stamps(SkyImage(img, w), cat["ra"], cat["dec"], size=SIZE, pixel_scale=3600)
-    assert res.outside.tolist() == [1, 0] and res.blank.tolist() == [0, 0]
+        res = cut_stamps(SkyImage(img, w), [89.99, 45.0, 120.0], [0.0, 0.0, 0.0],
+                         size=SIZE, pixel_scale=3600)
+    assert res.outside.tolist() == [0.5, 0, 1] and res.blank.tolist() == [0, 0, 0]
+    assert np.isfinite(res.stamps[0][:, SIZE // 2:]).all()
+    assert np.isnan(res.stamps[0][:, :SIZE // 2]).all() and np.isnan(res.stamps[2]).all()
     path = tmp_path / "sin.fits"
     hdu = fits.PrimaryHDU(img.astype(np.float64), header=w.to_header())
     hdu.scale("int16", bscale=1e-3)
@@ -463,8 +467,44 @@ def test_stamp_over_the_limb_of_the_projection_is_outside(optical_model, tmp_pat
     monkeypatch.setattr(_cutouts, "RESIDENT_MAX_BYTES", 0)       # sampled page by page
     out = astromorph.annotate(cat, str(path), model=optical_model, stamp_size=16 * u.deg)
     flags = np.asarray(out["opt_flags"])
-    assert flags[0] & Flag.EDGE and flags[0] & Flag.BAD_INPUT and out["opt_p_a"].mask[0]
+    assert flags[0] & Flag.EDGE and not flags[0] & Flag.unusable()
+    assert not out["opt_p_a"].mask[0]
     assert not flags[1] & Flag.unusable() and not out["opt_p_a"].mask[1]
+
+
+@pytest.mark.parametrize("ra0, dec0", [(84.0, 10.0), (86.0, -30.0), (40.0, 84.0)])
+def test_stamp_cut_by_the_limb_of_a_sin_image_keeps_its_placed_pixels(ra0, dec0):
+    """A stamp that the limb of a SIN image of a hemisphere cuts, some of its 3 x 3 nodes
+    past the limb (NaN pixel coordinates), was blanked whole, though part of it lies on the
+    image. Now it is mapped pixel by pixel: it equals ``reproject_interp``'s where that has
+    values, its pixels past the limb are NaN and count as outside (EDGE), the others not."""
+    reproject_interp = pytest.importorskip("reproject").reproject_interp
+    n = 400
+    w = WCS(naxis=2)
+    w.wcs.ctype = ["RA---SIN", "DEC--SIN"]
+    w.wcs.crval, w.wcs.crpix = [0.0, 0.0], [200.5, 200.5]
+    w.wcs.cdelt = [-57.3 / 199, 57.3 / 199]
+    yy, xx = np.mgrid[:n, :n]
+    ra, dec = w.wcs_pix2world(xx, yy, 0)  # NaN off the disk of the hemisphere
+    img = (2 + np.sin(np.radians(3 * ra)) * np.cos(np.radians(dec))).astype(np.float32)
+    side, scale = 24, 2400.0
+    res = cut_stamps(SkyImage(img, w), [ra0], [dec0], size=side, pixel_scale=scale,
+                     antialias=False)
+    o = WCS(naxis=2)
+    o.wcs.ctype = ["RA---TAN", "DEC--TAN"]
+    o.wcs.crval, o.wcs.crpix = [ra0, dec0], [(side + 1) / 2] * 2
+    o.wcs.cdelt = [-scale / 3600, scale / 3600]
+    ref = reproject_interp((img, w), o, shape_out=(side, side), order="bilinear")[0]
+    # the stamp pixels that the projection places
+    sy, sx = np.mgrid[:side, :side]
+    placed = np.isfinite(w.world_to_pixel(o.pixel_to_world(sx, sy))[0])
+    assert 0.2 < placed.mean() < 0.9
+    seen = np.isfinite(ref)
+    assert seen.sum() > 0.5 * placed.sum()  # (near the limb: NaN neighbours off the disk)
+    np.testing.assert_allclose(res.stamps[0][seen], ref[seen], rtol=0, atol=1e-4)
+    assert np.isnan(res.stamps[0][~placed]).all()
+    np.testing.assert_allclose(res.outside, 1 - placed.mean())
+    assert np.isfinite(res.zoom).all()
 
 
 def test_edge_stamps_are_blank_only_for_blank_pixels_inside_the_image(optical_model):
