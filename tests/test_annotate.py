@@ -3937,6 +3937,90 @@ def test_annotate_dask_sends_all_sky_and_wide_tiles_to_every_partition():
     assert np.degrees(np.arccos(cos_radius[3])) < 1.05 * 0.04 * np.sqrt(2) / 2
 
 
+@pytest.mark.parametrize("case", ["masked", "sexagesimal", "skycoord", "partial_band",
+                                  "duplicates", "empty"])
+def test_annotate_dask_share_of_tiles_keeps_annotates_result(optical_model, tmp_path,
+                                                            monkeypatch, case):
+    """With each partition sent only its share of a mosaic's tiles, annotate_dask gives
+    annotate's table bit for bit (every column, its mask, the flags and the table meta)
+    for a catalogue with masked RA/Dec, sexagesimal text positions, a SkyCoord column
+    (``coord_col``), bands of which one has a single tile over part of the sky,
+    duplicate rows, and no rows; and the same warnings."""
+    pytest.importorskip("dask")
+    import astromorph._dask as adask
+
+    paths, w = _mosaic_files(tmp_path, tiles=2)
+    rng = np.random.default_rng(5)
+    pix = rng.uniform(-5, 125, (14, 2))
+    cat = catalogue(w, pix[np.argsort(pix[:, 1])])
+    images, kwargs = paths, {}
+    if case == "masked":
+        for name, rows in (("ra", [1, 6]), ("dec", [6, 11])):
+            cat[name] = MaskedColumn(cat[name])
+            cat[name].mask[rows] = True
+    elif case == "sexagesimal":
+        sky = SkyCoord(cat["ra"], cat["dec"], unit="deg")
+        cat["ra"] = sky.ra.to_string(unit=u.hourangle, sep=":", precision=2, pad=True)
+        cat["dec"] = sky.dec.to_string(sep=":", precision=1, alwayssign=True, pad=True)
+        assert re.fullmatch(r"10:00:\d\d\.\d\d", cat["ra"][0])
+        assert re.fullmatch(r"\+02:\d\d:\d\d\.\d", cat["dec"][0])
+    elif case == "skycoord":
+        cat["pos"] = SkyCoord(cat["ra"], cat["dec"], unit="deg")
+        cat.rename_columns(["ra", "dec"], ["x_ra", "x_dec"])
+        kwargs["coord_col"] = "pos"
+    elif case == "partial_band":  # r: one tile, the last, over a quarter of the sky
+        images = {"g": paths, "r": paths[3:], "i": paths[::-1]}
+    elif case == "duplicates":
+        cat = cat[[0, 0, 3, 9, 9, 9, 3, 13, 13]]
+    else:
+        cat = cat[:0]
+    cat.meta["survey"] = "test"
+
+    def run(function, **kw):
+        with warnings.catch_warnings(record=True) as found:
+            warnings.simplefilter("always")
+            out = function(cat, images, **kwargs, **kw)
+        # annotate's warnings, each given once (the partitions' count of them cut off);
+        # a partition whose sources are all off the images says so of itself, as before
+        return out, sorted({(x.category.__name__, re.sub(r" \(in \d+ of \d+ Dask partitions\)$",
+                                                          "", str(x.message)))
+                            for x in found if not (function is astromorph.annotate_dask and
+                                                   str(x.message).startswith("no source lies"))})
+    ref, ref_warnings = run(astromorph.annotate, model=optical_model)
+    sent = []
+
+    def recording(table, images, *args, **kw):
+        sent.append(images)
+        return partition(table, images, *args, **kw)
+    partition = adask._annotate_partition
+    monkeypatch.setattr(adask, "_annotate_partition", recording)
+    out, out_warnings = run(astromorph.annotate_dask, model=str(optical_model.path),
+                            partition_size=3, scheduler="synchronous")
+    # each partition got its share of the tiles, not every one
+    count = (lambda s: sum(map(len, s.values()))) if isinstance(images, dict) else len
+    assert len(sent) == max(1, -(-len(cat) // 3)) and min(map(count, sent)) < count(images)
+    assert out_warnings == ref_warnings
+    assert len(out) == len(cat) and out.colnames == ref.colnames and out.meta == ref.meta
+    for name in ref.colnames:
+        if isinstance(ref[name], SkyCoord):
+            assert isinstance(out[name], SkyCoord) and out[name].frame.name == \
+                ref[name].frame.name
+            for a, b in ((out[name].ra, ref[name].ra), (out[name].dec, ref[name].dec)):
+                np.testing.assert_array_equal(a.deg, b.deg)
+            continue
+        assert out[name].dtype == ref[name].dtype, name
+        np.testing.assert_array_equal(np.ma.getdata(out[name]), np.ma.getdata(ref[name]))
+        np.testing.assert_array_equal(np.ma.getmaskarray(out[name]),
+                                      np.ma.getmaskarray(ref[name]))
+    if len(cat):
+        flags = np.asarray(ref["opt_flags"])
+        assert np.any(flags & Flag.OFF_IMAGE)
+        if case == "masked":
+            assert np.all(flags[[1, 6, 11]] & Flag.BAD_INPUT)
+        if case == "partial_band":
+            assert np.any(flags & Flag.MISSING_BAND)
+
+
 def test_annotate_dask_sends_every_image_where_they_cannot_be_read_here(optical_model,
                                                                          tmp_path):
     """An image that this machine cannot read (or place) goes to every partition, which
