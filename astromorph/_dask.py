@@ -105,7 +105,14 @@ def _warn_once(found, n_parts):
         for key in dict.fromkeys(part):  # a partition counts once per warning
             counts[key] = counts.get(key, 0) + 1
     for (message, category), k in counts.items():
+        if k < n_parts and message.startswith(_NONE_ON_IMAGES):
+            continue  # untrue of the table: the other partitions' sources lie on the images
         warn(f"{message} (in {k} of {n_parts} Dask partitions)", category)
+
+
+#: How `annotate`'s warning that not one source lies on the images begins: a statement about
+#: the whole table, given by annotate_dask only where every partition gives it.
+_NONE_ON_IMAGES = "no source lies on the images"
 
 
 #: `annotate_stamps` options that may hold one value per row of the table.
