@@ -2774,3 +2774,77 @@ def test_mixture_chooses_k_on_a_subset_then_fits_it_on_all_rows(monkeypatch):
     whole = GaussianMixture(k_range=range(2, 6), n_init=2, n_pca=4).fit(x)  # 450 <= 20,000
     assert {n for n, _ in seen} == {450} and len(seen) == 8
     assert whole.n_components_ == 3
+
+
+def _object_column(rows):
+    """A 1-d object array holding ``rows`` (arrays, lists or None) one per cell."""
+    out = np.empty(len(rows), object)
+    for i, r in enumerate(rows):
+        out[i] = r
+    return out
+
+
+def test_object_embedding_column_from_pandas_parquet(tmp_path, capsys):
+    """A Parquet file written by pandas (a column of per-row arrays, read by astropy as an
+    object column) was refused with "embeddings must be numbers, got object values"; its
+    vectors are now stacked, a None row (a null) being a masked row."""
+    pd = pytest.importorskip("pandas")
+    pytest.importorskip("pyarrow")
+    x, y = blobs(n_per=20, k=3, d=8)
+    rows = list(x)
+    rows[7] = None
+    path = tmp_path / "pandas.parquet"
+    pd.DataFrame({"id": np.arange(len(x)), "embedding": rows,
+                  "label": np.array(["a", "b", "c"])[y]}).to_parquet(path)
+    table = Table.read(path)
+    assert table["embedding"].dtype == object  # as the user gets it
+    out = tmp_path / "nn.ecsv"
+    assert main(["similar", str(path), "--query", "5", "-k", "4", "-o", str(out)]) == 0
+    xn = x.copy()
+    xn[7] = np.nan
+    ref = SimilarityIndex(xn)
+    assert Table.read(out)["row"].tolist() == ref.query(row=5, k=4)["row"].tolist()
+    assert main(["cluster", str(path), "-k", "3", "-o", str(tmp_path / "c.ecsv")]) == 0
+    clustered = Table.read(tmp_path / "c.ecsv")
+    assert clustered["cluster"].mask[7] and not clustered["cluster"].mask[:7].any()
+    assert main(["classify", str(path), "--labels", "label", "-o",
+                 str(tmp_path / "l.ecsv")]) == 0
+    # the Python API
+    index = SimilarityIndex.from_table(table)
+    assert index.vectors.dtype == np.float32 and not index.valid[7] and index.valid.sum() == 59
+    assert index.query(row=5, k=4)["row"].tolist() == ref.query(row=5, k=4)["row"].tolist()
+    some = [0, 1, 20, 21, 40, 41]
+    head = LabelHead().fit(table["embedding"][some], y[some])
+    assert (head.predict(x) == y).mean() > 0.95
+    assert head.annotate(table)["head_label"].mask.tolist() == [False] * 7 + [True] + \
+        [False] * 52
+    gmm = GaussianMixture(n_components=3, seed=0).fit(table["embedding"])
+    xn = x.copy()
+    xn[7] = np.nan
+    same = GaussianMixture(n_components=3, seed=0).fit(xn)
+    assert gmm.predict(x).tolist() == same.predict(x).tolist()
+    # a Table built from a list of arrays / lists, as a plain object array
+    obj = _object_column([list(map(float, v)) for v in x])
+    assert np.array_equal(SimilarityIndex(obj).vectors, SimilarityIndex(x).vectors)
+
+
+@pytest.mark.parametrize("cell, says", [
+    (np.zeros(5, np.float32), r"row 3 .*5 values.* 8"),
+    (["a"] * 8, r"row 3 .*not numbers"),
+    (np.zeros((2, 4)), r"row 3 .*shape \(2, 4\)"),
+    ("abcdefgh", r"row 3 "),
+    (3.0, r"row 3 .*not a vector"),
+])
+def test_object_embedding_column_refuses_bad_cells(cell, says):
+    """An object column whose cells are not all equal-length 1-d vectors of numbers is
+    refused with InputError naming the first such row and what it holds."""
+    x, _ = blobs(n_per=5, k=2, d=8)
+    rows = list(x)
+    rows[3] = cell
+    rows[6] = np.zeros(3)  # a later bad row: the first is named
+    table = Table({"embedding": _object_column(rows)})
+    for call in (lambda: SimilarityIndex.from_table(table),
+                 lambda: GaussianMixture(n_components=2).fit(table["embedding"]),
+                 lambda: LabelHead().fit(table["embedding"], np.arange(10) % 2)):
+        with pytest.raises(InputError, match=says):
+            call()

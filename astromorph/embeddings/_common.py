@@ -52,13 +52,99 @@ def finite_rows(x, *, chunk_rows=CHUNK_ROWS):
     return out
 
 
+def _vector_cells(embeddings):
+    """The cells of ``embeddings`` as a 1-d object array when it holds one vector (array or
+    list) per row: a 1-d object array or column whose first cell that is not None or masked
+    is no scalar, or a sequence numpy cannot make one array of (vectors of unequal length).
+    None otherwise (a numeric array, a single vector, scalars, no rows)."""
+    if isinstance(embeddings, np.ndarray):  # Column and MaskedColumn included
+        data = np.ma.getdata(embeddings)
+        if data.dtype != object or data.ndim != 1:
+            return None
+    else:
+        try:
+            if np.asarray(np.ma.getdata(embeddings)).dtype != object:
+                return None
+        except ValueError:  # ragged: numpy says "inhomogeneous shape"
+            pass
+        try:
+            data = np.empty(len(embeddings), object)
+            for i, cell in enumerate(embeddings):
+                data[i] = cell
+        except TypeError:  # no length: a scalar, left to the numeric path to refuse
+            return None
+    mask = np.ma.getmaskarray(embeddings) if np.ma.isMaskedArray(embeddings) else None
+    first = next((c for i, c in enumerate(data)
+                  if c is not None and (mask is None or not mask[i])), None)
+    return data if first is not None and np.ndim(first) > 0 else None
+
+
+def _cell_says(cell):
+    text = " ".join(repr(cell).split())  # one line
+    return text if len(text) <= 60 else f"{text[:57]}..."
+
+
+def _stack_cells(cells, mask, *, dtype, dim, chunk_rows=CHUNK_ROWS):
+    """A (N, D) float array from ``cells``, one 1-d numeric vector (array or list) a row;
+    None or masked cells (``mask``) become NaN rows. `InputError` naming the first row
+    holding something else (a scalar, a nested shape, no numbers, another length)."""
+    n = len(cells)
+    missing = np.zeros(n, bool) if mask is None else \
+        np.asarray(mask).reshape(n, -1).any(axis=1)
+    vectors, d, all32 = [None] * n, None, True
+    for i, cell in enumerate(cells):
+        if missing[i] or cell is None:
+            missing[i] = True
+            continue
+        try:
+            v = np.asarray(cell)
+        except ValueError:  # a ragged list of lists
+            raise InputError(f"embedding row {i} holds {_cell_says(cell)}, not a 1-d vector of "
+                             "numbers") from None
+        if v.ndim != 1:
+            what = "a scalar, not a vector" if v.ndim == 0 else \
+                f"an array of shape {v.shape}, not a 1-d vector"
+            raise InputError(f"embedding row {i} holds {_cell_says(cell)}: {what}")
+        if v.dtype.kind not in "iuf":
+            raise InputError(f"embedding row {i} holds {_cell_says(cell)}: {v.dtype} values, "
+                             "not numbers")
+        if d is None:
+            d = len(v)
+        elif len(v) != d:
+            raise InputError(f"embedding row {i} holds a vector of {len(v)} values, but the "
+                             f"rows before it hold {d}")
+        all32 &= v.dtype == np.float32
+        vectors[i] = v
+    if d is None:  # every row None or masked: the dimension is only known from ``dim``
+        if dim is None:
+            raise InputError(f"the embedding column holds no vectors (all {n} rows are "
+                             "masked or None)")
+        d = dim
+    if dtype is None:  # float32 vectors stay float32, as a float32 array does
+        dtype = np.float32 if all32 else np.float64
+    x = np.empty((n, d), dtype)
+    for s in range(0, n, chunk_rows):  # a block of rows at a time, straight into ``x``
+        block = x[s:s + chunk_rows]
+        have = ~missing[s:s + chunk_rows]
+        if have.all():
+            np.stack(vectors[s:s + chunk_rows], out=block, casting="unsafe")
+        else:
+            block[~have] = np.nan
+            for j in np.flatnonzero(have):
+                block[j] = vectors[s + j]
+    return x
+
+
 def embedding_matrix(embeddings, *, allow_masked=False, dtype=np.float64, dim=None):
     """A 2-d float array from an embedding column or array.
 
     Parameters
     ----------
     embeddings : array_like or Column, (N, D)
-        One vector (D,) is one row; no vectors (``[]``, or shape (0, 0)) are no rows.
+        One vector (D,) is one row; no vectors (``[]``, or shape (0, 0)) are no rows. Also
+        (N,) cells each holding a 1-d vector (array or list) of D numbers, e.g. the object
+        column of a Parquet file written by pandas: None or masked cells are masked rows,
+        any other cell raises `InputError` naming its row.
     allow_masked : bool
         Accept masked and non-finite rows (masked ones filled with NaN); otherwise
         raise `InvalidArgumentError` naming them.
@@ -71,14 +157,20 @@ def embedding_matrix(embeddings, *, allow_masked=False, dtype=np.float64, dim=No
     """
     mask = np.ma.getmaskarray(embeddings) if np.ma.isMaskedArray(embeddings) or \
         hasattr(embeddings, "mask") else None
+    cells = _vector_cells(embeddings)
+    if cells is not None:  # one array or list per row (pandas' Parquet, a list of arrays)
+        x = _stack_cells(cells, mask, dtype=dtype, dim=dim)
+        mask = None  # (masked and None rows are NaN rows of the new array)
+        embeddings = x
     try:
         if dtype is None:  # float32 / float64 kept (in their byte order), else float64
             kind = np.asarray(np.ma.getdata(embeddings)).dtype
             dtype = kind if kind.kind == "f" and kind.itemsize in (4, 8) else np.float64
         x = np.asarray(np.ma.getdata(embeddings), dtype=dtype)
     except (TypeError, ValueError) as exc:
-        raise InvalidArgumentError(f"embeddings must be numbers, got "
-                                   f"{np.asarray(np.ma.getdata(embeddings)).dtype} values ({exc})") from None
+        kind = np.asarray(np.ma.getdata(embeddings)).dtype
+        raise InvalidArgumentError(f"embeddings must be numbers, got {kind} values "
+                                   f"({exc})") from None
     if x.ndim == 1 and x.size == 0:  # no vectors, not one vector of no dimensions
         x, mask = x.reshape(0, 0), None
     elif x.ndim == 1:  # a single vector
@@ -94,7 +186,8 @@ def embedding_matrix(embeddings, *, allow_masked=False, dtype=np.float64, dim=No
             rows = np.flatnonzero(masked)
             raise InvalidArgumentError(f"embeddings have {len(rows)} masked row(s) (rows "
                                        f"{_rows(rows)}); select the rows with embeddings first")
-        x = x.copy()
+        if np.shares_memory(x, np.ma.getdata(embeddings)):  # else converted: a copy already
+            x = x.copy()
         x[masked] = np.nan
     if not allow_masked:
         bad = np.flatnonzero(~finite_rows(x))
