@@ -3798,6 +3798,20 @@ def _mosaic_files(d, tiles=3, n=60, band=None):
     return paths, w
 
 
+def _record_partition_images(monkeypatch):
+    """The images each annotate_dask partition is sent, recorded as it runs (a list)."""
+    from astromorph import _dask as adask
+
+    sent = []
+    partition = adask._annotate_partition
+
+    def recording(table, images, *args, **kw):
+        sent.append(images)
+        return partition(table, images, *args, **kw)
+    monkeypatch.setattr(adask, "_annotate_partition", recording)
+    return sent
+
+
 @pytest.mark.parametrize("how", ["list", "dict"])
 def test_annotate_dask_sends_each_partition_its_tiles(optical_model, tmp_path, monkeypatch,
                                                       how):
@@ -3807,7 +3821,6 @@ def test_annotate_dask_sends_each_partition_its_tiles(optical_model, tmp_path, m
     sources on a tile boundary, off every tile, without a position, and (dict) on a band
     that covers only part of the sky (MISSING_BAND)."""
     dask = pytest.importorskip("dask")
-    import astromorph._dask as adask
 
     paths, w = _mosaic_files(tmp_path)
     rng = np.random.default_rng(3)
@@ -3825,13 +3838,7 @@ def test_annotate_dask_sends_each_partition_its_tiles(optical_model, tmp_path, m
     cat.meta["astromorph_model"] = "earlier"  # an earlier run's provenance is kept as run1
     with warns_bad_positions(1, len(cat)):
         ref = astromorph.annotate(cat, images, model=optical_model)
-    sent = []
-
-    def recording(table, images, *args, **kwargs):
-        sent.append(images)
-        return partition(table, images, *args, **kwargs)
-    partition = adask._annotate_partition
-    monkeypatch.setattr(adask, "_annotate_partition", recording)
+    sent = _record_partition_images(monkeypatch)
     for scheduler in ("synchronous", "threads"):
         with warns_bad_positions(1, len(cat)):
             out = astromorph.annotate_dask(cat, images, model=str(optical_model.path),
@@ -3949,7 +3956,6 @@ def test_annotate_dask_share_of_tiles_keeps_annotates_result(optical_model, tmp_
     (``coord_col``), bands of which one has a single tile over part of the sky,
     duplicate rows, and no rows; and the same warnings."""
     pytest.importorskip("dask")
-    import astromorph._dask as adask
 
     paths, w = _mosaic_files(tmp_path, tiles=2)
     rng = np.random.default_rng(5)
@@ -3988,13 +3994,7 @@ def test_annotate_dask_share_of_tiles_keeps_annotates_result(optical_model, tmp_
                                                           "", str(x.message)))
                             for x in found})
     ref, ref_warnings = run(astromorph.annotate, model=optical_model)
-    sent = []
-
-    def recording(table, images, *args, **kw):
-        sent.append(images)
-        return partition(table, images, *args, **kw)
-    partition = adask._annotate_partition
-    monkeypatch.setattr(adask, "_annotate_partition", recording)
+    sent = _record_partition_images(monkeypatch)
     out, out_warnings = run(astromorph.annotate_dask, model=str(optical_model.path),
                             partition_size=3, scheduler="synchronous")
     # each partition got its share of the tiles, not every one
