@@ -21,7 +21,7 @@ import numpy as np
 from astropy.table import MaskedColumn, Table
 
 from ._flags import Flag
-from ._readers._stamp import _axis_scales
+from .preprocessing._checks import axis_scales
 from .exceptions import InputError, ModelCardError
 from .preprocessing._checks import SENTINEL
 
@@ -199,7 +199,7 @@ def extrapolation_words(card, kind, shape, dtype, pixel_scale, crop_fraction):
         from .preprocessing import _radio as rad
 
         model_scale, field = rad.FIRST_PIXEL_SCALE_ARCSEC, rad.STAMP_ANGULAR_SIZE_ARCSEC
-        sy, sx = _axis_scales(model_scale if pixel_scale is None else pixel_scale)
+        sy, sx = axis_scales(model_scale if pixel_scale is None else pixel_scale)
         cover = np.minimum(np.array([w * sx, h * sy]) / field, 1.0)
         short = min(h * sy, w * sx) < field * (1 - 1e-6)
     else:
@@ -209,7 +209,7 @@ def extrapolation_words(card, kind, shape, dtype, pixel_scale, crop_fraction):
         if pixel_scale is None and (h, w) == (size, size):
             return None  # scored on its own grid, as `_triplet` does
         field = size * model_scale
-        sy, sx = _axis_scales(model_scale if pixel_scale is None else pixel_scale)
+        sy, sx = axis_scales(model_scale if pixel_scale is None else pixel_scale)
         # the covered fraction of each axis, as `resample_triplet` measures it
         cover = np.array([np.clip(tri._rebin_matrix(n, scale, size, model_scale, 0.5)[1],
                                   0, 1).mean() for n, scale in ((w, sx), (h, sy))])
@@ -362,7 +362,7 @@ def _triplet(raw, card, crop_fraction):
         data, coverage = tri.resample_triplet(data, scale)
         # extrapolated: the stamp does not cover the model's field, or its pixels are more
         # than twice as coarse as the model's (upsampled, as for the other families)
-        coarse = max(_axis_scales(scale)) > 2 * tri.TRIPLET_PIXEL_SCALE
+        coarse = max(axis_scales(scale)) > 2 * tri.TRIPLET_PIXEL_SCALE
         flags |= np.where((coverage < 0.999) | coarse, int(Flag.EXTRAPOLATED),
                           0).astype(flags.dtype)
     x, nan_fraction = tri.preprocess_triplet(data)

@@ -473,6 +473,12 @@ def _image_frames(images):
     return frames
 
 
+def _frame_key(frame):
+    """What tells apart the celestial frames of images for transforming positions into them
+    once per frame: its name and equinox."""
+    return frame.name + str(getattr(frame, "equinox", ""))
+
+
 def _sky_positions(images, coords, frames=None):
     """Every source in each image: ``(lon, lat, x, y, up_angle)`` per image.
 
@@ -485,7 +491,7 @@ def _sky_positions(images, coords, frames=None):
         frames = _image_frames(images)
     transformed, sky = {}, []
     for image, frame in zip(images, frames):
-        key = frame.name + str(getattr(frame, "equinox", ""))
+        key = _frame_key(frame)
         if key not in transformed:
             try:
                 c = coords.transform_to(frame)

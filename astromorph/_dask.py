@@ -182,6 +182,8 @@ def _tile_cones(images, frames, coords):
     import numpy as np
     from astropy.coordinates import SkyCoord
 
+    from ._annotate import _frame_key
+
     k = CONE_BORDER_POINTS
     points, by_frame = [], {}
     for i, (image, frame) in enumerate(zip(images, frames)):
@@ -201,8 +203,7 @@ def _tile_cones(images, frames, coords):
             continue
         lon, lat = (world[1], world[0]) if image.wcs.wcs.lat == 0 else (world[0], world[1])
         points.append((lon, lat))
-        key = frame.name + str(getattr(frame, "equinox", ""))
-        by_frame.setdefault(key, (frame, []))[1].append(i)
+        by_frame.setdefault(_frame_key(frame), (frame, []))[1].append(i)
     centres = np.full((len(images), 3), np.nan)
     cos_radius = np.full(len(images), np.nan)
     for frame, members in by_frame.values():  # one transform per frame

@@ -23,7 +23,7 @@ from ._io import check_distinct_outputs, check_output, output_error, write_table
 from ._progress import progress_bar
 from ._readers import expand_inputs, read_file
 from ._readers._fits import warn_flux_units
-from .preprocessing._checks import check_bool, in_unit_interval
+from .preprocessing._checks import axis_scales, check_bool, in_unit_interval
 from .preprocessing._triplet import _SENTINEL
 from ._warnings import catch_warnings, first_few, warn
 from .exceptions import (AmbiguousInputWarning, DuplicateSourceWarning, InputError,
@@ -541,8 +541,7 @@ class _Runner:
         if not stamp.usable:
             return
         # (scale_y, scale_x) for pixels that are not square, else one float
-        scale = np.nan if stamp.pixel_scale is None else stamp.pixel_scale
-        scale = np.broadcast_to(np.ravel(np.asarray(scale, dtype=float)), (2,))
+        scale = np.array(axis_scales(np.nan if stamp.pixel_scale is None else stamp.pixel_scale))
         beam = stamp.beam if self.family == "radio" else None  # only the radio model uses it
         planes = 1 if stamp.kind == "colour" else len(stamp.data)
         levels = np.full((1, planes), np.nan) if stamp.saturation is None \
@@ -720,11 +719,7 @@ def _group_key(kind, stamp, bands, scale, beam=None):
     arcsec/pixel) is one value, or ``(scale_y, scale_x)``: None where both are NaN
     (unknown), one float where both axes agree (one value or a square pair: one group,
     scored alike), else the pair, with None for an axis that is NaN."""
-    if isinstance(scale, (list, tuple)) and len(scale) == 2:  # (add_block's, fast)
-        axes = [float(v) for v in scale]
-    else:
-        axes = np.broadcast_to(np.ravel(np.asarray(scale, dtype=float)), (2,)).tolist()
-    sy, sx = (None if v != v else round(v, 6) for v in axes)  # (v != v: NaN)
+    sy, sx = (None if v != v else round(v, 6) for v in axis_scales(scale))  # (v != v: NaN)
     key = sy if sy == sx else (sy, sx)  # (both NaN: None)
     return (kind, stamp.shape, stamp.dtype.str, bands, key,
             None if beam is None else round(float(beam), 6))

@@ -5,6 +5,7 @@ from pathlib import Path
 import numpy as np
 
 from .._flags import Flag
+from ..preprocessing._checks import axis_scales
 
 __all__ = ["Stamp", "common_pixel_scale", "pixel_scales", "central_disk", "reaches_saturation",
            "saturated_centres"]
@@ -101,11 +102,6 @@ def pixel_scales(matrix):
     return float(np.sqrt(area * sy / sx) * 3600.0), float(np.sqrt(area * sx / sy) * 3600.0)
 
 
-def _axis_scales(scale):
-    """``(scale_y, scale_x)`` of a pixel scale (one float, or already a pair)."""
-    return tuple(float(v) for v in np.broadcast_to(np.ravel(scale), (2,)))
-
-
 def common_pixel_scale(scales):
     """``(scale, problem)`` for the planes of one stamp (triplet members or bands), each
     with its pixel scale in arcsec/pixel (one float or ``(scale_y, scale_x)``,
@@ -113,7 +109,7 @@ def common_pixel_scale(scales):
     differ by more than `SCALE_TOLERANCE` along either axis (planes of one size on
     different grids, which cannot be stacked pixel for pixel), else None."""
     known = [s for s in scales if s is not None]
-    axes = np.array([_axis_scales(s) for s in known]).reshape(-1, 2)
+    axes = np.array([axis_scales(s) for s in known]).reshape(-1, 2)
     if not known or np.all(axes.max(axis=0) <= axes.min(axis=0) * (1 + SCALE_TOLERANCE)):
         return (known[0] if known else None), None
     shown = ", ".join("none" if s is None else

@@ -320,8 +320,8 @@ class GaussianMixture(Saved):
         ok = np.flatnonzero(finite_rows(x))
         for s in range(0, len(ok), chunk_rows):
             rows = ok[s:s + chunk_rows]
-            logp = self._log_prob(self._project(x[rows].astype(np.float64)), self.weights_,
-                                  self.means_, self.covariances_)
+            z = self._project(x[rows].astype(np.float64, copy=False))
+            logp = self._log_prob(z, self.weights_, self.means_, self.covariances_)
             out[rows] = np.exp(logp - _logsumexp(logp, axis=1)[:, None])
         return out
 

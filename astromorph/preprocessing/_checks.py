@@ -7,12 +7,21 @@ from ..exceptions import (InputDTypeError, InputShapeError, InvalidArgumentError
                           InvalidArgumentTypeError)
 
 __all__ = ["to_arcsec", "real_array", "unmasked", "is_whole", "in_unit_interval", "SENTINEL", "invalid_pixels",
-           "check_number", "check_whole", "check_bool", "check_choice", "check_options"]
+           "check_number", "check_whole", "check_bool", "check_choice", "check_options",
+           "axis_scales"]
 
 #: Pixels whose magnitude reaches this are masking sentinels, not data: ZTF stores
 #: masked pixels as -3.4e38 (about -FLT_MAX), other pipelines as +-1e30. Every path
 #: treats them like NaN (filled, counted in `Flag.BLANK`, left out of noise estimates).
 SENTINEL = 1e30
+
+
+def axis_scales(scale):
+    """``(scale_y, scale_x)`` floats of a pixel scale: one value for both axes, or already
+    a pair (pixels that are not square)."""
+    if isinstance(scale, (tuple, list)) and len(scale) == 2:  # (per group of rows: fast)
+        return float(scale[0]), float(scale[1])
+    return tuple(float(v) for v in np.broadcast_to(np.ravel(scale), (2,)))
 
 
 def invalid_pixels(values):

@@ -45,7 +45,7 @@ import numpy as np
 
 from ..exceptions import (InputError, InputShapeError, InvalidArgumentError,
                           InvalidArgumentTypeError)
-from ._checks import (SENTINEL, check_bool, check_choice, check_number, check_options,
+from ._checks import (SENTINEL, axis_scales, check_bool, check_choice, check_number, check_options,
                       check_whole, invalid_pixels, is_whole, real_array, to_arcsec)
 
 __all__ = [
@@ -695,7 +695,7 @@ def _two_pixel_scales(value):
     if np.size(scale) not in (1, 2):
         raise InvalidArgumentError(f"pixel_scale_arcsec must be one number (arcsec per pixel) "
                                    f"or two (scale_y, scale_x), got {value!r}")
-    return tuple(float(v) for v in np.broadcast_to(np.ravel(scale), (2,)))
+    return axis_scales(scale)
 
 
 def pixel_scale_from_wcs(wcs):

@@ -22,7 +22,8 @@ import numpy as np
 
 from .._blas import single_threaded_blas
 from ..exceptions import InputDTypeError, InputShapeError, InvalidArgumentError
-from ._checks import SENTINEL, check_bool, in_unit_interval, is_whole, to_arcsec, unmasked
+from ._checks import (SENTINEL, axis_scales, check_bool, in_unit_interval, is_whole,
+                      to_arcsec, unmasked)
 
 __all__ = [
     "TRIPLET_SIZE",
@@ -269,7 +270,7 @@ def resample_triplet(x, pixel_scale, *, size=TRIPLET_SIZE, model_pixel_scale=TRI
     if np.size(scale) not in (1, 2):
         raise InvalidArgumentError(f"pixel_scale must be one value or two (scale_y, scale_x), "
                                    f"got {pixel_scale!r}")
-    sy, sx = np.broadcast_to(np.ravel(scale), (2,)).tolist()
+    sy, sx = axis_scales(scale)
     model_pixel_scale = to_arcsec(model_pixel_scale, "model_pixel_scale")
     if not is_whole(size):
         raise InvalidArgumentError(f"size must be a positive whole number of pixels, got {size!r}")
