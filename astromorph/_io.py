@@ -921,6 +921,23 @@ def _serialized_names(spec):
     return names
 
 
+#: astropy's warning for a text column of a Parquet file without astropy's header key for
+#: its width (``table::len::<name>``), which no file that pandas or pyarrow writes has (a
+#: file astropy writes always has it): astropy then makes the column as wide as its
+#: longest value, so nothing is cut, and the warning says only that another tool wrote it
+_NO_TEXT_WIDTH = r"No table::len::.* found in metadata\. Using longest string"
+
+
+def _astropy_read_parquet(cls, path, **kwargs):
+    """``cls.read(path, format="parquet", **kwargs)`` without `_NO_TEXT_WIDTH` (every other
+    warning is given as astropy gives it)."""
+    from astropy.utils.exceptions import AstropyUserWarning
+
+    with catch_warnings():
+        warnings.filterwarnings("ignore", message=_NO_TEXT_WIDTH, category=AstropyUserWarning)
+        return cls.read(path, format="parquet", **kwargs)
+
+
 def read_parquet(path):
     """The table in the Parquet file ``path``, as ``QTable.read`` and `restore_parquet_shapes`
     give it, its numeric array columns (an embedding) read as one buffer each.
@@ -930,8 +947,10 @@ def read_parquet(path):
     numbers (and booleans: the masks of masked array columns) are here read by pyarrow in
     batches into one array each, reshaped, given the units, descriptions, formats and meta
     of the file's header, and rebuilt into the masked columns, quantities and times it
-    records. Every other column is read by astropy, as before. A file with a null list (no
-    astropy file has one) is read by astropy alone.
+    records. Every other column is read by astropy, as before, without its warning that a
+    text column's width is not in the file (a file pandas or pyarrow wrote: the column is as
+    wide as its longest value). A file with a null list (no astropy file has one) is read by
+    astropy alone.
 
     Parameters
     ----------
@@ -947,7 +966,7 @@ def read_parquet(path):
     from astropy.table import serialize
 
     def read_by_astropy():
-        return restore_parquet_shapes(QTable.read(path, format="parquet"), path)
+        return restore_parquet_shapes(_astropy_read_parquet(QTable, path), path)
 
     schema = pq.read_schema(path)
     if not any(_flat_arrow_type(field.type) for field in schema):
@@ -1006,7 +1025,7 @@ def read_parquet(path):
         return read_by_astropy()
     built = construct(encoded)
     others = [full for full in order if full not in flat]
-    rest = Table.read(path, format="parquet", include_names=others) if others else None
+    rest = _astropy_read_parquet(Table, path, include_names=others) if others else None
     meta = meta.copy()
     meta.pop("__serialized_columns__", None)
     table = Table([built[full] if full in flat else rest[full] for full in order],

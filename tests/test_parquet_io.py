@@ -19,6 +19,7 @@ import astropy.io.misc.parquet as astropy_parquet  # noqa: E402
 import astropy.units as u  # noqa: E402
 from astropy.table import Column, MaskedColumn, QTable, Table  # noqa: E402
 from astropy.time import Time  # noqa: E402
+from astropy.utils.exceptions import AstropyUserWarning  # noqa: E402
 
 from astromorph._io import read_parquet, restore_parquet_shapes, write_table  # noqa: E402
 from astromorph.exceptions import LossyOutputWarning  # noqa: E402
@@ -275,3 +276,48 @@ def test_header_naming_columns_the_file_lacks(tmp_path, drop):
         _astropy_read(tmp_path / "d.parquet")
     with pytest.raises(type(astropy_error.value)):
         read_parquet(tmp_path / "d.parquet")
+
+
+def _pandas_file(path):
+    """A Parquet file as pandas writes one: text, a column of variable-length lists, no
+    astropy header (so no ``table::len::<name>`` key for the text column)."""
+    import pandas as pd
+
+    rng = np.random.default_rng(7)
+    pd.DataFrame({"id": np.arange(4), "label": ["a", "bcd", "é", "x"],
+                  "embedding": list(rng.random((4, 3)))}).to_parquet(path)
+    assert not any(key.startswith(b"table::len::")
+                   for key in pq.read_schema(path).metadata or {})
+    return path
+
+
+def test_pandas_files_read_without_astropy_warning(tmp_path):
+    """astropy warns "No table::len::label found in metadata" for any text column of a file
+    it did not write, and sizes the column by its longest string (nothing is cut): not the
+    user's business when astromorph reads a pandas file; the values are astropy's."""
+    path = _pandas_file(tmp_path / "pandas.parquet")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        back = read_parquet(path)
+    assert back["label"].tolist() == ["a", "bcd", "é", "x"]
+    assert back["label"].dtype == np.dtype("U3")
+    # astropy itself still warns, outside read_parquet (the filter is local to it)
+    with pytest.warns(AstropyUserWarning, match="No table::len::label found"):
+        want = QTable.read(path, format="parquet")
+    assert back.colnames == want.colnames
+    assert back["label"].tolist() == want["label"].tolist()
+
+
+def test_other_astropy_warnings_still_given_for_pandas_files(tmp_path, monkeypatch):
+    """Only that one message of astropy's Parquet reader is left out."""
+    path = _pandas_file(tmp_path / "pandas.parquet")
+    real = astropy_parquet.get_pyarrow
+
+    def get_pyarrow():
+        warnings.warn("something else in metadata", AstropyUserWarning)
+        return real()
+
+    monkeypatch.setattr(astropy_parquet, "get_pyarrow", get_pyarrow)
+    with pytest.warns(AstropyUserWarning) as record:
+        read_parquet(path)
+    assert [str(w.message) for w in record] == ["something else in metadata"]
