@@ -10,7 +10,8 @@ the script prints times, it asserts nothing about speed.
 
 For the peak memory of one step alone, run it in its own process under
 ``/usr/bin/time -v`` with ``--only STEP --file PATH`` (the write steps write ``PATH``, the
-read steps read it)::
+read steps read it); a write step's peak is that of the table it builds (one copy of its
+columns, 1 GB for a million 256-d rows) plus what writing it takes::
 
     python benchmarks/bench_parquet.py [--rows 100000] [--dim 256] [--repeats 1]
     python benchmarks/bench_parquet.py --rows 1000000 --only write-astropy --file t.parquet
@@ -34,7 +35,7 @@ def embedding_table(rows, dim, seed=0):
     table = Table({"id": np.arange(rows), "ra": rng.uniform(0, 360, rows),
                    "dec": rng.uniform(-90, 90, rows),
                    "embedding": rng.standard_normal((rows, dim), dtype=np.float32)},
-                  meta={"astromorph_model": "embedding"})
+                  meta={"astromorph_model": "embedding"}, copy=False)  # (the peak: one table)
     table["ra"].unit = table["dec"].unit = "deg"
     table["embedding"].info.description = "unit vector"
     return table

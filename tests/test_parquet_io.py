@@ -321,3 +321,22 @@ def test_other_astropy_warnings_still_given_for_pandas_files(tmp_path, monkeypat
     with pytest.warns(AstropyUserWarning) as record:
         read_parquet(path)
     assert [str(w.message) for w in record] == ["something else in metadata"]
+
+
+def test_large_table_in_row_groups_astropy_reads(tmp_path):
+    """A table of more array values than `_PARQUET_CHUNK_VALUES` (the default one) is
+    written in several row groups, which astropy's own reader reads back as the table:
+    values, units, descriptions and meta."""
+    import astromorph._io
+
+    rng = np.random.default_rng(11)
+    rows = astromorph._io._PARQUET_CHUNK_VALUES // 256 + 1000
+    table = Table({"id": np.arange(rows), "ra": rng.uniform(0, 360, rows),
+                   "embedding": rng.standard_normal((rows, 256), dtype=np.float32)},
+                  meta={"astromorph_model": "embedding", "n": 2})
+    table["ra"].unit = "deg"
+    table["embedding"].info.description = "unit vector"
+    write_table(table, tmp_path / "t.parquet")
+    assert pq.ParquetFile(tmp_path / "t.parquet").num_row_groups == 2
+    assert_tables_equal(Table.read(tmp_path / "t.parquet", format="parquet"), table)
+    assert_tables_equal(Table(read_parquet(tmp_path / "t.parquet")), table)
