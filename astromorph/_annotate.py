@@ -800,7 +800,8 @@ def annotate(table, images, *, model, ra_col=None, dec_col=None, coord_col=None,
             # (what it counts: not the rows off every image, flagged OFF_IMAGE and logged)
             summarise_counts(n, len(unplaced), 0,
                              "position" if bad_pos[unplaced[0]] else "size",
-                             what="row", where="BAD_INPUT (32)", message=_UNPLACED)
+                             what="row", where="BAD_INPUT (32)", message=_UNPLACED,
+                             row=int(unplaced[0]))
         n_off = int(np.count_nonzero(flags & Flag.OFF_IMAGE))
         if n_off:
             log.info("%d of %d sources lie outside every image", n_off, n)

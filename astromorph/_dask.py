@@ -56,14 +56,22 @@ def _annotate_collecting(table, images, model, kwargs, names=None, files=None):
     return out, found, summaries
 
 
-def _warn_summaries(summaries, n):
+def _warn_summaries(summaries, n, order=None, partition_size=None):
     """The partitions' rows that could not be scored, said once for the whole table of ``n``
-    rows (out of all of them: a partition without such rows gives no summary)."""
+    rows (out of all of them: a partition without such rows gives no summary).
+
+    ``summaries``: ``(partition, summary)`` pairs; ``order``: the table's row of each row of
+    the partitions, where they were regrouped (`_sky_order`), to name the reason of the
+    table's first unusable row, as `annotate` does."""
     from ._predict import warn_summary
 
     if summaries:
-        bad, flagged = (sum(s[k] for s in summaries) for k in (1, 2))
-        first = next((s[3] for s in summaries if s[1]), None)
+        bad, flagged = (sum(s[k] for _, s in summaries) for k in (1, 2))
+        first = next((s[3] for _, s in summaries if s[1]), None)
+        if order is not None and bad:
+            first = min((order[k * partition_size + (s[7] or 0)], s[3])
+                        for k, s in summaries if s[1])[1]
+        summaries = [s for _, s in summaries]
         warn_summary(n, bad, flagged, first, what=summaries[0][4], where=summaries[0][5],
                      message=summaries[0][6])
 
@@ -249,16 +257,55 @@ def _cones_hit(vectors, centres, cos_radius, partition_size):
     return hit
 
 
-def _partition_images(table, images, model, kwargs, bounds, partition_size):
+def _sky_order(vectors, centres, cos_radius):
+    """The rows grouped by tile: each source's rows in the order of the cone (among
+    ``centres``) whose centre lies nearest it among those that hold it, then those in no cone
+    (off every tile, or without a position); in their order within a group (a stable sort)."""
+    import numpy as np
+
+    key = np.full(len(vectors), len(centres))
+    if len(centres):
+        chunk = max(1, CONE_CHUNK_ELEMENTS // len(centres))
+        for start in range(0, len(vectors), chunk):
+            with np.errstate(invalid="ignore"):
+                dots = vectors[start:start + chunk] @ centres.T
+                inside = dots >= cos_radius
+            nearest = np.where(inside, dots, -np.inf).argmax(axis=1)
+            key[start:start + chunk] = np.where(inside.any(axis=1), nearest, len(centres))
+    return np.argsort(key, kind="stable")
+
+
+#: With ``sky_order="auto"``, the rows are regrouped by tile where that cuts the tile files
+#: sent to the partitions, all together, below this fraction of those sent in the table's order.
+SKY_ORDER_GAIN = 0.9
+
+
+def _per_row_frame(coords):
+    """Whether ``coords`` holds a frame attribute (``obstime``, ``equinox``...) with one
+    value per row, not one for all."""
+    import numpy as np
+    from astropy.coordinates import frame_transform_graph
+
+    return any(np.ndim(getattr(coords, name, None)) for name in
+               frame_transform_graph.frame_attributes)
+
+
+def _partition_images(table, images, model, kwargs, bounds, partition_size, *,
+                      sky_order=False):
     """Each partition's share of the image files: those its sources can lie on.
 
-    Returns ``(per_partition, files)``: for each partition its ``images`` argument (the
-    structure of ``images``, a dict or a list, with the files that none of its sources lies
-    on left out) and its ``bands`` option (None where not given), and the files of the
-    images that the whole call uses (for the provenance); or None where every partition is
-    to get every image, as before: the images are not files this machine reads (a URL, a
-    path only the workers see), one cannot be read or placed, reading them gives a warning
-    (the partitions give it, as many times as before), or there is a single file.
+    Returns ``(per_partition, files, order)``: for each partition its ``images`` argument
+    (the structure of ``images``, a dict or a list, with the files that none of its sources
+    lies on left out) and its ``bands`` option (None where not given), the files of the
+    images that the whole call uses (for the provenance), and the rows of ``table`` in the
+    order the partitions are to take them (None: as they are; ``sky_order``: True, grouped
+    by tile, `_sky_order`, "auto": so where that sends fewer files, `SKY_ORDER_GAIN`); or
+    None where every partition is to get every image, as before: the images are not files
+    this machine reads (a URL, a path only the workers see), one cannot be read or placed,
+    reading them all gives a warning (the band plan, the flux units: the partitions give
+    it, as many times as before), or there is a single file. A file whose own reading gives
+    a warning (astropy's on its header or padding) goes to every partition (each gives it,
+    as before), the others to those whose sources lie on them.
 
     The partition's result does not change: a source's stamp is cut from the one image
     that contains it (the one where it lies farthest from the edge, among those with data
@@ -266,7 +313,10 @@ def _partition_images(table, images, model, kwargs, bounds, partition_size):
     the files of the images whose bounding cone on the sky (`_tile_cones`) holds one of its
     sources (`_cones_hit`: a conservative cut, a few matrix products, not a WCS transform of
     every source for every image), and every image whose cone cannot be drawn (an all-sky
-    map): it places its sources exactly among those. Every partition
+    map): it places its sources exactly among those. The cones are drawn in the catalogue's
+    frame, or in ICRS (the sources transformed there) where its frame has attributes with
+    one value per row (an ``obstime`` per row: the tiles' borders cannot be broadcast
+    against them). Every partition
     keeps the file of the first image of each band (so that each reads the same bands, in
     the same order: the same band plan and its warnings), and the files in their order.
     """
@@ -287,14 +337,20 @@ def _partition_images(table, images, model, kwargs, bounds, partition_size):
                                    for _, obj, _ in entries):
         return None
     family = model_family(model.card)
-    parsed, opened = [], []
+    parsed, opened, frames, noisy = [], [], [], []
     try:
+        with closing_files(opened):
+            for j, (_, obj, band) in enumerate(entries):
+                with collecting() as given, catch_warnings(record=True) as caught:
+                    warnings.simplefilter("always")
+                    parsed.append(_parse_one(obj, band))
+                    opened.extend(parsed[-1])
+                    frames.append(_image_frames(parsed[-1]))
+                if given or caught:  # every partition gets it, and gives the warning
+                    noisy.append(j)
         with closing_files(opened), collecting() as given, \
                 catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            for _, obj, band in entries:
-                parsed.append(_parse_one(obj, band))
-                opened.extend(parsed[-1])
             if family != "triplet":
                 _read_lone_science_by_filter(opened)
             groups, first = {}, {}
@@ -306,7 +362,6 @@ def _partition_images(table, images, model, kwargs, bounds, partition_size):
             if family == "optical":
                 warn_flux_units(model, [f"{im.name}: {im.flux_note}" for band in plan
                                         for im in groups[band] if im.flux_note])
-            frames = [_image_frames(found) for found in parsed]
             if given or caught:
                 return None
             with collecting(), catch_warnings():
@@ -315,13 +370,25 @@ def _partition_images(table, images, model, kwargs, bounds, partition_size):
                                        kwargs.get("coord_col"))
             keep = np.zeros((len(bounds), len(entries)), bool)
             keep[:, [first[band] for band in groups]] = True
+            keep[:, noisy] = True
+            if _per_row_frame(coords):  # the cones in ICRS, which has no such attributes
+                from astropy.coordinates import ICRS
+
+                coords = coords.transform_to(ICRS()).frame
             used = [(j, im, frame) for j, found in enumerate(parsed)
                     for im, frame in zip(found, frames[j]) if (im.band or "unknown") in plan]
             centres, cos_radius, usable = _tile_cones([im for _, im, _ in used],
                                                       [frame for _, _, frame in used], coords)
             sky = coords.represent_as("unitspherical")
-            hit = _cones_hit(_unit_vectors(sky.lon.deg, sky.lat.deg), centres[usable],
-                             cos_radius[usable], partition_size)
+            vectors = _unit_vectors(sky.lon.deg, sky.lat.deg)
+            hit = _cones_hit(vectors, centres[usable], cos_radius[usable], partition_size)
+            order = None
+            if sky_order and len(vectors) > partition_size:
+                regrouped = _sky_order(vectors, centres[usable], cos_radius[usable])
+                hit_regrouped = _cones_hit(vectors[regrouped], centres[usable],
+                                           cos_radius[usable], partition_size)
+                if sky_order is True or hit_regrouped.sum() < SKY_ORDER_GAIN * hit.sum():
+                    order, hit = regrouped, hit_regrouped
             owner = np.array([j for j, _, _ in used], int)
             keep[:, owner[~usable]] = True
             for column, j in zip(hit.T, owner[usable]):
@@ -340,12 +407,13 @@ def _partition_images(table, images, model, kwargs, bounds, partition_size):
         per_partition.append((part, None if bands is None or isinstance(images, dict) else [
             b for b, k in zip(bands, row) if k]))
     log.info("%d image files; each Dask partition gets those its sources lie on (%.1f on "
-             "average)", len(entries), keep.sum() / len(keep))
-    return per_partition, files
+             "average%s)", len(entries), keep.sum() / len(keep),
+             "" if order is None else ", the rows grouped by tile")
+    return per_partition, files, order
 
 
 def annotate_dask(table, images=None, *, model, partition_size=50_000, compute=True,
-                  scheduler=None, **kwargs):
+                  scheduler=None, sky_order="auto", **kwargs):
     """`astromorph.annotate` (or `astromorph.annotate_stamps`) over row partitions, run by Dask.
 
     Parameters
@@ -368,6 +436,16 @@ def annotate_dask(table, images=None, *, model, partition_size=50_000, compute=T
         Passed to `dask.compute` (e.g. ``"threads"``, ``"processes"``,
         ``"synchronous"``); default: Dask's current scheduler (a
         ``dask.distributed.Client`` when one is active).
+    sky_order : bool or "auto", optional
+        Where the images are several files that the caller's machine reads (a mosaic of
+        tiles; see Raises), whether the partitions take the rows grouped by the tile they
+        lie on, so that each partition is sent a few tiles even for a catalogue in random
+        sky order: ``"auto"`` (default) where that sends the partitions, all together,
+        under `SKY_ORDER_GAIN` (0.9) of the tile files the table's own order would, with
+        ``compute=True``; ``True``: always, where the tiles are placed (not with
+        ``compute=False``, whose partitions hold the rows in the table's order); ``False``:
+        never. The returned table has the catalogue's rows in their order, with the same
+        values either way.
     **kwargs
         Other `annotate` options (``size_col``, ``ra_col``...), or `annotate_stamps` options
         (``columns``, ``pixel_scale``...) without ``images``; ``negative`` and
@@ -430,6 +508,7 @@ def annotate_dask(table, images=None, *, model, partition_size=50_000, compute=T
 
         raise MissingDependencyError("annotate_dask needs dask: pip install 'astromorph[dask]' "
                                      "(and 'dask[distributed]' for a cluster)") from exc
+    import numpy as np
     from astropy.io import fits
     from astropy.table import vstack
 
@@ -498,6 +577,15 @@ def annotate_dask(table, images=None, *, model, partition_size=50_000, compute=T
             raise InvalidArgumentError(f"unknown scheduler {scheduler!r}: {exc}") from None
         except RuntimeError as exc:  # "distributed" without a Client
             raise InvalidArgumentError(f"scheduler {scheduler!r}: {exc}") from None
+    if sky_order != "auto" or isinstance(sky_order, (bool, int)):
+        try:
+            sky_order = check_bool(sky_order, "sky_order")
+        except InvalidArgumentTypeError:
+            raise InvalidArgumentError(f"sky_order must be True, False or 'auto', not "
+                                       f"{sky_order!r}") from None
+        if sky_order and not compute:
+            raise InvalidArgumentError("sky_order=True needs compute=True: the lazy "
+                                       "partitions hold the rows in the table's order")
     bounds = list(range(0, max(len(table), 1), partition_size))
     per_row = _per_row_options(kwargs, len(table)) if images is None else ()
     if images is None and "pixel_scale" not in per_row:
@@ -510,9 +598,12 @@ def annotate_dask(table, images=None, *, model, partition_size=50_000, compute=T
     # each partition is sent only the image files its sources can lie on (their headers
     # read here, once, rather than every file's by every partition), where this machine
     # can tell
-    shares = None if images is None else _partition_images(table, images, loaded, kwargs,
-                                                           bounds, partition_size)
+    shares = None if images is None else _partition_images(
+        table, images, loaded, kwargs, bounds, partition_size,
+        sky_order=bool(sky_order) and compute)
     files = None if shares is None else shares[1]
+    order = None if shares is None else shares[2]
+    rows = table if order is None else table[order]  # grouped by tile: put back below
 
     def share(k):  # the images of partition k
         return images if shares is None else shares[0][k][0]
@@ -539,7 +630,7 @@ def annotate_dask(table, images=None, *, model, partition_size=50_000, compute=T
                                                      share(k), model, options(start), call,
                                                      len(bounds), names, files)
                 for k, start in enumerate(bounds)]
-    parts = [dask.delayed(_annotate_collecting)(table[start:start + partition_size], share(k),
+    parts = [dask.delayed(_annotate_collecting)(rows[start:start + partition_size], share(k),
                                                 model, options(start), names, files)
              for k, start in enumerate(bounds)]
     log.info("annotating %d rows in %d Dask partitions", len(table), len(parts))
@@ -550,14 +641,21 @@ def annotate_dask(table, images=None, *, model, partition_size=50_000, compute=T
     except RemoteException as exc:  # "processes": Dask's copy of a partition's error, whose
         raise exc.exception from exc  # message holds the worker's traceback: the error itself
     _warn_once([found for _, found, _ in results], len(results))
-    _warn_summaries([s for _, _, part in results for s in part], len(table))
+    _warn_summaries([(k, s) for k, (_, _, part) in enumerate(results) for s in part],
+                    len(table), order, partition_size)
     tables = [t for t, _, _ in results]
-    # the catalogue's columns that vstack cannot join (astropy's DaskColumn) come back from
-    # every partition as they went: taken whole from the catalogue, in their place
+    # the catalogue's columns that vstack cannot join (astropy's DaskColumn, a SkyCoord with
+    # an obstime per row) come back from every partition as they went: taken whole from the
+    # catalogue, in their place
+    from astropy.coordinates import SkyCoord
+
     whole = [name for name in tables[0].colnames if name in table.colnames
-             and not hasattr(tables[0][name].info, "new_like")]
+             and (not hasattr(tables[0][name].info, "new_like")
+                  or isinstance(table[name], SkyCoord) and _per_row_frame(table[name]))]
     out = vstack([t[[c for c in t.colnames if c not in whole]] for t in tables],
                  join_type="exact", metadata_conflicts="silent")
+    if order is not None:  # the catalogue's rows in their order
+        out = out[np.argsort(order)]
     for name in whole:
         out.add_column(table[name], name=name, index=tables[0].colnames.index(name))
     out.meta.update(tables[0].meta)

@@ -299,21 +299,23 @@ def summarise(reasons, flags, valid, *, what, where):
     ``reasons`` are the rows' reason texts, ``what`` names a row ("stamp", "row") and
     ``where`` the column that says why. The warning points at the public function's caller.
     Where `SUMMARIES` holds a list, the counts are appended to it instead, as
-    ``(n, bad, flagged, first, what, where, message)``.
+    ``(n, bad, flagged, first, what, where, message, row)`` (``row``: the first unusable row).
     """
     n = len(flags)
     bad = int((~valid).sum())
     flagged = int(((flags != 0) & valid).sum())
-    first = next(r for r, v in zip(reasons, valid) if not v) if bad else None
-    summarise_counts(n, bad, flagged, first, what=what, where=where)
+    row = next(i for i, v in enumerate(valid) if not v) if bad else None
+    first = reasons[row] if bad else None
+    summarise_counts(n, bad, flagged, first, what=what, where=where, row=row)
 
 
-def summarise_counts(n, bad, flagged, first, *, what, where, message=NOT_SCORED):
+def summarise_counts(n, bad, flagged, first, *, what, where, message=NOT_SCORED, row=None):
     """`summarise` from its counts: `warn_summary`, or the counts appended to `SUMMARIES`
-    where it holds a list (an `annotate_dask` partition)."""
+    where it holds a list (an `annotate_dask` partition; ``row``: the partition's row that
+    ``first`` is of, which tells the first of the whole table where its rows are regrouped)."""
     sink = SUMMARIES.get()
     if sink is not None:
-        sink.append((n, bad, flagged, first, what, where, message))
+        sink.append((n, bad, flagged, first, what, where, message, row))
     else:
         warn_summary(n, bad, flagged, first, what=what, where=where, message=message)
 

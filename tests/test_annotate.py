@@ -3901,8 +3901,9 @@ def test_annotate_dask_sends_rotated_tiles_to_the_sources_at_their_corners(optic
         return to_pixel(self, lon, lat)
     to_pixel = SkyImage.world_to_pixel
     monkeypatch.setattr(SkyImage, "world_to_pixel", world_to_pixel)
-    per_partition, files = adask._partition_images(cat, paths, optical_model, {},
-                                                   list(range(len(cat))), 1)
+    per_partition, files, order = adask._partition_images(cat, paths, optical_model, {},
+                                                          list(range(len(cat))), 1)
+    assert order is None  # (sky_order: not asked)
     assert transformed == [] and files == set(paths)  # no source placed here
     for k, (images, bands) in enumerate(per_partition):
         assert bands is None and images[0] == paths[0]
@@ -4055,3 +4056,113 @@ def test_annotate_dask_takes_a_model_object(optical_model, tmp_path):
                                  precision="int8")
     with pytest.raises(InputError, match="not int"):
         astromorph.annotate_dask(cat, str(tmp_path / "img.fits"), model=3)
+
+
+def _assert_same_table(out, ref):
+    assert out.colnames == ref.colnames and out.meta == ref.meta
+    for name in ref.colnames:
+        assert out[name].dtype == ref[name].dtype, name
+        np.testing.assert_array_equal(np.ma.getdata(out[name]), np.ma.getdata(ref[name]))
+        np.testing.assert_array_equal(np.ma.getmaskarray(out[name]),
+                                      np.ma.getmaskarray(ref[name]))
+
+
+def test_annotate_dask_groups_a_shuffled_catalogue_by_tile(optical_model, tmp_path,
+                                                          monkeypatch):
+    """A catalogue in random sky order sent every tile of a mosaic to every partition; its
+    rows are now grouped by the tile they fall on (``sky_order="auto"``), so that each
+    partition gets a few tiles, and the table comes back in the caller's order, bit for bit
+    annotate's (the warning's first unusable row too: a size, before the positions);
+    ``sky_order=False`` keeps the rows in partitions as given."""
+    pytest.importorskip("dask")
+    paths, w = _mosaic_files(tmp_path, tiles=3)
+    rng = np.random.default_rng(11)
+    cat = catalogue(w, rng.uniform(0, 179, (72, 2)))  # in random order over the 9 tiles
+    cat["r90"] = rng.uniform(1.0, 3.0, len(cat))
+    cat["r90"][5] = np.nan  # the first unusable row: its size
+    cat["ra"][[40, 66]] = np.nan
+    with pytest.warns(UnusableInputWarning, match=r"^3 of 72 .*first: size\)"):
+        ref = astromorph.annotate(cat, paths, model=optical_model, size_col="r90")
+    sent = _record_partition_images(monkeypatch)
+    for scheduler in ("synchronous", "threads"):
+        sent.clear()
+        with pytest.warns(UnusableInputWarning, match=r"^3 of 72 .*first: size\)"):
+            out = astromorph.annotate_dask(cat, paths, model=str(optical_model.path),
+                                           size_col="r90", partition_size=8,
+                                           scheduler=scheduler)
+        _assert_same_table(out, ref)
+        # 9 partitions of 8 rows: about one tile's sources each, with the neighbouring
+        # tiles their margins reach and the first tile (every partition keeps it)
+        assert len(sent) == 9 and max(map(len, sent)) <= 6, list(map(len, sent))
+        assert sum(map(len, sent)) <= 40, list(map(len, sent))
+    sent.clear()
+    with pytest.warns(UnusableInputWarning, match=r"^3 of 72 .*first: size\)"):
+        out = astromorph.annotate_dask(cat, paths, model=str(optical_model.path),
+                                       size_col="r90", partition_size=8, sky_order=False,
+                                       scheduler="synchronous")
+    _assert_same_table(out, ref)
+    # in random order: (nearly) every tile, every partition
+    assert min(map(len, sent)) >= 6 and sum(map(len, sent)) > 60, list(map(len, sent))
+    for bad in ("yes", 2):
+        with pytest.raises(InvalidArgumentError, match="sky_order"):
+            astromorph.annotate_dask(cat, paths, model=str(optical_model.path), sky_order=bad)
+    with pytest.raises(InvalidArgumentError, match="sky_order"):  # lazy partitions: in order
+        astromorph.annotate_dask(cat, paths, model=str(optical_model.path), sky_order=True,
+                                 compute=False)
+
+
+def test_annotate_dask_keeps_the_tile_selection_past_one_tiles_warning(optical_model,
+                                                                       tmp_path, monkeypatch):
+    """A warning on reading one tile (astropy's, on a file with extra padding) sent every
+    tile to every partition; that tile now goes to every partition (each gives its warning,
+    given once to the caller, as annotate gives it) and the others to those whose sources
+    lie on them."""
+    pytest.importorskip("dask")
+    paths, w = _mosaic_files(tmp_path, tiles=3)
+    with open(paths[4], "ab") as f:
+        f.write(bytes(2880))
+    rng = np.random.default_rng(3)
+    pix = rng.uniform(0, 179, (40, 2))
+    cat = catalogue(w, pix[np.argsort(pix[:, 1])])
+    with pytest.warns(UserWarning, match="padding"):
+        ref = astromorph.annotate(cat, paths, model=optical_model)
+    sent = _record_partition_images(monkeypatch)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = astromorph.annotate_dask(cat, paths, model=str(optical_model.path),
+                                       partition_size=8, scheduler="synchronous")
+    padding = [x for x in caught if "padding" in str(x.message)]
+    assert len(padding) == 1 and "(in 5 of 5 Dask partitions)" in str(padding[0].message)
+    _assert_same_table(out, ref)
+    assert all(paths[4] in s for s in sent) and max(map(len, sent)) < len(paths)
+
+
+def test_annotate_dask_uses_the_cones_for_per_row_frame_attributes(optical_model, tmp_path,
+                                                                   monkeypatch):
+    """A SkyCoord column with one obstime per row (FK4) got every tile in every partition
+    (the tiles' borders could not be transformed into its frame); the cones are now drawn
+    in ICRS, the sources' positions transformed there, with annotate's result."""
+    pytest.importorskip("dask")
+    from astropy.coordinates import FK4
+    from astropy.time import Time
+
+    paths, w = _mosaic_files(tmp_path, tiles=3)
+    rng = np.random.default_rng(3)
+    pix = rng.uniform(0, 179, (40, 2))
+    cat = catalogue(w, pix[np.argsort(pix[:, 1])])
+    obstime = Time(rng.uniform(1950, 2000, len(cat)), format="jyear")
+    cat["pos"] = SkyCoord(cat["ra"], cat["dec"], unit="deg").transform_to(
+        FK4(obstime=obstime))
+    assert cat["pos"].obstime.shape == (len(cat),)
+    ref = astromorph.annotate(cat, paths, model=optical_model, coord_col="pos")
+    sent = _record_partition_images(monkeypatch)
+    out = astromorph.annotate_dask(cat, paths, model=str(optical_model.path), coord_col="pos",
+                                   partition_size=8, scheduler="synchronous")
+    assert max(map(len, sent)) < len(paths)
+    assert out.colnames == ref.colnames
+    for name in ref.colnames:
+        if name != "pos":
+            np.testing.assert_array_equal(np.ma.getdata(out[name]), np.ma.getdata(ref[name]))
+    np.testing.assert_array_equal(out["pos"].obstime.jyear, obstime.jyear)
+    np.testing.assert_array_equal(out["pos"].ra.deg, cat["pos"].ra.deg)
+    assert np.all(ref["opt_flags"] & Flag.OFF_IMAGE == 0)
