@@ -278,17 +278,22 @@ def coarse_beam(beam):
 def _radio(raw, card, crop_fraction):
     from .preprocessing._radio import MAX_POSITIVE_FRACTION
 
-    x, flags = _radio_input(raw, card)
+    x, flags, background = _radio_input(raw, card)
     # the training images have at most 12.8 % of the network input above zero (the data-set
-    # threshold): far more is a background offset or a filled field the model never saw
+    # threshold): far more is a background offset or a filled field the model never saw;
+    # a cutout in flux units is also out of distribution when its own background lies above
+    # zero (FIRST maps are background-subtracted), which a 1- or 2-sigma pedestal does while
+    # putting only 2-12 % of the network input above zero
     positive = np.mean(x > 0, axis=tuple(range(1, x.ndim))) if len(x) else np.zeros(0)
-    flags |= np.where(positive > MAX_POSITIVE_FRACTION, int(Flag.OUT_OF_DISTRIBUTION),
-                      0).astype(flags.dtype)
+    flags |= np.where((positive > MAX_POSITIVE_FRACTION) | background,
+                      int(Flag.OUT_OF_DISTRIBUTION), 0).astype(flags.dtype)
     return x, flags
 
 
 def _radio_input(raw, card):
-    """The radio network input of ``raw`` and its flags (all but OUT_OF_DISTRIBUTION)."""
+    """The radio network input of ``raw``, its flags (all but OUT_OF_DISTRIBUTION) and, per
+    row, whether its background lies more than `MAX_BACKGROUND_SIGMA` times the noise above
+    zero (False for 8-bit images, whose background the data-set scaling has removed)."""
     from .preprocessing import _radio as rad
 
     flags = raw.flags.copy()
@@ -303,14 +308,16 @@ def _radio_input(raw, card):
         if data.dtype.kind == "f":  # display values, NaN where masked (tables' masked cells)
             data, flags = _clean_colour(data, flags)
             return rad.preprocess_dataset_image(data[..., 0] * np.float32(255), **options), \
-                flags
-        return rad.preprocess_dataset_image(data[..., 0], **options), _flag_constant(data, flags)
+                flags, np.zeros(len(data), bool)
+        return rad.preprocess_dataset_image(data[..., 0], **options), \
+            _flag_constant(data, flags), np.zeros(len(data), bool)
     if raw.kind != "bands" or data.shape[1] != 1:
         raise InputError(f"model {card['name']!r} takes one radio image per stamp; got "
                          f"{raw.kind} stamps of shape {data.shape[1:]}")
     if data.dtype == np.uint8:
         flags = _flag_upsampled(flags, *data.shape[2:], rad.DATASET_IMAGE_PIXELS, 1.0)
-        return rad.preprocess_dataset_image(data[:, 0], **options), _flag_constant(data, flags)
+        return rad.preprocess_dataset_image(data[:, 0], **options), \
+            _flag_constant(data, flags), np.zeros(len(data), bool)
     # Invalid pixels (NaN, inf, masking sentinels) become NaN: the data-set procedure
     # counts them as empty sky and measures the noise on the valid ones (a median fill
     # would shrink the noise estimate and let noise through the 3-sigma threshold).
@@ -341,9 +348,10 @@ def _radio_input(raw, card):
                                                           np.nan))
     faint = ~(rad.peak_significance(images, rms=rms) >= rad.DETECTION_SIGMA)
     flags |= np.where(faint, int(Flag.NO_SOURCE), 0).astype(flags.dtype)
+    background = rad.background_significance(images, rms=rms) > rad.MAX_BACKGROUND_SIGMA
     # (an image without noise, e.g. a constant one, is left to measure its own, as before)
     return rad.preprocess_first_cutout(images, rms=rms if np.all(rms > 0) else None,
-                                       **options), flags
+                                       **options), flags, background
 
 
 def _triplet(raw, card, crop_fraction):

@@ -43,7 +43,11 @@ class Flag(enum.IntFlag):
     #: signal itself (radio images: more than ``radio.MAX_POSITIVE_FRACTION``, 15 %, of the
     #: network-input pixels are above zero, i.e. above the data-set threshold of 3 times the
     #: noise; at most 12.8 % in the training images: a source on a background offset by a
-    #: few sigma, or a field filled with emission); the outputs are not trustworthy.
+    #: few sigma, or a field filled with emission; or, for images in flux units, the
+    #: background, the sigma-clipped median of the cutout, is more than
+    #: ``radio.MAX_BACKGROUND_SIGMA``, 0.5, times the noise above zero: FIRST maps are
+    #: background-subtracted, and a 1- or 2-sigma pedestal leaves only 2-12 % of the network
+    #: input above zero); the outputs are not trustworthy.
     OUT_OF_DISTRIBUTION = 1024
 
     @classmethod

@@ -790,12 +790,13 @@ def _explain(stamp, bits, *, grid=None):
                    + f" within {SATURATION_RADIUS} pixels of the centre: the core is clipped, "
                    "the outputs are not trustworthy")
     if bits & Flag.OUT_OF_DISTRIBUTION:
-        from .preprocessing._radio import MAX_POSITIVE_FRACTION
+        from .preprocessing._radio import MAX_BACKGROUND_SIGMA, MAX_POSITIVE_FRACTION
 
         out.append(f"more than {MAX_POSITIVE_FRACTION:.0%} of the model's field is above the "
-                   "noise threshold (the training images: at most 12.8%): a background offset "
-                   "from zero or a field filled with emission, outside the training "
-                   "distribution")
+                   "noise threshold (the training images: at most 12.8%), or the cutout's "
+                   f"background is more than {MAX_BACKGROUND_SIGMA:g} times the noise above "
+                   "zero (FIRST maps are background-subtracted): a background offset from "
+                   "zero or a field filled with emission, outside the training distribution")
     rest = bits & ~(Flag.BLANK | Flag.CONSTANT | Flag.EXTRAPOLATED | Flag.NO_SOURCE
                     | Flag.SATURATED | Flag.OUT_OF_DISTRIBUTION)
     if rest:
