@@ -1916,6 +1916,48 @@ def test_heads_and_mixtures_make_no_float64_copy_of_a_float32_table():
                                   head.predict_proba(x[8:].astype(float)))
 
 
+
+def test_head_annotate_makes_no_copy_of_a_masked_float32_column():
+    """A masked embedding column (rows without a vector, as read from Parquet, ECSV or
+    FITS) was copied whole to fill its masked rows with NaN, once by ``astromorph
+    classify`` and again by LabelHead.annotate (1 GB each for 1,000,000 256-d float32
+    vectors), and each block of 65,536 rows was made float64 (128 MB at 256-d). Now the
+    masked rows are left out without filling them, and the blocks are smaller: the memory
+    traced stays below half the column, the results are those of the rows without mask."""
+    import tracemalloc
+
+    from astromorph.embeddings._common import table_embeddings
+
+    rng = np.random.default_rng(1)
+    n, d = 200_000, 64
+    x = rng.normal(size=(n, d)).astype(np.float32)
+    x[: n // 2] += 1.0
+    labels = np.where(np.arange(n) < n // 2, "a", "b")
+    mask = np.zeros((n, d), bool)
+    mask[[3, 50_000, 150_001]] = True
+    mask[9, 5] = True  # one value masked: the row has no usable vector
+    x[9] = 1e30  # (finite data under a mask: still left out)
+    table = Table({"embedding": MaskedColumn(x, mask=mask)})
+    masked = mask.any(axis=1)
+    head = LabelHead(C=1.0).fit(x[~masked][::1000], labels[~masked][::1000])
+    got, valid = table_embeddings(table, dtype=None, fill_masked=False)
+    assert np.shares_memory(got, table["embedding"]) and (valid == ~masked).all()
+    tracemalloc.start()
+    try:
+        out = head.annotate(table)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < x.nbytes / 2, peak / x.nbytes
+    assert (out["head_label"].mask == masked).all()
+    np.testing.assert_array_equal(np.asarray(out["head_p_b"])[~masked],
+                                  head.predict_proba(x[~masked])[:, 1].astype(np.float32))
+    np.testing.assert_array_equal(np.asarray(out["head_label"])[~masked],
+                                  head.predict(x[~masked]))
+    filled, valid = table_embeddings(table, dtype=None)  # the default: NaN rows, a copy
+    assert np.isnan(filled[masked]).all() and (valid == ~masked).all()
+    assert not np.shares_memory(filled, table["embedding"])
+
 def test_query_with_k_far_above_the_rows():
     """k larger than the table returns every other row; a huge k (e.g. -k 10**12 on the
     command line) allocated a k-wide array and died with MemoryError."""

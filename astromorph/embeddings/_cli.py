@@ -189,7 +189,8 @@ def _cmd_classify(args):
     table = _read(args)
     if args.labels not in table.colnames:
         raise InputError(f"no label column {args.labels!r} (columns: {table.colnames})")
-    x, valid = table_embeddings(table, args.column, dtype=None)  # float32 stays float32
+    # float32 stays float32, and masked rows are left unfilled (only labelled rows are used)
+    x, valid = table_embeddings(table, args.column, dtype=None, fill_masked=False)
     col = table[args.labels]
     values = np.asarray(np.ma.getdata(col))  # the labels' own dtype, as LabelHead.fit keeps
     labelled = valid & ~_missing_labels(col)  # masked, empty, None or NaN: unlabelled

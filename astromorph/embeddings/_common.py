@@ -155,6 +155,18 @@ def embedding_matrix(embeddings, *, allow_masked=False, dtype=np.float64, dim=No
     dim : int, optional
         The dimension expected: no vectors give a (0, dim) array (not (0, 0)).
     """
+    x, masked = _matrix_and_mask(embeddings, allow_masked=allow_masked, dtype=dtype, dim=dim)
+    if masked is not None:
+        if np.shares_memory(x, np.ma.getdata(embeddings)):  # else converted: a copy already
+            x = x.copy()
+        x[masked] = np.nan
+    return x
+
+
+def _matrix_and_mask(embeddings, *, allow_masked, dtype, dim):
+    """`embedding_matrix` without the NaN filling: the 2-d array, its masked rows left as
+    the column holds them (no copy of a masked column), and which rows are masked (a bool
+    array, or None when none is)."""
     mask = np.ma.getmaskarray(embeddings) if np.ma.isMaskedArray(embeddings) or \
         hasattr(embeddings, "mask") else None
     cells = _vector_cells(embeddings)
@@ -180,34 +192,36 @@ def embedding_matrix(embeddings, *, allow_masked=False, dtype=np.float64, dim=No
         raise InvalidArgumentError(f"embeddings must be a 2-d array (N, D), got shape {x.shape}")
     if x.shape == (0, 0) and dim is not None:
         x = np.empty((0, dim), dtype=dtype)
+    masked = None
     if mask is not None and np.any(mask):
         masked = np.asarray(mask).reshape(len(x), -1).any(axis=1)
         if not allow_masked:
             rows = np.flatnonzero(masked)
             raise InvalidArgumentError(f"embeddings have {len(rows)} masked row(s) (rows "
                                        f"{_rows(rows)}); select the rows with embeddings first")
-        if np.shares_memory(x, np.ma.getdata(embeddings)):  # else converted: a copy already
-            x = x.copy()
-        x[masked] = np.nan
     if not allow_masked:
         bad = np.flatnonzero(~finite_rows(x))
         if len(bad):
             raise InvalidArgumentError(f"embeddings have {len(bad)} row(s) with NaN or "
                                        f"infinite values (rows {_rows(bad)}); select the rows "
                                        "with embeddings first")
-    return x
+    return x, masked
 
 
-def table_embeddings(table, column="embedding", *, dtype=np.float64):
+def table_embeddings(table, column="embedding", *, dtype=np.float64, fill_masked=True):
     """Embedding matrix of a table column and the rows that have a usable embedding.
 
     ``dtype`` as for `embedding_matrix` (None: a float32 column stays float32).
+    ``fill_masked=False`` leaves the masked rows of a masked column as the column holds
+    them, without the copy of the whole column that filling them takes (1 GB for
+    1,000,000 256-d float32 vectors): for callers that use only the rows of ``valid``.
 
     Returns
     -------
     x : numpy.ndarray, (N, D)
-        Masked or non-finite rows hold NaN.
+        Non-finite rows hold NaN, and masked rows too (``fill_masked=True``).
     valid : numpy.ndarray of bool, (N,)
+        The rows neither masked nor holding NaN or infinite values.
     """
     from .._annotate import check_table
 
@@ -217,10 +231,16 @@ def table_embeddings(table, column="embedding", *, dtype=np.float64):
                          "make one with `astromorph predict embedding ...` or "
                          "`astromorph.annotate(..., model='embedding')`")
     col = table[column]
-    x = embedding_matrix(col, allow_masked=True, dtype=dtype)
+    if fill_masked:
+        x, masked = embedding_matrix(col, allow_masked=True, dtype=dtype), None
+    else:
+        x, masked = _matrix_and_mask(col, allow_masked=True, dtype=dtype, dim=None)
     if x.shape[0] != len(table):
         raise InputError(f"column {column!r} is not one vector per row (shape {np.shape(col)})")
-    return x, finite_rows(x)
+    valid = finite_rows(x)
+    if masked is not None:
+        valid &= ~masked
+    return x, valid
 
 
 def masked_column(values, valid, description):
