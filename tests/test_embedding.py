@@ -1923,7 +1923,9 @@ def test_head_annotate_makes_no_copy_of_a_masked_float32_column():
     classify`` and again by LabelHead.annotate (1 GB each for 1,000,000 256-d float32
     vectors), and each block of 65,536 rows was made float64 (128 MB at 256-d). Now the
     masked rows are left out without filling them, and the blocks are smaller: the memory
-    traced stays below half the column, the results are those of the rows without mask."""
+    traced stays below half the column, the results are those of the rows without mask.
+    Likewise GaussianMixture.fit, annotate and cluster_table (one copy each, two at once).
+    """
     import tracemalloc
 
     from astromorph.embeddings._common import table_embeddings
@@ -1954,6 +1956,35 @@ def test_head_annotate_makes_no_copy_of_a_masked_float32_column():
                                   head.predict_proba(x[~masked])[:, 1].astype(np.float32))
     np.testing.assert_array_equal(np.asarray(out["head_label"])[~masked],
                                   head.predict(x[~masked]))
+    # the mixtures too: no filled copy, the fit and the clusters of the rows without mask
+    gmm = GaussianMixture(2, n_pca=4, n_init=1, max_fit_rows=20_000)
+    plain = Table({"embedding": x[~masked]})
+    for name, run in (("fit", lambda: gmm.fit(table["embedding"])),
+                      ("mixture", lambda: gmm.annotate(table)),
+                      ("cluster_table", lambda: cluster_table(
+                          table, n_components=2, n_pca=4, n_init=1, max_fit_rows=20_000))):
+        tracemalloc.start()
+        try:
+            out = run()
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert peak < x.nbytes / 2, (name, peak / x.nbytes)
+        if name == "fit":
+            expected = GaussianMixture(2, n_pca=4, n_init=1, max_fit_rows=20_000).fit(
+                plain["embedding"])
+            assert gmm.to_dict() == expected.to_dict()
+        elif name == "mixture":
+            assert (out["cluster"].mask == masked).all()
+            np.testing.assert_array_equal(np.asarray(out["cluster"])[~masked],
+                                          gmm.predict(x[~masked]))
+            np.testing.assert_array_equal(np.asarray(out["cluster_prob"])[~masked],
+                                          gmm.annotate(plain)["cluster_prob"])
+        else:
+            assert out[1].to_dict() == gmm.to_dict()
+    proba = gmm.predict_proba(table["embedding"])
+    assert np.isnan(proba[masked]).all()
+    np.testing.assert_array_equal(proba[~masked], gmm.predict_proba(x[~masked]))
     filled, valid = table_embeddings(table, dtype=None)  # the default: NaN rows, a copy
     assert np.isnan(filled[masked]).all() and (valid == ~masked).all()
     assert not np.shares_memory(filled, table["embedding"])

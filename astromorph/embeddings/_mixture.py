@@ -4,7 +4,7 @@ import numbers
 
 import numpy as np
 
-from ._common import (add_columns, check_prefix, check_seed, embedding_matrix, finite_rows,
+from ._common import (_matrix_and_mask, add_columns, check_prefix, check_seed, finite_rows,
                       masked_column, table_embeddings)
 from ._state import Saved, as_provenance, table_provenance
 from ._state import check_provenance as _check_provenance
@@ -24,6 +24,20 @@ def _logsumexp(a, axis):
     m = np.max(a, axis=axis, keepdims=True)
     m = np.where(np.isfinite(m), m, 0.0)
     return np.squeeze(m, axis=axis) + np.log(np.sum(np.exp(a - m), axis=axis))
+
+
+#: Rows made float64 at a time by the predictions (a block of 65,536 256-d float32 rows and
+#: its float64 copy took 192 MB)
+BLOCK_ROWS = 8192
+
+
+def _usable(x, masked):
+    """The rows of ``x`` finite throughout and not masked (``masked``: None, or a bool per
+    row, as `_matrix_and_mask` gives)."""
+    usable = finite_rows(x)
+    if masked is not None:
+        usable &= ~masked
+    return usable
 
 
 class GaussianMixture(Saved):
@@ -216,8 +230,9 @@ class GaussianMixture(Saved):
         provenance = as_provenance(provenance)
         # the rows fitted (the usable ones, at most max_fit_rows drawn among them) are chosen
         # first, then only they are made float64 (not a float64 copy of every row, twice)
-        x = embedding_matrix(embeddings, allow_masked=True, dtype=None)
-        rows = np.flatnonzero(finite_rows(x))
+        # (masked rows left as the column holds them, not a filled copy of it: left out)
+        x, masked = _matrix_and_mask(embeddings, allow_masked=True, dtype=None, dim=None)
+        rows = np.flatnonzero(_usable(x, masked))
         rng = np.random.default_rng(self.seed)
         if len(rows) > self.max_fit_rows:
             rows = rows[np.sort(rng.choice(len(rows), self.max_fit_rows, replace=False))]
@@ -295,7 +310,7 @@ class GaussianMixture(Saved):
         if self.n_components_ is None:
             raise InvalidArgumentError("this GaussianMixture is not fitted yet; call fit() first")
 
-    def predict_proba(self, embeddings, *, chunk_rows=65536):
+    def predict_proba(self, embeddings, *, chunk_rows=BLOCK_ROWS):
         """Membership probabilities ``(N, K)`` (NaN rows for masked/non-finite input).
 
         Parameters
@@ -312,17 +327,24 @@ class GaussianMixture(Saved):
         self._check()
         chunk_rows = check_whole(chunk_rows, "chunk_rows")
         # float32 vectors stay float32: each block of rows is made float64 in turn
-        x = embedding_matrix(embeddings, allow_masked=True, dim=self.mean_.size, dtype=None)
+        x, masked = _matrix_and_mask(embeddings, allow_masked=True, dim=self.mean_.size,
+                                     dtype=None)
+        out = np.full((len(x), self.n_components_), np.nan)
+        ok = np.flatnonzero(_usable(x, masked))
+        out[ok] = self._proba_rows(x, ok, chunk_rows)
+        return out
+
+    def _proba_rows(self, x, rows, chunk_rows=BLOCK_ROWS):
+        """Membership probabilities of the rows ``rows`` of ``x`` (len(rows), K), a block
+        of rows at a time in float64."""
         if x.shape[1] != self.mean_.size:
             raise InvalidArgumentError(f"embeddings have {x.shape[1]} dimensions; this mixture "
                                        f"was fitted on {self.mean_.size}")
-        out = np.full((len(x), self.n_components_), np.nan)
-        ok = np.flatnonzero(finite_rows(x))
-        for s in range(0, len(ok), chunk_rows):
-            rows = ok[s:s + chunk_rows]
-            z = self._project(x[rows].astype(np.float64, copy=False))
+        out = np.empty((len(rows), self.n_components_))
+        for s in range(0, len(rows), chunk_rows):
+            z = self._project(x[rows[s:s + chunk_rows]].astype(np.float64, copy=False))
             logp = self._log_prob(z, self.weights_, self.means_, self.covariances_)
-            out[rows] = np.exp(logp - _logsumexp(logp, axis=1)[:, None])
+            out[s:s + chunk_rows] = np.exp(logp - _logsumexp(logp, axis=1)[:, None])
         return out
 
     def predict(self, embeddings):
@@ -404,10 +426,11 @@ class GaussianMixture(Saved):
         check_prefix(prefix)
         check_provenance = check_bool(check_provenance, "check_provenance")
         check_clashes(table, [prefix, f"{prefix}_prob"], on_conflict)  # before any work
-        x, valid = table_embeddings(table, column, dtype=None)
+        # masked rows left as the column holds them (no filled copy): only valid rows used
+        x, valid = table_embeddings(table, column, dtype=None, fill_masked=False)
         _check_provenance(self.provenance_, table, column, "this GaussianMixture",
                           check_provenance)
-        p = self.predict_proba(x)[valid]  # (unusable rows: NaN, left out)
+        p = self._proba_rows(x, np.flatnonzero(valid))
         columns = {
             prefix: masked_column(np.argmax(p, axis=1).astype(np.int16), valid,
                                   f"Gaussian-mixture cluster of the {column!r} vector "
@@ -650,8 +673,9 @@ def _cluster_table(table, column, n_components, prefix, on_conflict, kwargs):
     check_on_conflict(on_conflict)
     check_prefix(prefix)
     check_clashes(table, [prefix, f"{prefix}_prob"], on_conflict)  # before the fit
-    x, _ = table_embeddings(table, column, dtype=None)  # (fit leaves out unusable rows)
+    x, _ = table_embeddings(table, column, dtype=None, fill_masked=False)
+    col = table[column]  # (fit leaves out unusable rows: a masked column's by its mask)
     mixture = GaussianMixture(n_components, **kwargs).fit(
-        x, provenance=table_provenance(table.meta, column))
+        col if np.ma.isMaskedArray(col) else x, provenance=table_provenance(table.meta, column))
     out, name = mixture._annotate(table, column, prefix, on_conflict)
     return out, mixture, name
