@@ -938,19 +938,103 @@ def _astropy_read_parquet(cls, path, **kwargs):
         return cls.read(path, format="parquet", **kwargs)
 
 
+def _arrow_text_type(arrow_type):
+    """Whether a Parquet column of ``arrow_type`` holds text or bytes, one value a row."""
+    import pyarrow as pa
+
+    return (pa.types.is_string(arrow_type) or pa.types.is_large_string(arrow_type)
+            or pa.types.is_binary(arrow_type) or pa.types.is_large_binary(arrow_type)
+            or pa.types.is_fixed_size_binary(arrow_type))
+
+
+def _own_parquet_columns(path, schema, names):
+    """The columns of ``names`` (columns of the file, none of them part of an astropy
+    mixin) that `_arrow_column` reads, not astropy's reader, which fails on them or loses
+    what they hold: a categorical (pyarrow's dictionary type: astropy raises
+    NotImplementedError), a text column with a null cell (a file pandas wrote: astropy
+    raises TypeError) or no row (ValueError), an integer or boolean column with a null
+    cell (astropy gives float64 and NaN, losing the digits of a 64-bit id beyond 2**53, or
+    an object column of True, False and None). Whether a column holds a null is read from
+    the statistics of the file's row groups; a column without them is read here."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    candidates = []
+    for name in names:
+        arrow_type = schema.field(name).type
+        if pa.types.is_dictionary(arrow_type):
+            candidates.append((name, True))
+        elif (_arrow_text_type(arrow_type) or pa.types.is_integer(arrow_type)
+              or pa.types.is_boolean(arrow_type)):
+            candidates.append((name, False))
+    if not candidates:
+        return []
+    metadata = pq.read_metadata(path)
+    leaves = {metadata.schema.column(j).path: j for j in range(metadata.num_columns)}
+
+    def may_hold_nulls(name):
+        if name not in leaves:  # pragma: no cover - a flat column is one leaf of its name
+            return True
+        for i in range(metadata.num_row_groups):
+            stats = metadata.row_group(i).column(leaves[name]).statistics
+            if stats is None or not stats.has_null_count or stats.null_count:
+                return True
+        return False
+
+    return [name for name, always in candidates if always or may_hold_nulls(name) or (
+        not metadata.num_rows and _arrow_text_type(schema.field(name).type))]
+
+
+def _arrow_column(values, name, *, width=None):
+    """The pyarrow ChunkedArray ``values`` of the Parquet column ``name`` as a Column, or a
+    MaskedColumn masked where a cell is null: a categorical as its categories' values
+    (text, numbers); text as unicode (bytes as bytes) of ``width`` characters (astropy's
+    ``table::len::<name>`` key), else of its longest value's."""
+    import pyarrow as pa
+    from astropy.table import Column, MaskedColumn
+
+    if pa.types.is_dictionary(values.type):
+        values = values.cast(values.type.value_type)
+    mask = values.is_null().to_numpy(zero_copy_only=False)
+    arrow_type = values.type
+    if _arrow_text_type(arrow_type):
+        text = pa.types.is_string(arrow_type) or pa.types.is_large_string(arrow_type)
+        data = values.to_numpy(zero_copy_only=False)  # (objects: str or bytes, None)
+        data[mask] = "" if text else b""
+        kind = "U" if text else "S"
+        data = data.astype(f"{kind}{width}" if width else kind)
+        if not len(data) and not width:
+            data = data.astype(f"{kind}1")
+    elif pa.types.is_integer(arrow_type) or pa.types.is_boolean(arrow_type):
+        data = values.fill_null(False if pa.types.is_boolean(arrow_type) else 0).to_numpy(
+            zero_copy_only=False)
+    else:  # (the values of another categorical: floats with NaN, times with NaT...)
+        data = values.to_numpy(zero_copy_only=False)
+    return MaskedColumn(data, mask=mask, name=name) if mask.any() else Column(data, name=name)
+
+
 def read_parquet(path):
     """The table in the Parquet file ``path``, as ``QTable.read`` and `restore_parquet_shapes`
-    give it, its numeric array columns (an embedding) read as one buffer each.
+    give it, its numeric array columns (an embedding) read as one buffer each, and the
+    columns of files pandas writes that astropy's reader cannot read.
 
     astropy's reader turns an array column into an array per row and stacks them (for a
     million 256-d embeddings, 11-18 s and 5.4 GB): the columns of fixed-size lists of
     numbers (and booleans: the masks of masked array columns) are here read by pyarrow in
     batches into one array each, reshaped, given the units, descriptions, formats and meta
     of the file's header, and rebuilt into the masked columns, quantities and times it
-    records. Every other column is read by astropy, as before, without its warning that a
-    text column's width is not in the file (a file pandas or pyarrow wrote: the column is as
-    wide as its longest value). A file with a null list (no astropy file has one) is read by
-    astropy alone.
+    records. A file with a null list (no astropy file has one) has them read by astropy.
+
+    A null cell of a text, integer or boolean column (a file pandas wrote: ``None`` in a
+    text column, ``pd.NA`` in an ``Int64`` or ``boolean`` column) is a masked entry of a
+    masked column of that type, and a categorical column is a column of its values
+    (masked where null): these are read by pyarrow, as astropy fails on them (or gives an
+    integer column as float64 with NaN, losing digits beyond 2**53). A null float cell is
+    NaN and a null date or time NaT, as astropy reads them.
+
+    Every other column is read by astropy, without its warning that a text column's width
+    is not in the file (a file pandas or pyarrow wrote: the column is as wide as its longest
+    value).
 
     Parameters
     ----------
@@ -959,29 +1043,75 @@ def read_parquet(path):
     Returns
     -------
     astropy.table.QTable
+
+    Raises
+    ------
+    InputError
+        For a column of a type astropy's reader does not read (a struct, a time of day),
+        naming the file, the column and its type.
     """
     import pyarrow.parquet as pq
     from astropy.table import Column, QTable, Table
     from astropy.table import meta as table_meta
     from astropy.table import serialize
 
-    def read_by_astropy():
-        return restore_parquet_shapes(_astropy_read_parquet(QTable, path), path)
+    def by_astropy(cls, names=None):
+        """astropy's ``cls`` of the table columns ``names`` (all: None)."""
+        try:
+            if names is None:
+                return _astropy_read_parquet(cls, path)
+            return _astropy_read_parquet(cls, path, include_names=names)
+        except (NotImplementedError, TypeError) as exc:  # (the type of a column)
+            if isinstance(exc, AstromorphError):  # pragma: no cover - none from astropy
+                raise
+            for name in names or order:  # the one astropy fails on alone, to name it
+                try:
+                    _astropy_read_parquet(Table, path, include_names=[name])
+                except (NotImplementedError, TypeError) as each:
+                    kinds = ", ".join(str(schema.field(n).type)
+                                      for n, g in group.items() if g == name)
+                    raise InputError(f"{str(path)!r}: column {name!r} ({kinds}) cannot be "
+                                     f"read: {type(each).__name__}: {each}") from each
+            raise InputError(f"{str(path)!r} cannot be read: {type(exc).__name__}: "
+                             f"{exc}") from exc
+
+    def read_by_astropy(here=None):
+        """The table, its columns of ``here`` (table column -> column) and of ``own`` as
+        read here, all others by astropy."""
+        if not own and not here:
+            return restore_parquet_shapes(by_astropy(QTable), path)
+        if own:
+            here = dict(here or {})
+            keys = schema.metadata or {}
+            for name, values in zip(own, pq.read_table(path, columns=own).columns):
+                width = keys.get(f"table::len::{name}".encode())
+                col = _arrow_column(values, name, width=int(width) if width else None)
+                for attr in ("description", "format", "unit", "meta"):  # as astropy sets them
+                    if attr in attrs.get(name, {}):
+                        setattr(col, attr, attrs[name][attr])
+                here[name] = col
+        others = [full for full in order if full not in here]
+        rest = by_astropy(Table, others) if others else None
+        table = Table([here[full] if full in here else rest[full] for full in order],
+                      names=order, meta=meta, copy=False)
+        return restore_parquet_shapes(QTable(table, copy=False), path)
 
     schema = pq.read_schema(path)
-    if not any(_flat_arrow_type(field.type) for field in schema):
-        return read_by_astropy()
     text = (schema.metadata or {}).get(b"table_meta_yaml")
     header = table_meta.get_header_from_yaml(text.decode().split("\n")) if text else None
-    meta = (header or {}).get("meta", {})
-    serialized = meta.get("__serialized_columns__", {})
+    meta = (header or {}).get("meta", {}).copy()
+    serialized = meta.pop("__serialized_columns__", {})
+    attrs = {spec["name"]: spec for spec in (header or {}).get("datatype", ())}
     group = {name: name for name in schema.names}  # column -> the table column it makes
+    order, own = schema.names, []  # (read by astropy alone when the header is not the file's)
     for full, spec in serialized.items():
         for name in _serialized_names(spec):
             if name not in group:  # (a column dropped, its header kept: astropy's error)
                 return read_by_astropy()
             group[name] = full
     order = list(dict.fromkeys(group.values()))
+    own = _own_parquet_columns(path, schema, [name for name in schema.names
+                                             if group[name] == name and name not in serialized])
     flat = {full for full in order
             if all(_flat_arrow_type(schema.field(name).type)
                    for name, g in group.items() if g == full)}
@@ -1008,7 +1138,6 @@ def read_parquet(path):
     parquet.close()
     if done != rows:  # pragma: no cover - a file whose metadata miscounts its rows
         raise InputError(f"{str(path)!r} holds {done} rows, its metadata says {rows}")
-    attrs = {spec["name"]: spec for spec in (header or {}).get("datatype", ())}
     encoded = Table()
     for name in names:
         col = Column(values.pop(name).reshape(rows, sizes[name]), name=name, copy=False)
@@ -1024,13 +1153,7 @@ def read_parquet(path):
     if construct is None:  # pragma: no cover - astropy 8 has it
         return read_by_astropy()
     built = construct(encoded)
-    others = [full for full in order if full not in flat]
-    rest = _astropy_read_parquet(Table, path, include_names=others) if others else None
-    meta = meta.copy()
-    meta.pop("__serialized_columns__", None)
-    table = Table([built[full] if full in flat else rest[full] for full in order],
-                  names=order, meta=meta, copy=False)
-    return restore_parquet_shapes(QTable(table, copy=False), path)
+    return read_by_astropy({full: built[full] for full in order if full in flat})
 
 
 def plain_votable_columns(table):

@@ -340,3 +340,99 @@ def test_large_table_in_row_groups_astropy_reads(tmp_path):
     assert pq.ParquetFile(tmp_path / "t.parquet").num_row_groups == 2
     assert_tables_equal(Table.read(tmp_path / "t.parquet", format="parquet"), table)
     assert_tables_equal(Table(read_parquet(tmp_path / "t.parquet")), table)
+
+
+# ------------------------------------------------- null cells in files pandas or pyarrow wrote
+def _pandas_nulls_file(path):
+    """A catalogue as pandas writes it, with a null in each column that holds one."""
+    import pandas as pd
+
+    pd.DataFrame({
+        "ra": [10.5, 11.25, np.nan, 12.0],
+        "name": ["NGC 1", None, "é", "M 31"],  # object str column: pyarrow large_string
+        "source_id": pd.array([2**62 + 1, None, 7, -3], dtype="Int64"),  # > 2**53
+        "flag": pd.array([True, None, False, True], dtype="boolean"),
+        "kind": pd.Categorical(["spiral", None, "elliptical", "spiral"]),
+        "kind_full": pd.Categorical(["a", "b", "a", "a"]),  # a categorical without a null
+        "when": pd.to_datetime(["2020-01-01T00:00:00", None, "2021-02-03T04:05:06",
+                                "2022-01-01T00:00:00"]),
+        "n": [1, 2, 3, 4],
+    }).to_parquet(path)
+    return path
+
+
+def test_pandas_file_with_null_cells(tmp_path):
+    """A null in a text column (astropy: ``TypeError: object of type 'NoneType' has no
+    len()``), a nullable integer or boolean (astropy: float64 with NaN, losing the digits of
+    a 64-bit id; an object column of True/None) and a categorical column (astropy:
+    NotImplementedError) read as masked columns of their own type, masked where null; the
+    other columns as astropy reads them, in the file's order."""
+    path = _pandas_nulls_file(tmp_path / "nulls.parquet")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        t = read_parquet(path)
+    assert t.colnames == ["ra", "name", "source_id", "flag", "kind", "kind_full", "when", "n"]
+    assert isinstance(t["name"], MaskedColumn) and t["name"].dtype == np.dtype("U5")
+    assert t["name"].mask.tolist() == [False, True, False, False]
+    assert t["name"].filled("?").tolist() == ["NGC 1", "?", "é", "M 31"]
+    assert isinstance(t["source_id"], MaskedColumn) and t["source_id"].dtype == np.int64
+    assert t["source_id"].mask.tolist() == [False, True, False, False]
+    assert t["source_id"][0] == 2**62 + 1 and t["source_id"][3] == -3
+    assert isinstance(t["flag"], MaskedColumn) and t["flag"].dtype == bool
+    assert t["flag"].filled(False).tolist() == [True, False, False, True]
+    assert t["flag"].mask.tolist() == [False, True, False, False]
+    assert isinstance(t["kind"], MaskedColumn) and t["kind"].dtype.kind == "U"
+    assert t["kind"].filled("").tolist() == ["spiral", "", "elliptical", "spiral"]
+    assert t["kind"].mask.tolist() == [False, True, False, False]
+    assert type(t["kind_full"]) is Column and t["kind_full"].tolist() == ["a", "b", "a", "a"]
+    # a null float is NaN and a null time NaT, as astropy reads them (each type's own null)
+    assert np.isnan(t["ra"][2]) and t["ra"][1] == 11.25
+    assert np.isnat(t["when"][1]) and str(t["when"][2]) == "2021-02-03T04:05:06.000000"
+    assert type(t["n"]) is Column and t["n"].tolist() == [1, 2, 3, 4]
+    # the masked text column is one every output format holds
+    write_table(t["name", "source_id", "flag", "kind"], tmp_path / "out.ecsv")
+    back = Table.read(tmp_path / "out.ecsv")
+    assert back["name"].mask.tolist() == [False, True, False, False]
+    assert back["source_id"][0] == 2**62 + 1
+
+
+def test_null_text_beside_a_vector_column(tmp_path):
+    """The same in a file whose vector column astromorph reads through pyarrow; a column
+    of nothing but nulls (pyarrow's null type) reads as astropy reads it."""
+    emb = np.arange(12, dtype=np.float32).reshape(4, 3)
+    pq.write_table(pa.table({
+        "embedding": pa.FixedSizeListArray.from_arrays(pa.array(emb.ravel()), 3),
+        "name": pa.array(["a", None, None, "bb"]),
+        "id": pa.array([None, 1, 2, 3], pa.uint64()),
+        "empty": pa.array([None] * 4)}), tmp_path / "t.parquet")
+    t = read_parquet(tmp_path / "t.parquet")
+    assert t.colnames == ["embedding", "name", "id", "empty"]
+    np.testing.assert_array_equal(t["embedding"], emb)
+    assert t["name"].mask.tolist() == [False, True, True, False]
+    assert t["name"].filled("").tolist() == ["a", "", "", "bb"]
+    assert t["id"].dtype == np.uint64 and t["id"].mask.tolist() == [True, False, False, False]
+    assert t["empty"].tolist() == [None] * 4
+
+
+def test_zero_row_text_column(tmp_path):
+    """A text column of a file pyarrow wrote with no rows (astropy: ``max() arg is an empty
+    sequence``) reads as an empty text column."""
+    pq.write_table(pa.table({"name": pa.array([], pa.string()), "ra": pa.array([], pa.float64())}),
+                   tmp_path / "t.parquet")
+    t = read_parquet(tmp_path / "t.parquet")
+    assert t.colnames == ["name", "ra"] and len(t) == 0 and t["name"].dtype.kind == "U"
+
+
+@pytest.mark.parametrize("kind", ["struct", "time"])
+def test_column_astropy_cannot_read_is_named(tmp_path, kind):
+    """A column of a type astropy does not read (a struct, a time of day) is an InputError
+    naming the file, the column and its type, not astropy's NotImplementedError."""
+    from astromorph.exceptions import InputError
+
+    column = {"struct": pa.array([{"a": 1}, None]),
+              "time": pa.array([1, None], pa.time64("us"))}[kind]
+    pq.write_table(pa.table({"ra": [1.0, 2.0], "odd": column, "name": ["a", None]}),
+                   tmp_path / "t.parquet")
+    with pytest.raises(InputError, match=r"t\.parquet.*column 'odd'") as info:
+        read_parquet(tmp_path / "t.parquet")
+    assert str(column.type) in str(info.value)
