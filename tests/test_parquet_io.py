@@ -436,3 +436,40 @@ def test_column_astropy_cannot_read_is_named(tmp_path, kind):
     with pytest.raises(InputError, match=r"t\.parquet.*column 'odd'") as info:
         read_parquet(tmp_path / "t.parquet")
     assert str(column.type) in str(info.value)
+
+
+def test_cli_reads_a_pandas_catalogue_with_null_cells(tmp_path, capsys):
+    """``astromorph similar`` (which reads its table as annotate, cluster, classify and
+    evaluate do) on a catalogue pandas wrote with null text, Int64 and categorical cells
+    beside an embedding column: the nulls are masked in the output, the ids exact; a column
+    astropy cannot read is an error naming it (exit 2), not a traceback."""
+    import pandas as pd
+
+    from astromorph.cli import main
+
+    n = 12
+    emb = np.random.default_rng(5).normal(size=(n, 4)).astype(np.float32)
+    frame = pd.DataFrame({
+        "name": [None if i % 3 == 1 else f"G{i}" for i in range(n)],
+        "source_id": pd.array([None if i % 4 == 2 else 2**60 + i for i in range(n)],
+                              dtype="Int64"),
+        "kind": pd.Categorical([None if i % 5 == 0 else "sp" for i in range(n)])})
+    arrow = pa.Table.from_pandas(frame, preserve_index=False).append_column(
+        "embedding", pa.FixedSizeListArray.from_arrays(pa.array(emb.ravel()), 4))
+    pq.write_table(arrow, tmp_path / "cat.parquet")
+    out = tmp_path / "nn.ecsv"
+    assert main(["similar", str(tmp_path / "cat.parquet"), "--query", "0", "-k", str(n),
+                 "--include-query", "-o", str(out), "-q"]) == 0
+    res = Table.read(out)
+    res.sort("row")
+    assert res["row"].tolist() == list(range(n))
+    assert res["name"].mask.tolist() == [i % 3 == 1 for i in range(n)]
+    assert res["source_id"].mask.tolist() == [i % 4 == 2 for i in range(n)]
+    assert res["source_id"][3] == 2**60 + 3
+    assert res["kind"].mask.tolist() == [i % 5 == 0 for i in range(n)]
+    capsys.readouterr()
+    pq.write_table(arrow.append_column("odd", pa.array([{"a": 1}] * n)),
+                   tmp_path / "odd.parquet")
+    assert main(["similar", str(tmp_path / "odd.parquet"), "--query", "0", "-k", "2"]) == 2
+    err = capsys.readouterr().err
+    assert "odd.parquet" in err and "column 'odd'" in err and "Traceback" not in err
