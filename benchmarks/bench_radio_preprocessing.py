@@ -9,6 +9,9 @@ beam-sized sources of S/N 3 to 3,000 in Gaussian noise, some NaN holes):
 * the stack path: ``_sigma_clipped_rms_stack`` of all the windows (one sort per
   stamp, the clipped set a run of the sorted pixels) and one `first_cutout_to_uint8`
   call on the stack (what `astromorph.annotate` and `Model.predict` do now);
+* the whole flux-unit input of the radio family (``_radio_input`` of the adapters: the
+  noise, `peak_significance`, `background_significance` and the network input), and
+  `background_significance` alone with the rms given;
 * the network on the same stamps, batches of 256, for scale.
 
 Both paths are warmed up first and then alternated (best of ``--repeats``); their rms
@@ -61,11 +64,11 @@ def stacked(images):
     return rms, rad.first_cutout_to_uint8(images, rms=rms)
 
 
-def best(func, *args, repeats):
+def best(func, *args, repeats, **kwargs):
     times = []
     for _ in range(repeats):
         t = time.perf_counter()
-        out = func(*args)
+        out = func(*args, **kwargs)
         times.append(time.perf_counter() - t)
     return min(times), out
 
@@ -97,6 +100,16 @@ def main(argv=None):
           f"{same}")
     print(f"  noise alone: {noise_loop / n * 1e3:.2f} ms/stamp per stamp, "
           f"{noise_stack / n * 1e3:.2f} ms/stamp on the stack")
+    from astromorph._adapters import RawStamps, _radio_input
+
+    raw = RawStamps("bands", images[:, None])
+    flux_t, _ = best(_radio_input, raw, {"input": {}}, repeats=args.repeats)
+    background_t, _ = best(rad.background_significance, images, rms=stack_rms,
+                           repeats=args.repeats)
+    print(f"flux-unit input (noise, peak and background checks, network input): "
+          f"{flux_t / n * 1e3:.2f} ms/stamp")
+    print(f"  background_significance alone (rms given): {background_t / n * 1e3:.2f} "
+          f"ms/stamp")
     try:
         model = astromorph.load_model("radio-morphology", providers="cpu")
     except Exception as exc:  # a checkout without the exported model
