@@ -206,3 +206,79 @@ def test_radio_adapter_measures_the_stack_as_before(monkeypatch):
     faint = ~(radio.peak_significance(clean, rms=rms) >= radio.DETECTION_SIGMA)
     assert 0 < faint.sum() < len(faint)
     np.testing.assert_array_equal(flags & int(Flag.NO_SOURCE) != 0, faint)
+
+
+def reference_background(image, rms=None):
+    """``background_significance`` as it was (5984ca5): six np.nanmedian calls over the
+    stack, the clipping at 3 rms about the median applied to every valid pixel each time."""
+    image = real_array(image, "image").astype(np.float64)
+    single = image.ndim == 2
+    stack = image[None] if single else image
+    window = radio._centre_window(stack, 300, np.nan)
+    if rms is None:
+        rms = np.array([reference_rms(w) for w in window])
+    rms = np.broadcast_to(np.asarray(rms, dtype=float), (len(stack),))
+    values = window.reshape(len(stack), 300 ** 2)
+    valid = ~invalid_pixels(values)
+    some = valid.any(axis=1)
+    values = np.where(valid & some[:, None], values, np.nan)
+    values[~some] = 0.0
+    centre = np.nanmedian(values, axis=1)
+    for _ in range(5):
+        near = np.abs(values - centre[:, None]) <= 3.0 * rms[:, None]
+        centre = np.nanmedian(np.where(near | ~near.any(axis=1)[:, None], values, np.nan),
+                              axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out = np.where(some & (rms > 0), centre / np.where(rms > 0, rms, 1.0), np.nan)
+    return float(out[0]) if single else out
+
+
+def check_background(images, **options):
+    got = radio.background_significance(images, **options)
+    want = reference_background(images, **options)
+    # the same floats (NaN where the reference has NaN): not merely close
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+    assert np.shape(got) == np.shape(want)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32, ">f8"])
+def test_background_significance_is_the_nanmedian_loop(dtype):
+    """NaN, inf, sentinels, an offset, a constant (rms 0), an all-NaN image, a single
+    valid pixel, sources of S/N up to 10^4; pedestals of 0.5 to 3 sigma."""
+    images = corpus().astype(dtype)
+    check_background(images)
+    check_background(images[::3] + np.asarray(1.5e-4 * np.array([0.5, 1, 2, 3] * 5),
+                                              dtype=dtype)[:, None, None])
+    check_background(images[7])  # one image
+
+
+def test_background_significance_other_inputs():
+    rng = np.random.default_rng(21)
+    images = corpus(n=16, seed=22)
+    # a given rms: one for all, one per image (zeros among them), far too small (the
+    # clipping keeps no pixel: the median of all), far too large (keeps every pixel)
+    check_background(images, rms=1.5e-4)
+    check_background(images, rms=np.r_[0.0, np.geomspace(1e-7, 1e-2, 14), 0.0])
+    check_background(images, rms=1e-300)
+    check_background(images, rms=1e3)
+    check_background(images.astype(np.float32), rms=np.float32(1.5e-4))
+    # integers (ties everywhere: the runs end inside groups of equal values)
+    check_background(rng.integers(-20, 400, (6, 300, 300)))
+    ints = rng.integers(-3, 4, (6, 300, 300)).astype(np.int16)
+    for rms in (0.2, 1 / 3, 0.5, 1.0):
+        check_background(ints, rms=rms)
+    # even and odd counts of valid pixels (stamps smaller than the window, NaN holes)
+    small = images[:, 140:160, 145:152].copy()
+    small[::2, 0, 0] = np.nan
+    check_background(small)
+    check_background(small, rms=2e-5)
+    # a masked array: masked pixels count as missing, whatever they hide
+    masked = np.ma.masked_array(images, mask=rng.random(images.shape) < 0.3)
+    masked.data[masked.mask] = 1e3
+    check_background(masked)
+    check_background(masked.astype(np.float32), rms=1e-4)
+    # every pixel invalid: NaN, +-inf, sentinels of both signs
+    bad = np.full((4, 300, 300), np.nan)
+    bad[1], bad[2, ::2], bad[3] = -3.4e38, np.inf, 1e30
+    check_background(bad)
+    check_background(bad, rms=1.0)

@@ -192,7 +192,7 @@ _RMS_BLOCK = 32
 _PREFIX_BLOCK = 64
 
 
-def _sigma_clipped_rms_stack(stack, *, sigma=3.0, maxiters=10):
+def _sigma_clipped_rms_stack(stack, *, sigma=3.0, maxiters=10, background=False):
     """`sigma_clipped_rms` of each image of a stack, measured together: the same floats.
 
     Each image is sorted once (float32 input in float32: widening keeps the order) and
@@ -211,44 +211,70 @@ def _sigma_clipped_rms_stack(stack, *, sigma=3.0, maxiters=10):
     stack : array_like
         ``(N, ...)``: one image per row of the first axis (invalid and masked pixels
         as for `sigma_clipped_rms`). Options are not checked (private).
+    background : bool, optional
+        Also return the background `background_significance` measures with these
+        RMS values (`_clipped_median_sorted`), read off the same sorted pixels.
 
     Returns
     -------
-    numpy.ndarray
-        float64 ``(N,)``.
+    numpy.ndarray or tuple of numpy.ndarray
+        float64 ``(N,)``; with ``background``, ``(rms, background)`` (the background
+        NaN where an image has no valid pixel).
     """
-    stack = real_array(stack, "image")
-    if stack.dtype != np.float32:
-        stack = stack.astype(np.float64, copy=False)
+    stack = _float_stack(stack)
     flat = stack.reshape(len(stack), int(np.prod(stack.shape[1:], dtype=np.int64)))
     out = np.zeros(len(flat))
+    centre = np.full(len(flat), np.nan)
     for start in range(0, len(flat), _RMS_BLOCK):
-        out[start:start + _RMS_BLOCK] = _clipped_rms_block(flat[start:start + _RMS_BLOCK],
-                                                           float(sigma), int(maxiters))
-    return out
+        block = slice(start, start + _RMS_BLOCK)
+        out[block], centre[block] = _clipped_rms_block(flat[block], float(sigma),
+                                                       int(maxiters), background)
+    return (out, centre) if background else out
 
 
-def _clipped_rms_block(x, sigma, maxiters):
-    """`_sigma_clipped_rms_stack` of the rows of ``x`` (float32 or float64 ``(B, M)``)."""
-    eps = np.finfo(np.float64).eps
-    # the invalid pixels sort to the ends (-inf and negative sentinels first; positive
-    # ones, +inf and NaN last): the valid ones are the run [lo, hi)
+def _float_stack(stack):
+    """``stack`` as real numbers in float32 (if it is float32) or float64."""
+    stack = real_array(stack, "image")
+    return stack if stack.dtype == np.float32 else stack.astype(np.float64, copy=False)
+
+
+def _sorted_rows(x):
+    """The rows of ``x`` (``(B, M)``) sorted, and the run ``[lo, hi)`` of their valid pixels.
+
+    The invalid pixels sort to the ends (-inf and negative sentinels first; positive ones,
+    +inf and NaN last), so the valid ones are a run of the sorted row.
+    """
     ordered = np.sort(x, axis=1)
     count = x.shape[1] - np.count_nonzero(invalid_pixels(x), axis=1)
     lo = np.count_nonzero(x <= -SENTINEL, axis=1).astype(np.intp)
-    hi = lo + count
+    return ordered, lo, lo + count
+
+
+def _run_median(ordered, r, lo, hi):
+    """np.median of the run ``[lo, hi)`` (not empty) of sorted rows ``r``: its middle value,
+    or the mean of its two middle ones, in float64 as np.median computes it."""
+    m = hi - lo
+    odd = m % 2 == 1
+    upper = ordered[r, lo + m // 2].astype(np.float64)
+    lower = ordered[r, lo + m // 2 - 1 + odd].astype(np.float64)
+    return np.where(odd, upper, (lower + upper) / 2)
+
+
+def _clipped_rms_block(x, sigma, maxiters, background=False):
+    """`_sigma_clipped_rms_stack` of the rows of ``x`` (float32 or float64 ``(B, M)``):
+    the rms and, with ``background``, `_clipped_median_sorted` at ``3 * rms`` (else NaN)."""
+    eps = np.finfo(np.float64).eps
+    ordered, lo, hi = _sorted_rows(x)
+    count = hi - lo
+    valid_lo, valid_hi = lo.copy(), hi.copy()  # (the clipping narrows lo and hi)
     out = np.zeros(len(x))
     active = count > 0
     rows = np.flatnonzero(active)
     if rows.size == 0:
-        return out
+        return out, np.full(len(x), np.nan)
 
-    def centre(r, lo, hi):  # np.median of the run's middle one or two values
-        m = hi - lo
-        odd = m % 2 == 1
-        upper = ordered[r, lo + m // 2].astype(np.float64)
-        lower = ordered[r, lo + m // 2 - 1 + odd].astype(np.float64)
-        return np.where(odd, upper, (lower + upper) / 2)
+    def centre(r, lo, hi):
+        return _run_median(ordered, r, lo, hi)
 
     # sums of the first k sorted values less the first median (the shift keeps them small)
     # and of their squares: cumulative sums of blocks of _PREFIX_BLOCK values, plus the
@@ -325,7 +351,69 @@ def _clipped_rms_block(x, sigma, maxiters):
         out[i] = x[i][keep[i]].astype(np.float64).std()
     for i in np.flatnonzero(exact):
         out[i] = sigma_clipped_rms(x[i], sigma=sigma, maxiters=maxiters)
+    if not background:
+        return out, np.full(len(x), np.nan)
+    return out, _clipped_median_sorted(ordered, valid_lo, valid_hi,
+                                       _BACKGROUND_SIGMA * out)
+
+
+#: `background_significance` clips at this many times the RMS about the median, ...
+_BACKGROUND_SIGMA = 3.0
+#: ... this many times.
+_BACKGROUND_ITERS = 5
+
+
+def _clipped_median_stack(stack, half_width):
+    """`_clipped_median_sorted` of each image of ``stack`` (``(N, ...)``, invalid and masked
+    pixels as for `sigma_clipped_rms`), sorted in blocks of `_RMS_BLOCK` images."""
+    stack = _float_stack(stack)
+    flat = stack.reshape(len(stack), int(np.prod(stack.shape[1:], dtype=np.int64)))
+    half_width = np.broadcast_to(np.asarray(half_width, dtype=np.float64), (len(flat),))
+    out = np.full(len(flat), np.nan)
+    for start in range(0, len(flat), _RMS_BLOCK):
+        block = slice(start, start + _RMS_BLOCK)
+        out[block] = _clipped_median_sorted(*_sorted_rows(flat[block]), half_width[block])
     return out
+
+
+def _clipped_median_sorted(ordered, lo, hi, half_width):
+    """Clipped median of the valid pixels ``[lo, hi)`` of each sorted row of ``ordered``.
+
+    The median of the pixels within ``half_width`` (float64 ``(B,)``) of the median, the
+    test ``abs(x - centre) <= half_width`` made on every valid pixel in float64, repeated
+    `_BACKGROUND_ITERS` times; when no pixel passes, the median of all of them. The pixels
+    that pass are a run of the sorted row (`_run_edges`), whose median is read off its
+    middle (`_run_median`): np.median of the same pixels, the same float. A row whose run
+    no longer changes is left (its median would not). NaN for a row without valid pixels.
+    """
+    out = np.full(len(ordered), np.nan)
+    r = np.flatnonzero(hi > lo)
+    if r.size == 0:
+        return out
+    all_lo, all_hi, width = lo[r], hi[r], half_width[r]
+    run_lo, run_hi = all_lo.copy(), all_hi.copy()  # the run whose median is ``centre``
+    centre = _run_median(ordered, r, run_lo, run_hi)
+    active = np.arange(r.size)
+    for _ in range(_BACKGROUND_ITERS):
+        if active.size == 0:
+            break
+        new_lo, new_hi = _run_edges(ordered, r[active], all_lo[active], all_hi[active],
+                                    centre[active], width[active])
+        none = new_hi <= new_lo  # no pixel within the width: the median of them all
+        new_lo = np.where(none, all_lo[active], new_lo)
+        new_hi = np.where(none, all_hi[active], new_hi)
+        moved = (new_lo != run_lo[active]) | (new_hi != run_hi[active])
+        active = active[moved]
+        run_lo[active], run_hi[active] = new_lo[moved], new_hi[moved]
+        centre[active] = _run_median(ordered, r[active], run_lo[active], run_hi[active])
+    out[r] = centre
+    return out
+
+
+def _over_rms(values, rms):
+    """``values / rms``, NaN where the rms is zero (or the value NaN)."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(rms > 0, values / np.where(rms > 0, rms, 1.0), np.nan)
 
 
 def _run_edges(ordered, r, lo, hi, c, b):
@@ -434,27 +522,19 @@ def background_significance(image, *, rms=None):
     about itself (five iterations), so that a source moves it less (about half as much as
     the plain median for lobes of 40-65 arcsec FWHM).
     """
-    image = real_array(image, "image").astype(np.float64)
+    image = _float_stack(image)
     if image.ndim not in (2, 3):
         raise InputShapeError(f"expected a 2-D image or a stack of them, got shape {image.shape}")
     single = image.ndim == 2
     stack = image[None] if single else image
     window = _centre_window(stack, DATASET_IMAGE_PIXELS, np.nan)
+    # each window is sorted once: the clipped sets are runs of its sorted pixels
     if rms is None:
-        rms = _sigma_clipped_rms_stack(window)
-    rms = _per_image(_rms_values(rms, zero_ok=True), len(stack), rms)
-    values = window.reshape(len(stack), DATASET_IMAGE_PIXELS ** 2)
-    valid = ~invalid_pixels(values)
-    some = valid.any(axis=1)
-    values = np.where(valid & some[:, None], values, np.nan)
-    values[~some] = 0.0  # (no all-NaN slice for nanmedian to warn about)
-    centre = np.nanmedian(values, axis=1)
-    for _ in range(5):
-        near = np.abs(values - centre[:, None]) <= 3.0 * rms[:, None]
-        centre = np.nanmedian(np.where(near | ~near.any(axis=1)[:, None], values, np.nan),
-                              axis=1)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        out = np.where(some & (rms > 0), centre / np.where(rms > 0, rms, 1.0), np.nan)
+        rms, centre = _sigma_clipped_rms_stack(window, background=True)
+    else:
+        rms = _per_image(_rms_values(rms, zero_ok=True), len(stack), rms)
+        centre = _clipped_median_stack(window, _BACKGROUND_SIGMA * rms)
+    out = _over_rms(centre, rms)
     return float(out[0]) if single else out
 
 
