@@ -343,12 +343,13 @@ def _radio_input(raw, card):
         if resample.any() or images.shape[-1] != rad.DATASET_IMAGE_PIXELS:
             images = np.stack([rad.resample_to_first_grid(im, tuple(s) if s[0] != s[1] else s[0])
                                for im, s in zip(images, scales)])
-    # the noise is measured once, for the detection check and the data-set scaling
-    rms = rad._sigma_clipped_rms_stack(rad._centre_window(images, rad.DATASET_IMAGE_PIXELS,
-                                                          np.nan))
-    faint = ~(rad.peak_significance(images, rms=rms) >= rad.DETECTION_SIGMA)
+    # the noise is measured once, for the detection check and the data-set scaling, with
+    # the backgrounds of peak_significance and background_significance: one sort per window
+    rms, median, clipped = rad._sigma_clipped_rms_stack(
+        rad._centre_window(images, rad.DATASET_IMAGE_PIXELS, np.nan), background=True)
+    faint = ~(rad._peak_over_rms(images, median, rms) >= rad.DETECTION_SIGMA)
     flags |= np.where(faint, int(Flag.NO_SOURCE), 0).astype(flags.dtype)
-    background = rad.background_significance(images, rms=rms) > rad.MAX_BACKGROUND_SIGMA
+    background = rad._over_rms(clipped, rms) > rad.MAX_BACKGROUND_SIGMA
     # (an image without noise, e.g. a constant one, is left to measure its own, as before)
     return rad.preprocess_first_cutout(images, rms=rms if np.all(rms > 0) else None,
                                        **options), flags, background

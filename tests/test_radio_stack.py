@@ -183,7 +183,7 @@ def test_radio_adapter_measures_the_stack_as_before(monkeypatch):
     NO_SOURCE flags are those of the per-image code."""
     import astromorph
     from astromorph import Flag
-    from astromorph._adapters import RawStamps, prepare
+    from astromorph._adapters import RawStamps, _radio_input, prepare
 
     try:
         model = astromorph.load_model("radio-morphology", providers="cpu")
@@ -198,7 +198,8 @@ def test_radio_adapter_measures_the_stack_as_before(monkeypatch):
     x, flags = prepare(model, RawStamps("bands", images[:, None]))
     clean = np.where(invalid_pixels(images), np.float32(np.nan), images)
     rms = np.array([reference_rms(radio._centre_window(im, 300, np.nan)) for im in clean])
-    assert len(measured) == 1 and measured[0].tolist() == rms.tolist()
+    # one call, which also reads both backgrounds off its sorted pixels
+    assert len(measured) == 1 and measured[0][0].tolist() == rms.tolist()
     options = dict(model.card["input"].get("preprocessing_options") or {})
     want = radio.preprocess_dataset_image(
         reference_uint8(clean, rms=rms if np.all(rms > 0) else None), **options)
@@ -206,6 +207,16 @@ def test_radio_adapter_measures_the_stack_as_before(monkeypatch):
     faint = ~(radio.peak_significance(clean, rms=rms) >= radio.DETECTION_SIGMA)
     assert 0 < faint.sum() < len(faint)
     np.testing.assert_array_equal(flags & int(Flag.NO_SOURCE) != 0, faint)
+    np.testing.assert_array_equal(reference_peak(clean, rms=rms),
+                                  radio.peak_significance(clean, rms=rms))
+    # the background flag: OUT_OF_DISTRIBUTION from the clipped median alone (a pedestal
+    # of 0, 1 and 2 sigma on three copies of the noise-only stamps; no source is needed)
+    noise = np.random.default_rng(13).normal(0, 1.5e-4, (3, 300, 300)).astype(np.float32)
+    raw = np.concatenate([noise + np.float32(p * 1.5e-4) for p in (0, 1, 2)])
+    _, _, background = _radio_input(RawStamps("bands", raw[:, None]), model.card)
+    want = reference_background(raw) > radio.MAX_BACKGROUND_SIGMA
+    assert want.tolist() == [False] * 3 + [True] * 6
+    np.testing.assert_array_equal(background, want)
 
 
 def reference_background(image, rms=None):
@@ -233,12 +244,38 @@ def reference_background(image, rms=None):
     return float(out[0]) if single else out
 
 
+def reference_peak(image, rms=None):
+    """``peak_significance`` as it was (5984ca5): the background a np.nanmedian."""
+    image = real_array(image, "image").astype(np.float64)
+    single = image.ndim == 2
+    stack = image[None] if single else image
+    window = radio._centre_window(stack, 300, np.nan)
+    if rms is None:
+        rms = np.array([reference_rms(w) for w in window])
+    rms = np.broadcast_to(np.asarray(rms, dtype=float), (len(stack),))
+    field = radio._centre_window(stack, 128, np.nan).reshape(len(stack), 128 ** 2)
+    finite = ~invalid_pixels(field)
+    peak = np.where(finite, field, -np.inf).max(axis=1, initial=-np.inf)
+    values = window.reshape(len(window), 300 ** 2)
+    valid = ~invalid_pixels(values)
+    values = np.where(valid, values, np.nan)
+    values[~valid.any(axis=1)] = 0.0
+    peak = peak - np.maximum(np.nanmedian(values, axis=1), 0.0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out = np.where(finite.any(axis=1) & (rms > 0), peak / np.where(rms > 0, rms, 1.0),
+                       np.nan)
+    return float(out[0]) if single else out
+
+
 def check_background(images, **options):
-    got = radio.background_significance(images, **options)
-    want = reference_background(images, **options)
-    # the same floats (NaN where the reference has NaN): not merely close
-    np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
-    assert np.shape(got) == np.shape(want)
+    """background_significance and peak_significance (whose background is the plain
+    median, read off the same sorted pixels) against the nanmedian code."""
+    for new, old in ((radio.background_significance, reference_background),
+                     (radio.peak_significance, reference_peak)):
+        got, want = new(images, **options), old(images, **options)
+        # the same floats (NaN where the reference has NaN): not merely close
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+        assert np.shape(got) == np.shape(want)
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32, ">f8"])

@@ -190,6 +190,10 @@ def sigma_clipped_rms(image, *, sigma=3.0, maxiters=10):
 _RMS_BLOCK = 32
 #: Sorted values summed per block for `_sigma_clipped_rms_stack`'s prefix sums.
 _PREFIX_BLOCK = 64
+#: `background_significance` clips at this many times the RMS about the median, ...
+_BACKGROUND_SIGMA = 3.0
+#: ... this many times.
+_BACKGROUND_ITERS = 5
 
 
 def _sigma_clipped_rms_stack(stack, *, sigma=3.0, maxiters=10, background=False):
@@ -212,24 +216,24 @@ def _sigma_clipped_rms_stack(stack, *, sigma=3.0, maxiters=10, background=False)
         ``(N, ...)``: one image per row of the first axis (invalid and masked pixels
         as for `sigma_clipped_rms`). Options are not checked (private).
     background : bool, optional
-        Also return the background `background_significance` measures with these
-        RMS values (`_clipped_median_sorted`), read off the same sorted pixels.
+        Also return the backgrounds that `peak_significance` and
+        `background_significance` measure with these RMS values (`_clipped_median_sorted`:
+        the median and the clipped median), read off the same sorted pixels.
 
     Returns
     -------
     numpy.ndarray or tuple of numpy.ndarray
-        float64 ``(N,)``; with ``background``, ``(rms, background)`` (the background
-        NaN where an image has no valid pixel).
+        float64 ``(N,)``; with ``background``, ``(rms, median, clipped_median)`` (the
+        medians NaN where an image has no valid pixel).
     """
     stack = _float_stack(stack)
     flat = stack.reshape(len(stack), int(np.prod(stack.shape[1:], dtype=np.int64)))
-    out = np.zeros(len(flat))
-    centre = np.full(len(flat), np.nan)
+    out = np.zeros((3, len(flat)))
     for start in range(0, len(flat), _RMS_BLOCK):
         block = slice(start, start + _RMS_BLOCK)
-        out[block], centre[block] = _clipped_rms_block(flat[block], float(sigma),
-                                                       int(maxiters), background)
-    return (out, centre) if background else out
+        out[:, block] = _clipped_rms_block(flat[block], float(sigma), int(maxiters),
+                                           background)
+    return tuple(out) if background else out[0]
 
 
 def _float_stack(stack):
@@ -262,7 +266,9 @@ def _run_median(ordered, r, lo, hi):
 
 def _clipped_rms_block(x, sigma, maxiters, background=False):
     """`_sigma_clipped_rms_stack` of the rows of ``x`` (float32 or float64 ``(B, M)``):
-    the rms and, with ``background``, `_clipped_median_sorted` at ``3 * rms`` (else NaN)."""
+    ``(rms, median, clipped_median)``, the medians `_clipped_median_sorted` at ``3 * rms``
+    with ``background`` (else NaN)."""
+    nan = np.full(len(x), np.nan)
     eps = np.finfo(np.float64).eps
     ordered, lo, hi = _sorted_rows(x)
     count = hi - lo
@@ -271,7 +277,7 @@ def _clipped_rms_block(x, sigma, maxiters, background=False):
     active = count > 0
     rows = np.flatnonzero(active)
     if rows.size == 0:
-        return out, np.full(len(x), np.nan)
+        return out, nan, nan
 
     def centre(r, lo, hi):
         return _run_median(ordered, r, lo, hi)
@@ -352,49 +358,45 @@ def _clipped_rms_block(x, sigma, maxiters, background=False):
     for i in np.flatnonzero(exact):
         out[i] = sigma_clipped_rms(x[i], sigma=sigma, maxiters=maxiters)
     if not background:
-        return out, np.full(len(x), np.nan)
-    return out, _clipped_median_sorted(ordered, valid_lo, valid_hi,
-                                       _BACKGROUND_SIGMA * out)
+        return out, nan, nan
+    return (out, *_clipped_median_sorted(ordered, valid_lo, valid_hi,
+                                         _BACKGROUND_SIGMA * out))
 
 
-#: `background_significance` clips at this many times the RMS about the median, ...
-_BACKGROUND_SIGMA = 3.0
-#: ... this many times.
-_BACKGROUND_ITERS = 5
-
-
-def _clipped_median_stack(stack, half_width):
+def _clipped_median_stack(stack, half_width, *, iters=_BACKGROUND_ITERS):
     """`_clipped_median_sorted` of each image of ``stack`` (``(N, ...)``, invalid and masked
     pixels as for `sigma_clipped_rms`), sorted in blocks of `_RMS_BLOCK` images."""
     stack = _float_stack(stack)
     flat = stack.reshape(len(stack), int(np.prod(stack.shape[1:], dtype=np.int64)))
     half_width = np.broadcast_to(np.asarray(half_width, dtype=np.float64), (len(flat),))
-    out = np.full(len(flat), np.nan)
+    out = np.full((2, len(flat)), np.nan)
     for start in range(0, len(flat), _RMS_BLOCK):
         block = slice(start, start + _RMS_BLOCK)
-        out[block] = _clipped_median_sorted(*_sorted_rows(flat[block]), half_width[block])
-    return out
+        out[:, block] = _clipped_median_sorted(*_sorted_rows(flat[block]), half_width[block],
+                                               iters=iters)
+    return tuple(out)
 
 
-def _clipped_median_sorted(ordered, lo, hi, half_width):
-    """Clipped median of the valid pixels ``[lo, hi)`` of each sorted row of ``ordered``.
+def _clipped_median_sorted(ordered, lo, hi, half_width, *, iters=_BACKGROUND_ITERS):
+    """Median and clipped median of the valid pixels ``[lo, hi)`` of each sorted row.
 
     The median of the pixels within ``half_width`` (float64 ``(B,)``) of the median, the
     test ``abs(x - centre) <= half_width`` made on every valid pixel in float64, repeated
-    `_BACKGROUND_ITERS` times; when no pixel passes, the median of all of them. The pixels
-    that pass are a run of the sorted row (`_run_edges`), whose median is read off its
-    middle (`_run_median`): np.median of the same pixels, the same float. A row whose run
-    no longer changes is left (its median would not). NaN for a row without valid pixels.
+    ``iters`` times; when no pixel passes, the median of all of them. The pixels that pass
+    are a run of the sorted row (`_run_edges`), whose median is read off its middle
+    (`_run_median`): np.median of the same pixels, the same float. A row whose run no
+    longer changes is left (its median would not). Both NaN for a row without valid pixels.
     """
-    out = np.full(len(ordered), np.nan)
+    median, out = np.full(len(ordered), np.nan), np.full(len(ordered), np.nan)
     r = np.flatnonzero(hi > lo)
     if r.size == 0:
-        return out
+        return median, out
     all_lo, all_hi, width = lo[r], hi[r], half_width[r]
     run_lo, run_hi = all_lo.copy(), all_hi.copy()  # the run whose median is ``centre``
     centre = _run_median(ordered, r, run_lo, run_hi)
+    median[r] = centre
     active = np.arange(r.size)
-    for _ in range(_BACKGROUND_ITERS):
+    for _ in range(iters):
         if active.size == 0:
             break
         new_lo, new_hi = _run_edges(ordered, r[active], all_lo[active], all_hi[active],
@@ -407,7 +409,7 @@ def _clipped_median_sorted(ordered, lo, hi, half_width):
         run_lo[active], run_hi[active] = new_lo[moved], new_hi[moved]
         centre[active] = _run_median(ordered, r[active], run_lo[active], run_hi[active])
     out[r] = centre
-    return out
+    return median, out
 
 
 def _over_rms(values, rms):
@@ -473,22 +475,29 @@ def peak_significance(image, *, rms=None):
     pedestal is not subtracted: the threshold, counted from zero, removes a source that
     does not rise above zero by `DETECTION_SIGMA` times the RMS, so it is not detected.
     """
-    image = real_array(image, "image").astype(np.float64)
+    image = _float_stack(image)
     if image.ndim not in (2, 3):
         raise InputShapeError(f"expected a 2-D image or a stack of them, got shape {image.shape}")
     single = image.ndim == 2
     stack = image[None] if single else image
     window = _centre_window(stack, DATASET_IMAGE_PIXELS, np.nan)
     if rms is None:
-        rms = _sigma_clipped_rms_stack(window)
-    rms = _per_image(_rms_values(rms, zero_ok=True), len(stack), rms)
+        rms, median, _ = _sigma_clipped_rms_stack(window, background=True)
+    else:
+        rms = _per_image(_rms_values(rms, zero_ok=True), len(stack), rms)
+        median, _ = _clipped_median_stack(window, 0.0, iters=0)
+    out = _peak_over_rms(stack, median, rms)
+    return float(out[0]) if single else out
+
+
+def _peak_over_rms(stack, median, rms):
+    """`peak_significance` of the images ``stack`` (``(N, H, W)``) from the median of the
+    valid pixels of their data-set windows (NaN where none) and their rms."""
     field = _centre_window(stack, CROP_PIXELS, np.nan).reshape(len(stack), CROP_PIXELS ** 2)
     finite = ~invalid_pixels(field)
-    peak = np.where(finite, field, -np.inf).max(axis=1, initial=-np.inf)
-    peak = peak - np.maximum(_background(window), 0.0)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        out = np.where(finite.any(axis=1) & (rms > 0), peak / np.where(rms > 0, rms, 1.0), np.nan)
-    return float(out[0]) if single else out
+    peak = np.where(finite, field, -np.inf).max(axis=1, initial=-np.inf).astype(np.float64)
+    peak = peak - np.where(np.isnan(median), 0.0, np.maximum(median, 0.0))
+    return np.where(finite.any(axis=1), _over_rms(peak, rms), np.nan)
 
 
 def background_significance(image, *, rms=None):
@@ -530,22 +539,12 @@ def background_significance(image, *, rms=None):
     window = _centre_window(stack, DATASET_IMAGE_PIXELS, np.nan)
     # each window is sorted once: the clipped sets are runs of its sorted pixels
     if rms is None:
-        rms, centre = _sigma_clipped_rms_stack(window, background=True)
+        rms, _, centre = _sigma_clipped_rms_stack(window, background=True)
     else:
         rms = _per_image(_rms_values(rms, zero_ok=True), len(stack), rms)
-        centre = _clipped_median_stack(window, _BACKGROUND_SIGMA * rms)
+        _, centre = _clipped_median_stack(window, _BACKGROUND_SIGMA * rms)
     out = _over_rms(centre, rms)
     return float(out[0]) if single else out
-
-
-def _background(window):
-    """Median of the valid pixels of each window ``(N, H, W)`` (float64, NaN padding),
-    0 for a window without one."""
-    values = window.reshape(len(window), int(np.prod(window.shape[1:], dtype=np.int64)))
-    valid = ~invalid_pixels(values)
-    values = np.where(valid, values, np.nan)
-    values[~valid.any(axis=1)] = 0.0  # (no all-NaN slice for nanmedian to warn about)
-    return np.nanmedian(values, axis=1)
 
 
 def _rms_values(rms, *, zero_ok=False):
