@@ -97,6 +97,46 @@ def _check_wcs(wcs, name):
         raise InputError(f"{name}: its WCS cannot place sources: {'; '.join(bad)}")
 
 
+def _unset_scale_problem(wcs):
+    """Why the celestial axes of an `astropy.wcs.WCS` object have no pixel scale but
+    wcslib's default of 1 degree/pixel, or None.
+
+    A WCS built in memory (``WCS(naxis=2)``, then ``ctype``, ``crval`` and ``crpix``) whose
+    ``cdelt``, ``cd`` and ``pc`` are never set keeps wcslib's defaults, ``cdelt = [1, 1]``
+    and an identity ``pc``, and places pixels 1 degree apart without a word: the in-memory
+    counterpart of a FITS header without CDELTi, CDi_j or PCi_j (refused by its keywords,
+    `astromorph._readers._fits.wcs_matrix_problem`). A WCS object does not say which of its
+    values were set, so the rule is on the values: no CD matrix, ``cdelt`` exactly
+    ``[1, 1]`` on the celestial axes (the default; a real 1 degree/pixel image has
+    ``CDELT1 = -1``, RA increasing to the east) and a ``pc`` that is a rotation or
+    reflection (the identity, or ``crota``), so that nothing gives a scale. Pixels of 1
+    degree meant as such are said with a CD matrix (``wcs.wcs.cd``) or a negative cdelt.
+    """
+    try:
+        w = wcs.celestial.wcs
+        if w.naxis != 2 or w.has_cd():
+            return None
+        cdelt, pc = np.asarray(w.cdelt, float), np.asarray(w.get_pc(), float)
+    except Exception:  # noqa: BLE001 - a WCS wcslib cannot read: said by `_check_wcs`
+        return None
+    if not (np.all(cdelt == 1.0) and pc.shape == (2, 2)
+            and np.allclose(pc @ pc.T, np.eye(2), rtol=0, atol=1e-12)):
+        return None
+    return ("cdelt = [1, 1] and no cd or pc: no pixel scale set (wcslib silently takes its "
+            "default of 1 degree/pixel); set wcs.wcs.cdelt or wcs.wcs.cd (degrees per pixel), "
+            "or, for pixels of 1 degree, an explicit cd matrix")
+
+
+def _check_wcs_object(wcs, name):
+    """`_check_wcs` of an `astropy.wcs.WCS` object given by the user (no FITS header to
+    read its keywords from), and `InputError` where its pixel scale was never set
+    (`_unset_scale_problem`)."""
+    problem = _unset_scale_problem(wcs)
+    if problem:
+        raise InputError(f"{name}: its WCS cannot place sources: {problem}")
+    _check_wcs(wcs.celestial, name)
+
+
 def _celestial_frame(wcs, name):
     """The astropy frame of a celestial WCS, or `InputError` naming its CTYPE and ``name``.
 

@@ -8,7 +8,7 @@ import warnings
 import numpy as np
 from astropy.io import fits
 
-from ._cutouts import SkyImage
+from ._cutouts import SkyImage, _check_wcs_object
 from ._readers._fits import (_AUX_EXTNAMES, _MEMBERS, _TRIPLET_NAMES, _physical,
                              band_of_header, beam_of_header, header_facts, linear_fluxes,
                              saturation_of_header, wcs_matrix_problem)
@@ -309,9 +309,11 @@ def _parse_one(obj, band=None):
                              f"{type(wcs).__name__}")
         beam = None if header is None else beam_of_header(header.get)
         level = None if header is None else saturation_of_header(header)
+        celestial = _celestial_part(wcs, "array")
+        if header is None:  # a WCS object: no keywords say whether its scale was set
+            _check_wcs_object(wcs, "array")
         header = _axes_header(wcs) if header is None else header
-        images = [SkyImage(_plane(np.asarray(data), "array", header),
-                           _celestial_part(wcs, "array"),
+        images = [SkyImage(_plane(np.asarray(data), "array", header), celestial,
                            name="array", beam=beam, saturation=level)]
     elif hasattr(obj, "data") and hasattr(obj, "wcs"):  # NDData, CCDData
         if obj.wcs is None:
@@ -321,6 +323,7 @@ def _parse_one(obj, band=None):
             raise InputError(f"{type(obj).__name__} image needs a celestial FITS WCS "
                              f"(astropy.wcs.WCS), got {type(obj.wcs).__name__}")
         _celestial_part(wcs, type(obj).__name__)
+        _check_wcs_object(wcs, type(obj).__name__)
         data = np.asarray(obj.data)
         if data.dtype.kind not in "biuf":
             raise InputDTypeError(f"{type(obj).__name__} image pixels must be real numbers, got "

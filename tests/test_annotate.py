@@ -1699,6 +1699,67 @@ def test_degenerate_wcs_is_an_input_error_naming_its_keywords(optical_model, tmp
 
 
 
+def _default_scale_wcs(naxis=2, **set_):
+    """An in-memory celestial WCS whose pixel scale was never set (CTYPE, CRVAL, CRPIX
+    only), with the attributes ``set_`` of its ``wcs`` set."""
+    w = WCS(naxis=naxis)
+    w.wcs.ctype = ["RA---TAN", "DEC--TAN", "FREQ"][:naxis]
+    w.wcs.crval = [150.0, 2.2, 1.4e9][:naxis]
+    w.wcs.crpix = [100.0, 100.0, 1.0][:naxis]
+    for key, value in set_.items():
+        setattr(w.wcs, key, value)
+    return w
+
+
+@pytest.mark.parametrize("set_", [dict(), dict(pc=[[1.0, 0.0], [0.0, 1.0]]),
+                                  dict(pc=[[0.0, 1.0], [1.0, 0.0]]), dict(crota=[0.0, 30.0]),
+                                  dict(naxis=3)],
+                         ids=["nothing", "identity_pc", "swap_pc", "crota", "cube"])
+def test_in_memory_wcs_without_a_pixel_scale_is_an_input_error(optical_model, set_):
+    """An `astropy.wcs.WCS` built in memory whose cdelt, cd and pc were never set has
+    wcslib's default of 1 degree/pixel: annotate cut its stamps through it, as it did for a
+    header without CDELTi, CDi_j or PCi_j, which is refused; the WCS object is refused alike
+    (in an (array, WCS) pair, in NDData, and by `pixel_scale_from_wcs`)."""
+    from astromorph.preprocessing import pixel_scale_from_wcs, preprocess_radio_image
+
+    set_ = dict(set_)
+    w = _default_scale_wcs(set_.pop("naxis", 2), **set_)
+    img = blobs()
+    cat = catalogue(sky_wcs(), [(100, 100)])
+    named = (r"its WCS cannot place sources: cdelt = \[1, 1\] and no cd or pc: no pixel "
+             r"scale set \(wcslib silently takes its default of 1 degree/pixel\)")
+    data = img if w.naxis == 2 else img[None]
+    for images, name in (((data, w), "array"), (NDData(data, wcs=w), "NDData")):
+        with pytest.raises(InputError, match=rf"^{name}: {named}"):
+            astromorph.annotate(cat, images, model=optical_model)
+    with pytest.raises(InputError, match=rf"^wcs: {named}"):
+        pixel_scale_from_wcs(w)
+    with pytest.raises(InputError, match=rf"^wcs: {named}"):
+        preprocess_radio_image(np.zeros((300, 300)), wcs=w)
+
+
+def test_in_memory_wcs_of_one_degree_pixels_given_explicitly_is_kept(optical_model):
+    """1 degree/pixel said in so many words (a CD matrix, a negative CDELT1, a header with
+    its CDELTi keywords) is no unset pixel scale: only wcslib's default of cdelt = [1, 1]
+    without cd or pc is refused."""
+    from astromorph._readers._fits import _header_scale
+    from astromorph.preprocessing import pixel_scale_from_wcs
+
+    for w in (_default_scale_wcs(cd=[[1.0, 0.0], [0.0, 1.0]]),
+              _default_scale_wcs(cdelt=[-1.0, 1.0]),
+              _default_scale_wcs(cdelt=[1.0, -1.0])):
+        assert pixel_scale_from_wcs(w) == pytest.approx(3600.0)
+    # the scale in pc (cdelt left at 1), as a header's PCi_j alone give it
+    w = _default_scale_wcs(pc=[[-1e-4, 0.0], [0.0, 1e-4]])
+    assert pixel_scale_from_wcs(w) == pytest.approx(0.36)
+    h = _default_scale_wcs().to_header()
+    assert h["CDELT1"] == 1.0 and h["CDELT2"] == 1.0  # the keywords, as written
+    assert _header_scale(h) == pytest.approx(3600.0)
+    img = blobs()
+    cat = catalogue(sky_wcs(), [(100, 100)])
+    astromorph.annotate(cat, (img, h), model=optical_model, stamp_size=8)
+
+
 @pytest.mark.parametrize("keys", [
     dict(CDELT1=-1e-4, CDELT2=1e-4), dict(CDELT1=-1e-4, CDELT2=1e-4, PC1_2=0.1, PC2_1=-0.1),
     dict(CD1_1=-1e-4, CD2_2=1e-4), dict(CD1_1=-1e-4, CD1_2=1e-5, CD2_1=1e-5, CD2_2=1e-4),

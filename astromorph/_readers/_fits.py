@@ -524,8 +524,9 @@ def _header_scale(header):
     """Pixel scale (arcsec; `pixel_scales`: a pair for pixels that are not square) of the
     celestial WCS of an astropy header, or None where it has none, a degenerate one
     (`wcs_matrix_problem`), one that astropy cannot parse, or no positive finite scale."""
-    from ..preprocessing._radio import pixel_scale_from_wcs
     from astropy.wcs import WCS, FITSFixedWarning
+
+    from .._cutouts import _check_wcs
 
     with catch_warnings():
         warnings.simplefilter("ignore", FITSFixedWarning)
@@ -534,7 +535,9 @@ def _header_scale(header):
             if not wcs.has_celestial or wcs_matrix_problem(
                     header.get, (wcs.wcs.lng + 1, wcs.wcs.lat + 1)):
                 return None  # (a degenerate matrix: wcslib may have made one up)
-            pixel_scale_from_wcs(wcs)  # (checks that the WCS can place pixels)
+            # (checks that the WCS can place pixels; its scale keywords were read above,
+            # so CDELTi = 1 written out is 1 degree/pixel, not `_unset_scale_problem`)
+            _check_wcs(wcs.celestial, "header")
             scale = pixel_scales(wcs.celestial.pixel_scale_matrix)
         except Exception:  # noqa: BLE001 - malformed WCS keywords: no usable WCS
             return None

@@ -871,20 +871,22 @@ def pixel_scale_from_wcs(wcs):
         ``wcs`` is no `astropy.wcs.WCS`.
     astromorph.exceptions.InputError
         A WCS without celestial axes, or one that cannot place pixels on the sky: a
-        singular or non-finite pixel scale matrix, a non-finite reference point.
+        singular or non-finite pixel scale matrix, a non-finite reference point, or no
+        pixel scale set (``cdelt`` left at wcslib's default ``[1, 1]`` with no ``cd`` and
+        no ``pc`` but a rotation: 1 degree/pixel, silently; give 1 degree pixels as a
+        ``cd`` matrix).
     """
     from astropy.wcs import WCS
 
-    from .._cutouts import _check_wcs
+    from .._cutouts import _check_wcs_object
 
     if not isinstance(wcs, WCS):
         raise InvalidArgumentTypeError(f"wcs must be an astropy.wcs.WCS, got {wcs!r}")
     if not getattr(wcs, "has_celestial", False):
         raise InputError(f"the WCS has no celestial axes (CTYPE = {list(wcs.wcs.ctype)}): no "
                          "pixel scale in arcsec")
-    celestial = wcs.celestial
-    _check_wcs(celestial, "wcs")
-    return float(np.sqrt(abs(np.linalg.det(celestial.pixel_scale_matrix))) * 3600.0)
+    _check_wcs_object(wcs, "wcs")
+    return float(np.sqrt(abs(np.linalg.det(wcs.celestial.pixel_scale_matrix))) * 3600.0)
 
 
 def resample_to_first_grid(image, pixel_scale_arcsec, *, size=DATASET_IMAGE_PIXELS):
