@@ -22,7 +22,8 @@ from ._progress import progress_bar
 from ._version import __version__
 from ._warnings import warn
 from .exceptions import (AmbiguousInputWarning, InputError, InvalidArgumentError,
-                         InvalidArgumentTypeError, UnusableInputWarning)
+                         InvalidArgumentTypeError, UnitlessPositionWarning,
+                         UnusableInputWarning)
 
 __all__ = ["annotate", "ANNOTATE_CHUNK"]
 
@@ -189,7 +190,8 @@ def _positions(table, ra_col, dec_col, coord_col, what="catalogue"):
                              f"coordinate; {how}")
 
     def degrees(col, text_unit):
-        """Degrees; numbers in the column's unit (default deg), text angles in ``text_unit``."""
+        """Degrees, and where they are numbers read as degrees for want of a unit (a mask);
+        numbers in the column's unit (default deg), text angles in ``text_unit``."""
         c = table[col]
         _check_angle_kind(c, f"position column {col!r}", "numbers (degrees, or the column's "
                           "angle unit) or sexagesimal text")
@@ -199,25 +201,30 @@ def _positions(table, ra_col, dec_col, coord_col, what="catalogue"):
         # text in the unit that a sexagesimal unit string names ('d:m:s' RA: degrees)
         text_unit = _SEXAGESIMAL_UNITS.get(
             str(getattr(c, "unit", None)).strip().strip("\"'").lower(), text_unit)
+        numbers = _float_values(c)
+        assumed = np.isfinite(numbers) if getattr(c, "unit", None) is None \
+            else np.zeros(len(numbers), bool)
         try:
-            values = (_float_values(c) * unit).to_value(u.deg)
+            values = (numbers * unit).to_value(u.deg)
         except u.UnitsError:
             raise InputError(f"position column {col!r} is in {unit}, not an angle") from None
-        return _sexagesimal(c, values, text_unit)
+        return _sexagesimal(c, values, text_unit), assumed
 
     for col in (ra_col, dec_col):
         if np.ndim(table[col]) != 1:
             per_row = np.shape(table[col])[1:]  # (the shape of no row: checked on none)
             raise InputError(f"position column {col!r} must hold one value per row, got "
                              f"{int(np.prod(per_row))} (shape {per_row} per row)")
-    ra, dec = degrees(ra_col, u.hourangle), degrees(dec_col, u.deg)
+    (ra, ra_assumed), (dec, dec_assumed) = degrees(ra_col, u.hourangle), degrees(dec_col, u.deg)
+    ra_outside = _unitless_degrees(what, ((ra_col, ra, ra_assumed, 0.0, 360.0),
+                                          (dec_col, dec, dec_assumed, -90.0, 90.0)))
     # columns of the default names beside the ones used: a word where they disagree
     cos_dec = np.cos(np.radians(np.where(np.abs(dec) <= 90, dec, 0.0)))
     for axis, found, used, text_unit, scale in (("RA", ra_found, ra, u.hourangle, cos_dec),
                                                 ("Dec", dec_found, dec, u.deg, 1.0)):
         for other in found[1:]:
             try:
-                values = degrees(other, text_unit)
+                values = degrees(other, text_unit)[0]
             except InputError:
                 values = np.full(len(used), np.nan)
             arcsec = np.abs((values - used + 180) % 360 - 180) * scale * 3600
@@ -227,9 +234,48 @@ def _positions(table, ra_col, dec_col, coord_col, what="catalogue"):
                      f"{found[0]!r} is used; pass ra_col=/dec_col= (--ra-col/--dec-col) to "
                      "choose", AmbiguousInputWarning)
                 break
-    bad = ~(np.isfinite(ra) & np.isfinite(dec)) | (np.abs(dec) > 90)
+    bad = ~(np.isfinite(ra) & np.isfinite(dec)) | (np.abs(dec) > 90) | ra_outside
     ra, dec = np.where(bad, 0.0, ra), np.where(bad, 0.0, dec)
     return SkyCoord(ra * u.deg, dec * u.deg), bad
+
+
+def _unitless_degrees(what, columns):
+    """Check the numbers of position columns read as degrees for want of a unit; return the
+    rows whose unitless RA cannot be degrees (to be flagged, as a Dec beyond the pole is).
+
+    ``columns``: ``(name, degrees, assumed, low, high)`` of the RA and the Dec column, with
+    the mask of the values that were unitless numbers and the range of degrees they may be
+    in. One `UnitlessPositionWarning` names the columns that have such numbers; a column
+    none of whose numbers is in the range is in no unit that can be assumed (arcsec written
+    as plain numbers): an `InputError` naming it and its first value. Single values out of
+    range are sentinels (-99, -999) or typos: their rows are flagged, not wrapped onto the
+    sky (-999 degrees of RA would be 81). Columns with a unit (degrees included) are
+    astropy's to wrap.
+    """
+    unitless = []
+    outside = [np.zeros(len(values), bool) for _, values, _, _, _ in columns]
+    for k, (name, values, assumed, low, high) in enumerate(columns):
+        if not assumed.any():
+            continue
+        unitless.append(name)
+        out = assumed & ~((values >= low) & (values <= high))
+        if out[assumed].all():
+            first = values[np.flatnonzero(assumed)[0]]
+            raise InputError(
+                f"position column {name!r} has no unit and is read as degrees, but no value "
+                f"of it is one (from {low:g} to {high:g}): first {first:g}; give the column "
+                f"its unit (e.g. table[{name!r}].unit = 'arcsec')")
+        outside[k] = out
+    if unitless:
+        names = ", ".join(repr(n) for n in unitless)
+        ra_name = columns[0][0]
+        warn(f"the {what}'s position column{'s' if len(unitless) > 1 else ''} {names} "
+             f"{'have' if len(unitless) > 1 else 'has'} no unit: "
+             f"{'their' if len(unitless) > 1 else 'its'} numbers are read as degrees; give "
+             f"{'them' if len(unitless) > 1 else 'it'} a unit to say so (table[{unitless[0]!r}]"
+             f".unit = 'deg'; an RA in hours: table[{ra_name!r}].unit = 'hourangle')",
+             UnitlessPositionWarning)
+    return outside[0]
 
 
 def _position_candidates(table, ra_col, dec_col):
@@ -641,7 +687,12 @@ def annotate(table, images, *, model, ra_col=None, dec_col=None, coord_col=None,
         A shipped model name (e.g. ``"morphology"``), a model path, or a
         loaded `Model`.
     ra_col, dec_col : str, optional
-        RA and Dec columns (degrees, or Quantity). Default: the first
+        RA and Dec columns (degrees, or Quantity; numbers without a unit are
+        read as degrees with one
+        `~astromorph.exceptions.UnitlessPositionWarning`, and a unitless
+        column none of whose values is in [0, 360] (RA) or [-90, 90] (Dec) is
+        an `~astromorph.exceptions.InputError`; single such values flag their
+        rows ``BAD_INPUT``). Default: the first
         SkyCoord column, else common names (``ra``/``dec``, ``RAJ2000``...;
         an `~astromorph.exceptions.AmbiguousInputWarning` where two of them
         disagree), else the columns of UCD ``pos.eq.ra;meta.main`` and

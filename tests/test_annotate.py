@@ -87,9 +87,14 @@ def _is_memory_mapped(a):
     return False
 
 
-def catalogue(w, pix):
+def catalogue(w, pix, *, unit="deg"):
+    """A Table of the sources at the pixels ``pix`` of ``w``: ``id``, ``ra``, ``dec`` (in
+    ``unit``: None for the numbers without a unit, read as degrees with a
+    UnitlessPositionWarning)."""
     c = w.pixel_to_world(*np.asarray(pix, float).T)
-    return Table({"id": np.arange(len(pix)), "ra": c.ra.deg, "dec": c.dec.deg})
+    cat = Table({"id": np.arange(len(pix)), "ra": c.ra.deg, "dec": c.dec.deg})
+    cat["ra"].unit = cat["dec"].unit = unit
+    return cat
 
 
 def warns_bad_positions(n, total):
@@ -177,7 +182,7 @@ def test_distortion_whose_inverse_diverges_puts_no_far_source_on_the_image(optic
         x, y = w.world_to_pixel_values(far["ra"], far["dec"])
     assert ((x > 0) & (x < 199) & (y > 0) & (y < 199)).all()   # astropy: on the image
     cat = Table({"id": [0, 1, 2], "ra": np.r_[cat["ra"], far["ra"]],
-                 "dec": np.r_[cat["dec"], far["dec"]]})
+                 "dec": np.r_[cat["dec"], far["dec"]]}, units={"ra": "deg", "dec": "deg"})
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         out = astromorph.annotate(cat, (img, w), model=optical_model)
@@ -1363,7 +1368,7 @@ def test_fits_scaled_integers_blank_and_big_endian(optical_model, tmp_path):
 
 def test_positions_from_skycoord_and_quantities(optical_model):
     img, w = blobs(), sky_wcs()
-    cat = catalogue(w, [(100, 100), (80, 90)])
+    cat = catalogue(w, [(100, 100), (80, 90)], unit=None)
     ref = astromorph.annotate(cat, (img, w), model=optical_model)
     q = QTable({"RAJ2000": cat["ra"] * u.deg, "DEJ2000": (cat["dec"] * u.deg).to(u.arcmin)})
     np.testing.assert_allclose(astromorph.annotate(q, (img, w), model=optical_model)["opt_p_a"],
@@ -1493,7 +1498,7 @@ def test_nan_or_masked_skycoord_positions_are_bad_input(optical_model):
     from astropy.utils.masked import Masked
 
     img, w = blobs(), sky_wcs()
-    cat = catalogue(w, [(100, 100), (80, 90), (120, 60)])
+    cat = catalogue(w, [(100, 100), (80, 90), (120, 60)], unit=None)
     ref = astromorph.annotate(cat, (img, w), model=optical_model)
     ra = np.array(cat["ra"], dtype=float)
     ra[1] = np.nan
@@ -1538,29 +1543,30 @@ def test_catalogue_errors(optical_model):
     with pytest.raises(InputError, match="no RA or Dec column"):
         astromorph.annotate(Table({"x": [1.0]}), (img, w), model=optical_model)
     with pytest.raises(InputError, match="no column 'nope'"):
-        astromorph.annotate(catalogue(w, [(1, 1)]), (img, w), model=optical_model, ra_col="nope")
+        astromorph.annotate(catalogue(w, [(1, 1)], unit=None), (img, w),
+                            model=optical_model, ra_col="nope")
     # an empty name (--ra-col "$UNSET") is a missing column, not "find the column by name"
     for option in ("ra_col", "dec_col"):
         with pytest.raises(InputError, match="no column ''"):
-            astromorph.annotate(catalogue(w, [(1, 1)]), (img, w), model=optical_model,
+            astromorph.annotate(catalogue(w, [(1, 1)], unit=None), (img, w), model=optical_model,
                                 **{option: ""})
     with pytest.raises(InputError, match="Table"):
         astromorph.annotate({"ra": [1]}, (img, w), model=optical_model)
     # position columns that are no angles, or a coord_col that is no SkyCoord: InputError
     # naming the column, not astropy's UnitConversionError / SkyCoord's ValueError
-    bad_unit = QTable(catalogue(w, [(100, 100)]))
+    bad_unit = QTable(catalogue(w, [(100, 100)], unit=None))
     bad_unit["ra"] = bad_unit["ra"] * u.mag
     with pytest.raises(InputError, match="position column 'ra' is in mag, not an angle"):
         astromorph.annotate(bad_unit, (img, w), model=optical_model)
     with pytest.raises(InvalidArgumentError, match="batch_size must be a positive integer"):
-        astromorph.annotate(catalogue(w, [(100, 100)]), (img, w), model=optical_model,
+        astromorph.annotate(catalogue(w, [(100, 100)], unit=None), (img, w), model=optical_model,
                             batch_size=0)
     with pytest.raises(InputError, match="coord_col 'ra' is not a SkyCoord column"):
-        astromorph.annotate(catalogue(w, [(100, 100)]), (img, w), model=optical_model,
+        astromorph.annotate(catalogue(w, [(100, 100)], unit=None), (img, w), model=optical_model,
                             coord_col="ra")
     # a position column of several values per row, or threads that are no whole number:
     # InputError / InvalidArgumentError, not numpy's broadcasting ValueError or int()'s
-    wide = catalogue(w, [(100, 100), (70, 120)])
+    wide = catalogue(w, [(100, 100), (70, 120)], unit=None)
     wide["ra"] = np.stack([wide["ra"]] * 2, axis=1)
     # (its values per row named: the check on no row said 'got shape (0, 2)')
     with pytest.raises(InputError, match=r"position column 'ra' must hold one value per row, "
@@ -1568,10 +1574,11 @@ def test_catalogue_errors(optical_model):
         astromorph.annotate(wide, (img, w), model=optical_model)
     for bad in ("x", 1.5, -1):
         with pytest.raises(InvalidArgumentError, match="threads"):
-            astromorph.annotate(catalogue(w, [(100, 100)]), (img, w), model=optical_model,
+            astromorph.annotate(catalogue(w, [(100, 100)], unit=None), (img, w),
+                                model=optical_model,
                                 threads=bad)
     # a stamp size that is no angle is a mistake in the call, not a flag on every row
-    cat = catalogue(w, [(100, 100)])
+    cat = catalogue(w, [(100, 100)], unit=None)
     for bad in (-3, 0, np.nan, "abc", 2 * u.kg):
         with pytest.raises(InvalidArgumentError, match="stamp_size"):
             astromorph.annotate(cat, (img, w), model=optical_model, stamp_size=bad)
@@ -2036,7 +2043,7 @@ def test_cli_annotate_prints_every_row(optical_model, tmp_path, capsys):
     a pipe): a catalogue of 100 rows or more printed 57 rows and '...' in the middle."""
     img, w = blobs(), sky_wcs()
     fits.writeto(tmp_path / "img.fits", img, w.to_header())
-    catalogue(w, [(100, 100)] * 150).write(tmp_path / "cat.ecsv")
+    catalogue(w, [(100, 100)] * 150, unit=None).write(tmp_path / "cat.ecsv")
     capsys.readouterr()
     assert cli.main(["annotate", str(tmp_path / "cat.ecsv"), "-i", str(tmp_path / "img.fits"),
                      "-m", str(optical_model.path), "--no-progress", "-q"]) == 0
@@ -3282,6 +3289,78 @@ def test_cli_reads_votable_and_ipac_catalogues(optical_model, tmp_path):
         astromorph._io.table_format(tmp_path / "out.vot")  # writing: as before
 
 
+def test_unitless_positions_are_read_as_degrees_and_said(optical_model):
+    """RA/Dec columns without a unit are read as degrees (the documented default), as they
+    were, but no longer without a word: one UnitlessPositionWarning per call names both
+    columns and the unit assumed. Columns with a unit, text (sexagesimal) and SkyCoord
+    columns get none."""
+    from astromorph.exceptions import UnitlessPositionWarning
+
+    img, w = blobs(), sky_wcs()
+    cat = catalogue(w, [(100, 100), (80, 90)], unit=None)
+    with pytest.warns(UnitlessPositionWarning) as record:
+        out = astromorph.annotate(cat, (img, w), model=optical_model)
+    ours = [r for r in record if r.category is UnitlessPositionWarning]
+    assert len(ours) == 1, [str(r.message) for r in ours]
+    assert str(ours[0].message).startswith(
+        "the catalogue's position columns 'ra', 'dec' have no unit: their numbers are read "
+        "as degrees")
+    assert "'hourangle'" in str(ours[0].message)
+    assert issubclass(UnitlessPositionWarning, AstromorphWarning)
+    with_units = cat.copy()
+    with_units["ra"].unit = with_units["dec"].unit = u.deg
+    hms = Table({"ra": [c.to_string(u.hourangle, sep=":", precision=6)
+                        for c in Angle(cat["ra"], u.deg)],
+                 "dec": [c.to_string(u.deg, sep=":", precision=6)
+                         for c in Angle(cat["dec"], u.deg)]})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UnitlessPositionWarning)
+        ref = astromorph.annotate(with_units, (img, w), model=optical_model)
+        astromorph.annotate(hms, (img, w), model=optical_model)
+        astromorph.annotate(Table({"coord": w.pixel_to_world([100.0], [100.0])}), (img, w),
+                            model=optical_model)
+    np.testing.assert_array_equal(out["opt_p_a"], ref["opt_p_a"])
+    one = with_units.copy()
+    one["dec"].unit = None
+    with pytest.warns(UnitlessPositionWarning,
+                      match=r"^the catalogue's position column 'dec' has no unit: its numbers"):
+        astromorph.annotate(one, (img, w), model=optical_model)
+
+
+@pytest.mark.parametrize("axis", ["ra", "dec"])
+def test_unitless_positions_that_cannot_be_degrees_are_an_input_error(optical_model, axis):
+    """A unitless RA column whose every value is outside [0, 360] (or Dec outside
+    [-90, 90]) is in no unit astromorph can assume: arcsec written as plain numbers were
+    read as degrees (RA wrapped, Dec flagged on every row). It is an InputError naming the
+    column, the value and the range."""
+    img, w = blobs(), sky_wcs()
+    cat = catalogue(w, [(100, 100), (80, 90)], unit=None)
+    cat[axis] = cat[axis] * 3600  # arcsec
+    lo, hi = (0, 360) if axis == "ra" else (-90, 90)
+    with pytest.raises(InputError, match=rf"^position column '{axis}' has no unit and is read "
+                                         rf"as degrees, but no value of it is one \(from {lo} "
+                                         rf"to {hi}\): first {cat[axis][0]:g};"):
+        astromorph.annotate(cat, (img, w), model=optical_model)
+
+
+def test_unitless_ra_out_of_range_on_some_rows_is_flagged(optical_model):
+    """Unitless RA values outside [0, 360] on some rows (sentinels such as -999, or an RA
+    taken 360 degrees off) were wrapped onto the sky (-999 deg is 81 deg) and scored there
+    without a word; they are now flagged BAD_INPUT, as a Dec beyond the pole is. A column
+    whose unit says degrees is wrapped, as astropy's Longitude does."""
+    img, w = blobs(), sky_wcs()
+    cat = catalogue(w, [(100, 100), (80, 90), (90, 110), (110, 90)], unit=None)
+    cat["ra"][1] -= 360.0
+    cat["ra"][2] += 360.0
+    cat["ra"][3] = -999.0
+    with warns_bad_positions(3, 4):
+        out = astromorph.annotate(cat, (img, w), model=optical_model)
+    assert np.asarray(out["opt_flags"]).tolist() == [0] + [int(Flag.BAD_INPUT)] * 3
+    cat["ra"].unit = cat["dec"].unit = u.deg
+    out = astromorph.annotate(cat, (img, w), model=optical_model)
+    assert np.asarray(out["opt_flags"]).tolist()[:3] == [0, 0, 0]
+
+
 def test_unitless_ra_under_24_with_no_source_on_the_images_says_hours(optical_model):
     """An RA column of decimal hours without a unit is read as degrees (the documented
     default): every source then lies off the images and the output was all masked without
@@ -3289,7 +3368,7 @@ def test_unitless_ra_under_24_with_no_source_on_the_images_says_hours(optical_mo
     (or under 2 pi: radians), an UnusableInputWarning says how they were read and how to
     give hours; a catalogue that is simply elsewhere on the sky gets no such hint."""
     img, w = blobs(), sky_wcs()
-    cat = catalogue(w, [(100, 100), (80, 90)])
+    cat = catalogue(w, [(100, 100), (80, 90)], unit=None)
     hours = Table({"ra": cat["ra"] / 15, "dec": cat["dec"]})
     with pytest.warns(astromorph.exceptions.UnusableInputWarning,
                       match=r"no source.*'ra' has no unit.*under 24.*degrees.*hourangle"):
@@ -3298,7 +3377,8 @@ def test_unitless_ra_under_24_with_no_source_on_the_images_says_hours(optical_mo
     elsewhere = Table({"ra": cat["ra"] + 30, "dec": cat["dec"]})
     with pytest.warns(astromorph.exceptions.UnusableInputWarning) as record:
         astromorph.annotate(elsewhere, (img, w), model=optical_model)
-    assert "hourangle" not in str(record[0].message)
+    (unusable,) = [r for r in record if r.category is astromorph.exceptions.UnusableInputWarning]
+    assert "hourangle" not in str(unusable.message)
     with warnings.catch_warnings():  # some sources on the image: nothing to say
         warnings.simplefilter("error", astromorph.exceptions.UnusableInputWarning)
         astromorph.annotate(vstack_rows(cat, elsewhere), (img, w), model=optical_model)

@@ -2290,7 +2290,8 @@ def test_position_queries_in_frames_that_are_no_rotation_of_the_table_s():
     rng = np.random.default_rng(4)
     ra, dec = rng.uniform(0, 360, 30), np.degrees(np.arcsin(rng.uniform(-1, 1, 30)))
     icrs = SkyCoord(ra, dec, unit="deg")
-    plain = SimilarityIndex(x, table=Table({"ra": ra, "dec": dec}))
+    plain = SimilarityIndex(x, table=Table({"ra": ra, "dec": dec},
+                                           units={"ra": "deg", "dec": "deg"}))
     fk4 = SimilarityIndex(x, table=QTable({"coord": icrs.fk4}))
     for index, position in ((plain, icrs[7].fk4), (plain, icrs[7].galactic),
                             (fk4, icrs[7]), (fk4, icrs[7].fk4)):
