@@ -22,8 +22,7 @@ from ._progress import progress_bar
 from ._version import __version__
 from ._warnings import warn
 from .exceptions import (AmbiguousInputWarning, InputError, InvalidArgumentError,
-                         InvalidArgumentTypeError, UnitlessPositionWarning,
-                         UnusableInputWarning)
+                         InvalidArgumentTypeError, UnusableInputWarning)
 
 __all__ = ["annotate", "ANNOTATE_CHUNK"]
 
@@ -245,12 +244,14 @@ def _unitless_degrees(what, columns):
 
     ``columns``: ``(name, degrees, assumed, low, high)`` of the RA and the Dec column, with
     the mask of the values that were unitless numbers and the range of degrees they may be
-    in. One `UnitlessPositionWarning` names the columns that have such numbers; a column
-    none of whose numbers is in the range is in no unit that can be assumed (arcsec written
-    as plain numbers): an `InputError` naming it and its first value. Single values out of
-    range are sentinels (-99, -999) or typos: their rows are flagged, not wrapped onto the
-    sky (-999 degrees of RA would be 81). Columns with a unit (degrees included) are
-    astropy's to wrap.
+    in. Reading them as degrees is the convention of catalogues (a CSV file cannot say
+    otherwise), logged at INFO level with the columns' names. An RA column none of whose
+    numbers exceeds 180 may be written from -180 to 180: its negative values are wrapped
+    (-10 is 350). A column none of whose numbers is in the range is in no unit that can be
+    assumed (arcsec written as plain numbers): an `InputError` naming it and its first
+    value. Single values out of range are sentinels (-999) or typos: their rows are flagged,
+    not wrapped onto the sky (-999 degrees of RA would be 81). Columns with a unit (degrees
+    included) are astropy's to wrap.
     """
     unitless = []
     outside = [np.zeros(len(values), bool) for _, values, _, _, _ in columns]
@@ -258,6 +259,8 @@ def _unitless_degrees(what, columns):
         if not assumed.any():
             continue
         unitless.append(name)
+        if k == 0 and not (values[assumed] > 180.0).any():  # an RA from -180 to 180
+            low = -180.0
         out = assumed & ~((values >= low) & (values <= high))
         if out[assumed].all():
             first = values[np.flatnonzero(assumed)[0]]
@@ -267,14 +270,9 @@ def _unitless_degrees(what, columns):
                 f"its unit (e.g. table[{name!r}].unit = 'arcsec')")
         outside[k] = out
     if unitless:
-        names = ", ".join(repr(n) for n in unitless)
-        ra_name = columns[0][0]
-        warn(f"the {what}'s position column{'s' if len(unitless) > 1 else ''} {names} "
-             f"{'have' if len(unitless) > 1 else 'has'} no unit: "
-             f"{'their' if len(unitless) > 1 else 'its'} numbers are read as degrees; give "
-             f"{'them' if len(unitless) > 1 else 'it'} a unit to say so (table[{unitless[0]!r}]"
-             f".unit = 'deg'; an RA in hours: table[{ra_name!r}].unit = 'hourangle')",
-             UnitlessPositionWarning)
+        log.info("the %s's position column(s) %s have no unit: read as degrees (an RA in "
+                 "hours: table[%r].unit = 'hourangle')", what,
+                 ", ".join(repr(n) for n in unitless), columns[0][0])
     return outside[0]
 
 
@@ -688,11 +686,10 @@ def annotate(table, images, *, model, ra_col=None, dec_col=None, coord_col=None,
         loaded `Model`.
     ra_col, dec_col : str, optional
         RA and Dec columns (degrees, or Quantity; numbers without a unit are
-        read as degrees with one
-        `~astromorph.exceptions.UnitlessPositionWarning`, and a unitless
-        column none of whose values is in [0, 360] (RA) or [-90, 90] (Dec) is
-        an `~astromorph.exceptions.InputError`; single such values flag their
-        rows ``BAD_INPUT``). Default: the first
+        read as degrees, an RA with no value above 180 from -180 to 180; a
+        unitless column none of whose values is in [0, 360] (RA) or [-90, 90]
+        (Dec) is an `~astromorph.exceptions.InputError`; single such values
+        flag their rows ``BAD_INPUT``). Default: the first
         SkyCoord column, else common names (``ra``/``dec``, ``RAJ2000``...;
         an `~astromorph.exceptions.AmbiguousInputWarning` where two of them
         disagree), else the columns of UCD ``pos.eq.ra;meta.main`` and

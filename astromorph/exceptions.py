@@ -27,7 +27,6 @@ __all__ = [
     "MissingDependencyError",
     "UnusableInputWarning",
     "AmbiguousInputWarning",
-    "UnitlessPositionWarning",
     "DuplicateSourceWarning",
     "LossyOutputWarning",
     "ProvenanceMismatchError",
@@ -151,12 +150,6 @@ class UnusableInputWarning(AstromorphWarning):
 
 class AmbiguousInputWarning(AstromorphWarning):
     """An input's shape can be read in two ways; the message says which one is used."""
-
-
-class UnitlessPositionWarning(AstromorphWarning):
-    """RA or Dec columns of a catalogue have no unit: their numbers are read as degrees (the
-    documented default); the message names the columns and how to give them a unit (e.g.
-    ``'hourangle'`` for an RA in hours), which silences it."""
 
 
 class DuplicateSourceWarning(AstromorphWarning):

@@ -2,6 +2,7 @@
 import contextlib
 import importlib.util
 import json
+import logging
 import os
 import re
 import sys
@@ -89,8 +90,7 @@ def _is_memory_mapped(a):
 
 def catalogue(w, pix, *, unit="deg"):
     """A Table of the sources at the pixels ``pix`` of ``w``: ``id``, ``ra``, ``dec`` (in
-    ``unit``: None for the numbers without a unit, read as degrees with a
-    UnitlessPositionWarning)."""
+    ``unit``: None for the numbers without a unit, read as degrees)."""
     c = w.pixel_to_world(*np.asarray(pix, float).T)
     cat = Table({"id": np.arange(len(pix)), "ra": c.ra.deg, "dec": c.dec.deg})
     cat["ra"].unit = cat["dec"].unit = unit
@@ -3289,42 +3289,47 @@ def test_cli_reads_votable_and_ipac_catalogues(optical_model, tmp_path):
         astromorph._io.table_format(tmp_path / "out.vot")  # writing: as before
 
 
-def test_unitless_positions_are_read_as_degrees_and_said(optical_model):
-    """RA/Dec columns without a unit are read as degrees (the documented default), as they
-    were, but no longer without a word: one UnitlessPositionWarning per call names both
-    columns and the unit assumed. Columns with a unit, text (sexagesimal) and SkyCoord
-    columns get none."""
-    from astromorph.exceptions import UnitlessPositionWarning
-
+def test_unitless_positions_are_read_as_degrees_and_logged(optical_model, caplog):
+    """RA/Dec columns without a unit are read as degrees (the documented default, all a CSV
+    catalogue can give) with no warning, the columns named in the log; the same values with
+    a unit, as text or as a SkyCoord give the same result."""
     img, w = blobs(), sky_wcs()
     cat = catalogue(w, [(100, 100), (80, 90)], unit=None)
-    with pytest.warns(UnitlessPositionWarning) as record:
+    with warnings.catch_warnings(), caplog.at_level(logging.INFO, "astromorph._annotate"):
+        warnings.simplefilter("error", AstromorphWarning)
         out = astromorph.annotate(cat, (img, w), model=optical_model)
-    ours = [r for r in record if r.category is UnitlessPositionWarning]
-    assert len(ours) == 1, [str(r.message) for r in ours]
-    assert str(ours[0].message).startswith(
-        "the catalogue's position columns 'ra', 'dec' have no unit: their numbers are read "
-        "as degrees")
-    assert "'hourangle'" in str(ours[0].message)
-    assert issubclass(UnitlessPositionWarning, AstromorphWarning)
+    said = [r.getMessage() for r in caplog.records if "have no unit" in r.getMessage()]
+    assert said == ["the catalogue's position column(s) 'ra', 'dec' have no unit: read as "
+                    "degrees (an RA in hours: table['ra'].unit = 'hourangle')"]
     with_units = cat.copy()
     with_units["ra"].unit = with_units["dec"].unit = u.deg
     hms = Table({"ra": [c.to_string(u.hourangle, sep=":", precision=6)
                         for c in Angle(cat["ra"], u.deg)],
                  "dec": [c.to_string(u.deg, sep=":", precision=6)
                          for c in Angle(cat["dec"], u.deg)]})
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", UnitlessPositionWarning)
+    caplog.clear()
+    with caplog.at_level(logging.INFO, "astromorph._annotate"):
         ref = astromorph.annotate(with_units, (img, w), model=optical_model)
-        astromorph.annotate(hms, (img, w), model=optical_model)
-        astromorph.annotate(Table({"coord": w.pixel_to_world([100.0], [100.0])}), (img, w),
-                            model=optical_model)
+        by_text = astromorph.annotate(hms, (img, w), model=optical_model)
+    assert not [r for r in caplog.records if "have no unit" in r.getMessage()]
     np.testing.assert_array_equal(out["opt_p_a"], ref["opt_p_a"])
-    one = with_units.copy()
-    one["dec"].unit = None
-    with pytest.warns(UnitlessPositionWarning,
-                      match=r"^the catalogue's position column 'dec' has no unit: its numbers"):
-        astromorph.annotate(one, (img, w), model=optical_model)
+    np.testing.assert_allclose(by_text["opt_p_a"], ref["opt_p_a"], atol=1e-5)
+
+
+def test_unitless_ra_from_minus_180_to_180_is_wrapped(optical_model):
+    """A unitless RA column none of whose values exceeds 180 may be written from -180 to
+    180 (as for plots): -10 is 350, the row is scored where a column in degrees puts it,
+    not flagged."""
+    img, w = blobs(), sky_wcs(crval=(0.0, 0.0))  # the image straddles RA 0
+    cat = catalogue(w, [(100, 100), (80, 90), (120, 110)], unit=u.deg)
+    ref = astromorph.annotate(cat, (img, w), model=optical_model)
+    signed = cat.copy()
+    signed["ra"] = np.where(cat["ra"] > 180, cat["ra"] - 360.0, cat["ra"])
+    signed["ra"].unit = signed["dec"].unit = None
+    assert (signed["ra"] < 0).any() and (signed["ra"] >= 0).any()
+    out = astromorph.annotate(signed, (img, w), model=optical_model)
+    assert np.asarray(out["opt_flags"]).tolist() == np.asarray(ref["opt_flags"]).tolist()
+    np.testing.assert_allclose(out["opt_p_a"], ref["opt_p_a"], atol=1e-6)
 
 
 @pytest.mark.parametrize("axis", ["ra", "dec"])
