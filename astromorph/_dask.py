@@ -162,6 +162,10 @@ CONE_BORDER_POINTS = 64
 #: (an all-sky or wide map, whose border need not bound it).
 CONE_MAX_RADIUS_DEG = 15.0
 
+#: Directions, evenly spread, along which a tile's footprint is bounded (`_tile_footprints`),
+#: besides the normals of its four sides.
+FOOTPRINT_DIRECTIONS = 16
+
 #: Catalogue rows x cones compared at once (`_cones_hit`): 32 MB of float64 products.
 CONE_CHUNK_ELEMENTS = 1 << 22
 
@@ -177,15 +181,33 @@ def _unit_vectors(lon, lat):
 
 def _tile_cones(images, frames, coords):
     """A cone on the sky (in the frame of ``coords``) holding each image and a margin of
-    `TILE_MARGIN_PIXELS` around it: ``(centres (T, 3), cos(radius) (T,), usable (T,))``.
+    `TILE_MARGIN_PIXELS` around it: ``(centres (T, 3), cos(radius) (T,), usable (T,))``
+    (the first three of `_tile_footprints`)."""
+    return _tile_footprints(images, frames, coords)[:3]
 
-    The centre is the direction of the image's central pixel, the radius the largest
-    separation from it of `CONE_BORDER_POINTS` points along each side of the image's border
-    (pushed out by the margin), plus the largest step between two of them (the border may
-    bow out between them: a distorted or curved projection) and 1 mas. ``usable`` is False
-    (the image goes to every partition) where the border cannot be computed (non-finite
-    pixels of an all-sky map, a frame that cannot be transformed) or the radius passes
-    `CONE_MAX_RADIUS_DEG`.
+
+def _tile_footprints(images, frames, coords):
+    """Each image's footprint on the sky (in the frame of ``coords``), with a margin of
+    `TILE_MARGIN_PIXELS` around it: ``(centres (T, 3), cos(radius) (T,), usable (T,),
+    walls (T, W, 3), sin_grow (T,))``.
+
+    The cone: the centre is the direction of the image's central pixel, the radius the
+    largest separation from it of `CONE_BORDER_POINTS` points along each side of the
+    image's border (pushed out by the margin), plus the largest step between two of them
+    (the border may bow out between them: a distorted or curved projection) and 1 mas.
+    ``usable`` is False (the image goes to every partition) where the border cannot be
+    computed (non-finite pixels of an all-sky map, a frame that cannot be transformed) or
+    the radius passes `CONE_MAX_RADIUS_DEG`.
+
+    The walls: great circles (their unit normals, pointing in) whose intersection holds the
+    border, drawn in the gnomonic projection about the centre (which maps great circles to
+    lines): the lines through the border's points farthest out along the four sides'
+    normals (a TAN image's sides are great circles: its walls are its sides) and along
+    `FOOTPRINT_DIRECTIONS` others. A direction ``v`` is on the footprint where
+    ``v @ wall >= -sin_grow`` for every wall (`_on_tiles`); ``sin_grow`` covers how far
+    the border bows out between its points (twice how much farther out it reaches with
+    every point than with every other one) and 1 mas, in the projection's scale at the
+    cone's edge (a conservative bound on the sine of the angle). Rows of unusable images are NaN.
     """
     import numpy as np
     from astropy.coordinates import SkyCoord
@@ -212,8 +234,13 @@ def _tile_cones(images, frames, coords):
         lon, lat = (world[1], world[0]) if image.wcs.wcs.lat == 0 else (world[0], world[1])
         points.append((lon, lat))
         by_frame.setdefault(_frame_key(frame), (frame, []))[1].append(i)
+    n_walls = 4 + FOOTPRINT_DIRECTIONS
     centres = np.full((len(images), 3), np.nan)
     cos_radius = np.full(len(images), np.nan)
+    walls = np.full((len(images), n_walls, 3), np.nan)
+    sin_grow = np.full(len(images), np.nan)
+    angles = np.linspace(0, 2 * np.pi, FOOTPRINT_DIRECTIONS, endpoint=False)
+    spread = np.stack([np.cos(angles), np.sin(angles)], axis=1)
     for frame, members in by_frame.values():  # one transform per frame
         lon = np.concatenate([points[i][0] for i in members])
         lat = np.concatenate([points[i][1] for i in members])
@@ -230,15 +257,58 @@ def _tile_cones(images, frames, coords):
                 separation = np.arccos(np.clip(ring @ centre, -1, 1)).max()
                 step = np.linalg.norm(ring - np.roll(ring, 1, axis=0), axis=1).max()
                 radius = separation + 2 * np.arcsin(min(step / 2, 1)) + np.radians(1 / 3.6e6)
-            if np.isfinite(radius) and radius <= np.radians(CONE_MAX_RADIUS_DEG):
-                centres[i], cos_radius[i] = centre, np.cos(radius)
-    return centres, cos_radius, np.isfinite(cos_radius)
+            if not (np.isfinite(radius) and radius <= np.radians(CONE_MAX_RADIUS_DEG)):
+                continue
+            centres[i], cos_radius[i] = centre, np.cos(radius)
+            # the gnomonic projection about the centre: (ring @ e) / (ring @ centre)
+            pole = np.eye(3)[np.argmin(np.abs(centre))]
+            e1 = np.cross(pole, centre)
+            e1 /= np.linalg.norm(e1)
+            e2 = np.cross(centre, e1)
+            plane = (ring @ np.stack([e1, e2], axis=1)) / (ring @ centre)[:, None]
+            corners = plane[::k - 1][:4]
+            sides = np.roll(corners, -1, axis=0) - corners
+            normals = np.stack([sides[:, 1], -sides[:, 0]], axis=1)
+            normals /= np.linalg.norm(normals, axis=1)[:, None]
+            normals *= np.sign(np.sum(normals * (corners + sides / 2), axis=1))[:, None]
+            directions = np.concatenate([normals, spread])
+            reach = plane @ directions.T  # (points, walls)
+            support = reach.max(axis=0)
+            bow = max(0.0, (support - reach[::2].max(axis=0)).max())
+            # a gnomonic length is at most 1 / cos(radius)^2 times the angle it spans
+            grow = (2 * bow + np.radians(1 / 3.6e6)) / np.cos(radius) ** 2
+            normal = support[:, None] * centre - directions @ np.stack([e1, e2])
+            walls[i] = normal / np.linalg.norm(normal, axis=1)[:, None]
+            # v @ wall: (support - reach) / |(1, reach)| / |(1, support)|, under -grow
+            # wherever the reach passes the support by grow: -grow is low enough
+            sin_grow[i] = grow
+    usable = np.isfinite(cos_radius) & np.isfinite(walls).all(axis=(1, 2)) \
+        & np.isfinite(sin_grow)
+    return centres, cos_radius, usable, walls, sin_grow
 
 
-def _cones_hit(vectors, centres, cos_radius, partition_size):
-    """Which cones hold a source of each partition: ``(partitions, cones)`` booleans, from
-    the sources' unit ``vectors`` (a NaN row is in none) in chunks of rows, so that memory
-    stays bounded (`CONE_CHUNK_ELEMENTS`)."""
+def _on_tiles(vectors, centres, cos_radius, walls, sin_grow):
+    """Which footprints (`_tile_footprints`) hold each of the unit ``vectors``: a
+    ``(len(vectors), T)`` boolean (a NaN row is on none): the cone first (a matrix product),
+    then the walls of the pairs within a cone."""
+    import numpy as np
+
+    with np.errstate(invalid="ignore"):
+        inside = vectors @ centres.T >= cos_radius
+    rows, tiles = np.nonzero(inside)
+    if len(rows):
+        on = np.ones(len(rows), bool)
+        v = vectors[rows]
+        for j in range(walls.shape[1]):
+            on &= np.einsum("ij,ij->i", v, walls[tiles, j]) >= -sin_grow[tiles]
+        inside[rows[~on], tiles[~on]] = False
+    return inside
+
+
+def _cones_hit(vectors, centres, cos_radius, partition_size, walls=None, sin_grow=None):
+    """Which cones (with ``walls``: footprints, `_on_tiles`) hold a source of each
+    partition: ``(partitions, cones)`` booleans, from the sources' unit ``vectors`` (a NaN
+    row is in none) in chunks of rows, so that memory stays bounded (`CONE_CHUNK_ELEMENTS`)."""
     import numpy as np
 
     n = len(vectors)
@@ -248,8 +318,11 @@ def _cones_hit(vectors, centres, cos_radius, partition_size):
     chunk = max(1, CONE_CHUNK_ELEMENTS // len(centres))
     for start in range(0, n, chunk):
         stop = min(start + chunk, n)
-        with np.errstate(invalid="ignore"):
-            inside = vectors[start:stop] @ centres.T >= cos_radius
+        if walls is None:
+            with np.errstate(invalid="ignore"):
+                inside = vectors[start:stop] @ centres.T >= cos_radius
+        else:
+            inside = _on_tiles(vectors[start:stop], centres, cos_radius, walls, sin_grow)
         first = start // partition_size
         edges = np.arange(first * partition_size, stop, partition_size)
         hit[first:first + len(edges)] |= np.logical_or.reduceat(
@@ -257,10 +330,11 @@ def _cones_hit(vectors, centres, cos_radius, partition_size):
     return hit
 
 
-def _sky_order(vectors, centres, cos_radius):
+def _sky_order(vectors, centres, cos_radius, walls=None, sin_grow=None):
     """The rows grouped by tile: each source's rows in the order of the cone (among
-    ``centres``) whose centre lies nearest it among those that hold it, then those in no cone
-    (off every tile, or without a position); in their order within a group (a stable sort)."""
+    ``centres``; with ``walls``: the footprint, `_on_tiles`) whose centre lies nearest it
+    among those that hold it, then those in no cone (off every tile, or without a
+    position); in their order within a group (a stable sort)."""
     import numpy as np
 
     key = np.full(len(vectors), len(centres))
@@ -269,7 +343,11 @@ def _sky_order(vectors, centres, cos_radius):
         for start in range(0, len(vectors), chunk):
             with np.errstate(invalid="ignore"):
                 dots = vectors[start:start + chunk] @ centres.T
-                inside = dots >= cos_radius
+                if walls is None:
+                    inside = dots >= cos_radius
+                else:
+                    inside = _on_tiles(vectors[start:start + chunk], centres, cos_radius,
+                                       walls, sin_grow)
             nearest = np.where(inside, dots, -np.inf).argmax(axis=1)
             key[start:start + chunk] = np.where(inside.any(axis=1), nearest, len(centres))
     return np.argsort(key, kind="stable")
@@ -309,11 +387,12 @@ def _partition_images(table, images, model, kwargs, bounds, partition_size, *,
 
     The partition's result does not change: a source's stamp is cut from the one image
     that contains it (the one where it lies farthest from the edge, among those with data
-    under it), and a source off every image is off those it is sent too. A partition gets
-    the files of the images whose bounding cone on the sky (`_tile_cones`) holds one of its
-    sources (`_cones_hit`: a conservative cut, a few matrix products, not a WCS transform of
-    every source for every image), and every image whose cone cannot be drawn (an all-sky
-    map): it places its sources exactly among those. The cones are drawn in the catalogue's
+    under it; only from that one), and a source off every image is off those it is sent
+    too. A partition gets the files of the images whose footprint on the sky
+    (`_tile_footprints`: great circles bounding the border, a pixel out, within a bounding
+    cone) holds one of its sources (`_cones_hit`, `_on_tiles`: a conservative cut, a few
+    matrix products, not a WCS transform of every source for every image), and every image
+    whose cone cannot be drawn (an all-sky map): it places its sources exactly among those. The cones are drawn in the catalogue's
     frame, or in ICRS (the sources transformed there) where its frame has attributes with
     one value per row (an ``obstime`` per row: the tiles' borders cannot be broadcast
     against them). Every partition
@@ -377,16 +456,17 @@ def _partition_images(table, images, model, kwargs, bounds, partition_size, *,
                 coords = coords.transform_to(ICRS()).frame
             used = [(j, im, frame) for j, found in enumerate(parsed)
                     for im, frame in zip(found, frames[j]) if (im.band or "unknown") in plan]
-            centres, cos_radius, usable = _tile_cones([im for _, im, _ in used],
-                                                      [frame for _, _, frame in used], coords)
+            centres, cos_radius, usable, walls, sin_grow = _tile_footprints(
+                [im for _, im, _ in used], [frame for _, _, frame in used], coords)
+            tiles = (centres[usable], cos_radius[usable], walls[usable], sin_grow[usable])
             sky = coords.represent_as("unitspherical")
             vectors = _unit_vectors(sky.lon.deg, sky.lat.deg)
-            hit = _cones_hit(vectors, centres[usable], cos_radius[usable], partition_size)
+            hit = _cones_hit(vectors, *tiles[:2], partition_size, *tiles[2:])
             order = None
             if sky_order and len(vectors) > partition_size:
-                regrouped = _sky_order(vectors, centres[usable], cos_radius[usable])
-                hit_regrouped = _cones_hit(vectors[regrouped], centres[usable],
-                                           cos_radius[usable], partition_size)
+                regrouped = _sky_order(vectors, *tiles)
+                hit_regrouped = _cones_hit(vectors[regrouped], *tiles[:2], partition_size,
+                                           *tiles[2:])
                 if sky_order is True or hit_regrouped.sum() < SKY_ORDER_GAIN * hit.sum():
                     order, hit = regrouped, hit_regrouped
             owner = np.array([j for j, _, _ in used], int)

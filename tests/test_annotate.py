@@ -4237,18 +4237,19 @@ def test_annotate_dask_groups_a_shuffled_catalogue_by_tile(optical_model, tmp_pa
                                            size_col="r90", partition_size=8,
                                            scheduler=scheduler)
         _assert_same_table(out, ref)
-        # 9 partitions of 8 rows: about one tile's sources each, with the neighbouring
-        # tiles their margins reach and the first tile (every partition keeps it)
-        assert len(sent) == 9 and max(map(len, sent)) <= 6, list(map(len, sent))
-        assert sum(map(len, sent)) <= 40, list(map(len, sent))
+        # 9 partitions of 8 rows: about one tile's sources each (a partition's rows may
+        # end one tile's group and begin the next), and the first tile (every partition
+        # keeps it); not the neighbours that each tile's bounding circle reached into
+        assert len(sent) == 9 and max(map(len, sent)) <= 4, list(map(len, sent))
+        assert sum(map(len, sent)) <= 28, list(map(len, sent))
     sent.clear()
     with pytest.warns(UnusableInputWarning, match=r"^3 of 72 .*first: size\)"):
         out = astromorph.annotate_dask(cat, paths, model=str(optical_model.path),
                                        size_col="r90", partition_size=8, sky_order=False,
                                        scheduler="synchronous")
     _assert_same_table(out, ref)
-    # in random order: (nearly) every tile, every partition
-    assert min(map(len, sent)) >= 6 and sum(map(len, sent)) > 60, list(map(len, sent))
+    # in random order: the tiles of 8 random sources (about 5.5 of the 9), every partition
+    assert min(map(len, sent)) >= 4 and sum(map(len, sent)) > 40, list(map(len, sent))
     for bad in ("yes", 2):
         with pytest.raises(InvalidArgumentError, match="sky_order"):
             astromorph.annotate_dask(cat, paths, model=str(optical_model.path), sky_order=bad)
@@ -4312,3 +4313,56 @@ def test_annotate_dask_uses_the_cones_for_per_row_frame_attributes(optical_model
     np.testing.assert_array_equal(out["pos"].obstime.jyear, obstime.jyear)
     np.testing.assert_array_equal(out["pos"].ra.deg, cat["pos"].ra.deg)
     assert np.all(ref["opt_flags"] & Flag.OFF_IMAGE == 0)
+
+
+@pytest.mark.parametrize("how", ["tan", "rotated_sip"])
+def test_annotate_dask_sends_a_tile_only_to_the_sources_on_it(optical_model, tmp_path,
+                                                             monkeypatch, how):
+    """A tile was sent to the partitions of every source in its bounding circle, which
+    spills into its neighbours: a partition of one tile's sources near its edges got all
+    the tiles around it (up to 9). A tile now goes only to the sources on its footprint
+    (its border, one pixel out, on the sky), the cone a pre-filter: each partition of a
+    4x4 mosaic gets its own tile and the first one; sources just off the mosaic keep their
+    flags, and the table is annotate's, bit for bit."""
+    pytest.importorskip("dask")
+    tiles, n = 4, 60
+    if how == "tan":
+        paths, w = _mosaic_files(tmp_path, tiles=tiles, n=n)
+    else:  # rotated, with SIP distortion: the tiles' borders curved on the sky
+        w = sky_wcs(tiles * n, rot=35, sip=True)
+        img = blobs(tiles * n, count=80)
+        paths = []
+        for j in range(tiles):
+            for i in range(tiles):
+                paths.append(str(tmp_path / f"s{j}{i}.fits"))
+                header = w.to_header(relax=True)  # (SIP about CRPIX: the tile's own)
+                header["CRPIX1"] = w.wcs.crpix[0] - i * n
+                header["CRPIX2"] = w.wcs.crpix[1] - j * n
+                fits.writeto(paths[-1], img[j * n:(j + 1) * n, i * n:(i + 1) * n], header)
+    # on each tile, 3 pixels in from its edges and corners, and its centre; grouped by tile
+    local = [(a, b) for a in (2.5, 29.5, 56.5) for b in (2.5, 29.5, 56.5)]
+    pix = [(i * n + x, j * n + y) for j in range(tiles) for i in range(tiles)
+           for x, y in local]
+    off = [(-3.0, 100.0), (100.0, tiles * n + 2.0), (tiles * n + 0.7, 30.0), (-1.2, -1.2)]
+    cat = catalogue(w, pix + off)
+    ref = astromorph.annotate(cat, paths, model=optical_model)
+    flags = np.asarray(ref["opt_flags"])
+    assert not np.any(flags[:len(pix)] & Flag.OFF_IMAGE) and np.all(flags[len(pix):]
+                                                                     & Flag.OFF_IMAGE)
+    from astromorph import _dask as adask
+
+    sent, partition = {}, adask._annotate_partition
+
+    def recording(table, images, *args, **kw):  # by its first row (Dask picks the order)
+        sent[table["id"][0] // len(local)] = images
+        return partition(table, images, *args, **kw)
+    monkeypatch.setattr(adask, "_annotate_partition", recording)
+    out = astromorph.annotate_dask(cat, paths, model=str(optical_model.path),
+                                   partition_size=len(local), scheduler="synchronous",
+                                   sky_order=False)
+    _assert_same_table(out, ref)
+    assert sorted(sent) == list(range(tiles * tiles + 1))
+    for k in range(tiles * tiles):  # its own tile, and the first (every partition)
+        assert set(sent[k]) == {paths[0], paths[k]}, (k, len(sent[k]))
+    # the sources off the mosaic: only the tiles within a pixel and a half of them
+    assert len(sent[tiles * tiles]) <= 3, len(sent[tiles * tiles])
