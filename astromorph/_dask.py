@@ -155,6 +155,12 @@ def _per_row_options(kwargs, n):
 #: one tile; the margin keeps a source on the border whatever the rounding).
 TILE_MARGIN_PIXELS = 1.0
 
+#: Pixels beyond a tile's border within which a source is on its footprint
+#: (`_tile_footprints`): `annotate` takes a tile for a source whose pixel position, from an
+#: inverse WCS solved to 1e-4 pixel, lies on it (up to half a pixel past the outer pixels'
+#: centres), and cuts its stamp from that one tile.
+FOOTPRINT_MARGIN_PIXELS = 0.05
+
 #: Points sampled along each side of a tile's border for its bounding cone (`_tile_cones`).
 CONE_BORDER_POINTS = 64
 
@@ -187,27 +193,27 @@ def _tile_cones(images, frames, coords):
 
 
 def _tile_footprints(images, frames, coords):
-    """Each image's footprint on the sky (in the frame of ``coords``), with a margin of
-    `TILE_MARGIN_PIXELS` around it: ``(centres (T, 3), cos(radius) (T,), usable (T,),
-    walls (T, W, 3), sin_grow (T,))``.
+    """Each image's footprint on the sky (in the frame of ``coords``) and a cone holding it:
+    ``(centres (T, 3), cos(radius) (T,), usable (T,), walls (T, W, 3), sin_grow (T,))``.
 
     The cone: the centre is the direction of the image's central pixel, the radius the
     largest separation from it of `CONE_BORDER_POINTS` points along each side of the
-    image's border (pushed out by the margin), plus the largest step between two of them
-    (the border may bow out between them: a distorted or curved projection) and 1 mas.
-    ``usable`` is False (the image goes to every partition) where the border cannot be
-    computed (non-finite pixels of an all-sky map, a frame that cannot be transformed) or
-    the radius passes `CONE_MAX_RADIUS_DEG`.
+    image's border (pushed out by `TILE_MARGIN_PIXELS`), plus the largest step between two
+    of them (the border may bow out between them: a distorted or curved projection) and
+    1 mas. ``usable`` is False (the image goes to every partition) where the border cannot
+    be computed (non-finite pixels of an all-sky map, a frame that cannot be transformed)
+    or the radius passes `CONE_MAX_RADIUS_DEG`.
 
     The walls: great circles (their unit normals, pointing in) whose intersection holds the
-    border, drawn in the gnomonic projection about the centre (which maps great circles to
-    lines): the lines through the border's points farthest out along the four sides'
-    normals (a TAN image's sides are great circles: its walls are its sides) and along
-    `FOOTPRINT_DIRECTIONS` others. A direction ``v`` is on the footprint where
-    ``v @ wall >= -sin_grow`` for every wall (`_on_tiles`); ``sin_grow`` covers how far
-    the border bows out between its points (twice how much farther out it reaches with
-    every point than with every other one) and 1 mas, in the projection's scale at the
-    cone's edge (a conservative bound on the sine of the angle). Rows of unusable images are NaN.
+    border pushed out by `FOOTPRINT_MARGIN_PIXELS` (sampled as the cone's), drawn in the
+    gnomonic projection about the centre (which maps great circles to lines): the lines
+    through the border's points farthest out along the four sides' normals (a TAN image's
+    sides are great circles: its walls are its sides) and along `FOOTPRINT_DIRECTIONS`
+    others. A direction ``v`` is on the footprint where ``v @ wall >= -sin_grow`` for
+    every wall (`_on_tiles`); ``sin_grow`` covers how far the border bows out between its
+    points (twice how much farther out it reaches with every point than with every other
+    one) and 1 mas, in the projection's scale at the cone's edge (a conservative bound on
+    the sine of the angle). Rows of unusable images are NaN.
     """
     import numpy as np
     from astropy.coordinates import SkyCoord
@@ -218,13 +224,16 @@ def _tile_footprints(images, frames, coords):
     points, by_frame = [], {}
     for i, (image, frame) in enumerate(zip(images, frames)):
         ny, nx = image.shape
-        m = TILE_MARGIN_PIXELS + 0.5
-        xs, ys = np.linspace(-m, nx - 1 + m, k), np.linspace(-m, ny - 1 + m, k)
-        # the border, once round (each side without its last corner), then the centre
-        x = np.concatenate([xs[:-1], np.full(k - 1, xs[-1]), xs[:0:-1], np.full(k - 1, xs[0]),
-                            [(nx - 1) / 2]])
-        y = np.concatenate([np.full(k - 1, ys[0]), ys[:-1], np.full(k - 1, ys[-1]), ys[:0:-1],
-                            [(ny - 1) / 2]])
+        x, y = [], []
+        for margin in (TILE_MARGIN_PIXELS, FOOTPRINT_MARGIN_PIXELS):  # the cone's, the walls'
+            m = margin + 0.5
+            xs, ys = np.linspace(-m, nx - 1 + m, k), np.linspace(-m, ny - 1 + m, k)
+            # the border, once round (each side without its last corner)
+            x.append(np.concatenate([xs[:-1], np.full(k - 1, xs[-1]), xs[:0:-1],
+                                     np.full(k - 1, xs[0])]))
+            y.append(np.concatenate([np.full(k - 1, ys[0]), ys[:-1], np.full(k - 1, ys[-1]),
+                                     ys[:0:-1]]))
+        x, y = np.concatenate(x + [[(nx - 1) / 2]]), np.concatenate(y + [[(ny - 1) / 2]])
         try:
             with image.lock, np.errstate(all="ignore"):
                 world = image.wcs.all_pix2world(x, y, 0)
@@ -252,7 +261,7 @@ def _tile_footprints(images, frames, coords):
             continue
         for i, border in zip(members, np.split(vectors, np.cumsum(
                 [len(points[i][0]) for i in members])[:-1])):
-            centre, ring = border[-1], border[:-1]
+            centre, ring, wall_ring = border[-1], border[:4 * (k - 1)], border[4 * (k - 1):-1]
             with np.errstate(invalid="ignore"):
                 separation = np.arccos(np.clip(ring @ centre, -1, 1)).max()
                 step = np.linalg.norm(ring - np.roll(ring, 1, axis=0), axis=1).max()
@@ -265,8 +274,8 @@ def _tile_footprints(images, frames, coords):
             e1 = np.cross(pole, centre)
             e1 /= np.linalg.norm(e1)
             e2 = np.cross(centre, e1)
-            plane = (ring @ np.stack([e1, e2], axis=1)) / (ring @ centre)[:, None]
-            corners = plane[::k - 1][:4]
+            plane = (wall_ring @ np.stack([e1, e2], axis=1)) / (wall_ring @ centre)[:, None]
+            corners = plane[::k - 1]
             sides = np.roll(corners, -1, axis=0) - corners
             normals = np.stack([sides[:, 1], -sides[:, 0]], axis=1)
             normals /= np.linalg.norm(normals, axis=1)[:, None]
@@ -274,7 +283,8 @@ def _tile_footprints(images, frames, coords):
             directions = np.concatenate([normals, spread])
             reach = plane @ directions.T  # (points, walls)
             support = reach.max(axis=0)
-            bow = max(0.0, (support - reach[::2].max(axis=0)).max())
+            every_other = np.arange(len(plane)) % (k - 1) % 2 == 0  # the corners among them
+            bow = max(0.0, (support - reach[every_other].max(axis=0)).max())
             # a gnomonic length is at most 1 / cos(radius)^2 times the angle it spans
             grow = (2 * bow + np.radians(1 / 3.6e6)) / np.cos(radius) ** 2
             normal = support[:, None] * centre - directions @ np.stack([e1, e2])
@@ -392,12 +402,12 @@ def _partition_images(table, images, model, kwargs, bounds, partition_size, *,
     (`_tile_footprints`: great circles bounding the border, a pixel out, within a bounding
     cone) holds one of its sources (`_cones_hit`, `_on_tiles`: a conservative cut, a few
     matrix products, not a WCS transform of every source for every image), and every image
-    whose cone cannot be drawn (an all-sky map): it places its sources exactly among those. The cones are drawn in the catalogue's
-    frame, or in ICRS (the sources transformed there) where its frame has attributes with
-    one value per row (an ``obstime`` per row: the tiles' borders cannot be broadcast
-    against them). Every partition
-    keeps the file of the first image of each band (so that each reads the same bands, in
-    the same order: the same band plan and its warnings), and the files in their order.
+    whose cone cannot be drawn (an all-sky map): it places its sources exactly among those.
+    The footprints are drawn in the catalogue's frame, or in ICRS (the sources transformed
+    there) where its frame has attributes with one value per row (an ``obstime`` per row:
+    the tiles' borders cannot be broadcast against them). Every partition keeps the file
+    of the first image of each band (so that each reads the same bands, in the same order:
+    the same band plan and its warnings), and the files in their order.
     """
     import warnings
 
