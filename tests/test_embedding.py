@@ -1989,6 +1989,48 @@ def test_head_annotate_makes_no_copy_of_a_masked_float32_column():
     assert np.isnan(filled[masked]).all() and (valid == ~masked).all()
     assert not np.shares_memory(filled, table["embedding"])
 
+
+def test_similarity_index_makes_one_copy_of_a_masked_float32_column():
+    """SimilarityIndex.from_table (``astromorph similar``) copied a masked embedding column
+    whole to fill its masked rows with NaN, then made its normalised copy of that (two
+    copies at once: 1 GB each for 1,000,000 256-d float32 vectors). Now the masked rows are
+    marked unusable without filling them: only the normalised copy is made, from the
+    column's own array, by from_table and by the constructor given the column; the
+    neighbours are those of an index of the rows without mask."""
+    import tracemalloc
+
+    rng = np.random.default_rng(2)
+    n, d = 200_000, 64
+    x = rng.normal(size=(n, d)).astype(np.float32)
+    mask = np.zeros((n, d), bool)
+    mask[[3, 50_000, 150_001]] = True
+    mask[9, 5] = True  # one value masked: the row has no usable vector
+    x[9] = 1e30  # (finite data under a mask: still left out)
+    x[11] = x[0]  # (a masked duplicate of the query: never a neighbour)
+    mask[11] = True
+    table = Table({"id": np.arange(n), "embedding": MaskedColumn(x, mask=mask)})
+    masked = mask.any(axis=1)
+    rows = np.flatnonzero(~masked)
+    plain = SimilarityIndex(x[rows]).query(row=0, k=5)
+    for name, build in (("from_table", lambda: SimilarityIndex.from_table(table)),
+                        ("column", lambda: SimilarityIndex(table["embedding"], table=table))):
+        tracemalloc.start()
+        try:
+            index = build()
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert peak < 1.5 * x.nbytes, (name, peak / x.nbytes)
+        assert (index.valid == ~masked).all()
+        assert not np.shares_memory(index.vectors, x)  # the column is left as it is
+        assert (np.asarray(table["embedding"].data) == x).all()
+        got = index.query(row=0, k=5)
+        np.testing.assert_array_equal(got["row"], rows[plain["row"]])
+        np.testing.assert_array_equal(got["similarity"], plain["similarity"])
+        with pytest.raises(InputError, match="row 3 has no usable embedding"):
+            index.query(row=3)
+
+
 def test_query_with_k_far_above_the_rows():
     """k larger than the table returns every other row; a huge k (e.g. -k 10**12 on the
     command line) allocated a k-wide array and died with MemoryError."""

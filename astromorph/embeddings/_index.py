@@ -10,7 +10,7 @@ import logging
 
 import numpy as np
 
-from ._common import embedding_matrix, table_embeddings
+from ._common import _matrix_and_mask, embedding_matrix, table_embeddings
 from .._warnings import warn
 from ..exceptions import (InputError, InvalidArgumentError, InvalidArgumentTypeError,
                           MissingDependencyError, ProvenanceMismatchError, UnusableInputWarning)
@@ -388,6 +388,13 @@ class SimilarityIndex:
     """
 
     def __init__(self, embeddings, *, table=None, backend="exact", chunk_elements=1 << 24):
+        self._build(embeddings, None, table=table, backend=backend,
+                    chunk_elements=chunk_elements)
+
+    def _build(self, embeddings, usable, *, table=None, backend="exact",
+               chunk_elements=1 << 24):
+        """`__init__`, with ``usable`` the rows of ``embeddings`` that have a vector (then a
+        2-d float32 array, as `table_embeddings` gives) or None (its mask says)."""
         check_choice(backend, "backend", BACKENDS + ("auto",))
         from astropy.table import Table
 
@@ -397,13 +404,23 @@ class SimilarityIndex:
         if table is not None and len(table) != len(embeddings):
             raise InvalidArgumentError(f"table has {len(table)} rows but there are "
                                        f"{len(embeddings)} embedding vectors")
-        x = np.ascontiguousarray(embedding_matrix(embeddings, allow_masked=True,
-                                                  dtype=np.float32))
+        # masked rows are left as the column holds them and marked unusable, without the
+        # copy of the whole column that filling them with NaN took (1 GB for 1,000,000 256-d
+        # float32 vectors): the index makes its own normalised copy anyway
+        if usable is None:
+            x, masked = _matrix_and_mask(embeddings, allow_masked=True, dtype=np.float32,
+                                         dim=None)
+            usable = None if masked is None else ~masked
+        else:
+            x = embeddings
+        x = np.ascontiguousarray(x)
         if x.shape[1] == 0:  # ``[]``: nothing says what a query vector should be
             raise InvalidArgumentError(f"an index needs vectors of at least one dimension, "
                                        f"got shape {x.shape}")
         norms = _norms(x)  # NaN/inf rows -> non-finite norm
         valid = np.isfinite(norms) & (norms > 0)
+        if usable is not None:
+            valid &= usable
         self.valid = valid
         if len(valid) and not valid.any():
             warn(f"none of the {len(valid)} embedding vectors is usable (masked, NaN, infinite "
@@ -467,8 +484,9 @@ class SimilarityIndex:
         astromorph.exceptions.InvalidArgumentError
             A ``column`` whose values are no numbers, a bad option.
         """
-        x, _ = table_embeddings(table, column, dtype=np.float32)
-        index = cls(x, table=table, **kwargs)
+        x, usable = table_embeddings(table, column, dtype=np.float32, fill_masked=False)
+        index = cls.__new__(cls)
+        index._build(x, usable, table=table, **kwargs)
         index._column, index._column_meta = column, table.meta
         return index
 
