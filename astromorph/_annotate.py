@@ -851,9 +851,12 @@ def annotate(table, images, *, model, ra_col=None, dec_col=None, coord_col=None,
                              what="row", where="BAD_INPUT (32)", message=_UNPLACED,
                              row=int(unplaced[0]))
         n_off = int(np.count_nonzero(flags & Flag.OFF_IMAGE))
+        placed = (flags & int(Flag.BAD_INPUT)) == 0
+        sink = PLACED.get()
+        if sink is not None:  # an annotate_dask partition: whether it can say the warning below
+            sink.append(bool(placed.any()))
         if n_off:
             log.info("%d of %d sources lie outside every image", n_off, n)
-            placed = (flags & int(Flag.BAD_INPUT)) == 0
             if (flags[placed] & int(Flag.OFF_IMAGE)).all():  # not one source on the images
                 # (no count: annotate_dask gives one warning for the partitions that give it)
                 warn("no source lies on the images: every source with a position is off "
@@ -1047,6 +1050,10 @@ RECORDED_IMAGE_NAMES = contextvars.ContextVar("astromorph_recorded_image_names",
 #: the provenance of each partition, which is sent only the tiles its sources can lie on;
 #: None: those of the images the call reads.
 RECORDED_IMAGE_FILES = contextvars.ContextVar("astromorph_recorded_image_files", default=None)
+#: Where it holds a list (an `annotate_dask` partition), `annotate` appends whether a row of
+#: its table has a usable position and size (no `Flag.BAD_INPUT`): one that has none can
+#: neither give nor contradict the warning that no source lies on the images.
+PLACED = contextvars.ContextVar("astromorph_placed", default=None)
 
 
 def _provenance(model, images=(), columns=(), crop_fraction=None):

@@ -41,19 +41,23 @@ def _annotate_partition(table, images, model, kwargs, names=None, files=None):
 
 
 def _annotate_collecting(table, images, model, kwargs, names=None, files=None):
-    """`_annotate_partition`, the warnings it gave and the counts of its rows that could not
-    be scored, as ``(table, [(message, category)], [summary])`` (see `_predict.summarise`)."""
+    """`_annotate_partition`, the warnings it gave, the counts of its rows that could not be
+    scored and whether a row has a usable position and size, as ``(table, [(message,
+    category)], [summary], placed)`` (see `_predict.summarise`, `_annotate.PLACED`; ``placed``
+    True where `annotate` does not say, as `annotate_stamps`)."""
+    from ._annotate import PLACED
     from ._predict import SUMMARIES
     from ._warnings import collecting
 
-    summaries = []
-    token = SUMMARIES.set(summaries)
+    summaries, placed = [], []
+    token, token_placed = SUMMARIES.set(summaries), PLACED.set(placed)
     try:
         with collecting() as found:
             out = _annotate_partition(table, images, model, kwargs, names, files)
     finally:
+        PLACED.reset(token_placed)
         SUMMARIES.reset(token)
-    return out, found, summaries
+    return out, found, summaries, all(placed)
 
 
 def _warn_summaries(summaries, n, order=None, partition_size=None):
@@ -104,22 +108,28 @@ def _annotate_warning_once(table, images, model, kwargs, call, n_parts, names=No
     return out
 
 
-def _warn_once(found, n_parts):
-    """Give each distinct warning of the partitions once, saying how many partitions gave it."""
+def _warn_once(found, n_parts, placed=None):
+    """Give each distinct warning of the partitions once, saying how many partitions gave it.
+
+    ``placed``: whether each partition has a row with a usable position and size (default:
+    all): that no source lies on the images is said where every partition that has one
+    says it (one without any has no source on the images, nor off them)."""
     from ._warnings import warn
 
     counts = {}
     for part in found:
         for key in dict.fromkeys(part):  # a partition counts once per warning
             counts[key] = counts.get(key, 0) + 1
+    n_placed = n_parts if placed is None else sum(map(bool, placed))
     for (message, category), k in counts.items():
-        if k < n_parts and message.startswith(_NONE_ON_IMAGES):
+        if k < n_placed and message.startswith(_NONE_ON_IMAGES):
             continue  # untrue of the table: the other partitions' sources lie on the images
         warn(f"{message} (in {k} of {n_parts} Dask partitions)", category)
 
 
 #: How `annotate`'s warning that not one source lies on the images begins: a statement about
-#: the whole table, given by annotate_dask only where every partition gives it.
+#: the whole table, given by annotate_dask only where every partition gives it (those
+#: without a row that has a usable position and size left aside).
 _NONE_ON_IMAGES = "no source lies on the images"
 
 
@@ -730,10 +740,11 @@ def annotate_dask(table, images=None, *, model, partition_size=50_000, compute=T
         results = dask.compute(*parts, scheduler=scheduler)
     except RemoteException as exc:  # "processes": Dask's copy of a partition's error, whose
         raise exc.exception from exc  # message holds the worker's traceback: the error itself
-    _warn_once([found for _, found, _ in results], len(results))
-    _warn_summaries([(k, s) for k, (_, _, part) in enumerate(results) for s in part],
+    _warn_once([found for _, found, _, _ in results], len(results),
+               [placed for _, _, _, placed in results])
+    _warn_summaries([(k, s) for k, (_, _, part, _) in enumerate(results) for s in part],
                     len(table), order, partition_size)
-    tables = [t for t, _, _ in results]
+    tables = [t for t, _, _, _ in results]
     # the catalogue's columns that vstack cannot join (astropy's DaskColumn, a SkyCoord with
     # an obstime per row) come back from every partition as they went: taken whole from the
     # catalogue, in their place

@@ -2225,6 +2225,48 @@ def test_annotate_dask_equals_annotate(optical_model, tmp_path, scheduler):
                                      model=str(optical_model.path), compute=False, **bad)
 
 
+@pytest.mark.parametrize("scheduler", ["synchronous", "processes"])
+def test_annotate_dask_says_no_source_lies_on_the_images_past_a_partition_without_positions(
+        optical_model, tmp_path, scheduler):
+    """A partition whose rows all lack a position (NaN or masked RA/Dec) has no source on the
+    images nor off them: it gave no "no source lies on the images" warning, so annotate_dask
+    withheld that warning (given only where every partition gives it) where not one source
+    of the whole table lies on the images. It now gives annotate's warning, once."""
+    pytest.importorskip("dask")
+    img, w = blobs(), sky_wcs()
+    fits.writeto(tmp_path / "img.fits", img, w.to_header())
+    cat = catalogue(w, [(-300.0 - 20 * i, 500.0 + 10 * i) for i in range(6)])  # off the image
+    cat["ra"] = MaskedColumn(cat["ra"], mask=[False, True, False, False, False, False])
+    cat["ra"][0] = np.nan  # the first partition: one NaN and one masked position
+
+    def none_on_images(caught):
+        return [str(x.message) for x in caught if issubclass(x.category, UnusableInputWarning)
+                and str(x.message).startswith("no source lies on the images")]
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ref = astromorph.annotate(cat, str(tmp_path / "img.fits"), model=optical_model)
+    [expected] = none_on_images(caught)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = astromorph.annotate_dask(cat, str(tmp_path / "img.fits"),
+                                       model=str(optical_model.path), partition_size=2,
+                                       scheduler=scheduler)
+    got = none_on_images(caught)
+    assert len(got) == 1 and got[0].startswith(expected), [str(x.message) for x in caught]
+    assert got[0].endswith("(in 2 of 3 Dask partitions)")
+    np.testing.assert_array_equal(out["opt_flags"], ref["opt_flags"])
+    assert list(out["opt_flags"]) == [Flag.BAD_INPUT] * 2 + [Flag.OFF_IMAGE] * 4
+    # a partition with a source on the images still keeps the warning from being given
+    cat["ra"][5], cat["dec"][5] = w.pixel_to_world_values(100, 100)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        astromorph.annotate_dask(cat, str(tmp_path / "img.fits"),
+                                 model=str(optical_model.path), partition_size=2,
+                                 scheduler=scheduler)
+    assert not none_on_images(caught)
+
+
 def test_annotate_dask_lazy_refuses_what_annotate_refuses(optical_model, tmp_path):
     """With compute=False a bad option (unknown model, column that is not there, bad
     on_conflict, threads or precision, a clash) only failed when the partitions were
