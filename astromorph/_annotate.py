@@ -851,18 +851,24 @@ def annotate(table, images, *, model, ra_col=None, dec_col=None, coord_col=None,
                              what="row", where="BAD_INPUT (32)", message=_UNPLACED,
                              row=int(unplaced[0]))
         n_off = int(np.count_nonzero(flags & Flag.OFF_IMAGE))
-        placed = (flags & int(Flag.BAD_INPUT)) == 0
-        sink = PLACED.get()
-        if sink is not None:  # an annotate_dask partition: whether it can say the warning below
-            sink.append(bool(placed.any()))
         if n_off:
             log.info("%d of %d sources lie outside every image", n_off, n)
-            if (flags[placed] & int(Flag.OFF_IMAGE)).all():  # not one source on the images
-                # (no count: annotate_dask gives one warning for the partitions that give it)
-                warn("no source lies on the images: every source with a position is off "
-                     "every image (flag OFF_IMAGE, outputs masked)"
-                     + _unitless_ra_hint(out, ra_col, dec_col, coord_col),
-                     UnusableInputWarning)
+        # the sources with a usable position and size (not those whose stamp has no data,
+        # flagged BAD_INPUT too), those on the images, and those of them on blank pixels
+        placed = ~(bad_pos | bad_size)
+        on = placed & ((flags & int(Flag.OFF_IMAGE)) == 0)
+        blank = on & ((flags & int(Flag.BAD_INPUT)) != 0)
+        counts = tuple(int(np.count_nonzero(m)) for m in (placed, on, blank))
+        sink = PLACED.get()
+        if sink is not None:  # an annotate_dask partition: the warnings below are its to say
+            sink.append(counts)
+        if counts[0] and not counts[1]:  # not one source on the images
+            # (no count: annotate_dask gives one warning for the partitions that give it)
+            warn(_NONE_ON_IMAGES + ": every source with a position is off every image (flag "
+                 "OFF_IMAGE, outputs masked)" + _unitless_ra_hint(out, ra_col, dec_col, coord_col),
+                 UnusableInputWarning)
+        elif counts[1] and counts[2] == counts[1]:  # on the images, but not one on data
+            warn(_no_data_message(counts[2], n_off), UnusableInputWarning)
         return out
 
 
@@ -870,6 +876,23 @@ def annotate(table, images, *, model, ra_col=None, dec_col=None, coord_col=None,
 _UNPLACED = ("{bad} of {n} {what}(s) have no usable position or size (NaN, masked, unreadable "
              "or out of range; first: {first}): flagged {where}, outputs masked (rows off "
              "every image are flagged OFF_IMAGE and not counted here)")
+
+
+#: How `annotate`'s warning that not one source lies on the images begins, and that of its
+#: warning that not one of the sources on the images lies on data (`_no_data_message`):
+#: statements about the whole table, which `annotate_dask` makes from every partition's.
+_NONE_ON_IMAGES = "no source lies on the images"
+_NO_DATA = "no source on the images has data under it"
+
+
+def _no_data_message(n_blank, n_off):
+    """`annotate`'s warning for a table whose ``n_blank`` sources on the images all lie on
+    blank pixels, ``n_off`` others off every image (those without a usable position or
+    size, said apart, left aside)."""
+    off = f"; {n_off} other(s) lie off every image (flag OFF_IMAGE)" if n_off else ""
+    return (f"{_NO_DATA}: the {n_blank} source(s) on the images lie on blank pixels (a band "
+            "of each has no finite pixel under its stamp: NaN, BLANK or masked; flagged "
+            f"BAD_INPUT, outputs masked){off}")
 
 
 def check_options(table, *, model, ra_col=None, dec_col=None, coord_col=None, size_col=None,
@@ -1050,9 +1073,12 @@ RECORDED_IMAGE_NAMES = contextvars.ContextVar("astromorph_recorded_image_names",
 #: the provenance of each partition, which is sent only the tiles its sources can lie on;
 #: None: those of the images the call reads.
 RECORDED_IMAGE_FILES = contextvars.ContextVar("astromorph_recorded_image_files", default=None)
-#: Where it holds a list (an `annotate_dask` partition), `annotate` appends whether a row of
-#: its table has a usable position and size (no `Flag.BAD_INPUT`): one that has none can
-#: neither give nor contradict the warning that no source lies on the images.
+#: Where it holds a list (an `annotate_dask` partition), `annotate` appends how many rows of
+#: its table have a usable position and size, how many of those lie on the images, and how
+#: many of these on blank pixels (no finite pixel in a band's stamp): from which
+#: `annotate_dask` says, for the whole table, that no source lies on the images, or that
+#: none of those on the images lies on data (a partition without a usable position or size
+#: can neither give nor contradict either).
 PLACED = contextvars.ContextVar("astromorph_placed", default=None)
 
 

@@ -42,9 +42,9 @@ def _annotate_partition(table, images, model, kwargs, names=None, files=None):
 
 def _annotate_collecting(table, images, model, kwargs, names=None, files=None):
     """`_annotate_partition`, the warnings it gave, the counts of its rows that could not be
-    scored and whether a row has a usable position and size, as ``(table, [(message,
-    category)], [summary], placed)`` (see `_predict.summarise`, `_annotate.PLACED`; ``placed``
-    True where `annotate` does not say, as `annotate_stamps`)."""
+    scored and those of its rows placed on the sky, as ``(table, [(message, category)],
+    [summary], placed)`` (see `_predict.summarise`; ``placed``: the counts of
+    `_annotate.PLACED`, None where `annotate` does not give them, as `annotate_stamps`)."""
     from ._annotate import PLACED
     from ._predict import SUMMARIES
     from ._warnings import collecting
@@ -57,7 +57,7 @@ def _annotate_collecting(table, images, model, kwargs, names=None, files=None):
     finally:
         PLACED.reset(token_placed)
         SUMMARIES.reset(token)
-    return out, found, summaries, all(placed)
+    return out, found, summaries, (placed[0] if placed else None)
 
 
 def _warn_summaries(summaries, n, order=None, partition_size=None):
@@ -111,26 +111,36 @@ def _annotate_warning_once(table, images, model, kwargs, call, n_parts, names=No
 def _warn_once(found, n_parts, placed=None):
     """Give each distinct warning of the partitions once, saying how many partitions gave it.
 
-    ``placed``: whether each partition has a row with a usable position and size (default:
-    all): that no source lies on the images is said where every partition that has one
-    says it (one without any has no source on the images, nor off them)."""
+    ``placed``: each partition's counts of the rows with a usable position and size, of
+    those on the images and of these on blank pixels (`_annotate.PLACED`; None: not given).
+    That no source lies on the images is said where every partition that has such a row says
+    it (one without any has no source on the images, nor off them); that the sources on the
+    images lie on no data, where that is true of the table, with its counts, as `annotate`
+    says it of the whole table."""
+    from ._annotate import _NO_DATA, _NONE_ON_IMAGES, _no_data_message
     from ._warnings import warn
 
     counts = {}
     for part in found:
         for key in dict.fromkeys(part):  # a partition counts once per warning
             counts[key] = counts.get(key, 0) + 1
-    n_placed = n_parts if placed is None else sum(map(bool, placed))
+    given = [c for c in placed or () if c is not None]
+    n_placed = n_parts if placed is None else sum(
+        1 for c in placed if c is None or c[0])
+    no_data = None
     for (message, category), k in counts.items():
+        if message.startswith(_NO_DATA):  # each partition's counts: said below for the table
+            no_data = category
+            continue
         if k < n_placed and message.startswith(_NONE_ON_IMAGES):
             continue  # untrue of the table: the other partitions' sources lie on the images
         warn(f"{message} (in {k} of {n_parts} Dask partitions)", category)
-
-
-#: How `annotate`'s warning that not one source lies on the images begins: a statement about
-#: the whole table, given by annotate_dask only where every partition gives it (those
-#: without a row that has a usable position and size left aside).
-_NONE_ON_IMAGES = "no source lies on the images"
+    if no_data is not None and given:
+        n_sky, n_on, n_blank = (sum(c[j] for c in given) for j in range(3))
+        if n_on and n_blank == n_on:  # no source of the table on the images lies on data
+            k = sum(1 for c in given if c[2])
+            warn(f"{_no_data_message(n_blank, n_sky - n_on)} (in {k} of {n_parts} Dask "
+                 "partitions)", no_data)
 
 
 #: `annotate_stamps` options that may hold one value per row of the table.

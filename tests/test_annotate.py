@@ -3408,6 +3408,43 @@ def test_unitless_ra_out_of_range_on_some_rows_is_flagged(optical_model):
     assert np.asarray(out["opt_flags"]).tolist()[:3] == [0, 0, 0]
 
 
+@pytest.mark.parametrize("scheduler", ["synchronous", "processes"])
+def test_annotate_dask_says_what_annotate_says_of_sources_on_blank_pixels(
+        optical_model, tmp_path, scheduler):
+    """A partition of sources off the image and one of sources on a blank (NaN) part of it:
+    the second's rows are flagged BAD_INPUT, so annotate_dask took that partition for one
+    without a usable position and gave the first's "no source lies on the images" as true of
+    the table. It now gives annotate's warning on the same table: the sources on the images
+    lie on blank pixels, counted over the table, once."""
+    pytest.importorskip("dask")
+    w = sky_wcs()
+    img = blobs()
+    img[:, :100] = np.nan
+    fits.writeto(tmp_path / "img.fits", img, w.to_header())
+    cat = catalogue(w, [(-300, 500), (-320, 510), (40, 100), (30, 120), (-340, 520)])
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ref = astromorph.annotate(cat, str(tmp_path / "img.fits"), model=optical_model)
+    [expected] = unusable_messages(caught)
+    assert expected.startswith("no source on the images has data under it: the 2 source(s)")
+    assert "3 other(s) lie off every image" in expected
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = astromorph.annotate_dask(cat, str(tmp_path / "img.fits"),
+                                       model=str(optical_model.path), partition_size=2,
+                                       scheduler=scheduler, sky_order=False)
+    got = unusable_messages(caught)
+    assert got == [expected + " (in 1 of 3 Dask partitions)"], got
+    np.testing.assert_array_equal(out["opt_flags"], ref["opt_flags"])
+    # one source on data, in a partition of its own: nothing said of the table
+    cat = vstack_rows(cat, catalogue(w, [(150, 100)]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UnusableInputWarning)
+        astromorph.annotate_dask(cat, str(tmp_path / "img.fits"), model=str(optical_model.path),
+                                 partition_size=2, scheduler=scheduler, sky_order=False)
+
+
 def test_unitless_ra_under_24_with_no_source_on_the_images_says_hours(optical_model):
     """An RA column of decimal hours without a unit is read as degrees (the documented
     default): every source then lies off the images and the output was all masked without
@@ -3429,6 +3466,54 @@ def test_unitless_ra_under_24_with_no_source_on_the_images_says_hours(optical_mo
     with warnings.catch_warnings():  # some sources on the image: nothing to say
         warnings.simplefilter("error", astromorph.exceptions.UnusableInputWarning)
         astromorph.annotate(vstack_rows(cat, elsewhere), (img, w), model=optical_model)
+
+
+def unusable_messages(caught):
+    return [str(x.message) for x in caught if issubclass(x.category, UnusableInputWarning)]
+
+
+def test_sources_on_blank_pixels_are_not_said_to_lie_off_the_images(optical_model):
+    """A source on a blank (all-NaN) part of the image and another off the image: annotate
+    said "no source lies on the images: every source with a position is off every image",
+    which is false (one lies on the image, on no data; flagged BLANK | BAD_INPUT) and sends
+    the reader after a coordinate or WCS mistake, with the hours hint of a unitless RA under
+    24. It now says that the sources on the images lie on blank pixels, without the hint."""
+    w = sky_wcs(crval=(10.0, 2.2))
+    img = blobs()
+    img[:, :100] = np.nan  # the left half blank
+    cat = catalogue(w, [(40, 100), (-300, 500)], unit=None)  # RA ~10: under 24, no unit
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = astromorph.annotate(cat, (img, w), model=optical_model)
+    assert [int(f) & int(Flag.BAD_INPUT | Flag.OFF_IMAGE) for f in out["opt_flags"]] == [
+        int(Flag.BAD_INPUT), int(Flag.OFF_IMAGE)]
+    assert int(out["opt_flags"][0]) & int(Flag.BLANK)
+    [message] = unusable_messages(caught)
+    assert message.startswith("no source on the images has data under it: the 1 source(s) on "
+                              "the images lie on blank pixels"), message
+    assert "BAD_INPUT" in message and "1 other(s) lie off every image" in message
+    assert "hourangle" not in message and "no source lies on the images" not in message
+    # every source on blank pixels, none off: said alike (the output is all masked)
+    cat = catalogue(w, [(40, 100), (30, 120)], unit=None)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        astromorph.annotate(cat, (img, w), model=optical_model)
+    [message] = unusable_messages(caught)
+    assert message.startswith("no source on the images has data under it: the 2 source(s)")
+    assert "off every image" not in message
+    # one source on data: nothing to say of the table
+    cat = catalogue(w, [(40, 100), (150, 100), (-300, 500)], unit=None)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UnusableInputWarning)
+        out = astromorph.annotate(cat, (img, w), model=optical_model)
+    assert int(out["opt_flags"][1]) == 0
+    # no source on the image: the warning and its hours hint, as before
+    cat = catalogue(w, [(-300, 500), (-320, 510)], unit=None)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        astromorph.annotate(cat, (img, w), model=optical_model)
+    [message] = unusable_messages(caught)
+    assert message.startswith("no source lies on the images") and "hourangle" in message
 
 
 def vstack_rows(*tables):
