@@ -127,6 +127,13 @@ def _warn_once(found, n_parts, placed=None):
     given = [c for c in placed or () if c is not None]
     n_placed = n_parts if placed is None else sum(
         1 for c in placed if c is None or c[0])
+    # that no source lies on the images comes with a hint where a partition's unitless RA
+    # values all look like hours (or radians): true of the table where every partition
+    # gives it, so the table's text is the partitions' shortest (no hint, else hours only)
+    none_on = [key for key in counts if key[0].startswith(_NONE_ON_IMAGES)]
+    if none_on:
+        k = sum(counts.pop(key) for key in none_on)
+        counts[min(none_on, key=lambda key: len(key[0]))] = k
     no_data = None
     for (message, category), k in counts.items():
         if message.startswith(_NO_DATA):  # each partition's counts: said below for the table

@@ -2267,6 +2267,36 @@ def test_annotate_dask_says_no_source_lies_on_the_images_past_a_partition_withou
     assert not none_on_images(caught)
 
 
+@pytest.mark.parametrize("ras, hint", [([5.0, 6.0, 100.0, 120.0], None),
+                                       ([5.0, 6.0, 7.0, 23.0], "hours ('hourangle'),"),
+                                       ([5.0, 6.0, 1.0, 2.0], "hours ('hourangle') or radians")])
+def test_annotate_dask_no_source_on_the_images_with_partitions_hinting_apart(
+        optical_model, tmp_path, ras, hint):
+    """Where no source lies on the images, annotate adds a hint when the unitless RA values
+    all look like hours (or radians, under 2 pi). Each partition decides it on its own rows,
+    so the partitions' texts differed and the warning, matched by its text across the
+    partitions, was withheld. It is now given once, with the hint true of the whole table."""
+    pytest.importorskip("dask")
+    img, w = blobs(), sky_wcs()
+    fits.writeto(tmp_path / "img.fits", img, w.to_header())
+    cat = Table({"ra": ras, "dec": [2.2] * 4})  # unitless, all off the image (RA 150)
+
+    def none_on_images(caught):
+        return [str(x.message) for x in caught if issubclass(x.category, UnusableInputWarning)
+                and str(x.message).startswith("no source lies on the images")]
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        astromorph.annotate(cat, str(tmp_path / "img.fits"), model=optical_model)
+    [expected] = none_on_images(caught)
+    assert (hint is None) == ("hours" not in expected) and (hint is None or hint in expected)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        astromorph.annotate_dask(cat, str(tmp_path / "img.fits"), model=str(optical_model.path),
+                                 partition_size=2, scheduler="synchronous")
+    assert none_on_images(caught) == [expected + " (in 2 of 2 Dask partitions)"]
+
+
 def test_annotate_dask_lazy_refuses_what_annotate_refuses(optical_model, tmp_path):
     """With compute=False a bad option (unknown model, column that is not there, bad
     on_conflict, threads or precision, a clash) only failed when the partitions were
