@@ -915,6 +915,96 @@ def test_kmeans_start_takes_memory_of_the_distances_not_of_every_difference():
     assert peak < 3 * z.nbytes + 4 * n * k * 8 + 8 * 2 ** 20, peak
 
 
+def _mixture_problem(covariance_type, n=50, k=3, d=5, seed=0):
+    """Rows, responsibilities and mixture parameters for the E- and M-step tests."""
+    rng = np.random.default_rng(seed)
+    z = rng.normal(size=(n, d)) * rng.uniform(0.5, 3, d) + 2.0
+    resp = rng.dirichlet(np.ones(k), size=n)
+    weights = rng.dirichlet(np.ones(k))
+    means = rng.normal(size=(k, d)) * 2
+    if covariance_type == "diag":
+        covs = rng.uniform(0.2, 4, (k, d))
+    else:
+        a = rng.normal(size=(k, d, d))
+        covs = a @ a.transpose(0, 2, 1) + 0.5 * np.eye(d)
+    return z, resp, weights, means, covs
+
+
+@pytest.mark.parametrize("block_elements", [None, 2 * 3 * 5])  # one block; 2 rows a block
+@pytest.mark.parametrize("covariance_type", ["full", "diag"])
+def test_mixture_e_and_m_steps_equal_a_reference(covariance_type, block_elements,
+                                                 monkeypatch):
+    """The E-step (log densities) and M-step (weights, means, covariances) of every
+    component, computed all at once a block of rows at a time, equal a loop over the
+    components with scipy's densities and explicit weighted sums (a last block shorter
+    than the others included: 51 rows, 2 a block)."""
+    from scipy.stats import multivariate_normal
+
+    from astromorph.embeddings import _mixture
+
+    if block_elements is not None:
+        monkeypatch.setattr(_mixture, "_COMPONENT_BLOCK_ELEMENTS", block_elements)
+    z, resp, weights, means, covs = _mixture_problem(covariance_type, n=51)
+    k, d = means.shape
+    gmm = GaussianMixture(k, covariance_type=covariance_type)
+    full = [np.diag(c) for c in covs] if covariance_type == "diag" else covs
+    expected = np.stack([np.log(weights[j]) + multivariate_normal(means[j], full[j]).logpdf(z)
+                         for j in range(k)], axis=1)
+    np.testing.assert_allclose(gmm._log_prob(z, weights, means, covs), expected, rtol=1e-12,
+                               atol=1e-12)
+    reg = 0.01
+    w, m, c = gmm._m_step(z, resp, reg)
+    nk = resp.sum(axis=0)
+    np.testing.assert_allclose(w, nk / len(z), rtol=1e-9)
+    ref_means = np.stack([np.sum(resp[:, j, None] * z, axis=0) / nk[j] for j in range(k)])
+    np.testing.assert_allclose(m, ref_means, rtol=1e-9)
+    ref_covs = np.stack([sum(resp[i, j] * np.outer(z[i] - ref_means[j], z[i] - ref_means[j])
+                             for i in range(len(z))) / nk[j] + reg * np.eye(d)
+                         for j in range(k)])
+    if covariance_type == "diag":
+        ref_covs = np.diagonal(ref_covs, axis1=1, axis2=2)
+    np.testing.assert_allclose(c, ref_covs, rtol=1e-9, atol=1e-12)
+
+
+def test_mixture_fit_and_predictions_run_on_one_blas_thread(monkeypatch):
+    """The EM of the mixture and its predictions are small matrix products (n_pca
+    columns): a multi-threaded BLAS made them many times slower on busy cores. They run
+    on one thread, and leave the thread count as they found it."""
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+
+    def blas_threads():
+        return [i["num_threads"] for i in threadpoolctl.threadpool_info()
+                if i["user_api"] == "blas"]
+
+    if not blas_threads():
+        pytest.skip("no BLAS library that threadpoolctl can control")
+    import importlib
+
+    from astromorph import _blas
+
+    importlib.import_module("scipy.linalg")  # its BLAS loaded, then seen by a new controller
+
+    monkeypatch.setitem(_blas._STATE, "controller", None)
+    seen = []
+    log_prob = GaussianMixture._log_prob
+    m_step = GaussianMixture._m_step
+
+    def recording(method):
+        def wrapper(*args, **kwargs):
+            seen.append(set(blas_threads()))
+            return method(*args, **kwargs)
+        return wrapper
+
+    monkeypatch.setattr(GaussianMixture, "_log_prob", recording(log_prob))
+    monkeypatch.setattr(GaussianMixture, "_m_step", recording(m_step))
+    x, _ = blobs(n_per=60, k=3, d=16, seed=5)
+    with threadpoolctl.threadpool_limits(limits=2, user_api="blas"):
+        gmm = GaussianMixture(k_range=range(2, 4), n_pca=4, max_select_rows=100).fit(x)
+        gmm.predict_proba(x)
+        assert set(blas_threads()) == {2}
+    assert seen and all(s == {1} for s in seen), seen
+
+
 def test_maps(tmp_path):
     pytest.importorskip("matplotlib")
     x, y = blobs(n_per=40, k=3, d=16)
