@@ -16,26 +16,30 @@ thread of the child would otherwise bring back to zero.
 """
 import contextlib
 import os
+import sys
 import threading
 
 __all__ = []
 
 _LOCK = threading.Lock()
-_STATE = {"controller": None, "depth": 0, "limiter": None}
+_STATE = {"controller": None, "modules": 0, "depth": 0, "limiter": None}
 
 
 def _controller():
-    """The process's `threadpoolctl.ThreadpoolController`, built once (about 2 ms: it
-    scans the loaded libraries; numpy's BLAS is loaded with numpy); None without
-    threadpoolctl (a declared dependency; an environment lacking it only loses the
-    speed-up)."""
-    if _STATE["controller"] is None:
+    """The process's `threadpoolctl.ThreadpoolController` (about 2 ms to build: it scans
+    the loaded libraries), built again when modules have been imported since the last one
+    was built: a module can bring a BLAS of its own (scipy.linalg, PyTorch...), which a
+    controller built before it would never limit; None without threadpoolctl (a declared
+    dependency; an environment lacking it only loses the speed-up)."""
+    if _STATE["controller"] is None or (_STATE["controller"]
+                                        and _STATE["modules"] != len(sys.modules)):
         try:
             import threadpoolctl
         except ImportError:  # pragma: no cover - threadpoolctl is a required dependency
             _STATE["controller"] = False
         else:
             _STATE["controller"] = threadpoolctl.ThreadpoolController()
+        _STATE["modules"] = len(sys.modules)
     return _STATE["controller"] or None
 
 

@@ -1,10 +1,15 @@
 """The preprocessing's small matrix products run on one BLAS thread, with the same values,
 and leave the process's BLAS thread count as they found it (astromorph._blas)."""
+import ast
 import contextlib
 import os
 import signal
+import subprocess
+import sys
+import textwrap
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -266,3 +271,26 @@ def test_a_child_forked_inside_the_block_starts_afresh(two_blas_threads):
     finally:
         block.close()
     assert set(_blas_threads()) == {2}
+
+
+def test_a_blas_loaded_after_the_first_block_is_limited_too():
+    """The threadpoolctl controller was built once, at the first block: a BLAS that a module
+    imported later brings (scipy.linalg's own OpenBLAS) was never limited, so its products
+    ran on every core inside the block. The controller is built again after imports. In a
+    fresh interpreter, so that scipy.linalg is not loaded before the first block."""
+    code = textwrap.dedent("""
+        import numpy, threadpoolctl
+        from astromorph._blas import single_threaded_blas
+        with single_threaded_blas():
+            pass
+        import scipy.linalg
+        with single_threaded_blas():
+            info = [i for i in threadpoolctl.threadpool_info() if i["user_api"] == "blas"]
+        print([i["num_threads"] for i in info])
+    """)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        [str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")])}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env=env, check=True).stdout
+    counts = ast.literal_eval(out.strip().splitlines()[-1])
+    assert counts and set(counts) == {1}, counts
