@@ -188,7 +188,7 @@ TILE_MARGIN_PIXELS = 1.0
 #: centres), and cuts its stamp from that one tile.
 FOOTPRINT_MARGIN_PIXELS = 0.05
 
-#: Points sampled along each side of a tile's border for its bounding cone (`_tile_cones`).
+#: Points sampled along each side of a tile's border for its bounding cone (`_tile_footprints`).
 CONE_BORDER_POINTS = 64
 
 #: Radius (degrees) past which a tile's cone is not used: the tile goes to every partition
@@ -210,13 +210,6 @@ def _unit_vectors(lon, lat):
     lon, lat = np.radians(lon), np.radians(lat)
     cos_lat = np.cos(lat)
     return np.stack([cos_lat * np.cos(lon), cos_lat * np.sin(lon), np.sin(lat)], axis=-1)
-
-
-def _tile_cones(images, frames, coords):
-    """A cone on the sky (in the frame of ``coords``) holding each image and a margin of
-    `TILE_MARGIN_PIXELS` around it: ``(centres (T, 3), cos(radius) (T,), usable (T,))``
-    (the first three of `_tile_footprints`)."""
-    return _tile_footprints(images, frames, coords)[:3]
 
 
 def _tile_footprints(images, frames, coords):
@@ -342,10 +335,10 @@ def _on_tiles(vectors, centres, cos_radius, walls, sin_grow):
     return inside
 
 
-def _cones_hit(vectors, centres, cos_radius, partition_size, walls=None, sin_grow=None):
-    """Which cones (with ``walls``: footprints, `_on_tiles`) hold a source of each
-    partition: ``(partitions, cones)`` booleans, from the sources' unit ``vectors`` (a NaN
-    row is in none) in chunks of rows, so that memory stays bounded (`CONE_CHUNK_ELEMENTS`)."""
+def _cones_hit(vectors, centres, cos_radius, partition_size, walls, sin_grow):
+    """Which footprints (`_on_tiles`) hold a source of each partition: ``(partitions,
+    tiles)`` booleans, from the sources' unit ``vectors`` (a NaN row is in none) in chunks
+    of rows, so that memory stays bounded (`CONE_CHUNK_ELEMENTS`)."""
     import numpy as np
 
     n = len(vectors)
@@ -355,11 +348,7 @@ def _cones_hit(vectors, centres, cos_radius, partition_size, walls=None, sin_gro
     chunk = max(1, CONE_CHUNK_ELEMENTS // len(centres))
     for start in range(0, n, chunk):
         stop = min(start + chunk, n)
-        if walls is None:
-            with np.errstate(invalid="ignore"):
-                inside = vectors[start:stop] @ centres.T >= cos_radius
-        else:
-            inside = _on_tiles(vectors[start:stop], centres, cos_radius, walls, sin_grow)
+        inside = _on_tiles(vectors[start:stop], centres, cos_radius, walls, sin_grow)
         first = start // partition_size
         edges = np.arange(first * partition_size, stop, partition_size)
         hit[first:first + len(edges)] |= np.logical_or.reduceat(
@@ -367,11 +356,11 @@ def _cones_hit(vectors, centres, cos_radius, partition_size, walls=None, sin_gro
     return hit
 
 
-def _sky_order(vectors, centres, cos_radius, walls=None, sin_grow=None):
-    """The rows grouped by tile: each source's rows in the order of the cone (among
-    ``centres``; with ``walls``: the footprint, `_on_tiles`) whose centre lies nearest it
-    among those that hold it, then those in no cone (off every tile, or without a
-    position); in their order within a group (a stable sort)."""
+def _sky_order(vectors, centres, cos_radius, walls, sin_grow):
+    """The rows grouped by tile: each source's rows in the order of the footprint
+    (`_on_tiles`) whose centre lies nearest it among those that hold it, then those on no
+    footprint (off every tile, or without a position); in their order within a group (a
+    stable sort)."""
     import numpy as np
 
     key = np.full(len(vectors), len(centres))
@@ -380,11 +369,8 @@ def _sky_order(vectors, centres, cos_radius, walls=None, sin_grow=None):
         for start in range(0, len(vectors), chunk):
             with np.errstate(invalid="ignore"):
                 dots = vectors[start:start + chunk] @ centres.T
-                if walls is None:
-                    inside = dots >= cos_radius
-                else:
-                    inside = _on_tiles(vectors[start:start + chunk], centres, cos_radius,
-                                       walls, sin_grow)
+            inside = _on_tiles(vectors[start:start + chunk], centres, cos_radius, walls,
+                               sin_grow)
             nearest = np.where(inside, dots, -np.inf).argmax(axis=1)
             key[start:start + chunk] = np.where(inside.any(axis=1), nearest, len(centres))
     return np.argsort(key, kind="stable")
@@ -426,8 +412,8 @@ def _partition_images(table, images, model, kwargs, bounds, partition_size, *,
     that contains it (the one where it lies farthest from the edge, among those with data
     under it; only from that one), and a source off every image is off those it is sent
     too. A partition gets the files of the images whose footprint on the sky
-    (`_tile_footprints`: great circles bounding the border, a pixel out, within a bounding
-    cone) holds one of its sources (`_cones_hit`, `_on_tiles`: a conservative cut, a few
+    (`_tile_footprints`: great circles bounding the border, 0.05 pixel out, within a
+    bounding cone) holds one of its sources (`_cones_hit`, `_on_tiles`: a conservative cut, a few
     matrix products, not a WCS transform of every source for every image), and every image
     whose cone cannot be drawn (an all-sky map): it places its sources exactly among those.
     The footprints are drawn in the catalogue's frame, or in ICRS (the sources transformed

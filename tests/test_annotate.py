@@ -4242,7 +4242,7 @@ def test_annotate_dask_sends_all_sky_and_wide_tiles_to_every_partition():
     images = [image("CAR", (180, 360), 1.0, (0, 0)), image("AIT", (180, 360), 1.0, (0, 0)),
               image("TAN", (400, 400), 0.1), image("TAN", (400, 400), 1e-4)]
     coords = SkyCoord([150.0], [2.2], unit="deg")
-    centres, cos_radius, usable = adask._tile_cones(images, [ICRS()] * 4, coords)
+    centres, cos_radius, usable = adask._tile_footprints(images, [ICRS()] * 4, coords)[:3]
     assert usable.tolist() == [False, False, False, True]
     corner = images[3].wcs.pixel_to_world(-1.4, -1.4)  # within the margin of a pixel
     vector = adask._unit_vectors(corner.ra.deg, corner.dec.deg)

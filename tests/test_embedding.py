@@ -1958,6 +1958,18 @@ def test_heads_and_mixtures_predict_no_rows_as_no_rows():
         gmm.predict(np.empty((0, 5)))
 
 
+def traced_peak(run):
+    """``run()`` and the peak of the memory traced while it ran (bytes)."""
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        out = run()
+        return out, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
 def test_heads_and_mixtures_make_no_float64_copy_of_a_float32_table():
     """A LabelHead or GaussianMixture applied to a float32 embedding table (as written by
     the model, and as read from FITS or Parquet) made float64 copies of the whole matrix:
@@ -1965,8 +1977,6 @@ def test_heads_and_mixtures_make_no_float64_copy_of_a_float32_table():
     usable rows; fit: all rows, then the finite ones), 7.6 GB for ``astromorph classify``
     of a 1 GB table. Now a block of rows at a time is made float64: the memory traced stays
     below one float64 copy of the vectors, and the results are those of float64 input."""
-    import tracemalloc
-
     rng = np.random.default_rng(0)
     n, d = 300_000, 32
     x = rng.normal(size=(n, d)).astype(np.float32)
@@ -1986,12 +1996,7 @@ def test_heads_and_mixtures_make_no_float64_copy_of_a_float32_table():
                       ("mixture", lambda: gmm.annotate(table)),
                       ("cluster_table", lambda: cluster_table(
                           table, n_components=2, n_pca=4, n_init=1, max_fit_rows=20_000))):
-        tracemalloc.start()
-        try:
-            out = run()
-            peak = tracemalloc.get_traced_memory()[1]
-        finally:
-            tracemalloc.stop()
+        out, peak = traced_peak(run)
         assert peak < full64, (name, peak / full64)
         if name == "head":
             assert out["head_label"].mask[7] and out["head_label"].mask.sum() == 1
@@ -2053,12 +2058,7 @@ def test_head_annotate_makes_no_copy_of_a_masked_float32_column():
                       ("mixture", lambda: gmm.annotate(table)),
                       ("cluster_table", lambda: cluster_table(
                           table, n_components=2, n_pca=4, n_init=1, max_fit_rows=20_000))):
-        tracemalloc.start()
-        try:
-            out = run()
-            peak = tracemalloc.get_traced_memory()[1]
-        finally:
-            tracemalloc.stop()
+        out, peak = traced_peak(run)
         assert peak < x.nbytes / 2, (name, peak / x.nbytes)
         if name == "fit":
             expected = GaussianMixture(2, n_pca=4, n_init=1, max_fit_rows=20_000).fit(
@@ -2087,8 +2087,6 @@ def test_similarity_index_makes_one_copy_of_a_masked_float32_column():
     marked unusable without filling them: only the normalised copy is made, from the
     column's own array, by from_table and by the constructor given the column; the
     neighbours are those of an index of the rows without mask."""
-    import tracemalloc
-
     rng = np.random.default_rng(2)
     n, d = 200_000, 64
     x = rng.normal(size=(n, d)).astype(np.float32)
@@ -2104,12 +2102,7 @@ def test_similarity_index_makes_one_copy_of_a_masked_float32_column():
     plain = SimilarityIndex(x[rows]).query(row=0, k=5)
     for name, build in (("from_table", lambda: SimilarityIndex.from_table(table)),
                         ("column", lambda: SimilarityIndex(table["embedding"], table=table))):
-        tracemalloc.start()
-        try:
-            index = build()
-            peak = tracemalloc.get_traced_memory()[1]
-        finally:
-            tracemalloc.stop()
+        index, peak = traced_peak(build)
         assert peak < 1.5 * x.nbytes, (name, peak / x.nbytes)
         assert (index.valid == ~masked).all()
         assert not np.shares_memory(index.vectors, x)  # the column is left as it is

@@ -219,16 +219,23 @@ def test_radio_adapter_measures_the_stack_as_before(monkeypatch):
     np.testing.assert_array_equal(background, want)
 
 
-def reference_background(image, rms=None):
-    """``background_significance`` as it was (5984ca5): six np.nanmedian calls over the
-    stack, the clipping at 3 rms about the median applied to every valid pixel each time."""
+def reference_windows(image, rms):
+    """What both reference functions start from: whether ``image`` is one image, the
+    float64 stack, its central 300-pixel windows and the rms of each (measured by
+    `reference_rms` where not given)."""
     image = real_array(image, "image").astype(np.float64)
     single = image.ndim == 2
     stack = image[None] if single else image
     window = radio._centre_window(stack, 300, np.nan)
     if rms is None:
         rms = np.array([reference_rms(w) for w in window])
-    rms = np.broadcast_to(np.asarray(rms, dtype=float), (len(stack),))
+    return single, stack, window, np.broadcast_to(np.asarray(rms, dtype=float), (len(stack),))
+
+
+def reference_background(image, rms=None):
+    """``background_significance`` as it was (5984ca5): six np.nanmedian calls over the
+    stack, the clipping at 3 rms about the median applied to every valid pixel each time."""
+    single, stack, window, rms = reference_windows(image, rms)
     values = window.reshape(len(stack), 300 ** 2)
     valid = ~invalid_pixels(values)
     some = valid.any(axis=1)
@@ -246,13 +253,7 @@ def reference_background(image, rms=None):
 
 def reference_peak(image, rms=None):
     """``peak_significance`` as it was (5984ca5): the background a np.nanmedian."""
-    image = real_array(image, "image").astype(np.float64)
-    single = image.ndim == 2
-    stack = image[None] if single else image
-    window = radio._centre_window(stack, 300, np.nan)
-    if rms is None:
-        rms = np.array([reference_rms(w) for w in window])
-    rms = np.broadcast_to(np.asarray(rms, dtype=float), (len(stack),))
+    single, stack, window, rms = reference_windows(image, rms)
     field = radio._centre_window(stack, 128, np.nan).reshape(len(stack), 128 ** 2)
     finite = ~invalid_pixels(field)
     peak = np.where(finite, field, -np.inf).max(axis=1, initial=-np.inf)
