@@ -211,7 +211,10 @@ def _write_headers(model, table, name, items, targets, overwrite, written, skipp
             skipped.append((target, "astropy cannot open the file", exc))
             continue
         try:
-            with hdul, atomic_output(target, overwrite=overwrite or target == path) as tmp:
+            # recorded as written as it is moved into place, an interruption (Ctrl-C, SIGTERM)
+            # held meanwhile: the account of an interruption is never behind the files
+            with hdul, atomic_output(target, overwrite=overwrite or target == path,
+                                     on_replaced=lambda t=target: written.append(t)) as tmp:
                 touched = set()
                 for row, hdu, index in rows:
                     header = hdul[hdu].header
@@ -245,13 +248,14 @@ def _write_headers(model, table, name, items, targets, overwrite, written, skipp
             # chained to the root cause (PermissionError, ENOSPC...), whose errno it has
             root = exc.__cause__ if isinstance(exc, OutputError) and isinstance(
                 exc.__cause__, OSError) else exc
-            raise _part_way(exc, written, [targets[p] for p, _ in items[k:]]) from root
+            rest = items[k + 1:] if written[-1:] == [target] else items[k:]  # (moved in)
+            raise _part_way(exc, written, [targets[p] for p, _ in rest]) from root
         except Exception as exc:  # noqa: BLE001 - astropy cannot write this file back
             # (VerifyError...): the file is skipped (no copy, the original untouched), the
             # other files and the returned table are kept
-            skipped.append((target, "astropy cannot write the file back", exc))
-            continue
-        written.append(target)
+            if written[-1:] != [target]:  # (not when it failed after the file was moved in)
+                skipped.append((target, "astropy cannot write the file back", exc))
+                continue
         log.debug("results written to the header of %s", target)
 
 

@@ -12,7 +12,9 @@ import importlib.util
 import logging
 import os
 import shutil
+import signal
 import tempfile
+import threading
 import warnings
 from pathlib import Path
 
@@ -23,11 +25,11 @@ from .exceptions import (AstromorphError, InputError, InputNotFoundError, Invali
                          InvalidArgumentTypeError, LossyOutputWarning, MissingDependencyError,
                          OutputError, OutputExistsError)
 
-__all__ = ["atomic_output", "check_input_file", "check_output", "check_distinct_outputs",
-           "output_error", "card_reads_back", "array_columns", "check_multidimensional",
-           "check_columns_held", "check_fits_names", "plain_votable_columns", "read_parquet",
-           "restore_parquet_shapes", "table_format", "write_table",
-           "TABLE_FORMATS", "READ_ONLY_TABLE_FORMATS"]
+__all__ = ["atomic_output", "interrupts_deferred", "check_input_file", "check_output",
+           "check_distinct_outputs", "output_error", "card_reads_back", "array_columns",
+           "check_multidimensional", "check_columns_held", "check_fits_names",
+           "plain_votable_columns", "read_parquet", "restore_parquet_shapes", "table_format",
+           "write_table", "TABLE_FORMATS", "READ_ONLY_TABLE_FORMATS"]
 
 log = logging.getLogger(__name__)
 
@@ -493,7 +495,7 @@ def output_error(message, cause):
 
 
 @contextlib.contextmanager
-def atomic_output(path, *, overwrite=False, mode=None):
+def atomic_output(path, *, overwrite=False, mode=None, on_replaced=None):
     """Write a file atomically through a temporary path.
 
     Yields a temporary path with the destination's own name inside a private
@@ -501,7 +503,10 @@ def atomic_output(path, *, overwrite=False, mode=None):
     extension, e.g. of ``.fits.gz``, works on it, and a gzip header records the
     right name). When the block exits normally the file is fsync'ed and moved
     over ``path`` with `os.replace`; either way the temporary folder is then
-    removed, and when the block raises ``path`` is left as it was.
+    removed, and when the block raises ``path`` is left as it was. Ctrl-C and
+    SIGTERM arriving while the folder is made or removed, or while the file is
+    moved into place, are handled once that step is done (`interrupts_deferred`):
+    no folder is left behind.
 
     Parameters
     ----------
@@ -512,6 +517,10 @@ def atomic_output(path, *, overwrite=False, mode=None):
     mode : int, optional
         Permission bits for the new file (default: those of the file it
         replaces, or the process default for a new file).
+    on_replaced : callable, optional
+        Called with no arguments just after the file is moved into place, before
+        an interruption that arrived meanwhile is handled: a caller's record of
+        the files written is then never behind the files themselves.
 
     Yields
     ------
@@ -525,12 +534,14 @@ def atomic_output(path, *, overwrite=False, mode=None):
     # A private folder beside the destination holds the temporary file under the
     # destination's own name: writers that record the file name (gzip's header) record
     # the right one, and os.replace stays within one file system.
+    tmpdir = None
     try:
-        tmpdir = Path(tempfile.mkdtemp(prefix=".astromorph-tmp-", dir=directory))
-    except OSError as exc:
-        raise output_error(f"cannot write into {str(directory)!r}: {exc.strerror or exc}",
-                           exc) from exc
-    try:
+        with interrupts_deferred():  # a folder made is one that `finally` removes
+            try:
+                tmpdir = Path(tempfile.mkdtemp(prefix=".astromorph-tmp-", dir=directory))
+            except OSError as exc:
+                raise output_error(f"cannot write into {str(directory)!r}: "
+                                   f"{exc.strerror or exc}", exc) from exc
         tmp = tmpdir / path.name
         yield tmp
         if not tmp.exists():
@@ -540,7 +551,10 @@ def atomic_output(path, *, overwrite=False, mode=None):
             os.fsync(f.fileno())
         if mode is not None:
             os.chmod(tmp, mode)
-        os.replace(tmp, path)
+        with interrupts_deferred():  # the file moved and the caller's record, or neither
+            os.replace(tmp, path)
+            if on_replaced is not None:
+                on_replaced()
         _fsync_dir(directory)
     except OSError as exc:
         if isinstance(exc, AstromorphError):
@@ -549,17 +563,58 @@ def atomic_output(path, *, overwrite=False, mode=None):
                            f"{'the old file is unchanged' if path.exists() else 'nothing was written'}",
                            exc) from exc
     finally:
-        _remove_folder(tmpdir)
+        if tmpdir is not None:
+            _remove_folder(tmpdir)
+
+
+#: The signals that `interrupts_deferred` holds: Ctrl-C, and SIGTERM where a handler of
+#: Python's raises for it (the command line's).
+_HELD_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM")
+                      if hasattr(signal, name))
+
+
+@contextlib.contextmanager
+def interrupts_deferred():
+    """Hold Ctrl-C and SIGTERM while the block runs; a signal that arrives meanwhile is
+    handled (its handler called: `KeyboardInterrupt` for Ctrl-C) when the block is done.
+
+    For steps that must not be cut in two by an interruption: a file moved into place and
+    its record as written. Only signals with a Python handler are held, and only in the main
+    thread (where Python handles signals); elsewhere the block just runs.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held, saved = [], {}
+
+    def hold(signum, frame):
+        held.append((signum, frame))
+
+    try:
+        for signum in _HELD_SIGNALS:
+            handler = signal.getsignal(signum)
+            if callable(handler):
+                saved[signum] = handler
+                signal.signal(signum, hold)
+        yield
+    finally:
+        for signum, handler in saved.items():
+            signal.signal(signum, handler)
+        if held:  # the first one: its handler raises (KeyboardInterrupt), or it may not
+            signum, frame = held[0]
+            saved[signum](signum, frame)
 
 
 def _remove_folder(path):
-    """`shutil.rmtree` that is tried again when interrupted (Ctrl-C or SIGTERM arriving while
-    it runs), so that no temporary folder is left behind; the interruption then goes on."""
-    try:
-        shutil.rmtree(path, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(path, ignore_errors=True)
-        raise
+    """`shutil.rmtree` with Ctrl-C and SIGTERM held meanwhile (`interrupts_deferred`), and
+    tried again when it raises `KeyboardInterrupt` itself, so that no temporary folder is
+    left behind; the interruption then goes on."""
+    with interrupts_deferred():
+        try:
+            shutil.rmtree(path, ignore_errors=True)
+        except BaseException:
+            shutil.rmtree(path, ignore_errors=True)
+            raise
 
 
 def _warn_csv_losses(table, path):

@@ -1503,6 +1503,73 @@ def test_in_place_interrupted_says_which_files_were_updated(models, tmp_path, mo
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.fits", "b.fits", "c.fits"]
 
 
+@pytest.mark.parametrize("signum, status, said", [("SIGINT", 130, "interrupted"),
+                                                  ("SIGTERM", 143, "terminated (SIGTERM)")])
+def test_in_place_interrupt_just_after_a_file_is_replaced_counts_it(models, tmp_path,
+                                                                    monkeypatch, capsys,
+                                                                    signum, status, said):
+    """Ctrl-C (or SIGTERM) arriving while ``b.fits`` is moved into place (`os.replace` has
+    done it, the bookkeeping not yet): the line says b.fits is written, as it is (it said
+    "not written: 2 ('b.fits', 'c.fits')" while b.fits had its keywords: the signal was
+    handled between the replace and the record). The signal is real (`signal.raise_signal`),
+    handled by Python's own handler (or the command line's SIGTERM one) where it would be."""
+    import signal
+
+    from astromorph import _io
+
+    for name in ("a.fits", "b.fits", "c.fits"):
+        write_fits(tmp_path / name, triplet())
+    real = os.replace
+
+    def replace(src, dst, *args, **kwargs):
+        real(src, dst, *args, **kwargs)
+        if Path(dst).name == "b.fits":
+            signal.raise_signal(getattr(signal, signum))
+
+    monkeypatch.setattr(_io.os, "replace", replace)
+    got = cli.main(["predict", "real-bogus", str(tmp_path), "--in-place", "--no-progress",
+                    "-o", str(tmp_path / "out.ecsv")])
+    assert got == status
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    a, b, c = (repr(str(tmp_path / n)) for n in ("a.fits", "b.fits", "c.fits"))
+    assert err == (f"astromorph: {said}; header results written: 2 ({a}, {b}; complete, "
+                   f"kept); not written: 1 ({c})"), err
+    for name, has in (("a.fits", True), ("b.fits", True), ("c.fits", False)):
+        with fits.open(tmp_path / name) as hdul:
+            assert ("HIERARCH ASTROMORPH REAL-BOGUS SCORE" in hdul[0].header) == has, name
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.fits", "b.fits", "c.fits"]
+
+
+def test_header_copies_interrupt_just_after_a_copy_is_moved_in_counts_it(models, tmp_path,
+                                                                         monkeypatch):
+    """`write_header` copies: Ctrl-C arriving as the copy of b.fits is moved into place
+    (a real signal): the interruption's account lists that copy as written, as it is (it
+    said "not written", and a second run without overwrite then refused the copy as
+    existing); no temporary folder is left."""
+    import signal
+
+    from astromorph import _io
+
+    src, out = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    for name in ("a.fits", "b.fits", "c.fits"):
+        write_fits(src / name, triplet())
+    real = os.replace
+
+    def replace(source, dst, *args, **kwargs):
+        real(source, dst, *args, **kwargs)
+        if Path(dst) == out / "b.fits":
+            signal.raise_signal(signal.SIGINT)
+
+    monkeypatch.setattr(_io.os, "replace", replace)
+    with pytest.raises(KeyboardInterrupt) as info:
+        astromorph.predict_files("real-bogus", src, write_header=out, progress=False)
+    a, b, c = (repr(str(out / n)) for n in ("a.fits", "b.fits", "c.fits"))
+    assert info.value.astromorph_note == (f"header results written: 2 ({a}, {b}; complete, "
+                                          f"kept); not written: 1 ({c})")
+    assert sorted(p.name for p in out.iterdir()) == ["a.fits", "b.fits"]
+
+
 def test_header_file_astropy_cannot_write_back_is_skipped_with_a_warning(models, tmp_path,
                                                                         monkeypatch):
     """A file the reader scores but astropy refuses to write back (VerifyError): that file
@@ -1671,6 +1738,71 @@ def test_interrupt_while_the_temporary_folder_is_removed_leaves_nothing(tmp_path
     with pytest.raises(KeyboardInterrupt):
         write_table(Table({"a": [1, 2]}), tmp_path / "t.ecsv")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["t.ecsv"]
+
+
+def test_interrupt_while_the_temporary_folder_is_made_or_removed_leaves_nothing(
+        tmp_path, monkeypatch):
+    """Ctrl-C arriving just as the private temporary folder is made (before the code that
+    removes it is entered: it was left behind), or twice while it is removed (the second
+    cut the retry short): the signals (real ones, `signal.raise_signal`) are held until the
+    step is done, then `KeyboardInterrupt` is raised once, and no folder is left."""
+    import signal
+    import tempfile
+
+    from astromorph import _io
+
+    mkdtemp = tempfile.mkdtemp
+
+    def made(*args, **kwargs):
+        folder = mkdtemp(*args, **kwargs)
+        signal.raise_signal(signal.SIGINT)
+        return folder
+
+    monkeypatch.setattr(_io.tempfile, "mkdtemp", made)
+    with pytest.raises(KeyboardInterrupt):
+        write_table(Table({"a": [1, 2]}), tmp_path / "t.ecsv")
+    assert list(tmp_path.iterdir()) == []
+    monkeypatch.undo()
+
+    rmtree = shutil.rmtree
+
+    def removed(path, *args, **kwargs):
+        signal.raise_signal(signal.SIGINT)
+        return rmtree(path, *args, **kwargs)
+
+    monkeypatch.setattr(_io.shutil, "rmtree", removed)
+    with pytest.raises(KeyboardInterrupt):
+        write_table(Table({"a": [1, 2]}), tmp_path / "t.ecsv")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["t.ecsv"]
+
+
+def test_interrupts_deferred_holds_the_signal_until_the_block_is_done():
+    """`interrupts_deferred`: a Ctrl-C raised in the block is handled after it (the whole
+    block ran), once; the handlers are restored; outside the main thread it is a no-op."""
+    import signal
+    import threading
+
+    from astromorph._io import interrupts_deferred
+
+    before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    steps = []
+    with pytest.raises(KeyboardInterrupt):
+        with interrupts_deferred():
+            signal.raise_signal(signal.SIGINT)
+            signal.raise_signal(signal.SIGINT)
+            steps.append("after")
+    assert steps == ["after"]
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
+    ran = []
+
+    def elsewhere():
+        with interrupts_deferred():
+            ran.append(signal.getsignal(signal.SIGINT))
+
+    t = threading.Thread(target=elsewhere)
+    t.start()
+    t.join()
+    assert ran == [before[0]]
 
 
 def test_gzipped_output_records_its_own_name(tmp_path):
