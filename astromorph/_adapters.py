@@ -283,7 +283,8 @@ def _radio(raw, card, crop_fraction):
     # threshold): far more is a background offset or a filled field the model never saw;
     # a cutout in flux units is also out of distribution when its own background lies above
     # zero (FIRST maps are background-subtracted), which a 1- or 2-sigma pedestal does while
-    # putting only 2-12 % of the network input above zero
+    # putting only 2-12 % of the network input above zero; or below zero by more than
+    # MIN_BACKGROUND_SIGMA, where the threshold counted from zero cuts the faint emission
     positive = np.mean(x > 0, axis=tuple(range(1, x.ndim))) if len(x) else np.zeros(0)
     flags |= np.where((positive > MAX_POSITIVE_FRACTION) | background,
                       int(Flag.OUT_OF_DISTRIBUTION), 0).astype(flags.dtype)
@@ -293,7 +294,8 @@ def _radio(raw, card, crop_fraction):
 def _radio_input(raw, card):
     """The radio network input of ``raw``, its flags (all but OUT_OF_DISTRIBUTION) and, per
     row, whether its background lies more than `MAX_BACKGROUND_SIGMA` times the noise above
-    zero (False for 8-bit images, whose background the data-set scaling has removed)."""
+    zero or below `MIN_BACKGROUND_SIGMA` times it (False for 8-bit images, whose background
+    the data-set scaling has removed)."""
     from .preprocessing import _radio as rad
 
     flags = raw.flags.copy()
@@ -349,7 +351,8 @@ def _radio_input(raw, card):
         rad._centre_window(images, rad.DATASET_IMAGE_PIXELS, np.nan), background=True)
     faint = ~(rad._peak_over_rms(images, median, rms) >= rad.DETECTION_SIGMA)
     flags |= np.where(faint, int(Flag.NO_SOURCE), 0).astype(flags.dtype)
-    background = rad._over_rms(clipped, rms) > rad.MAX_BACKGROUND_SIGMA
+    level = rad._over_rms(clipped, rms)
+    background = (level > rad.MAX_BACKGROUND_SIGMA) | (level < rad.MIN_BACKGROUND_SIGMA)
     # (an image without noise, e.g. a constant one, is left to measure its own, as before)
     return rad.preprocess_first_cutout(images, rms=rms if np.all(rms > 0) else None,
                                        **options), flags, background

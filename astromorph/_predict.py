@@ -789,7 +789,15 @@ def _explain(stamp, bits, *, grid=None):
                                 if hit[i])
                    + f" within {SATURATION_RADIUS} pixels of the centre: the core is clipped, "
                    "the outputs are not trustworthy")
-    if bits & Flag.OUT_OF_DISTRIBUTION:
+    if bits & Flag.OUT_OF_DISTRIBUTION and _below_zero(stamp, data):
+        from .preprocessing._radio import MAX_POSITIVE_FRACTION, MIN_BACKGROUND_SIGMA
+
+        out.append(f"the cutout's background is more than {-MIN_BACKGROUND_SIGMA:g} times the "
+                   "noise below zero (FIRST maps are background-subtracted: the data-set "
+                   "threshold, counted from zero, cuts the source's faint emission), or more "
+                   f"than {MAX_POSITIVE_FRACTION:.0%} of the model's field is above the noise "
+                   "threshold: outside the training distribution")
+    elif bits & Flag.OUT_OF_DISTRIBUTION:
         from .preprocessing._radio import MAX_BACKGROUND_SIGMA, MAX_POSITIVE_FRACTION
 
         out.append(f"more than {MAX_POSITIVE_FRACTION:.0%} of the model's field is above the "
@@ -802,6 +810,18 @@ def _explain(stamp, bits, *, grid=None):
     if rest:
         out.append(describe_flags(rest))
     return out
+
+
+def _below_zero(stamp, data):
+    """Whether the single radio image ``data`` of ``stamp``, in flux units, has a background
+    below zero (`astromorph.preprocessing.radio.background_significance`): which side of
+    zero an OUT_OF_DISTRIBUTION background lies on (8-bit and colour images have none)."""
+    from .preprocessing._radio import background_significance
+
+    if stamp.kind != "bands" or len(data) != 1 or data.dtype == np.uint8 \
+            or data.dtype.kind not in "fiu":
+        return False
+    return bool(background_significance(data[0]) < 0)
 
 
 # ----------------------------------------------------------------------------- command line

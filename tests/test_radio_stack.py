@@ -210,12 +210,14 @@ def test_radio_adapter_measures_the_stack_as_before(monkeypatch):
     np.testing.assert_array_equal(reference_peak(clean, rms=rms),
                                   radio.peak_significance(clean, rms=rms))
     # the background flag: OUT_OF_DISTRIBUTION from the clipped median alone (a pedestal
-    # of 0, 1 and 2 sigma on three copies of the noise-only stamps; no source is needed)
+    # of 0, 1, 2, -1 and -2 sigma on three copies of the noise-only stamps; no source is
+    # needed)
     noise = np.random.default_rng(13).normal(0, 1.5e-4, (3, 300, 300)).astype(np.float32)
-    raw = np.concatenate([noise + np.float32(p * 1.5e-4) for p in (0, 1, 2)])
+    raw = np.concatenate([noise + np.float32(p * 1.5e-4) for p in (0, 1, 2, -1, -2)])
     _, _, background = _radio_input(RawStamps("bands", raw[:, None]), model.card)
-    want = reference_background(raw) > radio.MAX_BACKGROUND_SIGMA
-    assert want.tolist() == [False] * 3 + [True] * 6
+    level = reference_background(raw)
+    want = (level > radio.MAX_BACKGROUND_SIGMA) | (level < radio.MIN_BACKGROUND_SIGMA)
+    assert want.tolist() == [False] * 3 + [True] * 6 + [False] * 3 + [True] * 3
     np.testing.assert_array_equal(background, want)
 
 
