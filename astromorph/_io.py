@@ -341,8 +341,10 @@ def _parquet_unheld(col):
         if len(types) > 1:
             return f"arrays of more than one type ({', '.join(sorted(map(str, types)))})"
         (dtype,) = types
-    try:
-        pa.from_numpy_dtype(dtype.type)
+    if col.dtype.kind in "Mm" and col.ndim > 1:
+        return f"rows of more than one {dtype} value, which astropy cannot write"
+    try:  # (a date or time as a timestamp or duration of its unit: `_write_parquet`)
+        pa.from_numpy_dtype(dtype if dtype.kind in "Mm" else dtype.type)
     except (pa.ArrowException, TypeError, NotImplementedError):
         return f"{'arrays of ' if col.dtype == object else ''}{dtype}, which pyarrow cannot type"
     return None
@@ -915,10 +917,15 @@ def _write_parquet(table, path):
         encoded = serialize.represent_mixins_as_columns(table)
     flat = [name for name, col in zip(encoded.colnames, encoded.itercols())
             if _flat_column(col)]
-    if not flat:
+    times = [name for name, col in zip(encoded.colnames, encoded.itercols())
+             if getattr(col, "dtype", np.dtype(int)).kind in "Mm" and col.ndim == 1]
+    if not flat and not times:
         table.write(path, format="parquet", overwrite=True)
         return
     arrays = {}
+    for name in times:  # (astropy's writer has no type for them)
+        arrays[name] = _arrow_times(encoded[name], (table[name].info.meta or {}).get(
+            "timezone") if name in table.colnames else None)
     for name in flat:
         col = encoded[name]
         # (Parquet is little-endian: a FITS column is swapped, a native one is not copied)
@@ -953,9 +960,31 @@ def _write_parquet(table, path):
             columns.append(written.column(name))
     schema = pa.schema(fields, metadata=metadata)
     per_row = sum(arrays[name].type.list_size for name in flat)
-    with pq.ParquetWriter(path, schema, version="2.4") as writer:
+    # (astropy's format version, but 2.6 for times, which astropy does not write: 2.4 has no
+    # nanosecond timestamps, and pyarrow refuses to cut them to microseconds)
+    with pq.ParquetWriter(path, schema, version="2.6" if times else "2.4") as writer:
         writer.write_table(pa.Table.from_arrays(columns, schema=schema),
-                           row_group_size=max(1, _PARQUET_CHUNK_VALUES // per_row))
+                           row_group_size=max(1, _PARQUET_CHUNK_VALUES // per_row)
+                           if per_row else None)
+
+
+def _arrow_times(col, zone):
+    """The datetime64 or timedelta64 column ``col`` as a pyarrow array of timestamps (dates
+    for days) or durations of its unit, NaT as null; timestamps in time zone ``zone`` (the
+    ``timezone`` of its meta, which `read_parquet` records: the values are UTC, as Arrow
+    holds them) where pyarrow knows the zone."""
+    import pyarrow as pa
+
+    values = pa.array(np.asarray(col))
+    if zone is not None and pa.types.is_timestamp(values.type):
+        try:
+            zoned = pa.timestamp(values.type.unit, tz=str(zone))
+            pa.scalar(0, zoned).as_py()  # (an unknown zone: ArrowInvalid; the cast takes it)
+            values = values.cast(zoned)
+        except (pa.ArrowException, ValueError) as exc:  # (the header keeps the meta)
+            log.info("column %r written without its time zone %r: %s", col.info.name,
+                     zone, exc)
+    return values
 
 
 def _serialized_names(spec):
@@ -1009,18 +1038,25 @@ def _own_parquet_columns(path, schema, names):
     NotImplementedError), a text column with a null cell (a file pandas wrote: astropy
     raises TypeError) or no row (ValueError), an integer or boolean column with a null
     cell (astropy gives float64 and NaN, losing the digits of a 64-bit id beyond 2**53, or
-    an object column of True, False and None). Whether a column holds a null is read from
-    the statistics of the file's row groups; a column without them is read here."""
+    an object column of True, False and None), a float, date or time column with a null
+    cell (astropy gives NaN or NaT, which a NaN the file holds as a value cannot be told
+    from), a time column with a time zone (astropy drops the zone) and a column of nothing
+    but nulls (pyarrow's null type: astropy gives an object column of None, which no
+    format writes back). Whether a column holds a null is read from the statistics of the
+    file's row groups; a column without them is read here."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     candidates = []
     for name in names:
         arrow_type = schema.field(name).type
-        if pa.types.is_dictionary(arrow_type):
+        if pa.types.is_dictionary(arrow_type) or pa.types.is_null(arrow_type) or (
+                pa.types.is_timestamp(arrow_type) and arrow_type.tz is not None):
             candidates.append((name, True))
         elif (_arrow_text_type(arrow_type) or pa.types.is_integer(arrow_type)
-              or pa.types.is_boolean(arrow_type)):
+              or pa.types.is_boolean(arrow_type) or pa.types.is_floating(arrow_type)
+              or pa.types.is_timestamp(arrow_type) or pa.types.is_date(arrow_type)
+              or pa.types.is_duration(arrow_type)):  # (not a time of day: astropy's error)
             candidates.append((name, False))
     if not candidates:
         return []
@@ -1044,12 +1080,25 @@ def _arrow_column(values, name, *, width=None):
     """The pyarrow ChunkedArray ``values`` of the Parquet column ``name`` as a Column, or a
     MaskedColumn masked where a cell is null: a categorical as its categories' values
     (text, numbers); text as unicode (bytes as bytes) of ``width`` characters (astropy's
-    ``table::len::<name>`` key), else of its longest value's."""
+    ``table::len::<name>`` key), else of its longest value's; floats (NaN under the mask,
+    a NaN of the file's unmasked) and times as numpy gives them; times with a time zone in
+    UTC, the zone in the column's meta ``timezone`` (and said at INFO); a column of nothing
+    but nulls as float64, all masked."""
     import pyarrow as pa
     from astropy.table import Column, MaskedColumn
 
     if pa.types.is_dictionary(values.type):
         values = values.cast(values.type.value_type)
+    if pa.types.is_null(values.type):  # (no type to keep: float64, as pandas makes it)
+        values = values.cast(pa.float64())
+    meta = {}
+    if pa.types.is_timestamp(values.type) and values.type.tz is not None:
+        # (pyarrow holds them in UTC: the cast keeps the values, drops the zone)
+        meta["timezone"] = values.type.tz
+        values = values.cast(pa.timestamp(values.type.unit))
+        log.info("column %r holds times in time zone %s: read as UTC (numpy and astropy's "
+                 "Time have no zones), the zone kept in its meta 'timezone'", name,
+                 meta["timezone"])
     mask = values.is_null().to_numpy(zero_copy_only=False)
     arrow_type = values.type
     if _arrow_text_type(arrow_type):
@@ -1063,9 +1112,10 @@ def _arrow_column(values, name, *, width=None):
     elif pa.types.is_integer(arrow_type) or pa.types.is_boolean(arrow_type):
         data = values.fill_null(False if pa.types.is_boolean(arrow_type) else 0).to_numpy(
             zero_copy_only=False)
-    else:  # (the values of another categorical: floats with NaN, times with NaT...)
+    else:  # (floats with NaN where null, dates and times with NaT: one array operation)
         data = values.to_numpy(zero_copy_only=False)
-    return MaskedColumn(data, mask=mask, name=name) if mask.any() else Column(data, name=name)
+    return MaskedColumn(data, mask=mask, name=name, meta=meta) if mask.any() else \
+        Column(data, name=name, meta=meta)
 
 
 def read_parquet(path):
@@ -1142,8 +1192,9 @@ def read_parquet(path):
                 width = keys.get(f"table::len::{name}".encode())
                 col = _arrow_column(values, name, width=int(width) if width else None)
                 for attr in ("description", "format", "unit", "meta"):  # as astropy sets them
-                    if attr in attrs.get(name, {}):
-                        setattr(col, attr, attrs[name][attr])
+                    if attr in attrs.get(name, {}):  # (meta: with a time zone read here)
+                        setattr(col, attr, {**attrs[name][attr], **col.info.meta}
+                                if attr == "meta" else attrs[name][attr])
                 here[name] = col
         others = [full for full in order if full not in here]
         rest = by_astropy(Table, others) if others else None

@@ -385,9 +385,12 @@ def test_pandas_file_with_null_cells(tmp_path):
     assert t["kind"].filled("").tolist() == ["spiral", "", "elliptical", "spiral"]
     assert t["kind"].mask.tolist() == [False, True, False, False]
     assert type(t["kind_full"]) is Column and t["kind_full"].tolist() == ["a", "b", "a", "a"]
-    # a null float is NaN and a null time NaT, as astropy reads them (each type's own null)
-    assert np.isnan(t["ra"][2]) and t["ra"][1] == 11.25
-    assert np.isnat(t["when"][1]) and str(t["when"][2]) == "2021-02-03T04:05:06.000000"
+    # a null float or time is masked too (pandas writes a NaN of a float64 column as null)
+    assert isinstance(t["ra"], MaskedColumn) and t["ra"].mask.tolist() == [0, 0, 1, 0]
+    assert t["ra"][1] == 11.25 and np.isnan(np.ma.getdata(t["ra"])[2])
+    assert isinstance(t["when"], MaskedColumn) and t["when"].mask.tolist() == [0, 1, 0, 0]
+    assert np.isnat(np.ma.getdata(t["when"])[1])
+    assert str(t["when"][2]) == "2021-02-03T04:05:06.000000"
     assert type(t["n"]) is Column and t["n"].tolist() == [1, 2, 3, 4]
     # the masked text column is one every output format holds
     write_table(t["name", "source_id", "flag", "kind"], tmp_path / "out.ecsv")
@@ -398,7 +401,7 @@ def test_pandas_file_with_null_cells(tmp_path):
 
 def test_null_text_beside_a_vector_column(tmp_path):
     """The same in a file whose vector column astromorph reads through pyarrow; a column
-    of nothing but nulls (pyarrow's null type) reads as astropy reads it."""
+    of nothing but nulls (pyarrow's null type) reads as a fully masked float64 column."""
     emb = np.arange(12, dtype=np.float32).reshape(4, 3)
     pq.write_table(pa.table({
         "embedding": pa.FixedSizeListArray.from_arrays(pa.array(emb.ravel()), 3),
@@ -411,7 +414,7 @@ def test_null_text_beside_a_vector_column(tmp_path):
     assert t["name"].mask.tolist() == [False, True, True, False]
     assert t["name"].filled("").tolist() == ["a", "", "", "bb"]
     assert t["id"].dtype == np.uint64 and t["id"].mask.tolist() == [True, False, False, False]
-    assert t["empty"].tolist() == [None] * 4
+    assert t["empty"].dtype == np.float64 and t["empty"].mask.all()
 
 
 def test_zero_row_text_column(tmp_path):
@@ -473,3 +476,159 @@ def test_cli_reads_a_pandas_catalogue_with_null_cells(tmp_path, capsys):
     assert main(["similar", str(tmp_path / "odd.parquet"), "--query", "0", "-k", "2"]) == 2
     err = capsys.readouterr().err
     assert "odd.parquet" in err and "column 'odd'" in err and "Traceback" not in err
+
+
+# ------------------------------ null floats and times, time zones, all-null columns (round trips)
+def _masks_and_values_equal(got, want):
+    """``got`` and ``want`` (columns) have the same mask and the same unmasked values, NaN
+    and NaT included, where they are not masked."""
+    mask = np.ma.getmaskarray(want)
+    assert np.ma.getmaskarray(got).tolist() == mask.tolist()
+    a, b = np.ma.getdata(got)[~mask], np.ma.getdata(want)[~mask]
+    if a.dtype.kind in "fMm":
+        assert (np.isnan(a) if a.dtype.kind == "f" else np.isnat(a)).tolist() == \
+            (np.isnan(b) if b.dtype.kind == "f" else np.isnat(b)).tolist()
+    np.testing.assert_array_equal(a, b)
+
+
+def test_null_floats_are_masked_and_nan_is_kept(tmp_path):
+    """A null float cell (pyarrow's null, pandas' ``Float64`` ``pd.NA``) is a masked entry,
+    astropy gives it as NaN; a NaN the file holds as a value stays an unmasked NaN. Written
+    back and read again, the masks and the NaN are the same (astropy reads the file so
+    too); a float column without a null is a plain column, as before."""
+    import pandas as pd
+
+    nan = float("nan")
+    pq.write_table(pa.table({
+        "f8": pa.array([1.5, None, nan, -2.0], pa.float64()),
+        "f4": pa.array([None, 2.5, 3.0, nan], pa.float32()),
+        "plain": pa.array([1.0, nan, 2.0, 3.0])}), tmp_path / "arrow.parquet")
+    t = read_parquet(tmp_path / "arrow.parquet")
+    assert isinstance(t["f8"], MaskedColumn) and t["f8"].dtype == np.float64
+    assert t["f8"].mask.tolist() == [False, True, False, False]
+    assert np.isnan(t["f8"].data[2]) and t["f8"][0] == 1.5 and t["f8"][3] == -2.0
+    assert isinstance(t["f4"], MaskedColumn) and t["f4"].dtype == np.float32
+    assert t["f4"].mask.tolist() == [True, False, False, False] and np.isnan(t["f4"].data[3])
+    assert type(t["plain"]) is Column and np.isnan(t["plain"][1])
+    pd.DataFrame({"x": pd.array([0.5, None, 2.0], dtype="Float64")}).to_parquet(
+        tmp_path / "pandas.parquet")
+    x = read_parquet(tmp_path / "pandas.parquet")["x"]
+    assert x.mask.tolist() == [False, True, False] and x.filled(-1.0).tolist() == [0.5, -1, 2]
+    write_table(t, tmp_path / "back.parquet")
+    for back in (read_parquet(tmp_path / "back.parquet"),
+                 Table.read(tmp_path / "back.parquet", format="parquet")):
+        for name in t.colnames:
+            _masks_and_values_equal(back[name], t[name])
+            assert back[name].dtype == t[name].dtype
+
+
+def test_timezones_are_recorded_and_written_back(tmp_path, caplog):
+    """A time-zone-aware timestamp column reads as times in UTC (numpy and astropy's Time
+    have no zones), its zone in the column's meta ``timezone`` and said at INFO; a null
+    time (NaT) is masked. Written back, the file holds the column in its zone again (pandas
+    reads the same times as from the original file) and astromorph reads it as before."""
+    import logging
+
+    import pandas as pd
+
+    when = pd.to_datetime(["2020-01-01T00:30:00", None, "2021-07-01T12:00:00"]).tz_localize(
+        "Europe/Paris")
+    pd.DataFrame({"when": when, "n": [1, 2, 3]}).to_parquet(tmp_path / "tz.parquet")
+    with caplog.at_level(logging.INFO, logger="astromorph"):
+        t = read_parquet(tmp_path / "tz.parquet")
+    col = t["when"]
+    assert isinstance(col, MaskedColumn) and col.dtype.kind == "M"
+    assert col.mask.tolist() == [False, True, False]
+    assert str(col[0]) == "2019-12-31T23:30:00.000000"  # UTC
+    assert str(col[2]) == "2021-07-01T10:00:00.000000"
+    assert col.info.meta["timezone"] == "Europe/Paris"
+    said = [r.getMessage() for r in caplog.records if "Europe/Paris" in r.getMessage()]
+    assert len(said) == 1 and "'when'" in said[0] and "UTC" in said[0]
+    assert Time(col[0]).isot == "2019-12-31T23:30:00.000"
+    write_table(t, tmp_path / "back.parquet")
+    assert pq.read_schema(tmp_path / "back.parquet").field("when").type == pa.timestamp(
+        "us", tz="Europe/Paris")
+    frame = pd.read_parquet(tmp_path / "back.parquet")
+    assert frame["when"][0] == when[0] and pd.isna(frame["when"][1]) \
+        and frame["when"][2] == when[2]
+    back = read_parquet(tmp_path / "back.parquet")
+    _masks_and_values_equal(back["when"], col)
+    assert back["when"].info.meta["timezone"] == "Europe/Paris"
+    assert back["n"].tolist() == [1, 2, 3]
+
+
+def test_naive_times_with_nulls_are_masked_and_written_back(tmp_path):
+    """A null cell of a timestamp column without a zone (NaT in pandas) is masked, and
+    datetime64 columns (masked or not) are written to Parquet as timestamps, read back
+    equal; no zone is recorded for them."""
+    import pandas as pd
+
+    pd.DataFrame({"when": pd.to_datetime(["2020-01-01T00:00:00", None, "2021-02-03T04:05:06"]),
+                  "full": pd.to_datetime(["2020-01-01", "2020-01-02", "2020-01-03"])}
+                 ).to_parquet(tmp_path / "nat.parquet")
+    t = read_parquet(tmp_path / "nat.parquet")
+    assert isinstance(t["when"], MaskedColumn) and t["when"].mask.tolist() == [0, 1, 0]
+    assert type(t["full"]) is Column and t["full"].dtype.kind == "M"
+    assert "timezone" not in t["when"].info.meta
+    write_table(t, tmp_path / "back.parquet")
+    back = read_parquet(tmp_path / "back.parquet")
+    for name in t.colnames:
+        _masks_and_values_equal(back[name], t[name])
+        assert back[name].dtype == t[name].dtype
+    assert pq.read_schema(tmp_path / "back.parquet").field("full").type == pa.timestamp("us")
+
+
+def test_all_null_column_is_fully_masked(tmp_path):
+    """A column of nothing but nulls (pandas writes an all-None column as pyarrow's null
+    type; astropy reads it as an object column of None, which no format writes back) is a
+    fully masked float64 column, which every format writes and reads back fully masked."""
+    import pandas as pd
+
+    pd.DataFrame({"ra": [1.0, 2.0, 3.0], "z": [None, None, None]}).to_parquet(
+        tmp_path / "none.parquet")
+    assert pq.read_schema(tmp_path / "none.parquet").field("z").type == pa.null()
+    t = read_parquet(tmp_path / "none.parquet")
+    assert isinstance(t["z"], MaskedColumn) and t["z"].dtype == np.float64
+    assert t["z"].mask.tolist() == [True] * 3
+    for ext in ("parquet", "ecsv", "fits"):
+        write_table(t, tmp_path / f"back.{ext}")
+        back = read_parquet(tmp_path / "back.parquet") if ext == "parquet" else \
+            Table.read(tmp_path / f"back.{ext}")
+        assert np.ma.getmaskarray(back["z"]).tolist() == [True] * 3  # (FITS: NaN, masked)
+    pq.write_table(pa.table({"z": pa.array([], pa.null())}), tmp_path / "empty.parquet")
+    assert read_parquet(tmp_path / "empty.parquet")["z"].dtype == np.float64
+
+
+def test_masked_entries_round_trip_exactly(tmp_path):
+    """astromorph writes a masked column as astropy does (its values, and its mask as a
+    boolean column ``<name>.mask``, so that astropy's own reader reads it back: Parquet
+    nulls in a text column it cannot read, in an integer one it reads as float64); a file
+    pandas wrote with nulls of every kind, read, written and read again, has the same
+    masks, values and types."""
+    path = _pandas_nulls_file(tmp_path / "nulls.parquet")
+    t = read_parquet(path)
+    write_table(t, tmp_path / "back.parquet")
+    names = pq.read_schema(tmp_path / "back.parquet").names
+    assert "name.mask" in names and "ra.mask" in names
+    for back in (read_parquet(tmp_path / "back.parquet"),
+                 QTable.read(tmp_path / "back.parquet", format="parquet")):
+        assert back.colnames == t.colnames
+        for name in t.colnames:
+            _masks_and_values_equal(back[name], t[name])
+            assert back[name].dtype == t[name].dtype, name
+
+
+@pytest.mark.parametrize("dtype", ["datetime64[D]", "datetime64[ms]", "datetime64[ns]",
+                                   "timedelta64[s]", "timedelta64[us]"])
+def test_date_and_time_columns_written(tmp_path, dtype):
+    """datetime64 and timedelta64 columns (astropy's writer has no type for them) are
+    written as Parquet dates, timestamps and durations of their unit (nanoseconds
+    included), masked or not, and read back equal, also by astropy."""
+    values = np.array([1, 2, 3]).astype(dtype)
+    t = Table({"m": MaskedColumn(values, mask=[0, 1, 0]), "p": values})
+    write_table(t, tmp_path / "t.parquet")
+    for back in (read_parquet(tmp_path / "t.parquet"),
+                 Table.read(tmp_path / "t.parquet", format="parquet")):
+        for name in t.colnames:
+            _masks_and_values_equal(back[name], t[name])
+            assert back[name].dtype == t[name].dtype
