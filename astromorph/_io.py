@@ -382,7 +382,8 @@ def check_columns_held(path, table, *, fmt=None):
       long double columns;
     - Parquet: an object column is written as lists of 1-D numpy arrays of one type that
       pyarrow can type (no complex numbers), and at least one row; no column of a type
-      pyarrow cannot type (complex, datetime64, long double); no column whose rows
+      pyarrow cannot type (complex, long double, datetime64 of minutes or of no unit), no
+      datetime64 column of more than one value per row; no column whose rows
       hold no values (``(N, 2, 0)``: written, but pyarrow cannot read it back);
     - ECSV and Parquet: no meta key ``__serialized_columns__``, astropy's own record of
       mixin columns in those formats.
@@ -1134,8 +1135,12 @@ def read_parquet(path):
     text column, ``pd.NA`` in an ``Int64`` or ``boolean`` column) is a masked entry of a
     masked column of that type, and a categorical column is a column of its values
     (masked where null): these are read by pyarrow, as astropy fails on them (or gives an
-    integer column as float64 with NaN, losing digits beyond 2**53). A null float cell is
-    NaN and a null date or time NaT, as astropy reads them.
+    integer column as float64 with NaN, losing digits beyond 2**53). A null float, date or
+    time cell is masked too (astropy gives NaN or NaT: a NaN the file holds as a value stays
+    an unmasked NaN), a column of nothing but nulls (an all-None pandas column) is a fully
+    masked float64 column, and times with a time zone are in UTC (as astropy gives them:
+    numpy and `~astropy.time.Time` have no zones), the zone in the column's meta
+    ``timezone`` (said at INFO), which `write_table` writes back as the column's zone.
 
     Every other column is read by astropy, without its warning that a text column's width
     is not in the file (a file pandas or pyarrow wrote: the column is as wide as its longest
@@ -1335,7 +1340,11 @@ def write_table(table, path, *, overwrite=False, format=None):
         pyarrow, extra ``astromorph[parquet]``; the rows of columns of more than
         one dimension per row, e.g. stamp cubes, are flattened, with a
         `~astromorph.exceptions.LossyOutputWarning`: astromorph's commands read their
-        shape back from the file's header, `~astropy.table.Table.read` does not).
+        shape back from the file's header, `~astropy.table.Table.read` does not; a masked
+        column is written as astropy writes it, its values and a boolean ``<name>.mask``
+        column; datetime64 and timedelta64 columns, which astropy does not write, as
+        timestamps, dates and durations, in the time zone of the column's meta
+        ``timezone``, as `read_parquet` records it).
     overwrite : bool, optional
         Replace an existing file (default: raise `OutputExistsError`).
     format : str, optional
