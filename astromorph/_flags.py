@@ -47,9 +47,9 @@ class Flag(enum.IntFlag):
     #: background, the sigma-clipped median of the cutout, is more than
     #: ``radio.MAX_BACKGROUND_SIGMA``, 0.5, times the noise above zero: FIRST maps are
     #: background-subtracted, and a 1- or 2-sigma pedestal leaves only 2-12 % of the network
-    #: input above zero; or more than ``-radio.MIN_BACKGROUND_SIGMA``, 1.5, times the noise
-    #: below zero: the data-set threshold, counted from zero, then cuts the source's faint
-    #: emission); the outputs are not trustworthy.
+    #: input above zero; or more than 1.5 times the noise below zero
+    #: (``radio.MIN_BACKGROUND_SIGMA``, -1.5): the data-set threshold, counted from zero,
+    #: then cuts the source's faint emission); the outputs are not trustworthy.
     OUT_OF_DISTRIBUTION = 1024
 
     @classmethod
