@@ -536,9 +536,11 @@ def _header_scale(header):
                     header.get, (wcs.wcs.lng + 1, wcs.wcs.lat + 1)):
                 return None  # (a degenerate matrix: wcslib may have made one up)
             # (checks that the WCS can place pixels; its scale keywords were read above,
-            # so CDELTi = 1 written out is 1 degree/pixel, not `_unset_scale_problem`)
-            _check_wcs(wcs.celestial, "header")
-            scale = pixel_scales(wcs.celestial.pixel_scale_matrix)
+            # so CDELTi = 1 written out is 1 degree/pixel, not `_unset_scale_problem`);
+            # `celestial` is a new WCS at each call (a copy of the whole WCS): built once
+            celestial = wcs.celestial
+            _check_wcs(celestial, "header")
+            scale = pixel_scales(celestial.pixel_scale_matrix)
         except Exception:  # noqa: BLE001 - malformed WCS keywords: no usable WCS
             return None
     return scale if np.all(np.isfinite(scale)) and np.all(np.asarray(scale) > 0) else None
