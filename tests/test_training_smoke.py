@@ -82,6 +82,11 @@ def test_smoke_pipeline(model, tmp_path):
             fresh = json.loads(path.read_text())["held_out_simulations"]["fresh_draw"]
             assert fresh["seed"] == 9 and fresh["n"] == 24
             assert fresh["all_snr_3_to_1000"]["n"] == 24
+            # ZTF's random-forest rb against braai's labels: the reference for rb_score's AUC
+            alerts = json.loads(path.read_text())["real_ztf_alerts"]["all_209"]
+            assert 0.5 < alerts["ztf_rf_rb_auc_vs_drb_ge_0.5"] <= 1
+            low, high = alerts["ztf_rf_rb_auc_vs_drb_bootstrap_95"]
+            assert low <= alerts["ztf_rf_rb_auc_vs_drb_ge_0.5"] <= high
         if step == "compare":  # JSON on stdout: the shipped model and this run
             out = json.loads(run.stdout)
             assert out["validation_set"] == "fresh, seed 5" and len(out) == 3

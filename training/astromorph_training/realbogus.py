@@ -1114,7 +1114,12 @@ def evaluate(args):
                 "agreement_at_0.5": float(np.mean((rb[sel] >= 0.5) == dl[sel])),
                 "agreement_at_recommended": float(np.mean((rb[sel] >= thr) == dl[sel])),
                 "roc_auc_vs_ztf_rf_rb_ge_0.5": roc_auc(rb[sel], rfrb[sel] >= 0.5),
-                "braai_drb_auc_vs_rf_rb_ge_0.5": roc_auc(drb[sel], rfrb[sel] >= 0.5)}
+                "braai_drb_auc_vs_rf_rb_ge_0.5": roc_auc(drb[sel], rfrb[sel] >= 0.5),
+                # the reference for the first: ZTF's own random-forest score, trained on
+                # real labelled ZTF candidates, against the same braai labels
+                "ztf_rf_rb_auc_vs_drb_ge_0.5": roc_auc(rfrb[sel], dl[sel]),
+                "ztf_rf_rb_auc_vs_drb_bootstrap_95": auc_interval(rfrb[sel], dl[sel]),
+                "ztf_rf_rb_agreement_at_0.5": float(np.mean((rfrb[sel] >= 0.5) == dl[sel]))}
 
     m_real = {"all_209": rblock(np.ones(len(meta), bool)),
               "held_out_sky_alerts": rblock(held), "training_sky_alerts": rblock(~held),
