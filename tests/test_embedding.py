@@ -3049,3 +3049,15 @@ def test_object_embedding_column_refuses_bad_cells(cell, says):
                  lambda: LabelHead().fit(table["embedding"], np.arange(10) % 2)):
         with pytest.raises(InputError, match=says):
             call()
+
+
+def test_label_head_probability_descriptions_name_the_class_as_given():
+    """The probability columns' descriptions named the class by numpy's repr
+    (``LabelHead probability of class np.str_('disc')``) rather than as given."""
+    x, y = blobs(n_per=20, k=2, d=8)
+    head = LabelHead(C=1.0).fit(x, np.array(["Sa/Sb", "disc"])[y])
+    out = head.annotate(Table({"embedding": x}), prefix="m")
+    assert out["m_p_Sa_Sb"].description == "LabelHead probability of class 'Sa/Sb'"
+    assert out["m_p_disc"].description == "LabelHead probability of class 'disc'"
+    ints = LabelHead(C=1.0).fit(x, y).annotate(Table({"embedding": x}), prefix="n")
+    assert ints["n_p_1"].description == "LabelHead probability of class '1'"

@@ -487,7 +487,7 @@ class LabelHead(Saved):
         _check_provenance(self.provenance_, table, column, "this LabelHead", check_provenance)
         probs = np.exp(_log_softmax(self._logits(x, np.flatnonzero(valid))))
         columns = {name: masked_column(probs[:, j].astype(np.float32), valid,
-                                       f"LabelHead probability of class {c!r}")
+                                       f"LabelHead probability of class {str(c)!r}")
                    for j, (name, c) in enumerate(zip(names, self.classes_))}
         best = self.classes_[np.argmax(probs, axis=1)] if len(probs) else self.classes_[:0]
         columns[names[-1]] = masked_column(best, valid, "LabelHead most probable class")
