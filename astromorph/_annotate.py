@@ -707,7 +707,8 @@ def annotate(table, images, *, model, ra_col=None, dec_col=None, coord_col=None,
         Stamp side (arcsec) for every source, instead of ``size_col`` (not
         both); refused, as ``size_col``, by the models whose card fixes their field.
     bands : sequence of str, optional
-        Band of each image in a list of images.
+        Band of each image in a list of images (used as given; one that names another
+        band than the image's header gives an `AmbiguousInputWarning`, as a dict key does).
     on_conflict : {"error", "suffix", "replace"}, optional
         What to do when a new column name already exists, in any case
         (``OPT_LABEL`` and ``opt_label`` are one column for FITS, whose

@@ -11,9 +11,9 @@ from astropy.io import fits
 from ._cutouts import SkyImage, _check_wcs_object
 from ._readers._fits import (_AUX_EXTNAMES, _MEMBERS, _TRIPLET_NAMES, _physical,
                              band_of_header, beam_of_header, header_facts, linear_fluxes,
-                             saturation_of_header, wcs_matrix_problem)
+                             normalise_band, saturation_of_header, wcs_matrix_problem)
 from ._warnings import catch_warnings, first_few, warn, warn_again
-from .exceptions import (AstromorphWarning, InputDTypeError, InputError,
+from .exceptions import (AmbiguousInputWarning, AstromorphWarning, InputDTypeError, InputError,
                          InvalidArgumentTypeError, UnusableInputWarning)
 
 __all__ = ["parse_sky_images", "closing_files"]
@@ -290,7 +290,9 @@ def _images_of_file(hdul, name):
     return _from_hdul(hdul, name, hold=hdul, spans=span, compressed_file=compressed)
 
 
-def _parse_one(obj, band=None):
+def _parse_one(obj, band=None, contradicted=None):
+    """The `SkyImage` list of one image; where ``band`` is given and an image's header names
+    another band, ``(band, image name, header band)`` is appended to ``contradicted``."""
     from astropy.wcs import WCS
 
     if isinstance(obj, (str, os.PathLike)):
@@ -341,8 +343,21 @@ def _parse_one(obj, band=None):
                          "HDU/HDUList, an NDData with WCS, or an (array, WCS) pair")
     if band is not None:
         for im in images:
+            if contradicted is not None and _contradicts(band, im.filter_band):
+                contradicted.append((band, im.name, im.filter_band))
             im.band = im.filter_band = band
     return images
+
+
+#: Triplet roles as a band may be given (dict keys ``"science"``, ``"ref"``...): no band.
+_ROLE_NAMES = frozenset(_MEMBERS) | {name.lower() for name in _TRIPLET_NAMES}
+
+
+def _contradicts(given, said):
+    """Whether a band ``given`` for an image (a dict key, ``bands=``) names another band than
+    ``said``, the one its header's filter keywords name (never for a triplet role)."""
+    return (said is not None and given not in _ROLE_NAMES
+            and normalise_band(given) != normalise_band(said))
 
 
 @contextlib.contextmanager
@@ -392,8 +407,16 @@ def parse_sky_images(images, *, bands=None, triplet=True):
 def _parse_into(out, images, bands):
     """`parse_sky_images`, appending to ``out`` (which holds what was parsed if it raises)."""
     entries = image_entries(images, bands)
+    contradicted = []
     for _, obj, band in entries:
-        out.extend(_parse_one(obj, band))
+        out.extend(_parse_one(obj, band, contradicted))
+    if contradicted:  # a band given against the header: most likely a mix-up of files
+        how = "the dict key" if isinstance(images, dict) else "bands=, --band"
+        listed = first_few([f"{given!r} ({how}) for {name!r}, whose header (FILTER, BAND or "
+                            f"EXTNAME) says {said!r}" for given, name, said in contradicted],
+                           "; ")
+        warn(f"band given against the image header: {listed}; the given band is used (check "
+             "that the files are not mixed up)", AmbiguousInputWarning)
     if not out:
         raise InputError("no images given (an empty dict, or bands without images)"
                          if isinstance(images, dict) else "no images given")

@@ -4524,3 +4524,30 @@ def test_annotate_dask_sends_a_tile_only_to_the_sources_on_it(optical_model, tmp
         assert set(sent[k]) == {paths[0], paths[k]}, (k, len(sent[k]))
     # the sources off the mosaic: only the tiles within a pixel and a half of them
     assert len(sent[tiles * tiles]) <= 3, len(sent[tiles * tiles])
+
+
+def test_band_given_against_the_header_is_said(tmp_path):
+    """bands= (--band) or a dict key naming another band than the image's FILTER keyword
+    relabelled the image silently (g, r, i files given as i, r, g were scored as such)."""
+    w = sky_wcs(40, rot=0.0)
+    paths = []
+    for band in "gri":
+        header = w.to_header()
+        header["FILTER"] = f"SDSS {band}"
+        paths.append(tmp_path / f"{band}.fits")
+        fits.writeto(paths[-1], np.zeros((40, 40), np.float32), header)
+    with pytest.warns(AmbiguousInputWarning, match=r"'i' \(bands=, --band\).*"
+                      r"g\.fits.*FILTER.*'g'.*'g' \(bands=, --band\).*i\.fits.*'i'") as rec:
+        with closing_files(parse_sky_images(paths, bands=["i", "r", "g"])) as images:
+            assert [im.band for im in images] == ["i", "r", "g"]  # the given band is used
+    assert len([r for r in rec if issubclass(r.category, AmbiguousInputWarning)]) == 1
+    with pytest.warns(AmbiguousInputWarning, match=r"'r' \(the dict key\).*g\.fits"):
+        with closing_files(parse_sky_images({"r": paths[0]})):
+            pass
+    with warnings.catch_warnings():  # agreeing, or naming a triplet role: nothing to say
+        warnings.simplefilter("error")
+        with closing_files(parse_sky_images(paths, bands=["G", "r", "SDSS i"])):
+            pass
+        with closing_files(parse_sky_images({"science": paths[0], "ref": paths[1],
+                                             "diff": paths[2]})):
+            pass
