@@ -47,6 +47,9 @@ class RawStamps:
     beam: object = None
     #: Per-row flags already known (e.g. EDGE from the cutout stage).
     flags: np.ndarray = field(default=None)
+    #: Triplets only: the candidate's position ``(y, x)`` in each stamp (0-based pixels),
+    #: ``(N, 2)``, NaN where unknown (the central pixel ``n // 2``), or None (all unknown).
+    centre: np.ndarray = None
 
     def __post_init__(self):
         if self.kind not in ("colour", "bands", "triplet"):
@@ -367,11 +370,14 @@ def _triplet(raw, card, crop_fraction):
                          f"triplets; got {raw.kind} stamps of shape {np.shape(raw.data)[1:]}")
     data = np.asarray(raw.data)
     size = card["input"]["shape"][-1]
-    if raw.pixel_scale is not None or data.shape[-1] != size or data.shape[-2] != size:
+    centre = None if raw.centre is None or np.isnan(raw.centre).all() else raw.centre
+    if raw.pixel_scale is not None or data.shape[-1] != size or data.shape[-2] != size \
+            or centre is not None:
         scale = tri.TRIPLET_PIXEL_SCALE if raw.pixel_scale is None else raw.pixel_scale
         # (scale_y, scale_x): each axis by its own scale (pixels that are not square)
         scale = scale if isinstance(scale, tuple) else float(np.atleast_1d(scale)[0])
-        data, coverage = tri.resample_triplet(data, scale)
+        # about the candidate's own pixel where known (Rubin: the cutouts' WCS), else n // 2
+        data, coverage = tri.resample_triplet(data, scale, centre=centre)
         # extrapolated: the stamp does not cover the model's field, or its pixels are more
         # than twice as coarse as the model's (upsampled, as for the other families)
         coarse = max(axis_scales(scale)) > 2 * tri.TRIPLET_PIXEL_SCALE

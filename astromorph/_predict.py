@@ -420,7 +420,39 @@ def _conform(stamp, family, card):
         problem = template_problem(stamp.data[1])
         if problem:
             return stamp.flag(Flag.BAD_INPUT, problem)
+        if family == "triplet" and stamp.centre is not None:
+            _flag_off_centre(stamp, card)
     return stamp
+
+
+#: Input pixels by which the model's field about a candidate placed by its WCS may run over
+#: a cutout's edge beyond what it runs over about the cutout's centre before `Flag.EDGE`
+#: (Rubin cuts its cutouts within half a pixel of the source).
+OFF_CENTRE_PIXELS = 1.0
+
+
+def _flag_off_centre(stamp, card):
+    """`Flag.EDGE` for a triplet whose candidate (``stamp.centre``) lies so near an edge of
+    the cutouts that the model's field about it runs over that edge by more than
+    `OFF_CENTRE_PIXELS` beyond what a cutout of that size centred on it would miss."""
+    from .preprocessing._checks import axis_scales
+    from .preprocessing._triplet import TRIPLET_PIXEL_SCALE
+
+    field = card["input"]["shape"][-1] * TRIPLET_PIXEL_SCALE  # arcsec
+    scales = axis_scales(TRIPLET_PIXEL_SCALE if stamp.pixel_scale is None
+                         else stamp.pixel_scale)
+    over = []
+    for p, n, scale in zip(stamp.centre, stamp.data.shape[-2:], scales):
+        half = field / (2 * scale)  # input pixels
+        beyond = max(half - (p + 0.5), half - (n - 0.5 - p)) - max(half - n / 2, 0.0)
+        over.append(beyond)
+    if max(over) > OFF_CENTRE_PIXELS:
+        y, x = stamp.centre
+        ny, nx = stamp.data.shape[-2:]
+        stamp.flag(Flag.EDGE, f"the candidate lies at pixel (x, y = {x:.2f}, {y:.2f}; "
+                   f"0-based) of the {nx}x{ny} cutouts, off their centre: the model's field "
+                   f"about it runs {max(over):.1f} pixels further over their edge than about "
+                   "their centre (filled)")
 
 
 def template_problem(template):
@@ -527,8 +559,9 @@ class _Runner:
         self.batch_size, self.crop_fraction = batch_size, crop_fraction
         self.sources, self.flags, self.reasons, self.origins = [], [], [], []
         self.objects = []
-        # key -> [pieces (rows, data, flags, scales, levels), number of rows]; levels: the
-        # saturation level of each plane (NaN where unknown), `Stamp.saturation`
+        # key -> [pieces (rows, data, flags, scales, levels, centres), number of rows];
+        # levels: the saturation level of each plane (NaN where unknown), `Stamp.saturation`;
+        # centres: the candidate's (y, x) in a triplet (NaN where unknown), `Stamp.centre`
         self.groups = {}
         self.results = []  # (rows, {output: array})
         self.updates = []  # (rows, flags, valid) of the scored groups
@@ -548,10 +581,12 @@ class _Runner:
         planes = 1 if stamp.kind == "colour" else len(stamp.data)
         levels = np.full((1, planes), np.nan) if stamp.saturation is None \
             else np.asarray(stamp.saturation, dtype=float)[None]
+        centre = np.full((1, 2), np.nan) if stamp.centre is None \
+            else np.asarray(stamp.centre, dtype=float).reshape(1, 2)
         self._queue(_group_key(stamp.kind, stamp.data, stamp.bands, scale, beam),
                     np.array([row]),
                     stamp.data[None], np.array([stamp.flags], dtype=np.int32),
-                    scale[None], levels)
+                    scale[None], levels, centre)
 
     def add_block(self, index, kind, data, bands, flags, reasons, scales):
         """Add rows whose stamps are ``data[j]`` (all of one ``kind``, shape and dtype).
@@ -584,23 +619,25 @@ class _Runner:
             picked = rows[sel] - first
             self._queue(keys[code], rows[sel], data[picked],
                         np.asarray(flags, dtype=np.int32)[picked], scales[sel],
-                        np.full((len(picked), planes), np.nan))  # no header: no level
+                        np.full((len(picked), planes), np.nan),  # no header: no level
+                        np.full((len(picked), 2), np.nan))  # the central pixel n // 2
 
-    def _queue(self, key, rows, data, flags, scales, levels):
+    def _queue(self, key, rows, data, flags, scales, levels, centres):
         group = self.groups.setdefault(key, [[], 0])
-        group[0].append((rows, data, flags, scales, levels))
+        group[0].append((rows, data, flags, scales, levels, centres))
         group[1] += len(rows)
         if group[1] < self.batch_size:
             return
-        rows, data, flags, scales, levels = (np.concatenate(a) for a in zip(*group[0]))
+        rows, data, flags, scales, levels, centres = (np.concatenate(a)
+                                                      for a in zip(*group[0]))
         size = self.batch_size
         full = len(rows) - len(rows) % size
         for s in range(0, full, size):
             self._score(key, rows[s:s + size], data[s:s + size], flags[s:s + size],
-                        scales[s:s + size], levels[s:s + size])
+                        scales[s:s + size], levels[s:s + size], centres[s:s + size])
         if full < len(rows):
             group[0] = [(rows[full:], data[full:].copy(), flags[full:], scales[full:],
-                         levels[full:])]
+                         levels[full:], centres[full:])]
             group[1] = len(rows) - full
         else:
             del self.groups[key]
@@ -637,7 +674,7 @@ class _Runner:
                       description="why the row is flagged or was not scored, or what was "
                                   "assumed of it (empty when clean)")
 
-    def _score(self, key, rows, data, before, scales, levels):
+    def _score(self, key, rows, data, before, scales, levels, centres):
         from ._adapters import (NEGATIVE_CENTRE_SIGMA, RawStamps, extrapolation_words,
                                 negative_candidates, prepare)
         from ._readers import Stamp
@@ -654,7 +691,8 @@ class _Runner:
                                       int(Flag.SATURATED), 0).astype(np.int32)
         raw = RawStamps(kind, data, bands=bands,
                         pixel_scale=scale,
-                        beam=beam, flags=given)
+                        beam=beam, flags=given,
+                        centre=None if np.isnan(centres).all() else centres)
         try:
             with catch_warnings():
                 warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN slices etc.
@@ -663,7 +701,7 @@ class _Runner:
             if len(rows) > 1:  # find the stamp(s) at fault
                 for j in range(len(rows)):
                     self._score(key, rows[j:j + 1], data[j:j + 1], before[j:j + 1],
-                                scales[j:j + 1], levels[j:j + 1])
+                                scales[j:j + 1], levels[j:j + 1], centres[j:j + 1])
                 return
             self.updates.append((rows, given | int(Flag.BAD_INPUT), False))
             self.reasons[rows[0]].append(f"cannot be preprocessed: {exc}")

@@ -11,14 +11,20 @@ import numpy as np
 from astropy.io import fits
 
 __all__ = ["triplet", "fits_bytes", "celestial_header", "ZTF_SCHEMA", "RUBIN_SCHEMA",
-           "RUBIN_V11_SCHEMA", "rubin_v11_alert",
+           "RUBIN_V11_SCHEMA", "rubin_v11_alert", "scene",
            "ztf_alert", "rubin_alert", "write_avro", "write_snappy_avro"]
 
 
-def celestial_header(header, scale_arcsec, shape):
+def celestial_header(header, scale_arcsec, shape, *, centre=None, ctype=True):
+    """A TAN WCS of ``scale_arcsec`` pixels whose reference point (150, 2) lies at the 0-based
+    pixel ``centre`` ``(y, x)`` (default: the middle of the image, ``(n - 1) / 2``); with
+    ``ctype=False`` no CTYPEi, as ap_association's packageAlerts writes Rubin cutouts."""
     ny, nx = shape[-2:]
-    header.update({"CTYPE1": "RA---TAN", "CTYPE2": "DEC--TAN", "CRVAL1": 150.0,
-                   "CRVAL2": 2.0, "CRPIX1": nx / 2 + 0.5, "CRPIX2": ny / 2 + 0.5,
+    cy, cx = ((ny - 1) / 2, (nx - 1) / 2) if centre is None else centre
+    if ctype:
+        header.update({"CTYPE1": "RA---TAN", "CTYPE2": "DEC--TAN"})
+    header.update({"CRVAL1": 150.0,
+                   "CRVAL2": 2.0, "CRPIX1": cx + 1, "CRPIX2": cy + 1,
                    "CD1_1": -scale_arcsec / 3600, "CD1_2": 0.0, "CD2_1": 0.0,
                    "CD2_2": scale_arcsec / 3600})
     return header
@@ -33,10 +39,10 @@ def triplet(n=63, seed=0, flux=300.0):
     return np.stack([sci, ref, sci - ref]).astype(np.float32)
 
 
-def fits_bytes(data, *, scale=None, extensions=False, gz=False):
+def fits_bytes(data, *, scale=None, extensions=False, gz=False, centre=None, ctype=True):
     header = fits.Header()
     if scale is not None:
-        celestial_header(header, scale, data.shape)
+        celestial_header(header, scale, data.shape, centre=centre, ctype=ctype)
     hdus = [fits.PrimaryHDU(np.asarray(data, np.float32), header=header)]
     if extensions:  # astropy CCDData layout (Rubin cutouts)
         hdus += [fits.ImageHDU(np.zeros(data.shape, np.int16), name="MASK"),
@@ -164,14 +170,31 @@ def ztf_alert(candid, trip=None, *, isdiffpos="t", diffname=None, drop=(), raw=N
     return rec
 
 
-def rubin_alert(source_id, trip=None, *, psf_flux=1000.0, drop=(), scale=0.2):
+def scene(n, centre, *, seed=0, flux=300.0):
+    """A triplet like `triplet`'s, of side ``n``, with the candidate at the 0-based pixel
+    ``centre`` ``(y, x)`` (any real numbers) and the reference's galaxy 8 pixels right of
+    it."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[:n, :n].astype(float)
+    y, x = y - centre[0], x - centre[1]
+    psf = np.exp(-(x ** 2 + y ** 2) / (2 * 1.5 ** 2))
+    ref = 200 + rng.normal(0, 5, (n, n)) + 500 * np.exp(-((x - 8) ** 2 + y ** 2) / 8)
+    sci = ref + flux * psf + rng.normal(0, 5, (n, n))
+    return np.stack([sci, ref, sci - ref]).astype(np.float32)
+
+
+def rubin_alert(source_id, trip=None, *, psf_flux=1000.0, drop=(), scale=0.2, centre=None,
+                ctype=True, ra=150.0, dec=2.0):
+    """A Rubin alert of `RUBIN_SCHEMA` whose cutouts' WCS puts (150, 2) at the 0-based pixel
+    ``centre`` (default: their middle) and whose diaSource is at ``ra``, ``dec``."""
     trip = triplet(n=31, seed=source_id % 1000) if trip is None else trip
     rec = {"alertId": source_id + 1, "prvDiaSources": None, "diaObject": None,
            "diaSource": {"diaSourceId": source_id, "visit": 1, "detector": 2,
-                         "midpointMjdTai": 60000.0, "ra": 150.0, "dec": 2.0, "x": 10.0,
+                         "midpointMjdTai": 60000.0, "ra": ra, "dec": dec, "x": 10.0,
                          "y": 10.0, "psfFlux": psf_flux, "flags": 0, "band": "r"}}
     for i, key in enumerate(("cutoutScience", "cutoutTemplate", "cutoutDifference")):
-        rec[key] = None if key in drop else fits_bytes(trip[i], scale=scale, extensions=True)
+        rec[key] = None if key in drop else fits_bytes(trip[i], scale=scale, extensions=True,
+                                                       centre=centre, ctype=ctype)
     return rec
 
 

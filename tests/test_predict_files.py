@@ -1054,6 +1054,87 @@ def test_rubin_v11_layout(models, tmp_path):
     assert table["rb_score"][0] == pytest.approx(table["rb_score"][1])
 
 
+def _rubin_scenes(tmp_path, cases, **kwargs):
+    """predict_files of Rubin packets, one per ``(n, (y, x))``: the same scene cut ``n`` x
+    ``n`` with the source at the 0-based pixel ``(y, x)``, where the cutouts' WCS puts the
+    diaSource's ra, dec."""
+    from synthetic_alerts import scene
+
+    records = [rubin_alert(300 + k, scene(n, c), scale=1.0, centre=c, **kwargs)
+               for k, (n, c) in enumerate(cases)]
+    write_avro(tmp_path / "scenes.avro", records, schema=RUBIN_SCHEMA)
+    return read_file(tmp_path / "scenes.avro"), quiet(astromorph.predict_files, "real-bogus",
+                                                      tmp_path / "scenes.avro")
+
+
+@pytest.mark.parametrize("ctype", [True, False])
+def test_rubin_cutouts_are_resampled_about_the_diasource(tmp_path, ctype):
+    """Rubin cuts its cutouts about the diaSource's pixel with lsst.geom's makeCenteredBox:
+    of an even side n, the source lies within half a pixel of (n - 1) / 2, not on n // 2
+    (at n / 2 - 1 for a whole-pixel position), and the cutouts' WCS puts the diaSource's
+    ra, dec there (CRVAL = ra, dec; CRPIX its pixel; no CTYPE in packageAlerts' packets).
+    The triplet is resampled about that pixel: the same scene cut with the source off
+    n // 2 scores as the one cut with the source on the grid centre. Resampled about
+    n // 2 (before), a source 3 or 4 pixels off scored 0.0 against 1.0; even-sided cutouts
+    are marked with nothing, one off its centre is flagged EDGE (the model's field runs
+    over its edge)."""
+    pytest.importorskip("fastavro")
+    cases = [(63, (31.0, 31.0)), (64, (31.5, 31.5)), (64, (31.0, 31.0)), (64, (28.0, 35.0)),
+             (66, (30.0, 36.0)), (30, (14.5, 14.5))]
+    stamps, table = _rubin_scenes(tmp_path, cases, ctype=ctype)
+    for stamp, (n, c) in zip(stamps, cases):
+        assert stamp.centre == pytest.approx(c, abs=1e-9)
+    score = np.asarray(table["rb_score"])
+    assert score[0] > 0.9
+    np.testing.assert_allclose(score[1:5], score[0], atol=0.02)
+    # without CTYPE the WCS is not celestial: the pixel scale is unknown (1"/px assumed, as
+    # here), and a cutout off the model's 63 x 63 grid is NO_WCS (docs/predict.md)
+    no_wcs = 0 if ctype else int(Flag.NO_WCS)
+    assert list(table["rb_flags"][:3]) == [0, no_wcs, no_wcs]
+    assert ctype is False or table["reason"][0] == "" and table["reason"][1] == ""
+    for j in (3, 4):
+        assert table["rb_flags"][j] & Flag.EDGE
+        assert "off their centre" in table["reason"][j]
+
+
+def test_rubin_candidate_without_a_position_or_off_the_cutouts(tmp_path):
+    """Without the diaSource's ra, dec (NaN) the cutouts are resampled about n // 2, and the
+    reason says so; a diaSource whose ra, dec the WCS puts off the cutouts is BAD_INPUT; one
+    elsewhere on them (a WCS whose reference point is not the source) is placed by astropy's
+    world_to_pixel."""
+    pytest.importorskip("fastavro")
+    from synthetic_alerts import scene
+
+    t = scene(64, (31.5, 31.5))
+    step = 1.0 / 3600  # degrees in one 1" pixel
+    records = [rubin_alert(1, t, scale=1.0, centre=(31.5, 31.5), ra=float("nan")),
+               rubin_alert(2, t, scale=1.0, centre=(31.5, 31.5), dec=2.0 + 70 * step),
+               rubin_alert(3, t, scale=1.0, centre=(29.5, 31.5), dec=2.0 + 2 * step)]
+    write_avro(tmp_path / "r.avro", records, schema=RUBIN_SCHEMA)
+    stamps = read_file(tmp_path / "r.avro")
+    assert stamps[0].centre is None
+    assert "candidate taken at the cutouts' pixel n // 2 (x, y = 32, 32" in stamps[0].reason[0]
+    assert "ra, dec (nan, 2) are not finite" in stamps[0].reason[0]
+    assert stamps[1].flags == Flag.BAD_INPUT and "off the 64x64 cutouts" in stamps[1].reason[0]
+    assert stamps[2].centre == pytest.approx((31.5, 31.5), abs=1e-3)
+
+
+def test_ztf_packets_are_not_resampled(models, tmp_path):
+    """ZTF cutouts are on the model's grid, the candidate on pixel 31: no centre, no
+    resampling, the network gets the preprocessed stamps as they are."""
+    from astromorph.preprocessing import triplet as tri
+
+    pytest.importorskip("fastavro")
+    t = triplet()
+    write_avro(tmp_path / "z.avro", [ztf_alert(7, t)])
+    stamp, = read_file(tmp_path / "z.avro")
+    assert stamp.centre is None and stamp.native_grid
+    model = astromorph.load_model("real-bogus")
+    direct = model.predict(tri.preprocess_triplet(t[None])[0], progress=False)
+    table = quiet(astromorph.predict_files, "real-bogus", tmp_path / "z.avro")
+    assert table["rb_score"][0] == pytest.approx(float(np.ravel(direct["rb_score"])[0]), abs=1e-6)
+
+
 def test_kafka_messages(models, tmp_path):
     """Kafka messages (Confluent wire format: 0, a 4-byte schema id, a schemaless record) are
     not Avro files: flagged with a reason naming the format and the schema id. Decoded as

@@ -167,6 +167,49 @@ def test_resample_rubin_flux_density_and_nan():
     assert out[0, 0].sum() * 1.0**2 == pytest.approx(1.0 * 0.2**2, rel=1e-6)
 
 
+def _centroid(plane):
+    y, x = np.mgrid[:plane.shape[0], :plane.shape[1]]
+    w = np.where(np.isfinite(plane), plane, 0.0)
+    return (w * y).sum() / w.sum(), (w * x).sum() / w.sum()
+
+
+@pytest.mark.parametrize("n, centre", [(64, (31.5, 31.5)), (30, (14.5, 14.5)), (64, (28.0, 35.3)),
+                                       (40, (17.0, 22.6))])
+def test_resample_centre_puts_the_candidate_on_the_model_grid_centre(n, centre):
+    """A symmetric source at any (sub-pixel) position of an even- or odd-sided stamp lands on
+    the model grid's central pixel with ``centre``; without it, it lands as far off n // 2 as
+    it lies (times the pixel scale ratio). Rows without a centre (NaN) keep n // 2."""
+    scale = 1.0 if n > 50 else 0.2
+
+    def source(c):
+        y, x = np.mgrid[:n, :n]
+        return np.exp(-((y - c[0]) ** 2 + (x - c[1]) ** 2) / (2 * 3.0 ** 2))[None].repeat(3, 0)
+
+    x = np.stack([source(centre), source((n // 2, n // 2))])
+    diff = lambda out, j: out[j, 2]  # noqa: E731
+    out, cov = resample_triplet(x, scale, centre=[centre, (np.nan, np.nan)])
+    c = TRIPLET_SIZE // 2
+    for j in (0, 1):
+        np.testing.assert_allclose(_centroid(diff(out, j)), (c, c), atol=1e-3)
+    old, old_cov = resample_triplet(x, scale)
+    off = (np.array(centre) - n // 2) * scale  # model pixels
+    np.testing.assert_allclose(np.array(_centroid(diff(old, 0))) - c, off, atol=1e-3)
+    np.testing.assert_array_equal(out[1], old[1])  # NaN row: the old grid, bit for bit
+    assert cov[1] == old_cov[1]
+    if old_cov[0] == 1 and max(abs(off)) > 0.6:  # the field runs off the stamp
+        assert cov[0] < old_cov[0]
+
+
+def test_resample_centre_none_is_bit_for_bit_the_old_grid():
+    x = np.random.default_rng(3).normal(0, 1, (3, 3, 30, 30))
+    a, ca = resample_triplet(x, 0.2)
+    b, cb = resample_triplet(x, 0.2, centre=(15, 15))  # n // 2: the default
+    np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(ca, cb)
+    with pytest.raises(astromorph.exceptions.InvalidArgumentError, match="centre"):
+        resample_triplet(x, 0.2, centre=np.zeros((2, 2)))
+
+
 def test_preprocess_is_the_documented_robust_normalisation():
     """Each stamp: (x - median) / (1.4826 MAD), then asinh(z / 3), with the exact median
     (the middle order statistic of the 3969 pixels), as numpy computes it."""

@@ -3,6 +3,7 @@ import copy
 import io
 import itertools
 import json
+import logging
 import zlib
 
 import numpy as np
@@ -13,6 +14,8 @@ from ._fits import parse_fits_bytes
 from ._stamp import Stamp, common_pixel_scale
 
 __all__ = ["ZTF_STAMP_SIZE", "iter_avro_records", "read_alerts"]
+
+log = logging.getLogger(__name__)
 
 #: Side of ZTF alert cutouts; smaller ones were cut at the CCD edge.
 ZTF_STAMP_SIZE = 63
@@ -113,7 +116,7 @@ def _avro_header(buf):
 _KEEP_TOP = frozenset({"candid", "objectId", "candidate", "diaSource", "diaObject", "alertId",
                        *_CUTOUTS})
 _KEEP_SUB = {"candidate": {"candid", "isdiffpos", "xpos", "ypos", "fid"},
-             "diaSource": {"diaSourceId", "psfFlux", "isNegative", "band"}}
+             "diaSource": {"diaSourceId", "psfFlux", "isNegative", "band", "ra", "dec"}}
 _SCHEMAS = {}
 
 
@@ -382,4 +385,103 @@ def _rubin_stamp(path, i, rec):
     diff = -planes[2] if negative else planes[2]
     stamp.kind, stamp.data = "triplet", np.stack([planes[0], planes[1], diff])
     stamp.pixel_scale = scale
+    _place_candidate(stamp, blobs[2], dia.get("ra"), dia.get("dec"))
     return stamp
+
+
+#: Angle in degrees within which a WCS's reference point (CRVALi) is the candidate's own
+#: position (Rubin writes the diaSource's ra/dec there): its pixel is then CRPIXi exactly.
+_SAME_POINT_DEG = 1e-9
+
+
+def _place_candidate(stamp, blob, ra, dec):
+    """Set ``stamp.centre`` to the pixel of the Rubin cutouts at which their WCS puts the
+    diaSource's ``ra``, ``dec`` (the difference cutout's WCS: the three are cut alike),
+    or leave it None (the central pixel ``n // 2``), saying why in the row's reason; flag
+    `Flag.BAD_INPUT` a position off the cutouts."""
+    ny, nx = stamp.data.shape[-2:]
+    try:
+        centre, why = _candidate_pixel(blob, ra, dec)
+    except Exception as exc:  # noqa: BLE001 - a header astropy cannot read as a WCS
+        centre, why = None, f"its WCS cannot place it ({type(exc).__name__}: {exc})"
+    if centre is None:
+        # the convention of ZTF's cutouts and of astropy's Cutout2D; Rubin's even-sided
+        # cutouts put the source within half a pixel of (n - 1) / 2 instead
+        stamp.reason.append(f"candidate taken at the cutouts' pixel n // 2 (x, y = "
+                            f"{nx // 2}, {ny // 2}; 0-based) of {nx}x{ny}: {why}")
+        log.debug("%s: candidate at pixel n // 2: %s", stamp.source, why)
+        return
+    y, x = centre
+    if not (-0.5 <= x < nx - 0.5 and -0.5 <= y < ny - 0.5):
+        stamp.flag(Flag.BAD_INPUT, f"the diaSource's ra, dec lies at pixel (x, y = {x:.2f}, "
+                   f"{y:.2f}; 0-based) of the cutouts' WCS, off the {nx}x{ny} cutouts: they "
+                   "are not cut about the source, or their WCS is wrong")
+        return
+    stamp.centre = (y, x)
+    log.debug("%s: candidate at pixel (x, y = %.3f, %.3f) of the %dx%d cutouts, from their "
+              "WCS", stamp.source, x, y, nx, ny)
+
+
+def _candidate_pixel(blob, ra, dec):
+    """``((y, x), None)``: the 0-based pixel at which the WCS of the FITS cutout ``blob``
+    puts ``ra``, ``dec`` (degrees, ICRS); or ``(None, why)``.
+
+    Rubin writes the diaSource's own ra/dec as the cutout WCS's reference point (CRVAL1,
+    CRVAL2), and its pixel there as CRPIX1, CRPIX2 (a linear WCS without CTYPE, in the
+    packets of ap_association's packageAlerts): a reference point within `_SAME_POINT_DEG`
+    of ``ra``, ``dec`` is read from the keywords alone, exact for any projection (the
+    reference point is the reference pixel's), without a WCS parse. Any other celestial
+    WCS is asked by astropy (``world_to_pixel``).
+    """
+    from ._fits import _card_value, _gunzip, _parse_header, wcs_matrix_problem
+
+    try:
+        ra, dec = float(ra), float(dec)
+    except (TypeError, ValueError):
+        return None, "the diaSource has no ra, dec"
+    if not (np.isfinite(ra) and np.isfinite(dec)):
+        return None, f"the diaSource's ra, dec ({ra:g}, {dec:g}) are not finite"
+    buf = _gunzip(blob) if blob[:2] == b"\x1f\x8b" else blob
+    cards, _, end = _parse_header(buf, 0)
+
+    def get(key, default=None):
+        value = _card_value(cards[key]) if key in cards else None
+        return default if value is None else value
+
+    if get("CRPIX1") is None or get("CRPIX2") is None or get("CRVAL1") is None \
+            or get("CRVAL2") is None:
+        return None, "the difference cutout has no WCS (CRPIXi, CRVALi)"
+    problem = wcs_matrix_problem(get)
+    if problem:
+        return None, f"the difference cutout's WCS cannot place it ({problem})"
+    ctype = [str(get(f"CTYPE{i}", "")).strip().upper() for i in (1, 2)]
+    lon, lat = (2, 1) if ctype[0][:4] in ("DEC-", "DEC") else (1, 2)
+    try:
+        crval = float(get(f"CRVAL{lon}")), float(get(f"CRVAL{lat}"))
+        crpix = float(get("CRPIX1")), float(get("CRPIX2"))
+    except (TypeError, ValueError):
+        return None, "the difference cutout's WCS keywords are no numbers"
+    plain = all(c[:4] in ("", "RA--", "DEC-") for c in ctype) \
+        and not any(k.startswith(("PV", "A_0_0", "B_0_0")) for k in cards) \
+        and str(get("RADESYS", "ICRS")).strip().upper() in ("ICRS", "FK5", "")
+    dra = abs((crval[0] - ra + 180.0) % 360.0 - 180.0) * np.cos(np.radians(dec))
+    if plain and dra < _SAME_POINT_DEG and abs(crval[1] - dec) < _SAME_POINT_DEG:
+        return (crpix[1] - 1.0, crpix[0] - 1.0), None
+    if not all(c[:4] in ("RA--", "DEC-", "GLON", "GLAT", "ELON", "ELAT") for c in ctype):
+        return None, (f"the difference cutout's WCS is not celestial (CTYPE1, CTYPE2 = "
+                      f"{ctype[0] or 'none'}, {ctype[1] or 'none'}) and its reference point "
+                      f"is not the diaSource's ra, dec")
+    import warnings
+
+    from astropy.coordinates import SkyCoord
+    from astropy.io import fits
+    from astropy.wcs import WCS, FITSFixedWarning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FITSFixedWarning)
+        wcs = WCS(fits.Header.fromstring(bytes(buf[:end]).decode("ascii", "replace"))).celestial
+        x, y = wcs.world_to_pixel(SkyCoord(ra, dec, unit="deg", frame="icrs"))
+    x, y = float(x), float(y)
+    if not (np.isfinite(x) and np.isfinite(y)):
+        return None, "the difference cutout's WCS puts the diaSource's ra, dec nowhere"
+    return (y, x), None

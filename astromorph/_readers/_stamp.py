@@ -46,6 +46,10 @@ class Stamp:
     index: int = None
     #: The stamp is on the survey's native grid although it has no WCS (ZTF alerts).
     native_grid: bool = False
+    #: Position ``(y, x)`` of the candidate in the stamp's arrays (0-based pixels, from the
+    #: cutouts' WCS and the candidate's sky position: Rubin alerts), where the real-bogus
+    #: resampling centres the model's grid; None for the central pixel ``n // 2``.
+    centre: tuple = None
     #: How an ambiguous stamp was read (e.g. unnamed planes taken as g, r, i), else None.
     assumption: str = None
     #: The astronomical object an alert belongs to (ZTF objectId, Rubin diaObjectId), else None.

@@ -185,46 +185,53 @@ def _finite_rows(func, a):
     return out
 
 
-def _rebin_matrix(n_in, scale_in, n_out, scale_out, min_cover):
+def _rebin_matrix(n_in, scale_in, n_out, scale_out, min_cover, c_in=None):
     """Area-overlap resampling matrix (n_out, n_in) between two centred grids.
 
     Row ``i`` holds the weights of the input pixels overlapping output pixel
     ``i`` (normalised to sum to 1: surface brightness is preserved), or NaN
     if less than ``min_cover`` of the output pixel lies on the input stamp.
     Also returns the covered fraction of each output pixel.
+
+    ``c_in``: the input position (0-based pixel, any real number) that the centre of the
+    output's central pixel falls on; None for the central pixel ``n_in // 2``. An array
+    ``(N,)`` of them gives matrices ``(N, n_out, n_in)`` and fractions ``(N, n_out)``.
     """
-    # Edges of the pixels in arcsec, both grids centred on the central pixel
-    # centre of the input (ZTF/DES convention: candidate at pixel n // 2).
-    c_in = n_in // 2
+    # Edges of the pixels in arcsec, both grids centred on the candidate: the central pixel
+    # centre of the input (ZTF/DES convention: candidate at pixel n // 2) unless given.
+    c_in = n_in // 2 if c_in is None else np.asarray(c_in, dtype=np.float64)[..., None]
     c_out = n_out // 2
     in_lo = (np.arange(n_in) - c_in - 0.5) * scale_in
     in_hi = in_lo + scale_in
     out_lo = (np.arange(n_out) - c_out - 0.5) * scale_out
     out_hi = out_lo + scale_out
     overlap = np.clip(
-        np.minimum(out_hi[:, None], in_hi[None, :]) - np.maximum(out_lo[:, None], in_lo[None, :]),
+        np.minimum(out_hi[:, None], in_hi[..., None, :])
+        - np.maximum(out_lo[:, None], in_lo[..., None, :]),
         0.0,
         None,
     )
-    covered = overlap.sum(axis=1) / scale_out
+    covered = overlap.sum(axis=-1) / scale_out
     with np.errstate(invalid="ignore", divide="ignore"):
-        w = overlap / overlap.sum(axis=1, keepdims=True)
+        w = overlap / overlap.sum(axis=-1, keepdims=True)
     w[covered < min_cover] = np.nan
     return w, covered
 
 
 def resample_triplet(x, pixel_scale, *, size=TRIPLET_SIZE, model_pixel_scale=TRIPLET_PIXEL_SCALE,
-                     min_cover=0.5):
+                     min_cover=0.5, centre=None):
     """Bring triplets of any size and pixel scale onto the model grid.
 
     The stamps are resampled by exact pixel-area overlap (a separable,
     flux-density conserving rebinning: each output pixel is the area-weighted
-    mean of the input pixels it overlaps), centred on the central pixel
-    (``n // 2``) of the input, which is where survey alert cutouts put the
-    candidate (and where `astropy.nddata.Cutout2D` of an even side puts a
-    position on a pixel centre; for an odd side it is the centre). Output
-    pixels that fall outside the input stamp are NaN, so that
-    :func:`preprocess_triplet` zero-fills and flags them.
+    mean of the input pixels it overlaps), centred on the candidate: at
+    ``centre`` where given (e.g. from the cutout's WCS and the candidate's
+    sky position), else on the central pixel (``n // 2``) of the input,
+    which is where ZTF alert cutouts put the candidate (and where
+    `astropy.nddata.Cutout2D` of an even side puts a position on a pixel
+    centre; for an odd side it is the centre). Output pixels that fall
+    outside the input stamp are NaN, so that :func:`preprocess_triplet`
+    zero-fills and flags them.
 
     Parameters
     ----------
@@ -244,6 +251,12 @@ def resample_triplet(x, pixel_scale, *, size=TRIPLET_SIZE, model_pixel_scale=TRI
     min_cover : float, optional
         Output pixels with less than this fraction of their area on the input
         stamp are set to NaN (default 0.5).
+    centre : array_like, shape (2,) or (N, 2), optional
+        Position ``(y, x)`` of the candidate in the input, in 0-based pixels
+        (numpy order: row, column; a pixel's centre is a whole number), one
+        for every row or one per row. The centre of the output's central
+        pixel is put there. NaN (a whole row or one axis) stands for the
+        default, ``n // 2`` along that axis, and so does None (default).
 
     Returns
     -------
@@ -251,7 +264,7 @@ def resample_triplet(x, pixel_scale, *, size=TRIPLET_SIZE, model_pixel_scale=TRI
         Resampled triplets, ready for :func:`preprocess_triplet`.
     coverage : numpy.ndarray, shape (N,), float32
         Fraction of the model field of view covered by the input stamp (the
-        same for every row). Less than 1 means the stamp does not cover the
+        same for every row without ``centre``). Less than 1 means the stamp does not cover the
         field the model was trained on (e.g. 0.05 for DES 51 x 51 stamps at
         0.27 arcsec/px): the missing area is NaN, and the score is less
         reliable (the network has not seen such inputs, except NaN-masked
@@ -277,8 +290,25 @@ def resample_triplet(x, pixel_scale, *, size=TRIPLET_SIZE, model_pixel_scale=TRI
     if not in_unit_interval(min_cover):
         raise InvalidArgumentError(f"min_cover must be in (0, 1], got {min_cover!r}")
     size = int(size)
-    wy, cy = _rebin_matrix(x.shape[2], sy, size, model_pixel_scale, min_cover)
-    wx, cx = _rebin_matrix(x.shape[3], sx, size, model_pixel_scale, min_cover)
+    cen = None
+    if centre is not None:
+        cen = np.asarray(centre, dtype=np.float64)
+        if cen.shape not in ((2,), (x.shape[0], 2)) or np.isinf(cen).any():
+            raise InvalidArgumentError(
+                f"centre must be (y, x) or one (y, x) per row, {x.shape[0]} x 2, of finite "
+                f"pixel positions or NaN; got shape {cen.shape}")
+        cen = np.broadcast_to(cen, (x.shape[0], 2))
+        defaults = np.array([x.shape[2] // 2, x.shape[3] // 2], dtype=np.float64)
+        cen = np.where(np.isnan(cen), defaults, cen)
+        if not len(cen) or (cen == defaults).all():
+            cen = None  # the default centre: the matrices of one grid for the batch
+    if cen is None:
+        wy, cy = _rebin_matrix(x.shape[2], sy, size, model_pixel_scale, min_cover)
+        wx, cx = _rebin_matrix(x.shape[3], sx, size, model_pixel_scale, min_cover)
+        wy, wx, cy, cx = wy[None], wx[None], cy[None], cx[None]
+    else:  # one pair of matrices per row
+        wy, cy = _rebin_matrix(x.shape[2], sy, size, model_pixel_scale, min_cover, cen[:, 0])
+        wx, cx = _rebin_matrix(x.shape[3], sx, size, model_pixel_scale, min_cover, cen[:, 1])
     # Separable rebinning. Invalid input pixels get zero weight (the output is
     # the mean of the valid pixels it overlaps); an output pixel with less
     # than half of its weight on valid pixels, or off the stamp, is NaN.
@@ -288,11 +318,19 @@ def resample_triplet(x, pixel_scale, *, size=TRIPLET_SIZE, model_pixel_scale=TRI
         valid = np.abs(x) < _SENTINEL  # finite and not a masking sentinel
     x0 = np.where(valid, x, 0.0)
     with single_threaded_blas():  # small products: faster on one thread (same values)
-        num = np.einsum("ih,nchw,jw->ncij", wy0, x0, wx0, optimize=True)
-        den = np.einsum("ih,nchw,jw->ncij", wy0, valid.astype(np.float64), wx0, optimize=True)
+        if cen is None:
+            num = np.einsum("ih,nchw,jw->ncij", wy0[0], x0, wx0[0], optimize=True)
+            den = np.einsum("ih,nchw,jw->ncij", wy0[0], valid.astype(np.float64), wx0[0],
+                            optimize=True)
+        else:
+            num = np.einsum("nih,nchw,njw->ncij", wy0, x0, wx0, optimize=True)
+            den = np.einsum("nih,nchw,njw->ncij", wy0, valid.astype(np.float64), wx0,
+                            optimize=True)
     with np.errstate(invalid="ignore", divide="ignore"):
         out = np.where(den >= 0.5, num / np.where(den > 0, den, 1.0), np.nan)
-    out[:, :, ~np.isfinite(wy).all(axis=1), :] = np.nan
-    out[:, :, :, ~np.isfinite(wx).all(axis=1)] = np.nan
-    coverage = np.clip(cy, 0, 1).mean() * np.clip(cx, 0, 1).mean()
-    return out.astype(np.float32), np.full(x.shape[0], coverage, dtype=np.float32)
+    off_y = np.broadcast_to(~np.isfinite(wy).all(axis=-1), (x.shape[0], size))
+    off_x = np.broadcast_to(~np.isfinite(wx).all(axis=-1), (x.shape[0], size))
+    out[np.broadcast_to(off_y[:, None, :, None], out.shape)] = np.nan
+    out[np.broadcast_to(off_x[:, None, None, :], out.shape)] = np.nan
+    coverage = np.clip(cy, 0, 1).mean(axis=-1) * np.clip(cx, 0, 1).mean(axis=-1)
+    return out.astype(np.float32), np.broadcast_to(coverage, x.shape[0]).astype(np.float32)
