@@ -177,7 +177,8 @@ def register(sub):
     p.add_argument("--batch-size", type=int, default=256, metavar="N",
                    help="stamps per model call (default 256)")
     add_runtime_options(p, threads_help="CPU threads of ONNX Runtime (default: "
-                        "$ASTROMORPH_NUM_THREADS, else ONNX Runtime's choice) and, with --image, "
+                        "$ASTROMORPH_NUM_THREADS, else ONNX Runtime's choice; 0: ONNX "
+                        "Runtime's choice) and, with --image, "
                         "threads cutting the stamps (default: the CPU count, at most 8)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output file (default: refuse before any work)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")

@@ -266,7 +266,8 @@ def add_runtime_options(parser, *, threads_help=None):
                         help="execution providers: auto (default), cpu, cuda (or gpu), tensorrt")
     parser.add_argument("--threads", type=int, default=None, metavar="N",
                         help=threads_help or "CPU threads of ONNX Runtime (default: "
-                        "$ASTROMORPH_NUM_THREADS, else ONNX Runtime's choice)")
+                        "$ASTROMORPH_NUM_THREADS, else ONNX Runtime's choice; 0: ONNX "
+                        "Runtime's choice)")
     parser.add_argument("--precision", choices=["float32", "int8"], default=None,
                         help="model variant: int8 is a quantised copy, faster on CPUs, where "
                              "the card lists one (default: float32)")

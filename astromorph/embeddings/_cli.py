@@ -232,7 +232,8 @@ def register(sub):
     add_model_option(p, "with --image: the model embedding it (default: the one that made "
                         "the table's vectors, by its meta; else embedding)")
     add_runtime_options(p, threads_help="with --image: CPU threads of ONNX Runtime (default: "
-                        "$ASTROMORPH_NUM_THREADS, else ONNX Runtime's choice)")
+                        "$ASTROMORPH_NUM_THREADS, else ONNX Runtime's choice; 0: ONNX "
+                        "Runtime's choice)")
     p.add_argument("--backend", default="exact", choices=["exact", "auto", "faiss", "hnswlib"],
                    help="search backend (default exact)")
     p.add_argument("--max-separation", type=float, metavar="ARCSEC",
