@@ -25,8 +25,8 @@ from .preprocessing._checks import axis_scales
 from .exceptions import InputError, ModelCardError
 from .preprocessing._checks import SENTINEL
 
-__all__ = ["RawStamps", "prepare", "model_family", "multidimensional_outputs", "result_columns", "BLANK_THRESHOLD",
-           "model_angular_grid", "fixed_field"]
+__all__ = ["RawStamps", "prepare", "model_family", "multidimensional_outputs", "result_columns",
+           "BLANK_THRESHOLD", "model_angular_grid", "fixed_field"]
 
 #: Rows whose fraction of NaN/inf/blank pixels exceeds this get `Flag.BLANK`.
 BLANK_THRESHOLD = 0.05

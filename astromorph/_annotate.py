@@ -362,7 +362,8 @@ def _size_values(table, size_col):
     if size_col is None:
         return None
     if size_col not in table.colnames:
-        raise InputError(f"no size column {size_col!r} in the catalogue (columns: {table.colnames})")
+        raise InputError(f"no size column {size_col!r} in the catalogue "
+                         f"(columns: {table.colnames})")
     col = table[size_col]
     _check_angle_kind(col, f"size column {size_col!r}",
                       "numbers (arcsec, or the column's angle unit)")

@@ -180,6 +180,7 @@ def register(sub):
                         "$ASTROMORPH_NUM_THREADS, else ONNX Runtime's choice; 0: ONNX "
                         "Runtime's choice) and, with --image, "
                         "threads cutting the stamps (default: the CPU count, at most 8)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing output file (default: refuse before any work)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing output file (default: refuse before any work)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_run)

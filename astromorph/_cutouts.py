@@ -764,8 +764,10 @@ def _bilinear(image, xy, out=None, exact=None):
     y_end, x_end = (n - 0.5 for n in image.extent)
     x, y = xy
     # the stamp grids are smooth: a stamp is inside when its border is
-    border = np.concatenate([x[:, [0, -1], :].reshape(len(x), -1), x[:, :, [0, -1]].reshape(len(x), -1)], 1), \
-        np.concatenate([y[:, [0, -1], :].reshape(len(y), -1), y[:, :, [0, -1]].reshape(len(y), -1)], 1)
+    border = np.concatenate([x[:, [0, -1], :].reshape(len(x), -1),
+                             x[:, :, [0, -1]].reshape(len(x), -1)], 1), \
+        np.concatenate([y[:, [0, -1], :].reshape(len(y), -1),
+                        y[:, :, [0, -1]].reshape(len(y), -1)], 1)
     # NaN coordinates (where the projection cannot place a node: past the limb of a SIN
     # image) are outside; interpolated from the nodes, they fill whole stamps (those with
     # every check point past the limb; a stamp that the limb cuts is `exact`)

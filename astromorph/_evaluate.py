@@ -644,8 +644,9 @@ def evaluate_labels(table, truth, *, model, labels=None, threshold=None, target_
         ``table`` is a path that names no file (an `InputError` too).
     astromorph.exceptions.InputError
         A ``table`` path that is a folder or cannot be read as a table, no ``truth``
-        column or output column, an output or flags column that holds no numbers, truth values that are no class of the model (the
-        message lists them and the classes), or no row left to score.
+        column or output column, an output or flags column that holds no numbers, truth
+        values that are no class of the model (the message lists them and the classes), or
+        no row left to score.
     astromorph.exceptions.InvalidArgumentError
         A model whose outputs are no classes or score (``morphology-gz2`` vote fractions,
         ``embedding``: the message says what to use), a bad option.

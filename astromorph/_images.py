@@ -438,7 +438,8 @@ def image_entries(images, bands=None):
             entries.extend((key, v, str(key).lower()) for v in values)
         return entries
     if not isinstance(images, (list, tuple)) or isinstance(images, fits.HDUList) or (
-            isinstance(images, tuple) and len(images) == 2 and isinstance(images[1], (WCS, fits.Header))):
+            isinstance(images, tuple) and len(images) == 2
+            and isinstance(images[1], (WCS, fits.Header))):
         images = [images]
     if bands is not None and (isinstance(bands, (str, bytes)) or not hasattr(bands, "__len__")):
         raise InvalidArgumentTypeError(f"bands must be a list of band names, one per image, got "

@@ -562,9 +562,10 @@ def atomic_output(path, *, overwrite=False, mode=None, on_replaced=None):
     except OSError as exc:
         if isinstance(exc, AstromorphError):
             raise
-        raise output_error(f"cannot write {str(path)!r}: {exc.strerror or exc}; "
-                           f"{'the old file is unchanged' if path.exists() else 'nothing was written'}",
-                           exc) from exc
+        raise output_error(
+            f"cannot write {str(path)!r}: {exc.strerror or exc}; "
+            f"{'the old file is unchanged' if path.exists() else 'nothing was written'}",
+            exc) from exc
     finally:
         if tmpdir is not None:
             _remove_folder(tmpdir)
@@ -670,9 +671,10 @@ def _fits_ascii(table, path):
     """``table`` as FITS can hold it, with one `LossyOutputWarning` for what changes.
 
     FITS text is ASCII: non-ASCII characters of string columns, column names and meta
-    values become backslash escapes (``é`` -> ``\\xe9``; astropy raised UnicodeEncodeError
-    or ValueError after the whole run). Meta entries no header card can hold (a key too long to leave room for its
-    value: a VerifyError at the write) are left out. A short meta key not in upper case
+    values become backslash escapes (``é`` -> ``\\xe9``; astropy raised
+    UnicodeEncodeError or ValueError after the whole run). Meta entries no header card can
+    hold (a key too long to leave room for its value: a VerifyError at the write) are left
+    out. A short meta key not in upper case
     (``survey``, `similar`'s ``k``) is written as a HIERARCH card, which keeps its case
     (a standard card reads back as ``SURVEY``). The caller's table is not changed.
     """
@@ -1330,8 +1332,8 @@ def write_table(table, path, *, overwrite=False, format=None):
     ----------
     table : astropy.table.Table
     path : str or os.PathLike
-        ``.ecsv`` (recommended: keeps units, descriptions, masks and
-        multidimensional columns, also in a table with no rows), ``.fits``/``.fit``/``.fits.gz`` (masked
+        ``.ecsv`` (recommended: keeps units, descriptions, masks and multidimensional
+        columns, also in a table with no rows), ``.fits``/``.fit``/``.fits.gz`` (masked
         boolean entries are not kept, non-ASCII text is written with backslash escapes,
         meta entries no header card holds are left out: each with a
         `~astromorph.exceptions.LossyOutputWarning`), ``.csv``

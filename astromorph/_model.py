@@ -301,7 +301,8 @@ class Model:
             x = x[None]
         elif x.ndim == 3 and (c == 1 or single == "replicate"):
             x = x[:, None]
-        if x.ndim != 4 or x.shape[1:] not in ((c, h, w), (1, h, w) if single == "replicate" else ()):
+        if x.ndim != 4 or x.shape[1:] not in ((c, h, w),
+                                              (1, h, w) if single == "replicate" else ()):
             accepted = f"(N, {c}, {h}, {w})"
             if c == 1 or single == "replicate":
                 accepted += f" or (N, {h}, {w})"

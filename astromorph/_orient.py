@@ -125,9 +125,10 @@ def north_up(data, header_get):
     -------
     shown : numpy.ndarray, (P, H', W')
         Top row first: ``data`` flipped or transposed (its pixels unchanged) where the WCS
-        axes run along the pixel axes and its pixels are square, else resampled north up (``H' = W' = max(H, W)``,
-        NaN where the grid leaves the stamp); without a usable celestial WCS, ``data``
-        with its rows reversed (FITS row 0 at the bottom, as ds9 shows it).
+        axes run along the pixel axes and its pixels are square, else resampled north up
+        (``H' = W' = max(H, W)``, NaN where the grid leaves the stamp); without a usable
+        celestial WCS, ``data`` with its rows reversed (FITS row 0 at the bottom, as ds9
+        shows it).
     oriented : bool
         Whether a WCS oriented it (False: pixel orientation).
     """

@@ -102,8 +102,9 @@ def predict_files(model, inputs, *, batch_size=256, progress=None, write_header=
         ``astromorph_model``, ``astromorph_model_version``,
         ``astromorph_model_sha256``, ``astromorph_model_precision``,
         ``astromorph_providers``, ``astromorph_preprocessing``,
-        ``astromorph_crop_fraction`` for galaxy models, ``astromorph_columns``) and, as before, ``model``, ``model_version``,
-        ``model_sha256``, ``model_precision`` and ``providers`` (a list).
+        ``astromorph_crop_fraction`` for galaxy models, ``astromorph_columns``) and, as
+        before, ``model``, ``model_version``, ``model_sha256``, ``model_precision`` and
+        ``providers`` (a list).
 
     Raises
     ------

@@ -290,9 +290,9 @@ def main(argv=None):
             rates[name] = n / (time.perf_counter() - t)
             assert not out["rb_flags"].any()
         stage_rate = n / (stages["preprocess"] + stages["model"])
-        print(f"\nannotate_stamps on a table of {n} rows: array columns {rates['array columns']:.0f} "
-              f"rows/s ({rates['array columns'] / stage_rate:.2f} x the preprocess + model stages "
-              f"alone, {stage_rate:.0f}/s); gzipped FITS columns "
+        print(f"\nannotate_stamps on a table of {n} rows: array columns "
+              f"{rates['array columns']:.0f} rows/s ({rates['array columns'] / stage_rate:.2f} "
+              f"x the preprocess + model stages alone, {stage_rate:.0f}/s); gzipped FITS columns "
               f"{rates['gzipped FITS columns']:.0f} rows/s")
         del arrays, fits_cols
 

@@ -51,7 +51,8 @@ def main(argv=None):
     # ------------------------------------------------------------- model throughput
     if "embedding" in astromorph.list_models():
         model = astromorph.load_model("embedding", providers="cpu", threads=args.threads)
-        x = np.random.default_rng(0).uniform(0, 1, (args.batch, *model.input_shape)).astype(np.float32)
+        x = np.random.default_rng(0).uniform(
+            0, 1, (args.batch, *model.input_shape)).astype(np.float32)
         out = model.predict(x, batch_size=args.batch, progress=False)  # warm-up
         model_dim = np.shape(out[model.output_names[0]])[-1]
         dim = dim or model_dim
@@ -64,7 +65,8 @@ def main(argv=None):
         size = os.path.getsize(model.path) / 1e6
         print(f"embedding model ({size:.2f} MB ONNX, output {model_dim}-d): "
               f"{args.batch / times.min():.0f} stamps/s best, {args.batch / np.median(times):.0f} "
-              f"stamps/s median (batch {args.batch}, {args.threads} ORT threads, {args.repeats} repeats)")
+              f"stamps/s median (batch {args.batch}, {args.threads} ORT threads, "
+              f"{args.repeats} repeats)")
     else:
         dim = dim or 128
         print("embedding model: not shipped in models/ (skipped)")

@@ -40,8 +40,8 @@ def _write_or_print(table, args, what):
 
 def _check_outputs(args, **outputs):
     """Every output (option name -> path) checked before any work or any write (extension,
-    existing file, folder, one of the inputs (the table, a query image), two outputs naming one file, matplotlib for a
-    picture)."""
+    existing file, folder, one of the inputs (the table, a query image), two outputs naming
+    one file, matplotlib for a picture)."""
     from .. import _plotting
     from .._io import check_distinct_outputs, check_output
 
@@ -69,7 +69,8 @@ def _cmd_similar(args):
     _check_outputs(args, output=args.output, gallery=args.gallery)
     given = [n for n in ("query", "ra", "image") if getattr(args, n) is not None]
     if len(given) != 1 or (args.ra is None) != (args.dec is None):
-        raise InvalidArgumentError("give exactly one query: --query ROW, --ra/--dec or --image FILE")
+        raise InvalidArgumentError("give exactly one query: --query ROW, --ra/--dec or "
+                                   "--image FILE")
     for option, value, needed, name in (  # options of another query: not silently ignored
             ("--max-separation", args.max_separation, args.ra, "--ra/--dec"),
             ("--ra-col", args.ra_col, args.ra, "--ra/--dec"),
@@ -268,8 +269,8 @@ def register(sub):
                    help="when a new column already exists (default: error)")
     p.add_argument("--map", metavar="PNG", help="save a 2-d map coloured by cluster")
     p.add_argument("--map-method", default=None, choices=["auto", "umap", "tsne", "pca"],
-                   help="with --map: its projection (default auto: UMAP when umap-learn is installed, "
-                        "else t-SNE up to 5000 rows, else PCA)")
+                   help="with --map: its projection (default auto: UMAP when umap-learn is "
+                        "installed, else t-SNE up to 5000 rows, else PCA)")
     p.add_argument("--seed", type=int, default=0,
                    help="random seed of the mixture fit and the map (default 0)")
     p.add_argument("--overwrite", action="store_true",

@@ -574,7 +574,8 @@ class SimilarityIndex:
             for e in exclude:
                 e = np.fromiter(e, dtype=np.int64, count=len(e))
                 pos = np.searchsorted(self._rows, e)
-                hit = (pos < len(self._rows)) & (self._rows[np.minimum(pos, len(self._rows) - 1)] == e)
+                hit = (pos < len(self._rows)) & (
+                    self._rows[np.minimum(pos, len(self._rows) - 1)] == e)
                 local_ex.append(set(pos[hit].tolist()))
         idx, sim = self._backend.search(q, inner_k, local_ex)
         rows = np.where(idx >= 0, self._rows[np.clip(idx, 0, None)], -1)
@@ -635,7 +636,8 @@ class SimilarityIndex:
                                        f"or (ra, dec) in degrees ({exc})") from None
         if not position.isscalar:
             raise InvalidArgumentError(f"query one position at a time, got {len(position)}")
-        if not (np.isfinite(position.spherical.lon.deg) and np.isfinite(position.spherical.lat.deg)):
+        if not (np.isfinite(position.spherical.lon.deg)
+                and np.isfinite(position.spherical.lat.deg)):
             raise InvalidArgumentError(f"the position {position!r} is not finite")
         limit = None
         if max_separation is not None:
@@ -646,7 +648,8 @@ class SimilarityIndex:
                 limit = u.Quantity(max_separation, u.arcsec)
             except (TypeError, ValueError, u.UnitsError):
                 limit = None
-            if limit is None or not limit.isscalar or not (np.isfinite(limit.value) and limit.value >= 0):
+            if (limit is None or not limit.isscalar
+                    or not (np.isfinite(limit.value) and limit.value >= 0)):
                 raise InvalidArgumentError(f"max_separation must be a non-negative angle (arcsec), "
                                            f"got {max_separation!r}")
         coords, bad = _positions(self.table, ra_col, dec_col, coord_col, what="table")

@@ -125,7 +125,8 @@ class GaussianMixture(Saved):
     def __repr__(self):
         if self.n_components_ is None:
             return "<GaussianMixture not fitted>"
-        return f"<GaussianMixture {self.n_components_} components in {self.mean_.size}->{self.dim_} dims>"
+        return (f"<GaussianMixture {self.n_components_} components in "
+                f"{self.mean_.size}->{self.dim_} dims>")
 
     # ------------------------------------------------------------------ helpers
     def _project(self, x):

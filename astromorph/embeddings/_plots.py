@@ -618,7 +618,8 @@ def embedding_map(embeddings, *, method="auto", seed=0, perplexity=30.0):
             import umap
         except ImportError as exc:
             raise MissingDependencyError("method='umap' needs umap-learn") from exc
-        return umap.UMAP(n_components=2, random_state=seed, metric="cosine").fit_transform(x), method
+        return umap.UMAP(n_components=2, random_state=seed,
+                         metric="cosine").fit_transform(x), method
     if method == "tsne":
         return _tsne(x, perplexity=perplexity, seed=seed), method
     return _pca2(x), method

@@ -6,9 +6,9 @@ import numpy as np
 from ..exceptions import (InputDTypeError, InputShapeError, InvalidArgumentError,
                           InvalidArgumentTypeError)
 
-__all__ = ["to_arcsec", "real_array", "unmasked", "is_whole", "in_unit_interval", "SENTINEL", "invalid_pixels",
-           "check_number", "check_whole", "check_bool", "check_choice", "check_options",
-           "axis_scales"]
+__all__ = ["to_arcsec", "real_array", "unmasked", "is_whole", "in_unit_interval", "SENTINEL",
+           "invalid_pixels", "check_number", "check_whole", "check_bool", "check_choice",
+           "check_options", "axis_scales"]
 
 #: Pixels whose magnitude reaches this are masking sentinels, not data: ZTF stores
 #: masked pixels as -3.4e38 (about -FLT_MAX), other pipelines as +-1e30. Every path

@@ -384,14 +384,14 @@ def _lupton_uint8_float64(red, green, blue, *, q, stretch, minimum, scales, chun
             ratio = np.arcsinh(inten * soften)
             ratio *= slope
             ratio /= inten
-            ratio[inten <= 0] = 0.0                                 # f(I) / I, 0 where I <= 0
+            ratio[inten <= 0] = 0.0                               # f(I) / I, 0 where I <= 0
             c *= ratio
             np.maximum(c, 0.0, out=c)
             peak = c.max(axis=0)
-            over = peak > 1.0                                       # scale the brightest channel to 1
+            over = peak > 1.0                                     # scale the brightest channel to 1
             np.divide(c, peak, out=c, where=over)
             c *= 255.0
-            out[:, s:s + chunk] = c                                 # truncating cast, like astype
+            out[:, s:s + chunk] = c                               # truncating cast, like astype
     shape = np.shape(red)
     if grey:
         return out.reshape(shape)
