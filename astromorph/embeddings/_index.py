@@ -810,7 +810,9 @@ class SimilarityIndex:
         vector : array_like, (D,), optional
             Query by a vector.
         k : int, optional
-            Number of neighbours.
+            Number of neighbours: at most, as fewer are returned when fewer indexed
+            vectors are usable (not masked, finite, non-zero, and not the query row
+            itself unless ``include_query``).
         include_query : bool, optional
             Keep the query row among the results (row / position queries).
         model : str, os.PathLike or Model, optional
