@@ -155,6 +155,92 @@ def test_degenerate_wcs_is_no_wcs_in_every_reader(models, tmp_path, keys):
         assert r["radio_p_FRI"] == pytest.approx(good["radio_p_FRI"], abs=1e-6)
 
 
+_TAN = dict(CTYPE1="RA---TAN", CTYPE2="DEC--TAN", CRVAL1=150.0, CRVAL2=2.0, CDELT1=-5e-4,
+            CDELT2=5e-4)
+#: Headers wcslib refuses (or reads otherwise than the fast reader did), each as a primary
+#: image and as an image extension: the cards to change in `_TAN`.
+_BROKEN_WCS = {
+    "plain": {},  # the control: a WCS both read
+    "unknown_projection": dict(CTYPE1="RA---XYZ", CTYPE2="DEC--XYZ"),
+    "latitude_over_90": dict(CRVAL2=95.0),
+    "latitude_under_minus_90": dict(CRVAL2=-95.0),
+    "mismatched_frames": dict(CTYPE2="GLAT-TAN"),
+    "mismatched_projections": dict(CTYPE2="DEC--SIN"),
+    "two_longitudes": dict(CTYPE2="RA---TAN"),
+    "dashes_missing": dict(CTYPE1="RA--TAN", CTYPE2="DEC-TAN"),
+    "lone_celestial_axis": dict(CTYPE2="LINEAR"),
+    "no_projection_code": dict(CTYPE1="RA", CTYPE2="DEC"),
+    "celestial_third_axis": dict(WCSAXES=3, CTYPE3="RA---TAN"),
+    "singular_frequency_axis": dict(WCSAXES=3, CTYPE3="FREQ", CRVAL3=1.4e9, CDELT3=0.0),
+    "unknown_spectral_code": dict(WCSAXES=3, CTYPE3="VELO-XYZ"),
+    "unknown_cunit": dict(CUNIT1="foo", CUNIT2="foo"),
+    "zpn_without_parameters": dict(CTYPE1="RA---ZPN", CTYPE2="DEC--ZPN"),
+    "azp_bad_parameter": dict(CTYPE1="RA---AZP", CTYPE2="DEC--AZP", PV2_1=-1.0),
+    "cylindrical_lonpole": dict(CTYPE1="RA---CAR", CTYPE2="DEC--CAR", CRVAL2=60.0,
+                                LONPOLE=90.0),
+    "sip_order_alone": dict(CTYPE1="RA---TAN-SIP", CTYPE2="DEC--TAN-SIP", A_ORDER=2),
+    "scale_keyword_text": dict(CDELT1="abc"),
+    "nan_lonpole": dict(LONPOLE="NaN"),
+    "nan_reference": dict(CRVAL2="NaN"),
+    "inf_scale": dict(CDELT2="-Inf"),
+}
+
+
+def _broken_wcs_files(tmp_path, planes, names, cards):
+    """``primary.fits`` (``planes`` as one image, a cube of planes named PLANEi where
+    ``names`` are given) and ``extension.fits`` (each plane an image extension, EXTNAME from
+    ``names``), every image with the header ``cards``; the string ``"NaN"`` or ``"-Inf"``
+    is written as the bare card value, which astropy cannot write."""
+    bare = {k: v for k, v in cards.items() if v in ("NaN", "-Inf")}
+    header = fits.Header({k: (12345.0 if k in bare else v) for k, v in cards.items()})
+    primary = fits.PrimaryHDU(planes if names else planes[0], header=header.copy())
+    for i, name in enumerate(names or (), 1):
+        primary.header[f"PLANE{i}"] = name
+    exts = [fits.ImageHDU(p, header=header.copy(), name=n)
+            for p, n in zip(planes, names or [None])]
+    for name, hdul in (("primary", [primary]), ("extension", [fits.PrimaryHDU()] + exts)):
+        buf = io.BytesIO()
+        fits.HDUList(hdul).writeto(buf)
+        raw = buf.getvalue()
+        for k, v in bare.items():
+            raw = raw.replace(f"{k:8s}=              12345.0".encode(),
+                              f"{k:8s}= {v:>20s}".encode())
+        (tmp_path / f"{name}.fits").write_bytes(raw)
+
+
+@pytest.mark.parametrize("case", list(_BROKEN_WCS))
+def test_broken_wcs_is_read_alike_in_a_primary_hdu_and_an_extension(models, tmp_path, case):
+    """The fast reader of a lone primary image read the pixel scale of any CTYPE pair whose
+    first four characters were celestial, where astropy's WCS (an image extension, read by
+    astropy) refuses the header (an unknown projection, a latitude beyond the pole,
+    mismatched axes, a celestial or broken third axis...): the one image got a 1.8" scale
+    as a primary HDU and NO_WCS as an extension. Both now give the same flags, reason and
+    scores, for the radio (one image) and real-bogus (a cube, or one extension per triplet
+    member) models."""
+    cards = dict(_TAN, CRPIX1=100.5, CRPIX2=100.5, **_BROKEN_WCS[case])
+    rng = np.random.default_rng(1)
+    img = rng.normal(0, 1.5e-4, (200, 200)).astype(np.float32)
+    img[90:110, 90:110] += 0.01
+    radio = tmp_path / "radio"
+    radio.mkdir()
+    _broken_wcs_files(radio, img[None], None, cards)
+    rb = tmp_path / "rb"
+    rb.mkdir()
+    _broken_wcs_files(rb, triplet(51), ["SCIENCE", "REFERENCE", "DIFFERENCE"],
+                      dict(cards, CRPIX1=26.0, CRPIX2=26.0))
+    for model, prefix, folder in (("radio-morphology", "radio", radio), ("real-bogus", "rb", rb)):
+        table = quiet(astromorph.predict_files, model, folder)
+        first, ext = row(table, folder / "primary.fits"), row(table, folder / "extension.fits")
+        assert first[f"{prefix}_flags"] == ext[f"{prefix}_flags"], (model, first["reason"],
+                                                                    ext["reason"])
+        assert first["reason"] == ext["reason"]
+        for column in table.colnames:
+            if column.startswith(prefix + "_") and column != f"{prefix}_flags":
+                assert first[column] == pytest.approx(ext[column], abs=1e-6), column
+        if case in ("unknown_projection", "latitude_over_90", "mismatched_frames"):
+            assert first[f"{prefix}_flags"] & Flag.NO_WCS
+
+
 def write_fits(path, data, *, scale=None, **cards):
     header = fits.Header()
     if scale is not None:

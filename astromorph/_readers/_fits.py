@@ -255,7 +255,6 @@ def _read_header(read, start):
 
 
 _FAST_DTYPES = {8: ">u1", 16: ">i2", 32: ">i4", 64: ">i8", -32: ">f4", -64: ">f8"}
-_CELESTIAL = ("RA--", "DEC-", "GLON", "GLAT", "ELON", "ELAT", "SLON", "SLAT", "HPLN", "HPLT")
 
 
 def _keyword(get, key):
@@ -378,15 +377,92 @@ def wcs_matrix_problem(get, axes=(1, 2)):
     return None
 
 
-def _scale_from_cards(get):
-    """Pixel scale (arcsec; `pixel_scales`: a pair for pixels that are not square) from
-    linear celestial WCS keywords; None if not celestial or degenerate
-    (`wcs_matrix_problem`); ``"astropy"`` when only a full WCS parse can tell."""
-    c1, c2 = str(get("CTYPE1", "")), str(get("CTYPE2", ""))
-    if not (c1[:4] in _CELESTIAL and c2[:4] in _CELESTIAL):
-        if any(str(get(f"CTYPE{i}", ""))[:4] in _CELESTIAL for i in range(3, 5)):
+#: Celestial axis pairs (longitude, latitude) whose keywords the fast parser reads.
+_LON_LAT = {"RA--": "DEC-", "GLON": "GLAT", "ELON": "ELAT", "SLON": "SLAT", "HPLN": "HPLT"}
+#: Projections that the fast parser reads: zenithal ones (native pole at the reference
+#: point, where wcslib takes any LONPOLE and ignores LATPOLE) and some others, none of which
+#: needs a PVi_m parameter.
+_ZENITHAL = frozenset({"TAN", "SIN", "ARC", "STG", "ZEA"})
+_PROJECTIONS = _ZENITHAL | {"CAR", "MER", "SFL", "AIT", "MOL", "PAR"}
+#: WCS keywords of an axis (group 2 or 3: its number), which give wcslib its number of axes.
+_AXIS_KEY = re.compile(r"^(?:(?:CTYPE|CUNIT|CRVAL|CDELT|CRPIX|CROTA)(\d+)"
+                       r"|(?:PC|CD)(\d+)_(\d+)|P[VS](\d+)_\d+)$")
+#: Keywords of projection parameters and SIP polynomials (the fast parser reads no such WCS).
+_PROJECTION_KEY = re.compile(r"^(?:P[VS]\d+_\d+|PROJP\d+|(?:A|B|AP|BP)_(?:ORDER|\d+_\d+))$")
+
+
+def _finite_or_absent(get, key):
+    """Whether keyword ``key`` is absent or a finite number (not a logical)."""
+    value = get(key, None)
+    return value is None or (isinstance(value, (int, float)) and not isinstance(value, bool)
+                             and bool(np.isfinite(value)))
+
+
+def _plain_wcs(get, keys):
+    """``"none"`` for a header without any CTYPE keyword, ``"plain"`` for one whose WCS the
+    fast parser reads as wcslib would (`_scale_from_cards`), else ``"astropy"``.
+
+    Plain: CTYPE1 and CTYPE2 a longitude and the latitude of its frame, in that order
+    (``RA---TAN``, ``DEC--TAN``) with one projection of `_PROJECTIONS`; no projection
+    parameter or SIP keyword (`_PROJECTION_KEY`); a latitude CRVAL2 within +-90 degrees
+    (wcslib refuses a zenithal projection's reference point beyond the pole); LONPOLE and
+    LATPOLE absent, or finite numbers for a zenithal projection (which reads no LATPOLE);
+    and any further axis (``NAXIS``, ``WCSAXES`` or a keyword such as ``CDELT3`` make one)
+    absent of CTYPE or a ``STOKES`` or ``FREQ`` axis, without CUNIT (``Hz`` for FREQ),
+    CROTA, PC or CD keywords, with a finite non-zero CDELT (wcslib refuses a singular
+    matrix on any axis) and finite CRVAL and CRPIX. Everything else (an unknown
+    projection ``RA---XYZ``, mismatched ``RA---TAN``/``GLAT-TAN``, a lone celestial axis,
+    a celestial third axis, a spectral axis wcslib cannot read...) is left to astropy, so
+    that an image is read alike whether it is a primary HDU or an extension.
+    """
+    numbers = {}
+    for key in keys:
+        m = _AXIS_KEY.match(key)
+        if m:
+            numbers[key] = max(int(n) for n in m.groups() if n is not None)
+    axes = max([2, *numbers.values()] + [v for v in (get("NAXIS", 0), get("WCSAXES", 0))
+                                          if isinstance(v, int) and not isinstance(v, bool)])
+    ctypes = [get(f"CTYPE{i}", None) for i in range(1, axes + 1)]
+    if all(c is None for c in ctypes):
+        return "none"
+    c1, c2 = (c if isinstance(c, str) else "" for c in ctypes[:2])
+    lon, lat = c1[:4], c2[:4]
+    if not (len(c1) == len(c2) == 8 and _LON_LAT.get(lon) == lat and c1[4] == c2[4] == "-"
+            and c1[5:] == c2[5:] and c1[5:] in _PROJECTIONS):
+        return "astropy"
+    if any(_PROJECTION_KEY.match(k) for k in keys):
+        return "astropy"
+    crval2 = get("CRVAL2", None)
+    if isinstance(crval2, (int, float)) and not isinstance(crval2, bool) and abs(crval2) > 90:
+        return "astropy"
+    for key in ("LONPOLE", "LATPOLE"):
+        if get(key, None) is not None and (c1[5:] not in _ZENITHAL
+                                           or not _finite_or_absent(get, key)):
             return "astropy"
-        return None
+    for i in range(3, axes + 1):
+        ctype = ctypes[i - 1]
+        if ctype not in (None, "STOKES", "FREQ"):
+            return "astropy"
+        if get(f"CUNIT{i}", None) not in ((None, "Hz") if ctype == "FREQ" else (None,)):
+            return "astropy"
+        if any(numbers[k] == i and k.startswith(("PC", "CD", "CROTA")) for k in numbers):
+            return "astropy"
+        cdelt = get(f"CDELT{i}", 1.0)
+        if not all(_finite_or_absent(get, f"{k}{i}") for k in ("CRVAL", "CRPIX", "CDELT")) \
+                or cdelt == 0:
+            return "astropy"
+    return "plain"
+
+
+def _scale_from_cards(get, keys):
+    """Pixel scale (arcsec; `pixel_scales`: a pair for pixels that are not square) from
+    linear celestial WCS keywords of a header read by ``get`` whose keywords are ``keys``;
+    None if not celestial or degenerate (`wcs_matrix_problem`); ``"astropy"`` when only a
+    full WCS parse can tell (`_plain_wcs`: anything but a plain WCS, which wcslib may
+    refuse, as it refuses ``RA---XYZ`` or ``CRVAL2 = 95``)."""
+    plain = _plain_wcs(get, keys)
+    if plain != "plain":
+        return None if plain == "none" else "astropy"
     for k in ("CUNIT1", "CUNIT2"):
         unit = get(k, None)
         if unit is not None and str(unit).strip().lower() not in ("deg", "degree", "degrees", ""):
@@ -489,7 +565,7 @@ def _fast_fits(buf, *, primary_only, want_scale):
         return None  # extensions (or another file) follow: let astropy look at every HDU
     scale = None
     if want_scale:
-        scale = _scale_from_cards(get)
+        scale = _scale_from_cards(get, cards)
         if scale == "astropy":
             return None
     raw = np.frombuffer(buf, dtype=_FAST_DTYPES[bitpix], count=count, offset=end)
@@ -532,9 +608,12 @@ def _header_scale(header):
         warnings.simplefilter("ignore", FITSFixedWarning)
         try:
             wcs = WCS(header)
-            if not wcs.has_celestial or wcs_matrix_problem(
-                    header.get, (wcs.wcs.lng + 1, wcs.wcs.lat + 1)):
+            axes = (wcs.wcs.lng + 1, wcs.wcs.lat + 1)
+            if not wcs.has_celestial or wcs_matrix_problem(header.get, axes):
                 return None  # (a degenerate matrix: wcslib may have made one up)
+            # a scale keyword that is no number (CDELT1 = 'abc'), which wcslib drops for
+            # its default: no pixel scale (TypeError or ValueError), as the fast parser has it
+            _linear_matrix(header.get, axes)
             # (checks that the WCS can place pixels; its scale keywords were read above,
             # so CDELTi = 1 written out is 1 degree/pixel, not `_unset_scale_problem`);
             # `celestial` is a new WCS at each call (a copy of the whole WCS): built once
