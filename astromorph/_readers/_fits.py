@@ -387,6 +387,8 @@ _PROJECTIONS = _ZENITHAL | {"CAR", "MER", "SFL", "AIT", "MOL", "PAR"}
 #: WCS keywords of an axis (group 2 or 3: its number), which give wcslib its number of axes.
 _AXIS_KEY = re.compile(r"^(?:(?:CTYPE|CUNIT|CRVAL|CDELT|CRPIX|CROTA)(\d+)"
                        r"|(?:PC|CD)(\d+)_(\d+)|P[VS](\d+)_\d+)$")
+#: The first letters of the keywords of `_AXIS_KEY` and `_PROJECTION_KEY`.
+_WCS_INITIALS = frozenset("CPAB")
 #: Keywords of projection parameters and SIP polynomials (the fast parser reads no such WCS).
 _PROJECTION_KEY = re.compile(r"^(?:P[VS]\d+_\d+|PROJP\d+|(?:A|B|AP|BP)_(?:ORDER|\d+_\d+))$")
 
@@ -415,11 +417,14 @@ def _plain_wcs(get, keys):
     a celestial third axis, a spectral axis wcslib cannot read...) is left to astropy, so
     that an image is read alike whether it is a primary HDU or an extension.
     """
-    numbers = {}
+    numbers, projection = {}, False
     for key in keys:
+        if key[:1] not in _WCS_INITIALS:  # (this runs for every stamp: most keys end here)
+            continue
         m = _AXIS_KEY.match(key)
         if m:
             numbers[key] = max(int(n) for n in m.groups() if n is not None)
+        projection = projection or _PROJECTION_KEY.match(key) is not None
     axes = max([2, *numbers.values()] + [v for v in (get("NAXIS", 0), get("WCSAXES", 0))
                                           if isinstance(v, int) and not isinstance(v, bool)])
     ctypes = [get(f"CTYPE{i}", None) for i in range(1, axes + 1)]
@@ -430,7 +435,7 @@ def _plain_wcs(get, keys):
     if not (len(c1) == len(c2) == 8 and _LON_LAT.get(lon) == lat and c1[4] == c2[4] == "-"
             and c1[5:] == c2[5:] and c1[5:] in _PROJECTIONS):
         return "astropy"
-    if any(_PROJECTION_KEY.match(k) for k in keys):
+    if projection:
         return "astropy"
     crval2 = get("CRVAL2", None)
     if isinstance(crval2, (int, float)) and not isinstance(crval2, bool) and abs(crval2) > 90:
