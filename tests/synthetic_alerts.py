@@ -10,8 +10,8 @@ import io
 import numpy as np
 from astropy.io import fits
 
-__all__ = ["triplet", "fits_bytes", "celestial_header", "ZTF_SCHEMA", "RUBIN_SCHEMA",
-           "RUBIN_V11_SCHEMA", "rubin_v11_alert", "scene",
+__all__ = ["triplet", "fits_bytes", "celestial_header", "rubin_cutout_bytes", "ZTF_SCHEMA",
+           "RUBIN_SCHEMA", "RUBIN_V11_SCHEMA", "rubin_v11_alert", "scene",
            "ztf_alert", "rubin_alert", "write_avro", "write_snappy_avro"]
 
 
@@ -51,6 +51,43 @@ def fits_bytes(data, *, scale=None, extensions=False, gz=False, centre=None, cty
     fits.HDUList(hdus).writeto(buf)
     raw = buf.getvalue()
     return gzip.compress(raw) if gz else raw
+
+
+def rubin_cutout_bytes(data, *, scale=0.2, centre=None, ra=150.0, dec=2.0, cd=None,
+                       variance=None, mask=None, cut_min=(1000, 2000)):
+    """FITS bytes of one Rubin alert cutout, built as ap_association's packageAlerts builds
+    them (``createCcdDataCutout``, then ``streamCcdDataToBytes``): an astropy CCDData in nJy
+    with a `VarianceUncertainty` and the mask plane given as ``flags``, whose WCS is
+    ``wcs.WCS(naxis=2)`` with only ``crpix`` (the source's 1-based pixel: ``centre`` ``(y, x)``
+    0-based, default the middle ``(n - 1) / 2``), ``crval`` (``ra``, ``dec``, degrees) and
+    ``cd`` (degrees per pixel of a local tangent plane at the source,
+    ``makeLocalTransformMatrix``; default ``scale`` arcsec pixels, east left, north up) set:
+    no CTYPE. ``CCDData.write`` writes the CD matrix as PCi_j with CDELTi = 1, the variance as
+    an ``UNCERT`` extension, and not the flags (astropy writes no flags HDU): the packets hold
+    no mask plane.
+    """
+    import astropy.units as u
+    from astropy import wcs
+    from astropy.nddata import CCDData, VarianceUncertainty
+
+    data = np.asarray(data, np.float32)
+    ny, nx = data.shape
+    cy, cx = ((ny - 1) / 2, (nx - 1) / 2) if centre is None else centre
+    cutout_wcs = wcs.WCS(naxis=2)
+    cutout_wcs.array_shape = (nx, nx)  # (getWidth(), getWidth()), as packageAlerts sets it
+    cutout_wcs.wcs.crpix = [cx + 1, cy + 1]
+    cutout_wcs.wcs.crval = [ra, dec]
+    cutout_wcs.wcs.cd = (np.array([[-scale, 0.0], [0.0, scale]]) / 3600 if cd is None
+                         else np.asarray(cd, float))
+    ccd = CCDData(data=data,
+                  uncertainty=VarianceUncertainty(np.ones_like(data) if variance is None
+                                                  else np.asarray(variance, np.float32)),
+                  flags=np.zeros(data.shape, np.int32) if mask is None else mask,
+                  wcs=cutout_wcs, meta={"cutMinX": cut_min[0], "cutMinY": cut_min[1]},
+                  unit=u.nJy)
+    with io.BytesIO() as streamer:
+        ccd.write(streamer, format="fits")
+        return streamer.getvalue()
 
 
 ZTF_SCHEMA = {
@@ -140,7 +177,8 @@ RUBIN_V11_SCHEMA = {
 
 def rubin_v11_alert(source_id, trip, *, negative=False, psf_flux=1000.0, scale=0.2):
     """An alert of `RUBIN_V11_SCHEMA`; ``negative`` sets isNegative (psfFlux keeps its sign
-    only if the caller gives it one), with a history of two earlier detections."""
+    only if the caller gives it one), with a history of two earlier detections; cutouts as
+    packageAlerts writes them (`rubin_cutout_bytes`: no CTYPE)."""
     dia = {"diaSourceId": source_id, "visit": 7, "detector": 3, "diaObjectId": source_id + 5000,
            "ra": 150.0, "dec": 2.0, "isNegative": negative, "snr": 12.0, "psfFlux": psf_flux,
            "band": "g"}
@@ -149,7 +187,7 @@ def rubin_v11_alert(source_id, trip, *, negative=False, psf_flux=1000.0, scale=0
            "prvDiaForcedSources": [{"diaForcedSourceId": 1, "psfFlux": 3.0}],
            "diaObject": {"diaObjectId": source_id + 5000, "ra": 150.0}}
     for i, key in enumerate(("cutoutScience", "cutoutTemplate", "cutoutDifference")):
-        rec[key] = fits_bytes(trip[i], scale=scale, extensions=True)
+        rec[key] = rubin_cutout_bytes(trip[i], scale=scale)
     return rec
 
 
@@ -184,17 +222,25 @@ def scene(n, centre, *, seed=0, flux=300.0):
 
 
 def rubin_alert(source_id, trip=None, *, psf_flux=1000.0, drop=(), scale=0.2, centre=None,
-                ctype=True, ra=150.0, dec=2.0):
+                ctype=False, ra=150.0, dec=2.0):
     """A Rubin alert of `RUBIN_SCHEMA` whose cutouts' WCS puts (150, 2) at the 0-based pixel
-    ``centre`` (default: their middle) and whose diaSource is at ``ra``, ``dec``."""
+    ``centre`` (default: their middle) and whose diaSource is at ``ra``, ``dec``.
+
+    The cutouts are built as packageAlerts builds them (`rubin_cutout_bytes`: a CCDData
+    with an UNCERT extension and a linear WCS without CTYPE); ``ctype=True`` gives the
+    variant with a celestial TAN WCS (CTYPEi, CDi_j; MASK and UNCERT extensions)."""
     trip = triplet(n=31, seed=source_id % 1000) if trip is None else trip
     rec = {"alertId": source_id + 1, "prvDiaSources": None, "diaObject": None,
            "diaSource": {"diaSourceId": source_id, "visit": 1, "detector": 2,
                          "midpointMjdTai": 60000.0, "ra": ra, "dec": dec, "x": 10.0,
                          "y": 10.0, "psfFlux": psf_flux, "flags": 0, "band": "r"}}
     for i, key in enumerate(("cutoutScience", "cutoutTemplate", "cutoutDifference")):
-        rec[key] = None if key in drop else fits_bytes(trip[i], scale=scale, extensions=True,
-                                                       centre=centre, ctype=ctype)
+        if key in drop:
+            rec[key] = None
+        elif ctype:
+            rec[key] = fits_bytes(trip[i], scale=scale, extensions=True, centre=centre)
+        else:
+            rec[key] = rubin_cutout_bytes(trip[i], scale=scale, centre=centre)
     return rec
 
 

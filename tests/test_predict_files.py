@@ -1140,6 +1140,70 @@ def test_rubin_v11_layout(models, tmp_path):
     assert table["rb_score"][0] == pytest.approx(table["rb_score"][1])
 
 
+def test_rubin_cutouts_as_packagealerts_writes_them(models, tmp_path, capsys):
+    """ap_association's packageAlerts writes each cutout as an astropy CCDData whose WCS has
+    no CTYPE: only CRPIX (the source's pixel), CRVAL (the diaSource's ra, dec) and a CD
+    matrix (degrees per pixel of a local tangent plane at the source), which CCDData.write
+    turns into PCi_j with CDELTi = 1. Such a cutout's pixel scale is read from that matrix
+    where CRVAL is the diaSource's ra, dec (each axis its own); a 30 x 30 triplet (the
+    default minCutoutSize) at 0.2"/px, given to `astromorph predict`, is scored at 0.2"/px
+    about its source, BLANK | EXTRAPOLATED (6" of the model's 63" field) and not NO_WCS.
+    Before, its scale was unknown: NO_WCS, scored as 1"/px (rb_score 1.0 against 0.07 at
+    its true scale). A cutout without CTYPE whose CRVAL is not the diaSource's position, or
+    whose matrix gives no scale, stays NO_WCS. The UNCERT extension is no triplet member."""
+    pytest.importorskip("fastavro")
+    from synthetic_alerts import rubin_cutout_bytes, scene
+
+    c = (14.3, 14.6)  # within half a pixel of (n - 1) / 2, as makeCenteredBox leaves it
+    t = scene(30, c)
+    rotated = 0.2 / 3600 * np.array([[-np.cos(0.5), np.sin(0.5)], [np.sin(0.5), np.cos(0.5)]])
+    skewed = rubin_alert(3, t, centre=c)
+    for key, plane in zip(("cutoutScience", "cutoutTemplate", "cutoutDifference"), t):
+        skewed[key] = rubin_cutout_bytes(plane, centre=c, cd=[[-0.2 / 3600, 0.0],
+                                                              [0.0, 0.3 / 3600]])
+    degenerate = rubin_alert(5, t, centre=c)
+    for key in ("cutoutScience", "cutoutTemplate", "cutoutDifference"):
+        with fits.open(io.BytesIO(degenerate[key])) as hdus:
+            hdus[0].header["PC1_1"] = 0.0  # a zero row (CCDData.write refuses to write one)
+            buf = io.BytesIO()
+            hdus.writeto(buf)
+        degenerate[key] = buf.getvalue()
+    records = [rubin_alert(1, t, centre=c), rubin_alert(2, t, centre=c, ctype=True), skewed,
+               rubin_alert(4, t, centre=c, dec=2.0 + 1e-6),  # CRVAL is not the diaSource
+               degenerate]
+    rotated_alert = rubin_alert(6, t, centre=c)
+    for key, plane in zip(("cutoutScience", "cutoutTemplate", "cutoutDifference"), t):
+        rotated_alert[key] = rubin_cutout_bytes(plane, centre=c, cd=rotated)
+    records.append(rotated_alert)
+    header = fits.getheader(io.BytesIO(records[0]["cutoutDifference"]))
+    assert "CTYPE1" not in header and "CD1_1" not in header and header["CDELT1"] == 1.0
+    assert [h.name for h in fits.open(io.BytesIO(records[0]["cutoutScience"]))] == [
+        "PRIMARY", "UNCERT"]
+    write_avro(tmp_path / "packet.avro", records, schema=RUBIN_SCHEMA)
+    stamps = read_file(tmp_path / "packet.avro")
+    np.testing.assert_array_equal(stamps[0].data, t)  # the primary images, not UNCERT
+    assert stamps[0].pixel_scale == pytest.approx(0.2)
+    assert stamps[0].pixel_scale == pytest.approx(stamps[1].pixel_scale)
+    assert stamps[2].pixel_scale == pytest.approx((0.3, 0.2))  # (scale_y, scale_x)
+    assert stamps[3].pixel_scale is None and stamps[4].pixel_scale is None
+    assert stamps[5].pixel_scale == pytest.approx(0.2)
+    for stamp in stamps[:3] + stamps[5:]:
+        assert stamp.centre == pytest.approx(c, abs=1e-9)
+    out = tmp_path / "scores.ecsv"
+    assert cli.main(["predict", "real-bogus", str(tmp_path / "packet.avro"), "-o", str(out),
+                     "--no-progress"]) == 0
+    table = Table.read(out)
+    capsys.readouterr()
+    flags = [int(f) for f in table["rb_flags"]]
+    assert flags[0] == flags[1] == flags[5] == Flag.BLANK | Flag.EXTRAPOLATED
+    assert table["rb_score"][0] == pytest.approx(table["rb_score"][1], abs=1e-6)
+    assert table["rb_score"][5] == pytest.approx(table["rb_score"][0], abs=0.05)
+    assert 'spans 6" x 6" and does not cover the model\'s 63" field' in table["reason"][0]
+    assert not flags[2] & Flag.NO_WCS
+    assert flags[3] & Flag.NO_WCS and flags[4] & Flag.NO_WCS
+    assert "assumed 1 arcsec/pixel" in table["reason"][3]
+
+
 def _rubin_scenes(tmp_path, cases, **kwargs):
     """predict_files of Rubin packets, one per ``(n, (y, x))``: the same scene cut ``n`` x
     ``n`` with the source at the 0-based pixel ``(y, x)``, where the cutouts' WCS puts the
@@ -1173,11 +1237,12 @@ def test_rubin_cutouts_are_resampled_about_the_diasource(tmp_path, ctype):
     score = np.asarray(table["rb_score"])
     assert score[0] > 0.9
     np.testing.assert_allclose(score[1:5], score[0], atol=0.02)
-    # without CTYPE the WCS is not celestial: the pixel scale is unknown (1"/px assumed, as
-    # here), and a cutout off the model's 63 x 63 grid is NO_WCS (docs/predict.md)
-    no_wcs = 0 if ctype else int(Flag.NO_WCS)
-    assert list(table["rb_flags"][:3]) == [0, no_wcs, no_wcs]
-    assert ctype is False or table["reason"][0] == "" and table["reason"][1] == ""
+    # without CTYPE (packageAlerts' cutouts) the matrix is read as the local tangent plane's
+    # at the diaSource, whose ra, dec is CRVAL: the same scale, no NO_WCS (docs/predict.md)
+    for stamp in stamps:
+        assert stamp.pixel_scale == pytest.approx(1.0)
+    assert list(table["rb_flags"][:3]) == [0, 0, 0]
+    assert table["reason"][0] == "" and table["reason"][1] == ""
     for j in (3, 4):
         assert table["rb_flags"][j] & Flag.EDGE
         assert "off their centre" in table["reason"][j]
@@ -1193,9 +1258,12 @@ def test_rubin_candidate_without_a_position_or_off_the_cutouts(tmp_path):
 
     t = scene(64, (31.5, 31.5))
     step = 1.0 / 3600  # degrees in one 1" pixel
-    records = [rubin_alert(1, t, scale=1.0, centre=(31.5, 31.5), ra=float("nan")),
-               rubin_alert(2, t, scale=1.0, centre=(31.5, 31.5), dec=2.0 + 70 * step),
-               rubin_alert(3, t, scale=1.0, centre=(29.5, 31.5), dec=2.0 + 2 * step)]
+    # cutouts with a celestial WCS (CTYPE): astropy places a source off the reference point
+    records = [rubin_alert(1, t, scale=1.0, centre=(31.5, 31.5), ra=float("nan"), ctype=True),
+               rubin_alert(2, t, scale=1.0, centre=(31.5, 31.5), dec=2.0 + 70 * step,
+                           ctype=True),
+               rubin_alert(3, t, scale=1.0, centre=(29.5, 31.5), dec=2.0 + 2 * step,
+                           ctype=True)]
     write_avro(tmp_path / "r.avro", records, schema=RUBIN_SCHEMA)
     stamps = read_file(tmp_path / "r.avro")
     assert stamps[0].centre is None
@@ -1255,6 +1323,8 @@ def test_kafka_messages(models, tmp_path):
         assert reason.startswith("unrecognised file format"), reason
         assert "Confluent wire format (schema id 4021)" in reason, reason
         assert "annotate_stamps" in reason, reason
+    from astropy.wcs import WCS
+
     rows = []
     for message in messages:  # the recipe of docs/predict.md
         rec = fastavro.schemaless_reader(io.BytesIO(message[5:]), schema)
@@ -1262,11 +1332,16 @@ def test_kafka_messages(models, tmp_path):
         negative = dia.get("isNegative")
         if negative is None:
             negative = (dia.get("psfFlux") or 0.0) < 0
+        matrix = WCS(fits.getheader(io.BytesIO(rec["cutoutDifference"]))).pixel_scale_matrix
         rows.append({"diaSourceId": dia["diaSourceId"], "negative": negative,
+                     "pixel_scale": 3600 * np.hypot(*matrix)[::-1],
                      **{k: rec[k] for k in ("cutoutScience", "cutoutTemplate",
                                             "cutoutDifference")}})
     out = quiet(astromorph.annotate_stamps, Table(rows=rows), model="real-bogus",
-                negative="negative")
+                negative="negative", pixel_scale="pixel_scale")
+    bare = quiet(astromorph.annotate_stamps, Table(rows=rows), model="real-bogus",
+                 negative="negative")  # packageAlerts' cutouts give no scale alone
+    assert all(f & Flag.NO_WCS for f in bare["rb_flags"])
     write_avro(tmp_path / "rubin.avro", records, schema=RUBIN_SCHEMA)
     files = quiet(astromorph.predict_files, "real-bogus", tmp_path / "rubin.avro")
     np.testing.assert_allclose(out["rb_score"], files["rb_score"], rtol=1e-6)

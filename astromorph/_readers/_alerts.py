@@ -374,6 +374,8 @@ def _rubin_stamp(path, i, rec):
     if len({p.shape for p in planes}) > 1:
         shapes = ", ".join("x".join(map(str, p.shape[::-1])) for p in planes)
         return stamp.flag(Flag.BAD_INPUT, f"cutouts differ in shape ({shapes})")
+    scales = [_local_plane_scale(stamp, key, blob, dia.get("ra"), dia.get("dec"))
+              if scale is None else scale for key, blob, scale in zip(_CUTOUTS, blobs, scales)]
     scale, problem = common_pixel_scale(scales)
     if problem:  # one size, different fields: not aligned pixel for pixel
         return stamp.flag(Flag.BAD_INPUT, f"cutouts {problem}")
@@ -392,6 +394,66 @@ def _rubin_stamp(path, i, rec):
 #: Angle in degrees within which a WCS's reference point (CRVALi) is the candidate's own
 #: position (Rubin writes the diaSource's ra/dec there): its pixel is then CRPIXi exactly.
 _SAME_POINT_DEG = 1e-9
+
+
+def _header_getter(blob):
+    """``get(key, default=None)`` of the primary header of the FITS cutout ``blob`` (gzipped
+    or not), its values parsed (`_card_value`), and the header's cards and end offset."""
+    from ._fits import _card_value, _gunzip, _parse_header
+
+    buf = _gunzip(blob) if blob[:2] == b"\x1f\x8b" else blob
+    cards, _, end = _parse_header(buf, 0)
+
+    def get(key, default=None):
+        value = _card_value(cards[key]) if key in cards else None
+        return default if value is None else value
+
+    return get, cards, buf, end
+
+
+def _same_point(lon, lat, ra, dec):
+    """Whether (``lon``, ``lat``) is (``ra``, ``dec``) within `_SAME_POINT_DEG` (degrees)."""
+    dra = abs((lon - ra + 180.0) % 360.0 - 180.0) * np.cos(np.radians(dec))
+    return bool(dra < _SAME_POINT_DEG and abs(lat - dec) < _SAME_POINT_DEG)
+
+
+def _local_plane_scale(stamp, key, blob, ra, dec):
+    """Pixel scale (arcsec; `pixel_scales`: a pair for pixels that are not square) of a Rubin
+    cutout whose WCS has no CTYPE, or None.
+
+    ap_association's packageAlerts (``createCcdDataCutout``) writes each cutout's WCS as
+    ``wcs.WCS(naxis=2)`` with only CRPIXi (the source's pixel), CRVALi (the diaSource's ra,
+    dec) and a CD matrix (``makeLocalTransformMatrix``: degrees per pixel of a local tangent
+    plane at the source, which ``CCDData.write`` writes as PCi_j with CDELTi = 1): astropy
+    finds no celestial WCS in it. Where the header has no CTYPE1, CTYPE2 (nor CUNITi other
+    than degrees), its reference point is the diaSource's ``ra``, ``dec`` within
+    `_SAME_POINT_DEG` and its matrix gives a scale (`wcs_matrix_problem`), that matrix is
+    read as degrees per pixel of the tangent plane at the source, as for the candidate's
+    pixel (`_candidate_pixel`); otherwise the scale stays unknown (`Flag.NO_WCS`).
+    """
+    from ._fits import _linear_matrix, wcs_matrix_problem
+    from ._stamp import pixel_scales
+
+    try:
+        ra, dec = float(ra), float(dec)
+        get, _, _, _ = _header_getter(blob)
+        if any(str(get(f"CTYPE{i}", "")).strip() for i in (1, 2)) or any(
+                str(get(f"CUNIT{i}", "deg")).strip().lower() not in ("deg", "degree", "")
+                for i in (1, 2)):
+            return None
+        crval = float(get("CRVAL1")), float(get("CRVAL2"))
+        if not (np.isfinite(ra) and np.isfinite(dec)) or not _same_point(*crval, ra, dec) \
+                or get("CRPIX1") is None or get("CRPIX2") is None or wcs_matrix_problem(get):
+            return None
+        scale = pixel_scales(_linear_matrix(get)[0])
+    except (TypeError, ValueError, zlib.error):  # absent or non-numeric keywords
+        return None
+    if not (np.all(np.isfinite(scale)) and np.all(np.asarray(scale) > 0)):
+        return None
+    log.debug("%s: %s has a WCS without CTYPE whose reference point is the diaSource's ra, "
+              "dec: its matrix read as a local tangent plane's, %s arcsec/pixel",
+              stamp.source, key, scale)
+    return scale
 
 
 def _place_candidate(stamp, blob, ra, dec):
@@ -433,7 +495,7 @@ def _candidate_pixel(blob, ra, dec):
     reference point is the reference pixel's), without a WCS parse. Any other celestial
     WCS is asked by astropy (``world_to_pixel``).
     """
-    from ._fits import _card_value, _gunzip, _parse_header, wcs_matrix_problem
+    from ._fits import wcs_matrix_problem
 
     try:
         ra, dec = float(ra), float(dec)
@@ -441,13 +503,7 @@ def _candidate_pixel(blob, ra, dec):
         return None, "the diaSource has no ra, dec"
     if not (np.isfinite(ra) and np.isfinite(dec)):
         return None, f"the diaSource's ra, dec ({ra:g}, {dec:g}) are not finite"
-    buf = _gunzip(blob) if blob[:2] == b"\x1f\x8b" else blob
-    cards, _, end = _parse_header(buf, 0)
-
-    def get(key, default=None):
-        value = _card_value(cards[key]) if key in cards else None
-        return default if value is None else value
-
+    get, cards, buf, end = _header_getter(blob)
     if get("CRPIX1") is None or get("CRPIX2") is None or get("CRVAL1") is None \
             or get("CRVAL2") is None:
         return None, "the difference cutout has no WCS (CRPIXi, CRVALi)"
@@ -464,8 +520,7 @@ def _candidate_pixel(blob, ra, dec):
     plain = all(c[:4] in ("", "RA--", "DEC-") for c in ctype) \
         and not any(k.startswith(("PV", "A_0_0", "B_0_0")) for k in cards) \
         and str(get("RADESYS", "ICRS")).strip().upper() in ("ICRS", "FK5", "")
-    dra = abs((crval[0] - ra + 180.0) % 360.0 - 180.0) * np.cos(np.radians(dec))
-    if plain and dra < _SAME_POINT_DEG and abs(crval[1] - dec) < _SAME_POINT_DEG:
+    if plain and _same_point(*crval, ra, dec):
         return (crpix[1] - 1.0, crpix[0] - 1.0), None
     if not all(c[:4] in ("RA--", "DEC-", "GLON", "GLAT", "ELON", "ELAT") for c in ctype):
         return None, (f"the difference cutout's WCS is not celestial (CTYPE1, CTYPE2 = "
