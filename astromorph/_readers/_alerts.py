@@ -403,9 +403,12 @@ def _header_getter(blob):
 
     buf = _gunzip(blob) if blob[:2] == b"\x1f\x8b" else blob
     cards, _, end = _parse_header(buf, 0)
+    values = {}
 
     def get(key, default=None):
-        value = _card_value(cards[key]) if key in cards else None
+        if key not in values:  # each keyword parsed once
+            values[key] = _card_value(cards[key]) if key in cards else None
+        value = values[key]
         return default if value is None else value
 
     return get, cards, buf, end
@@ -427,11 +430,12 @@ def _local_plane_scale(stamp, key, blob, ra, dec):
     plane at the source, which ``CCDData.write`` writes as PCi_j with CDELTi = 1): astropy
     finds no celestial WCS in it. Where the header has no CTYPE1, CTYPE2 (nor CUNITi other
     than degrees), its reference point is the diaSource's ``ra``, ``dec`` within
-    `_SAME_POINT_DEG` and its matrix gives a scale (`wcs_matrix_problem`), that matrix is
-    read as degrees per pixel of the tangent plane at the source, as for the candidate's
-    pixel (`_candidate_pixel`); otherwise the scale stays unknown (`Flag.NO_WCS`).
+    `_SAME_POINT_DEG` and its matrix gives a scale (none of `wcs_matrix_problem`'s
+    problems), that matrix is read as degrees per pixel of the tangent plane at the source,
+    as for the candidate's pixel (`_candidate_pixel`); otherwise the scale stays unknown
+    (`Flag.NO_WCS`).
     """
-    from ._fits import _linear_matrix, wcs_matrix_problem
+    from ._fits import _default_scale_problem, _linear_matrix, _point_problem
     from ._stamp import pixel_scales
 
     try:
@@ -443,9 +447,17 @@ def _local_plane_scale(stamp, key, blob, ra, dec):
             return None
         crval = float(get("CRVAL1")), float(get("CRVAL2"))
         if not (np.isfinite(ra) and np.isfinite(dec)) or not _same_point(*crval, ra, dec) \
-                or get("CRPIX1") is None or get("CRPIX2") is None or wcs_matrix_problem(get):
+                or get("CRPIX1") is None or get("CRPIX2") is None:
             return None
-        scale = pixel_scales(_linear_matrix(get)[0])
+        matrix, _ = _linear_matrix(get)
+        # what `wcs_matrix_problem` checks (as `_scale_from_cards`), the matrix read once
+        with np.errstate(invalid="ignore"):
+            det = np.linalg.det(matrix)
+        if not (np.isfinite(matrix).all() and matrix.any(axis=0).all()
+                and matrix.any(axis=1).all() and det != 0) \
+                or _point_problem(get) or _default_scale_problem(get):
+            return None
+        scale = pixel_scales(matrix)
     except (TypeError, ValueError, zlib.error):  # absent or non-numeric keywords
         return None
     if not (np.all(np.isfinite(scale)) and np.all(np.asarray(scale) > 0)):
