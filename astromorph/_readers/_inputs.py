@@ -30,7 +30,8 @@ _ENDINGS = ((".avro", "avro"), (".png", "png"), (".jpg", "jpeg"), (".jpeg", "jpe
             (".fits.gz", "gzip"), (".fit.gz", "gzip"), (".gz", "gzip"), (".fits.fz", "fits"),
             (".fz", "fits"), (".fits", "fits"), (".fit", "fits"), (".fts", "fits"))
 #: Words for each format; FITS and gzipped FITS are one family.
-_NAMES = {"fits": "FITS", "gzip": "gzip-compressed data", "jpeg": "JPEG", "png": "PNG", "avro": "Avro"}
+_NAMES = {"fits": "FITS", "gzip": "gzip-compressed data", "jpeg": "JPEG", "png": "PNG",
+          "avro": "Avro"}
 _FAMILY = {"gzip": "fits"}
 #: Extensions that say nothing of a file's format (a Kafka message dumped as ``x.bin``): a
 #: directory's files with one of these are read when their content is of an accepted format.

@@ -242,8 +242,8 @@ def resample_triplet(x, pixel_scale, *, size=TRIPLET_SIZE, model_pixel_scale=TRI
         less than half of its weight is valid.
     pixel_scale : float, (float, float) or Quantity
         Pixel scale of the input in arcsec per pixel (or an angular
-        Quantity), either one value or (scale_y, scale_x). For example 0.27 for DES stamps (51 x 51), 0.2
-        for Rubin cutouts, 1.01 for ZTF.
+        Quantity), either one value or (scale_y, scale_x). For example 0.27
+        for DES stamps (51 x 51), 0.2 for Rubin cutouts, 1.01 for ZTF.
     size : int, optional
         Output side in pixels (default 63, the model grid).
     model_pixel_scale : float, optional
