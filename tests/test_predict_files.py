@@ -1745,11 +1745,25 @@ def test_in_place_interrupted_says_which_files_were_updated(models, tmp_path, mo
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.fits", "b.fits", "c.fits"]
 
 
+@pytest.fixture
+def python_sigint():
+    """Ctrl-C handled by Python's own handler (`KeyboardInterrupt`) during the test, as in
+    an interactive run: a process that a non-interactive shell starts in the background
+    (``cmd &``, as CI may run the tests) inherits SIGINT ignored, and Python then installs
+    no handler for it, so a raised SIGINT would do nothing."""
+    import signal
+
+    old = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, old)
+
+
 @pytest.mark.parametrize("signum, status, said", [("SIGINT", 130, "interrupted"),
                                                   ("SIGTERM", 143, "terminated (SIGTERM)")])
 def test_in_place_interrupt_just_after_a_file_is_replaced_counts_it(models, tmp_path,
                                                                     monkeypatch, capsys,
-                                                                    signum, status, said):
+                                                                    signum, status, said,
+                                                                    python_sigint):
     """Ctrl-C (or SIGTERM) arriving while ``b.fits`` is moved into place (`os.replace` has
     done it, the bookkeeping not yet): the line says b.fits is written, as it is (it said
     "not written: 2 ('b.fits', 'c.fits')" while b.fits had its keywords: the signal was
@@ -1783,7 +1797,8 @@ def test_in_place_interrupt_just_after_a_file_is_replaced_counts_it(models, tmp_
 
 
 def test_header_copies_interrupt_just_after_a_copy_is_moved_in_counts_it(models, tmp_path,
-                                                                         monkeypatch):
+                                                                         monkeypatch,
+                                                                         python_sigint):
     """`write_header` copies: Ctrl-C arriving as the copy of b.fits is moved into place
     (a real signal): the interruption's account lists that copy as written, as it is (it
     said "not written", and a second run without overwrite then refused the copy as
@@ -1983,7 +1998,7 @@ def test_interrupt_while_the_temporary_folder_is_removed_leaves_nothing(tmp_path
 
 
 def test_interrupt_while_the_temporary_folder_is_made_or_removed_leaves_nothing(
-        tmp_path, monkeypatch):
+        tmp_path, monkeypatch, python_sigint):
     """Ctrl-C arriving just as the private temporary folder is made (before the code that
     removes it is entered: it was left behind), or twice while it is removed (the second
     cut the retry short): the signals (real ones, `signal.raise_signal`) are held until the
@@ -2018,7 +2033,7 @@ def test_interrupt_while_the_temporary_folder_is_made_or_removed_leaves_nothing(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["t.ecsv"]
 
 
-def test_interrupts_deferred_holds_the_signal_until_the_block_is_done():
+def test_interrupts_deferred_holds_the_signal_until_the_block_is_done(python_sigint):
     """`interrupts_deferred`: a Ctrl-C raised in the block is handled after it (the whole
     block ran), once; the handlers are restored; outside the main thread it is a no-op."""
     import signal
