@@ -491,6 +491,13 @@ def _masks_and_values_equal(got, want):
     np.testing.assert_array_equal(a, b)
 
 
+def _tables_equal(got, want):
+    """Every column of ``want`` is in ``got`` with its dtype, mask and values."""
+    for name in want.colnames:
+        _masks_and_values_equal(got[name], want[name])
+        assert got[name].dtype == want[name].dtype, name
+
+
 def test_null_floats_are_masked_and_nan_is_kept(tmp_path):
     """A null float cell (pyarrow's null, pandas' ``Float64`` ``pd.NA``) is a masked entry,
     astropy gives it as NaN; a NaN the file holds as a value stays an unmasked NaN. Written
@@ -517,9 +524,7 @@ def test_null_floats_are_masked_and_nan_is_kept(tmp_path):
     write_table(t, tmp_path / "back.parquet")
     for back in (read_parquet(tmp_path / "back.parquet"),
                  Table.read(tmp_path / "back.parquet", format="parquet")):
-        for name in t.colnames:
-            _masks_and_values_equal(back[name], t[name])
-            assert back[name].dtype == t[name].dtype
+        _tables_equal(back, t)
 
 
 def test_timezones_are_recorded_and_written_back(tmp_path, caplog):
@@ -571,10 +576,7 @@ def test_naive_times_with_nulls_are_masked_and_written_back(tmp_path):
     assert type(t["full"]) is Column and t["full"].dtype.kind == "M"
     assert "timezone" not in t["when"].info.meta
     write_table(t, tmp_path / "back.parquet")
-    back = read_parquet(tmp_path / "back.parquet")
-    for name in t.colnames:
-        _masks_and_values_equal(back[name], t[name])
-        assert back[name].dtype == t[name].dtype
+    _tables_equal(read_parquet(tmp_path / "back.parquet"), t)
     assert pq.read_schema(tmp_path / "back.parquet").field("full").type == pa.timestamp("us")
 
 
@@ -613,9 +615,7 @@ def test_masked_entries_round_trip_exactly(tmp_path):
     for back in (read_parquet(tmp_path / "back.parquet"),
                  QTable.read(tmp_path / "back.parquet", format="parquet")):
         assert back.colnames == t.colnames
-        for name in t.colnames:
-            _masks_and_values_equal(back[name], t[name])
-            assert back[name].dtype == t[name].dtype, name
+        _tables_equal(back, t)
 
 
 @pytest.mark.parametrize("dtype", ["datetime64[D]", "datetime64[ms]", "datetime64[ns]",
@@ -629,6 +629,4 @@ def test_date_and_time_columns_written(tmp_path, dtype):
     write_table(t, tmp_path / "t.parquet")
     for back in (read_parquet(tmp_path / "t.parquet"),
                  Table.read(tmp_path / "t.parquet", format="parquet")):
-        for name in t.colnames:
-            _masks_and_values_equal(back[name], t[name])
-            assert back[name].dtype == t[name].dtype
+        _tables_equal(back, t)
