@@ -377,18 +377,40 @@ def _triplet(raw, card, crop_fraction):
         # (scale_y, scale_x): each axis by its own scale (pixels that are not square)
         scale = scale if isinstance(scale, tuple) else float(np.atleast_1d(scale)[0])
         # about the candidate's own pixel where known (Rubin: the cutouts' WCS), else n // 2
-        data, coverage = tri.resample_triplet(data, scale, centre=centre)
+        data, coverage, on_stamp = tri._resample_triplet(
+            data, scale, size=size, model_pixel_scale=tri.TRIPLET_PIXEL_SCALE, min_cover=0.5,
+            centre=centre)
         # extrapolated: the stamp does not cover the model's field, or its pixels are more
         # than twice as coarse as the model's (upsampled, as for the other families)
         coarse = max(axis_scales(scale)) > 2 * tri.TRIPLET_PIXEL_SCALE
         flags |= np.where((coverage < 0.999) | coarse, int(Flag.EXTRAPOLATED),
                           0).astype(flags.dtype)
+    else:
+        on_stamp = None
     x, nan_fraction = tri.preprocess_triplet(data)
+    if on_stamp is not None:
+        # only pixels of the data count: the part of the model's field that the stamp does
+        # not cover (NaN after resampling) is EXTRAPOLATED's, not BLANK's
+        nan_fraction = _covered_blank_fraction(data, on_stamp)
     flags |= np.where(nan_fraction > BLANK_THRESHOLD, int(Flag.BLANK), 0).astype(flags.dtype)
     empty, constant = _empty_or_constant(np.asarray(data, dtype=np.float32))
     flags |= np.where(empty, int(Flag.BAD_INPUT), 0).astype(flags.dtype)  # outputs masked
     flags |= np.where(constant, int(Flag.CONSTANT), 0).astype(flags.dtype)
     return x, flags
+
+
+def _covered_blank_fraction(data, on_stamp):
+    """Per row of resampled triplets ``data`` (N, 3, H, W), the largest fraction, over the
+    three members, of invalid pixels (NaN, inf, masking sentinels) among the ``on_stamp``
+    pixels (N, H, W): those of the model's field that the input stamp covers. 1 for a row
+    whose stamp covers none of them."""
+    from .preprocessing._checks import invalid_pixels
+
+    on = np.broadcast_to(on_stamp[:, None], data.shape)
+    covered = on_stamp.reshape(len(data), -1).sum(axis=1)
+    bad = (invalid_pixels(data) & on).reshape(len(data), data.shape[1], -1).sum(axis=2)
+    frac = bad.max(axis=1) / np.maximum(covered, 1)
+    return np.where(covered > 0, frac, 1.0)
 
 
 #: A difference stamp whose central 3 x 3 pixels average this many robust sigma (or more)

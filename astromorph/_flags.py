@@ -13,7 +13,8 @@ class Flag(enum.IntFlag):
     EDGE = 2
     #: NaN, inf, BLANK or masked pixels, or masking sentinels (|value| >= 1e30, e.g. ZTF's
     #: -3.4e38), above the threshold, filled before scoring (only pixels of the data count:
-    #: the filled part of an EDGE stamp does not).
+    #: the filled part of an EDGE stamp does not, nor the part of the model's field that a
+    #: resampled stamp does not cover, which is EXTRAPOLATED's).
     BLANK = 4
     #: The image has no (celestial) WCS, so the stamp could not be placed or scaled.
     NO_WCS = 8

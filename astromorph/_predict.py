@@ -791,7 +791,7 @@ def _explain(stamp, bits, *, grid=None):
         return [f"{' and '.join(empty)} {'has' if len(empty) == 1 else 'have'} no finite "
                 "pixel: not scored"]
     fracs = [float(np.mean(~v)) for v in valid]
-    if bits & Flag.BLANK and max(fracs) > 0:  # else the fill is the extrapolated area
+    if bits & Flag.BLANK and max(fracs) > 0:  # (the fill of an uncovered field is not BLANK)
         j = int(np.argmax(fracs))
         where = f" of the {names[j]}" if len(planes) > 1 else ""
         out.append(f"{fracs[j]:.0%} of the pixels{where} are NaN/inf/BLANK (filled)")

@@ -813,8 +813,9 @@ def test_triplet_pixel_scale_and_no_wcs(models, tmp_path):
     write_fits(tmp_path / "des_nowcs.fits", t)
     table = astromorph.predict_files("real-bogus", tmp_path)
     wcs = row(table, tmp_path / "des_wcs.fits")
-    # 51 x 0.27" covers a fraction of the 63" field: the rest is NaN-filled.
-    assert wcs["rb_flags"] == Flag.EXTRAPOLATED | Flag.BLANK
+    # 51 x 0.27" covers a fraction of the 63" field: the rest is filled, EXTRAPOLATED's
+    # to report, not BLANK's (only pixels of the data count)
+    assert wcs["rb_flags"] == Flag.EXTRAPOLATED
     # the fill is the area outside the stamp, not NaN pixels of it: one reason, not "0% NaN"
     assert "does not cover" in wcs["reason"] and "NaN" not in wcs["reason"]
     # and says how much of it: 51 x 0.27" = 13.8", 21.9% of the field along each axis
@@ -823,6 +824,49 @@ def test_triplet_pixel_scale_and_no_wcs(models, tmp_path):
             'field: 21.9% x 21.9% of it') in wcs["reason"], wcs["reason"]
     nowcs = row(table, tmp_path / "des_nowcs.fits")
     assert nowcs["rb_flags"] & Flag.NO_WCS and "51x51" in nowcs["reason"]
+
+
+def test_blank_counts_the_pixels_of_a_resampled_triplet_not_the_uncovered_field(models,
+                                                                               tmp_path):
+    """`Flag.BLANK` of a triplet resampled from a stamp that does not cover the model's 63"
+    field counts only the part of the field that the stamp covers (the documented "only
+    pixels of the data count"): the rest, NaN after resampling, is EXTRAPOLATED's to report.
+    A clean 30 x 30 cutout of 0.2"/px (Rubin's default: 6", 9.52% of the field along each
+    axis) was BLANK | EXTRAPOLATED with no BLANK reason of its own; it is EXTRAPOLATED only.
+    One whose own pixels are half NaN is still BLANK, with the NaN fraction as its reason;
+    ZTF-native 63 x 63 stamps are judged as before (all 3969 pixels)."""
+    pytest.importorskip("fastavro")
+    t = triplet(30)
+    half = t.copy()
+    half[:, :, :15] = np.nan  # half of each member's own pixels
+    few = t.copy()
+    few[0, :2, :] = np.nan  # 2 rows of 30 of the science cutout: 6.7% of its pixels
+    write_fits(tmp_path / "clean.fits", t, scale=0.2)
+    write_fits(tmp_path / "half.fits", half, scale=0.2)
+    write_fits(tmp_path / "few.fits", few, scale=0.2)
+    ztf = triplet(63)
+    ztf_blank = ztf.copy()
+    ztf_blank[1, :4] = np.nan  # 4 rows of 63 of the reference: 6.3% of its pixels
+    write_fits(tmp_path / "ztf.fits", ztf)
+    write_fits(tmp_path / "ztf_blank.fits", ztf_blank)
+    table = quiet(astromorph.predict_files, "real-bogus", tmp_path)
+    clean = row(table, tmp_path / "clean.fits")
+    assert clean["rb_flags"] == Flag.EXTRAPOLATED, clean["reason"]
+    assert "does not cover" in clean["reason"] and "NaN" not in clean["reason"]
+    halfrow = row(table, tmp_path / "half.fits")
+    assert halfrow["rb_flags"] == Flag.EXTRAPOLATED | Flag.BLANK
+    assert "50% of the pixels of the science stamp are NaN/inf/BLANK" in halfrow["reason"]
+    assert row(table, tmp_path / "few.fits")["rb_flags"] == Flag.EXTRAPOLATED | Flag.BLANK
+    assert row(table, tmp_path / "ztf.fits")["rb_flags"] == 0
+    assert row(table, tmp_path / "ztf_blank.fits")["rb_flags"] == Flag.BLANK
+    # the same through a Rubin packet, its WCS placing the source off the middle pixel
+    c = (14.3, 14.6)
+    write_avro(tmp_path / "rubin.avro", [rubin_alert(1, t, centre=c),
+                                         rubin_alert(2, half, centre=c)], schema=RUBIN_SCHEMA)
+    rubin = quiet(astromorph.predict_files, "real-bogus", tmp_path / "rubin.avro")
+    assert [int(f) for f in rubin["rb_flags"]] == [Flag.EXTRAPOLATED,
+                                                   Flag.EXTRAPOLATED | Flag.BLANK]
+    assert "NaN" not in rubin["reason"][0] and "50% of the pixels" in rubin["reason"][1]
 
 
 def test_non_square_stamps_short_of_the_field_say_so_per_axis(models, tmp_path):
@@ -1111,7 +1155,7 @@ def test_rubin_packets(models, tmp_path):
     np.testing.assert_allclose(stamps[1].data, t)  # negative source: difference negated
     table = quiet(astromorph.predict_files, "real-bogus", tmp_path / "rubin.avro")
     assert table["rb_score"][0] == pytest.approx(table["rb_score"][1])
-    assert table["rb_flags"][0] == Flag.EXTRAPOLATED | Flag.BLANK  # 31 x 0.2" << 63"
+    assert table["rb_flags"][0] == Flag.EXTRAPOLATED  # 31 x 0.2" << 63"
     assert table["rb_flags"][2] == Flag.MISSING_BAND
     assert "lacks cutoutScience" in table["reason"][2]
     # the object each alert belongs to, where the packet says it
@@ -1147,7 +1191,7 @@ def test_rubin_cutouts_as_packagealerts_writes_them(models, tmp_path, capsys):
     turns into PCi_j with CDELTi = 1. Such a cutout's pixel scale is read from that matrix
     where CRVAL is the diaSource's ra, dec (each axis its own); a 30 x 30 triplet (the
     default minCutoutSize) at 0.2"/px, given to `astromorph predict`, is scored at 0.2"/px
-    about its source, BLANK | EXTRAPOLATED (6" of the model's 63" field) and not NO_WCS.
+    about its source, EXTRAPOLATED (6" of the model's 63" field) and not NO_WCS.
     Before, its scale was unknown: NO_WCS, scored as 1"/px (rb_score 1.0 against 0.07 at
     its true scale). A cutout without CTYPE whose CRVAL is not the diaSource's position, or
     whose matrix gives no scale, stays NO_WCS. The UNCERT extension is no triplet member."""
@@ -1195,7 +1239,7 @@ def test_rubin_cutouts_as_packagealerts_writes_them(models, tmp_path, capsys):
     table = Table.read(out)
     capsys.readouterr()
     flags = [int(f) for f in table["rb_flags"]]
-    assert flags[0] == flags[1] == flags[5] == Flag.BLANK | Flag.EXTRAPOLATED
+    assert flags[0] == flags[1] == flags[5] == Flag.EXTRAPOLATED
     assert table["rb_score"][0] == pytest.approx(table["rb_score"][1], abs=1e-6)
     assert table["rb_score"][5] == pytest.approx(table["rb_score"][0], abs=0.05)
     assert 'spans 6" x 6" and does not cover the model\'s 63" field' in table["reason"][0]

@@ -268,7 +268,9 @@ def resample_triplet(x, pixel_scale, *, size=TRIPLET_SIZE, model_pixel_scale=TRI
         field the model was trained on (e.g. 0.05 for DES 51 x 51 stamps at
         0.27 arcsec/px): the missing area is NaN, and the score is less
         reliable (the network has not seen such inputs, except NaN-masked
-        CCD edges).
+        CCD edges). `astromorph.predict_files` flags such rows
+        ``EXTRAPOLATED`` and leaves the missing area out of ``BLANK``, which
+        counts the invalid pixels of the covered part only.
 
     Examples
     --------
@@ -278,6 +280,18 @@ def resample_triplet(x, pixel_scale, *, size=TRIPLET_SIZE, model_pixel_scale=TRI
     >>> out.shape, bool(cov[0] < 1)
     ((4, 3, 63, 63), True)
     """
+    out, coverage, _ = _resample_triplet(x, pixel_scale, size=size,
+                                         model_pixel_scale=model_pixel_scale,
+                                         min_cover=min_cover, centre=centre)
+    return out, coverage
+
+
+def _resample_triplet(x, pixel_scale, *, size, model_pixel_scale, min_cover, centre):
+    """`resample_triplet`, also returning which output pixels lie on the input stamp:
+    ``(N, size, size)`` booleans, False where the output pixel is NaN because less than
+    ``min_cover`` of it lies on the stamp (the uncovered part of the model's field, which
+    ``coverage`` measures), True where it is data (NaN there only for invalid input
+    pixels)."""
     x = _as_float_batch(x)
     scale = to_arcsec(pixel_scale, "pixel_scale")
     if np.size(scale) not in (1, 2):
@@ -333,4 +347,6 @@ def resample_triplet(x, pixel_scale, *, size=TRIPLET_SIZE, model_pixel_scale=TRI
     out[np.broadcast_to(off_y[:, None, :, None], out.shape)] = np.nan
     out[np.broadcast_to(off_x[:, None, None, :], out.shape)] = np.nan
     coverage = np.clip(cy, 0, 1).mean(axis=-1) * np.clip(cx, 0, 1).mean(axis=-1)
-    return out.astype(np.float32), np.broadcast_to(coverage, x.shape[0]).astype(np.float32)
+    on_stamp = ~off_y[:, :, None] & ~off_x[:, None, :]
+    return out.astype(np.float32), np.broadcast_to(coverage, x.shape[0]).astype(np.float32), \
+        on_stamp
