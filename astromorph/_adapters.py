@@ -25,7 +25,8 @@ from .preprocessing._checks import axis_scales
 from .exceptions import InputError, ModelCardError
 from .preprocessing._checks import SENTINEL
 
-__all__ = ["RawStamps", "prepare", "model_family", "multidimensional_outputs", "result_columns",
+__all__ = ["RawStamps", "BlankMeasure", "prepare", "model_family", "multidimensional_outputs",
+           "result_columns",
            "BLANK_THRESHOLD", "model_angular_grid", "fixed_field"]
 
 #: Rows whose fraction of NaN/inf/blank pixels exceeds this get `Flag.BLANK`.
@@ -50,12 +51,36 @@ class RawStamps:
     #: Triplets only: the candidate's position ``(y, x)`` in each stamp (0-based pixels),
     #: ``(N, 2)``, NaN where unknown (the central pixel ``n // 2``), or None (all unknown).
     centre: np.ndarray = None
+    #: Set by `prepare` where `Flag.BLANK` was judged on another measure than the largest
+    #: fraction of invalid pixels of one plane of the stamp (which `_explain` words by
+    #: default): a `BlankMeasure`, else None.
+    blank: object = None
 
     def __post_init__(self):
         if self.kind not in ("colour", "bands", "triplet"):
             raise ValueError(f"unknown stamp kind {self.kind!r}")
         if self.flags is None:
             self.flags = np.zeros(len(self.data), dtype=np.int32)
+
+
+@dataclass
+class BlankMeasure:
+    """What `Flag.BLANK` was judged on, row by row, for the words of the reasons."""
+
+    #: (N,) the fraction of invalid pixels (NaN, inf, masking sentinels) compared with
+    #: `BLANK_THRESHOLD`.
+    fraction: np.ndarray
+    #: (N,) the plane it was measured in (the triplet member with the largest fraction),
+    #: -1 for all planes together.
+    plane: np.ndarray
+    #: Whether it was measured among the pixels of the model's grid that the stamp covers
+    #: within the model's field (a triplet resampled to that grid), not the stamp's own.
+    field: bool = False
+
+    def row(self, j):
+        """``(fraction, plane, field)`` of row ``j``, as `astromorph._predict._explain`
+        takes it."""
+        return float(self.fraction[j]), int(self.plane[j]), self.field
 
 
 def model_family(card):
@@ -250,6 +275,12 @@ def _optical(raw, card, crop_fraction):
                          f"not {raw.kind} stamps")
     data, flags = _clean(raw.data, flags)
     nb = data.shape[1]
+    if nb > 1 and (flags & int(Flag.BLANK)).any():  # judged on all bands together (`_clean`)
+        from .preprocessing._checks import invalid_pixels
+
+        bad = invalid_pixels(np.asarray(raw.data, dtype=np.float32))
+        raw.blank = BlankMeasure(bad.mean(axis=(1, 2, 3)),
+                                 np.full(len(data), -1))
     if nb == 1:
         if card["input"].get("single_band") == "replicate":  # Model.predict replicates it
             return opt._single_band_plane(data[:, 0], **kw), flags
@@ -390,8 +421,11 @@ def _triplet(raw, card, crop_fraction):
     x, nan_fraction = tri.preprocess_triplet(data)
     if on_stamp is not None:
         # only pixels of the data count: the part of the model's field that the stamp does
-        # not cover (NaN after resampling) is EXTRAPOLATED's, not BLANK's
-        nan_fraction = _covered_blank_fraction(data, on_stamp)
+        # not cover (NaN after resampling) is EXTRAPOLATED's, not BLANK's; the reasons
+        # quote this measure, not the fraction of the input stamp's own pixels
+        members = _covered_blank_fraction(data, on_stamp)
+        nan_fraction = members.max(axis=1)
+        raw.blank = BlankMeasure(nan_fraction, members.argmax(axis=1), field=True)
     flags |= np.where(nan_fraction > BLANK_THRESHOLD, int(Flag.BLANK), 0).astype(flags.dtype)
     empty, constant = _empty_or_constant(np.asarray(data, dtype=np.float32))
     flags |= np.where(empty, int(Flag.BAD_INPUT), 0).astype(flags.dtype)  # outputs masked
@@ -400,17 +434,16 @@ def _triplet(raw, card, crop_fraction):
 
 
 def _covered_blank_fraction(data, on_stamp):
-    """Per row of resampled triplets ``data`` (N, 3, H, W), the largest fraction, over the
-    three members, of invalid pixels (NaN, inf, masking sentinels) among the ``on_stamp``
-    pixels (N, H, W): those of the model's field that the input stamp covers. 1 for a row
-    whose stamp covers none of them."""
+    """Per row of resampled triplets ``data`` (N, 3, H, W) and member, (N, 3), the fraction
+    of invalid pixels (NaN, inf, masking sentinels) among the ``on_stamp`` pixels
+    (N, H, W): those of the model's field that the input stamp covers. 1 for a row whose
+    stamp covers none of them."""
     from .preprocessing._checks import invalid_pixels
 
     on = np.broadcast_to(on_stamp[:, None], data.shape)
-    covered = on_stamp.reshape(len(data), -1).sum(axis=1)
+    covered = on_stamp.reshape(len(data), -1).sum(axis=1)[:, None]
     bad = (invalid_pixels(data) & on).reshape(len(data), data.shape[1], -1).sum(axis=2)
-    frac = bad.max(axis=1) / np.maximum(covered, 1)
-    return np.where(covered > 0, frac, 1.0)
+    return np.where(covered > 0, bad / np.maximum(covered, 1), 1.0)
 
 
 #: A difference stamp whose central 3 x 3 pixels average this many robust sigma (or more)
@@ -474,10 +507,15 @@ def prepare(model, raw, *, crop_fraction=None):
         ``C`` is 1 for single-band stamps of models whose card says
         ``single_band: replicate`` (`Model.predict` replicates the plane).
     flags : numpy.ndarray, int32, (N,)
+
+    Notes
+    -----
+    Sets ``raw.blank`` (a `BlankMeasure`, or None) to what `Flag.BLANK` was judged on.
     """
     family = model_family(model.card)
     if family not in _FAMILIES:
         raise InputError(f"model {model.name!r}: unknown preprocessing family {family!r}")
+    raw.blank = None  # (the family's function sets it where it judges BLANK otherwise)
     if len(raw.data) == 0:
         return np.zeros((0, *model.input_shape), np.float32), raw.flags.copy()
     with np.errstate(invalid="ignore", divide="ignore"):  # blank stamps in colour stretches

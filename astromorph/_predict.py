@@ -723,7 +723,9 @@ class _Runner:
         for j in np.flatnonzero(new):  # words only for the rows that preprocessing flagged
             stamp = Stamp("", None, kind=kind, data=data[j], bands=bands, beam=beam,
                           saturation=levels[j])
-            self.reasons[rows[j]].extend(_explain(stamp, int(new[j]), grid=grid))
+            self.reasons[rows[j]].extend(_explain(
+                stamp, int(new[j]), grid=grid, blank=None if raw.blank is None else
+                raw.blank.row(j)))
         if self.family == "triplet":  # a sign the model does not expect: said, not flagged
             for j in np.flatnonzero(scored & negative_candidates(x)):
                 self.reasons[rows[j]].append(
@@ -766,11 +768,15 @@ def _group_key(kind, stamp, bands, scale, beam=None):
             None if beam is None else round(float(beam), 6))
 
 
-def _explain(stamp, bits, *, grid=None):
+def _explain(stamp, bits, *, grid=None, blank=None):
     """Words for flag bits that preprocessing set; ``grid``: why the stamp's pixel grid
-    makes it `Flag.EXTRAPOLATED` (`astromorph._adapters.extrapolation_words`), if known."""
+    makes it `Flag.EXTRAPOLATED` (`astromorph._adapters.extrapolation_words`), if known;
+    ``blank``: what `Flag.BLANK` was judged on, ``(fraction, plane, field)``
+    (`astromorph._adapters.BlankMeasure.row`), if not the largest fraction of invalid
+    pixels of one plane of the stamp."""
     from ._adapters import coarse_beam
     from .preprocessing._radio import FIRST_BEAM_FWHM_ARCSEC
+    from .preprocessing._triplet import TRIPLET_PIXEL_SCALE
 
     out = []
     data = np.asarray(stamp.data)
@@ -791,7 +797,17 @@ def _explain(stamp, bits, *, grid=None):
         return [f"{' and '.join(empty)} {'has' if len(empty) == 1 else 'have'} no finite "
                 "pixel: not scored"]
     fracs = [float(np.mean(~v)) for v in valid]
-    if bits & Flag.BLANK and max(fracs) > 0:  # (the fill of an uncovered field is not BLANK)
+    if bits & Flag.BLANK and blank is not None:  # the measure the flag was judged on
+        frac, j, field = blank
+        if field:  # a triplet resampled to the model's grid: the covered part of its field
+            scale = f"{TRIPLET_PIXEL_SCALE:g}\"/pixel"
+            out.append(f"{frac:.0%} of the {names[j]}'s pixels within the model's field "
+                       f"(resampled to its {scale} grid) are NaN/inf/BLANK (filled)")
+        else:  # all planes together
+            out.append(f"{frac:.0%} of the pixels of the {len(planes)} "
+                       f"{'bands' if stamp.bands and any(stamp.bands) else 'planes'} "
+                       "together are NaN/inf/BLANK (filled)")
+    elif bits & Flag.BLANK and max(fracs) > 0:
         j = int(np.argmax(fracs))
         where = f" of the {names[j]}" if len(planes) > 1 else ""
         out.append(f"{fracs[j]:.0%} of the pixels{where} are NaN/inf/BLANK (filled)")

@@ -855,7 +855,8 @@ def test_blank_counts_the_pixels_of_a_resampled_triplet_not_the_uncovered_field(
     assert "does not cover" in clean["reason"] and "NaN" not in clean["reason"]
     halfrow = row(table, tmp_path / "half.fits")
     assert halfrow["rb_flags"] == Flag.EXTRAPOLATED | Flag.BLANK
-    assert "50% of the pixels of the science stamp are NaN/inf/BLANK" in halfrow["reason"]
+    assert ("50% of the science stamp's pixels within the model's field (resampled to its "
+            "1\"/pixel grid) are NaN/inf/BLANK (filled)") in halfrow["reason"]
     assert row(table, tmp_path / "few.fits")["rb_flags"] == Flag.EXTRAPOLATED | Flag.BLANK
     assert row(table, tmp_path / "ztf.fits")["rb_flags"] == 0
     assert row(table, tmp_path / "ztf_blank.fits")["rb_flags"] == Flag.BLANK
@@ -866,7 +867,89 @@ def test_blank_counts_the_pixels_of_a_resampled_triplet_not_the_uncovered_field(
     rubin = quiet(astromorph.predict_files, "real-bogus", tmp_path / "rubin.avro")
     assert [int(f) for f in rubin["rb_flags"]] == [Flag.EXTRAPOLATED,
                                                    Flag.EXTRAPOLATED | Flag.BLANK]
-    assert "NaN" not in rubin["reason"][0] and "50% of the pixels" in rubin["reason"][1]
+    assert "NaN" not in rubin["reason"][0]
+    assert "50% of the science stamp's pixels within the model's field" in rubin["reason"][1]
+
+
+def test_blank_reason_of_a_resampled_triplet_states_the_flags_measure(models, tmp_path):
+    """The BLANK reason of a triplet resampled to the model's grid quotes the fraction that
+    the flag was judged on: invalid pixels among the model-grid pixels that the stamp covers
+    within the model's field, not among the stamp's own pixels. A 30 x 30 cutout at 0.2"/px
+    with 2 NaN rows of science (6.7% of its pixels) covers 6 x 6 model pixels, of which the
+    NaN rows spoil 1 row (17%): it is BLANK and said 17%, where it was said "7%" (under the
+    5% threshold the flag is not even judged on). A stamp larger than the field (80 x 80 at
+    1"/px) with NaN only outside the field is not BLANK and has no blank reason; with NaN
+    inside, the reason gives the fraction of the field, not of the whole stamp."""
+    t = triplet(30)
+    few = t.copy()
+    few[0, :2, :] = np.nan  # 2 rows of 30 of the science cutout: 6.7% of its pixels
+    write_fits(tmp_path / "few.fits", few, scale=0.2)
+    big = triplet(80)
+    outside = big.copy()
+    outside[0, :9, :] = np.nan  # rows 0-8: outside the 63 x 63 field about pixel 40 (9-71)
+    inside = big.copy()
+    inside[2, 9:17, :] = np.nan  # 8 rows of the field, 63 x 8 of its 3969 pixels (12.7%);
+    # 640 of the stamp's 6400 pixels (10%)
+    write_fits(tmp_path / "outside.fits", outside, scale=1.0)
+    write_fits(tmp_path / "inside.fits", inside, scale=1.0)
+    table = quiet(astromorph.predict_files, "real-bogus", tmp_path)
+    words = "of the science stamp's pixels within the model's field"
+    r = row(table, tmp_path / "few.fits")
+    assert r["rb_flags"] == Flag.EXTRAPOLATED | Flag.BLANK
+    assert f"17% {words}" in r["reason"] and "7% of the pixels" not in r["reason"], r["reason"]
+    assert r["reason"].count("NaN/inf/BLANK") == 1
+    r = row(table, tmp_path / "outside.fits")
+    assert r["rb_flags"] == 0 and "NaN" not in r["reason"], r["reason"]
+    r = row(table, tmp_path / "inside.fits")
+    assert r["rb_flags"] == Flag.BLANK
+    assert "13% of the difference stamp's pixels within the model's field" in r["reason"], \
+        r["reason"]
+    assert "10%" not in r["reason"]
+
+
+def test_blank_reasons_of_optical_and_radio_stamps_state_the_flags_measure(tmp_path):
+    """The optical and radio families judge `Flag.BLANK` on the input stamp's own pixels,
+    as their reasons count them; a stamp of several bands is judged on all of them together
+    (`_clean`), and its reason says so: g and r each 10.4% NaN, i clean, is 6.9% of the
+    pixels together (BLANK), where the reason said "10% of the pixels of the band g"; g
+    alone 10.4% NaN is 3.5% together: not BLANK, no reason. A radio image resampled from
+    3"/px is judged on its own pixels (6% NaN: BLANK, and said 6%; 4%: neither)."""
+    g, r, i = galaxy(seed=1), galaxy(seed=2) * 1.5, galaxy(seed=3) * 2
+    two = np.stack([g, r, i])
+    two[:2, :20] = np.nan  # 20 of 192 rows of g and r: 10.4% of each, 6.9% of the three
+    one = np.stack([g, r, i])
+    one[0, :20] = np.nan  # 3.5% of the three
+    single = g.copy()
+    single[:20] = np.nan
+    bands = dict(BAND1="g", BAND2="r", BAND3="i")
+    write_fits(tmp_path / "two.fits", two, scale=0.396, **bands)
+    write_fits(tmp_path / "one.fits", one, scale=0.396, **bands)
+    write_fits(tmp_path / "single.fits", single, scale=0.396)
+    table = quiet(astromorph.predict_files, "morphology", sorted(tmp_path.glob("*.fits")))
+    r2 = row(table, tmp_path / "two.fits")
+    assert r2["morph_flags"] & Flag.BLANK
+    assert r2["reason"].startswith(
+        "7% of the pixels of the 3 bands together are NaN/inf/BLANK (filled)"), r2["reason"]
+    r1 = row(table, tmp_path / "one.fits")
+    assert not r1["morph_flags"] & Flag.BLANK and "NaN" not in r1["reason"]
+    r0 = row(table, tmp_path / "single.fits")
+    assert r0["reason"].startswith("10% of the pixels are NaN/inf/BLANK (filled)")
+    if "radio-morphology" not in astromorph.list_models():
+        return
+    rng = np.random.default_rng(0)
+    image = rng.normal(0, 1.5e-4, (300, 300))
+    image[145:155, 140:160] += 0.01
+    paths = []
+    for name, nrows in (("six", 18), ("four", 12)):  # 6% and 4% of the 300 rows
+        blank = image.copy()
+        blank[:nrows] = np.nan
+        paths.append(write_fits(tmp_path / f"radio_{name}.fit", blank, scale=3.0))
+    rad = quiet(astromorph.predict_files, "radio-morphology", paths)
+    six, four = row(rad, paths[0]), row(rad, paths[1])
+    assert six["radio_flags"] & Flag.BLANK
+    assert six["reason"].startswith("6% of the pixels are NaN/inf/BLANK (filled)"), \
+        six["reason"]
+    assert not four["radio_flags"] & Flag.BLANK and "NaN" not in four["reason"]
 
 
 def test_non_square_stamps_short_of_the_field_say_so_per_axis(models, tmp_path):
