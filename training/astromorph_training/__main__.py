@@ -109,12 +109,18 @@ def _check_step_options(parser, args):
 
     A module's ``OPTION_NEEDS`` maps options to others of which one must be given too:
     without them they are not read (``embedding train --compare-epochs 2`` without
-    ``--compare``).
+    ``--compare``). A need ``(dest, value)`` is met when that option has that value, given
+    or by default (``radio-morphology --d4-widths`` needs ``--arch d4``, ``--stage4``
+    ``--arch plain``).
     """
     def given(dest):
+        if isinstance(dest, tuple):
+            return getattr(args, dest[0], None) == dest[1]
         return getattr(args, dest, None) != parser.get_default(dest)
 
     def flag(dest):
+        if isinstance(dest, tuple):
+            return f"{flag(dest[0])} {dest[1]}"
         return f"--{dest.replace('_', '-')}"
 
     run = BUILD if args.step == "build" else (args.step,)

@@ -123,7 +123,14 @@ def _dirs(args):
 
 
 #: Options only some steps read -> those steps (the command line refuses them elsewhere).
-STEP_OPTIONS = {"sources": ("average",), "throughput": ("evaluate",)}
+STEP_OPTIONS = {**dict.fromkeys(("cv", "folds", "batch_size", "lr", "weight_decay", "restart",
+                                 "stage4", "stage0", "peak_norm", "arch", "d4_widths",
+                                 "label_smoothing", "augment", "mixup"), ("train",)),
+                "sources": ("average",), "throughput": ("evaluate",)}
+#: Options read only with another's value (the command line refuses them otherwise): the
+#: widths of the D4 network, the stages of the plain one.
+OPTION_NEEDS = {"d4_widths": (("arch", "d4"),),
+                **dict.fromkeys(("stage4", "stage0", "peak_norm"), (("arch", "plain"),))}
 
 
 def _fold_list(text):
@@ -170,14 +177,16 @@ def add_arguments(parser):
                        help="evaluate: also time onnxruntime (2 threads, batch 256)")
     group.add_argument("--threads", type=_common.positive_int, default=1, help="torch CPU threads for training")
     group.add_argument("--stage4", type=_common.nonnegative_int, default=DEFAULT_STAGE4,
-                       help="train: channels of the fourth stage (two 3x3 convolutions at 4 x 4 "
-                            "pixels; default %(default)s); 0 = the 3-stage v1.0 network")
+                       help="train, --arch plain: channels of the fourth stage (two 3x3 "
+                            "convolutions at 4 x 4 pixels; default %(default)s); 0 = the "
+                            "3-stage v1.0 network")
     group.add_argument("--stage0", type=_common.nonnegative_int, default=0,
-                       help="train: channels of an extra pair of 3x3 convolutions at the stem's "
-                            "64 x 64 pixels, before the first max-pool (default 0: none, v1.1)")
+                       help="train, --arch plain: channels of an extra pair of 3x3 "
+                            "convolutions at the stem's 64 x 64 pixels, before the first "
+                            "max-pool (default 0: none, v1.1)")
     group.add_argument("--peak-norm", action="store_true",
-                       help="train: divide each stamp by its own maximum, as the network's "
-                            "first operation (default: off, v1.1)")
+                       help="train, --arch plain: divide each stamp by its own maximum, as "
+                            "the network's first operation (default: off, v1.1)")
     group.add_argument("--arch", choices=("plain", "d4"), default="plain",
                        help="train: network, plain = RadioNet (default), d4 = the rotation- and "
                             "flip-equivariant GroupNet (exported as a plain CNN)")

@@ -62,7 +62,9 @@ __all__ = ["add_arguments", "train", "calibrate", "average", "evaluate", "export
 
 # ----------------------------------------------------------------------------- args / dirs
 #: Options only some steps read -> those steps (the command line refuses them elsewhere).
-STEP_OPTIONS = {"candidates": ("compare",), "val_seed": ("compare",),
+STEP_OPTIONS = {**dict.fromkeys(("batch_size", "lr", "processes", "amp", "cycles", "restart"),
+                                ("train",)),
+                "candidates": ("compare",), "val_seed": ("compare",),
                 "test_seed": ("evaluate",), "n_fresh_test": ("evaluate",),
                 "sources": ("average",), "ensemble": ("average",), "bn_samples": ("average",)}
 
