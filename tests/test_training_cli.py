@@ -152,6 +152,19 @@ def test_missing_firstgalaxydata_is_one_line(tmp_path, monkeypatch):
     assert "pip install --no-deps firstgalaxydata" in message and "--first-dir" in message
 
 
+@pytest.mark.parametrize("where", ["nowhere", "empty"])
+def test_wrong_first_dir_names_first_dir(where, tmp_path):
+    """``radio-morphology train --first-dir DIR`` with no archive in DIR (a typo, or a
+    folder without them) stopped with 'No such file or directory: DIR/galaxy_data.zip (is
+    --data-dir (or $ASTROMORPH_DATA) the data folder?)', blaming an option that was
+    right. It now names --first-dir and what the folder must hold, before any data."""
+    (tmp_path / "empty").mkdir()
+    message = _one_line_exit(["radio-morphology", "train", "--smoke", "--first-dir",
+                              str(tmp_path / where), "--data-dir", str(tmp_path)])
+    assert "--first-dir" in message and str(tmp_path / where) in message, message
+    assert "galaxy_data" in message and "--data-dir" not in message, message
+
+
 @pytest.mark.parametrize("model", MODELS)
 @pytest.mark.parametrize("step", ["evaluate", "export"])
 def test_steps_before_train_are_one_line(model, step, tmp_path, monkeypatch):

@@ -211,7 +211,13 @@ def add_arguments(parser):
 # --------------------------------------------------------------------------- data
 def _first_dir(args):
     if getattr(args, "first_dir", None):
-        return Path(args.first_dir)
+        folder = Path(args.first_dir)
+        if not any(folder.glob("galaxy_data*")):  # not a folder, or none of the archives
+            raise SystemExit(f"--first-dir {str(folder)!r} holds no firstgalaxydata archive "
+                             "(galaxy_data*.zip / .h5): pass the folder of the firstgalaxydata "
+                             "package (pip install --no-deps firstgalaxydata), or leave "
+                             "--first-dir out to use the installed package")
+        return folder
     data_dir = getattr(args, "data_dir", None)
     if data_dir is not None and (Path(data_dir) / "firstgalaxydata").is_dir():
         return Path(data_dir) / "firstgalaxydata"
