@@ -66,12 +66,25 @@ def steps_of(model):
     return tuple(s for s in STEPS if s not in OPTIONAL_STEPS or s in EXTRA_STEPS.get(model, ()))
 
 
+def _epochs_default(module):
+    """``--epochs``' default, as its help says it, for the model of ``module`` (None: no
+    model named)."""
+    if module is None:
+        return "default: the model's, see python -m astromorph_training MODEL train --help"
+    text = f"default {module.DEFAULT_EPOCHS}"
+    if hasattr(module, "DEFAULT_CV_EPOCHS"):  # radio-morphology train --cv
+        cv = module.DEFAULT_CV_EPOCHS
+        text += f", {cv} with --cv" if cv != module.DEFAULT_EPOCHS else ", with --cv too"
+    return text
+
+
 def build_parser(model=None):
     """The command line parser, with the options (and steps) of ``model`` when given."""
     parser = _Parser(
         prog="python -m astromorph_training",
         description="Train, evaluate and export the models shipped in models/.",
     )
+    module = None if model is None else _load(model)
     parser.add_argument("model", choices=sorted(MODULES))
     parser.add_argument("step", choices=STEPS if model is None else steps_of(model))
     parser.add_argument("--data-dir", default=None,
@@ -79,7 +92,7 @@ def build_parser(model=None):
     parser.add_argument("--seed", type=seed_int, default=0,
                         help="random seed, 0 to 2**32 - 1 (default 0)")
     parser.add_argument("--epochs", type=positive_int, default=None,
-                        help="override the model's default epochs (train and build)")
+                        help=f"training epochs (train and build; {_epochs_default(module)})")
     parser.add_argument("--smoke", action="store_true",
                         help="tiny run on a handful of images (CI): writes below "
                              "$TMPDIR/astromorph-smoke/MODEL/ whatever --out-dir says, never "
@@ -91,9 +104,13 @@ def build_parser(model=None):
                                  "list) (refused by default: added, removed or reordered rows "
                                  "move galaxies or sky between training and held-out sets)")
     parser.add_argument("--out-dir", default=None,
-                        help="repository root to write models/ and training/reports/ into")
-    if model is not None:
-        add = getattr(_load(model), "add_arguments", None)
+                        help="repository root to write models/ and training/reports/ into "
+                             "(default: the checkout this training/ belongs to; for an "
+                             "installed copy, the nearest folder at or above the working "
+                             "directory holding training/astromorph_training and models/, else "
+                             "the working directory)")
+    if module is not None:
+        add = getattr(module, "add_arguments", None)
         if add is not None:
             add(parser)
     return parser

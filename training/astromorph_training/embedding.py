@@ -166,21 +166,31 @@ def add_arguments(parser):
     g.add_argument("--compare", action="store_true",
                    help="before training, compare --methods in short runs (linear probe)")
     g.add_argument("--compare-only", action="store_true", help="run the comparison and stop")
-    g.add_argument("--methods", default=",".join(METHODS), help="methods compared by --compare")
-    g.add_argument("--compare-epochs", type=_common.positive_int, default=6)
+    g.add_argument("--methods", default=",".join(METHODS),
+                   help="methods compared by --compare (default %(default)s)")
+    g.add_argument("--compare-epochs", type=_common.positive_int, default=6,
+                   help="epochs of each comparison run (default %(default)s)")
     g.add_argument("--compare-images", type=_common.positive_int, default=4000,
-                   help="training cutouts used by each comparison run")
-    g.add_argument("--batch-size", type=_common.positive_int, default=256)
-    g.add_argument("--lr", type=float, default=None, help="peak AdamW learning rate")
-    g.add_argument("--temperature", type=float, default=0.2, help="SimCLR NT-Xent temperature")
-    g.add_argument("--threads", type=_common.positive_int, default=1, help="torch CPU threads")
+                   help="training cutouts used by each comparison run (default %(default)s)")
+    g.add_argument("--batch-size", type=_common.positive_int, default=256,
+                   help="training batch size, of the comparison runs too (default %(default)s)")
+    g.add_argument("--lr", type=float, default=None,
+                   help="peak AdamW learning rate (default: the method's, "
+                        + ", ".join(f"{lr} for {m}" for m, lr in DEFAULT_LR.items()) + ")")
+    g.add_argument("--temperature", type=float, default=0.2,
+                   help="SimCLR NT-Xent temperature (default %(default)s)")
+    g.add_argument("--threads", type=_common.positive_int, default=1,
+                   help="torch CPU threads (default %(default)s)")
     g.add_argument("--restart", action="store_true",
                    help="train from scratch (an existing last.pt is kept as last.pt.<time>.bak)")
     g.add_argument("--tta", type=int, default=DEFAULT_TTA, choices=(1, 2, 4),
-                   help="rotations averaged inside the exported graph")
-    g.add_argument("--probe-draws", type=_common.positive_int, default=PROBE_DRAWS)
+                   help="rotations averaged inside the exported graph (default %(default)s)")
+    g.add_argument("--probe-draws", type=_common.positive_int, default=PROBE_DRAWS,
+                   help="evaluate: draws of the labelled galaxies the few-label linear probe is "
+                        "fitted on (default %(default)s)")
     g.add_argument("--cnn-draws", type=_common.positive_int, default=5,
-                   help="draws of the supervised small-CNN baseline (slower)")
+                   help="evaluate: draws of the supervised small-CNN baseline (slower; "
+                        "default %(default)s)")
 
 
 def _get(args, name, default):

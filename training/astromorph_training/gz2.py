@@ -160,12 +160,20 @@ OPTION_NEEDS = {"student_from_teacher": ("student_epochs",), "pseudo_tta": ("stu
 def add_arguments(parser):
     """Options of the morphology-gz2 model."""
     g = parser.add_argument_group("morphology-gz2")
-    g.add_argument("--batch-size", type=_common.positive_int, default=64)
-    g.add_argument("--lr", type=float, default=2e-3, help="peak AdamW learning rate")
-    g.add_argument("--weight-decay", type=float, default=0.05)
-    g.add_argument("--ema-decay", type=float, default=0.995)
-    g.add_argument("--dropout", type=float, default=0.2)
-    g.add_argument("--threads", type=_common.positive_int, default=1, help="torch CPU threads")
+    g.add_argument("--batch-size", type=_common.positive_int, default=64,
+                   help="training batch size (default %(default)s)")
+    g.add_argument("--lr", type=float, default=2e-3,
+                   help="peak AdamW learning rate of the teacher, and of a student started "
+                        "from --init (default %(default)s)")
+    g.add_argument("--weight-decay", type=float, default=0.05,
+                   help="AdamW weight decay (default %(default)s)")
+    g.add_argument("--ema-decay", type=float, default=0.995,
+                   help="decay of the moving average of the weights that is evaluated and "
+                        "exported (default %(default)s)")
+    g.add_argument("--dropout", type=float, default=0.2,
+                   help="dropout before the output layer (default %(default)s)")
+    g.add_argument("--threads", type=_common.positive_int, default=1,
+                   help="torch CPU threads (default %(default)s)")
     g.add_argument("--restart", action="store_true",
                    help="train from scratch (an existing last.pt is kept as last.pt.<time>.bak)")
     g.add_argument("--init", default="morphology",
@@ -174,17 +182,20 @@ def add_arguments(parser):
                         "checkpoint path whose 'ema' or 'model' entry is a morphology-style network")
     g.add_argument("--student-epochs", type=_common.nonnegative_int, default=0,
                    help="epochs of the noisy-student stage on labelled + pseudo-labelled images "
-                        "(0: train only on the labelled images)")
+                        "(default %(default)s: train only on the labelled images)")
     g.add_argument("--student-from-teacher", action="store_true",
                    help="start the student from the teacher's weights instead of --init")
     g.add_argument("--student-lr", type=float, default=5e-4,
-                   help="peak learning rate of a student started from the teacher")
+                   help="peak learning rate of a student started from the teacher (default "
+                        "%(default)s)")
     g.add_argument("--pseudo-tta", type=int, default=8, choices=(1, 2, 4, 8),
-                   help="orientations averaged by the teacher for the pseudo-labels")
+                   help="orientations averaged by the teacher for the pseudo-labels (default "
+                        "%(default)s)")
     g.add_argument("--tta", type=int, default=DEFAULT_TTA, choices=(1, 2, 4, 8),
-                   help="orientations averaged inside the exported graph")
+                   help="orientations averaged inside the exported graph (default %(default)s)")
     g.add_argument("--train-fraction", type=float, default=1.0,
-                   help="use only this fraction of the training split (learning curves)")
+                   help="use only this fraction of the training split (learning curves; "
+                        "default %(default)s: all of it)")
     g.add_argument("--tag", default="",
                    help="checkpoint sub-directory for experiments (default: the main one)")
 

@@ -144,10 +144,15 @@ STEP_OPTIONS = {**dict.fromkeys(("batch_size", "lr", "weight_decay", "ema_decay"
 def add_arguments(parser):
     """Options of the morphology model."""
     g = parser.add_argument_group("morphology")
-    g.add_argument("--batch-size", type=_common.positive_int, default=64)
-    g.add_argument("--lr", type=float, default=2e-3, help="peak AdamW learning rate")
-    g.add_argument("--weight-decay", type=float, default=0.05)
-    g.add_argument("--ema-decay", type=float, default=0.995)
+    g.add_argument("--batch-size", type=_common.positive_int, default=64,
+                   help="training batch size (default %(default)s)")
+    g.add_argument("--lr", type=float, default=2e-3,
+                   help="peak AdamW learning rate (default %(default)s)")
+    g.add_argument("--weight-decay", type=float, default=0.05,
+                   help="AdamW weight decay (default %(default)s)")
+    g.add_argument("--ema-decay", type=float, default=0.995,
+                   help="decay of the moving average of the weights that is evaluated and "
+                        "exported (default %(default)s)")
     g.add_argument("--threads", type=_common.positive_int, default=None,
                    help=f"torch CPU threads (default: {DEFAULT_THREADS} for train, 1 for evaluate "
                         "and export)")

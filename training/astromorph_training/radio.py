@@ -128,8 +128,8 @@ STEP_OPTIONS = {**dict.fromkeys(("cv", "folds", "batch_size", "lr", "weight_deca
                                  "label_smoothing", "augment", "mixup"), ("train",)),
                 "sources": ("average",), "throughput": ("evaluate",)}
 #: Options read only with another's value (the command line refuses them otherwise): the
-#: widths of the D4 network, the stages of the plain one.
-OPTION_NEEDS = {"d4_widths": (("arch", "d4"),),
+#: CV folds to train, the widths of the D4 network, the stages of the plain one.
+OPTION_NEEDS = {"folds": ("cv",), "d4_widths": (("arch", "d4"),),
                 **dict.fromkeys(("stage4", "stage0", "peak_norm"), (("arch", "plain"),))}
 
 
@@ -167,15 +167,20 @@ def add_arguments(parser):
     group.add_argument("--folds", type=_fold_list, default=None,
                        help=f"train --cv: comma separated fold numbers, 0 to {CV_FOLDS - 1} "
                             "(default all)")
-    group.add_argument("--batch-size", type=_common.positive_int, default=64)
-    group.add_argument("--lr", type=float, default=2e-3)
-    group.add_argument("--weight-decay", type=float, default=5e-4)
+    group.add_argument("--batch-size", type=_common.positive_int, default=64,
+                       help="train: batch size (default %(default)s)")
+    group.add_argument("--lr", type=float, default=2e-3,
+                       help="train: peak learning rate of the one-cycle AdamW schedule "
+                            "(default %(default)s)")
+    group.add_argument("--weight-decay", type=float, default=5e-4,
+                       help="train: AdamW weight decay (default %(default)s)")
     group.add_argument("--restart", action="store_true",
                        help="train afresh instead of resuming (the previous checkpoints are "
                             "kept as *.bak files)")
     group.add_argument("--throughput", action="store_true",
                        help="evaluate: also time onnxruntime (2 threads, batch 256)")
-    group.add_argument("--threads", type=_common.positive_int, default=1, help="torch CPU threads for training")
+    group.add_argument("--threads", type=_common.positive_int, default=1,
+                       help="torch CPU threads for training (default %(default)s)")
     group.add_argument("--stage4", type=_common.nonnegative_int, default=DEFAULT_STAGE4,
                        help="train, --arch plain: channels of the fourth stage (two 3x3 "
                             "convolutions at 4 x 4 pixels; default %(default)s); 0 = the "
@@ -809,6 +814,7 @@ def train(args):
         Training state (history and best epoch), per fold for ``--cv``.
     """
     if getattr(args, "folds", None) and not getattr(args, "cv", False):
+        # the command line refuses this (OPTION_NEEDS, exit status 2); for callers of train
         raise SystemExit(f"radio-morphology train: --folds {','.join(map(str, args.folds))} "
                          "chooses cross-validation folds: add --cv (or drop --folds to train "
                          "the main model)")

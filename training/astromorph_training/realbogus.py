@@ -76,9 +76,13 @@ def add_arguments(parser):
                    help="training simulations (default %(default)s)")
     g.add_argument("--n-val", type=common.positive_int, default=8000, help="validation simulations (default 8000)")
     g.add_argument("--n-test", type=common.positive_int, default=12000, help="held-out test simulations (default 12000)")
-    g.add_argument("--batch-size", type=common.positive_int, default=128)
-    g.add_argument("--lr", type=float, default=2e-3)
-    g.add_argument("--threads", type=common.positive_int, default=1, help="torch CPU threads per training process")
+    g.add_argument("--batch-size", type=common.positive_int, default=128,
+                   help="training batch size, over all --processes (default %(default)s)")
+    g.add_argument("--lr", type=float, default=2e-3,
+                   help="peak learning rate of the one-cycle AdamW schedule (default "
+                        "%(default)s)")
+    g.add_argument("--threads", type=common.positive_int, default=1,
+                   help="torch CPU threads per training process (default %(default)s)")
     g.add_argument("--processes", type=common.positive_int, default=1,
                    help="data-parallel training processes (torch.distributed, gloo): each takes "
                         "1/N of every batch; on 2 cores 2 processes of 1 thread train about twice "
@@ -109,7 +113,8 @@ def add_arguments(parser):
     g.add_argument("--ensemble", action="store_true",
                    help="average: keep the networks and average their logits instead of their weights")
     g.add_argument("--bn-samples", type=common.positive_int, default=32000,
-                   help="average: training simulations the batch-norm statistics are recomputed on")
+                   help="average: training simulations the batch-norm statistics are "
+                        "recomputed on (default %(default)s)")
     g.add_argument("--cycles", type=common.positive_int, default=1,
                    help="one-cycle learning-rate schedules in a row over the epochs (warm restarts; "
                         "the optimiser state carries over; default 1). With --epochs 2E --cycles 2 "
