@@ -25,7 +25,8 @@ from .preprocessing._checks import axis_scales
 from .exceptions import InputError, ModelCardError
 from .preprocessing._checks import SENTINEL
 
-__all__ = ["RawStamps", "BlankMeasure", "prepare", "model_family", "multidimensional_outputs",
+__all__ = ["RawStamps", "BlankMeasure", "RadioMeasure", "prepare", "model_family",
+           "multidimensional_outputs",
            "result_columns",
            "BLANK_THRESHOLD", "model_angular_grid", "fixed_field"]
 
@@ -55,6 +56,9 @@ class RawStamps:
     #: fraction of invalid pixels of one plane of the stamp (which `_explain` words by
     #: default): a `BlankMeasure`, else None.
     blank: object = None
+    #: Set by `prepare` for the radio family: what `Flag.OUT_OF_DISTRIBUTION` was judged on
+    #: (a `RadioMeasure`), else None.
+    radio: object = None
 
     def __post_init__(self):
         if self.kind not in ("colour", "bands", "triplet"):
@@ -312,7 +316,9 @@ def coarse_beam(beam):
 def _radio(raw, card, crop_fraction):
     from .preprocessing._radio import MAX_POSITIVE_FRACTION
 
-    x, flags, background = _radio_input(raw, card)
+    from .preprocessing._radio import MAX_BACKGROUND_SIGMA, MIN_BACKGROUND_SIGMA
+
+    x, flags, level = _radio_input(raw, card)
     # the training images have at most 12.8 % of the network input above zero (the data-set
     # threshold): far more is a background offset or a filled field the model never saw;
     # a cutout in flux units is also out of distribution when its own background lies above
@@ -320,16 +326,20 @@ def _radio(raw, card, crop_fraction):
     # putting only 2-12 % of the network input above zero; or below zero by more than
     # MIN_BACKGROUND_SIGMA, where the threshold counted from zero cuts the faint emission
     positive = np.mean(x > 0, axis=tuple(range(1, x.ndim))) if len(x) else np.zeros(0)
+    with np.errstate(invalid="ignore"):
+        background = (level > MAX_BACKGROUND_SIGMA) | (level < MIN_BACKGROUND_SIGMA)
     flags |= np.where((positive > MAX_POSITIVE_FRACTION) | background,
                       int(Flag.OUT_OF_DISTRIBUTION), 0).astype(flags.dtype)
+    raw.radio = RadioMeasure(positive, level)
     return x, flags
 
 
 def _radio_input(raw, card):
     """The radio network input of ``raw``, its flags (all but OUT_OF_DISTRIBUTION) and, per
-    row, whether its background lies more than `MAX_BACKGROUND_SIGMA` times the noise above
-    zero or below `MIN_BACKGROUND_SIGMA` times it (False for 8-bit images, whose background
-    the data-set scaling has removed)."""
+    row, its background in units of the noise (`background_significance` of the data-set
+    window on the FIRST grid; NaN for 8-bit and colour images, whose background the data-set
+    scaling has removed), which `_radio` compares with `MAX_BACKGROUND_SIGMA` and
+    `MIN_BACKGROUND_SIGMA`."""
     from .preprocessing import _radio as rad
 
     flags = raw.flags.copy()
@@ -344,16 +354,16 @@ def _radio_input(raw, card):
         if data.dtype.kind == "f":  # display values, NaN where masked (tables' masked cells)
             data, flags = _clean_colour(data, flags)
             return rad.preprocess_dataset_image(data[..., 0] * np.float32(255), **options), \
-                flags, np.zeros(len(data), bool)
+                flags, np.full(len(data), np.nan)
         return rad.preprocess_dataset_image(data[..., 0], **options), \
-            _flag_constant(data, flags), np.zeros(len(data), bool)
+            _flag_constant(data, flags), np.full(len(data), np.nan)
     if raw.kind != "bands" or data.shape[1] != 1:
         raise InputError(f"model {card['name']!r} takes one radio image per stamp; got "
                          f"{raw.kind} stamps of shape {data.shape[1:]}")
     if data.dtype == np.uint8:
         flags = _flag_upsampled(flags, *data.shape[2:], rad.DATASET_IMAGE_PIXELS, 1.0)
         return rad.preprocess_dataset_image(data[:, 0], **options), \
-            _flag_constant(data, flags), np.zeros(len(data), bool)
+            _flag_constant(data, flags), np.full(len(data), np.nan)
     # Invalid pixels (NaN, inf, masking sentinels) become NaN: the data-set procedure
     # counts them as empty sky and measures the noise on the valid ones (a median fill
     # would shrink the noise estimate and let noise through the 3-sigma threshold).
@@ -386,10 +396,9 @@ def _radio_input(raw, card):
     faint = ~(rad._peak_over_rms(images, median, rms) >= rad.DETECTION_SIGMA)
     flags |= np.where(faint, int(Flag.NO_SOURCE), 0).astype(flags.dtype)
     level = rad._over_rms(clipped, rms)
-    background = (level > rad.MAX_BACKGROUND_SIGMA) | (level < rad.MIN_BACKGROUND_SIGMA)
     # (an image without noise, e.g. a constant one, is left to measure its own, as before)
     return rad.preprocess_first_cutout(images, rms=rms if np.all(rms > 0) else None,
-                                       **options), flags, background
+                                       **options), flags, level
 
 
 def _triplet(raw, card, crop_fraction):
@@ -489,6 +498,26 @@ def _empty_or_constant(data):
 _FAMILIES = {"optical": _optical, "radio": _radio, "triplet": _triplet}
 
 
+@dataclass
+class RadioMeasure:
+    """What `Flag.OUT_OF_DISTRIBUTION` of a radio stamp was judged on, row by row, for the
+    words of the reasons."""
+
+    #: (N,) the fraction of the network input's pixels above zero, compared with
+    #: `astromorph.preprocessing.radio.MAX_POSITIVE_FRACTION`.
+    positive: np.ndarray
+    #: (N,) the background of the data-set window on the FIRST grid in units of its noise
+    #: (`astromorph.preprocessing.radio.background_significance`), compared with
+    #: ``MAX_BACKGROUND_SIGMA`` and ``MIN_BACKGROUND_SIGMA``; NaN where not measured (8-bit
+    #: and colour images, whose background the data-set scaling has removed).
+    background: np.ndarray
+
+    def row(self, j):
+        """``(positive, background)`` of row ``j``, as `astromorph._predict._explain` takes
+        it."""
+        return float(self.positive[j]), float(self.background[j])
+
+
 def prepare(model, raw, *, crop_fraction=None):
     """Network input and per-row flags for a batch of raw stamps.
 
@@ -510,12 +539,14 @@ def prepare(model, raw, *, crop_fraction=None):
 
     Notes
     -----
-    Sets ``raw.blank`` (a `BlankMeasure`, or None) to what `Flag.BLANK` was judged on.
+    Sets ``raw.blank`` (a `BlankMeasure`, or None) to what `Flag.BLANK` was judged on, and
+    ``raw.radio`` (a `RadioMeasure`, or None) to what `Flag.OUT_OF_DISTRIBUTION` was.
     """
     family = model_family(model.card)
     if family not in _FAMILIES:
         raise InputError(f"model {model.name!r}: unknown preprocessing family {family!r}")
     raw.blank = None  # (the family's function sets it where it judges BLANK otherwise)
+    raw.radio = None  # (the radio family's sets it)
     if len(raw.data) == 0:
         return np.zeros((0, *model.input_shape), np.float32), raw.flags.copy()
     with np.errstate(invalid="ignore", divide="ignore"):  # blank stamps in colour stretches

@@ -725,7 +725,7 @@ class _Runner:
                           saturation=levels[j])
             self.reasons[rows[j]].extend(_explain(
                 stamp, int(new[j]), grid=grid, blank=None if raw.blank is None else
-                raw.blank.row(j)))
+                raw.blank.row(j), radio=None if raw.radio is None else raw.radio.row(j)))
         if self.family == "triplet":  # a sign the model does not expect: said, not flagged
             for j in np.flatnonzero(scored & negative_candidates(x)):
                 self.reasons[rows[j]].append(
@@ -768,12 +768,14 @@ def _group_key(kind, stamp, bands, scale, beam=None):
             None if beam is None else round(float(beam), 6))
 
 
-def _explain(stamp, bits, *, grid=None, blank=None):
+def _explain(stamp, bits, *, grid=None, blank=None, radio=None):
     """Words for flag bits that preprocessing set; ``grid``: why the stamp's pixel grid
     makes it `Flag.EXTRAPOLATED` (`astromorph._adapters.extrapolation_words`), if known;
     ``blank``: what `Flag.BLANK` was judged on, ``(fraction, plane, field)``
     (`astromorph._adapters.BlankMeasure.row`), if not the largest fraction of invalid
-    pixels of one plane of the stamp."""
+    pixels of one plane of the stamp; ``radio``: what a radio stamp's
+    `Flag.OUT_OF_DISTRIBUTION` was judged on, ``(positive, background)``
+    (`astromorph._adapters.RadioMeasure.row`)."""
     from ._adapters import coarse_beam
     from .preprocessing._radio import FIRST_BEAM_FWHM_ARCSEC
     from .preprocessing._triplet import TRIPLET_PIXEL_SCALE
@@ -844,22 +846,8 @@ def _explain(stamp, bits, *, grid=None, blank=None):
                                 if hit[i])
                    + f" within {SATURATION_RADIUS} pixels of the centre: the core is clipped, "
                    "the outputs are not trustworthy")
-    if bits & Flag.OUT_OF_DISTRIBUTION and _below_zero(stamp, data):
-        from .preprocessing._radio import MAX_POSITIVE_FRACTION, MIN_BACKGROUND_SIGMA
-
-        out.append(f"the cutout's background is more than {-MIN_BACKGROUND_SIGMA:g} times the "
-                   "noise below zero (FIRST maps are background-subtracted: the data-set "
-                   "threshold, counted from zero, cuts the source's faint emission), or more "
-                   f"than {MAX_POSITIVE_FRACTION:.0%} of the model's field is above the noise "
-                   "threshold: outside the training distribution")
-    elif bits & Flag.OUT_OF_DISTRIBUTION:
-        from .preprocessing._radio import MAX_BACKGROUND_SIGMA, MAX_POSITIVE_FRACTION
-
-        out.append(f"more than {MAX_POSITIVE_FRACTION:.0%} of the model's field is above the "
-                   "noise threshold (the training images: at most 12.8%), or the cutout's "
-                   f"background is more than {MAX_BACKGROUND_SIGMA:g} times the noise above "
-                   "zero (FIRST maps are background-subtracted): a background offset from "
-                   "zero or a field filled with emission, outside the training distribution")
+    if bits & Flag.OUT_OF_DISTRIBUTION:
+        out.append(_out_of_distribution_words(radio))
     rest = bits & ~(Flag.BLANK | Flag.CONSTANT | Flag.EXTRAPOLATED | Flag.NO_SOURCE
                     | Flag.SATURATED | Flag.OUT_OF_DISTRIBUTION)
     if rest:
@@ -867,16 +855,38 @@ def _explain(stamp, bits, *, grid=None, blank=None):
     return out
 
 
-def _below_zero(stamp, data):
-    """Whether the single radio image ``data`` of ``stamp``, in flux units, has a background
-    below zero (`astromorph.preprocessing.radio.background_significance`): which side of
-    zero an OUT_OF_DISTRIBUTION background lies on (8-bit and colour images have none)."""
-    from .preprocessing._radio import background_significance
+def _out_of_distribution_words(radio):
+    """Why a radio stamp is `Flag.OUT_OF_DISTRIBUTION`: the criteria that fired, with the
+    measures they were judged on, ``radio = (positive, background)``
+    (`astromorph._adapters.RadioMeasure.row`); both criteria, unmeasured, where None."""
+    from .preprocessing._radio import (MAX_BACKGROUND_SIGMA, MAX_POSITIVE_FRACTION,
+                                       MIN_BACKGROUND_SIGMA)
 
-    if stamp.kind != "bands" or len(data) != 1 or data.dtype == np.uint8 \
-            or data.dtype.kind not in "fiu":
-        return False
-    return bool(background_significance(data[0]) < 0)
+    end = ": outside the training distribution"
+    positive, level = (np.nan, np.nan) if radio is None else radio
+    fired = positive > MAX_POSITIVE_FRACTION or not MIN_BACKGROUND_SIGMA <= level <= \
+        MAX_BACKGROUND_SIGMA
+    if not fired:  # (not measured: say what the flag means)
+        return (f"more than {MAX_POSITIVE_FRACTION:.0%} of the model's field is above the noise "
+                "threshold (the training images: at most 12.8%), or the cutout's background "
+                f"is more than {MAX_BACKGROUND_SIGMA:g} times the noise above zero or "
+                f"{-MIN_BACKGROUND_SIGMA:g} times it below (FIRST maps are background-"
+                "subtracted)" + end)
+    parts = []
+    if positive > MAX_POSITIVE_FRACTION:
+        parts.append(f"{positive:.0%} of the model's field is above the noise threshold (more "
+                     f"than {MAX_POSITIVE_FRACTION:.0%}; the training images: at most 12.8%), "
+                     "as on a background offset from zero or in a field filled with emission")
+    if level > MAX_BACKGROUND_SIGMA:
+        parts.append(f"the cutout's background is {level:.1f} times the noise above zero "
+                     f"(more than {MAX_BACKGROUND_SIGMA:g}; FIRST maps are background-"
+                     "subtracted: the noise passes the data-set threshold, counted from zero)")
+    elif level < MIN_BACKGROUND_SIGMA:
+        parts.append(f"the cutout's background is {-level:.1f} times the noise below zero "
+                     f"(more than {-MIN_BACKGROUND_SIGMA:g}; FIRST maps are background-"
+                     "subtracted: the data-set threshold, counted from zero, cuts the source's "
+                     "faint emission)")
+    return "; ".join(parts) + end
 
 
 # ----------------------------------------------------------------------------- command line

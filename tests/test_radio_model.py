@@ -868,6 +868,61 @@ def test_source_on_a_negative_background_is_out_of_distribution(tmp_path):
     assert table["reason"][1] == table["reason"][4] == ""
 
 
+@requires_model
+def test_out_of_distribution_reasons_quote_the_measures_the_flag_was_judged_on(tmp_path):
+    """The OUT_OF_DISTRIBUTION reason chose its words by the background of the raw stamp,
+    not of the data-set window the flag is judged on, and named both criteria joined by
+    "or", without the values: an NVSS image (15"/pixel, 45" beam, 64 x 64 pixels) flagged
+    because a third of the network input is above zero said "more than 15% of the model's
+    field is above the noise threshold ..., or the cutout's background is more than 0.5
+    times the noise above zero" (another NVSS-like image, whose window's background is
+    +0.21 sigma, began "the cutout's background is more than 1.5 times the noise below
+    zero": the background of the raw 16' stamp, -0.05 sigma, was measured). A 1"/pixel
+    image whose central 300 x 300 pixels lie 1 sigma below zero and the rest 3 sigma above
+    was flagged for the positive background (+1.2 sigma) of the data-set window on the FIRST
+    grid, but said "below zero": the raw stamp's central 300 x 300 pixels (5' at 1"/pixel,
+    not 9') were measured. The reasons now word only the criteria that fired, with the
+    measures the flag was judged on."""
+    from astromorph import Flag
+
+    # (a) NVSS: the double seen with a 45" beam on 15" pixels
+    rng = np.random.default_rng(5)
+    n, scale, beam = 64, 15.0, 45.0
+    yy, xx = np.mgrid[:n, :n].astype(float)
+    c = (n - 1) / 2
+    sb = beam / 2.3548 / scale
+    img = sum(peak * np.exp(-((xx - c - dx) ** 2 + (yy - c) ** 2) / (2 * sb ** 2))
+              for dx, peak in ((3, 0.02), (-3, 0.016), (0, 0.004)))
+    from scipy.ndimage import gaussian_filter
+
+    noise = gaussian_filter(rng.standard_normal((n, n)), sb, mode="wrap")
+    img = img + noise * (4.5e-4 / noise.std())
+    w = WCS(naxis=2)
+    w.wcs.ctype = ["RA---SIN", "DEC--SIN"]
+    w.wcs.crval = [150.0, 20.0]
+    w.wcs.crpix = [c + 1, c + 1]
+    w.wcs.cdelt = [-scale / 3600, scale / 3600]
+    header = w.to_header()
+    header["BUNIT"], header["BMAJ"], header["BMIN"] = "JY/BEAM", beam / 3600, beam / 3600
+    fits.PrimaryHDU(img.astype(np.float32), header).writeto(tmp_path / "nvss.fits")
+    # (b) a 1"/pixel image, 900" across: -1 sigma on its central 300 x 300 pixels, +3 sigma
+    # beyond, so that the data-set window (540" on the FIRST grid) lies mostly above zero
+    big = first_like_hdu(size=900, pixel_scale=1.0, seed=6, source=False)
+    data = np.asarray(big.data, np.float64) + 3 * RMS
+    data[300:600, 300:600] -= 4 * RMS
+    big.data = data.astype(np.float32)
+    big.writeto(tmp_path / "pedestal.fits")
+    files = [str(tmp_path / "nvss.fits"), str(tmp_path / "pedestal.fits")]
+    out = astromorph.predict_files("radio-morphology", files, progress=False)
+    assert out["radio_flags"][0] & Flag.OUT_OF_DISTRIBUTION
+    assert out["radio_flags"][1] & Flag.OUT_OF_DISTRIBUTION
+    nvss, pedestal = out["reason"]
+    assert "below zero" not in nvss and "above zero" not in nvss
+    assert "% of the model's field is above the noise threshold" in nvss
+    assert "below zero" not in pedestal and "% of the model's field" not in pedestal
+    assert "background is 1.2 times the noise above zero" in pedestal
+
+
 def test_background_significance_is_the_clipped_median_over_the_noise():
     """The background of a FIRST-like cutout in units of its noise: the sigma-clipped median
     of the data-set window, robust to the source (lobes of 39" FWHM move the plain median

@@ -214,11 +214,15 @@ def test_radio_adapter_measures_the_stack_as_before(monkeypatch):
     # needed)
     noise = np.random.default_rng(13).normal(0, 1.5e-4, (3, 300, 300)).astype(np.float32)
     raw = np.concatenate([noise + np.float32(p * 1.5e-4) for p in (0, 1, 2, -1, -2)])
-    _, _, background = _radio_input(RawStamps("bands", raw[:, None]), model.card)
+    stamps = RawStamps("bands", raw[:, None])
+    _, _, levels = _radio_input(stamps, model.card)
     level = reference_background(raw)
+    np.testing.assert_array_equal(levels, level)
     want = (level > radio.MAX_BACKGROUND_SIGMA) | (level < radio.MIN_BACKGROUND_SIGMA)
     assert want.tolist() == [False] * 3 + [True] * 6 + [False] * 3 + [True] * 3
-    np.testing.assert_array_equal(background, want)
+    _, flags = prepare(model, stamps)
+    np.testing.assert_array_equal(flags & int(Flag.OUT_OF_DISTRIBUTION) != 0, want)
+    np.testing.assert_array_equal(stamps.radio.background, level)
 
 
 def reference_windows(image, rms):
