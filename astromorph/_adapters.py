@@ -47,6 +47,15 @@ class RawStamps:
     #: Restoring beam FWHM (major axis) in arcsec, scalar or (N,) (NaN where unknown), or
     #: None when unknown; only the radio family uses it (`coarse_beam`).
     beam: object = None
+    #: Radio only: the restoring beam of each row, ``(N, 3)``: FWHM of the major and minor
+    #: axes in arcsec and the angle of the major axis in degrees from the stamp's +y axis
+    #: towards -x (NaN where unknown), which `prepare` convolves to FIRST's beam where finer
+    #: (`astromorph.preprocessing.smooth_to_first_beam`); None: no row is smoothed (the
+    #: caller's ``match_beam=False``).
+    beam_shape: object = None
+    #: Set by `prepare` for the radio family where ``beam_shape`` is given: ``(N,)`` bool,
+    #: the rows that were smoothed to FIRST's beam, else None.
+    smoothed: object = None
     #: Per-row flags already known (e.g. EDGE from the cutout stage).
     flags: np.ndarray = field(default=None)
     #: Triplets only: the candidate's position ``(y, x)`` in each stamp (0-based pixels),
@@ -389,6 +398,15 @@ def _radio_input(raw, card):
         if resample.any() or images.shape[-1] != rad.DATASET_IMAGE_PIXELS:
             images = np.stack([rad.resample_to_first_grid(im, tuple(s) if s[0] != s[1] else s[0])
                                for im, s in zip(images, scales)])
+    if raw.beam_shape is not None:
+        # a beam finer than FIRST's fades extended emission against the noise per beam: the
+        # image is brought to FIRST's beam on the FIRST grid (the kernel in its pixels)
+        shapes = np.broadcast_to(np.asarray(raw.beam_shape, dtype=float), (len(images), 3))
+        raw.smoothed = rad._fine_beams(shapes)
+        if raw.smoothed.any():
+            sel = np.flatnonzero(raw.smoothed)
+            images = np.array(images)  # a copy: rows not smoothed are kept bit for bit
+            images[sel] = rad.smooth_to_first_beam(images[sel], shapes[sel])[0]
     # the noise is measured once, for the detection check and the data-set scaling, with
     # the backgrounds of peak_significance and background_significance: one sort per window
     rms, median, clipped = rad._sigma_clipped_rms_stack(

@@ -621,6 +621,7 @@ def _cut_band(images, sky, npix, scale, rows):
     stamps = None
     flags = np.zeros(n, np.int32)
     beam = np.full(n, np.nan)  # of the image each stamp is cut from (BMAJ), NaN if unknown
+    shape = np.full((n, 3), np.nan)  # its major, minor axes and PA (north up on the stamps)
     best_margin = np.full(n, -np.inf)
     best_data = np.zeros(n, bool)
     best_image = np.full(n, -1)
@@ -643,6 +644,9 @@ def _cut_band(images, sky, npix, scale, rows):
         lon, lat, up = (sky[k][j][rows[sel]] for j in (0, 1, 4))
         res = cut_stamps(image, lon, lat, size=npix, pixel_scale=scale[rows][sel], up_angle=up)
         beam[sel] = np.nan if image.beam is None else image.beam
+        if image.beam is not None:
+            shape[sel] = (float(image.beam), getattr(image.beam, "minor", image.beam),
+                          getattr(image.beam, "pa", 0.0))
         saturated = _saturated(image, sky[k][2][rows[sel]], sky[k][3][rows[sel]])
         if len(sel) == n:  # all from one image (no copy)
             stamps = res.stamps
@@ -658,12 +662,13 @@ def _cut_band(images, sky, npix, scale, rows):
         # (a part of a survey catalogue is mostly off a small image; callers keep the
         # stamps of the usable rows only)
         stamps = np.broadcast_to(np.float32(np.nan), (n, npix, npix))
-    return stamps, flags, beam
+    return stamps, flags, (beam, shape)
 
 
 def annotate(table, images, *, model, ra_col=None, dec_col=None, coord_col=None,
              size_col=None, stamp_size=None, bands=None, on_conflict="error",
-             batch_size=256, providers=None, threads=None, precision=None, progress=None):
+             batch_size=256, providers=None, threads=None, precision=None, progress=None,
+             match_beam=True):
     """Add model columns to a copy of a catalogue, from images with a WCS.
 
     Each source gets a stamp resampled from the image that contains it (the
@@ -730,6 +735,12 @@ def annotate(table, images, *, model, ra_col=None, dec_col=None, coord_col=None,
         copy that is faster on CPUs (its card gives its own held-out metrics).
     progress : bool or None, optional
         Progress bar (default: on a terminal, for long runs).
+    match_beam : bool, optional
+        ``radio-morphology``: convolve the stamps of an image whose restoring beam (header
+        BMAJ, BMIN, BPA, or the AIPS HISTORY card; circular where only BMAJ is given) has a
+        major axis below 0.9 times FIRST's 5.4 arcsec to FIRST's beam before scoring
+        (`astromorph.preprocessing.smooth_to_first_beam`), as the model was trained at
+        FIRST's resolution (default True; ``--no-match-beam``).
 
     Returns
     -------
@@ -757,6 +768,9 @@ def annotate(table, images, *, model, ra_col=None, dec_col=None, coord_col=None,
     astromorph.exceptions.ModelNotFoundError
         Unknown model (and the other errors of `load_model`).
     """
+    from .preprocessing._checks import check_bool
+
+    match_beam = check_bool(match_beam, "match_beam")
     model = check_options(table, model=model, ra_col=ra_col, dec_col=dec_col,
                           coord_col=coord_col, size_col=size_col, stamp_size=stamp_size,
                           on_conflict=on_conflict, batch_size=batch_size, providers=providers,
@@ -794,8 +808,12 @@ def annotate(table, images, *, model, ra_col=None, dec_col=None, coord_col=None,
             stack, row_flags = [], flags[rows].copy()
             off = np.zeros((len(plan), len(rows)), bool)
             beam = np.full(len(rows), np.nan)  # the coarsest of the bands' beams
+            shape = np.full((len(rows), 3), np.nan)  # and its shape
             for k, band in enumerate(plan):
-                stamps, f, band_beam = _cut_band(groups[band], sky[band], npix, scale, rows)
+                stamps, f, (band_beam, band_shape) = _cut_band(groups[band], sky[band], npix,
+                                                               scale, rows)
+                coarser = band_beam > np.where(np.isnan(beam), -np.inf, beam)
+                shape[coarser] = band_shape[coarser]
                 beam = np.fmax(beam, band_beam)
                 stack.append(stamps)
                 row_flags |= f
@@ -813,6 +831,7 @@ def annotate(table, images, *, model, ra_col=None, dec_col=None, coord_col=None,
                 data = np.stack([s[usable] for s in stack], axis=1)
             raw = RawStamps(kind, data, bands=tuple(plan),
                             pixel_scale=scale[rows][usable], beam=beam[usable],
+                            beam_shape=shape[usable] if match_beam else None,
                             flags=row_flags[usable])
             x, row_flags[usable] = prepare(model, raw, crop_fraction=crop)
             scored = (row_flags[usable] & int(Flag.unusable())) == 0  # e.g. an all-NaN band

@@ -46,7 +46,7 @@ _MEMBERS = ("science", "reference", "difference")
 # ----------------------------------------------------------------------------- public API
 def predict_files(model, inputs, *, batch_size=256, progress=None, write_header=None,
                   in_place=False, overwrite=False, providers=None, threads=None,
-                  precision=None, crop_fraction=None):
+                  precision=None, crop_fraction=None, match_beam=True):
     """Score every stamp in a set of files; one table row per stamp.
 
     Parameters
@@ -89,6 +89,14 @@ def predict_files(model, inputs, *, batch_size=256, progress=None, write_header=
         cut to ``stamp_size_per_petro_r90`` x petroR90_r. Refused
         (`~astromorph.exceptions.InvalidArgumentError`) by the models whose card fixes
         their field (``real-bogus``, ``radio-morphology``).
+    match_beam : bool, optional
+        ``radio-morphology``: convolve an image in flux units whose restoring beam (header
+        BMAJ, BMIN, BPA, or the AIPS HISTORY card; circular where only BMAJ is given) has a
+        major axis below 0.9 times FIRST's 5.4 arcsec to FIRST's beam before scoring
+        (`astromorph.preprocessing.smooth_to_first_beam`, on the FIRST grid; the row's
+        ``reason`` says so), as the model was trained at FIRST's resolution (default True;
+        ``--no-match-beam``). Images on FIRST's beam, without a beam, or 8-bit are scored
+        as given.
 
     Returns
     -------
@@ -155,12 +163,14 @@ def predict_files(model, inputs, *, batch_size=256, progress=None, write_header=
                                    f"exclude each other: write copies to {str(write_header)!r} "
                                    "or update the inputs, not both")
     check_crop_fraction(crop_fraction)
+    match_beam = check_bool(match_beam, "match_beam")
     model = as_model(model, providers=providers, threads=threads, precision=precision)
     check_crop_fraction(crop_fraction, model.card)
     paths = expand_inputs(inputs)
     targets = header_targets(paths, write_header, in_place, overwrite)
     family = model_family(model.card)
     runner = _Runner(model, family, int(batch_size), crop_fraction)
+    runner.match_beam = match_beam
 
     with progress_bar(len(paths), desc=f"{model.name}", unit="file", enabled=progress,
                       min_total=16) as bar:
@@ -558,6 +568,7 @@ class _Runner:
     def __init__(self, model, family, batch_size, crop_fraction):
         self.model, self.family = model, family
         self.batch_size, self.crop_fraction = batch_size, crop_fraction
+        self.match_beam = True  # radio: smooth a beam finer than FIRST's to FIRST's
         self.sources, self.flags, self.reasons, self.origins = [], [], [], []
         self.objects = []
         # key -> [pieces (rows, data, flags, scales, levels, centres), number of rows];
@@ -681,7 +692,10 @@ class _Runner:
         from ._readers import Stamp
         from ._readers._stamp import saturated_centres
 
-        kind, bands, beam = key[0], key[3], key[5]
+        from ._readers._fits import Beam
+
+        kind, bands = key[0], key[3]
+        beam = None if key[5] is None else Beam(*key[5])
         # the group's pixel scale: None (unknown), one float, or (scale_y, scale_x) for
         # pixels that are not square (one axis unknown: refused by the resampling, flagged)
         scale = None if key[4] is None else tuple(scales[0].tolist()) \
@@ -690,9 +704,11 @@ class _Runner:
         if kind != "colour" and not np.isnan(levels).all():
             given = before | np.where(saturated_centres(data, levels),
                                       int(Flag.SATURATED), 0).astype(np.int32)
+        shape = None if not self.match_beam or self.family != "radio" else \
+            np.array([np.nan] * 3 if beam is None else [beam, beam.minor, beam.angle])
         raw = RawStamps(kind, data, bands=bands,
                         pixel_scale=scale,
-                        beam=beam, flags=given,
+                        beam=beam, beam_shape=shape, flags=given,
                         centre=None if np.isnan(centres).all() else centres)
         try:
             with catch_warnings():
@@ -714,6 +730,9 @@ class _Runner:
             self.results.append((rows[scored],
                                  {k: np.asarray(pred[k]) for k in self.model.output_names}))
         self.updates.append((rows, flags, scored))
+        if raw.smoothed is not None:  # what was done to the pixels: said, not flagged
+            for j in np.flatnonzero(raw.smoothed & scored):
+                self.reasons[rows[j]].append(_smoothed_words(beam))
         new = flags & ~before
         grid = None  # the group's shape and pixel scale are one: its words are too
         if (new & int(Flag.EXTRAPOLATED)).any():
@@ -756,16 +775,29 @@ def _distinct_rows(scales):
     return order[new], inverse
 
 
+def _smoothed_words(beam):
+    """The reason of a radio row smoothed to FIRST's beam (`smooth_to_first_beam`)."""
+    from .preprocessing._radio import FIRST_BEAM_FWHM_ARCSEC
+
+    pa = f" (PA {beam.pa:.0f} deg)" if beam.minor != float(beam) else ""
+    return (f"smoothed from the {float(beam):.1f}\" x {beam.minor:.1f}\" beam{pa} to FIRST's "
+            f"{FIRST_BEAM_FWHM_ARCSEC:g}\" (the resolution the model was trained at; "
+            "--no-match-beam scores the image as given)")
+
+
 def _group_key(kind, stamp, bands, scale, beam=None):
     """Stamps of one group are scored together: same kind, shape, dtype, bands, pixel
-    scale and restoring beam (to 1e-6 arcsec; None if unknown). The pixel scale (to 1e-6
+    scale and restoring beam (major, minor axes and angle, `Beam`, to 1e-6; None if
+    unknown). The pixel scale (to 1e-6
     arcsec/pixel) is one value, or ``(scale_y, scale_x)``: None where both are NaN
     (unknown), one float where both axes agree (one value or a square pair: one group,
     scored alike), else the pair, with None for an axis that is NaN."""
     sy, sx = (None if v != v else round(v, 6) for v in axis_scales(scale))  # (v != v: NaN)
     key = sy if sy == sx else (sy, sx)  # (both NaN: None)
     return (kind, stamp.shape, stamp.dtype.str, bands, key,
-            None if beam is None else round(float(beam), 6))
+            None if beam is None else tuple(round(float(v), 6) for v in (
+                beam, getattr(beam, "minor", beam), getattr(beam, "pa", 0.0),
+                getattr(beam, "angle", 0.0))))
 
 
 def _explain(stamp, bits, *, grid=None, blank=None, radio=None):

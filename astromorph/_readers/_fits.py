@@ -13,7 +13,7 @@ from ._stamp import Stamp, common_pixel_scale, pixel_scales
 from .._warnings import catch_warnings, first_few, warn
 from ..exceptions import AstromorphWarning
 
-__all__ = ["HeaderFacts", "band_keyword", "band_of_header", "beam_of_header", "flux_unit_note",
+__all__ = ["Beam", "HeaderFacts", "band_keyword", "band_of_header", "beam_of_header", "flux_unit_note",
            "header_facts", "inherited_primary", "normalise_band", "parse_fits_bytes",
            "read_fits", "read_fits_bytes", "saturation_of_header", "stokes_i", "warn_flux_units"]
 
@@ -926,27 +926,105 @@ def stokes_i(data, get):
 #: The restoring beam of the AIPS history convention, ``HISTORY AIPS   CLEAN BMAJ=  1.2500E-02
 #: BMIN= ...`` (degrees), written by AIPS tasks that keep no BMAJ keyword.
 _AIPS_BMAJ = re.compile(r"BMAJ=\s*([-+]?[0-9.]+(?:[EeDd][-+]?[0-9]+)?)")
+#: BMIN (degrees) and BPA (degrees) of the same card.
+_AIPS_BMIN = re.compile(r"BMIN=\s*([-+]?[0-9.]+(?:[EeDd][-+]?[0-9]+)?)")
+_AIPS_BPA = re.compile(r"BPA=\s*([-+]?[0-9.]+(?:[EeDd][-+]?[0-9]+)?)")
+
+
+class Beam(float):
+    """A restoring beam: the FWHM of its major axis in arcsec (the float itself, as
+    `beam_of_header` always gave it), with ``minor`` (FWHM in arcsec; the major axis where
+    the header gives none: a circular beam), ``pa`` (position angle of the major axis in
+    degrees east of north, BPA; 0 where unknown) and ``angle``: that position angle on the
+    image's pixel axes, in degrees from the +y axis (rows increasing) towards -x, which is
+    ``pa`` for an image with north up and east left, as the header's WCS orients it."""
+
+    def __new__(cls, major, minor=None, pa=0.0, angle=None):
+        beam = super().__new__(cls, major)
+        beam.minor = float(major) if minor is None else float(minor)
+        beam.pa = float(pa)
+        beam.angle = beam.pa if angle is None else float(angle)
+        return beam
+
+    def __reduce__(self):
+        return (Beam, (float(self), self.minor, self.pa, self.angle))
+
+
+def _aips_value(get, pattern):
+    """The value of ``pattern`` (a ``KEY=`` number) in the last AIPS HISTORY card that
+    holds it, as a string, or None."""
+    history = get("HISTORY", None) or ()
+    cards = [history] if isinstance(history, str) else list(history)
+    found = [m for card in cards if "AIPS" in str(card) for m in pattern.findall(str(card))]
+    return found[-1].upper().replace("D", "E") if found else None
+
+
+def _positive(value, factor=3600.0):
+    """``value`` times ``factor`` as a float if a positive finite number, else None."""
+    try:
+        x = float(value) * factor if not isinstance(value, bool) else np.nan
+    except (TypeError, ValueError):
+        return None
+    return x if np.isfinite(x) and x > 0 else None
+
+
+def _pa_on_pixels(get, pa):
+    """The position angle ``pa`` (degrees east of north) on the pixel axes of the image
+    whose WCS keywords ``get`` reads (CD, else PC and CDELT, else CDELT and CROTA2; axes 1
+    and 2 celestial, longitude first), in degrees from +y towards -x; ``pa`` itself where
+    the keywords give no invertible matrix."""
+    def num(key, default):
+        value = get(key, default)
+        return float(value) if isinstance(value, (int, float, np.number)) and \
+            not isinstance(value, bool) else default
+    if any(get(k, None) is not None for k in ("CD1_1", "CD1_2", "CD2_1", "CD2_2")):
+        m = np.array([[num("CD1_1", 0.0), num("CD1_2", 0.0)],
+                      [num("CD2_1", 0.0), num("CD2_2", 0.0)]])
+    else:
+        d1, d2 = num("CDELT1", 1.0), num("CDELT2", 1.0)
+        if any(get(k, None) is not None for k in ("PC1_1", "PC1_2", "PC2_1", "PC2_2")):
+            pc = np.array([[num("PC1_1", 1.0), num("PC1_2", 0.0)],
+                           [num("PC2_1", 0.0), num("PC2_2", 1.0)]])
+        else:
+            rho = np.radians(num("CROTA2", 0.0))
+            pc = np.array([[np.cos(rho), -np.sin(rho) * d2 / d1],
+                           [np.sin(rho) * d1 / d2, np.cos(rho)]])
+        m = np.array([[d1], [d2]]) * pc
+    ctype1 = str(get("CTYPE1", "") or "").upper()
+    if ctype1.startswith(("DEC", "GLAT", "ELAT", "SLAT")):  # latitude first: swap rows
+        m = m[::-1]
+    t = np.radians(pa)
+    try:  # the major axis's direction (east, north) in pixels (x, y)
+        ux, uy = np.linalg.solve(m, [np.sin(t), np.cos(t)])
+    except np.linalg.LinAlgError:
+        return float(pa)
+    if not (np.isfinite(ux) and np.isfinite(uy)) or ux == uy == 0:
+        return float(pa)
+    return float(np.degrees(np.arctan2(-ux, uy)))
 
 
 def beam_of_header(get):
-    """Restoring beam FWHM (major axis) in arcsec from a header, or None.
+    """Restoring beam from a header, or None: a `Beam`, the FWHM of its major axis in
+    arcsec (a float), with its minor axis and position angle.
 
-    ``get(key, default)`` reads the header: ``BMAJ`` (degrees, the FITS standard), else the
-    last ``HISTORY AIPS CLEAN BMAJ=`` card (degrees). None when neither is there or the
-    value is not a positive finite number: nothing is assumed.
+    ``get(key, default)`` reads the header: ``BMAJ``, ``BMIN``, ``BPA`` (degrees, the FITS
+    standard), else the last ``HISTORY AIPS CLEAN BMAJ= BMIN= BPA=`` card (degrees). None
+    when neither gives BMAJ or its value is not a positive finite number: nothing is
+    assumed. Without BMIN the beam is taken circular, without BPA at position angle 0.
     """
-    value = get("BMAJ", None)
-    if value is None:
-        history = get("HISTORY", None) or ()
-        cards = [history] if isinstance(history, str) else list(history)
-        found = [m for card in cards if "AIPS" in str(card)
-                 for m in _AIPS_BMAJ.findall(str(card))]
-        value = found[-1].upper().replace("D", "E") if found else None
-    try:
-        beam = float(value) * 3600.0 if not isinstance(value, bool) else np.nan
-    except (TypeError, ValueError):
+    keyword = get("BMAJ", None) is not None
+    major = _positive(get("BMAJ", None) if keyword else _aips_value(get, _AIPS_BMAJ))
+    if major is None:
         return None
-    return beam if np.isfinite(beam) and beam > 0 else None
+    minor = _positive(get("BMIN", None) if keyword else _aips_value(get, _AIPS_BMIN))
+    value = get("BPA", None) if keyword else _aips_value(get, _AIPS_BPA)
+    try:
+        pa = float(value) if value is not None and not isinstance(value, bool) else 0.0
+    except (TypeError, ValueError):
+        pa = 0.0
+    pa = pa if np.isfinite(pa) else 0.0
+    minor = major if minor is None else min(minor, major)
+    return Beam(major, minor, pa, _pa_on_pixels(get, pa))
 
 
 #: Header keywords of the detector saturation level, in the pixels' unit: ZTF, DECam/DES, PS1

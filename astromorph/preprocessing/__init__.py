@@ -18,7 +18,7 @@ from ._optical import (area_resample, cutout_size_from_petrosian, gri_to_rgb,
 from ._radio import (background_significance, first_cutout_to_uint8, peak_significance,
                      pixel_scale_from_wcs,
                      preprocess_dataset_image, preprocess_first_cutout, preprocess_radio_image,
-                     resample_to_first_grid, sigma_clipped_rms)
+                     resample_to_first_grid, sigma_clipped_rms, smooth_to_first_beam)
 from ._triplet import preprocess_triplet, resample_triplet
 
 __all__ = [
@@ -30,7 +30,7 @@ __all__ = [
     # radio images
     "preprocess_dataset_image", "preprocess_first_cutout", "preprocess_radio_image",
     "first_cutout_to_uint8", "resample_to_first_grid", "pixel_scale_from_wcs",
-    "sigma_clipped_rms", "peak_significance", "background_significance",
+    "smooth_to_first_beam", "sigma_clipped_rms", "peak_significance", "background_significance",
     # difference-imaging triplets
     "preprocess_triplet", "resample_triplet",
 ]
