@@ -104,7 +104,7 @@ def _run(args):
             table, args.image, ra_col=args.ra_col, dec_col=args.dec_col,
             size_col=args.size_col,
             stamp_size=None if args.stamp_size is None else args.stamp_size * u.arcsec,
-            bands=args.band, **common)
+            bands=args.band, match_beam=args.match_beam, **common)
     else:
         scale = _pixel_scale_option(args.pixel_scale)
         result = annotate_stamps(table, columns=args.stamp_col, pixel_scale=scale,
@@ -183,4 +183,7 @@ def register(sub):
     p.add_argument("--overwrite", action="store_true",
                    help="replace an existing output file (default: refuse before any work)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--no-match-beam", dest="match_beam", action="store_false",
+                   help="radio-morphology: score an image whose restoring beam is finer than "
+                        "FIRST's 5.4\" as given (default: convolve it to FIRST's beam first)")
     p.set_defaults(func=_run)

@@ -956,6 +956,9 @@ def register(subparsers):
                         "10.15 petroR90_r; 1.0 for stamps already cut to "
                         "stamp_size_from_petrosian)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--no-match-beam", dest="match_beam", action="store_false",
+                   help="radio-morphology: score an image whose restoring beam is finer than "
+                        "FIRST's 5.4\" as given (default: convolve it to FIRST's beam first)")
     p.set_defaults(func=_cmd_predict)
     return p
 
@@ -983,7 +986,8 @@ def _cmd_predict(args):
                                   write_header=args.write_header, in_place=args.in_place,
                                   overwrite=args.overwrite, providers=args.providers,
                                   threads=args.threads, precision=args.precision,
-                                  crop_fraction=args.crop_fraction)
+                                  crop_fraction=args.crop_fraction,
+                                  match_beam=args.match_beam)
         except OutputError as exc:  # header writing failed part-way: still give the table
             if getattr(exc, "table", None) is None:
                 raise
