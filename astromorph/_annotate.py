@@ -645,8 +645,12 @@ def _cut_band(images, sky, npix, scale, rows):
         res = cut_stamps(image, lon, lat, size=npix, pixel_scale=scale[rows][sel], up_angle=up)
         beam[sel] = np.nan if image.beam is None else image.beam
         if image.beam is not None:
-            shape[sel] = (float(image.beam), getattr(image.beam, "minor", image.beam),
-                          getattr(image.beam, "pa", 0.0))
+            # the stamps' up points to position angle ``up`` in the image's frame (ICRS
+            # north on a Galactic map), where BPA is measured: on them the beam's major
+            # axis lies at BPA - up from up towards east (left)
+            shape[sel, 0] = float(image.beam)
+            shape[sel, 1] = getattr(image.beam, "minor", image.beam)
+            shape[sel, 2] = getattr(image.beam, "pa", 0.0) - up
         saturated = _saturated(image, sky[k][2][rows[sel]], sky[k][3][rows[sel]])
         if len(sel) == n:  # all from one image (no copy)
             stamps = res.stamps

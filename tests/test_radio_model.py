@@ -1440,3 +1440,153 @@ def test_match_beam_must_be_a_bool(tmp_path):
 
     with pytest.raises(InvalidArgumentTypeError, match="match_beam"):
         astromorph.predict_files("radio-morphology", [str(tmp_path)], match_beam="no")
+
+
+# --- annotate, annotate_dask and annotate_stamps bring a finer beam to FIRST's too -------------
+
+def _beam_map(path, centres, *, beam=(2.5, 2.5, 0.0), crota=0.0, points=False, rms=1.5e-4,
+              galactic=False, n=1400, seed=1):
+    """A 1"/pixel SIN map (``n`` pixels across) of doubles (or point sources) at ``centres``
+    (offsets east and north of the map's centre, arcsec), seen through ``beam`` (FWHM of the
+    major and minor axes in arcsec, position angle in degrees east of north) and written to
+    ``path``. The sky is evaluated at each pixel's position, so maps whose WCS is rotated by
+    ``crota`` degrees sample the same sky. Returns the WCS and the sources' positions
+    (degrees, in the map's frame), each on a pixel centre."""
+    from astropy.io import fits
+    from astropy.wcs import WCS
+    from scipy.ndimage import gaussian_filter
+
+    w = WCS(naxis=2)
+    w.wcs.ctype = ["GLON-SIN", "GLAT-SIN"] if galactic else ["RA---SIN", "DEC--SIN"]
+    lon0, lat0 = (60.0, 45.0) if galactic else (150.0, 20.0)
+    w.wcs.crval, w.wcs.crpix = [lon0, lat0], [(n + 1) / 2] * 2
+    w.wcs.cdelt = [-1 / 3600, 1 / 3600]
+    r = np.radians(crota)
+    w.wcs.pc = [[np.cos(r), -np.sin(r)], [np.sin(r), np.cos(r)]]
+    lon, lat = w.all_pix2world(*np.mgrid[:n, :n][::-1].astype(float), 0)
+    xi, eta = (lon - lon0) * np.cos(np.radians(lat0)) * 3600, (lat - lat0) * 3600
+    t = np.radians(beam[2])
+    u, v = np.array([np.sin(t), np.cos(t)]), np.array([np.cos(t), -np.sin(t)])
+    cov = (beam[0] / 2.3548) ** 2 * np.outer(u, u) + (beam[1] / 2.3548) ** 2 * np.outer(v, v)
+    img = np.zeros((n, n))
+    parts = [(0, 1.0, 0.0)] if points else [(45, 1.0, 4.0), (-45, 0.8, 5.0), (0, 0.2, 0.0)]
+    for cx, cy in centres:
+        for d, flux, s0 in parts:
+            c = cov + s0 ** 2 * np.eye(2)
+            inv = np.linalg.inv(c)
+            dx, dy = xi - cx - d * np.cos(np.radians(30)), eta - cy - d * np.sin(np.radians(30))
+            img += 0.02 * flux * np.sqrt(np.linalg.det(cov) / np.linalg.det(c)) * np.exp(
+                -0.5 * (inv[0, 0] * dx * dx + 2 * inv[0, 1] * dx * dy + inv[1, 1] * dy * dy))
+    if rms:
+        noise = gaussian_filter(np.random.default_rng(seed).standard_normal((n, n)),
+                                beam[0] / 2.3548, mode="wrap")
+        img += noise * (rms / noise.std())
+    h = w.to_header()
+    h["BUNIT"] = "JY/BEAM"
+    h["BMAJ"], h["BMIN"], h["BPA"] = beam[0] / 3600, beam[1] / 3600, beam[2]
+    fits.PrimaryHDU(img.astype(np.float32), header=h).writeto(path, overwrite=True)
+    x, y = np.round(w.all_world2pix([lon0 + cx / 3600 / np.cos(np.radians(lat0))
+                                     for cx, cy in centres],
+                                    [lat0 + cy / 3600 for cx, cy in centres], 0))
+    return w, w.all_pix2world(x, y, 0)
+
+
+@pytest.fixture
+def smoothed_stamps(monkeypatch):
+    """The (images, beams, smoothed images) of each `smooth_to_first_beam` call."""
+    from astromorph.preprocessing import _radio as rad
+
+    calls, smooth = [], rad.smooth_to_first_beam
+
+    def spy(images, beams, **kwargs):
+        out = smooth(images, beams, **kwargs)
+        calls.append((np.array(images), np.array(beams), out[0].copy()))
+        return out
+    monkeypatch.setattr(rad, "smooth_to_first_beam", spy)
+    return calls
+
+
+def _catalogue(positions, galactic=False):
+    from astropy.coordinates import SkyCoord
+    from astropy.table import QTable
+
+    c = SkyCoord(*positions, unit="deg", frame="galactic" if galactic else "icrs").icrs
+    return QTable({"ra": c.ra, "dec": c.dec})
+
+
+_CENTRES = [(-220, -220), (220, 220), (-220, 220)]
+
+
+def test_annotate_smooths_a_finer_beam_as_predict_files_does(tmp_path, smoothed_stamps):
+    """A 2.5" map at 1"/pixel: annotate's stamps are smoothed to FIRST's beam (the doubles
+    are called FRII again), and equal, within 3 % of the peak, the smoothed stamps that
+    predict_files makes of cutouts of the map centred on the same pixels (both sample the
+    map bilinearly; what is left is annotate's tangent-plane grid against the cutout's)."""
+    from astropy.io import fits
+
+    path = tmp_path / "map.fits"
+    w, (ra, dec) = _beam_map(path, _CENTRES)
+    table = _catalogue((ra, dec))
+    on = astromorph.annotate(table, str(path), model="radio-morphology", progress=False)
+    (_, beams, stamps), = smoothed_stamps
+    np.testing.assert_allclose(beams, [[2.5, 2.5, 0.0]] * 3)
+    off = astromorph.annotate(table, str(path), model="radio-morphology", progress=False,
+                              match_beam=False)
+    assert len(smoothed_stamps) == 1  # match_beam=False: not smoothed
+    assert (on["radio_p_FRII"] > 0.8).all() and (on["radio_p_FRII"] - off["radio_p_FRII"]
+                                                 > 0.1).all()
+    data, header = fits.getdata(path), fits.getheader(path)
+    cuts = []
+    for k, (x, y) in enumerate(np.round(w.all_world2pix(ra, dec, 0)).astype(int).T):
+        h = header.copy()
+        h["CRPIX1"], h["CRPIX2"] = h["CRPIX1"] - (x - 300), h["CRPIX2"] - (y - 300)
+        fits.PrimaryHDU(data[y - 300:y + 301, x - 300:x + 301], header=h).writeto(
+            tmp_path / f"cut{k}.fits")
+        cuts.append(str(tmp_path / f"cut{k}.fits"))
+    files = astromorph.predict_files("radio-morphology", cuts, progress=False)
+    (unsmoothed, _, from_files), = smoothed_stamps[1:]
+    peak = np.nanmax(stamps, axis=(1, 2))[:, None, None]
+    assert np.nanmax(np.abs(stamps - from_files) / peak) < 0.03
+    assert np.nanmin(np.nanmax(np.abs(stamps - unsmoothed) / peak, axis=(1, 2))) > 0.5
+    np.testing.assert_allclose(on["radio_p_FRII"], files["radio_p_FRII"], atol=0.02)
+
+
+def _axis_ratio(image):
+    """Minor over major axis of a point source's image (second moments above 5 % of the
+    peak)."""
+    yy, xx = np.mgrid[:image.shape[0], :image.shape[1]].astype(float)
+    a = np.where(np.isfinite(image) & (image > 0.05 * np.nanmax(image)), image, 0)
+    mx, my = (a * xx).sum() / a.sum(), (a * yy).sum() / a.sum()
+    cov = np.cov(np.stack([xx.ravel() - mx, yy.ravel() - my]), aweights=a.ravel(), bias=True)
+    ev = np.linalg.eigvalsh(cov)
+    return np.sqrt(ev[0] / ev[1])
+
+
+@pytest.mark.parametrize("crota", [0.0, 30.0])
+def test_annotate_turns_an_elliptical_beam_onto_north_up_stamps(tmp_path, smoothed_stamps,
+                                                                 crota):
+    """A 4" x 1.5" beam at PA 60 deg on a map whose WCS is rotated: the stamps are north
+    up, the beam's angle on them is its PA (not its angle on the map's pixels, 30 deg
+    with CROTA2 = 30), and a point source comes out round, on FIRST's beam (turned by
+    30 deg, the kernel leaves it elongated, axis ratio about 0.8)."""
+    path = tmp_path / "rotated.fits"
+    _, positions = _beam_map(path, _CENTRES[:2], beam=(4.0, 1.5, 60.0), crota=crota,
+                             points=True, rms=0)
+    astromorph.annotate(_catalogue(positions), str(path), model="radio-morphology",
+                        progress=False)
+    (images, beams, stamps), = smoothed_stamps
+    np.testing.assert_allclose(beams, [[4.0, 1.5, 60.0]] * 2, atol=1e-6)
+    assert min(_axis_ratio(s) for s in stamps) > 0.95
+    assert max(_axis_ratio(s) for s in images) < 0.5  # (the beam as given)
+
+
+def test_annotate_turns_the_beam_of_a_galactic_map_onto_icrs_north(tmp_path, smoothed_stamps):
+    """A map in Galactic coordinates: its BPA is from Galactic north, the stamps have ICRS
+    north up: the beam's angle on them is BPA less the angle of ICRS north."""
+    path = tmp_path / "galactic.fits"
+    _, positions = _beam_map(path, _CENTRES[:2], beam=(4.0, 1.5, 60.0), points=True, rms=0,
+                             galactic=True)
+    astromorph.annotate(_catalogue(positions, galactic=True), str(path),
+                        model="radio-morphology", progress=False)
+    (images, beams, stamps), = smoothed_stamps
+    assert min(_axis_ratio(s) for s in stamps) > 0.95
