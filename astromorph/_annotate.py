@@ -922,7 +922,7 @@ def _no_data_message(n_blank, n_off):
 
 def check_options(table, *, model, ra_col=None, dec_col=None, coord_col=None, size_col=None,
                   stamp_size=None, on_conflict="error", batch_size=256, providers=None,
-                  threads=None, precision=None):
+                  threads=None, precision=None, match_beam=True):
     """The checks `annotate` makes before it opens any image (`annotate_dask` makes them
     before it sends any task), with `annotate`'s options; return the loaded model.
 
@@ -930,8 +930,11 @@ def check_options(table, *, model, ra_col=None, dec_col=None, coord_col=None, si
     honour, the columns the new ones would clash with, and the catalogue's position and
     size columns (their names, kinds and units, read on none of its rows).
     """
+    from .preprocessing._checks import check_bool
+
     check_table(table, caller="annotate")
     check_on_conflict(on_conflict)
+    check_bool(match_beam, "match_beam")
     from ._predict import check_batch_size
 
     check_batch_size(batch_size)

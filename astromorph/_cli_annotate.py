@@ -98,13 +98,14 @@ def _run(args):
         check_fits_names(args.output, table.colnames, meta=table.meta)
     common = dict(model=args.model, on_conflict=args.on_conflict, batch_size=args.batch_size,
                   providers=args.providers, threads=args.threads, precision=args.precision,
-                  progress=False if args.no_progress else None)
+                  progress=False if args.no_progress else None,
+                  match_beam=args.match_beam)
     if args.image:
         result = annotate(
             table, args.image, ra_col=args.ra_col, dec_col=args.dec_col,
             size_col=args.size_col,
             stamp_size=None if args.stamp_size is None else args.stamp_size * u.arcsec,
-            bands=args.band, match_beam=args.match_beam, **common)
+            bands=args.band, **common)
     else:
         scale = _pixel_scale_option(args.pixel_scale)
         result = annotate_stamps(table, columns=args.stamp_col, pixel_scale=scale,

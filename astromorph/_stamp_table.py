@@ -40,7 +40,7 @@ _DEFAULT_COLUMNS = {
 
 def annotate_stamps(table, *, model, columns=None, pixel_scale=None, negative=None,
                     crop_fraction=None, on_conflict="error", batch_size=256, providers=None,
-                    threads=None, precision=None, progress=None, copy=True):
+                    threads=None, precision=None, progress=None, copy=True, match_beam=True):
     """Add model columns to a copy of a table whose rows hold their own stamps.
 
     Parameters
@@ -119,6 +119,13 @@ def annotate_stamps(table, *, model, columns=None, pixel_scale=None, negative=No
         table's memory: 100,000 ZTF triplets take 4.7 GB), so that changing values in one
         changes them in the other; ``table`` itself, its columns and its ``meta``, is
         not modified either way.
+    match_beam : bool, optional
+        ``radio-morphology``: convolve the stamps of FITS cells in flux units whose header's
+        restoring beam (BMAJ, BMIN, BPA, or the AIPS HISTORY card) has a major axis below
+        0.9 times FIRST's 5.4 arcsec to FIRST's beam before scoring
+        (`astromorph.preprocessing.smooth_to_first_beam`; the row's reason says so), as
+        `astromorph.predict_files` does for a file of those bytes (default True). Array
+        cells carry no beam: they are scored as given.
 
     Returns
     -------
@@ -154,7 +161,8 @@ def annotate_stamps(table, *, model, columns=None, pixel_scale=None, negative=No
     model, family, names, scales, flip = check_options(
         table, model=model, columns=columns, pixel_scale=pixel_scale, negative=negative,
         on_conflict=on_conflict, batch_size=batch_size, crop_fraction=crop_fraction,
-        providers=providers, threads=threads, precision=precision, copy=copy)
+        providers=providers, threads=threads, precision=precision, copy=copy,
+        match_beam=match_beam)
     n = len(table)
     prefix = model.card.get("column_prefix", model.name.replace("-", "_"))
     unknown = None if flip is None else _row_values(table, negative, n, "negative",
@@ -169,6 +177,7 @@ def annotate_stamps(table, *, model, columns=None, pixel_scale=None, negative=No
         unknown = assumed = None
 
     runner = _Runner(model, family, int(batch_size), crop_fraction)
+    runner.match_beam = bool(match_beam)
     block = _array_blocks(table, names, family, model.card, scales, flip, unknown, assumed)
     getters = [_cell_getter(table[c]) for c in names]
     units = []  # rows whose FITS header says another pixel unit than nanomaggies
@@ -217,7 +226,7 @@ def annotate_stamps(table, *, model, columns=None, pixel_scale=None, negative=No
 
 def check_options(table, *, model, columns=None, pixel_scale=None, negative=None,
                   on_conflict="error", batch_size=256, crop_fraction=None, providers=None,
-                  threads=None, precision=None, copy=True):
+                  threads=None, precision=None, copy=True, match_beam=True):
     """The checks `annotate_stamps` makes before it reads any stamp (`annotate_dask` makes
     them before it sends any task), with its options; return the loaded model, its family,
     the stamp columns, and the rows' pixel scales and ``negative`` values (or None)."""
@@ -228,6 +237,7 @@ def check_options(table, *, model, columns=None, pixel_scale=None, negative=None
     from .preprocessing._checks import check_bool
 
     check_table(table, caller="annotate_stamps")
+    check_bool(match_beam, "match_beam")
     check_on_conflict(on_conflict)
     check_bool(copy, "copy")
     check_batch_size(batch_size)

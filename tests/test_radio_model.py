@@ -1590,3 +1590,69 @@ def test_annotate_turns_the_beam_of_a_galactic_map_onto_icrs_north(tmp_path, smo
                         model="radio-morphology", progress=False)
     (images, beams, stamps), = smoothed_stamps
     assert min(_axis_ratio(s) for s in stamps) > 0.95
+
+
+@pytest.mark.parametrize("match_beam", [True, False])
+def test_annotate_dask_passes_match_beam_to_annotate(tmp_path, match_beam):
+    pytest.importorskip("dask")
+    path = tmp_path / "map.fits"
+    _, positions = _beam_map(path, _CENTRES)
+    table = _catalogue(positions)
+    one = astromorph.annotate(table, str(path), model="radio-morphology", progress=False,
+                              match_beam=match_beam)
+    other = astromorph.annotate(table, str(path), model="radio-morphology", progress=False,
+                                match_beam=not match_beam)
+    out = astromorph.annotate_dask(table, str(path), model="radio-morphology",
+                                   partition_size=2, scheduler="synchronous",
+                                   match_beam=match_beam)
+    for name in ("radio_p_FRII", "radio_p_bent", "radio_flags"):
+        np.testing.assert_array_equal(out[name], one[name])
+    assert not np.allclose(out["radio_p_FRII"], other["radio_p_FRII"], atol=0.05)
+
+
+def test_annotate_dask_refuses_a_match_beam_that_is_not_a_bool(tmp_path):
+    pytest.importorskip("dask")
+    from astromorph.exceptions import InvalidArgumentTypeError
+
+    path = tmp_path / "map.fits"
+    _, positions = _beam_map(path, _CENTRES[:1], n=700)
+    with pytest.raises(InvalidArgumentTypeError, match="match_beam"):
+        astromorph.annotate_dask(_catalogue(positions), str(path), model="radio-morphology",
+                                 compute=False, match_beam="no")
+
+
+@pytest.mark.parametrize("match_beam", [True, False])
+def test_annotate_stamps_smooths_fits_cells_of_a_finer_beam_as_predict_files(tmp_path,
+                                                                           match_beam):
+    """FITS cells of a 2.5" image are read as files are: smoothed to FIRST's beam (the row's
+    reason says so) unless ``match_beam=False``, with predict_files' scores."""
+    from astropy.table import Table
+
+    paths = [_double_fits(tmp_path / f"vlass{seed}.fits", 2.5, seed=seed) for seed in (1, 2)]
+    table = Table({"image": [open(p, "rb").read() for p in paths]})
+    kwargs = {} if match_beam else {"match_beam": False}
+    out = astromorph.annotate_stamps(table, model="radio-morphology", progress=False, **kwargs)
+    files = astromorph.predict_files("radio-morphology", paths, progress=False,
+                                     match_beam=match_beam)
+    for name in ("radio_p_FRII", "radio_p_bent"):
+        np.testing.assert_allclose(out[name], files[name], rtol=1e-6)
+    assert list(out["radio_reason"]) == list(files["reason"])
+    assert all(("smoothed from the 2.5" in r) == match_beam for r in out["radio_reason"])
+
+
+@pytest.mark.parametrize("flag", [[], ["--no-match-beam"]])
+def test_cli_stamp_table_honours_no_match_beam(tmp_path, flag):
+    """``astromorph annotate`` of a stamp table (FITS bytes of a 2.5" image): smoothed by
+    default, as given with --no-match-beam (it used to reach only --image runs)."""
+    pytest.importorskip("pyarrow")
+    from astropy.table import Table
+
+    from astromorph import cli
+
+    path = _double_fits(tmp_path / "vlass.fits", 2.5)
+    Table({"image": [open(path, "rb").read()]}).write(tmp_path / "stamps.parquet")
+    assert cli.main(["annotate", str(tmp_path / "stamps.parquet"), "-m", "radio-morphology",
+                     "--stamp-col", "image", "-o", str(tmp_path / "out.parquet"),
+                     "--no-progress", *flag]) == 0
+    reason = Table.read(tmp_path / "out.parquet")["radio_reason"][0]
+    assert ("smoothed from the 2.5" in reason) == (not flag)
