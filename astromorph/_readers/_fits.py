@@ -971,8 +971,10 @@ def _positive(value, factor=3600.0):
 def _pa_on_pixels(get, pa):
     """The position angle ``pa`` (degrees east of north) on the pixel axes of the image
     whose WCS keywords ``get`` reads (CD, else PC and CDELT, else CDELT and CROTA2; axes 1
-    and 2 celestial, longitude first), in degrees from +y towards -x; ``pa`` itself where
-    the keywords give no invertible matrix."""
+    and 2 celestial, longitude first), in degrees from +y towards -x, once pixels that are
+    not square are made square as the resampling to the FIRST grid makes them (each axis
+    by its own scale, `pixel_scales`), where the beam is smoothed; ``pa`` itself where the
+    keywords give no invertible matrix."""
     def num(key, default):
         value = get(key, default)
         return float(value) if isinstance(value, (int, float, np.number)) and \
@@ -1000,6 +1002,9 @@ def _pa_on_pixels(get, pa):
         return float(pa)
     if not (np.isfinite(ux) and np.isfinite(uy)) or ux == uy == 0:
         return float(pa)
+    scale = pixel_scales(m)  # (scale_y, scale_x) where not square: arcsec along each axis
+    if isinstance(scale, tuple) and all(np.isfinite(scale)):
+        ux, uy = ux * scale[1], uy * scale[0]
     return float(np.degrees(np.arctan2(-ux, uy)))
 
 
