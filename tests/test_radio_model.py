@@ -1385,6 +1385,16 @@ def test_beam_of_header_reads_minor_axis_and_pa():
     assert beam_of_header(h.get).angle == pytest.approx(-30)
     circular = beam_of_header({"BMAJ": 2.5 / 3600}.get)
     assert circular.minor == circular == pytest.approx(2.5) and circular.pa == 0
+    # a header with both PC and CD: PC (with CDELT) is the matrix, as wcslib and the pixel
+    # scale read it; the CD here (turned 40 degrees) would give 70 (it gave 70)
+    h["CDELT1"] = -1 / 3600
+    c, s = np.cos(np.radians(40)), np.sin(np.radians(40))
+    for key, value in (("PC1_1", 1.0), ("PC2_2", 1.0), ("CD1_1", -c / 3600),
+                       ("CD1_2", s / 3600), ("CD2_1", s / 3600), ("CD2_2", c / 3600)):
+        h[key] = value
+    assert beam_of_header(h.get).angle == pytest.approx(30)
+    del h["PC1_1"], h["PC2_2"]
+    assert abs(beam_of_header(h.get).angle - 30) > 30
 
 
 def test_smooth_to_first_beam_reaches_first_beam_and_keeps_nan():

@@ -13,9 +13,10 @@ from ._stamp import Stamp, common_pixel_scale, pixel_scales
 from .._warnings import catch_warnings, first_few, warn
 from ..exceptions import AstromorphWarning
 
-__all__ = ["Beam", "HeaderFacts", "band_keyword", "band_of_header", "beam_of_header", "flux_unit_note",
-           "header_facts", "inherited_primary", "normalise_band", "parse_fits_bytes",
-           "read_fits", "read_fits_bytes", "saturation_of_header", "stokes_i", "warn_flux_units"]
+__all__ = ["Beam", "HeaderFacts", "band_keyword", "band_of_header", "beam_of_header",
+           "flux_unit_note", "header_facts", "inherited_primary", "normalise_band",
+           "parse_fits_bytes", "read_fits", "read_fits_bytes", "saturation_of_header",
+           "stokes_i", "warn_flux_units"]
 
 _MEMBERS = ("science", "reference", "difference")
 
@@ -970,7 +971,7 @@ def _positive(value, factor=3600.0):
 
 def _pa_on_pixels(get, pa):
     """The position angle ``pa`` (degrees east of north) on the pixel axes of the image
-    whose WCS keywords ``get`` reads (CD, else PC and CDELT, else CDELT and CROTA2; axes 1
+    whose WCS keywords ``get`` reads (PC and CDELT, else CD, else CDELT and CROTA2; axes 1
     and 2 celestial, longitude first), in degrees from +y towards -x, once pixels that are
     not square are made square as the resampling to the FIRST grid makes them (each axis
     by its own scale, `pixel_scales`), where the beam is smoothed; ``pa`` itself where the
@@ -979,12 +980,13 @@ def _pa_on_pixels(get, pa):
         value = get(key, default)
         return float(value) if isinstance(value, (int, float, np.number)) and \
             not isinstance(value, bool) else default
-    if any(get(k, None) is not None for k in ("CD1_1", "CD1_2", "CD2_1", "CD2_2")):
+    has_pc = any(get(k, None) is not None for k in ("PC1_1", "PC1_2", "PC2_1", "PC2_2"))
+    if not has_pc and any(get(k, None) is not None for k in ("CD1_1", "CD1_2", "CD2_1", "CD2_2")):
         m = np.array([[num("CD1_1", 0.0), num("CD1_2", 0.0)],
                       [num("CD2_1", 0.0), num("CD2_2", 0.0)]])
-    else:
+    else:  # PC over CD where a header gives both, as wcslib and the pixel scale read it
         d1, d2 = num("CDELT1", 1.0), num("CDELT2", 1.0)
-        if any(get(k, None) is not None for k in ("PC1_1", "PC1_2", "PC2_1", "PC2_2")):
+        if has_pc:
             pc = np.array([[num("PC1_1", 1.0), num("PC1_2", 0.0)],
                            [num("PC2_1", 0.0), num("PC2_2", 1.0)]])
         else:
