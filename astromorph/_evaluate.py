@@ -284,8 +284,16 @@ def _roc_figure(metrics, *, title=""):
     ax = fig.subplots()
     ax.plot([0, 1], [0, 1], "k--", lw=1, label="chance")
     auc = metrics["roc_auc"]
-    ax.plot(fpr, tpr, color="C0", label=f"model (AUC {auc:.4f})" if auc is not None
-            else "model")
+    if None in fpr[:1] + tpr[:1]:  # one class only: no curve (its points lay on an axis)
+        what, n = (("real", metrics["n_real"]) if metrics["n_real"]
+                   else ("bogus", metrics["n_bogus"]))
+        ax.text(0.5, 0.6, f"no ROC curve: all {n} labelled rows are {what}\n"
+                f"(the error rates at the thresholds are in the metrics)", ha="center",
+                va="center", transform=ax.transAxes, fontsize=9,
+                bbox={"facecolor": "white", "edgecolor": "0.6"})
+    else:
+        ax.plot(fpr, tpr, color="C0", label=f"model (AUC {auc:.4f})" if auc is not None
+                else "model")
     for i, (name, at) in enumerate(metrics["at_thresholds"].items(), 1):
         if at["fnr"] is None or at["fpr"] is None:
             continue
@@ -636,7 +644,8 @@ def evaluate_labels(table, truth, *, model, labels=None, threshold=None, target_
         real, compared at the scores' precision as ``table["rb_score"] >= threshold``
         does: a float32 score 0.7 passes 0.7), ``roc_curve`` (``fpr``,
         ``tpr``, ``thresholds``: one point per distinct score, at most 1001, evenly
-        spaced ones for more) and ``ece``. ``plot()`` draws them.
+        spaced ones for more; with one class only the rate of the other is None at every
+        point) and ``ece``. ``plot()`` draws them.
 
     Raises
     ------
@@ -738,7 +747,9 @@ def evaluate_labels(table, truth, *, model, labels=None, threshold=None, target_
         "roc_auc": _finite(roc_auc(s, real)),
         "at_thresholds": {},
         "ece": expected_calibration_error(np.stack([1 - s, s], 1), real),
-        "roc_curve": {"fpr": fpr.tolist(), "tpr": tpr.tolist(),
+        # a rate of a class without rows is no fraction: None, not 0 at every point
+        "roc_curve": {"fpr": fpr.tolist() if (~real).any() else [None] * len(fpr),
+                      "tpr": tpr.tolist() if real.any() else [None] * len(tpr),
                       "thresholds": [None] + cuts[1:].tolist()},  # the first is inf
     })
     for key, t in thresholds.items():

@@ -507,3 +507,23 @@ def test_a_votable_null_label_is_unlabelled(tmp_path):
     ev = astromorph.evaluate_labels(tmp_path / "labels.vot", "mine", model="morphology")
     assert (ev.metrics["n_rows"], ev.metrics["n_unlabelled"]) == (5, 2)
     assert ev.metrics["accuracy"] == pytest.approx(2 / 3)
+
+
+@pytest.mark.parametrize("real, undefined", [(1, "fpr"), (0, "tpr")])
+def test_one_class_only_has_no_roc_curve(real, undefined):
+    """With only real (or only bogus) rows the false (true) positive rate has no rows to be a
+    fraction of: the metrics held 0 at every point (a curve along an axis, drawn invisibly
+    on it, under a legend entry "model" with nothing to show). The undefined rate is now
+    None (null in JSON) and the ROC figure says why it has no curve."""
+    pytest.importorskip("matplotlib")
+    t = Table({"rb_score": np.float32([0.1, 0.9, 0.6, 0.3]), "is_real": [real] * 4})
+    ev = astromorph.evaluate_labels(t, "is_real", model="real-bogus")
+    curve = ev.metrics["roc_curve"]
+    assert curve[undefined] == [None] * len(curve["thresholds"])
+    other = curve["tpr" if undefined == "fpr" else "fpr"]
+    assert other[0] == 0 and other[-1] == 1
+    json.dumps(ev.metrics, allow_nan=False)
+    ax = ev.plot(kind="roc").axes[0]
+    assert [line.get_label() for line in ax.get_lines()] == ["chance"]
+    what = "real" if real else "bogus"
+    assert any(f"all 4 labelled rows are {what}" in text.get_text() for text in ax.texts)
