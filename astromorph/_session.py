@@ -256,7 +256,9 @@ def _make_session(ort, path, requested, usable, threads, cpu_key):
         reasons += [f"{p} could not create a session ({exc})" for p, exc in errors.items()]
         if dropped:
             reasons.append(f"{', '.join(dropped)} failed to initialise")
-        warn(f"execution provider(s) not used for {os.path.basename(str(path))}: "
+        # the folder too: every shipped model's file is model.onnx
+        where = "/".join(os.path.normpath(str(path)).split(os.sep)[-2:])
+        warn(f"execution provider(s) not used for {where}: "
              f"{'; '.join(reasons)}; "
              + ("falling back to CPUExecutionProvider" if got == [CPU]
                 else f"running on {', '.join(got)}"), ProviderFallbackWarning)

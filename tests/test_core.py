@@ -456,6 +456,16 @@ def test_missing_gpu_provider_warns_and_falls_back(tiny_registry, providers):
     assert model.providers == ["CPUExecutionProvider"]
 
 
+def test_fallback_warning_names_the_model_not_only_its_file(tiny_registry):
+    """Every shipped model's file is ``model.onnx``: the warning said "not used for
+    model.onnx", which does not tell which model of a pipeline (morphology, real-bogus)
+    fell back. It names the model's folder too: ``tiny/model.onnx``."""
+    if cuda_available():
+        pytest.skip("a GPU provider is present")
+    with pytest.warns(ProviderFallbackWarning, match=r"not used for tiny/model\.onnx:"):
+        astromorph.load_model("tiny", providers="cuda")
+
+
 def test_missing_provider_warns_once_per_session(tiny_registry):
     """The fallback warning comes when the session is made, not on every reuse of the cached
     session (each annotate call, each annotate_dask partition); a "cuda" request never reuses
