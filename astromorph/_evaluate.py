@@ -536,8 +536,12 @@ def _translate(text, unlabelled, labels, allowed, describe, truth):
                   f"scores or fractions are not labels: make a column of labels of them first, "
                   f"e.g. t['cut'] = t[{truth!r}] >= 0.5 (True and False: real and bogus, or "
                   f"labels={{True: class, False: class}})")
-        raise InputError(f"truth values {', '.join(map(repr, unknown[:20]))}"
-                         f"{' ...' if len(unknown) > 20 else ''} are not {describe}; {advice}")
+        # scores: a few (each as long as 18 digits), not a line of them before the advice
+        few = 20 if "scores or fractions" not in advice else 3
+        listed = ", ".join(map(repr, unknown[:few]))
+        raise InputError((f"truth values {listed}" if len(unknown) <= few else
+                          f"truth values ({len(unknown)} distinct values such as {listed} ...)")
+                         + f" are not {describe}; {advice}")
     out = np.zeros(len(text), dtype=object)
     out[~unlabelled] = np.array([allowed[m] for m in mapped], dtype=object)[inverse]
     return out

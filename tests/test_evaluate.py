@@ -527,3 +527,14 @@ def test_one_class_only_has_no_roc_curve(real, undefined):
     assert [line.get_label() for line in ax.get_lines()] == ["chance"]
     what = "real" if real else "bogus"
     assert any(f"all 4 labelled rows are {what}" in text.get_text() for text in ax.texts)
+
+
+def test_a_score_column_as_truth_is_refused_in_a_short_message():
+    """``--truth drb`` on 209 real alerts listed 20 scores of 18 digits each (a 1,000
+    character line) before the advice; scores are shown by three and a count."""
+    rng = np.random.default_rng(0)
+    t = Table({"rb_score": rng.random(200), "drb": rng.random(200)})
+    with pytest.raises(InputError, match=r"200 distinct values such as .*t\['drb'\] >= 0.5") \
+            as err:
+        astromorph.evaluate_labels(t, "drb", model="real-bogus")
+    assert len(str(err.value)) < 400, str(err.value)
