@@ -332,6 +332,89 @@ def _installed(name):
 
 
 
+def _column_copy(col, *, copy=True):
+    """What of a position column its parsed positions depend on, copied (or, not
+    ``copy``, a view where it can be: to compare with a copy): its type, unit, dtype,
+    values (as raw bytes: NaN equals NaN) and mask; None for a column whose values are
+    Python objects (no cheap copy to compare)."""
+    data = np.asarray(np.ma.getdata(getattr(col, "value", col)))
+    if data.dtype.hasobject:
+        return None
+    data = np.ascontiguousarray(data).reshape(-1)
+    size = data.dtype.itemsize
+    view = next((f"u{b}" for b in (8, 4, 2, 1) if size % b == 0), None)
+    raw = data.view(view) if data.size else data
+    mask = np.ma.getmaskarray(col) if hasattr(col, "mask") else None
+    if copy:
+        raw, mask = raw.copy(), None if mask is None else mask.copy()
+    unit = getattr(col, "unit", None)
+    return (type(col), type(unit), str(unit), data.dtype.str, np.shape(col), raw, mask)
+
+
+def _same_copy(a, b):
+    """Two `_column_copy` results equal (values compared bytewise)."""
+    if a is None or b is None or a[:5] != b[:5]:
+        return False
+    if not np.array_equal(a[5], b[5]):
+        return False
+    return (a[6] is None) == (b[6] is None) and (a[6] is None or np.array_equal(a[6], b[6]))
+
+
+class _Positions:
+    """The table's positions as `row_of_position` reads them, kept between its calls:
+    the rows that have both a position and an embedding (``ok``), their unit vectors in the
+    frame of the table's positions (float64, ``ok`` x 3), the positions (SkyCoord), the
+    warnings their reading gave, and, for RA/Dec columns, what the reading depends on (the
+    column names, types and UCDs, the options, a copy of every RA and Dec column it may
+    have read), compared on every call. SkyCoord columns are read again on every call
+    (cheap: no parsing), as are columns of Python objects."""
+
+    def __init__(self, key, copies, coords, ok, warned):
+        from astropy.coordinates import UnitSphericalRepresentation
+
+        self.key, self.copies, self.coords, self.ok, self.warned = key, copies, coords, ok, warned
+        self.frame = coords.frame.replicate_without_data()
+        sph = coords[ok].represent_as(UnitSphericalRepresentation) if len(ok) else None
+        self.xyz = np.zeros((len(ok), 3)) if sph is None else _unit_vectors(sph)
+
+    @staticmethod
+    def key_of(table, ra_col, dec_col, coord_col):
+        """What, beside the RA/Dec columns' contents, decides how ``table``'s positions are
+        read: the options and every column's name, type and UCD (positions are found by
+        name, a SkyCoord column first, else by UCD)."""
+        return (ra_col, dec_col, coord_col) + tuple(
+            (name, type(col), str((getattr(col.info, "meta", None) or {}).get("ucd", "")))
+            for name, col in table.columns.items())
+
+    @staticmethod
+    def columns_read(table, ra_col, dec_col, coord_col):
+        """The RA and Dec columns `_positions` may read (the ones it uses and those it
+        compares with them), or None where it reads a SkyCoord column."""
+        from astropy.coordinates import SkyCoord
+        from .._annotate import _position_candidates
+
+        if coord_col is not None or (ra_col is None and dec_col is None and any(
+                isinstance(col, SkyCoord) for col in table.columns.values())):
+            return None
+        ra_found, dec_found = _position_candidates(table, ra_col, dec_col)
+        return [n for n in dict.fromkeys(ra_found + dec_found) if n in table.colnames]
+
+    def still_true(self, table, ra_col, dec_col, coord_col):
+        """The table's positions are still these (same key, same RA/Dec columns)."""
+        if self.copies is None or self.key != self.key_of(table, ra_col, dec_col, coord_col):
+            return False
+        return all(_same_copy(copy, _column_copy(table[name], copy=False))
+                   for name, copy in self.copies.items())
+
+
+def _unit_vectors(sph):
+    """Unit vectors (float64, N x 3) of a UnitSphericalRepresentation."""
+    lon, lat = sph.lon.to_value("rad"), sph.lat.to_value("rad")
+    cos_lat = np.cos(lat)
+    return np.stack([cos_lat * np.cos(lon), cos_lat * np.sin(lon), np.sin(lat)], axis=-1)
+
+
+
 def _cosine_range(sim):
     """Similarities as float32 within [-1, 1], the range of a cosine (float32 sums of
     identical unit vectors give 1.0000001), the padding's -inf kept."""
@@ -435,6 +518,7 @@ class SimilarityIndex:
             x[~valid] = 0.0
         self.vectors = x
         self.table = table
+        self._sky = None  # the table's positions, once read (`_sky_positions`)
         # the table column of the vectors, when known, and that table's meta (which says
         # what model made them): from_table's, or that of a column passed as embeddings
         parent = getattr(getattr(embeddings, "info", None), "parent_table", None)
@@ -614,12 +698,18 @@ class SimilarityIndex:
         astromorph.exceptions.InputError
             No row has both a position and an embedding, or the nearest is farther than
             ``max_separation``.
+
+        Notes
+        -----
+        The table's RA/Dec columns are read once and kept, as unit vectors, with a copy of
+        the columns read, compared on every call: a change to them (a value edited in
+        place, a unit, a mask, a column replaced, renamed or added) reads them again. The
+        nearest rows by dot product are then measured by astropy's separation, the first
+        by row where several are as near. A ``SkyCoord`` column is read on every call.
         """
         import astropy.units as u
-        from astropy.coordinates import Angle, SkyCoord
+        from astropy.coordinates import Angle, SkyCoord, UnitSphericalRepresentation
         from astropy.coordinates.errors import ConvertError
-
-        from .._annotate import _positions
 
         if self.table is None:
             raise InvalidArgumentError("querying by position needs the index's table; build "
@@ -652,28 +742,62 @@ class SimilarityIndex:
                     or not (np.isfinite(limit.value) and limit.value >= 0)):
                 raise InvalidArgumentError(f"max_separation must be a non-negative angle (arcsec), "
                                            f"got {max_separation!r}")
-        coords, bad = _positions(self.table, ra_col, dec_col, coord_col, what="table")
-        ok = np.flatnonzero(~bad & self.valid)
+        known = self._sky_positions(ra_col, dec_col, coord_col)
+        ok = known.ok
         if not len(ok):
             raise InputError("no row of the table has both a position and an embedding")
         # in the table's frame, the position transformed explicitly: separation() would
         # transform the rows into the position's frame and warn
         # (NonRotationTransformationWarning) for FK4 and other frames that are no rotation
         try:
-            position = position.transform_to(coords.frame.replicate_without_data())
+            position = position.transform_to(known.frame)
         except (ValueError, TypeError, AttributeError, ConvertError, u.UnitsError) as exc:
             # (an AltAz position without a location or time: AttributeError)
             raise InvalidArgumentError(f"cannot transform the position {position!r} to the "
                                        f"frame of the table's positions ({exc})") from None
-        sep = position.separation(coords[ok])
+        # the nearest rows by unit vectors (the largest cosine), then astropy's separation
+        # of those within 1e-13 of the largest: float64 cosines are within 1e-15 of the
+        # true ones, so a row left out is more than 1e-13 rad (2e-8 arcsec) farther than
+        # one kept, far beyond the rounding of either; the first of equal ones by row
+        q = _unit_vectors(position.represent_as(UnitSphericalRepresentation))
+        cosine = known.xyz @ q
+        near = ok[np.flatnonzero(cosine >= cosine.max() - 1e-13)]
+        sep = position.separation(known.coords[near])
         best = int(np.argmin(sep.deg))
-        row, separation = int(ok[best]), sep[best].to(u.arcsec)
+        row, separation = int(near[best]), sep[best].to(u.arcsec)
         if limit is not None:
             if not separation <= limit:
                 raise InputError(f"the nearest row with an embedding (row {row}) is "
                                  f"{separation:.2f} from {position.to_string('decimal')}, more "
                                  f"than max_separation={limit}")
         return row, separation
+
+    def _sky_positions(self, ra_col, dec_col, coord_col):
+        """The table's positions (`_Positions`): those kept from an earlier call where
+        nothing they were read from changed, else read again (and kept); the warnings of
+        their reading given again on every call."""
+        from .._annotate import _positions
+        from .._warnings import collecting
+
+        known = getattr(self, "_sky", None)
+        names = all(c is None or isinstance(c, str) for c in (ra_col, dec_col, coord_col))
+        if not (names and known is not None
+                and known.still_true(self.table, ra_col, dec_col, coord_col)):
+            with collecting() as warned:
+                coords, bad = _positions(self.table, ra_col, dec_col, coord_col,
+                                         what="table")
+            key = copies = None
+            read = _Positions.columns_read(self.table, ra_col, dec_col, coord_col)
+            if read is not None:
+                key = _Positions.key_of(self.table, ra_col, dec_col, coord_col)
+                copies = {name: _column_copy(self.table[name]) for name in read}
+                if any(c is None for c in copies.values()):
+                    copies = None
+            known = _Positions(key, copies, coords, np.flatnonzero(~bad & self.valid), warned)
+            self._sky = known if copies is not None else None
+        for message, category in known.warned:
+            warn(message, category)
+        return known
 
     def embed_image(self, image, *, model=None):
         """Embedding vector of one image, computed with an astromorph model.
