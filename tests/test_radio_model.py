@@ -74,6 +74,17 @@ def first_like_hdu(size=300, pixel_scale=1.8, seed=1, angle_deg=30.0, source=Tru
     header["BUNIT"] = "JY/BEAM"
     return fits.PrimaryHDU(img.astype(np.float32), header=header)
 
+def _predict_images(hdu, images, stem):
+    """`predict_files` with the radio model on ``images``, each written as float32 into a
+    copy of ``hdu`` (its header: WCS, BUNIT, beam) at ``{stem}{k}.fits``."""
+    files = []
+    for k, image in enumerate(images):
+        hdu.data = image.astype(np.float32)
+        files.append(f"{stem}{k}.fits")
+        hdu.writeto(files[-1])
+    return astromorph.predict_files("radio-morphology", files, progress=False)
+
+
 
 def dataset_procedure(image_jy):
     """Reference re-implementation of the data-set procedure (Griese et al. 2023).
@@ -772,12 +783,7 @@ def test_offset_background_is_no_source(tmp_path):
     # a given RMS is used as given, the background measured all the same
     np.testing.assert_allclose(radio.peak_significance(sky + 10 * RMS, rms=RMS),
                                (sky[86:214, 86:214].max() - np.median(sky)) / RMS, rtol=1e-6)
-    files = []
-    for k, image in enumerate(images):
-        point.data = image.astype(np.float32)
-        files.append(str(tmp_path / f"s{k}.fits"))
-        point.writeto(files[-1])
-    table = astromorph.predict_files("radio-morphology", files, progress=False)
+    table = _predict_images(point, images, tmp_path / "s")
     assert list(table["radio_flags"]) == [Flag.NO_SOURCE | Flag.OUT_OF_DISTRIBUTION] * 2 + [0]
     assert "above the background" in table["reason"][0]
     assert "below zero" in table["reason"][1] and "below zero" not in table["reason"][0]
@@ -855,13 +861,7 @@ def test_source_on_a_negative_background_is_out_of_distribution(tmp_path):
     level = radio.background_significance(images)
     np.testing.assert_allclose(level[:4], offsets, atol=0.06)
     assert -0.3 < level[4] < 0
-    hdu = first_like_hdu(seed=11)
-    files = []
-    for k, image in enumerate(images):
-        hdu.data = image.astype(np.float32)
-        files.append(str(tmp_path / f"negative{k}.fits"))
-        hdu.writeto(files[-1])
-    table = astromorph.predict_files("radio-morphology", files, progress=False)
+    table = _predict_images(first_like_hdu(seed=11), images, tmp_path / "negative")
     assert list(table["radio_flags"]) == [0, 0, Flag.OUT_OF_DISTRIBUTION,
                                           Flag.OUT_OF_DISTRIBUTION, 0]
     assert "below zero" in table["reason"][2]
