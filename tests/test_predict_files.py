@@ -241,6 +241,47 @@ def test_broken_wcs_is_read_alike_in_a_primary_hdu_and_an_extension(models, tmp_
             assert first[f"{prefix}_flags"] & Flag.NO_WCS
 
 
+#: Valid WCSs with a distortion: each is read like the plain `_TAN` (the same pixel scale).
+_DISTORTED_WCS = {
+    "tpv": dict(CTYPE1="RA---TPV", CTYPE2="DEC--TPV", PV1_1=1.0, PV2_1=1.0, PV1_4=1e-4,
+                PV2_4=1e-4),
+    "sip": dict(CTYPE1="RA---TAN-SIP", CTYPE2="DEC--TAN-SIP", A_ORDER=2, B_ORDER=2,
+                A_2_0=1e-6, B_0_2=1e-6),
+}
+
+
+@pytest.mark.parametrize("case", list(_DISTORTED_WCS))
+def test_distorted_wcs_gives_the_scale_of_its_linear_part(models, tmp_path, case):
+    """A TPV or SIP header (DES, HSC, ZTF science images) has the pixel scale of its linear
+    part, as a lone image, a cube of triplet planes and image extensions alike. The fast
+    reader leaves such headers to astropy, whose WCS of a cube (three axes) refuses SIP and
+    cannot take the celestial part of TPV: the cubes were flagged NO_WCS, scored at the
+    model's 1"/pixel."""
+    cards = dict(_TAN, CRPIX1=100.5, CRPIX2=100.5)
+    rng = np.random.default_rng(1)
+    img = rng.normal(0, 1.5e-4, (200, 200)).astype(np.float32)
+    img[90:110, 90:110] += 0.01
+    for model, prefix in (("radio-morphology", "radio"), ("real-bogus", "rb")):
+        rows = {}
+        for kind, extra in (("plain", {}), (case, _DISTORTED_WCS[case])):
+            folder = tmp_path / f"{prefix}_{kind}"
+            folder.mkdir()
+            if model == "radio-morphology":
+                _broken_wcs_files(folder, img[None], None, dict(cards, **extra))
+            else:
+                _broken_wcs_files(folder, triplet(51), ["SCIENCE", "REFERENCE", "DIFFERENCE"],
+                                  dict(cards, CRPIX1=26.0, CRPIX2=26.0, **extra))
+            table = quiet(astromorph.predict_files, model, folder)
+            rows[kind] = [row(table, folder / f"{name}.fits")
+                          for name in ("primary", "extension")]
+        for plain, distorted in zip(rows["plain"], rows[case]):
+            assert not distorted[f"{prefix}_flags"] & Flag.NO_WCS, distorted["reason"]
+            assert distorted[f"{prefix}_flags"] == plain[f"{prefix}_flags"]
+            for column in table.colnames:
+                if column.startswith(prefix + "_p") or column == "rb_score":
+                    assert distorted[column] == pytest.approx(plain[column], abs=1e-4), column
+
+
 def write_fits(path, data, *, scale=None, **cards):
     header = fits.Header()
     if scale is not None:
