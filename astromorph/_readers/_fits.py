@@ -612,20 +612,18 @@ def _header_scale(header):
 
     # a cube's header (three axes: the planes of a triplet or of bands) with a SIP or TPV
     # distortion: astropy refuses SIP beyond two axes and wcslib cannot take TPV's celestial
-    # part, so the first two axes, where the sky is, are read alone if the whole fails (a
-    # broken third axis without a distortion stays a header with no usable WCS)
-    tries = (None, 2) if _axis_count(header) > 2 and _distorted(header) else (None,)
-    for naxis in tries:
-        with catch_warnings():
-            warnings.simplefilter("ignore", FITSFixedWarning)
-            try:
-                scale = _celestial_scale(WCS(header, naxis=naxis), header, _check_wcs)
-            except Exception:  # noqa: BLE001 - malformed WCS keywords: no usable WCS
-                continue
-        if scale is None:
+    # part, so its first two axes, where the sky is, are read alone (a broken third axis
+    # without a distortion stays a header with no usable WCS)
+    naxis = 2 if _axis_count(header) > 2 and _distorted(header) else None
+    with catch_warnings():
+        warnings.simplefilter("ignore", FITSFixedWarning)
+        try:
+            scale = _celestial_scale(WCS(header, naxis=naxis), header, _check_wcs)
+        except Exception:  # noqa: BLE001 - malformed WCS keywords: no usable WCS
             return None
-        return scale if np.all(np.isfinite(scale)) and np.all(np.asarray(scale) > 0) else None
-    return None
+    if scale is None:
+        return None
+    return scale if np.all(np.isfinite(scale)) and np.all(np.asarray(scale) > 0) else None
 
 
 def _distorted(header):
