@@ -26,9 +26,8 @@ from .exceptions import InputError, ModelCardError
 from .preprocessing._checks import SENTINEL
 
 __all__ = ["RawStamps", "BlankMeasure", "RadioMeasure", "prepare", "model_family",
-           "multidimensional_outputs",
-           "result_columns",
-           "BLANK_THRESHOLD", "model_angular_grid", "fixed_field"]
+           "multidimensional_outputs", "result_columns", "BLANK_THRESHOLD",
+           "model_angular_grid", "fixed_field"]
 
 #: Rows whose fraction of NaN/inf/blank pixels exceeds this get `Flag.BLANK`.
 BLANK_THRESHOLD = 0.05
@@ -323,9 +322,8 @@ def coarse_beam(beam):
 
 
 def _radio(raw, card, crop_fraction):
-    from .preprocessing._radio import MAX_POSITIVE_FRACTION
-
-    from .preprocessing._radio import MAX_BACKGROUND_SIGMA, MIN_BACKGROUND_SIGMA
+    from .preprocessing._radio import (MAX_BACKGROUND_SIGMA, MAX_POSITIVE_FRACTION,
+                                       MIN_BACKGROUND_SIGMA)
 
     x, flags, level = _radio_input(raw, card)
     # the training images have at most 12.8 % of the network input above zero (the data-set
@@ -564,7 +562,7 @@ def prepare(model, raw, *, crop_fraction=None):
     if family not in _FAMILIES:
         raise InputError(f"model {model.name!r}: unknown preprocessing family {family!r}")
     raw.blank = None  # (the family's function sets it where it judges BLANK otherwise)
-    raw.radio = None  # (the radio family's sets it)
+    raw.radio = raw.smoothed = None  # (the radio family's sets them)
     if len(raw.data) == 0:
         return np.zeros((0, *model.input_shape), np.float32), raw.flags.copy()
     with np.errstate(invalid="ignore", divide="ignore"):  # blank stamps in colour stretches

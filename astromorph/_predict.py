@@ -169,8 +169,7 @@ def predict_files(model, inputs, *, batch_size=256, progress=None, write_header=
     paths = expand_inputs(inputs)
     targets = header_targets(paths, write_header, in_place, overwrite)
     family = model_family(model.card)
-    runner = _Runner(model, family, int(batch_size), crop_fraction)
-    runner.match_beam = match_beam
+    runner = _Runner(model, family, int(batch_size), crop_fraction, match_beam=match_beam)
 
     with progress_bar(len(paths), desc=f"{model.name}", unit="file", enabled=progress,
                       min_total=16) as bar:
@@ -565,10 +564,10 @@ class _Runner:
     of ``batch_size`` rows in row order.
     """
 
-    def __init__(self, model, family, batch_size, crop_fraction):
+    def __init__(self, model, family, batch_size, crop_fraction, *, match_beam=True):
         self.model, self.family = model, family
         self.batch_size, self.crop_fraction = batch_size, crop_fraction
-        self.match_beam = True  # radio: smooth a beam finer than FIRST's to FIRST's
+        self.match_beam = match_beam  # radio: smooth a beam finer than FIRST's to FIRST's
         self.sources, self.flags, self.reasons, self.origins = [], [], [], []
         self.objects = []
         # key -> [pieces (rows, data, flags, scales, levels, centres), number of rows];
@@ -690,9 +689,8 @@ class _Runner:
         from ._adapters import (NEGATIVE_CENTRE_SIGMA, RawStamps, extrapolation_words,
                                 negative_candidates, prepare)
         from ._readers import Stamp
-        from ._readers._stamp import saturated_centres
-
         from ._readers._fits import Beam
+        from ._readers._stamp import saturated_centres
 
         kind, bands = key[0], key[3]
         beam = None if key[5] is None else Beam(*key[5])
@@ -788,8 +786,8 @@ def _smoothed_words(beam):
 def _group_key(kind, stamp, bands, scale, beam=None):
     """Stamps of one group are scored together: same kind, shape, dtype, bands, pixel
     scale and restoring beam (major, minor axes and angle, `Beam`, to 1e-6; None if
-    unknown). The pixel scale (to 1e-6
-    arcsec/pixel) is one value, or ``(scale_y, scale_x)``: None where both are NaN
+    unknown). The pixel scale (to 1e-6 arcsec/pixel) is one value, or
+    ``(scale_y, scale_x)``: None where both are NaN
     (unknown), one float where both axes agree (one value or a square pair: one group,
     scored alike), else the pair, with None for an axis that is NaN."""
     sy, sx = (None if v != v else round(v, 6) for v in axis_scales(scale))  # (v != v: NaN)

@@ -176,8 +176,8 @@ def annotate_stamps(table, *, model, columns=None, pixel_scale=None, negative=No
     else:
         unknown = assumed = None
 
-    runner = _Runner(model, family, int(batch_size), crop_fraction)
-    runner.match_beam = bool(match_beam)
+    runner = _Runner(model, family, int(batch_size), crop_fraction,
+                     match_beam=bool(match_beam))
     block = _array_blocks(table, names, family, model.card, scales, flip, unknown, assumed)
     getters = [_cell_getter(table[c]) for c in names]
     units = []  # rows whose FITS header says another pixel unit than nanomaggies

@@ -435,7 +435,7 @@ def _local_plane_scale(stamp, key, blob, ra, dec):
     as for the candidate's pixel (`_candidate_pixel`); otherwise the scale stays unknown
     (`Flag.NO_WCS`).
     """
-    from ._fits import _default_scale_problem, _linear_matrix, _point_problem
+    from ._fits import _linear_matrix, wcs_matrix_problem
     from ._stamp import pixel_scales
 
     try:
@@ -449,15 +449,9 @@ def _local_plane_scale(stamp, key, blob, ra, dec):
         if not (np.isfinite(ra) and np.isfinite(dec)) or not _same_point(*crval, ra, dec) \
                 or get("CRPIX1") is None or get("CRPIX2") is None:
             return None
-        matrix, _ = _linear_matrix(get)
-        # what `wcs_matrix_problem` checks (as `_scale_from_cards`), the matrix read once
-        with np.errstate(invalid="ignore"):
-            det = np.linalg.det(matrix)
-        if not (np.isfinite(matrix).all() and matrix.any(axis=0).all()
-                and matrix.any(axis=1).all() and det != 0) \
-                or _point_problem(get) or _default_scale_problem(get):
+        if wcs_matrix_problem(get):
             return None
-        scale = pixel_scales(matrix)
+        scale = pixel_scales(_linear_matrix(get)[0])
     except (TypeError, ValueError, zlib.error):  # absent or non-numeric keywords
         return None
     if not (np.all(np.isfinite(scale)) and np.all(np.asarray(scale) > 0)):

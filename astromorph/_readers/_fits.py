@@ -618,19 +618,30 @@ def _header_scale(header):
     with catch_warnings():
         warnings.simplefilter("ignore", FITSFixedWarning)
         try:
-            scale = _celestial_scale(WCS(header, naxis=naxis), header, _check_wcs)
+            wcs = WCS(header, naxis=naxis)
+            axes = (wcs.wcs.lng + 1, wcs.wcs.lat + 1)
+            if not wcs.has_celestial or wcs_matrix_problem(header.get, axes):
+                return None  # (a degenerate matrix: wcslib may have made one up)
+            # a scale keyword that is no number (CDELT1 = 'abc'), which wcslib drops for
+            # its default: no pixel scale (TypeError or ValueError), as the fast parser has it
+            _linear_matrix(header.get, axes)
+            # (checks that the WCS can place pixels; its scale keywords were read above,
+            # so CDELTi = 1 written out is 1 degree/pixel, not `_unset_scale_problem`);
+            # `celestial` is a new WCS at each call (a copy of the whole WCS): built once
+            celestial = wcs.celestial
+            _check_wcs(celestial, "header")
+            scale = pixel_scales(celestial.pixel_scale_matrix)
         except Exception:  # noqa: BLE001 - malformed WCS keywords: no usable WCS
             return None
-    if scale is None:
-        return None
     return scale if np.all(np.isfinite(scale)) and np.all(np.asarray(scale) > 0) else None
 
 
 def _distorted(header):
-    """Whether a header declares a SIP or TPV distortion (or projection parameters PVi_m)."""
+    """Whether a header declares a SIP or TPV distortion, or projection parameters
+    (`_PROJECTION_KEY`: PVi_m, SIP polynomials...)."""
     ctypes = " ".join(str(header.get(f"CTYPE{i}", "")) for i in (1, 2)).upper()
-    return ("-SIP" in ctypes or "-TPV" in ctypes or "A_ORDER" in header
-            or any(key.startswith("PV") for key in header.keys()))
+    return ("-SIP" in ctypes or "-TPV" in ctypes
+            or any(_PROJECTION_KEY.match(key) for key in header.keys()))
 
 
 def _axis_count(header):
@@ -640,23 +651,6 @@ def _axis_count(header):
         if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
             return int(value)
     return 0
-
-
-def _celestial_scale(wcs, header, check_wcs):
-    """`_header_scale` of one WCS read from ``header``: None where it has no celestial part
-    or a degenerate matrix; raises where its keywords cannot be used."""
-    axes = (wcs.wcs.lng + 1, wcs.wcs.lat + 1)
-    if not wcs.has_celestial or wcs_matrix_problem(header.get, axes):
-        return None  # (a degenerate matrix: wcslib may have made one up)
-    # a scale keyword that is no number (CDELT1 = 'abc'), which wcslib drops for its
-    # default: no pixel scale (TypeError or ValueError), as the fast parser has it
-    _linear_matrix(header.get, axes)
-    # (checks that the WCS can place pixels; its scale keywords were read above, so
-    # CDELTi = 1 written out is 1 degree/pixel, not `_unset_scale_problem`); `celestial`
-    # is a new WCS at each call (a copy of the whole WCS): built once
-    celestial = wcs.celestial
-    check_wcs(celestial, "header")
-    return pixel_scales(celestial.pixel_scale_matrix)
 
 
 # ----------------------------------------------------------------------------- diagnosis

@@ -331,7 +331,6 @@ def _installed(name):
     return importlib.util.find_spec(name) is not None
 
 
-
 def _column_copy(col, *, copy=True):
     """What of a position column its parsed positions depend on, copied (or, not
     ``copy``, a view where it can be: to compare with a copy): its type, unit, dtype,
@@ -412,7 +411,6 @@ def _unit_vectors(sph):
     lon, lat = sph.lon.to_value("rad"), sph.lat.to_value("rad")
     cos_lat = np.cos(lat)
     return np.stack([cos_lat * np.cos(lon), cos_lat * np.sin(lon), np.sin(lat)], axis=-1)
-
 
 
 def _cosine_range(sim):
