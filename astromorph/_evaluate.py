@@ -337,7 +337,9 @@ class LabelEvaluation:
     def __repr__(self):
         m = self.metrics
         head = (f"<LabelEvaluation of {m['model']!r} on {m['n_used']} of {m['n_rows']} rows "
-                f"({m['n_unlabelled']} unlabelled, {m['n_unscored']} unscored, "
+                f"({m['n_unlabelled']} unlabelled, "
+                + (f"{m['n_no_class']} of no class, " if m.get("n_no_class") else "")
+                + f"{m['n_unscored']} unscored, "
                 f"{m['n_flagged']} flagged{' and kept' if m['keep_flagged'] else ''})")
         if self._classifier:
             return head + (f": accuracy {m['accuracy']:.3f}, macro recall "
@@ -523,13 +525,14 @@ def _fraction(text):
 
 def _translate(text, unlabelled, labels, allowed, describe, truth):
     """Indices of ``allowed`` (a dict lower-case text -> value) of the labelled rows of
-    ``text``, after the user's ``labels`` mapping (lower-case keys), in any case;
+    ``text``, after the user's ``labels`` mapping (lower-case keys), in any case, and the
+    rows whose label the mapping sends to None (no class of the model: left out);
     `InputError` naming the values it cannot place, as they are written (and, for scores
     or fractions, how to make labels of them)."""
     values, inverse = np.unique(text[~unlabelled], return_inverse=True)
     values = values.tolist()
     mapped = [labels.get(v.lower(), v.lower()) for v in values]
-    unknown = [v for v, m in zip(values, mapped) if m not in allowed]
+    unknown = [v for v, m in zip(values, mapped) if m is not None and m not in allowed]
     if unknown:
         advice = ("translate your labels with labels={your label: class} (--map YOUR=CLASS)"
                   if not any(map(_fraction, unknown)) else
@@ -543,8 +546,11 @@ def _translate(text, unlabelled, labels, allowed, describe, truth):
                           f"truth values ({len(unknown)} distinct values such as {listed} ...)")
                          + f" are not {describe}; {advice}")
     out = np.zeros(len(text), dtype=object)
-    out[~unlabelled] = np.array([allowed[m] for m in mapped], dtype=object)[inverse]
-    return out
+    out[~unlabelled] = np.array([allowed.get(m) for m in mapped], dtype=object)[inverse]
+    no_class = np.zeros(len(text), bool)  # labels the user mapped to None: left out
+    no_class[~unlabelled] = np.array([m is None for m in mapped], bool)[inverse]
+    out[no_class] = 0
+    return out, no_class
 
 
 def _key_text(key):
@@ -565,14 +571,18 @@ def _check_labels(labels, allowed, model):
                                        f"class}}, got {labels!r:.80}")
     out, given = {}, {}
     for key, value in labels.items():
-        target = str(value).strip().lower() if not isinstance(value, (bool, np.bool_)) else \
-            str(int(value))
-        if target not in allowed:
+        if value is None:  # a label of no class of the model: its rows are left out
+            target = None
+        elif isinstance(value, (bool, np.bool_)):
+            target = str(int(value))
+        else:
+            target = str(value).strip().lower()
+        if target is not None and target not in allowed:
             raise InvalidArgumentError(
                 f"labels maps {key!r} to {value!r}, which is none of the values model "
                 f"{model!r} knows: {', '.join(dict.fromkeys(map(str, allowed)))}")
         text = _key_text(key).lower()  # labels are matched in any case
-        if text in out and allowed[out[text]] != allowed[target]:
+        if text in out and allowed.get(out[text]) != allowed.get(target):
             raise InvalidArgumentError(
                 f"labels maps {given[text]!r} to {labels[given[text]]!r} and {key!r} to "
                 f"{value!r}: labels are matched in any case")
@@ -580,14 +590,16 @@ def _check_labels(labels, allowed, model):
     return out
 
 
-def _excluded(flags, scored, unlabelled, keep_flagged):
+def _excluded(flags, scored, unlabelled, no_class, keep_flagged):
     """Counts of the rows left out, and the rows used."""
-    unscored = ~unlabelled & ~scored
-    flagged = ~unlabelled & scored & (flags != 0)
-    used = ~unlabelled & scored & ((flags == 0) | keep_flagged)
+    labelled = ~unlabelled & ~no_class
+    unscored = labelled & ~scored
+    flagged = labelled & scored & (flags != 0)
+    used = labelled & scored & ((flags == 0) | keep_flagged)
     return used, {"n_rows": int(len(flags)), "n_used": int(used.sum()),
-                  "n_unlabelled": int(unlabelled.sum()), "n_unscored": int(unscored.sum()),
-                  "n_flagged": int(flagged.sum()), "keep_flagged": bool(keep_flagged)}
+                  "n_unlabelled": int(unlabelled.sum()), "n_no_class": int(no_class.sum()),
+                  "n_unscored": int(unscored.sum()), "n_flagged": int(flagged.sum()),
+                  "keep_flagged": bool(keep_flagged)}
 
 
 # --------------------------------------------------------------------------- public API
@@ -618,7 +630,8 @@ def evaluate_labels(table, truth, *, model, labels=None, threshold=None, target_
         Your label -> the model's, e.g. ``{"E": "elliptical", "S": "spiral"}`` or
         ``{"FR1": "FRI"}``, or ``{0: "elliptical", 1: "spiral"}`` for class ids (also
         when they are stored as floats, NaN for unlabelled rows); other values are taken
-        as they are.
+        as they are. A label mapped to None (``{"Irr": None}``: no class of the model) has
+        its rows left out, counted as ``n_no_class``.
     threshold : float, optional
         Scores: a threshold in [0, 1] whose error rates are given beside those at the
         card's ``recommended_threshold``.
@@ -637,7 +650,8 @@ def evaluate_labels(table, truth, *, model, labels=None, threshold=None, target_
     Returns
     -------
     LabelEvaluation
-        ``metrics``: ``n_rows``, ``n_used``, ``n_unlabelled``, ``n_unscored`` (labelled rows
+        ``metrics``: ``n_rows``, ``n_used``, ``n_unlabelled``, ``n_no_class`` (rows whose
+        label ``labels`` maps to None), ``n_unscored`` (labelled rows
         without outputs: masked or not finite), ``n_flagged`` (labelled, scored rows with
         flags); for classifiers ``accuracy``, ``macro_recall`` (the mean recall of the
         classes your labels hold), ``per_class`` (recall, precision, support; None for a
@@ -706,8 +720,8 @@ def evaluate_labels(table, truth, *, model, labels=None, threshold=None, target_
                    for c in classes]
         probs = np.stack([np.asarray(v, np.float64) for v, _ in columns], axis=1)
         scored = ~np.any([m for _, m in columns], axis=0) & np.isfinite(probs).all(axis=1)
-        target = _translate(text, unlabelled, mapping, allowed,
-                            f"classes of {name!r} ({', '.join(classes)})", truth)
+        target, no_class = _translate(text, unlabelled, mapping, allowed,
+                                      f"classes of {name!r} ({', '.join(classes)})", truth)
     else:
         mapping = _check_labels(labels, _REAL, name)
         score, mask = _numbers(_column(table, f"{prefix}_score{suffix}", f"{name} output",
@@ -717,14 +731,17 @@ def evaluate_labels(table, truth, *, model, labels=None, threshold=None, target_
         precision = score.dtype if score.dtype.kind == "f" else np.float64
         score = np.asarray(score, np.float64)
         scored = ~mask & np.isfinite(score)
-        target = _translate(text, unlabelled, mapping, _REAL,
-                            "real (1, true, real) or bogus (0, false, bogus)", truth)
-    used, metrics = _excluded(flags, scored, unlabelled, keep_flagged)
+        target, no_class = _translate(text, unlabelled, mapping, _REAL,
+                                      "real (1, true, real) or bogus (0, false, bogus)", truth)
+    used, metrics = _excluded(flags, scored, unlabelled, no_class, keep_flagged)
     metrics = {"model": name, "model_version": str(card.get("version")), "truth": truth,
                **metrics}
     if not used.any():
         raise InputError(f"no row to score: of {metrics['n_rows']}, {metrics['n_unlabelled']} "
-                         f"have no label in {truth!r}, {metrics['n_unscored']} no output of "
+                         f"have no label in {truth!r}, "
+                         + (f"{metrics['n_no_class']} a label mapped to None, "
+                            if metrics["n_no_class"] else "")
+                         + f"{metrics['n_unscored']} no output of "
                          f"{name!r} and {metrics['n_flagged']} are flagged"
                          + ("" if keep_flagged else
                             " (keep_flagged=True, --keep-flagged, uses them)"))
@@ -812,7 +829,8 @@ def register(sub):
     p.add_argument("--map", action="append", dest="label_map", metavar="USER=CLASS",
                    help="translate a label of yours to the model's (repeat), e.g. "
                         "--map E=elliptical; --map=-5=elliptical for a label that "
-                        "begins with -")
+                        "begins with -; --map Irr= leaves out the rows of a label that "
+                        "is no class of the model")
     p.add_argument("--threshold", type=float, metavar="T",
                    help="real-bogus: also give the error rates at this threshold")
     p.add_argument("--target-fnr", type=float, metavar="F",
@@ -846,9 +864,10 @@ def _cmd_evaluate(args):
     labels = {}
     for item in args.label_map or ():
         user, sep, model_class = item.partition("=")
-        if not sep or not user.strip() or not model_class.strip():
+        if not sep or not user.strip():
             raise InvalidArgumentError(f"--map takes YOUR_LABEL=MODEL_CLASS, got {item!r}")
-        labels[user.strip()] = model_class.strip()
+        # YOUR_LABEL= (no class): a label of no class of the model, its rows left out
+        labels[user.strip()] = model_class.strip() or None
     if args.plot_kind and not args.plot:
         raise InvalidArgumentError("--plot-kind applies only with --plot")
     if args.plot_kind:  # before any work: the kinds this model's outputs have

@@ -538,3 +538,35 @@ def test_a_score_column_as_truth_is_refused_in_a_short_message():
             as err:
         astromorph.evaluate_labels(t, "drb", model="real-bogus")
     assert len(str(err.value)) < 400, str(err.value)
+
+
+def test_a_label_of_no_model_class_is_left_out(tmp_path, capsys):
+    """A label of the user's that is no class of the model (an irregular) is left out when
+    mapped to None (``--map Irr=``), and counted; unmapped it is still refused."""
+    t = _morph_table(["E", "Irr", "S", "irr", "S"],
+                     ["elliptical", "spiral", "spiral", "merger", "elliptical"])
+    with pytest.raises(InputError, match="'Irr', 'irr'"):
+        astromorph.evaluate_labels(t, "mine", model="morphology",
+                                   labels={"E": "elliptical", "S": "spiral"})
+    ev = astromorph.evaluate_labels(t, "mine", model="morphology",
+                                    labels={"E": "elliptical", "S": "spiral", "Irr": None})
+    m = ev.metrics
+    assert (m["n_rows"], m["n_used"], m["n_no_class"], m["n_unlabelled"]) == (5, 3, 2, 0)
+    assert m["accuracy"] == pytest.approx(2 / 3)
+    assert "2 of no class" in repr(ev)
+    # real-bogus: an "unsure" vetting is left out the same way
+    r = Table({"rb_score": np.float32([0.9, 0.2, 0.5]), "vet": ["real", "bogus", "unsure"]})
+    ev = astromorph.evaluate_labels(r, "vet", model="real-bogus", labels={"unsure": None})
+    assert (ev.metrics["n_used"], ev.metrics["n_no_class"], ev.metrics["roc_auc"]) == (2, 1, 1)
+    with pytest.raises(InputError, match="1 a label mapped to None"):
+        astromorph.evaluate_labels(r[2:], "vet", model="real-bogus", labels={"unsure": None})
+    t.write(tmp_path / "t.ecsv")
+    out = tmp_path / "m.json"
+    assert main(["evaluate", str(tmp_path / "t.ecsv"), "--truth", "mine", "-m", "morphology",
+                 "--map", "E=elliptical", "--map", "S=spiral", "--map", "Irr=",
+                 "-o", str(out)]) == 0
+    assert json.loads(out.read_text())["n_no_class"] == 2
+    assert "2 of no class" in capsys.readouterr().out
+    assert main(["evaluate", str(tmp_path / "t.ecsv"), "--truth", "mine", "-m", "morphology",
+                 "--map", "=spiral"]) == 2
+    assert "--map takes YOUR_LABEL=MODEL_CLASS" in capsys.readouterr().err
