@@ -377,6 +377,22 @@ def test_query_by_row_position_and_vector():
         index.query(row=3.7)
 
 
+def test_query_by_a_masked_vector_is_refused():
+    """A masked vector is no vector (as a masked row of the index is none): the row of a
+    masked embedding column (``table["embedding"][i]``, whose masked values still hold
+    numbers) was queried with those hidden numbers, returning neighbours of a vector the
+    table says it has not; it is now refused, naming the masked values."""
+    t = Table(catalogue(40), masked=True)
+    t["embedding"].mask[7] = True  # e.g. a flagged row, masked by hand
+    index = SimilarityIndex.from_table(t)
+    partly = np.ma.masked_array(np.ones(16), mask=[True] + [False] * 15)
+    for vector in (t["embedding"][7], partly):
+        with pytest.raises(InvalidArgumentError, match="masked"):
+            index.query(vector=vector, k=3)
+    # an unmasked row of that column is its vector
+    assert index.query(vector=t["embedding"][3], k=1)["row"][0] == 3
+
+
 def test_query_result_keeps_the_table_class_units_and_provenance():
     """A QTable's neighbours come back as a QTable (Quantity columns stay Quantity, SkyCoord
     columns survive), every new column is described, and the meta says which model made

@@ -930,7 +930,8 @@ class SimilarityIndex:
         image : path or array, optional
             Query by an image, embedded with ``model`` (see `embed_image`).
         vector : array_like, (D,), optional
-            Query by a vector.
+            Query by a vector (not a masked one: a masked row of the embedding
+            column is no vector).
         k : int, optional
             Number of neighbours: at most, as fewer are returned when fewer indexed
             vectors are usable (not masked, finite, non-zero, and not the query row
@@ -1014,6 +1015,10 @@ class SimilarityIndex:
             if q.ndim != 1:
                 raise InvalidArgumentError(f"vector must be one ({self.dim},) vector, got shape "
                                            f"{q.shape}; use search() for several")
+            if np.ma.getmaskarray(vector).any():  # masked values hold numbers, not the vector
+                raise InvalidArgumentError(f"vector has {int(np.ma.getmaskarray(vector).sum())} "
+                                           "masked value(s): a masked embedding is no vector "
+                                           "(e.g. a masked row of the embedding column)")
             exclude = None
         if columns is not None:
             if isinstance(columns, str):
