@@ -3164,3 +3164,23 @@ def test_position_queries_find_the_row_of_least_separation():
         assert abs(found.to_value(u.arcsec) - sep.min()) < 1e-9
     assert index.row_of_position(targets[0])[0] == 3 and \
         index.row_of_position(targets[1])[0] == 20
+
+
+def test_cli_classify_checks_the_columns_of_a_fits_label_column_before_the_fit(
+        tmp_path, capsys, monkeypatch):
+    """A FITS table's text labels come back as bytes: the check for existing probability
+    columns before the fit named them ``head_p_b_edge_on_`` and so missed an existing
+    ``head_p_edge_on`` (refused only after the fit, by annotate)."""
+    from astromorph.embeddings import _head
+
+    x, y = blobs(n_per=10, k=2, d=8)
+    t = Table({"embedding": x, "label": np.array(["edge_on", "spiral"])[y]})
+    t["head_p_edge_on"] = np.zeros(len(t))
+    t.write(tmp_path / "lab.fits")
+    assert Table.read(tmp_path / "lab.fits")["label"].dtype.kind == "S"
+    work = []
+    monkeypatch.setattr(_head.LabelHead, "fit", lambda *a, **k: work.append(a))
+    assert main(["classify", str(tmp_path / "lab.fits"), "--labels", "label",
+                 "-o", str(tmp_path / "out.ecsv")]) == 2
+    assert "head_p_edge_on" in capsys.readouterr().err
+    assert work == [] and not (tmp_path / "out.ecsv").exists()

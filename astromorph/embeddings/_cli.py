@@ -194,6 +194,8 @@ def _cmd_classify(args):
     x, valid = table_embeddings(table, args.column, dtype=None, fill_masked=False)
     col = table[args.labels]
     values = np.asarray(np.ma.getdata(col))  # the labels' own dtype, as LabelHead.fit keeps
+    if values.dtype.kind == "S":  # text read from FITS: its class columns name the text
+        values = np.char.decode(values, "utf-8", errors="replace")
     labelled = valid & ~_missing_labels(col)  # masked, empty, None or NaN: unlabelled
     if labelled.sum() < 2:
         raise InputError(f"column {args.labels!r} labels fewer than two rows with embeddings")
