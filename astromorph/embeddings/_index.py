@@ -1012,13 +1012,14 @@ class SimilarityIndex:
             except (TypeError, ValueError):
                 raise InvalidArgumentTypeError(f"vector must be a vector of numbers, got "
                                                f"{vector!r}") from None
-            if q.ndim != 1:
-                raise InvalidArgumentError(f"vector must be one ({self.dim},) vector, got shape "
-                                           f"{q.shape}; use search() for several")
-            if np.ma.getmaskarray(vector).any():  # masked values hold numbers, not the vector
+            # masked values hold numbers, not the vector (a masked cell: np.ma.masked)
+            if np.ma.getmaskarray(vector).any():
                 raise InvalidArgumentError(f"vector has {int(np.ma.getmaskarray(vector).sum())} "
                                            "masked value(s): a masked embedding is no vector "
                                            "(e.g. a masked row of the embedding column)")
+            if q.ndim != 1:
+                raise InvalidArgumentError(f"vector must be one ({self.dim},) vector, got shape "
+                                           f"{q.shape}; use search() for several")
             exclude = None
         if columns is not None:
             if isinstance(columns, str):
