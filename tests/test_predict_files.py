@@ -1308,6 +1308,22 @@ def test_rubin_v11_layout(models, tmp_path):
     assert table["rb_score"][0] == pytest.approx(table["rb_score"][1])
 
 
+def test_rubin_object_from_the_diasource(models, tmp_path):
+    """A Rubin packet whose diaObject is null but whose diaSource names its diaObjectId
+    (lsst.v7 and later) has that object in the `object` column. Before, the pruned reader
+    schema dropped diaSource.diaObjectId: the object was lost (no `object` column at
+    all where no packet had a diaObject)."""
+    pytest.importorskip("fastavro")
+    from synthetic_alerts import RUBIN_V11_SCHEMA, rubin_v11_alert
+
+    rec = rubin_v11_alert(101, triplet(31))
+    rec["diaObject"] = None
+    write_avro(tmp_path / "v11.avro", [rec], schema=RUBIN_V11_SCHEMA)
+    assert read_file(tmp_path / "v11.avro")[0].object == "5101"
+    table = quiet(astromorph.predict_files, "real-bogus", tmp_path / "v11.avro")
+    assert list(table["object"]) == ["5101"]
+
+
 def test_rubin_cutouts_as_packagealerts_writes_them(models, tmp_path, capsys):
     """ap_association's packageAlerts writes each cutout as an astropy CCDData whose WCS has
     no CTYPE: only CRPIX (the source's pixel), CRVAL (the diaSource's ra, dec) and a CD

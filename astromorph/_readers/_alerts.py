@@ -116,7 +116,8 @@ def _avro_header(buf):
 _KEEP_TOP = frozenset({"candid", "objectId", "candidate", "diaSource", "diaObject", "alertId",
                        *_CUTOUTS})
 _KEEP_SUB = {"candidate": {"candid", "isdiffpos", "xpos", "ypos", "fid"},
-             "diaSource": {"diaSourceId", "psfFlux", "isNegative", "band", "ra", "dec"}}
+             "diaSource": {"diaSourceId", "diaObjectId", "psfFlux", "isNegative", "band", "ra",
+                           "dec"}}
 _SCHEMAS = {}
 
 
