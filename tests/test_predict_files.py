@@ -1308,6 +1308,25 @@ def test_rubin_v11_layout(models, tmp_path):
     assert table["rb_score"][0] == pytest.approx(table["rb_score"][1])
 
 
+def test_rubin_isnegative_decides_the_sign_where_it_is_given(models, tmp_path):
+    """Where the diaSource has isNegative (lsst.v11), it alone says whether the difference
+    holds the candidate negative; psfFlux decides only where it is missing or null, as the
+    annotate_stamps recipe of docs/predict.md ('Alert streams') decides. Before, a negative
+    psfFlux negated the difference of a detection whose isNegative is False as well."""
+    pytest.importorskip("fastavro")
+    from synthetic_alerts import RUBIN_V11_SCHEMA, rubin_v11_alert
+
+    t = triplet(31)
+    neg = t * np.array([1, 1, -1])[:, None, None]
+    positive = rubin_v11_alert(101, t, negative=False, psf_flux=-800.0)
+    unknown = rubin_v11_alert(102, neg, psf_flux=-800.0)
+    unknown["diaSource"]["isNegative"] = None
+    write_avro(tmp_path / "v11.avro", [positive, unknown], schema=RUBIN_V11_SCHEMA)
+    stamps = read_file(tmp_path / "v11.avro")
+    np.testing.assert_allclose(stamps[0].data, t)  # isNegative False: as given
+    np.testing.assert_allclose(stamps[1].data, t)  # isNegative null: psfFlux < 0 negates
+
+
 def test_rubin_object_from_the_diasource(models, tmp_path):
     """A Rubin packet whose diaObject is null but whose diaSource names its diaObjectId
     (lsst.v7 and later) has that object in the `object` column. Before, the pruned reader

@@ -382,9 +382,10 @@ def _rubin_stamp(path, i, rec):
         return stamp.flag(Flag.BAD_INPUT, f"cutouts {problem}")
     # Rubin difference images are science - template: a negative source (a fading or
     # negative-flux detection) is negated so that the candidate is positive, as in ZTF.
-    flux = dia.get("psfFlux")
-    negative = dia.get("isNegative") is True or (flux is not None and np.isfinite(flux)
-                                                  and flux < 0)
+    # isNegative says so where the schema has it (and it is not null); psfFlux < 0 elsewhere.
+    negative, flux = dia.get("isNegative"), dia.get("psfFlux")
+    negative = negative is True if negative is not None else bool(
+        flux is not None and np.isfinite(flux) and flux < 0)
     diff = -planes[2] if negative else planes[2]
     stamp.kind, stamp.data = "triplet", np.stack([planes[0], planes[1], diff])
     stamp.pixel_scale = scale
