@@ -219,7 +219,7 @@ def predict_files(model, inputs, *, batch_size=256, progress=None, write_header=
     table["source"] = Column(np.array(runner.sources, dtype=f"U{width}"),
                              description="input file (path[i]: i-th stamp of the file) or "
                                          "alert id (ZTF candid, Rubin diaSourceId)")
-    if any(o is not None for o in runner.objects):  # alert packets: the object, to join on
+    if runner.alerts:  # alert packets: the object, to join on
         from astropy.table import MaskedColumn
 
         known = np.array([o is not None for o in runner.objects])
@@ -570,6 +570,7 @@ class _Runner:
         self.match_beam = match_beam  # radio: smooth a beam finer than FIRST's to FIRST's
         self.sources, self.flags, self.reasons, self.origins = [], [], [], []
         self.objects = []
+        self.alerts = False  # a stamp came from a file of alert packets
         # key -> [pieces (rows, data, flags, scales, levels, centres), number of rows];
         # levels: the saturation level of each plane (NaN where unknown), `Stamp.saturation`;
         # centres: the candidate's (y, x) in a triplet (NaN where unknown), `Stamp.centre`
@@ -581,6 +582,7 @@ class _Runner:
         row = len(self.sources)
         self.sources.append(stamp.source)
         self.objects.append(stamp.object)
+        self.alerts = self.alerts or stamp.alert
         self.flags.append(stamp.flags)
         self.reasons.append(list(stamp.reason))
         self.origins.append((stamp.path, stamp.header_hdu, stamp.index))

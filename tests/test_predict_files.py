@@ -1657,6 +1657,10 @@ def test_alert_rows_carry_their_object(models, tmp_path):
     assert list(table["source"][:2]) == ["5", "6"]
     assert list(table["object"][:2]) == ["ZTF5", "ZTF6"] and table["object"].mask[2]
     assert "objectId" in table["object"].description
+    # a packet that cannot be read is still an alert packet: the column is there, masked
+    (tmp_path / "broken.avro").write_bytes((tmp_path / "a.avro").read_bytes()[:3000])
+    table = quiet(astromorph.predict_files, "real-bogus", tmp_path / "broken.avro")
+    assert table["object"].mask.tolist() == [True]
     # FITS stamps only: no object column
     assert "object" not in astromorph.predict_files("real-bogus", tmp_path / "b.fits",
                                                     progress=False).colnames

@@ -251,6 +251,8 @@ def read_alerts(path):
                 f"({type(exc).__name__}: {exc})"))
     if not stamps:
         stamps.append(Stamp(source, path).flag(Flag.BAD_INPUT, "Avro file holds no records"))
+    for stamp in stamps:
+        stamp.alert = True
     return stamps
 
 

@@ -54,6 +54,8 @@ class Stamp:
     assumption: str = None
     #: The astronomical object an alert belongs to (ZTF objectId, Rubin diaObjectId), else None.
     object: str = None
+    #: Read from a file of alert packets (Avro), usable or not: the table has an ``object``.
+    alert: bool = False
     #: The file's extension names another format than its content, by which it was read
     #: (a usable stamp): the words saying both, else None.
     misnamed: str = None
