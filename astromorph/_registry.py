@@ -151,6 +151,12 @@ def _check_card(card, path):
     _check_columns(card, path)
     if card["input"].get("single_band", "invalid") not in ("replicate", "invalid"):
         bad("input.single_band", card["input"]["single_band"], "'replicate' or 'invalid'")
+    from ._adapters import _FAMILIES  # the preprocessing of files, stamp tables and images
+
+    family = card["input"].get("family")
+    if family and family not in tuple(_FAMILIES):  # (a list is unhashable)
+        bad("input.family", family, f"one of {tuple(_FAMILIES)} (or left out: read from "
+            "input.preprocessing)")
     variants = card.get("variants")
     if variants is not None:
         if not isinstance(variants, dict):

@@ -1498,6 +1498,10 @@ def _set(path, value):
     (_set("outputs.0.kind", "probability"), r"outputs\[0\].kind.*'probability'"),
     (lambda card, _: card["outputs"][0].pop("labels"), r"outputs\[0\].labels.*None"),
     (_set("input.single_band", "replicated"), "input.single_band.*'replicated'"),
+    # a family astromorph has no preprocessing for: every file row would be BAD_INPUT
+    (_set("input.family", "foo"), "input.family.*'foo'"),
+    (_set("input.family", "Optical"), "input.family.*'Optical'"),
+    (_set("input.family", ["optical"]), r"input.family.*\['optical'\]"),
     # class names and the prefix name columns, the comma-separated astromorph_columns
     # meta and FITS keywords: a comma, space or slash would break them
     (_set("outputs.0.labels", ["edge,on", "b"]), r"outputs\[0\].labels.*'edge,on'"),
