@@ -973,8 +973,9 @@ def _cmd_predict(args):
         inputs = expand_inputs(args.inputs)
         check_output(args.output, overwrite=args.overwrite, table=True, inputs=inputs)
         check_model_output(args.model, args.output)
-        if args.write_header:  # ... or the file of a header copy
-            check_distinct_outputs({"--output": args.output, **{
+        if args.write_header:  # ... or the header folder or the file of a copy in it
+            check_distinct_outputs({"--output": args.output,
+                                    "--write-header": args.write_header, **{
                 f"--write-header copy of {str(p)!r}": os.path.join(args.write_header, p.name)
                 for p in inputs}})
     failed = None

@@ -1876,6 +1876,19 @@ def test_cli_output_table_is_not_one_of_the_header_copies(models, tmp_path, caps
     assert list(hdr.iterdir()) == []
 
 
+def test_cli_output_table_is_not_the_header_folder(models, tmp_path, capsys):
+    """-o naming the --write-header folder itself: refused before any work (the folder was
+    made and the copies written, then the table could not be written over it: exit 2 with
+    the results lost)."""
+    write_fits(tmp_path / "t.fits", triplet())
+    out = tmp_path / "out.fits"
+    assert cli.main(["predict", "real-bogus", str(tmp_path / "t.fits"), "--write-header",
+                     str(out), "-o", str(out), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "given twice" in err and "--write-header" in err and err.count("\n") == 1
+    assert not out.exists()
+
+
 def test_write_header_name_collision(models, tmp_path):
     for d in ("a", "b"):
         (tmp_path / d).mkdir()
