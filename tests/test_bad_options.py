@@ -125,6 +125,8 @@ TOP_LEVEL = [
                                         progress="x"), TYPE, "progress"),
     (lambda p: astromorph.predict_files("morphology", _fits(p), write_header=3), TYPE,
      "write_header"),
+    # bytes are no path: they were iterated, 'input 47 is not a path or a glob pattern'
+    (lambda p: astromorph.predict_files("morphology", b"/x.fits"), TYPE, "b'/x.fits'"),
     (lambda p: astromorph.predict_files("morphology", _fits(p), in_place="no"), TYPE, "in_place"),
     (lambda p: astromorph.predict_files("morphology", _fits(p), overwrite="no"), TYPE,
      "overwrite"),

@@ -5,7 +5,7 @@ from pathlib import Path
 
 from .._flags import Flag
 from .._io import check_input_file
-from ..exceptions import InputNotFoundError, InvalidArgumentError
+from ..exceptions import InputNotFoundError, InvalidArgumentError, InvalidArgumentTypeError
 from ._alerts import SCHEMALESS_ADVICE, confluent_schema_id, read_alerts
 from ._fits import read_fits
 from ._pictures import read_picture
@@ -111,6 +111,9 @@ def expand_inputs(inputs):
     astromorph.exceptions.InvalidArgumentError
         For an input that is neither a string nor a path.
     """
+    if isinstance(inputs, (bytes, bytearray)):  # (not iterated: its items are ints)
+        raise InvalidArgumentTypeError(
+            f"inputs must be a path, a glob pattern or a list of them (str), got {inputs!r}")
     if isinstance(inputs, (str, os.PathLike)):
         inputs = [inputs]
     try:
