@@ -127,6 +127,9 @@ TOP_LEVEL = [
      "write_header"),
     # bytes are no path: they were iterated, 'input 47 is not a path or a glob pattern'
     (lambda p: astromorph.predict_files("morphology", b"/x.fits"), TYPE, "b'/x.fits'"),
+    # a number, or a list holding one, is no path: a TypeError too (was InvalidArgumentError)
+    (lambda p: astromorph.predict_files("morphology", 3), TYPE, "int"),
+    (lambda p: astromorph.predict_files("morphology", [_fits(p), 3]), TYPE, "input 3"),
     (lambda p: astromorph.predict_files("morphology", _fits(p), in_place="no"), TYPE, "in_place"),
     (lambda p: astromorph.predict_files("morphology", _fits(p), overwrite="no"), TYPE,
      "overwrite"),

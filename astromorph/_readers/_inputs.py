@@ -5,7 +5,7 @@ from pathlib import Path
 
 from .._flags import Flag
 from .._io import check_input_file
-from ..exceptions import InputNotFoundError, InvalidArgumentError, InvalidArgumentTypeError
+from ..exceptions import InputNotFoundError, InvalidArgumentTypeError
 from ._alerts import SCHEMALESS_ADVICE, confluent_schema_id, read_alerts
 from ._fits import read_fits
 from ._pictures import read_picture
@@ -108,8 +108,9 @@ def expand_inputs(inputs):
         or a pattern that matches nothing (the message names it).
     astromorph.exceptions.InputError
         For a path that is neither a directory nor a regular file (e.g. a FIFO).
-    astromorph.exceptions.InvalidArgumentError
-        For an input that is neither a string nor a path.
+    astromorph.exceptions.InvalidArgumentTypeError
+        For an input that is neither a string nor a path (an `InvalidArgumentError` and a
+        `TypeError` both).
     """
     if isinstance(inputs, (bytes, bytearray)):  # (not iterated: its items are ints)
         raise InvalidArgumentTypeError(
@@ -119,7 +120,7 @@ def expand_inputs(inputs):
     try:
         items = list(inputs)
     except TypeError:
-        raise InvalidArgumentError(
+        raise InvalidArgumentTypeError(
             f"inputs must be a path, a glob pattern or a list of them, not "
             f"{type(inputs).__name__}") from None
     if not items:
@@ -134,7 +135,7 @@ def expand_inputs(inputs):
 
     for item in items:
         if not isinstance(item, (str, os.PathLike)):
-            raise InvalidArgumentError(f"input {item!r} is not a path or a glob pattern")
+            raise InvalidArgumentTypeError(f"input {item!r} is not a path or a glob pattern")
         text = os.path.expanduser(os.fspath(item))
         path = Path(text)
         # (os.path's checks: False for a name too long or under a folder that cannot be
