@@ -13,7 +13,7 @@ from .preprocessing._checks import SENTINEL
 from ._warnings import collecting, warn
 from .exceptions import (AmbiguousInputWarning, ChecksumMismatchError, InputDTypeError,
                          InputError, InputShapeError, InvalidArgumentError,
-                         InvalidArgumentTypeError, ModelCardError,
+                         InputRangeWarning, InvalidArgumentTypeError, ModelCardError,
                          ProviderFallbackWarning)
 
 __all__ = ["Model", "Prediction", "load_model", "as_model"]
@@ -341,14 +341,23 @@ class Model:
     #: of every other path.
     _MAX_ABS_INPUT = SENTINEL
 
+    #: Value range of the network input that each preprocessing family makes (display
+    #: values: the optical colour stamps and the stretched radio stamps), with the margin
+    #: beyond which `predict` warns (`InputRangeWarning`); the triplet family's normalised
+    #: stamps have no fixed range.
+    _INPUT_RANGE = {"optical": (0.0, 1.0), "radio": (0.0, 1.0)}
+    _RANGE_MARGIN = 0.01
+
     def _check_finite(self, batch, start):
         """Raise `InputError` naming the rows of ``batch`` (offset ``start``) with NaN,
-        infinite or masking-sentinel values."""
-        if batch.dtype.kind != "f" or not batch.size:
-            return
+        infinite or masking-sentinel values; return the batch's smallest and largest
+        values (None for an empty batch)."""
+        if not batch.size:
+            return None
         lo, hi = float(batch.min()), float(batch.max())  # NaN propagates
-        if np.isfinite(lo) and np.isfinite(hi) and max(-lo, hi) < self._MAX_ABS_INPUT:
-            return
+        if batch.dtype.kind != "f" or (np.isfinite(lo) and np.isfinite(hi)
+                                        and max(-lo, hi) < self._MAX_ABS_INPUT):
+            return lo, hi
         with np.errstate(invalid="ignore"):
             ok = np.abs(batch.reshape(len(batch), -1).astype(np.float64)) < self._MAX_ABS_INPUT
         rows = [start + int(i) for i in np.flatnonzero(~ok.all(axis=1))]
@@ -361,6 +370,29 @@ class Model:
         raise InputError(f"model {self.name!r} got NaN, infinite or masking-sentinel (|x| >= 1e30) "
                          f"values in input row(s) {shown}; predict() takes network-ready "
                          f"arrays{hint}")
+
+    def _input_range(self):
+        """The value range the card's preprocessing family makes, or None (a family without
+        one, or a card that names no preprocessing astromorph knows)."""
+        from ._adapters import model_family
+
+        try:
+            return self._INPUT_RANGE.get(model_family(self.card))
+        except InputError:  # the card names no preprocessing: nothing to compare with
+            return None
+
+    def _warn_range(self, found, bounds, dtype, start):
+        """`InputRangeWarning`: values ``found`` (smallest, largest) beyond the range
+        ``bounds`` that the card's preprocessing makes."""
+        lo, hi = bounds
+        prep = self.card["input"].get("preprocessing")
+        eight_bit = found[1] > 2 and found[1] <= 255 and found[0] >= 0
+        warn(f"model {self.name!r} takes network-ready values in [{lo:g}, {hi:g}]"
+             + (f" (as {prep} makes them)" if prep else "")
+             + f"; got values from {found[0]:.4g} to {found[1]:.4g} ({dtype}), from row "
+             f"{start} on" + ("; 8-bit images: divide by 255" if eight_bit else "")
+             + "; predict_files, annotate and annotate_stamps preprocess for you",
+             InputRangeWarning)
 
     def predict(self, x, *, batch_size=256, progress=None):
         """Run the model on network-ready arrays.
@@ -408,6 +440,13 @@ class Model:
         astromorph.exceptions.InvalidArgumentError
             ``batch_size`` is not a positive integer, or ``progress`` not a boolean or
             ``None`` (an `~astromorph.exceptions.InvalidArgumentTypeError`).
+
+        Warns
+        -----
+        astromorph.exceptions.InputRangeWarning
+            Once per call, where values lie beyond the range the card's preprocessing makes
+            (display values in [0, 1] for the galaxy and radio models; e.g. a raw 8-bit
+            stamp): the model is run, its outputs meaning little.
         """
         from ._predict import check_batch_size
 
@@ -428,11 +467,16 @@ class Model:
         batch_size = int(batch_size)
         chunks = {k: [] for k in self.output_names}
         start = 0
+        bounds = self._input_range()  # None: no range to check
         with progress_bar(n, desc=self.name, unit="stamp", enabled=progress,
                           min_total=4 * batch_size) as bar:
             while start < n:
                 stop = min(start + batch_size, n)
-                self._check_finite(x[start:stop], start)
+                found = self._check_finite(x[start:stop], start)
+                if bounds and found and (found[0] < bounds[0] - self._RANGE_MARGIN
+                                         or found[1] > bounds[1] + self._RANGE_MARGIN):
+                    self._warn_range(found, bounds, x.dtype, start)
+                    bounds = None  # once per call
                 try:
                     outs = self._run(x[start:stop], session)
                 except Exception as exc:  # noqa: BLE001 - ORT raises generic errors

@@ -27,6 +27,7 @@ __all__ = [
     "MissingDependencyError",
     "UnusableInputWarning",
     "AmbiguousInputWarning",
+    "InputRangeWarning",
     "DuplicateSourceWarning",
     "LossyOutputWarning",
     "ProvenanceMismatchError",
@@ -150,6 +151,13 @@ class UnusableInputWarning(AstromorphWarning):
 
 class AmbiguousInputWarning(AstromorphWarning):
     """An input's shape can be read in two ways; the message says which one is used."""
+
+
+class InputRangeWarning(AstromorphWarning):
+    """Network-ready input outside the range the model's preprocessing gives, e.g. 8-bit
+    values (0 to 255) where the model takes display values in [0, 1]: the model is run, but
+    its outputs mean little. The message names the range found and the preprocessing
+    function that makes the model's input."""
 
 
 class DuplicateSourceWarning(AstromorphWarning):

@@ -1907,3 +1907,29 @@ def test_prediction_flag_and_fitted_heads_pickle(tiny_registry):
         assert type(again) is type(obj)
         np.testing.assert_array_equal(again.predict_proba(x), obj.predict_proba(x))
         assert again.to_dict() == obj.to_dict()
+
+
+def test_predict_warns_once_on_values_beyond_the_preprocessing_range():
+    """A raw 8-bit stamp (0-255) given to a model that takes display values in [0, 1] was
+    scored without a word (a blank-looking 'artifact' at probability 1): it warns now,
+    once per call, naming the range found and the card's preprocessing; network-ready
+    input and the real-bogus model's unbounded normalised stamps do not warn."""
+    from astromorph.exceptions import InputRangeWarning
+    from astromorph.preprocessing import preprocess_colour_cutout
+
+    rng = np.random.default_rng(1)
+    raw = rng.integers(0, 256, size=(6, 100, 100, 3), dtype=np.uint8)
+    ready = preprocess_colour_cutout(raw)
+    morph = astromorph.load_model("morphology")
+    with pytest.warns(InputRangeWarning, match=r"\[0, 1\].*preprocess.*from 0 to 255 "
+                                               r"\(uint8\).*divide by 255") as record:
+        morph.predict(np.moveaxis(raw[:, 18:82, 18:82], -1, 1), batch_size=2)
+    assert len(record) == 1  # once, though every batch is out of range
+    radio = astromorph.load_model("radio-morphology")
+    with pytest.warns(InputRangeWarning, match="from row 1 on"):
+        radio.predict(np.concatenate([np.zeros((1, 128, 128)), np.full((1, 128, 128), 3.0)]),
+                      batch_size=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", InputRangeWarning)
+        morph.predict(ready)
+        astromorph.load_model("real-bogus").predict(rng.normal(0, 5, (2, 3, 63, 63)))
