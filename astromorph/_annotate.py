@@ -742,7 +742,8 @@ def annotate(table, images, *, model, ra_col=None, dec_col=None, coord_col=None,
     match_beam : bool, optional
         ``radio-morphology``: convolve the stamps of an image whose restoring beam (header
         BMAJ, BMIN, BPA, or the AIPS HISTORY card; circular where only BMAJ is given) has a
-        major axis below 0.9 times FIRST's 5.4 arcsec to FIRST's beam before scoring
+        minor axis below 0.9 times FIRST's 5.4 arcsec to the smallest beam that contains
+        FIRST's (FIRST's own where the major axis is below 5.4 arcsec) before scoring
         (`astromorph.preprocessing.smooth_to_first_beam`), as the model was trained at
         FIRST's resolution (default True; ``--no-match-beam``).
 

@@ -186,5 +186,6 @@ def register(sub):
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--no-match-beam", dest="match_beam", action="store_false",
                    help="radio-morphology: score an image whose restoring beam is finer than "
-                        "FIRST's 5.4\" as given (default: convolve it to FIRST's beam first)")
+                        "FIRST's 5.4\" in some direction as given (default: convolve it to the "
+                        "smallest beam that contains FIRST's first)")
     p.set_defaults(func=_run)

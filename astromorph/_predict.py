@@ -92,11 +92,12 @@ def predict_files(model, inputs, *, batch_size=256, progress=None, write_header=
     match_beam : bool, optional
         ``radio-morphology``: convolve an image in flux units whose restoring beam (header
         BMAJ, BMIN, BPA, or the AIPS HISTORY card; circular where only BMAJ is given) has a
-        major axis below 0.9 times FIRST's 5.4 arcsec to FIRST's beam before scoring
+        minor axis below 0.9 times FIRST's 5.4 arcsec to the smallest beam that contains
+        FIRST's (FIRST's own where the major axis is below 5.4 arcsec) before scoring
         (`astromorph.preprocessing.smooth_to_first_beam`, on the FIRST grid; the row's
         ``reason`` says so), as the model was trained at FIRST's resolution (default True;
-        ``--no-match-beam``). Images on FIRST's beam, without a beam, or 8-bit are scored
-        as given.
+        ``--no-match-beam``). Images on FIRST's beam or coarser in every direction, without
+        a beam, or 8-bit are scored as given.
 
     Returns
     -------
@@ -780,9 +781,12 @@ def _smoothed_words(beam):
     from .preprocessing._radio import FIRST_BEAM_FWHM_ARCSEC
 
     pa = f" (PA {beam.pa:.0f} deg)" if beam.minor != float(beam) else ""
-    return (f"smoothed from the {float(beam):.1f}\" x {beam.minor:.1f}\" beam{pa} to FIRST's "
-            f"{FIRST_BEAM_FWHM_ARCSEC:g}\" (the resolution the model was trained at; "
-            "--no-match-beam scores the image as given)")
+    to = f"FIRST's {FIRST_BEAM_FWHM_ARCSEC:g}\"" if float(beam) <= FIRST_BEAM_FWHM_ARCSEC else (
+        f"{float(beam):.1f}\" x {FIRST_BEAM_FWHM_ARCSEC:g}\"{pa}, the smallest beam that "
+        f"contains FIRST's {FIRST_BEAM_FWHM_ARCSEC:g}\"")
+    return (f"smoothed from the {float(beam):.1f}\" x {beam.minor:.1f}\" beam{pa} to {to} "
+            "(the resolution the model was trained at; --no-match-beam scores the image as "
+            "given)")
 
 
 def _group_key(kind, stamp, bands, scale, beam=None):
@@ -958,7 +962,8 @@ def register(subparsers):
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--no-match-beam", dest="match_beam", action="store_false",
                    help="radio-morphology: score an image whose restoring beam is finer than "
-                        "FIRST's 5.4\" as given (default: convolve it to FIRST's beam first)")
+                        "FIRST's 5.4\" in some direction as given (default: convolve it to the "
+                        "smallest beam that contains FIRST's first)")
     p.set_defaults(func=_cmd_predict)
     return p
 

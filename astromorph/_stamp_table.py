@@ -121,8 +121,8 @@ def annotate_stamps(table, *, model, columns=None, pixel_scale=None, negative=No
         not modified either way.
     match_beam : bool, optional
         ``radio-morphology``: convolve the stamps of FITS cells in flux units whose header's
-        restoring beam (BMAJ, BMIN, BPA, or the AIPS HISTORY card) has a major axis below
-        0.9 times FIRST's 5.4 arcsec to FIRST's beam before scoring
+        restoring beam (BMAJ, BMIN, BPA, or the AIPS HISTORY card) has a minor axis below
+        0.9 times FIRST's 5.4 arcsec to the smallest beam that contains FIRST's before scoring
         (`astromorph.preprocessing.smooth_to_first_beam`; the row's reason says so), as
         `astromorph.predict_files` does for a file of those bytes (default True). Array
         cells carry no beam: they are scored as given.

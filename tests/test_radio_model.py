@@ -1417,6 +1417,69 @@ def test_smooth_to_first_beam_reaches_first_beam_and_keeps_nan():
     assert not done.any() and np.array_equal(same, img, equal_nan=True)
 
 
+def _point_on_pixels(beam, *, scale=1.8, n=121):
+    """A point source of peak 1 Jy/beam at the centre of ``n`` x ``n`` pixels of ``scale``
+    arcsec, seen through ``beam`` (FWHM major, minor in arcsec, angle of the major axis in
+    degrees from +y towards -x)."""
+    t = np.radians(beam[2])
+    u, v = np.array([-np.sin(t), np.cos(t)]), np.array([np.cos(t), np.sin(t)])
+    inv = np.linalg.inv(((beam[0] / 2.3548) ** 2 * np.outer(u, u)
+                         + (beam[1] / 2.3548) ** 2 * np.outer(v, v)) / scale ** 2)
+    yy, xx = np.mgrid[:n, :n] - (n - 1) / 2.0
+    return np.exp(-0.5 * (inv[0, 0] * xx ** 2 + 2 * inv[0, 1] * xx * yy + inv[1, 1] * yy ** 2))
+
+
+def _beam_of(image, scale):
+    """(major, minor FWHM in arcsec, angle of the major axis from +y towards -x in degrees,
+    modulo 180) from the second moments of a noise-free point source's image."""
+    yy, xx = np.mgrid[:image.shape[0], :image.shape[1]].astype(float)
+    a = np.where(np.isfinite(image), image, 0)
+    mx, my = (a * xx).sum() / a.sum(), (a * yy).sum() / a.sum()
+    dx, dy = xx - mx, yy - my
+    cov = np.array([[(a * dx * dx).sum(), (a * dx * dy).sum()],
+                    [(a * dx * dy).sum(), (a * dy * dy).sum()]]) / a.sum()
+    ev, vec = np.linalg.eigh(cov)
+    fwhm = 2.3548 * scale * np.sqrt(ev[::-1])
+    angle = np.degrees(np.arctan2(-vec[0, 1], vec[1, 1])) % 180
+    return fwhm[0], fwhm[1], angle
+
+
+@pytest.mark.parametrize("scale", [1.0, 1.8])
+@pytest.mark.parametrize("bpa", [0.0, 30.0, 60.0, 90.0, 135.0])
+def test_elongated_beam_is_brought_to_the_beam_that_contains_firsts(bpa, scale):
+    """A 5.2" x 2.5" beam (major axis just below FIRST's 5.4", minor axis half of it) is
+    finer than FIRST's across its minor axis: smoothed to FIRST's circular 5.4" beam (only
+    the major axis was tested: it was left as given). A 7" x 2.5" beam, coarser than FIRST's
+    along its major axis, is smoothed across its minor axis only: to 7" x 5.4" at its own
+    angle, the smallest beam that contains FIRST's. The point source then has that beam's
+    shape (second moments; measured within 0.001 % on 1" pixels, 0.3 % on FIRST's 1.8"
+    pixels, and 0.1 deg) and its peak, in Jy/beam of the new beam, stays 1 (within 0.03 %;
+    2.1 % on 1.8" pixels, where the 2.5" beam is undersampled, 1.4 pixels FWHM)."""
+    shape, peak = (0.002, 0.002) if scale == 1.0 else (0.01, 0.03)
+    for beam, new in (((5.2, 2.5, bpa), (5.4, 5.4)), ((7.0, 2.5, bpa), (7.0, 5.4))):
+        image = _point_on_pixels(beam, scale=scale)
+        out, done = radio.smooth_to_first_beam(image[None], [beam], pixel_scale_arcsec=scale)
+        assert done.tolist() == [True], beam
+        major, minor, angle = _beam_of(out[0], scale)
+        assert (major, minor) == pytest.approx(new, rel=shape), beam
+        if new[0] > new[1]:
+            assert (angle - bpa + 90) % 180 - 90 == pytest.approx(0, abs=0.5), beam
+        assert out[0].max() == pytest.approx(1.0, rel=peak), beam
+
+
+def test_beam_not_finer_than_first_in_any_direction_is_untouched():
+    """A beam at least FIRST's 5.4" across every direction (FIRST's own, its southern
+    6.4" x 5.4", a 6" x 5.5" one at any angle) is not smoothed; nor one that is finer
+    by less than `BEAM_MATCH_FRACTION` (5" x 5"), as before."""
+    image = _point_on_pixels((6.0, 5.5, 40.0))[None]
+    for beam in ([5.4, 5.4, 0.0], [6.4, 5.4, 0.0], [6.0, 5.5, 40.0], [6.0, 5.5, 120.0],
+                 [5.0, 5.0, 0.0], [9.0, 5.0, 10.0], [np.nan] * 3):
+        same, done = radio.smooth_to_first_beam(image, [beam])
+        assert not done.any() and np.array_equal(same, image), beam
+    # just below the threshold along the minor axis only: smoothed
+    assert radio.smooth_to_first_beam(image, [[9.0, 4.8, 10.0]])[1].tolist() == [True]
+
+
 @pytest.mark.parametrize("seed", [1, 2])
 def test_finer_beam_is_smoothed_to_first_before_scoring(tmp_path, seed):
     path = _double_fits(tmp_path / "vlass.fits", 2.5, seed=seed)
@@ -1762,3 +1825,41 @@ def test_predict_files_turns_an_elliptical_beam_onto_the_cutouts_pixels(tmp_path
     for angle in [wrong.get(layout, 60.0)]:
         other = radio.smooth_to_first_beam(images, [[4.0, 1.5, angle]])[0]
         assert _axis_ratio(other[0]) < 0.95, angle
+
+
+@pytest.mark.parametrize("layout", ["north-up", "crota2", "east-right"])
+@pytest.mark.parametrize("bpa", [0.0, 60.0, 135.0])
+def test_predict_files_smooths_a_beam_finer_than_firsts_across_its_minor_axis(
+        tmp_path, smoothed_stamps, layout, bpa):
+    """A point source seen through a 5.2" x 2.5" beam (VLASS- or MeerKAT-like: only the
+    minor axis finer than FIRST's) on 1" cutouts laid out in several ways comes out on
+    FIRST's circular 5.4" beam on the FIRST grid, in Jy/beam of that beam (its flux
+    density, 0.02 Jy, within 2.5 %; 1.8 % measured), and the row's ``radio_smoothed`` is
+    True; one through a 7" x 2.5" beam on 7" x 5.4" at the beam's angle on the grid. The
+    shape within 3 % and 1 deg (2.4 %, 0.6 deg measured: the bilinear resampling of the 1"
+    cutout to 1.8" widens it a little). A 6" x 5.6" beam is left as given
+    (``radio_smoothed`` False)."""
+    for k, (beam, new) in enumerate((((5.2, 2.5, bpa), (5.4, 5.4)),
+                                     ((7.0, 2.5, bpa), (7.0, 5.4)))):
+        header = _point_cutout(tmp_path / f"cut{k}.fits", layout, beam=beam)
+        out = astromorph.predict_files("radio-morphology", [str(tmp_path / f"cut{k}.fits")],
+                                       progress=False)
+        if new[0] > 5.4:
+            assert (f'smoothed from the 7.0" x 2.5" beam (PA {bpa:.0f} deg) to 7.0" x 5.4" '
+                    f'(PA {bpa:.0f} deg), the smallest beam that contains FIRST\'s 5.4"'
+                    in out["reason"][0])
+        (_, beams, stamps), = smoothed_stamps[k:]
+        major, minor, angle = _beam_of(stamps[0], 1.8)
+        assert (major, minor) == pytest.approx(new, rel=0.03), beam
+        if new[0] > new[1]:
+            expected = _pa_on_grid(header, "icrs", bpa)
+            assert (angle - expected + 90) % 180 - 90 == pytest.approx(0, abs=1), beam
+        # the flux density: the sum over the 1.8" pixels in Jy/beam of the new beam over
+        # the beam's area in pixels (the peak falls between pixels of the FIRST grid)
+        flux = np.nansum(stamps[0]) / (np.pi / (4 * np.log(2)) * new[0] * new[1] / 1.8 ** 2)
+        assert flux == pytest.approx(0.02, rel=0.025), beam
+    _point_cutout(tmp_path / "wide.fits", layout, beam=(6.0, 5.6, bpa))
+    out = astromorph.predict_files("radio-morphology", [str(tmp_path / "wide.fits")],
+                                   progress=False)
+    assert len(smoothed_stamps) == 2
+    assert "smoothed" not in out["reason"][0]

@@ -82,10 +82,11 @@ __all__ = [
 FIRST_PIXEL_SCALE_ARCSEC = 1.8
 #: FIRST restoring beam FWHM in arcsec (Becker, White & Helfand 1995).
 FIRST_BEAM_FWHM_ARCSEC = 5.4
-#: A restoring beam whose major axis is below this fraction of FIRST's is finer than the
-#: model's resolution: `smooth_to_first_beam` brings it to FIRST's before scoring. Within
-#: 10 % the beam is FIRST's as headers quote it (5.4", or 6.4" x 5.4" in the south, rounded),
-#: and the kernel it would take, below 2.4" FWHM, is finer than one 1.8" pixel.
+#: A restoring beam whose minor axis is below this fraction of FIRST's is finer than the
+#: model's resolution in some direction: `smooth_to_first_beam` brings it to the smallest
+#: beam that contains FIRST's before scoring. Within 10 % the beam is FIRST's as headers quote
+#: it (5.4", or 6.4" x 5.4" in the south, rounded), and the kernel it would take, below 2.4"
+#: FWHM, is finer than one 1.8" pixel.
 BEAM_MATCH_FRACTION = 0.9
 #: Typical FIRST noise level in Jy/beam (0.15 mJy/beam).
 FIRST_TYPICAL_RMS_JY = 1.5e-4
@@ -999,43 +1000,73 @@ def resample_to_first_grid(image, pixel_scale_arcsec, *, size=DATASET_IMAGE_PIXE
 
 def _fine_beams(beams):
     """Rows of ``beams`` (N, 3: major, minor FWHM in arcsec, angle in degrees) that
-    `smooth_to_first_beam` smooths: a known major axis below `BEAM_MATCH_FRACTION` of
-    FIRST's."""
-    major = np.asarray(beams, dtype=float).reshape(-1, 3)[:, 0]
+    `smooth_to_first_beam` smooths: FIRST's covariance less the beam's has a positive
+    eigenvalue, FIRST's circular beam being wider than the beam across its minor axis, of
+    more than the kernel of a circular beam of `BEAM_MATCH_FRACTION` of FIRST's: a known
+    minor axis (the major where the minor is unknown) below that fraction of FIRST's."""
+    return _beam_axes(beams)[1] < BEAM_MATCH_FRACTION * FIRST_BEAM_FWHM_ARCSEC
+
+
+def _beam_axes(beams):
+    """``(major, minor, angle)`` arrays of ``beams`` (N, 3): the minor axis is the major
+    where it is unknown (NaN or not positive) and at most the major; the angle 0 where
+    unknown; a major NaN where unknown (every comparison false)."""
+    beams = np.asarray(beams, dtype=float).reshape(-1, 3)
+    major = beams[:, 0]
     with np.errstate(invalid="ignore"):
-        return major < BEAM_MATCH_FRACTION * FIRST_BEAM_FWHM_ARCSEC
+        minor = np.where(np.isfinite(beams[:, 1]) & (beams[:, 1] > 0),
+                         np.minimum(beams[:, 1], major), major)
+    return major, minor, np.where(np.isfinite(beams[:, 2]), beams[:, 2], 0.0)
 
 
 def _matching_kernel(major, minor, angle, pixel_scale):
     """The normalised 2-D Gaussian that takes the beam ``major`` x ``minor`` arcsec (FWHM;
-    major axis at ``angle`` degrees from +y towards -x) to FIRST's circular beam, sampled
-    on pixels of ``pixel_scale`` arcsec: its covariance is the difference of the two
-    beams'. Also the factor that keeps Jy/beam in the new beam (the ratio of the areas)."""
+    major axis at ``angle`` degrees from +y towards -x) to the smallest beam that contains
+    FIRST's circular one, sampled on pixels of ``pixel_scale`` arcsec: its covariance is the
+    positive part of the difference of the two beams' (none along a major axis wider than
+    FIRST's beam). Also the factor that keeps Jy/beam in the new beam (the ratio of the
+    areas).
+
+    The kernel is made from its Fourier transform, exact at the frequencies of its grid:
+    sampled in the image plane, a Gaussian much narrower than a pixel across one direction
+    (the major axis of a beam slightly finer than FIRST's, or none at all) is a lone pixel
+    unless that direction lies on the pixel axes, and would smooth too little."""
     fwhm = 2.0 * np.sqrt(2.0 * np.log(2.0))
     t = np.radians(angle)
     u = np.array([-np.sin(t), np.cos(t)])  # the major axis in (x, y)
     v = np.array([np.cos(t), np.sin(t)])
-    beam = ((major / fwhm) ** 2 * np.outer(u, u) + (minor / fwhm) ** 2 * np.outer(v, v))
-    cov = ((FIRST_BEAM_FWHM_ARCSEC / fwhm) ** 2 * np.eye(2) - beam) / pixel_scale ** 2
-    radius = int(np.ceil(4.0 * np.sqrt(np.linalg.eigvalsh(cov).max())))
-    d = np.arange(-radius, radius + 1, dtype=float)
-    x, y = np.meshgrid(d, d)  # (rows: y, columns: x)
-    inv = np.linalg.inv(cov)
-    kernel = np.exp(-0.5 * (inv[0, 0] * x * x + 2 * inv[0, 1] * x * y + inv[1, 1] * y * y))
-    return kernel / kernel.sum(), FIRST_BEAM_FWHM_ARCSEC ** 2 / (major * minor)
+    first = FIRST_BEAM_FWHM_ARCSEC ** 2
+    var_u, var_v = max(first - major ** 2, 0.0), max(first - minor ** 2, 0.0)
+    cov = (var_u * np.outer(u, u) + var_v * np.outer(v, v)) / (fwhm * pixel_scale) ** 2
+    radius = int(np.ceil(4.0 * np.sqrt(np.linalg.eigvalsh(cov).max()))) + 4
+    k = np.fft.fftfreq(2 * radius + 1)  # odd: no Nyquist frequency to share
+    ky, kx = k[:, None], k[None, :]  # (rows: y, columns: x)
+    # times a taper flat to the 8th order at zero (the moments kept) that closes the
+    # transform before the Nyquist frequency, where a Gaussian narrow across one direction
+    # is still open, and would wrap with a jump: ripples that turn the beam
+    gain = np.exp(-2 * np.pi ** 2 * (cov[0, 0] * kx * kx + 2 * cov[0, 1] * kx * ky
+                                     + cov[1, 1] * ky * ky) - ((kx * kx + ky * ky) / 0.16) ** 4)
+    kernel = np.fft.fftshift(np.fft.ifft2(gain).real)
+    area = max(major, FIRST_BEAM_FWHM_ARCSEC) * max(minor, FIRST_BEAM_FWHM_ARCSEC)
+    return kernel / kernel.sum(), area / (major * minor)
 
 
 def smooth_to_first_beam(images, beams, *, pixel_scale_arcsec=FIRST_PIXEL_SCALE_ARCSEC):
-    """Convolve radio images whose restoring beam is finer than FIRST's to FIRST's beam.
+    """Convolve radio images whose restoring beam is finer than FIRST's to a beam that
+    contains FIRST's.
 
     The images of a finer beam at the same noise per beam show extended emission (radio
     lobes) fainter against the noise than FIRST did: the model, trained at FIRST's 5.4
-    arcsec, calls a double with faded lobes bent or compact. Each image whose beam's major
-    axis is below `BEAM_MATCH_FRACTION` times `FIRST_BEAM_FWHM_ARCSEC` is convolved with
-    the Gaussian whose covariance is FIRST's circular beam's less its own (rotated as its
-    major axis lies on the pixel axes), and scaled by the ratio of the beam areas, so that
-    Jy/beam stays Jy/beam of the new beam (a common beam, as a radio astronomer would).
-    The convolution is normalised over the valid pixels: a NaN pixel stays NaN and does not
+    arcsec, calls a double with faded lobes bent or compact. Each image whose beam is finer
+    than FIRST's across some direction, its minor axis below `BEAM_MATCH_FRACTION` times
+    `FIRST_BEAM_FWHM_ARCSEC` (an elongated 5.2" x 2.5" beam is, whatever its major axis), is
+    convolved to the smallest Gaussian beam that contains both its own and FIRST's circular
+    beam: the kernel's covariance is the positive part of FIRST's less its own (rotated as
+    its major axis lies on the pixel axes), so the new beam is FIRST's 5.4" where the major
+    axis is below 5.4", else major x 5.4" at the beam's own angle (only the finer direction
+    is smoothed). The image is scaled by the ratio of the beam areas, so that Jy/beam stays
+    Jy/beam of the new beam (a common beam, as a radio astronomer would). The convolution
+    is normalised over the valid pixels: a NaN pixel stays NaN and does not
     spread, and the valid pixels next to it (or to the image's edge) are the average of
     their valid neighbours. Other images are returned as given.
 
@@ -1047,7 +1078,8 @@ def smooth_to_first_beam(images, beams, *, pixel_scale_arcsec=FIRST_PIXEL_SCALE_
         ``(N, 3)``: each image's beam FWHM, major and minor axes in arcsec, and the angle
         of its major axis in degrees from the image's +y axis (rows increasing) towards -x
         (the position angle BPA for an image with north up and east left); NaN (major)
-        where unknown: not smoothed.
+        where unknown: not smoothed; a minor axis NaN or not positive is the major's (a
+        circular beam).
     pixel_scale_arcsec : float, optional
         Pixel scale of the images (default: FIRST's 1.8 arcsec, the grid of
         `resample_to_first_grid`).
@@ -1070,10 +1102,7 @@ def smooth_to_first_beam(images, beams, *, pixel_scale_arcsec=FIRST_PIXEL_SCALE_
     if not smoothed.any():
         return images, smoothed
     rows = np.flatnonzero(smoothed)
-    minor = np.where(np.isfinite(beams[rows, 1]) & (beams[rows, 1] > 0),
-                     np.minimum(beams[rows, 1], beams[rows, 0]), beams[rows, 0])
-    angle = np.where(np.isfinite(beams[rows, 2]), beams[rows, 2], 0.0)
-    shapes = np.stack([beams[rows, 0], minor, angle], axis=1)
+    shapes = np.stack(_beam_axes(beams[rows]), axis=1)
     unique, inverse = np.unique(shapes, axis=0, return_inverse=True)
     for k, (a, b, t) in enumerate(unique):  # one kernel per distinct beam
         sel = rows[np.asarray(inverse).ravel() == k]
