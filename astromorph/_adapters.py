@@ -578,6 +578,10 @@ def prepare(model, raw, *, crop_fraction=None):
 #: Description of the ``<prefix>_flags`` columns: every bit of `Flag` by value and name.
 FLAGS_DESCRIPTION = ("astromorph quality bits (astromorph.Flag, 0 = clean): "
                      + ", ".join(f"{int(f)} {f.name}" for f in Flag))
+#: Description of the radio models' ``<prefix>_smoothed`` columns.
+SMOOTHED_DESCRIPTION = ("True: the image's restoring beam was finer than FIRST's 5.4 arcsec, "
+                        "and it was convolved to the smallest beam containing FIRST's before "
+                        "scoring (match_beam)")
 
 
 def multidimensional_outputs(card):
@@ -586,7 +590,7 @@ def multidimensional_outputs(card):
         else []
 
 
-def result_columns(model, prediction, flags, valid):
+def result_columns(model, prediction, flags, valid, *, smoothed=None):
     """Table of the model's output columns, one row per input row.
 
     Parameters
@@ -597,6 +601,9 @@ def result_columns(model, prediction, flags, valid):
     flags : numpy.ndarray of int, (N,)
     valid : numpy.ndarray of bool, (N,)
         Rows that were scored; the others get masked values.
+    smoothed : numpy.ndarray of bool, (N,), optional
+        Radio models: the rows whose image was convolved to a beam that contains FIRST's
+        (`astromorph.preprocessing.smooth_to_first_beam`); None: none of them.
 
     Returns
     -------
@@ -604,7 +611,8 @@ def result_columns(model, prediction, flags, valid):
         Columns named by task: ``<prefix>_p_<label>`` and ``<prefix>_label``
         for classifiers, ``<prefix>_score`` (e.g. ``rb_score``) for scores,
         ``embedding`` (multidimensional float32) for embeddings,
-        ``<prefix>_<label>`` for regression outputs, and ``<prefix>_flags``.
+        ``<prefix>_<label>`` for regression outputs, and ``<prefix>_flags``; for radio
+        models ``<prefix>_smoothed`` (bool) after it.
 
     Raises
     ------
@@ -619,7 +627,8 @@ def result_columns(model, prediction, flags, valid):
 
     def put(name, values, description, unit=None, fill=np.nan):
         # in any case: FITS compares column names (TTYPE) without regard to case
-        if name.casefold() in {c.casefold() for c in [*table.colnames, f"{prefix}_flags"]}:
+        if name.casefold() in {c.casefold() for c in [*table.colnames, f"{prefix}_flags",
+                                                      f"{prefix}_smoothed"]}:
             raise ModelCardError(f"two outputs of model {model.name!r} name the column "
                                  f"{name!r} (column_prefix {prefix!r}; column names are "
                                  "compared without regard to case)")
@@ -657,6 +666,10 @@ def result_columns(model, prediction, flags, valid):
                     f"{model.name} output {label!r}" + (f" ({readable})" if readable else ""))
     table[f"{prefix}_flags"] = np.asarray(flags, dtype=np.int32)
     table[f"{prefix}_flags"].description = FLAGS_DESCRIPTION
+    if model_family(model.card) == "radio":  # what was done to the pixels: not a flag
+        table[f"{prefix}_smoothed"] = np.zeros(n, bool) if smoothed is None \
+            else np.asarray(smoothed, dtype=bool)
+        table[f"{prefix}_smoothed"].description = SMOOTHED_DESCRIPTION
     return table
 
 

@@ -752,8 +752,10 @@ def annotate(table, images, *, model, ra_col=None, dec_col=None, coord_col=None,
     Table or QTable
         A copy of ``table`` with the model's columns (see
         `astromorph.predict_files` for their names) and ``<prefix>_flags``
-        (bits of `astromorph.Flag`). Rows that could not be scored (off
-        every image, missing band, bad size) have masked outputs. ``meta``
+        (bits of `astromorph.Flag`), for radio models ``<prefix>_smoothed`` (bool: the
+        stamp was smoothed to a beam that contains FIRST's, see ``match_beam``). Rows
+        that could not be scored (off every image, missing band, bad size) have masked
+        outputs. ``meta``
         gets the provenance keys (``astromorph_model``,
         ``astromorph_model_sha256``, ``astromorph_columns``...); those of an
         earlier annotation of the table are kept as ``astromorph_run1_*``...
@@ -803,6 +805,7 @@ def annotate(table, images, *, model, ra_col=None, dec_col=None, coord_col=None,
         flags = np.zeros(n, np.int32)
         flags[bad_pos | bad_size] |= Flag.BAD_INPUT
         valid = np.zeros(n, bool)
+        smoothed = np.zeros(n, bool)  # radio: the rows whose stamp was smoothed
         sky = {band: _sky_positions(groups[band], coords, frames[band]) for band in plan}
         for band in plan:
             _plan_reads(groups[band], sky[band], npix)
@@ -840,9 +843,12 @@ def annotate(table, images, *, model, ra_col=None, dec_col=None, coord_col=None,
                             flags=row_flags[usable])
             x, row_flags[usable] = prepare(model, raw, crop_fraction=crop)
             scored = (row_flags[usable] & int(Flag.unusable())) == 0  # e.g. an all-NaN band
+            smoothed = np.zeros(len(rows), bool)
+            if raw.smoothed is not None:
+                smoothed[np.flatnonzero(usable)[raw.smoothed & scored]] = True
             if not scored.all():
                 x, usable = x[scored], usable & ((row_flags & int(Flag.unusable())) == 0)
-            return rows, x, row_flags, usable
+            return rows, x, row_flags, usable, smoothed
 
         predictions, scored = [], []
         order = _processing_order(sky[plan[0]])
@@ -857,15 +863,15 @@ def annotate(table, images, *, model, ra_col=None, dec_col=None, coord_col=None,
                 # scipy and ONNX Runtime release the GIL); the model scores each
                 # part as soon as it is ready
                 parts = [order[s:min(s + per_part, stop)] for s in range(start, stop, per_part)]
-                for rows, x, row_flags, usable in pool.map(stamps_to_input, parts):
-                    flags[rows] = row_flags
+                for rows, x, row_flags, usable, smooth in pool.map(stamps_to_input, parts):
+                    flags[rows], smoothed[rows] = row_flags, smooth
                     valid[rows[usable]] = True
                     if len(x):
                         predictions.append(model.predict(x, batch_size=batch_size, progress=False))
                         scored.append(rows[usable])
                     bar.update(len(rows))
         prediction = _concat(predictions, scored)
-        columns = result_columns(model, prediction, flags, valid)
+        columns = result_columns(model, prediction, flags, valid, smoothed=smoothed)
         used = _add_columns(out, columns, on_conflict)
         add_provenance(out.meta, _provenance(model, used_images, used.values(), crop))
         unplaced = np.flatnonzero(bad_pos | bad_size)

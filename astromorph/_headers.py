@@ -132,7 +132,9 @@ def _result_cards(model, table, row, index, dropped=None):
         if np.ma.is_masked(value):
             continue
         suffix = name[len(prefix) + 1:] if name.startswith(prefix + "_") else name
-        if isinstance(value, (np.floating, float)):
+        if isinstance(value, (np.bool_, bool)):  # a logical card (T/F)
+            value = bool(value)
+        elif isinstance(value, (np.floating, float)):
             value = float(f"{float(value):.7g}")
         elif isinstance(value, (np.integer, int)):
             value = int(value)

@@ -105,7 +105,9 @@ def predict_files(model, inputs, *, batch_size=256, progress=None, write_header=
         Columns ``source`` (file path, ``path[i]`` for the i-th stamp of a
         file holding several, or the alert id: ZTF ``candid``, Rubin
         ``diaSourceId``), the model's output columns, ``<prefix>_flags``
-        (`astromorph.Flag` bits) and ``reason`` (empty for clean rows).
+        (`astromorph.Flag` bits), for radio models ``<prefix>_smoothed`` (bool: the image
+        was smoothed to a beam that contains FIRST's, see ``match_beam``) and ``reason``
+        (empty for clean rows).
         Outputs of unusable rows (`Flag.unusable`) are masked. ``meta`` holds
         the provenance keys `astromorph.annotate` writes (``astromorph_version``,
         ``astromorph_model``, ``astromorph_model_version``,
@@ -201,7 +203,7 @@ def predict_files(model, inputs, *, batch_size=256, progress=None, write_header=
              AmbiguousInputWarning)
 
     prediction, flags, valid = runner.collect()
-    cols = result_columns(model, prediction, flags, valid)
+    cols = result_columns(model, prediction, flags, valid, smoothed=runner.smoothed_rows())
 
     from astropy.table import Column, Table
 
@@ -577,6 +579,7 @@ class _Runner:
         # centres: the candidate's (y, x) in a triplet (NaN where unknown), `Stamp.centre`
         self.groups = {}
         self.results = []  # (rows, {output: array})
+        self.smoothed = []  # rows of the radio images smoothed to a beam containing FIRST's
         self.updates = []  # (rows, flags, valid) of the scored groups
 
     def add(self, stamp):
@@ -679,6 +682,12 @@ class _Runner:
             prediction = Prediction(arrays, self.model.card["outputs"])
         return prediction, flags, valid
 
+    def smoothed_rows(self):
+        """``(N,)`` bool: the rows whose image was smoothed (`result_columns`' ``smoothed``)."""
+        out = np.zeros(len(self.sources), dtype=bool)
+        out[np.asarray(self.smoothed, dtype=np.intp)] = True
+        return out
+
     def reason_column(self):
         """Column of the rows' reasons, joined by "; " (empty for clean rows)."""
         from astropy.table import Column
@@ -734,6 +743,7 @@ class _Runner:
         if raw.smoothed is not None:  # what was done to the pixels: said, not flagged
             for j in np.flatnonzero(raw.smoothed & scored):
                 self.reasons[rows[j]].append(_smoothed_words(beam))
+                self.smoothed.append(rows[j])
         new = flags & ~before
         grid = None  # the group's shape and pixel scale are one: its words are too
         if (new & int(Flag.EXTRAPOLATED)).any():

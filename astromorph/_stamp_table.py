@@ -131,8 +131,10 @@ def annotate_stamps(table, *, model, columns=None, pixel_scale=None, negative=No
     -------
     Table or QTable
         A copy of ``table`` with the model's columns (e.g. ``rb_score``),
-        ``<prefix>_flags`` (bits of `astromorph.Flag`) and ``<prefix>_reason`` (why a row
-        is flagged, or what was assumed of it; empty when clean). Rows that could not be
+        ``<prefix>_flags`` (bits of `astromorph.Flag`), for radio models
+        ``<prefix>_smoothed`` (bool: the FITS cell was smoothed to a beam that contains
+        FIRST's, see ``match_beam``) and ``<prefix>_reason`` (why a row is flagged, or what
+        was assumed of it; empty when clean). Rows that could not be
         scored (missing or corrupt stamp, wrong shape, template without a positive pixel)
         have masked outputs.
 
@@ -211,7 +213,7 @@ def annotate_stamps(table, *, model, columns=None, pixel_scale=None, negative=No
         warn_flux_units(model, units)
 
     prediction, flags, valid = runner.collect()
-    new = result_columns(model, prediction, flags, valid)
+    new = result_columns(model, prediction, flags, valid, smoothed=runner.smoothed_rows())
     new[f"{prefix}_reason"] = runner.reason_column()
     out = table.copy(copy_data=copy)
     if not copy:  # the data are shared, the meta that provenance goes into is not

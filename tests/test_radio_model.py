@@ -1508,6 +1508,28 @@ def test_aips_beam_is_smoothed_with_its_minor_axis_and_pa(tmp_path):
     assert 'smoothed from the 2.5" x 2.0" beam (PA 30 deg)' in on["reason"][0]
 
 
+def test_smoothed_column_is_described_and_written_to_headers(tmp_path):
+    """``radio_smoothed`` (bool) says which rows were smoothed: True for the 2.5" image,
+    False for the one on FIRST's beam, the unreadable file and the 8-bit picture; its
+    description says so, and ``write_header`` writes it as a logical card."""
+    from PIL import Image
+
+    _double_fits(tmp_path / "vlass.fits", 2.5)
+    _double_fits(tmp_path / "first.fits", 5.4, pixel_scale=1.8)
+    (tmp_path / "broken.fits").write_bytes(b"not a FITS file")
+    Image.fromarray(np.zeros((300, 300), np.uint8)).save(tmp_path / "cut.png")
+    out = astromorph.predict_files("radio-morphology", tmp_path, progress=False,
+                                   write_header=tmp_path / "out")
+    smoothed = dict(zip(out["source"], out["radio_smoothed"]))
+    assert smoothed == {str(tmp_path / n): n == "vlass.fits" for n in
+                        ("broken.fits", "cut.png", "first.fits", "vlass.fits")}
+    assert out["radio_smoothed"].dtype == bool
+    assert "restoring beam" in out["radio_smoothed"].description
+    for name in ("vlass.fits", "first.fits"):
+        card = fits.getheader(tmp_path / "out" / name)["ASTROMORPH RADIO-MORPHOLOGY SMOOTHED"]
+        assert card is (name == "vlass.fits")
+
+
 def test_match_beam_must_be_a_bool(tmp_path):
     from astromorph.exceptions import InvalidArgumentTypeError
 
@@ -1608,6 +1630,10 @@ def test_annotate_smooths_a_finer_beam_as_predict_files_does(tmp_path, smoothed_
     assert len(smoothed_stamps) == 1  # match_beam=False: not smoothed
     assert (on["radio_p_FRII"] > 0.8).all() and (on["radio_p_FRII"] - off["radio_p_FRII"]
                                                  > 0.1).all()
+    # each row says that its stamp was smoothed (a column beside the flags, not a flag)
+    assert on["radio_smoothed"].tolist() == [True] * 3 and (on["radio_flags"] == 0).all()
+    assert off["radio_smoothed"].tolist() == [False] * 3
+    assert on.colnames.index("radio_smoothed") == on.colnames.index("radio_flags") + 1
     data, header = fits.getdata(path), fits.getheader(path)
     cuts = []
     for k, (x, y) in enumerate(np.round(w.all_world2pix(ra, dec, 0)).astype(int).T):
@@ -1678,8 +1704,9 @@ def test_annotate_dask_passes_match_beam_to_annotate(tmp_path, match_beam):
     out = astromorph.annotate_dask(table, str(path), model="radio-morphology",
                                    partition_size=2, scheduler="synchronous",
                                    match_beam=match_beam)
-    for name in ("radio_p_FRII", "radio_p_bent", "radio_flags"):
+    for name in ("radio_p_FRII", "radio_p_bent", "radio_flags", "radio_smoothed"):
         np.testing.assert_array_equal(out[name], one[name])
+    assert out["radio_smoothed"].tolist() == [match_beam] * 3
     assert not np.allclose(out["radio_p_FRII"], other["radio_p_FRII"], atol=0.05)
 
 
@@ -1711,6 +1738,7 @@ def test_annotate_stamps_smooths_fits_cells_of_a_finer_beam_as_predict_files(tmp
         np.testing.assert_allclose(out[name], files[name], rtol=1e-6)
     assert list(out["radio_reason"]) == list(files["reason"])
     assert all(("smoothed from the 2.5" in r) == match_beam for r in out["radio_reason"])
+    assert out["radio_smoothed"].tolist() == files["radio_smoothed"].tolist() == [match_beam] * 2
 
 
 @pytest.mark.parametrize("flag", [[], ["--no-match-beam"]])
@@ -1844,6 +1872,7 @@ def test_predict_files_smooths_a_beam_finer_than_firsts_across_its_minor_axis(
         header = _point_cutout(tmp_path / f"cut{k}.fits", layout, beam=beam)
         out = astromorph.predict_files("radio-morphology", [str(tmp_path / f"cut{k}.fits")],
                                        progress=False)
+        assert out["radio_smoothed"].tolist() == [True]
         if new[0] > 5.4:
             assert (f'smoothed from the 7.0" x 2.5" beam (PA {bpa:.0f} deg) to 7.0" x 5.4" '
                     f'(PA {bpa:.0f} deg), the smallest beam that contains FIRST\'s 5.4"'
@@ -1861,5 +1890,5 @@ def test_predict_files_smooths_a_beam_finer_than_firsts_across_its_minor_axis(
     _point_cutout(tmp_path / "wide.fits", layout, beam=(6.0, 5.6, bpa))
     out = astromorph.predict_files("radio-morphology", [str(tmp_path / "wide.fits")],
                                    progress=False)
-    assert len(smoothed_stamps) == 2
+    assert out["radio_smoothed"].tolist() == [False] and len(smoothed_stamps) == 2
     assert "smoothed" not in out["reason"][0]
