@@ -566,10 +566,24 @@ def _icrs_north(coords, frame):
 
 
 def _margins(image, px, py):
-    """Distance (pixels) of each position inside the image's border; negative outside."""
+    """Distance (arcsec) of each position inside the image's border, each pixel axis in
+    its pixels' side on the sky (`_pixel_sides`: tiles of different pixel scales compare);
+    negative outside."""
     ny, nx = image.shape
-    margin = np.minimum.reduce([px + 0.5, nx - 0.5 - px, py + 0.5, ny - 0.5 - py])
+    sx, sy = _pixel_sides(image)
+    margin = np.minimum.reduce([(px + 0.5) * sx, (nx - 0.5 - px) * sx, (py + 0.5) * sy,
+                                (ny - 0.5 - py) * sy])
     return np.where(np.isfinite(margin), margin, -np.inf)
+
+
+def _pixel_sides(image):
+    """The sides (arcsec) of the image's pixels along its x and y axes, at its reference
+    point (1, 1 where its WCS cannot say)."""
+    from astropy.wcs.utils import proj_plane_pixel_scales
+
+    with image.lock:
+        sides = proj_plane_pixel_scales(image.wcs) * 3600.0
+    return sides if np.all(np.isfinite(sides) & (sides > 0)) else np.ones(2)
 
 
 def _has_data(image, px, py, inside):
@@ -629,7 +643,8 @@ def _cut_band(images, sky, npix, scale, rows):
         px, py = sky[k][2][rows], sky[k][3][rows]
         margin = _margins(image, px, py)
         # an image with data under the source beats one with a blank pixel there (the
-        # padding of a rotated tile, a chip gap), however far from its edge
+        # padding of a rotated tile, a chip gap), however far from its edge; else the one
+        # where it lies farthest from the edge on the sky (not in pixels: a finer tile's)
         data = _has_data(image, px, py, margin > 0)
         better = (data > best_data) | ((data == best_data) & (margin > best_margin))
         best_margin[better] = margin[better]
@@ -676,8 +691,8 @@ def annotate(table, images, *, model, ra_col=None, dec_col=None, coord_col=None,
     """Add model columns to a copy of a catalogue, from images with a WCS.
 
     Each source gets a stamp resampled from the image that contains it (the
-    one where it lies farthest from the edge, among those with data under it,
-    so tiled mosaics just work) onto the model's angular grid, north up and
+    one where it lies farthest from the edge on the sky, among those with data
+    under it, so tiled mosaics just work) onto the model's angular grid, north up and
     east left, with the WCS honoured (rotation, flips, SIP
     distortion); the stamps are preprocessed exactly as in training and
     scored in batches.

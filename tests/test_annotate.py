@@ -1313,6 +1313,31 @@ def test_mosaic_tile_with_blank_padding_gives_way_to_one_with_data(optical_model
     np.testing.assert_allclose(mosaic["opt_p_a"], whole["opt_p_a"], rtol=1e-5)
 
 
+def test_mosaic_tiles_of_different_pixel_scales_compare_edges_on_the_sky(optical_model):
+    """Of two overlapping tiles of different pixel scales, a source is cut from the one where
+    it lies farthest from the edge on the sky, not in pixels: 10" inside a 0.4"/px tile (25
+    pixels) beats 3" inside a 0.1"/px one (30 pixels), whose edge the 8" stamp would cross."""
+    n = 240
+    img = blobs(n, count=60)
+    w = sky_wcs(n, rot=0)                                # 0.4"/px, 96" wide
+    cat = catalogue(w, [(n - 0.5 - 25, 120), (60, 120)])  # 25 pixels (10") inside its edge
+    coarse = astromorph.annotate(cat, (img, w), model=optical_model)
+    fine = sky_wcs(400, rot=0, scale=0.1)                # 40" wide, its left edge 3" left of
+    x, y = fine.world_to_pixel(w.pixel_to_world(n - 0.5 - 25, 120))  # the first source
+    fine.wcs.crpix = [fine.wcs.crpix[0] - x + 29.5, fine.wcs.crpix[1] - y + 200]
+    tiles = [(img, w), (blobs(400, seed=1), fine)]
+    mosaic = astromorph.annotate(cat, tiles, model=optical_model)
+    assert np.asarray(mosaic["opt_flags"]).tolist() == [0, 0]
+    np.testing.assert_array_equal(mosaic["opt_p_a"], coarse["opt_p_a"])
+    # in the other order too, and a source farther inside the fine tile is cut from it
+    cat = catalogue(w, [(n - 0.5 - 25, 120), (n - 0.5 - 5, 120)])  # 2" inside the coarse one
+    mosaic = astromorph.annotate(cat, tiles[::-1], model=optical_model)
+    alone = astromorph.annotate(cat, tiles[1], model=optical_model)
+    assert np.asarray(mosaic["opt_flags"]).tolist() == [0, 0]
+    assert mosaic["opt_p_a"][0] == coarse["opt_p_a"][0]
+    assert mosaic["opt_p_a"][1] == alone["opt_p_a"][1]
+
+
 def test_three_bands_by_dict_and_headers(optical_model, tmp_path):
     img, w = blobs(), sky_wcs()
     cat = catalogue(w, [(100, 100), (80, 90)])
