@@ -313,6 +313,18 @@ class SkyImage:
         # threads that cut stamps from one image take turns for both.
         self.lock = threading.RLock()
 
+    def drop_pixels(self):
+        """Close the file the image was read from and let go of its pixels, keeping its
+        shape, WCS, band and header facts: for an image read for its footprint alone (a
+        compressed one is decompressed whole into memory when read)."""
+        with self.lock:
+            if self._hold is not None:
+                self._hold.close()
+            self._hold = None
+            self.data = np.broadcast_to(np.zeros((), self.data.dtype), self.data.shape)
+            self._pixels = (None, self.data, self._pixels[2])
+            self._resident, self._levels = None, {}
+
     def world_to_pixel(self, lon, lat):
         """``wcs.all_world2pix`` (longitude, latitude in degrees -> 0-based pixels, whatever
         the order of the WCS's axes), thread-safe.

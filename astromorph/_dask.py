@@ -448,6 +448,8 @@ def _partition_images(table, images, model, kwargs, bounds, partition_size, *,
                     parsed.append(_parse_one(obj, band))
                     opened.extend(parsed[-1])
                     frames.append(_image_frames(parsed[-1]))
+                for im in parsed[-1]:  # its header alone serves here: its pixels let go
+                    im.drop_pixels()  # now, not held for the whole mosaic (compressed tiles)
                 if given or caught:  # every partition gets it, and gives the warning
                     noisy.append(j)
         with closing_files(opened), collecting() as given, \

@@ -4190,6 +4190,34 @@ def test_annotate_dask_sends_each_partition_its_tiles(optical_model, tmp_path, m
     np.testing.assert_array_equal(np.concatenate([t["opt_flags"] for t in lazy]), flags)
 
 
+def test_annotate_dask_reads_compressed_tiles_for_their_footprints_one_at_a_time(
+        optical_model, tmp_path):
+    """annotate_dask places the tiles of a mosaic by their headers on the caller's machine:
+    the pixels of compressed tiles (decompressed whole when read) are let go file by file,
+    not held for the whole mosaic (100 fpacked 64 MB tiles would take 6.4 GB)."""
+    import tracemalloc
+
+    from astromorph._dask import _partition_images
+
+    n, paths = 1000, []
+    for k in range(6):
+        w = sky_wcs(n, rot=0, scale=1.0, crval=(150.0 + k * 0.27, 2.2))
+        path = tmp_path / f"tile{k}.fits.fz"
+        fits.HDUList([fits.PrimaryHDU(), fits.CompImageHDU(
+            np.random.default_rng(k).normal(size=(n, n)).astype(np.float32), w.to_header(),
+            compression_type="GZIP_1")]).writeto(path)
+        paths.append(str(path))
+    cat = catalogue(sky_wcs(n, rot=0, scale=1.0), [(500, 500), (500, 500)])
+    tracemalloc.start()
+    try:
+        shares = _partition_images(cat, paths, optical_model, {}, [0, 1], 1)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert [len(images) for images, _ in shares[0]] == [1, 1]  # the first tile alone
+    assert peak < 2.5 * n * n * 4, peak / 1e6          # about one tile's pixels, not six
+
+
 @pytest.mark.parametrize("how", ["tan", "sip", "galactic"])
 def test_annotate_dask_sends_rotated_tiles_to_the_sources_at_their_corners(optical_model,
                                                                           tmp_path,
