@@ -104,10 +104,11 @@ def predict_files(model, inputs, *, batch_size=256, progress=None, write_header=
     astropy.table.Table
         Columns ``source`` (file path, ``path[i]`` for the i-th stamp of a
         file holding several, or the alert id: ZTF ``candid``, Rubin
-        ``diaSourceId``), the model's output columns, ``<prefix>_flags``
-        (`astromorph.Flag` bits), for radio models ``<prefix>_smoothed`` (bool: the image
-        was smoothed to a beam that contains FIRST's, see ``match_beam``) and ``reason``
-        (empty for clean rows).
+        ``diaSourceId``); where alert packets are among the inputs, ``object``
+        and the candidate's ``ra``, ``dec`` (degrees; masked for other rows); the
+        model's output columns, ``<prefix>_flags`` (`astromorph.Flag` bits), for radio
+        models ``<prefix>_smoothed`` (bool: the image was smoothed to a beam that
+        contains FIRST's, see ``match_beam``) and ``reason`` (empty for clean rows).
         Outputs of unusable rows (`Flag.unusable`) are masked. ``meta`` holds
         the provenance keys `astromorph.annotate` writes (``astromorph_version``,
         ``astromorph_model``, ``astromorph_model_version``,
@@ -231,6 +232,15 @@ def predict_files(model, inputs, *, batch_size=256, progress=None, write_header=
                      dtype=f"U{max(len(o or '') for o in runner.objects)}"), mask=~known,
             description="object of the alert (ZTF objectId, Rubin diaObjectId); masked "
                         "for other inputs and for records that could not be read")
+        for j, (name, what) in enumerate((("ra", "right ascension"), ("dec", "declination"))):
+            values = [p[j] for p in runner.positions]
+            known = np.array([v is not None for v in values], dtype=bool)
+            table[name] = MaskedColumn(
+                np.array([np.nan if v is None else v for v in values], dtype=np.float64),
+                mask=~known, unit="deg",
+                description=f"{what} of the alert's candidate (ZTF candidate.{name}, Rubin "
+                            f"diaSource.{name}); masked for other inputs and for records that "
+                            "could not be read or give none")
     for name in cols.colnames:
         table[name] = cols[name]
     table["reason"] = runner.reason_column()
@@ -572,7 +582,7 @@ class _Runner:
         self.batch_size, self.crop_fraction = batch_size, crop_fraction
         self.match_beam = match_beam  # radio: smooth a beam finer than FIRST's to FIRST's
         self.sources, self.flags, self.reasons, self.origins = [], [], [], []
-        self.objects = []
+        self.objects, self.positions = [], []  # of alerts: object, (ra, dec); else None
         self.alerts = False  # a stamp came from a file of alert packets
         # key -> [pieces (rows, data, flags, scales, levels, centres), number of rows];
         # levels: the saturation level of each plane (NaN where unknown), `Stamp.saturation`;
@@ -586,6 +596,7 @@ class _Runner:
         row = len(self.sources)
         self.sources.append(stamp.source)
         self.objects.append(stamp.object)
+        self.positions.append((stamp.ra, stamp.dec))
         self.alerts = self.alerts or stamp.alert
         self.flags.append(stamp.flags)
         self.reasons.append(list(stamp.reason))
@@ -616,6 +627,7 @@ class _Runner:
         first = len(self.sources)
         self.sources.extend(str(i) for i in index)
         self.objects.extend([None] * len(index))
+        self.positions.extend([(None, None)] * len(index))
         self.flags.extend(np.asarray(flags).tolist())
         self.reasons.extend(reasons)
         self.origins.extend((None, None, int(i)) for i in index)

@@ -100,6 +100,8 @@ ZTF_SCHEMA = {
             {"name": "candid", "type": "long"}, {"name": "isdiffpos", "type": "string"},
             {"name": "xpos", "type": ["null", "float"], "default": None},
             {"name": "ypos", "type": ["null", "float"], "default": None},
+            {"name": "ra", "type": ["null", "double"], "default": None},
+            {"name": "dec", "type": ["null", "double"], "default": None},
             {"name": "magpsf", "type": "float"}]}},
         {"name": "prv_candidates", "type": ["null", {"type": "array", "items": {
             "type": "record", "name": "prv_candidate", "namespace": "ztf.alert",
@@ -192,12 +194,14 @@ def rubin_v11_alert(source_id, trip, *, negative=False, psf_flux=1000.0, scale=0
 
 
 def ztf_alert(candid, trip=None, *, isdiffpos="t", diffname=None, drop=(), raw=None,
-              xpos=1500.0, ypos=1500.0):
+              xpos=1500.0, ypos=1500.0, ra=210.5, dec=-12.25):
+    """A ZTF alert of `ZTF_SCHEMA` whose candidate is at ``ra``, ``dec`` (degrees; None for a
+    null, which the real schema does not allow)."""
     trip = triplet(seed=candid % 1000) if trip is None else trip
     kinds = ("sci", "ref", "scimref" if isdiffpos == "t" else "refmsci")
     rec = {"schemavsn": "3.3", "objectId": f"ZTF{candid}", "candid": candid,
            "candidate": {"candid": candid, "isdiffpos": isdiffpos, "xpos": xpos, "ypos": ypos,
-                         "magpsf": 18.0},
+                         "ra": ra, "dec": dec, "magpsf": 18.0},
            "prv_candidates": [{"jd": 2459000.5 + i, "magpsf": 19.0} for i in range(5)]}
     for i, key in enumerate(("cutoutScience", "cutoutTemplate", "cutoutDifference")):
         name = f"candid{candid}_{kinds[i]}.fits.gz"

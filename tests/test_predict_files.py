@@ -1666,6 +1666,45 @@ def test_alert_rows_carry_their_object(models, tmp_path):
                                                     progress=False).colnames
 
 
+def test_alert_rows_carry_their_position(models, tmp_path, capsys):
+    """Alert rows give the candidate's sky position, ``ra`` and ``dec`` in degrees (ZTF
+    candidate.ra/dec, Rubin diaSource.ra/dec), masked where the record could not be read or
+    gives none and for other inputs, as ``object`` is; the unit survives the table formats."""
+    pytest.importorskip("fastavro")
+    write_avro(tmp_path / "a.avro", [ztf_alert(5, ra=10.5, dec=-3.25),
+                                     ztf_alert(6, ra=None, dec=None)])
+    write_avro(tmp_path / "r.avro", [rubin_alert(11, ra=150.0, dec=2.0)], schema=RUBIN_SCHEMA)
+    (tmp_path / "b.fits").write_bytes(fits_bytes(triplet()))
+    (tmp_path / "broken.avro").write_bytes((tmp_path / "a.avro").read_bytes()[:3000])
+    inputs = [tmp_path / n for n in ("a.avro", "r.avro", "b.fits", "broken.avro")]
+    table = quiet(astromorph.predict_files, "real-bogus", inputs, progress=False)
+    assert table.colnames[:4] == ["source", "object", "ra", "dec"]
+    assert table["ra"].tolist() == [10.5, None, 150.0, None, None]
+    assert table["dec"].tolist() == [-3.25, None, 2.0, None, None]
+    for name in ("ra", "dec"):
+        assert table[name].unit == "deg" and table[name].dtype == np.float64
+        assert f"candidate.{name}" in table[name].description
+        assert f"diaSource.{name}" in table[name].description
+    assert (table["ra"].quantity[0] == 10.5 * table["ra"].unit)
+    # FITS stamps only: no position columns, as no object column
+    assert not {"ra", "dec"} & set(astromorph.predict_files("real-bogus", tmp_path / "b.fits",
+                                                            progress=False).colnames)
+    for ext in (".ecsv", ".fits", ".parquet"):
+        if ext == ".parquet" and importlib.util.find_spec("pyarrow") is None:
+            continue
+        out = tmp_path / f"scores{ext}"
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            assert cli.main(["predict", "real-bogus", *map(str, inputs), "-o", str(out),
+                             "--no-progress"]) == 0
+        back = Table.read(out)
+        for name in ("ra", "dec"):
+            assert back[name].unit == "deg", (ext, name)
+            assert np.ma.getmaskarray(back[name]).tolist() == [False, True, False, True, True]
+        assert back["ra"][0] == 10.5 and back["dec"][2] == 2.0
+    capsys.readouterr()
+
+
 def test_alert_without_fastavro(models, tmp_path, monkeypatch):
     pytest.importorskip("fastavro")
     write_avro(tmp_path / "a.avro", [ztf_alert(1)])
@@ -1704,12 +1743,13 @@ def test_real_ztf_alerts(models):
     if not paths:
         pytest.skip("no ZTF alert packets")
     table = astromorph.predict_files("real-bogus", ALERTS)
-    candids, objects = [], {}
+    candids, objects, positions = [], {}, {}
     for p in paths:
         with open(p, "rb") as f:
             for rec in fastavro.reader(f):
                 candids.append(str(rec["candid"]))
                 objects[str(rec["candid"])] = rec["objectId"]
+                positions[str(rec["candid"])] = (rec["candidate"]["ra"], rec["candidate"]["dec"])
                 # The fast FITS parser agrees with astropy on every real cutout.
                 for key in ("cutoutScience", "cutoutTemplate", "cutoutDifference"):
                     blob = rec[key]["stampData"]
@@ -1720,6 +1760,9 @@ def test_real_ztf_alerts(models):
                     np.testing.assert_array_equal(fast, slow)
     assert sorted(table["source"]) == sorted(candids)
     assert [objects[s] for s in table["source"]] == list(table["object"])
+    # the candidate's position, kept by the reader schema that drops most of the record
+    assert [positions[s] for s in table["source"]] == list(zip(table["ra"], table["dec"]))
+    assert table["ra"].unit == "deg" and not np.any(table["ra"].mask)
     assert not table["rb_flags"].any() and not np.any(table["rb_score"].mask)
     # The candidate is positive in the difference fed to the model, whatever isdiffpos.
     for s in read_file(paths[0]) + read_file(paths[-1]):

@@ -115,7 +115,7 @@ def _avro_header(buf):
 #: Fields decoded from alert packets; the rest (previous detections, ...) is skipped.
 _KEEP_TOP = frozenset({"candid", "objectId", "candidate", "diaSource", "diaObject", "alertId",
                        *_CUTOUTS})
-_KEEP_SUB = {"candidate": {"candid", "isdiffpos", "xpos", "ypos", "fid"},
+_KEEP_SUB = {"candidate": {"candid", "isdiffpos", "xpos", "ypos", "fid", "ra", "dec"},
              "diaSource": {"diaSourceId", "diaObjectId", "psfFlux", "isNegative", "band", "ra",
                            "dec"}}
 _SCHEMAS = {}
@@ -261,6 +261,16 @@ def _text(value):
     return None if value is None else str(value)
 
 
+def _degrees(value):
+    """An alert's coordinate (degrees) as a float, or None where it is null, no number or not
+    finite."""
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        return None
+    return value if np.isfinite(value) else None
+
+
 def _pad_ztf(data, xpos, ypos):
     """Pad a ZTF cutout cut at the CCD edge back to 63 x 63 with NaN."""
     ny, nx = data.shape
@@ -324,9 +334,10 @@ def _cutout_planes(stamp, blobs):
 
 def _ztf_stamp(path, i, rec):
     candid = rec.get("candid")
-    stamp = Stamp(str(candid) if candid is not None else f"{path}[{i}]", path, index=i,
-                  native_grid=True, object=_text(rec.get("objectId")))
     cand = rec.get("candidate") or {}
+    stamp = Stamp(str(candid) if candid is not None else f"{path}[{i}]", path, index=i,
+                  native_grid=True, object=_text(rec.get("objectId")),
+                  ra=_degrees(cand.get("ra")), dec=_degrees(cand.get("dec")))
     cutouts = [rec.get(k) for k in _CUTOUTS]
     blobs = [c.get("stampData") if isinstance(c, dict) else None for c in cutouts]
     got = _cutout_planes(stamp, blobs)
@@ -367,7 +378,7 @@ def _rubin_stamp(path, i, rec):
     if obj is None and isinstance(rec.get("diaObject"), dict):
         obj = rec["diaObject"].get("diaObjectId")
     stamp = Stamp(str(sid) if sid is not None else f"{path}[{i}]", path, index=i,
-                  object=_text(obj))
+                  object=_text(obj), ra=_degrees(dia.get("ra")), dec=_degrees(dia.get("dec")))
     blobs = [rec.get(k) for k in _CUTOUTS]
     got = _cutout_planes(stamp, [b if isinstance(b, (bytes, bytearray)) else None
                                  for b in blobs])

@@ -54,7 +54,12 @@ class Stamp:
     assumption: str = None
     #: The astronomical object an alert belongs to (ZTF objectId, Rubin diaObjectId), else None.
     object: str = None
-    #: Read from a file of alert packets (Avro), usable or not: the table has an ``object``.
+    #: The sky position of an alert's candidate in degrees (ZTF candidate.ra/dec, Rubin
+    #: diaSource.ra/dec), else None.
+    ra: float = None
+    dec: float = None
+    #: Read from a file of alert packets (Avro), usable or not: the table has an ``object``
+    #: and ``ra``, ``dec``.
     alert: bool = False
     #: The file's extension names another format than its content, by which it was read
     #: (a usable stamp): the words saying both, else None.
