@@ -1252,16 +1252,108 @@ def test_avro_header_with_a_negative_length_is_corrupt_not_a_hang(models, tmp_pa
     assert stamp.flags == Flag.BAD_INPUT and "corrupt Avro header" in stamp.reason[0]
 
 
-def test_avro_sync_marker_mismatch_is_corruption(tmp_path):
+def _block_starts(data):
+    """Byte offsets of the blocks of an Avro file: each follows a copy of the header's sync
+    marker (the file's last 16 bytes)."""
+    from astromorph._readers._alerts import _read_long
+
+    sync, starts = data[-16:], []
+    pos = data.find(sync) + 16
+    while pos < len(data):
+        starts.append(pos)
+        _, after = _read_long(data, pos)
+        size, after = _read_long(data, after)
+        pos = after + size + 16
+    return starts
+
+
+def test_avro_sync_marker_mismatch_loses_only_up_to_the_next_marker(tmp_path):
+    """A block whose sync marker is corrupt cannot be framed: the reader scans on to the
+    next marker and reads the blocks after it. The lost stretch (the first block and the
+    second, whose end is that next marker) is one flagged row at the first block's offset,
+    its number of records unknown; the third record is read. Before, one flagged row and the
+    rest of the file was lost."""
     pytest.importorskip("fastavro")
     data = bytearray(_multi_block_avro(tmp_path / "a.avro", [ztf_alert(100 + i) for i in range(3)]))
-    sync = bytes(data[-16:])                       # every block ends with the header's marker
-    first = data.find(sync, data.find(sync) + 16)  # the marker after the first block
-    data[first] ^= 0xFF
+    starts = _block_starts(bytes(data))
+    data[starts[1] - 16] ^= 0xFF  # the marker after the first block
     (tmp_path / "a.avro").write_bytes(bytes(data))
     stamps = read_file(tmp_path / "a.avro")
-    assert len(stamps) == 1 and stamps[0].flags == Flag.BAD_INPUT
+    assert [s.source for s in stamps[1:]] == ["102"] and stamps[1].flags == 0
+    assert stamps[0].flags == Flag.BAD_INPUT and stamps[0].alert
     assert "sync marker" in stamps[0].reason[0]
+    assert f"Avro block at byte {starts[0]}" in stamps[0].reason[0]
+    assert "an unknown number of records" in stamps[0].reason[0]
+
+
+@pytest.mark.parametrize("codec", ["null", "deflate"])
+def test_avro_corrupt_block_in_the_middle_loses_only_that_block(models, tmp_path, codec):
+    """A block that is framed (its sync marker where its size says) but cannot be decoded
+    (a corrupt record; corrupt deflate data) is one flagged row that says how many records
+    it held and at which byte it starts; the blocks after it are read and scored. Before,
+    the rest of the file was lost. A healthy file of the same blocks reads whole."""
+    import fastavro
+
+    from synthetic_alerts import ZTF_SCHEMA
+
+    with open(tmp_path / "a.avro", "wb") as f:
+        fastavro.writer(f, fastavro.parse_schema(ZTF_SCHEMA),
+                        [ztf_alert(100 + i) for i in range(4)], sync_interval=1, codec=codec)
+    data = bytearray((tmp_path / "a.avro").read_bytes())
+    assert [s.source for s in read_file(tmp_path / "a.avro")] == ["100", "101", "102", "103"]
+    starts = _block_starts(bytes(data))
+    from astromorph._readers._alerts import _read_long
+
+    _, after = _read_long(bytes(data), starts[1])
+    _, after = _read_long(bytes(data), after)
+    data[after:after + 12] = b"\xff" * 12  # the second block's data
+    (tmp_path / "a.avro").write_bytes(bytes(data))
+    stamps = read_file(tmp_path / "a.avro")
+    assert [s.source for s in stamps] == ["100", f"{tmp_path / 'a.avro'}[1]", "102", "103"]
+    lost = stamps[1]
+    assert lost.flags == Flag.BAD_INPUT and lost.alert and lost.index == 1
+    assert f"Avro block at byte {starts[1]} could not be read (1 record lost)" in lost.reason[0]
+    assert ("deflate" if codec == "deflate" else "corrupt Avro record") in lost.reason[0]
+    assert all(s.flags == 0 for s in stamps[::2] + stamps[3:])
+    table = quiet(astromorph.predict_files, "real-bogus", tmp_path / "a.avro")
+    assert table["rb_flags"].tolist() == [0, Flag.BAD_INPUT, 0, 0]
+    assert table["object"].mask.tolist() == [False, True, False, False]
+
+
+def test_avro_corrupt_record_loses_the_rest_of_its_block_only(tmp_path):
+    """A corrupt record in a block of three: the one before it is read, the rest of the
+    block (whose records cannot be found without its length) is one row saying so, and the
+    next block is read."""
+    import fastavro
+
+    from astromorph._readers._alerts import _read_long
+    from synthetic_alerts import ZTF_SCHEMA
+
+    cutouts = ("cutoutScience", "cutoutTemplate", "cutoutDifference")
+    records = [ztf_alert(100 + i, drop=cutouts) for i in range(3)]
+    schema = fastavro.parse_schema(ZTF_SCHEMA)
+    with open(tmp_path / "a.avro", "wb") as f:  # one block of three records, then one
+        w = fastavro.write.Writer(f, schema)
+        for rec in records:
+            w.write(rec)
+        w.flush()
+        w.write(ztf_alert(103, drop=cutouts))
+        w.flush()
+    data = bytearray((tmp_path / "a.avro").read_bytes())
+    starts = _block_starts(bytes(data))
+    assert len(starts) == 2
+    first = io.BytesIO()
+    fastavro.schemaless_writer(first, schema, records[0])
+    _, after = _read_long(bytes(data), starts[0])
+    _, after = _read_long(bytes(data), after)
+    data[after + len(first.getvalue()):after + len(first.getvalue()) + 12] = b"\xff" * 12
+    (tmp_path / "a.avro").write_bytes(bytes(data))
+    stamps = read_file(tmp_path / "a.avro")
+    assert [s.source for s in stamps] == ["100", f"{tmp_path / 'a.avro'}[1]", "103"]
+    assert [s.index for s in stamps] == [0, 1, 3]
+    assert stamps[1].flags == Flag.BAD_INPUT
+    assert (f"Avro block at byte {starts[0]} could not be read (2 records lost): corrupt Avro "
+            "record 2 of 3") in stamps[1].reason[0]
 
 
 def test_rubin_packets(models, tmp_path):

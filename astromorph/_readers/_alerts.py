@@ -1,7 +1,6 @@
 """Avro alert packets (extra ``alerts``): ZTF and Rubin triplets of FITS cutouts."""
 import copy
 import io
-import itertools
 import json
 import logging
 import zlib
@@ -151,14 +150,27 @@ def _schemas(text):
     return got
 
 
-def iter_avro_records(buf):
+def iter_avro_records(buf, *, lost=None):
     """Records of an Avro object container file held in bytes.
 
     Alert packets are decoded with a reader schema that keeps only what
-    scoring needs (ids, cutouts, the difference sign), which skips the
-    previous-detection history cheaply; parsed schemas are cached across
-    files. Codecs ``null`` and ``deflate`` are read here, others through
-    ``fastavro.reader``.
+    scoring needs (ids, cutouts, the difference sign, the candidate's
+    position), which skips the previous-detection history cheaply; parsed
+    schemas are cached across files. Codecs ``null`` and ``deflate`` are
+    read here, others through ``fastavro.reader``.
+
+    Parameters
+    ----------
+    buf : bytes
+    lost : callable, optional
+        ``lost(offset, count, why)`` is called for a block of a ``null`` or
+        ``deflate`` file that cannot be read (``offset``: the byte at which
+        it starts; ``count``: how many of its records are lost, None where
+        unknown; ``why``: words), and reading goes on: with the next block
+        where the bad one is framed by its sync marker (its data cannot be
+        decoded), else after the next occurrence of the file's sync marker.
+        Where there is none (a truncated file), ValueError is raised as
+        without ``lost``. Default: raise at the first bad block.
 
     Raises
     ------
@@ -190,29 +202,53 @@ def iter_avro_records(buf):
     view = memoryview(buf)
     n = len(buf)
     while pos < n:
-        count, pos = _read_long(buf, pos)
-        size, pos = _read_long(buf, pos)
-        if count < 0 or size < 0 or pos + size + 16 > n:
-            raise ValueError("truncated Avro block")
-        block = view[pos:pos + size]
-        pos += size
-        if bytes(view[pos:pos + 16]) != sync:
-            raise ValueError("corrupt Avro block (sync marker mismatch)")
+        start = pos
+        try:
+            count, pos = _read_long(buf, pos)
+            size, pos = _read_long(buf, pos)
+            if count < 0 or size < 0 or pos + size + 16 > n:
+                raise ValueError("truncated Avro block")
+            block = view[pos:pos + size]
+            pos += size
+            if bytes(view[pos:pos + 16]) != sync:
+                raise ValueError("corrupt Avro block (sync marker mismatch)")
+        except ValueError as exc:  # not framed: on after the next sync marker, if any
+            pos = _resync(buf, sync, start, exc, lost)
+            continue
         pos += 16
         if codec == "deflate":
             try:
                 block = zlib.decompress(block, -15)
             except zlib.error as exc:
-                raise ValueError(f"corrupt deflate Avro block: {exc}") from None
+                if lost is None:
+                    raise ValueError(f"corrupt deflate Avro block: {exc}") from None
+                lost(start, count, f"corrupt deflate data: {exc}")
+                continue
         stream = io.BytesIO(block)
-        for _ in range(count):
+        for j in range(count):
             try:
                 if reader is not None:
                     yield fastavro.schemaless_reader(stream, writer, reader)
                 else:
                     yield fastavro.schemaless_reader(stream, writer)
             except (EOFError, ValueError, IndexError, UnicodeDecodeError) as exc:
-                raise ValueError(f"corrupt Avro record: {exc}") from None
+                if lost is None:
+                    raise ValueError(f"corrupt Avro record: {exc}") from None
+                # the block's other records cannot be found without this one's length
+                lost(start, count - j, f"corrupt Avro record {j + 1} of {count}: {exc}")
+                break
+
+
+def _resync(buf, sync, start, exc, lost):
+    """The position after the first sync marker after ``start``, once ``lost`` is told of the
+    block at ``start`` that its framing ``exc`` made unreadable; ``exc`` raised where there is
+    no such marker (a truncated file) or no ``lost``."""
+    found = -1 if lost is None else bytes(buf).find(sync, start)
+    if found < 0:
+        raise exc
+    lost(start, None, f"its count, size or sync marker is corrupt ({exc}); the next sync "
+         f"marker ends at byte {found + 16}")
+    return found + 16
 
 
 def read_alerts(path):
@@ -222,8 +258,20 @@ def read_alerts(path):
     except OSError as exc:
         return [Stamp(source, path).flag(Flag.BAD_INPUT, f"cannot read file: {exc}")]
     stamps = []
-    records = iter_avro_records(buf)
-    for i in itertools.count():
+    i = 0  # the record's index in the file (counting only those read after a lost stretch)
+    good = 0  # records decoded
+
+    def lost(offset, count, why):  # one row for a block that cannot be read; on after it
+        nonlocal i
+        what = ("an unknown number of records" if count is None
+                else f"{count} record{'s' if count != 1 else ''}")
+        stamps.append(Stamp(source if not stamps else f"{source}[{i}]", path, index=i).flag(
+            Flag.BAD_INPUT, f"Avro block at byte {offset} could not be read ({what} lost): "
+            f"{why}; read on from the next block"))
+        i += count or 0
+
+    records = iter_avro_records(buf, lost=lost)
+    while True:
         # only the decoding is guarded broadly (fastavro raises many kinds for bad data);
         # an error while interpreting a decoded record is not "corrupt Avro", and must not
         # drop the records after it
@@ -237,8 +285,8 @@ def read_alerts(path):
             stamps.append(Stamp(source, path).flag(Flag.BAD_INPUT, str(exc)))
             break
         except Exception as exc:  # noqa: BLE001 - fastavro raises many kinds for bad data
-            where = f" after {len(stamps)} good record(s)" if stamps else ""
-            stamps.append(Stamp(source if not stamps else f"{source}[{len(stamps)}]",
+            where = f" after {good} good record(s)" if good else ""
+            stamps.append(Stamp(source if not stamps else f"{source}[{i}]",
                                 path).flag(Flag.BAD_INPUT,
                                            f"corrupt or truncated Avro{where}: {exc}"))
             break
@@ -249,6 +297,8 @@ def read_alerts(path):
             stamps.append(Stamp(f"{path}[{i}]", path, index=i).flag(
                 Flag.BAD_INPUT, f"alert record {i} cannot be interpreted "
                 f"({type(exc).__name__}: {exc})"))
+        i += 1
+        good += 1
     if not stamps:
         stamps.append(Stamp(source, path).flag(Flag.BAD_INPUT, "Avro file holds no records"))
     for stamp in stamps:
