@@ -52,7 +52,9 @@ def annotate_stamps(table, *, model, columns=None, pixel_scale=None, negative=No
     columns : str or sequence of str, optional
         Where the stamps are. One column holding a whole stamp per row: a 2-D image, a
         ``(B, H, W)`` cube (a triplet in the order science, reference, difference, or
-        bands g, r, i) or an ``(H, W, 3)`` 8-bit colour picture. Or one column per plane:
+        bands g, r, i) or an ``(H, W, 3)`` 8-bit colour picture (for the galaxy models, an
+        8-bit grey ``(H, W)`` image is a grey picture, as a grey JPEG or PNG in
+        `astromorph.predict_files`, not a flux image). Or one column per plane:
         science, reference and difference for ``real-bogus``; g, r and i for the optical
         models (three different columns). Cells may be numeric arrays (masked values count
         as NaN, missing pixels, filled and counted in `Flag.BLANK`, also in 8-bit colour
@@ -430,12 +432,14 @@ def _cell_getter(col):
     return get
 
 
-def _cell(value, triplet_hint=False):
+def _cell(value, triplet_hint=False, grey_picture=False):
     """``(array, pixel_scale, colour, read)`` of one table cell (``colour``: an 8-bit
     ``(H, W, 3)`` picture, whose masked pixels are NaN display values; ``read``: for FITS
     bytes, the list of `Stamp` that `read_fits_bytes` makes of them, as of a file of those
     bytes, ``array`` and ``pixel_scale`` then None, else None); ``(None, None, False,
-    None)`` when empty. ``triplet_hint``: for a difference-imaging model, as for files."""
+    None)`` when empty. ``triplet_hint``: for a difference-imaging model, as for files.
+    ``grey_picture``: an 8-bit grey image is the colour picture of its grey
+    (`_grey_picture`), as for the galaxy models."""
     empty = None, None, False, None
     if value is None or value is np.ma.masked:
         return empty
@@ -451,6 +455,8 @@ def _cell(value, triplet_hint=False):
         return None, None, False, read_fits_bytes(blob, source="", triplet_hint=triplet_hint)
     if isinstance(value, np.ma.MaskedArray) and value.size and np.ma.getmaskarray(value).all():
         return empty  # a fully masked cell (of a multidimensional MaskedColumn)
+    if grey_picture and _is_grey(np.shape(value), getattr(value, "dtype", None)):
+        value = _grey_picture(value)
     colour = _is_colour(np.shape(value), getattr(value, "dtype", None))
     data = _unmasked(value, colour=colour)
     if data.dtype.kind == "b":
@@ -475,6 +481,19 @@ def _is_grey(shape, dtype):
     """Whether cells of ``shape`` and ``dtype`` are 8-bit grey images, ``(H, W)`` or
     ``(1, H, W)``: the radio data set's images, on its 0-255 scale."""
     return (len(shape) == 2 or (len(shape) == 3 and shape[0] == 1)) and dtype == np.uint8
+
+
+def _grey_picture(value, rows=False):
+    """An 8-bit grey image, ``(H, W)`` or ``(1, H, W)`` (``rows``: a stack of them, ``(N,
+    H, W)`` or ``(N, 1, H, W)``), as the ``(H, W, 3)`` (``(N, H, W, 3)``) colour picture of
+    its grey, masks kept: the galaxy models read it as a display image, as
+    `~astromorph.preprocessing.preprocess_single_band` reads ``uint8`` and
+    `astromorph.predict_files` a grey JPEG or PNG, not as fluxes in nanomaggies."""
+    masked = isinstance(value, np.ma.MaskedArray)
+    # plain arrays: an astropy column of one row indexes [..., None] as a cell
+    value = np.ma.array(value, subok=False, copy=False) if masked else np.asarray(value)
+    value = value.reshape(value.shape[:1 if rows else 0] + value.shape[-2:])
+    return (np.ma.repeat if masked else np.repeat)(value[..., None], 3, axis=-1)
 
 
 def _fill_grey(data):
@@ -531,7 +550,8 @@ def _row_stamp(i, cells, names, family):
     planes, scales, facts, colour = [], [], [], False
     for name, value in zip(names, cells):
         try:
-            data, s, colour, read = _cell(value, triplet_hint=family == "triplet")
+            data, s, colour, read = _cell(value, triplet_hint=family == "triplet",
+                                          grey_picture=family == "optical" and len(names) == 1)
         except ValueError as exc:
             return stamp.flag(Flag.BAD_INPUT, f"{name}: {exc}")
         if read is not None:  # FITS bytes
@@ -633,6 +653,7 @@ def _array_blocks(table, names, family, card, scales, flip, unknown=None, assume
             for c in cols):
         return None
     cell = cols[0].shape[1:]
+    picture = family == "optical" and len(cols) == 1 and _is_grey(cell, cols[0].dtype)
     if len(cols) > 1:
         if len(cell) != 2 or any(c.shape[1:] != cell for c in cols):
             return None
@@ -643,6 +664,8 @@ def _array_blocks(table, names, family, card, scales, flip, unknown=None, assume
         shape = (len(cols), *cell)
     elif _is_colour(cell, cols[0].dtype):
         kind, bands, dtype, shape = "colour", None, cols[0].dtype, cell
+    elif picture:  # 8-bit grey images, for the galaxy models: their grey pictures
+        kind, bands, dtype, shape = "colour", None, cols[0].dtype, (*cell[-2:], 3)
     elif len(cell) in (2, 3):
         kind, bands, dtype = "bands", None, cols[0].dtype
         shape = cell if len(cell) == 3 else (1, *cell)
@@ -675,6 +698,8 @@ def _array_blocks(table, names, family, card, scales, flip, unknown=None, assume
         parts, empty = [], []
         for c in cols:
             part = c[start:stop]
+            if picture:
+                part = _grey_picture(part, rows=True)
             if isinstance(part, np.ma.MaskedArray):  # a fully masked cell: no stamp
                 mask = np.ma.getmaskarray(part).reshape(len(part), -1)
                 empty.append(mask.all(axis=1))
@@ -684,7 +709,7 @@ def _array_blocks(table, names, family, card, scales, flip, unknown=None, assume
         if len(parts) > 1:
             data = np.stack(parts, axis=1).astype(np.float32, copy=False)
         else:
-            data = parts[0] if len(cell) == len(shape) else parts[0][:, None]
+            data = parts[0] if parts[0].ndim == len(shape) + 1 else parts[0][:, None]
         if negate and flip[start:stop].any():  # a new array: the table is not modified
             data = _negate_difference(data, flip[start:stop])
         if scales is None:

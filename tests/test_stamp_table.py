@@ -718,6 +718,49 @@ def test_a_masked_grey_radio_column_keeps_its_clean_rows(layout, monkeypatch):
             np.testing.assert_array_equal(out[c], ref[c], err_msg=c)
 
 
+@pytest.mark.parametrize("layout", ["array", "planes", "object", "dict"])
+@pytest.mark.parametrize("name", ["morphology-gz2", "embedding"])
+def test_grey_8bit_pictures_are_display_images_for_the_galaxy_models(name, layout,
+                                                                     monkeypatch):
+    """An 8-bit grey (H, W) or (1, H, W) cell is a grey picture for the galaxy models, as
+    `preprocess_single_band` and `predict_files` (a grey PNG) read it: its display values
+    0-255, the cell scored as the colour picture of that grey. It was read as a flux image
+    in nanomaggies and sent through the asinh stretch (a near white picture, no flag).
+    Masked pixels are missing ones, as in 8-bit colour pictures."""
+    from astromorph import _stamp_table
+    from astromorph.preprocessing import preprocess_single_band
+
+    monkeypatch.setattr(_stamp_table, "_BLOCK_ROWS", 4)  # blocks of clean and masked rows
+    colour = _masked_colour(7)
+    grey = MaskedColumn(np.ma.getdata(colour)[..., 0], mask=colour.mask[..., 0])
+    model = astromorph.load_model(name)
+    key = model.card["outputs"][0]["name"]
+    if layout == "planes":
+        grey = MaskedColumn(np.ma.getdata(grey)[:, None], mask=grey.mask[:, None])
+    cells = grey if layout in ("array", "planes") else Column(_cells(
+        [{"stampData": grey[i]} if layout == "dict" else grey[i] for i in range(len(grey))]))
+
+    def scored(out):
+        cols = ["embedding"] if key == "embedding" else [
+            c for c in out.colnames if c.startswith("gz2_Class")]
+        return np.ma.column_stack([out[c] for c in cols])
+
+    with pytest.warns(UnusableInputWarning, match="1 of 7 row"):  # row 6: all masked
+        out = astromorph.annotate_stamps(Table({"stamp": cells}), model=model, batch_size=2)
+    pictures = np.repeat(np.ma.getdata(colour)[..., :1], 3, axis=-1)
+    with pytest.warns(UnusableInputWarning, match="1 of 7 row"):
+        ref = astromorph.annotate_stamps(Table({"stamp": MaskedColumn(
+            pictures, mask=np.repeat(colour.mask[..., :1], 3, axis=-1))}), model=model,
+            batch_size=2)
+    for c in ref.colnames[1:]:
+        np.testing.assert_array_equal(out[c], ref[c], err_msg=c)
+    clean = [0, 1, 4, 5]  # as the arrays' own preprocessing reads them
+    direct = model.predict(preprocess_single_band(np.ma.getdata(grey)[clean].reshape(
+        len(clean), 64, 64)))[key]
+    np.testing.assert_allclose(np.ma.getdata(scored(out))[clean], direct, rtol=0, atol=1e-5)
+    assert list(out[out.colnames[-2]] & Flag.BLANK) == [0, 0, 0, Flag.BLANK, 0, 0, 0]
+
+
 def test_masks_on_integer_columns_and_boolean_stamps(rb, monkeypatch):
     """Masked pixels of an integer stamp column count as NaN (BLANK), as in float columns,
     on the stacked and the per-row path; a boolean stamp column gives BAD_INPUT rows (it
