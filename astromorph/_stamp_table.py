@@ -84,7 +84,10 @@ def annotate_stamps(table, *, model, columns=None, pixel_scale=None, negative=No
         positive; a row's value that is not flags the row `Flag.BAD_INPUT` (models that
         resample by it: ``real-bogus``, ``radio-morphology``).
         Stamps of another size than the model's grid are resampled to it; without any scale
-        they are assumed to be on the model's pixel scale and flagged `Flag.NO_WCS`.
+        they are assumed to be on the model's pixel scale and flagged `Flag.NO_WCS`. The
+        galaxy models (``morphology``, ``morphology-gz2``, ``embedding``) have no pixel
+        scale: a stamp's field is taken as it is, scaled to its galaxy (``crop_fraction``),
+        so a scale given for them changes nothing.
     negative : str or array of bool, optional
         Difference-imaging models: rows (a boolean column name or array) whose difference
         stamp holds the candidate as a *negative* source, e.g. Rubin's ``isNegative``; they
