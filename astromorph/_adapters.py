@@ -114,6 +114,15 @@ def model_family(card):
                      f"feeds it (input.preprocessing = {spec.get('preprocessing')!r})")
 
 
+def known_family(card):
+    """`model_family`, or None for a card that names no preprocessing astromorph knows
+    (a model only ever called on network-ready arrays)."""
+    try:
+        return model_family(card)
+    except InputError:
+        return None
+
+
 def model_angular_grid(card):
     """``(size_pix, pixel_scale_arcsec or None, kind)`` of the model's stamp on the sky.
 
@@ -666,7 +675,7 @@ def result_columns(model, prediction, flags, valid, *, smoothed=None):
                     f"{model.name} output {label!r}" + (f" ({readable})" if readable else ""))
     table[f"{prefix}_flags"] = np.asarray(flags, dtype=np.int32)
     table[f"{prefix}_flags"].description = FLAGS_DESCRIPTION
-    if model_family(model.card) == "radio":  # what was done to the pixels: not a flag
+    if known_family(model.card) == "radio":  # what was done to the pixels: not a flag
         table[f"{prefix}_smoothed"] = np.zeros(n, bool) if smoothed is None \
             else np.asarray(smoothed, dtype=bool)
         table[f"{prefix}_smoothed"].description = SMOOTHED_DESCRIPTION

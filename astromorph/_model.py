@@ -374,12 +374,9 @@ class Model:
     def _input_range(self):
         """The value range the card's preprocessing family makes, or None (a family without
         one, or a card that names no preprocessing astromorph knows)."""
-        from ._adapters import model_family
+        from ._adapters import known_family
 
-        try:
-            return self._INPUT_RANGE.get(model_family(self.card))
-        except InputError:  # the card names no preprocessing: nothing to compare with
-            return None
+        return self._INPUT_RANGE.get(known_family(self.card))
 
     def _warn_range(self, found, bounds, dtype, start):
         """`InputRangeWarning`: values ``found`` (smallest, largest) beyond the range
