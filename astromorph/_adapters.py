@@ -334,20 +334,29 @@ def _radio(raw, card, crop_fraction):
     from .preprocessing._radio import (MAX_BACKGROUND_SIGMA, MAX_POSITIVE_FRACTION,
                                        MIN_BACKGROUND_SIGMA)
 
-    x, flags, level = _radio_input(raw, card)
+    x, flags, level, edges = _radio_input(raw, card)
     # the training images have at most 12.8 % of the network input above zero (the data-set
     # threshold): far more is a background offset or a filled field the model never saw;
     # a cutout in flux units is also out of distribution when its own background lies above
     # zero (FIRST maps are background-subtracted), which a 1- or 2-sigma pedestal does while
     # putting only 2-12 % of the network input above zero; or below zero by more than
-    # MIN_BACKGROUND_SIGMA, where the threshold counted from zero cuts the faint emission
+    # MIN_BACKGROUND_SIGMA, where the threshold counted from zero cuts the faint emission;
+    # the same bounds hold for the strips along its edges (a pedestal over part of the
+    # cutout, which moves the whole window's background by a fraction of its depth)
     positive = np.mean(x > 0, axis=tuple(range(1, x.ndim))) if len(x) else np.zeros(0)
     with np.errstate(invalid="ignore"):
-        background = (level > MAX_BACKGROUND_SIGMA) | (level < MIN_BACKGROUND_SIGMA)
+        background = (level > MAX_BACKGROUND_SIGMA) | (level < MIN_BACKGROUND_SIGMA) | np.any(
+            (edges > MAX_BACKGROUND_SIGMA) | (edges < MIN_BACKGROUND_SIGMA), axis=1)
     flags |= np.where((positive > MAX_POSITIVE_FRACTION) | background,
                       int(Flag.OUT_OF_DISTRIBUTION), 0).astype(flags.dtype)
-    raw.radio = RadioMeasure(positive, level)
+    raw.radio = RadioMeasure(positive, level, edges)
     return x, flags
+
+
+def _unmeasured(n):
+    """The background and edge backgrounds of ``n`` radio rows whose background the data-set
+    scaling has removed (8-bit and colour images): NaN."""
+    return np.full(n, np.nan), np.full((n, 4), np.nan)
 
 
 def _radio_input(raw, card):
@@ -355,7 +364,8 @@ def _radio_input(raw, card):
     row, its background in units of the noise (`background_significance` of the data-set
     window on the FIRST grid; NaN for 8-bit and colour images, whose background the data-set
     scaling has removed), which `_radio` compares with `MAX_BACKGROUND_SIGMA` and
-    `MIN_BACKGROUND_SIGMA`."""
+    `MIN_BACKGROUND_SIGMA`, and those of the strips along its edges (``(N, 4)``,
+    `_radio._edge_levels`; NaN where not measured)."""
     from .preprocessing import _radio as rad
 
     flags = raw.flags.copy()
@@ -370,16 +380,16 @@ def _radio_input(raw, card):
         if data.dtype.kind == "f":  # display values, NaN where masked (tables' masked cells)
             data, flags = _clean_colour(data, flags)
             return rad.preprocess_dataset_image(data[..., 0] * np.float32(255), **options), \
-                flags, np.full(len(data), np.nan)
+                flags, *_unmeasured(len(data))
         return rad.preprocess_dataset_image(data[..., 0], **options), \
-            _flag_constant(data, flags), np.full(len(data), np.nan)
+            _flag_constant(data, flags), *_unmeasured(len(data))
     if raw.kind != "bands" or data.shape[1] != 1:
         raise InputError(f"model {card['name']!r} takes one radio image per stamp; got "
                          f"{raw.kind} stamps of shape {data.shape[1:]}")
     if data.dtype == np.uint8:
         flags = _flag_upsampled(flags, *data.shape[2:], rad.DATASET_IMAGE_PIXELS, 1.0)
         return rad.preprocess_dataset_image(data[:, 0], **options), \
-            _flag_constant(data, flags), np.full(len(data), np.nan)
+            _flag_constant(data, flags), *_unmeasured(len(data))
     # Invalid pixels (NaN, inf, masking sentinels) become NaN: the data-set procedure
     # counts them as empty sky and measures the noise on the valid ones (a median fill
     # would shrink the noise estimate and let noise through the 3-sigma threshold).
@@ -416,14 +426,14 @@ def _radio_input(raw, card):
             images[sel] = rad.smooth_to_first_beam(images[sel], shapes[sel])[0]
     # the noise is measured once, for the detection check and the data-set scaling, with
     # the backgrounds of peak_significance and background_significance: one sort per window
-    rms, median, clipped = rad._sigma_clipped_rms_stack(
-        rad._centre_window(images, rad.DATASET_IMAGE_PIXELS, np.nan), background=True)
+    window = rad._centre_window(images, rad.DATASET_IMAGE_PIXELS, np.nan)
+    rms, median, clipped = rad._sigma_clipped_rms_stack(window, background=True)
     faint = ~(rad._peak_over_rms(images, median, rms) >= rad.DETECTION_SIGMA)
     flags |= np.where(faint, int(Flag.NO_SOURCE), 0).astype(flags.dtype)
     level = rad._over_rms(clipped, rms)
     # (an image without noise, e.g. a constant one, is left to measure its own, as before)
     return rad.preprocess_first_cutout(images, rms=rms if np.all(rms > 0) else None,
-                                       **options), flags, level
+                                       **options), flags, level, rad._edge_levels(window)
 
 
 def _triplet(raw, card, crop_fraction):
@@ -536,11 +546,16 @@ class RadioMeasure:
     #: ``MAX_BACKGROUND_SIGMA`` and ``MIN_BACKGROUND_SIGMA``; NaN where not measured (8-bit
     #: and colour images, whose background the data-set scaling has removed).
     background: np.ndarray
+    #: (N, 4) the backgrounds of the strips along the bottom, top, left and right edges of
+    #: that window, each in units of its own noise (`astromorph.preprocessing._radio.
+    #: _edge_levels`), compared with the same bounds; NaN where not measured.
+    edges: np.ndarray
 
     def row(self, j):
-        """``(positive, background)`` of row ``j``, as `astromorph._predict._explain` takes
-        it."""
-        return float(self.positive[j]), float(self.background[j])
+        """``(positive, background, edges)`` of row ``j``, as `astromorph._predict._explain`
+        takes it."""
+        return float(self.positive[j]), float(self.background[j]), tuple(
+            float(v) for v in self.edges[j])
 
 
 def prepare(model, raw, *, crop_fraction=None):

@@ -50,7 +50,9 @@ class Flag(enum.IntFlag):
     #: background-subtracted, and a 1- or 2-sigma pedestal leaves only 2-12 % of the network
     #: input above zero; or more than 1.5 times the noise below zero
     #: (``radio.MIN_BACKGROUND_SIGMA``, -1.5): the data-set threshold, counted from zero,
-    #: then cuts the source's faint emission); the outputs are not trustworthy.
+    #: then cuts the source's faint emission; or the background of a 75-pixel strip along
+    #: one edge of the cutout, in units of its own noise, is beyond those bounds: a pedestal
+    #: over part of the cutout); the outputs are not trustworthy.
     OUT_OF_DISTRIBUTION = 1024
 
     @classmethod

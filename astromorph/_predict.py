@@ -915,19 +915,20 @@ def _explain(stamp, bits, *, grid=None, blank=None, radio=None):
 
 def _out_of_distribution_words(radio):
     """Why a radio stamp is `Flag.OUT_OF_DISTRIBUTION`: the criteria that fired, with the
-    measures they were judged on, ``radio = (positive, background)``
-    (`astromorph._adapters.RadioMeasure.row`); both criteria, unmeasured, where None."""
-    from .preprocessing._radio import (MAX_BACKGROUND_SIGMA, MAX_POSITIVE_FRACTION,
-                                       MIN_BACKGROUND_SIGMA)
+    measures they were judged on, ``radio = (positive, background, edges)``
+    (`astromorph._adapters.RadioMeasure.row`); all criteria, unmeasured, where None."""
+    from .preprocessing._radio import (_EDGE_NAMES, _EDGE_STRIP_PIXELS, MAX_BACKGROUND_SIGMA,
+                                       MAX_POSITIVE_FRACTION, MIN_BACKGROUND_SIGMA)
 
     end = ": outside the training distribution"
-    positive, level = (np.nan, np.nan) if radio is None else radio
-    fired = positive > MAX_POSITIVE_FRACTION or not MIN_BACKGROUND_SIGMA <= level <= \
-        MAX_BACKGROUND_SIGMA
+    positive, level, edges = (np.nan, np.nan, (np.nan,) * 4) if radio is None else radio
+    fired = positive > MAX_POSITIVE_FRACTION or any(
+        not MIN_BACKGROUND_SIGMA <= v <= MAX_BACKGROUND_SIGMA for v in (level,) + edges)
     if not fired:  # (not measured: say what the flag means)
         return (f"more than {MAX_POSITIVE_FRACTION:.0%} of the model's field is above the noise "
-                "threshold (the training images: at most 12.8%), or the cutout's background "
-                f"is more than {MAX_BACKGROUND_SIGMA:g} times the noise above zero or "
+                "threshold (the training images: at most 12.8%), or the background of the "
+                f"cutout or of a {_EDGE_STRIP_PIXELS}-pixel strip along one of its edges is "
+                f"more than {MAX_BACKGROUND_SIGMA:g} times the noise above zero or "
                 f"{-MIN_BACKGROUND_SIGMA:g} times it below (FIRST maps are background-"
                 "subtracted)" + end)
     parts = []
@@ -944,6 +945,17 @@ def _out_of_distribution_words(radio):
                      f"(more than {-MIN_BACKGROUND_SIGMA:g}; FIRST maps are background-"
                      "subtracted: the data-set threshold, counted from zero, cuts the source's "
                      "faint emission)")
+    for name, v in zip(_EDGE_NAMES, edges):
+        if v > MAX_BACKGROUND_SIGMA:
+            parts.append(f"the background of the cutout's {name} edge ({_EDGE_STRIP_PIXELS} "
+                         f"pixels at 1.8\") is {v:.1f} times its noise above zero (more than "
+                         f"{MAX_BACKGROUND_SIGMA:g}; a pedestal over part of the cutout: the "
+                         "noise passes the data-set threshold, counted from zero, or raises it)")
+        elif v < MIN_BACKGROUND_SIGMA:
+            parts.append(f"the background of the cutout's {name} edge ({_EDGE_STRIP_PIXELS} "
+                         f"pixels at 1.8\") is {-v:.1f} times its noise below zero (more than "
+                         f"{-MIN_BACKGROUND_SIGMA:g}; a pedestal over part of the cutout: it "
+                         "raises the noise estimate and the data-set threshold)")
     return "; ".join(parts) + end
 
 

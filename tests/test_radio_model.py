@@ -868,6 +868,39 @@ def test_source_on_a_negative_background_is_out_of_distribution(tmp_path):
     assert table["reason"][1] == table["reason"][4] == ""
 
 
+def test_partial_pedestal_is_out_of_distribution(tmp_path):
+    """A pedestal over part of the cutout (one half offset, as at the edge of a mosaic tile
+    or on a badly subtracted image; or a 75-pixel strip along one edge) moved the clipped
+    median of the whole data-set window by only a fraction of its depth (-0.70 sigma for a
+    half 2 sigma below zero, +0.45 for one 1 sigma above, -0.29/+0.29 for a 2-sigma edge
+    strip) and inflated the noise estimate, so the data-set threshold rose: on 200 valid and
+    test images of the data set made Jy-like, a half 2 sigma below zero changed the class of
+    12 % (as a whole pedestal of -2 sigma, 14 %, flagged), a half 1 sigma above 10 %, an
+    edge strip of -2 / +1 / +2 sigma 10 / 9 / 10 %, all unflagged. The background of each
+    75-pixel border strip of the window, in units of its own noise, is now judged by the
+    bounds of the whole window's: beyond them OUT_OF_DISTRIBUTION, with the strip and its
+    level in the reason. A half 1 sigma below zero is not flagged (as a whole -1-sigma
+    pedestal is not), nor is the clean cutout."""
+    from astromorph import Flag
+
+    if "radio-morphology" not in astromorph.list_models():
+        pytest.skip("radio-morphology is not shipped")
+    clean = np.asarray(first_like_hdu(seed=11).data, np.float64)
+    yy, xx = np.mgrid[:300, :300]
+    images = np.stack([clean, clean - 2 * RMS * (xx < 150), clean + RMS * (yy < 75),
+                       clean + 2 * RMS * (xx >= 225), clean - RMS * (xx < 150)])
+    level = radio.background_significance(images)
+    assert np.all((level > radio.MIN_BACKGROUND_SIGMA) & (level < radio.MAX_BACKGROUND_SIGMA))
+    table = _predict_images(first_like_hdu(seed=11), images, tmp_path / "partial")
+    ood = int(Flag.OUT_OF_DISTRIBUTION)
+    assert list(table["radio_flags"]) == [0, ood, ood, ood, 0]
+    assert "left edge" in table["reason"][1] and "below zero" in table["reason"][1]
+    assert "2.0 times its noise below zero" in table["reason"][1]
+    assert "bottom edge" in table["reason"][2] and "above zero" in table["reason"][2]
+    assert "right edge" in table["reason"][3]
+    assert table["reason"][0] == table["reason"][4] == ""
+
+
 @requires_model
 def test_out_of_distribution_reasons_quote_the_measures_the_flag_was_judged_on(tmp_path):
     """The OUT_OF_DISTRIBUTION reason chose its words by the background of the raw stamp,

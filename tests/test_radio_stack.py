@@ -198,8 +198,9 @@ def test_radio_adapter_measures_the_stack_as_before(monkeypatch):
     x, flags = prepare(model, RawStamps("bands", images[:, None]))
     clean = np.where(invalid_pixels(images), np.float32(np.nan), images)
     rms = np.array([reference_rms(radio._centre_window(im, 300, np.nan)) for im in clean])
-    # one call, which also reads both backgrounds off its sorted pixels
-    assert len(measured) == 1 and measured[0][0].tolist() == rms.tolist()
+    # one call for the windows, which also reads both backgrounds off its sorted pixels
+    # (and one for the strips along their edges, `radio._edge_levels`)
+    assert len(measured) == 2 and measured[0][0].tolist() == rms.tolist()
     options = dict(model.card["input"].get("preprocessing_options") or {})
     want = radio.preprocess_dataset_image(
         reference_uint8(clean, rms=rms if np.all(rms > 0) else None), **options)
@@ -215,7 +216,7 @@ def test_radio_adapter_measures_the_stack_as_before(monkeypatch):
     noise = np.random.default_rng(13).normal(0, 1.5e-4, (3, 300, 300)).astype(np.float32)
     raw = np.concatenate([noise + np.float32(p * 1.5e-4) for p in (0, 1, 2, -1, -2)])
     stamps = RawStamps("bands", raw[:, None])
-    _, _, levels = _radio_input(stamps, model.card)
+    _, _, levels, _ = _radio_input(stamps, model.card)
     level = reference_background(raw)
     np.testing.assert_array_equal(levels, level)
     want = (level > radio.MAX_BACKGROUND_SIGMA) | (level < radio.MIN_BACKGROUND_SIGMA)
