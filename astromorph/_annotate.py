@@ -858,12 +858,12 @@ def annotate(table, images, *, model, ra_col=None, dec_col=None, coord_col=None,
                             flags=row_flags[usable])
             x, row_flags[usable] = prepare(model, raw, crop_fraction=crop)
             scored = (row_flags[usable] & int(Flag.unusable())) == 0  # e.g. an all-NaN band
-            smoothed = np.zeros(len(rows), bool)
+            smooth = np.zeros(len(rows), bool)  # (this part's rows of ``smoothed``)
             if raw.smoothed is not None:
-                smoothed[np.flatnonzero(usable)[raw.smoothed & scored]] = True
+                smooth[np.flatnonzero(usable)[raw.smoothed & scored]] = True
             if not scored.all():
                 x, usable = x[scored], usable & ((row_flags & int(Flag.unusable())) == 0)
-            return rows, x, row_flags, usable, smoothed
+            return rows, x, row_flags, usable, smooth
 
         predictions, scored = [], []
         order = _processing_order(sky[plan[0]])

@@ -529,12 +529,7 @@ def peak_significance(image, *, rms=None):
     pedestal is not subtracted: the threshold, counted from zero, removes a source that
     does not rise above zero by `DETECTION_SIGMA` times the RMS, so it is not detected.
     """
-    image = _float_stack(image)
-    if image.ndim not in (2, 3):
-        raise InputShapeError(f"expected a 2-D image or a stack of them, got shape {image.shape}")
-    single = image.ndim == 2
-    stack = image[None] if single else image
-    window = _centre_window(stack, DATASET_IMAGE_PIXELS, np.nan)
+    single, stack, window = _stack_and_window(image)
     if rms is None:
         rms, median, _ = _sigma_clipped_rms_stack(window, background=True)
     else:
@@ -542,6 +537,17 @@ def peak_significance(image, *, rms=None):
         median, _ = _clipped_median_stack(window, 0.0, iters=0)
     out = _peak_over_rms(stack, median, rms)
     return float(out[0]) if single else out
+
+
+def _stack_and_window(image):
+    """``(single, stack, window)`` of a 2-D image or an ``(N, H, W)`` stack: whether it was
+    one image, the ``(N, H, W)`` stack and its central data-set windows (NaN-padded)."""
+    image = _float_stack(image)
+    if image.ndim not in (2, 3):
+        raise InputShapeError(f"expected a 2-D image or a stack of them, got shape {image.shape}")
+    single = image.ndim == 2
+    stack = image[None] if single else image
+    return single, stack, _centre_window(stack, DATASET_IMAGE_PIXELS, np.nan)
 
 
 def _peak_over_rms(stack, median, rms):
@@ -586,12 +592,7 @@ def background_significance(image, *, rms=None):
     median is clipped at 3 times the RMS about itself (five iterations), so that a source
     moves it less (about half as much as the plain median for lobes of 40-65 arcsec FWHM).
     """
-    image = _float_stack(image)
-    if image.ndim not in (2, 3):
-        raise InputShapeError(f"expected a 2-D image or a stack of them, got shape {image.shape}")
-    single = image.ndim == 2
-    stack = image[None] if single else image
-    window = _centre_window(stack, DATASET_IMAGE_PIXELS, np.nan)
+    single, stack, window = _stack_and_window(image)
     # each window is sorted once: the clipped sets are runs of its sorted pixels
     if rms is None:
         rms, _, centre = _sigma_clipped_rms_stack(window, background=True)
