@@ -467,13 +467,17 @@ def test_options_of_another_step_are_refused_for_every_model(argv, option, steps
     ("real-bogus compare --amp bf16", "--amp"),
     ("real-bogus average --sources a b --processes 2", "--processes"),
     ("real-bogus evaluate --batch-size 64", "--batch-size"),
-    ("real-bogus export --restart", "--restart")])
+    ("real-bogus export --restart", "--restart"),
+    ("real-bogus evaluate --threads 2", "--threads"),
+    ("real-bogus average --sources a b --threads 2", "--threads")])
 def test_train_options_of_radio_and_real_bogus_are_refused_elsewhere(argv, option, capsys):
     """radio-morphology and real-bogus listed only their evaluate / compare / average
     options in `STEP_OPTIONS`: their recipe options (``radio-morphology evaluate --stage4
     128``, ``export --arch d4``, ``real-bogus evaluate --lr 0.1``, ``calibrate --cycles
     2``) were accepted and did nothing, unlike the other models' (docs/training.md: the
-    recipe options belong to train). Only parsed here: nothing runs."""
+    recipe options belong to train). So was ``real-bogus --threads`` outside train: the
+    training processes are the only ones that set it (calibrate and average run on one
+    thread, evaluate and export on torch's default). Only parsed here: nothing runs."""
     err = _step_options_refusal(argv, capsys)
     model, step = argv.split()[:2]
     assert "\n" not in err and f"{option} is an option of {model} train" in err, err

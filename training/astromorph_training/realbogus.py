@@ -62,8 +62,10 @@ __all__ = ["add_arguments", "train", "calibrate", "average", "evaluate", "export
 
 # ----------------------------------------------------------------------------- args / dirs
 #: Options only some steps read -> those steps (the command line refuses them elsewhere).
-STEP_OPTIONS = {**dict.fromkeys(("batch_size", "lr", "processes", "amp", "cycles", "restart"),
-                                ("train",)),
+#: ``--threads`` too: only the training processes set it (calibrate and average run on one
+#: thread, evaluate, export and compare on torch's default).
+STEP_OPTIONS = {**dict.fromkeys(("batch_size", "lr", "threads", "processes", "amp", "cycles",
+                                 "restart"), ("train",)),
                 "candidates": ("compare",), "val_seed": ("compare",),
                 "test_seed": ("evaluate",), "n_fresh_test": ("evaluate",),
                 "sources": ("average",), "ensemble": ("average",), "bn_samples": ("average",)}
