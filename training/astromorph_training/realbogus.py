@@ -11,7 +11,7 @@ Steps (``python -m astromorph_training real-bogus <step>``):
 train
     Simulate the data set once (cached in ``training/cache/realbogus-v3/``,
     preprocessed with :func:`astromorph.preprocessing._triplet.preprocess_triplet`,
-    float16), train the CNN (checkpoint every epoch in
+    float16; the test set, which `evaluate` simulates, float32), train the CNN (checkpoint every epoch in
     ``training/checkpoints/real-bogus/``, resumable), then fit Platt scaling
     and the recommended threshold on the validation simulations.
 evaluate
@@ -87,7 +87,7 @@ def add_arguments(parser):
                    help="torch CPU threads per training process (default %(default)s)")
     g.add_argument("--processes", type=common.positive_int, default=1,
                    help="data-parallel training processes (torch.distributed, gloo): each takes "
-                        "1/N of every batch; on 2 cores 2 processes of 1 thread train about twice "
+                        "1/N of every batch; on 2 cores 2 processes of 1 thread train 1.76 times "
                         "as fast as one process (default 1)")
     g.add_argument("--recipe", choices=sim.RECIPES, default=DEFAULT_RECIPE,
                    help="simulation recipe of the training set (default %(default)s; v5 = masks "
