@@ -544,13 +544,16 @@ def test_morphology_stamp_size_is_the_checkpoints(tmp_path, monkeypatch):
     ("morphology-gz2 train --student-epochs 0 --pseudo-tta 2", "--pseudo-tta",
      "--student-epochs"),
     ("radio-morphology train --folds 1", "--folds", "--cv"),
-    ("radio-morphology build --folds 0,2 --arch d4", "--folds", "--cv")])
+    ("radio-morphology build --folds 0,2 --arch d4", "--folds", "--cv"),
+    ("real-bogus evaluate --n-fresh-test 100", "--n-fresh-test", "--test-seed"),
+    ("real-bogus build --n-fresh-test 48000", "--n-fresh-test", "--test-seed")])
 def test_options_without_the_option_they_need_are_refused(argv, option, needs, capsys):
     """``embedding train --compare-epochs 2`` without ``--compare``, ``morphology-gz2 train
     --pseudo-tta 2`` or ``--student-lr 0.1`` without a student stage (or a student started
-    from the teacher) were accepted and did nothing. They now stop on the command line
-    (exit status 2, one line naming the option they need), as radio's ``--folds`` without
-    ``--cv``. Only parsed here: nothing runs."""
+    from the teacher) were accepted and did nothing, as was ``real-bogus evaluate
+    --n-fresh-test`` without the ``--test-seed`` draw it sizes. They now stop on the
+    command line (exit status 2, one line naming the option they need), as radio's
+    ``--folds`` without ``--cv``. Only parsed here: nothing runs."""
     err = _step_options_refusal(argv, capsys)
     assert "\n" not in err and f"{option} is read only with {needs}" in err, err
 
