@@ -5,8 +5,9 @@ id, RA and Dec, and a ``(N, D)`` float32 ``embedding`` (default D = 256). Astrop
 Parquet code splits the embedding into one array per row to write it and stacks them
 back to read it; `astromorph._io.write_table` and `astromorph._io.read_parquet` hand it
 to pyarrow as one buffer. Both files are checked to hold the same columns, types and
-header, and both readings the same table. Numbers depend on the machine and its load;
-the script prints times, it asserts nothing about speed.
+header, and both readings the same table. Every step runs once on a few rows first, untimed
+(the first Parquet call imports pyarrow). Numbers depend on the machine and its load; the
+script prints times, it asserts nothing about speed.
 
 For the peak memory of one step alone, run it in its own process under
 ``/usr/bin/time -v`` with ``--only STEP --file PATH`` (the write steps write ``PATH``, the
@@ -90,6 +91,10 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         files = {"astropy": Path(tmp, "astropy.parquet"),
                  "astromorph": Path(tmp, "astromorph.parquet")}
+        # warm both sides, untimed, on a few rows: the first Parquet call imports pyarrow
+        # (about 0.3 s), which would otherwise fall on the first step timed, astropy's write
+        for name in STEPS:
+            step(name, path=Path(tmp, f"warm-{name.split('-')[1]}.parquet"), rows=10, dim=2)
         times = {s: [] for s in STEPS}
         tables = {}
         for _ in range(args.repeats):  # alternate, so that load hits both alike

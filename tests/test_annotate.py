@@ -25,7 +25,7 @@ from astromorph.exceptions import (AmbiguousInputWarning, AstromorphWarning, Inp
                                    InputError, InputNotFoundError, InvalidArgumentError,
                                    LossyOutputWarning, UnusableInputWarning)
 
-from conftest import make_card, tiny_classifier_onnx
+from tiny_models import make_card, tiny_classifier_onnx
 
 SIZE = 16        # tiny model stamp side (pixels)
 SCALE = 0.5      # tiny model pixel scale (arcsec)

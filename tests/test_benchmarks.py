@@ -203,6 +203,17 @@ def test_bench_radio_preprocessing():
                 "RATIO noise estimate, per-stamp loop / stack path:")
 
 
+def test_bench_dask_tiles():
+    # the default model is the tests' tiny classifier, built with pytest unimportable
+    pytest.importorskip("dask")
+    out = run_script("benchmarks/bench_dask_tiles.py", "--tiles", 2, "--pixels", 100, "--n", 300,
+                     "--partition-size", 100, "--repeats", 1)
+    check_lines(out, "4 tiles of 100x100, 300 sources in random order, partition_size 100",
+                "sky_order=False  : tiles per partition mean ", "sky_order='auto' : tiles",
+                "tables equal: True")
+    assert out.count("sky_order=") == 2
+
+
 def test_bench_predict_jpeg_synthetic(no_data):
     out = run_script("benchmarks/bench_predict_jpeg.py", "--n", 6, "--repeats", 1, data=no_data)
     check_lines(out, "morphology, 6 synthetic JPEGs, import ", "BLAS threads ",

@@ -22,7 +22,8 @@ from astromorph.exceptions import (AmbiguousInputWarning, ChecksumMismatchError,
 from astropy.utils.exceptions import AstropyUserWarning
 from astropy.table import Table
 
-from conftest import REPO, cuda_available, make_card, sha256, tiny_classifier_onnx
+from conftest import REPO, cuda_available
+from tiny_models import make_card, sha256, tiny_classifier_onnx
 
 
 def test_warning_hierarchy():

@@ -33,7 +33,8 @@ from astromorph.exceptions import (AmbiguousInputWarning, AstromorphWarning, Inp
                                    DuplicateSourceWarning, OutputError, UnusableInputWarning)
 from astropy.utils.exceptions import AstropyUserWarning
 
-from conftest import DATA_DIR, requires_data, sha256, tiny_classifier_onnx
+from conftest import DATA_DIR, requires_data
+from tiny_models import sha256, tiny_classifier_onnx
 from synthetic_alerts import (RUBIN_SCHEMA, celestial_header, fits_bytes, rubin_alert, triplet,
                               write_avro, write_snappy_avro, ztf_alert)
 
