@@ -262,13 +262,15 @@ def reliability_figure(probs, labels, *, title="", n_bins=15):
     ax.plot([0, 1], [0, 1], "k--", lw=1, label="perfect calibration")
     ax.bar(edges[:-1], accs, width=1 / n_bins, align="edge", alpha=0.3, edgecolor="C0",
            label="bins (number of rows at their foot)")
-    ax.plot(centres, accs[filled], "o-", color="C0", label="model")
+    # not clipped: a bin of accuracy 0 or 1 has its marker on the axes' edge
+    ax.plot(centres, accs[filled], "o-", color="C0", label="model", clip_on=False, zorder=3)
     for x, acc, count in zip(edges[:-1][filled], accs[filled], counts[filled]):
         ax.text(x + 0.5 / n_bins, 0.01, str(count), ha="center", va="bottom", fontsize=6,
                 color="0.2", rotation=90 if count >= 1000 else 0)
     ax.set_xlabel("confidence (probability of the top class)")
     ax.set_ylabel("accuracy (fraction of rows right)")
-    ax.set_title(f"{title}\nECE = {expected_calibration_error(probs, labels, n_bins):.3f}")
+    ece = f"ECE = {expected_calibration_error(probs, labels, n_bins):.3f}"
+    ax.set_title(f"{title}\n{ece}" if title else ece)
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1)
     # below the axes: inside, it covered the bars of low confidence

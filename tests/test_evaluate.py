@@ -463,6 +463,41 @@ def test_plots_say_what_they_show():
         assert all(a[1] <= b[0] + 0.5 for a, b in zip(boxes, boxes[1:])), boxes
 
 
+def test_confusion_matrix_cells_sit_under_their_class_names():
+    """Row i of the matrix (true class i) is drawn against the i-th y tick label and column
+    j (predicted class j) against the j-th x tick label, whatever the counts."""
+    pytest.importorskip("matplotlib")
+    from astromorph._evaluate import confusion_matrix_figure
+
+    names = ["elliptical", "spiral", "edge_on", "merger"]
+    cm = np.arange(16).reshape(4, 4) * 3 + 1  # no two cells alike
+    ax = confusion_matrix_figure(cm, names).axes[0]
+    assert [t.get_text() for t in ax.get_xticklabels()] == names
+    assert [t.get_text() for t in ax.get_yticklabels()] == names
+    assert list(ax.get_xticks()) == list(ax.get_yticks()) == [0, 1, 2, 3]
+    at = {(round(t.get_position()[1]), round(t.get_position()[0])): t.get_text().split("\n")[0]
+          for t in ax.texts}
+    assert at == {(i, j): str(cm[i, j]) for i in range(4) for j in range(4)}
+    assert ax.yaxis_inverted()  # the first class on top
+
+
+def test_reliability_points_at_the_axis_limits_are_drawn_whole():
+    """A bin of accuracy 1 (or 0) has its marker on the top (bottom) edge of the axes: it was
+    clipped to half a circle. A figure made without a title began with an empty line."""
+    pytest.importorskip("matplotlib")
+    from astromorph._evaluate import reliability_figure
+
+    probs = np.array([[0.9, 0.1], [0.95, 0.05], [0.3, 0.7], [0.6, 0.4]])
+    fig = reliability_figure(probs, np.array([0, 0, 1, 1]))
+    ax = fig.axes[0]
+    model = next(line for line in ax.lines if line.get_label() == "model")
+    assert 1.0 in model.get_ydata() and 0.0 in model.get_ydata()
+    assert not model.get_clip_on()
+    assert ax.get_title() == "ECE = 0.263"  # (0.1 + 0.05 + 0.3 + 0.6) / 4
+    assert reliability_figure(probs, np.array([0, 0, 1, 1]), title="t").axes[0].get_title() \
+        == "t\nECE = 0.263"
+
+
 def test_quiet_command_line_without_output_still_prints_the_metrics(tmp_path, capsys):
     """``-q`` drops status lines, not a command's result: ``predict -q`` and ``annotate -q``
     without ``-o`` print their table, but ``evaluate -q`` without ``-o`` printed nothing at
