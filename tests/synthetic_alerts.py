@@ -278,25 +278,30 @@ def _snappy_literal(data):
     return bytes(out) + (len(data) - 1).to_bytes(4, "little") + data
 
 
-def write_snappy_avro(path, records, schema=ZTF_SCHEMA):
+def write_snappy_avro(path, records, schema=ZTF_SCHEMA, *, per_block=None):
     """An Avro container with the ``snappy`` codec, written without a snappy library
-    (fastavro needs one to write it): one block of snappy literals + CRC32."""
+    (fastavro needs one to write it): blocks of snappy literals + CRC32, one block of all
+    the records, or of ``per_block`` records each."""
     import json
     import zlib
 
     import fastavro
 
     parsed = fastavro.parse_schema(schema)
-    body = io.BytesIO()
-    for rec in records:
-        fastavro.schemaless_writer(body, parsed, rec)
-    data = body.getvalue()
     sync = bytes(range(16))
     meta = {"avro.schema": json.dumps(schema).encode(), "avro.codec": b"snappy"}
     head = b"Obj\x01" + _avro_long(len(meta)) + b"".join(
         _avro_long(len(k)) + k.encode() + _avro_long(len(v)) + v for k, v in meta.items())
-    block = _snappy_literal(data) + zlib.crc32(data).to_bytes(4, "big")
+    out = [head + _avro_long(0) + sync]
+    step = per_block or max(len(records), 1)
+    for at in range(0, len(records), step):
+        body = io.BytesIO()
+        for rec in records[at:at + step]:
+            fastavro.schemaless_writer(body, parsed, rec)
+        data = body.getvalue()
+        block = _snappy_literal(data) + zlib.crc32(data).to_bytes(4, "big")
+        out.append(_avro_long(len(records[at:at + step])) + _avro_long(len(block)) + block
+                   + sync)
     with open(path, "wb") as f:
-        f.write(head + _avro_long(0) + sync + _avro_long(len(records))
-                + _avro_long(len(block)) + block + sync)
+        f.write(b"".join(out))
     return path

@@ -1287,38 +1287,148 @@ def test_avro_sync_marker_mismatch_loses_only_up_to_the_next_marker(tmp_path):
     assert "an unknown number of records" in stamps[0].reason[0]
 
 
-@pytest.mark.parametrize("codec", ["null", "deflate"])
-def test_avro_corrupt_block_in_the_middle_loses_only_that_block(models, tmp_path, codec):
+def _literal_snappy():
+    """A stand-in for cramjam (``cramjam.snappy.decompress_raw``) that decodes the raw
+    snappy of one literal that `write_snappy_avro` writes, and nothing else, for tests
+    where cramjam is not installed."""
+    import types
+
+    def decompress_raw(data):
+        data = bytes(data)
+        n = shift = pos = 0
+        while True:
+            b = data[pos]
+            pos += 1
+            n |= (b & 0x7F) << shift
+            shift += 7
+            if not b & 0x80:
+                break
+        if data[pos] != 63 << 2 or int.from_bytes(data[pos + 1:pos + 5], "little") + 1 != n \
+                or len(data) != pos + 5 + n:
+            raise ValueError("not one snappy literal")
+        return data[pos + 5:]
+
+    return types.SimpleNamespace(snappy=types.SimpleNamespace(decompress_raw=decompress_raw))
+
+
+@pytest.fixture
+def snappy_library(monkeypatch):
+    """cramjam where it is installed, else `_literal_snappy` in its place."""
+    pytest.importorskip("fastavro")  # imported before: it looks for cramjam as it loads
+    if importlib.util.find_spec("cramjam") is None:
+        monkeypatch.setitem(sys.modules, "cramjam", _literal_snappy())
+
+
+@pytest.mark.parametrize("codec", ["null", "deflate", "bzip2", "xz", "snappy"])
+def test_avro_corrupt_block_in_the_middle_loses_only_that_block(models, tmp_path, codec,
+                                                                 snappy_library):
     """A block that is framed (its sync marker where its size says) but cannot be decoded
-    (a corrupt record; corrupt deflate data) is one flagged row that says how many records
-    it held and at which byte it starts; the blocks after it are read and scored. Before,
-    the rest of the file was lost. A healthy file of the same blocks reads whole."""
+    (a corrupt record; corrupt deflate, bzip2 or xz data; snappy data whose CRC32 is not
+    the block's) is one flagged row that says how many records it held and at which byte it
+    starts; the blocks after it are read and scored. Before, the rest of the file was lost
+    (bzip2, xz and snappy until they were read block by block here: fastavro stops at the
+    first bad block, and does not check snappy's CRC). A healthy file of the same blocks
+    reads whole."""
     import fastavro
 
     from synthetic_alerts import ZTF_SCHEMA
 
-    with open(tmp_path / "a.avro", "wb") as f:
-        fastavro.writer(f, fastavro.parse_schema(ZTF_SCHEMA),
-                        [ztf_alert(100 + i) for i in range(4)], sync_interval=1, codec=codec)
+    records = [ztf_alert(100 + i) for i in range(4)]
+    if codec == "snappy":  # written as snappy literals: fastavro needs cramjam to write it
+        write_snappy_avro(tmp_path / "a.avro", records, per_block=1)
+    else:
+        with open(tmp_path / "a.avro", "wb") as f:
+            fastavro.writer(f, fastavro.parse_schema(ZTF_SCHEMA), records, sync_interval=1,
+                            codec=codec)
     data = bytearray((tmp_path / "a.avro").read_bytes())
     assert [s.source for s in read_file(tmp_path / "a.avro")] == ["100", "101", "102", "103"]
     starts = _block_starts(bytes(data))
+    assert len(starts) == 4
     from astromorph._readers._alerts import _read_long
 
     _, after = _read_long(bytes(data), starts[1])
-    _, after = _read_long(bytes(data), after)
-    data[after:after + 12] = b"\xff" * 12  # the second block's data
+    size, after = _read_long(bytes(data), after)
+    if codec in ("null", "deflate"):  # the second block's first record (raw deflate has
+        data[after:after + 12] = b"\xff" * 12  # no checksum to catch a change further on)
+    else:  # the middle of the second block's data, which its checksums catch
+        at = after + size // 2
+        data[at:at + 12] = bytes(b ^ 0xFF for b in data[at:at + 12])
     (tmp_path / "a.avro").write_bytes(bytes(data))
     stamps = read_file(tmp_path / "a.avro")
     assert [s.source for s in stamps] == ["100", f"{tmp_path / 'a.avro'}[1]", "102", "103"]
     lost = stamps[1]
     assert lost.flags == Flag.BAD_INPUT and lost.alert and lost.index == 1
     assert f"Avro block at byte {starts[1]} could not be read (1 record lost)" in lost.reason[0]
-    assert ("deflate" if codec == "deflate" else "corrupt Avro record") in lost.reason[0]
+    why = {"null": "corrupt Avro record", "snappy": "corrupt snappy data: its CRC32"}
+    assert why.get(codec, f"corrupt {codec} data") in lost.reason[0]
     assert all(s.flags == 0 for s in stamps[::2] + stamps[3:])
     table = quiet(astromorph.predict_files, "real-bogus", tmp_path / "a.avro")
     assert table["rb_flags"].tolist() == [0, Flag.BAD_INPUT, 0, 0]
     assert table["object"].mask.tolist() == [False, True, False, False]
+    # without a place to report it, the bad block is raised after the good records
+    from astromorph._readers import iter_avro_records
+
+    got = iter_avro_records(bytes(data))
+    assert next(got)["candid"] == 100
+    with pytest.raises(ValueError, match="corrupt"):
+        next(got)
+
+
+@pytest.mark.parametrize("codec", ["bzip2", "xz", "snappy"])
+def test_avro_compressed_block_whose_marker_is_corrupt_resyncs(tmp_path, codec,
+                                                               snappy_library):
+    """bzip2, xz and snappy files resynchronise at the next sync marker, as null and
+    deflate ones do: a corrupt marker loses its block and the next (one row, its number
+    of records unknown), and the blocks after that are read."""
+    import fastavro
+
+    from synthetic_alerts import ZTF_SCHEMA
+
+    records = [ztf_alert(100 + i) for i in range(4)]
+    if codec == "snappy":
+        write_snappy_avro(tmp_path / "a.avro", records, per_block=1)
+    else:
+        with open(tmp_path / "a.avro", "wb") as f:
+            fastavro.writer(f, fastavro.parse_schema(ZTF_SCHEMA), records, sync_interval=1,
+                            codec=codec)
+    data = bytearray((tmp_path / "a.avro").read_bytes())
+    starts = _block_starts(bytes(data))
+    data[starts[1] - 16] ^= 0xFF  # the marker after the first block
+    (tmp_path / "a.avro").write_bytes(bytes(data))
+    stamps = read_file(tmp_path / "a.avro")
+    assert [s.source for s in stamps[1:]] == ["102", "103"]
+    assert stamps[0].flags == Flag.BAD_INPUT and "an unknown number of records" in \
+        stamps[0].reason[0] and f"Avro block at byte {starts[0]}" in stamps[0].reason[0]
+
+
+def test_avro_indices_after_a_loss_of_unknown_size_are_not_claimed(tmp_path):
+    """After a stretch whose number of records is unknown (a corrupt sync marker: up to the
+    next marker), the records' places in the file are unknown too. Before, they were
+    numbered by the records read, as if the stretch had held none: a row named
+    ``a.avro[1]`` (index 1) was the file's fourth record. Now such rows are numbered from
+    the byte at which reading went on (``a.avro[1 after byte N]``) and have no index; the
+    lost row's reason says so. Rows before the stretch keep their indices."""
+    pytest.importorskip("fastavro")
+    from astromorph._readers._alerts import _read_long
+
+    data = bytearray(_multi_block_avro(tmp_path / "a.avro",
+                                       [ztf_alert(100 + i) for i in range(6)]))
+    starts = _block_starts(bytes(data))
+    data[starts[2] - 16] ^= 0xFF  # the marker after the second block: blocks 1, 2 lost
+    _, after = _read_long(bytes(data), starts[4])
+    _, after = _read_long(bytes(data), after)
+    data[after:after + 12] = b"\xff" * 12  # a corrupt record in the fifth block
+    (tmp_path / "a.avro").write_bytes(bytes(data))
+    stamps = read_file(tmp_path / "a.avro")
+    path = tmp_path / "a.avro"
+    assert [s.source for s in stamps] == ["100", f"{path}[1]", "103",
+                                          f"{path}[1 after byte {starts[3]}]", "105"]
+    assert [s.index for s in stamps] == [0, 1, None, None, None]
+    assert [s.flags for s in stamps] == [0, Flag.BAD_INPUT, 0, Flag.BAD_INPUT, 0]
+    assert (f"the next sync marker ends at byte {starts[3]}; the records after it are "
+            f"numbered from there (a.avro[k after byte {starts[3]}])") in stamps[1].reason[0]
+    assert f"Avro block at byte {starts[4]} could not be read (1 record lost)" \
+        in stamps[3].reason[0]
 
 
 def test_avro_corrupt_record_loses_the_rest_of_its_block_only(tmp_path):
@@ -1806,19 +1916,24 @@ def test_alert_without_fastavro(models, tmp_path, monkeypatch):
         astromorph.predict_files("real-bogus", tmp_path / "a.avro")
 
 
-def test_avro_codec_without_its_library_is_a_missing_dependency(models, tmp_path):
-    # fastavro reads snappy only with cramjam installed: without it a snappy packet is
-    # no "corrupt or truncated Avro" row but a MissingDependencyError naming the package
+def test_avro_codec_without_its_library_is_a_missing_dependency(models, tmp_path,
+                                                              monkeypatch):
+    # snappy blocks are decoded with cramjam (or python-snappy): without either a snappy
+    # packet is no "corrupt or truncated Avro" row but a MissingDependencyError naming the
+    # package
     pytest.importorskip("fastavro")
     write_snappy_avro(tmp_path / "a.avro", [ztf_alert(1), ztf_alert(2)])
-    try:
-        import cramjam  # noqa: F401
-    except ImportError:
-        with pytest.raises(MissingDependencyError, match="snappy.*cramjam"):
-            astromorph.predict_files("real-bogus", tmp_path / "a.avro")
-    else:
-        table = quiet(astromorph.predict_files, "real-bogus", tmp_path / "a.avro")
-        assert list(table["source"]) == ["1", "2"] and not table["rb_flags"].any()
+    monkeypatch.setitem(sys.modules, "cramjam", None)
+    monkeypatch.setitem(sys.modules, "snappy", None)
+    with pytest.raises(MissingDependencyError, match="'snappy' codec.*pip install cramjam"):
+        astromorph.predict_files("real-bogus", tmp_path / "a.avro")
+
+
+def test_avro_snappy_packet_reads(models, tmp_path, snappy_library):
+    pytest.importorskip("fastavro")
+    write_snappy_avro(tmp_path / "a.avro", [ztf_alert(1), ztf_alert(2)])
+    table = quiet(astromorph.predict_files, "real-bogus", tmp_path / "a.avro")
+    assert list(table["source"]) == ["1", "2"] and not table["rb_flags"].any()
 
 
 def test_picture_without_pillow(models, tmp_path, monkeypatch):

@@ -1,8 +1,10 @@
 """Avro alert packets (extra ``alerts``): ZTF and Rubin triplets of FITS cutouts."""
+import bz2
 import copy
 import io
 import json
 import logging
+import lzma
 import zlib
 
 import numpy as np
@@ -150,33 +152,83 @@ def _schemas(text):
     return got
 
 
+def _snappy_decompress():
+    """The raw snappy decompressor fastavro uses: cramjam's, else python-snappy's."""
+    try:
+        from cramjam import snappy
+        return snappy.decompress_raw
+    except ImportError:
+        pass
+    try:
+        import snappy
+        return snappy.decompress
+    except ImportError:
+        raise MissingDependencyError(
+            "reading Avro packets compressed with the 'snappy' codec needs cramjam (or "
+            "python-snappy): pip install cramjam") from None
+
+
+def _snappy_block(decompress):
+    """Decoder of a snappy Avro block: raw snappy data, then the big-endian CRC32 of the
+    uncompressed data, which is checked (fastavro skips it)."""
+    def decode(block):
+        if len(block) < 4:
+            raise ValueError(f"a block of {len(block)} bytes has no room for its CRC32")
+        data = bytes(decompress(bytes(block[:-4])))
+        crc = int.from_bytes(block[-4:], "big")
+        if zlib.crc32(data) != crc:
+            raise ValueError(f"its CRC32 is {zlib.crc32(data):08x}, the block says {crc:08x}")
+        return data
+    return decode
+
+
+def _block_decoder(codec):
+    """The function that turns a block's data of ``codec`` into its records' bytes (None:
+    as they are), or False for a codec left to fastavro."""
+    if codec == "null":
+        return None
+    if codec == "deflate":
+        return lambda block: zlib.decompress(block, -15)
+    if codec == "bzip2":
+        return bz2.decompress
+    if codec == "xz":
+        return lzma.decompress
+    if codec == "snappy":
+        return _snappy_block(_snappy_decompress())
+    return False
+
+
 def iter_avro_records(buf, *, lost=None):
     """Records of an Avro object container file held in bytes.
 
     Alert packets are decoded with a reader schema that keeps only what
     scoring needs (ids, cutouts, the difference sign, the candidate's
     position), which skips the previous-detection history cheaply; parsed
-    schemas are cached across files. Codecs ``null`` and ``deflate`` are
-    read here, others through ``fastavro.reader``.
+    schemas are cached across files. Codecs ``null``, ``deflate``,
+    ``bzip2``, ``xz`` and ``snappy`` are read here block by block (the
+    CRC32 of snappy blocks is checked), others (``zstandard``, ``lz4``)
+    through ``fastavro.reader``.
 
     Parameters
     ----------
     buf : bytes
     lost : callable, optional
-        ``lost(offset, count, why)`` is called for a block of a ``null`` or
-        ``deflate`` file that cannot be read (``offset``: the byte at which
-        it starts; ``count``: how many of its records are lost, None where
-        unknown; ``why``: words), and reading goes on: with the next block
-        where the bad one is framed by its sync marker (its data cannot be
-        decoded), else after the next occurrence of the file's sync marker.
-        Where there is none (a truncated file), ValueError is raised as
-        without ``lost``. Default: raise at the first bad block.
+        ``lost(offset, count, why, resume)`` is called for a block of a file
+        read here that cannot be read (``offset``: the byte at which it
+        starts; ``count``: how many of its records are lost, None where
+        unknown; ``why``: words; ``resume``: the byte at which reading goes
+        on), and reading goes on: with the next block where the bad one is
+        framed by its sync marker (its data cannot be decoded), else after
+        the next occurrence of the file's sync marker. Where there is none (a
+        truncated file), ValueError is raised as without ``lost``. Default:
+        raise at the first bad block.
 
     Raises
     ------
     astromorph.exceptions.MissingDependencyError
-        Without fastavro, or for a codec whose library fastavro lacks
-        (``snappy`` needs ``cramjam``).
+        Without fastavro, or for a codec whose library is not installed
+        (``snappy`` needs ``cramjam`` or ``python-snappy``; ``zstandard`` and
+        ``lz4`` the libraries fastavro names).
     ValueError
         For data that is not Avro, or is truncated or corrupt (raised when
         the bad block is reached, after the good records before it).
@@ -187,12 +239,13 @@ def iter_avro_records(buf, *, lost=None):
     schema_text = meta.get("avro.schema")
     if schema_text is None:
         raise ValueError("Avro header has no schema")
-    if codec not in ("null", "deflate"):
+    decode = _block_decoder(codec)
+    if decode is False:
         try:
             yield from fastavro.reader(io.BytesIO(bytes(buf)))
         except ValueError as exc:
-            # fastavro knows snappy, zstandard, lz4 but decodes them only with a library
-            # (cramjam, ...) it does not require; without it the file is not corrupt
+            # fastavro knows zstandard, lz4 but decodes them only with a library it does not
+            # require; without it the file is not corrupt
             if "need to install" in str(exc):
                 raise MissingDependencyError(
                     f"reading Avro packets compressed with the {codec!r} codec: {exc}") from exc
@@ -216,13 +269,13 @@ def iter_avro_records(buf, *, lost=None):
             pos = _resync(buf, sync, start, exc, lost)
             continue
         pos += 16
-        if codec == "deflate":
+        if decode is not None:
             try:
-                block = zlib.decompress(block, -15)
-            except zlib.error as exc:
+                block = decode(block)
+            except Exception as exc:  # noqa: BLE001 - zlib.error, OSError, LZMAError, ...
                 if lost is None:
-                    raise ValueError(f"corrupt deflate Avro block: {exc}") from None
-                lost(start, count, f"corrupt deflate data: {exc}")
+                    raise ValueError(f"corrupt {codec} Avro block: {exc}") from None
+                lost(start, count, f"corrupt {codec} data: {exc}", pos)
                 continue
         stream = io.BytesIO(block)
         for j in range(count):
@@ -235,7 +288,7 @@ def iter_avro_records(buf, *, lost=None):
                 if lost is None:
                     raise ValueError(f"corrupt Avro record: {exc}") from None
                 # the block's other records cannot be found without this one's length
-                lost(start, count - j, f"corrupt Avro record {j + 1} of {count}: {exc}")
+                lost(start, count - j, f"corrupt Avro record {j + 1} of {count}: {exc}", pos)
                 break
 
 
@@ -247,28 +300,49 @@ def _resync(buf, sync, start, exc, lost):
     if found < 0:
         raise exc
     lost(start, None, f"its count, size or sync marker is corrupt ({exc}); the next sync "
-         f"marker ends at byte {found + 16}")
+         f"marker ends at byte {found + 16}", found + 16)
     return found + 16
 
 
 def read_alerts(path):
+    """Stamps of the alerts of an Avro packet file, and one `Flag.BAD_INPUT` row for each
+    stretch of it that cannot be read.
+
+    A row's place in the file (`Stamp.index`, and its name where the alert has no id of its
+    own) is its record's index. After a lost stretch whose number of records is unknown (a
+    block that cannot be framed: up to the next sync marker), the places of the records
+    after it are unknown too: they are named ``path[k after byte N]`` (the k-th record,
+    from 0, of those read from byte N on) and have no index, rather than a number that
+    claims a place in the file they may not have.
+    """
     source = str(path)
     try:
         buf = path.read_bytes()
     except OSError as exc:
         return [Stamp(source, path).flag(Flag.BAD_INPUT, f"cannot read file: {exc}")]
     stamps = []
-    i = 0  # the record's index in the file (counting only those read after a lost stretch)
+    i = 0  # the record's index in the file, or, after a loss of unknown size, from `resumed`
+    resumed = None  # the byte at which reading went on after the last such loss
     good = 0  # records decoded
 
-    def lost(offset, count, why):  # one row for a block that cannot be read; on after it
-        nonlocal i
+    def place():  # the record's place: its index, or where it is after an unknown loss
+        return i if resumed is None else f"{i} after byte {resumed}"
+
+    def lost(offset, count, why, resume):  # one row for a block that cannot be read
+        nonlocal i, resumed
         what = ("an unknown number of records" if count is None
                 else f"{count} record{'s' if count != 1 else ''}")
-        stamps.append(Stamp(source if not stamps else f"{source}[{i}]", path, index=i).flag(
+        on = ("read on from the next block" if count is not None else
+              f"the records after it are numbered from there ({path.name}[k after byte "
+              f"{resume}]), their places in the file unknown")
+        stamps.append(Stamp(source if not stamps else f"{source}[{place()}]", path,
+                            index=_index(place())).flag(
             Flag.BAD_INPUT, f"Avro block at byte {offset} could not be read ({what} lost): "
-            f"{why}; read on from the next block"))
-        i += count or 0
+            f"{why}; {on}"))
+        if count is None:
+            i, resumed = 0, resume
+        else:
+            i += count
 
     records = iter_avro_records(buf, lost=lost)
     while True:
@@ -286,16 +360,16 @@ def read_alerts(path):
             break
         except Exception as exc:  # noqa: BLE001 - fastavro raises many kinds for bad data
             where = f" after {good} good record(s)" if good else ""
-            stamps.append(Stamp(source if not stamps else f"{source}[{i}]",
+            stamps.append(Stamp(source if not stamps else f"{source}[{place()}]",
                                 path).flag(Flag.BAD_INPUT,
                                            f"corrupt or truncated Avro{where}: {exc}"))
             break
         try:
-            stamps.append(_alert_stamp(path, i, rec))
+            stamps.append(_alert_stamp(path, place(), rec))
         except (KeyError, IndexError, TypeError, ValueError, AttributeError) as exc:
             # a record of an unexpected layout (e.g. a field of another type)
-            stamps.append(Stamp(f"{path}[{i}]", path, index=i).flag(
-                Flag.BAD_INPUT, f"alert record {i} cannot be interpreted "
+            stamps.append(Stamp(f"{path}[{place()}]", path, index=_index(place())).flag(
+                Flag.BAD_INPUT, f"alert record {place()} cannot be interpreted "
                 f"({type(exc).__name__}: {exc})"))
         i += 1
         good += 1
@@ -304,6 +378,12 @@ def read_alerts(path):
     for stamp in stamps:
         stamp.alert = True
     return stamps
+
+
+def _index(i):
+    """`Stamp.index` of a record whose place `read_alerts` gives as ``i``: None where it is
+    no index (text: a place after a loss of unknown size)."""
+    return i if isinstance(i, int) else None
 
 
 def _text(value):
@@ -385,7 +465,7 @@ def _cutout_planes(stamp, blobs):
 def _ztf_stamp(path, i, rec):
     candid = rec.get("candid")
     cand = rec.get("candidate") or {}
-    stamp = Stamp(str(candid) if candid is not None else f"{path}[{i}]", path, index=i,
+    stamp = Stamp(str(candid) if candid is not None else f"{path}[{i}]", path, index=_index(i),
                   native_grid=True, object=_text(rec.get("objectId")),
                   ra=_degrees(cand.get("ra")), dec=_degrees(cand.get("dec")))
     cutouts = [rec.get(k) for k in _CUTOUTS]
@@ -427,7 +507,7 @@ def _rubin_stamp(path, i, rec):
     obj = dia.get("diaObjectId")
     if obj is None and isinstance(rec.get("diaObject"), dict):
         obj = rec["diaObject"].get("diaObjectId")
-    stamp = Stamp(str(sid) if sid is not None else f"{path}[{i}]", path, index=i,
+    stamp = Stamp(str(sid) if sid is not None else f"{path}[{i}]", path, index=_index(i),
                   object=_text(obj), ra=_degrees(dia.get("ra")), dec=_degrees(dia.get("dec")))
     blobs = [rec.get(k) for k in _CUTOUTS]
     got = _cutout_planes(stamp, [b if isinstance(b, (bytes, bytearray)) else None
