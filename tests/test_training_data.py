@@ -224,6 +224,107 @@ def test_real_bogus_cache_cut_off_before_its_info_is_simulated_again(tmp_path, m
     assert simulated == ["val"] and x.sum() == x.size and info["snr_det"].tolist() == [1, 1]
 
 
+
+def _legacy_cache(cache, **params):
+    """A cache folder written before each split recorded its own parameters: one shared
+    ``params.json`` and the three cached sets (stamps of zeros)."""
+    import json
+
+    from astromorph_training import realbogus
+
+    cache.mkdir()
+    (cache / "params.json").write_text(json.dumps(
+        {"n_train": realbogus.DEFAULT_N_TRAIN, "n_val": 8000, "n_test": 12000, "seed": 0,
+         **params}))
+    for split in ("train", "val", "test"):
+        np.save(cache / f"{split}_x.npy", np.zeros((2, 3, 4, 4), np.float16))
+        np.savez(cache / f"{split}_info.npz", snr_det=np.zeros(2))
+
+
+def test_real_bogus_cache_is_stale_per_split(tmp_path, monkeypatch):
+    """The cache folder had one params.json for all three sets: `evaluate` or `calibrate`
+    run without the ``--recipe v5`` (or with another ``--n-train``) that `train` was given
+    found it stale and deleted every cached set, the 448,000 training triplets (tens of
+    minutes to simulate) included, though the validation and test sets depend on neither.
+    Each set is now stale only when what it is simulated from changes, and only its own
+    files are replaced; an old folder's params.json still serves its sets."""
+    import argparse
+
+    from astromorph_training import realbogus
+
+    cache = tmp_path / "cache"
+    _legacy_cache(cache, recipe="v5")  # train --recipe v5 with the old code
+    simulated = _fake_simulator(monkeypatch)
+    monkeypatch.setattr(realbogus, "_check_split_sources",  # no real data: as if shipped
+                        lambda args: (realbogus.ALERTS_SOURCE_SHA256,
+                                      realbogus.GALAXIES_SOURCE_SHA256))
+    dirs = {"cache": cache}
+
+    def load(split, **options):
+        args = argparse.Namespace(smoke=False, seed=0, data_dir=tmp_path, n_train=None,
+                                  n_val=None, n_test=None, recipe=None, regenerate=False)
+        vars(args).update(options)
+        x, info = realbogus._load_split(args, split, dirs)
+        return float(x.sum())
+
+    assert load("test") == 0 and load("val") == 0  # evaluate, calibrate without --recipe
+    assert load("train", recipe="v5") == 0 and simulated == []  # nothing simulated again
+    assert load("test", n_test=500) == load("test", n_test=500) == 2 * 3 * 16
+    assert simulated == ["test"]  # only the test set, once
+    assert load("val", recipe="v3", n_train=1000) == 0 and simulated == ["test"]
+    assert load("train", recipe="v5") == 0 and simulated == ["test"]  # still cached
+    assert load("train", recipe="v6") == 2 * 3 * 16 and simulated == ["test", "train"]
+    assert load("val") == 0 and simulated == ["test", "train"]
+    assert load("test", n_test=12000) > 0 and simulated == ["test", "train", "test"]
+    assert load("val", seed=1) > 0 and simulated == ["test", "train", "test", "val"]
+    assert load("train", recipe="v6") > 0 and load("test") > 0 and len(simulated) == 4
+
+
+def test_real_bogus_regenerate_keeps_the_sets_it_simulates(tmp_path, monkeypatch):
+    """``--regenerate`` deleted every cached set at each load: ``train --regenerate``
+    simulated the training set, then deleted it when it simulated the validation set, so
+    the next run simulated it again. It re-simulates each set the command loads, once, and
+    leaves the others; the data-parallel workers of `train` reuse the sets just simulated."""
+    import argparse
+
+    from astromorph_training import realbogus
+
+    cache = tmp_path / "cache"
+    _legacy_cache(cache)
+    simulated = _fake_simulator(monkeypatch)
+    monkeypatch.setattr(realbogus, "_check_split_sources",
+                        lambda args: (realbogus.ALERTS_SOURCE_SHA256,
+                                      realbogus.GALAXIES_SOURCE_SHA256))
+    args = argparse.Namespace(smoke=False, seed=0, data_dir=tmp_path, n_train=None, n_val=None,
+                              n_test=None, recipe=None, regenerate=True)
+    for split in ("train", "val"):
+        realbogus._load_split(args, split, {"cache": cache})
+    assert simulated == ["train", "val"]
+    assert {p.name for p in cache.glob("*.np*")} == {
+        f"{s}_{f}" for s in ("train", "val", "test") for f in ("x.npy", "info.npz")}
+    assert float(np.load(cache / "test_x.npy").sum()) == 0  # not loaded: left as it was
+    args.regenerate = False
+    for split in ("train", "val"):
+        assert float(realbogus._load_split(args, split, {"cache": cache})[0].sum()) > 0
+    assert simulated == ["train", "val"]
+
+    import torch.multiprocessing as mp
+
+    spawned = []
+
+    def spawn(fn, args, nprocs, join):  # the --processes workers each load both sets again
+        spawned.append(args[0])
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(mp, "spawn", spawn)
+    monkeypatch.setattr(realbogus, "_load_split", lambda args, split, dirs: (None, None))
+    args = argparse.Namespace(smoke=False, seed=0, out_dir=tmp_path / "run", processes=2,
+                              regenerate=True, epochs=None, restart=False)
+    with pytest.raises(KeyboardInterrupt):
+        realbogus.train(args)
+    assert args.regenerate and not spawned[0].regenerate and spawned[0].processes == 2
+
+
 def test_json_reports_and_summaries_are_written_atomically(tmp_path, monkeypatch):
     """history.json, train_summary.json, calibration.json, metrics.json... were written in
     place: a run killed during the write left a truncated file on which the next step

@@ -23,6 +23,7 @@ export
     baked in) and ``card.json``; torch/ONNX parity and throughput.
 """
 
+import copy
 import json
 import logging
 import math
@@ -130,7 +131,8 @@ def add_arguments(parser):
                         "uninterrupted run")
     g.add_argument("--restart", action="store_true",
                    help="train afresh (the previous checkpoints are kept as *.bak files)")
-    g.add_argument("--regenerate", action="store_true", help="re-simulate the cached data set")
+    g.add_argument("--regenerate", action="store_true",
+                   help="re-simulate the cached sets this step loads (the others are kept)")
 
 
 def _get(args, key, default):
@@ -364,42 +366,73 @@ def _check_split_sources(args):
     return alerts, galaxies
 
 
-def _load_split(args, split, dirs):
-    """Return (x, info) for one split, simulating and caching if needed."""
+def _split_params(args, split, sources):
+    """What the cached ``split`` set is simulated from (`_simulate_split`): its size, the
+    seed (sky and host split, and the split's own draws), the recipe (``--recipe`` for the
+    training set; the validation and test sets are always v3) and the fingerprints of the
+    alerts and galaxy images the split was drawn from."""
     n = {"train": _get(args, "n_train", DEFAULT_N_TRAIN), "val": _get(args, "n_val", 8000),
          "test": _get(args, "n_test", 12000)}[split]
-    recipe = _get(args, "recipe", DEFAULT_RECIPE)
-    split_recipe = recipe if split == "train" else "v3"
+    recipe = _get(args, "recipe", DEFAULT_RECIPE) if split == "train" else "v3"
+    return {"n": int(n), "seed": int(args.seed), "recipe": recipe, "sources": list(sources)}
+
+
+def _cached_split_params(folder, split):
+    """The parameters the cached ``split`` set was simulated with, as `_split_params`, or
+    None when nothing records them.
+
+    Folders cached before each set recorded its own (``{split}_params.json``) have one
+    ``params.json`` for all three sets, with the sizes of all three, the seed, the training
+    recipe when not v3 and the sources when not the shipped ones; the set's are read from it.
+    """
+    own = folder / f"{split}_params.json"
+    if own.exists():
+        return json.loads(own.read_text())
+    shared = folder / "params.json"
+    if not shared.exists():
+        return None
+    old = json.loads(shared.read_text())
+    return {"n": old[f"n_{split}"], "seed": old["seed"],
+            "recipe": old.get("recipe", "v3") if split == "train" else "v3",
+            "sources": old.get("sources", [ALERTS_SOURCE_SHA256, GALAXIES_SOURCE_SHA256])}
+
+
+def _load_split(args, split, dirs):
+    """Return (x, info) for one split, simulating and caching if needed.
+
+    Each set is cached with the parameters it was simulated from (``{split}_params.json``,
+    `_split_params`) and simulated again, replacing that set's files only, when they differ
+    from this command's, or with ``--regenerate``: the validation and test sets do not
+    depend on the training set's size or recipe, nor the training set on theirs.
+    """
     if args.smoke:
         return _simulate_split(split, {"train": 48, "val": 24, "test": 24}[split], args.data_dir,
-                               args.seed, None, smoke=True, recipe=split_recipe)
+                               args.seed, None, smoke=True,
+                               recipe=_get(args, "recipe", DEFAULT_RECIPE) if split == "train"
+                               else "v3")
     folder = dirs["cache"]
     f = folder / f"{split}_x.npy"
-    meta_f = folder / "params.json"
-    params = {"n_train": _get(args, "n_train", DEFAULT_N_TRAIN), "n_val": _get(args, "n_val", 8000),
-              "n_test": _get(args, "n_test", 12000), "seed": args.seed}
-    if recipe != "v3":  # v3 folders keep their old params (and caches)
-        params["recipe"] = recipe
+    info_f = folder / f"{split}_info.npz"
     # checked whether or not the set is cached: a cached set of another split is no set of
     # this one (with --new-split, the new split's sets replace the cached ones)
-    sources = _check_split_sources(args)
-    if tuple(sources) != (ALERTS_SOURCE_SHA256, GALAXIES_SOURCE_SHA256):
-        params["sources"] = list(sources)  # the shipped sources' folders keep their params
-    stale = meta_f.exists() and json.loads(meta_f.read_text()) != params
-    info_f = folder / f"{split}_info.npz"
-    if f.exists() and info_f.exists():
-        with np.load(info_f) as cached:
-            stale = stale or "snr_det" not in cached.files  # cached before detection S/N was recorded
-    if not f.exists() or not info_f.exists() or _get(args, "regenerate", False) or stale:
-        if stale or _get(args, "regenerate", False):
-            for p in folder.glob("*.np*"):
-                p.unlink()
+    params = _split_params(args, split, _check_split_sources(args))
+    cached = f.exists() and info_f.exists()
+    if cached:
+        recorded = _cached_split_params(folder, split)  # None: cached before any record
+        cached = recorded is None or recorded == params
+    if cached:
+        with np.load(info_f) as arrays:
+            cached = "snr_det" in arrays.files  # not cached before detection S/N was recorded
+    if not cached or _get(args, "regenerate", False):
+        for p in folder.glob(f"{split}_*"):  # this set's files only (and its record)
+            p.unlink()
         folder.mkdir(parents=True, exist_ok=True)
-        common.write_text(meta_f, json.dumps(params))
-        _simulate_split(split, n, args.data_dir, args.seed, folder, keep_raw=512 if split == "test" else 0,
-                        recipe=split_recipe)
+        # recorded first: a run killed while simulating leaves no ``_x.npy``, not cached
+        common.write_text(folder / f"{split}_params.json", json.dumps(params))
+        _simulate_split(split, params["n"], args.data_dir, args.seed, folder,
+                        keep_raw=512 if split == "test" else 0, recipe=params["recipe"])
     x = np.load(f, mmap_mode="r")
-    info = dict(np.load(folder / f"{split}_info.npz"))
+    info = dict(np.load(info_f))
     return x, info
 
 
@@ -774,7 +807,10 @@ def train(args):
     if world > 1:
         import torch.multiprocessing as mp
 
-        mp.spawn(_train_worker, args=(args, world, _free_port()), nprocs=world, join=True)
+        # the workers load the sets cached above: --regenerate simulated them already
+        worker_args = copy.copy(args)
+        worker_args.regenerate = False
+        mp.spawn(_train_worker, args=(worker_args, world, _free_port()), nprocs=world, join=True)
     else:
         _train_worker(0, args, 1, None, data=(xtr, itr, xva, iva))
     run = {"train_seconds": time.perf_counter() - t_start, "epochs": epochs, "n_train": int(len(xtr)),
