@@ -484,6 +484,19 @@ def test_train_options_of_radio_and_real_bogus_are_refused_elsewhere(argv, optio
     assert f"not of {step}" in err, err
 
 
+def test_real_bogus_regenerate_is_refused_where_no_cached_set_is_loaded(capsys):
+    """``real-bogus export --regenerate`` was accepted and did nothing: export loads no
+    simulated set (``--regenerate`` re-simulates the cached sets a step loads). The steps
+    that load sets still take it. Only parsed here: nothing runs."""
+    err = _step_options_refusal("real-bogus export --regenerate", capsys)
+    assert "--regenerate is an option of real-bogus train / average / calibrate / evaluate" \
+        " / compare" in err and "not of export" in err, err
+    from astromorph_training import realbogus
+
+    assert set(realbogus.STEP_OPTIONS["regenerate"]) == {
+        "train", "average", "calibrate", "evaluate", "compare"}
+
+
 @pytest.mark.parametrize("argv, option, needs", [
     ("radio-morphology train --d4-widths 2 4 8 16 64", "--d4-widths", "--arch d4"),
     ("radio-morphology train --arch plain --d4-widths 2 4", "--d4-widths", "--arch d4"),

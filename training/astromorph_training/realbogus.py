@@ -69,7 +69,9 @@ STEP_OPTIONS = {**dict.fromkeys(("batch_size", "lr", "threads", "processes", "am
                                  "restart"), ("train",)),
                 "candidates": ("compare",), "val_seed": ("compare",),
                 "test_seed": ("evaluate",), "n_fresh_test": ("evaluate",),
-                "sources": ("average",), "ensemble": ("average",), "bn_samples": ("average",)}
+                "sources": ("average",), "ensemble": ("average",), "bn_samples": ("average",),
+                # the steps that load cached simulated sets (`_load_split`)
+                "regenerate": ("train", "average", "calibrate", "evaluate", "compare")}
 #: Options read only with another (the command line refuses them without it):
 #: ``--n-fresh-test`` sizes the ``--test-seed`` draw.
 OPTION_NEEDS = {"n_fresh_test": ("test_seed",)}
