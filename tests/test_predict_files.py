@@ -3623,3 +3623,130 @@ def test_non_square_pixels_are_resampled_along_each_axis_by_its_own_scale(
     assert np.array_equal(a, resample_triplet(data, scale)[0], equal_nan=True)
     assert pixel_scales([[-0.5 / 3600, 0], [0, 0.5 / 3600]]) == \
         float(np.sqrt(abs(np.linalg.det([[-0.5 / 3600, 0], [0, 0.5 / 3600]]))) * 3600)
+
+
+# ------------------------------------------------- ZTF cutouts cut at the CCD edge, by WCS
+REAL_ZTF_PACKET = DATA_DIR / "alerts" / "472263571115115000.avro"
+
+
+def _real_ztf_cutouts():
+    """The candidate (ra, dec) and the three 63 x 63 cutouts (data, header) of a real ZTF
+    packet; skipped without it. Its cutouts' headers hold no WCS (SIMPLE, BITPIX, NAXISi,
+    BUNIT only)."""
+    fastavro = pytest.importorskip("fastavro")
+    if not REAL_ZTF_PACKET.is_file():
+        pytest.skip(f"no real ZTF packet at {REAL_ZTF_PACKET}")
+    with open(REAL_ZTF_PACKET, "rb") as f:
+        (rec,) = list(fastavro.reader(f))
+    planes = []
+    for key in ("cutoutScience", "cutoutTemplate", "cutoutDifference"):
+        with warnings.catch_warnings():  # their SIMPLE card is not in the standard's format
+            warnings.simplefilter("ignore", fits.verify.VerifyWarning)
+            with fits.open(io.BytesIO(gzip.decompress(rec[key]["stampData"]))) as hdul:
+                planes.append((hdul[0].data.astype(np.float32), hdul[0].header.copy()))
+    return rec["candidate"]["ra"], rec["candidate"]["dec"], planes
+
+
+def _edge_packet(path, keep, *, wcs_centre=(31, 31), wcs=True, **pos):
+    """An alert of the real packet's cutouts cut to ``keep`` (slices of the 63 x 63 planes),
+    with a ZTF-like TAN WCS (1.01 arcsec pixels) putting the candidate's ra, dec at the
+    0-based pixel ``wcs_centre`` (y, x) of the uncut cutouts, CRPIXi shifted by the cut
+    (``wcs=False``: the headers as they are, without WCS); returns the uncut planes."""
+    ra, dec, planes = _real_ztf_cutouts()
+    raw, full = {}, []
+    ys, xs = keep
+    for key, (data, header) in zip(("cutoutScience", "cutoutTemplate", "cutoutDifference"),
+                                   planes):
+        full.append(data)
+        if wcs:
+            header.update({"CTYPE1": "RA---TAN", "CTYPE2": "DEC--TAN", "CRVAL1": ra,
+                           "CRVAL2": dec, "CRPIX1": wcs_centre[1] + 1 - (xs.start or 0),
+                           "CRPIX2": wcs_centre[0] + 1 - (ys.start or 0),
+                           "CD1_1": -1.01 / 3600, "CD1_2": 0.0, "CD2_1": 0.0,
+                           "CD2_2": 1.01 / 3600})
+        buf = io.BytesIO()
+        fits.PrimaryHDU(np.ascontiguousarray(data[keep]), header=header).writeto(buf)
+        raw[key] = gzip.compress(buf.getvalue())
+    write_avro(path, [ztf_alert(9, raw=raw, ra=ra, dec=dec, **pos)])
+    return np.stack(full)
+
+
+_EDGES = {"left": (np.s_[:, 10:], {"xpos": 21.0}), "right": (np.s_[:, :53], {"xpos": 3062.0}),
+          "bottom": (np.s_[10:, :], {"ypos": 21.0}), "top": (np.s_[:53, :], {"ypos": 3070.0})}
+
+
+@pytest.mark.parametrize("edge", sorted(_EDGES))
+@pytest.mark.parametrize("know_pos", [True, False])
+def test_ztf_edge_cutouts_are_placed_by_their_wcs(tmp_path, edge, know_pos):
+    """A cut cutout with a WCS is padded so that the WCS's pixel of the candidate's ra, dec
+    lands on (31, 31), whether or not xpos/ypos are known (null: the heuristic cannot
+    tell the side), and the row says so."""
+    keep, pos = _EDGES[edge]
+    full = _edge_packet(tmp_path / "edge.avro", keep,
+                        **(pos if know_pos else {"xpos": None, "ypos": None}))
+    (stamp,) = read_file(tmp_path / "edge.avro")
+    assert stamp.data.shape == (3, 63, 63) and stamp.flags == Flag.EDGE
+    sl = (slice(None),) + keep
+    np.testing.assert_array_equal(stamp.data[sl][:2], full[sl][:2])
+    assert np.isnan(stamp.data).sum() == 3 * 63 * 10
+    assert stamp.centre is None
+    assert "placed by the cutouts' WCS" in " ".join(stamp.reason)
+
+
+@pytest.mark.parametrize("edge", sorted(_EDGES))
+def test_ztf_edge_cutouts_without_wcs_are_placed_by_xpos_ypos(tmp_path, edge):
+    """The real packets' cutouts carry no WCS: the candidate's CCD pixel (xpos, ypos,
+    1-based, on a 3072 x 3080 quadrant) says which side is missing, and the row says so."""
+    keep, pos = _EDGES[edge]
+    full = _edge_packet(tmp_path / "edge.avro", keep, wcs=False, **pos)
+    (stamp,) = read_file(tmp_path / "edge.avro")
+    assert stamp.data.shape == (3, 63, 63) and stamp.flags == Flag.EDGE
+    sl = (slice(None),) + keep
+    np.testing.assert_array_equal(stamp.data[sl][:2], full[sl][:2])
+    reason = " ".join(stamp.reason)
+    assert "no WCS" in reason and "placed by the candidate's xpos, ypos" in reason
+
+
+def test_ztf_edge_cutouts_whose_wcs_cannot_centre_them_use_xpos(tmp_path):
+    """A WCS that puts the candidate where no padding to 63 x 63 centres it (here 20 pixels
+    off) is not used: xpos decides, and the row says why."""
+    keep, pos = _EDGES["left"]
+    full = _edge_packet(tmp_path / "edge.avro", keep, wcs_centre=(31, 51), **pos)
+    (stamp,) = read_file(tmp_path / "edge.avro")
+    sl = (slice(None),) + keep
+    np.testing.assert_array_equal(stamp.data[sl][:2], full[sl][:2])
+    reason = " ".join(stamp.reason)
+    assert "no padding to 63x63 centres" in reason
+    assert "placed by the candidate's xpos, ypos" in reason
+
+
+def test_ztf_edge_cutouts_with_xpos_far_from_both_edges_say_so(tmp_path):
+    """A cutout cut in x whose xpos is more than 31 pixels from both edges of the 3072-pixel
+    quadrant cannot be placed by xpos: the missing part is taken at the end, and said."""
+    pytest.importorskip("fastavro")
+    t = triplet()[:, :, 10:]
+    write_avro(tmp_path / "edge.avro", [ztf_alert(9, np.ascontiguousarray(t), xpos=1500.0)])
+    (stamp,) = read_file(tmp_path / "edge.avro")
+    assert stamp.flags == Flag.EDGE and np.isnan(stamp.data[:, :, 53:]).all()
+    assert "xpos 1500 is more than 31 pixels from both edges of the quadrant's 3072" \
+        in " ".join(stamp.reason)
+
+
+def test_ztf_full_cutouts_whose_wcs_puts_the_candidate_off_centre(models, tmp_path):
+    """As for Rubin cutouts: a 63 x 63 cutout whose WCS puts the candidate more than a pixel
+    from (31, 31) is scored about the WCS's pixel, said in its reason (and EDGE where the
+    model's field then runs over the edge); one off the cutouts is BAD_INPUT; within a
+    pixel of the centre nothing changes."""
+    whole = (np.s_[:, :], {})
+    _edge_packet(tmp_path / "near.avro", whole[0], wcs_centre=(31.2, 30.7))
+    (near,) = read_file(tmp_path / "near.avro")
+    assert near.centre is None and near.flags == 0 and not near.reason
+    _edge_packet(tmp_path / "off.avro", whole[0], wcs_centre=(31, 40))
+    (off,) = read_file(tmp_path / "off.avro")
+    assert off.centre == pytest.approx((31, 40), abs=1e-6)
+    assert "not at the cutouts' centre" in " ".join(off.reason)
+    table = astromorph.predict_files("real-bogus", tmp_path / "off.avro")
+    assert table["rb_flags"][0] & Flag.EDGE
+    _edge_packet(tmp_path / "gone.avro", whole[0], wcs_centre=(31, 140))
+    (gone,) = read_file(tmp_path / "gone.avro")
+    assert gone.flags == Flag.BAD_INPUT and "off the 63x63 cutouts" in " ".join(gone.reason)

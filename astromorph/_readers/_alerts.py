@@ -14,7 +14,7 @@ from ..exceptions import MissingDependencyError
 from ._fits import parse_fits_bytes
 from ._stamp import Stamp, common_pixel_scale
 
-__all__ = ["ZTF_STAMP_SIZE", "iter_avro_records", "read_alerts"]
+__all__ = ["ZTF_QUADRANT_SHAPE", "ZTF_STAMP_SIZE", "iter_avro_records", "read_alerts"]
 
 log = logging.getLogger(__name__)
 
@@ -401,18 +401,105 @@ def _degrees(value):
     return value if np.isfinite(value) else None
 
 
-def _pad_ztf(data, xpos, ypos):
-    """Pad a ZTF cutout cut at the CCD edge back to 63 x 63 with NaN."""
+#: Pixels (nx, ny) of the CCD quadrant on which ZTF measures candidate.xpos, ypos (1-based).
+ZTF_QUADRANT_SHAPE = (3072, 3080)
+
+#: Pixels by which the WCS of a full ZTF cutout may put the candidate off the cutout's
+#: centre (31, 31) before it is scored about the WCS's pixel (ZTF cuts its cutouts about the
+#: candidate's own pixel, so within half a pixel of it).
+ZTF_OFF_CENTRE_PIXELS = 1.0
+
+
+def _edge_offset(pos, n, extent, axis):
+    """``(offset, note)``: where a ZTF cutout of ``n`` pixels along an axis cut at the CCD
+    edge goes in the 63 pixels of a whole one (the number of missing pixels before it), from
+    the candidate's 1-based pixel ``pos`` on a quadrant of ``extent`` pixels along that axis;
+    ``note`` (words, or None) says what was assumed where ``pos`` cannot tell."""
+    size, half = ZTF_STAMP_SIZE, ZTF_STAMP_SIZE // 2
+    missing = size - n
+    if not missing:
+        return 0, None
+    pos = _degrees(pos)  # a finite float, or None
+    if pos is None:
+        return 0, f"no candidate {axis}pos: the missing {axis} part taken at the end"
+    low = pos - 1 < half  # the cutout starts at the quadrant's first pixel
+    high = pos - 1 > extent - 1 - half  # ... ends at its last
+    if low != high:
+        return (missing if low else 0), None
+    return 0, (f"{axis}pos {pos:g} is more than {half} pixels from both edges of the "
+               f"quadrant's {extent} (or near both): the missing {axis} part taken at the end")
+
+
+def _pad_ztf(data, xpos, ypos, offsets=None):
+    """A ZTF cutout cut at the CCD edge padded back to 63 x 63 with NaN, and notes (words).
+
+    ``offsets``: ``(y0, x0)``, the missing pixels before the cutout along each axis (from
+    the cutouts' WCS); default: from the candidate's quadrant pixel ``xpos``, ``ypos``
+    (1-based, `ZTF_QUADRANT_SHAPE`): the missing part is at the start of an axis where the
+    candidate is within 31 pixels of the quadrant's first pixel, at its end where within
+    31 of its last.
+    """
     ny, nx = data.shape
     size = ZTF_STAMP_SIZE
     if ny > size or nx > size:
         raise ValueError(f"ZTF cutout of {nx}x{ny} pixels is larger than {size}x{size}")
+    notes = []
+    if offsets is None:
+        (x0, xnote), (y0, ynote) = (
+            _edge_offset(pos, n, extent, axis) for pos, n, extent, axis in
+            zip((xpos, ypos), (nx, ny), ZTF_QUADRANT_SHAPE, "xy"))
+        notes = [note for note in (xnote, ynote) if note]
+    else:
+        y0, x0 = offsets
     out = np.full((size, size), np.nan, dtype=np.float32)
-    # Candidate near the low edge (1-based pixel coordinates): the missing part is at the start.
-    y0 = size - ny if ypos is not None and ypos - 1 < size // 2 else 0
-    x0 = size - nx if xpos is not None and xpos - 1 < size // 2 else 0
     out[y0:y0 + ny, x0:x0 + nx] = data
-    return out
+    return out, notes
+
+
+def _ztf_wcs_pixel(blob, ra, dec):
+    """``((y, x), None)``: the 0-based pixel of a ZTF cutout at which its WCS puts the
+    candidate's ``ra``, ``dec``; or ``(None, why)`` (the real packets' cutouts carry no WCS:
+    their headers hold SIMPLE, BITPIX, NAXISi and BUNIT only)."""
+    try:
+        if not _may_have_wcs(blob):  # the real packets: a cheap look at the header's start
+            return None, "the difference cutout has no WCS (CRPIXi, CRVALi)"
+        return _candidate_pixel(blob, ra, dec, what="the candidate")
+    except Exception as exc:  # noqa: BLE001 - a header astropy cannot read as a WCS
+        return None, f"its WCS cannot place it ({type(exc).__name__}: {exc})"
+
+
+def _may_have_wcs(blob, blocks=4):
+    """False where the primary header of the FITS cutout ``blob`` (gzipped or not) ends
+    within its first ``blocks`` 2880-byte blocks without a CRPIX1 card; True otherwise. Only
+    those blocks are decompressed, one at a time: most ZTF cutouts carry no WCS, and the
+    whole cutout was decompressed once already."""
+    gz = zlib.decompressobj(16 + zlib.MAX_WBITS) if blob[:2] == b"\x1f\x8b" else None
+    for k in range(blocks):
+        block = gz.decompress(gz.unconsumed_tail if k else blob, 2880) if gz is not None \
+            else bytes(blob[2880 * k:2880 * (k + 1)])
+        for pos in range(0, len(block) - 79, 80):
+            key = block[pos:pos + 8]
+            if key.startswith(b"CRPIX1"):
+                return True
+            if key == b"END     ":
+                return False
+        if len(block) < 2880:
+            break
+    return True
+
+
+def _wcs_offsets(placed, shape):
+    """``((y0, x0), None)``: the NaN padding before a cutout of ``shape`` cut at the CCD edge
+    that puts the WCS's pixel ``placed`` ``(y, x)`` of the candidate on (31, 31); or ``(None,
+    why)`` where no padding to 63 x 63 does (the WCS is not the cutouts', or wrong)."""
+    size, half = ZTF_STAMP_SIZE, ZTF_STAMP_SIZE // 2
+    offsets = [half - int(np.floor(p + 0.5)) for p in placed]
+    if all(0 <= o <= size - n for o, n in zip(offsets, shape)):
+        return tuple(offsets), None
+    y, x = placed
+    return None, (f"the cutouts' WCS puts the candidate at pixel (x, y = {x:.2f}, {y:.2f}; "
+                  f"0-based) of the {shape[1]}x{shape[0]} cutouts, where no padding to "
+                  f"{size}x{size} centres it")
 
 
 def _flag_blank_cutouts(stamp, planes):
@@ -479,14 +566,40 @@ def _ztf_stamp(path, i, rec):
         # cut at the CCD edge, all three are cut alike; cutouts that differ cannot be
         # aligned pixel for pixel (as for Rubin alerts and annotate_stamps)
         return stamp.flag(Flag.BAD_INPUT, f"cutouts differ in shape ({shapes})")
-    if planes[0].shape != (ZTF_STAMP_SIZE, ZTF_STAMP_SIZE):
+    size = ZTF_STAMP_SIZE
+    placed, why = _ztf_wcs_pixel(blobs[2], cand.get("ra"), cand.get("dec"))
+    if planes[0].shape != (size, size):
+        offsets = None
+        if placed is not None:
+            offsets, why = _wcs_offsets(placed, planes[0].shape)
         try:
-            planes = [_pad_ztf(p, cand.get("xpos"), cand.get("ypos")) for p in planes]
+            padded = [_pad_ztf(p, cand.get("xpos"), cand.get("ypos"), offsets) for p in planes]
         except ValueError as exc:
             return stamp.flag(Flag.BAD_INPUT, str(exc))
+        planes = [p for p, _ in padded]
+        if offsets is not None:
+            how = "the candidate placed by the cutouts' WCS on their centre"
+        else:
+            how = (f"the missing part placed by the candidate's xpos, ypos (1-based, on a "
+                   f"{ZTF_QUADRANT_SHAPE[0]}x{ZTF_QUADRANT_SHAPE[1]} quadrant): {why}")
+            how = "; ".join([how, *padded[0][1]])
         stamp.flag(Flag.EDGE, f"cutouts ({shapes}) cut at the CCD edge, padded to "
-                   f"{ZTF_STAMP_SIZE}x{ZTF_STAMP_SIZE} with NaN")
+                   f"{size}x{size} with NaN, {how}")
         _flag_blank_cutouts(stamp, got[0])
+    elif placed is not None \
+            and max(abs(p - size // 2) for p in placed) > ZTF_OFF_CENTRE_PIXELS:
+        # ZTF cuts about the candidate: a WCS that says otherwise is taken at its word, as
+        # the Rubin cutouts' is (`_place_candidate`)
+        y, x = placed
+        if not (-0.5 <= x < size - 0.5 and -0.5 <= y < size - 0.5):
+            return stamp.flag(Flag.BAD_INPUT, f"the candidate's ra, dec lies at pixel (x, y = "
+                              f"{x:.2f}, {y:.2f}; 0-based) of the cutouts' WCS, off the "
+                              f"{size}x{size} cutouts: they are not cut about the candidate, "
+                              "or their WCS is wrong")
+        stamp.centre = (y, x)
+        stamp.reason.append(f"the cutouts' WCS puts the candidate at pixel (x, y = {x:.2f}, "
+                            f"{y:.2f}; 0-based), not at the cutouts' centre ({size // 2}, "
+                            f"{size // 2}) where ZTF cuts them: scored about that pixel")
     # ZTF stores the difference with the candidate positive: science - reference when
     # isdiffpos is 't' (file *_scimref*), reference - science when 'f' (*_refmsci*), which
     # is what the real-bogus preprocessing expects. Only a packet whose file name
@@ -635,7 +748,7 @@ def _place_candidate(stamp, blob, ra, dec):
               "WCS", stamp.source, x, y, nx, ny)
 
 
-def _candidate_pixel(blob, ra, dec):
+def _candidate_pixel(blob, ra, dec, what="the diaSource"):
     """``((y, x), None)``: the 0-based pixel at which the WCS of the FITS cutout ``blob``
     puts ``ra``, ``dec`` (degrees, ICRS); or ``(None, why)``.
 
@@ -644,16 +757,17 @@ def _candidate_pixel(blob, ra, dec):
     packets of ap_association's packageAlerts): a reference point within `_SAME_POINT_DEG`
     of ``ra``, ``dec`` is read from the keywords alone, exact for any projection (the
     reference point is the reference pixel's), without a WCS parse. Any other celestial
-    WCS is asked by astropy (``world_to_pixel``).
+    WCS is asked by astropy (``world_to_pixel``). ``what``: the source, in the words of
+    ``why`` (ZTF cutouts: "the candidate").
     """
     from ._fits import wcs_matrix_problem
 
     try:
         ra, dec = float(ra), float(dec)
     except (TypeError, ValueError):
-        return None, "the diaSource has no ra, dec"
+        return None, f"{what} has no ra, dec"
     if not (np.isfinite(ra) and np.isfinite(dec)):
-        return None, f"the diaSource's ra, dec ({ra:g}, {dec:g}) are not finite"
+        return None, f"{what}'s ra, dec ({ra:g}, {dec:g}) are not finite"
     get, cards, buf, end = _header_getter(blob)
     if get("CRPIX1") is None or get("CRPIX2") is None or get("CRVAL1") is None \
             or get("CRVAL2") is None:
@@ -676,7 +790,7 @@ def _candidate_pixel(blob, ra, dec):
     if not all(c[:4] in ("RA--", "DEC-", "GLON", "GLAT", "ELON", "ELAT") for c in ctype):
         return None, (f"the difference cutout's WCS is not celestial (CTYPE1, CTYPE2 = "
                       f"{ctype[0] or 'none'}, {ctype[1] or 'none'}) and its reference point "
-                      f"is not the diaSource's ra, dec")
+                      f"is not {what}'s ra, dec")
     import warnings
 
     from astropy.coordinates import SkyCoord
@@ -689,5 +803,5 @@ def _candidate_pixel(blob, ra, dec):
         x, y = wcs.world_to_pixel(SkyCoord(ra, dec, unit="deg", frame="icrs"))
     x, y = float(x), float(y)
     if not (np.isfinite(x) and np.isfinite(y)):
-        return None, "the difference cutout's WCS puts the diaSource's ra, dec nowhere"
+        return None, f"the difference cutout's WCS puts {what}'s ra, dec nowhere"
     return (y, x), None
