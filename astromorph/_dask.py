@@ -151,7 +151,7 @@ def _warn_once(found, n_parts, placed=None):
 
 
 #: `annotate_stamps` options that may hold one value per row of the table.
-_PER_ROW_OPTIONS = ("negative", "pixel_scale")
+_PER_ROW_OPTIONS = ("negative", "pixel_scale", "centre")
 
 
 def _per_row_options(kwargs, n):
@@ -168,6 +168,8 @@ def _per_row_options(kwargs, n):
             value = _quantities(value)  # a list of angles: one Quantity (np.ndim cannot)
         if value is None or isinstance(value, str) or np.ndim(value) == 0:
             continue
+        if isinstance(value, (tuple, list)) and all(isinstance(v, str) for v in value):
+            continue  # centre: the names of an x and a y column
         if name == "pixel_scale" and one_pixel_pair(value, n):  # (scale_y, scale_x): all rows
             continue
         if np.shape(value)[:1] != (n,):

@@ -39,8 +39,9 @@ _DEFAULT_COLUMNS = {
 
 
 def annotate_stamps(table, *, model, columns=None, pixel_scale=None, negative=None,
-                    crop_fraction=None, on_conflict="error", batch_size=256, providers=None,
-                    threads=None, precision=None, progress=None, copy=True, match_beam=True):
+                    centre=None, crop_fraction=None, on_conflict="error", batch_size=256,
+                    providers=None, threads=None, precision=None, progress=None, copy=True,
+                    match_beam=True):
     """Add model columns to a copy of a table whose rows hold their own stamps.
 
     Parameters
@@ -99,6 +100,21 @@ def annotate_stamps(table, *, model, columns=None, pixel_scale=None, negative=No
         A row whose difference is negative at the centre after this (its central 3 x 3
         pixels 3 robust sigma or more below its median) is scored as given and its
         ``<prefix>_reason`` says so.
+    centre : str, (str, str) or array_like, optional
+        Difference-imaging models: the candidate's 0-based pixel ``(x, y)`` in each row's
+        stamps (x: the column, FITS axis 1; y: the row, axis 2), where it is not their
+        central pixel ``n // 2``, as in cutouts cut at the CCD edge (a ZTF cutout of fewer
+        than 63 pixels along an axis holds the candidate at ``xpos - 1`` where cut at the
+        quadrant's first column, at 31 where cut at its last; Rubin cutouts: the pixel
+        their WCS puts the diaSource at). The name of a column of ``(x, y)`` pairs, the
+        names of an x and a y column, or an ``(N, 2)`` array. The model's field is then
+        centred on that pixel, as `astromorph.predict_files` centres an alert packet's
+        (the row's ``<prefix>_reason`` says so): `Flag.EDGE` where the field runs more than a
+        pixel further over the stamps' edge than about their middle, `Flag.BAD_INPUT` for a
+        pixel off the stamps; a row whose values are not finite (NaN, masked) is centred on
+        ``n // 2``. Rows with a centre are read one at a time (not stacked). Stamps not on
+        the model's grid are resampled by their pixel scale (ZTF's are on it: give
+        ``pixel_scale=1.0``, else they are flagged `Flag.NO_WCS`).
     crop_fraction : float, optional
         Galaxy models: the central fraction of each stamp that the network sees, as for
         `astromorph.predict_files`. Default: the card's (0.35), for cutouts spanning the
@@ -171,6 +187,10 @@ def annotate_stamps(table, *, model, columns=None, pixel_scale=None, negative=No
         providers=providers, threads=threads, precision=precision, copy=copy,
         match_beam=match_beam)
     n = len(table)
+    centres = _centre_rows(table, centre, n)
+    if centres is not None and family != "triplet":
+        raise InvalidArgumentError(f"centre= applies to difference-imaging models; "
+                                   f"{model.name!r} is a {family} model")
     prefix = model.card.get("column_prefix", model.name.replace("-", "_"))
     unknown = None if flip is None else _row_values(table, negative, n, "negative",
                                                     np.ma.getmaskarray)
@@ -185,7 +205,8 @@ def annotate_stamps(table, *, model, columns=None, pixel_scale=None, negative=No
 
     runner = _Runner(model, family, int(batch_size), crop_fraction,
                      match_beam=bool(match_beam))
-    block = _array_blocks(table, names, family, model.card, scales, flip, unknown, assumed)
+    block = None if centres is not None and np.isfinite(centres).all(axis=1).any() \
+        else _array_blocks(table, names, family, model.card, scales, flip, unknown, assumed)
     getters = [_cell_getter(table[c]) for c in names]
     units = []  # rows whose FITS header says another pixel unit than nanomaggies
     with progress_bar(n, desc=f"{model.name}", unit="row", enabled=progress,
@@ -208,7 +229,10 @@ def annotate_stamps(table, *, model, columns=None, pixel_scale=None, negative=No
                 if flip is not None and flip[i] and stamp.kind in ("triplet", "bands") \
                         and len(stamp.data) == 3:
                     stamp.data = _negate_difference(stamp.data[None])[0]
-                _conform(stamp, family, model.card)
+                if centres is not None and np.isfinite(centres[i]).all():
+                    _place(stamp, *centres[i])
+                if stamp.usable:
+                    _conform(stamp, family, model.card)
                 if family == "optical" and stamp.usable and stamp.flux_note:
                     units.append(f"row {i}: {stamp.flux_note}")
             runner.add(stamp)
@@ -381,6 +405,45 @@ def _pixel_scale_rows(table, value, n):
             f"{what} has {out.shape} values for a table of {n} rows: give one value, a pair "
             f"(scale_y, scale_x), or one of either per row (shape ({n},) or ({n}, 2))")
     return out
+
+
+def _centre_rows(table, value, n):
+    """The candidates' 0-based pixels ``(y, x)`` of the ``n`` rows from ``centre=value``
+    (`annotate_stamps`): None, or ``(n, 2)`` floats, NaN where a row has none (masked)."""
+    if value is None:
+        return None
+    names = [value] if isinstance(value, str) else list(value) if isinstance(
+        value, (tuple, list)) and len(value) == 2 and all(isinstance(v, str) for v in value) \
+        else None
+    if names is not None:
+        missing = [c for c in names if c not in table.colnames]
+        if missing:
+            raise InputError(f"centre column(s) {missing} not in the table (columns: "
+                             f"{table.colnames})")
+        cols = [table[c] for c in names]
+        value = cols[0] if len(cols) == 1 else np.ma.stack(
+            [np.ma.asarray(c, dtype=float) for c in cols], axis=-1)
+    try:
+        out = np.ma.asarray(getattr(value, "value", value), dtype=float)
+    except (TypeError, ValueError) as exc:
+        raise InvalidArgumentError(f"centre={_shown(value)} cannot be used: {exc}") from None
+    if out.shape != (n, 2):
+        raise InvalidArgumentError(f"centre has {out.shape} values for a table of {n} rows: "
+                                   f"give one (x, y) pixel per row, shape ({n}, 2)")
+    return np.ma.filled(out, np.nan)[:, ::-1]
+
+
+def _place(stamp, y, x):
+    """Centre the model's field of ``stamp`` on its 0-based pixel ``(y, x)`` (`centre=`), or
+    flag `Flag.BAD_INPUT` a pixel off the stamp."""
+    ny, nx = stamp.data.shape[-2:]
+    if not (-0.5 <= x < nx - 0.5 and -0.5 <= y < ny - 0.5):
+        stamp.flag(Flag.BAD_INPUT, f"the candidate's pixel given by centre= (x, y = {x:.2f}, "
+                   f"{y:.2f}; 0-based) is off the {nx}x{ny} stamp")
+        return
+    stamp.centre = (float(y), float(x))
+    stamp.reason.append(f"candidate at pixel (x, y = {x:.2f}, {y:.2f}; 0-based), given by "
+                        "centre=: the model's field centred there")
 
 
 def _bools(values):

@@ -1558,3 +1558,72 @@ def test_dask_gives_a_pair_that_is_no_tuple_to_a_partition_of_two_rows_as_a_pair
                                        scheduler="synchronous", pixel_scale=given)
         np.testing.assert_allclose(out["rb_score"], ref["rb_score"], rtol=0, atol=1e-6,
                                    err_msg=repr(given))
+
+
+# ----------------------------------------------------------------- the candidate's pixel
+def _edge_cut_table():
+    """Two rows of a triplet cut at the left CCD edge (63 x 53: the first 10 columns of a
+    63 x 63 scene centred on (31, 31) missing), the candidate at 0-based (x, y) = (21, 31)."""
+    from synthetic_alerts import scene
+
+    cut = scene(63, (31, 31), seed=3)[:, :, 10:]
+    return Table({"science": [cut[0]] * 2, "reference": [cut[1]] * 2,
+                  "difference": [cut[2]] * 2})
+
+
+@pytest.mark.parametrize("how", ["column", "columns", "array"])
+def test_centre_places_the_candidate_of_edge_cut_stamps(rb, how):
+    """Stamps cut at the CCD edge hold the candidate off their middle: centre= gives its
+    0-based (x, y) pixel and the model's field is centred there, as predict_files pads ZTF
+    packets; without it the stamp is resampled about n // 2 and the candidate is lost."""
+    t = _edge_cut_table()
+    t["cand_xy"] = [[21.0, 31.0], [np.nan, np.nan]]  # NaN: none (n // 2)
+    t["cx"], t["cy"] = [21.0, np.nan], [31.0, np.nan]
+    centre = {"column": "cand_xy", "columns": ("cx", "cy"),
+              "array": np.array([[21.0, 31.0], [np.nan, np.nan]])}[how]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        out = astromorph.annotate_stamps(t, model=rb, centre=centre, pixel_scale=1.0)
+    assert out["rb_score"][0] > 0.9 and out["rb_score"][1] < 0.1, list(out["rb_score"])
+    assert "candidate at pixel (x, y = 21.00, 31.00; 0-based), given by centre=" \
+        in out["rb_reason"][0]
+
+
+def test_centre_off_the_stamp_or_far_off_its_middle_is_flagged(rb):
+    t = _edge_cut_table()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        out = astromorph.annotate_stamps(t, model=rb, pixel_scale=1.0,
+                                         centre=np.array([[80.0, 31.0], [2.0, 31.0]]))
+    assert out["rb_flags"][0] == Flag.BAD_INPUT and "off the 53x63 stamp" in out["rb_reason"][0]
+    assert np.ma.is_masked(out["rb_score"][0])
+    assert out["rb_flags"][1] & Flag.EDGE and "off their centre" in out["rb_reason"][1]
+
+
+def test_centre_bad_values_are_refused(rb):
+    t = _edge_cut_table()
+    with pytest.raises(InputError, match="'nope'"):
+        astromorph.annotate_stamps(t, model=rb, centre="nope")
+    with pytest.raises(InvalidArgumentError, match=r"centre has \(2, 3\) values"):
+        astromorph.annotate_stamps(t, model=rb, centre=np.zeros((2, 3)))
+    with pytest.raises(InvalidArgumentError, match="difference-imaging"):
+        astromorph.annotate_stamps(Table({"stamp": np.zeros((2, 3, 64, 64))}),
+                                   model="morphology", centre=np.zeros((2, 2)))
+
+
+@pytest.mark.parametrize("centre", [np.array([[21.0, 31.0], [np.nan, np.nan]]), ("cx", "cy")])
+def test_annotate_dask_splits_centre_by_partition(centre):
+    """annotate_dask hands each partition its rows of a per-row centre= array (two column
+    names are names, not two rows' values)."""
+    pytest.importorskip("dask")
+    t = _edge_cut_table()
+    t["cx"], t["cy"] = [21.0, np.nan], [31.0, np.nan]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        whole = astromorph.annotate_stamps(t, model="real-bogus", centre=centre,
+                                           pixel_scale=1.0)
+        parts = astromorph.annotate_dask(t, model="real-bogus", centre=centre,
+                                         pixel_scale=1.0, partition_size=1,
+                                         scheduler="synchronous")
+    np.testing.assert_allclose(np.asarray(parts["rb_score"]), np.asarray(whole["rb_score"]))
+    assert list(parts["rb_reason"]) == list(whole["rb_reason"])
