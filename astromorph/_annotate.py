@@ -587,14 +587,55 @@ def _pixel_sides(image):
 
 
 def _has_data(image, px, py, inside):
-    """Whether the pixel under each position is finite (False outside: ``~inside``)."""
+    """Whether the pixel under each position is finite (False outside: ``~inside``), read by
+    `SkyImage.peek` (a compressed image not decompressed whole for it)."""
     data = np.zeros(len(px), bool)
     if inside.any():
         ny, nx = image.shape
         x = np.clip(np.rint(px[inside]), 0, nx - 1).astype(np.int64)
         y = np.clip(np.rint(py[inside]), 0, ny - 1).astype(np.int64)
-        data[inside] = np.isfinite(image.take(y * nx + x))
+        data[inside] = np.isfinite(image.peek(y * nx + x))
     return data
+
+
+def _choose_images(images, sky, rows):
+    """The image of one band that each of the sources ``rows`` is cut from, and whether it
+    lies off them all: ``(best, off)``.
+
+    An image with data under the source beats one with a blank pixel there (the padding of
+    a rotated tile, a chip gap), however far from its edge; else the one where it lies
+    farthest from the edge on the sky (not in pixels: a finer tile's); the first of equals.
+    The data decide only between images that the source lies on, and only where the first
+    of those it lies farthest inside has no data under it, so the pixels are read for the
+    sources on two or more images alone, first in that one (a compressed tile is read by
+    the rows of its compression that hold them, not decompressed whole).
+    """
+    margins = np.array([_margins(image, sky[k][2][rows], sky[k][3][rows])
+                        for k, image in enumerate(images)]).reshape(len(images), len(rows))
+    data = np.zeros(margins.shape, bool)  # (False where it decides nothing)
+    several = np.count_nonzero(margins > 0, axis=0) > 1
+    if several.any():
+        farthest = np.argmax(margins, axis=0)  # (the first of equals)
+        ask = [several & (farthest == k) for k in range(len(images))]
+        for k, image in enumerate(images):
+            on = ask[k]
+            data[k, on] = _has_data(image, sky[k][2][rows[on]], sky[k][3][rows[on]],
+                                    np.ones(np.count_nonzero(on), bool))
+        # with data there, it is chosen whatever the others hold; else all are read
+        blank = several & ~data[farthest, np.arange(len(rows))]
+        for k, image in enumerate(images):
+            on = blank & (margins[k] > 0) & (farthest != k)
+            data[k, on] = _has_data(image, sky[k][2][rows[on]], sky[k][3][rows[on]],
+                                    np.ones(np.count_nonzero(on), bool))
+    best_margin = np.full(len(rows), -np.inf)
+    best_data = np.zeros(len(rows), bool)
+    best = np.full(len(rows), -1)
+    for k, margin in enumerate(margins):
+        better = (data[k] > best_data) | ((data[k] == best_data) & (margin > best_margin))
+        best_margin[better] = margin[better]
+        best_data[better] = data[k, better]
+        best[better] = k
+    return best, best_margin < 0
 
 
 def _saturated(image, px, py):
@@ -623,34 +664,26 @@ def _plan_reads(images, sky, npix):
         image.plan_samples(int(np.count_nonzero(_margins(image, px, py) > 0)) * npix ** 2)
 
 
-def _cut_band(images, sky, npix, scale, rows):
+def _cut_band(images, sky, npix, scale, rows, choice=None):
     """Stamps of the sources ``rows`` from the best image of one band (mosaic aware).
 
     ``sky`` holds the positions of all sources in each image's frame
-    (`_sky_positions`). Returns the stamps ``(len(rows), npix, npix)`` (NaN for a source
-    off every image), their flags (`OFF_IMAGE`, `EDGE`, `BLANK`, `EXTRAPOLATED`,
-    `SATURATED`) and the beam (arcsec) of the image each was cut from (NaN where unknown).
+    (`_sky_positions`); ``choice``, the image of every source (`_choose_images` of all the
+    catalogue's rows; made here for ``rows`` where not given). Each image is told of the
+    sources cut from it (`SkyImage.done_sources`). Returns the stamps
+    ``(len(rows), npix, npix)`` (NaN for a source off every image), their flags
+    (`OFF_IMAGE`, `EDGE`, `BLANK`, `EXTRAPOLATED`, `SATURATED`) and the beam (arcsec) of the
+    image each was cut from (NaN where unknown).
     """
     n = len(rows)
     stamps = None
     flags = np.zeros(n, np.int32)
     beam = np.full(n, np.nan)  # of the image each stamp is cut from (BMAJ), NaN if unknown
     shape = np.full((n, 3), np.nan)  # its major, minor axes and PA (north up on the stamps)
-    best_margin = np.full(n, -np.inf)
-    best_data = np.zeros(n, bool)
-    best_image = np.full(n, -1)
-    for k, image in enumerate(images):
-        px, py = sky[k][2][rows], sky[k][3][rows]
-        margin = _margins(image, px, py)
-        # an image with data under the source beats one with a blank pixel there (the
-        # padding of a rotated tile, a chip gap), however far from its edge; else the one
-        # where it lies farthest from the edge on the sky (not in pixels: a finer tile's)
-        data = _has_data(image, px, py, margin > 0)
-        better = (data > best_data) | ((data == best_data) & (margin > best_margin))
-        best_margin[better] = margin[better]
-        best_data[better] = data[better]
-        best_image[better] = k
-    off = best_margin < 0
+    if choice is None:
+        best_image, off = _choose_images(images, sky, rows)
+    else:
+        best_image, off = choice[0][rows], choice[1][rows]
     flags[off] |= Flag.OFF_IMAGE
     for k, image in enumerate(images):
         sel = np.flatnonzero((best_image == k) & ~off)
@@ -667,6 +700,7 @@ def _cut_band(images, sky, npix, scale, rows):
             shape[sel, 1] = getattr(image.beam, "minor", image.beam)
             shape[sel, 2] = getattr(image.beam, "pa", 0.0) - up
         saturated = _saturated(image, sky[k][2][rows[sel]], sky[k][3][rows[sel]])
+        image.done_sources(len(sel))  # (a compressed tile lets go of its pixels after its last)
         if len(sel) == n:  # all from one image (no copy)
             stamps = res.stamps
         else:
@@ -824,6 +858,13 @@ def annotate(table, images, *, model, ra_col=None, dec_col=None, coord_col=None,
         sky = {band: _sky_positions(groups[band], coords, frames[band]) for band in plan}
         for band in plan:
             _plan_reads(groups[band], sky[band], npix)
+        # the image each source is cut from, in each band; each image is told how many
+        choice = {band: _choose_images(groups[band], sky[band], np.arange(n)) for band in plan}
+        for band in plan:
+            best, off = choice[band]
+            counts = np.bincount(best[~off], minlength=len(groups[band]))
+            for image, count in zip(groups[band], counts):
+                image.expect_sources(count)
         kind = "triplet" if family == "triplet" else "bands"
 
         def stamps_to_input(rows):
@@ -834,7 +875,7 @@ def annotate(table, images, *, model, ra_col=None, dec_col=None, coord_col=None,
             shape = np.full((len(rows), 3), np.nan)  # and its shape
             for k, band in enumerate(plan):
                 stamps, f, (band_beam, band_shape) = _cut_band(groups[band], sky[band], npix,
-                                                               scale, rows)
+                                                               scale, rows, choice[band])
                 coarser = band_beam > np.where(np.isnan(beam), -np.inf, beam)
                 shape[coarser] = band_shape[coarser]
                 beam = np.fmax(beam, band_beam)
@@ -866,7 +907,7 @@ def annotate(table, images, *, model, ra_col=None, dec_col=None, coord_col=None,
             return rows, x, row_flags, usable, smooth
 
         predictions, scored = [], []
-        order = _processing_order(sky[plan[0]])
+        order = _processing_order(sky[plan[0]], choice[plan[0]], groups[plan[0]])
         workers = _workers(threads)
         per_part = _part_rows(npix * npix * len(plan))
         with ThreadPoolExecutor(workers) as pool, \
@@ -1009,15 +1050,24 @@ def _part_rows(stamp_pixels):
     return max(1, min(STAMP_CHUNK, PART_PIXELS // stamp_pixels))
 
 
-def _processing_order(sky):
+def _processing_order(sky, choice=None, images=None):
     """Sources in order of their pixel row in the first image of a band (``sky`` from
     `_sky_positions`), positions outside its WCS last.
 
     Consecutive parts then cut neighbouring image rows: fewer cache and TLB misses when
     sampling, and a memory-mapped image is read nearly in sequence, not at random.
+
+    Where some of the band's ``images`` are decompressed when sampled (tile-compressed
+    files), the sources are first grouped by the image they are cut from (``choice``, from
+    `_choose_images`; those off every image last), so that one tile is decompressed at a
+    time, once, and let go before the next.
     """
     py = sky[0][3]
-    return np.argsort(np.where(np.isfinite(py), py, np.inf), kind="stable")
+    row = np.where(np.isfinite(py), py, np.inf)
+    if choice is None or not any(im._loader is not None for im in images):
+        return np.argsort(row, kind="stable")
+    best, off = choice
+    return np.lexsort((row, np.where(off, len(images), best)))
 
 
 def _concat(predictions, rows):

@@ -248,11 +248,19 @@ class SkyImage:
         float32 data are made native and their masking sentinels NaN in place, and sampled
         there, instead of being copied whole; other data (scaled integers) are let go once
         `resident` has their float32 copy, so that the image is not held twice.
+    loader : callable or None
+        Reads the pixels (a tile-compressed HDU, decompressed whole): ``data`` is then a
+        placeholder of their shape and dtype, and the pixels are read when first sampled,
+        and let go again (to be read anew if asked for) once the sources announced by
+        `expect_sources` are done (`done_sources`).
+    section : object or None
+        With ``loader``: ``section[row, x0:x1]`` gives raw pixels of a row without reading
+        the image whole (``CompImageHDU.section``), for `peek`.
     """
 
     def __init__(self, data, wcs, *, name="image", band=None, bscale=1.0, bzero=0.0, blank=None,
                  hold=None, file_span=None, owned=False, beam=None, flux_note=None,
-                 saturation=None, filter_band=None):
+                 saturation=None, filter_band=None, loader=None, section=None):
         if data.ndim != 2:
             raise InputError(f"{name}: expected a 2D image, got shape {data.shape}")
         if data.dtype.kind not in "biuf":
@@ -264,43 +272,63 @@ class SkyImage:
             data = data.astype(np.float32)  # float16: cast once, not at every gather
         if wcs is not None:
             _check_wcs(wcs, name)
+        self.wcs, self.name, self.band = wcs, name, band
+        self.beam, self.flux_note, self.saturation = beam, flux_note, saturation
+        self.filter_band = filter_band
+        #: (bscale, bzero, blank) of the raw pixels, as given (restored when they are read
+        #: anew: `_drop_raw` sets those of its float32 copy)
+        self._scaling = (float(bscale), float(bzero), blank)
+        self._owned = owned
+        self._hold = hold  # keeps an HDUList (and its memory map) open
+        self._levels = {}  # block-averaged copies by (row, column) factors
+        self._sampled = 0
+        self._planned = 0
+        self._declined = False
+        self._budget = None  # releases the share of `RESIDENT_MAX_BYTES` taken by `resident`
+        # (path, byte offset) of uncompressed FITS data: read whole with one read call
+        self._file_span = file_span
+        self._loader, self._section = loader, section
+        #: Times the pixels were read by ``loader`` (decompressions of a compressed tile).
+        self.decompressions = 0
+        self._uses = None  # sources announced by `expect_sources` and not yet done
+        self.shape = data.shape
+        #: Rows and columns of image area (those of ``shape``; fractional for a block-averaged
+        #: `level`, whose partial last blocks stand for part of a block of image).
+        self.extent = tuple(float(n) for n in data.shape)
+        self._set_pixels(data, owned and loader is None, placeholder=loader is not None)
+        #: Whether the pixels are in hand (False: ``loader`` reads them when sampled).
+        self._loaded = loader is None
+        # astropy.wcs is not thread-safe, and pyramid levels are made once:
+        # threads that cut stamps from one image take turns for both.
+        self.lock = threading.RLock()
+
+    def _set_pixels(self, data, owned, *, placeholder=False):
+        """Take ``data`` as the image's pixels (a ``placeholder`` of their shape and dtype:
+        none read yet), with the raw scaling of `_scaling`."""
+        self.bscale, self.bzero, self.blank = self._scaling
+        blank = self.blank
         # an in-memory array no one else holds: dropped for its float32 copy (see `resident`)
         self._disposable = (owned and data.flags.writeable and not isinstance(data, np.memmap))
         owned = (owned and data.dtype.kind == "f" and data.dtype.itemsize == 4
-                 and blank is None and bscale == 1.0 and bzero == 0.0
+                 and blank is None and self.bscale == 1.0 and self.bzero == 0.0
                  and data.flags.writeable and not isinstance(data, np.memmap))
         if owned and not data.dtype.isnative:
             # big-endian FITS pixels decompressed into memory: swapped where they are (the
             # float32 values `_strips` would copy them to), so no second copy is made
             data = data.byteswap(inplace=True).view(data.dtype.newbyteorder())
-        self.data, self.wcs, self.name, self.band = data, wcs, name, band
-        self.beam, self.flux_note, self.saturation = beam, flux_note, saturation
-        self.filter_band = filter_band
-        self.bscale, self.bzero, self.blank = float(bscale), float(bzero), blank
+        self.data = data
         #: What `take` reads, as one tuple (swapped whole by `_drop_raw`, so that a thread in
         #: `take` never mixes the raw array with the scaling of the float32 copy):
         #: flat array (or None: not contiguous), 2D array, (bscale, bzero, blank).
-        self._pixels = (None, data, (self.bscale, self.bzero, blank))
-        self.shape = data.shape
-        #: Rows and columns of image area (those of ``shape``; fractional for a block-averaged
-        #: `level`, whose partial last blocks stand for part of a block of image).
-        self.extent = tuple(float(n) for n in data.shape)
+        self._pixels = (data.reshape(-1) if data.flags.c_contiguous else None, data,
+                        (self.bscale, self.bzero, blank))
         #: Float data needing no scaling or BLANK handling (sampled directly).
         self.plain = (data.dtype.kind == "f" and blank is None and self.bscale == 1.0
                       and self.bzero == 0.0)
-        if data.flags.c_contiguous:
-            self._pixels = (data.reshape(-1), *self._pixels[1:])
-        self._levels = {}  # block-averaged copies by (row, column) factors
-        self._hold = hold  # keeps an HDUList (and its memory map) open
-        self._sampled = 0
-        self._planned = 0
-        self._declined = False
-        # (path, byte offset) of uncompressed FITS data: read whole with one read call
-        self._file_span = file_span
         # data sampled directly: plain native floats (an in-memory array), or
         # the copy made by `resident`
         self._resident = data if self.plain and data.dtype.isnative and not isinstance(
-            data, np.memmap) else None
+            data, np.memmap) and not placeholder else None
         if self._resident is not None and _has_sentinel(data):
             # masking sentinels (or inf): sampled as NaN, so that the interpolation
             # weights do not spread them over their neighbours as finite values
@@ -309,9 +337,67 @@ class SkyImage:
             else:
                 self._resident = np.where(invalid_pixels(data), np.float32(np.nan),
                                           data).astype(np.float32)
-        # astropy.wcs is not thread-safe, and pyramid levels are made once:
-        # threads that cut stamps from one image take turns for both.
-        self.lock = threading.RLock()
+
+    def _load(self):
+        """Read the pixels with ``loader`` where they are not in hand (once, whichever
+        thread asks first)."""
+        with self.lock:
+            if self._loaded:
+                return
+            data = self._loader()
+            self.decompressions += 1
+            log.debug("%s: pixels read (%d time(s))", self.name, self.decompressions)
+            if data.shape != self.shape or data.dtype.kind != self.data.dtype.kind:
+                raise InputError(f"{self.name}: its pixels ({data.dtype}, shape {data.shape}) "
+                                 f"are not those its header gives ({self.data.dtype}, shape "
+                                 f"{self.shape})")
+            self._set_pixels(data, self._owned)
+            self._loaded = True
+
+    def _unload(self):
+        """Let go of the pixels read by ``loader`` (read anew if asked for again)."""
+        with self.lock:
+            self._set_pixels(np.broadcast_to(np.zeros((), self.data.dtype), self.shape), False,
+                             placeholder=True)
+            self._levels = {}
+            if self._budget is not None:  # the whole-image copy's share of the budget
+                self._budget()
+                self._budget, self._declined = None, False
+            self._loaded = False
+            log.debug("%s: pixels let go", self.name)
+
+    def expect_sources(self, n):
+        """Announce ``n`` sources to be cut from the image: where its pixels are read by
+        ``loader``, they are let go once `done_sources` has counted as many."""
+        with self.lock:
+            self._uses = (self._uses or 0) + int(n)
+
+    def done_sources(self, n):
+        """Count ``n`` sources of `expect_sources` as cut (nothing where none were
+        announced); the pixels read by ``loader`` are let go after the last."""
+        with self.lock:
+            if self._uses is None:
+                return
+            self._uses -= int(n)
+            if self._uses <= 0 and self._loader is not None and self._loaded:
+                self._unload()
+
+    def peek(self, flat_index):
+        """The values `take` gives at flat indices, without reading by ``loader`` pixels
+        not in hand: the rows of a compressed image that hold them are read by
+        ``section`` (a few tiles of its compression, not the whole image)."""
+        flat_index = np.asarray(flat_index, np.int64)
+        if self._loaded or self._section is None or not flat_index.size:
+            return self.take(flat_index)
+        y, x = np.divmod(flat_index, self.shape[1])
+        raw = np.empty(flat_index.shape, self.data.dtype)
+        order = np.argsort(y, kind="stable")
+        starts = np.flatnonzero(np.r_[True, np.diff(y[order]) != 0])
+        for a, b in zip(starts, np.r_[starts[1:], len(order)]):
+            k = order[a:b]
+            x0, x1 = int(x[k].min()), int(x[k].max()) + 1
+            raw[k] = np.asarray(self._section[int(y[k[0]]), x0:x1])[x[k] - x0]
+        return self._scaled(raw, scaling=self._scaling)
 
     def drop_pixels(self):
         """Close the file the image was read from and let go of its pixels, keeping its
@@ -321,6 +407,7 @@ class SkyImage:
             if self._hold is not None:
                 self._hold.close()
             self._hold = None
+            self._loader, self._section, self._loaded = None, None, True
             self.data = np.broadcast_to(np.zeros((), self.data.dtype), self.data.shape)
             self._pixels = (None, self.data, self._pixels[2])
             self._resident, self._levels = None, {}
@@ -352,6 +439,8 @@ class SkyImage:
 
     def take(self, flat_index):
         """Pixel values (float32, scaled, BLANK -> NaN) at flat indices."""
+        if not self._loaded:
+            self._load()
         flat, data, scaling = self._pixels
         if flat is not None:
             raw = flat[flat_index]
@@ -405,6 +494,8 @@ class SkyImage:
         Either way a pixel has the value `take` gives it.
         """
         with self.lock:
+            if not self._loaded:
+                self._load()
             self._sampled += int(n_samples)
             if (self._resident is None and not self._declined
                     and max(self._sampled, self._planned) >= self.data.size):
@@ -417,7 +508,7 @@ class SkyImage:
                     except BaseException:
                         _release(nbytes)
                         raise
-                    weakref.finalize(self, _release, nbytes)
+                    self._budget = weakref.finalize(self, _release, nbytes)
                     if self._disposable and self._resident is not self.data:
                         self._drop_raw()
                 else:  # the budget is spent (other images): stay page by page
@@ -447,6 +538,8 @@ class SkyImage:
         if fy == fx == 1:
             return self
         with self.lock:
+            if not self._loaded:
+                self._load()
             cached = self._levels.get((fy, fx))
             # on demand, each stamp pixel gathers 4 * fy * fx image pixels (bilinear
             # sampling of block means): a copy is cheaper where that reaches the image size

@@ -144,10 +144,39 @@ def _scaling(data, header):
     return bscale, bzero, blank
 
 
+def _lazy_pixels(hdu, name):
+    """``(placeholder, loader)`` for the pixels of a 2D tile-compressed HDU of a file opened
+    here, else None: its header gives their shape, one compression tile their dtype, and
+    ``loader`` decompresses them whole (the HDU letting go of them) when they are sampled, so
+    that the tiles of a mosaic are not all held at once (`SkyImage.done_sources`)."""
+    header = hdu.header
+    if (not isinstance(hdu, fits.CompImageHDU) or header.get("NAXIS") != 2
+            or "BSOFTEN" in header and "BOFFSET" in header):  # (made linear whole: eager)
+        return None
+    try:
+        shape = tuple(int(n) for n in hdu.shape)
+        dtype = np.asarray(hdu.section[0:1, 0:1]).dtype  # one compression tile
+    except Exception:  # noqa: BLE001 - read whole, as before, with its own error
+        return None
+    if len(shape) != 2 or 0 in shape:
+        return None
+
+    def load():
+        data = hdu.data
+        del hdu.data  # the image alone holds them, and lets them go when done
+        if data is None or data.shape != shape:
+            raise InputError(f"{name}: its pixels (shape {getattr(data, 'shape', None)}) are "
+                             f"not those its header gives (shape {shape})")
+        return data
+
+    return np.broadcast_to(np.zeros((), dtype.newbyteorder("=")), shape), load
+
+
 def _from_hdu(hdu, name, hold=None, file_span=None, primary=None):
-    if hdu.data is None or hdu.header.get("NAXIS", 0) < 2:
+    lazy = None if hold is None else _lazy_pixels(hdu, name)
+    if lazy is None and (hdu.data is None or hdu.header.get("NAXIS", 0) < 2):
         raise InputError(f"{name}: the HDU holds no image")
-    data = _plane(hdu.data, name, hdu.header)
+    data = lazy[0] if lazy else _plane(hdu.data, name, hdu.header)
     header = hdu.header
     wcs = _celestial_wcs(header, name)
     bscale, bzero, blank = _scaling(data, header)
@@ -167,8 +196,9 @@ def _from_hdu(hdu, name, hold=None, file_span=None, primary=None):
                      bscale=bscale, bzero=bzero, blank=blank, hold=hold,
                      file_span=file_span,
                      # decompressed by the HDUList opened here (``hold``): no one else's
-                     owned=owned)
-    if owned and not image.plain:
+                     owned=owned, loader=lazy[1] if lazy else None,
+                     section=hdu.section if lazy else None)
+    if owned and not image.plain and not lazy:
         # the HDU lets go of its decompressed integers, so that the image alone holds them
         # and can drop them for their float32 copy (`SkyImage.resident`)
         del hdu.data

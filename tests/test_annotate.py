@@ -4604,3 +4604,57 @@ def test_band_given_against_the_header_is_said(tmp_path):
         with closing_files(parse_sky_images({"science": paths[0], "ref": paths[1],
                                              "diff": paths[2]})):
             pass
+
+
+def test_tile_compressed_mosaic_is_decompressed_one_tile_at_a_time(optical_model, tmp_path,
+                                                                   monkeypatch):
+    """annotate reads a mosaic of tile-compressed files by their headers and decompresses
+    each tile once, when its sources are cut, letting it go before the next: all the tiles
+    were decompressed when parsed and held for the whole call. A source in the overlap of
+    four tiles, on the BLANK padding of the one it lies farthest inside, is read (by rows of
+    the compressed tiles, not whole) and cut from one with data there. The result is that of
+    the same tiles uncompressed, bit for bit."""
+    import gc
+    import weakref
+
+    from astropy.io.fits.hdu.compressed import section
+
+    n, step = 150, 120
+    big = np.round(blobs(n + step, count=80) * 1000).astype(np.int16)
+    w = sky_wcs(n + step, rot=0)
+    plain, packed = [], []
+    for y0 in (0, step):
+        for x0 in (0, step):
+            tw = w.deepcopy()
+            tw.wcs.crpix = [w.wcs.crpix[0] - x0, w.wcs.crpix[1] - y0]
+            data = big[y0:y0 + n, x0:x0 + n].copy()
+            if not x0 and not y0:
+                data[125:, 125:] = -32768                # padding under the overlap
+            for kind, hdus in ((fits.PrimaryHDU, plain), (fits.CompImageHDU, packed)):
+                hdu = kind(data, tw.to_header())
+                hdu.header["BSCALE"], hdu.header["BLANK"] = 1e-3, -32768  # raw integers kept
+                hdus.append(str(tmp_path / f"t{y0}_{x0}.fits{'.fz' * (hdus is packed)}"))
+                fits.HDUList([fits.PrimaryHDU(), hdu] if hdus is packed else [hdu]).writeto(
+                    hdus[-1])
+    grid = [(x, y) for x in range(10, n + step, 23) for y in range(10, n + step, 29)]
+    cat = catalogue(w, [(132, 132), *grid, (-50, 100)])
+    expected = astromorph.annotate(cat, plain, model=optical_model, threads=1)
+    alive, whole = [], []
+    decompress = section.decompress_image_data_section
+
+    def counted(*args, **kwargs):
+        out = decompress(*args, **kwargs)
+        if out.shape == (n, n):  # a tile decompressed whole
+            gc.collect()
+            whole.append(sum(ref() is not None for ref in alive))
+            alive.append(weakref.ref(out))
+        return out
+
+    monkeypatch.setattr(section, "decompress_image_data_section", counted)
+    out = astromorph.annotate(cat, packed, model=optical_model, threads=1)
+    assert whole == [0, 0, 0, 0]  # each tile once, none held when the next is read
+    assert out["opt_flags"][0] == 0 and out["opt_flags"][-1] == Flag.OFF_IMAGE
+    for name in out.colnames:
+        np.testing.assert_array_equal(np.ma.getmaskarray(out[name]),
+                                      np.ma.getmaskarray(expected[name]))
+        np.testing.assert_array_equal(np.ma.getdata(out[name]), np.ma.getdata(expected[name]))
