@@ -4,7 +4,8 @@ Every file astromorph writes goes through `atomic_output`: the content is
 written to a temporary file in the destination directory, flushed and
 fsync'ed, and moved over the destination with `os.replace`, so a reader sees
 either the old file or the complete new one, never a partial file, and a
-failure leaves the destination untouched.
+failure leaves the destination untouched. A destination that is a symbolic link
+is kept: the file it points to is replaced (written in that file's directory).
 """
 import contextlib
 import importlib
@@ -148,17 +149,38 @@ def _fsync_dir(directory):
         os.close(fd)
 
 
+def _link_target(path):
+    """The file output ``path`` names: ``path`` itself, or, for a symbolic link (or a chain
+    of them), the file it points to, which an output replaces, the link kept; that file
+    need not exist (a dangling link is written through, as ``>`` in a shell does).
+    `InvalidArgumentError` for a link that never reaches a file (a loop)."""
+    if not path.is_symlink():
+        return path
+    target = Path(os.path.realpath(path))
+    if target.is_symlink():  # realpath leaves a loop unresolved
+        raise InvalidArgumentError(f"output {str(path)!r} is a symbolic link that leads to "
+                                   "no file (a loop)")
+    return target
+
+
 def _destination_directory(path, overwrite):
-    """The folder of output ``path``, after checking the path can take a new file."""
-    if path.is_dir():
+    """The file output ``path`` names (`_link_target`) and its folder, after checking the
+    path can take a new file."""
+    target = _link_target(path)
+    if target.is_dir():
         raise InvalidArgumentError(f"output {str(path)!r} is a directory")
-    if path.exists() and not overwrite:
-        raise OutputExistsError(f"{str(path)!r} exists; pass overwrite=True (--overwrite) "
-                                "to replace it")
-    directory = path.parent if str(path.parent) else Path(".")
+    if os.path.lexists(path) and not overwrite:  # a dangling link too: its name is taken
+        if target == path:
+            raise OutputExistsError(f"{str(path)!r} exists; pass overwrite=True (--overwrite) "
+                                    "to replace it")
+        missing = "" if target.exists() else ", which does not exist"
+        raise OutputExistsError(f"{str(path)!r} exists (a symbolic link to {str(target)!r}"
+                                f"{missing}); pass overwrite=True (--overwrite) to write the "
+                                "file it points to, the link kept")
+    directory = target.parent if str(target.parent) else Path(".")
     if not directory.is_dir():
         raise InvalidArgumentError(f"output directory {str(directory)!r} does not exist")
-    return directory
+    return target, directory
 
 
 def _output_path(path):
@@ -202,7 +224,7 @@ def check_output(path, *, overwrite=False, table=False, inputs=()):
         if os.path.realpath(p) == real:
             raise InvalidArgumentError(f"output {str(path)!r} is one of the inputs; write the "
                                        "results elsewhere")
-    directory = _destination_directory(path, overwrite)
+    _, directory = _destination_directory(path, overwrite)
     if not os.access(directory, os.W_OK | os.X_OK):
         raise OutputError(f"cannot write into {str(directory)!r} (permission denied or a "
                           "read-only file system)")
@@ -505,10 +527,11 @@ def atomic_output(path, *, overwrite=False, mode=None, on_replaced=None):
     ``.astromorph-tmp-*`` folder beside the destination (so format detection by
     extension, e.g. of ``.fits.gz``, works on it, and a gzip header records the
     right name). When the block exits normally the file is fsync'ed and moved
-    over ``path`` with `os.replace`; either way the temporary folder is then
-    removed, and when the block raises ``path`` is left as it was. Ctrl-C and
-    SIGTERM arriving while the folder is made or removed, or while the file is
-    moved into place, are handled once that step is done (`interrupts_deferred`):
+    over ``path`` with `os.replace` (over the file it points to where ``path`` is a
+    symbolic link: the link stays, and the temporary folder is beside that file); either
+    way the temporary folder is then removed, and when the block raises ``path`` is left
+    as it was. Ctrl-C and SIGTERM arriving while the folder is made or removed, or while
+    the file is moved into place, are handled once that step is done (`interrupts_deferred`):
     no folder is left behind.
 
     Parameters
@@ -516,7 +539,8 @@ def atomic_output(path, *, overwrite=False, mode=None, on_replaced=None):
     path : str or os.PathLike
         Destination.
     overwrite : bool, optional
-        Replace an existing ``path`` (default: raise `OutputExistsError`).
+        Replace an existing ``path``, or, for a symbolic link (a dangling one too), the
+        file it points to (default: raise `OutputExistsError`).
     mode : int, optional
         Permission bits for the new file (default: those of the file it
         replaces, or the process default for a new file).
@@ -531,9 +555,9 @@ def atomic_output(path, *, overwrite=False, mode=None, on_replaced=None):
         The temporary path to write to.
     """
     path = Path(path)
-    directory = _destination_directory(path, overwrite)
-    if mode is None and path.exists():
-        mode = path.stat().st_mode & 0o7777
+    target, directory = _destination_directory(path, overwrite)
+    if mode is None and target.exists():
+        mode = target.stat().st_mode & 0o7777
     # A private folder beside the destination holds the temporary file under the
     # destination's own name: writers that record the file name (gzip's header) record
     # the right one, and os.replace stays within one file system.
@@ -555,7 +579,7 @@ def atomic_output(path, *, overwrite=False, mode=None, on_replaced=None):
         if mode is not None:
             os.chmod(tmp, mode)
         with interrupts_deferred():  # the file moved and the caller's record, or neither
-            os.replace(tmp, path)
+            os.replace(tmp, target)  # a link's target: the link stays
             if on_replaced is not None:
                 on_replaced()
         _fsync_dir(directory)
@@ -1348,7 +1372,8 @@ def write_table(table, path, *, overwrite=False, format=None):
         timestamps, dates and durations, in the time zone of the column's meta
         ``timezone``, as `read_parquet` records it).
     overwrite : bool, optional
-        Replace an existing file (default: raise `OutputExistsError`).
+        Replace an existing file (default: raise `OutputExistsError`); for a symbolic
+        link, the file it points to, the link kept.
     format : str, optional
         An astropy table format overriding the extension.
 

@@ -3750,3 +3750,66 @@ def test_ztf_full_cutouts_whose_wcs_puts_the_candidate_off_centre(models, tmp_pa
     _edge_packet(tmp_path / "gone.avro", whole[0], wcs_centre=(31, 140))
     (gone,) = read_file(tmp_path / "gone.avro")
     assert gone.flags == Flag.BAD_INPUT and "off the 63x63 cutouts" in " ".join(gone.reason)
+def test_overwrite_through_a_symbolic_link_replaces_its_target(tmp_path):
+    """An output path that is a symbolic link: with overwrite the file it points to is
+    replaced (atomically, the temporary file beside the target) and the link stays; without
+    overwrite it is refused, and so is a dangling link, which overwrite writes through
+    (its target created), as ``>`` in a shell does."""
+    from astromorph._io import atomic_output
+    from astromorph.exceptions import OutputExistsError
+
+    (tmp_path / "real").mkdir()
+    target = tmp_path / "real" / "t.ecsv"
+    write_table(Table({"a": [1.0]}), target)
+    link = tmp_path / "link.ecsv"
+    link.symlink_to(os.path.relpath(target, tmp_path))  # a relative link
+    with pytest.raises(OutputExistsError, match="link.ecsv"):
+        write_table(Table({"b": [2.0]}), link)
+    assert Table.read(target).colnames == ["a"]
+    write_table(Table({"b": [2.0]}), link, overwrite=True)
+    assert link.is_symlink() and os.readlink(link) == os.path.relpath(target, tmp_path)
+    assert Table.read(target).colnames == ["b"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["link.ecsv", "real"]
+    assert sorted(p.name for p in target.parent.iterdir()) == ["t.ecsv"]
+
+    made = []  # the temporary file lies in the target's folder (os.replace stays there)
+    with atomic_output(link, overwrite=True) as tmp:
+        made.append(tmp)
+        tmp.write_text("x")
+    assert made[0].parent.parent == target.parent and target.read_text() == "x"
+
+    dangling = tmp_path / "dangling.ecsv"
+    dangling.symlink_to(tmp_path / "real" / "new.ecsv")
+    with pytest.raises(OutputExistsError, match="dangling.ecsv.*new.ecsv"):
+        write_table(Table({"c": [3.0]}), dangling)
+    assert not (tmp_path / "real" / "new.ecsv").exists()
+    write_table(Table({"c": [3.0]}), dangling, overwrite=True)
+    assert dangling.is_symlink() and Table.read(tmp_path / "real" / "new.ecsv").colnames == ["c"]
+    loop = tmp_path / "loop.ecsv"
+    loop.symlink_to(loop)
+    with pytest.raises(InvalidArgumentError, match="loop.ecsv.*a loop"):
+        write_table(Table({"d": [4.0]}), loop, overwrite=True)
+    assert loop.is_symlink()
+
+
+def test_cli_overwrite_through_a_symbolic_link_keeps_the_link(models, tmp_path, capsys):
+    """``-o LINK --overwrite`` replaces the file the link points to; the link stays; a
+    dangling link into a missing folder is refused, naming that folder; without
+    ``--overwrite`` a link is refused before any work."""
+    write_fits(tmp_path / "t.fits", triplet())
+    (tmp_path / "out").mkdir()
+    target = tmp_path / "out" / "r.ecsv"
+    target.write_text("old")
+    link = tmp_path / "r.ecsv"
+    link.symlink_to(target)
+    args = ["predict", "real-bogus", str(tmp_path / "t.fits"), "-o", str(link),
+            "--no-progress"]
+    assert cli.main(args) == 2
+    assert "exists" in capsys.readouterr().err and target.read_text() == "old"
+    assert cli.main(args + ["--overwrite"]) == 0
+    assert link.is_symlink() and len(Table.read(target)) == 1
+    gone = tmp_path / "gone.ecsv"
+    gone.symlink_to(tmp_path / "missing" / "r.ecsv")
+    assert cli.main(["predict", "real-bogus", str(tmp_path / "t.fits"), "-o", str(gone),
+                     "--overwrite", "--no-progress"]) == 2
+    assert "missing" in capsys.readouterr().err and gone.is_symlink()
