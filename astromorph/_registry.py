@@ -2,6 +2,7 @@
 import hashlib
 import json
 import logging
+import math
 import os
 import re
 from pathlib import Path
@@ -84,11 +85,32 @@ def _digest(value):
     return text if text is not None and _SHA256.match(text) else None
 
 
+#: ``input.angular_size`` entries that are numbers: (key, an integer pixel count).
+_ANGULAR_NUMBERS = (("size_pix", True), ("stamp_size_pix", True),
+                    ("pixel_scale_arcsec", False), ("stamp_pixel_scale_arcsec", False),
+                    ("stamp_angular_size_arcsec", False), ("stamp_size_per_petro_r90", False),
+                    ("cutout_size_per_petro_r90", False))
+
+
 def _check_card(card, path):
     """Raise `ModelCardError` naming the first field of ``card`` whose value astromorph
-    cannot use (the fields it reads: name, input shape, outputs, checksums, files)."""
+    cannot use (the fields it reads: name, input, outputs, checksums, files; the mappings
+    and texts it shows: training, metrics, threshold, summary, limitations)."""
     def bad(field, value, want):
         raise ModelCardError(f"model card {path}: {field} must be {want}, got {value!r}")
+
+    def mapping(field, value):
+        if not isinstance(value, dict):
+            bad(field, value, "an object (JSON {...})")
+
+    def text(field, value):  # an optional text: a string, or left out (None)
+        if not (value is None or isinstance(value, str)):
+            bad(field, value, "a string")
+
+    def positive(field, value, integer=False):
+        number = isinstance(value, int) if integer else isinstance(value, (int, float))
+        if not (number and not isinstance(value, bool) and math.isfinite(value) and value > 0):
+            bad(field, value, "a positive integer" if integer else "a positive number")
 
     def shape(field, value):
         if not (isinstance(value, list) and len(value) == 3 and all(
@@ -114,8 +136,31 @@ def _check_card(card, path):
             bad(field, card[field], "a non-empty string (e.g. '1.0.0', 'classification')")
     if card.get("precision", PRECISIONS[0]) not in PRECISIONS:
         bad("precision", card["precision"], f"one of {PRECISIONS} (that of model.onnx)")
-    shape("input.shape", card["input"].get("shape") if isinstance(card["input"], dict)
-          else None)
+    for field in ("input", "training", "metrics"):
+        mapping(field, card[field])
+    inp = card["input"]
+    shape("input.shape", inp.get("shape"))
+    name = inp.get("name")
+    if name is not None and not (isinstance(name, str) and name):
+        bad("input.name", name, "the ONNX graph's input name (a non-empty string)")
+    if inp.get("dtype", "float32") != "float32":
+        bad("input.dtype", inp["dtype"], "'float32' (astromorph feeds float32 input)")
+    channels = inp.get("channels")
+    if channels is not None and not (isinstance(channels, list)
+                                     and all(isinstance(c, str) for c in channels)
+                                     and len(channels) == inp["shape"][0]):
+        bad("input.channels", channels, f"a list of {inp['shape'][0]} strings (one per "
+            "channel of input.shape)")
+    text("input.preprocessing", inp.get("preprocessing"))
+    for field in ("preprocessing_options", "angular_size"):
+        if inp.get(field) is not None:
+            mapping(f"input.{field}", inp[field])
+    size = inp.get("angular_size") or {}
+    if size.get("kind", "fixed") not in ("fixed", "petrosian"):
+        bad("input.angular_size.kind", size["kind"], "'fixed' or 'petrosian'")
+    for key, integer in _ANGULAR_NUMBERS:
+        if key in size:
+            positive(f"input.angular_size.{key}", size[key], integer)
     outputs = card["outputs"]
     if not (isinstance(outputs, list) and outputs):
         bad("outputs", outputs, "a non-empty list of {name, kind, labels, description}")
@@ -144,6 +189,20 @@ def _check_card(card, path):
         if size is not None and not (isinstance(size, int) and not isinstance(size, bool)
                                      and size > 0):
             bad(f"outputs[{i}].size", size, "a positive integer (the output's length)")
+        if size is not None and labels is not None and size != len(labels):
+            bad(f"outputs[{i}].size", size, f"the number of its labels ({len(labels)})")
+        text(f"outputs[{i}].description", spec.get("description"))
+    threshold = card.get("recommended_threshold")
+    if threshold is not None and not (isinstance(threshold, (int, float))
+                                      and not isinstance(threshold, bool)
+                                      and math.isfinite(threshold)):
+        bad("recommended_threshold", threshold, "a number (the score's threshold)")
+    for field in ("summary", "description", "licence", "threshold_note"):
+        text(field, card.get(field))
+    limitations = card.get("limitations")
+    if limitations is not None and not (isinstance(limitations, list)
+                                        and all(isinstance(x, str) for x in limitations)):
+        bad("limitations", limitations, "a list of strings")
     prefix = card.get("column_prefix")
     if prefix is not None and not (isinstance(prefix, str) and _COLUMN_PART.match(prefix)):
         bad("column_prefix", prefix, "letters, digits, '_', '.', '-' and '+' (it starts "

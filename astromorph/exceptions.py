@@ -67,7 +67,8 @@ class InvalidModelNameError(AstromorphError, ValueError):
 
 
 class ModelCardError(AstromorphError, ValueError):
-    """A model card is missing, unreadable or lacks a required field."""
+    """A model card is missing, unreadable, lacks a required field or has a field of the
+    wrong type or shape (the message names the field and its value)."""
 
 
 class ChecksumMismatchError(AstromorphError):

@@ -1545,6 +1545,39 @@ def _set(path, value):
      "single_band_graph.*input_shape"),
     (_set("single_band_graph", {"file": "g.onnx", "sha256": "0" * 64, "input_shape": [2, 4, 4]}),
      r"single_band_graph.input_shape.*\[1, 4, 4\].*\[2, 4, 4\]"),
+    # required fields that were only checked for presence
+    (_set("metrics", None), "metrics.*None"),
+    (_set("metrics", []), r"metrics.*\[\]"),
+    (_set("metrics", "good"), "metrics.*'good'"),
+    (_set("training", None), "training.*None"),
+    (_set("training", "data"), "training.*'data'"),
+    (_set("input", None), "input must.*None"),
+    (_set("input", [2, 4, 4]), r"input must.*\[2, 4, 4\]"),
+    (_set("input.name", 3), "input.name.*3"),
+    (_set("input.name", ""), "input.name.*''"),
+    (_set("input.dtype", "int64"), "input.dtype.*'int64'"),
+    (_set("input.channels", "ab"), "input.channels.*'ab'"),
+    (_set("input.channels", ["c0"]), r"input.channels.*\['c0'\]"),
+    (_set("input.channels", ["c0", 1]), r"input.channels.*\['c0', 1\]"),
+    (_set("input.preprocessing", 5), "input.preprocessing.*5"),
+    (_set("input.preprocessing_options", ["size"]), r"input.preprocessing_options.*\['size'\]"),
+    (_set("input.angular_size", "1 arcsec"), "input.angular_size.*'1 arcsec'"),
+    (_set("input.angular_size.kind", "galaxy"), "input.angular_size.kind.*'galaxy'"),
+    (_set("input.angular_size.size_pix", 4.5), r"input.angular_size.size_pix.*4\.5"),
+    (_set("input.angular_size.pixel_scale_arcsec", "1"),
+     "input.angular_size.pixel_scale_arcsec.*'1'"),
+    (_set("input.angular_size.pixel_scale_arcsec", -1.0),
+     r"input.angular_size.pixel_scale_arcsec.*-1\.0"),
+    # the number of classes is the output's size where the card gives both
+    (_set("outputs.0.size", 3), r"outputs\[0\].size.*labels \(2\).*got 3"),
+    (_set("outputs.0.description", 5), r"outputs\[0\].description.*5"),
+    (_set("recommended_threshold", "0.5"), "recommended_threshold.*'0.5'"),
+    (_set("recommended_threshold", True), "recommended_threshold.*True"),
+    (_set("recommended_threshold", float("nan")), "recommended_threshold.*nan"),
+    (_set("limitations", "slow"), "limitations.*'slow'"),
+    (_set("limitations", [3]), r"limitations.*\[3\]"),
+    (_set("summary", 3), "summary.*3"),
+    (_set("licence", ["CC-BY"]), r"licence.*\['CC-BY'\]"),
 ])
 def test_malformed_cards_are_card_errors(tmp_path, change, match):
     """A card written by hand for a model of one's own: every malformed field is a
@@ -1581,7 +1614,8 @@ def _fixed_batch(path, batch):
 
 
 @pytest.mark.parametrize("change, match", [
-    (_set("input.shape", [3, 4, 4]), r"input.shape \[3, 4, 4\].*\['batch', 2, 4, 4\]"),
+    (lambda card, _: card["input"].update(shape=[3, 4, 4], channels=["c0", "c1", "c2"]),
+     r"input.shape \[3, 4, 4\].*\['batch', 2, 4, 4\]"),
     (_set("input.shape", [2, 8, 8]), r"input.shape \[2, 8, 8\].*\['batch', 2, 4, 4\]"),
     (_set("outputs.0.labels", ["a", "b", "c"]), r"3 labels.*'probabilities'.*\['batch', 2\]"),
     (_set("outputs.0.kind", "score"), r"'probabilities' a score.*\['batch', 2\]"),
@@ -1625,7 +1659,8 @@ def test_cli_verify_reports_every_broken_model(tiny_registry, capsys):
     add("badsha", lambda card, d: card.update(sha256="0" * 64))
     add("badcard", lambda card, d: card.update(outputs=["x"]))
     add("notonnx", not_onnx)
-    add("othershape", lambda card, d: card["input"].update(shape=[3, 4, 4]))
+    add("othershape", lambda card, d: card["input"].update(shape=[3, 4, 4],
+                                                           channels=["c0", "c1", "c2"]))
     add("renamed", lambda card, d: card.update(name="tiny"))
     d = tiny_registry / "Capitals"
     d.mkdir()
