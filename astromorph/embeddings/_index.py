@@ -366,7 +366,8 @@ class _Positions:
     warnings their reading gave, and, for RA/Dec columns, what the reading depends on (the
     column names, types and UCDs, the options, a copy of every RA and Dec column it may
     have read), compared on every call. SkyCoord columns are read again on every call
-    (cheap: no parsing), as are columns of Python objects."""
+    (cheap: astropy keeps their representation; their rows' unit vectors are what costs,
+    about 9 ms per 100,000 rows), as are columns of Python objects."""
 
     def __init__(self, key, copies, coords, ok, warned):
         from astropy.coordinates import UnitSphericalRepresentation
@@ -703,7 +704,8 @@ class SimilarityIndex:
         the columns read, compared on every call: a change to them (a value edited in
         place, a unit, a mask, a column replaced, renamed or added) reads them again. The
         nearest rows by dot product are then measured by astropy's separation, the first
-        by row where several are as near. A ``SkyCoord`` column is read on every call.
+        by row where several are as near. A ``SkyCoord`` column is read on every call, and
+        the unit vectors of its rows computed again (about 9 ms per 100,000 rows).
         """
         import astropy.units as u
         from astropy.coordinates import Angle, SkyCoord, UnitSphericalRepresentation
