@@ -645,9 +645,29 @@ def _remove_folder(path):
             raise
 
 
+def _csv_unformatted(table):
+    """``table`` with no display format on its columns, for CSV: astropy's CSV writer writes
+    each value through its column's format (``.6f`` rounds an RA to 1e-6 deg), where ECSV,
+    FITS and Parquet keep the values themselves. The caller's table is not changed."""
+    from astropy.table import Column
+    from astropy.table.column import col_copy
+
+    formatted = [c for c in table.colnames if table[c].info.format is not None]
+    if not formatted:
+        return table
+    table = table.copy(copy_data=False)
+    for name in formatted:
+        col = table[name]
+        col = col.copy(copy_data=False) if isinstance(col, Column) else col_copy(col)
+        col.info.format = None
+        table.replace_column(name, col)
+    return table
+
+
 def _warn_csv_losses(table, path):
     """Warn (`LossyOutputWarning`) when a table holds what CSV does not keep: its meta (the
-    provenance), units, descriptions and the type of mixin columns (e.g. a SkyCoord)."""
+    provenance), units, descriptions, display formats and the type of mixin columns (e.g. a
+    SkyCoord)."""
     from astropy.table import Column
     from astropy.units import Quantity
 
@@ -655,6 +675,7 @@ def _warn_csv_losses(table, path):
         "meta": list(table.meta),
         "units": [c for c in table.colnames if getattr(table[c], "unit", None) is not None],
         "descriptions": [c for c in table.colnames if table[c].info.description],
+        "display formats": [c for c in table.colnames if table[c].info.format is not None],
         "column types": [c for c in table.colnames
                          if not isinstance(table[c], (Column, Quantity))],
     }
@@ -1361,7 +1382,8 @@ def write_table(table, path, *, overwrite=False, format=None):
         boolean entries are not kept, non-ASCII text is written with backslash escapes,
         meta entries no header card holds are left out: each with a
         `~astromorph.exceptions.LossyOutputWarning`), ``.csv``
-        (values only: meta, units and descriptions are lost, with a
+        (values only, in full whatever a column's display format: meta, units,
+        descriptions and formats are lost, with a
         `~astromorph.exceptions.LossyOutputWarning`) or ``.parquet`` (needs
         pyarrow, extra ``astromorph[parquet]``; the rows of columns of more than
         one dimension per row, e.g. stamp cubes, are flattened, with a
@@ -1436,6 +1458,8 @@ def write_table(table, path, *, overwrite=False, format=None):
                 _write_ecsv(table, tmp)
             elif fmt == "parquet":
                 _write_parquet(table, Path(tmp))
+            elif fmt == "ascii.csv":  # the values, not as the columns display them
+                _csv_unformatted(table).write(tmp, format=fmt, overwrite=True)
             else:
                 table.write(tmp, format=fmt, overwrite=True)
     if fmt == "ascii.csv":
