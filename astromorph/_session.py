@@ -27,8 +27,10 @@ CPU = "CPUExecutionProvider"
 #: Environment variables used when the arguments are not given.
 PROVIDERS_ENV = "ASTROMORPH_PROVIDERS"
 THREADS_ENV = "ASTROMORPH_NUM_THREADS"
-#: The most ``threads`` ONNX Runtime takes (its thread counts are C ints).
-MAX_THREADS = 2 ** 31 - 1
+#: The most ``threads`` a session is given. ONNX Runtime starts every thread it is asked
+#: for, up to a C int's largest value: ``--threads 1000000`` had the process killed for its
+#: memory (exit 137, no message). No machine it runs on has more hardware threads than this.
+MAX_THREADS = 1024
 
 
 def onnxruntime():

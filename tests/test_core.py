@@ -607,9 +607,15 @@ def test_bad_option_values_are_typed_errors(tiny_registry, monkeypatch, capsys, 
 
 
 def test_threads_beyond_what_onnx_runtime_takes_are_a_typed_error(tiny_registry, monkeypatch):
-    """ONNX Runtime takes a C int: a larger count leaked its pybind TypeError."""
-    with pytest.raises(InvalidArgumentError, match=str(2 ** 31)):
-        astromorph.load_model("tiny", threads=2 ** 31)
+    """ONNX Runtime takes a C int: a larger count leaked its pybind TypeError. Below that,
+    it starts every thread asked for: ``--threads 1000000`` had the process killed (exit
+    137, no message); more than `MAX_THREADS` (1024) is refused, naming the bound."""
+    from astromorph._session import MAX_THREADS
+
+    assert MAX_THREADS == 1024
+    for n in (2 ** 31, 1_000_000, MAX_THREADS + 1):
+        with pytest.raises(InvalidArgumentError, match=rf"<= 1024, got {n}\b"):
+            astromorph.load_model("tiny", threads=n)
     monkeypatch.setenv("ASTROMORPH_NUM_THREADS", "99999999999999999999")
     with pytest.raises(InvalidArgumentError,
                        match=r"99999999999999999999 \(from \$ASTROMORPH_NUM_THREADS\)"):
