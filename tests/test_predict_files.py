@@ -1319,6 +1319,22 @@ def snappy_library(monkeypatch):
         monkeypatch.setitem(sys.modules, "cramjam", _literal_snappy())
 
 
+def _four_alerts_one_per_block(path, codec):
+    """Write ZTF alerts 100-103 to ``path``, one per Avro block, with ``codec`` (snappy as
+    snappy literals: fastavro needs cramjam to write it)."""
+    import fastavro
+
+    from synthetic_alerts import ZTF_SCHEMA
+
+    records = [ztf_alert(100 + i) for i in range(4)]
+    if codec == "snappy":
+        write_snappy_avro(path, records, per_block=1)
+    else:
+        with open(path, "wb") as f:
+            fastavro.writer(f, fastavro.parse_schema(ZTF_SCHEMA), records, sync_interval=1,
+                            codec=codec)
+
+
 @pytest.mark.parametrize("codec", ["null", "deflate", "bzip2", "xz", "snappy"])
 def test_avro_corrupt_block_in_the_middle_loses_only_that_block(models, tmp_path, codec,
                                                                  snappy_library):
@@ -1329,17 +1345,7 @@ def test_avro_corrupt_block_in_the_middle_loses_only_that_block(models, tmp_path
     (bzip2, xz and snappy until they were read block by block here: fastavro stops at the
     first bad block, and does not check snappy's CRC). A healthy file of the same blocks
     reads whole."""
-    import fastavro
-
-    from synthetic_alerts import ZTF_SCHEMA
-
-    records = [ztf_alert(100 + i) for i in range(4)]
-    if codec == "snappy":  # written as snappy literals: fastavro needs cramjam to write it
-        write_snappy_avro(tmp_path / "a.avro", records, per_block=1)
-    else:
-        with open(tmp_path / "a.avro", "wb") as f:
-            fastavro.writer(f, fastavro.parse_schema(ZTF_SCHEMA), records, sync_interval=1,
-                            codec=codec)
+    _four_alerts_one_per_block(tmp_path / "a.avro", codec)
     data = bytearray((tmp_path / "a.avro").read_bytes())
     assert [s.source for s in read_file(tmp_path / "a.avro")] == ["100", "101", "102", "103"]
     starts = _block_starts(bytes(data))
@@ -1380,17 +1386,7 @@ def test_avro_compressed_block_whose_marker_is_corrupt_resyncs(tmp_path, codec,
     """bzip2, xz and snappy files resynchronise at the next sync marker, as null and
     deflate ones do: a corrupt marker loses its block and the next (one row, its number
     of records unknown), and the blocks after that are read."""
-    import fastavro
-
-    from synthetic_alerts import ZTF_SCHEMA
-
-    records = [ztf_alert(100 + i) for i in range(4)]
-    if codec == "snappy":
-        write_snappy_avro(tmp_path / "a.avro", records, per_block=1)
-    else:
-        with open(tmp_path / "a.avro", "wb") as f:
-            fastavro.writer(f, fastavro.parse_schema(ZTF_SCHEMA), records, sync_interval=1,
-                            codec=codec)
+    _four_alerts_one_per_block(tmp_path / "a.avro", codec)
     data = bytearray((tmp_path / "a.avro").read_bytes())
     starts = _block_starts(bytes(data))
     data[starts[1] - 16] ^= 0xFF  # the marker after the first block
