@@ -700,7 +700,7 @@ def _cut_band(images, sky, npix, scale, rows, choice=None):
             shape[sel, 1] = getattr(image.beam, "minor", image.beam)
             shape[sel, 2] = getattr(image.beam, "pa", 0.0) - up
         saturated = _saturated(image, sky[k][2][rows[sel]], sky[k][3][rows[sel]])
-        image.done_sources(len(sel))  # (a compressed tile lets go of its pixels after its last)
+        image.done_sources(len(sel))  # (a tile lets go of its pixels, copies after its last)
         if len(sel) == n:  # all from one image (no copy)
             stamps = res.stamps
         else:
@@ -1057,14 +1057,16 @@ def _processing_order(sky, choice=None, images=None):
     Consecutive parts then cut neighbouring image rows: fewer cache and TLB misses when
     sampling, and a memory-mapped image is read nearly in sequence, not at random.
 
-    Where some of the band's ``images`` are decompressed when sampled (tile-compressed
-    files), the sources are first grouped by the image they are cut from (``choice``, from
-    `_choose_images`; those off every image last), so that one tile is decompressed at a
-    time, once, and let go before the next.
+    Where the band has several ``images`` (a mosaic), or some are decompressed when sampled
+    (tile-compressed files), the sources are first grouped by the image they are cut from
+    (``choice``, from `_choose_images`; those off every image last), so that one tile is
+    decompressed or converted whole (`SkyImage.resident`) at a time, once, and let go
+    before the next (`SkyImage.done_sources`).
     """
     py = sky[0][3]
     row = np.where(np.isfinite(py), py, np.inf)
-    if choice is None or not any(im._loader is not None for im in images):
+    if choice is None or (len(images) < 2
+                          and not any(im._loader is not None for im in images)):
         return np.argsort(row, kind="stable")
     best, off = choice
     return np.lexsort((row, np.where(off, len(images), best)))

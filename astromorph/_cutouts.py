@@ -366,21 +366,42 @@ class SkyImage:
             self._loaded = False
             log.debug("%s: pixels let go", self.name)
 
+    def _let_go_copies(self):
+        """Let go of the float32 copy of the pixels that `resident` made beside them (a
+        memory-mapped or scaled image converted whole), its share of `RESIDENT_MAX_BYTES`
+        with it, and of the block-averaged copies of `level`: the image is sampled again, if
+        asked, through `take` (its own pixels, such as those of a decompressed image that
+        `_drop_raw` left as its float32 copy, are kept)."""
+        with self.lock:
+            if self._budget is not None and self._resident is not self.data:
+                self._resident = None
+                self._budget()
+                self._budget = None
+                log.debug("%s: its float32 copy let go", self.name)
+            self._levels = {}
+
     def expect_sources(self, n):
-        """Announce ``n`` sources to be cut from the image: where its pixels are read by
-        ``loader``, they are let go once `done_sources` has counted as many."""
+        """Announce ``n`` sources to be cut from the image: once `done_sources` has counted
+        as many, the pixels read by ``loader`` are let go, and the whole-image copies that
+        the stamps were sampled from (`resident`, `level`) are, so that a mosaic whose
+        sources come tile by tile holds about one tile's pixels at a time."""
         with self.lock:
             self._uses = (self._uses or 0) + int(n)
 
     def done_sources(self, n):
         """Count ``n`` sources of `expect_sources` as cut (nothing where none were
-        announced); the pixels read by ``loader`` are let go after the last."""
+        announced); after the last, the pixels read by ``loader`` and the whole-image
+        copies are let go."""
         with self.lock:
             if self._uses is None:
                 return
             self._uses -= int(n)
-            if self._uses <= 0 and self._loader is not None and self._loaded:
+            if self._uses > 0:
+                return
+            if self._loader is not None and self._loaded:
                 self._unload()
+            else:
+                self._let_go_copies()
 
     def peek(self, flat_index):
         """The values `take` gives at flat indices, without reading by ``loader`` pixels

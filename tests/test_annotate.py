@@ -4658,3 +4658,57 @@ def test_tile_compressed_mosaic_is_decompressed_one_tile_at_a_time(optical_model
         np.testing.assert_array_equal(np.ma.getmaskarray(out[name]),
                                       np.ma.getmaskarray(expected[name]))
         np.testing.assert_array_equal(np.ma.getdata(out[name]), np.ma.getdata(expected[name]))
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_memory_mapped_mosaic_holds_one_converted_tile_at_a_time(optical_model, tmp_path,
+                                                                 monkeypatch, threads):
+    """The float32 copy that a dense catalogue makes of each memory-mapped tile (scaled
+    integers, converted whole: `SkyImage.resident`) is let go after the tile's last source,
+    and the sources are taken tile by tile: each tile is converted once, and (one thread) no
+    other tile's copy is held when the next is made. All four copies were held for the
+    whole call. The result is that of the tiles sampled page by page, bit for bit."""
+    import gc
+    import weakref
+
+    from astromorph import _cutouts
+
+    n, step = 150, 120
+    big = np.round(blobs(n + step, count=80) * 1000).astype(np.int16)
+    w = sky_wcs(n + step, rot=0)
+    paths = []
+    for y0 in (0, step):
+        for x0 in (0, step):
+            tw = w.deepcopy()
+            tw.wcs.crpix = [w.wcs.crpix[0] - x0, w.wcs.crpix[1] - y0]
+            hdu = fits.PrimaryHDU(big[y0:y0 + n, x0:x0 + n].copy(), tw.to_header())
+            hdu.header["BSCALE"], hdu.header["BLANK"] = 1e-3, -32768
+            paths.append(str(tmp_path / f"t{y0}_{x0}.fits"))
+            hdu.writeto(paths[-1])
+    grid = [(x, y) for x in range(5, n + step, 11) for y in range(5, n + step, 13)]
+    cat = catalogue(w, [*grid, (-50, 100)])
+    monkeypatch.setattr(_cutouts, "RESIDENT_MAX_BYTES", 0)  # page by page: no copies
+    expected = astromorph.annotate(cat, paths, model=optical_model, threads=threads)
+    monkeypatch.setattr(_cutouts, "RESIDENT_MAX_BYTES", 1 << 30)
+    copies, held = [], []
+    read_whole = _cutouts.SkyImage._read_whole
+
+    def counted(self):
+        out = read_whole(self)
+        assert out is not None and out.shape == (n, n)  # (one read call, converted)
+        gc.collect()
+        held.append(sum(ref() is not None for ref in copies))
+        copies.append(weakref.ref(out))
+        return out
+
+    monkeypatch.setattr(_cutouts.SkyImage, "_read_whole", counted)
+    out = astromorph.annotate(cat, paths, model=optical_model, threads=threads)
+    assert len(held) == 4  # each tile converted once, none again after it was let go
+    assert max(held) <= (0 if threads == 1 else 1), held
+    gc.collect()
+    assert not any(ref() is not None for ref in copies)
+    assert out["opt_flags"][-1] == Flag.OFF_IMAGE
+    for name in out.colnames:
+        np.testing.assert_array_equal(np.ma.getmaskarray(out[name]),
+                                      np.ma.getmaskarray(expected[name]))
+        np.testing.assert_array_equal(np.ma.getdata(out[name]), np.ma.getdata(expected[name]))
