@@ -510,7 +510,8 @@ class SkyImage:
         have asked (``n_samples`` per call), or are planned to ask
         (`plan_samples`), for as many samples as the image has pixels, while
         all such copies together stay within `RESIDENT_MAX_BYTES` (the tiles
-        of a large mosaic share it); a sparse catalogue on a large image
+        of a large mosaic share it; a copy is let go after the last source
+        announced by `expect_sources`, `done_sources`); a sparse catalogue on a large image
         keeps reading only the pages under its stamps, through `take`.
         Either way a pixel has the value `take` gives it.
         """

@@ -4712,3 +4712,24 @@ def test_memory_mapped_mosaic_holds_one_converted_tile_at_a_time(optical_model, 
         np.testing.assert_array_equal(np.ma.getmaskarray(out[name]),
                                       np.ma.getmaskarray(expected[name]))
         np.testing.assert_array_equal(np.ma.getdata(out[name]), np.ma.getdata(expected[name]))
+
+
+def test_whole_image_copies_are_let_go_after_the_last_source(monkeypatch):
+    """After the last of the sources announced (`SkyImage.expect_sources`), an image lets go
+    of the float32 copy of its scaled pixels and of its block-averaged copies, and gives
+    their share of the budget back; its pixels, as `take` gives them, are kept. Neither
+    was let go before."""
+    from astromorph import _cutouts
+
+    monkeypatch.setattr(_cutouts, "_resident_bytes", [0])
+    raw = np.round(blobs() * 1000).astype(np.int16)
+    image = SkyImage(raw, sky_wcs(), bscale=1e-3)
+    values = image.resident(raw.size).copy()
+    assert image.level(2, 2).resident(raw.size) is not None  # a dense block-averaged copy
+    image.expect_sources(3)
+    image.done_sources(2)
+    assert image.resident(0) is not None and _cutouts._resident_bytes == [4 * raw.size]
+    image.done_sources(1)
+    assert image._resident is None and image._levels == {}
+    assert _cutouts._resident_bytes == [0]
+    np.testing.assert_array_equal(image.take(np.arange(raw.size)), values.ravel())
