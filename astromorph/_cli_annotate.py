@@ -77,6 +77,7 @@ def _run(args):
     stamp_only = [o for o, v in (("--stamp-col", args.stamp_col),
                                  ("--pixel-scale", args.pixel_scale),
                                  ("--negative-col", args.negative_col),
+                                 ("--centre-col", args.centre_col),
                                  ("--crop-fraction", args.crop_fraction)) if v is not None]
     if args.image and stamp_only:
         raise InvalidArgumentError(f"{', '.join(stamp_only)}: for tables that hold their "
@@ -84,6 +85,10 @@ def _run(args):
     if not args.image and image_only:
         raise InvalidArgumentError(f"{', '.join(image_only)}: for cutting stamps from "
                                    "--image files; give the images with -i/--image")
+    if args.centre_col is not None and len(args.centre_col) > 2:
+        raise InvalidArgumentError(f"--centre-col takes one column of (x, y) pairs or two "
+                                   f"columns, x then y; got {len(args.centre_col)}: "
+                                   f"{args.centre_col}")
     check_range("--stamp-size", args.stamp_size, low=0, low_open=True)
     check_range("--crop-fraction", args.crop_fraction, low=0, high=1, low_open=True)
     check_range("--batch-size", args.batch_size, low=1)
@@ -108,8 +113,11 @@ def _run(args):
             bands=args.band, **common)
     else:
         scale = _pixel_scale_option(args.pixel_scale)
+        centre = args.centre_col  # one column of (x, y) pairs, or an x and a y column
+        if centre is not None:
+            centre = centre[0] if len(centre) == 1 else tuple(centre)
         result = annotate_stamps(table, columns=args.stamp_col, pixel_scale=scale,
-                                 negative=args.negative_col,
+                                 negative=args.negative_col, centre=centre,
                                  crop_fraction=args.crop_fraction,
                                  copy=False,  # the table read here is not used again
                                  **common)
@@ -168,6 +176,12 @@ def register(sub):
     p.add_argument("--negative-col",
                    help="without --image: boolean column of rows whose difference holds a "
                         "negative candidate (negated before scoring; not for ZTF stamps)")
+    p.add_argument("--centre-col", action="append", metavar="COL",
+                   help="without --image, difference-imaging models: the candidate's 0-based "
+                        "pixel (x, y) in each row's stamps, where it is not their central "
+                        "pixel n // 2 (stamps cut at the CCD edge): a column of (x, y) "
+                        "pairs, or given twice, an x column then a y column; the model's "
+                        "field is centred there (NaN or masked: n // 2)")
     p.add_argument("--crop-fraction", type=float, default=None, metavar="F",
                    help="without --image, galaxy models: central fraction of each stamp the "
                         "network sees, as for predict (default 0.35, for cutouts of "

@@ -181,16 +181,12 @@ def annotate_stamps(table, *, model, columns=None, pixel_scale=None, negative=No
     from ._annotate import _add_columns, _provenance, add_provenance
     from ._predict import _conform, _Runner, summarise
 
-    model, family, names, scales, flip = check_options(
+    model, family, names, scales, flip, centres = check_options(
         table, model=model, columns=columns, pixel_scale=pixel_scale, negative=negative,
-        on_conflict=on_conflict, batch_size=batch_size, crop_fraction=crop_fraction,
-        providers=providers, threads=threads, precision=precision, copy=copy,
-        match_beam=match_beam)
+        centre=centre, on_conflict=on_conflict, batch_size=batch_size,
+        crop_fraction=crop_fraction, providers=providers, threads=threads,
+        precision=precision, copy=copy, match_beam=match_beam)
     n = len(table)
-    centres = _centre_rows(table, centre, n)
-    if centres is not None and family != "triplet":
-        raise InvalidArgumentError(f"centre= applies to difference-imaging models; "
-                                   f"{model.name!r} is a {family} model")
     prefix = model.card.get("column_prefix", model.name.replace("-", "_"))
     unknown = None if flip is None else _row_values(table, negative, n, "negative",
                                                     np.ma.getmaskarray)
@@ -256,11 +252,12 @@ def annotate_stamps(table, *, model, columns=None, pixel_scale=None, negative=No
 
 
 def check_options(table, *, model, columns=None, pixel_scale=None, negative=None,
-                  on_conflict="error", batch_size=256, crop_fraction=None, providers=None,
-                  threads=None, precision=None, copy=True, match_beam=True):
+                  centre=None, on_conflict="error", batch_size=256, crop_fraction=None,
+                  providers=None, threads=None, precision=None, copy=True, match_beam=True):
     """The checks `annotate_stamps` makes before it reads any stamp (`annotate_dask` makes
     them before it sends any task), with its options; return the loaded model, its family,
-    the stamp columns, and the rows' pixel scales and ``negative`` values (or None)."""
+    the stamp columns, and the rows' pixel scales, ``negative`` values and ``centre``
+    pixels ``(y, x)`` (each or None)."""
     from ._adapters import model_family, result_names
     from ._annotate import check_clashes, check_on_conflict, check_table
     from ._model import as_model
@@ -285,7 +282,10 @@ def check_options(table, *, model, columns=None, pixel_scale=None, negative=None
     if flip is not None and family != "triplet":
         raise InvalidArgumentError(f"negative= (--negative-col) applies to difference-imaging "
                                    f"models; {model.name!r} is a {family} model")
-    return model, family, names, scales, flip
+    if centre is not None and family != "triplet":
+        raise InvalidArgumentError(f"centre= (--centre-col) applies to difference-imaging "
+                                   f"models; {model.name!r} is a {family} model")
+    return model, family, names, scales, flip, _centre_rows(table, centre, n)
 
 
 # ----------------------------------------------------------------------------- columns

@@ -314,7 +314,8 @@ def check_range(option, value, *, low=None, high=None, low_open=False):
 _OPTION_OF = {
     "predict": {"write_header": "--write-header", "providers": "--providers"},
     "annotate": {"providers": "--providers", "columns": "--stamp-col",
-                 "pixel_scale": "--pixel-scale", "negative": "--negative-col"},
+                 "pixel_scale": "--pixel-scale", "negative": "--negative-col",
+                 "centre": "--centre-col"},
     "demo": {"providers": "--providers"},
     "similar": {"providers": "--providers", "source_column": "--source-column"},
     "cluster": {"method": "--map-method", "prefix": "--prefix"},

@@ -1627,3 +1627,60 @@ def test_annotate_dask_splits_centre_by_partition(centre):
                                          scheduler="synchronous")
     np.testing.assert_allclose(np.asarray(parts["rb_score"]), np.asarray(whole["rb_score"]))
     assert list(parts["rb_reason"]) == list(whole["rb_reason"])
+
+
+def test_cli_centre_col_places_the_candidate_as_centre_does(rb, tmp_path, capsys):
+    """`astromorph annotate` had no option for centre=: stamps cut at the CCD edge could be
+    scored about their candidate from Python only. --centre-col takes a column of (x, y)
+    pairs, or an x and a y column (given twice), and scores as annotate_stamps(centre=)."""
+    from astromorph import cli
+
+    t = _edge_cut_table()
+    t["cand_xy"] = [[21.0, 31.0], [np.nan, np.nan]]
+    t["cx"], t["cy"] = [21.0, np.nan], [31.0, np.nan]
+    t.write(tmp_path / "edge.fits")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ref = astromorph.annotate_stamps(t, model=rb, centre="cand_xy", pixel_scale=1.0)
+    for k, given in enumerate((["cand_xy"], ["cx", "cy"])):
+        out = tmp_path / f"scored{k}.fits"
+        typed = [a for name in given for a in ("--centre-col", name)]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            assert cli.main(["annotate", str(tmp_path / "edge.fits"), "-m", "real-bogus",
+                             "--pixel-scale", "1", *typed, "-o", str(out), "-q"]) == 0
+        scored = Table.read(out)
+        np.testing.assert_allclose(scored["rb_score"], ref["rb_score"], rtol=0, atol=1e-6)
+        assert scored["rb_score"][0] > 0.9 and scored["rb_score"][1] < 0.1
+        assert list(scored["rb_reason"]) == list(ref["rb_reason"])
+    with pytest.raises(SystemExit):
+        cli.main(["annotate", "--help"])
+    assert "--centre-col" in capsys.readouterr().out
+
+
+def test_annotate_dask_refuses_a_bad_centre_before_any_task(rb):
+    """annotate_dask checked centre= only in its partitions: with compute=False an unknown
+    centre column, or centre= with a model that is not difference imaging, was refused
+    nowhere until the lazy table was computed. Now before any task, as the other options."""
+    pytest.importorskip("dask")
+    t = _edge_cut_table()
+    with pytest.raises(InputError, match="'nope'"):
+        astromorph.annotate_dask(t, model="real-bogus", centre="nope", compute=False)
+    with pytest.raises(InvalidArgumentError, match="difference-imaging"):
+        astromorph.annotate_dask(Table({"stamp": np.zeros((2, 3, 64, 64))}),
+                                 model="morphology", centre=np.zeros((2, 2)), compute=False)
+
+
+def test_annotate_dask_takes_centre_as_one_column_of_pairs():
+    pytest.importorskip("dask")
+    t = _edge_cut_table()
+    t["cand_xy"] = [[21.0, 31.0], [np.nan, np.nan]]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        whole = astromorph.annotate_stamps(t, model="real-bogus", centre="cand_xy",
+                                           pixel_scale=1.0)
+        parts = astromorph.annotate_dask(t, model="real-bogus", centre="cand_xy",
+                                         pixel_scale=1.0, partition_size=1,
+                                         scheduler="synchronous")
+    np.testing.assert_allclose(np.asarray(parts["rb_score"]), np.asarray(whole["rb_score"]))
+    assert list(parts["rb_reason"]) == list(whole["rb_reason"])
