@@ -410,18 +410,35 @@ def _radio_input(raw, card):
     short = side < rad.STAMP_ANGULAR_SIZE_ARCSEC * (1 - 1e-6)
     coarse = scales.max(axis=1) > 2 * rad.FIRST_PIXEL_SCALE_ARCSEC
     flags |= np.where(short | coarse, int(Flag.EXTRAPOLATED), 0).astype(flags.dtype)
+    # a beam finer than FIRST's fades extended emission against the noise per beam: the
+    # image is brought to FIRST's beam, on its own pixels where they are finer than FIRST's
+    # along some axis (the fine beam is undersampled on the 1.8" grid: smoothed after the
+    # resampling, a point source lost 2 % of its peak), else on the FIRST grid (the kernel
+    # in the pixels of the grid it is applied on)
+    native = {}  # row: the image smoothed on its own pixels (cropped to the FIRST field)
+    if raw.beam_shape is not None:
+        shapes = np.broadcast_to(np.asarray(raw.beam_shape, dtype=float), (len(images), 3))
+        raw.smoothed = rad._fine_beams(shapes)
+        if raw.pixel_scale is not None and raw.smoothed.any():
+            fine = raw.smoothed & (scales.min(axis=1)
+                                   < rad.FIRST_PIXEL_SCALE_ARCSEC * (1 - 1e-3))
+            # rows of one pixel scale are smoothed together (a kernel per distinct beam)
+            pairs, inverse = np.unique(scales[fine], axis=0, return_inverse=True)
+            for k, s in enumerate(pairs):
+                sel = np.flatnonzero(fine)[np.ravel(inverse) == k]
+                block = rad._smooth_on_native_grid(images[sel], shapes[sel],
+                                                   tuple(s) if s[0] != s[1] else s[0])
+                native.update(zip(sel.tolist(), block))
     if raw.pixel_scale is not None:
         resample = ~np.isclose(scales, rad.FIRST_PIXEL_SCALE_ARCSEC, rtol=1e-3).all(axis=1)
         if resample.any() or images.shape[-1] != rad.DATASET_IMAGE_PIXELS:
-            images = np.stack([rad.resample_to_first_grid(im, tuple(s) if s[0] != s[1] else s[0])
-                               for im, s in zip(images, scales)])
-    if raw.beam_shape is not None:
-        # a beam finer than FIRST's fades extended emission against the noise per beam: the
-        # image is brought to FIRST's beam on the FIRST grid (the kernel in its pixels)
-        shapes = np.broadcast_to(np.asarray(raw.beam_shape, dtype=float), (len(images), 3))
-        raw.smoothed = rad._fine_beams(shapes)
-        if raw.smoothed.any():
-            sel = np.flatnonzero(raw.smoothed)
+            images = np.stack([rad._sample_on_first_grid(native[j], s) if j in native else
+                               rad.resample_to_first_grid(im, tuple(s) if s[0] != s[1] else s[0])
+                               for j, (im, s) in enumerate(zip(images, scales))])
+    if raw.smoothed is not None and raw.smoothed.any():
+        # the rest: on the FIRST grid
+        sel = np.flatnonzero(raw.smoothed & ~np.isin(np.arange(len(images)), list(native)))
+        if len(sel):
             images = np.array(images)  # a copy: rows not smoothed are kept bit for bit
             images[sel] = rad.smooth_to_first_beam(images[sel], shapes[sel])[0]
     # the noise is measured once, for the detection check and the data-set scaling, with

@@ -1062,8 +1062,10 @@ def _beam_axes(beams):
 
 def _matching_kernel(major, minor, angle, pixel_scale):
     """The normalised 2-D Gaussian that takes the beam ``major`` x ``minor`` arcsec (FWHM;
-    major axis at ``angle`` degrees from +y towards -x) to the smallest beam that contains
-    FIRST's circular one, sampled on pixels of ``pixel_scale`` arcsec: its covariance is the
+    major axis at ``angle`` degrees from +y towards -x, on the sky with the pixel axes'
+    directions) to the smallest beam that contains FIRST's circular one, sampled on pixels
+    of ``pixel_scale`` arcsec (one float, or ``(scale_y, scale_x)`` for pixels that are not
+    square: the covariance in arcsec divided by each axis' scale): its covariance is the
     positive part of the difference of the two beams' (none along a major axis wider than
     FIRST's beam). Also the factor that keeps Jy/beam in the new beam (the ratio of the
     areas).
@@ -1078,7 +1080,12 @@ def _matching_kernel(major, minor, angle, pixel_scale):
     v = np.array([np.cos(t), np.sin(t)])
     first = FIRST_BEAM_FWHM_ARCSEC ** 2
     var_u, var_v = max(first - major ** 2, 0.0), max(first - minor ** 2, 0.0)
-    cov = (var_u * np.outer(u, u) + var_v * np.outer(v, v)) / (fwhm * pixel_scale) ** 2
+    scale_y, scale_x = axis_scales(pixel_scale)
+    cov = var_u * np.outer(u, u) + var_v * np.outer(v, v)
+    if scale_y == scale_x:
+        cov = cov / (fwhm * scale_x) ** 2
+    else:  # (x, y), as u and v
+        cov = cov / (fwhm ** 2 * np.outer([scale_x, scale_y], [scale_x, scale_y]))
     radius = int(np.ceil(4.0 * np.sqrt(np.linalg.eigvalsh(cov).max()))) + 4
     k = np.fft.fftfreq(2 * radius + 1)  # odd: no Nyquist frequency to share
     ky, kx = k[:, None], k[None, :]  # (rows: y, columns: x)
@@ -1121,9 +1128,11 @@ def smooth_to_first_beam(images, beams, *, pixel_scale_arcsec=FIRST_PIXEL_SCALE_
         (the position angle BPA for an image with north up and east left); NaN (major)
         where unknown: not smoothed; a minor axis NaN or not positive is the major's (a
         circular beam).
-    pixel_scale_arcsec : float, optional
-        Pixel scale of the images (default: FIRST's 1.8 arcsec, the grid of
-        `resample_to_first_grid`).
+    pixel_scale_arcsec : float or (float, float), optional
+        Pixel scale of the images in arcsec (default: FIRST's 1.8 arcsec, the grid of
+        `resample_to_first_grid`), or ``(scale_y, scale_x)`` for pixels that are not
+        square (the kernel is then sampled on them; the beam's angle is on the sky, from
+        the direction of the +y axis).
 
     Returns
     -------
@@ -1139,6 +1148,7 @@ def smooth_to_first_beam(images, beams, *, pixel_scale_arcsec=FIRST_PIXEL_SCALE_
     if images.ndim != 3 or len(beams) != len(images):
         raise InputShapeError(f"expected (N, H, W) images and (N, 3) beams, got shapes "
                               f"{images.shape} and {beams.shape}")
+    scale = _two_pixel_scales(pixel_scale_arcsec)
     smoothed = _fine_beams(beams)
     if not smoothed.any():
         return images, smoothed
@@ -1147,7 +1157,7 @@ def smooth_to_first_beam(images, beams, *, pixel_scale_arcsec=FIRST_PIXEL_SCALE_
     unique, inverse = np.unique(shapes, axis=0, return_inverse=True)
     for k, (a, b, t) in enumerate(unique):  # one kernel per distinct beam
         sel = rows[np.asarray(inverse).ravel() == k]
-        kernel, area = _matching_kernel(a, b, t, float(pixel_scale_arcsec))
+        kernel, area = _matching_kernel(a, b, t, scale)
         block = images[sel]
         good = np.isfinite(block)
         total = fftconvolve(np.where(good, block, 0.0), kernel[None], mode="same", axes=(1, 2))
@@ -1158,3 +1168,68 @@ def smooth_to_first_beam(images, beams, *, pixel_scale_arcsec=FIRST_PIXEL_SCALE_
         with np.errstate(invalid="ignore", divide="ignore"):
             images[sel] = np.where(good, area * total / weight, np.nan)
     return images, smoothed
+
+
+def _smooth_on_native_grid(images, beams, pixel_scale, *, size=DATASET_IMAGE_PIXELS):
+    """`smooth_to_first_beam` of ``images`` (``(N, H, W)``, sharing ``pixel_scale``: one
+    float or ``(scale_y, scale_x)``, finer than FIRST's 1.8" along some axis) on their own
+    pixels, before `resample_to_first_grid` brings them to FIRST's: a beam finer than
+    FIRST's (2.5") is undersampled on the 1.8" grid, so resampling first loses structure
+    that smoothing afterwards cannot restore (2 % of a point source's peak).
+
+    The images are first cropped, the same number of pixels from opposite sides (their
+    centre kept) and a multiple of the block factor of `resample_to_first_grid` from the
+    start (its blocks kept), to the ``size`` x ``size`` FIRST grid's extent plus the widest
+    kernel's reach (a beam of zero width to FIRST's), so that a large cutout of fine pixels
+    costs what the FIRST field needs; the pixels the grid reads are those of the smoothed
+    uncropped image (to rounding). Returns the cropped, smoothed images (float64)."""
+    images = np.asarray(images)
+    ny, nx = images.shape[-2:]
+    scale_y, scale_x = axis_scales(pixel_scale)
+    fwhm = 2.0 * np.sqrt(2.0 * np.log(2.0))
+    cuts = []
+    for n, scale in ((ny, scale_y), (nx, scale_x)):
+        step = FIRST_PIXEL_SCALE_ARCSEC / scale
+        factor = max(int(np.floor(step + 1e-9)), 1)
+        reach = int(np.ceil(4.0 * FIRST_BEAM_FWHM_ARCSEC / fwhm / scale)) + 4  # (the kernel's)
+        need = int(np.ceil((size - 1) / 2 * step)) + 2 * factor + 2 + reach
+        cuts.append(max((n - 2 * need) // 2 // factor * factor, 0))
+    (cy, cx) = cuts
+    block = images[:, cy:ny - cy, cx:nx - cx]
+    return smooth_to_first_beam(block, beams, pixel_scale_arcsec=(scale_y, scale_x))[0]
+
+
+def _keys_weights(t):
+    """Weights of the four samples ``floor - 1 .. floor + 2`` around fractions ``t`` (Keys'
+    cubic convolution, ``a = -0.5``: exact for quadratics), ``(len(t), 4)``."""
+    t = t[:, None] + np.array([1.0, 0.0, -1.0, -2.0])
+    a = np.abs(t)
+    return np.where(a <= 1, (1.5 * a - 2.5) * a * a + 1,
+                    np.where(a < 2, ((-0.5 * a + 2.5) * a - 4) * a + 2, 0.0))
+
+
+def _sample_on_first_grid(image, pixel_scale, *, size=DATASET_IMAGE_PIXELS):
+    """The values of ``image`` (2-D, finer than FIRST's 1.8" along some axis, already at a
+    beam that contains FIRST's: `_smooth_on_native_grid`) at the points of the ``size`` x
+    ``size`` FIRST grid, centred as `resample_to_first_grid` centres it, by cubic
+    convolution (Keys) on its own pixels: FIRST's pixels are samples of its 5.4" beam,
+    which `resample_to_first_grid`'s block averaging and bilinear interpolation (made for
+    images that may hold structure finer than the grid) widen: a point source lost 1.6 %
+    of its peak from 1" pixels, 5 % from 0.5". NaN outside the image and where one of the
+    16 pixels read is NaN."""
+    image = np.asarray(image, dtype=np.float64)
+    ny, nx = image.shape
+    scale_y, scale_x = axis_scales(pixel_scale)
+    axes = []
+    for n, scale in ((ny, scale_y), (nx, scale_x)):
+        p = (n - 1) / 2 + (np.arange(size) - (size - 1) / 2) * FIRST_PIXEL_SCALE_ARCSEC / scale
+        base = np.floor(p).astype(int)
+        taps = np.clip(base[:, None] + np.arange(-1, 3), 0, n - 1)
+        axes.append((taps, _keys_weights(p - base), (p >= 0) & (p <= n - 1)))
+    (ty, wy, iny), (tx, wx, inx) = axes
+    out = np.zeros((size, size))
+    for i in range(4):
+        for j in range(4):
+            out += wy[:, i, None] * wx[None, :, j] * image[ty[:, i, None], tx[None, :, j]]
+    out[~(iny[:, None] & inx[None, :])] = np.nan
+    return out
