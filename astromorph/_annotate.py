@@ -51,6 +51,10 @@ _GALACTIC_NAMES = {"glon", "glat", "l", "b", "lii", "bii", "gal_l", "gal_b", "ga
 #: two RA (or Dec) columns found by name agree when no row differs by more on the sky
 #: (arcsec): VizieR's sexagesimal RAJ2000 to 0.01 s beside its computed _RAJ2000 agree
 _SAME_POSITION_ARCSEC = 0.1
+#: radio-morphology: the finest pixel scale (arcsec) at which the stamps of an image whose
+#: beam is finer than FIRST's are cut on the image's own pixels (`_native_grids`: FIRST's
+#: 1.8" / 4; a stamp then spans some 1270 x 1270 pixels, 40 MB of float32 working copies).
+FINEST_STAMP_SCALE = 0.45
 #: Stamp pixels that must come from at least this many image pixels per stamp pixel, along
 #: both image axes (below, the stamp is upsampled by more than 2x: flagged EXTRAPOLATED).
 MIN_ZOOM = 0.5
@@ -444,6 +448,52 @@ def _grid(model, family, n, sizes, stamp_size):
     return npix, np.full(n, scale), None, bad
 
 
+def _native_grids(images, choice, scale, npix):
+    """radio-morphology stamps smoothed to FIRST's beam (``match_beam``): the stamp side
+    (pixels) and pixel scale (arcsec) of each source, ``(sides, scale)`` (``npix`` and
+    ``scale`` as given where unchanged).
+
+    The stamps of an image whose beam is finer than FIRST's (`smooth_to_first_beam`
+    smooths it) on pixels finer than FIRST's 1.8" are cut at the image's own pixel scale
+    (the finer of its two sides; at least `FINEST_STAMP_SCALE`), wide enough for the radio
+    adapter to smooth them there whole and then sample the FIRST grid, as it does for a
+    cutout of the image given to `predict_files`: cut at 1.8" and smoothed there, the fine
+    beam is undersampled (a stamp differed from `predict_files`' by 11 % of its peak).
+    ``choice`` is `_choose_images` of every source in the one band of ``images``.
+    """
+    from astropy.wcs.utils import proj_plane_pixel_scales
+
+    from .preprocessing import _radio as rad
+
+    best, off = choice
+    sides = np.full(len(scale), npix)
+    for k, image in enumerate(images):
+        rows = (best == k) & ~off
+        if image.beam is None or not rows.any():
+            continue
+        beam = [[float(image.beam), getattr(image.beam, "minor", image.beam), 0.0]]
+        with image.lock:
+            finest = np.min(proj_plane_pixel_scales(image.wcs)) * 3600.0
+        if not (rad._fine_beams(beam)[0] and np.isfinite(finest) and finest > 0
+                and finest < rad.FIRST_PIXEL_SCALE_ARCSEC * (1 - 1e-3)):
+            continue
+        fine = max(float(finest), FINEST_STAMP_SCALE)
+        scale = np.where(rows, fine, scale)
+        sides[rows] = 2 * rad._native_half_side(fine, size=rad.DATASET_IMAGE_PIXELS) + 1
+    return sides, scale
+
+
+def _parts(rows, sides, stamp_bands):
+    """A chunk's sources ``rows`` in parts: those of one stamp side (``sides``, per
+    catalogue row) together, in their order, at most `_part_rows` of them."""
+    parts, of = [], sides[rows]
+    for side in dict.fromkeys(of.tolist()):  # (in order of first appearance)
+        group = rows[of == side] if (of != side).any() else rows
+        per_part = _part_rows(side * side * stamp_bands)
+        parts += [group[s:s + per_part] for s in range(0, len(group), per_part)]
+    return parts
+
+
 def _footprint(image):
     """An image's shape and the sky of its four corners, its centre and the pixel beside
     it (to about 0.004 arcsec; None for a point off the projection, e.g. the corners of an
@@ -658,10 +708,11 @@ def _saturated(image, px, py):
     return reaches_saturation(values, image.saturation)
 
 
-def _plan_reads(images, sky, npix):
-    """Tell each image how many stamp pixels it will give (dense images are read whole at once)."""
+def _plan_reads(images, sky, sides):
+    """Tell each image how many stamp pixels it will give (dense images are read whole at
+    once); ``sides``: the stamp side of each source (pixels)."""
     for image, (_, _, px, py, _) in zip(images, sky):
-        image.plan_samples(int(np.count_nonzero(_margins(image, px, py) > 0)) * npix ** 2)
+        image.plan_samples(int(np.sum(sides[_margins(image, px, py) > 0] ** 2)))
 
 
 def _cut_band(images, sky, npix, scale, rows, choice=None):
@@ -794,7 +845,10 @@ def annotate(table, images, *, model, ra_col=None, dec_col=None, coord_col=None,
         minor axis below 0.9 times FIRST's 5.4 arcsec to the smallest beam that contains
         FIRST's (FIRST's own where the major axis is below 5.4 arcsec) before scoring
         (`astromorph.preprocessing.smooth_to_first_beam`), as the model was trained at
-        FIRST's resolution (default True; ``--no-match-beam``).
+        FIRST's resolution (default True; ``--no-match-beam``). Such an image's stamps are
+        cut on its own pixels where these are finer than FIRST's 1.8 arcsec (at least
+        0.45 arcsec), smoothed there and sampled on the FIRST grid, as `predict_files`
+        treats a cutout of it.
 
     Returns
     -------
@@ -856,10 +910,13 @@ def annotate(table, images, *, model, ra_col=None, dec_col=None, coord_col=None,
         valid = np.zeros(n, bool)
         smoothed = np.zeros(n, bool)  # radio: the rows whose stamp was smoothed
         sky = {band: _sky_positions(groups[band], coords, frames[band]) for band in plan}
-        for band in plan:
-            _plan_reads(groups[band], sky[band], npix)
         # the image each source is cut from, in each band; each image is told how many
         choice = {band: _choose_images(groups[band], sky[band], np.arange(n)) for band in plan}
+        sides = np.full(n, npix)  # stamp side of each source (pixels)
+        if family == "radio" and match_beam:  # (one band)
+            sides, scale = _native_grids(groups[plan[0]], choice[plan[0]], scale, npix)
+        for band in plan:
+            _plan_reads(groups[band], sky[band], sides)
         for band in plan:
             best, off = choice[band]
             counts = np.bincount(best[~off], minlength=len(groups[band]))
@@ -873,8 +930,9 @@ def annotate(table, images, *, model, ra_col=None, dec_col=None, coord_col=None,
             off = np.zeros((len(plan), len(rows)), bool)
             beam = np.full(len(rows), np.nan)  # the coarsest of the bands' beams
             shape = np.full((len(rows), 3), np.nan)  # and its shape
+            side = int(sides[rows[0]])  # (one side per part: `_parts`)
             for k, band in enumerate(plan):
-                stamps, f, (band_beam, band_shape) = _cut_band(groups[band], sky[band], npix,
+                stamps, f, (band_beam, band_shape) = _cut_band(groups[band], sky[band], side,
                                                                scale, rows, choice[band])
                 coarser = band_beam > np.where(np.isnan(beam), -np.inf, beam)
                 shape[coarser] = band_shape[coarser]
@@ -909,7 +967,6 @@ def annotate(table, images, *, model, ra_col=None, dec_col=None, coord_col=None,
         predictions, scored = [], []
         order = _processing_order(sky[plan[0]], choice[plan[0]], groups[plan[0]])
         workers = _workers(threads)
-        per_part = _part_rows(npix * npix * len(plan))
         with ThreadPoolExecutor(workers) as pool, \
                 progress_bar(n, desc=f"annotate {model.name}", unit="src", enabled=progress,
                              min_total=ANNOTATE_CHUNK) as bar:
@@ -918,7 +975,7 @@ def annotate(table, images, *, model, ra_col=None, dec_col=None, coord_col=None,
                 # the model-free work of a chunk is shared among threads (numpy,
                 # scipy and ONNX Runtime release the GIL); the model scores each
                 # part as soon as it is ready
-                parts = [order[s:min(s + per_part, stop)] for s in range(start, stop, per_part)]
+                parts = _parts(order[start:stop], sides, len(plan))
                 for rows, x, row_flags, usable, smooth in pool.map(stamps_to_input, parts):
                     flags[rows], smoothed[rows] = row_flags, smooth
                     valid[rows[usable]] = True

@@ -1186,17 +1186,27 @@ def _smooth_on_native_grid(images, beams, pixel_scale, *, size=DATASET_IMAGE_PIX
     images = np.asarray(images)
     ny, nx = images.shape[-2:]
     scale_y, scale_x = axis_scales(pixel_scale)
-    fwhm = 2.0 * np.sqrt(2.0 * np.log(2.0))
     cuts = []
     for n, scale in ((ny, scale_y), (nx, scale_x)):
-        step = FIRST_PIXEL_SCALE_ARCSEC / scale
-        factor = max(int(np.floor(step + 1e-9)), 1)
-        reach = int(np.ceil(4.0 * FIRST_BEAM_FWHM_ARCSEC / fwhm / scale)) + 4  # (the kernel's)
-        need = int(np.ceil((size - 1) / 2 * step)) + 2 * factor + 2 + reach
+        factor = max(int(np.floor(FIRST_PIXEL_SCALE_ARCSEC / scale + 1e-9)), 1)
+        need = _native_half_side(scale, size=size)
         cuts.append(max((n - 2 * need) // 2 // factor * factor, 0))
     (cy, cx) = cuts
     block = images[:, cy:ny - cy, cx:nx - cx]
     return smooth_to_first_beam(block, beams, pixel_scale_arcsec=(scale_y, scale_x))[0]
+
+
+def _native_half_side(scale, *, size=DATASET_IMAGE_PIXELS):
+    """Pixels of ``scale`` arcsec (one axis, finer than FIRST's 1.8") that
+    `_smooth_on_native_grid` keeps on either side of an image's centre: the half extent of
+    the ``size`` x ``size`` FIRST grid, two blocks of `resample_to_first_grid` and the reach
+    of the widest kernel (a beam of zero width to FIRST's). An image of ``2 * half + 1``
+    pixels is kept whole (`annotate` cuts its stamps so)."""
+    step = FIRST_PIXEL_SCALE_ARCSEC / scale
+    factor = max(int(np.floor(step + 1e-9)), 1)
+    fwhm = 2.0 * np.sqrt(2.0 * np.log(2.0))
+    reach = int(np.ceil(4.0 * FIRST_BEAM_FWHM_ARCSEC / fwhm / scale)) + 4  # (the kernel's)
+    return int(np.ceil((size - 1) / 2 * step)) + 2 * factor + 2 + reach
 
 
 def _keys_weights(t):
