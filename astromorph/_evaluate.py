@@ -296,10 +296,13 @@ def _roc_figure(metrics, *, title=""):
     else:
         ax.plot(fpr, tpr, color="C0", label=f"model (AUC {auc:.4f})" if auc is not None
                 else "model")
+    # hollow, each smaller than those before it: thresholds that land on one point (given
+    # 0.5 and target_fnr's 0.5) show as rings one inside another, none hidden under another
     for i, (name, at) in enumerate(metrics["at_thresholds"].items(), 1):
         if at["fnr"] is None or at["fpr"] is None:
             continue
-        ax.plot(at["fpr"], 1 - at["fnr"], "os"[i % 2], color=f"C{i}", ms=9 - 3 * (i > 1),
+        ax.plot(at["fpr"], 1 - at["fnr"], "sod"[(i - 1) % 3], color=f"C{i}",
+                ms=max(15 - 4.5 * (i - 1), 4), mfc="none", mew=2, zorder=3,
                 label=f"{name} {at['threshold']:g}: FNR {at['fnr']:.1%}, FPR {at['fpr']:.1%}")
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1.01)

@@ -184,6 +184,34 @@ def test_plots(tmp_path):
     assert (tmp_path / "roc.png").stat().st_size > 0
 
 
+def test_roc_markers_that_coincide_are_all_visible():
+    """The ROC's 'given 0.5' marker (a 6-pt filled circle) lay hidden under the 6-pt filled
+    square of 'target_fnr' where both thresholds were 0.5, while the legend listed both.
+    Every threshold's marker is hollow now, each one drawn smaller than those drawn before
+    it, so markers on one point show as rings, one inside another."""
+    pytest.importorskip("matplotlib")
+    from matplotlib.colors import to_rgba
+
+    given = astromorph.evaluate_labels(_rb_table(), "is_real", model="real-bogus",
+                                       threshold=0.5).metrics["at_thresholds"]["given"]
+    rb = astromorph.evaluate_labels(_rb_table(), "is_real", model="real-bogus",
+                                    threshold=0.5, target_fnr=given["fnr"])
+    at = rb.metrics["at_thresholds"]
+    assert at["target_fnr"]["threshold"] == 0.5  # the same point as 'given'
+    ax = rb.plot(kind="roc").axes[0]
+    marks = [line for line in ax.lines if line.get_label().split()[0] in at]
+    assert [m.get_label().split()[0] for m in marks] == ["recommended", "given", "target_fnr"]
+    sizes = [m.get_markersize() for m in marks]
+    assert sizes == sorted(sizes, reverse=True) and len(set(sizes)) == len(sizes)
+    for m in marks:
+        assert m.get_markerfacecolor() == "none"
+        assert to_rgba(m.get_markeredgecolor())[3] == 1 and m.get_markeredgewidth() >= 1.5
+        assert m.get_zorder() >= 2  # over the curve
+    handles = ax.get_legend().legend_handles
+    assert [h.get_markerfacecolor() for h in handles if h.get_marker() not in
+            (None, "None", "")] == ["none"] * 3
+
+
 def test_command_line(tmp_path, capsys):
     pytest.importorskip("matplotlib")
     t = _morph_table(["E", "S", "S", "M"], ["elliptical", "spiral", "merger", "merger"])
