@@ -2890,6 +2890,30 @@ def test_plot_map_legend_and_title(tmp_path, monkeypatch):
     assert box.x0 >= frame.x1 and box.x1 <= fig.bbox.x1 and box.y0 >= fig.bbox.y0
 
 
+def test_plot_map_legend_names_the_labels_and_title_is_not_smaller(tmp_path, monkeypatch):
+    """The map's legend was titled 'label (rows)' even for `astromorph cluster`'s clusters,
+    and its title was 9 pt under axis labels of 10. The legend is titled with the labels'
+    name (a column's name; 'cluster' from the command line; 'label' for a plain array) and
+    the title is as large as the axis labels."""
+    pytest.importorskip("matplotlib")
+    import astromorph.embeddings._plots as plots
+    from astropy.table import Column
+
+    drawn = _drawn_figures(monkeypatch, plots)
+    x, y = blobs(n_per=10, k=3, d=8)
+    plot_map(x, tmp_path / "a.png", labels=y, method="pca")
+    plot_map(x, tmp_path / "b.png", labels=Column(y, name="class"), method="pca")
+    t = Table({"embedding": x.astype(np.float32)})
+    t.write(tmp_path / "t.ecsv")
+    assert main(["cluster", str(tmp_path / "t.ecsv"), "-k", "3", "-o", str(tmp_path / "c.ecsv"),
+                 "--map", str(tmp_path / "c.png"), "--map-method", "pca", "-q"]) == 0
+    titles = [fig.axes[0].get_legend().get_title().get_text() for fig in drawn]
+    assert titles == ["label (rows)", "class (rows)", "cluster (rows)"]
+    for fig in drawn:
+        ax = fig.axes[0]
+        assert ax.title.get_fontsize() >= ax.xaxis.label.get_fontsize()
+
+
 def test_gallery_draws_fits_stamps_north_up(tmp_path, monkeypatch):
     """A FITS stamp's first row is its bottom (north up for a usual WCS), but the gallery drew
     every picture top row first: FITS stamps came out upside down, mirrored. They are now

@@ -169,7 +169,9 @@ def _cmd_cluster(args):
         x, valid = table_embeddings(out, args.column)
         labels = np.where(valid, np.ma.filled(out[name], -1), -1)
         x = np.where(valid[:, None], x, np.nan)
-        plot_map(x, args.map, labels=labels, method=map_method,
+        from astropy.table import Column
+
+        plot_map(x, args.map, labels=Column(labels, name=name), method=map_method,
                  title=f"{args.table}: {mixture.n_components_} Gaussian-mixture clusters "
                        f"of {_made_by(out)}",
                  seed=args.seed, overwrite=args.overwrite)

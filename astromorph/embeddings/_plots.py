@@ -663,7 +663,8 @@ def plot_map(embeddings, path, *, labels=None, method="auto", max_points=TSNE_MA
         Output picture, in the format its extension names (.png, .pdf, .svg...).
     labels : array_like, (N,), optional
         Category of each row (cluster id, class name...); rows whose label is masked
-        or None are left out.
+        or None are left out. The legend is titled with its ``name`` (a table column's
+        name, e.g. ``"cluster"``), else ``"label"``.
     method : {"auto", "umap", "tsne", "pca"}, optional
         See `embedding_map`.
     max_points : int, optional
@@ -705,6 +706,9 @@ def plot_map(embeddings, path, *, labels=None, method="auto", max_points=TSNE_MA
     check_map_method(method)
     x = embedding_matrix(embeddings, allow_masked=True)
     rows = np.flatnonzero(np.all(np.isfinite(x), axis=1))
+    # the legend's title: the labels' own name (a column's), else "label"
+    name = getattr(labels, "name", None)
+    name = "label" if name is None or str(name) == "" else str(name)
     if labels is not None:
         labels = _map_labels(labels, len(x))
         rows = rows[~np.equal(labels[rows], None)]
@@ -729,7 +733,7 @@ def plot_map(embeddings, path, *, labels=None, method="auto", max_points=TSNE_MA
             # beyond the colours of the map the marker changes: no two categories look alike
             ax.scatter(coords[sel, 0], coords[sel, 1], s=5, alpha=0.75, color=cmap(i % cmap.N),
                        marker="os^D"[(i // cmap.N) % 4], label=f"{c} ({int(sel.sum())})")
-        ax.legend(markerscale=2.5, fontsize=7, title="label (rows)", title_fontsize=7,
+        ax.legend(markerscale=2.5, fontsize=7, title=f"{name} (rows)", title_fontsize=7,
                   loc="upper left", bbox_to_anchor=(1.01, 1), borderaxespad=0, frameon=False,
                   ncols=1 + (len(cats) - 1) // 25)
     ax.set_xticks([])
@@ -737,7 +741,11 @@ def plot_map(embeddings, path, *, labels=None, method="auto", max_points=TSNE_MA
     ax.set_xlabel(f"{used} 1 (arbitrary units)")
     ax.set_ylabel(f"{used} 2 (arbitrary units)")
     drawn = f"{used} projection of {len(rows)} rows"
-    ax.set_title(f"{title}\n{drawn}" if title else f"embedding map: {drawn}", fontsize=9)
+    # as large as the axis labels (it was 9 pt under their 10); a long title is wrapped
+    title = "\n".join(textwrap.fill(line, 95) for line in str(title).splitlines()) \
+        if title else ""
+    ax.set_title(f"{title}\n{drawn}" if title else f"embedding map: {drawn}",
+                 fontsize=ax.xaxis.label.get_fontsize())
     path = Path(path)
     with atomic_output(path, overwrite=overwrite) as tmp:
         save_figure(fig, tmp, dpi=dpi, fmt=fmt)
