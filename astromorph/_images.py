@@ -1,6 +1,9 @@
 """One parser for every way of passing sky images: paths, HDUs, NDData, (array, WCS)."""
+import bz2
 import contextlib
+import gzip
 import logging
+import lzma
 import mmap
 import os
 import warnings
@@ -25,6 +28,14 @@ log = logging.getLogger(__name__)
 DECOMPRESS_WARN_BYTES = 1 << 30
 #: First bytes of the whole-file compressions astropy reads (gzip, bzip2, zip, xz).
 _COMPRESSED_MAGIC = (b"\x1f\x8b", b"BZh", b"PK\x03\x04", b"\xfd7zXZ")
+#: The whole-file compressions whose pixels are decompressed when sampled (`_lazy_stream`),
+#: by their first bytes: the reader of each.
+_STREAM_OPENERS = ((b"\x1f\x8b", gzip.open), (b"BZh", bz2.open), (b"\xfd7zXZ", lzma.open))
+#: Bytes decompressed into the pixels of a compressed file at a time (`_lazy_stream`).
+_STREAM_CHUNK = 1 << 22
+#: Raw (unscaled, big-endian) FITS pixels by BITPIX.
+_BITPIX_DTYPES = {8: np.dtype("u1"), 16: np.dtype(">i2"), 32: np.dtype(">i4"),
+                  64: np.dtype(">i8"), -32: np.dtype(">f4"), -64: np.dtype(">f8")}
 
 
 def _band_or_role(header, primary=None):
@@ -172,8 +183,61 @@ def _lazy_pixels(hdu, name):
     return np.broadcast_to(np.zeros((), dtype.newbyteorder("=")), shape), load
 
 
-def _from_hdu(hdu, name, hold=None, file_span=None, primary=None):
-    lazy = None if hold is None else _lazy_pixels(hdu, name)
+def _lazy_stream(hdu, name, stream):
+    """``(placeholder, loader, section)`` for the pixels of a 2D image HDU of a compressed
+    file (gzip, bzip2, xz) opened here, else None. ``stream`` is ``(path, opener, offset)``:
+    the reader of the file and the position of the pixels in its decompressed bytes.
+
+    Its header gives their shape and raw dtype, so that parsing decompresses nothing into
+    memory (astropy streams through the file to read the headers); ``loader`` decompresses
+    the file up to the pixels and reads them into one array, by `_STREAM_CHUNK` bytes (no
+    second copy), when they are sampled, so that the tiles of a mosaic are not all held at
+    once (`SkyImage.done_sources`); ``section`` (astropy's, through the open file) reads a
+    few rows for `SkyImage.peek`.
+    """
+    header = hdu.header
+    dtype = _BITPIX_DTYPES.get(header.get("BITPIX"))
+    if (isinstance(hdu, fits.CompImageHDU) or dtype is None or header.get("NAXIS") != 2
+            or "BSOFTEN" in header and "BOFFSET" in header):  # (made linear whole: eager)
+        return None
+    try:
+        shape = tuple(int(n) for n in hdu.shape)
+    except (TypeError, ValueError):  # read whole, as before, with its own error
+        return None
+    if len(shape) != 2 or 0 in shape:
+        return None
+    path, opener, offset = stream
+
+    def load():
+        raw = np.empty(shape, dtype)
+        buffer = memoryview(raw.reshape(-1).view(np.uint8))
+        got = 0
+        try:
+            with opener(path, "rb") as f:
+                f.seek(offset)
+                while got < raw.nbytes:
+                    n = f.readinto(buffer[got:got + _STREAM_CHUNK])
+                    if not n:
+                        break
+                    got += n
+        except (OSError, EOFError, ValueError, lzma.LZMAError) as exc:
+            raise InputError(f"{name}: cannot decompress its pixels ({exc})") from exc
+        if got != raw.nbytes:
+            raise InputError(f"{name}: the compressed file ends {raw.nbytes - got} bytes into "
+                             f"its pixels (shape {shape}, {dtype.name}): it is truncated")
+        return raw
+
+    return np.broadcast_to(np.zeros((), dtype.newbyteorder("=")), shape), load, hdu.section
+
+
+def _from_hdu(hdu, name, hold=None, file_span=None, primary=None, stream=None):
+    if hold is None:
+        lazy = None
+    elif stream is not None:
+        lazy = _lazy_stream(hdu, name, stream)
+    else:
+        lazy = _lazy_pixels(hdu, name)
+        lazy = lazy and (*lazy, hdu.section)
     if lazy is None and (hdu.data is None or hdu.header.get("NAXIS", 0) < 2):
         raise InputError(f"{name}: the HDU holds no image")
     data = lazy[0] if lazy else _plane(hdu.data, name, hdu.header)
@@ -197,7 +261,7 @@ def _from_hdu(hdu, name, hold=None, file_span=None, primary=None):
                      file_span=file_span,
                      # decompressed by the HDUList opened here (``hold``): no one else's
                      owned=owned, loader=lazy[1] if lazy else None,
-                     section=hdu.section if lazy else None)
+                     section=lazy[2] if lazy else None)
     if owned and not image.plain and not lazy:
         # the HDU lets go of its decompressed integers, so that the image alone holds them
         # and can drop them for their float32 copy (`SkyImage.resident`)
@@ -242,14 +306,15 @@ def _note_decompression(header, name, how):
              "(gunzip, funpack) to read only the pages under the stamps", AstromorphWarning)
 
 
-def _from_hdul(hdul, name, *, hold=None, spans=None, compressed_file=False):
+def _from_hdul(hdul, name, *, hold=None, spans=None, compressed_file=False, opener=None):
     """The 2D image HDUs of ``hdul`` with a celestial WCS, as `SkyImage` (mask and weight
     planes, by their EXTNAME, left out where the file also holds an image plane).
 
     HDUs that cannot be used are skipped with one `UnusableInputWarning` naming the
     reasons, or, when none is usable, reported in one `InputError`. Compressed images
     (tile-compressed HDUs; all of them where ``compressed_file``) are noted by
-    `_note_decompression`.
+    `_note_decompression`. ``opener``: the reader of the compressed file ``name``
+    (`_STREAM_OPENERS`), whose pixels are then decompressed when sampled (`_lazy_stream`).
     """
     images, errors = [], []
     planes = [k for k, hdu in enumerate(hdul)
@@ -271,7 +336,9 @@ def _from_hdul(hdul, name, *, hold=None, spans=None, compressed_file=False):
         try:
             images.append(_from_hdu(hdu, f"{name}[{k}]", hold=hold,
                                     file_span=None if spans is None else spans(k, hdu),
-                                    primary=hdul[0].header if k else None))
+                                    primary=hdul[0].header if k else None,
+                                    stream=None if opener is None else (
+                                        name, opener, hdul.fileinfo(k)["datLoc"])))
         except InputError as exc:
             errors.append(str(exc))
         except (OSError, ValueError, TypeError) as exc:
@@ -308,16 +375,21 @@ def _from_path(path):
 def _images_of_file(hdul, name):
     """The `SkyImage` of the FITS file ``name`` opened as ``hdul`` (kept open by them)."""
 
+    with open(name, "rb") as f:
+        magic = f.read(6)
+    compressed = magic.startswith(_COMPRESSED_MAGIC)
+    opener = next((o for m, o in _STREAM_OPENERS if magic.startswith(m)), None)
+
     def span(k, hdu):  # memory-mapped HDUs: the bytes in the file are the array
         # (not so in a tile-compressed HDU, nor in a gzipped file, which astropy
-        # decompresses into memory)
-        if isinstance(hdu, fits.CompImageHDU) or not _memory_mapped(hdu.data):
+        # decompresses into memory; its pixels are not read here)
+        if opener is not None or isinstance(hdu, fits.CompImageHDU) or not _memory_mapped(
+                hdu.data):
             return None
         return name, hdul.fileinfo(k)["datLoc"]
 
-    with open(name, "rb") as f:
-        compressed = f.read(6).startswith(_COMPRESSED_MAGIC)
-    return _from_hdul(hdul, name, hold=hdul, spans=span, compressed_file=compressed)
+    return _from_hdul(hdul, name, hold=hdul, spans=span, compressed_file=compressed,
+                      opener=opener)
 
 
 def _parse_one(obj, band=None, contradicted=None):

@@ -2774,8 +2774,8 @@ def stamps_of_the_image_read_whole(path, coords):
 
 
 def test_gzipped_fits_is_sampled_where_it_was_decompressed(tmp_path):
-    """A gzipped float32 image (decompressed whole into memory, big-endian) annotated with a
-    dense catalogue is sampled in the decompressed array itself, made native in place, not
+    """A gzipped float32 image (decompressed whole into memory when first sampled,
+    big-endian) annotated with a dense catalogue is sampled in the decompressed array itself, made native in place, not
     from a second whole-image float32 copy; its stamps (masking sentinels included) are
     those of the plain file read whole."""
     import gzip
@@ -2793,7 +2793,8 @@ def test_gzipped_fits_is_sampled_where_it_was_decompressed(tmp_path):
     c = w.pixel_to_world(np.append(x, 62), np.append(y, 51))  # the last on the sentinel
     ref = stamps_of_the_image_read_whole(plain, c)
     with closing_files(parse_sky_images(str(path))) as [im]:
-        decompressed = im._hold[0].data
+        im.take(np.zeros(1, np.int64))  # decompressed (when first sampled), not traced
+        decompressed = im.data
         got, peak = cut_read_whole_traced(im, c)
         source = im.resident(0)
         assert source is not None and np.shares_memory(source, decompressed)
@@ -4653,6 +4654,70 @@ def test_tile_compressed_mosaic_is_decompressed_one_tile_at_a_time(optical_model
     monkeypatch.setattr(section, "decompress_image_data_section", counted)
     out = astromorph.annotate(cat, packed, model=optical_model, threads=1)
     assert whole == [0, 0, 0, 0]  # each tile once, none held when the next is read
+    assert out["opt_flags"][0] == 0 and out["opt_flags"][-1] == Flag.OFF_IMAGE
+    for name in out.colnames:
+        np.testing.assert_array_equal(np.ma.getmaskarray(out[name]),
+                                      np.ma.getmaskarray(expected[name]))
+        np.testing.assert_array_equal(np.ma.getdata(out[name]), np.ma.getdata(expected[name]))
+
+
+def test_gzipped_mosaic_is_decompressed_one_tile_at_a_time(optical_model, tmp_path,
+                                                           monkeypatch):
+    """annotate reads a mosaic of gzipped (and bzip2ed) files by their headers and
+    decompresses each tile's pixels when its sources are cut, letting them go before the
+    next: a compressed file cannot be memory-mapped, and all the tiles were decompressed
+    when parsed and held for the whole call. A tile may be an extension after an empty
+    primary HDU. A source in the overlap of four tiles, on the NaN padding of the one it
+    lies farthest inside, is read (by rows, not whole) and cut from one with data there.
+    The result is that of the same tiles uncompressed, bit for bit."""
+    import gc
+    import weakref
+
+    from astromorph import _annotate
+
+    n, step = 150, 120
+    big = blobs(n + step, count=80).astype(np.float32)
+    w = sky_wcs(n + step, rot=0)
+    plain, packed = [], []
+    for k, (y0, x0) in enumerate([(0, 0), (0, step), (step, 0), (step, step)]):
+        tw = w.deepcopy()
+        tw.wcs.crpix = [w.wcs.crpix[0] - x0, w.wcs.crpix[1] - y0]
+        data = big[y0:y0 + n, x0:x0 + n].copy()
+        if not x0 and not y0:
+            data[125:, 125:] = np.nan                # padding under the overlap
+        plain.append(str(tmp_path / f"t{k}.fits"))
+        fits.PrimaryHDU(data, tw.to_header()).writeto(plain[-1])
+        packed.append(str(tmp_path / f"t{k}.fits.{'bz2' if k == 3 else 'gz'}"))
+        hdus = [fits.PrimaryHDU(data, tw.to_header())]
+        if k == 1:
+            hdus = [fits.PrimaryHDU(), fits.ImageHDU(data, tw.to_header())]
+        fits.HDUList(hdus).writeto(packed[-1])
+    grid = [(x, y) for x in range(10, n + step, 23) for y in range(10, n + step, 29)]
+    cat = catalogue(w, [(132, 132), *grid, (-50, 100)])
+    expected = astromorph.annotate(cat, plain, model=optical_model, threads=1)
+    pixels, held = {}, []
+    cut = _annotate.cut_stamps
+
+    def root(array):
+        while isinstance(getattr(array, "base", None), np.ndarray):
+            array = array.base
+        return array
+
+    def counted(image, *args, **kwargs):
+        stamps = cut(image, *args, **kwargs)
+        data = root(image.data)
+        if data.size >= n * n:  # the tile's pixels in hand
+            pixels.setdefault(image.name, {})[id(data)] = weakref.ref(data)
+        gc.collect()
+        held.append(sum(ref() is not None for name, refs in pixels.items()
+                        if name != image.name for ref in refs.values()))
+        return stamps
+
+    monkeypatch.setattr(_annotate, "cut_stamps", counted)
+    out = astromorph.annotate(cat, packed, model=optical_model, threads=1)
+    assert sorted(pixels) == sorted(f"{p}[{1 if k == 1 else 0}]" for k, p in enumerate(packed))
+    assert [len(refs) for refs in pixels.values()] == [1, 1, 1, 1]  # each decompressed once
+    assert max(held) == 0, held  # no other tile's pixels held while one is cut
     assert out["opt_flags"][0] == 0 and out["opt_flags"][-1] == Flag.OFF_IMAGE
     for name in out.colnames:
         np.testing.assert_array_equal(np.ma.getmaskarray(out[name]),
