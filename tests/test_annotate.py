@@ -2804,8 +2804,8 @@ def test_gzipped_fits_is_sampled_where_it_was_decompressed(tmp_path):
 
 @pytest.mark.parametrize("compressed", [True, False])
 def test_scaled_integer_image_is_read_whole_into_one_float32_copy(tmp_path, compressed):
-    """An int16 image with BZERO and BLANK (gzipped: decompressed whole into memory; plain:
-    read whole by one read call) sampled densely was scaled whole-image at a time: a float32
+    """An int16 image with BZERO and BLANK (gzipped: decompressed whole into memory when
+    first sampled; plain: read whole by one read call) sampled densely was scaled whole-image at a time: a float32
     cast, the scaled result, and the sentinel check's temporaries besides the float32 copy
     kept, over three times its size at the peak. It is now scaled in row strips into that
     one copy (BLANK -> NaN), with the stamps of the plain file read whole as before."""
@@ -2834,7 +2834,7 @@ def test_scaled_integer_image_is_read_whole_into_one_float32_copy(tmp_path, comp
         got, peak = cut_read_whole_traced(im, c)
         assert im.resident(0) is not None
     float32_image = 4 * n * n
-    extra = 0 if compressed else raw.size * 2  # the raw pixels read from the plain file
+    extra = raw.size * 2  # the raw pixels read from the file (decompressed when first sampled)
     assert peak < 1.25 * float32_image + extra, (peak, float32_image)
     assert np.isnan(got[-1]).any()
     np.testing.assert_array_equal(got, ref)
