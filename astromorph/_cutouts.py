@@ -249,13 +249,15 @@ class SkyImage:
         there, instead of being copied whole; other data (scaled integers) are let go once
         `resident` has their float32 copy, so that the image is not held twice.
     loader : callable or None
-        Reads the pixels (a tile-compressed HDU, decompressed whole): ``data`` is then a
-        placeholder of their shape and dtype, and the pixels are read when first sampled,
-        and let go again (to be read anew if asked for) once the sources announced by
+        Reads the pixels (a tile-compressed HDU or a gzipped file, decompressed whole):
+        ``data`` is then a placeholder of their shape and dtype, and the pixels are read
+        when first sampled, and let go again (to be read anew if asked for) once the sources announced by
         `expect_sources` are done (`done_sources`).
     section : object or None
         With ``loader``: ``section[row, x0:x1]`` gives raw pixels of a row without reading
-        the image whole (``CompImageHDU.section``), for `peek`.
+        the image whole (``CompImageHDU.section``; for a gzipped file, a stream read in one
+        pass over rows asked for in order, closed by its ``release()`` where it has one),
+        for `peek`.
     """
 
     def __init__(self, data, wcs, *, name="image", band=None, bscale=1.0, bzero=0.0, blank=None,
@@ -406,7 +408,8 @@ class SkyImage:
     def peek(self, flat_index):
         """The values `take` gives at flat indices, without reading by ``loader`` pixels
         not in hand: the rows of a compressed image that hold them are read by
-        ``section`` (a few tiles of its compression, not the whole image)."""
+        ``section`` (a few tiles of its compression, not the whole image; or one pass
+        through the stream of a gzipped file, which ``section.release()`` then closes)."""
         flat_index = np.asarray(flat_index, np.int64)
         if self._loaded or self._section is None or not flat_index.size:
             return self.take(flat_index)
@@ -414,10 +417,15 @@ class SkyImage:
         raw = np.empty(flat_index.shape, self.data.dtype)
         order = np.argsort(y, kind="stable")
         starts = np.flatnonzero(np.r_[True, np.diff(y[order]) != 0])
-        for a, b in zip(starts, np.r_[starts[1:], len(order)]):
-            k = order[a:b]
-            x0, x1 = int(x[k].min()), int(x[k].max()) + 1
-            raw[k] = np.asarray(self._section[int(y[k[0]]), x0:x1])[x[k] - x0]
+        try:
+            for a, b in zip(starts, np.r_[starts[1:], len(order)]):  # rows in order
+                k = order[a:b]
+                x0, x1 = int(x[k].min()), int(x[k].max()) + 1
+                raw[k] = np.asarray(self._section[int(y[k[0]]), x0:x1])[x[k] - x0]
+        finally:  # (a compressed file's stream, kept open from row to row)
+            release = getattr(self._section, "release", None)
+            if release is not None:
+                release()
         return self._scaled(raw, scaling=self._scaling)
 
     def drop_pixels(self):

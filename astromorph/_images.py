@@ -6,6 +6,7 @@ import logging
 import lzma
 import mmap
 import os
+import threading
 import warnings
 
 import numpy as np
@@ -183,6 +184,53 @@ def _lazy_pixels(hdu, name):
     return np.broadcast_to(np.zeros((), dtype.newbyteorder("=")), shape), load
 
 
+_STREAM_ERRORS = (OSError, EOFError, ValueError, lzma.LZMAError)
+
+
+class _StreamRows:
+    """``section[row, x0:x1]``: raw pixels of one row of an HDU of a compressed file (gzip,
+    bzip2, xz), read from a stream of the file's decompressed bytes that is kept open
+    between reads, so that rows asked for in increasing order (as `SkyImage.peek` does)
+    take one pass through the file (astropy's ``section`` rewinds the file after each read,
+    decompressing it from its start again); `release` closes the stream."""
+
+    def __init__(self, name, path, opener, offset, shape, dtype):
+        self.name, self.path, self.opener, self.offset = name, path, opener, offset
+        self.shape, self.dtype = shape, dtype
+        self._file = None
+        self._lock = threading.Lock()
+
+    def __getitem__(self, key):
+        row, columns = key
+        start, stop, _ = columns.indices(self.shape[1])
+        position = self.offset + (int(row) * self.shape[1] + start) * self.dtype.itemsize
+        nbytes = max(stop - start, 0) * self.dtype.itemsize
+        with self._lock:
+            try:
+                if self._file is None or self._file.tell() > position:  # behind: anew
+                    self._close()
+                    self._file = self.opener(self.path, "rb")
+                self._file.seek(position)
+                raw = self._file.read(nbytes)
+            except _STREAM_ERRORS as exc:
+                self._close()
+                raise InputError(f"{self.name}: cannot decompress its pixels ({exc})") from exc
+        if len(raw) != nbytes:
+            raise InputError(f"{self.name}: the compressed file ends within its pixels (row "
+                             f"{row} of shape {self.shape}): it is truncated")
+        return np.frombuffer(raw, self.dtype)
+
+    def _close(self):
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    def release(self):
+        """Close the stream (opened again by the next read)."""
+        with self._lock:
+            self._close()
+
+
 def _lazy_stream(hdu, name, stream):
     """``(placeholder, loader, section)`` for the pixels of a 2D image HDU of a compressed
     file (gzip, bzip2, xz) opened here, else None. ``stream`` is ``(path, opener, offset)``:
@@ -192,8 +240,8 @@ def _lazy_stream(hdu, name, stream):
     memory (astropy streams through the file to read the headers); ``loader`` decompresses
     the file up to the pixels and reads them into one array, by `_STREAM_CHUNK` bytes (no
     second copy), when they are sampled, so that the tiles of a mosaic are not all held at
-    once (`SkyImage.done_sources`); ``section`` (astropy's, through the open file) reads a
-    few rows for `SkyImage.peek`.
+    once (`SkyImage.done_sources`); ``section`` (`_StreamRows`) reads a few rows for
+    `SkyImage.peek`.
     """
     header = hdu.header
     dtype = _BITPIX_DTYPES.get(header.get("BITPIX"))
@@ -220,14 +268,15 @@ def _lazy_stream(hdu, name, stream):
                     if not n:
                         break
                     got += n
-        except (OSError, EOFError, ValueError, lzma.LZMAError) as exc:
+        except _STREAM_ERRORS as exc:
             raise InputError(f"{name}: cannot decompress its pixels ({exc})") from exc
         if got != raw.nbytes:
             raise InputError(f"{name}: the compressed file ends {raw.nbytes - got} bytes into "
                              f"its pixels (shape {shape}, {dtype.name}): it is truncated")
         return raw
 
-    return np.broadcast_to(np.zeros((), dtype.newbyteorder("=")), shape), load, hdu.section
+    return (np.broadcast_to(np.zeros((), dtype.newbyteorder("=")), shape), load,
+            _StreamRows(name, path, opener, offset, shape, dtype))
 
 
 def _from_hdu(hdu, name, hold=None, file_span=None, primary=None, stream=None):
