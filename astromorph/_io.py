@@ -369,6 +369,12 @@ def _parquet_unheld(col):
         pa.from_numpy_dtype(dtype if dtype.kind in "Mm" else dtype.type)
     except (pa.ArrowException, TypeError, NotImplementedError):
         return f"{'arrays of ' if col.dtype == object else ''}{dtype}, which pyarrow cannot type"
+    if col.dtype == np.dtype("M8[s]"):  # (Parquet's timestamps: ms, us, ns; pyarrow writes ms)
+        seconds = np.ma.getdata(col).view(np.int64)
+        seconds = seconds[seconds != np.iinfo(np.int64).min]  # (NaT: null)
+        if np.any(np.abs(seconds) > np.iinfo(np.int64).max // 1000):
+            return ("datetime64[s] beyond the range of int64 milliseconds (292 million years "
+                    "from 1970), which Parquet holds seconds as")
     return None
 
 
@@ -405,7 +411,8 @@ def check_columns_held(path, table, *, fmt=None):
     - Parquet: an object column is written as lists of 1-D numpy arrays of one type that
       pyarrow can type (no complex numbers), and at least one row; no column of a type
       pyarrow cannot type (complex, long double, datetime64 of minutes or of no unit), no
-      datetime64 column of more than one value per row; no column whose rows
+      datetime64 column of more than one value per row, no datetime64[s] beyond the range
+      of int64 milliseconds (Parquet's unit for them); no column whose rows
       hold no values (``(N, 2, 0)``: written, but pyarrow cannot read it back);
     - ECSV and Parquet: no meta key ``__serialized_columns__``, astropy's own record of
       mixin columns in those formats.
@@ -1166,6 +1173,24 @@ def _arrow_column(values, name, *, width=None):
         Column(data, name=name, meta=meta)
 
 
+def _seconds_restored(table, attrs):
+    """``table``, read from a Parquet file, with its datetime64[ms] columns that astropy's
+    header ``attrs`` ({column name: its header entry}) records as datetime64[s] (the columns
+    of seconds `write_table` writes) in seconds again: Parquet has no timestamps of seconds,
+    so pyarrow writes them as milliseconds and reads them back so (apache/arrow#41382). A
+    column with a value that is not a whole second (a file written otherwise) is left in
+    milliseconds. ``table`` is changed in place and returned."""
+    for name in table.colnames:
+        col = table[name]
+        if attrs.get(name, {}).get("datatype") != "datetime64[s]" or \
+                getattr(col, "dtype", None) != np.dtype("M8[ms]"):
+            continue
+        values = np.ma.getdata(col).view(np.int64)
+        if np.all((values % 1000 == 0) | (values == np.iinfo(np.int64).min)):  # (NaT: NaT)
+            table.replace_column(name, col.astype("M8[s]"))
+    return table
+
+
 def read_parquet(path):
     """The table in the Parquet file ``path``, as ``QTable.read`` and `restore_parquet_shapes`
     give it, its numeric array columns (an embedding) read as one buffer each, and the
@@ -1188,6 +1213,9 @@ def read_parquet(path):
     masked float64 column, and times with a time zone are in UTC (as astropy gives them:
     numpy and `~astropy.time.Time` have no zones), the zone in the column's meta
     ``timezone`` (said at INFO), which `write_table` writes back as the column's zone.
+    Parquet has no timestamps of seconds: a datetime64[s] column that `write_table` wrote
+    (as milliseconds) is read back as datetime64[s], which astropy's header records
+    (astropy's reader gives datetime64[ms]).
 
     Every other column is read by astropy, without its warning that a text column's width
     is not in the file (a file pandas or pyarrow wrote: the column is as wide as its longest
@@ -1236,7 +1264,7 @@ def read_parquet(path):
         """The table, its columns of ``here`` (table column -> column) and of ``own`` as
         read here, all others by astropy."""
         if not own and not here:
-            return restore_parquet_shapes(by_astropy(QTable), path)
+            return restore_parquet_shapes(_seconds_restored(by_astropy(QTable), attrs), path)
         if own:
             here = dict(here or {})
             keys = schema.metadata or {}
@@ -1252,7 +1280,8 @@ def read_parquet(path):
         rest = by_astropy(Table, others) if others else None
         table = Table([here[full] if full in here else rest[full] for full in order],
                       names=order, meta=meta, copy=False)
-        return restore_parquet_shapes(QTable(table, copy=False), path)
+        return restore_parquet_shapes(_seconds_restored(QTable(table, copy=False), attrs),
+                                      path)
 
     schema = pq.read_schema(path)
     text = (schema.metadata or {}).get(b"table_meta_yaml")
@@ -1392,7 +1421,9 @@ def write_table(table, path, *, overwrite=False, format=None):
         column is written as astropy writes it, its values and a boolean ``<name>.mask``
         column; datetime64 and timedelta64 columns, which astropy does not write, as
         timestamps, dates and durations, in the time zone of the column's meta
-        ``timezone``, as `read_parquet` records it).
+        ``timezone``, as `read_parquet` records it; Parquet has no timestamps of seconds:
+        datetime64[s] is written as milliseconds, which `read_parquet` reads back as
+        datetime64[s] and `~astropy.table.Table.read` as datetime64[ms]).
     overwrite : bool, optional
         Replace an existing file (default: raise `OutputExistsError`); for a symbolic
         link, the file it points to, the link kept.

@@ -22,7 +22,7 @@ from astropy.time import Time  # noqa: E402
 from astropy.utils.exceptions import AstropyUserWarning  # noqa: E402
 
 from astromorph._io import read_parquet, restore_parquet_shapes, write_table  # noqa: E402
-from astromorph.exceptions import LossyOutputWarning  # noqa: E402
+from astromorph.exceptions import InvalidArgumentError, LossyOutputWarning  # noqa: E402
 
 
 def _tables():
@@ -618,8 +618,8 @@ def test_masked_entries_round_trip_exactly(tmp_path):
         _tables_equal(back, t)
 
 
-@pytest.mark.parametrize("dtype", ["datetime64[D]", "datetime64[ms]", "datetime64[ns]",
-                                   "timedelta64[s]", "timedelta64[us]"])
+@pytest.mark.parametrize("dtype", ["datetime64[D]", "datetime64[ms]", "datetime64[us]",
+                                   "datetime64[ns]", "timedelta64[s]", "timedelta64[us]"])
 def test_date_and_time_columns_written(tmp_path, dtype):
     """datetime64 and timedelta64 columns (astropy's writer has no type for them) are
     written as Parquet dates, timestamps and durations of their unit (nanoseconds
@@ -630,3 +630,30 @@ def test_date_and_time_columns_written(tmp_path, dtype):
     for back in (read_parquet(tmp_path / "t.parquet"),
                  Table.read(tmp_path / "t.parquet", format="parquet")):
         _tables_equal(back, t)
+
+
+def test_seconds_timestamps_read_back_as_seconds(tmp_path):
+    """Parquet has no timestamps of seconds (its units are ms, us and ns: pyarrow writes
+    datetime64[s] as milliseconds, and reads them back so, apache/arrow#41382):
+    read_parquet gives a datetime64[s] column written by write_table back as datetime64[s]
+    (astropy's header records the dtype), masked or not, with a time zone or not;
+    astropy's reader gives the same instants as datetime64[ms]. Seconds beyond the range
+    of int64 milliseconds (about 292 million years) are an error naming the column, and
+    nothing is written."""
+    values = np.array(["1969-07-20T20:17:40", "2000-01-01", "2024-02-29T23:59:59"], "M8[s]")
+    t = Table({"m": MaskedColumn(values, mask=[0, 0, 1], description="when"), "p": values,
+               "z": Column(values, meta={"timezone": "Europe/Paris"})})
+    t["m"][1] = np.datetime64("NaT")
+    write_table(t, tmp_path / "t.parquet")
+    assert pq.read_schema(tmp_path / "t.parquet").field("p").type == pa.timestamp("ms")
+    back = read_parquet(tmp_path / "t.parquet")
+    _tables_equal(back, t)
+    assert back["m"].info.description == "when"
+    assert back["z"].info.meta["timezone"] == "Europe/Paris"
+    plain = Table.read(tmp_path / "t.parquet", format="parquet")
+    assert plain["p"].dtype == np.dtype("M8[ms]")
+    _masks_and_values_equal(plain["p"].astype("M8[s]"), t["p"])
+    far = Table({"far": np.array([2**62, 0], "M8[s]")})
+    with pytest.raises(InvalidArgumentError, match="far.*milliseconds"):
+        write_table(far, tmp_path / "far.parquet")
+    assert not (tmp_path / "far.parquet").exists()
