@@ -437,13 +437,14 @@ def _place(stamp, y, x):
     """Centre the model's field of ``stamp`` on its 0-based pixel ``(y, x)`` (`centre=`), or
     flag `Flag.BAD_INPUT` a pixel off the stamp."""
     ny, nx = stamp.data.shape[-2:]
+    # (the API's and the CLI's names, as the errors give them: a reason is written once)
     if not (-0.5 <= x < nx - 0.5 and -0.5 <= y < ny - 0.5):
-        stamp.flag(Flag.BAD_INPUT, f"the candidate's pixel given by centre= (x, y = {x:.2f}, "
-                   f"{y:.2f}; 0-based) is off the {nx}x{ny} stamp")
+        stamp.flag(Flag.BAD_INPUT, f"the candidate's pixel given by centre= (--centre-col) "
+                   f"(x, y = {x:.2f}, {y:.2f}; 0-based) is off the {nx}x{ny} stamp")
         return
     stamp.centre = (float(y), float(x))
     stamp.reason.append(f"candidate at pixel (x, y = {x:.2f}, {y:.2f}; 0-based), given by "
-                        "centre=: the model's field centred there")
+                        "centre= (--centre-col): the model's field centred there")
 
 
 def _bools(values):

@@ -1585,8 +1585,8 @@ def test_centre_places_the_candidate_of_edge_cut_stamps(rb, how):
         warnings.simplefilter("ignore")
         out = astromorph.annotate_stamps(t, model=rb, centre=centre, pixel_scale=1.0)
     assert out["rb_score"][0] > 0.9 and out["rb_score"][1] < 0.1, list(out["rb_score"])
-    assert "candidate at pixel (x, y = 21.00, 31.00; 0-based), given by centre=" \
-        in out["rb_reason"][0]
+    assert "candidate at pixel (x, y = 21.00, 31.00; 0-based), given by centre= " \
+        "(--centre-col): the model's field centred there" in out["rb_reason"][0]
 
 
 def test_centre_off_the_stamp_or_far_off_its_middle_is_flagged(rb):
@@ -1596,6 +1596,8 @@ def test_centre_off_the_stamp_or_far_off_its_middle_is_flagged(rb):
         out = astromorph.annotate_stamps(t, model=rb, pixel_scale=1.0,
                                          centre=np.array([[80.0, 31.0], [2.0, 31.0]]))
     assert out["rb_flags"][0] == Flag.BAD_INPUT and "off the 53x63 stamp" in out["rb_reason"][0]
+    assert "the candidate's pixel given by centre= (--centre-col) (x, y = 80.00" \
+        in out["rb_reason"][0]
     assert np.ma.is_masked(out["rb_score"][0])
     assert out["rb_flags"][1] & Flag.EDGE and "off their centre" in out["rb_reason"][1]
 
@@ -1653,6 +1655,8 @@ def test_cli_centre_col_places_the_candidate_as_centre_does(rb, tmp_path, capsys
         np.testing.assert_allclose(scored["rb_score"], ref["rb_score"], rtol=0, atol=1e-6)
         assert scored["rb_score"][0] > 0.9 and scored["rb_score"][1] < 0.1
         assert list(scored["rb_reason"]) == list(ref["rb_reason"])
+        # (the reason names the option typed, as the API's errors do: "centre= (--centre-col)")
+        assert "given by centre= (--centre-col):" in scored["rb_reason"][0]
     with pytest.raises(SystemExit):
         cli.main(["annotate", "--help"])
     assert "--centre-col" in capsys.readouterr().out
