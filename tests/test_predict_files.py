@@ -655,6 +655,35 @@ def _set_card(blob, key, value, *, hdu=0):
     raise KeyError(key)
 
 
+@pytest.mark.parametrize("key, value", [("BUNIT", "'unterminated"), ("BUNIT", "1.2.3e"),
+                                        ("BAND", "1.2.3e"), ("INHERIT", "'x"),
+                                        ("SATURATE", "1.2.3e")])
+def test_unparsable_card_of_an_extension_is_read_as_the_fast_reader_reads_it(models, tmp_path,
+                                                                             key, value):
+    """A card whose value astropy cannot parse (a byte flipped in BUNIT, BAND...) in one HDU
+    of a file of one image HDU per band: astropy's VerifyError used to escape predict_files
+    (it parses cards when they are read, after the file's reading was guarded), losing the
+    run. Now the card reads as the fast reader of single-HDU files reads it (the raw text),
+    and the other files are scored too (a band of no known name flags MISSING_BAND)."""
+    buf = io.BytesIO()
+    planes = [galaxy(seed=s) for s in range(3)]
+    fits.HDUList([fits.PrimaryHDU()] + [
+        fits.ImageHDU(p, header=fits.Header([(key, "x"), ("BAND", b)]), name=b.upper())
+        for p, b in zip(planes, "gri")]).writeto(buf)
+    (tmp_path / "bands.fits").write_bytes(_set_card(buf.getvalue(), key, value, hdu=2))
+    write_picture(tmp_path / "good.png", colour_picture())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", AstromorphWarning)
+        table = astromorph.predict_files("morphology", tmp_path)
+    assert len(table) == 2
+    r = row(table, tmp_path / "bands.fits")
+    if key == "BAND":  # a band of no known name: the i band is missing, as for BAND = 'x'
+        assert r["morph_flags"] == Flag.MISSING_BAND and "1.2.3e" in r["reason"], r["reason"]
+    else:
+        assert r["morph_flags"] == 0 and not np.ma.is_masked(r["morph_p_red"]), r["reason"]
+    assert row(table, tmp_path / "good.png")["morph_flags"] == 0
+
+
 @pytest.mark.parametrize("key, value, words", [
     ("NAXIS", "999", "NAXIS = 999 but there is no NAXIS3 keyword"),
     ("NAXIS", "'two'", "NAXIS = 'two' is not a whole number"),

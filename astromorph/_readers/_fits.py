@@ -1177,6 +1177,24 @@ class _GetDict:
         return getattr(self._get, "keys", None)
 
 
+def _lenient(header):
+    """An astropy ``header`` as a `_GetDict` whose ``get`` reads a card that astropy cannot
+    parse (a flipped byte in ``BUNIT = 'nominal '``: its `VerifyError`, raised only when
+    the card is read) as the fast reader reads it (`_card_value` of its raw text), so that
+    a file reads alike by either reader and no such error escapes the guarded reading."""
+    from astropy.io.fits.verify import VerifyError
+
+    def get(key, default=None):
+        try:
+            return header.get(key, default)
+        except VerifyError:
+            with catch_warnings():
+                warnings.simplefilter("ignore")  # astropy's VerifyWarning of the card
+                return _card_value(header.cards[key].image[10:])
+    get.keys = header.keys
+    return _GetDict(get)
+
+
 def _planes_stamp(source, path, planes, names, scale, header_hdu, triplet_hint, index=None):
     """The stamp of the planes of a cube: a triplet where their ``names`` name its members
     (`_is_triplet`), else bands named by `normalise_band`."""
@@ -1351,7 +1369,7 @@ def _read_fits_astropy(path, *, want_scale, triplet_hint, buf=None, source=None,
                         continue
                     if not _has_image_data(hdu):
                         if i and hdu.is_image:  # an extension meant for an image, left empty
-                            empty[i] = hdu.header.copy()
+                            empty[i] = _lenient(hdu.header.copy())
                         continue
                     data, why = stokes_i(_hdu_data(hdu), hdu.header.get)
                     if why:  # named when the file has no other image
@@ -1359,8 +1377,8 @@ def _read_fits_astropy(path, *, want_scale, triplet_hint, buf=None, source=None,
                         continue
                     images.append((i, hdu, _squeeze(data),
                                    _header_scale(hdu.header) if want_scale else None))
-                headers = {i: hdu.header.copy() for i, hdu, _, _ in images}
-                primary = hdul[0].header.copy() if len(hdul) > 1 else None
+                headers = {i: _lenient(hdu.header.copy()) for i, hdu, _, _ in images}
+                primary = _lenient(hdul[0].header.copy()) if len(hdul) > 1 else None
         truncated = [str(w.message) for w in caught if "truncat" in str(w.message).lower()]
         if truncated:
             raise ValueError(truncated[0])
