@@ -251,8 +251,8 @@ class SkyImage:
     loader : callable or None
         Reads the pixels (a tile-compressed HDU or a gzipped file, decompressed whole):
         ``data`` is then a placeholder of their shape and dtype, and the pixels are read
-        when first sampled, and let go again (to be read anew if asked for) once the sources announced by
-        `expect_sources` are done (`done_sources`).
+        when first sampled, and let go again (to be read anew if asked for) once the sources
+        announced by `expect_sources` are done (`done_sources`).
     section : object or None
         With ``loader``: ``section[row, x0:x1]`` gives raw pixels of a row without reading
         the image whole (``CompImageHDU.section``; for a gzipped file, a stream read in one
