@@ -641,6 +641,31 @@ def test_bad_files_give_flagged_rows_and_the_run_goes_on(models, tmp_path, case)
     assert np.ma.is_masked(table["morph_p_red"][1]) and table["reason"][1]
 
 
+@pytest.mark.parametrize("fmt, name", [("PNG", "anim.png"), ("GIF", "anim.png"),
+                                       ("GIF", "anim.jpg")])
+def test_animated_picture_is_flagged_with_its_frame_count(models, tmp_path, fmt, name):
+    """An animated PNG (APNG), or an animated GIF under a name astromorph accepts, holds
+    several pictures, and which one is the stamp is unknown (as for several FITS files
+    joined in one): its row is flagged BAD_INPUT with a reason naming the format and the
+    frame count (it was scored from its first frame, without a word). A still GIF named
+    ``.png`` and a one-frame APNG are still pictures and are scored."""
+    from PIL import Image
+
+    frames = [Image.fromarray(colour_picture(64, seed=i)) for i in range(3)]
+    frames[0].save(tmp_path / name, format=fmt, save_all=True, append_images=frames[1:])
+    (stamp,) = read_file(tmp_path / name)
+    assert stamp.flags == Flag.BAD_INPUT and stamp.data is None
+    assert f"animated {fmt} of 3 frames" in stamp.reason[0], stamp.reason
+    with pytest.warns(UnusableInputWarning, match="1 of 1"):
+        table = astromorph.predict_files("morphology", tmp_path / name)
+    assert table["morph_flags"][0] == Flag.BAD_INPUT and "3 frames" in table["reason"][0]
+    for still, options in (("still.png", dict(format="GIF")),
+                           ("one.png", dict(format="PNG", save_all=True, append_images=[]))):
+        frames[0].save(tmp_path / still, **options)
+        (stamp,) = read_file(tmp_path / still)
+        assert stamp.flags == 0 and stamp.data.shape == (64, 64, 3), (still, stamp.reason)
+
+
 def _set_card(blob, key, value, *, hdu=0):
     """FITS bytes with the card ``key`` of the ``hdu``-th header rewritten to ``value``
     (the raw value field, e.g. ``"'abc'"``), as a broken writer would leave it."""

@@ -10,7 +10,8 @@ Accepted inputs (recognised by their content first, by extension second):
   Integer data are scaled by ``BSCALE``/``BZERO`` with ``BLANK`` pixels set
   to NaN; any byte order; the pixel scale comes from the celestial WCS. A
   ``STOKES`` axis is reduced to its Stokes I plane (no I plane: `Flag.BAD_INPUT`).
-* JPEG/PNG colour (or grey) cutouts, read with Pillow (extra ``images``).
+* JPEG/PNG colour (or grey) cutouts, read with Pillow (extra ``images``); an
+  animated picture (APNG, animated GIF) is `Flag.BAD_INPUT`, its frame count named.
 * Avro alert packets (extra ``alerts``): ZTF (``candid``, gzipped FITS
   cutouts in ``cutoutScience``/``cutoutTemplate``/``cutoutDifference``
   ``stampData``) and Rubin (``diaSource.diaSourceId``, FITS bytes in

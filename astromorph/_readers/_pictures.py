@@ -1,4 +1,9 @@
-"""JPEG and PNG cutouts, read with Pillow (extra ``images``)."""
+"""JPEG and PNG cutouts, read with Pillow (extra ``images``).
+
+A picture of several frames (an animated PNG, an animated GIF under a ``.png`` or ``.jpg``
+name) holds several images, and which one is the stamp is unknown, as for several FITS files
+joined in one: it is flagged `Flag.BAD_INPUT`, the reason naming its frame count.
+"""
 import warnings
 
 import numpy as np
@@ -21,13 +26,30 @@ def _pillow():
     return Image
 
 
+def _animated(im):
+    """Words for a Pillow image of several frames (an APNG, an animated GIF), or None."""
+    frames = getattr(im, "n_frames", 1)
+    if frames <= 1:
+        return None
+    kind = "animated" if im.format in ("PNG", "GIF", "WEBP") else "multi-frame"
+    return (f"{kind} {im.format or 'picture'} of {frames} frames: which frame is the stamp "
+            "is unknown; save the one meant as a still PNG or JPEG")
+
+
 def read_picture(path):
+    """The stamp of the JPEG/PNG (or other picture Pillow reads) at ``path``, in a list:
+    8-bit colour, a grey picture repeated into three channels; one flagged `Flag.BAD_INPUT`
+    with the reason where it cannot be read, its mode is not a picture's, or it has several
+    frames (`_animated`)."""
     image_mod = _pillow()
     source = str(path)
     try:
         with catch_warnings():
             warnings.simplefilter("ignore")  # DecompressionBombWarning etc. -> errors below
             with image_mod.open(path) as im:
+                animated = _animated(im)
+                if animated:
+                    return [Stamp(source, path).flag(Flag.BAD_INPUT, animated)]
                 im.load()
                 mode = im.mode
                 if mode in ("RGB", "L"):
