@@ -666,6 +666,38 @@ def test_animated_picture_is_flagged_with_its_frame_count(models, tmp_path, fmt,
         assert stamp.flags == 0 and stamp.data.shape == (64, 64, 3), (still, stamp.reason)
 
 
+@pytest.mark.parametrize("kind", ["compressed", "image"])
+@pytest.mark.parametrize("how", ["file", "gzip", "memmap", "bytes"])
+def test_truncated_extension_reason_says_truncated(tmp_path, monkeypatch, kind, how):
+    """A tile-compressed HDU, or an image extension, whose data the file ends inside of: the
+    reason says the file is truncated, the bytes of data its header gives and the bytes the
+    file holds (it was astropy's "TypeError: buffer is too small for requested array"),
+    whether the file is read in memory, gzipped, memory-mapped (a large file) or as bytes."""
+    image = galaxy(64)
+    hdu = fits.CompImageHDU(image) if kind == "compressed" else fits.ImageHDU(image)
+    fits.HDUList([fits.PrimaryHDU(), hdu]).writeto(tmp_path / "full.fits")
+    with fits.open(tmp_path / "full.fits", disable_image_compression=True) as hdul:
+        start = hdul[1].fileinfo()["datLoc"]
+        header = hdul[1].header
+        expected = header["NAXIS1"] * header["NAXIS2"] * abs(header["BITPIX"]) // 8 \
+            + header.get("PCOUNT", 0)
+    blob = (tmp_path / "full.fits").read_bytes()[:start + 1000]
+    name = "t.fits.gz" if how == "gzip" else "t.fits"
+    (tmp_path / name).write_bytes(gzip.compress(blob) if how == "gzip" else blob)
+    if how == "memmap":
+        monkeypatch.setattr("astromorph._readers._fits._FAST_MAX_BYTES", 0)
+    label = "HDU 1, EXTNAME 'COMPRESSED_IMAGE'" if kind == "compressed" else "HDU 1"
+    words = f"the header of {label} gives {expected} bytes of data, the"
+    if how == "bytes":
+        with pytest.raises(ValueError) as info:
+            parse_fits_bytes(blob)
+        assert str(info.value) == f"truncated FITS data: {words} bytes hold 1000"
+        return
+    (stamp,) = read_file(tmp_path / name)
+    assert stamp.flags == Flag.BAD_INPUT
+    assert stamp.reason == [f"truncated FITS file {name}: {words} file holds 1000"]
+
+
 def _set_card(blob, key, value, *, hdu=0):
     """FITS bytes with the card ``key`` of the ``hdu``-th header rewritten to ``value``
     (the raw value field, e.g. ``"'abc'"``), as a broken writer would leave it."""

@@ -762,6 +762,42 @@ def malformed_header(read, max_hdus=_MAX_HDUS):
     return None
 
 
+def truncated_data(read, max_hdus=_MAX_HDUS):
+    """The first HDU of a FITS stream whose data run past its end, or None: ``(label, size,
+    held)``, its `_hdu_label`, the bytes of data its header gives and the bytes that follow
+    the header. ``read(offset, n)`` as for `malformed_header`, whose walk over the HDUs this
+    is; None too where a header is malformed or cut short (that is said otherwise)."""
+    pos = 0
+    for i in range(max_hdus):
+        try:
+            cards, keys, pos = _read_header(read, pos)
+        except ValueError:
+            return None
+        if keys[:1] != ["SIMPLE" if i == 0 else "XTENSION"]:
+            return None
+        problem, size = _header_problem(cards, extension=i > 0)
+        if problem:
+            return None
+        held = 0
+        while held < size:  # in pieces: a large HDU is not read into memory whole
+            got = len(read(pos + held, min(size - held, 1 << 20)))
+            if not got:
+                break
+            held += got
+        if held < size:
+            return _hdu_label(i, cards), size, held
+        pos += _padded(size)
+    return None
+
+
+def _truncated(label, size, held, name=None):
+    """The reason for a FITS stream whose HDU ``label`` has ``size`` bytes of data by its
+    header and ``held`` in the stream (`truncated_data`); ``name``: the file's name."""
+    where = f"file {name}" if name else "data"
+    return (f"truncated FITS {where}: the header of {label} gives {size} bytes of data, the "
+            f"{'file holds' if name else 'bytes hold'} {held}")
+
+
 def _malformed(problem, name=None):
     """The reason for a FITS stream with a malformed header (``problem``, from
     `malformed_header`); ``name``: the file's name, where there is a file."""
@@ -790,7 +826,8 @@ def _file_reader(path):
 
 def _unreadable(exc, read, name=None):
     """The reason for a FITS stream astropy could not read: the malformed keyword in words
-    when there is one (with astropy's exception after it), else astropy's message."""
+    when there is one (with astropy's exception after it), the HDU whose data the stream
+    ends inside of (`truncated_data`), else astropy's message."""
     said = f"{type(exc).__name__}: {exc}"
     try:
         problem = malformed_header(read)
@@ -798,6 +835,12 @@ def _unreadable(exc, read, name=None):
         problem = None
     if problem:
         return f"{_malformed(problem, name)} (astropy: {said})"
+    try:
+        truncated = truncated_data(read)
+    except Exception:  # noqa: BLE001 - as above
+        truncated = None
+    if truncated:  # astropy says "buffer is too small for requested array" at best
+        return _truncated(*truncated, name)
     if isinstance(exc, (OSError, ValueError)):  # astropy's own words, e.g. missing END card
         return f"cannot read FITS: {exc}"
     return f"cannot read FITS: {said}"  # a bare KeyError says only 'NAXIS3'
