@@ -10,6 +10,7 @@ is kept: the file it points to is replaced (written in that file's directory).
 import contextlib
 import importlib
 import importlib.util
+import json
 import logging
 import os
 import shutil
@@ -952,6 +953,14 @@ def _flat_arrow_type(arrow_type):
             or pa.types.is_floating(value))
 
 
+#: The key of a Parquet file's metadata (beside astropy's ``table_meta_yaml``) under which
+#: `write_table` lists, as JSON, its plain (unmasked) datetime64 and timedelta64 columns:
+#: Parquet has no NaT, so their NaT are written as nulls, which `read_parquet` would read
+#: as masked entries; it reads the nulls of a column so listed as unmasked NaT (pandas and
+#: astropy's reader give them so: the key only keeps astromorph's reader from masking them)
+_UNMASKED_TIMES_KEY = b"astromorph::unmasked_nat"
+
+
 def _write_parquet(table, path):
     """Write ``table`` to the Parquet file ``path`` as astropy's ``Table.write`` does (the
     same columns, types and header), its numeric array columns (an embedding) handed to
@@ -1013,6 +1022,10 @@ def _write_parquet(table, path):
         else:
             fields.append(written.schema.field(name))
             columns.append(written.column(name))
+    plain = [name for name in times if name in table.colnames
+             and not hasattr(table[name], "mask")]  # (a masked column's values: its mask)
+    if plain:
+        metadata[_UNMASKED_TIMES_KEY] = json.dumps(plain).encode()
     schema = pa.schema(fields, metadata=metadata)
     per_row = sum(arrays[name].type.list_size for name in flat)
     # (astropy's format version, but 2.6 for times, which astropy does not write: 2.4 has no
@@ -1131,14 +1144,15 @@ def _own_parquet_columns(path, schema, names):
         not metadata.num_rows and _arrow_text_type(schema.field(name).type))]
 
 
-def _arrow_column(values, name, *, width=None):
+def _arrow_column(values, name, *, width=None, unmasked=False):
     """The pyarrow ChunkedArray ``values`` of the Parquet column ``name`` as a Column, or a
     MaskedColumn masked where a cell is null: a categorical as its categories' values
     (text, numbers); text as unicode (bytes as bytes) of ``width`` characters (astropy's
     ``table::len::<name>`` key), else of its longest value's; floats (NaN under the mask,
     a NaN of the file's unmasked) and times as numpy gives them; times with a time zone in
     UTC, the zone in the column's meta ``timezone`` (and said at INFO); a column of nothing
-    but nulls as float64, all masked."""
+    but nulls as float64, all masked. ``unmasked``: a time column's nulls are NaT of an
+    unmasked column (a plain column that `write_table` wrote, `_UNMASKED_TIMES_KEY`)."""
     import pyarrow as pa
     from astropy.table import Column, MaskedColumn
 
@@ -1169,6 +1183,8 @@ def _arrow_column(values, name, *, width=None):
             zero_copy_only=False)
     else:  # (floats with NaN where null, dates and times with NaT: one array operation)
         data = values.to_numpy(zero_copy_only=False)
+        if unmasked and data.dtype.kind in "Mm":
+            mask[:] = False
     return MaskedColumn(data, mask=mask, name=name, meta=meta) if mask.any() else \
         Column(data, name=name, meta=meta)
 
@@ -1215,7 +1231,10 @@ def read_parquet(path):
     ``timezone`` (said at INFO), which `write_table` writes back as the column's zone.
     Parquet has no timestamps of seconds: a datetime64[s] column that `write_table` wrote
     (as milliseconds) is read back as datetime64[s], which astropy's header records
-    (astropy's reader gives datetime64[ms]).
+    (astropy's reader gives datetime64[ms]). Nor has it NaT: `write_table` writes a NaT as
+    a null, and lists the plain (unmasked) time columns under the key
+    ``astromorph::unmasked_nat`` of the file's metadata, whose nulls are read back as
+    unmasked NaT of a plain column (as a NaN of a plain float column is read back).
 
     Every other column is read by astropy, without its warning that a text column's width
     is not in the file (a file pandas or pyarrow wrote: the column is as wide as its longest
@@ -1268,9 +1287,14 @@ def read_parquet(path):
         if own:
             here = dict(here or {})
             keys = schema.metadata or {}
+            try:
+                unmasked = set(json.loads(keys.get(_UNMASKED_TIMES_KEY, b"[]")))
+            except (ValueError, TypeError):  # (a key another tool spoilt: nulls masked)
+                unmasked = set()
             for name, values in zip(own, pq.read_table(path, columns=own).columns):
                 width = keys.get(f"table::len::{name}".encode())
-                col = _arrow_column(values, name, width=int(width) if width else None)
+                col = _arrow_column(values, name, width=int(width) if width else None,
+                                    unmasked=name in unmasked)
                 for attr in ("description", "format", "unit", "meta"):  # as astropy sets them
                     if attr in attrs.get(name, {}):  # (meta: with a time zone read here)
                         setattr(col, attr, {**attrs[name][attr], **col.info.meta}
@@ -1423,7 +1447,10 @@ def write_table(table, path, *, overwrite=False, format=None):
         timestamps, dates and durations, in the time zone of the column's meta
         ``timezone``, as `read_parquet` records it; Parquet has no timestamps of seconds:
         datetime64[s] is written as milliseconds, which `read_parquet` reads back as
-        datetime64[s] and `~astropy.table.Table.read` as datetime64[ms]).
+        datetime64[s] and `~astropy.table.Table.read` as datetime64[ms]; nor has it NaT:
+        a NaT is a null, and the plain (unmasked) time columns are listed in the file's
+        metadata, ``astromorph::unmasked_nat``, so that `read_parquet` gives their NaT back
+        as unmasked NaT, as astropy's and pandas' readers do).
     overwrite : bool, optional
         Replace an existing file (default: raise `OutputExistsError`); for a symbolic
         link, the file it points to, the link kept.

@@ -657,3 +657,30 @@ def test_seconds_timestamps_read_back_as_seconds(tmp_path):
     with pytest.raises(InvalidArgumentError, match="far.*milliseconds"):
         write_table(far, tmp_path / "far.parquet")
     assert not (tmp_path / "far.parquet").exists()
+
+
+@pytest.mark.parametrize("dtype", ["datetime64[D]", "datetime64[s]", "datetime64[ms]",
+                                   "datetime64[us]", "datetime64[ns]", "timedelta64[s]",
+                                   "timedelta64[us]"])
+def test_nat_of_an_unmasked_column_stays_unmasked(tmp_path, dtype):
+    """A NaT in a plain (unmasked) datetime64 or timedelta64 column is a value, as a NaN of
+    a plain float column is: Parquet has no NaT, so the file holds a null (which pandas and
+    astropy read as NaT), and astromorph's header key ``astromorph::unmasked_nat`` names the
+    column, so that read_parquet gives it back as an unmasked NaT of a plain column (it gave
+    a masked column, for every unit). A null of a column not so named (a file pandas wrote)
+    is still masked, and a masked column keeps its mask."""
+    values = np.array([1, 2, 3, 4]).astype(dtype)
+    values[1] = np.datetime64("NaT") if dtype.startswith("datetime") else np.timedelta64("NaT")
+    masked = MaskedColumn(values, mask=[0, 0, 1, 0])
+    t = Table({"p": values, "m": masked, "f": [1.0, np.nan, 2.0, 3.0]})
+    write_table(t, tmp_path / "t.parquet")
+    back = read_parquet(tmp_path / "t.parquet")
+    assert type(back["p"]) is Column and np.isnat(back["p"][1])
+    assert isinstance(back["m"], MaskedColumn)
+    _tables_equal(back, t)
+    plain = Table.read(tmp_path / "t.parquet", format="parquet")
+    assert type(plain["p"]) is Column and np.isnat(plain["p"][1])
+    assert pq.read_table(tmp_path / "t.parquet").column("p").null_count == 1
+    pq.write_table(pq.read_table(tmp_path / "t.parquet", columns=["p"]).replace_schema_metadata(),
+                   tmp_path / "other.parquet")
+    assert read_parquet(tmp_path / "other.parquet")["p"].mask.tolist() == [0, 1, 0, 0]
