@@ -648,7 +648,8 @@ def test_animated_picture_is_flagged_with_its_frame_count(models, tmp_path, fmt,
     several pictures, and which one is the stamp is unknown (as for several FITS files
     joined in one): its row is flagged BAD_INPUT with a reason naming the format and the
     frame count (it was scored from its first frame, without a word). A still GIF named
-    ``.png`` and a one-frame APNG are still pictures and are scored."""
+    ``.png`` and a one-frame APNG are still pictures and are scored, and so is a
+    multi-picture JPEG (MPO), whose first picture is its primary image by its standard."""
     from PIL import Image
 
     frames = [Image.fromarray(colour_picture(64, seed=i)) for i in range(3)]
@@ -664,6 +665,13 @@ def test_animated_picture_is_flagged_with_its_frame_count(models, tmp_path, fmt,
         frames[0].save(tmp_path / still, **options)
         (stamp,) = read_file(tmp_path / still)
         assert stamp.flags == 0 and stamp.data.shape == (64, 64, 3), (still, stamp.reason)
+    frames[0].save(tmp_path / "camera.jpg", format="MPO", save_all=True,
+                   append_images=frames[1:])
+    with Image.open(tmp_path / "camera.jpg") as im:
+        assert (im.format, im.n_frames) == ("MPO", 3)
+        primary = np.asarray(im.convert("RGB"))
+    (stamp,) = read_file(tmp_path / "camera.jpg")
+    assert stamp.flags == 0 and np.array_equal(stamp.data, primary), stamp.reason
 
 
 @pytest.mark.parametrize("kind", ["compressed", "image"])

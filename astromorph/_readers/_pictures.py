@@ -2,7 +2,10 @@
 
 A picture of several frames (an animated PNG, an animated GIF under a ``.png`` or ``.jpg``
 name) holds several images, and which one is the stamp is unknown, as for several FITS files
-joined in one: it is flagged `Flag.BAD_INPUT`, the reason naming its frame count.
+joined in one: it is flagged `Flag.BAD_INPUT`, the reason naming its frame count. A
+multi-picture JPEG (MPO, as cameras and phones write) is not: its first picture is the
+primary image by its standard (CIPA DC-007), the others previews or a stereo pair, and it is
+what every JPEG reader shows, so it is the stamp.
 """
 import warnings
 
@@ -29,7 +32,7 @@ def _pillow():
 def _animated(im):
     """Words for a Pillow image of several frames (an APNG, an animated GIF), or None."""
     frames = getattr(im, "n_frames", 1)
-    if frames <= 1:
+    if frames <= 1 or im.format == "MPO":  # an MPO's first picture is its primary image
         return None
     kind = "animated" if im.format in ("PNG", "GIF", "WEBP") else "multi-frame"
     return (f"{kind} {im.format or 'picture'} of {frames} frames: which frame is the stamp "
