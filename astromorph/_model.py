@@ -279,9 +279,11 @@ class Model:
         if isinstance(x, tuple) and len(x) == 2 and np.ndim(x[1]) == 1 and np.ndim(x[0]) >= 3:
             raise InputError("got a tuple (stamps, flags), as preprocess_triplet returns by "
                              "default: pass its first element, or return_flags=False")
-        if np.ma.isMaskedArray(x) and np.ma.getmaskarray(x).any():
-            # masked pixels are not data: NaN, so the rows holding them are named below
-            x = np.ma.filled(np.ma.asarray(x).astype(np.float32), np.nan)
+        mask = np.ma.nomask
+        if np.ma.isMaskedArray(x):
+            # masked pixels are not data: the rows holding them are named below, from the
+            # mask (no float copy of the whole input), once dtype and shape are checked
+            x, mask = np.ma.getdata(x), np.ma.getmask(x)
         c, h, w = self.input_shape
         try:
             x = np.asarray(x)
@@ -290,6 +292,7 @@ class Model:
                                   f"{w}); got stamps of unequal shapes: {exc}") from None
         if x.dtype.kind not in "biuf":
             raise InputDTypeError(f"model input must be a real numeric array, got dtype {x.dtype}")
+        given = x.shape
         single = self.card["input"].get("single_band", "invalid")
         if x.ndim == 3 and c > 1 and x.shape == (c, h, w):
             # one stamp, as the card's preprocessing returns it for one image
@@ -306,8 +309,16 @@ class Model:
             accepted = f"(N, {c}, {h}, {w})"
             if c == 1 or single == "replicate":
                 accepted += f" or (N, {h}, {w})"
+            hint = ""
+            if len(given) in (3, 4) and given[-3:] in ((h, w, c), (h, w, 1)) \
+                    and (given[-1] == c or single == "replicate"):
+                hint = (f"; it looks channels-last ({'N, ' if len(given) == 4 else ''}H, W, C): "
+                        f"pass np.moveaxis(x, -1, {len(given) - 3})")
             raise InputShapeError(f"model {self.name!r} expects input of shape {accepted}, "
-                                  f"got {np.shape(x)}")
+                                  f"got {given}{hint}")
+        if mask is not np.ma.nomask and mask.any():
+            rows = np.flatnonzero(np.reshape(mask, (len(x), -1)).any(axis=1))
+            raise InputError(self._bad_rows_message("masked pixels", rows))
         return x
 
     def _single_band_session(self):
@@ -360,16 +371,20 @@ class Model:
             return lo, hi
         with np.errstate(invalid="ignore"):
             ok = np.abs(batch.reshape(len(batch), -1).astype(np.float64)) < self._MAX_ABS_INPUT
-        rows = [start + int(i) for i in np.flatnonzero(~ok.all(axis=1))]
-        shown = ", ".join(map(str, rows[:10])) + (", ..." if len(rows) > 10 else "")
+        rows = start + np.flatnonzero(~ok.all(axis=1))
+        raise InputError(self._bad_rows_message(
+            "NaN, infinite or masking-sentinel (|x| >= 1e30) values", rows))
+
+    def _bad_rows_message(self, what, rows):
+        """The message of the `InputError` for input ``rows`` holding ``what``."""
+        shown = ", ".join(str(int(i)) for i in rows[:10]) + (", ..." if len(rows) > 10 else "")
         prep = self.card["input"].get("preprocessing")
         hint = (f"; prepare raw stamps with {prep} (the card's input.preprocessing)"
                 if prep else "")
         hint += ("; predict_files, annotate and annotate_stamps preprocess for you and flag "
                  "such rows instead")
-        raise InputError(f"model {self.name!r} got NaN, infinite or masking-sentinel (|x| >= 1e30) "
-                         f"values in input row(s) {shown}; predict() takes network-ready "
-                         f"arrays{hint}")
+        return (f"model {self.name!r} got {what} in input row(s) {shown}; predict() takes "
+                f"network-ready arrays{hint}")
 
     def _input_range(self):
         """The value range the card's preprocessing family makes, or None (a family without
@@ -423,11 +438,13 @@ class Model:
         Raises
         ------
         astromorph.exceptions.InputShapeError
-            ``x`` does not have the card's input shape.
+            ``x`` does not have the card's input shape (for channels-last stamps, the
+            message says to pass ``np.moveaxis(x, -1, 1)``).
         astromorph.exceptions.InputError
             Rows holding NaN, infinite or masking-sentinel values (magnitude 1e30
-            or more, such as ZTF's -3.4e38), which would give undefined outputs; the
-            message lists them. Raw stamps go through the card's
+            or more, such as ZTF's -3.4e38), which would give undefined outputs, or
+            masked pixels of a `numpy.ma.MaskedArray` (all such rows are named at once,
+            before anything is run); the message lists them. Raw stamps go through the card's
             ``input.preprocessing`` function first (e.g.
             `astromorph.preprocessing.preprocess_triplet`), or through
             `astromorph.predict_files` / `astromorph.annotate`, which flag such rows.
