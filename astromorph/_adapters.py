@@ -415,7 +415,7 @@ def _radio_input(raw, card):
     # along some axis (the fine beam is undersampled on the 1.8" grid: smoothed after the
     # resampling, a point source lost 2 % of its peak), else on the FIRST grid (the kernel
     # in the pixels of the grid it is applied on)
-    native = {}  # row: the image smoothed on its own pixels (cropped to the FIRST field)
+    native = {}  # row: the image smoothed on its own pixels, then sampled on the FIRST grid
     if raw.beam_shape is not None:
         shapes = np.broadcast_to(np.asarray(raw.beam_shape, dtype=float), (len(images), 3))
         raw.smoothed = rad._fine_beams(shapes)
@@ -426,13 +426,13 @@ def _radio_input(raw, card):
             pairs, inverse = np.unique(scales[fine], axis=0, return_inverse=True)
             for k, s in enumerate(pairs):
                 sel = np.flatnonzero(fine)[np.ravel(inverse) == k]
-                block = rad._smooth_on_native_grid(images[sel], shapes[sel],
-                                                   tuple(s) if s[0] != s[1] else s[0])
-                native.update(zip(sel.tolist(), block))
+                s = tuple(s) if s[0] != s[1] else s[0]
+                block = rad._smooth_on_native_grid(images[sel], shapes[sel], s)
+                native.update(zip(sel.tolist(), rad._sample_on_first_grid(block, s)))
     if raw.pixel_scale is not None:
         resample = ~np.isclose(scales, rad.FIRST_PIXEL_SCALE_ARCSEC, rtol=1e-3).all(axis=1)
         if resample.any() or images.shape[-1] != rad.DATASET_IMAGE_PIXELS:
-            images = np.stack([rad._sample_on_first_grid(native[j], s) if j in native else
+            images = np.stack([native[j] if j in native else
                                rad.resample_to_first_grid(im, tuple(s) if s[0] != s[1] else s[0])
                                for j, (im, s) in enumerate(zip(images, scales))])
     if raw.smoothed is not None and raw.smoothed.any():
