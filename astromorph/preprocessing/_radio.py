@@ -1253,9 +1253,9 @@ def _keys_weights(t):
 
 
 def _sample_on_first_grid(image, pixel_scale, *, size=DATASET_IMAGE_PIXELS):
-    """The values of ``image`` (2-D, or ``(..., H, W)``: each image; finer than FIRST's 1.8"
-    along some axis, already at a
-    beam that contains FIRST's: `_smooth_on_native_grid`) at the points of the ``size`` x
+    """The values of ``image`` (2-D, or a stack ``(..., H, W)``; finer than FIRST's 1.8" along
+    some axis, already at a beam that contains FIRST's: `_smooth_on_native_grid`) at the
+    points of the ``size`` x
     ``size`` FIRST grid, centred as `resample_to_first_grid` centres it, by cubic
     convolution (Keys) on its own pixels: FIRST's pixels are samples of its 5.4" beam,
     which `resample_to_first_grid`'s block averaging and bilinear interpolation (made for
