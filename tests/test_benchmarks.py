@@ -195,6 +195,15 @@ def test_bench_parquet(tmp_path):
                                tmp_path / "t.parquet"), f"{step}: ")
 
 
+def test_bench_radio_smoothing():
+    """Every row of both arms is scored and smoothed (the map once left the outer sources'
+    cutouts empty, 0 x 0 pixels, so predict_files timed unusable rows)."""
+    out = run_script("benchmarks/bench_radio_smoothing.py", "--n", 5, "--repeats", 1,
+                     "--scales", 1)
+    check_lines(out, "5 sources, 2.5\" beam", "annotate, 1\" map:", "predict_files, 601^2",
+                "largest probability difference, current vs previous:")
+
+
 def test_bench_radio_preprocessing():
     out = run_script("benchmarks/bench_radio_preprocessing.py", "--n", 6, "--repeats", 1)
     check_lines(out, "6 float32 stamps of 300 x 300", "identical rms and uint8: True",
