@@ -28,7 +28,8 @@ __all__ = ["annotate", "ANNOTATE_CHUNK"]
 
 log = logging.getLogger(__name__)
 
-#: Sources cut, preprocessed and scored together (bounds memory).
+#: Sources split into parts together (`_parts`: those of one stamp side in their order, at
+#: most `_part_rows` at a time); threads prepare parts at most one each ahead of the model.
 ANNOTATE_CHUNK = 4096
 #: Stamp pixels of one part of a chunk (a thread's unit of work): at most `STAMP_CHUNK`
 #: sources, fewer for big stamps. Cutting and preprocessing hold several float32 and
@@ -967,22 +968,24 @@ def annotate(table, images, *, model, ra_col=None, dec_col=None, coord_col=None,
         predictions, scored = [], []
         order = _processing_order(sky[plan[0]], choice[plan[0]], groups[plan[0]])
         workers = _workers(threads)
+        # the model-free work of the parts is shared among threads (numpy, scipy and ONNX
+        # Runtime release the GIL); the model scores each part as soon as it is ready.
+        # While it scores one, each thread prepares at most one more (`_ahead`): the
+        # network inputs of a whole chunk are never all held waiting for a slower model.
+        parts = (part for start in range(0, n, ANNOTATE_CHUNK)
+                 for part in _parts(order[start:start + ANNOTATE_CHUNK], sides, len(plan)))
         with ThreadPoolExecutor(workers) as pool, \
                 progress_bar(n, desc=f"annotate {model.name}", unit="src", enabled=progress,
                              min_total=ANNOTATE_CHUNK) as bar:
-            for start in range(0, n, ANNOTATE_CHUNK):
-                stop = min(start + ANNOTATE_CHUNK, n)
-                # the model-free work of a chunk is shared among threads (numpy,
-                # scipy and ONNX Runtime release the GIL); the model scores each
-                # part as soon as it is ready
-                parts = _parts(order[start:stop], sides, len(plan))
-                for rows, x, row_flags, usable, smooth in pool.map(stamps_to_input, parts):
-                    flags[rows], smoothed[rows] = row_flags, smooth
-                    valid[rows[usable]] = True
-                    if len(x):
-                        predictions.append(model.predict(x, batch_size=batch_size, progress=False))
-                        scored.append(rows[usable])
-                    bar.update(len(rows))
+            for rows, x, row_flags, usable, smooth in _ahead(pool, stamps_to_input, parts,
+                                                             workers):
+                flags[rows], smoothed[rows] = row_flags, smooth
+                valid[rows[usable]] = True
+                if len(x):
+                    predictions.append(model.predict(x, batch_size=batch_size, progress=False))
+                    scored.append(rows[usable])
+                x = None  # (not held while the next part is awaited)
+                bar.update(len(rows))
         prediction = _concat(predictions, scored)
         columns = result_columns(model, prediction, flags, valid, smoothed=smoothed)
         used = _add_columns(out, columns, on_conflict)
@@ -1100,6 +1103,25 @@ def _workers(threads):
     if threads:
         return max(1, int(threads))
     return max(1, min(8, os.cpu_count() or 1))
+
+
+def _ahead(pool, func, items, depth):
+    """``func`` of each of ``items`` in their order, run in ``pool``: at most ``depth``
+    items are submitted beyond the one whose result the caller holds (`Executor.map`
+    submits them all at once, and their results wait, in memory, for the caller)."""
+    from collections import deque
+
+    pending = deque()
+    try:
+        for item in items:
+            pending.append(pool.submit(func, item))
+            if len(pending) > depth:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+    finally:  # an error or a caller that stops early: the parts not begun are not run
+        for future in pending:
+            future.cancel()
 
 
 def _part_rows(stamp_pixels):

@@ -4798,3 +4798,42 @@ def test_whole_image_copies_are_let_go_after_the_last_source(monkeypatch):
     assert image._resident is None and image._levels == {}
     assert _cutouts._resident_bytes == [0]
     np.testing.assert_array_equal(image.take(np.arange(raw.size)), values.ravel())
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_parts_are_prepared_at_most_one_per_thread_ahead_of_the_model(optical_model,
+                                                                      monkeypatch, threads):
+    """The network inputs of a chunk's parts are not all prepared ahead of a slower model:
+    while the model scores one part, each thread prepares at most one more (a chunk of 4096
+    sources of 64 x 64 held some 67 MB of finished inputs waiting to be scored)."""
+    import threading
+    import time
+
+    from astromorph import _annotate
+
+    monkeypatch.setattr(_annotate, "STAMP_CHUNK", 4)     # 15 parts in one chunk
+    counts, lock, ahead = [0, 0], threading.Lock(), []
+    prepare, predict = _annotate.prepare, optical_model.predict
+
+    def counted_prepare(*args, **kw):
+        out = prepare(*args, **kw)
+        with lock:
+            counts[0] += 1
+            ahead.append(counts[0] - counts[1])
+        return out
+
+    def slow_predict(*args, **kw):
+        time.sleep(0.03)
+        out = predict(*args, **kw)
+        with lock:
+            counts[1] += 1
+        return out
+
+    monkeypatch.setattr(_annotate, "prepare", counted_prepare)
+    monkeypatch.setattr(optical_model, "predict", slow_predict)
+    rng = np.random.default_rng(7)
+    w = sky_wcs()
+    cat = catalogue(w, rng.uniform(20, 180, (60, 2)))
+    out = astromorph.annotate(cat, (blobs(), w), model=optical_model, threads=threads)
+    assert counts == [15, 15] and np.all(np.asarray(out["opt_flags"]) == 0)
+    assert max(ahead) <= threads + 1, ahead
