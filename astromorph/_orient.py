@@ -31,11 +31,12 @@ _WCS_KEY = re.compile(r"(WCSAXES|NAXIS\d*|CTYPE\d|CUNIT\d|CRPIX\d|CRVAL\d|CDELT\
 
 def _header(get):
     """An astropy Header of the WCS keywords that ``get(key, default)`` reads: the
-    Header itself for its bound ``get``, else one made of the keywords ``get.keys()``
+    Header itself for its bound ``get`` (or a `_readers._fits._lenient` getter's), else one made of the keywords ``get.keys()``
     names (the fast FITS parser's getter); None when neither tells its keywords."""
     from astropy.io import fits
 
     owner = getattr(get, "__self__", None)
+    owner = getattr(owner, "header", owner)  # a lenient reader's getter keeps its Header
     if isinstance(owner, fits.Header):
         return owner
     keys = getattr(get, "keys", None)

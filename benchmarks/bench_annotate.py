@@ -125,7 +125,7 @@ def staged(model, path, cat, workers):
     with ThreadPoolExecutor(workers) as pool:
         t0 = time.perf_counter()
         sky = _sky_positions(images, coords)
-        _plan_reads(images, sky, npix)
+        _plan_reads(images, sky, np.full(n, npix))  # one stamp side per source
         order = _processing_order(sky)  # annotate's order: by image row
         parts = [order[s:s + STAMP_CHUNK] for s in range(0, n, STAMP_CHUNK)]
         cut = list(pool.map(lambda rows: (rows, *_cut_band(images, sky, npix, scale, rows)),

@@ -1235,7 +1235,9 @@ def _lenient(header):
                 warnings.simplefilter("ignore")  # astropy's VerifyWarning of the card
                 return _card_value(header.cards[key].image[10:])
     get.keys = header.keys
-    return _GetDict(get)
+    lenient = _GetDict(get)
+    lenient.header = header  # the Header itself, for a WCS of it (`_orient._header`)
+    return lenient
 
 
 def _planes_stamp(source, path, planes, names, scale, header_hdu, triplet_hint, index=None):
