@@ -31,8 +31,9 @@ _WCS_KEY = re.compile(r"(WCSAXES|NAXIS\d*|CTYPE\d|CUNIT\d|CRPIX\d|CRVAL\d|CDELT\
 
 def _header(get):
     """An astropy Header of the WCS keywords that ``get(key, default)`` reads: the
-    Header itself for its bound ``get`` (or a `_readers._fits._lenient` getter's), else one made of the keywords ``get.keys()``
-    names (the fast FITS parser's getter); None when neither tells its keywords."""
+    Header itself for its bound ``get`` (or a `_readers._fits._lenient` getter's), else
+    one made of the keywords ``get.keys()`` names (the fast FITS parser's getter); None when
+    neither tells its keywords."""
     from astropy.io import fits
 
     owner = getattr(get, "__self__", None)
