@@ -397,8 +397,13 @@ def _radio_input(raw, card):
     bad = rad.invalid_pixels(data)
     if bad.any():
         flags = _flag_non_finite(data, bad, flags)
-        data = np.where(bad, np.float32(np.nan), data)  # a copy: the caller's array is kept
-    flags = _flag_constant(np.where(bad, 0, data), flags)
+        # one copy (the caller's array is kept): invalid pixels 0 for the constant test,
+        # then NaN in place
+        data = np.where(bad, np.float32(0), data)
+        flags = _flag_constant(data, flags)
+        data[bad] = np.float32(np.nan)
+    else:
+        flags = _flag_constant(data, flags)
     images = data[:, 0]
     # (scale_y, scale_x) of each image: a tuple is one pair for the batch (pixels that are
     # not square), else one scale, or one per image, for both axes

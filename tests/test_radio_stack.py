@@ -327,3 +327,44 @@ def test_background_significance_other_inputs():
     bad[1], bad[2, ::2], bad[3] = -3.4e38, np.inf, 1e30
     check_background(bad)
     check_background(bad, rms=1.0)
+
+
+def test_centre_window_of_a_window_sized_stack_is_no_copy():
+    """A stack already of the window's size is its own window (no padding, no cropping):
+    the array itself, C-ordered, not a copy of the batch (annotate's radio stamps are cut
+    at the data-set size); others are padded or cropped as before."""
+    rng = np.random.default_rng(5)
+    stack = rng.normal(size=(3, 300, 300)).astype(np.float32)
+    window = radio._centre_window(stack, 300, np.nan)
+    assert np.shares_memory(window, stack) and window.flags.c_contiguous
+    np.testing.assert_array_equal(window, stack)
+    # a strided stack of that size: a C-ordered copy of the same values
+    strided = np.asfortranarray(stack)
+    window = radio._centre_window(strided, 300, np.nan)
+    assert window.flags.c_contiguous and not np.shares_memory(window, strided)
+    np.testing.assert_array_equal(window, stack)
+    padded = radio._centre_window(stack[:, :299, 1:], 300, np.nan)
+    # (299 pixels: centre pixel 149 on 150, one NaN row and column before)
+    assert np.isnan(padded[:, 0]).all() and np.isnan(padded[:, :, 0]).all()
+    np.testing.assert_array_equal(padded[:, 1:, 1:], stack[:, :299, 1:])
+    np.testing.assert_array_equal(radio._centre_window(stack, 128, np.nan),
+                                  stack[:, 86:214, 86:214])
+
+
+def test_radio_input_keeps_the_callers_array():
+    """The radio adapter sets the invalid pixels of its own copy to NaN: the caller's
+    stamps (sentinels, inf and NaN in them) are left as they were."""
+    from astromorph._adapters import RawStamps, _radio_input
+
+    card = {"name": "radio-test", "input": {}}
+    images = corpus(n=6, seed=3).astype(np.float32)
+    images[0, :5] = -3.4e38
+    images[1, 10, 10:20] = np.inf
+    images[2, 150:160] = np.nan
+    data = images[:, None]
+    kept = data.copy()
+    x, flags, _, _ = _radio_input(RawStamps("bands", data), card)
+    np.testing.assert_array_equal(data, kept)
+    clean = np.where(invalid_pixels(images), np.float32(np.nan), images)
+    x2, flags2, _, _ = _radio_input(RawStamps("bands", clean[:, None]), card)
+    np.testing.assert_array_equal(x, x2)

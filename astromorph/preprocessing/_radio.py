@@ -651,9 +651,12 @@ def _per_image(values, n, given):
 def _centre_window(image, size, fill):
     """Central ``size`` x ``size`` window of the last two axes, padded with
     ``fill`` where the image is smaller (the centre pixel of an even-sized
-    window is ``size // 2``, as for SkyView cutouts)."""
+    window is ``size // 2``, as for SkyView cutouts). An image already of that size is
+    returned itself (C-ordered; no copy of a stack of them): the callers only read it."""
     image = np.asarray(image)
     ny, nx = image.shape[-2:]
+    if ny == nx == size:
+        return np.ascontiguousarray(image)
     out = np.full(image.shape[:-2] + (size, size), fill, dtype=image.dtype)
     cy, cx = ny // 2, nx // 2
     y0, x0 = cy - size // 2, cx - size // 2
