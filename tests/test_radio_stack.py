@@ -368,3 +368,21 @@ def test_radio_input_keeps_the_callers_array():
     clean = np.where(invalid_pixels(images), np.float32(np.nan), images)
     x2, flags2, _, _ = _radio_input(RawStamps("bands", clean[:, None]), card)
     np.testing.assert_array_equal(x, x2)
+
+
+def test_dataset_image_widens_only_the_window_kept():
+    """`preprocess_dataset_image` takes the central window of the 8-bit images before it
+    widens them to float32 (a float32 copy of a whole batch of 300-pixel images was the
+    largest array of annotate's radio path); the same network input."""
+    import tracemalloc
+
+    grey = np.random.default_rng(8).integers(0, 256, (40, 300, 300), dtype=np.uint8)
+    want = radio.preprocess_dataset_image(grey.astype(np.float32))
+    tracemalloc.start()
+    try:
+        got = radio.preprocess_dataset_image(grey)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    np.testing.assert_array_equal(got, want)
+    assert peak < grey.size * 4 / 2  # (the float32 windows kept: 18 % of that size)

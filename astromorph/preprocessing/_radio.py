@@ -818,13 +818,17 @@ def preprocess_dataset_image(image, *, crop_pixels=CROP_PIXELS, bin_factor=BIN_F
                                    f"bin_factor ({bin_factor!r}), a positive whole number")
     check_choice(stretch, "stretch", ("sqrt", "linear"))
     crop_pixels, bin_factor = int(crop_pixels), int(bin_factor)
-    window = _centre_window(image.astype(np.float32), crop_pixels, 0.0)
+    # (the window kept, then widened: the same values as widening the whole image)
+    window = _centre_window(image, crop_pixels, 0.0).astype(np.float32)
     s = crop_pixels // bin_factor
     binned = window.reshape(len(window), s, bin_factor, s, bin_factor).mean(axis=(2, 4))
-    binned = np.clip(binned * np.float32(1.0 / 255.0), 0.0, 1.0)
+    del window
+    # (in place in the new float32 array: the same floats as new arrays at each step)
+    binned *= np.float32(1.0 / 255.0)
+    np.clip(binned, 0.0, 1.0, out=binned)
     if stretch == "sqrt":
-        binned = np.sqrt(binned)
-    out = binned[:, None].astype(np.float32)
+        np.sqrt(binned, out=binned)
+    out = binned[:, None].astype(np.float32, copy=False)
     return out[0] if single else out
 
 
