@@ -67,6 +67,10 @@ class RawStamps:
     #: Set by `prepare` for the radio family: what `Flag.OUT_OF_DISTRIBUTION` was judged on
     #: (a `RadioMeasure`), else None.
     radio: object = None
+    #: True where `prepare` may write into ``data`` (a buffer of the caller's own that it
+    #: no longer reads, such as annotate's stamps; the radio family sets invalid pixels to
+    #: NaN in it instead of in a copy); never for arrays of the user's (`Model.predict`).
+    scratch: bool = False
 
     def __post_init__(self):
         if self.kind not in ("colour", "bands", "triplet"):
@@ -397,9 +401,12 @@ def _radio_input(raw, card):
     bad = rad.invalid_pixels(data)
     if bad.any():
         flags = _flag_non_finite(data, bad, flags)
-        # one copy (the caller's array is kept): invalid pixels 0 for the constant test,
-        # then NaN in place
-        data = np.where(bad, np.float32(0), data)
+        # invalid pixels 0 for the constant test, then NaN: in a copy (one; the caller's
+        # array is kept), or in the stamps themselves where they are scratch
+        if raw.scratch and data is raw.data and data.flags.writeable:
+            data[bad] = np.float32(0)
+        else:
+            data = np.where(bad, np.float32(0), data)
         flags = _flag_constant(data, flags)
         data[bad] = np.float32(np.nan)
     else:

@@ -955,7 +955,7 @@ def annotate(table, images, *, model, ra_col=None, dec_col=None, coord_col=None,
             raw = RawStamps(kind, data, bands=tuple(plan),
                             pixel_scale=scale[rows][usable], beam=beam[usable],
                             beam_shape=shape[usable] if match_beam else None,
-                            flags=row_flags[usable])
+                            flags=row_flags[usable], scratch=True)  # (stamps not read again)
             x, row_flags[usable] = prepare(model, raw, crop_fraction=crop)
             scored = (row_flags[usable] & int(Flag.unusable())) == 0  # e.g. an all-NaN band
             smooth = np.zeros(len(rows), bool)  # (this part's rows of ``smoothed``)

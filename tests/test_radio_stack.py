@@ -386,3 +386,34 @@ def test_dataset_image_widens_only_the_window_kept():
         tracemalloc.stop()
     np.testing.assert_array_equal(got, want)
     assert peak < grey.size * 4 / 2  # (the float32 windows kept: 18 % of that size)
+
+
+def test_radio_input_writes_into_scratch_stamps_only():
+    """Stamps marked scratch (annotate's, not read again) get their invalid pixels set to
+    NaN in place: no copy of the batch (peak traced memory lower by at least its size);
+    the same network input, flags and levels as from a copy."""
+    import tracemalloc
+
+    from astromorph._adapters import RawStamps, _radio_input
+
+    card = {"name": "radio-test", "input": {}}
+    images = np.random.default_rng(4).normal(0, 1.5e-4, (48, 300, 300)).astype(np.float32)
+    images[::3, :20] = np.nan  # the edge of a survey
+    images[1, 5, 5] = -3.4e38
+    peaks, outs = [], []
+    for scratch in (False, True):
+        data = images[:, None].copy()
+        tracemalloc.start()
+        try:
+            outs.append(_radio_input(RawStamps("bands", data, scratch=scratch), card))
+            peaks.append(tracemalloc.get_traced_memory()[1])
+        finally:
+            tracemalloc.stop()
+        if scratch:
+            np.testing.assert_array_equal(data[:, 0], np.where(invalid_pixels(images),
+                                                               np.float32(np.nan), images))
+        else:
+            np.testing.assert_array_equal(data[:, 0], images)
+    for a, b in zip(*outs):
+        np.testing.assert_array_equal(a, b)
+    assert peaks[1] <= peaks[0] - 0.9 * images.nbytes
