@@ -571,6 +571,22 @@ def test_options_without_the_option_they_need_are_refused(argv, option, needs, c
     assert "\n" not in err and f"{option} is read only with {needs}" in err, err
 
 
+def test_options_that_another_makes_unread_are_refused_with_it(capsys):
+    """``real-bogus average --ensemble --bn-samples 10`` was accepted and did nothing: an
+    ensemble keeps each network's own batch-norm statistics, so none are recomputed. A
+    module's ``OPTION_CONFLICTS`` names such pairs; given together they stop on the command
+    line (exit status 2, one line naming both). Without ``--ensemble`` the option is read.
+    Only parsed here: nothing runs."""
+    err = _step_options_refusal("real-bogus average --sources a b --ensemble --bn-samples 10",
+                                capsys)
+    assert "\n" not in err and "--bn-samples is not read with --ensemble" in err, err
+    from astromorph_training.__main__ import _check_step_options, build_parser
+
+    words = "real-bogus average --sources a b --bn-samples 10 --smoke".split()
+    parser = build_parser("real-bogus")
+    _check_step_options(parser, parser.parse_args(words))  # no refusal
+
+
 @pytest.mark.parametrize("step", ["evaluate", "calibrate", "average --sources DIR"])
 def test_real_bogus_steps_after_train_need_its_seed(step, tmp_path, monkeypatch):
     """``real-bogus train --seed 3`` then ``evaluate`` (``calibrate``, or ``average`` of its
@@ -749,7 +765,8 @@ def test_options_of_the_step_run_are_accepted():
 
     for argv in ("real-bogus build --test-seed 20261123", "real-bogus evaluate --test-seed 1",
                  "real-bogus compare --candidates a --val-seed 22",
-                 "real-bogus average --sources a b --ensemble --bn-samples 10",
+                 "real-bogus average --sources a b --ensemble",
+                 "real-bogus average --sources a b --bn-samples 10",
                  "radio-morphology average --sources a b", "radio-morphology build --throughput",
                  "morphology build --lr 0.1 --tta 4", "morphology export --tta 4",
                  "morphology-gz2 train --student-epochs 3 --init none",

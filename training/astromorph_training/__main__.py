@@ -128,7 +128,8 @@ def _check_step_options(parser, args):
     without them they are not read (``embedding train --compare-epochs 2`` without
     ``--compare``). A need ``(dest, value)`` is met when that option has that value, given
     or by default (``radio-morphology --d4-widths`` needs ``--arch d4``, ``--stage4``
-    ``--arch plain``).
+    ``--arch plain``). A module's ``OPTION_CONFLICTS`` maps options to others with which
+    they are not read (``real-bogus --bn-samples`` with ``--ensemble``).
     """
     def given(dest):
         if isinstance(dest, tuple):
@@ -151,6 +152,10 @@ def _check_step_options(parser, args):
         if given(dest) and not any(map(given, needs)):
             parser.error(f"{flag(dest)} is read only with {' or '.join(map(flag, needs))}, "
                          "which is not given")
+    for dest, others in getattr(module, "OPTION_CONFLICTS", {}).items():
+        for other in others:
+            if given(dest) and given(other):
+                parser.error(f"{flag(dest)} is not read with {flag(other)}: give one of them")
 
 
 def main(argv=None):

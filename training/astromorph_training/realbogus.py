@@ -75,6 +75,9 @@ STEP_OPTIONS = {**dict.fromkeys(("batch_size", "lr", "threads", "processes", "am
 #: Options read only with another (the command line refuses them without it):
 #: ``--n-fresh-test`` sizes the ``--test-seed`` draw.
 OPTION_NEEDS = {"n_fresh_test": ("test_seed",)}
+#: Options not read with another (the command line refuses the pair): an ``--ensemble``
+#: keeps each network's batch-norm statistics, so ``--bn-samples`` recomputes none.
+OPTION_CONFLICTS = {"bn_samples": ("ensemble",)}
 
 
 def add_arguments(parser):
