@@ -706,6 +706,28 @@ def test_truncated_extension_reason_says_truncated(tmp_path, monkeypatch, kind, 
     assert stamp.reason == [f"truncated FITS file {name}: {words} file holds 1000"]
 
 
+@pytest.mark.parametrize("how", ["file", "gzip", "bytes"])
+def test_truncated_primary_reason_is_worded_as_an_extensions(tmp_path, how):
+    """A single-image FITS file cut short inside its data, read by the fast reader, said
+    "cannot read FITS: truncated FITS data: 1000 of 16384 bytes present"; it now says what
+    astropy's reader says of a truncated extension: the file, the HDU, the bytes of data its
+    header gives and the bytes the file holds."""
+    image = galaxy(64)
+    fits.PrimaryHDU(image).writeto(tmp_path / "full.fits")
+    blob = (tmp_path / "full.fits").read_bytes()[:2880 + 1000]
+    words = f"the header of HDU 0 gives {image.nbytes} bytes of data, the"
+    if how == "bytes":
+        with pytest.raises(ValueError) as info:
+            parse_fits_bytes(blob)
+        assert str(info.value) == f"truncated FITS data: {words} bytes hold 1000"
+        return
+    name = "t.fits.gz" if how == "gzip" else "t.fits"
+    (tmp_path / name).write_bytes(gzip.compress(blob) if how == "gzip" else blob)
+    (stamp,) = read_file(tmp_path / name)
+    assert stamp.flags == Flag.BAD_INPUT
+    assert stamp.reason == [f"truncated FITS file {name}: {words} file holds 1000"]
+
+
 def _set_card(blob, key, value, *, hdu=0):
     """FITS bytes with the card ``key`` of the ``hdu``-th header rewritten to ``value``
     (the raw value field, e.g. ``"'abc'"``), as a broken writer would leave it."""

@@ -564,7 +564,7 @@ def _fast_fits(buf, *, primary_only, want_scale):
     nbytes = count * abs(bitpix) // 8
     padded = _padded(nbytes)
     if len(buf) < end + nbytes:
-        raise ValueError(f"truncated FITS data: {len(buf) - end} of {nbytes} bytes present")
+        raise _TruncatedData("HDU 0", nbytes, len(buf) - end)
     if not primary_only and len(buf) > end + padded and (
             get("EXTEND") is True or buf.startswith(b"SIMPLE  =", end + padded)) \
             and not _auxiliary_only(buf, end + padded):
@@ -788,6 +788,15 @@ def truncated_data(read, max_hdus=_MAX_HDUS):
             return _hdu_label(i, cards), size, held
         pos += _padded(size)
     return None
+
+
+class _TruncatedData(ValueError):
+    """A FITS stream that ends inside the data of its HDU ``label`` (``size`` bytes by its
+    header, ``held`` in the stream), in the words of `_truncated`."""
+
+    def __init__(self, label, size, held):
+        super().__init__(_truncated(label, size, held))
+        self.parts = (label, size, held)
 
 
 def _truncated(label, size, held, name=None):
@@ -1387,6 +1396,8 @@ def _read_fits_buffer(buf, source, path, *, want_scale, triplet_hint):
         problem = malformed_header(_buffer_reader(buf))
         if problem:
             return _refused(source, path, _malformed(problem, name)), None
+    except _TruncatedData as exc:  # worded as astropy's reader words it (`_unreadable`)
+        return _refused(source, path, _truncated(*exc.parts, name)), None
     except ValueError as exc:
         return _refused(source, path, f"cannot read FITS: {exc}"), None
     return None, buf
