@@ -290,6 +290,7 @@ class SkyImage:
         # (path, byte offset) of uncompressed FITS data: read whole with one read call
         self._file_span = file_span
         self._loader, self._section = loader, section
+        self._raw_dtype = data.dtype  # (of the pixels ``loader`` reads: a placeholder's)
         #: Times the pixels were read by ``loader`` (decompressions of a compressed tile).
         self.decompressions = 0
         self._uses = None  # sources announced by `expect_sources` and not yet done
@@ -359,7 +360,8 @@ class SkyImage:
     def _unload(self):
         """Let go of the pixels read by ``loader`` (read anew if asked for again)."""
         with self.lock:
-            self._set_pixels(np.broadcast_to(np.zeros((), self.data.dtype), self.shape), False,
+            # (the raw dtype, not that of the float32 copy `_drop_raw` may have left)
+            self._set_pixels(np.broadcast_to(np.zeros((), self._raw_dtype), self.shape), False,
                              placeholder=True)
             self._levels = {}
             if self._budget is not None:  # the whole-image copy's share of the budget

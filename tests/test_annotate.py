@@ -4837,3 +4837,24 @@ def test_parts_are_prepared_at_most_one_per_thread_ahead_of_the_model(optical_mo
     out = astromorph.annotate(cat, (blobs(), w), model=optical_model, threads=threads)
     assert counts == [15, 15] and np.all(np.asarray(out["opt_flags"]) == 0)
     assert max(ahead) <= threads + 1, ahead
+
+
+@pytest.mark.parametrize("suffix", ["gz", "fz"])
+def test_pixels_let_go_after_their_float32_copy_are_read_anew(tmp_path, suffix):
+    """A compressed tile of scaled integers whose raw pixels `resident` dropped for their
+    float32 copy, then let go after its last source (`done_sources`), is read anew when
+    sampled again: its placeholder kept the float32 copy's dtype, so the raw int16 pixels
+    read again were refused as 'not those its header gives'."""
+    raw = np.round(blobs(40) * 1000).astype(np.int16)
+    header = sky_wcs(40).to_header()
+    path = tmp_path / f"t.fits.{suffix}"
+    hdu = (fits.CompImageHDU if suffix == "fz" else fits.PrimaryHDU)(raw, header)
+    hdu.header["BSCALE"], hdu.header["BLANK"] = 1e-3, -32768
+    fits.HDUList([fits.PrimaryHDU(), hdu] if suffix == "fz" else [hdu]).writeto(path)
+    with closing_files(parse_sky_images([str(path)])) as images:
+        image = images[0]
+        image.expect_sources(1)
+        values = image.resident(raw.size).copy()
+        image.done_sources(1)
+        assert not image._loaded
+        np.testing.assert_array_equal(image.take(np.arange(raw.size)), values.ravel())
