@@ -109,7 +109,9 @@ def _check_card(card, path):
 
     def positive(field, value, integer=False):
         number = isinstance(value, int) if integer else isinstance(value, (int, float))
-        if not (number and not isinstance(value, bool) and math.isfinite(value) and value > 0):
+        # (a whole number is finite: math.isfinite overflows on one beyond a float's range)
+        if not (number and not isinstance(value, bool)
+                and (isinstance(value, int) or math.isfinite(value)) and value > 0):
             bad(field, value, "a positive integer" if integer else "a positive number")
 
     def shape(field, value):
@@ -195,7 +197,8 @@ def _check_card(card, path):
     threshold = card.get("recommended_threshold")
     if threshold is not None and not (isinstance(threshold, (int, float))
                                       and not isinstance(threshold, bool)
-                                      and math.isfinite(threshold)):
+                                      and (isinstance(threshold, int)
+                                           or math.isfinite(threshold))):
         bad("recommended_threshold", threshold, "a number (the score's threshold)")
     for field in ("summary", "description", "licence", "threshold_note"):
         text(field, card.get(field))

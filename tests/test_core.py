@@ -1650,6 +1650,15 @@ def test_malformed_cards_are_card_errors(tmp_path, change, match):
     assert "card.json" in str(info.value)
 
 
+@pytest.mark.parametrize("field", ["recommended_threshold", "input.angular_size.size_pix"])
+def test_card_integer_too_large_for_a_float_is_no_overflow(tmp_path, field):
+    """A JSON integer beyond a float's range (10**400) escaped the card check as Python's
+    OverflowError (`math.isfinite` of it); a whole number is finite, so it is judged as
+    any other (a threshold that large loads; a stamp of that many pixels too)."""
+    d = _folder_with_card(tmp_path, _set(field, 10 ** 400))
+    assert astromorph.load_model(d, providers="cpu").name == "tiny"
+
+
 @pytest.mark.parametrize("digest", [str.upper, lambda s: f" {s}\n"])
 def test_card_sha256_in_upper_case_or_with_spaces_is_accepted(tmp_path, digest):
     d = _folder_with_card(tmp_path, lambda card, _: card.update(sha256=digest(card["sha256"])))
