@@ -13,7 +13,7 @@ import numpy as np
 from astropy.io import fits
 
 from ._cutouts import SkyImage, _check_wcs_object
-from ._readers._fits import (_AUX_EXTNAMES, _MEMBERS, _TRIPLET_NAMES, _physical,
+from ._readers._fits import (_AUX_EXTNAMES, _FAST_DTYPES, _MEMBERS, _TRIPLET_NAMES, _physical,
                              band_of_header, beam_of_header, header_facts, linear_fluxes,
                              normalise_band, saturation_of_header, wcs_matrix_problem)
 from ._warnings import catch_warnings, first_few, warn, warn_again
@@ -34,9 +34,6 @@ _COMPRESSED_MAGIC = (b"\x1f\x8b", b"BZh", b"PK\x03\x04", b"\xfd7zXZ")
 _STREAM_OPENERS = ((b"\x1f\x8b", gzip.open), (b"BZh", bz2.open), (b"\xfd7zXZ", lzma.open))
 #: Bytes decompressed into the pixels of a compressed file at a time (`_lazy_stream`).
 _STREAM_CHUNK = 1 << 22
-#: Raw (unscaled, big-endian) FITS pixels by BITPIX.
-_BITPIX_DTYPES = {8: np.dtype("u1"), 16: np.dtype(">i2"), 32: np.dtype(">i4"),
-                  64: np.dtype(">i8"), -32: np.dtype(">f4"), -64: np.dtype(">f8")}
 
 
 def _band_or_role(header, primary=None):
@@ -244,7 +241,8 @@ def _lazy_stream(hdu, name, stream):
     `SkyImage.peek`.
     """
     header = hdu.header
-    dtype = _BITPIX_DTYPES.get(header.get("BITPIX"))
+    dtype = _FAST_DTYPES.get(header.get("BITPIX"))  # raw: unscaled, big-endian
+    dtype = None if dtype is None else np.dtype(dtype)
     if (isinstance(hdu, fits.CompImageHDU) or dtype is None or header.get("NAXIS") != 2
             or "BSOFTEN" in header and "BOFFSET" in header):  # (made linear whole: eager)
         return None

@@ -170,6 +170,18 @@ def max_dp(a, b):
                for c in cols)
 
 
+def compare(label, n, repeats, func):
+    """Time ``func`` (``n`` stamps) with the previous and the current code, both warmed up
+    first (the model, imports such as scipy.signal's), print the line of ``label``, and
+    return the largest probability difference."""
+    alternated(func, 1)
+    old, new, out = alternated(func, repeats)
+    dp = max_dp(out["previous"], out["current"])
+    print(f"{label} previous {old / n * 1e3:6.1f} ms/stamp, current {new / n * 1e3:6.1f} "
+          f"ms/stamp ({old / new:.1f}x); max |dp| {dp:.2e}")
+    return dp
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--n", type=int, default=64)
@@ -185,29 +197,16 @@ def main(argv=None):
             path = os.path.join(folder, "map.fits")
             table, parts = beam_map(path, scale, n)
 
-            def ann():
-                return astromorph.annotate(table, path, model="radio-morphology",
-                                           progress=False, threads=args.threads)
-            alternated(ann, 1)  # warm-up of both: the model, imports (scipy.signal)
-            old, new, out = alternated(ann, args.repeats)
-            dp = max_dp(out["previous"], out["current"])
-            worst = max(worst, dp)
-            print(f"annotate, {scale:g}\" map:      previous {old / n * 1e3:6.1f} ms/stamp, "
-                  f"current {new / n * 1e3:6.1f} ms/stamp ({old / new:.1f}x); "
-                  f"max |dp| {dp:.2e}")
+            worst = max(worst, compare(
+                f"annotate, {scale:g}\" map:     ", n, args.repeats,
+                lambda: astromorph.annotate(table, path, model="radio-morphology",
+                                            progress=False, threads=args.threads)))
             half = int(round(300 / scale))
             paths = cutouts(folder, parts, half)
-
-            def files():
-                return astromorph.predict_files("radio-morphology", paths, progress=False,
-                                                threads=args.threads)
-            alternated(files, 1)  # warm-up of both
-            old, new, out = alternated(files, args.repeats)
-            dp = max_dp(out["previous"], out["current"])
-            worst = max(worst, dp)
-            print(f"predict_files, {2 * half + 1}^2 cutouts: previous {old / n * 1e3:6.1f} "
-                  f"ms/stamp, current {new / n * 1e3:6.1f} ms/stamp ({old / new:.1f}x); "
-                  f"max |dp| {dp:.2e}")
+            worst = max(worst, compare(
+                f"predict_files, {2 * half + 1}^2 cutouts:", n, args.repeats,
+                lambda: astromorph.predict_files("radio-morphology", paths, progress=False,
+                                                 threads=args.threads)))
             for p in paths:
                 os.remove(p)
     print(f"largest probability difference, current vs previous: {worst:.2e}")

@@ -695,15 +695,21 @@ def test_truncated_extension_reason_says_truncated(tmp_path, monkeypatch, kind, 
     if how == "memmap":
         monkeypatch.setattr("astromorph._readers._fits._FAST_MAX_BYTES", 0)
     label = "HDU 1, EXTNAME 'COMPRESSED_IMAGE'" if kind == "compressed" else "HDU 1"
+    _assert_truncated(blob, tmp_path / name, how, label, expected)
+
+
+def _assert_truncated(blob, path, how, label, expected):
+    """The FITS ``blob`` (also written as ``path``), cut 1000 bytes into the data of its HDU
+    ``label`` of ``expected`` bytes: refused as truncated, as bytes or as a file."""
     words = f"the header of {label} gives {expected} bytes of data, the"
     if how == "bytes":
         with pytest.raises(ValueError) as info:
             parse_fits_bytes(blob)
         assert str(info.value) == f"truncated FITS data: {words} bytes hold 1000"
         return
-    (stamp,) = read_file(tmp_path / name)
+    (stamp,) = read_file(path)
     assert stamp.flags == Flag.BAD_INPUT
-    assert stamp.reason == [f"truncated FITS file {name}: {words} file holds 1000"]
+    assert stamp.reason == [f"truncated FITS file {path.name}: {words} file holds 1000"]
 
 
 @pytest.mark.parametrize("how", ["file", "gzip", "bytes"])
@@ -715,17 +721,9 @@ def test_truncated_primary_reason_is_worded_as_an_extensions(tmp_path, how):
     image = galaxy(64)
     fits.PrimaryHDU(image).writeto(tmp_path / "full.fits")
     blob = (tmp_path / "full.fits").read_bytes()[:2880 + 1000]
-    words = f"the header of HDU 0 gives {image.nbytes} bytes of data, the"
-    if how == "bytes":
-        with pytest.raises(ValueError) as info:
-            parse_fits_bytes(blob)
-        assert str(info.value) == f"truncated FITS data: {words} bytes hold 1000"
-        return
     name = "t.fits.gz" if how == "gzip" else "t.fits"
     (tmp_path / name).write_bytes(gzip.compress(blob) if how == "gzip" else blob)
-    (stamp,) = read_file(tmp_path / name)
-    assert stamp.flags == Flag.BAD_INPUT
-    assert stamp.reason == [f"truncated FITS file {name}: {words} file holds 1000"]
+    _assert_truncated(blob, tmp_path / name, how, "HDU 0", image.nbytes)
 
 
 def _set_card(blob, key, value, *, hdu=0):

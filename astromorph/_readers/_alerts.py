@@ -590,12 +590,9 @@ def _ztf_stamp(path, i, rec):
             and max(abs(p - size // 2) for p in placed) > ZTF_OFF_CENTRE_PIXELS:
         # ZTF cuts about the candidate: a WCS that says otherwise is taken at its word, as
         # the Rubin cutouts' is (`_place_candidate`)
+        if _off_cutouts(stamp, placed, planes[0].shape, "the candidate", "candidate"):
+            return stamp
         y, x = placed
-        if not (-0.5 <= x < size - 0.5 and -0.5 <= y < size - 0.5):
-            return stamp.flag(Flag.BAD_INPUT, f"the candidate's ra, dec lies at pixel (x, y = "
-                              f"{x:.2f}, {y:.2f}; 0-based) of the cutouts' WCS, off the "
-                              f"{size}x{size} cutouts: they are not cut about the candidate, "
-                              "or their WCS is wrong")
         stamp.centre = (y, x)
         stamp.reason.append(f"the cutouts' WCS puts the candidate at pixel (x, y = {x:.2f}, "
                             f"{y:.2f}; 0-based), not at the cutouts' centre ({size // 2}, "
@@ -737,15 +734,25 @@ def _place_candidate(stamp, blob, ra, dec):
                             f"{nx // 2}, {ny // 2}; 0-based) of {nx}x{ny}: {why}")
         log.debug("%s: candidate at pixel n // 2: %s", stamp.source, why)
         return
-    y, x = centre
-    if not (-0.5 <= x < nx - 0.5 and -0.5 <= y < ny - 0.5):
-        stamp.flag(Flag.BAD_INPUT, f"the diaSource's ra, dec lies at pixel (x, y = {x:.2f}, "
-                   f"{y:.2f}; 0-based) of the cutouts' WCS, off the {nx}x{ny} cutouts: they "
-                   "are not cut about the source, or their WCS is wrong")
+    if _off_cutouts(stamp, centre, (ny, nx), "the diaSource", "source"):
         return
+    y, x = centre
     stamp.centre = (y, x)
     log.debug("%s: candidate at pixel (x, y = %.3f, %.3f) of the %dx%d cutouts, from their "
               "WCS", stamp.source, x, y, nx, ny)
+
+
+def _off_cutouts(stamp, placed, shape, what, noun):
+    """Flag `Flag.BAD_INPUT` and return True where the pixel ``placed`` ``(y, x)`` at which
+    the cutouts' WCS puts ``what`` (the candidate, the diaSource) lies off cutouts of
+    ``shape``: they are not cut about the ``noun``, or their WCS is wrong."""
+    (y, x), (ny, nx) = placed, shape
+    if -0.5 <= x < nx - 0.5 and -0.5 <= y < ny - 0.5:
+        return False
+    stamp.flag(Flag.BAD_INPUT, f"{what}'s ra, dec lies at pixel (x, y = {x:.2f}, {y:.2f}; "
+               f"0-based) of the cutouts' WCS, off the {nx}x{ny} cutouts: they are not cut "
+               f"about the {noun}, or their WCS is wrong")
+    return True
 
 
 def _candidate_pixel(blob, ra, dec, what="the diaSource"):

@@ -1237,7 +1237,7 @@ def _smooth_on_native_grid(images, beams, pixel_scale, *, size=DATASET_IMAGE_PIX
     scale_y, scale_x = axis_scales(pixel_scale)
     cuts = []
     for n, scale in ((ny, scale_y), (nx, scale_x)):
-        factor = max(int(np.floor(FIRST_PIXEL_SCALE_ARCSEC / scale + 1e-9)), 1)
+        factor = _block_factor(scale)
         need = _native_half_side(scale, size=size)
         cuts.append(max((n - 2 * need) // 2 // factor * factor, 0))
     (cy, cx) = cuts
@@ -1252,10 +1252,16 @@ def _native_half_side(scale, *, size=DATASET_IMAGE_PIXELS):
     of the widest kernel (a beam of zero width to FIRST's). An image of ``2 * half + 1``
     pixels is kept whole (`annotate` cuts its stamps so)."""
     step = FIRST_PIXEL_SCALE_ARCSEC / scale
-    factor = max(int(np.floor(step + 1e-9)), 1)
+    factor = _block_factor(scale)
     fwhm = 2.0 * np.sqrt(2.0 * np.log(2.0))
     reach = int(np.ceil(4.0 * FIRST_BEAM_FWHM_ARCSEC / fwhm / scale)) + 4  # (the kernel's)
     return int(np.ceil((size - 1) / 2 * step)) + 2 * factor + 2 + reach
+
+
+def _block_factor(scale):
+    """The block factor of `resample_to_first_grid` for pixels of ``scale`` arcsec along one
+    axis (finer than FIRST's 1.8": at least 1)."""
+    return max(int(np.floor(FIRST_PIXEL_SCALE_ARCSEC / scale + 1e-9)), 1)
 
 
 def _keys_weights(t):
