@@ -4858,3 +4858,41 @@ def test_pixels_let_go_after_their_float32_copy_are_read_anew(tmp_path, suffix):
         image.done_sources(1)
         assert not image._loaded
         np.testing.assert_array_equal(image.take(np.arange(raw.size)), values.ravel())
+
+
+def _flat_blocks_image(n=200, seed=1):
+    """Blobs on noise (sigma 0.05) with a flat block at 100 (left) and one at -5 (right)."""
+    img = blobs(n) + np.random.default_rng(seed).normal(0, 0.05, (n, n)).astype(np.float32)
+    img[:, :70], img[:, 130:] = 100.0, -5.0
+    return img.astype(np.float32)
+
+
+@pytest.mark.parametrize("level,method", [(16, 1), (16, 2), (4, 1), (4, 2), (64, 2)])
+def test_flat_block_of_a_lossily_compressed_image_is_constant(optical_model, tmp_path,
+                                                              level, method):
+    """A flat block of a non-zero value (a mosaic's fill, a saturated or masked block) of a
+    float image tile-compressed with quantisation (fpack's default, subtractive dither)
+    reads back as values that differ by up to one quantisation step (ZSCALE) of their
+    tiles: its stamps are CONSTANT, as those of the same image uncompressed, or compressed
+    without loss, are; the stamps on the noise are not."""
+    n, w = 200, sky_wcs(200, rot=0)
+    img = _flat_blocks_image(n)
+    cat = catalogue(w, [(x, y) for x in (30, 40, 165, 175, 90, 110) for y in (50, 150)])
+    flat = np.repeat([True, True, True, True, False, False], 2)
+    paths = {}
+    for name, hdu in (
+            ("plain", fits.PrimaryHDU(img, w.to_header())),
+            ("lossless", fits.CompImageHDU(img, w.to_header(), compression_type="GZIP_2",
+                                           quantize_level=0)),
+            ("lossy", fits.CompImageHDU(img, w.to_header(), quantize_level=level,
+                                        quantize_method=method))):
+        paths[name] = tmp_path / f"{name}.fits"
+        (fits.HDUList([fits.PrimaryHDU(), hdu]) if name != "plain" else hdu).writeto(
+            paths[name])
+    lossy = fits.getdata(paths["lossy"], 1)
+    assert np.ptp(lossy[:, 5:65]) > 0 and np.ptp(lossy[:, 135:195]) > 0  # not flat
+    flags = {name: np.asarray(astromorph.annotate(cat, str(p), model=optical_model)[
+        "opt_flags"]) for name, p in paths.items()}
+    np.testing.assert_array_equal((flags["plain"] & Flag.CONSTANT) != 0, flat)
+    np.testing.assert_array_equal(flags["lossless"], flags["plain"])
+    np.testing.assert_array_equal(flags["lossy"], flags["plain"])
