@@ -71,6 +71,12 @@ class RawStamps:
     #: no longer reads, such as annotate's stamps; the radio family sets invalid pixels to
     #: NaN in it instead of in a copy); never for arrays of the user's (`Model.predict`).
     scratch: bool = False
+    #: The quantisation step of the pixels each stamp was resampled from, ``(N,)`` or per
+    #: plane ``(N, C)`` (a float image tile-compressed with loss: its tiles' ZSCALE,
+    #: `astromorph._cutouts.StampResult.quantum`; 0 where the pixels are as written), or
+    #: None (all as written): a stamp whose values span no more than it is constant to the
+    #: precision of the file (`Flag.CONSTANT`).
+    quantum: object = None
 
     def __post_init__(self):
         if self.kind not in ("colour", "bands", "triplet"):
@@ -169,9 +175,10 @@ def _flag_non_finite(data, bad, flags):
     return flags
 
 
-def _clean(data, flags):
+def _clean(data, flags, quantum=None):
     """Fill invalid pixels (NaN, inf, masking sentinels such as ZTF's -3.4e38) with the
-    row median (0 where none is valid); flag them (`_flag_non_finite`)."""
+    row median (0 where none is valid); flag them (`_flag_non_finite`), and constant rows
+    (`_flag_constant`, with ``quantum``)."""
     from .preprocessing._checks import invalid_pixels
 
     data = np.asarray(data, dtype=np.float32)
@@ -190,14 +197,32 @@ def _clean(data, flags):
                                      .reshape(int(some.sum()), -1), axis=1)
         data = data.copy()  # never modify the caller's array
         data[rows] = np.where(sub_bad, med.reshape((-1,) + (1,) * (data.ndim - 1)), sub)
-    return data, _flag_constant(data, flags)
+    return data, _flag_constant(data, flags, quantum)
 
 
-def _flag_constant(data, flags):
-    """Set `Flag.CONSTANT` on rows of ``data`` holding a single value."""
+def _quantum_tolerance(quantum, hi, lo):
+    """The largest spread (max - min) of values that quantisation with steps ``quantum``
+    (broadcast with ``hi`` and ``lo``, the values' extremes) leaves of a single value: the
+    step, plus the float32 rounding of the values (none where the step is 0: exact)."""
+    with np.errstate(invalid="ignore", over="ignore"):
+        size = np.maximum(np.abs(hi), np.abs(lo)).astype(np.float64)
+        return np.where(quantum > 0, quantum + 8 * np.finfo(np.float32).eps * size, 0.0)
+
+
+def _flag_constant(data, flags, quantum=None):
+    """Set `Flag.CONSTANT` on rows of ``data`` holding a single value: to the precision of
+    a lossily compressed image where ``quantum`` (`RawStamps.quantum`, ``(N,)`` or
+    ``(N, C)``, the largest of its planes taken) gives its quantisation step, values that
+    span no more than that step."""
     flat = np.asarray(data).reshape(len(data), -1)
     if flat.size:
-        constant = np.ptp(flat, axis=1) == 0
+        if quantum is None:
+            constant = np.ptp(flat, axis=1) == 0
+        else:
+            q = np.asarray(quantum, dtype=np.float64).reshape(len(data), -1).max(axis=1)
+            hi, lo = flat.max(axis=1), flat.min(axis=1)
+            with np.errstate(invalid="ignore", over="ignore"):
+                constant = (hi - lo).astype(np.float64) <= _quantum_tolerance(q, hi, lo)
         flags |= np.where(constant, int(Flag.CONSTANT), 0).astype(flags.dtype)
     return flags
 
@@ -298,7 +323,7 @@ def _optical(raw, card, crop_fraction):
     if raw.kind != "bands":
         raise InputError(f"model {card['name']!r} takes colour images or g, r, i bands, "
                          f"not {raw.kind} stamps")
-    data, flags = _clean(raw.data, flags)
+    data, flags = _clean(raw.data, flags, raw.quantum)
     nb = data.shape[1]
     if nb > 1 and (flags & int(Flag.BLANK)).any():  # judged on all bands together (`_clean`)
         from .preprocessing._checks import invalid_pixels
@@ -407,10 +432,10 @@ def _radio_input(raw, card):
             data[bad] = np.float32(0)
         else:
             data = np.where(bad, np.float32(0), data)
-        flags = _flag_constant(data, flags)
+        flags = _flag_constant(data, flags, raw.quantum)
         data[bad] = np.float32(np.nan)
     else:
-        flags = _flag_constant(data, flags)
+        flags = _flag_constant(data, flags, raw.quantum)
     images = data[:, 0]
     # (scale_y, scale_x) of each image: a tuple is one pair for the batch (pixels that are
     # not square), else one scale, or one per image, for both axes
@@ -500,7 +525,7 @@ def _triplet(raw, card, crop_fraction):
         nan_fraction = members.max(axis=1)
         raw.blank = BlankMeasure(nan_fraction, members.argmax(axis=1), field=True)
     flags |= np.where(nan_fraction > BLANK_THRESHOLD, int(Flag.BLANK), 0).astype(flags.dtype)
-    empty, constant = _empty_or_constant(np.asarray(data, dtype=np.float32))
+    empty, constant = _empty_or_constant(np.asarray(data, dtype=np.float32), raw.quantum)
     flags |= np.where(empty, int(Flag.BAD_INPUT), 0).astype(flags.dtype)  # outputs masked
     flags |= np.where(constant, int(Flag.CONSTANT), 0).astype(flags.dtype)
     return x, flags
@@ -536,9 +561,11 @@ def negative_candidates(x):
     return (_ASINH_SOFTENING * np.sinh(centre)).mean(axis=(1, 2)) <= -NEGATIVE_CENTRE_SIGMA
 
 
-def _empty_or_constant(data):
+def _empty_or_constant(data, quantum=None):
     """Per stamp of ``(N, C, H, W)``: has a plane no valid pixel (NaN, inf or masking
-    sentinel), has a plane only one valid value? Neither carries information.
+    sentinel), has a plane only one valid value (to the precision of a lossily compressed
+    image: values that span no more than its quantisation step, ``quantum``, ``(N,)`` or
+    ``(N, C)``, `RawStamps.quantum`)? Neither carries information.
 
     The plain max and min of each plane settle it for planes whose extremes are valid
     (every pixel is then valid); only the other planes are masked, so that clean
@@ -556,6 +583,13 @@ def _empty_or_constant(data):
         top = np.where(valid, part, -np.inf).max(axis=1, initial=-np.inf)
         bottom = np.where(valid, part, np.inf).min(axis=1, initial=np.inf)
         empty[odd], constant[odd] = ~some, some & (top == bottom)
+        hi, lo = np.where(odd, np.nan, hi), np.where(odd, np.nan, lo)
+        hi[odd], lo[odd] = np.where(some, top, np.nan), np.where(some, bottom, np.nan)
+    if quantum is not None:
+        q = np.broadcast_to(np.asarray(quantum, dtype=np.float64).reshape(len(data), -1),
+                            hi.shape)
+        with np.errstate(invalid="ignore", over="ignore"):
+            constant |= (hi - lo).astype(np.float64) <= _quantum_tolerance(q, hi, lo)
     return empty.any(axis=1), constant.any(axis=1)
 
 

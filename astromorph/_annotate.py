@@ -724,13 +724,15 @@ def _cut_band(images, sky, npix, scale, rows, choice=None):
     catalogue's rows; made here for ``rows`` where not given). Each image is told of the
     sources cut from it (`SkyImage.done_sources`). Returns the stamps
     ``(len(rows), npix, npix)`` (NaN for a source off every image), their flags
-    (`OFF_IMAGE`, `EDGE`, `BLANK`, `EXTRAPOLATED`, `SATURATED`) and the beam (arcsec) of the
-    image each was cut from (NaN where unknown).
+    (`OFF_IMAGE`, `EDGE`, `BLANK`, `EXTRAPOLATED`, `SATURATED`), the beam (arcsec) of the
+    image each was cut from (NaN where unknown) and the quantisation step of the image under
+    each (`StampResult.quantum`; 0 where its pixels are as written).
     """
     n = len(rows)
     stamps = None
     flags = np.zeros(n, np.int32)
     beam = np.full(n, np.nan)  # of the image each stamp is cut from (BMAJ), NaN if unknown
+    quantum = np.zeros(n)
     shape = np.full((n, 3), np.nan)  # its major, minor axes and PA (north up on the stamps)
     if choice is None:
         best_image, off = _choose_images(images, sky, rows)
@@ -744,6 +746,7 @@ def _cut_band(images, sky, npix, scale, rows, choice=None):
         lon, lat, up = (sky[k][j][rows[sel]] for j in (0, 1, 4))
         res = cut_stamps(image, lon, lat, size=npix, pixel_scale=scale[rows][sel], up_angle=up)
         beam[sel] = np.nan if image.beam is None else image.beam
+        quantum[sel] = res.quantum
         if image.beam is not None:
             # the stamps' up points to position angle ``up`` in the image's frame (ICRS
             # north on a Galactic map), where BPA is measured: on them the beam's major
@@ -767,7 +770,7 @@ def _cut_band(images, sky, npix, scale, rows, choice=None):
         # (a part of a survey catalogue is mostly off a small image; callers keep the
         # stamps of the usable rows only)
         stamps = np.broadcast_to(np.float32(np.nan), (n, npix, npix))
-    return stamps, flags, (beam, shape)
+    return stamps, flags, (beam, shape), quantum
 
 
 def annotate(table, images, *, model, ra_col=None, dec_col=None, coord_col=None,
@@ -932,9 +935,10 @@ def annotate(table, images, *, model, ra_col=None, dec_col=None, coord_col=None,
             beam = np.full(len(rows), np.nan)  # the coarsest of the bands' beams
             shape = np.full((len(rows), 3), np.nan)  # and its shape
             side = int(sides[rows[0]])  # (one side per part: `_parts`)
+            quantum = np.zeros((len(rows), len(plan)))  # per band (`StampResult.quantum`)
             for k, band in enumerate(plan):
-                stamps, f, (band_beam, band_shape) = _cut_band(groups[band], sky[band], side,
-                                                               scale, rows, choice[band])
+                stamps, f, (band_beam, band_shape), quantum[:, k] = _cut_band(
+                    groups[band], sky[band], side, scale, rows, choice[band])
                 coarser = band_beam > np.where(np.isnan(beam), -np.inf, beam)
                 shape[coarser] = band_shape[coarser]
                 beam = np.fmax(beam, band_beam)
@@ -955,7 +959,8 @@ def annotate(table, images, *, model, ra_col=None, dec_col=None, coord_col=None,
             raw = RawStamps(kind, data, bands=tuple(plan),
                             pixel_scale=scale[rows][usable], beam=beam[usable],
                             beam_shape=shape[usable] if match_beam else None,
-                            flags=row_flags[usable], scratch=True)  # (stamps not read again)
+                            flags=row_flags[usable], scratch=True,  # (stamps not read again)
+                            quantum=quantum[usable] if quantum.any() else None)
             x, row_flags[usable] = prepare(model, raw, crop_fraction=crop)
             scored = (row_flags[usable] & int(Flag.unusable())) == 0  # e.g. an all-NaN band
             smooth = np.zeros(len(rows), bool)  # (this part's rows of ``smoothed``)

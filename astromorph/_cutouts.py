@@ -258,11 +258,18 @@ class SkyImage:
         the image whole (``CompImageHDU.section``; for a gzipped file, a stream read in one
         pass over rows asked for in order, closed by its ``release()`` where it has one),
         for `peek`.
+    quantisation : tuple or None
+        Where the pixels were quantised (a float image tile-compressed with loss, fpack's
+        default): ``(tile, steps)``, the compression tile shape ``(rows, columns)`` and the
+        quantisation step of each tile (its ZSCALE, in the units of the pixels), an array
+        ``(tile rows, tile columns)``; a flat area then reads back as values up to one step
+        apart (`cut_stamps` gives the step under each stamp). None: pixels as written.
     """
 
     def __init__(self, data, wcs, *, name="image", band=None, bscale=1.0, bzero=0.0, blank=None,
                  hold=None, file_span=None, owned=False, beam=None, flux_note=None,
-                 saturation=None, filter_band=None, loader=None, section=None):
+                 saturation=None, filter_band=None, loader=None, section=None,
+                 quantisation=None):
         if data.ndim != 2:
             raise InputError(f"{name}: expected a 2D image, got shape {data.shape}")
         if data.dtype.kind not in "biuf":
@@ -277,6 +284,7 @@ class SkyImage:
         self.wcs, self.name, self.band = wcs, name, band
         self.beam, self.flux_note, self.saturation = beam, flux_note, saturation
         self.filter_band = filter_band
+        self.quantisation = quantisation
         #: (bscale, bzero, blank) of the raw pixels, as given (restored when they are read
         #: anew: `_drop_raw` sets those of its float32 copy)
         self._scaling = (float(bscale), float(bzero), blank)
@@ -703,10 +711,57 @@ class StampResult:
         Image pixels per stamp pixel (>1 downsampling, <1 upsampling), along
         the image axis with the fewer (the rows of an image whose pixels are
         taller than wide).
+    quantum : numpy.ndarray, (N,)
+        The largest quantisation step of the image's compression tiles under the stamp
+        (`SkyImage` ``quantisation``; 0 for an image whose pixels are as written): a flat
+        area of the image gives a stamp whose values span at most this (resampling takes
+        weighted means of the pixels, with weights that are positive and add to 1).
     """
 
-    def __init__(self, stamps, outside, blank, zoom):
+    def __init__(self, stamps, outside, blank, zoom, quantum=None):
         self.stamps, self.outside, self.blank, self.zoom = stamps, outside, blank, zoom
+        self.quantum = np.zeros(len(stamps)) if quantum is None else quantum
+
+
+def _range_max(values, start, stop, axis):
+    """Largest of ``values`` (2D) over ``start:stop`` along ``axis`` (0 or 1), per range:
+    ``start``, ``stop`` (K,) ints with ``start < stop <= values.shape[axis]``. Axis 0:
+    ``(K, values.shape[1])``; axis 1 (``values`` then K rows, one per range): ``(K,)``.
+    One `numpy.ufunc.reduceat`, whatever K (ranges may overlap)."""
+    if axis == 0:  # (a row of zeros past the end: ``stop`` may be the number of rows)
+        padded = np.concatenate([values, np.zeros((1, values.shape[1]))])
+        return np.maximum.reduceat(padded, np.ravel([start, stop], "F"), axis=0)[::2]
+    width = values.shape[1] + 1
+    padded = np.concatenate([values, np.zeros((len(values), 1))], axis=1).reshape(-1)
+    offset = np.arange(len(values)) * width
+    return np.maximum.reduceat(padded, np.ravel([start + offset, stop + offset], "F"))[::2]
+
+
+def _stamp_quantum(image, xy, factors):
+    """Per stamp, the largest quantisation step (`SkyImage` ``quantisation``) of the tiles
+    under it: the pixels ``xy`` (2, K, size, size) sample, by bilinear interpolation of
+    blocks of ``factors`` (K, 2) pixels (rows, columns); 0 where the image has none, and
+    for a stamp off the image."""
+    if image.quantisation is None or not xy.shape[1]:
+        return np.zeros(xy.shape[1])
+    (tile_y, tile_x), steps = image.quantisation
+    ny, nx = image.shape
+    bounds = []
+    for c, n, f in ((xy[0], nx, factors[:, 1]), (xy[1], ny, factors[:, 0])):
+        flat = c.reshape(len(c), -1)
+        finite = np.isfinite(flat)
+        lo = np.where(finite, flat, np.inf).min(axis=1)
+        hi = np.where(finite, flat, -np.inf).max(axis=1)
+        reach = f + 1.0  # the bilinear neighbours of the blocks, whole
+        with np.errstate(invalid="ignore"):
+            lo = np.clip(np.floor(lo - reach), 0, n - 1)
+            hi = np.clip(np.ceil(hi + reach), 0, n - 1)
+        bounds.append((lo, hi, finite.any(axis=1)))
+    (x0, x1, xin), (y0, y1, yin) = bounds
+    on = xin & yin
+    x0, x1, y0, y1 = (np.where(on, v, 0).astype(np.int64) for v in (x0, x1, y0, y1))
+    rows = _range_max(steps, y0 // tile_y, y1 // tile_y + 1, axis=0)
+    return np.where(on, _range_max(rows, x0 // tile_x, x1 // tile_x + 1, axis=1), 0.0)
 
 
 def _tangent_to_sky(lon0, lat0, xi, eta):
@@ -981,6 +1036,7 @@ def cut_stamps(image, lon, lat, *, size, pixel_scale, up_angle=0.0, chunk=None,
     outside = np.zeros(n)
     blank = np.zeros(n)
     zoom = np.ones(n)
+    quantum = np.zeros(n)
     if chunk is None:
         chunk = max(1, SAMPLE_PIXELS // size ** 2)
     for start in range(0, n, chunk):
@@ -994,6 +1050,7 @@ def cut_stamps(image, lon, lat, *, size, pixel_scale, up_angle=0.0, chunk=None,
         factors = (np.clip(np.floor(np.nan_to_num(z, nan=1.0)), 1, image.shape).astype(int)
                    if antialias else np.ones_like(z, int))
         levels, which = np.unique(factors, axis=0, return_inverse=True)
+        quantum[sl] = _stamp_quantum(image, xy, factors)
         for k, (fy, fx) in enumerate(levels):
             rows = np.flatnonzero(which.ravel() == k)
             level = image.level(int(fy), int(fx))
@@ -1016,4 +1073,4 @@ def cut_stamps(image, lon, lat, *, size, pixel_scale, up_angle=0.0, chunk=None,
             n_nan = invalid.sum(axis=(1, 2))
             blank[start + rows] = np.where(
                 n_in > 0, (n_nan - (size ** 2 - n_in)) / np.maximum(n_in, 1), 0)
-    return StampResult(stamps, outside, blank, zoom)
+    return StampResult(stamps, outside, blank, zoom, quantum)

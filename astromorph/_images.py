@@ -277,6 +277,40 @@ def _lazy_stream(hdu, name, stream):
             _StreamRows(name, path, opener, offset, shape, dtype))
 
 
+def _quantisation_steps(hdu, bscale):
+    """The quantisation of a lossily tile-compressed float HDU (fpack's default): ``(tile,
+    steps)``, the tile shape ``(rows, columns)`` and the step (ZSCALE, times ``|bscale|``:
+    in the units of the pixels) of each tile, ``(tile rows, tile columns)``; 0 for a tile
+    stored without loss (its GZIP_COMPRESSED_DATA); None for any other HDU (no
+    quantisation: its values are those written)."""
+    if not isinstance(hdu, fits.CompImageHDU) or hdu.header.get("NAXIS") != 2:
+        return None
+    try:
+        table = hdu.compressed_data
+        names = [] if table is None else [c.upper() for c in table.columns.names]
+        shape = tuple(int(n) for n in hdu.shape)
+        tile = tuple(int(t) for t in hdu.tile_shape)
+        grid = tuple(-(-n // t) for n, t in zip(shape, tile))
+        if "ZSCALE" in names:
+            steps = np.array(table.field("ZSCALE"), dtype=np.float64).reshape(grid)
+        elif "ZSCALE" in hdu._bintable.header:  # one scale for every tile
+            steps = np.full(grid, float(hdu._bintable.header["ZSCALE"]))
+        else:
+            return None
+        if "GZIP_COMPRESSED_DATA" in names:  # tiles that could not be quantised
+            column = table.field("GZIP_COMPRESSED_DATA")
+            if isinstance(column, np.ndarray) and column.dtype.kind in "iu" \
+                    and column.ndim == 2:  # the raw descriptors: (bytes, offset)
+                lossless = column[:, 0] > 0
+            else:
+                lossless = np.array([len(c) > 0 for c in column])
+            steps[lossless.reshape(grid)] = 0.0
+    except Exception:  # noqa: BLE001 - unknown quantisation: the values as they are
+        return None
+    steps = np.abs(np.nan_to_num(steps, nan=0.0, posinf=0.0, neginf=0.0)) * abs(bscale)
+    return (tile, steps) if steps.any() else None
+
+
 def _from_hdu(hdu, name, hold=None, file_span=None, primary=None, stream=None):
     if hold is None:
         lazy = None
@@ -301,6 +335,8 @@ def _from_hdu(hdu, name, hold=None, file_span=None, primary=None, stream=None):
             del hdu.data
     owned = hold is not None and not _memory_mapped(data)
     facts = header_facts(header, primary)
+    # (asinh-compressed pixels made linear: their steps are no longer those of the file)
+    steps = None if "BSOFTEN" in header else _quantisation_steps(hdu, float(bscale))
     image = SkyImage(data, wcs, name=name, band=_band_or_role(header, primary),
                      filter_band=band_of_header(header, primary),
                      beam=facts.beam, flux_note=facts.flux_note, saturation=facts.saturation,
@@ -308,7 +344,7 @@ def _from_hdu(hdu, name, hold=None, file_span=None, primary=None, stream=None):
                      file_span=file_span,
                      # decompressed by the HDUList opened here (``hold``): no one else's
                      owned=owned, loader=lazy[1] if lazy else None,
-                     section=lazy[2] if lazy else None)
+                     section=lazy[2] if lazy else None, quantisation=steps)
     if owned and not image.plain and not lazy:
         # the HDU lets go of its decompressed integers, so that the image alone holds them
         # and can drop them for their float32 copy (`SkyImage.resident`)
