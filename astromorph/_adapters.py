@@ -583,7 +583,7 @@ def _empty_or_constant(data, quantum=None):
         top = np.where(valid, part, -np.inf).max(axis=1, initial=-np.inf)
         bottom = np.where(valid, part, np.inf).min(axis=1, initial=np.inf)
         empty[odd], constant[odd] = ~some, some & (top == bottom)
-        hi, lo = np.where(odd, np.nan, hi), np.where(odd, np.nan, lo)
+        # (the valid extremes of those planes, for the test below; NaN where none)
         hi[odd], lo[odd] = np.where(some, top, np.nan), np.where(some, bottom, np.nan)
     if quantum is not None:
         q = np.broadcast_to(np.asarray(quantum, dtype=np.float64).reshape(len(data), -1),

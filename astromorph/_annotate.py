@@ -724,9 +724,10 @@ def _cut_band(images, sky, npix, scale, rows, choice=None):
     catalogue's rows; made here for ``rows`` where not given). Each image is told of the
     sources cut from it (`SkyImage.done_sources`). Returns the stamps
     ``(len(rows), npix, npix)`` (NaN for a source off every image), their flags
-    (`OFF_IMAGE`, `EDGE`, `BLANK`, `EXTRAPOLATED`, `SATURATED`), the beam (arcsec) of the
-    image each was cut from (NaN where unknown) and the quantisation step of the image under
-    each (`StampResult.quantum`; 0 where its pixels are as written).
+    (`OFF_IMAGE`, `EDGE`, `BLANK`, `EXTRAPOLATED`, `SATURATED`) and ``(beam, shape,
+    quantum)``: the beam (arcsec) of the image each was cut from (NaN where unknown), its
+    shape on the stamp, and the quantisation spread of a flat area in each stamp
+    (`StampResult.quantum`; 0 where the image's pixels are as written).
     """
     n = len(rows)
     stamps = None
@@ -770,7 +771,7 @@ def _cut_band(images, sky, npix, scale, rows, choice=None):
         # (a part of a survey catalogue is mostly off a small image; callers keep the
         # stamps of the usable rows only)
         stamps = np.broadcast_to(np.float32(np.nan), (n, npix, npix))
-    return stamps, flags, (beam, shape), quantum
+    return stamps, flags, (beam, shape, quantum)
 
 
 def annotate(table, images, *, model, ra_col=None, dec_col=None, coord_col=None,
@@ -937,7 +938,7 @@ def annotate(table, images, *, model, ra_col=None, dec_col=None, coord_col=None,
             side = int(sides[rows[0]])  # (one side per part: `_parts`)
             quantum = np.zeros((len(rows), len(plan)))  # per band (`StampResult.quantum`)
             for k, band in enumerate(plan):
-                stamps, f, (band_beam, band_shape), quantum[:, k] = _cut_band(
+                stamps, f, (band_beam, band_shape, quantum[:, k]) = _cut_band(
                     groups[band], sky[band], side, scale, rows, choice[band])
                 coarser = band_beam > np.where(np.isnan(beam), -np.inf, beam)
                 shape[coarser] = band_shape[coarser]
