@@ -262,9 +262,9 @@ class SkyImage:
         Where the pixels were quantised (a float image tile-compressed with loss, fpack's
         default): ``(tile, steps)``, the compression tile shape ``(rows, columns)`` and the
         quantisation step of each tile (its ZSCALE, in the units of the pixels), an array
-        ``(tile rows, tile columns)``, and whether it was dithered (each pixel's error its
-        own); a flat area then reads back as values up to one step apart (`cut_stamps`
-        gives the spread this leaves under each stamp). None: pixels as written.
+        ``(tile rows, tile columns)``; a flat area then reads back as values up to one step
+        apart (`cut_stamps` gives the spread this leaves under each stamp). None: pixels as
+        written.
     """
 
     def __init__(self, data, wcs, *, name="image", band=None, bscale=1.0, bzero=0.0, blank=None,
@@ -717,10 +717,11 @@ class StampResult:
         (`SkyImage` ``quantisation``) leaves in a stamp of a flat area: the largest step of
         the compression tiles under the stamp (resampling takes weighted means of the
         pixels, with positive weights that add to 1, so the stamp spans no more than they
-        do); for dithered quantisation, whose errors are each pixel's own, and a stamp
-        whose pixels average blocks of ``A`` image pixels, ``QUANTUM_SIGMAS / sqrt(12 A)``
-        steps where less (the errors of the means shrink as the noise does). 0 for an
-        image whose pixels are as written.
+        do); for a stamp whose pixels average blocks of ``A`` image pixels,
+        ``QUANTUM_SIGMAS / sqrt(12 A)`` steps where less (the dither's errors of the means
+        shrink as the noise does; without dither a flat area inside one tile reads back
+        exactly, and real noise must not pass for flat). 0 for an image whose pixels are
+        as written.
     """
 
     def __init__(self, stamps, outside, blank, zoom, quantum=None):
@@ -742,9 +743,11 @@ def _range_max(values, start, stop, axis):
     return np.maximum.reduceat(padded, np.ravel([start + offset, stop + offset], "F"))[::2]
 
 
-#: Dithered quantisation of a block-averaged stamp (`StampResult.quantum`): a flat area's
-#: stamp spans at most this many standard deviations of its block means' errors (those of
-#: one pixel, uniform over a step: 1 / sqrt(12) step, over the sqrt of the block's pixels).
+#: Quantisation of a block-averaged stamp (`StampResult.quantum`): a flat area's stamp
+#: spans at most this many standard deviations of its block means' errors (those of one
+#: dithered pixel, uniform over a step: 1 / sqrt(12) step, over the sqrt of the block's
+#: pixels). Without dither (ZQUANTIZ NO_DITHER) too: its errors are not each pixel's own,
+#: but a whole step let 745 of 10,000 noise stamps pass for flat (q = 4, blocks of 10 x 10).
 QUANTUM_SIGMAS = 10.0
 
 
@@ -755,7 +758,7 @@ def _stamp_quantum(image, xy, factors):
     has none, and for a stamp off the image."""
     if image.quantisation is None or not xy.shape[1]:
         return np.zeros(xy.shape[1])
-    (tile_y, tile_x), steps, dithered = image.quantisation
+    (tile_y, tile_x), steps = image.quantisation
     ny, nx = image.shape
     bounds = []
     for c, n, f in ((xy[0], nx, factors[:, 1]), (xy[1], ny, factors[:, 0])):
@@ -773,9 +776,8 @@ def _stamp_quantum(image, xy, factors):
     x0, x1, y0, y1 = (np.where(on, v, 0).astype(np.int64) for v in (x0, x1, y0, y1))
     rows = _range_max(steps, y0 // tile_y, y1 // tile_y + 1, axis=0)
     step = np.where(on, _range_max(rows, x0 // tile_x, x1 // tile_x + 1, axis=1), 0.0)
-    if dithered:  # block means: their errors shrink as the noise's do
-        step *= np.minimum(1.0, QUANTUM_SIGMAS / np.sqrt(12.0 * factors.prod(axis=1)))
-    return step
+    # block means: their errors shrink as the noise's do
+    return step * np.minimum(1.0, QUANTUM_SIGMAS / np.sqrt(12.0 * factors.prod(axis=1)))
 
 
 def _tangent_to_sky(lon0, lat0, xi, eta):

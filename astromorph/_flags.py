@@ -28,8 +28,8 @@ class Flag(enum.IntFlag):
     #: stamps of a float image tile-compressed with loss (fpack's quantisation, whose
     #: dither spreads a flat area over values up to one step apart), constant to the
     #: precision the file keeps: values spanning no more than the largest quantisation step
-    #: (ZSCALE) of the tiles under the stamp (dithered, on block-averaged stamps: 10 / sqrt(12
-    #: A) steps where less, A image pixels per block).
+    #: (ZSCALE) of the tiles under the stamp (on block-averaged stamps 10 / sqrt(12 A) steps
+    #: where less, A image pixels per block).
     CONSTANT = 64
     #: A band or triplet member is missing (e.g. the source is on the images of some bands
     #: only); outputs masked.

@@ -279,11 +279,9 @@ def _lazy_stream(hdu, name, stream):
 
 def _quantisation_steps(hdu, bscale):
     """The quantisation of a lossily tile-compressed float HDU (fpack's default): ``(tile,
-    steps, dithered)``, the tile shape ``(rows, columns)``, the step (ZSCALE, times
+    steps)``, the tile shape ``(rows, columns)``, the step (ZSCALE, times
     ``|bscale|``: in the units of the pixels) of each tile, ``(tile rows, tile columns)``
-    (0 for a tile stored without loss, in its GZIP_COMPRESSED_DATA), and whether the
-    quantisation was dithered (ZQUANTIZ SUBTRACTIVE_DITHER_1 or _2: each pixel's error its
-    own); None for any other HDU (no quantisation: its values are those written)."""
+    (0 for a tile stored without loss, in its GZIP_COMPRESSED_DATA); None for any other HDU (no quantisation: its values are those written)."""
     if not isinstance(hdu, fits.CompImageHDU) or hdu.header.get("NAXIS") != 2:
         return None
     try:
@@ -309,9 +307,7 @@ def _quantisation_steps(hdu, bscale):
     except Exception:  # noqa: BLE001 - unknown quantisation: the values as they are
         return None
     steps = np.abs(np.nan_to_num(steps, nan=0.0, posinf=0.0, neginf=0.0)) * abs(bscale)
-    dithered = str(hdu._bintable.header.get("ZQUANTIZ", "NO_DITHER")).strip().upper() \
-        .startswith("SUBTRACTIVE_DITHER")
-    return (tile, steps, dithered) if steps.any() else None
+    return (tile, steps) if steps.any() else None
 
 
 def _from_hdu(hdu, name, hold=None, file_span=None, primary=None, stream=None):

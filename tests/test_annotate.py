@@ -4896,3 +4896,24 @@ def test_flat_block_of_a_lossily_compressed_image_is_constant(optical_model, tmp
     np.testing.assert_array_equal((flags["plain"] & Flag.CONSTANT) != 0, flat)
     np.testing.assert_array_equal(flags["lossless"], flags["plain"])
     np.testing.assert_array_equal(flags["lossy"], flags["plain"])
+
+
+@pytest.mark.parametrize("method", [-1, 1])
+def test_noise_of_a_finely_sampled_lossy_image_is_not_constant(optical_model, tmp_path, method):
+    """Noise on pixels 10 times finer than the stamp's, quantised at fpack's level 4: each
+    stamp pixel averages 10 x 10 image pixels, so the noise of a stamp spans far less than a
+    quantisation step of the image. Without dither (NO_DITHER, astropy's default) a whole
+    step let 5 of these 400 noise stamps pass for CONSTANT; the allowance now shrinks with
+    the block for every quantisation method, as it did for dithered files."""
+    factor = 10
+    n = SIZE * factor * 2 + 40
+    w = sky_wcs(n, rot=0, scale=SCALE / factor)
+    img = (50 + np.random.default_rng(0).normal(0, 1, (n, n))).astype(np.float32)
+    edge = SIZE * factor / 2 + 10
+    grid = np.linspace(edge, n - edge, 20)
+    cat = catalogue(w, [(x, y) for x in grid for y in grid])
+    path = tmp_path / "noise.fits"
+    fits.HDUList([fits.PrimaryHDU(), fits.CompImageHDU(
+        img, w.to_header(), quantize_level=4, quantize_method=method)]).writeto(path)
+    flags = np.asarray(astromorph.annotate(cat, str(path), model=optical_model)["opt_flags"])
+    assert not np.any(flags & Flag.CONSTANT)
