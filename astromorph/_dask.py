@@ -88,9 +88,10 @@ _GIVEN_LOCK = threading.Lock()
 
 
 def _annotate_warning_once(table, images, model, kwargs, call, n_parts, names=None,
-                           files=None):
+                           files=None, given_here=()):
     """`_annotate_partition` for ``compute=False``: each distinct warning is given by the
-    first partition of the call ``call`` to give it (in this process), not by every one."""
+    first partition of the call ``call`` to give it (in this process), not by every one;
+    none of ``given_here`` (given by `annotate_dask` itself, `_partition_images`'s notes)."""
     from ._warnings import collecting, warn
 
     with collecting() as found:  # each partition's own counts: no step sees the others
@@ -100,7 +101,8 @@ def _annotate_warning_once(table, images, model, kwargs, call, n_parts, names=No
         _GIVEN.move_to_end(call)
         while len(_GIVEN) > _GIVEN_CALLS:
             _GIVEN.popitem(last=False)
-        new = [key for key in dict.fromkeys(found) if key not in given]
+        new = [key for key in dict.fromkeys(found) if key not in given
+               and key not in given_here]
         given.update(new)
     for message, category in new:
         warn(f"{message} (from a Dask partition; given once for the {n_parts} partitions)",
@@ -108,7 +110,7 @@ def _annotate_warning_once(table, images, model, kwargs, call, n_parts, names=No
     return out
 
 
-def _warn_once(found, n_parts, placed=None):
+def _warn_once(found, n_parts, placed=None, given_here=()):
     """Give each distinct warning of the partitions once, saying how many partitions gave it.
 
     ``placed``: each partition's counts of the rows with a usable position and size, of
@@ -116,14 +118,16 @@ def _warn_once(found, n_parts, placed=None):
     That no source lies on the images is said where every partition that has such a row says
     it (one without any has no source on the images, nor off them); that the sources on the
     images lie on no data, where that is true of the table, with its counts, as `annotate`
-    says it of the whole table."""
+    says it of the whole table. ``given_here``: the warnings the caller gave itself
+    (`_partition_images`'s notes), not given again for the partitions."""
     from ._annotate import _NO_DATA, _NONE_ON_IMAGES, _no_data_message
     from ._warnings import warn
 
     counts = {}
     for part in found:
         for key in dict.fromkeys(part):  # a partition counts once per warning
-            counts[key] = counts.get(key, 0) + 1
+            if key not in given_here:
+                counts[key] = counts.get(key, 0) + 1
     given = [c for c in placed or () if c is not None]
     n_placed = n_parts if placed is None else sum(
         1 for c in placed if c is None or c[0])
@@ -397,7 +401,7 @@ def _partition_images(table, images, model, kwargs, bounds, partition_size, *,
                       sky_order=False):
     """Each partition's share of the image files: those its sources can lie on.
 
-    Returns ``(per_partition, files, order)``: for each partition its ``images`` argument
+    Returns ``(per_partition, files, order, notes)``: for each partition its ``images`` argument
     (the structure of ``images``, a dict or a list, with the files that none of its sources
     lies on left out) and its ``bands`` option (None where not given), the files of the
     images that the whole call uses (for the provenance), and the rows of ``table`` in the
@@ -408,7 +412,10 @@ def _partition_images(table, images, model, kwargs, bounds, partition_size, *,
     reading them all gives a warning (the band plan, the flux units: the partitions give
     it, as many times as before), or there is a single file. A file whose own reading gives
     a warning (astropy's on its header or padding) goes to every partition (each gives it,
-    as before), the others to those whose sources lie on them.
+    as before), the others to those whose sources lie on them. ``notes``: the warnings that
+    large compressed files are decompressed whole (`_images.DECOMPRESS_ADVICE`), which
+    reading their headers gave, ``(message, category)``: not a reason to send the file to
+    every partition (the caller gives them, once).
 
     The partition's result does not change: a source's stamp is cut from the one image
     that contains it (the one where it lies farthest from the edge, among those with data
@@ -430,7 +437,8 @@ def _partition_images(table, images, model, kwargs, bounds, partition_size, *,
 
     from ._adapters import model_family
     from ._annotate import _band_plan, _image_frames, _positions, warn_flux_units
-    from ._images import _parse_one, _read_lone_science_by_filter, closing_files, image_entries
+    from ._images import (DECOMPRESS_ADVICE, _parse_one, _read_lone_science_by_filter,
+                          closing_files, image_entries)
     from ._warnings import catch_warnings, collecting
 
     try:
@@ -441,7 +449,7 @@ def _partition_images(table, images, model, kwargs, bounds, partition_size, *,
                                    for _, obj, _ in entries):
         return None
     family = model_family(model.card)
-    parsed, opened, frames, noisy = [], [], [], []
+    parsed, opened, frames, noisy, notes = [], [], [], [], []
     try:
         with closing_files(opened):
             for j, (_, obj, band) in enumerate(entries):
@@ -452,8 +460,12 @@ def _partition_images(table, images, model, kwargs, bounds, partition_size, *,
                     frames.append(_image_frames(parsed[-1]))
                 for im in parsed[-1]:  # its header alone serves here: its pixels let go
                     im.drop_pixels()  # now, not held for the whole mosaic (compressed tiles)
-                if given or caught:  # every partition gets it, and gives the warning
-                    noisy.append(j)
+                # that a large compressed tile is decompressed whole: a note about the
+                # file, given here (once, as annotate gives it), not a reason to send the
+                # tile to every partition
+                notes.extend(key for key in given if key[0].endswith(DECOMPRESS_ADVICE))
+                if caught or any(not key[0].endswith(DECOMPRESS_ADVICE) for key in given):
+                    noisy.append(j)  # every partition gets it, and gives the warning
         with closing_files(opened), collecting() as given, \
                 catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
@@ -516,7 +528,7 @@ def _partition_images(table, images, model, kwargs, bounds, partition_size, *,
     log.info("%d image files; each Dask partition gets those its sources lie on (%.1f on "
              "average%s)", len(entries), keep.sum() / len(keep),
              "" if order is None else ", the rows grouped by tile")
-    return per_partition, files, order
+    return per_partition, files, order, list(dict.fromkeys(notes))
 
 
 def annotate_dask(table, images=None, *, model, partition_size=50_000, compute=True,
@@ -710,6 +722,11 @@ def annotate_dask(table, images=None, *, model, partition_size=50_000, compute=T
         sky_order=bool(sky_order) and compute)
     files = None if shares is None else shares[1]
     order = None if shares is None else shares[2]
+    notes = () if shares is None else shares[3]
+    from ._warnings import warn
+
+    for message, category in notes:  # read here: said once, as annotate says it
+        warn(message, category)
     rows = table if order is None else table[order]  # grouped by tile: put back below
 
     def share(k):  # the images of partition k
@@ -735,7 +752,7 @@ def annotate_dask(table, images=None, *, model, partition_size=50_000, compute=T
         call = uuid.uuid4().hex
         return [dask.delayed(_annotate_warning_once)(table[start:start + partition_size],
                                                      share(k), model, options(start), call,
-                                                     len(bounds), names, files)
+                                                     len(bounds), names, files, notes)
                 for k, start in enumerate(bounds)]
     parts = [dask.delayed(_annotate_collecting)(rows[start:start + partition_size], share(k),
                                                 model, options(start), names, files)
@@ -748,7 +765,7 @@ def annotate_dask(table, images=None, *, model, partition_size=50_000, compute=T
     except RemoteException as exc:  # "processes": Dask's copy of a partition's error, whose
         raise exc.exception from exc  # message holds the worker's traceback: the error itself
     _warn_once([found for _, found, _, _ in results], len(results),
-               [placed for _, _, _, placed in results])
+               [placed for _, _, _, placed in results], given_here=set(notes))
     _warn_summaries([(k, s) for k, (_, _, part, _) in enumerate(results) for s in part],
                     len(table), order, partition_size)
     tables = [t for t, _, _, _ in results]

@@ -27,6 +27,9 @@ log = logging.getLogger(__name__)
 #: A compressed image (gzipped file, tile-compressed HDU) is decompressed whole into memory:
 #: one larger than this (bytes) gets an `AstromorphWarning` saying so.
 DECOMPRESS_WARN_BYTES = 1 << 30
+#: The end of that warning: a note about the file, not a fault in it (`annotate_dask` reads
+#: the tiles' headers once and gives it itself, sending each tile only where it is needed).
+DECOMPRESS_ADVICE = "uncompress it (gunzip, funpack) to read only the pages under the stamps"
 #: First bytes of the whole-file compressions astropy reads (gzip, bzip2, zip, xz).
 _COMPRESSED_MAGIC = (b"\x1f\x8b", b"BZh", b"PK\x03\x04", b"\xfd7zXZ")
 #: The whole-file compressions whose pixels are decompressed when sampled (`_lazy_stream`),
@@ -384,8 +387,8 @@ def _note_decompression(header, name, how):
     log.info("%s: %s, decompressed whole into memory (%.0f MB)", name, how, nbytes / 1e6)
     if nbytes > DECOMPRESS_WARN_BYTES:
         warn(f"{name}: {how}, so its {nbytes / 2**30:.1f} GiB of pixels are decompressed whole "
-             "into memory (a compressed image cannot be memory-mapped); uncompress it "
-             "(gunzip, funpack) to read only the pages under the stamps", AstromorphWarning)
+             f"into memory (a compressed image cannot be memory-mapped); {DECOMPRESS_ADVICE}",
+             AstromorphWarning)
 
 
 def _from_hdul(hdul, name, *, hold=None, spans=None, compressed_file=False, opener=None):

@@ -4219,6 +4219,61 @@ def test_annotate_dask_reads_compressed_tiles_for_their_footprints_one_at_a_time
     assert peak < 2.5 * n * n * 4, peak / 1e6          # about one tile's pixels, not six
 
 
+@pytest.mark.parametrize("compute", [True, False])
+def test_annotate_dask_sends_large_compressed_tiles_only_to_their_sources(
+        optical_model, tmp_path, monkeypatch, compute):
+    """Tile-compressed tiles of over `DECOMPRESS_WARN_BYTES` (1 GiB: large survey tiles)
+    each give a warning when their headers are read: annotate_dask took it for a file whose
+    reading warns (astropy's, on a bad header), sent every such tile to every partition
+    (each parsing the whole mosaic), and said each warning "in 9 of 9 Dask partitions". The
+    note is about the file, read once here: each tile goes to the partitions of its sources
+    and its note comes once, as annotate gives it, whether or not a partition gets it."""
+    dask = pytest.importorskip("dask")
+    from astropy.table import vstack
+
+    import astromorph._images as aimages
+
+    monkeypatch.setattr(aimages, "DECOMPRESS_WARN_BYTES", 1000)  # the 60x60 tiles: "large"
+    paths, w = _mosaic_files(tmp_path)
+    packed = []
+    for path in paths:
+        with fits.open(path) as hdul:
+            packed.append(path + ".fz")
+            fits.HDUList([fits.PrimaryHDU(), fits.CompImageHDU(
+                hdul[0].data, hdul[0].header, compression_type="RICE_1",
+                quantize_level=0)]).writeto(packed[-1])
+    rng = np.random.default_rng(3)
+    pix = rng.uniform(0, 119, (30, 2))  # the first two rows and columns of tiles only
+    cat = catalogue(w, pix[np.argsort(pix[:, 1])])
+
+    def notes(caught):
+        return sorted(str(x.message) for x in caught
+                      if "decompressed whole into memory" in str(x.message))
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ref = astromorph.annotate(cat, packed, model=optical_model)
+    expected = notes(caught)
+    assert len(expected) == 9
+    sent = _record_partition_images(monkeypatch)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        if compute:
+            out = astromorph.annotate_dask(cat, packed, model=str(optical_model.path),
+                                           partition_size=5, scheduler="synchronous")
+        else:
+            parts = astromorph.annotate_dask(cat, packed, model=str(optical_model.path),
+                                             partition_size=5, compute=False)
+            out = vstack(dask.compute(*parts, scheduler="synchronous"),
+                         metadata_conflicts="silent")
+    assert notes(caught) == expected, notes(caught)
+    assert len(sent) == 6 and max(map(len, sent)) < 9, list(map(len, sent))
+    assert not any(packed[-1] in images for images in sent)  # no source on the last tile
+    for name in ref.colnames:
+        np.testing.assert_array_equal(np.ma.filled(out[name], -1), np.ma.filled(ref[name], -1))
+    assert out.meta["astromorph_images"] == ref.meta["astromorph_images"]
+
+
 @pytest.mark.parametrize("how", ["tan", "sip", "galactic"])
 def test_annotate_dask_sends_rotated_tiles_to_the_sources_at_their_corners(optical_model,
                                                                           tmp_path,
@@ -4258,8 +4313,8 @@ def test_annotate_dask_sends_rotated_tiles_to_the_sources_at_their_corners(optic
         return to_pixel(self, lon, lat)
     to_pixel = SkyImage.world_to_pixel
     monkeypatch.setattr(SkyImage, "world_to_pixel", world_to_pixel)
-    per_partition, files, order = adask._partition_images(cat, paths, optical_model, {},
-                                                          list(range(len(cat))), 1)
+    per_partition, files, order, _ = adask._partition_images(cat, paths, optical_model, {},
+                                                             list(range(len(cat))), 1)
     assert order is None  # (sky_order: not asked)
     assert transformed == [] and files == set(paths)  # no source placed here
     for k, (images, bands) in enumerate(per_partition):
