@@ -450,17 +450,20 @@ def _grid(model, family, n, sizes, stamp_size):
 
 
 def _native_grids(images, choice, scale, npix):
-    """radio-morphology stamps smoothed to FIRST's beam (``match_beam``): the stamp side
+    """radio-morphology stamps of an image of known beam (``match_beam``): the stamp side
     (pixels) and pixel scale (arcsec) of each source, ``(sides, scale)`` (``npix`` and
     ``scale`` as given where unchanged).
 
-    The stamps of an image whose beam is finer than FIRST's (`smooth_to_first_beam`
-    smooths it) on pixels finer than FIRST's 1.8" are cut at the image's own pixel scale
-    (the finer of its two sides; at least `FINEST_STAMP_SCALE`), wide enough for the radio
-    adapter to smooth them there whole and then sample the FIRST grid, as it does for a
-    cutout of the image given to `predict_files`: cut at 1.8" and smoothed there, the fine
-    beam is undersampled (a stamp differed from `predict_files`' by 11 % of its peak).
-    ``choice`` is `_choose_images` of every source in the one band of ``images``.
+    The stamps of an image whose header gives a beam, on pixels finer than FIRST's 1.8",
+    are cut at the image's own pixel scale (the finer of its two sides; at least
+    `FINEST_STAMP_SCALE`), wide enough for the radio adapter to smooth them there whole
+    where the beam is finer than FIRST's (`smooth_to_first_beam` smooths it) and then
+    sample the FIRST grid by cubic convolution, as it does for a cutout of the image given
+    to `predict_files`: cut at 1.8" and smoothed there, the fine beam is undersampled (a
+    stamp differed from `predict_files`' by 11 % of its peak); cut at 1.8" (block means,
+    bilinearly), a beam that needs no smoothing is widened (a point source seen through
+    FIRST's beam lost 1.6 % of its peak from 1" pixels). ``choice`` is `_choose_images` of
+    every source in the one band of ``images``.
     """
     from astropy.wcs.utils import proj_plane_pixel_scales
 
@@ -472,10 +475,9 @@ def _native_grids(images, choice, scale, npix):
         rows = (best == k) & ~off
         if image.beam is None or not rows.any():
             continue
-        beam = [[float(image.beam), getattr(image.beam, "minor", image.beam), 0.0]]
         with image.lock:
             finest = np.min(proj_plane_pixel_scales(image.wcs)) * 3600.0
-        if not (rad._fine_beams(beam)[0] and np.isfinite(finest) and finest > 0
+        if not (np.isfinite(finest) and finest > 0
                 and finest < rad.FIRST_PIXEL_SCALE_ARCSEC * (1 - 1e-3)):
             continue
         fine = max(float(finest), FINEST_STAMP_SCALE)
@@ -853,7 +855,9 @@ def annotate(table, images, *, model, ra_col=None, dec_col=None, coord_col=None,
         FIRST's resolution (default True; ``--no-match-beam``). Such an image's stamps are
         cut on its own pixels where these are finer than FIRST's 1.8 arcsec (at least
         0.45 arcsec), smoothed there and sampled on the FIRST grid, as `predict_files`
-        treats a cutout of it.
+        treats a cutout of it; so are those of an image whose beam needs no smoothing, which
+        are sampled on the FIRST grid as given (cubic convolution: the beam band-limits
+        them, as FIRST's pixels sample its own).
 
     Returns
     -------

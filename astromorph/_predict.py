@@ -97,7 +97,11 @@ def predict_files(model, inputs, *, batch_size=256, progress=None, write_header=
         (`astromorph.preprocessing.smooth_to_first_beam`, on the FIRST grid; the row's
         ``reason`` says so), as the model was trained at FIRST's resolution (default True;
         ``--no-match-beam``). Images on FIRST's beam or coarser in every direction, without
-        a beam, or 8-bit are scored as given.
+        a beam, or 8-bit are scored as given; one of a known beam that is not smoothed, on
+        pixels finer than FIRST's 1.8 arcsec along some axis, is sampled at the FIRST grid's
+        points by cubic convolution (its beam band-limits it, as FIRST's pixels sample
+        their own), not block-averaged and interpolated bilinearly
+        (`astromorph.preprocessing.resample_to_first_grid`, which widened FIRST's beam).
 
     Returns
     -------

@@ -997,6 +997,14 @@ def resample_to_first_grid(image, pixel_scale_arcsec, *, size=DATASET_IMAGE_PIXE
     images with a full WCS and a known sky position, ``reproject`` onto a
     FIRST-like WCS is the better choice.
 
+    The block means and the bilinear interpolation widen what the image holds (a point
+    source seen through FIRST's 5.4 arcsec beam loses 1.6 % of its peak from 1 arcsec
+    pixels, 11 % from 0.5 arcsec), the price of making no assumption about it: for an
+    image whose header gives a restoring beam that needs no smoothing (see
+    `smooth_to_first_beam`), which the beam band-limits as FIRST's are, `astromorph.predict_files`
+    and `astromorph.annotate` sample the FIRST grid's points by cubic convolution instead
+    (0.26 % and 0.05 %).
+
     Parameters
     ----------
     image : array_like
@@ -1282,9 +1290,16 @@ def _sample_on_first_grid(image, pixel_scale, *, size=DATASET_IMAGE_PIXELS):
     which `resample_to_first_grid`'s block averaging and bilinear interpolation (made for
     images that may hold structure finer than the grid) widen: a point source lost 1.6 %
     of its peak from 1" pixels, 5 % from 0.5". NaN outside the image and where one of the
-    16 pixels read is NaN."""
-    image = np.asarray(image, dtype=np.float64)
-    ny, nx = image.shape[-2:]
+    16 pixels read is NaN. The images of a stack are sampled one by one (the same floats;
+    a stack of 601 x 601 images at once took nine times as long, out of the CPU's cache)."""
+    image = np.asarray(image)
+    if image.ndim > 2:
+        out = np.empty(image.shape[:-2] + (size, size))
+        for index in np.ndindex(image.shape[:-2]):
+            out[index] = _sample_on_first_grid(image[index], pixel_scale, size=size)
+        return out
+    image = image.astype(np.float64, copy=False)
+    ny, nx = image.shape
     scale_y, scale_x = axis_scales(pixel_scale)
     axes = []
     for n, scale in ((ny, scale_y), (nx, scale_x)):
@@ -1295,7 +1310,28 @@ def _sample_on_first_grid(image, pixel_scale, *, size=DATASET_IMAGE_PIXELS):
     (ty, wy, iny), (tx, wx, inx) = axes
     # separable: the four rows of each output row, then the four columns of each column
     # (a NaN among the 16 pixels read still makes the value NaN)
-    rows = sum(wy[:, i, None] * image[..., ty[:, i], :] for i in range(4))
-    out = sum(wx[:, j] * rows[..., tx[:, j]] for j in range(4))
-    out[..., ~(iny[:, None] & inx[None, :])] = np.nan
+    rows = sum(wy[:, i, None] * image[ty[:, i], :] for i in range(4))
+    out = sum(wx[:, j] * rows[:, tx[:, j]] for j in range(4))
+    out[~(iny[:, None] & inx[None, :])] = np.nan
+    return out
+
+
+def _sample_beam_limited(images, pixel_scale, *, size=DATASET_IMAGE_PIXELS):
+    """`_sample_on_first_grid` of images ``(N, H, W)`` (NaN where invalid; sharing
+    ``pixel_scale``: one float or ``(scale_y, scale_x)``, finer than FIRST's 1.8" along some
+    axis) whose known beam needs no smoothing (`smooth_to_first_beam` leaves it: FIRST's or
+    coarser, or finer by less than `BEAM_MATCH_FRACTION`): such an image is band-limited by
+    its beam, and FIRST's pixels are samples of its own; `resample_to_first_grid`'s block
+    means and bilinear interpolation widen a 5.4" beam (a point source lost 1.6 % of its
+    peak from 1" pixels, 11 % from 0.5").
+
+    The cubic convolution reads 4 x 4 pixels, a block mean a block's valid ones: a grid
+    point whose pixels reach a NaN takes `resample_to_first_grid`'s value, so that a NaN
+    spreads no further on the grid than there (a lone NaN pixel of 0.5" none). Returns
+    ``(N, size, size)`` float64."""
+    out = _sample_on_first_grid(images, pixel_scale, size=size)
+    for image, plane in zip(images, out):
+        holes = np.isnan(plane)  # (NaN outside the image in both)
+        if holes.any() and np.isnan(image).any():
+            plane[holes] = resample_to_first_grid(image, pixel_scale, size=size)[holes]
     return out
