@@ -19,6 +19,7 @@ from ._readers._fits import warn_flux_units
 from ._model import as_model
 from ._predict import summarise_counts
 from ._progress import progress_bar
+from ._stopping import check_stop
 from ._version import __version__
 from ._warnings import warn
 from .exceptions import (AmbiguousInputWarning, InputError, InvalidArgumentError,
@@ -989,6 +990,7 @@ def annotate(table, images, *, model, ra_col=None, dec_col=None, coord_col=None,
                              min_total=ANNOTATE_CHUNK) as bar:
             for rows, x, row_flags, usable, smooth in _ahead(pool, stamps_to_input, parts,
                                                              workers):
+                check_stop()  # an annotate_dask partition whose call has failed: no more
                 flags[rows], smoothed[rows] = row_flags, smooth
                 valid[rows[usable]] = True
                 if len(x):

@@ -8,6 +8,7 @@ scheduler does the rest: the threaded one by default, or a
 ``dask.distributed`` cluster when a ``Client`` is active.
 """
 import collections
+import contextlib
 import logging
 import os
 import threading
@@ -40,19 +41,73 @@ def _annotate_partition(table, images, model, kwargs, names=None, files=None):
         RECORDED_IMAGE_NAMES.reset(token)
 
 
-def _annotate_collecting(table, images, model, kwargs, names=None, files=None):
+class _Partitions:
+    """The partitions of one `annotate_dask` call (``compute=True``) that run in the
+    caller's process (the threaded or synchronous scheduler, a cluster's in-process
+    workers): how many run, and the event that stops them (`_stopping.STOP`) once the call
+    has failed or was interrupted."""
+
+    def __init__(self):
+        self.pid = os.getpid()  # (a forked worker's copy is not the caller's)
+        self.stop = threading.Event()
+        self.running = 0
+        self.idle = threading.Condition()
+
+    @contextlib.contextmanager
+    def running_one(self):
+        """A partition's work: not begun once the call has stopped, counted while it runs,
+        and stopped at its next part (`_stopping.check_stop`) when the call stops."""
+        from ._stopping import STOP, Stopped
+
+        with self.idle:
+            if self.stop.is_set():
+                raise Stopped("not begun: another partition of the annotate_dask call "
+                              "failed, or the call was interrupted")
+            self.running += 1
+        token = STOP.set(self.stop)
+        try:
+            yield
+        finally:
+            STOP.reset(token)
+            with self.idle:
+                self.running -= 1
+                self.idle.notify_all()
+
+    def stop_and_wait(self):
+        """Stop the partitions that have not begun, and those running at their next part,
+        and wait until none runs (a second Ctrl-C stops the wait)."""
+        self.stop.set()
+        with self.idle:
+            while self.running:
+                self.idle.wait(0.1)  # (short waits: a Ctrl-C is taken at once)
+
+
+#: The `_Partitions` of the `annotate_dask` calls computing in this process, by call id.
+_COMPUTING = {}
+_COMPUTING_LOCK = threading.Lock()
+
+
+def _annotate_collecting(table, images, model, kwargs, names=None, files=None, call=None):
     """`_annotate_partition`, the warnings it gave, the counts of its rows that could not be
     scored and those of its rows placed on the sky, as ``(table, [(message, category)],
     [summary], placed)`` (see `_predict.summarise`; ``placed``: the counts of
-    `_annotate.PLACED`, None where `annotate` does not give them, as `annotate_stamps`)."""
+    `_annotate.PLACED`, None where `annotate` does not give them, as `annotate_stamps`).
+
+    ``call``: the id of the `annotate_dask` call; where it computes in this process, the
+    partition runs as one of its `_Partitions` (stopped, and waited for, when it fails)."""
     from ._annotate import PLACED
     from ._predict import SUMMARIES
     from ._warnings import collecting
 
+    with _COMPUTING_LOCK:
+        partitions = _COMPUTING.get(call)
+    if partitions is None or partitions.pid != os.getpid():  # a worker process: not ours
+        partitions = None
     summaries, placed = [], []
     token, token_placed = SUMMARIES.set(summaries), PLACED.set(placed)
     try:
-        with collecting() as found:
+        with partitions.running_one() if partitions else contextlib.nullcontext(), \
+                collecting() as found:
             out = _annotate_partition(table, images, model, kwargs, names, files)
     finally:
         PLACED.reset(token_placed)
@@ -599,7 +654,14 @@ def annotate_dask(table, images=None, *, model, partition_size=50_000, compute=T
         frame astropy cannot place (``HLON``/``HLAT``, ``SLON``/``SLAT``,
         ``TLON``/``TLAT``...) is refused by the partitions, with ``compute=False`` when
         they are computed: the caller gets the partition's own error (its type and
-        message) whatever the scheduler (threads, processes or a cluster).
+        message) whatever the scheduler (threads, processes or a cluster). With
+        ``compute=True``, the partitions still running in the caller's process when one
+        fails or the call is interrupted (Ctrl-C; the threaded scheduler) stop at their
+        next part, those not begun do not begin, and the error reaches the caller once none
+        runs: no partition is left in Dask's threads to enter and leave
+        `warnings.catch_warnings` blocks (which swap the process's warning filters) while
+        the caller handles it. With ``compute=False`` the computation is the caller's:
+        Dask's threaded scheduler raises at once while the other partitions run on.
     astromorph.exceptions.InvalidArgumentError
         A bad option value (named in the message), or an option neither function takes.
 
@@ -754,16 +816,31 @@ def annotate_dask(table, images=None, *, model, partition_size=50_000, compute=T
                                                      share(k), model, options(start), call,
                                                      len(bounds), names, files, notes)
                 for k, start in enumerate(bounds)]
+    call = uuid.uuid4().hex
     parts = [dask.delayed(_annotate_collecting)(rows[start:start + partition_size], share(k),
-                                                model, options(start), names, files)
+                                                model, options(start), names, files, call)
              for k, start in enumerate(bounds)]
     log.info("annotating %d rows in %d Dask partitions", len(table), len(parts))
     from dask.multiprocessing import RemoteException
 
+    # where a partition fails (or Ctrl-C), Dask raises at once while the other partitions
+    # run on in its threads: those in this process are stopped and waited for first, so
+    # that none is left to enter and leave warnings.catch_warnings blocks (which swap the
+    # process's warning filters and showwarning) while the caller handles the error
+    partitions = _Partitions()
+    with _COMPUTING_LOCK:
+        _COMPUTING[call] = partitions
     try:
-        results = dask.compute(*parts, scheduler=scheduler)
+        try:
+            results = dask.compute(*parts, scheduler=scheduler)
+        except BaseException:
+            partitions.stop_and_wait()
+            raise
     except RemoteException as exc:  # "processes": Dask's copy of a partition's error, whose
         raise exc.exception from exc  # message holds the worker's traceback: the error itself
+    finally:
+        with _COMPUTING_LOCK:
+            del _COMPUTING[call]
     _warn_once([found for _, found, _, _ in results], len(results),
                [placed for _, _, _, placed in results], given_here=set(notes))
     _warn_summaries([(k, s) for k, (_, _, part, _) in enumerate(results) for s in part],

@@ -13,6 +13,7 @@ import numpy as np
 
 from ._flags import Flag
 from ._progress import progress_bar
+from ._stopping import check_stop
 from ._readers import Stamp
 from ._readers._fits import HeaderFacts, _levels_array, read_fits_bytes, warn_flux_units
 from ._readers._stamp import common_pixel_scale
@@ -209,11 +210,14 @@ def annotate_stamps(table, *, model, columns=None, pixel_scale=None, negative=No
                       min_total=4 * batch_size) as bar:
         step = max(int(batch_size), _BLOCK_ROWS)
         for start in range(0, n if block else 0, step):
+            check_stop()  # an annotate_dask partition whose call has failed: no more
             stop = min(start + step, n)
             for part in block(start, stop):
                 runner.add_block(**part)
             bar.update(stop - start)
         for i in range(0 if block else n):
+            if i % _BLOCK_ROWS == 0:
+                check_stop()
             stamp = _row_stamp(i, [get(i) for get in getters], names, family)
             if unknown is not None and unknown[i]:
                 stamp.reason.append(assumed)

@@ -2439,6 +2439,71 @@ def test_annotate_dask_raises_a_worker_process_error_as_annotate_does(optical_mo
     assert str(out.value) == str(ref.value)
 
 
+@pytest.mark.parametrize("interrupt", [False, True])
+def test_annotate_dask_stops_its_running_partitions_before_raising(optical_model, tmp_path,
+                                                                   monkeypatch, interrupt):
+    """With the threaded scheduler, a partition's error (or Ctrl-C) reached the caller while
+    its sibling partitions ran on in Dask's threads, entering and leaving
+    `warnings.catch_warnings` blocks as the caller entered its own: the caller's warnings
+    could be recorded by a partition's block, and its filters and ``showwarning`` left as a
+    partition's. annotate_dask now stops the partitions it computes (each at its next part)
+    and waits for them before it raises: none runs when the error reaches the caller, and the
+    warning state is the caller's."""
+    import threading
+    import time
+    import warnings
+
+    import dask
+
+    import astromorph._dask as adask
+
+    fits.writeto(tmp_path / "img.fits", blobs(), sky_wcs().to_header())
+    cat = catalogue(sky_wcs(), np.random.default_rng(1).uniform(0, 199, (8, 2)))
+    real = adask._annotate_partition
+    lock, started, running = threading.Lock(), [], []
+    under_way, caller_has_it = threading.Event(), threading.Event()
+    error = KeyboardInterrupt() if interrupt else InputError("a corrupt tile")
+
+    def partition(table, *args, **kwargs):
+        with lock:
+            started.append(int(table["id"][0]))
+            running.append(started[-1])
+            second = len(started) == 2
+        try:
+            if second:  # fails once the first partition is under way
+                assert under_way.wait(60)
+                raise error
+            # the first: annotate's own work (its warnings blocks and all), again and again,
+            # until the caller has the error (or a minute has passed)
+            end = time.monotonic() + 60
+            while not caller_has_it.is_set() and time.monotonic() < end:
+                out = real(table, *args, **kwargs)
+                under_way.set()
+            return out
+        finally:
+            with lock:
+                running.remove(int(table["id"][0]))
+
+    monkeypatch.setattr(adask, "_annotate_partition", partition)
+    show, filters = warnings.showwarning, list(warnings.filters)
+    try:
+        with pytest.raises(type(error)), dask.config.set(num_workers=2):
+            astromorph.annotate_dask(cat, str(tmp_path / "img.fits"),
+                                     model=str(optical_model.path), partition_size=4,
+                                     scheduler="threads", threads=1)
+        still = list(running)
+        state = (warnings.showwarning is show, warnings.filters == filters)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            warnings.warn("the caller's own", UserWarning)
+    finally:
+        caller_has_it.set()  # (the old code's partition stops here)
+    assert len(started) == 2 and still == [], still
+    assert state == (True, True)
+    assert [str(w.message) for w in caught] == ["the caller's own"]
+    assert warnings.showwarning is show and warnings.filters == filters
+
+
 def test_annotate_dask_on_a_distributed_cluster(optical_model, tmp_path):
     """A ``dask.distributed`` cluster of worker processes (everything pickled both ways):
     the table of `annotate` (scores bit for bit, flags, meta), its one warning at the
