@@ -804,7 +804,10 @@ def _candidate_pixel(blob, ra, dec, what="the diaSource"):
     from astropy.io import fits
     from astropy.wcs import WCS, FITSFixedWarning
 
-    with warnings.catch_warnings():
+    from .._warnings import catch_warnings
+
+    # (astromorph's lock: the reader thread of predict_files may be in such a block too)
+    with catch_warnings():
         warnings.simplefilter("ignore", FITSFixedWarning)
         wcs = WCS(fits.Header.fromstring(bytes(buf[:end]).decode("ascii", "replace"))).celestial
         x, y = wcs.world_to_pixel(SkyCoord(ra, dec, unit="deg", frame="icrs"))
