@@ -1319,15 +1319,20 @@ def _sample_on_first_grid(image, pixel_scale, *, size=DATASET_IMAGE_PIXELS):
 def _sample_beam_limited(images, pixel_scale, *, size=DATASET_IMAGE_PIXELS):
     """`_sample_on_first_grid` of images ``(N, H, W)`` (NaN where invalid; sharing
     ``pixel_scale``: one float or ``(scale_y, scale_x)``, finer than FIRST's 1.8" along some
-    axis) whose known beam needs no smoothing (`smooth_to_first_beam` leaves it: FIRST's or
-    coarser, or finer by less than `BEAM_MATCH_FRACTION`): such an image is band-limited by
-    its beam, and FIRST's pixels are samples of its own; `resample_to_first_grid`'s block
-    means and bilinear interpolation widen a 5.4" beam (a point source lost 1.6 % of its
-    peak from 1" pixels, 11 % from 0.5").
+    axis) band-limited by a beam that contains FIRST's: one whose known beam needs no
+    smoothing (`smooth_to_first_beam` leaves it: FIRST's or coarser, or finer by less than
+    `BEAM_MATCH_FRACTION`), or one smoothed to it on its own pixels
+    (`_smooth_on_native_grid`). FIRST's pixels are samples of its own beam;
+    `resample_to_first_grid`'s block means and bilinear interpolation widen a 5.4" beam (a
+    point source lost 1.6 % of its peak from 1" pixels, 11 % from 0.5").
 
     The cubic convolution reads 4 x 4 pixels, a block mean a block's valid ones: a grid
     point whose pixels reach a NaN takes `resample_to_first_grid`'s value, so that a NaN
-    spreads no further on the grid than there (a lone NaN pixel of 0.5" none). Returns
+    spreads no further on the grid than there (a lone NaN pixel of 0.5" none; the cubic
+    convolution alone spread it some 2 x 2 grid points further). A smoothed image is NaN
+    where the image given was (the convolution is normalised over the valid pixels, which
+    stay at the new beam beside a NaN), so that value is the block means of its valid
+    pixels at FIRST's beam, and the NaN footprint the image's own. Returns
     ``(N, size, size)`` float64."""
     out = _sample_on_first_grid(images, pixel_scale, size=size)
     for image, plane in zip(images, out):
