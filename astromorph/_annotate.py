@@ -977,7 +977,8 @@ def annotate(table, images, *, model, ra_col=None, dec_col=None, coord_col=None,
             return rows, x, row_flags, usable, smooth
 
         predictions, scored = [], []
-        order = _processing_order(sky[plan[0]], choice[plan[0]], groups[plan[0]])
+        order = _processing_order(sky[plan[0]], [choice[band] for band in plan],
+                                  [groups[band] for band in plan])
         workers = _workers(threads)
         # the model-free work of the parts is shared among threads (numpy, scipy and ONNX
         # Runtime release the GIL); the model scores each part as soon as it is ready.
@@ -1141,26 +1142,28 @@ def _part_rows(stamp_pixels):
     return max(1, min(STAMP_CHUNK, PART_PIXELS // stamp_pixels))
 
 
-def _processing_order(sky, choice=None, images=None):
+def _processing_order(sky, choices=(), groups=()):
     """Sources in order of their pixel row in the first image of a band (``sky`` from
     `_sky_positions`), positions outside its WCS last.
 
     Consecutive parts then cut neighbouring image rows: fewer cache and TLB misses when
     sampling, and a memory-mapped image is read nearly in sequence, not at random.
 
-    Where the band has several ``images`` (a mosaic), or some are decompressed when sampled
+    Where a band has several images (a mosaic), or some are decompressed when sampled
     (tile-compressed files), the sources are first grouped by the image they are cut from
-    (``choice``, from `_choose_images`; those off every image last), so that one tile is
-    decompressed or converted whole (`SkyImage.resident`) at a time, once, and let go
-    before the next (`SkyImage.done_sources`).
+    in each such band (``choices``, from `_choose_images`, of the bands whose images are
+    ``groups``; those off every image of a band last), by the first band's, then within
+    it by the next band's, and so on: one tile is decompressed or converted whole
+    (`SkyImage.resident`) at a time, once, and let go after its last source
+    (`SkyImage.done_sources`); the tiles of the other bands, whose boundaries need not
+    fall on the first band's, are taken one after the other within each tile of the first
+    (by rows, each would be held from the first row of its sources to the last).
     """
     py = sky[0][3]
     row = np.where(np.isfinite(py), py, np.inf)
-    if choice is None or (len(images) < 2
-                          and not any(im._loader is not None for im in images)):
-        return np.argsort(row, kind="stable")
-    best, off = choice
-    return np.lexsort((row, np.where(off, len(images), best)))
+    keys = [np.where(off, len(images), best) for (best, off), images in zip(choices, groups)
+            if len(images) > 1 or any(im._loader is not None for im in images)]
+    return np.lexsort((row, *keys[::-1]))  # (lexsort's last key is its first)
 
 
 def _concat(predictions, rows):

@@ -4845,6 +4845,58 @@ def test_gzipped_mosaic_is_decompressed_one_tile_at_a_time(optical_model, tmp_pa
         np.testing.assert_array_equal(np.ma.getdata(out[name]), np.ma.getdata(expected[name]))
 
 
+def test_mosaic_of_another_band_is_decompressed_one_tile_at_a_time(optical_model, tmp_path,
+                                                                monkeypatch):
+    """The sources are grouped by the tile they are cut from in every band, not in the first
+    band alone: where g is one tile-compressed image and r a mosaic of two gzipped tiles side
+    by side, the r tiles are taken one after the other (by the rows of g, both were held
+    from the first rows to the last). Each tile is decompressed once; the result is that of
+    the same images uncompressed, bit for bit."""
+    from astromorph import _annotate
+
+    n, half = 150, 80
+    w = sky_wcs(n, rot=0)
+    plain, packed = {}, {}
+    for band, seed in (("g", 1), ("r", 2), ("i", 3)):
+        big = np.round(blobs(n, seed=seed, count=60) * 1000).astype(np.int16)
+        tiles = [(0, half + 10), (half - 10, n)] if band == "r" else [(0, n)]
+        for x0, x1 in tiles:
+            tw = w.deepcopy()
+            tw.wcs.crpix = [w.wcs.crpix[0] - x0, w.wcs.crpix[1]]
+            data, header = big[:, x0:x1].copy(), tw.to_header()
+            header["BSCALE"] = 1e-3
+            name = str(tmp_path / f"{band}{x0}.fits")
+            fits.PrimaryHDU(data, header).writeto(name)
+            plain.setdefault(band, []).append(name)
+            if band == "g":
+                name += ".fz"
+                fits.HDUList([fits.PrimaryHDU(), fits.CompImageHDU(data, header)]).writeto(name)
+            elif band == "r":
+                name += ".gz"
+                fits.PrimaryHDU(data, header).writeto(name)
+            packed.setdefault(band, []).append(name)
+    cat = catalogue(w, [(x, y) for x in range(8, n - 8, 9) for y in range(8, n - 8, 9)])
+    monkeypatch.setattr(_annotate, "STAMP_CHUNK", 16)  # parts of 16 sources
+    expected = astromorph.annotate(cat, plain, model=optical_model, threads=1)
+    seen, held = {}, []
+    cut = _annotate.cut_stamps
+
+    def counted(image, *args, **kwargs):
+        seen[image.name] = image
+        held.append(sum(im._loaded for im in seen.values() if im.band == "r"))
+        return cut(image, *args, **kwargs)
+
+    monkeypatch.setattr(_annotate, "cut_stamps", counted)
+    out = astromorph.annotate(cat, packed, model=optical_model, threads=1)
+    assert {name.rsplit("/")[-1]: im.decompressions for name, im in seen.items()
+            if im.band != "i"} == {"g0.fits.fz[1]": 1, "r0.fits.gz[0]": 1, "r70.fits.gz[0]": 1}
+    assert max(held) == 1, held  # one r tile's pixels in hand at a time
+    for name in out.colnames:
+        np.testing.assert_array_equal(np.ma.getmaskarray(out[name]),
+                                      np.ma.getmaskarray(expected[name]))
+        np.testing.assert_array_equal(np.ma.getdata(out[name]), np.ma.getdata(expected[name]))
+
+
 @pytest.mark.parametrize("threads", [1, 2])
 def test_memory_mapped_mosaic_holds_one_converted_tile_at_a_time(optical_model, tmp_path,
                                                                  monkeypatch, threads):
