@@ -8,6 +8,7 @@ import mmap
 import os
 import threading
 import warnings
+import zipfile
 
 import numpy as np
 from astropy.io import fits
@@ -33,7 +34,9 @@ DECOMPRESS_ADVICE = "uncompress it (gunzip, funpack) to read only the pages unde
 #: First bytes of the whole-file compressions astropy reads (gzip, bzip2, zip, xz).
 _COMPRESSED_MAGIC = (b"\x1f\x8b", b"BZh", b"PK\x03\x04", b"\xfd7zXZ")
 #: The whole-file compressions whose pixels are decompressed when sampled (`_lazy_stream`),
-#: by their first bytes: the reader of each.
+#: by their first bytes: the reader of each. (astropy extracts a zip archive whole into a
+#: temporary file, which it memory-maps; Unix compress, ``.Z``, has no reader in the
+#: standard library: astropy reads it whole, with the optional package uncompresspy.)
 _STREAM_OPENERS = ((b"\x1f\x8b", gzip.open), (b"BZh", bz2.open), (b"\xfd7zXZ", lzma.open))
 #: Bytes decompressed into the pixels of a compressed file at a time (`_lazy_stream`).
 _STREAM_CHUNK = 1 << 22
@@ -366,7 +369,7 @@ def _open_fits(name):
             # SkyImage applies BSCALE/BZERO/BLANK itself
             hdul = fits.open(name, memmap=True, do_not_scale_image_data=True, mode="readonly",
                              lazy_load_hdus=False)
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, zipfile.BadZipFile) as exc:  # (astropy lets zip's through)
             raise InputError(f"{name}: not a readable FITS file ({exc})") from exc
     for w in caught:
         if "truncated" in str(w.message):
@@ -467,9 +470,9 @@ def _images_of_file(hdul, name):
 
     def span(k, hdu):  # memory-mapped HDUs: the bytes in the file are the array
         # (not so in a tile-compressed HDU, nor in a gzipped file, which astropy
-        # decompresses into memory; its pixels are not read here)
-        if opener is not None or isinstance(hdu, fits.CompImageHDU) or not _memory_mapped(
-                hdu.data):
+        # decompresses into memory, its pixels not read here, nor in a zip archive,
+        # whose FITS file astropy extracts into a temporary file and memory-maps there)
+        if compressed or isinstance(hdu, fits.CompImageHDU) or not _memory_mapped(hdu.data):
             return None
         return name, hdul.fileinfo(k)["datLoc"]
 
