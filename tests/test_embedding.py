@@ -3263,3 +3263,29 @@ def test_cli_classify_checks_the_columns_of_a_fits_label_column_before_the_fit(
                  "-o", str(tmp_path / "out.ecsv")]) == 2
     assert "head_p_edge_on" in capsys.readouterr().err
     assert work == [] and not (tmp_path / "out.ecsv").exists()
+
+
+def test_query_result_leaves_out_an_object_embedding_column(tmp_path, capsys):
+    """A Parquet table written by pandas holds its vectors as an object column (one array
+    per row): the query result copied that column (256 numbers a row) into the table that
+    `astromorph similar` prints, as 'the indexed table's columns (without the vectors)'
+    does not; the vector column is left out whatever its storage."""
+    t = catalogue(n=30)
+    cells = Table({"id": t["id"], "ra": t["ra"], "dec": t["dec"]})
+    cells["embedding"] = np.empty(30, dtype=object)
+    for i, v in enumerate(t["embedding"]):
+        cells["embedding"][i] = np.asarray(v)
+    res = SimilarityIndex.from_table(cells).query(row=7, k=5)
+    assert "embedding" not in res.colnames and "id" in res.colnames
+    # also through a column passed with its table
+    res = SimilarityIndex(cells["embedding"], table=cells).query(row=7, k=5)
+    assert "embedding" not in res.colnames
+    pytest.importorskip("pyarrow")
+    pytest.importorskip("pandas")
+    import pandas as pd
+
+    df = pd.DataFrame({"id": np.arange(30), "embedding": [list(v) for v in t["embedding"]]})
+    df.to_parquet(tmp_path / "pandas.parquet")
+    assert main(["similar", str(tmp_path / "pandas.parquet"), "--query", "7", "-k", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "embedding" not in out and len(max(out.splitlines(), key=len)) < 80

@@ -1052,9 +1052,12 @@ class SimilarityIndex:
             # the provenance of the vectors (the model that made them)
             out.meta.update({k: v for k, v in self.table.meta.items()
                              if str(k).startswith("astromorph_")})
+            # all but the vectors: the indexed column (by name, also an object column of
+            # one array per row, as pandas writes Parquet) and any other of their shape
             names = columns if columns is not None else [
                 c for c in self.table.colnames
-                if not (self.table[c].ndim > 1 and self.table[c].shape[1:] == (self.dim,))]
+                if c != self._column
+                and not (self.table[c].ndim > 1 and self.table[c].shape[1:] == (self.dim,))]
             # a table column named as one of the result's own (in any case: one column
             # for FITS) gets table_ until its name is free of every other column's
             own = {c.casefold() for c in out.colnames}
