@@ -3269,7 +3269,8 @@ def test_query_result_leaves_out_an_object_embedding_column(tmp_path, capsys):
     """A Parquet table written by pandas holds its vectors as an object column (one array
     per row): the query result copied that column (256 numbers a row) into the table that
     `astromorph similar` prints, as 'the indexed table's columns (without the vectors)'
-    does not; the vector column is left out whatever its storage."""
+    does not; the vector column is left out whatever its storage, as from the tables that
+    `astromorph cluster` and `classify` print."""
     t = catalogue(n=30)
     cells = Table({"id": t["id"], "ra": t["ra"], "dec": t["dec"]})
     cells["embedding"] = np.empty(30, dtype=object)
@@ -3285,7 +3286,11 @@ def test_query_result_leaves_out_an_object_embedding_column(tmp_path, capsys):
     import pandas as pd
 
     df = pd.DataFrame({"id": np.arange(30), "embedding": [list(v) for v in t["embedding"]]})
+    df["label"] = np.where(np.arange(30) % 3 == 0, "", np.array(["a", "b"])[np.arange(30) % 2])
     df.to_parquet(tmp_path / "pandas.parquet")
-    assert main(["similar", str(tmp_path / "pandas.parquet"), "--query", "7", "-k", "3"]) == 0
-    out = capsys.readouterr().out
-    assert "embedding" not in out and len(max(out.splitlines(), key=len)) < 80
+    # the printed tables of similar, cluster and classify leave it out too
+    for args in (["similar", "--query", "7", "-k", "3"], ["cluster", "-k", "2"],
+                 ["classify", "--labels", "label", "-C", "1"]):
+        assert main(args[:1] + [str(tmp_path / "pandas.parquet")] + args[1:]) == 0
+        out = capsys.readouterr().out
+        assert "embedding" not in out and len(max(out.splitlines(), key=len)) < 100, args

@@ -32,8 +32,9 @@ def _write_or_print(table, args, what):
         report(args, f"wrote {len(table)} {what} to {args.output}")
     else:
         show = table.copy(copy_data=False)
-        for name in list(show.colnames):
-            if show[name].ndim > 1:
+        for name in list(show.colnames):  # no vectors: 2-d columns, and the vector column
+            # by name (an object column of one array per row, as pandas writes Parquet)
+            if show[name].ndim > 1 or name == getattr(args, "column", None):
                 show.remove_column(name)
         show.pprint(max_lines=-1, max_width=-1)
 
