@@ -3294,3 +3294,26 @@ def test_query_result_leaves_out_an_object_embedding_column(tmp_path, capsys):
         assert main(args[:1] + [str(tmp_path / "pandas.parquet")] + args[1:]) == 0
         out = capsys.readouterr().out
         assert "embedding" not in out and len(max(out.splitlines(), key=len)) < 100, args
+
+
+def test_labels_of_one_row_each_cannot_choose_c(tmp_path, capsys):
+    """Labels in which every class has a single row (an identifier column given as
+    --labels, as a catalogue's 'source') left the cross-validation nothing to choose C
+    with (each held-out row's class is missing from its training part, so the smallest
+    C always won) and took minutes (9 candidates x 2 folds of a 300-class fit on GZ1's
+    300 rows): refused at once, naming the count and pointing to C=; with C given
+    (one exemplar per class) the head is fitted, with a FewRowsWarning."""
+    from astromorph.exceptions import FewRowsWarning
+
+    x = unit_rows(12, 8)
+    ids = [f"obj{i}" for i in range(12)]
+    with pytest.raises(InvalidArgumentError, match=r"12 classes.*12 labelled rows.*C="):
+        LabelHead().fit(x, ids)
+    with pytest.warns(FewRowsWarning):
+        head = LabelHead(C=1.0).fit(x[:3], ["E", "S", "Irr"])
+    assert head.predict(x[:3]).tolist() == ["E", "S", "Irr"]
+    t = Table({"embedding": x, "source": ids})
+    t.write(tmp_path / "t.ecsv")
+    assert main(["classify", str(tmp_path / "t.ecsv"), "--labels", "source"]) == 2
+    err = capsys.readouterr().err
+    assert "12 classes" in err and "-C" in err and "Traceback" not in err, err

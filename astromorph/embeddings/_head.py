@@ -275,6 +275,13 @@ class LabelHead(Saved):
             Some classes have fewer labelled rows than the cross-validation of ``C`` has
             folds (``min(cv, rows of the largest class)``, at least 2), or, with ``C``
             given, a single row: the message names them with their counts.
+
+        Raises
+        ------
+        astromorph.exceptions.InvalidArgumentError
+            Fewer than two classes, labels that are masked, empty, None or NaN, or
+            (without ``C``) every class a single row: the cross-validation cannot choose
+            ``C`` (give ``C``).
         """
         provenance = as_provenance(provenance)
         x = embedding_matrix(embeddings, allow_masked=False)
@@ -303,8 +310,19 @@ class LabelHead(Saved):
         if k < 2:
             raise InvalidArgumentError(f"need at least two classes to fit a head, got {k}"
                                        + "".join(f": {c!r}" for c in classes.tolist()))
+        counts = np.bincount(y, minlength=k)
+        if self.C is None and counts.max() < 2:
+            # each held-out row's class is missing from its training part: every C scores
+            # alike (the smallest wins), after minutes of fits for hundreds of classes
+            raise InvalidArgumentError(
+                f"{k} classes in {len(y)} labelled rows, one row each (e.g. "
+                f"{', '.join(repr(c) for c in classes.tolist()[:3])}"
+                f"{', ...' if k > 3 else ''}: identifiers rather than classes?): the "
+                "cross-validation cannot choose C without a class of two rows; label more "
+                "rows of each class, or give C= (-C on the command line) to fit one "
+                "exemplar per class")
         _warn_similar_classes(classes)
-        self._warn_few_rows(classes, np.bincount(y, minlength=k))
+        self._warn_few_rows(classes, counts)
         mean = x.mean(axis=0)
         scale = np.maximum(x.std(axis=0), 1e-6)
         z = (x - mean) / scale
