@@ -3317,3 +3317,36 @@ def test_labels_of_one_row_each_cannot_choose_c(tmp_path, capsys):
     assert main(["classify", str(tmp_path / "t.ecsv"), "--labels", "source"]) == 2
     err = capsys.readouterr().err
     assert "12 classes" in err and "-C" in err and "Traceback" not in err, err
+
+
+def test_query_by_a_constant_image_is_refused_and_flags_are_kept(tiny_embedding, tmp_path,
+                                                                  capsys):
+    """A blank or constant picture (an all-zero PNG, a grey array) was embedded and queried
+    without a word: `predict` flags it CONSTANT ('outputs are not meaningful'), but the query
+    dropped the flags and returned 'neighbours' of nothing. It is now refused with
+    InputError naming the reason, as an unusable file is; the flags of a usable query image
+    are kept in the result's meta (``query_flags``: 0 for a clean one)."""
+    from PIL import Image
+    from astromorph._adapters import RawStamps, prepare
+
+    model = astromorph.load_model(tiny_embedding)
+    images = np.stack([colour_cutout(s) for s in range(20)])
+    x, _ = prepare(model, RawStamps("colour", images))
+    t = Table({"id": np.arange(20), "embedding": model.predict(x)["embedding"]})
+    index = SimilarityIndex.from_table(t)
+    blank, grey = tmp_path / "blank.png", tmp_path / "grey.png"
+    Image.fromarray(np.zeros((100, 100, 3), np.uint8)).save(blank)
+    Image.fromarray(np.full((100, 100, 3), 128, np.uint8)).save(grey)
+    for image in (blank, grey, np.zeros((100, 100, 3), np.uint8),
+                  np.full((100, 100, 3), 0.5), np.full((3, 64, 64), 0.2, np.float32)):
+        with pytest.raises(InputError, match=r"constant|all zero"):
+            index.query(image=image, k=3, model=tiny_embedding)
+    png = tmp_path / "q.png"
+    Image.fromarray(images[4]).save(png)
+    assert index.query(image=png, k=2, model=tiny_embedding).meta["query_flags"] == 0
+    assert index.query(image=images[4], k=2, model=tiny_embedding).meta["query_flags"] == 0
+    t.meta.update(astromorph_model=tiny_embedding)
+    t.write(tmp_path / "t.ecsv")
+    assert main(["similar", str(tmp_path / "t.ecsv"), "--image", str(blank)]) == 2
+    err = capsys.readouterr().err
+    assert "blank.png" in err and "all zero" in err and "Traceback" not in err, err

@@ -110,6 +110,12 @@ def _cmd_similar(args):
     if "query_separation_arcsec" in result.meta:
         report(args, f"query: row {result.meta['query_row']} "
                f"({result.meta['query_separation_arcsec']:.2f} arcsec from the position)")
+    if result.meta.get("query_flags"):  # a usable but flagged stamp (EDGE, BLANK...)
+        from .._flags import Flag
+
+        flags = result.meta["query_flags"]
+        report(args, f"query image {args.image}: flags {flags} "
+               f"({'|'.join(f.name for f in Flag if f & flags)})")
     _write_or_print(result, args, "neighbours")
     if args.gallery:
         index.gallery(result, args.gallery, source_column=args.source_column,

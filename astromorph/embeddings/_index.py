@@ -825,8 +825,9 @@ class SimilarityIndex:
         astromorph.exceptions.InputNotFoundError
             ``image`` names no file (a folder or a glob pattern is not one image).
         astromorph.exceptions.InputError
-            ``image`` is a folder or not a regular file, holds no usable stamp, or is an
-            array of another shape.
+            ``image`` is a folder or not a regular file, holds no usable stamp (also a
+            constant one, e.g. all zero: flag ``CONSTANT``), or is an array of another
+            shape.
         astromorph.exceptions.InvalidArgumentError
             ``model`` has no embedding output, or one of another length than the
             indexed vectors (the message names both).
@@ -844,8 +845,13 @@ class SimilarityIndex:
             No ``model`` given, and the index's table does not say which model made
             its vectors: the shipped ``embedding`` is used.
         """
+        return self._embed_image(image, model)[0]
+
+    def _embed_image(self, image, model):
+        """`embed_image`, and the `~astromorph.Flag` bits of the image's stamp."""
         import os
 
+        from .._flags import Flag
         from .._io import check_input_file
 
         if isinstance(image, (str, os.PathLike)):  # a missing file before any model is loaded
@@ -869,14 +875,24 @@ class SimilarityIndex:
                 result = predict_files(model, [image], progress=False)
             col = result["embedding"]
             usable = ~np.ma.getmaskarray(col).any(axis=1)
+            flags = next((np.asarray(result[c]) for c in result.colnames
+                          if c.endswith("_flags")), np.zeros(len(result), np.int32))
+            # a constant picture (e.g. all zero) has a vector that means nothing
+            usable &= (flags & int(Flag.CONSTANT)) == 0
             if not usable.any():
-                reason = result["reason"][0] if "reason" in result.colnames else "unusable"
+                reason = (result["reason"][0] if "reason" in result.colnames
+                          and result["reason"][0] else "unusable")
                 raise InputError(f"no embedding for {str(image)!r}: {reason}")
-            return np.asarray(np.ma.getdata(col)[np.flatnonzero(usable)[0]], dtype=np.float32)
+            first = np.flatnonzero(usable)[0]
+            return (np.asarray(np.ma.getdata(col)[first], dtype=np.float32),
+                    int(flags[first]))
         arr = np.asarray(image)
         shape = tuple(model.input_shape)
+        flags = np.zeros(1, np.int32)
         if arr.shape in (shape, (1, *shape)):
             x = arr.reshape(1, *shape).astype(np.float32)
+            if x.size and np.all(x == x.flat[0]):  # as preprocessing flags a constant cutout
+                flags[:] = int(Flag.CONSTANT)
         elif arr.ndim == 2 or (arr.ndim == 3 and arr.shape[-1] == 3):
             from .._adapters import RawStamps, prepare
 
@@ -886,11 +902,14 @@ class SimilarityIndex:
                 if not np.all(np.isfinite(rgb)) or rgb.min() < 0 or rgb.max() > 1 + 1e-6:
                     raise InputError("a floating-point colour cutout must hold finite display "
                                      "values in [0, 1]; pass uint8 for 8-bit images")
-            x, _ = prepare(model, RawStamps("colour", rgb[None]))
+            x, flags = prepare(model, RawStamps("colour", rgb[None]))
         else:
             raise InputError(f"cannot embed an image of shape {arr.shape}: pass a file, a "
                              f"colour cutout (H, W, 3) or a network-ready stamp {shape}")
-        return model.predict(x, progress=False)[out[0]][0]
+        if flags[0] & int(Flag.CONSTANT):
+            raise InputError(f"no embedding for the array of shape {arr.shape}: the image is "
+                             f"constant ({np.ravel(arr)[0]!r}): its vector would mean nothing")
+        return model.predict(x, progress=False)[out[0]][0], int(flags[0])
 
     def _check_model(self, model):
         """`ProvenanceMismatchError` when the indexed table says that another embedding
@@ -961,7 +980,8 @@ class SimilarityIndex:
             (one named as one of those four, in any case, as ``table_<name>``, or
             ``table_table_<name>``... where a column of the table has that name).
             ``meta`` describes the query (``query_kind``, ``query_row``,
-            ``query_separation_arcsec``, ``k``, ``backend``) and holds the
+            ``query_separation_arcsec``, ``query_image`` and ``query_flags``, the
+            `~astromorph.Flag` bits of the image's stamp, ``k``, ``backend``) and holds the
             indexed table's ``astromorph_*`` provenance keys.
 
         Raises
@@ -1004,7 +1024,7 @@ class SimilarityIndex:
             meta["query_row"] = query_row
             exclude = None if include_query else [[query_row]]
         elif image is not None:
-            q = self.embed_image(image, model=model)
+            q, meta["query_flags"] = self._embed_image(image, model)
             meta["query_image"] = os.fspath(image) if isinstance(image, (str, os.PathLike)) \
                 else f"array of shape {np.shape(image)}"
             exclude = None
