@@ -3289,7 +3289,8 @@ def test_query_result_leaves_out_an_object_embedding_column(tmp_path, capsys):
     df["label"] = np.where(np.arange(30) % 3 == 0, "", np.array(["a", "b"])[np.arange(30) % 2])
     df.to_parquet(tmp_path / "pandas.parquet")
     # the printed tables of similar, cluster and classify leave it out too
-    for args in (["similar", "--query", "7", "-k", "3"], ["cluster", "-k", "2"],
+    for args in (["similar", "--query", "7", "-k", "3"],
+                 ["cluster", "-k", "2", "--covariance", "diag"],
                  ["classify", "--labels", "label", "-C", "1"]):
         assert main(args[:1] + [str(tmp_path / "pandas.parquet")] + args[1:]) == 0
         out = capsys.readouterr().out
