@@ -3945,3 +3945,71 @@ def test_cli_overwrite_through_a_symbolic_link_keeps_the_link(models, tmp_path, 
     assert cli.main(["predict", "real-bogus", str(tmp_path / "t.fits"), "-o", str(gone),
                      "--overwrite", "--no-progress"]) == 2
     assert "missing" in capsys.readouterr().err and gone.is_symlink()
+
+
+# ----------------------------------------------------------------------------- lossy FITS
+#: How the FITS stamps of the lossy-compression tests are written: as they are, without loss
+#: (GZIP_2 of the floats themselves) and quantised (fpack's levels, dither 1, 2, NO_DITHER).
+_COMPRESSIONS = {"plain": None, "lossless": dict(compression_type="GZIP_2", quantize_level=0)}
+_COMPRESSIONS.update({f"q{q}_m{m}": dict(compression_type="RICE_1", quantize_level=q,
+                                         quantize_method=m)
+                      for q in (4, 16) for m in (1, 2, -1)})
+
+
+def _write_compressed(path, data, how, *, tile=None, header=None):
+    """``data`` as a FITS file at ``path``: a primary image (``how`` None) or a CompImageHDU
+    (``how``: its options; ``tile``: its tile shape, else astropy's rows)."""
+    if how is None:
+        fits.PrimaryHDU(data, header=header).writeto(path)
+    else:
+        fits.HDUList([fits.PrimaryHDU(), fits.CompImageHDU(
+            data, header=header, **how, **({} if tile is None else {"tile_shape": tile}))]
+        ).writeto(path)
+    return path
+
+
+def _flat_triplet(n=63):
+    t = triplet(n)
+    t[1] = 200.0  # a flat reference (a masked or filled template)
+    return t
+
+
+@pytest.mark.parametrize("case", ["triplet", "triplet_resampled", "optical_stack",
+                                  "radio_stack"])
+def test_flat_stamp_of_a_lossily_compressed_fits_is_constant(models, tmp_path, case):
+    """A flat plane (a triplet's reference) or a flat stamp of a stack, in a tile that also
+    holds noise, reads back from a float FITS file tile-compressed with quantisation (fpack's
+    default) as values up to one quantisation step (ZSCALE) apart: it is CONSTANT as in the
+    same file uncompressed, or compressed without loss; every other row's flags are those
+    of the uncompressed file too. (A tile that is flat throughout is stored without loss.)"""
+    rng = np.random.default_rng(3)
+    header, flat_rows = None, [0]
+    if case == "triplet":
+        model, data = "real-bogus", _flat_triplet()
+    elif case == "triplet_resampled":  # 0.25"/pixel: blocks of 4 x 4 on the 1"/pixel grid
+        model, data = "real-bogus", _flat_triplet(252)
+        header = celestial_header(fits.Header(), 0.25, data.shape)
+    elif case == "optical_stack":
+        model = "morphology"
+        data = np.stack([galaxy(64, seed=s)[None] for s in range(4)])
+        data[2], flat_rows = 5.0, [2]
+    else:
+        model, n = "radio-morphology", RADIO_STAMP
+        data = rng.normal(0, 1.5e-4, (3, 1, n, n)).astype(np.float32)
+        data[:, :, n // 2 - 5:n // 2 + 5, n // 2 - 5:n // 2 + 5] += 0.01
+        data[1], flat_rows = 2e-3, [1]
+    flags = {}
+    for name, how in _COMPRESSIONS.items():
+        path = _write_compressed(tmp_path / f"{name}.fits", data.astype(np.float32), how,
+                                 tile=data.shape, header=header)
+        table = quiet(astromorph.predict_files, model, path)
+        flags[name] = np.asarray(table[[c for c in table.colnames if c.endswith("_flags")][0]])
+        flat = np.isin(np.arange(len(table)), flat_rows)
+        np.testing.assert_array_equal((flags[name] & Flag.CONSTANT) != 0, flat, err_msg=name)
+        for r in np.flatnonzero(flat):
+            words = table["reason"][r]
+            assert ("quantisation step" in words) == (name.startswith("q") and "m-1" not in
+                                                      name and "constant (" not in words), (
+                name, words)
+    for name in _COMPRESSIONS:
+        np.testing.assert_array_equal(flags[name], flags["plain"], err_msg=name)
