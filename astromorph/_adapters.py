@@ -73,9 +73,11 @@ class RawStamps:
     scratch: bool = False
     #: The quantisation step of the pixels each stamp was resampled from, ``(N,)`` or per
     #: plane ``(N, C)`` (a float image tile-compressed with loss: its tiles' ZSCALE,
-    #: `astromorph._cutouts.StampResult.quantum`; 0 where the pixels are as written), or
-    #: None (all as written): a stamp whose values span no more than it is constant to the
-    #: precision of the file (`Flag.CONSTANT`).
+    #: `astromorph._cutouts.StampResult.quantum` for annotate's stamps, `Stamp.quantum` for
+    #: a FITS stamp file's; 0 where the pixels are as written), or None (all as written): a
+    #: stamp whose values span no more than it is constant to the precision of the file
+    #: (`Flag.CONSTANT`; triplets resampled onto the model's grid, averaging blocks of the
+    #: stamp's pixels: `astromorph._cutouts._block_quantum` of it).
     quantum: object = None
 
     def __post_init__(self):
@@ -510,6 +512,7 @@ def _triplet(raw, card, crop_fraction):
     data = np.asarray(raw.data)
     size = card["input"]["shape"][-1]
     centre = None if raw.centre is None or np.isnan(raw.centre).all() else raw.centre
+    quantum = raw.quantum
     if raw.pixel_scale is not None or data.shape[-1] != size or data.shape[-2] != size \
             or centre is not None:
         scale = tri.TRIPLET_PIXEL_SCALE if raw.pixel_scale is None else raw.pixel_scale
@@ -524,6 +527,12 @@ def _triplet(raw, card, crop_fraction):
         coarse = max(axis_scales(scale)) > 2 * tri.TRIPLET_PIXEL_SCALE
         flags |= np.where((coverage < 0.999) | coarse, int(Flag.EXTRAPOLATED),
                           0).astype(flags.dtype)
+        if quantum is not None:  # the pixels now average blocks of the stamp's (area overlap)
+            from ._cutouts import _block_quantum
+
+            area = np.prod([max(1.0, np.floor(tri.TRIPLET_PIXEL_SCALE / s * (1 + 1e-9)))
+                            for s in axis_scales(scale)])
+            quantum = _block_quantum(np.asarray(quantum, dtype=np.float64), area)
     else:
         on_stamp = None
     x, nan_fraction = tri.preprocess_triplet(data)
@@ -535,7 +544,7 @@ def _triplet(raw, card, crop_fraction):
         nan_fraction = members.max(axis=1)
         raw.blank = BlankMeasure(nan_fraction, members.argmax(axis=1), field=True)
     flags |= np.where(nan_fraction > BLANK_THRESHOLD, int(Flag.BLANK), 0).astype(flags.dtype)
-    empty, constant = _empty_or_constant(np.asarray(data, dtype=np.float32), raw.quantum)
+    empty, constant = _empty_or_constant(np.asarray(data, dtype=np.float32), quantum)
     flags |= np.where(empty, int(Flag.BAD_INPUT), 0).astype(flags.dtype)  # outputs masked
     flags |= np.where(constant, int(Flag.CONSTANT), 0).astype(flags.dtype)
     return x, flags

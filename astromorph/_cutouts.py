@@ -776,8 +776,17 @@ def _stamp_quantum(image, xy, factors):
     x0, x1, y0, y1 = (np.where(on, v, 0).astype(np.int64) for v in (x0, x1, y0, y1))
     rows = _range_max(steps, y0 // tile_y, y1 // tile_y + 1, axis=0)
     step = np.where(on, _range_max(rows, x0 // tile_x, x1 // tile_x + 1, axis=1), 0.0)
-    # block means: their errors shrink as the noise's do
-    return step * np.minimum(1.0, QUANTUM_SIGMAS / np.sqrt(12.0 * factors.prod(axis=1)))
+    return _block_quantum(step, factors.prod(axis=1))
+
+
+def _block_quantum(step, area):
+    """The spread that quantisation with ``step`` leaves in the stamp of a flat area
+    whose pixels are means of blocks of ``area`` pixels of the quantised image (broadcast
+    together): the step, or `QUANTUM_SIGMAS` standard deviations of the block means' errors
+    (``step / sqrt(12 area)``) where less (the errors of the means shrink as the noise's
+    do). `cut_stamps` (annotate) and the triplet resampling of `prepare` (predict_files)
+    both allow it."""
+    return step * np.minimum(1.0, QUANTUM_SIGMAS / np.sqrt(12.0 * np.asarray(area, float)))
 
 
 def _tangent_to_sky(lon0, lat0, xi, eta):

@@ -15,8 +15,9 @@ from astropy.io import fits
 
 from ._cutouts import SkyImage, _check_wcs_object
 from ._readers._fits import (_AUX_EXTNAMES, _FAST_DTYPES, _MEMBERS, _TRIPLET_NAMES, _physical,
-                             band_of_header, beam_of_header, header_facts, linear_fluxes,
-                             normalise_band, saturation_of_header, wcs_matrix_problem)
+                             _quantisation_steps, band_of_header, beam_of_header, header_facts,
+                             linear_fluxes, normalise_band, saturation_of_header,
+                             wcs_matrix_problem)
 from ._warnings import catch_warnings, first_few, warn, warn_again
 from .exceptions import (AmbiguousInputWarning, AstromorphWarning, InputDTypeError, InputError,
                          InvalidArgumentTypeError, UnusableInputWarning)
@@ -283,39 +284,6 @@ def _lazy_stream(hdu, name, stream):
             _StreamRows(name, path, opener, offset, shape, dtype))
 
 
-def _quantisation_steps(hdu, bscale):
-    """The quantisation of a lossily tile-compressed float HDU (fpack's default): ``(tile,
-    steps)``, the tile shape ``(rows, columns)``, the step (ZSCALE, times
-    ``|bscale|``: in the units of the pixels) of each tile, ``(tile rows, tile columns)``
-    (0 for a tile stored without loss, in its GZIP_COMPRESSED_DATA); None for any other HDU (no quantisation: its values are those written)."""
-    if not isinstance(hdu, fits.CompImageHDU) or hdu.header.get("NAXIS") != 2:
-        return None
-    try:
-        table = hdu.compressed_data
-        names = [] if table is None else [c.upper() for c in table.columns.names]
-        shape = tuple(int(n) for n in hdu.shape)
-        tile = tuple(int(t) for t in hdu.tile_shape)
-        grid = tuple(-(-n // t) for n, t in zip(shape, tile))
-        if "ZSCALE" in names:
-            steps = np.array(table.field("ZSCALE"), dtype=np.float64).reshape(grid)
-        elif "ZSCALE" in hdu._bintable.header:  # one scale for every tile
-            steps = np.full(grid, float(hdu._bintable.header["ZSCALE"]))
-        else:
-            return None
-        if "GZIP_COMPRESSED_DATA" in names:  # tiles that could not be quantised
-            column = table.field("GZIP_COMPRESSED_DATA")
-            if isinstance(column, np.ndarray) and column.dtype.kind in "iu" \
-                    and column.ndim == 2:  # the raw descriptors: (bytes, offset)
-                lossless = column[:, 0] > 0
-            else:
-                lossless = np.array([len(c) > 0 for c in column])
-            steps[lossless.reshape(grid)] = 0.0
-    except Exception:  # noqa: BLE001 - unknown quantisation: the values as they are
-        return None
-    steps = np.abs(np.nan_to_num(steps, nan=0.0, posinf=0.0, neginf=0.0)) * abs(bscale)
-    return (tile, steps) if steps.any() else None
-
-
 def _from_hdu(hdu, name, hold=None, file_span=None, primary=None, stream=None):
     if hold is None:
         lazy = None
@@ -340,8 +308,7 @@ def _from_hdu(hdu, name, hold=None, file_span=None, primary=None, stream=None):
             del hdu.data
     owned = hold is not None and not _memory_mapped(data)
     facts = header_facts(header, primary)
-    # (asinh-compressed pixels made linear: their steps are no longer those of the file)
-    steps = None if "BSOFTEN" in header else _quantisation_steps(hdu, float(bscale))
+    steps = _quantisation_steps(hdu, float(bscale)) if header.get("NAXIS") == 2 else None
     image = SkyImage(data, wcs, name=name, band=_band_or_role(header, primary),
                      filter_band=band_of_header(header, primary),
                      beam=facts.beam, flux_note=facts.flux_note, saturation=facts.saturation,

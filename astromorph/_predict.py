@@ -531,6 +531,8 @@ def _conform_bands(stamp, family, name):
             stamp.data, stamp.bands = data[idx], ("g", "r", "i")
             if stamp.saturation is not None:
                 stamp.saturation = stamp.saturation[idx]
+            if stamp.quantum is not None:
+                stamp.quantum = stamp.quantum[idx]
             return
         if named and nb >= 2:
             missing = [b for b in "gri" if b not in names]
@@ -588,9 +590,11 @@ class _Runner:
         self.sources, self.flags, self.reasons, self.origins = [], [], [], []
         self.objects, self.positions = [], []  # of alerts: object, (ra, dec); else None
         self.alerts = False  # a stamp came from a file of alert packets
-        # key -> [pieces (rows, data, flags, scales, levels, centres), number of rows];
-        # levels: the saturation level of each plane (NaN where unknown), `Stamp.saturation`;
-        # centres: the candidate's (y, x) in a triplet (NaN where unknown), `Stamp.centre`
+        # key -> [pieces (rows, data, flags, scales, levels, centres, quanta), number of
+        # rows]; levels: the saturation level of each plane (NaN where unknown),
+        # `Stamp.saturation`; centres: the candidate's (y, x) in a triplet (NaN where
+        # unknown), `Stamp.centre`; quanta: the quantisation step of each plane (0 where
+        # stored as written), `Stamp.quantum`
         self.groups = {}
         self.results = []  # (rows, {output: array})
         self.smoothed = []  # rows of the radio images smoothed to a beam containing FIRST's
@@ -615,10 +619,12 @@ class _Runner:
             else np.asarray(stamp.saturation, dtype=float)[None]
         centre = np.full((1, 2), np.nan) if stamp.centre is None \
             else np.asarray(stamp.centre, dtype=float).reshape(1, 2)
+        quanta = np.zeros((1, planes)) if stamp.quantum is None \
+            else np.asarray(stamp.quantum, dtype=float).reshape(1, planes)
         self._queue(_group_key(stamp.kind, stamp.data, stamp.bands, scale, beam),
                     np.array([row]),
                     stamp.data[None], np.array([stamp.flags], dtype=np.int32),
-                    scale[None], levels, centre)
+                    scale[None], levels, centre, quanta)
 
     def add_block(self, index, kind, data, bands, flags, reasons, scales):
         """Add rows whose stamps are ``data[j]`` (all of one ``kind``, shape and dtype).
@@ -653,24 +659,26 @@ class _Runner:
             self._queue(keys[code], rows[sel], data[picked],
                         np.asarray(flags, dtype=np.int32)[picked], scales[sel],
                         np.full((len(picked), planes), np.nan),  # no header: no level
-                        np.full((len(picked), 2), np.nan))  # the central pixel n // 2
+                        np.full((len(picked), 2), np.nan),  # the central pixel n // 2
+                        np.zeros((len(picked), planes)))  # (table cells: not quantised)
 
-    def _queue(self, key, rows, data, flags, scales, levels, centres):
+    def _queue(self, key, rows, data, flags, scales, levels, centres, quanta):
         group = self.groups.setdefault(key, [[], 0])
-        group[0].append((rows, data, flags, scales, levels, centres))
+        group[0].append((rows, data, flags, scales, levels, centres, quanta))
         group[1] += len(rows)
         if group[1] < self.batch_size:
             return
-        rows, data, flags, scales, levels, centres = (np.concatenate(a)
-                                                      for a in zip(*group[0]))
+        rows, data, flags, scales, levels, centres, quanta = (np.concatenate(a)
+                                                              for a in zip(*group[0]))
         size = self.batch_size
         full = len(rows) - len(rows) % size
         for s in range(0, full, size):
             self._score(key, rows[s:s + size], data[s:s + size], flags[s:s + size],
-                        scales[s:s + size], levels[s:s + size], centres[s:s + size])
+                        scales[s:s + size], levels[s:s + size], centres[s:s + size],
+                        quanta[s:s + size])
         if full < len(rows):
             group[0] = [(rows[full:], data[full:].copy(), flags[full:], scales[full:],
-                         levels[full:], centres[full:])]
+                         levels[full:], centres[full:], quanta[full:])]
             group[1] = len(rows) - full
         else:
             del self.groups[key]
@@ -713,7 +721,7 @@ class _Runner:
                       description="why the row is flagged or was not scored, or what was "
                                   "assumed of it (empty when clean)")
 
-    def _score(self, key, rows, data, before, scales, levels, centres):
+    def _score(self, key, rows, data, before, scales, levels, centres, quanta):
         from ._adapters import (NEGATIVE_CENTRE_SIGMA, RawStamps, extrapolation_words,
                                 negative_candidates, prepare)
         from ._readers import Stamp
@@ -735,7 +743,8 @@ class _Runner:
         raw = RawStamps(kind, data, bands=bands,
                         pixel_scale=scale,
                         beam=beam, beam_shape=shape, flags=given,
-                        centre=None if np.isnan(centres).all() else centres)
+                        centre=None if np.isnan(centres).all() else centres,
+                        quantum=quanta if quanta.any() else None)
         try:
             with catch_warnings():
                 warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN slices etc.
@@ -744,7 +753,8 @@ class _Runner:
             if len(rows) > 1:  # find the stamp(s) at fault
                 for j in range(len(rows)):
                     self._score(key, rows[j:j + 1], data[j:j + 1], before[j:j + 1],
-                                scales[j:j + 1], levels[j:j + 1], centres[j:j + 1])
+                                scales[j:j + 1], levels[j:j + 1], centres[j:j + 1],
+                                quanta[j:j + 1])
                 return
             self.updates.append((rows, given | int(Flag.BAD_INPUT), False))
             self.reasons[rows[0]].append(f"cannot be preprocessed: {exc}")
@@ -768,7 +778,7 @@ class _Runner:
                                        raw.pixel_scale, self.crop_fraction)
         for j in np.flatnonzero(new):  # words only for the rows that preprocessing flagged
             stamp = Stamp("", None, kind=kind, data=data[j], bands=bands, beam=beam,
-                          saturation=levels[j])
+                          saturation=levels[j], quantum=quanta[j] if quanta[j].any() else None)
             self.reasons[rows[j]].extend(_explain(
                 stamp, int(new[j]), grid=grid, blank=None if raw.blank is None else
                 raw.blank.row(j), radio=None if raw.radio is None else raw.radio.row(j)))
@@ -838,7 +848,7 @@ def _explain(stamp, bits, *, grid=None, blank=None, radio=None):
     pixels of one plane of the stamp; ``radio``: what a radio stamp's
     `Flag.OUT_OF_DISTRIBUTION` was judged on, ``(positive, background)``
     (`astromorph._adapters.RadioMeasure.row`)."""
-    from ._adapters import coarse_beam
+    from ._adapters import _quantum_tolerance, coarse_beam
     from .preprocessing._radio import FIRST_BEAM_FWHM_ARCSEC
     from .preprocessing._triplet import TRIPLET_PIXEL_SCALE
 
@@ -876,16 +886,24 @@ def _explain(stamp, bits, *, grid=None, blank=None, radio=None):
         where = f" of the {names[j]}" if len(planes) > 1 else ""
         out.append(f"{fracs[j]:.0%} of the pixels{where} are NaN/inf/BLANK (filled)")
     if bits & Flag.CONSTANT:
+        # (a lossily compressed FITS image: constant to its quantisation step, `Stamp.quantum`)
+        steps = np.zeros(len(planes)) if stamp.quantum is None else \
+            np.broadcast_to(np.asarray(stamp.quantum, dtype=float).ravel(), (len(planes),))
         parts = []
-        for p, v, nm in zip(planes, valid, names):
+        for p, v, nm, step in zip(planes, valid, names, steps):
             finite = p[v]
             if finite.size == 0:
                 continue
-            elif finite.min() == finite.max():
+            lo, hi = finite.min(), finite.max()
+            if lo == hi:
                 value = finite.flat[0]
                 parts.append(f"{nm} is all zero" if value == 0 else
                              f"{nm} is constant ({value:.4g})")
-        out.append("; ".join(parts) if parts else "constant stamp")
+            elif step > 0 and hi - lo <= _quantum_tolerance(step, hi, lo):
+                parts.append(f"{nm} is constant ({np.mean(finite, dtype=np.float64):.4g}, to "
+                             f"{_step_words(step)})")
+        out.append("; ".join(parts) if parts else "constant stamp" if not steps.any() else
+                   f"constant stamp (to {_step_words(steps.max())})")
     if bits & Flag.EXTRAPOLATED and coarse_beam(stamp.beam):
         out.append(f"beam {stamp.beam:.1f}\" is more than twice FIRST's "
                    f"{FIRST_BEAM_FWHM_ARCSEC:g}\" (the resolution the model was trained at: "
@@ -915,6 +933,11 @@ def _explain(stamp, bits, *, grid=None, blank=None, radio=None):
     if rest:
         out.append(describe_flags(rest))
     return out
+
+
+def _step_words(step):
+    """Words for the quantisation step that a stamp is constant to (`Flag.CONSTANT`)."""
+    return f"the quantisation step {step:.2g} of its compressed tiles"
 
 
 def _out_of_distribution_words(radio):

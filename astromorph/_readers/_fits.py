@@ -869,6 +869,61 @@ def _hdu_data(hdu):
         _physical(raw, float(h.get("BSCALE", 1.0)), float(h.get("BZERO", 0.0)), blank), h.get)
 
 
+def _quantisation_steps(hdu, bscale):
+    """The quantisation of a lossily tile-compressed float HDU (fpack's default): ``(tile,
+    steps)``, the tile shape (numpy's axis order: ``(rows, columns)`` of a 2-D image) and
+    the step (ZSCALE, times ``|bscale|``: in the units of the pixels) of each tile, an array
+    over the grid of tiles (0 for a tile stored without loss, in its GZIP_COMPRESSED_DATA);
+    None for any other HDU (no quantisation: its values are those written) and for
+    asinh-compressed pixels (BSOFTEN: made linear, `linear_fluxes`, their steps are no
+    longer those of the file). What `SkyImage.quantisation` (annotate) and `Stamp.quantum`
+    (`_plane_steps`: predict_files) are read from."""
+    from astropy.io import fits
+
+    if not isinstance(hdu, fits.CompImageHDU) or "BSOFTEN" in hdu.header:
+        return None
+    try:
+        table = hdu.compressed_data
+        names = [] if table is None else [c.upper() for c in table.columns.names]
+        shape = tuple(int(n) for n in hdu.shape)
+        tile = tuple(int(t) for t in hdu.tile_shape)
+        grid = tuple(-(-n // t) for n, t in zip(shape, tile))
+        if "ZSCALE" in names:
+            steps = np.array(table.field("ZSCALE"), dtype=np.float64).reshape(grid)
+        elif "ZSCALE" in hdu._bintable.header:  # one scale for every tile
+            steps = np.full(grid, float(hdu._bintable.header["ZSCALE"]))
+        else:
+            return None
+        if "GZIP_COMPRESSED_DATA" in names:  # tiles that could not be quantised
+            column = table.field("GZIP_COMPRESSED_DATA")
+            if isinstance(column, np.ndarray) and column.dtype.kind in "iu" \
+                    and column.ndim == 2:  # the raw descriptors: (bytes, offset)
+                lossless = column[:, 0] > 0
+            else:
+                lossless = np.array([len(c) > 0 for c in column])
+            steps[lossless.reshape(grid)] = 0.0
+    except Exception:  # noqa: BLE001 - unknown quantisation: the values as they are
+        return None
+    steps = np.abs(np.nan_to_num(steps, nan=0.0, posinf=0.0, neginf=0.0)) * abs(bscale)
+    return (tile, steps) if steps.any() else None
+
+
+def _plane_steps(hdu, shape):
+    """Per plane (2-D image) of the data of ``hdu``, of ``shape`` as astropy reads it (a
+    cube, a stack of stamps), the largest quantisation step of the tiles it lies in
+    (`_quantisation_steps`; a flat plane reads back as values up to that far apart), as a
+    read-only view of ``shape`` that `stokes_i` and `_squeeze` reduce as they do the data
+    (the value of a plane read at ``[..., 0, 0]``); None where the pixels are as written."""
+    q = _quantisation_steps(hdu, float(hdu.header.get("BSCALE", 1.0)))
+    if q is None or len(shape) < 2:
+        return None
+    tile, steps = q
+    per_plane = steps.max(axis=(-2, -1))  # (the grid of tiles along the leading axes)
+    lead = [np.arange(n) // t for n, t in zip(shape[:-2], tile[:-2])]
+    per_plane = np.asarray(per_plane[np.ix_(*lead)] if lead else per_plane)
+    return np.broadcast_to(per_plane[..., None, None], shape)
+
+
 def _is_auxiliary(hdu):
     """Whether an astropy HDU is named as an auxiliary plane (`_AUX_EXTNAMES`), never an
     image to score."""
@@ -1184,23 +1239,27 @@ def header_facts(header, primary=None):
 
 
 def _stamps_from_array(source, path, data, header_get, scale, header_hdu, triplet_hint,
-                       primary=None):
+                       primary=None, steps=None):
     """Stamps from one image array (2-D, 3-D cube or 4-D stack of stamps), with what the
     header says of the pixel unit, the restoring beam and the saturation level
     (`header_facts`); ``primary``: the file's primary header where the image is an
-    extension's."""
+    extension's; ``steps``: the quantisation steps of its planes, of a lossily compressed
+    HDU (`_plane_steps`, squeezed as ``data``), else None."""
     data = _squeeze(data)
     header = _GetDict(header_get)
+    steps = None if steps is None else np.asarray(steps[..., 0, 0], dtype=np.float64)
     if data.ndim == 2:
         stamps = [Stamp(source, path, "bands", data[None], (band_of_header(header, primary),),
-                        scale, header_hdu=header_hdu)]
+                        scale, header_hdu=header_hdu,
+                        quantum=None if steps is None else steps.reshape(1))]
     elif data.ndim == 3:
         stamps = [_planes_stamp(source, path, data, _plane_names(header, data.shape[0]), scale,
-                                header_hdu, triplet_hint)]
+                                header_hdu, triplet_hint, quanta=steps)]
     elif data.ndim == 4:
         names = _plane_names(header, data.shape[1])
         stamps = [_planes_stamp(f"{source}[{i}]", path, stamp, names, scale, header_hdu,
-                                triplet_hint, index=i)
+                                triplet_hint, index=i, quanta=None if steps is None else
+                                steps[i] if steps[i].any() else None)
                   for i, stamp in enumerate(data)]
     else:
         return _refused(source, path, f"image of shape {data.shape} is not a 2-D image, a 3-D "
@@ -1249,18 +1308,22 @@ def _lenient(header):
     return lenient
 
 
-def _planes_stamp(source, path, planes, names, scale, header_hdu, triplet_hint, index=None):
+def _planes_stamp(source, path, planes, names, scale, header_hdu, triplet_hint, index=None,
+                  quanta=None):
     """The stamp of the planes of a cube: a triplet where their ``names`` name its members
-    (`_is_triplet`), else bands named by `normalise_band`."""
+    (`_is_triplet`), else bands named by `normalise_band`; ``quanta``: the quantisation step
+    of each plane (`Stamp.quantum`), or None."""
     order = _triplet_order(names)
     if _is_triplet(order, triplet_hint):
-        return _triplet_stamp(source, path, list(planes), order, scale, header_hdu, index)
+        return _triplet_stamp(source, path, list(planes), order, scale, header_hdu, index,
+                              quanta=quanta)
     bands = tuple(normalise_band(n) for n in names)
-    return Stamp(source, path, "bands", planes, bands, scale, header_hdu=header_hdu, index=index)
+    return Stamp(source, path, "bands", planes, bands, scale, header_hdu=header_hdu, index=index,
+                 quantum=quanta)
 
 
 def _triplet_stamp(source, path, planes, order, scale, header_hdu, index=None, empty=None,
-                   scales=None, levels=None):
+                   scales=None, levels=None, quanta=None):
     """The triplet stamp of ``planes`` whose member indices are ``order`` (the first plane
     of each role is used), or a stamp flagged `MISSING_BAND` or `BAD_INPUT`.
 
@@ -1268,14 +1331,17 @@ def _triplet_stamp(source, path, planes, order, scale, header_hdu, index=None, e
     data (`_empty_label`), named when the member is missing. ``scales``: the pixel scale
     of each of ``planes`` (one HDU each), where they may differ; ``scale`` is then unused.
     ``levels``: the saturation level of each of ``planes`` (`saturation_of_header`; None
-    where its header gives none), where they come from headers of their own."""
+    where its header gives none), where they come from headers of their own. ``quanta``:
+    the quantisation step of each of ``planes`` (`Stamp.quantum`), or None."""
     stamp = Stamp(source, path, header_hdu=header_hdu, index=index, pixel_scale=scale)
     chosen, member_scales, member_levels = [None, None, None], [scale] * 3, [None] * 3
+    member_quanta = [0.0] * 3
     for j, (plane, role) in enumerate(zip(planes, order)):
         if role is not None and chosen[role] is None:
             chosen[role] = plane
             member_scales[role] = scale if scales is None else scales[j]
             member_levels[role] = None if levels is None else levels[j]
+            member_quanta[role] = 0.0 if quanta is None else float(quanta[j])
     missing = [i for i in range(3) if chosen[i] is None]
     if missing:
         why = [(empty or {}).get(i) for i in missing]
@@ -1291,6 +1357,7 @@ def _triplet_stamp(source, path, planes, order, scale, header_hdu, index=None, e
         return stamp.flag(Flag.BAD_INPUT, f"triplet members {problem}")
     stamp.kind, stamp.data = "triplet", np.stack(chosen)
     stamp.saturation = _levels_array(member_levels)
+    stamp.quantum = np.array(member_quanta) if any(member_quanta) else None
     return stamp
 
 
@@ -1417,6 +1484,7 @@ def _read_fits_astropy(path, *, want_scale, triplet_hint, buf=None, source=None,
             with fits.open(path if buf is None else io.BytesIO(buf), memmap=buf is None,
                            do_not_scale_image_data=True, lazy_load_hdus=False) as hdul:
                 images, empty, stokes = [], {}, {}
+                quanta = {}  # HDU index: its planes' quantisation steps (`_plane_steps`)
                 # astropy reads a second primary HDU (a file joined to the first) as one more
                 second = next((hdu.fileinfo()["hdrLoc"] for i, hdu in enumerate(hdul)
                                if i and isinstance(hdu, fits.PrimaryHDU)), None)
@@ -1427,10 +1495,14 @@ def _read_fits_astropy(path, *, want_scale, triplet_hint, buf=None, source=None,
                         if i and hdu.is_image:  # an extension meant for an image, left empty
                             empty[i] = _lenient(hdu.header.copy())
                         continue
-                    data, why = stokes_i(_hdu_data(hdu), hdu.header.get)
+                    data = _hdu_data(hdu)
+                    steps = _plane_steps(hdu, data.shape)
+                    data, why = stokes_i(data, hdu.header.get)
                     if why:  # named when the file has no other image
                         stokes[i] = _in_hdu(i, why)
                         continue
+                    if steps is not None:  # (of a Stokes cube: the I plane's)
+                        quanta[i] = _squeeze(stokes_i(steps, hdu.header.get)[0])
                     images.append((i, hdu, _squeeze(data),
                                    _header_scale(hdu.header) if want_scale else None))
                 headers = {i: _lenient(hdu.header.copy()) for i, hdu, _, _ in images}
@@ -1460,16 +1532,16 @@ def _read_fits_astropy(path, *, want_scale, triplet_hint, buf=None, source=None,
     if len(images) == 1:
         i, _, data, scale = images[0]
         stamps = _stamps_from_array(source, path, data, headers[i].get, scale, i,
-                                    triplet_hint, primary if i else None)
+                                    triplet_hint, primary if i else None, quanta.get(i))
         if empty:  # one HDU per band with one band filled: the others are named as empty
             labels = {band_of_header(h): _empty_label(j, h) for j, h in empty.items()}
             for stamp in stamps:
                 stamp.empty_hdus = labels
         return stamps
-    return _stamp_of_hdus(source, path, images, headers, primary, empty, triplet_hint)
+    return _stamp_of_hdus(source, path, images, headers, primary, empty, triplet_hint, quanta)
 
 
-def _stamp_of_hdus(source, path, images, headers, primary, empty, triplet_hint):
+def _stamp_of_hdus(source, path, images, headers, primary, empty, triplet_hint, quanta=None):
     """The stamp of a file with several image HDUs, one per band or triplet member, in a
     list: a triplet (`_is_triplet` of their EXTNAMEs) or bands, stacked; flagged
     `BAD_INPUT` where they do not stack.
@@ -1478,7 +1550,8 @@ def _stamp_of_hdus(source, path, images, headers, primary, empty, triplet_hint):
     their headers by HDU index; ``primary``: the primary header, read where an
     extension's header lacks a keyword; ``empty``: the headers of image extensions that
     hold no data, by HDU index (named in the stamp's `empty_hdus`, or in the reason for a
-    missing triplet member).
+    missing triplet member); ``quanta``: the quantisation steps of those of ``images`` that
+    are lossily compressed (`_plane_steps`), by HDU index.
     """
     if any(d.ndim != 2 for _, _, d, _ in images):
         return _refused(source, path, f"{len(images)} image HDUs, not all 2-D (shapes "
@@ -1490,6 +1563,8 @@ def _stamp_of_hdus(source, path, images, headers, primary, empty, triplet_hint):
     order = _triplet_order(names)
     planes = [d for _, _, d, _ in images]
     levels = [saturation_of_header(headers[i], primary if i else None) for i, _, _, _ in images]
+    steps = [float((quanta or {}).get(i, np.zeros((1, 1)))[0, 0]) for i, _, _, _ in images]
+    steps = steps if any(steps) else None
     # the coarsest of the HDUs' beams, as annotate takes the coarsest of the bands' beams
     beam = max((b for b in (_beam_of(headers[i], primary if i else None)
                             for i, _, _, _ in images) if b is not None), default=None)
@@ -1497,7 +1572,7 @@ def _stamp_of_hdus(source, path, images, headers, primary, empty, triplet_hint):
         members = dict(zip(_triplet_order([h.get("EXTNAME") for h in empty.values()]),
                            (_empty_label(i, h) for i, h in empty.items())))
         stamp = _triplet_stamp(source, path, planes, order, scale, 0, empty=members,
-                               scales=scales, levels=levels)
+                               scales=scales, levels=levels, quanta=steps)
         stamp.header_get, stamp.beam = headers[images[0][0]].get, beam
         return [stamp]
     if len({p.shape for p in planes}) > 1:
@@ -1509,7 +1584,8 @@ def _stamp_of_hdus(source, path, images, headers, primary, empty, triplet_hint):
     return [Stamp(source, path, "bands", np.stack(planes), bands, scale, header_hdu=0,
                   empty_hdus={band_of_header(h): _empty_label(i, h) for i, h in empty.items()},
                   flux_note=notes[0] if notes else None, saturation=_levels_array(levels),
-                  beam=beam, header_get=headers[images[0][0]].get)]
+                  beam=beam, header_get=headers[images[0][0]].get,
+                  quantum=None if steps is None else np.array(steps))]
 
 
 def _empty_label(i, header):

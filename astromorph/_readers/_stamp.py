@@ -78,6 +78,12 @@ class Stamp:
     #: of a file of one HDU per band or triplet member), else None: what a gallery
     #: orients the stamp by (`astromorph._orient.north_up`).
     header_get: object = None
+    #: Per plane of ``data``, the quantisation step of the pixels of a float FITS image
+    #: tile-compressed with loss (fpack's default: the largest ZSCALE of the tiles the
+    #: plane lies in, `astromorph._readers._fits._plane_steps`; 0 for a plane stored as
+    #: written), whose flat planes read back as values up to that far apart
+    #: (`Flag.CONSTANT`); None where every plane is as written.
+    quantum: np.ndarray = None
 
     def flag(self, bit, reason=None):
         """Set ``bit`` and record ``reason``; return self."""
