@@ -24,12 +24,13 @@ class Flag(enum.IntFlag):
     EXTRAPOLATED = 16
     #: The input could not be used at all (unreadable, corrupt, wrong shape); outputs masked.
     BAD_INPUT = 32
-    #: The stamp is constant (e.g. all zero): outputs are not meaningful. For `annotate`'s
-    #: stamps of a float image tile-compressed with loss (fpack's quantisation, whose
-    #: dither spreads a flat area over values up to one step apart), constant to the
-    #: precision the file keeps: values spanning no more than the largest quantisation step
-    #: (ZSCALE) of the tiles under the stamp (on block-averaged stamps 10 / sqrt(12 A) steps
-    #: where less, A image pixels per block).
+    #: The stamp is constant (e.g. all zero): outputs are not meaningful. For stamps of a
+    #: float image tile-compressed with loss (fpack's quantisation, whose dither spreads a
+    #: flat area over values up to one step apart: `annotate`'s images, `predict_files`'
+    #: FITS stamp files), constant to the precision the file keeps: values spanning no
+    #: more than the largest quantisation step (ZSCALE) of the tiles under the stamp, or
+    #: its plane (on block-averaged stamps, annotate's and triplets resampled onto the
+    #: model's grid, 10 / sqrt(12 A) steps where less, A image pixels per block).
     CONSTANT = 64
     #: A band or triplet member is missing (e.g. the source is on the images of some bands
     #: only); outputs masked.

@@ -619,6 +619,7 @@ def _row_stamp(i, cells, names, family):
     gives them to a file of one HDU per plane."""
     stamp = Stamp(str(i), None, index=i)
     planes, scales, facts, colour = [], [], [], False
+    steps = []  # each plane's quantisation step (`Stamp.quantum`: lossy FITS bytes), else 0
     for name, value in zip(names, cells):
         try:
             data, s, colour, read = _cell(value, triplet_hint=family == "triplet",
@@ -642,16 +643,18 @@ def _row_stamp(i, cells, names, family):
             data, s = read.data[0], read.pixel_scale
             said = HeaderFacts(read.beam, read.flux_note,
                                None if read.saturation is None else float(read.saturation[0]))
+            step = 0.0 if read.quantum is None else float(read.quantum[0])
         elif data is None:
             planes.append(None)
             continue
         else:
-            said = None
+            said, step = None, 0.0
         if len(names) > 1 and np.ndim(data) != 2:
             return stamp.flag(Flag.BAD_INPUT, f"{name}: shape {np.shape(data)}, not a 2-D image")
         planes.append(data)
         scales.append(s)
         facts.append(said)
+        steps.append(step)
     missing = [nm for nm, p in zip(names, planes) if p is None]
     if missing:
         return stamp.flag(Flag.MISSING_BAND, f"no stamp in {', '.join(missing)}")
@@ -667,6 +670,7 @@ def _row_stamp(i, cells, names, family):
         stamp.kind = "triplet" if family == "triplet" else "bands"
         stamp.bands = None if family == "triplet" else tuple(names) if set(names) == set("gri") \
             else None
+        stamp.quantum = np.array(steps) if any(steps) else None
     else:
         data = planes[0]
         if colour:

@@ -1688,3 +1688,26 @@ def test_annotate_dask_takes_centre_as_one_column_of_pairs():
                                          scheduler="synchronous")
     np.testing.assert_allclose(np.asarray(parts["rb_score"]), np.asarray(whole["rb_score"]))
     assert list(parts["rb_reason"]) == list(whole["rb_reason"])
+
+
+@pytest.mark.parametrize("method", [1, 2, -1])
+def test_lossily_compressed_fits_bytes_keep_their_flags(rb, method):
+    """Cells of FITS bytes read as files of those bytes are, lossy tile compression
+    (fpack's quantisation, level 4, a tile over the whole cube) too: a triplet whose
+    reference is flat (read back as values up to a quantisation step apart) is CONSTANT as
+    in the uncompressed bytes; the others' flags are those of the uncompressed bytes."""
+    x = _triplets(4)
+    x[1, 1] = 150.0
+
+    def blob(cube, **how):
+        buf = io.BytesIO()
+        fits.HDUList([fits.PrimaryHDU(), fits.CompImageHDU(cube, tile_shape=cube.shape,
+                                                           **how)] if how else
+                     [fits.PrimaryHDU(cube)]).writeto(buf)
+        return buf.getvalue()
+
+    flags = [np.asarray(astromorph.annotate_stamps(Table({"stamp": _cells(
+        [blob(c, **how) for c in x])}), model=rb)["rb_flags"]) for how in (
+        {}, dict(compression_type="RICE_1", quantize_level=4, quantize_method=method))]
+    np.testing.assert_array_equal((flags[0] & Flag.CONSTANT) != 0, [0, 1, 0, 0])
+    np.testing.assert_array_equal(flags[1], flags[0])
