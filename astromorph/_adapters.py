@@ -472,9 +472,8 @@ def _radio_input(raw, card):
                 for k, s in enumerate(pairs):
                     sel = np.flatnonzero(rows)[np.ravel(inverse) == k]
                     s = tuple(s) if s[0] != s[1] else s[0]
-                    if smooth:  # (NaN-aware: a NaN pixel stays NaN, its neighbours valid)
-                        block = rad._smooth_on_native_grid(images[sel], shapes[sel], s)
-                        native.update(zip(sel.tolist(), rad._sample_beam_limited(block, s)))
+                    if smooth:  # a few at a time: only the FIRST-grid samples accumulate
+                        native.update(rad._native_to_first_grid(images, sel, shapes, s))
                     else:  # (one by one: no copy of the rows)
                         native.update((j, rad._sample_beam_limited(images[j:j + 1], s)[0])
                                       for j in sel.tolist())

@@ -668,8 +668,8 @@ class _Runner:
         group[1] += len(rows)
         if group[1] < self.batch_size:
             return
-        rows, data, flags, scales, levels, centres, quanta = (np.concatenate(a)
-                                                              for a in zip(*group[0]))
+        rows, data, flags, scales, levels, centres, quanta = _join(group[0])
+        group[0] = []  # (the pieces go: one copy of the stamps while they are scored)
         size = self.batch_size
         full = len(rows) - len(rows) % size
         for s in range(0, full, size):
@@ -685,8 +685,7 @@ class _Runner:
 
     def finish(self):
         for key in list(self.groups):
-            pieces, _ = self.groups.pop(key)
-            self._score(key, *(np.concatenate(a) for a in zip(*pieces)))
+            self._score(key, *_join(self.groups.pop(key)[0]))
 
     def collect(self):
         """``(prediction, flags, valid)`` in row order once `finish` has run; ``prediction``
@@ -789,6 +788,15 @@ class _Runner:
                     f"{NEGATIVE_CENTRE_SIGMA:g} sigma or more below its median): scored as "
                     "given, but the model takes the candidate positive (reference - science "
                     "for a fading source); negate the difference of a negative detection")
+
+
+def _join(pieces):
+    """The arrays of a group's ``pieces`` (`_Runner._queue`), each field concatenated; the
+    stamps in native byte order (the adapters' conversion of big-endian FITS pixels would
+    copy them again: the same values)."""
+    dtype = pieces[0][1].dtype
+    return [np.concatenate(a, dtype=dtype.newbyteorder("=") if j == 1 else None)
+            for j, a in enumerate(zip(*pieces))]
 
 
 def _axis_pairs(scales):

@@ -1190,27 +1190,34 @@ def smooth_to_first_beam(images, beams, *, pixel_scale_arcsec=FIRST_PIXEL_SCALE_
 _FFT_ROWS = 16
 
 
-def _convolve_normalised(images, rows, kernel, area):
-    """Replace ``images[rows]`` (float64, ``(N, H, W)``, NaN where invalid) by their
-    convolution with ``kernel`` (odd square, sum 1) normalised over the valid pixels, times
-    ``area``, NaN where they are NaN (as `scipy.signal.fftconvolve` in ``"same"`` mode of
-    the zero-filled image over that of its validity mask). Real single-precision FFTs on a
-    fast length padded to hold the whole linear convolution, the kernel's transform made
+def _convolve_normalised(images, rows, kernel, area, *, cache=None):
+    """Replace ``images[rows]`` (float64 or float32, ``(N, H, W)``, NaN where invalid) by
+    their convolution with ``kernel`` (odd square, sum 1) normalised over the valid pixels,
+    times ``area``, NaN where they are NaN (as `scipy.signal.fftconvolve` in ``"same"`` mode
+    of the zero-filled image over that of its validity mask). Real single-precision FFTs on
+    a fast length padded to hold the whole linear convolution, the kernel's transform made
     once, in batches of `_FFT_ROWS` images; the mask's convolution is made once for images
-    without an invalid pixel (the same for all) and only for those with one."""
+    without an invalid pixel (the same for all) and only for those with one. ``cache``: a
+    dict that keeps the kernel's transform and the mask's convolution between calls with
+    the same ``kernel``, ``area`` and image shape (`_native_to_first_grid`, which hands the
+    images over a few at a time); the values are single-precision either way (float64
+    images hold the float32 results exactly)."""
     import scipy.fft as sfft
 
     r = kernel.shape[0] // 2
     h, w = images.shape[1:]
     shape = (sfft.next_fast_len(h + 2 * r, real=True), sfft.next_fast_len(w + 2 * r, real=True))
     workers = max(min(os.cpu_count() or 1, 4), 1)
-    gain = sfft.rfft2(kernel.astype(np.float32), s=shape, workers=workers)
+    cache = {} if cache is None else cache
+    if "gain" not in cache:
+        cache["gain"] = sfft.rfft2(kernel.astype(np.float32), s=shape, workers=workers)
+    gain = cache["gain"]
 
     def convolve(stack):
         out = sfft.irfft2(sfft.rfft2(stack, s=shape, workers=workers) * gain, s=shape,
                           workers=workers)
         return out[:, r:r + h, r:r + w]
-    whole = None  # the mask's convolution for an image without invalid pixels
+    whole = cache.get("whole")  # the mask's convolution for an image without invalid pixels
     for start in range(0, len(rows), _FFT_ROWS):
         sel = rows[start:start + _FFT_ROWS]
         block = images[sel].astype(np.float32)
@@ -1218,7 +1225,7 @@ def _convolve_normalised(images, rows, kernel, area):
         holes = ~good.all(axis=(1, 2))
         total = convolve(np.where(good, block, np.float32(0)))
         if (~holes).any() and whole is None:
-            whole = convolve(np.ones((1, h, w), np.float32))
+            whole = cache["whole"] = convolve(np.ones((1, h, w), np.float32))
         weight = np.empty_like(total)
         weight[~holes] = whole if whole is not None else 0
         if holes.any():
@@ -1239,18 +1246,62 @@ def _smooth_on_native_grid(images, beams, pixel_scale, *, size=DATASET_IMAGE_PIX
     start (its blocks kept), to the ``size`` x ``size`` FIRST grid's extent plus the widest
     kernel's reach (a beam of zero width to FIRST's), so that a large cutout of fine pixels
     costs what the FIRST field needs; the pixels the grid reads are those of the smoothed
-    uncropped image (to rounding). Returns the cropped, smoothed images (float64)."""
+    uncropped image (to rounding). Returns the cropped, smoothed images (float64).
+    `_native_to_first_grid` does the same a few images at a time, then samples them."""
     images = np.asarray(images)
-    ny, nx = images.shape[-2:]
-    scale_y, scale_x = axis_scales(pixel_scale)
+    block = images[(...,) + _native_crop(images.shape[-2:], pixel_scale, size=size)]
+    return smooth_to_first_beam(block, beams, pixel_scale_arcsec=axis_scales(pixel_scale))[0]
+
+
+def _native_crop(shape, pixel_scale, *, size=DATASET_IMAGE_PIXELS):
+    """The slices ``(rows, columns)`` of an image of ``shape`` ``(H, W)`` and ``pixel_scale``
+    that `_smooth_on_native_grid` smooths: the same number of pixels cut from opposite
+    sides, a multiple of the block factor of `resample_to_first_grid`, to the ``size`` x
+    ``size`` FIRST grid's extent plus the widest kernel's reach."""
     cuts = []
-    for n, scale in ((ny, scale_y), (nx, scale_x)):
+    for n, scale in zip(shape, axis_scales(pixel_scale)):
         factor = _block_factor(scale)
         need = _native_half_side(scale, size=size)
-        cuts.append(max((n - 2 * need) // 2 // factor * factor, 0))
-    (cy, cx) = cuts
-    block = images[:, cy:ny - cy, cx:nx - cx]
-    return smooth_to_first_beam(block, beams, pixel_scale_arcsec=(scale_y, scale_x))[0]
+        cut = max((n - 2 * need) // 2 // factor * factor, 0)
+        cuts.append(slice(cut, n - cut))
+    return tuple(cuts)
+
+
+#: Images that `_native_to_first_grid` smooths on their own pixels at once: the memory of
+#: the smoothing is that of these few crops and their transforms (about 40 MB an image for
+#: 1141 x 1141 crops of 0.5" pixels), whatever the number of images given; only their
+#: ``size`` x ``size`` FIRST-grid samples accumulate.
+_NATIVE_ROWS = 4
+
+
+def _native_to_first_grid(images, rows, beams, pixel_scale, *, size=DATASET_IMAGE_PIXELS):
+    """Yield ``(row, sample)`` for each of ``rows`` of ``images`` (``(N, H, W)``, any float
+    dtype, NaN where invalid; sharing ``pixel_scale``, finer than FIRST's 1.8" along some
+    axis; ``beams`` ``(N, 3)`` as `smooth_to_first_beam` takes them, fine beams at those
+    rows): `_sample_beam_limited` of `_smooth_on_native_grid`, the same floats, made
+    `_NATIVE_ROWS` images at a time on single-precision copies of their crops (the
+    convolution is single-precision either way), so that the memory does not grow with the
+    number of images; the kernel, its transform and the mask's convolution made once per
+    distinct beam. ``sample``: ``(size, size)`` float64, in ``rows``' order of each beam,
+    the beams in `numpy.unique`'s order (as `smooth_to_first_beam` takes them)."""
+    images = np.asarray(images)
+    rows = np.asarray(rows, dtype=np.intp).ravel()
+    crop = _native_crop(images.shape[-2:], pixel_scale, size=size)
+    scale = axis_scales(pixel_scale)
+    beams = np.asarray(beams, dtype=float).reshape(-1, 3)
+    shapes = np.stack(_beam_axes(beams[rows]), axis=1)
+    unique, inverse = np.unique(shapes, axis=0, return_inverse=True)
+    for k, (a, b, t) in enumerate(unique):
+        sel = rows[np.asarray(inverse).ravel() == k]
+        kernel, area = _matching_kernel(a, b, t, scale)
+        cache = {}
+        for start in range(0, len(sel), _NATIVE_ROWS):
+            part = sel[start:start + _NATIVE_ROWS]
+            block = np.stack([images[j][crop] for j in part.tolist()]).astype(
+                np.float32, copy=False)
+            _convolve_normalised(block, np.arange(len(part)), kernel, area, cache=cache)
+            for j, image in zip(part.tolist(), block):
+                yield j, _sample_beam_limited(image[None], pixel_scale, size=size)[0]
 
 
 def _native_half_side(scale, *, size=DATASET_IMAGE_PIXELS):
