@@ -26,10 +26,16 @@ def axis_scales(scale):
 
 def invalid_pixels(values):
     """Boolean mask of the pixels of ``values`` that are no data: NaN, +-inf and masking
-    sentinels (``|value| >= SENTINEL``). Never warns."""
+    sentinels (``|value| >= SENTINEL``). Never warns. A stack is tested one image at a
+    time (the absolute values of one image held, not of the stack's)."""
     values = np.asarray(values)
     if values.dtype == np.float16:  # 1e30 overflows float16; every finite float16 is data
         return ~np.isfinite(values)
+    if values.ndim > 2 and len(values) > 1:
+        out = np.empty(values.shape, dtype=bool)
+        for j, image in enumerate(values):
+            out[j] = invalid_pixels(image)
+        return out
     with np.errstate(invalid="ignore"):
         return ~(np.abs(values) < SENTINEL)
 
