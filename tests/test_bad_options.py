@@ -53,6 +53,11 @@ PREPROCESSING = [
     (lambda: pp.gri_to_rgb(IMG, IMG, IMG, band_scales="x"), TYPE, "band_scales"),
     (lambda: pp.gri_to_rgb(IMG, IMG, IMG, band_scales={"g": "a", "r": 1, "i": 1}), TYPE,
      "band_scales['g']"),
+    # a band missing beside one that is no band (a typo, "I" for "i"): named, not KeyError
+    (lambda: pp.gri_to_rgb(IMG, IMG, IMG, band_scales={"g": 1, "r": 1, "I": 1}), VALUE,
+     "band_scales needs g, r and i"),
+    (lambda: pp.preprocess_gri(IMG, IMG, IMG, band_scales={"g": 1, "r": 1, "z": 1}), VALUE,
+     "band_scales needs g, r and i"),
     (lambda: pp.single_band_to_rgb(IMG, q="x"), TYPE, "q"),
     (lambda: pp.single_band_to_rgb(IMG, minimum="x"), TYPE, "minimum"),
     (lambda: pp.preprocess_single_band(IMG, stretch="x"), TYPE, "stretch"),

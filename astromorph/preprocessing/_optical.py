@@ -452,7 +452,7 @@ def _gri_to_rgb(g, r, i, *, q=LUPTON_Q, stretch=LUPTON_STRETCH, minimum=LUPTON_M
         raise InvalidArgumentTypeError(f"band_scales must be a dict of g, r and i multipliers, "
                                        f"got {band_scales!r}")
     scales = dict(LUPTON_BAND_SCALES if band_scales is None else band_scales)
-    if set(scales) < {"g", "r", "i"}:
+    if not {"g", "r", "i"} <= set(scales):  # (all three, whatever else is there)
         raise InvalidArgumentError(f"band_scales needs g, r and i, got {sorted(scales)}")
     for band in "gri":
         check_number(scales[band], f"band_scales[{band!r}]")
