@@ -6,6 +6,7 @@ import pytest
 
 from astromorph import preprocessing as pp
 from astromorph.exceptions import InputError, InputShapeError, InvalidArgumentError
+from astromorph.preprocessing._optical import CROP_FRACTION
 
 rng = np.random.default_rng(1)
 GALAXY = rng.normal(0.02, 0.05, (40, 40))
@@ -254,3 +255,40 @@ def test_optical_images_without_pixels_are_a_shape_error(func, shape):
     with pytest.raises(InputShapeError, match=rf"at least one pixel.* got {h}x{w} pixels"):
         func(np.zeros(shape))
     assert func(np.zeros((0, 40, 40))).shape == (0, 3, 64, 64)
+
+
+# --- tests that kill mutations which survived the suite (see the commit messages) ---------
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_integer_colour_cutout_one_past_8_bits_is_refused(masked):
+    """256 is no 8-bit value: cast to uint8 it would wrap to 0 (black), silently."""
+    rgb = np.full((8, 8, 3), 200, np.int16)
+    rgb[3, 3, 0] = 256
+    if masked:  # a masked integer cutout with a masked pixel takes another path
+        rgb = np.ma.masked_array(rgb, mask=np.zeros(rgb.shape, bool))
+        rgb[0, 0] = np.ma.masked
+    with pytest.raises(InputError, match="0-255"):
+        pp.preprocess_colour_cutout(rgb)
+    rgb[3, 3, 0] = 255  # the largest 8-bit value is one
+    assert np.isfinite(pp.preprocess_colour_cutout(rgb, crop_fraction=0.5)).all()
+
+
+def test_float_colour_cutout_a_little_above_one_is_refused():
+    """Display values are in [0, 1]; 1.05 is not one (a rounding tolerance of 1e-6 aside)."""
+    rgb = np.full((8, 8, 3), 0.5)
+    rgb[2, 2, 1] = 1.05
+    with pytest.raises(InputError, match="1.05"):
+        pp.preprocess_colour_cutout(rgb)
+    rgb[2, 2, 1] = 1.0 + 1e-7
+    assert np.isfinite(pp.preprocess_colour_cutout(rgb)).all()
+
+
+def test_cutout_of_the_stamp_size_is_still_cropped():
+    """A 64 x 64 cutout with the default crop fraction is cropped to its central 35 per cent
+    and resampled back to 64 x 64, not passed through whole (only crop_fraction=1 is)."""
+    img = rng.integers(0, 256, (64, 64, 3)).astype(np.uint8)
+    w = pp.area_resample(64, 64, crop_fraction=CROP_FRACTION)
+    ref = np.einsum("ih,hwc,jw->cij", w, img / 255.0, w)
+    np.testing.assert_allclose(pp.preprocess_colour_cutout(img), ref, atol=1e-6)
+    np.testing.assert_allclose(pp.preprocess_colour_cutout(img, crop_fraction=1.0),
+                               np.moveaxis(img / 255.0, -1, 0), atol=1e-7)
