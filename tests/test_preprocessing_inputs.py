@@ -292,3 +292,13 @@ def test_cutout_of_the_stamp_size_is_still_cropped():
     np.testing.assert_allclose(pp.preprocess_colour_cutout(img), ref, atol=1e-6)
     np.testing.assert_allclose(pp.preprocess_colour_cutout(img, crop_fraction=1.0),
                                np.moveaxis(img / 255.0, -1, 0), atol=1e-7)
+
+
+def test_float_colour_cutout_above_one_is_refused_beside_missing_pixels():
+    """A NaN (or a sentinel, made NaN) does not hide values above 1 from the range check."""
+    rgb = np.full((8, 8, 3), 0.5)
+    rgb[0, 0, 0] = np.nan
+    rgb[1, 1, 1] = -3.4028235e38
+    rgb[4, 4, 2] = 200.0  # an 8-bit value in a float cutout
+    with pytest.raises(InputError, match="200"):
+        pp.preprocess_colour_cutout(rgb)
