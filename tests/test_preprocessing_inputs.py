@@ -302,3 +302,24 @@ def test_float_colour_cutout_above_one_is_refused_beside_missing_pixels():
     rgb[4, 4, 2] = 200.0  # an 8-bit value in a float cutout
     with pytest.raises(InputError, match="200"):
         pp.preprocess_colour_cutout(rgb)
+
+
+def test_triplet_with_mostly_constant_stamp_is_scaled_by_its_standard_deviation():
+    """A stamp with more than half its pixels equal (MAD 0: padding, a saturated core) is
+    scaled by its standard deviation, as documented, not by 1."""
+    x = TRIPLET[:1].copy()
+    x[0, 1, :40] = 100.0  # 2520 of 3969 pixels: the median and the MAD's are 100 and 0
+    out, _ = pp.preprocess_triplet(x)
+    stamp = x[0, 1]
+    np.testing.assert_allclose(out[0, 1], np.arcsinh((stamp - 100.0) / (3 * stamp.std())),
+                               rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("junk", [np.nan, np.inf, -3.4028235e38])
+def test_preprocess_triplet_leaves_the_callers_array_alone(junk):
+    """Native float64 triplets are not written to (invalid pixels made NaN in a copy)."""
+    x = TRIPLET.copy()
+    x[0, 0, :3] = junk
+    before = x.copy()
+    pp.preprocess_triplet(x)
+    np.testing.assert_array_equal(x, before)
