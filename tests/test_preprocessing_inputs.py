@@ -323,3 +323,43 @@ def test_preprocess_triplet_leaves_the_callers_array_alone(junk):
     before = x.copy()
     pp.preprocess_triplet(x)
     np.testing.assert_array_equal(x, before)
+
+
+def test_resample_triplet_even_output_is_centred_on_pixel_size_over_2():
+    """The centre of the output's central pixel, ``size // 2``, is put on the candidate:
+    for an even ``size`` too (not between two pixels)."""
+    x = np.zeros((1, 3, 63, 63))
+    x[0, :, 31, 31] = 1.0
+    out, _ = pp.resample_triplet(x, 1.0, size=64)
+    assert out[0, 0, 32, 32] == pytest.approx(1.0)
+    assert np.nansum(out[0, 0]) == pytest.approx(1.0)
+
+
+def test_resample_triplet_keeps_pixels_exactly_min_cover_on_the_stamp():
+    """Only pixels with less than ``min_cover`` of their area on the stamp are NaN: shifted by
+    half a pixel, the last row and column are half on it, and kept at min_cover=0.5."""
+    x = np.ones((1, 3, 63, 63))
+    out, cov = pp.resample_triplet(x, 1.0, centre=(31.5, 31.5))
+    assert np.isfinite(out).all()
+    np.testing.assert_allclose(out, 1.0)
+    assert cov[0] == pytest.approx((62.5 / 63) ** 2)
+
+
+def test_resample_triplet_coverage_is_in_output_pixel_areas():
+    """With model pixels of 2": the covered fraction of each output pixel is its overlap over
+    2", so the 63" stamp covers a quarter of the 126" field, and the two pixels a quarter on
+    it either side are NaN (less than min_cover)."""
+    x = np.ones((1, 3, 63, 63))
+    out, cov = pp.resample_triplet(x, 1.0, model_pixel_scale=2.0)
+    assert cov[0] == pytest.approx(0.25)
+    finite = np.flatnonzero(np.isfinite(out[0, 0, 31]))
+    np.testing.assert_array_equal(finite, np.arange(16, 47))
+
+
+def test_resample_triplet_gives_masking_sentinels_no_weight():
+    """A masking sentinel (-3.4e38) is an invalid pixel like NaN: the output is the mean of
+    the valid pixels it overlaps, not a huge number."""
+    x = np.full((1, 3, 189, 189), 5.0)
+    x[0, :, 94, 94] = -3.4028235e38  # one of the 9 pixels under output pixel (31, 31)
+    out, _ = pp.resample_triplet(x, 1 / 3)
+    np.testing.assert_allclose(out, 5.0)
