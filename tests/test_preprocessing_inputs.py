@@ -363,3 +363,14 @@ def test_resample_triplet_gives_masking_sentinels_no_weight():
     x[0, :, 94, 94] = -3.4028235e38  # one of the 9 pixels under output pixel (31, 31)
     out, _ = pp.resample_triplet(x, 1 / 3)
     np.testing.assert_allclose(out, 5.0)
+
+
+def test_resample_triplet_nan_centre_axis_is_that_axis_default_on_a_non_square_stamp():
+    """NaN along one axis of ``centre`` stands for ``n // 2`` of that axis (rows: 20 of 40,
+    columns: 30 of 60), not of the other."""
+    x = rng.normal(0, 1, (1, 3, 40, 60))
+    ref, ref_cov = pp.resample_triplet(x, 0.5)
+    for centre in [(np.nan, 30.0), (20.0, np.nan), (np.nan, np.nan)]:
+        out, cov = pp.resample_triplet(x, 0.5, centre=centre)
+        np.testing.assert_array_equal(out, ref)
+        np.testing.assert_array_equal(cov, ref_cov)
