@@ -374,3 +374,11 @@ def test_resample_triplet_nan_centre_axis_is_that_axis_default_on_a_non_square_s
         out, cov = pp.resample_triplet(x, 0.5, centre=centre)
         np.testing.assert_array_equal(out, ref)
         np.testing.assert_array_equal(cov, ref_cov)
+
+
+@pytest.mark.parametrize("centre", [(np.inf, 10.0), (10.0, -np.inf)])
+def test_resample_triplet_infinite_centre_is_refused(centre):
+    """An infinite centre is no pixel position (NaN is: the default): a typed error naming it,
+    not a triplet of NaN."""
+    with pytest.raises(InvalidArgumentError, match="centre"):
+        pp.resample_triplet(TRIPLET, 1.0, centre=centre)
