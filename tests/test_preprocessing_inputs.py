@@ -382,3 +382,15 @@ def test_resample_triplet_infinite_centre_is_refused(centre):
     not a triplet of NaN."""
     with pytest.raises(InvalidArgumentError, match="centre"):
         pp.resample_triplet(TRIPLET, 1.0, centre=centre)
+
+
+def test_resample_triplet_on_stamp_is_the_covered_square():
+    """The pixels `_resample_triplet` says lie on the stamp (which BLANK counts over) are those
+    on it along both axes: for a clean DES-like stamp, exactly the finite ones."""
+    from astromorph.preprocessing import _triplet
+
+    x = rng.normal(0, 1, (2, 3, 51, 51))
+    out, cov, on_stamp = _triplet._resample_triplet(x, 0.27, size=63, model_pixel_scale=1.0,
+                                                     min_cover=0.5, centre=[(25, 25), (20, 27)])
+    np.testing.assert_array_equal(on_stamp, np.isfinite(out[:, 0]))
+    assert 0 < on_stamp.mean() < 0.1
