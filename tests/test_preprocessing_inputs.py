@@ -394,3 +394,18 @@ def test_resample_triplet_on_stamp_is_the_covered_square():
                                                      min_cover=0.5, centre=[(25, 25), (20, 27)])
     np.testing.assert_array_equal(on_stamp, np.isfinite(out[:, 0]))
     assert 0 < on_stamp.mean() < 0.1
+
+
+def test_preprocess_optical_takes_a_batch_of_colour_cutouts():
+    """(N, H, W, 3) is a batch of colour cutouts, as (H, W, 3) is one."""
+    rgb = rng.integers(0, 256, (2, 40, 40, 3)).astype(np.uint8)
+    np.testing.assert_array_equal(pp.preprocess_optical(rgb), pp.preprocess_colour_cutout(rgb))
+
+
+def test_single_band_with_three_different_minima_is_refused():
+    """One band is stretched once: three different minima cannot all apply (the first alone
+    would be used, silently)."""
+    with pytest.raises(InvalidArgumentError, match="one minimum"):
+        pp.single_band_to_rgb(GALAXY, minimum=(0.0, 0.1, 0.0))
+    np.testing.assert_array_equal(pp.single_band_to_rgb(GALAXY, minimum=(0.1, 0.1, 0.1)),
+                                  pp.single_band_to_rgb(GALAXY, minimum=0.1))
