@@ -409,3 +409,16 @@ def test_single_band_with_three_different_minima_is_refused():
         pp.single_band_to_rgb(GALAXY, minimum=(0.0, 0.1, 0.0))
     np.testing.assert_array_equal(pp.single_band_to_rgb(GALAXY, minimum=(0.1, 0.1, 0.1)),
                                   pp.single_band_to_rgb(GALAXY, minimum=0.1))
+
+
+def test_preprocess_optical_keeps_the_mask_of_a_masked_array():
+    """Masked pixels given through preprocess_optical are no data there too (NaN in a colour
+    cutout, 0 in a flux band), whatever junk they hold."""
+    rgb = rng.uniform(0, 1, (40, 40, 3))
+    masked = _masked(rgb, (slice(None), slice(0, 10)), 0.9)
+    out = pp.preprocess_optical(masked, crop_fraction=1.0)
+    np.testing.assert_array_equal(out, pp.preprocess_colour_cutout(masked, crop_fraction=1.0))
+    assert np.isnan(out[:, :, :10]).all()
+    band = _masked(GALAXY, (slice(0, 5),), 1e3)
+    np.testing.assert_array_equal(pp.preprocess_optical(band),
+                                  pp.preprocess_optical(_nan(GALAXY, (slice(0, 5),))))
