@@ -190,6 +190,29 @@ def test_distortion_whose_inverse_diverges_puts_no_far_source_on_the_image(optic
     assert out["opt_p_a"].mask.tolist() == [False, True, True]
 
 
+def test_wide_stamp_on_a_curved_mapping_is_placed_pixel_for_pixel():
+    """A stamp 40 degrees wide (81 pixels of 0.5 deg) 40 degrees from the image's tangent
+    point: the quadratic interpolation of its nodes misses by about a pixel, so it is mapped
+    pixel by pixel and each stamp pixel samples the image where the WCS puts its sky position
+    (here a ramp image: the value is the image column)."""
+    n, size, scale = 600, 81, 0.5
+    w = WCS(naxis=2)
+    w.wcs.ctype = ["RA---TAN", "DEC--TAN"]
+    w.wcs.crval, w.wcs.crpix, w.wcs.cdelt = [180.0, 0.0], [n / 2 + 0.5] * 2, [-0.5, 0.5]
+    img = np.tile(np.arange(n, dtype=np.float32), (n, 1))
+    res = cut_stamps(SkyImage(img, w), [185.0], [40.0], size=size, pixel_scale=scale * 3600,
+                     antialias=False)
+    # the stamp grid: a TAN projection about the source, north up, east left, row 0 at the bottom
+    stamp = WCS(naxis=2)
+    stamp.wcs.ctype = ["RA---TAN", "DEC--TAN"]
+    stamp.wcs.crval, stamp.wcs.crpix = [185.0, 40.0], [(size + 1) / 2] * 2
+    stamp.wcs.cdelt = [-scale, scale]
+    rows, cols = np.mgrid[:size, :size]
+    x, _ = w.world_to_pixel(stamp.pixel_to_world(cols, rows))
+    assert np.isfinite(res.stamps[0]).all() and res.outside[0] == 0
+    np.testing.assert_allclose(res.stamps[0], x, atol=0.01)
+
+
 def test_antialiasing_preserves_mean():
     rng = np.random.default_rng(0)
     img = (10 + rng.normal(size=(400, 400))).astype(np.float32)
