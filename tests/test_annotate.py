@@ -1706,6 +1706,11 @@ def test_missing_and_non_celestial_wcs(optical_model, tmp_path):
     fits.writeto(tmp_path / "singular.fits", img, header)
     with pytest.raises(InputError, match="singular.fits.*singular pixel scale matrix"):
         astromorph.annotate(cat, str(tmp_path / "singular.fits"), model=optical_model)
+    # the same matrix in a WCS object (no FITS header for the reader to refuse it by)
+    singular = sky_wcs()
+    singular.wcs.cd = [[1e-4, 1e-4], [2e-4, 2e-4]]
+    with pytest.raises(InputError, match="singular pixel scale matrix"):
+        astromorph.annotate(cat, (img, singular), model=optical_model)
 
 
 
