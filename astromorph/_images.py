@@ -284,6 +284,18 @@ def _lazy_stream(hdu, name, stream):
             _StreamRows(name, path, opener, offset, shape, dtype))
 
 
+def _plane_span(file_span, plane, pixels):
+    """``(path, byte offset)`` of ``plane`` in the file where the memory-mapped ``pixels``
+    of an HDU lie at ``file_span``: the plane `_plane` took of them (the Stokes I plane of a
+    cube need not be the first), or None where it is not one run of their bytes."""
+    if not plane.flags.c_contiguous or not np.may_share_memory(plane, pixels):
+        return None
+    start = plane.__array_interface__["data"][0] - pixels.__array_interface__["data"][0]
+    if not 0 <= start <= pixels.nbytes - plane.nbytes:
+        return None
+    return file_span[0], file_span[1] + start
+
+
 def _from_hdu(hdu, name, hold=None, file_span=None, primary=None, stream=None):
     if hold is None:
         lazy = None
@@ -295,6 +307,8 @@ def _from_hdu(hdu, name, hold=None, file_span=None, primary=None, stream=None):
     if lazy is None and (hdu.data is None or hdu.header.get("NAXIS", 0) < 2):
         raise InputError(f"{name}: the HDU holds no image")
     data = lazy[0] if lazy else _plane(hdu.data, name, hdu.header)
+    if file_span is not None:  # (of the HDU's pixels: the plane's own, a Stokes I plane's)
+        file_span = _plane_span(file_span, data, hdu.data)
     header = hdu.header
     wcs = _celestial_wcs(header, name)
     bscale, bzero, blank = _scaling(data, header)

@@ -1,0 +1,237 @@
+"""One image in every container astromorph reads gives the results of the plain file.
+
+astromorph reads pixel bytes itself at file offsets in three places: `SkyImage._read_whole`
+(one read call at the HDU's data offset, for a dense catalogue on a memory-mapped image),
+the loader and `_StreamRows` of a gzipped, bzip2 or xz file (the data offset in the
+decompressed stream) and the fast FITS parser of `predict_files` (offsets into the FITS
+bytes). Each is reached here through every container and layout of the same image: a zip
+archive once gave the archive's own bytes, a Stokes cube the wrong plane.
+"""
+import bz2
+import gzip
+import io
+import lzma
+import warnings
+import zipfile
+
+import numpy as np
+import pytest
+from astropy.io import fits
+from astropy.table import Table
+
+import astromorph
+from astromorph._cutouts import SkyImage
+from astromorph.exceptions import InputError
+
+from test_annotate import blobs, catalogue, make_optical_model, sky_wcs
+
+N = 64  # image side (pixels): 4096 pixels, 256 samples a source (16 x 16 stamps)
+SCALING = ("BSCALE", "BZERO", "BLANK")
+COMPRESS = {"gz": gzip.compress, "bz2": bz2.compress, "xz": lzma.compress,
+            "zip0": zipfile.ZIP_STORED, "zip8": zipfile.ZIP_DEFLATED}
+#: (layout, compression) of each file: every compression for the image as the primary HDU
+#: and beside another image; those whose offsets differ from the plain file's for the others
+CONTAINERS = ([(layout, c) for layout in ("primary", "beside") for c in (None, *COMPRESS)]
+              + [(layout, c) for layout in ("extension", "stokes", "fpack")
+                 for c in (None, "gz", "zip0")])
+
+
+def _pixels(dtype):
+    """``(raw pixels, scaling keywords)`` of the test image as ``dtype`` stores it: blank
+    pixels (NaN, BLANK) near one edge, under a source."""
+    img = blobs(N, seed=3, count=30)
+    if dtype == "float32":
+        img[:6, 20:30] = np.nan
+        return img, {}
+    if dtype == "int16":
+        raw = np.round((img - 10.0) / 1e-3).clip(-32767, 32767).astype(np.int16)
+        raw[:6, 20:30] = -32768
+        return raw, {"BSCALE": 1e-3, "BZERO": 10.0, "BLANK": -32768}
+    # uint16: int16 on disk with BZERO = 32768 (astropy writes it so); (the tiny model's
+    # stretch saturates above a few tens) a corner of values beyond 32767
+    raw = np.round(img * 10).astype(np.uint16)
+    raw[-4:, -4:] = 60000
+    return raw, {}
+
+
+def _raw_plane(dtype, header):
+    """Raw (unscaled, as on disk) pixels and header of the plain file of ``dtype``."""
+    data, scaling = _pixels(dtype)
+    hdu = fits.PrimaryHDU(data, header)
+    hdu.header.update(scaling)  # (after: astropy drops scaling keywords given with data)
+    buf = io.BytesIO()
+    hdu.writeto(buf)
+    with fits.open(io.BytesIO(buf.getvalue()), do_not_scale_image_data=True) as hdul:
+        return buf.getvalue(), np.array(hdul[0].data), hdul[0].header.copy()
+
+
+def _scaled_as(hdu, header):
+    hdu.header.update({k: header[k] for k in SCALING if k in header})
+    return hdu
+
+
+def _layout(layout, raw, header):
+    """The FITS bytes of ``raw`` (with ``header``) in ``layout``."""
+    image = {k: v for k, v in header.items() if k not in ("SIMPLE", "EXTEND")}
+    if layout == "extension":
+        hdus = [fits.PrimaryHDU(), _scaled_as(fits.ImageHDU(raw, fits.Header(image)), header)]
+    elif layout == "beside":  # the primary HDU holds another image, far away on the sky
+        far = sky_wcs(N, crval=(30.0, -40.0)).to_header()
+        hdus = [_scaled_as(fits.PrimaryHDU(raw[::-1].copy(), far), header),
+                _scaled_as(fits.ImageHDU(raw, fits.Header(image)), header)]
+    elif layout == "stokes":  # Stokes U, Q, I: the I plane is the last one
+        cube = fits.Header(image)
+        cube.update(CTYPE3="STOKES", CRVAL3=3.0, CRPIX3=1.0, CDELT3=-1.0)
+        hdus = [_scaled_as(fits.PrimaryHDU(np.stack([raw[::-1], raw[:, ::-1], raw]), cube),
+                           header)]
+    else:  # fpack: tile-compressed without loss
+        kind = dict(compression_type="GZIP_1", quantize_level=0.0) \
+            if raw.dtype.kind == "f" else dict(compression_type="RICE_1")
+        hdus = [fits.PrimaryHDU(),
+                _scaled_as(fits.CompImageHDU(raw, fits.Header(image), **kind), header)]
+    buf = io.BytesIO()
+    fits.HDUList(hdus).writeto(buf)
+    return buf.getvalue()
+
+
+def _compressed(data, how, name):
+    if how is None:
+        return data
+    if how.startswith("zip"):
+        buf = io.BytesIO()
+        with zipfile.ZipFile(buf, "w", COMPRESS[how]) as archive:
+            archive.writestr(name, data)
+        return buf.getvalue()
+    return COMPRESS[how](data)
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    return make_optical_model(tmp_path_factory.mktemp("containers") / "opt")
+
+
+def _files(tmp_path, dtype):
+    """The plain file of ``dtype`` and the same image in every container: names to paths."""
+    w = sky_wcs(N, rot=15)
+    plain, raw, header = _raw_plane(dtype, w.to_header())
+    files = {"plain": tmp_path / f"{dtype}.fits"}
+    files["plain"].write_bytes(plain)
+    for layout, how in CONTAINERS:
+        data = plain if layout == "primary" else _layout(layout, raw, header)
+        suffix = ".fits.fz" if layout == "fpack" else ".fits"
+        name = f"{dtype}-{layout}{suffix}"
+        if how is not None:
+            name += f".{how[:3]}"
+        files[layout, how] = tmp_path / f"{how or 'none'}-{name}"
+        files[layout, how].write_bytes(_compressed(data, how, name))
+    return w, files
+
+
+def _columns(table):
+    """The result columns, as arrays (masked values filled: compared with their mask)."""
+    return {c: (np.ma.getdata(table[c]), np.ma.getmaskarray(table[c])) for c in table.colnames}
+
+
+def _assert_same(out, expected, label):
+    assert out.colnames == expected.colnames, label
+    got, want = _columns(out), _columns(expected)
+    for c in want:
+        np.testing.assert_array_equal(got[c][1], want[c][1], err_msg=f"{label} {c} mask")
+        np.testing.assert_array_equal(got[c][0], want[c][0], err_msg=f"{label} {c}")
+
+
+@pytest.mark.parametrize("dtype", ["float32", "int16", "uint16"])
+def test_annotate_gives_the_plain_files_results_in_every_container(model, tmp_path,
+                                                                    monkeypatch, dtype):
+    """A dense catalogue (the image read whole by one read call, `SkyImage._read_whole`,
+    checked to be taken for the plain file) and a sparse one (the pixels under the stamps)
+    give bit for bit the probabilities and flags of the plain file, whatever the container
+    (gzip, bzip2, xz, zip stored or deflated, fpack, fpack in gzip or zip) and layout (the
+    image in an extension, beside another image in the primary HDU, the last plane of a
+    Stokes cube), given as a str or a pathlib.Path."""
+    w, files = _files(tmp_path, dtype)
+    rng = np.random.default_rng(7)
+    dense = catalogue(w, np.r_[rng.uniform(2, N - 3, (20, 2)),  # some near and over edges
+                               [[0, 10], [N - 1, 30], [25, -1], [40, N], [24, 3], [27, 1]]])
+    sparse = catalogue(w, [(25, 2), (1, 33), (40, 40)])
+    whole = []
+    read_whole = SkyImage._read_whole
+    monkeypatch.setattr(SkyImage, "_read_whole",
+                        lambda self: whole.append(self.name) or read_whole(self))
+
+    def annotate(cat, path):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # (sources off the image, compressed files)
+            return astromorph.annotate(cat, path, model=model)
+
+    for label, cat in (("dense", dense), ("sparse", sparse)):
+        whole.clear()
+        expected = annotate(cat, str(files["plain"]))
+        assert whole == ([f"{files['plain']}[0]"] if label == "dense" else []), whole
+        blank = (np.asarray(expected["opt_flags"]) & int(astromorph.Flag.BLANK)).any()
+        assert blank == (dtype != "uint16")  # (NaN, BLANK pixels under sources)
+        for k, key in enumerate(files):
+            path = files[key] if k % 2 else str(files[key])  # a pathlib.Path or a str
+            _assert_same(annotate(cat, path), expected, f"{label} {key}")
+
+
+@pytest.mark.parametrize("dtype", ["float32", "int16", "uint16"])
+def test_predict_files_gives_the_plain_files_results_in_every_container(model, tmp_path,
+                                                                         dtype):
+    """`predict_files` reads the plain file, a gzipped one, one image extension, a Stokes
+    cube's I plane and fpack files (plain or gzipped) to the same probabilities, flags and
+    reasons; the containers it does not read (bzip2, xz, zip) are rows flagged BAD_INPUT
+    saying so. FITS bytes in `annotate_stamps` likewise (gzipped or not)."""
+    _, files = _files(tmp_path, dtype)
+    keys = [k for k in files if k == "plain" or k[0] != "beside"]  # (beside: two bands)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        out = astromorph.predict_files(model, [files[k] for k in keys], progress=False)
+        stamps = astromorph.annotate_stamps(
+            Table({"stamp": [files[k].read_bytes() for k in keys]}), model=model)
+    assert len(out) == len(stamps) == len(keys)
+    read = [k == "plain" or k[1] in (None, "gz") for k in keys]
+    for table in (out, stamps):
+        table = table[[c for c in table.colnames if c not in ("source", "path", "stamp")]]
+        for k, key in enumerate(keys):
+            if read[k]:
+                _assert_same(table[k:k + 1], table[0:1], str(key))
+            else:
+                assert table["opt_flags"][k] & int(astromorph.Flag.BAD_INPUT), key
+                assert np.ma.getmaskarray(table["opt_p_a"])[k], key
+    assert not np.ma.getmaskarray(out["opt_p_a"])[0]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "int16"])
+def test_annotate_of_hdulists_gives_the_plain_files_results(model, tmp_path, dtype):
+    """HDULists the caller opened (scaled by astropy or not, memory-mapped or not) of the
+    containers and layouts whose offsets differ, and an HDU of native-endian pixels in
+    memory, give the plain file's results for a dense catalogue (no read by offset: an
+    HDUList given is read through its arrays)."""
+    w, files = _files(tmp_path, dtype)
+    cat = catalogue(w, np.random.default_rng(7).uniform(-1, N, (26, 2)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        expected = astromorph.annotate(cat, str(files["plain"]), model=model)
+        for key in ("plain", ("primary", "gz"), ("primary", "zip0"), ("beside", "gz"),
+                    ("stokes", None), ("fpack", "gz")):
+            for how in ({}, {"do_not_scale_image_data": True}, {"memmap": False}):
+                with fits.open(files[key], **how) as hdul:
+                    _assert_same(astromorph.annotate(cat, hdul, model=model), expected,
+                                 f"{key} {how}")
+        with fits.open(files["plain"]) as hdul:
+            native = fits.PrimaryHDU(hdul[0].data.astype(hdul[0].data.dtype.newbyteorder("=")),
+                                     hdul[0].header)
+        assert native.data.dtype.isnative
+        _assert_same(astromorph.annotate(cat, native, model=model), expected, "native")
+
+
+def test_annotate_refuses_file_objects_and_bytes(model, tmp_path):
+    """An open file or FITS bytes given as an image are an `InputError` (annotate reads
+    paths, HDUs, HDULists, NDData and (array, WCS) pairs)."""
+    _, files = _files(tmp_path, "float32")
+    cat = catalogue(sky_wcs(N, rot=15), [(30, 30)])
+    with open(files["plain"], "rb") as f:
+        for image in (f, files["plain"].read_bytes()):
+            with pytest.raises(InputError, match="cannot use"):
+                astromorph.annotate(cat, image, model=model)
