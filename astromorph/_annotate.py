@@ -883,6 +883,9 @@ def annotate(table, images, *, model, ra_col=None, dec_col=None, coord_col=None,
         read or has no celestial WCS (or one in a frame astropy cannot place:
         helioecliptic, supergalactic...), a galaxy-scaled model gets no
         ``size_col``/``stamp_size``; new column names clash (``on_conflict="error"``).
+    astromorph.exceptions.MissingDependencyError
+        An image file is Unix-compressed (``.Z``) and the optional package uncompresspy,
+        with which astropy reads it, is not installed.
     astromorph.exceptions.InvalidArgumentError
         A bad option value (named in the message).
     astromorph.exceptions.ModelNotFoundError

@@ -20,7 +20,8 @@ from ._readers._fits import (_AUX_EXTNAMES, _FAST_DTYPES, _MEMBERS, _TRIPLET_NAM
                              wcs_matrix_problem)
 from ._warnings import catch_warnings, first_few, warn, warn_again
 from .exceptions import (AmbiguousInputWarning, AstromorphWarning, InputDTypeError, InputError,
-                         InvalidArgumentTypeError, UnusableInputWarning)
+                         InvalidArgumentTypeError, MissingDependencyError,
+                         UnusableInputWarning)
 
 __all__ = ["parse_sky_images", "closing_files"]
 
@@ -352,6 +353,10 @@ def _open_fits(name):
                              lazy_load_hdus=False)
         except (OSError, ValueError, zipfile.BadZipFile) as exc:  # (astropy lets zip's through)
             raise InputError(f"{name}: not a readable FITS file ({exc})") from exc
+        except ImportError as exc:  # a Unix-compressed (.Z) file without uncompresspy
+            raise MissingDependencyError(
+                f"{name}: {exc} Install it (pip install uncompresspy), or uncompress the file "
+                "(uncompress, gzip -d)") from exc
     for w in caught:
         if "truncated" in str(w.message):
             hdul.close()

@@ -9,6 +9,7 @@ archive once gave the archive's own bytes, a Stokes cube the wrong plane.
 """
 import bz2
 import gzip
+import importlib.util
 import io
 import lzma
 import warnings
@@ -21,7 +22,7 @@ from astropy.table import Table
 
 import astromorph
 from astromorph._cutouts import SkyImage
-from astromorph.exceptions import InputError
+from astromorph.exceptions import InputError, MissingDependencyError
 
 from test_annotate import blobs, catalogue, make_optical_model, sky_wcs
 
@@ -173,6 +174,33 @@ def test_annotate_gives_the_plain_files_results_in_every_container(model, tmp_pa
         for k, key in enumerate(files):
             path = files[key] if k % 2 else str(files[key])  # a pathlib.Path or a str
             _assert_same(annotate(cat, path), expected, f"{label} {key}")
+
+
+def test_annotate_of_unix_compress_without_uncompresspy_is_a_missing_dependency(tmp_path,
+                                                                              capsys):
+    """A ``.fits.Z`` file (Unix compress), which astropy reads with the optional package
+    uncompresspy, is a `MissingDependencyError` naming the file and the package where it is
+    not installed (astropy's ModuleNotFoundError escaped as it was, a traceback from the
+    command line); `predict_files` gives a BAD_INPUT row (a format it does not read)."""
+    if importlib.util.find_spec("uncompresspy") is not None:
+        pytest.skip("uncompresspy is installed")
+    from astromorph import cli
+
+    model = make_optical_model(tmp_path / "opt")
+    w = sky_wcs(N)
+    catalogue(w, [(30, 30)]).write(tmp_path / "cat.ecsv")
+    path = tmp_path / "image.fits.Z"
+    path.write_bytes(b"\x1f\x9d\x90" + b"SIMPLE  =" * 40)  # (astropy stops at the magic)
+    with pytest.raises(MissingDependencyError, match=r"image\.fits\.Z.*uncompresspy"):
+        astromorph.annotate(catalogue(w, [(30, 30)]), path, model=model)
+    assert cli.main(["annotate", str(tmp_path / "cat.ecsv"), "-i", str(path), "-m",
+                     str(tmp_path / "opt"), "-o", str(tmp_path / "out.ecsv")]) == 2
+    err = capsys.readouterr().err
+    assert "image.fits.Z" in err and "uncompresspy" in err and "Traceback" not in err, err
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        out = astromorph.predict_files(model, [path], progress=False)
+    assert out["opt_flags"][0] & int(astromorph.Flag.BAD_INPUT)
 
 
 @pytest.mark.parametrize("dtype", ["float32", "int16", "uint16"])
