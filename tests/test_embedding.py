@@ -593,6 +593,35 @@ def test_gallery_warns_once_for_rows_without_a_picture(tmp_path, monkeypatch):
         index.gallery(index.query(row=0, k=5), tmp_path / "g2.png")
 
 
+def test_gallery_marks_and_names_pictures_without_a_finite_pixel(tmp_path, monkeypatch):
+    """An images= picture whose pixels were all NaN was drawn as a blank (transparent) tile
+    without a word; it is drawn as "no image", as a missing file is, and the one
+    UnusableInputWarning names its row."""
+    pytest.importorskip("matplotlib")
+    from astromorph.exceptions import UnusableInputWarning
+
+    t = catalogue(12)
+    index = SimilarityIndex.from_table(t)
+    res = index.query(row=3, k=4)
+    blank = [int(res["row"][1]), int(res["row"][3])]
+    for pictures in (np.random.default_rng(0).random((12, 3, 8, 8)),
+                     np.random.default_rng(0).random((12, 8, 8, 3))):
+        pictures[blank] = np.nan
+        for images in (pictures, lambda rows, p=pictures: [p[r] for r in rows]):
+            shown = _shown_pictures(monkeypatch)
+            with pytest.warns(UnusableInputWarning, match="2 of 5 gallery tiles") as caught:
+                index.gallery(res, tmp_path / "g.png", images=images, overwrite=True)
+            text = str(caught[0].message)
+            assert f"row {blank[0]}" in text and f"row {blank[1]}" in text
+            assert "no finite pixel" in text
+            assert len(shown) == 3  # the query and 2 neighbours; the blank ones say "no image"
+    # a query picture without a finite pixel: named too
+    good = np.random.default_rng(1).random((12, 8, 8))
+    with pytest.warns(UnusableInputWarning, match="1 of 5.*the query: query_image= .*no finite"):
+        index.gallery(res, tmp_path / "g.png", images=good, overwrite=True,
+                      query_image=np.full((8, 8), np.nan))
+
+
 def test_gallery_of_a_row_query_draws_query_image(tmp_path, monkeypatch):
     """query_image= was ignored for a row (or position) query: the query tile showed the
     row's own picture. A picture given for the query is the one drawn."""

@@ -1154,7 +1154,8 @@ class SimilarityIndex:
         -----
         astromorph.exceptions.UnusableInputWarning
             Once per gallery, when tiles are drawn as "no image": how many, and the
-            first rows with their file and why (missing, unreadable, no such stamp).
+            first rows with their file and why (missing, unreadable, no such stamp; a
+            picture of ``images`` or ``query_image`` without a finite pixel).
             A ``source`` of the form ``file.fits[i]`` is stamp ``i`` of that file.
         """
         from ._plots import gallery

@@ -169,6 +169,17 @@ def _read_source(name, files=None):
     return data, why and f"{name!r} {why}", note
 
 
+def _no_picture(picture, given):
+    """Why a picture given as an array (by ``given``, e.g. ``"images="``) cannot be drawn
+    (None, or one without a finite pixel, which would be a blank tile), else None."""
+    if picture is None:
+        return f"{given} gave none"
+    arr = np.asarray(picture)
+    if arr.dtype.kind in "fc" and arr.size and not np.isfinite(arr).any():
+        return f"{given} gave a picture with no finite pixel (all NaN or infinite)"
+    return None
+
+
 def _row_images(index, rows, images, source_column):
     """Pictures of the indexed rows ``rows`` (None where there is none), why each
     missing one is missing (None for the others) and the note of each for its tile where it
@@ -185,7 +196,8 @@ def _row_images(index, rows, images, source_column):
                                            f"index of {len(index)} rows: give one per "
                                            "indexed row")
             pictures = [images[r] for r in rows]
-        return (pictures, ["images= gave none" if p is None else None for p in pictures],
+        reasons = [_no_picture(p, "images=") for p in pictures]
+        return ([None if why else p for p, why in zip(pictures, reasons)], reasons,
                 [""] * len(pictures))
     table = index.table
     if table is None:
@@ -308,7 +320,12 @@ def gallery(index, result, path, *, images=None, source_column=None, query_image
         query_note, notes = notes[0], notes[1:]
     elif query_image is not None:
         query_pic = query_image
-        if isinstance(query_image, (str, os.PathLike)):
+        if not isinstance(query_image, (str, os.PathLike)):
+            why = _no_picture(query_image, "query_image=")
+            if why:  # drawn as "no image", and said so
+                query_pic = None
+                missing.insert(0, ("the query", why))
+        else:
             query_pic, why, query_note = _read_stamp(
                 check_input_file(query_image, "query image"), None)
             if query_pic is None:  # a given file that holds no picture: refused, not hidden
