@@ -377,6 +377,34 @@ def test_query_by_row_position_and_vector():
         index.query(row=3.7)
 
 
+def test_position_that_is_not_finite_is_named_in_one_line(tmp_path, capsys):
+    """A NaN position was refused with SkyCoord's two-line repr ('<SkyCoord (ICRS): (ra, dec)
+    in deg\\n    (nan, 2.)> is not finite'), in Python and on the command line; now one line
+    naming the values given."""
+    import astropy.units as u
+    from astropy.coordinates import SkyCoord
+
+    from astromorph.cli import main
+
+    t = catalogue(20)
+    index = SimilarityIndex.from_table(t)
+    for bad, words in [((np.nan, 2.0), "ra, dec = nan, 2.0 deg is not a position"),
+                       ((1.0, np.inf), "ra, dec = 1.0, inf deg is not a position"),
+                       (SkyCoord(np.nan * u.deg, 2 * u.deg),
+                        "ra, dec = nan, 2.0 deg (icrs) is not a position"),
+                       (SkyCoord(l=np.nan * u.deg, b=2 * u.deg, frame="galactic"),
+                        "l, b = nan, 2.0 deg (galactic) is not a position")]:
+        with pytest.raises(InvalidArgumentError) as caught:
+            index.query(position=bad, k=2)
+        assert str(caught.value).startswith(words) and "\n" not in str(caught.value)
+    src = tmp_path / "emb.ecsv"
+    t.write(src)
+    assert main(["similar", str(src), "--ra", "nan", "--dec", "2", "-k", "2"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("astromorph: error: ra, dec = nan, 2.0 deg is not a position"), err
+    assert err.count("\n") == 1
+
+
 def test_query_by_a_masked_vector_is_refused():
     """A masked vector is no vector (as a masked row of the index is none): the row of a
     masked embedding column (``table["embedding"][i]``, whose masked values still hold

@@ -43,6 +43,24 @@ def _whole(value, name):
         f"{name} must be a whole number, got {value!r}")
 
 
+def _given(value):
+    """A coordinate as given, for a message: a number as Python writes it (``nan``,
+    ``2.0``), anything else (a string, a Quantity) as its str."""
+    if isinstance(value, (int, float, np.integer, np.floating)) and \
+            not isinstance(value, (bool, np.bool_)):
+        return repr(float(value))
+    return str(value)
+
+
+def _position_words(position):
+    """One line naming a scalar SkyCoord, as its frame names its coordinates: ``"ra, dec =
+    10.0, 2.0 deg (icrs)"``, ``"l, b = ... (galactic)"`` (its repr takes two lines)."""
+    names = {rep: own for own, rep in position.frame.representation_component_names.items()}
+    sph = position.spherical
+    return (f"{names.get('lon', 'lon')}, {names.get('lat', 'lat')} = "
+            f"{float(sph.lon.deg)!r}, {float(sph.lat.deg)!r} deg ({position.frame.name})")
+
+
 def _rows_out_of_range(rows, n):
     """`InvalidArgumentError` naming the ``rows`` that are no row number of ``n`` rows
     (negative ones included: they do not count from the end)."""
@@ -714,21 +732,32 @@ class SimilarityIndex:
         if self.table is None:
             raise InvalidArgumentError("querying by position needs the index's table; build "
                                        "it with SimilarityIndex.from_table(table)")
+        not_finite = None
         try:
             if not isinstance(position, SkyCoord):
                 ra, dec = position
-                if np.abs(Angle(ra, unit=u.deg).deg) > 360:  # before SkyCoord wraps 400 to 40
+                ra_deg, dec_deg = Angle(ra, unit=u.deg).deg, Angle(dec, unit=u.deg).deg
+                if np.abs(ra_deg) > 360:  # before SkyCoord wraps 400 to 40
                     raise InvalidArgumentError(f"the right ascension {ra!r} is more than a full "
                                                "turn (360 degrees, 24 h) from 0: a typing error?")
-                position = SkyCoord(ra, dec, unit=u.deg)
+                # (SkyCoord refuses an infinite Dec as "Latitude angle(s) must be within...")
+                if np.ndim(ra_deg) == np.ndim(dec_deg) == 0 and not (
+                        np.isfinite(ra_deg) and np.isfinite(dec_deg)):
+                    not_finite = f"ra, dec = {_given(ra)}, {_given(dec)} deg"
+                else:
+                    position = SkyCoord(ra, dec, unit=u.deg)
         except (ValueError, TypeError, u.UnitsError) as exc:
             raise InvalidArgumentError(f"cannot read the position {position!r}: give a SkyCoord "
                                        f"or (ra, dec) in degrees ({exc})") from None
-        if not position.isscalar:
-            raise InvalidArgumentError(f"query one position at a time, got {len(position)}")
-        if not (np.isfinite(position.spherical.lon.deg)
-                and np.isfinite(position.spherical.lat.deg)):
-            raise InvalidArgumentError(f"the position {position!r} is not finite")
+        if not_finite is None:
+            if not position.isscalar:
+                raise InvalidArgumentError(f"query one position at a time, got {len(position)}")
+            if not (np.isfinite(position.spherical.lon.deg)
+                    and np.isfinite(position.spherical.lat.deg)):
+                not_finite = _position_words(position)
+        if not_finite is not None:
+            raise InvalidArgumentError(f"{not_finite} is not a position: both coordinates "
+                                       "must be finite")
         limit = None
         if max_separation is not None:
             if isinstance(max_separation, (bool, np.bool_)):  # not 1 arcsec
@@ -753,8 +782,9 @@ class SimilarityIndex:
             position = position.transform_to(known.frame)
         except (ValueError, TypeError, AttributeError, ConvertError, u.UnitsError) as exc:
             # (an AltAz position without a location or time: AttributeError)
-            raise InvalidArgumentError(f"cannot transform the position {position!r} to the "
-                                       f"frame of the table's positions ({exc})") from None
+            raise InvalidArgumentError(f"cannot transform the position "
+                                       f"{_position_words(position)} to the frame of the "
+                                       f"table's positions ({exc})") from None
         # the nearest rows by unit vectors (the largest cosine), then astropy's separation
         # of those within 1e-13 of the largest: float64 cosines are within 1e-15 of the
         # true ones, so a row left out is more than 1e-13 rad (2e-8 arcsec) farther than
