@@ -939,6 +939,28 @@ def test_gmm_bic_finds_blobs():
     assert fixed.n_components_ == 3 and fixed.predict_proba(x).shape == (len(x), 3)
 
 
+def test_cluster_table_unknown_keyword_names_it_before_the_fit(monkeypatch):
+    """cluster_table(k_max=6) raised Python's "GaussianMixture.__init__() got an unexpected
+    keyword argument 'k_max'", naming a function the caller did not call; now astromorph's
+    InvalidArgumentTypeError (a TypeError) names cluster_table, the keyword, the keywords it
+    takes and, for a near miss, the one meant; before the table is read."""
+    from astromorph.embeddings import _mixture
+    from astromorph.exceptions import InvalidArgumentTypeError
+
+    t = Table({"embedding": blobs(n_per=10, k=2, d=4)[0]})
+    monkeypatch.setattr(_mixture, "table_embeddings", lambda *a, **k: 1 / 0)  # no work
+    with pytest.raises(InvalidArgumentTypeError, match=r"^cluster_table\(\) got an unexpected "
+                       r"keyword argument 'k_max' \(it also takes: .*k_range.*n_pca") as caught:
+        cluster_table(t, k_max=6)
+    assert isinstance(caught.value, TypeError) and "GaussianMixture" not in str(caught.value)
+    with pytest.raises(InvalidArgumentTypeError, match=r"'n_componets'; did you mean "
+                       r"'n_components'\?"):
+        cluster_table(t, n_componets=3)
+    with pytest.raises(InvalidArgumentTypeError, match=r"'covariance'; did you mean "
+                       r"'covariance_type'\?"):
+        cluster_table(t, covariance="diag")
+
+
 def test_cluster_table_columns_and_masked_rows():
     x, y = blobs(n_per=50, k=3, d=16, seed=4)
     x[0] = np.nan

@@ -1,4 +1,5 @@
 """Gaussian-mixture clustering in embedding space (numpy EM, number of clusters by BIC)."""
+import inspect
 import logging
 import numbers
 
@@ -12,7 +13,8 @@ from .._blas import single_threaded_blas
 from .._warnings import warn
 from ..exceptions import (FewRowsWarning, InputError, InvalidArgumentError,
                           InvalidArgumentTypeError)
-from ..preprocessing._checks import check_bool, check_choice, check_number, check_whole
+from ..preprocessing._checks import (check_bool, check_choice, check_number, check_options,
+                                     check_whole)
 
 __all__ = ["GaussianMixture", "cluster_table"]
 
@@ -691,7 +693,7 @@ def cluster_table(table, *, column="embedding", n_components=None, prefix="clust
         ``_2``, ``_3``... to the new name, or replace the existing column (as in
         `astromorph.annotate`).
     **kwargs
-        Other `GaussianMixture` options.
+        Other `GaussianMixture` options (``k_range``, ``covariance_type``, ``n_pca``...).
 
     Returns
     -------
@@ -709,15 +711,27 @@ def cluster_table(table, *, column="embedding", n_components=None, prefix="clust
         (``on_conflict="error"``).
     astromorph.exceptions.InvalidArgumentError
         A bad option, or too few usable rows for the clusters asked for.
+    astromorph.exceptions.InvalidArgumentTypeError
+        A keyword that is none of these or `GaussianMixture`'s (a `TypeError` too; the
+        message names it, and the one meant where one is close).
     """
     out, mixture, _ = _cluster_table(table, column, n_components, prefix, on_conflict, kwargs)
     return out, mixture
+
+
+#: The `GaussianMixture` options `cluster_table` passes on (all but ``n_components``).
+_MIXTURE_OPTIONS = tuple(p for p in inspect.signature(GaussianMixture).parameters
+                         if p != "n_components")
 
 
 def _cluster_table(table, column, n_components, prefix, on_conflict, kwargs):
     """`cluster_table`, and the name the cluster-id column got (for the command line)."""
     from .._annotate import check_clashes, check_on_conflict
 
+    # the mixture's options by name, before any work: Python's error named
+    # GaussianMixture.__init__, which the caller did not call
+    check_options(kwargs, ("column", "n_components", "prefix", "on_conflict",
+                           *_MIXTURE_OPTIONS), "cluster_table")
     check_on_conflict(on_conflict)
     check_prefix(prefix)
     check_clashes(table, [prefix, f"{prefix}_prob"], on_conflict)  # before the fit

@@ -217,8 +217,14 @@ def check_options(options, allowed, function):
     """Refuse keywords of ``options`` (a public function's ``**options``, passed on to a
     helper) that are not in ``allowed``: an `InvalidArgumentTypeError` (a TypeError, as
     Python's own) naming ``function`` and the keyword, before any work, rather than
-    Python's error naming the private helper that receives them."""
+    Python's error naming the private helper that receives them; with "did you mean" and
+    the nearest of ``allowed`` where one is close (`difflib.get_close_matches`)."""
+    import difflib
+
     unknown = [k for k in options if k not in allowed]
     if unknown:
+        close = difflib.get_close_matches(unknown[0], allowed, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
         raise InvalidArgumentTypeError(f"{function}() got an unexpected keyword argument "
-                                       f"{unknown[0]!r} (it also takes: {', '.join(allowed)})")
+                                       f"{unknown[0]!r}{hint} (it also takes: "
+                                       f"{', '.join(allowed)})")
