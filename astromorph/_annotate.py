@@ -239,9 +239,30 @@ def _positions(table, ra_col, dec_col, coord_col, what="catalogue"):
                      f"{found[0]!r} is used; pass ra_col=/dec_col= (--ra-col/--dec-col) to "
                      "choose", AmbiguousInputWarning)
                 break
-    bad = ~(np.isfinite(ra) & np.isfinite(dec)) | (np.abs(dec) > 90) | ra_outside
+    beyond = np.abs(np.nan_to_num(dec)) > 90
+    swap = _swapped_hint(ra_col, ra, dec_col, dec)
+    if swap:  # (not named as a warning of its own in the error above)
+        warn(f"the {what}'s Dec column {dec_col!r} has {np.count_nonzero(beyond)} values "
+             f"beyond +-90 degrees (first {dec[np.flatnonzero(beyond)[0]]:g}; their rows have "
+             f"no position), and its RA column {ra_col!r} none; {swap}",
+             AmbiguousInputWarning)
+    bad = ~(np.isfinite(ra) & np.isfinite(dec)) | beyond | ra_outside
     ra, dec = np.where(bad, 0.0, ra), np.where(bad, 0.0, dec)
     return SkyCoord(ra * u.deg, dec * u.deg), bad
+
+
+def _swapped_hint(ra_col, ra, dec_col, dec):
+    """Words saying that the RA and Dec columns may be swapped (and how to pass them the
+    other way round), or "": where the Dec column (degrees) has values beyond +-90 that an
+    RA can be (within +-360: not a sentinel such as -999) and every RA is within
+    [-90, 90], as a Dec is. Nothing can be said where both columns are within [-90, 90]."""
+    beyond = np.abs(np.nan_to_num(dec)) > 90
+    finite_ra = ra[np.isfinite(ra)]
+    if not (beyond.any() and (np.abs(dec[beyond]) <= 360).all() and finite_ra.size
+            and (np.abs(finite_ra) <= 90).all()):
+        return ""
+    return (f"are the columns swapped? If so, pass ra_col={dec_col!r}, dec_col={ra_col!r} "
+            "(--ra-col/--dec-col)")
 
 
 def _unitless_degrees(what, columns):
@@ -270,10 +291,13 @@ def _unitless_degrees(what, columns):
         out = assumed & ~((values >= low) & (values <= high))
         if out[assumed].all():
             first = values[np.flatnonzero(assumed)[0]]
+            swap = "" if k == 0 else _swapped_hint(columns[0][0], columns[0][1], name, values)
             raise InputError(
                 f"position column {name!r} has no unit and is read as degrees, but no value "
                 f"of it is one (from {low:g} to {high:g}): first {first:g}; give the column "
-                f"its unit (e.g. table[{name!r}].unit = 'arcsec')")
+                f"its unit (e.g. table[{name!r}].unit = 'arcsec')"
+                + (f"; or, as its RA column {columns[0][0]!r} is within [-90, 90], {swap}"
+                   if swap else ""))
         outside[k] = out
     if unitless:
         log.info("the %s's position column(s) %s have no unit: read as degrees (an RA in "

@@ -405,6 +405,47 @@ def test_position_that_is_not_finite_is_named_in_one_line(tmp_path, capsys):
     assert err.count("\n") == 1
 
 
+def test_swapped_position_columns_are_suggested(tmp_path):
+    """--ra-col dec --dec-col ra: a Dec column with values beyond +-90 degrees left their
+    rows without a position without a word (or, none within, refused it as having no
+    value in degrees); where the RA column is all within [-90, 90] the message now says the
+    columns may be swapped and how to give them the other way round."""
+    from astromorph.exceptions import AmbiguousInputWarning
+
+    rng = np.random.default_rng(0)
+    ra = np.array([150.0, 151, 152, 10, 200, 300])
+    dec = np.array([2.0, 3, -5, 40, 10, 20])
+    t = Table({"embedding": rng.random((6, 4)), "ra": ra, "dec": dec})
+    index = SimilarityIndex.from_table(t)
+    swap = r"swapped.*ra_col='ra', dec_col='dec'"
+    with pytest.warns(AmbiguousInputWarning, match=r"Dec column 'ra' has 5 values beyond "
+                      r"\+-90 degrees \(first 150;.*RA column 'dec'.*" + swap):
+        index.query(position=(2.0, 10.0), k=2, ra_col="dec", dec_col="ra")
+    src = tmp_path / "pos.ecsv"
+    t.write(src)
+    with pytest.warns(AmbiguousInputWarning, match=swap + r" \(--ra-col/--dec-col\)"):
+        assert main(["similar", str(src), "--ra", "2", "--dec", "10", "-k", "2",
+                     "--ra-col", "dec", "--dec-col", "ra"]) == 0
+    # a Dec column without a value within [-90, 90]: refused, saying so too
+    t["ra"][3] = 100.0
+    with pytest.raises(InputError, match=r"no value of it is one.*" + swap):
+        SimilarityIndex.from_table(t).query(position=(2.0, 10.0), k=2, ra_col="dec",
+                                            dec_col="ra")
+    t["ra"].unit = t["dec"].unit = u.deg  # in degrees: every row without a position
+    with pytest.warns(AmbiguousInputWarning, match="6 values beyond.*" + swap), \
+            pytest.raises(InputError, match="no row of the table has both a position"):
+        SimilarityIndex.from_table(t).query(position=(2.0, 10.0), k=2, ra_col="dec",
+                                            dec_col="ra")
+    # no word where the RA column goes beyond 90 (a Dec sentinel), nor for usable columns
+    t = Table({"embedding": rng.random((6, 4)), "ra": ra, "dec": dec})
+    t["dec"][0] = -999.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", AmbiguousInputWarning)
+        SimilarityIndex.from_table(t).query(position=(150.0, 3.0), k=2)
+        t["ra"] = ra / 4  # all within [-90, 90], but so is the Dec column
+        SimilarityIndex.from_table(t).query(position=(50.0, 3.0), k=2)
+
+
 def test_query_by_a_masked_vector_is_refused():
     """A masked vector is no vector (as a masked row of the index is none): the row of a
     masked embedding column (``table["embedding"][i]``, whose masked values still hold
