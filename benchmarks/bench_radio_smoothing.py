@@ -1,7 +1,7 @@
 """Benchmark: radio stamps of a beam finer than FIRST's on pixels finer than 1.8".
 
 Such stamps are smoothed to FIRST's beam on their own pixels, then sampled on FIRST's
-1.8" grid by cubic convolution (``_smooth_on_native_grid``, ``_sample_on_first_grid`` of
+1.8" grid by cubic convolution (``_native_to_first_grid``, ``_sample_on_first_grid`` of
 `astromorph.preprocessing._radio`). This script times, in one run and on the same data,
 the current code and the previous one (kept below: `scipy.signal.fftconvolve` in float64
 of every image and of its validity mask, then the 16 gathers of the cubic convolution one
@@ -31,9 +31,10 @@ import astromorph
 from astromorph.preprocessing import _radio as rad
 
 
-def previous_convolve(images, rows, kernel, area):
+def previous_convolve(images, rows, kernel, area, *, cache=None):
     """The smoothing as it was (float64 `~scipy.signal.fftconvolve` of the images and of
-    their masks: one mask for all where no image has an invalid pixel)."""
+    their masks: one mask for all where no image has an invalid pixel); ``cache`` (the
+    current code's kernel transform, kept between calls) is not used."""
     from scipy.signal import fftconvolve
 
     block = images[rows]
