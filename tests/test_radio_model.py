@@ -10,6 +10,7 @@
   (calibrated, uncalibrated, noise floor) are reproduced from the shipped ONNX
   (skipped without the FIRST data).
 """
+import contextlib
 import hashlib
 import json
 from pathlib import Path
@@ -1972,6 +1973,20 @@ def _point_on_first_grid(beam, offset=(0.0, 0.0)):
     return np.exp(-0.5 * (inv[0, 0] * xx * xx + 2 * inv[0, 1] * xx * yy + inv[1, 1] * yy * yy))
 
 
+@contextlib.contextmanager
+def _first_grid_images():
+    """Within the block, the images that the radio adapter gives the data-set scaling
+    (`preprocess_first_cutout`), on the FIRST grid: a list, one array per call."""
+    seen, real = [], radio.preprocess_first_cutout
+
+    def spy(images, **kwargs):
+        seen.append(np.array(images))
+        return real(images, **kwargs)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(radio, "preprocess_first_cutout", spy)
+        yield seen
+
+
 def _point_through_radio_adapter(scale, beam, *, given=True, holes=()):
     """The radio adapter's image on the FIRST grid (what it gives the data-set scaling) of a
     point source of peak 1 Jy/beam seen through ``beam`` at the centre of a cutout 601"
@@ -1990,16 +2005,9 @@ def _point_through_radio_adapter(scale, beam, *, given=True, holes=()):
     image = np.exp(-0.5 * (inv[0, 0] * x * x + 2 * inv[0, 1] * x * y + inv[1, 1] * y * y))
     for hole in holes:
         image[hole] = np.nan
-    seen = []
-    real = radio.preprocess_first_cutout
-
-    def spy(images, **kwargs):
-        seen.append(np.array(images))
-        return real(images, **kwargs)
     image = image.astype(np.float32)
     shape = np.array([beam]) if given is True else None if given is None else np.array([given])
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(radio, "preprocess_first_cutout", spy)
+    with _first_grid_images() as seen:
         raw = adapters.RawStamps("bands", image[None, None].copy(), pixel_scale=scale,
                                  beam=beam[0], beam_shape=shape)
         adapters._radio_input(raw, {"name": "radio-morphology", "input": {}})
@@ -2114,7 +2122,9 @@ def test_fine_beam_smoothed_on_fine_pixels_spreads_a_nan_no_further(scale, beam)
     raw, out, image = _point_through_radio_adapter(scale, beam, holes=holes)
     assert raw.smoothed.tolist() == [True]
     s = tuple(scale) if np.ndim(scale) else scale
-    block = radio._smooth_on_native_grid(image[None], np.array([beam]), s)
+    crop = radio._native_crop(image.shape, s)  # (as the adapter smooths it)
+    block = radio.smooth_to_first_beam(image[None][(...,) + crop], np.array([beam]),
+                                       pixel_scale_arcsec=s)[0]
     oy, ox = (ny - block.shape[1]) // 2, (nx - block.shape[2]) // 2  # (a centred crop)
     assert np.array_equal(np.isnan(block[0]),
                           np.isnan(image[oy:ny - oy, ox:nx - ox]))  # NaN where it was
@@ -2156,13 +2166,7 @@ def test_predict_files_samples_a_first_beam_cutout_of_fine_pixels(tmp_path, layo
     to the block means and bilinear interpolation); with ``match_beam=False`` it is
     resampled as before."""
     _point_cutout(tmp_path / "cut.fits", layout, beam=(5.4, 5.4, 0.0))
-    seen, real = [], radio.preprocess_first_cutout
-
-    def spy(images, **kwargs):
-        seen.append(np.array(images))
-        return real(images, **kwargs)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(radio, "preprocess_first_cutout", spy)
+    with _first_grid_images() as seen:
         on = astromorph.predict_files("radio-morphology", [str(tmp_path / "cut.fits")],
                                       progress=False)
         astromorph.predict_files("radio-morphology", [str(tmp_path / "cut.fits")],
@@ -2201,13 +2205,7 @@ def test_annotate_samples_a_first_beam_map_of_fine_pixels_as_predict_files(tmp_p
         fits.PrimaryHDU(data[y - 300:y + 301, x - 300:x + 301], header=h).writeto(
             tmp_path / f"cut{k}.fits")
         cuts.append(str(tmp_path / f"cut{k}.fits"))
-    seen, real = [], radio.preprocess_first_cutout
-
-    def spy(images, **kwargs):
-        seen.append(np.array(images))
-        return real(images, **kwargs)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(radio, "preprocess_first_cutout", spy)
+    with _first_grid_images() as seen:
         on = astromorph.annotate(table, str(path), model="radio-morphology", progress=False)
         stamps = np.concatenate(seen)
         del seen[:]

@@ -1234,30 +1234,15 @@ def _convolve_normalised(images, rows, kernel, area, *, cache=None):
             images[sel] = np.where(good, np.float32(area) * total / weight, np.nan)
 
 
-def _smooth_on_native_grid(images, beams, pixel_scale, *, size=DATASET_IMAGE_PIXELS):
-    """`smooth_to_first_beam` of ``images`` (``(N, H, W)``, sharing ``pixel_scale``: one
-    float or ``(scale_y, scale_x)``, finer than FIRST's 1.8" along some axis) on their own
-    pixels, before `resample_to_first_grid` brings them to FIRST's: a beam finer than
-    FIRST's (2.5") is undersampled on the 1.8" grid, so resampling first loses structure
-    that smoothing afterwards cannot restore (2 % of a point source's peak).
-
-    The images are first cropped, the same number of pixels from opposite sides (their
-    centre kept) and a multiple of the block factor of `resample_to_first_grid` from the
-    start (its blocks kept), to the ``size`` x ``size`` FIRST grid's extent plus the widest
-    kernel's reach (a beam of zero width to FIRST's), so that a large cutout of fine pixels
-    costs what the FIRST field needs; the pixels the grid reads are those of the smoothed
-    uncropped image (to rounding). Returns the cropped, smoothed images (float64).
-    `_native_to_first_grid` does the same a few images at a time, then samples them."""
-    images = np.asarray(images)
-    block = images[(...,) + _native_crop(images.shape[-2:], pixel_scale, size=size)]
-    return smooth_to_first_beam(block, beams, pixel_scale_arcsec=axis_scales(pixel_scale))[0]
-
-
 def _native_crop(shape, pixel_scale, *, size=DATASET_IMAGE_PIXELS):
     """The slices ``(rows, columns)`` of an image of ``shape`` ``(H, W)`` and ``pixel_scale``
-    that `_smooth_on_native_grid` smooths: the same number of pixels cut from opposite
-    sides, a multiple of the block factor of `resample_to_first_grid`, to the ``size`` x
-    ``size`` FIRST grid's extent plus the widest kernel's reach."""
+    (finer than FIRST's 1.8" along some axis) that `_native_to_first_grid` smooths on its
+    own pixels: the same number of pixels cut from opposite sides (the centre kept), a
+    multiple of the block factor of `resample_to_first_grid` (its blocks kept), to the
+    ``size`` x ``size`` FIRST grid's extent plus the widest kernel's reach (a beam of zero
+    width to FIRST's), so that a large cutout of fine pixels costs what the FIRST field
+    needs; the pixels the grid reads are those of the smoothed uncropped image (to
+    rounding)."""
     cuts = []
     for n, scale in zip(shape, axis_scales(pixel_scale)):
         factor = _block_factor(scale)
@@ -1278,7 +1263,10 @@ def _native_to_first_grid(images, rows, beams, pixel_scale, *, size=DATASET_IMAG
     """Yield ``(row, sample)`` for each of ``rows`` of ``images`` (``(N, H, W)``, any float
     dtype, NaN where invalid; sharing ``pixel_scale``, finer than FIRST's 1.8" along some
     axis; ``beams`` ``(N, 3)`` as `smooth_to_first_beam` takes them, fine beams at those
-    rows): `_sample_beam_limited` of `_smooth_on_native_grid`, the same floats, made
+    rows): `_sample_beam_limited` of `smooth_to_first_beam` of their `_native_crop` on their
+    own pixels, before they are brought to FIRST's (a beam finer than FIRST's is
+    undersampled on the 1.8" grid: resampling first loses structure that smoothing
+    afterwards cannot restore, 2 % of a point source's peak), the same floats, made
     `_NATIVE_ROWS` images at a time on single-precision copies of their crops (the
     convolution is single-precision either way), so that the memory does not grow with the
     number of images; the kernel, its transform and the mask's convolution made once per
@@ -1306,7 +1294,7 @@ def _native_to_first_grid(images, rows, beams, pixel_scale, *, size=DATASET_IMAG
 
 def _native_half_side(scale, *, size=DATASET_IMAGE_PIXELS):
     """Pixels of ``scale`` arcsec (one axis, finer than FIRST's 1.8") that
-    `_smooth_on_native_grid` keeps on either side of an image's centre: the half extent of
+    `_native_crop` keeps on either side of an image's centre: the half extent of
     the ``size`` x ``size`` FIRST grid, two blocks of `resample_to_first_grid` and the reach
     of the widest kernel (a beam of zero width to FIRST's). An image of ``2 * half + 1``
     pixels is kept whole (`annotate` cuts its stamps so)."""
@@ -1334,13 +1322,13 @@ def _keys_weights(t):
 
 def _sample_on_first_grid(image, pixel_scale, *, size=DATASET_IMAGE_PIXELS):
     """The values of ``image`` (2-D, or a stack ``(..., H, W)``; finer than FIRST's 1.8" along
-    some axis, already at a beam that contains FIRST's: `_smooth_on_native_grid`) at the
+    some axis, already at a beam that contains FIRST's: `_sample_beam_limited`) at the
     points of the ``size`` x
     ``size`` FIRST grid, centred as `resample_to_first_grid` centres it, by cubic
     convolution (Keys) on its own pixels: FIRST's pixels are samples of its 5.4" beam,
     which `resample_to_first_grid`'s block averaging and bilinear interpolation (made for
     images that may hold structure finer than the grid) widen: a point source lost 1.6 %
-    of its peak from 1" pixels, 5 % from 0.5". NaN outside the image and where one of the
+    of its peak from 1" pixels, 11 % from 0.5". NaN outside the image and where one of the
     16 pixels read is NaN. The images of a stack are sampled one by one (the same floats;
     a stack of 601 x 601 images at once took nine times as long, out of the CPU's cache)."""
     image = np.asarray(image)
@@ -1373,7 +1361,7 @@ def _sample_beam_limited(images, pixel_scale, *, size=DATASET_IMAGE_PIXELS):
     axis) band-limited by a beam that contains FIRST's: one whose known beam needs no
     smoothing (`smooth_to_first_beam` leaves it: FIRST's or coarser, or finer by less than
     `BEAM_MATCH_FRACTION`), or one smoothed to it on its own pixels
-    (`_smooth_on_native_grid`). FIRST's pixels are samples of its own beam;
+    (`_native_to_first_grid`). FIRST's pixels are samples of its own beam;
     `resample_to_first_grid`'s block means and bilinear interpolation widen a 5.4" beam (a
     point source lost 1.6 % of its peak from 1" pixels, 11 % from 0.5").
 
