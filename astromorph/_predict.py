@@ -10,8 +10,8 @@ asked, through `astromorph._headers`.
 """
 import contextvars
 import logging
+import collections
 import os
-import queue
 import threading
 import warnings
 
@@ -36,6 +36,11 @@ log = logging.getLogger(__name__)
 
 #: Files read ahead of the model by the reader thread.
 _READ_AHEAD = 256
+#: Bytes of stamp data (`_stamp_bytes`) queued ahead of the model by the reader thread: a file
+#: is queued once the others fit under this (or none is queued), so big stamps (1201 x 1201
+#: float32 radio cutouts, 5.8 MB each) hold at most this plus the one file in hand, not
+#: `_READ_AHEAD` files (1.5 GB). Small stamps (256 64 x 64 float32 ones: 4 MB) never reach it.
+_READ_AHEAD_BYTES = 256 * 2**20
 #: Read files in a background thread (overlaps decoding with preprocessing and the model).
 _PREFETCH = True
 #: Fewer files than this are read in the calling thread (a thread would cost more than it saves).
@@ -372,37 +377,66 @@ def _read_all(paths, family, card):
         for p in paths:
             yield one(p)
         return
-    q = queue.Queue(maxsize=_READ_AHEAD)
+    # One condition guards the queue and its byte count: the reader waits while `_READ_AHEAD`
+    # files are queued, or while the file it holds would take the queue past
+    # `_READ_AHEAD_BYTES` (unless the queue is empty: a file bigger than that still passes).
+    items = collections.deque()
+    held = [0]  # bytes of stamp data queued
+    ready = threading.Condition()
     stop = threading.Event()
     done = object()
+
+    def room(size):
+        return stop.is_set() or (len(items) < _READ_AHEAD
+                                 and (not items or held[0] + size <= _READ_AHEAD_BYTES))
+
+    def put(item, size=0):
+        with ready:
+            ready.wait_for(lambda: room(size))
+            if stop.is_set():
+                return False
+            items.append((item, size))
+            held[0] += size
+            ready.notify_all()
+            return True
 
     def work():
         try:
             for p in paths:
                 if stop.is_set():
                     return
-                q.put(one(p))
-            q.put(done)
+                stamps = one(p)
+                if not put(stamps, _stamp_bytes(stamps)):
+                    return
+            put(done)
         except BaseException as exc:  # noqa: BLE001 - handed to the consumer
-            q.put(exc)
+            put(exc)
 
     thread = threading.Thread(target=work, name="astromorph-reader", daemon=True)
     thread.start()
     try:
         while True:
-            item = q.get()
+            with ready:
+                ready.wait_for(lambda: items)
+                item, size = items.popleft()
+                held[0] -= size
+                ready.notify_all()
             if item is done:
                 return
             if isinstance(item, BaseException):
                 raise item
             yield item
     finally:
-        stop.set()
-        while thread.is_alive():  # unblock a producer waiting on a full queue
-            try:
-                q.get_nowait()
-            except queue.Empty:
-                thread.join(0.01)
+        with ready:  # release a reader waiting for room, and what it queued
+            stop.set()
+            items.clear()
+            ready.notify_all()
+        thread.join()
+
+
+def _stamp_bytes(stamps):
+    """Bytes of the stamps' data arrays (what a file holds queued in `_read_all`)."""
+    return sum(s.data.nbytes for s in stamps if s.data is not None)
 
 
 def _conform(stamp, family, card):

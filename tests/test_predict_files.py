@@ -905,6 +905,72 @@ def test_radio_degenerate_axes_squeezed(models, tmp_path):
 
 
 # ----------------------------------------------------------------------------- triplets (FITS)
+def _reader_waits(thread):
+    """Whether ``thread`` is blocked in a `threading.Condition` wait (a full read-ahead)."""
+    frame = sys._current_frames().get(thread.ident) if thread is not None else None
+    return (frame is not None and frame.f_code.co_name == "wait"
+            and frame.f_code.co_filename.endswith("threading.py"))
+
+
+@pytest.mark.parametrize("budget_files", [3.5, 0.5])
+def test_read_ahead_is_bounded_in_bytes(models, tmp_path, monkeypatch, budget_files):
+    """The reader thread of predict_files holds at most the byte budget of stamps queued (or
+    one file, when a file is bigger) plus the file in hand, however many files it may queue:
+    big stamps no longer pile up `_READ_AHEAD` (256) files ahead of the model. Every file is
+    still read, in order, and the table is the one read with no byte bound."""
+    import threading
+
+    from astromorph import _predict
+
+    n, size = 12, 200
+    img = np.random.default_rng(3).normal(0, 1e-3, (size, size)).astype(np.float32)
+    paths = [write_fits(tmp_path / f"c{i:02d}.fits", img + i * 1e-4, scale=1.8)
+             for i in range(n)]
+    one_file = img.nbytes
+    budget = int(budget_files * one_file)
+    monkeypatch.setattr(_predict, "_READ_AHEAD_BYTES", budget, raising=False)
+    read_sizes, consumed, outstanding = [], [0], []
+    lock = threading.Lock()
+
+    def counting_read_file(path, **kwargs):  # runs in the reader thread
+        stamps = read_file(path, **kwargs)
+        with lock:
+            read_sizes.append(sum(s.data.nbytes for s in stamps if s.data is not None))
+            outstanding.append(sum(read_sizes[consumed[0]:]))  # queued + the one in hand
+        return stamps
+
+    monkeypatch.setattr(_predict, "read_file", counting_read_file)
+    model = astromorph.load_model("radio-morphology")
+    stream = _predict._read_all(paths, "radio", model.card)
+    got = [next(stream)]
+    reader = next((t for t in threading.enumerate() if t.name == "astromorph-reader"), None)
+    # hold the first file until the reader has read everything or waits for room
+    while len(read_sizes) < n and not _reader_waits(reader):
+        reader.join(0.005)
+    with lock:
+        consumed[0] = 1
+        ahead = sum(read_sizes[1:])  # queued + in hand while the model holds the first file
+    for stamps in stream:
+        got.append(stamps)
+        with lock:
+            consumed[0] += 1
+    assert [s[0].source for s in got] == [str(p) for p in paths]
+    assert read_sizes == [one_file] * n
+    bound = max(budget, one_file) + one_file
+    assert ahead <= bound, (ahead / one_file, bound / one_file)
+    # later, a file handed out may be counted as consumed only after the reader's next read
+    assert max(outstanding) <= bound + one_file, (max(outstanding) / one_file, bound / one_file)
+
+    monkeypatch.setattr(_predict, "read_file", read_file)
+    bounded = quiet(astromorph.predict_files, model, paths, batch_size=5)
+    monkeypatch.setattr(_predict, "_READ_AHEAD_BYTES", 2**62)
+    unbounded = quiet(astromorph.predict_files, model, paths, batch_size=5)
+    assert (bounded.pformat(max_lines=-1, max_width=-1)
+            == unbounded.pformat(max_lines=-1, max_width=-1))
+    for name in bounded.colnames:
+        assert np.array_equal(bounded[name], unbounded[name]), name
+
+
 def test_triplet_fits_layouts(models, tmp_path):
     t = triplet()
     write_fits(tmp_path / "cube.fits", t)
