@@ -601,13 +601,19 @@ def probe_draws(emb, labels, pool, test, *, n_labels=PROBE_LABELS, draws=PROBE_D
         per-draw values and the mean confusion matrix.
     """
     from astromorph import LabelHead
+    from astromorph.embeddings._head import DEFAULT_CS
 
     k = len(CLASS_NAMES)
     accs, recs, cms = [], [], []
     for d in range(draws):
         rng = np.random.default_rng([seed, d])
         lab = rng.choice(pool, size=min(n_labels, len(pool)), replace=False)
-        head = LabelHead(class_weight=class_weight).fit(emb[lab], labels[lab])
+        # a draw without a class of two rows leaves the cross-validation nothing to choose C
+        # with (LabelHead refuses it): such tiny draws (--smoke's) take the smallest C, the
+        # one that cross-validation picked for them before LabelHead refused them
+        one_each = np.unique(labels[lab], return_counts=True)[1].max() < 2
+        head = LabelHead(C=min(DEFAULT_CS) if one_each else None,
+                         class_weight=class_weight).fit(emb[lab], labels[lab])
         pred = head.predict(emb[test])
         rep = _common.classification_report(np.eye(k)[pred], labels[test], CLASS_NAMES)
         accs.append(rep["accuracy"])
