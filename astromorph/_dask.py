@@ -663,7 +663,11 @@ def annotate_dask(table, images=None, *, model, partition_size=50_000, compute=T
         the caller handles it. With ``compute=False`` the computation is the caller's:
         Dask's threaded scheduler raises at once while the other partitions run on.
     astromorph.exceptions.InvalidArgumentError
-        A bad option value (named in the message), or an option neither function takes.
+        A bad option value (named in the message).
+    astromorph.exceptions.InvalidArgumentTypeError
+        A keyword that the function the partitions run (`annotate` with ``images``,
+        `annotate_stamps` without) does not take, before any other check (also a
+        `TypeError`, as Python's own for an unknown keyword).
 
     Warns
     -----
@@ -682,6 +686,17 @@ def annotate_dask(table, images=None, *, model, partition_size=50_000, compute=T
         process for the threaded and synchronous schedulers, once per worker process
         for ``"processes"`` or a cluster (where the worker's log shows it).
     """
+    # an option the partitions' function does not take: refused first, as Python refuses
+    # an unknown keyword, naming annotate_dask and the options that function takes
+    import inspect
+
+    from ._annotate import annotate
+    from ._stamp_table import annotate_stamps
+    from .preprocessing._checks import check_options
+
+    target = annotate if images is not None else annotate_stamps
+    check_options(kwargs, [name for name in inspect.signature(target).parameters
+                           if name not in ("table", "images", "model")], "annotate_dask")
     try:
         import dask
     except ImportError as exc:
@@ -717,17 +732,6 @@ def annotate_dask(table, images=None, *, model, partition_size=50_000, compute=T
     from ._progress import check_progress
 
     check_progress(kwargs.pop("progress", None))  # each partition runs without a bar
-    # an option the partition's function does not take: refused before any task is sent
-    import inspect
-
-    from ._annotate import annotate
-    from ._stamp_table import annotate_stamps
-
-    target = annotate if images is not None else annotate_stamps
-    unknown = sorted(set(kwargs) - set(inspect.signature(target).parameters))
-    if unknown:
-        raise InvalidArgumentTypeError(f"{target.__name__} has no option(s) "
-                                       f"{', '.join(unknown)}")
     images = None if images is None else as_paths(images)
     from ._model import Model
 

@@ -1,6 +1,7 @@
 """Bad option values of the public functions raise typed errors that name the value
 (`InvalidArgumentError`; `InvalidArgumentTypeError`, also a TypeError, for a value of the
 wrong type), never a numpy, astropy or Python error from deep inside."""
+import re
 import sys
 
 import numpy as np
@@ -314,22 +315,91 @@ def test_write_table_refuses_a_folder_name(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.parametrize("call, name", [
-    (lambda: pp.preprocess_gri(IMG, IMG, IMG, foo=2), "preprocess_gri"),
-    (lambda: pp.preprocess_single_band(IMG, foo=2), "preprocess_single_band"),
-    (lambda: pp.preprocess_first_cutout(RADIO, foo=2), "preprocess_first_cutout"),
-    (lambda: pp.preprocess_radio_image(RADIO, pixel_scale_arcsec=3.0, foo=2),
-     "preprocess_radio_image"),
-])
-def test_unknown_keywords_name_the_public_function(call, name):
+NOT_AN_IMAGE = "not an image"  # work done before the keywords are checked fails on it
+NO_EMBEDDING = Table({"x": [1.0, 2.0]})  # as does a table without the embedding column
+
+# every public function with ``**options`` (see the test after this one), called with an
+# unknown keyword and arguments that fail if any work is done before the keywords are checked;
+# the keyword is a near miss of one it takes, which "did you mean" names
+UNKNOWN_KEYWORD = [
+    (lambda p: pp.preprocess_gri(NOT_AN_IMAGE, NOT_AN_IMAGE, NOT_AN_IMAGE, strech=2),
+     "preprocess_gri", "strech", "stretch"),
+    (lambda p: pp.preprocess_single_band(NOT_AN_IMAGE, strech=2), "preprocess_single_band",
+     "strech", "stretch"),
+    (lambda p: pp.preprocess_first_cutout(NOT_AN_IMAGE, bin_fator=2), "preprocess_first_cutout",
+     "bin_fator", "bin_factor"),
+    (lambda p: pp.preprocess_radio_image(NOT_AN_IMAGE, pixel_scale_arcsec=3.0, crop_pixel=2),
+     "preprocess_radio_image", "crop_pixel", "crop_pixels"),
+    (lambda p: astromorph.cluster_table(NO_EMBEDDING, covariance="diag"), "cluster_table",
+     "covariance", "covariance_type"),
+    # was "SimilarityIndex._build() got an unexpected keyword argument 'backnd'", after the
+    # embeddings were read
+    (lambda p: astromorph.SimilarityIndex.from_table(NO_EMBEDDING, backnd="exact"),
+     "SimilarityIndex.from_table", "backnd", "backend"),
+    # was "annotate has no option(s) batchsize", naming a function the caller did not call
+    (lambda p: astromorph.annotate_dask(NO_EMBEDDING, str(p / "none.fits"), model="no-such",
+                                        batchsize=8), "annotate_dask", "batchsize", "batch_size"),
+    (lambda p: astromorph.annotate_dask(NO_EMBEDDING, model="no-such", pixelscale=0.4),
+     "annotate_dask", "pixelscale", "pixel_scale"),
+]
+
+
+@pytest.mark.parametrize("call, name, keyword, meant", UNKNOWN_KEYWORD)
+def test_unknown_keywords_name_the_public_function(tmp_path, call, name, keyword, meant):
     """An unknown keyword passed through ``**options`` named a private helper
-    (``_gri_to_rgb() got an unexpected keyword argument 'foo'``, ``_grey_uint8()``), or a
-    function the caller did not call, after the work was done: it now names the public
-    function, the keyword and those it takes, before any work."""
+    (``_gri_to_rgb() got an unexpected keyword argument 'foo'``, ``_grey_uint8()``,
+    ``SimilarityIndex._build()``), or a function the caller did not call (``annotate has no
+    option(s)``), after the work was done: it is now astromorph's InvalidArgumentTypeError (a
+    TypeError) from `check_options`, naming the public function, the keyword, the one meant
+    and those it takes, before any work."""
     with pytest.raises(InvalidArgumentTypeError,
-                       match=rf"^{name}\(\) got an unexpected keyword argument 'foo' "
-                             r"\(it also takes: .+\)$"):
-        call()
+                       match=rf"^{re.escape(name)}\(\) got an unexpected keyword argument "
+                             rf"'{keyword}'; did you mean '{meant}'\? "
+                             r"\(it also takes: .+\)$") as caught:
+        call(tmp_path)
+    assert isinstance(caught.value, TypeError)
+
+
+def _public_callables():
+    """(name, function) of every public function and method in astromorph's ``__all__``s."""
+    import inspect
+
+    from astromorph import embeddings
+
+    found = {}
+
+    def add(name, obj):
+        if inspect.isclass(obj):
+            for attr, member in vars(obj).items():
+                if attr.startswith("_") and attr != "__init__":
+                    continue
+                member = getattr(member, "__func__", member)
+                if inspect.isfunction(member):
+                    found[f"{name}.{attr}"] = member
+        elif inspect.isfunction(obj):
+            found[name] = obj
+
+    for module in (astromorph, embeddings, pp):
+        for name in module.__all__:
+            obj = getattr(module, name)
+            if inspect.ismodule(obj):  # preprocessing.optical...: their public functions
+                for attr in getattr(obj, "__all__", ()):
+                    add(attr, getattr(obj, attr))
+            else:
+                add(name, obj)
+    return found
+
+
+def test_unknown_keyword_cases_cover_every_public_var_keyword_function():
+    """Every public function or method taking ``**options`` is in UNKNOWN_KEYWORD, so that a
+    new one is checked too (the others get Python's own TypeError naming themselves)."""
+    import inspect
+
+    with_options = {name.replace(".__init__", "") for name, function in
+                    _public_callables().items()
+                    if any(p.kind is p.VAR_KEYWORD
+                           for p in inspect.signature(function).parameters.values())}
+    assert with_options == {case[1] for case in UNKNOWN_KEYWORD}
 
 
 POSITION_TABLE = Table({"embedding": _emb(), "ra": np.linspace(10, 11, 40),

@@ -14,7 +14,7 @@ from ._common import _matrix_and_mask, embedding_matrix, table_embeddings
 from .._warnings import warn
 from ..exceptions import (InputError, InvalidArgumentError, InvalidArgumentTypeError,
                           MissingDependencyError, ProvenanceMismatchError, UnusableInputWarning)
-from ..preprocessing._checks import check_bool, check_choice, check_whole
+from ..preprocessing._checks import check_bool, check_choice, check_options, check_whole
 
 __all__ = ["SimilarityIndex", "BACKENDS"]
 
@@ -584,7 +584,10 @@ class SimilarityIndex:
             No ``column`` in ``table``, or one that is not one vector per row.
         astromorph.exceptions.InvalidArgumentError
             A ``column`` whose values are no numbers, a bad option.
+        astromorph.exceptions.InvalidArgumentTypeError
+            An unknown keyword (also a `TypeError`), before the table is read.
         """
+        check_options(kwargs, ("backend", "chunk_elements"), "SimilarityIndex.from_table")
         x, usable = table_embeddings(table, column, dtype=np.float32, fill_masked=False)
         index = cls.__new__(cls)
         index._build(x, usable, table=table, **kwargs)
