@@ -35,7 +35,8 @@ def header_targets(paths, write_header, in_place, overwrite):
     if len(fits_paths) < len(paths):
         what = "in_place" if in_place else "write_header"
         warn(f"{what}: {len(paths) - len(fits_paths)} of {len(paths)} input(s) are not "
-             f"FITS files (JPEG, PNG, Avro alerts) and carry no header to write to"
+             f"FITS files, plain or gzipped (JPEG, PNG, Avro alerts; FITS files compressed "
+             f"with bzip2, xz or zip are read, not written), and get no header keywords"
              + ("; nothing will be written" if not fits_paths else ""),
              AstromorphWarning)
     if not fits_paths:
@@ -71,7 +72,8 @@ def header_targets(paths, write_header, in_place, overwrite):
 
 
 def _is_fits(path):
-    """Whether the readers take ``path`` for FITS (plain or gzipped): by its content, as
+    """Whether ``path`` is a FITS file whose header is written (plain or gzipped; the readers
+    read bzip2, xz and zip ones too, not written back): by its content, as
     `astromorph._readers.sniff_format` decides, its name only when the content says
     nothing."""
     try:

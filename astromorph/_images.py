@@ -1,7 +1,5 @@
 """One parser for every way of passing sky images: paths, HDUs, NDData, (array, WCS)."""
-import bz2
 import contextlib
-import gzip
 import logging
 import lzma
 import mmap
@@ -14,6 +12,7 @@ import numpy as np
 from astropy.io import fits
 
 from ._cutouts import SkyImage, _check_wcs_object
+from ._readers._compressed import COMPRESSED_MAGIC, STREAM_OPENERS
 from ._readers._fits import (_AUX_EXTNAMES, _FAST_DTYPES, _MEMBERS, _TRIPLET_NAMES, _physical,
                              _quantisation_steps, band_of_header, beam_of_header, header_facts,
                              linear_fluxes, normalise_band, saturation_of_header,
@@ -33,13 +32,14 @@ DECOMPRESS_WARN_BYTES = 1 << 30
 #: The end of that warning: a note about the file, not a fault in it (`annotate_dask` reads
 #: the tiles' headers once and gives it itself, sending each tile only where it is needed).
 DECOMPRESS_ADVICE = "uncompress it (gunzip, funpack) to read only the pages under the stamps"
-#: First bytes of the whole-file compressions astropy reads (gzip, bzip2, zip, xz).
-_COMPRESSED_MAGIC = (b"\x1f\x8b", b"BZh", b"PK\x03\x04", b"\xfd7zXZ")
+#: First bytes of the whole-file compressions astropy reads (gzip, bzip2, xz, zip): the
+#: table the stamp readers use too (`astromorph._readers._compressed`).
+_COMPRESSED_MAGIC = COMPRESSED_MAGIC
 #: The whole-file compressions whose pixels are decompressed when sampled (`_lazy_stream`),
-#: by their first bytes: the reader of each. (astropy extracts a zip archive whole into a
-#: temporary file, which it memory-maps; Unix compress, ``.Z``, has no reader in the
-#: standard library: astropy reads it whole, with the optional package uncompresspy.)
-_STREAM_OPENERS = ((b"\x1f\x8b", gzip.open), (b"BZh", bz2.open), (b"\xfd7zXZ", lzma.open))
+#: by their first bytes: the reader of each (gzip, bzip2, xz). (astropy extracts a zip archive
+#: whole into a temporary file, which it memory-maps; Unix compress, ``.Z``, has no reader in
+#: the standard library: astropy reads it whole, with the optional package uncompresspy.)
+_STREAM_OPENERS = STREAM_OPENERS
 #: Bytes decompressed into the pixels of a compressed file at a time (`_lazy_stream`).
 _STREAM_CHUNK = 1 << 22
 

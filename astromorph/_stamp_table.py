@@ -63,8 +63,9 @@ def annotate_stamps(table, *, model, columns=None, pixel_scale=None, negative=No
         pictures, which stay colour pictures, and in the radio data set's 8-bit grey images,
         which stay on its 0-255 scale, filled with the median rounded to an 8-bit level; a
         masked cell, or one whose values are all masked, has no stamp: the row is flagged
-        `Flag.MISSING_BAND`) or FITS bytes, gzipped or not (the ``stampData`` of ZTF alert
-        cutouts; a ``{"stampData": ...}`` dict also works), read as
+        `Flag.MISSING_BAND`) or FITS bytes, compressed (gzip, bzip2, xz, a zip archive of
+        one file) or not (the ``stampData`` of ZTF alert cutouts, gzipped; a
+        ``{"stampData": ...}`` dict also works), read as
         `astromorph.predict_files` reads a file of those bytes: the WCS gives the pixel
         scale; the restoring beam, pixel unit and saturation level (`Flag.SATURATED`) of
         the header count; a Stokes cube gives its Stokes I plane; in a single column, a

@@ -22,7 +22,7 @@ from astropy.table import Table
 
 import astromorph
 from astromorph._cutouts import SkyImage
-from astromorph.exceptions import InputError, MissingDependencyError
+from astromorph.exceptions import InputError, MissingDependencyError, UnusableInputWarning
 
 from test_annotate import blobs, catalogue, make_optical_model, sky_wcs
 
@@ -206,10 +206,11 @@ def test_annotate_of_unix_compress_without_uncompresspy_is_a_missing_dependency(
 @pytest.mark.parametrize("dtype", ["float32", "int16", "uint16"])
 def test_predict_files_gives_the_plain_files_results_in_every_container(model, tmp_path,
                                                                          dtype):
-    """`predict_files` reads the plain file, a gzipped one, one image extension, a Stokes
-    cube's I plane and fpack files (plain or gzipped) to the same probabilities, flags and
-    reasons; the containers it does not read (bzip2, xz, zip) are rows flagged BAD_INPUT
-    saying so. FITS bytes in `annotate_stamps` likewise (gzipped or not)."""
+    """`predict_files` reads the plain file, one compressed by gzip, bzip2 or xz or in a zip
+    archive (stored or deflated), one image extension, a Stokes cube's I plane and fpack
+    files (plain, gzipped, in a zip archive) to the same probabilities, flags and reasons.
+    FITS bytes in `annotate_stamps` likewise (compressed or not). (bzip2, xz and zip were
+    rows flagged BAD_INPUT, 'unrecognised file format', while `annotate` read them.)"""
     _, files = _files(tmp_path, dtype)
     keys = [k for k in files if k == "plain" or k[0] != "beside"]  # (beside: two bands)
     with warnings.catch_warnings():
@@ -218,16 +219,105 @@ def test_predict_files_gives_the_plain_files_results_in_every_container(model, t
         stamps = astromorph.annotate_stamps(
             Table({"stamp": [files[k].read_bytes() for k in keys]}), model=model)
     assert len(out) == len(stamps) == len(keys)
-    read = [k == "plain" or k[1] in (None, "gz") for k in keys]
+    assert {k[1] for k in keys if k != "plain"} == {None, *COMPRESS}
     for table in (out, stamps):
         table = table[[c for c in table.colnames if c not in ("source", "path", "stamp")]]
         for k, key in enumerate(keys):
-            if read[k]:
-                _assert_same(table[k:k + 1], table[0:1], str(key))
-            else:
-                assert table["opt_flags"][k] & int(astromorph.Flag.BAD_INPUT), key
-                assert np.ma.getmaskarray(table["opt_p_a"])[k], key
+            _assert_same(table[k:k + 1], table[0:1], str(key))
     assert not np.ma.getmaskarray(out["opt_p_a"])[0]
+    assert not out["opt_flags"][0] and not out["reason"][0]
+
+
+def _zip_of(members):
+    """A zip archive holding ``members`` (name: bytes)."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+    return buf.getvalue()
+
+
+def _rows(model, paths, monkeypatch, large):
+    """`predict_files` of ``paths``, read as files over the fast reader's 16 MB (``large``:
+    by astropy, a compressed one's primary header checked first) or under it."""
+    from astromorph._readers import _fits
+
+    if large:
+        monkeypatch.setattr(_fits, "_FAST_MAX_BYTES", 0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return astromorph.predict_files(model, paths, progress=False)
+
+
+@pytest.mark.parametrize("large", [False, True], ids=["in-memory", "over-16MB"])
+def test_predict_files_reads_compressed_files_whatever_their_size_and_name(model, tmp_path,
+                                                                         monkeypatch, large):
+    """A file over 16 MB (the fast reader's limit: then read by astropy) is read as one
+    under it: a bzip2, xz or zip file named ``.fits`` was handed to astropy, which reads it
+    by content, when large, while a small one was 'not a FITS file (no SIMPLE card)'; now
+    both are read, to the plain file's results (a name that says another format gets the
+    usual note), and ``.fits.bz2`` etc. are picked up from a folder."""
+    _, files = _files(tmp_path, "float32")
+    plain = files["plain"].read_bytes()
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    paths = [files["plain"]]
+    for how in COMPRESS:
+        for name in (f"a-{how}.fits", f"b-{how}.fits.{how[:3]}"):
+            paths.append(folder / name)
+            paths[-1].write_bytes(_compressed(plain, how, "x.fits"))
+    out = _rows(model, paths, monkeypatch, large)
+    table = out[[c for c in out.colnames if c not in ("source", "path")]]
+    for k, path in enumerate(paths):
+        _assert_same(table[k:k + 1], table[0:1], path.name)
+    assert not out["opt_flags"][0] and not np.ma.getmaskarray(out["opt_p_a"])[0]
+    assert sorted(astromorph.predict_files(model, folder, progress=False)["source"]) \
+        == sorted(map(str, paths[1:]))
+
+
+@pytest.mark.parametrize("large", [False, True], ids=["in-memory", "over-16MB"])
+def test_predict_files_refuses_broken_archives_in_a_row(model, tmp_path, monkeypatch, large):
+    """A corrupt or truncated bzip2, xz or zip file (gzip as before), a zip archive of two
+    files or none, and an archive that holds no FITS file are each one row flagged
+    BAD_INPUT whose reason names the problem, never an exception, small or large; FITS
+    bytes in `annotate_stamps` likewise."""
+    _, files = _files(tmp_path, "float32")
+    plain = files["plain"].read_bytes()
+    cases = {
+        "gz-truncated.fits.gz": (gzip.compress(plain)[:3000], "corrupt or truncated gzip"),
+        "bz2-truncated.fits.bz2": (bz2.compress(plain)[:3000], "corrupt or truncated bzip2"),
+        "bz2-corrupt.fits.bz2": (b"BZh9" + bytes(range(256)) * 20,
+                                 "corrupt or truncated bzip2"),
+        "xz-truncated.fits.xz": (lzma.compress(plain)[:3000], "corrupt or truncated xz"),
+        "zip-truncated.fits.zip": (_zip_of({"a.fits": plain})[:3000],
+                                   "corrupt or truncated zip"),
+        "zip-two.fits.zip": (_zip_of({"a.fits": plain, "b.fits": plain}),
+                             "zip archive holds 2 files ('a.fits', 'b.fits'); expected one "
+                             "FITS file"),
+        "zip-none.fits.zip": (_zip_of({}), "zip archive holds 0 files; expected one FITS "
+                              "file"),
+        "zip-folder.fits.zip": (_zip_of({"d/": b""}), "zip archive holds 0 files; expected "
+                                "one FITS file"),
+        "bz2-text.fits.bz2": (bz2.compress(b"hello " * 2000), "bzip2-compressed data, not FITS"),
+        "xz-empty.fits.xz": (lzma.compress(b""), "xz-compressed file that holds no data"),
+    }
+    paths = []
+    for name, (data, _) in cases.items():
+        paths.append(tmp_path / name)
+        paths[-1].write_bytes(data)
+    out = _rows(model, paths, monkeypatch, large)
+    assert list(out["opt_flags"]) == [int(astromorph.Flag.BAD_INPUT)] * len(cases)
+    for reason, (name, (data, words)) in zip(out["reason"], cases.items()):
+        # (over 16 MB, astropy reads a truncated stream: its words, the HDU's data cut short)
+        truncated = large and "truncated" in name and "truncated FITS file" in reason
+        assert reason.startswith(words) or truncated, (name, reason)
+    if not large:
+        with pytest.warns(UnusableInputWarning, match="10 of 10 row"):
+            stamps = astromorph.annotate_stamps(
+                Table({"stamp": [data for data, _ in cases.values()]}), model=model)
+        assert list(stamps["opt_flags"]) == [int(astromorph.Flag.BAD_INPUT)] * len(cases)
+        for reason, (data, words) in zip(stamps["opt_reason"], cases.values()):
+            assert words in reason, reason
 
 
 @pytest.mark.parametrize("dtype", ["float32", "int16"])

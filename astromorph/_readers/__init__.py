@@ -2,7 +2,8 @@
 
 Accepted inputs (recognised by their content first, by extension second):
 
-* FITS (``.fits``, ``.fit``, ``.fts``, ``.fz``, and gzipped ``.fits.gz``):
+* FITS (``.fits``, ``.fit``, ``.fts``, ``.fz``, and compressed ``.fits.gz``,
+  ``.fits.bz2``, ``.fits.xz``, ``.fits.zip``, a zip archive of one file):
   a 2-D image (one band); a 3-D cube with one plane per band or per triplet
   member; a 4-D array ``(N, C, H, W)`` of N stamps; or one image HDU per band
   (names from ``FILTER``/``BAND`` or ``EXTNAME``) or per triplet member

@@ -4,11 +4,14 @@ import io
 import re
 import warnings
 import zlib
+from lzma import LZMAError
 from typing import NamedTuple
 
 import numpy as np
 
 from .._flags import Flag
+from ._compressed import (UNCOMPRESS, ArchiveError, _gunzip, compression_of, decompress,
+                          first_bytes, open_stream)
 from ._stamp import Stamp, common_pixel_scale, pixel_scales
 from .._warnings import catch_warnings, first_few, warn
 from ..exceptions import AstromorphWarning
@@ -157,28 +160,14 @@ def warn_flux_units(model, noted):
              "in nanomaggies already", AstromorphWarning)
 
 
-def _gunzip(buf):
-    """The whole content of gzipped bytes, every member of them, as ``gzip -d`` gives it
-    (``zlib.decompress`` stops after the first member: a FITS file gzipped in blocks, as
-    bgzip or ``pigz --independent`` write it, read as truncated). Bytes after the last
-    member that start no other member (padding) are ignored. Raises `zlib.error`."""
-    parts = []
-    while True:
-        d = zlib.decompressobj(31)
-        parts.append(d.decompress(buf))
-        if not d.eof:
-            raise zlib.error("incomplete or truncated stream")
-        buf = d.unused_data
-        if not buf.startswith(b"\x1f\x8b"):
-            return parts[0] if len(parts) == 1 else b"".join(parts)
-
-
-def _two_files(offset, gzipped):
+def _two_files(offset, compression):
     """Reason for a file that holds FITS files one after the other (``cat a.fits b.fits``,
-    or ``cat a.fits.gz b.fits.gz``: gzip members one after the other)."""
-    joined = "gzipped files joined with cat" if gzipped else "files joined with cat"
+    or ``cat a.fits.gz b.fits.gz``: gzip members one after the other); ``compression``:
+    that of the file (`compression_of`), or None."""
+    joined = f"{compression}-compressed files joined with cat" if compression \
+        else "files joined with cat"
     return (f"holds more than one FITS file: a second primary header (SIMPLE) starts at byte "
-            f"{offset}{' of the uncompressed data' if gzipped else ''}, as in {joined}; not "
+            f"{offset}{' of the uncompressed data' if compression else ''}, as in {joined}; not "
             "scored, since which image is meant is unknown: split the file")
 
 
@@ -814,23 +803,18 @@ def _malformed(problem, name=None):
 
 
 def _file_reader(path):
-    """``read(offset, n)`` on a FITS file, decompressing a gzipped one; its closer; and
-    whether it is gzipped."""
-    import gzip
-
-    f = open(path, "rb")
-    gzipped = f.read(2) == b"\x1f\x8b"
-    if gzipped:
-        f.close()
-        f = gzip.open(path, "rb")
+    """``read(offset, n)`` on a FITS file, decompressing a compressed one (gzip, bzip2, xz,
+    the one file of a zip archive: `open_stream`); its closer; and its compression or None.
+    Raises `OSError`, or `ArchiveError` for a zip archive not of one file."""
+    f, compression = open_stream(path)
 
     def read(offset, n):
         try:
             f.seek(offset)
             return f.read(n)
-        except (OSError, EOFError, ValueError):
+        except (OSError, EOFError, ValueError, zlib.error, LZMAError):
             return b""
-    return read, f.close, gzipped
+    return read, f.close, compression
 
 
 def _unreadable(exc, read, name=None):
@@ -1375,25 +1359,26 @@ def _refused(source, path, reason):
     return [Stamp(source, path).flag(Flag.BAD_INPUT, reason)]
 
 
-def _not_fits(buf, gzipped):
-    """Why bytes that were to be FITS are not: for a gzipped file (``buf`` then holds what it
-    decompressed to), what it holds."""
-    if not gzipped:
+def _not_fits(buf, compression):
+    """Why bytes that were to be FITS are not: for a compressed file (``compression``, its
+    name; ``buf`` then holds what it decompressed to), what it holds."""
+    if not compression:
         return "not a FITS file (no SIMPLE card)"
     if not buf:
-        return "gzip-compressed file that holds no data"
+        return f"{compression}-compressed file that holds no data"
     from ._inputs import describe_content
 
     inner = describe_content(buf[:16])
     if inner == "Avro":
-        return ("gzip-compressed Avro file, not FITS: decompress it (gunzip) to score its "
-                "alerts")
-    return (f"gzip-compressed {inner or 'data'}, not FITS (the uncompressed data start with "
-            f"{bytes(buf[:8])!r})")
+        return (f"{compression}-compressed Avro file, not FITS: decompress it "
+                f"({UNCOMPRESS[compression]}) to score its alerts")
+    return (f"{compression}-compressed {inner or 'data'}, not FITS (the uncompressed data "
+            f"start with {bytes(buf[:8])!r})")
 
 
 def read_fits(path, *, want_scale, triplet_hint):
-    """The stamps of the FITS file ``path`` (gzipped or not), as `read_fits_bytes` reads
+    """The stamps of the FITS file ``path`` (compressed or not: gzip, bzip2, xz, a zip
+    archive of one file, whatever its name, as astropy reads them), as `read_fits_bytes` reads
     bytes: by the fast parser where it can, else by astropy (a memory map for a file over
     `_FAST_MAX_BYTES`). A file that cannot be read gives one stamp flagged `BAD_INPUT`
     with the reason. ``want_scale``: read the pixel scale from the WCS;
@@ -1407,23 +1392,32 @@ def read_fits(path, *, want_scale, triplet_hint):
             if stamps is not None:
                 return stamps
         else:
-            # a large file: astropy memory-maps it. A gzipped one has its primary header
+            # a large file: astropy memory-maps it. A compressed one has its primary header
             # checked first (`malformed_header`: a nonsense layout keyword can hang
             # astropy), not the others, each of which would cost a decompression up to it
-            read, close, gzipped = _file_reader(path)
+            # (astropy reads a compressed file by its content, whatever its name: what it
+            # holds is said here as for a small one)
             try:
-                problem = malformed_header(read, max_hdus=1) if gzipped else None
-            finally:
-                close()
-            if problem:
-                return _refused(source, path, _malformed(problem, path.name))
+                head, compression = first_bytes(path, 16)
+            except ArchiveError as exc:  # corrupt, truncated, a zip archive not of one file
+                return _refused(source, path, str(exc))
+            if compression:
+                if not head.startswith(b"SIMPLE  ="):
+                    return _refused(source, path, _not_fits(head, compression))
+                read, close, _ = _file_reader(path)
+                try:
+                    problem = malformed_header(read, max_hdus=1)
+                finally:
+                    close()
+                if problem:
+                    return _refused(source, path, _malformed(problem, path.name))
     except (ValueError, OSError) as exc:
         return _refused(source, path, f"cannot read FITS: {exc}")
     return _read_fits_astropy(path, want_scale=want_scale, triplet_hint=triplet_hint)
 
 
 def read_fits_bytes(blob, *, source, want_scale=True, triplet_hint=False):
-    """The stamps of FITS bytes (gzipped or not), read as `read_fits` reads a file of those
+    """The stamps of FITS bytes (compressed or not), read as `read_fits` reads a file of those
     bytes: a cube gives its planes as bands (named by BANDi/FILTERi/PLANEi) or as a
     triplet, one image HDU per band or triplet member gives them stacked, with the facts
     its headers give (`header_facts`). ``source`` names the stamps (``path`` is None)."""
@@ -1432,7 +1426,7 @@ def read_fits_bytes(blob, *, source, want_scale=True, triplet_hint=False):
     if stamps is not None:
         return stamps
     return _read_fits_astropy(None, want_scale=want_scale, triplet_hint=triplet_hint,
-                              buf=buf, source=source, gzipped=blob[:2] == b"\x1f\x8b")
+                              buf=buf, source=source, compression=compression_of(blob[:6]))
 
 
 def _read_fits_buffer(buf, source, path, *, want_scale, triplet_hint):
@@ -1442,14 +1436,12 @@ def _read_fits_buffer(buf, source, path, *, want_scale, triplet_hint):
     give (None for bytes)."""
     name = None if path is None else path.name
     try:
-        gzipped = buf[:2] == b"\x1f\x8b"
-        if gzipped:
-            try:
-                buf = _gunzip(buf)
-            except zlib.error as exc:
-                return _refused(source, path, f"corrupt or truncated gzip: {exc}"), None
+        try:  # a compressed file (gzip, bzip2, xz, zip): decompressed in memory
+            buf, compression = decompress(buf)
+        except ArchiveError as exc:  # corrupt, truncated, a zip archive not of one file
+            return _refused(source, path, str(exc)), None
         if not buf.startswith(b"SIMPLE  ="):
-            return _refused(source, path, _not_fits(buf, gzipped)), None
+            return _refused(source, path, _not_fits(buf, compression)), None
         fast = _fast_fits(buf, primary_only=False, want_scale=want_scale)
         if fast is not None:
             data, scale, get = fast
@@ -1471,9 +1463,9 @@ def _read_fits_buffer(buf, source, path, *, want_scale, triplet_hint):
 
 
 def _read_fits_astropy(path, *, want_scale, triplet_hint, buf=None, source=None,
-                       gzipped=False):
+                       compression=None):
     """`read_fits` by astropy, of the file at ``path`` or, with ``buf``, of the uncompressed
-    FITS bytes ``buf`` (``path`` None; ``gzipped``: whether they were), whose stamps
+    FITS bytes ``buf`` (``path`` None; ``compression``: theirs, if they were), whose stamps
     ``source`` names."""
     from astropy.io import fits
 
@@ -1515,7 +1507,7 @@ def _read_fits_astropy(path, *, want_scale, triplet_hint, buf=None, source=None,
             return _refused(source, path, _unreadable(exc, _buffer_reader(buf)))
         try:
             read, close, _ = _file_reader(path)
-        except OSError:
+        except (OSError, ArchiveError):
             read, close = (lambda offset, n: b""), (lambda: None)
         try:
             reason = _unreadable(exc, read, path.name)
@@ -1525,8 +1517,8 @@ def _read_fits_astropy(path, *, want_scale, triplet_hint, buf=None, source=None,
     if second is not None:
         if buf is None:
             with open(path, "rb") as f:
-                gzipped = f.read(2) == b"\x1f\x8b"
-        return _refused(source, path, _two_files(second, gzipped))
+                compression = compression_of(f.read(6))
+        return _refused(source, path, _two_files(second, compression))
     if not images:
         return _refused(source, path, "; ".join(stokes.values()) or "no image HDU with data")
     if len(images) == 1:

@@ -7,6 +7,7 @@ from .._flags import Flag
 from .._io import check_input_file
 from ..exceptions import InputNotFoundError, InvalidArgumentTypeError
 from ._alerts import SCHEMALESS_ADVICE, confluent_schema_id, read_alerts
+from ._compressed import COMPRESSIONS
 from ._fits import read_fits
 from ._pictures import read_picture
 from ._stamp import Stamp
@@ -14,7 +15,8 @@ from ._stamp import Stamp
 __all__ = ["SUPPORTED_EXTENSIONS", "expand_inputs", "sniff_format", "read_file"]
 
 #: File-name endings picked up when a directory is expanded.
-SUPPORTED_EXTENSIONS = (".fits", ".fit", ".fts", ".fits.gz", ".fit.gz", ".fz", ".fits.fz",
+SUPPORTED_EXTENSIONS = (".fits", ".fit", ".fts", ".fits.gz", ".fit.gz", ".fits.bz2", ".fit.bz2",
+                        ".fits.xz", ".fit.xz", ".fits.zip", ".fit.zip", ".fz", ".fits.fz",
                         ".jpg", ".jpeg", ".png", ".avro")
 
 
@@ -22,17 +24,22 @@ def _has_magic(text):
     return any(c in text for c in "*?[")
 
 
-#: First bytes of each accepted format (a gzip stream is taken for gzipped FITS).
-_MAGIC = ((b"SIMPLE  =", "fits"), (b"\x1f\x8b", "gzip"), (b"\xff\xd8\xff", "jpeg"),
-          (b"\x89PNG\r\n\x1a\n", "png"), (b"Obj\x01", "avro"))
+#: The whole-file compressions, each taken for a compressed FITS file (`_compressed`).
+_COMPRESSED = tuple(name for _, name, _ in COMPRESSIONS)
+#: First bytes of each accepted format (a gzip, bzip2 or xz stream or a zip archive is
+#: taken for compressed FITS).
+_MAGIC = ((b"SIMPLE  =", "fits"), *((magic, name) for magic, name, _ in COMPRESSIONS),
+          (b"\xff\xd8\xff", "jpeg"), (b"\x89PNG\r\n\x1a\n", "png"), (b"Obj\x01", "avro"))
 #: File-name endings -> format, for files whose content says nothing (first match wins).
 _ENDINGS = ((".avro", "avro"), (".png", "png"), (".jpg", "jpeg"), (".jpeg", "jpeg"),
             (".fits.gz", "gzip"), (".fit.gz", "gzip"), (".gz", "gzip"), (".fits.fz", "fits"),
+            (".fits.bz2", "bzip2"), (".fit.bz2", "bzip2"), (".fits.xz", "xz"),
+            (".fit.xz", "xz"), (".fits.zip", "zip"), (".fit.zip", "zip"),
             (".fz", "fits"), (".fits", "fits"), (".fit", "fits"), (".fts", "fits"))
-#: Words for each format; FITS and gzipped FITS are one family.
-_NAMES = {"fits": "FITS", "gzip": "gzip-compressed data", "jpeg": "JPEG", "png": "PNG",
-          "avro": "Avro"}
-_FAMILY = {"gzip": "fits"}
+#: Words for each format; FITS and compressed FITS are one family.
+_NAMES = {"fits": "FITS", "jpeg": "JPEG", "png": "PNG", "avro": "Avro",
+          **{name: f"{name}-compressed data" for name in _COMPRESSED}}
+_FAMILY = {name: "fits" for name in _COMPRESSED}
 #: Extensions that say nothing of a file's format (a Kafka message dumped as ``x.bin``): a
 #: directory's files with one of these are read when their content is of an accepted format.
 _GENERIC_EXTENSIONS = ("bin", "dat", "raw", "msg")
@@ -163,7 +170,8 @@ def expand_inputs(inputs):
 
 
 def sniff_format(path, head=None):
-    """``"fits"``, ``"gzip"``, ``"jpeg"``, ``"png"``, ``"avro"`` or ``None``.
+    """``"fits"``, ``"gzip"``, ``"bzip2"``, ``"xz"``, ``"zip"`` (compressed FITS),
+    ``"jpeg"``, ``"png"``, ``"avro"`` or ``None``.
 
     Decided from the first bytes of the file (``head``, read when omitted);
     the extension is used only when the content is not recognised.
@@ -176,7 +184,7 @@ def sniff_format(path, head=None):
 
 def _disagreement(path, head):
     """Words for a file whose name ends in one format and whose bytes start another, or
-    None (gzipped and plain FITS are one format here)."""
+    None (compressed and plain FITS are one format here)."""
     content = _content_format(head)
     ending, named = _ending(path)
     if content is None or named is None \
@@ -213,7 +221,9 @@ def read_file(path, *, want_scale=True, triplet_hint=False):
     if not head:
         return [Stamp(str(path), path).flag(Flag.BAD_INPUT, "empty file")]
     fmt = sniff_format(path, head)
-    if fmt in ("fits", "gzip"):
+    if fmt == "zip" and path.suffix.lower() == ".npz":  # NumPy's arrays: said so below
+        fmt = None
+    if fmt == "fits" or fmt in _COMPRESSED:
         stamps = read_fits(path, want_scale=want_scale, triplet_hint=triplet_hint)
     elif fmt in ("jpeg", "png"):
         stamps = read_picture(path)

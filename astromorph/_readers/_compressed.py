@@ -1,0 +1,177 @@
+"""Whole-file compressions of FITS files that astropy reads (gzip, bzip2, xz, zip): how
+each is recognised (its first bytes), its stream reader, and decompression into memory,
+the one table of them for the stamp readers and for `astromorph._images`."""
+import bz2
+import gzip
+import io
+import lzma
+import zipfile
+import zlib
+
+__all__ = ["COMPRESSIONS", "COMPRESSED_MAGIC", "STREAM_OPENERS", "UNCOMPRESS", "ArchiveError",
+           "compression_of", "decompress", "first_bytes", "open_stream", "zip_member"]
+
+#: ``(first bytes, name, stream opener)`` of each whole-file compression astropy reads
+#: (a zip archive, read by `zip_member`, has no stream opener of its own; Unix compress,
+#: ``.Z``, has no reader in the standard library and is not one of them).
+COMPRESSIONS = ((b"\x1f\x8b", "gzip", gzip.open), (b"BZh", "bzip2", bz2.open),
+                (b"\xfd7zXZ", "xz", lzma.open), (b"PK\x03\x04", "zip", None),
+                (b"PK\x05\x06", "zip", None))  # (an empty zip archive: its end record)
+#: First bytes of each of `COMPRESSIONS`.
+COMPRESSED_MAGIC = tuple(magic for magic, _, _ in COMPRESSIONS)
+#: ``(first bytes, opener)`` of the compressions whose decompressed bytes a stream gives
+#: (gzip, bzip2, xz), e.g. to read the pixels of a large file as they are needed.
+STREAM_OPENERS = tuple((magic, opener) for magic, _, opener in COMPRESSIONS if opener)
+#: The command that decompresses each, for advice.
+UNCOMPRESS = {"gzip": "gunzip", "bzip2": "bunzip2", "xz": "unxz", "zip": "unzip"}
+#: What the decompressors raise for corrupt or truncated data.
+_ERRORS = (OSError, EOFError, ValueError, zlib.error, lzma.LZMAError, zipfile.BadZipFile,
+           NotImplementedError, RuntimeError)
+
+
+class ArchiveError(ValueError):
+    """Compressed data that give no FITS file: corrupt or truncated, or a zip archive that
+    does not hold exactly one file; the message says which."""
+
+
+def compression_of(head):
+    """The name of the compression (``"gzip"``, ``"bzip2"``, ``"xz"``, ``"zip"``) whose
+    first bytes ``head`` starts with, or None."""
+    return next((name for magic, name, _ in COMPRESSIONS if head.startswith(magic)), None)
+
+
+def zip_member(archive):
+    """The one file (`zipfile.ZipInfo`) of the open `zipfile.ZipFile` ``archive``, as
+    astropy reads it; `ArchiveError` saying so for an archive of more files or none."""
+    members = [m for m in archive.infolist() if not m.is_dir()]
+    if len(members) != 1:
+        names = ", ".join(repr(m.filename) for m in members[:3])
+        more = ", ..." if len(members) > 3 else ""
+        raise ArchiveError(f"zip archive holds {len(members)} files"
+                           f"{f' ({names}{more})' if members else ''}; expected one FITS file")
+    return members[0]
+
+
+def _streams(buf, magic, decompressor, error):
+    """The whole content of compressed bytes, every stream of them, as ``gzip -d`` (``bunzip2``,
+    ``unxz``) gives it: a file compressed in blocks (bgzip, ``pigz --independent``, pbzip2,
+    ``xz -T``) is one file. Bytes after the last stream that start no other stream (padding,
+    the NUL bytes a fixed-width table cell ends with) are ignored. ``decompressor()``: a
+    decompressor of one stream; ``error``: the exception raised for an incomplete one."""
+    parts = []
+    while True:
+        d = decompressor()
+        parts.append(d.decompress(buf))
+        if not d.eof:
+            raise error("incomplete or truncated stream")
+        buf = d.unused_data
+        if not buf.startswith(magic):
+            return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
+def _gunzip(buf):
+    """The whole content of gzipped bytes, every member of them (`_streams`; ``zlib.decompress``
+    stops after the first member: a FITS file gzipped in blocks read as truncated). Raises
+    `zlib.error`."""
+    return _streams(buf, b"\x1f\x8b", lambda: zlib.decompressobj(31), zlib.error)
+
+
+def decompress(buf):
+    """``(content, compression)``: the decompressed content of the bytes ``buf`` and the
+    name of their compression (`compression_of`), or ``(buf, None)`` for bytes of none.
+    Every stream of a gzip, bzip2 or xz file is read (streams joined, as ``gzip -d`` and
+    the others give them); a zip archive must hold one file.
+
+    Raises
+    ------
+    ArchiveError
+        For corrupt or truncated data (``"corrupt or truncated bzip2: ..."``) or a zip
+        archive of more files than one, or none.
+    """
+    name = compression_of(buf[:6])
+    try:
+        if name == "gzip":
+            return _gunzip(buf), name
+        if name == "bzip2":
+            return _streams(buf, b"BZh", bz2.BZ2Decompressor, EOFError), name
+        if name == "xz":
+            return _streams(buf, b"\xfd7zXZ", lzma.LZMADecompressor, EOFError), name
+        if name == "zip":
+            with zipfile.ZipFile(io.BytesIO(buf)) as archive:
+                return archive.read(zip_member(archive)), name
+    except ArchiveError:
+        raise
+    except _ERRORS as exc:
+        raise ArchiveError(f"corrupt or truncated {name}: {exc}") from None
+    return buf, None
+
+
+def open_stream(path):
+    """A binary file object of the decompressed content of the file ``path`` (the file
+    itself where it is not compressed) and the name of its compression or None.
+
+    Raises
+    ------
+    OSError
+        Where the file cannot be opened.
+    ArchiveError
+        For a zip archive that is not one of a single file, or is corrupt.
+    """
+    f = open(path, "rb")
+    try:
+        name = compression_of(f.read(6))
+        f.seek(0)
+        if name == "zip":
+            try:
+                archive = zipfile.ZipFile(f)
+                stream = archive.open(zip_member(archive))
+            except ArchiveError:
+                raise
+            except _ERRORS as exc:
+                raise ArchiveError(f"corrupt or truncated zip: {exc}") from None
+            return _Closing(stream, f), name
+        opener = next((o for magic, n, o in COMPRESSIONS if n == name), None)
+        if opener is not None:
+            f.close()
+            return opener(path, "rb"), name
+        return f, None
+    except BaseException:
+        f.close()
+        raise
+
+
+class _Closing:
+    """A stream that closes ``also`` (the archive's file) when it is closed."""
+
+    def __init__(self, stream, also):
+        self._stream, self._also = stream, also
+
+    def __getattr__(self, attr):
+        return getattr(self._stream, attr)
+
+    def close(self):
+        try:
+            self._stream.close()
+        finally:
+            self._also.close()
+
+
+def first_bytes(path, n):
+    """``(head, compression)``: the first ``n`` decompressed bytes of the file ``path`` (fewer
+    for a shorter file) and its compression or None.
+
+    Raises
+    ------
+    OSError
+        Where the file cannot be opened.
+    ArchiveError
+        For a corrupt or truncated stream that gives fewer bytes than it should, or a zip
+        archive that is not one of a single file.
+    """
+    f, name = open_stream(path)
+    try:
+        return f.read(n), name
+    except _ERRORS as exc:
+        raise ArchiveError(f"corrupt or truncated {name}: {exc}") from None
+    finally:
+        f.close()
