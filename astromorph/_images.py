@@ -14,7 +14,7 @@ from astropy.io import fits
 from ._cutouts import SkyImage, _check_wcs_object
 from ._readers._compressed import COMPRESSED_MAGIC, STREAM_OPENERS
 from ._readers._fits import (_AUX_EXTNAMES, _FAST_DTYPES, _MEMBERS, _TRIPLET_NAMES, _physical,
-                             _quantisation_steps, band_of_header, beam_of_header, header_facts,
+                             _image_quantisation, band_of_header, beam_of_header, header_facts,
                              linear_fluxes, normalise_band, saturation_of_header,
                              wcs_matrix_problem)
 from ._warnings import catch_warnings, first_few, warn, warn_again
@@ -323,7 +323,8 @@ def _from_hdu(hdu, name, hold=None, file_span=None, primary=None, stream=None):
             del hdu.data
     owned = hold is not None and not _memory_mapped(data)
     facts = header_facts(header, primary)
-    steps = _quantisation_steps(hdu, float(bscale)) if header.get("NAXIS") == 2 else None
+    # (of the plane read: a cube's Stokes I plane, its degenerate axes dropped)
+    steps = _image_quantisation(hdu, float(bscale), data.shape)
     image = SkyImage(data, wcs, name=name, band=_band_or_role(header, primary),
                      filter_band=band_of_header(header, primary),
                      beam=facts.beam, flux_note=facts.flux_note, saturation=facts.saturation,

@@ -5138,6 +5138,47 @@ def test_flat_block_of_a_lossily_compressed_image_is_constant(optical_model, tmp
     np.testing.assert_array_equal(flags["lossy"], flags["plain"])
 
 
+@pytest.mark.parametrize("axes", ["freq_stokes", "freq", "stokes_v_then_i"])
+def test_flat_block_of_a_lossily_compressed_cube_is_constant(optical_model, tmp_path, axes):
+    """A lossily tile-compressed float image stored as a degenerate cube ((1, H, W) with a
+    FREQ axis, (1, 1, H, W) radio data with FREQ and STOKES axes) is read by its Stokes I
+    plane's quantisation steps, as a 2-D image is: its flags equal the uncompressed file's.
+    The steps were read only for NAXIS = 2 (the exact test for any cube: the flat block's
+    stamps were not CONSTANT). With a STOKES axis of V then I, the steps are those of the I
+    plane's tiles, not the V plane's (whose noise, 1000 times the I plane's, gives steps
+    that would pass I's noise stamps for CONSTANT)."""
+    n, w = 200, sky_wcs(200, rot=0)
+    img = _flat_blocks_image(n)
+    cat = catalogue(w, [(x, y) for x in (30, 40, 165, 175, 90, 110) for y in (50, 150)])
+    flat = np.repeat([True, True, True, True, False, False], 2)
+    header = w.to_header()
+    header["WCSAXES"] = 3 if axes == "freq" else 4
+    header.update({"CTYPE3": "FREQ", "CRVAL3": 1.4e9, "CDELT3": 1e6, "CRPIX3": 1.0,
+                   "CUNIT3": "Hz"})
+    if axes == "freq":
+        cube = img[None]
+    else:
+        header.update({"CTYPE4": "STOKES", "CRPIX4": 1.0, "CDELT4": -3.0 if axes.endswith(
+            "i") else 1.0, "CRVAL4": 4.0 if axes.endswith("i") else 1.0})
+        cube = img[None, None]
+        if axes.endswith("i"):  # V (noise 1000 times I's), then I
+            v = np.random.default_rng(5).normal(0, 50, img.shape).astype(np.float32)
+            cube = np.stack([v[None], img[None]])
+    paths = {}
+    for name, hdu in (("plain", fits.PrimaryHDU(cube, header)),
+                      ("lossy", fits.CompImageHDU(cube, header, quantize_level=16,
+                                                  quantize_method=1))):
+        paths[name] = tmp_path / f"{name}.fits"
+        (fits.HDUList([fits.PrimaryHDU(), hdu]) if name != "plain" else hdu).writeto(
+            paths[name])
+    lossy = fits.getdata(paths["lossy"], 1)
+    assert lossy.shape == cube.shape and np.ptp(lossy[..., :, 5:65]) > 0  # not flat
+    flags = {name: np.asarray(astromorph.annotate(cat, str(p), model=optical_model)[
+        "opt_flags"]) for name, p in paths.items()}
+    np.testing.assert_array_equal((flags["plain"] & Flag.CONSTANT) != 0, flat)
+    np.testing.assert_array_equal(flags["lossy"], flags["plain"])
+
+
 @pytest.mark.parametrize("method", [-1, 1])
 def test_noise_of_a_finely_sampled_lossy_image_is_not_constant(optical_model, tmp_path, method):
     """Noise on pixels 10 times finer than the stamp's, quantised at fpack's level 4: each

@@ -892,20 +892,58 @@ def _quantisation_steps(hdu, bscale):
     return (tile, steps) if steps.any() else None
 
 
-def _plane_steps(hdu, shape):
-    """Per plane (2-D image) of the data of ``hdu``, of ``shape`` as astropy reads it (a
-    cube, a stack of stamps), the largest quantisation step of the tiles it lies in
-    (`_quantisation_steps`; a flat plane reads back as values up to that far apart), as a
-    read-only view of ``shape`` that `stokes_i` and `_squeeze` reduce as they do the data
-    (the value of a plane read at ``[..., 0, 0]``); None where the pixels are as written."""
-    q = _quantisation_steps(hdu, float(hdu.header.get("BSCALE", 1.0)))
+def _tile_steps(hdu, shape, bscale=None):
+    """The quantisation (`_quantisation_steps`) of the data of ``hdu``, of ``shape`` as
+    astropy reads it (a 2-D image, a cube, a stack of stamps), plane by plane: ``(tile,
+    steps)``, the ``(rows, columns)`` of a tile within a plane (the last two axes) and the
+    step of each tile a plane lies in, of shape ``shape[:-2]`` followed by the plane's grid
+    of tiles (a plane of a cube lies in the tiles of its index along each leading axis), so
+    that `stokes_i` and `_squeeze` reduce it as they do the data; None where the pixels are
+    as written. ``bscale``: the header's BSCALE where not given."""
+    if bscale is None:
+        bscale = float(hdu.header.get("BSCALE", 1.0))
+    q = _quantisation_steps(hdu, bscale)
     if q is None or len(shape) < 2:
         return None
     tile, steps = q
-    per_plane = steps.max(axis=(-2, -1))  # (the grid of tiles along the leading axes)
     lead = [np.arange(n) // t for n, t in zip(shape[:-2], tile[:-2])]
-    per_plane = np.asarray(per_plane[np.ix_(*lead)] if lead else per_plane)
+    return tuple(tile[-2:]), np.asarray(steps[np.ix_(*lead)] if lead else steps)
+
+
+def _plane_steps(hdu, shape):
+    """Per plane (2-D image) of the data of ``hdu``, of ``shape`` as astropy reads it (a
+    cube, a stack of stamps), the largest quantisation step of the tiles it lies in
+    (`_tile_steps`; a flat plane reads back as values up to that far apart), as a
+    read-only view of ``shape`` that `stokes_i` and `_squeeze` reduce as they do the data
+    (the value of a plane read at ``[..., 0, 0]``); None where the pixels are as written."""
+    q = _tile_steps(hdu, shape)
+    if q is None:
+        return None
+    per_plane = q[1].max(axis=(-2, -1))  # (the grid of tiles of each plane)
     return np.broadcast_to(per_plane[..., None, None], shape)
+
+
+def _image_quantisation(hdu, bscale, plane_shape):
+    """`SkyImage.quantisation` of the image that `astromorph._images._plane` reads from
+    ``hdu`` (its Stokes I plane, its degenerate axes dropped), of ``plane_shape``: ``(tile,
+    steps)`` of that plane's tiles (`_tile_steps`, reduced by `stokes_i` and `_squeeze` as
+    the data are), where ``bscale`` scales the pixels; None where they are as written, or
+    where the image is not a plane of the last two axes of the HDU."""
+    from astropy.io import fits
+
+    if not isinstance(hdu, fits.CompImageHDU):  # (no quantisation; its shape left unread)
+        return None
+    shape = tuple(int(n) for n in hdu.shape)
+    q = _tile_steps(hdu, shape, bscale)
+    if q is None or tuple(plane_shape) != shape[-2:]:
+        return None
+    tile, steps = q
+    if steps.ndim > 2:
+        steps, why = stokes_i(steps, hdu.header.get)
+        if why:
+            return None
+        steps = _squeeze(steps)
+    return (tile, steps) if steps.ndim == 2 else None
 
 
 def _is_auxiliary(hdu):
