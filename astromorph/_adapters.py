@@ -25,8 +25,8 @@ from .preprocessing._checks import axis_scales
 from .exceptions import InputError, ModelCardError
 from .preprocessing._checks import SENTINEL
 
-__all__ = ["RawStamps", "BlankMeasure", "RadioMeasure", "prepare", "model_family",
-           "multidimensional_outputs", "result_columns", "BLANK_THRESHOLD",
+__all__ = ["RawStamps", "BlankMeasure", "ConstantMeasure", "RadioMeasure", "prepare",
+           "model_family", "multidimensional_outputs", "result_columns", "BLANK_THRESHOLD",
            "model_angular_grid", "fixed_field"]
 
 #: Rows whose fraction of NaN/inf/blank pixels exceeds this get `Flag.BLANK`.
@@ -64,6 +64,9 @@ class RawStamps:
     #: fraction of invalid pixels of one plane of the stamp (which `_explain` words by
     #: default): a `BlankMeasure`, else None.
     blank: object = None
+    #: Set by `prepare` where `Flag.CONSTANT` was judged on other planes than the stamp's
+    #: own (a triplet resampled onto the model's grid): a `ConstantMeasure`, else None.
+    constant: object = None
     #: Set by `prepare` for the radio family: what `Flag.OUT_OF_DISTRIBUTION` was judged on
     #: (a `RadioMeasure`), else None.
     radio: object = None
@@ -105,6 +108,34 @@ class BlankMeasure:
         """``(fraction, plane, field)`` of row ``j``, as `astromorph._predict._explain`
         takes it."""
         return float(self.fraction[j]), int(self.plane[j]), self.field
+
+
+@dataclass
+class ConstantMeasure:
+    """What `Flag.CONSTANT` of triplets resampled onto the model's grid was judged on, row
+    by row, for the words of the reasons: the planes on that grid, and the spread allowed
+    there (the quantisation step of the stamp's pixels averaged over blocks,
+    `astromorph._cutouts._block_quantum`)."""
+
+    #: (N, C, H, W) the planes on the model's grid (NaN where the stamp does not cover it).
+    data: np.ndarray
+    #: (N, C) the quantisation step of each plane's own pixels (`RawStamps.quantum`), or
+    #: None (as written: the exact test).
+    step: object = None
+    #: (N, C) the step on the model's grid, that the flag allowed (`_block_quantum` of
+    #: ``step``), or None.
+    allowance: object = None
+    #: The number of the stamp's pixels each pixel of the model's grid averages.
+    area: float = 1.0
+
+    def row(self, j):
+        """``(planes, steps, allowances, area)`` of row ``j`` (the steps None where the
+        pixels are as written), as `astromorph._predict._explain` takes it."""
+        def per_plane(v):
+            return None if v is None else np.broadcast_to(
+                np.asarray(v, dtype=np.float64).reshape(len(self.data), -1)[j],
+                (self.data.shape[1],))
+        return self.data[j], per_plane(self.step), per_plane(self.allowance), self.area
 
 
 def model_family(card):
@@ -512,6 +543,7 @@ def _triplet(raw, card, crop_fraction):
     size = card["input"]["shape"][-1]
     centre = None if raw.centre is None or np.isnan(raw.centre).all() else raw.centre
     quantum = raw.quantum
+    area = None  # (resampled: the stamp's pixels each pixel of the model's grid averages)
     if raw.pixel_scale is not None or data.shape[-1] != size or data.shape[-2] != size \
             or centre is not None:
         scale = tri.TRIPLET_PIXEL_SCALE if raw.pixel_scale is None else raw.pixel_scale
@@ -526,11 +558,12 @@ def _triplet(raw, card, crop_fraction):
         coarse = max(axis_scales(scale)) > 2 * tri.TRIPLET_PIXEL_SCALE
         flags |= np.where((coverage < 0.999) | coarse, int(Flag.EXTRAPOLATED),
                           0).astype(flags.dtype)
-        if quantum is not None:  # the pixels now average blocks of the stamp's (area overlap)
+        # the pixels now average blocks of the stamp's (area overlap)
+        area = float(np.prod([max(1.0, np.floor(tri.TRIPLET_PIXEL_SCALE / s * (1 + 1e-9)))
+                              for s in axis_scales(scale)]))
+        if quantum is not None:
             from ._cutouts import _block_quantum
 
-            area = np.prod([max(1.0, np.floor(tri.TRIPLET_PIXEL_SCALE / s * (1 + 1e-9)))
-                            for s in axis_scales(scale)])
             quantum = _block_quantum(np.asarray(quantum, dtype=np.float64), area)
     else:
         on_stamp = None
@@ -543,7 +576,10 @@ def _triplet(raw, card, crop_fraction):
         nan_fraction = members.max(axis=1)
         raw.blank = BlankMeasure(nan_fraction, members.argmax(axis=1), field=True)
     flags |= np.where(nan_fraction > BLANK_THRESHOLD, int(Flag.BLANK), 0).astype(flags.dtype)
-    empty, constant = _empty_or_constant(np.asarray(data, dtype=np.float32), quantum)
+    data = np.asarray(data, dtype=np.float32)
+    empty, constant = _empty_or_constant(data, quantum)
+    if area is not None:  # judged on the model's grid: the reasons word what was judged
+        raw.constant = ConstantMeasure(data, raw.quantum, quantum, area)
     flags |= np.where(empty, int(Flag.BAD_INPUT), 0).astype(flags.dtype)  # outputs masked
     flags |= np.where(constant, int(Flag.CONSTANT), 0).astype(flags.dtype)
     return x, flags
@@ -666,7 +702,8 @@ def prepare(model, raw, *, crop_fraction=None):
     family = model_family(model.card)
     if family not in _FAMILIES:
         raise InputError(f"model {model.name!r}: unknown preprocessing family {family!r}")
-    raw.blank = None  # (the family's function sets it where it judges BLANK otherwise)
+    # (the family's function sets them where it judges BLANK, CONSTANT otherwise)
+    raw.blank = raw.constant = None
     raw.radio = raw.smoothed = None  # (the radio family's sets them)
     if len(raw.data) == 0:
         return np.zeros((0, *model.input_shape), np.float32), raw.flags.copy()

@@ -814,7 +814,8 @@ class _Runner:
                           saturation=levels[j], quantum=quanta[j] if quanta[j].any() else None)
             self.reasons[rows[j]].extend(_explain(
                 stamp, int(new[j]), grid=grid, blank=None if raw.blank is None else
-                raw.blank.row(j), radio=None if raw.radio is None else raw.radio.row(j)))
+                raw.blank.row(j), radio=None if raw.radio is None else raw.radio.row(j),
+                constant=None if raw.constant is None else raw.constant.row(j)))
         if self.family == "triplet":  # a sign the model does not expect: said, not flagged
             for j in np.flatnonzero(scored & negative_candidates(x)):
                 self.reasons[rows[j]].append(
@@ -882,12 +883,15 @@ def _group_key(kind, stamp, bands, scale, beam=None):
                 getattr(beam, "angle", 0.0))))
 
 
-def _explain(stamp, bits, *, grid=None, blank=None, radio=None):
+def _explain(stamp, bits, *, grid=None, blank=None, radio=None, constant=None):
     """Words for flag bits that preprocessing set; ``grid``: why the stamp's pixel grid
     makes it `Flag.EXTRAPOLATED` (`astromorph._adapters.extrapolation_words`), if known;
     ``blank``: what `Flag.BLANK` was judged on, ``(fraction, plane, field)``
     (`astromorph._adapters.BlankMeasure.row`), if not the largest fraction of invalid
-    pixels of one plane of the stamp; ``radio``: what a radio stamp's
+    pixels of one plane of the stamp; ``constant``: what `Flag.CONSTANT` was judged on,
+    ``(planes, steps, allowances, area)`` (`astromorph._adapters.ConstantMeasure.row`),
+    if not the stamp's own planes to their quantisation steps; ``radio``: what a radio
+    stamp's
     `Flag.OUT_OF_DISTRIBUTION` was judged on, ``(positive, background)``
     (`astromorph._adapters.RadioMeasure.row`)."""
     from ._adapters import _quantum_tolerance, coarse_beam
@@ -931,21 +935,31 @@ def _explain(stamp, bits, *, grid=None, blank=None, radio=None):
         # (a lossily compressed FITS image: constant to its quantisation step, `Stamp.quantum`)
         steps = np.zeros(len(planes)) if stamp.quantum is None else \
             np.broadcast_to(np.asarray(stamp.quantum, dtype=float).ravel(), (len(planes),))
+        judged, allowed, area, grid_words = zip(planes, valid), steps, 1.0, ""
+        if constant is not None:  # judged on the model's grid (a resampled triplet)
+            on_grid, raw_steps, allowances, area = constant
+            steps = np.zeros(len(planes)) if raw_steps is None else raw_steps
+            allowed = np.zeros(len(planes)) if allowances is None else allowances
+            judged = [(p, np.abs(np.asarray(p, dtype=np.float64)) < _SENTINEL)
+                      for p in on_grid]
+            grid_words = f" on the model's {TRIPLET_PIXEL_SCALE:g}\"/pixel grid"
         parts = []
-        for p, v, nm, step in zip(planes, valid, names, steps):
+        for (p, v), nm, step, allow in zip(judged, names, steps, allowed):
             finite = p[v]
             if finite.size == 0:
                 continue
             lo, hi = finite.min(), finite.max()
             if lo == hi:
                 value = finite.flat[0]
-                parts.append(f"{nm} is all zero" if value == 0 else
-                             f"{nm} is constant ({value:.4g})")
-            elif step > 0 and hi - lo <= _quantum_tolerance(step, hi, lo):
+                parts.append(f"{nm} is all zero{grid_words}" if value == 0 else
+                             f"{nm} is constant ({value:.4g}){grid_words}")
+            elif allow > 0 and hi - lo <= _quantum_tolerance(allow, hi, lo):
                 parts.append(f"{nm} is constant ({np.mean(finite, dtype=np.float64):.4g}, to "
-                             f"{_step_words(step)})")
-        out.append("; ".join(parts) if parts else "constant stamp" if not steps.any() else
-                   f"constant stamp (to {_step_words(steps.max())})")
+                             f"{_step_words(step, allow, area)})"
+                             f"{grid_words}")
+        j = int(np.argmax(allowed))
+        out.append("; ".join(parts) if parts else "constant stamp" if not np.any(allowed) else
+                   f"constant stamp (to {_step_words(steps[j], allowed[j], area)}){grid_words}")
     if bits & Flag.EXTRAPOLATED and coarse_beam(stamp.beam):
         out.append(f"beam {stamp.beam:.1f}\" is more than twice FIRST's "
                    f"{FIRST_BEAM_FWHM_ARCSEC:g}\" (the resolution the model was trained at: "
@@ -977,9 +991,18 @@ def _explain(stamp, bits, *, grid=None, blank=None, radio=None):
     return out
 
 
-def _step_words(step):
-    """Words for the quantisation step that a stamp is constant to (`Flag.CONSTANT`)."""
-    return f"the quantisation step {step:.2g} of its compressed tiles"
+def _step_words(step, allowance=None, area=1.0):
+    """Words for the quantisation step that a stamp is constant to (`Flag.CONSTANT`): the
+    ``step`` of its compressed tiles, or the ``allowance`` less than it that the pixels of
+    the model's grid, means of blocks of ``area`` of the stamp's, were allowed
+    (`astromorph._cutouts._block_quantum`)."""
+    from ._cutouts import QUANTUM_SIGMAS
+
+    words = f"the quantisation step {step:.2g} of its compressed tiles"
+    if allowance is None or not allowance < step:
+        return words
+    return (f"{allowance:.2g}: {words}, for means of {area:g} of its pixels "
+            f"({QUANTUM_SIGMAS:g} / sqrt(12 x {area:g}) of the step)")
 
 
 def _out_of_distribution_words(radio):

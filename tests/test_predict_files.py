@@ -4107,6 +4107,33 @@ def test_noise_stamps_of_a_lossily_compressed_fits_are_not_constant(models, tmp_
         assert len(flags) == n and not np.any(flags & Flag.CONSTANT)
 
 
+@pytest.mark.parametrize("border", [False, True])
+def test_reason_of_a_constant_resampled_triplet_says_what_decided(models, tmp_path, border):
+    """A triplet on 0.25"/pixel is CONSTANT on the model's 1"/pixel grid, where its
+    reference plane, flat (200) under the quantisation of a lossily compressed file, spans
+    less than the step averaged over blocks of 4 x 4 pixels (10 / sqrt(12 x 16) of it): the
+    reason names that plane and that allowance, not the file's step (which the raw plane
+    was compared with) and, where the raw plane is not flat (a ramp in a border outside the
+    model's field), not a 'constant stamp' without a plane."""
+    n = 300  # 75": the model's 63" field is the middle 252 pixels
+    data = _flat_triplet(n)
+    if border:
+        ramp = np.linspace(0, 50, n, dtype=np.float32)
+        data[1, :20] += ramp
+        data[1, -20:] += ramp
+    header = celestial_header(fits.Header(), 0.25, data.shape)
+    path = _write_compressed(tmp_path / "t.fits", data, _COMPRESSIONS["q16_m1"],
+                             tile=data.shape, header=header)
+    with fits.open(path) as hdul:
+        step = float(np.max(hdul[1].compressed_data["ZSCALE"]))
+    row = quiet(astromorph.predict_files, "real-bogus", path)[0]
+    assert row["rb_flags"] & Flag.CONSTANT, row["reason"]
+    words = row["reason"]
+    allowance = step * 10 / np.sqrt(12 * 16)
+    assert "reference stamp is constant (200" in words, words
+    assert f"to {allowance:.2g}" in words and f"step {step:.2g}" in words, words
+
+
 def test_quantum_of_a_resampled_triplet_shrinks_with_its_blocks(models):
     """A triplet on pixels 10 times finer than the model's is resampled onto its grid by
     means of 10 x 10 pixels, whose quantisation errors are a tenth of a pixel's: noise one
