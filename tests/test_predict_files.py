@@ -4134,6 +4134,30 @@ def test_reason_of_a_constant_resampled_triplet_says_what_decided(models, tmp_pa
     assert f"to {allowance:.2g}" in words and f"step {step:.2g}" in words, words
 
 
+@pytest.mark.parametrize("name,raw", [
+    ("morphology", lambda: RawStamps("bands", np.zeros((0, 3, 64, 64), np.float32),
+                                     quantum=np.zeros((0, 3)))),
+    ("morphology", lambda: RawStamps("colour", np.zeros((0, 64, 64, 3), np.uint8))),
+    ("radio-morphology", lambda: RawStamps("bands", np.zeros((0, 1, 150, 150), np.float32),
+                                           pixel_scale=1.0, beam_shape=np.zeros((0, 3)),
+                                           quantum=np.zeros(0))),
+    ("radio-morphology", lambda: RawStamps("bands", np.zeros((0, 1, 150, 150), np.uint8))),
+    ("real-bogus", lambda: RawStamps("triplet", np.zeros((0, 3, 252, 252), np.float32),
+                                     pixel_scale=0.25, quantum=np.zeros((0, 3)))),
+    ("real-bogus", lambda: RawStamps("triplet", np.zeros((0, 3, 63, 63), np.float32)))])
+def test_prepare_of_an_empty_batch_is_empty(models, name, raw):
+    """`prepare` of a batch of no stamps, of each family and kind (resampled or not, with
+    quantisation steps), is an empty network input and no flags: the families' own code
+    (the radio family's np.stack of the resampled images, the triplets' reshape in
+    `_empty_or_constant`) is never given zero rows. No public path builds such a batch
+    (predict_files, annotate and annotate_stamps skip a group without a usable row); this
+    holds if one ever does."""
+    model = astromorph.load_model(name)
+    x, flags = prepare(model, raw())
+    assert x.shape == (0, *model.input_shape) and x.dtype == np.float32
+    assert flags.shape == (0,) and flags.dtype == np.int32
+
+
 def test_quantum_of_a_resampled_triplet_shrinks_with_its_blocks(models):
     """A triplet on pixels 10 times finer than the model's is resampled onto its grid by
     means of 10 x 10 pixels, whose quantisation errors are a tenth of a pixel's: noise one
