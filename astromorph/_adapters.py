@@ -455,20 +455,27 @@ def _radio_input(raw, card):
     # Invalid pixels (NaN, inf, masking sentinels) become NaN: the data-set procedure
     # counts them as empty sky and measures the noise on the valid ones (a median fill
     # would shrink the noise estimate and let noise through the 3-sigma threshold).
-    data = np.asarray(data, dtype=np.float32)
-    bad = rad.invalid_pixels(data)
-    if bad.any():
-        flags = _flag_non_finite(data, bad, flags)
-        # invalid pixels 0 for the constant test, then NaN: in a copy (one; the caller's
-        # array is kept), or in the stamps themselves where they are scratch
-        if raw.scratch and data is raw.data and data.flags.writeable:
-            data[bad] = np.float32(0)
+    given, data = data, np.asarray(data, dtype=np.float32)
+    # where invalid pixels can be set in place: a conversion of the stamps (float64, or
+    # FITS's big-endian floats) is this function's own, as are stamps that are scratch
+    in_place = data.flags.writeable and (
+        (raw.scratch and data is raw.data) or not np.may_share_memory(data, given))
+    quantum = None if raw.quantum is None else np.asarray(raw.quantum).reshape(len(data), -1)
+    for j in range(len(data)):  # one image at a time: the mask of one image held
+        row, keep = slice(j, j + 1), flags[j:j + 1]
+        bad = rad.invalid_pixels(data[row])
+        if bad.any():
+            keep = _flag_non_finite(data[row], bad, keep)
+            # invalid pixels 0 for the constant test, then NaN: in a copy (one, made at the
+            # first such image; the caller's array is kept), or in place (above)
+            if not in_place:
+                data, in_place = data.copy(), True
+            data[row][bad] = np.float32(0)
+            keep = _flag_constant(data[row], keep, None if quantum is None else quantum[row])
+            data[row][bad] = np.float32(np.nan)
         else:
-            data = np.where(bad, np.float32(0), data)
-        flags = _flag_constant(data, flags, raw.quantum)
-        data[bad] = np.float32(np.nan)
-    else:
-        flags = _flag_constant(data, flags, raw.quantum)
+            keep = _flag_constant(data[row], keep, None if quantum is None else quantum[row])
+        flags[row] = keep
     images = data[:, 0]
     # (scale_y, scale_x) of each image: a tuple is one pair for the batch (pixels that are
     # not square), else one scale, or one per image, for both axes

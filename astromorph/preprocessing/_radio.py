@@ -1022,18 +1022,16 @@ def resample_to_first_grid(image, pixel_scale_arcsec, *, size=DATASET_IMAGE_PIXE
         float64 ``(size, size)`` image at 1.8 arcsec per pixel.
     """
     size = check_whole(size, "size")
-    image = real_array(image, "image").astype(np.float64)
+    image = real_array(image, "image")
     if image.ndim != 2 or min(image.shape) < 2:
         raise InputShapeError(f"expected a 2-D image of at least 2 x 2 pixels, got shape "
                               f"{image.shape}")
-    # a sentinel must not leak into its neighbours through the interpolation weights
-    image[invalid_pixels(image)] = np.nan
     ny, nx = image.shape
     scale_y, scale_x = _two_pixel_scales(pixel_scale_arcsec)
     step_y, step_x = FIRST_PIXEL_SCALE_ARCSEC / scale_y, FIRST_PIXEL_SCALE_ARCSEC / scale_x
     if abs(step_y - 1.0) <= 1e-3 and abs(step_x - 1.0) <= 1e-3:
         # the FIRST grid already: centred as the data-set window is
-        return _centre_window(image, size, np.nan)
+        return _centre_window(_float64_valid(image), size, np.nan)
     # the image's centre on the grid's (between pixels 149 and 150, as in the data set)
     y = (ny - 1) / 2 + (np.arange(size) - (size - 1) / 2) * step_y
     x = (nx - 1) / 2 + (np.arange(size) - (size - 1) / 2) * step_x
@@ -1047,21 +1045,34 @@ def resample_to_first_grid(image, pixel_scale_arcsec, *, size=DATASET_IMAGE_PIXE
     if fy > 1 or fx > 1:
         # block k of the binned image is centred on original pixel factor * k + (factor - 1) / 2
         ny, nx = ny // fy, nx // fx
-        block = image[:ny * fy, :nx * fx].reshape(ny, fy, nx, fx)
+        y, x = (y - (fy - 1) / 2) / fy, (x - (fx - 1) / 2) / fx
+    y0 = np.clip(np.floor(y).astype(int), 0, ny - 2)
+    x0 = np.clip(np.floor(x).astype(int), 0, nx - 2)
+    # only the rows and columns (of blocks) that the grid reads are converted and binned: a
+    # large cutout of fine pixels costs what the grid's field needs (the same floats)
+    (r0, r1), (c0, c1) = (y0.min(), y0.max() + 2), (x0.min(), x0.max() + 2)
+    image = _float64_valid(image[r0 * fy:r1 * fy, c0 * fx:c1 * fx])
+    if fy > 1 or fx > 1:
+        block = image.reshape(r1 - r0, fy, c1 - c0, fx)
         good = np.isfinite(block)
         count = good.sum(axis=(1, 3))
         total = np.where(good, block, 0.0).sum(axis=(1, 3))
         image = np.where(count > 0, total / np.maximum(count, 1), np.nan)
-        y, x = (y - (fy - 1) / 2) / fy, (x - (fx - 1) / 2) / fx
-    y0 = np.clip(np.floor(y).astype(int), 0, ny - 2)
-    x0 = np.clip(np.floor(x).astype(int), 0, nx - 2)
     fy = np.clip(y - y0, 0.0, 1.0)[:, None]
     fx = np.clip(x - x0, 0.0, 1.0)[None, :]
-    iy, ix = y0[:, None], x0[None, :]
+    iy, ix = (y0 - r0)[:, None], (x0 - c0)[None, :]
     out = (image[iy, ix] * (1 - fy) * (1 - fx) + image[iy, ix + 1] * (1 - fy) * fx
            + image[iy + 1, ix] * fy * (1 - fx) + image[iy + 1, ix + 1] * fy * fx)
     out[~inside] = np.nan
     return out
+
+
+def _float64_valid(image):
+    """A float64 copy of ``image``, NaN where its pixels are invalid (NaN, inf, masking
+    sentinels: one must not leak into its neighbours through the interpolation weights)."""
+    image = image.astype(np.float64)
+    image[invalid_pixels(image)] = np.nan
+    return image
 
 
 def _fine_beams(beams):
@@ -1337,7 +1348,8 @@ def _sample_on_first_grid(image, pixel_scale, *, size=DATASET_IMAGE_PIXELS):
         for index in np.ndindex(image.shape[:-2]):
             out[index] = _sample_on_first_grid(image[index], pixel_scale, size=size)
         return out
-    image = image.astype(np.float64, copy=False)
+    if image.dtype != np.float32:  # (float32 pixels are read as they are: exact in float64)
+        image = image.astype(np.float64, copy=False)
     ny, nx = image.shape
     scale_y, scale_x = axis_scales(pixel_scale)
     axes = []
@@ -1349,8 +1361,10 @@ def _sample_on_first_grid(image, pixel_scale, *, size=DATASET_IMAGE_PIXELS):
     (ty, wy, iny), (tx, wx, inx) = axes
     # separable: the four rows of each output row, then the four columns of each column
     # (a NaN among the 16 pixels read still makes the value NaN)
-    rows = sum(wy[:, i, None] * image[ty[:, i], :] for i in range(4))
-    out = sum(wx[:, j] * rows[:, tx[:, j]] for j in range(4))
+    # (only the columns read: a large cutout of fine pixels costs what the grid's field needs)
+    c0, c1 = tx.min(), tx.max() + 1
+    rows = sum(wy[:, i, None] * image[ty[:, i], c0:c1] for i in range(4))
+    out = sum(wx[:, j] * rows[:, tx[:, j] - c0] for j in range(4))
     out[~(iny[:, None] & inx[None, :])] = np.nan
     return out
 
