@@ -1,6 +1,7 @@
 """Radio preprocessing details that the wider radio tests leave open: the FIRST grid of
-pixels that are FIRST's along one axis only, and the extent of the grid that
-`_sample_on_first_grid` reads on an image smaller than the grid."""
+pixels that are FIRST's along one axis only, the grid's extent on a small image, the
+centring of non-square FIRST cutouts, the order of the edge strips and the unit range of
+the network input."""
 import numpy as np
 import pytest
 
@@ -30,11 +31,67 @@ def test_cubic_sampling_is_nan_outside_a_small_image_as_the_bilinear_grid(scale)
     """On an image smaller than the FIRST grid's 540" the grid points outside the image
     are NaN (empty sky for `first_cutout_to_uint8`) in `_sample_on_first_grid` and
     `_sample_beam_limited`, the same points as `resample_to_first_grid` leaves NaN, not
-    the edge pixels' values repeated outwards (a bright edge smeared over the field)."""
-    image = np.random.default_rng(3).normal(1.0, 0.1, (301, 341))
+    the edge pixels' values repeated outwards (a bright edge smeared over the field). The
+    grid points beyond the last pixel centre but within the last pixel (302 rows of 0.9":
+    the grid's rows at 2k - 148.5, one at 301.5; 303 columns of 0.6": one at 302.5) are
+    outside too: nothing there to interpolate from."""
+    image = np.random.default_rng(3).normal(1.0, 0.1, (302, 303))
     cubic = radio._sample_on_first_grid(image, scale)
     bilinear = radio.resample_to_first_grid(image, scale)
     assert 0.05 < np.isnan(bilinear).mean() < 0.95
     np.testing.assert_array_equal(np.isnan(cubic), np.isnan(bilinear))
     limited = radio._sample_beam_limited(image[None], scale)[0]
     np.testing.assert_array_equal(np.isnan(limited), np.isnan(bilinear))
+
+
+@pytest.mark.parametrize("shape", [(281, 341), (341, 281), (320, 301)])
+def test_non_square_first_cutout_is_centred_on_each_axis(shape):
+    """A cutout at 1.8" that is not 300 x 300 (and not square) is cut or padded about its
+    centre pixel ``(ny // 2, nx // 2)``, each axis by its own size: a lone bright pixel
+    there is the brightest pixel (255) of the data-set window at ``(150, 150)``, the pixel
+    one row above it one row above that and the one two columns right two columns right
+    (rows and columns not swapped)."""
+    ny, nx = shape
+    image = np.zeros(shape)
+    image[ny // 2, nx // 2] = 10.0
+    image[ny // 2 + 1, nx // 2] = 5.0
+    image[ny // 2, nx // 2 + 2] = 2.5
+    out = radio.first_cutout_to_uint8(image, rms=1.0)
+    assert out.shape == (300, 300)
+    # threshold 3: (5 - 3) / (10 - 3) * 255 = 72.9; 2.5 is below it
+    assert out[150, 150] == 255 and out[151, 150] == 72 and out.sum(dtype=int) == 255 + 72
+    again = radio.first_cutout_to_uint8(image, rms=0.1)  # threshold 0.3: all three above
+    assert (again[150, 150], again[151, 150], again[150, 152]) == (255, 123, 57)
+    assert again.sum(dtype=int) == 255 + 123 + 57
+
+
+@pytest.mark.parametrize("strip", range(4))
+def test_edge_levels_measure_each_named_strip(strip):
+    """`_edge_levels` gives each of the four edge strips' background in the order of
+    `_EDGE_NAMES` (bottom: the first rows, top: the last, left: the first columns, right:
+    the last): a 3-sigma pedestal on one strip's part outside the corners (half of it) reads 0.85 in
+    that strip's place and near 0 in the other three (a strip read twice, or two swapped,
+    misses a pedestal along one edge, which `Flag.OUT_OF_DISTRIBUTION` is to catch)."""
+    w = radio._EDGE_STRIP_PIXELS
+    window = np.random.default_rng(strip).normal(0.0, 1.0, (1, 300, 300))
+    part = [(slice(0, w), slice(w, -w)), (slice(-w, None), slice(w, -w)),
+            (slice(w, -w), slice(0, w)), (slice(w, -w), slice(-w, None))][strip]
+    window[(0,) + part] += 3.0
+    levels = radio._edge_levels(window)[0]
+    assert radio._EDGE_NAMES[strip] == ("bottom", "top", "left", "right")[strip]
+    assert levels[strip] > 0.5
+    others = np.delete(levels, strip)
+    assert np.all(np.abs(others) < 0.2), levels
+
+
+def test_dataset_image_input_outside_0_255_is_clipped_to_the_unit_range():
+    """Float data-set images outside 0-255 (an 8-bit image rescaled, an interpolated one
+    that overshoots) give network input in ``[0, 1]``, as documented: below 0 reads 0 (not
+    the NaN of the square root of a negative number) and above 255 reads 1."""
+    image = np.full((300, 300), 100.0)
+    image[150, 150], image[150, 151], image[149, 150] = 400.0, -30.0, 255.0
+    for stretch in ("sqrt", "linear"):
+        out = radio.preprocess_dataset_image(image, stretch=stretch)[0]
+        assert np.isfinite(out).all() and out.min() >= 0.0 and out.max() <= 1.0
+        assert out[150 - 86, 150 - 86] == 1.0 and out[150 - 86, 151 - 86] == 0.0
+        assert out[149 - 86, 150 - 86] == 1.0
