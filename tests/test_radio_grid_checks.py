@@ -95,3 +95,16 @@ def test_dataset_image_input_outside_0_255_is_clipped_to_the_unit_range():
         assert np.isfinite(out).all() and out.min() >= 0.0 and out.max() <= 1.0
         assert out[150 - 86, 150 - 86] == 1.0 and out[150 - 86, 151 - 86] == 0.0
         assert out[149 - 86, 150 - 86] == 1.0
+
+
+def test_minor_axis_above_the_major_is_taken_as_the_major():
+    """A header whose BMIN exceeds its BMAJ (3" x 6") is read as a circular beam of the
+    major axis (`_beam_axes`: the minor axis is at most the major), so the 3" beam is
+    smoothed to FIRST's as a 3" x 3" beam is, not left alone as a 6" minor axis would have
+    it, nor given an area factor from the 6"."""
+    image = np.random.default_rng(5).normal(0.0, 1.0, (1, 120, 120))
+    image[0, 60, 60] += 50.0
+    out, smoothed = radio.smooth_to_first_beam(image, [[3.0, 6.0, 20.0]])
+    want, want_smoothed = radio.smooth_to_first_beam(image, [[3.0, 3.0, 0.0]])
+    assert smoothed.tolist() == want_smoothed.tolist() == [True]
+    np.testing.assert_array_equal(out, want)
