@@ -536,6 +536,20 @@ def test_fits_scaling_blank_and_byte_order(tmp_path, dtype, bscale, bzero):
             np.testing.assert_allclose(data, expected, rtol=1e-6, equal_nan=True)
 
 
+def test_fits_bytes_read_unsigned_over_their_whole_range(tmp_path):
+    """BITPIX = 8 pixels are unsigned bytes, 0 to 255 (the FITS standard): a pixel of 128 or
+    more is read as itself, never as a signed byte (200 as -56), by the fast reader, by
+    astropy's path and from bytes in memory (alert cutouts)."""
+    raw = np.arange(256).reshape(16, 16).astype(np.uint8)
+    path = write_fits(tmp_path / "u8.fits", raw)
+    assert fits.getheader(path)["BITPIX"] == 8
+    expected = raw.astype(np.float32)
+    for data in (read_file(path)[0].data[0],
+                 _read_fits_astropy(path, want_scale=True, triplet_hint=False)[0].data[0],
+                 parse_fits_bytes(path.read_bytes(), want_scale=False)[0]):
+        np.testing.assert_array_equal(data, expected)
+
+
 def test_fast_and_astropy_fits_paths_agree_on_wcs(tmp_path):
     data = galaxy(40)
     h = fits.Header({"CTYPE1": "RA---TAN", "CTYPE2": "DEC--TAN", "CRVAL1": 10.0, "CRVAL2": -5.0,
