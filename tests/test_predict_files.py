@@ -740,6 +740,34 @@ def test_truncated_primary_reason_is_worded_as_an_extensions(tmp_path, how):
     _assert_truncated(blob, tmp_path / name, how, "HDU 0", image.nbytes)
 
 
+@pytest.mark.parametrize("how", ["file", "bytes"])
+def test_primary_data_one_byte_short_is_truncated_and_unpadded_data_is_whole(tmp_path, how):
+    """The boundary of the fast reader's truncation check: a single-image file that lacks
+    only the last byte of its data is refused as truncated (with the bytes it holds), and
+    one that holds all its data but not the padding to a whole 2880-byte block after it
+    (as some writers leave it) is read whole."""
+    image = galaxy(64)
+    fits.PrimaryHDU(image).writeto(tmp_path / "full.fits")
+    full = (tmp_path / "full.fits").read_bytes()
+    short = full[:2880 + image.nbytes - 1]
+    words = f"the header of HDU 0 gives {image.nbytes} bytes of data, the"
+    if how == "bytes":
+        with pytest.raises(ValueError) as info:
+            parse_fits_bytes(short)
+        assert str(info.value) == f"truncated FITS data: {words} bytes hold {image.nbytes - 1}"
+        np.testing.assert_array_equal(parse_fits_bytes(full[:2880 + image.nbytes])[0], image)
+        return
+    (tmp_path / "short.fits").write_bytes(short)
+    (stamp,) = read_file(tmp_path / "short.fits")
+    assert stamp.flags == Flag.BAD_INPUT
+    assert stamp.reason == [f"truncated FITS file short.fits: {words} file holds "
+                            f"{image.nbytes - 1}"]
+    (tmp_path / "unpadded.fits").write_bytes(full[:2880 + image.nbytes])
+    (stamp,) = read_file(tmp_path / "unpadded.fits")
+    assert not stamp.flags
+    np.testing.assert_array_equal(stamp.data[0], image)
+
+
 def _set_card(blob, key, value, *, hdu=0):
     """FITS bytes with the card ``key`` of the ``hdu``-th header rewritten to ``value``
     (the raw value field, e.g. ``"'abc'"``), as a broken writer would leave it."""
