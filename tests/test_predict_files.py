@@ -550,6 +550,22 @@ def test_fits_bytes_read_unsigned_over_their_whole_range(tmp_path):
         np.testing.assert_array_equal(data, expected)
 
 
+def test_fast_and_astropy_fits_paths_read_the_first_of_a_repeated_card(tmp_path):
+    """A header that repeats a keyword (two BSCALE cards, 2 then 3; the FITS standard allows
+    one): the fast reader takes the first card, as astromorph's astropy path does (astropy's
+    ``header.get``), so a file scores the same whichever path reads it."""
+    hdu = fits.PrimaryHDU(np.arange(12, dtype=np.int16).reshape(3, 4))
+    hdu.header["BSCALE"], hdu.header["BZERO"] = 2.0, 0.0
+    hdu.header.append(("BSCALE", 3.0), end=True)
+    path = tmp_path / "twice.fits"
+    hdu.writeto(path)
+    assert path.read_bytes()[:2880].count(b"BSCALE  =") == 2
+    expected = np.arange(12, dtype=np.float32).reshape(3, 4) * 2
+    for data in (read_file(path)[0].data[0], parse_fits_bytes(path.read_bytes())[0],
+                 _read_fits_astropy(path, want_scale=True, triplet_hint=False)[0].data[0]):
+        np.testing.assert_array_equal(data, expected)
+
+
 def test_fast_and_astropy_fits_paths_agree_on_wcs(tmp_path):
     data = galaxy(40)
     h = fits.Header({"CTYPE1": "RA---TAN", "CTYPE2": "DEC--TAN", "CRVAL1": 10.0, "CRVAL2": -5.0,
