@@ -566,6 +566,20 @@ def test_fast_and_astropy_fits_paths_read_the_first_of_a_repeated_card(tmp_path)
         np.testing.assert_array_equal(data, expected)
 
 
+def test_saturation_level_of_zero_or_below_is_no_level():
+    """A saturation keyword of 0 or less (SATURATE = 0, as pipelines write "unknown") is no
+    level: the next keyword's (SATLEVEL) is read, else the primary header's for an
+    extension, else none; a level of 0 would flag every stamp with a positive pixel
+    SATURATED."""
+    from astromorph._readers._fits import saturation_of_header
+
+    assert saturation_of_header(fits.Header({"SATURATE": 0, "SATLEVEL": 5000.0})) == 5000.0
+    assert saturation_of_header(fits.Header({"SATURATE": 0.0})) is None
+    assert saturation_of_header(fits.Header({"SATURATA": -1.0, "SATURATB": 0})) is None
+    assert saturation_of_header(fits.Header({"SATURATE": 0}),
+                                fits.Header({"SATURATE": 1000.0})) == 1000.0
+
+
 def test_fast_and_astropy_fits_paths_agree_on_wcs(tmp_path):
     data = galaxy(40)
     h = fits.Header({"CTYPE1": "RA---TAN", "CTYPE2": "DEC--TAN", "CRVAL1": 10.0, "CRVAL2": -5.0,
