@@ -580,6 +580,23 @@ def test_saturation_level_of_zero_or_below_is_no_level():
                                 fits.Header({"SATURATE": 1000.0})) == 1000.0
 
 
+def test_two_triplet_members_named_are_a_triplet_missing_its_third(tmp_path):
+    """Planes that name two of a triplet's three members (EXTNAME SCIENCE and REFERENCE; a
+    cube's PLANE1 = SCI, PLANE2 = DIFF) are a triplet that lacks the third, flagged
+    MISSING_BAND naming it, even for a model that is not a triplet model: not two bands of
+    unknown names scored as an image."""
+    plane = np.ones((8, 8), np.float32)
+    fits.HDUList([fits.PrimaryHDU(), fits.ImageHDU(plane, name="SCIENCE"),
+                  fits.ImageHDU(plane, name="REFERENCE")]).writeto(tmp_path / "mef.fits")
+    cube = fits.PrimaryHDU(np.stack([plane, plane]))
+    cube.header["PLANE1"], cube.header["PLANE2"] = "SCI", "DIFF"
+    cube.writeto(tmp_path / "cube.fits")
+    for name, lacking in (("mef.fits", "difference"), ("cube.fits", "reference")):
+        (stamp,) = read_file(tmp_path / name)
+        assert stamp.flags == Flag.MISSING_BAND and stamp.kind is None, name
+        assert stamp.reason[0].startswith(f"no {lacking} image"), stamp.reason
+
+
 def test_fast_and_astropy_fits_paths_agree_on_wcs(tmp_path):
     data = galaxy(40)
     h = fits.Header({"CTYPE1": "RA---TAN", "CTYPE2": "DEC--TAN", "CRVAL1": 10.0, "CRVAL2": -5.0,
