@@ -1503,6 +1503,19 @@ def test_avro_good_records_before_a_bad_block_are_kept(tmp_path):
     assert stamps[2].flags == Flag.BAD_INPUT and "after 2 good record(s)" in stamps[2].reason[0]
 
 
+def test_avro_file_cut_inside_its_last_sync_marker_is_truncated(tmp_path):
+    """A packet file that ends 8 bytes into the sync marker after its last block: the block
+    is said truncated (the file is short), not corrupt (a sync marker mismatch); the records
+    before it are kept."""
+    pytest.importorskip("fastavro")
+    data = _multi_block_avro(tmp_path / "a.avro", [ztf_alert(100 + i) for i in range(3)])
+    (tmp_path / "a.avro").write_bytes(data[:-8])
+    stamps = read_file(tmp_path / "a.avro")
+    assert [s.flags for s in stamps] == [0, 0, Flag.BAD_INPUT]
+    assert stamps[2].reason == ["corrupt or truncated Avro after 2 good record(s): truncated "
+                                "Avro block"]
+
+
 def test_avro_header_with_a_negative_length_is_corrupt_not_a_hang(models, tmp_path):
     """A length in the Avro header's metadata read as negative (one corrupt byte) moved the
     reader backwards, so that it could loop for ever and hang the whole batch (found by
