@@ -1447,6 +1447,37 @@ def test_ztf_edge_cutouts_are_padded(models, tmp_path):
     assert table["rb_flags"][0] == Flag.EDGE and "CCD edge" in table["reason"][0]
 
 
+def test_ztf_edge_cutout_padding_side_at_the_last_pixels_near_an_edge(tmp_path):
+    """The side on which an edge cutout is padded, at the boundary: a candidate at 1-based
+    pixel 31 (0-based 30) lies 30 pixels from the quadrant's first, so its 63-pixel cutout
+    lost 1 pixel before it (62 wide: padded at the start); at 3042 of 3072 (0-based 3041,
+    30 pixels from the last, 3071) it lost 1 after it (padded at the end). No note: the
+    side is known. Where it is not (the cutout is cut but the candidate 31 pixels from both
+    edges), the reason says so."""
+    from astromorph._readers._alerts import read_alerts
+
+    pytest.importorskip("fastavro")
+    t = triplet()
+    write_avro(tmp_path / "edge.avro", [ztf_alert(1, t[:, :, 1:], xpos=31.0),
+                                        ztf_alert(2, t[:, :, :-1], xpos=3042.0),
+                                        ztf_alert(3, t[:, 1:, :], ypos=31.0),
+                                        ztf_alert(4, t[:, :, :-1], xpos=3041.0)])
+    first, last, low, inside = read_alerts(tmp_path / "edge.avro")
+    # 0-based 3040 is 31 pixels from the last: its cutout is whole, so this one's xpos does
+    # not say which side was cut, and the reason says what was assumed
+    assert inside.flags == Flag.EDGE
+    assert "xpos 3041 is more than 31 pixels from both edges" in inside.reason[0]
+    for stamp in (first, last, low):
+        assert stamp.flags == Flag.EDGE and stamp.data.shape == (3, 63, 63), stamp.reason
+        assert "taken at the end" not in stamp.reason[0], stamp.reason
+    assert np.isnan(first.data[:, :, 0]).all()
+    np.testing.assert_array_equal(first.data[:2, :, 1:], t[:2, :, 1:])
+    assert np.isnan(last.data[:, :, 62]).all()
+    np.testing.assert_array_equal(last.data[:2, :, :62], t[:2, :, :62])
+    assert np.isnan(low.data[:, 0, :]).all()
+    np.testing.assert_array_equal(low.data[:2, 1:, :], t[:2, 1:, :])
+
+
 def test_ztf_edge_cutouts_with_blank_pixels_are_blank(models, tmp_path):
     """BLANK of a padded edge cutout counts the cutout's own invalid pixels (the largest
     fraction of the three), not the padding, and says so once."""
