@@ -4024,6 +4024,21 @@ def test_ztf_edge_cutouts_are_placed_by_their_wcs(tmp_path, edge, know_pos):
     assert "placed by the cutouts' WCS" in " ".join(stamp.reason)
 
 
+@pytest.mark.parametrize("edge", ["left", "bottom"])
+def test_ztf_edge_cutouts_placed_by_a_wcs_pixel_between_pixel_centres(tmp_path, edge):
+    """The WCS's pixel of the candidate is rounded to the nearest, not floored: a candidate
+    0.4 pixel below and left of (31, 31) of the uncut cutout (ZTF cuts about the pixel the
+    candidate lies in) is padded as one on it, without xpos/ypos to fall back on."""
+    keep, _ = _EDGES[edge]
+    full = _edge_packet(tmp_path / "edge.avro", keep, wcs_centre=(30.6, 30.6), xpos=None,
+                        ypos=None)
+    (stamp,) = read_file(tmp_path / "edge.avro")
+    assert stamp.data.shape == (3, 63, 63) and stamp.flags == Flag.EDGE
+    sl = (slice(None),) + keep
+    np.testing.assert_array_equal(stamp.data[sl][:2], full[sl][:2])
+    assert "placed by the cutouts' WCS" in " ".join(stamp.reason)
+
+
 @pytest.mark.parametrize("edge", sorted(_EDGES))
 def test_ztf_edge_cutouts_without_wcs_are_placed_by_xpos_ypos(tmp_path, edge):
     """The real packets' cutouts carry no WCS: the candidate's CCD pixel (xpos, ypos,
