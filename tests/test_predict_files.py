@@ -1798,6 +1798,20 @@ def test_rubin_packets(models, tmp_path):
     assert table["object"][0] == "990011" and table["object"].mask.tolist() == [False, True, True]
 
 
+def test_rubin_difference_of_a_zero_or_nan_flux_source_is_not_negated(tmp_path):
+    """Without isNegative, only a psfFlux below 0 negates a Rubin difference cutout: a
+    psfFlux of exactly 0, or NaN (no measurement), leaves it as it is."""
+    pytest.importorskip("fastavro")
+    t = triplet(31)
+    write_avro(tmp_path / "rubin.avro", [rubin_alert(1, t, psf_flux=0.0),
+                                         rubin_alert(2, t, psf_flux=float("nan")),
+                                         rubin_alert(3, t, psf_flux=-1e-3)], schema=RUBIN_SCHEMA)
+    zero, nan, negative = read_file(tmp_path / "rubin.avro")
+    np.testing.assert_allclose(zero.data, t)
+    np.testing.assert_allclose(nan.data, t)
+    np.testing.assert_allclose(negative.data[2], -t[2])
+
+
 def test_rubin_v11_layout(models, tmp_path):
     """Packets laid out as the published lsst.v11_1 schema (triggering diaSourceId at the top,
     isNegative, a nullable diaObject, named-type histories): a detection flagged isNegative
