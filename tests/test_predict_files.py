@@ -4196,6 +4196,27 @@ def _write_compressed(path, data, how, *, tile=None, header=None):
     return path
 
 
+def test_losslessly_stored_tiles_have_no_quantisation_step(tmp_path):
+    """A tile that fpack could not quantise (constant, or all NaN) is stored without loss in
+    GZIP_COMPRESSED_DATA: its step is 0 whatever its ZSCALE says (astropy writes 0 there;
+    here 0.5, as another writer may leave), and a quantised tile keeps its own."""
+    from astromorph._readers._fits import _quantisation_steps
+
+    img = np.random.default_rng(0).normal(0, 1, (3, 16)).astype(np.float32)
+    img[1], img[2] = 5.0, np.nan
+    path = _write_compressed(tmp_path / "q.fits", img,
+                             dict(compression_type="RICE_1", quantize_level=4),
+                             tile=(1, 16))
+    with fits.open(path, mode="update", disable_image_compression=True) as hdul:
+        assert [len(c) > 0 for c in hdul[1].data.field("GZIP_COMPRESSED_DATA")] == \
+            [False, True, True]
+        hdul[1].data["ZSCALE"][1:] = 0.5
+    with fits.open(path) as hdul:
+        tile, steps = _quantisation_steps(hdul[1], 2.0)
+    assert tile == (1, 16) and steps[0, 0] > 0
+    assert steps[1:, 0].tolist() == [0.0, 0.0]
+
+
 def _flat_triplet(n=63):
     t = triplet(n)
     t[1] = 200.0  # a flat reference (a masked or filled template)
