@@ -597,6 +597,17 @@ def test_two_triplet_members_named_are_a_triplet_missing_its_third(tmp_path):
         assert stamp.reason[0].startswith(f"no {lacking} image"), stamp.reason
 
 
+def test_cube_plane_names_read_bandi_before_filteri(tmp_path):
+    """A cube that names its planes twice, BANDi and FILTERi (filter wheel slots): the
+    bands are the BANDi (`_plane_names` reads BAND, FILTER, PLANE, EXTNAME in that order)."""
+    cube = fits.PrimaryHDU(np.ones((3, 8, 8), np.float32))
+    for i, (band, name) in enumerate(zip("gri", ("slot 4", "slot 5", "slot 6")), 1):
+        cube.header[f"BAND{i}"], cube.header[f"FILTER{i}"] = band, name
+    cube.writeto(tmp_path / "cube.fits")
+    (stamp,) = read_file(tmp_path / "cube.fits")
+    assert stamp.bands == ("g", "r", "i")
+
+
 def test_fast_and_astropy_fits_paths_agree_on_wcs(tmp_path):
     data = galaxy(40)
     h = fits.Header({"CTYPE1": "RA---TAN", "CTYPE2": "DEC--TAN", "CRVAL1": 10.0, "CRVAL2": -5.0,
