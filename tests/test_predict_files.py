@@ -4228,6 +4228,23 @@ def test_losslessly_stored_tiles_have_no_quantisation_step(tmp_path):
     assert steps[1:, 0].tolist() == [0.0, 0.0]
 
 
+def test_quantum_of_a_plane_is_the_largest_step_of_its_tiles(tmp_path):
+    """An image whose tiles were quantised with different steps (quiet rows, then rows 100
+    times noisier): its `Stamp.quantum` is the largest step (a flat part may read back as
+    values that far apart), not the smallest."""
+    from astromorph._readers._fits import _quantisation_steps
+
+    img = np.random.default_rng(0).normal(0, 1, (16, 16)).astype(np.float32)
+    img[8:] *= 100
+    path = _write_compressed(tmp_path / "q.fits", img,
+                             dict(compression_type="RICE_1", quantize_level=4), tile=(8, 16))
+    with fits.open(path) as hdul:
+        _, steps = _quantisation_steps(hdul[1], 1.0)
+    assert steps[1, 0] > 50 * steps[0, 0] > 0
+    (stamp,) = read_file(path)
+    np.testing.assert_allclose(stamp.quantum, [steps.max()])
+
+
 def _flat_triplet(n=63):
     t = triplet(n)
     t[1] = 200.0  # a flat reference (a masked or filled template)
