@@ -2780,6 +2780,51 @@ def test_write_errors_are_typed_and_leave_the_old_file(tmp_path):
     assert out.read_text() == "old" and sorted(p.name for p in tmp_path.iterdir()) == ["t.ecsv"]
 
 
+def test_atomic_output_fsyncs_the_file_before_moving_it_into_place(tmp_path, monkeypatch):
+    """The new file's content is fsync'ed before `os.replace` moves it over the destination,
+    and the folder after: after a crash, the destination is the old file or the whole new
+    one, never a new name over data still in the page cache (an empty or partial file)."""
+    import os
+
+    from astromorph._io import atomic_output
+
+    out = tmp_path / "t.ecsv"
+    out.write_text("old")
+    events, fsync, replace = [], os.fsync, os.replace
+
+    def fsynced(fd):
+        events.append(("fsync", os.path.isdir(f"/proc/self/fd/{fd}")
+                       or os.path.isdir(os.readlink(f"/proc/self/fd/{fd}"))))
+        return fsync(fd)
+
+    def replaced(src, dst):
+        events.append(("replace", open(src).read()))
+        return replace(src, dst)
+
+    monkeypatch.setattr(os, "fsync", fsynced)
+    monkeypatch.setattr(os, "replace", replaced)
+    with atomic_output(out, overwrite=True) as tmp:
+        tmp.write_text("new")
+    # the file (not a folder) first, then the move, then the folder
+    assert events == [("fsync", False), ("replace", "new"), ("fsync", True)]
+    assert out.read_text() == "new"
+
+
+def test_atomic_output_replaces_the_file_instead_of_writing_into_it(tmp_path):
+    """The old file is replaced by a new one (a new inode), not written over: a reader that
+    opened it before still reads the old content whole, never a mix of old and new."""
+    from astromorph._io import atomic_output
+
+    out = tmp_path / "t.ecsv"
+    out.write_text("old content")
+    with open(out) as reader:
+        before = out.stat().st_ino
+        with atomic_output(out, overwrite=True) as tmp:
+            tmp.write_text("new")
+        assert reader.read() == "old content"
+    assert out.stat().st_ino != before and out.read_text() == "new"
+
+
 def test_interrupt_while_the_temporary_folder_is_removed_leaves_nothing(tmp_path, monkeypatch):
     """Ctrl-C arriving while the private temporary folder is being removed (after the file
     was moved into place, or after a failed write) still removes it: no ``.astromorph-tmp-*``
