@@ -3372,6 +3372,18 @@ def test_catalogue_unit_strings_astropy_does_not_parse(optical_model, tmp_path):
         astromorph._annotate._size_values(tab, "R90")
 
 
+def test_size_column_without_a_unit_is_read_in_arcsec():
+    """A size column of plain numbers is in arcsec (the documented default: a catalogue's
+    R90 or Petrosian radius), not degrees, which would make stamps 3600 times too wide;
+    masked entries and text that is no number are NaN (no size)."""
+    from astromorph._annotate import _size_values
+
+    tab = Table({"r": MaskedColumn([2.0, 3.0, 4.0], mask=[False, False, True])})
+    np.testing.assert_array_equal(_size_values(tab, "r"), [2.0, 3.0, np.nan])
+    tab = Table({"r": ["1.5", "big"]})
+    np.testing.assert_array_equal(_size_values(tab, "r"), [1.5, np.nan])
+
+
 def test_ra_in_hours_of_time_is_converted(optical_model):
     """An RA column of decimal hours with the unit 'h' (an hour of time, as VizieR and
     astropy write it) used to be refused as 'not an angle'; it is hours of right

@@ -3733,6 +3733,24 @@ def test_header_keywords_too_long_for_a_card_are_named_not_dropped_silently(mode
         assert hdul[0].header["HIERARCH ASTROMORPH VERSION"] == astromorph.__version__
 
 
+def test_fits_escaped_text_columns_keep_unit_description_meta_and_mask(tmp_path):
+    """A text column rebuilt with backslash escapes for FITS (a source name with 'é') keeps
+    what the column says of itself, as the ASCII columns beside it do: its unit,
+    description, meta (a UCD) and mask."""
+    from astropy.table import MaskedColumn
+
+    from astromorph.exceptions import LossyOutputWarning
+
+    table = Table({"name": MaskedColumn(["café", "x"], mask=[False, True], unit="m",
+                                        description="source name", meta={"ucd": "meta.id"})})
+    with pytest.warns(LossyOutputWarning, match="backslash escapes"):
+        write_table(table, tmp_path / "out.fits")
+    back = Table.read(tmp_path / "out.fits")["name"]
+    assert back.info.description == "source name" and back.unit == "m"
+    assert back.info.meta == {"ucd": "meta.id"} and list(back.mask) == [False, True]
+    assert back[0] == "caf\\xe9"
+
+
 # astropy's own advice on the escaped column name (backslash u0394mag) is expected here
 @pytest.mark.filterwarnings("ignore:It is strongly recommended that column names")
 def test_fits_output_escapes_non_ascii_text_and_names_what_it_cannot_keep(tmp_path):
