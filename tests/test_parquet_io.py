@@ -684,3 +684,99 @@ def test_nat_of_an_unmasked_column_stays_unmasked(tmp_path, dtype):
     pq.write_table(pq.read_table(tmp_path / "t.parquet", columns=["p"]).replace_schema_metadata(),
                    tmp_path / "other.parquet")
     assert read_parquet(tmp_path / "other.parquet")["p"].mask.tolist() == [0, 1, 0, 0]
+
+
+def _header_file_with_nulls(tmp_path, *, vectors):
+    """A Parquet file with astropy's header (``table_meta_yaml`` and ``table::len::<name>``
+    as astropy writes them) whose text, integer, float, time and duration columns hold a
+    null each (as another tool writes them: astromorph's writer and astropy's write the
+    mask of a masked column apart, as ``<name>.mask``), so that read_parquet converts them
+    itself (`_arrow_column`); with ``vectors``, beside a vector column it reads in one piece.
+    Returns the path and the table written (before its nulls)."""
+    t = Table()
+    if vectors:
+        t["embedding"] = Column(np.arange(12, dtype=np.float32).reshape(4, 3), unit="pix",
+                                description="vector")
+    t["name"] = Column(["a", "bb", "c", "d"], dtype="U8", description="label")
+    t["code"] = Column([b"x", b"yy", b"z", b"w"], dtype="S6", description="bytes")
+    t["n"] = Column([1, 2, 3, 4], unit="km", description="count")
+    t["flux"] = Column([1.0, 2.0, 3.0, 4.0], unit="Jy", description="flux",
+                       format="{:.2f}")
+    t["dt"] = Column(np.array([1, 2, 3, 4], "m8[s]"), unit="s", description="delay")
+    t["when"] = Column(np.array([1, 2, 3, 4], "M8[ms]"), description="epoch")
+    write_table(t, tmp_path / "astromorph.parquet")
+    table = pq.read_table(tmp_path / "astromorph.parquet")
+    keys = dict(table.schema.metadata)
+    assert keys[b"table::len::name"] == b"8" and keys[b"table::len::code"] == b"6"
+    del keys[b"astromorph::unmasked_nat"]  # (another tool's file: its nulls are masked)
+    columns = []
+    for name in table.column_names:
+        values = table.column(name).to_pylist()
+        if name != "embedding":
+            values[2] = None
+        columns.append(pa.array(values, type=table.schema.field(name).type))
+    path = tmp_path / "nulls.parquet"
+    pq.write_table(pa.Table.from_arrays(columns, schema=table.schema.with_metadata(keys)),
+                   path)
+    return path, t
+
+
+@pytest.mark.parametrize("vectors", [False, True])
+def test_columns_read_here_keep_the_header(tmp_path, vectors):
+    """A column with a null cell that read_parquet converts itself gets the unit,
+    description and format astropy's header records, as astropy's reader gives them (and a
+    unit makes it a quantity, as in astropy's QTable), and a text column the width of its
+    ``table::len::<name>`` key (astropy's too), not that of its longest value; each is
+    masked where null."""
+    from astromorph._cli_annotate import _read_catalogue
+
+    path, written = _header_file_with_nulls(tmp_path, vectors=vectors)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        back = read_parquet(path)
+    assert back.colnames == written.colnames
+    for name in written.colnames:
+        col, w = back[name], written[name]
+        assert col.info.description == w.info.description, name
+        assert col.info.format == w.info.format, name
+        assert getattr(col, "unit", None) == w.unit, name
+        assert col.dtype == (np.dtype(float) if name == "n" else w.dtype), name  # (QTable)
+        assert isinstance(col, u.Quantity) == (w.unit is not None), name
+        if name != "embedding":
+            assert col.mask.tolist() == [False, False, True, False], name
+    assert back["name"].dtype == np.dtype("U8") and back["code"].dtype == np.dtype("S6")
+    assert back["name"].filled("?").tolist() == ["a", "bb", "?", "d"]
+    # what astropy's reader gives for the columns it reads (a null text cell: TypeError)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", AstropyUserWarning)
+        theirs = QTable.read(path, format="parquet",
+                             include_names=[n for n in written.colnames if n != "name"])
+    for name in theirs.colnames:
+        assert back[name].info.description == theirs[name].info.description, name
+        assert getattr(back[name], "unit", None) == getattr(theirs[name], "unit", None), name
+        assert isinstance(back[name], u.Quantity) == isinstance(theirs[name], u.Quantity)
+        assert back[name].dtype == theirs[name].dtype, name
+    assert theirs["code"].dtype == np.dtype("S6")
+    # the CLI reads it so
+    assert _read_catalogue(str(path))["name"].dtype == np.dtype("U8")
+    assert _read_catalogue(str(path))["flux"].unit == u.Jy
+
+
+def test_duration_with_a_unit_reads_as_astropy_gives_it(tmp_path):
+    """A timedelta64[s] column with unit 's' is a Quantity of dtype timedelta64[s] in
+    astropy's QTable (its reader turns a column with a unit into a Quantity whatever its
+    dtype): read_parquet gives the same, a MaskedQuantity where a cell is null (astropy:
+    NaT), and a Quantity where none is."""
+    path, written = _header_file_with_nulls(tmp_path, vectors=False)
+    back = read_parquet(path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", AstropyUserWarning)
+        theirs = QTable.read(path, format="parquet", include_names=["dt"])
+    assert type(theirs["dt"]) is u.Quantity and theirs["dt"].dtype == np.dtype("m8[s]")
+    assert isinstance(back["dt"], u.Quantity) and back["dt"].unit == theirs["dt"].unit == u.s
+    assert back["dt"].dtype == theirs["dt"].dtype and back["dt"].mask.tolist() == [0, 0, 1, 0]
+    assert np.isnat(theirs["dt"].value[2])
+    np.testing.assert_array_equal(back["dt"].unmasked.value[[0, 1, 3]],
+                                  theirs["dt"].value[[0, 1, 3]])
+    plain = read_parquet(tmp_path / "astromorph.parquet")  # (no null: as astropy)
+    assert type(plain["dt"]) is u.Quantity and plain["dt"].dtype == np.dtype("m8[s]")
