@@ -784,6 +784,34 @@ def _assert_truncated(blob, path, how, label, expected):
     assert stamp.reason == [f"truncated FITS file {path.name}: {words} file holds 1000"]
 
 
+@pytest.mark.parametrize("layout", ["primary", "extension"])
+@pytest.mark.parametrize("how", ["file", "gzip", "memmap", "bytes"])
+def test_truncated_mask_after_a_whole_image_is_truncated_as_bytes_as_a_file(
+        tmp_path, monkeypatch, layout, how):
+    """A stamp whose image is whole (in the primary HDU, or in an extension after an empty
+    primary) followed by a MASK extension (as Rubin's cutouts have) that the stream ends
+    inside of: the file is damaged, and bytes and files say so alike. A file was refused as
+    truncated, while the same bytes through `parse_fits_bytes` (alert cutouts, FITS bytes
+    cells) gave the image without a word."""
+    image = galaxy(64)
+    mask = fits.ImageHDU(np.zeros((64, 64), np.int32), name="MASK")
+    hdus = [fits.PrimaryHDU(image), mask] if layout == "primary" else \
+        [fits.PrimaryHDU(), fits.ImageHDU(image), mask]
+    fits.HDUList(hdus).writeto(tmp_path / "full.fits")
+    with fits.open(tmp_path / "full.fits") as hdul:
+        start = hdul[-1].fileinfo()["datLoc"]
+    blob = (tmp_path / "full.fits").read_bytes()[:start + 1000]
+    name = "t.fits.gz" if how == "gzip" else "t.fits"
+    (tmp_path / name).write_bytes(gzip.compress(blob) if how == "gzip" else blob)
+    if how == "memmap":
+        monkeypatch.setattr("astromorph._readers._fits._FAST_MAX_BYTES", 0)
+    label = f"HDU {len(hdus) - 1}, EXTNAME 'MASK'"
+    _assert_truncated(blob, tmp_path / name, how, label, 64 * 64 * 4)
+    if how == "bytes":  # the gzipped bytes too
+        with pytest.raises(ValueError, match=f"^truncated FITS data: the header of {label}"):
+            parse_fits_bytes(gzip.compress(blob))
+
+
 @pytest.mark.parametrize("how", ["file", "gzip", "bytes"])
 def test_truncated_primary_reason_is_worded_as_an_extensions(tmp_path, how):
     """A single-image FITS file cut short inside its data, read by the fast reader, said

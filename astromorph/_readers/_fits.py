@@ -530,7 +530,8 @@ def _fast_fits(buf, *, primary_only, want_scale):
     a BITPIX or NAXIS it does not read, random groups, tile compression, a WCS that needs
     astropy): the caller then uses astropy. ``get(key, default=None)`` reads the primary
     header's values (parsed, `_card_value`); its ``keys()`` lists the keywords present.
-    Raises `ValueError` for a truncated file.
+    Raises `ValueError` for a truncated file (`_TruncatedData`: also where the primary
+    image is whole but an HDU after it is not, with ``primary_only``).
     """
     cards, keys, end = _parse_header(buf, 0)
     if not keys or keys[0] != "SIMPLE" or _card_value(cards["SIMPLE"]) is not True:
@@ -554,6 +555,12 @@ def _fast_fits(buf, *, primary_only, want_scale):
     padded = _padded(nbytes)
     if len(buf) < end + nbytes:
         raise _TruncatedData("HDU 0", nbytes, len(buf) - end)
+    if primary_only and len(buf) > end + padded:
+        # the extensions after it are not read (MASK, UNCERT, ...), but one that the stream
+        # ends inside of means a damaged file, refused as `read_fits` refuses it
+        truncated = truncated_data(_buffer_reader(buf), start=end + padded, first=1)
+        if truncated:
+            raise _TruncatedData(*truncated)
     if not primary_only and len(buf) > end + padded and (
             get("EXTEND") is True or buf.startswith(b"SIMPLE  =", end + padded)) \
             and not _auxiliary_only(buf, end + padded):
@@ -751,13 +758,15 @@ def malformed_header(read, max_hdus=_MAX_HDUS):
     return None
 
 
-def truncated_data(read, max_hdus=_MAX_HDUS):
+def truncated_data(read, max_hdus=_MAX_HDUS, *, start=0, first=0):
     """The first HDU of a FITS stream whose data run past its end, or None: ``(label, size,
     held)``, its `_hdu_label`, the bytes of data its header gives and the bytes that follow
     the header. ``read(offset, n)`` as for `malformed_header`, whose walk over the HDUs this
-    is; None too where a header is malformed or cut short (that is said otherwise)."""
-    pos = 0
-    for i in range(max_hdus):
+    is; None too where a header is malformed or cut short (that is said otherwise).
+    ``start``: the byte at which the walk begins, that of HDU ``first`` (after HDUs already
+    read whole)."""
+    pos = start
+    for i in range(first, max_hdus):
         try:
             cards, keys, pos = _read_header(read, pos)
         except ValueError:
@@ -1493,6 +1502,11 @@ def _read_fits_buffer(buf, source, path, *, want_scale, triplet_hint):
         problem = malformed_header(_buffer_reader(buf))
         if problem:
             return _refused(source, path, _malformed(problem, name)), None
+        # astropy does not read the data of HDUs skipped (MASK, UNCERT), and warns of a
+        # stream that ends inside them only where it is an uncompressed file
+        truncated = truncated_data(_buffer_reader(buf))
+        if truncated:
+            raise _TruncatedData(*truncated)
     except _TruncatedData as exc:  # worded as astropy's reader words it (`_unreadable`)
         return _refused(source, path, _truncated(*exc.parts, name)), None
     except ValueError as exc:
@@ -1629,8 +1643,9 @@ def parse_fits_bytes(blob, *, want_scale=True, return_facts=False):
     not).
 
     Uses a fast parser for simple images (primary HDU with data; trailing
-    extensions such as Rubin's ``MASK``/``UNCERT`` are ignored) and astropy
-    otherwise (first image HDU with data). A Stokes cube is reduced to its Stokes I plane
+    extensions such as Rubin's ``MASK``/``UNCERT`` are ignored, but a stamp
+    that ends inside one is refused as truncated, as `read_fits` refuses a
+    file of it) and astropy otherwise (first image HDU with data). A Stokes cube is reduced to its Stokes I plane
     (`stokes_i`), as `read_fits` reduces a file.
 
     With ``return_facts``, what the stamp's header says of its restoring beam, pixel unit
@@ -1690,6 +1705,11 @@ def parse_fits_bytes(blob, *, want_scale=True, return_facts=False):
             raise ValueError(_unreadable(exc, _buffer_reader(blob))) from exc
         if data is None:
             raise ValueError(why or "no image data in stamp")
+        # the HDUs after the one read (MASK, UNCERT, ...) are not read: one that the stream
+        # ends inside of means a damaged stamp, refused as `read_fits` refuses a file of it
+        truncated = truncated_data(_buffer_reader(blob))
+        if truncated:
+            raise _TruncatedData(*truncated)
     data = _squeeze(data)
     if data.ndim != 2:
         raise ValueError(f"stamp has shape {data.shape}, not a 2-D image")
