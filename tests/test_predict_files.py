@@ -1605,6 +1605,44 @@ def test_avro_header_with_a_negative_length_is_corrupt_not_a_hang(models, tmp_pa
     assert stamp.flags == Flag.BAD_INPUT and "corrupt Avro header" in stamp.reason[0]
 
 
+def _zigzag(n):
+    """Avro's encoding of the long ``n``: zig-zag, then a base-128 varint."""
+    n, out = (n << 1) ^ (n >> 63), bytearray()
+    while n > 0x7F:
+        out.append(n & 0x7F | 0x80)
+        n >>= 7
+    return bytes(out + bytes([n]))
+
+
+def test_avro_header_map_block_with_a_negative_count_reads_as_the_usual_one(tmp_path):
+    """The Avro spec lets a map block give its count negated, followed by the block's size in
+    bytes (fastavro never writes one): a packet file whose header metadata is such a block
+    reads as the same file written with a positive count."""
+    pytest.importorskip("fastavro")
+    data = _multi_block_avro(tmp_path / "plain.avro", [ztf_alert(100 + i) for i in range(2)])
+    from astromorph._readers._alerts import _avro_header
+
+    meta, sync, end = _avro_header(data)
+    entries = b"".join(_zigzag(len(k)) + k.encode() + _zigzag(len(v)) + v
+                       for k, v in meta.items())
+    # the positive-count header as rebuilt here is the file's own: the layout is known
+    assert b"Obj\x01" + _zigzag(len(meta)) + entries + b"\x00" + sync == data[:end]
+    header = b"Obj\x01" + _zigzag(-len(meta)) + _zigzag(len(entries)) + entries + b"\x00"
+    (tmp_path / "negative.avro").write_bytes(header + data[end - 16:])
+    plain, negative = read_file(tmp_path / "plain.avro"), read_file(tmp_path / "negative.avro")
+    assert [s.source for s in negative] == ["100", "101"] and not any(s.flags for s in negative)
+    for a, b in zip(plain, negative):
+        np.testing.assert_array_equal(a.data, b.data)
+    # a block of one entry each, the first negative: several blocks are read on to the 0
+    k, v = next(iter(meta.items()))
+    one = _zigzag(len(k)) + k.encode() + _zigzag(len(v)) + v
+    rest = entries[len(one):]
+    header = (b"Obj\x01" + _zigzag(-1) + _zigzag(len(one)) + one
+              + _zigzag(len(meta) - 1) + rest + b"\x00")
+    (tmp_path / "blocks.avro").write_bytes(header + data[end - 16:])
+    assert [s.source for s in read_file(tmp_path / "blocks.avro")] == ["100", "101"]
+
+
 def _block_starts(data):
     """Byte offsets of the blocks of an Avro file: each follows a copy of the header's sync
     marker (the file's last 16 bytes)."""
