@@ -1645,8 +1645,9 @@ def parse_fits_bytes(blob, *, want_scale=True, return_facts=False):
     Uses a fast parser for simple images (primary HDU with data; trailing
     extensions such as Rubin's ``MASK``/``UNCERT`` are ignored, but a stamp
     that ends inside one is refused as truncated, as `read_fits` refuses a
-    file of it) and astropy otherwise (first image HDU with data). A Stokes cube is reduced to its Stokes I plane
-    (`stokes_i`), as `read_fits` reduces a file.
+    file of it) and astropy otherwise (first image HDU with data). A Stokes
+    cube is reduced to its Stokes I plane (`stokes_i`), as `read_fits`
+    reduces a file.
 
     With ``return_facts``, what the stamp's header says of its restoring beam, pixel unit
     and saturation level (`header_facts`, the primary header's where the image is an
