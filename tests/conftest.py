@@ -13,6 +13,18 @@ REPO = Path(__file__).resolve().parents[1]
 DATA_DIR = Path(os.environ.get("ASTROMORPH_DATA", REPO.parent / "shared" / "data"))
 
 
+def traced_peak(run):
+    """``run()`` and the peak of the memory traced while it ran (bytes)."""
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        out = run()
+        return out, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
 @pytest.fixture
 def tiny_model_dir(tmp_path):
     """A models directory holding one model, ``tiny``; registry pointed at it."""

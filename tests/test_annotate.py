@@ -4278,10 +4278,7 @@ def test_annotate_dask_sends_each_partition_its_tiles(optical_model, tmp_path, m
             out = astromorph.annotate_dask(cat, images, model=str(optical_model.path),
                                            partition_size=8, scheduler=scheduler)
         assert out.colnames == ref.colnames and out.meta == ref.meta
-        for name in ref.colnames:
-            np.testing.assert_array_equal(np.ma.getdata(out[name]), np.ma.getdata(ref[name]))
-            np.testing.assert_array_equal(np.ma.getmaskarray(out[name]),
-                                          np.ma.getmaskarray(ref[name]))
+        _assert_same_values(out, ref, ref.colnames)
     flags = np.asarray(ref["opt_flags"])
     for flag in (Flag.OFF_IMAGE, Flag.BAD_INPUT, Flag.EDGE) + (
             (Flag.MISSING_BAND,) if how == "dict" else ()):
@@ -4433,10 +4430,7 @@ def test_annotate_dask_sends_rotated_tiles_to_the_sources_at_their_corners(optic
     # 5 of the 10 one-source partitions hold no source on the images; the table does
     assert not [w for w in given if "no source lies" in str(w.message)]
     assert out.colnames == ref.colnames and out.meta == ref.meta
-    for name in ref.colnames:
-        np.testing.assert_array_equal(np.ma.getdata(out[name]), np.ma.getdata(ref[name]))
-        np.testing.assert_array_equal(np.ma.getmaskarray(out[name]),
-                                      np.ma.getmaskarray(ref[name]))
+    _assert_same_values(out, ref, ref.colnames)
 
 
 def test_annotate_dask_sends_all_sky_and_wide_tiles_to_every_partition():
@@ -4529,9 +4523,7 @@ def test_annotate_dask_share_of_tiles_keeps_annotates_result(optical_model, tmp_
                 np.testing.assert_array_equal(a.deg, b.deg)
             continue
         assert out[name].dtype == ref[name].dtype, name
-        np.testing.assert_array_equal(np.ma.getdata(out[name]), np.ma.getdata(ref[name]))
-        np.testing.assert_array_equal(np.ma.getmaskarray(out[name]),
-                                      np.ma.getmaskarray(ref[name]))
+        _assert_same_values(out, ref, [name])
     if len(cat):
         flags = np.asarray(ref["opt_flags"])
         assert np.any(flags & Flag.OFF_IMAGE)
@@ -4576,13 +4568,19 @@ def test_annotate_dask_takes_a_model_object(optical_model, tmp_path):
         astromorph.annotate_dask(cat, str(tmp_path / "img.fits"), model=3)
 
 
+def _assert_same_values(out, ref, names):
+    """The columns ``names`` of ``out`` hold ``ref``'s values and masks."""
+    for name in names:
+        np.testing.assert_array_equal(np.ma.getdata(out[name]), np.ma.getdata(ref[name]))
+        np.testing.assert_array_equal(np.ma.getmaskarray(out[name]),
+                                      np.ma.getmaskarray(ref[name]))
+
+
 def _assert_same_table(out, ref):
     assert out.colnames == ref.colnames and out.meta == ref.meta
     for name in ref.colnames:
         assert out[name].dtype == ref[name].dtype, name
-        np.testing.assert_array_equal(np.ma.getdata(out[name]), np.ma.getdata(ref[name]))
-        np.testing.assert_array_equal(np.ma.getmaskarray(out[name]),
-                                      np.ma.getmaskarray(ref[name]))
+    _assert_same_values(out, ref, ref.colnames)
 
 
 def test_annotate_dask_groups_a_shuffled_catalogue_by_tile(optical_model, tmp_path,
@@ -4815,10 +4813,7 @@ def test_tile_compressed_mosaic_is_decompressed_one_tile_at_a_time(optical_model
     out = astromorph.annotate(cat, packed, model=optical_model, threads=1)
     assert whole == [0, 0, 0, 0]  # each tile once, none held when the next is read
     assert out["opt_flags"][0] == 0 and out["opt_flags"][-1] == Flag.OFF_IMAGE
-    for name in out.colnames:
-        np.testing.assert_array_equal(np.ma.getmaskarray(out[name]),
-                                      np.ma.getmaskarray(expected[name]))
-        np.testing.assert_array_equal(np.ma.getdata(out[name]), np.ma.getdata(expected[name]))
+    _assert_same_values(out, expected, out.colnames)
 
 
 def test_gzipped_mosaic_is_decompressed_one_tile_at_a_time(optical_model, tmp_path,
@@ -4879,10 +4874,7 @@ def test_gzipped_mosaic_is_decompressed_one_tile_at_a_time(optical_model, tmp_pa
     assert [len(refs) for refs in pixels.values()] == [1, 1, 1, 1]  # each decompressed once
     assert max(held) == 0, held  # no other tile's pixels held while one is cut
     assert out["opt_flags"][0] == 0 and out["opt_flags"][-1] == Flag.OFF_IMAGE
-    for name in out.colnames:
-        np.testing.assert_array_equal(np.ma.getmaskarray(out[name]),
-                                      np.ma.getmaskarray(expected[name]))
-        np.testing.assert_array_equal(np.ma.getdata(out[name]), np.ma.getdata(expected[name]))
+    _assert_same_values(out, expected, out.colnames)
 
 
 def test_mosaic_of_another_band_is_decompressed_one_tile_at_a_time(optical_model, tmp_path,
@@ -4931,10 +4923,7 @@ def test_mosaic_of_another_band_is_decompressed_one_tile_at_a_time(optical_model
     assert {name.rsplit("/")[-1]: im.decompressions for name, im in seen.items()
             if im.band != "i"} == {"g0.fits.fz[1]": 1, "r0.fits.gz[0]": 1, "r70.fits.gz[0]": 1}
     assert max(held) == 1, held  # one r tile's pixels in hand at a time
-    for name in out.colnames:
-        np.testing.assert_array_equal(np.ma.getmaskarray(out[name]),
-                                      np.ma.getmaskarray(expected[name]))
-        np.testing.assert_array_equal(np.ma.getdata(out[name]), np.ma.getdata(expected[name]))
+    _assert_same_values(out, expected, out.colnames)
 
 
 @pytest.mark.parametrize("how", ["ZIP_STORED", "ZIP_DEFLATED"])
@@ -5025,10 +5014,7 @@ def test_memory_mapped_mosaic_holds_one_converted_tile_at_a_time(optical_model, 
     gc.collect()
     assert not any(ref() is not None for ref in copies)
     assert out["opt_flags"][-1] == Flag.OFF_IMAGE
-    for name in out.colnames:
-        np.testing.assert_array_equal(np.ma.getmaskarray(out[name]),
-                                      np.ma.getmaskarray(expected[name]))
-        np.testing.assert_array_equal(np.ma.getdata(out[name]), np.ma.getdata(expected[name]))
+    _assert_same_values(out, expected, out.colnames)
 
 
 def test_whole_image_copies_are_let_go_after_the_last_source(monkeypatch):

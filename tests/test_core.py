@@ -22,7 +22,7 @@ from astromorph.exceptions import (AmbiguousInputWarning, ChecksumMismatchError,
 from astropy.utils.exceptions import AstropyUserWarning
 from astropy.table import Table
 
-from conftest import REPO, cuda_available
+from conftest import REPO, cuda_available, traced_peak
 from tiny_models import make_card, sha256, tiny_classifier_onnx
 
 
@@ -662,19 +662,16 @@ def test_masked_array_rows_named_without_copying(tiny_registry):
     mask, without first copying the whole input to float32 twice (2.2 GB traced for a
     246 MB uint8 input of 20000 rows before the fix, which then named only the rows of the
     first batch holding one)."""
-    import tracemalloc
-
     x = np.ma.masked_array(np.zeros((2000, 2, 4, 4), np.uint8), mask=False)
     x[3, 1, 0, 0] = np.ma.masked
     x[1999, 0, 2, 2] = np.ma.masked
     model = astromorph.load_model("tiny")
-    tracemalloc.start()
-    try:
+
+    def refused():
         with pytest.raises(InputError, match=r"masked pixels in input row\(s\) 3, 1999;"):
             model.predict(x, batch_size=100)
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
+
+    _, peak = traced_peak(refused)
     assert peak < x.data.nbytes  # no float copy of the input (one is 4 times its size)
 
 

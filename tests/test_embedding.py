@@ -25,7 +25,7 @@ from astropy.table import MaskedColumn, QTable, Table
 import astropy.units as u
 
 import astromorph
-from conftest import shipped_torch_module
+from conftest import shipped_torch_module, traced_peak
 from astromorph import GaussianMixture, LabelHead, SimilarityIndex, cluster_table
 from astromorph._io import write_table
 from astromorph.cli import main
@@ -2093,18 +2093,6 @@ def test_heads_and_mixtures_predict_no_rows_as_no_rows():
         head.predict([[]])
     with pytest.raises(InvalidArgumentError, match=r"5 dimensions.* 8"):
         gmm.predict(np.empty((0, 5)))
-
-
-def traced_peak(run):
-    """``run()`` and the peak of the memory traced while it ran (bytes)."""
-    import tracemalloc
-
-    tracemalloc.start()
-    try:
-        out = run()
-        return out, tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
 
 
 def test_heads_and_mixtures_make_no_float64_copy_of_a_float32_table():

@@ -10,6 +10,7 @@ import pytest
 
 from astromorph.preprocessing import _radio as radio
 from astromorph.preprocessing._checks import invalid_pixels, real_array
+from conftest import traced_peak
 
 
 def reference_rms(image, sigma=3.0, maxiters=10):
@@ -374,16 +375,9 @@ def test_dataset_image_widens_only_the_window_kept():
     """`preprocess_dataset_image` takes the central window of the 8-bit images before it
     widens them to float32 (a float32 copy of a whole batch of 300-pixel images was the
     largest array of annotate's radio path); the same network input."""
-    import tracemalloc
-
     grey = np.random.default_rng(8).integers(0, 256, (40, 300, 300), dtype=np.uint8)
     want = radio.preprocess_dataset_image(grey.astype(np.float32))
-    tracemalloc.start()
-    try:
-        got = radio.preprocess_dataset_image(grey)
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
+    got, peak = traced_peak(lambda: radio.preprocess_dataset_image(grey))
     np.testing.assert_array_equal(got, want)
     assert peak < grey.size * 4 / 2  # (the float32 windows kept: 18 % of that size)
 
@@ -392,8 +386,6 @@ def test_radio_input_writes_into_scratch_stamps_only():
     """Stamps marked scratch (annotate's, not read again) get their invalid pixels set to
     NaN in place: no copy of the batch (peak traced memory lower by at least its size);
     the same network input, flags and levels as from a copy."""
-    import tracemalloc
-
     from astromorph._adapters import RawStamps, _radio_input
 
     card = {"name": "radio-test", "input": {}}
@@ -403,12 +395,10 @@ def test_radio_input_writes_into_scratch_stamps_only():
     peaks, outs = [], []
     for scratch in (False, True):
         data = images[:, None].copy()
-        tracemalloc.start()
-        try:
-            outs.append(_radio_input(RawStamps("bands", data, scratch=scratch), card))
-            peaks.append(tracemalloc.get_traced_memory()[1])
-        finally:
-            tracemalloc.stop()
+        out, peak = traced_peak(
+            lambda: _radio_input(RawStamps("bands", data, scratch=scratch), card))
+        outs.append(out)
+        peaks.append(peak)
         if scratch:
             np.testing.assert_array_equal(data[:, 0], np.where(invalid_pixels(images),
                                                                np.float32(np.nan), images))
