@@ -591,10 +591,13 @@ def test_two_triplet_members_named_are_a_triplet_missing_its_third(tmp_path):
     cube = fits.PrimaryHDU(np.stack([plane, plane]))
     cube.header["PLANE1"], cube.header["PLANE2"] = "SCI", "DIFF"
     cube.writeto(tmp_path / "cube.fits")
-    for name, lacking in (("mef.fits", "difference"), ("cube.fits", "reference")):
+    for name, lacking, keyword in (("mef.fits", "difference", "EXTNAME"),
+                                   ("cube.fits", "reference", "PLANEi")):
         (stamp,) = read_file(tmp_path / name)
         assert stamp.flags == Flag.MISSING_BAND and stamp.kind is None, name
         assert stamp.reason[0].startswith(f"no {lacking} image"), stamp.reason
+        # the reason names the keyword that named the members, not EXTNAME for a cube
+        assert f"come from {keyword} SCIENCE" in stamp.reason[0], stamp.reason
 
 
 def test_cube_plane_names_read_bandi_before_filteri(tmp_path):

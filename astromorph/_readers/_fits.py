@@ -979,12 +979,14 @@ def _squeeze(data):
 
 
 def _plane_names(header, n):
-    """Per-plane names of a cube from BANDi / FILTERi / PLANEi keywords."""
+    """Per-plane names of a cube from BANDi / FILTERi / PLANEi / EXTNAMEi keywords (the
+    first of these stems that names any plane), and that keyword as ``"PLANEi"`` (None
+    where none names a plane)."""
     for stem in ("BAND", "FILTER", "PLANE", "EXTNAME"):
         names = [header.get(f"{stem}{i}") for i in range(1, n + 1)]
         if any(names):
-            return [None if v is None else str(v) for v in names]
-    return [None] * n
+            return [None if v is None else str(v) for v in names], f"{stem}i"
+    return [None] * n, None
 
 
 def _triplet_order(names):
@@ -1284,13 +1286,14 @@ def _stamps_from_array(source, path, data, header_get, scale, header_hdu, triple
                         scale, header_hdu=header_hdu,
                         quantum=None if steps is None else steps.reshape(1))]
     elif data.ndim == 3:
-        stamps = [_planes_stamp(source, path, data, _plane_names(header, data.shape[0]), scale,
-                                header_hdu, triplet_hint, quanta=steps)]
+        names, keyword = _plane_names(header, data.shape[0])
+        stamps = [_planes_stamp(source, path, data, names, scale, header_hdu, triplet_hint,
+                                quanta=steps, keyword=keyword)]
     elif data.ndim == 4:
-        names = _plane_names(header, data.shape[1])
+        names, keyword = _plane_names(header, data.shape[1])
         stamps = [_planes_stamp(f"{source}[{i}]", path, stamp, names, scale, header_hdu,
                                 triplet_hint, index=i, quanta=None if steps is None else
-                                steps[i] if steps[i].any() else None)
+                                steps[i] if steps[i].any() else None, keyword=keyword)
                   for i, stamp in enumerate(data)]
     else:
         return _refused(source, path, f"image of shape {data.shape} is not a 2-D image, a 3-D "
@@ -1340,21 +1343,22 @@ def _lenient(header):
 
 
 def _planes_stamp(source, path, planes, names, scale, header_hdu, triplet_hint, index=None,
-                  quanta=None):
+                  quanta=None, keyword=None):
     """The stamp of the planes of a cube: a triplet where their ``names`` name its members
     (`_is_triplet`), else bands named by `normalise_band`; ``quanta``: the quantisation step
-    of each plane (`Stamp.quantum`), or None."""
+    of each plane (`Stamp.quantum`), or None; ``keyword``: the header keyword that gave
+    the names (`_plane_names`)."""
     order = _triplet_order(names)
     if _is_triplet(order, triplet_hint):
         return _triplet_stamp(source, path, list(planes), order, scale, header_hdu, index,
-                              quanta=quanta)
+                              quanta=quanta, keyword=keyword)
     bands = tuple(normalise_band(n) for n in names)
     return Stamp(source, path, "bands", planes, bands, scale, header_hdu=header_hdu, index=index,
                  quantum=quanta)
 
 
 def _triplet_stamp(source, path, planes, order, scale, header_hdu, index=None, empty=None,
-                   scales=None, levels=None, quanta=None):
+                   scales=None, levels=None, quanta=None, keyword="EXTNAME"):
     """The triplet stamp of ``planes`` whose member indices are ``order`` (the first plane
     of each role is used), or a stamp flagged `MISSING_BAND` or `BAD_INPUT`.
 
@@ -1363,7 +1367,9 @@ def _triplet_stamp(source, path, planes, order, scale, header_hdu, index=None, e
     of each of ``planes`` (one HDU each), where they may differ; ``scale`` is then unused.
     ``levels``: the saturation level of each of ``planes`` (`saturation_of_header`; None
     where its header gives none), where they come from headers of their own. ``quanta``:
-    the quantisation step of each of ``planes`` (`Stamp.quantum`), or None."""
+    the quantisation step of each of ``planes`` (`Stamp.quantum`), or None. ``keyword``:
+    the header keyword that names the members, ``EXTNAME`` of HDUs or a cube's ``PLANEi``
+    (`_plane_names`), named when a member is missing."""
     stamp = Stamp(source, path, header_hdu=header_hdu, index=index, pixel_scale=scale)
     chosen, member_scales, member_levels = [None, None, None], [scale] * 3, [None] * 3
     member_quanta = [0.0] * 3
@@ -1378,7 +1384,8 @@ def _triplet_stamp(source, path, planes, order, scale, header_hdu, index=None, e
         why = [(empty or {}).get(i) for i in missing]
         return stamp.flag(Flag.MISSING_BAND, f"no {' or '.join(_MEMBERS[i] for i in missing)} "
                           "image" + "".join(f": {w}" for w in why if w)
-                          + " (triplet members come from EXTNAME SCIENCE/REFERENCE/DIFFERENCE)")
+                          + f" (triplet members come from {keyword} "
+                          "SCIENCE/REFERENCE/DIFFERENCE)")
     shapes = {c.shape for c in chosen}
     if len(shapes) > 1:
         return stamp.flag(Flag.BAD_INPUT, f"triplet members differ in shape: "
