@@ -4382,6 +4382,29 @@ def _flat_triplet(n=63):
     t[1] = 200.0  # a flat reference (a masked or filled template)
     return t
 
+def test_lossily_compressed_bands_beyond_gri_keep_the_steps_of_the_gri_planes(models, tmp_path):
+    """Five lossily compressed bands (u, g, r, i, z, one quantised HDU each: a quantisation
+    step per band) are scored on their g, r, i planes with those planes' steps, as the same
+    three planes in a file of their own: the steps of u and z are dropped with their planes
+    (were they kept, five steps for three planes)."""
+    hdus = [fits.PrimaryHDU()]
+    for k, band in enumerate("ugriz"):
+        hdu = fits.CompImageHDU(galaxy(64, seed=k) * (k + 1), compression_type="RICE_1",
+                                quantize_level=4)
+        hdu.header["FILTER"] = band
+        hdus.append(hdu)
+    fits.HDUList(hdus).writeto(tmp_path / "ugriz.fits")
+    (stamp,) = read_file(tmp_path / "ugriz.fits")
+    assert stamp.bands == tuple("ugriz") and len(stamp.quantum) == 5
+    write_mef(tmp_path / "gri.fits", stamp.data[1:4], list("gri"))
+    table = astromorph.predict_files("morphology", [tmp_path / "ugriz.fits", tmp_path / "gri.fits"],
+                                     progress=False)
+    assert table["morph_flags"][0] == table["morph_flags"][1]
+    assert not table["morph_flags"][0] & Flag.unusable()
+    assert table["reason"][0] == table["reason"][1]
+    np.testing.assert_allclose(table["morph_p_red"][0], table["morph_p_red"][1], rtol=1e-6)
+
+
 
 @pytest.mark.parametrize("case", ["triplet", "triplet_resampled", "optical_stack",
                                   "radio_stack"])

@@ -1383,6 +1383,24 @@ def test_rows_of_different_pixel_pairs_are_never_scored_as_one_group(rb, layout)
     assert list(out["rb_score"].mask) == [False, True, False, False, False]
 
 
+def test_every_row_of_a_group_that_cannot_be_preprocessed_says_why(rb):
+    """A group of rows that preprocessing refuses as a whole (here: two rows whose pixel
+    pair knows one axis only, scored together) is retried row by row, so that each row,
+    not only the group's first, is flagged with its own reason; the rows of other groups
+    are scored."""
+    x = _triplets(3, size=131, seed=24)
+    scale = np.array([[np.nan, 0.75], [0.5, 0.5], [np.nan, 0.75]])
+    with pytest.warns(UnusableInputWarning):
+        out = astromorph.annotate_stamps(Table({"triplet": x, "scale": scale}), model=rb,
+                                         pixel_scale="scale")
+    assert list(out["rb_flags"]) == [Flag.BAD_INPUT, 0, Flag.BAD_INPUT]
+    assert list(out["rb_score"].mask) == [True, False, True]
+    for i in (0, 2):
+        assert out["rb_reason"][i].startswith("cannot be preprocessed: "), out["rb_reason"][i]
+        assert "nan" in out["rb_reason"][i]
+    assert out["rb_reason"][0] == out["rb_reason"][2]
+
+
 def test_a_pixel_pair_from_fits_cells_and_a_given_pair_agree(rb):
     """FITS bytes whose WCS gives pixels of 0.5" by 0.75" carry the pair (scale_y, scale_x)
     through a stamp table as through files, and a ``pixel_scale`` pair given for the same
