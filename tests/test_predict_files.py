@@ -3508,6 +3508,24 @@ def test_cli_predict(models, tmp_path, capsys):
     assert "ASTROMORPH REAL-BOGUS SCORE" in fits.getheader(hdr / "t1.fits")
 
 
+def test_cli_predict_summary_counts_scored_flagged_and_unusable_rows(models, tmp_path, capsys):
+    """The summary line counts each kind of row: of three stamps, one with NaN pixels
+    (flagged, scored), one that is no FITS file (flagged, unusable) and a clean one, two
+    are scored, two flagged and one unusable."""
+    write_fits(tmp_path / "a.fits", triplet(seed=0))
+    blank = triplet(seed=1)
+    blank[:, :20] = np.nan
+    write_fits(tmp_path / "b.fits", blank)
+    (tmp_path / "c.fits").write_bytes(b"not a FITS file")
+    assert cli.main(["predict", "real-bogus", str(tmp_path), "-o", str(tmp_path / "s.ecsv"),
+                     "--no-progress"]) == 0
+    table = Table.read(tmp_path / "s.ecsv")
+    assert [bool(f & Flag.unusable()) for f in table["rb_flags"]] == [False, False, True]
+    assert table["rb_flags"][1] != 0
+    assert "3 row(s), model real-bogus 0.0.1: 2 scored, 2 flagged, 1 unusable" \
+        in capsys.readouterr().err
+
+
 def test_cli_prints_each_warning_once(models, tmp_path):
     # astropy's logger prints AstropyUserWarnings itself; the command's root log handler
     # printed them a second time ("WARNING astropy: ...")
@@ -3608,6 +3626,20 @@ def test_duplicate_alert_ids_keep_every_row_and_warn_once(models, tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error", DuplicateSourceWarning)  # distinct ids: no warning
         quiet(astromorph.predict_files, "real-bogus", tmp_path / "b.avro")
+
+
+def test_duplicate_source_warning_lists_repeated_ids_in_table_order():
+    """The warning names the repeated ids in the order the table first gives them (the
+    first five), not sorted: the ids a user meets first in the table are those named."""
+    from astromorph._predict import warn_duplicates
+
+    sources = ["z9", "a1", "q5", "z9", "m3", "a1", "q5", "b2", "b2", "k7", "k7", "m3", "c0",
+               "c0"]
+    with pytest.warns(DuplicateSourceWarning) as caught:
+        warn_duplicates(sources)
+    (message,) = [str(w.message) for w in caught]
+    assert "7 source id(s) repeat, in 14 rows: 'z9' (2 rows), 'a1' (2 rows), 'q5' (2 rows), " \
+        "'m3' (2 rows), 'b2' (2 rows)" in message, message
 
 
 def test_band_hdu_without_data_is_named_as_empty(models, tmp_path):
