@@ -25,7 +25,8 @@ from .preprocessing._checks import axis_scales
 from .exceptions import InputError, ModelCardError
 from .preprocessing._checks import SENTINEL
 
-__all__ = ["RawStamps", "BlankMeasure", "ConstantMeasure", "RadioMeasure", "prepare",
+__all__ = ["RawStamps", "BlankMeasure", "ConstantMeasure", "RadioMeasure", "FirstGrid",
+           "first_grid_stamps", "radio_first_grid", "prepare",
            "model_family", "multidimensional_outputs", "result_columns", "BLANK_THRESHOLD",
            "model_angular_grid", "fixed_field"]
 
@@ -82,6 +83,10 @@ class RawStamps:
     #: (`Flag.CONSTANT`; triplets resampled onto the model's grid, averaging blocks of the
     #: stamp's pixels: `astromorph._cutouts._block_quantum` of it).
     quantum: object = None
+    #: Radio only: the stamps of ``data`` were brought to the FIRST grid stamp by stamp
+    #: (`radio_first_grid`): what was found on their native pixels (a `FirstGrid`), else
+    #: None.
+    first: object = None
 
     def __post_init__(self):
         if self.kind not in ("colour", "bands", "triplet"):
@@ -421,22 +426,46 @@ def _unmeasured(n):
     return np.full(n, np.nan), np.full((n, 4), np.nan)
 
 
-def _radio_input(raw, card):
+@dataclass
+class FirstGrid:
+    """Radio stamps already brought to the FIRST grid (`radio_first_grid`): the first part
+    of `_radio_input`, made stamp by stamp as `astromorph.predict_files` reads them, so that
+    a batch holds its FIRST-grid images instead of its native stamps (a 1201^2 cutout of
+    0.5" pixels is 16 times its 300^2 FIRST-grid image). `RawStamps.data` holds the images,
+    ``(N, 1, 300, 300)``."""
+
+    #: ``(N,)`` int32: the rows' flags from their native pixels (`RawStamps.flags` and
+    #: invalid pixels, constant images, the field, the pixels and the beam).
+    flags: np.ndarray
+    #: ``(N,)`` bool: the rows smoothed to FIRST's beam (`RawStamps.smoothed`), or None
+    #: (``beam_shape`` None).
+    smoothed: object
+    #: ``(N,)`` bool: the rows smoothed on their own pixels before they were sampled on the
+    #: FIRST grid (not smoothed again on it).
+    native: np.ndarray
+
+
+def _radio_input(raw, card, *, caches=None):
     """The radio network input of ``raw``, its flags (all but OUT_OF_DISTRIBUTION) and, per
     row, its background in units of the noise (`background_significance` of the data-set
     window on the FIRST grid; NaN for 8-bit and colour images, whose background the data-set
     scaling has removed), which `_radio` compares with `MAX_BACKGROUND_SIGMA` and
     `MIN_BACKGROUND_SIGMA`, and those of the strips along its edges (``(N, 4)``,
-    `_radio._edge_levels`; NaN where not measured)."""
+    `_radio._edge_levels`; NaN where not measured). ``raw.first``: the stamps are on the
+    FIRST grid already (`FirstGrid`); ``caches``: `_native_to_first_grid`'s."""
     from .preprocessing import _radio as rad
 
+    options = dict(card["input"].get("preprocessing_options") or {})
+    if raw.first is not None:  # (brought to the FIRST grid by `radio_first_grid`)
+        raw.smoothed = raw.first.smoothed
+        return _radio_first_grid_input(raw, np.asarray(raw.data)[:, 0],
+                                       raw.first.flags.copy(), raw.first.native, options)
     flags = raw.flags.copy()
     # a beam much coarser than FIRST's blurs the structure the model classifies, whatever
     # the pixel grid it was brought to (NVSS or RACS images on the FIRST grid)
     flags |= np.where(np.broadcast_to(coarse_beam(raw.beam), flags.shape),
                       int(Flag.EXTRAPOLATED), 0).astype(flags.dtype)
     data = np.asarray(raw.data)
-    options = dict(card["input"].get("preprocessing_options") or {})
     if raw.kind == "colour":  # data-set style 8-bit grey PNG/JPEG
         flags = _flag_upsampled(flags, *data.shape[1:3], rad.DATASET_IMAGE_PIXELS, 1.0)
         if data.dtype.kind == "f":  # display values, NaN where masked (tables' masked cells)
@@ -452,6 +481,51 @@ def _radio_input(raw, card):
         flags = _flag_upsampled(flags, *data.shape[2:], rad.DATASET_IMAGE_PIXELS, 1.0)
         return rad.preprocess_dataset_image(data[:, 0], **options), \
             _flag_constant(data, flags), *_unmeasured(len(data))
+    images, flags, native = _radio_to_first_grid(raw, data, flags, caches=caches)
+    return _radio_first_grid_input(raw, images, flags, native, options)
+
+
+def first_grid_stamps(kind, dtype, shape, pixel_scale):
+    """Would `_radio_input` bring radio stamps of ``kind``, ``dtype``, ``shape`` (one
+    stamp's, ``(1, H, W)``) and ``pixel_scale`` (one value or ``(scale_y, scale_x)``, or
+    None: unknown) to the FIRST grid (`radio_first_grid` can then do it stamp by stamp)?"""
+    from .preprocessing import _radio as rad
+
+    if kind != "bands" or len(shape) != 3 or shape[0] != 1 or pixel_scale is None \
+            or np.dtype(dtype) == np.uint8:
+        return False
+    scales = np.asarray(axis_scales(pixel_scale), dtype=float)
+    resample = not np.isclose(scales, rad.FIRST_PIXEL_SCALE_ARCSEC, rtol=1e-3).all()
+    return bool(resample or shape[-1] != rad.DATASET_IMAGE_PIXELS)
+
+
+def radio_first_grid(raw, *, caches=None):
+    """The first part of `_radio_input` for radio stamps that it brings to the FIRST grid
+    (`first_grid_stamps`): ``raw`` (`RawStamps` of one stamp, or a few) as `RawStamps`
+    whose `~RawStamps.data` is on the FIRST grid and `~RawStamps.first` says what was found
+    on the native pixels (`FirstGrid`); the same floats and flags, row by row, as those of
+    a batch of them. ``caches``: a dict kept between calls on stamps of one shape, pixel
+    scale and beam (the smoothing kernel and its transforms)."""
+    flags = raw.flags.copy()
+    flags |= np.where(np.broadcast_to(coarse_beam(raw.beam), flags.shape),
+                      int(Flag.EXTRAPOLATED), 0).astype(flags.dtype)
+    with np.errstate(invalid="ignore", divide="ignore"):  # (as `prepare`)
+        images, flags, native = _radio_to_first_grid(raw, np.asarray(raw.data), flags,
+                                                     caches=caches)
+    return RawStamps(raw.kind, images[:, None], bands=raw.bands, pixel_scale=raw.pixel_scale,
+                     beam=raw.beam, beam_shape=raw.beam_shape, flags=raw.flags,
+                     centre=raw.centre, quantum=raw.quantum,
+                     first=FirstGrid(flags, raw.smoothed, native))
+
+
+def _radio_to_first_grid(raw, data, flags, *, caches=None):
+    """The radio images ``data`` (``(N, 1, H, W)``, of ``raw``) on the FIRST grid where
+    their pixel scale is known and not FIRST's, or they are not 300 pixels wide (else the
+    float32 images, NaN where invalid), their ``flags`` updated (invalid pixels, constant
+    images, the field and the pixels) and the rows smoothed on their own pixels (``(N,)``
+    bool); sets ``raw.smoothed``."""
+    from .preprocessing import _radio as rad
+
     # Invalid pixels (NaN, inf, masking sentinels) become NaN: the data-set procedure
     # counts them as empty sky and measures the noise on the valid ones (a median fill
     # would shrink the noise estimate and let noise through the 3-sigma threshold).
@@ -511,7 +585,8 @@ def _radio_input(raw, card):
                     sel = np.flatnonzero(rows)[np.ravel(inverse) == k]
                     s = tuple(s) if s[0] != s[1] else s[0]
                     if smooth:  # a few at a time: only the FIRST-grid samples accumulate
-                        native.update(rad._native_to_first_grid(images, sel, shapes, s))
+                        native.update(rad._native_to_first_grid(images, sel, shapes, s,
+                                                                caches=caches))
                     else:  # (one by one: no copy of the rows)
                         native.update((j, rad._sample_beam_limited(images[j:j + 1], s)[0])
                                       for j in sel.tolist())
@@ -521,10 +596,19 @@ def _radio_input(raw, card):
             images = np.stack([native[j] if j in native else
                                rad.resample_to_first_grid(im, tuple(s) if s[0] != s[1] else s[0])
                                for j, (im, s) in enumerate(zip(images, scales))])
+    return images, flags, np.isin(np.arange(len(images)), list(native))
+
+
+def _radio_first_grid_input(raw, images, flags, native, options):
+    """The rest of `_radio_input` on the FIRST grid: ``images`` ``(N, H, W)`` from
+    `_radio_to_first_grid`, ``native`` its rows smoothed on their own pixels."""
+    from .preprocessing import _radio as rad
+
     if raw.smoothed is not None and raw.smoothed.any():
         # the rest: on the FIRST grid
-        sel = np.flatnonzero(raw.smoothed & ~np.isin(np.arange(len(images)), list(native)))
+        sel = np.flatnonzero(raw.smoothed & ~native)
         if len(sel):
+            shapes = np.broadcast_to(np.asarray(raw.beam_shape, dtype=float), (len(images), 3))
             images = np.array(images)  # a copy: rows not smoothed are kept bit for bit
             images[sel] = rad.smooth_to_first_beam(images[sel], shapes[sel])[0]
     # the noise is measured once, for the detection check and the data-set scaling, with

@@ -633,6 +633,9 @@ class _Runner:
         self.results = []  # (rows, {output: array})
         self.smoothed = []  # rows of the radio images smoothed to a beam containing FIRST's
         self.updates = []  # (rows, flags, valid) of the scored groups
+        # radio: the pixel scale of the first row of each group's batch, and the kernels of
+        # the smoothing (`_first_grid`)
+        self.batch_scale, self.caches = {}, {}
 
     def add(self, stamp):
         row = len(self.sources)
@@ -655,10 +658,68 @@ class _Runner:
             else np.asarray(stamp.centre, dtype=float).reshape(1, 2)
         quanta = np.zeros((1, planes)) if stamp.quantum is None \
             else np.asarray(stamp.quantum, dtype=float).reshape(1, planes)
-        self._queue(_group_key(stamp.kind, stamp.data, stamp.bands, scale, beam),
-                    np.array([row]),
-                    stamp.data[None], np.array([stamp.flags], dtype=np.int32),
-                    scale[None], levels, centre, quanta)
+        key = _group_key(stamp.kind, stamp.data, stamp.bands, scale, beam)
+        data, flags = stamp.data[None], np.array([stamp.flags], dtype=np.int32)
+        if self.family == "radio":  # (on the FIRST grid now: its native pixels not held)
+            data = self._first_grid(key, data, flags, scale, levels, quanta)
+        self._queue(key, np.array([row]), data, flags, scale[None], levels, centre, quanta)
+
+    def _first_grid(self, key, data, before, scale, levels, quanta):
+        """A radio stamp (``data`` ``(1, 1, H, W)``, ``before`` its flags, ``scale``,
+        ``levels``, ``quanta`` as `_queue` takes them) brought to the FIRST grid as `_score`
+        would bring it in its batch (`_OnFirstGrid`), or ``data`` as given where its batch
+        would not be (8-bit images, unknown pixel scales, 300-pixel images of FIRST's)."""
+        from ._adapters import RawStamps, first_grid_stamps, radio_first_grid
+        from ._readers import Stamp
+        from ._readers._fits import Beam
+
+        if key not in self.groups:  # the first row of a batch: its scale is the batch's
+            self.batch_scale[key] = scale
+        pixel_scale = self._pixel_scale(key, self.batch_scale[key][None])
+        if not first_grid_stamps(key[0], data.dtype, data.shape[1:], pixel_scale):
+            return data
+        given = self._given(key[0], data, before, levels)
+        beam = None if key[5] is None else Beam(*key[5])
+        raw = RawStamps(key[0], data, bands=key[3], pixel_scale=pixel_scale, beam=beam,
+                        beam_shape=self._beam_shape(beam), flags=given,
+                        quantum=quanta if quanta.any() else None)
+        try:
+            with catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)  # (as `_score`)
+                first = radio_first_grid(raw, caches=self.caches)
+        except (InputError, ValueError, TypeError) as exc:  # said by `_score`, as before
+            return _OnFirstGrid.failed(data, given, exc)
+        new = first.first.flags & ~before
+        if before[0] & Flag.EDGE:  # (`prepare`: an EDGE row's BLANK is the cutout stage's)
+            new &= ~int(Flag.BLANK)
+        words = _pixel_words(Stamp("", None, kind=key[0], data=data[0], bands=key[3],
+                                   saturation=levels[0],
+                                   quantum=quanta[0] if quanta[0].any() else None),
+                             int(new[0]))
+        return _OnFirstGrid(first, [words], [None], data.shape, data.dtype)
+
+    @staticmethod
+    def _pixel_scale(key, scales):
+        """The pixel scale of a batch of group ``key`` whose rows' scales are ``scales``
+        ``(N, 2)``: None (unknown), one float, or ``(scale_y, scale_x)`` for pixels that are
+        not square (one axis unknown: refused by the resampling, flagged); the first row's."""
+        return None if key[4] is None else tuple(scales[0].tolist()) \
+            if isinstance(key[4], tuple) else float(scales[0][0])
+
+    def _beam_shape(self, beam):
+        """The ``beam_shape`` of `RawStamps` for a group's ``beam`` (`Beam` or None)."""
+        return None if not self.match_beam or self.family != "radio" else \
+            np.array([np.nan] * 3 if beam is None else [beam, beam.minor, beam.angle])
+
+    @staticmethod
+    def _given(kind, data, before, levels):
+        """Flags ``before`` and SATURATED, tested on the raw pixels of ``data``."""
+        from ._readers._stamp import saturated_centres
+
+        if kind != "colour" and not np.isnan(levels).all():
+            return before | np.where(saturated_centres(data, levels),
+                                     int(Flag.SATURATED), 0).astype(np.int32)
+        return before
 
     def add_block(self, index, kind, data, bands, flags, reasons, scales):
         """Add rows whose stamps are ``data[j]`` (all of one ``kind``, shape and dtype).
@@ -716,9 +777,11 @@ class _Runner:
             group[1] = len(rows) - full
         else:
             del self.groups[key]
+            self.batch_scale.pop(key, None)
 
     def finish(self):
         for key in list(self.groups):
+            self.batch_scale.pop(key, None)
             self._score(key, *_join(self.groups.pop(key)[0]))
 
     def collect(self):
@@ -755,30 +818,31 @@ class _Runner:
                                   "assumed of it (empty when clean)")
 
     def _score(self, key, rows, data, before, scales, levels, centres, quanta):
-        from ._adapters import (NEGATIVE_CENTRE_SIGMA, RawStamps, extrapolation_words,
-                                negative_candidates, prepare)
+        from ._adapters import (NEGATIVE_CENTRE_SIGMA, FirstGrid, RawStamps,
+                                extrapolation_words, negative_candidates, prepare)
         from ._readers import Stamp
         from ._readers._fits import Beam
-        from ._readers._stamp import saturated_centres
 
         kind, bands = key[0], key[3]
         beam = None if key[5] is None else Beam(*key[5])
-        # the group's pixel scale: None (unknown), one float, or (scale_y, scale_x) for
-        # pixels that are not square (one axis unknown: refused by the resampling, flagged)
-        scale = None if key[4] is None else tuple(scales[0].tolist()) \
-            if isinstance(key[4], tuple) else float(scales[0][0])
-        given = before  # and SATURATED, tested on the raw pixels of the data
-        if kind != "colour" and not np.isnan(levels).all():
-            given = before | np.where(saturated_centres(data, levels),
-                                      int(Flag.SATURATED), 0).astype(np.int32)
-        shape = None if not self.match_beam or self.family != "radio" else \
-            np.array([np.nan] * 3 if beam is None else [beam, beam.minor, beam.angle])
-        raw = RawStamps(kind, data, bands=bands,
+        scale = self._pixel_scale(key, scales)  # (the group's)
+        # radio stamps brought to the FIRST grid as they were read (`_first_grid`)
+        first = data if isinstance(data, _OnFirstGrid) else None
+        if first is not None:
+            given = first.given
+            pixels = first.images
+            done = FirstGrid(first.flags, first.smoothed, first.native)
+        else:
+            given = self._given(kind, data, before, levels)
+            pixels, done = data, None
+        raw = RawStamps(kind, pixels, bands=bands,
                         pixel_scale=scale,
-                        beam=beam, beam_shape=shape, flags=given,
+                        beam=beam, beam_shape=self._beam_shape(beam), flags=given,
                         centre=None if np.isnan(centres).all() else centres,
-                        quantum=quanta if quanta.any() else None)
+                        quantum=quanta if quanta.any() else None, first=done)
         try:
+            if first is not None and first.error is not None:  # (raised on the FIRST grid)
+                raise first.error
             with catch_warnings():
                 warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN slices etc.
                 x, flags = prepare(self.model, raw, crop_fraction=self.crop_fraction)
@@ -810,12 +874,14 @@ class _Runner:
                                        kind == "colour" else data.shape[-2:], data.dtype,
                                        raw.pixel_scale, self.crop_fraction)
         for j in np.flatnonzero(new):  # words only for the rows that preprocessing flagged
-            stamp = Stamp("", None, kind=kind, data=data[j], bands=bands, beam=beam,
-                          saturation=levels[j], quantum=quanta[j] if quanta[j].any() else None)
+            stamp = Stamp("", None, kind=kind, data=data[j] if first is None else None,
+                          bands=bands, beam=beam, saturation=levels[j],
+                          quantum=quanta[j] if quanta[j].any() else None)
             self.reasons[rows[j]].extend(_explain(
                 stamp, int(new[j]), grid=grid, blank=None if raw.blank is None else
                 raw.blank.row(j), radio=None if raw.radio is None else raw.radio.row(j),
-                constant=None if raw.constant is None else raw.constant.row(j)))
+                constant=None if raw.constant is None else raw.constant.row(j),
+                words=None if first is None else first.words[j]))
         if self.family == "triplet":  # a sign the model does not expect: said, not flagged
             for j in np.flatnonzero(scored & negative_candidates(x)):
                 self.reasons[rows[j]].append(
@@ -829,9 +895,80 @@ def _join(pieces):
     """The arrays of a group's ``pieces`` (`_Runner._queue`), each field concatenated; the
     stamps in native byte order (the adapters' conversion of big-endian FITS pixels would
     copy them again: the same values)."""
+    if isinstance(pieces[0][1], _OnFirstGrid):
+        return [_OnFirstGrid.join(a) if j == 1 else np.concatenate(a)
+                for j, a in enumerate(zip(*pieces))]
     dtype = pieces[0][1].dtype
     return [np.concatenate(a, dtype=dtype.newbyteorder("=") if j == 1 else None)
             for j, a in enumerate(zip(*pieces))]
+
+
+class _OnFirstGrid:
+    """Radio stamps of a group brought to the FIRST grid as they were read
+    (`_Runner._first_grid`), in the place of their native pixels in a group's pieces:
+    ``images`` ``(N, 1, 300, 300)`` and the `~astromorph._adapters.FirstGrid` fields
+    (``flags``, ``smoothed``, ``native``), ``given`` their flags before (with SATURATED),
+    ``words`` the words `_explain` reads from their pixels (`_pixel_words`), ``errors``
+    what bringing them to the grid raised (None each where nothing); ``shape`` and
+    ``dtype`` those of the native stamps, ``(N, 1, H, W)``, in native byte order."""
+
+    def __init__(self, first, words, errors, shape, dtype, *, fields=None):
+        if fields is None:
+            fields = dict(images=np.asarray(first.data), given=first.flags,
+                          flags=first.first.flags, native=first.first.native,
+                          smoothed=first.first.smoothed)
+        self.__dict__.update(fields)
+        self.words, self.errors = words, errors
+        self.shape, self.dtype = (len(words), *shape[1:]), np.dtype(dtype).newbyteorder("=")
+
+    _FIELDS = ("images", "given", "flags", "native", "smoothed")
+
+    @classmethod
+    def failed(cls, data, given, error):
+        """A stamp whose bringing to the FIRST grid raised ``error``."""
+        fields = dict(images=np.zeros((1, 1, 1, 1)), given=given,
+                      flags=given, native=np.zeros(1, dtype=bool), smoothed=None)
+        return cls(None, [_pixel_words(None, 0)], [error], data.shape, data.dtype,
+                   fields=fields)
+
+    @property
+    def error(self):
+        """The first error of the rows (`_Runner._score` scores the rows of a batch that
+        holds one alone, and says it of its row), or None."""
+        return next((e for e in self.errors if e is not None), None)
+
+    def __len__(self):
+        return len(self.words)
+
+    def __getitem__(self, sel):
+        if not isinstance(sel, slice):
+            raise TypeError("rows of stamps on the FIRST grid are taken by slices")
+        fields = {k: None if getattr(self, k) is None else getattr(self, k)[sel]
+                  for k in self._FIELDS}
+        return _OnFirstGrid(None, self.words[sel], self.errors[sel], self.shape, self.dtype,
+                            fields=fields)
+
+    def copy(self):
+        return self[:]
+
+    @classmethod
+    def join(cls, parts):
+        """The rows of ``parts`` in their order."""
+        fields = {}
+        for k in cls._FIELDS:
+            values = [getattr(p, k) for p in parts]
+            if k == "smoothed" and any(v is None for v in values):
+                # (None: no beam shape, the same for the group, or a stamp that failed)
+                values = [np.zeros(len(p), dtype=bool) if v is None else v
+                          for p, v in zip(parts, values)]
+                values = None if all(getattr(p, k) is None for p in parts) else values
+            if k == "images":
+                side = max(v.shape[-1] for v in values)
+                values = [v if v.shape[-1] == side else np.zeros((len(v), 1, side, side))
+                          for v in values]
+            fields[k] = None if values is None else np.concatenate(values)
+        return cls(None, sum((p.words for p in parts), []), sum((p.errors for p in parts), []),
+                   parts[0].shape, parts[0].dtype, fields=fields)
 
 
 def _axis_pairs(scales):
@@ -883,7 +1020,11 @@ def _group_key(kind, stamp, bands, scale, beam=None):
                 getattr(beam, "angle", 0.0))))
 
 
-def _explain(stamp, bits, *, grid=None, blank=None, radio=None, constant=None):
+#: The flag bits whose words `_explain` takes from a stamp's pixels (`_pixel_words`).
+_PIXEL_BITS = Flag.BAD_INPUT | Flag.BLANK | Flag.CONSTANT | Flag.SATURATED
+
+
+def _explain(stamp, bits, *, grid=None, blank=None, radio=None, constant=None, words=None):
     """Words for flag bits that preprocessing set; ``grid``: why the stamp's pixel grid
     makes it `Flag.EXTRAPOLATED` (`astromorph._adapters.extrapolation_words`), if known;
     ``blank``: what `Flag.BLANK` was judged on, ``(fraction, plane, field)``
@@ -893,11 +1034,52 @@ def _explain(stamp, bits, *, grid=None, blank=None, radio=None, constant=None):
     if not the stamp's own planes to their quantisation steps; ``radio``: what a radio
     stamp's
     `Flag.OUT_OF_DISTRIBUTION` was judged on, ``(positive, background)``
-    (`astromorph._adapters.RadioMeasure.row`)."""
-    from ._adapters import _quantum_tolerance, coarse_beam
+    (`astromorph._adapters.RadioMeasure.row`); ``words``: the words of the bits read from
+    the stamp's pixels, `_pixel_words` of it for the same `_PIXEL_BITS` of ``bits``, made
+    while its pixels were held (``stamp.data`` is then not read)."""
+    from ._adapters import coarse_beam
     from .preprocessing._radio import FIRST_BEAM_FWHM_ARCSEC
+
+    if words is None:
+        words = _pixel_words(stamp, bits, blank=blank, constant=constant)
+    empty, blank_words, constant_words, saturated_words = words
+    if bits & Flag.BAD_INPUT and empty:
+        # the one reason that matters: the other bits (BLANK, CONSTANT, EXTRAPOLATED) follow
+        # from it and describe a filling and a resampling that were never scored
+        return [empty]
+    out = blank_words + constant_words
+    if bits & Flag.EXTRAPOLATED and coarse_beam(stamp.beam):
+        out.append(f"beam {stamp.beam:.1f}\" is more than twice FIRST's "
+                   f"{FIRST_BEAM_FWHM_ARCSEC:g}\" (the resolution the model was trained at: "
+                   "structure finer than the beam is lost)")
+    if bits & Flag.EXTRAPOLATED and grid:
+        out.append(grid)
+    elif bits & Flag.EXTRAPOLATED and not coarse_beam(stamp.beam):
+        out.append("the stamp's pixels are much coarser than the model's grid, or it does not "
+                   "cover the model's field (resampling extrapolated; any missing area filled)")
+    if bits & Flag.NO_SOURCE:
+        out.append("no pixel of the model's field reaches 5 times the noise RMS above the "
+                   "background (the field's median where positive): no source to classify")
+    out += saturated_words
+    if bits & Flag.OUT_OF_DISTRIBUTION:
+        out.append(_out_of_distribution_words(radio))
+    rest = bits & ~(Flag.BLANK | Flag.CONSTANT | Flag.EXTRAPOLATED | Flag.NO_SOURCE
+                    | Flag.SATURATED | Flag.OUT_OF_DISTRIBUTION)
+    if rest:
+        out.append(describe_flags(rest))
+    return out
+
+
+def _pixel_words(stamp, bits, *, blank=None, constant=None):
+    """The words of `_explain` that read ``stamp.data``, for ``bits`` (`_PIXEL_BITS` of
+    them, ``blank`` and ``constant`` as `_explain` takes them): ``(empty, blank, constant,
+    saturated)``, ``empty`` the one reason of a `Flag.BAD_INPUT` stamp with a plane of no
+    finite pixel (else ``""``), the others lists of words."""
+    from ._adapters import _quantum_tolerance
     from .preprocessing._triplet import TRIPLET_PIXEL_SCALE
 
+    if not bits & _PIXEL_BITS:
+        return "", [], [], []
     out = []
     data = np.asarray(stamp.data)
     if stamp.kind == "colour":
@@ -912,10 +1094,8 @@ def _explain(stamp, bits, *, grid=None, blank=None, radio=None, constant=None):
     valid = [np.abs(np.asarray(p, dtype=np.float64)) < _SENTINEL for p in planes]
     empty = [nm for v, nm in zip(valid, names) if not v.any()]
     if bits & Flag.BAD_INPUT and empty:
-        # the one reason that matters: the other bits (BLANK, CONSTANT, EXTRAPOLATED) follow
-        # from it and describe a filling and a resampling that were never scored
-        return [f"{' and '.join(empty)} {'has' if len(empty) == 1 else 'have'} no finite "
-                "pixel: not scored"]
+        return (f"{' and '.join(empty)} {'has' if len(empty) == 1 else 'have'} no finite "
+                "pixel: not scored"), [], [], []
     fracs = [float(np.mean(~v)) for v in valid]
     if bits & Flag.BLANK and blank is not None:  # the measure the flag was judged on
         frac, j, field = blank
@@ -931,6 +1111,7 @@ def _explain(stamp, bits, *, grid=None, blank=None, radio=None, constant=None):
         j = int(np.argmax(fracs))
         where = f" of the {names[j]}" if len(planes) > 1 else ""
         out.append(f"{fracs[j]:.0%} of the pixels{where} are NaN/inf/BLANK (filled)")
+    constant_words = []
     if bits & Flag.CONSTANT:
         # (a lossily compressed FITS image: constant to its quantisation step, `Stamp.quantum`)
         steps = np.zeros(len(planes)) if stamp.quantum is None else \
@@ -958,37 +1139,21 @@ def _explain(stamp, bits, *, grid=None, blank=None, radio=None, constant=None):
                              f"{_step_words(step, allow, area)})"
                              f"{grid_words}")
         j = int(np.argmax(allowed))
-        out.append("; ".join(parts) if parts else "constant stamp" if not np.any(allowed) else
-                   f"constant stamp (to {_step_words(steps[j], allowed[j], area)}){grid_words}")
-    if bits & Flag.EXTRAPOLATED and coarse_beam(stamp.beam):
-        out.append(f"beam {stamp.beam:.1f}\" is more than twice FIRST's "
-                   f"{FIRST_BEAM_FWHM_ARCSEC:g}\" (the resolution the model was trained at: "
-                   "structure finer than the beam is lost)")
-    if bits & Flag.EXTRAPOLATED and grid:
-        out.append(grid)
-    elif bits & Flag.EXTRAPOLATED and not coarse_beam(stamp.beam):
-        out.append("the stamp's pixels are much coarser than the model's grid, or it does not "
-                   "cover the model's field (resampling extrapolated; any missing area filled)")
-    if bits & Flag.NO_SOURCE:
-        out.append("no pixel of the model's field reaches 5 times the noise RMS above the "
-                   "background (the field's median where positive): no source to classify")
+        constant_words.append(
+            "; ".join(parts) if parts else "constant stamp" if not np.any(allowed) else
+            f"constant stamp (to {_step_words(steps[j], allowed[j], area)}){grid_words}")
+    saturated_words = []
     if bits & Flag.SATURATED:
         from ._readers._stamp import SATURATION_RADIUS, central_disk, reaches_saturation
 
         rows, cols = central_disk(data.shape[-2:])
         hit = reaches_saturation(data[:, rows, cols], stamp.saturation)
-        out.append(" and ".join(f"{nm} reaches its header's saturation level "
-                                f"({stamp.saturation[i]:.6g})" for i, nm in enumerate(names)
-                                if hit[i])
-                   + f" within {SATURATION_RADIUS} pixels of the centre: the core is clipped, "
-                   "the outputs are not trustworthy")
-    if bits & Flag.OUT_OF_DISTRIBUTION:
-        out.append(_out_of_distribution_words(radio))
-    rest = bits & ~(Flag.BLANK | Flag.CONSTANT | Flag.EXTRAPOLATED | Flag.NO_SOURCE
-                    | Flag.SATURATED | Flag.OUT_OF_DISTRIBUTION)
-    if rest:
-        out.append(describe_flags(rest))
-    return out
+        saturated_words.append(
+            " and ".join(f"{nm} reaches its header's saturation level "
+                         f"({stamp.saturation[i]:.6g})" for i, nm in enumerate(names) if hit[i])
+            + f" within {SATURATION_RADIUS} pixels of the centre: the core is clipped, "
+            "the outputs are not trustworthy")
+    return "", out, constant_words, saturated_words
 
 
 def _step_words(step, allowance=None, area=1.0):

@@ -1268,9 +1268,13 @@ def _native_crop(shape, pixel_scale, *, size=DATASET_IMAGE_PIXELS):
 #: 1141 x 1141 crops of 0.5" pixels), whatever the number of images given; only their
 #: ``size`` x ``size`` FIRST-grid samples accumulate.
 _NATIVE_ROWS = 4
+#: The beams (with the images' shape and pixel scale) whose kernel, transform and mask
+#: convolution `_native_to_first_grid` keeps in its ``caches``: the most recently used.
+_CACHED_BEAMS = 4
 
 
-def _native_to_first_grid(images, rows, beams, pixel_scale, *, size=DATASET_IMAGE_PIXELS):
+def _native_to_first_grid(images, rows, beams, pixel_scale, *, size=DATASET_IMAGE_PIXELS,
+                          caches=None):
     """Yield ``(row, sample)`` for each of ``rows`` of ``images`` (``(N, H, W)``, any float
     dtype, NaN where invalid; sharing ``pixel_scale``, finer than FIRST's 1.8" along some
     axis; ``beams`` ``(N, 3)`` as `smooth_to_first_beam` takes them, fine beams at those
@@ -1282,7 +1286,10 @@ def _native_to_first_grid(images, rows, beams, pixel_scale, *, size=DATASET_IMAG
     convolution is single-precision either way), so that the memory does not grow with the
     number of images; the kernel, its transform and the mask's convolution made once per
     distinct beam. ``sample``: ``(size, size)`` float64, in ``rows``' order of each beam,
-    the beams in `numpy.unique`'s order (as `smooth_to_first_beam` takes them)."""
+    the beams in `numpy.unique`'s order (as `smooth_to_first_beam` takes them). ``caches``:
+    a dict that keeps the kernel, transform and mask convolution of the last
+    `_CACHED_BEAMS` beams, shapes and pixel scales between calls (`astromorph._predict`'s
+    stamps, brought to the FIRST grid one by one as they are read); the same floats."""
     images = np.asarray(images)
     rows = np.asarray(rows, dtype=np.intp).ravel()
     crop = _native_crop(images.shape[-2:], pixel_scale, size=size)
@@ -1292,8 +1299,13 @@ def _native_to_first_grid(images, rows, beams, pixel_scale, *, size=DATASET_IMAG
     unique, inverse = np.unique(shapes, axis=0, return_inverse=True)
     for k, (a, b, t) in enumerate(unique):
         sel = rows[np.asarray(inverse).ravel() == k]
-        kernel, area = _matching_kernel(a, b, t, scale)
-        cache = {}
+        key = (a, b, t, scale, images.shape[-2:])
+        known = None if caches is None else caches.pop(key, None)
+        kernel, area, cache = known or (*_matching_kernel(a, b, t, scale), {})
+        if caches is not None:  # (the most recently used last)
+            caches[key] = kernel, area, cache
+            while len(caches) > _CACHED_BEAMS:
+                del caches[next(iter(caches))]
         for start in range(0, len(sel), _NATIVE_ROWS):
             part = sel[start:start + _NATIVE_ROWS]
             block = np.stack([images[j][crop] for j in part.tolist()]).astype(
