@@ -2532,6 +2532,60 @@ def test_annotate_dask_stops_its_running_partitions_before_raising(optical_model
     assert warnings.showwarning is show and warnings.filters == filters
 
 
+def test_annotate_dask_begins_no_queued_partition_and_waits_for_a_slow_one(optical_model,
+                                                                          tmp_path,
+                                                                          monkeypatch):
+    """With Dask's ``chunksize=-1`` each thread is handed a queue of partitions: where one
+    fails, those queued behind a running partition do not begin once it stops (the
+    docstring's "those not begun do not begin"), and the caller gets the error only once the
+    running one has wound down, however long that takes (not after one short wait)."""
+    import threading
+    import time
+
+    import dask
+
+    import astromorph._dask as adask
+
+    fits.writeto(tmp_path / "img.fits", blobs(), sky_wcs().to_header())
+    cat = catalogue(sky_wcs(), np.random.default_rng(1).uniform(0, 199, (8, 2)))
+    real = adask._annotate_partition
+    lock, started, running = threading.Lock(), [], []
+    under_way = threading.Event()
+
+    def partition(table, *args, **kwargs):
+        with lock:
+            started.append(int(table["id"][0]))
+            n = len(started)
+            running.append(n)
+        try:
+            if n == 1:  # annotate again and again until the call stops it, then a slow end
+                try:
+                    end = time.monotonic() + 60
+                    while time.monotonic() < end:
+                        real(table, *args, **kwargs)
+                        under_way.set()
+                finally:
+                    time.sleep(0.5)
+            if n == 2:  # the other thread's first: fails once the first is under way
+                assert under_way.wait(60)
+                raise InputError("a corrupt tile")
+            return real(table, *args, **kwargs)  # its queue's second: done before the error
+        finally:
+            with lock:
+                running.remove(n)
+
+    monkeypatch.setattr(adask, "_annotate_partition", partition)
+    with pytest.raises(InputError, match="corrupt"), \
+            dask.config.set(num_workers=2, chunksize=-1):
+        astromorph.annotate_dask(cat, str(tmp_path / "img.fits"), model=str(optical_model.path),
+                                 partition_size=2, scheduler="threads", threads=1)
+    still = list(running)
+    time.sleep(0.5)  # (time for a queued partition to begin, were it let)
+    assert still == []
+    # 4 partitions in two queues of two: the one queued behind the stopped one never began
+    assert len(started) == 3, started
+
+
 def test_annotate_dask_on_a_distributed_cluster(optical_model, tmp_path):
     """A ``dask.distributed`` cluster of worker processes (everything pickled both ways):
     the table of `annotate` (scores bit for bit, flags, meta), its one warning at the
