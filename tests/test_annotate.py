@@ -2575,13 +2575,15 @@ def test_annotate_dask_begins_no_queued_partition_and_waits_for_a_slow_one(optic
                 running.remove(n)
 
     monkeypatch.setattr(adask, "_annotate_partition", partition)
+    start = time.monotonic()
     with pytest.raises(InputError, match="corrupt"), \
             dask.config.set(num_workers=2, chunksize=-1):
         astromorph.annotate_dask(cat, str(tmp_path / "img.fits"), model=str(optical_model.path),
                                  partition_size=2, scheduler="threads", threads=1)
-    still = list(running)
+    still, took = list(running), time.monotonic() - start
     time.sleep(0.5)  # (time for a queued partition to begin, were it let)
-    assert still == []
+    assert still == [] and not adask._COMPUTING  # (the call's partitions forgotten)
+    assert took < 30  # the running partition was stopped, not waited for to its end (60 s)
     # 4 partitions in two queues of two: the one queued behind the stopped one never began
     assert len(started) == 3, started
 
