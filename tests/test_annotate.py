@@ -2451,6 +2451,21 @@ def test_annotate_dask_records_the_image_names_annotate_records(optical_model, t
         assert out.meta["astromorph_images"] == "img.fits"
 
 
+def test_annotate_dask_leaves_no_image_names_to_the_callers_next_annotate(optical_model,
+                                                                           tmp_path):
+    """The synchronous scheduler runs the partitions in the caller's own thread: the image
+    names and files that a partition records in its provenance are its own, and a later
+    `annotate` of the caller records the images it reads, not the mosaic of that call."""
+    pytest.importorskip("dask")
+    paths, w = _mosaic_files(tmp_path, tiles=2)
+    cat = catalogue(w, np.random.default_rng(2).uniform(0, 119, (10, 2)))
+    out = astromorph.annotate_dask(cat, paths, model=str(optical_model.path), partition_size=4,
+                                   scheduler="synchronous")
+    assert out.meta["astromorph_images"] == ",".join(sorted(paths))
+    one = astromorph.annotate(cat[:3], paths[0], model=optical_model)
+    assert one.meta["astromorph_images"] == paths[0]
+
+
 def test_annotate_dask_raises_a_worker_process_error_as_annotate_does(optical_model, tmp_path):
     """A bad image met in a worker process: the caller gets annotate's own error (its type,
     its message naming the file), not Dask's copy of it (a subclass made by
