@@ -4553,6 +4553,29 @@ def test_annotate_dask_sends_all_sky_and_wide_tiles_to_every_partition():
     assert np.degrees(np.arccos(cos_radius[3])) < 1.05 * 0.04 * np.sqrt(2) / 2
 
 
+@pytest.mark.parametrize("partition_size", [1, 5, 7, 40])
+def test_annotate_dask_cones_of_a_catalogue_read_in_chunks(monkeypatch, partition_size):
+    """A catalogue of more rows than one chunk of `CONE_CHUNK_ELEMENTS` (half a million
+    rows for a mosaic of 9 tiles) is compared with the tiles chunk by chunk, where a chunk
+    may begin inside a partition: each partition is found on the tiles its rows lie on,
+    as in one chunk (here chunks of 7 rows, against the tiles' footprints row by row)."""
+    import astromorph._dask as adask
+
+    rng = np.random.default_rng(4)
+    vectors = adask._unit_vectors(rng.uniform(0, 40, 40), rng.uniform(-20, 20, 40))
+    centres = adask._unit_vectors(rng.uniform(0, 40, 3), rng.uniform(-20, 20, 3))
+    cos_radius = np.cos(np.radians([8.0, 12.0, 5.0]))
+    walls = np.zeros((3, 4, 3))  # no wall cuts the cones: the footprints are the cones
+    sin_grow = np.ones(3)
+    inside = adask._on_tiles(vectors, centres, cos_radius, walls, sin_grow)
+    assert 0 < inside.sum() < inside.size
+    expected = np.array([inside[start:start + partition_size].any(axis=0)
+                         for start in range(0, len(vectors), partition_size)])
+    monkeypatch.setattr(adask, "CONE_CHUNK_ELEMENTS", 7 * len(centres))
+    hit = adask._cones_hit(vectors, centres, cos_radius, partition_size, walls, sin_grow)
+    np.testing.assert_array_equal(hit, expected)
+
+
 @pytest.mark.parametrize("case", ["masked", "sexagesimal", "skycoord", "partial_band",
                                   "duplicates", "empty"])
 def test_annotate_dask_share_of_tiles_keeps_annotates_result(optical_model, tmp_path,
