@@ -4745,6 +4745,63 @@ def test_annotate_dask_groups_a_shuffled_catalogue_by_tile(optical_model, tmp_pa
                                  compute=False)
 
 
+def test_annotate_dask_lazy_partitions_of_a_shuffled_catalogue_keep_annotates_result(
+        optical_model, tmp_path):
+    """With ``compute=False`` the partitions hold the rows in the table's order: the tiles
+    each is sent are those of its own rows (not those of the rows grouped by tile, which
+    would leave its sources off the tiles it gets), and the partitions give annotate's
+    values for a catalogue in random sky order."""
+    dask = pytest.importorskip("dask")
+    from astropy.table import vstack
+
+    paths, w = _mosaic_files(tmp_path, tiles=3)
+    cat = catalogue(w, np.random.default_rng(11).uniform(0, 179, (48, 2)))
+    ref = astromorph.annotate(cat, paths, model=optical_model)
+    parts = astromorph.annotate_dask(cat, paths, model=str(optical_model.path),
+                                     partition_size=8, compute=False)
+    out = vstack(dask.compute(*parts, scheduler="synchronous"), metadata_conflicts="silent")
+    assert not np.any(ref["opt_flags"] & Flag.OFF_IMAGE)
+    _assert_same_values(out, ref, ref.colnames)
+
+
+def test_annotate_dask_gives_each_partition_the_bands_of_its_share_of_tiles(optical_model,
+                                                                            tmp_path):
+    """``bands=`` naming the band of each file of a list of tiles: each partition, sent only
+    the tiles of its sources, gets the bands of those tiles (not another partition's), and
+    the table is annotate's."""
+    pytest.importorskip("dask")
+    paths, w = _mosaic_files(tmp_path, tiles=3)
+    rng = np.random.default_rng(3)
+    pix = rng.uniform(0, 179, (40, 2))
+    cat = catalogue(w, pix[np.argsort(pix[:, 1])])  # by row of tiles: 3 to 6 tiles each
+    bands = ["r"] * len(paths)
+    ref = astromorph.annotate(cat, paths, model=optical_model, bands=bands)
+    out = astromorph.annotate_dask(cat, paths, model=str(optical_model.path), bands=bands,
+                                   partition_size=8, scheduler="synchronous")
+    _assert_same_table(out, ref)
+
+
+def test_annotate_dask_sends_tiles_without_a_cone_to_every_partition(optical_model, tmp_path,
+                                                                     monkeypatch):
+    """Tiles whose cone is not used (here every tile, `CONE_MAX_RADIUS_DEG` made smaller
+    than them: as an all-sky map or a wide tile) go to every partition, which places its
+    sources on them exactly: the table is annotate's."""
+    pytest.importorskip("dask")
+    import astromorph._dask as adask
+
+    paths, w = _mosaic_files(tmp_path, tiles=2)
+    rng = np.random.default_rng(6)
+    pix = rng.uniform(0, 119, (24, 2))
+    cat = catalogue(w, pix[np.argsort(pix[:, 1])])
+    ref = astromorph.annotate(cat, paths, model=optical_model)
+    monkeypatch.setattr(adask, "CONE_MAX_RADIUS_DEG", 1e-3)  # the tiles: 0.005 deg
+    sent = _record_partition_images(monkeypatch)
+    out = astromorph.annotate_dask(cat, paths, model=str(optical_model.path), partition_size=6,
+                                   scheduler="synchronous")
+    assert sent == [paths] * 4
+    _assert_same_table(out, ref)
+
+
 def test_annotate_dask_keeps_the_tile_selection_past_one_tiles_warning(optical_model,
                                                                        tmp_path, monkeypatch):
     """A warning on reading one tile (astropy's, on a file with extra padding) sent every
