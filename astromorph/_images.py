@@ -15,8 +15,8 @@ from ._cutouts import SkyImage, _check_wcs_object
 from ._readers._compressed import COMPRESSED_MAGIC, STREAM_OPENERS
 from ._readers._fits import (_AUX_EXTNAMES, _FAST_DTYPES, _MEMBERS, _TRIPLET_NAMES, _physical,
                              _image_quantisation, band_of_header, beam_of_header, header_facts,
-                             linear_fluxes, normalise_band, saturation_of_header,
-                             wcs_matrix_problem)
+                             linear_fluxes, normalise_band, repeated_scaling,
+                             saturation_of_header, wcs_matrix_problem)
 from ._warnings import catch_warnings, first_few, warn, warn_again
 from .exceptions import (AmbiguousInputWarning, AstromorphWarning, InputDTypeError, InputError,
                          InvalidArgumentTypeError, MissingDependencyError,
@@ -298,6 +298,9 @@ def _plane_span(file_span, plane, pixels):
 
 
 def _from_hdu(hdu, name, hold=None, file_span=None, primary=None, stream=None):
+    twice = repeated_scaling(hdu.header)
+    if twice:  # which pixel values are meant cannot be told: refused before any is read
+        raise InputError(f"{name}: {twice}")
     if hold is None:
         lazy = None
     elif stream is not None:

@@ -1915,6 +1915,28 @@ def test_hdulist_and_multi_extension_files(optical_model, tmp_path):
         astromorph.annotate(cat, str(tmp_path / "cut.fits"), model=optical_model)
 
 
+@pytest.mark.parametrize("key, values", [("BSCALE", (2.0, 3.0)), ("BZERO", (1.0, 5.0))])
+def test_repeated_scaling_keyword_with_two_values_is_an_input_error(optical_model, tmp_path,
+                                                                    key, values):
+    """An image whose header gives BSCALE (BZERO) twice with different values is an
+    `InputError` naming the file, the keyword and both values (astropy scales by the last
+    copy, reads the first: which is meant is unknown); two equal copies read as one."""
+    img, w = blobs(), sky_wcs()
+    cat = catalogue(w, [(100, 100)])
+    raw = np.round(img * 100).astype(np.int16)
+    for given in (values, values[:1], values[:1] * 2):
+        hdu = fits.PrimaryHDU(raw, w.to_header())
+        for value in given:
+            hdu.header.append((key, value), end=True)
+        hdu.writeto(tmp_path / f"{len(set(given))}{len(given)}.fits", output_verify="ignore")
+    with pytest.raises(InputError, match=re.escape(f"22.fits[0]: {key} is given 2 times, "
+                                                   f"with different values {values}")):
+        astromorph.annotate(cat, str(tmp_path / "22.fits"), model=optical_model)
+    once = astromorph.annotate(cat, str(tmp_path / "11.fits"), model=optical_model)
+    same = astromorph.annotate(cat, str(tmp_path / "12.fits"), model=optical_model)
+    np.testing.assert_array_equal(same["opt_p_a"], once["opt_p_a"])
+
+
 def test_many_unusable_extensions_are_one_warning(optical_model, tmp_path):
     """A file with many extensions annotate cannot use (no celestial WCS: weight or mask
     planes): one warning for the file, how many and why (the first five), not one each."""

@@ -282,25 +282,7 @@ def test_predict_files_refuses_broken_archives_in_a_row(model, tmp_path, monkeyp
     BAD_INPUT whose reason names the problem, never an exception, small or large; FITS
     bytes in `annotate_stamps` likewise."""
     _, files = _files(tmp_path, "float32")
-    plain = files["plain"].read_bytes()
-    cases = {
-        "gz-truncated.fits.gz": (gzip.compress(plain)[:3000], "corrupt or truncated gzip"),
-        "bz2-truncated.fits.bz2": (bz2.compress(plain)[:3000], "corrupt or truncated bzip2"),
-        "bz2-corrupt.fits.bz2": (b"BZh9" + bytes(range(256)) * 20,
-                                 "corrupt or truncated bzip2"),
-        "xz-truncated.fits.xz": (lzma.compress(plain)[:3000], "corrupt or truncated xz"),
-        "zip-truncated.fits.zip": (_zip_of({"a.fits": plain})[:3000],
-                                   "corrupt or truncated zip"),
-        "zip-two.fits.zip": (_zip_of({"a.fits": plain, "b.fits": plain}),
-                             "zip archive holds 2 files ('a.fits', 'b.fits'); expected one "
-                             "FITS file"),
-        "zip-none.fits.zip": (_zip_of({}), "zip archive holds 0 files; expected one FITS "
-                              "file"),
-        "zip-folder.fits.zip": (_zip_of({"d/": b""}), "zip archive holds 0 files; expected "
-                                "one FITS file"),
-        "bz2-text.fits.bz2": (bz2.compress(b"hello " * 2000), "bzip2-compressed data, not FITS"),
-        "xz-empty.fits.xz": (lzma.compress(b""), "xz-compressed file that holds no data"),
-    }
+    cases = _broken_archives(files["plain"].read_bytes())
     paths = []
     for name, (data, _) in cases.items():
         paths.append(tmp_path / name)
@@ -318,6 +300,64 @@ def test_predict_files_refuses_broken_archives_in_a_row(model, tmp_path, monkeyp
         assert list(stamps["opt_flags"]) == [int(astromorph.Flag.BAD_INPUT)] * len(cases)
         for reason, (data, words) in zip(stamps["opt_reason"], cases.values()):
             assert words in reason, reason
+
+
+def _half(data):
+    return data[:len(data) // 2]
+
+
+def _broken_archives(plain):
+    """File name: (bytes, the start of the reason) of broken archives of the FITS ``plain``."""
+    return {
+        "gz-truncated.fits.gz": (_half(gzip.compress(plain)), "corrupt or truncated gzip"),
+        "bz2-truncated.fits.bz2": (_half(bz2.compress(plain)), "corrupt or truncated bzip2"),
+        "bz2-corrupt.fits.bz2": (b"BZh9" + bytes(range(256)) * 20,
+                                 "corrupt or truncated bzip2"),
+        "xz-truncated.fits.xz": (_half(lzma.compress(plain)), "corrupt or truncated xz"),
+        "zip-truncated.fits.zip": (_half(_zip_of({"a.fits": plain})),
+                                   "corrupt or truncated zip"),
+        "zip-two.fits.zip": (_zip_of({"a.fits": plain, "b.fits": plain}),
+                             "zip archive holds 2 files ('a.fits', 'b.fits'); expected one "
+                             "FITS file"),
+        "zip-none.fits.zip": (_zip_of({}), "zip archive holds 0 files; expected one FITS "
+                              "file"),
+        "zip-folder.fits.zip": (_zip_of({"d/": b""}), "zip archive holds 0 files; expected "
+                                "one FITS file"),
+        "bz2-text.fits.bz2": (bz2.compress(b"hello " * 2000), "bzip2-compressed data, not FITS"),
+        "xz-empty.fits.xz": (lzma.compress(b""), "xz-compressed file that holds no data"),
+    }
+
+
+@pytest.mark.parametrize("dtype", ["float32", "int16", "uint16"])
+def test_parse_fits_bytes_reads_every_compression_as_the_file(tmp_path, dtype):
+    """`parse_fits_bytes` (the cutouts of alert packets) reads the bytes of a gzip, bzip2,
+    xz or zip file (stored or deflated) of every layout to the pixels, pixel scale and
+    header facts of the plain bytes, bit for bit, as `read_file` reads the files; broken
+    archives are a `ValueError` whose message starts as the file's BAD_INPUT reason does.
+    (It read gzip only: bzip2, xz and zip bytes were 'stamp is not FITS'.)"""
+    from astromorph._readers import parse_fits_bytes, read_file
+
+    _, files = _files(tmp_path, dtype)
+    want = parse_fits_bytes(files["plain"].read_bytes(), return_facts=True)
+    (stamp,) = read_file(files["plain"])
+    np.testing.assert_array_equal(want[0], stamp.data[0])
+    keys = [k for k in files if k != "plain" and k[0] != "beside"]  # (beside: another image)
+    assert {k[1] for k in keys} == {None, *COMPRESS}
+    for key in keys:
+        data, scale, facts = parse_fits_bytes(files[key].read_bytes(), return_facts=True)
+        assert data.dtype == want[0].dtype and scale == want[1] and facts == want[2], key
+        np.testing.assert_array_equal(data, want[0], err_msg=str(key))
+    for name, (data, words) in _broken_archives(files["plain"].read_bytes()).items():
+        (stamp,) = read_file(_written(tmp_path / name, data))
+        with pytest.raises(ValueError) as info:
+            parse_fits_bytes(data)
+        assert str(info.value).startswith(words), (name, str(info.value))
+        assert stamp.reason == [str(info.value)], name  # the file's reason, word for word
+
+
+def _written(path, data):
+    path.write_bytes(data)
+    return path
 
 
 @pytest.mark.parametrize("dtype", ["float32", "int16"])

@@ -1,15 +1,18 @@
 """predict_files / `astromorph predict`: files of stamps -> one row each."""
+import bz2
 import errno
 import gzip
 import hashlib
 import importlib.util
 import io
 import json
+import lzma
 import os
 import re
 import shutil
 import sys
 import warnings
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -551,18 +554,25 @@ def test_fits_bytes_read_unsigned_over_their_whole_range(tmp_path):
 
 
 def test_fast_and_astropy_fits_paths_read_the_first_of_a_repeated_card(tmp_path):
-    """A header that repeats a keyword (two BSCALE cards, 2 then 3; the FITS standard allows
+    """A header that repeats a keyword (two SATURATE cards, 100 then 5; the FITS standard allows
     one): the fast reader takes the first card, as astromorph's astropy path does (astropy's
-    ``header.get``), so a file scores the same whichever path reads it."""
+    ``header.get``), so a file scores the same whichever path reads it. (This test had two
+    BSCALE cards read as the first; a scaling keyword repeated with two values, which
+    astropy applies by its last copy, is now refused by every path:
+    `test_repeated_scaling_keyword_with_two_values_is_refused`.)"""
     hdu = fits.PrimaryHDU(np.arange(12, dtype=np.int16).reshape(3, 4))
-    hdu.header["BSCALE"], hdu.header["BZERO"] = 2.0, 0.0
-    hdu.header.append(("BSCALE", 3.0), end=True)
+    hdu.header["SATURATE"] = 100.0
+    hdu.header.append(("SATURATE", 5.0), end=True)
     path = tmp_path / "twice.fits"
     hdu.writeto(path)
-    assert path.read_bytes()[:2880].count(b"BSCALE  =") == 2
-    expected = np.arange(12, dtype=np.float32).reshape(3, 4) * 2
-    for data in (read_file(path)[0].data[0], parse_fits_bytes(path.read_bytes())[0],
-                 _read_fits_astropy(path, want_scale=True, triplet_hint=False)[0].data[0]):
+    assert path.read_bytes()[:2880].count(b"SATURATE=") == 2
+    expected = np.arange(12, dtype=np.float32).reshape(3, 4)
+    fast, astropy_read = read_file(path)[0], _read_fits_astropy(path, want_scale=True,
+                                                                triplet_hint=False)[0]
+    data, _, facts = parse_fits_bytes(path.read_bytes(), return_facts=True)
+    assert list(fast.saturation) == list(astropy_read.saturation) == [100.0]
+    assert facts.saturation == 100.0
+    for data in (fast.data[0], data, astropy_read.data[0]):
         np.testing.assert_array_equal(data, expected)
 
 
@@ -787,15 +797,31 @@ def _assert_truncated(blob, path, how, label, expected):
     assert stamp.reason == [f"truncated FITS file {path.name}: {words} file holds 1000"]
 
 
+def _zipped(data, name="x.fits"):
+    """A zip archive (deflated) of the one file ``name`` holding ``data``."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr(name, data)
+    return buf.getvalue()
+
+
+#: Suffix and compressor of each whole-file compression astropy reads.
+PACKERS = {"gzip": (".gz", gzip.compress), "bzip2": (".bz2", bz2.compress),
+           "xz": (".xz", lzma.compress), "zip": (".zip", _zipped)}
+
+
 @pytest.mark.parametrize("layout", ["primary", "extension"])
-@pytest.mark.parametrize("how", ["file", "gzip", "memmap", "bytes"])
+@pytest.mark.parametrize("how", ["file", "gzip", "bzip2", "xz", "zip", "memmap", "gzip-large",
+                                 "bzip2-large", "xz-large", "zip-large", "bytes"])
 def test_truncated_mask_after_a_whole_image_is_truncated_as_bytes_as_a_file(
         tmp_path, monkeypatch, layout, how):
     """A stamp whose image is whole (in the primary HDU, or in an extension after an empty
     primary) followed by a MASK extension (as Rubin's cutouts have) that the stream ends
     inside of: the file is damaged, and bytes and files say so alike. A file was refused as
     truncated, while the same bytes through `parse_fits_bytes` (alert cutouts, FITS bytes
-    cells) gave the image without a word."""
+    cells) gave the image without a word; and a compressed file over the fast reader's
+    16 MB (read by astropy, which does not read the MASK's data: `-large`, the limit
+    lowered) still gave it, in every compression."""
     image = galaxy(64)
     mask = fits.ImageHDU(np.zeros((64, 64), np.int32), name="MASK")
     hdus = [fits.PrimaryHDU(image), mask] if layout == "primary" else \
@@ -804,15 +830,93 @@ def test_truncated_mask_after_a_whole_image_is_truncated_as_bytes_as_a_file(
     with fits.open(tmp_path / "full.fits") as hdul:
         start = hdul[-1].fileinfo()["datLoc"]
     blob = (tmp_path / "full.fits").read_bytes()[:start + 1000]
-    name = "t.fits.gz" if how == "gzip" else "t.fits"
-    (tmp_path / name).write_bytes(gzip.compress(blob) if how == "gzip" else blob)
-    if how == "memmap":
+    packing = how.split("-")[0]
+    suffix, pack = PACKERS.get(packing, ("", bytes))
+    name = "t.fits" + suffix
+    (tmp_path / name).write_bytes(pack(blob))
+    if how == "memmap" or how.endswith("-large"):
         monkeypatch.setattr("astromorph._readers._fits._FAST_MAX_BYTES", 0)
     label = f"HDU {len(hdus) - 1}, EXTNAME 'MASK'"
     _assert_truncated(blob, tmp_path / name, how, label, 64 * 64 * 4)
-    if how == "bytes":  # the gzipped bytes too
-        with pytest.raises(ValueError, match=f"^truncated FITS data: the header of {label}"):
-            parse_fits_bytes(gzip.compress(blob))
+    if how == "bytes":  # the compressed bytes too
+        for _, pack in PACKERS.values():
+            with pytest.raises(ValueError, match=f"^truncated FITS data: the header of {label}"):
+                parse_fits_bytes(pack(blob))
+
+
+def test_truncated_mask_of_a_gzipped_file_over_16_mb_is_refused(tmp_path):
+    """The same, with a real .fits.gz over 16 MB (random pixels gzip hardly shrinks; about
+    1.5 s): it gave the image without a word, where a smaller file was refused."""
+    image = np.random.default_rng(0).random((2300, 2300), dtype=np.float32)
+    mask = fits.ImageHDU(np.zeros((64, 64), np.int32), name="MASK")
+    buf = io.BytesIO()
+    fits.HDUList([fits.PrimaryHDU(image), mask]).writeto(buf)
+    start = len(buf.getvalue()) - 17280  # the MASK's data: 16384 bytes, padded to 6 blocks
+    path = tmp_path / "big.fits.gz"
+    path.write_bytes(gzip.compress(buf.getvalue()[:start + 1000], compresslevel=1))
+    assert path.stat().st_size > 16 << 20
+    (stamp,) = read_file(path)
+    assert stamp.flags == Flag.BAD_INPUT
+    assert stamp.reason == ["truncated FITS file big.fits.gz: the header of HDU 1, EXTNAME "
+                            "'MASK' gives 16384 bytes of data, the file holds 1000"]
+
+
+#: Two values of each scaling keyword (BLANK: of int16 pixels).
+_TWICE = {"BSCALE": (2.0, 3.0), "BZERO": (1.0, 5.0), "BLANK": (7, 9)}
+
+
+def _scaled_twice(key, values, layout="primary"):
+    """FITS bytes of int16 pixels whose image header holds the keyword ``key`` once per
+    value of ``values``, in that order (astropy writes such a header as it is given)."""
+    raw = (np.arange(64 * 64) % 300).reshape(64, 64).astype(np.int16)
+    hdu = fits.PrimaryHDU(raw) if layout == "primary" else fits.ImageHDU(raw)
+    for value in values:
+        hdu.header.append((key, value), end=True)
+    buf = io.BytesIO()
+    hdus = [hdu] if layout == "primary" else [fits.PrimaryHDU(), hdu]
+    fits.HDUList(hdus).writeto(buf, output_verify="ignore")
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("layout", ["primary", "extension"])
+@pytest.mark.parametrize("key", sorted(_TWICE))
+def test_repeated_scaling_keyword_with_two_values_is_refused(tmp_path, monkeypatch, key,
+                                                             layout):
+    """An image header with two BSCALE (BZERO, BLANK) cards of different values: astropy
+    scales the pixels by the last and gives the first as the header's value (and says
+    nothing), the fast reader took the first; which is meant cannot be told, so the image
+    is refused (BAD_INPUT, naming the keyword and both values), as a file (plain, gzipped,
+    over 16 MB) and as bytes (`parse_fits_bytes`, `read_fits_bytes`). Two cards of the same
+    value read as one."""
+    from astromorph._readers._fits import read_fits_bytes
+
+    a, b = _TWICE[key]
+    blob = _scaled_twice(key, (a, b), layout)
+    if key != "BLANK":  # (astropy: the last scales, the first is the header's)
+        with fits.open(io.BytesIO(blob)) as hdul:
+            assert hdul[-1].data[0, 1] == (b if key == "BSCALE" else 1 + b)
+        with fits.open(io.BytesIO(blob), do_not_scale_image_data=True) as hdul:
+            assert hdul[-1].header[key] == a
+    words = f"{key} is given 2 times, with different values ({a!r}, {b!r})"
+    (tmp_path / "twice.fits").write_bytes(blob)
+    (tmp_path / "twice.fits.gz").write_bytes(gzip.compress(blob))
+    once = _scaled_twice(key, (a,), layout)
+    for large in (False, True):
+        if large:
+            monkeypatch.setattr("astromorph._readers._fits._FAST_MAX_BYTES", 0)
+        for name in ("twice.fits", "twice.fits.gz"):
+            (stamp,) = read_file(tmp_path / name)
+            assert stamp.flags == Flag.BAD_INPUT and words in stamp.reason[0], (name, stamp.reason)
+    (stamp,) = read_fits_bytes(blob, source="cell")
+    assert stamp.flags == Flag.BAD_INPUT and words in stamp.reason[0], stamp.reason
+    with pytest.raises(ValueError, match=re.escape(words)):
+        parse_fits_bytes(blob)
+    same = _scaled_twice(key, (a, a), layout)
+    np.testing.assert_array_equal(parse_fits_bytes(same)[0], parse_fits_bytes(once)[0])
+    (tmp_path / "same.fits").write_bytes(same)
+    (stamp,) = read_file(tmp_path / "same.fits")
+    assert stamp.flags == 0
+    np.testing.assert_array_equal(stamp.data[0], parse_fits_bytes(once)[0])
 
 
 @pytest.mark.parametrize("how", ["file", "gzip", "bytes"])
@@ -4189,6 +4293,43 @@ def _edge_packet(path, keep, *, wcs_centre=(31, 31), wcs=True, **pos):
         raw[key] = gzip.compress(buf.getvalue())
     write_avro(path, [ztf_alert(9, raw=raw, ra=ra, dec=dec, **pos)])
     return np.stack(full)
+
+
+@pytest.mark.parametrize("packing", ["bzip2", "xz", "zip"])
+def test_alert_cutouts_in_any_compression_read_as_gzipped_ones(tmp_path, packing):
+    """Alert cutouts whose FITS bytes are compressed by bzip2, xz or zip give the stamps of
+    gzipped ones, bit for bit: a ZTF alert cut at the CCD edge (placed by its cutouts' WCS)
+    and a Rubin alert (whose cutouts' WCS gives the pixel scale); a broken archive is the
+    alert's BAD_INPUT reason, naming the cutout and what is wrong, as a file of it says.
+    (`parse_fits_bytes` read gzip only: the others were 'stamp is not FITS'.)"""
+    pytest.importorskip("fastavro")
+    keys = ("cutoutScience", "cutoutTemplate", "cutoutDifference")
+    trip = triplet(seed=3)
+    stamps = {}
+    for how, pack in (("gzip", gzip.compress), (packing, PACKERS[packing][1])):
+        ztf = ztf_alert(9, raw={key: pack(fits_bytes(trip[i][:, 10:], scale=1.01,
+                                                     centre=(31, 21)))
+                                for i, key in enumerate(keys)},
+                        ra=150.0, dec=2.0, xpos=21.0)
+        rubin = rubin_alert(5)
+        rubin.update({key: pack(rubin[key]) for key in keys})
+        write_avro(tmp_path / f"ztf-{how}.avro", [ztf])
+        write_avro(tmp_path / f"rubin-{how}.avro", [rubin], RUBIN_SCHEMA)
+        stamps[how] = [read_file(tmp_path / f"{kind}-{how}.avro")[0] for kind in ("ztf", "rubin")]
+    for want, got in zip(stamps["gzip"], stamps[packing]):
+        assert (got.flags, got.reason, got.pixel_scale) == (want.flags, want.reason,
+                                                            want.pixel_scale)
+        np.testing.assert_array_equal(got.data, want.data)
+    assert "placed by" in " ".join(stamps[packing][0].reason), stamps[packing][0].reason
+    assert stamps[packing][1].flags == 0 and stamps[packing][1].pixel_scale == pytest.approx(0.2)
+    broken = PACKERS[packing][1](fits_bytes(trip[2]))[:300]
+    write_avro(tmp_path / "broken.avro", [ztf_alert(10, raw={"cutoutDifference": broken})])
+    (stamp,) = read_file(tmp_path / "broken.avro")
+    (tmp_path / "broken.fits").write_bytes(broken)
+    (alone,) = read_file(tmp_path / "broken.fits")
+    assert stamp.flags == Flag.BAD_INPUT
+    assert stamp.reason == [f"cutoutDifference: {alone.reason[0]}"], (stamp.reason, alone.reason)
+    assert alone.reason[0].startswith(f"corrupt or truncated {packing}"), alone.reason
 
 
 _EDGES = {"left": (np.s_[:, 10:], {"xpos": 21.0}), "right": (np.s_[:, :53], {"xpos": 3062.0}),

@@ -469,11 +469,15 @@ def _ztf_wcs_pixel(blob, ra, dec):
 
 
 def _may_have_wcs(blob, blocks=4):
-    """False where the primary header of the FITS cutout ``blob`` (gzipped or not) ends
+    """False where the primary header of the FITS cutout ``blob`` (compressed or not) ends
     within its first ``blocks`` 2880-byte blocks without a CRPIX1 card; True otherwise. Only
     those blocks are decompressed, one at a time: most ZTF cutouts carry no WCS, and the
     whole cutout was decompressed once already."""
+    from ._compressed import compression_of, decompress
+
     gz = zlib.decompressobj(16 + zlib.MAX_WBITS) if blob[:2] == b"\x1f\x8b" else None
+    if gz is None and compression_of(blob[:6]):  # bzip2, xz, zip (read whole once already)
+        blob = decompress(blob)[0]
     for k in range(blocks):
         block = gz.decompress(gz.unconsumed_tail if k else blob, 2880) if gz is not None \
             else bytes(blob[2880 * k:2880 * (k + 1)])
@@ -652,11 +656,13 @@ _SAME_POINT_DEG = 1e-9
 
 
 def _header_getter(blob):
-    """``get(key, default=None)`` of the primary header of the FITS cutout ``blob`` (gzipped
-    or not), its values parsed (`_card_value`), and the header's cards and end offset."""
-    from ._fits import _card_value, _gunzip, _parse_header
+    """``get(key, default=None)`` of the primary header of the FITS cutout ``blob``
+    (compressed or not), its values parsed (`_card_value`), and the header's cards and end
+    offset."""
+    from ._compressed import decompress
+    from ._fits import _card_value, _parse_header
 
-    buf = _gunzip(blob) if blob[:2] == b"\x1f\x8b" else blob
+    buf = decompress(blob)[0]  # (gzip, bzip2, xz, zip: as `parse_fits_bytes` reads it)
     cards, _, end = _parse_header(buf, 0)
     values = {}
 

@@ -10,7 +10,7 @@ from typing import NamedTuple
 import numpy as np
 
 from .._flags import Flag
-from ._compressed import (UNCOMPRESS, ArchiveError, _gunzip, compression_of, decompress,
+from ._compressed import (UNCOMPRESS, ArchiveError, compression_of, decompress,
                           first_bytes, open_stream)
 from ._stamp import Stamp, common_pixel_scale, pixel_scales
 from .._warnings import catch_warnings, first_few, warn
@@ -18,8 +18,8 @@ from ..exceptions import AstromorphWarning
 
 __all__ = ["Beam", "HeaderFacts", "band_keyword", "band_of_header", "beam_of_header",
            "flux_unit_note", "header_facts", "inherited_primary", "normalise_band",
-           "parse_fits_bytes", "read_fits", "read_fits_bytes", "saturation_of_header",
-           "stokes_i", "warn_flux_units"]
+           "parse_fits_bytes", "read_fits", "read_fits_bytes", "repeated_scaling",
+           "saturation_of_header", "stokes_i", "warn_flux_units"]
 
 _MEMBERS = ("science", "reference", "difference")
 
@@ -502,6 +502,29 @@ def _physical(raw, bscale=1.0, bzero=0.0, blank=None):
         return out
 
 
+#: Header keywords that scale the pixels or mark the blank ones (`_physical`).
+_SCALING_KEYS = ("BSCALE", "BZERO", "BLANK")
+
+
+def repeated_scaling(header):
+    """Words for a scaling keyword (BSCALE, BZERO, BLANK) that the astropy ``header`` gives
+    more than once with different values, naming it and the values; None where each is given
+    once, or repeated with one value. astropy scales the pixels by the last copy (and blanks
+    those of the last BLANK) but gives the first as the header's value, without a word:
+    which one is meant cannot be told, so every reader refuses such an image rather than
+    guess."""
+    for key in _SCALING_KEYS:
+        if key in header and header.count(key) > 1:
+            values = [_card_value(card.image[10:]) for card in header.cards
+                      if card.keyword == key]
+            if len(set(values)) > 1:
+                shown = ", ".join(repr(v) for v in values)
+                return (f"{key} is given {len(values)} times, with different values ({shown}): "
+                        "which one applies cannot be told (astropy applies the last, its "
+                        f"header gives the first); keep the one {key} card meant")
+    return None
+
+
 #: Pan-STARRS1's asinh compression constant, 2.5 log10(e).
 _PS1_ALPHA = 2.5 * np.log10(np.e)
 
@@ -543,6 +566,8 @@ def _fast_fits(buf, *, primary_only, want_scale):
             values[key] = _card_value(cards[key]) if key in cards else default
         return values[key] if values[key] is not None else default
 
+    if any(key in cards and keys.count(key) > 1 for key in _SCALING_KEYS):
+        return None  # a scaling keyword given twice: astropy's reader says whether it differs
     bitpix, naxis = get("BITPIX"), get("NAXIS")
     if bitpix not in _FAST_DTYPES or not isinstance(naxis, int) or not 2 <= naxis <= 4 \
             or get("GROUPS") is True or "ZIMAGE" in cards:
@@ -1461,10 +1486,16 @@ def read_fits(path, *, want_scale, triplet_hint):
                 read, close, _ = _file_reader(path)
                 try:
                     problem = malformed_header(read, max_hdus=1)
+                    # astropy does not read the data of the HDUs it skips (MASK, UNCERT), nor
+                    # warn of a compressed stream that ends inside them (it knows no size
+                    # of one): one walk through the stream says so, as for a small file
+                    truncated = None if problem else truncated_data(read)
                 finally:
                     close()
                 if problem:
                     return _refused(source, path, _malformed(problem, path.name))
+                if truncated:
+                    return _refused(source, path, _truncated(*truncated, path.name))
     except (ValueError, OSError) as exc:
         return _refused(source, path, f"cannot read FITS: {exc}")
     return _read_fits_astropy(path, want_scale=want_scale, triplet_hint=triplet_hint)
@@ -1534,7 +1565,7 @@ def _read_fits_astropy(path, *, want_scale, triplet_hint, buf=None, source=None,
             warnings.simplefilter("always")
             with fits.open(path if buf is None else io.BytesIO(buf), memmap=buf is None,
                            do_not_scale_image_data=True, lazy_load_hdus=False) as hdul:
-                images, empty, stokes = [], {}, {}
+                images, empty, stokes, twice = [], {}, {}, None
                 quanta = {}  # HDU index: its planes' quantisation steps (`_plane_steps`)
                 # astropy reads a second primary HDU (a file joined to the first) as one more
                 second = next((hdu.fileinfo()["hdrLoc"] for i, hdu in enumerate(hdul)
@@ -1546,6 +1577,10 @@ def _read_fits_astropy(path, *, want_scale, triplet_hint, buf=None, source=None,
                         if i and hdu.is_image:  # an extension meant for an image, left empty
                             empty[i] = _lenient(hdu.header.copy())
                         continue
+                    twice = repeated_scaling(hdu.header)
+                    if twice:  # (which pixel values are meant is unknown: no image read)
+                        twice = _in_hdu(i, twice)
+                        break
                     data = _hdu_data(hdu)
                     steps = _plane_steps(hdu, data.shape)
                     data, why = stokes_i(data, hdu.header.get)
@@ -1573,6 +1608,8 @@ def _read_fits_astropy(path, *, want_scale, triplet_hint, buf=None, source=None,
         finally:
             close()
         return _refused(source, path, reason)
+    if twice:
+        return _refused(source, path, twice)
     if second is not None:
         if buf is None:
             with open(path, "rb") as f:
@@ -1646,8 +1683,8 @@ def _empty_label(i, header):
 
 
 def parse_fits_bytes(blob, *, want_scale=True, return_facts=False):
-    """Image and pixel scale (and header facts) of a FITS stamp held in bytes (gzipped or
-    not).
+    """Image and pixel scale (and header facts) of a FITS stamp held in bytes (compressed or
+    not: gzip, bzip2, xz, a zip archive of one file, as `read_fits` reads a file of them).
 
     Uses a fast parser for simple images (primary HDU with data; trailing
     extensions such as Rubin's ``MASK``/``UNCERT`` are ignored, but a stamp
@@ -1671,16 +1708,17 @@ def parse_fits_bytes(blob, *, want_scale=True, return_facts=False):
     Raises
     ------
     ValueError
-        For corrupt, truncated or empty stamps, and Stokes cubes without an I plane.
+        For corrupt, truncated or empty stamps (a broken archive: the reason `read_fits` gives
+        a file of it), and Stokes cubes without an I plane.
     """
     if not blob:
         raise ValueError("empty stamp")
-    if blob[:2] == b"\x1f\x8b":
-        try:
-            blob = _gunzip(blob)
-        except zlib.error as exc:
-            raise ValueError(f"corrupt or truncated gzip stamp: {exc}") from None
+    # compressed bytes (gzip, bzip2, xz, a zip archive of one file) are read as a file of
+    # them is (`_read_fits_buffer`), and broken ones refused in the same words
+    blob, compression = decompress(blob)  # (its ArchiveError is a ValueError)
     if not blob.startswith(b"SIMPLE  ="):
+        if compression:
+            raise ValueError(_not_fits(blob, compression))
         raise ValueError(f"stamp is not FITS (starts with {bytes(blob[:8])!r})")
     fast = _fast_fits(blob, primary_only=True, want_scale=want_scale)
     if fast is not None:
@@ -1693,13 +1731,17 @@ def parse_fits_bytes(blob, *, want_scale=True, return_facts=False):
     else:
         from astropy.io import fits
 
-        data, why = None, None
+        data, why, twice = None, None, None
         try:
             with catch_warnings():
                 warnings.simplefilter("ignore")
                 with fits.open(io.BytesIO(blob), do_not_scale_image_data=True) as hdul:
                     for i, hdu in enumerate(hdul):
                         if _has_image_data(hdu) and not _is_auxiliary(hdu):
+                            twice = repeated_scaling(hdu.header)
+                            if twice:
+                                twice = _in_hdu(i, twice)
+                                break
                             data, problem = stokes_i(_hdu_data(hdu), hdu.header.get)
                             if problem:  # said where the stamp has no other image
                                 why = why or _in_hdu(i, problem)
@@ -1711,6 +1753,8 @@ def parse_fits_bytes(blob, *, want_scale=True, return_facts=False):
         except Exception as exc:  # noqa: BLE001 - astropy raises many kinds for bad headers
             # KeyError, TypeError... from a malformed header: the ValueError callers expect
             raise ValueError(_unreadable(exc, _buffer_reader(blob))) from exc
+        if twice:
+            raise ValueError(twice)
         if data is None:
             raise ValueError(why or "no image data in stamp")
         # the HDUs after the one read (MASK, UNCERT, ...) are not read: one that the stream
