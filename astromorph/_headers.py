@@ -7,13 +7,16 @@ atomically, and only once every target has been checked (`header_targets`).
 """
 import logging
 import os
+import shutil
 import warnings
+import zipfile
 from pathlib import Path
 
 import numpy as np
 
 from ._io import atomic_output, card_reads_back, output_error
 from ._readers import sniff_format
+from ._readers._compressed import compression_of, zip_member
 from ._version import __version__
 from ._warnings import catch_warnings, first_few, warn
 from .exceptions import (AstromorphError, AstromorphWarning, InvalidArgumentError,
@@ -35,8 +38,8 @@ def header_targets(paths, write_header, in_place, overwrite):
     if len(fits_paths) < len(paths):
         what = "in_place" if in_place else "write_header"
         warn(f"{what}: {len(paths) - len(fits_paths)} of {len(paths)} input(s) are not "
-             f"FITS files, plain or gzipped (JPEG, PNG, Avro alerts; FITS files compressed "
-             f"with bzip2, xz or zip are read, not written), and get no header keywords"
+             f"FITS files, plain or compressed (JPEG, PNG, Avro alerts), and get no header "
+             f"keywords"
              + ("; nothing will be written" if not fits_paths else ""),
              AstromorphWarning)
     if not fits_paths:
@@ -72,23 +75,70 @@ def header_targets(paths, write_header, in_place, overwrite):
 
 
 def _is_fits(path):
-    """Whether ``path`` is a FITS file whose header is written (plain or gzipped; the readers
-    read bzip2, xz and zip ones too, not written back): by its content, as
+    """Whether ``path`` is a FITS file whose header is written (plain, or compressed by gzip,
+    bzip2 or xz, or a zip archive of one file, as the readers read them): by its content, as
     `astromorph._readers.sniff_format` decides, its name only when the content says
     nothing."""
     try:
-        return sniff_format(path) in ("fits", "gzip")
+        return sniff_format(path) in ("fits", "gzip", "bzip2", "xz", "zip")
     except OSError:
         return False
 
 
-def _gzipped(path):
-    """Whether ``path`` holds a gzip stream although its name does not end in ``.gz`` (which
-    astropy reads, by content, and would write back uncompressed, by name)."""
-    try:
-        return sniff_format(path) == "gzip" and not Path(path).name.lower().endswith(".gz")
-    except OSError:
-        return False
+#: The file name ending by which astropy writes each compression (``None``: plain FITS;
+#: astropy writes no zip archive: its one file is written plain, then archived here).
+_WRITTEN_AS = {None: ".fits", "gzip": ".gz", "bzip2": ".bz2", "xz": ".xz", "zip": ".fits"}
+
+
+def _container(path):
+    """The compression of the file ``path`` by its content (`compression_of`: ``"gzip"``,
+    ``"bzip2"``, ``"xz"``, ``"zip"``), None for a plain file, whatever its name."""
+    with open(path, "rb") as f:
+        return compression_of(f.read(6))
+
+
+def _write_in_container(hdul, tmp, path, checksum):
+    """Write ``hdul`` to ``tmp`` in the container of the input ``path``: plain FITS stays
+    plain, gzip, bzip2 and xz files stay so compressed, whatever their names (astropy
+    compresses by the name it writes to: a plain file named ``x.fits.bz2`` would come back
+    compressed, one named ``x.fits.zip`` not at all), and a zip archive stays one, its
+    member's name, date and compression kept (`_rezip`)."""
+    from astropy.io import fits
+
+    container = _container(path)
+    suffix = _WRITTEN_AS[container]
+    # astropy reads the name's last ending, as written (".gz", not ".GZ")
+    out = tmp if container != "zip" and os.path.splitext(tmp.name)[1] == suffix \
+        else tmp.with_name(tmp.name + suffix)
+    with catch_warnings():
+        warnings.simplefilter("ignore", fits.verify.VerifyWarning)
+        hdul.writeto(out, output_verify="silentfix", checksum=checksum)
+    if container == "zip":
+        try:
+            _rezip(path, out, tmp)
+        finally:
+            out.unlink()
+    elif out != tmp:
+        os.replace(out, tmp)
+
+
+def _rezip(archive, content, tmp):
+    """Write to ``tmp`` the zip ``archive`` with its one file's content replaced by the file
+    ``content``: the member's name, date, compression, permissions and comments kept, and any
+    folder entries with it (`zip_member`: an archive of more files than one is no FITS file
+    the readers read)."""
+    with zipfile.ZipFile(archive) as old, zipfile.ZipFile(tmp, "w") as new:
+        member = zip_member(old)
+        new.comment = old.comment
+        for info in old.infolist():
+            copy = zipfile.ZipInfo(info.filename, info.date_time)
+            copy.compress_type, copy.comment = info.compress_type, info.comment
+            copy.external_attr, copy.create_system = info.external_attr, info.create_system
+            if info is not member:  # a folder entry
+                new.writestr(copy, b"")
+                continue
+            with open(content, "rb") as src, new.open(copy, "w", force_zip64=True) as dst:
+                shutil.copyfileobj(src, dst, 1 << 20)
 
 
 def _card(key, value, comment, dropped=None):
@@ -239,13 +289,8 @@ def _write_headers(model, table, name, items, targets, overwrite, written, skipp
                     for card in _result_cards(model, table, row, index, dropped):
                         header.append(card, end=True)
                 checksum = any("CHECKSUM" in h.header for h in hdul)
-                # a gzipped file stays gzipped whatever its name (astropy compresses by name)
-                gz = tmp.with_name(tmp.name + ".gz") if _gzipped(path) else tmp
-                with catch_warnings():
-                    warnings.simplefilter("ignore", fits.verify.VerifyWarning)
-                    hdul.writeto(gz, output_verify="silentfix", checksum=checksum)
-                if gz != tmp:
-                    os.replace(gz, tmp)
+                # in the input's own container, whatever its name
+                _write_in_container(hdul, tmp, path, checksum)
         except (OSError, AstromorphError) as exc:
             # a full disk, an unwritable folder...: the caller must know, and which files
             # have their keywords (complete: each file is written atomically) and which not

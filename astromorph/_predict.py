@@ -72,7 +72,8 @@ def predict_files(model, inputs, *, batch_size=256, progress=None, write_header=
     write_header : str or os.PathLike, optional
         Directory (created if needed) that receives a copy of every FITS
         input with the results as ``HIERARCH ASTROMORPH <MODEL> ...`` header
-        keywords. The inputs are never modified.
+        keywords, each in its input's container (plain, gzip, bzip2, xz or a zip
+        archive of one file, whatever its name). The inputs are never modified.
     in_place : bool, optional
         Add the keywords to the FITS inputs themselves. Each file is replaced
         atomically (a complete temporary copy in the same directory, fsync'ed,

@@ -3824,6 +3824,56 @@ def test_header_writing_recognises_fits_by_content_as_the_readers_do(models, tmp
         assert sorted(p.name for p in out.iterdir()) == ["x.avro"]
 
 
+@pytest.mark.parametrize("in_place", [False, True])
+def test_header_results_are_written_into_compressed_files_in_their_container(models, tmp_path,
+                                                                          in_place):
+    """bzip2, xz and zip files (named for it or not) get their header keywords as gzipped
+    ones do, each still in its own container (a zip archive keeps its member's name and
+    compression), and plain FITS files named .fits.gz, .bz2, .xz or .zip stay plain. They
+    were skipped with a warning ("read, not written"), a plain file named .fits.bz2 or .xz
+    came back compressed (astropy compresses by name), and one named .fits.zip was an
+    `OutputError` after the run, the files after it left unwritten."""
+    from astromorph._readers._compressed import compression_of
+
+    src, out = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    plain = fits_bytes(triplet())
+    files = {}
+    for packing, (suffix, pack) in PACKERS.items():
+        files[f"a.fits{suffix}"] = pack(plain)  # named for its compression
+        files[f"b-{packing}.fits"] = pack(plain)  # named as plain FITS
+        files[f"c-plain.fits{suffix}"] = plain  # plain FITS named as compressed
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as archive:
+        archive.writestr("stored/cutout.fits", plain)
+    files["d-stored.zip"] = buf.getvalue()
+    paths = [src / name for name in files]
+    for path, data in zip(paths, files.values()):
+        path.write_bytes(data)
+    options = dict(in_place=True) if in_place else dict(write_header=out)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        table = quiet(astromorph.predict_files, "real-bogus", paths, **options)
+    texts = [str(w.message) for w in caught if issubclass(w.category, AstromorphWarning)]
+    assert not any("not FITS" in t or "not written" in t for t in texts), texts
+    assert list(table["rb_flags"]) == [0] * len(paths)
+    for k, (name, data) in enumerate(files.items()):
+        written = (src if in_place else out) / name
+        got = written.read_bytes()
+        assert compression_of(got[:6]) == compression_of(data[:6]), name
+        with fits.open(written) as hdul:
+            assert hdul[0].header["HIERARCH ASTROMORPH REAL-BOGUS SCORE"] == pytest.approx(
+                float(table["rb_score"][k]), rel=1e-6), name
+            np.testing.assert_array_equal(hdul[0].data, triplet())
+        if compression_of(data[:6]) == "zip":
+            with zipfile.ZipFile(io.BytesIO(data)) as before, zipfile.ZipFile(written) as after:
+                assert [(i.filename, i.compress_type) for i in after.infolist()] \
+                    == [(i.filename, i.compress_type) for i in before.infolist()], name
+        if not in_place:
+            assert (src / name).read_bytes() == data, name  # the input untouched
+    assert sorted(p.name for p in (src if in_place else out).iterdir()) == sorted(files)
+
+
 @pytest.mark.parametrize("cause", [PermissionError(errno.EACCES, "Permission denied"),
                                    OSError(errno.ENOSPC, "No space left on device")])
 def test_header_write_failure_keeps_its_cause(models, tmp_path, monkeypatch, cause):
