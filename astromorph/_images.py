@@ -16,7 +16,7 @@ from ._readers._compressed import COMPRESSED_MAGIC, STREAM_OPENERS
 from ._readers._fits import (_AUX_EXTNAMES, _FAST_DTYPES, _MEMBERS, _TRIPLET_NAMES, _physical,
                              _image_quantisation, band_of_header, beam_of_header, header_facts,
                              linear_fluxes, normalise_band, repeated_scaling,
-                             saturation_of_header, wcs_matrix_problem)
+                             saturation_of_header, truncated_file, wcs_matrix_problem)
 from ._warnings import catch_warnings, first_few, warn, warn_again
 from .exceptions import (AmbiguousInputWarning, AstromorphWarning, InputDTypeError, InputError,
                          InvalidArgumentTypeError, MissingDependencyError,
@@ -346,8 +346,10 @@ def _from_hdu(hdu, name, hold=None, file_span=None, primary=None, stream=None):
 def _open_fits(name):
     """Open a FITS file for `SkyImage`: raw (unscaled) data memory-mapped, every HDU read.
 
-    A truncated file raises `InputError` (astropy only warns, and drops the HDUs past the
-    end, which would lose bands silently).
+    A truncated file raises `InputError` in the words of `predict_files` (`truncated_file`):
+    astropy only warns of a plain one, and drops the HDUs past the end, which would lose
+    bands silently; of a compressed one (gzip, bzip2, xz, zip) that ends inside the data of
+    an HDU it skips (a MASK), it says nothing, so such a file's stream is walked once.
     """
     with catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -361,12 +363,38 @@ def _open_fits(name):
             raise MissingDependencyError(
                 f"{name}: {exc} Install it (pip install uncompresspy), or uncompress the file "
                 "(uncompress, gzip -d)") from exc
+    cut = next((w for w in caught if "truncated" in str(w.message)), None)
+    try:
+        with open(name, "rb") as f:
+            magic = f.read(6)
+        # a gzip, bzip2 or xz file whose stream astropy read to the end of its last HDU's
+        # data is whole (`_stream_whole`): only a zip archive's file (extracted by astropy)
+        # and a stream found short are walked. (A plain file astropy found short: its words
+        # where the data are whole, i.e. a header cut short, which `truncated_file` leaves.)
+        walk = cut or (magic.startswith(_COMPRESSED_MAGIC) and not (
+            any(magic.startswith(m) for m, _ in _STREAM_OPENERS) and _stream_whole(hdul)))
+        truncated = truncated_file(name) if walk else None
+    except (OSError, ValueError) as exc:  # (astropy read it: a stream broken after that)
+        truncated = f"{name}: not a readable FITS file ({exc})"
+    if truncated or cut:
+        hdul.close()
+        raise InputError(truncated or f"{name}: the FITS file is truncated ({cut.message})")
     for w in caught:
-        if "truncated" in str(w.message):
-            hdul.close()
-            raise InputError(f"{name}: the FITS file is truncated ({w.message})")
         warn_again(w)
     return hdul
+
+
+def _stream_whole(hdul):
+    """Whether the gzip, bzip2 or xz file that astropy opened as ``hdul`` (every HDU read)
+    holds the data of its last HDU whole, padding and all: astropy looks for one more HDU
+    past those data, so its decompressing reader stands past them, or at the end of a
+    stream that ends before (such a reader cannot seek beyond the end; the stream's size is
+    known only so). False where that cannot be told: `truncated_file` walks the stream."""
+    try:
+        info = hdul.fileinfo(len(hdul) - 1)
+        return info["file"].tell() >= info["datLoc"] + info["datSpan"]
+    except (AttributeError, KeyError, TypeError, ValueError, OSError, IndexError):
+        return False
 
 
 def _note_decompression(header, name, how):

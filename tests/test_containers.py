@@ -393,3 +393,91 @@ def test_annotate_refuses_file_objects_and_bytes(model, tmp_path):
         for image in (f, files["plain"].read_bytes()):
             with pytest.raises(InputError, match="cannot use"):
                 astromorph.annotate(cat, image, model=model)
+
+
+def _with_cut_mask(image, w, layout):
+    """FITS bytes of ``image`` (WCS ``w``; in the primary HDU, or in an extension after an
+    empty primary) followed by a MASK extension (as Rubin's images have) that they end
+    1000 bytes inside of, and the label of that HDU."""
+    mask = fits.ImageHDU(np.zeros((64, 64), np.int32), name="MASK")
+    hdus = [fits.PrimaryHDU(image, w.to_header()), mask] if layout == "primary" else \
+        [fits.PrimaryHDU(), fits.ImageHDU(image, w.to_header()), mask]
+    buf = io.BytesIO()
+    fits.HDUList(hdus).writeto(buf)
+    start = len(buf.getvalue()) - 17280  # the MASK's data: 16384 bytes, padded to 6 blocks
+    return buf.getvalue()[:start + 1000], f"HDU {len(hdus) - 1}, EXTNAME 'MASK'"
+
+
+def _refused_alike(model, path, w, label, monkeypatch=None):
+    """`annotate` of ``path`` is an `InputError` in the words of `predict_files`' reason
+    for it (the file named as it was given), which names the cut HDU ``label``; the reason
+    is the same whether the stamp reader reads the file in memory or (``monkeypatch``: its
+    limit lowered) through astropy."""
+    from astromorph._readers import read_file
+
+    (stamp,) = read_file(path)
+    assert stamp.reason == [f"truncated FITS file {path.name}: the header of {label} gives "
+                            "16384 bytes of data, the file holds 1000"], stamp.reason
+    if monkeypatch is not None:
+        with monkeypatch.context() as m:
+            m.setattr("astromorph._readers._fits._FAST_MAX_BYTES", 0)
+            assert read_file(path)[0].reason == stamp.reason
+    words = stamp.reason[0].replace(path.name, str(path))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # (compressed files are decompressed whole: noted)
+        with pytest.raises(InputError) as info:
+            astromorph.annotate(catalogue(w, [(30, 30)]), str(path), model=model)
+    assert str(info.value) == words
+
+
+@pytest.mark.parametrize("layout", ["primary", "extension"])
+@pytest.mark.parametrize("how", [None, *COMPRESS])
+def test_annotate_refuses_a_truncated_mask_in_every_container(model, tmp_path, monkeypatch,
+                                                              how, layout):
+    """An image whose MASK extension the file ends inside of: `annotate` refuses it in the
+    words `predict_files` gives, whatever the container. A gzip, bzip2, xz or zip file of it
+    gave the image without a word (astropy does not read the MASK's data, nor knows the size
+    of a compressed stream), where the plain file was refused."""
+    w = sky_wcs(N, rot=15)
+    blob, label = _with_cut_mask(blobs(N, seed=3, count=30), w, layout)
+    path = tmp_path / f"cut.fits{'' if how is None else '.' + how[:3]}"
+    path.write_bytes(_compressed(blob, how, "cut.fits"))
+    _refused_alike(model, path, w, label, monkeypatch)
+
+
+def test_annotate_refuses_a_truncated_mask_of_a_gzipped_file_over_16_mb(model, tmp_path):
+    """The same with a real .fits.gz over 16 MB (random pixels gzip hardly shrinks)."""
+    w = sky_wcs(2300, rot=15)
+    image = np.random.default_rng(0).random((2300, 2300), dtype=np.float32)
+    blob, label = _with_cut_mask(image, w, "primary")
+    path = tmp_path / "big.fits.gz"
+    path.write_bytes(gzip.compress(blob, compresslevel=1))
+    assert path.stat().st_size > 16 << 20
+    _refused_alike(model, path, w, label)
+
+
+def test_annotate_walks_no_whole_gzip_bzip2_or_xz_stream_again(model, tmp_path, monkeypatch):
+    """The truncation walk costs one more decompression of the file (doubling the time of a
+    bzip2 file through `annotate`): a whole gzip, bzip2 or xz file, whose stream astropy
+    read to the end of its last HDU's data, is not walked; a zip archive's file is (astropy
+    extracts it: its reader says nothing of the stream's size), and so is a cut one."""
+    import astromorph._images as images
+
+    walked, walk = [], images.truncated_file
+    monkeypatch.setattr(images, "truncated_file", lambda name: walked.append(name) or walk(name))
+    w = sky_wcs(N, rot=15)
+    blob, _ = _with_cut_mask(blobs(N, seed=3, count=30), w, "primary")
+    whole = blob[:-1000] + bytes(17280)  # the MASK's data whole (zeros), padding and all
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for how in COMPRESS:
+            path = _written(tmp_path / f"whole.fits.{how[:3]}",
+                            _compressed(whole, how, "whole.fits"))
+            walked.clear()
+            astromorph.annotate(catalogue(w, [(30, 30)]), str(path), model=model)
+            assert walked == ([str(path)] if how.startswith("zip") else []), how
+            path = _written(tmp_path / f"cut.fits.{how[:3]}", _compressed(blob, how, "cut.fits"))
+            walked.clear()
+            with pytest.raises(InputError, match="^truncated FITS file"):
+                astromorph.annotate(catalogue(w, [(30, 30)]), str(path), model=model)
+            assert walked == [str(path)], how

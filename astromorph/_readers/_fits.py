@@ -1,6 +1,7 @@
 """FITS stamps: a fast parser for simple images, astropy for the rest."""
 import functools
 import io
+import os
 import re
 import warnings
 import zlib
@@ -19,7 +20,7 @@ from ..exceptions import AstromorphWarning
 __all__ = ["Beam", "HeaderFacts", "band_keyword", "band_of_header", "beam_of_header",
            "flux_unit_note", "header_facts", "inherited_primary", "normalise_band",
            "parse_fits_bytes", "read_fits", "read_fits_bytes", "repeated_scaling",
-           "saturation_of_header", "stokes_i", "warn_flux_units"]
+           "saturation_of_header", "stokes_i", "truncated_file", "warn_flux_units"]
 
 _MEMBERS = ("science", "reference", "difference")
 
@@ -813,6 +814,23 @@ def truncated_data(read, max_hdus=_MAX_HDUS, *, start=0, first=0):
     return None
 
 
+def truncated_file(path, name=None):
+    """The reason (`_truncated`) for the FITS file ``path``, compressed or not (gzip, bzip2,
+    xz, the one file of a zip archive), whose stream ends inside the data of one of its HDUs
+    (`truncated_data`), or None. ``name``: the file's name in the reason (``path`` where
+    None). astropy does not read the data of the HDUs it skips (a MASK, UNCERT), nor warn of
+    a compressed stream that ends inside them (it knows no size of one): this walk through
+    the stream, one decompression of it, says so. Raises `OSError`, or `ArchiveError` for a
+    zip archive not of one file."""
+    read, close, _ = _file_reader(path)
+    try:
+        truncated = truncated_data(read)
+    finally:
+        close()
+    return _truncated(*truncated, os.fspath(path) if name is None else name) \
+        if truncated else None
+
+
 class _TruncatedData(ValueError):
     """A FITS stream that ends inside the data of its HDU ``label`` (``size`` bytes by its
     header, ``held`` in the stream), in the words of `_truncated`."""
@@ -1486,16 +1504,13 @@ def read_fits(path, *, want_scale, triplet_hint):
                 read, close, _ = _file_reader(path)
                 try:
                     problem = malformed_header(read, max_hdus=1)
-                    # astropy does not read the data of the HDUs it skips (MASK, UNCERT), nor
-                    # warn of a compressed stream that ends inside them (it knows no size
-                    # of one): one walk through the stream says so, as for a small file
-                    truncated = None if problem else truncated_data(read)
                 finally:
                     close()
                 if problem:
                     return _refused(source, path, _malformed(problem, path.name))
+                truncated = truncated_file(path, path.name)
                 if truncated:
-                    return _refused(source, path, _truncated(*truncated, path.name))
+                    return _refused(source, path, truncated)
     except (ValueError, OSError) as exc:
         return _refused(source, path, f"cannot read FITS: {exc}")
     return _read_fits_astropy(path, want_scale=want_scale, triplet_hint=triplet_hint)
