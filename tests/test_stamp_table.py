@@ -1729,3 +1729,78 @@ def test_lossily_compressed_fits_bytes_keep_their_flags(rb, method):
         {}, dict(compression_type="RICE_1", quantize_level=4, quantize_method=method))]
     np.testing.assert_array_equal((flags[0] & Flag.CONSTANT) != 0, [0, 1, 0, 0])
     np.testing.assert_array_equal(flags[1], flags[0])
+
+
+# ----------------------------------------------------------------- mutation-testing gaps
+def test_centre_with_one_coordinate_not_finite_is_centred_on_the_middle(rb):
+    """A row whose centre has one finite coordinate and one NaN (an x column with a value,
+    the y column masked) has no centre: it is scored about ``n // 2`` as a row whose both
+    coordinates are NaN, not flagged as a pixel off the stamp."""
+    t = _edge_cut_table()
+    t["cx"] = [21.0, 21.0]
+    t["cy"] = MaskedColumn([31.0, 31.0], mask=[False, True])
+    none = _edge_cut_table()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        out = astromorph.annotate_stamps(t, model=rb, centre=("cx", "cy"), pixel_scale=1.0)
+        ref = astromorph.annotate_stamps(none, model=rb, pixel_scale=1.0)
+    assert out["rb_score"][0] > 0.9 and not out["rb_flags"][0] & Flag.BAD_INPUT
+    assert out["rb_flags"][1] == ref["rb_flags"][1], out["rb_reason"][1]
+    assert out["rb_reason"][1] == ref["rb_reason"][1]
+    np.testing.assert_allclose(out["rb_score"][1], ref["rb_score"][1], rtol=0, atol=1e-6)
+
+
+def test_an_unusable_row_is_not_named_in_the_flux_unit_warning(tmp_path):
+    """Galaxy models: the warning of headers not in nanomaggies names the rows scored in
+    those units, as predict_files names such files; a row that is not scored (an image of
+    one pixel's height) is flagged, and named in no warning, as for a file of its bytes."""
+    from astromorph.exceptions import AstromorphWarning
+
+    g = _galaxy()
+    cells = [_hdul_bytes(fits.HDUList([fits.PrimaryHDU(g[:1], header=fits.Header(
+                 [("BUNIT", "count")]))])),
+             _hdul_bytes(fits.HDUList([fits.PrimaryHDU(g)]))]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", AstromorphWarning)
+        warnings.simplefilter("ignore", UnusableInputWarning)
+        files = astromorph.predict_files("morphology", _as_files(tmp_path, cells),
+                                         progress=False)
+        out = astromorph.annotate_stamps(Table({"stamp": _cells(cells)}), model="morphology",
+                                         progress=False)
+    assert out["morph_flags"][0] == files["morph_flags"][0] == Flag.BAD_INPUT
+    assert list(out["morph_reason"]) == list(files["reason"])
+
+
+def test_a_partial_default_column_set_is_passed_over():
+    """Without columns=, only a complete set of default names is taken: a table holding a
+    ``diff`` column of numbers (a magnitude difference) and its stamps in ``triplet`` is
+    scored from ``triplet``; one holding ``science`` alone names the sets it looked for."""
+    x = _triplets(3, seed=4)
+    t = Table({"diff": [0.1, -0.2, 0.3], "triplet": x})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UnusableInputWarning)
+        out = astromorph.annotate_stamps(t, model="real-bogus", progress=False)
+    assert out.meta["astromorph_stamp_columns"] == "triplet"
+    np.testing.assert_allclose(out["rb_score"], _direct(astromorph.load_model("real-bogus"), x),
+                               rtol=0, atol=1e-6)
+    with pytest.raises(InputError, match="no stamp columns found"):
+        astromorph.annotate_stamps(Table({"science": x[:, 0]}), model="real-bogus")
+
+
+def test_an_angle_per_pixel_in_degrees_is_converted_to_arcsec(rb):
+    """pixel_scale given as an angle per pixel in other units than arcsec (deg / pixel, as a
+    WCS's CDELT) scores as the same scale in arcsec per pixel: given, per row, and as a
+    column."""
+    x = _triplets(3, size=129, seed=6)  # 64.5 arcsec at 0.5: the model's whole field
+    t = Table({"triplet": x})
+    t["deg"] = np.full(3, 0.5 / 3600) * u.deg / u.pixel
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UnusableInputWarning)
+        ref = astromorph.annotate_stamps(t, model=rb, pixel_scale=0.5)
+        outs = [astromorph.annotate_stamps(t, model=rb, pixel_scale=given)
+                for given in (0.5 / 3600 * u.deg / u.pixel,
+                              np.full(3, 0.5 / 3600) * u.deg / u.pixel, "deg")]
+    assert not np.asarray(ref["rb_flags"]).any(), list(ref["rb_reason"])
+    for out in outs:
+        np.testing.assert_allclose(out["rb_score"], ref["rb_score"], rtol=0, atol=1e-6)
+        assert list(out["rb_flags"]) == list(ref["rb_flags"])
