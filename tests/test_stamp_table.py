@@ -92,6 +92,8 @@ def test_gzipped_fits_bytes_as_in_alert_packets(rb):
     fixed = Table(rows=rows)
     assert fixed["science"].dtype.kind == "S" and rows[0]["science"].endswith(b"\0")
     out = astromorph.annotate_stamps(fixed, model=rb)
+    # (assert_allclose passes on masked values: an unread row must fail by its flags)
+    assert not out["rb_flags"].any(), list(out["rb_reason"])
     np.testing.assert_allclose(out["rb_score"], _direct(rb, x), rtol=0, atol=1e-6)
 
 
@@ -1804,3 +1806,19 @@ def test_an_angle_per_pixel_in_degrees_is_converted_to_arcsec(rb):
     for out in outs:
         np.testing.assert_allclose(out["rb_score"], ref["rb_score"], rtol=0, atol=1e-6)
         assert list(out["rb_flags"]) == list(ref["rb_flags"])
+
+
+def test_centre_on_the_stamp_is_half_a_pixel_either_side_of_its_pixels(rb):
+    """A centre is on the stamp from the outer edge of its first pixel (-0.5) to just short
+    of the outer edge of its last (n - 0.5): a pixel there is placed (its field may be
+    flagged EDGE), one beyond is flagged BAD_INPUT, along x and along y."""
+    t = _edge_cut_table()  # 53 x 63 (x, y)
+    t = Table({c: [t[c][0]] * 8 for c in t.colnames})
+    xy = np.array([[-0.5, 31], [-0.51, 31], [52.49, 31], [52.5, 31],
+                   [26, -0.5], [26, -0.51], [26, 62.49], [26, 62.5]])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        out = astromorph.annotate_stamps(t, model=rb, pixel_scale=1.0, centre=xy)
+    off = [bool(f & Flag.BAD_INPUT) for f in out["rb_flags"]]
+    assert off == [False, True, False, True] * 2, list(out["rb_reason"])
+    assert all("off the 53x63 stamp" in r for r in out["rb_reason"][off])
