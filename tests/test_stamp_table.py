@@ -1822,3 +1822,31 @@ def test_centre_on_the_stamp_is_half_a_pixel_either_side_of_its_pixels(rb):
     off = [bool(f & Flag.BAD_INPUT) for f in out["rb_flags"]]
     assert off == [False, True, False, True] * 2, list(out["rb_reason"])
     assert all("off the 53x63 stamp" in r for r in out["rb_reason"][off])
+
+
+def test_an_empty_bytes_cell_is_a_missing_stamp(rb):
+    """A cell of zero bytes (an alert without that cutout) has no stamp, as an empty (None)
+    cell: MISSING_BAND, 'no stamp in ...', not a corrupt FITS file (BAD_INPUT)."""
+    x = _triplets(3, seed=5)
+    for empty in (b"", {"stampData": b""}, None):
+        sci = _cells([_fits_bytes(im) for im in x[:, 0]])
+        sci[1] = empty
+        t = Table({"science": sci, "reference": x[:, 1], "difference": x[:, 2]})
+        with pytest.warns(UnusableInputWarning, match="1 of 3 row"):
+            out = astromorph.annotate_stamps(t, model=rb)
+        assert list(out["rb_flags"]) == [0, Flag.MISSING_BAND, 0], repr(empty)
+        assert out["rb_reason"][1] == "no stamp in science"
+
+
+def test_float_cells_of_three_values_a_pixel_are_no_colour_pictures():
+    """Only 8-bit (H, W, 3) cells are colour pictures: float ones are read as cubes of W
+    planes and flagged BAD_INPUT with the words on the axis order, in an array column
+    (stacked) and in an object column (row by row)."""
+    x = np.random.default_rng(0).uniform(0, 1, (3, 64, 64, 3)).astype(np.float32)
+    for col in (x, _cells(list(x))):
+        with pytest.warns(UnusableInputWarning, match="3 of 3 row"):
+            out = astromorph.annotate_stamps(Table({"stamp": col}), model="morphology",
+                                             progress=False)
+        assert list(out["morph_flags"]) == [Flag.BAD_INPUT] * 3
+        assert all(r.startswith("64 planes: morphology takes 1 band or 3") and
+                   "NAXIS1 = 3 looks like the planes" in r for r in out["morph_reason"])
