@@ -1850,3 +1850,25 @@ def test_float_cells_of_three_values_a_pixel_are_no_colour_pictures():
         assert list(out["morph_flags"]) == [Flag.BAD_INPUT] * 3
         assert all(r.startswith("64 planes: morphology takes 1 band or 3") and
                    "NAXIS1 = 3 looks like the planes" in r for r in out["morph_reason"])
+
+
+@pytest.mark.parametrize("stacked", [True, False])
+def test_a_constant_grey_radio_image_with_a_few_masked_pixels_reads_as_unmasked(stacked,
+                                                                               monkeypatch):
+    """An 8-bit grey radio image, constant but for a few masked pixels (3%: no BLANK), is
+    filled with its median, the same constant: its flags and reason (words in the same
+    order) are those of the unmasked image, stacked and row by row."""
+    from astromorph import _stamp_table
+
+    if not stacked:
+        monkeypatch.setattr(_stamp_table, "_array_blocks", lambda *a: None)
+    x = np.full((2, 150, 150), 40, np.uint8)
+    mask = np.zeros(x.shape, bool)
+    mask[0, :5] = True
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        out = astromorph.annotate_stamps(Table({"image": MaskedColumn(x, mask=mask)}),
+                                         model="radio-morphology", progress=False)
+    flags, reasons = list(out["radio_flags"]), list(out["radio_reason"])
+    assert flags[0] == flags[1] and flags[0] & Flag.CONSTANT and not flags[0] & Flag.BLANK
+    assert reasons[0] == reasons[1] and "image is constant (40)" in reasons[0]
