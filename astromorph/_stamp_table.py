@@ -807,8 +807,9 @@ def _array_blocks(table, names, family, card, scales, flip, unknown=None, assume
             flags[j] = int(Flag.MISSING_BAND)
             reasons[j] = ["no stamp in " + ", ".join(nm for nm, e in zip(names, empty) if e[j])]
         if unknown is not None:  # rows whose negative value is masked: read as positive
-            for j in np.flatnonzero(unknown[start:stop]):
-                reasons[j].append(assumed)
+            for j in np.flatnonzero(unknown[start:stop]):  # where the per-row path says it:
+                # after a missing stamp's words, before those of the checks (NO_WCS...)
+                reasons[j].insert(len(reasons[j]) if missing[j] else 0, assumed)
         if probes[0].kind == "triplet":
             template = data[:, 1]
             with np.errstate(invalid="ignore"):  # NaN, inf and masking sentinels: no values

@@ -1872,3 +1872,37 @@ def test_a_constant_grey_radio_image_with_a_few_masked_pixels_reads_as_unmasked(
     flags, reasons = list(out["radio_flags"]), list(out["radio_reason"])
     assert flags[0] == flags[1] and flags[0] & Flag.CONSTANT and not flags[0] & Flag.BLANK
     assert reasons[0] == reasons[1] and "image is constant (40)" in reasons[0]
+
+
+def test_stacked_blocks_after_the_first_keep_their_rows_options_and_flags(rb, monkeypatch):
+    """Stacked blocks after the first give each row its own ``negative`` reason (a masked
+    value in row 2 is said in row 2), and a fully masked cell of stamps off the model's
+    grid without a pixel scale is MISSING_BAND alone (no NO_WCS of a stamp it has not),
+    as row by row. The stacked path said a masked negative after the NO_WCS words, the
+    per-row path before them: the reasons of one table differed by path."""
+    from astromorph import _stamp_table
+
+    x = _triplets(5, size=65, seed=8)
+    mask = np.zeros(x.shape, bool)
+    mask[1] = True
+    neg = MaskedColumn([False] * 5, mask=[False, True, True, False, False])
+    t = Table({"triplet": MaskedColumn(x, mask=mask), "neg": neg})
+    monkeypatch.setattr(_stamp_table, "_BLOCK_ROWS", 2)  # blocks of rows 0-1, 2-3, 4
+    outs = []
+    for stacked in (True, False):
+        with monkeypatch.context() as m:
+            if not stacked:
+                m.setattr(_stamp_table, "_array_blocks", lambda *a: None)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                outs.append(astromorph.annotate_stamps(t, model=rb, negative="neg",
+                                                       batch_size=1))
+    for out in outs:
+        assert list(out["rb_flags"]) == [Flag.NO_WCS, Flag.MISSING_BAND] + [Flag.NO_WCS] * 3
+        said = ["negative unknown" in r for r in out["rb_reason"]]
+        assert said == [False, True, True, False, False], list(out["rb_reason"])
+    # the words in the same order too: the negative's before the checks' (NO_WCS), after
+    # a missing stamp's
+    assert list(outs[0]["rb_reason"]) == list(outs[1]["rb_reason"])
+    assert outs[0]["rb_reason"][1].startswith("no stamp in triplet; negative unknown")
+    assert outs[0]["rb_reason"][2].startswith("negative unknown")
