@@ -399,9 +399,9 @@ def coarse_beam(beam):
 
 def _radio(raw, card, crop_fraction):
     from .preprocessing._radio import (MAX_BACKGROUND_SIGMA, MAX_POSITIVE_FRACTION,
-                                       MIN_BACKGROUND_SIGMA)
+                                       MIN_BACKGROUND_SIGMA, MIN_RING_SIGMA)
 
-    x, flags, level, edges = _radio_input(raw, card)
+    x, flags, level, edges, rings = _radio_input(raw, card)
     # the training images have at most 12.8 % of the network input above zero (the data-set
     # threshold): far more is a background offset or a filled field the model never saw;
     # a cutout in flux units is also out of distribution when its own background lies above
@@ -409,21 +409,24 @@ def _radio(raw, card, crop_fraction):
     # putting only 2-12 % of the network input above zero; or below zero by more than
     # MIN_BACKGROUND_SIGMA, where the threshold counted from zero cuts the faint emission;
     # the same bounds hold for the strips along its edges (a pedestal over part of the
-    # cutout, which moves the whole window's background by a fraction of its depth)
+    # cutout, which moves the whole window's background by a fraction of its depth); and
+    # when a ring about the centre lies significantly below zero by more than MIN_RING_SIGMA
+    # (a negative bowl around the source, or a shallower pedestal below zero)
     positive = np.mean(x > 0, axis=tuple(range(1, x.ndim))) if len(x) else np.zeros(0)
     with np.errstate(invalid="ignore"):
         background = (level > MAX_BACKGROUND_SIGMA) | (level < MIN_BACKGROUND_SIGMA) | np.any(
-            (edges > MAX_BACKGROUND_SIGMA) | (edges < MIN_BACKGROUND_SIGMA), axis=1)
+            (edges > MAX_BACKGROUND_SIGMA) | (edges < MIN_BACKGROUND_SIGMA), axis=1) | (
+            rings[:, 0] < MIN_RING_SIGMA)
     flags |= np.where((positive > MAX_POSITIVE_FRACTION) | background,
                       int(Flag.OUT_OF_DISTRIBUTION), 0).astype(flags.dtype)
-    raw.radio = RadioMeasure(positive, level, edges)
+    raw.radio = RadioMeasure(positive, level, edges, rings)
     return x, flags
 
 
 def _unmeasured(n):
-    """The background and edge backgrounds of ``n`` radio rows whose background the data-set
-    scaling has removed (8-bit and colour images): NaN."""
-    return np.full(n, np.nan), np.full((n, 4), np.nan)
+    """The background, edge backgrounds and ring background of ``n`` radio rows whose
+    background the data-set scaling has removed (8-bit and colour images): NaN."""
+    return np.full(n, np.nan), np.full((n, 4), np.nan), np.full((n, 2), np.nan)
 
 
 @dataclass
@@ -450,9 +453,11 @@ def _radio_input(raw, card, *, caches=None):
     row, its background in units of the noise (`background_significance` of the data-set
     window on the FIRST grid; NaN for 8-bit and colour images, whose background the data-set
     scaling has removed), which `_radio` compares with `MAX_BACKGROUND_SIGMA` and
-    `MIN_BACKGROUND_SIGMA`, and those of the strips along its edges (``(N, 4)``,
-    `_radio._edge_levels`; NaN where not measured). ``raw.first``: the stamps are on the
-    FIRST grid already (`FirstGrid`); ``caches``: `_native_to_first_grid`'s."""
+    `MIN_BACKGROUND_SIGMA`, those of the strips along its edges (``(N, 4)``,
+    `_radio._edge_levels`; NaN where not measured) and the lowest significant ring background
+    with its inner radius (``(N, 2)``, `_radio._ring_levels`; NaN where none or not
+    measured). ``raw.first``: the stamps are on the FIRST grid already (`FirstGrid`);
+    ``caches``: `_native_to_first_grid`'s."""
     from .preprocessing import _radio as rad
 
     options = dict(card["input"].get("preprocessing_options") or {})
@@ -600,8 +605,10 @@ def _radio_to_first_grid(raw, data, flags, *, caches=None):
 
 
 def _radio_first_grid_input(raw, images, flags, native, options):
-    """The rest of `_radio_input` on the FIRST grid: ``images`` ``(N, H, W)`` from
-    `_radio_to_first_grid`, ``native`` its rows smoothed on their own pixels."""
+    """The rest of `_radio_input` on the FIRST grid (the noise, the detection check, the
+    data-set scaling and the background, edge and ring levels of the data-set window), as it
+    returns them: ``images`` ``(N, H, W)`` from `_radio_to_first_grid`, ``native`` its rows
+    smoothed on their own pixels."""
     from .preprocessing import _radio as rad
 
     if raw.smoothed is not None and raw.smoothed.any():
@@ -620,7 +627,8 @@ def _radio_first_grid_input(raw, images, flags, native, options):
     level = rad._over_rms(clipped, rms)
     # (an image without noise, e.g. a constant one, is left to measure its own, as before)
     return rad.preprocess_first_cutout(images, rms=rms if np.all(rms > 0) else None,
-                                       **options), flags, level, rad._edge_levels(window)
+                                       **options), flags, level, rad._edge_levels(window), \
+        rad._ring_levels(window, rms)
 
 
 def _triplet(raw, card, crop_fraction):
@@ -758,12 +766,17 @@ class RadioMeasure:
     #: that window, each in units of its own noise (`astromorph.preprocessing._radio.
     #: _edge_levels`), compared with the same bounds; NaN where not measured.
     edges: np.ndarray
+    #: (N, 2) the lowest mean of the rings about the centre of that window that lie
+    #: significantly below zero, in units of the noise, and the ring's inner radius in pixels
+    #: (`astromorph.preprocessing._radio._ring_levels`), compared with
+    #: ``MIN_RING_SIGMA``; NaN where no ring is significantly below zero or not measured.
+    rings: np.ndarray
 
     def row(self, j):
-        """``(positive, background, edges)`` of row ``j``, as `astromorph._predict._explain`
-        takes it."""
+        """``(positive, background, edges, ring)`` of row ``j``, as
+        `astromorph._predict._explain` takes it."""
         return float(self.positive[j]), float(self.background[j]), tuple(
-            float(v) for v in self.edges[j])
+            float(v) for v in self.edges[j]), tuple(float(v) for v in self.rings[j])
 
 
 def prepare(model, raw, *, crop_fraction=None):

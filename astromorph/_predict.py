@@ -1173,22 +1173,25 @@ def _step_words(step, allowance=None, area=1.0):
 
 def _out_of_distribution_words(radio):
     """Why a radio stamp is `Flag.OUT_OF_DISTRIBUTION`: the criteria that fired, with the
-    measures they were judged on, ``radio = (positive, background, edges)``
+    measures they were judged on, ``radio = (positive, background, edges, ring)``
     (`astromorph._adapters.RadioMeasure.row`); all criteria, unmeasured, where None."""
-    from .preprocessing._radio import (_EDGE_NAMES, _EDGE_STRIP_PIXELS, MAX_BACKGROUND_SIGMA,
-                                       MAX_POSITIVE_FRACTION, MIN_BACKGROUND_SIGMA)
+    from .preprocessing._radio import (_EDGE_NAMES, _EDGE_STRIP_PIXELS, _RING_PIXELS,
+                                       MAX_BACKGROUND_SIGMA, MAX_POSITIVE_FRACTION,
+                                       MIN_BACKGROUND_SIGMA, MIN_RING_SIGMA)
 
     end = ": outside the training distribution"
-    positive, level, edges = (np.nan, np.nan, (np.nan,) * 4) if radio is None else radio
-    fired = positive > MAX_POSITIVE_FRACTION or any(
+    positive, level, edges, (ring, inner) = ((np.nan, np.nan, (np.nan,) * 4, (np.nan,) * 2)
+                                             if radio is None else radio)
+    fired = positive > MAX_POSITIVE_FRACTION or ring < MIN_RING_SIGMA or any(
         not MIN_BACKGROUND_SIGMA <= v <= MAX_BACKGROUND_SIGMA for v in (level,) + edges)
     if not fired:  # (not measured: say what the flag means)
         return (f"more than {MAX_POSITIVE_FRACTION:.0%} of the model's field is above the noise "
                 "threshold (the training images: at most 12.8%), or the background of the "
                 f"cutout or of a {_EDGE_STRIP_PIXELS}-pixel strip along one of its edges is "
                 f"more than {MAX_BACKGROUND_SIGMA:g} times the noise above zero or "
-                f"{-MIN_BACKGROUND_SIGMA:g} times it below (FIRST maps are background-"
-                "subtracted)" + end)
+                f"{-MIN_BACKGROUND_SIGMA:g} times it below, or that of a ring about the "
+                f"centre significantly more than {-MIN_RING_SIGMA:g} times it below (FIRST "
+                "maps are background-subtracted)" + end)
     parts = []
     if positive > MAX_POSITIVE_FRACTION:
         parts.append(f"{positive:.0%} of the model's field is above the noise threshold (more "
@@ -1214,6 +1217,12 @@ def _out_of_distribution_words(radio):
                          f"pixels at 1.8\") is {-v:.1f} times its noise below zero (more than "
                          f"{-MIN_BACKGROUND_SIGMA:g}; a pedestal over part of the cutout: it "
                          "raises the noise estimate and the data-set threshold)")
+    if ring < MIN_RING_SIGMA:
+        parts.append(f"the background {inner:.0f}-{inner + _RING_PIXELS:.0f} pixels from the "
+                     f"centre (at 1.8\") is {-ring:.1f} times the noise below zero (more than "
+                     f"{-MIN_RING_SIGMA:g}, significantly; a negative bowl around the source or "
+                     "a pedestal below zero: the data-set threshold, counted from zero, cuts "
+                     "the source's faint emission)")
     return "; ".join(parts) + end
 
 

@@ -213,17 +213,19 @@ def test_radio_adapter_measures_the_stack_as_before(monkeypatch):
                                   radio.peak_significance(clean, rms=rms))
     # the background flag: OUT_OF_DISTRIBUTION from the clipped median alone (a pedestal
     # of 0, 1, 2, -1 and -2 sigma on three copies of the noise-only stamps; no source is
-    # needed)
+    # needed), and from the rings about the centre below zero (`radio._ring_levels`)
     noise = np.random.default_rng(13).normal(0, 1.5e-4, (3, 300, 300)).astype(np.float32)
     raw = np.concatenate([noise + np.float32(p * 1.5e-4) for p in (0, 1, 2, -1, -2)])
     stamps = RawStamps("bands", raw[:, None])
-    _, _, levels, _ = _radio_input(stamps, model.card)
+    _, _, levels, _, rings = _radio_input(stamps, model.card)
     level = reference_background(raw)
     np.testing.assert_array_equal(levels, level)
     want = (level > radio.MAX_BACKGROUND_SIGMA) | (level < radio.MIN_BACKGROUND_SIGMA)
     assert want.tolist() == [False] * 3 + [True] * 6 + [False] * 3 + [True] * 3
+    bowl = rings[:, 0] < radio.MIN_RING_SIGMA
+    assert bowl.tolist() == [False] * 9 + [True] * 6
     _, flags = prepare(model, stamps)
-    np.testing.assert_array_equal(flags & int(Flag.OUT_OF_DISTRIBUTION) != 0, want)
+    np.testing.assert_array_equal(flags & int(Flag.OUT_OF_DISTRIBUTION) != 0, want | bowl)
     np.testing.assert_array_equal(stamps.radio.background, level)
 
 
@@ -364,10 +366,10 @@ def test_radio_input_keeps_the_callers_array():
     images[2, 150:160] = np.nan
     data = images[:, None]
     kept = data.copy()
-    x, flags, _, _ = _radio_input(RawStamps("bands", data), card)
+    x, flags, _, _, _ = _radio_input(RawStamps("bands", data), card)
     np.testing.assert_array_equal(data, kept)
     clean = np.where(invalid_pixels(images), np.float32(np.nan), images)
-    x2, flags2, _, _ = _radio_input(RawStamps("bands", clean[:, None]), card)
+    x2, flags2, _, _, _ = _radio_input(RawStamps("bands", clean[:, None]), card)
     np.testing.assert_array_equal(x, x2)
 
 
