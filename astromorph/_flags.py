@@ -58,7 +58,11 @@ class Flag(enum.IntFlag):
     #: (``radio.MIN_BACKGROUND_SIGMA``, -1.5): the data-set threshold, counted from zero,
     #: then cuts the source's faint emission; or the background of a 75-pixel strip along
     #: one edge of the cutout, in units of its own noise, is beyond those bounds: a pedestal
-    #: over part of the cutout); the outputs are not trustworthy.
+    #: over part of the cutout; or the mean background of an 8-pixel ring about the centre
+    #: lies more than 0.5 times the noise below zero (``radio.MIN_RING_SIGMA``), and by more
+    #: than 5 times its uncertainty (``radio.RING_SIGNIFICANCE``): a negative bowl around
+    #: the source, or a pedestal 0.5 to 1.5 sigma below zero); the outputs are not
+    #: trustworthy.
     OUT_OF_DISTRIBUTION = 1024
 
     @classmethod

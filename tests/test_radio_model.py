@@ -2328,9 +2328,9 @@ def test_negative_bowl_and_shallow_pedestal_are_out_of_distribution(tmp_path):
     interferometric maps with missing short spacings or poor deconvolution show) moves the
     whole window's background by a tenth of its depth and no edge strip: it was scored
     unflagged, although on 200 test images of the data set rebuilt as Jy/beam cutouts it
-    changed the class of 3.5-6 % (a ring 3 beams outside the source, 1-3 sigma deep) and
-    8.5-18 % (a bowl of 1' sigma) of them, as did whole pedestals of -0.5 and -1 sigma (6 and
-    10.5 %), which lie above `radio.MIN_BACKGROUND_SIGMA` (drawing the noise anew changes
+    changed the class of 1.5-4.5 % (a ring 3 beams outside the source, 1-3 sigma deep) and
+    7-18 % (a bowl of 1' sigma) of them, as did whole pedestals of -0.5 and -1 sigma (4.5 and
+    9.5 %), which lie above `radio.MIN_BACKGROUND_SIGMA` (drawing the noise anew changes
     0.5 %). The background of 8-pixel rings about the centre, in units of the noise, is now
     judged: a ring whose mean is below `radio.MIN_RING_SIGMA` and, for its size, significantly
     so (`radio.RING_SIGNIFICANCE`) makes the cutout OUT_OF_DISTRIBUTION, with the ring and
