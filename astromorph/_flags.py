@@ -60,7 +60,8 @@ class Flag(enum.IntFlag):
     #: one edge of the cutout, in units of its own noise, is beyond those bounds: a pedestal
     #: over part of the cutout; or the mean background of an 8-pixel ring about the centre
     #: lies more than 0.5 times the noise below zero (``radio.MIN_RING_SIGMA``), and by more
-    #: than 5 times its uncertainty (``radio.RING_SIGNIFICANCE``): a negative bowl around
+    #: than 5 times its uncertainty (``radio.RING_SIGNIFICANCE``) and a tenth of an 8-bit
+    #: step of the data-set scaling (``radio.RING_MIN_STEPS``): a negative bowl around
     #: the source, or a pedestal 0.5 to 1.5 sigma below zero); the outputs are not
     #: trustworthy.
     OUT_OF_DISTRIBUTION = 1024

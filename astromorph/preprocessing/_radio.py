@@ -70,6 +70,7 @@ __all__ = [
     "MIN_BACKGROUND_SIGMA",
     "MIN_RING_SIGMA",
     "RING_SIGNIFICANCE",
+    "RING_MIN_STEPS",
     "sigma_clipped_rms",
     "peak_significance",
     "background_significance",
@@ -213,6 +214,20 @@ MIN_RING_SIGMA = -0.5
 #: correlation area of noise smoothed by the beam; FIRST's own noise, correlated over the
 #: beam itself, has half as large an area, which makes the test conservative there).
 RING_SIGNIFICANCE = 5.0
+#: How many 8-bit steps of the data-set scaling (``(peak - threshold) / 255``: the network
+#: sees the cutout quantised so, its brightest pixel 255 steps above the threshold) a ring of
+#: `_ring_levels` must also lie below zero to count against `MIN_RING_SIGMA`. A deficit
+#: of a small fraction of a step moves the source's pixels by that fraction of a unit and
+#: cuts only emission the scaling puts at 0 anyway, far less than the data set's own
+#: truncation to integers (0 to 1 step, 0.29 RMS). It keeps noise-free images (simulations)
+#: in: rounding in the smoothing and resampling leaves values of 1e-7 to 2e-6 of the peak
+#: below zero near the source, at most 5e-4 steps in the radio tests, which in units of a
+#: noise estimate of 1e-9 to 1e-20 of the peak read as rings 0.7 to 3e10 sigma below zero.
+#: Rule: 0.1 (a tenth of the truncation's range, a third of its RMS), 200 times those
+#: values; a ring at `MIN_RING_SIGMA` exceeds it up to peaks of 1,280 sigma (the rings,
+#: bowls and pedestals measured above, at peaks of 15-300 sigma: at least 0.43 steps), the
+#: 6-sigma bowl of a 1 Jy source (peak 6,700 sigma) reads 0.19 steps.
+RING_MIN_STEPS = 0.1
 #: Width in pixels of the rings of `_ring_levels`.
 _RING_PIXELS = 8
 #: Names of the strips of `_edge_levels`, in order, as the FITS array is displayed (first
@@ -685,9 +700,11 @@ def _ring_levels(window, rms):
     in each `_RING_PIXELS`-wide ring about the centre of each window (``(N, S, S)``, NaN
     where missing; every second pixel each way, as `_edge_levels`), beyond the first ring
     (the source), in units of ``rms`` (``(N,)``). A ring counts when its mean lies more than
-    `RING_SIGNIFICANCE` times its uncertainty below zero. ``(N, 2)`` float64: the lowest
-    mean of the rings that count and the inner radius in pixels of that ring; NaN for a
-    window without such a ring (or without noise)."""
+    `RING_SIGNIFICANCE` times its uncertainty below zero, and more than `RING_MIN_STEPS`
+    8-bit steps of the data-set scaling (the window's brightest valid pixel less the
+    threshold, over 255; any depth where nothing passes the threshold). ``(N, 2)`` float64:
+    the lowest mean of the rings that count and the inner radius in pixels of that ring; NaN
+    for a window without such a ring (or without noise)."""
     ring, count = _RINGS
     n = len(window)
     out = np.full((n, 2), np.nan)
@@ -707,7 +724,12 @@ def _ring_levels(window, rms):
         # correlation area, 4 pi sigma_beam ** 2 in pixels
         beam = FIRST_BEAM_FWHM_ARCSEC / FIRST_PIXEL_SCALE_ARCSEC / np.sqrt(8 * np.log(2))
         z = mean * np.sqrt(4 * kept / (4 * np.pi * beam ** 2))
-    lowest = np.where(z < -RING_SIGNIFICANCE, mean, np.inf)
+        # the 8-bit step in units of the noise: a noise-free image's rounding below zero is
+        # a deep ring in units of its noise estimate, yet a tiny fraction of a step
+        peak = np.fmax.reduce(window.reshape(n, -1), axis=1)[ok] / rms[ok]
+        step = np.maximum(peak - DATASET_THRESHOLD_SIGMA, 0.0) / 255
+    lowest = np.where((z < -RING_SIGNIFICANCE) & (mean < -RING_MIN_STEPS * step[:, None]),
+                      mean, np.inf)
     j = np.argmin(lowest, axis=1)
     found = np.isfinite(lowest[np.arange(ok.size), j])
     out[ok[found], 0] = lowest[found, j[found]]
