@@ -226,7 +226,7 @@ RING_SIGNIFICANCE = 5.0
 #: Rule: 0.1 (a tenth of the truncation's range, a third of its RMS), 200 times those
 #: values; a ring at `MIN_RING_SIGMA` exceeds it up to peaks of 1,280 sigma (the rings,
 #: bowls and pedestals measured above, at peaks of 15-300 sigma: at least 0.43 steps), the
-#: 6-sigma bowl of a 1 Jy source (peak 6,700 sigma) reads 0.19 steps.
+#: 6-sigma bowl of a 1 Jy source (peak 6,700 sigma) reads 0.23 steps.
 RING_MIN_STEPS = 0.1
 #: Width in pixels of the rings of `_ring_levels`.
 _RING_PIXELS = 8
