@@ -4766,3 +4766,100 @@ def test_quantum_of_a_resampled_triplet_shrinks_with_its_blocks(models):
     _, flags = prepare(model, RawStamps("triplet", data, pixel_scale=0.1,
                                         quantum=np.full((1, 3), step)))
     assert not flags[0] & Flag.CONSTANT
+
+
+# ------------------------------------------------- header keywords, card by card (mutants)
+def _header_model(name="toy"):
+    """The attributes of a model that `write_results_to_header` reads."""
+    from types import SimpleNamespace
+
+    return SimpleNamespace(name=name, version="1.2.3", sha256="ab" * 32,
+                           card={"column_prefix": "toy"})
+
+
+def _header_table(reason=("",), **columns):
+    t = Table({"source": ["x"] * len(reason), "toy_score": np.full(len(reason), 0.25),
+               **columns})
+    t["reason"] = list(reason)
+    return t
+
+
+def test_header_keywords_of_an_unflagged_row_have_no_empty_reason(tmp_path):
+    """An unflagged row (empty reason) gets no REASON card; a flagged one gets its reason."""
+    from astromorph._headers import write_results_to_header
+
+    paths = [tmp_path / "a.fits", tmp_path / "b.fits"]
+    for p in paths:
+        fits.PrimaryHDU(np.zeros((4, 4), np.float32)).writeto(p)
+    table = _header_table(reason=("", "saturated"))
+    origins = [(paths[0], 0, None), (paths[1], 0, None)]
+    write_results_to_header(_header_model(), table, origins, {p: p for p in paths})
+    with fits.open(paths[0]) as hdul:
+        assert "HIERARCH ASTROMORPH TOY SCORE" in hdul[0].header
+        assert "HIERARCH ASTROMORPH TOY REASON" not in hdul[0].header
+    with fits.open(paths[1]) as hdul:
+        assert hdul[0].header["HIERARCH ASTROMORPH TOY REASON"] == "saturated"
+
+
+def test_header_keywords_leave_out_array_columns(tmp_path):
+    """An (N, D) column (an embedding) gets no header card; one number per row does."""
+    from astromorph._headers import write_results_to_header
+
+    p = tmp_path / "a.fits"
+    fits.PrimaryHDU(np.zeros((4, 4), np.float32)).writeto(p)
+    table = _header_table(toy_embedding=np.ones((1, 3)))
+    write_results_to_header(_header_model(), table, [(p, 0, None)], {p: p})
+    with fits.open(p) as hdul:
+        keys = [k for k in hdul[0].header if k.startswith("ASTROMORPH TOY")]
+    assert "ASTROMORPH TOY SCORE" in keys
+    assert not [k for k in keys if "EMBEDDING" in k]
+
+
+def test_rewriting_header_keywords_keeps_one_astromorph_version_card(tmp_path):
+    """Written twice (a rerun in place): one ``ASTROMORPH VERSION`` card, not two."""
+    from astromorph._headers import write_results_to_header
+
+    p = tmp_path / "a.fits"
+    fits.PrimaryHDU(np.zeros((4, 4), np.float32)).writeto(p)
+    for _ in range(2):
+        write_results_to_header(_header_model(), _header_table(), [(p, 0, None)], {p: p})
+    with fits.open(p) as hdul:
+        keys = list(hdul[0].header.keys())
+    assert keys.count("ASTROMORPH VERSION") == 1
+    assert keys.count("ASTROMORPH TOY SCORE") == 1
+
+
+def test_header_keywords_keep_an_input_checksum_valid(tmp_path):
+    """A file written with CHECKSUM/DATASUM cards gets them recomputed: the copy verifies."""
+    from astromorph._headers import write_results_to_header
+
+    p, out = tmp_path / "a.fits", tmp_path / "out.fits"
+    fits.PrimaryHDU(np.arange(16, dtype=np.float32).reshape(4, 4)).writeto(p, checksum=True)
+    write_results_to_header(_header_model(), _header_table(), [(p, 0, None)], {p: out})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # astropy warns of a checksum that does not verify
+        with fits.open(out, checksum=True) as hdul:
+            assert hdul[0].header["HIERARCH ASTROMORPH TOY SCORE"] == 0.25
+            assert hdul[0].verify_checksum() == 1 and hdul[0].verify_datasum() == 1
+
+
+def test_a_header_card_whose_comment_no_card_holds_keeps_its_value():
+    """A comment no card holds (a column description with a non-ASCII character): the
+    comment goes, the value stays (and nothing is named as dropped)."""
+    from astromorph._headers import _card
+
+    dropped = set()
+    card = _card("ASTROMORPH TOY ANGLE", 12.5, "position angle in \u00b0", dropped)
+    assert card is not None and card.value == 12.5 and card.comment == "" and not dropped
+
+
+def test_header_targets_of_fits_inputs_only_warn_of_nothing(tmp_path):
+    """Every input a FITS file: no warning of inputs that are not FITS."""
+    from astromorph._headers import header_targets
+
+    p = tmp_path / "a.fits"
+    fits.PrimaryHDU(np.zeros((4, 4), np.float32)).writeto(p)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert header_targets([p], tmp_path / "out", False, False) == {p: tmp_path / "out"
+                                                                       / "a.fits"}
