@@ -429,3 +429,53 @@ def test_corners_outside_a_rotated_stamp_are_transparent(tmp_path, monkeypatch):
     shown, _ = north_up(_stamp(_header("cd", 30))[None], _header("cd", 30).get)
     assert np.array_equal(alpha == 0, np.isnan(shown[0]))
     assert plain.shape == (SIZE, SIZE, 3)
+
+
+def _expected_peaks(w, shape, lon, lat, size):
+    """Where blobs at (lon, lat) fall on a north-up, east-left tile of ``size`` pixels of
+    SCALE centred on the stamp's centre (astropy's pixel_to_world, offsets on the sky)."""
+    from astropy import units as u
+    from astropy.coordinates import SkyCoord
+
+    centre = w.pixel_to_world((shape[1] - 1) / 2, (shape[0] - 1) / 2)
+    blobs = SkyCoord(lon * u.deg, lat * u.deg)
+    east, north = centre.spherical_offsets_to(blobs)
+    c = (size - 1) / 2
+    return np.stack([c - north.to_value(u.deg) / SCALE, c - east.to_value(u.deg) / SCALE], 1)
+
+
+@pytest.mark.parametrize("shape", [(31, 51), (51, 31)])
+def test_rotated_stamp_that_is_not_square_is_north_up(shape):
+    """A stamp of H != W pixels, WCS turned by 30 degrees: resampled onto a square grid of
+    max(H, W) pixels centred on the stamp's centre, its blobs where the WCS puts them."""
+    h = _header("cd", 30)
+    h.update(CRPIX1=(shape[1] + 1) / 2, CRPIX2=(shape[0] + 1) / 2)
+    cosd = np.cos(np.radians(DEC0))
+    lon = np.array([RA0 + 6 / 3600 / cosd, RA0 - 3 / 3600 / cosd])
+    lat = np.array([DEC0 + 4 / 3600, DEC0 + 9 / 3600])
+    data = _two_blobs(WCS(h), shape, lon, lat)
+    shown, oriented = north_up(data[None], h.get)
+    size = max(shape)
+    assert oriented and shown.shape == (1, size, size)
+    expected = _expected_peaks(WCS(h), shape, lon, lat, size)
+    assert np.abs(_blob_peaks(shown[0]) - expected).max() <= 1, (_blob_peaks(shown[0]),
+                                                                 expected)
+
+
+def test_stamp_turned_beyond_the_tolerance_is_resampled_not_flipped():
+    """A WCS turned by 5 degrees (more than AXIS_TOLERANCE_DEG) is resampled north up: no
+    flip or transposition of the stamp's own pixels, and its north blob straight above."""
+    from astromorph._orient import AXIS_TOLERANCE_DEG
+
+    assert AXIS_TOLERANCE_DEG < 5
+    h = _header("cd", 5)
+    data = _stamp(h)[None]
+    shown, oriented = north_up(data, h.get)
+    assert oriented
+    candidates = [data[..., ::a, ::b] for a in (1, -1) for b in (1, -1)]
+    candidates += [np.swapaxes(c, -1, -2) for c in candidates]
+    assert not any(np.array_equal(shown, c) for c in candidates)
+    lon = np.array([RA0 + 7 / 3600 / np.cos(np.radians(DEC0)), RA0])
+    lat = np.array([DEC0 + 7 / 3600, DEC0 + 12 / 3600])
+    expected = _expected_peaks(WCS(h), (SIZE, SIZE), lon, lat, SIZE)
+    assert np.abs(_blob_peaks(shown[0]) - expected).max() <= 1
