@@ -633,3 +633,31 @@ def test_a_label_of_no_model_class_is_left_out(tmp_path, capsys):
     assert main(["evaluate", str(tmp_path / "t.ecsv"), "--truth", "mine", "-m", "morphology",
                  "--map", "=spiral"]) == 2
     assert "--map takes YOUR_LABEL=MODEL_CLASS" in capsys.readouterr().err
+
+
+def test_score_ece_is_that_of_the_top_label_of_score_and_one_minus_score():
+    """The ECE of a real-bogus score, written out: confidence max(s, 1 - s), the call real
+    where s > 0.5 (a tie, 0.5, bogus), 15 equal bins."""
+    t = _rb_table()
+    m = astromorph.evaluate_labels(t, "is_real", model="real-bogus").metrics
+    s = np.asarray(t["rb_score"], float)[2:]
+    y = np.asarray(t["is_real"])[2:]
+    conf = np.maximum(s, 1 - s)
+    right = (s > 0.5) == y
+    ece = 0.0
+    for b in range(15):
+        sel = (conf >= b / 15) & ((conf < (b + 1) / 15) | (b == 14))
+        if sel.any():
+            ece += sel.mean() * abs(right[sel].mean() - conf[sel].mean())
+    assert m["ece"] == pytest.approx(ece, abs=1e-12)
+
+
+def test_tied_probabilities_predict_the_first_class():
+    """Tied top probabilities: the first class is the prediction (confusion matrix,
+    accuracy), as the docstring says."""
+    from astromorph._evaluate import classification_report
+
+    probs = [[0.5, 0.5, 0.0], [0.2, 0.4, 0.4], [0.3, 0.3, 0.3]]
+    r = classification_report(probs, [0, 1, 0], ["a", "b", "c"])
+    assert r["confusion_matrix"] == [[2, 0, 0], [0, 1, 0], [0, 0, 0]]
+    assert r["accuracy"] == 1.0
