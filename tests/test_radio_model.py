@@ -1550,6 +1550,24 @@ def test_aips_beam_is_smoothed_with_its_minor_axis_and_pa(tmp_path):
     assert 'smoothed from the 2.5" x 2.0" beam (PA 30 deg)' in on["reason"][0]
 
 
+def test_unscored_row_of_a_finer_beam_is_not_said_to_be_smoothed(tmp_path):
+    """A 2.5" image without a finite pixel is not scored (BAD_INPUT): its row says why,
+    not that it was smoothed to FIRST's beam, and its ``radio_smoothed`` is False, while
+    the scored row of the same beam beside it is smoothed (both are in one group)."""
+    from astromorph import Flag
+
+    good = _double_fits(tmp_path / "good.fits", 2.5)
+    blank = _double_fits(tmp_path / "blank.fits", 2.5, seed=2)
+    with fits.open(blank, mode="update") as hdul:
+        hdul[0].data[:] = np.nan
+    with pytest.warns(astromorph.exceptions.UnusableInputWarning, match="1 of 2"):
+        out = astromorph.predict_files("radio-morphology", [good, blank], progress=False)
+    assert out["radio_smoothed"].tolist() == [True, False]
+    assert 'smoothed from the 2.5" x 2.5" beam' in out["reason"][0]
+    assert out["radio_flags"][1] & Flag.BAD_INPUT and np.ma.is_masked(out["radio_p_FRII"][1])
+    assert out["reason"][1] == "image has no finite pixel: not scored"
+
+
 def test_smoothed_column_is_described_and_written_to_headers(tmp_path):
     """``radio_smoothed`` (bool) says which rows were smoothed: True for the 2.5" image,
     False for the one on FIRST's beam, the unreadable file and the 8-bit picture; its

@@ -1622,6 +1622,28 @@ def test_centre_off_the_stamp_or_far_off_its_middle_is_flagged(rb):
     assert out["rb_flags"][1] & Flag.EDGE and "off their centre" in out["rb_reason"][1]
 
 
+def test_off_centre_edge_flag_starts_beyond_one_pixel_on_odd_cutouts_smaller_than_the_field(rb):
+    """`Flag.EDGE` is for a candidate whose field runs over the cutouts' edge by more than
+    `OFF_CENTRE_PIXELS` (1) beyond what it does about their centre. The 53x63 cutouts are
+    odd-sized and narrower than the model's 63" field: centred at x = 26 (n // 2 and
+    (n - 1) / 2 alike), the field runs 5 px over each side whichever way it is measured; a
+    candidate exactly 1 px off runs 1.0 px further (not flagged), 1.25 px off 1.25 px
+    (flagged: the half pixel of an odd n is not taken off it)."""
+    from astromorph._predict import OFF_CENTRE_PIXELS
+
+    assert OFF_CENTRE_PIXELS == 1.0
+    xs = [26.0, 27.0, 25.0, 27.25, 24.75]
+    t = _edge_cut_table()
+    t = Table({k: [t[k][0]] * len(xs) for k in t.colnames})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        out = astromorph.annotate_stamps(t, model=rb, pixel_scale=1.0,
+                                         centre=np.array([[x, 31.0] for x in xs]))
+    edge = [bool(f & Flag.EDGE) for f in out["rb_flags"]]
+    assert edge == [False, False, False, True, True], list(zip(xs, out["rb_reason"]))
+    assert ["off their centre" in r for r in out["rb_reason"]] == edge
+
+
 def test_centre_bad_values_are_refused(rb):
     t = _edge_cut_table()
     with pytest.raises(InputError, match="'nope'"):
