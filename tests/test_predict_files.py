@@ -1102,6 +1102,27 @@ def test_files_joined_one_after_the_other_are_refused_gzip_blocks_are_read(model
 
 
 # ----------------------------------------------------------------------------- radio
+def test_stamp_one_pixel_across_is_refused_two_pixels_are_scored(models, tmp_path):
+    """A stamp one pixel across along either axis is BAD_INPUT ("stamp is only WxH pixels",
+    not scored); two pixels are enough to resample: scored, flagged EXTRAPOLATED."""
+    rng = np.random.default_rng(0)
+    shapes = [(1, 40), (40, 1), (2, 40), (40, 2)]
+    for h, w in shapes:
+        write_fits(tmp_path / f"s{h}x{w}.fits", rng.normal(0, 1, (h, w)).astype(np.float32))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        out = astromorph.predict_files("radio-morphology",
+                                       [tmp_path / f"s{h}x{w}.fits" for h, w in shapes])
+    flags = [int(f) for f in out["radio_flags"]]
+    assert flags[:2] == [Flag.BAD_INPUT] * 2
+    assert out["reason"][0] == "stamp is only 40x1 pixels"
+    assert out["reason"][1] == "stamp is only 1x40 pixels"
+    assert out["radio_p_FRI"].mask.tolist() == [True, True, False, False]
+    for f, r, (h, w) in zip(flags[2:], out["reason"][2:], shapes[2:]):
+        assert not f & Flag.unusable() and f & Flag.EXTRAPOLATED, (f, r)
+        assert f"the {w}x{h} stamp spans" in r
+
+
 def test_radio_inputs_and_pixel_scales(models, tmp_path):
     rng = np.random.default_rng(1)
     img = rng.normal(0, 1.5e-4, (300, 300)).astype(np.float32)
