@@ -953,6 +953,23 @@ def test_a_difference_negative_at_the_candidate_is_said(rb, tmp_path):
     assert "difference stamp is negative at the centre" in table["reason"][0]
 
 
+
+def test_an_unscored_triplet_is_not_said_to_be_scored_as_given(rb):
+    """The words on a difference negative at the centre ("scored as given") are for scored
+    rows: a triplet whose science or reference stamp has no finite pixel (BAD_INPUT, not
+    scored) says only why, though its difference is negative at the centre."""
+    x = _triplets(3, seed=11)
+    x[:, [0, 2]] += 600 * np.exp(-(np.mgrid[:63, :63] - 31) ** 2 / 2.4).prod(axis=0)
+    x[:, 2] *= -1
+    x[1, 0] = np.nan
+    x[2, 1] = np.nan
+    with pytest.warns(UnusableInputWarning, match="2 of 3 row"):
+        out = astromorph.annotate_stamps(Table({"triplet": x}), model=rb)
+    assert "difference stamp is negative at the centre" in out["rb_reason"][0]
+    assert list(out["rb_flags"][1:]) == [Flag.BAD_INPUT | Flag.BLANK] * 2
+    assert out["rb_reason"][1] == "science stamp has no finite pixel: not scored"
+    assert out["rb_reason"][2] == "reference stamp has no finite pixel: not scored"
+
 # ----------------------------------------------------------------------------- header facts
 def _hdul_bytes(hdul):
     buf = io.BytesIO()
