@@ -1123,6 +1123,22 @@ def test_stamp_one_pixel_across_is_refused_two_pixels_are_scored(models, tmp_pat
         assert f"the {w}x{h} stamp spans" in r
 
 
+def test_image_in_tiny_units_is_not_constant(models, tmp_path):
+    """An image whose values span less than 1e-9 (fluxes in erg/s/cm2/A or Jy/beam scaled
+    down) carries as much as the same image in larger units: not CONSTANT, the same flags
+    and scores. (A stamp without a quantisation step has none: only equal values are one.)"""
+    rng = np.random.default_rng(1)
+    img = rng.normal(0, 1.5e-4, (300, 300)).astype(np.float32)
+    img[140:160, 140:160] += 0.01
+    write_fits(tmp_path / "jy.fits", img)
+    write_fits(tmp_path / "tiny.fits", img * np.float32(1e-12))
+    table = quiet(astromorph.predict_files, "radio-morphology",
+                  [tmp_path / "jy.fits", tmp_path / "tiny.fits"])
+    assert np.ptp(img * np.float32(1e-12)) < 1e-9
+    assert list(table["radio_flags"]) == [0, 0], list(table["reason"])
+    np.testing.assert_allclose(table["radio_p_FRI"][1], table["radio_p_FRI"][0], rtol=1e-4)
+
+
 def test_radio_inputs_and_pixel_scales(models, tmp_path):
     rng = np.random.default_rng(1)
     img = rng.normal(0, 1.5e-4, (300, 300)).astype(np.float32)
