@@ -1139,6 +1139,23 @@ def test_image_in_tiny_units_is_not_constant(models, tmp_path):
     np.testing.assert_allclose(table["radio_p_FRI"][1], table["radio_p_FRI"][0], rtol=1e-4)
 
 
+def test_pixel_scales_a_few_parts_in_ten_thousand_apart_are_each_judged_by_their_own(
+        models, tmp_path):
+    """Files are scored in groups of one pixel scale: 128 px of 1.8" span the radio model's
+    230.4" field, 128 px of 1.7996" do not (EXTRAPOLATED), read after the other or alone."""
+    rng = np.random.default_rng(1)
+    img = rng.normal(0, 1.5e-4, (128, 128)).astype(np.float32)
+    img[60:68, 60:68] += 0.01
+    write_fits(tmp_path / "a.fits", img, scale=1.8)
+    write_fits(tmp_path / "b.fits", img, scale=1.7996)
+    both = quiet(astromorph.predict_files, "radio-morphology",
+                 [tmp_path / "a.fits", tmp_path / "b.fits"])
+    alone = quiet(astromorph.predict_files, "radio-morphology", tmp_path / "b.fits")
+    assert list(both["radio_flags"]) == [0, Flag.EXTRAPOLATED] == [0, alone["radio_flags"][0]]
+    assert both["reason"][1] == alone["reason"][0]
+    assert "does not cover the model's 230.4\" field" in both["reason"][1]
+
+
 def test_radio_inputs_and_pixel_scales(models, tmp_path):
     rng = np.random.default_rng(1)
     img = rng.normal(0, 1.5e-4, (300, 300)).astype(np.float32)
