@@ -4188,6 +4188,18 @@ def test_galaxy_model_on_fits_not_in_nanomaggies_says_so(models, tmp_path):
         row(table, tmp_path / "nmgy.fits")["morph_p_red"], abs=1e-6)
 
 
+def test_flux_unit_warning_names_only_the_images_that_are_scored(models, tmp_path):
+    """The warning of headers not in nanomaggies names the files whose pixels are used: an
+    image in counts refused as it is read (one pixel high: BAD_INPUT) is left out of it."""
+    write_fits(tmp_path / "single.fits", galaxy() * 200, BUNIT="count")
+    write_fits(tmp_path / "thin.fits", galaxy()[:1], BUNIT="count")
+    with pytest.warns(AstromorphWarning, match="nanomaggies") as rec:
+        table = astromorph.predict_files("morphology", tmp_path)
+    message = " ".join(str(w.message) for w in rec if "but the headers say" in str(w.message))
+    assert "single.fits" in message and "thin.fits" not in message
+    assert row(table, tmp_path / "thin.fits")["morph_flags"] & Flag.BAD_INPUT
+
+
 def test_radio_model_ignores_the_flux_unit(models, tmp_path):
     img = galaxy(RADIO_STAMP)
     write_fits(tmp_path / "radio.fits", img, scale=1.8, BUNIT="JY/BEAM")
