@@ -207,6 +207,44 @@ def test_tied_neighbours_come_in_row_order(chunk):
         assert rows[0, :min(k, 7)].tolist() == dups[:k]
 
 
+def test_exact_search_equals_a_brute_force_sort_of_near_duplicate_vectors():
+    """Vectors equal or a few float32 ulps apart, which BLAS's float32 products round by
+    about as much as they differ: for every chunking, with and without excluded rows, the
+    exact backend returns the rows and similarities of a brute-force sort (float64 dot
+    products rounded to float32, equal ones by row). Without the rounding margin of its
+    candidate search, some queries found fewer rows than k above the k-th similarity and
+    raised IndexError, others missed tied rows."""
+    rng = np.random.default_rng(7)
+    for trial in range(12):
+        d = (8, 33, 64)[trial % 3]
+        base = unit_rows(int(rng.integers(3, 10)), d, seed=trial)
+        x = base[rng.integers(len(base), size=int(rng.integers(60, 200)))]
+        # unit to 3e-7: kept as they are, not normalised again
+        x = (x * (1 + rng.integers(-3, 4, size=(len(x), 1)) * np.float32(1e-7)))
+        x = x.astype(np.float32)
+        n = len(x)
+        q = np.vstack([x[rng.integers(n, size=3)], unit_rows(2, d, seed=100 + trial)])
+        k = int(rng.integers(2, 20))
+        exclude = [rng.integers(n, size=3).tolist() for _ in q] if trial % 2 else None
+        qn = q / np.sqrt(np.einsum("ij,ij->i", q, q))[:, None]  # as search() normalises
+        full = np.sum(qn[:, None, :].astype(np.float64) * x[None].astype(np.float64),
+                      axis=-1).astype(np.float32)
+        if exclude is not None:
+            for i, rows in enumerate(exclude):
+                full[i, rows] = -np.inf
+        expect = np.array([np.lexsort((np.arange(n), -f))[:k] for f in full])
+        expect_sim = np.take_along_axis(full, expect, 1)
+        expect[~np.isfinite(expect_sim)] = -1
+        for chunk in (7, 64, 1000, 1 << 24):
+            rows, sim = SimilarityIndex(x, chunk_elements=chunk).search(q, k=k,
+                                                                        exclude=exclude)
+            np.testing.assert_array_equal(rows, expect, err_msg=f"trial {trial}, {chunk}")
+            np.testing.assert_array_equal(sim, np.where(np.isfinite(expect_sim),
+                                                        np.clip(expect_sim, -1, 1),
+                                                        expect_sim),
+                                          err_msg=f"trial {trial}, {chunk}")
+
+
 def test_many_queries_with_a_large_k_are_searched_in_bounded_blocks(monkeypatch):
     """The running top k of all queries (queries x k) is bounded by chunk_elements as the
     similarity blocks are: many queries with k near the number of rows are taken a few
