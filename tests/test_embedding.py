@@ -2949,6 +2949,25 @@ def test_index_norms_do_not_overflow_or_underflow_in_float32():
     np.testing.assert_allclose(np.linalg.norm(index.vectors, axis=1), 1.0, atol=1e-6)
 
 
+def test_index_norms_are_exact_where_float32_squares_are_subnormal():
+    """Rows and queries of norm 1e-21 or 1e-22 have squares (1e-42, 1e-44) that float32
+    holds only as subnormal numbers, a few digits or fewer: their float32 norms are 0.1 %
+    and 8 % off, not zero, so only a check for zero or infinite norms would keep them,
+    and their cosines would be as far off. They are normalised in float64 like rows of
+    1e-23: unit vectors, and the cosines of the float64 vectors."""
+    x = unit_rows(10, 8, seed=1)
+    x[3] *= np.float32(1e-21)
+    x[5] *= np.float32(1e-22)
+    index = SimilarityIndex(x)
+    np.testing.assert_allclose(np.linalg.norm(index.vectors, axis=1), 1.0, atol=1e-6)
+    x64 = x.astype(np.float64)
+    x64 /= np.linalg.norm(x64, axis=1, keepdims=True)
+    for row in (3, 5):
+        rows, sims = index.search(x[row], k=10)  # a query of such a norm too
+        np.testing.assert_allclose(sims[0], x64[rows[0]] @ x64[row], atol=1e-6)
+        assert rows[0, 0] == row
+
+
 def test_index_renormalises_vectors_a_little_off_unit_length():
     """Vectors within 1e-4 of unit length were indexed as they were, so the similarity was
     the dot product, not the cosine: off by up to 1e-4, enough to swap neighbours whose
