@@ -3410,6 +3410,28 @@ def test_position_queries_find_the_row_of_least_separation():
         index.row_of_position(targets[1])[0] == 20
 
 
+def test_position_query_nearest_row_where_dot_products_round_the_wrong_way():
+    """Two rows 13.42 and 13.58 mas from the position: the float64 dot product of their
+    unit vectors with the position's (1 - 2e-15) ranks the farther one first by an ulp,
+    so the nearest is taken among all within 1e-13 of the largest, by astropy's
+    separation: row 0. A ``max_separation`` equal to that separation accepts it (the
+    limit is on rows farther)."""
+    ra0, dec0 = 274.2452764598691, 43.408519843904145
+    t = Table({"ra": [274.2452812678539, 274.24527169771085],
+               "dec": [43.40851853774507, 43.40852134748672]}, units={"ra": "deg", "dec": "deg"})
+    target = SkyCoord(ra0, dec0, unit="deg")
+    sep = target.separation(SkyCoord(t["ra"], t["dec"])).to(u.mas)
+    assert sep[0] < sep[1] - 0.1 * u.mas  # 13.42 and 13.58 mas
+    index = SimilarityIndex(unit_rows(2, 4), table=t)
+    row, found = index.row_of_position(target)
+    assert row == 0
+    assert abs(found - sep[0]) < 1e-9 * u.arcsec
+    assert index.row_of_position(target, max_separation=found)[0] == 0
+    assert index.query(position=target, k=1, max_separation=found).meta["query_row"] == 0
+    with pytest.raises(InputError, match="max_separation"):
+        index.row_of_position(target, max_separation=found * (1 - 1e-9))
+
+
 def test_cli_classify_checks_the_columns_of_a_fits_label_column_before_the_fit(
         tmp_path, capsys, monkeypatch):
     """A FITS table's text labels come back as bytes: the check for existing probability
