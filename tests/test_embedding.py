@@ -1005,6 +1005,30 @@ def test_label_head_options_and_errors():
 
 
 # ------------------------------------------------------------------------- clustering
+@pytest.mark.parametrize("covariance_type", ["full", "diag"])
+def test_gmm_bic_is_the_formula_written_out(covariance_type):
+    """``bic_[k]`` is -2 log L + p ln n of the fitted mixture: log L summed over the rows
+    with scipy's normal densities in the PCA space, p = (k - 1) weights + k d means +
+    k d (d + 1) / 2 (full) or k d (diag) covariance parameters, n the rows fitted."""
+    from scipy.special import logsumexp
+    from scipy.stats import multivariate_normal
+
+    x, _ = blobs(n_per=60, k=3, d=16, seed=4)
+    for k in (2, 3):
+        gmm = GaussianMixture(k, covariance_type=covariance_type, n_pca=5).fit(x)
+        z = (x.astype(np.float64) - gmm.mean_) @ gmm.components_.T
+        n, d = z.shape
+        covs = gmm.covariances_ if covariance_type == "full" else \
+            [np.diag(c) for c in gmm.covariances_]
+        logp = np.stack([np.log(w) + multivariate_normal(m, c).logpdf(z)
+                         for w, m, c in zip(gmm.weights_, gmm.means_, covs)], axis=1)
+        cov_params = k * d * (d + 1) // 2 if covariance_type == "full" else k * d
+        p = (k - 1) + k * d + cov_params
+        expect = -2 * logsumexp(logp, axis=1).sum() + p * np.log(n)
+        assert list(gmm.bic_) == [k]
+        np.testing.assert_allclose(gmm.bic_[k], expect, rtol=1e-10)
+
+
 def test_gmm_bic_finds_blobs():
     x, y = blobs(n_per=120, k=4, d=32, seed=3)
     gmm = GaussianMixture(k_range=range(2, 8), n_pca=8).fit(x)
