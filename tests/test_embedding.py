@@ -1029,6 +1029,37 @@ def test_gmm_bic_is_the_formula_written_out(covariance_type):
         np.testing.assert_allclose(gmm.bic_[k], expect, rtol=1e-10)
 
 
+def test_gmm_bic_of_a_subset_sweep_counts_the_subset_rows(monkeypatch):
+    """With the BIC sweep on max_select_rows of the rows, ``bic_[k]`` is -2 log L + p ln m
+    of the best of the ``n_init`` fits of k components to those m rows (not ln of all the
+    rows fitted), and the chosen k is then fitted on all rows starting from that fit."""
+    from astromorph.embeddings import _mixture
+
+    x, _ = blobs(n_per=150, k=3, d=16)
+    runs = []
+    em = _mixture.GaussianMixture._em
+
+    def recording(self, z, k, rng, start=None):
+        out = em(self, z, k, rng, start=start)
+        runs.append((len(z), k, start, out))
+        return out
+
+    monkeypatch.setattr(_mixture.GaussianMixture, "_em", recording)
+    gmm = GaussianMixture(k_range=range(2, 5), max_select_rows=200, n_init=2, n_pca=4).fit(x)
+    d = 4
+    for k in (2, 3, 4):
+        fits = [out for m, kk, _, out in runs if m == 200 and kk == k]
+        assert len(fits) == 2
+        ll = max(out[1] for out in fits)
+        p = (k - 1) + k * d + k * d * (d + 1) // 2
+        np.testing.assert_allclose(gmm.bic_[k], -2 * ll + p * np.log(200), rtol=1e-12)
+    best = max((out for m, kk, _, out in runs if m == 200 and kk == gmm.n_components_),
+               key=lambda out: out[1])
+    m, k, start, _ = runs[-1]
+    assert (m, k) == (450, gmm.n_components_)
+    assert start is not None and all(np.array_equal(a, b) for a, b in zip(start, best[0]))
+
+
 def test_gmm_kmeans_plus_plus_starts_find_a_small_distant_cluster():
     """EM starts from k-means++ centres (each drawn with probability proportional to the
     squared distance to the nearest centre drawn): three blobs of 300 rows and one of 8
