@@ -1060,6 +1060,23 @@ def test_gmm_bic_of_a_subset_sweep_counts_the_subset_rows(monkeypatch):
     assert start is not None and all(np.array_equal(a, b) for a, b in zip(start, best[0]))
 
 
+def test_gmm_pca_equals_an_svd():
+    """The mixture's PCA: ``components_`` are the leading right singular vectors of the
+    centred rows (numpy's SVD), each signed so that its largest coordinate is positive,
+    and ``explained_variance_ratio_`` the share of the squared singular values they
+    hold."""
+    x, _ = blobs(n_per=80, k=3, d=12, seed=2)
+    gmm = GaussianMixture(2, n_pca=4).fit(x)
+    xc = x.astype(np.float64) - x.astype(np.float64).mean(axis=0)
+    _, sv, vt = np.linalg.svd(xc, full_matrices=False)
+    axes = vt[:4] * np.sign(vt[np.arange(4), np.argmax(np.abs(vt[:4]), axis=1)])[:, None]
+    np.testing.assert_allclose(gmm.components_, axes, atol=1e-9)
+    assert (gmm.components_[np.arange(4), np.argmax(np.abs(gmm.components_), axis=1)]
+            > 0).all()
+    np.testing.assert_allclose(gmm.explained_variance_ratio_,
+                               np.sum(sv[:4] ** 2) / np.sum(sv ** 2), rtol=1e-12)
+
+
 def test_gmm_kmeans_plus_plus_starts_find_a_small_distant_cluster():
     """EM starts from k-means++ centres (each drawn with probability proportional to the
     squared distance to the nearest centre drawn): three blobs of 300 rows and one of 8
