@@ -2643,6 +2643,47 @@ def test_a_mixture_file_with_values_that_cannot_be_used_is_refused(tmp_path):
                                       GaussianMixture.from_dict(state).predict(x))
 
 
+def test_mixture_states_and_fits_at_their_limits(monkeypatch):
+    """The limits of GaussianMixture: weights summing to 1.001 and a covariance whose
+    least eigenvalue (variance) is 0 are refused by from_dict (singular: no density);
+    FewRowsWarning for full covariances on n / k = d rows per component, fewer than the
+    d + 1 a d-d covariance needs, none for d + 1; and no subset BIC sweep for exactly
+    max_select_rows rows (only for more)."""
+    import warnings as _warnings
+
+    from astromorph.embeddings import _mixture
+    from astromorph.exceptions import FewRowsWarning
+
+    x, _ = blobs(n_per=20, k=2, d=4)
+    for covariance_type in ("full", "diag"):
+        state = GaussianMixture(2, covariance_type=covariance_type).fit(x).to_dict()
+        singular = np.asarray(state["covariances"])
+        singular[1] = np.diag([1.0, 1.0, 1.0, 0.0]) if covariance_type == "full" else \
+            [1.0, 1.0, 1.0, 0.0]
+        for key, value, message in (
+                ("weights", (np.asarray(state["weights"]) * 1.001).tolist(), "sum to 1"),
+                ("covariances", singular.tolist(), "covariance 1 is not positive definite")):
+            with pytest.raises(InvalidArgumentError, match=message):
+                GaussianMixture.from_dict({**state, key: value})
+    few, _ = blobs(n_per=4, k=2, d=4)  # 8 rows, 2 components, d = 4: 4 per component
+    with pytest.warns(FewRowsWarning, match="4.0 rows per component, fewer than the 5"):
+        GaussianMixture(2, n_pca=None).fit(few)
+    enough, _ = blobs(n_per=5, k=2, d=4)  # 5 = d + 1 per component
+    with _warnings.catch_warnings():
+        _warnings.simplefilter("error", FewRowsWarning)
+        GaussianMixture(2, n_pca=None).fit(enough)
+    sizes = []
+    em = _mixture.GaussianMixture._em
+
+    def counting(self, z, k, rng, start=None):
+        sizes.append(len(z))
+        return em(self, z, k, rng, start=start)
+
+    monkeypatch.setattr(_mixture.GaussianMixture, "_em", counting)
+    GaussianMixture(k_range=(2, 3), n_init=1, max_select_rows=len(x)).fit(x)
+    assert sizes == [len(x), len(x)]  # one fit per k, all rows, no refit
+
+
 def test_maps_and_galleries_refuse_a_path_that_is_no_path():
     """gallery(result, None) and plot_map(x, None) or (x, 3) ended in a bare TypeError from
     os.fspath; they raise InvalidArgumentTypeError naming the value, before any work."""
