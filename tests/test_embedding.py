@@ -1060,6 +1060,20 @@ def test_gmm_bic_of_a_subset_sweep_counts_the_subset_rows(monkeypatch):
     assert start is not None and all(np.array_equal(a, b) for a, b in zip(start, best[0]))
 
 
+def test_gmm_predict_gives_minus_one_for_rows_without_a_vector():
+    """predict: the most probable component of each usable row, -1 for a row with a NaN,
+    an infinite value or a mask (their predict_proba rows are NaN), not component 0."""
+    x, _ = blobs(n_per=40, k=2, d=8)
+    gmm = GaussianMixture(2, n_pca=4).fit(x)
+    y = np.ma.masked_array(x[:6].copy(), mask=False)
+    y[1, 3], y[2, 0] = np.nan, np.inf
+    y[4] = np.ma.masked
+    labels = gmm.predict(y)
+    assert labels[[1, 2, 4]].tolist() == [-1, -1, -1]
+    ok = [0, 3, 5]
+    assert labels[ok].tolist() == np.argmax(gmm.predict_proba(x[ok]), axis=1).tolist()
+
+
 def test_gmm_pca_equals_an_svd():
     """The mixture's PCA: ``components_`` are the leading right singular vectors of the
     centred rows (numpy's SVD), each signed so that its largest coordinate is positive,
