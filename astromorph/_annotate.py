@@ -904,8 +904,11 @@ def annotate(table, images, *, model, ra_col=None, dec_col=None, coord_col=None,
     astromorph.exceptions.InputError
         ``table`` is not a table, it has no RA/Dec (or named) column, its SkyCoord
         column cannot be transformed to an image's frame, an image cannot be
-        read or has no celestial WCS (or one in a frame astropy cannot place:
-        helioecliptic, supergalactic...), a galaxy-scaled model gets no
+        read (a FITS file that ends inside the data of an HDU, plain or compressed,
+        also where that HDU is a MASK astromorph does not use; a header that gives
+        BSCALE, BZERO or BLANK twice with different values) or has no celestial WCS
+        (or one in a frame astropy cannot place: helioecliptic, supergalactic...), a
+        galaxy-scaled model gets no
         ``size_col``/``stamp_size``; new column names clash (``on_conflict="error"``).
     astromorph.exceptions.MissingDependencyError
         An image file is Unix-compressed (``.Z``) and the optional package uncompresspy,

@@ -63,7 +63,8 @@ def predict_files(model, inputs, *, batch_size=256, progress=None, write_header=
         Files, directories (their FITS/JPEG/PNG/Avro files, sorted) and glob
         patterns. Accepted files: FITS images, cubes (one plane per band or
         triplet member) and multi-extension files (one HDU per band or triplet
-        member); JPEG/PNG cutouts (needs Pillow, ``astromorph[images]``); ZTF
+        member), plain, tile-compressed or compressed whole (gzip, bzip2, xz, a zip
+        archive of one file); JPEG/PNG cutouts (needs Pillow, ``astromorph[images]``); ZTF
         and Rubin Avro alert packets (needs fastavro, ``astromorph[alerts]``).
     batch_size : int, optional
         Stamps per model call; stamps of many files are batched together.
@@ -75,9 +76,10 @@ def predict_files(model, inputs, *, batch_size=256, progress=None, write_header=
         keywords, each in its input's container (plain, gzip, bzip2, xz or a zip
         archive of one file, whatever its name). The inputs are never modified.
     in_place : bool, optional
-        Add the keywords to the FITS inputs themselves. Each file is replaced
-        atomically (a complete temporary copy in the same directory, fsync'ed,
-        then `os.replace`), so a failure leaves the original as it was.
+        Add the keywords to the FITS inputs themselves, each kept in its container
+        as for ``write_header``. Each file is replaced atomically (a complete
+        temporary copy in the same directory, fsync'ed, then `os.replace`), so a
+        failure leaves the original as it was.
     overwrite : bool, optional
         Let ``write_header`` replace existing files in its directory.
     providers : None, str or list of str, optional

@@ -188,7 +188,7 @@ MIN_BACKGROUND_SIGMA = -1.5
 #: cutouts and within 0.2 sigma of an offset they lie on.
 _EDGE_STRIP_PIXELS = 75
 #: Lowest mean, in units of the noise RMS, of the background in a ring about the centre of
-#: the data-set window (`_ring_levels`: rings `_RING_PIXELS` wide, out to 150 pixels,
+#: the data-set window (rings 8 pixels wide from 8 to 150 pixels from the centre, of the
 #: pixels below the data-set threshold) of an in-distribution cutout in flux units, when
 #: the ring lies below zero by more than `RING_SIGNIFICANCE` times the uncertainty of its
 #: mean: beyond both `astromorph.Flag.OUT_OF_DISTRIBUTION`. A negative bowl around the source
@@ -207,7 +207,7 @@ _EDGE_STRIP_PIXELS = 75
 #: rings 1, 2, 3 sigma deep are flagged in 91.5, 100, 100 %, the bowls in 97, 100, 100 %,
 #: the pedestals of -0.5 and -1 sigma in 100 %.
 MIN_RING_SIGMA = -0.5
-#: How many times the uncertainty of its mean a ring of `_ring_levels` must lie below zero
+#: How many times the uncertainty of its mean a ring about the centre must lie below zero
 #: to count against `MIN_RING_SIGMA` (the noise of the innermost rings scatters their means
 #: by up to 0.2 sigma): the uncertainty is the noise over the square root of the number of
 #: independent samples, the ring's area over 4 pi times the square of the beam's sigma (the
@@ -215,8 +215,8 @@ MIN_RING_SIGMA = -0.5
 #: beam itself, has half as large an area, which makes the test conservative there).
 RING_SIGNIFICANCE = 5.0
 #: How many 8-bit steps of the data-set scaling (``(peak - threshold) / 255``: the network
-#: sees the cutout quantised so, its brightest pixel 255 steps above the threshold) a ring of
-#: `_ring_levels` must also lie below zero to count against `MIN_RING_SIGMA`. A deficit
+#: sees the cutout quantised so, its brightest pixel 255 steps above the threshold) a ring
+#: about the centre must also lie below zero to count against `MIN_RING_SIGMA`. A deficit
 #: of a small fraction of a step moves the source's pixels by that fraction of a unit and
 #: cuts only emission the scaling puts at 0 anyway, far less than the data set's own
 #: truncation to integers (0 to 1 step, 0.29 RMS). It keeps noise-free images (simulations)
