@@ -137,7 +137,10 @@ def _rezip(archive, content, tmp):
             if info is not member:  # a folder entry
                 new.writestr(copy, b"")
                 continue
-            with open(content, "rb") as src, new.open(copy, "w", force_zip64=True) as dst:
+            # its size known before: a ZIP64 record only where the file needs one (forced,
+            # a small archive needed a reader of ZIP64, version 4.5, to be extracted)
+            copy.file_size = os.path.getsize(content)
+            with open(content, "rb") as src, new.open(copy, "w") as dst:
                 shutil.copyfileobj(src, dst, 1 << 20)
 
 

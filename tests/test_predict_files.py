@@ -3928,6 +3928,25 @@ def test_header_results_are_written_into_compressed_files_in_their_container(mod
     assert sorted(p.name for p in (src if in_place else out).iterdir()) == sorted(files)
 
 
+def test_header_results_keep_a_small_zip_archive_readable_without_zip64(models, tmp_path):
+    """A zip archive rewritten with the header keywords holds no ZIP64 record where its file
+    needs none: its member is read by tools that know no ZIP64 (version needed to extract
+    2.0, as the input's). It was written with ``force_zip64`` whatever its size (4.5)."""
+    path = tmp_path / "x.fits.zip"
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("x.fits", fits_bytes(triplet()))
+    path.write_bytes(buf.getvalue())
+    quiet(astromorph.predict_files, "real-bogus", [path], in_place=True)
+    with zipfile.ZipFile(path) as archive:
+        (info,) = archive.infolist()
+        assert info.extract_version == 20
+        assert info.compress_type == zipfile.ZIP_DEFLATED
+        assert info.file_size == len(archive.read(info))
+    with fits.open(path) as hdul:
+        assert "HIERARCH ASTROMORPH REAL-BOGUS SCORE" in hdul[0].header
+
+
 @pytest.mark.parametrize("cause", [PermissionError(errno.EACCES, "Permission denied"),
                                    OSError(errno.ENOSPC, "No space left on device")])
 def test_header_write_failure_keeps_its_cause(models, tmp_path, monkeypatch, cause):
