@@ -448,7 +448,7 @@ class FirstGrid:
     native: np.ndarray
 
 
-def _radio_input(raw, card, *, caches=None):
+def _radio_input(raw, card):
     """The radio network input of ``raw``, its flags (all but OUT_OF_DISTRIBUTION) and, per
     row, its background in units of the noise (`background_significance` of the data-set
     window on the FIRST grid; NaN for 8-bit and colour images, whose background the data-set
@@ -456,8 +456,7 @@ def _radio_input(raw, card, *, caches=None):
     `MIN_BACKGROUND_SIGMA`, those of the strips along its edges (``(N, 4)``,
     `_radio._edge_levels`; NaN where not measured) and the lowest significant ring background
     with its inner radius (``(N, 2)``, `_radio._ring_levels`; NaN where none or not
-    measured). ``raw.first``: the stamps are on the FIRST grid already (`FirstGrid`);
-    ``caches``: `_native_to_first_grid`'s."""
+    measured). ``raw.first``: the stamps are on the FIRST grid already (`FirstGrid`)."""
     from .preprocessing import _radio as rad
 
     options = dict(card["input"].get("preprocessing_options") or {})
@@ -465,11 +464,7 @@ def _radio_input(raw, card, *, caches=None):
         raw.smoothed = raw.first.smoothed
         return _radio_first_grid_input(raw, np.asarray(raw.data)[:, 0],
                                        raw.first.flags.copy(), raw.first.native, options)
-    flags = raw.flags.copy()
-    # a beam much coarser than FIRST's blurs the structure the model classifies, whatever
-    # the pixel grid it was brought to (NVSS or RACS images on the FIRST grid)
-    flags |= np.where(np.broadcast_to(coarse_beam(raw.beam), flags.shape),
-                      int(Flag.EXTRAPOLATED), 0).astype(flags.dtype)
+    flags = _coarse_beam_flags(raw)
     data = np.asarray(raw.data)
     if raw.kind == "colour":  # data-set style 8-bit grey PNG/JPEG
         flags = _flag_upsampled(flags, *data.shape[1:3], rad.DATASET_IMAGE_PIXELS, 1.0)
@@ -486,8 +481,18 @@ def _radio_input(raw, card, *, caches=None):
         flags = _flag_upsampled(flags, *data.shape[2:], rad.DATASET_IMAGE_PIXELS, 1.0)
         return rad.preprocess_dataset_image(data[:, 0], **options), \
             _flag_constant(data, flags), *_unmeasured(len(data))
-    images, flags, native = _radio_to_first_grid(raw, data, flags, caches=caches)
+    images, flags, native = _radio_to_first_grid(raw, data, flags)
     return _radio_first_grid_input(raw, images, flags, native, options)
+
+
+def _coarse_beam_flags(raw):
+    """A copy of ``raw.flags`` with `Flag.EXTRAPOLATED` where the beam is much coarser than
+    FIRST's (`coarse_beam`): it blurs the structure the model classifies, whatever the pixel
+    grid it was brought to (NVSS or RACS images on the FIRST grid)."""
+    flags = raw.flags.copy()
+    flags |= np.where(np.broadcast_to(coarse_beam(raw.beam), flags.shape),
+                      int(Flag.EXTRAPOLATED), 0).astype(flags.dtype)
+    return flags
 
 
 def first_grid_stamps(kind, dtype, shape, pixel_scale):
@@ -511,9 +516,7 @@ def radio_first_grid(raw, *, caches=None):
     on the native pixels (`FirstGrid`); the same floats and flags, row by row, as those of
     a batch of them. ``caches``: a dict kept between calls on stamps of one shape, pixel
     scale and beam (the smoothing kernel and its transforms)."""
-    flags = raw.flags.copy()
-    flags |= np.where(np.broadcast_to(coarse_beam(raw.beam), flags.shape),
-                      int(Flag.EXTRAPOLATED), 0).astype(flags.dtype)
+    flags = _coarse_beam_flags(raw)
     with np.errstate(invalid="ignore", divide="ignore"):  # (as `prepare`)
         images, flags, native = _radio_to_first_grid(raw, np.asarray(raw.data), flags,
                                                      caches=caches)
