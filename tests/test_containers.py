@@ -481,3 +481,27 @@ def test_annotate_walks_no_whole_gzip_bzip2_or_xz_stream_again(model, tmp_path, 
             with pytest.raises(InputError, match="^truncated FITS file"):
                 astromorph.annotate(catalogue(w, [(30, 30)]), str(path), model=model)
             assert walked == [str(path)], how
+
+
+@pytest.mark.parametrize("large", [False, True])
+def test_read_fits_flags_a_zip_member_that_fails_its_crc(tmp_path, monkeypatch, large):
+    """A zip archive whose one FITS file fails its CRC check is a BAD_INPUT stamp, small or
+    large (the astropy path, whose stream is walked for truncation first). The large one's
+    walk let zipfile's `BadZipFile` ("Bad CRC-32") escape `read_fits` as a traceback."""
+    from astromorph import Flag
+    from astromorph._readers._fits import read_fits
+
+    plain = io.BytesIO()
+    fits.PrimaryHDU(np.arange(64 * 64, dtype=np.float32).reshape(64, 64)).writeto(plain)
+    plain = plain.getvalue()
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as archive:
+        archive.writestr("x.fits", plain)
+    data = bytearray(buf.getvalue())
+    data[data.find(plain[:80]) + 2880 + 100] ^= 0xFF  # a pixel byte: the CRC fails
+    path = tmp_path / "x.fits.zip"
+    path.write_bytes(bytes(data))
+    if large:
+        monkeypatch.setattr("astromorph._readers._fits._FAST_MAX_BYTES", 0)
+    (stamp,) = read_fits(path, want_scale=False, triplet_hint=False)
+    assert stamp.flags & Flag.BAD_INPUT, stamp.reason

@@ -4,6 +4,7 @@ import io
 import os
 import re
 import warnings
+import zipfile
 import zlib
 from lzma import LZMAError
 from typing import NamedTuple
@@ -864,8 +865,8 @@ def _file_reader(path):
         try:
             f.seek(offset)
             return f.read(n)
-        except (OSError, EOFError, ValueError, zlib.error, LZMAError):
-            return b""
+        except (OSError, EOFError, ValueError, zlib.error, LZMAError, zipfile.BadZipFile):
+            return b""  # (a zip member's bad CRC: its stream ends there, as a gzip one's)
     return read, f.close, compression
 
 
