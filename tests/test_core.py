@@ -383,6 +383,31 @@ def test_batching_gives_same_result(tiny_registry, batch_size):
     np.testing.assert_array_equal(model.predict(x, batch_size=batch_size)["probabilities"], ref)
 
 
+def test_progress_bar_counts_every_row(tiny_registry, monkeypatch):
+    """The bar of predict advances by the rows of each batch and ends at N (a bar that
+    counted one row short per batch stopped at 13/17 here)."""
+    from astromorph import _model
+
+    seen = []
+
+    class Bar:
+        def __init__(self, total, **kwargs):
+            seen.append(("total", total))
+
+        def update(self, n):
+            seen.append(n)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            pass
+
+    monkeypatch.setattr(_model, "progress_bar", Bar)
+    astromorph.load_model("tiny").predict(_inputs(17), batch_size=5, progress=True)
+    assert seen == [("total", 17), 5, 5, 5, 2]
+
+
 def test_empty_input(tiny_registry):
     out = astromorph.load_model("tiny").predict(np.zeros((0, 2, 4, 4)))
     assert out["probabilities"].shape == (0, 2)
