@@ -280,6 +280,18 @@ def test_model_pickles_as_a_reload(tiny_registry):
                                   model.predict(x)["probabilities"])
 
 
+def test_model_unpickles_with_the_threads_it_was_loaded_with(tiny_registry):
+    """The session of an unpickled Model (a Dask worker's) runs on the ``threads`` the
+    pickled one was loaded with, as that one does (the cached session is shared)."""
+    import pickle
+
+    model = astromorph.load_model("tiny", threads=1)
+    assert model._session.get_session_options().intra_op_num_threads == 1
+    again = pickle.loads(pickle.dumps(model))
+    assert again._session.get_session_options().intra_op_num_threads == 1
+    assert again._session is model._session
+
+
 def test_model_by_relative_path_unpickles_in_another_folder(tiny_registry, monkeypatch, tmp_path):
     """A worker whose working folder differs from the client's still finds the model."""
     import pickle
