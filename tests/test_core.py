@@ -2049,6 +2049,28 @@ def test_prediction_flag_and_fitted_heads_pickle(tiny_registry):
         assert again.to_dict() == obj.to_dict()
 
 
+@pytest.mark.parametrize("family", ["optical", "radio"])
+def test_range_warning_allows_the_margin_only(tmp_path, family):
+    """Display values a hair beyond [0, 1] (within the 0.01 margin, e.g. from resampling)
+    do not warn; values beyond the margin, on either side, do."""
+    from astromorph.exceptions import InputRangeWarning
+
+    tiny_classifier_onnx(tmp_path / "model.onnx")
+    card = make_card(tmp_path / "model.onnx")
+    card["input"]["family"] = family
+    (tmp_path / "card.json").write_text(json.dumps(card))
+    model = astromorph.load_model(tmp_path)
+    x = np.full((2, 2, 4, 4), 0.5, np.float32)
+    x[0, 0, 0, 0], x[1, 0, 0, 0] = -0.009, 1.009
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", InputRangeWarning)
+        model.predict(x)
+    for value in (-0.02, 1.02):
+        x[1, 0, 0, 0] = value
+        with pytest.warns(InputRangeWarning, match="from row 0 on"):
+            model.predict(x)
+
+
 def test_predict_warns_once_on_values_beyond_the_preprocessing_range():
     """A raw 8-bit stamp (0-255) given to a model that takes display values in [0, 1] was
     scored without a word (a blank-looking 'artifact' at probability 1): it warns now,
