@@ -420,6 +420,42 @@ def test_progress_bar_counts_every_row(tiny_registry, monkeypatch):
     assert seen == [("total", 17), 5, 5, 5, 2]
 
 
+def test_outputs_are_named_as_the_card_lists_them(tmp_path):
+    """With several graph outputs, each Prediction entry is the graph output of that name,
+    in every batch and for empty input (the card lists them in another order than the
+    graph)."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    inp = helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 2, 4, 4])
+    outs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["batch", 2])
+            for n in ("mean", "probabilities")]
+    axes = helper.make_tensor("axes", TensorProto.INT64, [2], [2, 3])
+    graph = helper.make_graph(
+        [helper.make_node("ReduceMean", ["input", "axes"], ["mean"], keepdims=0),
+         helper.make_node("Softmax", ["mean"], ["probabilities"], axis=1)],
+        "two", [inp], outs, initializer=[axes])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 9
+    onnx.save(model, str(tmp_path / "model.onnx"))
+    card = make_card(tmp_path / "model.onnx")
+    card["outputs"].append({"name": "mean", "kind": "values"})
+    (tmp_path / "card.json").write_text(json.dumps(card))
+    loaded = astromorph.load_model(tmp_path)
+    assert loaded.output_names == ["probabilities", "mean"]
+    x = _inputs(5)
+    out = loaded.predict(x, batch_size=2)
+    assert list(out) == ["probabilities", "mean"]
+    mean = x.mean(axis=(2, 3))
+    np.testing.assert_allclose(out["mean"], mean, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(out["probabilities"],
+                               np.exp(mean) / np.exp(mean).sum(axis=1, keepdims=True), rtol=1e-5)
+    assert list(out.label) == list(np.array(["a", "b"])[mean.argmax(axis=1)])
+    empty = loaded.predict(np.zeros((0, 2, 4, 4)))
+    assert [(k, v.shape) for k, v in empty.items()] == [("probabilities", (0, 2)),
+                                                          ("mean", (0, 2))]
+
+
 def test_empty_input(tiny_registry):
     out = astromorph.load_model("tiny").predict(np.zeros((0, 2, 4, 4)))
     assert out["probabilities"].shape == (0, 2)
