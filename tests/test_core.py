@@ -82,6 +82,55 @@ def test_variant_file_loaded_by_path_is_that_variant(tmp_path):
     with pytest.raises(InvalidArgumentError, match="model.grey.onnx.*single-band graph"):
         astromorph.load_model(tmp_path / "model.grey.onnx")
 
+def test_loaded_model_of_another_precision_is_refused(tmp_path):
+    """A loaded int8 Model given where float32 is asked for (``precision="float32"``, as
+    every entry point passes it on) is refused, not run as if it were the float32 file;
+    the precision it has, or none, is taken."""
+    from astromorph._model import as_model
+
+    tiny_classifier_onnx(tmp_path / "model.onnx")
+    tiny_classifier_onnx(tmp_path / "model.int8.onnx", spatial=True)
+    card = make_card(tmp_path / "model.onnx", variants={"int8": {
+        "file": "model.int8.onnx", "sha256": sha256(tmp_path / "model.int8.onnx")}})
+    (tmp_path / "card.json").write_text(json.dumps(card))
+    int8 = astromorph.load_model(tmp_path, precision="int8")
+    assert as_model(int8) is as_model(int8, precision="int8") is int8
+    with pytest.raises(InvalidArgumentError, match="precision='float32'.*'int8'"):
+        as_model(int8, precision="float32")
+    plain = astromorph.load_model(tmp_path)
+    assert as_model(plain, precision="float32") is plain
+    with pytest.raises(InvalidArgumentError, match="precision='int8'.*'float32'"):
+        as_model(plain, precision="int8")
+
+
+def test_variant_runs_single_bands_through_its_own_graph(tmp_path):
+    """The card's single-band graph is folded from the float32 file: an int8 variant given
+    single bands replicates them into its own graph, and its card lists no single-band
+    graph; the float32 model runs them through the single-band graph."""
+    labels = ("a", "b", "c")
+    tiny_classifier_onnx(tmp_path / "model.onnx", channels=3, labels=labels)
+    tiny_classifier_onnx(tmp_path / "model.int8.onnx", channels=3, labels=labels, spatial=True)
+    tiny_classifier_onnx(tmp_path / "model.grey.onnx", channels=1, labels=labels)
+    card = make_card(tmp_path / "model.onnx", channels=3, labels=labels,
+                     single_band="replicate",
+                     variants={"int8": {"file": "model.int8.onnx",
+                                        "sha256": sha256(tmp_path / "model.int8.onnx")}},
+                     single_band_graph={"file": "model.grey.onnx",
+                                        "sha256": sha256(tmp_path / "model.grey.onnx"),
+                                        "input_shape": [1, 4, 4]})
+    (tmp_path / "card.json").write_text(json.dumps(card))
+    grey = np.random.default_rng(2).normal(size=(4, 4, 4)).astype(np.float32)
+    colour = np.repeat(grey[:, None], 3, axis=1)
+    int8 = astromorph.load_model(tmp_path, precision="int8")
+    assert "single_band_graph" not in int8.card
+    np.testing.assert_allclose(int8.predict(grey)["probabilities"],
+                               int8.predict(colour)["probabilities"], rtol=1e-5)
+    plain = astromorph.load_model(tmp_path)
+    np.testing.assert_allclose(plain.predict(grey)["probabilities"],
+                               plain.predict(colour)["probabilities"], rtol=1e-5)
+    assert plain._single_band
+
+
 def test_tampered_file_refused(tiny_registry):
     path = tiny_registry / "tiny" / "model.onnx"
     path.write_bytes(path.read_bytes() + b"\0")
@@ -1758,6 +1807,7 @@ def _fixed_batch(path, batch):
      r"input.shape \[3, 4, 4\].*\['batch', 2, 4, 4\]"),
     (_set("input.shape", [2, 8, 8]), r"input.shape \[2, 8, 8\].*\['batch', 2, 4, 4\]"),
     (_set("outputs.0.labels", ["a", "b", "c"]), r"3 labels.*'probabilities'.*\['batch', 2\]"),
+    (_set("outputs.0.labels", ["a"]), r"1 labels.*'probabilities'.*\['batch', 2\]"),
     (_set("outputs.0.kind", "score"), r"'probabilities' a score.*\['batch', 2\]"),
     # the card's input name was never compared with the graph's (`models --verify` said OK)
     (_set("input.name", "pixels"), r"input.name 'pixels'.*input is named 'input'"),
@@ -1769,6 +1819,30 @@ def test_card_that_does_not_describe_the_graph_is_refused(tmp_path, change, matc
     d = _folder_with_card(tmp_path, change)
     with pytest.raises(ModelCardError, match=match):
         astromorph.load_model(d, providers="cpu")
+
+
+def test_score_output_of_more_than_one_value_per_row_is_refused(tmp_path):
+    """A card calling a (batch, 4, 1) graph output a score (one value per row) is refused at
+    load, as a (batch, 2) one is."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    inp = helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 2, 4, 4])
+    out = helper.make_tensor_value_info("score", TensorProto.FLOAT, ["batch", 4, 1])
+    graph = helper.make_graph(
+        [helper.make_node("ReduceMean", ["input", "a1"], ["rows"], keepdims=0),
+         helper.make_node("ReduceMean", ["rows", "a2"], ["score"], keepdims=1)],
+        "score3", [inp], [out],
+        initializer=[helper.make_tensor("a1", TensorProto.INT64, [1], [1]),
+                     helper.make_tensor("a2", TensorProto.INT64, [1], [2])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 9
+    onnx.save(model, str(tmp_path / "model.onnx"))
+    card = make_card(tmp_path / "model.onnx", task="score",
+                     outputs=[{"name": "score", "kind": "score"}])
+    (tmp_path / "card.json").write_text(json.dumps(card))
+    with pytest.raises(ModelCardError, match=r"'score' a score.*\['batch', 4, 1\]"):
+        astromorph.load_model(tmp_path, providers="cpu")
 
 
 def test_graph_with_a_fixed_batch_size_is_refused(tmp_path):
