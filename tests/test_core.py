@@ -140,6 +140,37 @@ def test_tampered_file_refused(tiny_registry):
     assert cli.main(["models", "--verify"]) == 1
 
 
+@pytest.mark.parametrize("where", [0, 31, 63])
+def test_card_sha256_wrong_in_one_digit_is_refused(tiny_registry, where):
+    """The whole digest is compared: a card whose sha256 differs from the file's in one hex
+    digit (first, middle or last) is a ChecksumMismatchError, from load_model and from
+    `astromorph models --verify`."""
+    card_path = tiny_registry / "tiny" / "card.json"
+    card = json.loads(card_path.read_text())
+    digest = card["sha256"]
+    card["sha256"] = digest[:where] + ("0" if digest[where] != "0" else "1") + digest[where + 1:]
+    card_path.write_text(json.dumps(card))
+    with pytest.raises(ChecksumMismatchError) as info:
+        astromorph.load_model("tiny")
+    assert (info.value.expected, info.value.actual) == (card["sha256"], digest)
+    assert cli.main(["models", "--verify"]) == 1
+
+
+def test_model_file_replaced_with_its_card_gets_a_new_session(tiny_registry):
+    """A model file and card replaced together (a new version at the same path) are
+    verified and run as the new model: the cached session of the old file is not reused."""
+    old = astromorph.load_model("tiny")
+    x = _inputs(3)
+    before = old.predict(x)["probabilities"]
+    path = tiny_registry / "tiny" / "model.onnx"
+    tiny_classifier_onnx(path, spatial=True)
+    (tiny_registry / "tiny" / "card.json").write_text(json.dumps(make_card(path)))
+    new = astromorph.load_model("tiny")
+    assert new.sha256 == sha256(path) != old.sha256
+    assert new._session is not old._session
+    assert not np.allclose(new.predict(x)["probabilities"], before)
+
+
 def test_file_changed_after_a_first_load_is_refused(tiny_registry):
     """The sha256 is cached per file version: a model file replaced after a first load in the
     same process is hashed again, and refused."""
@@ -718,6 +749,18 @@ def test_full_provider_names_take_any_case(tiny_registry):
     assert requested == ["CUDAExecutionProvider"]
 
 
+def test_short_provider_names_take_any_case(tiny_registry, monkeypatch):
+    """'CPU', 'Cuda', 'TensorRT', 'GPU' are the short names, as the docstring says ("any
+    case"), from an argument and from $ASTROMORPH_PROVIDERS."""
+    from astromorph._session import provider_names
+
+    assert provider_names(" TensorRT, Cuda ,GPU,CPU") == [
+        "TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert astromorph.load_model("tiny", providers="CPU").providers == ["CPUExecutionProvider"]
+    monkeypatch.setenv("ASTROMORPH_PROVIDERS", "Cpu")
+    assert astromorph.load_model("tiny").providers == ["CPUExecutionProvider"]
+
+
 def test_bad_option_values_are_typed_errors(tiny_registry, monkeypatch, capsys, tmp_path):
     """Misuse raises InvalidArgumentError naming the value (so the command line prints one
     line, not a traceback), whether it comes from an argument or an environment variable."""
@@ -756,6 +799,24 @@ def test_threads_beyond_what_onnx_runtime_takes_are_a_typed_error(tiny_registry,
     with pytest.raises(InvalidArgumentError,
                        match=r"99999999999999999999 \(from \$ASTROMORPH_NUM_THREADS\)"):
         astromorph.load_model("tiny", threads=None)
+
+
+def test_threads_bounds_are_inclusive(tiny_registry, monkeypatch):
+    """``threads`` from 0 (ONNX Runtime's default) to `MAX_THREADS` (1024), both included,
+    as the error message says, reach the session options (no session of 1024 threads is
+    made here: what would be made is recorded); -1 and 1025 are refused."""
+    from astromorph import _session
+
+    made = []
+    monkeypatch.setattr(_session, "_make_session",
+                        lambda ort, path, requested, usable, threads, cpu_key: made.append(threads))
+    path = tiny_registry / "tiny" / "model.onnx"
+    for n in (0, 1, _session.MAX_THREADS):
+        _session.get_session(path, providers="cpu", threads=n)
+    assert made == [0, 1, 1024]
+    for n in (-1, _session.MAX_THREADS + 1):
+        with pytest.raises(InvalidArgumentError, match=rf">= 0 .* <= 1024, got {n}\b"):
+            _session.get_session(path, providers="cpu", threads=n)
 
 
 def test_provider_lists_name_the_bad_entry(tiny_registry, monkeypatch):
