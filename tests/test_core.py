@@ -49,6 +49,20 @@ def test_incomplete_model_dir_not_listed(tiny_registry):
     assert astromorph.list_models() == ["tiny"]
 
 
+def test_file_card_beside_it_comes_before_the_folders_card(tmp_path):
+    """``<stem>.json`` beside an ONNX file is its card, even where the folder also holds a
+    ``card.json`` (of the folder's model.onnx); a file without its own card takes the
+    folder's."""
+    tiny_classifier_onnx(tmp_path / "model.onnx")
+    (tmp_path / "card.json").write_text(json.dumps(make_card(tmp_path / "model.onnx",
+                                                             name="folder")))
+    tiny_classifier_onnx(tmp_path / "other.onnx", spatial=True)
+    (tmp_path / "other.json").write_text(json.dumps(make_card(tmp_path / "other.onnx",
+                                                              name="other")))
+    assert astromorph.load_model(tmp_path / "other.onnx").name == "other"
+    assert astromorph.load_model(tmp_path / "model.onnx").name == "folder"
+
+
 def test_load_by_directory_and_file(tmp_path):
     tiny_classifier_onnx(tmp_path / "net.onnx")
     (tmp_path / "net.json").write_text(json.dumps(make_card(tmp_path / "net.onnx", name="mine")))
@@ -129,6 +143,25 @@ def test_variant_runs_single_bands_through_its_own_graph(tmp_path):
     np.testing.assert_allclose(plain.predict(grey)["probabilities"],
                                plain.predict(colour)["probabilities"], rtol=1e-5)
     assert plain._single_band
+
+
+def test_variant_card_has_its_metrics_and_the_main_files_as_reference(tmp_path):
+    """The card of a variant (model_card(..., precision="int8"), Model.card) has the
+    variant's sha256, precision and held-out metrics, with the float32 file's metrics under
+    metrics["reference"] for comparison."""
+    tiny_classifier_onnx(tmp_path / "model.onnx")
+    tiny_classifier_onnx(tmp_path / "model.int8.onnx", spatial=True)
+    int8_digest = sha256(tmp_path / "model.int8.onnx")
+    card = make_card(tmp_path / "model.onnx", metrics={"accuracy": 0.9},
+                     variants={"int8": {"file": "model.int8.onnx", "sha256": int8_digest,
+                                        "metrics": {"accuracy": 0.89}}})
+    (tmp_path / "card.json").write_text(json.dumps(card))
+    seen = astromorph.model_card(tmp_path, precision="int8")
+    assert (seen["sha256"], seen["precision"]) == (int8_digest, "int8")
+    assert seen["metrics"] == {"accuracy": 0.89, "reference": {"accuracy": 0.9}}
+    assert "variants" not in seen
+    assert astromorph.load_model(tmp_path, precision="int8").card["metrics"] == seen["metrics"]
+    assert astromorph.model_card(tmp_path)["metrics"] == {"accuracy": 0.9}
 
 
 def test_tampered_file_refused(tiny_registry):
@@ -1809,6 +1842,10 @@ def _set(path, value):
      "input.angular_size.pixel_scale_arcsec.*'1'"),
     (_set("input.angular_size.pixel_scale_arcsec", -1.0),
      r"input.angular_size.pixel_scale_arcsec.*-1\.0"),
+    # zero is no pixel scale nor stamp size (a division by it later)
+    (_set("input.angular_size.pixel_scale_arcsec", 0), r"pixel_scale_arcsec must be a positive "
+     r"number, got 0\b"),
+    (_set("input.angular_size.size_pix", 0), r"size_pix must be a positive integer, got 0\b"),
     # the number of classes is the output's size where the card gives both
     (_set("outputs.0.size", 3), r"outputs\[0\].size.*labels \(2\).*got 3"),
     (_set("outputs.0.description", 5), r"outputs\[0\].description.*5"),
