@@ -842,7 +842,8 @@ def test_threads_bounds_are_inclusive(tiny_registry, monkeypatch):
 
     made = []
     monkeypatch.setattr(_session, "_make_session",
-                        lambda ort, path, requested, usable, threads, cpu_key: made.append(threads))
+                        lambda ort, path, requested, usable, threads, cpu_key:
+                        made.append(threads))
     path = tiny_registry / "tiny" / "model.onnx"
     for n in (0, 1, _session.MAX_THREADS):
         _session.get_session(path, providers="cpu", threads=n)
