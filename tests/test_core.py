@@ -1247,6 +1247,30 @@ def test_cli_verify_ok(tiny_registry, capsys):
     assert "sha256 OK" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("broken", ["model.int8.onnx", "model.grey.onnx"])
+def test_cli_verify_checks_the_variants_and_the_single_band_graph(tiny_registry, capsys,
+                                                                 broken):
+    """`astromorph models --verify` checks every file the card lists, not only model.onnx:
+    a modified int8 variant or single-band graph fails it, naming the file."""
+    d = tiny_registry / "tiny"
+    tiny_classifier_onnx(d / "model.onnx", channels=3, labels=("a", "b", "c"))
+    tiny_classifier_onnx(d / "model.int8.onnx", channels=3, labels=("a", "b", "c"))
+    tiny_classifier_onnx(d / "model.grey.onnx", channels=1, labels=("a", "b", "c"))
+    card = make_card(d / "model.onnx", channels=3, labels=("a", "b", "c"),
+                     single_band="replicate",
+                     variants={"int8": {"file": "model.int8.onnx",
+                                        "sha256": sha256(d / "model.int8.onnx")}},
+                     single_band_graph={"file": "model.grey.onnx",
+                                        "sha256": sha256(d / "model.grey.onnx"),
+                                        "input_shape": [1, 4, 4]})
+    (d / "card.json").write_text(json.dumps(card))
+    assert cli.main(["models", "--verify"]) == 0
+    assert "sha256 OK" in capsys.readouterr().out
+    (d / broken).write_bytes((d / broken).read_bytes() + b"\0")
+    assert cli.main(["models", "--verify"]) == 1
+    assert f"SHA256 MISMATCH {broken}" in capsys.readouterr().out
+
+
 def test_cli_verify_fails_on_a_broken_install(tiny_registry, monkeypatch, tmp_path, capsys):
     """A model folder missing its ONNX file, an empty or missing models folder: not a pass."""
     (tiny_registry / "half").mkdir()
