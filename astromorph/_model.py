@@ -141,8 +141,9 @@ class Prediction(Mapping):
 def _check_graph(session, path, card):
     """Raise `ModelCardError` where the graph of ``session`` (file ``path``) is not the one
     ``card`` describes: not one float32 input, another input name or shape, a fixed batch size,
-    missing outputs or another number of classes than of labels. Dimensions the graph
-    leaves symbolic are not checked."""
+    missing outputs, another number of classes than of labels or a labelled output that is
+    not ``(batch, classes)``. Dimensions the graph
+    leaves symbolic are not checked; an output of unknown rank is taken as it comes."""
     shape = card["input"]["shape"]
     inputs = session.get_inputs()
     if len(inputs) != 1 or inputs[0].type != "tensor(float)":
@@ -171,10 +172,12 @@ def _check_graph(session, path, card):
     for spec in card["outputs"]:
         out = graph[spec["name"]] or []
         labels = spec.get("labels")
-        if labels is not None and len(out) == 2 and isinstance(out[1], int) \
-                and out[1] != len(labels):
+        if labels is not None and (len(out) not in (0, 2) or len(out) == 2 and isinstance(
+                out[1], int) and out[1] != len(labels)):
             raise ModelCardError(f"card of {path} gives {len(labels)} labels for output "
-                                 f"{spec['name']!r}, but the ONNX graph's output is {out}")
+                                 f"{spec['name']!r}, but the ONNX graph's output is {out} "
+                                 "(astromorph takes one value per label and row: (batch, "
+                                 f"{len(labels)}))")
         if spec.get("kind") == "score" and (len(out) > 2 or len(out) == 2 and isinstance(
                 out[1], int) and out[1] != 1):
             raise ModelCardError(f"card of {path} calls output {spec['name']!r} a score (one "

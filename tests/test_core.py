@@ -1968,6 +1968,29 @@ def test_score_output_of_more_than_one_value_per_row_is_refused(tmp_path):
         astromorph.load_model(tmp_path, providers="cpu")
 
 
+def test_labelled_output_that_is_not_one_row_of_classes_is_refused(tmp_path):
+    """A card giving labels to a (batch, 2, 1) graph output is refused at load: the label
+    columns (argmax over axis 1 of each row) would not be one probability per class."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    inp = helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 2, 4, 4])
+    out = helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["batch", 2, 1])
+    graph = helper.make_graph(
+        [helper.make_node("ReduceMean", ["input", "axes"], ["mean"], keepdims=0),
+         helper.make_node("Softmax", ["mean"], ["soft"], axis=1),
+         helper.make_node("Unsqueeze", ["soft", "last"], ["probabilities"])],
+        "rank3", [inp], [out],
+        initializer=[helper.make_tensor("axes", TensorProto.INT64, [2], [2, 3]),
+                     helper.make_tensor("last", TensorProto.INT64, [1], [2])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 9
+    onnx.save(model, str(tmp_path / "model.onnx"))
+    (tmp_path / "card.json").write_text(json.dumps(make_card(tmp_path / "model.onnx")))
+    with pytest.raises(ModelCardError, match=r"2 labels.*\['batch', 2, 1\].*\(batch, 2\)"):
+        astromorph.load_model(tmp_path, providers="cpu")
+
+
 def test_graph_with_a_fixed_batch_size_is_refused(tmp_path):
     def fixed(card, d):
         _fixed_batch(d / "model.onnx", 1)
