@@ -160,7 +160,9 @@ def predict_files(model, inputs, *, batch_size=256, progress=None, write_header=
     astromorph.exceptions.AstromorphWarning
         For galaxy models, when FITS headers give a pixel unit or zero point other than
         SDSS nanomaggies (``BUNIT`` count, ``MAGZERO`` 30...): the pixels are scored
-        unconverted and each such row's ``reason`` says so.
+        unconverted and each such row's ``reason`` says so. These warnings name the stamps
+        that were scored: one refused as it is read or at preprocessing (no finite pixel) is
+        counted by the UnusableInputWarning and its row says why.
     astromorph.exceptions.DuplicateSourceWarning
         When a ``source`` repeats (an alert id in two packets, or one packet under two
         file names): every row is kept; the message says how many ids repeat and names
@@ -189,18 +191,26 @@ def predict_files(model, inputs, *, batch_size=256, progress=None, write_header=
 
     with progress_bar(len(paths), desc=f"{model.name}", unit="file", enabled=progress,
                       min_total=16) as bar:
-        assumed, misnamed, units = [], {}, []
+        # (row, stamp) of the stamps these warnings would name; named once scored
+        assumed, misnamed, units = [], [], []
         for stamps in _read_all(paths, family, model.card):
             for stamp in stamps:
+                row = len(runner.sources)
                 if stamp.assumption:
-                    assumed.append(stamp)
+                    assumed.append((row, stamp))
                 if family == "optical" and stamp.usable and stamp.flux_note:
-                    units.append(f"{stamp.source}: {stamp.flux_note}")
+                    units.append((row, stamp))
                 if stamp.misnamed:
-                    misnamed.setdefault(str(stamp.path), stamp.misnamed)
+                    misnamed.append((row, stamp))
                 runner.add(stamp)
             bar.update(1)
         runner.finish()
+    prediction, flags, valid = runner.collect()
+    # The warnings name the images whose pixels were scored: one refused as it is read, or
+    # only at preprocessing (no finite pixel...), is said by its row and UnusableInputWarning.
+    units = unscored_flux_notes(units, valid, runner.reasons)
+    assumed = [stamp for row, stamp in assumed if valid[row]]
+    misnamed = {str(stamp.path): stamp.misnamed for row, stamp in misnamed if valid[row]}
     if assumed:
         what = ("the planes (PLANE1..3 or EXTNAME SCIENCE, REFERENCE, DIFFERENCE)"
                 if family == "triplet" else "the bands (BAND or FILTER keywords, or EXTNAMEs)")
@@ -215,7 +225,6 @@ def predict_files(model, inputs, *, batch_size=256, progress=None, write_header=
              f"content, read by their content (first: {first[0]}: {first[1]}); rename them",
              AmbiguousInputWarning)
 
-    prediction, flags, valid = runner.collect()
     cols = result_columns(model, prediction, flags, valid, smoothed=runner.smoothed_rows())
 
     from astropy.table import Column, Table
@@ -365,6 +374,31 @@ def warn_summary(n, bad, flagged, first, *, what, where, message=NOT_SCORED):
         log.info("%d of %d scored %s(s) carry quality flags", flagged, n, what)
 
 
+def flux_reason(note):
+    """The ``reason`` of a row whose header gives ``note`` (`Stamp.flux_note`: a unit or
+    zero point other than SDSS nanomaggies), for a galaxy model."""
+    from ._readers._fits import NANOMAGGY_ZERO_POINT
+
+    return (f"header gives {note}, not SDSS nanomaggies: the pixels are scored as they are, "
+            f"assumed nanomaggies per pixel (zero point {NANOMAGGY_ZERO_POINT:g}); convert them "
+            "(docs/annotate.md)")
+
+
+def unscored_flux_notes(noted, valid, reasons, *, name=None):
+    """The ``"name: note"`` texts `warn_flux_units` takes for the ``(row, stamp)`` pairs
+    ``noted`` (stamps whose header gives a flux unit other than nanomaggies) whose rows were
+    scored (``valid``); from the ``reasons`` (a list per row) of the others, refused as they
+    were preprocessed, the `flux_reason` goes: their pixels were never used. ``name``: the
+    name of a row in the warning (default: its stamp's ``source``)."""
+    out = []
+    for row, stamp in noted:
+        if valid[row]:
+            out.append(f"{stamp.source if name is None else name(row)}: {stamp.flux_note}")
+        elif flux_reason(stamp.flux_note) in reasons[row]:
+            reasons[row].remove(flux_reason(stamp.flux_note))
+    return out
+
+
 # ----------------------------------------------------------------------------- reading
 def _read_all(paths, family, card):
     """Yield the conformed stamps of each path, read ahead in a thread."""
@@ -462,12 +496,7 @@ def _conform(stamp, family, card):
         if not stamp.usable:
             return stamp
         if family == "optical" and stamp.flux_note:  # said, not flagged, as annotate does
-            from ._readers._fits import NANOMAGGY_ZERO_POINT
-
-            stamp.reason.append(f"header gives {stamp.flux_note}, not SDSS nanomaggies: the "
-                                "pixels are scored as they are, assumed nanomaggies per pixel "
-                                f"(zero point {NANOMAGGY_ZERO_POINT:g}); convert them "
-                                "(docs/annotate.md)")
+            stamp.reason.append(flux_reason(stamp.flux_note))
     # Pixel grid: radio and triplet models resample by the WCS pixel scale.
     if stamp.pixel_scale is None and not stamp.native_grid:
         grid = None

@@ -181,7 +181,7 @@ def annotate_stamps(table, *, model, columns=None, pixel_scale=None, negative=No
     """
     from ._adapters import result_columns
     from ._annotate import _add_columns, _provenance, add_provenance
-    from ._predict import _conform, _Runner, summarise
+    from ._predict import _conform, _Runner, summarise, unscored_flux_notes
 
     model, family, names, scales, flip, centres = check_options(
         table, model=model, columns=columns, pixel_scale=pixel_scale, negative=negative,
@@ -235,14 +235,16 @@ def annotate_stamps(table, *, model, columns=None, pixel_scale=None, negative=No
                 if stamp.usable:
                     _conform(stamp, family, model.card)
                 if family == "optical" and stamp.usable and stamp.flux_note:
-                    units.append(f"row {i}: {stamp.flux_note}")
+                    units.append((i, stamp))
             runner.add(stamp)
             bar.update(1)
         runner.finish()
-    if units:  # as predict_files warns of such files
+    prediction, flags, valid = runner.collect()
+    # as predict_files warns of such files: the rows scored (the others' reasons say why)
+    units = unscored_flux_notes(units, valid, runner.reasons, name=lambda i: f"row {i}")
+    if units:
         warn_flux_units(model, units)
 
-    prediction, flags, valid = runner.collect()
     new = result_columns(model, prediction, flags, valid, smoothed=runner.smoothed_rows())
     new[f"{prefix}_reason"] = runner.reason_column()
     out = table.copy(copy_data=copy)

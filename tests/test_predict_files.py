@@ -4219,6 +4219,45 @@ def test_flux_unit_warning_names_only_the_images_that_are_scored(models, tmp_pat
     assert row(table, tmp_path / "thin.fits")["morph_flags"] & Flag.BAD_INPUT
 
 
+def test_run_warnings_name_only_images_scored_not_those_refused_later(models, tmp_path):
+    """The per-run warnings that name images (flux units other than nanomaggies, bands read
+    by assumption, a file named as another format than its content) name those whose pixels
+    were scored: an image refused only at preprocessing (no finite pixel: BAD_INPUT) is left
+    out, as one refused as it is read is; its row says why, and UnusableInputWarning counts
+    it. The reason of such a row does not say its pixels are scored as they are."""
+    nan = np.full((192, 192), np.nan, dtype=np.float32)
+    write_fits(tmp_path / "single.fits", galaxy() * 200, BUNIT="count")
+    write_fits(tmp_path / "nan.fits", nan, BUNIT="count")
+    write_fits(tmp_path / "cube.fits", np.stack([galaxy()] * 3))
+    write_fits(tmp_path / "nancube.fits", np.stack([nan] * 3))
+    write_fits(tmp_path / "good.png", galaxy(), BAND="r")
+    write_fits(tmp_path / "nangood.png", nan, BAND="r")
+    paths = [*sorted(tmp_path.glob("*.fits")), tmp_path / "good.png",
+             tmp_path / "nangood.png"]
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always")
+        table = astromorph.predict_files("morphology", paths)
+
+    def said(words):
+        found = [str(w.message) for w in rec if words in str(w.message)]
+        assert len(found) == 1, (words, [str(w.message) for w in rec])
+        return found[0]
+
+    units = said("but the headers say")
+    assert "single.fits" in units and "nan.fits" not in units
+    assert said("read by assumption").startswith(
+        f"1 stamp(s) read by assumption (first: {tmp_path / 'cube.fits'}:")
+    misnamed = said("rename them")
+    assert misnamed.startswith("1 file(s) whose extension")
+    assert "good.png" in misnamed and "nangood.png" not in misnamed
+    assert said("could not be scored").startswith("3 of 6 stamp(s) could not be scored")
+    for name in ("nan.fits", "nancube.fits", "nangood.png"):
+        r = row(table, tmp_path / name)
+        assert r["morph_flags"] & Flag.BAD_INPUT and "no finite pixel" in r["reason"]
+        assert "scored as they are" not in r["reason"]
+    assert "scored as they are" in row(table, tmp_path / "single.fits")["reason"]
+
+
 def test_radio_model_ignores_the_flux_unit(models, tmp_path):
     img = galaxy(RADIO_STAMP)
     write_fits(tmp_path / "radio.fits", img, scale=1.8, BUNIT="JY/BEAM")

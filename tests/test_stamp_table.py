@@ -1812,6 +1812,35 @@ def test_an_unusable_row_is_not_named_in_the_flux_unit_warning(tmp_path):
     assert list(out["morph_reason"]) == list(files["reason"])
 
 
+def test_a_row_refused_at_preprocessing_is_not_named_in_the_flux_unit_warning(tmp_path):
+    """As a row refused as it is read: a row of FITS bytes in counts whose image has no
+    finite pixel (refused only at preprocessing, BAD_INPUT) is named in no flux-unit
+    warning, and its reason does not say its pixels are scored as they are; as for a file
+    of its bytes."""
+    from astromorph.exceptions import AstromorphWarning
+
+    unit = fits.Header([("BUNIT", "count")])
+    cells = [_hdul_bytes(fits.HDUList([fits.PrimaryHDU(np.full((96, 96), np.nan, np.float32),
+                                                       header=unit)])),
+             _hdul_bytes(fits.HDUList([fits.PrimaryHDU(_galaxy() * 200, header=unit)]))]
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always")
+        files = astromorph.predict_files("morphology", _as_files(tmp_path, cells),
+                                         progress=False)
+        out = astromorph.annotate_stamps(Table({"stamp": _cells(cells)}), model="morphology",
+                                         progress=False)
+    said = [str(w.message) for w in rec if isinstance(w.message, AstromorphWarning)
+            and "but the headers say" in str(w.message)]
+    assert len(said) == 2
+    assert "row 1: BUNIT='count'" in said[1] and "row 0" not in said[1]
+    assert out["morph_flags"][0] == files["morph_flags"][0]
+    assert out["morph_flags"][0] & Flag.BAD_INPUT and not out["morph_flags"][1]
+    assert list(out["morph_reason"]) == list(files["reason"])
+    assert "scored as they are" not in out["morph_reason"][0]
+    assert "no finite pixel" in out["morph_reason"][0]
+    assert "scored as they are" in out["morph_reason"][1]
+
+
 def test_a_partial_default_column_set_is_passed_over():
     """Without columns=, only a complete set of default names is taken: a table holding a
     ``diff`` column of numbers (a magnitude difference) and its stamps in ``triplet`` is
