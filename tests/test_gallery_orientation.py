@@ -479,3 +479,31 @@ def test_stamp_turned_beyond_the_tolerance_is_resampled_not_flipped():
     lat = np.array([DEC0 + 7 / 3600, DEC0 + 12 / 3600])
     expected = _expected_peaks(WCS(h), (SIZE, SIZE), lon, lat, SIZE)
     assert np.abs(_blob_peaks(shown[0]) - expected).max() <= 1
+
+
+@pytest.mark.parametrize("shear", [8.0, -8.0])
+def test_sheared_stamp_whose_north_runs_along_a_pixel_axis_is_resampled(shear):
+    """A CD matrix with a shear: north runs exactly along the pixel rows' axis (CD1_2 = 0)
+    but a step along x goes west and ``shear`` degrees north. Only the north axis was
+    tested against the axis tolerance, so the stamp was flipped, its pixels kept, and a
+    blob due east shown 2.5 pixels off; it is now resampled, its blobs (18 arcsec east,
+    12 arcsec north) where astropy's pixel_to_world puts them, to a pixel."""
+    t = np.radians(shear)
+    h = _header("cd", 0)
+    h.update(CD1_1=-SCALE * np.cos(t), CD1_2=0.0, CD2_1=SCALE * np.sin(t), CD2_2=SCALE)
+    w = WCS(h)
+    cosd = np.cos(np.radians(DEC0))
+    lon = np.array([RA0 + 18 / 3600 / cosd, RA0])
+    lat = np.array([DEC0, DEC0 + 12 / 3600])
+    data = _two_blobs(w, (SIZE, SIZE), lon, lat)[None]
+    (xa, _), (ya, _) = w.world_to_pixel_values(lon, lat)
+    assert abs(ya - (SIZE - 1) / 2) > 2  # the east blob is off the centre's row
+    shown, oriented = north_up(data, h.get)
+    assert oriented and shown.shape == (1, SIZE, SIZE)
+    candidates = [data[..., ::a, ::b] for a in (1, -1) for b in (1, -1)]
+    candidates += [np.swapaxes(c, -1, -2) for c in candidates]
+    assert not any(np.array_equal(shown, c) for c in candidates)
+    expected = _expected_peaks(w, (SIZE, SIZE), lon, lat, SIZE)
+    assert np.abs(expected[0] - [(SIZE - 1) / 2, (SIZE - 1) / 2 - 18]).max() < 0.1
+    assert np.abs(_blob_peaks(shown[0]) - expected).max() <= 1, (_blob_peaks(shown[0]),
+                                                                 expected)
