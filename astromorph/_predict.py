@@ -366,12 +366,13 @@ def summarise_counts(n, bad, flagged, first, *, what, where, message=NOT_SCORED,
 
 def warn_summary(n, bad, flagged, first, *, what, where, message=NOT_SCORED):
     """`summarise`'s warning and log line, from its counts (``first``: the first reason;
-    ``message``: the warning, with fields ``bad``, ``n``, ``what``, ``first``, ``where``)."""
+    ``message``: the warning, with fields ``bad``, ``n``, ``what``, ``first``, ``where``).
+    ``flagged`` counts the scored rows that carry flags, out of the ``n - bad`` scored."""
     if bad:
         warn(message.format(bad=bad, n=n, what=what, first=first, where=where),
              UnusableInputWarning)
     if flagged:
-        log.info("%d of %d scored %s(s) carry quality flags", flagged, n, what)
+        log.info("%d of %d scored %s(s) carry quality flags", flagged, n - bad, what)
 
 
 def flux_reason(note):
@@ -1347,13 +1348,15 @@ def _cmd_predict(args):
 def summary_line(table):
     """The summary line of a command that adds model columns: ``N row(s), model NAME VERSION:
     S scored, F flagged, U unusable``, from the flags column among the new columns that
-    ``table.meta["astromorph_columns"]`` names."""
+    ``table.meta["astromorph_columns"]`` names: S + U = N, and F counts the scored rows
+    that carry flags (an unusable row always does), as `warn_summary`'s log line."""
     meta = table.meta
     new = str(meta.get("astromorph_columns", "")).split(",")
     flag_col = next((c for c in new if c.endswith("_flags")),
                     next(c for c in table.colnames if c.endswith("_flags")))
     flags = np.asarray(table[flag_col])
-    n, flagged = len(table), int((flags != 0).sum())
-    unusable = int((flags & int(Flag.unusable()) != 0).sum())
+    unusable = flags & int(Flag.unusable()) != 0
+    n, flagged = len(table), int(((flags != 0) & ~unusable).sum())
+    unusable = int(unusable.sum())
     return (f"{n} row(s), model {meta['astromorph_model']} {meta['astromorph_model_version']}: "
             f"{n - unusable} scored, {flagged} flagged, {unusable} unusable")

@@ -2194,7 +2194,8 @@ def test_cli_annotate_summary_line(optical_model, tmp_path, capsys):
                      "--no-progress"]) == 0
     err = capsys.readouterr().err
     version = optical_model.card["version"]
-    assert re.search(rf"2 row\(s\), model \S+ {re.escape(version)}: 1 scored, 1 flagged, "
+    # (flagged: of the scored rows; the source off the image is unusable, not flagged too)
+    assert re.search(rf"2 row\(s\), model \S+ {re.escape(version)}: 1 scored, 0 flagged, "
                      rf"1 unusable; table written to .*out\.ecsv", err), err
 
 

@@ -6,6 +6,7 @@ import hashlib
 import importlib.util
 import io
 import json
+import logging
 import lzma
 import os
 import re
@@ -3666,22 +3667,28 @@ def test_cli_predict(models, tmp_path, capsys):
     assert "ASTROMORPH REAL-BOGUS SCORE" in fits.getheader(hdr / "t1.fits")
 
 
-def test_cli_predict_summary_counts_scored_flagged_and_unusable_rows(models, tmp_path, capsys):
+def test_cli_predict_summary_counts_scored_flagged_and_unusable_rows(models, tmp_path, capsys,
+                                                                   caplog):
     """The summary line counts each kind of row: of three stamps, one with NaN pixels
-    (flagged, scored), one that is no FITS file (flagged, unusable) and a clean one, two
-    are scored, two flagged and one unusable."""
+    (flagged, scored), one that is no FITS file (unusable, its flags say so) and a clean one,
+    two are scored, one of them flagged, and one is unusable: ``flagged`` counts the scored
+    rows that carry flags (an unusable row always does), so that scored + unusable = rows,
+    as the log line of `predict_files` (-v) says: 1 of 2 scored stamps carry flags."""
     write_fits(tmp_path / "a.fits", triplet(seed=0))
     blank = triplet(seed=1)
     blank[:, :20] = np.nan
     write_fits(tmp_path / "b.fits", blank)
     (tmp_path / "c.fits").write_bytes(b"not a FITS file")
-    assert cli.main(["predict", "real-bogus", str(tmp_path), "-o", str(tmp_path / "s.ecsv"),
-                     "--no-progress"]) == 0
+    with caplog.at_level(logging.INFO, logger="astromorph"):
+        assert cli.main(["predict", "real-bogus", str(tmp_path), "-o",
+                         str(tmp_path / "s.ecsv"), "--no-progress", "-v"]) == 0
     table = Table.read(tmp_path / "s.ecsv")
     assert [bool(f & Flag.unusable()) for f in table["rb_flags"]] == [False, False, True]
-    assert table["rb_flags"][1] != 0
-    assert "3 row(s), model real-bogus 0.0.1: 2 scored, 2 flagged, 1 unusable" \
+    assert table["rb_flags"][1] != 0 and table["rb_flags"][0] == 0
+    assert "3 row(s), model real-bogus 0.0.1: 2 scored, 1 flagged, 1 unusable" \
         in capsys.readouterr().err
+    said = [r.getMessage() for r in caplog.records if "carry quality flags" in r.getMessage()]
+    assert said == ["1 of 2 scored stamp(s) carry quality flags"]
 
 
 def test_cli_prints_each_warning_once(models, tmp_path):
