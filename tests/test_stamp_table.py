@@ -1974,3 +1974,52 @@ def test_stacked_blocks_after_the_first_keep_their_rows_options_and_flags(rb, mo
     assert list(outs[0]["rb_reason"]) == list(outs[1]["rb_reason"])
     assert outs[0]["rb_reason"][1].startswith("no stamp in triplet; negative unknown")
     assert outs[0]["rb_reason"][2].startswith("negative unknown")
+
+
+@pytest.mark.parametrize("method", [1, 2, -1])
+def test_lossy_fits_cells_of_one_plane_each_are_constant_as_the_file(rb, tmp_path, method):
+    """Three columns of FITS bytes, one plane each (science, reference, difference), each
+    lossily compressed (fpack's quantisation, level 4, a tile over the plane) on 0.25"/pixel:
+    a reference flat (200) across the model's field, noisy in its border rows, reads back
+    as values up to a quantisation step apart. On the model's 1"/pixel grid it is CONSTANT
+    to the step averaged over 4 x 4 pixels, with the reason and score of the same three
+    HDUs in one file through predict_files; the uncompressed bytes are CONSTANT too."""
+    from synthetic_alerts import celestial_header, triplet
+
+    n = 300  # 75": the model's 63" field is the middle 252 pixels
+    rng = np.random.default_rng(1)
+    data = triplet(n)
+    data[1] = 200.0
+    data[1, :20] += rng.normal(0, 5, (20, n))
+    data[1, -20:] += rng.normal(0, 5, (20, n))
+    data = data.astype(np.float32)
+    header = celestial_header(fits.Header(), 0.25, data.shape[1:])
+    # (a fixed dither seed: the cells' planes read back as the file's, not as another draw)
+    how = dict(compression_type="RICE_1", quantize_level=4, quantize_method=method,
+               dither_seed=7)
+    names = ("science", "reference", "difference")
+
+    def hdu(plane, extname=None, lossy=True):
+        h = header.copy()
+        if extname:
+            h["EXTNAME"] = extname
+        return fits.CompImageHDU(plane, header=h, tile_shape=plane.shape, **how) if lossy \
+            else fits.PrimaryHDU(plane, header=h)
+
+    lossy = Table({c: _cells([_hdul_bytes(fits.HDUList([fits.PrimaryHDU(), hdu(p)]))])
+                   for c, p in zip(names, data)})
+    plain = Table({c: _cells([_hdul_bytes(fits.HDUList([hdu(p, lossy=False)]))])
+                   for c, p in zip(names, data)})
+    fits.HDUList([fits.PrimaryHDU()] + [hdu(p, e) for p, e in zip(data, ("SCI", "REF", "DIFF"))]
+                 ).writeto(tmp_path / "t.fits")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        out = astromorph.annotate_stamps(lossy, model=rb, progress=False)
+        ref = astromorph.annotate_stamps(plain, model=rb, progress=False)
+        files = astromorph.predict_files(rb, [tmp_path / "t.fits"], progress=False)
+    assert ref["rb_flags"][0] & Flag.CONSTANT, ref["rb_reason"][0]
+    assert out["rb_flags"][0] == files["rb_flags"][0] == ref["rb_flags"][0], out["rb_reason"][0]
+    assert out["rb_reason"][0] == files["reason"][0]
+    if method != -1:  # (NO_DITHER reads the flat field back as one value)
+        assert "quantisation step" in out["rb_reason"][0], out["rb_reason"][0]
+    np.testing.assert_allclose(out["rb_score"][0], files["rb_score"][0], rtol=0, atol=1e-6)
