@@ -2023,3 +2023,24 @@ def test_lossy_fits_cells_of_one_plane_each_are_constant_as_the_file(rb, tmp_pat
     if method != -1:  # (NO_DITHER reads the flat field back as one value)
         assert "quantisation step" in out["rb_reason"][0], out["rb_reason"][0]
     np.testing.assert_allclose(out["rb_score"][0], files["rb_score"][0], rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("cells", ["array", "fits"])
+def test_band_columns_named_in_another_order_are_scored_as_g_r_i(cells):
+    """Galaxy models: columns g, r and i given in another order (``columns=["i", "r",
+    "g"]``) are matched to the bands by their names, numeric array columns (stacked) and
+    FITS bytes (row by row) alike: the outputs of ``["g", "r", "i"]``, not those of the i
+    plane read as g (a redder galaxy than it is)."""
+    yy, xx = np.mgrid[:96, :96] - 47.5
+    disc = np.exp(-np.hypot(xx, yy / 0.5) / 8)
+    rng = np.random.default_rng(0)
+    planes = [(a * disc + rng.normal(0, 0.01, disc.shape)).astype(np.float32)
+              for a in (0.5, 2.0, 4.0)]
+    table = Table({b: p[None] if cells == "array" else _cells([_fits_bytes(p)])
+                   for b, p in zip("gri", planes)})
+    outs = [astromorph.annotate_stamps(table, model="morphology", columns=cols,
+                                       progress=False) for cols in (list("gri"), list("irg"))]
+    probs = [c for c in outs[0].colnames if c.startswith("morph_p_")]
+    assert probs and not outs[0]["morph_flags"][0]
+    for c in probs:
+        np.testing.assert_allclose(outs[1][c], outs[0][c], rtol=0, atol=1e-6, err_msg=c)
