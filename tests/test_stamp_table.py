@@ -2044,3 +2044,24 @@ def test_band_columns_named_in_another_order_are_scored_as_g_r_i(cells):
     assert probs and not outs[0]["morph_flags"][0]
     for c in probs:
         np.testing.assert_allclose(outs[1][c], outs[0][c], rtol=0, atol=1e-6, err_msg=c)
+
+
+def test_band_cells_of_different_units_name_the_first_band_as_a_file_does(tmp_path):
+    """Galaxy models: g, r and i columns of FITS bytes whose headers say different units
+    (g MAGZERO=30, i BUNIT='count') name the first band's in the row's reason, as
+    predict_files names the first HDU's of a file holding those three HDUs."""
+    planes = [_galaxy(seed=k) for k in range(3)]
+    heads = [fits.Header([("MAGZERO", 30.0)]), fits.Header(), fits.Header([("BUNIT", "count")])]
+    table = Table({b: _cells([_hdul_bytes(fits.HDUList([fits.PrimaryHDU(p, header=h)]))])
+                   for b, p, h in zip("gri", planes, heads)})
+    hdus = [fits.PrimaryHDU()]
+    for b, p, h in zip("gri", planes, heads):
+        hdus.append(fits.ImageHDU(p, header=fits.Header([*h.cards, ("FILTER", b)])))
+    fits.HDUList(hdus).writeto(tmp_path / "gri.fits")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        out = astromorph.annotate_stamps(table, model="morphology", progress=False)
+        files = astromorph.predict_files("morphology", [tmp_path / "gri.fits"], progress=False)
+    assert files["reason"][0].startswith("header gives MAGZERO=30 (HDU 1), not SDSS")
+    assert out["morph_reason"][0] == files["reason"][0].replace("(HDU 1)", "(g)")
+    assert out["morph_flags"][0] == files["morph_flags"][0]
