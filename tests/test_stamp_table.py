@@ -470,6 +470,7 @@ def test_array_columns_take_the_stacked_path_with_per_row_results(rb, monkeypatc
     mask = np.zeros(x[:, 0].shape, bool)
     mask[3, :20] = True                    # masked -> NaN, flagged BLANK
     mask[4] = True                         # all masked: no stamp (MISSING_BAND)
+    x[4, 1] = -np.abs(x[4, 1]) - 1         # its template not checked: no stamp to score
     x[5, 0, :5] = np.nan
     x[6, 2, 10:20] = -3.4e38               # masking sentinels
     x[7, 1] = -np.abs(x[7, 1]) - 1         # no positive template pixel
@@ -479,6 +480,8 @@ def test_array_columns_take_the_stacked_path_with_per_row_results(rb, monkeypatc
     x[9, 1, :3] = -3.4e38
     x[10, 0] = 7.0                         # constant plane
     x[11, 2] = np.nan                      # all-NaN difference
+    x[13, 1] = -np.abs(x[13, 1]) - 1       # no positive template pixel: its largest is 0
+    x[13, 1, 5, 5] = 0.0
     negative = np.zeros(n, bool)
     negative[[2, 7, 12, 30]] = True
     x[negative, 2] *= -1
@@ -519,7 +522,7 @@ def test_array_columns_take_the_stacked_path_with_per_row_results(rb, monkeypatc
         if name == "resampled":
             assert (flags == Flag.NO_WCS).all()
             continue
-        assert flags[3] == Flag.BLANK and flags[7] == flags[8] == Flag.BAD_INPUT
+        assert flags[3] == Flag.BLANK and flags[7] == flags[8] == flags[13] == Flag.BAD_INPUT
         assert flags[9] & Flag.CONSTANT and flags[4] == Flag.MISSING_BAND
         assert not flags[[0, 1, 2, 12, 30]].any()
     # g, r, i columns of an optical model, one of them masked
