@@ -2068,3 +2068,25 @@ def test_band_cells_of_different_units_name_the_first_band_as_a_file_does(tmp_pa
     assert files["reason"][0].startswith("header gives MAGZERO=30 (HDU 1), not SDSS")
     assert out["morph_reason"][0] == files["reason"][0].replace("(HDU 1)", "(g)")
     assert out["morph_flags"][0] == files["morph_flags"][0]
+
+
+def test_fits_cells_naming_one_triplet_member_are_read_as_files_for_real_bogus(rb, tmp_path):
+    """``real-bogus``: FITS bytes whose planes name one triplet member only (three HDUs of
+    which the last is EXTNAME DIFFERENCE; a cube with PLANE3 = 'DIFFERENCE') are a triplet
+    missing its other members (`Flag.MISSING_BAND`, unscored), as predict_files reads a
+    file of those bytes for a triplet model, not three unnamed planes scored in order."""
+    x = _triplets(1)[0]
+    cells = [_hdul_bytes(fits.HDUList([fits.PrimaryHDU(), fits.ImageHDU(x[0], name="A"),
+                                       fits.ImageHDU(x[1], name="B"),
+                                       fits.ImageHDU(x[2], name="DIFFERENCE")])),
+             _hdul_bytes(fits.HDUList([fits.PrimaryHDU(x, header=fits.Header(
+                 [("PLANE3", "DIFFERENCE")]))]))]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UnusableInputWarning)
+        out = astromorph.annotate_stamps(Table({"stamp": _cells(cells)}), model=rb,
+                                         progress=False)
+        files = astromorph.predict_files(rb, _as_files(tmp_path, cells), progress=False)
+    assert list(out["rb_flags"]) == list(files["rb_flags"]) == [Flag.MISSING_BAND] * 2
+    assert out["rb_score"].mask.all()
+    for said, file_said in zip(out["rb_reason"], files["reason"]):
+        assert said == f"stamp: {file_said}" and "no science or reference image" in said
