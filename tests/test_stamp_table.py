@@ -2090,3 +2090,24 @@ def test_fits_cells_naming_one_triplet_member_are_read_as_files_for_real_bogus(r
     assert out["rb_score"].mask.all()
     for said, file_said in zip(out["rb_reason"], files["reason"]):
         assert said == f"stamp: {file_said}" and "no science or reference image" in said
+
+
+def test_8bit_band_cells_are_bands_not_grey_pictures():
+    """Galaxy models: 8-bit g, r and i cells (object columns, read row by row) are three
+    bands, as the same numeric array columns (stacked) are, not three grey pictures (only a
+    single column of 8-bit grey images is a grey picture): the same flags, score and
+    reason."""
+    rng = np.random.default_rng(2)
+    yy, xx = np.mgrid[:64, :64] - 31.5
+    disc = np.exp(-np.hypot(xx, yy) / 6)
+    planes = [np.clip(a * disc + rng.normal(10, 2, disc.shape), 0, 255).astype(np.uint8)
+              for a in (60, 120, 200)]
+    outs = [astromorph.annotate_stamps(t, model="morphology", crop_fraction=1.0,
+                                       progress=False)
+            for t in (Table({b: p[None] for b, p in zip("gri", planes)}),
+                      Table({b: _cells([p]) for b, p in zip("gri", planes)}))]
+    assert not outs[1]["morph_flags"][0] & Flag.unusable(), outs[1]["morph_reason"][0]
+    assert outs[1]["morph_flags"][0] == outs[0]["morph_flags"][0]
+    assert outs[1]["morph_reason"][0] == outs[0]["morph_reason"][0]
+    np.testing.assert_allclose(outs[1]["morph_p_spiral"], outs[0]["morph_p_spiral"],
+                               rtol=0, atol=1e-6)
