@@ -313,6 +313,10 @@ def test_misuse_raises_typed_errors(rb):
     with pytest.raises(InvalidArgumentError, match="1 or 3 column"):
         astromorph.annotate_stamps(Table({"a": x[:, 0], "b": x[:, 1]}), model=rb,
                                    columns=["a", "b"])
+    # the radio model scores one image a row: three columns are refused, not each row flagged
+    with pytest.raises(InvalidArgumentError, match=r"radio model takes its stamps from 1 "):
+        astromorph.annotate_stamps(Table({"a": x[:, 0], "b": x[:, 1], "c": x[:, 2]}),
+                                   model="radio-morphology", columns=["a", "b", "c"])
     # one plane named three times is no triplet nor a g, r, i set (was scored as one)
     with pytest.raises(InvalidArgumentError, match="more than once"):
         astromorph.annotate_stamps(Table({"a": x[:, 0]}), model=rb, columns=["a"] * 3)
