@@ -288,14 +288,19 @@ def check_options(table, *, model, columns=None, pixel_scale=None, negative=None
     flip = _row_values(table, negative, n, "negative", _bools)
     if flip is not None and family != "triplet":
         raise InvalidArgumentError(f"negative= (--negative-col) applies to difference-imaging "
-                                   f"models; {model.name!r} is a {family} model")
+                                   f"models; {model.name!r} is {_a(family)} model")
     if centre is not None and family != "triplet":
         raise InvalidArgumentError(f"centre= (--centre-col) applies to difference-imaging "
-                                   f"models; {model.name!r} is a {family} model")
+                                   f"models; {model.name!r} is {_a(family)} model")
     return model, family, names, scales, flip, _centre_rows(table, centre, n)
 
 
 # ----------------------------------------------------------------------------- columns
+def _a(word):
+    """``word`` with its indefinite article: 'an optical', 'a radio'."""
+    return f"{'an' if word[:1] in 'aeiou' else 'a'} {word}"
+
+
 def _stamp_columns(table, columns, family):
     """Names of the stamp columns: given (checked) or the first default set present."""
     if columns is None:

@@ -703,7 +703,8 @@ def _cli_inputs(path):
       "neg", "--centre-col", "neg"],
      "--centre-col takes one column of (x, y) pairs or two columns, x then y; got 3"),
     (["annotate", "stamps.ecsv", "-m", "morphology", "--centre-col", "nope"],
-     "centre= (--centre-col) applies to difference-imaging models; 'morphology' is a"),
+     "centre= (--centre-col) applies to difference-imaging models; 'morphology' is an "
+     "optical model"),
     (["annotate", "triplets.ecsv", "-m", "real-bogus", "-i", "t.fits", "--centre-col", "neg"],
      "--centre-col: for tables that hold their own stamps, not with --image"),
     (["cluster", "emb.ecsv", "--map", "m.png", "--map-method", "umap"],
