@@ -60,6 +60,47 @@ def check_parity_reference(path, model):
                                atol=float(ref["atol"]), rtol=float(ref["rtol"]))
 
 
+def assert_scores(actual, expected, *, rtol=1e-7, atol=0.0, masked=None, err_msg=""):
+    """Assert that ``actual`` (a model output: a column of a returned table, which can be
+    masked) holds ``expected`` and is masked exactly where the test says.
+
+    ``np.testing.assert_allclose`` and ``assert_array_equal`` skip masked elements: a column
+    whose rows all came back unread (masked) passes any comparison, with a reference that
+    is masked too (another run of the same code) as well. Here the masks are checked
+    first: no element of ``actual``, nor of ``expected`` where it is a masked array, may be
+    masked unless ``masked`` names it (row indices, a boolean array or a slice; masked rows
+    of a 2-D output are masked whole). Then the values not masked are compared: exactly
+    (as by ``assert_array_equal``, NaN equal to NaN) with ``rtol=0`` and ``atol=0``, else by
+    ``assert_allclose`` with the tolerances given (numpy's defaults).
+    """
+    mask = np.ma.getmaskarray(actual)
+    want = np.zeros(mask.shape, bool)
+    if masked is not None:
+        want[masked] = True
+    np.testing.assert_array_equal(mask, want, err_msg=f"masked elements {err_msg}")
+    if np.ma.isMaskedArray(expected):
+        np.testing.assert_array_equal(
+            np.broadcast_to(np.ma.getmaskarray(expected), want.shape), want,
+            err_msg=f"masked elements of the expected values {err_msg}")
+    keep = ~want
+    data = np.ma.getdata(actual)[keep]
+    ref = np.broadcast_to(np.ma.getdata(expected), want.shape)[keep]
+    if rtol == 0 and atol == 0:
+        np.testing.assert_array_equal(data, ref, err_msg=err_msg)
+    else:
+        np.testing.assert_allclose(data, ref, rtol=rtol, atol=atol, err_msg=err_msg)
+
+
+def assert_same_values(out, ref, names):
+    """The columns ``names`` of table ``out`` hold ``ref``'s values and masks, bit for bit
+    (the values under the masks too)."""
+    for name in names:
+        np.testing.assert_array_equal(np.ma.getmaskarray(out[name]),
+                                      np.ma.getmaskarray(ref[name]), err_msg=name)
+        np.testing.assert_array_equal(np.ma.getdata(out[name]), np.ma.getdata(ref[name]),
+                                      err_msg=name)
+
+
 def shipped_torch_module(name):
     """The training code's torch module of shipped model ``name`` with the weights read back
     from the shipped ONNX file (`astromorph_training._common.shipped_torch_model`): what the
