@@ -17,7 +17,7 @@ from ._flags import Flag
 from ._images import closing_files, parse_sky_images
 from ._readers._fits import warn_flux_units
 from ._model import as_model
-from ._predict import summarise_counts
+from ._predict import summarise_counts, unscored_flux_notes
 from ._progress import progress_bar
 from ._stopping import check_stop
 from ._version import __version__
@@ -935,9 +935,6 @@ def annotate(table, images, *, model, ra_col=None, dec_col=None, coord_col=None,
             groups.setdefault(im.band or "unknown", []).append(im)
         plan = _band_plan(model, family, groups)
         used_images = [im for band in plan for im in groups[band]]
-        if family == "optical":
-            warn_flux_units(model, [f"{im.name}: {im.flux_note}" for im in used_images
-                                    if im.flux_note])
 
         # every image's frame checked before any row of the catalogue is read
         frames = {band: _image_frames(groups[band]) for band in plan}
@@ -1029,6 +1026,9 @@ def annotate(table, images, *, model, ra_col=None, dec_col=None, coord_col=None,
                     scored.append(rows[usable])
                 x = None  # (not held while the next part is awaited)
                 bar.update(len(rows))
+        if family == "optical":  # the images a scored source was cut from, once scored
+            _flux_units(model, used_images, [(groups[band], choice[band]) for band in plan],
+                        valid)
         prediction = _concat(predictions, scored)
         columns = result_columns(model, prediction, flags, valid, smoothed=smoothed)
         used = _add_columns(out, columns, on_conflict)
@@ -1061,6 +1061,26 @@ def annotate(table, images, *, model, ra_col=None, dec_col=None, coord_col=None,
         elif counts[1] and counts[2] == counts[1]:  # on the images, but not one on data
             warn(_no_data_message(counts[2], n_off), UnusableInputWarning)
         return out
+
+
+def _flux_units(model, images, choices, valid):
+    """Warn of the ``images`` whose header gives a flux unit other than nanomaggies
+    (`warn_flux_units`) that a scored source (``valid``) was cut from: an image that no
+    source lies on, or whose sources were cut from another tile or not scored (no finite
+    pixel), is not named, its pixels never used. ``choices``: each band's images and their
+    `_choose_images` of every source. In an `annotate_dask` partition (`FLUX_NOTED` holds a
+    list) the texts go to that list, for one warning of the whole call."""
+    cut = set()
+    for band_images, (best, off) in choices:
+        cut.update(id(band_images[k]) for k in np.unique(best[valid & ~off]))
+    noted = [(k, im) for k, im in enumerate(images) if im.flux_note]
+    units = unscored_flux_notes(noted, [id(im) in cut for im in images],
+                                name=lambda k: images[k].name)
+    sink = FLUX_NOTED.get()
+    if sink is not None:
+        sink.extend((model.name, text) for text in units)
+    else:
+        warn_flux_units(model, units)
 
 
 #: `annotate`'s warning for the rows without a usable position or size (`summarise_counts`).
@@ -1306,6 +1326,11 @@ RECORDED_IMAGE_FILES = contextvars.ContextVar("astromorph_recorded_image_files",
 #: none of those on the images lies on data (a partition without a usable position or size
 #: can neither give nor contradict either).
 PLACED = contextvars.ContextVar("astromorph_placed", default=None)
+#: Where it holds a list (an `annotate_dask` partition), `annotate` appends to it the
+#: ``"name: note"`` texts of its flux-unit warning (`_flux_units`), as ``(model name,
+#: text)``, instead of giving it: `annotate_dask` gives one warning naming the images of all
+#: the partitions.
+FLUX_NOTED = contextvars.ContextVar("astromorph_flux_noted", default=None)
 
 
 def _provenance(model, images=(), columns=(), crop_fraction=None):

@@ -89,13 +89,15 @@ _COMPUTING_LOCK = threading.Lock()
 
 def _annotate_collecting(table, images, model, kwargs, names=None, files=None, call=None):
     """`_annotate_partition`, the warnings it gave, the counts of its rows that could not be
-    scored and those of its rows placed on the sky, as ``(table, [(message, category)],
-    [summary], placed)`` (see `_predict.summarise`; ``placed``: the counts of
-    `_annotate.PLACED`, None where `annotate` does not give them, as `annotate_stamps`).
+    scored, those of its rows placed on the sky and the images its scored sources were cut
+    from that its flux-unit warning would name, as ``(table, [(message, category)],
+    [summary], placed, noted)`` (see `_predict.summarise`; ``placed``: the counts of
+    `_annotate.PLACED`, None where `annotate` does not give them, as `annotate_stamps`;
+    ``noted``: the texts of `_annotate.FLUX_NOTED`).
 
     ``call``: the id of the `annotate_dask` call; where it computes in this process, the
     partition runs as one of its `_Partitions` (stopped, and waited for, when it fails)."""
-    from ._annotate import PLACED
+    from ._annotate import FLUX_NOTED, PLACED
     from ._predict import SUMMARIES
     from ._warnings import collecting
 
@@ -103,16 +105,18 @@ def _annotate_collecting(table, images, model, kwargs, names=None, files=None, c
         partitions = _COMPUTING.get(call)
     if partitions is None or partitions.pid != os.getpid():  # a worker process: not ours
         partitions = None
-    summaries, placed = [], []
+    summaries, placed, noted = [], [], []
     token, token_placed = SUMMARIES.set(summaries), PLACED.set(placed)
+    token_noted = FLUX_NOTED.set(noted)
     try:
         with partitions.running_one() if partitions else contextlib.nullcontext(), \
                 collecting() as found:
             out = _annotate_partition(table, images, model, kwargs, names, files)
     finally:
+        FLUX_NOTED.reset(token_noted)
         PLACED.reset(token_placed)
         SUMMARIES.reset(token)
-    return out, found, summaries, (placed[0] if placed else None)
+    return out, found, summaries, (placed[0] if placed else None), noted
 
 
 def _warn_summaries(summaries, n, order=None, partition_size=None):
@@ -146,18 +150,31 @@ def _annotate_warning_once(table, images, model, kwargs, call, n_parts, names=No
                            files=None, given_here=()):
     """`_annotate_partition` for ``compute=False``: each distinct warning is given by the
     first partition of the call ``call`` to give it (in this process), not by every one;
-    none of ``given_here`` (given by `annotate_dask` itself, `_partition_images`'s notes)."""
+    none of ``given_here`` (given by `annotate_dask` itself, `_partition_images`'s notes).
+    The flux-unit warning names the images that the partition's scored sources were cut
+    from and no earlier partition's warning named."""
+    from ._annotate import FLUX_NOTED
+    from ._readers._fits import warn_flux_units
     from ._warnings import collecting, warn
 
-    with collecting() as found:  # each partition's own counts: no step sees the others
-        out = _annotate_partition(table, images, model, kwargs, names, files)
+    noted = []
+    token = FLUX_NOTED.set(noted)
+    try:
+        with collecting() as found:  # each partition's own counts: no step sees the others
+            out = _annotate_partition(table, images, model, kwargs, names, files)
+    finally:
+        FLUX_NOTED.reset(token)
     with _GIVEN_LOCK:
         given = _GIVEN.setdefault(call, set())
         _GIVEN.move_to_end(call)
         while len(_GIVEN) > _GIVEN_CALLS:
             _GIVEN.popitem(last=False)
+        texts = [text for _, text in dict.fromkeys(noted) if (FLUX_NOTED, text) not in given]
+        given.update((FLUX_NOTED, text) for text in texts)
+        with collecting() as flux:
+            warn_flux_units(noted[0][0] if noted else None, texts)
         new = [key for key in dict.fromkeys(found) if key not in given
-               and key not in given_here]
+               and key not in given_here] + flux
         given.update(new)
     for message, category in new:
         warn(f"{message} (from a Dask partition; given once for the {n_parts} partitions)",
@@ -464,8 +481,10 @@ def _partition_images(table, images, model, kwargs, bounds, partition_size, *,
     by tile, `_sky_order`, "auto": so where that sends fewer files, `SKY_ORDER_GAIN`); or
     None where every partition is to get every image, as before: the images are not files
     this machine reads (a URL, a path only the workers see), one cannot be read or placed,
-    reading them all gives a warning (the band plan, the flux units: the partitions give
-    it, as many times as before), or there is a single file. A file whose own reading gives
+    reading them all gives a warning (the band plan: the partitions give it, as many times
+    as before), or there is a single file. (The flux units are not one of these: each
+    partition says those of the images its scored sources were cut from, `annotate_dask`
+    all of them in one warning.) A file whose own reading gives
     a warning (astropy's on its header or padding) goes to every partition (each gives it,
     as before), the others to those whose sources lie on them. ``notes``: the warnings that
     large compressed files are decompressed whole (`_images.DECOMPRESS_ADVICE`), which
@@ -491,7 +510,7 @@ def _partition_images(table, images, model, kwargs, bounds, partition_size, *,
     import numpy as np
 
     from ._adapters import model_family
-    from ._annotate import _band_plan, _image_frames, _positions, warn_flux_units
+    from ._annotate import _band_plan, _image_frames, _positions
     from ._images import (DECOMPRESS_ADVICE, _parse_one, _read_lone_science_by_filter,
                           closing_files, image_entries)
     from ._warnings import catch_warnings, collecting
@@ -532,9 +551,6 @@ def _partition_images(table, images, model, kwargs, bounds, partition_size, *,
                     groups.setdefault(im.band or "unknown", []).append(im)
                     first.setdefault(im.band or "unknown", j)
             plan = _band_plan(model, family, groups)
-            if family == "optical":
-                warn_flux_units(model, [f"{im.name}: {im.flux_note}" for band in plan
-                                        for im in groups[band] if im.flux_note])
             if given or caught:
                 return None
             with collecting(), catch_warnings():
@@ -845,11 +861,16 @@ def annotate_dask(table, images=None, *, model, partition_size=50_000, compute=T
     finally:
         with _COMPUTING_LOCK:
             del _COMPUTING[call]
-    _warn_once([found for _, found, _, _ in results], len(results),
-               [placed for _, _, _, placed in results], given_here=set(notes))
-    _warn_summaries([(k, s) for k, (_, _, part, _) in enumerate(results) for s in part],
+    _warn_once([found for _, found, _, _, _ in results], len(results),
+               [placed for _, _, _, placed, _ in results], given_here=set(notes))
+    from ._readers._fits import warn_flux_units
+
+    # the images the scored sources of all the partitions were cut from, in one warning
+    warn_flux_units(loaded, list(dict.fromkeys(text for *_, noted in results
+                                               for _, text in noted)))
+    _warn_summaries([(k, s) for k, (_, _, part, _, _) in enumerate(results) for s in part],
                     len(table), order, partition_size)
-    tables = [t for t, _, _, _ in results]
+    tables = [t for t, *_ in results]
     # the catalogue's columns that vstack cannot join (astropy's DaskColumn, a SkyCoord with
     # an obstime per row) come back from every partition as they went: taken whole from the
     # catalogue, in their place

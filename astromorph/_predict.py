@@ -385,17 +385,20 @@ def flux_reason(note):
             "(docs/annotate.md)")
 
 
-def unscored_flux_notes(noted, valid, reasons, *, name=None):
+def unscored_flux_notes(noted, valid, reasons=None, *, name=None):
     """The ``"name: note"`` texts `warn_flux_units` takes for the ``(row, stamp)`` pairs
     ``noted`` (stamps whose header gives a flux unit other than nanomaggies) whose rows were
-    scored (``valid``); from the ``reasons`` (a list per row) of the others, refused as they
-    were preprocessed, the `flux_reason` goes: their pixels were never used. ``name``: the
-    name of a row in the warning (default: its stamp's ``source``)."""
+    scored (``valid``); from the ``reasons`` (a list per row; None: none kept) of the others,
+    refused as they were preprocessed, the `flux_reason` goes: their pixels were never used.
+    ``name``: the name of a row in the warning (default: its stamp's ``source``).
+
+    `annotate` passes its images as the stamps (`SkyImage.flux_note`, named by their
+    ``name``), ``valid`` telling whether a scored source was cut from each."""
     out = []
     for row, stamp in noted:
         if valid[row]:
             out.append(f"{stamp.source if name is None else name(row)}: {stamp.flux_note}")
-        elif flux_reason(stamp.flux_note) in reasons[row]:
+        elif reasons is not None and flux_reason(stamp.flux_note) in reasons[row]:
             reasons[row].remove(flux_reason(stamp.flux_note))
     return out
 

@@ -3352,6 +3352,86 @@ def test_galaxy_model_on_nanomaggies_or_unitless_images_does_not_warn(optical_mo
         astromorph.annotate(cat, (img, w), model=optical_model)
 
 
+def _flux_unit_mosaic(tmp_path):
+    """A mosaic of three single-band tiles whose headers say they are not in nanomaggies:
+    ``good.fits`` (MAGZERO=30) under the sources, ``nan.fits`` (BUNIT='uJy') over the
+    same sky without a finite pixel, ``far.fits`` (BUNIT='count') on another part of the
+    sky; and a catalogue of six sources on ``good.fits``."""
+    img, w = blobs(), sky_wcs()
+    paths = {}
+    for name, data, keys, crval in (
+            ("good", img, {"MAGZERO": 30.0}, (150.0, 2.2)),
+            ("nan", np.full_like(img, np.nan), {"BUNIT": "uJy"}, (150.0, 2.2)),
+            ("far", img, {"BUNIT": "count"}, (30.0, -40.0))):
+        hdr = sky_wcs(crval=crval).to_header()
+        hdr.update(keys)
+        paths[name] = str(tmp_path / f"{name}.fits")
+        fits.writeto(paths[name], data, hdr)
+    return paths, catalogue(w, [(60 + 15 * i, 80 + 10 * i) for i in range(6)])
+
+
+def _flux_unit_messages(caught):
+    return [str(x.message) for x in caught if "nanomaggies" in str(x.message)]
+
+
+def test_flux_unit_warning_names_only_the_images_cut_from(optical_model, tmp_path):
+    """annotate's warning of headers not in nanomaggies named every image of the bands
+    used, before any source was cut: a tile that no source lies on, or one without a finite
+    pixel (the sources cut from another tile of the mosaic, or not scored), though their
+    pixels were never used. It now names the images that a scored source was cut from."""
+    paths, cat = _flux_unit_mosaic(tmp_path)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = astromorph.annotate(cat, [paths["far"], paths["nan"], paths["good"]],
+                                  model=optical_model)
+    assert not np.any(out["opt_flags"] & Flag.unusable())
+    [message] = _flux_unit_messages(caught)
+    assert "good.fits[0]: MAGZERO=30" in message, message
+    assert "nan.fits" not in message and "far.fits" not in message, message
+    # images whose every source is off them, or on no data: no such warning at all
+    for images, said in (([paths["far"]], "no source lies on the images"),
+                         ([paths["nan"]], "")):
+        with pytest.warns(UnusableInputWarning, match=said) as caught:
+            out = astromorph.annotate(cat, images, model=optical_model)
+        flag = Flag.OFF_IMAGE if images == [paths["far"]] else Flag.BAD_INPUT | Flag.BLANK
+        assert np.all(out["opt_flags"] & flag == flag), out["opt_flags"]
+        assert not _flux_unit_messages(caught), _flux_unit_messages(caught)
+
+
+@pytest.mark.parametrize("scheduler", ["synchronous", "processes"])
+def test_annotate_dask_flux_unit_warning_names_only_the_images_cut_from(
+        optical_model, tmp_path, scheduler):
+    """annotate_dask's partitions each named every image of the bands used in the warning
+    of headers not in nanomaggies; it is now given once, naming the images that a scored
+    source of any partition was cut from, whether computed here or lazily."""
+    pytest.importorskip("dask")
+    paths, cat = _flux_unit_mosaic(tmp_path)
+    images = [paths["far"], paths["nan"], paths["good"]]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = astromorph.annotate_dask(cat, images, model=str(optical_model.path),
+                                       partition_size=2, scheduler=scheduler)
+    assert len(out) == 6 and not np.any(out["opt_flags"] & Flag.unusable())
+    [message] = _flux_unit_messages(caught)
+    assert "good.fits[0]: MAGZERO=30" in message, message
+    assert "nan.fits" not in message and "far.fits" not in message, message
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        astromorph.annotate_dask(cat, [paths["far"]], model=str(optical_model.path),
+                                 partition_size=2, scheduler=scheduler)
+    assert not _flux_unit_messages(caught), _flux_unit_messages(caught)
+    if scheduler == "synchronous":  # lazily: the partitions name each image once
+        import dask
+
+        parts = astromorph.annotate_dask(cat, images, model=str(optical_model.path),
+                                         partition_size=2, compute=False)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            dask.compute(*parts, scheduler="synchronous")
+        [message] = _flux_unit_messages(caught)
+        assert "good.fits[0]: MAGZERO=30" in message and "far.fits" not in message, message
+
+
 def test_provenance_names_only_the_images_of_the_bands_used(optical_model, tmp_path):
     """u, g, r, i, z files for a model that takes g, r, i: astromorph_images listed the u and
     z files too, as if they had been used; it now names the images of the bands scored."""

@@ -151,9 +151,10 @@ def warn_flux_units(model, noted):
     """Warn, once, of the images whose FITS header gives a unit or zero point other than
     the SDSS nanomaggies that the galaxy models' stretch is set for: ``noted`` holds
     ``"name: note"`` for each (`flux_unit_note`). Such images give black or saturated
-    stamps and wrong classes without any flag."""
+    stamps and wrong classes without any flag. ``model``: the `Model`, or its name."""
     if noted:
-        warn(f"model {model.name!r} takes images in SDSS nanomaggies per pixel (AB zero point "
+        name = getattr(model, "name", model)
+        warn(f"model {name!r} takes images in SDSS nanomaggies per pixel (AB zero point "
              f"{NANOMAGGY_ZERO_POINT:g}, 0.396 arcsec pixels), but the headers say otherwise: "
              f"{first_few(noted, '; ')}. The pixels are used as they are (no conversion), so the "
              "stamps may come out black or saturated and the classes be wrong without any flag: "
