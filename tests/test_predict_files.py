@@ -4219,7 +4219,8 @@ def test_flux_unit_warning_names_only_the_images_that_are_scored(models, tmp_pat
     image in counts refused as it is read (one pixel high: BAD_INPUT) is left out of it."""
     write_fits(tmp_path / "single.fits", galaxy() * 200, BUNIT="count")
     write_fits(tmp_path / "thin.fits", galaxy()[:1], BUNIT="count")
-    with pytest.warns(AstromorphWarning, match="nanomaggies") as rec:
+    with pytest.warns(UnusableInputWarning, match=r"1 of 2 stamp\(s\) could not be scored"), \
+            pytest.warns(AstromorphWarning, match="nanomaggies") as rec:
         table = astromorph.predict_files("morphology", tmp_path)
     message = " ".join(str(w.message) for w in rec if "but the headers say" in str(w.message))
     assert "single.fits" in message and "thin.fits" not in message
