@@ -2490,34 +2490,22 @@ def test_annotate_dask_leaves_no_image_names_to_the_callers_next_annotate(optica
     assert one.meta["astromorph_images"] == paths[0]
 
 
-def test_annotate_dask_raises_a_worker_process_error_as_annotate_does(optical_model, tmp_path):
+@pytest.mark.parametrize("tblib", [True, False])
+def test_annotate_dask_raises_a_worker_process_error_as_annotate_does(
+        optical_model, tmp_path, monkeypatch, tblib):
     """A bad image met in a worker process: the caller gets annotate's own error (its type,
     its message naming the file), not Dask's copy of it (a subclass made by
-    dask.multiprocessing, whose message carries the worker's traceback)."""
+    dask.multiprocessing, whose message carries the worker's traceback). Without tblib (an
+    optional package), Dask's ``"processes"`` scheduler raises a `RemoteException` subclass
+    of the worker's error: the caller still gets annotate's own error."""
     pytest.importorskip("dask")
-    (tmp_path / "bad.fits").write_bytes(b"SIMPLE  = T" + b"x" * 3000)
-    cat = catalogue(sky_wcs(), [(10, 10), (50, 50), (90, 90)])
-    with pytest.raises(InputError) as ref:
-        astromorph.annotate(cat, str(tmp_path / "bad.fits"), model=optical_model)
-    with pytest.raises(InputError) as out:
-        astromorph.annotate_dask(cat, str(tmp_path / "bad.fits"), model=str(optical_model.path),
-                                 partition_size=2, scheduler="processes")
-    assert type(out.value) is type(ref.value)
-    assert str(out.value) == str(ref.value)
+    if not tblib:
+        import dask.multiprocessing
 
+        def reraise(exc, tb=None):  # dask.multiprocessing's own, where tblib is not installed
+            raise dask.multiprocessing.remote_exception(exc, tb)
 
-def test_annotate_dask_raises_a_worker_process_error_as_annotate_does_without_tblib(
-        optical_model, tmp_path, monkeypatch):
-    """Without tblib (an optional package), Dask's ``"processes"`` scheduler raises a
-    `RemoteException` subclass of the worker's error whose message holds the worker's
-    traceback: the caller still gets annotate's own error, its type and message."""
-    pytest.importorskip("dask")
-    import dask.multiprocessing
-
-    def reraise(exc, tb=None):  # dask.multiprocessing's own, where tblib is not installed
-        raise dask.multiprocessing.remote_exception(exc, tb)
-
-    monkeypatch.setattr(dask.multiprocessing, "reraise", reraise)
+        monkeypatch.setattr(dask.multiprocessing, "reraise", reraise)
     (tmp_path / "bad.fits").write_bytes(b"SIMPLE  = T" + b"x" * 3000)
     cat = catalogue(sky_wcs(), [(10, 10), (50, 50), (90, 90)])
     with pytest.raises(InputError) as ref:

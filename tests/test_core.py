@@ -23,7 +23,7 @@ from astropy.utils.exceptions import AstropyUserWarning
 from astropy.table import Table
 
 from conftest import REPO, cuda_available, traced_peak
-from tiny_models import make_card, sha256, tiny_classifier_onnx
+from tiny_models import make_card, sha256, tiny_classifier_onnx, tiny_model_with_variants
 
 
 def test_warning_hierarchy():
@@ -122,17 +122,7 @@ def test_variant_runs_single_bands_through_its_own_graph(tmp_path):
     single bands replicates them into its own graph, and its card lists no single-band
     graph; the float32 model runs them through the single-band graph."""
     labels = ("a", "b", "c")
-    tiny_classifier_onnx(tmp_path / "model.onnx", channels=3, labels=labels)
-    tiny_classifier_onnx(tmp_path / "model.int8.onnx", channels=3, labels=labels, spatial=True)
-    tiny_classifier_onnx(tmp_path / "model.grey.onnx", channels=1, labels=labels)
-    card = make_card(tmp_path / "model.onnx", channels=3, labels=labels,
-                     single_band="replicate",
-                     variants={"int8": {"file": "model.int8.onnx",
-                                        "sha256": sha256(tmp_path / "model.int8.onnx")}},
-                     single_band_graph={"file": "model.grey.onnx",
-                                        "sha256": sha256(tmp_path / "model.grey.onnx"),
-                                        "input_shape": [1, 4, 4]})
-    (tmp_path / "card.json").write_text(json.dumps(card))
+    tiny_model_with_variants(tmp_path, labels=labels, spatial_int8=True)
     grey = np.random.default_rng(2).normal(size=(4, 4, 4)).astype(np.float32)
     colour = np.repeat(grey[:, None], 3, axis=1)
     int8 = astromorph.load_model(tmp_path, precision="int8")
@@ -1253,17 +1243,7 @@ def test_cli_verify_checks_the_variants_and_the_single_band_graph(tiny_registry,
     """`astromorph models --verify` checks every file the card lists, not only model.onnx:
     a modified int8 variant or single-band graph fails it, naming the file."""
     d = tiny_registry / "tiny"
-    tiny_classifier_onnx(d / "model.onnx", channels=3, labels=("a", "b", "c"))
-    tiny_classifier_onnx(d / "model.int8.onnx", channels=3, labels=("a", "b", "c"))
-    tiny_classifier_onnx(d / "model.grey.onnx", channels=1, labels=("a", "b", "c"))
-    card = make_card(d / "model.onnx", channels=3, labels=("a", "b", "c"),
-                     single_band="replicate",
-                     variants={"int8": {"file": "model.int8.onnx",
-                                        "sha256": sha256(d / "model.int8.onnx")}},
-                     single_band_graph={"file": "model.grey.onnx",
-                                        "sha256": sha256(d / "model.grey.onnx"),
-                                        "input_shape": [1, 4, 4]})
-    (d / "card.json").write_text(json.dumps(card))
+    tiny_model_with_variants(d)
     assert cli.main(["models", "--verify"]) == 0
     assert "sha256 OK" in capsys.readouterr().out
     (d / broken).write_bytes((d / broken).read_bytes() + b"\0")

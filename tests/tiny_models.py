@@ -4,11 +4,12 @@ Kept apart from ``conftest.py`` so that scripts run without pytest (``benchmarks
 build them too; ``conftest`` re-exports every name here.
 """
 import hashlib
+import json
 from pathlib import Path
 
 import numpy as np
 
-__all__ = ["sha256", "tiny_classifier_onnx", "make_card"]
+__all__ = ["sha256", "tiny_classifier_onnx", "make_card", "tiny_model_with_variants"]
 
 
 def sha256(path):
@@ -75,4 +76,23 @@ def make_card(onnx_path, *, name="tiny", channels=2, size=4, labels=("a", "b"),
         "sha256": sha256(onnx_path),
     }
     card.update(extra)
+    return card
+
+
+def tiny_model_with_variants(folder, *, labels=("a", "b", "c"), spatial_int8=False):
+    """Write a 3-channel tiny model into ``folder`` with an int8 variant (``spatial_int8``:
+    a graph of its own, so that it gives other probabilities) and a single-band graph,
+    and its ``card.json``; return the card."""
+    tiny_classifier_onnx(folder / "model.onnx", channels=3, labels=labels)
+    tiny_classifier_onnx(folder / "model.int8.onnx", channels=3, labels=labels,
+                         spatial=spatial_int8)
+    tiny_classifier_onnx(folder / "model.grey.onnx", channels=1, labels=labels)
+    card = make_card(folder / "model.onnx", channels=3, labels=labels,
+                     single_band="replicate",
+                     variants={"int8": {"file": "model.int8.onnx",
+                                        "sha256": sha256(folder / "model.int8.onnx")}},
+                     single_band_graph={"file": "model.grey.onnx",
+                                        "sha256": sha256(folder / "model.grey.onnx"),
+                                        "input_shape": [1, 4, 4]})
+    (folder / "card.json").write_text(json.dumps(card))
     return card
