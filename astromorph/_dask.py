@@ -22,14 +22,19 @@ __all__ = ["annotate_dask"]
 log = logging.getLogger(__name__)
 
 
-def _annotate_partition(table, images, model, kwargs, names=None, files=None):
+def _annotate_partition(table, images, model, kwargs, names=None, files=None, start=0):
     """``names``: the caller's name of each image path, and ``files``: the files of the images
     the whole call uses, where the partition is sent some of them (the provenance records
-    them)."""
+    them). ``start``: the table's row of the partition's first row, that `annotate_stamps`'s
+    warnings name its rows from (`_stamp_table.FIRST_ROW`)."""
     if images is None:
-        from ._stamp_table import annotate_stamps
+        from ._stamp_table import FIRST_ROW, annotate_stamps
 
-        return annotate_stamps(table, model=model, progress=False, **kwargs)
+        token = FIRST_ROW.set(start)
+        try:
+            return annotate_stamps(table, model=model, progress=False, **kwargs)
+        finally:
+            FIRST_ROW.reset(token)
     from ._annotate import RECORDED_IMAGE_FILES, RECORDED_IMAGE_NAMES, annotate
 
     token = RECORDED_IMAGE_NAMES.set(names or {})
@@ -87,7 +92,8 @@ _COMPUTING = {}
 _COMPUTING_LOCK = threading.Lock()
 
 
-def _annotate_collecting(table, images, model, kwargs, names=None, files=None, call=None):
+def _annotate_collecting(table, images, model, kwargs, names=None, files=None, call=None,
+                         start=0):
     """`_annotate_partition`, the warnings it gave, the counts of its rows that could not be
     scored, those of its rows placed on the sky and the images its scored sources were cut
     from that its flux-unit warning would name, as ``(table, [(message, category)],
@@ -96,7 +102,8 @@ def _annotate_collecting(table, images, model, kwargs, names=None, files=None, c
     ``noted``: the texts of `_annotate.FLUX_NOTED`).
 
     ``call``: the id of the `annotate_dask` call; where it computes in this process, the
-    partition runs as one of its `_Partitions` (stopped, and waited for, when it fails)."""
+    partition runs as one of its `_Partitions` (stopped, and waited for, when it fails).
+    ``start``: as for `_annotate_partition`."""
     from ._annotate import FLUX_NOTED, PLACED
     from ._predict import SUMMARIES
     from ._warnings import collecting
@@ -111,7 +118,7 @@ def _annotate_collecting(table, images, model, kwargs, names=None, files=None, c
     try:
         with partitions.running_one() if partitions else contextlib.nullcontext(), \
                 collecting() as found:
-            out = _annotate_partition(table, images, model, kwargs, names, files)
+            out = _annotate_partition(table, images, model, kwargs, names, files, start)
     finally:
         FLUX_NOTED.reset(token_noted)
         PLACED.reset(token_placed)
@@ -147,12 +154,13 @@ _GIVEN_LOCK = threading.Lock()
 
 
 def _annotate_warning_once(table, images, model, kwargs, call, n_parts, names=None,
-                           files=None, given_here=()):
+                           files=None, given_here=(), start=0):
     """`_annotate_partition` for ``compute=False``: each distinct warning is given by the
     first partition of the call ``call`` to give it (in this process), not by every one;
     none of ``given_here`` (given by `annotate_dask` itself, `_partition_images`'s notes).
     The flux-unit warning names the images that the partition's scored sources were cut
-    from and no earlier partition's warning named."""
+    from (or its rows, from the table's row ``start``, without images) and no earlier
+    partition's warning named."""
     from ._annotate import FLUX_NOTED
     from ._readers._fits import warn_flux_units
     from ._warnings import collecting, warn
@@ -161,7 +169,7 @@ def _annotate_warning_once(table, images, model, kwargs, call, n_parts, names=No
     token = FLUX_NOTED.set(noted)
     try:
         with collecting() as found:  # each partition's own counts: no step sees the others
-            out = _annotate_partition(table, images, model, kwargs, names, files)
+            out = _annotate_partition(table, images, model, kwargs, names, files, start)
     finally:
         FLUX_NOTED.reset(token)
     with _GIVEN_LOCK:
@@ -834,11 +842,13 @@ def annotate_dask(table, images=None, *, model, partition_size=50_000, compute=T
         call = uuid.uuid4().hex
         return [dask.delayed(_annotate_warning_once)(table[start:start + partition_size],
                                                      share(k), model, options(start), call,
-                                                     len(bounds), names, files, notes)
+                                                     len(bounds), names, files, notes,
+                                                     start)
                 for k, start in enumerate(bounds)]
     call = uuid.uuid4().hex
     parts = [dask.delayed(_annotate_collecting)(rows[start:start + partition_size], share(k),
-                                                model, options(start), names, files, call)
+                                                model, options(start), names, files, call,
+                                                start)
              for k, start in enumerate(bounds)]
     log.info("annotating %d rows in %d Dask partitions", len(table), len(parts))
     from dask.multiprocessing import RemoteException
@@ -866,8 +876,9 @@ def annotate_dask(table, images=None, *, model, partition_size=50_000, compute=T
     from ._readers._fits import warn_flux_units
 
     # the images the scored sources of all the partitions were cut from, in one warning
-    warn_flux_units(loaded, list(dict.fromkeys(text for *_, noted in results
-                                               for _, text in noted)))
+    warn_flux_units(loaded if images is not None else loaded[0],  # (the stamps': a tuple)
+                    list(dict.fromkeys(text for *_, noted in results
+                                       for _, text in noted)))
     _warn_summaries([(k, s) for k, (_, _, part, _, _) in enumerate(results) for s in part],
                     len(table), order, partition_size)
     tables = [t for t, *_ in results]

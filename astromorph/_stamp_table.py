@@ -6,6 +6,7 @@ cubes, or the gzipped FITS bytes of alert packets. Each row becomes a `Stamp` as
 been read from a file, and goes through the same checks (`_predict._conform`), batching,
 preprocessing and flags as `astromorph.predict_files`.
 """
+import contextvars
 import logging
 from copy import deepcopy
 
@@ -24,6 +25,10 @@ from .exceptions import AmbiguousInputWarning, InputError, InvalidArgumentError
 __all__ = ["annotate_stamps"]
 
 log = logging.getLogger(__name__)
+
+#: The whole table's row of the first row, while `annotate_dask` scores a partition of a
+#: table: the warnings that name rows name those of the whole table.
+FIRST_ROW = contextvars.ContextVar("astromorph_first_row", default=0)
 
 #: Rows stacked at a time from numeric array columns (the fast path).
 _BLOCK_ROWS = 1024
@@ -180,7 +185,7 @@ def annotate_stamps(table, *, model, columns=None, pixel_scale=None, negative=No
         point other than SDSS nanomaggies (said in those rows' ``<prefix>_reason`` too).
     """
     from ._adapters import result_columns
-    from ._annotate import _add_columns, _provenance, add_provenance
+    from ._annotate import FLUX_NOTED, _add_columns, _provenance, add_provenance
     from ._predict import _conform, _Runner, summarise, unscored_flux_notes
 
     model, family, names, scales, flip, centres = check_options(
@@ -241,8 +246,12 @@ def annotate_stamps(table, *, model, columns=None, pixel_scale=None, negative=No
         runner.finish()
     prediction, flags, valid = runner.collect()
     # as predict_files warns of such files: the rows scored (the others' reasons say why)
-    units = unscored_flux_notes(units, valid, runner.reasons, name=lambda i: f"row {i}")
-    if units:
+    first = FIRST_ROW.get()  # a partition's rows: named as the whole table's
+    units = unscored_flux_notes(units, valid, runner.reasons,
+                                name=lambda i: f"row {first + i}")
+    if units and FLUX_NOTED.get() is not None:  # an annotate_dask partition: one warning
+        FLUX_NOTED.get().extend((model.name, text) for text in units)  # for all of them
+    elif units:
         warn_flux_units(model, units)
 
     new = result_columns(model, prediction, flags, valid, smoothed=runner.smoothed_rows())

@@ -1829,6 +1829,46 @@ def test_an_unusable_row_is_not_named_in_the_flux_unit_warning(tmp_path):
     assert list(out["morph_reason"]) == list(files["reason"])
 
 
+def test_dask_names_the_rows_of_the_whole_table_in_the_flux_unit_warning():
+    """annotate_dask without images: the flux-unit warning named each partition's rows by
+    their place in the partition ("row 1" for rows 3 and 5 of a table cut in partitions of
+    two rows); it now names the rows of the whole table, in annotate_stamps's one warning,
+    computed or lazy. The unusable-rows warning is annotate_stamps's too."""
+    import dask
+
+    from astromorph.exceptions import AstromorphWarning
+
+    g = _galaxy()
+    unit = fits.Header([("BUNIT", "count")])
+    cells = [_hdul_bytes(fits.HDUList([fits.PrimaryHDU(
+        g[:1] if k == 4 else g * 200 if k in (3, 5) else g,
+        header=unit if k in (3, 4, 5) else None)])) for k in range(6)]
+    t = Table({"stamp": _cells(cells)})
+
+    def said(rec):
+        return [(type(w.message), str(w.message)) for w in rec
+                if isinstance(w.message, (AstromorphWarning, UnusableInputWarning))]
+
+    with warnings.catch_warnings(record=True) as ref:
+        warnings.simplefilter("always")
+        astromorph.annotate_stamps(t, model="morphology", progress=False)
+    with warnings.catch_warnings(record=True) as out:
+        warnings.simplefilter("always")
+        astromorph.annotate_dask(t, model="morphology", partition_size=2,
+                                 scheduler="synchronous")
+    flux = [m for _, m in said(ref) if "but the headers say" in m]
+    assert len(flux) == 1 and "row 3: BUNIT='count'; row 5: BUNIT='count'" in flux[0]
+    assert "row 1" not in flux[0] and "row 4" not in flux[0]
+    assert said(out) == said(ref)
+    with warnings.catch_warnings(record=True) as lazy:  # each partition's rows, once each
+        warnings.simplefilter("always")
+        dask.compute(*astromorph.annotate_dask(t, model="morphology", partition_size=2,
+                                               compute=False), scheduler="synchronous")
+    flux = [m for _, m in said(lazy) if "but the headers say" in m]
+    assert len(flux) == 2 and "row 3: BUNIT='count'." in flux[0]
+    assert "row 5: BUNIT='count'." in flux[1]
+
+
 def test_a_row_refused_at_preprocessing_is_not_named_in_the_flux_unit_warning(tmp_path):
     """As a row refused as it is read: a row of FITS bytes in counts whose image has no
     finite pixel (refused only at preprocessing, BAD_INPUT) is named in no flux-unit
