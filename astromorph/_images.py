@@ -7,6 +7,7 @@ import os
 import threading
 import warnings
 import zipfile
+import zlib
 
 import numpy as np
 from astropy.io import fits
@@ -357,8 +358,10 @@ def _open_fits(name):
             # SkyImage applies BSCALE/BZERO/BLANK itself
             hdul = fits.open(name, memmap=True, do_not_scale_image_data=True, mode="readonly",
                              lazy_load_hdus=False)
-        except (OSError, ValueError, zipfile.BadZipFile) as exc:  # (astropy lets zip's through)
-            raise InputError(f"{name}: not a readable FITS file ({exc})") from exc
+        except (OSError, EOFError, ValueError, zipfile.BadZipFile, lzma.LZMAError,
+                zlib.error) as exc:  # (astropy lets the decompressors' errors through)
+            raise InputError(_corrupt_stream(name) or f"{name}: not a readable FITS file "
+                             f"({exc})") from exc
         except ImportError as exc:  # a Unix-compressed (.Z) file without uncompresspy
             raise MissingDependencyError(
                 f"{name}: {exc} Install it (pip install uncompresspy), or uncompress the file "
@@ -382,6 +385,20 @@ def _open_fits(name):
     for w in caught:
         warn_again(w)
     return hdul
+
+
+def _corrupt_stream(name):
+    """The reason (`truncated_file`) for the compressed FITS file ``name`` that astropy could
+    not open, where its stream is corrupt (``"corrupt xz stream in FITS file ..."``: astropy
+    says only the decompressor's words, or that a header lacks its END card); else None."""
+    try:
+        with open(name, "rb") as f:
+            if not f.read(6).startswith(_COMPRESSED_MAGIC):
+                return None
+        reason = truncated_file(name)
+    except (OSError, ValueError):
+        return None
+    return reason if reason and reason.startswith("corrupt") else None
 
 
 def _stream_whole(hdul):

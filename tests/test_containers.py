@@ -505,3 +505,48 @@ def test_read_fits_flags_a_zip_member_that_fails_its_crc(tmp_path, monkeypatch, 
         monkeypatch.setattr("astromorph._readers._fits._FAST_MAX_BYTES", 0)
     (stamp,) = read_fits(path, want_scale=False, triplet_hint=False)
     assert stamp.flags & Flag.BAD_INPUT, stamp.reason
+
+
+def _corrupt(how, w):
+    """A FITS file (an image and a MASK of random values) compressed as ``how``, one of
+    whose bytes is flipped in the MASK's part: an xz stream that is corrupt there ("Corrupt
+    input data"), a stored zip member that fails its CRC, a gzip stream that fails its CRC;
+    and the decompressor's words."""
+    rng = np.random.default_rng(5)
+    buf = io.BytesIO()
+    fits.HDUList([fits.PrimaryHDU(rng.random((N, N), dtype=np.float32), w.to_header()),
+                  fits.ImageHDU(rng.integers(0, 2 ** 31, (64, 64), dtype=np.int32),
+                                name="MASK")]).writeto(buf)
+    plain = buf.getvalue()
+    data = bytearray(_compressed(plain, how, "x.fits"))
+    at = data.find(plain[:80]) + len(plain) - 5000 if how == "zip0" else int(len(data) * 0.9)
+    data[at] ^= 0xFF
+    return bytes(data), {"xz": "Corrupt input data", "zip0": "Bad CRC-32 for file 'x.fits'",
+                         "gz": "CRC check failed"}[how]
+
+
+@pytest.mark.parametrize("how", ["xz", "zip0", "gz"])
+def test_a_corrupt_stream_is_said_corrupt_not_truncated(model, tmp_path, monkeypatch, how):
+    """A compressed FITS file whose stream is corrupt (bad data, a bad CRC), read through
+    astropy (over 16 MB) and walked for truncation: `predict_files` said "truncated FITS
+    file ..." of the xz one (its stream ended there), nothing of the gzip one (scored), and
+    `annotate` let xz's LZMAError escape; both now say the stream is corrupt, in the words
+    a small file's reason gives ("corrupt or truncated xz: ..."), and keep a truly
+    truncated file's words (`test_annotate_refuses_a_truncated_mask_in_every_container`)."""
+    w = sky_wcs(N, rot=15)
+    data, said = _corrupt(how, w)
+    kind = {"zip0": "zip", "gz": "gzip"}.get(how, how)
+    suffix = {"zip0": "zip"}.get(how, how)
+    path = _written(tmp_path / f"x.fits.{suffix}", data)
+    small = _rows(model, [str(path)], monkeypatch, large=False)["reason"][0]
+    assert small.startswith(f"corrupt or truncated {kind}: "), small
+    (reason,) = _rows(model, [str(path)], monkeypatch, large=True)["reason"]
+    assert reason.startswith(f"corrupt {kind} stream in FITS file {path.name}: {said}"), \
+        reason
+    if how == "gz":  # astropy read the stream to its end (no walk): its CRC is not checked
+        return
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(InputError) as info:
+            astromorph.annotate(catalogue(w, [(30, 30)]), str(path), model=model)
+    assert str(info.value).startswith(f"corrupt {kind} stream in FITS file {path}: {said}")

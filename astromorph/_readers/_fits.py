@@ -829,8 +829,10 @@ def truncated_file(path, name=None):
         truncated = truncated_data(read)
     finally:
         close()
-    return _truncated(*truncated, os.fspath(path) if name is None else name) \
-        if truncated else None
+    name = os.fspath(path) if name is None else name
+    if read.corrupt:  # the stream ends there as a cut one does, but is not cut
+        return read.corrupt_reason(name)
+    return _truncated(*truncated, name) if truncated else None
 
 
 class _TruncatedData(ValueError):
@@ -856,19 +858,42 @@ def _malformed(problem, name=None):
     return f"malformed FITS header in {name + ' ' if name else ''}{problem}"
 
 
+class _StreamReader:
+    """``read(offset, n)`` on the open (decompressed) file ``f`` of a FITS file compressed
+    as ``compression`` (None: not compressed): the bytes, fewer at the end of the stream,
+    none past it or where it cannot be read. ``corrupt``: the decompressor's words where a
+    compressed stream was found corrupt (a bad CRC, bad deflate data), not cut short (its
+    end marker missing: `EOFError`), else None; said by `corrupt_reason`."""
+
+    def __init__(self, f, compression):
+        self.f, self.compression, self.corrupt = f, compression, None
+
+    def corrupt_reason(self, name=None):
+        """The reason for the corrupt stream, as `decompress` words that of a small file
+        (``"corrupt gzip stream in FITS file x.fits.gz: CRC check failed ..."``); ``name``:
+        the file's name, where there is a file."""
+        where = f" in FITS file {name}" if name else ""
+        return f"corrupt {self.compression} stream{where}: {self.corrupt}"
+
+    def __call__(self, offset, n):
+        try:
+            self.f.seek(offset)
+            return self.f.read(n)
+        except EOFError:  # the stream ends before its end marker: truncated
+            return b""
+        except (OSError, ValueError, zlib.error, LZMAError, zipfile.BadZipFile) as exc:
+            if self.compression and self.corrupt is None:
+                self.corrupt = str(exc) or type(exc).__name__
+            return b""  # (the stream ends there: said as corrupt, not as cut)
+
+
 def _file_reader(path):
     """``read(offset, n)`` on a FITS file, decompressing a compressed one (gzip, bzip2, xz,
-    the one file of a zip archive: `open_stream`); its closer; and its compression or None.
+    the one file of a zip archive: `open_stream`; a `_StreamReader`, whose ``corrupt``
+    says where its stream was found corrupt); its closer; and its compression or None.
     Raises `OSError`, or `ArchiveError` for a zip archive not of one file."""
     f, compression = open_stream(path)
-
-    def read(offset, n):
-        try:
-            f.seek(offset)
-            return f.read(n)
-        except (OSError, EOFError, ValueError, zlib.error, LZMAError, zipfile.BadZipFile):
-            return b""  # (a zip member's bad CRC: its stream ends there, as a gzip one's)
-    return read, f.close, compression
+    return _StreamReader(f, compression), f.close, compression
 
 
 def _unreadable(exc, read, name=None):
@@ -886,6 +911,8 @@ def _unreadable(exc, read, name=None):
         truncated = truncated_data(read)
     except Exception:  # noqa: BLE001 - as above
         truncated = None
+    if getattr(read, "corrupt", None):  # a compressed stream found corrupt
+        return read.corrupt_reason(name)
     if truncated:  # astropy says "buffer is too small for requested array" at best
         return _truncated(*truncated, name)
     if isinstance(exc, (OSError, ValueError)):  # astropy's own words, e.g. missing END card
