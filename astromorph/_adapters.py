@@ -545,6 +545,7 @@ def _radio_to_first_grid(raw, data, flags, *, caches=None):
     quantum = None if raw.quantum is None else np.asarray(raw.quantum).reshape(len(data), -1)
     for j in range(len(data)):  # one image at a time: the mask of one image held
         row, keep = slice(j, j + 1), flags[j:j + 1]
+        step = None if quantum is None else quantum[row]
         bad = rad.invalid_pixels(data[row])
         if bad.any():
             keep = _flag_non_finite(data[row], bad, keep)
@@ -553,10 +554,10 @@ def _radio_to_first_grid(raw, data, flags, *, caches=None):
             if not in_place:
                 data, in_place = data.copy(), True
             data[row][bad] = np.float32(0)
-            keep = _flag_constant(data[row], keep, None if quantum is None else quantum[row])
+            keep = _flag_constant(data[row], keep, step)
             data[row][bad] = np.float32(np.nan)
         else:
-            keep = _flag_constant(data[row], keep, None if quantum is None else quantum[row])
+            keep = _flag_constant(data[row], keep, step)
         flags[row] = keep
     images = data[:, 0]
     # (scale_y, scale_x) of each image: a tuple is one pair for the batch (pixels that are

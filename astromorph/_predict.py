@@ -398,8 +398,8 @@ def unscored_flux_notes(noted, valid, reasons=None, *, name=None):
     for row, stamp in noted:
         if valid[row]:
             out.append(f"{stamp.source if name is None else name(row)}: {stamp.flux_note}")
-        elif reasons is not None and flux_reason(stamp.flux_note) in reasons[row]:
-            reasons[row].remove(flux_reason(stamp.flux_note))
+        elif reasons is not None and (said := flux_reason(stamp.flux_note)) in reasons[row]:
+            reasons[row].remove(said)
     return out
 
 
