@@ -550,3 +550,58 @@ def test_a_corrupt_stream_is_said_corrupt_not_truncated(model, tmp_path, monkeyp
         with pytest.raises(InputError) as info:
             astromorph.annotate(catalogue(w, [(30, 30)]), str(path), model=model)
     assert str(info.value).startswith(f"corrupt {kind} stream in FITS file {path}: {said}")
+
+
+def _first_card_flipped(how):
+    """A FITS file compressed as ``how`` (``"gz"``: gzip, stored blocks, so that its bytes
+    lie in the stream as they are; ``"zip0"``: a stored zip member), whose ``=`` of the
+    SIMPLE card is flipped to ``<`` in the compressed bytes: the stream decompresses, to
+    data that start ``SIMPLE  <``, and fails its CRC check at its end."""
+    buf = io.BytesIO()
+    fits.PrimaryHDU(np.arange(64 * 64, dtype=np.float32).reshape(64, 64)).writeto(buf)
+    plain = buf.getvalue()
+    data = bytearray(gzip.compress(plain, compresslevel=0, mtime=0) if how == "gz"
+                     else _compressed(plain, how, "x.fits"))
+    at = data.find(b"SIMPLE  =") + 8
+    assert data.find(b"SIMPLE  =", at) < 0  # (the one card flipped is the file's)
+    data[at] ^= ord("=") ^ ord("<")
+    return bytes(data)
+
+
+@pytest.mark.parametrize("how", ["gz", "zip0"])
+@pytest.mark.parametrize("large", [False, True], ids=["in-memory", "over-16MB"])
+def test_a_stream_corrupt_in_its_first_card_is_said_corrupt(tmp_path, monkeypatch, how, large):
+    """A bit flipped in the first block of a compressed FITS file: over 16 MB (its first
+    bytes read, not the whole stream) it was "gzip-compressed data, not FITS (the
+    uncompressed data start with b'SIMPLE  ')", eight bytes of the nine compared, and the
+    stream not said corrupt; now it is said corrupt, in the words of a small file of it."""
+    from astromorph import Flag
+    from astromorph._readers._fits import read_fits
+
+    path = _written(tmp_path / f"x.fits.{how[:3]}", _first_card_flipped(how))
+    kind = {"gz": "gzip", "zip0": "zip"}[how]
+    if large:
+        monkeypatch.setattr("astromorph._readers._fits._FAST_MAX_BYTES", 0)
+    (stamp,) = read_fits(path, want_scale=False, triplet_hint=False)
+    assert stamp.flags == Flag.BAD_INPUT
+    assert stamp.reason[0].startswith(f"corrupt or truncated {kind}: "), stamp.reason
+    assert "not FITS" not in stamp.reason[0], stamp.reason
+
+
+@pytest.mark.parametrize("large", [False, True], ids=["in-memory", "over-16MB"])
+def test_not_fits_shows_the_bytes_compared(tmp_path, monkeypatch, large):
+    """Compressed data (whole, not corrupt) that start as a FITS file does but for the
+    ``=`` of its SIMPLE card: the reason shows the nine bytes compared with ``SIMPLE  =``
+    (it showed eight: ``b'SIMPLE  '``, as if the data were FITS); so do FITS bytes."""
+    from astromorph._readers import parse_fits_bytes
+    from astromorph._readers._fits import read_fits
+
+    blob = b"SIMPLE  < T" + b" " * 2869
+    path = _written(tmp_path / "x.fits.gz", gzip.compress(blob))
+    if large:
+        monkeypatch.setattr("astromorph._readers._fits._FAST_MAX_BYTES", 0)
+    (stamp,) = read_fits(path, want_scale=False, triplet_hint=False)
+    assert stamp.reason == ["gzip-compressed data, not FITS (the uncompressed data start "
+                            "with b'SIMPLE  <')"], stamp.reason
+    with pytest.raises(ValueError, match=r"^stamp is not FITS \(starts with b'SIMPLE  <'\)"):
+        parse_fits_bytes(blob)

@@ -9,7 +9,8 @@ import zipfile
 import zlib
 
 __all__ = ["COMPRESSIONS", "COMPRESSED_MAGIC", "STREAM_OPENERS", "UNCOMPRESS", "ArchiveError",
-           "compression_of", "decompress", "first_bytes", "open_stream", "zip_member"]
+           "check_stream", "compression_of", "decompress", "first_bytes", "open_stream",
+           "zip_member"]
 
 #: ``(first bytes, name, stream opener)`` of each whole-file compression astropy reads
 #: (a zip archive, read by `zip_member`, has no stream opener of its own; Unix compress,
@@ -171,6 +172,29 @@ def first_bytes(path, n):
     f, name = open_stream(path)
     try:
         return f.read(n), name
+    except _ERRORS as exc:
+        raise ArchiveError(f"corrupt or truncated {name}: {exc}") from None
+    finally:
+        f.close()
+
+
+def check_stream(path):
+    """Read the whole decompressed stream of the file ``path`` (in pieces, none of it kept),
+    as `decompress` reads a small file's bytes: a corrupt stream is found so (a bad CRC is
+    checked at its end only, its first bytes may be read without a word).
+
+    Raises
+    ------
+    OSError
+        Where the file cannot be opened.
+    ArchiveError
+        For a corrupt or truncated stream (``"corrupt or truncated gzip: ..."``, as
+        `decompress` words it), or a zip archive that is not one of a single file.
+    """
+    f, name = open_stream(path)
+    try:
+        while f.read(1 << 20):
+            pass
     except _ERRORS as exc:
         raise ArchiveError(f"corrupt or truncated {name}: {exc}") from None
     finally:

@@ -12,8 +12,8 @@ from typing import NamedTuple
 import numpy as np
 
 from .._flags import Flag
-from ._compressed import (UNCOMPRESS, ArchiveError, compression_of, decompress,
-                          first_bytes, open_stream)
+from ._compressed import (UNCOMPRESS, ArchiveError, check_stream, compression_of,
+                          decompress, first_bytes, open_stream)
 from ._stamp import Stamp, common_pixel_scale, pixel_scales
 from .._warnings import catch_warnings, first_few, warn
 from ..exceptions import AstromorphWarning
@@ -52,6 +52,9 @@ NANOMAGGY_ZERO_POINT = 22.5
 _NANOMAGGIES = re.compile(r"nanomagg|nmgy", re.IGNORECASE)
 _COUNTS = re.compile(r"\b(counts?|adu|dn|electrons?|e-|photons?)\b", re.IGNORECASE)
 
+#: The first bytes of a FITS file (its SIMPLE card's keyword and value indicator), which
+#: bytes that are to be FITS are compared with; those compared are shown where they differ.
+_FITS_START = b"SIMPLE  ="
 #: Files up to this size that hold a single simple HDU are parsed without astropy.
 _FAST_MAX_BYTES = 16 << 20
 
@@ -1499,7 +1502,7 @@ def _not_fits(buf, compression):
         return (f"{compression}-compressed Avro file, not FITS: decompress it "
                 f"({UNCOMPRESS[compression]}) to score its alerts")
     return (f"{compression}-compressed {inner or 'data'}, not FITS (the uncompressed data "
-            f"start with {bytes(buf[:8])!r})")
+            f"start with {bytes(buf[:len(_FITS_START)])!r})")
 
 
 def read_fits(path, *, want_scale, triplet_hint):
@@ -1528,7 +1531,14 @@ def read_fits(path, *, want_scale, triplet_hint):
             except ArchiveError as exc:  # corrupt, truncated, a zip archive not of one file
                 return _refused(source, path, str(exc))
             if compression:
-                if not head.startswith(b"SIMPLE  ="):
+                if not head.startswith(_FITS_START):
+                    # the stream read through first: first bytes that are not FITS may be
+                    # those of a corrupt stream (a bad CRC is found at its end), which is
+                    # said corrupt, as a small file of it is (`decompress`)
+                    try:
+                        check_stream(path)
+                    except ArchiveError as exc:
+                        return _refused(source, path, str(exc))
                     return _refused(source, path, _not_fits(head, compression))
                 read, close, _ = _file_reader(path)
                 try:
@@ -1569,7 +1579,7 @@ def _read_fits_buffer(buf, source, path, *, want_scale, triplet_hint):
             buf, compression = decompress(buf)
         except ArchiveError as exc:  # corrupt, truncated, a zip archive not of one file
             return _refused(source, path, str(exc)), None
-        if not buf.startswith(b"SIMPLE  ="):
+        if not buf.startswith(_FITS_START):
             return _refused(source, path, _not_fits(buf, compression)), None
         fast = _fast_fits(buf, primary_only=False, want_scale=want_scale)
         if fast is not None:
@@ -1760,10 +1770,10 @@ def parse_fits_bytes(blob, *, want_scale=True, return_facts=False):
     # compressed bytes (gzip, bzip2, xz, a zip archive of one file) are read as a file of
     # them is (`_read_fits_buffer`), and broken ones refused in the same words
     blob, compression = decompress(blob)  # (its ArchiveError is a ValueError)
-    if not blob.startswith(b"SIMPLE  ="):
+    if not blob.startswith(_FITS_START):
         if compression:
             raise ValueError(_not_fits(blob, compression))
-        raise ValueError(f"stamp is not FITS (starts with {bytes(blob[:8])!r})")
+        raise ValueError(f"stamp is not FITS (starts with {bytes(blob[:len(_FITS_START)])!r})")
     fast = _fast_fits(blob, primary_only=True, want_scale=want_scale)
     if fast is not None:
         data, scale, get = fast
