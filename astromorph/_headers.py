@@ -8,6 +8,8 @@ atomically, and only once every target has been checked (`header_targets`).
 import logging
 import os
 import shutil
+import struct
+import time
 import warnings
 import zipfile
 from pathlib import Path
@@ -102,7 +104,7 @@ def _write_in_container(hdul, tmp, path, checksum):
     plain, gzip, bzip2 and xz files stay so compressed, whatever their names (astropy
     compresses by the name it writes to: a plain file named ``x.fits.bz2`` would come back
     compressed, one named ``x.fits.zip`` not at all), and a zip archive stays one, its
-    member's name, date and compression kept (`_rezip`)."""
+    member's name, compression and extra fields kept, dated now (`_rezip`)."""
     from astropy.io import fits
 
     container = _container(path)
@@ -124,16 +126,23 @@ def _write_in_container(hdul, tmp, path, checksum):
 
 def _rezip(archive, content, tmp):
     """Write to ``tmp`` the zip ``archive`` with its one file's content replaced by the file
-    ``content``: the member's name, date, compression, permissions and comments kept, and any
-    folder entries with it (`zip_member`: an archive of more files than one is no FITS file
-    the readers read)."""
+    ``content``: the member's name, compression, permissions, comments and extra fields kept
+    (`_rewritten_extra`), and any folder entries with it (`zip_member`: an archive of more
+    files than one is no FITS file the readers read). The member is dated now, in its DOS
+    date and its extra fields' modification times, as ``zip`` dates a file it updates: its
+    content is new, and ``unzip`` gives the file the member's date (kept, make, rsync and
+    backups would take the modified file for the old one); a folder entry keeps its date."""
+    when = time.time()
     with zipfile.ZipFile(archive) as old, zipfile.ZipFile(tmp, "w") as new:
         member = zip_member(old)
         new.comment = old.comment
         for info in old.infolist():
-            copy = zipfile.ZipInfo(info.filename, info.date_time)
+            date = info.date_time if info is not member else time.localtime(when)[:6]
+            copy = zipfile.ZipInfo(info.filename, date)
             copy.compress_type, copy.comment = info.compress_type, info.comment
             copy.external_attr, copy.create_system = info.external_attr, info.create_system
+            copy.internal_attr = info.internal_attr
+            copy.extra = _rewritten_extra(info.extra, None if info is not member else when)
             if info is not member:  # a folder entry
                 new.writestr(copy, b"")
                 continue
@@ -142,6 +151,44 @@ def _rezip(archive, content, tmp):
             copy.file_size = os.path.getsize(content)
             with open(content, "rb") as src, new.open(copy, "w") as dst:
                 shutil.copyfileobj(src, dst, 1 << 20)
+
+
+#: Tags of the zip extra fields `_rewritten_extra` reads: ZIP64 sizes, the extended
+#: timestamp (Info-ZIP's "UT") and NTFS times.
+_ZIP64, _TIMESTAMP, _NTFS = 0x0001, 0x5455, 0x000A
+#: 100-ns intervals from 1601-01-01 (NTFS times) to 1970-01-01 (Unix times).
+_NTFS_EPOCH = 11644473600 * 10 ** 7
+
+
+def _rewritten_extra(extra, when=None):
+    """The extra fields (bytes of ``ZipInfo.extra``) of a zip member written again: the
+    ZIP64 field left out (zipfile writes one where the new file needs it; kept, it would
+    stand twice, or where none is needed), the others kept in order; where ``when`` (Unix
+    time) is given, the modification times of the extended-timestamp and NTFS fields set
+    to it (``unzip`` and Windows tools take the date from them before the DOS date).
+    Fields that cannot be parsed are kept as they are."""
+    fields, pos = [], 0
+    while pos + 4 <= len(extra):
+        tag, size = struct.unpack_from("<HH", extra, pos)
+        if pos + 4 + size > len(extra):
+            return extra  # (malformed: not ours to mend)
+        data = bytearray(extra[pos + 4:pos + 4 + size])
+        pos += 4 + size
+        if tag == _ZIP64:
+            continue
+        if when is not None and tag == _TIMESTAMP and size >= 5 and data[0] & 1:
+            data[1:5] = struct.pack("<I", int(when) & 0xFFFFFFFF)
+        elif when is not None and tag == _NTFS:
+            at = 4  # (4 reserved bytes, then attributes: tag, size, value)
+            while at + 4 <= size:
+                attr, length = struct.unpack_from("<HH", data, at)
+                if attr == 1 and length >= 8 and at + 4 + length <= size:  # mtime first
+                    data[at + 4:at + 12] = struct.pack("<Q", int(when * 10 ** 7) + _NTFS_EPOCH)
+                at += 4 + length
+        fields.append(struct.pack("<HH", tag, size) + bytes(data))
+    if pos != len(extra):
+        return extra
+    return b"".join(fields)
 
 
 def _card(key, value, comment, dropped=None):

@@ -11,7 +11,9 @@ import lzma
 import os
 import re
 import shutil
+import struct
 import sys
+import time
 import warnings
 import zipfile
 from pathlib import Path
@@ -3952,6 +3954,66 @@ def test_header_results_keep_a_small_zip_archive_readable_without_zip64(models, 
         assert info.file_size == len(archive.read(info))
     with fits.open(path) as hdul:
         assert "HIERARCH ASTROMORPH REAL-BOGUS SCORE" in hdul[0].header
+
+
+#: An extended-timestamp extra field (0x5455, "UT": its modification time, 2001-01-01 UTC)
+#: and a field of a tag no one knows (0xCAFE), as another zip tool writes them.
+_OLD_UT = 978307200
+_EXTRA = (struct.pack("<HHBl", 0x5455, 5, 1, _OLD_UT)
+          + struct.pack("<HH", 0xCAFE, 6) + b"astro!")
+
+
+@pytest.mark.parametrize("in_place", [False, True])
+def test_header_results_in_a_zip_archive_date_the_member_now_and_keep_its_extra_fields(
+        models, tmp_path, in_place):
+    """A zip archive whose FITS file gets its header keywords: the member, modified, is
+    dated when it was written (in its DOS date and in its extended-timestamp field, which
+    ``unzip`` restores in preference; it kept its old date, as if unmodified, for make,
+    rsync and backups), and keeps its extra fields (the timestamp's other bytes, one of a
+    tag zipfile knows nothing of), which were dropped."""
+    src, out = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    path = src / "x.fits.zip"
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
+        member = zipfile.ZipInfo("d/x.fits", (2001, 1, 1, 0, 0, 0))
+        member.compress_type, member.extra = zipfile.ZIP_DEFLATED, _EXTRA
+        archive.writestr(member, fits_bytes(triplet()))
+    before = time.time()
+    quiet(astromorph.predict_files, "real-bogus", [path],
+          **(dict(in_place=True) if in_place else dict(write_header=out)))
+    after = time.time()
+    with zipfile.ZipFile(path if in_place else out / path.name) as archive:
+        (member,) = archive.infolist()
+        assert member.filename == "d/x.fits"
+        dated = time.mktime(member.date_time + (0, 0, -1))  # (local time, 2 s steps)
+        assert before - 2 <= dated <= after + 2, (member.date_time, before, after)
+        ut = member.extra[:9]
+        assert ut[:5] == _EXTRA[:5]
+        assert before - 1 <= struct.unpack("<l", ut[5:])[0] <= after + 1
+        assert member.extra[9:] == _EXTRA[9:]
+        header = fits.getheader(io.BytesIO(archive.read(member)))
+        assert "HIERARCH ASTROMORPH REAL-BOGUS SCORE" in header
+
+
+def test_a_rewritten_zip_members_zip64_extra_field_is_written_by_zipfile_alone():
+    """The extra fields of a rewritten zip member: its ZIP64 field (0x0001) left out,
+    which zipfile writes where the file needs one (kept, it would be there twice, or
+    where none is needed); the others kept in order; the modification times of the
+    extended-timestamp (0x5455) and NTFS (0x000a) fields set to ``when``."""
+    from astromorph._headers import _rewritten_extra
+
+    zip64 = struct.pack("<HHQQ", 1, 16, 5, 5)
+    unknown = struct.pack("<HH", 0xCAFE, 2) + b"ok"
+    ntfs = (struct.pack("<HHI", 0x000A, 32, 0) + struct.pack("<HH", 1, 24)
+            + struct.pack("<QQQ", 11, 22, 33))
+    ut = struct.pack("<HHBll", 0x5455, 9, 3, 111, 222)  # modification and access times
+    when = 1_700_000_000
+    filetime = (when + 11644473600) * 10 ** 7
+    assert _rewritten_extra(zip64 + unknown + ntfs + ut, when) == (
+        unknown + ntfs[:12] + struct.pack("<QQQ", filetime, 22, 33)
+        + struct.pack("<HHBll", 0x5455, 9, 3, when, 222))
+    assert _rewritten_extra(b"", when) == b""
+    assert _rewritten_extra(b"\x01\x02\x03", when) == b"\x01\x02\x03"  # (malformed: kept)
 
 
 @pytest.mark.parametrize("cause", [PermissionError(errno.EACCES, "Permission denied"),
