@@ -13,7 +13,7 @@ import numpy as np
 from astropy.io import fits
 
 from ._cutouts import SkyImage, _check_wcs_object
-from ._readers._compressed import COMPRESSED_MAGIC, STREAM_OPENERS
+from ._readers._compressed import COMPRESSED_MAGIC, LZW_MAGIC, STREAM_OPENERS
 from ._readers._fits import (_AUX_EXTNAMES, _FAST_DTYPES, _MEMBERS, _TRIPLET_NAMES, _physical,
                              _image_quantisation, band_of_header, beam_of_header, header_facts,
                              linear_fluxes, normalise_band, repeated_scaling,
@@ -349,8 +349,9 @@ def _open_fits(name):
 
     A truncated file raises `InputError` in the words of `predict_files` (`truncated_file`):
     astropy only warns of a plain one, and drops the HDUs past the end, which would lose
-    bands silently; of a compressed one (gzip, bzip2, xz, zip) that ends inside the data of
-    an HDU it skips (a MASK), it says nothing, so such a file's stream is walked once.
+    bands silently; of a compressed one (gzip, bzip2, xz, zip, Unix compress) that ends
+    inside the data of an HDU it skips (a MASK), it says nothing, so such a file's stream is
+    walked once.
     """
     with catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -374,8 +375,11 @@ def _open_fits(name):
         # data is whole (`_stream_whole`): only a zip archive's file (extracted by astropy)
         # and a stream found short are walked. (A plain file astropy found short: its words
         # where the data are whole, i.e. a header cut short, which `truncated_file` leaves.)
-        walk = cut or (magic.startswith(_COMPRESSED_MAGIC) and not (
-            any(magic.startswith(m) for m, _ in _STREAM_OPENERS) and _stream_whole(hdul)))
+        # A Unix-compressed file (.Z, read by uncompresspy) is walked too: astropy reads
+        # it whole, and says nothing of a stream that ends inside an HDU it skips.
+        streamed = any(magic.startswith(m) for m, _ in _STREAM_OPENERS)
+        walk = cut or magic.startswith(LZW_MAGIC) or (
+            magic.startswith(_COMPRESSED_MAGIC) and not (streamed and _stream_whole(hdul)))
         truncated = truncated_file(name) if walk else None
     except (OSError, ValueError) as exc:  # (astropy read it: a stream broken after that)
         truncated = f"{name}: not a readable FITS file ({exc})"

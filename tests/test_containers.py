@@ -605,3 +605,72 @@ def test_not_fits_shows_the_bytes_compared(tmp_path, monkeypatch, large):
                             "with b'SIMPLE  <')"], stamp.reason
     with pytest.raises(ValueError, match=r"^stamp is not FITS \(starts with b'SIMPLE  <'\)"):
         parse_fits_bytes(blob)
+
+
+def _unix_compress(data):
+    """``data`` as Unix ``compress`` writes it: LZW in block mode with codes of 9 bits only,
+    the table cleared (code 256) before it needs wider codes, the codes after a clear
+    starting a new group of eight codes, as ``compress`` writes them and its readers
+    (``gzip -d``, uncompresspy) skip to."""
+    codes, table, word = [], None, b""
+
+    def clear():
+        nonlocal table
+        table = {bytes([i]): i for i in range(256)}
+        table[None] = 256  # (the clear code's place: the next entry is 257)
+
+    clear()
+    for byte in data:
+        longer = word + bytes([byte])
+        if longer in table:
+            word = longer
+            continue
+        codes.append(table[word])
+        if len(table) < 500:
+            table[longer] = len(table)
+        else:
+            codes.append(256)
+            codes.extend([0] * (-len(codes) % 8))
+            clear()
+        word = bytes([byte])
+    if word:
+        codes.append(table[word])
+    bits = sum(code << (9 * i) for i, code in enumerate(codes))
+    return b"\x1f\x9d\x90" + bits.to_bytes((9 * len(codes) + 7) // 8, "little")
+
+
+def test_annotate_refuses_a_unix_compressed_file_whose_mask_is_cut(model, tmp_path):
+    """A ``.fits.Z`` file (Unix compress, read by astropy with the optional package
+    uncompresspy) whose MASK extension the stream ends inside of: `annotate` refuses it
+    as truncated, as it does a gzip, bzip2, xz or zip file of it (its stream is walked);
+    it gave the image without a word (astropy does not read the MASK's data). The whole
+    file is read."""
+    pytest.importorskip("uncompresspy")
+    w = sky_wcs(N, rot=15)
+    blob, label = _with_cut_mask(blobs(N, seed=3, count=30), w, "primary")
+    path = _written(tmp_path / "cut.fits.Z", _unix_compress(blob))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(InputError) as info:
+            astromorph.annotate(catalogue(w, [(30, 30)]), str(path), model=model)
+    assert str(info.value) == (f"truncated FITS file {path}: the header of {label} gives "
+                               "16384 bytes of data, the file holds 1000")
+    whole = _written(tmp_path / "whole.fits.Z", _unix_compress(blob[:-1000] + bytes(17280)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        table = astromorph.annotate(catalogue(w, [(30, 30)]), str(whole), model=model)
+    assert not np.ma.getmaskarray(table["opt_p_a"])[0]
+
+
+def test_predict_files_says_a_unix_compressed_file_is_not_read(tmp_path):
+    """`predict_files` reads no ``.fits.Z`` file (Unix compress), uncompresspy installed or
+    not: its row says so and how to read it, where it said only 'unrecognised file format
+    (first bytes ...)'."""
+    from astromorph import Flag
+    from astromorph._readers import read_file
+
+    path = _written(tmp_path / "x.fits.Z", _unix_compress(b"SIMPLE  =" + b" " * 2871))
+    (stamp,) = read_file(path)
+    assert stamp.flags == Flag.BAD_INPUT
+    assert "Unix-compressed (.Z)" in stamp.reason[0], stamp.reason
+    assert "uncompress it (uncompress, gzip -d)" in stamp.reason[0], stamp.reason

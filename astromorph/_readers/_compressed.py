@@ -3,12 +3,14 @@ each is recognised (its first bytes), its stream reader, and decompression into 
 the one table of them for the stamp readers and for `astromorph._images`."""
 import bz2
 import gzip
+import importlib.util
 import io
 import lzma
 import zipfile
 import zlib
 
-__all__ = ["COMPRESSIONS", "COMPRESSED_MAGIC", "STREAM_OPENERS", "UNCOMPRESS", "ArchiveError",
+__all__ = ["COMPRESSIONS", "COMPRESSED_MAGIC", "LZW_MAGIC", "STREAM_OPENERS", "UNCOMPRESS",
+           "ArchiveError",
            "check_stream", "compression_of", "decompress", "first_bytes", "open_stream",
            "zip_member"]
 
@@ -23,6 +25,10 @@ COMPRESSED_MAGIC = tuple(magic for magic, _, _ in COMPRESSIONS)
 #: ``(first bytes, opener)`` of the compressions whose decompressed bytes a stream gives
 #: (gzip, bzip2, xz), e.g. to read the pixels of a large file as they are needed.
 STREAM_OPENERS = tuple((magic, opener) for magic, _, opener in COMPRESSIONS if opener)
+#: First bytes of a Unix-compressed (``.Z``, LZW) file: astropy reads one with the optional
+#: package uncompresspy, `open_stream` too (for `astromorph._images`' truncation walk); the
+#: stamp readers read none.
+LZW_MAGIC = b"\x1f\x9d"
 #: The command that decompresses each, for advice.
 UNCOMPRESS = {"gzip": "gunzip", "bzip2": "bunzip2", "xz": "unxz", "zip": "unzip"}
 #: What the decompressors raise for corrupt or truncated data.
@@ -109,7 +115,9 @@ def decompress(buf):
 
 def open_stream(path):
     """A binary file object of the decompressed content of the file ``path`` (the file
-    itself where it is not compressed) and the name of its compression or None.
+    itself where it is not compressed) and the name of its compression or None: one of
+    `COMPRESSIONS`, or ``"compress"`` for a Unix-compressed file (`LZW_MAGIC`) where the
+    package uncompresspy is installed (without it, the file as it is).
 
     Raises
     ------
@@ -120,8 +128,14 @@ def open_stream(path):
     """
     f = open(path, "rb")
     try:
-        name = compression_of(f.read(6))
+        head = f.read(6)
+        name = compression_of(head)
         f.seek(0)
+        if head.startswith(LZW_MAGIC) and importlib.util.find_spec("uncompresspy"):
+            import uncompresspy
+
+            f.close()
+            return uncompresspy.LZWFile(path, "rb"), "compress"
         if name == "zip":
             try:
                 archive = zipfile.ZipFile(f)

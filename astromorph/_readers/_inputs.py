@@ -7,7 +7,7 @@ from .._flags import Flag
 from .._io import check_input_file
 from ..exceptions import InputNotFoundError, InvalidArgumentTypeError
 from ._alerts import SCHEMALESS_ADVICE, confluent_schema_id, read_alerts
-from ._compressed import COMPRESSIONS
+from ._compressed import COMPRESSIONS, LZW_MAGIC
 from ._fits import read_fits
 from ._pictures import read_picture
 from ._stamp import Stamp
@@ -232,6 +232,9 @@ def read_file(path, *, want_scale=True, triplet_hint=False):
     else:
         reason = (f"unrecognised file format (first bytes {head[:8]!r}); expected FITS, JPEG, "
                   "PNG or Avro")
+        if head.startswith(LZW_MAGIC):
+            reason += ("; it is Unix-compressed (.Z), which predict_files does not read: "
+                       "uncompress it (uncompress, gzip -d)")
         if head.startswith(b"\x93NUMPY") or (head.startswith(b"PK\x03\x04")
                                               and path.suffix.lower() == ".npz"):
             reason += ("; it is a NumPy array file: load it with numpy.load and score its "
