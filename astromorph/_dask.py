@@ -14,7 +14,7 @@ import os
 import threading
 import uuid
 
-from .exceptions import InvalidArgumentError, InvalidArgumentTypeError
+from .exceptions import AmbiguousInputWarning, InvalidArgumentError, InvalidArgumentTypeError
 from .preprocessing._checks import check_bool, check_whole
 
 __all__ = ["annotate_dask"]
@@ -95,35 +95,38 @@ _COMPUTING_LOCK = threading.Lock()
 def _annotate_collecting(table, images, model, kwargs, names=None, files=None, call=None,
                          start=0):
     """`_annotate_partition`, the warnings it gave, the counts of its rows that could not be
-    scored, those of its rows placed on the sky and the images its scored sources were cut
-    from that its flux-unit warning would name, as ``(table, [(message, category)],
-    [summary], placed, noted)`` (see `_predict.summarise`; ``placed``: the counts of
-    `_annotate.PLACED`, None where `annotate` does not give them, as `annotate_stamps`;
-    ``noted``: the texts of `_annotate.FLUX_NOTED`).
+    scored, those of its rows placed on the sky, the images its scored sources were cut
+    from that its flux-unit warning would name and its rows whose ``negative`` value is
+    masked, as ``(table, [(message, category)], [summary], placed, noted, masked)`` (see
+    `_predict.summarise`; ``placed``: the counts of `_annotate.PLACED`, None where
+    `annotate` does not give them, as `annotate_stamps`; ``noted``: the texts of
+    `_annotate.FLUX_NOTED`; ``masked``: those of `_stamp_table.MASKED_NEGATIVE`).
 
     ``call``: the id of the `annotate_dask` call; where it computes in this process, the
     partition runs as one of its `_Partitions` (stopped, and waited for, when it fails).
     ``start``: as for `_annotate_partition`."""
     from ._annotate import FLUX_NOTED, PLACED
     from ._predict import SUMMARIES
+    from ._stamp_table import MASKED_NEGATIVE
     from ._warnings import collecting
 
     with _COMPUTING_LOCK:
         partitions = _COMPUTING.get(call)
     if partitions is None or partitions.pid != os.getpid():  # a worker process: not ours
         partitions = None
-    summaries, placed, noted = [], [], []
+    summaries, placed, noted, masked = [], [], [], []
     token, token_placed = SUMMARIES.set(summaries), PLACED.set(placed)
-    token_noted = FLUX_NOTED.set(noted)
+    token_noted, token_masked = FLUX_NOTED.set(noted), MASKED_NEGATIVE.set(masked)
     try:
         with partitions.running_one() if partitions else contextlib.nullcontext(), \
                 collecting() as found:
             out = _annotate_partition(table, images, model, kwargs, names, files, start)
     finally:
+        MASKED_NEGATIVE.reset(token_masked)
         FLUX_NOTED.reset(token_noted)
         PLACED.reset(token_placed)
         SUMMARIES.reset(token)
-    return out, found, summaries, (placed[0] if placed else None), noted
+    return out, found, summaries, (placed[0] if placed else None), noted, masked
 
 
 def _warn_summaries(summaries, n, order=None, partition_size=None):
@@ -160,18 +163,25 @@ def _annotate_warning_once(table, images, model, kwargs, call, n_parts, names=No
     none of ``given_here`` (given by `annotate_dask` itself, `_partition_images`'s notes).
     The flux-unit warning names the images that the partition's scored sources were cut
     from (or its rows, from the table's row ``start``, without images) and no earlier
-    partition's warning named."""
+    partition's warning named. That some of its rows' ``negative`` value is masked, each
+    partition says of its own rows (the table's rows it holds named)."""
     from ._annotate import FLUX_NOTED
     from ._readers._fits import warn_flux_units
+    from ._stamp_table import MASKED_NEGATIVE, masked_negative_message
     from ._warnings import collecting, warn
 
-    noted = []
-    token = FLUX_NOTED.set(noted)
+    noted, masked = [], []
+    token, token_masked = FLUX_NOTED.set(noted), MASKED_NEGATIVE.set(masked)
     try:
         with collecting() as found:  # each partition's own counts: no step sees the others
             out = _annotate_partition(table, images, model, kwargs, names, files, start)
     finally:
+        MASKED_NEGATIVE.reset(token_masked)
         FLUX_NOTED.reset(token)
+    for count, where, prefix in masked:  # its own rows: no other partition's warning
+        rows = f"row {start}" if len(table) == 1 else f"rows {start} to {start + len(table) - 1}"
+        warn(f"{masked_negative_message(count, where, prefix)} (in {rows} of the table, a "
+             "Dask partition)", AmbiguousInputWarning)
     with _GIVEN_LOCK:
         given = _GIVEN.setdefault(call, set())
         _GIVEN.move_to_end(call)
@@ -702,13 +712,17 @@ def annotate_dask(table, images=None, *, model, partition_size=50_000, compute=T
         whatever the scheduler (threads, processes or a cluster); the
         `~astromorph.exceptions.UnusableInputWarning` of `annotate` (sources without a
         usable position or size) or `annotate_stamps` counts the rows of all the
-        partitions that could not be scored, out of the whole table, as `annotate` does. With
+        partitions that could not be scored, out of the whole table, as `annotate` does;
+        `annotate_stamps`'s `~astromorph.exceptions.AmbiguousInputWarning` for the rows
+        whose ``negative`` value is masked counts those of the whole table, once. With
         ``compute=False`` no step sees all the partitions' warnings (each delayed
         partition can be computed alone): each distinct warning is given once, by
         the first partition to give it, when the partitions are computed, from Dask's
         worker (not the caller's line) and without the count of partitions; once per
         process for the threaded and synchronous schedulers, once per worker process
-        for ``"processes"`` or a cluster (where the worker's log shows it).
+        for ``"processes"`` or a cluster (where the worker's log shows it). A partition
+        with rows whose ``negative`` value is masked says how many of its own, naming
+        the table's rows it holds.
     """
     # an option the partitions' function does not take: refused first, as Python refuses
     # an unknown keyword, naming annotate_dask and the options that function takes
@@ -871,15 +885,21 @@ def annotate_dask(table, images=None, *, model, partition_size=50_000, compute=T
     finally:
         with _COMPUTING_LOCK:
             del _COMPUTING[call]
-    _warn_once([found for _, found, _, _, _ in results], len(results),
-               [placed for _, _, _, placed, _ in results], given_here=set(notes))
+    masked = [m for *_, part in results for m in part]
+    if masked:  # the rows whose negative value is masked: the table's count, once, first
+        from ._stamp_table import masked_negative_message  # (as annotate_stamps says it)
+
+        warn(masked_negative_message(sum(m[0] for m in masked), *masked[0][1:]),
+             AmbiguousInputWarning)
+    _warn_once([found for _, found, *_ in results], len(results),
+               [placed for _, _, _, placed, *_ in results], given_here=set(notes))
     from ._readers._fits import warn_flux_units
 
     # the images the scored sources of all the partitions were cut from, in one warning
     warn_flux_units(loaded if images is not None else loaded[0],  # (the stamps': a tuple)
-                    list(dict.fromkeys(text for *_, noted in results
+                    list(dict.fromkeys(text for *_, noted, _ in results
                                        for _, text in noted)))
-    _warn_summaries([(k, s) for k, (_, _, part, _, _) in enumerate(results) for s in part],
+    _warn_summaries([(k, s) for k, (_, _, part, *_) in enumerate(results) for s in part],
                     len(table), order, partition_size)
     tables = [t for t, *_ in results]
     # the catalogue's columns that vstack cannot join (astropy's DaskColumn, a SkyCoord with

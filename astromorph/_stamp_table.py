@@ -30,6 +30,18 @@ log = logging.getLogger(__name__)
 #: table: the warnings that name rows name those of the whole table.
 FIRST_ROW = contextvars.ContextVar("astromorph_first_row", default=0)
 
+#: While `annotate_dask` scores a partition of a table: a list that `annotate_stamps` appends
+#: ``(count, where, prefix)`` to, the rows whose ``negative`` value is masked, rather than
+#: warning (`annotate_dask` says the whole table's count once, `masked_negative_message`).
+MASKED_NEGATIVE = contextvars.ContextVar("astromorph_masked_negative", default=None)
+
+
+def masked_negative_message(count, where, prefix):
+    """The warning that ``count`` rows' ``negative`` value is masked (``where``: the column,
+    or ``negative=``), their ``<prefix>_reason`` saying so."""
+    return (f"{count} row(s) whose negative value is masked ({where}) scored as positive "
+            f"candidates; their {prefix}_reason says so")
+
 #: Rows stacked at a time from numeric array columns (the fast path).
 _BLOCK_ROWS = 1024
 
@@ -201,8 +213,11 @@ def annotate_stamps(table, *, model, columns=None, pixel_scale=None, negative=No
         where = f"in {negative!r}" if isinstance(negative, str) else "in negative="
         assumed = (f"negative unknown (masked {where}): the difference read as holding a "
                    "positive candidate")
-        warn(f"{int(unknown.sum())} row(s) whose negative value is masked ({where}) scored as "
-             f"positive candidates; their {prefix}_reason says so", AmbiguousInputWarning)
+        if MASKED_NEGATIVE.get() is not None:  # an annotate_dask partition: the table's
+            MASKED_NEGATIVE.get().append((int(unknown.sum()), where, prefix))  # count, once
+        else:
+            warn(masked_negative_message(int(unknown.sum()), where, prefix),
+                 AmbiguousInputWarning)
     else:
         unknown = assumed = None
 

@@ -1870,6 +1870,51 @@ def test_dask_names_the_rows_of_the_whole_table_in_the_flux_unit_warning():
     assert "row 5: BUNIT='count'." in flux[1]
 
 
+@pytest.mark.parametrize("layout", ["array", "object"])
+def test_dask_says_the_masked_negative_values_of_the_whole_table_once(rb, layout):
+    """annotate_dask without images: each partition said how many of its own rows had a
+    masked ``negative`` value, so the table's count was never given, and partitions of
+    different counts gave one warning each ("2 row(s)..." in 1 of 4 Dask partitions, "1
+    row(s)..." in 3 of 4). Computed, it now gives annotate_stamps's one warning, with the
+    whole table's count; lazily, each partition says its own rows, named as the table's
+    (identical counts are no longer merged into one partition's warning)."""
+    import dask
+
+    from astromorph.exceptions import AmbiguousInputWarning
+
+    x = _triplets(7, seed=11)
+    stamps = x if layout == "array" else _cells(list(x))
+    masked = [True, True, True, False, True, False, True]  # 2 + 1 + 1 + 1 in 4 partitions
+    t = Table({"triplet": stamps,
+               "neg": MaskedColumn([False] * 7, mask=masked)})
+
+    def said(rec):
+        return [str(w.message) for w in rec if issubclass(w.category, AmbiguousInputWarning)]
+
+    with warnings.catch_warnings(record=True) as ref:
+        warnings.simplefilter("always")
+        one = astromorph.annotate_stamps(t, model=rb, negative="neg", progress=False)
+    assert said(ref) == ["5 row(s) whose negative value is masked (in 'neg') scored as "
+                         "positive candidates; their rb_reason says so"]
+    for scheduler in ("synchronous", "threads"):
+        with warnings.catch_warnings(record=True) as out:
+            warnings.simplefilter("always")
+            got = astromorph.annotate_dask(t, model=rb, negative="neg", partition_size=2,
+                                           scheduler=scheduler)
+        assert said(out) == said(ref)
+        assert list(got["rb_reason"]) == list(one["rb_reason"])
+    with warnings.catch_warnings(record=True) as lazy:
+        warnings.simplefilter("always")
+        dask.compute(*astromorph.annotate_dask(t, model=rb, negative="neg", partition_size=2,
+                                               compute=False), scheduler="synchronous")
+    # (in the order Dask runs the partitions, which its keys decide: not the table's)
+    assert sorted(said(lazy)) == sorted(
+        f"{k} row(s) whose negative value is masked (in 'neg') scored as positive "
+        f"candidates; their rb_reason says so (in {rows} of the table, a Dask partition)"
+        for k, rows in [(2, "rows 0 to 1"), (1, "rows 2 to 3"), (1, "rows 4 to 5"),
+                        (1, "row 6")])
+
+
 def test_a_row_refused_at_preprocessing_is_not_named_in_the_flux_unit_warning(tmp_path):
     """As a row refused as it is read: a row of FITS bytes in counts whose image has no
     finite pixel (refused only at preprocessing, BAD_INPUT) is named in no flux-unit
