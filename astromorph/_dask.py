@@ -823,7 +823,7 @@ def annotate_dask(table, images=None, *, model, partition_size=50_000, compute=T
     # can tell
     shares = None if images is None else _partition_images(
         table, images, loaded, kwargs, bounds, partition_size,
-        sky_order=bool(sky_order) and compute)
+        sky_order=sky_order if compute else False)  # "auto" kept: not True
     files = None if shares is None else shares[1]
     order = None if shares is None else shares[2]
     notes = () if shares is None else shares[3]

@@ -4829,6 +4829,36 @@ def test_annotate_dask_groups_a_shuffled_catalogue_by_tile(optical_model, tmp_pa
                                  compute=False)
 
 
+def test_annotate_dask_regroups_by_tile_with_sky_order_auto_only_where_that_sends_fewer_tiles(
+        optical_model, tmp_path, caplog):
+    """``sky_order="auto"`` was passed on as True (``bool("auto")``), so the rows were
+    always regrouped by tile, never only "where that cuts the tiles sent by more than 10%"
+    (`SKY_ORDER_GAIN`). A catalogue grouped by tile already (the tiles in reverse order:
+    regrouping changes the order, not the tiles sent) is now kept in its order with
+    "auto" and regrouped with True; a shuffled one is regrouped with "auto". The table is
+    annotate's in every case."""
+    import logging
+
+    pytest.importorskip("dask")
+    paths, w = _mosaic_files(tmp_path, tiles=3)
+    rng = np.random.default_rng(5)
+    centres = [(60 * i + 30, 60 * j + 30) for j in range(3) for i in range(3)][::-1]
+    grouped = catalogue(w, np.concatenate([rng.uniform(-15, 15, (8, 2)) + c for c in centres]))
+    shuffled = grouped[rng.permutation(len(grouped))]
+    for cat, sky_order, regrouped in [(grouped, "auto", False), (grouped, True, True),
+                                      (shuffled, "auto", True)]:
+        ref = astromorph.annotate(cat, paths, model=optical_model)
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="astromorph._dask"):
+            out = astromorph.annotate_dask(cat, paths, model=str(optical_model.path),
+                                           partition_size=8, sky_order=sky_order,
+                                           scheduler="synchronous")
+        _assert_same_table(out, ref)
+        said = [r.getMessage() for r in caplog.records if "image files" in r.getMessage()]
+        assert len(said) == 1
+        assert ("the rows grouped by tile" in said[0]) is regrouped, (sky_order, said)
+
+
 def test_annotate_dask_lazy_partitions_of_a_shuffled_catalogue_keep_annotates_result(
         optical_model, tmp_path):
     """With ``compute=False`` the partitions hold the rows in the table's order: the tiles
