@@ -4859,6 +4859,25 @@ def test_annotate_dask_regroups_by_tile_with_sky_order_auto_only_where_that_send
         assert ("the rows grouped by tile" in said[0]) is regrouped, (sky_order, said)
 
 
+def test_annotate_dask_sky_order_groups_each_source_by_its_nearest_tile_stably():
+    """`_sky_order` puts each source with the footprint whose centre lies nearest it among
+    those that hold it (a source in the overlap of two tiles goes with the nearer one), those
+    on no footprint last, and keeps the table's order within a group (a stable sort: each
+    partition takes consecutive rows of a tile's group)."""
+    import astromorph._dask as adask
+
+    centres = adask._unit_vectors(np.array([10.0, 14.0]), np.array([0.0, 0.0]))
+    cos_radius = np.cos(np.radians([3.0, 3.0]))
+    walls, sin_grow = np.zeros((2, 4, 3)), np.ones(2)  # no wall cuts: the cones
+    rng = np.random.default_rng(2)
+    lon = rng.choice([8.0, 11.5, 12.5, 16.0, 40.0], 200)  # A only, both (nearer A, nearer
+    tile = {8.0: 0, 11.5: 0, 12.5: 1, 16.0: 1, 40.0: 2}  # B), B only, neither
+    vectors = adask._unit_vectors(lon + rng.uniform(-0.2, 0.2, 200), rng.uniform(-1, 1, 200))
+    order = adask._sky_order(vectors, centres, cos_radius, walls, sin_grow)
+    expected = sorted(range(200), key=lambda i: (tile[lon[i]], i))
+    assert order.tolist() == expected
+
+
 def test_annotate_dask_lazy_partitions_of_a_shuffled_catalogue_keep_annotates_result(
         optical_model, tmp_path):
     """With ``compute=False`` the partitions hold the rows in the table's order: the tiles
