@@ -87,6 +87,12 @@ class RawStamps:
     #: (`radio_first_grid`): what was found on their native pixels (a `FirstGrid`), else
     #: None.
     first: object = None
+    #: ``(N,)`` bool, or None (none): rows whose stamp runs over the image's edge where the
+    #: model's field does not (annotate's radio stamps cut wider than the field, on the
+    #: image's own pixels, for the smoothing): the part off the image was filled, and
+    #: `Flag.BLANK` is the cutting stage's (the pixels on the image), as for `Flag.EDGE`
+    #: rows.
+    filled: object = None
 
     def __post_init__(self):
         if self.kind not in ("colour", "bands", "triplet"):
@@ -821,6 +827,8 @@ def prepare(model, raw, *, crop_fraction=None):
     # the filled part of a stamp that runs over the image edge is EDGE's to report: for such
     # rows the stage that cut (or padded) them judged BLANK on the pixels inside the image
     edge = (raw.flags & int(Flag.EDGE)) != 0
+    if raw.filled is not None:  # (stamps over the edge whose field is on the image)
+        edge = edge | np.asarray(raw.filled, dtype=bool)
     flags[edge] = (flags[edge] & ~int(Flag.BLANK)) | (raw.flags[edge] & int(Flag.BLANK))
     return np.asarray(x, dtype=np.float32), flags
 

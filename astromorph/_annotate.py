@@ -743,7 +743,38 @@ def _plan_reads(images, sky, sides):
         image.plan_samples(int(np.sum(sides[_margins(image, px, py) > 0] ** 2)))
 
 
-def _cut_band(images, sky, npix, scale, rows, choice=None):
+#: Image pixels by which a point of the radio model's field may lie beyond the image's
+#: outermost pixel centres before `_field_off_image` calls it off (the rounding of the WCS).
+FIELD_TOLERANCE_PIXELS = 1e-3
+
+
+def _field_off_image(image, lon, lat, up_angle, reach):
+    """radio-morphology: whether the FIRST grid's points about each source (``lon``,
+    ``lat``: degrees in the image's frame; ``up_angle`` as `cut_stamps` takes it; the
+    outermost points ``reach`` arcsec from the source along the stamp's axes) run past the
+    image's outermost pixel centres (0 and ``n - 1``, 0-based, as astropy's WCS counts
+    them): where `astromorph.preprocessing.resample_to_first_grid`, and so `predict_files`
+    for a cutout centred on the source, has no data (`Flag.EDGE`). The points of a 9 x 9
+    grid spanning the field are tested (exact to a small fraction of a pixel on any
+    projection a stamp is cut from). True for a point that the WCS cannot place."""
+    from ._cutouts import _stamp_offsets, _tangent_to_sky
+
+    if not len(lon):
+        return np.zeros(0, bool)
+    nodes = np.linspace(-1.0, 1.0, 9)
+    xi, eta = _stamp_offsets(nodes, 1.0, np.full(len(lon), float(reach)), up_angle)
+    glon, glat = _tangent_to_sky(np.radians(lon)[:, None, None],
+                                 np.radians(lat)[:, None, None], xi, eta)
+    x, y = (np.reshape(v, (len(lon), -1))
+            for v in image.world_to_pixel(np.degrees(glon), np.degrees(glat)))
+    ny, nx = image.shape
+    tol = FIELD_TOLERANCE_PIXELS
+    with np.errstate(invalid="ignore"):  # (NaN: not placed, off)
+        on = (x >= -tol) & (x <= nx - 1 + tol) & (y >= -tol) & (y <= ny - 1 + tol)
+    return ~on.all(axis=1)
+
+
+def _cut_band(images, sky, npix, scale, rows, choice=None, *, field=None):
     """Stamps of the sources ``rows`` from the best image of one band (mosaic aware).
 
     ``sky`` holds the positions of all sources in each image's frame
@@ -752,13 +783,20 @@ def _cut_band(images, sky, npix, scale, rows, choice=None):
     sources cut from it (`SkyImage.done_sources`). Returns the stamps
     ``(len(rows), npix, npix)`` (NaN for a source off every image), their flags
     (`OFF_IMAGE`, `EDGE`, `BLANK`, `EXTRAPOLATED`, `SATURATED`) and ``(beam, shape,
-    quantum)``: the beam (arcsec) of the image each was cut from (NaN where unknown), its
-    shape on the stamp, and the quantisation spread of a flat area in each stamp
-    (`StampResult.quantum`; 0 where the image's pixels are as written).
+    quantum, filled)``: the beam (arcsec) of the image each was cut from (NaN where
+    unknown), its shape on the stamp, the quantisation spread of a flat area in each stamp
+    (`StampResult.quantum`; 0 where the image's pixels are as written) and the rows whose
+    stamp runs over the image's edge where the model's field does not (filled, not EDGE).
+
+    ``field``: radio-morphology, the reach (arcsec) of the FIRST grid's outermost points
+    from the source: `Flag.EDGE` where they run off the image (`_field_off_image`), whatever
+    the stamp's side (stamps cut on an image's own pixels, `_native_grids`, reach further,
+    for the smoothing); else where the stamp's pixels do.
     """
     n = len(rows)
     stamps = None
     flags = np.zeros(n, np.int32)
+    filled = np.zeros(n, bool)
     beam = np.full(n, np.nan)  # of the image each stamp is cut from (BMAJ), NaN if unknown
     quantum = np.zeros(n)
     shape = np.full((n, 3), np.nan)  # its major, minor axes and PA (north up on the stamps)
@@ -790,7 +828,12 @@ def _cut_band(images, sky, npix, scale, rows, choice=None):
             if stamps is None:
                 stamps = np.full((n, npix, npix), np.nan, np.float32)
             stamps[sel] = res.stamps
-        for hit, flag in ((saturated, Flag.SATURATED), (res.outside > 0, Flag.EDGE),
+        edge = res.outside > 0
+        if field is not None:  # (the model's field, not the stamp's margin)
+            off = _field_off_image(image, lon, lat, up, field)
+            filled[sel] = edge & ~off
+            edge = off
+        for hit, flag in ((saturated, Flag.SATURATED), (edge, Flag.EDGE),
                           (res.blank > BLANK_THRESHOLD, Flag.BLANK),
                           (res.zoom < MIN_ZOOM, Flag.EXTRAPOLATED)):
             flags[sel] |= np.where(hit, int(flag), 0).astype(np.int32)
@@ -798,7 +841,7 @@ def _cut_band(images, sky, npix, scale, rows, choice=None):
         # (a part of a survey catalogue is mostly off a small image; callers keep the
         # stamps of the usable rows only)
         stamps = np.broadcast_to(np.float32(np.nan), (n, npix, npix))
-    return stamps, flags, (beam, shape, quantum)
+    return stamps, flags, (beam, shape, quantum, filled)
 
 
 def annotate(table, images, *, model, ra_col=None, dec_col=None, coord_col=None,
@@ -950,6 +993,8 @@ def annotate(table, images, *, model, ra_col=None, dec_col=None, coord_col=None,
         # the image each source is cut from, in each band; each image is told how many
         choice = {band: _choose_images(groups[band], sky[band], np.arange(n)) for band in plan}
         sides = np.full(n, npix)  # stamp side of each source (pixels)
+        # radio: EDGE where the FIRST grid's points run off the image (`_cut_band`)
+        field = (npix - 1) / 2 * float(scale[0]) if family == "radio" and n else None
         if family == "radio" and match_beam:  # (one band)
             sides, scale = _native_grids(groups[plan[0]], choice[plan[0]], scale, npix)
         for band in plan:
@@ -969,9 +1014,11 @@ def annotate(table, images, *, model, ra_col=None, dec_col=None, coord_col=None,
             shape = np.full((len(rows), 3), np.nan)  # and its shape
             side = int(sides[rows[0]])  # (one side per part: `_parts`)
             quantum = np.zeros((len(rows), len(plan)))  # per band (`StampResult.quantum`)
+            filled = np.zeros(len(rows), bool)  # stamps over the edge, not the field
             for k, band in enumerate(plan):
-                stamps, f, (band_beam, band_shape, quantum[:, k]) = _cut_band(
-                    groups[band], sky[band], side, scale, rows, choice[band])
+                stamps, f, (band_beam, band_shape, quantum[:, k], band_filled) = _cut_band(
+                    groups[band], sky[band], side, scale, rows, choice[band], field=field)
+                filled |= band_filled
                 coarser = band_beam > np.where(np.isnan(beam), -np.inf, beam)
                 shape[coarser] = band_shape[coarser]
                 beam = np.fmax(beam, band_beam)
@@ -993,7 +1040,8 @@ def annotate(table, images, *, model, ra_col=None, dec_col=None, coord_col=None,
                             pixel_scale=scale[rows][usable], beam=beam[usable],
                             beam_shape=shape[usable] if match_beam else None,
                             flags=row_flags[usable], scratch=True,  # (stamps not read again)
-                            quantum=quantum[usable] if quantum.any() else None)
+                            quantum=quantum[usable] if quantum.any() else None,
+                            filled=filled[usable] if filled.any() else None)
             x, row_flags[usable] = prepare(model, raw, crop_fraction=crop)
             scored = (row_flags[usable] & int(Flag.unusable())) == 0  # e.g. an all-NaN band
             smooth = np.zeros(len(rows), bool)  # (this part's rows of ``smoothed``)

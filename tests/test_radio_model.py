@@ -2424,3 +2424,73 @@ def test_noiseless_simulation_is_not_out_of_distribution(tmp_path):
     for reason in table["reason"][:5]:
         assert "below zero" not in reason
     assert "pixels from the centre" in table["reason"][5]
+
+
+def _centred_radio_file(path, n, scale, beam):
+    """An ``n`` x ``n`` radio image of ``scale`` arcsec pixels (beam ``beam`` arcsec, or
+    no beam keyword), a source at its centre, 0-based pixel ``(n - 1) / 2`` (CRPIX
+    ``(n + 1) / 2``); its WCS."""
+    rng = np.random.default_rng(n)
+    image = rng.normal(0, 1.5e-4, (n, n)).astype(np.float32)
+    c = (n - 1) / 2
+    yy, xx = np.mgrid[:n, :n]
+    sigma = (5.4 if beam is None else beam) / scale / 2.3548
+    image += (0.01 * np.exp(-((yy - c) ** 2 + (xx - c) ** 2) / (2 * sigma ** 2))).astype(
+        np.float32)
+    w = WCS(naxis=2)
+    w.wcs.ctype = ["RA---SIN", "DEC--SIN"]
+    w.wcs.crval, w.wcs.crpix = [150.0, 20.0], [(n + 1) / 2] * 2
+    w.wcs.cdelt = [-scale / 3600, scale / 3600]
+    header = w.to_header()
+    header["BUNIT"] = "JY/BEAM"
+    if beam is not None:
+        header["BMAJ"] = header["BMIN"] = beam / 3600
+    fits.PrimaryHDU(image, header=header).writeto(path)
+    return w
+
+
+@pytest.mark.parametrize("scale, sizes, first_inside",
+                         [(1.0, (538, 539, 540, 541, 542), 540),
+                          (0.5, (1077, 1078, 1081), 1078)])
+@pytest.mark.parametrize("beam", [None, 5.4, 2.5])
+def test_annotate_and_predict_files_agree_on_what_covers_the_first_field(
+        tmp_path, monkeypatch, scale, sizes, first_inside, beam):
+    """An image centred on a source covers the 540" FIRST field (300 x 300 points 1.8"
+    apart, the outermost 269.1" from the source) when each point lies within the image's
+    pixel centres (where `resample_to_first_grid` has data): 540 pixels at 1", 1078 at
+    0.5". `predict_files` then brings the image to a FIRST grid without a NaN, and
+    `annotate` (the source at the same position) flags no EDGE, whether it cuts its stamp
+    at 1.8" (no beam) or wider, on the image's own pixels (a known beam: 577 pixels at 1",
+    1141 at 0.5"; their margin beyond the field, for the smoothing, off a 541-pixel image
+    was flagged EDGE, and the filled margin is not BLANK); one pixel fewer, the outermost
+    points lie off the pixel centres: predict_files' grid has NaN there, annotate flags
+    EDGE. The pixel convention is astropy's: the WCS puts the field's edge point there."""
+    from astropy.table import Table
+
+    from astromorph import _adapters
+
+    grids = []
+    first_grid_input = _adapters._radio_first_grid_input
+
+    def spy(raw, images, *args):
+        grids.extend(np.array(images))
+        return first_grid_input(raw, images, *args)
+    monkeypatch.setattr(_adapters, "_radio_first_grid_input", spy)
+    model = astromorph.load_model("radio-morphology")
+    reach = (radio.DATASET_IMAGE_PIXELS - 1) / 2 * radio.FIRST_PIXEL_SCALE_ARCSEC  # 269.1"
+    for n in sizes:
+        path = tmp_path / f"r{n}_{beam}.fits"
+        w = _centred_radio_file(path, n, scale, beam)
+        # astropy: the field's outermost point west of the source (RA decreasing), in pixels
+        x, _ = w.world_to_pixel_values(150.0 - reach / 3600 / np.cos(np.radians(20.0)), 20.0)
+        np.testing.assert_allclose(x, (n - 1) / 2 + reach / scale, atol=1e-3)
+        assert ((n - 1) - x >= -1e-3) == (n >= first_inside)  # (the SIN's curvature: tiny)
+        grids.clear()
+        files = astromorph.predict_files(model, [str(path)], progress=False)
+        assert len(grids) == 1
+        assert np.isnan(grids[0]).any() == (n < first_inside), n
+        assert files["radio_flags"][0] == 0, n
+        table = Table({"ra": [150.0], "dec": [20.0]})
+        out = astromorph.annotate(table, str(path), model=model, progress=False)
+        flags = int(out["radio_flags"][0])
+        assert flags == (int(astromorph.Flag.EDGE) if n < first_inside else 0), (n, flags)
