@@ -784,14 +784,37 @@ class _Runner:
         codes = np.array([group_of.setdefault(k, j) for j, k in enumerate(keys)],
                          dtype=np.intp)[inverse.ravel()]
         planes = 1 if kind == "colour" else data.shape[1]
+        flags = np.asarray(flags, dtype=np.int32)
         for code in dict.fromkeys(codes.tolist()):
             sel = codes == code
             picked = rows[sel] - first
-            self._queue(keys[code], rows[sel], data[picked],
-                        np.asarray(flags, dtype=np.int32)[picked], scales[sel],
+            key = keys[code]
+            if self._on_first_grid(key, data[:1], scales[sel][:1]):
+                # radio: each row brought to the FIRST grid as it is added, as `add` does
+                # (the group holds 300 x 300 images, not copies of the native stamps)
+                for row, j, scale in zip(rows[sel].tolist(), picked.tolist(), scales[sel]):
+                    one = self._first_grid(key, data[j:j + 1], flags[j:j + 1], scale,
+                                           np.full((1, planes), np.nan),
+                                           np.zeros((1, planes)))
+                    self._queue(key, np.array([row]), one, flags[j:j + 1], scale[None],
+                                np.full((1, planes), np.nan), np.full((1, 2), np.nan),
+                                np.zeros((1, planes)))
+                continue
+            self._queue(key, rows[sel], data[picked], flags[picked], scales[sel],
                         np.full((len(picked), planes), np.nan),  # no header: no level
                         np.full((len(picked), 2), np.nan),  # the central pixel n // 2
                         np.zeros((len(picked), planes)))  # (table cells: not quantised)
+
+    def _on_first_grid(self, key, data, scales):
+        """Would `_first_grid` bring the radio stamps of group ``key`` (``data``
+        ``(1, 1, H, W)`` one of them, ``scales`` ``(1, 2)`` its pixel scale) to the FIRST
+        grid? (Else `add_block` queues them as given, a copy of the rows.)"""
+        from ._adapters import first_grid_stamps
+
+        if self.family != "radio":
+            return False
+        return first_grid_stamps(key[0], data.dtype, data.shape[1:],
+                                 self._pixel_scale(key, scales))
 
     def _queue(self, key, rows, data, flags, scales, levels, centres, quanta):
         group = self.groups.setdefault(key, [[], 0])
