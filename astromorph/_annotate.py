@@ -744,17 +744,17 @@ def _plan_reads(images, sky, sides):
 
 
 #: Image pixels by which a point of the radio model's field may lie beyond the image's
-#: outermost pixel centres before `_field_off_image` calls it off (the rounding of the WCS).
+#: edge before `_field_off_image` calls it off (the rounding of the WCS).
 FIELD_TOLERANCE_PIXELS = 1e-3
 
 
 def _field_off_image(image, lon, lat, up_angle, reach):
     """radio-morphology: whether the FIRST grid's points about each source (``lon``,
     ``lat``: degrees in the image's frame; ``up_angle`` as `cut_stamps` takes it; the
-    outermost points ``reach`` arcsec from the source along the stamp's axes) run past the
-    image's outermost pixel centres (0 and ``n - 1``, 0-based, as astropy's WCS counts
-    them): where `astromorph.preprocessing.resample_to_first_grid`, and so `predict_files`
-    for a cutout centred on the source, has no data (`Flag.EDGE`). The points of a 9 x 9
+    outermost points ``reach`` arcsec from the source along the stamp's axes) run off the
+    image: past -0.5 or ``n - 0.5`` (0-based pixels, as astropy's WCS counts them), where
+    `cut_stamps` samples no pixel (`Flag.EDGE`), the test it makes of a stamp cut at the
+    FIRST grid's 1.8", made of the field whatever the stamp's side. The points of a 9 x 9
     grid spanning the field are tested (exact to a small fraction of a pixel on any
     projection a stamp is cut from). True for a point that the WCS cannot place."""
     from ._cutouts import _stamp_offsets, _tangent_to_sky
@@ -770,7 +770,8 @@ def _field_off_image(image, lon, lat, up_angle, reach):
     ny, nx = image.shape
     tol = FIELD_TOLERANCE_PIXELS
     with np.errstate(invalid="ignore"):  # (NaN: not placed, off)
-        on = (x >= -tol) & (x <= nx - 1 + tol) & (y >= -tol) & (y <= ny - 1 + tol)
+        on = (x >= -0.5 - tol) & (x <= nx - 0.5 + tol) & (y >= -0.5 - tol) \
+            & (y <= ny - 0.5 + tol)
     return ~on.all(axis=1)
 
 

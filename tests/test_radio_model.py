@@ -2449,22 +2449,24 @@ def _centred_radio_file(path, n, scale, beam):
     return w
 
 
-@pytest.mark.parametrize("scale, sizes, first_inside",
-                         [(1.0, (538, 539, 540, 541, 542), 540),
-                          (0.5, (1077, 1078, 1081), 1078)])
+@pytest.mark.parametrize("scale, sizes, first_inside, complete",
+                         [(1.0, (537, 538, 539, 540, 541, 542), 539, 540),
+                          (0.5, (1076, 1077, 1078, 1081), 1077, 1078)])
 @pytest.mark.parametrize("beam", [None, 5.4, 2.5])
 def test_annotate_and_predict_files_agree_on_what_covers_the_first_field(
-        tmp_path, monkeypatch, scale, sizes, first_inside, beam):
+        tmp_path, monkeypatch, scale, sizes, first_inside, complete, beam):
     """An image centred on a source covers the 540" FIRST field (300 x 300 points 1.8"
-    apart, the outermost 269.1" from the source) when each point lies within the image's
-    pixel centres (where `resample_to_first_grid` has data): 540 pixels at 1", 1078 at
-    0.5". `predict_files` then brings the image to a FIRST grid without a NaN, and
-    `annotate` (the source at the same position) flags no EDGE, whether it cuts its stamp
-    at 1.8" (no beam) or wider, on the image's own pixels (a known beam: 577 pixels at 1",
-    1141 at 0.5"; their margin beyond the field, for the smoothing, off a 541-pixel image
-    was flagged EDGE, and the filled margin is not BLANK); one pixel fewer, the outermost
-    points lie off the pixel centres: predict_files' grid has NaN there, annotate flags
-    EDGE. The pixel convention is astropy's: the WCS puts the field's edge point there."""
+    apart, the outermost 269.1" from the source) when each point lies on the image (within
+    -0.5 and ``n - 0.5``, astropy's pixel convention, where `cut_stamps` samples): from 539
+    pixels at 1", 1077 at 0.5". `annotate` (the source there) then flags no EDGE, whether
+    it cuts its stamp at 1.8" (no beam) or wider, on the image's own pixels (a known beam:
+    577 pixels at 1", 1141 at 0.5"), whose margin beyond the field, for the smoothing, ran
+    off a 541-pixel image and was flagged EDGE (the filled margin is not BLANK either);
+    `predict_files` flags nothing either. One pixel fewer, annotate flags EDGE, and
+    predict_files' FIRST grid has NaN there. (Its grid, `resample_to_first_grid`, leaves
+    NaN beyond the outermost pixel centres: one pixel more, 540 and 1078, is needed for a
+    grid without NaN: points in the outer half of the edge pixels, which annotate's stamps
+    take from the edge pixels.) The WCS puts the field's edge point where said."""
     from astropy.table import Table
 
     from astromorph import _adapters
@@ -2484,11 +2486,11 @@ def test_annotate_and_predict_files_agree_on_what_covers_the_first_field(
         # astropy: the field's outermost point west of the source (RA decreasing), in pixels
         x, _ = w.world_to_pixel_values(150.0 - reach / 3600 / np.cos(np.radians(20.0)), 20.0)
         np.testing.assert_allclose(x, (n - 1) / 2 + reach / scale, atol=1e-3)
-        assert ((n - 1) - x >= -1e-3) == (n >= first_inside)  # (the SIN's curvature: tiny)
+        assert (x <= n - 0.5 + 1e-3) == (n >= first_inside)  # (the SIN's curvature: tiny)
         grids.clear()
         files = astromorph.predict_files(model, [str(path)], progress=False)
         assert len(grids) == 1
-        assert np.isnan(grids[0]).any() == (n < first_inside), n
+        assert np.isnan(grids[0]).any() == (n < complete), n
         assert files["radio_flags"][0] == 0, n
         table = Table({"ra": [150.0], "dec": [20.0]})
         out = astromorph.annotate(table, str(path), model=model, progress=False)
