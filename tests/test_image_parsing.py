@@ -1,0 +1,109 @@
+"""`astromorph._images`, the parser of annotate's images, at the edges its other tests do not
+reach: which members of a triplet keep their roles, images that are not 2D once squeezed, a
+BLANK keyword on floating-point pixels, and the stream reader of a gzipped file's pixels (its
+passes through the stream and the words for a stream that ends within the pixels)."""
+import gzip
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+from astropy.io import fits
+from astropy.wcs import WCS
+
+from astromorph._images import _lazy_stream, _StreamRows, closing_files, parse_sky_images
+from astromorph.exceptions import InputError
+
+
+def sky_wcs(naxis=2):
+    w = WCS(naxis=naxis)
+    w.wcs.ctype = ["RA---TAN", "DEC--TAN"] + ["FREQ"] * (naxis - 2)
+    w.wcs.crval = [150.0, 2.2] + [1.4e9] * (naxis - 2)
+    w.wcs.crpix = [25.0, 25.0] + [1.0] * (naxis - 2)
+    w.wcs.cdelt = [-1e-4, 1e-4] + [1e6] * (naxis - 2)
+    return w
+
+
+def test_sci_beside_a_difference_alone_stays_a_triplet_member(tmp_path):
+    """A SCI extension is read by its filter only where no reference nor difference is beside
+    it: one beside a difference alone (its reference missing) stays the science member, so
+    that a triplet model says which member is missing rather than a band being read."""
+    w = sky_wcs()
+    path = tmp_path / "sci_diff.fits"
+    fits.HDUList([fits.PrimaryHDU(header=fits.Header([("FILTER", "r")]))]
+                 + [fits.ImageHDU(np.full((50, 50), k + 1.0, np.float32), w.to_header(),
+                                  name=role)
+                    for k, role in enumerate(("SCI", "DIFF"))]).writeto(path)
+    with closing_files(parse_sky_images(str(path), triplet=False)) as images:
+        assert [im.band for im in images] == ["science", "difference"]
+
+
+@pytest.mark.parametrize("shape", [(1, 50, 1), (1, 1, 50)])
+def test_an_image_one_pixel_wide_once_squeezed_is_not_2d(shape):
+    """A cube whose degenerate axes squeeze away to leave one axis is refused in words, not
+    read as a 1D image."""
+    with pytest.raises(InputError, match=r"expected a 2D image, got shape \(1, "):
+        parse_sky_images((np.ones(shape, np.float32), sky_wcs(3)))
+
+
+def test_blank_keyword_on_float_pixels_is_not_a_null_value():
+    """BLANK is for integer pixels (floats mark nulls by NaN): on a floating-point image it
+    is ignored, its pixels of that value kept, as astropy does."""
+    w = sky_wcs()
+    data = np.arange(2500, dtype=np.float32).reshape(50, 50)
+    header = w.to_header()
+    header["BLANK"] = 7
+    hdu = fits.ImageHDU(data, header)
+    [im] = parse_sky_images(hdu)
+    np.testing.assert_array_equal(im.take(np.array([6, 7, 8])), [6.0, 7.0, 8.0])
+
+
+def _gzipped_rows(tmp_path, rows=40, width=30):
+    """A gzipped FITS file of big-endian int16 rows, and its pixels, header and data offset."""
+    data = np.arange(rows * width, dtype=">i2").reshape(rows, width)
+    path = tmp_path / "rows.fits.gz"
+    hdu = fits.PrimaryHDU(data)
+    with gzip.open(path, "wb") as f:
+        hdu.writeto(f)
+    return str(path), data, hdu.header, len(hdu.header.tostring())
+
+
+def test_stream_rows_read_in_order_take_one_pass(tmp_path):
+    """Whole rows asked for in increasing order (each starting where the last one ended) are
+    read in one pass through the stream: it is opened once, not again for every row."""
+    path, data, _, offset = _gzipped_rows(tmp_path)
+    opened = []
+
+    def opener(*args):
+        opened.append(args)
+        return gzip.open(*args)
+
+    rows = _StreamRows("rows", path, opener, offset, data.shape, data.dtype)
+    try:
+        for y in range(data.shape[0]):
+            np.testing.assert_array_equal(rows[y, 0:data.shape[1]], data[y])
+        assert len(opened) == 1
+        np.testing.assert_array_equal(rows[2, 3:9], data[2, 3:9])  # behind: opened anew
+        assert len(opened) == 2
+    finally:
+        rows.release()
+
+
+def test_stream_ending_within_the_pixels_is_said_truncated(tmp_path):
+    """A stream that ends within the pixels (its header claiming more rows than it holds) is
+    an InputError that says it is truncated, for a row read and for the pixels read whole,
+    not pixels left short or unset."""
+    path, data, header, offset = _gzipped_rows(tmp_path)
+    rows = _StreamRows("rows", path, gzip.open, offset, (data.shape[0] * 2, data.shape[1]),
+                       data.dtype)
+    try:
+        np.testing.assert_array_equal(rows[1, 0:5], data[1, :5])
+        with pytest.raises(InputError, match="truncated"):
+            rows[data.shape[0] * 2 - 1, 0:5]
+    finally:
+        rows.release()
+    header["NAXIS2"] = data.shape[0] * 2  # (an HDU as astropy streamed it: header, shape)
+    hdu = SimpleNamespace(header=header, shape=(data.shape[0] * 2, data.shape[1]))
+    _, load, _ = _lazy_stream(hdu, "rows", (path, gzip.open, offset))
+    with pytest.raises(InputError, match="the compressed file ends .* it is truncated"):
+        load()
+
