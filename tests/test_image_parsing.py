@@ -3,6 +3,7 @@ reach: which members of a triplet keep their roles, images that are not 2D once 
 BLANK keyword on floating-point pixels, and the stream reader of a gzipped file's pixels (its
 passes through the stream and the words for a stream that ends within the pixels)."""
 import gzip
+import warnings
 from types import SimpleNamespace
 
 import numpy as np
@@ -107,3 +108,49 @@ def test_stream_ending_within_the_pixels_is_said_truncated(tmp_path):
     with pytest.raises(InputError, match="the compressed file ends .* it is truncated"):
         load()
 
+
+
+def test_decompression_warning_is_for_images_larger_than_the_limit(tmp_path, monkeypatch):
+    """The decompressed-whole warning counts the image's own bytes (BITPIX / 8 each) and is
+    given only above `DECOMPRESS_WARN_BYTES`, not at it."""
+    from astromorph import _images
+    from astromorph.exceptions import AstromorphWarning
+
+    data = np.ones((50, 50), np.float32)
+    path = tmp_path / "image.fits.gz"
+    with gzip.open(path, "wb") as f:
+        fits.PrimaryHDU(data, sky_wcs().to_header()).writeto(f)
+    monkeypatch.setattr(_images, "DECOMPRESS_WARN_BYTES", data.nbytes)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", AstromorphWarning)
+        with closing_files(parse_sky_images(str(path))):
+            pass
+    monkeypatch.setattr(_images, "DECOMPRESS_WARN_BYTES", data.nbytes - 1)
+    with pytest.warns(AstromorphWarning, match="decompressed whole"):
+        with closing_files(parse_sky_images(str(path))):
+            pass
+
+
+def test_a_file_of_mask_planes_only_reads_them(tmp_path):
+    """Mask and weight planes are left out only beside an image plane: a file holding
+    nothing else is read (its planes are what was given)."""
+    path = tmp_path / "mask.fits"
+    fits.HDUList([fits.PrimaryHDU(), fits.ImageHDU(np.ones((50, 50), np.float32),
+                                                   sky_wcs().to_header(), name="MASK")]
+                 ).writeto(path)
+    with closing_files(parse_sky_images(str(path))) as images:
+        assert [im.name for im in images] == [f"{path}[1]"]
+
+
+def test_the_callers_hdu_of_scaled_integers_keeps_its_pixels(tmp_path):
+    """An HDU the caller opened is not the parser's to empty: its raw scaled integers stay in
+    it (only an HDU of a file opened here lets go of them for the float32 copy)."""
+    hdu = fits.PrimaryHDU(np.arange(2500.0).reshape(50, 50) * 2 + 10, sky_wcs().to_header())
+    hdu.scale("int16", bscale=2.0, bzero=10.0)
+    hdu.writeto(tmp_path / "scaled.fits")
+    with fits.open(tmp_path / "scaled.fits", do_not_scale_image_data=True,
+                   memmap=False) as hdul:
+        raw = hdul[0].data
+        [im] = parse_sky_images(hdul[0])
+        np.testing.assert_array_equal(im.take(np.array([1, 2])), [12.0, 14.0])
+        assert hdul[0].data is raw
