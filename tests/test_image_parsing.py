@@ -154,3 +154,16 @@ def test_the_callers_hdu_of_scaled_integers_keeps_its_pixels(tmp_path):
         [im] = parse_sky_images(hdul[0])
         np.testing.assert_array_equal(im.take(np.array([1, 2])), [12.0, 14.0])
         assert hdul[0].data is raw
+
+
+def test_nddata_boolean_pixels_and_mask_are_read():
+    """An NDData's boolean pixels are read as 0 and 1, and its masked pixels are NaN (only
+    those)."""
+    from astropy.nddata import NDData
+
+    data = np.zeros((50, 50), bool)
+    data[0, 1] = True
+    mask = np.zeros((50, 50), bool)
+    mask[0, 2] = True
+    [im] = parse_sky_images(NDData(data, wcs=sky_wcs(), mask=mask))
+    np.testing.assert_array_equal(im.take(np.array([0, 1, 2])), [0.0, 1.0, np.nan])
