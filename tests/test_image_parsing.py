@@ -167,3 +167,14 @@ def test_nddata_boolean_pixels_and_mask_are_read():
     mask[0, 2] = True
     [im] = parse_sky_images(NDData(data, wcs=sky_wcs(), mask=mask))
     np.testing.assert_array_equal(im.take(np.array([0, 1, 2])), [0.0, 1.0, np.nan])
+
+
+def test_a_band_given_is_the_images_filter_band_too(tmp_path):
+    """A band given for an image (a dict key) replaces its header's filter as well: an image
+    given as the science member keeps that role with triplet=False, not read by its FILTER."""
+    path = tmp_path / "g.fits"
+    header = sky_wcs().to_header()
+    header["FILTER"] = "g"
+    fits.writeto(path, np.ones((50, 50), np.float32), header)
+    with closing_files(parse_sky_images({"science": str(path)}, triplet=False)) as images:
+        assert [(im.band, im.filter_band) for im in images] == [("science", "science")]
