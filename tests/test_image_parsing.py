@@ -178,3 +178,11 @@ def test_a_band_given_is_the_images_filter_band_too(tmp_path):
     fits.writeto(path, np.ones((50, 50), np.float32), header)
     with closing_files(parse_sky_images({"science": str(path)}, triplet=False)) as images:
         assert [(im.band, im.filter_band) for im in images] == [("science", "science")]
+
+
+def test_bands_given_by_list_are_lowercased(tmp_path):
+    """Band names given by ``bands=`` are read as dict keys are, lowercased."""
+    path = tmp_path / "r.fits"
+    fits.writeto(path, np.ones((50, 50), np.float32), sky_wcs().to_header())
+    with closing_files(parse_sky_images([str(path)], bands=["R"])) as images:
+        assert [im.band for im in images] == ["r"]
