@@ -561,6 +561,14 @@ def atomic_output(path, *, overwrite=False, mode=None, on_replaced=None):
     ------
     pathlib.Path
         The temporary path to write to.
+
+    Raises
+    ------
+    OutputError
+        With the ``errno`` of the `OSError` at its root: the file could not be written or
+        moved into place ("cannot write ...; the old file is unchanged", or "nothing was
+        written"), or it was moved into place and syncing its folder failed after ("error
+        after writing ...; the new file is in place").
     """
     path = Path(path)
     target, directory = _destination_directory(path, overwrite)
@@ -569,7 +577,7 @@ def atomic_output(path, *, overwrite=False, mode=None, on_replaced=None):
     # A private folder beside the destination holds the temporary file under the
     # destination's own name: writers that record the file name (gzip's header) record
     # the right one, and os.replace stays within one file system.
-    tmpdir = None
+    tmpdir, moved = None, False
     try:
         with interrupts_deferred():  # a folder made is one that `finally` removes
             try:
@@ -588,12 +596,16 @@ def atomic_output(path, *, overwrite=False, mode=None, on_replaced=None):
             os.chmod(tmp, mode)
         with interrupts_deferred():  # the file moved and the caller's record, or neither
             os.replace(tmp, target)  # a link's target: the link stays
+            moved = True
             if on_replaced is not None:
                 on_replaced()
         _fsync_dir(directory)
     except OSError as exc:
         if isinstance(exc, AstromorphError):
             raise
+        if moved:  # (syncing its folder failed): the new file is there, whole
+            raise output_error(f"error after writing {str(path)!r}: {exc.strerror or exc}; "
+                               "the new file is in place", exc) from exc
         raise output_error(
             f"cannot write {str(path)!r}: {exc.strerror or exc}; "
             f"{'the old file is unchanged' if path.exists() else 'nothing was written'}",

@@ -4096,6 +4096,131 @@ def test_header_write_failing_part_way_names_the_copies_and_keeps_the_table(
         assert len(Table.read(tmp_path / "t.ecsv")) == 3
 
 
+def _three_header_inputs(tmp_path, in_place):
+    """a.fits, b.fits and c.fits in ``in/``, their digests, the options of a header write
+    (in place, or copies into ``out/``) and the folder the results go to."""
+    src = tmp_path / "in"
+    src.mkdir()
+    for i, name in enumerate(("a.fits", "b.fits", "c.fits")):
+        write_fits(src / name, triplet(seed=i))
+    before = {p.name: digest(p) for p in src.iterdir()}
+    out = tmp_path / "out"
+    options = dict(in_place=True) if in_place else dict(write_header=out)
+    return src, before, options, src if in_place else out
+
+
+def _has_keywords(path):
+    with fits.open(path) as hdul:
+        return "HIERARCH ASTROMORPH REAL-BOGUS SCORE" in hdul[0].header
+
+
+@pytest.mark.parametrize("in_place", [False, True])
+def test_header_write_whose_replace_fails_names_the_file_and_keeps_it(models, tmp_path,
+                                                                      monkeypatch, in_place):
+    """`os.replace` itself fails for the 2nd of 3 files (a file made immutable, a busy
+    mount: EPERM): an OutputError naming that file, with the errno; the 1st file is
+    written (complete, listed in ``written``), the 2nd and 3rd are not (``not_written``),
+    left byte for byte as they were, and no temporary folder is left."""
+    from astromorph import _io
+
+    src, before, options, dest = _three_header_inputs(tmp_path, in_place)
+    real, calls = os.replace, []
+
+    def replace(source, target, *args, **kwargs):
+        calls.append(Path(target).name)
+        if len(calls) == 2:
+            raise PermissionError(errno.EPERM, "Operation not permitted")
+        return real(source, target, *args, **kwargs)
+
+    monkeypatch.setattr(_io.os, "replace", replace)
+    with pytest.raises(OutputError) as info:
+        astromorph.predict_files("real-bogus", src, progress=False, **options)
+    assert calls == ["a.fits", "b.fits"]
+    message = str(info.value)
+    b = repr(str(dest / "b.fits"))
+    assert message.startswith(f"cannot write {b}: Operation not permitted; "), message
+    assert ("the old file is unchanged" if in_place else "nothing was written") in message
+    assert "written: 1" in message and "not written: 2" in message, message
+    assert info.value.errno == errno.EPERM
+    assert [str(p) for p in info.value.written] == [str(dest / "a.fits")]
+    assert [str(p) for p in info.value.not_written] == [str(dest / n)
+                                                        for n in ("b.fits", "c.fits")]
+    assert len(info.value.table) == 3 and not info.value.table["rb_score"].mask.any()
+    assert _has_keywords(dest / "a.fits")
+    if in_place:
+        assert {n: digest(src / n) for n in ("b.fits", "c.fits")} == \
+            {n: before[n] for n in ("b.fits", "c.fits")}
+    else:
+        assert {p.name: digest(p) for p in src.iterdir()} == before
+    assert sorted(p.name for p in dest.iterdir()) == (["a.fits", "b.fits", "c.fits"]
+                                                      if in_place else ["a.fits"])
+
+
+@pytest.mark.parametrize("in_place", [False, True])
+def test_header_write_failing_after_a_replace_counts_that_file_written(models, tmp_path,
+                                                                       monkeypatch, in_place):
+    """An OSError after the 2nd file was moved into place (syncing its folder fails, EIO):
+    the error says that file is in place, not that it is unchanged, and counts it among
+    the files written (it has all its keywords); only the 3rd is not written (left as it
+    was); no temporary folder is left."""
+    from astromorph import _io
+
+    src, before, options, dest = _three_header_inputs(tmp_path, in_place)
+    real, calls = _io._fsync_dir, []
+
+    def fsync_dir(directory):
+        calls.append(directory)
+        if len(calls) == 2:
+            raise OSError(errno.EIO, "Input/output error")
+        return real(directory)
+
+    monkeypatch.setattr(_io, "_fsync_dir", fsync_dir)
+    with pytest.raises(OutputError) as info:
+        astromorph.predict_files("real-bogus", src, progress=False, **options)
+    message = str(info.value)
+    b = repr(str(dest / "b.fits"))
+    assert message.startswith(f"error after writing {b}: Input/output error; the new file "
+                              "is in place"), message
+    assert "unchanged" not in message and "nothing was written" not in message, message
+    assert info.value.errno == errno.EIO
+    assert [str(p) for p in info.value.written] == [str(dest / n) for n in ("a.fits", "b.fits")]
+    assert [str(p) for p in info.value.not_written] == [str(dest / "c.fits")]
+    assert "written: 2" in message and "not written: 1" in message, message
+    assert _has_keywords(dest / "a.fits") and _has_keywords(dest / "b.fits")
+    if in_place:
+        assert digest(src / "c.fits") == before["c.fits"]
+    else:
+        assert {p.name: digest(p) for p in src.iterdir()} == before
+    assert sorted(p.name for p in dest.iterdir()) == (["a.fits", "b.fits", "c.fits"]
+                                                      if in_place else ["a.fits", "b.fits"])
+
+
+def test_header_write_unexpected_error_after_a_replace_keeps_the_file_counted(
+        models, tmp_path, monkeypatch):
+    """An error that is no OSError after the 2nd copy was moved into place: that copy is
+    complete and kept, so it is not among the files reported not written (a warning said
+    so), and the 3rd copy is still written."""
+    from astromorph import _io
+
+    src, before, options, dest = _three_header_inputs(tmp_path, False)
+    real, calls = _io._fsync_dir, []
+
+    def fsync_dir(directory):
+        calls.append(directory)
+        if len(calls) == 2:
+            raise RuntimeError("unexpected")
+        return real(directory)
+
+    monkeypatch.setattr(_io, "_fsync_dir", fsync_dir)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", AstromorphWarning)  # no "results not written"
+        table = astromorph.predict_files("real-bogus", src, progress=False, **options)
+    assert len(table) == 3
+    assert sorted(p.name for p in dest.iterdir()) == ["a.fits", "b.fits", "c.fits"]
+    assert all(_has_keywords(dest / n) for n in ("a.fits", "b.fits", "c.fits"))
+    assert {p.name: digest(p) for p in src.iterdir()} == before
+
+
 def test_header_keywords_too_long_for_a_card_are_named_not_dropped_silently(models, tmp_path):
     """A model name of up to 64 characters is valid, but ``HIERARCH ASTROMORPH <NAME> ...``
     then leaves no room for the value in an 80-character card. Such keywords were left out
