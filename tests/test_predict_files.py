@@ -3055,6 +3055,164 @@ def test_atomic_output_replaces_the_file_instead_of_writing_into_it(tmp_path):
     assert out.stat().st_ino != before and out.read_text() == "new"
 
 
+def test_atomic_output_syncs_the_destination_folder(tmp_path, monkeypatch):
+    """The folder fsync'ed after the move is the destination's (where the new name was
+    made), not the private temporary folder about to be removed: only the former makes
+    the new name survive a crash."""
+    from astromorph import _io
+
+    (tmp_path / "real").mkdir()
+    target = tmp_path / "real" / "t.ecsv"
+    target.write_text("old")
+    link = tmp_path / "link.ecsv"
+    link.symlink_to(target)
+    synced, fsync_dir = [], _io._fsync_dir
+
+    def recorded(directory):
+        synced.append(Path(directory))
+        return fsync_dir(directory)
+
+    monkeypatch.setattr(_io, "_fsync_dir", recorded)
+    with _io.atomic_output(tmp_path / "new.ecsv") as tmp:
+        tmp.write_text("new")
+    with _io.atomic_output(link, overwrite=True) as tmp:  # the folder of the link's target
+        tmp.write_text("new")
+    assert synced == [tmp_path, tmp_path / "real"]
+
+
+def test_atomic_output_gives_the_new_file_its_mode_before_it_is_in_place(tmp_path,
+                                                                         monkeypatch):
+    """The replaced file's permission bits are set on the new file before it is moved in:
+    a private file (0600) is never visible under its name with the process default (0644
+    with umask 022, readable by all), not even for an instant."""
+    from astromorph import _io
+
+    out = tmp_path / "private.ecsv"
+    out.write_text("old")
+    os.chmod(out, 0o600)
+    modes, replace = [], os.replace
+
+    def replaced(src, dst):
+        modes.append(os.stat(src).st_mode & 0o7777)
+        return replace(src, dst)
+
+    monkeypatch.setattr(_io.os, "replace", replaced)
+    with _io.atomic_output(out, overwrite=True) as tmp:
+        tmp.write_text("new")
+    assert modes == [0o600]
+    assert out.stat().st_mode & 0o7777 == 0o600 and out.read_text() == "new"
+
+
+def test_atomic_output_through_a_link_keeps_the_target_mode(tmp_path):
+    """Through a symbolic link the new file takes the mode of the file the link points to
+    (0640), not the link's own (0777 for a link: the new file was writable by all)."""
+    target = tmp_path / "t.ecsv"
+    write_table(Table({"a": [1]}), target)
+    os.chmod(target, 0o640)
+    link = tmp_path / "link.ecsv"
+    link.symlink_to(target)
+    write_table(Table({"b": [2]}), link, overwrite=True)
+    assert link.is_symlink() and Table.read(target).colnames == ["b"]
+    assert target.stat().st_mode & 0o7777 == 0o640
+
+
+def test_atomic_output_keeps_special_mode_bits_and_takes_an_explicit_mode(tmp_path):
+    """All of the replaced file's mode bits are kept, the set-group-ID bit too (a shared
+    folder's files); an explicit ``mode`` wins over the old file's."""
+    from astromorph._io import atomic_output
+
+    out = tmp_path / "t.ecsv"
+    out.write_text("old")
+    os.chmod(out, 0o2640)
+    if out.stat().st_mode & 0o7777 != 0o2640:
+        pytest.skip("this file system or user cannot set the set-group-ID bit")
+    with atomic_output(out, overwrite=True) as tmp:
+        tmp.write_text("new")
+    assert out.stat().st_mode & 0o7777 == 0o2640
+    with atomic_output(out, overwrite=True, mode=0o600) as tmp:
+        tmp.write_text("newer")
+    assert out.stat().st_mode & 0o7777 == 0o600 and out.read_text() == "newer"
+
+
+def test_atomic_output_into_a_missing_folder_is_refused_naming_it(tmp_path):
+    """An output in a folder that does not exist is an `InvalidArgumentError` naming the
+    folder, before any work (`check_output`) and when written: not an `OutputError` that
+    blames permissions or a read-only file system."""
+    from astromorph._io import check_output
+
+    missing = tmp_path / "missing"
+    said = rf"output directory '{re.escape(str(missing))}' does not exist"
+    with pytest.raises(InvalidArgumentError, match=said):
+        check_output(missing / "t.ecsv", table=True)
+    with pytest.raises(InvalidArgumentError, match=said):
+        write_table(Table({"a": [1]}), missing / "t.ecsv")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_atomic_output_with_nothing_written_keeps_the_old_file(tmp_path):
+    """A writer that wrote nothing to the temporary path (a bug, or a library writing to
+    another name) is an `OutputError` saying so, not "No such file or directory" (which
+    reads as if the destination were missing); the old file is kept."""
+    from astromorph._io import atomic_output
+
+    out = tmp_path / "t.ecsv"
+    out.write_text("old")
+    with pytest.raises(OutputError, match=r"nothing was written to the temporary file for "
+                       r".*t\.ecsv.*the old file is unchanged"):
+        with atomic_output(out, overwrite=True):
+            pass
+    assert out.read_text() == "old" and sorted(p.name for p in tmp_path.iterdir()) == ["t.ecsv"]
+
+
+def test_atomic_output_errors_of_astromorph_pass_through_unwrapped(tmp_path, monkeypatch):
+    """An astromorph error raised in the block keeps its type and message (an input found
+    missing while the output is written stays an `InputNotFoundError`, not an OutputError),
+    and the folder that cannot take the temporary file is named once, with its errno, not
+    wrapped in a second "cannot write" message."""
+    from astromorph import _io
+    from astromorph.exceptions import InputNotFoundError
+
+    out = tmp_path / "t.ecsv"
+    with pytest.raises(InputNotFoundError, match="^image 'gone.png' does not exist$"):
+        with _io.atomic_output(out) as tmp:
+            tmp.write_text("half")
+            raise InputNotFoundError("image 'gone.png' does not exist")
+    assert list(tmp_path.iterdir()) == []
+
+    def denied(*args, **kwargs):
+        raise PermissionError(errno.EACCES, "Permission denied")
+
+    monkeypatch.setattr(_io.tempfile, "mkdtemp", denied)
+    with pytest.raises(OutputError) as info:
+        write_table(Table({"a": [1]}), out)
+    assert str(info.value) == f"cannot write into {str(tmp_path)!r}: Permission denied"
+    assert info.value.errno == errno.EACCES
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_check_output_refuses_a_folder_it_cannot_write_into(tmp_path, monkeypatch):
+    """`check_output` refuses, before any work, an output in a folder the process cannot
+    write into (no permission, a read-only file system), naming the folder. As root every
+    folder is writable by permission, so there an unwritable folder is simulated."""
+    from astromorph import _io
+    from astromorph._io import check_output
+
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    folder.chmod(0o555)
+    try:
+        if os.access(folder, os.W_OK):  # root
+            access = os.access
+            monkeypatch.setattr(_io.os, "access", lambda p, m, *a, **k: (
+                False if Path(p) == folder else access(p, m, *a, **k)))
+        with pytest.raises(OutputError, match=rf"cannot write into {re.escape(repr(str(folder)))}"
+                           r" \(permission denied or a read-only file system\)"):
+            check_output(folder / "t.ecsv", table=True)
+        check_output(tmp_path / "t.ecsv", table=True)  # a writable folder passes
+    finally:
+        folder.chmod(0o755)
+
+
 def test_interrupt_while_the_temporary_folder_is_removed_leaves_nothing(tmp_path, monkeypatch):
     """Ctrl-C arriving while the private temporary folder is being removed (after the file
     was moved into place, or after a failed write) still removes it: no ``.astromorph-tmp-*``
