@@ -2017,6 +2017,47 @@ def test_avro_corrupt_record_loses_the_rest_of_its_block_only(tmp_path):
             "record 2 of 3") in stamps[1].reason[0]
 
 
+def test_avro_file_of_no_records_is_said_empty_not_truncated(tmp_path):
+    """An Avro file of its header only (sync marker last: fastavro writes one for no
+    records) is whole: its row says it holds no records, not that it is truncated."""
+    pytest.importorskip("fastavro")
+    write_avro(tmp_path / "empty.avro", [])
+    (stamp,) = read_file(tmp_path / "empty.avro")
+    assert stamp.flags == Flag.BAD_INPUT and stamp.alert
+    assert stamp.reason == ["Avro file holds no records"]
+
+
+def test_avro_block_of_a_negative_size_is_lost_not_read_again_for_ever(tmp_path):
+    """A block whose size is negative (a corrupt varint) is not framed: reading goes on after
+    the next sync marker. Read as given, the size led back onto the previous block's sync
+    marker, whose end is this block's start, so that the block was read again for ever."""
+    pytest.importorskip("fastavro")
+    from astromorph._readers import iter_avro_records
+    from astromorph._readers._alerts import _read_long
+
+    data = _multi_block_avro(tmp_path / "a.avro", [ztf_alert(100 + i) for i in range(3)])
+    starts = _block_starts(data)
+    count, after = _read_long(data, starts[1])
+    _, after = _read_long(data, after)
+    # count 1, then a size that ends the block on the sync marker before it
+    back = _zigzag(1) + _zigzag(-(16 + 2))
+    assert len(back) == 2
+    bad = data[:starts[1]] + back + data[after:]
+    calls = []
+
+    def lost(offset, count, why, resume):
+        calls.append((offset, count, why, resume))
+        if len(calls) > 3:
+            raise RuntimeError("the same block is lost again and again")
+
+    records = list(iter_avro_records(bad, lost=lost))
+    assert [r["candid"] for r in records] == [100, 102]
+    ((offset, count, why, resume),) = calls
+    assert offset == starts[1] and count is None and "truncated Avro block" in why
+    with pytest.raises(ValueError, match="truncated Avro block"):
+        list(iter_avro_records(bad))
+
+
 def test_rubin_packets(models, tmp_path):
     pytest.importorskip("fastavro")
     t = triplet(31)
