@@ -1664,12 +1664,17 @@ def test_ztf_edge_cutout_padding_side_at_the_last_pixels_near_an_edge(tmp_path):
     write_avro(tmp_path / "edge.avro", [ztf_alert(1, t[:, :, 1:], xpos=31.0),
                                         ztf_alert(2, t[:, :, :-1], xpos=3042.0),
                                         ztf_alert(3, t[:, 1:, :], ypos=31.0),
-                                        ztf_alert(4, t[:, :, :-1], xpos=3041.0)])
-    first, last, low, inside = read_alerts(tmp_path / "edge.avro")
+                                        ztf_alert(4, t[:, :, :-1], xpos=3041.0),
+                                        ztf_alert(5, t[:, :, 1:], xpos=32.0)])
+    first, last, low, inside, inside_low = read_alerts(tmp_path / "edge.avro")
     # 0-based 3040 is 31 pixels from the last: its cutout is whole, so this one's xpos does
-    # not say which side was cut, and the reason says what was assumed
+    # not say which side was cut, and the reason says what was assumed; so for 0-based 31,
+    # 31 pixels from the first
     assert inside.flags == Flag.EDGE
     assert "xpos 3041 is more than 31 pixels from both edges" in inside.reason[0]
+    assert inside_low.flags == Flag.EDGE
+    assert "xpos 32 is more than 31 pixels from both edges" in inside_low.reason[0]
+    assert np.isnan(inside_low.data[:, :, 62]).all()
     for stamp in (first, last, low):
         assert stamp.flags == Flag.EDGE and stamp.data.shape == (3, 63, 63), stamp.reason
         assert "taken at the end" not in stamp.reason[0], stamp.reason
@@ -1714,6 +1719,21 @@ def test_ztf_edge_cutouts_are_padded_on_the_missing_side(tmp_path, edge):
     assert stamp.data.shape == (3, 63, 63) and stamp.flags == Flag.EDGE
     np.testing.assert_allclose(stamp.data[keep], t[keep])
     assert np.isnan(stamp.data).sum() == 3 * 63 * 10
+
+
+def test_ztf_candidate_coordinates_that_are_not_finite_are_unknown(tmp_path):
+    """A candidate's ra, dec, xpos that are NaN or infinite are no coordinates: the row has
+    no position (None, as for a null), and the side of an edge cutout's padding is said to
+    be assumed for want of an xpos, not worked out from a NaN."""
+    pytest.importorskip("fastavro")
+    t = triplet()[:, :, 10:]  # 63 x 53: cut at a CCD edge
+    write_avro(tmp_path / "a.avro", [ztf_alert(9, t, xpos=float("nan"), ra=float("nan"),
+                                               dec=float("inf"))])
+    (stamp,) = read_file(tmp_path / "a.avro")
+    assert stamp.ra is None and stamp.dec is None
+    assert stamp.flags == Flag.EDGE
+    assert "no candidate xpos: the missing x part taken at the end" in stamp.reason[0]
+    np.testing.assert_allclose(stamp.data[:, :, :53], t)
 
 
 def _multi_block_avro(path, records):
