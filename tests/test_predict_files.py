@@ -4958,6 +4958,22 @@ def test_ztf_edge_cutouts_placed_by_a_wcs_pixel_between_pixel_centres(tmp_path, 
 
 
 @pytest.mark.parametrize("edge", sorted(_EDGES))
+def test_ztf_edge_cutouts_placed_by_a_wcs_pixel_on_a_pixel_boundary(tmp_path, edge):
+    """A WCS pixel half way between two pixel centres lies in the upper one (pixel k spans
+    [k - 0.5, k + 0.5), as for a pixel off the cutouts): a candidate at (30.5, 30.5) of the
+    uncut cutout is padded as one on (31, 31), whatever the parity of its pixel in the cut
+    one (rounding half to even would put it one pixel off, or find no padding)."""
+    keep, _ = _EDGES[edge]
+    full = _edge_packet(tmp_path / "edge.avro", keep, wcs_centre=(30.5, 30.5), xpos=None,
+                        ypos=None)
+    (stamp,) = read_file(tmp_path / "edge.avro")
+    assert stamp.data.shape == (3, 63, 63) and stamp.flags == Flag.EDGE
+    sl = (slice(None),) + keep
+    np.testing.assert_array_equal(stamp.data[sl][:2], full[sl][:2])
+    assert "placed by the cutouts' WCS" in " ".join(stamp.reason)
+
+
+@pytest.mark.parametrize("edge", sorted(_EDGES))
 def test_ztf_edge_cutouts_without_wcs_are_placed_by_xpos_ypos(tmp_path, edge):
     """The real packets' cutouts carry no WCS: the candidate's CCD pixel (xpos, ypos,
     1-based, on a 3072 x 3080 quadrant) says which side is missing, and the row says so."""
@@ -5005,6 +5021,10 @@ def test_ztf_full_cutouts_whose_wcs_puts_the_candidate_off_centre(models, tmp_pa
     _edge_packet(tmp_path / "near.avro", whole[0], wcs_centre=(31.2, 30.7))
     (near,) = read_file(tmp_path / "near.avro")
     assert near.centre is None and near.flags == 0 and not near.reason
+    # 1.5 pixels off (more than ZTF_OFF_CENTRE_PIXELS, 1): scored about the WCS's pixel
+    _edge_packet(tmp_path / "beyond.avro", whole[0], wcs_centre=(31, 32.5))
+    (beyond,) = read_file(tmp_path / "beyond.avro")
+    assert beyond.centre == pytest.approx((31, 32.5), abs=1e-6)
     _edge_packet(tmp_path / "off.avro", whole[0], wcs_centre=(31, 40))
     (off,) = read_file(tmp_path / "off.avro")
     assert off.centre == pytest.approx((31, 40), abs=1e-6)
