@@ -2304,6 +2304,20 @@ def test_rubin_candidate_without_a_position_or_off_the_cutouts(tmp_path):
     assert stamps[2].centre == pytest.approx((31.5, 31.5), abs=1e-3)
 
 
+def test_rubin_candidate_on_the_cutouts_edge_is_on_them_at_the_start_only(tmp_path):
+    """Pixel k spans [k - 0.5, k + 0.5): a diaSource at x = -0.5 (the cutouts' first edge)
+    lies on pixel 0, one at x = n - 0.5 (their last edge) on none, and is BAD_INPUT."""
+    pytest.importorskip("fastavro")
+    t = triplet(31)
+    records = [rubin_alert(1, t, centre=(15.0, -0.5)), rubin_alert(2, t, centre=(15.0, 30.5)),
+               rubin_alert(3, t, centre=(30.5, 15.0))]
+    write_avro(tmp_path / "r.avro", records, schema=RUBIN_SCHEMA)
+    first, last_x, last_y = read_file(tmp_path / "r.avro")
+    assert first.centre == pytest.approx((15.0, -0.5)) and not first.flags & Flag.BAD_INPUT
+    for stamp in (last_x, last_y):
+        assert stamp.flags == Flag.BAD_INPUT and "off the 31x31 cutouts" in stamp.reason[0]
+
+
 def test_ztf_packets_are_not_resampled(models, tmp_path):
     """ZTF cutouts are on the model's grid, the candidate on pixel 31: no centre, no
     resampling, the network gets the preprocessed stamps as they are."""
