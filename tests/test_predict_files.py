@@ -2318,6 +2318,26 @@ def test_rubin_candidate_on_the_cutouts_edge_is_on_them_at_the_start_only(tmp_pa
         assert stamp.flags == Flag.BAD_INPUT and "off the 31x31 cutouts" in stamp.reason[0]
 
 
+def test_rubin_cutouts_of_an_fk4_wcs_are_not_read_as_icrs(tmp_path):
+    """The shortcut that reads a reference point equal to the diaSource's ra, dec as its
+    pixel (CRPIXi) holds for ICRS (and FK5) only: cutouts whose WCS is in FK4 (B1950) with
+    those very numbers as CRVALi are put where astropy puts the diaSource's ICRS ra, dec,
+    about half a degree away, off the cutouts."""
+    pytest.importorskip("fastavro")
+    t = triplet(31)
+    rec = rubin_alert(1, t, ctype=True)
+    for key, plane in zip(("cutoutScience", "cutoutTemplate", "cutoutDifference"), t):
+        header = celestial_header(fits.Header(), 0.2, plane.shape)
+        header.update({"RADESYS": "FK4", "EQUINOX": 1950.0})
+        buf = io.BytesIO()
+        fits.PrimaryHDU(plane, header=header).writeto(buf)
+        rec[key] = buf.getvalue()
+    write_avro(tmp_path / "r.avro", [rec, rubin_alert(2, t, ctype=True)], schema=RUBIN_SCHEMA)
+    fk4, icrs = read_file(tmp_path / "r.avro")
+    assert icrs.centre == pytest.approx((15.0, 15.0)) and not icrs.flags
+    assert fk4.flags == Flag.BAD_INPUT and "off the 31x31 cutouts" in fk4.reason[0]
+
+
 def test_ztf_packets_are_not_resampled(models, tmp_path):
     """ZTF cutouts are on the model's grid, the candidate on pixel 31: no centre, no
     resampling, the network gets the preprocessed stamps as they are."""
