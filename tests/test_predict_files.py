@@ -2338,6 +2338,32 @@ def test_rubin_cutouts_of_an_fk4_wcs_are_not_read_as_icrs(tmp_path):
     assert fk4.flags == Flag.BAD_INPUT and "off the 31x31 cutouts" in fk4.reason[0]
 
 
+def test_rubin_cutouts_of_a_dec_first_wcs(tmp_path):
+    """A WCS whose first axis is DEC (CTYPE1 = 'DEC--TAN', CRVAL1 the declination): its
+    reference point is (CRVAL2, CRVAL1). A diaSource there lies on CRPIXi; one at the
+    numbers of CRVAL1, CRVAL2 taken as (ra, dec), 28 degrees away, lies off the cutouts."""
+    pytest.importorskip("fastavro")
+    t = triplet(31)
+
+    def dec_first(source_id, ra, dec):
+        rec = rubin_alert(source_id, t, ctype=True, ra=ra, dec=dec)
+        for key, plane in zip(("cutoutScience", "cutoutTemplate", "cutoutDifference"), t):
+            header = fits.Header({"CTYPE1": "DEC--TAN", "CTYPE2": "RA---TAN", "CRVAL1": 20.0,
+                                  "CRVAL2": 40.0, "CRPIX1": 13.0, "CRPIX2": 17.0,
+                                  "CD1_1": 0.2 / 3600, "CD1_2": 0.0, "CD2_1": 0.0,
+                                  "CD2_2": -0.2 / 3600})
+            buf = io.BytesIO()
+            fits.PrimaryHDU(plane, header=header).writeto(buf)
+            rec[key] = buf.getvalue()
+        return rec
+
+    write_avro(tmp_path / "r.avro", [dec_first(1, 40.0, 20.0), dec_first(2, 20.0, 40.0)],
+               schema=RUBIN_SCHEMA)
+    on, swapped = read_file(tmp_path / "r.avro")
+    assert on.centre == pytest.approx((16.0, 12.0), abs=1e-6) and not on.flags, on.reason
+    assert swapped.flags == Flag.BAD_INPUT and "off the 31x31 cutouts" in swapped.reason[0]
+
+
 def test_ztf_packets_are_not_resampled(models, tmp_path):
     """ZTF cutouts are on the model's grid, the candidate on pixel 31: no centre, no
     resampling, the network gets the preprocessed stamps as they are."""
