@@ -8,6 +8,7 @@ bytes). Each is reached here through every container and layout of the same imag
 archive once gave the archive's own bytes, a Stokes cube the wrong plane.
 """
 import bz2
+import gc
 import gzip
 import importlib.util
 import io
@@ -674,3 +675,39 @@ def test_predict_files_says_a_unix_compressed_file_is_not_read(tmp_path):
     assert stamp.flags == Flag.BAD_INPUT
     assert "Unix-compressed (.Z)" in stamp.reason[0], stamp.reason
     assert "uncompress it (uncompress, gzip -d)" in stamp.reason[0], stamp.reason
+
+
+@pytest.mark.parametrize("how", [None, "gz", "bz2", "xz", "zip8"])
+def test_open_stream_and_first_bytes_start_at_the_files_first_byte(tmp_path, how):
+    """`open_stream` gives the decompressed content from its first byte, and `first_bytes`
+    its first bytes, for a plain file as for a compressed one (the compression is sniffed
+    from the file's first bytes: the stream of a plain file is rewound after that); no
+    file is left open once the stream is closed."""
+    from astromorph._readers._compressed import first_bytes, open_stream
+
+    plain = bytes(range(256)) * 4
+    name = {None: "x.bin", "zip8": "x.zip"}.get(how, f"x.{how}")
+    if how is None:
+        data = plain
+    elif how.startswith("zip"):
+        buf = io.BytesIO()
+        with zipfile.ZipFile(buf, "w", COMPRESS[how]) as archive:
+            archive.writestr("x.bin", plain)
+        data = buf.getvalue()
+    else:
+        data = COMPRESS[how](plain)
+    (tmp_path / name).write_bytes(data)
+    kind = {None: None, "gz": "gzip", "bz2": "bzip2", "xz": "xz", "zip8": "zip"}[how]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ResourceWarning)
+        assert first_bytes(tmp_path / name, 16) == (plain[:16], kind)
+        f, got = open_stream(tmp_path / name)
+        try:
+            assert got == kind and f.read() == plain
+        finally:
+            f.close()
+        del f
+        gc.collect()
+    # no file is left open (the one the compression was sniffed from, a zip archive's)
+    assert not [w for w in caught if issubclass(w.category, ResourceWarning)], \
+        [str(w.message) for w in caught]
