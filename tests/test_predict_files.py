@@ -1798,6 +1798,16 @@ def _zigzag(n):
     return bytes(out + bytes([n]))
 
 
+def test_avro_varint_longer_than_a_long_is_corrupt():
+    """A long is at most 10 varint bytes (64 bits): an 11th continuation byte is a corrupt
+    varint, said so at once, not read on as a number of any size."""
+    from astromorph._readers._alerts import _read_long
+
+    assert _read_long(b"\xfe" + b"\xff" * 8 + b"\x01", 0) == (2**63 - 1, 10)
+    with pytest.raises(ValueError, match="corrupt Avro varint"):
+        _read_long(b"\x80" * 11 + b"\x01", 0)
+
+
 def test_avro_header_map_block_with_a_negative_count_reads_as_the_usual_one(tmp_path):
     """The Avro spec lets a map block give its count negated, followed by the block's size in
     bytes (fastavro never writes one): a packet file whose header metadata is such a block
