@@ -4,11 +4,15 @@ Each test here was written against a mutant of ``astromorph/_readers/_inputs.py`
 rest of the suite let pass (a mutation-testing round): it fails on that mutant and passes on
 the code as it is. No model is loaded.
 """
+import builtins
 import gzip
 
 import numpy as np
+import pytest
+from astropy.io import fits
 
-from astromorph._readers import expand_inputs, read_file
+from astromorph._readers import _inputs, expand_inputs, read_file
+from astromorph.exceptions import InputNotFoundError, InvalidArgumentTypeError
 
 from synthetic_alerts import fits_bytes, triplet
 
@@ -123,3 +127,67 @@ def test_disagreement_is_the_first_reason(tmp_path):
     assert not stamp.usable and len(stamp.reason) > 1
     assert stamp.reason[0].startswith("content is PNG"), stamp.reason
 
+
+
+def test_bytes_input_is_refused_naming_the_bytes():
+    """A path given as bytes is refused by name (``b'a.fits'``), not iterated into its
+    byte values and refused as ``input 97``."""
+    with pytest.raises(InvalidArgumentTypeError, match=r"b'a\.fits'"):
+        expand_inputs(b"a.fits")
+
+
+def test_folder_leaves_out_a_file_without_extension_it_cannot_open(tmp_path, monkeypatch):
+    """A file without extension is taken from a folder only when its first bytes are of an
+    accepted format: one that cannot be opened is not confirmed, and left out."""
+    (tmp_path / "alert-1").write_bytes(FITS)
+    (tmp_path / "alert-2").write_bytes(FITS)
+    locked = str(tmp_path / "alert-2")
+
+    def fake_open(file, *args, **kwargs):
+        if str(file) == locked:
+            raise PermissionError(13, "Permission denied", locked)
+        return builtins.open(file, *args, **kwargs)
+
+    monkeypatch.setattr(_inputs, "open", fake_open, raising=False)
+    assert names(expand_inputs(tmp_path)) == ["alert-1"]
+    (tmp_path / "alert-1").unlink()
+    with pytest.raises(InputNotFoundError, match="holds no supported files"):
+        expand_inputs(tmp_path)
+
+
+def test_empty_file_says_it_is_empty(tmp_path):
+    """An empty ``x.fits`` is flagged as an empty file, not read as a broken FITS file."""
+    (tmp_path / "x.fits").write_bytes(b"")
+    [stamp] = read_file(tmp_path / "x.fits")
+    assert not stamp.usable and stamp.reason == ["empty file"]
+
+
+def test_unreadable_misnamed_file_is_not_marked_misnamed(tmp_path):
+    """``misnamed`` is for a usable stamp read by its content: a misnamed file that cannot be
+    read keeps the disagreement in its reason only."""
+    (tmp_path / "broken.fits").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(64))
+    [stamp] = read_file(tmp_path / "broken.fits")
+    assert not stamp.usable and stamp.misnamed is None
+    assert stamp.reason[0].startswith("content is PNG"), stamp.reason
+
+
+def test_pixel_scale_is_read_only_when_wanted(tmp_path):
+    """``want_scale=False`` skips the WCS: no pixel scale; the default reads it."""
+    (tmp_path / "x.fits").write_bytes(fits_bytes(triplet(n=8), scale=0.25))
+    [wanted] = read_file(tmp_path / "x.fits")
+    [skipped] = read_file(tmp_path / "x.fits", want_scale=False)
+    assert wanted.pixel_scale == pytest.approx(0.25) and skipped.pixel_scale is None
+
+
+def test_triplet_hint_makes_one_named_role_a_triplet(tmp_path):
+    """One triplet role among the HDU names (``SCI`` beside a band ``R``) is a triplet with
+    members missing for a triplet model (``triplet_hint=True``), and bands otherwise."""
+    path = tmp_path / "sci_r.fits"
+    planes = triplet(n=8)
+    fits.HDUList([fits.PrimaryHDU(), fits.ImageHDU(planes[0], name="SCI"),
+                  fits.ImageHDU(planes[1], name="R")]).writeto(path)
+    [bands] = read_file(path)
+    assert bands.kind == "bands" and bands.bands == (None, "r")
+    [hinted] = read_file(path, triplet_hint=True)
+    assert not hinted.usable
+    assert "no reference or difference image" in hinted.reason[0], hinted.reason
