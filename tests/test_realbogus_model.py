@@ -610,3 +610,48 @@ def test_card_real_alert_metrics_reproduced(real_alert_scores):
             boot = np.random.default_rng(0).integers(0, len(s), (2000, len(s)))
             interval = np.nanpercentile([roc_auc(s[i], lab[i]) for i in boot], [2.5, 97.5])
             np.testing.assert_allclose(interval, expected["roc_auc_vs_drb_bootstrap_95"], atol=1e-9)
+
+
+def test_preprocess_with_invalid_pixels_is_the_robust_normalisation_of_the_valid_ones():
+    """A stamp with a few NaN pixels (and one of many, and one all NaN) is normalised by the
+    median and MAD of its valid pixels only, exactly as for a stamp without invalid pixels
+    (the NaN-aware path; an order statistic taken over the NaN would shift both)."""
+    raw = raw_triplets(1, nan_rows=()).astype(np.float64)
+    raw[0, 0, :2, :3] = np.nan        # 6 invalid pixels of 3969
+    raw[0, 1, :, :40] = np.nan        # most of the stamp
+    raw[0, 2, 5, 5] = -3.4e38         # one masking sentinel
+    out, flag = preprocess_triplet(raw)
+    for c in range(3):
+        x = raw[0, c]
+        valid = np.isfinite(x) & (np.abs(x) < 1e30)
+        med = np.median(x[valid])
+        sigma = 1.4826 * np.median(np.abs(x[valid] - med))
+        np.testing.assert_allclose(out[0, c][valid], np.arcsinh((x[valid] - med) / (3 * sigma)),
+                                   rtol=1e-5, atol=1e-6)
+        assert (out[0, c][~valid] == 0).all()
+    assert flag[0] == pytest.approx(40 / 63, rel=1e-6)
+
+
+@pytest.mark.parametrize("func", [preprocess_triplet, lambda x: resample_triplet(x, 1.0)])
+def test_triplet_of_four_stamps_is_an_input_shape_error(func):
+    """A triplet is three stamps: four (e.g. a science, reference, difference and a mask
+    plane) are refused with an InputShapeError, not preprocessed or resampled as if they
+    were (resample_triplet would return four channels)."""
+    from astromorph.exceptions import InputShapeError
+
+    with pytest.raises(InputShapeError, match=r"\(science, reference, difference\)"):
+        func(np.zeros((1, 4, 63, 63), np.float32))
+
+
+def test_resample_output_pixel_exactly_half_valid_is_kept():
+    """An output pixel with exactly half of its weight on valid input pixels is the mean of
+    those (only less than half gives NaN). At 0.5"/px output pixel (31, 31) is centred on
+    input pixel (63, 63) and overlaps rows (and columns) 62, 63, 64 with weights 1/4, 1/2,
+    1/4: rows 62 and 64 invalid leave exactly half; one more pixel leaves 3/8."""
+    x = np.full((1, 3, 127, 127), 5.0)
+    x[0, :2, [62, 64], 62:65] = np.nan
+    x[0, 1, 63, 62] = np.nan
+    out, _ = resample_triplet(x, 0.5)
+    assert out[0, 0, 31, 31] == pytest.approx(5.0)
+    assert np.isnan(out[0, 1, 31, 31])
+    assert np.isfinite(out[0, 2]).all()
