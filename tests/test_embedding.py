@@ -3685,3 +3685,49 @@ def test_query_by_a_constant_image_is_refused_and_flags_are_kept(tiny_embedding,
     assert main(["similar", str(tmp_path / "t.ecsv"), "--image", str(blank)]) == 2
     err = capsys.readouterr().err
     assert "blank.png" in err and "all zero" in err and "Traceback" not in err, err
+
+
+# ------------------------------------------- label head and pictures: found by mutation tests
+@pytest.mark.parametrize("class_weight", [None, "balanced"])
+def test_label_head_fitted_probabilities_balance_as_its_class_weights_say(class_weight):
+    """At the optimum of a logistic regression with an unpenalised bias, the weighted sum of
+    each class's predicted probability over the labelled rows equals its weighted count:
+    unweighted, the mean probability of a class is its share of the rows; ``"balanced"``
+    (each row weighted ``n / (k * n_c)``), the mean over the classes of their rows' mean
+    probability of a class is ``1 / k`` for every class."""
+    rng = np.random.default_rng(3)
+    y = np.repeat([0, 1, 2], [120, 30, 10])
+    x = rng.normal(0, 1, (len(y), 4)) + 0.8 * np.eye(4)[y]  # overlapping classes
+    p = LabelHead(C=1.0, class_weight=class_weight).fit(x, y).predict_proba(x)
+    if class_weight is None:
+        np.testing.assert_allclose(p.mean(axis=0), [120 / 160, 30 / 160, 10 / 160], atol=2e-3)
+    else:
+        per_class = np.array([p[y == c].mean(axis=0) for c in range(3)])
+        np.testing.assert_allclose(per_class.mean(axis=0), 1 / 3, atol=2e-3)
+
+
+def test_label_head_fits_embeddings_with_a_constant_dimension():
+    """A dimension that is the same in every labelled row (e.g. a unit a ReLU never fires)
+    carries no information: it is left unscaled, and the head fits and predicts as without
+    it (finite probabilities, not NaN from a zero spread)."""
+    x, y = blobs(n_per=30, k=2, d=8)
+    with_const = np.column_stack([x, np.full(len(x), 0.5, np.float32)])
+    head = LabelHead(C=1.0).fit(with_const, y)
+    p = head.predict_proba(with_const)
+    assert np.isfinite(p).all()
+    np.testing.assert_allclose(p, LabelHead(C=1.0).fit(x, y).predict_proba(x), atol=1e-6)
+    assert (head.predict(with_const) == y).mean() > 0.95
+
+
+@pytest.mark.parametrize("C", [0.05, 1.0])
+def test_label_head_weights_are_the_l2_regularised_optimum(C):
+    """The head minimises ``sum_i CE_i + ||W||^2 / (2 C)``: at its weights the gradient
+    vanishes, ``W = C * Z^T (Y - P)`` for the standardised embeddings Z, one-hot labels Y
+    and fitted probabilities P (a smaller C gives proportionally smaller weights)."""
+    rng = np.random.default_rng(4)
+    y = np.repeat([0, 1, 2], 40)
+    x = rng.normal(0, 1, (len(y), 5)) + 1.5 * np.eye(5)[y]
+    head = LabelHead(C=C).fit(x, y)
+    z = (x - head.mean_) / head.scale_
+    residual = np.eye(3)[y] - head.predict_proba(x)
+    np.testing.assert_allclose(head.coef_, C * z.T @ residual, atol=1e-3 * max(C, 1.0))
