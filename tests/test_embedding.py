@@ -3731,3 +3731,40 @@ def test_label_head_weights_are_the_l2_regularised_optimum(C):
     z = (x - head.mean_) / head.scale_
     residual = np.eye(3)[y] - head.predict_proba(x)
     np.testing.assert_allclose(head.coef_, C * z.T @ residual, atol=1e-3 * max(C, 1.0))
+
+
+def test_label_head_probabilities_of_rows_far_from_the_labelled_ones_are_finite():
+    """Each row's logits are shifted by their own maximum before the exponential: a row
+    whose logits lie a thousand units below another row's still gets probabilities that
+    sum to one (not NaN from an underflow to 0 / 0), in `predict_proba` and `annotate`."""
+    x, y = blobs(n_per=20, k=2, d=4)
+    head = LabelHead(C=1.0).fit(x, y)
+    direction = head.coef_[:, 0] - head.coef_[:, 1]  # raises the logit of class 0
+    far = head.mean_ + head.scale_ * np.array([1, -1])[:, None] * 2000 * direction / (
+        direction @ direction)
+    rows = np.vstack([far, head.mean_])  # and a row at the labelled rows' mean
+    p = head.predict_proba(rows)
+    assert np.isfinite(p).all()
+    np.testing.assert_allclose(p.sum(axis=1), 1)
+    np.testing.assert_allclose(p[:2], [[1, 0], [0, 1]], atol=1e-12)
+    b = head.intercept_
+    np.testing.assert_allclose(p[2], np.exp(b) / np.exp(b).sum())
+    out = head.annotate(Table({"embedding": rows}))
+    assert out["head_label"].tolist()[:2] == [0, 1]
+    assert np.isfinite(np.asarray(out["head_p_0"])).all()
+
+
+def test_label_head_folds_deal_every_class_on_from_where_the_last_one_stopped():
+    """The stratified folds of the cross-validation are dealt round-robin over the classes in
+    turn, each class starting where the previous one stopped: the folds differ in size by
+    one row at most (here 4 classes of 6 rows in 5 folds: 5, 5, 5, 5, 4 rows, not 8, 4, 4,
+    4, 4), and each class's rows are spread over the folds as evenly as they can be."""
+    head = LabelHead(cv=5)
+    y = np.repeat(np.arange(4), 6)
+    folds, n_folds = head._folds(y, np.random.default_rng(0))
+    assert n_folds == 5
+    sizes = np.bincount(folds, minlength=5)
+    assert sizes.max() - sizes.min() <= 1
+    for c in range(4):
+        per_class = np.bincount(folds[y == c], minlength=5)
+        assert per_class.max() - per_class.min() <= 1
