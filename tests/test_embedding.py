@@ -3768,3 +3768,13 @@ def test_label_head_folds_deal_every_class_on_from_where_the_last_one_stopped():
     for c in range(4):
         per_class = np.bincount(folds[y == c], minlength=5)
         assert per_class.max() - per_class.min() <= 1
+
+
+def test_label_head_chooses_the_c_of_least_held_out_log_loss():
+    """Without C, the head uses the candidate whose cross-validated log-loss (`cv_scores_`)
+    is least: on well-separated blobs a weak regularisation, not the strongest."""
+    x, y = blobs(n_per=20, k=3, d=8)
+    head = LabelHead(Cs=(0.001, 1.0, 100.0)).fit(x, y)
+    assert set(head.cv_scores_) == {0.001, 1.0, 100.0}
+    assert head.cv_scores_[head.C_] == min(head.cv_scores_.values())
+    assert head.C_ > 0.001
