@@ -3778,3 +3778,32 @@ def test_label_head_chooses_the_c_of_least_held_out_log_loss():
     assert set(head.cv_scores_) == {0.001, 1.0, 100.0}
     assert head.cv_scores_[head.C_] == min(head.cv_scores_.values())
     assert head.C_ > 0.001
+
+
+def test_gallery_tile_names_of_22_characters_are_whole_and_longer_ones_shortened():
+    """A row's name is shown whole up to 22 characters; a longer one as its first 10 and
+    last 11 characters around an ellipsis (22 in all)."""
+    from types import SimpleNamespace
+
+    from astromorph.embeddings._plots import _row_names
+
+    names = ["a" * 21, "b" * 22, "c" * 10 + "d" * 2 + "e" * 11]
+    index = SimpleNamespace(table=Table({"name": names}))
+    assert _row_names(index, [0, 1, 2], None) == [
+        "a" * 21, "b" * 22, "c" * 10 + "\u2026" + "e" * 11]
+
+
+def test_auto_map_method_is_tsne_up_to_its_row_limit(monkeypatch):
+    """``method="auto"`` without umap-learn: t-SNE for up to `TSNE_MAX_POINTS` rows
+    included, PCA above."""
+    import importlib.util
+
+    import astromorph.embeddings._plots as plots
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "umap" else real(name, *a))
+    monkeypatch.setattr(plots, "TSNE_MAX_POINTS", 8)
+    x = np.random.default_rng(0).normal(size=(9, 4))
+    assert embedding_map(x[:8])[1] == "tsne"
+    assert embedding_map(x)[1] == "pca"
