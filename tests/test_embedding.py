@@ -3807,3 +3807,12 @@ def test_auto_map_method_is_tsne_up_to_its_row_limit(monkeypatch):
     x = np.random.default_rng(0).normal(size=(9, 4))
     assert embedding_map(x[:8])[1] == "tsne"
     assert embedding_map(x)[1] == "pca"
+
+
+def test_a_loaded_label_head_has_every_documented_attribute():
+    """A head read back (`from_dict`) has the attributes of a fitted one: `cv_scores_` is
+    empty (the scores are not saved), not missing."""
+    x, y = blobs(n_per=10, k=2, d=4)
+    again = LabelHead.from_dict(json.loads(json.dumps(LabelHead(C=1.0).fit(x, y).to_dict())))
+    assert again.cv_scores_ == {} and again.C_ == 1.0 and again.provenance_ is None
+    assert again.classes_.tolist() == [0, 1]
