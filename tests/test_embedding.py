@@ -3816,3 +3816,21 @@ def test_a_loaded_label_head_has_every_documented_attribute():
     again = LabelHead.from_dict(json.loads(json.dumps(LabelHead(C=1.0).fit(x, y).to_dict())))
     assert again.cv_scores_ == {} and again.C_ == 1.0 and again.provenance_ is None
     assert again.classes_.tolist() == [0, 1]
+
+
+def test_display_image_of_flux_bands_is_the_documented_stretch_in_r_g_b_order():
+    """Flux bands: each pixel ``asinh(10 t) / asinh(10)``, ``t`` its value above the 1st
+    percentile of all the bands' pixels in units of the 1st to 99.5th percentile range
+    (so a single hot pixel does not darken the rest), clipped to [0, 1]; three bands
+    (g, r, i) drawn as R, G, B = i, r, g."""
+    from astromorph.embeddings import display_image
+
+    rng = np.random.default_rng(5)
+    bands = rng.uniform(0, 1, (3, 20, 20))
+    bands[0] *= 0.1        # a faint first band: the blue of the picture
+    bands[2, 3, 4] = 1e6   # one hot pixel
+    lo, hi = np.percentile(bands, [1, 99.5])
+    expected = np.clip(np.arcsinh(np.clip((bands - lo) / (hi - lo), 0, None) * 10)
+                       / np.arcsinh(10), 0, 1)
+    rgb = display_image(bands)
+    np.testing.assert_allclose(rgb, np.moveaxis(expected[::-1], 0, -1), atol=1e-6)
