@@ -3834,3 +3834,17 @@ def test_display_image_of_flux_bands_is_the_documented_stretch_in_r_g_b_order():
                        / np.arcsinh(10), 0, 1)
     rgb = display_image(bands)
     np.testing.assert_allclose(rgb, np.moveaxis(expected[::-1], 0, -1), atol=1e-6)
+
+
+def test_gallery_tile_is_transparent_only_where_no_band_has_a_value():
+    """A tile's pixel is transparent where no band has a finite value (off the stamp); a
+    pixel blank in one band only keeps the others' colour, opaque."""
+    from astromorph.embeddings._plots import _tile_image
+
+    bands = np.random.default_rng(6).uniform(1, 2, (3, 8, 8))
+    bands[0, 2, 2] = np.nan          # one band blank
+    bands[:, 5, 5] = np.nan          # every band blank
+    tile = _tile_image(bands)
+    assert tile.shape == (8, 8, 4)
+    assert tile[2, 2, 3] == 1 and tile[5, 5, 3] == 0
+    assert (tile[..., 3].sum() == 63) and np.isfinite(tile).all()
