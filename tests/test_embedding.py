@@ -3848,3 +3848,73 @@ def test_gallery_tile_is_transparent_only_where_no_band_has_a_value():
     assert tile.shape == (8, 8, 4)
     assert tile[2, 2, 3] == 1 and tile[5, 5, 3] == 0
     assert (tile[..., 3].sum() == 63) and np.isfinite(tile).all()
+
+
+def test_gallery_has_at_most_8_columns_and_draws_tiles_top_row_first(tmp_path, monkeypatch):
+    """64 tiles (a query and 63 neighbours) are drawn 8 to a row (at most 8 columns, about
+    the square root of the tile count), each picture with its first row at the top."""
+    pytest.importorskip("matplotlib")
+    import astromorph.embeddings._plots as plots
+
+    figures = []
+    real = plots.figure
+    monkeypatch.setattr(plots, "figure", lambda *a, **k: figures.append(real(*a, **k))
+                        or figures[-1])
+    t = catalogue(64)
+    index = SimilarityIndex.from_table(t)
+    index.gallery(index.query(row=0, k=63), tmp_path / "g.png",
+                  images=np.random.default_rng(0).uniform(0, 1, (64, 4, 4, 3)), dpi=20)
+    (fig,) = figures
+    axes = fig.get_axes()
+    assert len(axes) == 64
+    assert len({round(ax.get_position().x0, 3) for ax in axes}) == 8
+    drawn = [ax for ax in axes if ax.images]
+    assert len(drawn) == 64 and all(ax.yaxis_inverted() for ax in drawn)
+
+
+def test_gallery_refuses_a_result_row_one_past_the_index():
+    """A result naming row ``len(index)`` is not a result of this index (rows run from 0 to
+    ``len(index) - 1``): refused before any picture is read."""
+    from astromorph.embeddings._plots import _result_rows
+
+    index = SimilarityIndex(unit_rows(5, 3))
+    res = Table({"rank": [1], "row": [5], "similarity": [0.5]})
+    with pytest.raises(InvalidArgumentError, match="not a query result of this index"):
+        _result_rows(index, res)
+    assert _result_rows(index, Table({"rank": [1], "row": [4], "similarity": [0.5]})) == \
+        ([4], None)
+
+
+def test_display_image_of_uint8_bands_is_scaled_to_one():
+    """8-bit single bands and band stacks are shown as value / 255 (a single band grey)."""
+    from astromorph.embeddings import display_image
+
+    band = np.full((4, 4), 51, np.uint8)
+    np.testing.assert_allclose(display_image(band), 0.2, rtol=1e-6)
+    stack = np.stack([band, band * 2, band * 3])
+    np.testing.assert_allclose(display_image(stack)[0, 0], [0.2, 0.4, 0.6], rtol=1e-6)
+
+
+def test_a_picture_with_some_finite_pixels_is_drawn():
+    """Only a picture without any finite pixel is 'no image': one NaN pixel (a masked or
+    off-chip pixel) does not blank the tile."""
+    from astromorph.embeddings._plots import _no_picture
+
+    picture = np.ones((3, 8, 8))
+    picture[0, 1, 1] = np.nan
+    assert _no_picture(picture, "images=") is None
+    assert "no finite pixel" in _no_picture(np.full((8, 8), np.nan), "images=")
+
+
+def test_pca_map_is_the_projection_of_the_centred_vectors():
+    """``method="pca"``: the coordinates are the centred vectors projected on their two
+    leading principal axes (mean zero, the variances of the two largest singular values),
+    whatever the vectors' offset."""
+    rng = np.random.default_rng(7)
+    x = rng.normal(size=(50, 6)) * [5, 2, 1, 1, 1, 1] + 100.0
+    coords, method = embedding_map(x, method="pca")
+    assert method == "pca"
+    np.testing.assert_allclose(coords.mean(axis=0), 0, atol=1e-9)
+    s = np.linalg.svd(x - x.mean(0), compute_uv=False)
+    np.testing.assert_allclose(np.sort(np.linalg.norm(coords, axis=0))[::-1], s[:2],
+                               rtol=1e-9)
