@@ -556,6 +556,40 @@ def test_fits_bytes_read_unsigned_over_their_whole_range(tmp_path):
         np.testing.assert_array_equal(data, expected)
 
 
+@pytest.mark.parametrize("dtype", [np.uint16, np.uint32, np.uint64])
+def test_unsigned_integer_images_read_exactly_by_every_path(tmp_path, dtype):
+    """Unsigned 16-, 32- and 64-bit images, stored as FITS stores them (signed integers with
+    BZERO = 2**(BITPIX - 1), BSCALE = 1), read as their own values by the fast reader, by
+    astropy's path and from bytes: small values are not lost to the offset (a 64-bit image
+    read through float64 arithmetic gave 0 for every value below 1024, a 32-bit one read
+    through float32 the same)."""
+    raw = np.arange(12).reshape(3, 4).astype(dtype)
+    raw[2, 3] = 2**15 + 3 if dtype == np.uint16 else 2**31 + 5
+    path = tmp_path / "u.fits"
+    fits.PrimaryHDU(raw, uint=True).writeto(path)
+    header = fits.getheader(path)
+    assert header["BZERO"] == 2 ** (header["BITPIX"] - 1) and header["BSCALE"] == 1
+    expected = raw.astype(np.float32)
+    for data in (read_file(path)[0].data[0],
+                 _read_fits_astropy(path, want_scale=True, triplet_hint=False)[0].data[0],
+                 parse_fits_bytes(path.read_bytes(), want_scale=False)[0]):
+        np.testing.assert_array_equal(data, expected)
+
+
+def test_float_image_with_bzero_alone_is_offset(tmp_path):
+    """A float image with BZERO but BSCALE = 1 is offset by BZERO in every reader (the scaling
+    is applied where either keyword is not its default, not only where BSCALE is not)."""
+    raw = np.arange(12, dtype=np.float32).reshape(3, 4)
+    hdu = fits.PrimaryHDU(raw)
+    hdu.header["BZERO"] = 10.0
+    path = tmp_path / "f.fits"
+    hdu.writeto(path)
+    for data in (read_file(path)[0].data[0],
+                 _read_fits_astropy(path, want_scale=True, triplet_hint=False)[0].data[0],
+                 parse_fits_bytes(path.read_bytes(), want_scale=False)[0]):
+        np.testing.assert_array_equal(data, raw + 10)
+
+
 def test_fast_and_astropy_fits_paths_read_the_first_of_a_repeated_card(tmp_path):
     """A header that repeats a keyword (two SATURATE cards, 100 then 5; the FITS standard allows
     one): the fast reader takes the first card, as astromorph's astropy path does (astropy's

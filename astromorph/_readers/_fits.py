@@ -494,7 +494,13 @@ def _physical(raw, bscale=1.0, bzero=0.0, blank=None):
     with np.errstate(over="ignore"):
         if raw.dtype.kind in "iu":
             blank_mask = (raw == blank) if blank is not None else None
-            if bscale != 1 or bzero != 0:
+            bits = raw.dtype.itemsize * 8
+            if raw.dtype.kind == "i" and bscale == 1 and bzero == 2 ** (bits - 1):
+                # unsigned integers as FITS stores them (BZERO = 2**(BITPIX-1)): the sign bit
+                # flipped, exactly; through float64, raw + 2**63 loses every value below 1024
+                unsigned = raw.astype(raw.dtype.newbyteorder("=")).view(f"u{bits // 8}")
+                out = (unsigned ^ np.array(1 << (bits - 1), unsigned.dtype)).astype(np.float32)
+            elif bscale != 1 or bzero != 0:
                 out = (raw.astype(np.float64) * bscale + bzero).astype(np.float32)
             else:
                 out = raw.astype(np.float32)
