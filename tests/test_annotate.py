@@ -4049,6 +4049,25 @@ def test_extname_names_the_band_of_an_image_extension_for_annotate(optical_model
     assert_scores(out["opt_p_a"], named["opt_p_a"], rtol=1e-5)
 
 
+@pytest.mark.parametrize("dtype", [np.uint16, np.uint32, np.uint64])
+def test_unsigned_integer_images_give_their_own_values(tmp_path, dtype):
+    """A uint32 or uint64 image, stored as FITS stores unsigned integers (signed, with
+    BZERO = 2**(BITPIX - 1)), gives its own values where annotate reads its pixels (by
+    index, in row strips, read whole): in float32, raw + 2**31 made every value below 128
+    a 0, and a 64-bit image was all zeros."""
+    w = sky_wcs()
+    raw = np.arange(40 * 30).reshape(40, 30).astype(dtype)
+    raw[-1, -1] = 2**15 + 3 if dtype == np.uint16 else 2**31 + 256
+    path = tmp_path / "u.fits"
+    fits.PrimaryHDU(raw, header=w.to_header(), uint=True).writeto(path)
+    assert fits.getheader(path)["BZERO"] == 2 ** (fits.getheader(path)["BITPIX"] - 1)
+    expected = raw.astype(np.float32)
+    with closing_files(parse_sky_images(str(path))) as [im]:
+        np.testing.assert_array_equal(im.take(np.arange(raw.size)), expected.ravel())
+        np.testing.assert_array_equal(im._strips(), expected)
+        np.testing.assert_array_equal(im._read_whole(), expected)
+
+
 @pytest.mark.parametrize("compressed", [False, True])
 @pytest.mark.parametrize("unscaled", [False, True])
 @pytest.mark.parametrize("dtype", ["uint16", "int8"])
