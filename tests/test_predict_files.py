@@ -693,6 +693,38 @@ def test_fast_and_astropy_fits_paths_agree_on_wcs(tmp_path):
         np.testing.assert_array_equal(fast.data, slow.data)
 
 
+def test_fast_reader_reads_d_exponents_and_doubled_quotes_as_astropy_does(tmp_path):
+    """Header values written as FITS allows: a D exponent (``CDELT1 = -2.5D-04``, Fortran's
+    double precision, as IRAF and AIPS write it) and a quote doubled inside a string
+    (``FILTER = 'Sloan''s r'``). The fast reader reads them as astropy does: the pixel scale
+    of the D-exponent CDELT (not "no WCS"), the BSCALE applied, and the band of the whole
+    string (not of ``'Sloan'``, cut at the doubled quote)."""
+    data = np.arange(20 * 20, dtype=np.int16).reshape(20, 20)
+    h = fits.Header({"CTYPE1": "RA---TAN", "CTYPE2": "DEC--TAN", "CRVAL1": 10.0, "CRVAL2": 5.0,
+                     "CRPIX1": 10.0, "CRPIX2": 10.0, "CDELT1": -2.5e-04, "CDELT2": 2.5e-04,
+                     "FILTER": "Sloan's r"})
+    hdu = fits.PrimaryHDU(data, header=h)
+    hdu.header["BSCALE"] = 2.0
+    path = tmp_path / "d.fits"
+    hdu.writeto(path)
+    raw = path.read_bytes()
+    for key, value in (("CDELT1", "-2.5D-04"), ("CDELT2", "2.5D-04"), ("BSCALE", "2.0D+00")):
+        start = raw.index(key.encode().ljust(8) + b"=")
+        raw = raw[:start] + f"{key:8}= {value:>20}".ljust(80).encode() + raw[start + 80:]
+    path.write_bytes(raw)
+    assert raw.count(b"D-04") == 2 and b"2.0D+00" in raw and b"'Sloan''s r'" in raw
+    assert fits.getheader(path)["CDELT1"] == -2.5e-4 and fits.getheader(path)["BSCALE"] == 2
+    for stamp in (read_file(path)[0], parse_fits_bytes(path.read_bytes(), want_scale=True),
+                  _read_fits_astropy(path, want_scale=True, triplet_hint=False)[0]):
+        if isinstance(stamp, tuple):  # parse_fits_bytes: (data, pixel scale)
+            np.testing.assert_array_equal(stamp[0], data * 2.0)
+            assert stamp[1] == pytest.approx(0.9, rel=1e-6)
+            continue
+        np.testing.assert_array_equal(stamp.data[0], data * 2.0)
+        assert stamp.pixel_scale == pytest.approx(0.9, rel=1e-6)
+        assert stamp.bands == ("r",)
+
+
 def test_memmapped_multi_extension_and_compressed(tmp_path):
     g = galaxy()
     write_mef(tmp_path / "m.fits", [g, g * 2, g * 3], ["SCIENCE", "REFERENCE", "DIFFERENCE"])

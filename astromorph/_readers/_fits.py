@@ -635,6 +635,28 @@ def _auxiliary_only(buf, pos):
     return False
 
 
+def _e_exponents(header):
+    """``header``, or a copy of it whose number cards written with a D exponent
+    (``CDELT1 = -2.5D-04``, as FITS allows) are rewritten with an E: wcslib reads such a
+    card as its digits before the D (-2.5 degrees), astropy's header and the fast reader
+    as the number it is."""
+    from astropy.io.fits import Card
+
+    fixed = None
+    for i, card in enumerate(header.cards):
+        if "D" not in card.image[10:].split("/", 1)[0].upper():
+            continue
+        try:
+            value = card.value
+        except Exception:  # noqa: BLE001 - an unparsable card: left to the WCS parsers
+            continue
+        if isinstance(value, float) and not isinstance(value, bool):
+            fixed = header.copy() if fixed is None else fixed
+            fixed.insert(i, Card(card.keyword, value, card.comment))  # (written with an E)
+            del fixed[i + 1]
+    return header if fixed is None else fixed
+
+
 def _header_scale(header):
     """Pixel scale (arcsec; `pixel_scales`: a pair for pixels that are not square) of the
     celestial WCS of an astropy header, or None where it has none, a degenerate one
@@ -648,6 +670,7 @@ def _header_scale(header):
     # part, so its first two axes, where the sky is, are read alone (a broken third axis
     # without a distortion stays a header with no usable WCS)
     naxis = 2 if _axis_count(header) > 2 and _distorted(header) else None
+    header = _e_exponents(header)
     with catch_warnings():
         warnings.simplefilter("ignore", FITSFixedWarning)
         try:
