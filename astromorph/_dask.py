@@ -284,7 +284,8 @@ TILE_MARGIN_PIXELS = 1.0
 #: centres), and cuts its stamp from that one tile.
 FOOTPRINT_MARGIN_PIXELS = 0.05
 
-#: Points sampled along each side of a tile's border for its bounding cone (`_tile_footprints`).
+#: Points sampled along each side of a tile's border, corners included, for its bounding cone
+#: and its footprint (`_tile_footprints`); a whole number, at least 4 (fewer are refused).
 CONE_BORDER_POINTS = 64
 
 #: Radius (degrees) past which a tile's cone is not used: the tile goes to every partition
@@ -326,17 +327,24 @@ def _tile_footprints(images, frames, coords):
     through the border's points farthest out along the four sides' normals (a TAN image's
     sides are great circles: its walls are its sides) and along `FOOTPRINT_DIRECTIONS`
     others. A direction ``v`` is on the footprint where ``v @ wall >= -sin_grow`` for
-    every wall (`_on_tiles`); ``sin_grow`` covers how far the border bows out between its
-    points (twice how much farther out it reaches with every point than with every other
-    one) and 1 mas, in the projection's scale at the cone's edge (a conservative bound on
-    the sine of the angle). Rows of unusable images are NaN.
+    every wall (`_on_tiles`); ``sin_grow`` covers how far the border bows out past the
+    chord between two neighbouring points (the largest second difference of the points
+    along a side: eight times the bound on that sag where the border is smooth between
+    them, its curvature resolved by them, and a bound where it turns once between two of
+    them, as on a quad-cube's face edge) and 1 mas, in the projection's scale at the
+    cone's edge (a conservative bound on the sine of the angle). Rows of unusable images
+    are NaN. Where the border is smooth or turns so, the walls hold it 0.05 pixel out all
+    along (not only at the sampled points): no source on an image is off its footprint.
+
+    Raises `InvalidArgumentError` where `CONE_BORDER_POINTS` is below 4, and
+    `InvalidArgumentTypeError` where it is not a whole number.
     """
     import numpy as np
     from astropy.coordinates import SkyCoord
 
     from ._annotate import _frame_key
 
-    k = CONE_BORDER_POINTS
+    k = check_whole(CONE_BORDER_POINTS, "astromorph._dask.CONE_BORDER_POINTS", minimum=4)
     points, by_frame = [], {}
     for i, (image, frame) in enumerate(zip(images, frames)):
         ny, nx = image.shape
@@ -397,12 +405,15 @@ def _tile_footprints(images, frames, coords):
             normals /= np.linalg.norm(normals, axis=1)[:, None]
             normals *= np.sign(np.sum(normals * (corners + sides / 2), axis=1))[:, None]
             directions = np.concatenate([normals, spread])
-            reach = plane @ directions.T  # (points, walls)
-            support = reach.max(axis=0)
-            every_other = np.arange(len(plane)) % (k - 1) % 2 == 0  # the corners among them
-            bow = max(0.0, (support - reach[every_other].max(axis=0)).max())
+            support = (plane @ directions.T).max(axis=0)  # (walls,)
+            # how far the border passes the chord between two of its points (its sag): at
+            # most h^2 / 8 max|p''| where smooth (p(t) the border, h the step), and h^2 p'' is
+            # each point's second difference; at most the larger second difference beside
+            # one turn between them (a quad-cube's face edge): the largest one covers both
+            side = plane[(np.arange(4)[:, None] * (k - 1) + np.arange(k)) % len(plane)]
+            sag = np.linalg.norm(side[:, 2:] - 2 * side[:, 1:-1] + side[:, :-2], axis=-1).max()
             # a gnomonic length is at most 1 / cos(radius)^2 times the angle it spans
-            grow = (2 * bow + np.radians(1 / 3.6e6)) / np.cos(radius) ** 2
+            grow = (sag + np.radians(1 / 3.6e6)) / np.cos(radius) ** 2
             normal = support[:, None] * centre - directions @ np.stack([e1, e2])
             walls[i] = normal / np.linalg.norm(normal, axis=1)[:, None]
             # v @ wall: (support - reach) / |(1, reach)| / |(1, support)|, under -grow

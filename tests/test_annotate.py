@@ -23,7 +23,8 @@ from astromorph._cutouts import SkyImage, cut_stamps
 from astromorph._images import closing_files, parse_sky_images
 from astromorph.exceptions import (AmbiguousInputWarning, AstromorphWarning, InputDTypeError,
                                    InputError, InputNotFoundError, InvalidArgumentError,
-                                   LossyOutputWarning, UnusableInputWarning)
+                                   InvalidArgumentTypeError, LossyOutputWarning,
+                                   UnusableInputWarning)
 
 from conftest import assert_same_values, assert_scores
 from tiny_models import make_card, tiny_classifier_onnx
@@ -4662,6 +4663,63 @@ def test_annotate_dask_sends_all_sky_and_wide_tiles_to_every_partition():
     assert vector @ centres[3] >= cos_radius[3]
     # and not much wider than the tile: 400 pixels of 1e-4 deg, a half-diagonal of 0.028 deg
     assert np.degrees(np.arccos(cos_radius[3])) < 1.05 * 0.04 * np.sqrt(2) / 2
+
+
+@pytest.mark.parametrize("ctype, shape, cdelt, crpix, points", [
+    ("CAR", (300, 600), 0.04, (300, -1500), 64), ("CAR", (300, 600), 0.04, (300, -1500), 9),
+    ("CAR", (300, 600), 0.04, (300, -1500), 5), ("CAR", (300, 600), 0.04, (300, -1500), 4),
+    ("STG", (50, 2000), 0.01, (1000, -4000), 64), ("STG", (50, 2000), 0.01, (1000, -4000), 4),
+    ("AIT", (50, 2000), 0.01, (1000, -4000), 64), ("ARC", (100, 300), 0.08, (-600, 900), 9)])
+def test_annotate_dask_footprint_holds_a_curved_border_a_twentieth_of_a_pixel_out_all_along(
+        monkeypatch, ctype, shape, cdelt, crpix, points):
+    """A tile's footprint holds its border pushed out by `FOOTPRINT_MARGIN_PIXELS` all along,
+    not only at the `CONE_BORDER_POINTS` sampled on it: a tile many degrees from its
+    projection's reference point (its sides curved on the sky) left a few dozen of 12,000
+    points of that border off its footprint at 64 points a side (the walls widened by a guess
+    at the bow that missed a bow peaking halfway between two points), and a thousand at 4
+    (every other point taken as the corners); the walls are widened by the sag that the
+    points' second differences bound: at 64 points a side, by a fifth of a pixel at most."""
+    from astropy.coordinates import ICRS
+
+    import astromorph._dask as adask
+
+    monkeypatch.setattr(adask, "CONE_BORDER_POINTS", points)
+    w = WCS(naxis=2)
+    w.wcs.ctype, w.wcs.crval = [f"RA---{ctype}", f"DEC--{ctype}"], [0.0, 0.0]
+    w.wcs.cdelt, w.wcs.crpix = [-cdelt, cdelt], list(crpix)
+    image = SkyImage(np.zeros(shape, np.float32), w)
+    centres, cos_radius, usable, walls, sin_grow = adask._tile_footprints(
+        [image], [ICRS()], SkyCoord([0.0], [0.0], unit="deg"))
+    assert usable.tolist() == [True]
+    (ny, nx), m, t = shape, adask.FOOTPRINT_MARGIN_PIXELS + 0.5, np.linspace(0, 1, 3000)
+    across, up = -m + t * (nx - 1 + 2 * m), -m + t * (ny - 1 + 2 * m)
+    x = np.concatenate([across, np.full_like(t, nx - 1 + m), across, np.full_like(t, -m)])
+    y = np.concatenate([np.full_like(t, -m), up, np.full_like(t, ny - 1 + m), up])
+    border = adask._unit_vectors(*w.all_pix2world(x, y, 0))
+    on = adask._on_tiles(border, centres, cos_radius, walls, sin_grow)[:, 0]
+    assert on.all(), f"{np.count_nonzero(~on)} of {len(on)} points of the border off"
+    if points == 64:  # the walls widened by little: a fifth of a pixel
+        assert np.degrees(np.arcsin(sin_grow[0])) < 0.2 * cdelt
+
+
+@pytest.mark.parametrize("points", [3, 0, -64, 8.5, 64.0 + 1e-9])
+def test_annotate_dask_refuses_too_few_border_points(monkeypatch, points):
+    """`CONE_BORDER_POINTS` below 4 (or not whole) is refused, naming it: 3 points a side
+    gave a footprint from one second difference a side, and fewer none."""
+    from astropy.coordinates import ICRS
+
+    import astromorph._dask as adask
+
+    monkeypatch.setattr(adask, "CONE_BORDER_POINTS", points)
+    w = WCS(naxis=2)
+    w.wcs.ctype, w.wcs.cdelt = ["RA---TAN", "DEC--TAN"], [-1e-4, 1e-4]
+    image = SkyImage(np.zeros((40, 40), np.float32), w)
+    with pytest.raises(InvalidArgumentError, match=r"CONE_BORDER_POINTS.*>= 4.*got "
+                       + re.escape(repr(points))):
+        adask._tile_footprints([image], [ICRS()], SkyCoord([0.0], [0.0], unit="deg"))
+    with pytest.raises(InvalidArgumentTypeError, match="CONE_BORDER_POINTS.*'64'"):
+        monkeypatch.setattr(adask, "CONE_BORDER_POINTS", "64")
+        adask._tile_footprints([image], [ICRS()], SkyCoord([0.0], [0.0], unit="deg"))
 
 
 @pytest.mark.parametrize("partition_size", [1, 5, 7, 40])
