@@ -14,8 +14,8 @@ from astropy.io import fits
 
 from ._cutouts import SkyImage, _check_wcs_object
 from ._readers._compressed import COMPRESSED_MAGIC, LZW_MAGIC, STREAM_OPENERS
-from ._readers._fits import (_AUX_EXTNAMES, _FAST_DTYPES, _MEMBERS, _TRIPLET_NAMES, _physical,
-                             _image_quantisation, band_of_header, beam_of_header, header_facts,
+from ._readers._fits import (_AUX_EXTNAMES, _FAST_DTYPES, _MEMBERS, _TRIPLET_NAMES,
+                             _e_exponents, _image_quantisation, _physical, band_of_header, beam_of_header, header_facts,
                              linear_fluxes, normalise_band, repeated_scaling,
                              saturation_of_header, truncated_file, wcs_matrix_problem)
 from ._warnings import catch_warnings, first_few, warn, warn_again
@@ -66,6 +66,8 @@ def _read_lone_science_by_filter(images):
 def _celestial_wcs(header, name):
     from astropy.wcs import WCS, FITSFixedWarning  # imported here: it takes a while
 
+    # a number card with a D exponent (CDELT1 = -2.5D-04), which wcslib reads as -2.5
+    header = _e_exponents(header) if header else header
     with catch_warnings():
         warnings.simplefilter("ignore", FITSFixedWarning)
         try:

@@ -52,7 +52,7 @@ def _celestial_wcs(get):
     from astropy.wcs import WCS, FITSFixedWarning
 
     from ._cutouts import _check_wcs
-    from ._readers._fits import wcs_matrix_problem
+    from ._readers._fits import _e_exponents, wcs_matrix_problem
     from ._warnings import catch_warnings
 
     if get is None:
@@ -64,6 +64,7 @@ def _celestial_wcs(get):
             header = _header(get)
             if header is None:
                 return None
+            header = _e_exponents(header)  # (CDELT1 = -2.5D-04: wcslib reads -2.5)
             wcs = WCS(header)
             # celestial axes that are not the stamp's two pixel axes (NAXIS1, NAXIS2: a cube
             # of CTYPE1 = 'FREQ'): the celestial WCS would be read along the wrong ones

@@ -1847,6 +1847,55 @@ def test_wcs_with_scale_keywords_places_sources(optical_model, keys):
     assert not np.ma.getmaskarray(out["opt_p_a"]).any()
 
 
+@pytest.mark.parametrize("cards", [
+    ("CDELT1  = -2.5D-04", "CDELT2  = 2.5D-04"),
+    ("CD1_1   = -2.5D-04", "CD1_2   = 0.0", "CD2_1   = 0.0", "CD2_2   = 2.5D-04"),
+], ids=["cdelt", "cd"])
+# (and no warning of a duplicate keyword from rewriting the card)
+@pytest.mark.filterwarnings("error::astropy.utils.exceptions.AstropyUserWarning")
+def test_fits_wcs_card_with_a_d_exponent_places_sources_at_its_scale(optical_model, tmp_path,
+                                                                      monkeypatch, cards):
+    """``CDELT1 = -2.5D-04`` (a D exponent, as FITS allows) is 2.5e-4 degrees: wcslib read
+    the card as its digits before the D (-2.5 degrees/pixel), so annotate cut the source's
+    stamp from the wrong pixels. A blob at a known pixel is now at the centre of its stamp,
+    the image's pixel scale is 0.9 arcsec, and the scores are those of the same file written
+    with E exponents."""
+    from astromorph import _annotate
+
+    n, (bx, by) = 200, (130.0, 70.0)
+    yy, xx = np.mgrid[:n, :n]
+    img = (0.05 + 3.0 * np.exp(-((xx - bx) ** 2 + (yy - by) ** 2) / 8.0)).astype(np.float32)
+    common = ["CTYPE1  = 'RA---TAN'", "CTYPE2  = 'DEC--TAN'", "CRVAL1  = 150.0",
+              "CRVAL2  = 2.2", "CRPIX1  = 100.0", "CRPIX2  = 100.0"]
+    d_path, e_path = tmp_path / "d.fits", tmp_path / "e.fits"
+    for path, exp in ((d_path, "D"), (e_path, "E")):
+        h = fits.Header([fits.Card.fromstring(c.replace("D-", f"{exp}-"))
+                         for c in common + list(cards)])
+        fits.writeto(path, img, h)
+    assert b"= -2.5D-04" in d_path.read_bytes()  # written as given
+    right = WCS(fits.getheader(e_path))
+    cat = catalogue(right, [(bx, by)])
+    seen = []
+
+    def spy(image, *args, **kwargs):
+        res = cut(image, *args, **kwargs)
+        seen.append((image.wcs.proj_plane_pixel_scales(), res.stamps))
+        return res
+
+    cut = _annotate.cut_stamps
+    monkeypatch.setattr(_annotate, "cut_stamps", spy)
+    out = astromorph.annotate(cat, str(d_path), model=optical_model)
+    expected = astromorph.annotate(cat, str(e_path), model=optical_model)
+    (scales, stamps), _ = seen
+    assert [s.to_value("arcsec") for s in scales] == pytest.approx([0.9, 0.9])
+    stamp = stamps[0]
+    peak = np.unravel_index(np.nanargmax(stamp), stamp.shape)
+    assert all(abs(p - (SIZE - 1) / 2) <= 1 for p in peak), peak
+    assert np.nanmax(stamp) > 2.0  # the blob's peak, not the background
+    assert out["opt_flags"][0] == 0
+    assert_same_values(out, expected, out.colnames)
+
+
 @pytest.mark.filterwarnings("ignore::astropy.io.fits.verify.VerifyWarning")  # the NaN card under test
 def test_nan_reference_point_in_a_fits_header_is_an_input_error(optical_model, tmp_path):
     """``CRVAL1 = NaN`` in a FITS file: wcslib reads the card as absent (0), and every

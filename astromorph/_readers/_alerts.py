@@ -11,7 +11,7 @@ import numpy as np
 
 from .._flags import Flag
 from ..exceptions import MissingDependencyError
-from ._fits import parse_fits_bytes
+from ._fits import _e_exponents, parse_fits_bytes
 from ._stamp import Stamp, common_pixel_scale
 
 __all__ = ["ZTF_QUADRANT_SHAPE", "ZTF_STAMP_SIZE", "iter_avro_records", "read_alerts"]
@@ -815,7 +815,8 @@ def _candidate_pixel(blob, ra, dec, what="the diaSource"):
     # (astromorph's lock: the reader thread of predict_files may be in such a block too)
     with catch_warnings():
         warnings.simplefilter("ignore", FITSFixedWarning)
-        wcs = WCS(fits.Header.fromstring(bytes(buf[:end]).decode("ascii", "replace"))).celestial
+        header = fits.Header.fromstring(bytes(buf[:end]).decode("ascii", "replace"))
+        wcs = WCS(_e_exponents(header)).celestial  # (CDELT1 = -2.5D-04: wcslib reads -2.5)
         x, y = wcs.world_to_pixel(SkyCoord(ra, dec, unit="deg", frame="icrs"))
     x, y = float(x), float(y)
     if not (np.isfinite(x) and np.isfinite(y)):

@@ -640,21 +640,23 @@ def _e_exponents(header):
     (``CDELT1 = -2.5D-04``, as FITS allows) are rewritten with an E: wcslib reads such a
     card as its digits before the D (-2.5 degrees), astropy's header and the fast reader
     as the number it is."""
-    from astropy.io.fits import Card
+    from astropy.io.fits import Card, Header
 
-    fixed = None
-    for i, card in enumerate(header.cards):
+    def d_exponent(card):
         if "D" not in card.image[10:].split("/", 1)[0].upper():
-            continue
+            return False
         try:
             value = card.value
         except Exception:  # noqa: BLE001 - an unparsable card: left to the WCS parsers
-            continue
-        if isinstance(value, float) and not isinstance(value, bool):
-            fixed = header.copy() if fixed is None else fixed
-            fixed.insert(i, Card(card.keyword, value, card.comment))  # (written with an E)
-            del fixed[i + 1]
-    return header if fixed is None else fixed
+            return False
+        return isinstance(value, float)
+
+    if not any(d_exponent(card) for card in header.cards):
+        return header
+    # a new Header of the cards (not insert and delete: astropy warns of the duplicate
+    # keyword that an insertion makes for a moment, and of every repeated card)
+    return Header([Card(card.keyword, card.value, card.comment) if d_exponent(card)
+                   else card for card in header.copy().cards])  # (written with an E)
 
 
 def _header_scale(header):
