@@ -5557,3 +5557,175 @@ def test_header_targets_of_fits_inputs_only_warn_of_nothing(tmp_path):
         warnings.simplefilter("error")
         assert header_targets([p], tmp_path / "out", False, False) == {p: tmp_path / "out"
                                                                        / "a.fits"}
+
+
+def _hand_header(*cards):
+    """A FITS header block of ``cards`` (strings, END added), padded to 2880 bytes."""
+    text = "".join(c.ljust(80) for c in (*cards, "END"))
+    return text.ljust(-(-len(text) // 2880) * 2880).encode()
+
+
+def test_integer_image_whose_bzero_cancels_large_raw_values_reads_them_exactly(tmp_path):
+    """int32 pixels stored as raw - 1e9 with BZERO = 1e9: the physical values are the small
+    integers k, read exactly by the fast reader, astropy's path and from bytes (scaled in
+    float64: float32 spaces values near 1e9 by 64, and every k came out 0 or 64)."""
+    k = np.arange(20 * 20).reshape(20, 20)
+    hdu = fits.PrimaryHDU((k - 1_000_000_000).astype(np.int32))
+    hdu.header["BZERO"] = 1e9  # set after the data: the raw values are stored
+    hdu.writeto(tmp_path / "z.fits")
+    assert fits.getheader(tmp_path / "z.fits")["BZERO"] == 1e9
+    for data in (read_file(tmp_path / "z.fits")[0].data[0],
+                 _read_fits_astropy(tmp_path / "z.fits", want_scale=False,
+                                    triplet_hint=False)[0].data[0],
+                 parse_fits_bytes((tmp_path / "z.fits").read_bytes(), want_scale=False)[0]):
+        np.testing.assert_array_equal(data, k.astype(np.float32))
+
+
+def test_groups_header_and_zero_length_axis_are_refused_alike_by_both_fits_paths(tmp_path):
+    """A primary header with GROUPS = T (random groups, even with NAXIS1 > 0) and an image
+    with an axis of length 0 hold no image to score: the fast reader leaves both to astropy,
+    and both paths refuse them with one reason (an empty image was read as a 0 x 20 stamp
+    with no flag)."""
+    raw = np.arange(20 * 20, dtype=">f4").reshape(20, 20)
+    common = ["SIMPLE  =                    T", "BITPIX  =                  -32",
+              "NAXIS   =                    2", "NAXIS1  =                   20"]
+    (tmp_path / "groups.fits").write_bytes(
+        _hand_header(*common, "NAXIS2  =                   20", "GROUPS  =                    T",
+                     "PCOUNT  =                    0", "GCOUNT  =                    1")
+        + raw.tobytes().ljust(2880, b"\0"))
+    (tmp_path / "empty.fits").write_bytes(_hand_header(*common, "NAXIS2  =                    0"))
+    for name in ("groups.fits", "empty.fits"):
+        for (stamp,) in (read_file(tmp_path / name),
+                         _read_fits_astropy(tmp_path / name, want_scale=True,
+                                            triplet_hint=False)):
+            assert stamp.data is None and stamp.flags & Flag.BAD_INPUT, name
+            assert stamp.reason == ["no image HDU with data"], name
+        with pytest.raises(ValueError, match="no image data in stamp"):
+            parse_fits_bytes((tmp_path / name).read_bytes())
+
+
+def test_rotated_pc_matrix_with_non_square_pixels_gives_their_scales(tmp_path):
+    """CDELTi scale the rows of PCi_j (wcslib: CDi_j = CDELTi PCi_j): a PC rotation of 30
+    degrees with CDELT1 = -1e-4, CDELT2 = 2e-4 gives pixels of 0.36" x 0.72"... as astropy
+    reads them, on the fast path and astropy's (scaling the columns gave other sides)."""
+    from astropy.wcs import WCS
+
+    from astromorph._readers._fits import _header_scale, pixel_scales
+
+    t = np.radians(30.0)
+    h = fits.Header()
+    h.update(CTYPE1="RA---TAN", CTYPE2="DEC--TAN", CRVAL1=10.0, CRVAL2=5.0, CRPIX1=16.0,
+             CRPIX2=16.0, CDELT1=-1e-4, CDELT2=2e-4, PC1_1=np.cos(t), PC1_2=-np.sin(t),
+             PC2_1=np.sin(t), PC2_2=np.cos(t))
+    expected = pixel_scales(WCS(h).celestial.pixel_scale_matrix)
+    assert np.ptp(expected) > 0.1  # not square
+    assert _header_scale(h) == pytest.approx(expected)
+    fits.PrimaryHDU(galaxy(32), header=h).writeto(tmp_path / "pc.fits")
+    for stamp in (read_file(tmp_path / "pc.fits")[0],
+                  _read_fits_astropy(tmp_path / "pc.fits", want_scale=True,
+                                     triplet_hint=False)[0]):
+        assert stamp.pixel_scale == pytest.approx(expected), stamp.pixel_scale
+    _, scale = parse_fits_bytes((tmp_path / "pc.fits").read_bytes())
+    assert scale == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("layout", ["stokes_first", "stokes_pc"])
+def test_stokes_axis_not_last_or_stepped_by_pc_gives_the_i_plane(tmp_path, layout):
+    """A Stokes axis that is not the last FITS axis (CTYPE3 = STOKES of a 4-axis cube whose
+    FREQ is axis 4), and one whose step is CDELT3 x PC3_3 (CDELT3 = 2, PC3_3 = 0.5: the
+    planes are I, Q, U): the I plane is read, not another (wrong axis, or the step read as
+    2 and the planes as I, U, ...)."""
+    planes = np.stack([galaxy(24, seed=s) * (s + 1) for s in range(3)])  # I, Q, U
+    h = fits.Header()
+    h.update(CTYPE1="RA---SIN", CTYPE2="DEC--SIN", CRVAL1=10.0, CRVAL2=5.0, CRPIX1=12.0,
+             CRPIX2=12.0, CDELT1=-1e-4, CDELT2=1e-4)
+    if layout == "stokes_first":  # FITS axes: RA, DEC, STOKES (3 planes), FREQ (1)
+        data = planes[None]
+        h.update(CTYPE3="STOKES", CRVAL3=1.0, CRPIX3=1.0, CDELT3=1.0, CTYPE4="FREQ",
+                 CRVAL4=1.4e9, CRPIX4=1.0, CDELT4=1e6)
+    else:  # STOKES last, stepped 2 x 0.5, reference on the third plane (U = 3)
+        data = planes
+        h.update(CTYPE3="STOKES", CRVAL3=3.0, CRPIX3=3.0, CDELT3=2.0, PC3_3=0.5)
+    fits.PrimaryHDU(data, header=h).writeto(tmp_path / "s.fits")
+    for stamp in (read_file(tmp_path / "s.fits")[0],
+                  _read_fits_astropy(tmp_path / "s.fits", want_scale=True,
+                                     triplet_hint=False)[0]):
+        assert not stamp.flags, stamp.reason
+        np.testing.assert_array_equal(stamp.data[0], planes[0])
+    np.testing.assert_array_equal(
+        parse_fits_bytes((tmp_path / "s.fits").read_bytes(), want_scale=False)[0], planes[0])
+
+
+def test_triplet_role_given_twice_takes_its_first_plane(tmp_path):
+    """Two SCIENCE HDUs (then REFERENCE, DIFFERENCE): the triplet's science member is the
+    first of them, as `_triplet_stamp` documents, not the last."""
+    g = galaxy(32)
+    write_mef(tmp_path / "t.fits", [g, g * 7, g * 2, g * 3],
+              ["SCIENCE", "SCIENCE", "REFERENCE", "DIFFERENCE"])
+    (stamp,) = read_file(tmp_path / "t.fits")
+    assert stamp.kind == "triplet"
+    np.testing.assert_array_equal(stamp.data[0], g)
+    np.testing.assert_array_equal(stamp.data[1], g * 2)
+
+
+def test_band_hdus_of_different_shapes_are_refused_with_a_reason(tmp_path):
+    """g, r, i HDUs of 32 x 32, 32 x 32 and 24 x 32 pixels: no stack of bands, a stamp
+    flagged BAD_INPUT naming the shapes (not numpy's stacking error)."""
+    write_mef(tmp_path / "b.fits", [galaxy(32), galaxy(32, 1), galaxy(32, 2)[:24]], "gri",
+              key="FILTER")
+    (stamp,) = read_file(tmp_path / "b.fits")
+    assert stamp.data is None and stamp.flags & Flag.BAD_INPUT
+    assert stamp.reason == ["band images differ in shape: 32x32, 32x32, 24x32"]
+
+
+def test_extension_with_gcount_above_one_is_sized_for_all_its_groups(tmp_path):
+    """A MASK extension with GCOUNT = 2 (PCOUNT = 0) holds twice its NAXIS product (8192
+    bytes of 32 x 32 float32): whole, the primary image is read; cut after one group (5760
+    bytes, one group padded), the file is refused as truncated, by the fast reader, astropy's
+    path and from bytes alike (sized for one group, the fast reader found it whole)."""
+    img = galaxy(32)
+    one = img.astype(">f4").tobytes()
+    ext = _hand_header("XTENSION= 'IMAGE   '", "BITPIX  =                  -32",
+                       "NAXIS   =                    2", "NAXIS1  =                   32",
+                       "NAXIS2  =                   32", "PCOUNT  =                    0",
+                       "GCOUNT  =                    2", "EXTNAME = 'MASK    '")
+    prim = fits.PrimaryHDU(img)
+    prim.header["EXTEND"] = True
+    buf = io.BytesIO()
+    prim.writeto(buf)
+    (tmp_path / "whole.fits").write_bytes(buf.getvalue() + ext + (one + one).ljust(8640, b"\0"))
+    (tmp_path / "cut.fits").write_bytes(buf.getvalue() + ext + one.ljust(5760, b"\0"))
+    for read in (read_file, lambda p: _read_fits_astropy(p, want_scale=False,
+                                                          triplet_hint=False)):
+        (stamp,) = read(tmp_path / "whole.fits")
+        assert not stamp.flags, stamp.reason
+        np.testing.assert_array_equal(stamp.data[0], img)
+        (stamp,) = read(tmp_path / "cut.fits")
+        assert stamp.data is None and stamp.flags & Flag.BAD_INPUT
+        assert stamp.reason == ["truncated FITS file cut.fits: the header of "
+                                "HDU 1, EXTNAME 'MASK' gives 8192 bytes of data, the file "
+                                "holds 5760"]
+    np.testing.assert_array_equal(
+        parse_fits_bytes((tmp_path / "whole.fits").read_bytes(), want_scale=False)[0], img)
+    with pytest.raises(ValueError, match="HDU 1, EXTNAME 'MASK' gives 8192 bytes of data, "
+                                         "the bytes hold 5760"):
+        parse_fits_bytes((tmp_path / "cut.fits").read_bytes(), want_scale=False)
+
+
+def test_quantisation_step_of_a_lossily_compressed_image_is_scaled_by_bscale(tmp_path):
+    """A lossily tile-compressed image with BSCALE = 2: its pixels are twice what the tiles
+    hold, and so is its quantisation step (`Stamp.quantum`)."""
+    from astromorph._readers._fits import _quantisation_steps
+
+    img = np.random.default_rng(0).normal(0, 1, (16, 16)).astype(np.float32)
+    tiled = fits.CompImageHDU(img, compression_type="RICE_1", quantize_level=4)
+    tiled.header["BSCALE"] = 2.0  # set after the data: the tiles hold img
+    path = tmp_path / "q.fits"
+    fits.HDUList([fits.PrimaryHDU(), tiled]).writeto(path)
+    with fits.open(path, do_not_scale_image_data=True) as hdul:
+        assert hdul[1].header["BSCALE"] == 2.0
+        raw = np.asarray(hdul[1].data, np.float32)
+        _, steps = _quantisation_steps(hdul[1], 1.0)
+    (stamp,) = read_file(path)
+    np.testing.assert_allclose(stamp.data[0], raw * 2, rtol=1e-6)
+    np.testing.assert_allclose(stamp.quantum, [2 * steps.max()])

@@ -1068,8 +1068,10 @@ def _is_auxiliary(hdu):
 
 
 def _has_image_data(hdu):
-    """Whether an astropy HDU is an image HDU with axes and data."""
-    return bool(hdu.is_image and hdu.header.get("NAXIS", 0) and hdu.data is not None)
+    """Whether an astropy HDU is an image HDU with axes and data (an axis of length 0, which
+    astropy reads as an empty array, holds none: no image to score)."""
+    return bool(hdu.is_image and hdu.header.get("NAXIS", 0) and hdu.data is not None
+                and hdu.data.size)
 
 
 def _in_hdu(i, reason):
