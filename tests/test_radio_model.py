@@ -2577,3 +2577,37 @@ def test_annotate_stamps_holds_fine_pixel_radio_rows_on_the_first_grid():
     assert len(out) == n and np.isfinite(out["radio_p_FRI"]).all()
     native = data[0].nbytes
     assert peak < n * native, peak / native  # (one native image a row)
+
+
+def test_native_radio_stamps_fall_on_the_image_pixels_about_a_source_on_a_pixel_corner():
+    """`_native_grids` cuts an even side (one pixel more) where the source lies nearer a
+    pixel corner than a pixel centre along both axes, so that the stamp's pixels fall on
+    the image's, odd elsewhere (a source off the image: odd); at 1" the side was 577
+    whatever the source's position. Checked on the stamps too: about a corner, the even
+    stamp's pixels are the image's own (bilinear weights 0 and 1)."""
+    from astromorph import _annotate
+    from astromorph._cutouts import cut_stamps
+    from astromorph._images import parse_sky_images
+
+    n = 600
+    image = np.random.default_rng(1).normal(0, 1.0, (n, n)).astype(np.float32)
+    w = WCS(naxis=2)
+    w.wcs.ctype = ["RA---TAN", "DEC--TAN"]
+    w.wcs.crval, w.wcs.crpix = [150.0, 20.0], [300.5, 300.5]  # (a corner at CRVAL)
+    w.wcs.cdelt = [-1.0 / 3600, 1.0 / 3600]
+    header = w.to_header()
+    header["BUNIT"], header["BMAJ"], header["BMIN"] = "JY/BEAM", 5.4 / 3600, 5.4 / 3600
+    [sky_image] = parse_sky_images(fits.HDUList([fits.PrimaryHDU(image, header=header)]))
+    # 0-based pixel positions: corner, centre, corner and centre, near a corner, off
+    x = np.array([299.5, 299.0, 299.5, 299.3, 299.74, 1e4])
+    y = np.array([299.5, 299.0, 299.0, 299.7, 299.26, 299.5])
+    lon, lat = w.pixel_to_world_values(x, y)
+    sky = [(lon, lat, x, y, np.zeros(len(x)))]
+    choice = (np.zeros(len(x), int), x > n)
+    sides, scale = _annotate._native_grids([sky_image], choice, sky,
+                                           np.full(len(x), 1.8), 300)
+    assert sides.tolist() == [578, 577, 577, 578, 578, 300]
+    np.testing.assert_allclose(scale, [1.0] * 5 + [1.8])
+    # (stamp pixel 0 on image pixel 299.5 - 288.5 = 11; an odd side took means of four)
+    stamp = cut_stamps(sky_image, lon[:1], lat[:1], size=578, pixel_scale=1.0).stamps[0]
+    np.testing.assert_allclose(stamp, image[11:589, 11:589], atol=2e-3)  # (the WCS: 1e-4 px)
