@@ -1,10 +1,13 @@
 """Radio preprocessing details that the wider radio tests leave open: the FIRST grid of
 pixels that are FIRST's along one axis only, the grid's extent on a small image, the
 centring of non-square FIRST cutouts, the order of the edge strips and the unit range of
-the network input."""
+the network input; and the boundaries that mutation testing found unpinned (a zero pixel
+scale, a zero threshold, a pixel exactly at the clipping width, the rings' outer edge and
+8-bit step, binning by more than one pixel, the window the noise is measured on)."""
 import numpy as np
 import pytest
 
+from astromorph.exceptions import InvalidArgumentError
 from astromorph.preprocessing import _radio as radio
 
 
@@ -108,3 +111,94 @@ def test_minor_axis_above_the_major_is_taken_as_the_major():
     want, want_smoothed = radio.smooth_to_first_beam(image, [[3.0, 3.0, 0.0]])
     assert smoothed.tolist() == want_smoothed.tolist() == [True]
     np.testing.assert_array_equal(out, want)
+
+
+def test_zero_pixel_scale_is_refused():
+    """A pixel scale of zero is no scale (`to_arcsec` requires values above zero): an
+    `InvalidArgumentError` naming it, not a division by zero on the way to the grid."""
+    with pytest.raises(InvalidArgumentError, match="pixel_scale_arcsec"):
+        radio.resample_to_first_grid(np.zeros((20, 20)), 0.0)
+    with pytest.raises(InvalidArgumentError, match="pixel_scale_arcsec"):
+        radio.smooth_to_first_beam(np.zeros((1, 20, 20)), [[2.0, 2.0, 0.0]],
+                                   pixel_scale_arcsec=(1.0, 0.0))
+
+
+def test_zero_threshold_is_allowed():
+    """``threshold_sigma=0`` (documented minimum 0) clips at zero: every pixel above zero
+    is scaled, the brightest to 255, and those at or below zero read 0."""
+    image = np.zeros((300, 300))
+    image[150, 150], image[150, 151], image[151, 150] = 2.0, 1.0, -1.0
+    out = radio.first_cutout_to_uint8(image, rms=1.0, threshold_sigma=0)
+    assert (out[150, 150], out[150, 151], out[151, 150]) == (255, 127, 0)
+    assert out.sum(dtype=int) == 255 + 127
+
+
+def test_clipped_background_keeps_pixels_exactly_at_the_clipping_width():
+    """`background_significance` keeps the pixels ``abs(x - centre) <= 3 * rms``, the edge
+    included (as the plain clipping loop does): with 20 % of the pixels at -5, 35 % at 0 and
+    45 % at 3 and rms 1, the first clipping about the median 0 keeps the 0s and the 3s,
+    whose median is 3; dropping the pixels exactly 3 away would leave 0."""
+    values = np.repeat([-5.0, 0.0, 3.0], [18000, 31500, 40500])
+    image = np.random.default_rng(3).permutation(values).reshape(300, 300)
+    assert radio.background_significance(image, rms=1.0) == 3.0
+
+
+def _ring_window(fill=0.0):
+    return np.full((1, 300, 300), fill)
+
+
+def test_rings_end_inside_the_window():
+    """The rings of `_ring_levels` reach to 150 pixels from the centre, exclusive: the
+    window's first row and column (150 pixels from the centre pixel 150, the only pixels at
+    that distance: the window ends at 149 on the other side) belong to no ring, so the rings
+    are symmetric about the centre. A deep deficit there is no ring below zero."""
+    window = _ring_window()
+    window[0, 150, 150] = 50.0
+    window[0, 0, :] = window[0, :, 0] = -100.0
+    assert np.isnan(radio._ring_levels(window, np.array([1.0]))).all()
+    ring, count = radio._RINGS
+    assert count == 150 // radio._RING_PIXELS + 1
+    assert (ring[0, :] == -1).all() and (ring[:, 0] == -1).all()
+    assert (ring[1:, 1:] == ring[1:, 1:][::-1, ::-1]).all()
+
+
+@pytest.mark.parametrize("peak, counted", [(2552.0, True), (2554.0, False)])
+def test_ring_depth_is_judged_in_steps_above_the_threshold(peak, counted):
+    """A ring counts only below ``RING_MIN_STEPS`` 8-bit steps of the data-set scaling, a
+    step being ``(peak - threshold) / 255`` with the threshold at 3 rms: a ring 1 rms below
+    zero (rms 1) counts for a peak of 2552 (0.1 steps = 0.99961) and not of 2554 (1.00039);
+    a step of ``peak / 255`` (the threshold forgotten) would put the bound at 2550."""
+    window = _ring_window()
+    window[0, 150, 150] = peak
+    yy, xx = np.mgrid[:300, :300]
+    r = np.hypot(yy - 150, xx - 150)
+    window[0][(r >= 40) & (r < 48)] = -1.0  # the ring of inner radius 40 (on the even grid)
+    out = radio._ring_levels(window, np.array([1.0]))[0]
+    if counted:
+        assert out[0] == -1.0 and out[1] == 40
+    else:
+        assert np.isnan(out).all()
+
+
+def test_bin_factor_averages_square_blocks_of_adjacent_pixels():
+    """``bin_factor=2`` averages each 2 x 2 block of adjacent pixels of the central window
+    (not pixels a half window apart)."""
+    image = np.random.default_rng(4).integers(0, 256, (300, 300)).astype(np.uint8)
+    out = radio.preprocess_dataset_image(image, bin_factor=2, stretch="linear")[0]
+    window = image[86:214, 86:214].astype(np.float64)
+    want = window.reshape(64, 2, 64, 2).mean(axis=(1, 3)) / 255
+    assert out.shape == (64, 64)
+    np.testing.assert_allclose(out, want, rtol=1e-6)
+
+
+def test_noise_is_measured_on_the_dataset_window_only():
+    """Without ``rms=``, the noise is measured on the central 300 x 300 window (as the data
+    set's 300 x 300 cutouts were), not on the whole image: a larger image whose outskirts
+    are ten times as noisy gives the same 8-bit image as its central window alone."""
+    rng = np.random.default_rng(6)
+    image = rng.normal(0.0, 10.0, (500, 500))
+    image[100:400, 100:400] = rng.normal(0.0, 1.0, (300, 300))
+    image[250, 250] = 100.0
+    out = radio.first_cutout_to_uint8(image)
+    np.testing.assert_array_equal(out, radio.first_cutout_to_uint8(image[100:400, 100:400]))
+    assert (out > 0).sum() > 10  # the 3-sigma noise peaks of the window pass
