@@ -202,3 +202,31 @@ def test_noise_is_measured_on_the_dataset_window_only():
     out = radio.first_cutout_to_uint8(image)
     np.testing.assert_array_equal(out, radio.first_cutout_to_uint8(image[100:400, 100:400]))
     assert (out > 0).sum() > 10  # the 3-sigma noise peaks of the window pass
+
+
+def test_ring_means_take_pixels_below_the_threshold_only():
+    """The ring means of `_ring_levels` are of the pixels below the data-set threshold
+    (3 rms), strictly: pixels exactly at it belong to the source side, as the data-set
+    scaling puts them at 0 with the emission above. A ring of pixels at -2 rms and at
+    exactly 3 rms reads -2, not the 0.5 of both."""
+    window = _ring_window()
+    window[0, 150, 150] = 50.0
+    yy, xx = np.mgrid[:300, :300]
+    r = np.hypot(yy - 150, xx - 150)
+    window[0][(r >= 40) & (r < 48)] = np.where((xx % 4 == 0), 3.0, -2.0)[(r >= 40) & (r < 48)]
+    out = radio._ring_levels(window, np.array([1.0]))[0]
+    assert out[0] == -2.0 and out[1] == 40
+
+
+def test_ring_of_a_nan_padded_window_still_counts():
+    """A cutout smaller than the data-set window is NaN-padded to it; its 8-bit step is
+    taken from its brightest valid pixel (NaN ignored), so a deep ring about its centre
+    still counts (a NaN peak would make every step NaN and hide every ring)."""
+    window = _ring_window(np.nan)
+    window[0, 50:250, 50:250] = 0.0
+    window[0, 150, 150] = 50.0
+    yy, xx = np.mgrid[:300, :300]
+    r = np.hypot(yy - 150, xx - 150)
+    window[0][(r >= 40) & (r < 48)] = -1.0
+    out = radio._ring_levels(window, np.array([1.0]))[0]
+    assert out[0] == -1.0 and out[1] == 40
