@@ -8,7 +8,7 @@ from astropy import units as u
 from astropy.coordinates import Angle
 from astropy.table import Table
 
-from astromorph._angles import _read, parse_angles
+from astromorph._angles import _read, parse_angles, under_full_turn
 from astromorph._annotate import _positions
 
 
@@ -158,3 +158,14 @@ def test_huge_field_flags_its_row_only():
     dec = ["+02:00:00", "9" * 400 + "d30m", "9" * 400 + ":00:00"]
     coords, bad = _positions(Table({"ra": ra, "dec": dec}), None, None, None)
     assert bad.tolist() == [False, True, True]
+
+
+def test_under_full_turn_reads_the_fields_and_the_sign():
+    """`under_full_turn` decides on the text's fields: '23:60' is a:m with 60 minutes, a
+    full 24 h (the minutes are the last field, not seconds), while '23:59.9999999999999999'
+    is under; a negative angle is never 0 up to a full turn, and degrees are compared with
+    360."""
+    text = np.array(["23:60", "23:60.0", "23:59.9999999999999999", "-23:59:59", "\u221223:59",
+                     "-0:0:1", "359d60m", "359d59.99999999999", "24:00:00", "23:59:59.9"])
+    assert under_full_turn(text, u.hourangle).tolist() == [
+        False, False, True, False, False, False, False, True, False, True]
