@@ -1701,6 +1701,10 @@ def test_missing_and_non_celestial_wcs(optical_model, tmp_path):
     nan_ref.wcs.crval = [np.nan, 0.0]
     with pytest.raises(InputError, match=r"cannot place sources: CRVAL = \[nan"):
         astromorph.annotate(cat, (img, nan_ref), model=optical_model)
+    nan_pix = sky_wcs()  # a NaN reference pixel: every source off the image without a word
+    nan_pix.wcs.crpix = [np.nan, 50.0]
+    with pytest.raises(InputError, match=r"cannot place sources: CRPIX = \[nan"):
+        astromorph.annotate(cat, (img, nan_pix), model=optical_model)
     header = sky_wcs().to_header()
     for key in ("CDELT1", "CDELT2", "PC1_1", "PC1_2", "PC2_1", "PC2_2"):
         header.remove(key, ignore_missing=True)
@@ -5631,3 +5635,51 @@ def test_noise_of_a_finely_sampled_lossy_image_is_not_constant(optical_model, tm
         img, w.to_header(), quantize_level=4, quantize_method=method)]).writeto(path)
     flags = np.asarray(astromorph.annotate(cat, str(path), model=optical_model)["opt_flags"])
     assert not np.any(flags & Flag.CONSTANT)
+
+
+def test_stamp_pixels_on_the_image_edge_are_inside():
+    """A stamp is sampled on the closed interval [-0.5, n - 0.5] of the image (astropy's
+    pixel edges): a stamp pixel exactly on the outer edge of the first or last pixel takes
+    that pixel's value and counts as inside; one a hair beyond it is NaN and outside."""
+    from astromorph._cutouts import _bilinear
+
+    image = SkyImage(np.arange(20, dtype=np.float32).reshape(4, 5), None)  # 4 rows, 5 columns
+    x = [[[-0.5, 4.5], [-0.5001, 4.5001]], [[1.0, 2.0], [1.0, 2.0]]]
+    y = [[[-0.5, 3.5], [1.0, 1.0]], [[-0.5001, -0.5], [3.5, 3.5001]]]
+    out, n_inside = _bilinear(image, np.array([x, y], np.float32))
+    np.testing.assert_array_equal(out[0], [[0.0, 19.0], [np.nan, np.nan]])
+    np.testing.assert_array_equal(out[1], [[np.nan, 2.0], [16.0, np.nan]])
+    assert n_inside.tolist() == [2, 2]
+
+
+def test_stamp_quantum_reaches_the_tiles_under_its_blocks():
+    """A block-averaged stamp samples blocks of image pixels around each stamp pixel, and its
+    bilinear neighbour blocks: the quantisation it allows for is the largest step of every
+    compression tile those blocks touch, past the stamp pixels' own coordinates, and no
+    more."""
+    from astromorph._cutouts import _block_quantum, _stamp_quantum
+
+    steps = np.array([[1.0], [8.0], [1.0], [1.0]])  # tiles of 16 rows x 64 columns
+    image = SkyImage(np.zeros((64, 64), np.float32), None, quantisation=((16, 64), steps))
+    # stamp pixels on rows 6..14 (blocks of 4 x 4: row 14 reads the block of rows 16..19, in
+    # the second tile), and on rows 2..6 (blocks of rows 0..11 alone, in the first)
+    xx = np.array([20.0, 24.0, 28.0])
+    xy = np.array([np.broadcast_to(xx, (2, 3, 3)),
+                   [np.broadcast_to(r[:, None], (3, 3)) for r in (np.array([6.0, 10.0, 14.0]),
+                                                                  np.array([2.0, 4.0, 6.0]))]])
+    quantum = _stamp_quantum(image, xy, np.array([[4, 4], [4, 4]]))
+    assert quantum.tolist() == [_block_quantum(8.0, 16), _block_quantum(1.0, 16)]
+
+
+def test_median_step_is_the_lower_middle_finite_step():
+    """`_median_step` (the zoom of a stamp mapped pixel by pixel): the median of the finite
+    step lengths, for an even count the lower of the two middle ones (a step of the map
+    itself); NaN steps left out, a map without finite steps NaN."""
+    from astromorph._cutouts import _median_step
+
+    v = np.array([[[0.0, 1.0, 2.0], [0.0, 2.0, 4.0], [0.0, 0.0, 0.0]],   # 1, sqrt 2, 2, 2 sqrt 2
+                  [[0.0, 1.0, np.nan], [0.0, 3.0, np.nan], [0.0, 0.0, 0.0]],  # 1, 3, NaN, NaN
+                  np.full((3, 3), np.nan)])
+    got = _median_step(v)
+    assert got[0] == np.sqrt(2.0) and got[1] == 1.0 and np.isnan(got[2])
+
