@@ -850,9 +850,10 @@ def _cut_band(images, sky, npix, scale, rows, choice=None, *, field=None):
             stamps[sel] = res.stamps
         edge = res.outside > 0
         if field is not None:  # (the model's field, not the stamp's margin)
-            off = _field_off_image(image, lon, lat, up, field)
-            filled[sel] = edge & ~off
-            edge = off
+            # (not ``off``: that names the rows of every image, OFF_IMAGE, still needed)
+            field_off = _field_off_image(image, lon, lat, up, field)
+            filled[sel] = edge & ~field_off
+            edge = field_off
         for hit, flag in ((saturated, Flag.SATURATED), (edge, Flag.EDGE),
                           (res.blank > BLANK_THRESHOLD, Flag.BLANK),
                           (res.zoom < MIN_ZOOM, Flag.EXTRAPOLATED)):

@@ -2611,3 +2611,33 @@ def test_native_radio_stamps_fall_on_the_image_pixels_about_a_source_on_a_pixel_
     # (stamp pixel 0 on image pixel 299.5 - 288.5 = 11; an odd side took means of four)
     stamp = cut_stamps(sky_image, lon[:1], lat[:1], size=578, pixel_scale=1.0).stamps[0]
     np.testing.assert_allclose(stamp, image[11:589, 11:589], atol=2e-3)  # (the WCS: 1e-4 px)
+
+
+@requires_model
+@pytest.mark.parametrize("edge_first", [False, True])
+def test_annotate_scores_radio_sources_on_a_mosaic_of_tiles(edge_first):
+    """radio-morphology on two tiles: `_cut_band` reused the name of its OFF_IMAGE rows for
+    the first tile's EDGE test of the FIRST field, so the second tile's sources were chosen
+    against that tile's rows: a ValueError (2 and 3 sources) or, where the first tile held
+    one source and its field ran off the image, no stamp for any source of the second tile.
+    Each row must equal the same source annotated on its own tile."""
+    from astropy.table import Table
+
+    from astromorph import Flag
+
+    a, b = first_like_hdu(size=400, seed=2), first_like_hdu(size=400, seed=3)
+    b.header["CRVAL1"] = 150.3
+    # a: one source near its east edge (its field runs off: EDGE), or two well inside
+    ra_a = [150.0 + 0.05] if edge_first else [150.0, 150.002]
+    ra_b = [150.3, 150.301, 150.302]
+    cat = Table({"ra": ra_a + ra_b, "dec": [20.0] * (len(ra_a) + len(ra_b))})
+    out = astromorph.annotate(cat, [a, b], model="radio-morphology", progress=False)
+    alone_a = astromorph.annotate(cat[:len(ra_a)], a, model="radio-morphology",
+                                  progress=False)
+    alone_b = astromorph.annotate(cat[len(ra_a):], b, model="radio-morphology",
+                                  progress=False)
+    assert list(out["radio_flags"][:len(ra_a)] & Flag.EDGE) == (
+        [Flag.EDGE] if edge_first else [0, 0])
+    for name in ("radio_flags", "radio_p_FRII", "radio_label"):
+        assert list(out[name]) == list(alone_a[name]) + list(alone_b[name]), name
+    assert not np.any(out["radio_flags"][len(ra_a):] & Flag.unusable())
