@@ -5683,3 +5683,104 @@ def test_median_step_is_the_lower_middle_finite_step():
     got = _median_step(v)
     assert got[0] == np.sqrt(2.0) and got[1] == 1.0 and np.isnan(got[2])
 
+
+
+# --- the image each source is cut from, and the saturation disk, tested directly --------------
+
+def _sin_tile(nx, ny, crpix, *, scale=(1.0, 1.0), data=None, **kwargs):
+    """A SkyImage of ``nx`` x ``ny`` SIN pixels of ``scale`` arcsec (along x, y), its reference
+    point (150, 2) deg at 1-based pixel ``crpix``: a source there lies at 0-based pixel
+    ``crpix - 1`` exactly (SIN: TAN's puts it 1e-11 pixel beside)."""
+    w = WCS(naxis=2)
+    w.wcs.ctype = ["RA---SIN", "DEC--SIN"]
+    w.wcs.crval = [150.0, 2.0]
+    w.wcs.crpix = list(crpix)
+    w.wcs.cdelt = [-scale[0] / 3600, scale[1] / 3600]
+    return SkyImage(np.ones((ny, nx), np.float32) if data is None else data, w, **kwargs)
+
+
+def _choice(images):
+    """`_choose_images` of one source at (150, 2) deg: ``(best, off)`` of it."""
+    from astromorph._annotate import _choose_images, _sky_positions
+
+    sky = _sky_positions(images, SkyCoord([150.0] * u.deg, [2.0] * u.deg))
+    best, off = _choose_images(images, sky, np.arange(1))
+    return int(best[0]), bool(off[0])
+
+
+@pytest.mark.parametrize("axis", [0, 1])
+@pytest.mark.parametrize("pixel, off", [(-0.5, False), (-1.0, True), ("n - 0.5", False),
+                                        ("n", True)])
+def test_a_source_on_the_outer_border_of_an_image_is_on_it(axis, pixel, off):
+    """A source lies on an image from pixel -0.5 to ``n - 0.5`` (0-based, the outer borders
+    of its edge pixels) inclusive, on each axis; half a pixel further it is off
+    (`Flag.OFF_IMAGE`). (An image 40 x 30 pixels.)"""
+    n = (40, 30)[axis]
+    at = {"n - 0.5": n - 0.5, "n": float(n)}.get(pixel, pixel)
+    crpix = [20.0, 15.0]
+    crpix[axis] = at + 1
+    assert _choice([_sin_tile(40, 30, crpix)])[1] is off
+
+
+@pytest.mark.parametrize("swap", [False, True])
+def test_tiles_of_non_square_pixels_compare_each_axis_in_its_own_pixel_side(swap):
+    """Pixels 1" along x, 0.25" along y: the source lies 10.5" inside tile A (10 pixels from
+    its left edge; 200 rows, 50", from its bottom) and 5.1" inside tile B (20 rows from its
+    bottom; 50 pixels from its sides): it is cut from A, whichever comes first (each axis's
+    pixels on the sky; with the sides swapped B's margin is the larger)."""
+    a = _sin_tile(100, 400, (11.0, 201.0), scale=(1.0, 0.25))
+    b = _sin_tile(100, 400, (51.0, 21.0), scale=(1.0, 0.25))
+    assert _choice([b, a] if swap else [a, b]) == (1 if swap else 0, False)
+
+
+@pytest.mark.parametrize("value", [1.0, np.nan])
+def test_of_tiles_where_a_source_lies_equally_far_inside_the_first_is_taken(value):
+    """Two tiles of one grid, both with data under the source or both blank there: the
+    first of equals."""
+    tiles = [_sin_tile(40, 30, (20.0, 15.0), data=np.full((30, 40), value * k, np.float32))
+             for k in (1.0, 2.0)]
+    assert _choice(tiles) == (0, False)
+
+
+@pytest.mark.parametrize("blank, best", [((15, 11), 1), ((15, 10), 0)])
+def test_the_pixel_whose_data_decides_between_tiles_is_the_nearest(blank, best):
+    """The source at 0-based pixel (10.6, 15) of tile A (farthest inside) lies on its pixel
+    (11, 15): a NaN there gives way to tile B, which has data under it; a NaN at pixel
+    (10, 15), beside it, does not."""
+    data = np.ones((30, 40), np.float32)
+    data[blank] = np.nan
+    a = _sin_tile(40, 30, (11.6, 16.0), data=data)
+    b = _sin_tile(40, 30, (6.0, 16.0))
+    assert _choice([a, b]) == (best, False)
+
+
+def test_a_position_outside_the_wcs_has_no_margin():
+    """A position that the WCS cannot place (NaN pixels) lies off the image: margin -inf."""
+    from astromorph._annotate import _margins
+
+    image = _sin_tile(40, 30, (20.0, 15.0))
+    margins = _margins(image, np.array([np.nan, 10.0, 5.0]), np.array([5.0, np.nan, 5.0]))
+    assert margins.tolist() == [-np.inf, -np.inf, 5.5]
+
+
+def test_saturation_disk_is_centred_on_the_nearest_pixel_and_ends_at_the_image():
+    """`_saturated` looks at the pixels within 3 of the pixel under the source (rounded,
+    half to even as `numpy.rint`), and not beyond the image: a saturated pixel 3 rows from
+    the rounded position is found; one reached only from a disk point beyond the image's
+    edge (clipped back onto the edge) is not."""
+    from astromorph._annotate import _saturated
+
+    def flagged(pixel, px, py):
+        data = np.zeros((40, 40), np.float32)
+        data[pixel] = 100.0
+        image = _sin_tile(40, 40, (20.0, 20.0), data=data, saturation=100.0)
+        return bool(_saturated(image, np.array([px]), np.array([py]))[0])
+
+    # y 10.6 lies on row 11: row 14 is 3 rows away (from row 10 it would be 4)
+    assert flagged((14, 20), 20.0, 10.6)
+    # x 39.5 rounds to 40, beyond the last column (39): pixel (23, 39) is sqrt(10) away
+    assert not flagged((23, 39), 39.5, 20.0)
+    assert flagged((22, 39), 39.5, 20.0)  # sqrt(5) away
+    # y 39.5 rounds to 40, beyond the last row: pixel (39, 23) is sqrt(10) away
+    assert not flagged((39, 23), 20.0, 39.5)
+    assert flagged((39, 22), 20.0, 39.5)
