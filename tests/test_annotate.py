@@ -5784,3 +5784,54 @@ def test_saturation_disk_is_centred_on_the_nearest_pixel_and_ends_at_the_image()
     # y 39.5 rounds to 40, beyond the last row: pixel (39, 23) is sqrt(10) away
     assert not flagged((39, 23), 20.0, 39.5)
     assert flagged((39, 22), 20.0, 39.5)
+
+
+def test_images_in_one_frame_of_two_equinoxes_get_their_own_positions():
+    """`_sky_positions` transforms the positions once per frame: FK5 at J2000 and at J1950
+    are two (some 0.7 deg apart), each image's pixels those its own WCS gives."""
+    from astromorph._annotate import _sky_positions
+
+    coords = SkyCoord([150.0, 150.01] * u.deg, [2.0, 2.01] * u.deg)
+    images = []
+    for equinox in (2000.0, 1950.0):
+        w = WCS(naxis=2)
+        w.wcs.ctype = ["RA---TAN", "DEC--TAN"]
+        w.wcs.crval, w.wcs.crpix = [150.0, 2.0], [100.0, 100.0]
+        w.wcs.cdelt = [-1 / 3600, 1 / 3600]
+        w.wcs.radesys, w.wcs.equinox = "FK5", equinox
+        images.append(SkyImage(np.ones((200, 200), np.float32), w))
+    sky = _sky_positions(images, coords)
+    for image, (_, _, px, py, _) in zip(images, sky):
+        x, y = image.wcs.world_to_pixel(coords)
+        np.testing.assert_allclose(px, x, atol=1e-6)
+        np.testing.assert_allclose(py, y, atol=1e-6)
+
+
+def test_a_name_that_two_columns_differ_from_by_case_clashes_with_the_first():
+    """`_same_column`: of two columns whose names differ only by case, a new name clashes
+    with the one of them it equals, else with the first (the one `on_conflict='replace'`
+    then replaces)."""
+    from astromorph._annotate import _same_column
+
+    table = Table({"OPT_LABEL": [1], "opt_label": [2], "x": [3]})
+    assert _same_column(table, ["Opt_Label", "opt_label", "y"]) == {
+        "Opt_Label": "OPT_LABEL", "opt_label": "opt_label"}
+
+
+@pytest.mark.parametrize("pixel, native", [(1.7981, True), (1.7983, False), (1.8, False)])
+def test_radio_stamps_are_cut_on_the_image_pixels_only_finer_than_firsts(pixel, native):
+    """`_native_grids`: an image of known beam is cut on its own pixels where they are finer
+    than FIRST's 1.8" by more than 1 part in 1000 (1.7982")."""
+    from astromorph._annotate import _native_grids
+
+    w = WCS(naxis=2)
+    w.wcs.ctype = ["RA---SIN", "DEC--SIN"]
+    w.wcs.crval, w.wcs.crpix = [150.0, 2.0], [50.0, 50.0]
+    w.wcs.cdelt = [-pixel / 3600, pixel / 3600]
+    image = SkyImage(np.ones((100, 100), np.float32), w, beam=5.4)
+    scale = np.full(1, 1.8)
+    sides, out = _native_grids([image], (np.zeros(1, int), np.zeros(1, bool)), scale, 300)
+    assert bool(out[0] != 1.8) is native
+    assert bool(sides[0] != 300) is native
+    if native:
+        assert out[0] == pytest.approx(pixel)
