@@ -120,8 +120,12 @@ def _plane(data, name, header=None):
     """``data`` without its degenerate axes (a radio image's FREQ, STOKES): 2D, or `InputError`.
 
     With its ``header``, a STOKES axis is first reduced to its Stokes I plane (`InputError`
-    when it has none: Q, U or V are never read as total intensity).
+    when it has none: Q, U or V are never read as total intensity). An image with an axis of
+    length 0 (NAXIS2 = 0) holds no pixel to sample: `InputError`, as `predict_files` refuses
+    it ("no image HDU with data").
     """
+    if data.size == 0:
+        raise InputError(f"{name}: the image holds no pixels (shape {data.shape})")
     if header is not None and data.ndim > 2:
         from ._readers._fits import stokes_i
 

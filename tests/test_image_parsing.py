@@ -3,6 +3,7 @@ reach: which members of a triplet keep their roles, images that are not 2D once 
 BLANK keyword on floating-point pixels, and the stream reader of a gzipped file's pixels (its
 passes through the stream and the words for a stream that ends within the pixels)."""
 import gzip
+import re
 import warnings
 from types import SimpleNamespace
 
@@ -186,3 +187,29 @@ def test_bands_given_by_list_are_lowercased(tmp_path):
     fits.writeto(path, np.ones((50, 50), np.float32), sky_wcs().to_header())
     with closing_files(parse_sky_images([str(path)], bands=["R"])) as images:
         assert [im.band for im in images] == ["r"]
+
+
+@pytest.mark.parametrize("given", ["file", "gzip", "hdu", "array", "nddata"])
+@pytest.mark.parametrize("shape", [(0, 20), (20, 0), (1, 0, 20)])
+def test_an_image_with_an_axis_of_length_0_is_refused(tmp_path, given, shape):
+    """An image with an axis of length 0 (NAXIS2 = 0) holds no pixel to sample: refused in
+    words naming it, as `predict_files` refuses it ("no image HDU with data"), however
+    given (it was read as a 20 x 0 `SkyImage`, with no error)."""
+    from astropy.nddata import NDData
+
+    w = sky_wcs(len(shape))
+    data = np.zeros(shape, np.float32)
+    path = tmp_path / "z0.fits"
+    fits.PrimaryHDU(data, w.to_header()).writeto(path)
+    assert fits.getheader(path)["NAXIS"] == len(shape)
+    if given == "gzip":
+        with gzip.open(tmp_path / "z0.fits.gz", "wb") as f:
+            f.write(path.read_bytes())
+        path = tmp_path / "z0.fits.gz"
+    obj, name = {"file": (str(path), f"{path}[0]"), "gzip": (str(path), f"{path}[0]"),
+                 "hdu": (fits.PrimaryHDU(data, w.to_header()), "HDU"),
+                 "array": ((data, w), "array"),
+                 "nddata": (NDData(data, wcs=w), "NDData")}[given]
+    with pytest.raises(InputError, match=rf"^{re.escape(name)}: the image holds no pixels "
+                                         rf"\(shape {re.escape(str(shape))}\)"):
+        parse_sky_images(obj)
