@@ -507,3 +507,37 @@ def test_sheared_stamp_whose_north_runs_along_a_pixel_axis_is_resampled(shear):
     assert np.abs(expected[0] - [(SIZE - 1) / 2, (SIZE - 1) / 2 - 18]).max() < 0.1
     assert np.abs(_blob_peaks(shown[0]) - expected).max() <= 1, (_blob_peaks(shown[0]),
                                                                  expected)
+
+
+def _d_exponents(header):
+    """``header`` with its CDi_j cards written with a D exponent (``-2.7D-04``, as FITS
+    allows and Fortran writers print), their card images kept so by astropy."""
+    text = "".join(f"{k:<8}= {f'{v:.16E}'.replace('E', 'D'):>20}".ljust(80)
+                   if k.startswith("CD") else str(card).ljust(80)
+                   for (k, v), card in zip(header.items(), header.cards))
+    return fits.Header.fromstring(text)
+
+
+def test_stamp_whose_wcs_cards_have_d_exponents_is_oriented_as_with_e(tmp_path):
+    """A CD matrix written with D exponents (CD1_1 = -2.7D-04, CD1_2 = 4.8D-05: turned by 10
+    degrees): wcslib reads such a card as the digits before its D (-2.7 and 4.8 degrees:
+    turned by 60 degrees), so a stamp read with astropy's header (`north_up` takes the
+    Header itself where the getter keeps one: astropy's reader of FITS stamps) was resampled
+    along the wrong north. It is drawn as the stamp of the same cards written with E."""
+    from astromorph._readers._fits import _read_fits_astropy
+
+    h = _header("cd", 10)
+    d = _d_exponents(h)
+    assert "D-04" in d.tostring() and "D-05" in d.tostring()
+    assert all(d[k] == h[k] for k in h)
+    data = _stamp(h)
+    expected, oriented = north_up(data[None], h.get)
+    assert oriented
+    for header in (h, d):  # astropy's reader's header getter (`_lenient`), and a Header's
+        path = tmp_path / f"{'ed'[header is d]}.fits"
+        fits.PrimaryHDU(data, header=header).writeto(path)
+        stamp, = _read_fits_astropy(path, want_scale=False, triplet_hint=False)
+        for get in (stamp.header_get, header.get):
+            shown, oriented = north_up(stamp.data, get)
+            assert oriented
+            np.testing.assert_array_equal(shown, expected)
