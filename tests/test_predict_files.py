@@ -2440,6 +2440,67 @@ def test_rubin_cutouts_of_a_dec_first_wcs(tmp_path):
     assert swapped.flags == Flag.BAD_INPUT and "off the 31x31 cutouts" in swapped.reason[0]
 
 
+def _d_exponent_cards(raw):
+    """The FITS bytes ``raw`` with the CDi_j cards of their first header written with a D
+    exponent (``CD1_1 = -5.5555555555555556D-05``, as FITS allows and Fortran writers
+    print), the same numbers (wcslib reads such a card as the digits before its D)."""
+    end = raw.index(b"END" + b" " * 77)
+    cards = [raw[i:i + 80] for i in range(0, end, 80)]
+    for k, card in enumerate(cards):
+        if card.startswith(b"CD"):
+            key = card[:8].decode()
+            value = float(fits.Card.fromstring(card.decode()).value)
+            cards[k] = f"{key}= {f'{value:.16E}'.replace('E', 'D'):>20}".ljust(80).encode()
+            assert fits.Card.fromstring(cards[k].decode()).value == value
+    return b"".join(cards) + raw[end:]
+
+
+def test_alert_cutouts_whose_wcs_has_d_exponents_place_the_source_as_with_e(tmp_path):
+    """Cutouts whose CD matrix is written with D exponents (CD1_1 = -2.8...D-04) place the
+    source where those written with E do: a ZTF cutout cut at the CCD edge (padded where
+    its WCS puts the candidate) and a Rubin cutout whose reference point is not the
+    diaSource (resampled about the pixel its WCS gives). wcslib reads such a card as the
+    digits before its D (-2.8 degree pixels), which put the source on the reference pixel,
+    3 to 4 pixels off."""
+    from astropy.wcs import WCS
+
+    from astromorph._readers._alerts import _ztf_wcs_pixel
+
+    pytest.importorskip("fastavro")
+    keys = ("cutoutScience", "cutoutTemplate", "cutoutDifference")
+    # ZTF: 53 x 63 cutouts (cut 10 columns short on the left), the WCS's reference point
+    # (150, 2) at the 0-based pixel (28, 17), the candidate at (31, 21), where it lies
+    trip = triplet(seed=3)
+    header = celestial_header(fits.Header(), 1.01, (63, 53), centre=(28, 17))
+    ra, dec = (float(v) for v in WCS(header).pixel_to_world_values(21, 31))
+    stamps = {}
+    for how, cards in (("e", lambda raw: raw), ("d", _d_exponent_cards)):
+        raw = {key: gzip.compress(cards(fits_bytes(trip[i][:, 10:], scale=1.01,
+                                                   centre=(28, 17))))
+               for i, key in enumerate(keys)}
+        assert (b"D-04" in gzip.decompress(raw[keys[2]])) == (how == "d")
+        placed, why = _ztf_wcs_pixel(raw[keys[2]], ra, dec)
+        assert placed == pytest.approx((31.0, 21.0), abs=1e-6), (how, placed, why)
+        write_avro(tmp_path / f"ztf-{how}.avro", [ztf_alert(9, raw=raw, ra=ra, dec=dec,
+                                                            xpos=21.0)])
+        (stamps["ztf", how],) = read_file(tmp_path / f"ztf-{how}.avro")
+    # Rubin: a celestial TAN WCS whose reference point lies at (12, 12), the diaSource at
+    # (15, 15)
+    t = triplet(31)
+    header = celestial_header(fits.Header(), 0.2, (31, 31), centre=(12, 12))
+    ra, dec = (float(v) for v in WCS(header).pixel_to_world_values(15, 15))
+    for how, cards in (("e", lambda raw: raw), ("d", _d_exponent_cards)):
+        rec = rubin_alert(1, t, ctype=True, centre=(12, 12), ra=ra, dec=dec)
+        rec.update({key: cards(rec[key]) for key in keys})
+        write_avro(tmp_path / f"rubin-{how}.avro", [rec], schema=RUBIN_SCHEMA)
+        (stamps["rubin", how],) = read_file(tmp_path / f"rubin-{how}.avro")
+    assert stamps["rubin", "e"].centre == pytest.approx((15.0, 15.0), abs=1e-6)
+    for kind in ("ztf", "rubin"):
+        want, got = stamps[kind, "e"], stamps[kind, "d"]
+        assert (got.flags, got.reason, got.centre) == (want.flags, want.reason, want.centre)
+        np.testing.assert_array_equal(got.data, want.data)
+
+
 def test_ztf_packets_are_not_resampled(models, tmp_path):
     """ZTF cutouts are on the model's grid, the candidate on pixel 31: no centre, no
     resampling, the network gets the preprocessed stamps as they are."""
