@@ -2641,3 +2641,38 @@ def test_annotate_scores_radio_sources_on_a_mosaic_of_tiles(edge_first):
     for name in ("radio_flags", "radio_p_FRII", "radio_label"):
         assert list(out[name]) == list(alone_a[name]) + list(alone_b[name]), name
     assert not np.any(out["radio_flags"][len(ra_a):] & Flag.unusable())
+
+
+def test_blocks_of_a_crop_of_fine_pixels_just_short_of_a_whole_factor_are_the_images():
+    """0.6" pixels as a FITS header's CDELT gives them (1.8 / 0.6000000000000004 =
+    2.999999999999998): the crop that `_native_crop` smooths is cut by a multiple of the
+    block factor that `resample_to_first_grid` uses (3, to within 1e-9), so that the grid
+    points beside NaN pixels, which take its block means (`_sample_beam_limited`), read the
+    blocks of the whole image: the adapter's FIRST grid of a cutout with holes is that of
+    the cutout smoothed whole (to rounding). Floored without that tolerance, the factor
+    was 2, the crop cut by 26 pixels (not a multiple of 3), and the block means beside the
+    holes were of other pixels: 600 grid points NaN on one grid only, others 0.16 off on a
+    peak of 0.91 (3e-7 with the tolerance)."""
+    from astromorph import _adapters as adapters
+    from astromorph._readers._stamp import pixel_scales
+
+    s = pixel_scales(np.diag([-0.6, 0.6]) / 3600)
+    assert radio.FIRST_PIXEL_SCALE_ARCSEC / s < 3
+    n, beam = 1005, (2.5, 2.5, 0.0)  # cut by 24 pixels a side (3 x 8)
+    assert radio._native_crop((n, n), s)[0] == slice(24, n - 24)
+    inv = _beam_inverse(beam)
+    yy, xx = (np.mgrid[:n, :n] - (n - 1) / 2) * s
+    image = np.exp(-0.5 * (inv[0, 0] * xx * xx + inv[1, 1] * yy * yy))
+    c = (n - 1) // 2
+    for hole in (np.s_[c - 3:c + 2, c + 5:c + 7], np.s_[c + 20:c + 40, :]):
+        image[hole] = np.nan
+    image = image.astype(np.float32)
+    with _first_grid_images() as seen:
+        raw = adapters.RawStamps("bands", image[None, None].copy(), pixel_scale=s,
+                                 beam=beam[0], beam_shape=np.array([beam]))
+        adapters._radio_input(raw, {"name": "radio-morphology", "input": {}})
+    assert raw.smoothed.tolist() == [True]
+    whole = radio.smooth_to_first_beam(image[None], np.array([beam]), pixel_scale_arcsec=s)[0]
+    expected = radio._sample_beam_limited(whole, s)[0]
+    assert np.isnan(expected).any()  # (beside the holes: the block means)
+    np.testing.assert_allclose(seen[0][0], expected, rtol=0, atol=1e-5, equal_nan=True)
