@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ._io import atomic_output, card_reads_back, output_error
+from ._io import atomic_output, card_reads_back, close_files_left_open, output_error
 from ._readers import sniff_format
 from ._readers._compressed import compression_of, zip_member
 from ._version import __version__
@@ -312,6 +312,7 @@ def _write_headers(model, table, name, items, targets, overwrite, written, skipp
         except Exception as exc:  # noqa: BLE001 - astropy raises OSError, ValueError...
             # the reader scored (or flagged) it, astropy cannot open it: e.g. a card it cannot
             # parse; an input problem, not an output one, so the other files still get theirs
+            close_files_left_open(exc)  # (a zip file's extracted copy: `exc` is kept)
             skipped.append((target, "astropy cannot open the file", exc))
             continue
         try:

@@ -367,6 +367,9 @@ def _open_fits(name):
                              lazy_load_hdus=False)
         except (OSError, EOFError, ValueError, zipfile.BadZipFile, lzma.LZMAError,
                 zlib.error) as exc:  # (astropy lets the decompressors' errors through)
+            from ._io import close_files_left_open
+
+            close_files_left_open(exc)  # (a zip file's extracted copy, kept by the chain)
             raise InputError(_corrupt_stream(name) or f"{name}: not a readable FITS file "
                              f"({exc})") from exc
         except ImportError as exc:  # a Unix-compressed (.Z) file without uncompresspy

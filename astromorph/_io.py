@@ -28,6 +28,7 @@ from .exceptions import (AstromorphError, InputError, InputNotFoundError, Invali
                          OutputError, OutputExistsError)
 
 __all__ = ["atomic_output", "interrupts_deferred", "check_input_file", "check_output",
+           "close_files_left_open",
            "check_distinct_outputs", "output_error", "card_reads_back", "array_columns",
            "check_multidimensional", "check_columns_held", "check_fits_names",
            "plain_votable_columns", "read_parquet", "restore_parquet_shapes", "table_format",
@@ -135,6 +136,27 @@ def check_input_file(path, what="input"):
     if not os.path.isfile(name):
         raise InputError(f"{what} {name!r} is not a regular file")
     return Path(name)
+
+
+def close_files_left_open(exc):
+    """Close the file astropy opened for a FITS file that ``exc`` says it could not open.
+
+    astropy extracts a zip archive's FITS file into a temporary file, and leaves that file
+    open (and on disk) where the extraction fails (a bad CRC, a stream cut short): its
+    ``_File`` object lives on in the frames of ``exc``'s traceback, for as long as the error
+    is kept (chained, or held to be reported), and then the garbage collector closes it
+    with a ResourceWarning. The ``_File`` objects in those frames are closed here (closing a
+    temporary file removes it). Call it where ``exc`` is caught, before it is kept.
+    """
+    from astropy.io.fits.file import _File
+
+    tb = exc.__traceback__
+    while tb is not None:
+        owner = tb.tb_frame.f_locals.get("self")
+        if isinstance(owner, _File) and not owner.closed:
+            with contextlib.suppress(Exception):  # (a file half opened: closed as can be)
+                owner.close()
+        tb = tb.tb_next
 
 
 def _fsync_dir(directory):

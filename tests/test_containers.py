@@ -712,3 +712,39 @@ def test_open_stream_and_first_bytes_start_at_the_files_first_byte(tmp_path, how
     # no file is left open (the one the compression was sniffed from, a zip archive's)
     assert not [w for w in caught if issubclass(w.category, ResourceWarning)
                 and str(tmp_path) in str(w.message)], [str(w.message) for w in caught]
+
+
+def test_a_corrupt_zip_file_leaves_no_temporary_file_open(model, tmp_path, monkeypatch):
+    """astropy extracts a zip archive's FITS file into a temporary file, and leaves it open
+    (and on disk) when the extraction fails (a bad CRC): the error `annotate` and
+    `write_results_to_header` keep (chained, or to be reported) held it until the garbage
+    collector came (a ResourceWarning "unclosed file ... tmpXXXX.fits" in a later test).
+    Now it is closed, and so removed, before the error is raised or reported."""
+    from astromorph._headers import write_results_to_header
+    from astromorph.exceptions import AstromorphWarning
+
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setattr("tempfile.tempdir", str(scratch))  # where astropy extracts to
+    w = sky_wcs(N, rot=15)
+    path = _written(tmp_path / "x.fits.zip", _corrupt("zip0", w)[0])
+    gc.collect()  # (files other tests left to the collector are not this one's)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(InputError, match="corrupt zip stream") as info:
+            astromorph.annotate(catalogue(w, [(30, 30)]), str(path), model=model)
+        assert info.value.__cause__ is not None  # (astropy's error, its traceback kept)
+        assert not list(scratch.iterdir())  # closed and removed while the error is held
+        table = Table({"source": ["x"], "toy_score": [0.25], "reason": [""]})
+        model_ = type("M", (), {"name": "toy", "version": "1", "sha256": "ab" * 32,
+                                "card": {"column_prefix": "toy"}})()
+        write_results_to_header(model_, table, [(path, 0, None)],
+                                {path: tmp_path / "out.fits"})
+        assert not list(scratch.iterdir())
+        del info
+        gc.collect()
+    assert [w for w in caught if issubclass(w.category, AstromorphWarning)
+            and "astropy cannot open the file" in str(w.message)], \
+        [str(w.message) for w in caught]
+    assert not [w for w in caught if issubclass(w.category, ResourceWarning)], \
+        [str(w.message) for w in caught]
