@@ -15,7 +15,8 @@ from astropy.io import fits
 from ._cutouts import SkyImage, _check_wcs_object
 from ._readers._compressed import COMPRESSED_MAGIC, LZW_MAGIC, STREAM_OPENERS
 from ._readers._fits import (_AUX_EXTNAMES, _FAST_DTYPES, _MEMBERS, _TRIPLET_NAMES,
-                             _e_exponents, _image_quantisation, _physical, band_of_header, beam_of_header, header_facts,
+                             _e_exponents, _file_reader, _image_quantisation, _physical,
+                             band_of_header, beam_of_header, header_facts,
                              linear_fluxes, normalise_band, repeated_scaling,
                              saturation_of_header, truncated_file, wcs_matrix_problem)
 from ._warnings import catch_warnings, first_few, warn, warn_again
@@ -357,7 +358,8 @@ def _open_fits(name):
     astropy only warns of a plain one, and drops the HDUs past the end, which would lose
     bands silently; of a compressed one (gzip, bzip2, xz, zip, Unix compress) that ends
     inside the data of an HDU it skips (a MASK), it says nothing, so such a file's stream is
-    walked once.
+    walked once. A file that ends inside a header (astropy warns only that it could not
+    validate it, and drops that HDU) is refused as truncated too (`_header_cut_short`).
     """
     with catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -383,13 +385,17 @@ def _open_fits(name):
         # a gzip, bzip2 or xz file whose stream astropy read to the end of its last HDU's
         # data is whole (`_stream_whole`): only a zip archive's file (extracted by astropy)
         # and a stream found short are walked. (A plain file astropy found short: its words
-        # where the data are whole, i.e. a header cut short, which `truncated_file` leaves.)
+        # where the data are whole, i.e. their padding cut short, which `truncated_file`
+        # leaves.)
         # A Unix-compressed file (.Z, read by uncompresspy) is walked too: astropy reads
         # it whole, and says nothing of a stream that ends inside an HDU it skips.
         streamed = any(magic.startswith(m) for m, _ in _STREAM_OPENERS)
         walk = cut or magic.startswith(LZW_MAGIC) or (
             magic.startswith(_COMPRESSED_MAGIC) and not (streamed and _stream_whole(hdul)))
         truncated = truncated_file(name) if walk else None
+        if not truncated and any(str(w.message).startswith("Error validating header for HDU")
+                                 for w in caught):  # (astropy dropped the HDUs from there)
+            truncated = _header_cut_short(name, hdul)
     except (OSError, ValueError) as exc:  # (astropy read it: a stream broken after that)
         truncated = f"{name}: not a readable FITS file ({exc})"
     if truncated or cut:
@@ -398,6 +404,30 @@ def _open_fits(name):
     for w in caught:
         warn_again(w)
     return hdul
+
+
+def _header_cut_short(name, hdul):
+    """The reason for the FITS file ``name``, opened by astropy as ``hdul``, whose stream
+    ends inside the header of the HDU after the last one astropy read (astropy warns that it
+    could not validate that header, and drops the HDU: a MASK, a band), or None where the
+    bytes there begin no header (``XTENSION``: astropy's warning stands)."""
+    info = hdul.fileinfo(len(hdul) - 1)
+    pos = info["datLoc"] + info["datSpan"]
+    read, close, _ = _file_reader(name)
+    try:
+        if read(pos, 8) != b"XTENSION":
+            return None
+        held = 0
+        while True:
+            block = read(pos + held, 2880)
+            held += len(block)
+            if len(block) < 2880:
+                return (f"truncated FITS file {name}: the header of HDU {len(hdul)} ends "
+                        f"after {held} bytes, without its END card")
+            if any(block[i:i + 8].rstrip() == b"END" for i in range(0, 2880, 80)):
+                return None  # (whole: astropy's warning is of something else)
+    finally:
+        close()
 
 
 def _corrupt_stream(name):

@@ -748,3 +748,57 @@ def test_a_corrupt_zip_file_leaves_no_temporary_file_open(model, tmp_path, monke
         [str(w.message) for w in caught]
     assert not [w for w in caught if issubclass(w.category, ResourceWarning)], \
         [str(w.message) for w in caught]
+
+
+def _with_cut_header(image, w, keep):
+    """FITS bytes of ``image`` (WCS ``w``) in the primary HDU, followed by the first
+    ``keep`` bytes of a MASK extension (its header cut short where ``keep`` < 2880), and
+    the size of the primary HDU."""
+    buf = io.BytesIO()
+    fits.HDUList([fits.PrimaryHDU(image, w.to_header()),
+                  fits.ImageHDU(np.zeros((64, 64), np.int32), name="MASK")]).writeto(buf)
+    first = 2880 * (1 + -(-image.nbytes // 2880))
+    return buf.getvalue()[:first + keep], first
+
+
+@pytest.mark.parametrize("keep", [400, 2879])
+@pytest.mark.parametrize("how", [None, "gz", "bz2", "xz", "zip0"])
+def test_annotate_refuses_a_file_whose_last_header_is_cut_short(model, tmp_path, how, keep):
+    """A file that ends inside the header of its MASK extension: astropy warns only that it
+    could not validate that header ("There may be extra bytes after the last HDU") and drops
+    the HDU, so `annotate` gave the image without its MASK; now it is refused as a file cut
+    inside an HDU's data is, an `InputError` naming the file and the HDU."""
+    w = sky_wcs(N, rot=15)
+    blob, _ = _with_cut_header(blobs(N, seed=3, count=30).astype(np.float32), w, keep)
+    path = tmp_path / f"cut.fits{'' if how is None else '.' + how[:3]}"
+    path.write_bytes(_compressed(blob, how, "cut.fits"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(InputError) as info:
+            astromorph.annotate(catalogue(w, [(30, 30)]), str(path), model=model)
+    assert str(info.value) == (f"truncated FITS file {path}: the header of HDU 1 ends after "
+                               f"{keep} bytes, without its END card"), str(info.value)
+
+
+def test_annotate_refuses_a_file_cut_in_its_last_padding_but_not_after_it(model, tmp_path):
+    """A file whose last HDU's data are whole but their padding (to 2880 bytes) is cut:
+    astropy warns that it "may have been truncated", which alone refuses it (as
+    `predict_files` flags it); bytes after the last HDU that begin no header (not
+    ``XTENSION``) are read past, with astropy's warning (its words for a cut header)."""
+    w = sky_wcs(N, rot=15)
+    image = blobs(N, seed=3, count=30).astype(np.float32)
+    blob, first = _with_cut_header(image, w, 2880 + 64 * 64 * 4)  # MASK data, no padding
+    path = _written(tmp_path / "cut.fits", blob)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(InputError) as info:
+            astromorph.annotate(catalogue(w, [(30, 30)]), str(path), model=model)
+    assert str(info.value).startswith(f"{path}: the FITS file is truncated (File may have "
+                                      "been truncated: actual file length"), str(info.value)
+    whole, _ = _with_cut_header(image, w, 2 * 2880 + 17280 - 2880)
+    path = _written(tmp_path / "junk.fits", whole + b"junk" * 100)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        table = astromorph.annotate(catalogue(w, [(30, 30)]), str(path), model=model)
+    assert not np.ma.getmaskarray(table["opt_p_a"])[0]
+    assert any("extra bytes after the last HDU" in str(c.message) for c in caught)
