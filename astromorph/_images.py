@@ -121,12 +121,15 @@ def _plane(data, name, header=None):
     """``data`` without its degenerate axes (a radio image's FREQ, STOKES): 2D, or `InputError`.
 
     With its ``header``, a STOKES axis is first reduced to its Stokes I plane (`InputError`
-    when it has none: Q, U or V are never read as total intensity). An image with an axis of
+    when it has none: Q, U or V are never read as total intensity), the array given the
+    header's shape first where it has fewer axes (`_header_shaped`). An image with an axis of
     length 0 (NAXIS2 = 0) holds no pixel to sample: `InputError`, as `predict_files` refuses
     it ("no image HDU with data").
     """
     if data.size == 0:
         raise InputError(f"{name}: the image holds no pixels (shape {data.shape})")
+    if header is not None:
+        data = _header_shaped(data, header, name)
     if header is not None and data.ndim > 2:
         from ._readers._fits import stokes_i
 
@@ -138,6 +141,35 @@ def _plane(data, name, header=None):
         if squeezed.ndim != 2:
             raise InputError(f"{name}: expected a 2D image, got shape {data.shape}")
         data = squeezed
+    return data
+
+
+def _header_shaped(data, header, name):
+    """``data`` (an array given with ``header``, or with a WCS whose header this is) in the
+    shape that the header gives (NAXISn; WCSAXES axes, the others one pixel long, where it
+    has no NAXIS), where it has fewer axes, the header's longer than 1 (a plane of a radio
+    image whose FREQ and STOKES axes are one pixel long): `_plane` then reads them as it
+    does a file's. `InputError` where the header gives an axis longer than 1 beyond those
+    of ``data`` (which plane of a cube it is cannot be told); else ``data`` as it is."""
+    try:
+        if "NAXIS" in header:
+            n = int(header["NAXIS"])
+            shape = tuple(int(header.get(f"NAXIS{k}", 1)) for k in range(n, 0, -1))
+        else:  # (a WCS's header: its axes beyond the array's are one pixel long)
+            n = int(header.get("WCSAXES", 0) or 0)
+            shape = (1,) * (n - data.ndim) + data.shape
+    except (TypeError, ValueError):  # (said where the header is read otherwise)
+        return data
+    if n <= data.ndim:
+        return data
+    if np.squeeze(data).shape == tuple(s for s in shape if s != 1):
+        return data.reshape(shape)
+    longer = [f"NAXIS{k} = {shape[n - k]}" for k in range(3, n + 1) if shape[n - k] > 1]
+    if longer:
+        raise InputError(f"{name}: the header gives {n} axes ({', '.join(longer)}), the array "
+                         f"{data.ndim} (shape {data.shape}): which plane of the cube it is "
+                         "cannot be told; pass it with the header of that plane (NAXIS = 2) "
+                         "or with the header's celestial WCS (WCS(header).celestial)")
     return data
 
 

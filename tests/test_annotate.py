@@ -5839,3 +5839,49 @@ def test_radio_stamps_are_cut_on_the_image_pixels_only_finer_than_firsts(pixel, 
     assert bool(sides[0] != 300) is native
     if native:
         assert out[0] == pytest.approx(pixel)
+
+
+def _stokes_header(w, n, stokes, *, naxis=True):
+    """The header of ``w`` (2D, ``n`` pixels a side) with a third, STOKES axis of the
+    Stokes parameters ``stokes`` (1: I, 2: Q...; CDELT3 = 1), with NAXISn (``naxis``) or
+    only WCSAXES (as `WCS.to_header` writes it)."""
+    h = w.to_header()
+    h["WCSAXES"] = 3
+    h.update({"CTYPE3": "STOKES", "CRVAL3": float(stokes[0]), "CDELT3": 1.0, "CRPIX3": 1.0})
+    if naxis:
+        h.update({"NAXIS": 3, "NAXIS1": n, "NAXIS2": n, "NAXIS3": len(stokes)})
+    return h
+
+
+def test_an_array_with_a_header_of_more_axes_is_read_as_the_file_would_be(tmp_path):
+    """A 2D array paired with a header (or a WCS) that gives a third axis: the STOKES axis
+    of a radio image was not looked at (only the array's two axes were), so a Stokes Q
+    plane was scored as total intensity where its file is refused; a header whose third
+    axis is longer than 1 (a plane of a cube) was taken without a word, which plane it is
+    unknown. Now a header whose extra axes are one pixel long is read as its file's data
+    would be (Stokes Q refused in the file's words, Stokes I read), and one with a longer
+    extra axis is an `InputError` naming it."""
+    n = 64
+    w = sky_wcs(n, rot=15)
+    img = blobs(n, seed=3, count=30)
+    path = tmp_path / "q.fits"
+    fits.PrimaryHDU(img[None], _stokes_header(w, n, [2])).writeto(path)
+    with pytest.raises(InputError) as info:
+        parse_sky_images(str(path))
+    words = str(info.value).split(": ", 1)[1]
+    assert "holds Stokes Q: no Stokes I" in words, words
+    for pair in ((img, _stokes_header(w, n, [2])),
+                 (img, _stokes_header(w, n, [2], naxis=False)),
+                 (img, WCS(_stokes_header(w, n, [2], naxis=False))),
+                 NDData(img, wcs=WCS(_stokes_header(w, n, [2], naxis=False)))):
+        with pytest.raises(InputError) as info:
+            parse_sky_images(pair)
+        assert str(info.value).split(": ", 1)[1] == words, str(info.value)
+    for header in (_stokes_header(w, n, [1]), _stokes_header(w, n, [1], naxis=False)):
+        (image,) = parse_sky_images((img, header))
+        np.testing.assert_array_equal(image.data, img)
+    cube = _stokes_header(w, n, [1])
+    cube.update({"CTYPE3": "FREQ", "CRVAL3": 1.4e9, "CDELT3": 1e6, "NAXIS3": 5})
+    with pytest.raises(InputError, match=r"^array: the header gives 3 axes "
+                       r"\(NAXIS3 = 5\), the array 2 \(shape \(64, 64\)\)"):
+        parse_sky_images((img, cube))
