@@ -356,6 +356,12 @@ def _write_headers(model, table, name, items, targets, overwrite, written, skipp
             if written[-1:] != [target]:  # (not when it failed after the file was moved in)
                 skipped.append((target, "astropy cannot write the file back", exc))
                 continue
+            # moved in (so counted as written, rightly), then something unexpected (syncing
+            # its folder, closing the input): said, never dropped; the other files go on
+            log.warning("results written to the header of %s (the new file is in place), "
+                        "then an unexpected error: %s: %s", target, type(exc).__name__, exc,
+                        exc_info=exc)
+            continue
         log.debug("results written to the header of %s", target)
 
 

@@ -5790,3 +5790,35 @@ def test_quantisation_step_of_a_lossily_compressed_image_is_scaled_by_bscale(tmp
     (stamp,) = read_file(path)
     np.testing.assert_allclose(stamp.data[0], raw * 2, rtol=1e-6)
     np.testing.assert_allclose(stamp.quantum, [2 * steps.max()])
+
+
+def test_an_error_after_a_header_file_is_moved_in_is_logged_not_swallowed(tmp_path, caplog,
+                                                                          monkeypatch):
+    """An unexpected error (not an OSError) after a header file was moved into place (its
+    folder's sync, closing the input): the file is written and counted so, and the other
+    files are still written, but the error was dropped without a word; it is now logged
+    as a warning naming the file and the error, with its traceback."""
+    import astromorph._io as io_module
+    from astromorph._headers import write_results_to_header
+
+    paths = [tmp_path / "a.fits", tmp_path / "b.fits"]
+    for p in paths:
+        fits.PrimaryHDU(np.zeros((4, 4), np.float32)).writeto(p)
+    outs = {p: tmp_path / f"out_{p.name}" for p in paths}
+
+    def sync(directory):
+        raise RuntimeError("a surprise")
+
+    monkeypatch.setattr(io_module, "_fsync_dir", sync)
+    table = _header_table(reason=("", ""))
+    with caplog.at_level(logging.DEBUG, logger="astromorph"):
+        write_results_to_header(_header_model(), table, [(p, 0, None) for p in paths], outs)
+    for out in outs.values():
+        with fits.open(out) as hdul:
+            assert "HIERARCH ASTROMORPH TOY SCORE" in hdul[0].header
+    said = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert [r.getMessage() for r in said] == [
+        f"results written to the header of {out} (the new file is in place), then an "
+        "unexpected error: RuntimeError: a surprise" for out in outs.values()]
+    assert all(r.exc_info and r.exc_info[0] is RuntimeError for r in said)
+    assert "results written to the headers of 2 file(s)" in caplog.messages
