@@ -149,8 +149,10 @@ def _header_shaped(data, header, name):
     shape that the header gives (NAXISn; WCSAXES axes, the others one pixel long, where it
     has no NAXIS), where it has fewer axes, the header's longer than 1 (a plane of a radio
     image whose FREQ and STOKES axes are one pixel long): `_plane` then reads them as it
-    does a file's. `InputError` where the header gives an axis longer than 1 beyond those
-    of ``data`` (which plane of a cube it is cannot be told); else ``data`` as it is."""
+    does a file's. `InputError` where the header gives a STOKES axis longer than 1 beyond
+    those of ``data`` (whether the plane is Stokes I cannot be told); else ``data`` as it
+    is: a plane of a cube along any other axis (FREQ, VELO...) has the cube's celestial
+    WCS."""
     try:
         if "NAXIS" in header:
             n = int(header["NAXIS"])
@@ -164,12 +166,15 @@ def _header_shaped(data, header, name):
         return data
     if np.squeeze(data).shape == tuple(s for s in shape if s != 1):
         return data.reshape(shape)
-    longer = [f"NAXIS{k} = {shape[n - k]}" for k in range(3, n + 1) if shape[n - k] > 1]
+    longer = [f"NAXIS{k} = {shape[n - k]}" for k in range(3, n + 1)
+              if shape[n - k] > 1 and str(header.get(f"CTYPE{k}", "")).upper().startswith(
+                  "STOKES")]
     if longer:
-        raise InputError(f"{name}: the header gives {n} axes ({', '.join(longer)}), the array "
-                         f"{data.ndim} (shape {data.shape}): which plane of the cube it is "
-                         "cannot be told; pass it with the header of that plane (NAXIS = 2) "
-                         "or with the header's celestial WCS (WCS(header).celestial)")
+        raise InputError(f"{name}: the header gives {n} axes ({', '.join(longer)}: STOKES), "
+                         f"the array {data.ndim} (shape {data.shape}): whether it is the "
+                         "Stokes I plane cannot be told; pass it with the header of that "
+                         "plane (NAXIS = 2) or with the header's celestial WCS "
+                         "(WCS(header).celestial)")
     return data
 
 

@@ -5859,8 +5859,8 @@ def test_an_array_with_a_header_of_more_axes_is_read_as_the_file_would_be(tmp_pa
     plane was scored as total intensity where its file is refused; a header whose third
     axis is longer than 1 (a plane of a cube) was taken without a word, which plane it is
     unknown. Now a header whose extra axes are one pixel long is read as its file's data
-    would be (Stokes Q refused in the file's words, Stokes I read), and one with a longer
-    extra axis is an `InputError` naming it."""
+    would be (Stokes Q refused in the file's words, Stokes I read), one with a longer STOKES
+    axis is an `InputError` naming it, and a plane of a FREQ cube is read."""
     n = 64
     w = sky_wcs(n, rot=15)
     img = blobs(n, seed=3, count=30)
@@ -5880,8 +5880,12 @@ def test_an_array_with_a_header_of_more_axes_is_read_as_the_file_would_be(tmp_pa
     for header in (_stokes_header(w, n, [1]), _stokes_header(w, n, [1], naxis=False)):
         (image,) = parse_sky_images((img, header))
         np.testing.assert_array_equal(image.data, img)
+    # a plane of a cube along FREQ has the cube's celestial WCS: read; a plane of four
+    # Stokes parameters may not be Stokes I: refused
     cube = _stokes_header(w, n, [1])
     cube.update({"CTYPE3": "FREQ", "CRVAL3": 1.4e9, "CDELT3": 1e6, "NAXIS3": 5})
+    (image,) = parse_sky_images((img, cube))
+    np.testing.assert_array_equal(image.data, img)
     with pytest.raises(InputError, match=r"^array: the header gives 3 axes "
-                       r"\(NAXIS3 = 5\), the array 2 \(shape \(64, 64\)\)"):
-        parse_sky_images((img, cube))
+                       r"\(NAXIS3 = 4: STOKES\), the array 2 \(shape \(64, 64\)\)"):
+        parse_sky_images((img, _stokes_header(w, n, [1, 2, 3, 4])))
