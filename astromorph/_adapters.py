@@ -58,8 +58,11 @@ class RawStamps:
     smoothed: object = None
     #: Per-row flags already known (e.g. EDGE from the cutout stage).
     flags: np.ndarray = field(default=None)
-    #: Triplets only: the candidate's position ``(y, x)`` in each stamp (0-based pixels),
+    #: Triplets: the candidate's position ``(y, x)`` in each stamp (0-based pixels),
     #: ``(N, 2)``, NaN where unknown (the central pixel ``n // 2``), or None (all unknown).
+    #: Radio: the source's, about which the stamps are brought to the FIRST grid where they
+    #: are resampled (`annotate`'s stamps cut on an image's own pixels, about the pixel
+    #: nearest the source), NaN where unknown (the centre ``(n - 1) / 2``), or None.
     centre: np.ndarray = None
     #: Set by `prepare` where `Flag.BLANK` was judged on another measure than the largest
     #: fraction of invalid pixels of one plane of the stamp (which `_explain` words by
@@ -585,6 +588,11 @@ def _radio_to_first_grid(raw, data, flags, *, caches=None):
     # grid's points are sampled too (block means and bilinear interpolation widened a 5.4"
     # beam: a point source lost 1.6 % of its peak from 1" pixels, 11 % from 0.5")
     native = {}  # row: the image (smoothed) on its own pixels, sampled on the FIRST grid
+    # the source's position less each stamp's centre (image pixels, (dy, dx)), where given
+    offsets = None
+    if raw.centre is not None and np.isfinite(raw.centre).any():
+        offsets = np.nan_to_num(np.asarray(raw.centre, dtype=float).reshape(len(images), 2)
+                                - (np.asarray(images.shape[-2:]) - 1) / 2)
     if raw.beam_shape is not None:
         shapes = np.broadcast_to(np.asarray(raw.beam_shape, dtype=float), (len(images), 3))
         raw.smoothed = rad._fine_beams(shapes)
@@ -601,15 +609,20 @@ def _radio_to_first_grid(raw, data, flags, *, caches=None):
                     s = tuple(s) if s[0] != s[1] else s[0]
                     if smooth:  # a few at a time: only the FIRST-grid samples accumulate
                         native.update(rad._native_to_first_grid(images, sel, shapes, s,
-                                                                caches=caches))
+                                                                caches=caches, offsets=offsets))
                     else:  # (one by one: no copy of the rows)
-                        native.update((j, rad._sample_beam_limited(images[j:j + 1], s)[0])
-                                      for j in sel.tolist())
+                        for j in sel.tolist():
+                            native[j] = rad._sample_beam_limited(
+                                images[j:j + 1], s,
+                                offset=None if offsets is None else offsets[j])[0]
     if raw.pixel_scale is not None:
         resample = ~np.isclose(scales, rad.FIRST_PIXEL_SCALE_ARCSEC, rtol=1e-3).all(axis=1)
         if resample.any() or images.shape[-1] != rad.DATASET_IMAGE_PIXELS:
             images = np.stack([native[j] if j in native else
                                rad.resample_to_first_grid(im, tuple(s) if s[0] != s[1] else s[0])
+                               if offsets is None or not offsets[j].any() else
+                               rad._resample_to_first_grid(
+                                   im, tuple(s) if s[0] != s[1] else s[0], offset=offsets[j])
                                for j, (im, s) in enumerate(zip(images, scales))])
     return images, flags, np.isin(np.arange(len(images)), list(native))
 

@@ -474,7 +474,7 @@ def _grid(model, family, n, sizes, stamp_size):
     return npix, np.full(n, scale), None, bad
 
 
-def _native_grids(images, choice, sky, scale, npix):
+def _native_grids(images, choice, scale, npix):
     """radio-morphology stamps of an image of known beam (``match_beam``): the stamp side
     (pixels) and pixel scale (arcsec) of each source, ``(sides, scale)`` (``npix`` and
     ``scale`` as given where unchanged).
@@ -488,19 +488,16 @@ def _native_grids(images, choice, sky, scale, npix):
     stamp differed from `predict_files`' by 11 % of its peak); cut at 1.8" (block means,
     bilinearly), a beam that needs no smoothing is widened (a point source seen through
     FIRST's beam lost 1.6 % of its peak from 1" pixels). ``choice`` is `_choose_images` of
-    every source in the one band of ``images``, ``sky`` its `_sky_positions`.
+    every source in the one band of ``images``.
 
-    The side is odd (``2 * _native_half_side + 1``, the source on the middle pixel) where
-    the source lies nearer a pixel centre of the image than a pixel corner along some axis,
-    even (one pixel more, the source on the corner between the middle four) where it lies
-    nearer a corner along both: on a north-up image of square pixels of the stamp's scale,
-    the stamp's pixels then fall within a quarter of a pixel of the image's along both axes
-    (exactly for a source on a corner, the centre of an even-sized image, as on a centre),
-    where an odd side took each of them as the mean of four of the image's, half a pixel
-    away: a blur that `predict_files` does not make of the image (its FIRST grid, the same
-    points about the image's centre, differed by 1.8 % of the peak from 1" pixels, a
-    probability by 2.6e-3). Elsewhere the parity changes nothing but where the stamp's
-    pixels fall; the source is at the stamp's centre either way.
+    The side is odd, ``2 * _native_half_side + 1``. `_cut_band` cuts these stamps on the
+    image's own pixels where its grid is the stamp's (`cut_stamps` ``on_pixels``: a
+    north-up image of square pixels), about the pixel nearest the source, and the radio
+    adapter samples the FIRST grid about the source (`RawStamps.centre`): once, from the
+    image's pixels, where interpolating the stamp about the source and then sampling the
+    grid from it blurred the image twice (the stamp's pixels the bilinear means of the
+    image's; the FIRST grid 0.6 to 1.5 % of its peak from the grid sampled straight from
+    the image, at 1", but for a source on a pixel centre or corner).
     """
     from astropy.wcs.utils import proj_plane_pixel_scales
 
@@ -519,14 +516,7 @@ def _native_grids(images, choice, sky, scale, npix):
             continue
         fine = max(float(finest), FINEST_STAMP_SCALE)
         scale = np.where(rows, fine, scale)
-        # nearer a pixel corner than a centre along both axes: an even side (NaN: odd)
-        with np.errstate(invalid="ignore"):
-            corner = np.ones(len(rows), bool)
-            for p in sky[k][2:4]:
-                p = np.asarray(p, dtype=float)
-                corner &= np.abs(p - np.floor(p) - 0.5) < 0.25
-        half = rad._native_half_side(fine, size=rad.DATASET_IMAGE_PIXELS)
-        sides[rows] = 2 * half + 1 + corner[rows]
+        sides[rows] = 2 * rad._native_half_side(fine, size=rad.DATASET_IMAGE_PIXELS) + 1
     return sides, scale
 
 
@@ -794,7 +784,7 @@ def _field_off_image(image, lon, lat, up_angle, reach):
     return ~on.all(axis=1)
 
 
-def _cut_band(images, sky, npix, scale, rows, choice=None, *, field=None):
+def _cut_band(images, sky, npix, scale, rows, choice=None, *, field=None, native=None):
     """Stamps of the sources ``rows`` from the best image of one band (mosaic aware).
 
     ``sky`` holds the positions of all sources in each image's frame
@@ -803,10 +793,16 @@ def _cut_band(images, sky, npix, scale, rows, choice=None, *, field=None):
     sources cut from it (`SkyImage.done_sources`). Returns the stamps
     ``(len(rows), npix, npix)`` (NaN for a source off every image), their flags
     (`OFF_IMAGE`, `EDGE`, `BLANK`, `EXTRAPOLATED`, `SATURATED`) and ``(beam, shape,
-    quantum, filled)``: the beam (arcsec) of the image each was cut from (NaN where
+    quantum, filled, offset)``: the beam (arcsec) of the image each was cut from (NaN where
     unknown), its shape on the stamp, the quantisation spread of a flat area in each stamp
-    (`StampResult.quantum`; 0 where the image's pixels are as written) and the rows whose
-    stamp runs over the image's edge where the model's field does not (filled, not EDGE).
+    (`StampResult.quantum`; 0 where the image's pixels are as written), the rows whose
+    stamp runs over the image's edge where the model's field does not (filled, not EDGE)
+    and the source's position on each stamp less its centre (`StampResult.offset`,
+    ``(len(rows), 2)``: 0 but on stamps cut on an image's own pixels).
+
+    ``native``: radio-morphology, the catalogue's rows (bool) whose stamps `_native_grids`
+    cuts at an image's own pixel scale: cut on its own pixels where its grid is theirs
+    (`cut_stamps` ``on_pixels``).
 
     ``field``: radio-morphology, the reach (arcsec) of the FIRST grid's outermost points
     from the source: `Flag.EDGE` where they run off the image (`_field_off_image`), whatever
@@ -820,6 +816,7 @@ def _cut_band(images, sky, npix, scale, rows, choice=None, *, field=None):
     beam = np.full(n, np.nan)  # of the image each stamp is cut from (BMAJ), NaN if unknown
     quantum = np.zeros(n)
     shape = np.full((n, 3), np.nan)  # its major, minor axes and PA (north up on the stamps)
+    offset = np.zeros((n, 2))  # the source on each stamp less its centre (dy, dx)
     if choice is None:
         best_image, off = _choose_images(images, sky, rows)
     else:
@@ -830,9 +827,12 @@ def _cut_band(images, sky, npix, scale, rows, choice=None, *, field=None):
         if not len(sel):
             continue
         lon, lat, up = (sky[k][j][rows[sel]] for j in (0, 1, 4))
-        res = cut_stamps(image, lon, lat, size=npix, pixel_scale=scale[rows][sel], up_angle=up)
+        on_pixels = native is not None and bool(native[rows[sel]].all())
+        res = cut_stamps(image, lon, lat, size=npix, pixel_scale=scale[rows][sel], up_angle=up,
+                         on_pixels=on_pixels)
         beam[sel] = np.nan if image.beam is None else image.beam
         quantum[sel] = res.quantum
+        offset[sel] = res.offset
         if image.beam is not None:
             # the stamps' up points to position angle ``up`` in the image's frame (ICRS
             # north on a Galactic map), where BPA is measured: on them the beam's major
@@ -862,7 +862,7 @@ def _cut_band(images, sky, npix, scale, rows, choice=None, *, field=None):
         # (a part of a survey catalogue is mostly off a small image; callers keep the
         # stamps of the usable rows only)
         stamps = np.broadcast_to(np.float32(np.nan), (n, npix, npix))
-    return stamps, flags, (beam, shape, quantum, filled)
+    return stamps, flags, (beam, shape, quantum, filled, offset)
 
 
 def annotate(table, images, *, model, ra_col=None, dec_col=None, coord_col=None,
@@ -1014,11 +1014,12 @@ def annotate(table, images, *, model, ra_col=None, dec_col=None, coord_col=None,
         # the image each source is cut from, in each band; each image is told how many
         choice = {band: _choose_images(groups[band], sky[band], np.arange(n)) for band in plan}
         sides = np.full(n, npix)  # stamp side of each source (pixels)
+        native = None  # radio: the rows cut at an image's own pixel scale (`_native_grids`)
         # radio: EDGE where the FIRST grid's points run off the image (`_cut_band`)
         field = (npix - 1) / 2 * float(scale[0]) if family == "radio" and n else None
         if family == "radio" and match_beam:  # (one band)
-            sides, scale = _native_grids(groups[plan[0]], choice[plan[0]], sky[plan[0]],
-                                         scale, npix)
+            sides, scale = _native_grids(groups[plan[0]], choice[plan[0]], scale, npix)
+            native = sides != npix
         for band in plan:
             _plan_reads(groups[band], sky[band], sides)
         for band in plan:
@@ -1037,10 +1038,13 @@ def annotate(table, images, *, model, ra_col=None, dec_col=None, coord_col=None,
             side = int(sides[rows[0]])  # (one side per part: `_parts`)
             quantum = np.zeros((len(rows), len(plan)))  # per band (`StampResult.quantum`)
             filled = np.zeros(len(rows), bool)  # stamps over the edge, not the field
+            offset = np.zeros((len(rows), 2))  # the sources on the stamps less their centres
             for k, band in enumerate(plan):
-                stamps, f, (band_beam, band_shape, quantum[:, k], band_filled) = _cut_band(
-                    groups[band], sky[band], side, scale, rows, choice[band], field=field)
+                stamps, f, (band_beam, band_shape, quantum[:, k], band_filled, band_offset) = \
+                    _cut_band(groups[band], sky[band], side, scale, rows, choice[band],
+                              field=field, native=native)
                 filled |= band_filled
+                offset += band_offset  # (radio: one band)
                 coarser = band_beam > np.where(np.isnan(beam), -np.inf, beam)
                 shape[coarser] = band_shape[coarser]
                 beam = np.fmax(beam, band_beam)
@@ -1063,7 +1067,9 @@ def annotate(table, images, *, model, ra_col=None, dec_col=None, coord_col=None,
                             beam_shape=shape[usable] if match_beam else None,
                             flags=row_flags[usable], scratch=True,  # (stamps not read again)
                             quantum=quantum[usable] if quantum.any() else None,
-                            filled=filled[usable] if filled.any() else None)
+                            filled=filled[usable] if filled.any() else None,
+                            # (radio: the FIRST grid sampled about the source, `_cut_band`)
+                            centre=(side - 1) / 2 + offset[usable] if offset.any() else None)
             x, row_flags[usable] = prepare(model, raw, crop_fraction=crop)
             scored = (row_flags[usable] & int(Flag.unusable())) == 0  # e.g. an all-NaN band
             smooth = np.zeros(len(rows), bool)  # (this part's rows of ``smoothed``)

@@ -1132,15 +1132,26 @@ def resample_to_first_grid(image, pixel_scale_arcsec, *, size=DATASET_IMAGE_PIXE
     if image.ndim != 2 or min(image.shape) < 2:
         raise InputShapeError(f"expected a 2-D image of at least 2 x 2 pixels, got shape "
                               f"{image.shape}")
+    return _resample_to_first_grid(image, pixel_scale_arcsec, size=size)
+
+
+def _resample_to_first_grid(image, pixel_scale_arcsec, *, size=DATASET_IMAGE_PIXELS,
+                            offset=None):
+    """`resample_to_first_grid` of a checked 2-D ``image``, the grid's centre on the
+    image's pixel ``(n - 1) / 2`` plus ``offset`` ``(dy, dx)`` (image pixels; None: 0, where
+    an image at FIRST's scale is only cut or padded): the source's position on a stamp cut
+    on an image's own pixels (`astromorph.annotate`, `astromorph._cutouts.cut_stamps`
+    ``on_pixels``)."""
     ny, nx = image.shape
     scale_y, scale_x = _two_pixel_scales(pixel_scale_arcsec)
     step_y, step_x = FIRST_PIXEL_SCALE_ARCSEC / scale_y, FIRST_PIXEL_SCALE_ARCSEC / scale_x
-    if abs(step_y - 1.0) <= 1e-3 and abs(step_x - 1.0) <= 1e-3:
+    if offset is None and abs(step_y - 1.0) <= 1e-3 and abs(step_x - 1.0) <= 1e-3:
         # the FIRST grid already: centred as the data-set window is
         return _centre_window(_float64_valid(image), size, np.nan)
+    dy, dx = (0.0, 0.0) if offset is None else (float(v) for v in offset)
     # the image's centre on the grid's (between pixels 149 and 150, as in the data set)
-    y = (ny - 1) / 2 + (np.arange(size) - (size - 1) / 2) * step_y
-    x = (nx - 1) / 2 + (np.arange(size) - (size - 1) / 2) * step_x
+    y = (ny - 1) / 2 + dy + (np.arange(size) - (size - 1) / 2) * step_y
+    x = (nx - 1) / 2 + dx + (np.arange(size) - (size - 1) / 2) * step_x
     # inside the image's own extent (the edge half-blocks of a binned image included)
     inside = ((y >= 0) & (y <= ny - 1))[:, None] & ((x >= 0) & (x <= nx - 1))[None, :]
     fy, fx = int(np.floor(step_y + 1e-9)), int(np.floor(step_x + 1e-9))
@@ -1380,7 +1391,7 @@ _CACHED_BEAMS = 4
 
 
 def _native_to_first_grid(images, rows, beams, pixel_scale, *, size=DATASET_IMAGE_PIXELS,
-                          caches=None):
+                          caches=None, offsets=None):
     """Yield ``(row, sample)`` for each of ``rows`` of ``images`` (``(N, H, W)``, any float
     dtype, NaN where invalid; sharing ``pixel_scale``, finer than FIRST's 1.8" along some
     axis; ``beams`` ``(N, 3)`` as `smooth_to_first_beam` takes them, fine beams at those
@@ -1395,7 +1406,10 @@ def _native_to_first_grid(images, rows, beams, pixel_scale, *, size=DATASET_IMAG
     the beams in `numpy.unique`'s order (as `smooth_to_first_beam` takes them). ``caches``:
     a dict that keeps the kernel, transform and mask convolution of the last
     `_CACHED_BEAMS` beams, shapes and pixel scales between calls (`astromorph._predict`'s
-    stamps, brought to the FIRST grid one by one as they are read); the same floats."""
+    stamps, brought to the FIRST grid one by one as they are read); the same floats.
+    ``offsets``: ``(N, 2)``, the grid's centre on each image less its centre
+    (`_sample_on_first_grid`), or None (0: the crop keeps the image's centre, and so the
+    offset)."""
     images = np.asarray(images)
     rows = np.asarray(rows, dtype=np.intp).ravel()
     crop = _native_crop(images.shape[-2:], pixel_scale, size=size)
@@ -1418,7 +1432,8 @@ def _native_to_first_grid(images, rows, beams, pixel_scale, *, size=DATASET_IMAG
                 np.float32, copy=False)
             _convolve_normalised(block, np.arange(len(part)), kernel, area, cache=cache)
             for j, image in zip(part.tolist(), block):
-                yield j, _sample_beam_limited(image[None], pixel_scale, size=size)[0]
+                yield j, _sample_beam_limited(image[None], pixel_scale, size=size,
+                                              offset=None if offsets is None else offsets[j])[0]
 
 
 def _native_half_side(scale, *, size=DATASET_IMAGE_PIXELS):
@@ -1450,7 +1465,7 @@ def _keys_weights(t):
                     np.where(a < 2, ((-0.5 * a + 2.5) * a - 4) * a + 2, 0.0))
 
 
-def _sample_on_first_grid(image, pixel_scale, *, size=DATASET_IMAGE_PIXELS):
+def _sample_on_first_grid(image, pixel_scale, *, size=DATASET_IMAGE_PIXELS, offset=None):
     """The values of ``image`` (2-D, or a stack ``(..., H, W)``; finer than FIRST's 1.8" along
     some axis, already at a beam that contains FIRST's: `_sample_beam_limited`) at the
     points of the ``size`` x
@@ -1460,20 +1475,26 @@ def _sample_on_first_grid(image, pixel_scale, *, size=DATASET_IMAGE_PIXELS):
     images that may hold structure finer than the grid) widen: a point source lost 1.6 %
     of its peak from 1" pixels, 11 % from 0.5". NaN outside the image and where one of the
     16 pixels read is NaN. The images of a stack are sampled one by one (the same floats;
-    a stack of 601 x 601 images at once took nine times as long, out of the CPU's cache)."""
+    a stack of 601 x 601 images at once took nine times as long, out of the CPU's cache).
+    ``offset``: ``(dy, dx)`` (image pixels) added to the grid's centre on the image(s), or
+    None (0): the source's position less the image's centre on a stamp cut on an image's
+    own pixels (`astromorph._cutouts.cut_stamps` ``on_pixels``), so that the grid's points
+    are sampled from the image's pixels at their own sky positions."""
     image = np.asarray(image)
     if image.ndim > 2:
         out = np.empty(image.shape[:-2] + (size, size))
         for index in np.ndindex(image.shape[:-2]):
-            out[index] = _sample_on_first_grid(image[index], pixel_scale, size=size)
+            out[index] = _sample_on_first_grid(image[index], pixel_scale, size=size,
+                                               offset=offset)
         return out
     if image.dtype != np.float32:  # (float32 pixels are read as they are: exact in float64)
         image = image.astype(np.float64, copy=False)
     ny, nx = image.shape
     scale_y, scale_x = axis_scales(pixel_scale)
     axes = []
-    for n, scale in ((ny, scale_y), (nx, scale_x)):
-        p = (n - 1) / 2 + (np.arange(size) - (size - 1) / 2) * FIRST_PIXEL_SCALE_ARCSEC / scale
+    shift = (0.0, 0.0) if offset is None else (float(v) for v in offset)
+    for n, scale, d in zip((ny, nx), (scale_y, scale_x), shift):
+        p = (n - 1) / 2 + d + (np.arange(size) - (size - 1) / 2) * FIRST_PIXEL_SCALE_ARCSEC / scale
         base = np.floor(p).astype(int)
         taps = np.clip(base[:, None] + np.arange(-1, 3), 0, n - 1)
         axes.append((taps, _keys_weights(p - base), (p >= 0) & (p <= n - 1)))
@@ -1488,7 +1509,7 @@ def _sample_on_first_grid(image, pixel_scale, *, size=DATASET_IMAGE_PIXELS):
     return out
 
 
-def _sample_beam_limited(images, pixel_scale, *, size=DATASET_IMAGE_PIXELS):
+def _sample_beam_limited(images, pixel_scale, *, size=DATASET_IMAGE_PIXELS, offset=None):
     """`_sample_on_first_grid` of images ``(N, H, W)`` (NaN where invalid; sharing
     ``pixel_scale``: one float or ``(scale_y, scale_x)``, finer than FIRST's 1.8" along some
     axis) band-limited by a beam that contains FIRST's: one whose known beam needs no
@@ -1505,10 +1526,12 @@ def _sample_beam_limited(images, pixel_scale, *, size=DATASET_IMAGE_PIXELS):
     where the image given was (the convolution is normalised over the valid pixels, which
     stay at the new beam beside a NaN), so that value is the block means of its valid
     pixels at FIRST's beam, and the NaN footprint the image's own. Returns
-    ``(N, size, size)`` float64."""
-    out = _sample_on_first_grid(images, pixel_scale, size=size)
+    ``(N, size, size)`` float64. ``offset``: as `_sample_on_first_grid` takes it (the
+    images' own)."""
+    out = _sample_on_first_grid(images, pixel_scale, size=size, offset=offset)
     for image, plane in zip(images, out):
         holes = np.isnan(plane)  # (NaN outside the image in both)
         if holes.any() and np.isnan(image).any():
-            plane[holes] = resample_to_first_grid(image, pixel_scale, size=size)[holes]
+            plane[holes] = _resample_to_first_grid(image, pixel_scale, size=size,
+                                                   offset=offset)[holes]
     return out
