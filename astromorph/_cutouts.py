@@ -38,7 +38,7 @@ from .exceptions import InputDTypeError, InputError
 from .preprocessing._checks import invalid_pixels
 
 __all__ = ["SkyImage", "StampResult", "cut_stamps", "STAMP_CHUNK", "SAMPLE_PIXELS",
-           "STRIP_PIXELS", "ON_PIXEL_TOLERANCE"]
+           "STRIP_PIXELS", "ON_PIXEL_SCALE", "ON_PIXEL_TURN_DEG", "ON_PIXEL_TOLERANCE"]
 
 log = logging.getLogger(__name__)
 
@@ -1062,14 +1062,14 @@ def cut_stamps(image, lon, lat, *, size, pixel_scale, up_angle=0.0, chunk=None,
         Block-average the image before sampling where stamp pixels cover
         two or more image pixels.
     on_pixels : bool
-        Where a stamp's grid is the image's own, shifted (its pixels within
-        `ON_PIXEL_TOLERANCE` image pixel of the image's, about the source, after a shift
-        of at most half a pixel along each axis: a north-up, east-left image of square
-        pixels of ``pixel_scale``), take the image's pixels as they are, about the pixel
-        (or pixel corner) nearest the source, rather than interpolate them about the
-        source (bilinear weights between neighbours blur the image, but where the source
-        lies on a pixel centre): `StampResult.offset` says where the source then lies on
-        the stamp. Other stamps are interpolated about the source, as without it.
+        Where a stamp's grid is the image's own about the source (pixels of
+        ``pixel_scale`` along the same axes, to `ON_PIXEL_SCALE`, turned by at most
+        `ON_PIXEL_TURN_DEG`: a north-up, east-left image of square pixels of that scale),
+        take the image's pixels as they are, about the pixel (or pixel corner) nearest
+        the source, along the image's axes, rather than interpolate them about the source
+        (bilinear weights between neighbours blur the image, but where the source lies on
+        a pixel centre): `StampResult.offset` says where the source then lies on the
+        stamp. Other stamps are interpolated about the source, as without it.
 
     Returns
     -------
@@ -1099,7 +1099,7 @@ def cut_stamps(image, lon, lat, *, size, pixel_scale, up_angle=0.0, chunk=None,
         factors = (np.clip(np.floor(np.nan_to_num(z, nan=1.0)), 1, image.shape).astype(int)
                    if antialias else np.ones_like(z, int))
         # stamps on the image's own pixels (``xy`` made whole there): taken, not sampled
-        own = (_own_pixels(image, lon[sl], lat[sl], xy, offset[sl]) if on_pixels
+        own = (_own_pixels(image, lon[sl], lat[sl], xy, offset[sl], exact) if on_pixels
                else np.zeros(len(z), bool))
         factors[own] = 1
         quantum[sl] = _stamp_quantum(image, xy, factors)
@@ -1135,30 +1135,55 @@ def cut_stamps(image, lon, lat, *, size, pixel_scale, up_angle=0.0, chunk=None,
     return StampResult(stamps, outside, blank, zoom, quantum, offset)
 
 
-#: `cut_stamps` ``on_pixels``: the largest distance (image pixels, along either axis) over
-#: a stamp between where its pixels lie on the image and the image's own pixels, shifted by
-#: the source's offset from the nearest pixel (or pixel corner), at which the stamp takes
-#: the image's pixels as they are. A rotation of 0.01 deg reaches it 290 pixels from the
-#: source; the gnomonic projection, 1 deg from its tangent point at 1" pixels (a stamp
-#: stretched by 3e-4 there); float32 pixel maps are good to 1e-4 pixel.
+#: `cut_stamps` ``on_pixels``: the stamp's grid is the image's own where, about the source,
+#: a stamp pixel steps one image pixel along the same axis to within this fraction (the
+#: scale: 3e-4 for a gnomonic image 1 deg from its tangent point), its axes turned from
+#: the image's by at most `ON_PIXEL_TURN_DEG`, and the grid is that linear map to within
+#: `ON_PIXEL_TOLERANCE` image pixel over the stamp (a stamp across a seam or near a limb,
+#: or projected too curved, is not).
+ON_PIXEL_SCALE = 1e-3
+#: `cut_stamps` ``on_pixels``: the largest angle (degrees) between a stamp's up (north, or
+#: ``up_angle``, at the source) and the image's +y axis there, at which the stamp takes the
+#: image's pixels as they are, its up the image's +y: the meridians of a north-up image
+#: converge by ``sin(dec)`` times the difference in longitude from its reference point
+#: (0.03 deg for a source 5' from it at dec 20 deg, 1 deg for 1.2 deg at dec 60), a
+#: rotation of the stamp that the radio model, trained on all orientations, does not see.
+ON_PIXEL_TURN_DEG = 1.0
+#: `cut_stamps` ``on_pixels``: see `ON_PIXEL_SCALE` (image pixels; float32 pixel maps are
+#: good to 1e-4 pixel).
 ON_PIXEL_TOLERANCE = 0.05
 
 
-def _own_pixels(image, lon, lat, xy, offset):
-    """The stamps of `cut_stamps` whose grid ``xy`` (2, K, size, size) is the image's own,
-    shifted (`ON_PIXEL_TOLERANCE`): ``(K,)`` bool. Their ``xy`` are set to the image's
-    pixels about the pixel (or pixel corner) nearest the source (whole numbers) and their
+def _own_pixels(image, lon, lat, xy, offset, exact):
+    """The stamps of `cut_stamps` whose grid ``xy`` (2, K, size, size) is the image's own
+    (`ON_PIXEL_SCALE`, `ON_PIXEL_TURN_DEG`; none of those mapped pixel by pixel,
+    ``exact``): ``(K,)`` bool. Their ``xy`` are set to the image's pixels about the pixel
+    (or pixel corner) nearest the source (whole numbers), along its own axes, and their
     rows of ``offset`` (K, 2) to the source's position ``(dy, dx)`` on the stamp less its
     centre (within half a pixel)."""
     size = xy.shape[-1]
     c = (size - 1) / 2.0
     x0, y0 = (np.asarray(v, dtype=np.float64).reshape(-1) for v in image.world_to_pixel(lon, lat))
+    if size < 3:
+        return np.zeros(len(x0), bool)
+    m = size // 2  # (the middle row and column; of an odd side, the source's)
+    # image pixels per stamp column and per stamp row (x, y), across the whole stamp
+    col = (xy[:, :, m, -1].astype(np.float64) - xy[:, :, m, 0]) / (size - 1)
+    row = (xy[:, :, -1, m].astype(np.float64) - xy[:, :, 0, m]) / (size - 1)
     grid = np.arange(size) - c
     with np.errstate(invalid="ignore"):
-        miss = np.maximum(
-            np.abs(xy[0] - (x0[:, None, None] + grid[None, None, :])).max(axis=(1, 2)),
-            np.abs(xy[1] - (y0[:, None, None] + grid[None, :, None])).max(axis=(1, 2)))
-        own = np.isfinite(x0) & np.isfinite(y0) & (miss <= ON_PIXEL_TOLERANCE)
+        turn = np.degrees(np.maximum(np.abs(np.arctan2(col[1], col[0])),
+                                     np.abs(np.arctan2(-row[0], row[1]))))
+        linear = [x0[:, None, None] + col[0][:, None, None] * grid[None, None, :]
+                  + row[0][:, None, None] * grid[None, :, None],
+                  y0[:, None, None] + col[1][:, None, None] * grid[None, None, :]
+                  + row[1][:, None, None] * grid[None, :, None]]
+        miss = np.maximum(np.abs(xy[0] - linear[0]).max(axis=(1, 2)),
+                          np.abs(xy[1] - linear[1]).max(axis=(1, 2)))
+        own = (np.isfinite(x0) & np.isfinite(y0) & ~np.asarray(exact, bool)
+               & (np.abs(np.hypot(*col) - 1) <= ON_PIXEL_SCALE)
+               & (np.abs(np.hypot(*row) - 1) <= ON_PIXEL_SCALE)
+               & (turn <= ON_PIXEL_TURN_DEG) & (miss <= ON_PIXEL_TOLERANCE))
     if own.any():
         k = np.flatnonzero(own)
         first_x, first_y = np.round(x0[k] - c), np.round(y0[k] - c)  # of stamp pixel 0
