@@ -1441,8 +1441,8 @@ def _native_half_side(scale, *, size=DATASET_IMAGE_PIXELS):
     `_native_crop` keeps on either side of an image's centre: the half extent of
     the ``size`` x ``size`` FIRST grid, two blocks of `resample_to_first_grid` and the reach
     of the widest kernel (a beam of zero width to FIRST's). An image of ``2 * half + 1``
-    pixels is kept whole (`annotate` cuts its stamps so, or one pixel wider about a source
-    on a pixel corner, of which `_native_crop` keeps the centre)."""
+    pixels is kept whole (`annotate` cuts its stamps so: the source within half a pixel of
+    the centre, the grid sampled about it, `_sample_on_first_grid` ``offset``)."""
     step = FIRST_PIXEL_SCALE_ARCSEC / scale
     factor = _block_factor(scale)
     fwhm = 2.0 * np.sqrt(2.0 * np.log(2.0))
