@@ -5830,11 +5830,7 @@ def test_radio_stamps_are_cut_on_the_image_pixels_only_finer_than_firsts(pixel, 
     w.wcs.cdelt = [-pixel / 3600, pixel / 3600]
     image = SkyImage(np.ones((100, 100), np.float32), w, beam=5.4)
     scale = np.full(1, 1.8)
-    x = y = np.array([49.0])
-    lon, lat = w.pixel_to_world_values(x, y)
-    sky = [(lon, lat, x, y, np.zeros(1))]
-    sides, out = _native_grids([image], (np.zeros(1, int), np.zeros(1, bool)), sky, scale,
-                               300)
+    sides, out = _native_grids([image], (np.zeros(1, int), np.zeros(1, bool)), scale, 300)
     assert bool(out[0] != 1.8) is native
     assert bool(sides[0] != 300) is native
     if native:

@@ -2611,13 +2611,45 @@ def test_native_radio_stamps_are_the_image_pixels_about_the_nearest_pixel():
     y = np.array([299.5, 299.0, 299.0, 299.7, 299.26, 296.13, 20.9, 299.5])
     lon, lat = w.pixel_to_world_values(x, y)
     choice = (np.zeros(len(x), int), x > n)
-    sides, scale = _annotate._native_grids([sky_image], choice, sky,
-                                           np.full(len(x), 1.8), 300)
-    assert sides.tolist() == [578, 577, 577, 578, 578, 300]
-    np.testing.assert_allclose(scale, [1.0] * 5 + [1.8])
-    # (stamp pixel 0 on image pixel 299.5 - 288.5 = 11; an odd side took means of four)
-    stamp = cut_stamps(sky_image, lon[:1], lat[:1], size=578, pixel_scale=1.0).stamps[0]
-    np.testing.assert_allclose(stamp, image[11:589, 11:589], atol=2e-3)  # (the WCS: 1e-4 px)
+    sides, scale = _annotate._native_grids([sky_image], choice, np.full(len(x), 1.8), 300)
+    assert sides.tolist() == [577] * 7 + [300]
+    np.testing.assert_allclose(scale, [1.0] * 7 + [1.8])
+    res = cut_stamps(sky_image, lon[:7], lat[:7], size=577, pixel_scale=1.0, on_pixels=True)
+    padded = np.full((n + 2 * 577, n + 2 * 577), np.nan, np.float32)
+    padded[577:-577, 577:-577] = image
+    assert (np.abs(res.offset) <= 0.5 + 1e-6).all()
+    # (a source on a corner: either of the two pixels, as the WCS's rounding has it)
+    first = np.stack([y[:7], x[:7]], axis=1) - 288 - res.offset  # (stamp pixel 0)
+    np.testing.assert_allclose(first, np.round(first), rtol=0, atol=1e-6)
+    for k, (first_y, first_x) in enumerate(np.round(first).astype(int).tolist()):
+        np.testing.assert_array_equal(
+            res.stamps[k], padded[577 + first_y:577 + first_y + 577,
+                                  577 + first_x:577 + first_x + 577], err_msg=str(k))
+    np.testing.assert_allclose(res.offset[1], 0, atol=1e-6)  # (on a pixel centre)
+    assert res.outside[6] > 0 and res.outside[:6].max() == 0
+    assert res.blank[6] == pytest.approx(1 / ((577 - 267) * (577 - 258)))  # (rows, columns on)
+    # without on_pixels: interpolated about the source (a blur of the image's pixels)
+    plain = cut_stamps(sky_image, lon[3:4], lat[3:4], size=577, pixel_scale=1.0)
+    assert not plain.offset.any()
+    assert np.nanmax(np.abs(plain.stamps[0] - res.stamps[3])) > 0.1
+    # an image turned by 0.5 deg: its own pixels, along its axes (ON_PIXEL_TURN_DEG); by
+    # 2 deg, or of other pixels (1.01"): interpolated about the source, whatever on_pixels
+    for turn, cdelt, own in ((0.5, 1.0, True), (2.0, 1.0, False), (0.0, 1.01, False)):
+        w.wcs.pc = [[np.cos(np.radians(turn)), -np.sin(np.radians(turn))],
+                    [np.sin(np.radians(turn)), np.cos(np.radians(turn))]]
+        w.wcs.cdelt = [-cdelt / 3600, cdelt / 3600]
+        [turned] = parse_sky_images(fits.HDUList([fits.PrimaryHDU(image,
+                                                                  header=w.to_header())]))
+        a = cut_stamps(turned, lon[3:4], lat[3:4], size=577, pixel_scale=1.0, on_pixels=True)
+        b = cut_stamps(turned, lon[3:4], lat[3:4], size=577, pixel_scale=1.0)
+        assert a.offset.any() == own, turn
+        if own:
+            first_y, first_x = (int(round(v)) for v in np.subtract(
+                turned.world_to_pixel(lon[3:4], lat[3:4])[::-1], 288).ravel() - a.offset[0])
+            np.testing.assert_array_equal(a.stamps[0], image[first_y:first_y + 577,
+                                                             first_x:first_x + 577])
+        else:
+            np.testing.assert_array_equal(a.stamps, b.stamps)
 
 
 @requires_model
@@ -2683,47 +2715,6 @@ def test_blocks_of_a_crop_of_fine_pixels_just_short_of_a_whole_factor_are_the_im
     expected = radio._sample_beam_limited(whole, s)[0]
     assert np.isnan(expected).any()  # (beside the holes: the block means)
     np.testing.assert_allclose(seen[0][0], expected, rtol=0, atol=1e-5, equal_nan=True)
-
-
-    sides, scale = _annotate._native_grids([sky_image], choice, np.full(len(x), 1.8), 300)
-    assert sides.tolist() == [577] * 7 + [300]
-    np.testing.assert_allclose(scale, [1.0] * 7 + [1.8])
-    res = cut_stamps(sky_image, lon[:7], lat[:7], size=577, pixel_scale=1.0, on_pixels=True)
-    padded = np.full((n + 2 * 577, n + 2 * 577), np.nan, np.float32)
-    padded[577:-577, 577:-577] = image
-    assert (np.abs(res.offset) <= 0.5 + 1e-6).all()
-    # (a source on a corner: either of the two pixels, as the WCS's rounding has it)
-    first = np.stack([y[:7], x[:7]], axis=1) - 288 - res.offset  # (stamp pixel 0)
-    np.testing.assert_allclose(first, np.round(first), rtol=0, atol=1e-6)
-    for k, (first_y, first_x) in enumerate(np.round(first).astype(int).tolist()):
-        np.testing.assert_array_equal(
-            res.stamps[k], padded[577 + first_y:577 + first_y + 577,
-                                  577 + first_x:577 + first_x + 577], err_msg=str(k))
-    np.testing.assert_allclose(res.offset[1], 0, atol=1e-6)  # (on a pixel centre)
-    assert res.outside[6] > 0 and res.outside[:6].max() == 0
-    assert res.blank[6] == pytest.approx(1 / ((577 - 267) * (577 - 258)))  # (rows, columns on)
-    # without on_pixels: interpolated about the source (a blur of the image's pixels)
-    plain = cut_stamps(sky_image, lon[3:4], lat[3:4], size=577, pixel_scale=1.0)
-    assert not plain.offset.any()
-    assert np.nanmax(np.abs(plain.stamps[0] - res.stamps[3])) > 0.1
-    # an image turned by 0.5 deg: its own pixels, along its axes (ON_PIXEL_TURN_DEG); by
-    # 2 deg, or of other pixels (1.01"): interpolated about the source, whatever on_pixels
-    for turn, cdelt, own in ((0.5, 1.0, True), (2.0, 1.0, False), (0.0, 1.01, False)):
-        w.wcs.pc = [[np.cos(np.radians(turn)), -np.sin(np.radians(turn))],
-                    [np.sin(np.radians(turn)), np.cos(np.radians(turn))]]
-        w.wcs.cdelt = [-cdelt / 3600, cdelt / 3600]
-        [turned] = parse_sky_images(fits.HDUList([fits.PrimaryHDU(image,
-                                                                  header=w.to_header())]))
-        a = cut_stamps(turned, lon[3:4], lat[3:4], size=577, pixel_scale=1.0, on_pixels=True)
-        b = cut_stamps(turned, lon[3:4], lat[3:4], size=577, pixel_scale=1.0)
-        assert a.offset.any() == own, turn
-        if own:
-            first_y, first_x = (int(round(v)) for v in np.subtract(
-                turned.world_to_pixel(lon[3:4], lat[3:4])[::-1], 288).ravel() - a.offset[0])
-            np.testing.assert_array_equal(a.stamps[0], image[first_y:first_y + 577,
-                                                             first_x:first_x + 577])
-        else:
-            np.testing.assert_array_equal(a.stamps, b.stamps)
 
 
 @pytest.mark.parametrize("scale", [1.0, 0.5])
