@@ -882,7 +882,7 @@ def annotate(table, images, *, model, ra_col=None, dec_col=None, coord_col=None,
     ----------
     table : astropy.table.Table or QTable
         The catalogue; it is not modified.
-    images : path, HDU, HDUList, NDData, (array, WCS), list of these, or dict
+    images : path, HDU, HDUList, NDData, (array, WCS), (array, header), list of these, or dict
         Images with a celestial WCS. A dict maps bands (``"g"``, ``"r"``,
         ``"i"``; ``"science"``, ``"reference"``, ``"difference"``) to an
         image or a list of tiles; otherwise bands come from the FITS headers

@@ -681,7 +681,7 @@ def parse_sky_images(images, *, bands=None, triplet=True):
 
     Parameters
     ----------
-    images : path, HDU, HDUList, NDData, (array, WCS), a list of these, or a dict
+    images : path, HDU, HDUList, NDData, (array, WCS), (array, header), a list of these, or a dict
         A dict maps band (or triplet role) names to an image or a list of
         images (mosaic tiles), e.g. ``{"g": "g.fits", "r": [...], "i": ...}``.
         Otherwise bands come from the FITS headers (BAND/FILTER keywords or an
