@@ -166,15 +166,21 @@ def _header_shaped(data, header, name):
         return data
     if np.squeeze(data).shape == tuple(s for s in shape if s != 1):
         return data.reshape(shape)
-    longer = [f"NAXIS{k} = {shape[n - k]}" for k in range(3, n + 1)
-              if shape[n - k] > 1 and str(header.get(f"CTYPE{k}", "")).upper().startswith(
-                  "STOKES")]
+    stokes = [k for k in range(3, n + 1)
+              if str(header.get(f"CTYPE{k}", "")).strip().upper().startswith("STOKES")]
+    longer = [f"NAXIS{k} = {shape[n - k]}" for k in stokes if shape[n - k] > 1]
     if longer:
         raise InputError(f"{name}: the header gives {n} axes ({', '.join(longer)}: STOKES), "
                          f"the array {data.ndim} (shape {data.shape}): whether it is the "
                          "Stokes I plane cannot be told; pass it with the header of that "
                          "plane (NAXIS = 2) or with the header's celestial WCS "
                          "(WCS(header).celestial)")
+    # a plane of a cube along its other axes (FREQ...): those one pixel long, so that a
+    # STOKES axis of one plane is read as a file's (Stokes Q refused)
+    plane = tuple(1 if n - i > 2 and n - i not in stokes else side
+                  for i, side in enumerate(shape))
+    if np.squeeze(data).shape == tuple(side for side in plane if side != 1):
+        return data.reshape(plane)
     return data
 
 

@@ -5882,6 +5882,13 @@ def test_an_array_with_a_header_of_more_axes_is_read_as_the_file_would_be(tmp_pa
     cube.update({"CTYPE3": "FREQ", "CRVAL3": 1.4e9, "CDELT3": 1e6, "NAXIS3": 5})
     (image,) = parse_sky_images((img, cube))
     np.testing.assert_array_equal(image.data, img)
+    # ... but not where its one STOKES plane is Q (a FREQ axis of 5 beside it)
+    cube = _stokes_header(w, n, [2])
+    cube.update({"NAXIS": 4, "NAXIS4": 5, "WCSAXES": 4, "CTYPE4": "FREQ", "CRVAL4": 1.4e9,
+                 "CDELT4": 1e6, "CRPIX4": 1.0})
+    with pytest.raises(InputError) as info:
+        parse_sky_images((img, cube))
+    assert str(info.value).split(": ", 1)[1] == words, str(info.value)
     with pytest.raises(InputError, match=r"^array: the header gives 3 axes "
                        r"\(NAXIS3 = 4: STOKES\), the array 2 \(shape \(64, 64\)\)"):
         parse_sky_images((img, _stokes_header(w, n, [1, 2, 3, 4])))
