@@ -725,6 +725,27 @@ def test_fast_reader_reads_d_exponents_and_doubled_quotes_as_astropy_does(tmp_pa
         assert stamp.bands == ("r",)
 
 
+@pytest.mark.filterwarnings("error::astropy.io.fits.verify.VerifyWarning")
+def test_d_exponent_card_with_a_long_comment_read_without_a_warning():
+    """A D-exponent card whose comment fills its 80 characters (``CDELT1 = -2.5D-04 / a
+    long comment ...``, the value not right-justified): its value is read with an E
+    exponent as it is written, the comment kept, not formatted anew in the fixed layout,
+    where astropy warned "Card is too long, comment will be truncated"."""
+    from astromorph._readers._fits import _e_exponents, _header_scale
+
+    cards = ["CTYPE1  = 'RA---TAN'", "CTYPE2  = 'DEC--TAN'", "CRVAL1  = 10.0",
+             "CRVAL2  = 10.0", "CRPIX1  = 5.0", "CRPIX2  = 5.0",
+             "CDELT1  = -2.5D-04 / a long comment that fills the rest of the card to its end",
+             "CDELT2  = 2.5D-04 / and another one on the second axis, also up to the end...."]
+    h = fits.Header.fromstring("".join(c.ljust(80) for c in cards))
+    assert _header_scale(h) == pytest.approx(0.9, rel=1e-6)
+    e = _e_exponents(h)
+    assert e["CDELT1"] == -2.5e-4 and e["CDELT2"] == 2.5e-4
+    assert e.cards["CDELT1"].comment == h.cards["CDELT1"].comment
+    assert e.cards["CDELT1"].image == cards[6].replace("D-", "E-").ljust(80)
+    assert e.cards["CDELT2"].image == cards[7].replace("D-", "E-").ljust(80)
+
+
 def test_memmapped_multi_extension_and_compressed(tmp_path):
     g = galaxy()
     write_mef(tmp_path / "m.fits", [g, g * 2, g * 3], ["SCIENCE", "REFERENCE", "DIFFERENCE"])

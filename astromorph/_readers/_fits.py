@@ -639,7 +639,8 @@ def _e_exponents(header):
     """``header``, or a copy of it whose number cards written with a D exponent
     (``CDELT1 = -2.5D-04``, as FITS allows) are rewritten with an E: wcslib reads such a
     card as its digits before the D (-2.5 degrees), astropy's header and the fast reader
-    as the number it is."""
+    as the number it is. Such a card is rewritten as it stands, its D an E (formatted
+    anew, a card whose comment fills it would be cut, with astropy's warning)."""
     from astropy.io.fits import Card, Header
 
     def d_exponent(card):
@@ -651,12 +652,23 @@ def _e_exponents(header):
             return False
         return isinstance(value, float)
 
+    def with_e(card):
+        value, slash, comment = card.image[10:].partition("/")  # (a number: no quote)
+        image = card.image[:10] + value.replace("D", "E").replace("d", "E") + slash + comment
+        new = Card.fromstring(image)
+        try:
+            if new.value == card.value:
+                return new
+        except Exception:  # noqa: BLE001 - (not read back: formatted anew)
+            pass
+        return Card(card.keyword, card.value, card.comment)
+
     if not any(d_exponent(card) for card in header.cards):
         return header
     # a new Header of the cards (not insert and delete: astropy warns of the duplicate
     # keyword that an insertion makes for a moment, and of every repeated card)
-    return Header([Card(card.keyword, card.value, card.comment) if d_exponent(card)
-                   else card for card in header.copy().cards])  # (written with an E)
+    return Header([with_e(card) if d_exponent(card) else card
+                   for card in header.copy().cards])  # (written with an E)
 
 
 def _header_scale(header):
