@@ -730,7 +730,9 @@ def test_d_exponent_card_with_a_long_comment_read_without_a_warning():
     """A D-exponent card whose comment fills its 80 characters (``CDELT1 = -2.5D-04 / a
     long comment ...``, the value not right-justified): its value is read with an E
     exponent as it is written, the comment kept, not formatted anew in the fixed layout,
-    where astropy warned "Card is too long, comment will be truncated"."""
+    where astropy warned "Card is too long, comment will be truncated". A HIERARCH card is
+    judged by its value, not by the D of its keyword (``ESO DET DIT``: rewritten, with
+    astropy's warning that "a HIERARCH card will be created", in every header of ESO's)."""
     from astromorph._readers._fits import _e_exponents, _header_scale
 
     cards = ["CTYPE1  = 'RA---TAN'", "CTYPE2  = 'DEC--TAN'", "CRVAL1  = 10.0",
@@ -744,6 +746,14 @@ def test_d_exponent_card_with_a_long_comment_read_without_a_warning():
     assert e.cards["CDELT1"].comment == h.cards["CDELT1"].comment
     assert e.cards["CDELT1"].image == cards[6].replace("D-", "E-").ljust(80)
     assert e.cards["CDELT2"].image == cards[7].replace("D-", "E-").ljust(80)
+    # a HIERARCH card whose keyword has a D past column 10 (ESO's DET DIT) is no D exponent:
+    # the header as it is, no warning of "a HIERARCH card will be created"
+    eso = fits.Header.fromstring("HIERARCH ESO DET DIT = 1.5 / exposure".ljust(80))
+    assert _e_exponents(eso) is eso
+    # a HIERARCH card (its keyword past column 10, a D in it) keeps its keyword
+    h.append(fits.Card.fromstring("HIERARCH ESO DET DIT = 1.5D+00 / exposure".ljust(80)))
+    e = _e_exponents(h)
+    assert e["HIERARCH ESO DET DIT"] == 1.5 and "ESO DET DIT" in e
 
 
 def test_memmapped_multi_extension_and_compressed(tmp_path):

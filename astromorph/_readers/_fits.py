@@ -642,9 +642,13 @@ def _e_exponents(header):
     as the number it is. Such a card is rewritten as it stands, its D an E (formatted
     anew, a card whose comment fills it would be cut, with astropy's warning)."""
     from astropy.io.fits import Card, Header
+    from astropy.io.fits.verify import VerifyWarning
+
+    def value_part(card):  # (after the value indicator: a HIERARCH keyword runs past col 10)
+        return card.image.partition("=")[2].partition("/")[0]
 
     def d_exponent(card):
-        if "D" not in card.image[10:].split("/", 1)[0].upper():
+        if "D" not in value_part(card).upper():
             return False
         try:
             value = card.value
@@ -653,15 +657,18 @@ def _e_exponents(header):
         return isinstance(value, float)
 
     def with_e(card):
-        value, slash, comment = card.image[10:].partition("/")  # (a number: no quote)
-        image = card.image[:10] + value.replace("D", "E").replace("d", "E") + slash + comment
-        new = Card.fromstring(image)
-        try:
-            if new.value == card.value:
-                return new
-        except Exception:  # noqa: BLE001 - (not read back: formatted anew)
-            pass
-        return Card(card.keyword, card.value, card.comment)
+        key, _, rest = card.image.partition("=")
+        value, slash, comment = rest.partition("/")  # (a number: no quote)
+        with catch_warnings():
+            warnings.simplefilter("ignore", VerifyWarning)
+            new = Card.fromstring(key + "=" + value.replace("D", "E").replace("d", "E")
+                                  + slash + comment)
+            try:
+                if new.keyword == card.keyword and new.value == card.value:
+                    return new
+            except Exception:  # noqa: BLE001 - (not read back: formatted anew)
+                pass
+            return Card(card.keyword, card.value, card.comment)
 
     if not any(d_exponent(card) for card in header.cards):
         return header
