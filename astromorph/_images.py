@@ -6,7 +6,6 @@ import mmap
 import os
 import threading
 import warnings
-import zipfile
 import zlib
 
 import numpy as np
@@ -14,11 +13,12 @@ from astropy.io import fits
 
 from ._cutouts import SkyImage, _check_wcs_object
 from ._readers._compressed import COMPRESSED_MAGIC, LZW_MAGIC, STREAM_OPENERS
-from ._readers._fits import (_AUX_EXTNAMES, _FAST_DTYPES, _MEMBERS, _TRIPLET_NAMES,
-                             _e_exponents, _file_reader, _image_quantisation, _physical,
-                             band_of_header, beam_of_header, header_facts,
-                             linear_fluxes, normalise_band, repeated_scaling,
-                             saturation_of_header, truncated_file, wcs_matrix_problem)
+from ._readers._fits import (_ASTROPY_STARTS, _AUX_EXTNAMES, _FAST_DTYPES, _MEMBERS,
+                             _TRIPLET_NAMES, _e_exponents, _file_reader, _image_quantisation,
+                             _physical, _unreadable, band_of_header, beam_of_header,
+                             header_facts, linear_fluxes, normalise_band, not_fits_start,
+                             repeated_scaling, saturation_of_header, truncated_file,
+                             wcs_matrix_problem)
 from ._warnings import catch_warnings, first_few, warn, warn_again
 from .exceptions import (AmbiguousInputWarning, AstromorphWarning, InputDTypeError, InputError,
                          InvalidArgumentTypeError, MissingDependencyError,
@@ -404,37 +404,48 @@ def _open_fits(name):
     walked once. A file that ends inside a header (astropy warns only that it could not
     validate it, and drops that HDU) is refused as truncated too (`_header_cut_short`).
     """
+    _check_bzip2_start(name)
     with catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
+        hdul = None
         try:
             # SkyImage applies BSCALE/BZERO/BLANK itself
             hdul = fits.open(name, memmap=True, do_not_scale_image_data=True, mode="readonly",
-                             lazy_load_hdus=False)
-        except (OSError, EOFError, ValueError, zipfile.BadZipFile, lzma.LZMAError,
-                zlib.error) as exc:  # (astropy lets the decompressors' errors through)
-            from ._io import close_files_left_open
-
-            close_files_left_open(exc)  # (a zip file's extracted copy, kept by the chain)
-            raise InputError(_corrupt_stream(name) or f"{name}: not a readable FITS file "
-                             f"({exc})") from exc
+                             lazy_load_hdus=True)
+            _read_every_hdu(hdul, name)
+        except (InputError, MemoryError):
+            if hdul is not None:
+                hdul.close()
+            raise
         except ImportError as exc:  # a Unix-compressed (.Z) file without uncompresspy
             raise MissingDependencyError(
                 f"{name}: {exc} Install it (pip install uncompresspy), or uncompress the file "
                 "(uncompress, gzip -d)") from exc
+        except Exception as exc:  # noqa: BLE001 - astropy lets the decompressors' errors
+            # through (zlib.error, LZMAError, BadZipFile), and raises KeyError ('BITPIX'),
+            # IndexError... of a damaged header
+            from ._io import close_files_left_open
+
+            if hdul is not None:
+                hdul.close()
+            close_files_left_open(exc)  # (a zip file's extracted copy, kept by the chain)
+            raise InputError(_unopened(name, exc)) from exc
     cut = next((w for w in caught if "truncated" in str(w.message)), None)
     try:
         with open(name, "rb") as f:
             magic = f.read(6)
         # a gzip, bzip2 or xz file whose stream astropy read to the end of its last HDU's
-        # data is whole (`_stream_whole`): only a zip archive's file (extracted by astropy)
-        # and a stream found short are walked. (A plain file astropy found short: its words
-        # where the data are whole, i.e. their padding cut short, which `truncated_file`
-        # leaves.)
+        # data, where it ends cleanly, is whole (`_stream_whole`, `_stream_ends_cleanly`):
+        # only a zip archive's file (extracted by astropy), a stream found short and one
+        # that did not end cleanly (a gzip file failing its CRC check) are walked. (A plain
+        # file astropy found short: its words where the data are whole, i.e. their padding
+        # cut short, which `truncated_file` leaves.)
         # A Unix-compressed file (.Z, read by uncompresspy) is walked too: astropy reads
         # it whole, and says nothing of a stream that ends inside an HDU it skips.
         streamed = any(magic.startswith(m) for m, _ in _STREAM_OPENERS)
         walk = cut or magic.startswith(LZW_MAGIC) or (
-            magic.startswith(_COMPRESSED_MAGIC) and not (streamed and _stream_whole(hdul)))
+            magic.startswith(_COMPRESSED_MAGIC) and not (
+                streamed and _stream_whole(hdul) and _stream_ends_cleanly(hdul)))
         truncated = truncated_file(name) if walk else None
         if not truncated and any(str(w.message).startswith("Error validating header for HDU")
                                  for w in caught):  # (astropy dropped the HDUs from there)
@@ -476,7 +487,9 @@ def _header_cut_short(name, hdul):
 def _corrupt_stream(name):
     """The reason (`truncated_file`) for the compressed FITS file ``name`` that astropy could
     not open, where its stream is corrupt (``"corrupt xz stream in FITS file ..."``: astropy
-    says only the decompressor's words, or that a header lacks its END card); else None."""
+    says only the decompressor's words, or that a header lacks its END card) or ends before
+    its end marker (``"truncated gzip stream in FITS file ..."``: astropy says "Empty or
+    corrupt FITS file" of a damaged gzip header); else None."""
     try:
         with open(name, "rb") as f:
             if not f.read(6).startswith(_COMPRESSED_MAGIC):
@@ -484,7 +497,111 @@ def _corrupt_stream(name):
         reason = truncated_file(name)
     except (OSError, ValueError):
         return None
-    return reason if reason and reason.startswith("corrupt") else None
+    return reason if reason and (reason.startswith("corrupt") or reason.startswith(
+        "truncated") and " stream in FITS file " in reason) else None
+
+
+def _check_bzip2_start(name):
+    """`InputError` for a bzip2 file ``name`` whose first block is corrupt: its first bytes,
+    decompressed here (one block), before astropy reads them. astropy reads a header again
+    where its quick parser failed, from where it began: at the start of the file, the same
+    decompressor, which libbz2 cannot be fed after its error (the interpreter is aborted:
+    "stack smashing detected")."""
+    try:
+        with open(name, "rb") as f:
+            if f.read(3) != b"BZh":
+                return
+        read, close, _ = _file_reader(name)
+    except (OSError, ValueError):  # (astropy says it)
+        return
+    try:
+        read(0, 2880)
+    finally:
+        close()
+    if read.corrupt:
+        raise InputError(read.corrupt_reason(name))
+
+
+def _read_every_hdu(hdul, name):
+    """Read every HDU of the FITS file ``name``, opened as ``hdul`` with ``lazy_load_hdus``,
+    one at a time; `InputError` where astropy goes back in the file: an HDU whose header it
+    cannot parse in a compressed stream is a corrupted HDU of negative size (astropy knows
+    no size of the stream), and the next one is read from an earlier byte, the first header
+    again, and so on without end, the memory held growing (a damaged gzip file; ``NAXIS1 =
+    -64`` in an extension's header, plain or compressed). Its reason: `_unopened`."""
+    end = 0
+    for k, hdu in enumerate(hdul):
+        # (the HDU's own, not the HDUList's, which writes out each header to compare; a
+        # corrupted HDU has none, only its size)
+        info = hdu.fileinfo() if hasattr(hdu, "fileinfo") else None
+        back = hdu.size < 0 if info is None else info["datSpan"] < 0
+        if back or info is not None and info["hdrLoc"] < end:
+            hdul.close()
+            raise InputError(_unopened(name, _HDUsBackwards(
+                f"the header of HDU {k if back else k - 1} is damaged: astropy finds the "
+                "HDUs after it at earlier bytes")))
+        if info is not None:
+            end = info["datLoc"] + info["datSpan"]
+
+
+class _HDUsBackwards(ValueError):
+    """Where `_read_every_hdu` stopped astropy: not astropy's words."""
+
+
+def _unopened(name, exc):
+    """The reason for the FITS file ``name`` that astropy could not open (``exc``), in the
+    words of `predict_files`: its compressed stream is corrupt (`_corrupt_stream`), its first
+    bytes are not FITS (`_not_fits_start`), a header keyword is malformed (``BITPIX``
+    missing: astropy says only ``KeyError: 'BITPIX'``) or the data are cut short, else
+    astropy's words."""
+    said = str(exc) if isinstance(exc, (OSError, ValueError)) else (
+        f"{type(exc).__name__}: {exc}")
+    reason = _corrupt_stream(name) or _not_fits_start(name)
+    if reason:
+        return reason
+    try:
+        read, close, _ = _file_reader(name)
+    except (OSError, ValueError):
+        reason = None
+    else:
+        try:
+            reason = _unreadable(exc, read, name)
+        finally:
+            close()
+    if reason is None or reason.startswith("cannot read FITS: "):  # (astropy's words)
+        return f"{name}: not a readable FITS file ({said})"
+    if isinstance(exc, _HDUsBackwards):  # (astropy said nothing)
+        reason = reason.removesuffix(f" (astropy: {type(exc).__name__}: {exc})")
+    return reason
+
+
+def _not_fits_start(name):
+    """The reason (`not_fits_start`) for the file ``name`` that astropy could not open, where
+    its first bytes are neither a FITS header nor a compression's (a gzip file whose first
+    bytes are damaged); else None."""
+    try:
+        with open(name, "rb") as f:
+            head = f.read(16)
+    except OSError:
+        return None
+    if head.startswith((*_COMPRESSED_MAGIC, *_ASTROPY_STARTS)):
+        return None
+    return f"{name}: {not_fits_start(head, name)}"
+
+
+def _stream_ends_cleanly(hdul):
+    """Whether the decompressing reader of a gzip, bzip2 or xz file that astropy opened as
+    ``hdul`` and read to its end (`_stream_whole`) ends there cleanly: a read gives nothing
+    and raises nothing. astropy takes a gzip reader's error at the end of its stream (``CRC
+    check failed``, ``Incorrect length of data produced``), and any reader's `EOFError` (a
+    stream cut after the last HDU's data: its end marker missing), for the end of the file,
+    and the reader stands at the end as after a sound stream, but a second read raises (the
+    trailer it checked is behind it). Nothing is decompressed again."""
+    try:
+        return not hdul[len(hdul) - 1].fileinfo()["file"].read(1)
+    except (OSError, EOFError, ValueError, zlib.error, lzma.LZMAError, AttributeError,
+            IndexError, TypeError):
+        return False
 
 
 def _stream_whole(hdul):

@@ -12,16 +12,17 @@ from typing import NamedTuple
 import numpy as np
 
 from .._flags import Flag
-from ._compressed import (UNCOMPRESS, ArchiveError, check_stream, compression_of,
-                          decompress, first_bytes, open_stream)
+from ._compressed import (COMPRESSIONS, LZW_MAGIC, UNCOMPRESS, ArchiveError, check_stream,
+                          compression_of, decompress, first_bytes, open_stream)
 from ._stamp import Stamp, common_pixel_scale, pixel_scales
 from .._warnings import catch_warnings, first_few, warn
 from ..exceptions import AstromorphWarning
 
 __all__ = ["Beam", "HeaderFacts", "band_keyword", "band_of_header", "beam_of_header",
            "flux_unit_note", "header_facts", "inherited_primary", "normalise_band",
-           "parse_fits_bytes", "read_fits", "read_fits_bytes", "repeated_scaling",
-           "saturation_of_header", "stokes_i", "truncated_file", "warn_flux_units"]
+           "not_fits_start", "parse_fits_bytes", "read_fits", "read_fits_bytes",
+           "repeated_scaling", "saturation_of_header", "stokes_i", "truncated_file",
+           "warn_flux_units"]
 
 _MEMBERS = ("science", "reference", "difference")
 
@@ -57,6 +58,10 @@ _COUNTS = re.compile(r"\b(counts?|adu|dn|electrons?|e-|photons?)\b", re.IGNORECA
 _FITS_START = b"SIMPLE  ="
 #: Files up to this size that hold a single simple HDU are parsed without astropy.
 _FAST_MAX_BYTES = 16 << 20
+#: First bytes of the files that astropy opens and the compressions of `COMPRESSIONS` do not
+#: name: a FITS header (astropy takes ``SIMPLE`` with its value out of place, warning) and
+#: a Unix-compressed (``.Z``) file, which it reads with the optional package uncompresspy.
+_ASTROPY_STARTS = (b"SIMPLE", LZW_MAGIC)
 
 
 def normalise_band(name):
@@ -875,17 +880,27 @@ def truncated_file(path, name=None):
     (`truncated_data`), or None. ``name``: the file's name in the reason (``path`` where
     None). astropy does not read the data of the HDUs it skips (a MASK, UNCERT), nor warn of
     a compressed stream that ends inside them (it knows no size of one): this walk through
-    the stream, one decompression of it, says so. Raises `OSError`, or `ArchiveError` for a
-    zip archive not of one file."""
+    the stream, one decompression of it, says so, and a compressed stream found corrupt
+    (its CRC check failed, bad data) to its end, where it was read (a header damaged by it
+    stops the walk), is said corrupt; one that ends before its end marker after whole HDUs
+    (cut in the padding of the last) is said truncated, as `decompress` says of a small
+    file. Raises `OSError`, or `ArchiveError` for a zip archive
+    not of one file."""
     read, close, _ = _file_reader(path)
     try:
         truncated = truncated_data(read)
+        if not truncated:  # (a walk that stopped early: bytes that are no header)
+            read.drain()
     finally:
         close()
     name = os.fspath(path) if name is None else name
     if read.corrupt:  # the stream ends there as a cut one does, but is not cut
         return read.corrupt_reason(name)
-    return _truncated(*truncated, name) if truncated else None
+    if truncated:
+        return _truncated(*truncated, name)
+    if read.cut:  # every HDU whole, the stream cut after them (in the padding, its end)
+        return f"truncated {read.compression} stream in FITS file {name}: {read.cut}"
+    return None
 
 
 class _TruncatedData(ValueError):
@@ -916,10 +931,11 @@ class _StreamReader:
     as ``compression`` (None: not compressed): the bytes, fewer at the end of the stream,
     none past it or where it cannot be read. ``corrupt``: the decompressor's words where a
     compressed stream was found corrupt (a bad CRC, bad deflate data), not cut short (its
-    end marker missing: `EOFError`), else None; said by `corrupt_reason`."""
+    end marker missing: `EOFError`), else None; said by `corrupt_reason`. ``cut``: the
+    decompressor's words where the stream ended before its end marker, else None."""
 
     def __init__(self, f, compression):
-        self.f, self.compression, self.corrupt = f, compression, None
+        self.f, self.compression, self.corrupt, self.cut = f, compression, None, None
 
     def corrupt_reason(self, name=None):
         """The reason for the corrupt stream, as `decompress` words that of a small file
@@ -929,15 +945,34 @@ class _StreamReader:
         return f"corrupt {self.compression} stream{where}: {self.corrupt}"
 
     def __call__(self, offset, n):
+        if self.corrupt is not None:  # never read on: a bzip2 decompressor fed after its
+            return b""  # error can crash the interpreter (libbz2: stack smashing)
         try:
             self.f.seek(offset)
             return self.f.read(n)
-        except EOFError:  # the stream ends before its end marker: truncated
+        except EOFError as exc:  # the stream ends before its end marker: truncated
+            if self.compression and self.cut is None:
+                self.cut = str(exc) or type(exc).__name__
             return b""
         except (OSError, ValueError, zlib.error, LZMAError, zipfile.BadZipFile) as exc:
             if self.compression and self.corrupt is None:
                 self.corrupt = str(exc) or type(exc).__name__
             return b""  # (the stream ends there: said as corrupt, not as cut)
+
+    def drain(self):
+        """Read a compressed stream on to its end from where it stands (its decompressor
+        checks its CRC there), ``corrupt`` saying what was found corrupt."""
+        if not self.compression:
+            return
+        try:
+            position = self.f.tell()
+        except (OSError, ValueError):  # (a stream that cannot say: left as it is)
+            return
+        while True:
+            got = len(self(position, 1 << 22))
+            if not got:
+                return
+            position += got
 
 
 def _file_reader(path):
@@ -1540,11 +1575,31 @@ def _refused(source, path, reason):
     return [Stamp(source, path).flag(Flag.BAD_INPUT, reason)]
 
 
-def _not_fits(buf, compression):
+def not_fits_start(head, name=None):
+    """Why a file (or bytes) whose first bytes ``head`` start neither a FITS header nor a
+    compression is not FITS, in short: what those bytes are, and, where its name ``name``
+    says a compression (``x.fits.gz`` whose signature is damaged), that they are neither that
+    compression nor FITS (astropy says only "No SIMPLE card found, this file does not appear
+    to be a valid FITS file. If this is really a FITS file, try with ...")."""
+    from ._inputs import _ending
+
+    if not head:
+        return "not a FITS file: it is empty"
+    # (as many bytes as are compared with a FITS file's, `_FITS_START`, as `_not_fits` shows)
+    said, first = _ending(name)[1] if name else None, bytes(head[:len(_FITS_START)])
+    magic = next((m for m, n, _ in COMPRESSIONS if n == said), None)
+    if magic is not None:
+        return (f"neither {said} nor FITS: its first bytes are {first!r} ({said} starts with "
+                f"{magic!r}, FITS with {_FITS_START!r})")
+    return f"not a FITS file (no SIMPLE card): its first bytes are {first!r}"
+
+
+def _not_fits(buf, compression, name=None):
     """Why bytes that were to be FITS are not: for a compressed file (``compression``, its
-    name; ``buf`` then holds what it decompressed to), what it holds."""
+    name; ``buf`` then holds what it decompressed to), what it holds; else what they start
+    with (`not_fits_start`; ``name``: the file's name, or None)."""
     if not compression:
-        return "not a FITS file (no SIMPLE card)"
+        return not_fits_start(buf, name)
     if not buf:
         return f"{compression}-compressed file that holds no data"
     from ._inputs import describe_content
@@ -1582,6 +1637,8 @@ def read_fits(path, *, want_scale, triplet_hint):
                 head, compression = first_bytes(path, 16)
             except ArchiveError as exc:  # corrupt, truncated, a zip archive not of one file
                 return _refused(source, path, str(exc))
+            if not compression and not head.startswith(_ASTROPY_STARTS):
+                return _refused(source, path, _not_fits(head, None, path.name))
             if compression:
                 if not head.startswith(_FITS_START):
                     # the stream read through first: first bytes that are not FITS may be
@@ -1632,7 +1689,7 @@ def _read_fits_buffer(buf, source, path, *, want_scale, triplet_hint):
         except ArchiveError as exc:  # corrupt, truncated, a zip archive not of one file
             return _refused(source, path, str(exc)), None
         if not buf.startswith(_FITS_START):
-            return _refused(source, path, _not_fits(buf, compression)), None
+            return _refused(source, path, _not_fits(buf, compression, name)), None
         fast = _fast_fits(buf, primary_only=False, want_scale=want_scale)
         if fast is not None:
             data, scale, get = fast
