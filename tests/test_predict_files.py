@@ -5170,29 +5170,19 @@ def test_ztf_edge_cutouts_are_placed_by_their_wcs(tmp_path, edge, know_pos):
     assert "placed by the cutouts' WCS" in " ".join(stamp.reason)
 
 
-@pytest.mark.parametrize("edge", ["left", "bottom"])
-def test_ztf_edge_cutouts_placed_by_a_wcs_pixel_between_pixel_centres(tmp_path, edge):
+@pytest.mark.parametrize("edge, centre",
+                         [(e, 30.6) for e in ("left", "bottom")]
+                         + [(e, 30.5) for e in sorted(_EDGES)])
+def test_ztf_edge_cutouts_placed_by_a_wcs_pixel_between_pixel_centres(tmp_path, edge, centre):
     """The WCS's pixel of the candidate is rounded to the nearest, not floored: a candidate
     0.4 pixel below and left of (31, 31) of the uncut cutout (ZTF cuts about the pixel the
-    candidate lies in) is padded as one on it, without xpos/ypos to fall back on."""
+    candidate lies in) is padded as one on it, without xpos/ypos to fall back on. A WCS
+    pixel half way between two pixel centres lies in the upper one (pixel k spans
+    [k - 0.5, k + 0.5), as for a pixel off the cutouts): a candidate at (30.5, 30.5) is
+    padded as one on (31, 31), whatever the parity of its pixel in the cut one (rounding
+    half to even would put it one pixel off, or find no padding)."""
     keep, _ = _EDGES[edge]
-    full = _edge_packet(tmp_path / "edge.avro", keep, wcs_centre=(30.6, 30.6), xpos=None,
-                        ypos=None)
-    (stamp,) = read_file(tmp_path / "edge.avro")
-    assert stamp.data.shape == (3, 63, 63) and stamp.flags == Flag.EDGE
-    sl = (slice(None),) + keep
-    np.testing.assert_array_equal(stamp.data[sl][:2], full[sl][:2])
-    assert "placed by the cutouts' WCS" in " ".join(stamp.reason)
-
-
-@pytest.mark.parametrize("edge", sorted(_EDGES))
-def test_ztf_edge_cutouts_placed_by_a_wcs_pixel_on_a_pixel_boundary(tmp_path, edge):
-    """A WCS pixel half way between two pixel centres lies in the upper one (pixel k spans
-    [k - 0.5, k + 0.5), as for a pixel off the cutouts): a candidate at (30.5, 30.5) of the
-    uncut cutout is padded as one on (31, 31), whatever the parity of its pixel in the cut
-    one (rounding half to even would put it one pixel off, or find no padding)."""
-    keep, _ = _EDGES[edge]
-    full = _edge_packet(tmp_path / "edge.avro", keep, wcs_centre=(30.5, 30.5), xpos=None,
+    full = _edge_packet(tmp_path / "edge.avro", keep, wcs_centre=(centre, centre), xpos=None,
                         ypos=None)
     (stamp,) = read_file(tmp_path / "edge.avro")
     assert stamp.data.shape == (3, 63, 63) and stamp.flags == Flag.EDGE
