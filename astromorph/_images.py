@@ -15,7 +15,7 @@ from ._cutouts import SkyImage, _check_wcs_object
 from ._readers._compressed import COMPRESSED_MAGIC, LZW_MAGIC, STREAM_OPENERS
 from ._readers._fits import (_ASTROPY_STARTS, _AUX_EXTNAMES, _FAST_DTYPES, _MEMBERS,
                              _TRIPLET_NAMES, _e_exponents, _file_reader, _image_quantisation,
-                             _physical, _unreadable, band_of_header, beam_of_header,
+                             _physical, _unreadable, band_of_header, beam_of_header, cut_header,
                              header_facts, linear_fluxes, normalise_band, not_fits_start,
                              repeated_scaling, saturation_of_header, truncated_file,
                              wcs_matrix_problem)
@@ -461,25 +461,15 @@ def _open_fits(name):
 
 
 def _header_cut_short(name, hdul):
-    """The reason for the FITS file ``name``, opened by astropy as ``hdul``, whose stream
-    ends inside the header of the HDU after the last one astropy read (astropy warns that it
-    could not validate that header, and drops the HDU: a MASK, a band), or None where the
-    bytes there begin no header (``XTENSION``: astropy's warning stands)."""
+    """The reason (`cut_header`) for the FITS file ``name``, opened by astropy as ``hdul``,
+    whose stream ends inside the header of the HDU after the last one astropy read (astropy
+    warns that it could not validate that header, and drops the HDU: a MASK, a band), or
+    None where the bytes there begin no header (``XTENSION``: astropy's warning stands)."""
     info = hdul.fileinfo(len(hdul) - 1)
-    pos = info["datLoc"] + info["datSpan"]
     read, close, _ = _file_reader(name)
     try:
-        if read(pos, 8) != b"XTENSION":
-            return None
-        held = 0
-        while True:
-            block = read(pos + held, 2880)
-            held += len(block)
-            if len(block) < 2880:
-                return (f"truncated FITS file {name}: the header of HDU {len(hdul)} ends "
-                        f"after {held} bytes, without its END card")
-            if any(block[i:i + 8].rstrip() == b"END" for i in range(0, 2880, 80)):
-                return None  # (whole: astropy's warning is of something else)
+        return cut_header(read, name, start=info["datLoc"] + info["datSpan"],
+                          first=len(hdul))
     finally:
         close()
 

@@ -781,6 +781,36 @@ def test_annotate_refuses_a_file_whose_last_header_is_cut_short(model, tmp_path,
                                f"{keep} bytes, without its END card"), str(info.value)
 
 
+@pytest.mark.parametrize("large", [False, True], ids=["in-memory", "over-16MB"])
+@pytest.mark.parametrize("how", [None, "gz", "bz2", "xz", "zip0"])
+def test_predict_files_refuses_a_file_whose_last_header_is_cut_short(model, tmp_path,
+                                                                    monkeypatch, how, large):
+    """A file that ends inside the header of its MASK extension: `predict_files` read its
+    image, the MASK silently dropped (its fast reader, and astropy's, which only warns that
+    it could not validate that header), and flagged nothing; now it is a BAD_INPUT row whose
+    reason is `annotate`'s error word for word, in memory or over 16 MB, plain or
+    compressed. Bytes after the last HDU that begin no header are still read past."""
+    w = sky_wcs(N, rot=15)
+    image = blobs(N, seed=3, count=30).astype(np.float32)
+    suffix = "" if how is None else "." + how[:3]
+    paths = []
+    for keep in (400, 2879):
+        blob, _ = _with_cut_header(image, w, keep)
+        paths.append(_written(tmp_path / f"cut{keep}.fits{suffix}",
+                              _compressed(blob, how, "cut.fits")))
+    whole, _ = _with_cut_header(image, w, 2 * 2880 + 17280 - 2880)
+    paths.append(_written(tmp_path / f"junk.fits{suffix}",
+                          _compressed(whole + b"junk" * 100, how, "junk.fits")))
+    out = _rows(model, paths, monkeypatch, large)
+    bad = int(astromorph.Flag.BAD_INPUT)
+    assert list(out["opt_flags"][:2]) == [bad, bad], list(out["reason"])
+    for reason, path, keep in zip(out["reason"], paths, (400, 2879)):
+        assert reason == (f"truncated FITS file {path.name}: the header of HDU 1 ends after "
+                          f"{keep} bytes, without its END card"), reason
+    assert not out["opt_flags"][2] & bad and not np.ma.getmaskarray(out["opt_p_a"])[2], \
+        out["reason"][2]
+
+
 def test_annotate_refuses_a_file_cut_in_its_last_padding_but_not_after_it(model, tmp_path):
     """A file whose last HDU's data are whole but their padding (to 2880 bytes) is cut:
     astropy warns that it "may have been truncated", which alone refuses it (as

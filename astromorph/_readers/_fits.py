@@ -19,7 +19,7 @@ from .._warnings import catch_warnings, first_few, warn
 from ..exceptions import AstromorphWarning
 
 __all__ = ["Beam", "HeaderFacts", "band_keyword", "band_of_header", "beam_of_header",
-           "flux_unit_note", "header_facts", "inherited_primary", "normalise_band",
+           "cut_header", "flux_unit_note", "header_facts", "inherited_primary", "normalise_band",
            "not_fits_start", "parse_fits_bytes", "read_fits", "read_fits_bytes",
            "repeated_scaling", "saturation_of_header", "stokes_i", "truncated_file",
            "warn_flux_units"]
@@ -238,8 +238,7 @@ def _read_header(read, start):
     while True:
         block = read(pos, 2880)
         if len(block) < 2880:
-            raise ValueError(f"truncated FITS header ({pos - start + len(block)} bytes, "
-                             "no END card)")
+            raise _HeaderCut(pos - start + len(block))
         pos += 2880
         for i in range(0, 2880, 80):
             key = block[i:i + 8].rstrip()
@@ -253,6 +252,15 @@ def _read_header(read, start):
             elif key == b"HISTORY" and b"BMAJ=" in block[i + 8:i + 80]:
                 # the AIPS beam card (`beam_of_header`): the last one is the beam in force
                 cards["HISTORY"] = block[i + 8:i + 80].decode("ascii", "replace")
+
+
+class _HeaderCut(ValueError):
+    """A FITS stream that ends inside a header, after ``held`` bytes of it, without its END
+    card (`_read_header`)."""
+
+    def __init__(self, held):
+        super().__init__(f"truncated FITS header ({held} bytes, no END card)")
+        self.held = held
 
 
 _FAST_DTYPES = {8: ">u1", 16: ">i2", 32: ">i4", 64: ">i8", -32: ">f4", -64: ">f8"}
@@ -870,6 +878,39 @@ def truncated_data(read, max_hdus=_MAX_HDUS, *, start=0, first=0):
             held += got
         if held < size:
             return _hdu_label(i, cards), size, held
+        pos += _padded(size)
+    return None
+
+
+def cut_header(read, name=None, *, start=0, first=0):
+    """The reason for a FITS stream that ends inside the header of an extension, without
+    its END card, or None. astropy warns only that it could not validate that header
+    ("There may be extra bytes after the last HDU") and drops the HDU (a MASK, a band): the
+    reason says so, ``"truncated FITS file NAME: the header of HDU k ends after N bytes,
+    without its END card"`` (``"truncated FITS data: ..."`` where ``name`` is None).
+    ``read(offset, n)`` as for `malformed_header`, whose walk over the HDUs this is, their
+    data skipped (not read); None too where the bytes after the last whole HDU begin no
+    header (not ``XTENSION``: trailing bytes, astropy's warning stands), where a header is
+    malformed (said otherwise) or where the stream ends inside an HDU's data
+    (`truncated_data`). ``start``: the byte at which the walk begins, that of HDU
+    ``first`` (after HDUs already read)."""
+    pos = start
+    for i in range(first, _MAX_HDUS):
+        if i and read(pos, 8) != b"XTENSION":
+            return None
+        try:
+            cards, keys, pos = _read_header(read, pos)
+        except _HeaderCut as exc:
+            if not i:
+                return None  # (a primary header cut short: astropy cannot open the file)
+            where = f"file {name}" if name else "data"
+            return (f"truncated FITS {where}: the header of HDU {i} ends after {exc.held} "
+                    "bytes, without its END card")
+        if keys[:1] != ["SIMPLE" if i == 0 else "XTENSION"]:
+            return None
+        problem, size = _header_problem(cards, extension=i > 0)
+        if problem:
+            return None
         pos += _padded(size)
     return None
 
@@ -1690,6 +1731,11 @@ def _read_fits_buffer(buf, source, path, *, want_scale, triplet_hint):
             return _refused(source, path, str(exc)), None
         if not buf.startswith(_FITS_START):
             return _refused(source, path, _not_fits(buf, compression, name)), None
+        # a stream that ends inside an extension's header (a MASK): the fast reader would
+        # read past it, astropy drop it with a warning only, the HDU silently lost
+        cut = cut_header(_buffer_reader(buf), name)
+        if cut:
+            return _refused(source, path, cut), None
         fast = _fast_fits(buf, primary_only=False, want_scale=want_scale)
         if fast is not None:
             data, scale, get = fast
@@ -1756,6 +1802,11 @@ def _read_fits_astropy(path, *, want_scale, triplet_hint, buf=None, source=None,
                                    _header_scale(hdu.header) if want_scale else None))
                 headers = {i: _lenient(hdu.header.copy()) for i, hdu, _, _ in images}
                 primary = _lenient(hdul[0].header.copy()) if len(hdul) > 1 else None
+                after = None  # where astropy stopped, having dropped an HDU it could not
+                if any(str(w.message).startswith("Error validating header for HDU")
+                       for w in caught):  # validate: its header may be cut short
+                    info = hdul.fileinfo(len(hdul) - 1)
+                    after = info["datLoc"] + info["datSpan"], len(hdul)
         truncated = [str(w.message) for w in caught if "truncat" in str(w.message).lower()]
         if truncated:
             raise ValueError(truncated[0])
@@ -1771,6 +1822,19 @@ def _read_fits_astropy(path, *, want_scale, triplet_hint, buf=None, source=None,
         finally:
             close()
         return _refused(source, path, reason)
+    if after is not None:  # (`cut_header`: the file ends inside the header astropy dropped)
+        try:
+            read, close, _ = (_buffer_reader(buf), lambda: None, None) if buf is not None \
+                else _file_reader(path)
+            try:
+                cut = cut_header(read, None if path is None else path.name,
+                                 start=after[0], first=after[1])
+            finally:
+                close()
+        except (OSError, ValueError, ArchiveError) as exc:  # (astropy read it: a stream
+            cut = f"cannot read FITS: {exc}"  # broken after that)
+        if cut:
+            return _refused(source, path, cut)
     if twice:
         return _refused(source, path, twice)
     if second is not None:
