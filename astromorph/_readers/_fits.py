@@ -625,6 +625,7 @@ def _fast_fits(buf, *, primary_only, want_scale):
     data = linear_fluxes(_physical(raw, float(get("BSCALE", 1.0)), float(get("BZERO", 0.0)),
                                    get("BLANK") if bitpix > 0 else None), get)
     get.keys = cards.keys  # the keywords present (`header_facts` skips a header without any)
+    get.end = end + padded  # (the byte after the primary HDU)
     return data, scale, get
 
 
@@ -1732,13 +1733,15 @@ def _read_fits_buffer(buf, source, path, *, want_scale, triplet_hint):
         if not buf.startswith(_FITS_START):
             return _refused(source, path, _not_fits(buf, compression, name)), None
         # a stream that ends inside an extension's header (a MASK): the fast reader would
-        # read past it, astropy drop it with a warning only, the HDU silently lost
-        cut = cut_header(_buffer_reader(buf), name)
-        if cut:
-            return _refused(source, path, cut), None
+        # read past it, astropy drop it with a warning only, the HDU silently lost (walked
+        # only where bytes follow the primary HDU: a lone image costs nothing more)
         fast = _fast_fits(buf, primary_only=False, want_scale=want_scale)
         if fast is not None:
             data, scale, get = fast
+            cut = get.end < len(buf) and cut_header(_buffer_reader(buf), name,
+                                                    start=get.end, first=1)
+            if cut:
+                return _refused(source, path, cut), None
             data, why = stokes_i(data, get)
             if why:
                 return _refused(source, path, why), None
@@ -1749,6 +1752,9 @@ def _read_fits_buffer(buf, source, path, *, want_scale, triplet_hint):
         problem = malformed_header(_buffer_reader(buf))
         if problem:
             return _refused(source, path, _malformed(problem, name)), None
+        cut = cut_header(_buffer_reader(buf), name)
+        if cut:
+            return _refused(source, path, cut), None
         # astropy does not read the data of HDUs skipped (MASK, UNCERT), and warns of a
         # stream that ends inside them only where it is an uncompressed file
         truncated = truncated_data(_buffer_reader(buf))
