@@ -4,6 +4,8 @@ centring of non-square FIRST cutouts, the order of the edge strips and the unit 
 the network input; and the boundaries that mutation testing found unpinned (a zero pixel
 scale, a zero threshold, a pixel exactly at the clipping width, the rings' outer edge and
 8-bit step, binning by more than one pixel, the window the noise is measured on)."""
+import re
+
 import numpy as np
 import pytest
 
@@ -230,3 +232,35 @@ def test_ring_of_a_nan_padded_window_still_counts():
     window[0][(r >= 40) & (r < 48)] = -1.0
     out = radio._ring_levels(window, np.array([1.0]))[0]
     assert out[0] == -1.0 and out[1] == 40
+
+
+@pytest.mark.parametrize("sampler", ["resample_to_first_grid", "_sample_on_first_grid"])
+def test_first_grid_reaching_the_last_pixel_centre_exactly_is_on_the_image(sampler):
+    """A 599 x 599 image of 0.9" pixels: the 300 x 300 FIRST grid (2 pixels a step) spans
+    pixel centres 0 to 598 exactly, both ends on the image (the last pixel's centre is
+    inside, as the first's is): a constant image gives its value on every grid point, none
+    NaN."""
+    out = getattr(radio, sampler)(np.full((599, 599), 3.0), 0.9)
+    assert out.shape == (300, 300)
+    np.testing.assert_allclose(out, 3.0, rtol=1e-12)
+
+
+@pytest.mark.parametrize("value", [2, -1, np.int64(2)])
+def test_bool_option_refuses_an_integer_other_than_0_and_1(value):
+    """``quantize`` takes True, False, 0 or 1: another integer is an
+    `InvalidArgumentTypeError` naming the option and the value, not taken as True."""
+    from astromorph.exceptions import InvalidArgumentTypeError
+
+    with pytest.raises(InvalidArgumentTypeError, match="quantize must be True or False, got "
+                                                       + re.escape(repr(value))):
+        radio.first_cutout_to_uint8(np.zeros((300, 300)), rms=1.0, quantize=value)
+
+
+@pytest.mark.parametrize("crop, factor", [(150, 4), (7, 2)])
+def test_crop_that_is_no_multiple_of_the_bin_factor_is_refused(crop, factor):
+    """``crop_pixels`` must be a multiple of ``bin_factor`` (the window is binned into
+    whole blocks): another is an `InvalidArgumentError` naming both."""
+    with pytest.raises(InvalidArgumentError, match=rf"crop_pixels \({crop}\) must be a positive "
+                                                   rf"multiple of bin_factor \({factor}\)"):
+        radio.preprocess_dataset_image(np.zeros((300, 300), np.uint8), crop_pixels=crop,
+                                       bin_factor=factor)
