@@ -299,6 +299,23 @@ def test_sha256_matches_card():
     assert (MODEL_DIR / "model.onnx").stat().st_size < 20e6
 
 
+
+@pytest.mark.parametrize("name", ["morphology", "morphology-gz2", "embedding"])
+def test_card_lupton_block_is_the_module_constants(name):
+    """Every optical card states the stretch its model was trained with; the module's
+    constants (what `preprocess_gri` applies) must be that stretch, all of it: Q, stretch,
+    minimum and each band's scale (a changed stretch or swapped g/r scales would feed the
+    network colours it never saw)."""
+    card = REPO / "models" / name / "card.json"
+    if not card.is_file():
+        pytest.skip(f"models/{name} not exported")
+    lupton = json.loads(card.read_text())["input"]["preprocessing_options"]["lupton"]
+    assert lupton["Q"] == opt.LUPTON_Q
+    assert lupton["stretch"] == opt.LUPTON_STRETCH
+    assert lupton["minimum"] == opt.LUPTON_MINIMUM
+    assert lupton["band_scales"] == opt.LUPTON_BAND_SCALES
+    assert lupton["mapping"].startswith("R = i, G = r, B = g")
+
 @requires_model
 def test_card_and_model_io():
     card = json.loads((MODEL_DIR / "card.json").read_text())

@@ -273,11 +273,40 @@ def test_integer_colour_cutout_one_past_8_bits_is_refused(masked):
     assert np.isfinite(pp.preprocess_colour_cutout(rgb, crop_fraction=0.5)).all()
 
 
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_integer_colour_cutout_below_zero_is_refused(masked):
+    """-1 is no 8-bit value either: cast to uint8 it would wrap to 255 (white), silently."""
+    rgb = np.full((8, 8, 3), 200, np.int16)
+    rgb[3, 3, 2] = -1
+    if masked:
+        rgb = np.ma.masked_array(rgb, mask=np.zeros(rgb.shape, bool))
+        rgb[0, 0] = np.ma.masked
+    with pytest.raises(InputError, match="-1 to 200"):
+        pp.preprocess_colour_cutout(rgb)
+    rgb[3, 3, 2] = 0
+    assert np.isfinite(pp.preprocess_colour_cutout(rgb, crop_fraction=0.5)).all()
+
+
+def test_non_square_cutout_is_cropped_about_each_axis_centre():
+    """A 90 x 50 cutout: the rows and the columns each get their own centred window (exact
+    area weights of `area_resample` for their own length), as the float64 products give."""
+    img = np.random.default_rng(5).integers(0, 256, (90, 50, 3)).astype(np.uint8)
+    out = pp.preprocess_colour_cutout(img, size=16, crop_fraction=0.4)
+    rows = pp.area_resample(90, 16, crop_fraction=0.4)
+    cols = pp.area_resample(50, 16, crop_fraction=0.4)
+    ref = np.einsum("ah,hwc,bw->cab", rows, img / 255.0, cols)
+    assert out.shape == (3, 16, 16)
+    np.testing.assert_allclose(out, ref, rtol=0, atol=1e-6)
+
 def test_float_colour_cutout_a_little_above_one_is_refused():
     """Display values are in [0, 1]; 1.05 is not one (a rounding tolerance of 1e-6 aside)."""
     rgb = np.full((8, 8, 3), 0.5)
     rgb[2, 2, 1] = 1.05
     with pytest.raises(InputError, match="1.05"):
+        pp.preprocess_colour_cutout(rgb)
+    rgb[2, 2, 1] = 1.0 + 1e-4  # past the tolerance, if only just
+    with pytest.raises(InputError, match="1.0001"):
         pp.preprocess_colour_cutout(rgb)
     rgb[2, 2, 1] = 1.0 + 1e-7
     assert np.isfinite(pp.preprocess_colour_cutout(rgb)).all()
