@@ -86,3 +86,15 @@ def test_extrapolated_by_the_field_on_the_stamp(morphology, kind):
     assert flagged(31, 1.0)
     assert not flagged(64, 1.0)
     assert flagged(64, None)
+
+
+@pytest.mark.parametrize("name, words", [
+    ("morphology", None),  # the galaxy models' field follows the galaxy
+    ("radio-morphology", "128 px at 1.8 arcsec/px, 230.4 arcsec across"),
+    ("real-bogus", "63 px at 1 arcsec/px, 63 arcsec across")])
+def test_fixed_field_in_words(name, words):
+    """The field a card fixes, in the words the size options' refusals quote: pixels,
+    pixel scale and their product (a 128-pixel FIRST stamp at 1.8"/px spans 230.4")."""
+    from astromorph._adapters import fixed_field
+
+    assert fixed_field(astromorph.load_model(name, providers="cpu").card) == words
