@@ -98,3 +98,13 @@ def test_fixed_field_in_words(name, words):
     from astromorph._adapters import fixed_field
 
     assert fixed_field(astromorph.load_model(name, providers="cpu").card) == words
+
+
+def test_float_colour_pictures_are_filled_and_flagged(morphology):
+    """Float display values with NaN (a table's masked cells) are filled with the picture's
+    median before the network sees them, and flagged BLANK past the threshold: finite input."""
+    pic = np.random.default_rng(3).uniform(0, 1, (2, 64, 64, 3)).astype(np.float32)
+    pic[1, :20] = np.nan
+    x, flags = prepare(morphology, RawStamps("colour", pic))
+    assert np.isfinite(x).all()
+    assert list(_bit(flags, Flag.BLANK)) == [False, True]
