@@ -48,15 +48,18 @@ def previous_convolve(images, rows, kernel, area, *, cache=None):
         images[rows] = np.where(good, area * total / weight, np.nan)
 
 
-def previous_sample_one(image, pixel_scale, *, size=rad.DATASET_IMAGE_PIXELS):
-    """The cubic convolution as it was: one 2-D image, 16 gathers of ``size`` x ``size``."""
+def previous_sample_one(image, pixel_scale, *, size=rad.DATASET_IMAGE_PIXELS, offset=None):
+    """The cubic convolution as it was: one 2-D image, 16 gathers of ``size`` x ``size``
+    (``offset``, the grid's shift on the image that the current code takes, applied as
+    there: the same points, so that only the sampling's speed differs)."""
     image = np.asarray(image, dtype=np.float64)
     ny, nx = image.shape
     scale_y, scale_x = rad.axis_scales(pixel_scale)
     axes = []
-    for n, scale in ((ny, scale_y), (nx, scale_x)):
-        p = (n - 1) / 2 + (np.arange(size) - (size - 1) / 2) * rad.FIRST_PIXEL_SCALE_ARCSEC \
-            / scale
+    shift = (0.0, 0.0) if offset is None else (float(v) for v in offset)
+    for n, scale, d in zip((ny, nx), (scale_y, scale_x), shift):
+        p = (n - 1) / 2 + d + (np.arange(size) - (size - 1) / 2) \
+            * rad.FIRST_PIXEL_SCALE_ARCSEC / scale
         base = np.floor(p).astype(int)
         taps = np.clip(base[:, None] + np.arange(-1, 3), 0, n - 1)
         axes.append((taps, rad._keys_weights(p - base), (p >= 0) & (p <= n - 1)))
@@ -69,11 +72,12 @@ def previous_sample_one(image, pixel_scale, *, size=rad.DATASET_IMAGE_PIXELS):
     return out
 
 
-def previous_sample(image, pixel_scale, *, size=rad.DATASET_IMAGE_PIXELS):
+def previous_sample(image, pixel_scale, *, size=rad.DATASET_IMAGE_PIXELS, offset=None):
     image = np.asarray(image)
     if image.ndim == 2:
-        return previous_sample_one(image, pixel_scale, size=size)
-    return np.stack([previous_sample_one(im, pixel_scale, size=size) for im in image])
+        return previous_sample_one(image, pixel_scale, size=size, offset=offset)
+    return np.stack([previous_sample_one(im, pixel_scale, size=size, offset=offset)
+                     for im in image])
 
 
 @contextlib.contextmanager

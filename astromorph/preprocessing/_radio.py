@@ -1494,7 +1494,8 @@ def _sample_on_first_grid(image, pixel_scale, *, size=DATASET_IMAGE_PIXELS, offs
     axes = []
     shift = (0.0, 0.0) if offset is None else (float(v) for v in offset)
     for n, scale, d in zip((ny, nx), (scale_y, scale_x), shift):
-        p = (n - 1) / 2 + d + (np.arange(size) - (size - 1) / 2) * FIRST_PIXEL_SCALE_ARCSEC / scale
+        p = (n - 1) / 2 + d + (np.arange(size) - (size - 1) / 2) \
+            * FIRST_PIXEL_SCALE_ARCSEC / scale
         base = np.floor(p).astype(int)
         taps = np.clip(base[:, None] + np.arange(-1, 3), 0, n - 1)
         axes.append((taps, _keys_weights(p - base), (p >= 0) & (p <= n - 1)))
