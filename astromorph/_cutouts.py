@@ -34,6 +34,7 @@ import weakref
 
 import numpy as np
 
+from ._readers._fits import unsigned_integers
 from .exceptions import InputDTypeError, InputError
 from .preprocessing._checks import invalid_pixels
 
@@ -498,18 +499,13 @@ class SkyImage:
         values = np.empty(raw.shape, np.float32) if out is None else out
         # values beyond the float32 range (float64 1e300, a large BSCALE) become +-inf, and
         # NaN below with the sentinels, without numpy's overflow warning
-        bits = raw.dtype.itemsize * 8
-        unsigned = raw.dtype.kind == "i" and bscale == 1.0 and bzero == 2.0 ** (bits - 1)
+        # FITS's unsigned integers: the sign bit flipped, exactly (`unsigned_integers`)
+        unsigned = unsigned_integers(raw, bscale, bzero)
         with np.errstate(over="ignore", invalid="ignore"):
-            if unsigned:  # FITS's unsigned integers: the sign bit flipped, exactly (in
-                # float32, raw + 2**31 makes every value below 128 a 0)
-                flipped = raw.astype(raw.dtype.newbyteorder("=")).view(f"u{bits // 8}")
-                values[...] = flipped ^ np.array(1 << (bits - 1), flipped.dtype)
-            else:
-                values[...] = raw  # cast (and byte swap) in one pass
+            values[...] = raw if unsigned is None else unsigned  # cast (and byte swap) once
             if blank is not None:
                 values[raw == blank] = np.nan
-            if not unsigned and (bscale != 1.0 or bzero != 0.0):
+            if unsigned is None and (bscale != 1.0 or bzero != 0.0):
                 values *= np.float32(bscale)  # in place: the float32 values of
                 values += np.float32(bzero)   # ``values * bscale + bzero``
         values[invalid_pixels(values)] = np.nan

@@ -22,7 +22,7 @@ __all__ = ["Beam", "HeaderFacts", "band_keyword", "band_of_header", "beam_of_hea
            "cut_header", "flux_unit_note", "header_facts", "inherited_primary", "normalise_band",
            "not_fits_start", "parse_fits_bytes", "read_fits", "read_fits_bytes",
            "repeated_scaling", "saturation_of_header", "stokes_i", "truncated_file",
-           "warn_flux_units"]
+           "unsigned_integers", "warn_flux_units"]
 
 _MEMBERS = ("science", "reference", "difference")
 
@@ -499,6 +499,19 @@ def _scale_from_cards(get, keys):
     return scale if np.all(np.isfinite(scale)) and np.all(np.asarray(scale) > 0) else None
 
 
+def unsigned_integers(raw, bscale=1.0, bzero=0.0):
+    """The unsigned integers (native ``uint16``, ``uint32``, ``uint64``) that the signed FITS
+    integers ``raw`` stand for where the scaling is FITS's convention for them (BSCALE 1,
+    BZERO ``2**(BITPIX-1)``), or None for any other scaling or pixel type: the sign bit
+    flipped, exactly (through floats, ``raw + 2**63`` loses every value below 1024 in float64,
+    ``raw + 2**31`` every one below 128 in float32)."""
+    bits = raw.dtype.itemsize * 8
+    if raw.dtype.kind != "i" or bscale != 1 or bzero != 2 ** (bits - 1):
+        return None
+    unsigned = raw.astype(raw.dtype.newbyteorder("=")).view(f"u{bits // 8}")
+    return unsigned ^ np.array(1 << (bits - 1), unsigned.dtype)
+
+
 def _physical(raw, bscale=1.0, bzero=0.0, blank=None):
     """Physical values of FITS data: BSCALE/BZERO applied, BLANK -> NaN; native float32.
     Values beyond the float32 range (float64 pixels of 1e300, a large BSCALE) become
@@ -507,12 +520,9 @@ def _physical(raw, bscale=1.0, bzero=0.0, blank=None):
     with np.errstate(over="ignore"):
         if raw.dtype.kind in "iu":
             blank_mask = (raw == blank) if blank is not None else None
-            bits = raw.dtype.itemsize * 8
-            if raw.dtype.kind == "i" and bscale == 1 and bzero == 2 ** (bits - 1):
-                # unsigned integers as FITS stores them (BZERO = 2**(BITPIX-1)): the sign bit
-                # flipped, exactly; through float64, raw + 2**63 loses every value below 1024
-                unsigned = raw.astype(raw.dtype.newbyteorder("=")).view(f"u{bits // 8}")
-                out = (unsigned ^ np.array(1 << (bits - 1), unsigned.dtype)).astype(np.float32)
+            unsigned = unsigned_integers(raw, bscale, bzero)
+            if unsigned is not None:
+                out = unsigned.astype(np.float32)
             elif bscale != 1 or bzero != 0:
                 out = (raw.astype(np.float64) * bscale + bzero).astype(np.float32)
             else:
