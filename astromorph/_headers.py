@@ -166,9 +166,12 @@ def _rewritten_extra(extra, when=None):
     stand twice, or where none is needed), the others kept in order; where ``when`` (Unix
     time) is given, the modification times of the extended-timestamp and NTFS fields set
     to it (``unzip`` and Windows tools take the date from them before the DOS date).
-    Fields that cannot be parsed are kept as they are."""
+    Zero bytes after the last field (padding, as zipalign writes to align the member's
+    data) are kept after them; fields that cannot be parsed are kept as they are."""
     fields, pos = [], 0
     while pos + 4 <= len(extra):
+        if not any(extra[pos:]):  # padding: zero bytes to the end
+            break
         tag, size = struct.unpack_from("<HH", extra, pos)
         if pos + 4 + size > len(extra):
             return extra  # (malformed: not ours to mend)
@@ -186,9 +189,10 @@ def _rewritten_extra(extra, when=None):
                     data[at + 4:at + 12] = struct.pack("<Q", int(when * 10 ** 7) + _NTFS_EPOCH)
                 at += 4 + length
         fields.append(struct.pack("<HH", tag, size) + bytes(data))
-    if pos != len(extra):
-        return extra
-    return b"".join(fields)
+    padding = extra[pos:]
+    if any(padding):
+        return extra  # (malformed: not ours to mend)
+    return b"".join(fields) + padding
 
 
 def _card(key, value, comment, dropped=None):
