@@ -944,6 +944,31 @@ def test_truncated_mask_after_a_whole_image_is_truncated_as_bytes_as_a_file(
                 parse_fits_bytes(pack(blob))
 
 
+@pytest.mark.parametrize("keep", [400, 2879])
+@pytest.mark.parametrize("layout", ["primary", "extension"])
+def test_a_stamp_whose_mask_header_is_cut_short_is_refused_as_bytes(layout, keep):
+    """Stamp bytes (an alert's cutout) whose image is whole and whose MASK extension's
+    header the stream ends inside of, without its END card: the image was given without a
+    word (the fast reader does not read the HDUs after the primary one, astropy drops the
+    cut one with a warning only), where a file of it is refused; now the bytes are refused
+    in `cut_header`'s words, plain or compressed."""
+    image = galaxy(64)
+    mask = fits.ImageHDU(np.zeros((64, 64), np.int32), name="MASK")
+    hdus = [fits.PrimaryHDU(image), mask] if layout == "primary" else \
+        [fits.PrimaryHDU(), fits.ImageHDU(image), mask]
+    buf = io.BytesIO()
+    fits.HDUList(hdus).writeto(buf)
+    with fits.open(io.BytesIO(buf.getvalue())) as hdul:
+        start = hdul[-1].fileinfo()["hdrLoc"]
+    blob = buf.getvalue()[:start + keep]
+    words = (f"^truncated FITS data: the header of HDU {len(hdus) - 1} ends after {keep} "
+             "bytes, without its END card$")
+    for pack in (bytes,) + tuple(pack for _, pack in PACKERS.values()):
+        with pytest.raises(ValueError, match=words):
+            parse_fits_bytes(pack(blob))
+    parse_fits_bytes(buf.getvalue() + b"junk" * 100)  # (trailing bytes that begin no header)
+
+
 def test_truncated_mask_of_a_gzipped_file_over_16_mb_is_refused(tmp_path):
     """The same, with a real .fits.gz over 16 MB (random pixels gzip hardly shrinks; about
     1.5 s): it gave the image without a word, where a smaller file was refused."""
@@ -4461,6 +4486,43 @@ def test_a_rewritten_zip_members_zip64_extra_field_is_written_by_zipfile_alone()
         + struct.pack("<HHBll", 0x5455, 9, 3, when, 222))
     assert _rewritten_extra(b"", when) == b""
     assert _rewritten_extra(b"\x01\x02\x03", when) == b"\x01\x02\x03"  # (malformed: kept)
+
+
+@pytest.mark.parametrize("pad", [1, 3, 6])
+def test_a_rewritten_zip_members_extra_fields_are_read_up_to_their_padding(pad):
+    """Extra fields that end in zero bytes of padding (zipalign's, aligning the member's
+    data): they were all kept as they were, unparsed, the ZIP64 field with them (written
+    twice, zipfile adding its own) and the modification time not set; now the fields are
+    read up to the padding, which is kept after them."""
+    from astromorph._headers import _rewritten_extra
+
+    zip64 = struct.pack("<HHQQ", 1, 16, 5, 5)
+    ut = struct.pack("<HHBl", 0x5455, 5, 1, 111)
+    when = 1_700_000_000
+    assert _rewritten_extra(zip64 + ut + bytes(pad), when) == (
+        struct.pack("<HHBl", 0x5455, 5, 1, when) + bytes(pad))
+    assert _rewritten_extra(ut + b"\x00\x01", when) == ut + b"\x00\x01"  # (not padding)
+
+
+def test_header_results_in_a_zip_archive_whose_extra_fields_end_in_padding(models, tmp_path):
+    """The same, end to end: a zip archive whose member's extra fields end in three zero
+    bytes of padding, rewritten in place, has its member dated now in its timestamp field,
+    its other fields and the padding kept."""
+    path = tmp_path / "x.fits.zip"
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
+        member = zipfile.ZipInfo("x.fits", (2001, 1, 1, 0, 0, 0))
+        member.compress_type, member.extra = zipfile.ZIP_DEFLATED, _EXTRA + bytes(3)
+        archive.writestr(member, fits_bytes(triplet()))
+    before = time.time()
+    quiet(astromorph.predict_files, "real-bogus", [path], in_place=True)
+    after = time.time()
+    with zipfile.ZipFile(path) as archive:
+        (member,) = archive.infolist()
+        assert member.extra[:5] == _EXTRA[:5]
+        assert before - 1 <= struct.unpack("<l", member.extra[5:9])[0] <= after + 1
+        assert member.extra[9:] == _EXTRA[9:] + bytes(3)
+        header = fits.getheader(io.BytesIO(archive.read(member)))
+        assert "HIERARCH ASTROMORPH REAL-BOGUS SCORE" in header
 
 
 @pytest.mark.parametrize("cause", [PermissionError(errno.EACCES, "Permission denied"),

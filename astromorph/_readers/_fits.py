@@ -589,7 +589,8 @@ def _fast_fits(buf, *, primary_only, want_scale):
     astropy): the caller then uses astropy. ``get(key, default=None)`` reads the primary
     header's values (parsed, `_card_value`); its ``keys()`` lists the keywords present.
     Raises `ValueError` for a truncated file (`_TruncatedData`: also where the primary
-    image is whole but an HDU after it is not, with ``primary_only``).
+    image is whole but an HDU after it is not, with ``primary_only``, or where its header
+    is cut short, `cut_header`).
     """
     cards, keys, end = _parse_header(buf, 0)
     if not keys or keys[0] != "SIMPLE" or _card_value(cards["SIMPLE"]) is not True:
@@ -617,10 +618,14 @@ def _fast_fits(buf, *, primary_only, want_scale):
         raise _TruncatedData("HDU 0", nbytes, len(buf) - end)
     if primary_only and len(buf) > end + padded:
         # the extensions after it are not read (MASK, UNCERT, ...), but one that the stream
-        # ends inside of means a damaged file, refused as `read_fits` refuses it
+        # ends inside of (its data, or its header, without its END card) means a damaged
+        # file, refused as `read_fits` refuses it
         truncated = truncated_data(_buffer_reader(buf), start=end + padded, first=1)
         if truncated:
             raise _TruncatedData(*truncated)
+        cut = cut_header(_buffer_reader(buf), start=end + padded, first=1)
+        if cut:
+            raise ValueError(cut)
     if not primary_only and len(buf) > end + padded and (
             get("EXTEND") is True or buf.startswith(b"SIMPLE  =", end + padded)) \
             and not _auxiliary_only(buf, end + padded):
@@ -2001,10 +2006,14 @@ def parse_fits_bytes(blob, *, want_scale=True, return_facts=False):
         if data is None:
             raise ValueError(why or "no image data in stamp")
         # the HDUs after the one read (MASK, UNCERT, ...) are not read: one that the stream
-        # ends inside of means a damaged stamp, refused as `read_fits` refuses a file of it
+        # ends inside of (its data, or its header, which astropy drops with a warning only)
+        # means a damaged stamp, refused as `read_fits` refuses a file of it
         truncated = truncated_data(_buffer_reader(blob))
         if truncated:
             raise _TruncatedData(*truncated)
+        cut = cut_header(_buffer_reader(blob))
+        if cut:
+            raise ValueError(cut)
     data = _squeeze(data)
     if data.ndim != 2:
         raise ValueError(f"stamp has shape {data.shape}, not a 2-D image")
