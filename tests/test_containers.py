@@ -590,6 +590,53 @@ def test_a_stream_corrupt_in_its_first_card_is_said_corrupt(tmp_path, monkeypatc
     assert "not FITS" not in stamp.reason[0], stamp.reason
 
 
+def test_a_large_stream_that_is_not_fits_is_refused_without_being_read_to_its_end(
+        tmp_path, monkeypatch):
+    """A compressed file over 16 MB whose data start nothing like FITS (a misnamed
+    ``.tar.gz``): it was decompressed to its end (every byte of a multi-GB archive) only to
+    word its refusal; now it is refused as not FITS, in the same words, having read no more
+    than the first bytes of its stream (the limit lowered here to 1 MiB, the stream 8 MiB).
+    A stream whose first bytes are a byte away from ``SIMPLE  =`` (a FITS file it may be,
+    corrupt) is still read to its end, and said corrupt where it is
+    (`test_a_stream_corrupt_in_its_first_card_is_said_corrupt`)."""
+    from astromorph import Flag
+    from astromorph._readers import _compressed
+    from astromorph._readers._fits import read_fits
+
+    path = _written(tmp_path / "x.fits.gz", gzip.compress(b"ustar\0" + bytes(8 << 20)))
+    monkeypatch.setattr("astromorph._readers._fits._FAST_MAX_BYTES", 0)
+    monkeypatch.setattr("astromorph._readers._fits._NOT_FITS_READ_BYTES", 1 << 20,
+                        raising=False)  # (no limit before)
+    read = []
+    opened = _compressed.open_stream
+
+    class Counting:  # the decompressed bytes read from each stream opened
+        def __init__(self, stream):
+            self._stream = stream
+
+        def read(self, n=-1):
+            got = self._stream.read(n)
+            read.append(len(got))
+            return got
+
+        def __getattr__(self, attr):
+            return getattr(self._stream, attr)
+
+    monkeypatch.setattr(_compressed, "open_stream",
+                        lambda path: (lambda f, name: (Counting(f), name))(*opened(path)))
+    (stamp,) = read_fits(path, want_scale=False, triplet_hint=False)
+    assert stamp.flags == Flag.BAD_INPUT
+    assert stamp.reason == ["gzip-compressed data, not FITS (the uncompressed data start "
+                            "with b'ustar\\x00\\x00\\x00\\x00')"], stamp.reason
+    assert 0 < sum(read) <= (1 << 20) + 16, read
+    read.clear()
+    path = _written(tmp_path / "y.fits.gz", gzip.compress(b"SIMPLE  <" + bytes(8 << 20)))
+    (stamp,) = read_fits(path, want_scale=False, triplet_hint=False)
+    assert stamp.reason == ["gzip-compressed data, not FITS (the uncompressed data start "
+                            "with b'SIMPLE  <')"], stamp.reason
+    assert sum(read) >= 9 + (8 << 20), read  # (read to its end: whole, not corrupt)
+
+
 @pytest.mark.parametrize("large", [False, True], ids=["in-memory", "over-16MB"])
 def test_not_fits_shows_the_bytes_compared(tmp_path, monkeypatch, large):
     """Compressed data (whole, not corrupt) that start as a FITS file does but for the

@@ -192,10 +192,12 @@ def first_bytes(path, n):
         f.close()
 
 
-def check_stream(path):
+def check_stream(path, *, max_bytes=None):
     """Read the whole decompressed stream of the file ``path`` (in pieces, none of it kept),
     as `decompress` reads a small file's bytes: a corrupt stream is found so (a bad CRC is
-    checked at its end only, its first bytes may be read without a word).
+    checked at its end only, its first bytes may be read without a word). ``max_bytes``:
+    where given, no more than that many decompressed bytes are read (a stream corrupt
+    further on, or in its CRC, passes).
 
     Raises
     ------
@@ -206,9 +208,13 @@ def check_stream(path):
         `decompress` words it), or a zip archive that is not one of a single file.
     """
     f, name = open_stream(path)
+    left = float("inf") if max_bytes is None else max_bytes
     try:
-        while f.read(1 << 20):
-            pass
+        while left > 0:
+            got = len(f.read(int(min(left, 1 << 20))))
+            if not got:
+                break
+            left -= got
     except _ERRORS as exc:
         raise ArchiveError(f"corrupt or truncated {name}: {exc}") from None
     finally:

@@ -58,6 +58,12 @@ _COUNTS = re.compile(r"\b(counts?|adu|dn|electrons?|e-|photons?)\b", re.IGNORECA
 _FITS_START = b"SIMPLE  ="
 #: Files up to this size that hold a single simple HDU are parsed without astropy.
 _FAST_MAX_BYTES = 16 << 20
+#: Decompressed bytes of a large compressed file whose first bytes are not FITS, and not
+#: within two bytes of `_FITS_START` either, read before it is refused as not FITS
+#: (`check_stream`: a stream corrupt in them is said corrupt): a misnamed multi-GB
+#: ``.tar.gz`` is not read to its end. One within two bytes of it, a FITS file that may be
+#: corrupt in its first card (a bad CRC is found at the stream's end), is read through.
+_NOT_FITS_READ_BYTES = 16 << 20
 #: First bytes of the files that astropy opens and the compressions of `COMPRESSIONS` do not
 #: name: a FITS header (astropy takes ``SIMPLE`` with its value out of place, warning) and
 #: a Unix-compressed (``.Z``) file, which it reads with the optional package uncompresspy.
@@ -1698,11 +1704,14 @@ def read_fits(path, *, want_scale, triplet_hint):
                 return _refused(source, path, _not_fits(head, None, path.name))
             if compression:
                 if not head.startswith(_FITS_START):
-                    # the stream read through first: first bytes that are not FITS may be
-                    # those of a corrupt stream (a bad CRC is found at its end), which is
-                    # said corrupt, as a small file of it is (`decompress`)
+                    # the stream read first: first bytes that are not FITS may be those of a
+                    # corrupt stream (a bad CRC is found at its end), which is said corrupt,
+                    # as a small file of it is (`decompress`); read through only where they
+                    # are within two bytes of FITS's (`_NOT_FITS_READ_BYTES`)
+                    near = sum(a != b for a, b in zip(head, _FITS_START)) \
+                        + max(len(_FITS_START) - len(head), 0) <= 2
                     try:
-                        check_stream(path)
+                        check_stream(path, max_bytes=None if near else _NOT_FITS_READ_BYTES)
                     except ArchiveError as exc:
                         return _refused(source, path, str(exc))
                     return _refused(source, path, _not_fits(head, compression))
