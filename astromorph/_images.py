@@ -445,7 +445,8 @@ def _open_fits(name):
         streamed = any(magic.startswith(m) for m, _ in _STREAM_OPENERS)
         walk = cut or magic.startswith(LZW_MAGIC) or (
             magic.startswith(_COMPRESSED_MAGIC) and not (
-                streamed and _stream_whole(hdul) and _stream_ends_cleanly(hdul)))
+                streamed and _stream_whole(hdul) and _stream_ends_cleanly(hdul)
+                and (not magic.startswith(b"\x1f\x8b") or _gzip_trailer_last(name, hdul))))
         truncated = truncated_file(name) if walk else None
         if not truncated and any(str(w.message).startswith("Error validating header for HDU")
                                  for w in caught):  # (astropy dropped the HDUs from there)
@@ -592,6 +593,24 @@ def _stream_ends_cleanly(hdul):
     except (OSError, EOFError, ValueError, zlib.error, lzma.LZMAError, AttributeError,
             IndexError, TypeError):
         return False
+
+
+def _gzip_trailer_last(name, hdul):
+    """Whether the gzip file ``name``, opened by astropy as ``hdul`` and read whole, ends with
+    the trailer of its one member, zero padding after it at most: its last four bytes
+    before the padding give the size of the FITS stream (that of every HDU astropy read).
+    astropy, and Python's gzip reader as it stands, take other bytes after the last member
+    for its end (`TrailingBytes`): where this cannot tell (a file of several members, or such
+    bytes), `truncated_file` walks the stream. Only the file's last 64 KiB are read."""
+    info = hdul.fileinfo(len(hdul) - 1)
+    size = (info["datLoc"] + info["datSpan"]) % 2**32
+    with open(name, "rb") as f:
+        f.seek(0, os.SEEK_END)
+        f.seek(max(0, f.tell() - 65536))
+        tail = f.read()
+    body = len(tail.rstrip(b"\0"))  # (the size's last bytes may be zero: up to 3 of them)
+    return any(int.from_bytes(tail[end - 4:end], "little") == size
+               for end in range(max(body, 18), min(body + 3, len(tail)) + 1))
 
 
 def _stream_whole(hdul):

@@ -902,6 +902,39 @@ def _gzip_failing_its_crc(plain, where):
     raise AssertionError("no byte of the deflate data flips to other data of the same size")
 
 
+@pytest.mark.parametrize("tail", ["junk", "zeros-then-junk", "zeros"])
+def test_bytes_after_the_last_gzip_member_are_one_rule_everywhere(model, tmp_path,
+                                                                   monkeypatch, tail):
+    """Bytes after the last member of a .fits.gz that are neither another member nor zero
+    padding (a member whose first bytes are damaged may hold a MASK) are refused in the same
+    words by `annotate`, by `predict_files` in memory and over 16 MB: the first two took them
+    for nothing (``gzip -d``'s "trailing garbage ignored"), the third said Python's "Not a
+    gzipped file". Zero padding (of tape blocks) is read as nothing by all three."""
+    w = sky_wcs(N, rot=15)
+    plain = io.BytesIO()
+    fits.HDUList([fits.PrimaryHDU(blobs(N, seed=3, count=30), w.to_header()),
+                  fits.ImageHDU(np.zeros((N, N), np.uint8), name="MASK")]).writeto(plain)
+    after = {"junk": b"junk after it\n", "zeros-then-junk": b"\0" * 2000 + b"xyz",
+             "zeros": b"\0" * 2000}[tail]
+    path = _written(tmp_path / "x.fits.gz", gzip.compress(plain.getvalue()) + after)
+    reasons = [_rows(model, [str(path)], monkeypatch, large=large)["reason"][0]
+               for large in (False, True)]
+    if tail == "zeros":
+        assert reasons == ["", ""], reasons
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            assert len(astromorph.annotate(catalogue(w, [(30, 30)]), str(path),
+                                           model=model)) == 1
+        return
+    said = ("corrupt gzip stream in FITS file x.fits.gz: bytes after its last member that are "
+            "neither another gzip member nor zero padding (they begin "
+            f"{after.strip(bytes(1))[:2]!r})")
+    assert reasons == [said, said], reasons
+    with pytest.raises(InputError) as info:
+        astromorph.annotate(catalogue(w, [(30, 30)]), str(path), model=model)
+    assert str(info.value) == said.replace("x.fits.gz", str(path))
+
+
 @pytest.mark.parametrize("where", ["trailer", "payload"])
 def test_annotate_refuses_a_gzip_file_failing_its_crc(model, tmp_path, monkeypatch, where):
     """A .fits.gz whose CRC check fails (a flipped CRC32, or deflate data that inflate to

@@ -10,7 +10,7 @@ import zipfile
 import zlib
 
 __all__ = ["COMPRESSIONS", "COMPRESSED_MAGIC", "LZW_MAGIC", "STREAM_OPENERS", "UNCOMPRESS",
-           "ArchiveError",
+           "ArchiveError", "TrailingBytes",
            "check_stream", "compression_of", "decompress", "first_bytes", "open_stream",
            "zip_member"]
 
@@ -41,6 +41,32 @@ class ArchiveError(ValueError):
     does not hold exactly one file; the message says which."""
 
 
+class TrailingBytes(ArchiveError):
+    """A gzip file with bytes after its last member that are neither another member nor zero
+    padding (the NUL bytes of a tape block, which ``gzip -d`` and Python's reader skip): a
+    member whose first bytes are damaged may hold HDUs (a MASK) that would be lost, so the
+    file is refused as a corrupt stream. ``head``: the first two of those bytes, as Python's
+    gzip reader shows them (``b'ju'``, after the zero padding)."""
+
+    def __init__(self, head):
+        self.detail = trailing_bytes(head)
+        super().__init__(f"corrupt gzip stream: {self.detail}")
+
+    def reason(self, name=None):
+        """The reason, naming the FITS file ``name`` where there is one, as `_fits`'s stream
+        reader words it of a large file."""
+        where = f" in FITS file {name}" if name else ""
+        return f"corrupt gzip stream{where}: {self.detail}"
+
+
+def trailing_bytes(head):
+    """Words for the bytes after the last member of a gzip file, ``head`` their first bytes
+    (a repr, or bytes shown as their repr)."""
+    shown = head if isinstance(head, str) else repr(bytes(head))
+    return ("bytes after its last member that are neither another gzip member nor zero "
+            f"padding (they begin {shown})")
+
+
 def compression_of(head):
     """The name of the compression (``"gzip"``, ``"bzip2"``, ``"xz"``, ``"zip"``) whose
     first bytes ``head`` starts with, or None."""
@@ -59,12 +85,15 @@ def zip_member(archive):
     return members[0]
 
 
-def _streams(buf, magic, decompressor, error):
+def _streams(buf, magic, decompressor, error, *, junk=None):
     """The whole content of compressed bytes, every stream of them, as ``gzip -d`` (``bunzip2``,
     ``unxz``) gives it: a file compressed in blocks (bgzip, ``pigz --independent``, pbzip2,
-    ``xz -T``) is one file. Bytes after the last stream that start no other stream (padding,
-    the NUL bytes a fixed-width table cell ends with) are ignored. ``decompressor()``: a
-    decompressor of one stream; ``error``: the exception raised for an incomplete one."""
+    ``xz -T``) is one file. Zero bytes after the last stream (padding, the NUL bytes a
+    fixed-width table cell ends with) are ignored; other bytes that start no other stream
+    are passed to ``junk`` (bzip2 and xz: ignored, as Python's readers of them do).
+    ``decompressor()``: a decompressor of one stream; ``error``: the exception raised for an incomplete one;
+    ``junk(rest)``: called with the bytes after the last stream, where they are not all zero
+    (gzip: `TrailingBytes`)."""
     parts = []
     while True:
         d = decompressor()
@@ -73,14 +102,25 @@ def _streams(buf, magic, decompressor, error):
             raise error("incomplete or truncated stream")
         buf = d.unused_data
         if not buf.startswith(magic):
+            rest = buf.lstrip(b"\0")
+            if rest and junk is not None:
+                junk(rest)
             return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
 def _gunzip(buf):
     """The whole content of gzipped bytes, every member of them (`_streams`; ``zlib.decompress``
     stops after the first member: a FITS file gzipped in blocks read as truncated). Raises
-    `zlib.error`."""
-    return _streams(buf, b"\x1f\x8b", lambda: zlib.decompressobj(31), zlib.error)
+    `zlib.error`, or `TrailingBytes` for bytes after the last member that are neither another
+    member nor zero padding."""
+    return _streams(buf, b"\x1f\x8b", lambda: zlib.decompressobj(31), zlib.error,
+                    junk=_junk)
+
+
+def _junk(rest):
+    """`TrailingBytes` for the bytes ``rest`` after the last member of a gzip file (its zero
+    padding stripped)."""
+    raise TrailingBytes(rest[:2])
 
 
 def decompress(buf):
@@ -92,8 +132,9 @@ def decompress(buf):
     Raises
     ------
     ArchiveError
-        For corrupt or truncated data (``"corrupt or truncated bzip2: ..."``) or a zip
-        archive of more files than one, or none.
+        For corrupt or truncated data (``"corrupt or truncated bzip2: ..."``; a gzip file
+        with bytes after its last member that are neither another member nor zero padding:
+        `TrailingBytes`) or a zip archive of more files than one, or none.
     """
     name = compression_of(buf[:6])
     try:

@@ -12,8 +12,9 @@ from typing import NamedTuple
 import numpy as np
 
 from .._flags import Flag
-from ._compressed import (COMPRESSIONS, LZW_MAGIC, UNCOMPRESS, ArchiveError, check_stream,
-                          compression_of, decompress, first_bytes, open_stream)
+from ._compressed import (COMPRESSIONS, LZW_MAGIC, UNCOMPRESS, ArchiveError, TrailingBytes,
+                          check_stream, compression_of, decompress, first_bytes, open_stream,
+                          trailing_bytes)
 from ._stamp import Stamp, common_pixel_scale, pixel_scales
 from .._warnings import catch_warnings, first_few, warn
 from ..exceptions import AstromorphWarning
@@ -989,6 +990,10 @@ def _malformed(problem, name=None):
     return f"malformed FITS header in {name + ' ' if name else ''}{problem}"
 
 
+#: How Python's gzip reader begins its words for bytes after a member that start no other.
+_NOT_GZIP = "Not a gzipped file ("
+
+
 class _StreamReader:
     """``read(offset, n)`` on the open (decompressed) file ``f`` of a FITS file compressed
     as ``compression`` (None: not compressed): the bytes, fewer at the end of the stream,
@@ -1020,6 +1025,9 @@ class _StreamReader:
         except (OSError, ValueError, zlib.error, LZMAError, zipfile.BadZipFile) as exc:
             if self.compression and self.corrupt is None:
                 self.corrupt = str(exc) or type(exc).__name__
+                if self.compression == "gzip" and self.corrupt.startswith(_NOT_GZIP):
+                    # bytes after the last member, past its zero padding: `TrailingBytes`
+                    self.corrupt = trailing_bytes(self.corrupt[len(_NOT_GZIP):-1])
             return b""  # (the stream ends there: said as corrupt, not as cut)
 
     def drain(self):
@@ -1752,6 +1760,8 @@ def _read_fits_buffer(buf, source, path, *, want_scale, triplet_hint):
     try:
         try:  # a compressed file (gzip, bzip2, xz, zip): decompressed in memory
             buf, compression = decompress(buf)
+        except TrailingBytes as exc:  # (worded as a large file's stream reader words it)
+            return _refused(source, path, exc.reason(name)), None
         except ArchiveError as exc:  # corrupt, truncated, a zip archive not of one file
             return _refused(source, path, str(exc)), None
         if not buf.startswith(_FITS_START):
