@@ -520,12 +520,18 @@ def _read_every_hdu(hdul, name):
     no size of the stream), and the next one is read from an earlier byte, the first header
     again, and so on without end, the memory held growing (a damaged gzip file; ``NAXIS1 =
     -64`` in an extension's header, plain or compressed). Its reason: `_unopened`."""
+    from astropy.io.fits.hdu.base import _CorruptedHDU
+
     end = 0
     for k, hdu in enumerate(hdul):
         # (the HDU's own, not the HDUList's, which writes out each header to compare; a
         # corrupted HDU has none, only its size)
         info = hdu.fileinfo() if hasattr(hdu, "fileinfo") else None
         back = hdu.size < 0 if info is None else info["datSpan"] < 0
+        if isinstance(hdu, _CorruptedHDU):  # (of a plain file: astropy warns, and drops it)
+            hdul.close()
+            raise InputError(_unopened(name, _HDUsBackwards(
+                f"the header of HDU {k} is damaged: astropy cannot parse it")))
         if back or info is not None and info["hdrLoc"] < end:
             hdul.close()
             raise InputError(_unopened(name, _HDUsBackwards(

@@ -779,6 +779,22 @@ def _shown(raw):
     return raw.split("/", 1)[0].strip() or "(empty)"
 
 
+def _closed_string(raw):
+    """Whether the card value field ``raw`` is a FITS string closed by its quote (``''``
+    inside it a quote)."""
+    raw = raw.strip()
+    if not raw.startswith("'"):
+        return False
+    i = 1
+    while i < len(raw):
+        if raw[i] == "'":
+            if raw[i + 1:i + 2] != "'":
+                return True
+            i += 1
+        i += 1
+    return False
+
+
 def _header_problem(cards, extension):
     """Words for the first structural keyword of a header that no reader can use, or None;
     also the size in bytes of the HDU's data when the header is sound."""
@@ -819,6 +835,13 @@ def _header_problem(cards, extension):
             lengths.append(n)
         return None, (bitpix, lengths)
 
+    if extension and "XTENSION" in cards and not _closed_string(cards["XTENSION"]):
+        # (astropy: "Unparsable card (XTENSION)", the HDU read as corrupted: dropped from a
+        # plain file, and in a compressed one the HDUs after it read from earlier bytes)
+        raw = cards["XTENSION"].split("/", 1)[0].strip()
+        return (f"XTENSION = {raw or '(empty)'} is "
+                + ("a string without its closing quote" if raw.startswith("'")
+                   else "not a string in quotes")), None
     problem, shape = axes("")
     if problem:
         return problem, None
@@ -875,13 +898,14 @@ def malformed_header(read, max_hdus=_MAX_HDUS):
     return None
 
 
-def truncated_data(read, max_hdus=_MAX_HDUS, *, start=0, first=0):
+def truncated_data(read, max_hdus=_MAX_HDUS, *, start=0, first=0, malformed=None):
     """The first HDU of a FITS stream whose data run past its end, or None: ``(label, size,
     held)``, its `_hdu_label`, the bytes of data its header gives and the bytes that follow
     the header. ``read(offset, n)`` as for `malformed_header`, whose walk over the HDUs this
     is; None too where a header is malformed or cut short (that is said otherwise).
     ``start``: the byte at which the walk begins, that of HDU ``first`` (after HDUs already
-    read whole)."""
+    read whole); ``malformed``: a list to which the malformed header found is added, in the
+    words of `malformed_header` (the same walk: a compressed stream is decompressed once)."""
     pos = start
     for i in range(first, max_hdus):
         try:
@@ -892,6 +916,8 @@ def truncated_data(read, max_hdus=_MAX_HDUS, *, start=0, first=0):
             return None
         problem, size = _header_problem(cards, extension=i > 0)
         if problem:
+            if malformed is not None:
+                malformed.append(f"{_hdu_label(i, cards)}: {problem}")
             return None
         held = 0
         while held < size:  # in pieces: a large HDU is not read into memory whole
@@ -938,7 +964,7 @@ def cut_header(read, name=None, *, start=0, first=0):
     return None
 
 
-def truncated_file(path, name=None):
+def truncated_file(path, name=None, *, malformed=None):
     """The reason (`_truncated`) for the FITS file ``path``, compressed or not (gzip, bzip2,
     xz, the one file of a zip archive), whose stream ends inside the data of one of its HDUs
     (`truncated_data`), or None. ``name``: the file's name in the reason (``path`` where
@@ -948,11 +974,11 @@ def truncated_file(path, name=None):
     (its CRC check failed, bad data) to its end, where it was read (a header damaged by it
     stops the walk), is said corrupt; one that ends before its end marker after whole HDUs
     (cut in the padding of the last) is said truncated, as `decompress` says of a small
-    file. Raises `OSError`, or `ArchiveError` for a zip archive
-    not of one file."""
+    file. ``malformed``: as for `truncated_data`. Raises `OSError`, or `ArchiveError` for a
+    zip archive not of one file."""
     read, close, _ = _file_reader(path)
     try:
-        truncated = truncated_data(read)
+        truncated = truncated_data(read, malformed=malformed)
         if not truncated:  # (a walk that stopped early: bytes that are no header)
             read.drain()
     finally:
@@ -1710,6 +1736,16 @@ def read_fits(path, *, want_scale, triplet_hint):
                 return _refused(source, path, str(exc))
             if not compression and not head.startswith(_ASTROPY_STARTS):
                 return _refused(source, path, _not_fits(head, None, path.name))
+            if not compression:  # every header (their data are not read: seeks in the file):
+                # a nonsense layout keyword (NAXIS1 = -64) makes astropy read the HDUs after
+                # it from earlier bytes without end, and it drops an unparsable one
+                read, close, _ = _file_reader(path)
+                try:
+                    problem = malformed_header(read)
+                finally:
+                    close()
+                if problem:
+                    return _refused(source, path, _malformed(problem, path.name))
             if compression:
                 if not head.startswith(_FITS_START):
                     # the stream read first: first bytes that are not FITS may be those of a
@@ -1730,9 +1766,14 @@ def read_fits(path, *, want_scale, triplet_hint):
                     close()
                 if problem:
                     return _refused(source, path, _malformed(problem, path.name))
-                truncated = truncated_file(path, path.name)
+                # (an extension's header astropy cannot parse makes it read the HDUs after
+                # it from earlier bytes without end: found in the same walk)
+                malformed = []
+                truncated = truncated_file(path, path.name, malformed=malformed)
                 if truncated:
                     return _refused(source, path, truncated)
+                if malformed:
+                    return _refused(source, path, _malformed(malformed[0], path.name))
     except (ValueError, OSError) as exc:
         return _refused(source, path, f"cannot read FITS: {exc}")
     return _read_fits_astropy(path, want_scale=want_scale, triplet_hint=triplet_hint)
@@ -1801,12 +1842,18 @@ def _read_fits_buffer(buf, source, path, *, want_scale, triplet_hint):
     return None, buf
 
 
+class _Corrupted(ValueError):
+    """An HDU whose header astropy could not parse (its ``_CorruptedHDU``; it only warns):
+    not astropy's words."""
+
+
 def _read_fits_astropy(path, *, want_scale, triplet_hint, buf=None, source=None,
                        compression=None):
     """`read_fits` by astropy, of the file at ``path`` or, with ``buf``, of the uncompressed
     FITS bytes ``buf`` (``path`` None; ``compression``: theirs, if they were), whose stamps
     ``source`` names."""
     from astropy.io import fits
+    from astropy.io.fits.hdu.base import _CorruptedHDU
 
     source = str(path) if source is None else source
     try:
@@ -1814,6 +1861,11 @@ def _read_fits_astropy(path, *, want_scale, triplet_hint, buf=None, source=None,
             warnings.simplefilter("always")
             with fits.open(path if buf is None else io.BytesIO(buf), memmap=buf is None,
                            do_not_scale_image_data=True, lazy_load_hdus=False) as hdul:
+                corrupted = next((i for i, hdu in enumerate(hdul)
+                                  if isinstance(hdu, _CorruptedHDU)), None)
+                if corrupted is not None:  # (astropy warns, and drops it: a MASK, a band)
+                    raise _Corrupted(f"the header of HDU {corrupted} is damaged: astropy "
+                                     "cannot parse it")
                 images, empty, stokes, twice = [], {}, {}, None
                 quanta = {}  # HDU index: its planes' quantisation steps (`_plane_steps`)
                 # astropy reads a second primary HDU (a file joined to the first) as one more
@@ -1852,7 +1904,10 @@ def _read_fits_astropy(path, *, want_scale, triplet_hint, buf=None, source=None,
             raise ValueError(truncated[0])
     except Exception as exc:  # noqa: BLE001 - astropy raises many kinds for corrupt files
         if buf is not None:
-            return _refused(source, path, _unreadable(exc, _buffer_reader(buf)))
+            reason = _unreadable(exc, _buffer_reader(buf))
+            if isinstance(exc, _Corrupted):
+                reason = reason.removesuffix(f" (astropy: {type(exc).__name__}: {exc})")
+            return _refused(source, path, reason)
         try:
             read, close, _ = _file_reader(path)
         except (OSError, ArchiveError):
@@ -1861,6 +1916,8 @@ def _read_fits_astropy(path, *, want_scale, triplet_hint, buf=None, source=None,
             reason = _unreadable(exc, read, path.name)
         finally:
             close()
+        if isinstance(exc, _Corrupted):  # (astropy only warned: the words are ours)
+            reason = reason.removesuffix(f" (astropy: {type(exc).__name__}: {exc})")
         return _refused(source, path, reason)
     if after is not None:  # (`cut_header`: the file ends inside the header astropy dropped)
         try:
