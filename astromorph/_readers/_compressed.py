@@ -91,9 +91,9 @@ def _streams(buf, magic, decompressor, error, *, junk=None):
     ``xz -T``) is one file. Zero bytes after the last stream (padding, the NUL bytes a
     fixed-width table cell ends with) are ignored; other bytes that start no other stream
     are passed to ``junk`` (bzip2 and xz: ignored, as Python's readers of them do).
-    ``decompressor()``: a decompressor of one stream; ``error``: the exception raised for an incomplete one;
-    ``junk(rest)``: called with the bytes after the last stream, where they are not all zero
-    (gzip: `TrailingBytes`)."""
+    ``decompressor()``: a decompressor of one stream; ``error``: the exception raised for
+    an incomplete one; ``junk(rest)``: called with the bytes after the last stream, where
+    they are not all zero (gzip: `TrailingBytes`)."""
     parts = []
     while True:
         d = decompressor()
