@@ -10,7 +10,7 @@ import zipfile
 import zlib
 
 __all__ = ["COMPRESSIONS", "COMPRESSED_MAGIC", "LZW_MAGIC", "STREAM_OPENERS", "UNCOMPRESS",
-           "ArchiveError", "TrailingBytes",
+           "ArchiveError", "CorruptStream", "TrailingBytes",
            "check_stream", "compression_of", "decompress", "first_bytes", "open_stream",
            "zip_member"]
 
@@ -41,7 +41,24 @@ class ArchiveError(ValueError):
     does not hold exactly one file; the message says which."""
 
 
-class TrailingBytes(ArchiveError):
+class CorruptStream(ArchiveError):
+    """A compressed stream its decompressor found corrupt where the words of a large file's
+    stream reader (`_fits`) can be given: a gzip file that fails its CRC or length check
+    (``detail``: Python's gzip reader's words, ``"CRC check failed 0x... != 0x..."``), or
+    one with `TrailingBytes`. ``compression``: its name (``"gzip"``)."""
+
+    def __init__(self, compression, detail):
+        self.compression, self.detail = compression, detail
+        super().__init__(f"corrupt {compression} stream: {detail}")
+
+    def reason(self, name=None):
+        """The reason, naming the FITS file ``name`` where there is one, as `_fits`'s stream
+        reader words it of a large file."""
+        where = f" in FITS file {name}" if name else ""
+        return f"corrupt {self.compression} stream{where}: {self.detail}"
+
+
+class TrailingBytes(CorruptStream):
     """A gzip file with bytes after its last member that are neither another member nor zero
     padding (the NUL bytes of a tape block, which ``gzip -d`` and Python's reader skip): a
     member whose first bytes are damaged may hold HDUs (a MASK) that would be lost, so the
@@ -49,14 +66,7 @@ class TrailingBytes(ArchiveError):
     gzip reader shows them (``b'ju'``, after the zero padding)."""
 
     def __init__(self, head):
-        self.detail = trailing_bytes(head)
-        super().__init__(f"corrupt gzip stream: {self.detail}")
-
-    def reason(self, name=None):
-        """The reason, naming the FITS file ``name`` where there is one, as `_fits`'s stream
-        reader words it of a large file."""
-        where = f" in FITS file {name}" if name else ""
-        return f"corrupt gzip stream{where}: {self.detail}"
+        super().__init__("gzip", trailing_bytes(head))
 
 
 def trailing_bytes(head):
@@ -113,8 +123,35 @@ def _gunzip(buf):
     stops after the first member: a FITS file gzipped in blocks read as truncated). Raises
     `zlib.error`, or `TrailingBytes` for bytes after the last member that are neither another
     member nor zero padding."""
-    return _streams(buf, b"\x1f\x8b", lambda: zlib.decompressobj(31), zlib.error,
-                    junk=_junk)
+    try:
+        return _streams(buf, b"\x1f\x8b", lambda: zlib.decompressobj(31), zlib.error,
+                        junk=_junk)
+    except zlib.error as exc:  # zlib's "incorrect data check": worded as gzip's reader does
+        if "check" in str(exc):  # (read again: on this failure only, the data are lost)
+            detail = _gzip_check_failed(buf)
+            if detail:
+                raise CorruptStream("gzip", detail) from None
+        raise
+
+
+#: How Python's gzip reader begins its words for a member that fails its CRC or length check.
+_CHECK_FAILED = ("CRC check failed", "Incorrect length of data produced")
+
+
+def _gzip_check_failed(buf):
+    """Python's gzip reader's words (``"CRC check failed 0x... != 0x..."``, which a large
+    file's stream reader gives) for the gzipped bytes ``buf`` that fail a CRC or length
+    check, or None where it finds no such failure."""
+    try:
+        with gzip.GzipFile(fileobj=io.BytesIO(buf)) as f:
+            while f.read(1 << 22):
+                pass
+    except gzip.BadGzipFile as exc:
+        if str(exc).startswith(_CHECK_FAILED):
+            return str(exc)
+    except _ERRORS:
+        pass
+    return None
 
 
 def _junk(rest):
@@ -134,7 +171,8 @@ def decompress(buf):
     ArchiveError
         For corrupt or truncated data (``"corrupt or truncated bzip2: ..."``; a gzip file
         with bytes after its last member that are neither another member nor zero padding:
-        `TrailingBytes`) or a zip archive of more files than one, or none.
+        `TrailingBytes`; one that fails its CRC or length check: `CorruptStream`) or a zip
+        archive of more files than one, or none.
     """
     name = compression_of(buf[:6])
     try:
@@ -245,8 +283,9 @@ def check_stream(path, *, max_bytes=None):
     OSError
         Where the file cannot be opened.
     ArchiveError
-        For a corrupt or truncated stream (``"corrupt or truncated gzip: ..."``, as
-        `decompress` words it), or a zip archive that is not one of a single file.
+        For a corrupt or truncated stream (``"corrupt or truncated bzip2: ..."``; a gzip
+        file that fails its CRC or length check: `CorruptStream`; as `decompress` words
+        them), or a zip archive that is not one of a single file.
     """
     f, name = open_stream(path)
     left = float("inf") if max_bytes is None else max_bytes
@@ -256,6 +295,10 @@ def check_stream(path, *, max_bytes=None):
             if not got:
                 break
             left -= got
+    except gzip.BadGzipFile as exc:
+        if str(exc).startswith(_CHECK_FAILED):  # (as `decompress` words it)
+            raise CorruptStream(name, str(exc)) from None
+        raise ArchiveError(f"corrupt or truncated {name}: {exc}") from None
     except _ERRORS as exc:
         raise ArchiveError(f"corrupt or truncated {name}: {exc}") from None
     finally:

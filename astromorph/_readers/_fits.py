@@ -12,7 +12,7 @@ from typing import NamedTuple
 import numpy as np
 
 from .._flags import Flag
-from ._compressed import (COMPRESSIONS, LZW_MAGIC, UNCOMPRESS, ArchiveError, TrailingBytes,
+from ._compressed import (COMPRESSIONS, LZW_MAGIC, UNCOMPRESS, ArchiveError, CorruptStream,
                           check_stream, compression_of, decompress, first_bytes, open_stream,
                           trailing_bytes)
 from ._stamp import Stamp, common_pixel_scale, pixel_scales
@@ -1032,9 +1032,11 @@ class _StreamReader:
         self.f, self.compression, self.corrupt, self.cut = f, compression, None, None
 
     def corrupt_reason(self, name=None):
-        """The reason for the corrupt stream, as `decompress` words that of a small file
-        (``"corrupt gzip stream in FITS file x.fits.gz: CRC check failed ..."``); ``name``:
-        the file's name, where there is a file."""
+        """The reason for the corrupt stream (``"corrupt gzip stream in FITS file x.fits.gz:
+        CRC check failed ..."``), as a small file's is worded (`_archive_reason`) where
+        `decompress` finds the same (a gzip file failing its CRC or length check, bytes
+        after its last member; other corrupt streams are ``"corrupt or truncated xz: ..."``
+        there); ``name``: the file's name, where there is a file."""
         where = f" in FITS file {name}" if name else ""
         return f"corrupt {self.compression} stream{where}: {self.corrupt}"
 
@@ -1733,7 +1735,7 @@ def read_fits(path, *, want_scale, triplet_hint):
             try:
                 head, compression = first_bytes(path, 16)
             except ArchiveError as exc:  # corrupt, truncated, a zip archive not of one file
-                return _refused(source, path, str(exc))
+                return _refused(source, path, _archive_reason(exc, path.name))
             if not compression and not head.startswith(_ASTROPY_STARTS):
                 return _refused(source, path, _not_fits(head, None, path.name))
             if not compression:  # every header (their data are not read: seeks in the file):
@@ -1757,7 +1759,7 @@ def read_fits(path, *, want_scale, triplet_hint):
                     try:
                         check_stream(path, max_bytes=None if near else _NOT_FITS_READ_BYTES)
                     except ArchiveError as exc:
-                        return _refused(source, path, str(exc))
+                        return _refused(source, path, _archive_reason(exc, path.name))
                     return _refused(source, path, _not_fits(head, compression))
                 read, close, _ = _file_reader(path)
                 try:
@@ -1792,6 +1794,13 @@ def read_fits_bytes(blob, *, source, want_scale=True, triplet_hint=False):
                               buf=buf, source=source, compression=compression_of(blob[:6]))
 
 
+def _archive_reason(exc, name):
+    """The reason for the `ArchiveError` ``exc`` of the file named ``name`` (None: bytes):
+    a `CorruptStream` (a gzip file failing its CRC, bytes after its last member) worded as a
+    large file's stream reader words it (`_StreamReader.corrupt_reason`), the file named."""
+    return exc.reason(name) if isinstance(exc, CorruptStream) else str(exc)
+
+
 def _read_fits_buffer(buf, source, path, *, want_scale, triplet_hint):
     """`read_fits` of the whole content of a FITS stream held in memory, where it needs no
     astropy: ``(stamps, None)``; else ``(None, data)``, the uncompressed bytes for
@@ -1801,10 +1810,8 @@ def _read_fits_buffer(buf, source, path, *, want_scale, triplet_hint):
     try:
         try:  # a compressed file (gzip, bzip2, xz, zip): decompressed in memory
             buf, compression = decompress(buf)
-        except TrailingBytes as exc:  # (worded as a large file's stream reader words it)
-            return _refused(source, path, exc.reason(name)), None
         except ArchiveError as exc:  # corrupt, truncated, a zip archive not of one file
-            return _refused(source, path, str(exc)), None
+            return _refused(source, path, _archive_reason(exc, name)), None
         if not buf.startswith(_FITS_START):
             return _refused(source, path, _not_fits(buf, compression, name)), None
         # a stream that ends inside an extension's header (a MASK): the fast reader would
