@@ -1569,6 +1569,32 @@ def test_unscored_row_of_a_finer_beam_is_not_said_to_be_smoothed(tmp_path):
     assert out["reason"][1] == "image has no finite pixel: not scored"
 
 
+def test_unscored_annotate_row_of_a_finer_beam_is_not_said_to_be_smoothed(tmp_path):
+    """`annotate` as `predict_files`: a source on an all-NaN part of a 1"/px image of a 2.5"
+    beam (finer than FIRST's) is not scored, and its ``radio_smoothed`` is False, while the
+    scored source on the finite part of the same image is smoothed."""
+    import warnings
+
+    from astropy.table import Table
+
+    from astromorph import Flag
+
+    path = _double_fits(tmp_path / "double.fits", 2.5)
+    with fits.open(path) as hdul:
+        data, header = hdul[0].data, hdul[0].header
+        wide = np.full((data.shape[0], 4 * data.shape[1]), np.nan, np.float32)
+        wide[:, :data.shape[1]] = data  # (the same pixel grid: NaN east of the double)
+        fits.PrimaryHDU(wide, header).writeto(tmp_path / "wide.fits")
+    ra, dec = WCS(header).pixel_to_world_values([269.5, 1700.0], [269.5, 269.5])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        out = astromorph.annotate(Table({"ra": ra, "dec": dec}), str(tmp_path / "wide.fits"),
+                                  model="radio-morphology", progress=False)
+    assert out["radio_flags"][0] == 0 and not np.ma.is_masked(out["radio_p_FRII"][0])
+    assert out["radio_flags"][1] & Flag.BAD_INPUT and np.ma.is_masked(out["radio_p_FRII"][1])
+    assert out["radio_smoothed"].tolist() == [True, False]
+
+
 def test_smoothed_column_is_described_and_written_to_headers(tmp_path):
     """``radio_smoothed`` (bool) says which rows were smoothed: True for the 2.5" image,
     False for the one on FIRST's beam, the unreadable file and the 8-bit picture; its
