@@ -618,11 +618,15 @@ def _radio_to_first_grid(raw, data, flags, *, caches=None):
     if raw.pixel_scale is not None:
         resample = ~np.isclose(scales, rad.FIRST_PIXEL_SCALE_ARCSEC, rtol=1e-3).all(axis=1)
         if resample.any() or images.shape[-1] != rad.DATASET_IMAGE_PIXELS:
-            images = np.stack([native[j] if j in native else
-                               rad.resample_to_first_grid(im, tuple(s) if s[0] != s[1] else s[0])
-                               if offsets is None or not offsets[j].any() else
-                               rad._resample_to_first_grid(
-                                   im, tuple(s) if s[0] != s[1] else s[0], offset=offsets[j])
+            def on_grid(j, image, s):  # (the grid about the source, where it is given)
+                if j in native:
+                    return native[j]
+                s = tuple(s) if s[0] != s[1] else s[0]
+                if offsets is None or not offsets[j].any():
+                    return rad.resample_to_first_grid(image, s)
+                return rad._resample_to_first_grid(image, s, offset=offsets[j])
+
+            images = np.stack([on_grid(j, im, s)
                                for j, (im, s) in enumerate(zip(images, scales))])
     return images, flags, np.isin(np.arange(len(images)), list(native))
 

@@ -92,6 +92,20 @@ _COMPUTING = {}
 _COMPUTING_LOCK = threading.Lock()
 
 
+@contextlib.contextmanager
+def _lists_in(*variables):
+    """Each of the context ``variables`` set to a new list while the block runs (a
+    partition's warnings and counts, which `annotate` and `annotate_stamps` append to
+    rather than give): the lists, in their order."""
+    lists = [[] for _ in variables]
+    tokens = [variable.set(kept) for variable, kept in zip(variables, lists)]
+    try:
+        yield lists
+    finally:
+        for variable, token in reversed(list(zip(variables, tokens))):
+            variable.reset(token)
+
+
 def _annotate_collecting(table, images, model, kwargs, names=None, files=None, call=None,
                          start=0):
     """`_annotate_partition`, the warnings it gave, the counts of its rows that could not be
@@ -114,18 +128,11 @@ def _annotate_collecting(table, images, model, kwargs, names=None, files=None, c
         partitions = _COMPUTING.get(call)
     if partitions is None or partitions.pid != os.getpid():  # a worker process: not ours
         partitions = None
-    summaries, placed, noted, masked = [], [], [], []
-    token, token_placed = SUMMARIES.set(summaries), PLACED.set(placed)
-    token_noted, token_masked = FLUX_NOTED.set(noted), MASKED_NEGATIVE.set(masked)
-    try:
-        with partitions.running_one() if partitions else contextlib.nullcontext(), \
-                collecting() as found:
-            out = _annotate_partition(table, images, model, kwargs, names, files, start)
-    finally:
-        MASKED_NEGATIVE.reset(token_masked)
-        FLUX_NOTED.reset(token_noted)
-        PLACED.reset(token_placed)
-        SUMMARIES.reset(token)
+    with _lists_in(SUMMARIES, PLACED, FLUX_NOTED, MASKED_NEGATIVE) as (
+            summaries, placed, noted, masked), \
+            partitions.running_one() if partitions else contextlib.nullcontext(), \
+            collecting() as found:
+        out = _annotate_partition(table, images, model, kwargs, names, files, start)
     return out, found, summaries, (placed[0] if placed else None), noted, masked
 
 
@@ -170,14 +177,9 @@ def _annotate_warning_once(table, images, model, kwargs, call, n_parts, names=No
     from ._stamp_table import MASKED_NEGATIVE, masked_negative_message
     from ._warnings import collecting, warn
 
-    noted, masked = [], []
-    token, token_masked = FLUX_NOTED.set(noted), MASKED_NEGATIVE.set(masked)
-    try:
-        with collecting() as found:  # each partition's own counts: no step sees the others
-            out = _annotate_partition(table, images, model, kwargs, names, files, start)
-    finally:
-        MASKED_NEGATIVE.reset(token_masked)
-        FLUX_NOTED.reset(token)
+    # each partition's own counts: no step sees the others
+    with _lists_in(FLUX_NOTED, MASKED_NEGATIVE) as (noted, masked), collecting() as found:
+        out = _annotate_partition(table, images, model, kwargs, names, files, start)
     for count, where, prefix in masked:  # its own rows: no other partition's warning
         rows = f"row {start}" if len(table) == 1 else f"rows {start} to {start + len(table) - 1}"
         warn(f"{masked_negative_message(count, where, prefix)} (in {rows} of the table, a "

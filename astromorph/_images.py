@@ -14,11 +14,11 @@ from astropy.io import fits
 from ._cutouts import SkyImage, _check_wcs_object
 from ._readers._compressed import COMPRESSED_MAGIC, LZW_MAGIC, STREAM_OPENERS
 from ._readers._fits import (_ASTROPY_STARTS, _AUX_EXTNAMES, _FAST_DTYPES, _MEMBERS,
-                             _TRIPLET_NAMES, _e_exponents, _file_reader, _image_quantisation,
-                             _physical, _unreadable, band_of_header, beam_of_header, cut_header,
-                             header_facts, linear_fluxes, normalise_band, not_fits_start,
-                             repeated_scaling, saturation_of_header, truncated_file,
-                             wcs_matrix_problem)
+                             _TRIPLET_NAMES, _Corrupted, _OwnWords, _e_exponents, _file_reader,
+                             _image_quantisation, _physical, _unreadable, band_of_header,
+                             beam_of_header, cut_header, header_facts, linear_fluxes,
+                             normalise_band, not_fits_start, repeated_scaling,
+                             saturation_of_header, truncated_file, wcs_matrix_problem)
 from ._warnings import catch_warnings, first_few, warn, warn_again
 from .exceptions import (AmbiguousInputWarning, AstromorphWarning, InputDTypeError, InputError,
                          InvalidArgumentTypeError, MissingDependencyError,
@@ -530,8 +530,7 @@ def _read_every_hdu(hdul, name):
         back = hdu.size < 0 if info is None else info["datSpan"] < 0
         if isinstance(hdu, _CorruptedHDU):  # (of a plain file: astropy warns, and drops it)
             hdul.close()
-            raise InputError(_unopened(name, _HDUsBackwards(
-                f"the header of HDU {k} is damaged: astropy cannot parse it")))
+            raise InputError(_unopened(name, _Corrupted(k)))
         if back or info is not None and info["hdrLoc"] < end:
             hdul.close()
             raise InputError(_unopened(name, _HDUsBackwards(
@@ -541,7 +540,7 @@ def _read_every_hdu(hdul, name):
             end = info["datLoc"] + info["datSpan"]
 
 
-class _HDUsBackwards(ValueError):
+class _HDUsBackwards(_OwnWords):
     """Where `_read_every_hdu` stopped astropy: not astropy's words."""
 
 
@@ -567,8 +566,6 @@ def _unopened(name, exc):
             close()
     if reason is None or reason.startswith("cannot read FITS: "):  # (astropy's words)
         return f"{name}: not a readable FITS file ({said})"
-    if isinstance(exc, _HDUsBackwards):  # (astropy said nothing)
-        reason = reason.removesuffix(f" (astropy: {type(exc).__name__}: {exc})")
     return reason
 
 

@@ -1037,8 +1037,7 @@ class _StreamReader:
         `decompress` finds the same (a gzip file failing its CRC or length check, bytes
         after its last member; other corrupt streams are ``"corrupt or truncated xz: ..."``
         there); ``name``: the file's name, where there is a file."""
-        where = f" in FITS file {name}" if name else ""
-        return f"corrupt {self.compression} stream{where}: {self.corrupt}"
+        return CorruptStream(self.compression, self.corrupt).reason(name)
 
     def __call__(self, offset, n):
         if self.corrupt is not None:  # never read on: a bzip2 decompressor fed after its
@@ -1092,8 +1091,9 @@ def _unreadable(exc, read, name=None):
         problem = malformed_header(read)
     except Exception:  # noqa: BLE001 - the diagnosis must never hide the original error
         problem = None
-    if problem:
-        return f"{_malformed(problem, name)} (astropy: {said})"
+    if problem:  # (an error of ours, `_OwnWords`: no astropy words to add)
+        return _malformed(problem, name) + ("" if isinstance(exc, _OwnWords)
+                                            else f" (astropy: {said})")
     try:
         truncated = truncated_data(read)
     except Exception:  # noqa: BLE001 - as above
@@ -1849,9 +1849,18 @@ def _read_fits_buffer(buf, source, path, *, want_scale, triplet_hint):
     return None, buf
 
 
-class _Corrupted(ValueError):
-    """An HDU whose header astropy could not parse (its ``_CorruptedHDU``; it only warns):
-    not astropy's words."""
+class _OwnWords(ValueError):
+    """An error of a FITS file that astropy only warned of, or did not see, raised by
+    astromorph where astropy's reading stopped: its words are astromorph's (`_unreadable`
+    adds no ``(astropy: ...)`` part)."""
+
+
+class _Corrupted(_OwnWords):
+    """HDU ``k``, whose header astropy could not parse (its ``_CorruptedHDU``; it only
+    warns, and drops the HDU)."""
+
+    def __init__(self, k):
+        super().__init__(f"the header of HDU {k} is damaged: astropy cannot parse it")
 
 
 def _read_fits_astropy(path, *, want_scale, triplet_hint, buf=None, source=None,
@@ -1871,8 +1880,7 @@ def _read_fits_astropy(path, *, want_scale, triplet_hint, buf=None, source=None,
                 corrupted = next((i for i, hdu in enumerate(hdul)
                                   if isinstance(hdu, _CorruptedHDU)), None)
                 if corrupted is not None:  # (astropy warns, and drops it: a MASK, a band)
-                    raise _Corrupted(f"the header of HDU {corrupted} is damaged: astropy "
-                                     "cannot parse it")
+                    raise _Corrupted(corrupted)
                 images, empty, stokes, twice = [], {}, {}, None
                 quanta = {}  # HDU index: its planes' quantisation steps (`_plane_steps`)
                 # astropy reads a second primary HDU (a file joined to the first) as one more
@@ -1911,10 +1919,7 @@ def _read_fits_astropy(path, *, want_scale, triplet_hint, buf=None, source=None,
             raise ValueError(truncated[0])
     except Exception as exc:  # noqa: BLE001 - astropy raises many kinds for corrupt files
         if buf is not None:
-            reason = _unreadable(exc, _buffer_reader(buf))
-            if isinstance(exc, _Corrupted):
-                reason = reason.removesuffix(f" (astropy: {type(exc).__name__}: {exc})")
-            return _refused(source, path, reason)
+            return _refused(source, path, _unreadable(exc, _buffer_reader(buf)))
         try:
             read, close, _ = _file_reader(path)
         except (OSError, ArchiveError):
@@ -1923,8 +1928,6 @@ def _read_fits_astropy(path, *, want_scale, triplet_hint, buf=None, source=None,
             reason = _unreadable(exc, read, path.name)
         finally:
             close()
-        if isinstance(exc, _Corrupted):  # (astropy only warned: the words are ours)
-            reason = reason.removesuffix(f" (astropy: {type(exc).__name__}: {exc})")
         return _refused(source, path, reason)
     if after is not None:  # (`cut_header`: the file ends inside the header astropy dropped)
         try:
