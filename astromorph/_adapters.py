@@ -539,8 +539,9 @@ def _radio_to_first_grid(raw, data, flags, *, caches=None):
     """The radio images ``data`` (``(N, 1, H, W)``, of ``raw``) on the FIRST grid where
     their pixel scale is known and not FIRST's, or they are not 300 pixels wide (else the
     float32 images, NaN where invalid), their ``flags`` updated (invalid pixels, constant
-    images, the field and the pixels) and the rows smoothed on their own pixels (``(N,)``
-    bool); sets ``raw.smoothed``."""
+    images, the field and the pixels; `Flag.EDGE` where the FIRST field about the grid's
+    centre runs off the image, `annotate`'s rule: `_radio._field_on_image`) and the rows
+    smoothed on their own pixels (``(N,)`` bool); sets ``raw.smoothed``."""
     from .preprocessing import _radio as rad
 
     # Invalid pixels (NaN, inf, masking sentinels) become NaN: the data-set procedure
@@ -593,6 +594,15 @@ def _radio_to_first_grid(raw, data, flags, *, caches=None):
     if raw.centre is not None and np.isfinite(raw.centre).any():
         offsets = np.nan_to_num(np.asarray(raw.centre, dtype=float).reshape(len(images), 2)
                                 - (np.asarray(images.shape[-2:]) - 1) / 2)
+    # EDGE where the FIRST field about the grid's centre runs off the image: `annotate`'s
+    # rule (`_radio._field_on_image`), the field's outermost points along the image's axes
+    reach = (rad.DATASET_IMAGE_PIXELS - 1) / 2 * rad.FIRST_PIXEL_SCALE_ARCSEC / scales
+    centre = (np.asarray(images.shape[-2:]) - 1) / 2 + (
+        np.zeros((len(images), 2)) if offsets is None else offsets)
+    y, x = (np.stack([centre[:, k] - reach[:, k], centre[:, k] + reach[:, k]], axis=1)
+            for k in (0, 1))
+    off_field = ~rad._field_on_image(x, y, images.shape[-2:])
+    flags |= np.where(off_field, int(Flag.EDGE), 0).astype(flags.dtype)
     if raw.beam_shape is not None:
         shapes = np.broadcast_to(np.asarray(raw.beam_shape, dtype=float), (len(images), 3))
         raw.smoothed = rad._fine_beams(shapes)

@@ -752,21 +752,18 @@ def _plan_reads(images, sky, sides):
         image.plan_samples(int(np.sum(sides[_margins(image, px, py) > 0] ** 2)))
 
 
-#: Image pixels by which a point of the radio model's field may lie beyond the image's
-#: edge before `_field_off_image` calls it off (the rounding of the WCS).
-FIELD_TOLERANCE_PIXELS = 1e-3
-
-
 def _field_off_image(image, lon, lat, up_angle, reach):
     """radio-morphology: whether the FIRST grid's points about each source (``lon``,
     ``lat``: degrees in the image's frame; ``up_angle`` as `cut_stamps` takes it; the
     outermost points ``reach`` arcsec from the source along the stamp's axes) run off the
     image: past -0.5 or ``n - 0.5`` (0-based pixels, as astropy's WCS counts them), where
     `cut_stamps` samples no pixel (`Flag.EDGE`), the test it makes of a stamp cut at the
-    FIRST grid's 1.8", made of the field whatever the stamp's side. The points of a 9 x 9
-    grid spanning the field are tested (exact to a small fraction of a pixel on any
-    projection a stamp is cut from). True for a point that the WCS cannot place."""
+    FIRST grid's 1.8", made of the field whatever the stamp's side; `predict_files`'
+    rule too (`_radio._field_on_image`, of the field about a cutout's centre). The points
+    of a 9 x 9 grid spanning the field are tested (exact to a small fraction of a pixel on
+    any projection a stamp is cut from). True for a point that the WCS cannot place."""
     from ._cutouts import _stamp_offsets, _tangent_to_sky
+    from .preprocessing._radio import _field_on_image
 
     if not len(lon):
         return np.zeros(0, bool)
@@ -776,12 +773,7 @@ def _field_off_image(image, lon, lat, up_angle, reach):
                                  np.radians(lat)[:, None, None], xi, eta)
     x, y = (np.reshape(v, (len(lon), -1))
             for v in image.world_to_pixel(np.degrees(glon), np.degrees(glat)))
-    ny, nx = image.shape
-    tol = FIELD_TOLERANCE_PIXELS
-    with np.errstate(invalid="ignore"):  # (NaN: not placed, off)
-        on = (x >= -0.5 - tol) & (x <= nx - 0.5 + tol) & (y >= -0.5 - tol) \
-            & (y <= ny - 0.5 + tol)
-    return ~on.all(axis=1)
+    return ~_field_on_image(x, y, image.shape)
 
 
 def _cut_band(images, sky, npix, scale, rows, choice=None, *, field=None, native=None):

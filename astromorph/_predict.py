@@ -1116,6 +1116,10 @@ def _explain(stamp, bits, *, grid=None, blank=None, radio=None, constant=None, w
     elif bits & Flag.EXTRAPOLATED and not coarse_beam(stamp.beam):
         out.append("the stamp's pixels are much coarser than the model's grid, or it does not "
                    "cover the model's field (resampling extrapolated; any missing area filled)")
+    if bits & Flag.EDGE:  # (set in preprocessing for radio stamps only: `_radio_to_first_grid`)
+        from .preprocessing._radio import _FIELD_OFF_WORDS
+
+        out.append(_FIELD_OFF_WORDS)
     if bits & Flag.NO_SOURCE:
         out.append("no pixel of the model's field reaches 5 times the noise RMS above the "
                    "background (the field's median where positive): no source to classify")
@@ -1123,7 +1127,7 @@ def _explain(stamp, bits, *, grid=None, blank=None, radio=None, constant=None, w
     if bits & Flag.OUT_OF_DISTRIBUTION:
         out.append(_out_of_distribution_words(radio))
     rest = bits & ~(Flag.BLANK | Flag.CONSTANT | Flag.EXTRAPOLATED | Flag.NO_SOURCE
-                    | Flag.SATURATED | Flag.OUT_OF_DISTRIBUTION)
+                    | Flag.SATURATED | Flag.OUT_OF_DISTRIBUTION | Flag.EDGE)
     if rest:
         out.append(describe_flags(rest))
     return out

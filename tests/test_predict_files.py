@@ -1302,8 +1302,10 @@ def test_radio_inputs_and_pixel_scales(models, tmp_path):
     assert row(table, tmp_path / "dataset.png")["radio_flags"] == 0
     assert row(table, tmp_path / "unclipped.png")["radio_flags"] == Flag.OUT_OF_DISTRIBUTION
     nowcs = row(table, tmp_path / "nowcs.fits")
-    # 120 pixels at the assumed 1.8": 216", short of the network's 230" field
-    assert nowcs["radio_flags"] == Flag.NO_WCS | Flag.EXTRAPOLATED and "120x120" in nowcs["reason"]
+    # 120 pixels at the assumed 1.8": 216", short of the network's 230" field, and of the
+    # FIRST field (540"): EDGE, as `annotate` flags a source whose field runs off its image
+    assert nowcs["radio_flags"] == Flag.NO_WCS | Flag.EXTRAPOLATED | Flag.EDGE
+    assert "120x120" in nowcs["reason"] and "FIRST field" in nowcs["reason"]
     assert ('the 120x120 stamp spans 216" x 216" and does not cover the model\'s 230.4" '
             'field: 93.8% x 93.8% of it') in nowcs["reason"], nowcs["reason"]
     assert not np.ma.is_masked(nowcs["radio_p_FRI"])

@@ -357,7 +357,9 @@ def test_annotate_equals_predict_on_small_cutouts(tmp_path):
         path = str(tmp_path / f"c{n}.fits")
         by_file = astromorph.predict_files("radio-morphology", [path], progress=False)
         by_sky = astromorph.annotate(cat, path, model="radio-morphology", progress=False)
-        assert by_file["radio_flags"][0] == 0
+        # (a crop of 150 pixels does not cover the FIRST field: EDGE by both, one rule)
+        edge = 0 if n == 300 else int(astromorph.Flag.EDGE)
+        assert by_file["radio_flags"][0] == by_sky["radio_flags"][0] == edge
         a = np.array([by_file[c][0] for c in cols])
         np.testing.assert_allclose(a, [by_sky[c][0] for c in cols], atol=0.02)
         probs.append(a)
@@ -2477,7 +2479,7 @@ def _centred_radio_file(path, n, scale, beam):
 
 @pytest.mark.parametrize("scale, sizes, first_inside, complete",
                          [(1.0, (537, 538, 539, 540, 541, 542), 539, 540),
-                          (0.5, (1076, 1077, 1078, 1081), 1077, 1078)])
+                          (0.5, (1076, 1077, 1078, 1080, 1082), 1077, 1078)])
 @pytest.mark.parametrize("beam", [None, 5.4, 2.5])
 def test_annotate_and_predict_files_agree_on_what_covers_the_first_field(
         tmp_path, monkeypatch, scale, sizes, first_inside, complete, beam):
@@ -2488,11 +2490,12 @@ def test_annotate_and_predict_files_agree_on_what_covers_the_first_field(
     it cuts its stamp at 1.8" (no beam) or wider, on the image's own pixels (a known beam:
     577 pixels at 1", 1141 at 0.5"), whose margin beyond the field, for the smoothing, ran
     off a 541-pixel image and was flagged EDGE (the filled margin is not BLANK either);
-    `predict_files` flags nothing either. One pixel fewer, annotate flags EDGE, and
-    predict_files' FIRST grid has NaN there. (Its grid, `resample_to_first_grid`, leaves
-    NaN beyond the outermost pixel centres: one pixel more, 540 and 1078, is needed for a
-    grid without NaN: points in the outer half of the edge pixels, which annotate's stamps
-    take from the edge pixels.) The WCS puts the field's edge point where said."""
+    `predict_files` flags nothing either. One pixel fewer, both flag EDGE (one rule,
+    `_radio._field_on_image`: predict_files flagged nothing at any size, 538 or 1076
+    pixels included). (Its grid, `resample_to_first_grid`, leaves NaN beyond the outermost
+    pixel centres: one pixel more, 540 and 1078, is needed for a grid without NaN: points
+    in the outer half of the edge pixels, which annotate's stamps take from the edge
+    pixels.) The WCS puts the field's edge point where said."""
     from astropy.table import Table
 
     from astromorph import _adapters
@@ -2517,11 +2520,13 @@ def test_annotate_and_predict_files_agree_on_what_covers_the_first_field(
         files = astromorph.predict_files(model, [str(path)], progress=False)
         assert len(grids) == 1
         assert np.isnan(grids[0]).any() == (n < complete), n
-        assert files["radio_flags"][0] == 0, n
         table = Table({"ra": [150.0], "dec": [20.0]})
         out = astromorph.annotate(table, str(path), model=model, progress=False)
         flags = int(out["radio_flags"][0])
         assert flags == (int(astromorph.Flag.EDGE) if n < first_inside else 0), (n, flags)
+        assert int(files["radio_flags"][0]) == flags, (n, files["reason"][0])
+        if flags:
+            assert "FIRST field" in files["reason"][0]
 
 
 @pytest.mark.parametrize("scale, sizes", [(1.0, (540, 541)), (0.5, (1080, 1081))])

@@ -1086,6 +1086,42 @@ def pixel_scale_from_wcs(wcs):
     return float(np.sqrt(abs(np.linalg.det(wcs.celestial.pixel_scale_matrix))) * 3600.0)
 
 
+#: Image pixels by which a point of the FIRST field may lie beyond an image's edge before
+#: `_field_on_image` calls it off (the rounding of a WCS).
+_FIELD_TOLERANCE_PIXELS = 1e-3
+#: Words of `astromorph.Flag.EDGE` for a radio stamp whose FIRST field runs off it.
+_FIELD_OFF_WORDS = (f"the FIRST field ({DATASET_IMAGE_PIXELS} x {DATASET_IMAGE_PIXELS} "
+                    f"points {FIRST_PIXEL_SCALE_ARCSEC:g}\" apart, "
+                    f"{DATASET_ANGULAR_SIZE_ARCSEC:g}\" across) about the source runs off the "
+                    "image (filled)")
+
+
+def _field_on_image(x, y, shape):
+    """The one rule of `astromorph.annotate` and `astromorph.predict_files` for
+    radio-morphology: whether an image of ``shape`` ``(ny, nx)`` covers the FIRST field,
+    i.e. each of the field's points (``x``, ``y``: 0-based image pixels, ``(N, K)``, K
+    points of each of N fields; NaN: a point the WCS cannot place) lies on one of its
+    pixels, within -0.5 and ``n - 0.5`` (astropy's convention; `_FIELD_TOLERANCE_PIXELS`
+    more), where `astromorph.annotate`'s stamps take it from a pixel. ``(N,)`` bool.
+
+    The field is its points: the data set's pixels are samples of FIRST's maps at their
+    centres, the outermost 269.1" from the source, so a centred image of ``n`` pixels of
+    ``s`` arcsec covers it when ``n * s / 2 >= 269.1"``: 539 pixels at 1", 1077 at 0.5",
+    300 at 1.8" wherever the source lies within half a pixel of its centre. The field's
+    area, 540" edge to edge, would need 540 and 1080 pixels, and calls off the data set's
+    own geometry (300 FIRST pixels about a source on pixel 150, not between 149 and 150:
+    the field's edge half a pixel off the image, its outermost point on it); points within
+    the outermost pixel centres (540 and 1078 pixels, where `resample_to_first_grid` has a
+    value) would call off the same cutout, for half a pixel that the edge pixels give.
+    """
+    ny, nx = shape
+    tol = _FIELD_TOLERANCE_PIXELS
+    with np.errstate(invalid="ignore"):  # (NaN: not placed, off)
+        on = (x >= -0.5 - tol) & (x <= nx - 0.5 + tol) & (y >= -0.5 - tol) \
+            & (y <= ny - 0.5 + tol)
+    return np.all(on, axis=-1)
+
+
 def resample_to_first_grid(image, pixel_scale_arcsec, *, size=DATASET_IMAGE_PIXELS):
     """Resample a centred radio image onto the FIRST grid (1.8 arcsec pixels).
 
