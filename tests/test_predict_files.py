@@ -1267,7 +1267,8 @@ def test_image_in_tiny_units_is_not_constant(models, tmp_path):
 def test_pixel_scales_a_few_parts_in_ten_thousand_apart_are_each_judged_by_their_own(
         models, tmp_path):
     """Files are scored in groups of one pixel scale: 128 px of 1.8" span the radio model's
-    230.4" field, 128 px of 1.7996" do not (EXTRAPOLATED), read after the other or alone."""
+    230.4" field, 128 px of 1.7996" do not (EXTRAPOLATED), read after the other or alone;
+    neither spans the 540" FIRST field (EDGE, as `annotate` flags it)."""
     rng = np.random.default_rng(1)
     img = rng.normal(0, 1.5e-4, (128, 128)).astype(np.float32)
     img[60:68, 60:68] += 0.01
@@ -1276,7 +1277,8 @@ def test_pixel_scales_a_few_parts_in_ten_thousand_apart_are_each_judged_by_their
     both = quiet(astromorph.predict_files, "radio-morphology",
                  [tmp_path / "a.fits", tmp_path / "b.fits"])
     alone = quiet(astromorph.predict_files, "radio-morphology", tmp_path / "b.fits")
-    assert list(both["radio_flags"]) == [0, Flag.EXTRAPOLATED] == [0, alone["radio_flags"][0]]
+    assert list(both["radio_flags"]) == [Flag.EDGE, Flag.EDGE | Flag.EXTRAPOLATED] \
+        == [Flag.EDGE, alone["radio_flags"][0]]
     assert both["reason"][1] == alone["reason"][0]
     assert "does not cover the model's 230.4\" field" in both["reason"][1]
 
