@@ -1,4 +1,5 @@
 """One parser for every way of passing sky images: paths, HDUs, NDData, (array, WCS)."""
+import bz2
 import contextlib
 import logging
 import lzma
@@ -437,7 +438,8 @@ def _open_fits(name):
         # a gzip, bzip2 or xz file whose stream astropy read to the end of its last HDU's
         # data, where it ends cleanly, is whole (`_stream_whole`, `_stream_ends_cleanly`):
         # only a zip archive's file (extracted by astropy), a stream found short and one
-        # that did not end cleanly (a gzip file failing its CRC check) are walked. (A plain
+        # that did not end cleanly (a gzip file failing its CRC check), or whose last bytes
+        # may be no stream's (`_gzip_trailer_last`, `_last_stream_last`) are walked. (A plain
         # file astropy found short: its words where the data are whole, i.e. their padding
         # cut short, which `truncated_file` leaves.)
         # A Unix-compressed file (.Z, read by uncompresspy) is walked too: astropy reads
@@ -446,7 +448,8 @@ def _open_fits(name):
         walk = cut or magic.startswith(LZW_MAGIC) or (
             magic.startswith(_COMPRESSED_MAGIC) and not (
                 streamed and _stream_whole(hdul) and _stream_ends_cleanly(hdul)
-                and (not magic.startswith(b"\x1f\x8b") or _gzip_trailer_last(name, hdul))))
+                and (_gzip_trailer_last(name, hdul) if magic.startswith(b"\x1f\x8b")
+                     else _last_stream_last(hdul))))
         truncated = truncated_file(name) if walk else None
         if not truncated and any(str(w.message).startswith("Error validating header for HDU")
                                  for w in caught):  # (astropy dropped the HDUs from there)
@@ -614,6 +617,22 @@ def _gzip_trailer_last(name, hdul):
     body = len(tail.rstrip(b"\0"))  # (the size's last bytes may be zero: up to 3 of them)
     return any(int.from_bytes(tail[end - 4:end], "little") == size
                for end in range(max(body, 18), min(body + 3, len(tail)) + 1))
+
+
+def _last_stream_last(hdul):
+    """Whether the reader of the bzip2 or xz file that astropy opened as ``hdul``, read
+    whole, found nothing after the stream it read last: Python's readers (`bz2.BZ2File`,
+    `lzma.LZMAFile`) take bytes after the last stream that start no other (`TrailingBytes`),
+    and zero padding, for the end of the file, having fed them to a new decompressor, which
+    is left there, at no stream's end. Where this cannot tell (Python's readers keep that
+    decompressor as ``_buffer.raw._decompressor``, a private name), `truncated_file` walks
+    the stream, which says which it was. Nothing is read."""
+    try:
+        reader = hdul.fileinfo(len(hdul) - 1)["file"]._file
+        return isinstance(reader, (bz2.BZ2File, lzma.LZMAFile)) \
+            and reader._buffer.raw._decompressor.eof is True
+    except (AttributeError, IndexError, KeyError, TypeError):
+        return False
 
 
 def _stream_whole(hdul):

@@ -17,8 +17,10 @@ __all__ = ["COMPRESSIONS", "COMPRESSED_MAGIC", "LZW_MAGIC", "STREAM_OPENERS", "U
 #: ``(first bytes, name, stream opener)`` of each whole-file compression astropy reads
 #: (a zip archive, read by `zip_member`, has no stream opener of its own; Unix compress,
 #: ``.Z``, has no reader in the standard library and is not one of them).
-COMPRESSIONS = ((b"\x1f\x8b", "gzip", gzip.open), (b"BZh", "bzip2", bz2.open),
-                (b"\xfd7zXZ", "xz", lzma.open), (b"PK\x03\x04", "zip", None),
+COMPRESSIONS = ((b"\x1f\x8b", "gzip", gzip.open),
+                (b"BZh", "bzip2", lambda path, mode="rb": _open_streams(path, "bzip2")),
+                (b"\xfd7zXZ", "xz", lambda path, mode="rb": _open_streams(path, "xz")),
+                (b"PK\x03\x04", "zip", None),
                 (b"PK\x05\x06", "zip", None))  # (an empty zip archive: its end record)
 #: First bytes of each of `COMPRESSIONS`.
 COMPRESSED_MAGIC = tuple(magic for magic, _, _ in COMPRESSIONS)
@@ -42,10 +44,13 @@ class ArchiveError(ValueError):
 
 
 class CorruptStream(ArchiveError):
-    """A compressed stream its decompressor found corrupt where the words of a large file's
-    stream reader (`_fits`) can be given: a gzip file that fails its CRC or length check
-    (``detail``: Python's gzip reader's words, ``"CRC check failed 0x... != 0x..."``), or
-    one with `TrailingBytes`. ``compression``: its name (``"gzip"``)."""
+    """A compressed stream its decompressor found corrupt, worded alike in memory and by a
+    large file's stream reader (`_fits`): bad data (``detail``: the decompressor's words,
+    ``"Corrupt input data"``, ``"Invalid data stream"``, ``"Bad CRC-32 for file 'x.fits'"``),
+    a gzip file that fails its CRC or length check (Python's gzip reader's words,
+    ``"CRC check failed 0x... != 0x..."``), or `TrailingBytes`. ``compression``: its name
+    (``"gzip"``). (A stream cut short is no `CorruptStream`: ``"corrupt or truncated xz:
+    ..."``.)"""
 
     def __init__(self, compression, detail):
         self.compression, self.detail = compression, detail
@@ -59,22 +64,28 @@ class CorruptStream(ArchiveError):
 
 
 class TrailingBytes(CorruptStream):
-    """A gzip file with bytes after its last member that are neither another member nor zero
-    padding (the NUL bytes of a tape block, which ``gzip -d`` and Python's reader skip): a
-    member whose first bytes are damaged may hold HDUs (a MASK) that would be lost, so the
-    file is refused as a corrupt stream. ``head``: the first two of those bytes, as Python's
-    gzip reader shows them (``b'ju'``, after the zero padding)."""
+    """A gzip, bzip2 or xz file (``compression``) with bytes after its last member (stream)
+    that are neither another member nor zero padding (the NUL bytes of a tape block, which
+    ``gzip -d``, ``unxz`` and Python's readers skip): a member whose first bytes are damaged
+    may hold HDUs (a MASK) that would be lost, so the file is refused as a corrupt stream, as
+    ``unxz`` refuses it (``gzip -d`` and ``bunzip2`` warn of "trailing garbage", Python's
+    readers ignore it). A file of several streams (pbzip2, ``xz -T``, ``cat a.xz b.xz``)
+    is read as one. A bzip2 or xz stream after zero padding is such bytes too: Python's
+    readers of them (astropy's) stop at the padding, the HDUs after it lost. ``head``: the
+    first two of those bytes, as Python's gzip reader shows them (``b'ju'``, after the zero
+    padding)."""
 
-    def __init__(self, head):
-        super().__init__("gzip", trailing_bytes(head))
+    def __init__(self, compression, head):
+        super().__init__(compression, trailing_bytes(compression, head))
 
 
-def trailing_bytes(head):
-    """Words for the bytes after the last member of a gzip file, ``head`` their first bytes
-    (a repr, or bytes shown as their repr)."""
+def trailing_bytes(compression, head):
+    """Words for the bytes after the last member (stream) of a ``compression`` file (gzip,
+    bzip2, xz), ``head`` their first bytes (a repr, or bytes shown as their repr)."""
     shown = head if isinstance(head, str) else repr(bytes(head))
-    return ("bytes after its last member that are neither another gzip member nor zero "
-            f"padding (they begin {shown})")
+    unit = "member" if compression == "gzip" else "stream"
+    return (f"bytes after its last {unit} that are neither another {compression} {unit} "
+            f"nor zero padding (they begin {shown})")
 
 
 def compression_of(head):
@@ -95,27 +106,145 @@ def zip_member(archive):
     return members[0]
 
 
-def _streams(buf, magic, decompressor, error, *, junk=None):
+def _streams(buf, compression, magic, decompressor):
     """The whole content of compressed bytes, every stream of them, as ``gzip -d`` (``bunzip2``,
     ``unxz``) gives it: a file compressed in blocks (bgzip, ``pigz --independent``, pbzip2,
     ``xz -T``) is one file. Zero bytes after the last stream (padding, the NUL bytes a
     fixed-width table cell ends with) are ignored; other bytes that start no other stream
-    are passed to ``junk`` (bzip2 and xz: ignored, as Python's readers of them do).
-    ``decompressor()``: a decompressor of one stream; ``error``: the exception raised for
-    an incomplete one; ``junk(rest)``: called with the bytes after the last stream, where
-    they are not all zero (gzip: `TrailingBytes`)."""
+    are `TrailingBytes`. ``decompressor()``: a decompressor of one stream of the
+    ``compression`` (its name) whose first bytes are ``magic``. Raises `EOFError` for a
+    stream cut short, the decompressor's error for bad data."""
     parts = []
     while True:
         d = decompressor()
         parts.append(d.decompress(buf))
         if not d.eof:
-            raise error("incomplete or truncated stream")
+            raise EOFError("incomplete or truncated stream")
         buf = d.unused_data
         if not buf.startswith(magic):
             rest = buf.lstrip(b"\0")
-            if rest and junk is not None:
-                junk(rest)
+            if rest:
+                raise TrailingBytes(compression, rest[:2])
             return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
+#: The first bytes of a stream of each compression.
+_MAGIC = {name: magic for magic, name, _ in reversed(COMPRESSIONS)}
+#: The decompressor of one stream of bzip2 and xz.
+_DECOMPRESSORS = {"bzip2": bz2.BZ2Decompressor, "xz": lzma.LZMADecompressor}
+#: Compressed bytes read at once by `_Streams`.
+_CHUNK = 1 << 16
+
+
+class _Streams(io.RawIOBase):
+    """The decompressed content of the bzip2 or xz file ``path`` (``compression``), every
+    stream of it, read as `decompress` reads its bytes (`_streams`): bytes after the last
+    stream that are neither another stream nor zero padding raise `TrailingBytes`, a stream
+    cut short `EOFError`, bad data the decompressor's error (as `bz2.open` and `lzma.open`
+    do, which ignore such bytes, and stop at zero padding: an xz file padded so is "cut
+    short" to them). Seekable as those are: forwards by reading, backwards from the start.
+    A decompressor is never fed again after its error (libbz2 can crash the interpreter):
+    the error is raised again until the stream is rewound."""
+
+    def __init__(self, path, compression):
+        self._fp = open(path, "rb")
+        self._compression = compression
+        self._magic, self._new = _MAGIC[compression], _DECOMPRESSORS[compression]
+        self._start()
+
+    def _start(self):
+        self._fp.seek(0)
+        self._decompressor, self._pos, self._end, self._failed = self._new(), 0, False, None
+
+    def readable(self):
+        return True
+
+    def seekable(self):
+        return True
+
+    def close(self):
+        try:
+            self._fp.close()
+        finally:
+            super().close()
+
+    def readinto(self, b):
+        with memoryview(b) as view, view.cast("B") as out:
+            data = self.read(len(out))
+            out[:len(data)] = data
+        return len(data)
+
+    def readall(self):
+        parts = []
+        while data := self.read(1 << 22):
+            parts.append(data)
+        return b"".join(parts)
+
+    def read(self, size=-1):
+        if size is None or size < 0:
+            return self.readall()
+        if self._failed is not None:
+            raise self._failed
+        if not size or self._end:
+            return b""
+        try:
+            data = self._decompressed(size)
+        except (*_ERRORS, ArchiveError) as exc:
+            self._failed = exc
+            raise
+        if not data:
+            self._end = True
+        self._pos += len(data)
+        return data
+
+    def _decompressed(self, size):
+        """Up to ``size`` decompressed bytes, none at the end of the last stream."""
+        while True:
+            d = self._decompressor
+            if d.eof:  # another stream, zero padding to the end, or bytes that are neither
+                rest = d.unused_data or self._fp.read(_CHUNK)
+                while 0 < len(rest) < len(self._magic) and (more := self._fp.read(_CHUNK)):
+                    rest += more
+                if not rest:
+                    return b""
+                if not rest.startswith(self._magic):
+                    rest = rest.lstrip(b"\0")
+                    while len(rest) < 2 and (more := self._fp.read(_CHUNK)):
+                        rest = (rest + more).lstrip(b"\0")
+                    if rest:
+                        raise TrailingBytes(self._compression, rest[:2])
+                    return b""
+                self._decompressor = self._new()
+                data = self._decompressor.decompress(rest, size)
+            else:
+                raw = self._fp.read(_CHUNK) if d.needs_input else b""
+                if d.needs_input and not raw:
+                    raise EOFError("Compressed file ended before the end-of-stream marker was "
+                                   "reached")
+                data = d.decompress(raw, size)
+            if data:
+                return data
+
+    def seek(self, offset, whence=io.SEEK_SET):
+        if whence == io.SEEK_CUR:
+            offset += self._pos
+        elif whence == io.SEEK_END:
+            while self.read(1 << 22):
+                pass
+            offset += self._pos
+        if offset < self._pos:
+            self._start()
+        while self._pos < offset and self.read(min(offset - self._pos, 1 << 22)):
+            pass
+        return self._pos
+
+    def tell(self):
+        return self._pos
+
+
+def _open_streams(path, compression):
+    """A buffered reader of `_Streams` of the bzip2 or xz file ``path``."""
+    return io.BufferedReader(_Streams(path, compression))
 
 
 def _gunzip(buf):
@@ -124,8 +253,7 @@ def _gunzip(buf):
     `zlib.error`, or `TrailingBytes` for bytes after the last member that are neither another
     member nor zero padding."""
     try:
-        return _streams(buf, b"\x1f\x8b", lambda: zlib.decompressobj(31), zlib.error,
-                        junk=_junk)
+        return _streams(buf, "gzip", b"\x1f\x8b", lambda: zlib.decompressobj(31))
     except zlib.error as exc:  # zlib's "incorrect data check": worded as gzip's reader does
         if "check" in str(exc):  # (read again: on this failure only, the data are lost)
             detail = _gzip_check_failed(buf)
@@ -154,12 +282,6 @@ def _gzip_check_failed(buf):
     return None
 
 
-def _junk(rest):
-    """`TrailingBytes` for the bytes ``rest`` after the last member of a gzip file (its zero
-    padding stripped)."""
-    raise TrailingBytes(rest[:2])
-
-
 def decompress(buf):
     """``(content, compression)``: the decompressed content of the bytes ``buf`` and the
     name of their compression (`compression_of`), or ``(buf, None)`` for bytes of none.
@@ -169,27 +291,71 @@ def decompress(buf):
     Raises
     ------
     ArchiveError
-        For corrupt or truncated data (``"corrupt or truncated bzip2: ..."``; a gzip file
-        with bytes after its last member that are neither another member nor zero padding:
-        `TrailingBytes`; one that fails its CRC or length check: `CorruptStream`) or a zip
-        archive of more files than one, or none.
+        For data cut short or a zip archive that cannot be opened (``"corrupt or truncated
+        bzip2: ..."``), or a zip archive of more files than one, or none.
+    CorruptStream
+        For corrupt data (bad data, a failed CRC check: `_corrupt`, in the words of a large
+        file's stream reader); `TrailingBytes` for a gzip, bzip2 or xz file with bytes after
+        its last stream that are neither another stream nor zero padding.
     """
     name = compression_of(buf[:6])
     try:
         if name == "gzip":
-            return _gunzip(buf), name
-        if name == "bzip2":
-            return _streams(buf, b"BZh", bz2.BZ2Decompressor, EOFError), name
-        if name == "xz":
-            return _streams(buf, b"\xfd7zXZ", lzma.LZMADecompressor, EOFError), name
+            with _corrupt(name):
+                return _gunzip(buf), name
+        if name in _DECOMPRESSORS:
+            with _corrupt(name):
+                return _streams(buf, name, _MAGIC[name], _DECOMPRESSORS[name]), name
         if name == "zip":
             with zipfile.ZipFile(io.BytesIO(buf)) as archive:
-                return archive.read(zip_member(archive)), name
+                member = archive.open(zip_member(archive))  # (its local header read)
+                with _corrupt("zip"), member:
+                    return member.read(), name
     except ArchiveError:
         raise
     except _ERRORS as exc:
         raise ArchiveError(f"corrupt or truncated {name}: {exc}") from None
     return buf, None
+
+
+class _corrupt:
+    """Context in which the decompressor's errors, but `EOFError` (a stream cut short) and
+    `ArchiveError`, are `CorruptStream` of the ``compression``, its words the detail: as
+    `_fits`'s stream reader of a large file words them (``"corrupt xz stream in FITS file
+    x.fits.xz: Corrupt input data"``)."""
+
+    def __init__(self, compression):
+        self.compression = compression
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, exc, tb):
+        if kind is None or issubclass(kind, (EOFError, ArchiveError)) \
+                or not issubclass(kind, _ERRORS):
+            return False
+        raise _stream_error(self.compression, exc) from None
+
+
+#: How Python's gzip reader begins its words for bytes after a member that start no other.
+_NOT_GZIP = "Not a gzipped file ("
+
+
+def _stream_error(compression, exc):
+    """The `ArchiveError` for the error ``exc`` of a decompressing reader of a
+    ``compression`` file, worded as `decompress` words it: a stream cut short
+    (``"corrupt or truncated xz: ..."``), `TrailingBytes` (Python's gzip reader's "Not a
+    gzipped file" of bytes after a member), else `CorruptStream`."""
+    if isinstance(exc, ArchiveError):
+        return exc
+    if isinstance(exc, EOFError):
+        return ArchiveError(f"corrupt or truncated {compression}: {exc}")
+    said = str(exc) or type(exc).__name__
+    if compression == "gzip" and said.startswith(_CHECK_FAILED):  # (`_gzip_check_failed`)
+        return CorruptStream(compression, said)
+    if compression == "gzip" and said.startswith(_NOT_GZIP):
+        return TrailingBytes(compression, said[len(_NOT_GZIP):-1])
+    return CorruptStream(compression, said)
 
 
 def open_stream(path):
@@ -259,14 +425,14 @@ def first_bytes(path, n):
     OSError
         Where the file cannot be opened.
     ArchiveError
-        For a corrupt or truncated stream that gives fewer bytes than it should, or a zip
-        archive that is not one of a single file.
+        For a corrupt or truncated stream that gives fewer bytes than it should (as
+        `check_stream` words it), or a zip archive that is not one of a single file.
     """
     f, name = open_stream(path)
     try:
         return f.read(n), name
     except _ERRORS as exc:
-        raise ArchiveError(f"corrupt or truncated {name}: {exc}") from None
+        raise _stream_error(name, exc) from None
     finally:
         f.close()
 
@@ -283,9 +449,9 @@ def check_stream(path, *, max_bytes=None):
     OSError
         Where the file cannot be opened.
     ArchiveError
-        For a corrupt or truncated stream (``"corrupt or truncated bzip2: ..."``; a gzip
-        file that fails its CRC or length check: `CorruptStream`; as `decompress` words
-        them), or a zip archive that is not one of a single file.
+        For a stream cut short (``"corrupt or truncated bzip2: ..."``), a corrupt one
+        (`CorruptStream`, `TrailingBytes`; as `decompress` words them), or a zip archive that
+        is not one of a single file.
     """
     f, name = open_stream(path)
     left = float("inf") if max_bytes is None else max_bytes
@@ -295,11 +461,7 @@ def check_stream(path, *, max_bytes=None):
             if not got:
                 break
             left -= got
-    except gzip.BadGzipFile as exc:
-        if str(exc).startswith(_CHECK_FAILED):  # (as `decompress` words it)
-            raise CorruptStream(name, str(exc)) from None
-        raise ArchiveError(f"corrupt or truncated {name}: {exc}") from None
-    except _ERRORS as exc:
-        raise ArchiveError(f"corrupt or truncated {name}: {exc}") from None
+    except _ERRORS as exc:  # (as `decompress` words it)
+        raise _stream_error(name, exc) from None
     finally:
         f.close()

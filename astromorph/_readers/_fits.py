@@ -1034,9 +1034,8 @@ class _StreamReader:
     def corrupt_reason(self, name=None):
         """The reason for the corrupt stream (``"corrupt gzip stream in FITS file x.fits.gz:
         CRC check failed ..."``), as a small file's is worded (`_archive_reason`) where
-        `decompress` finds the same (a gzip file failing its CRC or length check, bytes
-        after its last member; other corrupt streams are ``"corrupt or truncated xz: ..."``
-        there); ``name``: the file's name, where there is a file."""
+        `decompress` finds the same (bad data, a gzip file failing its CRC or length check,
+        bytes after its last stream); ``name``: the file's name, where there is a file."""
         return CorruptStream(self.compression, self.corrupt).reason(name)
 
     def __call__(self, offset, n):
@@ -1052,9 +1051,11 @@ class _StreamReader:
         except (OSError, ValueError, zlib.error, LZMAError, zipfile.BadZipFile) as exc:
             if self.compression and self.corrupt is None:
                 self.corrupt = str(exc) or type(exc).__name__
-                if self.compression == "gzip" and self.corrupt.startswith(_NOT_GZIP):
+                if isinstance(exc, CorruptStream):  # bytes after the last bzip2, xz stream
+                    self.corrupt = exc.detail
+                elif self.compression == "gzip" and self.corrupt.startswith(_NOT_GZIP):
                     # bytes after the last member, past its zero padding: `TrailingBytes`
-                    self.corrupt = trailing_bytes(self.corrupt[len(_NOT_GZIP):-1])
+                    self.corrupt = trailing_bytes("gzip", self.corrupt[len(_NOT_GZIP):-1])
             return b""  # (the stream ends there: said as corrupt, not as cut)
 
     def drain(self):
