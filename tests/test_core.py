@@ -1742,6 +1742,125 @@ def test_one_cpu_session_per_model_file_after_a_fallback(tiny_registry, monkeypa
         assert astromorph.load_model("tiny", providers="auto")._session is first
 
 
+def test_bytes_providers_are_named_as_given(tiny_registry):
+    """``providers=b"cpu"`` (bytes read from a file or a socket) is refused naming the value
+    the user gave; without its own check the bytes were iterated and the error named the
+    integer 99 (the byte 'c') instead."""
+    for value in (b"cpu", bytearray(b"cpu")):
+        with pytest.raises(InvalidArgumentTypeError) as info:
+            astromorph.load_model("tiny", providers=value)
+        assert str(info.value) == ("providers must be a name such as 'cpu' or a list of names "
+                                   f"(str), got {value!r}")
+
+
+@pytest.mark.parametrize("short, full", [
+    ("cpu", "CPUExecutionProvider"), ("cuda", "CUDAExecutionProvider"),
+    ("gpu", "CUDAExecutionProvider"), ("tensorrt", "TensorrtExecutionProvider"),
+    ("trt", "TensorrtExecutionProvider")])
+def test_each_short_provider_name_asks_for_its_provider(short, full):
+    """Each short name asks for the provider the docs give it: ``"gpu"`` (the name of the
+    install extra) is CUDA, not TensorRT (which fails without its libraries, and builds an
+    engine for minutes), and ``"trt"`` is TensorRT, not CUDA."""
+    from astromorph._session import provider_names
+
+    assert provider_names(short) == [full]
+    assert provider_names(short.upper()) == [full]
+
+
+def test_unknown_full_provider_name_from_the_environment_names_the_variable(tiny_registry,
+                                                                             monkeypatch):
+    """A full provider name that ONNX Runtime does not know, set in
+    $ASTROMORPH_PROVIDERS, says where it came from: the user did not pass it."""
+    monkeypatch.setenv("ASTROMORPH_PROVIDERS", "FooExecutionProvider")
+    with pytest.raises(InvalidArgumentError,
+                       match=r"'FooExecutionProvider'.*\(from \$ASTROMORPH_PROVIDERS\)"):
+        astromorph.load_model("tiny")
+    monkeypatch.delenv("ASTROMORPH_PROVIDERS")
+    with pytest.raises(InvalidArgumentError, match="'FooExecutionProvider'") as info:
+        astromorph.load_model("tiny", providers="FooExecutionProvider")
+    assert "ASTROMORPH_PROVIDERS" not in str(info.value)
+
+
+@pytest.mark.parametrize("threads", [2.5, float("inf"), float("-inf"), float("nan"),
+                                     np.float64(1.5)])
+def test_threads_that_are_no_whole_number_are_refused(tiny_registry, threads):
+    """``threads=2.5`` was not cut to 2 threads silently, and an infinite count did not leak
+    int()'s OverflowError: an InvalidArgumentError naming the value, as the docs say."""
+    with pytest.raises(InvalidArgumentError,
+                       match=re.escape(f"threads must be a whole number of threads, "
+                                       f"got {threads!r}")):
+        astromorph.load_model("tiny", threads=threads)
+
+
+def test_cpu_sessions_of_two_model_files_are_not_shared(tiny_registry, tmp_path):
+    """Every request that ends on the CPU shares one session per model file: two files
+    (here without a checksum given) get a session each, not the first file's graph for
+    both (the second would run the wrong model)."""
+    from astromorph import _session
+
+    other = tmp_path / "other.onnx"
+    tiny_classifier_onnx(other, channels=3, labels=("a", "b", "c"))
+    first = _session.get_session(tiny_registry / "tiny" / "model.onnx", providers="cpu")
+    second = _session.get_session(other, providers="cpu")
+    assert second is not first
+    assert second.get_inputs()[0].shape[1] == 3
+    assert first.get_inputs()[0].shape[1] == 2
+
+
+def test_sessions_run_with_every_graph_optimisation(tiny_registry):
+    """Sessions are made with all of ONNX Runtime's graph optimisations (operator fusion,
+    constant folding): without them a model runs the same numbers, only slower."""
+    ort = pytest.importorskip("onnxruntime")
+    session = astromorph.load_model("tiny", providers="cpu", threads=1)._session
+    assert (session.get_session_options().graph_optimization_level
+            == ort.GraphOptimizationLevel.ORT_ENABLE_ALL)
+
+
+def test_a_provider_that_cannot_make_a_session_is_not_also_said_to_fail_to_start(
+        tiny_registry, monkeypatch):
+    """A provider whose session raised is named with its error, once: the warning did not
+    also list it among those that ONNX Runtime dropped silently ("failed to initialise"),
+    which sent users after a second, non-existent problem."""
+    cuda = "CUDAExecutionProvider"
+    _fake_gpu_runtime(monkeypatch, [cuda, "CPUExecutionProvider"], raise_with=[cuda])
+    with pytest.warns(ProviderFallbackWarning, match="could not create a session") as caught:
+        astromorph.load_model("tiny", providers="cuda")
+    message = str(_fallback_warnings(caught)[0].message)
+    assert "failed to initialise" not in message, message
+
+
+def test_fallback_with_only_the_cpu_build_says_to_install_the_gpu_build(tiny_registry,
+                                                                       monkeypatch):
+    """With only the CPU build of ONNX Runtime installed, the warning tells the user to
+    install astromorph[gpu]; it does not claim that onnxruntime-gpu is installed and
+    shadowed (advice to uninstall a package they do not have)."""
+    import importlib.metadata
+
+    real = importlib.metadata.distribution
+
+    def distribution(name):
+        if name == "onnxruntime-gpu":
+            raise importlib.metadata.PackageNotFoundError(name)
+        return real("onnxruntime") if name == "onnxruntime" else real(name)
+
+    monkeypatch.setattr(importlib.metadata, "distribution", distribution)
+    _fake_gpu_runtime(monkeypatch, ["CPUExecutionProvider"])
+    with pytest.warns(ProviderFallbackWarning, match=r"install `astromorph\[gpu\]`") as caught:
+        astromorph.load_model("tiny", providers="cuda")
+    assert "onnxruntime-gpu is installed" not in str(_fallback_warnings(caught)[0].message)
+
+
+def test_clear_session_cache_forgets_the_sessions(tiny_registry):
+    """`astromorph.clear_session_cache` (docs/gpu.md) makes the next load build a new
+    session, e.g. after the GPU's drivers or $CUDA_VISIBLE_DEVICES changed; a Model loaded
+    before keeps its own."""
+    first = astromorph.load_model("tiny", providers="cpu")
+    astromorph.clear_session_cache()
+    again = astromorph.load_model("tiny", providers="cpu")
+    assert again._session is not first._session
+    assert astromorph.load_model("tiny", providers="cpu")._session is again._session
+
+
 # ------------------------------------------------------- cards of models of one's own
 def _folder_with_card(tmp_path, change):
     d = tmp_path / "mine"
