@@ -294,3 +294,35 @@ def test_a_blas_loaded_after_the_first_block_is_limited_too():
                          env=env, check=True).stdout
     counts = ast.literal_eval(out.strip().splitlines()[-1])
     assert counts and set(counts) == {1}, counts
+
+
+def test_entering_the_block_again_builds_no_new_controller(monkeypatch):
+    """The threadpoolctl controller (about 2 ms to build: it scans the loaded libraries) is
+    built once and reused while no module is imported, so that entering and leaving the
+    block costs microseconds per stamp, not milliseconds."""
+    real, built = threadpoolctl.ThreadpoolController, []
+
+    def counting():
+        built.append(1)
+        return real()
+
+    monkeypatch.setattr(threadpoolctl, "ThreadpoolController", counting)
+    monkeypatch.setitem(_blas._STATE, "controller", None)
+    monkeypatch.setitem(_blas._STATE, "modules", -1)
+    for _ in range(3):
+        with single_threaded_blas():
+            pass
+    assert len(built) == 1
+
+
+@_FORK_WARNING
+def test_a_child_forked_after_the_block_keeps_the_parents_blas_threads(two_blas_threads):
+    """A block left before the fork leaves nothing for the child to restore: a process that
+    set its BLAS threads after using astromorph (here to three) forks children with those
+    threads, not the counts found when the block was last entered (two)."""
+    with single_threaded_blas():
+        pass
+    with threadpoolctl.threadpool_limits(limits=3, user_api="blas"):
+        def child():
+            assert set(_blas_threads()) == {3}, f"child BLAS threads {_blas_threads()}, not 3"
+        _in_forked_child(child)
