@@ -94,6 +94,21 @@ def _probs_and_labels(probs, labels, n_classes=None):
     return probs, labels.astype(np.int64)
 
 
+def _check_bins(n_bins):
+    """``n_bins`` as an int >= 1 (0 bins summed nothing: an ECE of 0, perfect calibration)."""
+    from .preprocessing._checks import check_whole
+
+    return check_whole(n_bins, "n_bins")
+
+
+def _confidence_bins(conf, n_bins):
+    """The bin of each confidence: ``b`` for ``[b / n_bins, (b + 1) / n_bins)``, the last
+    closed at 1, by comparison with those edges (``int(conf * n_bins)`` rounded a confidence
+    one floating-point step below an edge, e.g. 0.8999999999999999 of 10 bins, up into the
+    bin above)."""
+    return np.searchsorted(np.arange(1, n_bins) / n_bins, conf, side="right")
+
+
 def expected_calibration_error(probs, labels, n_bins=15):
     """Top-label expected calibration error with equal-width confidence bins.
 
@@ -102,12 +117,14 @@ def expected_calibration_error(probs, labels, n_bins=15):
     (b + 1) / n_bins)`` with the last one closed at 1 (a confidence on an edge is in the
     bin it opens). The top label is the most probable class, the first of tied ones (so
     for a score of exactly 0.5 class 0, bogus). Raises `InvalidArgumentError` for
-    probabilities that are not finite or labels that are no class index.
+    probabilities that are not finite, labels that are no class index or an ``n_bins``
+    that is no whole number >= 1.
     """
     probs, labels = _probs_and_labels(probs, labels)
+    n_bins = _check_bins(n_bins)
     conf = probs.max(axis=1)
     correct = probs.argmax(axis=1) == labels
-    bins = np.minimum((conf * n_bins).astype(int), n_bins - 1)
+    bins = _confidence_bins(conf, n_bins)
     ece = 0.0
     for b in range(n_bins):  # a few bins, each an array operation
         sel = bins == b
@@ -249,10 +266,11 @@ def reliability_figure(probs, labels, *, title="", n_bins=15):
     from ._plotting import figure
 
     probs, labels = _probs_and_labels(probs, labels)
+    n_bins = _check_bins(n_bins)
     conf = probs.max(axis=1)
     correct = probs.argmax(axis=1) == labels
     edges = np.linspace(0, 1, n_bins + 1)
-    idx = np.minimum((conf * n_bins).astype(int), n_bins - 1)
+    idx = _confidence_bins(conf, n_bins)
     counts = np.bincount(idx, minlength=n_bins)
     filled = counts > 0
     centres = np.bincount(idx, weights=conf, minlength=n_bins)[filled] / counts[filled]

@@ -218,3 +218,126 @@ def test_training_rates_refuse_nan_scores():
 
     with pytest.raises(InvalidArgumentError, match="not finite"):
         rb.rates([np.nan, 0.9, np.nan, 0.1], [1, 1, 0, 0], 0.5)
+
+
+def _pairwise_auc(s, y):
+    """The AUC by its definition: over every (real, bogus) pair, 1 where the real scores
+    higher, 1/2 for a tie."""
+    wins = 0.0
+    for a in s[y]:
+        for b in s[~y]:
+            wins += 1.0 if a > b else 0.5 if a == b else 0.0
+    return wins / (y.sum() * (~y).sum())
+
+
+def test_roc_auc_counts_every_real_bogus_pair_ties_half():
+    """The rank-sum AUC against the pair count it stands for (scipy's Mann-Whitney above
+    ranks as the code does): continuous scores, a coarse grid of ties, scores outside
+    [0, 1], all scores equal, labels as booleans, integers and floats."""
+    rng = np.random.default_rng(11)
+    for i in range(120):
+        n = int(rng.integers(2, 60))
+        s = [rng.random(n), rng.integers(0, 4, n) / 3, rng.normal(0, 50, n),
+             np.full(n, 0.37)][i % 4]
+        y = rng.random(n) < rng.uniform(0.05, 0.95)
+        y[:2] = [True, False]
+        ref = _pairwise_auc(s, y)
+        assert roc_auc(s, y) == pytest.approx(ref, abs=1e-12)
+        assert roc_auc(s, y.astype(np.int8)) == roc_auc(s, y.astype(float)) == roc_auc(s, y)
+    assert roc_auc(np.full(7, 0.5), np.arange(7) % 2 == 0) == 0.5
+
+
+@pytest.mark.parametrize("real", [True, False])
+def test_roc_auc_of_one_class_is_nan_without_a_numpy_warning(real):
+    """One class only has no pair to count: NaN, said quietly (a 0/0 gave the same NaN
+    with numpy's 'invalid value encountered in scalar divide' warning, which under
+    ``-W error`` or a warnings filter of the user's stopped the evaluation)."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert np.isnan(roc_auc([0.1, 0.5, 0.9], [real] * 3))
+
+
+def test_threshold_for_fnr_of_a_target_just_below_one_is_the_highest_real_score():
+    """A target a hair below 1 (allowed: [0, 1)) times the number of reals rounds up to that
+    number: the threshold is still one of the real scores (the highest), not an
+    IndexError past the end."""
+    s = np.arange(100) / 100
+    assert threshold_for_fnr(s, np.ones(100, bool), 1 - 1e-13) == 0.99
+    assert threshold_for_fnr([0.3], [True], 0.999999999999999) == 0.3
+
+
+def test_ece_of_any_bin_count_against_a_loop_with_confidences_at_the_edges():
+    """Every ``n_bins``, not only the default 15, against the loop: confidences on each edge
+    ``b / n_bins`` and one floating-point step either side. ``int(c * n_bins)`` put a
+    confidence one step below an edge (0.8999999999999999 with 10 bins) in the bin above."""
+    for n_bins in range(1, 31):
+        edges = np.arange(n_bins + 1) / n_bins
+        c = np.concatenate([edges, np.nextafter(edges, -1), np.nextafter(edges, 2)])
+        c = np.unique(c[(c >= 0.5) & (c <= 1)])
+        probs = np.stack([c, 1 - c], 1)
+        y = (np.arange(len(c)) % 3 == 0).astype(int)  # class 0, the top one, a third right
+        assert expected_calibration_error(probs, y, n_bins) == pytest.approx(
+            _ece_reference(probs, y, n_bins), abs=1e-12), n_bins
+    rng = np.random.default_rng(12)
+    for n_bins in (1, 2, 3, 7, 10, 20, 50):
+        probs = rng.dirichlet(np.ones(3) * 0.5, 200)
+        y = rng.integers(0, 3, 200)
+        assert expected_calibration_error(probs, y, n_bins) == pytest.approx(
+            _ece_reference(probs, y, n_bins), abs=1e-12)
+
+
+@pytest.mark.parametrize("n_bins", [0, -3, 2.5, "15", None, True])
+def test_ece_refuses_a_bin_count_that_is_no_positive_whole_number(n_bins):
+    """``n_bins=0`` (or negative) gave an ECE of 0.0, perfect calibration, for any
+    probabilities: no bin, nothing summed."""
+    from astromorph.exceptions import InvalidArgumentError, InvalidArgumentTypeError
+
+    with pytest.raises((InvalidArgumentError, InvalidArgumentTypeError), match="n_bins"):
+        expected_calibration_error([[0.9, 0.1], [0.2, 0.8]], [1, 1], n_bins)
+
+
+def test_reliability_figure_bars_are_the_loop_accuracies():
+    """The reliability diagram's bars (top-label accuracy per bin) and the row counts at
+    their feet are those of the ECE's bins, confidences on edges included."""
+    pytest.importorskip("matplotlib")
+    from astromorph._evaluate import reliability_figure
+
+    rng = np.random.default_rng(13)
+    for n_bins in (4, 10, 15):
+        s = np.r_[rng.integers(0, 2 * n_bins + 1, 60) / (2 * n_bins), rng.random(40)]
+        s = np.r_[s, np.nextafter(np.arange(n_bins + 1) / n_bins, -1)[1:]]
+        probs, y = np.stack([1 - s, s], 1), rng.integers(0, 2, len(s))
+        rows = [(max(p), int(np.argmax(p)) == lab) for p, lab in zip(probs, y)]
+        heights, counts = [], []
+        for b in range(n_bins):
+            sel = [ok for c, ok in rows if b / n_bins <= c < (b + 1) / n_bins
+                   or (b == n_bins - 1 and c == 1)]
+            heights.append(np.mean(sel) if sel else 0.0)
+            if sel:
+                counts.append(str(len(sel)))
+        ax = reliability_figure(probs, y, n_bins=n_bins).axes[0]
+        assert [p.get_height() for p in ax.patches] == pytest.approx(heights, abs=1e-12)
+        assert [t.get_text() for t in ax.texts] == counts
+        assert f"ECE = {_ece_reference(probs, y, n_bins):.3f}" in ax.get_title()
+
+
+def test_classification_report_ece_is_the_default_fifteen_bins():
+    """The report's (and the model cards') ECE is `expected_calibration_error` with its
+    documented 15 bins, checked on probabilities where 10 or 20 bins give other values."""
+    rng = np.random.default_rng(14)
+    probs, y = rng.dirichlet(np.ones(4), 300), rng.integers(0, 4, 300)
+    r = classification_report(probs, y, list("abcd"))
+    assert r["ece"] == pytest.approx(_ece_reference(probs, y, 15), abs=1e-12)
+    assert abs(_ece_reference(probs, y, 10) - r["ece"]) > 1e-6
+    assert abs(_ece_reference(probs, y, 20) - r["ece"]) > 1e-6
+
+
+def test_a_report_refuses_more_probability_columns_than_class_names():
+    """Three columns for two names were scored: a prediction of the third column counted
+    in no named class's precision but against the accuracy, silently."""
+    from astromorph.exceptions import InvalidArgumentError
+
+    with pytest.raises(InvalidArgumentError, match="3 columns for 2 class names"):
+        classification_report(np.full((2, 3), 1 / 3), [0, 1], ["a", "b"])
