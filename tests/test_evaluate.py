@@ -661,3 +661,109 @@ def test_tied_probabilities_predict_the_first_class():
     r = classification_report(probs, [0, 1, 0], ["a", "b", "c"])
     assert r["confusion_matrix"] == [[2, 0, 0], [0, 1, 0], [0, 0, 0]]
     assert r["accuracy"] == 1.0
+
+
+def test_nan_outputs_are_unscored_rows_not_an_error():
+    """A NaN probability or score that is not masked (a CSV round trip, another program's
+    column) is a row without output: left out and counted as unscored, not a refusal of the
+    whole table by the measures."""
+    t = _morph_table(["elliptical", "spiral", "spiral"], ["elliptical", "spiral", "merger"])
+    t["morph_p_spiral"][2] = np.nan
+    m = astromorph.evaluate_labels(t, "mine", model="morphology").metrics
+    assert (m["n_used"], m["n_unscored"], m["accuracy"]) == (2, 1, 1.0)
+    r = Table({"rb_score": [0.9, np.nan, 0.2, 0.4], "is_real": [1, 1, 0, 1]})
+    m = astromorph.evaluate_labels(r, "is_real", model="real-bogus", threshold=0.5).metrics
+    assert (m["n_used"], m["n_unscored"], m["n_real"], m["roc_auc"]) == (3, 1, 2, 1.0)
+    assert m["at_thresholds"]["given"]["fnr"] == 0.5
+
+
+def test_an_unlabelled_row_without_output_is_counted_once_as_unlabelled():
+    """``n_unscored`` counts labelled rows only: an unlabelled row with no output was also
+    counted as unscored, so the counts added up to more than the table."""
+    true = MaskedColumn(["elliptical", "spiral", "spiral"], mask=[False, True, False])
+    t = _morph_table(true, ["elliptical", "spiral", "spiral"])
+    for c in CLASSES:
+        t[f"morph_p_{c}"].mask[1] = True
+    m = astromorph.evaluate_labels(t, "mine", model="morphology").metrics
+    assert (m["n_rows"], m["n_used"], m["n_unlabelled"], m["n_unscored"]) == (3, 2, 1, 0)
+
+
+def test_a_roc_curve_of_a_few_thousand_scores_is_thinned_too():
+    """Between 1001 and ~2000 distinct scores the curve was also to be thinned to at most
+    1001 points (the first and last kept, each point one of the full curve's)."""
+    from astromorph._evaluate import roc_curve
+
+    rng = np.random.default_rng(3)
+    real = rng.random(1500) < 0.4
+    score = rng.random(1500)
+    t = Table({"rb_score": score, "is_real": real})
+    curve = astromorph.evaluate_labels(t, "is_real", model="real-bogus").metrics["roc_curve"]
+    assert len(curve["fpr"]) == len(curve["tpr"]) == len(curve["thresholds"]) == 1001
+    fpr, tpr, cuts = roc_curve(score, real)
+    full = dict(zip(cuts[1:].tolist(), zip(fpr[1:].tolist(), tpr[1:].tolist())))
+    assert (curve["fpr"][0], curve["tpr"][0], curve["thresholds"][0]) == (0, 0, None)
+    assert curve["thresholds"][-1] == cuts[-1] and (curve["fpr"][-1], curve["tpr"][-1]) == (1, 1)
+    for f, tp, c in zip(curve["fpr"][1:], curve["tpr"][1:], curve["thresholds"][1:]):
+        assert full[c] == (f, tp)
+
+
+def test_classifier_metrics_are_those_of_the_columns_as_written():
+    """Probabilities that do not add up to 1 (float32 rounding, a column of another
+    program) are scored as written: the ECE is that of the table's confidences, not of
+    rescaled ones."""
+    from astromorph._evaluate import expected_calibration_error
+
+    t = _morph_table(["elliptical", "spiral", "spiral", "merger"],
+                     ["elliptical", "spiral", "merger", "merger"], conf=0.6)
+    t["morph_p_artifact"] = 0.0  # the rows add up to 0.9
+    m = astromorph.evaluate_labels(t, "mine", model="morphology").metrics
+    probs = np.stack([np.asarray(t[f"morph_p_{c}"], float) for c in CLASSES], 1)
+    y = [0, 1, 1, 3]
+    assert m["ece"] == expected_calibration_error(probs, y)
+    assert m["ece"] == pytest.approx(abs(0.75 - 0.6), abs=1e-6)
+
+
+def test_real_bogus_metrics_against_brute_force_on_random_tables():
+    """`evaluate_labels` of random score tables (ties, flagged, unlabelled and unscored
+    rows) against the measures written out: counts, the AUC over every real-bogus pair
+    (ties half), the rates at the thresholds, the target-FNR threshold, the ECE."""
+    rng = np.random.default_rng(21)
+    rec = astromorph.model_card("real-bogus")["recommended_threshold"]
+    for _ in range(15):
+        n = int(rng.integers(5, 80))
+        score = (rng.integers(0, 11, n) / 10).astype(np.float32)
+        real = rng.random(n) < 0.5
+        real[:2] = [True, False]
+        flags = np.where(rng.random(n) < 0.15, 4, 0).astype(np.int32)
+        flags[:2] = 0
+        truth = MaskedColumn(real.astype(int), mask=rng.random(n) < 0.1)
+        truth.mask[:2] = False
+        t = Table({"rb_score": MaskedColumn(score, mask=rng.random(n) < 0.1),
+                   "rb_flags": flags, "is_real": truth})
+        t["rb_score"].mask[:2] = False
+        m = astromorph.evaluate_labels(t, "is_real", model="real-bogus", threshold=0.3,
+                                       target_fnr=0.1).metrics
+        labelled, scored = ~truth.mask, ~t["rb_score"].mask
+        used = labelled & scored & (flags == 0)
+        assert (m["n_rows"], m["n_used"], m["n_unlabelled"], m["n_unscored"],
+                m["n_flagged"]) == (n, used.sum(), (~labelled).sum(),
+                                    (labelled & ~scored).sum(),
+                                    (labelled & scored & (flags != 0)).sum())
+        s, y = score[used].astype(float), real[used]
+        wins = sum(1.0 if a > b else 0.5 if a == b else 0.0 for a in s[y] for b in s[~y])
+        assert m["roc_auc"] == pytest.approx(wins / (y.sum() * (~y).sum()), abs=1e-12)
+        assert (m["n_real"], m["n_bogus"]) == (y.sum(), (~y).sum())
+        for key, thr in (("recommended", rec), ("given", 0.3)):
+            at = m["at_thresholds"][key]
+            thr32 = np.float32(thr)  # compared at the column's precision
+            assert at["fnr"] == pytest.approx(np.mean(s[y] < thr32), abs=1e-15)
+            assert at["fpr"] == pytest.approx(np.mean(s[~y] >= thr32), abs=1e-15)
+        cut = m["at_thresholds"]["target_fnr"]["threshold"]
+        ok = [c for c in np.r_[s[y], np.inf] if np.sum(s[y] < c) <= 0.1 * y.sum()]
+        assert cut == max(ok)
+        conf, right = np.maximum(s, 1 - s), (s > 0.5) == y
+        ece = sum(np.mean(sel) * abs(right[sel].mean() - conf[sel].mean())
+                  for b in range(15)
+                  for sel in [(conf >= b / 15) & ((conf < (b + 1) / 15) | (b == 14))]
+                  if sel.any())
+        assert m["ece"] == pytest.approx(ece, abs=1e-12)
