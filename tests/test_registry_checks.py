@@ -9,7 +9,7 @@ import pytest
 
 import astromorph
 from astromorph import _registry
-from astromorph.exceptions import ModelCardError
+from astromorph.exceptions import ModelCardError, ModelNotFoundError
 from tiny_models import make_card, sha256, tiny_classifier_onnx
 
 
@@ -98,3 +98,15 @@ def test_packaged_models_come_before_a_models_folder_beside_the_package(tmp_path
     assert _registry.models_dir() == package / "models"
     (package / "models").rmdir()  # a source checkout: models/ beside the package
     assert _registry.models_dir() == package.parent / "models"
+
+
+def test_variant_whose_file_is_missing_is_model_not_found(tmp_path):
+    """A card listing an int8 variant whose file is not there (a partial copy of a model
+    folder): `ModelNotFoundError` naming the file, not a bare FileNotFoundError from hashing
+    it, which ``astromorph models --verify`` does not report as a broken model."""
+    def change(card):
+        card["variants"] = {"int8": {"file": "model.int8.onnx", "sha256": "0" * 64}}
+
+    d = _folder_with_card(tmp_path, change)
+    with pytest.raises(ModelNotFoundError, match=r"'model\.int8\.onnx', which is missing"):
+        astromorph.load_model(d, precision="int8", providers="cpu")
