@@ -5,11 +5,12 @@ that weakens a check, and passes on the code as it is.
 """
 import json
 
+import numpy as np
 import pytest
 
 import astromorph
 from astromorph import _registry
-from astromorph.exceptions import ModelCardError, ModelNotFoundError
+from astromorph.exceptions import InputShapeError, ModelCardError, ModelNotFoundError
 from tiny_models import make_card, sha256, tiny_classifier_onnx
 
 
@@ -110,3 +111,13 @@ def test_variant_whose_file_is_missing_is_model_not_found(tmp_path):
     d = _folder_with_card(tmp_path, change)
     with pytest.raises(ModelNotFoundError, match=r"'model\.int8\.onnx', which is missing"):
         astromorph.load_model(d, precision="int8", providers="cpu")
+
+
+def test_single_band_input_is_refused_by_a_model_that_does_not_replicate(tmp_path):
+    """A card whose ``input.single_band`` is ``invalid`` (the default) takes only stamps of
+    all its channels: (N, 1, H, W) stamps are an `InputShapeError`, never copied silently
+    into every channel (outputs for data the model was not trained on)."""
+    d = _folder_with_card(tmp_path, lambda card: None)
+    model = astromorph.load_model(d, providers="cpu")
+    with pytest.raises(InputShapeError, match=r"\(N, 2, 4, 4\), got \(3, 1, 4, 4\)"):
+        model.predict(np.zeros((3, 1, 4, 4), np.float32))
