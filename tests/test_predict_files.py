@@ -5909,3 +5909,70 @@ def test_an_error_after_a_header_file_is_moved_in_is_logged_not_swallowed(tmp_pa
         "unexpected error: RuntimeError: a surprise" for out in outs.values()]
     assert all(r.exc_info and r.exc_info[0] is RuntimeError for r in said)
     assert "results written to the headers of 2 file(s)" in caplog.messages
+
+
+# ----------------------------------------------------------------------------- mutation tests
+def test_scored_rows_of_a_batch_with_an_unscored_row_keep_their_own_scores(models, tmp_path):
+    """A stamp refused only at preprocessing (a member with no finite pixel) sharing a batch
+    with a good one: the good row's score is its own, as scored alone. Scoring the refused
+    row's filled input too would shift the batch's outputs onto the wrong rows."""
+    bad = triplet(seed=3)
+    bad[1] = np.nan
+    write_fits(tmp_path / "a_bad.fits", bad)
+    write_fits(tmp_path / "b_good.fits", triplet(seed=4))
+    table = quiet(astromorph.predict_files, "real-bogus", tmp_path, batch_size=2)
+    alone = astromorph.predict_files("real-bogus", tmp_path / "b_good.fits")
+    assert table["rb_flags"][0] & Flag.BAD_INPUT and np.ma.is_masked(table["rb_score"][0])
+    assert table["rb_score"][1] == pytest.approx(alone["rb_score"][0], rel=1e-6)
+
+
+def test_template_whose_largest_value_is_zero_is_refused(models, tmp_path):
+    """A reference stamp of negative values whose largest is exactly 0 has no positive pixel:
+    BAD_INPUT, as an all-negative one (not scored as a template it cannot be)."""
+    t = triplet()
+    t[1] = -np.abs(t[1]) - 1
+    t[1, 0, 0] = 0.0
+    write_fits(tmp_path / "zero_max.fits", t)
+    r = quiet(astromorph.predict_files, "real-bogus", tmp_path / "zero_max.fits")[0]
+    assert r["rb_flags"] == Flag.BAD_INPUT and "no positive pixel (max 0)" in r["reason"]
+    assert np.ma.is_masked(r["rb_score"])
+
+
+def test_unusable_warning_quotes_the_first_unusable_rows_reason(models, tmp_path):
+    """The UnusableInputWarning's "first:" is the reason of the first row that was not
+    scored, not that of the first row (here flagged BLANK, scored)."""
+    blank = triplet(seed=1)
+    blank[:, :20] = np.nan
+    write_fits(tmp_path / "a.fits", blank)
+    (tmp_path / "b.fits").write_bytes(b"not a FITS file")
+    with pytest.warns(UnusableInputWarning) as said:
+        table = astromorph.predict_files("real-bogus", tmp_path)
+    assert table["reason"][0] and not np.ma.is_masked(table["rb_score"][0])
+    message = str(next(w.message for w in said if w.category is UnusableInputWarning))
+    assert f"(first: {table['reason'][1]})" in message, message
+
+
+def test_progress_bar_advances_one_step_per_file(models, tmp_path, monkeypatch):
+    """The progress bar counts files: one step per file read, multi-stamp files included,
+    up to its total."""
+    import contextlib
+
+    from astromorph import _predict
+
+    steps, totals = [], []
+
+    class Bar:
+        def update(self, n):
+            steps.append(n)
+
+    @contextlib.contextmanager
+    def bar(total, **kwargs):
+        totals.append(total)
+        yield Bar()
+
+    monkeypatch.setattr(_predict, "progress_bar", bar)
+    for i in range(3):
+        write_fits(tmp_path / f"t{i}.fits", triplet(seed=i))
+    write_fits(tmp_path / "t3.fits", np.stack([triplet(seed=5)] * 2))  # two stamps
+    table = quiet(astromorph.predict_files, "real-bogus", tmp_path, progress=False)
+    assert len(table) == 5 and totals == [4] and steps == [1, 1, 1, 1]

@@ -2211,3 +2211,20 @@ def test_8bit_band_cells_are_bands_not_grey_pictures():
     assert outs[1]["morph_reason"][0] == outs[0]["morph_reason"][0]
     np.testing.assert_allclose(outs[1]["morph_p_spiral"], outs[0]["morph_p_spiral"],
                                rtol=0, atol=1e-6)
+
+
+def test_blocks_of_rows_fill_batches_of_batch_size_across_blocks(rb, monkeypatch):
+    """Rows added block by block are scored ``batch_size`` at a time across the blocks: 6
+    rows in blocks of 3 with ``batch_size=2`` make 3 model calls of 2, not a short call at
+    the end of each block, and the scores are those of the rows alone."""
+    from astromorph import _stamp_table
+
+    x = _triplets(6)
+    monkeypatch.setattr(_stamp_table, "_BLOCK_ROWS", 3)
+    calls = []
+    run = rb._run
+    monkeypatch.setattr(rb, "_run", lambda batch, session=None:
+                        calls.append(len(batch)) or run(batch, session))
+    out = astromorph.annotate_stamps(Table({"stamps": x}), model=rb, batch_size=2)
+    assert calls == [2, 2, 2]
+    assert_scores(out["rb_score"], _direct(rb, x), rtol=0, atol=1e-6)
