@@ -3918,3 +3918,234 @@ def test_pca_map_is_the_projection_of_the_centred_vectors():
     s = np.linalg.svd(x - x.mean(0), compute_uv=False)
     np.testing.assert_allclose(np.sort(np.linalg.norm(coords, axis=0))[::-1], s[:2],
                                rtol=1e-9)
+
+
+# --- embedding_matrix / finite_rows edge cases (found by mutation testing) ---------------
+
+def test_many_bad_rows_are_named_ten_at_most_then_dots():
+    """The error naming unusable rows lists the first ten and then '...': ten rows are all
+    named, eleven end with '...' (without it a user cannot tell there are more)."""
+    from astromorph.embeddings._common import embedding_matrix
+
+    x = np.ones((20, 3))
+    x[:10] = np.nan
+    with pytest.raises(InvalidArgumentError,
+                       match=r"10 row\(s\) .*\(rows 0, 1, 2, 3, 4, 5, 6, 7, 8, 9\);"):
+        embedding_matrix(x)
+    x[10] = np.inf
+    with pytest.raises(InvalidArgumentError,
+                       match=r"11 row\(s\) .*\(rows 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, \.\.\.\);"):
+        embedding_matrix(x)
+
+
+def test_finite_rows_is_right_at_every_chunk_boundary():
+    """Every row is checked whatever the block size: a row left out of the blocks would be
+    an uninitialised flag, usable or not at random."""
+    from astromorph.embeddings._common import finite_rows
+
+    rng = np.random.default_rng(1)
+    for n in range(1, 9):
+        for chunk in (1, 2, 3, 4, 7):
+            x = rng.standard_normal((n, 3))
+            x[rng.random(n) < 0.4, 1] = np.nan
+            for _ in range(3):  # uninitialised memory: garbage differs between calls
+                np.testing.assert_array_equal(finite_rows(x, chunk_rows=chunk),
+                                              np.isfinite(x).all(axis=1))
+
+
+def test_object_arrays_of_numbers_are_numbers():
+    """A 2-d object array of numbers is an (N, D) matrix, and a 1-d object array of numbers
+    one vector: neither is refused as cells that are 'a scalar' or 'object values'."""
+    from astromorph.embeddings._common import embedding_matrix
+
+    x = np.arange(6.0).reshape(3, 2)
+    np.testing.assert_array_equal(embedding_matrix(x.astype(object)), x)
+    np.testing.assert_array_equal(embedding_matrix(np.array([1.0, 2.0], dtype=object)),
+                                  [[1.0, 2.0]])
+
+
+def test_object_column_whose_first_cell_is_masked():
+    """A masked object column whose first cell is masked (its data a placeholder scalar) is
+    still a column of vectors: the masked row is NaN, the others are kept."""
+    from astropy.table import MaskedColumn
+
+    from astromorph.embeddings._common import embedding_matrix
+
+    col = MaskedColumn(_object_column([0.0, np.ones(4), np.arange(4.0)]),
+                       mask=[True, False, False])
+    x = embedding_matrix(col, allow_masked=True)
+    assert np.isnan(x[0]).all()
+    np.testing.assert_array_equal(x[1:], [np.ones(4), np.arange(4.0)])
+
+
+def test_list_of_vectors_of_unequal_length_names_the_row():
+    """A list of vectors of unequal length names the first row whose length differs
+    (InputError), not 'embeddings must be numbers, got object values'."""
+    from astromorph.embeddings._common import embedding_matrix
+
+    with pytest.raises(InputError, match=r"row 2 holds a vector of 2 values, but the rows "
+                                         r"before it hold 3"):
+        embedding_matrix([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0], [1.0, 2.0]])
+
+
+def test_bad_cell_is_described_in_at_most_60_characters():
+    """A long bad cell is shown cut to 60 characters ending '...' (one short line)."""
+    from astromorph.embeddings._common import embedding_matrix
+
+    cell = "x" * 70  # its repr: 72 characters
+    with pytest.raises(InputError) as info:
+        embedding_matrix(_object_column([np.ones(3), cell]))
+    shown = f"'{'x' * 56}..."
+    assert f"row 1 holds {shown}:" in str(info.value)
+
+
+def test_unsigned_integer_cells_are_numbers_and_bool_cells_are_not():
+    """Cells of unsigned integers (e.g. uint8 vectors) are vectors of numbers; cells of
+    booleans are refused naming the row, not silently made 0/1."""
+    from astromorph.embeddings._common import embedding_matrix
+
+    x = embedding_matrix(_object_column([np.array([1, 2], np.uint8), np.array([3, 4], np.uint16)]))
+    np.testing.assert_array_equal(x, [[1, 2], [3, 4]])
+    with pytest.raises(InputError, match=r"row 1 holds .*bool values, not numbers"):
+        embedding_matrix(_object_column([np.ones(2), np.array([True, False])]))
+
+
+def test_object_cells_keep_their_float_precision_with_dtype_none():
+    """With dtype=None, float32 cells make a float32 matrix (no doubled memory) and any
+    float64 cell makes a float64 one (no lost precision)."""
+    from astromorph.embeddings._common import embedding_matrix
+
+    f32 = [np.ones(3, np.float32), np.zeros(3, np.float32)]
+    assert embedding_matrix(_object_column(f32), dtype=None).dtype == np.float32
+    mixed = embedding_matrix(_object_column([f32[0], np.full(3, 1 + 1e-12)]), dtype=None)
+    assert mixed.dtype == np.float64
+    assert mixed[1, 0] == 1 + 1e-12
+
+
+def test_astropy_masked_array_rows_are_masked_rows():
+    """An astropy `Masked` array (a Table column of one) is not a numpy masked array, but
+    its masked rows are still masked rows: NaN, or refused naming them."""
+    from astropy.utils.masked import Masked
+
+    from astromorph.embeddings._common import embedding_matrix
+
+    m = Masked(np.ones((3, 2)), mask=[[False, False], [True, False], [False, False]])
+    x = embedding_matrix(m, allow_masked=True)
+    assert np.isnan(x[1]).all() and (x[[0, 2]] == 1).all()
+    with pytest.raises(InvalidArgumentError, match=r"1 masked row\(s\) \(rows 1\)"):
+        embedding_matrix(m)
+
+
+def test_embedding_matrix_leaves_the_masked_column_alone():
+    """Filling masked rows with NaN works on a copy: the caller's float64 masked column
+    keeps the data under its mask."""
+    from astropy.table import MaskedColumn
+
+    from astromorph.embeddings._common import embedding_matrix
+
+    col = MaskedColumn(np.arange(6.0).reshape(3, 2), mask=[[False] * 2, [True] * 2, [False] * 2])
+    x = embedding_matrix(col, allow_masked=True)
+    assert np.isnan(x[1]).all()
+    np.testing.assert_array_equal(col.data.data, np.arange(6.0).reshape(3, 2))
+
+
+def test_column_of_scalars_is_not_one_vector_per_row():
+    """A column of one number per row is refused naming its shape, not read as one vector
+    (one row of usable flags for a table of many rows)."""
+    from astromorph.embeddings._common import table_embeddings
+
+    with pytest.raises(InputError, match=r"column 'embedding' is not one vector per row "
+                                         r"\(shape \(3,\)\)"):
+        table_embeddings(Table({"embedding": np.arange(3.0)}))
+
+
+def test_masked_float_columns_hold_nan_under_the_mask():
+    """A new float column's masked rows hold NaN under the mask, so ``np.asarray`` of it
+    (or any reader ignoring the mask) sees no number there, not a made-up 0."""
+    from astromorph.embeddings._common import masked_column
+
+    col = masked_column([0.25, 0.75], np.array([True, False, True]), "p")
+    assert col.mask.tolist() == [False, True, False]
+    np.testing.assert_array_equal(np.asarray(col), [0.25, np.nan, 0.75])
+    ints = masked_column([1, 2], np.array([True, False, True]), "k")
+    assert ints.dtype.kind == "i" and ints.mask.tolist() == [False, True, False]
+
+
+def test_cli_printed_table_leaves_out_every_vector_column(tmp_path, capsys):
+    """Without -o the printed table leaves out every 2-d column (not only the embedding
+    column): a vector per row would print as a long unreadable cell."""
+    t = catalogue(12, d=4)
+    t["embedding"] = blobs(n_per=4, k=3, d=4)[0]
+    t["features"] = np.ones((12, 3))
+    t.write(tmp_path / "emb.ecsv")
+    capsys.readouterr()
+    assert main(["cluster", str(tmp_path / "emb.ecsv"), "-k", "2", "--pca", "2", "-q"]) == 0
+    header = capsys.readouterr().out.splitlines()[0]
+    assert "cluster_prob" in header and "features" not in header and "embedding" not in header
+
+
+def test_cli_similar_ra_without_dec_is_refused(tmp_path, capsys):
+    """--ra without --dec (or --dec without --ra) is no query: refused before any work."""
+    t = catalogue(10, d=4)
+    t["embedding"] = unit_rows(10, 4)
+    t.write(tmp_path / "emb.ecsv")
+    for half in (["--ra", "1"], ["--dec", "1"]):
+        assert main(["similar", str(tmp_path / "emb.ecsv"), *half]) == 2
+        assert "give exactly one query" in capsys.readouterr().err
+
+
+def test_integer_embeddings_become_float64_with_dtype_none():
+    """dtype=None keeps float32 and float64 only: integer vectors become float64 (masked
+    rows can then hold NaN)."""
+    from astromorph.embeddings._common import embedding_matrix
+
+    x = embedding_matrix(np.ma.masked_array(np.arange(6).reshape(3, 2),
+                                            mask=[[0, 0], [1, 1], [0, 0]]),
+                         allow_masked=True, dtype=None)
+    assert x.dtype == np.float64 and np.isnan(x[1]).all() and x[2].tolist() == [4.0, 5.0]
+
+
+def test_cli_similar_writes_neighbours_to_csv(tmp_path):
+    """The neighbours table holds no embedding column, so ``similar -o out.csv`` works on a
+    table with one (only outputs holding the input's columns are checked for them)."""
+    t = catalogue(10, d=4)
+    t.write(tmp_path / "emb.ecsv")
+    with pytest.warns(Warning, match="CSV keeps values only"):
+        assert main(["similar", str(tmp_path / "emb.ecsv"), "--query", "0", "-k", "3", "-q",
+                     "-o", str(tmp_path / "nn.csv")]) == 0
+    assert len(Table.read(tmp_path / "nn.csv")) == 3
+
+
+def test_cli_similar_max_separation_is_in_arcsec(tmp_path, capsys):
+    """--max-separation is in arcsec: a position 36 arcsec from the nearest row fails with
+    30 and passes with 40."""
+    t = catalogue(5, d=4)
+    t["ra"] = [10.0, 11.0, 12.0, 13.0, 14.0] * u.deg
+    t["dec"] = [0.0] * 5 * u.deg
+    t.write(tmp_path / "emb.ecsv")
+    argv = ["similar", str(tmp_path / "emb.ecsv"), "--ra", "10.01", "--dec", "0", "-k", "2",
+            "-q", "--max-separation"]
+    assert main([*argv, "30"]) == 2
+    assert main([*argv, "40"]) == 0
+
+
+def test_cli_cluster_passes_its_options_to_the_fit(tmp_path, monkeypatch):
+    """--seed, --pca, --covariance and the BIC range (2..--k-max, 2..12 by default) reach
+    the mixture fit."""
+    import astromorph.embeddings._mixture as mixture
+
+    seen = []
+
+    def fake(table, column, k, prefix, on_conflict, options):
+        seen.append(options)
+        raise InputError("stop")
+
+    monkeypatch.setattr(mixture, "_cluster_table", fake)
+    src = str(tmp_path / "emb.ecsv")
+    catalogue(10, d=4).write(src)
+    assert main(["cluster", src, "--seed", "7", "--pca", "3", "--covariance", "diag"]) == 2
+    assert main(["cluster", src, "--k-max", "3"]) == 2
+    assert main(["cluster", src, "-k", "2"]) == 2
+    assert seen[0] == dict(n_pca=3, seed=7, covariance_type="diag", k_range=range(2, 13))
+    assert seen[1]["k_range"] == range(2, 4) and seen[1]["seed"] == 0
+    assert "k_range" not in seen[2]
