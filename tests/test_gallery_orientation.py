@@ -541,3 +541,49 @@ def test_stamp_whose_wcs_cards_have_d_exponents_is_oriented_as_with_e(tmp_path):
             shown, oriented = north_up(stamp.data, get)
             assert oriented
             np.testing.assert_array_equal(shown, expected)
+
+
+def test_pixels_shorter_north_than_east_are_drawn_square():
+    """Pixels of 2 x 1 arcsec (longer east-west than north-south) are resampled onto square
+    pixels as those of 1 x 2 arcsec are: the stretch is the size of the log of the ratio of
+    the two lengths, whichever is longer; taken with its sign, such stamps were kept as
+    they are and drawn squashed (a blob north-east shown 27 degrees east of north)."""
+    h = _header("cd", 0)
+    h.update(CD1_1=-2 * SCALE, CD2_2=SCALE)
+    cosd = np.cos(np.radians(DEC0))
+    data = _two_blobs(WCS(h), (SIZE, SIZE), [RA0 + 8 / 3600 / cosd, RA0],
+                      [DEC0 + 8 / 3600, DEC0 + 12 / 3600])
+    shown, oriented = north_up(data[None], h.get)
+    assert oriented and shown.shape == (1, SIZE, SIZE)
+    (r1, c1), (r2, c2) = _blob_peaks(shown[0]) - (SIZE - 1) / 2
+    assert abs(np.degrees(np.arctan2(-c1, -r1)) - 45) < 5, (r1, c1)  # north-east
+    assert abs(c2) <= 1 and r2 < -6, (r2, c2)  # north
+
+
+def test_stamp_whose_centre_is_beyond_the_projection_is_drawn_in_pixel_orientation():
+    """A WCS that places the stamp's centre off the sphere (SIN projection, reference pixel
+    far away: no sky there) has no north there: the stamp is drawn in pixel orientation
+    and said to be, not resampled about a NaN position into a blank tile marked
+    oriented."""
+    h = fits.Header()
+    h.update(CTYPE1="RA---SIN", CTYPE2="DEC--SIN", CRVAL1=RA0, CRVAL2=DEC0, CRPIX1=-5000.0,
+             CRPIX2=21.0, CDELT1=-0.02, CDELT2=0.02)
+    data = _stamp(_header("none"))[None]
+    shown, oriented = north_up(data, h.get)
+    assert not oriented
+    assert np.array_equal(shown, data[..., ::-1, :])
+
+
+def test_orienting_a_stamp_whose_header_wcslib_fixes_says_nothing(recwarn):
+    """wcslib's fixes of a header (MJD-OBS set from DATE-OBS) are no news to a gallery
+    user: orienting the stamp raises no FITSFixedWarning (one per tile otherwise)."""
+    import warnings
+
+    data = _stamp(_header("cd", 30))[None]
+    h = _header("cd", 30)
+    h["DATE-OBS"] = "2020-01-01T00:00:00"
+    warnings.simplefilter("always")
+    shown, oriented = north_up(data, h.get)
+    assert oriented
+    assert not [w for w in recwarn if "FITSFixed" in type(w.message).__name__], \
+        [str(w.message) for w in recwarn]
