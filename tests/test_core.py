@@ -222,6 +222,17 @@ def test_flag_bits_and_names():
     assert all(f"{int(f)} {f.name}" in FLAGS_DESCRIPTION for f in Flag)
 
 
+def test_unusable_flags_are_the_three_that_leave_no_stamp():
+    """`Flag.unusable` decides which rows get masked outputs: a source off every image, an
+    unreadable input or a missing band leaves nothing to score; a row flagged only EDGE,
+    BLANK, NO_WCS... is scored. Dropping one of the three would hand users scores of a
+    stamp that does not exist."""
+    from astromorph import Flag, describe_flags
+
+    assert Flag.unusable() == Flag.OFF_IMAGE | Flag.BAD_INPUT | Flag.MISSING_BAND
+    assert describe_flags(Flag.unusable()) == "OFF_IMAGE|BAD_INPUT|MISSING_BAND"
+
+
 @pytest.mark.parametrize("name", ["..", "../tiny", "tiny/../../etc", "Tiny", "a b", "", "x" * 80])
 def test_names_cannot_traverse(tiny_registry, name):
     with pytest.raises((InvalidModelNameError, ModelNotFoundError)):
@@ -1409,6 +1420,41 @@ def test_progress_env_takes_the_usual_words_for_off(monkeypatch, value):
     bar = _progress.progress_bar(100)
     bar.close()
     assert not isinstance(bar, _progress._NoBar)
+
+
+def test_progress_bar_shows_only_for_enough_work(monkeypatch):
+    """An automatic bar appears from ``min_total`` units (2 by default) on: a single stamp
+    or file draws no bar that would flash and vanish."""
+    from astromorph import _progress
+
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)
+    monkeypatch.setenv(_progress.PROGRESS_ENV, "1")
+    assert isinstance(_progress.progress_bar(1), _progress._NoBar)
+    assert isinstance(_progress.progress_bar(9, min_total=10), _progress._NoBar)
+    for bar in (_progress.progress_bar(2), _progress.progress_bar(10, min_total=10)):
+        bar.close()
+        assert not isinstance(bar, _progress._NoBar)
+
+
+def test_progress_bar_shows_the_callers_total_label_and_unit(monkeypatch):
+    """The tqdm bar counts towards the caller's total in its unit, under its label, and is
+    cleared when done (``leave=False``): no finished bars left between the log lines."""
+    pytest.importorskip("tqdm")
+    from astromorph import _progress
+
+    bar = _progress.progress_bar(7, desc="stamps", unit="stamp", enabled=True)
+    bar.close()
+    assert (bar.total, bar.desc, bar.unit, bar.leave) == (7, "stamps", "stamp", False)
+
+
+def test_progress_bar_refuses_a_word_for_enabled():
+    """``enabled="no"`` (a string Python takes as true) is refused, naming it, rather than
+    drawing the bar the caller meant to turn off."""
+    from astromorph import _progress
+    from astromorph.exceptions import InvalidArgumentTypeError
+
+    with pytest.raises(InvalidArgumentTypeError, match="'no'"):
+        _progress.progress_bar(100, enabled="no")
 
 
 def test_session_cache_keeps_the_recently_used_sessions_only(tiny_registry, monkeypatch):
