@@ -4149,3 +4149,68 @@ def test_cli_cluster_passes_its_options_to_the_fit(tmp_path, monkeypatch):
     assert seen[0] == dict(n_pca=3, seed=7, covariance_type="diag", k_range=range(2, 13))
     assert seen[1]["k_range"] == range(2, 4) and seen[1]["seed"] == 0
     assert "k_range" not in seen[2]
+
+
+def test_cli_classify_passes_balanced_and_C_to_the_head(tmp_path, monkeypatch):
+    """--balanced (class_weight='balanced', else None) and -C (else None: by
+    cross-validation) reach the LabelHead the command fits."""
+    import astromorph.embeddings._head as head
+
+    seen = []
+
+    class Recording(head.LabelHead):
+        def __init__(self, **options):
+            seen.append(options)
+            raise InputError("stop")
+
+    monkeypatch.setattr(head, "LabelHead", Recording)
+    src = str(tmp_path / "emb.ecsv")
+    _write_labelled_embeddings(src)
+    assert main(["classify", src, "--labels", "label", "-q"]) == 2
+    assert main(["classify", src, "--labels", "label", "-q", "--balanced", "-C", "0.5"]) == 2
+    assert seen == [dict(class_weight=None, C=None), dict(class_weight="balanced", C=0.5)]
+
+
+def test_cli_similar_gives_25_neighbours_by_default(tmp_path):
+    """Without -k, similar lists 25 neighbours (the help's default)."""
+    t = catalogue(40, d=4)
+    t.write(tmp_path / "emb.ecsv")
+    assert main(["similar", str(tmp_path / "emb.ecsv"), "--query", "3", "-q",
+                 "-o", str(tmp_path / "nn.ecsv")]) == 0
+    res = Table.read(tmp_path / "nn.ecsv")
+    assert len(res) == 25 and 3 not in res["row"]
+
+
+def test_cli_classify_with_one_labelled_row_names_the_label_column(tmp_path, capsys):
+    """One labelled row with an embedding (the other labelled row's embedding is masked) is
+    refused by the command naming the label column and what is short, not by the head's
+    fit with a count of classes that does not say why."""
+    t = catalogue(10, d=4)
+    t["embedding"] = MaskedColumn(t["embedding"], mask=np.zeros((10, 4), bool))
+    t["embedding"].mask[1] = True
+    t["label"] = ["a", "b"] + [""] * 8
+    t.write(tmp_path / "emb.ecsv")
+    capsys.readouterr()
+    assert main(["classify", str(tmp_path / "emb.ecsv"), "--labels", "label", "-C", "1"]) == 2
+    assert "column 'label' labels fewer than two rows with embeddings" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("n", [1, 3])
+@pytest.mark.parametrize("masked", [False, True])
+def test_column_of_only_none_cells_holds_no_vectors(n, masked):
+    """An object column whose every cell is None or masked (pandas' Parquet of rows without
+    embeddings) is refused as holding no vectors, not read as one vector of NaN (a 1-row
+    table got a (1, 1) NaN matrix; more rows, 'not one vector per row')."""
+    from astromorph.embeddings._common import embedding_matrix, table_embeddings
+
+    cells = np.empty(n, object)
+    cells[:] = None
+    if masked:  # masked cells holding vectors are no vectors either
+        cells[0] = np.zeros(4)
+        cells = MaskedColumn(cells, mask=np.ones(n, bool))
+    with pytest.raises(InputError, match=rf"the embedding column holds no vectors "
+                                         rf"\(all {n} rows are masked or None\)"):
+        table_embeddings(Table({"embedding": cells}))
+    # the dimension given (a fitted head or index): NaN rows, one per cell
+    x = embedding_matrix(cells, allow_masked=True, dim=4)
+    assert x.shape == (n, 4) and np.isnan(x).all()

@@ -55,8 +55,9 @@ def finite_rows(x, *, chunk_rows=CHUNK_ROWS):
 def _vector_cells(embeddings):
     """The cells of ``embeddings`` as a 1-d object array when it holds one vector (array or
     list) per row: a 1-d object array or column whose first cell that is not None or masked
-    is no scalar, or a sequence numpy cannot make one array of (vectors of unequal length).
-    None otherwise (a numeric array, a single vector, scalars, no rows)."""
+    is no scalar, or whose cells are all None or masked (rows without vectors, not one
+    vector of NaN), or a sequence numpy cannot make one array of (vectors of unequal
+    length). None otherwise (a numeric array, a single vector, scalars, no rows)."""
     if isinstance(embeddings, np.ndarray):  # Column and MaskedColumn included
         data = np.ma.getdata(embeddings)
         if data.dtype != object or data.ndim != 1:
@@ -76,7 +77,9 @@ def _vector_cells(embeddings):
     mask = np.ma.getmaskarray(embeddings) if np.ma.isMaskedArray(embeddings) else None
     first = next((c for i, c in enumerate(data)
                   if c is not None and (mask is None or not mask[i])), None)
-    return data if first is not None and np.ndim(first) > 0 else None
+    if first is None:  # every cell None or masked: as many rows without vectors
+        return data if len(data) else None
+    return data if np.ndim(first) > 0 else None
 
 
 def _cell_says(cell):
