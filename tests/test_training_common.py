@@ -179,3 +179,95 @@ def test_exported_graph_runs_any_batch_size(tmp_path):
     np.testing.assert_allclose(_common.run_onnx(path, x, batch=3), expected, atol=1e-6)
     empty = _common.run_onnx(path, x[:0])
     assert empty.shape == (0, 2) and empty.dtype == np.float32
+
+
+def test_empty_astromorph_data_means_the_default_folder(tmp_path, monkeypatch):
+    """``ASTROMORPH_DATA=""`` (set but empty, as ``export ASTROMORPH_DATA=`` leaves it) and an
+    empty ``--data-dir`` resolve to the default ``../shared/data`` beside the repository, not
+    to the working directory (``Path("")`` is ``.``)."""
+    from astromorph_training import _common
+
+    (tmp_path / "repo").mkdir()
+    (tmp_path / "shared" / "data").mkdir(parents=True)
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.setattr(_common, "repo_root", lambda: tmp_path / "repo")
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    monkeypatch.setenv("ASTROMORPH_DATA", "")
+    default = (tmp_path / "shared" / "data").resolve()
+    assert _common.resolve_data_dir() == default
+    assert _common.resolve_data_dir("") == default
+    monkeypatch.setenv("ASTROMORPH_DATA", str(tmp_path / "elsewhere"))
+    assert _common.resolve_data_dir() == (tmp_path / "elsewhere").resolve()
+
+
+def test_onnx_file_with_a_weight_the_module_does_not_take_is_refused(tmp_path):
+    """`load_onnx_weights` reads back a small exported network (a convolution with its batch
+    normalisation folded in, and a linear layer), but refuses the same file with one more
+    initializer that no module weight takes: the file and the module are not the same
+    network, even though every module weight was set."""
+    import onnx
+    import torch
+    from onnx import numpy_helper
+
+    from astromorph_training import _common
+
+    def network():
+        return torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3, bias=False), torch.nn.BatchNorm2d(2),
+                                   torch.nn.Flatten(), torch.nn.Linear(8, 2)).eval()
+
+    torch.manual_seed(0)
+    trained = network()
+    example = np.zeros((2, 1, 4, 4), np.float32)
+    path = _common.export_onnx(trained, example, tmp_path / "m.onnx")
+    x = torch.from_numpy(np.random.default_rng(0).random((3, 1, 4, 4), dtype=np.float32))
+    torch.manual_seed(1)
+    with torch.no_grad():
+        np.testing.assert_allclose(_common.load_onnx_weights(network(), path, example)(x),
+                                   trained(x), atol=1e-6)
+    model = onnx.load(str(path))
+    model.graph.initializer.append(numpy_helper.from_array(np.ones(2, np.float32), "extra"))
+    onnx.checker.check_model(model)
+    onnx.save(model, str(tmp_path / "extra.onnx"))
+    with pytest.raises(ValueError, match=r"in the file only \['extra'\], in the module only \[\]"):
+        _common.load_onnx_weights(network(), tmp_path / "extra.onnx", example)
+
+
+def test_check_parity_defaults_to_the_documented_tolerance(monkeypatch):
+    """Without ``atol``/``rtol``, `check_parity` holds the torch module and the ONNX file to
+    the tolerance docs/training.md states for the export and shipped-model parity checks
+    (1e-5 absolute, 1e-4 relative; `write_parity_reference`'s defaults): a difference of
+    5e-6 passes, 5e-5 on an output of 0 or 5e-4 on an output of 1 fails."""
+    import re
+    from pathlib import Path
+
+    import astromorph
+    import torch
+
+    from astromorph_training import _common
+
+    docs = (Path(__file__).parents[1] / "docs" / "training.md").read_text()
+    stated = set(re.findall(r"tolerance (\S+) absolute, (\S+) relative", docs))
+    assert stated == {("1e-5", "1e-4")}
+    module = torch.nn.Linear(2, 2)
+    with torch.no_grad():
+        module.weight.zero_()
+        module.bias.copy_(torch.tensor([0.0, 1.0]))
+    x = np.zeros((3, 2), np.float32)
+
+    class File:
+        """What `astromorph.load_model` gives: the module's outputs, off by ``delta``."""
+        output_names = ["y"]
+        delta = np.zeros(2, np.float32)
+
+        def predict(self, x, progress):
+            return {"y": np.tile(np.float32([0.0, 1.0]) + self.delta, (len(x), 1))}
+
+    file = File()
+    monkeypatch.setattr(astromorph, "load_model", lambda name, providers: file)
+    file.delta = np.float32([5e-6, 0.0])
+    assert _common.check_parity(module, x, "m") == pytest.approx(5e-6, rel=1e-3)
+    for delta in ([5e-5, 0.0], [0.0, 5e-4]):  # past atol; past atol + rtol * 1
+        file.delta = np.float32(delta)
+        with pytest.raises(AssertionError):
+            _common.check_parity(module, x, "m")
+        _common.check_parity(module, x, "m", atol=1e-3, rtol=1e-3)
