@@ -5,11 +5,13 @@ the flips: CDELT1 < 0 or > 0, CROTA2 = 90...) with square pixels is flipped and 
 only, its pixels kept exactly; a stamp whose WCS is rotated (CD or PC matrix with
 off-diagonal terms, CROTA2 = 30), or whose pixels are longer one way than the other, is
 resampled onto a north-up grid of square pixels of its own pixel area and of its size,
-centred on its centre, by the bilinear sampling that `astromorph.annotate` cuts its stamps with
-(`astromorph._cutouts.cut_stamps`). North is ICRS north whatever the WCS's celestial frame
-(Galactic, FK4, ecliptic...), as `astromorph.annotate` cuts its stamps: a Galactic stamp
-is turned (resampled) to ICRS north up; a frame astropy does not know or cannot transform
-to ICRS keeps its own north.
+centred on its centre, by the bilinear sampling of `astromorph._cutouts.cut_stamps` (which
+`astromorph.annotate` cuts its stamps with), without its block averaging: a display pixel of
+the stamp's own pixel area spans at most the long side of a pixel, so there is little to
+average, and none is done (``antialias=False``). North is ICRS north whatever the WCS's
+celestial frame (Galactic, FK4, ecliptic...), as `astromorph.annotate` cuts its stamps: a
+Galactic stamp is turned (resampled) to ICRS north up; a frame astropy does not know or
+cannot transform to ICRS keeps its own north.
 """
 import re
 import warnings
