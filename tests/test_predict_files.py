@@ -458,6 +458,49 @@ def test_cube_with_planes_on_the_last_axis_says_so(models, tmp_path, model, data
         table["reason"][0]
 
 
+@pytest.mark.parametrize("model, prefix, family", [
+    ("morphology", "morph", "optical"), ("radio-morphology", "radio", "radio")])
+def test_triplet_fed_to_a_galaxy_or_radio_model_is_refused_for_what_it_is(
+        models, tmp_path, model, prefix, family):
+    """A difference-imaging triplet (a ZTF alert packet, a FITS file of SCIENCE, REFERENCE and
+    DIFFERENCE extensions) given to a galaxy or radio model is refused as it is read, its row
+    saying that a triplet cannot feed that model; without that check the preprocessing
+    refused it with words of its own ("cannot be preprocessed: model ... not triplet
+    stamps"), which do not say what the file is."""
+    write_avro(tmp_path / "alert.avro", [ztf_alert(7)])
+    write_mef(tmp_path / "triplet.fits", list(triplet()), ["SCIENCE", "REFERENCE", "DIFFERENCE"])
+    with pytest.warns(UnusableInputWarning, match="2 of 2"):
+        table = astromorph.predict_files(model, [tmp_path / "alert.avro",
+                                                 tmp_path / "triplet.fits"])
+    assert list(table["source"]) == ["7", str(tmp_path / "triplet.fits")]
+    assert list(table[f"{prefix}_flags"]) == [Flag.BAD_INPUT] * 2
+    assert list(table["reason"]) == [
+        f"a difference-imaging triplet cannot feed {model} ({family} model)"] * 2
+    assert table[f"{prefix}_label"].mask.all()
+
+
+def test_two_plane_image_is_refused_by_the_radio_model(models, tmp_path):
+    """A cube of two planes (two frequency channels, say; no STOKES axis that names an I
+    plane) is not one radio image: refused as it is read, its row saying that the radio
+    model takes a single image, as for three planes; without that check, the preprocessing
+    refused it with words of its own ("cannot be preprocessed: ... got bands stamps of shape
+    (2, 300, 300)")."""
+    rng = np.random.default_rng(1)
+    cube = rng.normal(0, 1.5e-4, (3, RADIO_STAMP, RADIO_STAMP)).astype(np.float32)
+    cube[:, 140:160, 140:160] += 0.01
+    write_fits(tmp_path / "two.fits", cube[:2])
+    write_fits(tmp_path / "three.fits", cube)
+    write_fits(tmp_path / "one.fits", cube[0])
+    with pytest.warns(UnusableInputWarning, match="2 of 3"):
+        table = astromorph.predict_files("radio-morphology", tmp_path)
+    for n, name in ((2, "two.fits"), (3, "three.fits")):
+        r = row(table, tmp_path / name)
+        assert r["radio_flags"] == Flag.BAD_INPUT and np.ma.is_masked(r["radio_label"])
+        assert r["reason"] == f"{n} planes: radio-morphology takes a single radio image"
+    one = row(table, tmp_path / "one.fits")
+    assert not one["radio_flags"] & Flag.unusable() and not np.ma.is_masked(one["radio_label"])
+
+
 @pytest.mark.parametrize("model", ["morphology", "radio-morphology"])
 def test_pictures_get_the_quality_flags(models, tmp_path, model):
     """JPEG/PNG stamps are checked as FITS ones are: a constant picture is flagged, and one
