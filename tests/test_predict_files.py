@@ -1432,6 +1432,48 @@ def test_read_ahead_is_bounded_in_bytes(models, tmp_path, monkeypatch, budget_fi
         assert np.array_equal(bounded[name], unbounded[name]), name
 
 
+@pytest.mark.parametrize("budget_files, extra_bytes, queued", [(3, 0, 3), (3, -1, 2)])
+def test_read_ahead_byte_budget_is_inclusive(models, tmp_path, monkeypatch, budget_files,
+                                             extra_bytes, queued):
+    """`_READ_AHEAD_BYTES` is what may be queued: a budget of exactly three files' stamp bytes
+    queues three files behind the one the model holds (the reader then holds a fourth, read,
+    waiting for room), and one byte less queues two."""
+    import threading
+
+    from astromorph import _predict
+
+    n, size = 8, 64
+    img = np.random.default_rng(3).normal(0, 1e-3, (size, size)).astype(np.float32)
+    paths = [write_fits(tmp_path / f"c{i:02d}.fits", img, scale=1.8) for i in range(n)]
+    one_file = img.nbytes
+    monkeypatch.setattr(_predict, "_READ_AHEAD_BYTES", budget_files * one_file + extra_bytes)
+    read_sizes = []
+    lock = threading.Lock()
+
+    def counting_read_file(path, **kwargs):  # runs in the reader thread
+        stamps = read_file(path, **kwargs)
+        with lock:
+            read_sizes.append(sum(s.data.nbytes for s in stamps if s.data is not None))
+        return stamps
+
+    monkeypatch.setattr(_predict, "read_file", counting_read_file)
+    stream = _predict._read_all(paths, "radio", astromorph.load_model("radio-morphology").card)
+    first = next(stream)  # held: the reader fills the queue behind it, then waits
+    reader = next(t for t in threading.enumerate() if t.name == "astromorph-reader")
+    # it can read no further than the held file, the queued ones and one in hand: wait for
+    # that many reads (or a reader stuck short of them, past a generous deadline)
+    deadline = time.monotonic() + 30
+    while len(read_sizes) < 2 + queued and time.monotonic() < deadline:
+        reader.join(0.005)
+    while not _reader_waits(reader) and time.monotonic() < deadline:
+        reader.join(0.005)
+    assert _reader_waits(reader)
+    with lock:
+        assert read_sizes == [one_file] * (2 + queued), len(read_sizes)
+    rest = list(stream)
+    assert [s[0].source for s in [first, *rest]] == [str(p) for p in paths]
+
+
 def test_triplet_fits_layouts(models, tmp_path):
     t = triplet()
     write_fits(tmp_path / "cube.fits", t)
