@@ -4214,3 +4214,264 @@ def test_column_of_only_none_cells_holds_no_vectors(n, masked):
     # the dimension given (a fitted head or index): NaN rows, one per cell
     x = embedding_matrix(cells, allow_masked=True, dim=4)
     assert x.shape == (n, 4) and np.isnan(x).all()
+
+
+# ------------------------------------------------- mixture: mutation-test survivors
+def _overlapping(n_per=60, seed=7):
+    """Three 4-d Gaussian groups close enough that many rows are shared between clusters
+    (membership probabilities well away from 0 and 1), as float64 rows."""
+    rng = np.random.default_rng(seed)
+    centres = np.array([[0.0, 0, 0, 0], [1.2, 0.5, 0, 0], [0.3, 1.4, 0.4, 0]])
+    return np.concatenate([c + rng.normal(size=(n_per, 4)) * [0.6, 0.5, 0.4, 0.3]
+                           for c in centres])
+
+
+@pytest.mark.parametrize("covariance_type", ["full", "diag"])
+def test_gmm_probabilities_are_the_posterior_and_sum_to_one_per_row(covariance_type,
+                                                                     monkeypatch):
+    """predict_proba is the posterior w_j N(z | mu_j, S_j) / sum_l w_l N(z | mu_l, S_l) of
+    each row (written out with scipy's densities in the PCA space): every row sums to 1
+    also where clusters overlap, predict and the ``cluster`` column of annotate are its
+    argmax and ``cluster_prob`` its maximum, and ``chunk_rows`` blocks give the same
+    values with no block longer than asked. Users would otherwise get probabilities that
+    are not probabilities (e.g. each row divided by its largest term instead of the sum),
+    or a memory bound that is not applied."""
+    from scipy.special import logsumexp
+    from scipy.stats import multivariate_normal
+
+    x = _overlapping()
+    gmm = GaussianMixture(3, covariance_type=covariance_type, n_pca=3).fit(x)
+    z = (x - gmm.mean_) @ gmm.components_.T
+    covs = gmm.covariances_ if covariance_type == "full" else \
+        [np.diag(c) for c in gmm.covariances_]
+    logp = np.stack([np.log(w) + multivariate_normal(m, c).logpdf(z)
+                     for w, m, c in zip(gmm.weights_, gmm.means_, covs)], axis=1)
+    expect = np.exp(logp - logsumexp(logp, axis=1, keepdims=True))
+    p = gmm.predict_proba(x)
+    assert np.sum(p.max(axis=1) < 0.9) > 20  # the clusters do overlap
+    np.testing.assert_allclose(p, expect, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(p.sum(axis=1), 1.0, rtol=0, atol=1e-12)
+    np.testing.assert_array_equal(gmm.predict(x), np.argmax(expect, axis=1))
+    out = gmm.annotate(Table({"embedding": x}))
+    np.testing.assert_array_equal(out["cluster"], np.argmax(p, axis=1))
+    np.testing.assert_array_equal(out["cluster_prob"], p.max(axis=1).astype(np.float32))
+    blocks = []
+    log_prob = GaussianMixture._log_prob
+
+    def recording(self, z, *params):
+        blocks.append(len(z))
+        return log_prob(self, z, *params)
+
+    monkeypatch.setattr(GaussianMixture, "_log_prob", recording)
+    np.testing.assert_allclose(gmm.predict_proba(x, chunk_rows=70), p, rtol=1e-12, atol=0)
+    assert blocks == [70, 70, 40]
+
+
+@pytest.mark.parametrize("n_pca", [3, None])
+@pytest.mark.parametrize("covariance_type", ["full", "diag"])
+def test_gmm_saved_state_round_trips_exactly(tmp_path, covariance_type, n_pca):
+    """A mixture saved and loaded back is the same mixture to the last bit: every fitted
+    array, the BIC of every k tried, the explained variance ratio, the options
+    (covariance_type, n_pca, seed) and the provenance, so its state and its file are
+    identical and its probabilities equal bit for bit. A loaded mixture that lost its
+    ``n_pca`` or ``explained_variance_ratio_`` would report other numbers than the
+    fitted one (and write another file when saved again)."""
+    x = _overlapping()
+    a = _provenance_table(x, "a" * 64)
+    gmm = GaussianMixture(k_range=range(2, 5), covariance_type=covariance_type, n_pca=n_pca,
+                          seed=3).fit(x, provenance=a)
+    assert len(gmm.bic_) == 3
+    path = gmm.save(tmp_path / "m.json")
+    back = GaussianMixture.load(path)
+    assert back.to_dict() == gmm.to_dict()
+    for name in ("mean_", "weights_", "means_", "covariances_"):
+        got, want = getattr(back, name), getattr(gmm, name)
+        assert got.dtype == want.dtype
+        np.testing.assert_array_equal(got, want)
+    if n_pca is None:
+        assert back.components_ is None and gmm.components_ is None
+    else:
+        np.testing.assert_array_equal(back.components_, gmm.components_)
+        assert gmm.explained_variance_ratio_ < 1
+    assert back.explained_variance_ratio_ == gmm.explained_variance_ratio_
+    assert back.bic_ == gmm.bic_ and list(back.bic_) == list(gmm.bic_)
+    assert (back.n_components_, back.dim_, back.covariance_type, back.n_pca, back.seed) == \
+        (gmm.n_components_, gmm.dim_, gmm.covariance_type, gmm.n_pca, gmm.seed)
+    assert back.provenance_ == gmm.provenance_
+    np.testing.assert_array_equal(back.predict_proba(x), gmm.predict_proba(x))
+    again = back.save(tmp_path / "again.json")
+    assert again.read_bytes() == path.read_bytes()
+
+
+def test_gmm_em_runs_until_the_log_likelihood_stops_changing():
+    """EM stops when the mean log-likelihood per row changes by less than ``tol``: one
+    more EM step from the fitted parameters raises it by less than ``tol`` (EM never
+    lowers it). A fit stopped after a couple of iterations would give users clusters and
+    a BIC of a mixture far from its maximum likelihood."""
+    x = _overlapping(n_per=100, seed=11)
+    for covariance_type in ("full", "diag"):
+        gmm = GaussianMixture(3, covariance_type=covariance_type, n_pca=None, n_init=1,
+                              tol=1e-6).fit(x)
+        z = x - gmm.mean_
+        params = (gmm.weights_, gmm.means_, gmm.covariances_)
+
+        def mean_ll(params):
+            logp = gmm._log_prob(z, *params)
+            m = logp.max(axis=1, keepdims=True)
+            return float(np.mean(m[:, 0] + np.log(np.exp(logp - m).sum(axis=1))))
+
+        logp = gmm._log_prob(z, *params)
+        resp = np.exp(logp - logp.max(axis=1, keepdims=True))
+        resp /= resp.sum(axis=1, keepdims=True)
+        reg = gmm.reg_covar * float(np.mean(np.var(z, axis=0)))
+        gain = mean_ll(gmm._m_step(z, resp, reg)) - mean_ll(params)
+        assert -1e-9 < gain < 1e-6, (covariance_type, gain)
+
+
+def test_gmm_does_not_depend_on_the_units_of_the_vectors():
+    """``reg_covar`` is in units of the mean variance of the rows: vectors multiplied by
+    1024 (exact in floating point) give the same clusters and probabilities, and
+    covariances 1024**2 times as large. An absolute regularisation would make the
+    clusters of small-valued vectors (unit embeddings in 16 dimensions have variances
+    ~0.01) depend on their scale."""
+    x, _ = blobs(n_per=40, k=3, d=16, seed=6)
+    x = x.astype(np.float64)
+    for covariance_type in ("full", "diag"):
+        a = GaussianMixture(3, covariance_type=covariance_type, n_pca=4, reg_covar=0.05).fit(x)
+        b = GaussianMixture(3, covariance_type=covariance_type, n_pca=4,
+                            reg_covar=0.05).fit(x * 1024)
+        # the same components, in the order the (scaled) k-means++ draws happened to give
+        order = np.argmin(((b.means_[:, None] / 1024 - a.means_[None]) ** 2).sum(-1), axis=0)
+        assert sorted(order) == [0, 1, 2]
+        np.testing.assert_allclose(b.means_[order], a.means_ * 1024, rtol=1e-9, atol=1e-9)
+        np.testing.assert_allclose(b.covariances_[order], a.covariances_ * 1024 ** 2,
+                                   rtol=1e-9)
+        np.testing.assert_allclose(b.predict_proba(x * 1024)[:, order], a.predict_proba(x),
+                                   rtol=1e-9, atol=1e-12)
+
+
+def test_gmm_kmeans_plus_plus_draws_by_the_distance_to_the_nearest_centre():
+    """Each k-means++ centre after the first is drawn with probability proportional to
+    the squared distance of a row to the nearest centre already drawn (not to the last
+    one drawn, which lets a second centre fall into an already-covered cluster)."""
+    rng0 = np.random.default_rng(0)
+    z = rng0.normal(size=(60, 3))
+    drawn = []
+
+    class Recording:
+        def __init__(self):
+            self.rng = np.random.default_rng(5)
+
+        def integers(self, n):
+            drawn.append((self.rng.integers(n), None))
+            return drawn[-1][0]
+
+        def choice(self, n, p=None):
+            drawn.append((self.rng.choice(n, p=p), p))
+            return drawn[-1][0]
+
+    GaussianMixture(4)._kmeans_pp(z, 4, Recording(), iters=1)
+    assert len(drawn) == 4 and drawn[0][1] is None
+    for i in range(1, 4):
+        centres = z[[j for j, _ in drawn[:i]]]
+        d2 = ((z[:, None] - centres[None]) ** 2).sum(-1).min(axis=1)
+        np.testing.assert_allclose(drawn[i][1], d2 / d2.sum(), rtol=1e-12, atol=1e-15)
+
+
+def test_gmm_fits_at_most_max_fit_rows_and_keeps_n_pca_dimensions(monkeypatch):
+    """max_fit_rows: one row more than it is fitted on max_fit_rows drawn rows (exactly
+    that many: all of them); n_pca = D - 1 projects on D - 1 axes (only n_pca >= D
+    keeps the vectors unprojected)."""
+    from astromorph.embeddings import _mixture
+
+    x, _ = blobs(n_per=30, k=2, d=8)
+    sizes = []
+    em = _mixture.GaussianMixture._em
+
+    def counting(self, z, k, rng, start=None):
+        sizes.append(z.shape)
+        return em(self, z, k, rng, start=start)
+
+    monkeypatch.setattr(_mixture.GaussianMixture, "_em", counting)
+    GaussianMixture(2, n_init=1, n_pca=4, max_fit_rows=59).fit(x)
+    GaussianMixture(2, n_init=1, n_pca=4, max_fit_rows=60).fit(x)
+    assert sizes == [(59, 4), (60, 4)]
+    seven = GaussianMixture(2, n_pca=7).fit(x)
+    assert seven.components_.shape == (7, 8) and seven.dim_ == 7
+    assert seven.explained_variance_ratio_ < 1
+    eight = GaussianMixture(2, n_pca=8).fit(x)
+    assert eight.components_ is None and eight.dim_ == 8
+
+
+def test_gmm_refuses_vectors_whose_spread_underflows():
+    """Vectors that differ, but by so little that their variance underflows to 0 in
+    float64 (values ~1e-180), are refused as nothing to cluster (InputError), not fitted
+    with a zero regularisation into numpy's LinAlgError."""
+    x = np.random.default_rng(0).normal(size=(20, 4)) * 1e-180
+    assert not (x == x[:1]).all()
+    with pytest.raises(InputError, match="nothing to cluster"):
+        GaussianMixture(2, n_pca=None).fit(x)
+
+
+def test_mixture_file_with_a_zero_weight_or_a_ratio_above_one_is_refused():
+    """from_dict refuses a weight of 0 (its component has log-weight -inf: NaN
+    probabilities) and an explained_variance_ratio above 1, naming the value."""
+    x, _ = blobs(n_per=20, k=2, d=4)
+    state = GaussianMixture(2, seed=0).fit(x).to_dict()
+    with pytest.raises(InvalidArgumentError, match=r"positive.*\[0\.0, 1\.0\]"):
+        GaussianMixture.from_dict({**state, "weights": [0.0, 1.0]})
+    with pytest.raises(InvalidArgumentError, match="explained_variance_ratio.*1.5"):
+        GaussianMixture.from_dict({**state, "explained_variance_ratio": 1.5})
+
+
+# --------------------------------------------- saved state: mutation-test survivors
+def test_table_provenance_picks_the_latest_run_that_made_the_column():
+    """Which embedding model made a column, from a table's meta: of earlier runs kept as
+    ``astromorph_run<k>_*`` (k higher for later runs) that list the column, the latest;
+    none when the latest run lists its columns and the column is not among them, or
+    when the meta names neither a model nor a sha256; empty values are left out. A
+    wrong pick lets a head or mixture be applied to another model's vectors."""
+    from astromorph.embeddings._state import table_provenance
+
+    meta = {"astromorph_run1_model": "embedding", "astromorph_run1_model_sha256": "a" * 64,
+            "astromorph_run1_columns": "embedding",
+            "astromorph_run2_model": "embedding", "astromorph_run2_model_sha256": "b" * 64,
+            "astromorph_run2_columns": "embedding,emb_flags",
+            "astromorph_model": "morphology", "astromorph_model_sha256": "c" * 64,
+            "astromorph_columns": "p_elliptical"}
+    assert table_provenance(meta) == {"model": "embedding", "sha256": "b" * 64}
+    assert table_provenance(meta, "p_elliptical") == {"model": "morphology",
+                                                      "sha256": "c" * 64}
+    latest = {k: v for k, v in meta.items() if "_run" not in k}
+    assert table_provenance(latest) is None  # the latest run made other columns only
+    assert table_provenance({"astromorph_model": "embedding"}) == {"model": "embedding"}
+    assert table_provenance({"astromorph_model_version": "1.0"}) is None
+    assert table_provenance({"astromorph_model": "embedding", "astromorph_model_version": "",
+                             "astromorph_model_sha256": ""}) == {"model": "embedding"}
+
+
+def test_provenance_given_as_a_dict_is_checked_and_kept_as_text():
+    """``fit(..., provenance=dict)``: the dict must name a model or a sha256 (a version
+    alone identifies nothing: InvalidArgumentTypeError); None or empty values are left
+    out and the others kept as text, as from a table's meta."""
+    from astromorph.exceptions import InvalidArgumentTypeError
+
+    x, _ = blobs(n_per=20, k=2, d=4)
+    gmm = GaussianMixture(2, n_pca=None).fit(
+        x, provenance={"model": "embedding", "version": 1.0, "sha256": None})
+    assert gmm.provenance_ == {"model": "embedding", "version": "1.0"}
+    with pytest.raises(InvalidArgumentTypeError, match="provenance"):
+        GaussianMixture(2, n_pca=None).fit(x, provenance={"version": "1.0"})
+
+
+def test_a_file_of_another_format_version_is_refused_naming_it(tmp_path):
+    """load reads format_version 1 only: a complete state of another version (from a
+    newer astromorph, whose fields may mean other things) is an InputError naming the
+    file and the version, not read as if it were version 1."""
+    x, _ = blobs(n_per=20, k=2, d=4)
+    path = GaussianMixture(2, n_pca=None).fit(x).save(tmp_path / "m.json")
+    state = json.loads(path.read_text())
+    state["format_version"] = 2
+    path.write_text(json.dumps(state))
+    with pytest.raises(InputError, match=r"m\.json.*format_version 2"):
+        GaussianMixture.load(path)
