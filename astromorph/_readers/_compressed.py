@@ -70,19 +70,25 @@ class TrailingBytes(CorruptStream):
     may hold HDUs (a MASK) that would be lost, so the file is refused as a corrupt stream, as
     ``unxz`` refuses it (``gzip -d`` and ``bunzip2`` warn of "trailing garbage", Python's
     readers ignore it). A file of several streams (pbzip2, ``xz -T``, ``cat a.xz b.xz``)
-    is read as one. A bzip2 or xz stream after zero padding is such bytes too: Python's
-    readers of them (astropy's) stop at the padding, the HDUs after it lost. ``head``: the
-    first two of those bytes, as Python's gzip reader shows them (``b'ju'``, after the zero
-    padding)."""
+    is read as one. A bzip2 or xz stream after zero padding (``stream``) is refused too, in
+    words of its own: Python's readers of them (astropy's) stop at the padding, the HDUs
+    after it lost (a gzip member after zero padding is read, as Python's gzip reader reads
+    it). ``head``: the first two of those bytes, as Python's gzip reader shows them
+    (``b'ju'``, after the zero padding)."""
 
-    def __init__(self, compression, head):
-        super().__init__(compression, trailing_bytes(compression, head))
+    def __init__(self, compression, head, *, stream=False):
+        super().__init__(compression, trailing_bytes(compression, head, stream=stream))
 
 
-def trailing_bytes(compression, head):
+def trailing_bytes(compression, head, *, stream=False):
     """Words for the bytes after the last member (stream) of a ``compression`` file (gzip,
-    bzip2, xz), ``head`` their first bytes (a repr, or bytes shown as their repr)."""
+    bzip2, xz), ``head`` their first bytes (a repr, or bytes shown as their repr);
+    ``stream``: they are another stream after zero padding (bzip2, xz)."""
     shown = head if isinstance(head, str) else repr(bytes(head))
+    if stream:
+        return (f"another {compression} stream after zero padding, which Python's "
+                f"{compression} reader (astropy's) stops at, leaving out the HDUs in it "
+                f"(it begins {shown})")
     unit = "member" if compression == "gzip" else "stream"
     return (f"bytes after its last {unit} that are neither another {compression} {unit} "
             f"nor zero padding (they begin {shown})")
@@ -111,9 +117,11 @@ def _streams(buf, compression, magic, decompressor):
     ``unxz``) gives it: a file compressed in blocks (bgzip, ``pigz --independent``, pbzip2,
     ``xz -T``) is one file. Zero bytes after the last stream (padding, the NUL bytes a
     fixed-width table cell ends with) are ignored; other bytes that start no other stream
-    are `TrailingBytes`. ``decompressor()``: a decompressor of one stream of the
-    ``compression`` (its name) whose first bytes are ``magic``. Raises `EOFError` for a
-    stream cut short, the decompressor's error for bad data."""
+    are `TrailingBytes`. A gzip member after zero padding is read, as Python's gzip reader
+    (a large file's, astropy's) reads it; a bzip2 or xz stream after it is `TrailingBytes`
+    (Python's readers of them stop at the padding). ``decompressor()``: a decompressor of
+    one stream of the ``compression`` (its name) whose first bytes are ``magic``. Raises
+    `EOFError` for a stream cut short, the decompressor's error for bad data."""
     parts = []
     while True:
         d = decompressor()
@@ -123,8 +131,11 @@ def _streams(buf, compression, magic, decompressor):
         buf = d.unused_data
         if not buf.startswith(magic):
             rest = buf.lstrip(b"\0")
+            if rest.startswith(magic) and compression == "gzip":
+                buf = rest
+                continue
             if rest:
-                raise TrailingBytes(compression, rest[:2])
+                raise TrailingBytes(compression, rest[:2], stream=rest.startswith(magic))
             return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
@@ -209,10 +220,11 @@ class _Streams(io.RawIOBase):
                     return b""
                 if not rest.startswith(self._magic):
                     rest = rest.lstrip(b"\0")
-                    while len(rest) < 2 and (more := self._fp.read(_CHUNK)):
+                    while len(rest) < len(self._magic) and (more := self._fp.read(_CHUNK)):
                         rest = (rest + more).lstrip(b"\0")
                     if rest:
-                        raise TrailingBytes(self._compression, rest[:2])
+                        raise TrailingBytes(self._compression, rest[:2],
+                                            stream=rest.startswith(self._magic))
                     return b""
                 self._decompressor = self._new()
                 data = self._decompressor.decompress(rest, size)
