@@ -13,8 +13,8 @@ import numpy as np
 
 from .._flags import Flag
 from ._compressed import (COMPRESSIONS, LZW_MAGIC, UNCOMPRESS, ArchiveError, CorruptStream,
-                          check_stream, compression_of, decompress, first_bytes, open_stream,
-                          trailing_bytes)
+                          _stream_error, check_stream, compression_of, decompress, first_bytes,
+                          open_stream)
 from ._stamp import Stamp, common_pixel_scale, pixel_scales
 from .._warnings import catch_warnings, first_few, warn
 from ..exceptions import AstromorphWarning
@@ -1016,10 +1016,6 @@ def _malformed(problem, name=None):
     return f"malformed FITS header in {name + ' ' if name else ''}{problem}"
 
 
-#: How Python's gzip reader begins its words for bytes after a member that start no other.
-_NOT_GZIP = "Not a gzipped file ("
-
-
 class _StreamReader:
     """``read(offset, n)`` on the open (decompressed) file ``f`` of a FITS file compressed
     as ``compression`` (None: not compressed): the bytes, fewer at the end of the stream,
@@ -1050,12 +1046,11 @@ class _StreamReader:
             return b""
         except (OSError, ValueError, zlib.error, LZMAError, zipfile.BadZipFile) as exc:
             if self.compression and self.corrupt is None:
-                self.corrupt = str(exc) or type(exc).__name__
-                if isinstance(exc, CorruptStream):  # bytes after the last bzip2, xz stream
-                    self.corrupt = exc.detail
-                elif self.compression == "gzip" and self.corrupt.startswith(_NOT_GZIP):
-                    # bytes after the last member, past its zero padding: `TrailingBytes`
-                    self.corrupt = trailing_bytes("gzip", self.corrupt[len(_NOT_GZIP):-1])
+                # in `decompress`'s words (`_stream_error`): a bad CRC, bad data, bytes after
+                # the last member (gzip's "Not a gzipped file") or stream: `TrailingBytes`
+                error = _stream_error(self.compression, exc)
+                self.corrupt = error.detail if isinstance(error, CorruptStream) \
+                    else str(exc) or type(exc).__name__
             return b""  # (the stream ends there: said as corrupt, not as cut)
 
     def drain(self):
