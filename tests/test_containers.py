@@ -1174,3 +1174,30 @@ def test_annotate_of_a_damaged_start_or_end_of_a_compressed_file(model, tmp_path
             else:
                 scored.append(at)
     assert scored == ([4, 5, 6, 7, 8, 9] if how == "gz" else []), scored
+
+
+@pytest.mark.parametrize("opener", [bz2.compress, lzma.compress], ids=["bz2", "xz"])
+def test_a_clean_bzip2_or_xz_file_is_not_walked_again(opener, tmp_path, monkeypatch):
+    """``annotate`` tells that a clean .fits.bz2 / .fits.xz ended on its last stream from
+    the state of the reader astropy used (`_images._last_stream_last`, a private attribute of
+    Python's readers), so it is not decompressed a second time. Were that attribute renamed
+    in a later Python, the answer would stay right but every such file would be read twice:
+    this test says so at once."""
+    from astromorph import _images
+
+    buf = io.BytesIO()
+    fits.HDUList([fits.PrimaryHDU(np.arange(64 * 64, dtype=np.float32).reshape(64, 64)),
+                  fits.ImageHDU(np.zeros((64, 64), np.uint8), name="MASK")]).writeto(buf)
+    path = tmp_path / f"clean.fits.{'bz2' if opener is bz2.compress else 'xz'}"
+    path.write_bytes(opener(buf.getvalue()))
+    walks = []
+    real = _images.truncated_file
+    monkeypatch.setattr(_images, "truncated_file",
+                        lambda *a, **k: walks.append(a) or real(*a, **k))
+    hdul = _images._open_fits(str(path))
+    try:
+        assert _images._last_stream_last(hdul) is True
+        assert [h.name for h in hdul] == ["PRIMARY", "MASK"]
+    finally:
+        hdul.close()
+    assert walks == []
