@@ -292,20 +292,23 @@ def test_predict_files_refuses_broken_archives_in_a_row(model, tmp_path, monkeyp
     out = _rows(model, paths, monkeypatch, large)
     assert list(out["opt_flags"]) == [int(astromorph.Flag.BAD_INPUT)] * len(cases)
     for reason, (name, (data, words)) in zip(out["reason"], cases.items()):
-        # (over 16 MB, astropy reads a truncated stream: its words, the HDU's data cut short)
-        truncated = large and "truncated" in name and "truncated FITS file" in reason
-        assert reason.startswith(words) or truncated, (name, reason)
+        assert reason.startswith(words.format(name=name)), (name, reason)
     if not large:
         with pytest.warns(UnusableInputWarning, match="10 of 10 row"):
             stamps = astromorph.annotate_stamps(
                 Table({"stamp": [data for data, _ in cases.values()]}), model=model)
         assert list(stamps["opt_flags"]) == [int(astromorph.Flag.BAD_INPUT)] * len(cases)
         for reason, (name, (data, words)) in zip(stamps["opt_reason"], cases.items()):
+            words = words.format(name=name).replace(f" in FITS file {name}", "")
+            if name == "gz-truncated.fits.gz":  # (the NUL bytes after it inflate to more
+                # bytes than the HDU's data: only its stream is said cut short)
+                words = ("truncated gzip stream: Compressed file ended before the "
+                         "end-of-stream marker was reached")
             if name in ("bz2-truncated.fits.bz2", "xz-truncated.fits.xz"):
                 # (the table's fixed-width cell pads the cut stream with NUL bytes, which
                 # bzip2's and xz's decompressors take for bad data, not for its end)
-                words = words.replace("or truncated ", "").replace("2", "2 stream") \
-                    .replace("xz", "xz stream")
+                words = ("corrupt bzip2 stream: Invalid data stream" if name.startswith("bz2")
+                         else "corrupt xz stream: Corrupt input data")
             assert words in reason, reason
 
 
@@ -314,12 +317,19 @@ def _half(data):
 
 
 def _broken_archives(plain):
-    """File name: (bytes, the start of the reason) of broken archives of the FITS ``plain``."""
+    """File name: (bytes, the start of the reason, ``{name}`` the file's) of broken archives
+    of the FITS ``plain``: a stream cut short is said so in the same words small or large
+    (a small one's were "corrupt or truncated xz: incomplete or truncated stream"), as a
+    stream cut inside an HDU's data where the bytes before the cut show it (gzip, xz: the
+    HDU named; a bzip2 file this small is one block, none of it decompressed)."""
+    cut = "truncated FITS file {name}: the header of HDU 0 (primary) gives "
     return {
-        "gz-truncated.fits.gz": (_half(gzip.compress(plain)), "corrupt or truncated gzip"),
-        "bz2-truncated.fits.bz2": (_half(bz2.compress(plain)), "corrupt or truncated bzip2"),
+        "gz-truncated.fits.gz": (_half(gzip.compress(plain)), cut),
+        "bz2-truncated.fits.bz2": (_half(bz2.compress(plain)),
+                                   "truncated bzip2 stream in FITS file {name}: Compressed "
+                                   "file ended before the end-of-stream marker was reached"),
         "bz2-corrupt.fits.bz2": (b"BZh9" + bytes(range(256)) * 20, "corrupt bzip2 stream"),
-        "xz-truncated.fits.xz": (_half(lzma.compress(plain)), "corrupt or truncated xz"),
+        "xz-truncated.fits.xz": (_half(lzma.compress(plain)), cut),
         "zip-truncated.fits.zip": (_half(_zip_of({"a.fits": plain})),
                                    "corrupt or truncated zip"),
         "zip-two.fits.zip": (_zip_of({"a.fits": plain, "b.fits": plain}),
@@ -358,10 +368,14 @@ def test_parse_fits_bytes_reads_every_compression_as_the_file(tmp_path, dtype):
         (stamp,) = read_file(_written(tmp_path / name, data))
         with pytest.raises(ValueError) as info:
             parse_fits_bytes(data)
-        assert str(info.value).startswith(words), (name, str(info.value))
-        # the file's reason, word for word, but for the file named in a corrupt stream's
-        assert [r.replace(f" in FITS file {name}:", ":") for r in stamp.reason] \
-            == [str(info.value)], name
+        assert str(info.value).startswith(words.format(name=name).replace(
+            f"FITS file {name}", "FITS data").replace(" in FITS data:", ":")), \
+            (name, str(info.value))
+        # the file's reason, word for word, but for the file named in a corrupt (truncated)
+        # stream's, or a cut HDU's ("the file holds" its bytes, "the bytes hold")
+        assert [r.replace(f" in FITS file {name}:", ":").replace(f"FITS file {name}:", "FITS "
+                          "data:").replace("the file holds", "the bytes hold")
+                for r in stamp.reason] == [str(info.value)], name
 
 
 def _written(path, data):
@@ -929,7 +943,8 @@ def test_bytes_after_the_last_stream_are_one_rule_everywhere(model, tmp_path, mo
     stream after zero padding is refused, in words that say so (not "neither another stream
     nor zero padding"): Python's readers of them, astropy's, stop at the padding (the HDUs
     after it would be lost); a gzip member after zero padding is read, small or large, as
-    Python's gzip reader, astropy's, reads it (`decompress` refused a small file of it)."""
+    Python's gzip reader, astropy's, reads it (`decompress` refused a small file of it;
+    ``gzip -d`` drops it with "trailing garbage ignored", reading it loses no HDU)."""
     w = sky_wcs(N, rot=15)
     plain = io.BytesIO()
     fits.HDUList([fits.PrimaryHDU(blobs(N, seed=3, count=30), w.to_header()),
@@ -1124,7 +1139,10 @@ def test_annotate_refuses_a_stream_cut_after_the_last_hdus_data(model, tmp_path,
     """A gzip, bzip2 or xz file cut at its end (its trailer or end marker missing, every HDU
     whole: found by fuzzing, where a damaged byte there made the stream end) was scored by
     `annotate`, and by `predict_files` over 16 MB, while a small one was refused
-    ("corrupt or truncated gzip: incomplete or truncated stream"); all now refuse it."""
+    ("corrupt or truncated gzip: incomplete or truncated stream"); all now refuse it, in one
+    wording on every path (a small one's was that, a large one's "truncated gzip stream in
+    FITS file x.fits.gz: Compressed file ended before the end-of-stream marker was
+    reached")."""
     w = sky_wcs(N, rot=15)
     plain = io.BytesIO()
     fits.PrimaryHDU(blobs(N, seed=3, count=30), w.to_header()).writeto(plain)
@@ -1132,9 +1150,10 @@ def test_annotate_refuses_a_stream_cut_after_the_last_hdus_data(model, tmp_path,
     path = _written(tmp_path / f"x.fits.{how}", whole[:-{"gz": 8, "bz2": 4, "xz": 12}[how]])
     kind = {"gz": "gzip", "bz2": "bzip2"}.get(how, how)
     small = _rows(model, [str(path)], monkeypatch, large=False)["reason"][0]
-    assert small == f"corrupt or truncated {kind}: incomplete or truncated stream", small
     (reason,) = _rows(model, [str(path)], monkeypatch, large=True)["reason"]
-    assert reason.startswith(f"truncated {kind} stream in FITS file x.fits.{how}: "), reason
+    assert reason == (f"truncated {kind} stream in FITS file x.fits.{how}: Compressed file "
+                      "ended before the end-of-stream marker was reached"), reason
+    assert small == reason  # (one wording on every path)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         with pytest.raises(InputError) as info:
@@ -1201,3 +1220,36 @@ def test_a_clean_bzip2_or_xz_file_is_not_walked_again(opener, tmp_path, monkeypa
     finally:
         hdul.close()
     assert walks == []
+
+
+@pytest.mark.parametrize("how", ["gz", "xz", "bz2"])
+def test_a_stream_cut_inside_an_hdus_data_is_one_reason_everywhere(model, tmp_path, monkeypatch,
+                                                                  how):
+    """A gzip, bzip2 or xz file cut inside the data of an HDU (a MASK) is refused in one
+    wording by `predict_files` in memory and over 16 MB and by `annotate`: in memory it was
+    "corrupt or truncated xz: incomplete or truncated stream", over 16 MB and by `annotate`
+    "truncated FITS file x.fits.xz: the header of HDU 1, EXTNAME 'MASK' gives 8192 bytes of
+    data, the file holds 0", the bytes decompressed before the cut dropped by the buffered
+    reader's error; now all say how many it holds. (A bzip2 file this small is one block,
+    none of which decompresses before the cut: its stream is said truncated, alike.)"""
+    w = sky_wcs(N, rot=15)
+    plain = io.BytesIO()
+    fits.HDUList([fits.PrimaryHDU(blobs(N, seed=3, count=30), w.to_header()),
+                  fits.ImageHDU(np.random.default_rng(2).integers(0, 2**15, (N, N), np.int16),
+                                name="MASK")]).writeto(plain)
+    whole = COMPRESS[how](plain.getvalue())
+    path = _written(tmp_path / f"x.fits.{how}", whole[:len(whole) * 3 // 4])
+    small = _rows(model, [str(path)], monkeypatch, large=False)["reason"][0]
+    (reason,) = _rows(model, [str(path)], monkeypatch, large=True)["reason"]
+    kind = {"gz": "gzip", "bz2": "bzip2"}.get(how, how)
+    said = (f"truncated FITS file x.fits.{how}: the header of HDU 1, EXTNAME 'MASK' gives "
+            f"{N * N * 2} bytes of data, the file holds " if how != "bz2" else
+            f"truncated {kind} stream in FITS file x.fits.{how}: Compressed file ended before "
+            "the end-of-stream marker was reached")
+    assert reason.startswith(said) and not reason.endswith("holds 0"), reason
+    assert small == reason  # (one wording on every path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(InputError) as info:
+            astromorph.annotate(catalogue(w, [(30, 30)]), str(path), model=model)
+    assert str(info.value) == reason.replace(f"x.fits.{how}", str(path))

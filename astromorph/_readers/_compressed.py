@@ -10,7 +10,7 @@ import zipfile
 import zlib
 
 __all__ = ["COMPRESSIONS", "COMPRESSED_MAGIC", "LZW_MAGIC", "STREAM_OPENERS", "UNCOMPRESS",
-           "ArchiveError", "CorruptStream", "TrailingBytes",
+           "CUT_SHORT", "ArchiveError", "CorruptStream", "TrailingBytes", "TruncatedStream",
            "check_stream", "compression_of", "decompress", "first_bytes", "open_stream",
            "zip_member"]
 
@@ -49,8 +49,7 @@ class CorruptStream(ArchiveError):
     ``"Corrupt input data"``, ``"Invalid data stream"``, ``"Bad CRC-32 for file 'x.fits'"``),
     a gzip file that fails its CRC or length check (Python's gzip reader's words,
     ``"CRC check failed 0x... != 0x..."``), or `TrailingBytes`. ``compression``: its name
-    (``"gzip"``). (A stream cut short is no `CorruptStream`: ``"corrupt or truncated xz:
-    ..."``.)"""
+    (``"gzip"``). (A stream cut short is no `CorruptStream`: `TruncatedStream`.)"""
 
     def __init__(self, compression, detail):
         self.compression, self.detail = compression, detail
@@ -61,6 +60,31 @@ class CorruptStream(ArchiveError):
         reader words it of a large file."""
         where = f" in FITS file {name}" if name else ""
         return f"corrupt {self.compression} stream{where}: {self.detail}"
+
+
+#: What Python's gzip, bzip2 and xz readers say of a stream that ends before its end marker
+#: (`EOFError`): the words of a `TruncatedStream` on every path.
+CUT_SHORT = "Compressed file ended before the end-of-stream marker was reached"
+
+
+class TruncatedStream(ArchiveError):
+    """A compressed stream (gzip, bzip2, xz, a zip archive's member) that ends before its end
+    marker, worded alike in memory (`decompress`) and by a large file's stream reader
+    (`_fits.truncated_file`, where every HDU is whole: one cut inside an HDU's data is
+    said so by both, from ``content``). ``compression``: its name; ``detail``: the
+    reader's words (`CUT_SHORT` of gzip, bzip2 and xz, in memory too); ``content``: the
+    bytes decompressed before the cut, where known (`decompress`), else None."""
+
+    def __init__(self, compression, detail=CUT_SHORT, content=None):
+        self.compression, self.detail, self.content = compression, detail, content
+        super().__init__(f"truncated {compression} stream: {detail}")
+
+    def reason(self, name=None):
+        """The reason, naming the FITS file ``name`` where there is one: ``"truncated xz
+        stream in FITS file x.fits.xz: Compressed file ended before the end-of-stream
+        marker was reached"``."""
+        where = f" in FITS file {name}" if name else ""
+        return f"truncated {self.compression} stream{where}: {self.detail}"
 
 
 class TrailingBytes(CorruptStream):
@@ -121,13 +145,14 @@ def _streams(buf, compression, magic, decompressor):
     (a large file's, astropy's) reads it; a bzip2 or xz stream after it is `TrailingBytes`
     (Python's readers of them stop at the padding). ``decompressor()``: a decompressor of
     one stream of the ``compression`` (its name) whose first bytes are ``magic``. Raises
-    `EOFError` for a stream cut short, the decompressor's error for bad data."""
+    `TruncatedStream` for a stream cut short (the bytes before the cut its ``content``), the
+    decompressor's error for bad data."""
     parts = []
     while True:
         d = decompressor()
         parts.append(d.decompress(buf))
         if not d.eof:
-            raise EOFError("incomplete or truncated stream")
+            raise TruncatedStream(compression, content=b"".join(parts))
         buf = d.unused_data
         if not buf.startswith(magic):
             rest = buf.lstrip(b"\0")
@@ -231,8 +256,7 @@ class _Streams(io.RawIOBase):
             else:
                 raw = self._fp.read(_CHUNK) if d.needs_input else b""
                 if d.needs_input and not raw:
-                    raise EOFError("Compressed file ended before the end-of-stream marker was "
-                                   "reached")
+                    raise EOFError(CUT_SHORT)
                 data = d.decompress(raw, size)
             if data:
                 return data
@@ -303,8 +327,11 @@ def decompress(buf):
     Raises
     ------
     ArchiveError
-        For data cut short or a zip archive that cannot be opened (``"corrupt or truncated
-        bzip2: ..."``), or a zip archive of more files than one, or none.
+        For a zip archive that cannot be opened (``"corrupt or truncated zip: ..."``), or of
+        more files than one, or none.
+    TruncatedStream
+        For a stream cut short, in the words of a large file's stream reader (``"truncated
+        xz stream: Compressed file ended before the end-of-stream marker was reached"``).
     CorruptStream
         For corrupt data (bad data, a failed CRC check: `_corrupt`, in the words of a large
         file's stream reader); `TrailingBytes` for a gzip, bzip2 or xz file with bytes after
@@ -325,6 +352,8 @@ def decompress(buf):
                     return member.read(), name
     except ArchiveError:
         raise
+    except EOFError as exc:  # (a zip member cut short)
+        raise TruncatedStream(name, str(exc) or CUT_SHORT) from None
     except _ERRORS as exc:
         raise ArchiveError(f"corrupt or truncated {name}: {exc}") from None
     return buf, None
@@ -356,12 +385,12 @@ _NOT_GZIP = "Not a gzipped file ("
 def _stream_error(compression, exc):
     """The `ArchiveError` for the error ``exc`` of a decompressing reader of a
     ``compression`` file, worded as `decompress` words it: a stream cut short
-    (``"corrupt or truncated xz: ..."``), `TrailingBytes` (Python's gzip reader's "Not a
-    gzipped file" of bytes after a member), else `CorruptStream`."""
+    (`TruncatedStream`), `TrailingBytes` (Python's gzip reader's "Not a gzipped file" of
+    bytes after a member), else `CorruptStream`."""
     if isinstance(exc, ArchiveError):
         return exc
     if isinstance(exc, EOFError):
-        return ArchiveError(f"corrupt or truncated {compression}: {exc}")
+        return TruncatedStream(compression, str(exc) or CUT_SHORT)
     said = str(exc) or type(exc).__name__
     if compression == "gzip" and said.startswith(_CHECK_FAILED):  # (`_gzip_check_failed`)
         return CorruptStream(compression, said)
@@ -438,7 +467,8 @@ def first_bytes(path, n):
         Where the file cannot be opened.
     ArchiveError
         For a corrupt or truncated stream that gives fewer bytes than it should (as
-        `check_stream` words it), or a zip archive that is not one of a single file.
+        `check_stream` words it: `CorruptStream`, `TruncatedStream`), or a zip archive that
+        is not one of a single file.
     """
     f, name = open_stream(path)
     try:
@@ -461,9 +491,9 @@ def check_stream(path, *, max_bytes=None):
     OSError
         Where the file cannot be opened.
     ArchiveError
-        For a stream cut short (``"corrupt or truncated bzip2: ..."``), a corrupt one
-        (`CorruptStream`, `TrailingBytes`; as `decompress` words them), or a zip archive that
-        is not one of a single file.
+        For a stream cut short (`TruncatedStream`), a corrupt one (`CorruptStream`,
+        `TrailingBytes`; as `decompress` words them), or a zip archive that is not one of a
+        single file.
     """
     f, name = open_stream(path)
     left = float("inf") if max_bytes is None else max_bytes

@@ -13,8 +13,8 @@ import numpy as np
 
 from .._flags import Flag
 from ._compressed import (COMPRESSIONS, LZW_MAGIC, UNCOMPRESS, ArchiveError, CorruptStream,
-                          _stream_error, check_stream, compression_of, decompress, first_bytes,
-                          open_stream)
+                          TruncatedStream, _stream_error, check_stream, compression_of,
+                          decompress, first_bytes, open_stream)
 from ._stamp import Stamp, common_pixel_scale, pixel_scales
 from .._warnings import catch_warnings, first_few, warn
 from ..exceptions import AstromorphWarning
@@ -973,9 +973,9 @@ def truncated_file(path, name=None, *, malformed=None):
     the stream, one decompression of it, says so, and a compressed stream found corrupt
     (its CRC check failed, bad data) to its end, where it was read (a header damaged by it
     stops the walk), is said corrupt; one that ends before its end marker after whole HDUs
-    (cut in the padding of the last) is said truncated, as `decompress` says of a small
-    file. ``malformed``: as for `truncated_data`. Raises `OSError`, or `ArchiveError` for a
-    zip archive not of one file."""
+    (cut in the padding of the last, or in a header) is said truncated (`TruncatedStream`),
+    as `decompress` says of a small file. ``malformed``: as for `truncated_data`. Raises
+    `OSError`, or `ArchiveError` for a zip archive not of one file."""
     read, close, _ = _file_reader(path)
     try:
         truncated = truncated_data(read, malformed=malformed)
@@ -989,7 +989,7 @@ def truncated_file(path, name=None, *, malformed=None):
     if truncated:
         return _truncated(*truncated, name)
     if read.cut:  # every HDU whole, the stream cut after them (in the padding, its end)
-        return f"truncated {read.compression} stream in FITS file {name}: {read.cut}"
+        return TruncatedStream(read.compression, read.cut).reason(name)
     return None
 
 
@@ -1022,10 +1022,13 @@ class _StreamReader:
     none past it or where it cannot be read. ``corrupt``: the decompressor's words where a
     compressed stream was found corrupt (a bad CRC, bad deflate data), not cut short (its
     end marker missing: `EOFError`), else None; said by `corrupt_reason`. ``cut``: the
-    decompressor's words where the stream ended before its end marker, else None."""
+    decompressor's words where the stream ended before its end marker, else None; the
+    bytes before the cut are read too (`_before_cut`), as `decompress` holds them, so that
+    a stream cut inside an HDU's data is said to hold as many of them on every path."""
 
     def __init__(self, f, compression):
         self.f, self.compression, self.corrupt, self.cut = f, compression, None, None
+        self._end = None  # (where the stream is cut: nothing is read from there)
 
     def corrupt_reason(self, name=None):
         """The reason for the corrupt stream (``"corrupt gzip stream in FITS file x.fits.gz:
@@ -1037,13 +1040,15 @@ class _StreamReader:
     def __call__(self, offset, n):
         if self.corrupt is not None:  # never read on: a bzip2 decompressor fed after its
             return b""  # error can crash the interpreter (libbz2: stack smashing)
+        if self._end is not None and offset >= self._end:
+            return b""
         try:
             self.f.seek(offset)
             return self.f.read(n)
         except EOFError as exc:  # the stream ends before its end marker: truncated
             if self.compression and self.cut is None:
                 self.cut = str(exc) or type(exc).__name__
-            return b""
+            return self._before_cut(offset, n)
         except (OSError, ValueError, zlib.error, LZMAError, zipfile.BadZipFile) as exc:
             if self.compression and self.corrupt is None:
                 # in `decompress`'s words (`_stream_error`): a bad CRC, bad data, bytes after
@@ -1052,6 +1057,26 @@ class _StreamReader:
                 self.corrupt = error.detail if isinstance(error, CorruptStream) \
                     else str(exc) or type(exc).__name__
             return b""  # (the stream ends there: said as corrupt, not as cut)
+
+    def _before_cut(self, offset, n):
+        """Up to ``n`` bytes from ``offset`` of a stream found cut short by a read from there
+        (a buffered reader drops the bytes it held before the error): read again in
+        pieces of one decompression each (``read1``), from the start where the reader
+        cannot seek back otherwise; where the stream ends is kept, not read again."""
+        parts, got = [], 0
+        try:
+            self.f.seek(offset)
+            while got < n and (part := self.f.read1(n - got)):
+                parts.append(part)
+                got += len(part)
+        except EOFError:
+            self._end = offset + got
+        except (OSError, ValueError, AttributeError, zlib.error, LZMAError,
+                zipfile.BadZipFile) as exc:  # (said as corrupt, where it is: never read on)
+            if self.compression and isinstance(exc, (zlib.error, LZMAError)):
+                self.corrupt = _stream_error(self.compression, exc).detail  # (bad data)
+            return b""
+        return b"".join(parts)
 
     def drain(self):
         """Read a compressed stream on to its end from where it stands (its decompressor
@@ -1792,9 +1817,21 @@ def read_fits_bytes(blob, *, source, want_scale=True, triplet_hint=False):
 
 def _archive_reason(exc, name):
     """The reason for the `ArchiveError` ``exc`` of the file named ``name`` (None: bytes):
-    a `CorruptStream` (a gzip file failing its CRC, bytes after its last member) worded as a
-    large file's stream reader words it (`_StreamReader.corrupt_reason`), the file named."""
-    return exc.reason(name) if isinstance(exc, CorruptStream) else str(exc)
+    a `CorruptStream` (a gzip file failing its CRC, bytes after its last member) or a
+    `TruncatedStream` worded as a large file's stream reader words it
+    (`_StreamReader.corrupt_reason`, `truncated_file`), the file named: a stream cut inside
+    the data of an HDU (its ``content`` walked, `truncated_data`) as ``"truncated FITS file
+    x.fits.xz: the header of HDU 1 ..."``, its primary header malformed as such."""
+    if isinstance(exc, TruncatedStream) and exc.content \
+            and exc.content.startswith(_FITS_START):
+        read = _buffer_reader(exc.content)
+        problem = malformed_header(read, max_hdus=1)
+        if problem:
+            return _malformed(problem, name)
+        truncated = truncated_data(read)
+        if truncated:
+            return _truncated(*truncated, name)
+    return exc.reason(name) if isinstance(exc, (CorruptStream, TruncatedStream)) else str(exc)
 
 
 def _read_fits_buffer(buf, source, path, *, want_scale, triplet_hint):
@@ -2045,7 +2082,10 @@ def parse_fits_bytes(blob, *, want_scale=True, return_facts=False):
         raise ValueError("empty stamp")
     # compressed bytes (gzip, bzip2, xz, a zip archive of one file) are read as a file of
     # them is (`_read_fits_buffer`), and broken ones refused in the same words
-    blob, compression = decompress(blob)  # (its ArchiveError is a ValueError)
+    try:
+        blob, compression = decompress(blob)
+    except ArchiveError as exc:  # (worded as `_read_fits_buffer` words it of bytes)
+        raise ValueError(_archive_reason(exc, None)) from None
     if not blob.startswith(_FITS_START):
         if compression:
             raise ValueError(_not_fits(blob, compression))
