@@ -194,3 +194,168 @@ def test_detection_snr_ignores_masked_pixels_in_its_sky_noise():
         masked[:25] = np.nan
         ratios.append(sim.detection_snr(masked, fwhm) / sim.detection_snr(img, fwhm))
     assert np.median(ratios) == pytest.approx(1.0, abs=0.12)
+
+
+# ---------------------------------------------------------------- simulated triplets
+@pytest.mark.parametrize("kind", ["hostless", "negative", "variable"])
+def test_simulated_reals_are_positive_at_the_centre_with_about_the_requested_snr(kind):
+    """Every real kind is a positive point source at the centre of the stored difference
+    (faded ones flipped, ``isdiffpos = 'f'``, the source brighter in the reference), with
+    the PSF-photometry S/N that was asked for: median measured / requested 1.0-1.45 (about
+    1.15 here: the scene's own noise, common to both epochs, partly cancels)."""
+    sim = _sim()
+    sky, gals = _sky_bank(), sim.GalaxyBank([])
+    rng = np.random.default_rng(11)
+    ratios = []
+    for _ in range(30):
+        t, info = sim.simulate_one(rng, sky, gals, label=1, kind=kind)
+        sci, ref, d = (np.nan_to_num(a.astype(float)) for a in t)
+        assert d[R < 2.5].sum() > 0
+        if info["snr"] > 25 and kind != "variable":  # the epoch with the new flux
+            # (a variable's constant part, scaled by the photometric ratio, can outweigh it)
+            dif = sci - ref
+            change = dif[R < 10].sum() - np.median(dif[R > 14]) * (R < 10).sum()
+            assert (change > 0) == (info["isdiffpos"] == "t")
+        fwhm = info["fwhm_sci"] if info["subtraction"] == "zogy" else max(info["fwhm_sci"],
+                                                                           info["fwhm_ref"])
+        ratios.append(sim.detection_snr(t[2], fwhm) / info["snr"])
+    assert 1.0 < np.median(ratios) < 1.45
+    if kind == "negative":
+        assert info["isdiffpos"] == "f"
+
+
+@pytest.mark.parametrize("kind", ["cosmic_ray", "hot_pixel", "noise_peak", "psf_mismatch_star",
+                                  "dipole"])
+def test_simulated_bogus_candidates_are_the_positive_peak_at_the_centre(kind):
+    """A bogus candidate is what the pipeline triggered on, stored positive: an artefact in
+    the reference or a negative noise peak or residual core is flipped (``isdiffpos``
+    'f'): the central 5x5 px peak more positive than negative (a noise peak: the matched
+    filter positive at the centre)."""
+    sim = _sim()
+    sky, gals = _sky_bank(stars=True), sim.GalaxyBank([])
+    rng = np.random.default_rng(12)
+    flips = 0
+    for _ in range(25):
+        t, info = sim.simulate_one(rng, sky, gals, label=0, kind=kind)
+        d = np.nan_to_num(t[2].astype(float))
+        if kind == "noise_peak":
+            assert sim.ndimage.gaussian_filter(d, info["fwhm_sci"] / 2.3548)[31, 31] > 0
+        else:
+            core = d[29:34, 29:34]
+            assert core.max() >= -core.min()
+        flips += info["isdiffpos"] == "f"
+    assert flips >= 1
+
+
+def test_off_centre_artefacts_keep_the_orientation_of_the_difference():
+    """Cosmic rays and hot pixels away from the candidate are in the difference with the
+    sign of science - reference (reference - science for ``isdiffpos = 'f'``)."""
+    sim = _sim()
+    sky, gals = _sky_bank(), sim.GalaxyBank([])
+    rng = np.random.default_rng(13)
+    seen = 0
+    for _ in range(60):
+        t, info = sim.simulate_one(rng, sky, gals, label=1, kind="hostless")
+        sci, ref, d = (a.astype(float) for a in t)
+        delta = (sci - ref) * (1 if info["isdiffpos"] == "t" else -1)
+        spikes = (R > 9) & (np.abs(sci - ref) > 150)  # 12-count noise: only artefacts
+        seen += spikes.sum()
+        assert (np.sign(d[spikes]) == np.sign(delta[spikes])).all()
+    assert seen >= 5
+
+
+def test_recorded_psf_widths_are_the_widths_in_the_images():
+    """``fwhm_sci`` and ``fwhm_ref`` are the FWHM of the science and reference images' PSF
+    (within 6 %: small broadening kernels are sampled on whole pixels), the widths the
+    subtraction and ``snr_det`` use: a bright hostless real in the science image and a
+    bright faded one in the reference."""
+    sim = _sim()
+    sky, gals = _sky_bank(sig_sci=2.0, sig_ref=1.0), sim.GalaxyBank([])
+    rng = np.random.default_rng(14)
+    n = 0
+    for kind, stamp, key in (("hostless", 0, "fwhm_sci"), ("negative", 1, "fwhm_ref")):
+        for _ in range(30):
+            t, info = sim.simulate_one(rng, sky, gals, label=1, kind=kind)
+            img = t[stamp].astype(float)
+            if info["snr"] < 200 or not np.isfinite(img).all():
+                continue
+            img = (img - np.median(img[R > 12])) * (R < 9)
+            _, _, _, vy, vx = _moments(img)
+            fwhm = 2.3548 * np.sqrt((vy + vx) / 2 - 1 / 12)
+            assert fwhm == pytest.approx(info[key], rel=0.06)
+            n += 1
+    assert n >= 6
+
+
+def test_snr_det_uses_the_difference_psf_and_the_source_poisson_variance(monkeypatch):
+    """``snr_det`` is measured with the difference's PSF (the science PSF after ZOGY, the
+    broader of the two after Alard-Lupton) and the science source's Poisson variance."""
+    sim = _sim()
+    sky, gals = _sky_bank(), sim.GalaxyBank([])
+    calls = []
+    real = sim.detection_snr
+
+    def spy(diff, fwhm, poisson_var=None, **kw):
+        calls.append((fwhm, poisson_var))
+        return real(diff, fwhm, poisson_var, **kw)
+
+    monkeypatch.setattr(sim, "detection_snr", spy)
+    _, infos = sim.simulate_batch(40, sky, gals, seed=15, label=1, kind="hostless", recipe="v5")
+    kinds = set()
+    for (fwhm, pois), info in zip(calls, infos):
+        want = info["fwhm_sci"] if info["subtraction"] == "zogy" else max(info["fwhm_sci"],
+                                                                          info["fwhm_ref"])
+        assert fwhm == pytest.approx(want)
+        assert pois is not None and pois[R < 1.5].mean() > pois[R > 12].mean()
+        kinds.add((info["subtraction"], info["fwhm_sci"] > info["fwhm_ref"]))
+    assert {("al", False), ("al", True), ("zogy", False)} <= kinds
+
+
+def test_synthetic_masks_and_v5_near_masks_keep_off_the_candidate():
+    """Synthetic masks never come within ``min_dist`` of the centre, and recipe v5's near-
+    centre masks are for reals only: a bogus triplet other than 'edge_mask' has none
+    within 6 px (else a close mask would again say 'bogus' or 'real')."""
+    sim = _sim()
+    rng = np.random.default_rng(16)
+    for d in (2.0, 6.0):
+        for _ in range(300):
+            assert not (sim._synthetic_mask(rng, min_dist=d) & (R < d)).any()
+    sky, gals = _sky_bank(), sim.GalaxyBank([])
+    X, infos = sim.simulate_batch(150, sky, gals, seed=16, label=0, recipe="v5")
+    for t, info in zip(X, infos):
+        if info["kind"] != "edge_mask":
+            assert np.isfinite(t[:, R < 6]).all(), info["kind"]
+
+
+def test_saturated_stars_are_flat_topped_in_both_epochs():
+    """'bleed_saturation' bogus: no pixel exceeds the saturation level, which the
+    brightest pixels share (a flat top, a bleed column)."""
+    sim = _sim()
+    sky, gals = _sky_bank(), sim.GalaxyBank([])
+    rng = np.random.default_rng(17)
+    for _ in range(12):
+        t, _ = sim.simulate_one(rng, sky, gals, label=0, kind="bleed_saturation")
+        sci = t[0][np.isfinite(t[0])]
+        assert (sci >= sci.max() - 1e-3 * sci.max()).sum() >= 3
+
+
+def test_sky_bank_noise_masks_and_alert_split():
+    """SkyBank: the noise of each stamp is its robust sigma (not the MAD), a pixel invalid in
+    any of the three stamps is masked; split_alerts: disjoint splits covering every alert,
+    never one object in two splits."""
+    sim = _sim()
+    rng = np.random.default_rng(18)
+    X = np.stack([np.stack([150 + rng.normal(0, 12, (63, 63)), 150 + rng.normal(0, 3, (63, 63)),
+                            rng.normal(0, 12, (63, 63))]) for _ in range(2)]).astype(np.float32)
+    X[0, 0, :4] = np.nan
+    X[0, 2, -3:] = -3.4e38
+    sky = sim.SkyBank(X, [0, 1])
+    assert sky.sci_sigma == pytest.approx([12, 12], rel=0.06)
+    assert sky.ref_sigma == pytest.approx([3, 3], rel=0.06)
+    assert sky.masks[0][:4].all() and sky.masks[0][-3:].all() and not sky.masks[0][4:-3].any()
+    meta = [{"objectId": f"ZTF{i // 3}"} for i in range(90)]
+    parts = sim.split_alerts(meta, seed=1)
+    idx = np.concatenate(list(parts.values()))
+    assert sorted(idx) == list(range(90))
+    objs = [{meta[i]["objectId"] for i in p} for p in parts.values()]
+    assert not (objs[0] & objs[1] or objs[0] & objs[2] or objs[1] & objs[2])
