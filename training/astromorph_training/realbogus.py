@@ -1005,6 +1005,83 @@ def _population_blocks(p, z, info, thr):
             "candidates_detected_snr_det_ge_5": block(info["snr_det"] >= 5)}
 
 
+#: Edges of the injected (and measured) S/N bins of the missed-detection rates of `evaluate`.
+SNR_EDGES = (3, 4, 5, 6, 8, 10, 15, 20, 30, 50, 100, 200, 1000)
+
+
+def _simulation_breakdowns(p, info, thr):
+    """Where calibrated scores ``p`` of simulations (their ``info``) err at threshold ``thr``.
+
+    Returns the ``held_out_simulations`` entries of ``metrics.json`` that `evaluate` adds to
+    the population blocks: ``per_kind_at_recommended`` (each simulated kind's FNR, for a real
+    kind, or FPR), ``missed_detection_vs_snr`` (the FNR of reals in bins of injected S/N
+    `SNR_EDGES`, ``lo <= snr < hi``, at ``thr`` and at 0.5; None for an empty bin),
+    ``candidates_missed_vs_detection_snr`` (the same for detected reals, ``snr_det >= 5``,
+    against their measured ``snr_det``; empty bins left out) and the FNR of reals of injected
+    S/N >= 5 with and without a host galaxy. A score ``>= thr`` is called real.
+    """
+    y = info["label"].astype(int)
+    snr, snr_det = info["snr"], info["snr_det"]
+    out = {}
+    per_kind = {}
+    for k, name in enumerate(KIND_NAMES):
+        sel = info["kind"] == k
+        if sel.any():
+            lab = int(y[sel][0])
+            wrong = (p[sel] < thr) if lab == 1 else (p[sel] >= thr)
+            per_kind[name] = {"label": "real" if lab else "bogus", "n": int(sel.sum()),
+                              ("fnr" if lab else "fpr"): float(wrong.mean())}
+    out["per_kind_at_recommended"] = per_kind
+    edges = np.array(SNR_EDGES)
+    real = y == 1
+    md = []
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        sel = real & (snr >= lo) & (snr < hi)
+        md.append({"snr_lo": float(lo), "snr_hi": float(hi), "n": int(sel.sum()),
+                   "missed_at_recommended": float(np.mean(p[sel] < thr)) if sel.any() else None,
+                   "missed_at_0.5": float(np.mean(p[sel] < 0.5)) if sel.any() else None})
+    out["missed_detection_vs_snr"] = md
+    md_det = []  # the same for the detected reals, against their measured detection S/N
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        sel = real & (snr_det >= 5) & (snr_det >= lo) & (snr_det < hi)
+        if sel.any():
+            md_det.append({"snr_det_lo": float(lo), "snr_det_hi": float(hi), "n": int(sel.sum()),
+                           "missed_at_recommended": float(np.mean(p[sel] < thr))})
+    out["candidates_missed_vs_detection_snr"] = md_det
+    for host in (True, False):
+        sel = real & (info["host"] == host) & (snr >= 5)
+        out[f"fnr_snr_ge_5_{'with' if host else 'without'}_host_galaxy"] = float(np.mean(p[sel] < thr))
+    return out
+
+
+def _auc_interval(s, lab, n_boot=2000):
+    """95 % bootstrap interval of the AUC (alerts resampled with replacement)."""
+    boot = np.random.default_rng(0).integers(0, len(s), (n_boot, len(s)))
+    return [float(v) for v in np.nanpercentile([roc_auc(s[i], lab[i]) for i in boot], [2.5, 97.5])]
+
+
+def _real_alert_block(rb, drb, rfrb, thr):
+    """Measures of ``rb_score`` ``rb`` on real alerts against braai's ``drb`` (real where
+    ``drb >= 0.5``), and of ZTF's random-forest ``rb`` (``rfrb``) as the reference: one block
+    of ``real_ztf_alerts`` in ``metrics.json``. A score ``>= thr`` (or ``>= 0.5``) is real."""
+    from scipy.stats import spearmanr
+
+    dl = drb >= 0.5
+    return {"n": int(len(rb)), "n_drb_real": int(dl.sum()), "n_drb_bogus": int((~dl).sum()),
+            "roc_auc_vs_drb_ge_0.5": roc_auc(rb, dl),
+            "roc_auc_vs_drb_bootstrap_95": _auc_interval(rb, dl),
+            "spearman_vs_drb": float(spearmanr(rb, drb).statistic),
+            "agreement_at_0.5": float(np.mean((rb >= 0.5) == dl)),
+            "agreement_at_recommended": float(np.mean((rb >= thr) == dl)),
+            "roc_auc_vs_ztf_rf_rb_ge_0.5": roc_auc(rb, rfrb >= 0.5),
+            "braai_drb_auc_vs_rf_rb_ge_0.5": roc_auc(drb, rfrb >= 0.5),
+            # the reference for the first: ZTF's own random-forest score, trained on
+            # real labelled ZTF candidates, against the same braai labels
+            "ztf_rf_rb_auc_vs_drb_ge_0.5": roc_auc(rfrb, dl),
+            "ztf_rf_rb_auc_vs_drb_bootstrap_95": _auc_interval(rfrb, dl),
+            "ztf_rf_rb_agreement_at_0.5": float(np.mean((rfrb >= 0.5) == dl))}
+
+
 def _fresh_set(args, split, seed, n):
     """``n`` new v3 triplets (24 with ``--smoke``) on the sky and galaxies of ``split``, drawn
     with ``seed``, in memory: the cached sets of `_load_split` stay as they are."""
@@ -1020,7 +1097,6 @@ def evaluate(args):
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from scipy.stats import spearmanr
 
     dirs = _dirs(args)
     net, calib = _load_trained(dirs, args)
@@ -1038,36 +1114,8 @@ def evaluate(args):
 
     detected = ite["snr_det"] >= 5
     m_sim = _population_blocks(pte, zte, ite, thr)
-    # per kind
-    per_kind = {}
-    for k, name in enumerate(KIND_NAMES):
-        sel = ite["kind"] == k
-        if sel.any():
-            lab = int(y[sel][0])
-            wrong = (pte[sel] < thr) if lab == 1 else (pte[sel] >= thr)
-            per_kind[name] = {"label": "real" if lab else "bogus", "n": int(sel.sum()),
-                              ("fnr" if lab else "fpr"): float(wrong.mean())}
-    m_sim["per_kind_at_recommended"] = per_kind
-    # missed-detection rate vs S/N
-    edges = np.array([3, 4, 5, 6, 8, 10, 15, 20, 30, 50, 100, 200, 1000])
-    real = y == 1
-    md = []
-    for lo, hi in zip(edges[:-1], edges[1:]):
-        sel = real & (snr >= lo) & (snr < hi)
-        md.append({"snr_lo": float(lo), "snr_hi": float(hi), "n": int(sel.sum()),
-                   "missed_at_recommended": float(np.mean(pte[sel] < thr)) if sel.any() else None,
-                   "missed_at_0.5": float(np.mean(pte[sel] < 0.5)) if sel.any() else None})
-    m_sim["missed_detection_vs_snr"] = md
-    md_det = []  # the same for the detected reals, against their measured detection S/N
-    for lo, hi in zip(edges[:-1], edges[1:]):
-        sel = real & detected & (ite["snr_det"] >= lo) & (ite["snr_det"] < hi)
-        if sel.any():
-            md_det.append({"snr_det_lo": float(lo), "snr_det_hi": float(hi), "n": int(sel.sum()),
-                           "missed_at_recommended": float(np.mean(pte[sel] < thr))})
-    m_sim["candidates_missed_vs_detection_snr"] = md_det
-    for host in (True, False):
-        sel = real & (ite["host"] == host) & (snr >= 5)
-        m_sim[f"fnr_snr_ge_5_{'with' if host else 'without'}_host_galaxy"] = float(np.mean(pte[sel] < thr))
+    m_sim.update(_simulation_breakdowns(pte, ite, thr))
+    md, md_det = m_sim["missed_detection_vs_snr"], m_sim["candidates_missed_vs_detection_snr"]
     log.info("sims evaluated (%.0f s)", time.perf_counter() - t0)
     test_seed = _get(args, "test_seed", None)
     if test_seed is not None:
@@ -1099,6 +1147,7 @@ def evaluate(args):
     plt.close(fig)
 
     fig, ax = plt.subplots(figsize=(5, 3.8))
+    edges = np.array(SNR_EDGES)
     cen = np.sqrt(edges[:-1] * edges[1:])
     ax.plot(cen, [d["missed_at_recommended"] for d in md], "o-", label=f"threshold {thr:.3f}")
     ax.plot(cen, [d["missed_at_0.5"] for d in md], "s--", label="threshold 0.5")
@@ -1154,25 +1203,8 @@ def evaluate(args):
     held = np.zeros(len(meta), bool)
     held[sp["test"]] = True
 
-    def auc_interval(s, lab, n_boot=2000):
-        """95 % bootstrap interval of the AUC (alerts resampled with replacement)."""
-        boot = np.random.default_rng(0).integers(0, len(s), (n_boot, len(s)))
-        return [float(v) for v in np.nanpercentile([roc_auc(s[i], lab[i]) for i in boot], [2.5, 97.5])]
-
     def rblock(sel):
-        return {"n": int(sel.sum()), "n_drb_real": int(dl[sel].sum()), "n_drb_bogus": int((~dl[sel]).sum()),
-                "roc_auc_vs_drb_ge_0.5": roc_auc(rb[sel], dl[sel]),
-                "roc_auc_vs_drb_bootstrap_95": auc_interval(rb[sel], dl[sel]),
-                "spearman_vs_drb": float(spearmanr(rb[sel], drb[sel]).statistic),
-                "agreement_at_0.5": float(np.mean((rb[sel] >= 0.5) == dl[sel])),
-                "agreement_at_recommended": float(np.mean((rb[sel] >= thr) == dl[sel])),
-                "roc_auc_vs_ztf_rf_rb_ge_0.5": roc_auc(rb[sel], rfrb[sel] >= 0.5),
-                "braai_drb_auc_vs_rf_rb_ge_0.5": roc_auc(drb[sel], rfrb[sel] >= 0.5),
-                # the reference for the first: ZTF's own random-forest score, trained on
-                # real labelled ZTF candidates, against the same braai labels
-                "ztf_rf_rb_auc_vs_drb_ge_0.5": roc_auc(rfrb[sel], dl[sel]),
-                "ztf_rf_rb_auc_vs_drb_bootstrap_95": auc_interval(rfrb[sel], dl[sel]),
-                "ztf_rf_rb_agreement_at_0.5": float(np.mean((rfrb[sel] >= 0.5) == dl[sel]))}
+        return _real_alert_block(rb[sel], drb[sel], rfrb[sel], thr)
 
     m_real = {"all_209": rblock(np.ones(len(meta), bool)),
               "held_out_sky_alerts": rblock(held), "training_sky_alerts": rblock(~held),
