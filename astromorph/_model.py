@@ -20,6 +20,10 @@ __all__ = ["Model", "Prediction", "load_model", "as_model"]
 
 log = logging.getLogger(__name__)
 
+#: Input elements that `Model.predict` checks at a time (a block of rows) before it runs
+#: any: 16 MB of float32, with a float64 copy of one block where it holds bad values.
+_CHECK_ELEMENTS = 1 << 22
+
 #: Substrings of ONNX Runtime errors that mean "not enough device memory".
 _OOM = re.compile(r"out of memory|failed to allocate|bad_alloc|alloc_failed|"
                   r"cudaErrorMemoryAllocation|CUBLAS_STATUS_ALLOC_FAILED|BFCArena", re.I)
@@ -362,25 +366,43 @@ class Model:
     _INPUT_RANGE = {"optical": (0.0, 1.0), "radio": (0.0, 1.0)}
     _RANGE_MARGIN = 0.01
 
-    def _check_finite(self, batch, start):
-        """Raise `InputError` naming the rows of ``batch`` (offset ``start``) with NaN,
-        infinite or masking-sentinel values; return the batch's smallest and largest
-        values (None for an empty batch)."""
-        if not batch.size:
-            return None
-        lo, hi = float(batch.min()), float(batch.max())  # NaN propagates
-        if batch.dtype.kind != "f" or (np.isfinite(lo) and np.isfinite(hi)
-                                        and max(-lo, hi) < self._MAX_ABS_INPUT):
-            return lo, hi
-        with np.errstate(invalid="ignore"):
-            ok = np.abs(batch.reshape(len(batch), -1).astype(np.float64)) < self._MAX_ABS_INPUT
-        rows = start + np.flatnonzero(~ok.all(axis=1))
-        raise InputError(self._bad_rows_message(
-            "NaN, infinite or masking-sentinel (|x| >= 1e30) values", rows))
+    def _check_values(self, x):
+        """Check the whole input ``x`` (at least one row) before any batch is run, a block of
+        rows at a time (no copy of the whole input): raise `InputError` naming every row
+        with NaN, infinite or masking-sentinel values; else warn (`InputRangeWarning`) where
+        values lie beyond the range the card's preprocessing makes."""
+        bounds = self._input_range()  # None: no range to check
+        step = max(1, _CHECK_ELEMENTS // x[0].size)
+        bad, lo, hi, first = [], np.inf, -np.inf, None
+        for start in range(0, len(x), step):
+            block = x[start:start + step]
+            b_lo, b_hi = float(block.min()), float(block.max())  # NaN propagates
+            if block.dtype.kind == "f" and not (np.isfinite(b_lo) and np.isfinite(b_hi)
+                                                and max(-b_lo, b_hi) < self._MAX_ABS_INPUT):
+                values = block.reshape(len(block), -1).astype(np.float64)  # no overflow
+                with np.errstate(invalid="ignore"):
+                    ok = np.abs(values, out=values) < self._MAX_ABS_INPUT
+                bad.append(start + np.flatnonzero(~ok.all(axis=1)))
+                del values, ok  # not held while the next block is read
+            if bad or not bounds:
+                continue
+            lo, hi = min(lo, b_lo), max(hi, b_hi)
+            if first is None and (b_lo < bounds[0] - self._RANGE_MARGIN
+                                  or b_hi > bounds[1] + self._RANGE_MARGIN):
+                rows = block.reshape(len(block), -1)
+                beyond = (rows.min(axis=1) < bounds[0] - self._RANGE_MARGIN) \
+                    | (rows.max(axis=1) > bounds[1] + self._RANGE_MARGIN)
+                first = start + int(np.argmax(beyond))
+        if bad:
+            raise InputError(self._bad_rows_message(
+                "NaN, infinite or masking-sentinel (|x| >= 1e30) values", np.concatenate(bad)))
+        if first is not None:
+            self._warn_range((lo, hi), bounds, x.dtype, first)
 
     def _bad_rows_message(self, what, rows):
         """The message of the `InputError` for input ``rows`` holding ``what``."""
-        shown = ", ".join(str(int(i)) for i in rows[:10]) + (", ..." if len(rows) > 10 else "")
+        shown = ", ".join(str(int(i)) for i in rows[:10]) + (
+            f", ... ({len(rows)} rows)" if len(rows) > 10 else "")
         prep = self.card["input"].get("preprocessing")
         hint = (f"; prepare raw stamps with {prep} (the card's input.preprocessing)"
                 if prep else "")
@@ -398,7 +420,7 @@ class Model:
 
     def _warn_range(self, found, bounds, dtype, start):
         """`InputRangeWarning`: values ``found`` (smallest, largest) beyond the range
-        ``bounds`` that the card's preprocessing makes."""
+        ``bounds`` that the card's preprocessing makes, the first such row being ``start``."""
         lo, hi = bounds
         prep = self.card["input"].get("preprocessing")
         eight_bit = found[1] > 2 and found[1] <= 255 and found[0] >= 0
@@ -446,8 +468,9 @@ class Model:
         astromorph.exceptions.InputError
             Rows holding NaN, infinite or masking-sentinel values (magnitude 1e30
             or more, such as ZTF's -3.4e38), which would give undefined outputs, or
-            masked pixels of a `numpy.ma.MaskedArray` (all such rows are named at once,
-            before anything is run); the message lists them. Raw stamps go through the card's
+            masked pixels of a `numpy.ma.MaskedArray`. The whole input is checked before
+            any batch is run, and the message names every such row (the first ten and their
+            count where there are more). Raw stamps go through the card's
             ``input.preprocessing`` function first (e.g.
             `astromorph.preprocessing.preprocess_triplet`), or through
             `astromorph.predict_files` / `astromorph.annotate`, which flag such rows.
@@ -463,7 +486,8 @@ class Model:
         astromorph.exceptions.InputRangeWarning
             Once per call, where values lie beyond the range the card's preprocessing makes
             (display values in [0, 1] for the galaxy and radio models; e.g. a raw 8-bit
-            stamp): the model is run, its outputs meaning little.
+            stamp), naming the range of the whole input and the first row beyond it: the
+            model is run, its outputs meaning little.
         """
         from ._predict import check_batch_size
 
@@ -475,6 +499,7 @@ class Model:
             empty = self._run(np.zeros((1, *self.input_shape), np.float32))
             return Prediction({k: v[:0] for k, v in zip(self.output_names, empty)},
                               self.card["outputs"])
+        self._check_values(x)  # every row, before any is run (the un-replicated band)
         session = None
         if x.shape[1] != self.input_shape[0]:  # one band for a model that replicates it
             session = self._single_band_session()
@@ -484,16 +509,10 @@ class Model:
         batch_size = int(batch_size)
         chunks = {k: [] for k in self.output_names}
         start = 0
-        bounds = self._input_range()  # None: no range to check
         with progress_bar(n, desc=self.name, unit="stamp", enabled=progress,
                           min_total=4 * batch_size) as bar:
             while start < n:
                 stop = min(start + batch_size, n)
-                found = self._check_finite(x[start:stop], start)
-                if bounds and found and (found[0] < bounds[0] - self._RANGE_MARGIN
-                                         or found[1] > bounds[1] + self._RANGE_MARGIN):
-                    self._warn_range(found, bounds, x.dtype, start)
-                    bounds = None  # once per call
                 try:
                     outs = self._run(x[start:stop], session)
                 except Exception as exc:  # noqa: BLE001 - ORT raises generic errors

@@ -347,13 +347,84 @@ def test_predict_non_finite_rows_are_named(tiny_registry, bad):
     with pytest.raises(InputError, match=r"row\(s\) 2, 5;") as info:
         model.predict(x)
     assert "network-ready" in str(info.value)
-    with pytest.raises(InputError, match=r"row\(s\) 2;"):
-        model.predict(x, batch_size=3)  # stops at the first batch holding one
+    with pytest.raises(InputError, match=r"row\(s\) 2, 5;"):
+        model.predict(x, batch_size=3)  # every such row, not only the first batch's
     x[2] = 0.0
     with pytest.raises(InputError, match=r"row\(s\) 5;"):
         model.predict(x, batch_size=3)  # numbered in the whole input, not in its batch
     x[[2, 5]] = 0.0
     assert np.isfinite(model.predict(x)["probabilities"]).all()
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, 1e30, -3.4e38])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_predict_names_every_bad_row_before_running_any_batch(tiny_registry, bad, dtype):
+    """NaN, infinite and sentinel rows are all named before any batch is run, as the
+    docstring promises: before, with batch_size < N the batches ahead of the first bad one
+    were run (wasted time on a GPU), and only that batch's bad rows were named, so a user
+    fixed one row per call."""
+    model = astromorph.load_model("tiny")
+    runs = []
+    real_run = model._run
+    model._run = lambda batch, session=None: runs.append(len(batch)) or real_run(batch, session)
+    x = _inputs(8).astype(dtype)
+    x[3, 1, 0, 2] = bad  # batch 1 of batch_size=2
+    x[7, 0, 3, 3] = bad  # batch 3
+    with pytest.raises(InputError, match=r"row\(s\) 3, 7;"):
+        model.predict(x, batch_size=2)
+    assert runs == []
+
+
+def test_predict_bad_rows_beyond_ten_are_counted(tiny_registry, monkeypatch):
+    """More than ten bad rows: the first ten are named with the count of them all, found in
+    every block of the input (the check reads it a few rows at a time)."""
+    from astromorph import _model
+
+    monkeypatch.setattr(_model, "_CHECK_ELEMENTS", 2 * 2 * 4 * 4)  # two rows per block
+    x = _inputs(40)
+    bad = [1, 2, 5, 8, 13, 20, 21, 22, 30, 31, 33, 39]
+    x[bad, 1, 2, 0] = np.nan
+    with pytest.raises(InputError, match=r"row\(s\) 1, 2, 5, 8, 13, 20, 21, 22, 30, 31, "
+                                         r"\.\.\. \(12 rows\);"):
+        astromorph.load_model("tiny").predict(x, batch_size=3)
+
+
+def test_predict_checks_bad_rows_without_a_float_copy_of_the_input(tiny_registry, monkeypatch):
+    """The check ahead of the run reads the input a block of rows at a time: a large input
+    with bad rows at both ends is refused without a float64 copy of all of it (twice its
+    size for float32 input)."""
+    from astromorph import _model
+
+    monkeypatch.setattr(_model, "_CHECK_ELEMENTS", 2 * 2 * 4 * 4 * 500)
+    x = _inputs(20000)
+    x[[0, 19999], 0, 1, 1] = -np.inf
+    model = astromorph.load_model("tiny")
+
+    def refused():
+        with pytest.raises(InputError, match=r"row\(s\) 0, 19999;"):
+            model.predict(x, batch_size=20000)
+
+    _, peak = traced_peak(refused)
+    assert peak < x.nbytes / 2
+
+
+def test_range_warning_names_the_whole_range_and_the_first_row_beyond_it(tmp_path,
+                                                                        monkeypatch):
+    """The range warning, given before any batch runs, gives the smallest and largest values
+    of the whole input and the first row beyond the range, wherever the blocks the check
+    reads fall."""
+    from astromorph import _model
+    from astromorph.exceptions import InputRangeWarning
+
+    monkeypatch.setattr(_model, "_CHECK_ELEMENTS", 3 * 2 * 4 * 4)  # three rows per block
+    tiny_classifier_onnx(tmp_path / "model.onnx")
+    card = make_card(tmp_path / "model.onnx")
+    card["input"]["family"] = "optical"
+    (tmp_path / "card.json").write_text(json.dumps(card))
+    x = np.full((10, 2, 4, 4), 0.5, np.float32)
+    x[7, 1, 3, 0], x[8, 0, 0, 0], x[1, 0, 0, 1] = 1.5, 4.0, -0.005
+    with pytest.warns(InputRangeWarning, match=r"from -0.005 to 4 \(float32\), from row 7 on"):
+        astromorph.load_model(tmp_path).predict(x, batch_size=2)
 
 
 def test_predict_non_finite_error_names_card_preprocessing(tmp_path):
@@ -2468,7 +2539,7 @@ def test_range_warning_allows_the_margin_only(tmp_path, family):
         model.predict(x)
     for value in (-0.02, 1.02):
         x[1, 0, 0, 0] = value
-        with pytest.warns(InputRangeWarning, match="from row 0 on"):
+        with pytest.warns(InputRangeWarning, match="from row 1 on"):  # the first such row
             model.predict(x)
 
 
