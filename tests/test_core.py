@@ -422,7 +422,7 @@ def test_range_warning_names_the_whole_range_and_the_first_row_beyond_it(tmp_pat
     card["input"]["family"] = "optical"
     (tmp_path / "card.json").write_text(json.dumps(card))
     x = np.full((10, 2, 4, 4), 0.5, np.float32)
-    x[7, 1, 3, 0], x[8, 0, 0, 0], x[1, 0, 0, 1] = 1.5, 4.0, -0.005
+    x[7, 1, 3, 0], x[9, 0, 0, 0], x[1, 0, 0, 1] = 1.5, 4.0, -0.005
     with pytest.warns(InputRangeWarning, match=r"from -0.005 to 4 \(float32\), from row 7 on"):
         astromorph.load_model(tmp_path).predict(x, batch_size=2)
 
