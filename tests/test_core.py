@@ -2567,3 +2567,135 @@ def test_predict_warns_once_on_values_beyond_the_preprocessing_range():
         warnings.simplefilter("error", InputRangeWarning)
         morph.predict(ready)
         astromorph.load_model("real-bogus").predict(rng.normal(0, 5, (2, 3, 63, 63)))
+
+
+# ------------------------------------------------- mutation testing of _model.py (predict)
+@pytest.mark.parametrize("message", [
+    "CUDA failure 2: out of memory", "Failed to allocate memory for requested buffer",
+    "std::bad_alloc", "CUDNN_STATUS_ALLOC_FAILED", "cudaErrorMemoryAllocation",
+    "BFCArena::AllocateRawInternal"])
+def test_each_kind_of_allocation_failure_halves_the_batch(tiny_registry, message, caplog):
+    """Every allocation-failure message ONNX Runtime's providers give (any case) makes
+    predict halve the batch and go on, with a logged warning saying so; one kind missing
+    from the pattern would end a long GPU run with an error at the first large batch."""
+    model = astromorph.load_model("tiny")
+    x = _inputs(8)
+    ref = model.predict(x)["probabilities"]
+    real_run, sizes = model._run, []
+
+    def flaky(batch, session=None):
+        sizes.append(len(batch))
+        if len(batch) > 2:
+            raise RuntimeError(f"[ONNXRuntimeError] : 6 : RUNTIME_EXCEPTION : {message}")
+        return real_run(batch, session)
+
+    model._run = flaky
+    with caplog.at_level("WARNING", logger="astromorph"):
+        out = model.predict(x, batch_size=8)["probabilities"]
+    np.testing.assert_array_equal(out, ref)
+    assert sizes == [8, 4, 2, 2, 2, 2]
+    assert [r.levelname for r in caplog.records if "retrying with batch_size=" in r.message] \
+        == ["WARNING", "WARNING"]
+
+
+def test_stamps_larger_than_a_check_block_are_checked_a_row_at_a_time(tiny_registry,
+                                                                     monkeypatch):
+    """A stamp of more values than the check reads at a time (a 3 x 2048 x 2048 stamp is
+    12.6 million) is checked one row at a time, not refused with a ValueError from a block
+    of zero rows."""
+    from astromorph import _model
+
+    monkeypatch.setattr(_model, "_CHECK_ELEMENTS", 5)  # fewer than the 32 values of a row
+    model = astromorph.load_model("tiny")
+    x = _inputs(4)
+    np.testing.assert_array_equal(model.predict(x)["probabilities"],
+                                  model.predict(x, batch_size=4)["probabilities"])
+    x[2, 0, 0, 0] = np.nan
+    with pytest.raises(InputError, match=r"row\(s\) 2;"):
+        model.predict(x)
+
+
+def test_float64_input_beyond_float32_is_refused_without_a_numpy_warning(tiny_registry):
+    """float64 values beyond float32's range (1e300) are sentinel-sized: refused as such,
+    with no 'overflow encountered in cast' RuntimeWarning from checking them."""
+    x = _inputs(3).astype(np.float64)
+    x[1, 0, 0, 0] = -1e300
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(InputError, match=r"row\(s\) 1;"):
+            astromorph.load_model("tiny").predict(x)
+
+
+@pytest.mark.parametrize("low, high, hint", [(0, 2.0, False), (0, 2.5, True), (0, 255, True),
+                                             (0, 256, False), (-0.5, 255, False)])
+def test_divide_by_255_hint_only_for_values_that_look_8_bit(tmp_path, low, high, hint):
+    """The range warning says "8-bit images: divide by 255" for values from 0 up to 255
+    reaching beyond 2 (a dark 8-bit stamp too), not for values a little beyond [0, 1]
+    (up to 2: an overshooting stretch), 16-bit ones or negative ones, where dividing by
+    255 would be wrong advice."""
+    from astromorph.exceptions import InputRangeWarning
+
+    tiny_classifier_onnx(tmp_path / "model.onnx")
+    card = make_card(tmp_path / "model.onnx")
+    card["input"]["family"] = "optical"
+    (tmp_path / "card.json").write_text(json.dumps(card))
+    x = np.full((2, 2, 4, 4), 0.5)
+    x[0, 0, 0, 0], x[1, 1, 1, 1] = low, high
+    with pytest.warns(InputRangeWarning, match=f"from {low:.4g} to {high:.4g}") as record:
+        astromorph.load_model(tmp_path).predict(x)
+    assert ("divide by 255" in str(record[0].message)) is hint
+
+
+def _tiny_with_grey_graph(folder, grey):
+    """``tiny_model_with_variants`` with its single-band graph replaced by ``grey`` (a
+    function writing an ONNX file) after the card was written."""
+    tiny_model_with_variants(folder)
+    grey(folder / "model.grey.onnx")
+    return astromorph.load_model(folder)
+
+
+def test_single_band_graph_replaced_after_the_card_is_refused(tmp_path):
+    """The single-band graph's sha256 is checked before its first use: a file replaced
+    since the card was written is a ChecksumMismatchError, not run in the model's name."""
+    model = _tiny_with_grey_graph(tmp_path, lambda p: tiny_classifier_onnx(
+        p, channels=1, labels=("a", "b", "c"), spatial=True))
+    with pytest.raises(ChecksumMismatchError, match="model.grey.onnx"):
+        model.predict(np.zeros((2, 4, 4), np.float32))
+
+
+def test_single_band_graph_that_does_not_fit_the_card_is_refused(tmp_path):
+    """A single-band graph with another number of classes than the card's labels is a
+    ModelCardError at its first use, not two-column probabilities labelled with three
+    classes."""
+    tiny_model_with_variants(tmp_path)
+    tiny_classifier_onnx(tmp_path / "model.grey.onnx", channels=1, labels=("a", "b"))
+    card = json.loads((tmp_path / "card.json").read_text())
+    card["single_band_graph"]["sha256"] = sha256(tmp_path / "model.grey.onnx")
+    (tmp_path / "card.json").write_text(json.dumps(card))
+    model = astromorph.load_model(tmp_path)
+    assert model.predict(np.zeros((2, 3, 4, 4)))["probabilities"].shape == (2, 3)
+    with pytest.raises(ModelCardError, match="model.grey.onnx.*3 labels"):
+        model.predict(np.zeros((2, 4, 4), np.float32))
+
+
+def test_card_without_a_single_band_graph_is_looked_up_once(replicating_model, monkeypatch):
+    """A model whose card lists no single-band graph remembers that: single-band batches
+    after the first do not look the card up again."""
+    from astromorph import _model
+
+    calls = []
+    real = _model.resolve_single_band_graph
+    monkeypatch.setattr(_model, "resolve_single_band_graph",
+                        lambda *a: calls.append(a) or real(*a))
+    for _ in range(3):
+        replicating_model.predict(np.zeros((2, 4, 4)))
+    assert len(calls) == 1
+
+
+def test_exactly_ten_bad_rows_are_all_named_without_a_count(tiny_registry):
+    """Ten bad rows are the ten shown: named without '...' or a count (which would say
+    rows were left out)."""
+    x = _inputs(12)
+    x[:10, 0, 0, 0] = np.nan
+    with pytest.raises(InputError, match=r"row\(s\) 0, 1, 2, 3, 4, 5, 6, 7, 8, 9;"):
+        astromorph.load_model("tiny").predict(x)
