@@ -9,7 +9,8 @@ class Flag(enum.IntFlag):
 
     #: The source lies outside every image (no stamp; outputs masked).
     OFF_IMAGE = 1
-    #: The stamp runs over the image edge; the missing part was filled.
+    #: The stamp runs over the image edge (radio model: the 540 arcsec FIRST field about
+    #: the source does); the missing part was filled.
     EDGE = 2
     #: NaN, inf, BLANK or masked pixels, or masking sentinels (|value| >= 1e30, e.g. ZTF's
     #: -3.4e38), above the threshold, filled before scoring (only pixels of the data count:

@@ -469,8 +469,8 @@ class Model:
             Rows holding NaN, infinite or masking-sentinel values (magnitude 1e30
             or more, such as ZTF's -3.4e38), which would give undefined outputs, or
             masked pixels of a `numpy.ma.MaskedArray`. The whole input is checked before
-            any batch is run, and the message names every such row (the first ten and their
-            count where there are more). Raw stamps go through the card's
+            any batch is run, and the message names such rows (all of them up to ten, else
+            the first ten and how many there are). Raw stamps go through the card's
             ``input.preprocessing`` function first (e.g.
             `astromorph.preprocessing.preprocess_triplet`), or through
             `astromorph.predict_files` / `astromorph.annotate`, which flag such rows.
