@@ -13,6 +13,14 @@ REPO = Path(__file__).resolve().parents[1]
 DATA_DIR = Path(os.environ.get("ASTROMORPH_DATA", REPO.parent / "shared" / "data"))
 
 
+def without_extend(blob):
+    """The FITS bytes ``blob`` with its primary header's EXTEND card blanked (80 spaces),
+    as a writer that gives no EXTEND card leaves it (astropy adds one to a file that has
+    extensions); the layout is unchanged."""
+    at = next(i for i in range(0, 2880, 80) if blob[i:i + 8] == b"EXTEND  ")
+    return blob[:at] + b" " * 80 + blob[at + 80:]
+
+
 def traced_peak(run):
     """``run()`` and the peak of the memory traced while it ran (bytes)."""
     import tracemalloc

@@ -26,6 +26,7 @@ import astromorph
 from astromorph._cutouts import SkyImage
 from astromorph.exceptions import InputError, MissingDependencyError, UnusableInputWarning
 
+from conftest import without_extend
 from test_annotate import blobs, catalogue, make_optical_model, sky_wcs
 
 N = 64  # image side (pixels): 4096 pixels, 256 samples a source (16 x 16 stamps)
@@ -418,17 +419,19 @@ def test_annotate_refuses_file_objects_and_bytes(model, tmp_path):
                 astromorph.annotate(cat, image, model=model)
 
 
-def _with_cut_mask(image, w, layout):
+def _with_cut_mask(image, w, layout, *, extend=True):
     """FITS bytes of ``image`` (WCS ``w``; in the primary HDU, or in an extension after an
     empty primary) followed by a MASK extension (as Rubin's images have) that they end
-    1000 bytes inside of, and the label of that HDU."""
+    1000 bytes inside of, and the label of that HDU; without ``extend``, the primary
+    header has no EXTEND card (`without_extend`)."""
     mask = fits.ImageHDU(np.zeros((64, 64), np.int32), name="MASK")
     hdus = [fits.PrimaryHDU(image, w.to_header()), mask] if layout == "primary" else \
         [fits.PrimaryHDU(), fits.ImageHDU(image, w.to_header()), mask]
     buf = io.BytesIO()
     fits.HDUList(hdus).writeto(buf)
     start = len(buf.getvalue()) - 17280  # the MASK's data: 16384 bytes, padded to 6 blocks
-    return buf.getvalue()[:start + 1000], f"HDU {len(hdus) - 1}, EXTNAME 'MASK'"
+    blob = buf.getvalue()[:start + 1000]
+    return blob if extend else without_extend(blob), f"HDU {len(hdus) - 1}, EXTNAME 'MASK'"
 
 
 def _refused_alike(model, path, w, label, monkeypatch=None):
@@ -453,16 +456,19 @@ def _refused_alike(model, path, w, label, monkeypatch=None):
     assert str(info.value) == words
 
 
+@pytest.mark.parametrize("extend", [True, False])
 @pytest.mark.parametrize("layout", ["primary", "extension"])
 @pytest.mark.parametrize("how", [None, *COMPRESS])
 def test_annotate_refuses_a_truncated_mask_in_every_container(model, tmp_path, monkeypatch,
-                                                              how, layout):
+                                                              how, layout, extend):
     """An image whose MASK extension the file ends inside of: `annotate` refuses it in the
     words `predict_files` gives, whatever the container. A gzip, bzip2, xz or zip file of it
     gave the image without a word (astropy does not read the MASK's data, nor knows the size
-    of a compressed stream), where the plain file was refused."""
+    of a compressed stream), where the plain file was refused. Without an EXTEND card in
+    the primary header (``extend`` False), `predict_files`' reader of a file under 16 MB
+    gave the image without a word, where `annotate` refused it."""
     w = sky_wcs(N, rot=15)
-    blob, label = _with_cut_mask(blobs(N, seed=3, count=30), w, layout)
+    blob, label = _with_cut_mask(blobs(N, seed=3, count=30), w, layout, extend=extend)
     path = tmp_path / f"cut.fits{'' if how is None else '.' + how[:3]}"
     path.write_bytes(_compressed(blob, how, "cut.fits"))
     _refused_alike(model, path, w, label, monkeypatch)

@@ -39,7 +39,7 @@ from astromorph.exceptions import (AmbiguousInputWarning, AstromorphWarning, Inp
                                    DuplicateSourceWarning, OutputError, UnusableInputWarning)
 from astropy.utils.exceptions import AstropyUserWarning
 
-from conftest import DATA_DIR, assert_scores, requires_data
+from conftest import DATA_DIR, assert_scores, requires_data, without_extend
 from tiny_models import sha256, tiny_classifier_onnx
 from synthetic_alerts import (RUBIN_SCHEMA, celestial_header, fits_bytes, rubin_alert, triplet,
                               write_avro, write_snappy_avro, ztf_alert)
@@ -929,11 +929,16 @@ def test_truncated_extension_reason_says_truncated(tmp_path, monkeypatch, kind, 
 def _assert_truncated(blob, path, how, label, expected):
     """The FITS ``blob`` (also written as ``path``), cut 1000 bytes into the data of its HDU
     ``label`` of ``expected`` bytes: refused as truncated, as bytes or as a file."""
+    from astromorph._readers._fits import read_fits_bytes
+
     words = f"the header of {label} gives {expected} bytes of data, the"
     if how == "bytes":
         with pytest.raises(ValueError) as info:
             parse_fits_bytes(blob)
         assert str(info.value) == f"truncated FITS data: {words} bytes hold 1000"
+        (stamp,) = read_fits_bytes(blob, source="cell")  # (a FITS bytes cell of a table)
+        assert stamp.flags == Flag.BAD_INPUT
+        assert stamp.reason == [f"truncated FITS data: {words} bytes hold 1000"]
         return
     (stamp,) = read_file(path)
     assert stamp.flags == Flag.BAD_INPUT
@@ -953,18 +958,22 @@ PACKERS = {"gzip": (".gz", gzip.compress), "bzip2": (".bz2", bz2.compress),
            "xz": (".xz", lzma.compress), "zip": (".zip", _zipped)}
 
 
+@pytest.mark.parametrize("extend", [True, False])
 @pytest.mark.parametrize("layout", ["primary", "extension"])
 @pytest.mark.parametrize("how", ["file", "gzip", "bzip2", "xz", "zip", "memmap", "gzip-large",
                                  "bzip2-large", "xz-large", "zip-large", "bytes"])
 def test_truncated_mask_after_a_whole_image_is_truncated_as_bytes_as_a_file(
-        tmp_path, monkeypatch, layout, how):
+        tmp_path, monkeypatch, layout, how, extend):
     """A stamp whose image is whole (in the primary HDU, or in an extension after an empty
     primary) followed by a MASK extension (as Rubin's cutouts have) that the stream ends
     inside of: the file is damaged, and bytes and files say so alike. A file was refused as
     truncated, while the same bytes through `parse_fits_bytes` (alert cutouts, FITS bytes
     cells) gave the image without a word; and a compressed file over the fast reader's
     16 MB (read by astropy, which does not read the MASK's data: `-large`, the limit
-    lowered) still gave it, in every compression."""
+    lowered) still gave it, in every compression. A primary header without EXTEND
+    (``extend`` False) changes nothing: a file of it under 16 MB (and a FITS bytes cell,
+    `read_fits_bytes`) gave the primary image without a word, the MASK lost, where a larger
+    one was refused."""
     image = galaxy(64)
     mask = fits.ImageHDU(np.zeros((64, 64), np.int32), name="MASK")
     hdus = [fits.PrimaryHDU(image), mask] if layout == "primary" else \
@@ -973,6 +982,8 @@ def test_truncated_mask_after_a_whole_image_is_truncated_as_bytes_as_a_file(
     with fits.open(tmp_path / "full.fits") as hdul:
         start = hdul[-1].fileinfo()["datLoc"]
     blob = (tmp_path / "full.fits").read_bytes()[:start + 1000]
+    if not extend:
+        blob = without_extend(blob)
     packing = how.split("-")[0]
     suffix, pack = PACKERS.get(packing, ("", bytes))
     name = "t.fits" + suffix
@@ -985,6 +996,46 @@ def test_truncated_mask_after_a_whole_image_is_truncated_as_bytes_as_a_file(
         for _, pack in PACKERS.values():
             with pytest.raises(ValueError, match=f"^truncated FITS data: the header of {label}"):
                 parse_fits_bytes(pack(blob))
+
+
+@pytest.mark.parametrize("large", [False, True])
+def test_file_without_extend_cut_inside_an_extension_is_refused_whole_ones_read(
+        models, tmp_path, monkeypatch, large):
+    """A primary image whose header has no EXTEND card, followed by an extension (a MASK, a
+    band) that the file ends inside of: `predict_files` scored a file of it under 16 MB,
+    plain or compressed, from the primary image without a word (the fast reader walked the
+    HDUs after it only where EXTEND = T), where a larger one (``large``: the limit
+    lowered, astropy's path) was refused as truncated; now both are, in the same words.
+    Whole, such a file is read as before, as one with EXTEND = T is."""
+    def fits_bytes(name):
+        buf = io.BytesIO()
+        fits.HDUList([fits.PrimaryHDU(galaxy(64)),
+                      fits.ImageHDU(np.zeros((64, 64), np.int32), name=name)]).writeto(buf)
+        return buf.getvalue()
+
+    whole = fits_bytes("MASK")
+    cut = {"MASK": without_extend(whole[:-17280 + 1000]),
+           "R": without_extend(fits_bytes("R")[:-17280 + 1000])}
+    files = {"mask.fits": cut["MASK"], "mask.fits.gz": gzip.compress(cut["MASK"]),
+             "mask.fits.bz2": bz2.compress(cut["MASK"]), "band.fits": cut["R"]}
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+    (tmp_path / "whole.fits").write_bytes(without_extend(whole))
+    (tmp_path / "whole_extend.fits").write_bytes(whole)
+    if large:
+        monkeypatch.setattr("astromorph._readers._fits._FAST_MAX_BYTES", 0)
+    with pytest.warns(UnusableInputWarning, match="4 of 6"):
+        table = astromorph.predict_files("morphology", tmp_path)
+    for name in files:
+        r = row(table, tmp_path / name)
+        extname = "R" if name.startswith("band") else "MASK"
+        assert r["morph_flags"] == Flag.BAD_INPUT and np.ma.is_masked(r["morph_p_red"])
+        assert r["reason"] == (f"truncated FITS file {name}: the header of HDU 1, EXTNAME "
+                               f"'{extname}' gives 16384 bytes of data, the file holds 1000")
+    read, ref = row(table, tmp_path / "whole.fits"), row(table, tmp_path / "whole_extend.fits")
+    assert read["morph_flags"] == ref["morph_flags"] and read["reason"] == ref["reason"]
+    assert not read["morph_flags"] & Flag.BAD_INPUT
+    assert read["morph_p_red"] == pytest.approx(ref["morph_p_red"], abs=1e-6)
 
 
 @pytest.mark.parametrize("keep", [400, 2879])

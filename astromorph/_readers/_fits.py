@@ -596,8 +596,9 @@ def _fast_fits(buf, *, primary_only, want_scale):
     astropy): the caller then uses astropy. ``get(key, default=None)`` reads the primary
     header's values (parsed, `_card_value`); its ``keys()`` lists the keywords present.
     Raises `ValueError` for a truncated file (`_TruncatedData`: also where the primary
-    image is whole but an HDU after it is not, with ``primary_only``, or where its header
-    is cut short, `cut_header`).
+    image is whole but an HDU after it is not, with ``primary_only`` or where the primary
+    header has no EXTEND card, or where its header is cut short, `cut_header`, with
+    ``primary_only``).
     """
     cards, keys, end = _parse_header(buf, 0)
     if not keys or keys[0] != "SIMPLE" or _card_value(cards["SIMPLE"]) is not True:
@@ -633,10 +634,21 @@ def _fast_fits(buf, *, primary_only, want_scale):
         cut = cut_header(_buffer_reader(buf), start=end + padded, first=1)
         if cut:
             raise ValueError(cut)
-    if not primary_only and len(buf) > end + padded and (
-            get("EXTEND") is True or buf.startswith(b"SIMPLE  =", end + padded)) \
-            and not _auxiliary_only(buf, end + padded):
-        return None  # extensions (or another file) follow: let astropy look at every HDU
+    whole = len(buf) <= end + padded  # (no HDU after the primary one, or all found whole)
+    if not primary_only and not whole:
+        if get("EXTEND") is True or buf.startswith(b"SIMPLE  =", end + padded):
+            if not _auxiliary_only(buf, end + padded):
+                return None  # extensions (or another file) follow: astropy looks at each HDU
+            whole = True
+        else:
+            # no EXTEND card: the primary image is read as before, but astropy reads the
+            # extensions all the same (a larger file of it), and one that the stream ends
+            # inside of (a MASK) means a damaged file, refused as a larger one is
+            whole = _auxiliary_only(buf, end + padded, names=None)
+            truncated = None if whole else truncated_data(_buffer_reader(buf),
+                                                          start=end + padded, first=1)
+            if truncated:
+                raise _TruncatedData(*truncated)
     scale = None
     if want_scale:
         scale = _scale_from_cards(get, cards)
@@ -648,13 +660,16 @@ def _fast_fits(buf, *, primary_only, want_scale):
                                    get("BLANK") if bitpix > 0 else None), get)
     get.keys = cards.keys  # the keywords present (`header_facts` skips a header without any)
     get.end = end + padded  # (the byte after the primary HDU)
+    get.whole = whole  # (no header after it cut short: `cut_header` has nothing to find)
     return data, scale, get
 
 
-def _auxiliary_only(buf, pos):
+def _auxiliary_only(buf, pos, *, names=_AUX_EXTNAMES):
     """Whether the HDUs of ``buf`` from ``pos`` on are all soundly laid out extensions with
     an auxiliary EXTNAME (`_AUX_EXTNAMES`: the MASK and UNCERT of Rubin cutouts), which
-    `read_fits` skips: the primary image is then the one image, as astropy would find."""
+    `read_fits` skips: the primary image is then the one image, as astropy would find.
+    ``names``: the EXTNAMEs taken (None: any), each HDU whole, its header and data, to the
+    end of ``buf``."""
     for _ in range(_MAX_HDUS):
         if pos == len(buf):
             return True
@@ -666,7 +681,7 @@ def _auxiliary_only(buf, pos):
             else ("not an extension", None)
         name = str(_card_value(cards.get("EXTNAME", "''"))).strip().upper()
         pos = end + _padded(size) if not problem else None
-        if problem or name not in _AUX_EXTNAMES or len(buf) < pos:
+        if problem or (names is not None and name not in names) or len(buf) < pos:
             return False
     return False
 
@@ -1853,8 +1868,8 @@ def _read_fits_buffer(buf, source, path, *, want_scale, triplet_hint):
         fast = _fast_fits(buf, primary_only=False, want_scale=want_scale)
         if fast is not None:
             data, scale, get = fast
-            cut = get.end < len(buf) and cut_header(_buffer_reader(buf), name,
-                                                    start=get.end, first=1)
+            cut = not get.whole and cut_header(_buffer_reader(buf), name, start=get.end,
+                                               first=1)
             if cut:
                 return _refused(source, path, cut), None
             data, why = stokes_i(data, get)
