@@ -5175,6 +5175,186 @@ def test_annotate_dask_sends_a_tile_only_to_the_sources_on_it(optical_model, tmp
     assert len(sent[tiles * tiles]) <= 3, len(sent[tiles * tiles])
 
 
+def test_annotate_dask_keeps_list_metadata_of_the_catalogue_once(optical_model, tmp_path):
+    """The catalogue's list-valued metadata (an ECSV's ``comments``) comes back as the
+    catalogue holds it, not once per partition (astropy's vstack joins lists of the tables
+    it stacks: 4 partitions gave 4 copies of each comment)."""
+    pytest.importorskip("dask")
+    img, w = blobs(), sky_wcs()
+    fits.writeto(tmp_path / "img.fits", img, w.to_header())
+    cat = catalogue(w, np.random.default_rng(2).uniform(10, 190, (20, 2)))
+    cat.meta["comments"] = ["made by hand", "second line"]
+    cat.meta["history"] = ("run 1",)
+    ref = astromorph.annotate(cat, str(tmp_path / "img.fits"), model=optical_model)
+    out = astromorph.annotate_dask(cat, str(tmp_path / "img.fits"),
+                                   model=str(optical_model.path), partition_size=5,
+                                   scheduler="synchronous")
+    assert out.meta["comments"] == ["made by hand", "second line"]
+    assert out.meta["history"] == ("run 1",)
+    assert out.meta == ref.meta
+
+
+def test_annotate_dask_sends_a_multi_extension_file_to_the_sources_on_any_of_its_tiles(
+        optical_model, tmp_path, monkeypatch):
+    """A file holding several tiles of a mosaic (one per extension) goes to every partition
+    whose sources lie on any of its tiles, not only on its last one: the sources of the
+    first extension's tile would be OFF_IMAGE in their partition."""
+    pytest.importorskip("dask")
+    n = 60
+    w = sky_wcs(3 * n, rot=0.0)
+    img = blobs(3 * n, count=60)
+    hdus = []
+    for i in range(3):
+        tw = w.deepcopy()
+        tw.wcs.crpix = [w.wcs.crpix[0] - i * n, w.wcs.crpix[1]]
+        hdus.append((img[:n, i * n:(i + 1) * n], tw.to_header()))
+    paths = [str(tmp_path / "t0.fits"), str(tmp_path / "t12.fits")]
+    fits.writeto(paths[0], *hdus[0])
+    fits.HDUList([fits.PrimaryHDU()] + [fits.ImageHDU(d, h) for d, h in hdus[1:]]).writeto(
+        paths[1])
+    rng = np.random.default_rng(4)
+    # partition 0: on tile 0; 1: on tile 1 (the file's first extension); 2: on tile 2
+    pix = np.concatenate([rng.uniform(5, 55, (4, 2)) + [i * n, 0] for i in range(3)])
+    cat = catalogue(w, pix)
+    ref = astromorph.annotate(cat, paths, model=optical_model)
+    assert not np.any(ref["opt_flags"] & Flag.OFF_IMAGE)
+    from astromorph import _dask as adask
+
+    sent, partition = {}, adask._annotate_partition
+
+    def recording(table, images, *args, **kw):  # by its first row (Dask picks the order)
+        sent[table["id"][0] // 4] = images
+        return partition(table, images, *args, **kw)
+    monkeypatch.setattr(adask, "_annotate_partition", recording)
+    out = astromorph.annotate_dask(cat, paths, model=str(optical_model.path), partition_size=4,
+                                   scheduler="synchronous", sky_order=False)
+    assert sent == {0: [paths[0]], 1: paths, 2: paths}, sent
+    _assert_same_table(out, ref)
+
+
+def test_annotate_dask_names_the_tables_first_unusable_row_after_regrouping(optical_model,
+                                                                           tmp_path):
+    """With the rows regrouped by tile (``sky_order``), the warning's "first:" reason is
+    that of the table's first unusable row, as annotate says it: here row 0, without a
+    position (regrouped last, with the rows on no tile), not row 50, whose size is NaN
+    but which lies on a tile (regrouped into an early partition)."""
+    pytest.importorskip("dask")
+    paths, w = _mosaic_files(tmp_path, tiles=3)
+    rng = np.random.default_rng(11)
+    cat = catalogue(w, rng.uniform(0, 179, (72, 2)))
+    cat["r90"] = rng.uniform(1.0, 3.0, len(cat))
+    cat["ra"][0] = np.nan
+    cat["r90"][50] = np.nan
+    match = r"^2 of 72 .*first: position\)"
+    with pytest.warns(UnusableInputWarning, match=match):
+        ref = astromorph.annotate(cat, paths, model=optical_model, size_col="r90")
+    with pytest.warns(UnusableInputWarning, match=match):
+        out = astromorph.annotate_dask(cat, paths, model=str(optical_model.path),
+                                       size_col="r90", partition_size=8, sky_order=True,
+                                       scheduler="synchronous")
+    _assert_same_table(out, ref)
+
+
+def test_annotate_dask_footprint_holds_a_tile_a_twentieth_of_a_pixel_past_its_edge():
+    """A TAN tile of coarse pixels (1 arcmin: the 1 mas widening is 3e-5 pixel) holds the
+    points 0.045 pixel past the outer pixels' edges (annotate takes a source there for the
+    tile within its inverse WCS's 1e-4 pixel), and not those a quarter of a pixel past
+    them: without the margin a source on the border could be sent no tile."""
+    from astropy.coordinates import ICRS
+
+    import astromorph._dask as adask
+
+    w = WCS(naxis=2)
+    w.wcs.ctype, w.wcs.crval = ["RA---TAN", "DEC--TAN"], [150.0, 2.2]
+    w.wcs.cdelt, w.wcs.crpix = [-1 / 60, 1 / 60], [20.0, 12.0]
+    ny, nx = 30, 50
+    image = SkyImage(np.zeros((ny, nx), np.float32), w)
+    footprint = adask._tile_footprints([image], [ICRS()], SkyCoord([150.0], [2.2],
+                                                                   unit="deg"))
+    centres, cos_radius, usable, walls, sin_grow = footprint
+    assert usable.tolist() == [True]
+    t = np.linspace(0, 1, 501)
+    for out, expected in ((0.045, True), (0.25, False)):
+        m = 0.5 + out
+        across, up = -m + t * (nx - 1 + 2 * m), -m + t * (ny - 1 + 2 * m)
+        x = np.concatenate([across, np.full_like(t, nx - 1 + m), across, np.full_like(t, -m)])
+        y = np.concatenate([np.full_like(t, -m), up, np.full_like(t, ny - 1 + m), up])
+        on = adask._on_tiles(adask._unit_vectors(*w.all_pix2world(x, y, 0)), centres,
+                             cos_radius, walls, sin_grow)[:, 0]
+        if expected:
+            assert on.all(), f"{np.count_nonzero(~on)} of {len(on)} points {out} pixel out off"
+        else:  # off, past the corners' neighbourhood (where the walls meet at a slant)
+            assert not on.any(), f"{np.count_nonzero(on)} points {out} pixel out on"
+
+
+def test_annotate_dask_places_tiles_whose_first_axis_is_declination(optical_model, tmp_path,
+                                                                    monkeypatch):
+    """Tiles whose WCS gives declination first (CTYPE1 = DEC--TAN, CTYPE2 = RA---TAN) are
+    placed on the sky by their own axes: each partition of one tile's sources is sent that
+    tile (and the first), not those where RA and Dec swapped would put it, and the table
+    is annotate's."""
+    pytest.importorskip("dask")
+    n, tiles = 60, 2
+    w = sky_wcs(tiles * n, rot=0.0)
+    img = blobs(tiles * n, count=60)
+    paths = []
+    for j in range(tiles):
+        for i in range(tiles):
+            tw = w.deepcopy()
+            tw.wcs.crpix = [w.wcs.crpix[0] - i * n, w.wcs.crpix[1] - j * n]
+            swapped = tw.swapaxes(0, 1)
+            assert swapped.wcs.lat == 0
+            paths.append(str(tmp_path / f"t{j}{i}.fits"))
+            fits.writeto(paths[-1], img[j * n:(j + 1) * n, i * n:(i + 1) * n].T.copy(),
+                         swapped.to_header())
+    rng = np.random.default_rng(8)
+    pix = [rng.uniform(5, 55, (5, 2)) + [i * n, j * n] for j in range(tiles)
+           for i in range(tiles)]
+    cat = catalogue(w, np.concatenate(pix))
+    ref = astromorph.annotate(cat, paths, model=optical_model)
+    assert not np.any(ref["opt_flags"] & Flag.OFF_IMAGE)
+    from astromorph import _dask as adask
+
+    sent, partition = {}, adask._annotate_partition
+
+    def recording(table, images, *args, **kw):  # by its first row (Dask picks the order)
+        sent[table["id"][0] // 5] = images
+        return partition(table, images, *args, **kw)
+    monkeypatch.setattr(adask, "_annotate_partition", recording)
+    out = astromorph.annotate_dask(cat, paths, model=str(optical_model.path), partition_size=5,
+                                   scheduler="synchronous", sky_order=False)
+    assert {k: set(v) for k, v in sent.items()} == {
+        k: {paths[0], paths[k]} for k in range(tiles * tiles)}, sent
+    _assert_same_table(out, ref)
+
+
+def test_annotate_dask_footprint_of_a_curved_tile_cuts_its_corners():
+    """A tile far from its projection's reference point (CAR, 60 degrees off: its sides
+    curved on the sky) has a footprint that leaves out the border pushed 10 pixels out all
+    along, corners included: the `FOOTPRINT_DIRECTIONS` walls cut the corners that the four
+    sides' walls (through the bow of each side) leave on it (362 of those 12,000 points),
+    so that the tile is not sent to the sources beyond its corners."""
+    from astropy.coordinates import ICRS
+
+    import astromorph._dask as adask
+
+    w = WCS(naxis=2)
+    w.wcs.ctype, w.wcs.crval = ["RA---CAR", "DEC--CAR"], [0.0, 0.0]
+    w.wcs.cdelt, w.wcs.crpix = [-0.04, 0.04], [300.0, -1500.0]
+    (ny, nx) = shape = (300, 600)
+    footprint = adask._tile_footprints([SkyImage(np.zeros(shape, np.float32), w)], [ICRS()],
+                                       SkyCoord([0.0], [0.0], unit="deg"))
+    centres, cos_radius, usable, walls, sin_grow = footprint
+    assert usable.tolist() == [True]
+    m, t = 10.5, np.linspace(0, 1, 3000)
+    across, up = -m + t * (nx - 1 + 2 * m), -m + t * (ny - 1 + 2 * m)
+    x = np.concatenate([across, np.full_like(t, nx - 1 + m), across, np.full_like(t, -m)])
+    y = np.concatenate([np.full_like(t, -m), up, np.full_like(t, ny - 1 + m), up])
+    on = adask._on_tiles(adask._unit_vectors(*w.all_pix2world(x, y, 0)), centres, cos_radius,
+                         walls, sin_grow)[:, 0]
+    assert not on.any(), f"{np.count_nonzero(on)} of {len(on)} points 10 pixels out on"
+
+
 def test_band_given_against_the_header_is_said(tmp_path):
     """bands= (--band) or a dict key naming another band than the image's FILTER keyword
     relabelled the image silently (g, r, i files given as i, r, g were scored as such)."""
