@@ -5008,6 +5008,21 @@ def test_annotate_dask_sky_order_groups_each_source_by_its_nearest_tile_stably()
     assert order.tolist() == expected
 
 
+def test_annotate_dask_sky_order_puts_a_source_with_a_tile_that_holds_it():
+    """`_sky_order` groups a source with the nearest centre among the footprints that hold
+    it, not the nearest of all: a source on a wide tile near a small tile it is not on goes
+    with the wide tile (grouped with the small one, its partition would need both)."""
+    import astromorph._dask as adask
+
+    centres = adask._unit_vectors(np.array([10.0, 14.0]), np.array([0.0, 0.0]))
+    cos_radius = np.cos(np.radians([5.0, 1.0]))  # A wide, B small
+    walls, sin_grow = np.zeros((2, 4, 3)), np.ones(2)  # no wall cuts: the cones
+    lon = np.array([14.0, 12.5, 10.0, 12.6, 14.2])  # B, A only (B's centre nearer), A...
+    vectors = adask._unit_vectors(lon, np.zeros(len(lon)))
+    order = adask._sky_order(vectors, centres, cos_radius, walls, sin_grow)
+    assert order.tolist() == [1, 2, 3, 0, 4]
+
+
 def test_annotate_dask_lazy_partitions_of_a_shuffled_catalogue_keep_annotates_result(
         optical_model, tmp_path):
     """With ``compute=False`` the partitions hold the rows in the table's order: the tiles
