@@ -5023,6 +5023,23 @@ def test_annotate_dask_sky_order_puts_a_source_with_a_tile_that_holds_it():
     assert order.tolist() == [1, 2, 3, 0, 4]
 
 
+def test_annotate_dask_sky_order_regroups_a_catalogue_of_two_partitions(optical_model,
+                                                                        tmp_path):
+    """A catalogue of two partitions (16 rows, ``partition_size=8``) in random order over
+    two tiles is regrouped by tile with ``sky_order=True`` (each partition then needs one
+    tile): only a catalogue of one partition is kept as it is."""
+    import astromorph._dask as adask
+
+    paths, w = _mosaic_files(tmp_path, tiles=2)
+    rng = np.random.default_rng(1)
+    pix = np.concatenate([rng.uniform(5, 55, (8, 2)), rng.uniform(5, 55, (8, 2)) + [60, 0]])
+    cat = catalogue(w, pix[rng.permutation(16)])
+    for size, regrouped in ((8, True), (16, False)):
+        order = adask._partition_images(cat, paths, optical_model, {},
+                                        list(range(0, 16, size)), size, sky_order=True)[2]
+        assert (order is not None) is regrouped, size
+
+
 def test_annotate_dask_lazy_partitions_of_a_shuffled_catalogue_keep_annotates_result(
         optical_model, tmp_path):
     """With ``compute=False`` the partitions hold the rows in the table's order: the tiles
