@@ -23,8 +23,10 @@ from astropy.io import fits
 from astropy.table import Table
 
 import astromorph
+from astromorph import Flag
 from astromorph._cutouts import SkyImage
-from astromorph.exceptions import InputError, MissingDependencyError, UnusableInputWarning
+from astromorph.exceptions import (AmbiguousInputWarning, InputError, MissingDependencyError,
+                                   UnusableInputWarning)
 
 from conftest import without_extend
 from test_annotate import blobs, catalogue, make_optical_model, sky_wcs
@@ -472,6 +474,40 @@ def test_annotate_refuses_a_truncated_mask_in_every_container(model, tmp_path, m
     path = tmp_path / f"cut.fits{'' if how is None else '.' + how[:3]}"
     path.write_bytes(_compressed(blob, how, "cut.fits"))
     _refused_alike(model, path, w, label, monkeypatch)
+
+
+@pytest.mark.parametrize("large", [False, True])
+def test_annotate_and_predict_files_read_the_extensions_of_a_file_without_extend(
+        model, tmp_path, monkeypatch, large):
+    """A g image in the primary HDU, whose header has no EXTEND card, and an r image in an
+    extension: `annotate` reads both (astropy reads extensions whatever EXTEND says), as it
+    does with EXTEND = T, and so does `predict_files`, for a file under 16 MB as over it
+    (``large``: the limit lowered). Its fast reader of a small file read the g image
+    alone, without a word: scored from it (the model takes one band), where a larger file,
+    and `annotate`, had the g and r bands, a pair the model cannot take."""
+    w = sky_wcs(N, rot=15)
+    hdus = [fits.PrimaryHDU(blobs(N, seed=3, count=30), w.to_header()),
+            fits.ImageHDU(blobs(N, seed=4, count=30), w.to_header())]
+    for hdu, band in zip(hdus, "gr"):
+        hdu.header["FILTER"] = band
+    buf = io.BytesIO()
+    fits.HDUList(hdus).writeto(buf)
+    (tmp_path / "extend.fits").write_bytes(buf.getvalue())
+    (tmp_path / "none.fits").write_bytes(without_extend(buf.getvalue()))
+    if large:
+        monkeypatch.setattr("astromorph._readers._fits._FAST_MAX_BYTES", 0)
+    cat = catalogue(w, [(30, 30)])
+    with pytest.warns(AmbiguousInputWarning, match=r"bands \['g', 'r'\] given; using band 'r'"):
+        ref = astromorph.annotate(cat, str(tmp_path / "extend.fits"), model=model)
+    with pytest.warns(AmbiguousInputWarning, match=r"bands \['g', 'r'\] given; using band 'r'"):
+        got = astromorph.annotate(cat, str(tmp_path / "none.fits"), model=model)
+    assert got["opt_flags"][0] == ref["opt_flags"][0] == 0
+    assert got["opt_p_a"][0] == pytest.approx(ref["opt_p_a"][0], abs=1e-6)
+    with pytest.warns(UnusableInputWarning, match="2 of 2"):
+        table = astromorph.predict_files(model, tmp_path)
+    for r in table:
+        assert r["opt_flags"] == Flag.MISSING_BAND, r["source"]
+        assert r["reason"] == "bands g, r: no i band (opt needs g, r, i or a single band)"
 
 
 def test_annotate_refuses_a_truncated_mask_of_a_gzipped_file_over_16_mb(model, tmp_path):

@@ -1038,6 +1038,95 @@ def test_file_without_extend_cut_inside_an_extension_is_refused_whole_ones_read(
     assert read["morph_p_red"] == pytest.approx(ref["morph_p_red"], abs=1e-6)
 
 
+def _extend_false(blob):
+    """The FITS bytes ``blob`` with its primary header's EXTEND card saying F (the layout
+    unchanged)."""
+    at = next(i for i in range(0, 2880, 80) if blob[i:i + 8] == b"EXTEND  ")
+    return blob[:at] + b"EXTEND  =                    F".ljust(80) + blob[at + 80:]
+
+
+def _bands_in_hdus(images, bands, *, mask=False):
+    """FITS bytes of ``images`` one HDU each (the first the primary one), their FILTER the
+    ``bands``; with ``mask``, a MASK extension after them."""
+    hdus = [fits.PrimaryHDU(images[0])] + [fits.ImageHDU(image) for image in images[1:]]
+    for hdu, band in zip(hdus, bands):
+        hdu.header["FILTER"] = band
+    if mask:
+        hdus.append(fits.ImageHDU(np.zeros(images[0].shape, np.int32), name="MASK"))
+    buf = io.BytesIO()
+    fits.HDUList(hdus).writeto(buf)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("large", [False, True])
+def test_file_without_extend_has_its_band_extensions_read(models, tmp_path, monkeypatch,
+                                                          large):
+    """A g image in the primary HDU, whose header has no EXTEND card (or EXTEND = F), and the
+    r and i images in extensions after it: astropy reads the extensions all the same, and
+    so did `predict_files` for a file over 16 MB (``large``: the limit lowered), where the
+    fast reader of a smaller one read the primary image alone (the r and i bands silently
+    lost: the g band scored by itself, unflagged). Now each is read as the file with
+    EXTEND = T is, plain or compressed, with a MASK after the bands or not."""
+    images = [galaxy(64, seed=s) for s in range(3)]
+    ref = _bands_in_hdus(images, "gri")
+    masked = _bands_in_hdus(images, "gri", mask=True)
+    files = {"none.fits": without_extend(ref), "false.fits": _extend_false(ref),
+             "none.fits.gz": gzip.compress(without_extend(ref)),
+             "none_mask.fits": without_extend(masked), "extend.fits": ref}
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+    if large:
+        monkeypatch.setattr("astromorph._readers._fits._FAST_MAX_BYTES", 0)
+    table = astromorph.predict_files("morphology", tmp_path)
+    expected = row(table, tmp_path / "extend.fits")
+    assert not expected["morph_flags"] & (Flag.BAD_INPUT | Flag.MISSING_BAND)
+    assert not np.ma.is_masked(expected["morph_p_red"])
+    for name in files:
+        r = row(table, tmp_path / name)
+        assert (r["morph_flags"], r["reason"]) == (expected["morph_flags"],
+                                                   expected["reason"]), name
+        assert r["morph_p_red"] == pytest.approx(expected["morph_p_red"], abs=1e-6), name
+
+
+def test_fits_bytes_without_extend_have_their_extensions_read():
+    """FITS bytes (a table's FITS bytes cell, `read_fits_bytes`) of a g primary image
+    without an EXTEND card (or with EXTEND = F) and an r image extension gave the g band
+    alone, without a word, as did a file of them under 16 MB; a larger file (astropy's
+    path) gave both. Now all give both, as for EXTEND = T. Bytes after such a primary
+    image that are no HDU (a block of blanks, an END card missing) are refused alike too
+    (they were ignored, where a larger file, or EXTEND = T, was refused)."""
+    from astromorph._readers._fits import read_fits_bytes
+
+    g, r = galaxy(64), galaxy(64, seed=1)
+    blob = _bands_in_hdus([g, r], "gr")
+    for cell in (blob, without_extend(blob), _extend_false(blob),
+                 gzip.compress(without_extend(blob))):
+        (stamp,) = read_fits_bytes(cell, source="cell")
+        assert (stamp.bands, stamp.data.shape, stamp.flags) == (("g", "r"), (2, 64, 64), 0)
+        np.testing.assert_array_equal(stamp.data, np.stack([g, r]))
+    lone = _bands_in_hdus([g], "g")
+    for cell in (lone, without_extend(lone)):
+        (stamp,) = read_fits_bytes(cell + b" " * 2880, source="cell")
+        assert stamp.flags == Flag.BAD_INPUT
+        assert stamp.reason == ["cannot read FITS: Header missing END card."]
+
+
+@pytest.mark.parametrize("large", [False, True])
+def test_file_without_extend_and_blanks_after_its_image_is_refused_as_a_larger_one(
+        tmp_path, monkeypatch, large):
+    """A primary image without an EXTEND card followed by a block of blanks (no HDU): a
+    file of it under 16 MB was read from the primary image, one over 16 MB (``large``)
+    refused; now both are, as with EXTEND = T."""
+    blob = _bands_in_hdus([galaxy(64)], "g") + b" " * 2880
+    for name, data in {"extend.fits": blob, "none.fits": without_extend(blob)}.items():
+        (tmp_path / name).write_bytes(data)
+        if large:
+            monkeypatch.setattr("astromorph._readers._fits._FAST_MAX_BYTES", 0)
+        (stamp,) = read_file(tmp_path / name)
+        assert stamp.flags == Flag.BAD_INPUT, name
+        assert stamp.reason == ["cannot read FITS: Header missing END card."], name
+
+
 @pytest.mark.parametrize("keep", [400, 2879])
 @pytest.mark.parametrize("layout", ["primary", "extension"])
 def test_a_stamp_whose_mask_header_is_cut_short_is_refused_as_bytes(layout, keep):

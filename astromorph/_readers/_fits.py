@@ -596,9 +596,8 @@ def _fast_fits(buf, *, primary_only, want_scale):
     astropy): the caller then uses astropy. ``get(key, default=None)`` reads the primary
     header's values (parsed, `_card_value`); its ``keys()`` lists the keywords present.
     Raises `ValueError` for a truncated file (`_TruncatedData`: also where the primary
-    image is whole but an HDU after it is not, with ``primary_only`` or where the primary
-    header has no EXTEND card, or where its header is cut short, `cut_header`, with
-    ``primary_only``).
+    image is whole but an HDU after it is not, or where its header is cut short,
+    `cut_header`, with ``primary_only``).
     """
     cards, keys, end = _parse_header(buf, 0)
     if not keys or keys[0] != "SIMPLE" or _card_value(cards["SIMPLE"]) is not True:
@@ -634,21 +633,11 @@ def _fast_fits(buf, *, primary_only, want_scale):
         cut = cut_header(_buffer_reader(buf), start=end + padded, first=1)
         if cut:
             raise ValueError(cut)
-    whole = len(buf) <= end + padded  # (no HDU after the primary one, or all found whole)
-    if not primary_only and not whole:
-        if get("EXTEND") is True or buf.startswith(b"SIMPLE  =", end + padded):
-            if not _auxiliary_only(buf, end + padded):
-                return None  # extensions (or another file) follow: astropy looks at each HDU
-            whole = True
-        else:
-            # no EXTEND card: the primary image is read as before, but astropy reads the
-            # extensions all the same (a larger file of it), and one that the stream ends
-            # inside of (a MASK) means a damaged file, refused as a larger one is
-            whole = _auxiliary_only(buf, end + padded, names=None)
-            truncated = None if whole else truncated_data(_buffer_reader(buf),
-                                                          start=end + padded, first=1)
-            if truncated:
-                raise _TruncatedData(*truncated)
+    if not primary_only and len(buf) > end + padded and not _auxiliary_only(buf, end + padded):
+        # extensions (or another file, or bytes that are neither) follow: astropy looks at
+        # each HDU, whatever EXTEND says (it reads a file's extensions without EXTEND = T,
+        # as a larger file of it is read), unless they are all whole auxiliary ones
+        return None
     scale = None
     if want_scale:
         scale = _scale_from_cards(get, cards)
@@ -659,17 +648,14 @@ def _fast_fits(buf, *, primary_only, want_scale):
     data = linear_fluxes(_physical(raw, float(get("BSCALE", 1.0)), float(get("BZERO", 0.0)),
                                    get("BLANK") if bitpix > 0 else None), get)
     get.keys = cards.keys  # the keywords present (`header_facts` skips a header without any)
-    get.end = end + padded  # (the byte after the primary HDU)
-    get.whole = whole  # (no header after it cut short: `cut_header` has nothing to find)
     return data, scale, get
 
 
-def _auxiliary_only(buf, pos, *, names=_AUX_EXTNAMES):
+def _auxiliary_only(buf, pos):
     """Whether the HDUs of ``buf`` from ``pos`` on are all soundly laid out extensions with
     an auxiliary EXTNAME (`_AUX_EXTNAMES`: the MASK and UNCERT of Rubin cutouts), which
     `read_fits` skips: the primary image is then the one image, as astropy would find.
-    ``names``: the EXTNAMEs taken (None: any), each HDU whole, its header and data, to the
-    end of ``buf``."""
+    Each HDU is whole, its header (with its END card) and data, to the end of ``buf``."""
     for _ in range(_MAX_HDUS):
         if pos == len(buf):
             return True
@@ -681,7 +667,7 @@ def _auxiliary_only(buf, pos, *, names=_AUX_EXTNAMES):
             else ("not an extension", None)
         name = str(_card_value(cards.get("EXTNAME", "''"))).strip().upper()
         pos = end + _padded(size) if not problem else None
-        if problem or (names is not None and name not in names) or len(buf) < pos:
+        if problem or name not in _AUX_EXTNAMES or len(buf) < pos:
             return False
     return False
 
@@ -1862,16 +1848,11 @@ def _read_fits_buffer(buf, source, path, *, want_scale, triplet_hint):
             return _refused(source, path, _archive_reason(exc, name)), None
         if not buf.startswith(_FITS_START):
             return _refused(source, path, _not_fits(buf, compression, name)), None
-        # a stream that ends inside an extension's header (a MASK): the fast reader would
-        # read past it, astropy drop it with a warning only, the HDU silently lost (walked
-        # only where bytes follow the primary HDU: a lone image costs nothing more)
+        # (the fast reader reads a primary image followed by nothing, or by whole auxiliary
+        # extensions only: anything else, an extension cut short among them, is astropy's)
         fast = _fast_fits(buf, primary_only=False, want_scale=want_scale)
         if fast is not None:
             data, scale, get = fast
-            cut = not get.whole and cut_header(_buffer_reader(buf), name, start=get.end,
-                                               first=1)
-            if cut:
-                return _refused(source, path, cut), None
             data, why = stokes_i(data, get)
             if why:
                 return _refused(source, path, why), None
