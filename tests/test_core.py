@@ -1240,15 +1240,6 @@ def test_cli_leaves_an_ignored_sigterm_ignored(tmp_path):
     assert out.read_text() == "complete"
 
 
-def test_cli_restores_the_default_sigterm_action(tiny_registry, capsys):
-    import signal
-
-    if signal.getsignal(signal.SIGTERM) != signal.SIG_DFL:
-        pytest.skip("the test runner handles SIGTERM itself")
-    assert cli.main(["models"]) == 0
-    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
-
-
 def test_cli_version(capsys):
     with pytest.raises(SystemExit) as info:
         cli.main(["--version"])
