@@ -1,4 +1,5 @@
-"""The numbers ``real-bogus calibrate`` and ``evaluate`` write (issue #5's bar), against brute force.
+"""The numbers ``real-bogus calibrate`` and ``evaluate`` write (issue #5's bar), against brute
+force.
 
 * calibration: Platt scaling (a, b) against a grid of the NLL, the recommended threshold
   against a loop over every candidate score (detected candidates, ``snr_det >= 5``, only);

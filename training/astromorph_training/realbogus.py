@@ -1050,7 +1050,8 @@ def _simulation_breakdowns(p, info, thr):
     out["candidates_missed_vs_detection_snr"] = md_det
     for host in (True, False):
         sel = real & (info["host"] == host) & (snr >= 5)
-        out[f"fnr_snr_ge_5_{'with' if host else 'without'}_host_galaxy"] = float(np.mean(p[sel] < thr))
+        key = f"fnr_snr_ge_5_{'with' if host else 'without'}_host_galaxy"
+        out[key] = float(np.mean(p[sel] < thr))
     return out
 
 
@@ -1247,10 +1248,11 @@ def evaluate(args):
               "note": ("the science/reference stamps of these alerts are also the sky backgrounds of the "
                        "simulations (the 'held_out_sky_alerts' subset was only used for test sims, never "
                        "for training); drb is braai's machine score, not a human label"),
-              "bootstrap": ("the *_bootstrap_95 intervals: 2.5 and 97.5 percentiles of the AUC over 2000 "
-                            "resamplings stratified by drb class (each class resampled on its own, seed 0; "
-                            "up to real-bogus 1.8.0 all alerts were resampled together, and resamples "
-                            "left without a class were dropped)")}
+              "bootstrap": ("the *_bootstrap_95 intervals: 2.5 and 97.5 percentiles of the "
+                            "AUC over 2000 resamplings stratified by drb class (each class "
+                            "resampled on its own, seed 0; up to real-bogus 1.8.0 all alerts "
+                            "were resampled together, and resamples left without a class were "
+                            "dropped)")}
     # the real alerts are detections: their detection S/N as measured for the simulations
     # (Gaussian PSF of FWHM 2.4 px, no Poisson term: the alerts carry no variance map)
     det_real = np.array([sim.detection_snr(X[i, 2], 2.4) for i in range(len(X))])
