@@ -5123,6 +5123,50 @@ def test_annotate_dask_keeps_the_tile_selection_past_one_tiles_warning(optical_m
     assert all(paths[4] in s for s in sent) and max(map(len, sent)) < len(paths)
 
 
+@pytest.mark.parametrize("where", ["reading", "planning"])
+def test_annotate_dask_sends_a_tile_with_a_plain_warning_to_every_partition(
+        optical_model, tmp_path, monkeypatch, where):
+    """A plain warning (not one of astromorph's) on reading one tile sends that tile to
+    every partition, and one while planning the bands sends every tile to every partition,
+    as for astromorph's own: otherwise a partition without a source on that tile would not
+    give the warning, or (planning) the warning, caught here, would be lost."""
+    pytest.importorskip("dask")
+    from astropy.utils.exceptions import AstropyUserWarning
+
+    from astromorph import _annotate
+
+    paths, w = _mosaic_files(tmp_path, tiles=3)
+    middle = w.wcs.crpix[0] - 60
+    frames, plan = _annotate._image_frames, _annotate._band_plan
+
+    def noisy_frames(found, *args, **kw):
+        if any(im.wcs.wcs.crpix[0] == middle and im.wcs.wcs.crpix[1] == w.wcs.crpix[1] - 60
+               for im in found):
+            warnings.warn("plain warning on the middle tile", AstropyUserWarning)
+        return frames(found, *args, **kw)
+
+    def noisy_plan(*args, **kw):
+        warnings.warn("plain warning while planning", AstropyUserWarning)
+        return plan(*args, **kw)
+    if where == "reading":
+        monkeypatch.setattr(_annotate, "_image_frames", noisy_frames)
+    else:
+        monkeypatch.setattr(_annotate, "_band_plan", noisy_plan)
+    rng = np.random.default_rng(3)
+    pix = rng.uniform(0, 179, (40, 2))
+    cat = catalogue(w, pix[np.argsort(pix[:, 1])])
+    sent = _record_partition_images(monkeypatch)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        astromorph.annotate_dask(cat, paths, model=str(optical_model.path), partition_size=8,
+                                 scheduler="synchronous")
+    assert any("plain warning" in str(x.message) for x in caught)
+    if where == "reading":
+        assert all(paths[4] in s for s in sent) and max(map(len, sent)) < len(paths)
+    else:
+        assert all(len(s) == len(paths) for s in sent)
+
+
 def test_annotate_dask_uses_the_cones_for_per_row_frame_attributes(optical_model, tmp_path,
                                                                    monkeypatch):
     """A SkyCoord column with one obstime per row (FK4) got every tile in every partition
