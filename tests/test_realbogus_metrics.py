@@ -82,6 +82,86 @@ def test_auc_interval_of_one_class_is_nan(lab):
     assert np.isnan(rb._auc_interval(np.linspace(0, 1, 5), lab)).all()
 
 
+
+# ------------------------------------------- compare's paired bootstrap of the AUC gains
+def _loop_draws(lab, n_boot):
+    """The documented stratified draws, by hand: seed 0, reals then bogus, each from its class."""
+    rng = np.random.default_rng(0)
+    reals, bogus = list(np.flatnonzero(lab)), list(np.flatnonzero(~lab))
+    r = rng.integers(0, len(reals), (n_boot, len(reals)))
+    b = rng.integers(0, len(bogus), (n_boot, len(bogus)))
+    return [[reals[j] for j in r[k]] + [bogus[j] for j in b[k]] for k in range(n_boot)]
+
+
+def _loop_pct(values, q):
+    """numpy's default (linear) percentile, by hand."""
+    v = sorted(values)
+    h = (len(v) - 1) * q / 100
+    return v[int(h)] + (h - int(h)) * (v[min(int(h) + 1, len(v) - 1)] - v[int(h)])
+
+
+def test_paired_auc_gains_against_a_loop_over_the_draws():
+    """``compare``'s intervals: on each of the documented draws (the same for every model),
+    the candidate's pair-counting AUC minus the shipped model's (and minus the first
+    candidate's, for the later ones); then the 2.5, 50 and 97.5 percentiles of those."""
+    gen = np.random.default_rng(5)
+    n = 24
+    lab = gen.uniform(size=n) < 0.6
+    shipped = np.round(np.where(lab, gen.uniform(0.2, 1, n), gen.uniform(0, 0.8, n)), 2)
+    cands = [np.round(np.where(lab, gen.uniform(lo, 1, n), gen.uniform(0, 0.7, n)), 2)
+             for lo in (0.3, 0.1, 0.4)]
+    n_boot = 400
+    draws = _loop_draws(lab, n_boot)
+
+    def loop_aucs(s):
+        return [_loop_auc(s[rows], lab[rows]) for rows in draws]
+
+    a_s, a_1 = loop_aucs(shipped), loop_aucs(cands[0])
+    got = rb._paired_auc_gains(shipped, cands, lab, n_boot=n_boot)
+    assert len(got) == 3
+    for k, (c, g) in enumerate(zip(cands, got)):
+        a_c = loop_aucs(c)
+        want = {"R_minus_shipped_bootstrap_2.5_50_97.5":
+                [_loop_pct([x - y for x, y in zip(a_c, a_s)], q) for q in (2.5, 50, 97.5)]}
+        if k:
+            want["R_minus_first_candidate_bootstrap_2.5_50_97.5"] = [
+                _loop_pct([x - y for x, y in zip(a_c, a_1)], q) for q in (2.5, 50, 97.5)]
+        assert list(g) == list(want)
+        for key in want:
+            assert g[key] == pytest.approx(want[key], abs=1e-12)
+            assert g[key][0] < g[key][1] < g[key][2]  # not a degenerate interval
+    # 2000 resamples unless told: the default is not the 400 above
+    assert rb._paired_auc_gains(shipped, cands[:1], lab) != got[:1]
+
+
+def test_paired_auc_gains_use_the_same_draws_for_every_model():
+    """Paired: a candidate scoring exactly as the shipped model (or as the first candidate)
+    gains exactly 0 on every draw; resampling each model on its own draws would not."""
+    gen = np.random.default_rng(8)
+    lab = gen.uniform(size=40) < 0.5
+    shipped = gen.uniform(size=40)
+    other = gen.uniform(size=40)
+    g = rb._paired_auc_gains(shipped, [shipped.copy(), other, other.copy()], lab)
+    assert g[0] == {"R_minus_shipped_bootstrap_2.5_50_97.5": [0.0, 0.0, 0.0]}
+    assert g[2]["R_minus_first_candidate_bootstrap_2.5_50_97.5"] == pytest.approx(
+        g[1]["R_minus_first_candidate_bootstrap_2.5_50_97.5"], abs=1e-12)
+    assert g[2]["R_minus_shipped_bootstrap_2.5_50_97.5"] == pytest.approx(
+        g[1]["R_minus_shipped_bootstrap_2.5_50_97.5"], abs=1e-12)
+    lo, mid, hi = g[1]["R_minus_shipped_bootstrap_2.5_50_97.5"]
+    assert lo < mid < hi and hi - lo > 0.05  # two unrelated scorings differ
+
+
+@pytest.mark.parametrize("lab", [np.ones(6, bool), np.zeros(6, bool)])
+def test_paired_auc_gains_of_one_class_are_nan(lab):
+    """Without both drb classes there is no AUC, so no gain: every percentile is NaN."""
+    s = np.linspace(0, 1, 6)
+    g = rb._paired_auc_gains(s, [s[::-1], s ** 2], lab, n_boot=20)
+    assert list(g[0]) == ["R_minus_shipped_bootstrap_2.5_50_97.5"]
+    for key in ("R_minus_shipped_bootstrap_2.5_50_97.5",
+                "R_minus_first_candidate_bootstrap_2.5_50_97.5"):
+        assert len(g[1][key]) == 3 and np.isnan(g[1][key]).all()
+
+
 # ---------------------------------------------------------------- brute-force references
 def _loop_rates(s, real, t):
     """(FNR, FPR) at threshold t (a score >= t is real), by counting."""

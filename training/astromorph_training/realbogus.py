@@ -1092,6 +1092,50 @@ def _auc_interval(s, lab, n_boot=2000):
     return [float(v) for v in np.percentile(aucs, [2.5, 97.5])]
 
 
+def _paired_auc_gains(shipped, candidates, real, n_boot=2000):
+    """Paired bootstrap intervals of the real-alert AUC gains of ``compare``.
+
+    Parameters
+    ----------
+    shipped : array-like
+        The shipped model's scores of the real alerts.
+    candidates : sequence of array-like
+        Each candidate's scores of the same alerts, in order.
+    real : array-like of bool
+        The alerts' class (``drb >= 0.5`` in ``compare``).
+    n_boot : int, optional
+        The number of resamples (`_bootstrap_draws`, seed 0, stratified by class).
+
+    Returns
+    -------
+    gains : list of dict
+        One per candidate: ``"R_minus_shipped_bootstrap_2.5_50_97.5"``, the 2.5, 50 and
+        97.5 percentiles of the candidate's AUC minus the shipped model's over the
+        resamples, and for every candidate after the first,
+        ``"R_minus_first_candidate_bootstrap_2.5_50_97.5"``, the same of its AUC minus the
+        first candidate's. The AUCs are paired: every model is scored on the same resamples.
+        Without both classes there is no AUC, and every percentile is NaN.
+    """
+    real = np.asarray(real, bool)
+    boot = _bootstrap_draws(real, n_boot)  # the same draws for every model
+
+    def interval(d):
+        return [float(v) for v in np.percentile(d, [2.5, 50, 97.5])]
+
+    auc_s = _bootstrap_aucs(shipped, real, boot)
+    first = None  # the first candidate's bootstrap AUCs
+    gains = []
+    for p in candidates:
+        auc = _bootstrap_aucs(p, real, boot)
+        g = {"R_minus_shipped_bootstrap_2.5_50_97.5": interval(auc - auc_s)}
+        if first is None:
+            first = auc
+        else:  # paired against the first candidate, on the same bootstrap draws
+            g["R_minus_first_candidate_bootstrap_2.5_50_97.5"] = interval(auc - first)
+        gains.append(g)
+    return gains
+
+
 def _real_alert_block(rb, drb, rfrb, thr):
     """Measures of ``rb_score`` ``rb`` on real alerts against braai's ``drb`` (real where
     ``drb >= 0.5``), and of ZTF's random-forest ``rb`` (``rfrb``) as the reference: one block
@@ -1630,7 +1674,7 @@ def compare(args):
     model ("shipped") and for each candidate folder, plus the paired bootstrap interval
     (2.5, 50, 97.5 %) of each candidate's real-alert AUC minus the shipped model's, and
     of each later candidate's minus the first candidate's (2000 resamplings of the alerts
-    stratified by drb class, `_bootstrap_draws`, the same for every model).
+    stratified by drb class, `_bootstrap_draws`, the same for every model: `_paired_auc_gains`).
 
     All are scored on one validation set, on the validation sky and galaxies of ``--seed``
     (also with ``--val-seed``, which only redraws the simulations): a candidate, or the
@@ -1676,18 +1720,7 @@ def compare(args):
            "shipped": dict(_rule_measures(onnx(xva), iva, p_real_s, drb, nanf, neg,
                                           shipped.card["recommended_threshold"]),
                            version=shipped.card.get("version"))}
-    dl = drb >= 0.5
-    boot = _bootstrap_draws(dl)  # stratified by drb class, the same draws for every model
-
-    def boot_auc(p):
-        """Real-alert AUC on each bootstrap draw (the same draws for every model)."""
-        return _bootstrap_aucs(p, dl, boot)
-
-    def interval(d):
-        return [float(v) for v in np.percentile(d, [2.5, 50, 97.5])]
-
-    auc_s = boot_auc(p_real_s)
-    first = None  # the first candidate's bootstrap AUCs
+    runs = []  # (folder, measures, real-alert scores, best epoch) of each candidate
     for folder in candidates:
         cdirs = _dirs(SimpleNamespace(out_dir=folder, smoke=False)) if not args.smoke else dirs
         net, calib = _load_trained(cdirs)
@@ -1697,13 +1730,12 @@ def compare(args):
 
         p_real = score(xr)
         m = _rule_measures(score(xva), iva, p_real, drb, nanf, neg, calib["recommended_threshold"])
-        auc = boot_auc(p_real)
-        m["R_minus_shipped_bootstrap_2.5_50_97.5"] = interval(auc - auc_s)
-        if first is None:
-            first = auc
-        else:  # paired against the first candidate, on the same bootstrap draws
-            m["R_minus_first_candidate_bootstrap_2.5_50_97.5"] = interval(auc - first)
-        m["best_epoch"] = calib["best_epoch"]
+        runs.append((folder, m, p_real, calib["best_epoch"]))
+    # stratified by drb class, the same draws for every model
+    gains = _paired_auc_gains(p_real_s, [p for _, _, p, _ in runs], drb >= 0.5)
+    for (folder, m, _, best_epoch), g in zip(runs, gains):
+        m.update(g)
+        m["best_epoch"] = best_epoch
         out[str(folder)] = m
     print(json.dumps(out, indent=1))
     return out
