@@ -96,6 +96,10 @@ def test_smoke_pipeline(model, tmp_path):
                 assert math.isnan(measures["V1_candidates_auc"]) or 0 <= measures["V1_candidates_auc"] <= 1
                 assert len(measures["V1_candidates_rates_at_threshold"]) == 2  # (FNR, FPR)
                 assert "V1_candidates_balance_threshold" in measures
+            # the run's paired bootstrap gain over the shipped model (`_paired_auc_gains`)
+            gain = list(out.values())[-1]["R_minus_shipped_bootstrap_2.5_50_97.5"]
+            assert len(gain) == 3 and (any(map(math.isnan, gain)) or sorted(gain) == gain)
+            assert not any(k.startswith("R_minus_first") for k in list(out.values())[-1])
         if step == "build":
             for done in ("train", "evaluate", "export"):
                 assert f"{model} {done} finished" in run.stderr, run.stderr[-3000:]
