@@ -17,7 +17,7 @@ from ._flags import Flag
 from ._images import closing_files, parse_sky_images
 from ._readers._fits import warn_flux_units
 from ._model import as_model
-from ._predict import summarise_counts, unscored_flux_notes
+from ._predict import single_band, summarise_counts, unscored_flux_notes
 from ._progress import progress_bar
 from ._stopping import check_stop
 from ._version import __version__
@@ -585,7 +585,7 @@ def _band_plan(model, family, groups):
         _warn_unnamed_bands(groups["unknown"])
     if len(names) == 1:
         return names
-    pick = next((b for b in ("r", "i", "g") if b in groups), names[0])
+    pick = single_band(names)  # as predict_files takes one band of several
     takes = "g, r and i together, or one band" if family == "optical" else "one band"
     warn(f"model {model.name!r}: images of bands {names} given; using band {pick!r} "
          f"alone (the model takes {takes})", AmbiguousInputWarning)

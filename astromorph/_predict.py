@@ -47,6 +47,17 @@ _PREFETCH = True
 _PREFETCH_MIN_FILES = 4
 _MEMBERS = ("science", "reference", "difference")
 
+#: The band scored alone where a galaxy model (g, r and i together, or one band) is given
+#: other bands than all of g, r and i, first found first; else the first band given.
+SINGLE_BAND_ORDER = ("r", "i", "g")
+
+
+def single_band(names):
+    """The one band of ``names`` (band names, in the order given) scored alone by a model
+    of g, r and i together or one band, when not all three are given: r, else i, else g,
+    else the first; `astromorph.annotate` and `predict_files` choose it alike."""
+    return next((b for b in SINGLE_BAND_ORDER if b in names), names[0])
+
 
 # ----------------------------------------------------------------------------- public API
 def predict_files(model, inputs, *, batch_size=256, progress=None, write_header=None,
@@ -606,11 +617,25 @@ def _conform_bands(stamp, family, name):
             return
         if named and nb >= 2:
             missing = [b for b in "gri" if b not in names]
-            if missing:
-                why = "; ".join(stamp.empty_hdus[b] for b in missing if b in stamp.empty_hdus)
-                why = f": {why}" if why else ""
-                stamp.flag(Flag.MISSING_BAND, f"bands {shown}: no {', '.join(missing)} band"
-                           f"{why} ({name} needs g, r, i or a single band)")
+            blank = [stamp.empty_hdus[b] for b in missing if b in stamp.empty_hdus]
+            if blank:  # a g, r, i file with a band HDU of no data: broken, not read as less
+                stamp.flag(Flag.MISSING_BAND, f"bands {shown}: no {', '.join(missing)} band: "
+                           f"{'; '.join(blank)} ({name} needs g, r, i or a single band)")
+                return
+            if missing:  # the band annotate would take (`single_band`), scored alone
+                pick = single_band(named)
+                k = names.index(pick)
+                twice = " (named more than once, the first plane read)" \
+                    if names.count(pick) > 1 else ""
+                words = (f"bands {shown}: no {', '.join(missing)} band: band {pick} scored "
+                         f"alone{twice} ({name} takes g, r and i together, or one band)")
+                stamp.assumption = words
+                stamp.reason.append(words)
+                stamp.data, stamp.bands = data[k:k + 1], (pick,)
+                if stamp.saturation is not None:
+                    stamp.saturation = stamp.saturation[k:k + 1]
+                if stamp.quantum is not None:
+                    stamp.quantum = stamp.quantum[k:k + 1]
                 return
         if nb == 2:
             stamp.flag(Flag.MISSING_BAND, f"{planes}: {name} needs 3 bands (g, r, i) "

@@ -428,17 +428,23 @@ def test_missing_band_and_wrong_number_of_planes(models, tmp_path):
     write_fits(tmp_path / "five.fits", np.stack([galaxy(seed=s) for s in range(5)]))
     write_fits(tmp_path / "two.fits", np.stack([galaxy(), galaxy(seed=1)]))
     write_mef(tmp_path / "grz.fits", [galaxy(), galaxy(seed=1), galaxy(seed=2)], list("grz"))
-    with pytest.warns(UnusableInputWarning, match="4 of 4"):
-        table = astromorph.predict_files("morphology", tmp_path)
-    gr = row(table, tmp_path / "gr.fits")
-    assert gr["morph_flags"] == Flag.MISSING_BAND and "no i band" in gr["reason"]
+    with pytest.warns(UnusableInputWarning, match="2 of 4"):
+        with pytest.warns(AmbiguousInputWarning, match="2 stamp"):
+            table = astromorph.predict_files("morphology", tmp_path)
+    # named bands without all of g, r, i: the one band annotate would take, scored alone
+    for name in ("gr", "grz"):
+        r = row(table, tmp_path / f"{name}.fits")
+        assert r["morph_flags"] == 0 and not np.ma.is_masked(r["morph_p_red"]), r["reason"]
+        assert "no i band: band r scored alone" in r["reason"], r["reason"]
+    # two planes without band names: which would be which? still refused
     assert row(table, tmp_path / "two.fits")["morph_flags"] == Flag.MISSING_BAND
-    assert row(table, tmp_path / "grz.fits")["morph_flags"] == Flag.MISSING_BAND
     five = row(table, tmp_path / "five.fits")
     assert five["morph_flags"] == Flag.BAD_INPUT and "5 planes: " in five["reason"]
     assert "?" not in five["reason"]  # no band is named: no list of unknowns
     assert "2 planes: " in row(table, tmp_path / "two.fits")["reason"]
-    assert table["morph_p_red"].mask.all() and table["morph_label"].mask.all()
+    for name in ("two", "five"):
+        r = row(table, tmp_path / f"{name}.fits")
+        assert np.ma.is_masked(r["morph_p_red"]) and np.ma.is_masked(r["morph_label"])
 
 
 @pytest.mark.parametrize("model,data", [
@@ -1305,8 +1311,10 @@ def test_unparsable_card_of_an_extension_is_read_as_the_fast_reader_reads_it(mod
         table = astromorph.predict_files("morphology", tmp_path)
     assert len(table) == 2
     r = row(table, tmp_path / "bands.fits")
-    if key == "BAND":  # a band of no known name: the i band is missing, as for BAND = 'x'
-        assert r["morph_flags"] == Flag.MISSING_BAND and "1.2.3e" in r["reason"], r["reason"]
+    if key == "BAND":  # bands of no known name (x, 1.2.3e, x): the first, as annotate takes
+        assert r["morph_flags"] == 0 and "1.2.3e" in r["reason"], r["reason"]
+        assert "no g, r, i band: band x scored alone (named more than once" in r["reason"], \
+            r["reason"]
     else:
         assert r["morph_flags"] == 0 and not np.ma.is_masked(r["morph_p_red"]), r["reason"]
     assert row(table, tmp_path / "good.png")["morph_flags"] == 0
@@ -4510,6 +4518,71 @@ def test_duplicate_source_warning_lists_repeated_ids_in_table_order():
         "'m3' (2 rows), 'b2' (2 rows)" in message, message
 
 
+@pytest.mark.parametrize("bands, pick", [("gr", "r"), ("gi", "i"), ("ri", "r"), ("rg", "r"),
+                                         ("gz", "g"), ("iz", "i")])
+@pytest.mark.parametrize("layout", ["mef", "cube"])
+def test_two_named_bands_score_the_band_annotate_takes(models, tmp_path, bands, pick, layout):
+    """Two named bands, not g, r and i: predict_files refused the file (MISSING_BAND) where
+    annotate scores one band alone (r, else i, else g; `single_band`). It now scores that
+    band, as a file of that band alone is scored, and says so in the row's reason and an
+    AmbiguousInputWarning."""
+    from astromorph._predict import single_band
+
+    planes = {b: galaxy(seed=k) * (1 + k) for k, b in enumerate(bands)}
+    if layout == "mef":
+        write_mef(tmp_path / "two.fits", list(planes.values()), list(bands), key="FILTER")
+    else:
+        write_fits(tmp_path / "two.fits", np.stack(list(planes.values())),
+                   **{f"BAND{k + 1}": b for k, b in enumerate(bands)})
+    write_fits(tmp_path / "one.fits", planes[pick])
+    with pytest.warns(AmbiguousInputWarning, match=re.escape(
+            f"1 stamp(s) read by assumption (first: {tmp_path / 'two.fits'}: bands "
+            f"{', '.join(bands)}: no ")) as rec:
+        table = astromorph.predict_files("morphology", tmp_path)
+    assert f"band {pick} scored alone" in str(rec[-1].message)
+    assert single_band(list(bands)) == pick
+    two, one = row(table, tmp_path / "two.fits"), row(table, tmp_path / "one.fits")
+    assert two["morph_flags"] == one["morph_flags"] == 0, two["reason"]
+    assert f"band {pick} scored alone" in two["reason"] and not one["reason"]
+    for label in ("red", "green", "blue"):
+        assert two[f"morph_p_{label}"] == pytest.approx(one[f"morph_p_{label}"], abs=1e-6)
+
+
+def test_annotate_and_predict_files_take_the_same_band_of_two(models, tmp_path):
+    """The same g + r file (one HDU per band, with a WCS): annotate cuts band r alone and
+    says so; predict_files scores band r alone (as it scores the r plane on its own file),
+    not MISSING_BAND."""
+    from astropy.table import QTable
+
+    g, r = galaxy(seed=1), galaxy(seed=2) * 2
+    path = write_mef(tmp_path / "gr.fits", [g, r], ["g", "r"], key="FILTER", scale=0.4)
+    write_mef(tmp_path / "r.fits", [r], ["r"], key="FILTER", scale=0.4)
+    cat = QTable({"ra": [150.0], "dec": [2.0]})
+    with pytest.warns(AmbiguousInputWarning, match="using band 'r' alone"):
+        by_annotate = astromorph.annotate(cat, str(path), model="morphology", stamp_size=64)
+    alone = astromorph.annotate(cat, str(tmp_path / "r.fits"), model="morphology",
+                                stamp_size=64)
+    with pytest.warns(AmbiguousInputWarning, match="band r scored alone"):
+        table = astromorph.predict_files("morphology", [path, tmp_path / "r.fits"])
+    two, one = row(table, path), row(table, tmp_path / "r.fits")
+    assert two["morph_flags"] == 0, two["reason"]
+    for label in ("red", "green", "blue"):
+        column = f"morph_p_{label}"
+        assert by_annotate[column][0] == pytest.approx(alone[column][0], abs=1e-6)
+        assert two[column] == pytest.approx(one[column], abs=1e-6)
+
+
+def test_single_band_order_is_annotates():
+    """predict_files and annotate take one band of several by one helper: r, i, g, else the
+    first named."""
+    from astromorph._predict import single_band
+
+    assert single_band(["g", "r", "z"]) == "r"
+    assert single_band(["g", "i"]) == "i"
+    assert single_band(["z", "g"]) == "g"
+    assert single_band(["z", "u"]) == "z"
+
+
 def test_band_hdu_without_data_is_named_as_empty(models, tmp_path):
     """One image HDU per band with the R HDU empty: the row says the R HDU holds no data,
     not merely that there is no r band."""
@@ -4530,6 +4603,14 @@ def test_band_hdu_without_data_is_named_as_empty(models, tmp_path):
     assert r["morph_flags"] == Flag.MISSING_BAND and np.ma.is_masked(r["morph_p_red"])
     assert ("band g alone: no r, i band: HDU 2 (EXTNAME 'R') has no data; HDU 3 (EXTNAME "
             "'I') has no data") in r["reason"], r["reason"]
+    # g and r hold data, the I HDU none: the file meant three bands, one is blank; refused
+    # as the file of one filled band is, not scored on r alone
+    hdus = [fits.PrimaryHDU(), fits.ImageHDU(g, name="G"), fits.ImageHDU(g, name="R"),
+            fits.ImageHDU(name="I")]
+    fits.HDUList(hdus).writeto(tmp_path / "gr_only.fits")
+    r = quiet(astromorph.predict_files, "morphology", tmp_path / "gr_only.fits")[0]
+    assert r["morph_flags"] == Flag.MISSING_BAND and np.ma.is_masked(r["morph_p_red"])
+    assert "bands g, r: no i band: HDU 3 (EXTNAME 'I') has no data" in r["reason"], r["reason"]
     t = triplet()
     hdus = [fits.PrimaryHDU(), fits.ImageHDU(t[0], name="SCIENCE"),
             fits.ImageHDU(name="REFERENCE"), fits.ImageHDU(t[2], name="DIFFERENCE")]

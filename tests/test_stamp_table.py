@@ -2228,3 +2228,30 @@ def test_blocks_of_rows_fill_batches_of_batch_size_across_blocks(rb, monkeypatch
     out = astromorph.annotate_stamps(Table({"stamps": x}), model=rb, batch_size=2)
     assert calls == [2, 2, 2]
     assert_scores(out["rb_score"], _direct(rb, x), rtol=0, atol=1e-6)
+
+
+def test_fits_bytes_of_two_named_bands_score_the_band_annotate_takes():
+    """A cell of FITS bytes holding a g, r cube (BAND1 = 'g', BAND2 = 'r') for a galaxy
+    model: scored on band r alone, as annotate takes it and predict_files reads such a file,
+    the row's reason saying so; equal to a cell of the r plane alone. Two unnamed planes are
+    still refused (which would be which?)."""
+    rng = np.random.default_rng(3)
+    g, r = (rng.normal(1, 0.3, (64, 64)).astype(np.float32) for _ in range(2))
+
+    def cube(planes, **cards):
+        hdu = fits.PrimaryHDU(np.stack(planes))
+        hdu.header.update(cards)
+        buf = io.BytesIO()
+        hdu.writeto(buf)
+        return buf.getvalue()
+
+    cells = _cells([cube([g, r], BAND1="g", BAND2="r"), _fits_bytes(r, gz=False),
+                    cube([g, r])])
+    with pytest.warns(UnusableInputWarning, match="1 of 3 row"):
+        out = astromorph.annotate_stamps(Table({"stamp": Column(cells)}), model="morphology")
+    assert out["morph_flags"][0] == out["morph_flags"][1], out["morph_reason"][0]
+    assert "bands g, r: no i band: band r scored alone" in out["morph_reason"][0]
+    for c in out.colnames:
+        if c.startswith("morph_p_"):
+            assert out[c][0] == pytest.approx(out[c][1], abs=1e-6), c
+    assert out["morph_flags"][2] == Flag.MISSING_BAND and "2 planes" in out["morph_reason"][2]
