@@ -166,8 +166,11 @@ def predict_files(model, inputs, *, batch_size=256, progress=None, write_header=
     astromorph.exceptions.UnusableInputWarning
         When some stamps could not be scored (their rows say why).
     astromorph.exceptions.AmbiguousInputWarning
-        When stamps were read by assumption (unnamed bands or planes), or files by their
-        content against their extension (``x.fits`` holding an Avro packet).
+        When stamps were read by assumption (unnamed bands or planes; for the galaxy
+        models, named bands without all of g, r and i, scored on the one band
+        `astromorph.annotate` takes of them: r, else i, else g, their rows' ``reason``
+        saying so), or files by their content against their extension (``x.fits``
+        holding an Avro packet).
     astromorph.exceptions.AstromorphWarning
         For galaxy models, when FITS headers give a pixel unit or zero point other than
         SDSS nanomaggies (``BUNIT`` count, ``MAGZERO`` 30...): the pixels are scored
