@@ -23,7 +23,6 @@ from astropy.io import fits
 from astropy.table import Table
 
 import astromorph
-from astromorph import Flag
 from astromorph._cutouts import SkyImage
 from astromorph.exceptions import (AmbiguousInputWarning, InputError, MissingDependencyError,
                                    UnusableInputWarning)
@@ -483,8 +482,9 @@ def test_annotate_and_predict_files_read_the_extensions_of_a_file_without_extend
     extension: `annotate` reads both (astropy reads extensions whatever EXTEND says), as it
     does with EXTEND = T, and so does `predict_files`, for a file under 16 MB as over it
     (``large``: the limit lowered). Its fast reader of a small file read the g image
-    alone, without a word: scored from it (the model takes one band), where a larger file,
-    and `annotate`, had the g and r bands, a pair the model cannot take."""
+    alone, without a word, where a larger file, and `annotate`, had the g and r bands: now
+    both files are scored, at either size, on the band `annotate` takes from such a pair (r,
+    `single_band`), the choice in the row's reason."""
     w = sky_wcs(N, rot=15)
     hdus = [fits.PrimaryHDU(blobs(N, seed=3, count=30), w.to_header()),
             fits.ImageHDU(blobs(N, seed=4, count=30), w.to_header())]
@@ -503,11 +503,12 @@ def test_annotate_and_predict_files_read_the_extensions_of_a_file_without_extend
         got = astromorph.annotate(cat, str(tmp_path / "none.fits"), model=model)
     assert got["opt_flags"][0] == ref["opt_flags"][0] == 0
     assert got["opt_p_a"][0] == pytest.approx(ref["opt_p_a"][0], abs=1e-6)
-    with pytest.warns(UnusableInputWarning, match="2 of 2"):
+    with pytest.warns(AmbiguousInputWarning, match="read by assumption"):
         table = astromorph.predict_files(model, tmp_path)
     for r in table:
-        assert r["opt_flags"] == Flag.MISSING_BAND, r["source"]
-        assert r["reason"] == "bands g, r: no i band (opt needs g, r, i or a single band)"
+        assert r["opt_flags"] == 0, r["source"]
+        assert "band r scored alone" in r["reason"], r["reason"]
+    assert table["opt_p_a"][0] == pytest.approx(table["opt_p_a"][1], abs=1e-6)
 
 
 def test_annotate_refuses_a_truncated_mask_of_a_gzipped_file_over_16_mb(model, tmp_path):
