@@ -1176,6 +1176,16 @@ def test_a_bzip2_file_whose_first_block_is_corrupt_does_not_abort_annotate(tmp_p
                             "stream\n"), child.stdout
 
 
+def _annotate_refuses_in_words(model, w, path, words):
+    """`annotate` of a source at (30, 30) of ``w`` on the file ``path`` raises `InputError`
+    of exactly ``words``."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(InputError) as info:
+            astromorph.annotate(catalogue(w, [(30, 30)]), str(path), model=model)
+    assert str(info.value) == words
+
+
 @pytest.mark.parametrize("how", ["gz", "bz2", "xz"])
 def test_annotate_refuses_a_stream_cut_after_the_last_hdus_data(model, tmp_path, monkeypatch,
                                                                how):
@@ -1197,11 +1207,7 @@ def test_annotate_refuses_a_stream_cut_after_the_last_hdus_data(model, tmp_path,
     assert reason == (f"truncated {kind} stream in FITS file x.fits.{how}: Compressed file "
                       "ended before the end-of-stream marker was reached"), reason
     assert small == reason  # (one wording on every path)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        with pytest.raises(InputError) as info:
-            astromorph.annotate(catalogue(w, [(30, 30)]), str(path), model=model)
-    assert str(info.value) == reason.replace(f"x.fits.{how}", str(path))
+    _annotate_refuses_in_words(model, w, path, reason.replace(f"x.fits.{how}", str(path)))
 
 
 @pytest.mark.parametrize("how", ["gz", "bz2", "xz"])
@@ -1291,8 +1297,4 @@ def test_a_stream_cut_inside_an_hdus_data_is_one_reason_everywhere(model, tmp_pa
             "the end-of-stream marker was reached")
     assert reason.startswith(said) and not reason.endswith("holds 0"), reason
     assert small == reason  # (one wording on every path)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        with pytest.raises(InputError) as info:
-            astromorph.annotate(catalogue(w, [(30, 30)]), str(path), model=model)
-    assert str(info.value) == reason.replace(f"x.fits.{how}", str(path))
+    _annotate_refuses_in_words(model, w, path, reason.replace(f"x.fits.{how}", str(path)))
